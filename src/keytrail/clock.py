@@ -1,0 +1,54 @@
+"""The one time source of keytrail: every scheduled behaviour reads time from a `Clock`."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "utc_now"]
+
+
+def utc_now() -> datetime:
+    """The wall clock as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class Clock(Protocol):
+    """Anything that can tell the current time (aware, UTC)."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The wall clock."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that only moves when told to: tests, and `serve --dev-clock`.
+
+    With `follow_wall=True` it runs with the wall clock and `advance` adds an offset, so a
+    development server keeps a sensible eventTime while tests can still jump ahead.
+    """
+
+    def __init__(self, start: datetime | None = None, *, follow_wall: bool = False) -> None:
+        self._follow_wall = follow_wall
+        self._base = start or datetime.now(UTC)
+        self._offset = timedelta()
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            base = datetime.now(UTC) if self._follow_wall else self._base
+            return base + self._offset
+
+    def advance(self, seconds: float) -> datetime:
+        """Move time forward by `seconds` (never backward) and return the new time."""
+        if seconds < 0:
+            raise ValueError("a clock only moves forward")
+        with self._lock:
+            self._offset += timedelta(seconds=seconds)
+        return self.now()

@@ -1,0 +1,64 @@
+"""The one authorization point: every operation asks `Authorizer.authorize` before it acts.
+
+This module defines the request and decision types. The evaluation of key policies, IAM identity
+policies and grants lives behind `Authorizer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from keytrail.kms.context import CallContext
+from keytrail.kms.keys import Key
+from keytrail.kms.store import Grant
+
+__all__ = ["AccessDecision", "AccessRequest", "Authorizer", "Verdict", "denial_message"]
+
+
+class Verdict(Enum):
+    ALLOW = "allow"
+    EXPLICIT_DENY = "explicit-deny"
+    IMPLICIT_DENY = "implicit-deny"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """One question: may this caller perform `action` (e.g. `kms:Decrypt`) on `key`?
+
+    `conditions` holds the request's condition-key values (`kms:EncryptionContext:dept`,
+    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants plus those named by GrantTokens.
+    """
+
+    call: CallContext
+    action: str
+    key: Key | None
+    conditions: Mapping[str, Any] = field(default_factory=dict)
+    grants: Sequence[Grant] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    verdict: Verdict
+    # For denials: "identity-based" or "resource-based", as AWS's message names them.
+    policy_type: str = "identity-based"
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+class Authorizer(Protocol):
+    def authorize(self, request: AccessRequest) -> AccessDecision: ...
+
+
+def denial_message(request: AccessRequest, decision: AccessDecision) -> str:
+    """AWS's AccessDeniedException text, so the audit trail says why a call was refused."""
+    caller = request.call.principal.arn
+    resource = request.key.arn if request.key else "*"
+    head = f"User: {caller} is not authorized to perform: {request.action} on resource: {resource}"
+    if decision.verdict is Verdict.EXPLICIT_DENY:
+        return f"{head} with an explicit deny in a {decision.policy_type} policy"
+    return f"{head} because no {decision.policy_type} policy allows the {request.action} action"

@@ -1,0 +1,44 @@
+"""One call in flight: its context, parameters, and what the audit record should say about it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from keytrail.kms.context import CallContext
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["Call", "Handler", "Operation", "Response"]
+
+Response = dict[str, Any]
+Handler = Callable[["KmsService", "Call"], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class Call:
+    """A KMS request on its way through the service. Handlers note what CloudTrail logs:
+    the resolved key ARNs (`resources`), `additional_event_data` (keyMaterialId),
+    `response_elements` (state-changing calls) and request parameters AWS adds itself
+    (`extra_request_parameters`, e.g. Decrypt's encryptionAlgorithm)."""
+
+    context: CallContext
+    params: dict[str, Any]
+    resources: list[str] = field(default_factory=list)
+    additional_event_data: dict[str, Any] = field(default_factory=dict)
+    response_elements: dict[str, Any] | None = None
+    extra_request_parameters: dict[str, Any] = field(default_factory=dict)
+
+    def resource(self, arn: str) -> None:
+        if arn not in self.resources:
+            self.resources.append(arn)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A KMS operation: its handler and whether CloudTrail marks it readOnly."""
+
+    handler: Handler
+    read_only: bool = False

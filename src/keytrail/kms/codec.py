@@ -1,0 +1,111 @@
+"""Keys, aliases and grants as JSON documents for a store; key material sealed on the way out."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, fields
+from datetime import datetime
+from typing import Any
+
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.store import Alias, Grant
+
+__all__ = ["alias_from_doc", "alias_to_doc", "grant_from_doc", "grant_to_doc", "key_from_doc", "key_to_doc"]
+
+_ENUMS: dict[str, Any] = {
+    "key_spec": KeySpec, "key_usage": KeyUsage, "origin": Origin, "key_manager": KeyManager,
+    "state": KeyState,
+}
+_DATES = ("creation_date", "deletion_date", "next_rotation_date", "created", "valid_to", "last_updated_date")
+
+
+def _date_out(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _date_in(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str, Any]:
+    sealed = root.seal(material.secret, f"{key.arn}#{material.material_id}")
+    return {
+        "material_id": material.material_id,
+        "sealed": base64.b64encode(sealed).decode(),
+        "created": _date_out(material.created),
+        "rotation_type": material.rotation_type,
+        "valid_to": _date_out(material.valid_to),
+        "handle": material.handle,
+    }
+
+
+def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey) -> KeyMaterial:
+    secret = root.unseal(base64.b64decode(doc["sealed"]), f"{key.arn}#{doc['material_id']}")
+    return KeyMaterial(
+        material_id=doc["material_id"],
+        secret=secret,
+        created=_date_in(doc["created"]),  # type: ignore[arg-type]
+        rotation_type=doc.get("rotation_type"),
+        valid_to=_date_in(doc.get("valid_to")),
+        handle=doc.get("handle"),
+    )
+
+
+def key_to_doc(key: Key, root: RootKey) -> str:
+    doc: dict[str, Any] = {}
+    for item in fields(Key):
+        value = getattr(key, item.name)
+        if item.name == "materials":
+            value = [_material_to_doc(key, m, root) for m in key.materials]
+        elif item.name in _DATES:
+            value = _date_out(value)
+        elif item.name in ("tags", "replica_regions"):
+            value = [list(v) if isinstance(v, tuple) else v for v in value]
+        doc[item.name] = value
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def key_from_doc(text: str, root: RootKey) -> Key:
+    doc = json.loads(text)
+    materials = doc.pop("materials")
+    for name, enum in _ENUMS.items():
+        doc[name] = enum(doc[name])
+    for name in _DATES:
+        if name in doc:
+            doc[name] = _date_in(doc[name])
+    doc["tags"] = tuple((k, v) for k, v in doc["tags"])
+    doc["replica_regions"] = tuple(doc["replica_regions"])
+    shell = Key(**doc)
+    return Key(**{**doc, "materials": tuple(_material_from_doc(shell, m, root) for m in materials)})
+
+
+def alias_to_doc(alias: Alias) -> str:
+    doc = asdict(alias)
+    for name in _DATES:
+        if name in doc:
+            doc[name] = _date_out(doc[name])
+    return json.dumps(doc)
+
+
+def alias_from_doc(text: str) -> Alias:
+    doc = json.loads(text)
+    for name in _DATES:
+        if name in doc:
+            doc[name] = _date_in(doc[name])
+    return Alias(**doc)
+
+
+def grant_to_doc(grant: Grant) -> str:
+    doc = asdict(grant)
+    doc["creation_date"] = _date_out(grant.creation_date)
+    return json.dumps(doc)
+
+
+def grant_from_doc(text: str) -> Grant:
+    doc = json.loads(text)
+    doc["creation_date"] = _date_in(doc["creation_date"])
+    doc["operations"] = tuple(doc["operations"])
+    return Grant(**doc)

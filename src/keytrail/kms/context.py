@@ -1,0 +1,69 @@
+"""Who is calling, from where, in which Region: the request context every operation receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["CallContext", "IdentityType", "Principal"]
+
+
+class IdentityType(StrEnum):
+    """CloudTrail `userIdentity.type` values keytrail produces."""
+
+    ROOT = "Root"
+    IAM_USER = "IAMUser"
+    ASSUMED_ROLE = "AssumedRole"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    `arn` is the ARN the caller acts as (for a role: the assumed-role session ARN); `policy_arn`
+    is the ARN that key policies and identity policies name (for a role: the role ARN).
+    `policies` are the caller's IAM identity policies, as parsed JSON documents.
+    """
+
+    arn: str
+    account: str
+    type: IdentityType
+    access_key_id: str
+    principal_id: str
+    user_name: str | None = None
+    role_arn: str | None = None
+    session_name: str | None = None
+    policies: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def policy_arn(self) -> str:
+        return self.role_arn or self.arn
+
+    @classmethod
+    def account_root(cls, account: str, access_key_id: str) -> Principal:
+        """The root identity of `account` (used by `--dev-credentials`)."""
+        return cls(
+            arn=f"arn:aws:iam::{account}:root",
+            account=account,
+            type=IdentityType.ROOT,
+            access_key_id=access_key_id,
+            principal_id=account,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Everything about one API call that is not a request parameter."""
+
+    principal: Principal
+    region: str
+    request_id: str
+    source_ip: str = "127.0.0.1"
+    user_agent: str = ""
+    secure_transport: bool = False
+    tls_details: dict[str, str] | None = field(default=None)
+
+    @property
+    def account(self) -> str:
+        return self.principal.account

@@ -1,0 +1,125 @@
+"""The key: its metadata, its versions of key material, and the pure transitions between states.
+
+A key is immutable; every change returns a new `Key` (compute, persist, then announce). Key
+material versions are first-class (as in Vault transit): the newest encrypts, every version
+decrypts what it made, and the ciphertext names its version by `KeyMaterialId`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from keytrail.kms.identifiers import key_arn
+from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
+
+__all__ = ["Key", "KeyMaterial"]
+
+DEFAULT_ROTATION_PERIOD_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """One version of a key's secret material. `secret` is raw bytes: an AES or HMAC key, or a
+    PKCS#8 DER private key; it is sealed before it touches disk and hidden from `repr`."""
+
+    material_id: str
+    secret: bytes = field(repr=False)
+    created: datetime
+    rotation_type: str | None = None  # None for the first material, else AUTOMATIC / ON_DEMAND
+    valid_to: datetime | None = None  # imported material that expires
+    handle: str | None = None  # id of the key object inside an HSM (custom key stores)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A KMS key in one account and Region."""
+
+    account: str
+    region: str
+    key_id: str
+    creation_date: datetime
+    key_spec: KeySpec = KeySpec.SYMMETRIC_DEFAULT
+    key_usage: KeyUsage = KeyUsage.ENCRYPT_DECRYPT
+    origin: Origin = Origin.AWS_KMS
+    key_manager: KeyManager = KeyManager.CUSTOMER
+    state: KeyState = KeyState.ENABLED
+    description: str = ""
+    policy: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
+    materials: tuple[KeyMaterial, ...] = ()
+    deletion_date: datetime | None = None
+    pending_window_days: int | None = None
+    rotation_enabled: bool = False
+    rotation_period_days: int | None = None
+    next_rotation_date: datetime | None = None
+    on_demand_rotations: int = 0
+    expiration_model: str | None = None
+    multi_region: bool = False
+    primary_region: str | None = None
+    replica_regions: tuple[str, ...] = ()
+    custom_key_store_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arn(self) -> str:
+        return key_arn(self.region, self.account, self.key_id)
+
+    @property
+    def enabled(self) -> bool:
+        return self.state is KeyState.ENABLED
+
+    @property
+    def current_material(self) -> KeyMaterial | None:
+        return self.materials[-1] if self.materials else None
+
+    def material(self, material_id: str) -> KeyMaterial | None:
+        for material in self.materials:
+            if material.material_id == material_id:
+                return material
+        return None
+
+    @property
+    def tag_map(self) -> dict[str, str]:
+        return dict(self.tags)
+
+    # --- transitions -------------------------------------------------------------------------
+
+    def with_state(self, state: KeyState) -> Key:
+        return replace(self, state=state, deletion_date=None, pending_window_days=None)
+
+    def scheduled_for_deletion(self, now: datetime, window_days: int) -> Key:
+        return replace(
+            self,
+            state=KeyState.PENDING_DELETION,
+            deletion_date=now + timedelta(days=window_days),
+            pending_window_days=window_days,
+        )
+
+    def with_rotation(self, enabled: bool, now: datetime, period_days: int | None = None) -> Key:
+        if not enabled:
+            return replace(self, rotation_enabled=False, next_rotation_date=None)
+        period = period_days or self.rotation_period_days or DEFAULT_ROTATION_PERIOD_DAYS
+        return replace(
+            self,
+            rotation_enabled=True,
+            rotation_period_days=period,
+            next_rotation_date=now + timedelta(days=period),
+        )
+
+    def rotated(self, material: KeyMaterial, now: datetime) -> Key:
+        """Add `material` as the new current version; old versions stay for decryption."""
+        on_demand = self.on_demand_rotations + (material.rotation_type == "ON_DEMAND")
+        next_date = self.next_rotation_date
+        if self.rotation_enabled and material.rotation_type == "AUTOMATIC":
+            next_date = now + timedelta(days=self.rotation_period_days or DEFAULT_ROTATION_PERIOD_DAYS)
+        return replace(
+            self,
+            materials=(*self.materials, material),
+            on_demand_rotations=on_demand,
+            next_rotation_date=next_date,
+        )
+
+    def with_tags(self, tags: dict[str, str]) -> Key:
+        return replace(self, tags=tuple(tags.items()))

@@ -1,0 +1,115 @@
+"""Domain values the rest of keytrail may read: key enums and the record of one call.
+
+The audit layer turns a `CallRecord` into a CloudTrail event; the KMS core knows nothing of
+CloudTrail's JSON, Avro or Kafka. A `CallRecord` never holds plaintext, ciphertext, data keys,
+signatures or key material: the service strips them before it builds one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from keytrail.kms.context import CallContext
+
+__all__ = [
+    "AuditSink",
+    "CallRecord",
+    "KeyManager",
+    "KeySpec",
+    "KeyState",
+    "KeyUsage",
+    "Origin",
+]
+
+
+class KeyState(StrEnum):
+    CREATING = "Creating"
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    PENDING_DELETION = "PendingDeletion"
+    PENDING_IMPORT = "PendingImport"
+    PENDING_REPLICA_DELETION = "PendingReplicaDeletion"
+    UNAVAILABLE = "Unavailable"
+    UPDATING = "Updating"
+
+
+class KeyUsage(StrEnum):
+    ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+    SIGN_VERIFY = "SIGN_VERIFY"
+    GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+    KEY_AGREEMENT = "KEY_AGREEMENT"
+
+
+class Origin(StrEnum):
+    AWS_KMS = "AWS_KMS"
+    EXTERNAL = "EXTERNAL"
+    AWS_CLOUDHSM = "AWS_CLOUDHSM"
+    EXTERNAL_KEY_STORE = "EXTERNAL_KEY_STORE"
+
+
+class KeyManager(StrEnum):
+    CUSTOMER = "CUSTOMER"
+    AWS = "AWS"
+
+
+class KeySpec(StrEnum):
+    SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+    RSA_2048 = "RSA_2048"
+    RSA_3072 = "RSA_3072"
+    RSA_4096 = "RSA_4096"
+    ECC_NIST_P256 = "ECC_NIST_P256"
+    ECC_NIST_P384 = "ECC_NIST_P384"
+    ECC_NIST_P521 = "ECC_NIST_P521"
+    ECC_SECG_P256K1 = "ECC_SECG_P256K1"
+    ECC_NIST_EDWARDS25519 = "ECC_NIST_EDWARDS25519"
+    HMAC_224 = "HMAC_224"
+    HMAC_256 = "HMAC_256"
+    HMAC_384 = "HMAC_384"
+    HMAC_512 = "HMAC_512"
+    ML_DSA_44 = "ML_DSA_44"
+    ML_DSA_65 = "ML_DSA_65"
+    ML_DSA_87 = "ML_DSA_87"
+    ML_KEM_512 = "ML_KEM_512"
+    ML_KEM_768 = "ML_KEM_768"
+    ML_KEM_1024 = "ML_KEM_1024"
+    SM2 = "SM2"
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """What happened in one KMS call or one service-initiated action, as the audit trail needs it.
+
+    `context` is None for service events (scheduled `RotateKey`, `DeleteKey`), which CloudTrail
+    records with a KMS-internal identity and no requestID. `request_parameters` uses CloudTrail's
+    camelCase names and never holds secrets. `resources` are resolved key ARNs (ReEncrypt: source
+    key first, then destination key).
+    """
+
+    event_id: str
+    event_name: str
+    event_time: datetime
+    region: str
+    account: str
+    context: CallContext | None
+    request_parameters: dict[str, Any] | None
+    response_elements: dict[str, Any] | None = None
+    additional_event_data: dict[str, Any] | None = None
+    service_event_details: dict[str, Any] | None = None
+    resources: tuple[str, ...] = ()
+    read_only: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def event_type(self) -> str:
+        return "AwsApiCall" if self.context is not None else "AwsServiceEvent"
+
+
+class AuditSink(Protocol):
+    """Where the KMS core reports every call. `record` returns once the record is durable;
+    if it raises, the call fails (no crypto without audit)."""
+
+    async def record(self, call: CallRecord) -> None: ...

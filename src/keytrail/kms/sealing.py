@@ -1,0 +1,58 @@
+"""Key material at rest: sealed under the node's root key before it touches any store."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["RootKey", "SealError"]
+
+ROOT_KEY_ENV = "KEYTRAIL_ROOT_KEY"
+ROOT_KEY_FILE_ENV = "KEYTRAIL_ROOT_KEY_FILE"
+
+
+class SealError(Exception):
+    """Sealed material could not be opened: wrong root key or a damaged store."""
+
+
+class RootKey:
+    """An AES-256-GCM key that seals every key material version; the AAD binds each sealed
+    value to its key ARN and material id, so sealed values cannot be swapped between keys."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32:
+            raise ValueError("the root key must be 32 bytes")
+        self._aead = AESGCM(secret)
+
+    def __repr__(self) -> str:
+        return "RootKey(<sealed>)"
+
+    def seal(self, material: bytes, binding: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, material, binding.encode())
+
+    def unseal(self, sealed: bytes, binding: str) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], binding.encode())
+        except (InvalidTag, ValueError):
+            raise SealError(f"cannot unseal key material for {binding}") from None
+
+    @classmethod
+    def load(cls, data_dir: Path) -> RootKey:
+        """The root key from `$KEYTRAIL_ROOT_KEY` (base64), `$KEYTRAIL_ROOT_KEY_FILE`, or
+        `<data-dir>/root.key` (created with mode 0600 on first start)."""
+        if value := os.environ.get(ROOT_KEY_ENV):
+            return cls(base64.b64decode(value))
+        path = Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(os.urandom(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+        return cls(path.read_bytes())

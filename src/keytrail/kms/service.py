@@ -1,0 +1,279 @@
+"""KmsService: the key service's single entry point and the helpers every operation shares.
+
+`execute` runs one operation and reports it, allowed or denied, success or error, to the audit
+sink before the caller gets an answer. Operations find keys, check state and usage, and ask the
+one authorization point through the methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from keytrail.clock import Clock
+from keytrail.kms import errors
+from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.context import CallContext
+from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.model import AuditSink, CallRecord, KeyState, KeyUsage
+from keytrail.kms.store import Grant, Store
+
+__all__ = ["KmsService", "ServiceDeps"]
+
+log = logging.getLogger(__name__)
+
+_NOT_USABLE = {
+    KeyState.PENDING_DELETION: "is pending deletion.",
+    KeyState.PENDING_IMPORT: "is pending import.",
+    KeyState.PENDING_REPLICA_DELETION: "is pending replica deletion.",
+    KeyState.CREATING: "is creating.",
+    KeyState.UNAVAILABLE: "is unavailable.",
+    KeyState.UPDATING: "is updating.",
+}
+DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is set."
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDeps:
+    """What the service is built from; `cli` wires the real ones, tests their own."""
+
+    store: Store
+    clock: Clock
+    audit: AuditSink
+    authorizer: Authorizer
+    new_id: Callable[[], str] = lambda: str(uuid.uuid4())
+    random_bytes: Callable[[int], bytes] = os.urandom
+
+
+class KmsService:
+    """The AWS KMS operations over a store, a clock, an authorizer and an audit sink."""
+
+    def __init__(self, deps: ServiceDeps, operations: Mapping[str, Operation] | None = None) -> None:
+        from keytrail.kms.operations import OPERATIONS
+
+        self.deps = deps
+        self.store = deps.store
+        self.clock = deps.clock
+        self.operations: Mapping[str, Operation] = operations or OPERATIONS
+        self._due_lock = asyncio.Lock()
+
+    # --- the entry point ---------------------------------------------------------------------
+
+    async def execute(self, name: str, context: CallContext, params: dict[str, Any]) -> Response:
+        """Run operation `name`; its audit record is durable before this returns or raises."""
+        operation = self.operations.get(name)
+        if operation is None:
+            raise errors.UnknownOperationException(f"Operation {name} is not supported.")
+        call = Call(context, params)
+        try:
+            response = await operation.handler(self, call)
+        except errors.KmsError as error:
+            await self._report(name, operation, call, error)
+            raise
+        except Exception:
+            log.exception("internal error in %s (request %s)", name, context.request_id)
+            internal = errors.KMSInternalException("An internal error occurred.")
+            await self._report(name, operation, call, internal)
+            raise internal from None
+        await self._report(name, operation, call, None)
+        return response
+
+    async def _report(self, name: str, operation: Operation, call: Call, error: errors.KmsError | None) -> None:
+        context = call.context
+        record = CallRecord(
+            event_id=self.deps.new_id(),
+            event_name=name,
+            event_time=self.clock.now(),
+            region=context.region,
+            account=context.account,
+            context=context,
+            request_parameters=cloudtrail_parameters(call.params, call.extra_request_parameters),
+            response_elements=call.response_elements if error is None else None,
+            additional_event_data=call.additional_event_data or None,
+            resources=tuple(call.resources),
+            read_only=operation.read_only,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+        )
+        await self.audit(record)
+
+    async def audit(self, record: CallRecord) -> None:
+        """Hand `record` to the audit sink; if it cannot be made durable the call fails."""
+        try:
+            await self.deps.audit.record(record)
+        except errors.KmsError:
+            raise
+        except Exception as exc:
+            log.error("audit spool failure: %s", exc)
+            raise errors.KMSInternalException(
+                f"The audit spool could not persist the event for request {record.event_id}: "
+                "the call was not performed."
+            ) from None
+
+    async def service_event(self, name: str, key: Key, details: dict[str, Any] | None) -> None:
+        """Record a KMS-initiated action (scheduled RotateKey, DeleteKey)."""
+        await self.audit(CallRecord(
+            event_id=self.deps.new_id(), event_name=name, event_time=self.clock.now(),
+            region=key.region, account=key.account, context=None, request_parameters=None,
+            service_event_details=details, resources=(key.arn,), read_only=False,
+        ))
+
+    # --- finding keys ------------------------------------------------------------------------
+
+    async def find_key(self, call: Call, raw: str, *, allow_alias: bool = True) -> Key:
+        """The key a KeyId parameter names, with AWS's NotFoundException messages."""
+        context = call.context
+        try:
+            ref = parse_key_ref(raw, account=context.account, region=context.region)
+        except KeyRefError as exc:
+            raise errors.NotFoundException(str(exc)) from None
+        if ref.is_alias:
+            if not allow_alias:
+                raise errors.NotFoundException(f"Invalid keyId '{raw}'")
+            alias = await self.store.get_alias(ref.account, ref.region, ref.name)
+            if alias is None:
+                raise errors.NotFoundException(f"Alias {ref.arn} is not found.")
+            key_id = alias.key_id
+        else:
+            key_id = ref.name
+        key = await self.store.get_key(ref.account, ref.region, key_id)
+        if key is not None:
+            key = await self.apply_due(key)
+        if key is None:
+            raise errors.NotFoundException(f"Key '{key_arn(ref.region, ref.account, key_id)}' does not exist")
+        call.resource(key.arn)
+        return key
+
+    async def find_key_by_id(self, account: str, region: str, key_id: str) -> Key | None:
+        key = await self.store.get_key(account, region, key_id)
+        return await self.apply_due(key) if key else None
+
+    def alias_arn(self, call: Call, name: str) -> str:
+        return alias_arn(call.context.region, call.context.account, name)
+
+    # --- checks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def require_usable(key: Key) -> None:
+        """Raise what AWS raises when a key's state forbids cryptographic use."""
+        if key.state is KeyState.DISABLED:
+            raise errors.DisabledException(f"{key.arn} is disabled.")
+        if key.state in _NOT_USABLE:
+            raise errors.KMSInvalidStateException(f"{key.arn} {_NOT_USABLE[key.state]}")
+
+    @staticmethod
+    def require_not_pending_deletion(key: Key) -> None:
+        if key.state is KeyState.PENDING_DELETION:
+            raise errors.KMSInvalidStateException(f"{key.arn} is pending deletion.")
+
+    @staticmethod
+    def require_usage(key: Key, operation: str, *usages: KeyUsage) -> None:
+        if key.key_usage not in usages:
+            raise errors.InvalidKeyUsageException(
+                f"{key.arn} key usage is {key.key_usage} which is not valid for {operation}."
+            )
+
+    async def authorize(
+        self, call: Call, action: str, key: Key | None, conditions: Mapping[str, Any] | None = None,
+    ) -> None:
+        """The one authorization point: AccessDeniedException unless policies or grants allow."""
+        grants: Sequence[Grant] = ()
+        if key is not None:
+            grants = await self.store.list_grants(key.account, key.region, key.key_id)
+        request = AccessRequest(call.context, action, key, conditions or {}, grants)
+        decision = self.deps.authorizer.authorize(request)
+        if not decision.allowed:
+            raise errors.AccessDeniedException(denial_message(request, decision))
+
+    @staticmethod
+    def check_dry_run(call: Call) -> None:
+        if call.params.get("DryRun"):
+            raise errors.DryRunOperationException(DRY_RUN_MESSAGE)
+
+    # --- material and schedules --------------------------------------------------------------
+
+    def new_material(self, secret: bytes, rotation_type: str | None = None) -> KeyMaterial:
+        return KeyMaterial(
+            material_id=self.deps.random_bytes(32).hex(), secret=secret, created=self.clock.now(),
+            rotation_type=rotation_type,
+        )
+
+    async def apply_due(self, key: Key) -> Key | None:
+        """Carry out what the clock says is due for `key`: deletion after its waiting period,
+        automatic rotation. Returns the key as it now is, or None once deleted."""
+        now = self.clock.now()
+        if not _is_due(key, now):
+            return key
+        async with self._due_lock:
+            current = await self.store.get_key(key.account, key.region, key.key_id)
+            if current is None:
+                return None
+            if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
+                await self.store.delete_key(current)
+                await self.service_event("DeleteKey", current, {"keyId": current.arn})
+                return None
+            if _rotation_due(current, now):
+                from keytrail.kms.rotation import rotate_key
+
+                current = await rotate_key(self, current, "AUTOMATIC")
+            return current
+
+    async def run_due(self) -> None:
+        """Apply every due deletion and rotation (the scheduler's tick)."""
+        for key in await self.store.all_keys():
+            await self.apply_due(key)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+
+def _rotation_due(key: Key, now: datetime) -> bool:
+    return (
+        key.rotation_enabled and key.next_rotation_date is not None and key.next_rotation_date <= now
+        and key.state is KeyState.ENABLED
+    )
+
+
+def _is_due(key: Key, now: datetime) -> bool:
+    deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
+    return deleting or _rotation_due(key, now)
+
+
+_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential"})
+_VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
+
+
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def _cloudtrail_value(name: str, value: Any) -> Any:
+    if name in _VERBATIM:
+        return value
+    if isinstance(value, dict):
+        return {_camel(k): _cloudtrail_value(k, v) for k, v in value.items()
+                if not isinstance(v, bytes | bytearray)}
+    if isinstance(value, list):
+        return [_cloudtrail_value(name, v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Request parameters as CloudTrail logs them: camelCase names, and no plaintext,
+    ciphertext, signatures, key material or passwords (every blob member is dropped)."""
+    out = {
+        _camel(name): _cloudtrail_value(name, value) for name, value in params.items()
+        if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
+    }
+    out.update(extra)
+    return out

