@@ -1,0 +1,3 @@
+from keytrail.cli import main
+
+main()
