@@ -127,10 +127,10 @@ def test_key_material_is_sealed_on_disk(fresh_server: KeytrailServer) -> None:
     root_key = (fresh_server.data_dir / "root.key")
     assert oct(root_key.stat().st_mode & 0o777) == "0o600"
     sys.path.insert(0, str(Path(__file__).parents[2] / "src"))
+    import asyncio
+
     from keytrail.kms.sealing import RootKey
     from keytrail.kms.sqlite_store import SqliteStore
-
-    import asyncio
     store = SqliteStore(fresh_server.data_dir / "keys.db", RootKey.load(fresh_server.data_dir))
     key = asyncio.run(store.get_key("111122223333", "us-east-1", key_id))
     assert key is not None and key.current_material is not None
