@@ -1,0 +1,123 @@
+"""Server processes for the benchmark: start, wait until ready, measure CPU and memory, stop.
+
+CPU and RSS are read from /proc for the whole process tree (uvicorn with several workers is a
+supervisor plus children), so "CPU per request" covers every process that served the load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["Process", "free_port", "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(entry.path, "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    children, pids, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        todo.extend(children.get(current, []))
+    return pids
+
+
+def tree_cpu_seconds(pids: Sequence[int]) -> float:
+    """User plus system CPU seconds of these processes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / _TICK
+
+
+def tree_rss_bytes(pids: Sequence[int]) -> int:
+    """Resident memory of these processes (sum of RSS)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+    return total
+
+
+class Process:
+    """A server subprocess with its log file; `ready()` waits for the port or a health URL."""
+
+    def __init__(self, name: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.proc = subprocess.Popen(list(args), stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                     env=env, cwd=cwd, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def ready(self, port: int, health_path: str | None = None, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-1500:]}")
+            if _answers(port, health_path):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s: {self.log.read_text()[-1500:]}")
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.pid)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it if it does not exit in time."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def _answers(port: int, health_path: str | None) -> bool:
+    if health_path is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{health_path}", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
