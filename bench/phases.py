@@ -1,0 +1,175 @@
+"""The benchmark's phases; each returns plain data for the results file."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.fixtures import OPERATIONS
+from bench.measure import Durations, measure
+from bench.population import add_keys
+from bench.procs import tree_rss_bytes
+from bench.targets import ROOT, Target, start_ceiling, start_keytrail, start_moto, _python_env
+
+__all__ = ["http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
+
+KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
+
+
+def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
+    """One round: each operation on keytrail, then on moto; the ceiling and audit-off after Encrypt."""
+    plan = []
+    for operation in OPERATIONS:
+        plan.append((targets[KEYTRAIL], operation))
+        if operation in targets[MOTO].operations:
+            plan.append((targets[MOTO], operation))
+        if operation == "Encrypt":
+            plan += [(targets[CEILING], operation), (targets[AUDIT_OFF], operation)]
+    return plan
+
+
+def _start_all(work: Path, kafka: str | None) -> dict[str, Target]:
+    targets: dict[str, Target] = {}
+    try:
+        targets[KEYTRAIL] = start_keytrail(work, KEYTRAIL, kafka=kafka)
+        targets[AUDIT_OFF] = start_keytrail(work, "keytrail-audit-off", kafka=kafka, audit=False)
+        targets[AUDIT_OFF].name = AUDIT_OFF
+        targets[MOTO] = start_moto(work)
+        targets[CEILING] = start_ceiling(work)
+    except BaseException:
+        _stop_all(targets)
+        raise
+    return targets
+
+
+def _stop_all(targets: dict[str, Target]) -> None:
+    for target in targets.values():
+        target.process.stop()
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _audit_bytes(work: Path) -> dict[str, int]:
+    """Bytes under <data-dir>/audit of each keytrail: shows whether audit ran, and whether off is off."""
+    return {KEYTRAIL: _dir_bytes(work / f"{KEYTRAIL}-data" / "audit"),
+            AUDIT_OFF: _dir_bytes(work / "keytrail-audit-off-data" / "audit")}
+
+
+def http_table(work: Path, kafka: str | None, durations: Durations, rounds: int) -> dict[str, Any]:
+    """Interleaved rounds over every (target, operation), then open-loop latency at 80%."""
+    targets = _start_all(work, kafka)
+    try:
+        runs = []
+        for index in range(rounds):
+            for target, operation in _plan(targets):
+                row = measure(target, operation, work, durations)
+                row["round"] = index
+                runs.append(row)
+                _echo(row)
+        return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": open_loop(targets[KEYTRAIL], work, durations)}
+    finally:
+        _stop_all(targets)
+
+
+def _echo(row: dict[str, Any]) -> None:
+    if "rps" in row:
+        line = (f"  {row['target']:<22} {row['operation']:<17} {row['rps']:>9.0f} req/s  p50 {row['p50_ms']:.2f} "
+                f"p99 {row['p99_ms']:.2f} ms  {row.get('cpu_us_per_request') or 0:.0f} µs CPU/req")
+    else:
+        line = f"  {row['target']:<22} {row['operation']:<17} {row.get('error') or row.get('skipped')}"
+    print(line, flush=True)
+
+
+def open_loop(target: Target, work: Path, durations: Durations) -> dict[str, Any]:
+    """Latency at 80 % of the maximum rate, the maximum measured with wrk right before (the machine's
+    other tenants move it from minute to minute); bench/openloop.py runs in its own process, like wrk."""
+    maximum = measure(target, "Encrypt", work, durations)
+    if "rps" not in maximum:
+        return {"error": maximum.get("error", "no maximum")}
+    rate = 0.8 * maximum["rps"]
+    requests_file = target.sign("Encrypt", work / "req-openloop.txt")
+    seconds = max(4.0, durations.seconds * 2)
+    args = [sys.executable, "-m", "bench.openloop", "--port", str(target.port), "--requests", str(requests_file),
+            "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--connections", "64"]
+    done = subprocess.run(args, capture_output=True, text=True, env=_python_env(), cwd=ROOT, timeout=seconds + 90,
+                          check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr[-800:]}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["max_rps"] = maximum["rps"]
+    print(f"  open loop {rate:.0f} req/s: p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms", flush=True)
+    return result
+
+
+def profile(work: Path) -> dict[str, Any]:
+    out = work / "profile.json"
+    args = [sys.executable, "-m", "bench.profile_encrypt", "--calls", "3000", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, env=_python_env(), cwd=ROOT, timeout=180,
+                          check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr[-1500:]}
+    result: dict[str, Any] = json.loads(out.read_text())
+    print(f"  profile: Encrypt in-process {result['us_per_call']:.0f} µs/call", flush=True)
+    return result
+
+
+def _scale_run(work: Path, kafka: str | None, data_dir: Path, arns: list[str], workers: int,
+               durations: Durations) -> dict[str, Any]:
+    name = f"scale-{len(arns)}-w{workers}"
+    started = time.monotonic()
+    target = start_keytrail(work, name, kafka=kafka, data_dir=data_dir, workers=workers, load=False)
+    try:
+        startup = time.monotonic() - started
+        idle_rss = tree_rss_bytes(target.pids()) / 2**20
+        target.key_ids = random.Random(7).sample(arns, min(1000, len(arns)))
+        row = measure(target, "Encrypt", work, durations)
+        row.update(keys=len(arns), workers=workers, startup_s=round(startup, 2), rss_idle_mb=idle_rss)
+        _echo({**row, "operation": f"{len(arns)} keys, {workers}w"})
+        return row
+    finally:
+        target.process.stop()
+
+
+def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int], deadline: float) -> list[Any]:
+    """Encrypt throughput and RSS as keys grow; 2 workers at the smallest and largest count."""
+    data_dir, arns, rows = work / "scale-data", [], []
+    for count in sorted(counts):
+        if time.monotonic() > deadline:
+            rows.append({"keys": count, "skipped": "time budget spent"})
+            continue
+        began = time.monotonic()
+        arns += add_keys(data_dir, count - len(arns))
+        fill = time.monotonic() - began
+        for workers in (1, 2) if count in (min(counts), max(counts)) else (1,):
+            row = _scale_run(work, kafka, data_dir, arns, workers, durations)
+            rows.append({**row, "fill_s": round(fill, 1)})
+    return rows
+
+
+def pipeline_scripts(bench: Path, deadline: float) -> dict[str, Any]:
+    """Run the pipeline and detector helpers' benchmarks when this build has them."""
+    found: dict[str, Any] = {}
+    for name in ("pipeline_throughput.py", "detect_throughput.py"):
+        path = bench / name
+        if not path.exists():
+            found[name] = {"status": f"not measured: bench/{name} is not in this build"}
+            continue
+        budget = max(30.0, deadline - time.monotonic())
+        try:
+            done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=_python_env(),
+                                  cwd=ROOT, timeout=budget, check=False)
+        except subprocess.TimeoutExpired:
+            found[name] = {"status": f"not measured: did not finish within {budget:.0f} s"}
+            continue
+        found[name] = {"status": "ran" if done.returncode == 0 else f"failed ({done.returncode})",
+                       "output": "\n".join(done.stdout.strip().splitlines()[-25:]),
+                       "stderr": "\n".join(done.stderr.strip().splitlines()[-5:]) if done.returncode else ""}
+        print(f"  {name}: {found[name]['status']}", flush=True)
+    return found

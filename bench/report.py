@@ -1,0 +1,216 @@
+"""Render docs/benchmarks.md from one results file (bench/results/*.json)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.fixtures import OPERATIONS
+from bench.measure import median_cell
+from bench.report_text import LIMITS, METHOD
+
+__all__ = ["ratios", "render"]
+
+KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
+
+
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _runs(http: dict[str, Any], target: str, operation: str) -> list[dict[str, Any]]:
+    return [r for r in http.get("runs", []) if r["target"] == target and r["operation"] == operation]
+
+
+def _per_round(http: dict[str, Any], target: str, operation: str) -> dict[int, float]:
+    return {r["round"]: r["rps"] for r in _runs(http, target, operation) if "rps" in r}
+
+
+def ratios(http: dict[str, Any], operation: str, other: str, other_operation: str | None = None) -> float | None:
+    """Median over rounds of keytrail's req/s divided by `other`'s in the same round."""
+    mine = _per_round(http, KEYTRAIL, operation)
+    theirs = _per_round(http, other, other_operation or operation)
+    values = [mine[r] / theirs[r] for r in mine if theirs.get(r)]
+    return statistics.median(values) if values else None
+
+
+def cpu_ratio(http: dict[str, Any], operation: str, other: str, other_operation: str | None = None) -> float | None:
+    """Median over rounds of `other`'s CPU per request divided by keytrail's: the same comparison as
+    `ratios`, but by work per request, which other tenants of a shared machine disturb far less."""
+    def cpu(target: str, op: str) -> dict[int, float]:
+        return {r["round"]: r["cpu_us_per_request"] for r in _runs(http, target, op) if r.get("cpu_us_per_request")}
+    mine, theirs = cpu(KEYTRAIL, operation), cpu(other, other_operation or operation)
+    values = [theirs[r] / mine[r] for r in mine if r in theirs]
+    return statistics.median(values) if values else None
+
+
+def _row(cell: dict[str, Any] | None, label: str, ratio_moto: str, ratio_ceiling: str) -> str:
+    if cell is None:
+        return f"| {label} | not measured | | | | | | {ratio_moto} | {ratio_ceiling} |"
+    runs = " / ".join(_num(v) for v in cell["runs_rps"])
+    return (f"| {label} | **{_num(cell['rps'])}** | {_num(cell['p50_ms'], 2)} | {_num(cell['p99_ms'], 2)} | "
+            f"{_num(cell['p999_ms'], 2)} | {_num(cell.get('cpu_us_per_request'))} | {runs} | {ratio_moto} | "
+            f"{ratio_ceiling} |")
+
+
+def _ratio_text(value: float | None, digits: int = 1, suffix: str = "×") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def http_table(http: dict[str, Any]) -> list[str]:
+    lines = ["| Target · operation | req/s (median) | p50 ms | p99 ms | p99.9 ms | CPU µs/req | runs req/s | "
+             "keytrail / moto | keytrail / ceiling |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for operation in OPERATIONS:
+        to_moto = ratios(http, operation, MOTO)
+        to_ceiling = ratios(http, operation, CEILING, "Encrypt")
+        lines.append(_row(median_cell(_runs(http, KEYTRAIL, operation)), f"keytrail · {operation}",
+                          _ratio_text(to_moto), _ratio_text(None if to_ceiling is None else to_ceiling * 100, 0, " %")))
+    for operation in OPERATIONS[:3]:
+        lines.append(_row(median_cell(_runs(http, MOTO, operation)), f"moto · {operation}", "", ""))
+    lines.append(_row(median_cell(_runs(http, CEILING, "Encrypt")), "ceiling (bare ASGI) · any", "", ""))
+    lines.append(_row(median_cell(_runs(http, AUDIT_OFF, "Encrypt")), "keytrail, audit off · Encrypt", "", ""))
+    errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {r.get('error') or r.get('warning')}"
+              for r in http.get("runs", []) if r.get("error") or r.get("warning")]
+    return lines + ([""] + ["Problems seen:"] + errors if errors else [])
+
+
+def _verdict(value: float | None, target: float, higher_is_better: bool = True) -> str:
+    if value is None:
+        return "not measured"
+    met = value >= target if higher_is_better else value < target
+    if met:
+        return "**met**"
+    missed_by = (target / value if higher_is_better else value / target) if value else float("inf")
+    return f"**missed** (×{missed_by:.1f} short)"
+
+
+def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
+    http = results.get("http", {})
+    ratio = ratios(http, "Encrypt", AUDIT_OFF)
+    audit = http.get("audit_bytes", {})
+    if not results["features"].get("audit trail (durable spool)") or not audit.get(KEYTRAIL):
+        return ratio, "the audit trail is not wired into `keytrail serve` in this build: both ran without it", False
+    if audit.get(AUDIT_OFF):
+        return ratio, (f"`KEYTRAIL_AUDIT=off` is not honoured by this build (the audit-off server wrote "
+                       f"{audit[AUDIT_OFF]:,} bytes of audit data): the ratio compares two audited servers", False)
+    return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none", True
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    http = results.get("http", {})
+    to_moto, to_ceiling = ratios(http, "Encrypt", MOTO), ratios(http, "Encrypt", CEILING)
+    at80 = http.get("open_loop") or {}
+    p99 = at80.get("p99_ms")
+    audit_ratio, audit_note, audit_valid = _audit_ratio(results)
+    audit_pct = None if audit_ratio is None else audit_ratio * 100
+    cpu_moto, cpu_ceiling = cpu_ratio(http, "Encrypt", MOTO), cpu_ratio(http, "Encrypt", CEILING)
+    ceiling_pct = None if to_ceiling is None else to_ceiling * 100
+    cpu_ceiling_pct = None if cpu_ceiling is None else cpu_ceiling * 100
+    sustained = at80.get("achieved_rps", 0) >= 0.95 * at80.get("target_rps", float("inf"))
+    return [
+        "| Target | Measured (req/s ratio · by CPU per request) | Verdict |", "|---|---|---|",
+        f"| Encrypt, everything on ≥ 10× moto | {_ratio_text(to_moto)} · {_ratio_text(cpu_moto)} | "
+        f"{_verdict(to_moto, 10)} |",
+        f"| Encrypt ≥ 25 % of the bare ASGI ceiling | {_ratio_text(ceiling_pct, 0, ' %')} · "
+        f"{_ratio_text(cpu_ceiling_pct, 0, ' %')} | {_verdict(ceiling_pct, 25)} |",
+        f"| p99 < 10 ms at 80 % of the maximum rate | {_num(p99, 2)} ms at {_num(at80.get('achieved_rps'))} of "
+        f"{_num(at80.get('target_rps'))} req/s (open loop{'' if sustained else ', rate not sustained'}) | "
+        f"{_verdict(p99, 10, higher_is_better=False)} |",
+        f"| Audit on ≥ 70 % of audit off (Encrypt) | {_ratio_text(audit_pct, 0, ' %')} ({audit_note}) | "
+        f"{_verdict(audit_pct, 70) if audit_valid else 'not measured'} |",
+        f"| Consumers ≥ 100,000 events/s on one core | {consumers} | see Pipeline |",
+    ]
+
+
+def _pipeline_figure(results: dict[str, Any]) -> str:
+    entry = results.get("pipeline", {}).get("pipeline_throughput.py", {})
+    return entry.get("status", "not measured") if entry.get("status") != "ran" else "see the script's output below"
+
+
+def scale_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| Keys | Workers | Encrypt req/s | p99 ms | CPU µs/req | RSS idle MB | RSS under load MB | start s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if "rps" not in row:
+            lines.append(f"| {_num(row.get('keys'))} | {row.get('workers', '')} | "
+                         f"{row.get('skipped') or row.get('error')} | | | | | |")
+            continue
+        lines.append(f"| {_num(row['keys'])} | {row['workers']} | {_num(row['rps'])} | {_num(row['p99_ms'], 2)} | "
+                     f"{_num(row.get('cpu_us_per_request'))} | {_num(row['rss_idle_mb'])} | {_num(row['rss_mb'])} | "
+                     f"{_num(row['startup_s'], 1)} |")
+    return lines
+
+
+def profile_section(profile: dict[str, Any]) -> list[str]:
+    if "stages" not in profile:
+        return [f"Profile not taken: {profile.get('error', 'no data')}"]
+    lines = [f"In-process Encrypt through keytrail's ASGI app (no server, no network): "
+             f"**{profile['us_per_call']:.0f} µs per call** over {profile['calls']:,} calls. Share of the app's "
+             "profiled time per stage (pyinstrument, inclusive), and that share of the unprofiled time:", "",
+             "| Stage | share | ≈ µs per call |", "|---|---:|---:|"]
+    for name, stage in sorted(profile["stages"].items(), key=lambda item: -item[1]["share"]):
+        lines.append(f"| {name} | {stage['share'] * 100:.0f} % | {stage['us']:.1f} |")
+    return lines + ["", "<details><summary>pyinstrument call tree</summary>", "", "```",
+                    profile.get("tree", "").strip(), "```", "", "</details>"]
+
+
+def pipeline_section(pipeline: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, entry in pipeline.items():
+        lines.append(f"**bench/{name}**: {entry['status']}")
+        if entry.get("output"):
+            lines += ["", "```", entry["output"], "```"]
+        if entry.get("stderr"):
+            lines += ["", "stderr:", "```", entry["stderr"], "```"]
+        lines.append("")
+    return lines
+
+
+def machine_section(results: dict[str, Any]) -> list[str]:
+    machine = results["machine"]
+    versions = ", ".join(f"{name} {version}" for name, version in machine["versions"].items())
+    built = ", ".join(f"{name}: {'yes' if present else 'no'}" for name, present in results["features"].items())
+    load = ", ".join(f"{v:.2f}" for v in machine["load_average"])
+    return [f"- Run {results['started']} on commit `{machine['commit']}`, {results.get('elapsed_s', '?')} s in all.",
+            f"- {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB RAM, {machine['os']}, "
+            f"Python {machine['python']}; load average at start {load} (a shared machine: compare ratios).",
+            f"- Versions: {versions}.",
+            f"- Parts of keytrail in this build: {built}; Kafka shipping to tansu during the run: "
+            f"{'yes' if results.get('kafka') else 'no'}."]
+
+
+def render(results: dict[str, Any]) -> str:
+    http = results.get("http", {})
+    at80 = http.get("open_loop") or {}
+    method = results["method"]
+    lines = ["# Benchmarks", "",
+             "Generated by `scripts/bench` (bench/run.py); do not edit by hand. Raw figures: "
+             "`bench/results/latest.json` (git-ignored).", "", "## Targets", "", *targets_table(results), "",
+             "## HTTP: keytrail against moto and the ceiling", "",
+             f"wrk -t1 -c{method['connections']}, {method['rounds']} interleaved rounds of {method['warmup_s']:g} s "
+             f"warm-up + {method['seconds']:g} s measured, medians; ratios are medians of per-round ratios. "
+             "The ceiling is one fixed answer, so every keytrail operation is compared with its Encrypt row.", "",
+             *http_table(http), "",
+             f"Open loop at 80 % of keytrail's Encrypt maximum measured just before it ({_num(at80.get('max_rps'))} req/s; "
+             f"{_num(at80.get('target_rps'))} req/s target, "
+             f"{_num(at80.get('achieved_rps'))} achieved, {at80.get('completed', 'n/a')} requests): p50 "
+             f"{_num(at80.get('p50_ms'), 2)} ms, p99 **{_num(at80.get('p99_ms'), 2)} ms**, p99.9 "
+             f"{_num(at80.get('p999_ms'), 2)} ms, max {_num(at80.get('max_ms'), 2)} ms; statuses "
+             f"{at80.get('statuses', at80.get('error', 'n/a'))}.", "",
+             "## Scale: keys and worker processes", "", *scale_table(results.get("scale", [])), "",
+             "## Where the time goes (Encrypt profile)", "", *profile_section(results.get("profile", {})), "",
+             "## Pipeline and detector", "", *pipeline_section(results.get("pipeline", {})),
+             "## What limits each figure", "", LIMITS, "", "## Method", "", METHOD, "", "## Machine", "",
+             *machine_section(results), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("results") / "latest.json"
+    sys.stdout.write(render(json.loads(source.read_text())))

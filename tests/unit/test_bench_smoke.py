@@ -1,0 +1,73 @@
+"""The benchmark harness reads its load generators' output correctly (no timing is asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.measure import median_cell
+from bench.openloop import percentile
+from bench.presign import SEPARATOR, Signer, read_requests, write_requests
+from bench.report import ratios
+from bench.wrk import parse_wrk_output
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40000/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.12ms    1.01ms  21.40ms   88.10%
+    Req/Sec     5.13k   301.22     5.60k    74.00%
+  25541 requests in 5.00s, 6.46MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:   5107.64
+Transfer/sec:      1.29MB
+RESULT requests=25541 duration_us=5000612 p50_us=2950 p90_us=4010 p99_us=7311 p999_us=15020 max_us=21400 \
+status_errors=12 connect_errors=0 read_errors=1 write_errors=0 timeouts=2
+"""
+
+
+def test_wrk_result_line_is_parsed_into_rate_and_percentiles() -> None:
+    result = parse_wrk_output(WRK_OUTPUT.replace("\\\n", ""))
+    assert result.requests == 25541
+    assert result.rps == pytest.approx(25541 / 5.000612)
+    assert (result.p50_ms, result.p99_ms, result.p999_ms, result.max_ms) == (2.95, 7.311, 15.02, 21.4)
+    assert result.status_errors == 12
+    assert result.socket_errors == 3
+
+
+def test_wrk_output_without_the_lua_result_line_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no RESULT line"):
+        parse_wrk_output(WRK_OUTPUT.split("RESULT")[0])
+
+
+def test_signed_request_file_round_trips_and_signs_the_host_wrk_sends(tmp_path: Path) -> None:
+    signer = Signer("http://127.0.0.1:40000", "AKIAEXAMPLE", "secret")
+    raws = [signer.raw("Encrypt", {"KeyId": f"alias/k{i}", "Plaintext": "eA=="}) for i in range(3)]
+    path = write_requests(tmp_path / "req.txt", raws)
+    assert read_requests(path) == raws
+    assert path.read_bytes().count(SEPARATOR) == 3
+    head, _, body = raws[0].partition(b"\r\n\r\n")
+    assert b"Host: 127.0.0.1:40000" in head
+    assert b"SignedHeaders=content-type;host;x-amz-date;x-amz-target" in head
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_median_cell_takes_the_median_rate_and_keeps_every_run() -> None:
+    rows = [{"rps": 100.0, "p99_ms": 1.0}, {"rps": 300.0, "p99_ms": 3.0}, {"rps": 200.0, "p99_ms": 2.0},
+            {"error": "probe answered 403"}]
+    cell = median_cell(rows)
+    assert cell is not None
+    assert (cell["rps"], cell["p99_ms"], cell["runs_rps"]) == (200.0, 2.0, [100.0, 300.0, 200.0])
+    assert median_cell([{"error": "x"}]) is None
+
+
+def test_ratios_pair_runs_of_the_same_round() -> None:
+    runs = [{"target": t, "operation": "Encrypt", "round": r, "rps": v}
+            for t, r, v in [("keytrail", 0, 100.0), ("moto", 0, 10.0), ("keytrail", 1, 50.0), ("moto", 1, 25.0),
+                            ("keytrail", 2, 90.0), ("moto", 2, 30.0)]]
+    assert ratios({"runs": runs}, "Encrypt", "moto") == 3.0  # median of 10, 2, 3
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (50.0, 99.0, 100.0)
