@@ -112,6 +112,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     cpu_moto, cpu_ceiling = cpu_ratio(http, "Encrypt", MOTO), cpu_ratio(http, "Encrypt", CEILING)
     ceiling_pct = None if to_ceiling is None else to_ceiling * 100
     cpu_ceiling_pct = None if cpu_ceiling is None else cpu_ceiling * 100
+    consumers = _pipeline_figure(results)
     sustained = at80.get("achieved_rps", 0) >= 0.95 * at80.get("target_rps", float("inf"))
     return [
         "| Target | Measured (req/s ratio · by CPU per request) | Verdict |", "|---|---|---|",
