@@ -40,7 +40,7 @@ class Signer:
         credentials = Credentials(self.access_key_id, self.secret_access_key)
         SigV4Auth(credentials, "kms", self.region).add_auth(request)
         host = self.endpoint.split("://", 1)[1].rstrip("/")
-        head = [f"POST / HTTP/1.1", f"Host: {host}", "User-Agent: keytrail-bench",
+        head = ["POST / HTTP/1.1", f"Host: {host}", "User-Agent: keytrail-bench",
                 f"Content-Length: {len(body)}"]
         head += [f"{name}: {value}" for name, value in request.headers.items()]
         return ("\r\n".join(head) + "\r\n\r\n").encode() + body

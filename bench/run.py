@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import sys
 import tempfile
 import time
@@ -53,9 +54,9 @@ def kafka_broker(work: Path, wanted: bool) -> Iterator[str | None]:
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="keytrail benchmark suite")
     parser.add_argument("--quick", action="store_true", help="1 round, short runs, small scale (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the HTTP table")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each run")
-    parser.add_argument("--seconds", type=float, default=5.0, help="seconds of each measured wrk run")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the HTTP table")
+    parser.add_argument("--warmup", type=float, default=1.5, help="seconds of wrk warm-up before each run")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each measured wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (fixed)")
     parser.add_argument("--keys", default="1,100,10000,100000", help="key counts of the scale runs")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds: later phases are skipped past this")
@@ -83,10 +84,11 @@ def main() -> None:
             results["kafka"] = kafka is not None
             results["http"] = phases.http_table(work, kafka, durations, args.rounds)
             results["profile"] = phases.profile(work)
+            results["pipeline"] = phases.pipeline_scripts(ROOT / "bench", started + 0.75 * args.budget)
             counts = [int(c) for c in args.keys.split(",") if c]
             results["scale"] = phases.scale(work, kafka, durations, counts, deadline)
-        results["pipeline"] = phases.pipeline_scripts(ROOT / "bench", deadline)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_end"] = os.getloadavg()
     _write(results, args.no_doc)
 
 

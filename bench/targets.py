@@ -18,8 +18,18 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from bench.fixtures import APP, DENIED, KEY_POLICY, OPERATIONS, OWNER, PLAINTEXT, CONTEXT, Principal, \
-    operation_params, write_principals
+from bench.fixtures import (
+    APP,
+    CONTEXT,
+    DENIED,
+    KEY_POLICY,
+    OPERATIONS,
+    OWNER,
+    PLAINTEXT,
+    Principal,
+    operation_params,
+    write_principals,
+)
 from bench.presign import Signer, write_requests
 from bench.procs import Process, free_port
 

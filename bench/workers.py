@@ -51,7 +51,7 @@ def worker_command(data_dir: Path, port: int, principals: Path, kafka: str | Non
 
 def _claim(dirs: list[str]) -> Path:
     for name in dirs:
-        handle = Path(name, ".worker.lock").open("w")
+        handle = Path(name, ".worker.lock").open("w")  # noqa: SIM115 (held open while the worker lives)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
