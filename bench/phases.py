@@ -145,7 +145,7 @@ def _scale_estimate(count: int, durations: Durations) -> float:
 
 def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int], deadline: float) -> list[Any]:
     """Encrypt throughput and RSS as keys grow; 2 workers at the smallest and largest count."""
-    data_dir, arns, rows = work / "scale-data", [], []
+    data_dir, arns, rows = work / "scale-data", list[str](), list[dict[str, Any]]()
     for count in sorted(counts):
         if time.monotonic() + _scale_estimate(count, durations) > deadline:
             rows.append({"keys": count, "skipped": "skipped: it would not fit in the time budget"})

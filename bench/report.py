@@ -102,8 +102,9 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
     if not results["features"].get("audit trail (durable spool)") or not audit.get(KEYTRAIL):
         return ratio, "the audit trail is not wired into `keytrail serve` in this build: both ran without it", False
     if audit.get(AUDIT_OFF):
-        return ratio, (f"`KEYTRAIL_AUDIT=off` is not honoured by this build (the audit-off server wrote "
-                       f"{audit[AUDIT_OFF]:,} bytes of audit data): the ratio compares two audited servers", False)
+        note = (f"`KEYTRAIL_AUDIT=off` is not honoured by this build (the audit-off server wrote "
+                f"{audit[AUDIT_OFF]:,} bytes of audit data): the ratio compares two audited servers")
+        return ratio, note, False
     return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none", True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench.measure import median_cell
@@ -52,8 +53,8 @@ def test_signed_request_file_round_trips_and_signs_the_host_wrk_sends(tmp_path: 
 
 
 def test_median_cell_takes_the_median_rate_and_keeps_every_run() -> None:
-    rows = [{"rps": 100.0, "p99_ms": 1.0}, {"rps": 300.0, "p99_ms": 3.0}, {"rps": 200.0, "p99_ms": 2.0},
-            {"error": "probe answered 403"}]
+    rows: list[dict[str, Any]] = [{"rps": 100.0, "p99_ms": 1.0}, {"rps": 300.0, "p99_ms": 3.0},
+                                  {"rps": 200.0, "p99_ms": 2.0}, {"error": "probe answered 403"}]
     cell = median_cell(rows)
     assert cell is not None
     assert (cell["rps"], cell["p99_ms"], cell["runs_rps"]) == (200.0, 2.0, [100.0, 300.0, 200.0])
