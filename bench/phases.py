@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.alarm_latency import alarm_latency
 from bench.fixtures import OPERATIONS
 from bench.measure import Durations, measure
 from bench.population import add_keys
@@ -33,10 +34,10 @@ def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
     return plan
 
 
-def _start_all(work: Path, kafka: str | None) -> dict[str, Target]:
+def _start_all(work: Path, kafka: str | None, mqtt: str | None) -> dict[str, Target]:
     targets: dict[str, Target] = {}
     try:
-        targets[KEYTRAIL] = start_keytrail(work, KEYTRAIL, kafka=kafka)
+        targets[KEYTRAIL] = start_keytrail(work, KEYTRAIL, kafka=kafka, mqtt=mqtt)
         targets[AUDIT_OFF] = start_keytrail(work, "keytrail-audit-off", kafka=kafka, audit=False)
         targets[AUDIT_OFF].name = AUDIT_OFF
         targets[MOTO] = start_moto(work)
@@ -62,9 +63,10 @@ def _audit_bytes(work: Path) -> dict[str, int]:
             AUDIT_OFF: _dir_bytes(work / "keytrail-audit-off-data" / "audit")}
 
 
-def http_table(work: Path, kafka: str | None, durations: Durations, rounds: int) -> dict[str, Any]:
-    """Interleaved rounds over every (target, operation), then open-loop latency at 80%."""
-    targets = _start_all(work, kafka)
+def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durations,
+               rounds: int) -> dict[str, Any]:
+    """Interleaved rounds over every (target, operation), open-loop latency at 80 %, alarm latency."""
+    targets = _start_all(work, kafka, mqtt)
     try:
         runs = []
         for index in range(rounds):
@@ -74,7 +76,8 @@ def http_table(work: Path, kafka: str | None, durations: Durations, rounds: int)
                 runs.append(row)
                 _echo(row)
         at80 = open_loop(targets[KEYTRAIL], work, durations)
-        return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": at80}
+        alarms = _alarms(targets[KEYTRAIL], work, mqtt)
+        return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": at80, "alarm_latency": alarms}
     finally:
         _stop_all(targets)
 
@@ -86,6 +89,19 @@ def _echo(row: dict[str, Any]) -> None:
     else:
         line = f"  {row['target']:<22} {row['operation']:<17} {row.get('error') or row.get('skipped')}"
     print(line, flush=True)
+
+
+def _alarms(target: Target, work: Path, mqtt: str | None) -> dict[str, Any]:
+    if mqtt is None:
+        return {"status": "not measured: this build has no detector"}
+    host, _, port = mqtt.removeprefix("mqtt://").partition(":")
+    try:
+        result = alarm_latency(target, work, (host, int(port or 1883)))
+    except Exception as exc:  # a figure is missing, the rest of the run still counts
+        return {"status": f"not measured: {type(exc).__name__}: {exc}"}
+    status = "ran" if result["alarms"] else "no alarm arrived: is the detector wired into serve with --mqtt?"
+    print(f"  alarm latency: {result}", flush=True)
+    return {"status": status, **result}
 
 
 def open_loop(target: Target, work: Path, durations: Durations) -> dict[str, Any]:

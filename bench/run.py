@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +52,24 @@ def kafka_broker(work: Path, wanted: bool) -> Iterator[str | None]:
         broker.stop()
 
 
+def _mosquitto(port: int = 1883) -> str | None:
+    """Mosquitto on 127.0.0.1:port for alarm delivery (the system one, started if needed)."""
+    import shutil
+    import socket
+
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not listening() and Path(binary).exists():
+        conf = Path("/etc/mosquitto/mosquitto.conf")
+        subprocess.run([binary, "-d", *(["-c", str(conf)] if conf.exists() else ["-p", str(port)])], check=False)
+        time.sleep(0.5)
+    return f"mqtt://127.0.0.1:{port}" if listening() else None
+
+
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="keytrail benchmark suite")
     parser.add_argument("--quick", action="store_true", help="1 round, short runs, small scale (a smoke run)")
@@ -82,7 +101,8 @@ def main() -> None:
         shipping = results["features"]["Kafka shipping"]
         with kafka_broker(work, shipping) as kafka:
             results["kafka"] = kafka is not None
-            results["http"] = phases.http_table(work, kafka, durations, args.rounds)
+            mqtt = _mosquitto() if results["features"]["detector"] else None
+            results["http"] = phases.http_table(work, kafka, mqtt, durations, args.rounds)
             results["profile"] = phases.profile(work)
             results["pipeline"] = phases.pipeline_scripts(ROOT / "bench", started + 0.75 * args.budget)
             counts = [int(c) for c in args.keys.split(",") if c]

@@ -121,20 +121,31 @@ def load_keys(target: Target) -> None:
     target.key_ids, target.blobs = [_ALIAS], [blob["CiphertextBlob"]]
 
 
-def keytrail_args(data_dir: Path, port: int, principals: Path, kafka: str | None) -> list[str]:
+def load_extra_keys(target: Target, count: int) -> list[tuple[str, bytes]]:
+    """`count` more keys with the benchmark policy, and one ciphertext of each: (key ARN, blob)."""
+    owner, app = _client(target.endpoint, OWNER), _client(target.endpoint, APP)
+    pairs = []
+    for _ in range(count):
+        arn = owner.create_key(Description="keytrail bench", Policy=json.dumps(KEY_POLICY))["KeyMetadata"]["Arn"]
+        blob = app.encrypt(KeyId=arn, Plaintext=PLAINTEXT, EncryptionContext=CONTEXT)["CiphertextBlob"]
+        pairs.append((arn, blob))
+    return pairs
+
+
+def keytrail_args(data_dir: Path, port: int, principals: Path, kafka: str | None, mqtt: str | None) -> list[str]:
     args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data_dir), "--port", str(port),
             "--principals", str(principals)]
-    return args + (["--kafka", kafka] if kafka else [])
+    return args + (["--kafka", kafka] if kafka else []) + (["--mqtt", mqtt] if mqtt else [])
 
 
-def start_keytrail(work: Path, name: str, *, kafka: str | None = None, audit: bool = True,
+def start_keytrail(work: Path, name: str, *, kafka: str | None = None, mqtt: str | None = None, audit: bool = True,
                    data_dir: Path | None = None, workers: int = 1, load: bool = True) -> Target:
     """`keytrail serve` (or, for workers > 1, bench/workers.py under uvicorn's supervisor)."""
     port, principals = free_port(), write_principals(work / "principals.toml")
     data_dir = data_dir or work / f"{name}-data"
     env = _python_env(None if audit else {"KEYTRAIL_AUDIT": "off"})
     if workers == 1:
-        args = keytrail_args(data_dir, port, principals, kafka)
+        args = keytrail_args(data_dir, port, principals, kafka, mqtt)
     else:
         from bench.workers import worker_command
         args, extra = worker_command(data_dir, port, principals, kafka, workers)

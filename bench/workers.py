@@ -70,5 +70,5 @@ def make_app() -> Any:
 
     spec = json.loads(os.environ[_ENV])
     settings = ServeSettings(data_dir=_claim(spec["data_dirs"]), principals=Path(spec["principals"]),
-                             kafka=spec["kafka"])
+                             kafka=spec["kafka"], audit=os.environ.get("KEYTRAIL_AUDIT", "on") != "off")
     return build_node(settings, CredentialStore(settings.principals)).app
