@@ -33,7 +33,7 @@ async def _listen(host: str, port: int, arrivals: dict[str, float], ready: async
         ready.set()
         async for message in client.messages:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                alarm = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                alarm = json.loads(bytes(message.payload))
                 if alarm.get("rule") == "unauthorized-decrypt" and alarm.get("keyArn") not in arrivals:
                     arrivals[alarm["keyArn"]] = time.perf_counter()
 
