@@ -24,7 +24,7 @@ from typing import Any
 from bench import phases
 from bench.machine import describe_machine, features
 from bench.measure import Durations
-from bench.report import render
+from bench.report import render, splice
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -118,10 +118,10 @@ def _write(results: dict[str, Any], no_doc: bool) -> None:
     path = RESULTS / f"{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str))
     (RESULTS / "latest.json").write_text(path.read_text())
-    text = render(results)
+    block = render(results)
     if not no_doc:
-        DOC.write_text(text)
-    sys.stdout.write(text.split("\n## Where the time goes", 1)[0] + f"\nraw results: {path}\n")
+        DOC.write_text(splice(DOC.read_text() if DOC.exists() else None, block))
+    sys.stdout.write(block.split("\n### Where the time goes", 1)[0] + f"\nraw results: {path}\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
-from bench.report import ratios
+from bench.report import BEGIN, END, ratios, splice
 from bench.wrk import parse_wrk_output
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40000/
@@ -71,3 +71,12 @@ def test_ratios_pair_runs_of_the_same_round() -> None:
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (50.0, 99.0, 100.0)
+
+
+def test_generated_part_replaces_only_itself_in_the_benchmarks_page() -> None:
+    others = "## Sign throughput\n\nhand-written figures\n"
+    first = splice(f"# Benchmarks\n\n{others}", f"{BEGIN}\nrun 1\n{END}")
+    assert first.startswith("# Benchmarks\n\n" + BEGIN) and others in first
+    second = splice(first, f"{BEGIN}\nrun 2\n{END}")
+    assert "run 2" in second and "run 1" not in second and others in second
+    assert splice(None, f"{BEGIN}\nx\n{END}").startswith("# Benchmarks\n")
