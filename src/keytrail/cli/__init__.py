@@ -18,6 +18,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """keytrail: a self-hosted AWS KMS-compatible key service with a trustworthy audit trail."""
+
+
 def _register() -> None:
     from keytrail.cli import serve
 

@@ -15,7 +15,7 @@ from keytrail.kms.context import CallContext
 from keytrail.kms.keys import Key
 from keytrail.kms.store import Grant
 
-__all__ = ["AccessDecision", "AccessRequest", "Authorizer", "Verdict", "denial_message"]
+__all__ = ["AccessDecision", "AccessRequest", "Authorizer", "OwnAccountAuthorizer", "Verdict", "denial_message"]
 
 
 class Verdict(Enum):
@@ -62,3 +62,14 @@ def denial_message(request: AccessRequest, decision: AccessDecision) -> str:
     if decision.verdict is Verdict.EXPLICIT_DENY:
         return f"{head} with an explicit deny in a {decision.policy_type} policy"
     return f"{head} because no {decision.policy_type} policy allows the {request.action} action"
+
+
+class OwnAccountAuthorizer:
+    """The simplest sound policy: a caller may use keys of its own account only, and may do
+    anything there. Stands in where key policies are not evaluated (unit tests)."""
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        key = request.key
+        if key is None or key.account == request.call.account:
+            return AccessDecision(Verdict.ALLOW)
+        return AccessDecision(Verdict.IMPLICIT_DENY, "resource-based")

@@ -19,7 +19,7 @@ from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, R
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.grants import grant_allows
-from keytrail.kms.policy import Policy, PrincipalSet, Statement, compile_policy
+from keytrail.kms.policy_document import Policy, PrincipalSet, Statement, compile_policy
 
 __all__ = ["LOCKOUT_MESSAGE", "PolicyAuthorizer", "check_lockout", "evaluate_identity", "evaluate_key_policy"]
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,10 +20,11 @@ from keytrail.clock import Clock
 from keytrail.kms import errors
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.model import AuditSink, CallRecord, KeyState, KeyUsage
+from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.store import Grant, Store
 
 __all__ = ["KmsService", "ServiceDeps"]
@@ -39,6 +40,9 @@ _NOT_USABLE = {
     KeyState.UPDATING: "is updating.",
 }
 DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is set."
+
+
+OriginCreator = Callable[["KmsService", Call, Key], Awaitable[Key]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,10 @@ class KmsService:
         self.store = deps.store
         self.clock = deps.clock
         self.operations: Mapping[str, Operation] = operations or OPERATIONS
+        # Extension points: how keys of other origins are created, and how each kind of key
+        # encrypts (RSA keys and HSM-backed keys register their own ciphers).
+        self.origin_creators: dict[Origin, OriginCreator] = {}
+        self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher()}
         self._due_lock = asyncio.Lock()
 
     # --- the entry point ---------------------------------------------------------------------
@@ -85,6 +93,13 @@ class KmsService:
             raise internal from None
         await self._report(name, operation, call, None)
         return response
+
+    async def record_rejected(self, name: str, context: CallContext, error: errors.KmsError) -> None:
+        """Record a call refused before it reached its handler (a request that fails validation):
+        its parameters are not logged, since they were never checked for secrets."""
+        operation = self.operations.get(name)
+        if operation is not None:
+            await self._report(name, operation, Call(context, {}), error)
 
     async def _report(self, name: str, operation: Operation, call: Call, error: errors.KmsError | None) -> None:
         context = call.context
@@ -197,6 +212,17 @@ class KmsService:
     def check_dry_run(call: Call) -> None:
         if call.params.get("DryRun"):
             raise errors.DryRunOperationException(DRY_RUN_MESSAGE)
+
+    def cipher_for(self, key: Key) -> KeyCipher:
+        """The cipher that encrypts and decrypts under `key`."""
+        if key.custom_key_store_id and "hsm" in self.ciphers:
+            return self.ciphers["hsm"]
+        if key.key_spec is KeySpec.SYMMETRIC_DEFAULT:
+            return self.ciphers["symmetric"]
+        cipher = self.ciphers.get("asymmetric")
+        if cipher is None:
+            raise errors.UnsupportedOperationException(f"{key.key_spec} keys cannot encrypt here.")
+        return cipher
 
     # --- material and schedules --------------------------------------------------------------
 

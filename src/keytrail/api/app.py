@@ -1,0 +1,237 @@
+"""The HTTP front end: an ASGI app speaking AWS JSON 1.1 on `POST /`.
+
+parse → SigV4 verify → principal + Region → validate against botocore's model → KmsService.
+Every answer carries `x-amzn-RequestId`; every error is AWS's JSON error body, never a 500 page.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from keytrail.api.credentials import CredentialStore
+from keytrail.api.protocol import decode_request, encode_value, operation_names
+from keytrail.api.sigv4 import UnrecognizedClientException, parse_authorization, verify_signature
+from keytrail.clock import ManualClock, utc_now
+from keytrail.kms import errors
+from keytrail.kms.context import CallContext, Principal
+from keytrail.kms.service import KmsService
+
+__all__ = ["ApiSettings", "KmsApp"]
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]
+
+_JSON = b"application/x-amz-json-1.1"
+_TARGET_PREFIX = "TrentService."
+_LOOPBACK = ("127.", "::1", "localhost")
+
+
+class _BodyTooLarge(errors.KmsError):
+    code = "SerializationException"
+    status = 413
+
+
+@dataclass(slots=True)
+class ApiSettings:
+    """What the front end needs besides the service."""
+
+    max_body_bytes: int = 256 * 1024
+    dev_clock: ManualClock | None = None
+    on_clock_advanced: Hook | None = None
+    metrics: Callable[[], str] | None = None
+    health: Callable[[], dict[str, Any]] | None = None
+    startup: list[Hook] = field(default_factory=list)
+    shutdown: list[Hook] = field(default_factory=list)
+
+
+def _error_body(error: errors.KmsError) -> bytes:
+    return orjson.dumps({"__type": error.code, "message": error.message})
+
+
+class KmsApp:
+    """ASGI application: the KMS API plus health, dev-clock and metrics endpoints."""
+
+    def __init__(self, service: KmsService, credentials: CredentialStore, settings: ApiSettings) -> None:
+        self.service = service
+        self.credentials = credentials
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path == "/":
+            await self._kms(scope, receive, send)
+        elif method == "GET" and path == "/_keytrail/health":
+            body = self.settings.health() if self.settings.health else {}
+            await _respond(send, 200, orjson.dumps({"status": "ok", **body}), b"application/json")
+        elif method == "GET" and path == "/metrics" and self.settings.metrics:
+            text = self.settings.metrics().encode()
+            await _respond(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
+        elif method == "POST" and path == "/_keytrail/clock/advance" and self._clock_allowed(scope):
+            await self._advance_clock(receive, send)
+        else:
+            await _respond(send, 404, b'{"message":"Not Found"}', b"application/json")
+
+    # --- KMS calls ---------------------------------------------------------------------------
+
+    async def _kms(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = str(uuid.uuid4())
+        extra = [(b"x-amzn-requestid", request_id.encode())]
+        try:
+            response = await self._handle(scope, receive, request_id)
+        except errors.KmsError as error:
+            extra.append((b"x-amzn-errortype", error.code.encode()))
+            await _respond(send, error.status, _error_body(error), _JSON, extra)
+            return
+        except Exception:
+            log.exception("unexpected error serving request %s", request_id)
+            error = errors.KMSInternalException("An internal error occurred.")
+            await _respond(send, 500, _error_body(error), _JSON, extra)
+            return
+        await _respond(send, 200, orjson.dumps(encode_value(response)), _JSON, extra)
+
+    async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> dict[str, Any]:
+        body = await _read_body(receive, self.settings.max_body_bytes)
+        headers = _headers(scope)
+        principal, region = self._authenticate(scope, headers, body)
+        operation = _operation(headers.get("x-amz-target", ""), self.service)
+        context = CallContext(
+            principal=principal, region=region, request_id=request_id,
+            source_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
+            user_agent=headers.get("user-agent", "")[:1024],
+            secure_transport=scope.get("scheme") == "https",
+            tls_details=_tls_details(scope, headers),
+        )
+        try:
+            params = decode_request(operation, _parse_json(body))
+        except errors.KmsError as error:
+            await self.service.record_rejected(operation, context, error)
+            raise
+        return await self.service.execute(operation, context, params)
+
+    def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[Principal, str]:
+        signed = parse_authorization(headers.get("authorization"))
+        credential = self.credentials.lookup(signed.access_key_id)
+        if credential is None:
+            raise UnrecognizedClientException("The security token included in the request is invalid.")
+        if self.credentials.verifies_signatures(signed.access_key_id):
+            verify_signature(
+                signed, credential.secret, method=scope["method"], path=scope.get("raw_path", b"/").decode(),
+                query=scope.get("query_string", b"").decode(), headers=headers, body=body, now=utc_now(),
+            )
+        return credential.principal, signed.region
+
+    # --- development clock -------------------------------------------------------------------
+
+    def _clock_allowed(self, scope: Scope) -> bool:
+        client = (scope.get("client") or ("",))[0]
+        return self.settings.dev_clock is not None and client.startswith(_LOOPBACK)
+
+    async def _advance_clock(self, receive: Receive, send: Send) -> None:
+        clock = self.settings.dev_clock
+        assert clock is not None
+        try:
+            request = orjson.loads(await _read_body(receive, 4096) or b"{}")
+            seconds = request["seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, errors.KmsError):
+            message = b'{"__type":"ValidationException","message":"Body must be {\\"seconds\\": N} with N >= 0"}'
+            await _respond(send, 400, message, b"application/json")
+            return
+        now = clock.advance(float(seconds))
+        if self.settings.on_clock_advanced:
+            await self.settings.on_clock_advanced()
+        await _respond(send, 200, orjson.dumps({"now": now.isoformat().replace("+00:00", "Z")}),
+                       b"application/json")
+
+    # --- lifespan ----------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in self.settings.startup:
+                        await hook()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for hook in self.settings.shutdown:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("shutdown hook failed")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _operation(target: str, service: KmsService) -> str:
+    name = target.removeprefix(_TARGET_PREFIX)
+    if not target.startswith(_TARGET_PREFIX) or name not in operation_names() or name not in service.operations:
+        raise errors.UnknownOperationException(f"The operation {target!r} is not supported.")
+    return name
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise errors.SerializationException("The request body is not valid JSON.") from None
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
+
+
+def _tls_details(scope: Scope, headers: dict[str, str]) -> dict[str, str] | None:
+    if scope.get("scheme") != "https":
+        return None
+    return {"tlsVersion": "TLSv1.3", "clientProvidedHostHeader": headers.get("host", "")}
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,134 @@
+"""Who may call: access keys and the principals they authenticate, from the principals file.
+
+File format: CONTRACTS.md §2 and docs/principals.md. Secrets are compared in constant time by
+the signature check, and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keytrail.kms.context import IdentityType, Principal
+
+__all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "write_admin_principals"]
+
+_IAM_ARN = re.compile(r"^arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)$")
+DEV_ACCOUNT = "000000000000"
+
+
+class PrincipalsFileError(ValueError):
+    """The principals file cannot be used; the message names the entry and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    secret: str = field(repr=False)
+    principal: Principal
+
+
+def _principal_id(prefix: str, arn: str) -> str:
+    return prefix + hashlib.sha256(arn.encode()).hexdigest()[:17].upper()
+
+
+def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
+    docs = []
+    for text in entry.get("policies", []):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise PrincipalsFileError(f"{where}: a policy is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise PrincipalsFileError(f"{where}: a policy must be a JSON object")
+        docs.append(doc)
+    return tuple(docs)
+
+
+def _principal(entry: dict[str, Any], where: str) -> Principal:
+    arn = entry.get("arn", "")
+    match = _IAM_ARN.match(arn)
+    if not match:
+        raise PrincipalsFileError(f"{where}: 'arn' must be an IAM root, user or role ARN, got {arn!r}")
+    account, resource = match.groups()
+    common = {"account": account, "access_key_id": entry["access_key_id"], "policies": _policies(entry, where)}
+    if resource == "root":
+        return Principal(arn=arn, type=IdentityType.ROOT, principal_id=account, **common)
+    kind, _, name = resource.partition("/")
+    if kind == "user":
+        return Principal(arn=arn, type=IdentityType.IAM_USER, principal_id=_principal_id("AIDA", arn),
+                         user_name=name.rsplit("/", 1)[-1], **common)
+    session = entry.get("session_name") or "keytrail-session"
+    role_name = name.rsplit("/", 1)[-1]
+    return Principal(
+        arn=f"arn:aws:sts::{account}:assumed-role/{role_name}/{session}", type=IdentityType.ASSUMED_ROLE,
+        principal_id=f"{_principal_id('AROA', arn)}:{session}", role_arn=arn, session_name=session, **common,
+    )
+
+
+def load_principals(path: Path) -> dict[str, Credential]:
+    """Parse a principals file into credentials by access key id."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PrincipalsFileError(f"{path}: {exc}") from None
+    credentials: dict[str, Credential] = {}
+    for index, entry in enumerate(data.get("principal", []), 1):
+        where = f"{path}: principal #{index}"
+        for name in ("arn", "access_key_id", "secret_access_key"):
+            if not isinstance(entry.get(name), str) or not entry[name]:
+                raise PrincipalsFileError(f"{where}: '{name}' is required")
+        if entry["access_key_id"] in credentials:
+            raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
+        credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], _principal(entry, where))
+    return credentials
+
+
+class CredentialStore:
+    """Looks up the principal behind an access key. With `dev_credentials`, any key is accepted
+    (signature not checked) as the root of the account its 12-digit id names, else 000000000000."""
+
+    def __init__(self, path: Path | None, *, dev_credentials: bool = False) -> None:
+        self.path = path
+        self.dev_credentials = dev_credentials
+        self._credentials = load_principals(path) if path else {}
+
+    def reload(self) -> None:
+        """Re-read the principals file (SIGHUP); a broken file keeps the old credentials."""
+        if self.path:
+            self._credentials = load_principals(self.path)
+
+    def lookup(self, access_key_id: str) -> Credential | None:
+        credential = self._credentials.get(access_key_id)
+        if credential is None and self.dev_credentials:
+            account = access_key_id if re.fullmatch(r"\d{12}", access_key_id) else DEV_ACCOUNT
+            return Credential("", Principal.account_root(account, access_key_id))
+        return credential
+
+    def verifies_signatures(self, access_key_id: str) -> bool:
+        return access_key_id in self._credentials or not self.dev_credentials
+
+
+def write_admin_principals(path: Path, account: str = "111122223333") -> tuple[str, str]:
+    """Create a principals file (mode 0600) with one admin user; return its key pair."""
+    access_key = "AKIA" + secrets.token_hex(8).upper()
+    secret = secrets.token_urlsafe(30)
+    policy = json.dumps({"Version": "2012-10-17",
+                         "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]})
+    text = (
+        "# keytrail principals: see docs/principals.md\n[[principal]]\n"
+        f'arn = "arn:aws:iam::{account}:user/admin"\n'
+        f'access_key_id = "{access_key}"\nsecret_access_key = "{secret}"\n'
+        f"policies = ['''{policy}''']\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return access_key, secret

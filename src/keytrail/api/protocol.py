@@ -1,0 +1,216 @@
+"""botocore's KMS service model as the wire contract: decode, validate, encode.
+
+Each operation's input shape is compiled once into a small tree of checks, so a request is
+decoded (base64 blobs, epoch timestamps) and validated (required members, types, lengths,
+ranges, enums, patterns) in one pass, with AWS's ValidationException wording.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import botocore.session
+from botocore.model import ListShape, MapShape, ServiceModel, Shape, StructureShape
+
+from keytrail.kms.errors import SerializationException, ValidationException
+
+__all__ = ["decode_request", "encode_value", "operation_names", "service_model"]
+
+Check = Callable[[Any, str, list[str]], Any]
+_MAX_ERRORS_SHOWN = 10
+
+
+@cache
+def service_model() -> ServiceModel:
+    return botocore.session.get_session().get_service_model("kms")
+
+
+@cache
+def operation_names() -> frozenset[str]:
+    return frozenset(service_model().operation_names)
+
+
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def _describe(value: Any, sensitive: bool) -> str:
+    return "Value" if sensitive else f"Value '{value}'"
+
+
+def _length_checks(shape: Shape, value: Any, path: str, errors: list[str], sensitive: bool) -> None:
+    meta = shape.metadata
+    size = len(value)
+    if "min" in meta and size < meta["min"]:
+        errors.append(f"{_describe(value, sensitive)} at '{path}' failed to satisfy constraint: "
+                      f"Member must have length greater than or equal to {meta['min']}")
+    if "max" in meta and size > meta["max"]:
+        errors.append(f"{_describe(value, sensitive)} at '{path}' failed to satisfy constraint: "
+                      f"Member must have length less than or equal to {meta['max']}")
+
+
+def _string_check(shape: Shape) -> Check:
+    enum = shape.enum
+    pattern = re.compile(shape.metadata["pattern"]) if "pattern" in shape.metadata else None
+    sensitive = bool(shape.serialization.get("sensitive") or shape.metadata.get("sensitive"))
+
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, str):
+            raise SerializationException(f"Expected a string at '{path}'")
+        _length_checks(shape, value, path, errors, sensitive)
+        if enum and value not in enum:
+            errors.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
+                          f"Member must satisfy enum value set: [{', '.join(enum)}]")
+        elif pattern and not pattern.fullmatch(value):
+            errors.append(f"{_describe(value, sensitive)} at '{path}' failed to satisfy constraint: "
+                          f"Member must satisfy regular expression pattern: {pattern.pattern}")
+        return value
+    return check
+
+
+def _blob_check(shape: Shape) -> Check:
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, str):
+            raise SerializationException(f"Expected base64 text at '{path}'")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise SerializationException(f"Value at '{path}' is not valid base64") from None
+        _length_checks(shape, data, path, errors, sensitive=True)
+        return data
+    return check
+
+
+def _number_check(shape: Shape) -> Check:
+    integral = shape.type_name in ("integer", "long")
+    meta = shape.metadata
+
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integral and value != int(value)):
+            raise SerializationException(f"Expected a number at '{path}'")
+        value = int(value) if integral else value
+        if "min" in meta and value < meta["min"]:
+            errors.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
+                          f"Member must have value greater than or equal to {meta['min']}")
+        if "max" in meta and value > meta["max"]:
+            errors.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
+                          f"Member must have value less than or equal to {meta['max']}")
+        return value
+    return check
+
+
+def _boolean_check(value: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(value, bool):
+        raise SerializationException(f"Expected a boolean at '{path}'")
+    return value
+
+
+def _timestamp_check(value: Any, path: str, errors: list[str]) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SerializationException(f"Expected epoch seconds at '{path}'")
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise SerializationException(f"Timestamp out of range at '{path}'") from None
+
+
+def _list_check(shape: ListShape) -> Check:
+    member = compile_shape(shape.member)
+
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, list):
+            raise SerializationException(f"Expected a list at '{path}'")
+        _length_checks(shape, value, path, errors, sensitive=True)
+        return [member(item, f"{path}.{i}.member", errors) for i, item in enumerate(value, 1)]
+    return check
+
+
+def _map_check(shape: MapShape) -> Check:
+    key_check, value_check = compile_shape(shape.key), compile_shape(shape.value)
+
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, dict):
+            raise SerializationException(f"Expected an object at '{path}'")
+        return {key_check(k, f"{path}.key", errors): value_check(v, f"{path}.{k}", errors) for k, v in value.items()}
+    return check
+
+
+def _structure_check(shape: StructureShape) -> Check:
+    members = {name: (compile_shape(member), _camel(name)) for name, member in shape.members.items()}
+    required = shape.required_members
+
+    def check(value: Any, path: str, errors: list[str]) -> Any:
+        if not isinstance(value, dict):
+            raise SerializationException(f"Expected an object at '{path or 'body'}'")
+        out: dict[str, Any] = {}
+        for name in required:
+            if value.get(name) is None:
+                where = f"{path}.{_camel(name)}" if path else _camel(name)
+                errors.append(f"Value null at '{where}' failed to satisfy constraint: Member must not be null")
+        for name, item in value.items():
+            if name not in members or item is None:
+                continue
+            member_check, camel = members[name]
+            out[name] = member_check(item, f"{path}.{camel}" if path else camel, errors)
+        return out
+    return check
+
+
+def compile_shape(shape: Shape) -> Check:
+    """A function that decodes and validates a value of `shape`, collecting messages."""
+    kind = shape.type_name
+    if kind == "structure":
+        return _structure_check(shape)  # type: ignore[arg-type]
+    if kind == "list":
+        return _list_check(shape)  # type: ignore[arg-type]
+    if kind == "map":
+        return _map_check(shape)  # type: ignore[arg-type]
+    if kind == "string":
+        return _string_check(shape)
+    if kind == "blob":
+        return _blob_check(shape)
+    if kind in ("integer", "long", "float", "double"):
+        return _number_check(shape)
+    if kind == "boolean":
+        return _boolean_check
+    if kind == "timestamp":
+        return _timestamp_check
+    return lambda value, path, errors: value
+
+
+@cache
+def _input_check(operation: str) -> Check:
+    shape = service_model().operation_model(operation).input_shape
+    return compile_shape(shape) if shape is not None else (lambda value, path, errors: {})
+
+
+def decode_request(operation: str, body: Any) -> dict[str, Any]:
+    """Request parameters with blobs and timestamps decoded; ValidationException listing every
+    constraint the request breaks, as AWS words it."""
+    errors: list[str] = []
+    params: dict[str, Any] = _input_check(operation)(body, "", errors)
+    if errors:
+        count = len(errors)
+        noun = "error" if count == 1 else "errors"
+        shown = "; ".join(errors[:_MAX_ERRORS_SHOWN])
+        raise ValidationException(f"{count} validation {noun} detected: {shown}")
+    return params
+
+
+def encode_value(value: Any) -> Any:
+    """A response value as JSON 1.1 carries it: blobs base64, timestamps epoch seconds."""
+    if isinstance(value, dict):
+        return {k: encode_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [encode_value(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value

@@ -1,0 +1,160 @@
+"""AWS Signature Version 4 verification of the Authorization header.
+
+The canonical request is rebuilt from what was received, the signature compared in constant
+time, and the request refused outside a 5-minute clock-skew window (read from the wall clock,
+never the dev clock, so moving test time forward does not break signing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from urllib.parse import parse_qsl, quote
+
+from keytrail.kms.errors import KmsError
+
+__all__ = [
+    "IncompleteSignatureException",
+    "InvalidSignatureException",
+    "MissingAuthenticationTokenException",
+    "SignedRequest",
+    "UnrecognizedClientException",
+    "parse_authorization",
+    "verify_signature",
+]
+
+MAX_SKEW_SECONDS = 300
+_ALGORITHM = "AWS4-HMAC-SHA256"
+
+
+class IncompleteSignatureException(KmsError):
+    code = "IncompleteSignatureException"
+
+
+class InvalidSignatureException(KmsError):
+    code = "InvalidSignatureException"
+
+
+class UnrecognizedClientException(KmsError):
+    code = "UnrecognizedClientException"
+
+
+class MissingAuthenticationTokenException(KmsError):
+    code = "MissingAuthenticationTokenException"
+    status = 403
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """The parts of an Authorization header."""
+
+    access_key_id: str
+    date: str  # YYYYMMDD
+    region: str
+    service: str
+    signed_headers: tuple[str, ...]
+    signature: str
+
+    @property
+    def scope(self) -> str:
+        return f"{self.date}/{self.region}/{self.service}/aws4_request"
+
+
+def parse_authorization(header: str | None) -> SignedRequest:
+    """Split the Authorization header, or raise what AWS raises for a missing or broken one."""
+    if not header:
+        raise MissingAuthenticationTokenException("Missing Authentication Token")
+    algorithm, _, rest = header.partition(" ")
+    if algorithm != _ALGORITHM:
+        raise IncompleteSignatureException(f"Unsupported AWS 'algorithm': '{algorithm}'")
+    fields = dict(part.strip().partition("=")[::2] for part in rest.split(","))
+    missing = [name for name in ("Credential", "SignedHeaders", "Signature") if not fields.get(name)]
+    if missing:
+        raise IncompleteSignatureException(
+            " ".join(f"Authorization header requires '{name}' parameter." for name in missing)
+            + f" Authorization={header[:200]}"
+        )
+    scope = fields["Credential"].split("/")
+    if len(scope) != 5 or scope[4] != "aws4_request":
+        raise IncompleteSignatureException(f"Credential should be scoped to a valid region. ({fields['Credential']})")
+    return SignedRequest(
+        access_key_id=scope[0], date=scope[1], region=scope[2], service=scope[3],
+        signed_headers=tuple(fields["SignedHeaders"].split(";")), signature=fields["Signature"],
+    )
+
+
+def _parse_amz_date(value: str) -> datetime:
+    # Slicing is ~5x cheaper than strptime, which showed up in the hot path.
+    if len(value) != 16 or value[8] != "T" or value[15] != "Z":
+        raise IncompleteSignatureException(f"Date must be in ISO-8601 'basic format'. Got '{value}'.")
+    try:
+        return datetime(int(value[0:4]), int(value[4:6]), int(value[6:8]),
+                        int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC)
+    except ValueError:
+        raise IncompleteSignatureException(f"Date must be in ISO-8601 'basic format'. Got '{value}'.") from None
+
+
+def _check_skew(amz_date: str, now: datetime) -> None:
+    signed_at = _parse_amz_date(amz_date)
+    skew = (now - signed_at).total_seconds()
+    if abs(skew) > MAX_SKEW_SECONDS:
+        stamp = now.strftime("%Y%m%dT%H%M%SZ")
+        relation = "earlier" if skew > 0 else "later"
+        raise InvalidSignatureException(
+            f"Signature expired: {amz_date} is now {relation} than the allowed 5 minute window "
+            f"around {stamp}."
+        )
+
+
+@lru_cache(maxsize=1024)
+def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    key = hmac.digest(("AWS4" + secret).encode(), date.encode(), "sha256")
+    for part in (region, service, "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key
+
+
+def _canonical_query(query: str) -> str:
+    pairs = sorted(parse_qsl(query, keep_blank_values=True))
+    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in pairs)
+
+
+def _canonical_request(
+    method: str, path: str, query: str, headers: Mapping[str, str], signed: SignedRequest, body: bytes,
+) -> str:
+    lines = []
+    for name in signed.signed_headers:
+        if name not in headers:
+            raise IncompleteSignatureException(f"The signed header '{name}' is missing from the request.")
+        lines.append(f"{name}:{' '.join(headers[name].split())}\n")
+    payload_hash = headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    uri = quote(path or "/", safe="/-_.~")
+    return "\n".join([method, uri, _canonical_query(query), "".join(lines), ";".join(signed.signed_headers),
+                      payload_hash])
+
+
+def verify_signature(
+    signed: SignedRequest, secret: str, *, method: str, path: str, query: str,
+    headers: Mapping[str, str], body: bytes, now: datetime,
+) -> None:
+    """Raise unless `signed.signature` is the signature of this request under `secret`."""
+    if signed.service != "kms":
+        raise InvalidSignatureException("Credential should be scoped to correct service: 'kms'.")
+    amz_date = headers.get("x-amz-date")
+    if not amz_date:
+        raise IncompleteSignatureException("Authorization header requires existence of either a "
+                                           "'X-Amz-Date' or a 'Date' header.")
+    _check_skew(amz_date, now)
+    canonical = _canonical_request(method, path, query, headers, signed, body)
+    to_sign = "\n".join([_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = _signing_key(secret, signed.date, signed.region, signed.service)
+    expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signed.signature):
+        raise InvalidSignatureException(
+            "The request signature we calculated does not match the signature you provided. Check your "
+            "AWS Secret Access Key and signing method. Consult the service documentation for details."
+        )

@@ -1,0 +1,96 @@
+"""`keytrail serve`: the whole system in one process on embedded defaults."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
+from keytrail.cli.node import build_node
+from keytrail.cli.tls import self_signed_certificate
+from keytrail.config import ServeSettings
+
+__all__ = ["register"]
+
+log = logging.getLogger("keytrail")
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr and give the exit to raise."""
+    typer.echo(f"keytrail: error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _credentials(settings: ServeSettings) -> CredentialStore:
+    path = settings.principals
+    if path is None:
+        path = settings.data_dir / "principals.toml"
+        if not path.exists():
+            access_key, secret = write_admin_principals(path)
+            typer.echo(f"Created {path} with an admin user. To use it:")
+            typer.echo(f"export AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret} "
+                       f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
+    elif not path.exists():
+        raise fail(f"principals file {path} does not exist")
+    try:
+        return CredentialStore(path, dev_credentials=settings.dev_credentials)
+    except PrincipalsFileError as exc:
+        raise fail(str(exc)) from None
+
+
+def _tls(settings: ServeSettings) -> dict[str, str]:
+    if settings.tls_self_signed:
+        cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
+        return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise fail("--tls-cert and --tls-key go together")
+        return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    return {}
+
+
+def serve(
+    data_dir: DataDir = Path("keytrail-data"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4599,
+    principals: Annotated[Path | None, typer.Option(help="Principals file (TOML).")] = None,
+    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for the audit stream.")] = None,
+    mqtt: Annotated[str | None, typer.Option(help="MQTT broker for alarms, mqtt://HOST:PORT.")] = None,
+    dev_clock: Annotated[bool, typer.Option("--dev-clock", help="Allow moving time forward.")] = False,
+    dev_credentials: Annotated[bool, typer.Option("--dev-credentials", help="Accept any access key.")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_self_signed: Annotated[bool, typer.Option("--tls-self-signed", help="HTTPS with a dev certificate.")] = False,
+) -> None:
+    """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServeSettings(
+        data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
+        dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
+        tls_self_signed=tls_self_signed,
+    )
+    if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
+        raise fail("--dev-credentials is refused unless the server binds to loopback")
+    if dev_credentials:
+        log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    node = build_node(settings, _credentials(settings))
+    config = uvicorn.Config(
+        node.app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        log_level="warning", access_log=False, timeout_graceful_shutdown=20, server_header=False,
+        **_tls(settings),  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)

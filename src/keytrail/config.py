@@ -1,0 +1,37 @@
+"""Settings: one frozen object built by the CLI and handed to every piece it wires."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServeSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Everything `keytrail serve` is configured with (CONTRACTS.md §1)."""
+
+    data_dir: Path = Path("keytrail-data")
+    host: str = "127.0.0.1"
+    port: int = 4599
+    principals: Path | None = None
+    kafka: str | None = None
+    mqtt: str | None = None
+    dev_clock: bool = False
+    dev_credentials: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
+    audit: bool = True
+    max_body_bytes: int = 256 * 1024
+    scheduler_interval_seconds: float = 30.0
+
+    @property
+    def scheme(self) -> str:
+        return "https" if (self.tls_cert or self.tls_self_signed) else "http"
+
+    @property
+    def endpoint(self) -> str:
+        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0") else self.host
+        return f"{self.scheme}://{host}:{self.port}"

@@ -1,0 +1,31 @@
+"""Making new key material for a key spec. Slow generators (RSA) run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+from keytrail.kms.errors import UnsupportedOperationException
+from keytrail.kms.model import KeySpec
+
+__all__ = ["GENERATORS", "generate_secret"]
+
+# HMAC key lengths follow the digest size, as AWS's HMAC key specs do.
+_HMAC_BYTES = {KeySpec.HMAC_224: 28, KeySpec.HMAC_256: 32, KeySpec.HMAC_384: 48, KeySpec.HMAC_512: 64}
+
+GENERATORS: dict[KeySpec, Callable[[], bytes]] = {
+    KeySpec.SYMMETRIC_DEFAULT: lambda: os.urandom(32),
+    **{spec: (lambda n=size: os.urandom(n)) for spec, size in _HMAC_BYTES.items()},
+}
+_SLOW = frozenset({KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096})
+
+
+async def generate_secret(spec: KeySpec) -> bytes:
+    """New secret material for `spec` (raw bytes, or a PKCS#8 DER private key)."""
+    generator = GENERATORS.get(spec)
+    if generator is None:
+        raise UnsupportedOperationException(f"KeySpec {spec} is not supported.")
+    if spec in _SLOW:
+        return await asyncio.to_thread(generator)
+    return generator()

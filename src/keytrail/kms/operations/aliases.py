@@ -1,0 +1,103 @@
+"""Aliases: CreateAlias, UpdateAlias, DeleteAlias, ListAliases."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.keys import Key
+from keytrail.kms.store import Alias
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS"]
+
+PREFIX_REQUIRED = ('Alias must start with the prefix "alias/". Please see '
+                   "https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html")
+
+
+def _check_name(name: str) -> None:
+    if not name.startswith("alias/"):
+        raise errors.ValidationException(PREFIX_REQUIRED)
+    if name.startswith("alias/aws/"):
+        raise errors.InvalidAliasNameException("Alias names that begin with alias/aws/ are reserved.")
+
+
+async def _alias_target(svc: KmsService, call: Call, action: str) -> Key:
+    key = await svc.find_key(call, call.params["TargetKeyId"], allow_alias=False)
+    await svc.authorize(call, action, key)
+    svc.require_not_pending_deletion(key)
+    return key
+
+
+async def create_alias(svc: KmsService, call: Call) -> Response:
+    name = call.params["AliasName"]
+    _check_name(name)
+    key = await _alias_target(svc, call, "kms:CreateAlias")
+    context = call.context
+    if await svc.store.get_alias(context.account, context.region, name):
+        raise errors.AlreadyExistsException(f"An alias with the name {svc.alias_arn(call, name)} already exists")
+    now = svc.now()
+    await svc.store.put_alias(Alias(context.account, context.region, name, key.key_id, now, now))
+    return {}
+
+
+async def _existing_alias(svc: KmsService, call: Call) -> Alias:
+    name = call.params["AliasName"]
+    _check_name(name)
+    alias = await svc.store.get_alias(call.context.account, call.context.region, name)
+    if alias is None:
+        raise errors.NotFoundException(f"Alias {svc.alias_arn(call, name)} is not found.")
+    return alias
+
+
+async def update_alias(svc: KmsService, call: Call) -> Response:
+    alias = await _existing_alias(svc, call)
+    current = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
+    if current is not None:
+        call.resource(current.arn)
+        await svc.authorize(call, "kms:UpdateAlias", current)
+    key = await _alias_target(svc, call, "kms:UpdateAlias")
+    if current is not None and (current.key_usage, current.key_spec) != (key.key_usage, key.key_spec):
+        raise errors.ValidationException("The new target key must have the same key usage and key spec.")
+    await svc.store.put_alias(Alias(alias.account, alias.region, alias.name, key.key_id,
+                                    alias.creation_date, svc.now()))
+    return {}
+
+
+async def delete_alias(svc: KmsService, call: Call) -> Response:
+    alias = await _existing_alias(svc, call)
+    key = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
+    if key is not None:
+        call.resource(key.arn)
+    await svc.authorize(call, "kms:DeleteAlias", key)
+    await svc.store.delete_alias(alias)
+    return {}
+
+
+async def list_aliases(svc: KmsService, call: Call) -> Response:
+    from keytrail.kms.paging import page
+
+    context = call.context
+    aliases = await svc.store.list_aliases(context.account, context.region)
+    key = None
+    if key_id := call.params.get("KeyId"):
+        key = await svc.find_key(call, key_id, allow_alias=False)
+        aliases = [a for a in aliases if a.key_id == key.key_id]
+    await svc.authorize(call, "kms:ListAliases", key)
+    chunk, paging = page(aliases, call.params, lambda a: a.name)
+    entries = [{
+        "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
+        "CreationDate": a.creation_date, "LastUpdatedDate": a.last_updated_date,
+    } for a in chunk]
+    return {"Aliases": entries, **paging}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "CreateAlias": Operation(create_alias),
+    "UpdateAlias": Operation(update_alias),
+    "DeleteAlias": Operation(delete_alias),
+    "ListAliases": Operation(list_aliases, read_only=True),
+}

@@ -1,0 +1,189 @@
+"""Symmetric cryptography: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
+GenerateRandom. Every one checks key state and usage and asks the authorization point."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.ciphertext import read_header
+from keytrail.kms.keys import Key
+from keytrail.kms.model import KeySpec, KeyUsage
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS", "crypto_conditions"]
+
+SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
+_DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
+
+
+def crypto_conditions(params: dict[str, Any], context_member: str = "EncryptionContext") -> dict[str, Any]:
+    """The request's condition-key values for kms:EncryptionContext* and algorithm conditions."""
+    context = params.get(context_member) or {}
+    conditions: dict[str, Any] = {f"kms:EncryptionContext:{k}": v for k, v in context.items()}
+    conditions["kms:EncryptionContextKeys"] = list(context)
+    conditions["kms:EncryptionAlgorithm"] = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
+    key_id = params.get("KeyId", "")
+    if isinstance(key_id, str) and ("alias/" in key_id):
+        conditions["kms:RequestAlias"] = key_id if key_id.startswith("alias/") else "alias/" + key_id.split(":alias/")[-1]
+    return conditions
+
+
+async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str) -> Key:
+    key = await svc.find_key(call, key_id)
+    await svc.authorize(call, action, key, crypto_conditions(call.params))
+    svc.require_usable(key)
+    svc.require_usage(key, action.removeprefix("kms:"), KeyUsage.ENCRYPT_DECRYPT)
+    return key
+
+
+def _check_algorithm(key: Key, algorithm: str) -> None:
+    symmetric = key.key_spec is KeySpec.SYMMETRIC_DEFAULT
+    if symmetric != (algorithm == SYMMETRIC_DEFAULT):
+        raise errors.InvalidKeyUsageException(
+            f"The encryption algorithm {algorithm} is not compatible with the key spec {key.key_spec}."
+        )
+
+
+async def encrypt(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    key = await _encrypting_key(svc, call, params["KeyId"], "kms:Encrypt")
+    algorithm = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
+    _check_algorithm(key, algorithm)
+    svc.check_dry_run(call)
+    blob, material_id = await svc.cipher_for(key).encrypt(
+        key, params["Plaintext"], params.get("EncryptionContext"), algorithm)
+    _note_material(call, material_id)
+    return {"CiphertextBlob": blob, "KeyId": key.arn, "EncryptionAlgorithm": algorithm}
+
+
+def _note_material(call: Call, material_id: str | None, name: str = "keyMaterialId") -> None:
+    if material_id:
+        call.additional_event_data[name] = material_id
+
+
+async def _key_of_blob(svc: KmsService, call: Call, blob: bytes, key_id: str | None) -> Key:
+    """The key that made a ciphertext: from KeyId for asymmetric keys, else from the blob."""
+    named = await svc.find_key(call, key_id) if key_id else None
+    if named is not None and named.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+        return named
+    header = read_header(blob)
+    if named is not None:
+        if (named.account, named.key_id) != (header.account, header.key_id):
+            raise errors.IncorrectKeyException(INCORRECT_KEY)
+        return named
+    key = await svc.find_key_by_id(header.account, call.context.region, header.key_id)
+    if key is None:
+        raise errors.InvalidCiphertextException("")
+    call.resource(key.arn)
+    return key
+
+
+async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str = "CiphertextBlob",
+                   key_member: str = "KeyId", context_member: str = "EncryptionContext",
+                   algorithm_member: str = "EncryptionAlgorithm") -> tuple[Key, bytes, str, str | None]:
+    params = call.params
+    key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member))
+    conditions = crypto_conditions({**params, "EncryptionAlgorithm": params.get(algorithm_member, SYMMETRIC_DEFAULT),
+                                    "EncryptionContext": params.get(context_member)})
+    await svc.authorize(call, action, key, conditions)
+    svc.require_usable(key)
+    svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
+    algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
+    _check_algorithm(key, algorithm)
+    plaintext, material_id = await svc.cipher_for(key).decrypt(
+        key, params[blob_member], params.get(context_member), algorithm)
+    return key, plaintext, algorithm, material_id
+
+
+async def decrypt(svc: KmsService, call: Call) -> Response:
+    key, plaintext, algorithm, material_id = await _decrypt(svc, call, "kms:Decrypt")
+    call.extra_request_parameters["encryptionAlgorithm"] = algorithm
+    svc.check_dry_run(call)
+    _note_material(call, material_id)
+    response: Response = {"KeyId": key.arn, "Plaintext": plaintext, "EncryptionAlgorithm": algorithm}
+    if material_id and key.key_spec is KeySpec.SYMMETRIC_DEFAULT:
+        response["KeyMaterialId"] = material_id
+    return response
+
+
+async def re_encrypt(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    source, plaintext, source_algorithm, source_material = await _decrypt(
+        svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
+        algorithm_member="SourceEncryptionAlgorithm")
+    destination = await svc.find_key(call, params["DestinationKeyId"])
+    conditions = crypto_conditions({"EncryptionContext": params.get("DestinationEncryptionContext"),
+                                    "EncryptionAlgorithm": params.get("DestinationEncryptionAlgorithm",
+                                                                      SYMMETRIC_DEFAULT)})
+    await svc.authorize(call, "kms:ReEncryptTo", destination, conditions)
+    svc.require_usable(destination)
+    svc.require_usage(destination, "ReEncrypt", KeyUsage.ENCRYPT_DECRYPT)
+    algorithm = params.get("DestinationEncryptionAlgorithm", SYMMETRIC_DEFAULT)
+    _check_algorithm(destination, algorithm)
+    svc.check_dry_run(call)
+    blob, material_id = await svc.cipher_for(destination).encrypt(
+        destination, plaintext, params.get("DestinationEncryptionContext"), algorithm)
+    _note_material(call, source_material, "sourceKeyMaterialId")
+    _note_material(call, material_id, "destinationKeyMaterialId")
+    return {
+        "CiphertextBlob": blob, "SourceKeyId": source.arn, "KeyId": destination.arn,
+        "SourceEncryptionAlgorithm": source_algorithm, "DestinationEncryptionAlgorithm": algorithm,
+        **({"SourceKeyMaterialId": source_material} if source_material else {}),
+        **({"DestinationKeyMaterialId": material_id} if material_id else {}),
+    }
+
+
+def _data_key_size(params: dict[str, Any]) -> int:
+    spec, count = params.get("KeySpec"), params.get("NumberOfBytes")
+    if (spec is None) == (count is None):
+        raise errors.ValidationException("Please specify either number of bytes or key spec.")
+    return _DATA_KEY_BYTES[spec] if spec is not None else int(count)  # type: ignore[arg-type]
+
+
+async def _generate_data_key(svc: KmsService, call: Call, action: str) -> tuple[Response, bytes]:
+    params = call.params
+    size = _data_key_size(params)
+    key = await _encrypting_key(svc, call, params["KeyId"], action)
+    _check_algorithm(key, SYMMETRIC_DEFAULT)
+    svc.check_dry_run(call)
+    plaintext = svc.deps.random_bytes(size)
+    blob, material_id = await svc.cipher_for(key).encrypt(
+        key, plaintext, params.get("EncryptionContext"), SYMMETRIC_DEFAULT)
+    _note_material(call, material_id)
+    response: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
+    if material_id:
+        response["KeyMaterialId"] = material_id
+    return response, plaintext
+
+
+async def generate_data_key(svc: KmsService, call: Call) -> Response:
+    response, plaintext = await _generate_data_key(svc, call, "kms:GenerateDataKey")
+    return {**response, "Plaintext": plaintext}
+
+
+async def generate_data_key_without_plaintext(svc: KmsService, call: Call) -> Response:
+    response, _ = await _generate_data_key(svc, call, "kms:GenerateDataKeyWithoutPlaintext")
+    return response
+
+
+async def generate_random(svc: KmsService, call: Call) -> Response:
+    count = call.params.get("NumberOfBytes")
+    if count is None:
+        raise errors.ValidationException("NumberOfBytes is required.")
+    await svc.authorize(call, "kms:GenerateRandom", None)
+    return {"Plaintext": svc.deps.random_bytes(int(count))}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "Encrypt": Operation(encrypt, read_only=True),
+    "Decrypt": Operation(decrypt, read_only=True),
+    "ReEncrypt": Operation(re_encrypt, read_only=True),
+    "GenerateDataKey": Operation(generate_data_key, read_only=True),
+    "GenerateDataKeyWithoutPlaintext": Operation(generate_data_key_without_plaintext, read_only=True),
+    "GenerateRandom": Operation(generate_random, read_only=True),
+}

@@ -1,0 +1,53 @@
+"""Key policies: GetKeyPolicy, PutKeyPolicy, ListKeyPolicies (one policy, named `default`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.policy import validate_key_policy
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS"]
+
+
+def _policy_name(call: Call) -> str:
+    name = call.params.get("PolicyName") or "default"
+    if name != "default":
+        raise errors.NotFoundException(f"Policy {name} is not found.")
+    return name
+
+
+async def get_key_policy(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    name = _policy_name(call)
+    await svc.authorize(call, "kms:GetKeyPolicy", key)
+    return {"Policy": key.policy, "PolicyName": name}
+
+
+async def put_key_policy(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    _policy_name(call)
+    bypass = bool(call.params.get("BypassPolicyLockoutSafetyCheck"))
+    await svc.authorize(call, "kms:PutKeyPolicy", key, {"kms:BypassPolicyLockoutSafetyCheck": bypass})
+    svc.require_not_pending_deletion(key)
+    validate_key_policy(call.params["Policy"], call.context.principal, bypass=bypass)
+    await svc.store.put_key(replace(key, policy=call.params["Policy"]))
+    return {}
+
+
+async def list_key_policies(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:ListKeyPolicies", key)
+    return {"PolicyNames": ["default"], "Truncated": False}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "GetKeyPolicy": Operation(get_key_policy, read_only=True),
+    "PutKeyPolicy": Operation(put_key_policy),
+    "ListKeyPolicies": Operation(list_key_policies, read_only=True),
+}

@@ -1,0 +1,92 @@
+"""Rotation: Enable/DisableKeyRotation, GetKeyRotationStatus, RotateKeyOnDemand, ListKeyRotations."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.keys import Key
+from keytrail.kms.model import KeySpec, Origin
+from keytrail.kms.paging import page
+from keytrail.kms.rotation import rotate_key
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["MAX_ON_DEMAND_ROTATIONS", "OPERATIONS"]
+
+MAX_ON_DEMAND_ROTATIONS = 10
+
+
+async def _rotatable_key(svc: KmsService, call: Call, action: str, conditions: dict[str, Any] | None = None) -> Key:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    await svc.authorize(call, action, key, conditions)
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.custom_key_store_id:
+        raise errors.UnsupportedOperationException("")
+    svc.require_usable(key)
+    return key
+
+
+async def enable_key_rotation(svc: KmsService, call: Call) -> Response:
+    period = call.params.get("RotationPeriodInDays")
+    key = await _rotatable_key(svc, call, "kms:EnableKeyRotation",
+                               {"kms:RotationPeriodInDays": period} if period else None)
+    if key.origin is Origin.EXTERNAL:
+        raise errors.UnsupportedOperationException("")
+    await svc.store.put_key(key.with_rotation(True, svc.now(), period))
+    return {}
+
+
+async def disable_key_rotation(svc: KmsService, call: Call) -> Response:
+    key = await _rotatable_key(svc, call, "kms:DisableKeyRotation")
+    await svc.store.put_key(key.with_rotation(False, svc.now()))
+    return {}
+
+
+async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:GetKeyRotationStatus", key)
+    response: Response = {"KeyRotationEnabled": key.rotation_enabled, "KeyId": key.arn}
+    if key.rotation_enabled:
+        response["RotationPeriodInDays"] = key.rotation_period_days
+        response["NextRotationDate"] = key.next_rotation_date
+    return response
+
+
+async def rotate_key_on_demand(svc: KmsService, call: Call) -> Response:
+    key = await _rotatable_key(svc, call, "kms:RotateKeyOnDemand")
+    if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS:
+        raise errors.LimitExceededException(
+            "The on-demand rotations limit has been reached for the given keyId. "
+            f"No more on-demand rotations can be performed for this key: {key.arn}"
+        )
+    await rotate_key(svc, key, "ON_DEMAND")
+    return {"KeyId": key.arn}
+
+
+async def list_key_rotations(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:ListKeyRotations", key)
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+        raise errors.UnsupportedOperationException("")
+    every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
+    materials = [m for m in key.materials if every or m.rotation_type is not None]
+    chunk, paging = page(materials, call.params, lambda m: m.material_id)
+    entries = []
+    for material in chunk:
+        entry: dict[str, Any] = {"KeyId": key.arn, "KeyMaterialId": material.material_id}
+        if material.rotation_type is not None:
+            entry.update(RotationDate=material.created, RotationType=material.rotation_type)
+        entry["KeyMaterialState"] = "CURRENT" if material is key.current_material else "NON_CURRENT"
+        entries.append(entry)
+    return {"Rotations": entries, **paging}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "EnableKeyRotation": Operation(enable_key_rotation),
+    "DisableKeyRotation": Operation(disable_key_rotation),
+    "GetKeyRotationStatus": Operation(get_key_rotation_status, read_only=True),
+    "RotateKeyOnDemand": Operation(rotate_key_on_demand),
+    "ListKeyRotations": Operation(list_key_rotations, read_only=True),
+}

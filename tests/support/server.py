@@ -1,0 +1,117 @@
+"""Run a real `keytrail serve` process and talk to it with real clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from tests.support.services import free_port, wait_for_port
+
+__all__ = ["ACCOUNT", "OTHER_ACCOUNT", "PRINCIPALS", "KeytrailServer", "write_principals"]
+
+ACCOUNT = "111122223333"
+OTHER_ACCOUNT = "444455556666"
+_ALLOW_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}'
+
+# name -> (arn, access key, secret, identity policies, session name)
+PRINCIPALS: dict[str, tuple[str, str, str, list[str], str | None]] = {
+    "alice": (f"arn:aws:iam::{ACCOUNT}:user/alice", "AKIAALICE000000000001", "alice-secret", [_ALLOW_ALL], None),
+    "bob": (f"arn:aws:iam::{ACCOUNT}:user/bob", "AKIABOB00000000000001", "bob-secret", [], None),
+    "root": (f"arn:aws:iam::{ACCOUNT}:root", "AKIAROOT000000000001", "root-secret", [], None),
+    "app": (f"arn:aws:iam::{ACCOUNT}:role/app", "ASIAAPP0000000000001", "app-secret", [_ALLOW_ALL], "app-session"),
+    "carol": (f"arn:aws:iam::{OTHER_ACCOUNT}:user/carol", "AKIACAROL00000000001", "carol-secret", [_ALLOW_ALL],
+              None),
+    "other-root": (f"arn:aws:iam::{OTHER_ACCOUNT}:root", "AKIAOTHERROOT0000001", "other-root-secret", [], None),
+}
+
+
+def write_principals(path: Path, principals: dict[str, tuple[str, str, str, list[str], str | None]] = PRINCIPALS) -> Path:
+    lines = []
+    for arn, key, secret, policies, session in principals.values():
+        lines += ["[[principal]]", f'arn = "{arn}"', f'access_key_id = "{key}"', f'secret_access_key = "{secret}"']
+        if session:
+            lines.append(f'session_name = "{session}"')
+        if policies:
+            lines.append("policies = [" + ", ".join(f"'''{p}'''" for p in policies) + "]")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class KeytrailServer:
+    """A `keytrail serve --dev-clock` subprocess on a free port."""
+
+    def __init__(self, data_dir: Path, *extra: str, principals: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.principals = principals or write_principals(data_dir.parent / f"{data_dir.name}-principals.toml")
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}-server.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> KeytrailServer:
+        args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir),
+                "--port", str(self.port), "--principals", str(self.principals), "--dev-clock", *self.extra]
+        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"keytrail serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                wait_for_port(self.port, timeout=0.2)
+                if self.get("/_keytrail/health")[0] == 200:
+                    return self
+            except (TimeoutError, OSError):
+                pass
+        raise TimeoutError(f"keytrail serve did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def client(self, who: str = "alice", region: str = "us-east-1", service: str = "kms", **config: Any) -> Any:
+        _, key, secret, _, _ = PRINCIPALS[who]
+        return boto3.client(
+            service, endpoint_url=self.endpoint, region_name=region, aws_access_key_id=key,
+            aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}, **config),
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.endpoint + path, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def advance(self, seconds: float) -> str:
+        status, body = self.post("/_keytrail/clock/advance", {"seconds": seconds})
+        assert status == 200, body
+        return str(body["now"])
