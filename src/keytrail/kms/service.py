@@ -20,6 +20,7 @@ from keytrail.clock import Clock
 from keytrail.kms import errors
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
@@ -203,7 +204,8 @@ class KmsService:
         grants: Sequence[Grant] = ()
         if key is not None:
             grants = await self.store.list_grants(key.account, key.region, key.key_id)
-        request = AccessRequest(call.context, action, key, conditions or {}, grants)
+        values = {**request_conditions(action, call.params), **(conditions or {})}
+        request = AccessRequest(call.context, action, key, values, grants)
         decision = self.deps.authorizer.authorize(request)
         if not decision.allowed:
             raise errors.AccessDeniedException(denial_message(request, decision))
