@@ -22,9 +22,22 @@ ROOT = f"arn:aws:iam::{ACCOUNT}:root"
 ALICE = f"arn:aws:iam::{ACCOUNT}:user/alice"
 BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
 USE = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
-ADMIN = ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*", "kms:Revoke*",
-         "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource", "kms:UntagResource",
-         "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"]
+ADMIN = [
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+]
 
 
 def statement(principal: Any, actions: Any, effect: str = "Allow", **extra: Any) -> dict[str, Any]:
@@ -63,8 +76,10 @@ def test_default_policy_lets_iam_decide(alice: Any, bob: Any) -> None:
     alice.encrypt(KeyId=key, Plaintext=b"x")
     code, message = error_of(bob.encrypt, KeyId=key, Plaintext=b"x")
     assert code == "AccessDeniedException"
-    assert message == (f"User: {BOB} is not authorized to perform: kms:Encrypt on resource: {key} "
-                       "because no identity-based policy allows the kms:Encrypt action")
+    assert message == (
+        f"User: {BOB} is not authorized to perform: kms:Encrypt on resource: {key} "
+        "because no identity-based policy allows the kms:Encrypt action"
+    )
 
 
 def test_key_users_may_use_but_not_administer(alice: Any, bob: Any) -> None:
@@ -85,9 +100,12 @@ def test_key_administrators_may_administer_but_not_use(alice: Any, bob: Any) -> 
 
 
 def test_grant_for_aws_resource_condition_refuses_direct_grants(alice: Any, bob: Any) -> None:
-    persistent = statement(BOB, ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
-                           Sid="Allow attachment of persistent resources",
-                           Condition={"Bool": {"kms:GrantIsForAWSResource": "true"}})
+    persistent = statement(
+        BOB,
+        ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+        Sid="Allow attachment of persistent resources",
+        Condition={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+    )
     key = new_key(alice, policy(persistent))
     code, _ = error_of(bob.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])
     assert code == "AccessDeniedException"
@@ -95,14 +113,19 @@ def test_grant_for_aws_resource_condition_refuses_direct_grants(alice: Any, bob:
 
 
 def test_via_service_condition_refuses_direct_callers(alice: Any, bob: Any) -> None:
-    via_ec2 = statement(BOB, USE, Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}})
+    via_ec2 = statement(
+        BOB, USE, Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}}
+    )
     key = new_key(alice, policy(via_ec2))
     assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
 
 
 def test_encryption_context_condition(alice: Any, bob: Any) -> None:
-    it_only = statement(BOB, ["kms:Encrypt", "kms:Decrypt"],
-                        Condition={"StringEquals": {"kms:EncryptionContext:Department": "IT"}})
+    it_only = statement(
+        BOB,
+        ["kms:Encrypt", "kms:Decrypt"],
+        Condition={"StringEquals": {"kms:EncryptionContext:Department": "IT"}},
+    )
     key = new_key(alice, policy(it_only))
     blob = bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Department": "IT"})["CiphertextBlob"]
     bob.decrypt(CiphertextBlob=blob, EncryptionContext={"Department": "IT"})
@@ -112,9 +135,13 @@ def test_encryption_context_condition(alice: Any, bob: Any) -> None:
 
 
 def test_source_ip_condition(alice: Any, bob: Any) -> None:
-    loopback = new_key(alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}})))
+    loopback = new_key(
+        alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}}))
+    )
     bob.encrypt(KeyId=loopback, Plaintext=b"x")
-    corporate = new_key(alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})))
+    corporate = new_key(
+        alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}))
+    )
     assert error_of(bob.encrypt, KeyId=corporate, Plaintext=b"x")[0] == "AccessDeniedException"
 
 
@@ -132,7 +159,9 @@ def test_cross_account_needs_key_policy_and_identity_policy(server: KeytrailServ
     carol, other_root = server.client("carol"), server.client("other-root")
     key = new_key(alice)
     assert error_of(carol.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
-    shared = new_key(alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", ["kms:Encrypt", "kms:DescribeKey"])))
+    shared = new_key(
+        alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", ["kms:Encrypt", "kms:DescribeKey"]))
+    )
     carol.encrypt(KeyId=shared, Plaintext=b"x")
     other_root.encrypt(KeyId=shared, Plaintext=b"x")
     assert error_of(carol.generate_data_key, KeyId=shared, KeySpec="AES_256")[0] == "AccessDeniedException"
@@ -148,14 +177,24 @@ def test_explicit_deny_beats_allow(alice: Any) -> None:
 
 def test_grant_with_constraints_before_and_after_retire(alice: Any, bob: Any) -> None:
     key = new_key(alice)
-    blob = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "App": "a"})["CiphertextBlob"]
-    grant = alice.create_grant(KeyId=key, GranteePrincipal=BOB, RetiringPrincipal=BOB, Operations=["Decrypt"],
-                               Constraints={"EncryptionContextSubset": {"Dept": "IT"}})
+    blob = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "App": "a"})[
+        "CiphertextBlob"
+    ]
+    grant = alice.create_grant(
+        KeyId=key,
+        GranteePrincipal=BOB,
+        RetiringPrincipal=BOB,
+        Operations=["Decrypt"],
+        Constraints={"EncryptionContextSubset": {"Dept": "IT"}},
+    )
     assert len(grant["GrantId"]) == 64
     context = {"Dept": "IT", "App": "a"}
     bob.decrypt(CiphertextBlob=blob, EncryptionContext=context, GrantTokens=[grant["GrantToken"]])
     other = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "HR"})["CiphertextBlob"]
-    assert error_of(bob.decrypt, CiphertextBlob=other, EncryptionContext={"Dept": "HR"})[0] == "AccessDeniedException"
+    assert (
+        error_of(bob.decrypt, CiphertextBlob=other, EncryptionContext={"Dept": "HR"})[0]
+        == "AccessDeniedException"
+    )
     retirable = alice.list_retirable_grants(RetiringPrincipal=BOB)["Grants"]
     assert grant["GrantId"] in [g["GrantId"] for g in retirable]
     bob.retire_grant(GrantToken=grant["GrantToken"])
@@ -165,8 +204,12 @@ def test_grant_with_constraints_before_and_after_retire(alice: Any, bob: Any) ->
 
 def test_grant_equals_constraint_and_revoke(alice: Any, bob: Any) -> None:
     key = new_key(alice)
-    grant = alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Encrypt"],
-                               Constraints={"EncryptionContextEquals": {"Dept": "IT"}})
+    grant = alice.create_grant(
+        KeyId=key,
+        GranteePrincipal=BOB,
+        Operations=["Encrypt"],
+        Constraints={"EncryptionContextEquals": {"Dept": "IT"}},
+    )
     bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT"})
     code, _ = error_of(bob.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "More": "1"})
     assert code == "AccessDeniedException"
@@ -174,7 +217,8 @@ def test_grant_equals_constraint_and_revoke(alice: Any, bob: Any) -> None:
     assert listed["Constraints"] == {"EncryptionContextEquals": {"Dept": "IT"}}
     alice.revoke_grant(KeyId=key, GrantId=grant["GrantId"])
     assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT"})[0] == (
-        "AccessDeniedException")
+        "AccessDeniedException"
+    )
 
 
 def test_grant_rules(alice: Any, bob: Any) -> None:
@@ -183,7 +227,8 @@ def test_grant_rules(alice: Any, bob: Any) -> None:
     again = alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"], Name="app")
     assert first["GrantId"] == again["GrantId"] and first["GrantToken"] != again["GrantToken"]
     assert error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Sign"])[0] == (
-        "ValidationException")
+        "ValidationException"
+    )
     code, _ = error_of(bob.retire_grant, KeyId=key, GrantId=first["GrantId"])  # not retiring principal
     assert code == "AccessDeniedException"
     alice.retire_grant(KeyId=key, GrantId=first["GrantId"])  # the grant's account may retire it
@@ -193,12 +238,17 @@ def test_grant_rules(alice: Any, bob: Any) -> None:
 def test_lockout_safety_check(alice: Any) -> None:
     only_bob = json.dumps({"Statement": [statement(BOB, "kms:*")]})
     code, message = error_of(alice.create_key, Policy=only_bob)
-    assert (code, message) == ("MalformedPolicyDocumentException",
-                               "The new key policy will not allow you to update the key policy in the future.")
+    assert (code, message) == (
+        "MalformedPolicyDocumentException",
+        "The new key policy will not allow you to update the key policy in the future.",
+    )
     key = new_key(alice)
     assert error_of(alice.put_key_policy, KeyId=key, PolicyName="default", Policy=only_bob)[0] == (
-        "MalformedPolicyDocumentException")
-    alice.put_key_policy(KeyId=key, PolicyName="default", Policy=only_bob, BypassPolicyLockoutSafetyCheck=True)
+        "MalformedPolicyDocumentException"
+    )
+    alice.put_key_policy(
+        KeyId=key, PolicyName="default", Policy=only_bob, BypassPolicyLockoutSafetyCheck=True
+    )
     assert error_of(alice.get_key_policy, KeyId=key, PolicyName="default")[0] == "AccessDeniedException"
 
 

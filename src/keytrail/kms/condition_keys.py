@@ -165,21 +165,29 @@ _DERIVED: dict[str, Derive] = {
 
 
 class RequestContext:
-    """Resolves a lowercase condition key: request values first, then derived ones."""
+    """Resolves a lowercase condition key: request values first, then derived ones. The time is
+    read from `clock` only when a statement asks for it."""
 
-    __slots__ = ("call", "key", "now", "values")
+    __slots__ = ("_clock", "_now", "call", "key", "values")
     call: CallContext
     key: Key | None
-    now: datetime
     values: dict[str, Any]
 
     def __init__(
-        self, call: CallContext, key: Key | None, conditions: Mapping[str, Any], now: datetime,
+        self, call: CallContext, key: Key | None, conditions: Mapping[str, Any],
+        clock: Callable[[], datetime],
     ) -> None:
         self.call = call
         self.key = key
-        self.now = now
+        self._clock = clock
+        self._now: datetime | None = None
         self.values = {name.lower(): value for name, value in conditions.items()}
+
+    @property
+    def now(self) -> datetime:
+        if self._now is None:
+            self._now = self._clock()
+        return self._now
 
     def __call__(self, name: str) -> Any:
         if name in self.values:

@@ -135,7 +135,7 @@ class PolicyAuthorizer:
 
     def authorize(self, request: AccessRequest) -> AccessDecision:
         principal = request.call.principal
-        ctx = RequestContext(request.call, request.key, request.conditions, self._clock.now())
+        ctx = RequestContext(request.call, request.key, request.conditions, self._clock.now)
         identity = self.identity_policies(principal)
         key_policy = self.key_policy(request.key.policy) if request.key is not None else None
         cache_key = self._cache_key(request, ctx, key_policy, identity)
@@ -210,7 +210,7 @@ def check_lockout(
         return
     policy = compile_policy(policy_doc, "key")
     call = call or CallContext(principal=principal, region="", request_id="")
-    ctx = RequestContext(call, None, {}, now or utc_now())
+    ctx = RequestContext(call, None, {}, (lambda: now) if now else utc_now)
     kp = evaluate_key_policy(policy, principal, "kms:PutKeyPolicy", "*", ctx)
     identity = tuple(compile_policy(doc, "identity") for doc in principal.policies)
     verdict = evaluate_identity(identity, "kms:PutKeyPolicy", "*", ctx)

@@ -20,8 +20,8 @@ from keytrail.clock import Clock
 from keytrail.kms import errors
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
-from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
+from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial

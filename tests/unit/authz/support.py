@@ -31,17 +31,26 @@ def allow_all_identity() -> dict[str, Any]:
 
 def user(name: str = "alice", account: str = ACCOUNT, *policies: dict[str, Any]) -> Principal:
     return Principal(
-        arn=f"arn:aws:iam::{account}:user/{name}", account=account, type=IdentityType.IAM_USER,
-        access_key_id=f"AKIA{name.upper():0<16}", principal_id=f"AIDA{name.upper()}", user_name=name,
+        arn=f"arn:aws:iam::{account}:user/{name}",
+        account=account,
+        type=IdentityType.IAM_USER,
+        access_key_id=f"AKIA{name.upper():0<16}",
+        principal_id=f"AIDA{name.upper()}",
+        user_name=name,
         policies=tuple(policies),
     )
 
 
 def role(name: str = "app", account: str = ACCOUNT, *policies: dict[str, Any]) -> Principal:
     return Principal(
-        arn=f"arn:aws:sts::{account}:assumed-role/{name}/session", account=account,
-        type=IdentityType.ASSUMED_ROLE, access_key_id="ASIA" + name.upper(), principal_id="AROA:session",
-        role_arn=f"arn:aws:iam::{account}:role/{name}", session_name="session", policies=tuple(policies),
+        arn=f"arn:aws:sts::{account}:assumed-role/{name}/session",
+        account=account,
+        type=IdentityType.ASSUMED_ROLE,
+        access_key_id="ASIA" + name.upper(),
+        principal_id="AROA:session",
+        role_arn=f"arn:aws:iam::{account}:role/{name}",
+        session_name="session",
+        policies=tuple(policies),
     )
 
 
@@ -58,12 +67,25 @@ def key(policy: dict[str, Any] | str, account: str = ACCOUNT, **kwargs: Any) -> 
     return Key(account=account, region=REGION, key_id=KEY_ID, creation_date=NOW, policy=text, **kwargs)
 
 
-def grant(grantee: str, *operations: str, constraints: dict[str, Any] | None = None,
-          grant_id: str = "a" * 64, retiring: str | None = None) -> Grant:
+def grant(
+    grantee: str,
+    *operations: str,
+    constraints: dict[str, Any] | None = None,
+    grant_id: str = "a" * 64,
+    retiring: str | None = None,
+) -> Grant:
     return Grant(
-        account=ACCOUNT, region=REGION, key_id=KEY_ID, grant_id=grant_id, grantee_principal=grantee,
-        operations=operations, issuing_account=ACCOUNT, creation_date=NOW, token="tok",
-        retiring_principal=retiring, constraints=constraints,
+        account=ACCOUNT,
+        region=REGION,
+        key_id=KEY_ID,
+        grant_id=grant_id,
+        grantee_principal=grantee,
+        operations=operations,
+        issuing_account=ACCOUNT,
+        creation_date=NOW,
+        token="tok",
+        retiring_principal=retiring,
+        constraints=constraints,
     )
 
 
@@ -71,7 +93,13 @@ def authorizer(now: datetime = NOW) -> PolicyAuthorizer:
     return PolicyAuthorizer(ManualClock(now))
 
 
-def request(principal: Principal, action: str, the_key: Key | None, params: dict[str, Any] | None = None,
-            grants: tuple[Grant, ...] = (), **call_kwargs: Any) -> AccessRequest:
+def request(
+    principal: Principal,
+    action: str,
+    the_key: Key | None,
+    params: dict[str, Any] | None = None,
+    grants: tuple[Grant, ...] = (),
+    **call_kwargs: Any,
+) -> AccessRequest:
     conditions = request_conditions(action, params or {})
     return AccessRequest(call(principal, **call_kwargs), action, the_key, conditions, grants)

@@ -85,8 +85,16 @@ def test_operator_with_key_present(operator: str, policy: Any, value: Any, expec
     assert holds(operator, "k", policy, {"k": value}) is expected
 
 
-NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "NumericNotEquals",
-           "DateNotEquals", "NotIpAddress", "ArnNotEquals", "ArnNotLike"}
+NEGATED = {
+    "StringNotEquals",
+    "StringNotEqualsIgnoreCase",
+    "StringNotLike",
+    "NumericNotEquals",
+    "DateNotEquals",
+    "NotIpAddress",
+    "ArnNotEquals",
+    "ArnNotLike",
+}
 ALL = sorted({row[0] for row in PRESENT})
 
 
@@ -105,9 +113,15 @@ def test_if_exists_still_checks_a_present_key() -> None:
     assert holds("StringEqualsIfExists", "k", "a", {"k": "a"}) is True
 
 
-@pytest.mark.parametrize(("policy", "present", "expected"), [
-    ("true", False, True), ("true", True, False), ("false", True, True), ("false", False, False),
-])
+@pytest.mark.parametrize(
+    ("policy", "present", "expected"),
+    [
+        ("true", False, True),
+        ("true", True, False),
+        ("false", True, True),
+        ("false", False, False),
+    ],
+)
 def test_null(policy: str, present: bool, expected: bool) -> None:
     context = {"k": "v"} if present else {}
     assert holds("Null", "k", policy, context) is expected
@@ -141,13 +155,21 @@ SETS = [
 
 @pytest.mark.parametrize(("operator", "policy", "values", "expected"), SETS)
 def test_set_qualifiers(operator: str, policy: list[str], values: list[str], expected: bool) -> None:
-    assert holds(operator, "kms:EncryptionContextKeys", policy, {"kms:EncryptionContextKeys": values}) is expected
+    assert (
+        holds(operator, "kms:EncryptionContextKeys", policy, {"kms:EncryptionContextKeys": values})
+        is expected
+    )
 
 
-@pytest.mark.parametrize(("operator", "expected"), [
-    ("ForAllValues:StringEquals", True), ("ForAnyValue:StringEquals", False),
-    ("ForAllValues:StringEqualsIfExists", True), ("ForAnyValue:StringEqualsIfExists", True),
-])
+@pytest.mark.parametrize(
+    ("operator", "expected"),
+    [
+        ("ForAllValues:StringEquals", True),
+        ("ForAnyValue:StringEquals", False),
+        ("ForAllValues:StringEqualsIfExists", True),
+        ("ForAnyValue:StringEqualsIfExists", True),
+    ],
+)
 def test_set_qualifiers_with_the_key_missing(operator: str, expected: bool) -> None:
     assert holds(operator, "aws:TagKeys", ["a"], {}) is expected
 
@@ -174,18 +196,30 @@ def test_literal_escapes_in_patterns() -> None:
     assert holds("StringLike", "k", "a${?}", {"k": "a?"}) is True
 
 
-@pytest.mark.parametrize(("pattern", "value", "expected"), [
-    ("kms:*", "kms:Encrypt", True), ("kms:Generate*", "kms:GenerateDataKey", True),
-    ("kms:Generate*", "kms:Encrypt", False), ("kms:Re*", "kms:ReEncryptFrom", True),
-    ("[a-z]", "b", False), ("[a-z]", "[a-z]", True), ("a+", "aa", False), ("\\d", "\\d", True),
-])
-def test_wildcard_match_escapes_everything_but_star_and_question(pattern: str, value: str, expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("kms:*", "kms:Encrypt", True),
+        ("kms:Generate*", "kms:GenerateDataKey", True),
+        ("kms:Generate*", "kms:Encrypt", False),
+        ("kms:Re*", "kms:ReEncryptFrom", True),
+        ("[a-z]", "b", False),
+        ("[a-z]", "[a-z]", True),
+        ("a+", "aa", False),
+        ("\\d", "\\d", True),
+    ],
+)
+def test_wildcard_match_escapes_everything_but_star_and_question(
+    pattern: str, value: str, expected: bool
+) -> None:
     assert wildcard_match(pattern, value) is expected
 
 
 def test_pattern_reports_its_variables() -> None:
     assert Pattern.parse("a/${aws:username}/${aws:userid}", wildcards=True, variables=True).variables == (
-        "aws:username", "aws:userid")
+        "aws:username",
+        "aws:userid",
+    )
 
 
 @pytest.mark.parametrize("bad", ["StringEqualz", "ForEvery:StringEquals", "NullIfExists", "ForAnyValue:Null"])

@@ -14,7 +14,18 @@ from keytrail.kms.evaluator import LOCKOUT_MESSAGE, PolicyAuthorizer, check_lock
 from keytrail.kms.policy import default_policy
 
 from .support import (
-    ACCOUNT, NOW, OTHER, allow_all_identity, authorizer, doc, grant, key, request, role, root, user,
+    ACCOUNT,
+    NOW,
+    OTHER,
+    allow_all_identity,
+    authorizer,
+    doc,
+    grant,
+    key,
+    request,
+    role,
+    root,
+    user,
 )
 
 ALICE_ARN = f"arn:aws:iam::{ACCOUNT}:user/alice"
@@ -59,7 +70,9 @@ def test_account_root_caller_is_allowed_by_root_delegation() -> None:
 
 def test_explicit_deny_in_key_policy_beats_allow() -> None:
     alice = user("alice", ACCOUNT, allow_all_identity())
-    policy = doc(allow(ROOT_ARN), {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"})
+    policy = doc(
+        allow(ROOT_ARN), {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}
+    )
     decision = decide(alice, key(policy), "kms:Decrypt")
     assert (decision.verdict, decision.policy_type) == (Verdict.EXPLICIT_DENY, "resource-based")
     assert decide(alice, key(policy), "kms:Encrypt").allowed
@@ -87,15 +100,20 @@ def test_action_matching_is_case_insensitive_with_wildcards() -> None:
 
 
 def test_not_action_allows_everything_else() -> None:
-    policy = key(doc({"Effect": "Allow", "Principal": {"AWS": ALICE_ARN}, "NotAction": "kms:Decrypt",
-                      "Resource": "*"}))
+    policy = key(
+        doc({"Effect": "Allow", "Principal": {"AWS": ALICE_ARN}, "NotAction": "kms:Decrypt", "Resource": "*"})
+    )
     assert decide(user("alice"), policy, "kms:Encrypt").allowed
     assert not decide(user("alice"), policy, "kms:Decrypt").allowed
 
 
 def test_not_principal_deny_spares_only_the_named_principal() -> None:
-    policy = key(doc(allow("*"), {"Effect": "Deny", "NotPrincipal": {"AWS": ALICE_ARN}, "Action": "kms:*",
-                                  "Resource": "*"}))
+    policy = key(
+        doc(
+            allow("*"),
+            {"Effect": "Deny", "NotPrincipal": {"AWS": ALICE_ARN}, "Action": "kms:*", "Resource": "*"},
+        )
+    )
     assert decide(user("alice"), policy).allowed
     assert decide(user("bob"), policy).verdict is Verdict.EXPLICIT_DENY
 
@@ -131,39 +149,71 @@ def test_denial_message_has_aws_wording() -> None:
     the_key = key(default_policy(ACCOUNT))
     req = request(alice, "kms:Decrypt", the_key)
     message = denial_message(req, authorizer().authorize(req))
-    assert message == (f"User: {ALICE_ARN} is not authorized to perform: kms:Decrypt on resource: {the_key.arn} "
-                       "because no identity-based policy allows the kms:Decrypt action")
+    assert message == (
+        f"User: {ALICE_ARN} is not authorized to perform: kms:Decrypt on resource: {the_key.arn} "
+        "because no identity-based policy allows the kms:Decrypt action"
+    )
 
 
 # --- condition keys from the request, the caller, the key and the clock -------------------------
 
+
 def test_encryption_context_condition() -> None:
-    policy = key(doc(allow(ALICE_ARN, "kms:Decrypt",
-                           Condition={"StringEquals": {"kms:EncryptionContext:Department": "IT"}})))
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                "kms:Decrypt",
+                Condition={"StringEquals": {"kms:EncryptionContext:Department": "IT"}},
+            )
+        )
+    )
     assert decide(user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "IT"}}).allowed
-    assert not decide(user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "HR"}}).allowed
+    assert not decide(
+        user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "HR"}}
+    ).allowed
     assert not decide(user("alice"), policy, "kms:Decrypt", {}).allowed
 
 
 def test_encryption_context_keys_with_for_all_values() -> None:
-    policy = key(doc(allow(ALICE_ARN, "kms:Encrypt", Condition={
-        "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["Purpose", "Dept"]},
-        "Null": {"kms:EncryptionContextKeys": "false"}})))
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                "kms:Encrypt",
+                Condition={
+                    "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["Purpose", "Dept"]},
+                    "Null": {"kms:EncryptionContextKeys": "false"},
+                },
+            )
+        )
+    )
     assert decide(user("alice"), policy, params={"EncryptionContext": {"Purpose": "x"}}).allowed
     assert not decide(user("alice"), policy, params={"EncryptionContext": {"Other": "x"}}).allowed
     assert not decide(user("alice"), policy, params={}).allowed
 
 
 def test_source_ip_and_secure_transport() -> None:
-    policy = key(doc(allow(ALICE_ARN, Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"},
-                                                  "Bool": {"aws:SecureTransport": "true"}})))
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                Condition={
+                    "IpAddress": {"aws:SourceIp": "10.0.0.0/8"},
+                    "Bool": {"aws:SecureTransport": "true"},
+                },
+            )
+        )
+    )
     assert decide(user("alice"), policy, source_ip="10.1.2.3", secure_transport=True).allowed
     assert not decide(user("alice"), policy, source_ip="192.168.1.1", secure_transport=True).allowed
     assert not decide(user("alice"), policy, source_ip="10.1.2.3", secure_transport=False).allowed
 
 
 def test_current_time_comes_from_the_injected_clock() -> None:
-    policy = key(doc(allow(ALICE_ARN, Condition={"DateLessThan": {"aws:CurrentTime": "2026-06-02T00:00:00Z"}})))
+    policy = key(
+        doc(allow(ALICE_ARN, Condition={"DateLessThan": {"aws:CurrentTime": "2026-06-02T00:00:00Z"}}))
+    )
     clock = ManualClock(NOW)
     authz = PolicyAuthorizer(clock)
     req = request(user("alice"), "kms:Encrypt", policy)
@@ -173,63 +223,124 @@ def test_current_time_comes_from_the_injected_clock() -> None:
 
 
 def test_epoch_time_username_and_principal_keys() -> None:
-    policy = key(doc(allow("*", Condition={
-        "NumericLessThan": {"aws:EpochTime": int(NOW.timestamp()) + 10},
-        "StringEquals": {"aws:username": "alice", "aws:PrincipalAccount": ACCOUNT, "kms:CallerAccount": ACCOUNT},
-        "ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:user/*"}})))
+    policy = key(
+        doc(
+            allow(
+                "*",
+                Condition={
+                    "NumericLessThan": {"aws:EpochTime": int(NOW.timestamp()) + 10},
+                    "StringEquals": {
+                        "aws:username": "alice",
+                        "aws:PrincipalAccount": ACCOUNT,
+                        "kms:CallerAccount": ACCOUNT,
+                    },
+                    "ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:user/*"},
+                },
+            )
+        )
+    )
     assert decide(user("alice"), policy).allowed
     assert not decide(user("bob"), policy).allowed
     assert not decide(role("app"), policy).allowed
 
 
 def test_key_attribute_and_resource_tag_keys() -> None:
-    condition = {"StringEquals": {"kms:KeySpec": "SYMMETRIC_DEFAULT", "kms:KeyUsage": "ENCRYPT_DECRYPT",
-                                  "kms:KeyOrigin": "AWS_KMS", "aws:ResourceTag/Project": "alpha"},
-                 "Bool": {"kms:MultiRegion": "false"}}
+    condition = {
+        "StringEquals": {
+            "kms:KeySpec": "SYMMETRIC_DEFAULT",
+            "kms:KeyUsage": "ENCRYPT_DECRYPT",
+            "kms:KeyOrigin": "AWS_KMS",
+            "aws:ResourceTag/Project": "alpha",
+        },
+        "Bool": {"kms:MultiRegion": "false"},
+    }
     policy = doc(allow(ALICE_ARN, Condition=condition))
     assert decide(user("alice"), key(policy, tags=(("project", "alpha"),))).allowed
     assert not decide(user("alice"), key(policy, tags=(("Project", "beta"),))).allowed
 
 
 def test_via_service_is_absent_for_direct_calls() -> None:
-    policy = key(doc(allow(ROOT_ARN, "kms:Decrypt",
-                           Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}})))
+    policy = key(
+        doc(
+            allow(
+                ROOT_ARN,
+                "kms:Decrypt",
+                Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}},
+            )
+        )
+    )
     assert not decide(root(), policy, "kms:Decrypt").allowed
 
 
 def test_grant_is_for_aws_resource_is_false_for_direct_calls() -> None:
-    policy = key(doc(allow(ALICE_ARN, ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
-                           Condition={"Bool": {"kms:GrantIsForAWSResource": "true"}})))
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+                Condition={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            )
+        )
+    )
     params = {"GranteePrincipal": ALICE_ARN, "Operations": ["Decrypt"]}
     assert not decide(user("alice"), policy, "kms:CreateGrant", params).allowed
 
 
 def test_grant_operation_and_principal_keys_on_create_grant() -> None:
-    policy = key(doc(allow(ALICE_ARN, "kms:CreateGrant", Condition={
-        "ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]},
-        "StringLike": {"kms:GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/*"}})))
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                "kms:CreateGrant",
+                Condition={
+                    "ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]},
+                    "StringLike": {"kms:GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/*"},
+                },
+            )
+        )
+    )
     ok = {"GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/app", "Operations": ["Decrypt"]}
     assert decide(user("alice"), policy, "kms:CreateGrant", ok).allowed
-    assert not decide(user("alice"), policy, "kms:CreateGrant", {**ok, "Operations": ["Decrypt", "CreateGrant"]}).allowed
+    assert not decide(
+        user("alice"), policy, "kms:CreateGrant", {**ok, "Operations": ["Decrypt", "CreateGrant"]}
+    ).allowed
     assert not decide(user("alice"), policy, "kms:CreateGrant", {**ok, "GranteePrincipal": ALICE_ARN}).allowed
 
 
 def test_request_alias_and_algorithm_keys() -> None:
-    policy = key(doc(allow(ALICE_ARN, Condition={"StringEquals": {"kms:RequestAlias": "alias/app",
-                                                                  "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}})))
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                Condition={
+                    "StringEquals": {
+                        "kms:RequestAlias": "alias/app",
+                        "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                    }
+                },
+            )
+        )
+    )
     assert decide(user("alice"), policy, params={"KeyId": "alias/app"}).allowed
     assert not decide(user("alice"), policy, params={"KeyId": "alias/other"}).allowed
 
 
 def test_resource_variable_in_identity_policy() -> None:
-    per_user = doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*",
-                    "Condition": {"StringEquals": {"aws:ResourceTag/Owner": "${aws:username}"}}})
+    per_user = doc(
+        {
+            "Effect": "Allow",
+            "Action": "kms:*",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:ResourceTag/Owner": "${aws:username}"}},
+        }
+    )
     the_key = key(default_policy(ACCOUNT), tags=(("Owner", "alice"),))
     assert decide(user("alice", ACCOUNT, per_user), the_key).allowed
     assert not decide(user("bob", ACCOUNT, per_user), the_key).allowed
 
 
 # --- grants -------------------------------------------------------------------------------------
+
 
 def test_grant_allows_its_operations_to_its_grantee() -> None:
     grants = (grant(ALICE_ARN, "Decrypt"),)
@@ -249,21 +360,28 @@ def test_grant_constraints_are_enforced() -> None:
     assert not decide(user("alice"), the_key, "kms:Decrypt", {}, grants=subset).allowed
     assert decide(user("alice"), the_key, "kms:Decrypt", exact, grants=equals).allowed
     assert not decide(user("alice"), the_key, "kms:Decrypt", both, grants=equals).allowed
-    assert not decide(user("alice"), the_key, "kms:Decrypt", {"EncryptionContext": {"dept": "IT"}},
-                      grants=equals).allowed  # case-sensitive
+    assert not decide(
+        user("alice"), the_key, "kms:Decrypt", {"EncryptionContext": {"dept": "IT"}}, grants=equals
+    ).allowed  # case-sensitive
 
 
 def test_explicit_deny_beats_a_grant() -> None:
     policy = key(doc({"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}))
     assert decide(user("alice"), policy, "kms:Decrypt", grants=(grant(ALICE_ARN, "Decrypt"),)).verdict is (
-        Verdict.EXPLICIT_DENY)
+        Verdict.EXPLICIT_DENY
+    )
 
 
 def test_create_grant_through_a_grant_may_not_widen_it() -> None:
-    parent = (grant(ALICE_ARN, "Decrypt", "CreateGrant", constraints={"EncryptionContextSubset": {"a": "1"}}),)
+    parent = (
+        grant(ALICE_ARN, "Decrypt", "CreateGrant", constraints={"EncryptionContextSubset": {"a": "1"}}),
+    )
     the_key = key(doc(allow(ROOT_ARN)))
-    narrower = {"GranteePrincipal": ALICE_ARN, "Operations": ["Decrypt"],
-                "Constraints": {"EncryptionContextEquals": {"a": "1", "b": "2"}}}
+    narrower = {
+        "GranteePrincipal": ALICE_ARN,
+        "Operations": ["Decrypt"],
+        "Constraints": {"EncryptionContextEquals": {"a": "1", "b": "2"}},
+    }
     assert decide(user("alice"), the_key, "kms:CreateGrant", narrower, grants=parent).allowed
     wider_ops = {**narrower, "Operations": ["Encrypt"]}
     assert not decide(user("alice"), the_key, "kms:CreateGrant", wider_ops, grants=parent).allowed
@@ -277,6 +395,7 @@ def test_malformed_grant_tokens_are_rejected() -> None:
 
 
 # --- cache ---------------------------------------------------------------------------------------
+
 
 def test_cache_does_not_leak_between_condition_values_or_policies() -> None:
     authz = authorizer()
@@ -293,11 +412,14 @@ def test_cache_does_not_leak_between_condition_values_or_policies() -> None:
 def test_cache_follows_new_identity_policies_of_the_same_principal() -> None:
     authz = authorizer()
     the_key = key(default_policy(ACCOUNT))
-    assert authz.authorize(request(user("alice", ACCOUNT, allow_all_identity()), "kms:Encrypt", the_key)).allowed
+    assert authz.authorize(
+        request(user("alice", ACCOUNT, allow_all_identity()), "kms:Encrypt", the_key)
+    ).allowed
     assert not authz.authorize(request(user("alice"), "kms:Encrypt", the_key)).allowed
 
 
 # --- lockout safety check ------------------------------------------------------------------------
+
 
 def test_lockout_check_refuses_a_policy_that_drops_the_caller() -> None:
     with pytest.raises(MalformedPolicyDocumentException) as info:

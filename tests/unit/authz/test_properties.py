@@ -12,41 +12,68 @@ from keytrail.kms.authz import Verdict
 
 from .support import ACCOUNT, OTHER, authorizer, doc, key, request, role, root, user
 
-PRINCIPALS = [f"arn:aws:iam::{ACCOUNT}:user/alice", f"arn:aws:iam::{ACCOUNT}:user/bob",
-              f"arn:aws:iam::{ACCOUNT}:role/app", f"arn:aws:iam::{ACCOUNT}:root", OTHER, "*"]
+PRINCIPALS = [
+    f"arn:aws:iam::{ACCOUNT}:user/alice",
+    f"arn:aws:iam::{ACCOUNT}:user/bob",
+    f"arn:aws:iam::{ACCOUNT}:role/app",
+    f"arn:aws:iam::{ACCOUNT}:root",
+    OTHER,
+    "*",
+]
 ACTIONS = ["kms:*", "kms:Encrypt", "kms:Decrypt", "kms:Generate*", "kms:Describe*", "kms:?ncrypt"]
 CONDITIONS: list[dict[str, Any]] = [
-    {}, {"StringEquals": {"kms:EncryptionContext:dept": "it"}},
+    {},
+    {"StringEquals": {"kms:EncryptionContext:dept": "it"}},
     {"StringNotEquals": {"kms:EncryptionContext:dept": "it"}},
     {"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": ["d*"]}},
-    {"Bool": {"aws:SecureTransport": "true"}}, {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}},
-    {"StringEqualsIfExists": {"kms:EncryptionContext:app": "x"}}, {"Null": {"kms:EncryptionContextKeys": "true"}},
+    {"Bool": {"aws:SecureTransport": "true"}},
+    {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}},
+    {"StringEqualsIfExists": {"kms:EncryptionContext:app": "x"}},
+    {"Null": {"kms:EncryptionContextKeys": "true"}},
 ]
 
 key_statements = st.builds(
     lambda effect, principal, actions, condition: {
-        "Effect": effect, "Principal": {"AWS": principal}, "Action": actions, "Resource": "*",
-        **({"Condition": condition} if condition else {})},
-    st.sampled_from(["Allow", "Deny"]), st.sampled_from(PRINCIPALS),
-    st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2), st.sampled_from(CONDITIONS),
+        "Effect": effect,
+        "Principal": {"AWS": principal},
+        "Action": actions,
+        "Resource": "*",
+        **({"Condition": condition} if condition else {}),
+    },
+    st.sampled_from(["Allow", "Deny"]),
+    st.sampled_from(PRINCIPALS),
+    st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2),
+    st.sampled_from(CONDITIONS),
 )
 identity_statements = st.builds(
-    lambda effect, actions, condition: {"Effect": effect, "Action": actions, "Resource": "*",
-                                        **({"Condition": condition} if condition else {})},
-    st.sampled_from(["Allow", "Deny"]), st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2),
+    lambda effect, actions, condition: {
+        "Effect": effect,
+        "Action": actions,
+        "Resource": "*",
+        **({"Condition": condition} if condition else {}),
+    },
+    st.sampled_from(["Allow", "Deny"]),
+    st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2),
     st.sampled_from(CONDITIONS),
 )
 callers = st.sampled_from(["alice", "bob", "app", "root", "carol"])
 contexts = st.sampled_from([{}, {"dept": "it"}, {"dept": "hr", "app": "x"}, {"app": "y"}])
-requests = st.tuples(callers, st.sampled_from(["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"]), contexts,
-                     st.booleans(), st.sampled_from(["10.1.1.1", "127.0.0.1"]))
+requests = st.tuples(
+    callers,
+    st.sampled_from(["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"]),
+    contexts,
+    st.booleans(),
+    st.sampled_from(["10.1.1.1", "127.0.0.1"]),
+)
 
 
 def rank(verdict: Verdict) -> int:
     return {Verdict.EXPLICIT_DENY: 0, Verdict.IMPLICIT_DENY: 1, Verdict.ALLOW: 2}[verdict]
 
 
-def decide(key_statements: list[dict[str, Any]], identity: list[dict[str, Any]], req: tuple[Any, ...]) -> Verdict:
+def decide(
+    key_statements: list[dict[str, Any]], identity: list[dict[str, Any]], req: tuple[Any, ...]
+) -> Verdict:
     who, action, context, secure, ip = req
     identity_policies = (doc(*identity),) if identity else ()
     principal = {
@@ -63,27 +90,44 @@ def decide(key_statements: list[dict[str, Any]], identity: list[dict[str, Any]],
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(key_statements, min_size=1, max_size=4), st.lists(identity_statements, max_size=3),
-       key_statements, requests)
-def test_adding_a_deny_to_the_key_policy_never_widens(statements: Any, identity: Any, extra: Any, req: Any) -> None:
+@given(
+    st.lists(key_statements, min_size=1, max_size=4),
+    st.lists(identity_statements, max_size=3),
+    key_statements,
+    requests,
+)
+def test_adding_a_deny_to_the_key_policy_never_widens(
+    statements: Any, identity: Any, extra: Any, req: Any
+) -> None:
     deny = {**extra, "Effect": "Deny"}
     assert rank(decide([*statements, deny], identity, req)) <= rank(decide(statements, identity, req))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(key_statements, min_size=1, max_size=4), st.lists(identity_statements, max_size=3),
-       identity_statements, requests)
-def test_adding_a_deny_to_an_identity_policy_never_widens(statements: Any, identity: Any, extra: Any,
-                                                          req: Any) -> None:
+@given(
+    st.lists(key_statements, min_size=1, max_size=4),
+    st.lists(identity_statements, max_size=3),
+    identity_statements,
+    requests,
+)
+def test_adding_a_deny_to_an_identity_policy_never_widens(
+    statements: Any, identity: Any, extra: Any, req: Any
+) -> None:
     deny = {**extra, "Effect": "Deny"}
     assert rank(decide(statements, [*identity, deny], req)) <= rank(decide(statements, identity, req))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(key_statements, min_size=1, max_size=4), st.lists(identity_statements, max_size=3),
-       key_statements, identity_statements, requests)
-def test_adding_an_allow_never_narrows(statements: Any, identity: Any, key_extra: Any, id_extra: Any,
-                                       req: Any) -> None:
+@given(
+    st.lists(key_statements, min_size=1, max_size=4),
+    st.lists(identity_statements, max_size=3),
+    key_statements,
+    identity_statements,
+    requests,
+)
+def test_adding_an_allow_never_narrows(
+    statements: Any, identity: Any, key_extra: Any, id_extra: Any, req: Any
+) -> None:
     before = decide(statements, identity, req) is Verdict.ALLOW
     key_allow = {**key_extra, "Effect": "Allow"}
     id_allow = {**id_extra, "Effect": "Allow"}
@@ -92,8 +136,12 @@ def test_adding_an_allow_never_narrows(statements: Any, identity: Any, key_extra
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(key_statements, min_size=1, max_size=5), st.lists(identity_statements, max_size=4),
-       st.randoms(use_true_random=False), requests)
+@given(
+    st.lists(key_statements, min_size=1, max_size=5),
+    st.lists(identity_statements, max_size=4),
+    st.randoms(use_true_random=False),
+    requests,
+)
 def test_statement_order_never_matters(statements: Any, identity: Any, rnd: Any, req: Any) -> None:
     shuffled_key, shuffled_identity = list(statements), list(identity)
     rnd.shuffle(shuffled_key)
