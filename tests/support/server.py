@@ -35,7 +35,10 @@ PRINCIPALS: dict[str, tuple[str, str, str, list[str], str | None]] = {
 }
 
 
-def write_principals(path: Path, principals: dict[str, tuple[str, str, str, list[str], str | None]] = PRINCIPALS) -> Path:
+PrincipalEntry = tuple[str, str, str, list[str], str | None]
+
+
+def write_principals(path: Path, principals: dict[str, PrincipalEntry] = PRINCIPALS) -> Path:
     lines = []
     for arn, key, secret, policies, session in principals.values():
         lines += ["[[principal]]", f'arn = "{arn}"', f'access_key_id = "{key}"', f'secret_access_key = "{secret}"']

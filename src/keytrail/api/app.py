@@ -99,8 +99,8 @@ class KmsApp:
             return
         except Exception:
             log.exception("unexpected error serving request %s", request_id)
-            error = errors.KMSInternalException("An internal error occurred.")
-            await _respond(send, 500, _error_body(error), _JSON, extra)
+            internal = errors.KMSInternalException("An internal error occurred.")
+            await _respond(send, 500, _error_body(internal), _JSON, extra)
             return
         await _respond(send, 200, orjson.dumps(encode_value(response)), _JSON, extra)
 

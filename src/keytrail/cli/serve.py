@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -86,10 +90,27 @@ def serve(
         log_level="warning", access_log=False, timeout_graceful_shutdown=20, server_header=False,
         **_tls(settings),  # type: ignore[arg-type]
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     if not server.started:
         raise typer.Exit(1)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
+    signal; keytrail's contract is: finish in-flight calls, flush, exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._request_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _request_exit(self, signum: int, frame: FrameType | None) -> None:
+        self.should_exit = True
 
 
 def register(app: typer.Typer) -> None:

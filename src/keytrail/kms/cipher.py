@@ -16,19 +16,20 @@ from keytrail.kms.keys import Key
 __all__ = ["KeyCipher", "SymmetricCipher"]
 
 Context = Mapping[str, str] | None
+Sealed = tuple[bytes, str | None]  # output bytes, KeyMaterialId used
 
 
 class KeyCipher(Protocol):
     """Encrypt/decrypt under one key; returns the bytes and the key material id used."""
 
-    async def encrypt(self, key: Key, plaintext: bytes, context: Context, algorithm: str) -> tuple[bytes, str | None]: ...
-    async def decrypt(self, key: Key, blob: bytes, context: Context, algorithm: str) -> tuple[bytes, str | None]: ...
+    async def encrypt(self, key: Key, plaintext: bytes, context: Context, algorithm: str) -> Sealed: ...
+    async def decrypt(self, key: Key, blob: bytes, context: Context, algorithm: str) -> Sealed: ...
 
 
 class SymmetricCipher:
     """SYMMETRIC_DEFAULT keys: AES-256-GCM with the newest material, any material to decrypt."""
 
-    async def encrypt(self, key: Key, plaintext: bytes, context: Context, algorithm: str) -> tuple[bytes, str | None]:
+    async def encrypt(self, key: Key, plaintext: bytes, context: Context, algorithm: str) -> Sealed:
         material = key.current_material
         if material is None:
             raise KMSInvalidStateException(f"{key.arn} is pending import.")
@@ -38,7 +39,7 @@ class SymmetricCipher:
         )
         return blob, material.material_id
 
-    async def decrypt(self, key: Key, blob: bytes, context: Context, algorithm: str) -> tuple[bytes, str | None]:
+    async def decrypt(self, key: Key, blob: bytes, context: Context, algorithm: str) -> Sealed:
         header = read_header(blob)
         material = key.material(header.material_id)
         if material is None or header.key_id != key.key_id:

@@ -14,9 +14,15 @@ __all__ = ["GENERATORS", "generate_secret"]
 # HMAC key lengths follow the digest size, as AWS's HMAC key specs do.
 _HMAC_BYTES = {KeySpec.HMAC_224: 28, KeySpec.HMAC_256: 32, KeySpec.HMAC_384: 48, KeySpec.HMAC_512: 64}
 
+
+
+def _random(size: int) -> Callable[[], bytes]:
+    return lambda: os.urandom(size)
+
+
 GENERATORS: dict[KeySpec, Callable[[], bytes]] = {
-    KeySpec.SYMMETRIC_DEFAULT: lambda: os.urandom(32),
-    **{spec: (lambda n=size: os.urandom(n)) for spec, size in _HMAC_BYTES.items()},
+    KeySpec.SYMMETRIC_DEFAULT: _random(32),
+    **{spec: _random(size) for spec, size in _HMAC_BYTES.items()},
 }
 _SLOW = frozenset({KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096})
 

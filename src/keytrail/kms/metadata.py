@@ -42,9 +42,9 @@ def key_metadata(key: Key) -> dict[str, Any]:
     meta.update(algorithms_for(key.key_spec, key.key_usage))
     if key.multi_region:
         meta["MultiRegionConfiguration"] = _multi_region_configuration(key)
-    if key.key_spec is KeySpec.SYMMETRIC_DEFAULT and key.key_usage is KeyUsage.ENCRYPT_DECRYPT:
-        if key.current_material is not None:
-            meta["CurrentKeyMaterialId"] = key.current_material.material_id
+    symmetric = key.key_spec is KeySpec.SYMMETRIC_DEFAULT and key.key_usage is KeyUsage.ENCRYPT_DECRYPT
+    if symmetric and key.current_material is not None:
+        meta["CurrentKeyMaterialId"] = key.current_material.material_id
     return meta
 
 

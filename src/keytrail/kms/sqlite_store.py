@@ -10,7 +10,12 @@ import sqlite3
 from pathlib import Path
 
 from keytrail.kms.codec import (
-    alias_from_doc, alias_to_doc, grant_from_doc, grant_to_doc, key_from_doc, key_to_doc,
+    alias_from_doc,
+    alias_to_doc,
+    grant_from_doc,
+    grant_to_doc,
+    key_from_doc,
+    key_to_doc,
 )
 from keytrail.kms.keys import Key
 from keytrail.kms.sealing import RootKey

@@ -28,8 +28,8 @@ def crypto_conditions(params: dict[str, Any], context_member: str = "EncryptionC
     conditions["kms:EncryptionContextKeys"] = list(context)
     conditions["kms:EncryptionAlgorithm"] = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
     key_id = params.get("KeyId", "")
-    if isinstance(key_id, str) and ("alias/" in key_id):
-        conditions["kms:RequestAlias"] = key_id if key_id.startswith("alias/") else "alias/" + key_id.split(":alias/")[-1]
+    if isinstance(key_id, str) and "alias/" in key_id:
+        conditions["kms:RequestAlias"] = "alias/" + key_id.split("alias/", 1)[1]
     return conditions
 
 

@@ -1,0 +1,1 @@
+"""HTTP front end: ASGI app, SigV4, request validation, AWS error responses."""

@@ -1,0 +1,1 @@
+"""The detector: rules, policy analyzer, alarms and their delivery hooks."""

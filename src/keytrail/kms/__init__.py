@@ -1,0 +1,1 @@
+"""The key service domain: keys, crypto, authorization, lifecycle, stores."""

@@ -1,0 +1,1 @@
+"""Stream consumers: usage, cost and last-used aggregates over the audit events."""

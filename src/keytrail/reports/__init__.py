@@ -1,0 +1,1 @@
+"""Offline usage and cost reports."""

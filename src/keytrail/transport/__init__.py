@@ -1,0 +1,1 @@
+"""Event log transports: the embedded on-disk log, Kafka, MQTT, webhooks."""

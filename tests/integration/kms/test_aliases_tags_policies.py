@@ -1,0 +1,76 @@
+"""Aliases, tags and key policies through boto3 (kms-anchors §3d items 8–9, 26, 33)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.support.errors import aws_error
+from tests.support.server import ACCOUNT, KeytrailServer
+
+
+def _name() -> str:
+    return f"alias/t-{uuid.uuid4().hex[:12]}"
+
+
+def test_alias_lifecycle(kms) -> None:
+    first, second = (kms.create_key()["KeyMetadata"] for _ in range(2))
+    name = _name()
+    kms.create_alias(AliasName=name, TargetKeyId=first["KeyId"])
+    entry = next(a for a in kms.list_aliases(KeyId=first["KeyId"])["Aliases"] if a["AliasName"] == name)
+    assert entry["AliasArn"] == f"arn:aws:kms:us-east-1:{ACCOUNT}:{name}"
+    assert entry["TargetKeyId"] == first["KeyId"] and "LastUpdatedDate" in entry
+    kms.update_alias(AliasName=name, TargetKeyId=second["KeyId"])
+    assert kms.describe_key(KeyId=name)["KeyMetadata"]["KeyId"] == second["KeyId"]
+    kms.delete_alias(AliasName=name)
+    code, message, _ = aws_error(kms.describe_key, KeyId=name)
+    assert (code, message) == ("NotFoundException", f"Alias arn:aws:kms:us-east-1:{ACCOUNT}:{name} is not found.")
+
+
+def test_alias_rules(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    code, message, _ = aws_error(kms.create_alias, AliasName="no-prefix", TargetKeyId=key_id)
+    assert code == "ValidationException" and message.startswith('Alias must start with the prefix "alias/".')
+    assert aws_error(kms.create_alias, AliasName="alias/aws/mine", TargetKeyId=key_id)[0] == \
+        "InvalidAliasNameException"
+    name = _name()
+    kms.create_alias(AliasName=name, TargetKeyId=key_id)
+    code, message, _ = aws_error(kms.create_alias, AliasName=name, TargetKeyId=key_id)
+    assert (code, message) == ("AlreadyExistsException",
+                               f"An alias with the name arn:aws:kms:us-east-1:{ACCOUNT}:{name} already exists")
+    assert aws_error(kms.enable_key_rotation, KeyId=name)[0] == "NotFoundException"
+
+
+def test_tags_round_trip_and_rules(server: KeytrailServer) -> None:
+    kms = server.client(parameter_validation=False)
+    key_id = kms.create_key(Tags=[{"TagKey": "team", "TagValue": "a"}])["KeyMetadata"]["KeyId"]
+    kms.tag_resource(KeyId=key_id, Tags=[{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "b"}])
+    tags = {t["TagKey"]: t["TagValue"] for t in kms.list_resource_tags(KeyId=key_id)["Tags"]}
+    assert tags == {"team": "b", "env": "prod"}
+    kms.untag_resource(KeyId=key_id, TagKeys=["env"])
+    assert [t["TagKey"] for t in kms.list_resource_tags(KeyId=key_id)["Tags"]] == ["team"]
+    duplicate = [{"TagKey": "a", "TagValue": "1"}, {"TagKey": "a", "TagValue": "2"}]
+    assert aws_error(kms.tag_resource, KeyId=key_id, Tags=duplicate)[:2] == ("TagException", "Duplicate tag keys")
+    many = [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)]
+    assert aws_error(kms.tag_resource, KeyId=key_id, Tags=many)[:2] == ("TagException", "Too many tags")
+    reserved = [{"TagKey": "aws:x", "TagValue": "v"}]
+    assert aws_error(kms.tag_resource, KeyId=key_id, Tags=reserved)[:2] == (
+        "TagException", "Tags beginning with aws: are reserved")
+    code, message, _ = aws_error(kms.tag_resource, KeyId=key_id, Tags=[{"TagKey": "k" * 129, "TagValue": "v"}])
+    assert code == "ValidationException" and "at 'tags.1.member.tagKey'" in message
+
+
+def test_default_policy_and_round_trip(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert kms.list_key_policies(KeyId=key_id)["PolicyNames"] == ["default"]
+    policy = json.loads(kms.get_key_policy(KeyId=key_id)["Policy"])
+    assert policy["Id"] == "key-default-1" and policy["Version"] == "2012-10-17"
+    assert policy["Statement"] == [{
+        "Sid": "Enable IAM User Permissions", "Effect": "Allow",
+        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*",
+    }]
+    policy["Statement"][0]["Sid"] = "Changed"
+    kms.put_key_policy(KeyId=key_id, Policy=json.dumps(policy))
+    assert json.loads(kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]) == policy
+    code, _, _ = aws_error(kms.put_key_policy, KeyId=key_id, Policy="{not json")
+    assert code == "MalformedPolicyDocumentException"

@@ -1,0 +1,112 @@
+"""Symmetric cryptography through boto3 (kms-anchors §3d items 10–11, 13–15, 22, 32)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+
+INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
+
+
+@pytest.fixture
+def key(kms) -> dict:  # type: ignore[type-arg]
+    return kms.create_key()["KeyMetadata"]
+
+
+def test_encrypt_accepts_every_key_identifier_form(kms, key) -> None:
+    name = f"alias/forms-{key['KeyId']}"
+    kms.create_alias(AliasName=name, TargetKeyId=key["KeyId"])
+    alias_arn = key["Arn"].replace(f"key/{key['KeyId']}", name)
+    for key_id in (key["KeyId"], key["Arn"], name, alias_arn):
+        out = kms.encrypt(KeyId=key_id, Plaintext=b"secret")
+        assert out["KeyId"] == key["Arn"] and out["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+        assert kms.decrypt(CiphertextBlob=out["CiphertextBlob"])["Plaintext"] == b"secret"
+
+
+def test_plaintext_over_4096_bytes_is_a_validation_error(server: KeytrailServer, key) -> None:
+    kms = server.client(parameter_validation=False)
+    code, message, status = aws_error(kms.encrypt, KeyId=key["KeyId"], Plaintext=b"x" * 4097)
+    assert (code, status) == ("ValidationException", 400)
+    assert message == ("1 validation error detected: Value at 'plaintext' failed to satisfy constraint: "
+                       "Member must have length less than or equal to 4096")
+
+
+def test_decrypt_returns_key_algorithm_and_material(kms, key) -> None:
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"app": "x"})["CiphertextBlob"]
+    out = kms.decrypt(CiphertextBlob=blob, EncryptionContext={"app": "x"})
+    assert out["KeyId"] == key["Arn"] and out["Plaintext"] == b"p"
+    assert out["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+    assert out["KeyMaterialId"] == key["CurrentKeyMaterialId"]
+
+
+@pytest.mark.parametrize("context", [None, {"app": "y"}, {"app": "x", "extra": "1"}, {"APP": "x"}])
+def test_decrypt_with_wrong_context_is_invalid_ciphertext(kms, key, context) -> None:
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"app": "x"})["CiphertextBlob"]
+    kwargs = {"EncryptionContext": context} if context else {}
+    code, message, status = aws_error(kms.decrypt, CiphertextBlob=blob, **kwargs)
+    assert (code, message, status) == ("InvalidCiphertextException", "", 400)
+
+
+def test_context_encoding_is_unambiguous(kms, key) -> None:
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"ab": "c"})["CiphertextBlob"]
+    code, _, _ = aws_error(kms.decrypt, CiphertextBlob=blob, EncryptionContext={"a": "bc"})
+    assert code == "InvalidCiphertextException"
+
+
+def test_tampered_or_truncated_blob_is_invalid_ciphertext(kms, key) -> None:
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"payload")["CiphertextBlob"]
+    for bad in (blob[:-1], blob[:20], blob[:-1] + bytes([blob[-1] ^ 1]), b"\x00" + blob[1:], b"garbage"):
+        assert aws_error(kms.decrypt, CiphertextBlob=bad)[:2] == ("InvalidCiphertextException", "")
+
+
+def test_decrypt_with_another_key_id_is_incorrect_key(kms, key) -> None:
+    other = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p")["CiphertextBlob"]
+    assert aws_error(kms.decrypt, CiphertextBlob=blob, KeyId=other)[:2] == ("IncorrectKeyException", INCORRECT_KEY)
+    assert kms.decrypt(CiphertextBlob=blob, KeyId=key["Arn"])["Plaintext"] == b"p"
+
+
+def test_re_encrypt_moves_ciphertext_to_another_key(kms, key) -> None:
+    destination = kms.create_key()["KeyMetadata"]
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"a": "1"})["CiphertextBlob"]
+    out = kms.re_encrypt(CiphertextBlob=blob, SourceEncryptionContext={"a": "1"},
+                         DestinationKeyId=destination["KeyId"], DestinationEncryptionContext={"b": "2"})
+    assert out["SourceKeyId"] == key["Arn"] and out["KeyId"] == destination["Arn"]
+    assert out["SourceEncryptionAlgorithm"] == out["DestinationEncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+    plain = kms.decrypt(CiphertextBlob=out["CiphertextBlob"], EncryptionContext={"b": "2"})
+    assert plain["Plaintext"] == b"p" and plain["KeyId"] == destination["Arn"]
+    code, message, _ = aws_error(kms.re_encrypt, CiphertextBlob=blob, SourceEncryptionContext={"a": "1"},
+                                 SourceKeyId=destination["KeyId"], DestinationKeyId=destination["KeyId"])
+    assert (code, message) == ("IncorrectKeyException", INCORRECT_KEY)
+
+
+def test_generate_data_key_sizes_and_round_trip(kms, key) -> None:
+    name = f"alias/gdk-{key['KeyId']}"
+    kms.create_alias(AliasName=name, TargetKeyId=key["KeyId"])
+    for kwargs, size in (({"KeySpec": "AES_128"}, 16), ({"KeySpec": "AES_256"}, 32), ({"NumberOfBytes": 7}, 7)):
+        out = kms.generate_data_key(KeyId=name, EncryptionContext={"k": "v"}, **kwargs)
+        assert len(out["Plaintext"]) == size and out["KeyId"] == key["Arn"]
+        back = kms.decrypt(CiphertextBlob=out["CiphertextBlob"], EncryptionContext={"k": "v"})
+        assert back["Plaintext"] == out["Plaintext"]
+    without = kms.generate_data_key_without_plaintext(KeyId=key["KeyId"], KeySpec="AES_256")
+    assert "Plaintext" not in without
+    assert len(kms.decrypt(CiphertextBlob=without["CiphertextBlob"])["Plaintext"]) == 32
+
+
+def test_generate_data_key_needs_exactly_one_size(server: KeytrailServer, key) -> None:
+    kms = server.client(parameter_validation=False)
+    for kwargs in ({}, {"KeySpec": "AES_256", "NumberOfBytes": 32}):
+        assert aws_error(kms.generate_data_key, KeyId=key["KeyId"], **kwargs)[0] == "ValidationException"
+
+
+def test_generate_random_bounds(server: KeytrailServer) -> None:
+    kms = server.client(parameter_validation=False)
+    assert len(kms.generate_random(NumberOfBytes=1)["Plaintext"]) == 1
+    assert len(kms.generate_random(NumberOfBytes=1024)["Plaintext"]) == 1024
+    assert aws_error(kms.generate_random)[:2] == ("ValidationException", "NumberOfBytes is required.")
+    _, low, _ = aws_error(kms.generate_random, NumberOfBytes=0)
+    assert low.endswith("Member must have value greater than or equal to 1")
+    _, high, _ = aws_error(kms.generate_random, NumberOfBytes=1025)
+    assert high.endswith("Member must have value less than or equal to 1024")

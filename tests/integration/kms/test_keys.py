@@ -1,0 +1,132 @@
+"""Key lifecycle through boto3 against a live server (kms-anchors §3d items 1–4, 18–19)."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.support.errors import aws_error
+from tests.support.server import ACCOUNT, KeytrailServer
+
+
+def test_create_key_defaults_are_exactly_awss(kms) -> None:
+    meta = kms.create_key()["KeyMetadata"]
+    assert set(meta) == {
+        "AWSAccountId", "Arn", "CreationDate", "CurrentKeyMaterialId", "CustomerMasterKeySpec", "Description",
+        "Enabled", "EncryptionAlgorithms", "KeyId", "KeyManager", "KeySpec", "KeyState", "KeyUsage",
+        "MultiRegion", "Origin",
+    }
+    assert meta["Arn"] == f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{meta['KeyId']}"
+    assert (meta["KeySpec"], meta["KeyUsage"], meta["KeyState"], meta["Origin"]) == (
+        "SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", "Enabled", "AWS_KMS")
+    assert meta["Enabled"] is True and meta["MultiRegion"] is False
+    assert meta["EncryptionAlgorithms"] == ["SYMMETRIC_DEFAULT"]
+    assert len(meta["CurrentKeyMaterialId"]) == 64
+
+
+def test_multi_region_key_ids_are_mrk_and_32_hex(kms) -> None:
+    meta = kms.create_key(MultiRegion=True)["KeyMetadata"]
+    assert meta["KeyId"].startswith("mrk-") and len(meta["KeyId"]) == 36
+    config = meta["MultiRegionConfiguration"]
+    assert config["MultiRegionKeyType"] == "PRIMARY"
+    assert config["PrimaryKey"] == {"Arn": meta["Arn"], "Region": "us-east-1"}
+    assert config["ReplicaKeys"] == []
+
+
+def test_describe_unknown_key_names_its_arn(kms) -> None:
+    key_id = str(uuid.uuid4())
+    code, message, status = aws_error(kms.describe_key, KeyId=key_id)
+    assert (code, status) == ("NotFoundException", 400)
+    assert message == f"Key 'arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}' does not exist"
+
+
+def test_describe_malformed_ids_are_invalid(kms) -> None:
+    for bad in ("fake-key-id", "0" * 32, "mrk-fake-key-id"):
+        code, message, _ = aws_error(kms.describe_key, KeyId=bad)
+        assert (code, message) == ("NotFoundException", f"Invalid keyId '{bad}'")
+    mrk = "mrk-" + "a" * 32
+    code, message, _ = aws_error(kms.describe_key, KeyId=mrk)
+    assert message == f"Key 'arn:aws:kms:us-east-1:{ACCOUNT}:key/{mrk}' does not exist"
+
+
+def test_keys_are_isolated_by_region(server: KeytrailServer) -> None:
+    east, west = server.client(region="us-east-1"), server.client(region="eu-west-1")
+    meta = east.create_key()["KeyMetadata"]
+    code, message, _ = aws_error(west.describe_key, KeyId=meta["KeyId"])
+    assert code == "NotFoundException" and message.endswith("does not exist") and "eu-west-1" in message
+    code, message, _ = aws_error(west.describe_key, KeyId=meta["Arn"])
+    assert (code, message) == ("NotFoundException", "Invalid arn us-east-1")
+    assert meta["KeyId"] not in [k["KeyId"] for k in west.list_keys()["Keys"]]
+
+
+def test_list_keys_pages_with_limit_and_marker(server: KeytrailServer) -> None:
+    kms = server.client(region="ap-south-1")
+    created = {kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(3)}
+    seen, marker, pages = [], None, 0
+    while True:
+        page = kms.list_keys(Limit=1, **({"Marker": marker} if marker else {}))
+        seen += [k["KeyId"] for k in page["Keys"]]
+        pages += 1
+        if not page["Truncated"]:
+            assert "NextMarker" not in page
+            break
+        marker = page["NextMarker"]
+    assert created <= set(seen) and len(seen) == len(set(seen)) and pages == len(seen)
+    code, _, _ = aws_error(kms.list_keys, Marker="bm90LWEta2V5")
+    assert code == "InvalidMarkerException"
+
+
+def test_disabled_key_refuses_crypto_until_enabled(kms) -> None:
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    kms.disable_key(KeyId=arn)
+    assert kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] == "Disabled"
+    code, message, _ = aws_error(kms.generate_data_key, KeyId=arn, KeySpec="AES_256")
+    assert (code, message) == ("DisabledException", f"{arn} is disabled.")
+    kms.enable_key(KeyId=arn)
+    assert kms.generate_data_key(KeyId=arn, KeySpec="AES_256")["KeyId"] == arn
+
+
+def test_schedule_and_cancel_deletion(kms) -> None:
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    scheduled = kms.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+    assert scheduled["KeyId"] == arn and scheduled["KeyState"] == "PendingDeletion"
+    assert scheduled["PendingWindowInDays"] == 7
+    meta = kms.describe_key(KeyId=arn)["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion" and meta["Enabled"] is False and "DeletionDate" in meta
+    code, message, _ = aws_error(kms.encrypt, KeyId=arn, Plaintext=b"x")
+    assert (code, message) == ("KMSInvalidStateException", f"{arn} is pending deletion.")
+    code, _, _ = aws_error(kms.schedule_key_deletion, KeyId=arn)
+    assert code == "KMSInvalidStateException"
+    assert kms.cancel_key_deletion(KeyId=arn)["KeyId"] == arn
+    meta = kms.describe_key(KeyId=arn)["KeyMetadata"]
+    assert meta["KeyState"] == "Disabled" and "DeletionDate" not in meta
+
+
+def test_deletion_window_outside_7_to_30_is_refused(kms) -> None:
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    code, _, _ = aws_error(kms.schedule_key_deletion, KeyId=arn, PendingWindowInDays=6)
+    assert code == "ValidationException"
+    assert kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_update_key_description(kms) -> None:
+    key_id = kms.create_key(Description="before")["KeyMetadata"]["KeyId"]
+    kms.update_key_description(KeyId=key_id, Description="after")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "after"
+
+
+def test_dry_run_answers_dry_run_operation(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    code, message, _ = aws_error(kms.encrypt, KeyId=key_id, Plaintext=b"x", DryRun=True)
+    assert (code, message) == ("DryRunOperationException",
+                               "The request would have succeeded, but the DryRun option is set.")
+
+
+def test_symmetric_key_with_bad_usage_or_missing_usage(server: KeytrailServer) -> None:
+    kms = server.client(parameter_validation=False)
+    code, message, _ = aws_error(kms.create_key, KeySpec="HMAC_256")
+    assert (code, message) == ("ValidationException", "You must specify a KeyUsage value for all KMS keys "
+                               "except for symmetric encryption keys.")
+    code, message, _ = aws_error(kms.create_key, KeySpec="NOPE")
+    assert code == "ValidationException"
+    assert message.startswith("1 validation error detected: Value 'NOPE' at 'keySpec' failed to satisfy "
+                              "constraint: Member must satisfy enum value set: [")

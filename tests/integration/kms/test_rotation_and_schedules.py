@@ -1,0 +1,83 @@
+"""Rotation and scheduled deletion, driven by the server's dev clock (§3d item 24)."""
+
+from __future__ import annotations
+
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+
+DAY = 86_400
+
+
+def test_rotation_status_and_periods(server: KeytrailServer) -> None:
+    kms = server.client(parameter_validation=False)
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
+    kms.enable_key_rotation(KeyId=key_id)
+    status = kms.get_key_rotation_status(KeyId=key_id)
+    assert status["KeyRotationEnabled"] is True and status["RotationPeriodInDays"] == 365
+    assert "NextRotationDate" in status
+    for days in (90, 180, 2560):
+        kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=days)
+        assert kms.get_key_rotation_status(KeyId=key_id)["RotationPeriodInDays"] == days
+    assert aws_error(kms.enable_key_rotation, KeyId=key_id, RotationPeriodInDays=89)[0] == "ValidationException"
+    kms.disable_key_rotation(KeyId=key_id)
+    assert kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
+
+
+def test_rotate_on_demand_keeps_old_material(kms) -> None:
+    meta = kms.create_key()["KeyMetadata"]
+    old_blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"old")["CiphertextBlob"]
+    assert kms.rotate_key_on_demand(KeyId=meta["KeyId"])["KeyId"] == meta["Arn"]
+    current = kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert current != meta["CurrentKeyMaterialId"]
+    new_blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"old")["CiphertextBlob"]
+    assert new_blob != old_blob
+    assert kms.decrypt(CiphertextBlob=old_blob)["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
+    assert kms.decrypt(CiphertextBlob=new_blob)["KeyMaterialId"] == current
+    rotations = kms.list_key_rotations(KeyId=meta["KeyId"])["Rotations"]
+    assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"]
+
+
+def test_on_demand_rotation_limit_is_ten(kms) -> None:
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    for _ in range(10):
+        kms.rotate_key_on_demand(KeyId=arn)
+    code, message, _ = aws_error(kms.rotate_key_on_demand, KeyId=arn)
+    assert code == "LimitExceededException"
+    assert message == ("The on-demand rotations limit has been reached for the given keyId. "
+                       f"No more on-demand rotations can be performed for this key: {arn}")
+
+
+def test_rotate_disabled_key_is_disabled_exception(kms) -> None:
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    kms.disable_key(KeyId=arn)
+    assert aws_error(kms.rotate_key_on_demand, KeyId=arn)[0] == "DisabledException"
+
+
+def test_automatic_rotation_happens_when_the_period_passes(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    meta = kms.create_key()["KeyMetadata"]
+    old_blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"before")["CiphertextBlob"]
+    kms.enable_key_rotation(KeyId=meta["KeyId"], RotationPeriodInDays=90)
+    fresh_server.advance(91 * DAY)
+    rotations = kms.list_key_rotations(KeyId=meta["KeyId"])["Rotations"]
+    assert [r["RotationType"] for r in rotations] == ["AUTOMATIC"]
+    new_meta = kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]
+    assert new_meta["CurrentKeyMaterialId"] != meta["CurrentKeyMaterialId"]
+    new_blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"after")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=old_blob)["Plaintext"] == b"before"
+    assert kms.decrypt(CiphertextBlob=new_blob)["Plaintext"] == b"after"
+    fresh_server.advance(91 * DAY)
+    assert len(kms.list_key_rotations(KeyId=meta["KeyId"])["Rotations"]) == 2
+
+
+def test_scheduled_deletion_deletes_the_key_after_the_window(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    kms.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+    fresh_server.advance(6 * DAY)
+    assert kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    fresh_server.advance(1 * DAY + 60)
+    code, message, _ = aws_error(kms.describe_key, KeyId=arn)
+    assert (code, message) == ("NotFoundException", f"Key '{arn}' does not exist")
+    assert arn not in [k["KeyArn"] for k in kms.list_keys()["Keys"]]

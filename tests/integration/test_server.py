@@ -1,0 +1,230 @@
+"""The server as a client sees it: signatures, malformed requests, restarts, real SDKs."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import boto3
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+from tests.support.errors import aws_error
+from tests.support.server import PRINCIPALS, KeytrailServer
+
+
+def _raw(server: KeytrailServer, body: bytes, target: str = "TrentService.ListKeys", *,
+         secret: str = "alice-secret", key: str = "AKIAALICE000000000001", sign: bool = True,
+         when: datetime.datetime | None = None) -> tuple[int, dict[str, str], dict[str, Any]]:
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=body, headers={
+        "X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"})
+    if sign:
+        signer = SigV4Auth(Credentials(key, secret), "kms", "us-east-1")
+        if when is None:
+            signer.add_auth(request)
+        else:
+            with mock.patch("botocore.auth.get_current_datetime", return_value=when):
+                signer.add_auth(request)
+    prepared = request.prepare()
+    raw = urllib.request.Request(prepared.url, data=body, headers=dict(prepared.headers), method="POST")
+    try:
+        with urllib.request.urlopen(raw, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"{}")
+
+
+def test_health_answers_200(server: KeytrailServer) -> None:
+    status, body = server.get("/_keytrail/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_every_response_carries_a_request_id(kms) -> None:
+    ok = kms.list_keys()
+    assert ok["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"] == ok["ResponseMetadata"]["RequestId"]
+    with pytest.raises(ClientError) as info:
+        kms.describe_key(KeyId="nope")
+    assert len(info.value.response["ResponseMetadata"]["RequestId"]) == 36
+
+
+def test_wrong_secret_is_invalid_signature(server: KeytrailServer) -> None:
+    status, _, body = _raw(server, b"{}", secret="wrong")
+    assert status == 400 and body["__type"] == "InvalidSignatureException"
+
+
+def test_unknown_access_key_is_unrecognized_client(server: KeytrailServer) -> None:
+    status, _, body = _raw(server, b"{}", key="AKIANOBODY0000000000")
+    assert status == 400 and body["__type"] == "UnrecognizedClientException"
+
+
+def test_missing_authorization_is_missing_token(server: KeytrailServer) -> None:
+    status, headers, body = _raw(server, b"{}", sign=False)
+    assert body["__type"] == "MissingAuthenticationTokenException" and status == 403
+    assert "x-amzn-RequestId" in headers or "x-amzn-requestid" in headers
+
+
+def test_expired_signature_is_refused(server: KeytrailServer) -> None:
+    old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=10)
+    status, _, body = _raw(server, b"{}", when=old)
+    assert status == 400 and body["__type"] == "InvalidSignatureException"
+    assert body["message"].startswith("Signature expired")
+
+
+@pytest.mark.parametrize(("body", "target", "code"), [
+    (b"{not json", "TrentService.ListKeys", "SerializationException"),
+    (b'{"KeyId": 5}', "TrentService.DescribeKey", "SerializationException"),
+    (b'{"KeyId": "k", "Plaintext": "***not base64***"}', "TrentService.Encrypt", "SerializationException"),
+    (b"[1, 2]", "TrentService.ListKeys", "SerializationException"),
+    (b"{}", "TrentService.NoSuchThing", "UnknownOperationException"),
+    (b"{}", "Other.ListKeys", "UnknownOperationException"),
+    (b"{}", "TrentService.DescribeKey", "ValidationException"),
+])
+def test_malformed_requests_get_aws_errors_not_500(server: KeytrailServer, body: bytes, target: str,
+                                                   code: str) -> None:
+    status, _, answer = _raw(server, body, target)
+    assert (status, answer["__type"]) == (400, code)
+
+
+def test_oversized_body_is_refused_cleanly(server: KeytrailServer) -> None:
+    status, _, body = _raw(server, b'{"x": "' + b"a" * 400_000 + b'"}')
+    assert status == 413 and body["__type"] == "SerializationException"
+
+
+def test_role_principal_calls_as_assumed_role(server: KeytrailServer) -> None:
+    app = server.client("app")
+    assert app.create_key()["KeyMetadata"]["AWSAccountId"] == PRINCIPALS["app"][0].split(":")[4]
+
+
+def test_restart_keeps_keys_aliases_and_decrypts(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    key_id = kms.create_key(Description="durable")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/durable", TargetKeyId=key_id)
+    kms.enable_key_rotation(KeyId=key_id)
+    blob = kms.encrypt(KeyId="alias/durable", Plaintext=b"survives", EncryptionContext={"a": "b"})["CiphertextBlob"]
+    assert fresh_server.stop(signal.SIGTERM) == 0
+    fresh_server.start()
+    kms = fresh_server.client()
+    assert kms.decrypt(CiphertextBlob=blob, EncryptionContext={"a": "b"})["Plaintext"] == b"survives"
+    assert kms.describe_key(KeyId="alias/durable")["KeyMetadata"]["Description"] == "durable"
+    assert kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is True
+
+
+def test_key_material_is_sealed_on_disk(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    fresh_server.stop()
+    root_key = (fresh_server.data_dir / "root.key")
+    assert oct(root_key.stat().st_mode & 0o777) == "0o600"
+    sys.path.insert(0, str(Path(__file__).parents[2] / "src"))
+    import asyncio
+
+    from keytrail.kms.sealing import RootKey
+    from keytrail.kms.sqlite_store import SqliteStore
+    store = SqliteStore(fresh_server.data_dir / "keys.db", RootKey.load(fresh_server.data_dir))
+    key = asyncio.run(store.get_key("111122223333", "us-east-1", key_id))
+    assert key is not None and key.current_material is not None
+    secret = key.current_material.secret
+    raw = (fresh_server.data_dir / "keys.db").read_bytes()
+    import base64
+    assert secret not in raw and base64.b64encode(secret) not in raw and secret.hex().encode() not in raw
+
+
+def test_aws_cli_encrypt_decrypt_round_trip(server: KeytrailServer, kms, tmp_path: Path) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    _, access_key, secret, _, _ = PRINCIPALS["alice"]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null"}
+    aws = [sys.executable, "-m", "awscli", "kms", "--endpoint-url", server.endpoint]
+    (tmp_path / "plain").write_bytes(b"from the aws cli")
+    out = subprocess.run([*aws, "encrypt", "--key-id", key_id, "--plaintext", f"fileb://{tmp_path / 'plain'}",
+                          "--output", "text", "--query", "CiphertextBlob"],
+                         env=env, capture_output=True, text=True, check=True)
+    import base64
+    (tmp_path / "blob").write_bytes(base64.b64decode(out.stdout.strip()))
+    back = subprocess.run([*aws, "decrypt", "--ciphertext-blob", f"fileb://{tmp_path / 'blob'}",
+                           "--output", "text", "--query", "Plaintext"],
+                          env=env, capture_output=True, text=True, check=True)
+    assert base64.b64decode(back.stdout.strip()) == b"from the aws cli"
+
+
+def test_aws_encryption_sdk_round_trip(server: KeytrailServer, kms) -> None:
+    import aws_encryption_sdk
+    import botocore.session
+    from aws_encryption_sdk.identifiers import CommitmentPolicy
+
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    _, access_key, secret, _, _ = PRINCIPALS["alice"]
+    session = botocore.session.Session()
+    session.set_credentials(access_key, secret)
+    session.set_config_variable("region", "us-east-1")
+    os.environ["AWS_ENDPOINT_URL_KMS"] = server.endpoint
+    try:
+        provider = aws_encryption_sdk.StrictAwsKmsMasterKeyProvider(key_ids=[arn], botocore_session=session)
+        client = aws_encryption_sdk.EncryptionSDKClient(
+            commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT)
+        ciphertext, _ = client.encrypt(source=b"envelope" * 100, key_provider=provider,
+                                       encryption_context={"purpose": "test"})
+        plaintext, header = client.decrypt(source=ciphertext, key_provider=provider)
+    finally:
+        del os.environ["AWS_ENDPOINT_URL_KMS"]
+    assert plaintext == b"envelope" * 100 and header.encryption_context["purpose"] == "test"
+
+
+def test_dev_credentials_accept_localstack_style_keys(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data", "--dev-credentials").start()
+    try:
+        client = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        assert client.create_key()["KeyMetadata"]["AWSAccountId"] == "000000000000"
+        numbered = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                                aws_access_key_id="123456789012", aws_secret_access_key="whatever")
+        assert numbered.create_key()["KeyMetadata"]["AWSAccountId"] == "123456789012"
+    finally:
+        server.stop()
+
+
+def test_dev_clock_endpoint_validates_its_body(server: KeytrailServer) -> None:
+    assert server.post("/_keytrail/clock/advance", {"seconds": -1})[0] == 400
+    assert server.post("/_keytrail/clock/advance", {"nope": 1})[0] == 400
+
+
+def test_tls_self_signed(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data", "--tls-self-signed")
+    server.endpoint  # noqa: B018
+    args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--port",
+            str(server.port), "--principals", str(server.principals), "--tls-self-signed"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from tests.support.services import wait_for_port
+        wait_for_port(server.port)
+        _, access_key, secret, _, _ = PRINCIPALS["alice"]
+        client = boto3.client("kms", endpoint_url=f"https://localhost:{server.port}", region_name="us-east-1",
+                              aws_access_key_id=access_key, aws_secret_access_key=secret, verify=False)
+        import urllib3
+        urllib3.disable_warnings()
+        assert "KeyMetadata" in client.create_key()
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_sigterm_exits_zero(fresh_server: KeytrailServer) -> None:
+    fresh_server.client().create_key()
+    assert fresh_server.stop(signal.SIGTERM) == 0
+
+
+def test_key_ops_reject_unknown_policy_name(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert aws_error(kms.get_key_policy, KeyId=key_id, PolicyName="other")[0] == "NotFoundException"

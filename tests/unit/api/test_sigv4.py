@@ -1,0 +1,70 @@
+"""SigV4 verification against signatures made by botocore itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from keytrail.api.sigv4 import (
+    IncompleteSignatureException,
+    InvalidSignatureException,
+    MissingAuthenticationTokenException,
+    parse_authorization,
+    verify_signature,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+
+def _signed(body: bytes = b"{}", secret: str = "s3cret", region: str = "eu-west-1") -> AWSRequest:
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=body,
+                         headers={"X-Amz-Target": "TrentService.ListKeys"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        SigV4Auth(Credentials("AKIDEXAMPLE", secret), "kms", region).add_auth(request)
+    return request
+
+
+def _verify(request: AWSRequest, secret: str = "s3cret", now: datetime = NOW, body: bytes | None = None) -> None:
+    prepared = request.prepare()
+    headers = {k.lower(): v for k, v in prepared.headers.items()}
+    headers["host"] = "localhost:4599"
+    signed = parse_authorization(headers["authorization"])
+    verify_signature(signed, secret, method="POST", path="/", query="", headers=headers,
+                     body=prepared.body if body is None else body, now=now)
+
+
+def test_botocore_signature_verifies_and_names_the_region() -> None:
+    request = _signed()
+    _verify(request)
+    assert parse_authorization(request.headers["Authorization"]).region == "eu-west-1"
+
+
+def test_wrong_secret_or_altered_body_fails() -> None:
+    with pytest.raises(InvalidSignatureException):
+        _verify(_signed(), secret="other")
+    with pytest.raises(InvalidSignatureException):
+        _verify(_signed(b'{"Limit": 1}'), body=b'{"Limit": 2}')
+
+
+def test_skew_over_five_minutes_fails_both_ways() -> None:
+    _verify(_signed(), now=NOW + timedelta(minutes=4))
+    for delta in (timedelta(minutes=6), -timedelta(minutes=6)):
+        with pytest.raises(InvalidSignatureException, match="Signature expired"):
+            _verify(_signed(), now=NOW + delta)
+
+
+@pytest.mark.parametrize(("header", "error"), [
+    (None, MissingAuthenticationTokenException),
+    ("", MissingAuthenticationTokenException),
+    ("AWS4-HMAC-SHA256 Credential=AKID/20261128/us-east-1/kms/aws4_request", IncompleteSignatureException),
+    ("Basic dXNlcjpwYXNz", IncompleteSignatureException),
+    ("AWS4-HMAC-SHA256 Credential=AKID/x, SignedHeaders=host, Signature=00", IncompleteSignatureException),
+])
+def test_broken_authorization_headers(header: str | None, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_authorization(header)

@@ -1,0 +1,51 @@
+"""The ciphertext blob: self-describing, bound to its context, one way to fail."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keytrail.kms.ciphertext import encode_context, open_blob, read_header, seal_blob
+from keytrail.kms.errors import InvalidCiphertextException
+
+SECRET = os.urandom(32)
+MATERIAL = "ab" * 32
+
+
+def _seal(plaintext: bytes = b"data", context: dict[str, str] | None = None) -> bytes:
+    return seal_blob(SECRET, account="111122223333", key_id="1234abcd-12ab-34cd-56ef-1234567890ab",
+                     material_id=MATERIAL, plaintext=plaintext, context=context)
+
+
+def test_header_names_account_key_and_material() -> None:
+    header = read_header(_seal())
+    assert (header.account, header.key_id, header.material_id) == (
+        "111122223333", "1234abcd-12ab-34cd-56ef-1234567890ab", MATERIAL)
+
+
+def test_round_trip_with_context() -> None:
+    blob = _seal(b"hello", {"b": "2", "a": "1"})
+    assert open_blob(SECRET, read_header(blob), {"a": "1", "b": "2"}) == b"hello"
+
+
+def test_every_flipped_byte_fails_as_invalid_ciphertext() -> None:
+    blob = _seal(b"x" * 8, {"k": "v"})
+    for index in range(len(blob)):
+        tampered = bytearray(blob)
+        tampered[index] ^= 0x01
+        with pytest.raises(InvalidCiphertextException) as info:
+            open_blob(SECRET, read_header(bytes(tampered)), {"k": "v"})
+        assert info.value.message == ""
+
+
+@given(st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=4),
+       st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=4))
+def test_context_encoding_is_injective(first: dict[str, str], second: dict[str, str]) -> None:
+    assert (encode_context(first) == encode_context(second)) == (first == second)
+
+
+def test_empty_and_missing_context_are_the_same() -> None:
+    assert encode_context({}) == encode_context(None) == b""

@@ -1,0 +1,61 @@
+"""The SQLite store: state survives reopening; material is sealed; deletes are whole."""
+
+from __future__ import annotations
+
+import base64
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.sealing import RootKey, SealError
+from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.kms.store import Alias, Grant
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ROOT = RootKey(os.urandom(32))
+
+
+def _key(secret: bytes) -> Key:
+    material = KeyMaterial("cd" * 32, secret, NOW)
+    return Key("111122223333", "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", NOW,
+               materials=(material,), tags=(("team", "a"),), policy="{}")
+
+
+async def test_keys_aliases_grants_survive_reopen(tmp_path: Path) -> None:
+    secret = os.urandom(32)
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    key = _key(secret)
+    await store.put_key(key)
+    await store.put_alias(Alias(key.account, key.region, "alias/a", key.key_id, NOW, NOW))
+    await store.put_grant(Grant(key.account, key.region, key.key_id, "g" * 64, "arn:aws:iam::1:user/x",
+                                ("Decrypt",), key.account, NOW, token="t"))
+    await store.close()
+    reopened = SqliteStore(tmp_path / "keys.db", ROOT)
+    assert await reopened.get_key(key.account, key.region, key.key_id) == key
+    assert [a.name for a in await reopened.list_aliases(key.account, key.region)] == ["alias/a"]
+    assert len(await reopened.list_grants(key.account, key.region, key.key_id)) == 1
+    await reopened.delete_key(key)
+    assert await reopened.list_aliases(key.account, key.region) == []
+    assert await reopened.list_grants(key.account, key.region, key.key_id) == []
+
+
+async def test_material_never_reaches_the_file_in_clear(tmp_path: Path) -> None:
+    secret = os.urandom(32)
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    await store.put_key(_key(secret))
+    await store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert secret not in raw and base64.b64encode(secret) not in raw and secret.hex().encode() not in raw
+    shown = repr(_key(secret))
+    assert repr(secret)[2:-1] not in shown and secret.hex() not in shown
+
+
+async def test_wrong_root_key_cannot_open_the_store(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    await store.put_key(_key(os.urandom(32)))
+    await store.close()
+    with pytest.raises(SealError):
+        SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
