@@ -113,9 +113,7 @@ def test_grant_for_aws_resource_condition_refuses_direct_grants(alice: Any, bob:
 
 
 def test_via_service_condition_refuses_direct_callers(alice: Any, bob: Any) -> None:
-    via_ec2 = statement(
-        BOB, USE, Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}}
-    )
+    via_ec2 = statement(BOB, USE, Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}})
     key = new_key(alice, policy(via_ec2))
     assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
 
@@ -135,13 +133,9 @@ def test_encryption_context_condition(alice: Any, bob: Any) -> None:
 
 
 def test_source_ip_condition(alice: Any, bob: Any) -> None:
-    loopback = new_key(
-        alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}}))
-    )
+    loopback = new_key(alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}})))
     bob.encrypt(KeyId=loopback, Plaintext=b"x")
-    corporate = new_key(
-        alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}))
-    )
+    corporate = new_key(alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})))
     assert error_of(bob.encrypt, KeyId=corporate, Plaintext=b"x")[0] == "AccessDeniedException"
 
 
@@ -159,9 +153,7 @@ def test_cross_account_needs_key_policy_and_identity_policy(server: KeytrailServ
     carol, other_root = server.client("carol"), server.client("other-root")
     key = new_key(alice)
     assert error_of(carol.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
-    shared = new_key(
-        alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", ["kms:Encrypt", "kms:DescribeKey"]))
-    )
+    shared = new_key(alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", ["kms:Encrypt", "kms:DescribeKey"])))
     carol.encrypt(KeyId=shared, Plaintext=b"x")
     other_root.encrypt(KeyId=shared, Plaintext=b"x")
     assert error_of(carol.generate_data_key, KeyId=shared, KeySpec="AES_256")[0] == "AccessDeniedException"
@@ -177,9 +169,7 @@ def test_explicit_deny_beats_allow(alice: Any) -> None:
 
 def test_grant_with_constraints_before_and_after_retire(alice: Any, bob: Any) -> None:
     key = new_key(alice)
-    blob = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "App": "a"})[
-        "CiphertextBlob"
-    ]
+    blob = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "App": "a"})["CiphertextBlob"]
     grant = alice.create_grant(
         KeyId=key,
         GranteePrincipal=BOB,
@@ -191,10 +181,7 @@ def test_grant_with_constraints_before_and_after_retire(alice: Any, bob: Any) ->
     context = {"Dept": "IT", "App": "a"}
     bob.decrypt(CiphertextBlob=blob, EncryptionContext=context, GrantTokens=[grant["GrantToken"]])
     other = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "HR"})["CiphertextBlob"]
-    assert (
-        error_of(bob.decrypt, CiphertextBlob=other, EncryptionContext={"Dept": "HR"})[0]
-        == "AccessDeniedException"
-    )
+    assert error_of(bob.decrypt, CiphertextBlob=other, EncryptionContext={"Dept": "HR"})[0] == "AccessDeniedException"
     retirable = alice.list_retirable_grants(RetiringPrincipal=BOB)["Grants"]
     assert grant["GrantId"] in [g["GrantId"] for g in retirable]
     bob.retire_grant(GrantToken=grant["GrantToken"])
@@ -246,9 +233,7 @@ def test_lockout_safety_check(alice: Any) -> None:
     assert error_of(alice.put_key_policy, KeyId=key, PolicyName="default", Policy=only_bob)[0] == (
         "MalformedPolicyDocumentException"
     )
-    alice.put_key_policy(
-        KeyId=key, PolicyName="default", Policy=only_bob, BypassPolicyLockoutSafetyCheck=True
-    )
+    alice.put_key_policy(KeyId=key, PolicyName="default", Policy=only_bob, BypassPolicyLockoutSafetyCheck=True)
     assert error_of(alice.get_key_policy, KeyId=key, PolicyName="default")[0] == "AccessDeniedException"
 
 
@@ -257,3 +242,19 @@ def test_malformed_policy_names_what_is_wrong(alice: Any) -> None:
     code, message = error_of(alice.create_key, Policy=bad)
     assert code == "MalformedPolicyDocumentException"
     assert "exactly one of Resource or NotResource" in message
+
+
+def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> None:
+    by_alias = statement(
+        BOB, "kms:Encrypt", Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}
+    )
+    key = new_key(alice, policy(by_alias))
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    name = f"alias/finance-{key[-12:]}"
+    alice.create_alias(AliasName=name, TargetKeyId=key)
+    bob.encrypt(KeyId=key, Plaintext=b"x")  # the key now has a matching alias, whatever the KeyId form
+    named = statement(BOB, "kms:Encrypt", Condition={"StringEquals": {"kms:RequestAlias": f"alias/app-{key[-12:]}"}})
+    other = new_key(alice, policy(named))
+    alice.create_alias(AliasName=f"alias/app-{key[-12:]}", TargetKeyId=other)
+    bob.encrypt(KeyId=f"alias/app-{key[-12:]}", Plaintext=b"x")
+    assert error_of(bob.encrypt, KeyId=other, Plaintext=b"x")[0] == "AccessDeniedException"

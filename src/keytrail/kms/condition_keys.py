@@ -15,11 +15,13 @@ from keytrail.kms.context import CallContext, IdentityType
 from keytrail.kms.errors import InvalidGrantTokenException
 from keytrail.kms.keys import Key
 
-__all__ = ["ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "RequestContext", "request_conditions"]
+__all__ = ["ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "RESOURCE_ALIASES", "RequestContext", "request_conditions"]
 
 # Private keys (never AWS condition keys) carrying whole values that grants need verbatim.
 ENCRYPTION_CONTEXT = "keytrail:EncryptionContext"
 GRANT_CONSTRAINTS = "keytrail:GrantConstraints"
+# Lowercase, as policies' `reads` name keys; the caller of `authorize` supplies its value.
+RESOURCE_ALIASES = "kms:resourcealiases"
 
 _ALGORITHM_DEFAULTED = {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo"}
 _CONTEXT_PARAMETER = {"ReEncryptFrom": "SourceEncryptionContext",

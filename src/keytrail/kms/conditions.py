@@ -201,11 +201,24 @@ def _binary(request: Any, policy: Any, _: Resolve) -> bool:
 
 
 def _ip(request: Any, policy: Any, _: Resolve) -> bool:
+    network, address = _network(_as_string(policy)), _address(_as_string(request))
+    return network is not None and address is not None and address in network
+
+
+@lru_cache(maxsize=1024)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
     try:
-        network = ipaddress.ip_network(_as_string(policy), strict=False)
-        return ipaddress.ip_address(_as_string(request)) in network
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        return False
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 def _arn(request: Any, policy: Any, resolve: Resolve) -> bool:

@@ -19,6 +19,7 @@ from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, R
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.grants import grant_allows
+from keytrail.kms.keys import Key
 from keytrail.kms.policy_document import Policy, PrincipalSet, Statement, compile_policy
 
 __all__ = ["LOCKOUT_MESSAGE", "PolicyAuthorizer", "check_lockout", "evaluate_identity", "evaluate_key_policy"]
@@ -124,6 +125,14 @@ class PolicyAuthorizer:
         result = tuple(compiled)
         self._bounded(self._identities)[id(principal.policies)] = (principal.policies, result)
         return result
+
+    def reads(self, key: Key | None, principal: Principal) -> frozenset[str]:
+        """The (lowercase) condition keys that this key's policy and the caller's policies read."""
+        identity = self.identity_policies(principal)
+        key_reads = self.key_policy(key.policy).reads if key is not None else frozenset()
+        if not identity:
+            return key_reads
+        return key_reads.union(*(p.reads for p in identity))
 
     @staticmethod
     def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:

@@ -21,7 +21,7 @@ from keytrail.kms import errors
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
-from keytrail.kms.condition_keys import request_conditions
+from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
@@ -205,10 +205,19 @@ class KmsService:
         if key is not None:
             grants = await self.store.list_grants(key.account, key.region, key.key_id)
         values = {**request_conditions(action, call.params), **(conditions or {})}
+        if key is not None and RESOURCE_ALIASES in self._policy_reads(key, call.context):
+            aliases = await self.store.list_aliases(key.account, key.region)
+            values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
         request = AccessRequest(call.context, action, key, values, grants)
         decision = self.deps.authorizer.authorize(request)
         if not decision.allowed:
             raise errors.AccessDeniedException(denial_message(request, decision))
+
+    def _policy_reads(self, key: Key, context: CallContext) -> frozenset[str]:
+        """Condition keys the caller's and the key's policies read (empty if the authorizer
+        cannot tell): the aliases of a key are looked up only when a policy asks for them."""
+        reads = getattr(self.deps.authorizer, "reads", None)
+        return reads(key, context.principal) if reads is not None else frozenset()
 
     @staticmethod
     def check_dry_run(call: Call) -> None:

@@ -70,9 +70,7 @@ def test_account_root_caller_is_allowed_by_root_delegation() -> None:
 
 def test_explicit_deny_in_key_policy_beats_allow() -> None:
     alice = user("alice", ACCOUNT, allow_all_identity())
-    policy = doc(
-        allow(ROOT_ARN), {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}
-    )
+    policy = doc(allow(ROOT_ARN), {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"})
     decision = decide(alice, key(policy), "kms:Decrypt")
     assert (decision.verdict, decision.policy_type) == (Verdict.EXPLICIT_DENY, "resource-based")
     assert decide(alice, key(policy), "kms:Encrypt").allowed
@@ -100,9 +98,7 @@ def test_action_matching_is_case_insensitive_with_wildcards() -> None:
 
 
 def test_not_action_allows_everything_else() -> None:
-    policy = key(
-        doc({"Effect": "Allow", "Principal": {"AWS": ALICE_ARN}, "NotAction": "kms:Decrypt", "Resource": "*"})
-    )
+    policy = key(doc({"Effect": "Allow", "Principal": {"AWS": ALICE_ARN}, "NotAction": "kms:Decrypt", "Resource": "*"}))
     assert decide(user("alice"), policy, "kms:Encrypt").allowed
     assert not decide(user("alice"), policy, "kms:Decrypt").allowed
 
@@ -169,9 +165,7 @@ def test_encryption_context_condition() -> None:
         )
     )
     assert decide(user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "IT"}}).allowed
-    assert not decide(
-        user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "HR"}}
-    ).allowed
+    assert not decide(user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "HR"}}).allowed
     assert not decide(user("alice"), policy, "kms:Decrypt", {}).allowed
 
 
@@ -211,9 +205,7 @@ def test_source_ip_and_secure_transport() -> None:
 
 
 def test_current_time_comes_from_the_injected_clock() -> None:
-    policy = key(
-        doc(allow(ALICE_ARN, Condition={"DateLessThan": {"aws:CurrentTime": "2026-06-02T00:00:00Z"}}))
-    )
+    policy = key(doc(allow(ALICE_ARN, Condition={"DateLessThan": {"aws:CurrentTime": "2026-06-02T00:00:00Z"}})))
     clock = ManualClock(NOW)
     authz = PolicyAuthorizer(clock)
     req = request(user("alice"), "kms:Encrypt", policy)
@@ -373,9 +365,7 @@ def test_explicit_deny_beats_a_grant() -> None:
 
 
 def test_create_grant_through_a_grant_may_not_widen_it() -> None:
-    parent = (
-        grant(ALICE_ARN, "Decrypt", "CreateGrant", constraints={"EncryptionContextSubset": {"a": "1"}}),
-    )
+    parent = (grant(ALICE_ARN, "Decrypt", "CreateGrant", constraints={"EncryptionContextSubset": {"a": "1"}}),)
     the_key = key(doc(allow(ROOT_ARN)))
     narrower = {
         "GranteePrincipal": ALICE_ARN,
@@ -412,9 +402,7 @@ def test_cache_does_not_leak_between_condition_values_or_policies() -> None:
 def test_cache_follows_new_identity_policies_of_the_same_principal() -> None:
     authz = authorizer()
     the_key = key(default_policy(ACCOUNT))
-    assert authz.authorize(
-        request(user("alice", ACCOUNT, allow_all_identity()), "kms:Encrypt", the_key)
-    ).allowed
+    assert authz.authorize(request(user("alice", ACCOUNT, allow_all_identity()), "kms:Encrypt", the_key)).allowed
     assert not authz.authorize(request(user("alice"), "kms:Encrypt", the_key)).allowed
 
 
@@ -441,3 +429,24 @@ def test_lockout_check_fails_for_explicit_deny() -> None:
     deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy", "Resource": "*"}
     with pytest.raises(MalformedPolicyDocumentException):
         check_lockout(doc(allow(ALICE_ARN), deny), user("alice"))
+
+
+def test_reads_names_the_condition_keys_of_key_and_identity_policies() -> None:
+    policy = key(doc(allow(ALICE_ARN, Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/a*"}})))
+    identity = doc(
+        {"Effect": "Allow", "Action": "kms:*", "Resource": "*", "Condition": {"Bool": {"aws:SecureTransport": "true"}}}
+    )
+    assert authorizer().reads(policy, user("alice", ACCOUNT, identity)) == {
+        "kms:resourcealiases",
+        "aws:securetransport",
+    }
+    assert authorizer().reads(None, user("alice")) == frozenset()
+
+
+def test_resource_aliases_supplied_by_the_caller_are_matched() -> None:
+    policy = key(doc(allow(ALICE_ARN, Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/fin*"}})))
+    with_alias = request(user("alice"), "kms:Encrypt", policy)
+    authz = authorizer()
+    assert not authz.authorize(with_alias).allowed
+    aliased = AccessRequest(with_alias.call, "kms:Encrypt", policy, {"kms:ResourceAliases": ["alias/finance"]})
+    assert authz.authorize(aliased).allowed
