@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keytrail.kms.calls import Operation
-from keytrail.kms.operations import aliases, crypto, keys, policies, rotation, tags
+from keytrail.kms.operations import aliases, crypto, keys, policies, rotation, tags, usage
 
 __all__ = ["OPERATIONS"]
 
@@ -14,4 +14,5 @@ OPERATIONS: dict[str, Operation] = {
     **tags.OPERATIONS,
     **policies.OPERATIONS,
     **rotation.OPERATIONS,
+    **usage.OPERATIONS,
 }
