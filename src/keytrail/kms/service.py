@@ -25,7 +25,7 @@ from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, Origin
+from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, LastUsageSource, Origin
 from keytrail.kms.store import Grant, Store
 
 __all__ = ["KmsService", "ServiceDeps"]
@@ -54,6 +54,7 @@ class ServiceDeps:
     clock: Clock
     audit: AuditSink
     authorizer: Authorizer
+    last_usage: LastUsageSource | None = None
     new_id: Callable[[], str] = lambda: str(uuid.uuid4())
     random_bytes: Callable[[int], bytes] = os.urandom
 

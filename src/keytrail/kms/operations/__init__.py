@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keytrail.kms.calls import Operation
-from keytrail.kms.operations import aliases, crypto, grants, keys, policies, rotation, tags
+from keytrail.kms.operations import aliases, crypto, grants, keys, policies, rotation, tags, usage
 
 __all__ = ["OPERATIONS"]
 
@@ -15,4 +15,5 @@ OPERATIONS: dict[str, Operation] = {
     **policies.OPERATIONS,
     **rotation.OPERATIONS,
     **grants.OPERATIONS,
+    **usage.OPERATIONS,
 }
