@@ -16,13 +16,13 @@ from keytrail.kms.context import CallContext
 
 __all__ = [
     "AuditSink",
-    "KeyLastUsage",
-    "LastUsageSource",
     "CallRecord",
+    "KeyLastUsage",
     "KeyManager",
     "KeySpec",
     "KeyState",
     "KeyUsage",
+    "LastUsageSource",
     "Origin",
 ]
 

@@ -285,7 +285,7 @@ def _is_due(key: Key, now: datetime) -> bool:
     return deleting or _rotation_due(key, now)
 
 
-_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential"})
+_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})
 _VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
 
 
