@@ -18,6 +18,7 @@ from typing import Any
 
 from keytrail.clock import Clock
 from keytrail.kms import errors
+from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
@@ -72,7 +73,7 @@ class KmsService:
         # Extension points: how keys of other origins are created, and how each kind of key
         # encrypts (RSA keys and HSM-backed keys register their own ciphers).
         self.origin_creators: dict[Origin, OriginCreator] = {}
-        self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher()}
+        self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         self._due_lock = asyncio.Lock()
 
     # --- the entry point ---------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from keytrail.kms.calls import Operation
-from keytrail.kms.operations import aliases, crypto, grants, keys, policies, rotation, tags, usage
+from keytrail.kms.operations import (
+    aliases, asymmetric, crypto, grants, kem, keys, mac, policies, rotation, tags, usage,
+)
 
 __all__ = ["OPERATIONS"]
 
@@ -16,4 +18,7 @@ OPERATIONS: dict[str, Operation] = {
     **rotation.OPERATIONS,
     **grants.OPERATIONS,
     **usage.OPERATIONS,
+    **asymmetric.OPERATIONS,
+    **mac.OPERATIONS,
+    **kem.OPERATIONS,
 }
