@@ -17,8 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 pytestmark = pytest.mark.integration
 
 _HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-_ECDSA = {"ECC_NIST_P256": "ECDSA_SHA_256", "ECC_SECG_P256K1": "ECDSA_SHA_256",
-          "ECC_NIST_P384": "ECDSA_SHA_384", "ECC_NIST_P521": "ECDSA_SHA_512"}
+_ECDSA = {
+    "ECC_NIST_P256": "ECDSA_SHA_256",
+    "ECC_SECG_P256K1": "ECDSA_SHA_256",
+    "ECC_NIST_P384": "ECDSA_SHA_384",
+    "ECC_NIST_P521": "ECDSA_SHA_512",
+}
 _KEYS: dict[str, str] = {}
 
 
@@ -41,42 +45,60 @@ def error_of(call: Any, **params: Any) -> tuple[str, str]:
 
 @pytest.mark.parametrize("algorithm", [f"RSASSA_{p}_SHA_{n}" for p in ("PSS", "PKCS1_V1_5") for n in _HASHES])
 @pytest.mark.parametrize("message_type", ["RAW", "DIGEST"])
-def test_rsa_signatures_verify_locally_and_in_the_service(kms, algorithm, message_type) -> None:  # type: ignore[no-untyped-def]
+def test_rsa_signatures_verify_locally_and_in_the_service(kms, algorithm, message_type) -> None:
     key_id, algorithm_hash = signing_key(kms, "RSA_2048"), _HASHES[algorithm[-3:]]
     digest = hashlib.new(algorithm_hash.name, b"payload").digest()
     message = b"payload" if message_type == "RAW" else digest
     signed = kms.sign(KeyId=key_id, Message=message, MessageType=message_type, SigningAlgorithm=algorithm)
     assert signed["KeyId"].endswith(key_id) and signed["SigningAlgorithm"] == algorithm
-    scheme = (padding.PSS(padding.MGF1(algorithm_hash()), salt_length=algorithm_hash().digest_size)
-              if "PSS" in algorithm else padding.PKCS1v15())
+    scheme = (
+        padding.PSS(padding.MGF1(algorithm_hash()), salt_length=algorithm_hash().digest_size)
+        if "PSS" in algorithm
+        else padding.PKCS1v15()
+    )
     public_key(kms, key_id).verify(signed["Signature"], digest, scheme, Prehashed(algorithm_hash()))
-    verified = kms.verify(KeyId=key_id, Message=message, MessageType=message_type,
-                          Signature=signed["Signature"], SigningAlgorithm=algorithm)
+    verified = kms.verify(
+        KeyId=key_id,
+        Message=message,
+        MessageType=message_type,
+        Signature=signed["Signature"],
+        SigningAlgorithm=algorithm,
+    )
     assert verified["SignatureValid"] is True
 
 
 @pytest.mark.parametrize("spec", list(_ECDSA))
 @pytest.mark.parametrize("message_type", ["RAW", "DIGEST"])
-def test_ecdsa_der_signatures_verify_locally(kms, spec, message_type) -> None:  # type: ignore[no-untyped-def]
+def test_ecdsa_der_signatures_verify_locally(kms, spec, message_type) -> None:
     key_id, algorithm = signing_key(kms, spec), _ECDSA[spec]
     algorithm_hash = _HASHES[algorithm[-3:]]()
     digest = hashlib.new(algorithm_hash.name, b"ledger").digest()
     message = b"ledger" if message_type == "RAW" else digest
-    signature = kms.sign(KeyId=key_id, Message=message, MessageType=message_type,
-                         SigningAlgorithm=algorithm)["Signature"]
+    signature = kms.sign(KeyId=key_id, Message=message, MessageType=message_type, SigningAlgorithm=algorithm)[
+        "Signature"
+    ]
     public_key(kms, key_id).verify(signature, digest, ec.ECDSA(Prehashed(algorithm_hash)))
-    kms.verify(KeyId=key_id, Message=message, MessageType=message_type, Signature=signature,
-               SigningAlgorithm=algorithm)
+    kms.verify(
+        KeyId=key_id,
+        Message=message,
+        MessageType=message_type,
+        Signature=signature,
+        SigningAlgorithm=algorithm,
+    )
 
 
-def test_data_key_pair_signature_verifies_with_its_public_key(kms) -> None:  # type: ignore[no-untyped-def]
-    pair = kms.generate_data_key_pair(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], KeyPairSpec="ECC_NIST_P256")
+def test_data_key_pair_signature_verifies_with_its_public_key(kms) -> None:
+    pair = kms.generate_data_key_pair(
+        KeyId=kms.create_key()["KeyMetadata"]["KeyId"], KeyPairSpec="ECC_NIST_P256"
+    )
     private = serialization.load_der_private_key(pair["PrivateKeyPlaintext"], None)
     signature = private.sign(b"local", ec.ECDSA(hashes.SHA256()))
-    serialization.load_der_public_key(pair["PublicKey"]).verify(signature, b"local", ec.ECDSA(hashes.SHA256()))
+    serialization.load_der_public_key(pair["PublicKey"]).verify(
+        signature, b"local", ec.ECDSA(hashes.SHA256())
+    )
 
 
-def test_ed25519_and_ed25519ph(kms) -> None:  # type: ignore[no-untyped-def]
+def test_ed25519_and_ed25519ph(kms) -> None:
     key_id = signing_key(kms, "ECC_NIST_EDWARDS25519")
     public = public_key(kms, key_id)
     signature = kms.sign(KeyId=key_id, Message=b"edwards", SigningAlgorithm="ED25519_SHA_512")["Signature"]
@@ -85,16 +107,26 @@ def test_ed25519_and_ed25519ph(kms) -> None:  # type: ignore[no-untyped-def]
     ph = kms.sign(KeyId=key_id, Message=digest, MessageType="DIGEST", SigningAlgorithm="ED25519_PH_SHA_512")
     verifier = eddsa.new(eddsa.import_public_key(public.public_bytes_raw()), "rfc8032")
     verifier.verify(SHA512.new(digest), ph["Signature"])
-    kms.verify(KeyId=key_id, Message=digest, MessageType="DIGEST", Signature=ph["Signature"],
-               SigningAlgorithm="ED25519_PH_SHA_512")
+    kms.verify(
+        KeyId=key_id,
+        Message=digest,
+        MessageType="DIGEST",
+        Signature=ph["Signature"],
+        SigningAlgorithm="ED25519_PH_SHA_512",
+    )
     code, message = error_of(kms.sign, KeyId=key_id, Message=b"x", SigningAlgorithm="ED25519_PH_SHA_512")
     assert code == "ValidationException" and "MessageType RAW" in message
 
 
-@pytest.mark.parametrize(("spec", "public_class"), [
-    ("ML_DSA_44", mldsa.MLDSA44PublicKey), ("ML_DSA_65", mldsa.MLDSA65PublicKey),
-    ("ML_DSA_87", mldsa.MLDSA87PublicKey)])
-def test_ml_dsa_raw_and_external_mu(kms, spec, public_class) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("spec", "public_class"),
+    [
+        ("ML_DSA_44", mldsa.MLDSA44PublicKey),
+        ("ML_DSA_65", mldsa.MLDSA65PublicKey),
+        ("ML_DSA_87", mldsa.MLDSA87PublicKey),
+    ],
+)
+def test_ml_dsa_raw_and_external_mu(kms, spec, public_class) -> None:
     key_id = signing_key(kms, spec)
     described = kms.get_public_key(KeyId=key_id)
     assert described["SigningAlgorithms"] == ["ML_DSA_SHAKE_256"] and described["KeySpec"] == spec
@@ -106,59 +138,92 @@ def test_ml_dsa_raw_and_external_mu(kms, spec, public_class) -> None:  # type: i
     hasher = mldsa.MLDSAMuHasher(public)
     hasher.update(b"a message too large to send" * 400)
     mu = hasher.finalize()
-    signature = kms.sign(KeyId=key_id, Message=mu, MessageType="EXTERNAL_MU",
-                         SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
+    signature = kms.sign(
+        KeyId=key_id, Message=mu, MessageType="EXTERNAL_MU", SigningAlgorithm="ML_DSA_SHAKE_256"
+    )["Signature"]
     public.verify(signature, b"a message too large to send" * 400)
-    kms.verify(KeyId=key_id, Message=mu, MessageType="EXTERNAL_MU", Signature=signature,
-               SigningAlgorithm="ML_DSA_SHAKE_256")
+    kms.verify(
+        KeyId=key_id,
+        Message=mu,
+        MessageType="EXTERNAL_MU",
+        Signature=signature,
+        SigningAlgorithm="ML_DSA_SHAKE_256",
+    )
 
 
-@pytest.mark.parametrize(("spec", "algorithm", "length"), [
-    ("RSA_2048", "RSASSA_PSS_SHA_256", 31), ("ECC_NIST_P384", "ECDSA_SHA_384", 32),
-    ("ECC_SECG_P256K1", "ECDSA_SHA_256", 64), ("ML_DSA_44", "ML_DSA_SHAKE_256", 32)])
-def test_wrong_digest_length_is_a_validation_error_on_sign_and_verify(kms, spec, algorithm, length) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("spec", "algorithm", "length"),
+    [
+        ("RSA_2048", "RSASSA_PSS_SHA_256", 31),
+        ("ECC_NIST_P384", "ECDSA_SHA_384", 32),
+        ("ECC_SECG_P256K1", "ECDSA_SHA_256", 64),
+        ("ML_DSA_44", "ML_DSA_SHAKE_256", 32),
+    ],
+)
+def test_wrong_digest_length_is_a_validation_error_on_sign_and_verify(kms, spec, algorithm, length) -> None:
     key_id = signing_key(kms, spec)
     message_type = "EXTERNAL_MU" if spec.startswith("ML_DSA") else "DIGEST"
-    params = {"KeyId": key_id, "Message": b"d" * length, "MessageType": message_type, "SigningAlgorithm": algorithm}
+    params = {
+        "KeyId": key_id,
+        "Message": b"d" * length,
+        "MessageType": message_type,
+        "SigningAlgorithm": algorithm,
+    }
     expected = ("ValidationException", f"Digest is invalid length for algorithm {algorithm}.")
     assert error_of(kms.sign, **params) == expected
     assert error_of(kms.verify, Signature=b"s" * 64, **params) == expected
 
 
 @pytest.mark.parametrize("spec", ["RSA_2048", "ECC_NIST_P256", "ECC_NIST_EDWARDS25519", "ML_DSA_44"])
-def test_bad_signature_raises_invalid_signature_with_empty_message(kms, spec) -> None:  # type: ignore[no-untyped-def]
+def test_bad_signature_raises_invalid_signature_with_empty_message(kms, spec) -> None:
     key_id = signing_key(kms, spec)
     algorithm = kms.get_public_key(KeyId=key_id)["SigningAlgorithms"][0]
     signature = kms.sign(KeyId=key_id, Message=b"right", SigningAlgorithm=algorithm)["Signature"]
-    assert error_of(kms.verify, KeyId=key_id, Message=b"wrong", Signature=signature,
-                    SigningAlgorithm=algorithm) == ("KMSInvalidSignatureException", "")
+    assert error_of(
+        kms.verify, KeyId=key_id, Message=b"wrong", Signature=signature, SigningAlgorithm=algorithm
+    ) == ("KMSInvalidSignatureException", "")
     tampered = bytes([signature[0] ^ 0xFF]) + signature[1:]
-    assert error_of(kms.verify, KeyId=key_id, Message=b"right", Signature=tampered,
-                    SigningAlgorithm=algorithm)[0] == "KMSInvalidSignatureException"
+    assert (
+        error_of(kms.verify, KeyId=key_id, Message=b"right", Signature=tampered, SigningAlgorithm=algorithm)[
+            0
+        ]
+        == "KMSInvalidSignatureException"
+    )
 
 
-def test_algorithm_not_of_the_key_spec_is_invalid_key_usage(kms) -> None:  # type: ignore[no-untyped-def]
+def test_algorithm_not_of_the_key_spec_is_invalid_key_usage(kms) -> None:
     key_id = signing_key(kms, "ECC_NIST_P256")
     code, message = error_of(kms.sign, KeyId=key_id, Message=b"m", SigningAlgorithm="ECDSA_SHA_384")
-    assert (code, message) == ("InvalidKeyUsageException",
-                               "Algorithm ECDSA_SHA_384 is incompatible with key spec ECC_NIST_P256.")
-    code, _ = error_of(kms.sign, KeyId=signing_key(kms, "RSA_2048"), Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+    assert (code, message) == (
+        "InvalidKeyUsageException",
+        "Algorithm ECDSA_SHA_384 is incompatible with key spec ECC_NIST_P256.",
+    )
+    code, _ = error_of(
+        kms.sign, KeyId=signing_key(kms, "RSA_2048"), Message=b"m", SigningAlgorithm="ECDSA_SHA_256"
+    )
     assert code == "InvalidKeyUsageException"
 
 
-def test_wrong_key_usage_names_the_usage_and_operation(kms) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_key_usage_names_the_usage_and_operation(kms) -> None:
     hmac_key = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
-    code, message = error_of(kms.sign, KeyId=hmac_key["KeyId"], Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
-    assert (code, message) == ("InvalidKeyUsageException",
-                               f"{hmac_key['Arn']} key usage is GENERATE_VERIFY_MAC which is not valid for Sign.")
+    code, message = error_of(
+        kms.sign, KeyId=hmac_key["KeyId"], Message=b"m", SigningAlgorithm="ECDSA_SHA_256"
+    )
+    assert (code, message) == (
+        "InvalidKeyUsageException",
+        f"{hmac_key['Arn']} key usage is GENERATE_VERIFY_MAC which is not valid for Sign.",
+    )
     symmetric = kms.create_key()["KeyMetadata"]
-    code, message = error_of(kms.verify, KeyId=symmetric["Arn"], Message=b"m", Signature=b"s",
-                             SigningAlgorithm="ECDSA_SHA_256")
-    assert (code, message) == ("InvalidKeyUsageException",
-                               f"{symmetric['Arn']} key usage is ENCRYPT_DECRYPT which is not valid for Verify.")
+    code, message = error_of(
+        kms.verify, KeyId=symmetric["Arn"], Message=b"m", Signature=b"s", SigningAlgorithm="ECDSA_SHA_256"
+    )
+    assert (code, message) == (
+        "InvalidKeyUsageException",
+        f"{symmetric['Arn']} key usage is ENCRYPT_DECRYPT which is not valid for Verify.",
+    )
 
 
-def test_disabled_and_pending_deletion_keys(kms) -> None:  # type: ignore[no-untyped-def]
+def test_disabled_and_pending_deletion_keys(kms) -> None:
     meta = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
     sign = {"KeyId": meta["KeyId"], "Message": b"m", "SigningAlgorithm": "ECDSA_SHA_256"}
     signature = kms.sign(**sign)["Signature"]
@@ -174,7 +239,7 @@ def test_disabled_and_pending_deletion_keys(kms) -> None:  # type: ignore[no-unt
     assert error_of(kms.get_public_key, KeyId=meta["KeyId"]) == pending
 
 
-def test_get_public_key_lists_usage_and_algorithms(kms) -> None:  # type: ignore[no-untyped-def]
+def test_get_public_key_lists_usage_and_algorithms(kms) -> None:
     described = kms.get_public_key(KeyId=signing_key(kms, "RSA_2048"))
     assert described["KeyUsage"] == "SIGN_VERIFY" and described["KeySpec"] == "RSA_2048"
     assert described["CustomerMasterKeySpec"] == "RSA_2048"
@@ -183,8 +248,15 @@ def test_get_public_key_lists_usage_and_algorithms(kms) -> None:  # type: ignore
     assert error_of(kms.get_public_key, KeyId=symmetric)[0] == "UnsupportedOperationException"
 
 
-def test_sign_dry_run(kms) -> None:  # type: ignore[no-untyped-def]
-    code, message = error_of(kms.sign, KeyId=signing_key(kms, "ECC_NIST_P256"), Message=b"m",
-                             SigningAlgorithm="ECDSA_SHA_256", DryRun=True)
-    assert (code, message) == ("DryRunOperationException",
-                               "The request would have succeeded, but the DryRun option is set.")
+def test_sign_dry_run(kms) -> None:
+    code, message = error_of(
+        kms.sign,
+        KeyId=signing_key(kms, "ECC_NIST_P256"),
+        Message=b"m",
+        SigningAlgorithm="ECDSA_SHA_256",
+        DryRun=True,
+    )
+    assert (code, message) == (
+        "DryRunOperationException",
+        "The request would have succeeded, but the DryRun option is set.",
+    )

@@ -46,8 +46,10 @@ def test_ml_kem_512_is_refused_with_its_reason() -> None:
         asymmetric.generate_pkcs8(KeySpec.ML_KEM_512)
 
 
-@pytest.mark.parametrize(("spec", "algorithm", "digest"), [
-    (KeySpec.HMAC_224, "HMAC_SHA_224", "sha224"), (KeySpec.HMAC_512, "HMAC_SHA_512", "sha512")])
+@pytest.mark.parametrize(
+    ("spec", "algorithm", "digest"),
+    [(KeySpec.HMAC_224, "HMAC_SHA_224", "sha224"), (KeySpec.HMAC_512, "HMAC_SHA_512", "sha512")],
+)
 def test_hmac_matches_stdlib(spec: KeySpec, algorithm: str, digest: str) -> None:
     name = hmac_keys.check_mac_algorithm(spec, algorithm)
     mac = hmac_keys.generate_mac(b"k" * 28, name, b"message")
@@ -64,8 +66,10 @@ def test_hmac_algorithm_must_match_the_spec() -> None:
     assert caught.value.message == "Algorithm HMAC_SHA_256 is incompatible with key spec HMAC_224."
 
 
-@pytest.mark.parametrize(("spec", "sha1", "sha256"), [
-    (KeySpec.RSA_2048, 214, 190), (KeySpec.RSA_3072, 342, 318), (KeySpec.RSA_4096, 470, 446)])
+@pytest.mark.parametrize(
+    ("spec", "sha1", "sha256"),
+    [(KeySpec.RSA_2048, 214, 190), (KeySpec.RSA_3072, 342, 318), (KeySpec.RSA_4096, 470, 446)],
+)
 def test_oaep_limits_match_aws(spec: KeySpec, sha1: int, sha256: int) -> None:
     assert asymmetric.oaep_limit(spec, "RSAES_OAEP_SHA_1") == sha1
     assert asymmetric.oaep_limit(spec, "RSAES_OAEP_SHA_256") == sha256
@@ -79,5 +83,6 @@ def test_ecdh_rejects_a_key_on_another_curve() -> None:
     with pytest.raises(errors.ValidationException):
         asymmetric.derive_shared_secret(own, b"not a key")
     peer = asymmetric.generate_pkcs8(KeySpec.ECC_NIST_P256)
-    assert asymmetric.derive_shared_secret(own, asymmetric.public_key_der(peer)) == \
-        asymmetric.derive_shared_secret(peer, asymmetric.public_key_der(own))
+    assert asymmetric.derive_shared_secret(
+        own, asymmetric.public_key_der(peer)
+    ) == asymmetric.derive_shared_secret(peer, asymmetric.public_key_der(own))
