@@ -40,7 +40,9 @@ def test_bad_enum_values_use_the_validation_template(server) -> None:
     code, message = error_of(loose.generate_mac, KeyId=key_id, Message=b"m", MacAlgorithm="HMAC_SHA_1")
     assert "Value 'HMAC_SHA_1' at 'macAlgorithm' failed to satisfy constraint" in message
     code, message = error_of(loose.create_key, KeySpec="HMAC_256", KeyUsage="MAC")
-    assert message.startswith("1 validation error detected: Value 'MAC' at 'keyUsage' failed to satisfy constraint")
+    assert message.startswith(
+        "1 validation error detected: Value 'MAC' at 'keyUsage' failed to satisfy constraint"
+    )
 
 
 @pytest.mark.parametrize("size", ["224", "256", "384", "512"])
