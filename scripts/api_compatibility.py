@@ -13,6 +13,10 @@ from keytrail.kms.operations import OPERATIONS
 
 NOTES = {
     "GetKeyLastUsage": "answered from the last-used consumer state",
+    "Encapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
+    "Decapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
+    "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512",
+    "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512",
 }
 
 

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from keytrail.kms.calls import Operation
 from keytrail.kms.operations import (
-    aliases, asymmetric, crypto, grants, kem, keys, mac, policies, rotation, tags, usage,
+    aliases,
+    asymmetric,
+    crypto,
+    grants,
+    kem,
+    keys,
+    mac,
+    policies,
+    rotation,
+    tags,
+    usage,
 )
 
 __all__ = ["OPERATIONS"]

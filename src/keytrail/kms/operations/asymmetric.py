@@ -1,6 +1,8 @@
 """Asymmetric keys: Sign, Verify, GetPublicKey, GenerateDataKeyPair(WithoutPlaintext),
 DeriveSharedSecret. Each finds the key, asks the authorization point, then checks state,
-usage and algorithm in AWS's order."""
+usage and algorithm in AWS's order. The request's condition keys (kms:SigningAlgorithm,
+kms:DataKeyPairSpec, kms:KeyAgreementAlgorithm, …) come from `condition_keys`; handlers add
+only values the request may leave out."""
 
 from __future__ import annotations
 
@@ -11,29 +13,24 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.model import KeySpec, KeyUsage
-from keytrail.kms.operations.crypto import SYMMETRIC_DEFAULT, crypto_conditions
+from keytrail.kms.operations.crypto import SYMMETRIC_DEFAULT
 from keytrail.kms.specs import algorithms_for
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["OPERATIONS", "request_alias"]
+__all__ = ["OPERATIONS", "usable_key"]
 
 # GetPublicKey's CustomerMasterKeySpec enum predates Ed25519 and the post-quantum specs.
 _LEGACY_SPECS = frozenset({*asymmetric.RSA_BITS, *asymmetric.CURVES})
 _NO_RECIPIENT = "Recipient (attested enclave) requests are not supported by keytrail."
 
 
-def request_alias(params: dict[str, Any]) -> dict[str, Any]:
-    """The kms:RequestAlias condition when KeyId names an alias."""
-    return {k: v for k, v in crypto_conditions({"KeyId": params.get("KeyId", "")}).items()
-            if k == "kms:RequestAlias"}
-
-
-async def _usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
-                      conditions: dict[str, Any]) -> Key:
+async def usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
+                     conditions: dict[str, Any] | None = None) -> Key:
+    """The KeyId's key once authorized, usable in its state and of `usage`."""
     key = await svc.find_key(call, call.params["KeyId"])
-    await svc.authorize(call, action, key, {**request_alias(call.params), **conditions})
+    await svc.authorize(call, action, key, conditions)
     svc.require_usable(key)
     svc.require_usage(key, action.removeprefix("kms:"), usage)
     return key
@@ -42,8 +39,7 @@ async def _usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
 async def _signing_request(svc: KmsService, call: Call, action: str) -> tuple[Key, str, str]:
     params = call.params
     algorithm, message_type = params["SigningAlgorithm"], params.get("MessageType", "RAW")
-    conditions = {"kms:SigningAlgorithm": algorithm, "kms:MessageType": message_type}
-    key = await _usable_key(svc, call, action, KeyUsage.SIGN_VERIFY, conditions)
+    key = await usable_key(svc, call, action, KeyUsage.SIGN_VERIFY, {"kms:MessageType": message_type})
     asymmetric.check_signing(key.key_spec, algorithm, message_type, params["Message"])
     svc.check_dry_run(call)
     return key, algorithm, message_type
@@ -66,7 +62,7 @@ async def verify(svc: KmsService, call: Call) -> Response:
 
 async def get_public_key(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"])
-    await svc.authorize(call, "kms:GetPublicKey", key, request_alias(call.params))
+    await svc.authorize(call, "kms:GetPublicKey", key)
     svc.require_usable(key)
     if key.key_usage is KeyUsage.GENERATE_VERIFY_MAC or key.key_spec is KeySpec.SYMMETRIC_DEFAULT:
         raise errors.UnsupportedOperationException(
@@ -95,8 +91,7 @@ def _pair_spec(params: dict[str, Any]) -> KeySpec:
 async def _generate_data_key_pair(svc: KmsService, call: Call, action: str) -> Response:
     params = call.params
     spec = _pair_spec(params)
-    conditions = {**crypto_conditions(params), "kms:DataKeyPairSpec": spec.value}
-    key = await _usable_key(svc, call, action, KeyUsage.ENCRYPT_DECRYPT, conditions)
+    key = await usable_key(svc, call, action, KeyUsage.ENCRYPT_DECRYPT)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
         raise errors.InvalidKeyUsageException(
             f"{key.arn} key spec is {key.key_spec} which is not valid for {action.removeprefix('kms:')}.")
@@ -129,8 +124,7 @@ async def derive_shared_secret(svc: KmsService, call: Call) -> Response:
     if params.get("Recipient"):
         raise errors.UnsupportedOperationException(_NO_RECIPIENT)
     algorithm = params["KeyAgreementAlgorithm"]
-    key = await _usable_key(svc, call, "kms:DeriveSharedSecret", KeyUsage.KEY_AGREEMENT,
-                            {"kms:KeyAgreementAlgorithm": algorithm})
+    key = await usable_key(svc, call, "kms:DeriveSharedSecret", KeyUsage.KEY_AGREEMENT)
     shared = asymmetric.derive_shared_secret(asymmetric.key_secret(key), params["PublicKey"])
     svc.check_dry_run(call)
     return {"KeyId": key.arn, "SharedSecret": shared, "KeyAgreementAlgorithm": algorithm,

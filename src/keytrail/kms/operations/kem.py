@@ -9,7 +9,7 @@ from keytrail.kms.asymmetric import key_secret, private_key
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyUsage
-from keytrail.kms.operations.asymmetric import request_alias
+from keytrail.kms.operations.asymmetric import usable_key
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -18,12 +18,7 @@ __all__ = ["OPERATIONS"]
 
 
 async def _kem_key(svc: KmsService, call: Call, action: str) -> Key:
-    params = call.params
-    key = await svc.find_key(call, params["KeyId"])
-    await svc.authorize(call, action, key, request_alias(params))
-    svc.require_usable(key)
-    svc.require_usage(key, action.removeprefix("kms:"), KeyUsage.ENCAPSULATE_DECAPSULATE)
-    return key
+    return await usable_key(svc, call, action, KeyUsage.ENCAPSULATE_DECAPSULATE)
 
 
 async def encapsulate(svc: KmsService, call: Call) -> Response:

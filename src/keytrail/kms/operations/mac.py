@@ -9,7 +9,7 @@ from keytrail.kms.asymmetric import key_secret
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyUsage
-from keytrail.kms.operations.asymmetric import request_alias
+from keytrail.kms.operations.asymmetric import usable_key
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -20,10 +20,7 @@ __all__ = ["OPERATIONS"]
 async def _mac_request(svc: KmsService, call: Call, action: str) -> tuple[Key, str, str]:
     params = call.params
     algorithm = params["MacAlgorithm"]
-    key = await svc.find_key(call, params["KeyId"])
-    await svc.authorize(call, action, key, {**request_alias(params), "kms:MacAlgorithm": algorithm})
-    svc.require_usable(key)
-    svc.require_usage(key, action.removeprefix("kms:"), KeyUsage.GENERATE_VERIFY_MAC)
+    key = await usable_key(svc, call, action, KeyUsage.GENERATE_VERIFY_MAC)
     digest = hmac_keys.check_mac_algorithm(key.key_spec, algorithm)
     svc.check_dry_run(call)
     return key, algorithm, digest
