@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from keytrail.clock import Clock
-from keytrail.kms import errors
+from keytrail.kms import errors, multiregion
 from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
@@ -25,6 +25,7 @@ from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
+from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, LastUsageSource, Origin
 from keytrail.kms.store import Grant, Store
@@ -75,6 +76,10 @@ class KmsService:
         self.origin_creators: dict[Origin, OriginCreator] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         self._due_lock = asyncio.Lock()
+        from keytrail.kms.operations import EXTENSIONS
+
+        for install in EXTENSIONS:
+            install(self)
 
     # --- the entry point ---------------------------------------------------------------------
 
@@ -210,6 +215,8 @@ class KmsService:
         if key is not None and RESOURCE_ALIASES in self._policy_reads(key, call.context):
             aliases = await self.store.list_aliases(key.account, key.region)
             values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
+        if key is not None and action in _CRYPTO_ACTIONS:
+            _note_custom_key_store(call, key)
         request = AccessRequest(call.context, action, key, values, grants)
         decision = self.deps.authorizer.authorize(request)
         if not decision.allowed:
@@ -258,7 +265,12 @@ class KmsService:
             if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
                 await self.store.delete_key(current)
                 await self.service_event("DeleteKey", current, {"keyId": current.arn})
+                await multiregion.forget_deleted(self, current)
                 return None
+            if material_expired(current, now):
+                current = await expire_material(self, current)
+            if current.state is KeyState.CREATING:
+                current = await multiregion.activate_replica(self, current)
             if _rotation_due(current, now):
                 from keytrail.kms.rotation import rotate_key
 
@@ -274,16 +286,34 @@ class KmsService:
         return self.clock.now()
 
 
+_CRYPTO_ACTIONS = frozenset({
+    "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+})
+
+
+def _note_custom_key_store(call: Call, key: Key) -> None:
+    # CloudTrail names the custom key store and the HSM backing key of calls on such keys.
+    if key.custom_key_store_id and key.current_material and key.current_material.handle:
+        backing = key.current_material.handle
+        call.additional_event_data.update({
+            "customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id"),
+            "backingKeyId": backing, "backingKeys": f'[{{"backingKeyId":"{backing}"}}]',
+        })
+
+
 def _rotation_due(key: Key, now: datetime) -> bool:
+    # A multi-Region replica never rotates on its own: its primary's rotation reaches it.
     return (
         key.rotation_enabled and key.next_rotation_date is not None and key.next_rotation_date <= now
-        and key.state is KeyState.ENABLED
+        and key.state is KeyState.ENABLED and not multiregion.is_replica(key)
     )
 
 
 def _is_due(key: Key, now: datetime) -> bool:
     deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
-    return deleting or _rotation_due(key, now)
+    return (deleting or _rotation_due(key, now) or material_expired(key, now)
+            or key.state is KeyState.CREATING)
 
 
 _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from keytrail.kms.calls import Operation
 from keytrail.kms.operations import (
     aliases,
     asymmetric,
     crypto,
     grants,
+    importing,
     kem,
     keys,
+    keystores,
     mac,
+    multiregion,
     policies,
     rotation,
     tags,
     usage,
 )
 
-__all__ = ["OPERATIONS"]
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["EXTENSIONS", "OPERATIONS"]
 
 OPERATIONS: dict[str, Operation] = {
     **keys.OPERATIONS,
@@ -31,4 +40,10 @@ OPERATIONS: dict[str, Operation] = {
     **asymmetric.OPERATIONS,
     **mac.OPERATIONS,
     **kem.OPERATIONS,
+    **importing.OPERATIONS,
+    **multiregion.OPERATIONS,
+    **keystores.OPERATIONS,
 }
+
+# Installed on every KmsService: origin creators and ciphers of other kinds of keys.
+EXTENSIONS: tuple[Callable[[KmsService], None], ...] = (keystores.install,)
