@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keytrail.kms.ciphertext import encode_context
@@ -161,11 +164,14 @@ def test_symmetric_material_of_wrong_length_is_incorrect(kms: Any) -> None:
     assert _error(excinfo)[0] == "IncorrectKeyMaterialException"
 
 
-def test_hmac_material_imports(kms: Any) -> None:
+def test_hmac_material_imports_and_macs_like_local_hmac(kms: Any) -> None:
     key_id = _external_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
-    _import(kms, key_id, os.urandom(48))
+    material = os.urandom(48)
+    _import(kms, key_id, material)
     meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
     assert (meta["KeyState"], meta["MacAlgorithms"]) == ("Enabled", ["HMAC_SHA_256"])
+    mac = kms.generate_mac(KeyId=key_id, MacAlgorithm="HMAC_SHA_256", Message=b"message")["Mac"]
+    assert mac == hmac.new(material, b"message", hashlib.sha256).digest()
 
 
 def _pkcs8(private: Any) -> bytes:
@@ -176,16 +182,18 @@ def _pkcs8(private: Any) -> bytes:
     )
 
 
-def test_rsa_private_key_imports_only_with_two_step_wrap(kms: Any) -> None:
+def test_rsa_private_key_imports_only_with_two_step_wrap_and_signs(kms: Any) -> None:
     key_id = _external_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
     with pytest.raises(ClientError) as excinfo:
         kms.get_parameters_for_import(
             KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_4096"
         )
     assert _error(excinfo)[0] == "ValidationException"
-    private = _pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    _import(kms, key_id, private, "RSA_AES_KEY_WRAP_SHA_256", "RSA_4096")
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _import(kms, key_id, _pkcs8(private), "RSA_AES_KEY_WRAP_SHA_256", "RSA_4096")
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    signature = kms.sign(KeyId=key_id, Message=b"signed", SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+    private.public_key().verify(signature["Signature"], b"signed", asym_padding.PKCS1v15(), hashes.SHA256())
 
 
 def test_ecc_key_of_another_curve_is_incorrect_material(kms: Any) -> None:
