@@ -105,9 +105,14 @@ class TokenSession:
     def __init__(self, session: Any) -> None:
         self._session = session
         self._lock = threading.Lock()
+        self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
 
     def _key(self, object_id: bytes) -> Any:
-        return self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
+        key = self._handles.get(object_id)
+        if key is None:
+            key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
+            self._handles[object_id] = key
+        return key
 
     def generate_key(self, object_id: bytes, label: str) -> None:
         """A persistent AES-256 key that can never be read out of the token."""
