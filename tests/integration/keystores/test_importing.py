@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 from datetime import datetime, timedelta
 from typing import Any
@@ -258,3 +259,33 @@ def test_imported_bytes_never_reach_the_store_file(fresh_server: KeytrailServer)
         kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=key_id, Plaintext=b"y")["CiphertextBlob"])["Plaintext"]
         == b"y"
     )
+
+
+def test_key_policy_can_require_expiring_material(server: KeytrailServer) -> None:
+    kms = server.client("alice")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "Material must expire",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "kms:ImportKeyMaterial",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"kms:ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}},
+            },
+        ],
+    }
+    key_id = _external_key(kms, Policy=json.dumps(policy))
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, key_id, os.urandom(32))
+    assert _error(excinfo)[0] == "AccessDeniedException"
+    valid_to = _server_now(server) + timedelta(days=30)
+    _import(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)

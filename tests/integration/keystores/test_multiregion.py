@@ -199,3 +199,34 @@ def test_imported_multi_region_key_needs_the_same_material_in_each_region(server
     _import(remote, key_id, material)
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"byok everywhere")["CiphertextBlob"]
     assert remote.decrypt(CiphertextBlob=blob)["Plaintext"] == b"byok everywhere"
+
+
+def test_key_policy_conditions_on_replica_region_are_enforced(server: KeytrailServer) -> None:
+    kms = server.client("alice", PRIMARY)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "Replicas only in eu-west-2",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "kms:ReplicateKey",
+                "Resource": "*",
+                "Condition": {"StringNotEquals": {"kms:ReplicaRegion": REPLICA}},
+            },
+        ],
+    }
+    key_id = kms.create_key(MultiRegion=True, Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    with pytest.raises(ClientError) as excinfo:
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=THIRD)
+    assert _error(excinfo)[0] == "AccessDeniedException"
+    assert (
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)["ReplicaKeyMetadata"]["KeyState"] == "Creating"
+    )

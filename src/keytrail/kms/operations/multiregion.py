@@ -54,6 +54,8 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     primary = await svc.find_key(call, params["KeyId"], allow_alias=False)
     region = params["ReplicaRegion"]
     await svc.authorize(call, "kms:ReplicateKey", primary, _conditions(primary, **{"kms:ReplicaRegion": region}))
+    # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it).
+    await svc.authorize(Call(replace(call.context, region=region), call.params), "kms:CreateKey", None)
     _require_primary(primary)
     _require_replicable_state(primary)
     if region == primary.region or region in primary.replica_regions:
