@@ -10,6 +10,8 @@ the same id and old ciphertexts decrypt again.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -40,6 +42,7 @@ __all__ = [
     "token_bytes",
     "token_id_of",
     "unwrap_material",
+    "with_material_salt",
     "without_material",
 ]
 
@@ -183,12 +186,23 @@ def _check_private_key(spec: KeySpec, material: bytes) -> bytes:
     )
 
 
+MATERIAL_SALT = "imported_material_salt"  # Key.extra: random, per key, copied to its replicas
+
+
+def with_material_salt(key: Key) -> Key:
+    """The key with a random salt for fingerprinting imported material (made once per key)."""
+    if MATERIAL_SALT in key.extra:
+        return key
+    return replace(key, extra={**key.extra, MATERIAL_SALT: os.urandom(32).hex()})
+
+
 def imported_material_id(key: Key, material: bytes) -> str:
-    """KeyMaterialId of imported material: a digest of key id and material, so the same material
-    always gets the same id (64 hex, like AWS's) and a different one never does."""
-    return hashlib.sha256(
-        b"keytrail-imported-material\x00" + key.key_id.encode() + b"\x00" + material
-    ).hexdigest()
+    """KeyMaterialId of imported material: HMAC-SHA256 of the material under the key's random
+    salt, so the same material always gets the same id (64 hex, like AWS's), a different one
+    never does, and the id (which audit records carry) cannot be checked against guesses of the
+    material without the salt held in the key store."""
+    salt = bytes.fromhex(key.extra[MATERIAL_SALT])
+    return hmac.new(salt, material, hashlib.sha256).hexdigest()
 
 
 def material_expired(key: Key, now: datetime) -> bool:

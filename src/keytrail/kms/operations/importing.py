@@ -21,6 +21,7 @@ from keytrail.kms.importing import (
     token_bytes,
     token_id_of,
     unwrap_material,
+    with_material_salt,
     without_material,
 )
 from keytrail.kms.keys import Key, KeyMaterial
@@ -130,6 +131,7 @@ async def import_key_material(svc: KmsService, call: Call) -> Response:
     model, valid_to = _expiration(params, svc.now())
     parameters = await _parameters_for(svc, key, params["ImportToken"])
     secret = check_material(key, unwrap_material(parameters, params["EncryptedKeyMaterial"]))
+    key = with_material_salt(key)
     material_id = imported_material_id(key, secret)
     accepted = key.extra.get(FINGERPRINT)
     if params.get("ImportType") == "NEW_KEY_MATERIAL" and accepted:
