@@ -1,0 +1,102 @@
+"""The detector: CloudTrail KMS records in, alarms out; time only from events or an injected clock."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from keytrail.clock import Clock
+from keytrail.detect.alarms import Alarm, AlarmBook, Finding
+from keytrail.detect.checks import Check
+from keytrail.detect.checks.deletion import KeyDeletionInUse
+from keytrail.detect.checks.permissive import PermissiveKey
+from keytrail.detect.checks.spike import UsageSpike
+from keytrail.detect.checks.unauthorized import UnauthorizedDecrypt
+from keytrail.detect.checks.unused import UnusedKey
+from keytrail.detect.events import KmsEvent, read_event
+from keytrail.detect.ledger import KeyLedger
+from keytrail.detect.rules import RuleSet
+
+__all__ = ["Detector"]
+
+log = logging.getLogger(__name__)
+
+KMS_SOURCE = "kms.amazonaws.com"
+_SEEN_EVENT_IDS = 200_000  # at-least-once delivery repeats recent events, not old ones
+
+
+class Detector:
+    """Runs every enabled rule over events; `process` and `tick` return the alarms to announce
+    (raised or escalated; `tick` adds the updates of open alarms)."""
+
+    def __init__(self, rules: RuleSet | None = None, clock: Clock | None = None) -> None:
+        self.rules = rules or RuleSet()
+        self.book = AlarmBook(self.rules)
+        self.ledger = KeyLedger()
+        self._clock = clock
+        self._checks = self._build_checks()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.last_event_time: datetime | None = None
+        self.skipped = 0
+
+    def _build_checks(self) -> list[Check]:
+        r, ledger = self.rules, self.ledger
+        checks: list[Check] = [
+            UnauthorizedDecrypt(r["unauthorized-decrypt"], ledger), UnusedKey(r["unused-key"], ledger),
+            PermissiveKey(r["permissive-key"]), KeyDeletionInUse(r["key-deletion-in-use"], ledger),
+            UsageSpike(r["usage-spike"]),
+        ]
+        return [check for check in checks if self.rules.enabled(check.rule_id)]
+
+    def process(self, events: Iterable[Mapping[str, Any]]) -> list[Alarm]:
+        """Feed CloudTrail records in order; non-KMS, unreadable and repeated records are skipped."""
+        announced: list[Alarm] = []
+        for record in events:
+            event = self._read(record)
+            if event is None:
+                continue
+            for check in self._checks:
+                announced += self._record(check.observe(event))
+            self.ledger.update(event)
+            if self.last_event_time is None or event.event_time > self.last_event_time:
+                self.last_event_time = event.event_time
+        return announced
+
+    def tick(self, now: datetime | None = None) -> list[Alarm]:
+        """Evaluate the time-based rules as of `now` (default: the clock, else the last event's time)."""
+        moment = now or (self._clock.now() if self._clock else self.last_event_time)
+        announced: list[Alarm] = []
+        if moment is not None:
+            for check in self._checks:
+                announced += self._record(check.tick(moment))
+        seen = {alarm.alarm_id for alarm in announced}
+        return announced + [alarm for alarm in self.book.pending() if alarm.alarm_id not in seen]
+
+    def alarms(self) -> list[Alarm]:
+        """The current state of every alarm raised so far."""
+        return self.book.alarms()
+
+    def _record(self, findings: list[Finding]) -> list[Alarm]:
+        alarms = [self.book.record(finding) for finding in findings]
+        return [alarm for alarm in alarms if alarm is not None]
+
+    def _read(self, record: Mapping[str, Any]) -> KmsEvent | None:
+        if record.get("eventSource", KMS_SOURCE) != KMS_SOURCE:
+            self.skipped += 1
+            return None
+        try:
+            event = read_event(record)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("skipping unreadable CloudTrail record %s: %s", record.get("eventID"), exc)
+            self.skipped += 1
+            return None
+        if event.event_id:
+            if event.event_id in self._seen:
+                return None
+            self._seen[event.event_id] = None
+            if len(self._seen) > _SEEN_EVENT_IDS:
+                self._seen.popitem(last=False)
+        return event
