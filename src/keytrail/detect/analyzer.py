@@ -91,6 +91,8 @@ class _StatementCheck:
 
     def _principal(self, principal: str) -> list[PolicyFinding]:
         found = self._public(principal) if principal == "*" else self._named(principal)
+        if any(f.code == "public" for f in found):
+            return found  # anyone may already do everything this statement allows
         if self._allows("kms:creategrant") and self._broad(principal) \
                 and not self.pinning.grant_for_aws_resource:
             found.append(self._finding("broad-create-grant", Severity.HIGH, principal,

@@ -14,7 +14,7 @@ __all__ = ["DENIED_CODES", "DenyReason", "parse_deny_reason"]
 
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException"})
 
-_IMPLICIT = re.compile(r"because no (?P<type>[\w\s-]+?) polic(?:y|ies) allows?")
+_IMPLICIT = re.compile(r"because no (?P<type>[\w\s-]+?)(?: polic(?:y|ies))? allows? ")
 _EXPLICIT = re.compile(r"with an explicit deny in (?:a|an|the) (?P<type>[\w\s-]+?) policy")
 _ACTION = re.compile(r"to perform: (?P<action>[\w:*]+)")
 
