@@ -1,0 +1,88 @@
+"""Where events come from: AWS CloudTrail log files (offline) and the Kafka audit topic (live).
+
+Thin adapters: the audit branch owns the Avro codec (`keytrail.audit.schema.decode_batch`); until
+it is importable, Kafka values that are JSON CloudTrail records are read directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AUDIT_TOPIC", "Decoder", "default_decoder", "kafka_batches", "read_cloudtrail"]
+
+AUDIT_TOPIC = "keytrail.audit.v1"
+Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
+
+
+def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Every record of CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or
+    folders), ordered by eventTime. Raises ValueError naming the file that is not a CloudTrail log."""
+    records: list[dict[str, Any]] = []
+    for path in _files(paths):
+        records += _records(path)
+    records.sort(key=lambda r: (str(r.get("eventTime", "")), str(r.get("eventID", ""))))
+    return records
+
+
+def _files(paths: Iterable[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.name.endswith((".json", ".json.gz")))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or folder")
+    return found
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a CloudTrail log file ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
+        raise ValueError(f'{path}: not a CloudTrail log file (no "Records" list)')
+    return list(doc["Records"])
+
+
+def default_decoder() -> Decoder:
+    """The audit codec when present; JSON CloudTrail records otherwise."""
+    try:
+        from keytrail.audit.schema import decode_batch
+    except ImportError:
+        decode_batch = None
+
+    def decode(values: list[bytes]) -> list[dict[str, Any]]:
+        if decode_batch is not None and values and values[0][:2] == b"\xc3\x01":
+            return list(decode_batch(values))
+        return [json.loads(value) for value in values]
+
+    return decode
+
+
+async def kafka_batches(bootstrap: str, *, topic: str = AUDIT_TOPIC,
+                        decode: Decoder | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+    """CloudTrail records from the audit topic, one list per fetch (possibly empty when idle).
+
+    The detector keeps its state in memory, so it reads the topic from the start on every run
+    (no committed offsets): its windows and baselines are rebuilt before it raises anything new.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    decoder = decode or default_decoder()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
+            values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
+            yield decoder(values) if values else []
+    finally:
+        await consumer.stop()
