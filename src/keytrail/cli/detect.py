@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import tomllib
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -74,8 +75,15 @@ async def _run_live(bootstrap: str, data_dir: Path, rules: RuleSet, hooks: Hooks
                     tick_every: float) -> None:
     from keytrail.detect.runner import DetectorRunner
 
-    async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner:
-        await runner.run(kafka_batches(bootstrap), tick_every=tick_every)
+    task = asyncio.current_task()
+    assert task is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+    try:
+        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner:
+            await runner.run(kafka_batches(bootstrap), tick_every=tick_every)
+    except asyncio.CancelledError:
+        pass  # SIGTERM/SIGINT: leaving the block above delivered what was queued
 
 
 def analyze(
