@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from tests.support.services import kafka_broker
+from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.avro import decode_alarm
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
-from tests.support.services import kafka_broker
-from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,9 @@ def bootstrap() -> Iterator[str]:
 
 
 async def consume(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
     await consumer.start()
     try:
         got: list[tuple[bytes, bytes]] = []
@@ -56,16 +58,31 @@ async def test_standalone_detect_reads_the_audit_topic(bootstrap: str, tmp_path:
     await producer.start()
     records = [denied("Decrypt", T0, key_arn(4), user("mallory")) for _ in range(3)]
     for record in records:
-        await producer.send_and_wait("keytrail.audit.v1", json.dumps(record).encode(), key=key_arn(4).encode())
+        await producer.send_and_wait(
+            "keytrail.audit.v1", json.dumps(record).encode(), key=key_arn(4).encode()
+        )
     await producer.stop()
-    script = ("import typer; from keytrail.cli.detect import register; app = typer.Typer(); "
-              "register(app); app()")
-    proc = subprocess.Popen([sys.executable, "-c", script, "detect", "--kafka", bootstrap,
-                             "--data-dir", str(tmp_path), "--tick-every", "0.5"])
+    script = (
+        "import typer; from keytrail.cli.detect import register; app = typer.Typer(); register(app); app()"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "detect",
+            "--kafka",
+            bootstrap,
+            "--data-dir",
+            str(tmp_path),
+            "--tick-every",
+            "0.5",
+        ]
+    )
     try:
         alarms_file = tmp_path / "alarms.jsonl"
         async with asyncio.timeout(60):
-            while not _latest_count(alarms_file) == 3:
+            while _latest_count(alarms_file) != 3:
                 await asyncio.sleep(0.2)
     finally:
         proc.terminate()

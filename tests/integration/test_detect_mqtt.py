@@ -12,13 +12,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from tests.support.services import free_port, mosquitto, wait_for_port
+from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.engine import Detector
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.mqtt import MqttSink
-from tests.support.services import free_port, mosquitto, wait_for_port
-from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,9 @@ def private_broker() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
     """A Mosquitto of our own on a free port, which the test may stop and start again."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = free_port()
-    procs = [subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ]
     wait_for_port(port)
     yield port, procs
     for proc in procs:
@@ -71,8 +73,9 @@ async def test_sink_reconnects_after_the_broker_restarts(private_broker) -> None
 
     async def restart_later() -> None:
         await asyncio.sleep(0.5)
-        procs.append(subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
 
     restart = asyncio.create_task(restart_later())
     delivery = asyncio.create_task(sink.deliver(second))  # fails, backs off, reconnects

@@ -9,11 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from keytrail.detect.engine import Detector
-from keytrail.detect.alarms import Alarm
-from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
 from tests.unit.detect.records import T0, denied, key_arn, user
+
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.engine import Detector
+from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
 
 pytestmark = pytest.mark.integration
 
@@ -87,8 +87,9 @@ async def test_failures_are_retried_until_delivered(receiver: Receiver, tmp_path
 
 
 @pytest.mark.parametrize("receiver", [[500] * 10], indirect=True)
-async def test_after_n_failures_the_alarm_goes_to_the_dead_letter_file(receiver: Receiver,
-                                                                        tmp_path: Path) -> None:
+async def test_after_n_failures_the_alarm_goes_to_the_dead_letter_file(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=4, backoff=0.01)
     alarm = an_alarm()
     await sink.deliver(alarm)
@@ -102,8 +103,9 @@ async def test_after_n_failures_the_alarm_goes_to_the_dead_letter_file(receiver:
 async def test_unreachable_receiver_is_dead_lettered(tmp_path: Path) -> None:
     from tests.support.services import free_port
 
-    sink = WebhookSink(f"http://127.0.0.1:{free_port()}/hook", SECRET, tmp_path / "dead.jsonl",
-                       attempts=2, backoff=0.01)
+    sink = WebhookSink(
+        f"http://127.0.0.1:{free_port()}/hook", SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01
+    )
     await sink.deliver(an_alarm())
     await sink.aclose()
     [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]

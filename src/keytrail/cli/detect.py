@@ -21,8 +21,12 @@ from keytrail.detect.sources import kafka_batches, read_cloudtrail
 
 __all__ = ["analyze_keys", "register"]
 
-ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", help="Settings TOML: [rules.<id>] overrides and [hooks] (see docs/detection-rules.md).")]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="Settings TOML: [rules.<id>] overrides and [hooks] (see docs/detection-rules.md)."
+    ),
+]
 FormatOption = Annotated[str, typer.Option("--format", help="table or json (one JSON object per line).")]
 
 
@@ -37,17 +41,28 @@ def register(app: typer.Typer) -> None:
 
 
 def detect(
-    cloudtrail: Annotated[list[Path] | None, typer.Option(
-        "--cloudtrail", help="CloudTrail log files or folders (.json, .json.gz); repeatable.")] = None,
-    kafka: Annotated[str | None, typer.Option("--kafka", help="Read keytrail.audit.v1 from this bootstrap.")] = None,
+    cloudtrail: Annotated[
+        list[Path] | None,
+        typer.Option("--cloudtrail", help="CloudTrail log files or folders (.json, .json.gz); repeatable."),
+    ] = None,
+    kafka: Annotated[
+        str | None, typer.Option("--kafka", help="Read keytrail.audit.v1 from this bootstrap.")
+    ] = None,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where alarms.jsonl goes (live).")] = Path(
-        "keytrail-data"),
+        "keytrail-data"
+    ),
     mqtt: Annotated[str | None, typer.Option("--mqtt", help="Publish alarms to mqtt://HOST:PORT.")] = None,
-    as_of: Annotated[str | None, typer.Option(
-        "--as-of", help="Evaluate time rules as of this ISO-8601 time (offline; default: last event).")] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="Evaluate time rules as of this ISO-8601 time (offline; default: last event)."
+        ),
+    ] = None,
     fmt: FormatOption = "table",
     config: ConfigOption = None,
-    tick_every: Annotated[float, typer.Option("--tick-every", help="Seconds between time-rule checks (live).")] = 5.0,
+    tick_every: Annotated[
+        float, typer.Option("--tick-every", help="Seconds between time-rule checks (live).")
+    ] = 5.0,
 ) -> None:
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""
     try:
@@ -71,8 +86,9 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     return detector.alarms()
 
 
-async def _run_live(bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig,
-                    tick_every: float) -> None:
+async def _run_live(
+    bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float
+) -> None:
     from keytrail.detect.runner import DetectorRunner
 
     task = asyncio.current_task()
@@ -87,8 +103,12 @@ async def _run_live(bootstrap: str, data_dir: Path, rules: RuleSet, hooks: Hooks
 
 
 def analyze(
-    inventory: Annotated[Path, typer.Option(
-        "--inventory", help="JSON list of {KeyArn, Policy, Grants} (GetKeyPolicy + ListGrants output).")],
+    inventory: Annotated[
+        Path,
+        typer.Option(
+            "--inventory", help="JSON list of {KeyArn, Policy, Grants} (GetKeyPolicy + ListGrants output)."
+        ),
+    ],
     fmt: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:

@@ -9,6 +9,16 @@ from keytrail.detect.rules import DEFAULT_RULES, Rule, RuleError, RuleSet, load_
 from keytrail.detect.severity import Severity
 
 __all__ = [
-    "DEFAULT_RULES", "Alarm", "AlarmBook", "Detector", "Finding", "KeyInventoryItem", "Rule",
-    "RuleError", "RuleSet", "Severity", "analyze_inventory", "load_rules",
+    "DEFAULT_RULES",
+    "Alarm",
+    "AlarmBook",
+    "Detector",
+    "Finding",
+    "KeyInventoryItem",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "Severity",
+    "analyze_inventory",
+    "load_rules",
 ]

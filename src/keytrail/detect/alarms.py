@@ -61,22 +61,39 @@ class Alarm:
     def to_json(self) -> dict[str, Any]:
         """The JSON form (Avro field names; times as ISO-8601 UTC strings)."""
         return {
-            "alarmId": self.alarm_id, "rule": self.rule, "severity": self.severity.value,
-            "keyArn": self.key_arn, "principalArn": self.principal_arn,
-            "accountId": self.account_id, "region": self.region,
-            "firstSeen": format_time(self.first_seen), "lastSeen": format_time(self.last_seen),
-            "count": self.count, "summary": self.summary, "eventIds": list(self.event_ids),
-            "recommendation": self.recommendation, "details": dict(self.details),
+            "alarmId": self.alarm_id,
+            "rule": self.rule,
+            "severity": self.severity.value,
+            "keyArn": self.key_arn,
+            "principalArn": self.principal_arn,
+            "accountId": self.account_id,
+            "region": self.region,
+            "firstSeen": format_time(self.first_seen),
+            "lastSeen": format_time(self.last_seen),
+            "count": self.count,
+            "summary": self.summary,
+            "eventIds": list(self.event_ids),
+            "recommendation": self.recommendation,
+            "details": dict(self.details),
         }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Alarm:
         """Read the JSON form back (alarms.jsonl, MQTT and webhook payloads)."""
         return cls(
-            doc["alarmId"], doc["rule"], Severity(doc["severity"]), doc.get("keyArn"),
-            doc.get("principalArn"), doc.get("accountId"), doc.get("region"),
-            _read_time(doc["firstSeen"]), _read_time(doc["lastSeen"]), int(doc["count"]),
-            doc["summary"], tuple(doc.get("eventIds") or ()), doc["recommendation"],
+            doc["alarmId"],
+            doc["rule"],
+            Severity(doc["severity"]),
+            doc.get("keyArn"),
+            doc.get("principalArn"),
+            doc.get("accountId"),
+            doc.get("region"),
+            _read_time(doc["firstSeen"]),
+            _read_time(doc["lastSeen"]),
+            int(doc["count"]),
+            doc["summary"],
+            tuple(doc.get("eventIds") or ()),
+            doc["recommendation"],
             MappingProxyType(dict(doc.get("details") or {})),
         )
 
@@ -150,10 +167,16 @@ class AlarmBook:
     def _start(self, finding: Finding, rule: Rule) -> _Open:
         floor = finding.severity or rule.severity
         entry = _Open(
-            alarm_id=alarm_id_for(finding), first=finding, last_seen=finding.time, count=1,
-            floor=floor, severity=rule.severity_for(1, floor),
-            event_ids=[finding.event_id] if finding.event_id else [], details=dict(finding.details),
-            finding=finding)
+            alarm_id=alarm_id_for(finding),
+            first=finding,
+            last_seen=finding.time,
+            count=1,
+            floor=floor,
+            severity=rule.severity_for(1, floor),
+            event_ids=[finding.event_id] if finding.event_id else [],
+            details=dict(finding.details),
+            finding=finding,
+        )
         self._all[entry.alarm_id] = entry
         return entry
 
@@ -172,12 +195,21 @@ class AlarmBook:
     def _snapshot(entry: _Open) -> Alarm:
         first, latest = entry.first, entry.finding
         return Alarm(
-            alarm_id=entry.alarm_id, rule=first.rule, severity=entry.severity,
-            key_arn=first.key_arn, principal_arn=first.principal_arn,
-            account_id=first.account_id, region=first.region, first_seen=first.time,
-            last_seen=entry.last_seen, count=entry.count, summary=latest.summary,
-            event_ids=tuple(entry.event_ids), recommendation=latest.recommendation,
-            details=MappingProxyType(dict(entry.details)))
+            alarm_id=entry.alarm_id,
+            rule=first.rule,
+            severity=entry.severity,
+            key_arn=first.key_arn,
+            principal_arn=first.principal_arn,
+            account_id=first.account_id,
+            region=first.region,
+            first_seen=first.time,
+            last_seen=entry.last_seen,
+            count=entry.count,
+            summary=latest.summary,
+            event_ids=tuple(entry.event_ids),
+            recommendation=latest.recommendation,
+            details=MappingProxyType(dict(entry.details)),
+        )
 
 
 def alarm_id_for(finding: Finding) -> str:

@@ -8,7 +8,7 @@ principals and service grants are not findings, unique ids (`AROA…`) are not c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -55,10 +55,18 @@ class PolicyFinding:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        doc = {"code": self.code, "severity": self.severity.value, "source": self.source,
-               "principal": self.principal, "message": self.message}
-        optional = {"statementSid": self.statement_sid, "statementIndex": self.statement_index,
-                    "grantId": self.grant_id}
+        doc = {
+            "code": self.code,
+            "severity": self.severity.value,
+            "source": self.source,
+            "principal": self.principal,
+            "message": self.message,
+        }
+        optional = {
+            "statementSid": self.statement_sid,
+            "statementIndex": self.statement_index,
+            "grantId": self.grant_id,
+        }
         return doc | {k: v for k, v in optional.items() if v is not None}
 
 
@@ -82,8 +90,11 @@ class _StatementCheck:
 
     def run(self) -> list[PolicyFinding]:
         if "NotPrincipal" in self.statement:
-            return [self._finding("public", Severity.CRITICAL, "*",
-                                  "Allow with NotPrincipal grants everyone not listed")]
+            return [
+                self._finding(
+                    "public", Severity.CRITICAL, "*", "Allow with NotPrincipal grants everyone not listed"
+                )
+            ]
         findings: list[PolicyFinding] = []
         for principal in _aws_principals(self.statement.get("Principal")):
             findings += self._principal(principal)
@@ -93,37 +104,70 @@ class _StatementCheck:
         found = self._public(principal) if principal == "*" else self._named(principal)
         if any(f.code == "public" for f in found):
             return found  # anyone may already do everything this statement allows
-        if self._allows("kms:creategrant") and self._broad(principal) \
-                and not self.pinning.grant_for_aws_resource:
-            found.append(self._finding("broad-create-grant", Severity.HIGH, principal,
-                                       f"kms:CreateGrant to the broad grantee {principal}"))
+        if (
+            self._allows("kms:creategrant")
+            and self._broad(principal)
+            and not self.pinning.grant_for_aws_resource
+        ):
+            found.append(
+                self._finding(
+                    "broad-create-grant",
+                    Severity.HIGH,
+                    principal,
+                    f"kms:CreateGrant to the broad grantee {principal}",
+                )
+            )
         return found
 
     def _public(self, principal: str) -> list[PolicyFinding]:
         if not self.pinning.pinned:
-            return [self._finding("public", Severity.CRITICAL, principal,
-                                  "principal * without a condition pinning it to an account, org or source")]
-        return [self._finding("external-account", Severity.HIGH, principal,
-                              f"principal * pinned to an untrusted {what}")
-                for what in self._untrusted_pins(self.pinning)]
+            return [
+                self._finding(
+                    "public",
+                    Severity.CRITICAL,
+                    principal,
+                    "principal * without a condition pinning it to an account, org or source",
+                )
+            ]
+        return [
+            self._finding(
+                "external-account", Severity.HIGH, principal, f"principal * pinned to an untrusted {what}"
+            )
+            for what in self._untrusted_pins(self.pinning)
+        ]
 
     def _named(self, principal: str) -> list[PolicyFinding]:
         account = arn_account(principal)
         if account is None:
             return []  # unique ids (AROA…) of deleted principals are not cross-account (ScoutSuite#1665)
         if not self.zone.trusts_account(account):
-            return [self._finding("external-account", Severity.HIGH, principal,
-                                  f"access for account {account}, outside the trusted accounts")]
+            return [
+                self._finding(
+                    "external-account",
+                    Severity.HIGH,
+                    principal,
+                    f"access for account {account}, outside the trusted accounts",
+                )
+            ]
         if self._allows_everything() and not self.zone.is_admin(principal):
-            return [self._finding("non-admin-full-access", Severity.HIGH, principal,
-                                  f"kms:* for {principal}, who is not an administrator")]
+            return [
+                self._finding(
+                    "non-admin-full-access",
+                    Severity.HIGH,
+                    principal,
+                    f"kms:* for {principal}, who is not an administrator",
+                )
+            ]
         return []
 
     def _untrusted_pins(self, pinning: Pinning) -> list[str]:
         accounts = [f"account {a}" for a in sorted(pinning.accounts) if not self.zone.trusts_account(a)]
         orgs = [f"org {o}" for o in sorted(pinning.org_ids) if o not in self.zone.trusted_org_ids]
-        arns = [f"source {a}" for a in sorted(pinning.arns)
-                if (acct := arn_account(a)) is not None and not self.zone.trusts_account(acct)]
+        arns = [
+            f"source {a}"
+            for a in sorted(pinning.arns)
+            if (acct := arn_account(a)) is not None and not self.zone.trusts_account(acct)
+        ]
         return accounts + orgs + arns
 
     def _broad(self, principal: str) -> bool:
@@ -142,8 +186,15 @@ class _StatementCheck:
 
     def _finding(self, code: str, severity: Severity, principal: str, message: str) -> PolicyFinding:
         source = f'statement "{self.sid}"' if self.sid else f"statement #{self.index}"
-        return PolicyFinding(code, severity, source, principal, f"{source}: {message}",
-                             statement_sid=self.sid, statement_index=self.index)
+        return PolicyFinding(
+            code,
+            severity,
+            source,
+            principal,
+            f"{source}: {message}",
+            statement_sid=self.sid,
+            statement_index=self.index,
+        )
 
 
 def _aws_principals(principal: Any) -> list[str]:
@@ -164,12 +215,27 @@ def analyze_grant(grant: Mapping[str, Any], zone: TrustZone) -> list[PolicyFindi
         return []  # service grants (EBS, RDS…): revoking them breaks the resource (cnspec#3698)
     account = arn_account(grantee)
     if grantee == "*" or grantee.endswith(":root") or grantee == account:
-        return [PolicyFinding("grant-broad-grantee", Severity.MEDIUM, source, grantee,
-                              f"{source}: granted to a whole account ({grantee})", grant_id=grant_id)]
+        return [
+            PolicyFinding(
+                "grant-broad-grantee",
+                Severity.MEDIUM,
+                source,
+                grantee,
+                f"{source}: granted to a whole account ({grantee})",
+                grant_id=grant_id,
+            )
+        ]
     if account is not None and not zone.trusts_account(account):
-        return [PolicyFinding("grant-external-principal", Severity.HIGH, source, grantee,
-                              f"{source}: granted to {grantee} in untrusted account {account}",
-                              grant_id=grant_id)]
+        return [
+            PolicyFinding(
+                "grant-external-principal",
+                Severity.HIGH,
+                source,
+                grantee,
+                f"{source}: granted to {grantee} in untrusted account {account}",
+                grant_id=grant_id,
+            )
+        ]
     return []
 
 
@@ -178,8 +244,9 @@ def _field(grant: Mapping[str, Any], name: str) -> Any:
     return grant.get(name, grant.get(name[0].lower() + name[1:]))
 
 
-def analyze_identity_policy(policy: str | Mapping[str, Any], principal: str,
-                            zone: TrustZone) -> list[PolicyFinding]:
+def analyze_identity_policy(
+    policy: str | Mapping[str, Any], principal: str, zone: TrustZone
+) -> list[PolicyFinding]:
     """Security Hub KMS.1/KMS.2: an IAM policy allowing decryption on every key to a non-admin."""
     if zone.is_admin(principal):
         return []
@@ -187,9 +254,14 @@ def analyze_identity_policy(policy: str | Mapping[str, Any], principal: str,
     findings = []
     for index, statement in enumerate(as_list(doc.get("Statement"))):
         check = _StatementCheck(statement, index, zone)
-        every_key = any(str(r) in ("*", "arn:aws:kms:*") or str(r).endswith(":key/*")
-                        for r in as_list(statement.get("Resource")))
+        every_key = any(
+            str(r) in ("*", "arn:aws:kms:*") or str(r).endswith(":key/*")
+            for r in as_list(statement.get("Resource"))
+        )
         if statement.get("Effect") == "Allow" and every_key and any(map(check._allows, _DECRYPT_ACTIONS)):
-            findings.append(check._finding("decrypt-all-keys", Severity.MEDIUM, principal,
-                                           f"{principal} may decrypt with every key"))
+            findings.append(
+                check._finding(
+                    "decrypt-all-keys", Severity.MEDIUM, principal, f"{principal} may decrypt with every key"
+                )
+            )
     return findings

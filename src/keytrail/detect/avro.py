@@ -19,33 +19,53 @@ _NULLABLE_STRING: list[Any] = ["null", "string"]
 _TIME = {"type": "long", "logicalType": "timestamp-millis"}
 
 ALARM_SCHEMA: dict[str, Any] = {
-    "type": "record", "name": "Alarm", "namespace": "io.keytrail.detect",
+    "type": "record",
+    "name": "Alarm",
+    "namespace": "io.keytrail.detect",
     "doc": "One keytrail detector alarm; the JSON form uses the same field names.",
     "fields": [
-        {"name": "alarmId", "type": "string", "doc": "Stable id: one alarm per rule x key x principal x window."},
+        {
+            "name": "alarmId",
+            "type": "string",
+            "doc": "Stable id: one alarm per rule x key x principal x window.",
+        },
         {"name": "rule", "type": "string", "doc": "Rule id, e.g. unauthorized-decrypt."},
-        {"name": "severity", "type": {"type": "enum", "name": "Severity",
-                                      "symbols": ["LOW", "MEDIUM", "HIGH", "CRITICAL"]}},
+        {
+            "name": "severity",
+            "type": {"type": "enum", "name": "Severity", "symbols": ["LOW", "MEDIUM", "HIGH", "CRITICAL"]},
+        },
         {"name": "keyArn", "type": _NULLABLE_STRING, "default": None},
-        {"name": "principalArn", "type": _NULLABLE_STRING, "default": None,
-         "doc": "Caller; role sessions are attributed to the role ARN."},
+        {
+            "name": "principalArn",
+            "type": _NULLABLE_STRING,
+            "default": None,
+            "doc": "Caller; role sessions are attributed to the role ARN.",
+        },
         {"name": "accountId", "type": _NULLABLE_STRING, "default": None},
         {"name": "region", "type": _NULLABLE_STRING, "default": None},
         {"name": "firstSeen", "type": _TIME},
         {"name": "lastSeen", "type": _TIME},
         {"name": "count", "type": "long", "doc": "Matching events folded into this alarm."},
         {"name": "summary", "type": "string"},
-        {"name": "eventIds", "type": {"type": "array", "items": "string"},
-         "doc": "CloudTrail eventIDs of the first matching events (at most 20)."},
+        {
+            "name": "eventIds",
+            "type": {"type": "array", "items": "string"},
+            "doc": "CloudTrail eventIDs of the first matching events (at most 20).",
+        },
         {"name": "recommendation", "type": "string"},
-        {"name": "details", "type": {"type": "map", "values": "string"}, "default": {},
-         "doc": "Rule-specific facts (deny reason, baseline, findings...)."},
+        {
+            "name": "details",
+            "type": {"type": "map", "values": "string"},
+            "default": {},
+            "doc": "Rule-specific facts (deny reason, baseline, findings...).",
+        },
     ],
 }
 
 _PARSED = fastavro.parse_schema(ALARM_SCHEMA)
-_FINGERPRINT = bytes.fromhex(fastavro.schema.fingerprint(
-    fastavro.schema.to_parsing_canonical_form(_PARSED), "CRC-64-AVRO"))
+_FINGERPRINT = bytes.fromhex(
+    fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(_PARSED), "CRC-64-AVRO")
+)
 # fastavro already gives the fingerprint bytes little-endian, as single-object encoding wants them.
 _HEADER = b"\xc3\x01" + _FINGERPRINT
 
@@ -67,4 +87,3 @@ def decode_alarm(data: bytes) -> Alarm:
     for name in ("firstSeen", "lastSeen"):
         record[name] = format_time(record[name])
     return Alarm.from_json(record)
-

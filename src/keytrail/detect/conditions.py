@@ -14,12 +14,15 @@ from typing import Any
 
 __all__ = ["Pinning", "arn_account", "as_list", "read_pinning"]
 
-_EQUALITY_OPERATORS = frozenset({"stringequals", "stringequalsignorecase", "stringlike", "arnequals",
-                                 "arnlike"})
-_ACCOUNT_KEYS = frozenset({"kms:calleraccount", "aws:sourceaccount", "aws:principalaccount",
-                           "aws:resourceaccount"})
-_ORG_KEYS = frozenset({"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths",
-                       "aws:sourceorgpaths"})
+_EQUALITY_OPERATORS = frozenset(
+    {"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike"}
+)
+_ACCOUNT_KEYS = frozenset(
+    {"kms:calleraccount", "aws:sourceaccount", "aws:principalaccount", "aws:resourceaccount"}
+)
+_ORG_KEYS = frozenset(
+    {"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"}
+)
 _ARN_KEYS = frozenset({"aws:sourcearn", "aws:principalarn"})
 
 
@@ -70,8 +73,7 @@ def _restricting(operator: str) -> bool:
 
 
 def _concrete(value: Any) -> bool:
-    return isinstance(value, str) and bool(value) and not any(c in value for c in "*?") \
-        and "${" not in value
+    return isinstance(value, str) and bool(value) and not any(c in value for c in "*?") and "${" not in value
 
 
 def _true(keys: Mapping[str, Any], wanted: str) -> bool:

@@ -45,8 +45,10 @@ class Detector:
     def _build_checks(self) -> list[Check]:
         r, ledger = self.rules, self.ledger
         checks: list[Check] = [
-            UnauthorizedDecrypt(r["unauthorized-decrypt"], ledger), UnusedKey(r["unused-key"], ledger),
-            PermissiveKey(r["permissive-key"]), KeyDeletionInUse(r["key-deletion-in-use"], ledger),
+            UnauthorizedDecrypt(r["unauthorized-decrypt"], ledger),
+            UnusedKey(r["unused-key"], ledger),
+            PermissiveKey(r["permissive-key"]),
+            KeyDeletionInUse(r["key-deletion-in-use"], ledger),
             UsageSpike(r["usage-spike"]),
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]

@@ -14,11 +14,23 @@ from typing import Any
 __all__ = ["CRYPTO_OPERATIONS", "KmsEvent", "parse_time", "read_event"]
 
 # Cryptographic operations, as GetKeyLastUsage tracks them (audit-anchors §2.5).
-CRYPTO_OPERATIONS = frozenset({
-    "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "ReEncrypt", "Sign", "Verify",
-    "GenerateMac", "VerifyMac", "DeriveSharedSecret", "Decapsulate",
-})
+CRYPTO_OPERATIONS = frozenset(
+    {
+        "Decrypt",
+        "Encrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "ReEncrypt",
+        "Sign",
+        "Verify",
+        "GenerateMac",
+        "VerifyMac",
+        "DeriveSharedSecret",
+        "Decapsulate",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,14 @@
 """Which hooks to deliver alarms to, from the settings file's `[hooks]` table and from flags.
 
-    [hooks]
-    mqtt = "mqtt://127.0.0.1:1883"
-    kafka = "127.0.0.1:9092"
+[hooks]
+mqtt = "mqtt://127.0.0.1:1883"
+kafka = "127.0.0.1:9092"
 
-    [[hooks.webhook]]
-    url = "https://alerts.example.com/keytrail"
-    secret_env = "KEYTRAIL_WEBHOOK_SECRET"   # or: secret = "…"
-    attempts = 5
-    backoff = 0.5
+[[hooks.webhook]]
+url = "https://alerts.example.com/keytrail"
+secret_env = "KEYTRAIL_WEBHOOK_SECRET"   # or: secret = "…"
+attempts = 5
+backoff = 0.5
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ class HooksConfig:
     def from_settings(cls, doc: Mapping[str, Any]) -> HooksConfig:
         """Read the `[hooks]` table of a parsed settings file."""
         table = doc.get("hooks", {})
-        return cls(table.get("mqtt"), table.get("kafka"),
-                   tuple(_webhook(entry) for entry in table.get("webhook", [])))
+        return cls(
+            table.get("mqtt"),
+            table.get("kafka"),
+            tuple(_webhook(entry) for entry in table.get("webhook", [])),
+        )
 
     def with_flags(self, mqtt: str | None = None, kafka: str | None = None) -> HooksConfig:
         """Flags win over the settings file."""
@@ -64,8 +67,12 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
         secret = os.environ.get(entry["secret_env"])
     if not secret:
         raise ValueError(f"webhook {entry['url']}: set secret or secret_env (an HMAC key is required)")
-    return WebhookConfig(str(entry["url"]), str(secret).encode(), int(entry.get("attempts", 5)),
-                         float(entry.get("backoff", 0.5)))
+    return WebhookConfig(
+        str(entry["url"]),
+        str(secret).encode(),
+        int(entry.get("attempts", 5)),
+        float(entry.get("backoff", 0.5)),
+    )
 
 
 def build_sinks(data_dir: Path, hooks: HooksConfig) -> list[AlarmSink]:
@@ -82,6 +89,13 @@ def build_sinks(data_dir: Path, hooks: HooksConfig) -> list[AlarmSink]:
     for index, webhook in enumerate(hooks.webhooks):
         from keytrail.detect.sinks.webhook import WebhookSink
 
-        sinks.append(WebhookSink(webhook.url, webhook.secret, data_dir / f"webhook-dead-letter-{index}.jsonl",
-                                 attempts=webhook.attempts, backoff=webhook.backoff))
+        sinks.append(
+            WebhookSink(
+                webhook.url,
+                webhook.secret,
+                data_dir / f"webhook-dead-letter-{index}.jsonl",
+                attempts=webhook.attempts,
+                backoff=webhook.backoff,
+            )
+        )
     return sinks

@@ -27,8 +27,9 @@ class KeyInventoryItem:
     key_state: str = "Enabled"
 
 
-def analyze_inventory(keys: Iterable[KeyInventoryItem], as_of: datetime,
-                      rules: RuleSet | None = None) -> list[Alarm]:
+def analyze_inventory(
+    keys: Iterable[KeyInventoryItem], as_of: datetime, rules: RuleSet | None = None
+) -> list[Alarm]:
     """One permissive-key alarm per key with findings, stamped `as_of`."""
     rule = (rules or RuleSet())["permissive-key"]
     book = AlarmBook(rules or RuleSet())
@@ -52,8 +53,14 @@ def read_inventory(doc: Any) -> list[KeyInventoryItem]:
     """Inventory JSON: a list of `{KeyArn, Policy, Grants, KeyManager, KeyState}` objects."""
     items = doc.get("Keys", []) if isinstance(doc, Mapping) else doc
     if not isinstance(items, list):
-        raise ValueError("an inventory is a JSON list of keys (or {\"Keys\": [...]})")
-    return [KeyInventoryItem(
-        key_arn=str(item["KeyArn"]), policy=item.get("Policy"), grants=tuple(item.get("Grants") or ()),
-        key_manager=str(item.get("KeyManager", "CUSTOMER")), key_state=str(item.get("KeyState", "Enabled")),
-    ) for item in items]
+        raise ValueError('an inventory is a JSON list of keys (or {"Keys": [...]})')
+    return [
+        KeyInventoryItem(
+            key_arn=str(item["KeyArn"]),
+            policy=item.get("Policy"),
+            grants=tuple(item.get("Grants") or ()),
+            key_manager=str(item.get("KeyManager", "CUSTOMER")),
+            key_state=str(item.get("KeyState", "Enabled")),
+        )
+        for item in items
+    ]

@@ -15,8 +15,11 @@ from keytrail.detect.events import KmsEvent
 __all__ = ["KeyLedger", "KeyRecord"]
 
 _STATE_CHANGES = {
-    "DisableKey": "Disabled", "EnableKey": "Enabled", "ScheduleKeyDeletion": "PendingDeletion",
-    "CancelKeyDeletion": "Disabled", "DeleteKey": "Deleted",
+    "DisableKey": "Disabled",
+    "EnableKey": "Enabled",
+    "ScheduleKeyDeletion": "PendingDeletion",
+    "CancelKeyDeletion": "Disabled",
+    "DeleteKey": "Deleted",
 }
 
 

@@ -26,8 +26,12 @@ from keytrail.detect.severity import Severity
 
 __all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "load_rules", "parse_duration"]
 
-AWS_SERVICE_CALLERS = ("AWS Internal", "internal.amazonaws.com", "config.amazonaws.com",
-                       "cloudtrail.amazonaws.com")
+AWS_SERVICE_CALLERS = (
+    "AWS Internal",
+    "internal.amazonaws.com",
+    "config.amazonaws.com",
+    "cloudtrail.amazonaws.com",
+)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -69,32 +73,81 @@ class Rule:
         return self.parameters[name]
 
 
-def _rule(rule_id: str, severity: str, window: str, thresholds: dict[str, int],
-          description: str, **parameters: Any) -> Rule:
-    return Rule(rule_id, Severity(severity), parse_duration(window),
-                MappingProxyType({Severity(k): v for k, v in thresholds.items()}),
-                MappingProxyType(parameters), True, description)
+def _rule(
+    rule_id: str, severity: str, window: str, thresholds: dict[str, int], description: str, **parameters: Any
+) -> Rule:
+    return Rule(
+        rule_id,
+        Severity(severity),
+        parse_duration(window),
+        MappingProxyType({Severity(k): v for k, v in thresholds.items()}),
+        MappingProxyType(parameters),
+        True,
+        description,
+    )
 
 
-DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType({r.id: r for r in (
-    _rule("unauthorized-decrypt", "MEDIUM", "1h", {"HIGH": 10, "CRITICAL": 50},
-          "Cryptographic calls denied with AccessDenied, per principal x key.",
-          suppress_aws_services=True, aws_service_callers=list(AWS_SERVICE_CALLERS),
-          allow_principals=[], new_principal_bump=1),
-    _rule("unused-key", "LOW", "30d", {},
-          "Enabled customer managed keys without successful cryptographic use for N days.",
-          unused_days=90, key_month_usd=1.0, rotation_month_usd=1.0, max_billed_rotations=2,
-          include_unknown_manager=True),
-    _rule("permissive-key", "MEDIUM", "1d", {},
-          "Key policies and grants that give access to anyone, outsiders or non-administrators.",
-          trusted_accounts=[], trusted_org_ids=[], admin_principals=[]),
-    _rule("key-deletion-in-use", "HIGH", "1d", {"CRITICAL": 5},
-          "DisableKey/ScheduleKeyDeletion on a recently used key; use of a key pending deletion.",
-          recent_days=30, alert_on_disabled_use=True),
-    _rule("usage-spike", "MEDIUM", "1h", {},
-          "Per key x principal call rate far above its rolling baseline.",
-          baseline_days=7, min_history_minutes=60, min_calls=100, factor=10.0, high_factor=50.0),
-)})
+DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
+    {
+        r.id: r
+        for r in (
+            _rule(
+                "unauthorized-decrypt",
+                "MEDIUM",
+                "1h",
+                {"HIGH": 10, "CRITICAL": 50},
+                "Cryptographic calls denied with AccessDenied, per principal x key.",
+                suppress_aws_services=True,
+                aws_service_callers=list(AWS_SERVICE_CALLERS),
+                allow_principals=[],
+                new_principal_bump=1,
+            ),
+            _rule(
+                "unused-key",
+                "LOW",
+                "30d",
+                {},
+                "Enabled customer managed keys without successful cryptographic use for N days.",
+                unused_days=90,
+                key_month_usd=1.0,
+                rotation_month_usd=1.0,
+                max_billed_rotations=2,
+                include_unknown_manager=True,
+            ),
+            _rule(
+                "permissive-key",
+                "MEDIUM",
+                "1d",
+                {},
+                "Key policies and grants that give access to anyone, outsiders or non-administrators.",
+                trusted_accounts=[],
+                trusted_org_ids=[],
+                admin_principals=[],
+            ),
+            _rule(
+                "key-deletion-in-use",
+                "HIGH",
+                "1d",
+                {"CRITICAL": 5},
+                "DisableKey/ScheduleKeyDeletion on a recently used key; use of a key pending deletion.",
+                recent_days=30,
+                alert_on_disabled_use=True,
+            ),
+            _rule(
+                "usage-spike",
+                "MEDIUM",
+                "1h",
+                {},
+                "Per key x principal call rate far above its rolling baseline.",
+                baseline_days=7,
+                min_history_minutes=60,
+                min_calls=100,
+                factor=10.0,
+                high_factor=50.0,
+            ),
+        )
+    }
+)
 
 
 class RuleSet:
@@ -145,8 +198,9 @@ def _apply(rule: Rule, table: Mapping[str, Any]) -> Rule:
             rule,
             severity=Severity(table.get("severity", rule.severity)),
             window=parse_duration(table["window"]) if "window" in table else rule.window,
-            thresholds=MappingProxyType({Severity(k): int(v) for k, v in
-                                         table.get("thresholds", rule.thresholds).items()}),
+            thresholds=MappingProxyType(
+                {Severity(k): int(v) for k, v in table.get("thresholds", rule.thresholds).items()}
+            ),
             parameters=MappingProxyType(params),
             enabled=bool(table.get("enabled", rule.enabled)),
         )

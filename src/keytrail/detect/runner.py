@@ -34,16 +34,23 @@ _CHUNK = 2_000  # events processed between yields to the event loop
 class DetectorRunner:
     """Runs a Detector and hands what it announces to the hooks, never waiting on them."""
 
-    def __init__(self, detector: Detector, sinks: Sequence[AlarmSink],
-                 delivered: Mapping[str, Alarm] | None = None) -> None:
+    def __init__(
+        self, detector: Detector, sinks: Sequence[AlarmSink], delivered: Mapping[str, Alarm] | None = None
+    ) -> None:
         self.detector = detector
         self.dispatcher = Dispatcher(sinks)
         # Alarms already in alarms.jsonl (an earlier run over the same events) are not re-sent.
         self._delivered = {a.alarm_id: (a.severity.rank, a.count) for a in (delivered or {}).values()}
 
     @classmethod
-    def open(cls, data_dir: Path, *, hooks: HooksConfig | None = None, rules: RuleSet | None = None,
-             clock: Clock | None = None) -> DetectorRunner:
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        hooks: HooksConfig | None = None,
+        rules: RuleSet | None = None,
+        clock: Clock | None = None,
+    ) -> DetectorRunner:
         """A runner writing `<data_dir>/alarms.jsonl` plus the configured hooks (call inside the loop)."""
         delivered = read_alarms(data_dir / "alarms.jsonl")
         return cls(Detector(rules, clock), build_sinks(data_dir, hooks or HooksConfig()), delivered)
@@ -53,7 +60,7 @@ class DetectorRunner:
         batch = list(events)
         announced: list[Alarm] = []
         for start in range(0, len(batch), _CHUNK):
-            announced += self._publish(self.detector.process(batch[start:start + _CHUNK]))
+            announced += self._publish(self.detector.process(batch[start : start + _CHUNK]))
             await asyncio.sleep(0)
         return announced
 

@@ -66,8 +66,9 @@ def default_decoder() -> Decoder:
     return decode
 
 
-async def kafka_batches(bootstrap: str, *, topic: str = AUDIT_TOPIC,
-                        decode: Decoder | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+async def kafka_batches(
+    bootstrap: str, *, topic: str = AUDIT_TOPIC, decode: Decoder | None = None
+) -> AsyncIterator[list[dict[str, Any]]]:
     """CloudTrail records from the audit topic, one list per fetch (possibly empty when idle).
 
     The detector keeps its state in memory, so it reads the topic from the start on every run
@@ -76,8 +77,13 @@ async def kafka_batches(bootstrap: str, *, topic: str = AUDIT_TOPIC,
     from aiokafka import AIOKafkaConsumer
 
     decoder = decode or default_decoder()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         while True:

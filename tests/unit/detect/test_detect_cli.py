@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, key_arn, policy_doc, user
 from typer.testing import CliRunner
 
 from keytrail.cli.detect import register
-from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, key_arn, policy_doc, user
 
 runner = CliRunner()
 
@@ -34,8 +34,13 @@ def test_offline_detect_prints_one_json_alarm_per_line(app: typer.Typer, tmp_pat
     folder = tmp_path / "AWSLogs" / ACCOUNT / "CloudTrail" / "us-east-1"
     folder.mkdir(parents=True)
     write_log(folder / "a.json.gz", [denied("Decrypt", T0 + timedelta(seconds=1), key_arn(1), user("eve"))])
-    write_log(folder / "b.json", [denied("Decrypt", T0, key_arn(1), user("eve")),
-                                  {"eventSource": "s3.amazonaws.com", "eventName": "GetObject"}])
+    write_log(
+        folder / "b.json",
+        [
+            denied("Decrypt", T0, key_arn(1), user("eve")),
+            {"eventSource": "s3.amazonaws.com", "eventName": "GetObject"},
+        ],
+    )
     result = runner.invoke(app, ["detect", "--cloudtrail", str(tmp_path / "AWSLogs"), "--format", "json"])
     assert result.exit_code == 0, result.output
     [line] = result.output.splitlines()
@@ -45,22 +50,29 @@ def test_offline_detect_prints_one_json_alarm_per_line(app: typer.Typer, tmp_pat
 
 
 def test_offline_time_rules_use_as_of_or_the_last_event(app: typer.Typer, tmp_path: Path) -> None:
-    log = write_log(tmp_path / "log.json", [create_key(T0, key_arn(1)),
-                                             event("DescribeKey", T0 + timedelta(days=91), key_arn(2))])
+    log = write_log(
+        tmp_path / "log.json",
+        [create_key(T0, key_arn(1)), event("DescribeKey", T0 + timedelta(days=91), key_arn(2))],
+    )
     by_last_event = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--format", "json"])
     assert [json.loads(x)["keyArn"] for x in by_last_event.output.splitlines()] == [key_arn(1)]
-    early = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--format", "json",
-                                "--as-of", "2026-01-06T00:00:00Z"])
+    early = runner.invoke(
+        app, ["detect", "--cloudtrail", str(log), "--format", "json", "--as-of", "2026-01-06T00:00:00Z"]
+    )
     assert early.exit_code == 0 and early.output == ""
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["detect"], "give --cloudtrail"),
-    (["detect", "--cloudtrail", "/no/such/file.json"], "no such file"),
-    (["detect", "--cloudtrail", "{bad}", "--as-of", "yesterday"], "ISO-8601"),
-])
-def test_bad_input_is_one_line_and_non_zero(app: typer.Typer, tmp_path: Path, args: list[str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["detect"], "give --cloudtrail"),
+        (["detect", "--cloudtrail", "/no/such/file.json"], "no such file"),
+        (["detect", "--cloudtrail", "{bad}", "--as-of", "yesterday"], "ISO-8601"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(
+    app: typer.Typer, tmp_path: Path, args: list[str], message: str
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"NotRecords": 1}')
     args = [str(bad) if a == "{bad}" else a for a in args]
@@ -88,15 +100,29 @@ def test_rules_from_config_file(app: typer.Typer, tmp_path: Path) -> None:
 
 
 def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
-    public = policy_doc({"Sid": "Open", "Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"})
+    public = policy_doc(
+        {"Sid": "Open", "Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}
+    )
     inventory = tmp_path / "keys.json"
-    inventory.write_text(json.dumps([
-        {"KeyArn": key_arn(1), "Policy": public, "Grants": []},
-        {"KeyArn": key_arn(2), "Policy": None,
-         "Grants": [{"GrantId": "g1", "GranteePrincipal": "arn:aws:iam::999988887777:role/x",
-                     "Operations": ["Decrypt"]}]},
-        {"KeyArn": key_arn(3)},
-    ]))
+    inventory.write_text(
+        json.dumps(
+            [
+                {"KeyArn": key_arn(1), "Policy": public, "Grants": []},
+                {
+                    "KeyArn": key_arn(2),
+                    "Policy": None,
+                    "Grants": [
+                        {
+                            "GrantId": "g1",
+                            "GranteePrincipal": "arn:aws:iam::999988887777:role/x",
+                            "Operations": ["Decrypt"],
+                        }
+                    ],
+                },
+                {"KeyArn": key_arn(3)},
+            ]
+        )
+    )
     result = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--format", "json"])
     assert result.exit_code == 0, result.output
     alarms = [json.loads(line) for line in result.output.splitlines()]

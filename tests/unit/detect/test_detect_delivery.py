@@ -7,13 +7,14 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+from tests.unit.detect.records import T0, denied, key_arn, user
+
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import ALARM_SCHEMA, decode_alarm, encode_alarm
 from keytrail.detect.engine import Detector
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks import Dispatcher
 from keytrail.detect.sinks.jsonl import JsonlSink, read_alarms
-from tests.unit.detect.records import T0, denied, key_arn, user
 
 SCHEMA_FILE = Path(__file__).parents[3] / "schemas" / "alarm.avsc"
 

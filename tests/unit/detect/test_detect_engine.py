@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from tests.unit.detect.records import (
+    ACCOUNT,
+    T0,
+    create_key,
+    denied,
+    event,
+    key_arn,
+    policy_doc,
+    role,
+    steady_traffic,
+    user,
+)
+
 from keytrail.clock import ManualClock
 from keytrail.detect import Detector, RuleSet
-from tests.unit.detect.records import (
-    ACCOUNT, T0, create_key, denied, event, key_arn, policy_doc, role, steady_traffic, user,
-)
 
 KEY = key_arn(1)
 APP = role("app")
@@ -41,8 +51,13 @@ def test_known_principal_denied_starts_medium_and_escalates() -> None:
     detector = Detector()
     detector.process([event("Decrypt", T0, KEY, APP)])
     announced = detector.process(
-        [denied("Decrypt", T0 + timedelta(seconds=i + 1), KEY, APP, explicit=True,
-                policy="service control") for i in range(50)])
+        [
+            denied(
+                "Decrypt", T0 + timedelta(seconds=i + 1), KEY, APP, explicit=True, policy="service control"
+            )
+            for i in range(50)
+        ]
+    )
     assert [a.severity for a in announced] == ["MEDIUM", "HIGH", "CRITICAL"]
     [alarm] = detector.alarms()
     assert alarm.principal_arn == APP_ARN  # the role, not the session
@@ -52,20 +67,29 @@ def test_known_principal_denied_starts_medium_and_escalates() -> None:
 
 def test_denials_outside_the_window_raise_a_new_alarm() -> None:
     detector = Detector()
-    detector.process([denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0 + timedelta(hours=2), KEY, MALLORY)])
+    detector.process(
+        [denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0 + timedelta(hours=2), KEY, MALLORY)]
+    )
     assert [a.count for a in detector.alarms()] == [1, 1]
     assert len({a.alarm_id for a in detector.alarms()}) == 2
 
 
 def test_aws_service_and_allow_listed_denials_are_suppressed() -> None:
-    rules = RuleSet().override({"unauthorized-decrypt": {"parameters": {
-        "allow_principals": [f"arn:aws:iam::{ACCOUNT}:role/scanner*"]}}})
+    rules = RuleSet().override(
+        {
+            "unauthorized-decrypt": {
+                "parameters": {"allow_principals": [f"arn:aws:iam::{ACCOUNT}:role/scanner*"]}
+            }
+        }
+    )
     detector = Detector(rules)
-    detector.process([
-        denied("Decrypt", T0, KEY, role("ConfigRecorder", invoked_by="config.amazonaws.com")),
-        denied("Decrypt", T0, KEY, {"type": "AWSService", "invokedBy": "cloudtrail.amazonaws.com"}),
-        denied("Decrypt", T0, KEY, role("scanner-prod")),
-    ])
+    detector.process(
+        [
+            denied("Decrypt", T0, KEY, role("ConfigRecorder", invoked_by="config.amazonaws.com")),
+            denied("Decrypt", T0, KEY, {"type": "AWSService", "invokedBy": "cloudtrail.amazonaws.com"}),
+            denied("Decrypt", T0, KEY, role("scanner-prod")),
+        ]
+    )
     assert detector.alarms() == []
 
 
@@ -86,8 +110,14 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
     clock = ManualClock(T0)
     detector = Detector(clock=clock)
     used, idle = key_arn(1), key_arn(2)
-    detector.process([create_key(T0, used), create_key(T0, idle),
-                      event("RotateKeyOnDemand", T0, idle), event("Decrypt", T0 + timedelta(days=1), used, APP)])
+    detector.process(
+        [
+            create_key(T0, used),
+            create_key(T0, idle),
+            event("RotateKeyOnDemand", T0, idle),
+            event("Decrypt", T0 + timedelta(days=1), used, APP),
+        ]
+    )
     clock.advance(timedelta(days=89).total_seconds())
     assert detector.tick() == []
     clock.advance(timedelta(days=1, seconds=1).total_seconds())
@@ -104,18 +134,23 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
 def test_unused_key_skips_disabled_and_aws_managed_keys() -> None:
     detector = Detector()
     disabled, managed = key_arn(1), key_arn(2)
-    detector.process([create_key(T0, disabled), event("DisableKey", T0, disabled),
-                      create_key(T0, managed, manager="AWS")])
+    detector.process(
+        [create_key(T0, disabled), event("DisableKey", T0, disabled), create_key(T0, managed, manager="AWS")]
+    )
     assert detector.tick(T0 + timedelta(days=400)) == []
 
 
 def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     detector = Detector()
-    policy = policy_doc({"Sid": "Everyone", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt",
-                         "Resource": "*"})
-    detector.process([create_key(T0, KEY),
-                      event("PutKeyPolicy", T0, KEY, params={"keyId": KEY, "policyName": "default",
-                                                             "policy": policy})])
+    policy = policy_doc(
+        {"Sid": "Everyone", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}
+    )
+    detector.process(
+        [
+            create_key(T0, KEY),
+            event("PutKeyPolicy", T0, KEY, params={"keyId": KEY, "policyName": "default", "policy": policy}),
+        ]
+    )
     [alarm] = detector.alarms()
     assert alarm.rule == "permissive-key" and alarm.severity == "CRITICAL"
     assert alarm.principal_arn == f"arn:aws:iam::{ACCOUNT}:user/alice"
@@ -125,8 +160,15 @@ def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
 
 
 def test_create_key_with_restricted_policy_and_default_policy_fire_nothing() -> None:
-    restricted = policy_doc({"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
-                             "Condition": {"StringEquals": {"kms:CallerAccount": ACCOUNT}}})
+    restricted = policy_doc(
+        {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:CallerAccount": ACCOUNT}},
+        }
+    )
     detector = Detector()
     detector.process([create_key(T0, key_arn(1), restricted), create_key(T0, key_arn(2))])
     assert detector.alarms() == []
@@ -135,9 +177,17 @@ def test_create_key_with_restricted_policy_and_default_policy_fire_nothing() -> 
 def test_create_grant_to_external_principal() -> None:
     detector = Detector()
     grantee = "arn:aws:iam::999988887777:role/outsider"
-    detector.process([event("CreateGrant", T0, KEY, params={"keyId": KEY, "granteePrincipal": grantee,
-                                                           "operations": ["Decrypt"]},
-                            response={"grantId": "g-123"})])
+    detector.process(
+        [
+            event(
+                "CreateGrant",
+                T0,
+                KEY,
+                params={"keyId": KEY, "granteePrincipal": grantee, "operations": ["Decrypt"]},
+                response={"grantId": "g-123"},
+            )
+        ]
+    )
     [alarm] = detector.alarms()
     [finding] = json.loads(alarm.details["findings"])
     assert (finding["code"], finding["grantId"]) == ("grant-external-principal", "g-123")
@@ -146,13 +196,27 @@ def test_create_grant_to_external_principal() -> None:
 def test_schedule_deletion_of_recently_used_key_and_use_while_pending() -> None:
     detector = Detector()
     admin = user("admin")
-    detector.process([
-        create_key(T0, KEY), event("Decrypt", T0 + timedelta(days=3), KEY, APP),
-        event("ScheduleKeyDeletion", T0 + timedelta(days=10), KEY, admin,
-              params={"keyId": KEY, "pendingWindowInDays": 7}),
-        event("Decrypt", T0 + timedelta(days=11), KEY, APP, error="KMSInvalidStateException",
-              message=f"{KEY} is pending deletion."),
-    ])
+    detector.process(
+        [
+            create_key(T0, KEY),
+            event("Decrypt", T0 + timedelta(days=3), KEY, APP),
+            event(
+                "ScheduleKeyDeletion",
+                T0 + timedelta(days=10),
+                KEY,
+                admin,
+                params={"keyId": KEY, "pendingWindowInDays": 7},
+            ),
+            event(
+                "Decrypt",
+                T0 + timedelta(days=11),
+                KEY,
+                APP,
+                error="KMSInvalidStateException",
+                message=f"{KEY} is pending deletion.",
+            ),
+        ]
+    )
     stop, use = detector.alarms()
     assert (stop.rule, stop.severity, stop.principal_arn) == ("key-deletion-in-use", "CRITICAL", admin["arn"])
     assert stop.details["lastUsedBy"] == APP_ARN and stop.details["pendingWindowInDays"] == "7"
@@ -187,7 +251,9 @@ def test_repeated_event_ids_are_processed_once() -> None:
 
 def test_non_kms_and_unreadable_records_are_skipped() -> None:
     detector = Detector()
-    detector.process([{"eventSource": "s3.amazonaws.com", "eventName": "GetObject"}, {"eventName": "Decrypt"}])
+    detector.process(
+        [{"eventSource": "s3.amazonaws.com", "eventName": "GetObject"}, {"eventName": "Decrypt"}]
+    )
     assert detector.skipped == 2 and detector.alarms() == []
 
 

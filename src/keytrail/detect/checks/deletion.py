@@ -45,40 +45,69 @@ class KeyDeletionInUse:
         recent = timedelta(days=float(self.rule.param("recent_days")))
         if record is None or record.last_used is None or event.event_time - record.last_used > recent:
             return []
-        details = {"operation": event.event_name, "lastUsed": format_time(record.last_used),
-                   "lastUsedBy": record.last_used_by or "",
-                   "lastUsedEventId": record.last_used_event_id or ""}
+        details = {
+            "operation": event.event_name,
+            "lastUsed": format_time(record.last_used),
+            "lastUsedBy": record.last_used_by or "",
+            "lastUsedEventId": record.last_used_event_id or "",
+        }
         window = event.request_parameters.get("pendingWindowInDays")
         if window is not None:
             details["pendingWindowInDays"] = str(window)
-        return [self._finding(
-            event, Severity.CRITICAL if event.event_name == "ScheduleKeyDeletion" else None,
-            f"{event.event_name} on {event.key_arn}, last used {format_time(record.last_used)} "
-            f"by {record.last_used_by or 'unknown'}",
-            _STOP_RECOMMENDATION.format(user=record.last_used_by or "unknown"), details)]
+        return [
+            self._finding(
+                event,
+                Severity.CRITICAL if event.event_name == "ScheduleKeyDeletion" else None,
+                f"{event.event_name} on {event.key_arn}, last used {format_time(record.last_used)} "
+                f"by {record.last_used_by or 'unknown'}",
+                _STOP_RECOMMENDATION.format(user=record.last_used_by or "unknown"),
+                details,
+            )
+        ]
 
     def _attempt(self, event: KmsEvent) -> list[Finding]:
         record = self.ledger.get(event.key_arn)
         message = (event.error_message or "").lower()
         pending = "pending deletion" in message or (
-            event.error_code == "KMSInvalidStateException" and record is not None
-            and record.state == "PendingDeletion")
+            event.error_code == "KMSInvalidStateException"
+            and record is not None
+            and record.state == "PendingDeletion"
+        )
         if pending:
             what, severity = "pending deletion", Severity.HIGH
         elif event.error_code == "DisabledException" and self.rule.param("alert_on_disabled_use"):
             what, severity = "disabled", Severity.MEDIUM
         else:
             return []
-        return [self._finding(
-            event, severity,
-            f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on "
-            f"{event.key_arn}, which is {what}", _USE_RECOMMENDATION,
-            {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or ""})]
+        return [
+            self._finding(
+                event,
+                severity,
+                f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on "
+                f"{event.key_arn}, which is {what}",
+                _USE_RECOMMENDATION,
+                {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or ""},
+            )
+        ]
 
-    def _finding(self, event: KmsEvent, severity: Severity | None, summary: str,
-                 recommendation: str, details: dict[str, str]) -> Finding:
+    def _finding(
+        self,
+        event: KmsEvent,
+        severity: Severity | None,
+        summary: str,
+        recommendation: str,
+        details: dict[str, str],
+    ) -> Finding:
         return Finding(
-            rule=self.rule_id, time=event.event_time, key_arn=event.key_arn,
-            principal_arn=event.principal_arn, event_id=event.event_id,
-            account_id=event.account_id, region=event.region, severity=severity,
-            summary=summary, recommendation=recommendation, details=details)
+            rule=self.rule_id,
+            time=event.event_time,
+            key_arn=event.key_arn,
+            principal_arn=event.principal_arn,
+            event_id=event.event_id,
+            account_id=event.account_id,
+            region=event.region,
+            severity=severity,
+            summary=summary,
+            recommendation=recommendation,
+            details=details,
+        )

@@ -80,14 +80,23 @@ class UsageSpike:
     def _finding(self, event: KmsEvent, baseline: float, observed: int, history: int) -> Finding:
         high = observed >= float(self.rule.param("high_factor")) * baseline
         return Finding(
-            rule=self.rule_id, time=event.event_time, key_arn=event.key_arn,
-            principal_arn=event.principal_arn, event_id=event.event_id,
-            account_id=event.account_id, region=event.region,
+            rule=self.rule_id,
+            time=event.event_time,
+            key_arn=event.key_arn,
+            principal_arn=event.principal_arn,
+            event_id=event.event_id,
+            account_id=event.account_id,
+            region=event.region,
             severity=Severity.HIGH if high else None,
             summary=f"{event.principal_arn} made {observed} calls/min on {event.key_arn} "
-                    f"against a baseline of {baseline:.2f}/min",
+            f"against a baseline of {baseline:.2f}/min",
             recommendation="Confirm the caller's new load is expected (deploy, backfill, cache off); "
-                           "if not, treat its credentials as compromised. Data-key caching or S3 "
-                           "Bucket Keys cut KMS calls and cost.",
-            details={"baselineAverage": f"{baseline:.4f}", "observedRate": str(observed),
-                     "baselineDurationMinutes": str(history), "eventName": event.event_name})
+            "if not, treat its credentials as compromised. Data-key caching or S3 "
+            "Bucket Keys cut KMS calls and cost.",
+            details={
+                "baselineAverage": f"{baseline:.4f}",
+                "observedRate": str(observed),
+                "baselineDurationMinutes": str(history),
+                "eventName": event.event_name,
+            },
+        )

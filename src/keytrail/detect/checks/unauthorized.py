@@ -43,7 +43,8 @@ class UnauthorizedDecrypt:
     def _suppressed(self, event: KmsEvent) -> bool:
         params = self.rule.parameters
         if params["suppress_aws_services"] and (
-                event.identity_type == "AWSService" or event.invoked_by in params["aws_service_callers"]):
+            event.identity_type == "AWSService" or event.invoked_by in params["aws_service_callers"]
+        ):
             return True
         principal = event.principal_arn or ""
         return any(fnmatchcase(principal, pattern) for pattern in params["allow_principals"])
@@ -52,8 +53,12 @@ class UnauthorizedDecrypt:
         reason = parse_deny_reason(event.error_message)
         new = not self.ledger.has_used(event.key_arn, event.principal_arn)
         bump = int(self.rule.param("new_principal_bump"))
-        details = {"denyType": reason.kind, "policyType": reason.policy_type or "unknown",
-                   "eventName": event.event_name, "errorCode": event.error_code or ""}
+        details = {
+            "denyType": reason.kind,
+            "policyType": reason.policy_type or "unknown",
+            "eventName": event.event_name,
+            "errorCode": event.error_code or "",
+        }
         key_account = arn_region_account(event.key_arn)[1]
         if event.account_id and key_account and event.account_id != key_account:
             details["crossAccount"] = "true"
@@ -61,11 +66,16 @@ class UnauthorizedDecrypt:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
         who = event.principal_arn or "an unknown principal"
         return Finding(
-            rule=self.rule_id, time=event.event_time, key_arn=event.key_arn,
-            principal_arn=event.principal_arn, event_id=event.event_id,
-            account_id=event.account_id, region=event.region,
+            rule=self.rule_id,
+            time=event.event_time,
+            key_arn=event.key_arn,
+            principal_arn=event.principal_arn,
+            event_id=event.event_id,
+            account_id=event.account_id,
+            region=event.region,
             severity=self.rule.severity.bump(bump) if new and bump else None,
             summary=f"{who} was denied {event.event_name} on {event.key_arn or 'a key'} "
-                    f"({reason.kind} deny, {reason.policy_type or 'unknown'} policy)",
+            f"({reason.kind} deny, {reason.policy_type or 'unknown'} policy)",
             recommendation=_RECOMMENDATION.format(principal=who, policy=reason.policy_type or "key"),
-            details=details)
+            details=details,
+        )

@@ -52,7 +52,9 @@ class UnusedKey:
     def monthly_cost(self, record: KeyRecord) -> float:
         """$1/key-month plus $1 for each of the first two rotations (audit-anchors §3.1)."""
         rotations = min(record.rotations, int(self.rule.param("max_billed_rotations")))
-        return float(self.rule.param("key_month_usd")) + rotations * float(self.rule.param("rotation_month_usd"))
+        return float(self.rule.param("key_month_usd")) + rotations * float(
+            self.rule.param("rotation_month_usd")
+        )
 
     def _finding(self, record: KeyRecord, since: datetime, crossed: datetime) -> Finding:
         days = int(float(self.rule.param("unused_days")))
@@ -64,12 +66,22 @@ class UnusedKey:
             used = "never used" if record.created else "no use seen since " + format_time(since)
         region, account = arn_region_account(record.key_arn)
         return Finding(
-            rule=self.rule_id, time=crossed, key_arn=record.key_arn, principal_arn=None,
+            rule=self.rule_id,
+            time=crossed,
+            key_arn=record.key_arn,
+            principal_arn=None,
             event_id=record.last_used_event_id or record.created_event_id,
-            account_id=account, region=region,
+            account_id=account,
+            region=region,
             summary=f"{record.key_arn} has had no successful cryptographic use for {days} days "
-                    f"({used}); deleting it would save ${cost:.2f}/month",
+            f"({used}); deleting it would save ${cost:.2f}/month",
             recommendation=_RECOMMENDATION.format(cost=cost),
-            details={"basis": basis, "idleSince": format_time(since), "unusedDays": str(days),
-                     "monthlyCostUsd": f"{cost:.2f}", "rotations": str(record.rotations),
-                     "lastUsedBy": record.last_used_by or ""})
+            details={
+                "basis": basis,
+                "idleSince": format_time(since),
+                "unusedDays": str(days),
+                "monthlyCostUsd": f"{cost:.2f}",
+                "rotations": str(record.rotations),
+                "lastUsedBy": record.last_used_by or "",
+            },
+        )

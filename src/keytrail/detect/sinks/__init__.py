@@ -36,8 +36,10 @@ class Dispatcher:
         self.dropped = 0
         self.failed = 0
         self._queues: list[asyncio.Queue[Alarm]] = [asyncio.Queue(queue_size) for _ in self.sinks]
-        self._workers = [asyncio.create_task(self._work(sink, queue), name=f"alarm-sink-{i}")
-                         for i, (sink, queue) in enumerate(zip(self.sinks, self._queues, strict=True))]
+        self._workers = [
+            asyncio.create_task(self._work(sink, queue), name=f"alarm-sink-{i}")
+            for i, (sink, queue) in enumerate(zip(self.sinks, self._queues, strict=True))
+        ]
 
     def publish(self, alarm: Alarm) -> None:
         """Queue the alarm for every sink; a full queue drops it for that sink (logged)."""
@@ -46,7 +48,9 @@ class Dispatcher:
                 queue.put_nowait(alarm)
             except asyncio.QueueFull:
                 self.dropped += 1
-                log.warning("alarm queue of %s is full; dropped alarm %s", type(sink).__name__, alarm.alarm_id)
+                log.warning(
+                    "alarm queue of %s is full; dropped alarm %s", type(sink).__name__, alarm.alarm_id
+                )
 
     async def _work(self, sink: AlarmSink, queue: asyncio.Queue[Alarm]) -> None:
         while True:

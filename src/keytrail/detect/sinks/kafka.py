@@ -34,8 +34,12 @@ class KafkaSink:
 
     async def _start(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                        enable_idempotence=False, request_timeout_ms=10_000)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                enable_idempotence=False,
+                request_timeout_ms=10_000,
+            )
             await producer.start()
             self._producer = producer
         return self._producer

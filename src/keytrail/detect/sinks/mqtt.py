@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -24,8 +25,15 @@ class DeliveryError(RuntimeError):
 class MqttSink:
     """Publishes alarms over one connection, reopened (with backoff) whenever it breaks."""
 
-    def __init__(self, url: str, topic_prefix: str = "keytrail/alarms", *, attempts: int = 5,
-                 backoff: float = 0.5, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        topic_prefix: str = "keytrail/alarms",
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 10.0,
+    ) -> None:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://HOST:PORT)")
@@ -34,7 +42,12 @@ class MqttSink:
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._tls = ssl.create_default_context() if parts.scheme == "mqtts" else None
-        self.topic_prefix, self.attempts, self.backoff, self.timeout = topic_prefix, attempts, backoff, timeout
+        self.topic_prefix, self.attempts, self.backoff, self.timeout = (
+            topic_prefix,
+            attempts,
+            backoff,
+            timeout,
+        )
         self._client: aiomqtt.Client | None = None
 
     def topic(self, alarm: Alarm) -> str:
@@ -55,8 +68,14 @@ class MqttSink:
 
     async def _connect(self) -> aiomqtt.Client:
         if self._client is None:
-            client = aiomqtt.Client(self._host, self._port, username=self._username,
-                                    password=self._password, tls_context=self._tls, timeout=self.timeout)
+            client = aiomqtt.Client(
+                self._host,
+                self._port,
+                username=self._username,
+                password=self._password,
+                tls_context=self._tls,
+                timeout=self.timeout,
+            )
             await client.__aenter__()
             self._client = client
         return self._client
@@ -64,10 +83,8 @@ class MqttSink:
     async def _disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            try:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):  # already broken: why we are here
                 await client.__aexit__(None, None, None)
-            except (aiomqtt.MqttError, OSError):
-                pass  # already broken: that is why we are here
 
     async def aclose(self) -> None:
         await self._disconnect()

@@ -37,16 +37,27 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
 class WebhookSink:
     """POSTs each alarm; after `attempts` failures writes it to the dead-letter file."""
 
-    def __init__(self, url: str, secret: bytes, dead_letter: Path, *, attempts: int = 5,
-                 backoff: float = 0.5, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        secret: bytes,
+        dead_letter: Path,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 10.0,
+    ) -> None:
         self.url, self.secret, self.dead_letter = url, secret, dead_letter
         self.attempts, self.backoff = attempts, backoff
         self._client = httpx.AsyncClient(timeout=timeout)
 
     async def deliver(self, alarm: Alarm) -> None:
         body = json.dumps(alarm.to_json(), separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.secret, body),
-                   "X-Keytrail-Alarm-Id": alarm.alarm_id}
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body),
+            "X-Keytrail-Alarm-Id": alarm.alarm_id,
+        }
         error = ""
         for attempt in range(1, self.attempts + 1):
             try:
@@ -56,15 +67,22 @@ class WebhookSink:
                 error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            log.warning("webhook %s: alarm %s attempt %d failed: %s", self.url, alarm.alarm_id, attempt, error)
+            log.warning(
+                "webhook %s: alarm %s attempt %d failed: %s", self.url, alarm.alarm_id, attempt, error
+            )
             if attempt < self.attempts:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
         await asyncio.to_thread(self._dead_letter, alarm, error)
 
     def _dead_letter(self, alarm: Alarm, error: str) -> None:
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"url": self.url, "error": error, "attempts": self.attempts,
-                 "failedAt": format_time(datetime.now(UTC)), "alarm": alarm.to_json()}
+        entry = {
+            "url": self.url,
+            "error": error,
+            "attempts": self.attempts,
+            "failedAt": format_time(datetime.now(UTC)),
+            "alarm": alarm.to_json(),
+        }
         with self.dead_letter.open("a", encoding="utf-8") as file:
             file.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
