@@ -61,7 +61,8 @@ class Detector:
             if event is None:
                 continue
             for check in self._checks:
-                announced += self._record(check.observe(event))
+                if found := check.observe(event):
+                    announced += self._record(found)
             self.ledger.update(event)
             if self.last_event_time is None or event.event_time > self.last_event_time:
                 self.last_event_time = event.event_time

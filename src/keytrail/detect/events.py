@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["CRYPTO_OPERATIONS", "KmsEvent", "parse_time", "read_event"]
@@ -66,6 +68,7 @@ class KmsEvent:
         return self.event_name in CRYPTO_OPERATIONS
 
 
+@lru_cache(maxsize=4096)  # consecutive events share their second
 def parse_time(text: str) -> datetime:
     """CloudTrail's eventTime (`2025-05-20T20:46:16Z`) as an aware UTC datetime."""
     return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
@@ -112,4 +115,9 @@ def _principal_arn(identity: Mapping[str, Any]) -> str | None:
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # the common case, without the slower ABC check
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
