@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from tests.unit.detect.records import denied, event, key_arn, role, user
 
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
-from tests.unit.detect.records import denied, event, key_arn, role, user
 
 
 async def subscribe(host: str, port: int, received: dict[str, float], ready: asyncio.Event) -> None:
@@ -38,7 +38,7 @@ async def subscribe(host: str, port: int, received: dict[str, float], ready: asy
 
 async def load(runner: DetectorRunner, seconds: float, rate: int, sent: dict[str, float]) -> None:
     apps = [role(f"app{i}") for i in range(50)]
-    tick, per_tick, n = 0.01, max(1, rate // 100), 0
+    per_tick, n = max(1, rate // 100), 0  # fed every 10 ms
     loop = asyncio.get_running_loop()
     start = loop.time()
     while loop.time() - start < seconds:

@@ -20,8 +20,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from keytrail.detect import Detector, RuleSet
 from tests.unit.detect.records import T0, denied, event, key_arn, role, user
+
+from keytrail.detect import Detector, RuleSet
 
 CRYPTO = ("Decrypt", "Encrypt", "GenerateDataKey")
 

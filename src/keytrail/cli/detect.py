@@ -17,7 +17,7 @@ from keytrail.clock import SystemClock
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
-from keytrail.detect.sources import kafka_batches, read_cloudtrail
+from keytrail.detect.sources import kafka_batches, read_cloudtrail_events
 
 __all__ = ["analyze_keys", "register"]
 
@@ -81,7 +81,8 @@ def detect(
 def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -> list[Alarm]:
     """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`."""
     detector = Detector(rules)
-    detector.process(read_cloudtrail(paths))
+    events, _ = read_cloudtrail_events(paths)
+    detector.process_events(events)
     detector.tick(as_of)
     return detector.alarms()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,7 @@ from keytrail.detect.checks.permissive import PermissiveKey
 from keytrail.detect.checks.spike import UsageSpike
 from keytrail.detect.checks.unauthorized import UnauthorizedDecrypt
 from keytrail.detect.checks.unused import UnusedKey
-from keytrail.detect.events import KmsEvent, read_event
+from keytrail.detect.events import KmsEvent, read_kms_event
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import RuleSet
 
@@ -24,7 +24,6 @@ __all__ = ["Detector"]
 
 log = logging.getLogger(__name__)
 
-KMS_SOURCE = "kms.amazonaws.com"
 _SEEN_EVENT_IDS = 200_000  # at-least-once delivery repeats recent events, not old ones
 
 
@@ -53,12 +52,15 @@ class Detector:
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]
 
-    def process(self, events: Iterable[Mapping[str, Any]]) -> list[Alarm]:
-        """Feed CloudTrail records in order; non-KMS, unreadable and repeated records are skipped."""
+    def process(self, records: Iterable[Mapping[str, Any]]) -> list[Alarm]:
+        """Feed CloudTrail records in order; other services' and unreadable records are skipped."""
+        return self.process_events(self._read(records))
+
+    def process_events(self, events: Iterable[KmsEvent]) -> list[Alarm]:
+        """Feed events already read (offline reading converts while it parses); repeats are skipped."""
         announced: list[Alarm] = []
-        for record in events:
-            event = self._read(record)
-            if event is None:
+        for event in events:
+            if self._repeated(event):
                 continue
             for check in self._checks:
                 if found := check.observe(event):
@@ -86,20 +88,25 @@ class Detector:
         alarms = [self.book.record(finding) for finding in findings]
         return [alarm for alarm in alarms if alarm is not None]
 
-    def _read(self, record: Mapping[str, Any]) -> KmsEvent | None:
-        if record.get("eventSource", KMS_SOURCE) != KMS_SOURCE:
-            self.skipped += 1
-            return None
-        try:
-            event = read_event(record)
-        except (KeyError, ValueError, TypeError) as exc:
-            log.warning("skipping unreadable CloudTrail record %s: %s", record.get("eventID"), exc)
-            self.skipped += 1
-            return None
-        if event.event_id:
-            if event.event_id in self._seen:
-                return None
-            self._seen[event.event_id] = None
-            if len(self._seen) > _SEEN_EVENT_IDS:
-                self._seen.popitem(last=False)
-        return event
+    def _read(self, records: Iterable[Mapping[str, Any]]) -> Iterator[KmsEvent]:
+        for record in records:
+            try:
+                event = read_kms_event(record)
+            except ValueError as exc:
+                log.warning("skipping %s", exc)
+                event = None
+            if event is None:
+                self.skipped += 1
+            else:
+                yield event
+
+    def _repeated(self, event: KmsEvent) -> bool:
+        # At-least-once delivery: the same eventID may come twice; process it once.
+        if not event.event_id:
+            return False
+        if event.event_id in self._seen:
+            return True
+        self._seen[event.event_id] = None
+        if len(self._seen) > _SEEN_EVENT_IDS:
+            self._seen.popitem(last=False)
+        return False

@@ -13,7 +13,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["CRYPTO_OPERATIONS", "KmsEvent", "parse_time", "read_event"]
+__all__ = ["CRYPTO_OPERATIONS", "KMS_SOURCE", "KmsEvent", "parse_time", "read_event", "read_kms_event"]
 
 # Cryptographic operations, as GetKeyLastUsage tracks them (audit-anchors §2.5).
 CRYPTO_OPERATIONS = frozenset(
@@ -52,7 +52,6 @@ class KmsEvent:
     error_message: str | None
     request_parameters: Mapping[str, Any]
     response_elements: Mapping[str, Any]
-    raw: Mapping[str, Any]
 
     @property
     def key_arn(self) -> str | None:
@@ -74,6 +73,19 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
 
 
+KMS_SOURCE = "kms.amazonaws.com"
+
+
+def read_kms_event(record: Mapping[str, Any]) -> KmsEvent | None:
+    """None for another service's record; ValueError when a KMS record lacks eventTime/eventName."""
+    if record.get("eventSource", KMS_SOURCE) != KMS_SOURCE:
+        return None
+    try:
+        return read_event(record)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable CloudTrail record {record.get('eventID')}: {exc!r}") from None
+
+
 def read_event(record: Mapping[str, Any]) -> KmsEvent:
     """Read one CloudTrail record; raises KeyError/ValueError when eventTime or eventName is missing."""
     identity = record.get("userIdentity") or {}
@@ -91,7 +103,6 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         error_message=record.get("errorMessage"),
         request_parameters=_mapping(record.get("requestParameters")),
         response_elements=_mapping(record.get("responseElements")),
-        raw=record,
     )
 
 

@@ -7,12 +7,22 @@ it is importable, Kafka values that are JSON CloudTrail records are read directl
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AUDIT_TOPIC", "Decoder", "default_decoder", "kafka_batches", "read_cloudtrail"]
+import orjson
+
+from keytrail.detect.events import KmsEvent, read_kms_event
+
+__all__ = [
+    "AUDIT_TOPIC",
+    "Decoder",
+    "default_decoder",
+    "kafka_batches",
+    "read_cloudtrail",
+    "read_cloudtrail_events",
+]
 
 AUDIT_TOPIC = "keytrail.audit.v1"
 Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
@@ -26,6 +36,25 @@ def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
         records += _records(path)
     records.sort(key=lambda r: (str(r.get("eventTime", "")), str(r.get("eventID", ""))))
     return records
+
+
+def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
+    """The KMS events of CloudTrail log files in eventTime order, and how many records were skipped
+    (other services, unreadable). Each file's dicts are dropped once read, to keep memory low."""
+    events: list[KmsEvent] = []
+    skipped = 0
+    for path in _files(paths):
+        for record in _records(path):
+            try:
+                event = read_kms_event(record)
+            except ValueError:
+                event = None
+            if event is None:
+                skipped += 1
+            else:
+                events.append(event)
+    events.sort(key=lambda e: (e.event_time, e.event_id))
+    return events, skipped
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:
@@ -43,8 +72,8 @@ def _files(paths: Iterable[Path]) -> list[Path]:
 def _records(path: Path) -> list[dict[str, Any]]:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-        doc = json.loads(raw)
-    except (OSError, ValueError) as exc:
+        doc = orjson.loads(raw)
+    except (OSError, ValueError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a CloudTrail log file ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
         raise ValueError(f'{path}: not a CloudTrail log file (no "Records" list)')
@@ -61,7 +90,7 @@ def default_decoder() -> Decoder:
     def decode(values: list[bytes]) -> list[dict[str, Any]]:
         if decode_batch is not None and values and values[0][:2] == b"\xc3\x01":
             return list(decode_batch(values))
-        return [json.loads(value) for value in values]
+        return [orjson.loads(value) for value in values]
 
     return decode
 
