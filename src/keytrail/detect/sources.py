@@ -6,8 +6,10 @@ it is importable, Kafka values that are JSON CloudTrail records are read directl
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import gzip
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +40,44 @@ def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return records
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: parsing builds millions of acyclic dicts, and every collection would
+    walk all of them again (measured ~2x on a 50k-record file)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
     """The KMS events of CloudTrail log files in eventTime order, and how many records were skipped
     (other services, unreadable). Each file's dicts are dropped once read, to keep memory low."""
     events: list[KmsEvent] = []
     skipped = 0
-    for path in _files(paths):
-        for record in _records(path):
-            try:
-                event = read_kms_event(record)
-            except ValueError:
-                event = None
-            if event is None:
-                skipped += 1
-            else:
-                events.append(event)
+    with gc_paused():
+        for path in _files(paths):
+            skipped += _read_events(path, events)
     events.sort(key=lambda e: (e.event_time, e.event_id))
     return events, skipped
+
+
+def _read_events(path: Path, events: list[KmsEvent]) -> int:
+    """Append the KMS events of one file; returns the number of records skipped."""
+    skipped = 0
+    for record in _records(path):
+        try:
+            event = read_kms_event(record)
+        except ValueError:
+            event = None
+        if event is None:
+            skipped += 1
+        else:
+            events.append(event)
+    return skipped
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:
