@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import gzip
+import itertools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,10 @@ __all__ = [
     "read_cloudtrail_events",
 ]
 
+log = logging.getLogger(__name__)
+
 AUDIT_TOPIC = "keytrail.audit.v1"
+AVRO_MAGIC = b"\xc3\x01"  # Avro single-object encoding
 Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
 
 
@@ -104,16 +109,29 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def default_decoder() -> Decoder:
-    """The audit codec when present; JSON CloudTrail records otherwise."""
+    """The audit codec for Avro single-object values, JSON CloudTrail records otherwise; a value
+    neither can read is logged and skipped (one bad message must not stop the detector)."""
     try:
-        from keytrail.audit.schema import decode_batch
+        from keytrail.audit.schema import decode_batch as avro_batch
     except ImportError:
-        decode_batch = None
+        avro_batch = None
+
+    def decode_run(values: list[bytes], avro: bool) -> list[dict[str, Any]]:
+        try:
+            if avro and avro_batch is None:
+                raise ValueError("Avro audit values but keytrail.audit.schema is not installed")
+            return list(avro_batch(values)) if avro else [orjson.loads(v) for v in values]  # type: ignore[misc]
+        except Exception as exc:
+            if len(values) > 1:  # find the bad one(s), keep the rest
+                return [record for value in values for record in decode_run([value], avro)]
+            log.warning("skipping an audit message that cannot be decoded: %s", exc)
+            return []
 
     def decode(values: list[bytes]) -> list[dict[str, Any]]:
-        if decode_batch is not None and values and values[0][:2] == b"\xc3\x01":
-            return list(decode_batch(values))
-        return [orjson.loads(value) for value in values]
+        records: list[dict[str, Any]] = []
+        for avro, run in itertools.groupby(values, key=lambda value: value[:2] == AVRO_MAGIC):
+            records += decode_run(list(run), avro)
+        return records
 
     return decode
 

@@ -83,3 +83,10 @@ async def test_jsonl_sink_appends(tmp_path: Path) -> None:
     await sink.deliver(alarm)
     await sink.aclose()
     assert list(read_alarms(tmp_path / "a" / "alarms.jsonl").values()) == [alarm]
+
+
+def test_kafka_decoder_skips_what_it_cannot_read_and_keeps_the_rest() -> None:
+    from keytrail.detect.sources import default_decoder
+
+    values = [b'{"eventName": "Decrypt"}', b"\xc3\x01 not avro", b"not json", b'{"eventName": "Encrypt"}']
+    assert [r["eventName"] for r in default_decoder()(values)] == ["Decrypt", "Encrypt"]
