@@ -38,6 +38,7 @@ class KeyRecord:
     last_used_by: str | None = None
     rotations: int = 0
     principals: set[str] = field(default_factory=set)
+    confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
 
 
 class KeyLedger:
@@ -67,6 +68,7 @@ class KeyLedger:
 
     @staticmethod
     def _apply(record: KeyRecord, event: KmsEvent) -> None:
+        record.confirmed = True
         if event.principal_arn:
             record.principals.add(event.principal_arn)
         name = event.event_name

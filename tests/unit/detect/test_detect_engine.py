@@ -131,11 +131,16 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
     assert [a.key_arn for a in detector.tick()] == [used]
 
 
-def test_unused_key_skips_disabled_and_aws_managed_keys() -> None:
+def test_unused_key_skips_disabled_aws_managed_and_only_denied_keys() -> None:
     detector = Detector()
     disabled, managed = key_arn(1), key_arn(2)
     detector.process(
-        [create_key(T0, disabled), event("DisableKey", T0, disabled), create_key(T0, managed, manager="AWS")]
+        [
+            denied("Decrypt", T0, key_arn(3, account="999988887777"), MALLORY),
+            create_key(T0, disabled),
+            event("DisableKey", T0, disabled),
+            create_key(T0, managed, manager="AWS"),
+        ]
     )
     assert detector.tick(T0 + timedelta(days=400)) == []
 

@@ -43,7 +43,7 @@ class UnusedKey:
         return findings
 
     def _idle_since(self, record: KeyRecord) -> datetime | None:
-        if record.state != "Enabled" or record.key_manager == "AWS":
+        if not record.confirmed or record.state != "Enabled" or record.key_manager == "AWS":
             return None  # AWS managed keys cost nothing to keep; disabled keys are already parked
         if record.key_manager is None and not self.rule.param("include_unknown_manager"):
             return None
