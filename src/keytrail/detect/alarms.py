@@ -154,6 +154,18 @@ class AlarmBook:
         """Forget the open alarm for this slot: the next finding raises a new alarm."""
         self._open.pop((rule, key_arn, principal_arn), None)
 
+    def forget_closed(self, now: datetime) -> int:
+        """Drop alarms whose window has passed and whose latest state was announced (a long-running
+        detector keeps only open alarms); returns how many were dropped."""
+        closed = [
+            slot
+            for slot, entry in self._open.items()
+            if now - entry.last_seen > self._rules[slot[0]].window and entry.alarm_id not in self._changed
+        ]
+        for slot in closed:
+            del self._all[self._open.pop(slot).alarm_id]
+        return len(closed)
+
     def pending(self) -> list[Alarm]:
         """Alarms updated since they were last announced (count, lastSeen), then marks them announced."""
         alarms = [self._snapshot(self._all[alarm_id]) for alarm_id in sorted(self._changed)]

@@ -80,6 +80,11 @@ class Detector:
         seen = {alarm.alarm_id for alarm in announced}
         return announced + [alarm for alarm in self.book.pending() if alarm.alarm_id not in seen]
 
+    def forget_closed(self, now: datetime | None = None) -> int:
+        """Let go of announced alarms whose window has closed (long-running detectors)."""
+        moment = now or (self._clock.now() if self._clock else self.last_event_time)
+        return self.book.forget_closed(moment) if moment is not None else 0
+
     def alarms(self) -> list[Alarm]:
         """The current state of every alarm raised so far."""
         return self.book.alarms()

@@ -65,8 +65,10 @@ class DetectorRunner:
         return announced
 
     async def tick(self, now: datetime | None = None) -> list[Alarm]:
-        """Time-based rules and the latest counts of open alarms, delivered."""
-        return self._publish(self.detector.tick(now))
+        """Time-based rules and the latest counts of open alarms, delivered; closed alarms let go."""
+        announced = self._publish(self.detector.tick(now))
+        self.detector.forget_closed(now)
+        return announced
 
     def alarms(self) -> list[Alarm]:
         return self.detector.alarms()

@@ -268,3 +268,15 @@ def test_tick_reports_updates_of_open_alarms() -> None:
     [update] = detector.tick()
     assert update.count == 2
     assert detector.tick() == []
+
+
+def test_closed_and_announced_alarms_are_forgotten_by_long_running_detectors() -> None:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0, key_arn(2), MALLORY)])
+    detector.process([denied("Decrypt", T0 + timedelta(minutes=30), key_arn(2), MALLORY)])
+    assert detector.forget_closed(T0 + timedelta(minutes=61)) == 1  # KEY's window has closed
+    assert [a.key_arn for a in detector.alarms()] == [key_arn(2)]
+    assert detector.forget_closed(T0 + timedelta(minutes=95)) == 0  # its update is not announced yet
+    detector.tick()
+    assert detector.forget_closed(T0 + timedelta(minutes=95)) == 1
+    assert detector.alarms() == []
