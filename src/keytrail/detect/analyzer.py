@@ -214,29 +214,14 @@ def analyze_grant(grant: Mapping[str, Any], zone: TrustZone) -> list[PolicyFindi
     if not grantee or grantee.endswith(".amazonaws.com"):
         return []  # service grants (EBS, RDS…): revoking them breaks the resource (cnspec#3698)
     account = arn_account(grantee)
-    if grantee == "*" or grantee.endswith(":root") or grantee == account:
-        return [
-            PolicyFinding(
-                "grant-broad-grantee",
-                Severity.MEDIUM,
-                source,
-                grantee,
-                f"{source}: granted to a whole account ({grantee})",
-                grant_id=grant_id,
-            )
-        ]
     if account is not None and not zone.trusts_account(account):
-        return [
-            PolicyFinding(
-                "grant-external-principal",
-                Severity.HIGH,
-                source,
-                grantee,
-                f"{source}: granted to {grantee} in untrusted account {account}",
-                grant_id=grant_id,
-            )
-        ]
-    return []
+        code, severity, what = "grant-external-principal", Severity.HIGH, f"untrusted account {account}"
+    elif grantee == "*" or grantee.endswith(":root") or grantee == account:
+        code, severity, what = "grant-broad-grantee", Severity.MEDIUM, "a whole account"
+    else:
+        return []
+    message = f"{source}: granted to {grantee} in {what}"
+    return [PolicyFinding(code, severity, source, grantee, message, grant_id=grant_id)]
 
 
 def _field(grant: Mapping[str, Any], name: str) -> Any:

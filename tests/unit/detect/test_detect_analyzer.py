@@ -219,6 +219,10 @@ def test_finding_names_statement_by_sid_or_index() -> None:
             ["grant-broad-grantee"],
         ),
         (
+            {"GrantId": "g6", "GranteePrincipal": f"arn:aws:iam::{FOREIGN}:root", "Operations": ["Decrypt"]},
+            ["grant-external-principal"],
+        ),
+        (
             {
                 "GrantId": "g5",
                 "GranteePrincipal": "arn:aws:iam::222233334444:role/x",
@@ -227,7 +231,14 @@ def test_finding_names_statement_by_sid_or_index() -> None:
             [],
         ),
     ],
-    ids=["external", "same-account-role", "service-grant", "whole-account", "trusted-account"],
+    ids=[
+        "external",
+        "same-account-role",
+        "service-grant",
+        "whole-account",
+        "external-root",
+        "trusted-account",
+    ],
 )
 def test_grants(grant: dict[str, Any], expected: list[str]) -> None:
     found = analyze_grant(grant, ZONE)
