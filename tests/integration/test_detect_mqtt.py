@@ -62,7 +62,7 @@ def private_broker() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
 
 async def test_sink_reconnects_after_the_broker_restarts(private_broker) -> None:  # type: ignore[no-untyped-def]
     port, procs = private_broker
-    sink = MqttSink(f"mqtt://127.0.0.1:{port}", backoff=0.2, attempts=20)
+    sink = MqttSink(f"mqtt://127.0.0.1:{port}", backoff=0.2, attempts=20, timeout=2)
     records = [denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(1), user("eve")) for i in range(2)]
     detector = Detector()
     first, second = detector.process(records)

@@ -32,7 +32,7 @@ class MqttSink:
         *,
         attempts: int = 5,
         backoff: float = 0.5,
-        timeout: float = 10.0,
+        timeout: float = 5.0,
     ) -> None:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
