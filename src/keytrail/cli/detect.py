@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from keytrail.clock import SystemClock
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
@@ -125,8 +124,8 @@ def analyze(
 
 
 def analyze_keys(items: Iterable[KeyInventoryItem], rules: RuleSet | None = None) -> list[Alarm]:
-    """permissive-key alarms for an inventory, stamped now (the lead wires the key store here)."""
-    return analyze_inventory(items, SystemClock().now(), rules)
+    """permissive-key alarms for an inventory (the key store is wired in here by `keytrail analyze`)."""
+    return analyze_inventory(items, rules=rules)
 
 
 def _settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from keytrail.clock import SystemClock
 from keytrail.detect.alarms import Alarm, AlarmBook
 from keytrail.detect.analyzer import PolicyFinding, analyze_grant, analyze_policy
 from keytrail.detect.checks import arn_region_account
@@ -28,15 +29,17 @@ class KeyInventoryItem:
 
 
 def analyze_inventory(
-    keys: Iterable[KeyInventoryItem], as_of: datetime, rules: RuleSet | None = None
+    keys: Iterable[KeyInventoryItem], *, as_of: datetime | None = None, rules: RuleSet | None = None
 ) -> list[Alarm]:
-    """One permissive-key alarm per key with findings, stamped `as_of`."""
-    rule = (rules or RuleSet())["permissive-key"]
-    book = AlarmBook(rules or RuleSet())
+    """One permissive-key alarm per key with findings, stamped `as_of` (default: now; no rule here
+    depends on time, the stamp only dates the alarm)."""
+    rules = rules or RuleSet()
+    rule, book = rules["permissive-key"], AlarmBook(rules)
+    stamp = as_of or SystemClock().now()
     for item in keys:
-        found = findings_for(item, rules or RuleSet())
+        found = findings_for(item, rules)
         if found and rule.enabled:
-            book.record(policy_finding(rule.id, item.key_arn, as_of, found))
+            book.record(policy_finding(rule.id, item.key_arn, stamp, found))
     return book.alarms()
 
 
