@@ -90,3 +90,18 @@ def test_kafka_decoder_skips_what_it_cannot_read_and_keeps_the_rest() -> None:
 
     values = [b'{"eventName": "Decrypt"}', b"\xc3\x01 not avro", b"not json", b'{"eventName": "Encrypt"}']
     assert [r["eventName"] for r in default_decoder()(values)] == ["Decrypt", "Encrypt"]
+
+
+async def test_runner_ticks_on_the_injected_clock_as_serve_dev_clock_does(tmp_path: Path) -> None:
+    from keytrail.clock import ManualClock
+    from tests.unit.detect.records import create_key
+
+    clock = ManualClock(T0)
+    runner = DetectorRunner.open(tmp_path, clock=clock)
+    await runner.feed([create_key(T0, key_arn(9))])
+    assert await runner.tick() == []
+    clock.advance(timedelta(days=91).total_seconds())
+    [alarm] = await runner.tick()
+    await runner.close()
+    assert (alarm.rule, alarm.key_arn) == ("unused-key", key_arn(9))
+    assert list(read_alarms(tmp_path / "alarms.jsonl")) == [alarm.alarm_id]
