@@ -93,8 +93,9 @@ def test_kafka_decoder_skips_what_it_cannot_read_and_keeps_the_rest() -> None:
 
 
 async def test_runner_ticks_on_the_injected_clock_as_serve_dev_clock_does(tmp_path: Path) -> None:
-    from keytrail.clock import ManualClock
     from tests.unit.detect.records import create_key
+
+    from keytrail.clock import ManualClock
 
     clock = ManualClock(T0)
     runner = DetectorRunner.open(tmp_path, clock=clock)
