@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tests.support.services import kafka_broker
-from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.avro import decode_alarm
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
+from tests.support.services import kafka_broker
+from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
 

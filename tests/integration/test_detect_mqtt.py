@@ -12,13 +12,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from tests.support.services import free_port, mosquitto, wait_for_port
-from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.engine import Detector
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.mqtt import MqttSink
+from tests.support.services import free_port, mosquitto, wait_for_port
+from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
 

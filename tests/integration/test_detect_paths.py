@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import typer
-from tests.unit.detect.scenario import mixed_scenario
 from typer.testing import CliRunner
 
 from keytrail.cli.detect import register
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.jsonl import read_alarms
+from tests.unit.detect.scenario import mixed_scenario
 
 pytestmark = pytest.mark.integration
 

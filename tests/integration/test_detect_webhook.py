@@ -9,11 +9,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.engine import Detector
 from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
+from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
 
