@@ -13,6 +13,15 @@ from keytrail.kms.operations import OPERATIONS
 
 NOTES = {
     "GetKeyLastUsage": "answered from the last-used consumer state",
+    "Encapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
+    "Decapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
+    "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512",
+    "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512",
+    "GetParametersForImport": "RSA_2048/3072/4096 wrapping keys; RSAES_PKCS1_V1_5 and SM2 refused",
+    "ImportKeyMaterial": "symmetric, HMAC, RSA and ECC material; NEW_KEY_MATERIAL rotation refused "
+                         "(docs/imported-key-material.md)",
+    "CreateCustomKeyStore": "AWS_CLOUDHSM type on a PKCS#11 token (docs/custom-key-stores.md); "
+                            "EXTERNAL_KEY_STORE refused",
 }
 
 

@@ -24,9 +24,10 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import serve
+    from keytrail.cli import detect, serve
 
     serve.register(app)
+    detect.register(app)
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.clock import Clock, ManualClock, SystemClock
 from keytrail.config import ServeSettings
-from keytrail.kms.authz import Authorizer, OwnAccountAuthorizer
+from keytrail.kms.authz import Authorizer
+from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import AuditSink, CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
@@ -43,8 +44,8 @@ class Node:
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
-def _authorizer() -> Authorizer:
-    return OwnAccountAuthorizer()
+def _authorizer(clock: Clock) -> Authorizer:
+    return PolicyAuthorizer(clock)
 
 
 def _audit_sink(settings: ServeSettings) -> AuditSink:
@@ -56,7 +57,7 @@ def build_node(settings: ServeSettings, credentials: CredentialStore) -> Node:
     data_dir = settings.data_dir
     clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
     store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir))
-    deps = ServiceDeps(store=store, clock=clock, audit=_audit_sink(settings), authorizer=_authorizer())
+    deps = ServiceDeps(store=store, clock=clock, audit=_audit_sink(settings), authorizer=_authorizer(clock))
     service = KmsService(deps)
     api = ApiSettings(
         max_body_bytes=settings.max_body_bytes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from keytrail.kms.keys import Key
-from keytrail.kms.model import KeySpec, KeyUsage, Origin
+from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.specs import algorithms_for
 
 __all__ = ["key_metadata"]
@@ -29,6 +29,8 @@ def key_metadata(key: Key) -> dict[str, Any]:
     }
     if key.deletion_date is not None:
         meta["DeletionDate"] = key.deletion_date
+    if key.state is KeyState.PENDING_REPLICA_DELETION and key.pending_window_days:
+        meta["PendingDeletionWindowInDays"] = key.pending_window_days
     if key.origin is Origin.EXTERNAL:
         if key.expiration_model:
             meta["ExpirationModel"] = key.expiration_model

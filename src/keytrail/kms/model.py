@@ -17,10 +17,12 @@ from keytrail.kms.context import CallContext
 __all__ = [
     "AuditSink",
     "CallRecord",
+    "KeyLastUsage",
     "KeyManager",
     "KeySpec",
     "KeyState",
     "KeyUsage",
+    "LastUsageSource",
     "Origin",
 ]
 
@@ -114,3 +116,22 @@ class AuditSink(Protocol):
     if it raises, the call fails (no crypto without audit)."""
 
     async def record(self, call: CallRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLastUsage:
+    """The last successful cryptographic use of a key, as GetKeyLastUsage reports it."""
+
+    operation: str
+    timestamp: datetime
+    event_id: str
+    request_id: str | None
+
+
+class LastUsageSource(Protocol):
+    """Where GetKeyLastUsage reads from: the last-used consumer's state.
+
+    Returns the tracking start date (None if tracking has not started) and the last use.
+    """
+
+    def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]: ...

@@ -1,15 +1,25 @@
-"""Key policy documents: the default policy AWS writes, and parsing with AWS's errors."""
+"""Key policies: the default policy AWS writes, and the checks of CreateKey and PutKeyPolicy.
+
+The grammar, validation and compiled form live in `policy_document`; the evaluation in `evaluator`.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from keytrail.kms.errors import MalformedPolicyDocumentException
+from keytrail.kms.context import Principal
+from keytrail.kms.evaluator import check_lockout
+from keytrail.kms.policy_document import MAX_POLICY_BYTES, compile_policy, parse_policy, validate_policy
 
-__all__ = ["MAX_POLICY_BYTES", "default_policy", "parse_policy"]
-
-MAX_POLICY_BYTES = 32 * 1024
+__all__ = [
+    "MAX_POLICY_BYTES",
+    "compile_policy",
+    "default_policy",
+    "parse_policy",
+    "validate_key_policy",
+    "validate_policy",
+]
 
 
 def default_policy(account: str) -> str:
@@ -27,23 +37,9 @@ def default_policy(account: str) -> str:
     }, indent=2)
 
 
-def parse_policy(text: str) -> dict[str, Any]:
-    """Parse a policy document or raise MalformedPolicyDocumentException saying what is wrong."""
-    if len(text.encode()) > MAX_POLICY_BYTES:
-        raise MalformedPolicyDocumentException("The policy document exceeds the 32 KB size limit.")
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise MalformedPolicyDocumentException(f"The policy is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or "Statement" not in doc:
-        raise MalformedPolicyDocumentException("The policy document must be a JSON object with a Statement.")
+def validate_key_policy(text: str, principal: Principal, *, bypass: bool) -> dict[str, Any]:
+    """Parse a key policy for CreateKey/PutKeyPolicy (MalformedPolicyDocumentException naming what
+    is wrong), then run the policy lockout safety check unless `bypass`."""
+    doc = parse_policy(text, "key")
+    check_lockout(doc, principal, bypass=bypass)
     return doc
-
-
-def validate_key_policy(text: str, principal: object, *, bypass: bool) -> dict[str, Any]:
-    """Parse a key policy for CreateKey/PutKeyPolicy.
-
-    The lockout safety check (refuse a policy that would stop `principal` from updating it
-    later unless `bypass`) belongs here.
-    """
-    return parse_policy(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from keytrail.kms import errors, multiregion
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 
@@ -14,7 +15,10 @@ __all__ = ["rotate_key"]
 
 
 async def rotate_key(svc: KmsService, key: Key, rotation_type: str) -> Key:
-    """Add new material (compute, persist), then record the `RotateKey` service event."""
+    """Add new material (compute, persist), then record the `RotateKey` service event; a
+    multi-Region primary's new material reaches its replicas."""
+    if multiregion.is_replica(key):
+        raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
     previous = key.current_material
     material = svc.new_material(await generate_secret(key.key_spec), rotation_type)
     rotated = key.rotated(material, svc.now())
@@ -25,4 +29,5 @@ async def rotate_key(svc: KmsService, key: Key, rotation_type: str) -> Key:
         "previousKeyMaterialId": previous.material_id if previous else None,
         "currentKeyMaterialId": material.material_id,
     })
+    await multiregion.propagate_rotation(svc, rotated)
     return rotated

@@ -17,14 +17,17 @@ from datetime import datetime
 from typing import Any
 
 from keytrail.clock import Clock
-from keytrail.kms import errors
+from keytrail.kms import errors, multiregion
+from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
+from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
+from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, Origin
+from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, LastUsageSource, Origin
 from keytrail.kms.store import Grant, Store
 
 __all__ = ["KmsService", "ServiceDeps"]
@@ -53,6 +56,7 @@ class ServiceDeps:
     clock: Clock
     audit: AuditSink
     authorizer: Authorizer
+    last_usage: LastUsageSource | None = None
     new_id: Callable[[], str] = lambda: str(uuid.uuid4())
     random_bytes: Callable[[int], bytes] = os.urandom
 
@@ -70,8 +74,12 @@ class KmsService:
         # Extension points: how keys of other origins are created, and how each kind of key
         # encrypts (RSA keys and HSM-backed keys register their own ciphers).
         self.origin_creators: dict[Origin, OriginCreator] = {}
-        self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher()}
+        self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         self._due_lock = asyncio.Lock()
+        from keytrail.kms.operations import EXTENSIONS
+
+        for install in EXTENSIONS:
+            install(self)
 
     # --- the entry point ---------------------------------------------------------------------
 
@@ -203,10 +211,22 @@ class KmsService:
         grants: Sequence[Grant] = ()
         if key is not None:
             grants = await self.store.list_grants(key.account, key.region, key.key_id)
-        request = AccessRequest(call.context, action, key, conditions or {}, grants)
+        values = {**request_conditions(action, call.params), **(conditions or {})}
+        if key is not None and RESOURCE_ALIASES in self._policy_reads(key, call.context):
+            aliases = await self.store.list_aliases(key.account, key.region)
+            values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
+        if key is not None and action in _CRYPTO_ACTIONS:
+            _note_custom_key_store(call, key)
+        request = AccessRequest(call.context, action, key, values, grants)
         decision = self.deps.authorizer.authorize(request)
         if not decision.allowed:
             raise errors.AccessDeniedException(denial_message(request, decision))
+
+    def _policy_reads(self, key: Key, context: CallContext) -> frozenset[str]:
+        """Condition keys the caller's and the key's policies read (empty if the authorizer
+        cannot tell): the aliases of a key are looked up only when a policy asks for them."""
+        reads = getattr(self.deps.authorizer, "reads", None)
+        return reads(key, context.principal) if reads is not None else frozenset()
 
     @staticmethod
     def check_dry_run(call: Call) -> None:
@@ -245,7 +265,12 @@ class KmsService:
             if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
                 await self.store.delete_key(current)
                 await self.service_event("DeleteKey", current, {"keyId": current.arn})
+                await multiregion.forget_deleted(self, current)
                 return None
+            if material_expired(current, now):
+                current = await expire_material(self, current)
+            if current.state is KeyState.CREATING:
+                current = await multiregion.activate_replica(self, current)
             if _rotation_due(current, now):
                 from keytrail.kms.rotation import rotate_key
 
@@ -261,19 +286,37 @@ class KmsService:
         return self.clock.now()
 
 
+_CRYPTO_ACTIONS = frozenset({
+    "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+})
+
+
+def _note_custom_key_store(call: Call, key: Key) -> None:
+    # CloudTrail names the custom key store and the HSM backing key of calls on such keys.
+    if key.custom_key_store_id and key.current_material and key.current_material.handle:
+        backing = key.current_material.handle
+        call.additional_event_data.update({
+            "customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id"),
+            "backingKeyId": backing, "backingKeys": f'[{{"backingKeyId":"{backing}"}}]',
+        })
+
+
 def _rotation_due(key: Key, now: datetime) -> bool:
+    # A multi-Region replica never rotates on its own: its primary's rotation reaches it.
     return (
         key.rotation_enabled and key.next_rotation_date is not None and key.next_rotation_date <= now
-        and key.state is KeyState.ENABLED
+        and key.state is KeyState.ENABLED and not multiregion.is_replica(key)
     )
 
 
 def _is_due(key: Key, now: datetime) -> bool:
     deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
-    return deleting or _rotation_due(key, now)
+    return (deleting or _rotation_due(key, now) or material_expired(key, now)
+            or key.state is KeyState.CREATING)
 
 
-_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential"})
+_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})
 _VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
 
 

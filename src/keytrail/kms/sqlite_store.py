@@ -7,6 +7,7 @@ or the new state, never half of one. Reads come from memory: this node is the fi
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 from keytrail.kms.codec import (
@@ -17,7 +18,15 @@ from keytrail.kms.codec import (
     key_from_doc,
     key_to_doc,
 )
+from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.sealed_docs import (
+    custom_key_store_from_doc,
+    custom_key_store_to_doc,
+    import_parameters_from_doc,
+    import_parameters_to_doc,
+)
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
 
@@ -30,6 +39,9 @@ CREATE TABLE IF NOT EXISTS aliases (account TEXT, region TEXT, name TEXT, key_id
     PRIMARY KEY (account, region, name));
 CREATE TABLE IF NOT EXISTS grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, doc TEXT NOT NULL,
     PRIMARY KEY (account, region, key_id, grant_id));
+CREATE TABLE IF NOT EXISTS import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS custom_key_stores (account TEXT, region TEXT, store_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, store_id));
 """
 
 Scope = tuple[str, str]
@@ -49,6 +61,7 @@ class SqliteStore:
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
+        self._custom_key_stores: dict[Scope, dict[str, CustomKeyStore]] = {}
         self._load()
 
     def _load(self) -> None:
@@ -59,6 +72,9 @@ class SqliteStore:
         for doc, in self._db.execute("SELECT doc FROM grants"):
             grant = grant_from_doc(doc)
             self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
+        for doc, in self._db.execute("SELECT doc FROM custom_key_stores"):
+            cks = custom_key_store_from_doc(doc, self._root)
+            self._custom_key_stores.setdefault((cks.account, cks.region), {})[cks.store_id] = cks
 
     def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
         with self._db:
@@ -142,6 +158,38 @@ class SqliteStore:
     async def all_grants(self, account: str, region: str) -> list[Grant]:
         return [g for (a, r, _), grants in self._grants.items() if (a, r) == (account, region)
                 for g in grants.values()]
+
+    # --- import parameters and custom key stores (secrets sealed under the root key) ---------
+
+    async def put_import_parameters(self, parameters: ImportParameters) -> None:
+        # Tokens live 24 hours; rows whose token expired long ago are dropped on the way.
+        stale = (parameters.valid_to - timedelta(days=2)).isoformat()
+        self._write([("DELETE FROM import_parameters WHERE valid_to < ?", (stale,)), (
+            "INSERT OR REPLACE INTO import_parameters VALUES (?, ?, ?)",
+            (parameters.token_id, parameters.valid_to.isoformat(), import_parameters_to_doc(parameters, self._root)),
+        )])
+
+    async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
+        row = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()
+        return import_parameters_from_doc(row[0], self._root) if row else None
+
+    async def put_custom_key_store(self, store: CustomKeyStore) -> None:
+        self._write([(
+            "INSERT OR REPLACE INTO custom_key_stores VALUES (?, ?, ?, ?)",
+            (store.account, store.region, store.store_id, custom_key_store_to_doc(store, self._root)),
+        )])
+        self._custom_key_stores.setdefault((store.account, store.region), {})[store.store_id] = store
+
+    async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
+        self._write([(
+            "DELETE FROM custom_key_stores WHERE account=? AND region=? AND store_id=?",
+            (store.account, store.region, store.store_id),
+        )])
+        self._custom_key_stores.get((store.account, store.region), {}).pop(store.store_id, None)
+
+    async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
+        stores = self._custom_key_stores.get((account, region), {}).values()
+        return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
 
     async def close(self) -> None:
         self._db.close()

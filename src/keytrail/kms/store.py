@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
+from keytrail.kms.keystores import CustomKeyStore
 
-__all__ = ["Alias", "AliasStore", "Grant", "GrantStore", "KeyStore", "Store"]
+__all__ = [
+    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantStore", "ImportStore", "KeyStore", "Store",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +67,22 @@ class GrantStore(Protocol):
     async def all_grants(self, account: str, region: str) -> list[Grant]: ...
 
 
-class Store(KeyStore, AliasStore, GrantStore, Protocol):
+class ImportStore(Protocol):
+    """GetParametersForImport's wrapping keys, kept (sealed) until their import token expires."""
+
+    async def put_import_parameters(self, parameters: ImportParameters) -> None: ...
+    async def get_import_parameters(self, token_id: str) -> ImportParameters | None: ...
+
+
+class CustomKeyStoreStore(Protocol):
+    """Custom key stores of an account and Region; the key store password is sealed at rest."""
+
+    async def put_custom_key_store(self, store: CustomKeyStore) -> None: ...
+    async def delete_custom_key_store(self, store: CustomKeyStore) -> None: ...
+    async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]: ...
+
+
+class Store(KeyStore, AliasStore, GrantStore, ImportStore, CustomKeyStoreStore, Protocol):
     """Everything a node keeps about keys; one implementation per backend (SQLite, PostgreSQL)."""
 
     async def close(self) -> None: ...

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from keytrail.kms import errors
+from keytrail.kms import errors, multiregion
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
@@ -147,20 +147,24 @@ async def schedule_key_deletion(svc: KmsService, call: Call) -> Response:
             "constraint: Member must have value between 7 and 30"
         )
     svc.require_not_pending_deletion(key)
-    key = key.scheduled_for_deletion(svc.now(), window)
+    if key.state is KeyState.PENDING_REPLICA_DELETION:
+        raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
+    key = multiregion.scheduled_deletion(key, svc.now(), window)
     await svc.store.put_key(key)
     call.response_elements = {
         "keyId": key.arn, "deletionDate": key.deletion_date.isoformat() if key.deletion_date else None,
         "keyState": key.state.value, "pendingWindowInDays": window,
     }
-    return {"KeyId": key.arn, "DeletionDate": key.deletion_date, "KeyState": key.state.value,
-            "PendingWindowInDays": window}
+    response: Response = {"KeyId": key.arn, "KeyState": key.state.value, "PendingWindowInDays": window}
+    if key.deletion_date is not None:  # absent while a primary waits for its replicas' deletion
+        response["DeletionDate"] = key.deletion_date
+    return response
 
 
 async def cancel_key_deletion(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CancelKeyDeletion", key)
-    if key.state is not KeyState.PENDING_DELETION:
+    if key.state not in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION):
         raise errors.KMSInvalidStateException(f"{key.arn} is not pending deletion.")
     await svc.store.put_key(key.with_state(KeyState.DISABLED))
     call.response_elements = {"keyId": key.arn}

@@ -1,0 +1,232 @@
+"""Alarms and their book: the same rule x key x principal within its window is one alarm.
+
+A repeat updates that alarm's count, lastSeen and eventIds instead of raising a new one; the
+severity rises with the count (the rule's thresholds) and never falls. An alarm is announced when
+it is raised and when it escalates; other updates wait for `AlarmBook.pending()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from keytrail.detect.rules import Rule, RuleSet
+from keytrail.detect.severity import Severity
+
+__all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Finding", "format_time"]
+
+MAX_EVENT_IDS = 20  # the first events of an alarm are evidence enough; the count says the rest
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One observation a rule makes; the book turns findings into alarms."""
+
+    rule: str
+    time: datetime
+    key_arn: str | None
+    principal_arn: str | None
+    summary: str
+    recommendation: str
+    event_id: str | None = None
+    account_id: str | None = None
+    region: str | None = None
+    severity: Severity | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """An alarm as delivered to hooks; `to_json` gives the field names of schemas/alarm.avsc."""
+
+    alarm_id: str
+    rule: str
+    severity: Severity
+    key_arn: str | None
+    principal_arn: str | None
+    account_id: str | None
+    region: str | None
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    summary: str
+    event_ids: tuple[str, ...]
+    recommendation: str
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (Avro field names; times as ISO-8601 UTC strings)."""
+        return {
+            "alarmId": self.alarm_id,
+            "rule": self.rule,
+            "severity": self.severity.value,
+            "keyArn": self.key_arn,
+            "principalArn": self.principal_arn,
+            "accountId": self.account_id,
+            "region": self.region,
+            "firstSeen": format_time(self.first_seen),
+            "lastSeen": format_time(self.last_seen),
+            "count": self.count,
+            "summary": self.summary,
+            "eventIds": list(self.event_ids),
+            "recommendation": self.recommendation,
+            "details": dict(self.details),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Alarm:
+        """Read the JSON form back (alarms.jsonl, MQTT and webhook payloads)."""
+        return cls(
+            doc["alarmId"],
+            doc["rule"],
+            Severity(doc["severity"]),
+            doc.get("keyArn"),
+            doc.get("principalArn"),
+            doc.get("accountId"),
+            doc.get("region"),
+            _read_time(doc["firstSeen"]),
+            _read_time(doc["lastSeen"]),
+            int(doc["count"]),
+            doc["summary"],
+            tuple(doc.get("eventIds") or ()),
+            doc["recommendation"],
+            MappingProxyType(dict(doc.get("details") or {})),
+        )
+
+
+def format_time(moment: datetime) -> str:
+    """ISO-8601 UTC with a `Z`, milliseconds only when there are any (CloudTrail style)."""
+    moment = moment.astimezone(UTC)
+    spec = "milliseconds" if moment.microsecond else "seconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+def _read_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(slots=True)
+class _Open:
+    """A live alarm the book is still adding to."""
+
+    alarm_id: str
+    first: Finding
+    last_seen: datetime
+    count: int
+    floor: Severity
+    severity: Severity
+    event_ids: list[str]
+    details: dict[str, str]
+    finding: Finding
+
+
+class AlarmBook:
+    """Deduplicates findings into alarms, per rule x key x principal within the rule's window."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self._rules = rules
+        self._open: dict[tuple[str, str | None, str | None], _Open] = {}
+        self._all: dict[str, _Open] = {}
+        self._changed: set[str] = set()
+
+    def record(self, finding: Finding) -> Alarm | None:
+        """Add a finding; returns the alarm when it is new or has just escalated, else None."""
+        rule = self._rules[finding.rule]
+        slot = (finding.rule, finding.key_arn, finding.principal_arn)
+        entry = self._open.get(slot)
+        if entry is None or finding.time - entry.last_seen > rule.window:
+            entry = self._start(finding, rule)
+            self._open[slot] = entry
+            return self._snapshot(entry)
+        before = entry.severity
+        self._update(entry, finding, rule)
+        self._changed.add(entry.alarm_id)
+        return self._snapshot(entry) if entry.severity.rank > before.rank else None
+
+    def is_open(self, rule: str, key_arn: str | None, principal_arn: str | None) -> bool:
+        return (rule, key_arn, principal_arn) in self._open
+
+    def resolve(self, rule: str, key_arn: str | None, principal_arn: str | None) -> None:
+        """Forget the open alarm for this slot: the next finding raises a new alarm."""
+        self._open.pop((rule, key_arn, principal_arn), None)
+
+    def forget_closed(self, now: datetime) -> int:
+        """Drop alarms whose window has passed and whose latest state was announced (a long-running
+        detector keeps only open alarms); returns how many were dropped."""
+        closed = [
+            slot
+            for slot, entry in self._open.items()
+            if now - entry.last_seen > self._rules[slot[0]].window and entry.alarm_id not in self._changed
+        ]
+        for slot in closed:
+            del self._all[self._open.pop(slot).alarm_id]
+        return len(closed)
+
+    def pending(self) -> list[Alarm]:
+        """Alarms updated since they were last announced (count, lastSeen), then marks them announced."""
+        alarms = [self._snapshot(self._all[alarm_id]) for alarm_id in sorted(self._changed)]
+        self._changed.clear()
+        return alarms
+
+    def alarms(self) -> list[Alarm]:
+        """Every alarm raised so far, in the order raised."""
+        return [self._snapshot(entry) for entry in self._all.values()]
+
+    def _start(self, finding: Finding, rule: Rule) -> _Open:
+        floor = finding.severity or rule.severity
+        entry = _Open(
+            alarm_id=alarm_id_for(finding),
+            first=finding,
+            last_seen=finding.time,
+            count=1,
+            floor=floor,
+            severity=rule.severity_for(1, floor),
+            event_ids=[finding.event_id] if finding.event_id else [],
+            details=dict(finding.details),
+            finding=finding,
+        )
+        self._all[entry.alarm_id] = entry
+        return entry
+
+    def _update(self, entry: _Open, finding: Finding, rule: Rule) -> None:
+        entry.count += 1
+        entry.last_seen = max(entry.last_seen, finding.time)
+        if finding.severity is not None:
+            entry.floor = Severity.highest(entry.floor, finding.severity)
+        entry.severity = Severity.highest(entry.severity, rule.severity_for(entry.count, entry.floor))
+        if finding.event_id and len(entry.event_ids) < MAX_EVENT_IDS:
+            entry.event_ids.append(finding.event_id)
+        entry.details.update(finding.details)
+        entry.finding = finding
+
+    @staticmethod
+    def _snapshot(entry: _Open) -> Alarm:
+        first, latest = entry.first, entry.finding
+        return Alarm(
+            alarm_id=entry.alarm_id,
+            rule=first.rule,
+            severity=entry.severity,
+            key_arn=first.key_arn,
+            principal_arn=first.principal_arn,
+            account_id=first.account_id,
+            region=first.region,
+            first_seen=first.time,
+            last_seen=entry.last_seen,
+            count=entry.count,
+            summary=latest.summary,
+            event_ids=tuple(entry.event_ids),
+            recommendation=latest.recommendation,
+            details=MappingProxyType(dict(entry.details)),
+        )
+
+
+def alarm_id_for(finding: Finding) -> str:
+    """A deterministic id: the same events give the same alarm ids offline and live."""
+    anchor = finding.event_id or format_time(finding.time)
+    text = "|".join((finding.rule, finding.key_arn or "", finding.principal_arn or "", anchor))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"

@@ -1,0 +1,252 @@
+"""Key policy and grant analysis: who can use a key, and which statement or grant says so.
+
+Condition-aware and grant-aware (audit-anchors §2.2, §4 item 3): Deny statements grant nothing,
+conditions that pin a `"*"` principal to an account, org or source are not public, AWS service
+principals and service grants are not findings, unique ids (`AROA…`) are not cross-account.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from keytrail.detect.conditions import Pinning, arn_account, as_list, read_pinning
+from keytrail.detect.severity import Severity
+
+__all__ = ["PolicyFinding", "TrustZone", "analyze_grant", "analyze_identity_policy", "analyze_policy"]
+
+_DECRYPT_ACTIONS = ("kms:decrypt", "kms:reencryptfrom")
+
+
+@dataclass(frozen=True, slots=True)
+class TrustZone:
+    """The key's account plus the accounts, orgs and administrators trusted with it."""
+
+    key_account: str
+    trusted_accounts: frozenset[str] = frozenset()
+    trusted_org_ids: frozenset[str] = frozenset()
+    admin_principals: tuple[str, ...] = ()
+
+    def trusts_account(self, account: str) -> bool:
+        return account == self.key_account or account in self.trusted_accounts
+
+    def is_admin(self, principal: str) -> bool:
+        # The key account's root delegates to IAM (the default key policy): an administrator.
+        if principal in (self.key_account, f"arn:aws:iam::{self.key_account}:root"):
+            return True
+        return any(fnmatchcase(principal, pattern) for pattern in self.admin_principals)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFinding:
+    """One problem, naming the statement (Sid and index) or grant responsible."""
+
+    code: str
+    severity: Severity
+    source: str
+    principal: str | None
+    message: str
+    statement_sid: str | None = None
+    statement_index: int | None = None
+    grant_id: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {
+            "code": self.code,
+            "severity": self.severity.value,
+            "source": self.source,
+            "principal": self.principal,
+            "message": self.message,
+        }
+        optional = {
+            "statementSid": self.statement_sid,
+            "statementIndex": self.statement_index,
+            "grantId": self.grant_id,
+        }
+        return doc | {k: v for k, v in optional.items() if v is not None}
+
+
+def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[PolicyFinding]:
+    """Findings for every Allow statement of a key policy (JSON text or parsed)."""
+    doc = json.loads(policy) if isinstance(policy, str) else policy
+    findings: list[PolicyFinding] = []
+    for index, statement in enumerate(as_list(doc.get("Statement"))):
+        if isinstance(statement, Mapping) and statement.get("Effect") == "Allow":
+            findings += _StatementCheck(statement, index, zone).run()
+    return findings
+
+
+class _StatementCheck:
+    """The checks of one Allow statement."""
+
+    def __init__(self, statement: Mapping[str, Any], index: int, zone: TrustZone) -> None:
+        self.statement, self.index, self.zone = statement, index, zone
+        self.sid = statement.get("Sid") or None
+        self.pinning = read_pinning(statement.get("Condition"))
+
+    def run(self) -> list[PolicyFinding]:
+        if "NotPrincipal" in self.statement:
+            return [
+                self._finding(
+                    "public", Severity.CRITICAL, "*", "Allow with NotPrincipal grants everyone not listed"
+                )
+            ]
+        findings: list[PolicyFinding] = []
+        for principal in _aws_principals(self.statement.get("Principal")):
+            findings += self._principal(principal)
+        return findings
+
+    def _principal(self, principal: str) -> list[PolicyFinding]:
+        found = self._public(principal) if principal == "*" else self._named(principal)
+        if any(f.code == "public" for f in found):
+            return found  # anyone may already do everything this statement allows
+        if (
+            self._allows("kms:creategrant")
+            and self._broad(principal)
+            and not self.pinning.grant_for_aws_resource
+        ):
+            found.append(
+                self._finding(
+                    "broad-create-grant",
+                    Severity.HIGH,
+                    principal,
+                    f"kms:CreateGrant to the broad grantee {principal}",
+                )
+            )
+        return found
+
+    def _public(self, principal: str) -> list[PolicyFinding]:
+        if not self.pinning.pinned:
+            return [
+                self._finding(
+                    "public",
+                    Severity.CRITICAL,
+                    principal,
+                    "principal * without a condition pinning it to an account, org or source",
+                )
+            ]
+        return [
+            self._finding(
+                "external-account", Severity.HIGH, principal, f"principal * pinned to an untrusted {what}"
+            )
+            for what in self._untrusted_pins(self.pinning)
+        ]
+
+    def _named(self, principal: str) -> list[PolicyFinding]:
+        account = arn_account(principal)
+        if account is None:
+            return []  # unique ids (AROA…) of deleted principals are not cross-account (ScoutSuite#1665)
+        if not self.zone.trusts_account(account):
+            return [
+                self._finding(
+                    "external-account",
+                    Severity.HIGH,
+                    principal,
+                    f"access for account {account}, outside the trusted accounts",
+                )
+            ]
+        if self._allows_everything() and not self.zone.is_admin(principal):
+            return [
+                self._finding(
+                    "non-admin-full-access",
+                    Severity.HIGH,
+                    principal,
+                    f"kms:* for {principal}, who is not an administrator",
+                )
+            ]
+        return []
+
+    def _untrusted_pins(self, pinning: Pinning) -> list[str]:
+        accounts = [f"account {a}" for a in sorted(pinning.accounts) if not self.zone.trusts_account(a)]
+        orgs = [f"org {o}" for o in sorted(pinning.org_ids) if o not in self.zone.trusted_org_ids]
+        arns = [
+            f"source {a}"
+            for a in sorted(pinning.arns)
+            if (acct := arn_account(a)) is not None and not self.zone.trusts_account(acct)
+        ]
+        return accounts + orgs + arns
+
+    def _broad(self, principal: str) -> bool:
+        account = arn_account(principal)
+        whole_account = principal == account or principal.endswith(":root")
+        return principal == "*" or (whole_account and account != self.zone.key_account)
+
+    def _allows(self, action: str) -> bool:
+        if "NotAction" in self.statement:
+            return not any(fnmatchcase(action, str(p).lower()) for p in as_list(self.statement["NotAction"]))
+        return any(fnmatchcase(action, str(p).lower()) for p in as_list(self.statement.get("Action")))
+
+    def _allows_everything(self) -> bool:
+        patterns = [str(p).lower() for p in as_list(self.statement.get("Action"))]
+        return "NotAction" in self.statement or "*" in patterns or "kms:*" in patterns
+
+    def _finding(self, code: str, severity: Severity, principal: str, message: str) -> PolicyFinding:
+        source = f'statement "{self.sid}"' if self.sid else f"statement #{self.index}"
+        return PolicyFinding(
+            code,
+            severity,
+            source,
+            principal,
+            f"{source}: {message}",
+            statement_sid=self.sid,
+            statement_index=self.index,
+        )
+
+
+def _aws_principals(principal: Any) -> list[str]:
+    """The AWS principals of a Principal element; service and federated principals are skipped."""
+    if principal == "*":
+        return ["*"]
+    if isinstance(principal, Mapping):
+        return [str(p) for p in as_list(principal.get("AWS"))]
+    return []
+
+
+def analyze_grant(grant: Mapping[str, Any], zone: TrustZone) -> list[PolicyFinding]:
+    """Findings for one grant, shaped like a ListGrants entry or CreateGrant requestParameters."""
+    grantee = str(_field(grant, "GranteePrincipal") or "")
+    grant_id = _field(grant, "GrantId") or _field(grant, "Name")
+    source = f"grant {grant_id}" if grant_id else "grant"
+    if not grantee or grantee.endswith(".amazonaws.com"):
+        return []  # service grants (EBS, RDS…): revoking them breaks the resource (cnspec#3698)
+    account = arn_account(grantee)
+    if account is not None and not zone.trusts_account(account):
+        code, severity, what = "grant-external-principal", Severity.HIGH, f"untrusted account {account}"
+    elif grantee == "*" or grantee.endswith(":root") or grantee == account:
+        code, severity, what = "grant-broad-grantee", Severity.MEDIUM, "a whole account"
+    else:
+        return []
+    message = f"{source}: granted to {grantee} in {what}"
+    return [PolicyFinding(code, severity, source, grantee, message, grant_id=grant_id)]
+
+
+def _field(grant: Mapping[str, Any], name: str) -> Any:
+    # ListGrants uses PascalCase, CloudTrail requestParameters camelCase.
+    return grant.get(name, grant.get(name[0].lower() + name[1:]))
+
+
+def analyze_identity_policy(
+    policy: str | Mapping[str, Any], principal: str, zone: TrustZone
+) -> list[PolicyFinding]:
+    """Security Hub KMS.1/KMS.2: an IAM policy allowing decryption on every key to a non-admin."""
+    if zone.is_admin(principal):
+        return []
+    doc = json.loads(policy) if isinstance(policy, str) else policy
+    findings = []
+    for index, statement in enumerate(as_list(doc.get("Statement"))):
+        check = _StatementCheck(statement, index, zone)
+        every_key = any(
+            str(r) in ("*", "arn:aws:kms:*") or str(r).endswith(":key/*")
+            for r in as_list(statement.get("Resource"))
+        )
+        if statement.get("Effect") == "Allow" and every_key and any(map(check._allows, _DECRYPT_ACTIONS)):
+            findings.append(
+                check._finding(
+                    "decrypt-all-keys", Severity.MEDIUM, principal, f"{principal} may decrypt with every key"
+                )
+            )
+    return findings

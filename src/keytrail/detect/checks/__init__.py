@@ -1,0 +1,27 @@
+"""The logic behind each rule: one small class per rule id, reading events and the key ledger."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from keytrail.detect.alarms import Finding
+from keytrail.detect.events import KmsEvent
+
+__all__ = ["Check", "arn_region_account"]
+
+
+class Check(Protocol):
+    """A rule's logic: findings per event (`observe`) and per point in time (`tick`)."""
+
+    rule_id: str
+
+    def observe(self, event: KmsEvent) -> list[Finding]: ...
+
+    def tick(self, now: datetime) -> list[Finding]: ...
+
+
+def arn_region_account(arn: str | None) -> tuple[str | None, str | None]:
+    """(region, account) of a key ARN `arn:aws:kms:<region>:<account>:key/<id>`."""
+    parts = (arn or "").split(":")
+    return (parts[3] or None, parts[4] or None) if len(parts) >= 6 else (None, None)

@@ -1,0 +1,113 @@
+"""`key-deletion-in-use`: disabling or deleting a key still in use, and use of a doomed key."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from keytrail.detect.alarms import Finding, format_time
+from keytrail.detect.events import KmsEvent
+from keytrail.detect.ledger import KeyLedger
+from keytrail.detect.rules import Rule
+from keytrail.detect.severity import Severity
+
+__all__ = ["KeyDeletionInUse"]
+
+_STOP_RECOMMENDATION = (
+    "The key was used recently: cancel the deletion (CancelKeyDeletion) or re-enable it until its "
+    "users ({user}) have moved; ciphertext under a deleted key is lost for good."
+)
+_USE_RECOMMENDATION = (
+    "Something still needs this key: find the caller and either cancel the deletion / re-enable "
+    "the key or move the caller to another key before the waiting period ends."
+)
+
+
+class KeyDeletionInUse:
+    """ScheduleKeyDeletion/DisableKey within `recent_days` of a use; any use attempt afterwards."""
+
+    rule_id = "key-deletion-in-use"
+
+    def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
+        self.rule, self.ledger = rule, ledger
+
+    def observe(self, event: KmsEvent) -> list[Finding]:
+        if event.event_name in ("ScheduleKeyDeletion", "DisableKey") and event.succeeded:
+            return self._stopped(event)
+        if event.is_crypto and not event.succeeded:
+            return self._attempt(event)
+        return []
+
+    def tick(self, now: datetime) -> list[Finding]:
+        return []
+
+    def _stopped(self, event: KmsEvent) -> list[Finding]:
+        record = self.ledger.get(event.key_arn)
+        recent = timedelta(days=float(self.rule.param("recent_days")))
+        if record is None or record.last_used is None or event.event_time - record.last_used > recent:
+            return []
+        details = {
+            "operation": event.event_name,
+            "lastUsed": format_time(record.last_used),
+            "lastUsedBy": record.last_used_by or "",
+            "lastUsedEventId": record.last_used_event_id or "",
+        }
+        window = event.request_parameters.get("pendingWindowInDays")
+        if window is not None:
+            details["pendingWindowInDays"] = str(window)
+        return [
+            self._finding(
+                event,
+                Severity.CRITICAL if event.event_name == "ScheduleKeyDeletion" else None,
+                f"{event.event_name} on {event.key_arn}, last used {format_time(record.last_used)} "
+                f"by {record.last_used_by or 'unknown'}",
+                _STOP_RECOMMENDATION.format(user=record.last_used_by or "unknown"),
+                details,
+            )
+        ]
+
+    def _attempt(self, event: KmsEvent) -> list[Finding]:
+        record = self.ledger.get(event.key_arn)
+        message = (event.error_message or "").lower()
+        pending = "pending deletion" in message or (
+            event.error_code == "KMSInvalidStateException"
+            and record is not None
+            and record.state == "PendingDeletion"
+        )
+        if pending:
+            what, severity = "pending deletion", Severity.HIGH
+        elif event.error_code == "DisabledException" and self.rule.param("alert_on_disabled_use"):
+            what, severity = "disabled", Severity.MEDIUM
+        else:
+            return []
+        return [
+            self._finding(
+                event,
+                severity,
+                f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on "
+                f"{event.key_arn}, which is {what}",
+                _USE_RECOMMENDATION,
+                {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or ""},
+            )
+        ]
+
+    def _finding(
+        self,
+        event: KmsEvent,
+        severity: Severity | None,
+        summary: str,
+        recommendation: str,
+        details: dict[str, str],
+    ) -> Finding:
+        return Finding(
+            rule=self.rule_id,
+            time=event.event_time,
+            key_arn=event.key_arn,
+            principal_arn=event.principal_arn,
+            event_id=event.event_id,
+            account_id=event.account_id,
+            region=event.region,
+            severity=severity,
+            summary=summary,
+            recommendation=recommendation,
+            details=details,
+        )

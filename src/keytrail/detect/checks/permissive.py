@@ -1,0 +1,112 @@
+"""`permissive-key`: CreateKey, PutKeyPolicy and CreateGrant that open a key too wide."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from keytrail.detect.alarms import Finding
+from keytrail.detect.analyzer import PolicyFinding, TrustZone, analyze_grant, analyze_policy
+from keytrail.detect.checks import arn_region_account
+from keytrail.detect.events import KmsEvent
+from keytrail.detect.rules import Rule
+from keytrail.detect.severity import Severity
+
+__all__ = ["PermissiveKey", "policy_finding", "trust_zone"]
+
+RECOMMENDATION = (
+    "Narrow the statement or grant named in details.findings: name the principals, pin '*' with "
+    "kms:CallerAccount or aws:PrincipalOrgID, keep kms:* for key administrators, revoke external grants."
+)
+
+
+def trust_zone(rule: Rule, key_account: str) -> TrustZone:
+    """The trust zone of a key from the rule's parameters."""
+    return TrustZone(
+        key_account,
+        frozenset(map(str, rule.param("trusted_accounts"))),
+        frozenset(map(str, rule.param("trusted_org_ids"))),
+        tuple(map(str, rule.param("admin_principals"))),
+    )
+
+
+def policy_finding(
+    rule_id: str,
+    key_arn: str,
+    time: datetime,
+    found: Sequence[PolicyFinding],
+    *,
+    principal_arn: str | None = None,
+    event_id: str | None = None,
+    trigger: str = "analyze",
+) -> Finding:
+    """One alarm finding summing up a key's policy findings (most severe first)."""
+    ordered = sorted(found, key=lambda f: -f.severity.rank)
+    region, account = arn_region_account(key_arn)
+    codes = ", ".join(dict.fromkeys(f.code for f in ordered))
+    return Finding(
+        rule=rule_id,
+        time=time,
+        key_arn=key_arn,
+        principal_arn=principal_arn,
+        event_id=event_id,
+        account_id=account,
+        region=region,
+        severity=Severity.highest(*(f.severity for f in ordered)),
+        summary=f"{key_arn} is too permissive ({codes}): {ordered[0].message}",
+        recommendation=RECOMMENDATION,
+        details={
+            "trigger": trigger,
+            "source": ordered[0].source,
+            "findings": json.dumps([f.to_json() for f in ordered], separators=(",", ":")),
+        },
+    )
+
+
+class PermissiveKey:
+    """Analyzes each new key policy and grant as it is written."""
+
+    rule_id = "permissive-key"
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def observe(self, event: KmsEvent) -> list[Finding]:
+        if (
+            not event.succeeded
+            or event.key_arn is None
+            or event.event_name not in ("CreateKey", "PutKeyPolicy", "CreateGrant")
+        ):
+            return []
+        found = self._analyze(event, trust_zone(self.rule, arn_region_account(event.key_arn)[1] or ""))
+        if not found:
+            return []
+        return [
+            policy_finding(
+                self.rule_id,
+                event.key_arn,
+                event.event_time,
+                found,
+                principal_arn=event.principal_arn,
+                event_id=event.event_id,
+                trigger=event.event_name,
+            )
+        ]
+
+    def tick(self, now: datetime) -> list[Finding]:
+        return []
+
+    @staticmethod
+    def _analyze(event: KmsEvent, zone: TrustZone) -> list[PolicyFinding]:
+        params = event.request_parameters
+        if event.event_name == "CreateGrant":
+            grant = {**params, "grantId": event.response_elements.get("grantId") or params.get("name")}
+            return analyze_grant(grant, zone)
+        policy = params.get("policy")
+        if not policy:
+            return []  # CreateKey without Policy: the default policy trusts the key account only
+        try:
+            return analyze_policy(policy, zone)
+        except (ValueError, AttributeError):
+            return []  # KMS refuses malformed policies; a record with one was not applied

@@ -1,0 +1,102 @@
+"""`usage-spike`: a key x principal's calls in one minute far above its rolling per-minute baseline.
+
+CloudTrail Insights-style (audit-anchors §2.1) for the read calls Insights cannot see: the
+baseline is the average calls per minute over the last `baseline_days` (or the pair's history,
+if shorter); the alarm carries the baseline and the observed rate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from keytrail.detect.alarms import Finding
+from keytrail.detect.events import KmsEvent
+from keytrail.detect.rules import Rule
+from keytrail.detect.severity import Severity
+
+__all__ = ["UsageSpike"]
+
+
+@dataclass(slots=True)
+class _Rate:
+    """Per-minute call counts of one key x principal."""
+
+    first_minute: int
+    minute: int
+    count: int = 0
+    total: int = 0  # calls in `past`
+    past: deque[tuple[int, int]] = field(default_factory=deque)
+    fired_minute: int = -1
+
+    def roll(self, minute: int, horizon: int) -> None:
+        if minute <= self.minute:
+            return  # late events count in the current minute
+        if self.count:
+            self.past.append((self.minute, self.count))
+            self.total += self.count
+        self.minute, self.count = minute, 0
+        while self.past and self.past[0][0] < minute - horizon:
+            self.total -= self.past.popleft()[1]
+
+
+class UsageSpike:
+    """Fires once per spiking minute, when the count crosses `factor` x baseline (and `min_calls`)."""
+
+    rule_id = "usage-spike"
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self._rates: dict[tuple[str, str], _Rate] = {}
+        self._horizon = int(float(rule.param("baseline_days")) * 1440)
+        self._min_history = int(rule.param("min_history_minutes"))
+        self._min_calls = int(rule.param("min_calls"))
+        self._factor = float(rule.param("factor"))
+
+    def observe(self, event: KmsEvent) -> list[Finding]:
+        if event.key_arn is None or event.principal_arn is None:
+            return []
+        minute = int(event.event_time.timestamp()) // 60
+        rate = self._rates.get((event.key_arn, event.principal_arn))
+        if rate is None:
+            rate = self._rates[(event.key_arn, event.principal_arn)] = _Rate(minute, minute)
+        rate.roll(minute, self._horizon)
+        rate.count += 1
+        if rate.count < self._min_calls or rate.fired_minute == rate.minute:
+            return []
+        history = min(rate.minute - rate.first_minute, self._horizon)
+        if history < self._min_history:
+            return []
+        baseline = rate.total / history
+        if rate.count < self._factor * baseline:
+            return []
+        rate.fired_minute = rate.minute
+        return [self._finding(event, baseline, rate.count, history)]
+
+    def tick(self, now: datetime) -> list[Finding]:
+        return []
+
+    def _finding(self, event: KmsEvent, baseline: float, observed: int, history: int) -> Finding:
+        high = observed >= float(self.rule.param("high_factor")) * baseline
+        return Finding(
+            rule=self.rule_id,
+            time=event.event_time,
+            key_arn=event.key_arn,
+            principal_arn=event.principal_arn,
+            event_id=event.event_id,
+            account_id=event.account_id,
+            region=event.region,
+            severity=Severity.HIGH if high else None,
+            summary=f"{event.principal_arn} made {observed} calls/min on {event.key_arn} "
+            f"against a baseline of {baseline:.2f}/min",
+            recommendation="Confirm the caller's new load is expected (deploy, backfill, cache off); "
+            "if not, treat its credentials as compromised. Data-key caching or S3 "
+            "Bucket Keys cut KMS calls and cost.",
+            details={
+                "baselineAverage": f"{baseline:.4f}",
+                "observedRate": str(observed),
+                "baselineDurationMinutes": str(history),
+                "eventName": event.event_name,
+            },
+        )

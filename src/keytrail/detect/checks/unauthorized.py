@@ -1,0 +1,81 @@
+"""`unauthorized-decrypt`: cryptographic calls denied with AccessDenied, per principal x key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from fnmatch import fnmatchcase
+
+from keytrail.detect.alarms import Finding
+from keytrail.detect.checks import arn_region_account
+from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
+from keytrail.detect.events import KmsEvent
+from keytrail.detect.ledger import KeyLedger
+from keytrail.detect.rules import Rule
+
+__all__ = ["UnauthorizedDecrypt"]
+
+_RECOMMENDATION = (
+    "Check whether {principal} should use this key. If not, find where its credentials are used "
+    "(sourceIPAddress, userAgent) and rotate them; if it should, grant access in the {policy} policy."
+)
+
+
+class UnauthorizedDecrypt:
+    """Denied cryptographic calls; AWS service callers and allow-listed principals are suppressed."""
+
+    rule_id = "unauthorized-decrypt"
+
+    def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
+        self.rule, self.ledger = rule, ledger
+        self.suppressed = 0
+
+    def observe(self, event: KmsEvent) -> list[Finding]:
+        if not event.is_crypto or event.error_code not in DENIED_CODES:
+            return []
+        if self._suppressed(event):
+            self.suppressed += 1
+            return []
+        return [self._finding(event)]
+
+    def tick(self, now: datetime) -> list[Finding]:
+        return []
+
+    def _suppressed(self, event: KmsEvent) -> bool:
+        params = self.rule.parameters
+        if params["suppress_aws_services"] and (
+            event.identity_type == "AWSService" or event.invoked_by in params["aws_service_callers"]
+        ):
+            return True
+        principal = event.principal_arn or ""
+        return any(fnmatchcase(principal, pattern) for pattern in params["allow_principals"])
+
+    def _finding(self, event: KmsEvent) -> Finding:
+        reason = parse_deny_reason(event.error_message)
+        new = not self.ledger.has_used(event.key_arn, event.principal_arn)
+        bump = int(self.rule.param("new_principal_bump"))
+        details = {
+            "denyType": reason.kind,
+            "policyType": reason.policy_type or "unknown",
+            "eventName": event.event_name,
+            "errorCode": event.error_code or "",
+        }
+        key_account = arn_region_account(event.key_arn)[1]
+        if event.account_id and key_account and event.account_id != key_account:
+            details["crossAccount"] = "true"
+        if new:
+            details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
+        who = event.principal_arn or "an unknown principal"
+        return Finding(
+            rule=self.rule_id,
+            time=event.event_time,
+            key_arn=event.key_arn,
+            principal_arn=event.principal_arn,
+            event_id=event.event_id,
+            account_id=event.account_id,
+            region=event.region,
+            severity=self.rule.severity.bump(bump) if new and bump else None,
+            summary=f"{who} was denied {event.event_name} on {event.key_arn or 'a key'} "
+            f"({reason.kind} deny, {reason.policy_type or 'unknown'} policy)",
+            recommendation=_RECOMMENDATION.format(principal=who, policy=reason.policy_type or "key"),
+            details=details,
+        )

@@ -1,0 +1,97 @@
+"""Which policy conditions really pin a statement to an account, organization or source.
+
+A condition restricts only when an outsider cannot satisfy it: an equality (or wildcard-free
+`Like`) operator, not `…IfExists` (absent keys pass), with concrete values (no `*`, `?` or policy
+variables). Access Analyzer and Security Hub KMS.5 read conditions the same way
+(audit-anchors §2.2, §2.3); prowler#970 is the false positive this avoids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Pinning", "arn_account", "as_list", "read_pinning"]
+
+_EQUALITY_OPERATORS = frozenset(
+    {"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike"}
+)
+_ACCOUNT_KEYS = frozenset(
+    {"kms:calleraccount", "aws:sourceaccount", "aws:principalaccount", "aws:resourceaccount"}
+)
+_ORG_KEYS = frozenset(
+    {"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"}
+)
+_ARN_KEYS = frozenset({"aws:sourcearn", "aws:principalarn"})
+
+
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    """What a statement's conditions pin it to; `pinned` is False when nothing does."""
+
+    accounts: frozenset[str] = field(default_factory=frozenset)
+    org_ids: frozenset[str] = field(default_factory=frozenset)
+    arns: frozenset[str] = field(default_factory=frozenset)
+    grant_for_aws_resource: bool = False
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.accounts or self.org_ids or self.arns)
+
+
+def read_pinning(condition: Any) -> Pinning:
+    """Collect the restricting account, org and ARN conditions of one statement."""
+    accounts: set[str] = set()
+    orgs: set[str] = set()
+    arns: set[str] = set()
+    grant_for_resource = False
+    for operator, keys in (condition or {}).items():
+        if not isinstance(keys, Mapping) or not _restricting(operator):
+            if isinstance(keys, Mapping) and operator.lower() == "bool":
+                grant_for_resource |= _true(keys, "kms:grantisforawsresource")
+            continue
+        for key, values in keys.items():
+            concrete = [v for v in as_list(values) if _concrete(v)]
+            if not concrete or len(concrete) != len(as_list(values)):
+                continue  # one wildcard value lets anyone match
+            name = key.lower()
+            if name in _ACCOUNT_KEYS:
+                accounts.update(concrete)
+            elif name in _ORG_KEYS:
+                orgs.update(v.split("/", 1)[0] for v in concrete)
+            elif name in _ARN_KEYS:
+                arns.update(concrete)
+    return Pinning(frozenset(accounts), frozenset(orgs), frozenset(arns), grant_for_resource)
+
+
+def _restricting(operator: str) -> bool:
+    name = operator.lower()
+    for prefix in ("foranyvalue:", "forallvalues:"):
+        name = name.removeprefix(prefix)
+    return name in _EQUALITY_OPERATORS  # …IfExists and Not… operators never pin
+
+
+def _concrete(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and not any(c in value for c in "*?") and "${" not in value
+
+
+def _true(keys: Mapping[str, Any], wanted: str) -> bool:
+    return any(k.lower() == wanted and str(as_list(v)[0]).lower() == "true" for k, v in keys.items())
+
+
+def as_list(value: Any) -> list[Any]:
+    """Policy fields take a value or a list of values."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def arn_account(principal: str) -> str | None:
+    """The account of an AWS principal: a bare 12-digit id or the 5th field of an ARN."""
+    if principal.isdigit() and len(principal) == 12:
+        return principal
+    parts = principal.split(":")
+    if len(parts) >= 6 and parts[0] == "arn" and parts[4].isdigit():
+        return parts[4]
+    return None

@@ -1,0 +1,134 @@
+"""A CloudTrail KMS record, read once into the few typed fields the rules look at.
+
+The detector works on CloudTrail dicts exactly as AWS writes them (audit-anchors §1); this module
+is the only place that knows where each field lives in that dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["CRYPTO_OPERATIONS", "KMS_SOURCE", "KmsEvent", "parse_time", "read_event", "read_kms_event"]
+
+# Cryptographic operations, as GetKeyLastUsage tracks them (audit-anchors §2.5).
+CRYPTO_OPERATIONS = frozenset(
+    {
+        "Decrypt",
+        "Encrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "ReEncrypt",
+        "Sign",
+        "Verify",
+        "GenerateMac",
+        "VerifyMac",
+        "DeriveSharedSecret",
+        "Decapsulate",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KmsEvent:
+    """The fields of one CloudTrail KMS record that detection rules need."""
+
+    event_id: str
+    event_time: datetime
+    event_name: str
+    key_arns: tuple[str, ...]
+    principal_arn: str | None
+    account_id: str | None
+    region: str | None
+    identity_type: str | None
+    invoked_by: str | None
+    error_code: str | None
+    error_message: str | None
+    request_parameters: Mapping[str, Any]
+    response_elements: Mapping[str, Any]
+
+    @property
+    def key_arn(self) -> str | None:
+        """The resolved key ARN (ReEncrypt: the source key)."""
+        return self.key_arns[0] if self.key_arns else None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error_code is None
+
+    @property
+    def is_crypto(self) -> bool:
+        return self.event_name in CRYPTO_OPERATIONS
+
+
+@lru_cache(maxsize=4096)  # consecutive events share their second
+def parse_time(text: str) -> datetime:
+    """CloudTrail's eventTime (`2025-05-20T20:46:16Z`) as an aware UTC datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+
+
+KMS_SOURCE = "kms.amazonaws.com"
+
+
+def read_kms_event(record: Mapping[str, Any]) -> KmsEvent | None:
+    """None for another service's record; ValueError when a KMS record lacks eventTime/eventName."""
+    if record.get("eventSource", KMS_SOURCE) != KMS_SOURCE:
+        return None
+    try:
+        return read_event(record)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"unreadable CloudTrail record {record.get('eventID')}: {exc!r}") from None
+
+
+def read_event(record: Mapping[str, Any]) -> KmsEvent:
+    """Read one CloudTrail record; raises KeyError/ValueError when eventTime or eventName is missing."""
+    identity = record.get("userIdentity") or {}
+    return KmsEvent(
+        event_id=str(record.get("eventID") or ""),
+        event_time=parse_time(record["eventTime"]),
+        event_name=str(record["eventName"]),
+        key_arns=_key_arns(record),
+        principal_arn=_principal_arn(identity),
+        account_id=identity.get("accountId"),
+        region=record.get("awsRegion"),
+        identity_type=identity.get("type"),
+        invoked_by=identity.get("invokedBy"),
+        error_code=record.get("errorCode") or None,
+        error_message=record.get("errorMessage"),
+        request_parameters=_mapping(record.get("requestParameters")),
+        response_elements=_mapping(record.get("responseElements")),
+    )
+
+
+def _key_arns(record: Mapping[str, Any]) -> tuple[str, ...]:
+    # resources[] holds the resolved key ARN; requestParameters.keyId may be an alias or bare id.
+    arns = tuple(str(r["ARN"]) for r in record.get("resources") or () if r.get("ARN"))
+    if arns:
+        return arns
+    key_id = _mapping(record.get("requestParameters")).get("keyId")
+    if isinstance(key_id, str) and key_id.startswith("arn:") and ":key/" in key_id:
+        return (key_id,)
+    metadata = _mapping(_mapping(record.get("responseElements")).get("keyMetadata"))
+    return (str(metadata["arn"]),) if metadata.get("arn") else ()
+
+
+def _principal_arn(identity: Mapping[str, Any]) -> str | None:
+    # Role sessions are attributed to the role (sessionIssuer.arn), not the per-session STS ARN.
+    issuer = _mapping(_mapping(identity.get("sessionContext")).get("sessionIssuer"))
+    arn = issuer.get("arn") or identity.get("arn")
+    return str(arn) if arn else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    if type(value) is dict:  # the common case, without the slower ABC check
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})

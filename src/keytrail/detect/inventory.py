@@ -1,0 +1,69 @@
+"""`keytrail analyze`: the permissive-key rule over a whole key inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from keytrail.clock import SystemClock
+from keytrail.detect.alarms import Alarm, AlarmBook
+from keytrail.detect.analyzer import PolicyFinding, analyze_grant, analyze_policy
+from keytrail.detect.checks import arn_region_account
+from keytrail.detect.checks.permissive import policy_finding, trust_zone
+from keytrail.detect.rules import RuleSet
+
+__all__ = ["KeyInventoryItem", "analyze_inventory", "read_inventory"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInventoryItem:
+    """One key: its ARN, key policy (JSON text; None = default policy) and ListGrants entries."""
+
+    key_arn: str
+    policy: str | None = None
+    grants: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    key_manager: str = "CUSTOMER"
+    key_state: str = "Enabled"
+
+
+def analyze_inventory(
+    keys: Iterable[KeyInventoryItem], *, as_of: datetime | None = None, rules: RuleSet | None = None
+) -> list[Alarm]:
+    """One permissive-key alarm per key with findings, stamped `as_of` (default: now; no rule here
+    depends on time, the stamp only dates the alarm)."""
+    rules = rules or RuleSet()
+    rule, book = rules["permissive-key"], AlarmBook(rules)
+    stamp = as_of or SystemClock().now()
+    for item in keys:
+        found = findings_for(item, rules)
+        if found and rule.enabled:
+            book.record(policy_finding(rule.id, item.key_arn, stamp, found))
+    return book.alarms()
+
+
+def findings_for(item: KeyInventoryItem, rules: RuleSet) -> list[PolicyFinding]:
+    """Every finding of one key's policy and grants."""
+    zone = trust_zone(rules["permissive-key"], arn_region_account(item.key_arn)[1] or "")
+    found = analyze_policy(item.policy, zone) if item.policy else []
+    for grant in item.grants:
+        found += analyze_grant(grant, zone)
+    return found
+
+
+def read_inventory(doc: Any) -> list[KeyInventoryItem]:
+    """Inventory JSON: a list of `{KeyArn, Policy, Grants, KeyManager, KeyState}` objects."""
+    items = doc.get("Keys", []) if isinstance(doc, Mapping) else doc
+    if not isinstance(items, list):
+        raise ValueError('an inventory is a JSON list of keys (or {"Keys": [...]})')
+    return [
+        KeyInventoryItem(
+            key_arn=str(item["KeyArn"]),
+            policy=item.get("Policy"),
+            grants=tuple(item.get("Grants") or ()),
+            key_manager=str(item.get("KeyManager", "CUSTOMER")),
+            key_state=str(item.get("KeyState", "Enabled")),
+        )
+        for item in items
+    ]

@@ -1,0 +1,88 @@
+"""What the detector remembers about each key: creation, state, last successful use, principals.
+
+Rules read the ledger as it was *before* the event in hand (is this principal new on the key?
+was the key used recently?); the engine updates it after every rule has looked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from keytrail.detect.events import KmsEvent
+
+__all__ = ["KeyLedger", "KeyRecord"]
+
+_STATE_CHANGES = {
+    "DisableKey": "Disabled",
+    "EnableKey": "Enabled",
+    "ScheduleKeyDeletion": "PendingDeletion",
+    "CancelKeyDeletion": "Disabled",
+    "DeleteKey": "Deleted",
+}
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """One key as seen in the event stream."""
+
+    key_arn: str
+    first_seen: datetime
+    created: datetime | None = None
+    created_event_id: str | None = None
+    key_manager: str | None = None
+    state: str = "Enabled"
+    last_used: datetime | None = None
+    last_used_event_id: str | None = None
+    last_used_by: str | None = None
+    rotations: int = 0
+    principals: set[str] = field(default_factory=set)
+    confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
+
+
+class KeyLedger:
+    """Per-key records, updated from every event."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, KeyRecord] = {}
+
+    def get(self, key_arn: str | None) -> KeyRecord | None:
+        return self._keys.get(key_arn) if key_arn else None
+
+    def __iter__(self) -> Iterator[KeyRecord]:
+        return iter(self._keys.values())
+
+    def has_used(self, key_arn: str | None, principal: str | None) -> bool:
+        """Whether `principal` made a successful call on the key before."""
+        record = self.get(key_arn)
+        return record is not None and principal in record.principals
+
+    def update(self, event: KmsEvent) -> None:
+        for key_arn in event.key_arns:
+            record = self._keys.get(key_arn)
+            if record is None:
+                record = self._keys[key_arn] = KeyRecord(key_arn, event.event_time)
+            if event.succeeded:
+                self._apply(record, event)
+
+    @staticmethod
+    def _apply(record: KeyRecord, event: KmsEvent) -> None:
+        record.confirmed = True
+        if event.principal_arn:
+            record.principals.add(event.principal_arn)
+        name = event.event_name
+        if event.is_crypto and (record.last_used is None or event.event_time >= record.last_used):
+            record.last_used, record.last_used_event_id = event.event_time, event.event_id
+            record.last_used_by = event.principal_arn
+        elif name == "CreateKey":
+            metadata = event.response_elements.get("keyMetadata") or {}
+            record.created, record.created_event_id = event.event_time, event.event_id
+            record.key_manager = str(metadata.get("keyManager") or "CUSTOMER")
+            record.state = str(metadata.get("keyState") or "Enabled")
+        elif name in ("RotateKey", "RotateKeyOnDemand"):
+            record.rotations += 1
+        elif name in _STATE_CHANGES:
+            record.state = _STATE_CHANGES[name]
+        elif name == "ImportKeyMaterial" and record.state == "PendingImport":
+            record.state = "Enabled"

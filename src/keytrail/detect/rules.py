@@ -1,0 +1,208 @@
+"""Detection rules as data: declared, registered by name, overridable from a TOML rules file.
+
+A rule says what to alarm on and how loudly; the logic that reads events lives in `checks/`.
+TOML format (docs/detection-rules.md):
+
+    [rules.unauthorized-decrypt]
+    severity = "MEDIUM"
+    window = "1h"
+    enabled = true
+    thresholds = { HIGH = 10, CRITICAL = 50 }
+    parameters = { allow_principals = ["arn:aws:iam::111122223333:role/scanner"] }
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from keytrail.detect.severity import Severity
+
+__all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "load_rules", "parse_duration"]
+
+AWS_SERVICE_CALLERS = (
+    "AWS Internal",
+    "internal.amazonaws.com",
+    "config.amazonaws.com",
+    "cloudtrail.amazonaws.com",
+)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str | float) -> timedelta:
+    """`"90d"`, `"10m"`, `"1h"`, `"30s"`, or a number of seconds."""
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"bad duration {value!r} (use e.g. 30s, 10m, 1h, 90d)")
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+class RuleError(ValueError):
+    """A rules file or override that cannot be applied (unknown rule, parameter or value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One detection rule: escalation thresholds map a severity to the alarm count that reaches it."""
+
+    id: str
+    severity: Severity
+    window: timedelta
+    thresholds: Mapping[Severity, int] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    description: str = ""
+
+    def severity_for(self, count: int, base: Severity | None = None) -> Severity:
+        """The severity an alarm starting at `base` (default: the rule's) reaches after `count` events."""
+        reached = [level for level, at in self.thresholds.items() if count >= at]
+        return Severity.highest(base or self.severity, *reached)
+
+    def param(self, name: str) -> Any:
+        return self.parameters[name]
+
+
+def _rule(
+    rule_id: str, severity: str, window: str, thresholds: dict[str, int], description: str, **parameters: Any
+) -> Rule:
+    return Rule(
+        rule_id,
+        Severity(severity),
+        parse_duration(window),
+        MappingProxyType({Severity(k): v for k, v in thresholds.items()}),
+        MappingProxyType(parameters),
+        True,
+        description,
+    )
+
+
+DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
+    {
+        r.id: r
+        for r in (
+            _rule(
+                "unauthorized-decrypt",
+                "MEDIUM",
+                "1h",
+                {"HIGH": 10, "CRITICAL": 50},
+                "Cryptographic calls denied with AccessDenied, per principal x key.",
+                suppress_aws_services=True,
+                aws_service_callers=list(AWS_SERVICE_CALLERS),
+                allow_principals=[],
+                new_principal_bump=1,
+            ),
+            _rule(
+                "unused-key",
+                "LOW",
+                "30d",
+                {},
+                "Enabled customer managed keys without successful cryptographic use for N days.",
+                unused_days=90,
+                key_month_usd=1.0,
+                rotation_month_usd=1.0,
+                max_billed_rotations=2,
+                include_unknown_manager=True,
+            ),
+            _rule(
+                "permissive-key",
+                "MEDIUM",
+                "1d",
+                {},
+                "Key policies and grants that give access to anyone, outsiders or non-administrators.",
+                trusted_accounts=[],
+                trusted_org_ids=[],
+                admin_principals=[],
+            ),
+            _rule(
+                "key-deletion-in-use",
+                "HIGH",
+                "1d",
+                {"CRITICAL": 5},
+                "DisableKey/ScheduleKeyDeletion on a recently used key; use of a key pending deletion.",
+                recent_days=30,
+                alert_on_disabled_use=True,
+            ),
+            _rule(
+                "usage-spike",
+                "MEDIUM",
+                "1h",
+                {},
+                "Per key x principal call rate far above its rolling baseline.",
+                baseline_days=7,
+                min_history_minutes=60,
+                min_calls=100,
+                factor=10.0,
+                high_factor=50.0,
+            ),
+        )
+    }
+)
+
+
+class RuleSet:
+    """The rules in force, by id."""
+
+    def __init__(self, rules: Mapping[str, Rule] = DEFAULT_RULES) -> None:
+        self._rules = dict(rules)
+
+    def __getitem__(self, rule_id: str) -> Rule:
+        return self._rules[rule_id]
+
+    def __iter__(self) -> Any:
+        return iter(self._rules.values())
+
+    def enabled(self, rule_id: str) -> bool:
+        return rule_id in self._rules and self._rules[rule_id].enabled
+
+    def override(self, tables: Mapping[str, Any]) -> RuleSet:
+        """A new RuleSet with `{rule_id: {severity, window, thresholds, parameters, enabled}}` applied."""
+        rules = dict(self._rules)
+        for rule_id, table in tables.items():
+            if rule_id not in rules:
+                raise RuleError(f"unknown rule {rule_id!r} (known: {', '.join(sorted(rules))})")
+            rules[rule_id] = _apply(rules[rule_id], table)
+        return RuleSet(rules)
+
+
+def load_rules(path: Path, base: RuleSet | None = None) -> RuleSet:
+    """Read the `[rules.<id>]` tables of a TOML file over `base` (the defaults)."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RuleError(f"cannot read rules file {path}: {exc}") from None
+    return (base or RuleSet()).override(doc.get("rules", {}))
+
+
+def _apply(rule: Rule, table: Mapping[str, Any]) -> Rule:
+    unknown = set(table) - {"severity", "window", "thresholds", "parameters", "enabled"}
+    if unknown:
+        raise RuleError(f"rule {rule.id}: unknown setting(s) {', '.join(sorted(unknown))}")
+    params = dict(rule.parameters)
+    for name, value in table.get("parameters", {}).items():
+        if name not in params:
+            raise RuleError(f"rule {rule.id}: unknown parameter {name!r}")
+        params[name] = value
+    try:
+        return replace(
+            rule,
+            severity=Severity(table.get("severity", rule.severity)),
+            window=parse_duration(table["window"]) if "window" in table else rule.window,
+            thresholds=MappingProxyType(
+                {Severity(k): int(v) for k, v in table.get("thresholds", rule.thresholds).items()}
+            ),
+            parameters=MappingProxyType(params),
+            enabled=bool(table.get("enabled", rule.enabled)),
+        )
+    except ValueError as exc:
+        raise RuleError(f"rule {rule.id}: {exc}") from None

@@ -1,0 +1,90 @@
+"""MQTT hook: each alarm as JSON on `keytrail/alarms/<rule>`, QoS 1, reconnecting on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from keytrail.detect.alarms import Alarm
+
+__all__ = ["DeliveryError", "MqttSink"]
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """A hook gave up on an alarm after its retries."""
+
+
+class MqttSink:
+    """Publishes alarms over one connection, reopened (with backoff) whenever it breaks."""
+
+    def __init__(
+        self,
+        url: str,
+        topic_prefix: str = "keytrail/alarms",
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 5.0,
+    ) -> None:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://HOST:PORT)")
+        self._host = parts.hostname
+        self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self._username = unquote(parts.username) if parts.username else None
+        self._password = unquote(parts.password) if parts.password else None
+        self._tls = ssl.create_default_context() if parts.scheme == "mqtts" else None
+        self.topic_prefix, self.attempts, self.backoff, self.timeout = (
+            topic_prefix,
+            attempts,
+            backoff,
+            timeout,
+        )
+        self._client: aiomqtt.Client | None = None
+
+    def topic(self, alarm: Alarm) -> str:
+        return f"{self.topic_prefix}/{alarm.rule}"
+
+    async def deliver(self, alarm: Alarm) -> None:
+        payload = json.dumps(alarm.to_json(), separators=(",", ":"))
+        for attempt in range(1, self.attempts + 1):
+            try:
+                client = await self._connect()
+                await client.publish(self.topic(alarm), payload, qos=1, timeout=self.timeout)
+                return
+            except (aiomqtt.MqttError, OSError) as exc:
+                log.warning("MQTT publish of %s failed (attempt %d): %s", alarm.alarm_id, attempt, exc)
+                await self._disconnect()
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+        raise DeliveryError(f"MQTT: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts")
+
+    async def _connect(self) -> aiomqtt.Client:
+        if self._client is None:
+            client = aiomqtt.Client(
+                self._host,
+                self._port,
+                username=self._username,
+                password=self._password,
+                tls_context=self._tls,
+                timeout=self.timeout,
+            )
+            await client.__aenter__()
+            self._client = client
+        return self._client
+
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):  # already broken: why we are here
+                await client.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        await self._disconnect()

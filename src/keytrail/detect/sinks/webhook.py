@@ -1,0 +1,90 @@
+"""Webhook hook: JSON POST signed with HMAC-SHA256, retried with backoff, dead-lettered at the end.
+
+Receivers check `X-Keytrail-Signature: sha256=<hex>` = HMAC-SHA256(secret, raw body) with a
+constant-time comparison (`verify_signature`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from keytrail.detect.alarms import Alarm, format_time
+
+__all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Keytrail-Signature"
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
+    """What a receiver does: recompute and compare in constant time."""
+    return header is not None and hmac.compare_digest(sign(secret, body), header)
+
+
+class WebhookSink:
+    """POSTs each alarm; after `attempts` failures writes it to the dead-letter file."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: bytes,
+        dead_letter: Path,
+        *,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url, self.secret, self.dead_letter = url, secret, dead_letter
+        self.attempts, self.backoff = attempts, backoff
+        self._client = httpx.AsyncClient(timeout=timeout)
+
+    async def deliver(self, alarm: Alarm) -> None:
+        body = json.dumps(alarm.to_json(), separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.secret, body),
+            "X-Keytrail-Alarm-Id": alarm.alarm_id,
+        }
+        error = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = await self._client.post(self.url, content=body, headers=headers)
+                if response.is_success:
+                    return
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "webhook %s: alarm %s attempt %d failed: %s", self.url, alarm.alarm_id, attempt, error
+            )
+            if attempt < self.attempts:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+        await asyncio.to_thread(self._dead_letter, alarm, error)
+
+    def _dead_letter(self, alarm: Alarm, error: str) -> None:
+        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "url": self.url,
+            "error": error,
+            "attempts": self.attempts,
+            "failedAt": format_time(datetime.now(UTC)),
+            "alarm": alarm.to_json(),
+        }
+        with self.dead_letter.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,203 @@
+"""Condition keys: those a request's parameters carry, and those derived from caller, key and time.
+
+Follows "AWS KMS condition keys" and "AWS global condition context keys". `request_conditions`
+turns an operation's parameters into the keys AWS puts in the request context; `RequestContext`
+answers every key (lowercase) for the evaluator, deriving principal, key and time keys itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from keytrail.kms.context import CallContext, IdentityType
+from keytrail.kms.errors import InvalidGrantTokenException
+from keytrail.kms.keys import Key
+
+__all__ = ["ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "RESOURCE_ALIASES", "RequestContext", "request_conditions"]
+
+# Private keys (never AWS condition keys) carrying whole values that grants need verbatim.
+ENCRYPTION_CONTEXT = "keytrail:EncryptionContext"
+GRANT_CONSTRAINTS = "keytrail:GrantConstraints"
+# Lowercase, as policies' `reads` name keys; the caller of `authorize` supplies its value.
+RESOURCE_ALIASES = "kms:resourcealiases"
+
+_ALGORITHM_DEFAULTED = {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo"}
+_CONTEXT_PARAMETER = {"ReEncryptFrom": "SourceEncryptionContext",
+                      "ReEncryptTo": "DestinationEncryptionContext"}
+_ALGORITHM_PARAMETER = {"ReEncryptFrom": "SourceEncryptionAlgorithm",
+                        "ReEncryptTo": "DestinationEncryptionAlgorithm"}
+_KEY_PARAMETER = {"ReEncryptFrom": "SourceKeyId", "ReEncryptTo": "DestinationKeyId"}
+_GRANT_ADMIN = {"CreateGrant", "ListGrants", "RevokeGrant"}
+_SIMPLE = {  # operation → {parameter: condition key}
+    "GenerateDataKeyPair": {"KeyPairSpec": "kms:DataKeyPairSpec"},
+    "GenerateDataKeyPairWithoutPlaintext": {"KeyPairSpec": "kms:DataKeyPairSpec"},
+    "Sign": {"SigningAlgorithm": "kms:SigningAlgorithm", "MessageType": "kms:MessageType"},
+    "Verify": {"SigningAlgorithm": "kms:SigningAlgorithm", "MessageType": "kms:MessageType"},
+    "GenerateMac": {"MacAlgorithm": "kms:MacAlgorithm"},
+    "VerifyMac": {"MacAlgorithm": "kms:MacAlgorithm"},
+    "EnableKeyRotation": {"RotationPeriodInDays": "kms:RotationPeriodInDays"},
+    "ReplicateKey": {"ReplicaRegion": "kms:ReplicaRegion"},
+    "CreateGrant": {"GranteePrincipal": "kms:GranteePrincipal", "RetiringPrincipal": "kms:RetiringPrincipal"},
+    "DeriveSharedSecret": {"KeyAgreementAlgorithm": "kms:KeyAgreementAlgorithm"},
+}
+
+
+def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The condition keys AWS puts in the request context for `operation` (`Encrypt` or
+    `kms:Encrypt`; `ReEncryptFrom`/`ReEncryptTo` for the two halves of ReEncrypt).
+
+    Also rejects malformed GrantTokens (InvalidGrantTokenException), as AWS does before access.
+    """
+    name = operation.removeprefix("kms:")
+    _check_grant_tokens(params.get("GrantTokens"))
+    out: dict[str, Any] = {}
+    _encryption_context(name, params, out)
+    for parameter, key in _SIMPLE.get(name, {}).items():
+        if params.get(parameter) is not None:
+            out[key] = params[parameter]
+    alias = _alias(params.get(_KEY_PARAMETER.get(name, "KeyId")))
+    if alias:
+        out["kms:RequestAlias"] = alias
+    if name in _GRANT_ADMIN:
+        out["kms:GrantIsForAWSResource"] = False  # only AWS services acting for a user set it
+    if name == "CreateGrant":
+        _create_grant(params, out)
+    if name == "ReEncryptFrom" or name == "ReEncryptTo":
+        out["kms:ReEncryptOnSameKey"] = params.get("SourceKeyId") == params.get("DestinationKeyId")
+    if name in ("CreateKey", "PutKeyPolicy"):
+        out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params.get("BypassPolicyLockoutSafetyCheck"))
+    if name == "CreateKey":
+        _create_key(params, out)
+    if name == "ScheduleKeyDeletion":
+        out["kms:ScheduleKeyDeletionPendingWindowInDays"] = params.get("PendingWindowInDays", 30)
+    _tags(name, params, out)
+    return out
+
+
+def _check_grant_tokens(tokens: Any) -> None:
+    if tokens is None:
+        return
+    if not isinstance(tokens, list) or len(tokens) > 10 or not all(
+            isinstance(t, str) and 1 <= len(t) <= 8192 for t in tokens):
+        raise InvalidGrantTokenException("The grant token is invalid.")
+
+
+def _encryption_context(name: str, params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    context = params.get(_CONTEXT_PARAMETER.get(name, "EncryptionContext"))
+    if isinstance(context, dict):
+        out[ENCRYPTION_CONTEXT] = dict(context)
+        out["kms:EncryptionContextKeys"] = list(context)
+        for key, value in context.items():
+            out[f"kms:EncryptionContext:{key}"] = value
+    algorithm = params.get(_ALGORITHM_PARAMETER.get(name, "EncryptionAlgorithm"))
+    if algorithm is not None or name in _ALGORITHM_DEFAULTED:
+        out["kms:EncryptionAlgorithm"] = algorithm or "SYMMETRIC_DEFAULT"
+
+
+def _alias(key_id: Any) -> str | None:
+    if not isinstance(key_id, str):
+        return None
+    if key_id.startswith("alias/"):
+        return key_id
+    if key_id.startswith("arn:") and ":alias/" in key_id:
+        return "alias/" + key_id.split(":alias/", 1)[1]
+    return None
+
+
+def _create_grant(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    out["kms:GrantOperations"] = list(params.get("Operations") or [])
+    constraints = params.get("Constraints") or {}
+    out[GRANT_CONSTRAINTS] = constraints
+    kinds = [k for k in ("EncryptionContextEquals", "EncryptionContextSubset")
+             if constraints.get(k) is not None]
+    if kinds:
+        out["kms:GrantConstraintType"] = kinds[0] if len(kinds) == 1 else kinds
+
+
+def _create_key(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    out["kms:KeySpec"] = params.get("KeySpec") or params.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT"
+    out["kms:KeyUsage"] = params.get("KeyUsage") or "ENCRYPT_DECRYPT"
+    out["kms:KeyOrigin"] = params.get("Origin") or "AWS_KMS"
+    out["kms:MultiRegion"] = bool(params.get("MultiRegion"))
+
+
+def _tags(name: str, params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    if name in ("CreateKey", "TagResource") and params.get("Tags"):
+        tags = params["Tags"]
+        for tag in tags:
+            out[f"aws:RequestTag/{tag.get('TagKey')}"] = tag.get("TagValue")
+        out["aws:TagKeys"] = [tag.get("TagKey") for tag in tags]
+    if name == "UntagResource" and params.get("TagKeys"):
+        out["aws:TagKeys"] = list(params["TagKeys"])
+
+
+# --- the request context -----------------------------------------------------------------------
+
+Derive = Callable[["RequestContext"], Any]
+_PRINCIPAL_TYPE = {IdentityType.ROOT: "Account", IdentityType.IAM_USER: "User",
+                   IdentityType.ASSUMED_ROLE: "AssumedRole"}
+
+
+def _key_value(read: Callable[[Key], Any]) -> Derive:
+    return lambda ctx: read(ctx.key) if ctx.key is not None else None
+
+
+_DERIVED: dict[str, Derive] = {
+    "aws:principalarn": lambda ctx: ctx.call.principal.policy_arn,
+    "aws:principalaccount": lambda ctx: ctx.call.principal.account,
+    "aws:principaltype": lambda ctx: _PRINCIPAL_TYPE.get(ctx.call.principal.type),
+    "aws:username": lambda ctx: ctx.call.principal.user_name,
+    "aws:userid": lambda ctx: ctx.call.principal.principal_id,
+    "aws:sourceip": lambda ctx: ctx.call.source_ip,
+    "aws:securetransport": lambda ctx: ctx.call.secure_transport,
+    "aws:requestedregion": lambda ctx: ctx.call.region,
+    "aws:currenttime": lambda ctx: ctx.now,
+    "aws:epochtime": lambda ctx: int(ctx.now.timestamp()),
+    "kms:calleraccount": lambda ctx: ctx.call.principal.account,
+    "aws:resourceaccount": _key_value(lambda key: key.account),
+    "kms:keyspec": _key_value(lambda key: str(key.key_spec)),
+    "kms:customermasterkeyspec": _key_value(lambda key: str(key.key_spec)),
+    "kms:keyusage": _key_value(lambda key: str(key.key_usage)),
+    "kms:customermasterkeyusage": _key_value(lambda key: str(key.key_usage)),
+    "kms:keyorigin": _key_value(lambda key: str(key.origin)),
+    "kms:multiregion": _key_value(lambda key: key.multi_region),
+}
+
+
+class RequestContext:
+    """Resolves a lowercase condition key: request values first, then derived ones. The time is
+    read from `clock` only when a statement asks for it."""
+
+    __slots__ = ("_clock", "_now", "call", "key", "values")
+    call: CallContext
+    key: Key | None
+    values: dict[str, Any]
+
+    def __init__(
+        self, call: CallContext, key: Key | None, conditions: Mapping[str, Any],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.call = call
+        self.key = key
+        self._clock = clock
+        self._now: datetime | None = None
+        self.values = {name.lower(): value for name, value in conditions.items()}
+
+    @property
+    def now(self) -> datetime:
+        if self._now is None:
+            self._now = self._clock()
+        return self._now
+
+    def __call__(self, name: str) -> Any:
+        if name in self.values:
+            return self.values[name]
+        derive = _DERIVED.get(name)
+        if derive is not None:
+            return derive(self)
+        if name.startswith("aws:resourcetag/") and self.key is not None:
+            wanted = name[len("aws:resourcetag/"):]
+            return next((v for k, v in self.key.tags if k.lower() == wanted), None)
+        return None

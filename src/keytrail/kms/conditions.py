@@ -1,0 +1,336 @@
+"""IAM policy matching: escaped wildcards, policy variables and the Condition operators.
+
+Follows "IAM JSON policy elements: Condition operators" and "Conditions with multiple context keys
+or values". Patterns never become regexes from raw text: every literal is escaped, only `*` and
+`?` are wildcards, so a policy cannot inject regex syntax.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+__all__ = [
+    "OPERATORS",
+    "Condition",
+    "Pattern",
+    "Resolve",
+    "parse_condition_operator",
+    "wildcard_match",
+]
+
+# A lookup from a lowercase condition key to its value in the request (None when absent).
+Resolve = Callable[[str], Any]
+
+_TOKEN = re.compile(r"\$\{([^}]*)\}|\*|\?")
+_LITERAL_VARIABLES = {"*": "*", "?": "?", "$": "$"}
+
+
+def _variable(body: str) -> tuple[str, str | None]:
+    """`aws:username, 'default'` → (`aws:username`, `default`)."""
+    name, _, default = body.partition(",")
+    text = default.strip()
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return name.strip().lower(), text[1:-1]
+    return name.strip().lower(), None
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A policy string: literals, `*`/`?` wildcards (when allowed) and `${…}` policy variables."""
+
+    parts: tuple[tuple[str, str], ...]  # ("lit", text) | ("any", "") | ("one", "") | ("var", body)
+    ignore_case: bool = False
+
+    @classmethod
+    def parse(cls, text: str, *, wildcards: bool, variables: bool, ignore_case: bool = False) -> Pattern:
+        parts: list[tuple[str, str]] = []
+        pos = 0
+        for match in _TOKEN.finditer(text):
+            token = match.group(0)
+            if match.group(1) is not None and not variables:
+                continue
+            if token in "*?" and not wildcards:
+                continue
+            parts.append(("lit", text[pos:match.start()]))
+            if match.group(1) is not None:
+                body = match.group(1)
+                parts.append(("lit", body) if body in _LITERAL_VARIABLES else ("var", body))
+            else:
+                parts.append(("any" if token == "*" else "one", ""))
+            pos = match.end()
+        parts.append(("lit", text[pos:]))
+        return cls(tuple(p for p in parts if p != ("lit", "")), ignore_case)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(_variable(body)[0] for kind, body in self.parts if kind == "var")
+
+    @property
+    def is_literal(self) -> bool:
+        return all(kind == "lit" for kind, _ in self.parts)
+
+    def literal(self) -> str:
+        return "".join(body for _, body in self.parts)
+
+    def regex(self, resolve: Resolve) -> re.Pattern[str] | None:
+        """The escaped regex for this pattern; None when a variable has no value and no default."""
+        out: list[str] = []
+        for kind, body in self.parts:
+            if kind == "lit":
+                out.append(re.escape(body))
+            elif kind == "any":
+                out.append(".*")
+            elif kind == "one":
+                out.append(".")
+            else:
+                value = _variable_value(body, resolve)
+                if value is None:
+                    return None
+                out.append(re.escape(value))
+        return _compiled("".join(out), self.ignore_case)
+
+    def matches(self, value: str, resolve: Resolve) -> bool:
+        if self.is_literal:
+            text = self.literal()
+            return value.lower() == text.lower() if self.ignore_case else value == text
+        regex = self.regex(resolve)
+        return regex is not None and regex.fullmatch(value) is not None
+
+
+def _variable_value(body: str, resolve: Resolve) -> str | None:
+    name, default = _variable(body)
+    value = resolve(name)
+    if value is None or isinstance(value, list | tuple):
+        return default
+    return _as_string(value)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(regex: str, ignore_case: bool) -> re.Pattern[str]:
+    return re.compile(regex, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+
+
+def wildcard_match(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
+    """`*` matches any run of characters, `?` one character; everything else is literal."""
+    return Pattern.parse(pattern, wildcards=True, variables=False, ignore_case=ignore_case).matches(
+        value, _no_variables
+    )
+
+
+def _no_variables(_: str) -> None:
+    return None
+
+
+# --- value coercions ---------------------------------------------------------------------------
+
+def _as_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_date(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    number = _as_number(value)
+    if number is not None:
+        return datetime.fromtimestamp(number, UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# --- operators ---------------------------------------------------------------------------------
+
+Matcher = Callable[[Any, Any, Resolve], bool]
+
+
+def _string(ignore_case: bool, wildcards: bool) -> Matcher:
+    def match(request: Any, policy: Any, resolve: Resolve) -> bool:
+        pattern = _pattern(_as_string(policy), wildcards, ignore_case)
+        return pattern.matches(_as_string(request), resolve)
+    return match
+
+
+@lru_cache(maxsize=4096)
+def _pattern(text: str, wildcards: bool, ignore_case: bool) -> Pattern:
+    return Pattern.parse(text, wildcards=wildcards, variables=True, ignore_case=ignore_case)
+
+
+def _numeric(compare: Callable[[float, float], bool]) -> Matcher:
+    def match(request: Any, policy: Any, _: Resolve) -> bool:
+        left, right = _as_number(request), _as_number(policy)
+        return left is not None and right is not None and compare(left, right)
+    return match
+
+
+def _date(compare: Callable[[datetime, datetime], bool]) -> Matcher:
+    def match(request: Any, policy: Any, _: Resolve) -> bool:
+        left, right = _as_date(request), _as_date(policy)
+        return left is not None and right is not None and compare(left, right)
+    return match
+
+
+def _bool(request: Any, policy: Any, _: Resolve) -> bool:
+    return _as_string(request).lower() == _as_string(policy).lower()
+
+
+def _binary(request: Any, policy: Any, _: Resolve) -> bool:
+    raw = request if isinstance(request, bytes) else _as_string(request).encode()
+    return base64.b64encode(raw).decode() == _as_string(policy) or _as_string(request) == _as_string(policy)
+
+
+def _ip(request: Any, policy: Any, _: Resolve) -> bool:
+    network, address = _network(_as_string(policy)), _address(_as_string(request))
+    return network is not None and address is not None and address in network
+
+
+@lru_cache(maxsize=1024)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _arn(request: Any, policy: Any, resolve: Resolve) -> bool:
+    """ArnEquals/ArnLike: the six colon-separated parts are matched one by one, case-sensitively."""
+    wanted = _as_string(policy).split(":", 5)
+    actual = _as_string(request).split(":", 5)
+    if len(wanted) != 6 or len(actual) != 6:
+        return False
+    return all(_pattern(w, True, False).matches(a, resolve) for w, a in zip(wanted, actual, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    name: str
+    match: Matcher
+    negated: bool = False
+
+
+def _operators() -> dict[str, Operator]:
+    table: list[tuple[str, Matcher, bool]] = [
+        ("StringEquals", _string(False, False), False), ("StringNotEquals", _string(False, False), True),
+        ("StringEqualsIgnoreCase", _string(True, False), False),
+        ("StringNotEqualsIgnoreCase", _string(True, False), True),
+        ("StringLike", _string(False, True), False), ("StringNotLike", _string(False, True), True),
+        ("NumericEquals", _numeric(lambda a, b: a == b), False),
+        ("NumericNotEquals", _numeric(lambda a, b: a == b), True),
+        ("NumericLessThan", _numeric(lambda a, b: a < b), False),
+        ("NumericLessThanEquals", _numeric(lambda a, b: a <= b), False),
+        ("NumericGreaterThan", _numeric(lambda a, b: a > b), False),
+        ("NumericGreaterThanEquals", _numeric(lambda a, b: a >= b), False),
+        ("DateEquals", _date(lambda a, b: a == b), False),
+        ("DateNotEquals", _date(lambda a, b: a == b), True),
+        ("DateLessThan", _date(lambda a, b: a < b), False),
+        ("DateLessThanEquals", _date(lambda a, b: a <= b), False),
+        ("DateGreaterThan", _date(lambda a, b: a > b), False),
+        ("DateGreaterThanEquals", _date(lambda a, b: a >= b), False),
+        ("Bool", _bool, False), ("BinaryEquals", _binary, False),
+        ("IpAddress", _ip, False), ("NotIpAddress", _ip, True),
+        ("ArnEquals", _arn, False), ("ArnLike", _arn, False),
+        ("ArnNotEquals", _arn, True), ("ArnNotLike", _arn, True),
+    ]
+    return {name.lower(): Operator(name, match, negated) for name, match, negated in table}
+
+
+OPERATORS: dict[str, Operator] = _operators()
+_QUALIFIERS = {"forallvalues": "ForAllValues", "foranyvalue": "ForAnyValue"}
+
+
+def parse_condition_operator(text: str) -> tuple[str | None, str, bool]:
+    """`ForAnyValue:StringLikeIfExists` → ("ForAnyValue", "StringLike", True). Raises ValueError."""
+    qualifier: str | None = None
+    name = text
+    if ":" in text:
+        prefix, _, name = text.partition(":")
+        if prefix.lower() not in _QUALIFIERS:
+            raise ValueError(f"unknown set operator {prefix!r}")
+        qualifier = _QUALIFIERS[prefix.lower()]
+    if_exists = name.lower().endswith("ifexists") and name.lower() != "ifexists"
+    base = name[: -len("IfExists")] if if_exists else name
+    if base.lower() == "null":
+        if qualifier or if_exists:
+            raise ValueError(f"{text!r}: Null takes no set operator and no IfExists")
+        return None, "Null", False
+    if base.lower() not in OPERATORS:
+        raise ValueError(f"unknown condition operator {text!r}")
+    return qualifier, OPERATORS[base.lower()].name, if_exists
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One (operator, key, values) triple of a Condition block; values are ORed (NORed if negated)."""
+
+    operator: str
+    key: str  # lowercase
+    values: tuple[Any, ...]
+    qualifier: str | None = None
+    if_exists: bool = False
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """Every condition key this condition looks at: its own key and its policy variables."""
+        names = {self.key}
+        for value in self.values:
+            if isinstance(value, str) and "${" in value:
+                names.update(Pattern.parse(value, wildcards=False, variables=True).variables)
+        return frozenset(names)
+
+    def holds(self, resolve: Resolve) -> bool:
+        value = resolve(self.key)
+        present = value is not None and value != [] and value != ()
+        if self.operator == "Null":
+            return any(_as_string(v).lower() == ("false" if present else "true") for v in self.values)
+        if not present:
+            return self._absent()
+        operator = OPERATORS[self.operator.lower()]
+        requested: Sequence[Any] = value if isinstance(value, list | tuple) else (value,)
+        results = [self._one(operator, item, resolve) for item in requested]
+        if self.qualifier == "ForAllValues":
+            return all(results)
+        if self.qualifier == "ForAnyValue":
+            return any(results)
+        # A multi-valued key without a set operator: positive operators need one match, negated
+        # operators need every value to miss.
+        return all(results) if operator.negated else any(results)
+
+    def _absent(self) -> bool:
+        if self.if_exists or self.qualifier == "ForAllValues":
+            return True
+        if self.qualifier == "ForAnyValue":
+            return False
+        return OPERATORS[self.operator.lower()].negated
+
+    def _one(self, operator: Operator, item: Any, resolve: Resolve) -> bool:
+        hit = any(operator.match(item, policy, resolve) for policy in self.values)
+        return not hit if operator.negated else hit

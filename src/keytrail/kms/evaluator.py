@@ -1,0 +1,228 @@
+"""The policy evaluator behind `Authorizer`: key policy, IAM identity policies and grants.
+
+Follows "Determining access to a KMS key" and "Policy evaluation logic": an explicit Deny in any
+applicable policy wins; otherwise the key policy must allow the caller directly, or allow the
+caller's account and an identity policy must allow too; otherwise a grant may allow. Key-less
+operations are decided by identity policies alone. Decisions are cached by everything they read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from keytrail.clock import Clock, utc_now
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
+from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, RequestContext
+from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
+from keytrail.kms.grants import grant_allows
+from keytrail.kms.keys import Key
+from keytrail.kms.policy_document import Policy, PrincipalSet, Statement, compile_policy
+
+__all__ = ["LOCKOUT_MESSAGE", "PolicyAuthorizer", "check_lockout", "evaluate_identity", "evaluate_key_policy"]
+
+_CACHE_LIMIT = 8192
+_DENY_ALL = Policy((), frozenset())
+IDENTITY, RESOURCE = "identity-based", "resource-based"
+LOCKOUT_MESSAGE = "The new key policy will not allow you to update the key policy in the future."
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyPolicyResult:
+    deny: bool = False
+    direct: bool = False  # the key policy names the caller (or everyone)
+    account: bool = False  # the key policy names the caller's account: IAM must allow too
+
+
+def _principal_match(principals: PrincipalSet, principal: Principal) -> str | None:
+    if principals.anyone or principal.policy_arn in principals.arns or principal.arn in principals.arns:
+        return "direct"
+    if f"arn:aws:iam::{principal.account}:root" in principals.arns:
+        return "account"
+    return None
+
+
+def _statement_principal(statement: Statement, principal: Principal) -> str | None:
+    assert statement.principals is not None
+    match = _principal_match(statement.principals, principal)
+    if statement.not_principal:
+        return None if match == "direct" else "direct"
+    return match
+
+
+def evaluate_key_policy(policy: Policy, principal: Principal, action: str, resource: str,
+                        ctx: RequestContext) -> _KeyPolicyResult:
+    """What the key policy says about this caller: explicit deny, direct or account allow."""
+    direct = account = False
+    for statement in policy.statements:
+        match = _statement_principal(statement, principal)
+        if match is None or not statement.applies_to(action, resource, ctx):
+            continue
+        if not statement.allow:
+            return _KeyPolicyResult(deny=True)
+        direct = direct or match == "direct"
+        account = account or match == "account"
+    return _KeyPolicyResult(direct=direct, account=account)
+
+
+def evaluate_identity(policies: tuple[Policy, ...], action: str, resource: str,
+                      ctx: RequestContext) -> Verdict | None:
+    """EXPLICIT_DENY, ALLOW, or None when no identity statement applies."""
+    allowed = False
+    for policy in policies:
+        for statement in policy.statements:
+            if not statement.applies_to(action, resource, ctx):
+                continue
+            if not statement.allow:
+                return Verdict.EXPLICIT_DENY
+            allowed = True
+    return Verdict.ALLOW if allowed else None
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return frozenset((k, _freeze(v)) for k, v in value.items())
+    return value
+
+
+class PolicyAuthorizer:
+    """Decides every KMS call as AWS KMS does; `clock` supplies aws:CurrentTime."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._key_policies: dict[str, Policy] = {}
+        self._identities: dict[int, tuple[tuple[dict[str, Any], ...], tuple[Policy, ...]]] = {}
+        self._decisions: dict[tuple[Any, ...], tuple[object, AccessDecision]] = {}
+
+    # --- compiled policies, cached ---------------------------------------------------------------
+
+    def key_policy(self, text: str) -> Policy:
+        policy = self._key_policies.get(text)
+        if policy is None:
+            try:
+                policy = compile_policy(text, "key")
+            except (KmsError, KeyError, TypeError, ValueError):
+                policy = _DENY_ALL  # a stored policy that no longer parses allows nothing
+            self._bounded(self._key_policies)[text] = policy
+        return policy
+
+    def identity_policies(self, principal: Principal) -> tuple[Policy, ...]:
+        # Keyed by the tuple's identity; the entry keeps the tuple alive so its id is never reused.
+        entry = self._identities.get(id(principal.policies))
+        if entry is not None and entry[0] is principal.policies:
+            return entry[1]
+        compiled = []
+        for doc in principal.policies:
+            try:
+                compiled.append(compile_policy(doc, "identity"))
+            except (KmsError, KeyError, TypeError, ValueError):
+                continue  # an invalid identity policy grants nothing
+        result = tuple(compiled)
+        self._bounded(self._identities)[id(principal.policies)] = (principal.policies, result)
+        return result
+
+    def reads(self, key: Key | None, principal: Principal) -> frozenset[str]:
+        """The (lowercase) condition keys that this key's policy and the caller's policies read."""
+        identity = self.identity_policies(principal)
+        key_reads = self.key_policy(key.policy).reads if key is not None else frozenset()
+        if not identity:
+            return key_reads
+        return key_reads.union(*(p.reads for p in identity))
+
+    @staticmethod
+    def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        return cache
+
+    # --- the decision --------------------------------------------------------------------------
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        principal = request.call.principal
+        ctx = RequestContext(request.call, request.key, request.conditions, self._clock.now)
+        identity = self.identity_policies(principal)
+        key_policy = self.key_policy(request.key.policy) if request.key is not None else None
+        cache_key = self._cache_key(request, ctx, key_policy, identity)
+        hit = self._decisions.get(cache_key)
+        if hit is not None and hit[0] is principal.policies:
+            return hit[1]
+        decision = self._decide(request, ctx, key_policy, identity)
+        self._bounded(self._decisions)[cache_key] = (principal.policies, decision)
+        return decision
+
+    def _cache_key(self, request: AccessRequest, ctx: RequestContext, key_policy: Policy | None,
+                   identity: tuple[Policy, ...]) -> tuple[Any, ...]:
+        principal = request.call.principal
+        reads = [*(key_policy.reads if key_policy else ()), *(k for p in identity for k in p.reads)]
+        values = tuple((name, _freeze(ctx(name))) for name in reads)
+        key = request.key
+        grants: tuple[Any, ...] = ()
+        if request.grants:
+            grants = (tuple(g.grant_id for g in request.grants), _freeze(dict(request.conditions)))
+        return (principal.arn, principal.policy_arn, principal.type, id(principal.policies), request.action,
+                key.arn if key else None, key.policy if key else None, values, grants)
+
+    def _decide(self, request: AccessRequest, ctx: RequestContext, key_policy: Policy | None,
+                identity: tuple[Policy, ...]) -> AccessDecision:
+        principal, action = request.call.principal, request.action
+        resource = request.key.arn if request.key is not None else "*"
+        kp = _KeyPolicyResult()
+        if key_policy is not None:
+            kp = evaluate_key_policy(key_policy, principal, action, resource, ctx)
+            if kp.deny:
+                return AccessDecision(Verdict.EXPLICIT_DENY, RESOURCE)
+        verdict = evaluate_identity(identity, action, resource, ctx)
+        if verdict is Verdict.EXPLICIT_DENY:
+            return AccessDecision(Verdict.EXPLICIT_DENY, IDENTITY)
+        iam_allows = verdict is Verdict.ALLOW or principal.type is IdentityType.ROOT
+        if request.key is None:
+            return AccessDecision(Verdict.ALLOW if iam_allows else Verdict.IMPLICIT_DENY, IDENTITY)
+        if self._policies_allow(request, kp, iam_allows) or self._grants_allow(request, iam_allows):
+            return AccessDecision(Verdict.ALLOW)
+        return AccessDecision(Verdict.IMPLICIT_DENY, RESOURCE if iam_allows else IDENTITY)
+
+    @staticmethod
+    def _policies_allow(request: AccessRequest, kp: _KeyPolicyResult, iam_allows: bool) -> bool:
+        assert request.key is not None
+        if request.call.principal.account == request.key.account and kp.direct:
+            return True
+        # Through the account (delegation to IAM), and every cross-account call: both must allow.
+        return (kp.direct or kp.account) and iam_allows
+
+    @staticmethod
+    def _grants_allow(request: AccessRequest, iam_allows: bool) -> bool:
+        if not request.grants:
+            return False
+        operation = request.action.removeprefix("kms:")
+        values: Mapping[str, Any] = request.conditions
+        wanted = {
+            "context": values.get(ENCRYPTION_CONTEXT) or {},
+            "operations": values.get("kms:GrantOperations") or (),
+            "constraints": values.get(GRANT_CONSTRAINTS),
+        }
+        principal = request.call.principal
+        return any(grant_allows(g, operation, principal, wanted, iam_allows) for g in request.grants)
+
+
+def check_lockout(
+    policy_doc: str | Mapping[str, Any], principal: Principal, *, bypass: bool = False,
+    call: CallContext | None = None, now: datetime | None = None,
+) -> None:
+    """The policy lockout safety check of CreateKey and PutKeyPolicy: the new key policy must let
+    the caller call PutKeyPolicy again (directly, or through its account and IAM), unless bypassed."""
+    if bypass:
+        return
+    policy = compile_policy(policy_doc, "key")
+    call = call or CallContext(principal=principal, region="", request_id="")
+    ctx = RequestContext(call, None, {}, (lambda: now) if now else utc_now)
+    kp = evaluate_key_policy(policy, principal, "kms:PutKeyPolicy", "*", ctx)
+    identity = tuple(compile_policy(doc, "identity") for doc in principal.policies)
+    verdict = evaluate_identity(identity, "kms:PutKeyPolicy", "*", ctx)
+    iam_allows = verdict is Verdict.ALLOW or principal.type is IdentityType.ROOT
+    if kp.deny or verdict is Verdict.EXPLICIT_DENY or not (kp.direct or (kp.account and iam_allows)):
+        raise MalformedPolicyDocumentException(LOCKOUT_MESSAGE)

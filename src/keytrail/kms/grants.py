@@ -1,0 +1,149 @@
+"""Grant rules: who a grant names, which operations it may allow, and its constraints.
+
+Follows "Grants in AWS KMS", "Using grant constraints" and "Granting CreateGrant permission".
+Pure functions over `Grant` values; the handlers in `operations/grants.py` persist grants.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from keytrail.kms.context import IdentityType, Principal
+from keytrail.kms.keys import Key
+from keytrail.kms.model import KeySpec, KeyUsage
+from keytrail.kms.store import Grant
+
+__all__ = [
+    "CONTEXT_OPERATIONS",
+    "GRANT_OPERATIONS",
+    "allowed_operations",
+    "constraints_at_least_as_strict",
+    "constraints_hold",
+    "grant_allows",
+    "grantee_matches",
+    "make_grant_token",
+    "parse_grant_token",
+    "principal_named",
+]
+
+GRANT_OPERATIONS = frozenset({
+    "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
+    "ReEncryptTo", "Sign", "Verify", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey",
+    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
+    "DeriveSharedSecret",
+})
+# Operations that take an EncryptionContext: the only ones a grant constraint applies to.
+CONTEXT_OPERATIONS = frozenset({
+    "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo",
+})
+_ALWAYS = frozenset({"DescribeKey", "CreateGrant", "RetireGrant"})
+_SYMMETRIC = CONTEXT_OPERATIONS | _ALWAYS
+_BY_USAGE = {
+    KeyUsage.ENCRYPT_DECRYPT:
+        frozenset({"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey"}) | _ALWAYS,
+    KeyUsage.SIGN_VERIFY: frozenset({"Sign", "Verify", "GetPublicKey"}) | _ALWAYS,
+    KeyUsage.GENERATE_VERIFY_MAC: frozenset({"GenerateMac", "VerifyMac"}) | _ALWAYS,
+    KeyUsage.KEY_AGREEMENT: frozenset({"DeriveSharedSecret", "GetPublicKey"}) | _ALWAYS,
+}
+_TOKEN_PREFIX = "ktg1"
+
+
+def allowed_operations(key: Key) -> frozenset[str]:
+    """The grant operations AWS accepts for this key's spec and usage."""
+    if key.key_spec is KeySpec.SYMMETRIC_DEFAULT:
+        return _SYMMETRIC
+    return _BY_USAGE[key.key_usage]
+
+
+def supports_constraints(key: Key) -> bool:
+    """Encryption-context constraints exist only for symmetric encryption keys."""
+    return key.key_spec is KeySpec.SYMMETRIC_DEFAULT
+
+
+def principal_named(name: str, principal: Principal) -> bool:
+    """True when an ARN in a grant names this caller (its user/role ARN or its session ARN)."""
+    return hmac.compare_digest(name, principal.policy_arn) or hmac.compare_digest(name, principal.arn)
+
+
+def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -> bool:
+    """A grant to an account root lets that account's principals use it when IAM allows them."""
+    if principal_named(grantee, principal):
+        return True
+    root = f"arn:aws:iam::{principal.account}:root"
+    return grantee == root and (identity_allows or principal.type is IdentityType.ROOT)
+
+
+def constraints_hold(constraints: Mapping[str, Any] | None, context: Mapping[str, str]) -> bool:
+    """EncryptionContextEquals: exactly these pairs; EncryptionContextSubset: at least these."""
+    if not constraints:
+        return True
+    equals = constraints.get("EncryptionContextEquals")
+    if equals is not None and dict(context) != dict(equals):
+        return False
+    subset = constraints.get("EncryptionContextSubset")
+    return subset is None or all(context.get(k) == v for k, v in subset.items())
+
+
+def constraints_at_least_as_strict(parent: Mapping[str, Any] | None, child: Mapping[str, Any] | None) -> bool:
+    """A grant made through a grant's CreateGrant must be equally or more constrained."""
+    if not parent:
+        return True
+    child = child or {}
+    child_pairs = dict(child.get("EncryptionContextEquals") or child.get("EncryptionContextSubset") or {})
+    equals = parent.get("EncryptionContextEquals")
+    if equals is not None and child.get("EncryptionContextEquals") != equals:
+        return False
+    subset = parent.get("EncryptionContextSubset")
+    if subset is None:
+        return True
+    return bool(child) and all(child_pairs.get(k) == v for k, v in subset.items())
+
+
+def grant_allows(
+    grant: Grant, operation: str, principal: Principal, request: Mapping[str, Any], identity_allows: bool,
+) -> bool:
+    """Does `grant` let `principal` perform `operation` with this request's values?
+
+    `request` carries `context` (the encryption context), and for CreateGrant the requested
+    `operations` and `constraints`.
+    """
+    if operation not in grant.operations or not grantee_matches(grant.grantee_principal, principal,
+                                                                 identity_allows):
+        return False
+    if operation in CONTEXT_OPERATIONS:
+        return constraints_hold(grant.constraints, request.get("context") or {})
+    if operation == "CreateGrant":
+        requested: Iterable[str] = request.get("operations") or ()
+        return set(requested) <= set(grant.operations) and constraints_at_least_as_strict(
+            grant.constraints, request.get("constraints"))
+    return True
+
+
+def make_grant_token(grant: Grant, nonce: bytes) -> str:
+    """An opaque token naming the grant; each CreateGrant call gets a different one."""
+    body = f"{grant.account}:{grant.region}:{grant.key_id}:{grant.grant_id}".encode()
+    return _TOKEN_PREFIX + base64.urlsafe_b64encode(body + b":" + nonce).decode().rstrip("=")
+
+
+def parse_grant_token(token: str) -> tuple[str, str, str, str] | None:
+    """(account, region, key id, grant id) of a token this service issued, else None."""
+    if not token.startswith(_TOKEN_PREFIX):
+        return None
+    raw = token[len(_TOKEN_PREFIX):]
+    try:
+        body = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    parts = body.split(b":", 4)
+    if len(parts) != 5:
+        return None
+    try:
+        account, region, key_id, grant_id = (p.decode() for p in parts[:4])
+    except UnicodeDecodeError:
+        return None
+    return account, region, key_id, grant_id

@@ -1,0 +1,249 @@
+"""Keys that never leave a PKCS#11 HSM: token sessions, and the cipher of custom key store keys.
+
+Any PKCS#11 v2.20+ module works (SoftHSM2, the AWS CloudHSM client SDK 5 library, YubiHSM 2's
+yubihsm_pkcs11): see docs/custom-key-stores.md. Each key is an AES-256 secret key object made
+inside the token with CKA_EXTRACTABLE false and CKA_SENSITIVE true; Encrypt and Decrypt run
+CKM_AES_GCM inside the token over the same blob layout as `ciphertext.py`, so such a blob names
+its key and material like any other and fails as one InvalidCiphertextException.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
+
+from keytrail.kms import errors
+from keytrail.kms.ciphertext import FORMAT_V1, encode_context, read_header
+from keytrail.kms.keys import Key
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+from keytrail.kms.store import CustomKeyStoreStore
+
+__all__ = [
+    "MODULE_ENV", "TOKENS_ENV", "HsmCipher", "HsmConnections", "HsmError", "TokenSession", "find_token",
+    "module_path", "open_session", "token_label",
+]
+
+MODULE_ENV = "KEYTRAIL_PKCS11_MODULE"
+TOKENS_ENV = "KEYTRAIL_PKCS11_TOKENS"
+_NONCE = 12
+_ERROR_CODES: dict[type[Exception], str] = {
+    p11.PinIncorrect: "INVALID_CREDENTIALS",
+    p11.PinInvalid: "INVALID_CREDENTIALS",
+    p11.PinLenRange: "INVALID_CREDENTIALS",
+    p11.PinLocked: "USER_LOCKED_OUT",
+    p11.NoSuchToken: "CLUSTER_NOT_FOUND",
+    p11.UserAlreadyLoggedIn: "USER_LOGGED_IN",
+    p11.UserPinNotInitialized: "USER_NOT_FOUND",
+}
+_libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
+_libraries_lock = threading.Lock()
+
+
+class HsmError(Exception):
+    """The token could not be reached or logged in to; `code` is AWS's ConnectionErrorCode."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def module_path() -> str | None:
+    """The PKCS#11 module (shared library) every custom key store uses."""
+    return os.environ.get(MODULE_ENV) or None
+
+
+def token_label(cluster_id: str) -> str:
+    """The token a store's CloudHsmClusterId names: `$KEYTRAIL_PKCS11_TOKENS` maps cluster ids to
+    token labels (`cluster-aaa=hsm1;cluster-bbb=YubiHSM`); an unmapped id is the label itself."""
+    for pair in os.environ.get(TOKENS_ENV, "").split(";"):
+        cluster, _, label = pair.partition("=")
+        if cluster.strip() == cluster_id and label.strip():
+            return label.strip()
+    return cluster_id
+
+
+def _library(path: str) -> Any:
+    with _libraries_lock:
+        if path not in _libraries:
+            _libraries[path] = pkcs11.lib(path)
+        return _libraries[path]
+
+
+def find_token(path: str, cluster_id: str) -> bool:
+    """True if the module has one initialised token for this cluster id."""
+    try:
+        _library(path).get_token(token_label=token_label(cluster_id))
+    except (p11.NoSuchToken, p11.MultipleTokensReturned):
+        return False
+    return True
+
+
+def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
+    """Log in to the cluster's token as its user (CKU_USER) in a read-write session."""
+    try:
+        token = _library(path).get_token(token_label=token_label(cluster_id))
+        if Mechanism.AES_GCM not in token.slot.get_mechanisms():
+            raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
+        return TokenSession(token.open(rw=True, user_pin=pin))
+    except p11.PKCS11Error as exc:
+        raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
+    except OSError as exc:
+        raise HsmError("INTERNAL_ERROR", str(exc)) from None
+
+
+class TokenSession:
+    """One logged-in session; PKCS#11 sessions are not thread-safe, so calls are serialised."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._lock = threading.Lock()
+        self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
+
+    def _key(self, object_id: bytes) -> Any:
+        key = self._handles.get(object_id)
+        if key is None:
+            key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
+            self._handles[object_id] = key
+        return key
+
+    def generate_key(self, object_id: bytes, label: str) -> None:
+        """A persistent AES-256 key that can never be read out of the token."""
+        template = {
+            Attribute.TOKEN: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SENSITIVE: True,
+            Attribute.PRIVATE: True,
+        }
+        with self._lock:
+            self._session.generate_key(
+                KeyType.AES, 256, id=object_id, label=label, store=True, template=template
+            )
+
+    def encrypt(self, object_id: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        with self._lock:
+            return bytes(
+                self._key(object_id).encrypt(
+                    plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
+                )
+            )
+
+    def decrypt(self, object_id: bytes, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+        with self._lock:
+            return bytes(
+                self._key(object_id).decrypt(
+                    body, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
+                )
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+class HsmConnections:
+    """Live sessions per custom key store. A store that is CONNECTED but has no session here
+    (after a restart) is logged in to again on first use, with its sealed password."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, TokenSession] = {}
+        self._lock = asyncio.Lock()
+
+    async def connect(self, store: CustomKeyStore) -> None:
+        """Log in to the store's token (again); HsmError says why it failed."""
+        async with self._lock:
+            await self._open(store)
+
+    async def _open(self, store: CustomKeyStore) -> TokenSession:
+        path = module_path()
+        if path is None:
+            raise HsmError("INTERNAL_ERROR", f"{MODULE_ENV} is not set")
+        old = self._sessions.pop(store.store_id, None)
+        if old is not None:
+            await asyncio.to_thread(old.close)
+        session = await asyncio.to_thread(open_session, path, store.cluster_id, store.password)
+        self._sessions[store.store_id] = session
+        return session
+
+    async def disconnect(self, store_id: str) -> None:
+        async with self._lock:
+            session = self._sessions.pop(store_id, None)
+            if session is not None:
+                await asyncio.to_thread(session.close)
+
+    async def session(self, store: CustomKeyStore) -> TokenSession:
+        """The store's live session, logging in first if this process has none yet."""
+        async with self._lock:
+            session = self._sessions.get(store.store_id)
+            return session if session is not None else await self._open(store)
+
+
+class HsmCipher:
+    """The KeyCipher of keys in custom key stores: AES-GCM inside the token."""
+
+    def __init__(self, connections: HsmConnections, stores: CustomKeyStoreStore) -> None:
+        self.connections = connections
+        self._stores = stores
+
+    async def session_for(self, key: Key) -> TokenSession:
+        """The session of the key's store, or KMSInvalidStateException if it is not connected."""
+        stores = await self._stores.list_custom_key_stores(key.account, key.region)
+        store = next((s for s in stores if s.store_id == key.custom_key_store_id), None)
+        if store is None or store.state is not ConnectionState.CONNECTED:
+            raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
+        try:
+            return await self.connections.session(store)
+        except HsmError:
+            raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.") from None
+
+    async def encrypt(
+        self, key: Key, plaintext: bytes, context: Mapping[str, str] | None, algorithm: str
+    ) -> tuple[bytes, str | None]:
+        material = key.current_material
+        if material is None or material.handle is None:
+            raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
+        session = await self.session_for(key)
+        key_bytes = key.key_id.encode()
+        header = (
+            bytes([FORMAT_V1])
+            + key.account.encode()
+            + bytes([len(key_bytes)])
+            + key_bytes
+            + bytes.fromhex(material.material_id)
+        )
+        nonce = os.urandom(_NONCE)
+        body = await asyncio.to_thread(
+            session.encrypt,
+            bytes.fromhex(material.handle),
+            nonce,
+            plaintext,
+            header + encode_context(context),
+        )
+        return header + nonce + body, material.material_id
+
+    async def decrypt(
+        self, key: Key, blob: bytes, context: Mapping[str, str] | None, algorithm: str
+    ) -> tuple[bytes, str | None]:
+        header = read_header(blob)
+        material = key.material(header.material_id)
+        if material is None or material.handle is None or header.key_id != key.key_id:
+            raise errors.InvalidCiphertextException("")
+        session = await self.session_for(key)
+        try:
+            plaintext = await asyncio.to_thread(
+                session.decrypt,
+                bytes.fromhex(material.handle),
+                header.nonce,
+                header.body,
+                header.header + encode_context(context),
+            )
+        except p11.PKCS11Error:
+            raise errors.InvalidCiphertextException("") from None
+        return plaintext, material.material_id

@@ -1,0 +1,239 @@
+"""Imported key material (Origin EXTERNAL): wrapping keys, import tokens, unwrapping and checks.
+
+AWS KMS developer guide, "Importing key material": the caller wraps its material under a
+wrapping public key from GetParametersForImport and sends it back with the import token within
+24 hours. A key accepts only the material it first received (IncorrectKeyMaterialException),
+so the key material id is derived from the key id and the material: re-imported material gets
+the same id and old ciphertexts decrypt again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+
+from keytrail.kms import errors
+from keytrail.kms.keys import Key
+from keytrail.kms.model import KeySpec, KeyState, Origin
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = [
+    "FINGERPRINT",
+    "IMPORT_TOKEN_LIFETIME",
+    "ImportParameters",
+    "check_material",
+    "check_wrapping",
+    "expire_material",
+    "imported_material_id",
+    "material_expired",
+    "new_wrapping_key",
+    "public_key_of",
+    "token_bytes",
+    "token_id_of",
+    "unwrap_material",
+    "with_material_salt",
+    "without_material",
+]
+
+IMPORT_TOKEN_LIFETIME = timedelta(hours=24)
+WRAPPING_KEY_BITS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
+_OAEP_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "RSAES_OAEP_SHA_1": hashes.SHA1,
+    "RSAES_OAEP_SHA_256": hashes.SHA256,
+    "RSA_AES_KEY_WRAP_SHA_1": hashes.SHA1,
+    "RSA_AES_KEY_WRAP_SHA_256": hashes.SHA256,
+}
+FINGERPRINT = "imported_material_id"  # Key.extra: the id of the only material this key accepts
+_TOKEN_MAGIC = b"KTIT\x01"
+_TOKEN_ID_BYTES = 32
+# HMAC material lengths AWS accepts per key spec (bytes): at least the digest size, at most one block.
+_HMAC_RANGE = {
+    KeySpec.HMAC_224: (28, 64),
+    KeySpec.HMAC_256: (32, 64),
+    KeySpec.HMAC_384: (48, 128),
+    KeySpec.HMAC_512: (64, 128),
+}
+_RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072, KeySpec.RSA_4096: 4096}
+_CURVES: dict[KeySpec, type[ec.EllipticCurve]] = {
+    KeySpec.ECC_NIST_P256: ec.SECP256R1,
+    KeySpec.ECC_NIST_P384: ec.SECP384R1,
+    KeySpec.ECC_NIST_P521: ec.SECP521R1,
+    KeySpec.ECC_SECG_P256K1: ec.SECP256K1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ImportParameters:
+    """One GetParametersForImport answer: the wrapping private key (PKCS#8 DER, sealed at rest)
+    and what the import token it belongs to is valid for."""
+
+    token_id: str
+    account: str
+    region: str
+    key_id: str
+    wrapping_algorithm: str
+    wrapping_key_spec: str
+    private_key: bytes = field(repr=False)
+    valid_to: datetime
+
+
+def check_wrapping(algorithm: str, wrapping_spec: str, key_spec: KeySpec) -> None:
+    """Refuse wrapping algorithms and specs this service (and AWS outside China) does not offer."""
+    if algorithm not in _OAEP_HASH:
+        raise errors.UnsupportedOperationException(f"Wrapping algorithm {algorithm} is not supported.")
+    if wrapping_spec not in WRAPPING_KEY_BITS:
+        raise errors.UnsupportedOperationException(f"Wrapping key spec {wrapping_spec} is not supported.")
+    if key_spec in _RSA_BITS and not algorithm.startswith("RSA_AES_KEY_WRAP"):
+        # An RSA private key is longer than any RSA-OAEP plaintext: AWS requires the two-step wrap.
+        raise errors.ValidationException(
+            f"Wrapping algorithm {algorithm} is not valid for importing key material of key spec {key_spec}."
+        )
+
+
+def new_wrapping_key(wrapping_spec: str) -> bytes:
+    """A fresh RSA wrapping key pair as PKCS#8 DER (slow for 4096 bits: call off the event loop)."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=WRAPPING_KEY_BITS[wrapping_spec])
+    return private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def public_key_of(private_der: bytes) -> bytes:
+    """The SubjectPublicKeyInfo (DER) GetParametersForImport returns as PublicKey."""
+    private = serialization.load_der_private_key(private_der, password=None)
+    return private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def token_bytes(token_id: str) -> bytes:
+    """The opaque ImportToken handed to the caller: it only names the stored parameters."""
+    return _TOKEN_MAGIC + bytes.fromhex(token_id)
+
+
+def token_id_of(token: bytes) -> str:
+    if not token.startswith(_TOKEN_MAGIC) or len(token) != len(_TOKEN_MAGIC) + _TOKEN_ID_BYTES:
+        raise errors.InvalidImportTokenException("The import token is invalid.")
+    return token[len(_TOKEN_MAGIC) :].hex()
+
+
+def unwrap_material(parameters: ImportParameters, encrypted: bytes) -> bytes:
+    """Undo the caller's wrap: RSA-OAEP, or RSA-OAEP of an AES key then AES key wrap with padding
+    (RFC 5649). Any failure is InvalidCiphertextException, without saying which step failed."""
+    private = serialization.load_der_private_key(parameters.private_key, password=None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    digest = _OAEP_HASH[parameters.wrapping_algorithm]
+    oaep = padding.OAEP(mgf=padding.MGF1(digest()), algorithm=digest(), label=None)
+    try:
+        if parameters.wrapping_algorithm.startswith("RSAES_OAEP"):
+            return private.decrypt(encrypted, oaep)
+        split = private.key_size // 8
+        aes_key = private.decrypt(encrypted[:split], oaep)
+        return aes_key_unwrap_with_padding(aes_key, encrypted[split:])
+    except (ValueError, InvalidUnwrap):
+        raise errors.InvalidCiphertextException(
+            "The wrapped key material could not be decrypted with the wrapping key of this import token."
+        ) from None
+
+
+def check_material(key: Key, material: bytes) -> bytes:
+    """The material in the form the key keeps it, or IncorrectKeyMaterialException if it cannot
+    be material of this key spec (symmetric: 32 bytes; HMAC: spec range; asymmetric: PKCS#8)."""
+    spec = key.key_spec
+    if spec is KeySpec.SYMMETRIC_DEFAULT:
+        if len(material) != 32:
+            raise errors.IncorrectKeyMaterialException("Symmetric key material must be 256 bits.")
+        return material
+    if spec in _HMAC_RANGE:
+        low, high = _HMAC_RANGE[spec]
+        if not low <= len(material) <= high:
+            raise errors.IncorrectKeyMaterialException(
+                f"Key material for {spec} must be between {low} and {high} bytes."
+            )
+        return material
+    return _check_private_key(spec, material)
+
+
+def _check_private_key(spec: KeySpec, material: bytes) -> bytes:
+    try:
+        private = serialization.load_der_private_key(material, password=None)
+    except (ValueError, TypeError):
+        raise errors.IncorrectKeyMaterialException(
+            "The key material is not a PKCS#8 DER private key."
+        ) from None
+    fits = (
+        spec in _RSA_BITS and isinstance(private, rsa.RSAPrivateKey) and private.key_size == _RSA_BITS[spec]
+    ) or (
+        spec in _CURVES
+        and isinstance(private, ec.EllipticCurvePrivateKey)
+        and isinstance(private.curve, _CURVES[spec])
+    )
+    if not fits:
+        raise errors.IncorrectKeyMaterialException(f"The key material does not match key spec {spec}.")
+    return private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+MATERIAL_SALT = "imported_material_salt"  # Key.extra: random, per key, copied to its replicas
+
+
+def with_material_salt(key: Key) -> Key:
+    """The key with a random salt for fingerprinting imported material (made once per key)."""
+    if MATERIAL_SALT in key.extra:
+        return key
+    return replace(key, extra={**key.extra, MATERIAL_SALT: os.urandom(32).hex()})
+
+
+def imported_material_id(key: Key, material: bytes) -> str:
+    """KeyMaterialId of imported material: HMAC-SHA256 of the material under the key's random
+    salt, so the same material always gets the same id (64 hex, like AWS's), a different one
+    never does, and the id (which audit records carry) cannot be checked against guesses of the
+    material without the salt held in the key store."""
+    salt = bytes.fromhex(key.extra[MATERIAL_SALT])
+    return hmac.new(salt, material, hashlib.sha256).hexdigest()
+
+
+def material_expired(key: Key, now: datetime) -> bool:
+    """True when an EXTERNAL key still holds material whose ValidTo has passed."""
+    current = key.current_material
+    return (
+        key.origin is Origin.EXTERNAL
+        and current is not None
+        and current.valid_to is not None
+        and current.valid_to <= now
+    )
+
+
+def without_material(key: Key) -> Key:
+    """The key with its imported material gone: PendingImport (unless it is being deleted)."""
+    keep = key.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION)
+    return replace(
+        key, materials=(), expiration_model=None, state=key.state if keep else KeyState.PENDING_IMPORT
+    )
+
+
+async def expire_material(svc: KmsService, key: Key) -> Key:
+    """Delete material whose ValidTo passed (the `DeleteExpiredKeyMaterial` service event)."""
+    current = key.current_material
+    expired = without_material(key)
+    await svc.store.put_key(expired)
+    await svc.service_event(
+        "DeleteExpiredKeyMaterial",
+        expired,
+        {
+            "keyMaterialId": current.material_id if current else None,
+        },
+    )
+    return expired

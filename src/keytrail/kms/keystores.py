@@ -1,0 +1,103 @@
+"""Custom key stores (AWS_CLOUDHSM type) and their connection state machine.
+
+AWS KMS developer guide, "AWS CloudHSM key stores": a custom key store names an HSM cluster and
+the password of its `kmsuser` crypto user. Here the cluster is a PKCS#11 token: the store's
+CloudHsmClusterId is the token label, KeyStorePassword is the token's user PIN, and the PKCS#11
+module comes from `$KEYTRAIL_PKCS11_MODULE` (docs/custom-key-stores.md).
+
+    DISCONNECTED --Connect--> CONNECTING --> CONNECTED | FAILED(ConnectionErrorCode)
+    CONNECTED | FAILED --Disconnect--> DISCONNECTING --> DISCONNECTED
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from keytrail.kms import errors
+
+__all__ = [
+    "CloudHsmClusterInUseException",
+    "CloudHsmClusterInvalidConfigurationException",
+    "CloudHsmClusterNotFoundException",
+    "ConnectionState",
+    "CustomKeyStore",
+    "IncorrectTrustAnchorException",
+    "custom_key_store_entry",
+    "new_custom_key_store_id",
+]
+
+
+class CloudHsmClusterNotFoundException(errors.KmsError):
+    """AWS `CloudHsmClusterNotFoundException`: no token carries the cluster id as its label."""
+
+    code = "CloudHsmClusterNotFoundException"
+
+
+class CloudHsmClusterInUseException(errors.KmsError):
+    """AWS `CloudHsmClusterInUseException`: a cluster (token) backs one custom key store only."""
+
+    code = "CloudHsmClusterInUseException"
+
+
+class CloudHsmClusterInvalidConfigurationException(errors.KmsError):
+    """AWS `CloudHsmClusterInvalidConfigurationException`: no PKCS#11 module is configured."""
+
+    code = "CloudHsmClusterInvalidConfigurationException"
+
+
+class IncorrectTrustAnchorException(errors.KmsError):
+    """AWS `IncorrectTrustAnchorException`: the trust anchor is not a PEM certificate."""
+
+    code = "IncorrectTrustAnchorException"
+
+
+class ConnectionState(StrEnum):
+    CONNECTED = "CONNECTED"
+    CONNECTING = "CONNECTING"
+    FAILED = "FAILED"
+    DISCONNECTED = "DISCONNECTED"
+    DISCONNECTING = "DISCONNECTING"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomKeyStore:
+    """One custom key store of an account and Region. `password` is the token user PIN."""
+
+    account: str
+    region: str
+    store_id: str
+    name: str
+    cluster_id: str
+    trust_anchor: str
+    password: str = field(repr=False)
+    creation_date: datetime
+    state: ConnectionState = ConnectionState.DISCONNECTED
+    error_code: str | None = None
+    store_type: str = "AWS_CLOUDHSM"
+
+    def with_state(self, state: ConnectionState, error_code: str | None = None) -> CustomKeyStore:
+        return replace(self, state=state, error_code=error_code)
+
+
+def new_custom_key_store_id(random_bytes: bytes) -> str:
+    """`cks-` + 17 hex digits, the form AWS uses."""
+    return "cks-" + random_bytes.hex()[:17]
+
+
+def custom_key_store_entry(store: CustomKeyStore) -> dict[str, Any]:
+    """DescribeCustomKeyStores' CustomKeyStoresListEntry (never the password)."""
+    entry: dict[str, Any] = {
+        "CustomKeyStoreId": store.store_id,
+        "CustomKeyStoreName": store.name,
+        "CloudHsmClusterId": store.cluster_id,
+        "TrustAnchorCertificate": store.trust_anchor,
+        "ConnectionState": store.state.value,
+        "CreationDate": store.creation_date,
+        "CustomKeyStoreType": store.store_type,
+    }
+    if store.state is ConnectionState.FAILED and store.error_code:
+        entry["ConnectionErrorCode"] = store.error_code
+    return entry

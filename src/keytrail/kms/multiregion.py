@@ -1,0 +1,161 @@
+"""Multi-Region keys: one key id in several Regions, sharing key material and rotation.
+
+AWS KMS developer guide, "Multi-Region keys": each Region holds its own `Key` row with the same
+key id and materials; every copy carries the whole set (`primary_region`, `replica_regions`), so
+DescribeKey anywhere shows the full MultiRegionConfiguration. Policy, description, tags, grants,
+aliases and enabled state stay per Region. Changes to shared properties are computed on the
+primary, persisted to every copy, and announced as `SynchronizeMultiRegionKey` service events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from keytrail.kms.keys import Key
+from keytrail.kms.model import KeyState, Origin
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = [
+    "activate_replica",
+    "copies",
+    "forget_deleted",
+    "is_primary",
+    "is_replica",
+    "key_type",
+    "move_primary",
+    "propagate_rotation",
+    "replica_of",
+    "scheduled_deletion",
+    "synchronize",
+]
+
+
+def is_replica(key: Key) -> bool:
+    return key.multi_region and key.primary_region not in (None, key.region)
+
+
+def is_primary(key: Key) -> bool:
+    return key.multi_region and not is_replica(key)
+
+
+def key_type(key: Key) -> str:
+    """The kms:MultiRegionKeyType condition value (and MultiRegionKeyType)."""
+    return "REPLICA" if is_replica(key) else "PRIMARY"
+
+
+def replica_of(
+    primary: Key, region: str, now: datetime, policy: str, description: str, tags: tuple[tuple[str, str], ...]
+) -> Key:
+    """A new replica: same id, spec, usage, origin and material; its own policy, description and
+    tags. It is `Creating` until the next scheduler tick, or PendingImport when the primary's
+    material is imported (AWS requires importing the same material into each replica)."""
+    external = primary.origin is Origin.EXTERNAL
+    return replace(
+        primary,
+        region=region,
+        creation_date=now,
+        policy=policy,
+        description=description,
+        tags=tags,
+        state=KeyState.PENDING_IMPORT if external else KeyState.CREATING,
+        materials=() if external else primary.materials,
+        expiration_model=None,
+        deletion_date=None,
+        pending_window_days=None,
+        on_demand_rotations=0,
+        replica_regions=(*primary.replica_regions, region),
+    )
+
+
+async def copies(svc: KmsService, key: Key) -> list[Key]:
+    """The key's copies in its other Regions (primary and replicas), as stored."""
+    regions = [key.primary_region or key.region, *key.replica_regions]
+    found = []
+    for region in regions:
+        if region != key.region:
+            other = await svc.store.get_key(key.account, region, key.key_id)
+            if other is not None:
+                found.append(other)
+    return found
+
+
+async def synchronize(svc: KmsService, keys: list[Key]) -> None:
+    """Persist changed shared properties on each copy, then record the service event."""
+    for key in keys:
+        await svc.store.put_key(key)
+        await svc.service_event(
+            "SynchronizeMultiRegionKey",
+            key,
+            {
+                "primaryRegion": key.primary_region,
+                "replicaRegions": list(key.replica_regions),
+            },
+        )
+
+
+async def activate_replica(svc: KmsService, key: Key) -> Key:
+    """A replica leaves `Creating` for `Enabled` on the scheduler tick after ReplicateKey."""
+    active = key.with_state(KeyState.ENABLED)
+    await synchronize(svc, [active])
+    return active
+
+
+async def propagate_rotation(svc: KmsService, primary: Key) -> None:
+    """Give every replica the primary's materials and rotation schedule."""
+    if not is_primary(primary):
+        return
+    updated = [
+        replace(
+            replica,
+            materials=primary.materials,
+            rotation_enabled=primary.rotation_enabled,
+            rotation_period_days=primary.rotation_period_days,
+            next_rotation_date=primary.next_rotation_date,
+        )
+        for replica in await copies(svc, primary)
+    ]
+    await synchronize(svc, updated)
+
+
+async def move_primary(svc: KmsService, primary: Key, new_region: str) -> None:
+    """UpdatePrimaryRegion: `new_region`'s replica becomes the primary, the old primary a replica."""
+    regions = [primary.region, *primary.replica_regions]
+    replicas = tuple(r for r in regions if r != new_region)
+    changed = [
+        replace(k, primary_region=new_region, replica_regions=replicas)
+        for k in [primary, *await copies(svc, primary)]
+    ]
+    await synchronize(svc, changed)
+
+
+def scheduled_deletion(key: Key, now: datetime, window_days: int) -> Key:
+    """ScheduleKeyDeletion: a primary with replicas waits in PendingReplicaDeletion until the last
+    replica is deleted; only then does its own waiting period start."""
+    if is_primary(key) and key.replica_regions:
+        return replace(
+            key, state=KeyState.PENDING_REPLICA_DELETION, deletion_date=None, pending_window_days=window_days
+        )
+    return key.scheduled_for_deletion(now, window_days)
+
+
+async def forget_deleted(svc: KmsService, deleted: Key) -> None:
+    """After a replica is deleted, drop its Region from every copy; a primary waiting in
+    PendingReplicaDeletion starts its own waiting period once no replica is left."""
+    if not is_replica(deleted):
+        return
+    now = svc.now()
+    changed = []
+    for other in await copies(svc, deleted):
+        other = replace(other, replica_regions=tuple(r for r in other.replica_regions if r != deleted.region))
+        if other.state is KeyState.PENDING_REPLICA_DELETION and not other.replica_regions:
+            other = replace(
+                other,
+                state=KeyState.PENDING_DELETION,
+                deletion_date=now + timedelta(days=other.pending_window_days or 30),
+            )
+        changed.append(other)
+    await synchronize(svc, changed)

@@ -1,0 +1,222 @@
+"""Grants: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant.
+
+Follows "Grants in AWS KMS" and the API reference of each operation. A grant is usable as soon as
+CreateGrant returns (this node's store is consistent), so a GrantToken only has to be well formed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from keytrail.kms import errors
+from keytrail.kms.authz import AccessRequest, denial_message
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.condition_keys import request_conditions
+from keytrail.kms.grants import (
+    allowed_operations,
+    make_grant_token,
+    parse_grant_token,
+    principal_named,
+    supports_constraints,
+)
+from keytrail.kms.keys import Key
+from keytrail.kms.paging import page
+from keytrail.kms.store import Grant
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS"]
+
+_GRANT_ID = re.compile(r"^[0-9a-f]{64}$")
+_CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
+
+
+def _grant_view(key: Key, grant: Grant) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "KeyId": key.arn, "GrantId": grant.grant_id, "CreationDate": grant.creation_date,
+        "GranteePrincipal": grant.grantee_principal,
+        "IssuingAccount": f"arn:aws:iam::{grant.issuing_account}:root",
+        "Operations": list(grant.operations),
+    }
+    if grant.name is not None:
+        view["Name"] = grant.name
+    if grant.retiring_principal is not None:
+        view["RetiringPrincipal"] = grant.retiring_principal
+    if grant.constraints:
+        view["Constraints"] = grant.constraints
+    return view
+
+
+def _check_request(key: Key, operations: list[str], constraints: dict[str, Any]) -> None:
+    """AWS's rules on which operations and constraints a grant on this kind of key may carry."""
+    refused = sorted(set(operations) - allowed_operations(key))
+    if refused:
+        raise errors.ValidationException(
+            f"Grant operations {refused} are not valid for a KMS key with KeySpec {key.key_spec} and "
+            f"KeyUsage {key.key_usage}."
+        )
+    if any(constraints.get(c) is not None for c in _CONSTRAINTS) and not supports_constraints(key):
+        raise errors.ValidationException(
+            "Encryption context grant constraints are supported only on symmetric encryption KMS keys."
+        )
+
+
+def _same_request(grant: Grant, params: dict[str, Any]) -> bool:
+    return (
+        grant.grantee_principal == params["GranteePrincipal"]
+        and grant.retiring_principal == params.get("RetiringPrincipal")
+        and sorted(grant.operations) == sorted(params["Operations"])
+        and (grant.constraints or None) == (params.get("Constraints") or None)
+    )
+
+
+async def create_grant(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    key = await svc.find_key(call, params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
+    svc.require_not_pending_deletion(key)
+    _check_request(key, params["Operations"], params.get("Constraints") or {})
+    svc.check_dry_run(call)
+    grant = await _existing_by_name(svc, key, params)
+    if grant is None:
+        grant = _new_grant(svc, call, key)
+        await svc.store.put_grant(grant)
+        token = grant.token
+    else:
+        token = make_grant_token(grant, svc.deps.random_bytes(16))  # a fresh token, the same grant
+    call.response_elements = {"grantId": grant.grant_id}
+    return {"GrantToken": token, "GrantId": grant.grant_id}
+
+
+async def _existing_by_name(svc: KmsService, key: Key, params: dict[str, Any]) -> Grant | None:
+    """Name idempotency: a retry with the same Name and parameters returns the same grant."""
+    if not params.get("Name"):
+        return None
+    for grant in await svc.store.list_grants(key.account, key.region, key.key_id):
+        if grant.name == params["Name"] and _same_request(grant, params):
+            return grant
+    return None
+
+
+def _new_grant(svc: KmsService, call: Call, key: Key) -> Grant:
+    params = call.params
+    grant = Grant(
+        account=key.account, region=key.region, key_id=key.key_id,
+        grant_id=svc.deps.random_bytes(32).hex(), grantee_principal=params["GranteePrincipal"],
+        operations=tuple(params["Operations"]), issuing_account=call.context.account,
+        creation_date=svc.now(), token="", name=params.get("Name"),
+        retiring_principal=params.get("RetiringPrincipal"), constraints=params.get("Constraints") or None,
+    )
+    return replace(grant, token=make_grant_token(grant, svc.deps.random_bytes(16)))
+
+
+async def list_grants(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    key = await svc.find_key(call, params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:ListGrants", key, request_conditions("ListGrants", params))
+    grants = await svc.store.list_grants(key.account, key.region, key.key_id)
+    if params.get("GrantId"):
+        grants = [g for g in grants if g.grant_id == params["GrantId"]]
+    if params.get("GranteePrincipal"):
+        grants = [g for g in grants if g.grantee_principal == params["GranteePrincipal"]]
+    grants = sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
+    chunk, paging = _page(grants, params)
+    return {"Grants": [_grant_view(key, g) for g in chunk], **paging}
+
+
+def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant], dict[str, Any]]:
+    return page(grants, params, lambda g: g.grant_id, default_limit=50)
+
+
+async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    await svc.authorize(call, "kms:ListRetirableGrants", None)
+    context = call.context
+    grants = [g for g in await svc.store.all_grants(context.account, context.region)
+              if g.retiring_principal == params["RetiringPrincipal"]]
+    grants.sort(key=lambda g: (g.creation_date, g.grant_id))
+    chunk, paging = _page(grants, params)
+    views = []
+    for grant in chunk:
+        key = await svc.find_key_by_id(grant.account, grant.region, grant.key_id)
+        if key is not None:
+            views.append(_grant_view(key, grant))
+    return {"Grants": views, **paging}
+
+
+async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
+    """The grant a RetireGrant call names: by GrantToken, or by KeyId and GrantId."""
+    params = call.params
+    if params.get("GrantToken"):
+        named = parse_grant_token(params["GrantToken"])
+        if named is None:
+            raise errors.InvalidGrantTokenException("The grant token is invalid.")
+        account, region, key_id, grant_id = named
+        if params.get("GrantId") and params["GrantId"] != grant_id:
+            raise errors.InvalidGrantIdException("The grant ID does not match the grant token.")
+        key = await svc.find_key_by_id(account, region, key_id)
+        if key is None:
+            raise errors.NotFoundException("The grant token refers to a key that does not exist.")
+        call.resource(key.arn)
+    elif params.get("KeyId") and params.get("GrantId"):
+        key = await svc.find_key(call, params["KeyId"], allow_alias=False)
+        grant_id = params["GrantId"]
+    else:
+        raise errors.ValidationException("Grant token OR (grant ID, key ID) must be specified")
+    return key, await _find_grant(svc, key, grant_id)
+
+
+async def _find_grant(svc: KmsService, key: Key, grant_id: str) -> Grant:
+    if not _GRANT_ID.match(grant_id):
+        raise errors.InvalidGrantIdException(f"Invalid grant ID: {grant_id}")
+    for grant in await svc.store.list_grants(key.account, key.region, key.key_id):
+        if grant.grant_id == grant_id:
+            return grant
+    raise errors.NotFoundException(f"Grant ID {grant_id} not found")
+
+
+def _check_may_retire(svc: KmsService, call: Call, key: Key, grant: Grant) -> None:
+    """The retiring principal, the grantee when the grant allows RetireGrant, or the grant's
+    account (its root, or its principals that IAM/key policy allow kms:RetireGrant) may retire."""
+    principal = call.context.principal
+    if grant.retiring_principal and principal_named(grant.retiring_principal, principal):
+        return
+    if "RetireGrant" in grant.operations and principal_named(grant.grantee_principal, principal):
+        return
+    # Asked without grants on purpose: another grant's RetireGrant must not retire this one.
+    request = AccessRequest(call.context, "kms:RetireGrant", key, {}, ())
+    decision = svc.deps.authorizer.authorize(request)
+    if principal.account == grant.issuing_account and decision.allowed:
+        return
+    raise errors.AccessDeniedException(denial_message(request, decision))
+
+
+async def retire_grant(svc: KmsService, call: Call) -> Response:
+    key, grant = await _grant_named(svc, call)
+    _check_may_retire(svc, call, key, grant)
+    svc.check_dry_run(call)
+    await svc.store.delete_grant(grant)
+    return {}
+
+
+async def revoke_grant(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    key = await svc.find_key(call, params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:RevokeGrant", key, request_conditions("RevokeGrant", params))
+    grant = await _find_grant(svc, key, params["GrantId"])
+    svc.check_dry_run(call)
+    await svc.store.delete_grant(grant)
+    return {}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "CreateGrant": Operation(create_grant),
+    "ListGrants": Operation(list_grants, read_only=True),
+    "ListRetirableGrants": Operation(list_retirable_grants, read_only=True),
+    "RetireGrant": Operation(retire_grant),
+    "RevokeGrant": Operation(revoke_grant),
+}

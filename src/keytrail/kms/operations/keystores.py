@@ -1,0 +1,274 @@
+"""Custom key stores: Create/Connect/Disconnect/Describe/Update/DeleteCustomKeyStore, and CreateKey
+with Origin AWS_CLOUDHSM (a non-extractable AES-256 key generated inside the HSM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from cryptography import x509
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, module_path
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.keystores import (
+    CloudHsmClusterInUseException,
+    CloudHsmClusterInvalidConfigurationException,
+    CloudHsmClusterNotFoundException,
+    ConnectionState,
+    CustomKeyStore,
+    IncorrectTrustAnchorException,
+    custom_key_store_entry,
+    new_custom_key_store_id,
+)
+from keytrail.kms.model import KeySpec, KeyState, Origin
+from keytrail.kms.paging import page
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS", "install"]
+
+MAX_CUSTOM_KEY_STORES = 10
+
+
+def install(svc: KmsService) -> None:
+    """Register the HSM cipher and the AWS_CLOUDHSM key creator with a service."""
+    svc.ciphers["hsm"] = HsmCipher(HsmConnections(), svc.store)
+    svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
+
+
+def _connections(svc: KmsService) -> HsmConnections:
+    return cast(HsmCipher, svc.ciphers["hsm"]).connections
+
+
+async def _stores(svc: KmsService, call: Call) -> list[CustomKeyStore]:
+    return await svc.store.list_custom_key_stores(call.context.account, call.context.region)
+
+
+async def _find_store(svc: KmsService, call: Call, store_id: str) -> CustomKeyStore:
+    found = next((s for s in await _stores(svc, call) if s.store_id == store_id), None)
+    if found is None:
+        raise errors.CustomKeyStoreNotFoundException(f"Custom key store {store_id} does not exist.")
+    return found
+
+
+def _invalid_state(store: CustomKeyStore, operation: str) -> errors.KmsError:
+    return errors.CustomKeyStoreInvalidStateException(
+        f"{operation} is not valid for custom key store {store.store_id} in ConnectionState {store.state.value}."
+    )
+
+
+def _check_cluster(cluster_id: str, trust_anchor: str) -> None:
+    """The 'cluster' is a PKCS#11 token labelled with the cluster id; the anchor must be a PEM cert."""
+    try:
+        x509.load_pem_x509_certificate(trust_anchor.encode())
+    except ValueError:
+        raise IncorrectTrustAnchorException(
+            "The trust anchor certificate is not a PEM X.509 certificate."
+        ) from None
+    path = module_path()
+    if path is None:
+        raise CloudHsmClusterInvalidConfigurationException(
+            f"No PKCS#11 module is configured: set {MODULE_ENV}."
+        )
+    if not find_token(path, cluster_id):
+        raise CloudHsmClusterNotFoundException(f"No HSM token is labelled {cluster_id}.")
+
+
+def _require_cluster_free(stores: list[CustomKeyStore], cluster_id: str) -> None:
+    # One token, one store: a PKCS#11 login belongs to the whole token, as kmsuser's does to a cluster.
+    if any(s.cluster_id == cluster_id for s in stores):
+        raise CloudHsmClusterInUseException(
+            f"The cluster {cluster_id} is already used by a custom key store."
+        )
+
+
+def _require_cloudhsm_parameters(params: dict[str, Any]) -> None:
+    if params.get("CustomKeyStoreType", "AWS_CLOUDHSM") != "AWS_CLOUDHSM":
+        raise errors.UnsupportedOperationException("Only AWS_CLOUDHSM custom key stores are supported.")
+    needed = ("CloudHsmClusterId", "TrustAnchorCertificate", "KeyStorePassword")
+    missing = [member for member in needed if member not in params]
+    if missing:
+        raise errors.ValidationException(f"{', '.join(missing)} must be specified for an AWS_CLOUDHSM key store.")
+
+
+def _require_new_name(stores: list[CustomKeyStore], name: str) -> None:
+    if any(s.name == name for s in stores):
+        raise errors.CustomKeyStoreNameInUseException(f"A custom key store with the name {name} already exists.")
+
+
+async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    await svc.authorize(call, "kms:CreateCustomKeyStore", None)
+    _require_cloudhsm_parameters(params)
+    stores = await _stores(svc, call)
+    _require_new_name(stores, params["CustomKeyStoreName"])
+    if len(stores) >= MAX_CUSTOM_KEY_STORES:
+        raise errors.LimitExceededException("The custom key store limit has been reached.")
+    _require_cluster_free(stores, params["CloudHsmClusterId"])
+    await asyncio.to_thread(_check_cluster, params["CloudHsmClusterId"], params["TrustAnchorCertificate"])
+    store = CustomKeyStore(
+        account=call.context.account, region=call.context.region,
+        store_id=new_custom_key_store_id(svc.deps.random_bytes(9)), name=params["CustomKeyStoreName"],
+        cluster_id=params["CloudHsmClusterId"], trust_anchor=params["TrustAnchorCertificate"],
+        password=params["KeyStorePassword"], creation_date=svc.now(),
+    )
+    await svc.store.put_custom_key_store(store)
+    call.response_elements = {"customKeyStoreId": store.store_id}
+    return {"CustomKeyStoreId": store.store_id}
+
+
+async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
+    store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
+    await svc.authorize(call, "kms:ConnectCustomKeyStore", None)
+    if store.state in (ConnectionState.DISCONNECTING, ConnectionState.FAILED):
+        raise _invalid_state(store, "ConnectCustomKeyStore")
+    if store.state is ConnectionState.CONNECTED:
+        return {}
+    await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTING))
+    try:
+        await _connections(svc).connect(store)
+    except HsmError as exc:
+        await svc.store.put_custom_key_store(store.with_state(ConnectionState.FAILED, exc.code))
+        return {}
+    await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTED))
+    await _set_availability(svc, store, available=True)
+    return {}
+
+
+async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
+    store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
+    # Valid in every state: it is also how a store left CONNECTING or DISCONNECTING by a crash recovers.
+    await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)
+    await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTING))
+    await _connections(svc).disconnect(store.store_id)
+    await _set_availability(svc, store, available=False)
+    await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTED))
+    return {}
+
+
+async def _set_availability(svc: KmsService, store: CustomKeyStore, *, available: bool) -> None:
+    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state."""
+    for key in await _keys_in(svc, store):
+        if not available and key.state in (KeyState.ENABLED, KeyState.DISABLED):
+            await svc.store.put_key(
+                replace(
+                    key,
+                    state=KeyState.UNAVAILABLE,
+                    extra={**key.extra, "state_when_connected": key.state.value},
+                )
+            )
+        elif available and key.state is KeyState.UNAVAILABLE:
+            extra = dict(key.extra)
+            state = KeyState(extra.pop("state_when_connected", KeyState.ENABLED.value))
+            await svc.store.put_key(replace(key, state=state, extra=extra))
+
+
+async def _keys_in(svc: KmsService, store: CustomKeyStore) -> list[Key]:
+    keys = await svc.store.list_keys(store.account, store.region)
+    return [k for k in keys if k.custom_key_store_id == store.store_id]
+
+
+async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    await svc.authorize(call, "kms:DescribeCustomKeyStores", None)
+    stores = await _stores(svc, call)
+    if "CustomKeyStoreId" in params or "CustomKeyStoreName" in params:
+        stores = [
+            s
+            for s in stores
+            if s.store_id == params.get("CustomKeyStoreId", s.store_id)
+            and s.name == params.get("CustomKeyStoreName", s.name)
+        ]
+        if not stores:
+            raise errors.CustomKeyStoreNotFoundException("The specified custom key store does not exist.")
+    chunk, paging = page(stores, params, lambda s: s.store_id)
+    return {"CustomKeyStores": [custom_key_store_entry(s) for s in chunk], **paging}
+
+
+async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    store = await _find_store(svc, call, params["CustomKeyStoreId"])
+    await svc.authorize(call, "kms:UpdateCustomKeyStore", None)
+    changes_connection = "KeyStorePassword" in params or "CloudHsmClusterId" in params
+    if changes_connection and store.state is not ConnectionState.DISCONNECTED:
+        raise _invalid_state(store, "UpdateCustomKeyStore")
+    name = params.get("NewCustomKeyStoreName", store.name)
+    if name != store.name:
+        _require_new_name(await _stores(svc, call), name)
+    cluster = params.get("CloudHsmClusterId", store.cluster_id)
+    if cluster != store.cluster_id:
+        _require_cluster_free(await _stores(svc, call), cluster)
+        await asyncio.to_thread(_check_cluster, cluster, store.trust_anchor)
+    await svc.store.put_custom_key_store(
+        replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
+    )
+    return {}
+
+
+async def delete_custom_key_store(svc: KmsService, call: Call) -> Response:
+    store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
+    await svc.authorize(call, "kms:DeleteCustomKeyStore", None)
+    if store.state is not ConnectionState.DISCONNECTED:
+        raise _invalid_state(store, "DeleteCustomKeyStore")
+    if await _keys_in(svc, store):
+        raise errors.CustomKeyStoreHasCMKsException(
+            f"Custom key store {store.store_id} contains KMS keys: delete them first."
+        )
+    await svc.store.delete_custom_key_store(store)
+    return {}
+
+
+async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
+    """CreateKey's AWS_CLOUDHSM origin: the backing key is generated inside the store's token."""
+    store_id = call.params.get("CustomKeyStoreId")
+    if store_id is None:
+        raise errors.ValidationException("CustomKeyStoreId is required when Origin is AWS_CLOUDHSM.")
+    store = await _find_store(svc, call, store_id)
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.multi_region:
+        raise errors.UnsupportedOperationException(
+            "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
+        )
+    if store.state is not ConnectionState.CONNECTED:
+        raise errors.CustomKeyStoreInvalidStateException(
+            f"Custom key store {store.store_id} is not connected (ConnectionState {store.state.value})."
+        )
+    backing_id = svc.deps.random_bytes(16).hex()
+    session = await _connections(svc).session(store)
+    await asyncio.to_thread(session.generate_key, bytes.fromhex(backing_id), key.key_id)
+    material = KeyMaterial(
+        material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
+    )
+    note_backing_key(call, store, backing_id)
+    return replace(
+        key,
+        custom_key_store_id=store.store_id,
+        materials=(material,),
+        extra={**key.extra, "cloud_hsm_cluster_id": store.cluster_id},
+    )
+
+
+def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None:
+    """CloudTrail's additionalEventData for calls on keys in a CloudHSM key store."""
+    call.additional_event_data.update(
+        {
+            "customKeyStoreId": store.store_id,
+            "clusterId": store.cluster_id,
+            "backingKeyId": backing_id,
+            "backingKeys": json.dumps([{"backingKeyId": backing_id}], separators=(",", ":")),
+        }
+    )
+
+
+OPERATIONS: dict[str, Operation] = {
+    "CreateCustomKeyStore": Operation(create_custom_key_store),
+    "ConnectCustomKeyStore": Operation(connect_custom_key_store),
+    "DisconnectCustomKeyStore": Operation(disconnect_custom_key_store),
+    "DescribeCustomKeyStores": Operation(describe_custom_key_stores, read_only=True),
+    "UpdateCustomKeyStore": Operation(update_custom_key_store),
+    "DeleteCustomKeyStore": Operation(delete_custom_key_store),
+}

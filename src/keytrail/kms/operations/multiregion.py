@@ -1,0 +1,106 @@
+"""Multi-Region keys: ReplicateKey and UpdatePrimaryRegion."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from keytrail.kms import errors, multiregion
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.identifiers import key_arn
+from keytrail.kms.keys import Key
+from keytrail.kms.metadata import key_metadata
+from keytrail.kms.model import KeyState
+from keytrail.kms.operations.keys import camel_metadata
+from keytrail.kms.policy import default_policy, validate_key_policy
+from keytrail.kms.tags import validate_tags
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS"]
+
+
+def _conditions(key: Key, **extra: str) -> dict[str, Any]:
+    return {"kms:MultiRegion": key.multi_region, "kms:MultiRegionKeyType": multiregion.key_type(key), **extra}
+
+
+def _require_primary(key: Key) -> None:
+    if not key.multi_region:
+        raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region key.")
+    if multiregion.is_replica(key):
+        raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
+
+
+def _require_replicable_state(key: Key) -> None:
+    if key.state is KeyState.DISABLED:
+        raise errors.DisabledException(f"{key.arn} is disabled.")
+    if key.state not in (KeyState.ENABLED, KeyState.PENDING_IMPORT):
+        raise errors.KMSInvalidStateException(f"{key.arn} is {key.state.value}.")
+
+
+def _replica_policy(call: Call) -> str:
+    params = call.params
+    if "Policy" not in params:
+        return default_policy(call.context.account)
+    validate_key_policy(
+        params["Policy"], call.context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck"))
+    )
+    return str(params["Policy"])
+
+
+async def replicate_key(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    primary = await svc.find_key(call, params["KeyId"], allow_alias=False)
+    region = params["ReplicaRegion"]
+    await svc.authorize(call, "kms:ReplicateKey", primary, _conditions(primary, **{"kms:ReplicaRegion": region}))
+    # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it).
+    await svc.authorize(Call(replace(call.context, region=region), call.params), "kms:CreateKey", None)
+    _require_primary(primary)
+    _require_replicable_state(primary)
+    if region == primary.region or region in primary.replica_regions:
+        raise errors.AlreadyExistsException(f"Key '{key_arn(region, primary.account, primary.key_id)}' already exists")
+    tags = tuple(validate_tags(params.get("Tags") or []).items())
+    description = params.get("Description", primary.description)
+    replica = multiregion.replica_of(primary, region, svc.now(), _replica_policy(call), description, tags)
+    await svc.store.put_key(replica)
+    siblings = [primary, *await multiregion.copies(svc, primary)]
+    await multiregion.synchronize(svc, [k for k in _with_region(siblings, region) if k.region != region])
+    call.resource(replica.arn)
+    metadata = key_metadata(replica)
+    call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata)}
+    return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
+            "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in replica.tags]}
+
+
+def _with_region(keys: list[Key], region: str) -> list[Key]:
+    return [replace(k, replica_regions=(*k.replica_regions, region)) for k in keys]
+
+
+async def update_primary_region(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    region = call.params["PrimaryRegion"]
+    await svc.authorize(
+        call, "kms:UpdatePrimaryRegion", key, _conditions(key, **{"kms:PrimaryRegion": region})
+    )
+    _require_primary(key)
+    svc.require_not_pending_deletion(key)
+    if region == key.region:
+        return {}
+    replica = (
+        await svc.store.get_key(key.account, region, key.key_id) if region in key.replica_regions else None
+    )
+    if replica is None:
+        raise errors.NotFoundException(f"Key '{key_arn(region, key.account, key.key_id)}' does not exist")
+    for copy in (key, replica):
+        if copy.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION, KeyState.CREATING):
+            raise errors.KMSInvalidStateException(f"{copy.arn} is {copy.state.value}.")
+    call.resource(replica.arn)
+    await multiregion.move_primary(svc, key, region)
+    return {}
+
+
+OPERATIONS: dict[str, Operation] = {
+    "ReplicateKey": Operation(replicate_key),
+    "UpdatePrimaryRegion": Operation(update_primary_region),
+}

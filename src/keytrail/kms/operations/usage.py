@@ -1,0 +1,34 @@
+"""GetKeyLastUsage: when a key was last used for cryptography, from the audit stream."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OPERATIONS"]
+
+
+async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
+    key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
+    await svc.authorize(call, "kms:GetKeyLastUsage", key)
+    source = svc.deps.last_usage
+    if source is None:
+        raise errors.UnsupportedOperationException("Key usage tracking is not running on this node.")
+    tracking_start, last = source.last_usage(key.arn)
+    response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date}
+    if tracking_start is not None:
+        response["TrackingStartDate"] = tracking_start
+    if last is not None:
+        response["KeyLastUsage"] = {
+            "Operation": last.operation, "Timestamp": last.timestamp, "CloudTrailEventId": last.event_id,
+            **({"KmsRequestId": last.request_id} if last.request_id else {}),
+        }
+    return response
+
+
+OPERATIONS: dict[str, Operation] = {"GetKeyLastUsage": Operation(get_key_last_usage, read_only=True)}

@@ -1,0 +1,262 @@
+"""Policy documents: validation with AWS's errors, and the compiled statements the evaluator walks.
+
+Follows "IAM JSON policy element reference" and "Key policies in AWS KMS". A document is
+validated once (`parse_policy`) and compiled once (`compile_policy`, cached by the evaluator);
+evaluation then only walks small frozen objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator
+from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
+
+__all__ = [
+    "MAX_POLICY_BYTES",
+    "Policy",
+    "PolicyKind",
+    "PrincipalSet",
+    "Statement",
+    "compile_policy",
+    "parse_policy",
+    "validate_policy",
+]
+
+MAX_POLICY_BYTES = 32 * 1024
+PolicyKind = Literal["key", "identity"]
+
+_VERSIONS = {"2012-10-17", "2008-10-17"}
+_TOP = {"Version", "Id", "Statement"}
+_STATEMENT = {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction",
+              "Resource", "NotResource", "Condition"}
+_PRINCIPAL_TYPES = {"AWS", "Service", "Federated", "CanonicalUser"}
+_ACCOUNT = re.compile(r"^\d{12}$")
+_IAM_ARN = re.compile(
+    r"^arn:aws(-cn|-us-gov)?:(iam::\d{12}:(root|user/.+|role/.+|federated-user/.+)"
+    r"|sts::\d{12}:(assumed-role/.+/.+|federated-user/.+))$"
+)
+_ACTION = re.compile(r"^(\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+)$")
+
+
+def _malformed(message: str) -> KmsError:
+    return MalformedPolicyDocumentException(message)
+
+
+def parse_policy(text: str, kind: PolicyKind = "key") -> dict[str, Any]:
+    """Parse and validate a policy document, or raise MalformedPolicyDocumentException naming
+    what is wrong. `kind="key"` needs a Principal in every statement; identity policies have none."""
+    if len(text.encode()) > MAX_POLICY_BYTES:
+        raise _malformed("The policy document exceeds the 32 KB size limit.")
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise _malformed(f"The policy is not valid JSON: {exc}") from None
+    validate_policy(doc, kind)
+    return doc  # type: ignore[no-any-return]
+
+
+def validate_policy(doc: Any, kind: PolicyKind) -> None:
+    """Check a decoded document against the policy grammar; raise naming the faulty element."""
+    if not isinstance(doc, dict):
+        raise _malformed("The policy document must be a JSON object.")
+    unknown = set(doc) - _TOP
+    if unknown:
+        raise _malformed(f"The policy document has unsupported element(s): {', '.join(sorted(unknown))}.")
+    if "Version" in doc and doc["Version"] not in _VERSIONS:
+        raise _malformed(f"The policy Version {doc['Version']!r} is not supported; use \"2012-10-17\".")
+    if "Statement" not in doc:
+        raise _malformed("The policy document has no Statement.")
+    statements = doc["Statement"]
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not isinstance(statements, list) or not statements:
+        raise _malformed("The policy Statement must be an object or a non-empty list of objects.")
+    for index, statement in enumerate(statements):
+        _validate_statement(statement, index, kind)
+
+
+def _where(statement: Mapping[str, Any], index: int) -> str:
+    sid = statement.get("Sid")
+    return f"statement {index + 1}" + (f" (Sid {sid!r})" if isinstance(sid, str) and sid else "")
+
+
+def _validate_statement(statement: Any, index: int, kind: PolicyKind) -> None:
+    if not isinstance(statement, dict):
+        raise _malformed(f"Policy statement {index + 1} must be a JSON object.")
+    where = _where(statement, index)
+    unknown = set(statement) - _STATEMENT
+    if unknown:
+        raise _malformed(f"Policy {where} has unsupported element(s): {', '.join(sorted(unknown))}.")
+    if "Sid" in statement and not isinstance(statement["Sid"], str):
+        raise _malformed(f"Policy {where}: Sid must be a string.")
+    if statement.get("Effect") not in ("Allow", "Deny"):
+        raise _malformed(f"Policy {where}: Effect must be \"Allow\" or \"Deny\".")
+    _exactly_one(statement, where, "Action", "NotAction")
+    _exactly_one(statement, where, "Resource", "NotResource")
+    for name in ("Action", "NotAction"):
+        if name in statement:
+            _validate_actions(statement[name], where, name)
+    for name in ("Resource", "NotResource"):
+        if name in statement:
+            _strings(statement[name], where, name)
+    _validate_principal(statement, where, kind)
+    if "Condition" in statement:
+        _validate_condition(statement["Condition"], where)
+
+
+def _exactly_one(statement: Mapping[str, Any], where: str, first: str, second: str) -> None:
+    if (first in statement) == (second in statement):
+        raise _malformed(f"Policy {where} must contain exactly one of {first} or {second}.")
+
+
+def _strings(value: Any, where: str, name: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
+        raise _malformed(f"Policy {where}: {name} must be a non-empty string or list of strings.")
+    return items
+
+
+def _validate_actions(value: Any, where: str, name: str) -> None:
+    for action in _strings(value, where, name):
+        if not _ACTION.match(action):
+            raise _malformed(f"Policy {where}: {name} {action!r} is not a valid action (service:Action).")
+
+
+def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKind) -> None:
+    present = [name for name in ("Principal", "NotPrincipal") if name in statement]
+    if kind == "identity":
+        if present:
+            raise _malformed(f"Policy {where}: identity-based policies cannot contain {present[0]}.")
+        return
+    if len(present) != 1:
+        raise _malformed(f"Policy {where} must contain exactly one of Principal or NotPrincipal.")
+    value = statement[present[0]]
+    if value == "*":
+        return
+    if not isinstance(value, dict) or not value or set(value) - _PRINCIPAL_TYPES:
+        raise _malformed(f"Policy {where} contains a statement with one or more invalid principals.")
+    for kind_name, names in value.items():
+        for name in _strings(names, where, f"{present[0]}.{kind_name}"):
+            if kind_name == "AWS" and not (name == "*" or _ACCOUNT.match(name) or _IAM_ARN.match(name)):
+                raise _malformed(
+                    f"Policy {where} contains a statement with one or more invalid principals: {name!r}."
+                )
+
+
+def _validate_condition(block: Any, where: str) -> None:
+    if not isinstance(block, dict):
+        raise _malformed(f"Policy {where}: Condition must be an object of operators.")
+    for operator, entries in block.items():
+        try:
+            parse_condition_operator(operator)
+        except ValueError as exc:
+            raise _malformed(f"Policy {where}: Condition has {exc}.") from None
+        if not isinstance(entries, dict) or not entries:
+            raise _malformed(f"Policy {where}: Condition operator {operator} must map keys to values.")
+        for key, values in entries.items():
+            items = values if isinstance(values, list) else [values]
+            if not items or not all(isinstance(v, str | int | float | bool) for v in items):
+                raise _malformed(f"Policy {where}: Condition {operator} {key} has an invalid value.")
+
+
+# --- compiled form -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PrincipalSet:
+    """The principals a statement names. `arns` holds IAM ARNs (account ids as their root ARN)."""
+
+    anyone: bool = False
+    arns: frozenset[str] = frozenset()
+    services: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sid: str | None
+    allow: bool
+    actions: tuple[Pattern, ...]
+    not_action: bool
+    resources: tuple[Pattern, ...]
+    not_resource: bool
+    conditions: tuple[Condition, ...]
+    principals: PrincipalSet | None = None  # None in identity policies
+    not_principal: bool = False
+
+    def applies_to(self, action: str, resource: str, resolve: Any) -> bool:
+        """Action, Resource and Condition match (Principal is the evaluator's business)."""
+        hit = any(p.matches(action, resolve) for p in self.actions)
+        if hit == self.not_action:
+            return False
+        hit = any(p.matches(resource, resolve) for p in self.resources)
+        if hit == self.not_resource:
+            return False
+        return all(c.holds(resolve) for c in self.conditions)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    statements: tuple[Statement, ...]
+    reads: frozenset[str]  # lowercase condition keys any statement reads
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _principals(value: Any) -> PrincipalSet:
+    if value == "*":
+        return PrincipalSet(anyone=True)
+    aws = [str(v) for v in _list(value.get("AWS", []))]
+    arns = frozenset(f"arn:aws:iam::{a}:root" if _ACCOUNT.match(a) else a for a in aws if a != "*")
+    services = frozenset(str(v) for v in _list(value.get("Service", [])))
+    return PrincipalSet(anyone="*" in aws, arns=arns, services=services)
+
+
+def _conditions(block: Mapping[str, Any]) -> tuple[Condition, ...]:
+    out = []
+    for operator, entries in block.items():
+        qualifier, name, if_exists = parse_condition_operator(operator)
+        for key, values in entries.items():
+            out.append(Condition(name, key.lower(), tuple(_list(values)), qualifier, if_exists))
+    return tuple(out)
+
+
+def _statement(raw: Mapping[str, Any]) -> Statement:
+    action_key = "Action" if "Action" in raw else "NotAction"
+    resource_key = "Resource" if "Resource" in raw else "NotResource"
+    principal_key = "Principal" if "Principal" in raw else "NotPrincipal"
+    principal = raw.get(principal_key)
+    return Statement(
+        sid=raw.get("Sid"),
+        allow=raw["Effect"] == "Allow",
+        # Action names are case-insensitive; resource ARNs are not and may hold policy variables.
+        actions=tuple(Pattern.parse(a, wildcards=True, variables=False, ignore_case=True)
+                      for a in _list(raw[action_key])),
+        not_action=action_key == "NotAction",
+        resources=tuple(Pattern.parse(r, wildcards=True, variables=True) for r in _list(raw[resource_key])),
+        not_resource=resource_key == "NotResource",
+        conditions=_conditions(raw.get("Condition", {})),
+        principals=_principals(principal) if principal is not None else None,
+        not_principal=principal_key == "NotPrincipal",
+    )
+
+
+def compile_policy(doc: str | Mapping[str, Any], kind: PolicyKind = "key") -> Policy:
+    """Validate (when given text) and compile a policy document for evaluation."""
+    parsed = parse_policy(doc, kind) if isinstance(doc, str) else doc
+    if not isinstance(doc, str):
+        validate_policy(parsed, kind)
+    raw = parsed["Statement"]
+    statements = tuple(_statement(s) for s in _list(raw))
+    reads: set[str] = set()
+    for statement in statements:
+        for pattern in statement.resources:
+            reads.update(pattern.variables)
+        for condition in statement.conditions:
+            reads.update(condition.reads)
+    return Policy(statements, frozenset(reads))

@@ -1,0 +1,215 @@
+"""The shared key store: PostgreSQL, for several keytrail nodes (and Regions) over one keyspace.
+
+Same documents and sealing as the SQLite store, but no in-memory copy: every read goes to the
+database, so what one node writes (a ReplicateKey into another Region, a rotation reaching the
+replicas) is what every other node serves next, and a Region keeps serving while the node that
+wrote it is down. Every node must hold the same root key (`KEYTRAIL_ROOT_KEY`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from keytrail.kms.codec import (
+    alias_from_doc,
+    alias_to_doc,
+    grant_from_doc,
+    grant_to_doc,
+    key_from_doc,
+    key_to_doc,
+)
+from keytrail.kms.importing import ImportParameters
+from keytrail.kms.keys import Key
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.sealed_docs import (
+    custom_key_store_from_doc,
+    custom_key_store_to_doc,
+    import_parameters_from_doc,
+    import_parameters_to_doc,
+)
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.store import Alias, Grant
+
+__all__ = ["PostgresStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, created TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, key_id));
+CREATE TABLE IF NOT EXISTS kms_aliases (account TEXT, region TEXT, name TEXT, key_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, name));
+CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, created TEXT,
+    doc TEXT NOT NULL, PRIMARY KEY (account, region, key_id, grant_id));
+CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
+    doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
+"""
+_UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
+_UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (account, region, name) DO UPDATE SET key_id = EXCLUDED.key_id, doc = EXCLUDED.doc"""
+_UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
+_UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
+    ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
+_UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (account, region, store_id) DO UPDATE SET doc = EXCLUDED.doc"""
+
+
+class PostgresStore:
+    """Keys, aliases, grants, import parameters and custom key stores in PostgreSQL."""
+
+    def __init__(self, pool: Any, root: RootKey) -> None:
+        self._pool = pool
+        self._root = root
+
+    @classmethod
+    async def connect(cls, dsn: str, root: RootKey) -> PostgresStore:
+        """Open a connection pool to `dsn` and create the tables if they are missing."""
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+        async with pool.acquire() as connection:
+            await connection.execute(_SCHEMA)
+        return cls(pool, root)
+
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
+        async with self._pool.acquire() as connection:
+            return list(await connection.fetch(sql, *args))
+
+    async def _execute(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            for sql, args in statements:
+                await connection.execute(sql, *args)
+
+    # --- keys --------------------------------------------------------------------------------
+
+    async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
+        rows = await self._rows(
+            "SELECT doc FROM kms_keys WHERE account=$1 AND region=$2 AND key_id=$3", account, region, key_id
+        )
+        return key_from_doc(rows[0]["doc"], self._root) if rows else None
+
+    async def put_key(self, key: Key) -> None:
+        doc = key_to_doc(key, self._root)
+        args = (key.account, key.region, key.key_id, key.creation_date.isoformat(), doc)
+        await self._execute((_UPSERT_KEY, args))
+
+    async def delete_key(self, key: Key) -> None:
+        scope = (key.account, key.region, key.key_id)
+        where = "WHERE account=$1 AND region=$2 AND key_id=$3"
+        await self._execute(
+            (f"DELETE FROM kms_keys {where}", scope),
+            (f"DELETE FROM kms_aliases {where}", scope),
+            (f"DELETE FROM kms_grants {where}", scope),
+        )
+
+    async def list_keys(self, account: str, region: str) -> list[Key]:
+        rows = await self._rows(
+            "SELECT doc FROM kms_keys WHERE account=$1 AND region=$2 ORDER BY created, key_id",
+            account,
+            region,
+        )
+        return [key_from_doc(row["doc"], self._root) for row in rows]
+
+    async def all_keys(self) -> list[Key]:
+        return [key_from_doc(row["doc"], self._root) for row in await self._rows("SELECT doc FROM kms_keys")]
+
+    # --- aliases -----------------------------------------------------------------------------
+
+    async def get_alias(self, account: str, region: str, name: str) -> Alias | None:
+        rows = await self._rows(
+            "SELECT doc FROM kms_aliases WHERE account=$1 AND region=$2 AND name=$3", account, region, name
+        )
+        return alias_from_doc(rows[0]["doc"]) if rows else None
+
+    async def put_alias(self, alias: Alias) -> None:
+        args = (alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias))
+        await self._execute((_UPSERT_ALIAS, args))
+
+    async def delete_alias(self, alias: Alias) -> None:
+        await self._execute(
+            (
+                "DELETE FROM kms_aliases WHERE account=$1 AND region=$2 AND name=$3",
+                (alias.account, alias.region, alias.name),
+            )
+        )
+
+    async def list_aliases(self, account: str, region: str) -> list[Alias]:
+        rows = await self._rows(
+            "SELECT doc FROM kms_aliases WHERE account=$1 AND region=$2 ORDER BY name", account, region
+        )
+        return [alias_from_doc(row["doc"]) for row in rows]
+
+    # --- grants ------------------------------------------------------------------------------
+
+    async def put_grant(self, grant: Grant) -> None:
+        args = (
+            grant.account,
+            grant.region,
+            grant.key_id,
+            grant.grant_id,
+            grant.creation_date.isoformat(),
+            grant_to_doc(grant),
+        )
+        await self._execute((_UPSERT_GRANT, args))
+
+    async def delete_grant(self, grant: Grant) -> None:
+        await self._execute(
+            (
+                "DELETE FROM kms_grants WHERE account=$1 AND region=$2 AND key_id=$3 AND grant_id=$4",
+                (grant.account, grant.region, grant.key_id, grant.grant_id),
+            )
+        )
+
+    async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
+        rows = await self._rows(
+            "SELECT doc FROM kms_grants WHERE account=$1 AND region=$2 AND key_id=$3 "
+            "ORDER BY created, grant_id",
+            account,
+            region,
+            key_id,
+        )
+        return [grant_from_doc(row["doc"]) for row in rows]
+
+    async def all_grants(self, account: str, region: str) -> list[Grant]:
+        rows = await self._rows("SELECT doc FROM kms_grants WHERE account=$1 AND region=$2", account, region)
+        return [grant_from_doc(row["doc"]) for row in rows]
+
+    # --- import parameters and custom key stores ---------------------------------------------
+
+    async def put_import_parameters(self, parameters: ImportParameters) -> None:
+        doc = import_parameters_to_doc(parameters, self._root)
+        stale = (parameters.valid_to - timedelta(days=2)).isoformat()  # tokens live 24 hours
+        await self._execute(
+            ("DELETE FROM kms_import_parameters WHERE valid_to < $1", (stale,)),
+            (_UPSERT_IMPORT, (parameters.token_id, parameters.valid_to.isoformat(), doc)),
+        )
+
+    async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
+        rows = await self._rows("SELECT doc FROM kms_import_parameters WHERE token_id=$1", token_id)
+        return import_parameters_from_doc(rows[0]["doc"], self._root) if rows else None
+
+    async def put_custom_key_store(self, store: CustomKeyStore) -> None:
+        doc = custom_key_store_to_doc(store, self._root)
+        args = (store.account, store.region, store.store_id, store.creation_date.isoformat(), doc)
+        await self._execute((_UPSERT_STORE, args))
+
+    async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
+        await self._execute(
+            (
+                "DELETE FROM kms_custom_key_stores WHERE account=$1 AND region=$2 AND store_id=$3",
+                (store.account, store.region, store.store_id),
+            )
+        )
+
+    async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
+        rows = await self._rows(
+            "SELECT doc FROM kms_custom_key_stores WHERE account=$1 AND region=$2 ORDER BY created, store_id",
+            account,
+            region,
+        )
+        return [custom_key_store_from_doc(row["doc"], self._root) for row in rows]
+
+    async def close(self) -> None:
+        await self._pool.close()

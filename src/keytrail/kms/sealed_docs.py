@@ -1,0 +1,81 @@
+"""Import parameters and custom key stores as JSON documents, their secrets sealed on the way out."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+from keytrail.kms.importing import ImportParameters
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+from keytrail.kms.sealing import RootKey
+
+__all__ = [
+    "custom_key_store_from_doc",
+    "custom_key_store_to_doc",
+    "import_parameters_from_doc",
+    "import_parameters_to_doc",
+]
+
+
+def _seal(root: RootKey, secret: bytes, binding: str) -> str:
+    return base64.b64encode(root.seal(secret, binding)).decode()
+
+
+def _unseal(root: RootKey, sealed: str, binding: str) -> bytes:
+    return root.unseal(base64.b64decode(sealed), binding)
+
+
+def import_parameters_to_doc(parameters: ImportParameters, root: RootKey) -> str:
+    binding = f"import-token#{parameters.token_id}"
+    return json.dumps(
+        {
+            "token_id": parameters.token_id,
+            "account": parameters.account,
+            "region": parameters.region,
+            "key_id": parameters.key_id,
+            "wrapping_algorithm": parameters.wrapping_algorithm,
+            "wrapping_key_spec": parameters.wrapping_key_spec,
+            "valid_to": parameters.valid_to.isoformat(),
+            "sealed": _seal(root, parameters.private_key, binding),
+        }
+    )
+
+
+def import_parameters_from_doc(text: str, root: RootKey) -> ImportParameters:
+    doc = json.loads(text)
+    sealed = doc.pop("sealed")
+    doc["valid_to"] = datetime.fromisoformat(doc["valid_to"])
+    return ImportParameters(**doc, private_key=_unseal(root, sealed, f"import-token#{doc['token_id']}"))
+
+
+def _store_binding(account: str, region: str, store_id: str) -> str:
+    return f"custom-key-store#{account}#{region}#{store_id}"
+
+
+def custom_key_store_to_doc(store: CustomKeyStore, root: RootKey) -> str:
+    binding = _store_binding(store.account, store.region, store.store_id)
+    return json.dumps(
+        {
+            "account": store.account,
+            "region": store.region,
+            "store_id": store.store_id,
+            "name": store.name,
+            "cluster_id": store.cluster_id,
+            "trust_anchor": store.trust_anchor,
+            "creation_date": store.creation_date.isoformat(),
+            "state": store.state.value,
+            "error_code": store.error_code,
+            "store_type": store.store_type,
+            "sealed_password": _seal(root, store.password.encode(), binding),
+        }
+    )
+
+
+def custom_key_store_from_doc(text: str, root: RootKey) -> CustomKeyStore:
+    doc = json.loads(text)
+    sealed = doc.pop("sealed_password")
+    doc["creation_date"] = datetime.fromisoformat(doc["creation_date"])
+    doc["state"] = ConnectionState(doc["state"])
+    password = _unseal(root, sealed, _store_binding(doc["account"], doc["region"], doc["store_id"])).decode()
+    return CustomKeyStore(**doc, password=password)

@@ -1,0 +1,59 @@
+"""Fixtures of the key store tests: one SoftHSM2 token directory for the whole session.
+
+A PKCS#11 module reads its configuration once per process, so the test process and every
+server it starts share one SOFTHSM2_CONF with enough tokens for every test (a token backs one
+custom key store only, as a CloudHSM cluster does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
+
+PIN = "kmsuser-pin-1"
+CLUSTERS = [f"cluster-keytrailtest{letter}" for letter in "abcdefghijklmnopqrstuvwxyz"]
+
+
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    module = softhsm_module()
+    if module is None:
+        pytest.skip("SoftHSM2 is not installed (Debian package softhsm2: libsofthsm2.so and softhsm2-util)")
+    directory = tmp_path_factory.mktemp("softhsm")
+    tokens = [softhsm_token(directory, label, PIN, module) for label in CLUSTERS]
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in tokens[0].env.items():
+            patch.setenv(name, value)
+        yield tokens[0]
+
+
+@pytest.fixture(scope="session")
+def clusters(hsm: SoftHsm) -> Iterator[str]:
+    """Hands out token labels (cluster ids) no store has used yet."""
+    return iter(CLUSTERS)
+
+
+@pytest.fixture(scope="session")
+def trust_anchor() -> str:
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keytrail test HSM issuer")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(private, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

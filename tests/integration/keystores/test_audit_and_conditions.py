@@ -1,0 +1,160 @@
+"""What the audit trail records and which condition keys reach the authorizer, for imports,
+multi-Region keys and custom key stores: the service run in-process over a real SQLite store
+(and SoftHSM2 for the custom key store)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
+from keytrail.kms.context import CallContext, Principal
+from keytrail.kms.model import CallRecord
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService, ServiceDeps
+from keytrail.kms.sqlite_store import SqliteStore
+from tests.integration.keystores.conftest import PIN
+from tests.integration.keystores.wrapping import wrap
+from tests.support.softhsm import SoftHsm
+
+ACCOUNT = "111122223333"
+
+
+class Recorder:
+    """Audit sink and authorizer at once: keeps every record and every access request."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+        self.requests: list[AccessRequest] = []
+
+    async def record(self, call: CallRecord) -> None:
+        self.records.append(call)
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        self.requests.append(request)
+        return AccessDecision(Verdict.ALLOW)
+
+    def conditions(self, action: str) -> dict[str, Any]:
+        return dict(next(r for r in reversed(self.requests) if r.action == action).conditions)
+
+    def events(self, name: str) -> list[CallRecord]:
+        return [r for r in self.records if r.event_name == name]
+
+
+class Caller:
+    def __init__(self, svc: KmsService) -> None:
+        self.svc = svc
+
+    async def __call__(self, operation: str, region: str = "us-east-1", **params: Any) -> dict[str, Any]:
+        principal = Principal.account_root(ACCOUNT, "AKIAROOT000000000001")
+        context = CallContext(principal, region, request_id=os.urandom(8).hex())
+        return await self.svc.execute(operation, context, params)
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[tuple[Caller, Recorder, ManualClock]]:
+    recorder, clock = Recorder(), ManualClock()
+    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    svc = KmsService(ServiceDeps(store=store, clock=clock, audit=recorder, authorizer=recorder))
+    yield Caller(svc), recorder, clock
+    await store.close()
+
+
+async def test_import_conditions_audit_and_expiry_event(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    call, recorder, clock = service
+    key_id = (await call("CreateKey", Origin="EXTERNAL"))["KeyMetadata"]["KeyId"]
+    params = await call(
+        "GetParametersForImport",
+        KeyId=key_id,
+        WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+        WrappingKeySpec="RSA_3072",
+    )
+    conditions = recorder.conditions("kms:GetParametersForImport")
+    assert conditions["kms:WrappingAlgorithm"] == "RSA_AES_KEY_WRAP_SHA_256"
+    assert conditions["kms:WrappingKeySpec"] == "RSA_3072"
+    valid_to = clock.now() + timedelta(hours=1)
+    imported = await call(
+        "ImportKeyMaterial",
+        KeyId=key_id,
+        ImportToken=params["ImportToken"],
+        EncryptedKeyMaterial=wrap(params["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", os.urandom(32)),
+        ExpirationModel="KEY_MATERIAL_EXPIRES",
+        ValidTo=valid_to,
+    )
+    conditions = recorder.conditions("kms:ImportKeyMaterial")
+    assert conditions["kms:ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert conditions["kms:ValidTo"] == valid_to.timestamp()
+    event = recorder.events("ImportKeyMaterial")[-1]
+    assert event.additional_event_data == {"keyMaterialId": imported["KeyMaterialId"]}
+    assert "encryptedKeyMaterial" not in (event.request_parameters or {})
+    assert "importToken" not in (event.request_parameters or {})
+    clock.advance(3600)
+    await call.svc.run_due()
+    expired = recorder.events("DeleteExpiredKeyMaterial")
+    assert len(expired) == 1 and expired[0].service_event_details == {
+        "keyMaterialId": imported["KeyMaterialId"]
+    }
+
+
+async def test_multi_region_conditions_and_synchronize_events(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    call, recorder, _ = service
+    key_id = (await call("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await call("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    conditions = recorder.conditions("kms:ReplicateKey")
+    assert conditions["kms:ReplicaRegion"] == "eu-west-1"
+    assert (conditions["kms:MultiRegion"], conditions["kms:MultiRegionKeyType"]) == (True, "PRIMARY")
+    replicate = recorder.events("ReplicateKey")[-1]
+    assert replicate.resources == (
+        f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}",
+        f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",
+    )
+    await call.svc.run_due()  # the replica leaves Creating
+    synced = {(r.region, r.resources) for r in recorder.events("SynchronizeMultiRegionKey")}
+    assert ("eu-west-1", (f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",)) in synced
+    await call("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
+    assert recorder.conditions("kms:UpdatePrimaryRegion")["kms:PrimaryRegion"] == "eu-west-1"
+
+
+async def test_custom_key_store_calls_name_store_and_backing_key(
+    service: tuple[Caller, Recorder, ManualClock],
+    hsm: SoftHsm,
+    clusters: Iterator[str],
+    trust_anchor: str,
+) -> None:
+    call, recorder, _ = service
+    cluster = next(clusters)
+    store_id = (
+        await call(
+            "CreateCustomKeyStore",
+            CustomKeyStoreName="audit",
+            CloudHsmClusterId=cluster,
+            TrustAnchorCertificate=trust_anchor,
+            KeyStorePassword=PIN,
+        )
+    )["CustomKeyStoreId"]
+    assert "keyStorePassword" not in (recorder.events("CreateCustomKeyStore")[-1].request_parameters or {})
+    await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"][
+        "KeyId"
+    ]
+    created = recorder.events("CreateKey")[-1].additional_event_data or {}
+    blob = (await call("Encrypt", KeyId=key_id, Plaintext=b"x"))["CiphertextBlob"]
+    await call("Decrypt", CiphertextBlob=blob)  # no KeyId: the key comes from the blob
+    assert (recorder.events("Decrypt")[-1].additional_event_data or {})["customKeyStoreId"] == store_id
+    data = recorder.events("Encrypt")[-1].additional_event_data or {}
+    assert data["customKeyStoreId"] == store_id == created["customKeyStoreId"]
+    assert data["clusterId"] == cluster
+    assert data["backingKeyId"] == created["backingKeyId"]
+    assert json.loads(data["backingKeys"]) == [{"backingKeyId": created["backingKeyId"]}]
+    await call("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)  # logs out of the token

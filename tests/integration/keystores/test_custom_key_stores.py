@@ -1,0 +1,263 @@
+"""Custom key stores on a PKCS#11 HSM (SoftHSM2, initialised here) through boto3 against a live
+`keytrail serve`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.integration.keystores.conftest import PIN
+from tests.support.server import KeytrailServer
+from tests.support.softhsm import SoftHsm
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def hsm_server(hsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeytrailServer]:
+    running = KeytrailServer(tmp_path_factory.mktemp("hsm-server") / "data").start()  # inherits hsm.env
+    yield running
+    if running.proc is not None:
+        running.stop()
+
+
+@pytest.fixture
+def kms(hsm_server: KeytrailServer) -> Any:
+    return hsm_server.client("alice")
+
+
+def _error(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(excinfo.value.response["Error"]["Code"])
+
+
+def _state(kms: Any, store_id: str) -> dict[str, Any]:
+    return kms.describe_custom_key_stores(CustomKeyStoreId=store_id)["CustomKeyStores"][0]  # type: ignore[no-any-return]
+
+
+def _store(kms: Any, trust_anchor: str, cluster: str, name: str | None = None, password: str = PIN) -> str:
+    return str(
+        kms.create_custom_key_store(
+            CustomKeyStoreName=name or f"store-{os.urandom(4).hex()}",
+            CloudHsmClusterId=cluster,
+            TrustAnchorCertificate=trust_anchor,
+            KeyStorePassword=password,
+        )["CustomKeyStoreId"]
+    )
+
+
+def _connected_store(kms: Any, trust_anchor: str, cluster: str) -> str:
+    store_id = _store(kms, trust_anchor, cluster)
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    assert _state(kms, store_id)["ConnectionState"] == "CONNECTED"
+    return store_id
+
+
+def _hsm_key(kms: Any, store_id: str) -> dict[str, Any]:
+    return kms.create_key(Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)["KeyMetadata"]  # type: ignore[no-any-return]
+
+
+@contextmanager
+def _token_session(hsm: SoftHsm, cluster: str) -> Iterator[Any]:
+    """A session on the token from this test process, logged in as the token's user."""
+    import pkcs11
+
+    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
+    with token.open(user_pin=hsm.user_pin) as session:
+        yield session
+
+
+def _token_key(hsm: SoftHsm, cluster: str, label: str) -> dict[str, Any]:
+    """Read the backing key's attributes straight from the token."""
+    from pkcs11 import Attribute, ObjectClass
+    from pkcs11.exceptions import AttributeSensitive
+
+    with _token_session(hsm, cluster) as session:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
+        found = {
+            name: key[attr]
+            for name, attr in (
+                ("extractable", Attribute.EXTRACTABLE),
+                ("sensitive", Attribute.SENSITIVE),
+                ("never_extractable", Attribute.NEVER_EXTRACTABLE),
+                ("value_len", Attribute.VALUE_LEN),
+            )
+        }
+        try:
+            key[Attribute.VALUE]
+            found["value_readable"] = True
+        except AttributeSensitive:
+            found["value_readable"] = False
+    return found
+
+
+def _decrypt_in_token(hsm: SoftHsm, cluster: str, key_id: str, blob: bytes) -> bytes:
+    """Open a blob with the token's key object (ciphertext.py's layout, no context)."""
+    from pkcs11 import Mechanism, ObjectClass
+    from pkcs11.mechanisms import GCMParams
+
+    header_len = 1 + 12 + 1 + len(key_id) + 32
+    header, nonce, body = blob[:header_len], blob[header_len : header_len + 12], blob[header_len + 12 :]
+    with _token_session(hsm, cluster) as session:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, label=key_id)
+        return bytes(
+            key.decrypt(body, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, header, 128))
+        )
+
+
+def test_new_store_is_disconnected_and_refuses_keys(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    cluster = next(clusters)
+    store_id = _store(kms, trust_anchor, cluster)
+    entry = _state(kms, store_id)
+    assert entry["ConnectionState"] == "DISCONNECTED"
+    assert (entry["CloudHsmClusterId"], entry["CustomKeyStoreType"]) == (cluster, "AWS_CLOUDHSM")
+    assert entry["TrustAnchorCertificate"] == trust_anchor and "KeyStorePassword" not in entry
+    with pytest.raises(ClientError) as excinfo:
+        _hsm_key(kms, store_id)
+    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+
+
+def test_key_is_generated_in_the_hsm_and_never_extractable(
+    kms: Any, trust_anchor: str, hsm: SoftHsm, clusters: Iterator[str]
+) -> None:
+    cluster = next(clusters)
+    store_id = _connected_store(kms, trust_anchor, cluster)
+    meta = _hsm_key(kms, store_id)
+    assert (meta["Origin"], meta["CustomKeyStoreId"], meta["CloudHsmClusterId"]) == (
+        "AWS_CLOUDHSM",
+        store_id,
+        cluster,
+    )
+    assert meta["KeyState"] == "Enabled"
+    assert _token_key(hsm, cluster, meta["KeyId"]) == {
+        "extractable": False,
+        "sensitive": True,
+        "never_extractable": True,
+        "value_len": 32,
+        "value_readable": False,
+    }
+
+
+def test_crypto_runs_inside_the_hsm(
+    kms: Any, trust_anchor: str, hsm: SoftHsm, clusters: Iterator[str]
+) -> None:
+    cluster = next(clusters)
+    key_id = _hsm_key(kms, _connected_store(kms, trust_anchor, cluster))["KeyId"]
+    plain_blob = kms.encrypt(KeyId=key_id, Plaintext=b"token key")["CiphertextBlob"]
+    assert _decrypt_in_token(hsm, cluster, key_id, plain_blob) == b"token key"
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"in the HSM", EncryptionContext={"k": "v"})["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob, EncryptionContext={"k": "v"})["Plaintext"] == b"in the HSM"
+    with pytest.raises(ClientError) as excinfo:
+        kms.decrypt(CiphertextBlob=blob, EncryptionContext={"k": "w"})
+    assert _error(excinfo) == "InvalidCiphertextException"
+    data_key = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    assert kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"] == data_key["Plaintext"]
+
+
+def test_disconnected_store_makes_keys_unavailable_until_reconnected(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    store_id = _connected_store(kms, trust_anchor, next(clusters))
+    key_id = _hsm_key(kms, store_id)["KeyId"]
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"kept")["CiphertextBlob"]
+    kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    assert _state(kms, store_id)["ConnectionState"] == "DISCONNECTED"
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Unavailable"
+    for call in (lambda: kms.encrypt(KeyId=key_id, Plaintext=b"x"), lambda: kms.decrypt(CiphertextBlob=blob)):
+        with pytest.raises(ClientError) as excinfo:
+            call()
+        assert _error(excinfo) == "KMSInvalidStateException"
+    with pytest.raises(ClientError) as excinfo:
+        kms.delete_custom_key_store(CustomKeyStoreId=store_id)
+    assert _error(excinfo) == "CustomKeyStoreHasCMKsException"
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+
+
+def test_wrong_password_fails_until_updated_while_disconnected(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    store_id = _store(kms, trust_anchor, next(clusters), password="not-the-pin")
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    entry = _state(kms, store_id)
+    assert (entry["ConnectionState"], entry["ConnectionErrorCode"]) == ("FAILED", "INVALID_CREDENTIALS")
+    with pytest.raises(ClientError) as excinfo:
+        kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_custom_key_store(CustomKeyStoreId=store_id, KeyStorePassword=PIN)
+    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+    kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    kms.update_custom_key_store(CustomKeyStoreId=store_id, KeyStorePassword=PIN)
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    assert _state(kms, store_id)["ConnectionState"] == "CONNECTED"
+
+
+def test_store_names_clusters_and_anchors_are_checked(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    name = f"named-{os.urandom(4).hex()}"
+    used, free = next(clusters), next(clusters)
+    store_id = _store(kms, trust_anchor, used, name=name)
+    checks = {
+        "CustomKeyStoreNameInUseException": dict(CloudHsmClusterId=free, CustomKeyStoreName=name),
+        "CloudHsmClusterInUseException": dict(CloudHsmClusterId=used, CustomKeyStoreName="x0"),
+        "CloudHsmClusterNotFoundException": dict(
+            CloudHsmClusterId="cluster-nosuchtokenab", CustomKeyStoreName="x1"
+        ),
+        "IncorrectTrustAnchorException": dict(
+            CloudHsmClusterId=free, CustomKeyStoreName="x2", TrustAnchorCertificate="not a certificate"
+        ),
+    }
+    for code, params in checks.items():
+        with pytest.raises(ClientError) as excinfo:
+            kms.create_custom_key_store(
+                **{"TrustAnchorCertificate": trust_anchor, "KeyStorePassword": PIN, **params}
+            )
+        assert _error(excinfo) == code
+    kms.update_custom_key_store(CustomKeyStoreId=store_id, NewCustomKeyStoreName=name + "-renamed")
+    assert _state(kms, store_id)["CustomKeyStoreName"] == name + "-renamed"
+    with pytest.raises(ClientError) as excinfo:
+        kms.describe_custom_key_stores(CustomKeyStoreId="cks-00000000000000000")
+    assert _error(excinfo) == "CustomKeyStoreNotFoundException"
+
+
+def test_delete_store_only_when_disconnected(kms: Any, trust_anchor: str, clusters: Iterator[str]) -> None:
+    store_id = _connected_store(kms, trust_anchor, next(clusters))
+    with pytest.raises(ClientError) as excinfo:
+        kms.delete_custom_key_store(CustomKeyStoreId=store_id)
+    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+    kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    kms.delete_custom_key_store(CustomKeyStoreId=store_id)
+    with pytest.raises(ClientError) as excinfo:
+        kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    assert _error(excinfo) == "CustomKeyStoreNotFoundException"
+
+
+def test_hsm_keys_are_single_region_symmetric(kms: Any, trust_anchor: str, clusters: Iterator[str]) -> None:
+    store_id = _connected_store(kms, trust_anchor, next(clusters))
+    for params in ({"MultiRegion": True}, {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}):
+        with pytest.raises(ClientError) as excinfo:
+            kms.create_key(Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id, **params)
+        assert _error(excinfo) == "UnsupportedOperationException"
+
+
+def test_connected_store_serves_again_after_restart(
+    hsm_server: KeytrailServer, hsm: SoftHsm, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    kms = hsm_server.client("alice")
+    key_id = _hsm_key(kms, _connected_store(kms, trust_anchor, next(clusters)))["KeyId"]
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"survives restarts")["CiphertextBlob"]
+    hsm_server.stop()
+    stored = b"".join(p.read_bytes() for p in Path(hsm_server.data_dir).rglob("*") if p.is_file())
+    assert PIN.encode() not in stored  # the key store password is sealed at rest
+    hsm_server.start()
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives restarts"

@@ -1,0 +1,291 @@
+"""Imported key material (Origin EXTERNAL) through boto3 against a live `keytrail serve`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keytrail.kms.ciphertext import encode_context
+from tests.integration.keystores.wrapping import import_material as _import
+from tests.integration.keystores.wrapping import wrap
+from tests.support.server import KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+ALGORITHMS = ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1", "RSA_AES_KEY_WRAP_SHA_256"]
+
+
+def _error(excinfo: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
+    error = excinfo.value.response["Error"]
+    return error["Code"], error.get("Message", "")
+
+
+def _server_now(server: KeytrailServer) -> datetime:
+    return datetime.fromisoformat(server.advance(0))
+
+
+def _external_key(kms: Any, **params: Any) -> str:
+    return str(kms.create_key(Origin="EXTERNAL", **params)["KeyMetadata"]["KeyId"])
+
+
+def _open_locally(material: bytes, blob: bytes, key_id: str, context: dict[str, str]) -> bytes:
+    """Decrypt a symmetric blob with plain AES-GCM (ciphertext.py's documented layout)."""
+    header_len = 1 + 12 + 1 + len(key_id) + 32
+    header, nonce, body = blob[:header_len], blob[header_len : header_len + 12], blob[header_len + 12 :]
+    return AESGCM(material).decrypt(nonce, body, header + encode_context(context))
+
+
+def test_external_key_is_pending_import_until_material_arrives(kms: Any) -> None:
+    meta = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]
+    assert (meta["KeyState"], meta["Enabled"], meta["Origin"]) == ("PendingImport", False, "EXTERNAL")
+    assert "CurrentKeyMaterialId" not in meta
+    with pytest.raises(ClientError) as excinfo:
+        kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"x")
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{meta['Arn']} is pending import.")
+
+
+def test_get_parameters_for_import_on_aws_kms_key_is_unsupported(kms: Any) -> None:
+    meta = kms.create_key()["KeyMetadata"]
+    with pytest.raises(ClientError) as excinfo:
+        kms.get_parameters_for_import(
+            KeyId=meta["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+        )
+    assert _error(excinfo) == (
+        "UnsupportedOperationException",
+        f"{meta['Arn']} origin is AWS_KMS which is not valid for this operation.",
+    )
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_import_round_trip_matches_local_aes_gcm(kms: Any, algorithm: str) -> None:
+    key_id = _external_key(kms)
+    material = os.urandom(32)
+    imported = _import(kms, key_id, material, algorithm)
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert meta["KeyState"] == "Enabled"
+    assert meta["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE"
+    assert meta["CurrentKeyMaterialId"] == imported["KeyMaterialId"]
+    context = {"purpose": "import-test"}
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"bring your own key", EncryptionContext=context)[
+        "CiphertextBlob"
+    ]
+    assert _open_locally(material, blob, key_id, context) == b"bring your own key"
+
+
+@pytest.mark.parametrize("spec", ["RSA_3072", "RSA_4096"])
+def test_larger_wrapping_keys_are_offered(kms: Any, spec: str) -> None:
+    key_id = _external_key(kms)
+    params = kms.get_parameters_for_import(
+        KeyId=key_id, WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256", WrappingKeySpec=spec
+    )
+    public = serialization.load_der_public_key(params["PublicKey"])
+    assert isinstance(public, rsa.RSAPublicKey) and public.key_size == int(spec.split("_")[1])
+    _import(kms, key_id, os.urandom(32), "RSA_AES_KEY_WRAP_SHA_256", spec)
+
+
+def test_expiring_model_without_valid_to_is_a_validation_error(kms: Any) -> None:
+    key_id = _external_key(kms)
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES")
+    assert _error(excinfo) == (
+        "ValidationException",
+        "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES",
+    )
+
+
+def test_delete_then_reimport_same_material_decrypts_old_ciphertext(kms: Any) -> None:
+    key_id = _external_key(kms)
+    material = os.urandom(32)
+    first = _import(kms, key_id, material)
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+    deleted = kms.delete_imported_key_material(KeyId=key_id)
+    assert deleted["KeyMaterialId"] == first["KeyMaterialId"]
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "PendingImport"
+    with pytest.raises(ClientError) as excinfo:
+        kms.decrypt(CiphertextBlob=blob)
+    assert _error(excinfo)[0] == "KMSInvalidStateException"
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, key_id, os.urandom(32))
+    assert _error(excinfo)[0] == "IncorrectKeyMaterialException"
+    again = _import(kms, key_id, material, "RSA_AES_KEY_WRAP_SHA_1")
+    assert again["KeyMaterialId"] == first["KeyMaterialId"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"old"
+
+
+def test_import_token_of_another_key_is_invalid(kms: Any) -> None:
+    key_a, key_b = _external_key(kms), _external_key(kms)
+    params = kms.get_parameters_for_import(
+        KeyId=key_a, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    with pytest.raises(ClientError) as excinfo:
+        kms.import_key_material(
+            KeyId=key_b,
+            ImportToken=params["ImportToken"],
+            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+    assert _error(excinfo)[0] == "InvalidImportTokenException"
+
+
+def test_material_wrapped_under_another_key_is_invalid_ciphertext(kms: Any) -> None:
+    key_id = _external_key(kms)
+    params = kms.get_parameters_for_import(
+        KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    stranger = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ClientError) as excinfo:
+        kms.import_key_material(
+            KeyId=key_id,
+            ImportToken=params["ImportToken"],
+            EncryptedKeyMaterial=wrap(stranger, "RSAES_OAEP_SHA_256", os.urandom(32)),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+    assert _error(excinfo)[0] == "InvalidCiphertextException"
+
+
+def test_symmetric_material_of_wrong_length_is_incorrect(kms: Any) -> None:
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, _external_key(kms), os.urandom(16))
+    assert _error(excinfo)[0] == "IncorrectKeyMaterialException"
+
+
+def test_hmac_material_imports_and_macs_like_local_hmac(kms: Any) -> None:
+    key_id = _external_key(kms, KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")
+    material = os.urandom(48)
+    _import(kms, key_id, material)
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["MacAlgorithms"]) == ("Enabled", ["HMAC_SHA_256"])
+    mac = kms.generate_mac(KeyId=key_id, MacAlgorithm="HMAC_SHA_256", Message=b"message")["Mac"]
+    assert mac == hmac.new(material, b"message", hashlib.sha256).digest()
+
+
+def _pkcs8(private: Any) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,  # type: ignore[no-any-return]
+        serialization.NoEncryption(),
+    )
+
+
+def test_rsa_private_key_imports_only_with_two_step_wrap_and_signs(kms: Any) -> None:
+    key_id = _external_key(kms, KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")
+    with pytest.raises(ClientError) as excinfo:
+        kms.get_parameters_for_import(
+            KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_4096"
+        )
+    assert _error(excinfo)[0] == "ValidationException"
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    _import(kms, key_id, _pkcs8(private), "RSA_AES_KEY_WRAP_SHA_256", "RSA_4096")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    signature = kms.sign(KeyId=key_id, Message=b"signed", SigningAlgorithm="RSASSA_PKCS1_V1_5_SHA_256")
+    private.public_key().verify(signature["Signature"], b"signed", asym_padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_ecc_key_of_another_curve_is_incorrect_material(kms: Any) -> None:
+    key_id = _external_key(kms, KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, key_id, _pkcs8(ec.generate_private_key(ec.SECP384R1())), "RSA_AES_KEY_WRAP_SHA_256")
+    assert _error(excinfo)[0] == "IncorrectKeyMaterialException"
+    _import(kms, key_id, _pkcs8(ec.generate_private_key(ec.SECP256R1())), "RSA_AES_KEY_WRAP_SHA_256")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_material_expires_with_the_clock_and_comes_back_on_reimport(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client("alice")
+    key_id = _external_key(kms)
+    material = os.urandom(32)
+    valid_to = _server_now(fresh_server) + timedelta(days=1)
+    _import(kms, key_id, material, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert meta["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert abs(meta["ValidTo"].timestamp() - valid_to.timestamp()) < 1
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"before expiry")["CiphertextBlob"]
+    fresh_server.advance(2 * 86400)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "PendingImport"
+    with pytest.raises(ClientError) as excinfo:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert _error(excinfo)[0] == "KMSInvalidStateException"
+    _import(kms, key_id, material)
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"before expiry"
+
+
+def test_import_token_expires_after_24_hours(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client("alice")
+    key_id = _external_key(kms)
+    params = kms.get_parameters_for_import(
+        KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    assert params["ParametersValidTo"] - _server_now(fresh_server) <= timedelta(hours=24)
+    fresh_server.advance(24 * 3600 + 1)
+    with pytest.raises(ClientError) as excinfo:
+        kms.import_key_material(
+            KeyId=key_id,
+            ImportToken=params["ImportToken"],
+            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+    assert _error(excinfo)[0] == "ExpiredImportTokenException"
+
+
+def test_imported_bytes_never_reach_the_store_file(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client("alice")
+    material = os.urandom(32)
+    key_id = _external_key(kms)
+    _import(kms, key_id, material)
+    assert kms.encrypt(KeyId=key_id, Plaintext=b"x")["KeyId"].endswith(key_id)
+    fresh_server.stop()
+    stored = b"".join(path.read_bytes() for path in fresh_server.data_dir.rglob("*") if path.is_file())
+    assert key_id.encode() in stored  # the key is there...
+    for form in (material, material.hex().encode(), base64.b64encode(material)):
+        assert form not in stored  # ...its material is not, in any encoding
+    fresh_server.start()
+    assert (
+        kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=key_id, Plaintext=b"y")["CiphertextBlob"])["Plaintext"]
+        == b"y"
+    )
+
+
+def test_key_policy_can_require_expiring_material(server: KeytrailServer) -> None:
+    kms = server.client("alice")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "Material must expire",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "kms:ImportKeyMaterial",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"kms:ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}},
+            },
+        ],
+    }
+    key_id = _external_key(kms, Policy=json.dumps(policy))
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, key_id, os.urandom(32))
+    assert _error(excinfo)[0] == "AccessDeniedException"
+    valid_to = _server_now(server) + timedelta(days=30)
+    _import(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)

@@ -1,0 +1,232 @@
+"""Multi-Region keys through boto3 against a live `keytrail serve`: one server, several Regions."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.integration.keystores.wrapping import import_material as _import
+from tests.support.server import ACCOUNT, KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+PRIMARY, REPLICA, THIRD = "us-east-1", "eu-west-2", "ap-southeast-2"
+
+
+def _error(excinfo: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
+    error = excinfo.value.response["Error"]
+    return error["Code"], error.get("Message", "")
+
+
+def _arn(region: str, key_id: str) -> str:
+    return f"arn:aws:kms:{region}:{ACCOUNT}:key/{key_id}"
+
+
+def _mrk(server: KeytrailServer) -> tuple[Any, str]:
+    kms = server.client("alice", PRIMARY)
+    return kms, kms.create_key(MultiRegion=True, Description="mrk")["KeyMetadata"]["KeyId"]
+
+
+def _tick(server: KeytrailServer) -> None:
+    server.advance(0)  # one scheduler pass: replicas leave Creating
+
+
+def test_multi_region_key_has_mrk_id_and_primary_configuration(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    assert re.fullmatch(r"mrk-[0-9a-f]{32}", key_id)
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert meta["MultiRegion"] is True
+    assert meta["MultiRegionConfiguration"] == {
+        "MultiRegionKeyType": "PRIMARY",
+        "PrimaryKey": {"Arn": _arn(PRIMARY, key_id), "Region": PRIMARY},
+        "ReplicaKeys": [],
+    }
+
+
+def test_replicate_key_creates_replica_then_enables_it(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    answer = kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA, Description="replica")
+    replica = answer["ReplicaKeyMetadata"]
+    assert (replica["KeyState"], replica["Enabled"], replica["Arn"]) == (
+        "Creating",
+        False,
+        _arn(REPLICA, key_id),
+    )
+    config = replica["MultiRegionConfiguration"]
+    assert config["MultiRegionKeyType"] == "REPLICA"
+    assert config["PrimaryKey"] == {"Arn": _arn(PRIMARY, key_id), "Region": PRIMARY}
+    assert json.loads(answer["ReplicaPolicy"])["Statement"][0]["Sid"] == "Enable IAM User Permissions"
+    primary = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert primary["MultiRegionConfiguration"]["ReplicaKeys"] == [
+        {"Arn": _arn(REPLICA, key_id), "Region": REPLICA}
+    ]
+    _tick(server)
+    remote = server.client("alice", REPLICA).describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (remote["KeyState"], remote["Description"]) == ("Enabled", "replica")
+    assert remote["CurrentKeyMaterialId"] == primary["CurrentKeyMaterialId"]
+
+
+def test_replicating_a_replica_or_a_single_region_key_is_unsupported(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    remote = server.client("alice", REPLICA)
+    with pytest.raises(ClientError) as excinfo:
+        remote.replicate_key(KeyId=key_id, ReplicaRegion=THIRD)
+    assert _error(excinfo) == (
+        "UnsupportedOperationException",
+        f"{_arn(REPLICA, key_id)} is not a multi-region primary key.",
+    )
+    single = kms.create_key()["KeyMetadata"]["KeyId"]
+    with pytest.raises(ClientError) as excinfo:
+        kms.replicate_key(KeyId=single, ReplicaRegion=REPLICA)
+    assert _error(excinfo)[0] == "UnsupportedOperationException"
+    with pytest.raises(ClientError) as excinfo:
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    assert _error(excinfo)[0] == "AlreadyExistsException"
+
+
+def test_ciphertext_from_one_region_decrypts_in_another(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    remote = server.client("alice", REPLICA)
+    here = kms.encrypt(KeyId=key_id, Plaintext=b"from us-east-1", EncryptionContext={"a": "b"})[
+        "CiphertextBlob"
+    ]
+    there = remote.decrypt(CiphertextBlob=here, EncryptionContext={"a": "b"})
+    assert (there["Plaintext"], there["KeyId"]) == (b"from us-east-1", _arn(REPLICA, key_id))
+    back = remote.encrypt(KeyId=key_id, Plaintext=b"from eu-west-2")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=back)["Plaintext"] == b"from eu-west-2"
+
+
+def test_replica_keeps_its_own_policy_and_enabled_state(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    remote = server.client("alice", REPLICA)
+    remote.disable_key(KeyId=key_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
+    with pytest.raises(ClientError) as excinfo:
+        remote.decrypt(CiphertextBlob=blob)
+    assert _error(excinfo)[0] == "DisabledException"
+
+
+def test_rotation_of_the_primary_reaches_replicas(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    remote = server.client("alice", REPLICA)
+    old_blob = kms.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+    kms.rotate_key_on_demand(KeyId=key_id)
+    current = kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert remote.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == current
+    new_blob = kms.encrypt(KeyId=key_id, Plaintext=b"new")["CiphertextBlob"]
+    assert remote.decrypt(CiphertextBlob=new_blob)["KeyMaterialId"] == current
+    assert remote.decrypt(CiphertextBlob=old_blob)["Plaintext"] == b"old"
+    with pytest.raises(ClientError) as excinfo:
+        remote.rotate_key_on_demand(KeyId=key_id)
+    assert _error(excinfo)[0] == "UnsupportedOperationException"
+
+
+def test_update_primary_region_swaps_roles(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=THIRD)
+    _tick(server)
+    kms.update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    for region in (PRIMARY, REPLICA, THIRD):
+        config = server.client("alice", region).describe_key(KeyId=key_id)["KeyMetadata"][
+            "MultiRegionConfiguration"
+        ]
+        assert config["MultiRegionKeyType"] == ("PRIMARY" if region == REPLICA else "REPLICA")
+        assert config["PrimaryKey"] == {"Arn": _arn(REPLICA, key_id), "Region": REPLICA}
+        assert sorted(r["Region"] for r in config["ReplicaKeys"]) == sorted([PRIMARY, THIRD])
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=THIRD)
+    assert _error(excinfo)[0] == "UnsupportedOperationException"
+    server.client("alice", REPLICA).rotate_key_on_demand(KeyId=key_id)
+
+
+def test_update_primary_region_to_a_region_without_replica_is_not_found(server: KeytrailServer) -> None:
+    kms, key_id = _mrk(server)
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=THIRD)
+    assert _error(excinfo) == ("NotFoundException", f"Key '{_arn(THIRD, key_id)}' does not exist")
+
+
+def test_primary_waits_for_replica_deletion_before_its_own(fresh_server: KeytrailServer) -> None:
+    kms, key_id = _mrk(fresh_server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(fresh_server)
+    scheduled = kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    assert scheduled["KeyState"] == "PendingReplicaDeletion" and "DeletionDate" not in scheduled
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["PendingDeletionWindowInDays"]) == ("PendingReplicaDeletion", 7)
+    with pytest.raises(ClientError) as excinfo:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert _error(excinfo)[0] == "KMSInvalidStateException"
+    remote = fresh_server.client("alice", REPLICA)
+    remote.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    fresh_server.advance(7 * 86400 + 60)
+    with pytest.raises(ClientError) as excinfo:
+        remote.describe_key(KeyId=key_id)
+    assert _error(excinfo)[0] == "NotFoundException"
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion" and meta["MultiRegionConfiguration"]["ReplicaKeys"] == []
+    fresh_server.advance(7 * 86400 + 60)
+    with pytest.raises(ClientError) as excinfo:
+        kms.describe_key(KeyId=key_id)
+    assert _error(excinfo)[0] == "NotFoundException"
+
+
+def test_imported_multi_region_key_needs_the_same_material_in_each_region(server: KeytrailServer) -> None:
+    kms = server.client("alice", PRIMARY)
+    key_id = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]["KeyId"]
+    material = os.urandom(32)
+    _import(kms, key_id, material)
+    replica = kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)["ReplicaKeyMetadata"]
+    assert replica["KeyState"] == "PendingImport"
+    remote = server.client("alice", REPLICA)
+    with pytest.raises(ClientError) as excinfo:
+        _import(remote, key_id, os.urandom(32))
+    assert _error(excinfo)[0] == "IncorrectKeyMaterialException"
+    _import(remote, key_id, material)
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"byok everywhere")["CiphertextBlob"]
+    assert remote.decrypt(CiphertextBlob=blob)["Plaintext"] == b"byok everywhere"
+
+
+def test_key_policy_conditions_on_replica_region_are_enforced(server: KeytrailServer) -> None:
+    kms = server.client("alice", PRIMARY)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "Replicas only in eu-west-2",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "kms:ReplicateKey",
+                "Resource": "*",
+                "Condition": {"StringNotEquals": {"kms:ReplicaRegion": REPLICA}},
+            },
+        ],
+    }
+    key_id = kms.create_key(MultiRegion=True, Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    with pytest.raises(ClientError) as excinfo:
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=THIRD)
+    assert _error(excinfo)[0] == "AccessDeniedException"
+    assert (
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)["ReplicaKeyMetadata"]["KeyState"] == "Creating"
+    )

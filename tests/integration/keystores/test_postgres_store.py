@@ -1,0 +1,121 @@
+"""The shared PostgreSQL store (real server at 127.0.0.1:5432): two nodes serving two Regions of
+one multi-Region key, and one Region serving on while the other node is down."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.authz import OwnAccountAuthorizer
+from keytrail.kms.context import CallContext, Principal
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.model import CallRecord
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService, ServiceDeps
+from keytrail.kms.store import Alias
+
+pytestmark = pytest.mark.integration
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ACCOUNT = "111122223333"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    """A database of the test's own, dropped afterwards."""
+    try:
+        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    name = f"keytrail_test_{os.urandom(6).hex()}"
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    async def record(self, call: CallRecord) -> None:
+        self.records.append(call)
+
+
+class Node:
+    """One keytrail node: its own service and connection pool over the shared database."""
+
+    def __init__(self, store: PostgresStore, clock: ManualClock, region: str) -> None:
+        self.store, self.region = store, region
+        self.svc = KmsService(
+            ServiceDeps(store=store, clock=clock, audit=_Sink(), authorizer=OwnAccountAuthorizer())
+        )
+
+    async def __call__(self, operation: str, **params: Any) -> dict[str, Any]:
+        context = CallContext(Principal.account_root(ACCOUNT, "AKIAROOT000000000001"), self.region, "req")
+        return await self.svc.execute(operation, context, params)
+
+
+async def test_store_round_trip_keeps_material_sealed(dsn: str) -> None:
+    root, secret, password = RootKey(os.urandom(32)), os.urandom(32), "kmsuser-secret-pin"
+    store = await PostgresStore.connect(dsn, root)
+    key = Key(
+        ACCOUNT,
+        "us-east-1",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+        NOW,
+        materials=(KeyMaterial("cd" * 32, secret, NOW),),
+        policy="{}",
+    )
+    cks = CustomKeyStore(
+        ACCOUNT, "us-east-1", "cks-0123456789abcdef0", "n", "cluster-abcdefghijk", "pem", password, NOW
+    )
+    await store.put_key(key)
+    await store.put_alias(Alias(ACCOUNT, "us-east-1", "alias/a", key.key_id, NOW, NOW))
+    await store.put_custom_key_store(cks)
+    await store.close()
+    again = await PostgresStore.connect(dsn, root)
+    assert await again.get_key(ACCOUNT, "us-east-1", key.key_id) == key
+    assert await again.list_custom_key_stores(ACCOUNT, "us-east-1") == [cks]
+    connection = await asyncpg.connect(dsn)
+    docs = ""
+    for table in ("kms_keys", "kms_custom_key_stores"):
+        docs += " ".join(row["doc"] for row in await connection.fetch(f"SELECT doc FROM {table}"))
+    await connection.close()
+    assert key.key_id in docs and cks.store_id in docs
+    await again.delete_key(key)
+    assert await again.list_aliases(ACCOUNT, "us-east-1") == []
+    await again.close()
+    for form in (secret.hex(), base64.b64encode(secret).decode(), password):
+        assert form not in docs
+
+
+async def test_two_nodes_share_a_multi_region_key_and_survive_one_going_down(dsn: str) -> None:
+    root, clock = RootKey(os.urandom(32)), ManualClock()
+    east = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    west = Node(await PostgresStore.connect(dsn, root), clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    old_blob = (await east("Encrypt", KeyId=key_id, Plaintext=b"written in us-east-1"))["CiphertextBlob"]
+    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await west.svc.run_due()  # the other node's scheduler enables the replica
+    assert (await west("DescribeKey", KeyId=key_id))["KeyMetadata"]["KeyState"] == "Enabled"
+    assert (await west("Decrypt", CiphertextBlob=old_blob))["Plaintext"] == b"written in us-east-1"
+    await east("RotateKeyOnDemand", KeyId=key_id)
+    new_blob = (await east("Encrypt", KeyId=key_id, Plaintext=b"after rotation"))["CiphertextBlob"]
+    await east.store.close()  # us-east-1's node goes down
+    assert (await west("Decrypt", CiphertextBlob=new_blob))["Plaintext"] == b"after rotation"
+    mine = (await west("Encrypt", KeyId=key_id, Plaintext=b"still serving"))["CiphertextBlob"]
+    assert (await west("Decrypt", CiphertextBlob=mine))["Plaintext"] == b"still serving"
+    await west.store.close()

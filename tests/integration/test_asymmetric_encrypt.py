@@ -1,0 +1,185 @@
+"""RSA ENCRYPT_DECRYPT keys and data key pairs through boto3 (kms-anchors §3d items 12, 16, 21,
+30, 31): OAEP limits, ciphertext made outside the service, ReEncrypt, GenerateDataKeyPair."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mlkem, padding, rsa
+
+pytestmark = pytest.mark.integration
+
+_LIMITS = {"RSA_2048": (214, 190), "RSA_3072": (342, 318), "RSA_4096": (470, 446)}
+_OAEP = {"RSAES_OAEP_SHA_1": hashes.SHA1, "RSAES_OAEP_SHA_256": hashes.SHA256}
+
+
+def error_of(call: Any, **params: Any) -> tuple[str, str]:
+    with pytest.raises(ClientError) as caught:
+        call(**params)
+    return caught.value.response["Error"]["Code"], caught.value.response["Error"].get("Message", "")
+
+
+@pytest.fixture(scope="module")
+def rsa_keys(server) -> dict[str, dict[str, Any]]:
+    kms = server.client("alice")
+    return {spec: kms.create_key(KeySpec=spec, KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"] for spec in _LIMITS}
+
+
+@pytest.mark.parametrize("spec", list(_LIMITS))
+def test_oaep_plaintext_limits_and_message(kms, rsa_keys, spec) -> None:
+    meta = rsa_keys[spec]
+    assert meta["EncryptionAlgorithms"] == ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+    for algorithm, limit in zip(_OAEP, _LIMITS[spec], strict=True):
+        blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"p" * limit, EncryptionAlgorithm=algorithm)
+        assert blob["EncryptionAlgorithm"] == algorithm and blob["KeyId"] == meta["Arn"]
+        plain = kms.decrypt(
+            KeyId=meta["KeyId"], CiphertextBlob=blob["CiphertextBlob"], EncryptionAlgorithm=algorithm
+        )
+        assert plain["Plaintext"] == b"p" * limit and "KeyMaterialId" not in plain
+        assert error_of(
+            kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"p" * (limit + 1), EncryptionAlgorithm=algorithm
+        ) == (
+            "ValidationException",
+            f"Algorithm {algorithm} and key spec {spec} cannot encrypt data larger than {limit} bytes.",
+        )
+
+
+@pytest.mark.parametrize("algorithm", list(_OAEP))
+def test_ciphertext_made_with_the_public_key_decrypts_in_the_service(kms, rsa_keys, algorithm) -> None:
+    meta = rsa_keys["RSA_2048"]
+    public = serialization.load_der_public_key(kms.get_public_key(KeyId=meta["KeyId"])["PublicKey"])
+    assert isinstance(public, rsa.RSAPublicKey)
+    hash_type = _OAEP[algorithm]
+    blob = public.encrypt(b"made outside", padding.OAEP(padding.MGF1(hash_type()), hash_type(), None))
+    plain = kms.decrypt(KeyId=meta["Arn"], CiphertextBlob=blob, EncryptionAlgorithm=algorithm)
+    assert plain["Plaintext"] == b"made outside" and plain["EncryptionAlgorithm"] == algorithm
+
+
+def test_rsa_decrypt_failures(kms, rsa_keys) -> None:
+    meta = rsa_keys["RSA_2048"]
+    blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_256")[
+        "CiphertextBlob"
+    ]
+    assert error_of(
+        kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_1"
+    ) == ("InvalidCiphertextException", "")
+    assert error_of(kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob)[0] == "InvalidKeyUsageException"
+    assert error_of(kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x")[0] == "InvalidKeyUsageException"
+
+
+def test_re_encrypt_from_rsa_and_to_a_signing_key(kms, rsa_keys) -> None:
+    meta = rsa_keys["RSA_3072"]
+    blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"move me", EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    target = kms.create_key()["KeyMetadata"]
+    moved = kms.re_encrypt(
+        CiphertextBlob=blob["CiphertextBlob"],
+        SourceKeyId=meta["KeyId"],
+        SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+        DestinationKeyId=target["KeyId"],
+    )
+    assert moved["SourceKeyId"] == meta["Arn"] and moved["KeyId"] == target["Arn"]
+    assert moved["SourceEncryptionAlgorithm"] == "RSAES_OAEP_SHA_256"
+    assert moved["DestinationEncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+    assert kms.decrypt(CiphertextBlob=moved["CiphertextBlob"])["Plaintext"] == b"move me"
+    signer = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    code, message = error_of(
+        kms.re_encrypt,
+        CiphertextBlob=blob["CiphertextBlob"],
+        SourceKeyId=meta["KeyId"],
+        SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+        DestinationKeyId=signer["KeyId"],
+    )
+    assert (code, message) == (
+        "InvalidKeyUsageException",
+        f"{signer['Arn']} key usage is SIGN_VERIFY which is not valid for ReEncrypt.",
+    )
+
+
+def test_encrypt_with_a_signing_key_is_invalid_key_usage(kms) -> None:
+    signer = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    assert error_of(
+        kms.encrypt, KeyId=signer["KeyId"], Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_1"
+    ) == (
+        "InvalidKeyUsageException",
+        f"{signer['Arn']} key usage is SIGN_VERIFY which is not valid for Encrypt.",
+    )
+
+
+_PAIRS = {
+    "RSA_2048": rsa.RSAPrivateKey,
+    "RSA_3072": rsa.RSAPrivateKey,
+    "RSA_4096": rsa.RSAPrivateKey,
+    "ECC_NIST_P256": ec.EllipticCurvePrivateKey,
+    "ECC_NIST_P384": ec.EllipticCurvePrivateKey,
+    "ECC_NIST_P521": ec.EllipticCurvePrivateKey,
+    "ECC_SECG_P256K1": ec.EllipticCurvePrivateKey,
+    "ECC_NIST_EDWARDS25519": ed25519.Ed25519PrivateKey,
+    "ML_KEM_768": mlkem.MLKEM768PrivateKey,
+    "ML_KEM_1024": mlkem.MLKEM1024PrivateKey,
+}
+
+
+@pytest.mark.parametrize("spec", list(_PAIRS))
+def test_generate_data_key_pair_for_every_spec(kms, spec) -> None:
+    wrapping = kms.create_key()["KeyMetadata"]
+    context = {"purpose": "pair"}
+    pair = kms.generate_data_key_pair(KeyId=wrapping["KeyId"], KeyPairSpec=spec, EncryptionContext=context)
+    assert pair["KeyId"] == wrapping["Arn"] and pair["KeyPairSpec"] == spec
+    private = serialization.load_der_private_key(pair["PrivateKeyPlaintext"], None)  # PKCS#8 DER
+    assert isinstance(private, _PAIRS[spec])
+    assert (
+        private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == pair["PublicKey"]
+    )
+    opened = kms.decrypt(CiphertextBlob=pair["PrivateKeyCiphertextBlob"], EncryptionContext=context)
+    assert opened["Plaintext"] == pair["PrivateKeyPlaintext"]
+    bare = kms.generate_data_key_pair_without_plaintext(KeyId=wrapping["KeyId"], KeyPairSpec=spec)
+    assert "PrivateKeyPlaintext" not in bare and bare["KeyPairSpec"] == spec
+    assert set(bare) >= {"PrivateKeyCiphertextBlob", "PublicKey", "KeyId"}
+
+
+def test_data_key_pair_rules(kms) -> None:
+    wrapping = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="RSA_2048", DryRun=True) == (
+        "DryRunOperationException",
+        "The request would have succeeded, but the DryRun option is set.",
+    )
+    assert (
+        error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="SM2")[0]
+        == "UnsupportedOperationException"
+    )
+    assert (
+        error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="ML_KEM_512")[0]
+        == "UnsupportedOperationException"
+    )
+    rsa_key = kms.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    assert (
+        error_of(kms.generate_data_key_pair, KeyId=rsa_key, KeyPairSpec="ECC_NIST_P256")[0]
+        == "InvalidKeyUsageException"
+    )
+    kms.disable_key(KeyId=wrapping)
+    for call in (kms.generate_data_key_pair, kms.generate_data_key_pair_without_plaintext):
+        assert error_of(call, KeyId=wrapping, KeyPairSpec="ECC_NIST_P256")[0] == "DisabledException"
+    kms.schedule_key_deletion(KeyId=wrapping, PendingWindowInDays=7)
+    for call in (kms.generate_data_key_pair, kms.generate_data_key_pair_without_plaintext):
+        assert error_of(call, KeyId=wrapping, KeyPairSpec="ECC_NIST_P256")[0] == "KMSInvalidStateException"
+
+
+def test_rsa_keys_in_disabled_and_pending_deletion_state(kms) -> None:
+    meta = kms.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]
+    blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_1")[
+        "CiphertextBlob"
+    ]
+    kms.disable_key(KeyId=meta["KeyId"])
+    assert error_of(
+        kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_1"
+    ) == ("DisabledException", f"{meta['Arn']} is disabled.")
+    kms.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
+    assert error_of(
+        kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_1"
+    ) == ("KMSInvalidStateException", f"{meta['Arn']} is pending deletion.")

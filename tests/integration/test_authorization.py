@@ -1,0 +1,260 @@
+"""Authorization through boto3 against a live `keytrail serve`, as different principals.
+
+Key policies follow the examples of the AWS KMS developer guide ("Default key policy", "Allows
+key users to use the KMS key", "Allows key administrators", kms:GrantIsForAWSResource,
+kms:ViaService, encryption context, aws:SourceIp, aws:CurrentTime).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.support.server import ACCOUNT, OTHER_ACCOUNT, KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+ROOT = f"arn:aws:iam::{ACCOUNT}:root"
+ALICE = f"arn:aws:iam::{ACCOUNT}:user/alice"
+BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
+USE = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+ADMIN = [
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+]
+
+
+def statement(principal: Any, actions: Any, effect: str = "Allow", **extra: Any) -> dict[str, Any]:
+    return {"Effect": effect, "Principal": {"AWS": principal}, "Action": actions, "Resource": "*", **extra}
+
+
+def policy(*statements: dict[str, Any]) -> str:
+    enable_iam = statement(ROOT, "kms:*", Sid="Enable IAM User Permissions")
+    return json.dumps({"Version": "2012-10-17", "Statement": [enable_iam, *statements]})
+
+
+def error_of(call: Callable[..., Any], **kwargs: Any) -> tuple[str, str]:
+    with pytest.raises(ClientError) as info:
+        call(**kwargs)
+    error = info.value.response["Error"]
+    return error["Code"], error.get("Message", "")
+
+
+@pytest.fixture
+def alice(server: KeytrailServer) -> Any:
+    return server.client("alice")
+
+
+@pytest.fixture
+def bob(server: KeytrailServer) -> Any:
+    return server.client("bob")
+
+
+def new_key(client: Any, key_policy: str | None = None) -> str:
+    params = {"Policy": key_policy} if key_policy else {}
+    return str(client.create_key(**params)["KeyMetadata"]["Arn"])
+
+
+def test_default_policy_lets_iam_decide(alice: Any, bob: Any) -> None:
+    key = new_key(alice)
+    alice.encrypt(KeyId=key, Plaintext=b"x")
+    code, message = error_of(bob.encrypt, KeyId=key, Plaintext=b"x")
+    assert code == "AccessDeniedException"
+    assert message == (
+        f"User: {BOB} is not authorized to perform: kms:Encrypt on resource: {key} "
+        "because no identity-based policy allows the kms:Encrypt action"
+    )
+
+
+def test_key_users_may_use_but_not_administer(alice: Any, bob: Any) -> None:
+    key = new_key(alice, policy(statement(BOB, USE, Sid="Allow use of the key")))
+    blob = bob.encrypt(KeyId=key, Plaintext=b"secret")["CiphertextBlob"]
+    assert bob.decrypt(CiphertextBlob=blob)["Plaintext"] == b"secret"
+    bob.generate_data_key(KeyId=key, KeySpec="AES_256")
+    code, message = error_of(bob.disable_key, KeyId=key)
+    assert code == "AccessDeniedException" and "kms:DisableKey" in message
+
+
+def test_key_administrators_may_administer_but_not_use(alice: Any, bob: Any) -> None:
+    key = new_key(alice, policy(statement(BOB, ADMIN, Sid="Allow access for Key Administrators")))
+    bob.disable_key(KeyId=key)
+    bob.enable_key(KeyId=key)
+    assert json.loads(bob.get_key_policy(KeyId=key)["Policy"])["Statement"][1]["Principal"]["AWS"] == BOB
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_grant_for_aws_resource_condition_refuses_direct_grants(alice: Any, bob: Any) -> None:
+    persistent = statement(
+        BOB,
+        ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+        Sid="Allow attachment of persistent resources",
+        Condition={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+    )
+    key = new_key(alice, policy(persistent))
+    code, _ = error_of(bob.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])
+    assert code == "AccessDeniedException"
+    assert error_of(bob.list_grants, KeyId=key)[0] == "AccessDeniedException"
+
+
+def test_via_service_condition_refuses_direct_callers(alice: Any, bob: Any) -> None:
+    via_ec2 = statement(BOB, USE, Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}})
+    key = new_key(alice, policy(via_ec2))
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_encryption_context_condition(alice: Any, bob: Any) -> None:
+    it_only = statement(
+        BOB,
+        ["kms:Encrypt", "kms:Decrypt"],
+        Condition={"StringEquals": {"kms:EncryptionContext:Department": "IT"}},
+    )
+    key = new_key(alice, policy(it_only))
+    blob = bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Department": "IT"})["CiphertextBlob"]
+    bob.decrypt(CiphertextBlob=blob, EncryptionContext={"Department": "IT"})
+    code, _ = error_of(bob.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"Department": "HR"})
+    assert code == "AccessDeniedException"
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_source_ip_condition(alice: Any, bob: Any) -> None:
+    loopback = new_key(alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}})))
+    bob.encrypt(KeyId=loopback, Plaintext=b"x")
+    corporate = new_key(alice, policy(statement(BOB, USE, Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})))
+    assert error_of(bob.encrypt, KeyId=corporate, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_time_limited_access_follows_the_server_clock(fresh_server: KeytrailServer) -> None:
+    alice, bob = fresh_server.client("alice"), fresh_server.client("bob")
+    now = fresh_server.advance(0)
+    until = now[:10] + "T23:59:59Z"  # the end of the server's current day
+    key = new_key(alice, policy(statement(BOB, USE, Condition={"DateLessThan": {"aws:CurrentTime": until}})))
+    bob.encrypt(KeyId=key, Plaintext=b"x")
+    fresh_server.advance(2 * 86400)
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_cross_account_needs_key_policy_and_identity_policy(server: KeytrailServer, alice: Any) -> None:
+    carol, other_root = server.client("carol"), server.client("other-root")
+    key = new_key(alice)
+    assert error_of(carol.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    shared = new_key(alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", ["kms:Encrypt", "kms:DescribeKey"])))
+    carol.encrypt(KeyId=shared, Plaintext=b"x")
+    other_root.encrypt(KeyId=shared, Plaintext=b"x")
+    assert error_of(carol.generate_data_key, KeyId=shared, KeySpec="AES_256")[0] == "AccessDeniedException"
+
+
+def test_explicit_deny_beats_allow(alice: Any) -> None:
+    key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", effect="Deny")))
+    blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    code, message = error_of(alice.decrypt, CiphertextBlob=blob)
+    assert code == "AccessDeniedException"
+    assert message.endswith("with an explicit deny in a resource-based policy")
+
+
+def test_grant_with_constraints_before_and_after_retire(alice: Any, bob: Any) -> None:
+    key = new_key(alice)
+    blob = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "App": "a"})["CiphertextBlob"]
+    grant = alice.create_grant(
+        KeyId=key,
+        GranteePrincipal=BOB,
+        RetiringPrincipal=BOB,
+        Operations=["Decrypt"],
+        Constraints={"EncryptionContextSubset": {"Dept": "IT"}},
+    )
+    assert len(grant["GrantId"]) == 64
+    context = {"Dept": "IT", "App": "a"}
+    bob.decrypt(CiphertextBlob=blob, EncryptionContext=context, GrantTokens=[grant["GrantToken"]])
+    other = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "HR"})["CiphertextBlob"]
+    assert error_of(bob.decrypt, CiphertextBlob=other, EncryptionContext={"Dept": "HR"})[0] == "AccessDeniedException"
+    retirable = alice.list_retirable_grants(RetiringPrincipal=BOB)["Grants"]
+    assert grant["GrantId"] in [g["GrantId"] for g in retirable]
+    bob.retire_grant(GrantToken=grant["GrantToken"])
+    assert error_of(bob.decrypt, CiphertextBlob=blob, EncryptionContext=context)[0] == "AccessDeniedException"
+    assert alice.list_grants(KeyId=key)["Grants"] == []
+
+
+def test_grant_equals_constraint_and_revoke(alice: Any, bob: Any) -> None:
+    key = new_key(alice)
+    grant = alice.create_grant(
+        KeyId=key,
+        GranteePrincipal=BOB,
+        Operations=["Encrypt"],
+        Constraints={"EncryptionContextEquals": {"Dept": "IT"}},
+    )
+    bob.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT"})
+    code, _ = error_of(bob.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "More": "1"})
+    assert code == "AccessDeniedException"
+    listed = alice.list_grants(KeyId=key, GrantId=grant["GrantId"])["Grants"][0]
+    assert listed["Constraints"] == {"EncryptionContextEquals": {"Dept": "IT"}}
+    alice.revoke_grant(KeyId=key, GrantId=grant["GrantId"])
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT"})[0] == (
+        "AccessDeniedException"
+    )
+
+
+def test_grant_rules(alice: Any, bob: Any) -> None:
+    key = new_key(alice)
+    first = alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"], Name="app")
+    again = alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"], Name="app")
+    assert first["GrantId"] == again["GrantId"] and first["GrantToken"] != again["GrantToken"]
+    assert error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Sign"])[0] == (
+        "ValidationException"
+    )
+    code, _ = error_of(bob.retire_grant, KeyId=key, GrantId=first["GrantId"])  # not retiring principal
+    assert code == "AccessDeniedException"
+    alice.retire_grant(KeyId=key, GrantId=first["GrantId"])  # the grant's account may retire it
+    assert error_of(alice.retire_grant, GrantToken="garbage")[0] == "InvalidGrantTokenException"
+
+
+def test_lockout_safety_check(alice: Any) -> None:
+    only_bob = json.dumps({"Statement": [statement(BOB, "kms:*")]})
+    code, message = error_of(alice.create_key, Policy=only_bob)
+    assert (code, message) == (
+        "MalformedPolicyDocumentException",
+        "The new key policy will not allow you to update the key policy in the future.",
+    )
+    key = new_key(alice)
+    assert error_of(alice.put_key_policy, KeyId=key, PolicyName="default", Policy=only_bob)[0] == (
+        "MalformedPolicyDocumentException"
+    )
+    alice.put_key_policy(KeyId=key, PolicyName="default", Policy=only_bob, BypassPolicyLockoutSafetyCheck=True)
+    assert error_of(alice.get_key_policy, KeyId=key, PolicyName="default")[0] == "AccessDeniedException"
+
+
+def test_malformed_policy_names_what_is_wrong(alice: Any) -> None:
+    bad = json.dumps({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*"}]})
+    code, message = error_of(alice.create_key, Policy=bad)
+    assert code == "MalformedPolicyDocumentException"
+    assert "exactly one of Resource or NotResource" in message
+
+
+def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> None:
+    by_alias = statement(
+        BOB, "kms:Encrypt", Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}
+    )
+    key = new_key(alice, policy(by_alias))
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    name = f"alias/finance-{key[-12:]}"
+    alice.create_alias(AliasName=name, TargetKeyId=key)
+    bob.encrypt(KeyId=key, Plaintext=b"x")  # the key now has a matching alias, whatever the KeyId form
+    named = statement(BOB, "kms:Encrypt", Condition={"StringEquals": {"kms:RequestAlias": f"alias/app-{key[-12:]}"}})
+    other = new_key(alice, policy(named))
+    alice.create_alias(AliasName=f"alias/app-{key[-12:]}", TargetKeyId=other)
+    bob.encrypt(KeyId=f"alias/app-{key[-12:]}", Plaintext=b"x")
+    assert error_of(bob.encrypt, KeyId=other, Plaintext=b"x")[0] == "AccessDeniedException"

@@ -1,0 +1,91 @@
+"""Alarms on MQTT: delivered to a real Mosquitto on keytrail/alarms/<rule>, QoS 1, reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from keytrail.detect.engine import Detector
+from keytrail.detect.hooks import HooksConfig
+from keytrail.detect.runner import DetectorRunner
+from keytrail.detect.sinks.mqtt import MqttSink
+from tests.support.services import free_port, mosquitto, wait_for_port
+from tests.unit.detect.records import T0, denied, key_arn, user
+
+pytestmark = pytest.mark.integration
+
+
+async def next_message(messages: AsyncIterator[aiomqtt.Message]) -> aiomqtt.Message:
+    return await asyncio.wait_for(anext(aiter(messages)), 10)
+
+
+async def test_denied_decrypt_alarm_arrives_on_its_rule_topic(tmp_path: Path) -> None:
+    url = mosquitto()
+    async with aiomqtt.Client("127.0.0.1", int(url.rsplit(":", 1)[1])) as subscriber:
+        await subscriber.subscribe("keytrail/alarms/#", qos=1)
+        runner = DetectorRunner.open(tmp_path, hooks=HooksConfig(mqtt=url))
+        record = denied("Decrypt", T0, key_arn(7), user("eve"))
+        await runner.feed([record])
+        message = await next_message(subscriber.messages)
+        await runner.close()
+    assert str(message.topic) == "keytrail/alarms/unauthorized-decrypt"
+    assert message.qos == 1
+    alarm = json.loads(message.payload)  # type: ignore[arg-type]
+    assert alarm["rule"] == "unauthorized-decrypt" and alarm["keyArn"] == key_arn(7)
+    assert alarm["principalArn"] == "arn:aws:iam::111122223333:user/eve"
+    assert alarm["eventIds"] == [record["eventID"]] and alarm["severity"] == "HIGH"
+    assert json.loads((tmp_path / "alarms.jsonl").read_text()) == alarm  # alarms.jsonl always
+
+
+@pytest.fixture
+def private_broker() -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """A Mosquitto of our own on a free port, which the test may stop and start again."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    procs = [
+        subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ]
+    wait_for_port(port)
+    yield port, procs
+    for proc in procs:
+        proc.terminate()
+        proc.wait(5)
+
+
+async def test_sink_reconnects_after_the_broker_restarts(private_broker) -> None:  # type: ignore[no-untyped-def]
+    port, procs = private_broker
+    sink = MqttSink(f"mqtt://127.0.0.1:{port}", backoff=0.2, attempts=20, timeout=2)
+    records = [denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(1), user("eve")) for i in range(2)]
+    detector = Detector()
+    first, second = detector.process(records)
+    await sink.deliver(first)
+    procs[0].terminate()
+    procs[0].wait(5)
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+    async def restart_later() -> None:
+        await asyncio.sleep(0.5)
+        procs.append(
+            subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+
+    restart = asyncio.create_task(restart_later())
+    delivery = asyncio.create_task(sink.deliver(second))  # fails, backs off, reconnects
+    await restart
+    await asyncio.to_thread(wait_for_port, port)
+    async with aiomqtt.Client("127.0.0.1", port) as subscriber:
+        await subscriber.subscribe("keytrail/alarms/+", qos=1)
+        await asyncio.wait_for(delivery, 20)
+        # the retried publish may land before we subscribed; publish once more over the same session
+        await sink.deliver(second)
+        message = await next_message(subscriber.messages)
+    await sink.aclose()
+    assert json.loads(message.payload)["alarmId"] == second.alarm_id  # type: ignore[arg-type]

@@ -1,0 +1,112 @@
+"""Webhook delivery to a local HTTP receiver: signature check, retry with backoff, dead-letter."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.engine import Detector
+from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
+from tests.unit.detect.records import T0, denied, key_arn, user
+
+pytestmark = pytest.mark.integration
+
+SECRET = b"webhook-test-secret"
+
+
+class Receiver(ThreadingHTTPServer):
+    """Answers with the scripted statuses (then 200), recording every request."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.statuses = statuses
+        self.requests: list[tuple[bytes, str | None, int]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        self.server.requests.append((body, self.headers.get(SIGNATURE_HEADER), status))
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+    server = Receiver(list(getattr(request, "param", [])))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def an_alarm() -> Alarm:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    return detector.alarms()[0]
+
+
+@pytest.mark.parametrize("receiver", [[]], indirect=True)
+async def test_post_is_signed_with_hmac_sha256(receiver: Receiver, tmp_path: Path) -> None:
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl")
+    alarm = an_alarm()
+    await sink.deliver(alarm)
+    await sink.aclose()
+    [(body, signature, _)] = receiver.requests
+    assert verify_signature(SECRET, body, signature)
+    assert not verify_signature(b"other-secret", body, signature)
+    assert signature is not None and signature.startswith("sha256=")
+    assert Alarm.from_json(json.loads(body)) == alarm
+
+
+@pytest.mark.parametrize("receiver", [[500, 503]], indirect=True)
+async def test_failures_are_retried_until_delivered(receiver: Receiver, tmp_path: Path) -> None:
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=3, backoff=0.01)
+    await sink.deliver(an_alarm())
+    await sink.aclose()
+    assert [status for _, _, status in receiver.requests] == [500, 503, 200]
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+@pytest.mark.parametrize("receiver", [[500] * 10], indirect=True)
+async def test_after_n_failures_the_alarm_goes_to_the_dead_letter_file(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=4, backoff=0.01)
+    alarm = an_alarm()
+    await sink.deliver(alarm)
+    await sink.aclose()
+    assert len(receiver.requests) == 4
+    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert entry["error"] == "HTTP 500" and entry["attempts"] == 4
+    assert Alarm.from_json(entry["alarm"]) == alarm
+
+
+async def test_unreachable_receiver_is_dead_lettered(tmp_path: Path) -> None:
+    from tests.support.services import free_port
+
+    sink = WebhookSink(
+        f"http://127.0.0.1:{free_port()}/hook", SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01
+    )
+    await sink.deliver(an_alarm())
+    await sink.aclose()
+    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert entry["error"].startswith("ConnectError")

@@ -1,0 +1,167 @@
+"""Every condition key: what request_conditions puts in, and what RequestContext derives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from keytrail.kms.condition_keys import RequestContext, request_conditions
+from keytrail.kms.errors import InvalidGrantTokenException
+from keytrail.kms.model import KeySpec, KeyUsage, Origin
+
+from .support import ACCOUNT, NOW, call, key, role, root, user
+
+ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
+
+
+@pytest.mark.parametrize(
+    ("operation", "params", "expected"),
+    [
+        (
+            "Encrypt",
+            {"EncryptionContext": {"Dept": "IT"}},
+            {
+                "kms:EncryptionContext:Dept": "IT",
+                "kms:EncryptionContextKeys": ["Dept"],
+                "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            },
+        ),
+        (
+            "kms:Decrypt",
+            {"EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
+            {"kms:EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
+        ),
+        (
+            "ReEncryptFrom",
+            {
+                "SourceEncryptionContext": {"a": "1"},
+                "DestinationEncryptionContext": {"b": "2"},
+                "SourceKeyId": "k1",
+                "DestinationKeyId": "k1",
+            },
+            {"kms:EncryptionContext:a": "1", "kms:ReEncryptOnSameKey": True},
+        ),
+        (
+            "ReEncryptTo",
+            {"DestinationEncryptionContext": {"b": "2"}, "DestinationKeyId": ALIAS_ARN},
+            {"kms:EncryptionContext:b": "2", "kms:RequestAlias": "alias/app"},
+        ),
+        ("Encrypt", {"KeyId": "alias/app"}, {"kms:RequestAlias": "alias/app"}),
+        ("GenerateDataKeyPair", {"KeyPairSpec": "RSA_2048"}, {"kms:DataKeyPairSpec": "RSA_2048"}),
+        (
+            "Sign",
+            {"SigningAlgorithm": "ECDSA_SHA_256", "MessageType": "DIGEST"},
+            {"kms:SigningAlgorithm": "ECDSA_SHA_256", "kms:MessageType": "DIGEST"},
+        ),
+        ("VerifyMac", {"MacAlgorithm": "HMAC_SHA_256"}, {"kms:MacAlgorithm": "HMAC_SHA_256"}),
+        (
+            "CreateGrant",
+            {
+                "GranteePrincipal": "g",
+                "RetiringPrincipal": "r",
+                "Operations": ["Decrypt"],
+                "Constraints": {"EncryptionContextEquals": {"a": "1"}},
+            },
+            {
+                "kms:GranteePrincipal": "g",
+                "kms:RetiringPrincipal": "r",
+                "kms:GrantOperations": ["Decrypt"],
+                "kms:GrantConstraintType": "EncryptionContextEquals",
+                "kms:GrantIsForAWSResource": False,
+            },
+        ),
+        ("ListGrants", {}, {"kms:GrantIsForAWSResource": False}),
+        ("RevokeGrant", {}, {"kms:GrantIsForAWSResource": False}),
+        (
+            "CreateKey",
+            {
+                "KeySpec": "HMAC_256",
+                "KeyUsage": "GENERATE_VERIFY_MAC",
+                "MultiRegion": True,
+                "Tags": [{"TagKey": "Team", "TagValue": "blue"}],
+            },
+            {
+                "kms:KeySpec": "HMAC_256",
+                "kms:KeyUsage": "GENERATE_VERIFY_MAC",
+                "kms:KeyOrigin": "AWS_KMS",
+                "kms:MultiRegion": True,
+                "aws:RequestTag/Team": "blue",
+                "aws:TagKeys": ["Team"],
+                "kms:BypassPolicyLockoutSafetyCheck": False,
+            },
+        ),
+        ("PutKeyPolicy", {"BypassPolicyLockoutSafetyCheck": True}, {"kms:BypassPolicyLockoutSafetyCheck": True}),
+        ("TagResource", {"Tags": [{"TagKey": "a", "TagValue": "b"}]}, {"aws:RequestTag/a": "b", "aws:TagKeys": ["a"]}),
+        ("UntagResource", {"TagKeys": ["a"]}, {"aws:TagKeys": ["a"]}),
+        ("EnableKeyRotation", {"RotationPeriodInDays": 90}, {"kms:RotationPeriodInDays": 90}),
+        ("ScheduleKeyDeletion", {}, {"kms:ScheduleKeyDeletionPendingWindowInDays": 30}),
+        ("ReplicateKey", {"ReplicaRegion": "eu-west-1"}, {"kms:ReplicaRegion": "eu-west-1"}),
+    ],
+)
+def test_request_conditions(operation: str, params: dict[str, Any], expected: dict[str, Any]) -> None:
+    conditions = request_conditions(operation, params)
+    assert {name: conditions.get(name) for name in expected} == expected
+
+
+def test_no_encryption_context_means_no_context_keys() -> None:
+    assert "kms:EncryptionContextKeys" not in request_conditions("Encrypt", {})
+    assert "kms:GrantIsForAWSResource" not in request_conditions("Encrypt", {})
+
+
+@pytest.mark.parametrize("tokens", [[""], ["x" * 8193], ["t"] * 11, "not-a-list"])
+def test_malformed_grant_tokens(tokens: Any) -> None:
+    with pytest.raises(InvalidGrantTokenException):
+        request_conditions("Decrypt", {"GrantTokens": tokens})
+
+
+TAGGED = key(
+    "{}",
+    key_spec=KeySpec.RSA_2048,
+    key_usage=KeyUsage.SIGN_VERIFY,
+    origin=Origin.EXTERNAL,
+    multi_region=True,
+    tags=(("Project", "alpha"),),
+)
+
+
+@pytest.mark.parametrize(
+    ("principal", "name", "expected"),
+    [
+        (user("alice"), "aws:principalarn", f"arn:aws:iam::{ACCOUNT}:user/alice"),
+        (role("app"), "aws:principalarn", f"arn:aws:iam::{ACCOUNT}:role/app"),
+        (root(), "aws:principalarn", f"arn:aws:iam::{ACCOUNT}:root"),
+        (user("alice"), "aws:principalaccount", ACCOUNT),
+        (user("alice"), "kms:calleraccount", ACCOUNT),
+        (user("alice"), "aws:principaltype", "User"),
+        (role("app"), "aws:principaltype", "AssumedRole"),
+        (root(), "aws:principaltype", "Account"),
+        (user("alice"), "aws:username", "alice"),
+        (role("app"), "aws:username", None),
+        (user("alice"), "aws:userid", "AIDAALICE"),
+        (user("alice"), "aws:sourceip", "127.0.0.1"),
+        (user("alice"), "aws:securetransport", False),
+        (user("alice"), "aws:requestedregion", "us-east-1"),
+        (user("alice"), "aws:currenttime", NOW),
+        (user("alice"), "aws:epochtime", int(NOW.timestamp())),
+        (user("alice"), "aws:resourceaccount", ACCOUNT),
+        (user("alice"), "aws:resourcetag/project", "alpha"),
+        (user("alice"), "aws:resourcetag/missing", None),
+        (user("alice"), "kms:keyspec", "RSA_2048"),
+        (user("alice"), "kms:keyusage", "SIGN_VERIFY"),
+        (user("alice"), "kms:keyorigin", "EXTERNAL"),
+        (user("alice"), "kms:multiregion", True),
+        (user("alice"), "kms:viaservice", None),
+    ],
+)
+def test_derived_keys(principal: Any, name: str, expected: Any) -> None:
+    assert RequestContext(call(principal), TAGGED, {}, lambda: NOW)(name) == expected
+
+
+def test_request_values_win_and_names_are_case_insensitive() -> None:
+    ctx = RequestContext(
+        call(user("alice")), None, {"kms:EncryptionContext:Dept": "IT", "kms:KeySpec": "X"}, lambda: NOW
+    )
+    assert ctx("kms:encryptioncontext:dept") == "IT"
+    assert ctx("kms:keyspec") == "X"
+    assert ctx("aws:resourcetag/project") is None  # no key, no resource keys

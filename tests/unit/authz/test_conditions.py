@@ -1,0 +1,228 @@
+"""Every condition operator, present and missing keys, IfExists, set qualifiers, variables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator, wildcard_match
+
+
+def holds(operator: str, key: str, policy: Any, context: dict[str, Any]) -> bool:
+    qualifier, name, if_exists = parse_condition_operator(operator)
+    values = tuple(policy) if isinstance(policy, list) else (policy,)
+    lowered = {k.lower(): v for k, v in context.items()}
+    return Condition(name, key.lower(), values, qualifier, if_exists).holds(lowered.get)
+
+
+WHEN = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+# (operator, policy value(s), request value, expected)
+PRESENT = [
+    ("StringEquals", "Finance", "Finance", True),
+    ("StringEquals", "Finance", "finance", False),
+    ("StringEquals", ["HR", "Finance"], "Finance", True),
+    ("StringNotEquals", "Finance", "HR", True),
+    ("StringNotEquals", ["HR", "Finance"], "Finance", False),
+    ("StringEqualsIgnoreCase", "Finance", "FINANCE", True),
+    ("StringNotEqualsIgnoreCase", "Finance", "FINANCE", False),
+    ("StringNotEqualsIgnoreCase", "Finance", "HR", True),
+    ("StringLike", "fin*", "finance", True),
+    ("StringLike", "fin?nce", "finance", True),
+    ("StringLike", "fin?nce", "finnnance", False),
+    ("StringLike", "Fin*", "finance", False),
+    ("StringLike", "a.c", "abc", False),  # regex metacharacters are literal
+    ("StringLike", "(x|y)+", "x", False),
+    ("StringLike", "(x|y)+", "(x|y)+", True),
+    ("StringNotLike", "fin*", "hr", True),
+    ("StringNotLike", "fin*", "finance", False),
+    ("StringEquals", "*", "anything", False),  # StringEquals has no wildcards
+    ("NumericEquals", "30", 30, True),
+    ("NumericEquals", "30", "30.0", True),
+    ("NumericNotEquals", "30", 7, True),
+    ("NumericLessThan", "30", 7, True),
+    ("NumericLessThan", "30", 30, False),
+    ("NumericLessThanEquals", "30", 30, True),
+    ("NumericGreaterThan", "7", 30, True),
+    ("NumericGreaterThan", "7", 7, False),
+    ("NumericGreaterThanEquals", "7", 7, True),
+    ("NumericEquals", "30", "thirty", False),
+    ("DateEquals", "2026-06-01T12:00:00Z", WHEN, True),
+    ("DateNotEquals", "2026-06-01T12:00:00Z", WHEN, False),
+    ("DateLessThan", "2026-07-01T00:00:00Z", WHEN, True),
+    ("DateLessThan", "2026-05-01T00:00:00Z", WHEN, False),
+    ("DateLessThanEquals", "2026-06-01T12:00:00Z", WHEN, True),
+    ("DateGreaterThan", "2026-05-01T00:00:00Z", WHEN, True),
+    ("DateGreaterThanEquals", "2026-06-01T12:00:00Z", WHEN, True),
+    ("DateGreaterThan", str(int(WHEN.timestamp()) - 1), WHEN, True),  # epoch seconds in the policy
+    ("DateLessThan", "2026-07-01", int(WHEN.timestamp()), True),  # aws:EpochTime style request value
+    ("Bool", "true", True, True),
+    ("Bool", "true", False, False),
+    ("Bool", "false", False, True),
+    ("Bool", "TRUE", "true", True),
+    ("BinaryEquals", "QmluYXJ5", b"Binary", True),
+    ("IpAddress", "203.0.113.0/24", "203.0.113.7", True),
+    ("IpAddress", "203.0.113.0/24", "198.51.100.7", False),
+    ("IpAddress", "2001:db8::/32", "2001:db8::1", True),
+    ("IpAddress", "203.0.113.7", "203.0.113.7", True),
+    ("NotIpAddress", "203.0.113.0/24", "198.51.100.7", True),
+    ("NotIpAddress", "203.0.113.0/24", "203.0.113.7", False),
+    ("IpAddress", "not-a-cidr", "203.0.113.7", False),
+    ("ArnEquals", "arn:aws:iam::111122223333:role/app", "arn:aws:iam::111122223333:role/app", True),
+    ("ArnEquals", "arn:aws:iam::111122223333:role/*", "arn:aws:iam::111122223333:role/app", True),
+    ("ArnLike", "arn:aws:iam::*:role/app", "arn:aws:iam::444455556666:role/app", True),
+    ("ArnLike", "arn:aws:iam::*:role/app", "arn:aws:iam::444455556666:role/APP", False),
+    ("ArnLike", "arn:aws:iam::111122223333:*", "not-an-arn", False),
+    ("ArnNotEquals", "arn:aws:iam::111122223333:role/app", "arn:aws:iam::111122223333:role/x", True),
+    ("ArnNotLike", "arn:aws:iam::*:role/app", "arn:aws:iam::444455556666:role/app", False),
+]
+
+
+@pytest.mark.parametrize(("operator", "policy", "value", "expected"), PRESENT)
+def test_operator_with_key_present(operator: str, policy: Any, value: Any, expected: bool) -> None:
+    assert holds(operator, "k", policy, {"k": value}) is expected
+
+
+NEGATED = {
+    "StringNotEquals",
+    "StringNotEqualsIgnoreCase",
+    "StringNotLike",
+    "NumericNotEquals",
+    "DateNotEquals",
+    "NotIpAddress",
+    "ArnNotEquals",
+    "ArnNotLike",
+}
+ALL = sorted({row[0] for row in PRESENT})
+
+
+@pytest.mark.parametrize("operator", ALL)
+def test_missing_key_is_false_for_positive_and_true_for_negated_operators(operator: str) -> None:
+    assert holds(operator, "k", "x", {}) is (operator in NEGATED)
+
+
+@pytest.mark.parametrize("operator", ALL)
+def test_missing_key_with_if_exists_is_true(operator: str) -> None:
+    assert holds(operator + "IfExists", "k", "x", {}) is True
+
+
+def test_if_exists_still_checks_a_present_key() -> None:
+    assert holds("StringEqualsIfExists", "k", "a", {"k": "b"}) is False
+    assert holds("StringEqualsIfExists", "k", "a", {"k": "a"}) is True
+
+
+@pytest.mark.parametrize(
+    ("policy", "present", "expected"),
+    [
+        ("true", False, True),
+        ("true", True, False),
+        ("false", True, True),
+        ("false", False, False),
+    ],
+)
+def test_null(policy: str, present: bool, expected: bool) -> None:
+    context = {"k": "v"} if present else {}
+    assert holds("Null", "k", policy, context) is expected
+
+
+def test_empty_multi_valued_key_counts_as_missing_for_null() -> None:
+    assert holds("Null", "k", "true", {"k": []}) is True
+
+
+# Multi-valued keys: (operator, policy values, request values, expected)
+SETS = [
+    ("ForAllValues:StringEquals", ["a", "b"], ["a"], True),
+    ("ForAllValues:StringEquals", ["a", "b"], ["a", "b"], True),
+    ("ForAllValues:StringEquals", ["a", "b"], ["a", "c"], False),
+    ("ForAllValues:StringEquals", ["a"], [], True),  # vacuously true on an empty set
+    ("ForAnyValue:StringEquals", ["a", "b"], ["c", "a"], True),
+    ("ForAnyValue:StringEquals", ["a", "b"], ["c"], False),
+    ("ForAnyValue:StringEquals", ["a"], [], False),
+    ("ForAllValues:StringLike", ["dept*"], ["deptone", "deptx"], True),
+    ("ForAnyValue:StringLike", ["x*"], ["department", "xy"], True),
+    ("ForAllValues:StringNotEquals", ["secret"], ["a", "b"], True),
+    ("ForAllValues:StringNotEquals", ["secret"], ["a", "secret"], False),
+    ("ForAnyValue:StringNotEquals", ["secret"], ["a", "secret"], True),
+    ("ForAnyValue:StringNotEquals", ["secret"], ["secret"], False),
+    ("StringEquals", ["a"], ["c", "a"], True),  # no set operator: one match suffices
+    ("StringNotEquals", ["a"], ["c", "a"], False),  # negated: every value must miss
+    ("ForAnyValue:StringEqualsIgnoreCase", ["ENCRYPT"], ["encrypt"], True),
+    ("ForAllValues:ArnLike", ["arn:aws:iam::*:role/*"], ["arn:aws:iam::1:role/a"], True),
+]
+
+
+@pytest.mark.parametrize(("operator", "policy", "values", "expected"), SETS)
+def test_set_qualifiers(operator: str, policy: list[str], values: list[str], expected: bool) -> None:
+    assert (
+        holds(operator, "kms:EncryptionContextKeys", policy, {"kms:EncryptionContextKeys": values})
+        is expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("operator", "expected"),
+    [
+        ("ForAllValues:StringEquals", True),
+        ("ForAnyValue:StringEquals", False),
+        ("ForAllValues:StringEqualsIfExists", True),
+        ("ForAnyValue:StringEqualsIfExists", True),
+    ],
+)
+def test_set_qualifiers_with_the_key_missing(operator: str, expected: bool) -> None:
+    assert holds(operator, "aws:TagKeys", ["a"], {}) is expected
+
+
+def test_condition_key_names_are_case_insensitive() -> None:
+    assert holds("StringEquals", "KMS:CallerAccount", "1", {"kms:calleraccount": "1"}) is True
+
+
+def test_policy_variable_is_substituted_and_escaped() -> None:
+    context = {"aws:username": "bob", "k": "home/bob/x"}
+    assert holds("StringLike", "k", "home/${aws:username}/*", context) is True
+    assert holds("StringLike", "k", "home/${aws:username}/*", {**context, "aws:username": "b.b"}) is False
+    assert holds("StringLike", "k", "home/${aws:username}/*", {**context, "aws:username": "*"}) is False
+
+
+def test_policy_variable_without_value_does_not_match_unless_defaulted() -> None:
+    assert holds("StringEquals", "k", "${aws:username}", {"k": "bob"}) is False
+    assert holds("StringEquals", "k", "${aws:username, 'bob'}", {"k": "bob"}) is True
+
+
+def test_literal_escapes_in_patterns() -> None:
+    assert holds("StringLike", "k", "a${*}", {"k": "a*"}) is True
+    assert holds("StringLike", "k", "a${*}", {"k": "ab"}) is False
+    assert holds("StringLike", "k", "a${?}", {"k": "a?"}) is True
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "expected"),
+    [
+        ("kms:*", "kms:Encrypt", True),
+        ("kms:Generate*", "kms:GenerateDataKey", True),
+        ("kms:Generate*", "kms:Encrypt", False),
+        ("kms:Re*", "kms:ReEncryptFrom", True),
+        ("[a-z]", "b", False),
+        ("[a-z]", "[a-z]", True),
+        ("a+", "aa", False),
+        ("\\d", "\\d", True),
+    ],
+)
+def test_wildcard_match_escapes_everything_but_star_and_question(
+    pattern: str, value: str, expected: bool
+) -> None:
+    assert wildcard_match(pattern, value) is expected
+
+
+def test_pattern_reports_its_variables() -> None:
+    assert Pattern.parse("a/${aws:username}/${aws:userid}", wildcards=True, variables=True).variables == (
+        "aws:username",
+        "aws:userid",
+    )
+
+
+@pytest.mark.parametrize("bad", ["StringEqualz", "ForEvery:StringEquals", "NullIfExists", "ForAnyValue:Null"])
+def test_unknown_operators_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_condition_operator(bad)

@@ -1,0 +1,452 @@
+"""Access decisions: key policy, identity policies, grants, cross-account, caching, lockout."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.authz import AccessRequest, Verdict, denial_message
+from keytrail.kms.errors import InvalidGrantTokenException, MalformedPolicyDocumentException
+from keytrail.kms.evaluator import LOCKOUT_MESSAGE, PolicyAuthorizer, check_lockout
+from keytrail.kms.policy import default_policy
+
+from .support import (
+    ACCOUNT,
+    NOW,
+    OTHER,
+    allow_all_identity,
+    authorizer,
+    doc,
+    grant,
+    key,
+    request,
+    role,
+    root,
+    user,
+)
+
+ALICE_ARN = f"arn:aws:iam::{ACCOUNT}:user/alice"
+ROOT_ARN = f"arn:aws:iam::{ACCOUNT}:root"
+
+
+def allow(principal: Any, actions: Any = "kms:*", **extra: Any) -> dict[str, Any]:
+    return {"Effect": "Allow", "Principal": {"AWS": principal}, "Action": actions, "Resource": "*", **extra}
+
+
+def decide(principal: Any, the_key: Any, action: str = "kms:Encrypt", params: Any = None, **kw: Any) -> Any:
+    return authorizer().authorize(request(principal, action, the_key, params, **kw))
+
+
+def test_default_policy_with_iam_allow_allows() -> None:
+    alice = user("alice", ACCOUNT, allow_all_identity())
+    assert decide(alice, key(default_policy(ACCOUNT))).verdict is Verdict.ALLOW
+
+
+def test_default_policy_without_iam_policy_is_implicit_identity_deny() -> None:
+    decision = decide(user("alice"), key(default_policy(ACCOUNT)))
+    assert (decision.verdict, decision.policy_type) == (Verdict.IMPLICIT_DENY, "identity-based")
+
+
+def test_key_policy_naming_the_user_allows_without_iam() -> None:
+    assert decide(user("alice"), key(doc(allow(ALICE_ARN, "kms:Encrypt")))).allowed
+
+
+def test_iam_allow_without_key_policy_delegation_is_resource_based_deny() -> None:
+    alice = user("alice", ACCOUNT, allow_all_identity())
+    decision = decide(alice, key(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob"))))
+    assert (decision.verdict, decision.policy_type) == (Verdict.IMPLICIT_DENY, "resource-based")
+
+
+def test_role_is_matched_by_role_arn_for_its_sessions() -> None:
+    assert decide(role("app"), key(doc(allow(f"arn:aws:iam::{ACCOUNT}:role/app")))).allowed
+
+
+def test_account_root_caller_is_allowed_by_root_delegation() -> None:
+    assert decide(root(), key(default_policy(ACCOUNT))).allowed
+
+
+def test_explicit_deny_in_key_policy_beats_allow() -> None:
+    alice = user("alice", ACCOUNT, allow_all_identity())
+    policy = doc(allow(ROOT_ARN), {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"})
+    decision = decide(alice, key(policy), "kms:Decrypt")
+    assert (decision.verdict, decision.policy_type) == (Verdict.EXPLICIT_DENY, "resource-based")
+    assert decide(alice, key(policy), "kms:Encrypt").allowed
+
+
+def test_explicit_deny_in_identity_policy_beats_key_policy_allow() -> None:
+    deny = doc({"Effect": "Deny", "Action": "kms:Encrypt", "Resource": "*"})
+    alice = user("alice", ACCOUNT, deny)
+    decision = decide(alice, key(doc(allow(ALICE_ARN))))
+    assert (decision.verdict, decision.policy_type) == (Verdict.EXPLICIT_DENY, "identity-based")
+
+
+def test_identity_policy_resource_must_match_the_key_arn() -> None:
+    scoped = doc({"Effect": "Allow", "Action": "kms:*", "Resource": f"arn:aws:kms:*:{ACCOUNT}:key/*"})
+    assert decide(user("alice", ACCOUNT, scoped), key(default_policy(ACCOUNT))).allowed
+    other = doc({"Effect": "Allow", "Action": "kms:*", "Resource": f"arn:aws:kms:*:{OTHER}:key/*"})
+    assert not decide(user("alice", ACCOUNT, other), key(default_policy(ACCOUNT))).allowed
+
+
+def test_action_matching_is_case_insensitive_with_wildcards() -> None:
+    policy = key(doc(allow(ALICE_ARN, ["KMS:generate*", "kms:DESCRIBEKEY"])))
+    assert decide(user("alice"), policy, "kms:GenerateDataKey").allowed
+    assert decide(user("alice"), policy, "kms:DescribeKey").allowed
+    assert not decide(user("alice"), policy, "kms:Encrypt").allowed
+
+
+def test_not_action_allows_everything_else() -> None:
+    policy = key(doc({"Effect": "Allow", "Principal": {"AWS": ALICE_ARN}, "NotAction": "kms:Decrypt", "Resource": "*"}))
+    assert decide(user("alice"), policy, "kms:Encrypt").allowed
+    assert not decide(user("alice"), policy, "kms:Decrypt").allowed
+
+
+def test_not_principal_deny_spares_only_the_named_principal() -> None:
+    policy = key(
+        doc(
+            allow("*"),
+            {"Effect": "Deny", "NotPrincipal": {"AWS": ALICE_ARN}, "Action": "kms:*", "Resource": "*"},
+        )
+    )
+    assert decide(user("alice"), policy).allowed
+    assert decide(user("bob"), policy).verdict is Verdict.EXPLICIT_DENY
+
+
+def test_cross_account_needs_key_policy_and_caller_identity_policy() -> None:
+    external = key(doc(allow(ROOT_ARN), allow(OTHER, "kms:Encrypt")))
+    bob = user("bob", OTHER)
+    assert decide(bob, external).verdict is Verdict.IMPLICIT_DENY
+    bob_allowed = user("bob", OTHER, allow_all_identity())
+    assert decide(bob_allowed, external).allowed
+    assert not decide(bob_allowed, external, "kms:Decrypt").allowed
+
+
+def test_cross_account_principal_named_directly_still_needs_its_iam_policy() -> None:
+    external = key(doc(allow(f"arn:aws:iam::{OTHER}:user/bob")))
+    assert not decide(user("bob", OTHER), external).allowed
+    assert decide(user("bob", OTHER, allow_all_identity()), external).allowed
+
+
+def test_key_policy_of_another_account_alone_never_lets_the_key_owner_in() -> None:
+    assert not decide(user("alice", ACCOUNT, allow_all_identity()), key(doc(allow(OTHER)))).allowed
+
+
+def test_keyless_operations_are_decided_by_identity_policies() -> None:
+    alice = user("alice", ACCOUNT, doc({"Effect": "Allow", "Action": "kms:CreateKey", "Resource": "*"}))
+    assert decide(alice, None, "kms:CreateKey").allowed
+    assert decide(alice, None, "kms:ListKeys").verdict is Verdict.IMPLICIT_DENY
+    assert decide(root(), None, "kms:ListKeys").allowed
+
+
+def test_denial_message_has_aws_wording() -> None:
+    alice = user("alice")
+    the_key = key(default_policy(ACCOUNT))
+    req = request(alice, "kms:Decrypt", the_key)
+    message = denial_message(req, authorizer().authorize(req))
+    assert message == (
+        f"User: {ALICE_ARN} is not authorized to perform: kms:Decrypt on resource: {the_key.arn} "
+        "because no identity-based policy allows the kms:Decrypt action"
+    )
+
+
+# --- condition keys from the request, the caller, the key and the clock -------------------------
+
+
+def test_encryption_context_condition() -> None:
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                "kms:Decrypt",
+                Condition={"StringEquals": {"kms:EncryptionContext:Department": "IT"}},
+            )
+        )
+    )
+    assert decide(user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "IT"}}).allowed
+    assert not decide(user("alice"), policy, "kms:Decrypt", {"EncryptionContext": {"Department": "HR"}}).allowed
+    assert not decide(user("alice"), policy, "kms:Decrypt", {}).allowed
+
+
+def test_encryption_context_keys_with_for_all_values() -> None:
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                "kms:Encrypt",
+                Condition={
+                    "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["Purpose", "Dept"]},
+                    "Null": {"kms:EncryptionContextKeys": "false"},
+                },
+            )
+        )
+    )
+    assert decide(user("alice"), policy, params={"EncryptionContext": {"Purpose": "x"}}).allowed
+    assert not decide(user("alice"), policy, params={"EncryptionContext": {"Other": "x"}}).allowed
+    assert not decide(user("alice"), policy, params={}).allowed
+
+
+def test_source_ip_and_secure_transport() -> None:
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                Condition={
+                    "IpAddress": {"aws:SourceIp": "10.0.0.0/8"},
+                    "Bool": {"aws:SecureTransport": "true"},
+                },
+            )
+        )
+    )
+    assert decide(user("alice"), policy, source_ip="10.1.2.3", secure_transport=True).allowed
+    assert not decide(user("alice"), policy, source_ip="192.168.1.1", secure_transport=True).allowed
+    assert not decide(user("alice"), policy, source_ip="10.1.2.3", secure_transport=False).allowed
+
+
+def test_current_time_comes_from_the_injected_clock() -> None:
+    policy = key(doc(allow(ALICE_ARN, Condition={"DateLessThan": {"aws:CurrentTime": "2026-06-02T00:00:00Z"}})))
+    clock = ManualClock(NOW)
+    authz = PolicyAuthorizer(clock)
+    req = request(user("alice"), "kms:Encrypt", policy)
+    assert authz.authorize(req).allowed
+    clock.advance(timedelta(days=1).total_seconds())
+    assert not authz.authorize(req).allowed  # the cache keys on aws:CurrentTime, so no stale allow
+
+
+def test_epoch_time_username_and_principal_keys() -> None:
+    policy = key(
+        doc(
+            allow(
+                "*",
+                Condition={
+                    "NumericLessThan": {"aws:EpochTime": int(NOW.timestamp()) + 10},
+                    "StringEquals": {
+                        "aws:username": "alice",
+                        "aws:PrincipalAccount": ACCOUNT,
+                        "kms:CallerAccount": ACCOUNT,
+                    },
+                    "ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:user/*"},
+                },
+            )
+        )
+    )
+    assert decide(user("alice"), policy).allowed
+    assert not decide(user("bob"), policy).allowed
+    assert not decide(role("app"), policy).allowed
+
+
+def test_key_attribute_and_resource_tag_keys() -> None:
+    condition = {
+        "StringEquals": {
+            "kms:KeySpec": "SYMMETRIC_DEFAULT",
+            "kms:KeyUsage": "ENCRYPT_DECRYPT",
+            "kms:KeyOrigin": "AWS_KMS",
+            "aws:ResourceTag/Project": "alpha",
+        },
+        "Bool": {"kms:MultiRegion": "false"},
+    }
+    policy = doc(allow(ALICE_ARN, Condition=condition))
+    assert decide(user("alice"), key(policy, tags=(("project", "alpha"),))).allowed
+    assert not decide(user("alice"), key(policy, tags=(("Project", "beta"),))).allowed
+
+
+def test_via_service_is_absent_for_direct_calls() -> None:
+    policy = key(
+        doc(
+            allow(
+                ROOT_ARN,
+                "kms:Decrypt",
+                Condition={"StringEquals": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"}},
+            )
+        )
+    )
+    assert not decide(root(), policy, "kms:Decrypt").allowed
+
+
+def test_grant_is_for_aws_resource_is_false_for_direct_calls() -> None:
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                ["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+                Condition={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            )
+        )
+    )
+    params = {"GranteePrincipal": ALICE_ARN, "Operations": ["Decrypt"]}
+    assert not decide(user("alice"), policy, "kms:CreateGrant", params).allowed
+
+
+def test_grant_operation_and_principal_keys_on_create_grant() -> None:
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                "kms:CreateGrant",
+                Condition={
+                    "ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]},
+                    "StringLike": {"kms:GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/*"},
+                },
+            )
+        )
+    )
+    ok = {"GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/app", "Operations": ["Decrypt"]}
+    assert decide(user("alice"), policy, "kms:CreateGrant", ok).allowed
+    assert not decide(
+        user("alice"), policy, "kms:CreateGrant", {**ok, "Operations": ["Decrypt", "CreateGrant"]}
+    ).allowed
+    assert not decide(user("alice"), policy, "kms:CreateGrant", {**ok, "GranteePrincipal": ALICE_ARN}).allowed
+
+
+def test_request_alias_and_algorithm_keys() -> None:
+    policy = key(
+        doc(
+            allow(
+                ALICE_ARN,
+                Condition={
+                    "StringEquals": {
+                        "kms:RequestAlias": "alias/app",
+                        "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                    }
+                },
+            )
+        )
+    )
+    assert decide(user("alice"), policy, params={"KeyId": "alias/app"}).allowed
+    assert not decide(user("alice"), policy, params={"KeyId": "alias/other"}).allowed
+
+
+def test_resource_variable_in_identity_policy() -> None:
+    per_user = doc(
+        {
+            "Effect": "Allow",
+            "Action": "kms:*",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"aws:ResourceTag/Owner": "${aws:username}"}},
+        }
+    )
+    the_key = key(default_policy(ACCOUNT), tags=(("Owner", "alice"),))
+    assert decide(user("alice", ACCOUNT, per_user), the_key).allowed
+    assert not decide(user("bob", ACCOUNT, per_user), the_key).allowed
+
+
+# --- grants -------------------------------------------------------------------------------------
+
+
+def test_grant_allows_its_operations_to_its_grantee() -> None:
+    grants = (grant(ALICE_ARN, "Decrypt"),)
+    no_policy = key(doc(allow(ROOT_ARN)))
+    assert decide(user("alice"), no_policy, "kms:Decrypt", grants=grants).allowed
+    assert not decide(user("alice"), no_policy, "kms:Encrypt", grants=grants).allowed
+    assert not decide(user("bob"), no_policy, "kms:Decrypt", grants=grants).allowed
+
+
+def test_grant_constraints_are_enforced() -> None:
+    subset = (grant(ALICE_ARN, "Decrypt", constraints={"EncryptionContextSubset": {"Dept": "IT"}}),)
+    equals = (grant(ALICE_ARN, "Decrypt", constraints={"EncryptionContextEquals": {"Dept": "IT"}}),)
+    the_key = key(doc(allow(ROOT_ARN)))
+    both = {"EncryptionContext": {"Dept": "IT", "App": "x"}}
+    exact = {"EncryptionContext": {"Dept": "IT"}}
+    assert decide(user("alice"), the_key, "kms:Decrypt", both, grants=subset).allowed
+    assert not decide(user("alice"), the_key, "kms:Decrypt", {}, grants=subset).allowed
+    assert decide(user("alice"), the_key, "kms:Decrypt", exact, grants=equals).allowed
+    assert not decide(user("alice"), the_key, "kms:Decrypt", both, grants=equals).allowed
+    assert not decide(
+        user("alice"), the_key, "kms:Decrypt", {"EncryptionContext": {"dept": "IT"}}, grants=equals
+    ).allowed  # case-sensitive
+
+
+def test_explicit_deny_beats_a_grant() -> None:
+    policy = key(doc({"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}))
+    assert decide(user("alice"), policy, "kms:Decrypt", grants=(grant(ALICE_ARN, "Decrypt"),)).verdict is (
+        Verdict.EXPLICIT_DENY
+    )
+
+
+def test_create_grant_through_a_grant_may_not_widen_it() -> None:
+    parent = (grant(ALICE_ARN, "Decrypt", "CreateGrant", constraints={"EncryptionContextSubset": {"a": "1"}}),)
+    the_key = key(doc(allow(ROOT_ARN)))
+    narrower = {
+        "GranteePrincipal": ALICE_ARN,
+        "Operations": ["Decrypt"],
+        "Constraints": {"EncryptionContextEquals": {"a": "1", "b": "2"}},
+    }
+    assert decide(user("alice"), the_key, "kms:CreateGrant", narrower, grants=parent).allowed
+    wider_ops = {**narrower, "Operations": ["Encrypt"]}
+    assert not decide(user("alice"), the_key, "kms:CreateGrant", wider_ops, grants=parent).allowed
+    unconstrained = {**narrower, "Constraints": {}}
+    assert not decide(user("alice"), the_key, "kms:CreateGrant", unconstrained, grants=parent).allowed
+
+
+def test_malformed_grant_tokens_are_rejected() -> None:
+    with pytest.raises(InvalidGrantTokenException):
+        request(user("alice"), "kms:Encrypt", None, {"GrantTokens": [""]})
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def test_cache_does_not_leak_between_condition_values_or_policies() -> None:
+    authz = authorizer()
+    policy = key(doc(allow(ALICE_ARN, Condition={"StringEquals": {"kms:EncryptionContext:k": "v"}})))
+    good = request(user("alice"), "kms:Encrypt", policy, {"EncryptionContext": {"k": "v"}})
+    bad = request(user("alice"), "kms:Encrypt", policy, {"EncryptionContext": {"k": "w"}})
+    assert authz.authorize(good).allowed
+    assert not authz.authorize(bad).allowed
+    assert authz.authorize(good).allowed
+    changed = key(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob")))
+    assert not authz.authorize(AccessRequest(good.call, good.action, changed, good.conditions)).allowed
+
+
+def test_cache_follows_new_identity_policies_of_the_same_principal() -> None:
+    authz = authorizer()
+    the_key = key(default_policy(ACCOUNT))
+    assert authz.authorize(request(user("alice", ACCOUNT, allow_all_identity()), "kms:Encrypt", the_key)).allowed
+    assert not authz.authorize(request(user("alice"), "kms:Encrypt", the_key)).allowed
+
+
+# --- lockout safety check ------------------------------------------------------------------------
+
+
+def test_lockout_check_refuses_a_policy_that_drops_the_caller() -> None:
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        check_lockout(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob")), user("alice"))
+    assert info.value.message == LOCKOUT_MESSAGE
+
+
+def test_lockout_check_passes_for_direct_or_delegated_put_key_policy() -> None:
+    check_lockout(doc(allow(ALICE_ARN, "kms:PutKeyPolicy")), user("alice"))
+    check_lockout(default_policy(ACCOUNT), user("alice", ACCOUNT, allow_all_identity()))
+    check_lockout(default_policy(ACCOUNT), root())
+
+
+def test_lockout_check_can_be_bypassed() -> None:
+    check_lockout(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob")), user("alice"), bypass=True)
+
+
+def test_lockout_check_fails_for_explicit_deny() -> None:
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy", "Resource": "*"}
+    with pytest.raises(MalformedPolicyDocumentException):
+        check_lockout(doc(allow(ALICE_ARN), deny), user("alice"))
+
+
+def test_reads_names_the_condition_keys_of_key_and_identity_policies() -> None:
+    policy = key(doc(allow(ALICE_ARN, Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/a*"}})))
+    identity = doc(
+        {"Effect": "Allow", "Action": "kms:*", "Resource": "*", "Condition": {"Bool": {"aws:SecureTransport": "true"}}}
+    )
+    assert authorizer().reads(policy, user("alice", ACCOUNT, identity)) == {
+        "kms:resourcealiases",
+        "aws:securetransport",
+    }
+    assert authorizer().reads(None, user("alice")) == frozenset()
+
+
+def test_resource_aliases_supplied_by_the_caller_are_matched() -> None:
+    policy = key(doc(allow(ALICE_ARN, Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/fin*"}})))
+    with_alias = request(user("alice"), "kms:Encrypt", policy)
+    authz = authorizer()
+    assert not authz.authorize(with_alias).allowed
+    aliased = AccessRequest(with_alias.call, "kms:Encrypt", policy, {"kms:ResourceAliases": ["alias/finance"]})
+    assert authz.authorize(aliased).allowed

@@ -1,0 +1,98 @@
+"""Grant rules: operations per key kind, constraints, CreateGrant through a grant, tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from keytrail.kms.grants import (
+    allowed_operations,
+    constraints_at_least_as_strict,
+    constraints_hold,
+    grantee_matches,
+    make_grant_token,
+    parse_grant_token,
+)
+from keytrail.kms.model import KeySpec, KeyUsage
+
+from .support import ACCOUNT, KEY_ID, REGION, grant, key, role, root, user
+
+
+@pytest.mark.parametrize(
+    ("spec", "usage", "allowed", "refused"),
+    [
+        (
+            KeySpec.SYMMETRIC_DEFAULT,
+            KeyUsage.ENCRYPT_DECRYPT,
+            {"GenerateDataKey", "Decrypt", "RetireGrant"},
+            {"Sign", "GetPublicKey", "GenerateMac"},
+        ),
+        (
+            KeySpec.RSA_2048,
+            KeyUsage.ENCRYPT_DECRYPT,
+            {"Encrypt", "GetPublicKey"},
+            {"GenerateDataKey", "Sign"},
+        ),
+        (KeySpec.RSA_2048, KeyUsage.SIGN_VERIFY, {"Sign", "Verify", "DescribeKey"}, {"Encrypt", "Decrypt"}),
+        (KeySpec.HMAC_256, KeyUsage.GENERATE_VERIFY_MAC, {"GenerateMac", "VerifyMac"}, {"Encrypt", "Sign"}),
+        (KeySpec.ECC_NIST_P256, KeyUsage.KEY_AGREEMENT, {"DeriveSharedSecret", "GetPublicKey"}, {"Sign"}),
+    ],
+)
+def test_grant_operations_follow_key_spec_and_usage(
+    spec: KeySpec, usage: KeyUsage, allowed: set[str], refused: set[str]
+) -> None:
+    operations = allowed_operations(key("{}", key_spec=spec, key_usage=usage))
+    assert allowed <= operations
+    assert not refused & operations
+
+
+@pytest.mark.parametrize(
+    ("constraints", "context", "expected"),
+    [
+        (None, {}, True),
+        ({"EncryptionContextSubset": {"a": "1"}}, {"a": "1", "b": "2"}, True),
+        ({"EncryptionContextSubset": {"a": "1"}}, {"a": "2"}, False),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"a": "1"}, True),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"a": "1", "b": "2"}, False),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"A": "1"}, False),
+    ],
+)
+def test_constraints(
+    constraints: dict[str, dict[str, str]] | None, context: dict[str, str], expected: bool
+) -> None:
+    assert constraints_hold(constraints, context) is expected
+
+
+@pytest.mark.parametrize(
+    ("parent", "child", "expected"),
+    [
+        (None, None, True),
+        ({"EncryptionContextSubset": {"a": "1"}}, None, False),
+        ({"EncryptionContextSubset": {"a": "1"}}, {"EncryptionContextSubset": {"a": "1", "b": "2"}}, True),
+        ({"EncryptionContextSubset": {"a": "1"}}, {"EncryptionContextEquals": {"a": "1"}}, True),
+        ({"EncryptionContextSubset": {"a": "1"}}, {"EncryptionContextSubset": {"b": "2"}}, False),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextEquals": {"a": "1"}}, True),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextSubset": {"a": "1"}}, False),
+    ],
+)
+def test_child_grants_are_at_least_as_strict(parent: object, child: object, expected: bool) -> None:
+    assert constraints_at_least_as_strict(parent, child) is expected  # type: ignore[arg-type]
+
+
+def test_grantee_matching() -> None:
+    assert grantee_matches(f"arn:aws:iam::{ACCOUNT}:role/app", role("app"), False)
+    assert not grantee_matches(f"arn:aws:iam::{ACCOUNT}:user/bob", user("alice"), True)
+    account_grant = f"arn:aws:iam::{ACCOUNT}:root"
+    assert grantee_matches(account_grant, root(), False)
+    assert grantee_matches(account_grant, user("alice"), True)
+    assert not grantee_matches(account_grant, user("alice"), False)
+
+
+def test_tokens_name_their_grant_and_differ_per_call() -> None:
+    the_grant = grant("x", "Decrypt")
+    first, second = make_grant_token(the_grant, b"\x00:1"), make_grant_token(the_grant, b"\x00:2")
+    assert first != second
+    assert (
+        parse_grant_token(first) == parse_grant_token(second) == (ACCOUNT, REGION, KEY_ID, the_grant.grant_id)
+    )
+    assert parse_grant_token("garbage") is None
+    assert parse_grant_token("ktg1!!!") is None

@@ -1,0 +1,122 @@
+"""Policy grammar: what parses, and the MalformedPolicyDocumentException text for what does not."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from keytrail.kms.errors import MalformedPolicyDocumentException
+from keytrail.kms.policy import MAX_POLICY_BYTES, compile_policy, default_policy, parse_policy
+
+OK_STATEMENT = {"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": "kms:*", "Resource": "*"}
+
+
+def malformed(document: Any, kind: str = "key") -> str:
+    text = document if isinstance(document, str) else json.dumps(document)
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        parse_policy(text, kind)  # type: ignore[arg-type]
+    return info.value.message
+
+
+def test_default_policy_parses_and_names_the_account_root() -> None:
+    policy = compile_policy(default_policy("111122223333"))
+    assert policy.statements[0].principals is not None
+    assert policy.statements[0].principals.arns == {"arn:aws:iam::111122223333:root"}
+
+
+def test_statement_may_be_a_single_object_and_principal_forms_are_accepted() -> None:
+    doc = {
+        "Version": "2012-10-17",
+        "Id": "x",
+        "Statement": {
+            "Sid": "s",
+            "Effect": "Deny",
+            "NotPrincipal": {
+                "AWS": ["arn:aws:iam::111122223333:user/a", "*"],
+                "Service": "ec2.amazonaws.com",
+            },
+            "NotAction": ["kms:Encrypt"],
+            "NotResource": "*",
+            "Condition": {"ForAnyValue:StringLikeIfExists": {"kms:EncryptionContextKeys": ["a*", "b"]}},
+        },
+    }
+    assert compile_policy(json.dumps(doc)).statements[0].not_principal is True
+
+
+def test_account_id_principal_means_the_account_root() -> None:
+    policy = compile_policy(json.dumps({"Statement": [OK_STATEMENT]}))
+    assert policy.statements[0].principals.arns == {"arn:aws:iam::111122223333:root"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ([], "must be a JSON object"),
+        ({"Version": "2012-10-17"}, "has no Statement"),
+        ({"Statement": []}, "non-empty list"),
+        ({"Statement": [OK_STATEMENT], "Extra": 1}, "unsupported element(s): Extra"),
+        ({"Version": "2020-01-01", "Statement": [OK_STATEMENT]}, "Version '2020-01-01'"),
+        ({"Statement": [{**OK_STATEMENT, "Effect": "allow"}]}, "statement 1: Effect must be"),
+        (
+            {"Statement": [OK_STATEMENT, {**OK_STATEMENT, "Sid": "Two", "Effect": "Maybe"}]},
+            "statement 2 (Sid 'Two'): Effect",
+        ),
+        (
+            {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Action"}]},
+            "exactly one of Action or NotAction",
+        ),
+        ({"Statement": [{**OK_STATEMENT, "NotAction": "kms:Encrypt"}]}, "exactly one of Action or NotAction"),
+        (
+            {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Resource"}]},
+            "Resource or NotResource",
+        ),
+        (
+            {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Principal"}]},
+            "Principal or NotPrincipal",
+        ),
+        ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "bob"}}]}, "invalid principals: 'bob'"),
+        ({"Statement": [{**OK_STATEMENT, "Principal": {"Users": "x"}}]}, "invalid principals"),
+        ({"Statement": [{**OK_STATEMENT, "Action": "Encrypt"}]}, "'Encrypt' is not a valid action"),
+        ({"Statement": [{**OK_STATEMENT, "Action": []}]}, "Action must be a non-empty"),
+        (
+            {"Statement": [{**OK_STATEMENT, "Condition": {"StringEqualz": {"k": "v"}}}]},
+            "unknown condition operator",
+        ),
+        (
+            {"Statement": [{**OK_STATEMENT, "Condition": {"StringEquals": {"k": {"nested": 1}}}}]},
+            "invalid value",
+        ),
+        ({"Statement": [{**OK_STATEMENT, "Condition": {"StringEquals": "k"}}]}, "must map keys to values"),
+        ({"Statement": [{**OK_STATEMENT, "Effect2": "x"}]}, "unsupported element(s): Effect2"),
+    ],
+)
+def test_invalid_documents_name_what_is_wrong(document: Any, fragment: str) -> None:
+    assert fragment in malformed(document)
+
+
+def test_identity_policies_must_not_name_principals() -> None:
+    assert "cannot contain Principal" in malformed({"Statement": [OK_STATEMENT]}, "identity")
+
+
+def test_identity_policy_without_principal_parses() -> None:
+    parse_policy(
+        json.dumps({"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}), "identity"
+    )
+
+
+def test_size_limit_is_32_kb() -> None:
+    padding = "x" * (MAX_POLICY_BYTES + 1)
+    assert "32 KB" in malformed(json.dumps({"Statement": [{**OK_STATEMENT, "Sid": padding}]}))
+
+
+def test_compiled_policy_knows_which_condition_keys_it_reads() -> None:
+    statement = {
+        **OK_STATEMENT,
+        "Resource": "arn:aws:kms:*:*:key/${aws:PrincipalTag/team}",
+        "Condition": {"StringEquals": {"kms:EncryptionContext:Dept": "${aws:username}"}},
+    }
+    reads = compile_policy(json.dumps({"Statement": [statement]})).reads
+    assert reads == {"kms:encryptioncontext:dept", "aws:username", "aws:principaltag/team"}

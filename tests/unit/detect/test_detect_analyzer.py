@@ -1,0 +1,257 @@
+"""Policy analyzer tables: public, cross-account, restricted-by-condition, admin statements, grants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.unit.detect.records import ACCOUNT, policy_doc
+
+from keytrail.detect.analyzer import TrustZone, analyze_grant, analyze_identity_policy, analyze_policy
+
+ZONE = TrustZone(
+    ACCOUNT,
+    trusted_accounts=frozenset({"222233334444"}),
+    trusted_org_ids=frozenset({"o-trusted123"}),
+    admin_principals=("arn:aws:iam::111122223333:role/KeyAdmin*",),
+)
+FOREIGN = "999988887777"
+
+
+def allow(
+    principal: Any,
+    action: Any = "kms:Decrypt",
+    condition: dict[str, Any] | None = None,
+    sid: str | None = None,
+) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": principal, "Action": action, "Resource": "*"}
+    if condition:
+        statement["Condition"] = condition
+    if sid:
+        statement["Sid"] = sid
+    return statement
+
+
+def codes(*statements: dict[str, Any]) -> list[str]:
+    return [f.code for f in analyze_policy(policy_doc(*statements), ZONE)]
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (allow("*"), ["public"]),
+        (allow({"AWS": "*"}), ["public"]),
+        (allow({"AWS": ["*"]}, "kms:*"), ["public"]),
+        (
+            {
+                "Effect": "Allow",
+                "NotPrincipal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            ["public"],
+        ),
+        # conditions that do not pin: IfExists, wildcard values, policy variables, negative operators
+        (allow("*", condition={"StringEqualsIfExists": {"kms:CallerAccount": ACCOUNT}}), ["public"]),
+        (allow("*", condition={"StringLike": {"aws:PrincipalOrgID": "o-*"}}), ["public"]),
+        (allow("*", condition={"StringEquals": {"aws:PrincipalAccount": "${aws:username}"}}), ["public"]),
+        (allow("*", condition={"StringNotEquals": {"kms:CallerAccount": FOREIGN}}), ["public"]),
+        (
+            allow("*", condition={"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}),
+            ["public"],
+        ),
+    ],
+    ids=[
+        "star",
+        "aws-star",
+        "aws-star-list",
+        "not-principal",
+        "ifexists",
+        "wildcard-org",
+        "policy-variable",
+        "not-equals",
+        "via-service-only",
+    ],
+)
+def test_public_statements_are_flagged(statement: dict[str, Any], expected: list[str]) -> None:
+    assert codes(statement) == expected
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"StringEquals": {"kms:CallerAccount": ACCOUNT}},
+        {"StringEquals": {"aws:PrincipalOrgID": "o-trusted123"}},
+        {"StringEquals": {"aws:SourceAccount": ACCOUNT}},
+        {"StringEquals": {"aws:PrincipalAccount": "222233334444"}},
+        {"ArnEquals": {"aws:SourceArn": f"arn:aws:cloudtrail:us-east-1:{ACCOUNT}:trail/main"}},
+        {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/app"}},
+        {"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-trusted123/r-ab12/ou-ab12-11111111/"}},
+        {"StringEquals": {"kms:CallerAccount": ACCOUNT, "kms:ViaService": "ec2.us-east-1.amazonaws.com"}},
+    ],
+    ids=[
+        "caller-account",
+        "org-id",
+        "source-account",
+        "principal-account",
+        "source-arn",
+        "principal-arn",
+        "org-paths",
+        "caller-account-and-via-service",
+    ],
+)
+def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]) -> None:
+    assert codes(allow("*", condition=condition)) == []
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (allow("*", condition={"StringEquals": {"kms:CallerAccount": FOREIGN}}), ["external-account"]),
+        (allow("*", condition={"StringEquals": {"aws:PrincipalOrgID": "o-other"}}), ["external-account"]),
+        (allow({"AWS": f"arn:aws:iam::{FOREIGN}:root"}), ["external-account"]),
+        (allow({"AWS": FOREIGN}), ["external-account"]),
+        (allow({"AWS": f"arn:aws:iam::{FOREIGN}:role/reader"}), ["external-account"]),
+        (allow({"AWS": "arn:aws:iam::222233334444:role/reader"}), []),
+        (allow({"AWS": "AROAEXAMPLEUNIQUEID"}), []),
+        (allow({"Service": "cloudtrail.amazonaws.com"}, "kms:GenerateDataKey*"), []),
+    ],
+    ids=[
+        "pinned-foreign-account",
+        "pinned-foreign-org",
+        "foreign-root",
+        "foreign-bare-account",
+        "foreign-role",
+        "trusted-account",
+        "unique-id-not-cross-account",
+        "service-principal",
+    ],
+)
+def test_cross_account(statement: dict[str, Any], expected: list[str]) -> None:
+    assert codes(statement) == expected
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "kms:*", sid="Enable IAM User Permissions"), []),
+        (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin-ops"}, "kms:*"), []),
+        (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/app"}, "kms:*"), ["non-admin-full-access"]),
+        (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/app"}, "*"), ["non-admin-full-access"]),
+        (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/app"}, ["kms:Decrypt", "kms:Encrypt"]), []),
+        ({"Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*"}, []),
+    ],
+    ids=["default-root", "admin-glob", "app-kms-star", "app-star", "app-key-user", "deny-grants-nothing"],
+)
+def test_admin_statements(statement: dict[str, Any], expected: list[str]) -> None:
+    assert codes(statement) == expected
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (
+            allow("*", "kms:CreateGrant", {"StringEquals": {"kms:CallerAccount": ACCOUNT}}),
+            ["broad-create-grant"],
+        ),
+        (
+            allow(
+                "*",
+                ["kms:CreateGrant"],
+                {
+                    "StringEquals": {"kms:CallerAccount": ACCOUNT},
+                    "Bool": {"kms:GrantIsForAWSResource": "true"},
+                },
+            ),
+            [],
+        ),
+        (allow({"AWS": "222233334444"}, "kms:Create*"), ["broad-create-grant"]),
+        (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/app"}, "kms:CreateGrant"), []),
+    ],
+    ids=["star-in-account", "for-aws-resource", "trusted-whole-account", "named-role"],
+)
+def test_create_grant_to_broad_grantees(statement: dict[str, Any], expected: list[str]) -> None:
+    assert codes(statement) == expected
+
+
+def test_finding_names_statement_by_sid_or_index() -> None:
+    found = analyze_policy(
+        policy_doc(
+            allow(f"arn:aws:iam::{ACCOUNT}:root", "kms:*"),
+            allow("*", sid="OpenToAll"),
+            allow({"AWS": FOREIGN}),
+        ),
+        ZONE,
+    )
+    assert [(f.statement_sid, f.statement_index, f.source) for f in found] == [
+        ("OpenToAll", 1, 'statement "OpenToAll"'),
+        (None, 2, "statement #2"),
+    ]
+    assert found[0].severity == "CRITICAL" and found[1].severity == "HIGH"
+
+
+@pytest.mark.parametrize(
+    ("grant", "expected"),
+    [
+        (
+            {
+                "GrantId": "g1",
+                "GranteePrincipal": f"arn:aws:iam::{FOREIGN}:role/x",
+                "Operations": ["Decrypt"],
+            },
+            ["grant-external-principal"],
+        ),
+        (
+            {
+                "grantId": "g2",
+                "granteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/app",
+                "operations": ["Decrypt"],
+            },
+            [],
+        ),
+        ({"GrantId": "g3", "GranteePrincipal": "ec2.us-east-1.amazonaws.com", "Operations": ["Decrypt"]}, []),
+        (
+            {
+                "GrantId": "g4",
+                "GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:root",
+                "Operations": ["Decrypt", "CreateGrant"],
+            },
+            ["grant-broad-grantee"],
+        ),
+        (
+            {"GrantId": "g6", "GranteePrincipal": f"arn:aws:iam::{FOREIGN}:root", "Operations": ["Decrypt"]},
+            ["grant-external-principal"],
+        ),
+        (
+            {
+                "GrantId": "g5",
+                "GranteePrincipal": "arn:aws:iam::222233334444:role/x",
+                "Operations": ["Encrypt"],
+            },
+            [],
+        ),
+    ],
+    ids=[
+        "external",
+        "same-account-role",
+        "service-grant",
+        "whole-account",
+        "external-root",
+        "trusted-account",
+    ],
+)
+def test_grants(grant: dict[str, Any], expected: list[str]) -> None:
+    found = analyze_grant(grant, ZONE)
+    assert [f.code for f in found] == expected
+    assert all(f.grant_id == (grant.get("GrantId") or grant.get("grantId")) for f in found)
+
+
+def test_identity_policy_decrypt_on_every_key_for_non_admin() -> None:
+    policy = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"})
+    scoped = policy_doc(
+        {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc"}
+    )
+    app = f"arn:aws:iam::{ACCOUNT}:role/app"
+    assert [f.code for f in analyze_identity_policy(policy, app, ZONE)] == ["decrypt-all-keys"]
+    assert analyze_identity_policy(scoped, app, ZONE) == []
+    assert analyze_identity_policy(policy, f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin", ZONE) == []

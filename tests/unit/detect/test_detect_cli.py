@@ -1,0 +1,130 @@
+"""`keytrail detect --cloudtrail` and `keytrail analyze`: output, time rules, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import typer
+from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, key_arn, policy_doc, user
+from typer.testing import CliRunner
+
+from keytrail.cli.detect import register
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def write_log(path: Path, records: list[dict]) -> Path:
+    data = json.dumps({"Records": records}).encode()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def test_offline_detect_prints_one_json_alarm_per_line(app: typer.Typer, tmp_path: Path) -> None:
+    folder = tmp_path / "AWSLogs" / ACCOUNT / "CloudTrail" / "us-east-1"
+    folder.mkdir(parents=True)
+    write_log(folder / "a.json.gz", [denied("Decrypt", T0 + timedelta(seconds=1), key_arn(1), user("eve"))])
+    write_log(
+        folder / "b.json",
+        [
+            denied("Decrypt", T0, key_arn(1), user("eve")),
+            {"eventSource": "s3.amazonaws.com", "eventName": "GetObject"},
+        ],
+    )
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(tmp_path / "AWSLogs"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [line] = result.output.splitlines()
+    alarm = json.loads(line)
+    assert alarm["rule"] == "unauthorized-decrypt" and alarm["count"] == 2
+    assert alarm["firstSeen"] == "2026-01-05T12:00:00Z"
+
+
+def test_offline_time_rules_use_as_of_or_the_last_event(app: typer.Typer, tmp_path: Path) -> None:
+    log = write_log(
+        tmp_path / "log.json",
+        [create_key(T0, key_arn(1)), event("DescribeKey", T0 + timedelta(days=91), key_arn(2))],
+    )
+    by_last_event = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--format", "json"])
+    assert [json.loads(x)["keyArn"] for x in by_last_event.output.splitlines()] == [key_arn(1)]
+    early = runner.invoke(
+        app, ["detect", "--cloudtrail", str(log), "--format", "json", "--as-of", "2026-01-06T00:00:00Z"]
+    )
+    assert early.exit_code == 0 and early.output == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["detect"], "give --cloudtrail"),
+        (["detect", "--cloudtrail", "/no/such/file.json"], "no such file"),
+        (["detect", "--cloudtrail", "{bad}", "--as-of", "yesterday"], "ISO-8601"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(
+    app: typer.Typer, tmp_path: Path, args: list[str], message: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"NotRecords": 1}')
+    args = [str(bad) if a == "{bad}" else a for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_not_a_cloudtrail_file_is_refused(app: typer.Typer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"NotRecords": 1}')
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(bad)])
+    assert result.exit_code == 2 and "not a CloudTrail log file" in result.output
+
+
+def test_rules_from_config_file(app: typer.Typer, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "log.json", [denied("Decrypt", T0, key_arn(1), user("eve"))])
+    config = tmp_path / "keytrail.toml"
+    config.write_text('[rules.unauthorized-decrypt]\nparameters = { allow_principals = ["*:user/eve"] }\n')
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--config", str(config)])
+    assert result.exit_code == 0 and result.output == ""
+    config.write_text('[rules.unauthorized-decrypt]\nwindow = "forever"\n')
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--config", str(config)])
+    assert result.exit_code == 2 and "bad duration" in result.output
+
+
+def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
+    public = policy_doc(
+        {"Sid": "Open", "Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}
+    )
+    inventory = tmp_path / "keys.json"
+    inventory.write_text(
+        json.dumps(
+            [
+                {"KeyArn": key_arn(1), "Policy": public, "Grants": []},
+                {
+                    "KeyArn": key_arn(2),
+                    "Policy": None,
+                    "Grants": [
+                        {
+                            "GrantId": "g1",
+                            "GranteePrincipal": "arn:aws:iam::999988887777:role/x",
+                            "Operations": ["Decrypt"],
+                        }
+                    ],
+                },
+                {"KeyArn": key_arn(3)},
+            ]
+        )
+    )
+    result = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    alarms = [json.loads(line) for line in result.output.splitlines()]
+    assert [(a["keyArn"], a["severity"]) for a in alarms] == [(key_arn(1), "CRITICAL"), (key_arn(2), "HIGH")]
+    assert json.loads(alarms[1]["details"]["findings"])[0]["grantId"] == "g1"

@@ -1,0 +1,108 @@
+"""Alarm Avro form, the dispatcher's isolation of slow or failing hooks, the runner's bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+from tests.unit.detect.records import T0, denied, key_arn, user
+
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.avro import ALARM_SCHEMA, decode_alarm, encode_alarm
+from keytrail.detect.engine import Detector
+from keytrail.detect.runner import DetectorRunner
+from keytrail.detect.sinks import Dispatcher
+from keytrail.detect.sinks.jsonl import JsonlSink, read_alarms
+
+SCHEMA_FILE = Path(__file__).parents[3] / "schemas" / "alarm.avsc"
+
+
+def sample_alarm() -> Alarm:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    return detector.alarms()[0]
+
+
+def test_schema_file_matches_the_code() -> None:
+    assert json.loads(SCHEMA_FILE.read_text()) == ALARM_SCHEMA
+
+
+def test_avro_single_object_round_trip() -> None:
+    alarm = sample_alarm()
+    data = encode_alarm(alarm)
+    assert data[:2] == b"\xc3\x01"
+    assert decode_alarm(data) == alarm
+
+
+class Stuck:
+    async def deliver(self, alarm: Alarm) -> None:
+        await asyncio.Event().wait()
+
+
+class Broken:
+    async def deliver(self, alarm: Alarm) -> None:
+        raise RuntimeError("hook down")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.alarms: list[Alarm] = []
+
+    async def deliver(self, alarm: Alarm) -> None:
+        self.alarms.append(alarm)
+
+
+async def test_a_stuck_or_broken_hook_delays_and_stops_nothing() -> None:
+    recorder = Recorder()
+    dispatcher = Dispatcher([Stuck(), Broken(), recorder], queue_size=2)
+    alarm = sample_alarm()
+    for _ in range(5):
+        dispatcher.publish(alarm)  # returns at once even though Stuck never finishes
+        await asyncio.sleep(0)  # healthy hooks keep up
+    await dispatcher.close(timeout=0.5)
+    assert len(recorder.alarms) == 5
+    assert dispatcher.failed == 5 and dispatcher.dropped >= 2  # Stuck's queue overflowed
+
+
+async def test_runner_does_not_resend_alarms_already_in_alarms_jsonl(tmp_path: Path) -> None:
+    records = [denied("Decrypt", T0 + timedelta(seconds=i), key_arn(1), user("eve")) for i in range(3)]
+    for _ in range(2):  # the same events twice, as after a restart that re-reads the topic
+        runner = DetectorRunner.open(tmp_path)
+        await runner.feed(records)
+        await runner.close()
+    lines = (tmp_path / "alarms.jsonl").read_text().splitlines()
+    assert [json.loads(line)["count"] for line in lines] == [1, 3]
+    [latest] = read_alarms(tmp_path / "alarms.jsonl").values()
+    assert latest.count == 3
+
+
+async def test_jsonl_sink_appends(tmp_path: Path) -> None:
+    sink, alarm = JsonlSink(tmp_path / "a" / "alarms.jsonl"), sample_alarm()
+    await sink.deliver(alarm)
+    await sink.aclose()
+    assert list(read_alarms(tmp_path / "a" / "alarms.jsonl").values()) == [alarm]
+
+
+def test_kafka_decoder_skips_what_it_cannot_read_and_keeps_the_rest() -> None:
+    from keytrail.detect.sources import default_decoder
+
+    values = [b'{"eventName": "Decrypt"}', b"\xc3\x01 not avro", b"not json", b'{"eventName": "Encrypt"}']
+    assert [r["eventName"] for r in default_decoder()(values)] == ["Decrypt", "Encrypt"]
+
+
+async def test_runner_ticks_on_the_injected_clock_as_serve_dev_clock_does(tmp_path: Path) -> None:
+    from tests.unit.detect.records import create_key
+
+    from keytrail.clock import ManualClock
+
+    clock = ManualClock(T0)
+    runner = DetectorRunner.open(tmp_path, clock=clock)
+    await runner.feed([create_key(T0, key_arn(9))])
+    assert await runner.tick() == []
+    clock.advance(timedelta(days=91).total_seconds())
+    [alarm] = await runner.tick()
+    await runner.close()
+    assert (alarm.rule, alarm.key_arn) == ("unused-key", key_arn(9))
+    assert list(read_alarms(tmp_path / "alarms.jsonl")) == [alarm.alarm_id]

@@ -1,0 +1,282 @@
+"""Each rule fires with the expected fields; benign traffic of the same volume fires nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from tests.unit.detect.records import (
+    ACCOUNT,
+    T0,
+    create_key,
+    denied,
+    event,
+    key_arn,
+    policy_doc,
+    role,
+    steady_traffic,
+    user,
+)
+
+from keytrail.clock import ManualClock
+from keytrail.detect import Detector, RuleSet
+
+KEY = key_arn(1)
+APP = role("app")
+MALLORY = user("mallory")
+APP_ARN = f"arn:aws:iam::{ACCOUNT}:role/app"
+
+
+def by_rule(alarms: list, rule: str) -> list:
+    return [a for a in alarms if a.rule == rule]
+
+
+def test_denied_decrypt_raises_one_alarm_per_principal_and_key_escalating_with_count() -> None:
+    detector = Detector()
+    attempts = [denied("Decrypt", T0 + timedelta(seconds=i), KEY, MALLORY) for i in range(12)]
+    announced = detector.process(attempts)
+    [alarm] = detector.alarms()
+    assert alarm.rule == "unauthorized-decrypt" and alarm.count == 12
+    assert alarm.key_arn == KEY and alarm.principal_arn == MALLORY["arn"]
+    assert alarm.account_id == ACCOUNT and alarm.region == "us-east-1"
+    assert alarm.first_seen == T0 and alarm.last_seen == T0 + timedelta(seconds=11)
+    assert alarm.event_ids[0] == attempts[0]["eventID"] and len(alarm.event_ids) == 12
+    assert alarm.details["denyType"] == "implicit" and alarm.details["policyType"] == "resource-based"
+    assert alarm.details["newPrincipalOnKey"] == "true"
+    assert alarm.severity == "HIGH"  # MEDIUM bumped for a principal new on the key; 10+ stays HIGH
+    assert [a.severity for a in announced] == ["HIGH"]  # announced once, not per attempt
+
+
+def test_known_principal_denied_starts_medium_and_escalates() -> None:
+    detector = Detector()
+    detector.process([event("Decrypt", T0, KEY, APP)])
+    announced = detector.process(
+        [
+            denied(
+                "Decrypt", T0 + timedelta(seconds=i + 1), KEY, APP, explicit=True, policy="service control"
+            )
+            for i in range(50)
+        ]
+    )
+    assert [a.severity for a in announced] == ["MEDIUM", "HIGH", "CRITICAL"]
+    [alarm] = detector.alarms()
+    assert alarm.principal_arn == APP_ARN  # the role, not the session
+    assert "newPrincipalOnKey" not in alarm.details
+    assert (alarm.details["denyType"], alarm.details["policyType"]) == ("explicit", "service control")
+
+
+def test_denials_outside_the_window_raise_a_new_alarm() -> None:
+    detector = Detector()
+    detector.process(
+        [denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0 + timedelta(hours=2), KEY, MALLORY)]
+    )
+    assert [a.count for a in detector.alarms()] == [1, 1]
+    assert len({a.alarm_id for a in detector.alarms()}) == 2
+
+
+def test_aws_service_and_allow_listed_denials_are_suppressed() -> None:
+    rules = RuleSet().override(
+        {
+            "unauthorized-decrypt": {
+                "parameters": {"allow_principals": [f"arn:aws:iam::{ACCOUNT}:role/scanner*"]}
+            }
+        }
+    )
+    detector = Detector(rules)
+    detector.process(
+        [
+            denied("Decrypt", T0, KEY, role("ConfigRecorder", invoked_by="config.amazonaws.com")),
+            denied("Decrypt", T0, KEY, {"type": "AWSService", "invokedBy": "cloudtrail.amazonaws.com"}),
+            denied("Decrypt", T0, KEY, role("scanner-prod")),
+        ]
+    )
+    assert detector.alarms() == []
+
+
+def test_benign_traffic_of_the_same_volume_fires_nothing() -> None:
+    detector = Detector()
+    keys = [key_arn(n) for n in range(3)]
+    records = [create_key(T0, k) for k in keys]
+    for k in keys:
+        records += steady_traffic(k, APP, T0 + timedelta(minutes=1), minutes=120, per_minute=30)
+    records += [event("DescribeKey", T0 + timedelta(minutes=5), keys[0], user("admin"))]
+    records.sort(key=lambda r: r["eventTime"])
+    detector.process(records)
+    detector.tick()
+    assert detector.alarms() == []
+
+
+def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    used, idle = key_arn(1), key_arn(2)
+    detector.process(
+        [
+            create_key(T0, used),
+            create_key(T0, idle),
+            event("RotateKeyOnDemand", T0, idle),
+            event("Decrypt", T0 + timedelta(days=1), used, APP),
+        ]
+    )
+    clock.advance(timedelta(days=89).total_seconds())
+    assert detector.tick() == []
+    clock.advance(timedelta(days=1, seconds=1).total_seconds())
+    [alarm] = detector.tick()
+    assert alarm.rule == "unused-key" and alarm.key_arn == idle and alarm.principal_arn is None
+    assert alarm.first_seen == T0 + timedelta(days=90)
+    assert alarm.details["monthlyCostUsd"] == "2.00" and alarm.details["basis"] == "creationDate"
+    assert "$2.00/month" in alarm.summary and "DisabledException" in alarm.recommendation
+    assert detector.tick() == []  # once per idle spell
+    clock.advance(timedelta(days=1).total_seconds())
+    assert [a.key_arn for a in detector.tick()] == [used]
+
+
+def test_unused_key_skips_disabled_aws_managed_and_only_denied_keys() -> None:
+    detector = Detector()
+    disabled, managed = key_arn(1), key_arn(2)
+    detector.process(
+        [
+            denied("Decrypt", T0, key_arn(3, account="999988887777"), MALLORY),
+            create_key(T0, disabled),
+            event("DisableKey", T0, disabled),
+            create_key(T0, managed, manager="AWS"),
+        ]
+    )
+    assert detector.tick(T0 + timedelta(days=400)) == []
+
+
+def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
+    detector = Detector()
+    policy = policy_doc(
+        {"Sid": "Everyone", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}
+    )
+    detector.process(
+        [
+            create_key(T0, KEY),
+            event("PutKeyPolicy", T0, KEY, params={"keyId": KEY, "policyName": "default", "policy": policy}),
+        ]
+    )
+    [alarm] = detector.alarms()
+    assert alarm.rule == "permissive-key" and alarm.severity == "CRITICAL"
+    assert alarm.principal_arn == f"arn:aws:iam::{ACCOUNT}:user/alice"
+    [finding] = json.loads(alarm.details["findings"])
+    assert finding["code"] == "public" and finding["statementSid"] == "Everyone"
+    assert alarm.details["trigger"] == "PutKeyPolicy"
+
+
+def test_create_key_with_restricted_policy_and_default_policy_fire_nothing() -> None:
+    restricted = policy_doc(
+        {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:CallerAccount": ACCOUNT}},
+        }
+    )
+    detector = Detector()
+    detector.process([create_key(T0, key_arn(1), restricted), create_key(T0, key_arn(2))])
+    assert detector.alarms() == []
+
+
+def test_create_grant_to_external_principal() -> None:
+    detector = Detector()
+    grantee = "arn:aws:iam::999988887777:role/outsider"
+    detector.process(
+        [
+            event(
+                "CreateGrant",
+                T0,
+                KEY,
+                params={"keyId": KEY, "granteePrincipal": grantee, "operations": ["Decrypt"]},
+                response={"grantId": "g-123"},
+            )
+        ]
+    )
+    [alarm] = detector.alarms()
+    [finding] = json.loads(alarm.details["findings"])
+    assert (finding["code"], finding["grantId"]) == ("grant-external-principal", "g-123")
+
+
+def test_schedule_deletion_of_recently_used_key_and_use_while_pending() -> None:
+    detector = Detector()
+    admin = user("admin")
+    detector.process(
+        [
+            create_key(T0, KEY),
+            event("Decrypt", T0 + timedelta(days=3), KEY, APP),
+            event(
+                "ScheduleKeyDeletion",
+                T0 + timedelta(days=10),
+                KEY,
+                admin,
+                params={"keyId": KEY, "pendingWindowInDays": 7},
+            ),
+            event(
+                "Decrypt",
+                T0 + timedelta(days=11),
+                KEY,
+                APP,
+                error="KMSInvalidStateException",
+                message=f"{KEY} is pending deletion.",
+            ),
+        ]
+    )
+    stop, use = detector.alarms()
+    assert (stop.rule, stop.severity, stop.principal_arn) == ("key-deletion-in-use", "CRITICAL", admin["arn"])
+    assert stop.details["lastUsedBy"] == APP_ARN and stop.details["pendingWindowInDays"] == "7"
+    assert (use.principal_arn, use.severity, use.details["keyState"]) == (APP_ARN, "HIGH", "pending deletion")
+
+
+def test_disabling_a_key_unused_for_more_than_30_days_is_fine() -> None:
+    detector = Detector()
+    detector.process([event("Decrypt", T0, KEY, APP), event("DisableKey", T0 + timedelta(days=31), KEY)])
+    assert detector.alarms() == []
+
+
+def test_usage_spike_carries_baseline_and_observed_rate() -> None:
+    detector = Detector()
+    records = steady_traffic(KEY, APP, T0, minutes=120, per_minute=5)
+    burst_start = T0 + timedelta(minutes=120)
+    records += [event("Decrypt", burst_start + timedelta(milliseconds=100 * i), KEY, APP) for i in range(400)]
+    detector.process(records)
+    [alarm] = detector.alarms()
+    assert alarm.rule == "usage-spike" and alarm.principal_arn == APP_ARN
+    assert float(alarm.details["baselineAverage"]) == 5.0
+    assert int(alarm.details["observedRate"]) == 100  # the minute crossed 10x baseline (and min_calls)
+    assert alarm.details["baselineDurationMinutes"] == "120"
+
+
+def test_repeated_event_ids_are_processed_once() -> None:
+    detector = Detector()
+    record = denied("Decrypt", T0, KEY, MALLORY)
+    detector.process([record, record, dict(record)])
+    assert detector.alarms()[0].count == 1
+
+
+def test_non_kms_and_unreadable_records_are_skipped() -> None:
+    detector = Detector()
+    detector.process(
+        [{"eventSource": "s3.amazonaws.com", "eventName": "GetObject"}, {"eventName": "Decrypt"}]
+    )
+    assert detector.skipped == 2 and detector.alarms() == []
+
+
+def test_tick_reports_updates_of_open_alarms() -> None:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0, KEY, MALLORY)])
+    [update] = detector.tick()
+    assert update.count == 2
+    assert detector.tick() == []
+
+
+def test_closed_and_announced_alarms_are_forgotten_by_long_running_detectors() -> None:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0, key_arn(2), MALLORY)])
+    detector.process([denied("Decrypt", T0 + timedelta(minutes=30), key_arn(2), MALLORY)])
+    assert detector.forget_closed(T0 + timedelta(minutes=61)) == 1  # KEY's window has closed
+    assert [a.key_arn for a in detector.alarms()] == [key_arn(2)]
+    assert detector.forget_closed(T0 + timedelta(minutes=95)) == 0  # its update is not announced yet
+    detector.tick()
+    assert detector.forget_closed(T0 + timedelta(minutes=95)) == 1
+    assert detector.alarms() == []

@@ -1,0 +1,59 @@
+"""Hooks from the settings file and flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from keytrail.detect.hooks import HooksConfig, build_sinks
+from keytrail.detect.sinks.jsonl import JsonlSink
+from keytrail.detect.sinks.kafka import KafkaSink
+from keytrail.detect.sinks.mqtt import MqttSink
+from keytrail.detect.sinks.webhook import WebhookSink
+
+SETTINGS = """
+[hooks]
+mqtt = "mqtt://broker.internal:1884"
+
+[[hooks.webhook]]
+url = "https://alerts.example.com/a"
+secret_env = "DETECT_TEST_SECRET"
+attempts = 3
+
+[[hooks.webhook]]
+url = "https://alerts.example.com/b"
+secret = "inline"
+"""
+
+
+def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DETECT_TEST_SECRET", "from-env")
+    hooks = HooksConfig.from_settings(tomllib.loads(SETTINGS)).with_flags(kafka="127.0.0.1:9092")
+    assert hooks.mqtt == "mqtt://broker.internal:1884" and hooks.kafka == "127.0.0.1:9092"
+    assert [(w.url, w.secret, w.attempts) for w in hooks.webhooks] == [
+        ("https://alerts.example.com/a", b"from-env", 3),
+        ("https://alerts.example.com/b", b"inline", 5),
+    ]
+    assert "from-env" not in repr(hooks)
+    assert hooks.with_flags(mqtt="mqtt://127.0.0.1:1883").mqtt == "mqtt://127.0.0.1:1883"
+
+
+def test_webhook_without_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="secret"):
+        HooksConfig.from_settings({"hooks": {"webhook": [{"url": "https://x"}]}})
+
+
+async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
+    hooks = HooksConfig.from_settings(tomllib.loads(SETTINGS.replace("secret_env", "secret")))
+    sinks = build_sinks(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))
+    assert [type(s) for s in sinks] == [JsonlSink, MqttSink, KafkaSink, WebhookSink, WebhookSink]
+    assert sinks[0].path == tmp_path / "alarms.jsonl"  # type: ignore[attr-defined]
+    for sink in sinks:
+        await sink.aclose()  # type: ignore[attr-defined]
+
+
+def test_bad_mqtt_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="MQTT URL"):
+        MqttSink("http://127.0.0.1:1883")

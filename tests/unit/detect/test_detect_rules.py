@@ -1,0 +1,129 @@
+"""Rules as data: defaults, TOML overrides, deny-reason parsing, alarm JSON form."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from keytrail.detect import DEFAULT_RULES, RuleError, Severity, load_rules
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.deny import parse_deny_reason
+from keytrail.detect.rules import parse_duration
+
+
+def test_every_contract_rule_is_registered() -> None:
+    assert set(DEFAULT_RULES) == {
+        "unauthorized-decrypt",
+        "unused-key",
+        "permissive-key",
+        "key-deletion-in-use",
+        "usage-spike",
+    }
+    assert DEFAULT_RULES["unused-key"].param("unused_days") == 90
+
+
+def test_toml_overrides_severity_window_thresholds_and_parameters(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("""
+[rules.unauthorized-decrypt]
+severity = "HIGH"
+window = "10m"
+thresholds = { CRITICAL = 3 }
+parameters = { allow_principals = ["arn:aws:iam::*:role/scanner"] }
+
+[rules.usage-spike]
+enabled = false
+""")
+    rules = load_rules(path)
+    rule = rules["unauthorized-decrypt"]
+    assert (rule.severity, rule.window) == (Severity.HIGH, timedelta(minutes=10))
+    assert rule.severity_for(2) == "HIGH" and rule.severity_for(3) == "CRITICAL"
+    assert rule.param("allow_principals") == ["arn:aws:iam::*:role/scanner"]
+    assert rule.param("suppress_aws_services") is True  # untouched parameters keep defaults
+    assert not rules.enabled("usage-spike")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[rules.no-such-rule]\nseverity = "LOW"', "unknown rule"),
+        ("[rules.unused-key]\nparameters = { unused_dayz = 3 }", "unknown parameter"),
+        ('[rules.unused-key]\nseverity = "SEVERE"', "SEVERE"),
+        ('[rules.unused-key]\nwindow = "soon"', "bad duration"),
+        ('[rules.unused-key]\ncolour = "red"', "unknown setting"),
+        ("[rules", "cannot read"),
+    ],
+)
+def test_bad_rules_files_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(RuleError, match=message):
+        load_rules(path)
+
+
+def test_durations() -> None:
+    assert parse_duration("90d") == timedelta(days=90)
+    assert parse_duration("30s") == parse_duration(30) == timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "policy"),
+    [
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "because no identity-based policy allows the kms:Decrypt action",
+            "implicit",
+            "identity-based",
+        ),
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "because no permissions boundary allows the kms:Decrypt action",
+            "implicit",
+            "permissions boundary",
+        ),
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "because no session policy allows the kms:Decrypt action",
+            "implicit",
+            "session",
+        ),
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "because no VPC endpoint policy allows the kms:Decrypt action",
+            "implicit",
+            "VPC endpoint",
+        ),
+        (
+            "User: a is not authorized to perform: kms:Decrypt on resource: k with an explicit deny "
+            "in a resource control policy",
+            "explicit",
+            "resource control",
+        ),
+        ("Access denied", "unknown", None),
+    ],
+)
+def test_deny_reason_grammar(message: str, kind: str, policy: str | None) -> None:
+    reason = parse_deny_reason(message)
+    assert (reason.kind, reason.policy_type) == (kind, policy)
+
+
+def test_alarm_json_round_trip() -> None:
+    doc = {
+        "alarmId": "a",
+        "rule": "unused-key",
+        "severity": "LOW",
+        "keyArn": "k",
+        "principalArn": None,
+        "accountId": "1",
+        "region": "us-east-1",
+        "firstSeen": "2026-01-01T00:00:00Z",
+        "lastSeen": "2026-01-01T00:00:01.500Z",
+        "count": 1,
+        "summary": "s",
+        "eventIds": ["e"],
+        "recommendation": "r",
+        "details": {"x": "y"},
+    }
+    assert Alarm.from_json(doc).to_json() == doc

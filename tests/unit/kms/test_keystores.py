@@ -1,0 +1,106 @@
+"""Key store domain pieces: token labels, sealed store rows, material checks, ids."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keytrail.kms import errors
+from keytrail.kms.hsm import TOKENS_ENV, token_label
+from keytrail.kms.importing import (
+    ImportParameters,
+    check_material,
+    check_wrapping,
+    imported_material_id,
+    token_bytes,
+    token_id_of,
+)
+from keytrail.kms.keys import Key
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore, new_custom_key_store_id
+from keytrail.kms.model import KeySpec, Origin
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_store import SqliteStore
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+ROOT = RootKey(os.urandom(32))
+
+
+def _key(spec: KeySpec = KeySpec.SYMMETRIC_DEFAULT, key_id: str = "1234abcd-12ab-34cd-56ef-1234567890ab") -> Key:
+    return Key("111122223333", "us-east-1", key_id, NOW, key_spec=spec, origin=Origin.EXTERNAL)
+
+
+def test_cluster_ids_map_to_token_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert token_label("cluster-abcdefghijk") == "cluster-abcdefghijk"
+    monkeypatch.setenv(TOKENS_ENV, "cluster-abcdefghijk=hsm1; cluster-zzzzzzzzzzz = YubiHSM")
+    assert token_label("cluster-abcdefghijk") == "hsm1"
+    assert token_label("cluster-zzzzzzzzzzz") == "YubiHSM"
+    assert token_label("cluster-unmappedaaa") == "cluster-unmappedaaa"
+
+
+async def test_store_rows_keep_their_secrets_sealed(tmp_path: Path) -> None:
+    password, private = "kmsuser-secret-pin", os.urandom(600)
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    cks = CustomKeyStore("111122223333", "us-east-1", "cks-0123456789abcdef0", "name", "cluster-abcdefghijk",
+                         "-----BEGIN CERTIFICATE-----", password, NOW, ConnectionState.CONNECTED)
+    parameters = ImportParameters("ab" * 32, "111122223333", "us-east-1", "k", "RSAES_OAEP_SHA_256", "RSA_2048",
+                                  private, NOW)
+    await store.put_custom_key_store(cks)
+    await store.put_import_parameters(parameters)
+    await store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert password.encode() not in raw and private not in raw
+    reopened = SqliteStore(tmp_path / "keys.db", ROOT)
+    assert await reopened.list_custom_key_stores("111122223333", "us-east-1") == [cks]
+    assert await reopened.get_import_parameters("ab" * 32) == parameters
+    await reopened.delete_custom_key_store(cks)
+    assert await reopened.list_custom_key_stores("111122223333", "us-east-1") == []
+    assert "kmsuser-secret-pin" not in repr(cks) and "kmsuser" not in repr(cks)
+
+
+def test_import_token_names_only_its_parameters() -> None:
+    token_id = os.urandom(32).hex()
+    assert token_id_of(token_bytes(token_id)) == token_id
+    for bad in (b"", b"KTIT\x01" + b"x" * 5, b"other" + bytes(32)):
+        with pytest.raises(errors.InvalidImportTokenException):
+            token_id_of(bad)
+
+
+def test_material_checks_follow_the_key_spec() -> None:
+    assert check_material(_key(), b"k" * 32) == b"k" * 32
+    with pytest.raises(errors.IncorrectKeyMaterialException):
+        check_material(_key(), b"k" * 31)
+    assert check_material(_key(KeySpec.HMAC_384), b"h" * 48)
+    with pytest.raises(errors.IncorrectKeyMaterialException):
+        check_material(_key(KeySpec.HMAC_384), b"h" * 47)
+    p256 = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert check_material(_key(KeySpec.ECC_NIST_P256), p256) == p256
+    with pytest.raises(errors.IncorrectKeyMaterialException):
+        check_material(_key(KeySpec.RSA_2048), p256)
+
+
+def test_wrapping_choices() -> None:
+    check_wrapping("RSAES_OAEP_SHA_1", "RSA_2048", KeySpec.SYMMETRIC_DEFAULT)
+    with pytest.raises(errors.ValidationException):
+        check_wrapping("RSAES_OAEP_SHA_256", "RSA_4096", KeySpec.RSA_2048)
+    for algorithm, spec in (("RSAES_PKCS1_V1_5", "RSA_2048"), ("SM2PKE", "SM2"), ("RSAES_OAEP_SHA_1", "SM2")):
+        with pytest.raises(errors.UnsupportedOperationException):
+            check_wrapping(algorithm, spec, KeySpec.SYMMETRIC_DEFAULT)
+
+
+def test_imported_material_id_depends_on_key_and_material() -> None:
+    material = os.urandom(32)
+    first = imported_material_id(_key(), material)
+    assert re.fullmatch(r"[0-9a-f]{64}", first) and first == imported_material_id(_key(), material)
+    assert first != imported_material_id(_key(), os.urandom(32))
+    assert first != imported_material_id(_key(key_id="mrk-" + "0" * 32), material)
+
+
+def test_custom_key_store_ids_look_like_aws_ones() -> None:
+    assert re.fullmatch(r"cks-[0-9a-f]{17}", new_custom_key_store_id(os.urandom(9)))
