@@ -6,9 +6,11 @@ boto3, and signs fresh requests for every run (`Target.sign`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,6 +134,21 @@ def load_extra_keys(target: Target, count: int) -> list[tuple[str, bytes]]:
     return pairs
 
 
+@functools.cache
+def serve_accepts(option: str) -> bool:
+    """Whether this build's `keytrail serve` knows the flag `option` (one that takes no value;
+    hidden options included): click refuses an unknown option before it acts on --help."""
+    done = subprocess.run([sys.executable, "-m", "keytrail", "serve", option, "--help"], capture_output=True,
+                          env=_python_env(), cwd=ROOT, timeout=60, check=False)
+    return done.returncode == 0
+
+
+def _audit_off_switch() -> tuple[list[str], dict[str, str]]:
+    """How to turn the audit trail off: `--no-audit` where serve has it, and always
+    `KEYTRAIL_AUDIT=off` (the switch proposed for cli/node.py)."""
+    return (["--no-audit"] if serve_accepts("--no-audit") else []), {"KEYTRAIL_AUDIT": "off"}
+
+
 def keytrail_args(data_dir: Path, port: int, principals: Path, kafka: str | None, mqtt: str | None) -> list[str]:
     args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data_dir), "--port", str(port),
             "--principals", str(principals)]
@@ -143,9 +160,10 @@ def start_keytrail(work: Path, name: str, *, kafka: str | None = None, mqtt: str
     """`keytrail serve` (or, for workers > 1, bench/workers.py under uvicorn's supervisor)."""
     port, principals = free_port(), write_principals(work / "principals.toml")
     data_dir = data_dir or work / f"{name}-data"
-    env = _python_env(None if audit else {"KEYTRAIL_AUDIT": "off"})
+    flags, switch = ([], {}) if audit else _audit_off_switch()
+    env = _python_env(switch)
     if workers == 1:
-        args = keytrail_args(data_dir, port, principals, kafka, mqtt)
+        args = keytrail_args(data_dir, port, principals, kafka, mqtt) + flags
     else:
         from bench.workers import worker_command
         args, extra = worker_command(data_dir, port, principals, kafka, workers)
