@@ -12,7 +12,9 @@ import typer
 
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.runner import Batch, Source
-from keytrail.reports import TABLES, Progress, ReportFormat, ReportOptions, collect_sync, write_report
+from keytrail.reports.collect import ReportOptions, collect_sync
+from keytrail.reports.output import TABLES, ReportFormat, write_report
+from keytrail.reports.progress import Progress
 
 __all__ = ["register", "report"]
 

@@ -99,6 +99,9 @@ class _TeeSource:
     async def commit(self, batch: Batch) -> None:
         await self.source.commit(batch)
 
+    async def rewind(self, partition: str, offset: int) -> None:
+        await self.source.rewind(partition, offset)
+
 
 async def collect(source: Source, options: ReportOptions,
                   on_batch: Callable[[Batch], None] | None = None) -> ReportData:

@@ -81,9 +81,6 @@ def _per_account(cost: pl.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decima
 def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: int) -> pl.DataFrame:
     """The §4 last-used columns plus `unused`: never used, or not used in `unused_days` before `as_of`."""
     never = pl.col("lastUsedTime").is_null()
-    if as_of is None:
-        unused = never
-    else:
-        unused = never | (pl.col("lastUsedTime") < as_of - timedelta(days=unused_days))
+    unused = never if as_of is None else never | (pl.col("lastUsedTime") < as_of - timedelta(days=unused_days))
     return last_used.select(LAST_USED_FIELDS).with_columns(unused=unused).sort(
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)

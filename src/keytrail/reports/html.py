@@ -102,9 +102,9 @@ def time_series(over_time: pl.DataFrame, column: str, window: str) -> tuple[list
     top = names if len(names) <= _SERIES + 1 else names[:_SERIES]
     label = pl.when(pl.col(column).is_in(top)).then(pl.col(column)).otherwise(pl.lit("other"))
     per = over_time.group_by("windowStart", label.alias("series")).agg(pl.col("count").sum())
-    start, end = over_time.get_column("windowStart").min(), over_time.get_column("windowStart").max()
-    axis = pl.datetime_range(start, end, _STEP[window], eager=True, time_zone="UTC").alias("windowStart")
-    times = axis.to_list()
+    starts = over_time.get_column("windowStart")
+    times: list[datetime] = pl.datetime_range(starts.min(), starts.max(), _STEP[window],  # type: ignore[arg-type]
+                                              eager=True, time_zone="UTC").to_list()  # type: ignore[union-attr]
     series = []
     for name in [*top, *(["other"] if len(names) > len(top) else [])]:
         counts = dict(per.filter(pl.col("series") == name).select("windowStart", "count").iter_rows())
