@@ -11,12 +11,13 @@ import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from keytrail.pipeline.cost import COST_SCHEMA
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
@@ -126,7 +127,7 @@ def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, ev
     window = choose_window(since or first, as_of)
     usage = store.usage(["keyArn", "principalArn", "accountId", "eventName"], None, since, until)
     over_time = store.usage(["keyArn", "principalArn"], window, since, until)  # type: ignore[arg-type]
-    cost = store.cost(options.prices, since, until) if as_of else _empty_cost(store, options)
+    cost = store.cost(options.prices, since, until) if as_of else _empty_cost()
     return ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
@@ -136,8 +137,8 @@ def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, ev
     )
 
 
-def _empty_cost(store: MetricsStore, options: ReportOptions) -> pl.DataFrame:
-    return store.cost(options.prices, None, datetime.now(UTC)).clear()
+def _empty_cost() -> pl.DataFrame:
+    return pl.DataFrame(schema=COST_SCHEMA)
 
 
 
