@@ -96,3 +96,12 @@ def test_write_report_html_and_parquet(tmp_path: Path, data: Any) -> None:
     table = pl.read_parquet(write_report(data, tmp_path / "r.parquet", ReportFormat.parquet, "cost"))
     assert set(table.get_column("table")) == {"cost"}
     assert table.get_column("totalCost").sum() == data.cost.get_column("totalCost").sum()
+
+
+def test_an_empty_input_gives_an_empty_report_in_every_format(tmp_path: Path) -> None:
+    empty = collect_sync(RecordsSource([]), ReportOptions())
+    assert (empty.events, empty.as_of) == (0, None)
+    assert all(table.height == 0 for table in empty.tables().values())
+    assert "No KMS requests in this period." in render_html(empty)
+    for form in ReportFormat:
+        assert write_report(empty, tmp_path / f"empty.{form.value}", form).is_file()
