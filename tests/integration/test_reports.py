@@ -153,6 +153,18 @@ def test_since_and_until_match_the_queries_over_the_same_period(data_dir: Path, 
                                                                     COST)
 
 
+def test_report_shows_the_alarms_the_offline_detector_raised(trail: Path, tmp_path: Path) -> None:
+    need_commands("detect", "report")
+    alarms = tmp_path / "alarms.jsonl"
+    alarms.write_text(keytrail("detect", "--cloudtrail", str(trail), "--format", "json").stdout)
+    raised = {alarm["alarmId"]: alarm["rule"] for alarm in json_lines(alarms.read_text())}
+    assert "unauthorized-decrypt" in raised.values()
+    out = tmp_path / "alarms-report.json"
+    keytrail("report", "--cloudtrail", str(trail), "--alarms", str(alarms), "--out", str(out))
+    shown = {row["alarmId"]: row["rule"] for row in report_table(out, "alarms", ["alarmId", "rule"])}
+    assert shown == raised
+
+
 def test_progress_bar_goes_to_stderr_only(trail: Path, tmp_path: Path) -> None:
     need_commands("report")
     out = tmp_path / "r.csv"

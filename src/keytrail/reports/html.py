@@ -162,10 +162,14 @@ def _denied(frame: pl.DataFrame) -> str:
 def _alarms(frame: pl.DataFrame) -> str:
     if frame.height == 0:
         return '<p class="note">No alarms (none recorded in alarms.jsonl for this period).</p>'
-    return _table(frame, [("severity", "Severity", _severity), ("rule", "Rule", str), ("summary", "Summary", str),
-                          ("keyArn", "Key", _code), ("principalArn", "Principal", _code), ("count", "Count", _int),
-                          ("lastSeen", "Last seen", _time), ("recommendation", "Recommendation", str)],
-                  table_id="alarms")
+    per_rule = frame.group_by("rule").agg(pl.len().alias("alarms")).sort(["alarms", "rule"], descending=[True, False])
+    chart = bar_chart([Bar(str(rule), float(count)) for rule, count in per_rule.iter_rows()],
+                      title="Alarms by rule", unit=lambda value: f"{value:,.0f}")
+    columns: list[Column] = [
+        ("severity", "Severity", _severity), ("rule", "Rule", str), ("summary", "Summary", str),
+        ("keyArn", "Key", _code), ("principalArn", "Principal", _code), ("count", "Count", _int),
+        ("lastSeen", "Last seen", _time), ("recommendation", "Recommendation", str)]
+    return chart + _table(frame, columns, table_id="alarms")
 
 
 def _usage_table(frame: pl.DataFrame) -> str:
