@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,8 +94,7 @@ class _TeeSource:
             self.denied.add(frame)
             if self.on_batch is not None:
                 self.on_batch(batch)
-            yield _FramedBatch(batch.partition, batch.offsets, batch.values, batch.records, batch.source_end,
-                               frame=frame)
+            yield _FramedBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, frame=frame)
 
     async def commit(self, batch: Batch) -> None:
         await self.source.commit(batch)
