@@ -135,3 +135,20 @@ def test_contracts_page_covers_every_section_of_the_shared_contracts() -> None:
     sections = re.findall(r"^## \d+\. (.+)$", shared.read_text(), flags=re.M)
     page = (ROOT / "docs/contracts.md").read_text()
     assert sections and [s for s in sections if f"## {s}" not in page] == []
+
+
+def documented_commands() -> set[str]:
+    """`keytrail <command> [<subcommand>]` as written in the shell blocks of the user guides."""
+    found: set[str] = set()
+    for page in ("getting-started.md", "operations.md", "reports.md"):
+        for block in re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.S):
+            for first, second in re.findall(r"(?:^|\.venv/bin/)keytrail ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", block,
+                                            flags=re.M):
+                found.add(f"{first} {second}" if first in ("audit",) and second else first)
+    return found
+
+
+def test_user_guides_name_only_real_commands() -> None:
+    documented = documented_commands()
+    assert {"serve", "report", "audit verify"} <= documented
+    assert sorted(documented - cli_commands()) == []
