@@ -144,6 +144,7 @@ def chromium() -> str:
 def test_html_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp_path: Path) -> None:
     browser, shot = chromium(), tmp_path / "report.png"
     args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2000",
+            "--virtual-time-budget=5000",  # let layout finish before the shot
             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
             report[0].resolve().as_uri()]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
