@@ -153,7 +153,9 @@ def test_html_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp
     assert (width, height) == (1200, 2000)
     ink = sum(1 for p in pixels if p[:3] != (255, 255, 255)) / len(pixels)
     assert ink > 0.03, f"screenshot is almost blank ({ink:.2%} non-white)"
-    assert len(set(pixels)) > 20, "screenshot has too few colours for charts and tables"
+    colours = {p[:3] for p in pixels}
+    assert len(colours) > 20, "screenshot has too few colours for charts and tables"
+    assert (0x2F, 0x6D, 0xB5) in colours, "no chart drawn: the bars' fill colour (svg.PALETTE[0]) is missing"
 
 
 def read_png(data: bytes) -> tuple[int, int, list[tuple[int, ...]]]:
