@@ -24,10 +24,11 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import detect, serve
+    from keytrail.cli import detect, report, serve
 
     serve.register(app)
     detect.register(app)
+    report.register(app)
 
 
 def main() -> None:
