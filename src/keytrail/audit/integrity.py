@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["GENESIS", "ChainWriter", "IntegrityPaths", "load_digests", "signing_key"]
+__all__ = ["GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityPaths", "load_digests", "signing_key", "verify"]
 
 GENESIS = bytes(32)
 HASH_SIZE = 32
@@ -224,3 +224,11 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def verify(data_dir: Path) -> list[str]:
+    """Every integrity problem of the audit trail in `data_dir`: missing, altered, reordered or
+    inserted records, and breaks in the signed digest chain (empty when intact)."""
+    from keytrail.audit.verification import verify as run
+
+    return run(data_dir)

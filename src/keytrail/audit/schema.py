@@ -99,7 +99,10 @@ class EventCodec:
     def decode_avro(self, data: bytes) -> dict[str, Any]:
         """The Avro record (typed columns and JSON strings) of one value."""
         writer = self._writer_of(data)
-        reader = self.reader if self.reader is not None else writer
+        if self.reader is not None:
+            reader = self.reader
+        else:  # resolve older writer versions into the current schema
+            reader = None if data[2:_HEADER] == self.header[2:] else self.writer
         record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer, reader)
         return record
 
@@ -255,13 +258,18 @@ def flat_rows(values: Sequence[bytes], reader_schema: dict[str, Any] | None = No
     """Avro records (typed columns, JSON strings) of many values, in order; the writer schema is
     looked up once per fingerprint (measured ~60k records/s, vs ~40k through an OCF reader)."""
     writers = _known_writers()
-    reader = fastavro.schemaless_reader
+    current = _codec().header[2:]
+    target = reader_schema if reader_schema is not None else _codec().writer
+    read = fastavro.schemaless_reader
     rows: list[dict[str, Any]] = []
     for value in values:
-        writer = writers.get(value[2:_HEADER]) if value[:2] == MAGIC else None
+        fp = value[2:_HEADER]
+        writer = writers.get(fp) if value[:2] == MAGIC else None
         if writer is None:
             raise SchemaError("not a single-object encoded event of a known schema")
-        rows.append(reader(io.BytesIO(value[_HEADER:]), writer, reader_schema))  # type: ignore[arg-type]
+        # Older writers are resolved into the current schema (new fields get their defaults).
+        reader = None if fp == current and reader_schema is None else target
+        rows.append(read(io.BytesIO(value[_HEADER:]), writer, reader))  # type: ignore[arg-type]
     return rows
 
 

@@ -20,7 +20,9 @@ app = typer.Typer(
 
 def _register() -> None:
     from keytrail.cli import serve
+    from keytrail.cli.audit import audit_app
 
+    app.add_typer(audit_app, name="audit")
     serve.register(app)
 
 
