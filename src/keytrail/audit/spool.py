@@ -102,8 +102,9 @@ class Spool:
         self.segments.sync()
         self.fsyncs += 1
         now = self._now()
-        if len(self.segments.segment_bases()) > segments_before or self.chain.digest_due(now):
+        rolled = len(self.segments.segment_bases()) > segments_before
+        if rolled or self.chain.digest_due(now):
             self.chain.write_digest(now)
-        if self._maintenance is not None:
+        if rolled and self._maintenance is not None:
             self._maintenance()
         return first

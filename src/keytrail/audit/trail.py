@@ -69,7 +69,6 @@ class AuditTrail:
         self.codec = EventCodec()
         self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")
         self._unshipped = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
-        self._next_retention = 0.0
         self._shipper: Shipper | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -123,7 +122,7 @@ class AuditTrail:
 
     async def close(self, ship_timeout: float = 5.0) -> None:
         """Flush the spool (final signed digest); give the shipper a moment to catch up."""
-        if self._shipper is not None:
+        if self._shipper is not None and self._shipper.connected:
             await self.flush_shipping(ship_timeout)
             await self._shipper.stop()
         for task in self._tasks:
@@ -136,13 +135,12 @@ class AuditTrail:
         self._unshipped = max(0, self._unshipped - count)
 
     def _apply_retention(self) -> None:
-        """Writer thread: delete closed segments past the retention age or size, never one
+        """Writer thread, when a segment closes: delete closed segments past the retention age or size, never one
         holding records Kafka has not acknowledged; note the new floor for `verify`."""
         settings = self.settings
-        now = time.time()
-        if (settings.retention_hours is None and settings.retention_bytes is None) or now < self._next_retention:
+        if settings.retention_hours is None and settings.retention_bytes is None:
             return
-        self._next_retention = now + 10.0
+        now = time.time()
         segments = self.log.segment_info()
         limit = self.shipped.value if settings.kafka_bootstrap else self.log.end_offset()
         keep_from = _retention_point(segments, settings.retention_hours, settings.retention_bytes, now)

@@ -40,13 +40,16 @@ def encrypt_call(index: int, principal: Principal = ALICE, **changes: object) ->
     return CallRecord(**values)  # type: ignore[arg-type]
 
 
-def fill_trail(data_dir: Path, count: int, **settings: object) -> None:
+async def fill_trail_async(data_dir: Path, count: int, **settings: object) -> None:
     """Record `count` Encrypt calls through a real AuditTrail, then close it (final digest)."""
-    async def run() -> None:
-        trail = AuditTrail.open(AuditSettings(data_dir=data_dir, **settings))  # type: ignore[arg-type]
-        async with trail:
-            await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(count)))
-    asyncio.run(run())
+    trail = AuditTrail.open(AuditSettings(data_dir=data_dir, **settings))  # type: ignore[arg-type]
+    async with trail:
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(count)))
+
+
+def fill_trail(data_dir: Path, count: int, **settings: object) -> None:
+    """`fill_trail_async` for synchronous tests."""
+    asyncio.run(fill_trail_async(data_dir, count, **settings))
 
 
 def rewrite_segment(data_dir: Path, edit: object, *, fix_checksums: bool = True) -> None:

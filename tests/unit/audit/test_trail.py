@@ -1,0 +1,78 @@
+"""AuditTrail and its spool: durable before answering, group commit, the size cap, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from keytrail.audit.cloudtrail_files import iter_events
+from keytrail.audit.records import to_cloudtrail
+from keytrail.audit.spool import SpoolError
+from keytrail.audit.trail import AuditSettings, AuditTrail
+from tests.unit.audit.conftest import encrypt_call, fill_trail_async
+
+
+async def test_concurrent_records_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        before = len(synced)
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(200)))
+        during = len(synced) - before
+        commits = trail.spool.fsyncs
+    assert commits < 50, commits  # 200 concurrent callers, far fewer commits
+    assert during <= 2 * commits  # one log fsync per commit (+ directory/digest syncs)
+
+
+async def test_record_returns_only_once_the_event_is_on_disk(tmp_path: Path) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(1))
+        stored = [e for _, e in iter_events(tmp_path)]  # another reader, straight from the files
+        assert stored == [to_cloudtrail(encrypt_call(1))]
+
+
+async def test_events_survive_a_restart_and_keep_their_order(tmp_path: Path) -> None:
+    await fill_trail_async(tmp_path, 5)
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        for i in range(5, 8):
+            await trail.record(encrypt_call(i))
+    ids = [e["eventID"] for _, e in iter_events(tmp_path)]
+    assert sorted(ids[:5]) == sorted(encrypt_call(i).event_id for i in range(5))
+    assert ids[5:] == [encrypt_call(i).event_id for i in range(5, 8)]
+
+
+async def test_size_cap_refuses_records_when_shipping_is_stuck(tmp_path: Path) -> None:
+    # A bootstrap nobody listens on: nothing ships, the unshipped bytes grow past the cap.
+    settings = AuditSettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", max_unshipped_bytes=3000)
+    async with AuditTrail.open(settings) as trail:
+        with pytest.raises(SpoolError, match="audit spool"):
+            for i in range(100):
+                await trail.record(encrypt_call(i))
+        assert 2 < trail.spool.durable_end < 100
+
+
+async def test_a_failed_write_fails_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        def disk_full(payloads: list[bytes]) -> int:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(trail.spool, "_write", disk_full)
+        with pytest.raises(SpoolError, match="No space left"):
+            await trail.record(encrypt_call(1))
+        with pytest.raises(SpoolError):  # and keeps refusing: no crypto without audit
+            await trail.record(encrypt_call(2))
+
+
+async def test_retention_deletes_old_segments(tmp_path: Path) -> None:
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(60):
+            await trail.record(encrypt_call(i))
+        assert trail.log.start_offset() > 0
+    from keytrail.audit.integrity import verify
+
+    assert verify(tmp_path) == []
