@@ -97,6 +97,10 @@ class Shipper:
         batch = await asyncio.to_thread(self.reader.read, start, min(_BATCH, end - start))
         if not batch:
             return False
+        # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
+        # no longer has and drops them: check first, and recreate the topic through `run`.
+        if not await link.topic_exists(self.topic):
+            raise RuntimeError(f"topic {self.topic} is missing on the broker")
         await link.send_batch(self.topic, [(_key(value), value) for _, value in batch])
         await asyncio.to_thread(self.shipped.advance, batch[-1][0] + 1)
         if self._on_shipped is not None:

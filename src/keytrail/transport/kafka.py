@@ -51,6 +51,11 @@ class KafkaProducerLink:
                         trace: TracebackType | None) -> None:
         await self._producer.stop()
 
+    async def topic_exists(self, topic: str) -> bool:
+        """Ask the broker (not the cached metadata) whether `topic` exists."""
+        cluster = await self._producer.client.fetch_all_metadata()
+        return topic in cluster.topics()
+
     async def send_batch(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Send (key, value) messages in order; return once all are acknowledged, else raise."""
         futures = [await self._producer.send(topic, value, key=key) for key, value in messages]
