@@ -60,7 +60,8 @@ def export_cloudtrail(data_dir: Path, out: Path) -> list[Path]:
     """Write the event log as CloudTrail log files, one per account, Region and hour."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for _, event in iter_events(data_dir):
-        account = event.get("recipientAccountId") or (event.get("userIdentity") or {}).get("accountId") or "000000000000"
+        identity = event.get("userIdentity") or {}
+        account = event.get("recipientAccountId") or identity.get("accountId") or "000000000000"
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
         groups.setdefault((account, event.get("awsRegion") or "us-east-1", moment.strftime("%Y%m%dT%H00Z")),
                           []).append(event)

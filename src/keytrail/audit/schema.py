@@ -62,7 +62,8 @@ class SchemaError(ValueError):
 
 def load_schema(path: Path) -> dict[str, Any]:
     """Parse an .avsc file."""
-    parsed: dict[str, Any] = parse_schema(json.loads(path.read_text()))
+    parsed = parse_schema(json.loads(path.read_text()))
+    assert isinstance(parsed, dict)
     return parsed
 
 
@@ -99,11 +100,12 @@ class EventCodec:
     def decode_avro(self, data: bytes) -> dict[str, Any]:
         """The Avro record (typed columns and JSON strings) of one value."""
         writer = self._writer_of(data)
-        if self.reader is not None:
-            reader = self.reader
-        else:  # resolve older writer versions into the current schema
-            reader = None if data[2:_HEADER] == self.header[2:] else self.writer
-        record: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer, reader)
+        reader: dict[str, Any] | None = self.reader
+        if reader is None and data[2:_HEADER] != self.header[2:]:
+            reader = self.writer  # resolve an older writer version into the current schema
+        record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer, reader)
+        if not isinstance(record, dict):
+            raise SchemaError("the value is not an Avro record")
         return record
 
     def decode(self, data: bytes) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,8 +136,8 @@ class AuditTrail:
         self._unshipped = max(0, self._unshipped - count)
 
     def _apply_retention(self) -> None:
-        """Writer thread, when a segment closes: delete closed segments past the retention age or size, never one
-        holding records Kafka has not acknowledged; note the new floor for `verify`."""
+        """Writer thread, when a segment closes: delete closed segments past the retention age
+        or size, never one holding records Kafka has not acknowledged; note the floor for `verify`."""
         settings = self.settings
         if settings.retention_hours is None and settings.retention_bytes is None:
             return
@@ -155,7 +156,7 @@ def _retention_point(segments: list[tuple[int, int, float]], hours: float | None
     the log is over its byte budget."""
     total = sum(size for _, size, _ in segments)
     keep = segments[0][0]
-    for (_, size, mtime), (next_base, _, _) in zip(segments, segments[1:], strict=False):
+    for (_, size, mtime), (next_base, _, _) in itertools.pairwise(segments):
         too_old = hours is not None and now - mtime > hours * 3600
         too_big = max_bytes is not None and total > max_bytes
         if not (too_old or too_big):

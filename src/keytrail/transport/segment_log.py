@@ -70,7 +70,9 @@ class SegmentLog:
     def append(self, payloads: Sequence[bytes]) -> int:
         """Append records (not yet durable: call `sync`); return the offset of the first."""
         first = self.end_offset()
-        active, chunks, positions = self._segments[-1], [], []
+        active = self._segments[-1]
+        chunks: list[bytes] = []
+        positions: list[int] = []
         position = active.size
         for payload in payloads:
             if position >= self.segment_bytes and (active.positions or positions):

@@ -43,7 +43,8 @@ def test_import_and_export(tmp_path: Path) -> None:
     code, out, err = _run("import", str(EXAMPLES), "--data-dir", str(tmp_path / "node"))
     assert code == 0, err
     assert "imported 9 KMS records" in out and "skipped 1 records of other services" in out
-    code, out, _ = _run("export", "--format", "cloudtrail", str(tmp_path / "out"), "--data-dir", str(tmp_path / "node"))
+    out_dir, node = str(tmp_path / "out"), str(tmp_path / "node")
+    code, out, _ = _run("export", "--format", "cloudtrail", out_dir, "--data-dir", node)
     assert code == 0 and list((tmp_path / "out" / "AWSLogs").rglob("*.json.gz"))
 
 

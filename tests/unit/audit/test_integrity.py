@@ -41,7 +41,7 @@ def _altered(records: list[bytes]) -> list[bytes]:
     event = decode(records[7])
     event["errorCode"] = None
     event["sourceIPAddress"] = "203.0.113.66"
-    return records[:7] + [encode(event)] + records[8:]
+    return [*records[:7], encode(event), *records[8:]]
 
 
 def test_altered_record_is_named(data_dir: Path) -> None:
@@ -57,7 +57,7 @@ def test_altered_record_with_stale_checksum_is_named(data_dir: Path) -> None:
 
 
 def test_reordered_records_are_named(data_dir: Path) -> None:
-    rewrite_segment(data_dir, lambda r: r[:3] + [r[4], r[3]] + r[5:])
+    rewrite_segment(data_dir, lambda r: [*r[:3], r[4], r[3], *r[5:]])
     problems = verify(data_dir)
     assert any("reordered" in p for p in problems), problems
     assert not any("altered" in p or "missing" in p for p in problems), problems
@@ -67,7 +67,7 @@ def test_inserted_record_is_named(data_dir: Path) -> None:
     def insert(records: list[bytes]) -> list[bytes]:
         forged = decode(records[2])
         forged["eventID"] = "forged-event"
-        return records[:3] + [encode(forged)] + records[3:]
+        return [*records[:3], encode(forged), *records[3:]]
 
     rewrite_segment(data_dir, insert)
     problems = verify(data_dir)

@@ -51,8 +51,8 @@ def test_value_is_single_object_encoded_with_the_schema_fingerprint() -> None:
 
 
 def test_round_trip_of_our_records() -> None:
-    for event in (to_cloudtrail(encrypt_call(1)), to_cloudtrail(encrypt_call(2, APP, error_code="AccessDeniedException",
-                                                                              error_message="denied"))):
+    denied = encrypt_call(2, APP, error_code="AccessDeniedException", error_message="denied")
+    for event in (to_cloudtrail(encrypt_call(1)), to_cloudtrail(denied)):
         assert decode(encode(event)) == event
 
 
