@@ -7,10 +7,12 @@ pages and the KMS "Logging AWS KMS API calls with AWS CloudTrail" examples.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.model import CallRecord
+
+if TYPE_CHECKING:
+    from keytrail.kms.context import CallContext, Principal
 
 __all__ = [
     "EVENT_SOURCE",
@@ -98,7 +100,7 @@ def _user_identity(record: CallRecord) -> dict[str, Any]:
         "accountId": principal.account,
         "accessKeyId": principal.access_key_id,
     }
-    if principal.type is IdentityType.ASSUMED_ROLE:
+    if principal.type == "AssumedRole":
         identity["sessionContext"] = _session_context(principal, record.event_time)
     elif principal.user_name:
         identity["userName"] = principal.user_name

@@ -108,3 +108,12 @@ def test_batch_decode_and_polars_frame_agree_with_single_decode() -> None:
     assert frame.height == len(values)
     assert frame.schema["eventTime"] == pl.Datetime("ms", "UTC")
     assert frame.schema["encryptionContext"] == pl.List(pl.Struct({"key": pl.String, "value": pl.String}))
+
+
+def test_fast_encoder_writes_the_same_bytes_as_fastavro() -> None:
+    from keytrail.audit.schema import _codec, _fastavro_body, to_avro
+
+    writer = _codec().writer
+    events = [*_records(), to_cloudtrail(encrypt_call(8, APP)), to_cloudtrail(encrypt_call(9))]
+    for event in events:
+        assert encode(event)[10:] == _fastavro_body(writer, to_avro(event)), event["eventID"]

@@ -1,0 +1,109 @@
+"""Benchmark: Encrypt-like calls per second with the audit trail on vs a no-op sink (audit off).
+
+Each call does the CPU work of the Encrypt path that does not depend on audit (SigV4-style
+HMAC chain, JSON parse, AES-256-GCM with a fresh nonce, JSON response, a CallRecord with a
+uuid4 eventID) and then reports to the sink, like KmsService.execute. Rounds alternate between
+the two sinks in the same run; medians and the ratio are printed. Also prints the raw
+AuditTrail.record throughput. Usage: python bench/audit_overhead.py [calls] [concurrency] [rounds]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keytrail.audit.trail import AuditSettings, AuditTrail
+from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.model import CallRecord
+
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+PRINCIPAL = Principal(arn="arn:aws:iam::111122223333:user/alice", account="111122223333",
+                      type=IdentityType.IAM_USER, access_key_id="AKIAALICE000000000001",
+                      principal_id="AIDAALICE", user_name="alice")
+BODY = orjson.dumps({"KeyId": "alias/app", "Plaintext": "aGVsbG8gd29ybGQ=",
+                     "EncryptionContext": {"Department": "Engineering"}})
+AES = AESGCM(bytes(32))
+
+
+class NoopSink:
+    """Audit off: the build switch the issue asks to compare against."""
+
+    async def record(self, call: CallRecord) -> None:
+        return None
+
+
+def _encrypt_work(index: int) -> CallRecord:
+    signing_key = b"AWS4secret"
+    for part in (b"20261128", b"us-east-1", b"kms", b"aws4_request"):  # SigV4 key derivation + signature
+        signing_key = hmac.digest(signing_key, part, "sha256")
+    hmac.digest(signing_key, hashlib.sha256(BODY).digest(), "sha256")
+    request = orjson.loads(BODY)
+    ciphertext = AES.encrypt(os.urandom(12), b"hello world", orjson.dumps(request["EncryptionContext"]))
+    orjson.dumps({"CiphertextBlob": ciphertext.hex(), "KeyId": KEY_ARN})
+    context = CallContext(principal=PRINCIPAL, region="us-east-1", request_id=str(uuid.uuid4()),
+                          user_agent="Boto3/1.44 md/Botocore#1.44")
+    return CallRecord(
+        event_id=str(uuid.uuid4()), event_name="Encrypt", event_time=datetime.now(UTC), region="us-east-1",
+        account="111122223333", context=context,
+        request_parameters={"keyId": "alias/app", "encryptionContext": request["EncryptionContext"],
+                            "encryptionAlgorithm": "SYMMETRIC_DEFAULT"},
+        additional_event_data={"keyMaterialId": "ab" * 32}, resources=(KEY_ARN,), read_only=True,
+    )
+
+
+async def _drive(sink: object, calls: int, concurrency: int, work: bool = True) -> float:
+    record = _encrypt_work(0)
+    per_worker = calls // concurrency
+
+    async def worker() -> None:
+        for index in range(per_worker):
+            await sink.record(_encrypt_work(index) if work else record)  # type: ignore[attr-defined]
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return per_worker * concurrency / (time.perf_counter() - start)
+
+
+async def _round(audit: bool, calls: int, concurrency: int, work: bool = True) -> tuple[float, int]:
+    if not audit:
+        return await _drive(NoopSink(), calls, concurrency, work), 0
+    with tempfile.TemporaryDirectory() as folder:
+        trail = AuditTrail.open(AuditSettings(data_dir=Path(folder)))
+        async with trail:
+            rate = await _drive(trail, calls, concurrency, work)
+            return rate, trail.spool.fsyncs
+
+
+async def main(calls: int, concurrency: int, rounds: int) -> None:
+    off, on, raw, fsyncs = [], [], [], []
+    await _round(True, calls // 4, concurrency)  # warm-up
+    for _ in range(rounds):
+        off.append((await _round(False, calls, concurrency))[0])
+        rate, syncs = await _round(True, calls, concurrency)
+        on.append(rate)
+        fsyncs.append(syncs)
+        raw.append((await _round(True, calls, concurrency, work=False))[0])
+    ratio = statistics.median(a / b for a, b in zip(on, off, strict=True))
+    print(f"calls/round={calls} concurrency={concurrency} rounds={rounds}")
+    print(f"audit off (no-op sink): median {statistics.median(off):,.0f} calls/s  runs {[round(x) for x in off]}")
+    print(f"audit on  (AuditTrail): median {statistics.median(on):,.0f} calls/s  runs {[round(x) for x in on]}")
+    print(f"audit-on / audit-off ratio (median of per-round ratios): {ratio:.2f}")
+    print(f"records per fsync (audit on): {calls / statistics.median(fsyncs):.1f}")
+    print(f"raw AuditTrail.record throughput (no call work): median {statistics.median(raw):,.0f} records/s")
+
+
+if __name__ == "__main__":
+    arguments = [int(a) for a in sys.argv[1:]] + [20000, 128, 5][len(sys.argv) - 1:]
+    asyncio.run(main(*arguments[:3]))
