@@ -24,6 +24,10 @@ class SpoolError(RuntimeError):
     """The audit spool cannot persist records (disk error, size cap reached, closed)."""
 
 
+class _RecoverableWrite(OSError):
+    """A write that failed before anything of the batch reached the log (e.g. disk full)."""
+
+
 class Spool:
     """Group-committing writer over a `SegmentLog` and its `ChainWriter`."""
 
@@ -70,7 +74,11 @@ class Spool:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            try:  # wake up at least every interval so an idle node still writes its hourly digest
+                await asyncio.wait_for(self._wake.wait(), self.chain.interval)
+            except TimeoutError:
+                await self._idle_digest()
+                continue
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
@@ -78,12 +86,20 @@ class Spool:
             if self._closing and not self._pending:
                 return
 
+    async def _idle_digest(self) -> None:
+        if self._failure is None and self.chain.digest_due(self._now()):
+            try:
+                await asyncio.to_thread(self.chain.write_digest, self._now())
+            except OSError as exc:
+                log.error("audit digest could not be written: %s", exc)
+
     async def _commit(self, batch: list[tuple[bytes, asyncio.Future[int]]]) -> None:
         try:
             first = await asyncio.to_thread(self._write, [payload for payload, _ in batch])
         except Exception as exc:  # the whole batch fails; no caller gets an answer without audit
             log.error("audit spool write failed: %s", exc)
-            self._failure = exc
+            if not isinstance(exc, _RecoverableWrite):
+                self._failure = exc
             for _, future in batch:
                 if not future.done():
                     future.set_exception(SpoolError(f"the audit spool could not persist the record: {exc}"))
@@ -97,7 +113,13 @@ class Spool:
     def _write(self, payloads: list[bytes]) -> int:
         """Worker thread: append, hash, one fsync; a digest when a segment closed or the hour is up."""
         segments_before = len(self.segments.segment_bases())
-        first = self.segments.append(payloads)
+        expected = self.segments.end_offset()
+        try:
+            first = self.segments.append(payloads)
+        except OSError as exc:
+            if self.segments.end_offset() == expected:  # nothing of the batch stayed on disk
+                raise _RecoverableWrite(str(exc)) from exc
+            raise
         self.chain.add(first, payloads)
         self.segments.sync()
         self.fsyncs += 1

@@ -86,7 +86,11 @@ class SegmentLog:
 
     def _publish(self, segment: _Segment, chunks: list[bytes], positions: list[int], size: int) -> None:
         # Write first, then index: a reader in another thread never sees an unwritten record.
-        self._write(b"".join(chunks))
+        try:
+            self._write(b"".join(chunks))
+        except OSError:
+            os.ftruncate(self._fd, segment.size)  # disk full mid-write: no partial frame stays
+            raise
         segment.positions.extend(positions)
         segment.size = size
 

@@ -55,16 +55,45 @@ async def test_size_cap_refuses_records_when_shipping_is_stuck(tmp_path: Path) -
         assert 2 < trail.spool.durable_end < 100
 
 
-async def test_a_failed_write_fails_the_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
-        def disk_full(payloads: list[bytes]) -> int:
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(trail.spool, "_write", disk_full)
+        await trail.record(encrypt_call(0))
+        real_write = os.write
+        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
         with pytest.raises(SpoolError, match="No space left"):
             await trail.record(encrypt_call(1))
-        with pytest.raises(SpoolError):  # and keeps refusing: no crypto without audit
+        monkeypatch.setattr(os, "write", real_write)
+        await trail.record(encrypt_call(2))  # space is back: the spool carries on, no torn frame
+    ids = [e["eventID"] for _, e in iter_events(tmp_path)]
+    assert ids == [encrypt_call(0).event_id, encrypt_call(2).event_id]
+    from keytrail.audit.integrity import verify
+
+    assert verify(tmp_path) == []
+
+
+async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
+        with pytest.raises(SpoolError, match="I/O error"):
+            await trail.record(encrypt_call(1))
+        with pytest.raises(SpoolError):  # after a failed fsync nothing is trusted: no crypto without audit
             await trail.record(encrypt_call(2))
+
+
+async def test_idle_node_writes_its_periodic_digest(tmp_path: Path) -> None:
+    from keytrail.audit.trail import audit_paths
+
+    settings = AuditSettings(data_dir=tmp_path, digest_interval_s=0.05)
+    async with AuditTrail.open(settings) as trail:
+        await trail.record(encrypt_call(1))
+        digests = audit_paths(tmp_path)[1].digests
+        for _ in range(200):
+            if list(digests.glob("*.json")):
+                break
+            await asyncio.sleep(0.01)
+        assert len(list(digests.glob("*.json"))) == 1
 
 
 async def test_retention_deletes_old_segments(tmp_path: Path) -> None:
