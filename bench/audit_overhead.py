@@ -112,13 +112,14 @@ async def main(calls: int, concurrency: int, rounds: int, call_us: int) -> None:
     for unit, i in (("wall", 0), ("CPU", 1)):
         offs, ons = [r[i] for r in off], [r[i] for r in on]
         ratio = statistics.median(a / b for a, b in zip(ons, offs, strict=True))
-        print(f"[per {unit} second] audit off {statistics.median(offs):,.0f} calls/s {[round(x) for x in offs]}; "
+        print(f"[per {unit} second] audit off {statistics.median(offs):,.0f} calls/s "
+              f"{[round(x) for x in offs]}; "
               f"audit on {statistics.median(ons):,.0f} calls/s {[round(x) for x in ons]}; "
               f"ratio on/off {ratio:.2f}; audit cost "
               f"{1e6 / statistics.median(ons) - 1e6 / statistics.median(offs):.1f} µs/call")
     print(f"records per fsync (audit on): {calls / statistics.median(fsyncs):.1f}")
-    print(f"raw AuditTrail.record (no call work): {statistics.median(r[0] for r in raw):,.0f} records/wall s, "
-          f"{statistics.median(r[1] for r in raw):,.0f} records/CPU s")
+    wall, cpu = statistics.median(r[0] for r in raw), statistics.median(r[1] for r in raw)
+    print(f"raw AuditTrail.record (no call work): {wall:,.0f} records/wall s, {cpu:,.0f} records/CPU s")
 
 if __name__ == "__main__":
     defaults = [20000, 128, 5, 130]

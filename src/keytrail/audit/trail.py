@@ -25,7 +25,7 @@ from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
 from keytrail.kms.model import CallRecord
-from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
 
@@ -52,8 +52,8 @@ class AuditSettings:
 
 def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
     """The event log directory and the integrity files of a node's data directory."""
-    root = Path(data_dir) / "audit"
-    return root / "log", IntegrityPaths(root / "integrity")
+    log_dir = event_log_dir(data_dir)
+    return log_dir, IntegrityPaths(log_dir.parent / "integrity")
 
 
 class AuditTrail:

@@ -18,11 +18,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Frame", "LogLockedError", "SegmentLog"]
+__all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir"]
 
 _FRAME = struct.Struct("<II")
 _SUFFIX = ".seg"
 _MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
+
+
+def event_log_dir(data_dir: Path) -> Path:
+    """Where a node keeps its embedded audit event log: `<data-dir>/audit/log`.
+    Consumers open `SegmentLog(event_log_dir(data_dir))` and read by offset."""
+    return Path(data_dir) / "audit" / "log"
 
 
 class LogLockedError(RuntimeError):
