@@ -41,12 +41,15 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> Read
     return report
 
 
-def iter_events(data_dir: Path, start: int = 0, batch: int = 2000) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, CloudTrail record) of every stored event, oldest first."""
+def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,
+                log: SegmentLog | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, CloudTrail record) of every stored event from `start`, oldest first (pass a
+    long-lived `log` reader when polling, so segments are not re-indexed each time)."""
     log_dir, _ = audit_paths(data_dir)
-    if not log_dir.exists():
-        return
-    log = SegmentLog(log_dir)
+    if log is None:
+        if not log_dir.exists():
+            return
+        log = SegmentLog(log_dir)
     offset = start
     while True:
         records = log.read(offset, batch)

@@ -61,14 +61,20 @@ class Spool:
         self._wake.set()
         return await future
 
-    async def close(self) -> None:
-        """Commit what is queued, write a final digest, release the files."""
+    async def drain(self) -> None:
+        """Stop taking records, commit what is queued and write a final signed digest."""
+        if self._closing:
+            return
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
         if self._failure is None:
             await asyncio.to_thread(self.chain.write_digest, self._now())
+
+    async def close(self) -> None:
+        """`drain`, then release the files and the writer lock."""
+        await self.drain()
         self.chain.close()
         self.segments.close()
 

@@ -122,9 +122,12 @@ class AuditTrail:
         return True
 
     async def close(self, ship_timeout: float = 5.0) -> None:
-        """Flush the spool (final signed digest); give the shipper a moment to catch up."""
+        """Commit queued records (final signed digest), give a connected shipper up to
+        `ship_timeout` seconds to deliver them, then stop and release everything."""
+        await self.spool.drain()
         if self._shipper is not None and self._shipper.connected:
             await self.flush_shipping(ship_timeout)
+        if self._shipper is not None:
             await self._shipper.stop()
         for task in self._tasks:
             task.cancel()

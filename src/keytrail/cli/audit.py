@@ -49,9 +49,9 @@ def _line(event: dict[str, Any], fmt: Format) -> str:
     return f"{event.get('eventTime')} {event.get('eventName'):<22} {outcome:<24} {who} {keys}"
 
 
-def _events(data_dir: Path, start: int = 0) -> Any:
+def _events(data_dir: Path, start: int = 0, log: Any = None) -> Any:
     try:
-        yield from iter_events(data_dir, start)
+        yield from iter_events(data_dir, start, log=log)
     except SchemaError as exc:
         _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
 
@@ -78,7 +78,7 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
     offset = max(log.start_offset(), log.end_offset() - lines)
     try:
         while True:
-            for offset_read, event in _events(data_dir, offset):
+            for offset_read, event in _events(data_dir, offset, log):
                 sys.stdout.write(_line(event, fmt) + "\n")
                 offset = offset_read + 1
             sys.stdout.flush()
