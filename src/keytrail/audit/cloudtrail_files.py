@@ -34,11 +34,30 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> Read
                 report.problems.append(f"record {event.get('eventID', '?')}: missing {', '.join(missing)}")
                 continue
             try:
-                await trail.append_event(event)
-            except (SchemaError, ValueError, TypeError) as exc:
+                await trail.append_event(_normalized(event))
+            except (SchemaError, ValueError, TypeError, AttributeError) as exc:
                 report.records -= 1
                 report.problems.append(f"record {event.get('eventID')}: cannot be stored: {exc}")
     return report
+
+
+_BOOLEANS = ("readOnly", "managementEvent")
+_STRINGS = ("eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType", "eventCategory",
+            "sourceIPAddress", "userAgent", "errorCode", "errorMessage", "requestID", "recipientAccountId")
+
+
+def _normalized(event: dict[str, Any]) -> dict[str, Any]:
+    """Coerce the typed scalar fields of a foreign record (`"true"` → true, numbers → strings)."""
+    fixed = dict(event)
+    for name in _BOOLEANS:
+        if isinstance(fixed.get(name), str):
+            fixed[name] = fixed[name].lower() == "true"
+    for name in _STRINGS:
+        if fixed.get(name) is not None and not isinstance(fixed[name], str):
+            fixed[name] = str(fixed[name])
+    if not isinstance(fixed.get("userIdentity"), dict | None):
+        raise ValueError("userIdentity is not an object")
+    return fixed
 
 
 def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,

@@ -71,3 +71,22 @@ async def test_export_then_import_round_trip(tmp_path: Path) -> None:
     original = sorted((e for _, e in iter_events(source)), key=lambda e: e["eventID"])
     imported = sorted((e for _, e in iter_events(copy)), key=lambda e: e["eventID"])
     assert imported == original
+
+
+async def test_odd_records_are_coerced_or_reported_never_crash(tmp_path: Path) -> None:
+    base = _kms_examples()[0]
+    odd = [
+        {**base, "eventID": "string-bool", "readOnly": "false", "recipientAccountId": 111122223333},
+        {**base, "eventID": "no-time", "eventTime": None},
+        {**base, "eventID": "bad-time", "eventTime": "yesterday"},
+        {**base, "eventID": "bad-identity", "userIdentity": "alice"},
+        {**base, "eventID": "bad-resources", "resources": "nope"},
+    ]
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"Records": odd}))
+    report = await import_cloudtrail(tmp_path / "node", [path])
+    stored = {e["eventID"]: e for _, e in iter_events(tmp_path / "node")}
+    assert stored["string-bool"]["readOnly"] is False
+    assert stored["string-bool"]["recipientAccountId"] == "111122223333"
+    assert {"no-time", "bad-time", "bad-identity"}.isdisjoint(stored)
+    assert len(report.problems) == 3 and report.records == len(stored)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keytrail.transport.segment_log import LogLockedError, SegmentLog
 
@@ -81,3 +83,21 @@ def test_one_writer_per_directory(tmp_path: Path) -> None:
     SegmentLog(tmp_path, writable=True)
     with pytest.raises(LogLockedError):
         SegmentLog(tmp_path, writable=True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payloads=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=30),
+       cut=st.integers(min_value=0, max_value=10_000))
+def test_any_crash_point_leaves_a_prefix_of_the_records(tmp_path_factory: pytest.TempPathFactory,
+                                                        payloads: list[bytes], cut: int) -> None:
+    folder = tmp_path_factory.mktemp("log")
+    log = SegmentLog(folder, segment_bytes=1 << 20, writable=True)
+    log.append(payloads)
+    log.close()
+    segment = sorted(folder.glob("*.seg"))[-1]
+    data = segment.read_bytes()
+    segment.write_bytes(data[: cut % (len(data) + 1)])  # the file as a crash may leave it
+    reopened = SegmentLog(folder, writable=True)
+    recovered = [p for _, p in reopened.read(0, 1000)]
+    reopened.close()
+    assert recovered == payloads[: len(recovered)]
