@@ -101,22 +101,28 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
 def _check_records(log: SegmentLog, expected: list[bytes], floor: int) -> list[str]:
     problems: list[str] = []
     actual: list[bytes] = []
-    payloads: list[bytes] = []
-    for frame in log.frames():
+    for frame in log.frames():  # hashes only: payloads are re-read for the few records named
         if frame.offset < floor:
             continue
         if not frame.intact:
             problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
         actual.append(hashlib.sha256(frame.payload).digest())
-        payloads.append(frame.payload)
     if log.start_offset() > floor and expected:
         problems.append(f"records at offsets {floor}..{log.start_offset() - 1} are missing "
                         "(segment files deleted outside retention)")
         floor = log.start_offset()
-    return problems + _diff(expected[floor:], actual, payloads, floor)
+    findings = _diff(expected[floor:], actual, floor)
+    ids = _event_ids(log, floor, {index for _, index in findings if index is not None})
+    return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
+                       for text, index in findings]
 
 
-def _diff(expected: list[bytes], actual: list[bytes], payloads: list[bytes], base: int) -> list[str]:
+# A finding: a message with an `{event}` placeholder and the index (from the floor) of the
+# stored record whose eventID fills it (None when the record is gone).
+Finding = tuple[str, int | None]
+
+
+def _diff(expected: list[bytes], actual: list[bytes], base: int) -> list[Finding]:
     """Name each difference between the hashes that should be there and those that are."""
     head = 0
     while head < min(len(expected), len(actual)) and expected[head] == actual[head]:
@@ -136,14 +142,15 @@ def _diff(expected: list[bytes], actual: list[bytes], payloads: list[bytes], bas
         added.update((actual[j], j) for j in new)
         if tag == "replace":
             replaced.append((gone, new))
-    return _classify(removed, added, replaced, payloads, base)
+    return _classify(removed, added, replaced, base)
 
 
-def _classify(removed: dict[bytes, int], added: dict[bytes, int], replaced: list[tuple[list[int], list[int]]],
-              payloads: list[bytes], base: int) -> list[str]:
+def _classify(removed: dict[bytes, int], added: dict[bytes, int],
+              replaced: list[tuple[list[int], list[int]]], base: int) -> list[Finding]:
     moved = removed.keys() & added.keys()
-    problems = [f"record {_event_id(payloads[added[h]])} at offset {base + added[h]} is out of order "
-                f"(was at offset {base + removed[h]}: reordered)" for h in moved]
+    findings: list[Finding] = [
+        (f"record {{event}} at offset {base + added[h]} is out of order "
+         f"(was at offset {base + removed[h]}: reordered)", added[h]) for h in moved]
     altered_old: set[int] = set()
     altered_new: set[int] = set()
     expected_by_index = {i: h for h, i in removed.items()}
@@ -154,12 +161,24 @@ def _classify(removed: dict[bytes, int], added: dict[bytes, int], replaced: list
         for i, j in pairs:
             altered_old.add(i)
             altered_new.add(j)
-            problems.append(f"record {_event_id(payloads[j])} at offset {base + j} was altered")
-    problems += [f"record at offset {base + i} is missing" for h, i in removed.items()
+            findings.append((f"record {{event}} at offset {base + j} was altered", j))
+    findings += [(f"record at offset {base + i} is missing", None) for h, i in removed.items()
                  if h not in moved and i not in altered_old]
-    problems += [f"record {_event_id(payloads[j])} at offset {base + j} was inserted (not in the hash chain)"
+    findings += [(f"record {{event}} at offset {base + j} was inserted (not in the hash chain)", j)
                  for h, j in added.items() if h not in moved and j not in altered_new]
-    return problems
+    return findings
+
+
+def _event_ids(log: SegmentLog, floor: int, indexes: set[int]) -> dict[int, str]:
+    """The eventID of the stored records at `indexes` (positions counted from `floor`)."""
+    if not indexes:
+        return {}
+    found: dict[int, str] = {}
+    for frame in log.frames():
+        index = frame.offset - floor
+        if index in indexes:
+            found[index] = _event_id(frame.payload)
+    return found
 
 
 def _event_id(payload: bytes) -> str:
