@@ -18,12 +18,17 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """keytrail: a self-hosted AWS KMS-compatible key service with a trustworthy audit trail."""
+
+
 def _register() -> None:
     from keytrail.cli import serve
     from keytrail.cli.audit import audit_app
 
-    app.add_typer(audit_app, name="audit")
     serve.register(app)
+    app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Event log transports: the embedded on-disk segment log, Kafka, CloudTrail log files."""
+"""Event log transports: the embedded on-disk log, Kafka, MQTT, webhooks."""

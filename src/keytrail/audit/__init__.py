@@ -1,0 +1,1 @@
+"""Event records, Avro codec, durable spool, shipper, integrity chain, CloudTrail import/export."""
