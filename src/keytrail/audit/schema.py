@@ -137,35 +137,48 @@ def _length(value: int) -> bytes:
     return _LENGTHS[value] if value < 2048 else _zigzag(value)
 
 
-def _string(value: str) -> bytes:
-    raw = value.encode()
-    return _length(len(raw)) + raw
+_FIELD_CODE = {
+    "string": ["b = v.encode()", "a(_l(len(b)))", "a(b)"],
+    "optional_string": ["if v is None:", "    a(b'\\x00')", "else:",
+                        "    b = v.encode()", "    a(b'\\x02' + _l(len(b)))", "    a(b)"],
+    "optional_boolean": ["a(b'\\x00' if v is None else (b'\\x02\\x01' if v else b'\\x02\\x00'))"],
+    "timestamp_millis": ["a(_z((v - _E) // _M))"],
+    "pairs": ["if v:", "    a(_l(len(v)))", "    for e in v:",
+              "        k = e['key'].encode()", "        x = e['value'].encode()",
+              "        a(_l(len(k)) + k + _l(len(x)) + x)", "a(b'\\x00')"],
+}
 
 
-def _field_writer(field: dict[str, Any]) -> Callable[[Any], bytes]:
+def _field_kind(field: dict[str, Any]) -> str:
     kind = field["type"]
     if kind == "string":
-        return _string
-    if kind == ["null", "string"]:
-        return lambda v: b"\x00" if v is None else b"\x02" + _string(v)
-    if kind == ["null", "boolean"]:
-        return lambda v: b"\x00" if v is None else (b"\x02\x01" if v else b"\x02\x00")
+        return "string"
+    if kind in (["null", "string"], ["null", "boolean"]):
+        return f"optional_{kind[1]}"
     if isinstance(kind, dict) and kind.get("logicalType") == "timestamp-millis":
-        return lambda v: _zigzag((v - _EPOCH) // _MILLI)
+        return "timestamp_millis"
     if isinstance(kind, dict) and kind.get("type") == "array":  # encryptionContext pairs
-        return lambda v: (_length(len(v)) + b"".join(_string(e["key"]) + _string(e["value"]) for e in v)
-                          if v else b"") + b"\x00"
+        return "pairs"
     raise SchemaError(f"no fast writer for field {field['name']}")
 
 
 def compile_encoder(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]:
-    """An Avro body writer for the event schema's field types, about 3x faster than fastavro's
-    generic writer (the hot path of every KMS call); tests check it writes identical bytes."""
+    """An Avro body writer generated for the event schema's fields: straight-line code, about
+    3x faster than fastavro's generic writer (the hot path of every KMS call). Tests check it
+    writes the same bytes as fastavro."""
     try:
-        plan = [(field["name"], _field_writer(field)) for field in schema["fields"]]
+        kinds = [(field["name"], _field_kind(field)) for field in schema["fields"]]
     except SchemaError:
         return lambda record: _fastavro_body(schema, record)
-    return lambda record: b"".join([write(record.get(name)) for name, write in plan])
+    lines = ["def body(r):", "    out = []", "    a = out.append"]
+    for name, kind in kinds:
+        lines.append(f"    v = r.get({name!r})")
+        lines += [f"    {line}" for line in _FIELD_CODE[kind]]
+    lines.append("    return b''.join(out)")
+    namespace: dict[str, Any] = {"_l": _length, "_z": _zigzag, "_E": _EPOCH, "_M": _MILLI}
+    exec(compile("\n".join(lines), f"<avro body writer {schema.get('name')}>", "exec"), namespace)
+    body: Callable[[dict[str, Any]], bytes] = namespace["body"]
+    return body
 
 
 def _fastavro_body(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
