@@ -18,9 +18,13 @@ __all__ = [
     "EVENT_SOURCE",
     "EVENT_VERSION",
     "KMS_INTERNAL",
+    "error_code",
     "format_event_time",
     "key_account",
+    "resource",
+    "scrub",
     "to_cloudtrail",
+    "user_identity",
 ]
 
 EVENT_VERSION = "1.11"
@@ -41,7 +45,7 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     """The CloudTrail record for one KMS call or service event (see module docstring)."""
     event: dict[str, Any] = {
         "eventVersion": EVENT_VERSION,
-        "userIdentity": _user_identity(record),
+        "userIdentity": user_identity(record),
         "eventTime": format_event_time(record.event_time),
         "eventSource": EVENT_SOURCE,
         "eventName": record.event_name,
@@ -49,10 +53,10 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     }
     event.update(_origin(record.context))
     if record.error_code is not None:
-        event["errorCode"] = _ERROR_CODES.get(record.error_code, record.error_code)[:_MAX_SHORT]
+        event["errorCode"] = error_code(record.error_code)
         event["errorMessage"] = (record.error_message or "")[:_MAX_SHORT]
-    event["requestParameters"] = _scrub(record.request_parameters)
-    event["responseElements"] = _scrub(record.response_elements)
+    event["requestParameters"] = scrub(record.request_parameters)
+    event["responseElements"] = scrub(record.response_elements)
     if record.additional_event_data:
         event["additionalEventData"] = record.additional_event_data
     if record.context is not None:
@@ -60,7 +64,7 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     event["eventID"] = record.event_id
     event["readOnly"] = record.read_only
     if record.resources:
-        event["resources"] = [_resource(arn) for arn in record.resources]
+        event["resources"] = [resource(arn) for arn in record.resources]
     event["eventType"] = record.event_type
     event["managementEvent"] = True
     event["recipientAccountId"] = record.account
@@ -77,6 +81,11 @@ def format_event_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def error_code(code: str) -> str:
+    """CloudTrail's spelling of a KMS error code (AccessDeniedException → AccessDenied), 1 KB cap."""
+    return _ERROR_CODES.get(code, code)[:_MAX_SHORT]
+
+
 def key_account(arn: str) -> str:
     """The account field of an ARN (`arn:aws:kms:region:ACCOUNT:key/id`)."""
     parts = arn.split(":", 5)
@@ -89,7 +98,8 @@ def _origin(context: CallContext | None) -> dict[str, str]:
     return {"sourceIPAddress": context.source_ip, "userAgent": context.user_agent[:_MAX_SHORT]}
 
 
-def _user_identity(record: CallRecord) -> dict[str, Any]:
+def user_identity(record: CallRecord) -> dict[str, Any]:
+    """CloudTrail's userIdentity for the caller of `record` (KMS-internal for service events)."""
     if record.context is None:  # KMS-internal identity: no `type` (RotateKey, DeleteKey)
         return {"accountId": record.account, "invokedBy": KMS_INTERNAL}
     principal = record.context.principal
@@ -121,11 +131,13 @@ def _session_context(principal: Principal, event_time: datetime) -> dict[str, An
     return {"sessionIssuer": issuer, "attributes": attributes}
 
 
-def _resource(arn: str) -> dict[str, str]:
+def resource(arn: str) -> dict[str, str]:
+    """One `resources` entry for a KMS key ARN."""
     return {"accountId": key_account(arn), "type": "AWS::KMS::Key", "ARN": arn}
 
 
-def _scrub(values: dict[str, Any] | None) -> dict[str, Any] | None:
+def scrub(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`values` without any member that could hold a secret (defence in depth)."""
     if values is None:
         return None
     if _SECRET_NAMES.isdisjoint(values):

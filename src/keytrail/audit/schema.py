@@ -86,11 +86,11 @@ class EventCodec:
         self.writer = load_schema(SCHEMA_PATH)
         self.header = MAGIC + _fingerprint(self.writer)
         self.reader = reader_schema
-        self._body = compile_encoder(self.writer)
+        self.body = compile_encoder(self.writer)
 
     def encode(self, event: dict[str, Any]) -> bytes:
         """Single-object encoding of one CloudTrail record dict."""
-        return self.header + self._body(to_avro(event))
+        return self.header + self.body(to_avro(event))
 
     def decode_avro(self, data: bytes) -> dict[str, Any]:
         """The Avro record (typed columns and JSON strings) of one value."""
@@ -208,6 +208,7 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     resources = event.get("resources") or []
     parameters = event.get("requestParameters") or {}
     context = parameters.get("encryptionContext") if isinstance(parameters, dict) else None
+    context = context if isinstance(context, dict) else {}
     extra = event.get("additionalEventData") or {}
     issuer = (identity.get("sessionContext") or {}).get("sessionIssuer") or {}
     return {
@@ -216,7 +217,7 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
         "accountId": identity.get("accountId") or event.get("recipientAccountId"),
         "identityType": identity.get("type"),
         "accessKeyId": identity.get("accessKeyId"),
-        "encryptionContext": [{"key": str(k), "value": str(v)} for k, v in (context or {}).items()],
+        "encryptionContext": [{"key": str(k), "value": str(v)} for k, v in context.items()],
         "keyMaterialId": extra.get("keyMaterialId") if isinstance(extra, dict) else None,
         "invokedBy": identity.get("invokedBy"),
     }

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from keytrail.audit.call_encoder import CallEncoder
 from keytrail.audit.integrity import ChainWriter, IntegrityPaths
-from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
@@ -68,6 +68,7 @@ class AuditTrail:
         chain = ChainWriter(integrity, self.log, digest_interval_s=settings.digest_interval_s)
         self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention)
         self.codec = EventCodec()
+        self.encoder = CallEncoder(self.codec)
         self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")
         self._unshipped = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
         self._shipper: Shipper | None = None
@@ -98,16 +99,22 @@ class AuditTrail:
 
     async def record(self, call: CallRecord) -> None:
         """AuditSink: make the CloudTrail record of `call` durable, or raise SpoolError."""
-        await self.append_event(to_cloudtrail(call))
+        self._check_cap()
+        await self._append(self.encoder.encode(call))
 
     async def append_event(self, event: dict[str, Any]) -> int:
         """Make one CloudTrail record dict durable (imports use this too); return its offset."""
+        self._check_cap()
+        return await self._append(self.codec.encode(event))
+
+    def _check_cap(self) -> None:
         if self.settings.kafka_bootstrap and self._unshipped > self.settings.max_unshipped_bytes:
             raise SpoolError(
                 f"the audit spool holds {self._unshipped} bytes not yet shipped to Kafka, over its "
                 f"cap of {self.settings.max_unshipped_bytes}: refusing calls until shipping catches up"
             )
-        payload = self.codec.encode(event)
+
+    async def _append(self, payload: bytes) -> int:
         offset = await self.spool.append(payload)
         self._unshipped += len(payload) + 8
         return offset
