@@ -45,7 +45,7 @@ class Spool:
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._closing = False
-        self.gather_yields = 1
+        self._digest_tick = False
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
@@ -80,23 +80,28 @@ class Spool:
         self.segments.close()
 
     async def _run(self) -> None:
-        while True:
-            if not self._wake.is_set():
-                try:  # wake up at least every interval so an idle node still writes its hourly digest
-                    await asyncio.wait_for(self._wake.wait(), self.chain.interval)
-                except TimeoutError:
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.chain.interval, self._tick)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._pending = self._pending, []
+                if batch:
+                    await self._commit(batch)
+                elif self._digest_tick:
+                    self._digest_tick = False
                     await self._idle_digest()
-                    continue
-            for _ in range(self.gather_yields):
-                # Let requests the loop has already read reach the queue: bigger batches, fewer
-                # fsyncs and thread hand-offs per record (PostgreSQL's commit_delay, for one tick).
-                await asyncio.sleep(0)
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._commit(batch)
-            if self._closing and not self._pending:
-                return
+                    timer = loop.call_later(self.chain.interval, self._tick)
+                if self._closing and not self._pending:
+                    return
+        finally:
+            timer.cancel()
+
+    def _tick(self) -> None:
+        """Timer: an idle node still writes its periodic digest."""
+        self._digest_tick = True
+        self._wake.set()
 
     async def _idle_digest(self) -> None:
         if self._failure is None and self.chain.digest_due(self._now()):

@@ -80,13 +80,15 @@ class SegmentLog:
         chunks: list[bytes] = []
         positions: list[int] = []
         position = active.size
+        pack, crc32 = _FRAME.pack, zlib.crc32
         for payload in payloads:
             if position >= self.segment_bytes and (active.positions or positions):
                 self._publish(active, chunks, positions, position)
                 active, chunks, positions, position = self.roll(), [], [], 0
-            chunks.append(_FRAME.pack(len(payload), zlib.crc32(payload)) + payload)
+            chunks.append(pack(len(payload), crc32(payload)))
+            chunks.append(payload)
             positions.append(position)
-            position += len(chunks[-1])
+            position += 8 + len(payload)
         self._publish(active, chunks, positions, position)
         return first
 
