@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.unit.audit.conftest import encrypt_call
+from tests.support.audit_records import encrypt_call
 
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
@@ -23,7 +23,7 @@ WRITER = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
     from keytrail.audit.trail import AuditSettings, AuditTrail
-    from tests.unit.audit.conftest import encrypt_call
+    from tests.support.audit_records import encrypt_call
 
     async def caller(trail, start):
         for i in range(start, start + 1_000_000, 64):

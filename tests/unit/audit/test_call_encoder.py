@@ -10,7 +10,7 @@ from keytrail.audit.call_encoder import CallEncoder
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import decode, encode
 from keytrail.kms.model import CallRecord
-from tests.unit.audit.conftest import ACCOUNT, APP, KEY_ARN, ROOT, T0, encrypt_call
+from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, T0, encrypt_call
 
 TLS = {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256", "clientProvidedHostHeader": "k"}
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from keytrail.audit.trail import audit_paths
 from keytrail.cli.audit import audit_app
-from tests.unit.audit.conftest import encrypt_call, fill_trail, rewrite_segment
+from tests.support.audit_records import encrypt_call, fill_trail, rewrite_segment
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
 runner = CliRunner()

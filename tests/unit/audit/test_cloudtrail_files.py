@@ -15,7 +15,7 @@ from keytrail.audit.cloudtrail_files import (
 )
 from keytrail.audit.integrity import verify
 from keytrail.transport.cloudtrail_logs import ReadReport
-from tests.unit.audit.conftest import fill_trail_async
+from tests.support.audit_records import fill_trail_async
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
 

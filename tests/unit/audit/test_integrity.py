@@ -12,7 +12,7 @@ import pytest
 from keytrail.audit.integrity import verify
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import audit_paths
-from tests.unit.audit.conftest import fill_trail, rewrite_segment
+from tests.support.audit_records import fill_trail, rewrite_segment
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import json
 
 from keytrail.audit.records import to_cloudtrail
 from keytrail.kms.model import CallRecord
-from tests.unit.audit.conftest import ACCOUNT, ALICE, APP, KEY_ARN, ROOT, T0, encrypt_call
+from tests.support.audit_records import ACCOUNT, ALICE, APP, KEY_ARN, ROOT, T0, encrypt_call
 
 
 def test_iam_user_encrypt_has_every_cloudtrail_field() -> None:

@@ -23,7 +23,7 @@ from keytrail.audit.schema import (
     message_key,
     to_polars,
 )
-from tests.unit.audit.conftest import ACCOUNT, APP, KEY_ARN, encrypt_call
+from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, encrypt_call
 
 EXAMPLES = SCHEMA_DIR.parent / "tests" / "unit" / "audit" / "data" / "aws_documented_examples.json"
 

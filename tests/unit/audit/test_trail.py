@@ -12,7 +12,7 @@ from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.spool import SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
-from tests.unit.audit.conftest import encrypt_call, fill_trail_async
+from tests.support.audit_records import encrypt_call, fill_trail_async
 
 
 async def test_concurrent_records_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Shared builders for the audit unit tests: call records of each identity type, a filled trail."""
+"""Builders for the audit tests: call records of each identity type, a filled trail, tampering."""
 
 from __future__ import annotations
 
