@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from tests.support.services import free_port, kafka_broker
 from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, encrypt_call
+from tests.support.services import free_port, kafka_broker
 
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import SCHEMA_PATH, EventCodec, load_schema
