@@ -141,6 +141,7 @@ class ChainWriter:
         for record_hash in hashes:
             chain = chain_step(chain, record_hash)
         self._hashes.write(b"".join(hashes))
+        self._hashes.flush()  # no fsync (rebuilt after a crash), but visible to a live `verify`
         self._chain = chain
         self._end += len(hashes)
 

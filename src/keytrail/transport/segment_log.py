@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir"]
+__all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir", "writer_active"]
 
 _FRAME = struct.Struct("<II")
 _SUFFIX = ".seg"
@@ -29,6 +29,21 @@ def event_log_dir(data_dir: Path) -> Path:
     """Where a node keeps its embedded audit event log: `<data-dir>/audit/log`.
     Consumers open `SegmentLog(event_log_dir(data_dir))` and read by offset."""
     return Path(data_dir) / "audit" / "log"
+
+
+def writer_active(directory: Path) -> bool:
+    """True while a process holds the writer lock of the log in `directory`."""
+    try:
+        fd = os.open(Path(directory) / "LOCK", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock we may have taken
+    return False
 
 
 class LogLockedError(RuntimeError):

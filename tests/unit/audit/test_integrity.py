@@ -103,3 +103,13 @@ def test_edited_digest_fails_its_signature(data_dir: Path) -> None:
     path.write_text(json.dumps(digest))
     problems = verify(data_dir)
     assert any("signature invalid" in p for p in problems), problems
+
+
+async def test_verify_on_a_live_node_is_clean(tmp_path: Path) -> None:
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from tests.support.audit_records import encrypt_call
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        for i in range(5):
+            await trail.record(encrypt_call(i))
+        assert verify(tmp_path) == []  # records after the last digest, hashes not yet synced
