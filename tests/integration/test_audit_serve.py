@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
 from keytrail.transport.segment_log import event_log_dir
+
 pytestmark = pytest.mark.integration
 server_support = pytest.importorskip("tests.support.server")  # on main since the serve commit
 ACCOUNT, KeytrailServer = server_support.ACCOUNT, server_support.KeytrailServer
