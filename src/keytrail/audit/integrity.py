@@ -183,10 +183,11 @@ class ChainWriter:
         self._covered = int(digest["endOffset"])
 
     def _load_last_digest(self) -> None:
-        digests = load_digests(self.paths)
-        if digests:
-            self._accept(digests[-1][1])
-            self._chain = bytes.fromhex(str(digests[-1][1]["chainHead"]))
+        paths = sorted(self.paths.digests.glob("*.json"))
+        if paths:  # only the newest one matters to the writer (`verify` reads them all)
+            last = json.loads(paths[-1].read_bytes())
+            self._accept(last)
+            self._chain = bytes.fromhex(str(last["chainHead"]))
 
     def _recover(self, log: SegmentLog) -> None:
         """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records

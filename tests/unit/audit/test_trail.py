@@ -105,3 +105,21 @@ async def test_retention_deletes_old_segments(tmp_path: Path) -> None:
     from keytrail.audit.integrity import verify
 
     assert verify(tmp_path) == []
+
+
+async def test_retention_by_age_deletes_old_closed_segments(tmp_path: Path) -> None:
+    from keytrail.audit.integrity import verify
+
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_hours=24)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(20):
+            await trail.record(encrypt_call(i))
+        old_segments = sorted(trail.log.directory.glob("*.seg"))
+        for segment in old_segments:  # two days old
+            os.utime(segment, (segment.stat().st_atime - 172800, segment.stat().st_mtime - 172800))
+        kept_from = trail.log.end_offset()
+        for i in range(20, 40):  # the next segment roll applies retention
+            await trail.record(encrypt_call(i))
+        assert trail.log.start_offset() >= kept_from - 5
+        assert not any(segment.exists() for segment in old_segments[:-1])
+    assert verify(tmp_path) == []
