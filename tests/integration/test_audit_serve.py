@@ -104,3 +104,51 @@ def test_kill_9_under_load_keeps_every_answered_call(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(data)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def _consume_all(bootstrap: str, want: int) -> list[tuple[bytes | None, bytes]]:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer("keytrail.audit.v1", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    messages: list[tuple[bytes | None, bytes]] = []
+    try:
+        async with asyncio.timeout(60):
+            while len(messages) < want:
+                batches = await consumer.getmany(timeout_ms=500)
+                messages += [(m.key, m.value) for ms in batches.values() for m in ms]
+    finally:
+        await consumer.stop()
+    return messages
+
+
+def test_scripted_session_reaches_kafka_one_to_one(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.support.services import kafka_broker
+
+    from keytrail.audit.schema import SCHEMA_PATH, EventCodec, load_schema
+
+    with kafka_broker() as bootstrap:
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap).start()
+        answers = {}
+        try:
+            kms = server.client("alice")
+            created = kms.create_key()
+            _require_wiring(tmp_path / "data")
+            key_arn = created["KeyMetadata"]["Arn"]
+            answers[created["ResponseMetadata"]["RequestId"]] = key_arn
+            for _ in range(20):
+                reply = kms.encrypt(KeyId=key_arn, Plaintext=SECRET)
+                answers[reply["ResponseMetadata"]["RequestId"]] = key_arn
+            answers[kms.list_keys()["ResponseMetadata"]["RequestId"]] = ACCOUNT
+        finally:
+            assert server.stop() == 0  # SIGTERM: the spool is flushed and shipped
+        messages = asyncio.run(_consume_all(bootstrap, len(answers)))
+    codec = EventCodec(reader_schema=load_schema(SCHEMA_PATH))
+    shipped = {codec.decode(value)["requestID"]: key for key, value in messages}
+    assert len(messages) == len(answers)
+    assert shipped == {request_id: key.encode() for request_id, key in answers.items()}
+    assert not any(SECRET in value for _, value in messages)
