@@ -24,10 +24,13 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import serve
-    from keytrail.cli.audit import audit_app
+    from keytrail.cli import detect, report, serve
 
     serve.register(app)
+    detect.register(app)
+    report.register(app)
+    from keytrail.cli.audit import audit_app
+
     app.add_typer(audit_app, name="audit")
 
 
