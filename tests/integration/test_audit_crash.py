@@ -11,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from tests.support.audit_records import encrypt_call
 
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
 from keytrail.audit.trail import AuditSettings, AuditTrail
+from tests.support.audit_records import encrypt_call
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, encrypt_call
-from tests.support.services import free_port, kafka_broker
 
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import SCHEMA_PATH, EventCodec, load_schema
 from keytrail.audit.shipper import AUDIT_TOPIC
 from keytrail.audit.trail import AuditSettings, AuditTrail
+from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, encrypt_call
+from tests.support.services import free_port, kafka_broker
 
 pytestmark = pytest.mark.integration
 

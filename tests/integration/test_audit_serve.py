@@ -127,9 +127,8 @@ async def _consume_all(bootstrap: str, want: int) -> list[tuple[bytes | None, by
 def test_scripted_session_reaches_kafka_one_to_one(tmp_path: Path) -> None:
     import asyncio
 
-    from tests.support.services import kafka_broker
-
     from keytrail.audit.schema import SCHEMA_PATH, EventCodec, load_schema
+    from tests.support.services import kafka_broker
 
     with kafka_broker() as bootstrap:
         server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap).start()
