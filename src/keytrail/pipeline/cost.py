@@ -72,14 +72,14 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
             open_since = now
         elif name == "RotateKey":
             if open_since is not None and rotations < billed_rotations:
-                _close(segments, open_since, now, rotations)
+                _close(segments, open_since, now, min(rotations, billed_rotations))
                 open_since = now
             rotations += 1
         elif name in ("ScheduleKeyDeletion", "DeleteKey") and open_since is not None:
-            _close(segments, open_since, now, rotations)
+            _close(segments, open_since, now, min(rotations, billed_rotations))
             open_since = None
     if open_since is not None:
-        _close(segments, open_since, math.inf, rotations)
+        _close(segments, open_since, math.inf, min(rotations, billed_rotations))
     return segments
 
 
@@ -90,7 +90,7 @@ def _close(segments: list[Segment], start: float, end: float, rotations: int) ->
         last = segments.pop()
         if last.start_hour < start_hour:
             segments.append(Segment(last.start_hour, start_hour, last.rotations))
-    segments.append(Segment(start_hour, max(end_hour, start_hour), min(rotations, 2**31)))
+    segments.append(Segment(start_hour, max(end_hour, start_hour), rotations))
 
 
 def price_classes(usage: pl.DataFrame, key_specs: pl.DataFrame) -> pl.DataFrame:
