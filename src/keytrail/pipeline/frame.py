@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_records"]
+__all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
 #: Operations that count as use of a key (GetKeyLastUsage semantics, plus the ML-KEM pair).
 CRYPTO_OPERATIONS = frozenset({
@@ -40,7 +40,8 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "keyPairSpec": pl.String(),  # GenerateDataKeyPair*: spec of the data key pair
 }
 
-_TIME_FORMATS = ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ")
+_NEW_KEY_EVENTS = ["CreateKey", "ReplicateKey"]
+_KEY_PAIR_EVENTS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
 
 
 def empty_frame() -> pl.DataFrame:
@@ -56,6 +57,44 @@ def frame_from_records(records: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
         for append, getter in appenders:
             append(getter(record))
     return pl.DataFrame(columns, schema=FRAME_SCHEMA)
+
+
+def frame_from_avro(avro: pl.DataFrame) -> pl.DataFrame:
+    """Build the fixed-schema frame from the Avro records frame of `keytrail.audit.schema.to_polars`.
+
+    The typed Avro columns carry over; the few values inside JSON strings are parsed only on
+    the rows that need them (a null string is never parsed).
+    """
+    name = pl.col("eventName")
+    new_key = name.is_in(_NEW_KEY_EVENTS)
+    response = _only(new_key, "responseElements")
+    params = pl.col("requestParameters")
+    return avro.select(
+        pl.col("eventID"),
+        pl.col("eventTime").cast(pl.Datetime("us", "UTC")),
+        name,
+        pl.col("keyArn"),
+        _only(name == "ReEncrypt", "resources").str.json_path_match("$[1].ARN").alias("destinationKeyArn"),
+        _only(name == "ReplicateKey", "responseElements").str.json_path_match("$.replicaKeyMetadata.Arn")
+        .alias("replicaKeyArn"),
+        pl.coalesce("principalArn", "invokedBy").alias("principalArn"),
+        pl.col("accountId"), pl.col("recipientAccountId"), pl.col("awsRegion"),
+        pl.when(pl.col("errorCode") != "").then(pl.col("errorCode")).alias("errorCode"),
+        pl.col("readOnly").fill_null(False), pl.col("eventType"), pl.col("requestID"),
+        pl.when(new_key).then(pl.coalesce(
+            response.str.json_path_match("$.keyMetadata.KeySpec"),
+            response.str.json_path_match("$.replicaKeyMetadata.KeySpec"),
+            _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
+            pl.lit("SYMMETRIC_DEFAULT"))).alias("keySpec"),
+        pl.coalesce(response.str.json_path_match("$.keyMetadata.KeyManager"),
+                    response.str.json_path_match("$.replicaKeyMetadata.KeyManager")).alias("keyManager"),
+        pl.when(name.is_in(_KEY_PAIR_EVENTS)).then(params).str.json_path_match("$.keyPairSpec")
+        .alias("keyPairSpec"),
+    ).cast(FRAME_SCHEMA)  # type: ignore[arg-type]
+
+
+def _only(condition: pl.Expr, column: str) -> pl.Expr:
+    return pl.when(condition).then(pl.col(column))
 
 
 def _event_time(record: Mapping[str, Any]) -> datetime | None:
