@@ -1,0 +1,174 @@
+"""The consumer runner: read a batch → drop what was counted → aggregate → persist with offsets → commit.
+
+One runner owns offsets; aggregations stay pure. Exactly-once in effect over at-least-once
+delivery: records below the partition's checkpointed offset are skipped (redelivery after a
+crash between persist and commit) and eventIDs seen within the dedup horizon are dropped
+(duplicates the shipper re-sent under new offsets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from keytrail.pipeline.cost import lifecycle_events
+from keytrail.pipeline.frame import empty_frame, frame_from_avro, frame_from_records
+from keytrail.pipeline.lastused import last_used
+from keytrail.pipeline.state import PartitionState, StaleBatchError, StateUpdate
+from keytrail.pipeline.usage import usage_minutes
+
+__all__ = ["Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records of one source partition with their offsets (ascending).
+
+    Exactly one of `values` (Avro single-object encoded) or `records` (CloudTrail dicts) is set.
+    `source_end` is the partition's end offset when known (for consumer lag).
+    """
+
+    partition: str
+    offsets: Sequence[int]
+    values: Sequence[bytes] = ()
+    records: Sequence[Mapping[str, Any]] = ()
+    source_end: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offsets[-1] + 1
+
+    def frame_from(self, index: int) -> pl.DataFrame:
+        """The fixed-schema frame of the records from position `index` on."""
+        if self.values:
+            from keytrail.audit.schema import to_polars  # the Avro decoder is the audit layer's
+
+            return frame_from_avro(to_polars(self.values[index:]))
+        return frame_from_records(self.records[index:])
+
+
+class Source(Protocol):
+    """Where batches come from: the embedded log, a Kafka consumer group, CloudTrail files."""
+
+    def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        """Yield batches; `start_at(partition)` is the offset to begin a partition from."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Acknowledge `batch` to the source once its state is persisted."""
+        ...
+
+
+@dataclass
+class RunStats:
+    """Counters of one run."""
+
+    batches: int = 0
+    records: int = 0
+    counted: int = 0
+    redelivered: int = 0
+    duplicates: int = 0
+    lag: dict[str, int] = field(default_factory=dict)
+
+
+def drop_seen(frame: pl.DataFrame, state: PartitionState) -> pl.DataFrame:
+    """Keep the first occurrence of each eventID that `state` has not counted yet."""
+    frame = frame.unique("eventID", keep="first", maintain_order=True)
+    hours = frame.get_column("eventTime").dt.epoch("s") // 3600
+    ids = frame.get_column("eventID")
+    keep = [not state.is_seen(h, i) for h, i in zip(hours.to_list(), ids.to_list(), strict=True)]
+    return frame.filter(pl.Series(keep, dtype=pl.Boolean))
+
+
+def aggregate(frame: pl.DataFrame) -> StateUpdate:
+    """Everything one batch of new events adds to the state (pure)."""
+    hours = frame.select(hour=pl.col("eventTime").dt.epoch("s") // 3600, eventID=pl.col("eventID"))
+    seen: dict[int, list[str]] = {}
+    for hour, ids in hours.group_by("hour").agg(pl.col("eventID")).iter_rows():
+        seen[hour] = ids
+    outcomes = frame.group_by("eventName", pl.col("errorCode").fill_null("")).agg(
+        count=pl.len().cast(pl.Int64))
+    times = frame.get_column("eventTime")
+    return StateUpdate(usage=usage_minutes(frame), last_used=last_used(frame), lifecycle=lifecycle_events(frame),
+                       outcomes=outcomes, seen=seen, earliest=times.min(), latest=times.max())  # type: ignore[arg-type]
+
+
+class Runner:
+    """Drives one Source into per-partition state files under `state_dir`."""
+
+    def __init__(self, state_dir: Path, source: Source, *, dedup_hours: int = 48,
+                 after_batch: Callable[[Batch, PartitionState], None] | None = None) -> None:
+        self.state_dir = state_dir
+        self.source = source
+        self.dedup_hours = dedup_hours
+        self.after_batch = after_batch
+        self.stats = RunStats()
+        self._states: dict[str, PartitionState] = {}
+
+    def state(self, partition: str) -> PartitionState:
+        """The (cached) state of `partition`."""
+        if partition not in self._states:
+            path = self.state_dir / f"{partition}.sqlite"
+            self._states[partition] = PartitionState(path, dedup_hours=self.dedup_hours)
+        return self._states[partition]
+
+    async def run(self) -> RunStats:
+        """Consume until the source ends (or the task is cancelled)."""
+        try:
+            async for batch in self.source.batches(lambda p: self.state(p).next_offset):
+                await asyncio.to_thread(self.process, batch)
+                await self.source.commit(batch)
+        finally:
+            self.close()
+        return self.stats
+
+    def process(self, batch: Batch) -> int:
+        """Persist what `batch` adds; return how many events it counted."""
+        state = self.state(batch.partition)
+        for _ in range(3):
+            covered = state.next_offset
+            skip = sum(1 for offset in batch.offsets if offset < covered)
+            if skip == len(batch.offsets):
+                counted = self._record(batch, skip, 0)
+                break
+            frame = drop_seen(batch.frame_from(skip), state)
+            try:
+                state.apply(aggregate(frame) if frame.height else _empty_update(), covered, batch.end)
+            except StaleBatchError as error:  # another owner moved this partition on: redo
+                log.info("%s", error)
+                continue
+            counted = self._record(batch, skip, frame.height)
+            break
+        else:
+            raise StaleBatchError(f"{batch.partition}: could not apply a batch after 3 attempts")
+        if self.after_batch is not None:
+            self.after_batch(batch, state)
+        return counted
+
+    def _record(self, batch: Batch, skipped: int, counted: int) -> int:
+        stats = self.stats
+        stats.batches += 1
+        stats.records += len(batch.offsets)
+        stats.redelivered += skipped
+        stats.counted += counted
+        stats.duplicates += len(batch.offsets) - skipped - counted
+        if batch.source_end is not None:
+            stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
+        return counted
+
+    def close(self) -> None:
+        for state in self._states.values():
+            state.close()
+        self._states.clear()
+
+
+def _empty_update() -> StateUpdate:
+    return aggregate(empty_frame())

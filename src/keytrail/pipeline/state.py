@@ -1,0 +1,202 @@
+"""Checkpointed aggregate state of one source partition, in one SQLite file.
+
+Aggregates, the eventIDs recently seen and the next source offset change together in one
+transaction, so a crash at any point leaves state and offset consistent: a restart resumes
+from exactly the offset the state covers. Several processes may own partitions of one data
+directory; each partition has its own file, and a compare-and-set on the offset refuses a
+batch that another owner already applied.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
+from keytrail.pipeline.lastused import LAST_USED_SCHEMA
+from keytrail.pipeline.usage import USAGE_SCHEMA
+
+__all__ = ["PartitionState", "StaleBatchError", "StateUpdate"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
+CREATE TABLE IF NOT EXISTS usage (minute INTEGER, keyArn TEXT, principalArn TEXT, accountId TEXT,
+  eventName TEXT, keyPairSpec TEXT, count INTEGER, errorCount INTEGER,
+  PRIMARY KEY (minute, keyArn, principalArn, accountId, eventName, keyPairSpec)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_used (keyArn TEXT, principalArn TEXT, lastUsedTime INTEGER,
+  lastUsedOperation TEXT, eventId TEXT, requestId TEXT, PRIMARY KEY (keyArn, principalArn)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eventTime INTEGER,
+  eventName TEXT, keySpec TEXT, keyManager TEXT);
+CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEGER,
+  PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (hour INTEGER, eventID TEXT, PRIMARY KEY (hour, eventID)) WITHOUT ROWID;
+"""
+_UPSERT_USAGE = """INSERT INTO usage VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
+  count = count + excluded.count, errorCount = errorCount + excluded.errorCount"""
+_UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
+  lastUsedTime = excluded.lastUsedTime, lastUsedOperation = excluded.lastUsedOperation,
+  eventId = excluded.eventId, requestId = excluded.requestId
+  WHERE (excluded.lastUsedTime, excluded.eventId) > (last_used.lastUsedTime, last_used.eventId)"""
+_UPSERT_OUTCOMES = """INSERT INTO outcomes VALUES (?,?,?) ON CONFLICT DO UPDATE SET
+  count = count + excluded.count"""
+_US_PER_HOUR = 3_600_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class StaleBatchError(RuntimeError):
+    """The batch does not start at the offset this state covers (another owner moved on)."""
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """What one batch adds: aggregates of its new events and those events' IDs by hour."""
+
+    usage: pl.DataFrame
+    last_used: pl.DataFrame
+    lifecycle: pl.DataFrame
+    outcomes: pl.DataFrame  # eventName, errorCode ("" for success), count
+    seen: dict[int, list[str]] = field(default_factory=dict)
+    earliest: datetime | None = None
+    latest: datetime | None = None
+
+
+class PartitionState:
+    """The state file of one partition; see the module docstring."""
+
+    def __init__(self, path: Path, *, dedup_hours: int = 48) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.dedup_hours = dedup_hours
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA)
+        self._seen: dict[int, set[str]] = {}
+        for hour, event_id in self._db.execute("SELECT hour, eventID FROM seen"):
+            self._seen.setdefault(hour, set()).add(event_id)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self, name: str) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def next_offset(self) -> int:
+        """The first source offset not yet covered by this state."""
+        return self.meta("next_offset") or 0
+
+    def is_seen(self, hour: int, event_id: str) -> bool:
+        """Whether `event_id` (of eventTime hour `hour`) was already counted."""
+        bucket = self._seen.get(hour)
+        return bucket is not None and event_id in bucket
+
+    def seen_hours(self) -> int:
+        """How many eventTime hours of eventIDs are held for deduplication (bounded by the horizon)."""
+        return len(self._seen)
+
+    def dedup_floor(self) -> int:
+        """Events of hours before this are older than the dedup horizon."""
+        latest = self.meta("latest")
+        return -(2**62) if latest is None else latest // _US_PER_HOUR - self.dedup_hours
+
+    def apply(self, update: StateUpdate, start: int, end: int) -> None:
+        """Add `update` and move the offset from `start` to `end`, atomically."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.next_offset != start:
+                raise StaleBatchError(f"{self.path.name}: state is at {self.next_offset}, batch starts at {start}")
+            self._write(update, end)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        for hour, ids in update.seen.items():
+            self._seen.setdefault(hour, set()).update(ids)
+        self._prune_memory()
+
+    def _write(self, update: StateUpdate, end: int) -> None:
+        db = self._db
+        db.executemany(_UPSERT_USAGE, _usage_rows(update.usage))
+        db.executemany(_UPSERT_LAST_USED, _last_used_rows(update.last_used))
+        db.executemany("INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)", _lifecycle_rows(update.lifecycle))
+        db.executemany(_UPSERT_OUTCOMES, update.outcomes.rows())
+        floor = self.dedup_floor()
+        db.executemany("INSERT OR IGNORE INTO seen VALUES (?,?)",
+                       ((h, i) for h, ids in update.seen.items() if h >= floor for i in ids))
+        self._set_bounds(update)
+        db.execute("DELETE FROM seen WHERE hour < ?", (self.dedup_floor(),))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_offset', ?)", (end,))
+
+    def _set_bounds(self, update: StateUpdate) -> None:
+        if update.earliest is not None:
+            earliest = _us(update.earliest)
+            self._db.execute("INSERT INTO meta VALUES ('earliest', ?) ON CONFLICT DO UPDATE SET "
+                             "value = min(value, excluded.value)", (earliest,))
+        if update.latest is not None:
+            self._db.execute("INSERT INTO meta VALUES ('latest', ?) ON CONFLICT DO UPDATE SET "
+                             "value = max(value, excluded.value)", (_us(update.latest),))
+
+    def _prune_memory(self) -> None:
+        floor = self.dedup_floor()
+        for hour in [h for h in self._seen if h < floor]:
+            del self._seen[hour]
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def usage(self, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
+        """Minute-level usage with minute in [since, until)."""
+        low = _us(since) if since else -(2**62)
+        high = _us(until) if until else 2**62
+        rows = self._db.execute("SELECT * FROM usage WHERE minute >= ? AND minute < ?", (low, high)).fetchall()
+        return _frame(rows, USAGE_SCHEMA, ["minute"])
+
+    def last_used(self) -> pl.DataFrame:
+        return _frame(self._db.execute("SELECT * FROM last_used").fetchall(), LAST_USED_SCHEMA, ["lastUsedTime"])
+
+    def lifecycle(self) -> pl.DataFrame:
+        rows = self._db.execute("SELECT keyArn, eventTime, eventName, keySpec, keyManager, eventID "
+                                "FROM lifecycle").fetchall()
+        return _frame(rows, LIFECYCLE_SCHEMA, ["eventTime"])
+
+    def outcomes(self) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in self._db.execute("SELECT eventName, errorCode, count FROM outcomes")]  # type: ignore[misc]
+
+
+def _us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _text(frame: pl.DataFrame, columns: Sequence[str], times: Sequence[str]) -> Iterable[tuple[Any, ...]]:
+    # SQLite treats NULLs in a primary key as distinct, so keys are stored with "" for null.
+    exprs = [pl.col(c).dt.epoch("us") if c in times else pl.col(c).fill_null("") if
+             frame.schema[c] == pl.String else pl.col(c) for c in columns]
+    return frame.select(exprs).rows()
+
+
+def _usage_rows(usage: pl.DataFrame) -> Iterable[tuple[Any, ...]]:
+    return _text(usage, list(USAGE_SCHEMA), ["minute"])
+
+
+def _last_used_rows(last_used: pl.DataFrame) -> Iterable[tuple[Any, ...]]:
+    return _text(last_used, list(LAST_USED_SCHEMA), ["lastUsedTime"])
+
+
+def _lifecycle_rows(lifecycle: pl.DataFrame) -> Iterable[tuple[Any, ...]]:
+    columns = ["eventID", "keyArn", "eventTime", "eventName", "keySpec", "keyManager"]
+    return _text(lifecycle, columns, ["eventTime"])
+
+
+def _frame(rows: list[Any], schema: dict[str, pl.DataType], times: Sequence[str]) -> pl.DataFrame:
+    raw = {name: (pl.Int64() if name in times else dtype) for name, dtype in schema.items()}
+    frame = pl.DataFrame(rows, schema=raw, orient="row")
+    return frame.with_columns(
+        *[pl.col(t).cast(pl.Datetime("us", "UTC")) for t in times],
+        *[pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c, d in schema.items() if d == pl.String],
+    )
