@@ -1,17 +1,15 @@
-"""Source adapters for CloudTrail record dicts: in memory, or read from CloudTrail log files."""
+"""Source adapter for CloudTrail record dicts: in memory, or read from CloudTrail log files."""
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 from keytrail.pipeline.runner import Batch
 
-__all__ = ["RecordsSource", "cloudtrail_records"]
+__all__ = ["RecordsSource"]
+
 
 class RecordsSource:
     """Batches of CloudTrail record dicts (offline files, tests); offsets are record positions."""
@@ -37,27 +35,3 @@ class RecordsSource:
 
     async def commit(self, batch: Batch) -> None:
         return None
-
-
-def cloudtrail_records(paths: Iterable[Path], on_error: Callable[[Path, str], None]) -> Iterator[dict[str, Any]]:
-    """KMS records of CloudTrail log files (`{"Records": [...]}`, .json / .json.gz, files or folders),
-    in sorted path order; an unreadable file is reported through `on_error` and skipped."""
-    for path in _files(paths):
-        try:
-            opener = gzip.open if path.name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as handle:
-                records = json.load(handle)["Records"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            on_error(path, str(error))
-            continue
-        yield from (r for r in records if isinstance(r, dict) and r.get("eventSource") == "kms.amazonaws.com")
-
-
-def _files(paths: Iterable[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.name.endswith((".json", ".json.gz")))
-        else:
-            found.append(path)
-    return found
