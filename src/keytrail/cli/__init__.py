@@ -19,7 +19,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from keytrail.cli import serve
+    from keytrail.cli import metrics, serve
+
+    metrics.register(app)
 
     serve.register(app)
 

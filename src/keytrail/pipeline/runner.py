@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -111,6 +112,7 @@ class Runner:
         self.dedup_hours = dedup_hours
         self.after_batch = after_batch
         self.stats = RunStats()
+        self.dirty_days: set[date] = set()  # UTC days whose usage changed (for the Parquet export)
         self._states: dict[str, PartitionState] = {}
 
     def state(self, partition: str) -> PartitionState:
@@ -140,12 +142,14 @@ class Runner:
                 counted = self._record(batch, skip, 0)
                 break
             frame = drop_seen(batch.frame_from(skip), state)
+            update = aggregate(frame) if frame.height else _empty_update()
             try:
-                state.apply(aggregate(frame) if frame.height else _empty_update(), covered, batch.end)
+                state.apply(update, covered, batch.end)
             except StaleBatchError as error:  # another owner moved this partition on: redo
                 log.info("%s", error)
                 continue
             counted = self._record(batch, skip, frame.height)
+            self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
             break
         else:
             raise StaleBatchError(f"{batch.partition}: could not apply a batch after 3 attempts")

@@ -1,0 +1,62 @@
+"""Prometheus text exposition (format 0.0.4) of the pipeline's metrics, for GET /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore
+
+__all__ = ["CONTENT_TYPE", "render_prometheus"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
+
+
+def render_prometheus(store: MetricsStore, *, prices: PriceTable | None = None,
+                      lag: Mapping[str, int] | None = None, spool_depth: int | None = None) -> str:
+    """Request counts by operation and outcome, denied calls, cost accrued, consumer lag, spool depth."""
+    outcomes = store.outcomes()
+    lines: list[str] = []
+    _family(lines, "keytrail_kms_requests_total", "counter", "KMS calls by operation and outcome (error code).")
+    for (operation, code), count in sorted(outcomes.items()):
+        lines.append(_sample("keytrail_kms_requests_total", count, operation=operation, outcome=code or "success"))
+    _family(lines, "keytrail_kms_denied_requests_total", "counter", "KMS calls denied by authorization.")
+    denied: dict[str, int] = {}
+    for (operation, code), count in outcomes.items():
+        if code in _DENIED:
+            denied[operation] = denied.get(operation, 0) + count
+    lines.extend(_sample("keytrail_kms_denied_requests_total", n, operation=op) for op, n in sorted(denied.items()))
+    _cost(lines, store, prices or PriceTable())
+    _family(lines, "keytrail_pipeline_consumer_lag", "gauge", "Records not yet consumed, per partition.")
+    lines.extend(_sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in sorted((lag or {}).items()))
+    if spool_depth is not None:
+        _family(lines, "keytrail_audit_spool_depth", "gauge", "Audit records in the spool not yet shipped.")
+        lines.append(_sample("keytrail_audit_spool_depth", spool_depth))
+    return "\n".join(lines) + "\n"
+
+
+def _cost(lines: list[str], store: MetricsStore, prices: PriceTable) -> None:
+    _family(lines, "keytrail_kms_cost_usd", "gauge", "Cost accrued since tracking start, USD, per account.")
+    if store.time_bounds()[1] is None:
+        return
+    per_account = store.cost(prices).group_by("accountId").agg(pl.col("totalCost").sum())
+    for account, total in sorted(per_account.iter_rows(), key=lambda r: str(r[0])):
+        lines.append(_sample("keytrail_kms_cost_usd", total, account=account or ""))
+
+
+def _family(lines: list[str], name: str, kind: str, text: str) -> None:
+    lines.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
+
+
+def _sample(name: str, value: object, **labels: str) -> str:
+    if not labels:
+        return f"{name} {value}"
+    rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{rendered}}} {value}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
