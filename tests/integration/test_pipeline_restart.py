@@ -29,7 +29,8 @@ TOTAL = 40_000
 
 def _consume(data_dir: Path) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "keytrail.cli.metrics", "consume", "--data-dir", str(data_dir),
-               "--no-follow", "--batch-size", "500"]
+               "--no-follow", "--batch-size", "500",
+               "--checkpoint-records", "2000"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -143,10 +143,13 @@ def consume(data_dir: DataDir = Path("keytrail-data"),
             exit_when_idle: Annotated[float | None, typer.Option(help="Kafka: stop after N idle seconds.")] = None,
             cloudtrail: Annotated[list[Path] | None, typer.Option(help="Offline: CloudTrail log files/folders.")] = None,
             prices: Annotated[Path | None, typer.Option(help="TOML price table (Parquet cost table).")] = None,
-            batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000) -> None:
+            batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
+            checkpoint_records: Annotated[int, typer.Option(help="Persist at least every N records.",
+                                                            min=1)] = 100_000) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
     settings = ConsumerSettings(data_dir=data_dir, kafka_bootstrap=kafka, group_id=group, follow=follow,
                                 idle_seconds=exit_when_idle, max_records=batch_size,
+                                checkpoint_records=checkpoint_records,
                                 prices=_price_table(prices, False))
     if cloudtrail:
         for path in cloudtrail:

@@ -12,8 +12,7 @@ from keytrail.pipeline.parquet import export_tables
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import render_prometheus
 from keytrail.pipeline.query import MetricsStore, state_dir
-from keytrail.pipeline.runner import Batch, Runner, RunStats, Source
-from keytrail.pipeline.state import PartitionState
+from keytrail.pipeline.runner import Runner, RunStats, Source
 
 __all__ = ["ConsumerSettings", "MetricsConsumer", "event_log_dir"]
 
@@ -35,6 +34,7 @@ class ConsumerSettings:
     export_seconds: float = 30.0  # rewrite the Parquet tables at most this often
     dedup_hours: int = 48
     max_records: int = 10_000
+    checkpoint_records: int = 100_000  # persist state + offsets at least this often (and every 2 s)
     prices: PriceTable = field(default_factory=PriceTable)
 
 
@@ -47,7 +47,8 @@ class MetricsConsumer:
         self.source = source or self._default_source()
         self.store = MetricsStore(settings.data_dir)
         self.runner = Runner(state_dir(settings.data_dir), self.source, dedup_hours=settings.dedup_hours,
-                             after_batch=self._after_batch)
+                             checkpoint_records=settings.checkpoint_records,
+                             after_checkpoint=self._after_checkpoint)
         self._exported = time.monotonic()
 
     def _default_source(self) -> Source:
@@ -79,7 +80,7 @@ class MetricsConsumer:
             export_tables(self.settings.data_dir, days, self.settings.prices)
         self._exported = time.monotonic()
 
-    def _after_batch(self, batch: Batch, state: PartitionState) -> None:
+    def _after_checkpoint(self) -> None:
         if time.monotonic() - self._exported >= self.settings.export_seconds:
             self.export()
 

@@ -85,6 +85,14 @@ class KafkaSource:
                 yield Batch(_partition_name(tp), [m.offset for m in messages], values=[m.value for m in messages],
                             source_end=consumer.highwater(tp))
 
+    async def rewind(self, partition: str, offset: int) -> None:
+        if self._consumer is None:
+            return
+        topic, _, number = partition.rpartition("-")
+        tp = TopicPartition(topic, int(number))
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+
     async def commit(self, batch: Batch) -> None:
         if self._consumer is None:
             return

@@ -1,4 +1,4 @@
-"""The consumer runner: read a batch → drop what was counted → aggregate → persist with offsets → commit.
+"""The consumer runner: read a batch → drop what was counted → aggregate → checkpoint → commit.
 
 One runner owns offsets; aggregations stay pure. Exactly-once in effect over at-least-once
 delivery: records below the partition's checkpointed offset are skipped (redelivery after a
@@ -64,7 +64,11 @@ class Source(Protocol):
         ...
 
     async def commit(self, batch: Batch) -> None:
-        """Acknowledge `batch` to the source once its state is persisted."""
+        """Acknowledge `batch` (and all before it in its partition) once its state is persisted."""
+        ...
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        """Deliver `partition` again from `offset` (after another owner moved it on)."""
         ...
 
 
@@ -103,17 +107,27 @@ def aggregate(frame: pl.DataFrame) -> StateUpdate:
 
 
 class Runner:
-    """Drives one Source into per-partition state files under `state_dir`."""
+    """Drives one Source into per-partition state files under `state_dir`.
+
+    Batches are staged and checkpointed together every `checkpoint_records` records or
+    `checkpoint_seconds` seconds (and at the end): persist state with offsets, then commit.
+    """
 
     def __init__(self, state_dir: Path, source: Source, *, dedup_hours: int = 48,
-                 after_batch: Callable[[Batch, PartitionState], None] | None = None) -> None:
+                 checkpoint_records: int = 100_000, checkpoint_seconds: float = 2.0,
+                 after_checkpoint: Callable[[], None] | None = None) -> None:
         self.state_dir = state_dir
         self.source = source
         self.dedup_hours = dedup_hours
-        self.after_batch = after_batch
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_seconds = checkpoint_seconds
+        self.after_checkpoint = after_checkpoint
         self.stats = RunStats()
         self.dirty_days: set[date] = set()  # UTC days whose usage changed (for the Parquet export)
         self._states: dict[str, PartitionState] = {}
+        self._uncommitted: dict[str, Batch] = {}
+        self._staged = 0
+        self._rewound: dict[str, int] = {}
 
     def state(self, partition: str) -> PartitionState:
         """The (cached) state of `partition`."""
@@ -123,41 +137,83 @@ class Runner:
         return self._states[partition]
 
     async def run(self) -> RunStats:
-        """Consume until the source ends (or the task is cancelled)."""
+        """Consume until the source ends (or the task is cancelled); checkpoint on the way out."""
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)  # read one batch ahead
+        reader = asyncio.create_task(self._read(queue))
         try:
-            async for batch in self.source.batches(lambda p: self.state(p).next_offset):
+            while True:
+                try:
+                    batch = await asyncio.wait_for(queue.get(), timeout=self.checkpoint_seconds)
+                except TimeoutError:
+                    await self.checkpoint()
+                    continue
+                if batch is None:
+                    break
                 await asyncio.to_thread(self.process, batch)
-                await self.source.commit(batch)
+                if self._staged >= self.checkpoint_records:
+                    await self.checkpoint()
+            await self.checkpoint()
+            await reader
         finally:
+            reader.cancel()
             self.close()
         return self.stats
 
+    async def _read(self, queue: asyncio.Queue[Batch | None]) -> None:
+        try:
+            async for batch in self.source.batches(lambda p: self.state(p).next_offset):
+                await queue.put(batch)
+        finally:
+            await queue.put(None)
+
     def process(self, batch: Batch) -> int:
-        """Persist what `batch` adds; return how many events it counted."""
+        """Stage what `batch` adds; return how many events it counted."""
         state = self.state(batch.partition)
-        for _ in range(3):
-            covered = state.next_offset
-            skip = sum(1 for offset in batch.offsets if offset < covered)
-            if skip == len(batch.offsets):
-                counted = self._record(batch, skip, 0)
-                break
+        if not self._accepts(batch, state):
+            return 0
+        covered = state.next_offset
+        skip = sum(1 for offset in batch.offsets if offset < covered)
+        counted = 0
+        if skip < len(batch.offsets):
             frame = drop_seen(batch.frame_from(skip), state)
             update = aggregate(frame) if frame.height else _empty_update()
-            try:
-                state.apply(update, covered, batch.end)
-            except StaleBatchError as error:  # another owner moved this partition on: redo
-                log.info("%s", error)
-                continue
-            counted = self._record(batch, skip, frame.height)
+            state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
-            break
-        else:
-            raise StaleBatchError(f"{batch.partition}: could not apply a batch after 3 attempts")
-        if self.after_batch is not None:
-            self.after_batch(batch, state)
+            counted = frame.height
+        self._uncommitted[batch.partition] = batch
+        self._staged += len(batch.offsets)
+        self._record(batch, skip, counted)
         return counted
 
-    def _record(self, batch: Batch, skipped: int, counted: int) -> int:
+    def _accepts(self, batch: Batch, state: PartitionState) -> bool:
+        # After a rewind, batches read ahead from beyond the rewind point are dropped: the
+        # source delivers them again from the rewound offset.
+        target = self._rewound.get(batch.partition)
+        if target is None:
+            return True
+        if batch.offsets[0] > target:
+            return False
+        del self._rewound[batch.partition]
+        return True
+
+    async def checkpoint(self) -> None:
+        """Persist every staged partition with its offsets, then commit to the source."""
+        for partition, state in list(self._states.items()):
+            try:
+                await asyncio.to_thread(state.flush)
+            except StaleBatchError as error:  # another owner moved the partition on: read again
+                log.info("%s", error)
+                self._uncommitted.pop(partition, None)
+                self._rewound[partition] = state.next_offset
+                await self.source.rewind(partition, state.next_offset)
+        for batch in self._uncommitted.values():
+            await self.source.commit(batch)
+        self._uncommitted.clear()
+        self._staged = 0
+        if self.after_checkpoint is not None:
+            await asyncio.to_thread(self.after_checkpoint)
+
+    def _record(self, batch: Batch, skipped: int, counted: int) -> None:
         stats = self.stats
         stats.batches += 1
         stats.records += len(batch.offsets)
@@ -166,7 +222,6 @@ class Runner:
         stats.duplicates += len(batch.offsets) - skipped - counted
         if batch.source_end is not None:
             stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
-        return counted
 
     def close(self) -> None:
         for state in self._states.values():

@@ -28,20 +28,24 @@ class SegmentLogSource:
         self.follow = follow
         self.poll_seconds = poll_seconds
         self.stop = stop or asyncio.Event()
+        self._offset = 0
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         log = SegmentLog(self.directory)
-        offset = start_at(SEGMENT_LOG_PARTITION)
+        self._offset = start_at(SEGMENT_LOG_PARTITION)
         while not self.stop.is_set():
-            records = await asyncio.to_thread(log.read, offset, self.max_records)
+            records = await asyncio.to_thread(log.read, self._offset, self.max_records)
             if not records:
                 if not self.follow:
                     return
                 await asyncio.sleep(self.poll_seconds)
                 continue
-            offset = records[-1][0] + 1
+            self._offset = records[-1][0] + 1
             yield Batch(SEGMENT_LOG_PARTITION, [o for o, _ in records], values=[v for _, v in records],
                         source_end=log.end_offset())
 
     async def commit(self, batch: Batch) -> None:
         return None
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        self._offset = offset

@@ -35,3 +35,6 @@ class RecordsSource:
 
     async def commit(self, batch: Batch) -> None:
         return None
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        raise RuntimeError("records sources have a single owner: nothing can move their state on")

@@ -4,7 +4,7 @@ Aggregates, the eventIDs recently seen and the next source offset change togethe
 transaction, so a crash at any point leaves state and offset consistent: a restart resumes
 from exactly the offset the state covers. Several processes may own partitions of one data
 directory; each partition has its own file, and a compare-and-set on the offset refuses a
-batch that another owner already applied.
+checkpoint when another owner moved the partition on meanwhile.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
-from keytrail.pipeline.lastused import LAST_USED_SCHEMA
-from keytrail.pipeline.usage import USAGE_SCHEMA
+from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
+from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
 __all__ = ["PartitionState", "StaleBatchError", "StateUpdate"]
 
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eve
   eventName TEXT, keySpec TEXT, keyManager TEXT);
 CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEGER,
   PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen (hour INTEGER, eventID TEXT, PRIMARY KEY (hour, eventID)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (hour INTEGER, ids TEXT);  -- eventIDs of one hour, newline-joined
+CREATE INDEX IF NOT EXISTS seen_hour ON seen (hour);
 """
 _UPSERT_USAGE = """INSERT INTO usage VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
   count = count + excluded.count, errorCount = errorCount + excluded.errorCount"""
@@ -67,7 +68,12 @@ class StateUpdate:
 
 
 class PartitionState:
-    """The state file of one partition; see the module docstring."""
+    """The state file of one partition; see the module docstring.
+
+    Batches are staged in memory (`stage`) and written together by `flush`: one transaction per
+    checkpoint, so the per-event cost of SQLite is amortized. Until a flush the source offset on
+    disk does not move either, so a crash only loses work that will be read again.
+    """
 
     def __init__(self, path: Path, *, dedup_hours: int = 48) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +81,17 @@ class PartitionState:
         self.dedup_hours = dedup_hours
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA)
+        self._pending: list[StateUpdate] = []
+        self._load()
+
+    def _load(self) -> None:
+        self._pending.clear()
+        self._persisted = self.meta("next_offset") or 0
+        self._next = self._persisted
+        self._latest = self.meta("latest")
         self._seen: dict[int, set[str]] = {}
-        for hour, event_id in self._db.execute("SELECT hour, eventID FROM seen"):
-            self._seen.setdefault(hour, set()).add(event_id)
+        for hour, ids in self._db.execute("SELECT hour, ids FROM seen"):
+            self._seen.setdefault(hour, set()).update(ids.split("\n"))
 
     def close(self) -> None:
         self._db.close()
@@ -88,11 +102,16 @@ class PartitionState:
 
     @property
     def next_offset(self) -> int:
-        """The first source offset not yet covered by this state."""
-        return self.meta("next_offset") or 0
+        """The first source offset not yet covered (staged or persisted)."""
+        return self._next
+
+    @property
+    def persisted_offset(self) -> int:
+        """The first source offset not yet covered on disk."""
+        return self._persisted
 
     def is_seen(self, hour: int, event_id: str) -> bool:
-        """Whether `event_id` (of eventTime hour `hour`) was already counted."""
+        """Whether `event_id` (of eventTime hour `hour`) was already counted or staged."""
         bucket = self._seen.get(hour)
         return bucket is not None and event_id in bucket
 
@@ -101,52 +120,71 @@ class PartitionState:
         return len(self._seen)
 
     def dedup_floor(self) -> int:
-        """Events of hours before this are older than the dedup horizon."""
-        latest = self.meta("latest")
-        return -(2**62) if latest is None else latest // _US_PER_HOUR - self.dedup_hours
+        """Events of hours before this are older than the dedup horizon: not remembered."""
+        return -(2**62) if self._latest is None else self._latest // _US_PER_HOUR - self.dedup_hours
 
-    def apply(self, update: StateUpdate, start: int, end: int) -> None:
-        """Add `update` and move the offset from `start` to `end`, atomically."""
+    def stage(self, update: StateUpdate, end: int) -> None:
+        """Hold `update` (covering offsets up to `end`) for the next flush."""
+        self._pending.append(update)
+        self._next = end
+        if update.latest is not None:
+            self._latest = max(self._latest or 0, _us(update.latest))
+        for hour, ids in update.seen.items():
+            self._seen.setdefault(hour, set()).update(ids)
+        floor = self.dedup_floor()
+        for hour in [h for h in self._seen if h < floor]:
+            del self._seen[hour]
+
+    def flush(self) -> bool:
+        """Write everything staged and the new offset in one transaction; False if nothing was staged.
+
+        Raises StaleBatchError (and drops what was staged) when another owner moved the offset.
+        """
+        if not self._pending:
+            return False
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if self.next_offset != start:
-                raise StaleBatchError(f"{self.path.name}: state is at {self.next_offset}, batch starts at {start}")
-            self._write(update, end)
+            on_disk = self.meta("next_offset") or 0
+            if on_disk != self._persisted:
+                raise StaleBatchError(f"{self.path.name}: offset moved to {on_disk} by another owner")
+            self._write(self._pending, self._next)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._load()
             raise
-        for hour, ids in update.seen.items():
-            self._seen.setdefault(hour, set()).update(ids)
-        self._prune_memory()
+        self._pending.clear()
+        self._persisted = self._next
+        return True
 
-    def _write(self, update: StateUpdate, end: int) -> None:
+    def _write(self, updates: list[StateUpdate], end: int) -> None:
         db = self._db
-        db.executemany(_UPSERT_USAGE, _usage_rows(update.usage))
-        db.executemany(_UPSERT_LAST_USED, _last_used_rows(update.last_used))
-        db.executemany("INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)", _lifecycle_rows(update.lifecycle))
-        db.executemany(_UPSERT_OUTCOMES, update.outcomes.rows())
+        db.executemany(_UPSERT_USAGE, _usage_rows(merge_usage([u.usage for u in updates])))
+        db.executemany(_UPSERT_LAST_USED, _last_used_rows(merge_last_used([u.last_used for u in updates])))
+        db.executemany("INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)",
+                       _lifecycle_rows(pl.concat([u.lifecycle for u in updates])))
+        db.executemany(_UPSERT_OUTCOMES, pl.concat([u.outcomes for u in updates]).group_by(
+            "eventName", "errorCode").agg(pl.col("count").sum()).rows())
         floor = self.dedup_floor()
-        db.executemany("INSERT OR IGNORE INTO seen VALUES (?,?)",
-                       ((h, i) for h, ids in update.seen.items() if h >= floor for i in ids))
-        self._set_bounds(update)
-        db.execute("DELETE FROM seen WHERE hour < ?", (self.dedup_floor(),))
+        hours: dict[int, list[str]] = {}
+        for update in updates:
+            for hour, ids in update.seen.items():
+                if hour >= floor:
+                    hours.setdefault(hour, []).extend(ids)
+        db.executemany("INSERT INTO seen VALUES (?,?)", ((h, "\n".join(ids)) for h, ids in hours.items()))
+        db.execute("DELETE FROM seen WHERE hour < ?", (floor,))
+        for update in updates:
+            self._set_bounds(update)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('next_offset', ?)", (end,))
 
     def _set_bounds(self, update: StateUpdate) -> None:
         if update.earliest is not None:
-            earliest = _us(update.earliest)
             self._db.execute("INSERT INTO meta VALUES ('earliest', ?) ON CONFLICT DO UPDATE SET "
-                             "value = min(value, excluded.value)", (earliest,))
+                             "value = min(value, excluded.value)", (_us(update.earliest),))
         if update.latest is not None:
             self._db.execute("INSERT INTO meta VALUES ('latest', ?) ON CONFLICT DO UPDATE SET "
                              "value = max(value, excluded.value)", (_us(update.latest),))
-
-    def _prune_memory(self) -> None:
-        floor = self.dedup_floor()
-        for hour in [h for h in self._seen if h < floor]:
-            del self._seen[hour]
 
     # --- reads -----------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class SyntheticSettings:
     duplicate_share: float = 0.005
     lifecycle_share: float = 0.002
     region: str = "us-east-1"
+    skew: float = 1.0  # 1 = uniform; higher concentrates traffic on few keys and principals (Zipf-like)
 
 
 @dataclass
@@ -154,9 +155,9 @@ def _create_key(world: _World, when: datetime) -> dict[str, Any]:
 def _use_event(world: _World, when: datetime) -> dict[str, Any]:
     rng = world.rng
     live = [k for k in world.keys if k.state != "Deleted"] or world.keys
-    key = live[rng.randrange(len(live))]
+    key = live[_pick(rng, len(live), world.settings.skew)]
     operation = rng.choice(_OPS_BY_SPEC[key.spec])
-    identity = world.principals[rng.randrange(len(world.principals))]
+    identity = world.principals[_pick(rng, len(world.principals), world.settings.skew)]
     params: dict[str, Any] = {"keyId": key.arn}
     if operation == "GenerateDataKeyPair":
         params["keyPairSpec"] = rng.choice(_PAIR_SPECS)
@@ -171,6 +172,10 @@ def _use_event(world: _World, when: datetime) -> dict[str, Any]:
     if operation == "ReEncrypt":
         extra = [live[rng.randrange(len(live))].arn]
     return _record(world, when, identity, operation, key, params=params, error=error, extra=extra)
+
+
+def _pick(rng: random.Random, size: int, skew: float) -> int:
+    return int(size * rng.random() ** skew) if skew != 1.0 else rng.randrange(size)
 
 
 def _service_event(world: _World, key: _Key, name: str, when: datetime) -> dict[str, Any]:

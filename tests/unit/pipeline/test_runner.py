@@ -48,6 +48,9 @@ class CommittedSource:
             raise Crash
         self.committed[0] = batch.end
 
+    async def rewind(self, partition: str, offset: int) -> None:
+        raise AssertionError("single owner: never rewound")
+
 
 def _assert_exact(data_dir: Path, events: list[dict[str, Any]]) -> None:
     store = MetricsStore(data_dir)
@@ -72,11 +75,13 @@ async def test_batched_run_is_exact(tmp_path: Path, events: list[dict[str, Any]]
 async def test_crash_between_persist_and_commit_counts_nothing_twice(tmp_path: Path,
                                                                     events: list[dict[str, Any]]) -> None:
     committed = [0]
+    # Checkpoints cover two batches: 1200-1800 is persisted, then the commit of 1500-1800 crashes.
     with pytest.raises(Crash):
-        await Runner(state_dir(tmp_path), CommittedSource(events, committed, crash_at=1500)).run()
-    assert committed[0] == 1500  # the crashed batch was persisted but never acknowledged
+        await Runner(state_dir(tmp_path), CommittedSource(events, committed, crash_at=1500),
+                     checkpoint_records=600).run()
+    assert committed[0] == 1200
     stats = await Runner(state_dir(tmp_path), CommittedSource(events, committed)).run()
-    assert stats.redelivered == 300
+    assert stats.redelivered == 600
     _assert_exact(tmp_path, events)
 
 
@@ -110,9 +115,10 @@ async def test_late_event_updates_its_old_window(tmp_path: Path, events: list[di
 
 async def test_dedup_memory_is_bounded_by_the_horizon(tmp_path: Path) -> None:
     long_run = list(generate_events(3000, SyntheticSettings(keys=10, seconds_per_event=600.0), seed=2))
-    runner = Runner(state_dir(tmp_path), RecordsSource(long_run, max_records=200), dedup_hours=6)
+    runner = Runner(state_dir(tmp_path), RecordsSource(long_run, max_records=200), dedup_hours=6,
+                    checkpoint_records=200)
     hours: list[int] = []
-    runner.after_batch = lambda batch, state: hours.append(state.seen_hours())
+    runner.after_checkpoint = lambda: hours.append(runner.state("records").seen_hours())
     await runner.run()
     assert max(hours) <= 6 + 3  # hours within the horizon (+ late-event spread), not the 500 h of the run
 

@@ -1,0 +1,77 @@
+"""Benchmark: events/s from the embedded event log into usage, last-used and cost state, one core.
+
+    python bench/pipeline_throughput.py --events 1000000 --workdir /tmp/bench-pipeline
+
+Phase 1 (not timed) writes generated events, Avro single-object encoded, to a segment log in
+streaming chunks. Phase 2 runs in a fresh process pinned to one CPU (POLARS_MAX_THREADS=1):
+the consumer reads the log to its end; it prints events/s and its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+
+SETTINGS = SyntheticSettings(keys=300, principals=60, accounts=4, seconds_per_event=0.05, skew=3.0,
+                             lifecycle_share=0.0002)
+
+
+def write_log(workdir: Path, count: int) -> None:
+    from keytrail.audit.schema import encode
+    from keytrail.pipeline.consumer import event_log_dir
+    from keytrail.transport.segment_log import SegmentLog
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    log = SegmentLog(event_log_dir(workdir), writable=True)
+    events = generate_events(count, SETTINGS, seed=1)
+    while chunk := list(islice(events, 50_000)):
+        log.append([encode(e) for e in chunk])
+    log.sync()
+    log.close()
+
+
+def consume(workdir: Path, batch: int) -> dict[str, float]:
+    from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+
+    consumer = MetricsConsumer(ConsumerSettings(workdir, follow=False, max_records=batch, export_seconds=1e9))
+    started = time.perf_counter()
+    stats = asyncio.run(consumer.run())
+    elapsed = time.perf_counter() - started
+    return {"events": stats.records, "seconds": round(elapsed, 2), "events_per_s": round(stats.records / elapsed),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "counted": stats.counted, "duplicates": stats.duplicates}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/keytrail-bench-pipeline"))
+    parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--consume-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.consume_only:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        print(json.dumps(consume(args.workdir, args.batch)))
+        return
+    started = time.perf_counter()
+    write_log(args.workdir, args.events)
+    print(f"wrote {args.events} events in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    env = {**os.environ, "POLARS_MAX_THREADS": "1"}
+    command = [sys.executable, __file__, "--consume-only", "--workdir", str(args.workdir), "--batch", str(args.batch)]
+    subprocess.run(command, check=True, env=env)
+
+
+if __name__ == "__main__":
+    main()
