@@ -133,7 +133,9 @@ class Runner:
         """The (cached) state of `partition`."""
         if partition not in self._states:
             path = self.state_dir / f"{partition}.sqlite"
-            self._states[partition] = PartitionState(path, dedup_hours=self.dedup_hours)
+            state = PartitionState(path, dedup_hours=self.dedup_hours)
+            state.usage_files.remove_orphans()  # only an owner may: readers never delete
+            self._states[partition] = state
         return self._states[partition]
 
     async def run(self) -> RunStats:

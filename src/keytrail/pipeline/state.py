@@ -20,15 +20,13 @@ import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
-from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
+from keytrail.pipeline.usage import merge_usage
+from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
 
 __all__ = ["PartitionState", "StaleBatchError", "StateUpdate"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
-CREATE TABLE IF NOT EXISTS usage (minute INTEGER, keyArn TEXT, principalArn TEXT, accountId TEXT,
-  eventName TEXT, keyPairSpec TEXT, count INTEGER, errorCount INTEGER,
-  PRIMARY KEY (minute, keyArn, principalArn, accountId, eventName, keyPairSpec)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS last_used (keyArn TEXT, principalArn TEXT, lastUsedTime INTEGER,
   lastUsedOperation TEXT, eventId TEXT, requestId TEXT, PRIMARY KEY (keyArn, principalArn)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eventTime INTEGER,
@@ -38,8 +36,6 @@ CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEG
 CREATE TABLE IF NOT EXISTS seen (hour INTEGER, ids TEXT);  -- eventIDs of one hour, newline-joined
 CREATE INDEX IF NOT EXISTS seen_hour ON seen (hour);
 """
-_UPSERT_USAGE = """INSERT INTO usage VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
-  count = count + excluded.count, errorCount = errorCount + excluded.errorCount"""
 _UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
   lastUsedTime = excluded.lastUsedTime, lastUsedOperation = excluded.lastUsedOperation,
   eventId = excluded.eventId, requestId = excluded.requestId
@@ -80,7 +76,8 @@ class PartitionState:
         self.path = path
         self.dedup_hours = dedup_hours
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA)
+        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA)
+        self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
         self._pending: list[StateUpdate] = []
         self._load()
 
@@ -143,24 +140,27 @@ class PartitionState:
         if not self._pending:
             return False
         db = self._db
+        files = self.usage_files.write(merge_usage([u.usage for u in self._pending]))
         db.execute("BEGIN IMMEDIATE")
         try:
             on_disk = self.meta("next_offset") or 0
             if on_disk != self._persisted:
                 raise StaleBatchError(f"{self.path.name}: offset moved to {on_disk} by another owner")
+            self.usage_files.list(files)
             self._write(self._pending, self._next)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self.usage_files.discard(files)
             self._load()
             raise
         self._pending.clear()
         self._persisted = self._next
+        self.usage_files.compact()
         return True
 
     def _write(self, updates: list[StateUpdate], end: int) -> None:
         db = self._db
-        db.executemany(_UPSERT_USAGE, _usage_rows(merge_usage([u.usage for u in updates])))
         db.executemany(_UPSERT_LAST_USED, _last_used_rows(merge_last_used([u.last_used for u in updates])))
         db.executemany("INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)",
                        _lifecycle_rows(pl.concat([u.lifecycle for u in updates])))
@@ -190,10 +190,7 @@ class PartitionState:
 
     def usage(self, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
         """Minute-level usage with minute in [since, until)."""
-        low = _us(since) if since else -(2**62)
-        high = _us(until) if until else 2**62
-        rows = self._db.execute("SELECT * FROM usage WHERE minute >= ? AND minute < ?", (low, high)).fetchall()
-        return _frame(rows, USAGE_SCHEMA, ["minute"])
+        return self.usage_files.read(since, until)
 
     def last_used(self) -> pl.DataFrame:
         return _frame(self._db.execute("SELECT * FROM last_used").fetchall(), LAST_USED_SCHEMA, ["lastUsedTime"])
@@ -216,10 +213,6 @@ def _text(frame: pl.DataFrame, columns: Sequence[str], times: Sequence[str]) -> 
     exprs = [pl.col(c).dt.epoch("us") if c in times else pl.col(c).fill_null("") if
              frame.schema[c] == pl.String else pl.col(c) for c in columns]
     return frame.select(exprs).rows()
-
-
-def _usage_rows(usage: pl.DataFrame) -> Iterable[tuple[Any, ...]]:
-    return _text(usage, list(USAGE_SCHEMA), ["minute"])
 
 
 def _last_used_rows(last_used: pl.DataFrame) -> Iterable[tuple[Any, ...]]:

@@ -65,11 +65,34 @@ def _assert_exact(data_dir: Path, events: list[dict[str, Any]]) -> None:
     assert got == reference.cost(events, PriceTable(free_tier_requests=200), UNTIL)
 
 
-async def test_batched_run_is_exact(tmp_path: Path, events: list[dict[str, Any]]) -> None:
-    stats = await Runner(state_dir(tmp_path), RecordsSource(events, max_records=333)).run()
+async def test_batched_run_with_many_checkpoints_and_compactions_is_exact(
+        tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    stats = await Runner(state_dir(tmp_path), RecordsSource(events, max_records=333), checkpoint_records=300).run()
+    files = list((state_dir(tmp_path) / "usage").glob("day=*/*.parquet"))
+    assert 0 < len(files) <= 2 * 9  # compacted: at most COMPACT_AFTER + 1 per day (the run spans two days)
     assert stats.records == len(events)
     assert stats.duplicates == len(events) - len({e["eventID"] for e in events}) > 0
     _assert_exact(tmp_path, events)
+
+
+def test_orphan_usage_files_of_a_crashed_checkpoint_are_ignored_then_removed(tmp_path: Path,
+                                                                            events: list[dict[str, Any]]) -> None:
+    import asyncio
+    import os
+    import shutil
+
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events[:1000])).run())
+    orphan = state_dir(tmp_path) / "usage" / "day=2026-10-01" / "records.deadbeef.parquet"
+    shutil.copyfile(next(iter((state_dir(tmp_path) / "usage").glob("day=2026-10-01/*.parquet"))), orphan)
+    _assert_usage(tmp_path, events[:1000])  # not listed in the manifest: never read
+    os.utime(orphan, (0, 0))
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events[:1000])).run())
+    assert not orphan.exists()
+
+
+def _assert_usage(data_dir: Path, events: list[dict[str, Any]]) -> None:
+    usage = MetricsStore(data_dir).usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
+    assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
 
 
 async def test_crash_between_persist_and_commit_counts_nothing_twice(tmp_path: Path,
