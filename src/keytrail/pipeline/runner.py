@@ -50,9 +50,9 @@ class Batch:
     def frame_from(self, index: int) -> pl.DataFrame:
         """The fixed-schema frame of the records from position `index` on."""
         if self.values:
-            from keytrail.audit.schema import to_polars  # the Avro decoder is the audit layer's
+            from keytrail.pipeline.decode import avro_frame  # needs the audit layer's schema files
 
-            return frame_from_avro(to_polars(self.values[index:]))
+            return frame_from_avro(avro_frame(self.values[index:]))
         return frame_from_records(self.records[index:])
 
 
