@@ -23,8 +23,10 @@ from pathlib import Path
 
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 
-SETTINGS = SyntheticSettings(keys=300, principals=60, accounts=4, seconds_per_event=0.05, skew=3.0,
-                             lifecycle_share=0.0002)
+# 500 events/s of event time from 300 keys and 60 principals, skewed like real traffic (a few hot
+# key × principal pairs), with rotations, deletions, denied calls, late events and duplicates.
+SETTINGS = SyntheticSettings(keys=300, principals=60, accounts=4, seconds_per_event=0.002, skew=3.0,
+                             lifecycle_share=0.00002)
 
 
 def write_log(workdir: Path, count: int) -> None:

@@ -32,7 +32,7 @@ class ConsumerSettings:
     follow: bool = True  # keep polling the embedded log for new events
     idle_seconds: float | None = None  # Kafka: stop after this long without records
     export_seconds: float = 30.0  # rewrite the Parquet tables at most this often
-    dedup_hours: int = 48
+    dedup_capacity: int = 1_000_000  # eventIDs remembered per partition (at least half of them)
     max_records: int = 10_000
     checkpoint_records: int = 100_000  # persist state + offsets at least this often (and every 2 s)
     prices: PriceTable = field(default_factory=PriceTable)
@@ -46,7 +46,7 @@ class MetricsConsumer:
         self.stop_event = asyncio.Event()
         self.source = source or self._default_source()
         self.store = MetricsStore(settings.data_dir)
-        self.runner = Runner(state_dir(settings.data_dir), self.source, dedup_hours=settings.dedup_hours,
+        self.runner = Runner(state_dir(settings.data_dir), self.source, dedup_capacity=settings.dedup_capacity,
                              checkpoint_records=settings.checkpoint_records,
                              after_checkpoint=self._after_checkpoint)
         self._exported = time.monotonic()

@@ -2,7 +2,7 @@
 
 One runner owns offsets; aggregations stay pure. Exactly-once in effect over at-least-once
 delivery: records below the partition's checkpointed offset are skipped (redelivery after a
-crash between persist and commit) and eventIDs seen within the dedup horizon are dropped
+crash between persist and commit) and eventIDs among the partition's recent ones are dropped
 (duplicates the shipper re-sent under new offsets).
 """
 
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from keytrail.pipeline.cost import lifecycle_events
+from keytrail.pipeline.dedup import SeenIds, event_hashes
 from keytrail.pipeline.frame import empty_frame, frame_from_avro, frame_from_records
 from keytrail.pipeline.lastused import last_used
 from keytrail.pipeline.state import PartitionState, StaleBatchError, StateUpdate
@@ -84,26 +85,23 @@ class RunStats:
     lag: dict[str, int] = field(default_factory=dict)
 
 
-def drop_seen(frame: pl.DataFrame, state: PartitionState) -> pl.DataFrame:
-    """Keep the first occurrence of each eventID that `state` has not counted yet."""
+def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, list[int]]:
+    """The first occurrence of each eventID not in `seen`, and the hashes of those kept."""
     frame = frame.unique("eventID", keep="first", maintain_order=True)
-    hours = frame.get_column("eventTime").dt.epoch("s") // 3600
-    ids = frame.get_column("eventID")
-    keep = [not state.is_seen(h, i) for h, i in zip(hours.to_list(), ids.to_list(), strict=True)]
-    return frame.filter(pl.Series(keep, dtype=pl.Boolean))
+    hashes = event_hashes(frame.get_column("eventID"))
+    keep = [h not in seen for h in hashes]
+    if all(keep):
+        return frame, hashes
+    return frame.filter(pl.Series(keep, dtype=pl.Boolean)), [h for h, k in zip(hashes, keep, strict=True) if k]
 
 
-def aggregate(frame: pl.DataFrame) -> StateUpdate:
-    """Everything one batch of new events adds to the state (pure)."""
-    hours = frame.select(hour=pl.col("eventTime").dt.epoch("s") // 3600, eventID=pl.col("eventID"))
-    seen: dict[int, list[str]] = {}
-    for hour, ids in hours.group_by("hour").agg(pl.col("eventID")).iter_rows():
-        seen[hour] = ids
+def aggregate(frame: pl.DataFrame, seen: list[int] | None = None) -> StateUpdate:
+    """Everything one batch of new events adds to the state (pure); `seen`: their eventID hashes."""
     outcomes = frame.group_by("eventName", pl.col("errorCode").fill_null("")).agg(
         count=pl.len().cast(pl.Int64))
     times = frame.get_column("eventTime")
     return StateUpdate(usage=usage_minutes(frame), last_used=last_used(frame), lifecycle=lifecycle_events(frame),
-                       outcomes=outcomes, seen=seen, earliest=times.min(), latest=times.max())  # type: ignore[arg-type]
+                       outcomes=outcomes, seen=seen or [], earliest=times.min(), latest=times.max())  # type: ignore[arg-type]
 
 
 class Runner:
@@ -113,12 +111,12 @@ class Runner:
     `checkpoint_seconds` seconds (and at the end): persist state with offsets, then commit.
     """
 
-    def __init__(self, state_dir: Path, source: Source, *, dedup_hours: int = 48,
+    def __init__(self, state_dir: Path, source: Source, *, dedup_capacity: int = 1_000_000,
                  checkpoint_records: int = 100_000, checkpoint_seconds: float = 2.0,
                  after_checkpoint: Callable[[], None] | None = None) -> None:
         self.state_dir = state_dir
         self.source = source
-        self.dedup_hours = dedup_hours
+        self.dedup_capacity = dedup_capacity
         self.checkpoint_records = checkpoint_records
         self.checkpoint_seconds = checkpoint_seconds
         self.after_checkpoint = after_checkpoint
@@ -133,7 +131,7 @@ class Runner:
         """The (cached) state of `partition`."""
         if partition not in self._states:
             path = self.state_dir / f"{partition}.sqlite"
-            state = PartitionState(path, dedup_hours=self.dedup_hours)
+            state = PartitionState(path, dedup_capacity=self.dedup_capacity)
             state.usage_files.remove_orphans()  # only an owner may: readers never delete
             self._states[partition] = state
         return self._states[partition]
@@ -177,8 +175,8 @@ class Runner:
         skip = sum(1 for offset in batch.offsets if offset < covered)
         counted = 0
         if skip < len(batch.offsets):
-            frame = drop_seen(batch.frame_from(skip), state)
-            update = aggregate(frame) if frame.height else _empty_update()
+            frame, hashes = drop_seen(batch.frame_from(skip), state.seen)
+            update = aggregate(frame, hashes) if frame.height else _empty_update()
             state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
             counted = frame.height

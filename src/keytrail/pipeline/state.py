@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
+from keytrail.pipeline.dedup import SeenIds, pack, unpack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
@@ -33,8 +34,7 @@ CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eve
   eventName TEXT, keySpec TEXT, keyManager TEXT);
 CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEGER,
   PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS seen (hour INTEGER, ids TEXT);  -- eventIDs of one hour, newline-joined
-CREATE INDEX IF NOT EXISTS seen_hour ON seen (hour);
+CREATE TABLE IF NOT EXISTS seen (generation INTEGER, hashes BLOB);  -- eventID hashes, int64 native order
 """
 _UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
   lastUsedTime = excluded.lastUsedTime, lastUsedOperation = excluded.lastUsedOperation,
@@ -42,7 +42,6 @@ _UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?) ON CONFLICT DO
   WHERE (excluded.lastUsedTime, excluded.eventId) > (last_used.lastUsedTime, last_used.eventId)"""
 _UPSERT_OUTCOMES = """INSERT INTO outcomes VALUES (?,?,?) ON CONFLICT DO UPDATE SET
   count = count + excluded.count"""
-_US_PER_HOUR = 3_600_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -58,7 +57,7 @@ class StateUpdate:
     last_used: pl.DataFrame
     lifecycle: pl.DataFrame
     outcomes: pl.DataFrame  # eventName, errorCode ("" for success), count
-    seen: dict[int, list[str]] = field(default_factory=dict)
+    seen: list[int] = field(default_factory=list)  # eventID hashes (keytrail.pipeline.dedup)
     earliest: datetime | None = None
     latest: datetime | None = None
 
@@ -71,10 +70,10 @@ class PartitionState:
     disk does not move either, so a crash only loses work that will be read again.
     """
 
-    def __init__(self, path: Path, *, dedup_hours: int = 48) -> None:
+    def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.dedup_hours = dedup_hours
+        self.dedup_capacity = dedup_capacity
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA)
         self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
@@ -85,10 +84,12 @@ class PartitionState:
         self._pending.clear()
         self._persisted = self.meta("next_offset") or 0
         self._next = self._persisted
-        self._latest = self.meta("latest")
-        self._seen: dict[int, set[str]] = {}
-        for hour, ids in self._db.execute("SELECT hour, ids FROM seen"):
-            self._seen.setdefault(hour, set()).update(ids.split("\n"))
+        self.seen = SeenIds(self.dedup_capacity)
+        self.seen.generation = generation = self.meta("seen_generation") or 0
+        for label, blob in self._db.execute("SELECT generation, hashes FROM seen WHERE generation >= ?",
+                                            (generation - 1,)):
+            (self.seen.current if label == generation else self.seen.previous).update(unpack(blob))
+        self._staged_seen: list[tuple[int, list[int]]] = []
 
     def close(self) -> None:
         self._db.close()
@@ -107,30 +108,12 @@ class PartitionState:
         """The first source offset not yet covered on disk."""
         return self._persisted
 
-    def is_seen(self, hour: int, event_id: str) -> bool:
-        """Whether `event_id` (of eventTime hour `hour`) was already counted or staged."""
-        bucket = self._seen.get(hour)
-        return bucket is not None and event_id in bucket
-
-    def seen_hours(self) -> int:
-        """How many eventTime hours of eventIDs are held for deduplication (bounded by the horizon)."""
-        return len(self._seen)
-
-    def dedup_floor(self) -> int:
-        """Events of hours before this are older than the dedup horizon: not remembered."""
-        return -(2**62) if self._latest is None else self._latest // _US_PER_HOUR - self.dedup_hours
-
     def stage(self, update: StateUpdate, end: int) -> None:
         """Hold `update` (covering offsets up to `end`) for the next flush."""
         self._pending.append(update)
         self._next = end
-        if update.latest is not None:
-            self._latest = max(self._latest or 0, _us(update.latest))
-        for hour, ids in update.seen.items():
-            self._seen.setdefault(hour, set()).update(ids)
-        floor = self.dedup_floor()
-        for hour in [h for h in self._seen if h < floor]:
-            del self._seen[hour]
+        self._staged_seen.append((self.seen.generation, update.seen))
+        self.seen.add(update.seen)
 
     def flush(self) -> bool:
         """Write everything staged and the new offset in one transaction; False if nothing was staged.
@@ -151,10 +134,11 @@ class PartitionState:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self.usage_files.discard(files)
+            self.usage_files.discard(name for name, _, _ in files)
             self._load()
             raise
         self._pending.clear()
+        self._staged_seen.clear()
         self._persisted = self._next
         self.usage_files.compact()
         return True
@@ -166,14 +150,10 @@ class PartitionState:
                        _lifecycle_rows(pl.concat([u.lifecycle for u in updates])))
         db.executemany(_UPSERT_OUTCOMES, pl.concat([u.outcomes for u in updates]).group_by(
             "eventName", "errorCode").agg(pl.col("count").sum()).rows())
-        floor = self.dedup_floor()
-        hours: dict[int, list[str]] = {}
-        for update in updates:
-            for hour, ids in update.seen.items():
-                if hour >= floor:
-                    hours.setdefault(hour, []).extend(ids)
-        db.executemany("INSERT INTO seen VALUES (?,?)", ((h, "\n".join(ids)) for h, ids in hours.items()))
-        db.execute("DELETE FROM seen WHERE hour < ?", (floor,))
+        generation = self.seen.generation
+        db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h))
+        db.execute("DELETE FROM seen WHERE generation < ?", (generation - 1,))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('seen_generation', ?)", (generation,))
         for update in updates:
             self._set_bounds(update)
         db.execute("INSERT OR REPLACE INTO meta VALUES ('next_offset', ?)", (end,))

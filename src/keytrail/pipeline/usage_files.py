@@ -24,8 +24,9 @@ from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
 __all__ = ["MANIFEST_SCHEMA", "UsageFiles"]
 
-MANIFEST_SCHEMA = "CREATE TABLE IF NOT EXISTS usage_files (name TEXT PRIMARY KEY, day TEXT);"
-COMPACT_AFTER = 8  # files of one day before they are merged into one
+MANIFEST_SCHEMA = "CREATE TABLE IF NOT EXISTS usage_files (name TEXT PRIMARY KEY, day TEXT, rows INTEGER);"
+COMPACT_AFTER = 8  # files of one day before the smallest are merged
+COMPACT_MAX_ROWS = 500_000  # never merge more rows than this at once: compaction memory stays bounded
 
 
 class UsageFiles:
@@ -36,22 +37,22 @@ class UsageFiles:
         self.partition = partition
         self.db = db
 
-    def write(self, usage: pl.DataFrame) -> list[tuple[str, str]]:
-        """Write `usage` as durable, not yet listed files; return their (name, day)."""
+    def write(self, usage: pl.DataFrame) -> list[tuple[str, str, int]]:
+        """Write `usage` as durable, not yet listed files; return their (name, day, rows)."""
         written = []
         days = usage.with_columns(day=pl.col("minute").dt.date().cast(pl.String))
         for (day,), part in days.partition_by("day", as_dict=True).items():
             name = f"day={day}/{self.partition}.{uuid.uuid4().hex}.parquet"
             _durable_write(part.drop("day"), self.root / name)
-            written.append((name, str(day)))
+            written.append((name, str(day), part.height))
         return written
 
-    def list(self, written: Iterable[tuple[str, str]]) -> None:
+    def list(self, written: Iterable[tuple[str, str, int]]) -> None:
         """Add files to the manifest (inside the caller's transaction)."""
-        self.db.executemany("INSERT INTO usage_files VALUES (?, ?)", written)
+        self.db.executemany("INSERT INTO usage_files VALUES (?, ?, ?)", written)
 
-    def discard(self, written: Iterable[tuple[str, str]]) -> None:
-        for name, _ in written:
+    def discard(self, names: Iterable[str]) -> None:
+        for name in names:
             (self.root / name).unlink(missing_ok=True)
 
     def listed(self, since: datetime | None = None, until: datetime | None = None) -> list[str]:
@@ -91,22 +92,31 @@ class UsageFiles:
         raise AssertionError("unreachable")
 
     def compact(self) -> None:
-        """Merge the files of each day that has more than COMPACT_AFTER of them."""
+        """Merge the smallest files of each day that has more than COMPACT_AFTER of them."""
         crowded = self.db.execute("SELECT day FROM usage_files GROUP BY day HAVING count(*) > ?", (COMPACT_AFTER,))
         for (day,) in crowded.fetchall():
-            old = [n for (n,) in self.db.execute("SELECT name FROM usage_files WHERE day = ?", (day,))]
-            merged = merge_usage([pl.read_parquet(self.root / n) for n in old])
-            new = self.write(merged)
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("DELETE FROM usage_files WHERE name = ?", [(n,) for n in old])
-                self.list(new)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                self.discard(new)
-                raise
-            self.discard((n, day) for n in old)
+            old, total = [], 0
+            for name, rows in self.db.execute("SELECT name, rows FROM usage_files WHERE day = ? ORDER BY rows",
+                                              (day,)):
+                if len(old) == COMPACT_AFTER or (old and total + rows > COMPACT_MAX_ROWS):
+                    break
+                old.append(name)
+                total += rows
+            if len(old) > 1:
+                self._replace(old, merge_usage([pl.read_parquet(self.root / n) for n in old]))
+
+    def _replace(self, old: list[str], merged: pl.DataFrame) -> None:
+        new = self.write(merged)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("DELETE FROM usage_files WHERE name = ?", [(n,) for n in old])
+            self.list(new)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self.discard(n for n, _, _ in new)
+            raise
+        self.discard(old)
 
 
 def _durable_write(frame: pl.DataFrame, path: Path) -> None:

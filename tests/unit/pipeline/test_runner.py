@@ -69,7 +69,7 @@ async def test_batched_run_with_many_checkpoints_and_compactions_is_exact(
         tmp_path: Path, events: list[dict[str, Any]]) -> None:
     stats = await Runner(state_dir(tmp_path), RecordsSource(events, max_records=333), checkpoint_records=300).run()
     files = list((state_dir(tmp_path) / "usage").glob("day=*/*.parquet"))
-    assert 0 < len(files) <= 2 * 9  # compacted: at most COMPACT_AFTER + 1 per day (the run spans two days)
+    assert 0 < len(files) <= 2 * 8  # compacted: at most COMPACT_AFTER per day (the run spans two days)
     assert stats.records == len(events)
     assert stats.duplicates == len(events) - len({e["eventID"] for e in events}) > 0
     _assert_exact(tmp_path, events)
@@ -136,14 +136,22 @@ async def test_late_event_updates_its_old_window(tmp_path: Path, events: list[di
     assert first_hour.filter(first_hour["eventName"] == late["eventName"])["count"].item() == want
 
 
-async def test_dedup_memory_is_bounded_by_the_horizon(tmp_path: Path) -> None:
-    long_run = list(generate_events(3000, SyntheticSettings(keys=10, seconds_per_event=600.0), seed=2))
-    runner = Runner(state_dir(tmp_path), RecordsSource(long_run, max_records=200), dedup_hours=6,
+async def test_dedup_memory_is_bounded_by_its_capacity(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    runner = Runner(state_dir(tmp_path), RecordsSource(events, max_records=200), dedup_capacity=1000,
                     checkpoint_records=200)
-    hours: list[int] = []
-    runner.after_checkpoint = lambda: hours.append(runner.state("records").seen_hours())
+    sizes: list[int] = []
+    runner.after_checkpoint = lambda: sizes.append(len(runner.state("records").seen))
     await runner.run()
-    assert max(hours) <= 6 + 3  # hours within the horizon (+ late-event spread), not the 500 h of the run
+    assert max(sizes) <= 1000 + 200  # never more than the capacity (+ one batch), not the 4000 events
+
+
+async def test_recent_duplicates_are_still_dropped_after_a_restart(tmp_path: Path,
+                                                                    events: list[dict[str, Any]]) -> None:
+    await Runner(state_dir(tmp_path), RecordsSource(events[:3000], max_records=250)).run()
+    resent = [*events[:3000], *events[2600:3000], *events[3000:]]  # re-sent under new offsets, after restart
+    stats = await Runner(state_dir(tmp_path), RecordsSource(resent, max_records=250)).run()
+    assert stats.duplicates >= 400
+    _assert_exact(tmp_path, events)
 
 
 def test_last_usage_answers_like_get_key_last_usage(tmp_path: Path, events: list[dict[str, Any]]) -> None:
