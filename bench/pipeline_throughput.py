@@ -24,15 +24,17 @@ from pathlib import Path
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 
 # 500 events/s of event time from 300 keys and 60 principals, skewed like real traffic (a few hot
-# key × principal pairs), with rotations, deletions, denied calls, late events and duplicates.
-SETTINGS = SyntheticSettings(keys=300, principals=60, accounts=4, seconds_per_event=0.002, skew=3.0,
-                             lifecycle_share=0.00002)
+# key x principal pairs), with rotations, deletions, denied calls, late events and duplicates.
+SETTINGS = SyntheticSettings(
+    keys=300, principals=60, accounts=4, seconds_per_event=0.002, skew=3.0, lifecycle_share=0.00002
+)
 
 
 def write_log(workdir: Path, count: int) -> None:
     from keytrail.audit.schema import encode
-    from keytrail.pipeline.consumer import event_log_dir
     from keytrail.transport.segment_log import SegmentLog
+
+    from keytrail.pipeline.consumer import event_log_dir
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -51,9 +53,14 @@ def consume(workdir: Path, batch: int) -> dict[str, float]:
     started = time.perf_counter()
     stats = asyncio.run(consumer.run())
     elapsed = time.perf_counter() - started
-    return {"events": stats.records, "seconds": round(elapsed, 2), "events_per_s": round(stats.records / elapsed),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "counted": stats.counted, "duplicates": stats.duplicates}
+    return {
+        "events": stats.records,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(stats.records / elapsed),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "counted": stats.counted,
+        "duplicates": stats.duplicates,
+    }
 
 
 def main() -> None:
@@ -71,7 +78,15 @@ def main() -> None:
     write_log(args.workdir, args.events)
     print(f"wrote {args.events} events in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
-    command = [sys.executable, __file__, "--consume-only", "--workdir", str(args.workdir), "--batch", str(args.batch)]
+    command = [
+        sys.executable,
+        __file__,
+        "--consume-only",
+        "--workdir",
+        str(args.workdir),
+        "--batch",
+        str(args.batch),
+    ]
     subprocess.run(command, check=True, env=env)
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.services import kafka_broker
+from tests.unit.pipeline import reference
 
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
-from tests.support.services import kafka_broker
-from tests.unit.pipeline import reference
 
 schema = pytest.importorskip("keytrail.audit.schema")
 pytestmark = pytest.mark.integration
@@ -25,8 +25,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from keytrail.pipeline.kafka_source import AUDIT_TOPIC, KafkaSource  # noqa: E402
 
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
-SETTINGS = SyntheticSettings(keys=40, principals=20, seconds_per_event=20.0, lifecycle_share=0.01,
-                             duplicate_share=0.02)
+SETTINGS = SyntheticSettings(
+    keys=40, principals=20, seconds_per_event=20.0, lifecycle_share=0.01, duplicate_share=0.02
+)
 
 
 async def _produce(bootstrap: str, events: list[dict[str, Any]], partitions: int = 4) -> None:
@@ -51,12 +52,16 @@ def _exact(data_dir: Path, events: list[dict[str, Any]]) -> None:
     store = MetricsStore(data_dir)
     usage = store.usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
     assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
-    last = {(r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
-            for r in store.last_used().iter_rows(named=True)}
+    last = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in store.last_used().iter_rows(named=True)
+    }
     assert last == reference.last_used(events)
     prices = PriceTable(free_tier_requests=150)
-    got = {(r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
-           for r in store.cost(prices, until=UNTIL).iter_rows(named=True)}
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in store.cost(prices, until=UNTIL).iter_rows(named=True)
+    }
     assert got == reference.cost(events, prices, UNTIL)
 
 

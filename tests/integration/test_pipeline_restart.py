@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from tests.unit.pipeline import reference
 
 from keytrail.pipeline.consumer import event_log_dir
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
-from tests.unit.pipeline import reference
 
 schema = pytest.importorskip("keytrail.audit.schema")
 segment_log = pytest.importorskip("keytrail.transport.segment_log")
@@ -28,9 +28,19 @@ TOTAL = 40_000
 
 
 def _consume(data_dir: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "keytrail.cli.metrics", "consume", "--data-dir", str(data_dir),
-               "--no-follow", "--batch-size", "500",
-               "--checkpoint-records", "2000"]
+    command = [
+        sys.executable,
+        "-m",
+        "keytrail.cli.metrics",
+        "consume",
+        "--data-dir",
+        str(data_dir),
+        "--no-follow",
+        "--batch-size",
+        "500",
+        "--checkpoint-records",
+        "2000",
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -68,10 +78,14 @@ def test_kill_9_mid_stream_then_restart_is_exact(tmp_path: Path) -> None:
     store = MetricsStore(tmp_path)
     usage = store.usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
     assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
-    last = {(r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
-            for r in store.last_used().iter_rows(named=True)}
+    last = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in store.last_used().iter_rows(named=True)
+    }
     assert last == reference.last_used(events)
-    got = {(r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
-           for r in store.cost(PriceTable(), until=UNTIL).iter_rows(named=True)}
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in store.cost(PriceTable(), until=UNTIL).iter_rows(named=True)
+    }
     assert got == reference.cost(events, PriceTable(), UNTIL)
     assert list((tmp_path / "metrics" / "usage").glob("day=*/usage.parquet"))

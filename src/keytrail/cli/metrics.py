@@ -73,10 +73,16 @@ def parse_by(value: str, allowed: tuple[str, ...]) -> list[str]:
     return names
 
 
-def usage(data_dir: DataDir = Path("keytrail-data"), since: Since = None, until: Until = None,
-          by: Annotated[str, typer.Option(help="Comma list of key, principal, account, operation, "
-                                                "and one of minute, hour, day.")] = "key,principal,account,operation",
-          output: Format = OutputFormat.table) -> None:
+def usage(
+    data_dir: DataDir = Path("keytrail-data"),
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[
+        str,
+        typer.Option(help="Comma list of key, principal, account, operation, and one of minute, hour, day."),
+    ] = "key,principal,account,operation",
+    output: Format = OutputFormat.table,
+) -> None:
     """Requests and errors per key, principal, account and operation (optionally per time window)."""
     names = parse_by(by, (*_DIMENSIONS, *_WINDOWS))
     windows = [n for n in names if n in _WINDOWS]
@@ -84,19 +90,27 @@ def usage(data_dir: DataDir = Path("keytrail-data"), since: Since = None, until:
         raise fail("--by: choose at most one of minute, hour, day")
     store = open_store(data_dir)
     columns = [_DIMENSIONS[n] for n in names if n in _DIMENSIONS]
-    frame = store.usage(columns, windows[0] if windows else None,  # type: ignore[arg-type]
-                        parse_time(since, "--since"), parse_time(until, "--until"))
+    frame = store.usage(
+        columns,
+        windows[0] if windows else None,  # type: ignore[arg-type]
+        parse_time(since, "--since"),
+        parse_time(until, "--until"),
+    )
     fields = (["windowStart", "windowEnd"] if windows else []) + USAGE_FIELDS
     if output is not OutputFormat.json:  # tables and CSV show only the columns grouped by
         fields = [f for f in fields if f in frame.columns]
     emit(frame, fields, output)
 
 
-def cost(data_dir: DataDir = Path("keytrail-data"), since: Since = None, until: Until = None,
-         by: Annotated[str, typer.Option(help="Comma list of key, account.")] = "key,account",
-         prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
-         free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
-         output: Format = OutputFormat.table) -> None:
+def cost(
+    data_dir: DataDir = Path("keytrail-data"),
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[str, typer.Option(help="Comma list of key, account.")] = "key,account",
+    prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
+    free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
+    output: Format = OutputFormat.table,
+) -> None:
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
     names = parse_by(by, ("key", "account"))
     table = _price_table(prices, free_tier)
@@ -104,7 +118,9 @@ def cost(data_dir: DataDir = Path("keytrail-data"), since: Since = None, until: 
     frame = store.cost(table, parse_time(since, "--since"), parse_time(until, "--until"))
     keys = [_DIMENSIONS[n] for n in names]
     if len(keys) < 2:
-        frame = frame.group_by(keys).agg(pl.col(c).sum() for c in COST_FIELDS if c not in ("keyArn", "accountId"))
+        frame = frame.group_by(keys).agg(
+            pl.col(c).sum() for c in COST_FIELDS if c not in ("keyArn", "accountId")
+        )
     emit(frame.sort(keys, nulls_last=True), COST_FIELDS, output)
 
 
@@ -118,9 +134,13 @@ def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
     return table
 
 
-def last_used(data_dir: DataDir = Path("keytrail-data"), since: Since = None, until: Until = None,
-              by: Annotated[str, typer.Option(help="key, or key,principal.")] = "key",
-              output: Format = OutputFormat.table) -> None:
+def last_used(
+    data_dir: DataDir = Path("keytrail-data"),
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[str, typer.Option(help="key, or key,principal.")] = "key",
+    output: Format = OutputFormat.table,
+) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
     names = parse_by(by, ("key", "principal"))
     store = open_store(data_dir)
@@ -136,29 +156,43 @@ def last_used(data_dir: DataDir = Path("keytrail-data"), since: Since = None, un
     emit(frame, LAST_USED_FIELDS, output)
 
 
-def consume(data_dir: DataDir = Path("keytrail-data"),
-            kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
-            group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
-            follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
-            exit_when_idle: Annotated[float | None, typer.Option(help="Kafka: stop after N idle seconds.")] = None,
-            cloudtrail: Annotated[list[Path] | None, typer.Option(help="Offline: CloudTrail log files/folders.")] = None,
-            prices: Annotated[Path | None, typer.Option(help="TOML price table (Parquet cost table).")] = None,
-            batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
-            checkpoint_records: Annotated[int, typer.Option(help="Persist at least every N records.",
-                                                            min=1)] = 100_000) -> None:
+def consume(
+    data_dir: DataDir = Path("keytrail-data"),
+    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
+    group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
+    follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
+    exit_when_idle: Annotated[float | None, typer.Option(help="Kafka: stop after N idle seconds.")] = None,
+    cloudtrail: Annotated[
+        list[Path] | None, typer.Option(help="Offline: CloudTrail log files/folders.")
+    ] = None,
+    prices: Annotated[Path | None, typer.Option(help="TOML price table (Parquet cost table).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
+    checkpoint_records: Annotated[
+        int, typer.Option(help="Persist at least every N records.", min=1)
+    ] = 100_000,
+) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
-    settings = ConsumerSettings(data_dir=data_dir, kafka_bootstrap=kafka, group_id=group, follow=follow,
-                                idle_seconds=exit_when_idle, max_records=batch_size,
-                                checkpoint_records=checkpoint_records,
-                                prices=_price_table(prices, False))
+    settings = ConsumerSettings(
+        data_dir=data_dir,
+        kafka_bootstrap=kafka,
+        group_id=group,
+        follow=follow,
+        idle_seconds=exit_when_idle,
+        max_records=batch_size,
+        checkpoint_records=checkpoint_records,
+        prices=_price_table(prices, False),
+    )
     if cloudtrail:
         for path in cloudtrail:
             if not path.exists():
                 raise fail(f"--cloudtrail: no such file or folder: {path}")
     data_dir.mkdir(parents=True, exist_ok=True)
     stats = asyncio.run(_consume(settings, cloudtrail))
-    typer.echo(f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
-               f"{stats.redelivered} already counted", err=True)
+    typer.echo(
+        f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
+        f"{stats.redelivered} already counted",
+        err=True,
+    )
 
 
 async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
@@ -207,6 +241,7 @@ class Progress:
 
 
 # --- output ------------------------------------------------------------------------------------------
+
 
 def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
     """Print `frame` with exactly `fields` (absent ones null) in the chosen format."""

@@ -46,9 +46,13 @@ class MetricsConsumer:
         self.stop_event = asyncio.Event()
         self.source = source or self._default_source()
         self.store = MetricsStore(settings.data_dir)
-        self.runner = Runner(state_dir(settings.data_dir), self.source, dedup_capacity=settings.dedup_capacity,
-                             checkpoint_records=settings.checkpoint_records,
-                             after_checkpoint=self._after_checkpoint)
+        self.runner = Runner(
+            state_dir(settings.data_dir),
+            self.source,
+            dedup_capacity=settings.dedup_capacity,
+            checkpoint_records=settings.checkpoint_records,
+            after_checkpoint=self._after_checkpoint,
+        )
         self._exported = time.monotonic()
 
     def _default_source(self) -> Source:
@@ -56,12 +60,18 @@ class MetricsConsumer:
         if s.kafka_bootstrap:
             from keytrail.pipeline.kafka_source import KafkaSource
 
-            return KafkaSource(s.kafka_bootstrap, group_id=s.group_id, max_records=s.max_records,
-                               idle_seconds=s.idle_seconds, stop=self.stop_event)
+            return KafkaSource(
+                s.kafka_bootstrap,
+                group_id=s.group_id,
+                max_records=s.max_records,
+                idle_seconds=s.idle_seconds,
+                stop=self.stop_event,
+            )
         from keytrail.pipeline.segment_source import SegmentLogSource
 
-        return SegmentLogSource(event_log_dir(s.data_dir), max_records=s.max_records, follow=s.follow,
-                                stop=self.stop_event)
+        return SegmentLogSource(
+            event_log_dir(s.data_dir), max_records=s.max_records, follow=s.follow, stop=self.stop_event
+        )
 
     async def run(self) -> RunStats:
         """Consume until the source ends or `stop()`; then write the Parquet tables."""
@@ -90,5 +100,6 @@ class MetricsConsumer:
 
     def render_prometheus(self, spool_depth: int | None = None) -> str:
         """The /metrics body, with this consumer's lag."""
-        return render_prometheus(self.store, prices=self.settings.prices, lag=self.runner.stats.lag,
-                                 spool_depth=spool_depth)
+        return render_prometheus(
+            self.store, prices=self.settings.prices, lag=self.runner.stats.lag, spool_depth=spool_depth
+        )

@@ -17,15 +17,29 @@ from pathlib import Path
 
 import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
-
 from keytrail.audit import schema as audit_schema
 
 __all__ = ["AVRO_COLUMNS", "avro_frame"]
 
 #: The Avro record fields `frame.frame_from_avro` reads.
-AVRO_COLUMNS = ("eventID", "eventTime", "eventName", "keyArn", "principalArn", "invokedBy", "accountId",
-                "recipientAccountId", "awsRegion", "errorCode", "readOnly", "eventType", "requestID",
-                "resources", "requestParameters", "responseElements")
+AVRO_COLUMNS = (
+    "eventID",
+    "eventTime",
+    "eventName",
+    "keyArn",
+    "principalArn",
+    "invokedBy",
+    "accountId",
+    "recipientAccountId",
+    "awsRegion",
+    "errorCode",
+    "readOnly",
+    "eventType",
+    "requestID",
+    "resources",
+    "requestParameters",
+    "responseElements",
+)
 _MAGIC = b"\xc3\x01"
 _SYNC = b"keytrail-pipeline"[:16]
 
@@ -44,8 +58,18 @@ def _writer(path: Path) -> tuple[bytes, tuple[bytes, tuple[str, ...]]]:
     key = struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
     fields = {f["name"] for f in raw["fields"]}
     schema = text.encode()
-    header = b"".join([b"Obj\x01", _long(2), _bytes(b"avro.schema"), _bytes(schema), _bytes(b"avro.codec"),
-                       _bytes(b"null"), _long(0), _SYNC])
+    header = b"".join(
+        [
+            b"Obj\x01",
+            _long(2),
+            _bytes(b"avro.schema"),
+            _bytes(schema),
+            _bytes(b"avro.codec"),
+            _bytes(b"null"),
+            _long(0),
+            _SYNC,
+        ]
+    )
     return key, (header, tuple(c for c in AVRO_COLUMNS if c in fields))
 
 

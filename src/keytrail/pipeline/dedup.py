@@ -24,9 +24,15 @@ def event_hashes(event_ids: pl.Series) -> list[int]:
     """A stable signed 64-bit hash per eventID."""
     hexes = event_ids.fill_null("").str.replace_all("-", "", literal=True)
     frame = pl.DataFrame({"hex": hexes}).select(
-        pl.when(pl.col("hex").str.contains(_UUID)).then(
-            pl.col("hex").str.slice(0, 15).str.to_integer(base=16, strict=False)
-            .xor(pl.col("hex").str.slice(17, 15).str.to_integer(base=16, strict=False))).alias("h"))
+        pl.when(pl.col("hex").str.contains(_UUID))
+        .then(
+            pl.col("hex")
+            .str.slice(0, 15)
+            .str.to_integer(base=16, strict=False)
+            .xor(pl.col("hex").str.slice(17, 15).str.to_integer(base=16, strict=False))
+        )
+        .alias("h")
+    )
     hashes: list[int | None] = frame.get_column("h").to_list()
     if None in hashes:
         ids = event_ids.to_list()

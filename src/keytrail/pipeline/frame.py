@@ -14,11 +14,24 @@ import polars as pl
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
 #: Operations that count as use of a key (GetKeyLastUsage semantics, plus the ML-KEM pair).
-CRYPTO_OPERATIONS = frozenset({
-    "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "Sign", "Verify", "GenerateMac",
-    "VerifyMac", "DeriveSharedSecret", "Encapsulate", "Decapsulate",
-})
+CRYPTO_OPERATIONS = frozenset(
+    {
+        "Encrypt",
+        "Decrypt",
+        "ReEncrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "Sign",
+        "Verify",
+        "GenerateMac",
+        "VerifyMac",
+        "DeriveSharedSecret",
+        "Encapsulate",
+        "Decapsulate",
+    }
+)
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "eventID": pl.String(),
@@ -75,20 +88,34 @@ def frame_from_avro(avro: pl.DataFrame) -> pl.DataFrame:
         name,
         pl.col("keyArn"),
         _only(name == "ReEncrypt", "resources").str.json_path_match("$[1].ARN").alias("destinationKeyArn"),
-        _only(name == "ReplicateKey", "responseElements").str.json_path_match("$.replicaKeyMetadata.Arn")
+        _only(name == "ReplicateKey", "responseElements")
+        .str.json_path_match("$.replicaKeyMetadata.Arn")
         .alias("replicaKeyArn"),
         pl.coalesce("principalArn", "invokedBy").alias("principalArn"),
-        pl.col("accountId"), pl.col("recipientAccountId"), pl.col("awsRegion"),
+        pl.col("accountId"),
+        pl.col("recipientAccountId"),
+        pl.col("awsRegion"),
         pl.when(pl.col("errorCode") != "").then(pl.col("errorCode")).alias("errorCode"),
-        pl.col("readOnly").fill_null(False), pl.col("eventType"), pl.col("requestID"),
-        pl.when(new_key).then(pl.coalesce(
-            response.str.json_path_match("$.keyMetadata.KeySpec"),
-            response.str.json_path_match("$.replicaKeyMetadata.KeySpec"),
-            _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
-            pl.lit("SYMMETRIC_DEFAULT"))).alias("keySpec"),
-        pl.coalesce(response.str.json_path_match("$.keyMetadata.KeyManager"),
-                    response.str.json_path_match("$.replicaKeyMetadata.KeyManager")).alias("keyManager"),
-        pl.when(name.is_in(_KEY_PAIR_EVENTS)).then(params).str.json_path_match("$.keyPairSpec")
+        pl.col("readOnly").fill_null(False),
+        pl.col("eventType"),
+        pl.col("requestID"),
+        pl.when(new_key)
+        .then(
+            pl.coalesce(
+                response.str.json_path_match("$.keyMetadata.KeySpec"),
+                response.str.json_path_match("$.replicaKeyMetadata.KeySpec"),
+                _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
+                pl.lit("SYMMETRIC_DEFAULT"),
+            )
+        )
+        .alias("keySpec"),
+        pl.coalesce(
+            response.str.json_path_match("$.keyMetadata.KeyManager"),
+            response.str.json_path_match("$.replicaKeyMetadata.KeyManager"),
+        ).alias("keyManager"),
+        pl.when(name.is_in(_KEY_PAIR_EVENTS))
+        .then(params)
+        .str.json_path_match("$.keyPairSpec")
         .alias("keyPairSpec"),
     ).cast(FRAME_SCHEMA)  # type: ignore[arg-type]
 
@@ -139,8 +166,13 @@ def _key_spec(record: Mapping[str, Any]) -> str | None:
         return None  # GenerateDataKey's keySpec is the data key's, not the KMS key's
     metadata = _new_key_metadata(record)
     params = record.get("requestParameters") or {}
-    return (metadata.get("KeySpec") or metadata.get("CustomerMasterKeySpec") or params.get("keySpec")
-            or params.get("customerMasterKeySpec") or "SYMMETRIC_DEFAULT")
+    return (
+        metadata.get("KeySpec")
+        or metadata.get("CustomerMasterKeySpec")
+        or params.get("keySpec")
+        or params.get("customerMasterKeySpec")
+        or "SYMMETRIC_DEFAULT"
+    )
 
 
 def _replica_arn(record: Mapping[str, Any]) -> str | None:
@@ -153,6 +185,7 @@ def _param(name: str) -> Any:
     def get(record: Mapping[str, Any]) -> Any:
         params = record.get("requestParameters")
         return params.get(name) if isinstance(params, Mapping) else None
+
     return get
 
 
@@ -172,8 +205,11 @@ _GETTERS: dict[str, Any] = {
     "eventType": lambda r: r.get("eventType"),
     "requestID": lambda r: r.get("requestID"),
     "keySpec": _key_spec,
-    "keyManager": lambda r: _new_key_metadata(r).get("KeyManager") if r.get("eventName") in (
-        "CreateKey", "ReplicateKey") else None,
+    "keyManager": lambda r: (
+        _new_key_metadata(r).get("KeyManager")
+        if r.get("eventName") in ("CreateKey", "ReplicateKey")
+        else None
+    ),
     "keyPairSpec": _param("keyPairSpec"),
 }
 assert set(_GETTERS) == set(FRAME_SCHEMA)

@@ -47,9 +47,16 @@ def _partition_name(tp: TopicPartition) -> str:
 class KafkaSource:
     """Batches from a consumer group (`group_id`: one group per consumer kind)."""
 
-    def __init__(self, bootstrap: str, *, group_id: str = "keytrail-metrics", topic: str = AUDIT_TOPIC,
-                 max_records: int = 10_000, idle_seconds: float | None = None,
-                 stop: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        group_id: str = "keytrail-metrics",
+        topic: str = AUDIT_TOPIC,
+        max_records: int = 10_000,
+        idle_seconds: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topic = topic
@@ -60,9 +67,13 @@ class KafkaSource:
         self.listener: _SeekToState | None = None
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group_id,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    max_partition_fetch_bytes=8 << 20)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+        )
         self._consumer, self.listener = consumer, _SeekToState(consumer, start_at)
         consumer.subscribe([self.topic], listener=self.listener)
         await consumer.start()
@@ -82,8 +93,12 @@ class KafkaSource:
                 continue
             last_data = time.monotonic()
             for tp, messages in data.items():
-                yield Batch(_partition_name(tp), [m.offset for m in messages], values=[m.value for m in messages],
-                            source_end=consumer.highwater(tp))
+                yield Batch(
+                    _partition_name(tp),
+                    [m.offset for m in messages],
+                    values=[m.value for m in messages],
+                    source_end=consumer.highwater(tp),
+                )
 
     async def rewind(self, partition: str, offset: int) -> None:
         if self._consumer is None:
@@ -100,4 +115,6 @@ class KafkaSource:
         try:
             await self._consumer.commit({TopicPartition(topic, int(partition)): batch.end})
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
-            log.info("group commit of %s skipped (%s); the state file holds the offset", batch.partition, error)
+            log.info(
+                "group commit of %s skipped (%s); the state file holds the offset", batch.partition, error
+            )

@@ -29,7 +29,9 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
         until = since + timedelta(days=1)
         name = f"day={day.isoformat()}"
         written.append(_write(store.usage_minutes(since, until), root / "usage" / name / "usage.parquet"))
-        written.append(_write(store.cost(prices or PriceTable(), since, until), root / "cost" / name / "cost.parquet"))
+        written.append(
+            _write(store.cost(prices or PriceTable(), since, until), root / "cost" / name / "cost.parquet")
+        )
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
 

@@ -10,8 +10,13 @@ from pathlib import Path
 __all__ = ["PRICE_CLASSES", "PriceTable", "load_price_table"]
 
 #: Request price classes, in the order of the AWS KMS pricing page.
-PRICE_CLASSES = ("symmetric", "rsa_2048", "asymmetric", "ecc_generate_data_key_pair",
-                 "rsa_generate_data_key_pair")
+PRICE_CLASSES = (
+    "symmetric",
+    "rsa_2048",
+    "asymmetric",
+    "ecc_generate_data_key_pair",
+    "rsa_generate_data_key_pair",
+)
 
 
 @dataclass(frozen=True)

@@ -15,23 +15,36 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
 
 
-def render_prometheus(store: MetricsStore, *, prices: PriceTable | None = None,
-                      lag: Mapping[str, int] | None = None, spool_depth: int | None = None) -> str:
+def render_prometheus(
+    store: MetricsStore,
+    *,
+    prices: PriceTable | None = None,
+    lag: Mapping[str, int] | None = None,
+    spool_depth: int | None = None,
+) -> str:
     """Request counts by operation and outcome, denied calls, cost accrued, consumer lag, spool depth."""
     outcomes = store.outcomes()
     lines: list[str] = []
-    _family(lines, "keytrail_kms_requests_total", "counter", "KMS calls by operation and outcome (error code).")
+    _family(
+        lines, "keytrail_kms_requests_total", "counter", "KMS calls by operation and outcome (error code)."
+    )
     for (operation, code), count in sorted(outcomes.items()):
-        lines.append(_sample("keytrail_kms_requests_total", count, operation=operation, outcome=code or "success"))
+        lines.append(
+            _sample("keytrail_kms_requests_total", count, operation=operation, outcome=code or "success")
+        )
     _family(lines, "keytrail_kms_denied_requests_total", "counter", "KMS calls denied by authorization.")
     denied: dict[str, int] = {}
     for (operation, code), count in outcomes.items():
         if code in _DENIED:
             denied[operation] = denied.get(operation, 0) + count
-    lines.extend(_sample("keytrail_kms_denied_requests_total", n, operation=op) for op, n in sorted(denied.items()))
+    lines.extend(
+        _sample("keytrail_kms_denied_requests_total", n, operation=op) for op, n in sorted(denied.items())
+    )
     _cost(lines, store, prices or PriceTable())
     _family(lines, "keytrail_pipeline_consumer_lag", "gauge", "Records not yet consumed, per partition.")
-    lines.extend(_sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in sorted((lag or {}).items()))
+    lines.extend(
+        _sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in sorted((lag or {}).items())
+    )
     if spool_depth is not None:
         _family(lines, "keytrail_audit_spool_depth", "gauge", "Audit records in the spool not yet shipped.")
         lines.append(_sample("keytrail_audit_spool_depth", spool_depth))

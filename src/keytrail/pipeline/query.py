@@ -51,8 +51,13 @@ class MetricsStore:
         with self._states() as states:
             return merge_usage([s.usage(since, until) for s in states])
 
-    def usage(self, by: list[str], window: Window | None = None, since: datetime | None = None,
-              until: datetime | None = None) -> pl.DataFrame:
+    def usage(
+        self,
+        by: list[str],
+        window: Window | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> pl.DataFrame:
         """Request and error counts grouped by `by` (and a window when given)."""
         return roll_up(self.usage_minutes(since, until), by, window)
 
@@ -62,7 +67,7 @@ class MetricsStore:
         return pl.concat(frames) if frames else pl.DataFrame(schema=LIFECYCLE_SCHEMA)
 
     def last_used(self) -> pl.DataFrame:
-        """Last use per key × principal."""
+        """Last use per key x principal."""
         with self._states() as states:
             return merge_last_used([s.last_used() for s in states])
 
@@ -79,8 +84,10 @@ class MetricsStore:
             high = [v for s in states if (v := s.meta("latest")) is not None]
         return (_time(min(low)) if low else None, _time(max(high)) if high else None)
 
-    def cost(self, prices: PriceTable, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
-        """Cost per key × account over [since, until); `until` defaults to the last event seen."""
+    def cost(
+        self, prices: PriceTable, since: datetime | None = None, until: datetime | None = None
+    ) -> pl.DataFrame:
+        """Cost per key x account over [since, until); `until` defaults to the last event seen."""
         if until is None:
             until = self.time_bounds()[1] or datetime.now(UTC)  # an empty store: nothing to bill
             until = until.replace(microsecond=0) + timedelta(seconds=1)
@@ -95,9 +102,14 @@ class MetricsStore:
         if not rows:
             return None
         row = rows[0]
-        return {"Operation": row["lastUsedOperation"], "Timestamp": row["lastUsedTime"],
-                "CloudTrailEventId": row["eventId"], "KmsRequestId": row["requestId"],
-                "PrincipalArn": row["lastUsedPrincipalArn"], "TrackingStartDate": self.time_bounds()[0]}
+        return {
+            "Operation": row["lastUsedOperation"],
+            "Timestamp": row["lastUsedTime"],
+            "CloudTrailEventId": row["eventId"],
+            "KmsRequestId": row["requestId"],
+            "PrincipalArn": row["lastUsedPrincipalArn"],
+            "TrackingStartDate": self.time_bounds()[0],
+        }
 
     def outcomes(self) -> dict[tuple[str, str], int]:
         totals: dict[tuple[str, str], int] = {}

@@ -92,16 +92,26 @@ def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, list[in
     keep = [h not in seen for h in hashes]
     if all(keep):
         return frame, hashes
-    return frame.filter(pl.Series(keep, dtype=pl.Boolean)), [h for h, k in zip(hashes, keep, strict=True) if k]
+    return frame.filter(pl.Series(keep, dtype=pl.Boolean)), [
+        h for h, k in zip(hashes, keep, strict=True) if k
+    ]
 
 
 def aggregate(frame: pl.DataFrame, seen: list[int] | None = None) -> StateUpdate:
     """Everything one batch of new events adds to the state (pure); `seen`: their eventID hashes."""
     outcomes = frame.group_by("eventName", pl.col("errorCode").fill_null("")).agg(
-        count=pl.len().cast(pl.Int64))
+        count=pl.len().cast(pl.Int64)
+    )
     times = frame.get_column("eventTime")
-    return StateUpdate(usage=usage_minutes(frame), last_used=last_used(frame), lifecycle=lifecycle_events(frame),
-                       outcomes=outcomes, seen=seen or [], earliest=times.min(), latest=times.max())  # type: ignore[arg-type]
+    return StateUpdate(
+        usage=usage_minutes(frame),
+        last_used=last_used(frame),
+        lifecycle=lifecycle_events(frame),
+        outcomes=outcomes,
+        seen=seen or [],
+        earliest=times.min(),
+        latest=times.max(),
+    )  # type: ignore[arg-type]
 
 
 class Runner:
@@ -111,9 +121,16 @@ class Runner:
     `checkpoint_seconds` seconds (and at the end): persist state with offsets, then commit.
     """
 
-    def __init__(self, state_dir: Path, source: Source, *, dedup_capacity: int = 1_000_000,
-                 checkpoint_records: int = 100_000, checkpoint_seconds: float = 2.0,
-                 after_checkpoint: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        source: Source,
+        *,
+        dedup_capacity: int = 1_000_000,
+        checkpoint_records: int = 100_000,
+        checkpoint_seconds: float = 2.0,
+        after_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.source = source
         self.dedup_capacity = dedup_capacity

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from keytrail.pipeline.runner import Batch
 from keytrail.transport.segment_log import SegmentLog
+
+from keytrail.pipeline.runner import Batch
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
 
@@ -21,8 +22,15 @@ class SegmentLogSource:
     it polls for new records until `stop` is set; otherwise it ends at the log's end.
     """
 
-    def __init__(self, directory: Path, *, max_records: int = 10_000, follow: bool = False,
-                 poll_seconds: float = 0.2, stop: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_records: int = 10_000,
+        follow: bool = False,
+        poll_seconds: float = 0.2,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         self.directory = directory
         self.max_records = max_records
         self.follow = follow
@@ -41,8 +49,12 @@ class SegmentLogSource:
                 await asyncio.sleep(self.poll_seconds)
                 continue
             self._offset = records[-1][0] + 1
-            yield Batch(SEGMENT_LOG_PARTITION, [o for o, _ in records], values=[v for _, v in records],
-                        source_end=log.end_offset())
+            yield Batch(
+                SEGMENT_LOG_PARTITION,
+                [o for o, _ in records],
+                values=[v for _, v in records],
+                source_end=log.end_offset(),
+            )
 
     async def commit(self, batch: Batch) -> None:
         return None

@@ -14,8 +14,14 @@ __all__ = ["RecordsSource"]
 class RecordsSource:
     """Batches of CloudTrail record dicts (offline files, tests); offsets are record positions."""
 
-    def __init__(self, records: Iterable[Mapping[str, Any]], *, partition: str = "records",
-                 max_records: int = 10_000, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        partition: str = "records",
+        max_records: int = 10_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self.records = records
         self.partition = partition
         self.max_records = max_records

@@ -75,7 +75,9 @@ class PartitionState:
         self.path = path
         self.dedup_capacity = dedup_capacity
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA)
+        self._db.executescript(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
+        )
         self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
         self._pending: list[StateUpdate] = []
         self._load()
@@ -86,8 +88,9 @@ class PartitionState:
         self._next = self._persisted
         self.seen = SeenIds(self.dedup_capacity)
         self.seen.generation = generation = self.meta("seen_generation") or 0
-        for label, blob in self._db.execute("SELECT generation, hashes FROM seen WHERE generation >= ?",
-                                            (generation - 1,)):
+        for label, blob in self._db.execute(
+            "SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,)
+        ):
             (self.seen.current if label == generation else self.seen.previous).update(unpack(blob))
         self._staged_seen: list[tuple[int, list[int]]] = []
 
@@ -146,10 +149,17 @@ class PartitionState:
     def _write(self, updates: list[StateUpdate], end: int) -> None:
         db = self._db
         db.executemany(_UPSERT_LAST_USED, _last_used_rows(merge_last_used([u.last_used for u in updates])))
-        db.executemany("INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)",
-                       _lifecycle_rows(pl.concat([u.lifecycle for u in updates])))
-        db.executemany(_UPSERT_OUTCOMES, pl.concat([u.outcomes for u in updates]).group_by(
-            "eventName", "errorCode").agg(pl.col("count").sum()).rows())
+        db.executemany(
+            "INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)",
+            _lifecycle_rows(pl.concat([u.lifecycle for u in updates])),
+        )
+        db.executemany(
+            _UPSERT_OUTCOMES,
+            pl.concat([u.outcomes for u in updates])
+            .group_by("eventName", "errorCode")
+            .agg(pl.col("count").sum())
+            .rows(),
+        )
         generation = self.seen.generation
         db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h))
         db.execute("DELETE FROM seen WHERE generation < ?", (generation - 1,))
@@ -160,11 +170,17 @@ class PartitionState:
 
     def _set_bounds(self, update: StateUpdate) -> None:
         if update.earliest is not None:
-            self._db.execute("INSERT INTO meta VALUES ('earliest', ?) ON CONFLICT DO UPDATE SET "
-                             "value = min(value, excluded.value)", (_us(update.earliest),))
+            self._db.execute(
+                "INSERT INTO meta VALUES ('earliest', ?) ON CONFLICT DO UPDATE SET "
+                "value = min(value, excluded.value)",
+                (_us(update.earliest),),
+            )
         if update.latest is not None:
-            self._db.execute("INSERT INTO meta VALUES ('latest', ?) ON CONFLICT DO UPDATE SET "
-                             "value = max(value, excluded.value)", (_us(update.latest),))
+            self._db.execute(
+                "INSERT INTO meta VALUES ('latest', ?) ON CONFLICT DO UPDATE SET "
+                "value = max(value, excluded.value)",
+                (_us(update.latest),),
+            )
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -173,11 +189,14 @@ class PartitionState:
         return self.usage_files.read(since, until)
 
     def last_used(self) -> pl.DataFrame:
-        return _frame(self._db.execute("SELECT * FROM last_used").fetchall(), LAST_USED_SCHEMA, ["lastUsedTime"])
+        return _frame(
+            self._db.execute("SELECT * FROM last_used").fetchall(), LAST_USED_SCHEMA, ["lastUsedTime"]
+        )
 
     def lifecycle(self) -> pl.DataFrame:
-        rows = self._db.execute("SELECT keyArn, eventTime, eventName, keySpec, keyManager, eventID "
-                                "FROM lifecycle").fetchall()
+        rows = self._db.execute(
+            "SELECT keyArn, eventTime, eventName, keySpec, keyManager, eventID FROM lifecycle"
+        ).fetchall()
         return _frame(rows, LIFECYCLE_SCHEMA, ["eventTime"])
 
     def outcomes(self) -> list[tuple[str, str, int]]:
@@ -190,8 +209,14 @@ def _us(moment: datetime) -> int:
 
 def _text(frame: pl.DataFrame, columns: Sequence[str], times: Sequence[str]) -> Iterable[tuple[Any, ...]]:
     # SQLite treats NULLs in a primary key as distinct, so keys are stored with "" for null.
-    exprs = [pl.col(c).dt.epoch("us") if c in times else pl.col(c).fill_null("") if
-             frame.schema[c] == pl.String else pl.col(c) for c in columns]
+    exprs = [
+        pl.col(c).dt.epoch("us")
+        if c in times
+        else pl.col(c).fill_null("")
+        if frame.schema[c] == pl.String
+        else pl.col(c)
+        for c in columns
+    ]
     return frame.select(exprs).rows()
 
 

@@ -18,8 +18,15 @@ __all__ = ["SyntheticSettings", "generate_events"]
 
 _SPECS = ["SYMMETRIC_DEFAULT"] * 6 + ["RSA_2048", "RSA_4096", "ECC_NIST_P256", "HMAC_256"]
 _OPS_BY_SPEC = {
-    "SYMMETRIC_DEFAULT": ["Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-                          "ReEncrypt", "GenerateDataKeyPair", "DescribeKey"],
+    "SYMMETRIC_DEFAULT": [
+        "Encrypt",
+        "Decrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "ReEncrypt",
+        "GenerateDataKeyPair",
+        "DescribeKey",
+    ],
     "RSA_2048": ["Encrypt", "Decrypt", "GetPublicKey"],
     "RSA_4096": ["Sign", "Verify"],
     "ECC_NIST_P256": ["Sign", "Verify", "DescribeKey"],
@@ -63,8 +70,9 @@ class _World:
     recent: list[dict[str, Any]] = field(default_factory=list)
 
 
-def generate_events(count: int, settings: SyntheticSettings | None = None, seed: int = 7) -> Iterator[
-        dict[str, Any]]:
+def generate_events(
+    count: int, settings: SyntheticSettings | None = None, seed: int = 7
+) -> Iterator[dict[str, Any]]:
     """Yield `count` CloudTrail records (duplicates included in the count)."""
     settings = settings or SyntheticSettings()
     world = _new_world(random.Random(seed), settings)
@@ -83,17 +91,31 @@ def _principal(rng: random.Random, accounts: list[str], index: int) -> dict[str,
     account = accounts[index % len(accounts)]
     if index % 3 == 0:
         role = f"arn:aws:iam::{account}:role/app-{index}"
-        return {"type": "AssumedRole", "principalId": f"AROA{index:016d}:s",
-                "arn": f"arn:aws:sts::{account}:assumed-role/app-{index}/session-{rng.randrange(9)}",
-                "accountId": account, "accessKeyId": f"ASIA{index:016d}",
-                "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": f"AROA{index:016d}",
-                                                     "arn": role, "accountId": account,
-                                                     "userName": f"app-{index}"},
-                                   "attributes": {"creationDate": "2026-10-01T00:00:00Z",
-                                                  "mfaAuthenticated": "false"}}}
-    return {"type": "IAMUser", "principalId": f"AIDA{index:016d}",
-            "arn": f"arn:aws:iam::{account}:user/user-{index}", "accountId": account,
-            "accessKeyId": f"AKIA{index:016d}", "userName": f"user-{index}"}
+        return {
+            "type": "AssumedRole",
+            "principalId": f"AROA{index:016d}:s",
+            "arn": f"arn:aws:sts::{account}:assumed-role/app-{index}/session-{rng.randrange(9)}",
+            "accountId": account,
+            "accessKeyId": f"ASIA{index:016d}",
+            "sessionContext": {
+                "sessionIssuer": {
+                    "type": "Role",
+                    "principalId": f"AROA{index:016d}",
+                    "arn": role,
+                    "accountId": account,
+                    "userName": f"app-{index}",
+                },
+                "attributes": {"creationDate": "2026-10-01T00:00:00Z", "mfaAuthenticated": "false"},
+            },
+        }
+    return {
+        "type": "IAMUser",
+        "principalId": f"AIDA{index:016d}",
+        "arn": f"arn:aws:iam::{account}:user/user-{index}",
+        "accountId": account,
+        "accessKeyId": f"AKIA{index:016d}",
+        "userName": f"user-{index}",
+    }
 
 
 def _next_event(world: _World, when: datetime) -> dict[str, Any]:
@@ -107,7 +129,7 @@ def _next_event(world: _World, when: datetime) -> dict[str, Any]:
         event = _lifecycle_event(world, when)
     else:
         event = _use_event(world, when)
-    world.recent = (world.recent + [event])[-50:]
+    world.recent = [*world.recent, event][-50:]
     return event
 
 
@@ -116,14 +138,26 @@ def _lifecycle_event(world: _World, when: datetime) -> dict[str, Any]:
     if len(world.keys) < world.settings.keys:
         return _create_key(world, when)
     key = rng.choice(world.keys)
-    admin = {"type": "Root", "principalId": key.account, "arn": f"arn:aws:iam::{key.account}:root",
-             "accountId": key.account, "accessKeyId": "AKIAROOT"}
+    admin = {
+        "type": "Root",
+        "principalId": key.account,
+        "arn": f"arn:aws:iam::{key.account}:root",
+        "accountId": key.account,
+        "accessKeyId": "AKIAROOT",
+    }
     if key.state == "Enabled" and rng.random() < 0.5:
         return _service_event(world, key, "RotateKey", when)
     if key.state == "Enabled":
         key.state = "PendingDeletion"
-        return _record(world, when, admin, "ScheduleKeyDeletion", key, params={"pendingWindowInDays": 7},
-                       response={"keyState": "PendingDeletion"})
+        return _record(
+            world,
+            when,
+            admin,
+            "ScheduleKeyDeletion",
+            key,
+            params={"pendingWindowInDays": 7},
+            response={"keyState": "PendingDeletion"},
+        )
     if key.state == "PendingDeletion" and rng.random() < 0.5:
         key.state = "Disabled"
         return _record(world, when, admin, "CancelKeyDeletion", key, params={"keyId": key.arn})
@@ -138,18 +172,44 @@ def _create_key(world: _World, when: datetime) -> dict[str, Any]:
     rng = world.rng
     account = rng.choice(world.accounts)
     spec = rng.choice(_SPECS)
-    key = _Key(f"arn:aws:kms:{world.settings.region}:{account}:key/{uuid.UUID(int=rng.getrandbits(128))}",
-               account, spec)
+    key = _Key(
+        f"arn:aws:kms:{world.settings.region}:{account}:key/{uuid.UUID(int=rng.getrandbits(128))}",
+        account,
+        spec,
+    )
     world.keys.append(key)
-    usage = "SIGN_VERIFY" if spec in ("RSA_4096", "ECC_NIST_P256") else (
-        "GENERATE_VERIFY_MAC" if spec.startswith("HMAC") else "ENCRYPT_DECRYPT")
-    identity = {"type": "Root", "principalId": account, "arn": f"arn:aws:iam::{account}:root",
-                "accountId": account, "accessKeyId": "AKIAROOT"}
-    metadata = {"AWSAccountId": account, "KeyId": key.arn.rsplit("/", 1)[1], "Arn": key.arn,
-                "KeySpec": spec, "KeyUsage": usage, "KeyManager": "CUSTOMER", "KeyState": "Enabled",
-                "Origin": "AWS_KMS", "CreationDate": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    return _record(world, when, identity, "CreateKey", key,
-                   params={"keySpec": spec, "keyUsage": usage}, response={"keyMetadata": metadata})
+    usage = (
+        "SIGN_VERIFY"
+        if spec in ("RSA_4096", "ECC_NIST_P256")
+        else ("GENERATE_VERIFY_MAC" if spec.startswith("HMAC") else "ENCRYPT_DECRYPT")
+    )
+    identity = {
+        "type": "Root",
+        "principalId": account,
+        "arn": f"arn:aws:iam::{account}:root",
+        "accountId": account,
+        "accessKeyId": "AKIAROOT",
+    }
+    metadata = {
+        "AWSAccountId": account,
+        "KeyId": key.arn.rsplit("/", 1)[1],
+        "Arn": key.arn,
+        "KeySpec": spec,
+        "KeyUsage": usage,
+        "KeyManager": "CUSTOMER",
+        "KeyState": "Enabled",
+        "Origin": "AWS_KMS",
+        "CreationDate": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return _record(
+        world,
+        when,
+        identity,
+        "CreateKey",
+        key,
+        params={"keySpec": spec, "keyUsage": usage},
+        response={"keyMetadata": metadata},
+    )
 
 
 def _use_event(world: _World, when: datetime) -> dict[str, Any]:
@@ -189,23 +249,50 @@ def _service_event(world: _World, key: _Key, name: str, when: datetime) -> dict[
     return event
 
 
-def _record(world: _World, when: datetime, identity: dict[str, Any], name: str, key: _Key, *,
-            params: dict[str, Any] | None = None, response: dict[str, Any] | None = None,
-            error: tuple[str, str] | None = None, extra: list[str] | None = None) -> dict[str, Any]:
+def _record(
+    world: _World,
+    when: datetime,
+    identity: dict[str, Any],
+    name: str,
+    key: _Key,
+    *,
+    params: dict[str, Any] | None = None,
+    response: dict[str, Any] | None = None,
+    error: tuple[str, str] | None = None,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
     rng = world.rng
-    resources = [{"ARN": arn, "accountId": arn.split(":")[4], "type": "AWS::KMS::Key"}
-                 for arn in [key.arn, *(extra or [])]]
+    resources = [
+        {"ARN": arn, "accountId": arn.split(":")[4], "type": "AWS::KMS::Key"}
+        for arn in [key.arn, *(extra or [])]
+    ]
     event: dict[str, Any] = {
-        "eventVersion": "1.11", "userIdentity": identity,
-        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "eventSource": "kms.amazonaws.com",
-        "eventName": name, "awsRegion": world.settings.region, "sourceIPAddress": "192.0.2.10",
-        "userAgent": "Boto3/1.44", "requestParameters": params or {}, "responseElements": response,
+        "eventVersion": "1.11",
+        "userIdentity": identity,
+        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventSource": "kms.amazonaws.com",
+        "eventName": name,
+        "awsRegion": world.settings.region,
+        "sourceIPAddress": "192.0.2.10",
+        "userAgent": "Boto3/1.44",
+        "requestParameters": params or {},
+        "responseElements": response,
         "requestID": str(uuid.UUID(int=rng.getrandbits(128))),
         "eventID": str(uuid.UUID(int=rng.getrandbits(128))),
-        "readOnly": name not in ("CreateKey", "ScheduleKeyDeletion", "CancelKeyDeletion", "EnableKey",
-                                 "RotateKey", "DeleteKey"),
-        "resources": resources, "eventType": "AwsApiCall", "managementEvent": True,
-        "recipientAccountId": key.account, "eventCategory": "Management",
+        "readOnly": name
+        not in (
+            "CreateKey",
+            "ScheduleKeyDeletion",
+            "CancelKeyDeletion",
+            "EnableKey",
+            "RotateKey",
+            "DeleteKey",
+        ),
+        "resources": resources,
+        "eventType": "AwsApiCall",
+        "managementEvent": True,
+        "recipientAccountId": key.account,
+        "eventCategory": "Management",
     }
     if error:
         event["errorCode"], event["errorMessage"] = error

@@ -1,4 +1,4 @@
-"""Usage aggregation: requests per key × principal × account × operation × window (pure polars)."""
+"""Usage aggregation: requests per key x principal x account x operation x window (pure polars)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ WINDOWS: dict[str, str] = {"minute": "1m", "hour": "1h", "day": "1d"}
 #: GenerateDataKeyPair requests; queries group it away.
 USAGE_KEYS = ["minute", "keyArn", "principalArn", "accountId", "eventName", "keyPairSpec"]
 USAGE_SCHEMA: dict[str, pl.DataType] = {
-    "minute": pl.Datetime("us", "UTC"), "keyArn": pl.String(), "principalArn": pl.String(),
-    "accountId": pl.String(), "eventName": pl.String(), "keyPairSpec": pl.String(),
-    "count": pl.Int64(), "errorCount": pl.Int64(),
+    "minute": pl.Datetime("us", "UTC"),
+    "keyArn": pl.String(),
+    "principalArn": pl.String(),
+    "accountId": pl.String(),
+    "eventName": pl.String(),
+    "keyPairSpec": pl.String(),
+    "count": pl.Int64(),
+    "errorCount": pl.Int64(),
 }
 
 
@@ -39,7 +44,8 @@ def merge_usage(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema=USAGE_SCHEMA)
     return (
-        pl.concat(frames).group_by(USAGE_KEYS)
+        pl.concat(frames)
+        .group_by(USAGE_KEYS)
         .agg(pl.col("count").sum(), pl.col("errorCount").sum())
         .select(list(USAGE_SCHEMA))
     )

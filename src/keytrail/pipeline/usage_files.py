@@ -93,11 +93,14 @@ class UsageFiles:
 
     def compact(self) -> None:
         """Merge the smallest files of each day that has more than COMPACT_AFTER of them."""
-        crowded = self.db.execute("SELECT day FROM usage_files GROUP BY day HAVING count(*) > ?", (COMPACT_AFTER,))
+        crowded = self.db.execute(
+            "SELECT day FROM usage_files GROUP BY day HAVING count(*) > ?", (COMPACT_AFTER,)
+        )
         for (day,) in crowded.fetchall():
             old, total = [], 0
-            for name, rows in self.db.execute("SELECT name, rows FROM usage_files WHERE day = ? ORDER BY rows",
-                                              (day,)):
+            for name, rows in self.db.execute(
+                "SELECT name, rows FROM usage_files WHERE day = ? ORDER BY rows", (day,)
+            ):
                 if len(old) == COMPACT_AFTER or (old and total + rows > COMPACT_MAX_ROWS):
                     break
                 old.append(name)

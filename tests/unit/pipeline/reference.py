@@ -10,9 +10,22 @@ from typing import Any
 
 from keytrail.pipeline.prices import PriceTable
 
-CRYPTO = {"Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-          "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "Sign", "Verify", "GenerateMac",
-          "VerifyMac", "DeriveSharedSecret", "Encapsulate", "Decapsulate"}
+CRYPTO = {
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "Sign",
+    "Verify",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+    "Encapsulate",
+    "Decapsulate",
+}
 ROW = Decimal("1e-10")
 
 
@@ -41,8 +54,13 @@ def usage(events: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[int, int]
     counts: Counter[tuple[Any, ...]] = Counter()
     errors: Counter[tuple[Any, ...]] = Counter()
     for e in unique(events):
-        key = (when(e).replace(second=0), e["resources"][0]["ARN"], principal(e),
-               e["userIdentity"]["accountId"], e["eventName"])
+        key = (
+            when(e).replace(second=0),
+            e["resources"][0]["ARN"],
+            principal(e),
+            e["userIdentity"]["accountId"],
+            e["eventName"],
+        )
         counts[key] += 1
         errors[key] += 1 if e.get("errorCode") else 0
     return {k: (counts[k], errors[k]) for k in counts}
@@ -72,14 +90,20 @@ def price_class(event: dict[str, Any], specs: dict[str, str]) -> str:
     return "asymmetric" if spec.split("_")[0] in ("RSA", "ECC", "ML", "SM2") else "symmetric"
 
 
-def cost(events: list[dict[str, Any]], prices: PriceTable, until: datetime) -> dict[tuple[str, str], dict[str, Any]]:
+def cost(
+    events: list[dict[str, Any]], prices: PriceTable, until: datetime
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Brute force: walk every billable clock hour of every key; count every request."""
     events = sorted(unique(events), key=lambda e: (when(e), ORDER.get(e["eventName"], 9)))
     events = [e for e in events if when(e) < until]
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"hours": 0, "rated": Decimal(0), "requests": 0, "requestCost": Decimal(0)})
-    specs = {e["resources"][0]["ARN"]: e["responseElements"]["keyMetadata"]["KeySpec"]
-             for e in events if e["eventName"] == "CreateKey" and not e.get("errorCode")}
+        lambda: {"hours": 0, "rated": Decimal(0), "requests": 0, "requestCost": Decimal(0)}
+    )
+    specs = {
+        e["resources"][0]["ARN"]: e["responseElements"]["keyMetadata"]["KeySpec"]
+        for e in events
+        if e["eventName"] == "CreateKey" and not e.get("errorCode")
+    }
     for key, hours in _hour_rates(events, prices, until).items():
         rows[(key, key.split(":")[4])]["hours"] = len(hours)
         rows[(key, key.split(":")[4])]["rated"] = sum(hours.values(), Decimal(0))
@@ -98,22 +122,38 @@ def cost(events: list[dict[str, Any]], prices: PriceTable, until: datetime) -> d
     for (key, account, cls), count in billed.items():
         rows[(key, account)]["requestCost"] += (count * prices.per_request(cls)).quantize(ROW)
     per_month = Decimal(prices.hours_per_month)
-    return {k: {"keyMonths": (Decimal(v["hours"]) / per_month).quantize(ROW),
-                "keyCost": (v["rated"] / per_month).quantize(ROW), "requests": v["requests"],
-                "requestCost": v["requestCost"]} for k, v in rows.items()}
+    return {
+        k: {
+            "keyMonths": (Decimal(v["hours"]) / per_month).quantize(ROW),
+            "keyCost": (v["rated"] / per_month).quantize(ROW),
+            "requests": v["requests"],
+            "requestCost": v["requestCost"],
+        }
+        for k, v in rows.items()
+    }
 
 
-ORDER = {"CreateKey": 0, "ReplicateKey": 1, "RotateKey": 2, "ScheduleKeyDeletion": 3, "CancelKeyDeletion": 4,
-         "DeleteKey": 5}
+ORDER = {
+    "CreateKey": 0,
+    "ReplicateKey": 1,
+    "RotateKey": 2,
+    "ScheduleKeyDeletion": 3,
+    "CancelKeyDeletion": 4,
+    "DeleteKey": 5,
+}
 
 
-def _hour_rates(events: list[dict[str, Any]], prices: PriceTable, until: datetime) -> dict[str, dict[int, Decimal]]:
+def _hour_rates(
+    events: list[dict[str, Any]], prices: PriceTable, until: datetime
+) -> dict[str, dict[int, Decimal]]:
     state: dict[str, dict[str, Any]] = {}
     rates: dict[str, dict[int, Decimal]] = defaultdict(dict)
     end_hour = math.ceil(until.timestamp() / 3600)
 
     def bill(key: str, start: float, end: float) -> None:
-        rate = prices.key_month + min(state[key]["rotations"], prices.billed_rotations) * prices.rotation_month
+        rate = (
+            prices.key_month + min(state[key]["rotations"], prices.billed_rotations) * prices.rotation_month
+        )
         for hour in range(math.floor(start / 3600), min(math.ceil(end / 3600), end_hour)):
             rates[key][hour] = max(rates[key].get(hour, Decimal(0)), rate)
 

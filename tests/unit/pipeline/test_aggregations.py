@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from tests.unit.pipeline import reference
 
 from keytrail.pipeline.cost import billed_segments, cost_report, lifecycle_events
 from keytrail.pipeline.frame import frame_from_records
@@ -14,7 +15,6 @@ from keytrail.pipeline.lastused import last_used, last_used_per_key, merge_last_
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from keytrail.pipeline.usage import merge_usage, roll_up, usage_minutes
-from tests.unit.pipeline import reference
 
 SETTINGS = SyntheticSettings(keys=60, principals=25, accounts=3, seconds_per_event=20.0, lifecycle_share=0.01)
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
@@ -50,7 +50,7 @@ def test_usage_merged_from_batches_matches_reference(events: list[dict[str, Any]
     seen: set[str] = set()
     parts = []
     for start in range(0, len(events), 700):  # drop repeats across batches the way the runner does
-        batch = [e for e in events[start:start + 700] if e["eventID"] not in seen]
+        batch = [e for e in events[start : start + 700] if e["eventID"] not in seen]
         seen.update(e["eventID"] for e in batch)
         parts.append(usage_minutes(_frame(batch)))
     assert _usage_dict(merge_usage(parts)) == reference.usage(events)
@@ -63,9 +63,11 @@ def test_roles_are_attributed_to_the_role_not_the_session(events: list[dict[str,
 
 
 def test_last_used_matches_reference(events: list[dict[str, Any]]) -> None:
-    parts = [last_used(_frame(events[i:i + 900])) for i in range(0, len(events), 900)]
-    got = {(r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
-           for r in merge_last_used(parts).iter_rows(named=True)}
+    parts = [last_used(_frame(events[i : i + 900])) for i in range(0, len(events), 900)]
+    got = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in merge_last_used(parts).iter_rows(named=True)
+    }
     assert got == reference.last_used(events)
 
 
@@ -75,8 +77,10 @@ def test_last_used_per_key_names_the_latest_principal(events: list[dict[str, Any
         if key not in expected or value[:2] > expected[key][:2]:
             expected[key] = (*value, principal)
     per_key = last_used_per_key(last_used(_frame(events)))
-    got = {r["keyArn"]: (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"], r["lastUsedPrincipalArn"])
-           for r in per_key.iter_rows(named=True)}
+    got = {
+        r["keyArn"]: (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"], r["lastUsedPrincipalArn"])
+        for r in per_key.iter_rows(named=True)
+    }
     assert got == expected
 
 
@@ -84,7 +88,9 @@ def test_failed_and_management_calls_are_not_use() -> None:
     frame = frame_from_records(list(generate_events(400, SETTINGS, seed=3)))
     used = last_used(frame)
     ids = set(used.get_column("eventId").to_list())
-    not_use = frame.filter(pl.col("errorCode").is_not_null() | pl.col("eventName").is_in(["DescribeKey", "CreateKey"]))
+    not_use = frame.filter(
+        pl.col("errorCode").is_not_null() | pl.col("eventName").is_in(["DescribeKey", "CreateKey"])
+    )
     assert ids.isdisjoint(set(not_use.get_column("eventID").to_list()))
 
 
@@ -93,8 +99,10 @@ def test_cost_matches_reference(events: list[dict[str, Any]], free_tier: int) ->
     prices = PriceTable(free_tier_requests=free_tier)
     frame = _frame(events)
     report = cost_report(usage_minutes(frame), lifecycle_events(frame), prices, None, UNTIL)
-    got = {(r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
-           for r in report.iter_rows(named=True)}
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in report.iter_rows(named=True)
+    }
     assert got == reference.cost(events, prices, UNTIL)
     assert all(r["totalCost"] == r["keyCost"] + r["requestCost"] for r in report.iter_rows(named=True))
 
@@ -112,7 +120,12 @@ def test_two_rotations_are_billed_and_the_third_is_free() -> None:
 
 
 def test_pending_deletion_is_not_billed_and_cancel_rebills() -> None:
-    events = [(_t(0), "CreateKey"), (_t(2, 30), "ScheduleKeyDeletion"), (_t(5, 10), "CancelKeyDeletion"),
-              (_t(7), "ScheduleKeyDeletion"), (_t(9), "DeleteKey")]
+    events = [
+        (_t(0), "CreateKey"),
+        (_t(2, 30), "ScheduleKeyDeletion"),
+        (_t(5, 10), "CancelKeyDeletion"),
+        (_t(7), "ScheduleKeyDeletion"),
+        (_t(9), "DeleteKey"),
+    ]
     hours = [(s.start_hour % 24, s.end_hour % 24) for s in billed_segments(events, 2)]
     assert hours == [(0, 3), (5, 7)]

@@ -45,13 +45,26 @@ def test_usage_json_has_exactly_the_contract_fields(data_dir: Path) -> None:
 
 
 def _duplicates() -> int:
-    events = list(generate_events(2000, SyntheticSettings(keys=20, principals=10, seconds_per_event=30.0), seed=4))
+    events = list(
+        generate_events(2000, SyntheticSettings(keys=20, principals=10, seconds_per_event=30.0), seed=4)
+    )
     return len(events) - len({e["eventID"] for e in events})
 
 
 def test_usage_by_day_adds_window_fields(data_dir: Path) -> None:
-    code, out, _ = run("usage", "--data-dir", str(data_dir), "--by", "operation,day", "--format", "json",
-                       "--since", "2026-10-01", "--until", "2026-10-02")
+    code, out, _ = run(
+        "usage",
+        "--data-dir",
+        str(data_dir),
+        "--by",
+        "operation,day",
+        "--format",
+        "json",
+        "--since",
+        "2026-10-01",
+        "--until",
+        "2026-10-02",
+    )
     rows = lines(out)
     assert code == 0 and rows
     assert all(list(r) == ["windowStart", "windowEnd", *USAGE_FIELDS] for r in rows)
@@ -77,12 +90,15 @@ def test_last_used_json_and_csv(data_dir: Path) -> None:
     assert out.splitlines()[0] == ",".join(LAST_USED_FIELDS)
 
 
-@pytest.mark.parametrize("args", [
-    ["usage", "--by", "colour"],
-    ["usage", "--since", "last tuesday"],
-    ["usage", "--by", "hour,day"],
-    ["cost", "--prices", "/nonexistent/prices.toml"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["usage", "--by", "colour"],
+        ["usage", "--since", "last tuesday"],
+        ["usage", "--by", "hour,day"],
+        ["cost", "--prices", "/nonexistent/prices.toml"],
+    ],
+)
 def test_bad_input_is_one_line_and_a_non_zero_exit(data_dir: Path, args: list[str]) -> None:
     code, _, err = run(*args, "--data-dir", str(data_dir))
     assert code != 0

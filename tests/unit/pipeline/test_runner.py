@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.unit.pipeline import reference
 
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Batch, Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
-from tests.unit.pipeline import reference
 
-SETTINGS = SyntheticSettings(keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01,
-                             duplicate_share=0.02)
+SETTINGS = SyntheticSettings(
+    keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01, duplicate_share=0.02
+)
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
 
 
@@ -34,13 +35,14 @@ class CommittedSource:
     """Like a Kafka consumer: restarts from its own committed offset (ignoring the state's) and
     can crash in `commit`, after the runner persisted the batch."""
 
-    def __init__(self, events: list[dict[str, Any]], committed: list[int], crash_at: int | None = None,
-                 size: int = 300) -> None:
+    def __init__(
+        self, events: list[dict[str, Any]], committed: list[int], crash_at: int | None = None, size: int = 300
+    ) -> None:
         self.events, self.committed, self.crash_at, self.size = events, committed, crash_at, size
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         for start in range(self.committed[0], len(self.events), self.size):
-            chunk = self.events[start:start + self.size]
+            chunk = self.events[start : start + self.size]
             yield Batch("p0", range(start, start + len(chunk)), records=chunk, source_end=len(self.events))
 
     async def commit(self, batch: Batch) -> None:
@@ -56,18 +58,25 @@ def _assert_exact(data_dir: Path, events: list[dict[str, Any]]) -> None:
     store = MetricsStore(data_dir)
     usage = store.usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
     assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
-    last = {(r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
-            for r in store.last_used().iter_rows(named=True)}
+    last = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in store.last_used().iter_rows(named=True)
+    }
     assert last == reference.last_used(events)
     report = store.cost(PriceTable(free_tier_requests=200), until=UNTIL)
-    got = {(r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
-           for r in report.iter_rows(named=True)}
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in report.iter_rows(named=True)
+    }
     assert got == reference.cost(events, PriceTable(free_tier_requests=200), UNTIL)
 
 
 async def test_batched_run_with_many_checkpoints_and_compactions_is_exact(
-        tmp_path: Path, events: list[dict[str, Any]]) -> None:
-    stats = await Runner(state_dir(tmp_path), RecordsSource(events, max_records=333), checkpoint_records=300).run()
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    stats = await Runner(
+        state_dir(tmp_path), RecordsSource(events, max_records=333), checkpoint_records=300
+    ).run()
     files = list((state_dir(tmp_path) / "usage").glob("day=*/*.parquet"))
     assert 0 < len(files) <= 2 * 8  # compacted: at most COMPACT_AFTER per day (the run spans two days)
     assert stats.records == len(events)
@@ -75,8 +84,9 @@ async def test_batched_run_with_many_checkpoints_and_compactions_is_exact(
     _assert_exact(tmp_path, events)
 
 
-def test_orphan_usage_files_of_a_crashed_checkpoint_are_ignored_then_removed(tmp_path: Path,
-                                                                            events: list[dict[str, Any]]) -> None:
+def test_orphan_usage_files_of_a_crashed_checkpoint_are_ignored_then_removed(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
     import asyncio
     import os
     import shutil
@@ -95,28 +105,33 @@ def _assert_usage(data_dir: Path, events: list[dict[str, Any]]) -> None:
     assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
 
 
-async def test_crash_between_persist_and_commit_counts_nothing_twice(tmp_path: Path,
-                                                                    events: list[dict[str, Any]]) -> None:
+async def test_crash_between_persist_and_commit_counts_nothing_twice(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
     committed = [0]
     # Checkpoints cover two batches: 1200-1800 is persisted, then the commit of 1500-1800 crashes.
     with pytest.raises(Crash):
-        await Runner(state_dir(tmp_path), CommittedSource(events, committed, crash_at=1500),
-                     checkpoint_records=600).run()
+        await Runner(
+            state_dir(tmp_path), CommittedSource(events, committed, crash_at=1500), checkpoint_records=600
+        ).run()
     assert committed[0] == 1200
     stats = await Runner(state_dir(tmp_path), CommittedSource(events, committed)).run()
     assert stats.redelivered == 600
     _assert_exact(tmp_path, events)
 
 
-async def test_restart_resumes_at_the_checkpointed_offset(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+async def test_restart_resumes_at_the_checkpointed_offset(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
     await Runner(state_dir(tmp_path), RecordsSource(events[:2500], max_records=400)).run()
     stats = await Runner(state_dir(tmp_path), RecordsSource(events, max_records=400)).run()
     assert stats.records == len(events) - 2500
     _assert_exact(tmp_path, events)
 
 
-async def test_redelivered_events_under_new_offsets_count_once(tmp_path: Path,
-                                                               events: list[dict[str, Any]]) -> None:
+async def test_redelivered_events_under_new_offsets_count_once(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
     resent = events + events[3000:3400]  # a shipper re-sending after its own restart
     stats = await Runner(state_dir(tmp_path), RecordsSource(resent, max_records=500)).run()
     assert stats.duplicates >= 400
@@ -131,22 +146,30 @@ async def test_late_event_updates_its_old_window(tmp_path: Path, events: list[di
     hourly = MetricsStore(tmp_path).usage(["eventName"], "hour")
     first_hour = hourly.filter(hourly["windowStart"] == datetime(2026, 10, 1, tzinfo=UTC))
     expected = reference.usage([*events[:3000], late])
-    want = sum(c for (m, *_rest, name), (c, _e) in expected.items()
-               if m.hour == 0 and m.day == 1 and name == late["eventName"])
+    want = sum(
+        c
+        for (m, *_rest, name), (c, _e) in expected.items()
+        if m.hour == 0 and m.day == 1 and name == late["eventName"]
+    )
     assert first_hour.filter(first_hour["eventName"] == late["eventName"])["count"].item() == want
 
 
 async def test_dedup_memory_is_bounded_by_its_capacity(tmp_path: Path, events: list[dict[str, Any]]) -> None:
-    runner = Runner(state_dir(tmp_path), RecordsSource(events, max_records=200), dedup_capacity=1000,
-                    checkpoint_records=200)
+    runner = Runner(
+        state_dir(tmp_path),
+        RecordsSource(events, max_records=200),
+        dedup_capacity=1000,
+        checkpoint_records=200,
+    )
     sizes: list[int] = []
     runner.after_checkpoint = lambda: sizes.append(len(runner.state("records").seen))
     await runner.run()
     assert max(sizes) <= 1000 + 200  # never more than the capacity (+ one batch), not the 4000 events
 
 
-async def test_recent_duplicates_are_still_dropped_after_a_restart(tmp_path: Path,
-                                                                    events: list[dict[str, Any]]) -> None:
+async def test_recent_duplicates_are_still_dropped_after_a_restart(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
     await Runner(state_dir(tmp_path), RecordsSource(events[:3000], max_records=250)).run()
     resent = [*events[:3000], *events[2600:3000], *events[3000:]]  # re-sent under new offsets, after restart
     stats = await Runner(state_dir(tmp_path), RecordsSource(resent, max_records=250)).run()
