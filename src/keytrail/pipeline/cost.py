@@ -89,7 +89,8 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
     that hour. Keys pending deletion (and deleted keys) are not billed.
     """
     open_since: float | None = None
-    rotations, segments = 0, []
+    rotations = 0
+    segments: list[Segment] = []
     for when, name in sorted(events, key=lambda item: (item[0], _ORDER[item[1]])):
         now = when.timestamp()
         if name in ("CreateKey", "ReplicateKey", "CancelKeyDeletion") and open_since is None:

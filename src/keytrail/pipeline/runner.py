@@ -12,9 +12,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import polars as pl
 
@@ -109,9 +109,9 @@ def aggregate(frame: pl.DataFrame, seen: list[int] | None = None) -> StateUpdate
         lifecycle=lifecycle_events(frame),
         outcomes=outcomes,
         seen=seen or [],
-        earliest=times.min(),
-        latest=times.max(),
-    )  # type: ignore[arg-type]
+        earliest=cast("datetime | None", times.min()),
+        latest=cast("datetime | None", times.max()),
+    )
 
 
 class Runner:

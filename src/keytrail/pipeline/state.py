@@ -132,7 +132,7 @@ class PartitionState:
             on_disk = self.meta("next_offset") or 0
             if on_disk != self._persisted:
                 raise StaleBatchError(f"{self.path.name}: offset moved to {on_disk} by another owner")
-            self.usage_files.list(files)
+            self.usage_files.add_to_manifest(files)
             self._write(self._pending, self._next)
             db.execute("COMMIT")
         except BaseException:

@@ -47,7 +47,7 @@ class UsageFiles:
             written.append((name, str(day), part.height))
         return written
 
-    def list(self, written: Iterable[tuple[str, str, int]]) -> None:
+    def add_to_manifest(self, written: Iterable[tuple[str, str, int]]) -> None:
         """Add files to the manifest (inside the caller's transaction)."""
         self.db.executemany("INSERT INTO usage_files VALUES (?, ?, ?)", written)
 
@@ -67,7 +67,7 @@ class UsageFiles:
         Only files older than `min_age_seconds`: a younger one may belong to a checkpoint that
         another owner of the partition is committing right now.
         """
-        listed = set(self.listed())
+        listed: set[str] = set(self.listed())
         cutoff = time.time() - min_age_seconds
         for path in self.root.glob(f"day=*/{self.partition}.*.parquet"):
             if f"{path.parent.name}/{path.name}" not in listed and path.stat().st_mtime < cutoff:
@@ -97,7 +97,8 @@ class UsageFiles:
             "SELECT day FROM usage_files GROUP BY day HAVING count(*) > ?", (COMPACT_AFTER,)
         )
         for (day,) in crowded.fetchall():
-            old, total = [], 0
+            old: list[str] = []
+            total = 0
             for name, rows in self.db.execute(
                 "SELECT name, rows FROM usage_files WHERE day = ? ORDER BY rows", (day,)
             ):
@@ -113,7 +114,7 @@ class UsageFiles:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("DELETE FROM usage_files WHERE name = ?", [(n,) for n in old])
-            self.list(new)
+            self.add_to_manifest(new)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
