@@ -134,6 +134,24 @@ def test_documented_records_give_expected_usage_last_used_and_cost(tmp_path: Pat
     }
 
 
+def test_importing_the_same_files_again_counts_nothing_twice(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.json").write_text(json.dumps({"Records": [E1, E2]}))
+    data = tmp_path / "data"
+    for _ in range(2):
+        assert cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs)).returncode == 0
+    (logs / "b.json").write_text(json.dumps({"Records": [dict(E1, eventID="new-event-id")]}))
+    assert cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs / "b.json")).returncode == 0
+    usage = [
+        json.loads(x)
+        for x in cli(
+            "usage", "--data-dir", str(data), "--by", "operation", "--format", "json"
+        ).stdout.splitlines()
+    ]
+    assert {u["eventName"]: u["count"] for u in usage} == {"Encrypt": 2, "Decrypt": 1}
+
+
 def test_missing_cloudtrail_path_is_one_line_and_non_zero(tmp_path: Path) -> None:
     result = cli("consume", "--data-dir", str(tmp_path), "--cloudtrail", str(tmp_path / "missing"))
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1

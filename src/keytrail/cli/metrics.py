@@ -217,7 +217,7 @@ def _offline_source(paths: list[Path]) -> Any:
             bar.advance(1)
         bar.close()
 
-    return RecordsSource(records(), partition="cloudtrail-files")
+    return RecordsSource(records(), partition="cloudtrail-files", resume=False)
 
 
 class Progress:

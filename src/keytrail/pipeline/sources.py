@@ -12,7 +12,12 @@ __all__ = ["RecordsSource"]
 
 
 class RecordsSource:
-    """Batches of CloudTrail record dicts (offline files, tests); offsets are record positions."""
+    """Batches of CloudTrail record dicts (offline files, tests).
+
+    With `resume` (a replayable sequence), offsets are record positions and a restart skips
+    what the state covers. Without it (log files that may differ from run to run), offsets
+    continue from the state's and every record is read: repeats are dropped by eventID.
+    """
 
     def __init__(
         self,
@@ -21,18 +26,21 @@ class RecordsSource:
         partition: str = "records",
         max_records: int = 10_000,
         progress: Callable[[int], None] | None = None,
+        resume: bool = True,
     ) -> None:
         self.records = records
         self.partition = partition
         self.max_records = max_records
         self.progress = progress
+        self.resume = resume
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         start = start_at(self.partition)
         iterator = iter(self.records)
-        offset = 0
-        for _ in islice(iterator, start):  # already covered by the state
-            offset += 1
+        offset = 0 if self.resume else start
+        if self.resume:
+            for _ in islice(iterator, start):  # already covered by the state
+                offset += 1
         while chunk := list(islice(iterator, self.max_records)):
             yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
             offset += len(chunk)
