@@ -9,10 +9,13 @@ the consumer reads the log to its end; it prints events/s and its peak RSS.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")  # before polars is imported: one core
+
 import argparse
 import asyncio
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -68,15 +71,16 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/keytrail-bench-pipeline"))
     parser.add_argument("--batch", type=int, default=20_000)
-    parser.add_argument("--consume-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--consume-only", action="store_true", help="reuse the log already in --workdir")
     args = parser.parse_args()
     if args.consume_only:
+        shutil.rmtree(args.workdir / "metrics", ignore_errors=True)
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
         print(json.dumps(consume(args.workdir, args.batch)))
         return
     started = time.perf_counter()
     write_log(args.workdir, args.events)
-    print(f"wrote {args.events} events in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    print(f"wrote {args.events} events in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
     command = [
         sys.executable,

@@ -31,7 +31,7 @@ class ConsumerSettings:
     group_id: str = "keytrail-metrics"  # one consumer group per consumer kind
     follow: bool = True  # keep polling the embedded log for new events
     idle_seconds: float | None = None  # Kafka: stop after this long without records
-    export_seconds: float = 30.0  # rewrite the Parquet tables at most this often
+    export_seconds: float | None = 30.0  # rewrite the Parquet tables at most this often; None: never
     dedup_capacity: int = 1_000_000  # eventIDs remembered per partition (at least half of them)
     max_records: int = 10_000
     checkpoint_records: int = 100_000  # persist state + offsets at least this often (and every 2 s)
@@ -78,7 +78,8 @@ class MetricsConsumer:
         try:
             return await self.runner.run()
         finally:
-            await asyncio.to_thread(self.export)
+            if self.settings.export_seconds is not None:
+                await asyncio.to_thread(self.export)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -91,7 +92,8 @@ class MetricsConsumer:
         self._exported = time.monotonic()
 
     def _after_checkpoint(self) -> None:
-        if time.monotonic() - self._exported >= self.settings.export_seconds:
+        every = self.settings.export_seconds
+        if every is not None and time.monotonic() - self._exported >= every:
             self.export()
 
     def last_usage(self, key_arn: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from keytrail.pipeline.runner import Batch
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
 
 SEGMENT_LOG_PARTITION = "segment-log"
+REOPEN_RECORDS = 200_000  # a reader keeps an index of every segment it read: start afresh now and then
 
 
 class SegmentLogSource:
@@ -41,8 +42,12 @@ class SegmentLogSource:
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         log = SegmentLog(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
+        since_open = 0
         while not self.stop.is_set():
+            if since_open >= REOPEN_RECORDS:  # keeps reader memory flat however long the log
+                log, since_open = SegmentLog(self.directory), 0
             records = await asyncio.to_thread(log.read, self._offset, self.max_records)
+            since_open += len(records)
             if not records:
                 if not self.follow:
                     return
