@@ -49,21 +49,37 @@ def write_log(workdir: Path, count: int) -> None:
     log.close()
 
 
-def consume(workdir: Path, batch: int) -> dict[str, float]:
+def consume(workdir: Path, batch: int) -> dict[str, object]:
     from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 
-    consumer = MetricsConsumer(ConsumerSettings(workdir, follow=False, max_records=batch, export_seconds=1e9))
-    started = time.perf_counter()
+    consumer = MetricsConsumer(ConsumerSettings(workdir, follow=False, max_records=batch, export_seconds=None))
+    samples: list[tuple[int, float]] = []  # (records, RSS MB) at each checkpoint: flat means bounded
+    consumer.runner.after_checkpoint = lambda: samples.append((consumer.runner.stats.records, _rss_mb()))
+    started, cpu = time.perf_counter(), _cpu_seconds()
     stats = asyncio.run(consumer.run())
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in (1, 2, 3, 4)]
     return {
         "events": stats.records,
-        "seconds": round(elapsed, 2),
-        "events_per_s": round(stats.records / elapsed),
+        "wall_s": round(elapsed, 2),
+        "cpu_s": round(cpu, 2),
+        "events_per_wall_s": round(stats.records / elapsed),
+        "events_per_cpu_s": round(stats.records / cpu),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_mb_at_quarters": [round(mb) for _, mb in quarters],
         "counted": stats.counted,
         "duplicates": stats.duplicates,
     }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:
