@@ -52,7 +52,8 @@ def write_log(workdir: Path, count: int) -> None:
 def consume(workdir: Path, batch: int) -> dict[str, object]:
     from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 
-    consumer = MetricsConsumer(ConsumerSettings(workdir, follow=False, max_records=batch, export_seconds=None))
+    settings = ConsumerSettings(workdir, follow=False, max_records=batch, export_seconds=None)
+    consumer = MetricsConsumer(settings)
     samples: list[tuple[int, float]] = []  # (records, RSS MB) at each checkpoint: flat means bounded
     consumer.runner.after_checkpoint = lambda: samples.append((consumer.runner.stats.records, _rss_mb()))
     started, cpu = time.perf_counter(), _cpu_seconds()
