@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
 from keytrail.audit import schema as audit_schema
 
 __all__ = ["AVRO_COLUMNS", "avro_frame"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 
 import polars as pl
 
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 
-__all__ = ["CONTENT_TYPE", "render_prometheus"]
+__all__ = ["CONTENT_TYPE", "cost_by_account", "render_prometheus"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
@@ -21,8 +22,12 @@ def render_prometheus(
     prices: PriceTable | None = None,
     lag: Mapping[str, int] | None = None,
     spool_depth: int | None = None,
+    costs: Mapping[str, Decimal] | None = None,
 ) -> str:
-    """Request counts by operation and outcome, denied calls, cost accrued, consumer lag, spool depth."""
+    """Request counts by operation and outcome, denied calls, cost accrued, consumer lag, spool depth.
+
+    `costs` (from `cost_by_account`, possibly cached) saves recomputing the cost on every scrape.
+    """
     outcomes = store.outcomes()
     lines: list[str] = []
     _family(
@@ -40,7 +45,10 @@ def render_prometheus(
     lines.extend(
         _sample("keytrail_kms_denied_requests_total", n, operation=op) for op, n in sorted(denied.items())
     )
-    _cost(lines, store, prices or PriceTable())
+    _family(lines, "keytrail_kms_cost_usd", "gauge", "Cost accrued since tracking start, USD, per account.")
+    if costs is None:
+        costs = cost_by_account(store, prices or PriceTable())
+    lines.extend(_sample("keytrail_kms_cost_usd", total, account=a) for a, total in sorted(costs.items()))
     _family(lines, "keytrail_pipeline_consumer_lag", "gauge", "Records not yet consumed, per partition.")
     lines.extend(
         _sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in sorted((lag or {}).items())
@@ -51,13 +59,12 @@ def render_prometheus(
     return "\n".join(lines) + "\n"
 
 
-def _cost(lines: list[str], store: MetricsStore, prices: PriceTable) -> None:
-    _family(lines, "keytrail_kms_cost_usd", "gauge", "Cost accrued since tracking start, USD, per account.")
+def cost_by_account(store: MetricsStore, prices: PriceTable) -> dict[str, Decimal]:
+    """Total cost in USD per account since tracking start (empty before any event)."""
     if store.time_bounds()[1] is None:
-        return
+        return {}
     per_account = store.cost(prices).group_by("accountId").agg(pl.col("totalCost").sum())
-    for account, total in sorted(per_account.iter_rows(), key=lambda r: str(r[0])):
-        lines.append(_sample("keytrail_kms_cost_usd", total, account=account or ""))
+    return {account or "": Decimal(total) for account, total in per_account.iter_rows()}
 
 
 def _family(lines: list[str], name: str, kind: str, text: str) -> None:

@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from keytrail.transport.segment_log import SegmentLog
-
 from keytrail.pipeline.runner import Batch
+from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
 
