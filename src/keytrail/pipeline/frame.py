@@ -79,45 +79,51 @@ def frame_from_avro(avro: pl.DataFrame) -> pl.DataFrame:
     the rows that need them (a null string is never parsed).
     """
     name = pl.col("eventName")
+    typed = [pl.col(c) for c in ("eventID", "keyArn", "accountId", "recipientAccountId", "awsRegion")]
+    typed += [pl.col(c) for c in ("eventType", "requestID")]
+    return (
+        avro.select(
+            *typed,
+            name,
+            pl.col("eventTime").cast(pl.Datetime("us", "UTC")),
+            pl.coalesce("principalArn", "invokedBy").alias("principalArn"),
+            pl.when(pl.col("errorCode") != "").then(pl.col("errorCode")).alias("errorCode"),
+            pl.col("readOnly").fill_null(False),
+            _only(name == "ReEncrypt", "resources")
+            .str.json_path_match("$[1].ARN")
+            .alias("destinationKeyArn"),
+            pl.when(name.is_in(_KEY_PAIR_EVENTS))
+            .then(pl.col("requestParameters"))
+            .str.json_path_match("$.keyPairSpec")
+            .alias("keyPairSpec"),
+            *_new_key_columns(name),
+        )
+        .select(list(FRAME_SCHEMA))
+        .cast(pl.Schema(FRAME_SCHEMA))
+    )
+
+
+def _new_key_columns(name: pl.Expr) -> list[pl.Expr]:
+    """keySpec, keyManager and replicaKeyArn of CreateKey / ReplicateKey records."""
     new_key = name.is_in(_NEW_KEY_EVENTS)
     response = _only(new_key, "responseElements")
-    params = pl.col("requestParameters")
-    return avro.select(
-        pl.col("eventID"),
-        pl.col("eventTime").cast(pl.Datetime("us", "UTC")),
-        name,
-        pl.col("keyArn"),
-        _only(name == "ReEncrypt", "resources").str.json_path_match("$[1].ARN").alias("destinationKeyArn"),
-        _only(name == "ReplicateKey", "responseElements")
-        .str.json_path_match("$.replicaKeyMetadata.Arn")
-        .alias("replicaKeyArn"),
-        pl.coalesce("principalArn", "invokedBy").alias("principalArn"),
-        pl.col("accountId"),
-        pl.col("recipientAccountId"),
-        pl.col("awsRegion"),
-        pl.when(pl.col("errorCode") != "").then(pl.col("errorCode")).alias("errorCode"),
-        pl.col("readOnly").fill_null(False),
-        pl.col("eventType"),
-        pl.col("requestID"),
-        pl.when(new_key)
-        .then(
-            pl.coalesce(
-                response.str.json_path_match("$.keyMetadata.KeySpec"),
-                response.str.json_path_match("$.replicaKeyMetadata.KeySpec"),
-                _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
-                pl.lit("SYMMETRIC_DEFAULT"),
-            )
-        )
-        .alias("keySpec"),
-        pl.coalesce(
-            response.str.json_path_match("$.keyMetadata.KeyManager"),
-            response.str.json_path_match("$.replicaKeyMetadata.KeyManager"),
-        ).alias("keyManager"),
-        pl.when(name.is_in(_KEY_PAIR_EVENTS))
-        .then(params)
-        .str.json_path_match("$.keyPairSpec")
-        .alias("keyPairSpec"),
-    ).cast(FRAME_SCHEMA)  # type: ignore[arg-type]
+
+    def metadata(field: str) -> list[pl.Expr]:
+        return [response.str.json_path_match(f"$.{m}.{field}") for m in ("keyMetadata", "replicaKeyMetadata")]
+
+    spec = pl.coalesce(
+        *metadata("KeySpec"),
+        _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
+        pl.lit("SYMMETRIC_DEFAULT"),
+    )
+    replica = _only(name == "ReplicateKey", "responseElements").str.json_path_match(
+        "$.replicaKeyMetadata.Arn"
+    )
+    return [
+        pl.when(new_key).then(spec).alias("keySpec"),
+        pl.coalesce(*metadata("KeyManager")).alias("keyManager"),
+        replica.alias("replicaKeyArn"),
+    ]
 
 
 def _only(condition: pl.Expr, column: str) -> pl.Expr:

@@ -28,35 +28,33 @@ def render_prometheus(
 
     `costs` (from `cost_by_account`, possibly cached) saves recomputing the cost on every scrape.
     """
-    outcomes = store.outcomes()
     lines: list[str] = []
-    _family(
-        lines, "keytrail_kms_requests_total", "counter", "KMS calls by operation and outcome (error code)."
-    )
-    for (operation, code), count in sorted(outcomes.items()):
-        lines.append(
-            _sample("keytrail_kms_requests_total", count, operation=operation, outcome=code or "success")
-        )
-    _family(lines, "keytrail_kms_denied_requests_total", "counter", "KMS calls denied by authorization.")
-    denied: dict[str, int] = {}
-    for (operation, code), count in outcomes.items():
-        if code in _DENIED:
-            denied[operation] = denied.get(operation, 0) + count
-    lines.extend(
-        _sample("keytrail_kms_denied_requests_total", n, operation=op) for op, n in sorted(denied.items())
-    )
+    _requests(lines, store.outcomes())
     _family(lines, "keytrail_kms_cost_usd", "gauge", "Cost accrued since tracking start, USD, per account.")
     if costs is None:
         costs = cost_by_account(store, prices or PriceTable())
     lines.extend(_sample("keytrail_kms_cost_usd", total, account=a) for a, total in sorted(costs.items()))
     _family(lines, "keytrail_pipeline_consumer_lag", "gauge", "Records not yet consumed, per partition.")
-    lines.extend(
-        _sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in sorted((lag or {}).items())
-    )
+    lag_items = sorted((lag or {}).items())
+    lines.extend(_sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in lag_items)
     if spool_depth is not None:
         _family(lines, "keytrail_audit_spool_depth", "gauge", "Audit records in the spool not yet shipped.")
         lines.append(_sample("keytrail_audit_spool_depth", spool_depth))
     return "\n".join(lines) + "\n"
+
+
+def _requests(lines: list[str], outcomes: Mapping[tuple[str, str], int]) -> None:
+    name = "keytrail_kms_requests_total"
+    _family(lines, name, "counter", "KMS calls by operation and outcome (error code).")
+    for (operation, code), count in sorted(outcomes.items()):
+        lines.append(_sample(name, count, operation=operation, outcome=code or "success"))
+    denied: dict[str, int] = {}
+    for (operation, code), count in outcomes.items():
+        if code in _DENIED:
+            denied[operation] = denied.get(operation, 0) + count
+    name = "keytrail_kms_denied_requests_total"
+    _family(lines, name, "counter", "KMS calls denied by authorization.")
+    lines.extend(_sample(name, n, operation=op) for op, n in sorted(denied.items()))
 
 
 def cost_by_account(store: MetricsStore, prices: PriceTable) -> dict[str, Decimal]:
