@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from tests.unit.pipeline import reference
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
+from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 
 schema = pytest.importorskip("keytrail.audit.schema")
@@ -75,4 +78,51 @@ async def test_two_consumers_in_one_group_combine_to_the_exact_result(tmp_path: 
     assert sum(s.records for s in stats) >= len(events)
     assert all(s.counted > 0 for s in stats), "both consumers should have owned partitions"
     assert len(MetricsStore(tmp_path).partitions()) == 4
+    _exact(tmp_path, events)
+
+
+def _consume(bootstrap: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "keytrail.cli.metrics",
+        "consume",
+        "--kafka",
+        bootstrap,
+        "--data-dir",
+        str(data_dir),
+        "--group",
+        "metrics-kill",
+        "--exit-when-idle",
+        "25",
+        "--batch-size",
+        "200",
+        "--checkpoint-records",
+        "600",
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _covered(data_dir: Path) -> int:
+    total = 0
+    for path in state_dir(data_dir).glob("*.sqlite"):
+        state = PartitionState(path)
+        total += state.persisted_offset
+        state.close()
+    return total
+
+
+async def test_consumer_joining_then_one_killed_still_gives_the_exact_result(tmp_path: Path) -> None:
+    events = list(generate_events(8000, SETTINGS, seed=23))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events)
+        first = _consume(bootstrap, tmp_path)
+        while _covered(tmp_path) < 1500 and first.poll() is None:
+            await asyncio.sleep(0.05)
+        second = _consume(bootstrap, tmp_path)  # joins: the group rebalances mid-stream
+        await asyncio.sleep(3)
+        first.kill()  # SIGKILL: its partitions move to the second after the session timeout
+        first.wait()
+        assert await asyncio.to_thread(second.wait, 180) == 0, second.stderr.read() if second.stderr else ""
+    assert _covered(tmp_path) == len(events)
     _exact(tmp_path, events)

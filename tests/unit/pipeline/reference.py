@@ -109,7 +109,7 @@ def cost(
         rows[(key, key.split(":")[4])]["rated"] = sum(hours.values(), Decimal(0))
     billed: Counter[tuple[str, str, str]] = Counter()
     used_free: Counter[tuple[str, str]] = Counter()
-    for e in events:
+    for e in sorted(events, key=_free_tier_order):  # the documented grant order of the free tier
         if e["eventName"] in ("RotateKey", "DeleteKey"):
             continue
         account, key, cls = e["userIdentity"]["accountId"], e["resources"][0]["ARN"], price_class(e, specs)
@@ -131,6 +131,18 @@ def cost(
         }
         for k, v in rows.items()
     }
+
+
+def _free_tier_order(e: dict[str, Any]) -> tuple[str, ...]:
+    """Free requests go in time order by minute, then key, operation, principal, key pair spec."""
+    pair = (e.get("requestParameters") or {}).get("keyPairSpec") or ""
+    return (
+        when(e).strftime("%Y-%m-%dT%H:%M"),
+        e["resources"][0]["ARN"],
+        e["eventName"],
+        principal(e) or "",
+        pair,
+    )
 
 
 ORDER = {
