@@ -148,7 +148,7 @@ class Runner:
         """The (cached) state of `partition`."""
         if partition not in self._states:
             path = self.state_dir / f"{partition}.sqlite"
-            state = PartitionState(path, dedup_capacity=self.dedup_capacity)
+            state = PartitionState(path, dedup_capacity=self.dedup_capacity, owner=True)
             state.usage_files.remove_orphans()  # only an owner may: readers never delete
             self._states[partition] = state
         return self._states[partition]

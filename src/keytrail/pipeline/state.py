@@ -70,10 +70,11 @@ class PartitionState:
     disk does not move either, so a crash only loses work that will be read again.
     """
 
-    def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000) -> None:
+    def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000, owner: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.dedup_capacity = dedup_capacity
+        self.owner = owner  # only an owner stages and flushes, and needs the eventIDs in memory
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.executescript(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
@@ -88,11 +89,13 @@ class PartitionState:
         self._next = self._persisted
         self.seen = SeenIds(self.dedup_capacity)
         self.seen.generation = generation = self.meta("seen_generation") or 0
+        self._staged_seen: list[tuple[int, list[int]]] = []
+        if not self.owner:
+            return
         for label, blob in self._db.execute(
             "SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,)
         ):
             (self.seen.current if label == generation else self.seen.previous).update(unpack(blob))
-        self._staged_seen: list[tuple[int, list[int]]] = []
 
     def close(self) -> None:
         self._db.close()
@@ -125,6 +128,8 @@ class PartitionState:
         """
         if not self._pending:
             return False
+        if not self.owner:
+            raise RuntimeError(f"{self.path.name}: opened read-only")
         db = self._db
         files = self.usage_files.write(merge_usage([u.usage for u in self._pending]))
         db.execute("BEGIN IMMEDIATE")
