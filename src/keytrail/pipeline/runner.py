@@ -157,13 +157,16 @@ class Runner:
         """Consume until the source ends (or the task is cancelled); checkpoint on the way out."""
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)  # read one batch ahead
         reader = asyncio.create_task(self._read(queue))
+        next_batch: asyncio.Future[Batch | None] | None = None
         try:
             while True:
-                try:
-                    batch = await asyncio.wait_for(queue.get(), timeout=self.checkpoint_seconds)
-                except TimeoutError:
+                # A pending get is kept across timeouts, never cancelled: no batch can be lost.
+                next_batch = next_batch or asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({next_batch}, timeout=self.checkpoint_seconds)
+                if not done:
                     await self.checkpoint()
                     continue
+                batch, next_batch = next_batch.result(), None
                 if batch is None:
                     break
                 await asyncio.to_thread(self.process, batch)
@@ -172,7 +175,9 @@ class Runner:
             await self.checkpoint()
             await reader
         finally:
-            reader.cancel()
+            for task in (reader, next_batch):
+                if task is not None:
+                    task.cancel()
             self.close()
         return self.stats
 
