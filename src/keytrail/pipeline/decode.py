@@ -78,15 +78,19 @@ def avro_frame(values: Sequence[bytes]) -> pl.DataFrame:
     """The AVRO_COLUMNS of `values` (absent ones null), in order when all share one writer."""
     writers = _writers()
     groups: dict[bytes, list[memoryview]] = {}
-    for value in values:
-        groups.setdefault(value[:10], []).append(memoryview(value)[10:])
+    first = values[0][:10] if values else b""
+    if all(value.startswith(first) for value in values):  # the usual case: one writer version
+        groups[first] = [memoryview(value)[10:] for value in values]
+    else:
+        for value in values:
+            groups.setdefault(value[:10], []).append(memoryview(value)[10:])
     frames = []
     for prefix, bodies in groups.items():
         known = writers.get(prefix[2:]) if prefix[:2] == _MAGIC else None
         if known is None:  # let the audit layer decode it or say what is wrong
             return _complete(audit_schema.to_polars(values))
         header, columns = known
-        size = sum(len(body) for body in bodies)
+        size = sum(map(len, bodies))
         container = b"".join([header, _long(len(bodies)), _long(size), *bodies, _SYNC])
         frames.append(_complete(pl.read_avro(io.BytesIO(container), columns=list(columns))))
     return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
