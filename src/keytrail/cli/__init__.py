@@ -19,9 +19,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from keytrail.cli import metrics, serve
-
-    metrics.register(app)
+    from keytrail.cli import serve
 
     serve.register(app)
 
