@@ -24,10 +24,12 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import detect, serve
+    from keytrail.cli import audit, detect, report, serve
 
     serve.register(app)
     detect.register(app)
+    report.register(app)
+    app.add_typer(audit.audit_app, name="audit")
 
 
 def main() -> None:

@@ -71,13 +71,15 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     tls_self_signed: Annotated[bool, typer.Option("--tls-self-signed", help="HTTPS with a dev certificate.")] = False,
+    audit: Annotated[bool, typer.Option("--audit/--no-audit", hidden=True,
+                                        help="Benchmarks only: serve without the audit trail.")] = True,
 ) -> None:
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServeSettings(
         data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-        tls_self_signed=tls_self_signed,
+        tls_self_signed=tls_self_signed, audit=audit,
     )
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise fail("--dev-credentials is refused unless the server binds to loopback")

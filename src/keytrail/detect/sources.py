@@ -111,16 +111,11 @@ def _records(path: Path) -> list[dict[str, Any]]:
 def default_decoder() -> Decoder:
     """The audit codec for Avro single-object values, JSON CloudTrail records otherwise; a value
     neither can read is logged and skipped (one bad message must not stop the detector)."""
-    try:
-        from keytrail.audit.schema import decode_batch as avro_batch
-    except ImportError:
-        avro_batch = None
+    from keytrail.audit.schema import decode_batch as avro_batch
 
     def decode_run(values: list[bytes], avro: bool) -> list[dict[str, Any]]:
         try:
-            if avro and avro_batch is None:
-                raise ValueError("Avro audit values but keytrail.audit.schema is not installed")
-            return list(avro_batch(values)) if avro else [orjson.loads(v) for v in values]  # type: ignore[misc]
+            return list(avro_batch(values)) if avro else [orjson.loads(v) for v in values]
         except Exception as exc:
             if len(values) > 1:  # find the bad one(s), keep the rest
                 return [record for value in values for record in decode_run([value], avro)]

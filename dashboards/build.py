@@ -1,0 +1,93 @@
+"""Generate the Grafana dashboard JSON from the panel list below (run: python dashboards/build.py).
+
+`METRICS` is the one list of the Prometheus metric names the dashboards use; a test checks that
+`keytrail serve` exports each of them at GET /metrics, and that every panel query names only these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioning/datasources/prometheus.yml
+
+#: name → (type, labels, meaning). Everything a panel queries, and nothing else.
+METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "keytrail_kms_requests_total": ("counter", ("operation", "outcome"), "KMS calls by operation and outcome"),
+    "keytrail_kms_denied_requests_total": ("counter", ("operation", "principal"), "calls denied by authorization"),
+    "keytrail_alarms_total": ("counter", ("rule", "severity"), "alarms raised by the detector"),
+    "keytrail_kms_cost_usd": ("gauge", ("account",), "cost accrued since tracking start, USD"),
+    "keytrail_audit_spool_depth": ("gauge", (), "audit records in the spool not yet shipped"),
+    "keytrail_pipeline_consumer_lag": ("gauge", ("partition",), "records not yet consumed"),
+    "keytrail_kms_keys": ("gauge", ("state",), "KMS keys by key state"),
+}
+
+# (title, kind, unit, [(query, legend)], width, height)
+PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
+    ("KMS calls per second", "stat", "reqps", [("sum(rate(keytrail_kms_requests_total[5m]))", "calls/s")], 6, 4),
+    ("Denied calls (1h)", "stat", "short", [("sum(increase(keytrail_kms_denied_requests_total[1h]))", "denied")],
+     6, 4),
+    ("Alarms (24h)", "stat", "short", [("sum(increase(keytrail_alarms_total[24h]))", "alarms")], 6, 4),
+    ("Cost accrued", "stat", "currencyUSD", [("sum(keytrail_kms_cost_usd)", "USD")], 6, 4),
+    ("Call rate by operation", "timeseries", "reqps",
+     [("sum by (operation) (rate(keytrail_kms_requests_total[5m]))", "{{operation}}")], 12, 8),
+    ("Errors by operation", "timeseries", "reqps",
+     [('sum by (operation, outcome) (rate(keytrail_kms_requests_total{outcome!="success"}[5m]))',
+       "{{operation}} {{outcome}}")], 12, 8),
+    ("Denied calls by principal", "timeseries", "short",
+     [("sum by (principal) (increase(keytrail_kms_denied_requests_total[5m]))", "{{principal}}")], 12, 8),
+    ("Alarms by rule", "timeseries", "short",
+     [("sum by (rule) (increase(keytrail_alarms_total[5m]))", "{{rule}}")], 12, 8),
+    ("Cost accrued by account", "timeseries", "currencyUSD",
+     [("sum by (account) (keytrail_kms_cost_usd)", "{{account}}")], 12, 8),
+    ("Key inventory by state", "bargauge", "short", [("sum by (state) (keytrail_kms_keys)", "{{state}}")], 12, 8),
+    ("Audit spool depth", "timeseries", "short", [("max by (instance) (keytrail_audit_spool_depth)", "{{instance}}")],
+     12, 8),
+    ("Consumer lag", "timeseries", "short",
+     [("sum by (instance, partition) (keytrail_pipeline_consumer_lag)", "{{instance}} {{partition}}")], 12, 8),
+]
+
+
+def metric_names(query: str) -> set[str]:
+    """The keytrail metric names a PromQL query reads."""
+    return set(re.findall(r"\bkeytrail_[a-z0-9_]+", query))
+
+
+def _panel(number: int, x: int, y: int, spec: tuple[str, str, str, list[tuple[str, str]], int, int]) -> dict[str, Any]:
+    title, kind, unit, queries, width, height = spec
+    return {
+        "id": number, "type": kind, "title": title, "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": width, "h": height},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "right"}} if kind == "timeseries" else {},
+        "targets": [{"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
+                    for i, (expr, legend) in enumerate(queries)],
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    """The keytrail overview dashboard (Grafana dashboard JSON model, schemaVersion 39)."""
+    panels, x, y, row_height = [], 0, 0, 0
+    for number, spec in enumerate(PANELS, start=1):
+        width, height = spec[4], spec[5]
+        if x + width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        panels.append(_panel(number, x, y, spec))
+        x, row_height = x + width, max(row_height, height)
+    return {
+        "uid": "keytrail-overview", "title": "keytrail: KMS calls, denials, alarms, cost", "tags": ["keytrail", "kms"],
+        "schemaVersion": 39, "version": 1, "editable": True, "timezone": "utc", "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"}, "panels": panels, "templating": {"list": []},
+        "annotations": {"list": []},
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    (HERE / "keytrail-overview.json").write_text(render())

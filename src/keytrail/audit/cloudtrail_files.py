@@ -1,0 +1,98 @@
+"""CloudTrail interop: import AWS CloudTrail log files into the event log, export the event log
+as CloudTrail log files (`AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/*.json.gz`)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from keytrail.audit.schema import SchemaError, decode_batch
+from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
+from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records
+from keytrail.transport.segment_log import SegmentLog
+
+__all__ = ["ReadReport", "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records", "iter_events"]
+
+_REQUIRED = ("eventID", "eventTime", "eventName")
+
+
+async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> ReadReport:
+    """Append the KMS records of CloudTrail log files to the node's event log (hash-chained and
+    signed like live events). Records lacking eventID/eventTime/eventName are reported, skipped."""
+    report = ReadReport()
+    trail = AuditTrail.open(AuditSettings(data_dir=data_dir))
+    async with trail:
+        for event in iter_cloudtrail_records(paths, report=report):
+            missing = [name for name in _REQUIRED if not event.get(name)]
+            if missing:
+                report.records -= 1
+                report.problems.append(f"record {event.get('eventID', '?')}: missing {', '.join(missing)}")
+                continue
+            try:
+                await trail.append_event(_normalized(event))
+            except (SchemaError, ValueError, TypeError, AttributeError) as exc:
+                report.records -= 1
+                report.problems.append(f"record {event.get('eventID')}: cannot be stored: {exc}")
+    return report
+
+
+_BOOLEANS = ("readOnly", "managementEvent")
+_STRINGS = ("eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType", "eventCategory",
+            "sourceIPAddress", "userAgent", "errorCode", "errorMessage", "requestID", "recipientAccountId")
+
+
+def _normalized(event: dict[str, Any]) -> dict[str, Any]:
+    """Coerce the typed scalar fields of a foreign record (`"true"` → true, numbers → strings)."""
+    fixed = dict(event)
+    for name in _BOOLEANS:
+        if isinstance(fixed.get(name), str):
+            fixed[name] = fixed[name].lower() == "true"
+    for name in _STRINGS:
+        if fixed.get(name) is not None and not isinstance(fixed[name], str):
+            fixed[name] = str(fixed[name])
+    if not isinstance(fixed.get("userIdentity"), dict | None):
+        raise ValueError("userIdentity is not an object")
+    return fixed
+
+
+def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,
+                log: SegmentLog | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, CloudTrail record) of every stored event from `start`, oldest first (pass a
+    long-lived `log` reader when polling, so segments are not re-indexed each time)."""
+    log_dir, _ = audit_paths(data_dir)
+    if log is None:
+        if not log_dir.exists():
+            return
+        log = SegmentLog(log_dir)
+    offset = start
+    while True:
+        records = log.read(offset, batch)
+        if not records:
+            return
+        yield from zip((o for o, _ in records), decode_batch([v for _, v in records]), strict=True)
+        offset = records[-1][0] + 1
+
+
+def export_cloudtrail(data_dir: Path, out: Path) -> list[Path]:
+    """Write the event log as CloudTrail log files, one per account, Region and hour."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for _, event in iter_events(data_dir):
+        identity = event.get("userIdentity") or {}
+        account = event.get("recipientAccountId") or identity.get("accountId") or "000000000000"
+        moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
+        groups.setdefault((account, event.get("awsRegion") or "us-east-1", moment.strftime("%Y%m%dT%H00Z")),
+                          []).append(event)
+    written = []
+    for (account, region, hour), events in sorted(groups.items()):
+        folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{account}_CloudTrail_{region}_{hour}_{uuid.uuid4().hex[:16]}.json.gz"
+        path = folder / name
+        path.write_bytes(gzip.compress(json.dumps({"Records": events}).encode()))
+        written.append(path)
+    return written

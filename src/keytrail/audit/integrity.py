@@ -1,0 +1,236 @@
+"""Tamper evidence after CloudTrail's log file integrity validation.
+
+Every record's SHA-256 is kept in `hashes.bin` (32 bytes per offset) and chained:
+`chain[i] = SHA-256(chain[i-1] || hash[i])`, starting from 32 zero bytes. Digests, written
+hourly, when a segment closes and on shutdown, name the offsets they cover, the chain value at
+their end and the hash of the previous digest, and are signed with the node's Ed25519 key.
+`verify` recomputes everything from the event log and names what is missing, altered,
+reordered or inserted, and any break in the digest chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from keytrail.transport.segment_log import SegmentLog
+
+__all__ = ["GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityPaths", "load_digests", "signing_key", "verify"]
+
+GENESIS = bytes(32)
+HASH_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrityPaths:
+    """Where the integrity files live under `<data-dir>/audit/integrity/`."""
+
+    root: Path
+
+    @property
+    def hashes(self) -> Path:
+        return self.root / "hashes.bin"
+
+    @property
+    def digests(self) -> Path:
+        return self.root / "digests"
+
+    @property
+    def private_key(self) -> Path:
+        return self.root / "signing-key.pem"
+
+    @property
+    def public_key(self) -> Path:
+        return self.root / "signing-key.pub.pem"
+
+    @property
+    def retention_floor(self) -> Path:
+        return self.root / "retention-floor"
+
+
+def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
+    """The node's signing key, created (mode 0600, public key exported as PEM) on first use."""
+    if paths.private_key.exists():
+        key = serialization.load_pem_private_key(paths.private_key.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{paths.private_key} is not an Ed25519 private key")
+        return key
+    paths.root.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    _write_atomic(paths.private_key, pem, mode=0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write_atomic(paths.public_key, public, mode=0o644)
+    return key
+
+
+def chain_step(chain: bytes, record_hash: bytes) -> bytes:
+    """The chain value after one more record."""
+    return hashlib.sha256(chain + record_hash).digest()
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    """The bytes a digest signature covers (sorted keys, no whitespace)."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
+    """Every digest file, in sequence order, parsed (unparseable ones as empty dicts)."""
+    out: list[tuple[Path, dict[str, Any]]] = []
+    for path in sorted(paths.digests.glob("*.json")):
+        try:
+            out.append((path, json.loads(path.read_bytes())))
+        except ValueError:
+            out.append((path, {}))
+    return out
+
+
+def verify_signature(public_key: Ed25519PublicKey, digest: dict[str, Any]) -> bool:
+    """True when the digest's signature matches its content."""
+    body = {name: value for name, value in digest.items() if name != "signature"}
+    try:
+        public_key.verify(bytes.fromhex(str(digest.get("signature", ""))), canonical(body))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class ChainWriter:
+    """The writer side: hashes appended records, keeps the chain, writes signed digests.
+
+    Runs in the spool's writer thread, never on the event loop.
+    """
+
+    def __init__(self, paths: IntegrityPaths, log: SegmentLog, *, digest_interval_s: float = 3600.0) -> None:
+        self.paths = paths
+        self.interval = digest_interval_s
+        self._key = signing_key(paths)
+        paths.digests.mkdir(parents=True, exist_ok=True)
+        self._last: dict[str, Any] | None = None
+        self._sequence = 0
+        self._covered = 0  # end offset of the last digest
+        self._chain = GENESIS
+        self._load_last_digest()
+        self._hashes = open(paths.hashes, "r+b" if paths.hashes.exists() else "w+b")  # noqa: SIM115
+        self._recover(log)
+        self._last_time: datetime | None = None
+
+    @property
+    def end(self) -> int:
+        """One past the last hashed offset."""
+        return self._end
+
+    def add(self, first_offset: int, payloads: list[bytes]) -> None:
+        """Hash and chain records just appended at `first_offset` (not synced: the sidecar is
+        rebuilt from the log after a crash)."""
+        if first_offset != self._end:
+            raise RuntimeError(f"integrity chain at {self._end}, records appended at {first_offset}")
+        hashes = [hashlib.sha256(payload).digest() for payload in payloads]
+        chain = self._chain
+        for record_hash in hashes:
+            chain = chain_step(chain, record_hash)
+        self._hashes.write(b"".join(hashes))
+        self._hashes.flush()  # no fsync (rebuilt after a crash), but visible to a live `verify`
+        self._chain = chain
+        self._end += len(hashes)
+
+    def digest_due(self, now: datetime) -> bool:
+        """True when an hour (the interval) has passed since the last digest and records wait."""
+        if self._last_time is None:
+            self._last_time = now
+        return self._end > self._covered and (now - self._last_time).total_seconds() >= self.interval
+
+    def write_digest(self, now: datetime) -> dict[str, Any] | None:
+        """Sign a digest over the records since the previous one; None when there are none."""
+        self._last_time = now
+        if self._end == self._covered:
+            return None
+        self._hashes.flush()
+        os.fsync(self._hashes.fileno())
+        body = {
+            "digestVersion": 1, "sequence": self._sequence, "startOffset": self._covered,
+            "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519",
+            "previousDigestHash": _digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
+        }
+        digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
+        _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest), mode=0o644)
+        self._accept(digest)
+        return digest
+
+    def close(self) -> None:
+        """Release the sidecar file."""
+        self._hashes.close()
+
+    def _fingerprint(self) -> str:
+        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return hashlib.sha256(raw).hexdigest()
+
+    def _accept(self, digest: dict[str, Any]) -> None:
+        self._last = digest
+        self._sequence = int(digest["sequence"]) + 1
+        self._covered = int(digest["endOffset"])
+
+    def _load_last_digest(self) -> None:
+        paths = sorted(self.paths.digests.glob("*.json"))
+        if paths:  # only the newest one matters to the writer (`verify` reads them all)
+            last = json.loads(paths[-1].read_bytes())
+            self._accept(last)
+            self._chain = bytes.fromhex(str(last["chainHead"]))
+
+    def _recover(self, log: SegmentLog) -> None:
+        """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records
+        that were appended but not hashed before a crash."""
+        stored = os.fstat(self._hashes.fileno()).st_size // HASH_SIZE
+        end = max(log.end_offset(), self._covered)
+        self._hashes.truncate(min(stored, end) * HASH_SIZE)
+        self._hashes.seek(self._covered * HASH_SIZE)
+        covered_hashes = self._hashes.read()
+        for index in range(0, len(covered_hashes), HASH_SIZE):
+            self._chain = chain_step(self._chain, covered_hashes[index:index + HASH_SIZE])
+        self._end = min(stored, end)
+        self._hashes.seek(0, os.SEEK_END)
+        while self._end < end:
+            batch = log.read(self._end, 4096)
+            if not batch:
+                break
+            self.add(self._end, [payload for _, payload in batch])
+
+
+def _digest_hash(digest: dict[str, Any] | None) -> str | None:
+    return None if digest is None else hashlib.sha256(canonical(digest)).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(data_dir: Path) -> list[str]:
+    """Every integrity problem of the audit trail in `data_dir`: missing, altered, reordered or
+    inserted records, and breaks in the signed digest chain (empty when intact)."""
+    from keytrail.audit.verification import verify as run
+
+    return run(data_dir)

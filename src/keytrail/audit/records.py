@@ -1,0 +1,145 @@
+"""CallRecord → CloudTrail record dict, in the shape AWS CloudTrail logs KMS events (eventVersion 1.11).
+
+Field names, casing and presence rules follow the CloudTrail record-contents and userIdentity
+pages and the KMS "Logging AWS KMS API calls with AWS CloudTrail" examples.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from keytrail.kms.model import CallRecord
+
+if TYPE_CHECKING:
+    from keytrail.kms.context import CallContext, Principal
+
+__all__ = [
+    "EVENT_SOURCE",
+    "EVENT_VERSION",
+    "KMS_INTERNAL",
+    "error_code",
+    "format_event_time",
+    "key_account",
+    "resource",
+    "scrub",
+    "to_cloudtrail",
+    "user_identity",
+]
+
+EVENT_VERSION = "1.11"
+EVENT_SOURCE = "kms.amazonaws.com"
+KMS_INTERNAL = "AWS Internal"
+_MAX_SHORT = 1024  # CloudTrail truncates userAgent, errorCode and errorMessage at 1 KB
+# CloudTrail shows KMS's AccessDeniedException as errorCode "AccessDenied".
+_ERROR_CODES = {"AccessDeniedException": "AccessDenied"}
+# Defence in depth: the KMS core already strips these, but a record must never carry them.
+_SECRET_NAMES = frozenset({
+    "plaintext", "ciphertextBlob", "sourceCiphertextBlob", "encryptedKeyMaterial", "importToken",
+    "keyMaterial", "signature", "mac", "privateKeyPlaintext", "privateKeyCiphertextBlob",
+    "sharedSecret", "ciphertextForRecipient", "keyStorePassword", "xksProxyAuthenticationCredential",
+})
+
+
+def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
+    """The CloudTrail record for one KMS call or service event (see module docstring)."""
+    event: dict[str, Any] = {
+        "eventVersion": EVENT_VERSION,
+        "userIdentity": user_identity(record),
+        "eventTime": format_event_time(record.event_time),
+        "eventSource": EVENT_SOURCE,
+        "eventName": record.event_name,
+        "awsRegion": record.region,
+    }
+    event.update(_origin(record.context))
+    if record.error_code is not None:
+        event["errorCode"] = error_code(record.error_code)
+        event["errorMessage"] = (record.error_message or "")[:_MAX_SHORT]
+    event["requestParameters"] = scrub(record.request_parameters)
+    event["responseElements"] = scrub(record.response_elements)
+    if record.additional_event_data:
+        event["additionalEventData"] = record.additional_event_data
+    if record.context is not None:
+        event["requestID"] = record.context.request_id
+    event["eventID"] = record.event_id
+    event["readOnly"] = record.read_only
+    if record.resources:
+        event["resources"] = [resource(arn) for arn in record.resources]
+    event["eventType"] = record.event_type
+    event["managementEvent"] = True
+    event["recipientAccountId"] = record.account
+    if record.service_event_details is not None:
+        event["serviceEventDetails"] = record.service_event_details
+    event["eventCategory"] = "Management"
+    if record.context is not None and record.context.tls_details:
+        event["tlsDetails"] = dict(record.context.tls_details)
+    return event
+
+
+def format_event_time(moment: datetime) -> str:
+    """CloudTrail's eventTime form: UTC, whole seconds, `Z` suffix."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def error_code(code: str) -> str:
+    """CloudTrail's spelling of a KMS error code (AccessDeniedException → AccessDenied), 1 KB cap."""
+    return _ERROR_CODES.get(code, code)[:_MAX_SHORT]
+
+
+def key_account(arn: str) -> str:
+    """The account field of an ARN (`arn:aws:kms:region:ACCOUNT:key/id`)."""
+    parts = arn.split(":", 5)
+    return parts[4] if len(parts) > 4 else ""
+
+
+def _origin(context: CallContext | None) -> dict[str, str]:
+    if context is None:
+        return {"sourceIPAddress": KMS_INTERNAL, "userAgent": KMS_INTERNAL}
+    return {"sourceIPAddress": context.source_ip, "userAgent": context.user_agent[:_MAX_SHORT]}
+
+
+def user_identity(record: CallRecord) -> dict[str, Any]:
+    """CloudTrail's userIdentity for the caller of `record` (KMS-internal for service events)."""
+    if record.context is None:  # KMS-internal identity: no `type` (RotateKey, DeleteKey)
+        return {"accountId": record.account, "invokedBy": KMS_INTERNAL}
+    principal = record.context.principal
+    identity: dict[str, Any] = {
+        "type": str(principal.type),
+        "principalId": principal.principal_id,
+        "arn": principal.arn,
+        "accountId": principal.account,
+        "accessKeyId": principal.access_key_id,
+    }
+    if principal.type == "AssumedRole":
+        identity["sessionContext"] = _session_context(principal, record.event_time)
+    elif principal.user_name:
+        identity["userName"] = principal.user_name
+    return identity
+
+
+def _session_context(principal: Principal, event_time: datetime) -> dict[str, Any]:
+    role_arn = principal.role_arn or principal.arn
+    issuer = {
+        "type": "Role",
+        "principalId": principal.principal_id.split(":", 1)[0],
+        "arn": role_arn,
+        "accountId": principal.account,
+        "userName": role_arn.rsplit("/", 1)[-1],
+    }
+    # keytrail issues no STS sessions of its own: the session is as old as the call.
+    attributes = {"creationDate": format_event_time(event_time), "mfaAuthenticated": "false"}
+    return {"sessionIssuer": issuer, "attributes": attributes}
+
+
+def resource(arn: str) -> dict[str, str]:
+    """One `resources` entry for a KMS key ARN."""
+    return {"accountId": key_account(arn), "type": "AWS::KMS::Key", "ARN": arn}
+
+
+def scrub(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`values` without any member that could hold a secret (defence in depth)."""
+    if values is None:
+        return None
+    if _SECRET_NAMES.isdisjoint(values):
+        return values
+    return {name: value for name, value in values.items() if name not in _SECRET_NAMES}

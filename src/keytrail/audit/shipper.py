@@ -1,0 +1,113 @@
+"""The shipper: spool records to Kafka topic `keytrail.audit.v1`, at least once.
+
+It reads the event log from the shipped offset (persisted in `<data-dir>/audit/shipped-offset`),
+sends each record keyed by its key ARN (account id for key-less calls) and advances the offset
+only after the broker acknowledged. When the broker is down, records wait in the spool and the
+shipper retries with backoff until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from keytrail.audit.schema import message_key
+from keytrail.transport.kafka import KafkaProducerLink, ensure_topic
+from keytrail.transport.segment_log import SegmentLog
+
+__all__ = ["AUDIT_TOPIC", "ShippedOffset", "Shipper"]
+
+log = logging.getLogger(__name__)
+AUDIT_TOPIC = "keytrail.audit.v1"
+_BATCH = 2000
+
+
+class ShippedOffset:
+    """The first offset not yet acknowledged by Kafka, kept in a small file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.value = int(path.read_text()) if path.exists() else 0
+
+    def advance(self, offset: int) -> None:
+        """Persist a new shipped offset (atomic rename; losing it only means resending)."""
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(str(offset))
+        os.replace(temporary, self.path)
+        self.value = offset
+
+
+class Shipper:
+    """Ships durable records from the event log to Kafka; see the module docstring."""
+
+    def __init__(self, bootstrap: str, reader: SegmentLog, shipped: ShippedOffset, *,
+                 partitions: int, durable_end: Callable[[], int], committed: asyncio.Event,
+                 on_shipped: Callable[[int], None] | None = None, topic: str = AUDIT_TOPIC) -> None:
+        self.bootstrap = bootstrap
+        self.reader = reader
+        self.shipped = shipped
+        self.partitions = partitions
+        self.topic = topic
+        self._durable_end = durable_end
+        self._committed = committed
+        self._on_shipped = on_shipped
+        self._stop = asyncio.Event()
+        self.connected = False
+
+    async def run(self) -> None:
+        """Ship until `stop`; reconnect with backoff whenever the broker fails."""
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await ensure_topic(self.bootstrap, self.topic, self.partitions)
+                async with KafkaProducerLink(self.bootstrap) as link:
+                    self.connected, delay = True, 0.2
+                    await self._ship_forever(link)
+            except Exception as exc:  # broker down or unreachable: keep the records, retry
+                log.warning("audit shipping to %s paused: %s", self.bootstrap, exc)
+            self.connected = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        """Ask `run` to finish after the batch in flight (it ships what is durable first)."""
+        self._stop.set()
+        self._committed.set()
+
+    async def _ship_forever(self, link: KafkaProducerLink) -> None:
+        while True:
+            shipped_any = await self._ship_once(link)
+            if self._stop.is_set() and not shipped_any:
+                return
+            if not shipped_any:
+                self._committed.clear()
+                if self.shipped.value >= self._durable_end():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._committed.wait(), 1.0)
+
+    async def _ship_once(self, link: KafkaProducerLink) -> bool:
+        start, end = self.shipped.value, self._durable_end()
+        if start >= end:
+            return False
+        batch = await asyncio.to_thread(self.reader.read, start, min(_BATCH, end - start))
+        if not batch:
+            return False
+        # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
+        # no longer has and drops them: check first, and recreate the topic through `run`.
+        if not await link.topic_exists(self.topic):
+            raise RuntimeError(f"topic {self.topic} is missing on the broker")
+        await link.send_batch(self.topic, [(_key(value), value) for _, value in batch])
+        await asyncio.to_thread(self.shipped.advance, batch[-1][0] + 1)
+        if self._on_shipped is not None:
+            self._on_shipped(sum(len(value) + 8 for _, value in batch))
+        return True
+
+
+def _key(value: bytes) -> bytes | None:
+    key = message_key(value)
+    return key.encode() if key else None

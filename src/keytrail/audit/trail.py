@@ -1,0 +1,176 @@
+"""AuditTrail: the `AuditSink` the KMS core reports to.
+
+Each call becomes a CloudTrail record, Avro single-object encoded, group-committed to the
+segment log in `<data-dir>/audit/log/` (the embedded event log), hash-chained and periodically
+signed; with a Kafka bootstrap a shipper delivers it to `keytrail.audit.v1` at least once.
+`record` returns only once the record is durable, and raises when it cannot be (the KMS core
+then fails the call with KMSInternalException naming the audit spool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from keytrail.audit.call_encoder import CallEncoder
+from keytrail.audit.integrity import ChainWriter, IntegrityPaths
+from keytrail.audit.schema import EventCodec
+from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
+from keytrail.audit.spool import Spool, SpoolError
+from keytrail.kms.model import CallRecord
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
+__all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """Everything the audit trail is configured by.
+
+    `max_unshipped_bytes` applies with Kafka only: beyond it (shipping stuck) calls fail.
+    Retention deletes closed segments older than `retention_hours` or beyond
+    `retention_bytes` (None: keep), and never a segment Kafka has not acknowledged.
+    """
+
+    data_dir: Path
+    kafka_bootstrap: str | None = None
+    partitions: int = 3
+    max_unshipped_bytes: int = 1 << 30
+    segment_bytes: int = 64 << 20
+    retention_hours: float | None = None
+    retention_bytes: int | None = None
+    digest_interval_s: float = 3600.0
+    topic: str = AUDIT_TOPIC
+
+
+def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
+    """The event log directory and the integrity files of a node's data directory."""
+    log_dir = event_log_dir(data_dir)
+    return log_dir, IntegrityPaths(log_dir.parent / "integrity")
+
+
+class AuditTrail:
+    """See the module docstring. Use `open`, then `await start()`, and `await close()`."""
+
+    def __init__(self, settings: AuditSettings, now: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self._now = now or (lambda: datetime.now(UTC))
+        log_dir, integrity = audit_paths(settings.data_dir)
+        self.log = SegmentLog(log_dir, segment_bytes=settings.segment_bytes, writable=True)
+        self.integrity = integrity
+        chain = ChainWriter(integrity, self.log, digest_interval_s=settings.digest_interval_s)
+        self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention)
+        self.codec = EventCodec()
+        self.encoder = CallEncoder(self.codec)
+        self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")
+        self._unshipped = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
+        self._shipper: Shipper | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def open(cls, settings: AuditSettings, now: Callable[[], datetime] | None = None) -> AuditTrail:
+        """Open (creating or recovering) the audit trail of `settings.data_dir`."""
+        return cls(settings, now)
+
+    async def __aenter__(self) -> AuditTrail:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the spool writer and, with Kafka, the shipper."""
+        self.spool.start()
+        if self.settings.kafka_bootstrap:
+            self._shipper = Shipper(
+                self.settings.kafka_bootstrap, SegmentLog(self.log.directory), self.shipped,
+                partitions=self.settings.partitions, durable_end=lambda: self.spool.durable_end,
+                committed=self.spool.committed, on_shipped=self._shipped_bytes, topic=self.settings.topic,
+            )
+            self._tasks.append(asyncio.create_task(self._shipper.run(), name="audit-shipper"))
+
+    async def record(self, call: CallRecord) -> None:
+        """AuditSink: make the CloudTrail record of `call` durable, or raise SpoolError."""
+        self._check_cap()
+        await self._append(self.encoder.encode(call))
+
+    async def append_event(self, event: dict[str, Any]) -> int:
+        """Make one CloudTrail record dict durable (imports use this too); return its offset."""
+        self._check_cap()
+        return await self._append(self.codec.encode(event))
+
+    def _check_cap(self) -> None:
+        if self.settings.kafka_bootstrap and self._unshipped > self.settings.max_unshipped_bytes:
+            raise SpoolError(
+                f"the audit spool holds {self._unshipped} bytes not yet shipped to Kafka, over its "
+                f"cap of {self.settings.max_unshipped_bytes}: refusing calls until shipping catches up"
+            )
+
+    async def _append(self, payload: bytes) -> int:
+        offset = await self.spool.append(payload)
+        self._unshipped += len(payload) + 8
+        return offset
+
+    async def flush_shipping(self, timeout: float = 30.0) -> bool:
+        """Wait until Kafka acknowledged every durable record (True), or the timeout passed."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.shipped.value < self.spool.durable_end:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def close(self, ship_timeout: float = 5.0) -> None:
+        """Commit queued records (final signed digest), give a connected shipper up to
+        `ship_timeout` seconds to deliver them, then stop and release everything."""
+        await self.spool.drain()
+        if self._shipper is not None and self._shipper.connected:
+            await self.flush_shipping(ship_timeout)
+        if self._shipper is not None:
+            await self._shipper.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.spool.close()
+
+    def _shipped_bytes(self, count: int) -> None:
+        self._unshipped = max(0, self._unshipped - count)
+
+    def _apply_retention(self) -> None:
+        """Writer thread, when a segment closes: delete closed segments past the retention age
+        or size, never one holding records Kafka has not acknowledged; note the floor for `verify`."""
+        settings = self.settings
+        if settings.retention_hours is None and settings.retention_bytes is None:
+            return
+        now = time.time()
+        segments = self.log.segment_info()
+        limit = self.shipped.value if settings.kafka_bootstrap else self.log.end_offset()
+        keep_from = _retention_point(segments, settings.retention_hours, settings.retention_bytes, now)
+        keep_from = min(keep_from, limit)
+        if keep_from > segments[0][0] and self.log.delete_before(keep_from):
+            self.integrity.retention_floor.write_text(str(self.log.start_offset()))
+
+
+def _retention_point(segments: list[tuple[int, int, float]], hours: float | None,
+                     max_bytes: int | None, now: float) -> int:
+    """The first offset to keep: closed segments (all but the last) go when too old or when
+    the log is over its byte budget."""
+    total = sum(size for _, size, _ in segments)
+    keep = segments[0][0]
+    for (_, size, mtime), (next_base, _, _) in itertools.pairwise(segments):
+        too_old = hours is not None and now - mtime > hours * 3600
+        too_big = max_bytes is not None and total > max_bytes
+        if not (too_old or too_big):
+            break
+        total -= size
+        keep = next_base
+    return keep

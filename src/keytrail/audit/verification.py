@@ -1,0 +1,190 @@
+"""`keytrail audit verify`: check the event log against the hash chain and the signed digests.
+
+Order of checks, like CloudTrail's log file integrity validation: each digest's signature, the
+digest chain (sequence, previous-digest hash, contiguous offsets), the stored record hashes
+against each digest's chain value, then every record in the log against the stored hashes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from keytrail.audit.integrity import (
+    GENESIS,
+    HASH_SIZE,
+    IntegrityPaths,
+    canonical,
+    chain_step,
+    load_digests,
+    verify_signature,
+)
+from keytrail.audit.schema import SchemaError, decode
+from keytrail.transport.segment_log import SegmentLog, writer_active
+
+__all__ = ["verify"]
+
+
+def verify(data_dir: Path) -> list[str]:
+    """Every integrity problem of the audit trail in `data_dir` (empty: the log is intact)."""
+    from keytrail.audit.trail import audit_paths
+
+    log_dir, paths = audit_paths(data_dir)
+    if not log_dir.exists():
+        return [f"no audit event log in {data_dir}"]
+    if not paths.public_key.exists():
+        return [f"public key {paths.public_key} is missing: cannot verify digests"]
+    public = serialization.load_pem_public_key(paths.public_key.read_bytes())
+    if not isinstance(public, Ed25519PublicKey):
+        return [f"{paths.public_key} is not an Ed25519 public key"]
+    expected = _stored_hashes(paths)
+    problems = _check_digests(paths, public, expected)
+    problems += _check_records(SegmentLog(log_dir), expected, _floor(paths), live=writer_active(log_dir))
+    return problems
+
+
+def _stored_hashes(paths: IntegrityPaths) -> list[bytes]:
+    data = paths.hashes.read_bytes() if paths.hashes.exists() else b""
+    return [data[i:i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)]
+
+
+def _floor(paths: IntegrityPaths) -> int:
+    try:
+        return int(paths.retention_floor.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list[bytes]) -> list[str]:
+    problems: list[str] = []
+    previous: dict[str, Any] | None = None
+    chain, chained_to = GENESIS, 0
+    for index, (path, digest) in enumerate(load_digests(paths)):
+        name = path.name
+        if not digest or not verify_signature(public, digest):
+            problems.append(f"digest {name}: signature invalid (digest altered or not ours)")
+            previous = digest or previous
+            continue
+        problems += _check_link(name, index, digest, previous)
+        start, end = int(digest["startOffset"]), int(digest["endOffset"])
+        if start != chained_to or end > len(hashes):
+            problems.append(f"digest {name}: covers offsets {start}..{end - 1} but the stored record "
+                            f"hashes run {chained_to}..{len(hashes) - 1}")
+            chain, chained_to, previous = bytes.fromhex(digest["chainHead"]), end, digest
+            continue
+        for record_hash in hashes[start:end]:
+            chain = chain_step(chain, record_hash)
+        if chain.hex() != digest["chainHead"]:
+            problems.append(f"digest {name}: record hashes for offsets {start}..{end - 1} do not match "
+                            "the signed chain (records altered, removed or reordered)")
+            chain = bytes.fromhex(digest["chainHead"])
+        chained_to, previous = end, digest
+    return problems
+
+
+def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
+    problems = []
+    if int(digest.get("sequence", -1)) != index:
+        problems.append(f"digest {name}: sequence {digest.get('sequence')} where {index} was expected "
+                        "(a digest is missing or was inserted)")
+    want = None if previous is None else hashlib.sha256(canonical(previous)).hexdigest()
+    if digest.get("previousDigestHash") != want:
+        problems.append(f"digest {name}: does not name the previous digest (digest chain broken)")
+    return problems
+
+
+def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: bool) -> list[str]:
+    problems: list[str] = []
+    actual: list[bytes] = []
+    for frame in log.frames():  # hashes only: payloads are re-read for the few records named
+        if frame.offset < floor:
+            continue
+        if not frame.intact:
+            problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
+        actual.append(hashlib.sha256(frame.payload).digest())
+    if log.start_offset() > floor and expected:
+        problems.append(f"records at offsets {floor}..{log.start_offset() - 1} are missing "
+                        "(segment files deleted outside retention)")
+        floor = log.start_offset()
+    if live:  # a running node appends records just before it hashes them: not insertions
+        actual = actual[: max(0, len(expected) - floor)]
+    findings = _diff(expected[floor:], actual, floor)
+    ids = _event_ids(log, floor, {index for _, index in findings if index is not None})
+    return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
+                       for text, index in findings]
+
+
+# A finding: a message with an `{event}` placeholder and the index (from the floor) of the
+# stored record whose eventID fills it (None when the record is gone).
+Finding = tuple[str, int | None]
+
+
+def _diff(expected: list[bytes], actual: list[bytes], base: int) -> list[Finding]:
+    """Name each difference between the hashes that should be there and those that are."""
+    head = 0
+    while head < min(len(expected), len(actual)) and expected[head] == actual[head]:
+        head += 1
+    if head == len(expected) == len(actual):
+        return []
+    matcher = difflib.SequenceMatcher(None, expected[head:], actual[head:], autojunk=False)
+    removed: dict[bytes, int] = {}
+    added: dict[bytes, int] = {}
+    replaced: list[tuple[list[int], list[int]]] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        gone = [head + i for i in range(i1, i2)]
+        new = [head + j for j in range(j1, j2)]
+        removed.update((expected[i], i) for i in gone)
+        added.update((actual[j], j) for j in new)
+        if tag == "replace":
+            replaced.append((gone, new))
+    return _classify(removed, added, replaced, base)
+
+
+def _classify(removed: dict[bytes, int], added: dict[bytes, int],
+              replaced: list[tuple[list[int], list[int]]], base: int) -> list[Finding]:
+    moved = removed.keys() & added.keys()
+    findings: list[Finding] = [
+        (f"record {{event}} at offset {base + added[h]} is out of order "
+         f"(was at offset {base + removed[h]}: reordered)", added[h]) for h in moved]
+    altered_old: set[int] = set()
+    altered_new: set[int] = set()
+    expected_by_index = {i: h for h, i in removed.items()}
+    actual_by_index = {j: h for h, j in added.items()}
+    for gone, new in replaced:
+        pairs = zip([i for i in gone if expected_by_index[i] not in moved],
+                    [j for j in new if actual_by_index[j] not in moved], strict=False)
+        for i, j in pairs:
+            altered_old.add(i)
+            altered_new.add(j)
+            findings.append((f"record {{event}} at offset {base + j} was altered", j))
+    findings += [(f"record at offset {base + i} is missing", None) for h, i in removed.items()
+                 if h not in moved and i not in altered_old]
+    findings += [(f"record {{event}} at offset {base + j} was inserted (not in the hash chain)", j)
+                 for h, j in added.items() if h not in moved and j not in altered_new]
+    return findings
+
+
+def _event_ids(log: SegmentLog, floor: int, indexes: set[int]) -> dict[int, str]:
+    """The eventID of the stored records at `indexes` (positions counted from `floor`)."""
+    if not indexes:
+        return {}
+    found: dict[int, str] = {}
+    for frame in log.frames():
+        index = frame.offset - floor
+        if index in indexes:
+            found[index] = _event_id(frame.payload)
+    return found
+
+
+def _event_id(payload: bytes) -> str:
+    try:
+        return str(decode(payload).get("eventID"))
+    except (SchemaError, ValueError, EOFError, IndexError, KeyError):
+        return "(undecodable)"

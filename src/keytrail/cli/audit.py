@@ -1,0 +1,134 @@
+"""`keytrail audit …`: read, follow, verify, import and export the audit event log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
+from keytrail.audit.integrity import verify as verify_trail
+from keytrail.audit.schema import SchemaError
+from keytrail.transport.segment_log import LogLockedError
+
+__all__ = ["audit_app"]
+
+audit_app = typer.Typer(help="The audit trail: CloudTrail-format events of every KMS call.",
+                        no_args_is_help=True)
+
+DataDir = typer.Option(Path("keytrail-data"), "--data-dir", help="The node's data directory.")
+
+
+class Format(StrEnum):
+    json = "json"
+    text = "text"
+
+
+class ExportFormat(StrEnum):
+    cloudtrail = "cloudtrail"
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _line(event: dict[str, Any], fmt: Format) -> str:
+    if fmt is Format.json:
+        return json.dumps(event, separators=(",", ":"))
+    identity = event.get("userIdentity") or {}
+    who = identity.get("arn") or identity.get("invokedBy") or "-"
+    outcome = event.get("errorCode") or "OK"
+    keys = ",".join(r.get("ARN", "") for r in event.get("resources") or []) or "-"
+    return f"{event.get('eventTime')} {event.get('eventName'):<22} {outcome:<24} {who} {keys}"
+
+
+def _events(data_dir: Path, start: int = 0, log: Any = None) -> Any:
+    try:
+        yield from iter_events(data_dir, start, log=log)
+    except SchemaError as exc:
+        _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
+
+
+@audit_app.command()
+def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--format")) -> None:
+    """Print the stored events, one CloudTrail JSON record per line, oldest first."""
+    _require_log(data_dir)
+    for _, event in _events(data_dir):
+        sys.stdout.write(_line(event, fmt) + "\n")
+
+
+@audit_app.command()
+def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--format"),
+         lines: int = typer.Option(10, "--lines", "-n", help="Events to show before following."),
+         follow: bool = typer.Option(True, "--follow/--no-follow"),
+         interval: float = typer.Option(0.2, "--interval", help="Seconds between polls.")) -> None:
+    """Show the last events and follow new ones as they are written (Ctrl-C stops)."""
+    from keytrail.audit.trail import audit_paths
+    from keytrail.transport.segment_log import SegmentLog
+
+    _require_log(data_dir)
+    log = SegmentLog(audit_paths(data_dir)[0])
+    offset = max(log.start_offset(), log.end_offset() - lines)
+    try:
+        while True:
+            for offset_read, event in _events(data_dir, offset, log):
+                sys.stdout.write(_line(event, fmt) + "\n")
+                offset = offset_read + 1
+            sys.stdout.flush()
+            if not follow:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@audit_app.command()
+def verify(data_dir: Path = DataDir) -> None:
+    """Check the event log against its hash chain and signed digests; exit 1 naming each problem."""
+    problems = verify_trail(data_dir)
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"audit trail in {data_dir} verified: no record missing, altered, reordered or inserted")
+
+
+@audit_app.command("import")
+def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files or folders."),
+            data_dir: Path = DataDir) -> None:
+    """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _fail(f"no such file or folder: {', '.join(missing)}")
+    try:
+        report = asyncio.run(import_cloudtrail(data_dir, paths))
+    except LogLockedError as exc:
+        _fail(f"{exc} (stop `keytrail serve` first)")
+    for problem in report.problems:
+        typer.echo(f"skipped: {problem}", err=True)
+    typer.echo(f"imported {report.records} KMS records from {report.files} files; "
+               f"skipped {report.skipped} records of other services; {len(report.problems)} problems")
+
+
+@audit_app.command()
+def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… into."),
+           fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format"),
+           data_dir: Path = DataDir) -> None:
+    """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
+    _require_log(data_dir)
+    written = export_cloudtrail(data_dir, out)
+    typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")
+
+
+def _require_log(data_dir: Path) -> None:
+    from keytrail.audit.trail import audit_paths
+
+    if not audit_paths(data_dir)[0].exists():
+        _fail(f"no audit event log in {data_dir} (is --data-dir right?)")

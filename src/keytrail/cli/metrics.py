@@ -1,0 +1,307 @@
+"""`keytrail usage | cost | last-used | consume`: metrics queries and the standalone consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import signal
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+
+from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.prices import PriceTable, load_price_table
+from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.runner import RunStats
+
+__all__ = ["register"]
+
+USAGE_FIELDS = ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount"]
+COST_FIELDS = ["keyArn", "accountId", "keyMonths", "keyCost", "requests", "requestCost", "totalCost"]
+LAST_USED_FIELDS = ["keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId"]
+_DIMENSIONS = {"key": "keyArn", "principal": "principalArn", "account": "accountId", "operation": "eventName"}
+_WINDOWS = ("minute", "hour", "day")
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Node data directory.")]
+Since = Annotated[str | None, typer.Option("--since", help="Start (ISO-8601 UTC, inclusive).")]
+Until = Annotated[str | None, typer.Option("--until", help="End (ISO-8601 UTC, exclusive).")]
+Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one object per line) or csv.")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr; the caller raises the returned Exit (status 2)."""
+    typer.echo(f"keytrail: {message}", err=True)
+    return typer.Exit(2)
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option}: not an ISO-8601 time: {value!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def open_store(data_dir: Path) -> MetricsStore:
+    if not data_dir.is_dir():
+        raise fail(f"no such data directory: {data_dir}")
+    return MetricsStore(data_dir)
+
+
+def parse_by(value: str, allowed: tuple[str, ...]) -> list[str]:
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    bad = [name for name in names if name not in allowed]
+    if bad or not names:
+        raise fail(f"--by: unknown {', '.join(bad) or 'grouping'} (choose from {', '.join(allowed)})")
+    return names
+
+
+def usage(
+    data_dir: DataDir = Path("keytrail-data"),
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[
+        str,
+        typer.Option(help="Comma list of key, principal, account, operation, and one of minute, hour, day."),
+    ] = "key,principal,account,operation",
+    output: Format = OutputFormat.table,
+) -> None:
+    """Requests and errors per key, principal, account and operation (optionally per time window)."""
+    names = parse_by(by, (*_DIMENSIONS, *_WINDOWS))
+    windows = [n for n in names if n in _WINDOWS]
+    if len(windows) > 1:
+        raise fail("--by: choose at most one of minute, hour, day")
+    store = open_store(data_dir)
+    columns = [_DIMENSIONS[n] for n in names if n in _DIMENSIONS]
+    frame = store.usage(
+        columns,
+        windows[0] if windows else None,  # type: ignore[arg-type]
+        parse_time(since, "--since"),
+        parse_time(until, "--until"),
+    )
+    fields = (["windowStart", "windowEnd"] if windows else []) + USAGE_FIELDS
+    if output is not OutputFormat.json:  # tables and CSV show only the columns grouped by
+        fields = [f for f in fields if f in frame.columns]
+    emit(frame, fields, output)
+
+
+def cost(
+    data_dir: DataDir = Path("keytrail-data"),
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[str, typer.Option(help="Comma list of key, account.")] = "key,account",
+    prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
+    free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
+    output: Format = OutputFormat.table,
+) -> None:
+    """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
+    names = parse_by(by, ("key", "account"))
+    table = _price_table(prices, free_tier)
+    store = open_store(data_dir)
+    frame = store.cost(table, parse_time(since, "--since"), parse_time(until, "--until"))
+    keys = [_DIMENSIONS[n] for n in names]
+    if len(keys) < 2:
+        frame = frame.group_by(keys).agg(
+            pl.col(c).sum() for c in COST_FIELDS if c not in ("keyArn", "accountId")
+        )
+    emit(frame.sort(keys, nulls_last=True), COST_FIELDS, output)
+
+
+def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
+    try:
+        table = load_price_table(path) if path else PriceTable()
+    except (OSError, ValueError) as error:
+        raise fail(f"--prices: {error}") from None
+    if free_tier and not table.free_tier_requests:
+        table = PriceTable(**{**table.__dict__, "free_tier_requests": 20_000})
+    return table
+
+
+def last_used(
+    data_dir: DataDir = Path("keytrail-data"),
+    since: Since = None,
+    until: Until = None,
+    by: Annotated[str, typer.Option(help="key, or key,principal.")] = "key",
+    output: Format = OutputFormat.table,
+) -> None:
+    """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
+    names = parse_by(by, ("key", "principal"))
+    store = open_store(data_dir)
+    if "principal" in names:
+        frame = store.last_used().rename({"principalArn": "lastUsedPrincipalArn"})
+    else:
+        frame = store.last_used_by_key()
+    low, high = parse_time(since, "--since"), parse_time(until, "--until")
+    if low is not None:
+        frame = frame.filter(pl.col("lastUsedTime") >= low)
+    if high is not None:
+        frame = frame.filter(pl.col("lastUsedTime").is_null() | (pl.col("lastUsedTime") < high))
+    emit(frame, LAST_USED_FIELDS, output)
+
+
+def consume(
+    data_dir: DataDir = Path("keytrail-data"),
+    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
+    group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
+    follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
+    exit_when_idle: Annotated[float | None, typer.Option(help="Kafka: stop after N idle seconds.")] = None,
+    cloudtrail: Annotated[
+        list[Path] | None, typer.Option(help="Offline: CloudTrail log files/folders.")
+    ] = None,
+    prices: Annotated[Path | None, typer.Option(help="TOML price table (Parquet cost table).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
+    checkpoint_records: Annotated[
+        int, typer.Option(help="Persist at least every N records.", min=1)
+    ] = 100_000,
+) -> None:
+    """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
+    settings = ConsumerSettings(
+        data_dir=data_dir,
+        kafka_bootstrap=kafka,
+        group_id=group,
+        follow=follow,
+        idle_seconds=exit_when_idle,
+        max_records=batch_size,
+        checkpoint_records=checkpoint_records,
+        prices=_price_table(prices, False),
+    )
+    if cloudtrail:
+        for path in cloudtrail:
+            if not path.exists():
+                raise fail(f"--cloudtrail: no such file or folder: {path}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stats = asyncio.run(_consume(settings, cloudtrail))
+    typer.echo(
+        f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
+        f"{stats.redelivered} already counted",
+        err=True,
+    )
+
+
+async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
+    source = _offline_source(cloudtrail) if cloudtrail else None
+    consumer = MetricsConsumer(settings, source)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, consumer.stop)
+    return await consumer.run()
+
+
+def _offline_source(paths: list[Path]) -> Any:
+    from keytrail.pipeline.sources import RecordsSource
+    from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
+
+    files = list(iter_log_files(paths))
+    bar = Progress(len(files), "files")
+
+    def records() -> Any:
+        for path in files:
+            yield from iter_cloudtrail_records([path], on_problem=lambda text: typer.echo(text, err=True))
+            bar.advance(1)
+        bar.close()
+
+    return RecordsSource(records(), partition="cloudtrail-files", resume=False)
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal or forced."""
+
+    def __init__(self, total: int, unit: str, stream: Any = None) -> None:
+        self.total, self.unit, self.done = max(total, 1), unit, 0
+        self.stream = stream or sys.stderr
+        self.enabled = total > 1 and self.stream.isatty()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.unit}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+
+def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
+    """Print `frame` with exactly `fields` (absent ones null) in the chosen format."""
+    rows = [{name: row.get(name) for name in fields} for row in frame.iter_rows(named=True)]
+    if output is OutputFormat.json:
+        for row in rows:
+            typer.echo(json_line(row))
+    elif output is OutputFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(fields)
+        writer.writerows([[text(row[name]) for name in fields] for row in rows])
+        typer.echo(buffer.getvalue(), nl=False)
+    else:
+        typer.echo(table(rows, fields))
+
+
+def text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """One JSON object; money is written as the exact decimal number, times as ISO-8601 UTC."""
+    parts = []
+    for name, value in row.items():
+        if isinstance(value, Decimal):
+            rendered = text(value)
+        elif isinstance(value, datetime | date):
+            rendered = json.dumps(text(value))
+        else:
+            rendered = json.dumps(value)
+        parts.append(f"{json.dumps(name)}: {rendered}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    cells = [[text(row[name]) for name in fields] for row in rows]
+    widths = [max([len(name), *(len(c[i]) for c in cells)]) for i, name in enumerate(fields)]
+    lines = ["  ".join(name.ljust(w) for name, w in zip(fields, widths, strict=True))]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the metrics commands to the `keytrail` app."""
+    app.command("usage")(usage)
+    app.command("cost")(cost)
+    app.command("last-used")(last_used)
+    app.command("consume")(consume)
+
+
+if __name__ == "__main__":  # `python -m keytrail.cli.metrics …`: the commands without the rest of the CLI
+    standalone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(standalone)
+    standalone()

@@ -1,0 +1,126 @@
+"""`keytrail report`: an offline usage, cost and security report from a data dir or CloudTrail logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from keytrail.pipeline.prices import PriceTable, load_price_table
+from keytrail.pipeline.runner import Batch, Source
+from keytrail.reports.collect import ReportOptions, collect_sync
+from keytrail.reports.output import TABLES, ReportFormat, write_report
+from keytrail.reports.progress import Progress
+
+__all__ = ["register", "report"]
+
+_SUFFIXES = {".html": ReportFormat.html, ".htm": ReportFormat.html, ".csv": ReportFormat.csv,
+             ".json": ReportFormat.json, ".jsonl": ReportFormat.json, ".parquet": ReportFormat.parquet}
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr; the caller raises the returned Exit (status 2)."""
+    typer.echo(f"keytrail report: {message}", err=True)
+    return typer.Exit(2)
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO-8601 time (UTC when no offset is given)."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option}: not an ISO-8601 time: {value!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def report(
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Node data dir: read its event log.")] = None,
+    cloudtrail: Annotated[list[Path] | None, typer.Option(
+        "--cloudtrail", help="AWS CloudTrail log files or folders (.json, .json.gz); repeatable.")] = None,
+    since: Annotated[str | None, typer.Option(help="Start (ISO-8601, inclusive).")] = None,
+    until: Annotated[str | None, typer.Option(help="End (ISO-8601, exclusive); also the as-of time.")] = None,
+    output: Annotated[ReportFormat | None, typer.Option(
+        "--format", help="html, csv, json (JSON lines) or parquet; default from --out's suffix.")] = None,
+    table: Annotated[str | None, typer.Option(help=f"Tabular formats: only this table ({', '.join(TABLES)}).")] = None,
+    alarms: Annotated[Path | None, typer.Option(help="Alarms JSON lines; default <data-dir>/alarms.jsonl.")] = None,
+    prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
+    free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
+    unused_days: Annotated[int, typer.Option(help="Highlight keys unused for this many days.", min=1)] = 30,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
+) -> None:
+    """Write a usage, cost, last-used, denied-calls and alarms report (HTML, CSV, JSON lines or Parquet)."""
+    if data_dir is not None and cloudtrail:
+        raise fail("give --data-dir or --cloudtrail, not both")
+    form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
+    if table is not None and (form is ReportFormat.html or table not in TABLES):
+        raise fail(f"--table: one of {', '.join(TABLES)}, with --format csv, json or parquet")
+    bar = Progress("events" if not cloudtrail else "files", enabled=progress)
+    source, name, default_alarms = (_files_source(cloudtrail, bar) if cloudtrail
+                                    else _log_source(data_dir or Path("keytrail-data")))
+    options = ReportOptions(since=parse_time(since, "--since"), until=parse_time(until, "--until"),
+                            prices=_price_table(prices, free_tier), unused_days=unused_days,
+                            alarms=alarms or default_alarms, source_name=name)
+    if alarms is not None and not alarms.is_file():
+        raise fail(f"--alarms: no such file: {alarms}")
+    try:
+        data = collect_sync(source, options, on_batch=None if cloudtrail else _log_progress(bar))
+    finally:
+        bar.close()
+    written = write_report(data, out, form, table)
+    typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
+               f"{data.alarms.height:,} alarms)", err=True)
+
+
+def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
+    try:
+        table = load_price_table(path) if path else PriceTable()
+    except (OSError, ValueError) as error:
+        raise fail(f"--prices: {error}") from None
+    return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
+
+
+def _log_source(data_dir: Path) -> tuple[Source, str, Path]:
+    from keytrail.pipeline.consumer import event_log_dir
+    from keytrail.pipeline.segment_source import SegmentLogSource
+
+    log = event_log_dir(data_dir)
+    if not log.is_dir():
+        raise fail(f"no event log in {data_dir} (expected {log})")
+    return SegmentLogSource(log, follow=False), str(data_dir), data_dir / "alarms.jsonl"
+
+
+def _log_progress(bar: Progress) -> Any:
+    def on_batch(batch: Batch) -> None:
+        bar.update(batch.end, batch.source_end)
+
+    return on_batch
+
+
+def _files_source(paths: list[Path], bar: Progress) -> tuple[Source, str, Path | None]:
+    from keytrail.pipeline.sources import RecordsSource
+    from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise fail(f"--cloudtrail: no such file or folder: {', '.join(missing)}")
+    files = list(iter_log_files(paths))
+
+    def records() -> Iterator[dict[str, Any]]:
+        for done, path in enumerate(files, start=1):
+            yield from iter_cloudtrail_records([path], on_problem=lambda text: typer.echo(text, err=True))
+            bar.update(done, len(files))
+
+    return RecordsSource(records(), partition="cloudtrail-files"), ", ".join(map(str, paths)), None
+
+
+def register(app: typer.Typer) -> None:
+    """Add `report` to the `keytrail` app."""
+    app.command("report")(report)

@@ -1,0 +1,34 @@
+"""Following the embedded event log from an offset: the in-process consumers' source."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from keytrail.audit.schema import decode_batch
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
+__all__ = ["follow_event_log"]
+
+
+async def follow_event_log(
+    data_dir: Path, *, start: int = 0, batch: int = 2_000, idle_seconds: float = 0.1,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Yield CloudTrail records from the node's event log, oldest first, then wait for more.
+    An empty list is yielded whenever the log is idle, so callers can do timed work."""
+    log = SegmentLog(event_log_dir(data_dir))
+    offset = max(start, log.start_offset())
+    try:
+        while True:
+            rows = log.read(offset, batch)
+            if not rows:
+                yield []
+                await asyncio.sleep(idle_seconds)
+                log.refresh()
+                continue
+            offset = rows[-1][0] + 1
+            yield decode_batch([value for _, value in rows])
+    finally:
+        log.close()

@@ -1,0 +1,111 @@
+"""The metrics consumer as one object: `keytrail serve` runs it in-process, `keytrail consume` alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from keytrail.pipeline.parquet import export_tables
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.prometheus import cost_by_account, render_prometheus
+from keytrail.pipeline.query import MetricsStore, state_dir
+from keytrail.pipeline.runner import Runner, RunStats, Source
+
+__all__ = ["ConsumerSettings", "MetricsConsumer", "event_log_dir"]
+
+
+def event_log_dir(data_dir: Path) -> Path:
+    """The embedded event log the audit trail writes (`<data-dir>/audit/log`)."""
+    return data_dir / "audit" / "log"
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Where to read from and where to keep state. Without `kafka_bootstrap`: the embedded log."""
+
+    data_dir: Path
+    kafka_bootstrap: str | None = None
+    group_id: str = "keytrail-metrics"  # one consumer group per consumer kind
+    follow: bool = True  # keep polling the embedded log for new events
+    idle_seconds: float | None = None  # Kafka: stop after this long without records
+    export_seconds: float | None = 30.0  # rewrite the Parquet tables at most this often; None: never
+    dedup_capacity: int = 1_000_000  # eventIDs remembered per partition (at least half of them)
+    max_records: int = 10_000
+    checkpoint_records: int = 100_000  # persist state + offsets at least this often (and every 2 s)
+    prices: PriceTable = field(default_factory=PriceTable)
+
+
+class MetricsConsumer:
+    """Runs one Source into the data dir's state, exports Parquet, answers queries."""
+
+    def __init__(self, settings: ConsumerSettings, source: Source | None = None) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self.source = source or self._default_source()
+        self.store = MetricsStore(settings.data_dir)
+        self.runner = Runner(
+            state_dir(settings.data_dir),
+            self.source,
+            dedup_capacity=settings.dedup_capacity,
+            checkpoint_records=settings.checkpoint_records,
+            after_checkpoint=self._after_checkpoint,
+        )
+        self._exported = time.monotonic()
+        self._costs: tuple[float, dict[str, Decimal]] | None = None
+
+    def _default_source(self) -> Source:
+        s = self.settings
+        if s.kafka_bootstrap:
+            from keytrail.pipeline.kafka_source import KafkaSource
+
+            return KafkaSource(
+                s.kafka_bootstrap,
+                group_id=s.group_id,
+                max_records=s.max_records,
+                idle_seconds=s.idle_seconds,
+                stop=self.stop_event,
+            )
+        from keytrail.pipeline.segment_source import SegmentLogSource
+
+        return SegmentLogSource(
+            event_log_dir(s.data_dir), max_records=s.max_records, follow=s.follow, stop=self.stop_event
+        )
+
+    async def run(self) -> RunStats:
+        """Consume until the source ends or `stop()`; then write the Parquet tables."""
+        try:
+            return await self.runner.run()
+        finally:
+            if self.settings.export_seconds is not None:
+                await asyncio.to_thread(self.export)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def export(self) -> None:
+        """Write the Parquet tables of the days changed since the last export."""
+        days, self.runner.dirty_days = self.runner.dirty_days, set()
+        if days:
+            export_tables(self.settings.data_dir, days, self.settings.prices)
+        self._exported = time.monotonic()
+
+    def _after_checkpoint(self) -> None:
+        every = self.settings.export_seconds
+        if every is not None and time.monotonic() - self._exported >= every:
+            self.export()
+
+    def last_usage(self, key_arn: str) -> dict[str, Any] | None:
+        """For GetKeyLastUsage: see MetricsStore.last_usage."""
+        return self.store.last_usage(key_arn)
+
+    def render_prometheus(self, spool_depth: int | None = None) -> str:
+        """The /metrics body, with this consumer's lag; the cost is recomputed at most once a minute."""
+        if self._costs is None or time.monotonic() - self._costs[0] > 60:
+            self._costs = (time.monotonic(), cost_by_account(self.store, self.settings.prices))
+        return render_prometheus(
+            self.store, lag=self.runner.stats.lag, spool_depth=spool_depth, costs=self._costs[1]
+        )

@@ -1,0 +1,237 @@
+"""Cost model: key storage prorated hourly plus requests by price class (AWS KMS pricing).
+
+Storage is billed to the key's owner account for customer managed keys while they are not
+pending deletion; each of the first two rotations adds one rotation rate. Requests are billed
+to the calling account. Money is `Decimal`, rounded to 10 places per row, summed exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import polars as pl
+
+from keytrail.pipeline.prices import PriceTable
+
+__all__ = [
+    "COST_SCHEMA",
+    "LIFECYCLE_EVENTS",
+    "LIFECYCLE_SCHEMA",
+    "SERVICE_EVENTS",
+    "billed_segments",
+    "cost_report",
+    "lifecycle_events",
+    "price_classes",
+    "request_counts",
+]
+
+LIFECYCLE_EVENTS = (
+    "CreateKey",
+    "ReplicateKey",
+    "RotateKey",
+    "ScheduleKeyDeletion",
+    "CancelKeyDeletion",
+    "DeleteKey",
+)
+SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey"})  # AwsServiceEvent records: no request to bill
+_ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second tie order
+_ASYMMETRIC_PREFIXES = ("RSA_", "ECC_", "ML_DSA_", "ML_KEM_", "SM2")
+_KEY_PAIR_OPERATIONS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
+_ROW = Decimal("1e-10")
+
+LIFECYCLE_SCHEMA: dict[str, pl.DataType] = {
+    "keyArn": pl.String(),
+    "eventTime": pl.Datetime("us", "UTC"),
+    "eventName": pl.String(),
+    "keySpec": pl.String(),
+    "keyManager": pl.String(),
+    "eventID": pl.String(),
+}
+COST_SCHEMA: dict[str, pl.DataType] = {
+    "keyArn": pl.String(),
+    "accountId": pl.String(),
+    "keyMonths": pl.Decimal(38, 10),
+    "keyCost": pl.Decimal(38, 10),
+    "requests": pl.Int64(),
+    "requestCost": pl.Decimal(38, 10),
+    "totalCost": pl.Decimal(38, 10),
+}
+
+
+def lifecycle_events(frame: pl.DataFrame) -> pl.DataFrame:
+    """Successful events that change what a key costs to store (a ReplicateKey names its replica)."""
+    events = frame.filter(pl.col("errorCode").is_null() & pl.col("eventName").is_in(LIFECYCLE_EVENTS))
+    events = events.with_columns(
+        keyArn=pl.when(pl.col("eventName") == "ReplicateKey")
+        .then(pl.col("replicaKeyArn"))
+        .otherwise(pl.col("keyArn"))
+    )
+    return events.filter(pl.col("keyArn").is_not_null()).select(list(LIFECYCLE_SCHEMA))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of billable clock hours [start_hour, end_hour) at one rotation count."""
+
+    start_hour: int
+    end_hour: int
+    rotations: int
+
+
+def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: int) -> list[Segment]:
+    """Billable hour runs of one key from its lifecycle events (time order not required).
+
+    An hour is billed when the key was billable at any moment of it, at the highest rate of
+    that hour. Keys pending deletion (and deleted keys) are not billed.
+    """
+    open_since: float | None = None
+    rotations = 0
+    segments: list[Segment] = []
+    for when, name in sorted(events, key=lambda item: (item[0], _ORDER[item[1]])):
+        now = when.timestamp()
+        if name in ("CreateKey", "ReplicateKey", "CancelKeyDeletion") and open_since is None:
+            open_since = now
+        elif name == "RotateKey":
+            if open_since is not None and rotations < billed_rotations:
+                _close(segments, open_since, now, min(rotations, billed_rotations))
+                open_since = now
+            rotations += 1
+        elif name in ("ScheduleKeyDeletion", "DeleteKey") and open_since is not None:
+            _close(segments, open_since, now, min(rotations, billed_rotations))
+            open_since = None
+    if open_since is not None:
+        _close(segments, open_since, math.inf, min(rotations, billed_rotations))
+    return segments
+
+
+def _close(segments: list[Segment], start: float, end: float, rotations: int) -> None:
+    start_hour = math.floor(start / 3600)
+    end_hour = math.ceil(end / 3600) if end != math.inf else 2**62
+    if segments and segments[-1].end_hour > start_hour:  # shared hour: the later, higher rate wins
+        last = segments.pop()
+        if last.start_hour < start_hour:
+            segments.append(Segment(last.start_hour, start_hour, last.rotations))
+    segments.append(Segment(start_hour, max(end_hour, start_hour), rotations))
+
+
+def price_classes(usage: pl.DataFrame, key_specs: pl.DataFrame) -> pl.DataFrame:
+    """Add `keySpec` and `priceClass` to minute-level usage (unknown keys price as symmetric)."""
+    joined = usage.join(key_specs, on="keyArn", how="left")
+    spec = pl.col("keySpec").fill_null("SYMMETRIC_DEFAULT")
+    price_class = (
+        pl.when(pl.col("eventName").is_in(_KEY_PAIR_OPERATIONS))
+        .then(
+            pl.when(pl.col("keyPairSpec").fill_null("").str.starts_with("RSA_"))
+            .then(pl.lit("rsa_generate_data_key_pair"))
+            .otherwise(pl.lit("ecc_generate_data_key_pair"))
+        )
+        .when(spec == "RSA_2048")
+        .then(pl.lit("rsa_2048"))
+        .when(pl.any_horizontal([spec.str.starts_with(p) for p in _ASYMMETRIC_PREFIXES]))
+        .then(pl.lit("asymmetric"))
+        .otherwise(pl.lit("symmetric"))
+    )
+    return joined.with_columns(priceClass=price_class)
+
+
+def request_counts(
+    usage: pl.DataFrame, lifecycle: pl.DataFrame, free_tier: int, since: datetime | None
+) -> pl.DataFrame:
+    """Billable requests per key x calling account x price class, with free-tier requests removed.
+
+    The free tier is per calling account and calendar month, for symmetric-class requests,
+    granted in time order (then by key ARN): pass usage from the start of `since`'s month.
+    """
+    specs = (
+        lifecycle.filter(pl.col("keySpec").is_not_null()).group_by("keyArn").agg(pl.col("keySpec").first())
+    )
+    rows = price_classes(usage.filter(~pl.col("eventName").is_in(list(SERVICE_EVENTS))), specs)
+    rows = rows.with_columns(free=pl.lit(0, pl.Int64))
+    if free_tier > 0:
+        rows = _apply_free_tier(rows, free_tier)
+    if since is not None:
+        rows = rows.filter(pl.col("minute") >= since)
+    return rows.group_by(["keyArn", "accountId", "priceClass"]).agg(
+        requests=pl.col("count").sum(), billed=(pl.col("count") - pl.col("free")).sum()
+    )
+
+
+def _apply_free_tier(rows: pl.DataFrame, free_tier: int) -> pl.DataFrame:
+    eligible = rows.filter(pl.col("priceClass") == "symmetric").with_columns(
+        month=pl.col("minute").dt.truncate("1mo")
+    )
+    order = ["accountId", "month", "minute", "keyArn", "eventName", "principalArn", "keyPairSpec"]
+    eligible = eligible.sort(order, nulls_last=True).with_columns(
+        before=(pl.col("count").cum_sum().over(["accountId", "month"]) - pl.col("count"))
+    )
+    eligible = eligible.with_columns(
+        free=(pl.lit(free_tier, pl.Int64) - pl.col("before")).clip(0, None).clip(None, pl.col("count"))
+    )
+    return pl.concat([rows.filter(pl.col("priceClass") != "symmetric"), eligible.drop("month", "before")])
+
+
+def cost_report(
+    usage: pl.DataFrame, lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None, until: datetime
+) -> pl.DataFrame:
+    """Cost per key x account over [since, until): storage to the owner, requests to the caller."""
+    totals: dict[tuple[str, str], list[Decimal | int]] = {}
+    for key_arn, owner, months, cost in _storage(lifecycle, prices, since, until):
+        totals.setdefault((key_arn, owner), [Decimal(0), Decimal(0), 0, Decimal(0)])[:2] = [months, cost]
+    counts = request_counts(
+        usage.filter(pl.col("minute") < until), lifecycle, prices.free_tier_requests, since
+    )
+    for key_arn, account, price_class, requests, billed in counts.iter_rows():
+        row = totals.setdefault((key_arn or "", account or ""), [Decimal(0), Decimal(0), 0, Decimal(0)])
+        row[2] = int(row[2]) + requests
+        row[3] = Decimal(row[3]) + (billed * prices.per_request(price_class)).quantize(_ROW)
+    return _cost_frame(totals)
+
+
+def _storage(
+    lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None, until: datetime
+) -> Iterable[tuple[str, str, Decimal, Decimal]]:
+    customer = lifecycle.filter(pl.col("eventTime") < until)
+    aws_managed = set(customer.filter(pl.col("keyManager") == "AWS").get_column("keyArn").to_list())
+    first = math.floor(since.timestamp() / 3600) if since else -(2**62)
+    last = math.ceil(until.timestamp() / 3600)
+    for (key_arn,), events in customer.group_by(["keyArn"]):
+        if key_arn in aws_managed:
+            continue  # AWS managed keys cost nothing to store
+        segments = billed_segments(
+            zip(events["eventTime"], events["eventName"], strict=True), prices.billed_rotations
+        )
+        hours = rated = Decimal(0)
+        for seg in segments:
+            span = max(0, min(seg.end_hour, last) - max(seg.start_hour, first))
+            hours += span
+            rated += span * (
+                prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
+            )
+        if hours:
+            per_month = Decimal(prices.hours_per_month)
+            yield (
+                str(key_arn),
+                str(key_arn).split(":")[4],
+                (hours / per_month).quantize(_ROW),
+                (rated / per_month).quantize(_ROW),
+            )
+
+
+def _cost_frame(totals: dict[tuple[str, str], list[Decimal | int]]) -> pl.DataFrame:
+    rows = [
+        {
+            "keyArn": key or None,
+            "accountId": account or None,
+            "keyMonths": months,
+            "keyCost": key_cost,
+            "requests": requests,
+            "requestCost": request_cost,
+            "totalCost": Decimal(key_cost) + Decimal(request_cost),
+        }
+        for (key, account), (months, key_cost, requests, request_cost) in sorted(totals.items())
+    ]
+    return pl.DataFrame(rows, schema=COST_SCHEMA)

@@ -1,0 +1,120 @@
+"""Source adapter for a Kafka consumer group on `keytrail.audit.v1` (aiokafka).
+
+Each partition's state file holds its offset, so on assignment the consumer seeks to it rather
+than to the group's committed offset; the group commit follows each persisted batch (for lag
+and tooling) and a commit lost to a rebalance is harmless. Two consumers in one group split the
+partitions; their state files together give the single-consumer result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from keytrail.pipeline.runner import Batch
+
+__all__ = ["AUDIT_TOPIC", "KafkaSource"]
+
+AUDIT_TOPIC = "keytrail.audit.v1"
+log = logging.getLogger(__name__)
+
+
+class _SeekToState(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: AIOKafkaConsumer, start_at: Callable[[str], int]) -> None:
+        self.consumer = consumer
+        self.start_at = start_at
+        self.assigned: set[TopicPartition] = set()
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.assigned -= set(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        for tp in assigned:
+            self.consumer.seek(tp, self.start_at(_partition_name(tp)))
+        self.assigned |= set(assigned)
+
+
+def _partition_name(tp: TopicPartition) -> str:
+    return f"{tp.topic}-{tp.partition}"
+
+
+class KafkaSource:
+    """Batches from a consumer group (`group_id`: one group per consumer kind)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        group_id: str = "keytrail-metrics",
+        topic: str = AUDIT_TOPIC,
+        max_records: int = 10_000,
+        idle_seconds: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.topic = topic
+        self.max_records = max_records
+        self.idle_seconds = idle_seconds
+        self.stop = stop or asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.listener: _SeekToState | None = None
+
+    async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 << 20,
+        )
+        self._consumer, self.listener = consumer, _SeekToState(consumer, start_at)
+        consumer.subscribe([self.topic], listener=self.listener)
+        await consumer.start()
+        try:
+            async for batch in self._poll(consumer):
+                yield batch
+        finally:
+            await consumer.stop()
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> AsyncIterator[Batch]:
+        last_data = time.monotonic()
+        while not self.stop.is_set():
+            data = await consumer.getmany(timeout_ms=300, max_records=self.max_records)
+            if not data:
+                if self.idle_seconds is not None and time.monotonic() - last_data > self.idle_seconds:
+                    return
+                continue
+            last_data = time.monotonic()
+            for tp, messages in data.items():
+                yield Batch(
+                    _partition_name(tp),
+                    [m.offset for m in messages],
+                    values=[m.value for m in messages],
+                    source_end=consumer.highwater(tp),
+                )
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        if self._consumer is None:
+            return
+        topic, _, number = partition.rpartition("-")
+        tp = TopicPartition(topic, int(number))
+        if tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+
+    async def commit(self, batch: Batch) -> None:
+        if self._consumer is None:
+            return
+        topic, _, partition = batch.partition.rpartition("-")
+        try:
+            await self._consumer.commit({TopicPartition(topic, int(partition)): batch.end})
+        except (CommitFailedError, IllegalStateError, KafkaError) as error:
+            log.info(
+                "group commit of %s skipped (%s); the state file holds the offset", batch.partition, error
+            )

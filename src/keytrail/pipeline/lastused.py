@@ -1,0 +1,73 @@
+"""Last use per key x principal: only successful cryptographic operations count (GetKeyLastUsage)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from keytrail.pipeline.frame import CRYPTO_OPERATIONS
+
+__all__ = ["LAST_USED_SCHEMA", "last_used", "last_used_per_key", "merge_last_used", "tracking_window"]
+
+LAST_USED_SCHEMA: dict[str, pl.DataType] = {
+    "keyArn": pl.String(),
+    "principalArn": pl.String(),
+    "lastUsedTime": pl.Datetime("us", "UTC"),
+    "lastUsedOperation": pl.String(),
+    "eventId": pl.String(),
+    "requestId": pl.String(),
+}
+_SOURCE = ["keyArn", "principalArn", "eventTime", "eventName", "eventID", "requestID"]
+
+
+def last_used(frame: pl.DataFrame) -> pl.DataFrame:
+    """The latest successful cryptographic use per key x principal in `frame`.
+
+    ReEncrypt uses both its source and its destination key, as GetKeyLastUsage records both.
+    """
+    uses = frame.filter(pl.col("errorCode").is_null() & pl.col("eventName").is_in(list(CRYPTO_OPERATIONS)))
+    destinations = uses.filter(pl.col("destinationKeyArn").is_not_null()).with_columns(
+        keyArn=pl.col("destinationKeyArn")
+    )
+    rows = pl.concat([uses.select(_SOURCE), destinations.select(_SOURCE)]).filter(
+        pl.col("keyArn").is_not_null()
+    )
+    renamed = rows.rename(
+        {
+            "eventTime": "lastUsedTime",
+            "eventName": "lastUsedOperation",
+            "eventID": "eventId",
+            "requestID": "requestId",
+        }
+    )
+    return _latest(renamed, ["keyArn", "principalArn"])
+
+
+def merge_last_used(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """Combine last-used frames (batches, partitions): the latest use wins."""
+    if not frames:
+        return pl.DataFrame(schema=LAST_USED_SCHEMA)
+    return _latest(pl.concat(frames), ["keyArn", "principalArn"])
+
+
+def last_used_per_key(per_principal: pl.DataFrame) -> pl.DataFrame:
+    """Reduce key x principal rows to one row per key, naming the principal of the latest use."""
+    return _latest(per_principal, ["keyArn"]).rename({"principalArn": "lastUsedPrincipalArn"})
+
+
+def tracking_window(frame: pl.DataFrame) -> tuple[object, object]:
+    """(earliest, latest) eventTime in `frame`: tracking starts with the first event seen."""
+    times = frame.get_column("eventTime")
+    return times.min(), times.max()
+
+
+def _latest(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    # Ties on the timestamp are broken by eventId so every merge order gives the same answer.
+    return (
+        rows.sort(["lastUsedTime", "eventId"], nulls_last=False)
+        .group_by(keys, maintain_order=False)
+        .last()
+        .select(list(LAST_USED_SCHEMA) if "principalArn" in keys else rows.columns)
+        .sort(keys)
+    )

@@ -1,0 +1,80 @@
+"""Prometheus text exposition (format 0.0.4) of the pipeline's metrics, for GET /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+import polars as pl
+
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore
+
+__all__ = ["CONTENT_TYPE", "cost_by_account", "render_prometheus"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
+
+
+def render_prometheus(
+    store: MetricsStore,
+    *,
+    prices: PriceTable | None = None,
+    lag: Mapping[str, int] | None = None,
+    spool_depth: int | None = None,
+    costs: Mapping[str, Decimal] | None = None,
+) -> str:
+    """Request counts by operation and outcome, denied calls, cost accrued, consumer lag, spool depth.
+
+    `costs` (from `cost_by_account`, possibly cached) saves recomputing the cost on every scrape.
+    """
+    lines: list[str] = []
+    _requests(lines, store.outcomes())
+    _family(lines, "keytrail_kms_cost_usd", "gauge", "Cost accrued since tracking start, USD, per account.")
+    if costs is None:
+        costs = cost_by_account(store, prices or PriceTable())
+    lines.extend(_sample("keytrail_kms_cost_usd", total, account=a) for a, total in sorted(costs.items()))
+    _family(lines, "keytrail_pipeline_consumer_lag", "gauge", "Records not yet consumed, per partition.")
+    lag_items = sorted((lag or {}).items())
+    lines.extend(_sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in lag_items)
+    if spool_depth is not None:
+        _family(lines, "keytrail_audit_spool_depth", "gauge", "Audit records in the spool not yet shipped.")
+        lines.append(_sample("keytrail_audit_spool_depth", spool_depth))
+    return "\n".join(lines) + "\n"
+
+
+def _requests(lines: list[str], outcomes: Mapping[tuple[str, str], int]) -> None:
+    name = "keytrail_kms_requests_total"
+    _family(lines, name, "counter", "KMS calls by operation and outcome (error code).")
+    for (operation, code), count in sorted(outcomes.items()):
+        lines.append(_sample(name, count, operation=operation, outcome=code or "success"))
+    denied: dict[str, int] = {}
+    for (operation, code), count in outcomes.items():
+        if code in _DENIED:
+            denied[operation] = denied.get(operation, 0) + count
+    name = "keytrail_kms_denied_requests_total"
+    _family(lines, name, "counter", "KMS calls denied by authorization.")
+    lines.extend(_sample(name, n, operation=op) for op, n in sorted(denied.items()))
+
+
+def cost_by_account(store: MetricsStore, prices: PriceTable) -> dict[str, Decimal]:
+    """Total cost in USD per account since tracking start (empty before any event)."""
+    if store.time_bounds()[1] is None:
+        return {}
+    per_account = store.cost(prices).group_by("accountId").agg(pl.col("totalCost").sum())
+    return {account or "": Decimal(total) for account, total in per_account.iter_rows()}
+
+
+def _family(lines: list[str], name: str, kind: str, text: str) -> None:
+    lines.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
+
+
+def _sample(name: str, value: object, **labels: str) -> str:
+    if not labels:
+        return f"{name} {value}"
+    rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return f"{name}{{{rendered}}} {value}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -1,0 +1,124 @@
+"""Queries over every partition's state in a data directory: usage, cost, last used.
+
+Each partition's state is exact for its events and partitions never share an event (Kafka
+keys by key ARN; the embedded log is one partition), so merged results equal a single
+consumer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from keytrail.pipeline.cost import LIFECYCLE_SCHEMA, cost_report
+from keytrail.pipeline.lastused import last_used_per_key, merge_last_used
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.state import PartitionState
+from keytrail.pipeline.usage import Window, merge_usage, roll_up
+
+__all__ = ["MetricsStore", "state_dir"]
+
+
+def state_dir(data_dir: Path) -> Path:
+    """Where the pipeline keeps its per-partition state files."""
+    return data_dir / "metrics" / "state"
+
+
+class MetricsStore:
+    """Read-only view of all partition states under `<data-dir>/metrics/state/`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = state_dir(data_dir)
+
+    @contextmanager
+    def _states(self) -> Iterator[list[PartitionState]]:
+        states = [PartitionState(p) for p in sorted(self.directory.glob("*.sqlite"))]
+        try:
+            yield states
+        finally:
+            for state in states:
+                state.close()
+
+    def partitions(self) -> list[str]:
+        return [p.stem for p in sorted(self.directory.glob("*.sqlite"))]
+
+    def usage_minutes(self, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
+        with self._states() as states:
+            return merge_usage([s.usage(since, until) for s in states])
+
+    def usage(
+        self,
+        by: list[str],
+        window: Window | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> pl.DataFrame:
+        """Request and error counts grouped by `by` (and a window when given)."""
+        return roll_up(self.usage_minutes(since, until), by, window)
+
+    def lifecycle(self) -> pl.DataFrame:
+        with self._states() as states:
+            frames = [s.lifecycle() for s in states]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=LIFECYCLE_SCHEMA)
+
+    def last_used(self) -> pl.DataFrame:
+        """Last use per key x principal."""
+        with self._states() as states:
+            return merge_last_used([s.last_used() for s in states])
+
+    def last_used_by_key(self) -> pl.DataFrame:
+        """Last use per key, every key seen included (null times for never used)."""
+        keys = self.usage_minutes().select("keyArn").drop_nulls().unique()
+        keys = pl.concat([keys, self.lifecycle().select("keyArn")]).unique()
+        return keys.join(last_used_per_key(self.last_used()), on="keyArn", how="left").sort("keyArn")
+
+    def time_bounds(self) -> tuple[datetime | None, datetime | None]:
+        """Earliest and latest eventTime counted: tracking starts at the earliest."""
+        with self._states() as states:
+            low = [v for s in states if (v := s.meta("earliest")) is not None]
+            high = [v for s in states if (v := s.meta("latest")) is not None]
+        return (_time(min(low)) if low else None, _time(max(high)) if high else None)
+
+    def cost(
+        self, prices: PriceTable, since: datetime | None = None, until: datetime | None = None
+    ) -> pl.DataFrame:
+        """Cost per key x account over [since, until); `until` defaults to the last event seen."""
+        if until is None:
+            until = self.time_bounds()[1] or datetime.now(UTC)  # an empty store: nothing to bill
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+        month_start = since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if since else None
+        return cost_report(self.usage_minutes(month_start, until), self.lifecycle(), prices, since, until)
+
+    def last_usage(self, key_arn: str) -> dict[str, Any] | None:
+        """GetKeyLastUsage's `KeyLastUsage` for `key_arn`, or None when never used since tracking start."""
+        with self._states() as states:
+            frames = [s.last_used().filter(pl.col("keyArn") == key_arn) for s in states]
+        rows = last_used_per_key(merge_last_used(frames)).to_dicts()
+        if not rows:
+            return None
+        row = rows[0]
+        return {
+            "Operation": row["lastUsedOperation"],
+            "Timestamp": row["lastUsedTime"],
+            "CloudTrailEventId": row["eventId"],
+            "KmsRequestId": row["requestId"],
+            "PrincipalArn": row["lastUsedPrincipalArn"],
+            "TrackingStartDate": self.time_bounds()[0],
+        }
+
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        totals: dict[tuple[str, str], int] = {}
+        with self._states() as states:
+            for state in states:
+                for name, code, count in state.outcomes():
+                    totals[(name, code)] = totals.get((name, code), 0) + count
+        return totals
+
+
+def _time(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)

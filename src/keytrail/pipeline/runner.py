@@ -1,0 +1,255 @@
+"""The consumer runner: read a batch → drop what was counted → aggregate → checkpoint → commit.
+
+One runner owns offsets; aggregations stay pure. Exactly-once in effect over at-least-once
+delivery: records below the partition's checkpointed offset are skipped (redelivery after a
+crash between persist and commit) and eventIDs among the partition's recent ones are dropped
+(duplicates the shipper re-sent under new offsets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import polars as pl
+
+from keytrail.pipeline.cost import lifecycle_events
+from keytrail.pipeline.dedup import SeenIds, event_hashes
+from keytrail.pipeline.frame import empty_frame, frame_from_avro, frame_from_records
+from keytrail.pipeline.lastused import last_used
+from keytrail.pipeline.state import PartitionState, StaleBatchError, StateUpdate
+from keytrail.pipeline.usage import usage_minutes
+
+__all__ = ["Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records of one source partition with their offsets (ascending).
+
+    Exactly one of `values` (Avro single-object encoded) or `records` (CloudTrail dicts) is set.
+    `source_end` is the partition's end offset when known (for consumer lag).
+    """
+
+    partition: str
+    offsets: Sequence[int]
+    values: Sequence[bytes] = ()
+    records: Sequence[Mapping[str, Any]] = ()
+    source_end: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offsets[-1] + 1
+
+    def frame_from(self, index: int) -> pl.DataFrame:
+        """The fixed-schema frame of the records from position `index` on."""
+        if self.values:
+            from keytrail.pipeline.decode import avro_frame  # needs the audit layer's schema files
+
+            return frame_from_avro(avro_frame(self.values[index:]))
+        return frame_from_records(self.records[index:])
+
+
+class Source(Protocol):
+    """Where batches come from: the embedded log, a Kafka consumer group, CloudTrail files."""
+
+    def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        """Yield batches; `start_at(partition)` is the offset to begin a partition from."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Acknowledge `batch` (and all before it in its partition) once its state is persisted."""
+        ...
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        """Deliver `partition` again from `offset` (after another owner moved it on)."""
+        ...
+
+
+@dataclass
+class RunStats:
+    """Counters of one run."""
+
+    batches: int = 0
+    records: int = 0
+    counted: int = 0
+    redelivered: int = 0
+    duplicates: int = 0
+    lag: dict[str, int] = field(default_factory=dict)
+
+
+def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, list[int]]:
+    """The first occurrence of each eventID not in `seen`, and the hashes of those kept."""
+    frame = frame.unique("eventID", keep="first", maintain_order=True)
+    hashes = event_hashes(frame.get_column("eventID"))
+    keep = [h not in seen for h in hashes]
+    if all(keep):
+        return frame, hashes
+    return frame.filter(pl.Series(keep, dtype=pl.Boolean)), [
+        h for h, k in zip(hashes, keep, strict=True) if k
+    ]
+
+
+def aggregate(frame: pl.DataFrame, seen: list[int] | None = None) -> StateUpdate:
+    """Everything one batch of new events adds to the state (pure); `seen`: their eventID hashes."""
+    outcomes = frame.group_by("eventName", pl.col("errorCode").fill_null("")).agg(
+        count=pl.len().cast(pl.Int64)
+    )
+    times = frame.get_column("eventTime")
+    return StateUpdate(
+        usage=usage_minutes(frame),
+        last_used=last_used(frame),
+        lifecycle=lifecycle_events(frame),
+        outcomes=outcomes,
+        seen=seen or [],
+        earliest=cast("datetime | None", times.min()),
+        latest=cast("datetime | None", times.max()),
+    )
+
+
+class Runner:
+    """Drives one Source into per-partition state files under `state_dir`.
+
+    Batches are staged and checkpointed together every `checkpoint_records` records or
+    `checkpoint_seconds` seconds (and at the end): persist state with offsets, then commit.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        source: Source,
+        *,
+        dedup_capacity: int = 1_000_000,
+        checkpoint_records: int = 100_000,
+        checkpoint_seconds: float = 2.0,
+        after_checkpoint: Callable[[], None] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.source = source
+        self.dedup_capacity = dedup_capacity
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_seconds = checkpoint_seconds
+        self.after_checkpoint = after_checkpoint
+        self.stats = RunStats()
+        self.dirty_days: set[date] = set()  # UTC days whose usage changed (for the Parquet export)
+        self._states: dict[str, PartitionState] = {}
+        self._uncommitted: dict[str, Batch] = {}
+        self._staged = 0
+        self._rewound: dict[str, int] = {}
+
+    def state(self, partition: str) -> PartitionState:
+        """The (cached) state of `partition`."""
+        if partition not in self._states:
+            path = self.state_dir / f"{partition}.sqlite"
+            state = PartitionState(path, dedup_capacity=self.dedup_capacity, owner=True)
+            state.usage_files.remove_orphans()  # only an owner may: readers never delete
+            self._states[partition] = state
+        return self._states[partition]
+
+    async def run(self) -> RunStats:
+        """Consume until the source ends (or the task is cancelled); checkpoint on the way out."""
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)  # read one batch ahead
+        reader = asyncio.create_task(self._read(queue))
+        next_batch: asyncio.Future[Batch | None] | None = None
+        try:
+            while True:
+                # A pending get is kept across timeouts, never cancelled: no batch can be lost.
+                next_batch = next_batch or asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({next_batch}, timeout=self.checkpoint_seconds)
+                if not done:
+                    await self.checkpoint()
+                    continue
+                batch, next_batch = next_batch.result(), None
+                if batch is None:
+                    break
+                await asyncio.to_thread(self.process, batch)
+                if self._staged >= self.checkpoint_records:
+                    await self.checkpoint()
+            await self.checkpoint()
+            await reader
+        finally:
+            for task in (reader, next_batch):
+                if task is not None:
+                    task.cancel()
+            self.close()
+        return self.stats
+
+    async def _read(self, queue: asyncio.Queue[Batch | None]) -> None:
+        try:
+            async for batch in self.source.batches(lambda p: self.state(p).next_offset):
+                await queue.put(batch)
+        finally:
+            await queue.put(None)
+
+    def process(self, batch: Batch) -> int:
+        """Stage what `batch` adds; return how many events it counted."""
+        state = self.state(batch.partition)
+        if not self._accepts(batch, state):
+            return 0
+        covered = state.next_offset
+        skip = sum(1 for offset in batch.offsets if offset < covered)
+        counted = 0
+        if skip < len(batch.offsets):
+            frame, hashes = drop_seen(batch.frame_from(skip), state.seen)
+            update = aggregate(frame, hashes) if frame.height else _empty_update()
+            state.stage(update, batch.end)
+            self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
+            counted = frame.height
+        self._uncommitted[batch.partition] = batch
+        self._staged += len(batch.offsets)
+        self._record(batch, skip, counted)
+        return counted
+
+    def _accepts(self, batch: Batch, state: PartitionState) -> bool:
+        # After a rewind, batches read ahead from beyond the rewind point are dropped: the
+        # source delivers them again from the rewound offset.
+        target = self._rewound.get(batch.partition)
+        if target is None:
+            return True
+        if batch.offsets[0] > target:
+            return False
+        del self._rewound[batch.partition]
+        return True
+
+    async def checkpoint(self) -> None:
+        """Persist every staged partition with its offsets, then commit to the source."""
+        for partition, state in list(self._states.items()):
+            try:
+                await asyncio.to_thread(state.flush)
+            except StaleBatchError as error:  # another owner moved the partition on: read again
+                log.info("%s", error)
+                self._uncommitted.pop(partition, None)
+                self._rewound[partition] = state.next_offset
+                await self.source.rewind(partition, state.next_offset)
+        for batch in self._uncommitted.values():
+            await self.source.commit(batch)
+        self._uncommitted.clear()
+        self._staged = 0
+        if self.after_checkpoint is not None:
+            await asyncio.to_thread(self.after_checkpoint)
+
+    def _record(self, batch: Batch, skipped: int, counted: int) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.records += len(batch.offsets)
+        stats.redelivered += skipped
+        stats.counted += counted
+        stats.duplicates += len(batch.offsets) - skipped - counted
+        if batch.source_end is not None:
+            stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
+
+    def close(self) -> None:
+        for state in self._states.values():
+            state.close()
+        self._states.clear()
+
+
+def _empty_update() -> StateUpdate:
+    return aggregate(empty_frame())

@@ -1,0 +1,243 @@
+"""Checkpointed aggregate state of one source partition, in one SQLite file.
+
+Aggregates, the eventIDs recently seen and the next source offset change together in one
+transaction, so a crash at any point leaves state and offset consistent: a restart resumes
+from exactly the offset the state covers. Several processes may own partitions of one data
+directory; each partition has its own file, and a compare-and-set on the offset refuses a
+checkpoint when another owner moved the partition on meanwhile.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
+from keytrail.pipeline.dedup import SeenIds, pack, unpack
+from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
+from keytrail.pipeline.usage import merge_usage
+from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
+
+__all__ = ["PartitionState", "StaleBatchError", "StateUpdate"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
+CREATE TABLE IF NOT EXISTS last_used (keyArn TEXT, principalArn TEXT, lastUsedTime INTEGER,
+  lastUsedOperation TEXT, eventId TEXT, requestId TEXT, PRIMARY KEY (keyArn, principalArn)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eventTime INTEGER,
+  eventName TEXT, keySpec TEXT, keyManager TEXT);
+CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEGER,
+  PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (generation INTEGER, hashes BLOB);  -- eventID hashes, int64 native order
+"""
+_UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
+  lastUsedTime = excluded.lastUsedTime, lastUsedOperation = excluded.lastUsedOperation,
+  eventId = excluded.eventId, requestId = excluded.requestId
+  WHERE (excluded.lastUsedTime, excluded.eventId) > (last_used.lastUsedTime, last_used.eventId)"""
+_UPSERT_OUTCOMES = """INSERT INTO outcomes VALUES (?,?,?) ON CONFLICT DO UPDATE SET
+  count = count + excluded.count"""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class StaleBatchError(RuntimeError):
+    """The batch does not start at the offset this state covers (another owner moved on)."""
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """What one batch adds: aggregates of its new events and those events' IDs by hour."""
+
+    usage: pl.DataFrame
+    last_used: pl.DataFrame
+    lifecycle: pl.DataFrame
+    outcomes: pl.DataFrame  # eventName, errorCode ("" for success), count
+    seen: list[int] = field(default_factory=list)  # eventID hashes (keytrail.pipeline.dedup)
+    earliest: datetime | None = None
+    latest: datetime | None = None
+
+
+class PartitionState:
+    """The state file of one partition; see the module docstring.
+
+    Batches are staged in memory (`stage`) and written together by `flush`: one transaction per
+    checkpoint, so the per-event cost of SQLite is amortized. Until a flush the source offset on
+    disk does not move either, so a crash only loses work that will be read again.
+    """
+
+    def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000, owner: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.dedup_capacity = dedup_capacity
+        self.owner = owner  # only an owner stages and flushes, and needs the eventIDs in memory
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.executescript(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
+        )
+        self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
+        self._pending: list[StateUpdate] = []
+        self._load()
+
+    def _load(self) -> None:
+        self._pending.clear()
+        self._persisted = self.meta("next_offset") or 0
+        self._next = self._persisted
+        self.seen = SeenIds(self.dedup_capacity)
+        self.seen.generation = generation = self.meta("seen_generation") or 0
+        self._staged_seen: list[tuple[int, list[int]]] = []
+        if not self.owner:
+            return
+        for label, blob in self._db.execute(
+            "SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,)
+        ):
+            (self.seen.current if label == generation else self.seen.previous).update(unpack(blob))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self, name: str) -> int | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def next_offset(self) -> int:
+        """The first source offset not yet covered (staged or persisted)."""
+        return self._next
+
+    @property
+    def persisted_offset(self) -> int:
+        """The first source offset not yet covered on disk."""
+        return self._persisted
+
+    def stage(self, update: StateUpdate, end: int) -> None:
+        """Hold `update` (covering offsets up to `end`) for the next flush."""
+        self._pending.append(update)
+        self._next = end
+        self._staged_seen.append((self.seen.generation, update.seen))
+        self.seen.add(update.seen)
+
+    def flush(self) -> bool:
+        """Write everything staged and the new offset in one transaction; False if nothing was staged.
+
+        Raises StaleBatchError (and drops what was staged) when another owner moved the offset.
+        """
+        if not self._pending:
+            return False
+        if not self.owner:
+            raise RuntimeError(f"{self.path.name}: opened read-only")
+        db = self._db
+        files = self.usage_files.write(merge_usage([u.usage for u in self._pending]))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            on_disk = self.meta("next_offset") or 0
+            if on_disk != self._persisted:
+                raise StaleBatchError(f"{self.path.name}: offset moved to {on_disk} by another owner")
+            self.usage_files.add_to_manifest(files)
+            self._write(self._pending, self._next)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self.usage_files.discard(name for name, _, _ in files)
+            self._load()
+            raise
+        self._pending.clear()
+        self._staged_seen.clear()
+        self._persisted = self._next
+        self.usage_files.compact()
+        return True
+
+    def _write(self, updates: list[StateUpdate], end: int) -> None:
+        db = self._db
+        db.executemany(_UPSERT_LAST_USED, _last_used_rows(merge_last_used([u.last_used for u in updates])))
+        db.executemany(
+            "INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)",
+            _lifecycle_rows(pl.concat([u.lifecycle for u in updates])),
+        )
+        db.executemany(
+            _UPSERT_OUTCOMES,
+            pl.concat([u.outcomes for u in updates])
+            .group_by("eventName", "errorCode")
+            .agg(pl.col("count").sum())
+            .rows(),
+        )
+        generation = self.seen.generation
+        db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h))
+        db.execute("DELETE FROM seen WHERE generation < ?", (generation - 1,))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('seen_generation', ?)", (generation,))
+        for update in updates:
+            self._set_bounds(update)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_offset', ?)", (end,))
+
+    def _set_bounds(self, update: StateUpdate) -> None:
+        if update.earliest is not None:
+            self._db.execute(
+                "INSERT INTO meta VALUES ('earliest', ?) ON CONFLICT DO UPDATE SET "
+                "value = min(value, excluded.value)",
+                (_us(update.earliest),),
+            )
+        if update.latest is not None:
+            self._db.execute(
+                "INSERT INTO meta VALUES ('latest', ?) ON CONFLICT DO UPDATE SET "
+                "value = max(value, excluded.value)",
+                (_us(update.latest),),
+            )
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def usage(self, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
+        """Minute-level usage with minute in [since, until)."""
+        return self.usage_files.read(since, until)
+
+    def last_used(self) -> pl.DataFrame:
+        return _frame(
+            self._db.execute("SELECT * FROM last_used").fetchall(), LAST_USED_SCHEMA, ["lastUsedTime"]
+        )
+
+    def lifecycle(self) -> pl.DataFrame:
+        rows = self._db.execute(
+            "SELECT keyArn, eventTime, eventName, keySpec, keyManager, eventID FROM lifecycle"
+        ).fetchall()
+        return _frame(rows, LIFECYCLE_SCHEMA, ["eventTime"])
+
+    def outcomes(self) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in self._db.execute("SELECT eventName, errorCode, count FROM outcomes")]  # type: ignore[misc]
+
+
+def _us(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _text(frame: pl.DataFrame, columns: Sequence[str], times: Sequence[str]) -> Iterable[tuple[Any, ...]]:
+    # SQLite treats NULLs in a primary key as distinct, so keys are stored with "" for null.
+    exprs = [
+        pl.col(c).dt.epoch("us")
+        if c in times
+        else pl.col(c).fill_null("")
+        if frame.schema[c] == pl.String
+        else pl.col(c)
+        for c in columns
+    ]
+    return frame.select(exprs).rows()
+
+
+def _last_used_rows(last_used: pl.DataFrame) -> Iterable[tuple[Any, ...]]:
+    return _text(last_used, list(LAST_USED_SCHEMA), ["lastUsedTime"])
+
+
+def _lifecycle_rows(lifecycle: pl.DataFrame) -> Iterable[tuple[Any, ...]]:
+    columns = ["eventID", "keyArn", "eventTime", "eventName", "keySpec", "keyManager"]
+    return _text(lifecycle, columns, ["eventTime"])
+
+
+def _frame(rows: list[Any], schema: dict[str, pl.DataType], times: Sequence[str]) -> pl.DataFrame:
+    raw = {name: (pl.Int64() if name in times else dtype) for name, dtype in schema.items()}
+    frame = pl.DataFrame(rows, schema=raw, orient="row")
+    return frame.with_columns(
+        *[pl.col(t).cast(pl.Datetime("us", "UTC")) for t in times],
+        *[pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c, d in schema.items() if d == pl.String],
+    )

@@ -1,0 +1,137 @@
+"""Minute-level usage of one partition as immutable Parquet files, listed in the state's manifest.
+
+A checkpoint writes its usage as new files (one per UTC day, fsynced, unique names) *before*
+its transaction, and the transaction lists them in `usage_files` together with the offsets:
+a file not in the manifest is an orphan of a crash and is deleted on open. Readers only read
+listed files and sum their counts. Many small files of a day are compacted into one (new file
+listed and old ones unlisted in one transaction, then deleted). Appending Parquet costs far
+less per row than upserting each group into SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
+
+__all__ = ["MANIFEST_SCHEMA", "UsageFiles"]
+
+MANIFEST_SCHEMA = "CREATE TABLE IF NOT EXISTS usage_files (name TEXT PRIMARY KEY, day TEXT, rows INTEGER);"
+COMPACT_AFTER = 8  # files of one day before the smallest are merged
+COMPACT_MAX_ROWS = 500_000  # never merge more rows than this at once: compaction memory stays bounded
+
+
+class UsageFiles:
+    """The usage files of `partition` under `root` (`day=YYYY-MM-DD/<partition>.<id>.parquet`)."""
+
+    def __init__(self, root: Path, partition: str, db: sqlite3.Connection) -> None:
+        self.root = root
+        self.partition = partition
+        self.db = db
+
+    def write(self, usage: pl.DataFrame) -> list[tuple[str, str, int]]:
+        """Write `usage` as durable, not yet listed files; return their (name, day, rows)."""
+        written = []
+        days = usage.with_columns(day=pl.col("minute").dt.date().cast(pl.String))
+        for (day,), part in days.partition_by("day", as_dict=True).items():
+            name = f"day={day}/{self.partition}.{uuid.uuid4().hex}.parquet"
+            _durable_write(part.drop("day"), self.root / name)
+            written.append((name, str(day), part.height))
+        return written
+
+    def add_to_manifest(self, written: Iterable[tuple[str, str, int]]) -> None:
+        """Add files to the manifest (inside the caller's transaction)."""
+        self.db.executemany("INSERT INTO usage_files VALUES (?, ?, ?)", written)
+
+    def discard(self, names: Iterable[str]) -> None:
+        for name in names:
+            (self.root / name).unlink(missing_ok=True)
+
+    def listed(self, since: datetime | None = None, until: datetime | None = None) -> list[str]:
+        low = since.date().isoformat() if since else ""
+        high = until.date().isoformat() if until else "9999"
+        rows = self.db.execute("SELECT name FROM usage_files WHERE day >= ? AND day <= ?", (low, high))
+        return [name for (name,) in rows]
+
+    def remove_orphans(self, min_age_seconds: float = 600.0) -> None:
+        """Delete this partition's files that no committed checkpoint lists (left by a crash).
+
+        Only files older than `min_age_seconds`: a younger one may belong to a checkpoint that
+        another owner of the partition is committing right now.
+        """
+        listed: set[str] = set(self.listed())
+        cutoff = time.time() - min_age_seconds
+        for path in self.root.glob(f"day=*/{self.partition}.*.parquet"):
+            if f"{path.parent.name}/{path.name}" not in listed and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+
+    def read(self, since: datetime | None, until: datetime | None) -> pl.DataFrame:
+        """Minute-level usage with minute in [since, until), summed over the listed files."""
+        for attempt in range(3):
+            names = self.listed(since, until)
+            if not names:
+                return pl.DataFrame(schema=USAGE_SCHEMA)
+            frame = pl.scan_parquet([self.root / n for n in names])
+            if since is not None:
+                frame = frame.filter(pl.col("minute") >= since)
+            if until is not None:
+                frame = frame.filter(pl.col("minute") < until)
+            try:
+                return merge_usage([frame.collect()])
+            except FileNotFoundError:  # compacted meanwhile: read the new manifest
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def compact(self) -> None:
+        """Merge the smallest files of each day that has more than COMPACT_AFTER of them."""
+        crowded = self.db.execute(
+            "SELECT day FROM usage_files GROUP BY day HAVING count(*) > ?", (COMPACT_AFTER,)
+        )
+        for (day,) in crowded.fetchall():
+            old: list[str] = []
+            total = 0
+            for name, rows in self.db.execute(
+                "SELECT name, rows FROM usage_files WHERE day = ? ORDER BY rows", (day,)
+            ):
+                if len(old) == COMPACT_AFTER or (old and total + rows > COMPACT_MAX_ROWS):
+                    break
+                old.append(name)
+                total += rows
+            if len(old) > 1:
+                self._replace(old, merge_usage([pl.read_parquet(self.root / n) for n in old]))
+
+    def _replace(self, old: list[str], merged: pl.DataFrame) -> None:
+        new = self.write(merged)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("DELETE FROM usage_files WHERE name = ?", [(n,) for n in old])
+            self.add_to_manifest(new)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self.discard(n for n, _, _ in new)
+            raise
+        self.discard(old)
+
+
+def _durable_write(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(temp, statistics=True)
+    with temp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temp.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

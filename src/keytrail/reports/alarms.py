@@ -1,0 +1,66 @@
+"""Alarms for the report: `<data-dir>/alarms.jsonl` (CONTRACTS.md §5 fields), latest state per alarm."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+__all__ = ["ALARMS_SCHEMA", "SEVERITY_ORDER", "alarms_frame", "read_alarms"]
+
+SEVERITY_ORDER = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
+ALARMS_SCHEMA: dict[str, pl.DataType] = {
+    "alarmId": pl.String(), "rule": pl.String(), "severity": pl.String(), "keyArn": pl.String(),
+    "principalArn": pl.String(), "accountId": pl.String(), "region": pl.String(),
+    "firstSeen": pl.Datetime("us", "UTC"), "lastSeen": pl.Datetime("us", "UTC"), "count": pl.Int64(),
+    "summary": pl.String(), "recommendation": pl.String(), "eventIds": pl.String(),
+}
+
+
+def read_alarms(path: Path) -> list[dict[str, Any]]:
+    """Alarm objects of a JSON-lines file; a later line for the same alarmId replaces the earlier
+    (the detector appends updates and escalations). Blank and unreadable lines are skipped."""
+    latest: dict[str, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                alarm = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(alarm, dict) and alarm.get("alarmId"):
+                latest[str(alarm["alarmId"])] = alarm
+    return list(latest.values())
+
+
+def alarms_frame(alarms: Iterable[dict[str, Any]], since: datetime | None = None,
+                 until: datetime | None = None) -> pl.DataFrame:
+    """Alarms active in [since, until), most severe first; eventIds joined by spaces."""
+    rows = [_row(alarm) for alarm in alarms]
+    frame = pl.DataFrame(rows, schema=ALARMS_SCHEMA) if rows else pl.DataFrame(schema=ALARMS_SCHEMA)
+    if since is not None:
+        frame = frame.filter(pl.col("lastSeen").is_null() | (pl.col("lastSeen") >= since))
+    if until is not None:
+        frame = frame.filter(pl.col("firstSeen").is_null() | (pl.col("firstSeen") < until))
+    rank = pl.col("severity").replace_strict(SEVERITY_ORDER, default=len(SEVERITY_ORDER), return_dtype=pl.Int64)
+    return frame.sort([rank, pl.col("lastSeen")], descending=[False, True], nulls_last=True)
+
+
+def _row(alarm: dict[str, Any]) -> dict[str, Any]:
+    row = {name: alarm.get(name) for name in ALARMS_SCHEMA}
+    row["firstSeen"] = _time(alarm.get("firstSeen"))
+    row["lastSeen"] = _time(alarm.get("lastSeen"))
+    row["eventIds"] = " ".join(str(i) for i in alarm.get("eventIds") or ())
+    return row
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

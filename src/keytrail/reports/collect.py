@@ -1,0 +1,147 @@
+"""Report data: run the pipeline's own consumer over the input into a scratch state, then query it.
+
+The numbers are the pipeline's (`keytrail.pipeline.query.MetricsStore`), so a report agrees with
+`keytrail usage | cost | last-used --format json` over the same events. Denied calls are counted
+from the same decoded batches on the way through (each batch is decoded once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from keytrail.pipeline.cost import COST_SCHEMA
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore, state_dir
+from keytrail.pipeline.runner import Batch, Runner, Source
+from keytrail.reports.alarms import alarms_frame, read_alarms
+from keytrail.reports.denied import DeniedTally
+from keytrail.reports.figures import (
+    USAGE_FIELDS,
+    choose_window,
+    cost_projection,
+    mark_unused,
+)
+
+__all__ = ["ReportData", "ReportOptions", "collect", "collect_sync"]
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report covers and how it prices and judges keys."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
+    unused_days: int = 30  # a key not used for this long (or never) is highlighted
+    alarms: Path | None = None  # alarms.jsonl to include, when it exists
+    source_name: str = ""  # what the report was made from, for its header
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Every table of a report; usage, cost and last-used columns follow CONTRACTS.md §4."""
+
+    options: ReportOptions
+    first_event: datetime | None
+    last_event: datetime | None
+    as_of: datetime | None
+    window: str
+    events: int
+    usage: pl.DataFrame
+    usage_over_time: pl.DataFrame
+    cost: pl.DataFrame
+    projection: pl.DataFrame
+    last_used: pl.DataFrame
+    denied: pl.DataFrame
+    alarms: pl.DataFrame
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """The report's tables by name, in the order the report shows them."""
+        return {"usage": self.usage, "usage_over_time": self.usage_over_time, "cost": self.cost,
+                "cost_projection": self.projection, "last_used": self.last_used, "denied": self.denied,
+                "alarms": self.alarms}
+
+
+@dataclass(frozen=True)
+class _FramedBatch(Batch):
+    """A batch whose frame is already decoded, so the runner does not decode it again."""
+
+    frame: pl.DataFrame | None = None
+
+    def frame_from(self, index: int) -> pl.DataFrame:
+        return self.frame.slice(index) if self.frame is not None else super().frame_from(index)
+
+
+class _TeeSource:
+    """Passes a source's batches on, decoded once, after counting their denied calls."""
+
+    def __init__(self, source: Source, denied: DeniedTally, on_batch: Callable[[Batch], None] | None) -> None:
+        self.source = source
+        self.denied = denied
+        self.on_batch = on_batch
+
+    async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        async for batch in self.source.batches(start_at):
+            frame = await asyncio.to_thread(batch.frame_from, 0)
+            self.denied.add(frame)
+            if self.on_batch is not None:
+                self.on_batch(batch)
+            yield _FramedBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, frame=frame)
+
+    async def commit(self, batch: Batch) -> None:
+        await self.source.commit(batch)
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        await self.source.rewind(partition, offset)
+
+
+async def collect(source: Source, options: ReportOptions,
+                  on_batch: Callable[[Batch], None] | None = None) -> ReportData:
+    """Consume `source` to its end into a scratch state and build the report's tables."""
+    denied = DeniedTally(options.since, options.until)
+    with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
+        runner = Runner(state_dir(Path(scratch)), _TeeSource(source, denied, on_batch))
+        stats = await runner.run()
+        return await asyncio.to_thread(_tables, MetricsStore(Path(scratch)), denied, options, stats.counted)
+
+
+def collect_sync(source: Source, options: ReportOptions,
+                 on_batch: Callable[[Batch], None] | None = None) -> ReportData:
+    """`collect` for callers without an event loop."""
+    return asyncio.run(collect(source, options, on_batch))
+
+
+def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, events: int) -> ReportData:
+    first, last = store.time_bounds()
+    since, until = options.since, options.until
+    as_of = until or (last.replace(microsecond=0) + timedelta(seconds=1) if last else None)
+    window = choose_window(since or first, as_of)
+    usage = store.usage(["keyArn", "principalArn", "accountId", "eventName"], None, since, until)
+    over_time = store.usage(["keyArn", "principalArn"], window, since, until)  # type: ignore[arg-type]
+    cost = store.cost(options.prices, since, until) if as_of else _empty_cost()
+    return ReportData(
+        options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
+        usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
+        projection=cost_projection(store, options.prices, as_of),
+        last_used=mark_unused(store.last_used_by_key(), as_of, options.unused_days),
+        denied=denied.frame(), alarms=_alarms(options),
+    )
+
+
+def _empty_cost() -> pl.DataFrame:
+    return pl.DataFrame(schema=COST_SCHEMA)
+
+
+
+def _alarms(options: ReportOptions) -> pl.DataFrame:
+    path = options.alarms
+    found: list[dict[str, Any]] = read_alarms(path) if path is not None and path.is_file() else []
+    return alarms_frame(found, options.since, options.until)

@@ -1,0 +1,86 @@
+"""Derived report figures: the time window for charts, the month's cost projection, unused keys."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import polars as pl
+
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore
+
+__all__ = [
+    "COST_FIELDS", "LAST_USED_FIELDS", "PROJECTION_SCHEMA", "USAGE_FIELDS", "choose_window", "cost_projection",
+    "mark_unused", "month_bounds",
+]
+
+#: CONTRACTS.md §4 field lists (the `--format json` objects of `keytrail usage | cost | last-used`).
+USAGE_FIELDS = ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount"]
+COST_FIELDS = ["keyArn", "accountId", "keyMonths", "keyCost", "requests", "requestCost", "totalCost"]
+LAST_USED_FIELDS = ["keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId"]
+
+_MONEY = pl.Decimal(38, 10)
+_ROW = Decimal("1e-10")
+PROJECTION_SCHEMA: dict[str, pl.DataType] = {
+    "accountId": pl.String(), "month": pl.String(), "asOf": pl.Datetime("us", "UTC"),
+    "monthToDateCost": _MONEY, "projectedKeyCost": _MONEY, "projectedRequestCost": _MONEY,
+    "projectedCost": _MONEY,
+}
+
+
+def choose_window(start: datetime | None, end: datetime | None) -> str:
+    """The chart resolution for a span: minutes up to 6 hours, hours up to 14 days, else days."""
+    if start is None or end is None:
+        return "day"
+    span = end - start
+    if span <= timedelta(hours=6):
+        return "minute"
+    return "hour" if span <= timedelta(days=14) else "day"
+
+
+def month_bounds(moment: datetime) -> tuple[datetime, datetime]:
+    """[first instant of the month of `moment`, first instant of the next month)."""
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (start + timedelta(days=32)).replace(day=1)
+    return start, following
+
+
+def cost_projection(store: MetricsStore, prices: PriceTable, as_of: datetime | None) -> pl.DataFrame:
+    """Per calling/owning account: cost so far this month and projected to the month's end.
+
+    Key storage is projected exactly (keys as they stand at `as_of` billed to the month's end;
+    a key pending deletion bills nothing more); requests are extrapolated at the month's rate so far.
+    """
+    if as_of is None:
+        return pl.DataFrame(schema=PROJECTION_SCHEMA)
+    start, end = month_bounds(as_of)
+    so_far = _per_account(store.cost(prices, start, as_of))
+    full_month = _per_account(store.cost(prices, start, end))
+    elapsed = Decimal((as_of - start).total_seconds())
+    scale = Decimal((end - start).total_seconds()) / elapsed if elapsed > 0 else Decimal(0)
+    zero = (Decimal(0), Decimal(0), Decimal(0))
+    rows = []
+    for account in sorted(set(so_far) | set(full_month)):
+        total, _, requests = so_far.get(account, zero)
+        key_cost = full_month.get(account, zero)[1]
+        request_cost = (requests * scale).quantize(_ROW)
+        rows.append({"accountId": account or None, "month": start.strftime("%Y-%m"), "asOf": as_of,
+                     "monthToDateCost": total, "projectedKeyCost": key_cost,
+                     "projectedRequestCost": request_cost, "projectedCost": key_cost + request_cost})
+    return pl.DataFrame(rows, schema=PROJECTION_SCHEMA)
+
+
+def _per_account(cost: pl.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decimal]]:
+    """accountId → (totalCost, keyCost, requestCost)."""
+    sums = cost.group_by("accountId").agg(pl.col("totalCost", "keyCost", "requestCost").sum())
+    return {str(account or ""): (Decimal(total or 0), Decimal(keys or 0), Decimal(requests or 0))
+            for account, total, keys, requests in sums.iter_rows()}
+
+
+def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: int) -> pl.DataFrame:
+    """The §4 last-used columns plus `unused`: never used, or not used in `unused_days` before `as_of`."""
+    never = pl.col("lastUsedTime").is_null()
+    unused = never if as_of is None else never | (pl.col("lastUsedTime") < as_of - timedelta(days=unused_days))
+    return last_used.select(LAST_USED_FIELDS).with_columns(unused=unused).sort(
+        ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)

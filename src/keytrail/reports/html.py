@@ -1,0 +1,229 @@
+"""The HTML report: one self-contained file (inline CSS and SVG, no script, no network)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from html import escape
+from typing import Any
+
+import polars as pl
+
+from keytrail import __version__
+from keytrail.reports.collect import ReportData
+from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
+
+__all__ = ["MAX_ROWS", "money", "render_html"]
+
+MAX_ROWS = 500  # per table; the CSV, JSON and Parquet forms carry every row
+_SERIES = 8  # lines per chart; the rest are summed into "other"
+_STEP = {"minute": "1m", "hour": "1h", "day": "1d"}
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#1d2733}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde3ea}
+.meta{color:#5b6673;font-size:13px}.cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
+.card{border:1px solid #dde3ea;border-radius:6px;padding:8px 14px;min-width:120px}
+.card b{display:block;font-size:20px}.card span{font-size:12px;color:#5b6673}
+table{border-collapse:collapse;width:100%;font-size:12px;margin:6px 0}
+th,td{border-bottom:1px solid #eef1f4;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f4f6f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.unused td{background:#fff3cd}.badge{background:#c0392b;color:#fff;border-radius:3px;padding:0 4px;font-size:11px}
+.sev-CRITICAL{color:#fff;background:#8e1b10}.sev-HIGH{color:#fff;background:#c0392b}
+.sev-MEDIUM{background:#f0ad4e}.sev-LOW{background:#d9edf7}.note{color:#5b6673;font-size:12px}
+code{font-size:11px}svg{max-width:100%;height:auto;display:block;margin:8px 0}
+"""
+
+
+def money(value: Any) -> str:
+    """USD for people: cents from a dollar up, four places below."""
+    amount = float(value or 0)
+    return f"${amount:,.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
+def render_html(data: ReportData) -> str:
+    """The whole report page."""
+    body = [
+        _header(data), _cards(data), "<h2>Usage over time</h2>", *_usage_charts(data),
+        "<h2>Cost</h2>", *_cost(data), "<h2>Last used</h2>", _last_used(data.last_used, data),
+        "<h2>Denied calls</h2>", _denied(data.denied), "<h2>Alarms</h2>", _alarms(data.alarms),
+        "<h2>Usage by key, principal and operation</h2>", _usage_table(data.usage),
+    ]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>keytrail report</title>"
+            f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>\n")
+
+
+def _header(data: ReportData) -> str:
+    start = data.options.since or data.first_event
+    end = data.options.until or data.as_of
+    source = f" · source: <code>{escape(data.options.source_name)}</code>" if data.options.source_name else ""
+    return (f"<h1>KMS usage, cost and security report</h1><p class=\"meta\">Period {_time(start)} → {_time(end)}"
+            f" · as of {_time(data.as_of)}{source} · keytrail {escape(__version__)} · generated "
+            f"{_time(datetime.now(UTC))}</p>")
+
+
+def _cards(data: ReportData) -> str:
+    keys = data.last_used.height
+    cards = [
+        ("events", f"{data.events:,}"), ("keys", f"{keys:,}"),
+        ("principals", f"{data.usage.get_column('principalArn').n_unique():,}"),
+        ("requests", f"{int(data.usage.get_column('count').sum() or 0):,}"),
+        ("denied calls", f"{int(data.denied.get_column('count').sum() or 0):,}"),
+        ("unused keys", f"{int(data.last_used.get_column('unused').sum() or 0):,}"),
+        ("alarms", f"{data.alarms.height:,}"),
+        ("cost in period", money(_sum(data.cost, "totalCost"))),
+        ("projected this month", money(_sum(data.projection, "projectedCost"))),
+    ]
+    return '<div class="cards">' + "".join(
+        f'<div class="card" data-figure="{escape(name)}"><b>{value}</b><span>{escape(name)}</span></div>'
+        for name, value in cards) + "</div>"
+
+
+def _sum(frame: pl.DataFrame, column: str) -> Decimal:
+    total = frame.get_column(column).sum() if frame.height else None
+    return Decimal(str(total)) if total is not None else Decimal(0)
+
+
+def _usage_charts(data: ReportData) -> list[str]:
+    if data.usage_over_time.height == 0:
+        return ['<p class="note">No KMS requests in this period.</p>']
+    charts = []
+    for column, label in (("keyArn", "key"), ("principalArn", "principal")):
+        times, series = time_series(data.usage_over_time, column, data.window)
+        charts.append(line_chart(times, series, title=f"Requests per {data.window} by {label}"))
+    return charts
+
+
+def time_series(over_time: pl.DataFrame, column: str, window: str) -> tuple[list[datetime], list[Series]]:
+    """Per-window request counts of the busiest values of `column`, zero-filled, the rest as "other"."""
+    totals = over_time.group_by(column).agg(pl.col("count").sum()).sort(["count", column], descending=[True, False])
+    names = totals.get_column(column).to_list()
+    top = names if len(names) <= _SERIES + 1 else names[:_SERIES]
+    label = pl.when(pl.col(column).is_in(top)).then(pl.col(column)).otherwise(pl.lit("other"))
+    per = over_time.group_by("windowStart", label.alias("series")).agg(pl.col("count").sum())
+    starts = over_time.get_column("windowStart")
+    times: list[datetime] = pl.datetime_range(starts.min(), starts.max(), _STEP[window],  # type: ignore[arg-type]
+                                              eager=True, time_zone="UTC").to_list()  # type: ignore[union-attr]
+    series = []
+    for name in [*top, *(["other"] if len(names) > len(top) else [])]:
+        counts = dict(per.filter(pl.col("series") == name).select("windowStart", "count").iter_rows())
+        series.append(Series(short_arn(name) if name != "other" else "other",
+                             [float(counts.get(t, 0)) for t in times]))
+    return times, series
+
+
+def _cost(data: ReportData) -> list[str]:
+    if data.cost.height == 0:
+        return ['<p class="note">No cost in this period.</p>']
+    per_key = (data.cost.group_by("keyArn").agg(pl.col("totalCost").sum())
+               .sort(["totalCost", "keyArn"], descending=[True, False], nulls_last=True).head(15))
+    bars = [Bar(short_arn(key) if key else "(no key)", float(total)) for key, total in per_key.iter_rows()]
+    parts = [bar_chart(bars, title="Cost per key in the period (top 15)", unit=money)]
+    projection = [Bar(account or "(none)", float(so_far), float(projected)) for account, so_far, projected in
+                  data.projection.select("accountId", "monthToDateCost", "projectedCost").iter_rows()]
+    if projection:
+        month = data.projection.get_column("month")[0]
+        parts.append(bar_chart(projection, title=f"Cost per account, {month}: so far / projected to month end",
+                               unit=money, companion_name="projected"))
+    parts.append(_projection_table(data.projection))
+    parts.append(_table(data.cost, [("keyArn", "Key", _code), ("accountId", "Account", str),
+                                    ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
+                                    ("requests", "Requests", _int), ("requestCost", "Request cost", money),
+                                    ("totalCost", "Total", money)], table_id="cost"))
+    return parts
+
+
+def _projection_table(projection: pl.DataFrame) -> str:
+    return _table(projection, [("accountId", "Account", str), ("month", "Month", str),
+                               ("monthToDateCost", "Month so far", money),
+                               ("projectedKeyCost", "Keys (month)", money),
+                               ("projectedRequestCost", "Requests (projected)", money),
+                               ("projectedCost", "Projected month", money)], table_id="projection")
+
+
+def _last_used(frame: pl.DataFrame, data: ReportData) -> str:
+    note = (f'<p class="note">Highlighted: never used, or not used for {data.options.unused_days} days '
+            f"before {_time(data.as_of)}.</p>")
+    return note + _table(frame, [("keyArn", "Key", _code), ("lastUsedTime", "Last used", _time),
+                                 ("lastUsedOperation", "Operation", str),
+                                 ("lastUsedPrincipalArn", "By", _code), ("unused", "", _unused_badge)],
+                         table_id="last-used", row_class=lambda row: "unused" if row["unused"] else "")
+
+
+def _denied(frame: pl.DataFrame) -> str:
+    if frame.height == 0:
+        return '<p class="note">No denied calls.</p>'
+    return _table(frame, [("principalArn", "Principal", _code), ("keyArn", "Key", _code),
+                          ("eventName", "Operation", str), ("errorCode", "Error", str), ("count", "Calls", _int),
+                          ("firstDenied", "First", _time), ("lastDenied", "Last", _time)], table_id="denied")
+
+
+def _alarms(frame: pl.DataFrame) -> str:
+    if frame.height == 0:
+        return '<p class="note">No alarms (none recorded in alarms.jsonl for this period).</p>'
+    per_rule = frame.group_by("rule").agg(pl.len().alias("alarms")).sort(["alarms", "rule"], descending=[True, False])
+    chart = bar_chart([Bar(str(rule), float(count)) for rule, count in per_rule.iter_rows()],
+                      title="Alarms by rule", unit=lambda value: f"{value:,.0f}")
+    columns: list[Column] = [
+        ("severity", "Severity", _severity), ("rule", "Rule", str), ("summary", "Summary", str),
+        ("keyArn", "Key", _code), ("principalArn", "Principal", _code), ("count", "Count", _int),
+        ("lastSeen", "Last seen", _time), ("recommendation", "Recommendation", str)]
+    return chart + _table(frame, columns, table_id="alarms")
+
+
+def _usage_table(frame: pl.DataFrame) -> str:
+    ordered = frame.sort(["count", "keyArn"], descending=[True, False], nulls_last=True)
+    return _table(ordered, [("keyArn", "Key", _code), ("principalArn", "Principal", _code),
+                            ("eventName", "Operation", str), ("accountId", "Account", str),
+                            ("count", "Requests", _int), ("errorCount", "Errors", _int)], table_id="usage")
+
+
+Column = tuple[str, str, Callable[[Any], str]]
+_NUMERIC = {"_int", "_decimal", "money"}
+
+
+def _table(frame: pl.DataFrame, columns: Sequence[Column], *, table_id: str,
+           row_class: Callable[[dict[str, Any]], str] | None = None) -> str:
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in columns)
+    rows = []
+    for row in frame.head(MAX_ROWS).iter_rows(named=True):
+        cls = row_class(row) if row_class else ""
+        cells = "".join(_cell(row.get(name), show) for name, _, show in columns)
+        rows.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
+    more = (f'<p class="note">{frame.height - MAX_ROWS:,} more rows in the CSV, JSON or Parquet report.</p>'
+            if frame.height > MAX_ROWS else "")
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{more}'
+
+
+def _cell(value: Any, show: Callable[[Any], str]) -> str:
+    css = ' class="n"' if show.__name__ in _NUMERIC else ""
+    text = show(value) if value is not None or show is _unused_badge else ""
+    return f"<td{css}>{text if show in _RAW else escape(text)}</td>"
+
+
+def _time(value: Any) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(value, datetime) else "—"
+
+
+def _int(value: Any) -> str:
+    return f"{int(value):,}"
+
+
+def _decimal(value: Any) -> str:
+    return f"{float(value):.4f}"
+
+
+def _code(value: Any) -> str:
+    return f"<code>{escape(str(value))}</code>"
+
+
+def _severity(value: Any) -> str:
+    return f'<span class="sev-{escape(str(value))}">{escape(str(value))}</span>'
+
+
+def _unused_badge(value: Any) -> str:
+    return '<span class="badge">unused</span>' if value else ""
+
+
+_RAW = (_code, _severity, _unused_badge)  # these build their own escaped markup

@@ -1,0 +1,93 @@
+"""Reading AWS CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or folders).
+
+The pipeline, the detector and `keytrail audit import` read real AWS history through here.
+A malformed file is reported (file name and line) and skipped; it never stops the reading.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LogFileProblem", "ReadReport", "iter_cloudtrail_records", "iter_log_files", "read_log_file"]
+
+KMS_SOURCE = "kms.amazonaws.com"
+
+
+class LogFileProblem(ValueError):
+    """A CloudTrail log file that cannot be read; the message names the file (and line)."""
+
+
+@dataclass(slots=True)
+class ReadReport:
+    """What a read saw: files read, records yielded, records of other services skipped, problems."""
+
+    files: int = 0
+    records: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def iter_log_files(paths: Iterable[Path | str]) -> Iterator[Path]:
+    """Every .json / .json.gz file named or found (recursively, sorted) under the folders named."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and _is_log(p))
+        else:
+            yield path
+
+
+def _is_log(path: Path) -> bool:
+    return path.name.endswith((".json", ".json.gz"))
+
+
+def read_log_file(path: Path) -> list[dict[str, Any]]:
+    """The records of one CloudTrail log file; LogFileProblem when it is not one."""
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+        raise LogFileProblem(f"{path}: cannot read: {exc}") from None
+    records = document.get("Records") if isinstance(document, dict) else None
+    if not isinstance(records, list):
+        raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
+    return records
+
+
+def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport | None = None,
+                            on_problem: Callable[[str], None] | None = None,
+                            kms_only: bool = True) -> Iterator[dict[str, Any]]:
+    """KMS records (all records with `kms_only=False`) of the CloudTrail log files under `paths`,
+    file by file; other services' records are counted in `report.skipped`."""
+    report = report if report is not None else ReadReport()
+    for path in iter_log_files(paths):
+        try:
+            records = read_log_file(path)
+        except LogFileProblem as exc:
+            report.problems.append(str(exc))
+            if on_problem is not None:
+                on_problem(str(exc))
+            continue
+        report.files += 1
+        for index, record in enumerate(records):
+            if not _usable(record, kms_only):
+                report.skipped += 1
+                if not isinstance(record, dict):
+                    report.problems.append(f"{path}: record {index}: not a JSON object")
+                continue
+            report.records += 1
+            yield record
+
+
+def _usable(record: Any, kms_only: bool) -> bool:
+    if not isinstance(record, dict):
+        return False
+    return not kms_only or record.get("eventSource") == KMS_SOURCE

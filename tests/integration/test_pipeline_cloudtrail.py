@@ -1,0 +1,157 @@
+"""Imported AWS CloudTrail log files (the documented KMS records) give the expected usage and cost."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("keytrail.transport.cloudtrail_logs")
+pytestmark = pytest.mark.integration
+
+ENCRYPT_KEY = "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+DECRYPT_KEY = "arn:aws:kms:us-east-1:123456789012:key/0987dcba-09fe-87dc-65ba-ab0987654321"
+# audit-anchors.md §1.4 E1 (Encrypt, IAM user, 1.11) and E2 (Decrypt by a role for a service, 1.09).
+E1 = {
+    "eventVersion": "1.11",
+    "userIdentity": {
+        "type": "IAMUser",
+        "principalId": "EX_PRINCIPAL_ID",
+        "arn": "arn:aws:iam::111122223333:user/Alice",
+        "accountId": "111122223333",
+        "accessKeyId": "EXAMPLE_KEY_ID",
+        "userName": "Alice",
+    },
+    "eventTime": "2025-05-20T20:46:16Z",
+    "eventSource": "kms.amazonaws.com",
+    "eventName": "Encrypt",
+    "awsRegion": "us-east-1",
+    "sourceIPAddress": "192.0.2.0",
+    "userAgent": "AWS Internal",
+    "requestParameters": {
+        "encryptionContext": {"Department": "Engineering"},
+        "keyId": ENCRYPT_KEY,
+        "encryptionAlgorithm": "SYMMETRIC_DEFAULT",
+    },
+    "responseElements": None,
+    "additionalEventData": {"keyMaterialId": "123456789abcdef0"},
+    "requestID": "f3423043-63bc-4a2c-a1b1-1b1ba1d8b5e7",
+    "eventID": "91235988-eb87-476a-ac2c-0cdc244e6dca",
+    "readOnly": True,
+    "resources": [{"ARN": ENCRYPT_KEY, "accountId": "111122223333"}],
+    "eventType": "AwsApiCall",
+    "managementEvent": True,
+    "recipientAccountId": "111122223333",
+}
+E2 = {
+    "eventVersion": "1.09",
+    "userIdentity": {
+        "type": "AssumedRole",
+        "principalId": "AROAEXAMPLE:session",
+        "arn": "arn:aws:sts::123456789012:assumed-role/Admin",
+        "accountId": "123456789012",
+        "accessKeyId": "ASIAEXAMPLE",
+        "sessionContext": {
+            "sessionIssuer": {
+                "type": "Role",
+                "arn": "arn:aws:iam::123456789012:role/Admin",
+                "accountId": "123456789012",
+            },
+            "attributes": {"creationDate": "2024-12-06T22:04:04Z", "mfaAuthenticated": "false"},
+        },
+        "invokedBy": "AWS Internal",
+    },
+    "eventTime": "2024-12-06T22:26:34Z",
+    "eventSource": "kms.amazonaws.com",
+    "eventName": "Decrypt",
+    "awsRegion": "us-east-1",
+    "sourceIPAddress": "AWS Internal",
+    "userAgent": "AWS Internal",
+    "requestParameters": {"encryptionAlgorithm": "SYMMETRIC_DEFAULT"},
+    "responseElements": None,
+    "readOnly": True,
+    "resources": [{"accountId": "123456789012", "type": "AWS::KMS::Key", "ARN": DECRYPT_KEY}],
+    "requestID": "b0c1a7f5-0000-4000-8000-000000000001",
+    "eventID": "c7b1a7f5-0000-4000-8000-000000000002",
+    "eventType": "AwsApiCall",
+    "managementEvent": True,
+    "recipientAccountId": "123456789012",
+}
+S3 = {
+    "eventVersion": "1.09",
+    "eventSource": "s3.amazonaws.com",
+    "eventName": "GetObject",
+    "eventTime": "2024-12-06T22:26:35Z",
+    "eventID": "other-service",
+}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keytrail.cli.metrics", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_documented_records_give_expected_usage_last_used_and_cost(tmp_path: Path) -> None:
+    logs = tmp_path / "AWSLogs"
+    logs.mkdir()
+    with gzip.open(logs / "a.json.gz", "wt") as handle:
+        json.dump({"Records": [E1, S3]}, handle)
+    (logs / "b.json").write_text(json.dumps({"Records": [E2, E1]}))  # E1 again: delivered twice
+    data = tmp_path / "data"
+    consumed = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
+    assert consumed.returncode == 0, consumed.stderr
+
+    usage = [
+        json.loads(x) for x in cli("usage", "--data-dir", str(data), "--format", "json").stdout.splitlines()
+    ]
+    assert sorted(
+        (u["keyArn"], u["principalArn"], u["accountId"], u["eventName"], u["count"]) for u in usage
+    ) == sorted(
+        [
+            (ENCRYPT_KEY, "arn:aws:iam::111122223333:user/Alice", "111122223333", "Encrypt", 1),
+            (DECRYPT_KEY, "arn:aws:iam::123456789012:role/Admin", "123456789012", "Decrypt", 1),
+        ]
+    )
+    last = {
+        r["keyArn"]: r
+        for r in map(
+            json.loads, cli("last-used", "--data-dir", str(data), "--format", "json").stdout.splitlines()
+        )
+    }
+    assert last[ENCRYPT_KEY]["lastUsedTime"] == "2025-05-20T20:46:16Z"
+    assert last[DECRYPT_KEY]["lastUsedPrincipalArn"] == "arn:aws:iam::123456789012:role/Admin"
+    cost = [
+        json.loads(x) for x in cli("cost", "--data-dir", str(data), "--format", "json").stdout.splitlines()
+    ]
+    assert {(c["keyArn"], c["requests"], c["requestCost"], c["keyCost"]) for c in cost} == {
+        (ENCRYPT_KEY, 1, 0.000003, 0),
+        (DECRYPT_KEY, 1, 0.000003, 0),
+    }
+
+
+def test_importing_the_same_files_again_counts_nothing_twice(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.json").write_text(json.dumps({"Records": [E1, E2]}))
+    data = tmp_path / "data"
+    for _ in range(2):
+        assert cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs)).returncode == 0
+    (logs / "b.json").write_text(json.dumps({"Records": [dict(E1, eventID="new-event-id")]}))
+    assert cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs / "b.json")).returncode == 0
+    usage = [
+        json.loads(x)
+        for x in cli(
+            "usage", "--data-dir", str(data), "--by", "operation", "--format", "json"
+        ).stdout.splitlines()
+    ]
+    assert {u["eventName"]: u["count"] for u in usage} == {"Encrypt": 2, "Decrypt": 1}
+
+
+def test_missing_cloudtrail_path_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    result = cli("consume", "--data-dir", str(tmp_path), "--cloudtrail", str(tmp_path / "missing"))
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,47 @@
+"""Avro values from the audit schema decode to the same frame as the CloudTrail dicts they encode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from polars.testing import assert_frame_equal
+
+from keytrail.pipeline.frame import frame_from_avro, frame_from_records
+from keytrail.pipeline.synthetic import generate_events
+
+schema = pytest.importorskip("keytrail.audit.schema")
+pytestmark = pytest.mark.integration
+
+from keytrail.pipeline.decode import avro_frame  # noqa: E402
+
+PRIMARY = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+REPLICA = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+
+
+def _replicate_key() -> dict[str, Any]:
+    event = dict(next(iter(generate_events(1, seed=3))))
+    event.update(
+        eventName="ReplicateKey",
+        eventID="0d7a3f0e-5b0c-4f4e-9d55-0e2b9e8f0a11",
+        resources=[{"ARN": PRIMARY, "accountId": "111122223333", "type": "AWS::KMS::Key"}],
+        requestParameters={"keyId": PRIMARY, "replicaRegion": "eu-west-1"},
+        responseElements={
+            "replicaKeyMetadata": {"Arn": REPLICA, "KeySpec": "ECC_NIST_P256", "KeyManager": "CUSTOMER"}
+        },
+    )
+    return event
+
+
+def test_avro_and_dict_paths_build_the_same_frame() -> None:
+    events = [*generate_events(4000, seed=17), _replicate_key()]
+    from_avro = frame_from_avro(avro_frame([schema.encode(e) for e in events]))
+    assert_frame_equal(from_avro, frame_from_records(events))
+    replica = from_avro.filter(from_avro["eventName"] == "ReplicateKey").row(0, named=True)
+    assert (replica["replicaKeyArn"], replica["keySpec"]) == (REPLICA, "ECC_NIST_P256")
+    assert from_avro.filter(from_avro["eventName"] == "ReEncrypt")["destinationKeyArn"].null_count() == 0
+
+
+def test_values_of_an_unknown_writer_are_refused() -> None:
+    with pytest.raises(schema.SchemaError):
+        avro_frame([b"\xc3\x01" + b"\x00" * 8 + b"junk"])

@@ -1,0 +1,128 @@
+"""Consumers in one group against the real Kafka-protocol broker (tansu): combined result exact."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.services import kafka_broker
+from tests.unit.pipeline import reference
+
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore, state_dir
+from keytrail.pipeline.runner import Runner
+from keytrail.pipeline.state import PartitionState
+from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+
+schema = pytest.importorskip("keytrail.audit.schema")
+pytestmark = pytest.mark.integration
+
+from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+
+from keytrail.pipeline.kafka_source import AUDIT_TOPIC, KafkaSource  # noqa: E402
+
+UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
+SETTINGS = SyntheticSettings(
+    keys=40, principals=20, seconds_per_event=20.0, lifecycle_share=0.01, duplicate_share=0.02
+)
+
+
+async def _produce(bootstrap: str, events: list[dict[str, Any]], partitions: int = 4) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(AUDIT_TOPIC, partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for event in events:
+            key = event["resources"][0]["ARN"].encode()
+            await producer.send(AUDIT_TOPIC, schema.encode(event), key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _exact(data_dir: Path, events: list[dict[str, Any]]) -> None:
+    store = MetricsStore(data_dir)
+    usage = store.usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
+    assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
+    last = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in store.last_used().iter_rows(named=True)
+    }
+    assert last == reference.last_used(events)
+    prices = PriceTable(free_tier_requests=150)
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in store.cost(prices, until=UNTIL).iter_rows(named=True)
+    }
+    assert got == reference.cost(events, prices, UNTIL)
+
+
+async def test_two_consumers_in_one_group_combine_to_the_exact_result(tmp_path: Path) -> None:
+    events = list(generate_events(3000, SETTINGS, seed=21))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events)
+        sources = [KafkaSource(bootstrap, group_id="metrics-test", idle_seconds=8.0) for _ in range(2)]
+        runners = [Runner(state_dir(tmp_path), source) for source in sources]
+        stats = await asyncio.wait_for(asyncio.gather(*(r.run() for r in runners)), timeout=120)
+    assert sum(s.records for s in stats) >= len(events)
+    assert all(s.counted > 0 for s in stats), "both consumers should have owned partitions"
+    assert len(MetricsStore(tmp_path).partitions()) == 4
+    _exact(tmp_path, events)
+
+
+def _consume(bootstrap: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "keytrail.cli.metrics",
+        "consume",
+        "--kafka",
+        bootstrap,
+        "--data-dir",
+        str(data_dir),
+        "--group",
+        "metrics-kill",
+        "--exit-when-idle",
+        "25",
+        "--batch-size",
+        "200",
+        "--checkpoint-records",
+        "600",
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _covered(data_dir: Path) -> int:
+    total = 0
+    for path in state_dir(data_dir).glob("*.sqlite"):
+        state = PartitionState(path)
+        total += state.persisted_offset
+        state.close()
+    return total
+
+
+async def test_consumer_joining_then_one_killed_still_gives_the_exact_result(tmp_path: Path) -> None:
+    events = list(generate_events(8000, SETTINGS, seed=23))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events)
+        first = _consume(bootstrap, tmp_path)
+        while _covered(tmp_path) < 1500 and first.poll() is None:
+            await asyncio.sleep(0.05)
+        second = _consume(bootstrap, tmp_path)  # joins: the group rebalances mid-stream
+        await asyncio.sleep(3)
+        first.kill()  # SIGKILL: its partitions move to the second after the session timeout
+        first.wait()
+        assert await asyncio.to_thread(second.wait, 180) == 0, second.stderr.read() if second.stderr else ""
+    assert _covered(tmp_path) == len(events)
+    _exact(tmp_path, events)

@@ -1,0 +1,200 @@
+"""`keytrail report` end to end: its numbers equal `keytrail usage | cost | last-used --format json`.
+
+Real processes only: CloudTrail files are imported into a data dir's event log with
+`keytrail audit import`, counted by `keytrail consume`, queried by the metrics commands, and
+reported by `keytrail report` from the data dir and straight from the CloudTrail files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from tests.support.server import KeytrailServer
+from tests.unit.reports.commands import cli_commands
+from tests.unit.reports.records import key_arn, record, user_arn
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 11, 2, 8, tzinfo=UTC)
+KEYS = [key_arn(f"k{n}") for n in range(4)]
+USAGE = ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount"]
+COST = ["keyArn", "accountId", "keyMonths", "keyCost", "requests", "requestCost", "totalCost"]
+LAST_USED = ["keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId"]
+
+
+def keytrail(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "keytrail", *args], capture_output=True, text=True, timeout=240)
+    if check and result.returncode != 0:
+        pytest.fail(f"keytrail {' '.join(args)} exited {result.returncode}: {result.stderr[-3000:]}")
+    return result
+
+
+def need_commands(*names: str) -> None:
+    """Skip (naming what is missing) until the lead has wired these commands into the CLI."""
+    missing = [name for name in names if name not in cli_commands()]
+    if missing:
+        pytest.skip(f"keytrail commands not wired into the CLI yet: {', '.join(missing)}")
+
+
+def _history() -> list[dict[str, Any]]:
+    """Two days of calls: four keys (one never used), two callers, denied decrypts, a deletion."""
+    events = [record("CreateKey", START, key) for key in KEYS]
+    for minute in range(0, 36 * 60, 7):
+        when = START + timedelta(minutes=minute)
+        events.append(record("Encrypt", when, KEYS[minute % 2], user_arn("alice")))
+        events.append(record("GenerateDataKey", when, KEYS[2], user_arn("app")))
+        if minute % 140 == 0:
+            events.append(record("Decrypt", when, KEYS[0], user_arn("mallory"), error="AccessDenied"))
+    events.append(record("ScheduleKeyDeletion", START + timedelta(hours=30), KEYS[1]))
+    return events
+
+
+@pytest.fixture(scope="module")
+def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CloudTrail log files (gzip, the AWS layout's two-level folders) of the history."""
+    folder = tmp_path_factory.mktemp("cloudtrail")
+    events = _history()
+    for part in range(3):
+        target = folder / "111122223333" / f"part{part}.json.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(json.dumps({"Records": events[part::3]}).encode()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(trail: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_commands("audit import", "consume", "usage", "cost", "last-used", "report")
+    directory = tmp_path_factory.mktemp("node") / "data"
+    keytrail("audit", "import", str(trail), "--data-dir", str(directory))
+    keytrail("consume", "--data-dir", str(directory), "--no-follow")
+    return directory
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line, parse_float=Decimal) for line in text.splitlines() if line.strip()]
+
+
+def query(command: str, data_dir: Path) -> list[dict[str, Any]]:
+    return json_lines(keytrail(command, "--data-dir", str(data_dir), "--format", "json").stdout)
+
+
+def report_table(path: Path, table: str, columns: list[str]) -> list[dict[str, Any]]:
+    """One table of a CSV, JSON lines or Parquet report, read with polars, values as the CLI prints them."""
+    if path.suffix == ".parquet":
+        frame = pl.read_parquet(path)
+    elif path.suffix == ".csv":
+        frame = pl.read_csv(path, infer_schema_length=None, schema_overrides={"accountId": pl.String})
+    else:
+        frame = pl.read_ndjson(path, infer_schema_length=None)
+    rows = frame.filter(pl.col("table") == table).select(columns).to_dicts()
+    return [{name: _plain(value) for name, value in row.items()} for row in rows]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, float | Decimal):
+        return Decimal(str(value)).normalize()
+    return value
+
+
+def _normal(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
+    return sorted((tuple(_plain(row.get(c)) for c in columns) for row in rows), key=repr)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_report_tables_equal_the_metrics_queries(data_dir: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"report{suffix}"
+    keytrail("report", "--data-dir", str(data_dir), "--out", str(out))
+    usage, cost, last_used = query("usage", data_dir), query("cost", data_dir), query("last-used", data_dir)
+    assert usage and cost and last_used
+    assert _normal(report_table(out, "usage", USAGE), USAGE) == _normal(usage, USAGE)
+    assert _normal(report_table(out, "cost", COST), COST) == _normal(cost, COST)
+    assert _normal(report_table(out, "last_used", LAST_USED), LAST_USED) == _normal(last_used, LAST_USED)
+
+
+def test_report_from_cloudtrail_files_equals_the_data_dir_report(data_dir: Path, trail: Path, tmp_path: Path) -> None:
+    from_files, from_node = tmp_path / "files.json", tmp_path / "node.json"
+    keytrail("report", "--cloudtrail", str(trail), "--out", str(from_files))
+    keytrail("report", "--data-dir", str(data_dir), "--out", str(from_node))
+    for table, columns in (("usage", USAGE), ("cost", COST), ("last_used", LAST_USED)):
+        assert _normal(report_table(from_files, table, columns), columns) == \
+            _normal(report_table(from_node, table, columns), columns), table
+
+
+def test_report_names_denied_calls_and_the_unused_key(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    keytrail("report", "--data-dir", str(data_dir), "--out", str(out))
+    denied = report_table(out, "denied", ["principalArn", "keyArn", "eventName", "count"])
+    assert denied == [{"principalArn": user_arn("mallory"), "keyArn": KEYS[0], "eventName": "Decrypt",
+                       "count": len(range(0, 36 * 60, 140))}]
+    unused = report_table(out, "last_used", ["keyArn", "unused"])
+    assert sorted(row["keyArn"] for row in unused if row["unused"] in (True, "true")) == [KEYS[3]]
+
+
+def test_since_and_until_match_the_queries_over_the_same_period(data_dir: Path, tmp_path: Path) -> None:
+    since, until = "2026-11-02T12:00:00+00:00", "2026-11-03T06:00:00+00:00"
+    out = tmp_path / "period.json"
+    keytrail("report", "--data-dir", str(data_dir), "--since", since, "--until", until, "--out", str(out))
+    period = ("--data-dir", str(data_dir), "--since", since, "--until", until, "--format", "json")
+    assert _normal(report_table(out, "usage", USAGE), USAGE) == _normal(json_lines(keytrail("usage", *period).stdout),
+                                                                       USAGE)
+    assert _normal(report_table(out, "cost", COST), COST) == _normal(json_lines(keytrail("cost", *period).stdout),
+                                                                    COST)
+
+
+def test_report_shows_the_alarms_the_offline_detector_raised(trail: Path, tmp_path: Path) -> None:
+    need_commands("detect", "report")
+    alarms = tmp_path / "alarms.jsonl"
+    alarms.write_text(keytrail("detect", "--cloudtrail", str(trail), "--format", "json").stdout)
+    raised = {alarm["alarmId"]: alarm["rule"] for alarm in json_lines(alarms.read_text())}
+    assert "unauthorized-decrypt" in raised.values()
+    out = tmp_path / "alarms-report.json"
+    keytrail("report", "--cloudtrail", str(trail), "--alarms", str(alarms), "--out", str(out))
+    shown = {row["alarmId"]: row["rule"] for row in report_table(out, "alarms", ["alarmId", "rule"])}
+    assert shown == raised
+
+
+def test_progress_bar_goes_to_stderr_only(trail: Path, tmp_path: Path) -> None:
+    need_commands("report")
+    out = tmp_path / "r.csv"
+    result = keytrail("report", "--cloudtrail", str(trail), "--out", str(out), "--progress")
+    assert "3/3 files" in result.stderr and "] " in result.stderr
+    assert result.stdout == ""
+    assert out.read_text().startswith("table,")
+
+
+def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
+    need_commands("report")
+    result = keytrail("report", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html"),
+                      check=False)
+    assert result.returncode == 2
+    assert "no event log" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_of_a_live_server_after_boto3_calls(fresh_server: KeytrailServer, tmp_path: Path) -> None:
+    need_commands("report", "consume", "usage")
+    alice, bob = fresh_server.client("alice"), fresh_server.client("bob")
+    key = alice.create_key(Description="report")["KeyMetadata"]["Arn"]
+    blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    with pytest.raises(bob.exceptions.ClientError):
+        bob.decrypt(CiphertextBlob=blob)
+    assert fresh_server.stop() == 0
+    if not (fresh_server.data_dir / "audit" / "log").is_dir():
+        pytest.skip("keytrail serve does not write the audit event log yet (audit trail not wired into the node)")
+    keytrail("consume", "--data-dir", str(fresh_server.data_dir), "--no-follow")
+    out = tmp_path / "live.json"
+    keytrail("report", "--data-dir", str(fresh_server.data_dir), "--out", str(out))
+    assert _normal(report_table(out, "usage", USAGE), USAGE) == _normal(query("usage", fresh_server.data_dir), USAGE)
+    denied = report_table(out, "denied", ["principalArn", "eventName"])
+    assert {"principalArn": "arn:aws:iam::111122223333:user/bob", "eventName": "Decrypt"} in denied

@@ -1,0 +1,74 @@
+"""Builders for the audit tests: call records of each identity type, a filled trail, tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
+from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.model import CallRecord
+
+ACCOUNT = "111122223333"
+KEY_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+ALICE = Principal(arn=f"arn:aws:iam::{ACCOUNT}:user/alice", account=ACCOUNT, type=IdentityType.IAM_USER,
+                  access_key_id="AKIAALICE000000000001", principal_id="AIDAALICE", user_name="alice")
+APP = Principal(arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/app/app-session", account=ACCOUNT,
+                type=IdentityType.ASSUMED_ROLE, access_key_id="ASIAAPP0000000000001",
+                principal_id="AROAAPP:app-session", role_arn=f"arn:aws:iam::{ACCOUNT}:role/app",
+                session_name="app-session")
+ROOT = Principal.account_root(ACCOUNT, "AKIAROOT000000000001")
+
+
+def encrypt_call(index: int, principal: Principal = ALICE, **changes: object) -> CallRecord:
+    """A successful Encrypt call record numbered `index`."""
+    context = CallContext(principal=principal, region="us-east-1", request_id=f"req-{index:06d}",
+                          source_ip="192.0.2.7", user_agent="Boto3/1.44")
+    values: dict[str, object] = dict(
+        event_id=f"00000000-0000-4000-8000-{index:012d}", event_name="Encrypt",
+        event_time=T0 + timedelta(seconds=index), region="us-east-1", account=ACCOUNT, context=context,
+        request_parameters={"keyId": "alias/app", "encryptionContext": {"Department": "Engineering"},
+                            "encryptionAlgorithm": "SYMMETRIC_DEFAULT"},
+        additional_event_data={"keyMaterialId": "ab" * 32}, resources=(KEY_ARN,), read_only=True,
+    )
+    values.update(changes)
+    return CallRecord(**values)  # type: ignore[arg-type]
+
+
+async def fill_trail_async(data_dir: Path, count: int, **settings: object) -> None:
+    """Record `count` Encrypt calls through a real AuditTrail, then close it (final digest)."""
+    trail = AuditTrail.open(AuditSettings(data_dir=data_dir, **settings))  # type: ignore[arg-type]
+    async with trail:
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(count)))
+
+
+def fill_trail(data_dir: Path, count: int, **settings: object) -> None:
+    """`fill_trail_async` for synchronous tests."""
+    asyncio.run(fill_trail_async(data_dir, count, **settings))
+
+
+def rewrite_segment(data_dir: Path, edit: object, *, fix_checksums: bool = True) -> None:
+    """Rewrite the first segment's records through `edit(list[bytes]) -> list[bytes]`, as an
+    attacker with write access would (recomputing each frame's CRC unless told not to)."""
+    log_dir, _ = audit_paths(data_dir)
+    segment = sorted(log_dir.glob("*.seg"))[0]
+    data = segment.read_bytes()
+    payloads, position = [], 0
+    while position < len(data):
+        length, _ = struct.unpack_from("<II", data, position)
+        payloads.append(data[position + 8: position + 8 + length])
+        position += 8 + length
+    originals = list(payloads)
+    payloads = edit(payloads)  # type: ignore[operator]
+    out = b""
+    for index, payload in enumerate(payloads):
+        crc = zlib.crc32(payload)
+        if not fix_checksums and index < len(originals) and payload != originals[index]:
+            crc = zlib.crc32(originals[index])
+        out += struct.pack("<II", len(payload), crc) + payload
+    segment.write_bytes(out)

@@ -1,0 +1,46 @@
+"""The per-call fast path writes exactly what the two-step path (CloudTrail dict → Avro) writes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from keytrail.audit.call_encoder import CallEncoder
+from keytrail.audit.records import to_cloudtrail
+from keytrail.audit.schema import decode, encode
+from keytrail.kms.model import CallRecord
+from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, T0, encrypt_call
+
+TLS = {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256", "clientProvidedHostHeader": "k"}
+
+
+def _cases() -> list[CallRecord]:
+    plain = encrypt_call(1)
+    assert plain.context is not None
+    return [
+        plain,
+        encrypt_call(2, APP),
+        encrypt_call(3, ROOT),
+        encrypt_call(4, error_code="AccessDeniedException", error_message="User: x is not authorized"),
+        encrypt_call(5, resources=(), event_name="ListKeys", request_parameters={},
+                     additional_event_data=None),
+        encrypt_call(6, request_parameters={"keyId": "k", "plaintext": "c2VjcmV0",
+                                            "encryptionContext": "odd"}),
+        encrypt_call(7, response_elements={"keyMetadata": {"keyId": "k", "enabled": True}}, read_only=False),
+        encrypt_call(8, resources=(KEY_ARN, KEY_ARN.replace("1234abcd", "5678efab"))),
+        replace(plain, context=replace(plain.context, tls_details=TLS, user_agent="u" * 2000)),
+        replace(plain, event_time=T0.replace(microsecond=987_654)),
+        CallRecord(event_id="rot", event_name="RotateKey", event_time=T0, region="us-east-1", account=ACCOUNT,
+                   context=None, request_parameters=None, resources=(KEY_ARN,),
+                   service_event_details={"rotationType": "AUTOMATIC", "keyOrigin": "AWS_KMS"}),
+    ]
+
+
+@pytest.mark.parametrize("call", _cases(), ids=lambda c: f"{c.event_name}-{c.event_id[-2:]}")
+def test_fast_path_is_byte_identical_to_the_cloudtrail_path(call: CallRecord) -> None:
+    encoder = CallEncoder()
+    for _ in range(2):  # the second time through the identity and resource caches
+        value = encoder.encode(call)
+        assert value == encode(to_cloudtrail(call))
+        assert decode(value) == to_cloudtrail(call)

@@ -1,0 +1,80 @@
+"""`keytrail audit …` commands: events, verify, import, export, tail, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from keytrail.audit.trail import audit_paths
+from keytrail.cli.audit import audit_app
+from tests.support.audit_records import encrypt_call, fill_trail, rewrite_segment
+
+EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(audit_app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_events_prints_one_cloudtrail_json_record_per_line_oldest_first(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 3)
+    code, out, _ = _run("events", "--data-dir", str(tmp_path), "--format", "json")
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3 and all(e["eventSource"] == "kms.amazonaws.com" for e in lines)
+    assert sorted(e["eventID"] for e in lines) == sorted(encrypt_call(i).event_id for i in range(3))
+
+
+def test_verify_exit_codes(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 6)
+    assert _run("verify", "--data-dir", str(tmp_path))[0] == 0
+    rewrite_segment(tmp_path, lambda r: r[:2] + r[3:])
+    code, out, _ = _run("verify", "--data-dir", str(tmp_path))
+    assert code == 1 and "offset 2 is missing" in out
+
+
+def test_import_and_export(tmp_path: Path) -> None:
+    code, out, err = _run("import", str(EXAMPLES), "--data-dir", str(tmp_path / "node"))
+    assert code == 0, err
+    assert "imported 9 KMS records" in out and "skipped 1 records of other services" in out
+    out_dir, node = str(tmp_path / "out"), str(tmp_path / "node")
+    code, out, _ = _run("export", "--format", "cloudtrail", out_dir, "--data-dir", node)
+    assert code == 0 and list((tmp_path / "out" / "AWSLogs").rglob("*.json.gz"))
+
+
+def test_bad_input_is_one_line_error_and_nonzero_exit(tmp_path: Path) -> None:
+    code, _, err = _run("import", str(tmp_path / "nope.json"), "--data-dir", str(tmp_path))
+    assert code == 1 and err.strip().count("\n") == 0 and "no such file" in err
+    code, _, err = _run("events", "--data-dir", str(tmp_path / "empty"))
+    assert code == 1 and "no audit event log" in err
+
+
+def test_import_refuses_while_another_process_writes_the_log(tmp_path: Path) -> None:
+    from keytrail.transport.segment_log import SegmentLog
+
+    writer = SegmentLog(audit_paths(tmp_path)[0], writable=True)
+    try:
+        code, _, err = _run("import", str(EXAMPLES), "--data-dir", str(tmp_path))
+    finally:
+        writer.close()
+    assert code == 1 and "in use by another process" in err
+
+
+def test_tail_follows_new_events(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 2)
+    command = [sys.executable, "-c", "from keytrail.cli.audit import audit_app; audit_app()",
+               "tail", "--data-dir", str(tmp_path), "--format", "json", "--interval", "0.05"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as tail:
+        assert tail.stdout is not None
+        first = [json.loads(tail.stdout.readline()) for _ in range(2)]
+        fill_trail(tmp_path, 1)  # a new session appends one more event (same ids, new offset)
+        followed = json.loads(tail.stdout.readline())
+        tail.terminate()
+    assert {e["eventName"] for e in first} == {"Encrypt"}
+    assert followed["eventID"] == encrypt_call(0).event_id

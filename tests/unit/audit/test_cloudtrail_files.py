@@ -1,0 +1,92 @@
+"""CloudTrail interop: import AWS's documented example records, export → import round trip."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+from keytrail.audit.cloudtrail_files import (
+    export_cloudtrail,
+    import_cloudtrail,
+    iter_cloudtrail_records,
+    iter_events,
+)
+from keytrail.audit.integrity import verify
+from keytrail.transport.cloudtrail_logs import ReadReport
+from tests.support.audit_records import fill_trail_async
+
+EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
+
+
+def _kms_examples() -> list[dict]:
+    return [r for r in json.loads(EXAMPLES.read_text())["Records"] if r["eventSource"] == "kms.amazonaws.com"]
+
+
+async def test_import_of_aws_documented_records(tmp_path: Path) -> None:
+    report = await import_cloudtrail(tmp_path / "node", [EXAMPLES])
+    assert (report.files, report.records, report.skipped, report.problems) == (1, 9, 1, [])
+    stored = [event for _, event in iter_events(tmp_path / "node")]
+    assert stored == _kms_examples()  # faithful: every field, unknown ones included
+    assert verify(tmp_path / "node") == []  # imported records are chained and signed too
+
+
+async def test_malformed_files_are_reported_with_file_and_line_and_skipped(tmp_path: Path) -> None:
+    logs = tmp_path / "logs" / "nested"
+    logs.mkdir(parents=True)
+    shutil.copy(EXAMPLES, logs / "good.json")
+    (logs / "broken.json").write_text('{"Records": [\n{"eventSource": "kms.amazonaws.com",\n oops}\n]}')
+    (logs / "notrail.json").write_text('{"hello": 1}')
+    (logs / "bad.json.gz").write_bytes(b"\x1f\x8bnot gzip at all")
+    (logs / "readme.txt").write_text("ignored: not a log file name")
+    gz = tmp_path / "logs" / "more.json.gz"
+    gz.write_bytes(gzip.compress(EXAMPLES.read_bytes()))
+    report = await import_cloudtrail(tmp_path / "node", [tmp_path / "logs"])
+    assert report.records == 18 and report.skipped == 2 and report.files == 2
+    assert any("broken.json: line 3" in p for p in report.problems), report.problems
+    assert any("notrail.json" in p for p in report.problems)
+    assert any("bad.json.gz" in p for p in report.problems)
+
+
+def test_iterator_reads_offline_without_an_event_log(tmp_path: Path) -> None:
+    report = ReadReport()
+    records = list(iter_cloudtrail_records([EXAMPLES], report=report))
+    assert [r["eventID"] for r in records] == [r["eventID"] for r in _kms_examples()]
+    assert report.skipped == 1
+
+
+async def test_export_then_import_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    await import_cloudtrail(source, [EXAMPLES])
+    await fill_trail_async(source, 3)
+    written = export_cloudtrail(source, tmp_path / "out")
+    relative = {str(p.relative_to(tmp_path / "out").parent) for p in written}
+    assert "AWSLogs/111122223333/CloudTrail/us-east-1/2026/11/28" in relative
+    assert "AWSLogs/123456789012/CloudTrail/us-east-1/2024/12/06" in relative
+    assert all(p.name.endswith(".json.gz") and "_CloudTrail_" in p.name for p in written)
+    copy = tmp_path / "copy"
+    report = await import_cloudtrail(copy, [tmp_path / "out"])
+    assert report.problems == [] and report.records == 12
+    original = sorted((e for _, e in iter_events(source)), key=lambda e: e["eventID"])
+    imported = sorted((e for _, e in iter_events(copy)), key=lambda e: e["eventID"])
+    assert imported == original
+
+
+async def test_odd_records_are_coerced_or_reported_never_crash(tmp_path: Path) -> None:
+    base = _kms_examples()[0]
+    odd = [
+        {**base, "eventID": "string-bool", "readOnly": "false", "recipientAccountId": 111122223333},
+        {**base, "eventID": "no-time", "eventTime": None},
+        {**base, "eventID": "bad-time", "eventTime": "yesterday"},
+        {**base, "eventID": "bad-identity", "userIdentity": "alice"},
+        {**base, "eventID": "bad-resources", "resources": "nope"},
+    ]
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"Records": odd}))
+    report = await import_cloudtrail(tmp_path / "node", [path])
+    stored = {e["eventID"]: e for _, e in iter_events(tmp_path / "node")}
+    assert stored["string-bool"]["readOnly"] is False
+    assert stored["string-bool"]["recipientAccountId"] == "111122223333"
+    assert {"no-time", "bad-time", "bad-identity"}.isdisjoint(stored)
+    assert len(report.problems) == 3 and report.records == len(stored)

@@ -1,0 +1,115 @@
+"""Tamper evidence: `verify` passes on an untouched log and names each kind of tampering."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from keytrail.audit.integrity import verify
+from keytrail.audit.schema import decode, encode
+from keytrail.audit.trail import audit_paths
+from tests.support.audit_records import fill_trail, rewrite_segment
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    fill_trail(tmp_path, 20)
+    return tmp_path
+
+
+def test_untouched_log_verifies_clean(data_dir: Path) -> None:
+    assert verify(data_dir) == []
+
+
+def test_private_key_is_owner_only_and_public_key_is_exported(data_dir: Path) -> None:
+    _, paths = audit_paths(data_dir)
+    assert stat.S_IMODE(os.stat(paths.private_key).st_mode) == 0o600
+    assert paths.public_key.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_missing_record_is_named(data_dir: Path) -> None:
+    rewrite_segment(data_dir, lambda records: records[:5] + records[6:])
+    problems = verify(data_dir)
+    assert any("offset 5 is missing" in p for p in problems), problems
+
+
+def _altered(records: list[bytes]) -> list[bytes]:
+    event = decode(records[7])
+    event["errorCode"] = None
+    event["sourceIPAddress"] = "203.0.113.66"
+    return [*records[:7], encode(event), *records[8:]]
+
+
+def test_altered_record_is_named(data_dir: Path) -> None:
+    rewrite_segment(data_dir, _altered)
+    problems = verify(data_dir)
+    assert any("offset 7 was altered" in p for p in problems), problems
+
+
+def test_altered_record_with_stale_checksum_is_named(data_dir: Path) -> None:
+    rewrite_segment(data_dir, _altered, fix_checksums=False)
+    problems = verify(data_dir)
+    assert any("offset 7: checksum mismatch" in p for p in problems), problems
+
+
+def test_reordered_records_are_named(data_dir: Path) -> None:
+    rewrite_segment(data_dir, lambda r: [*r[:3], r[4], r[3], *r[5:]])
+    problems = verify(data_dir)
+    assert any("reordered" in p for p in problems), problems
+    assert not any("altered" in p or "missing" in p for p in problems), problems
+
+
+def test_inserted_record_is_named(data_dir: Path) -> None:
+    def insert(records: list[bytes]) -> list[bytes]:
+        forged = decode(records[2])
+        forged["eventID"] = "forged-event"
+        return [*records[:3], encode(forged), *records[3:]]
+
+    rewrite_segment(data_dir, insert)
+    problems = verify(data_dir)
+    assert any("forged-event at offset 3 was inserted" in p for p in problems), problems
+
+
+def test_altered_hash_store_breaks_signed_chain(data_dir: Path) -> None:
+    _, paths = audit_paths(data_dir)
+    hashes = bytearray(paths.hashes.read_bytes())
+    hashes[32 * 4] ^= 0xFF
+    paths.hashes.write_bytes(bytes(hashes))
+    problems = verify(data_dir)
+    assert any("do not match the signed chain" in p for p in problems), problems
+
+
+def test_deleted_digest_breaks_digest_chain(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 5)
+    fill_trail(tmp_path, 5)  # second session: a second digest naming the first
+    _, paths = audit_paths(tmp_path)
+    digests = sorted(paths.digests.glob("*.json"))
+    assert len(digests) == 2
+    assert verify(tmp_path) == []
+    digests[0].unlink()
+    problems = verify(tmp_path)
+    assert any("digest chain broken" in p or "sequence" in p for p in problems), problems
+
+
+def test_edited_digest_fails_its_signature(data_dir: Path) -> None:
+    _, paths = audit_paths(data_dir)
+    path = sorted(paths.digests.glob("*.json"))[0]
+    digest = json.loads(path.read_text())
+    digest["endOffset"] = 10
+    path.write_text(json.dumps(digest))
+    problems = verify(data_dir)
+    assert any("signature invalid" in p for p in problems), problems
+
+
+async def test_verify_on_a_live_node_is_clean(tmp_path: Path) -> None:
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from tests.support.audit_records import encrypt_call
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        for i in range(5):
+            await trail.record(encrypt_call(i))
+        assert verify(tmp_path) == []  # records after the last digest, hashes not yet synced

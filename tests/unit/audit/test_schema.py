@@ -1,0 +1,119 @@
+"""The Avro schema and single-object encoding: round trips, old readers, fast paths."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import fastavro
+import polars as pl
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from keytrail.audit.records import to_cloudtrail
+from keytrail.audit.schema import (
+    SCHEMA_DIR,
+    SCHEMA_PATH,
+    EventCodec,
+    decode,
+    decode_batch,
+    encode,
+    flat_rows,
+    load_schema,
+    message_key,
+    to_polars,
+)
+from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, encrypt_call
+
+EXAMPLES = SCHEMA_DIR.parent / "tests" / "unit" / "audit" / "data" / "aws_documented_examples.json"
+
+
+def _records() -> list[dict]:
+    return json.loads(EXAMPLES.read_text())["Records"]
+
+
+def test_every_field_of_every_schema_version_is_documented() -> None:
+    for path in [SCHEMA_PATH, *(SCHEMA_DIR / "history").glob("*.avsc")]:
+        schema = json.loads(path.read_text())
+        assert schema["doc"]
+        undocumented = [f["name"] for f in schema["fields"] if not f.get("doc")]
+        assert undocumented == [], path
+
+
+def test_value_is_single_object_encoded_with_the_schema_fingerprint() -> None:
+    value = encode(to_cloudtrail(encrypt_call(1)))
+    schema = json.loads(SCHEMA_PATH.read_text())
+    expected = int(fingerprint(to_parsing_canonical_form(parse_schema(schema)), "CRC-64-AVRO"), 16)
+    assert value[:2] == b"\xc3\x01"
+    assert value[2:10] == struct.pack("<Q", expected)
+    body = fastavro.schemaless_reader(io.BytesIO(value[10:]), parse_schema(schema), None)
+    assert body["keyArn"] == KEY_ARN and body["eventName"] == "Encrypt"
+
+
+def test_round_trip_of_our_records() -> None:
+    denied = encrypt_call(2, APP, error_code="AccessDeniedException", error_message="denied")
+    for event in (to_cloudtrail(encrypt_call(1)), to_cloudtrail(denied)):
+        assert decode(encode(event)) == event
+
+
+def test_round_trip_of_aws_documented_records_keeps_unknown_fields() -> None:
+    for event in _records():
+        decoded = decode(encode(event))
+        assert decoded == {k: v for k, v in event.items()}, event["eventID"]
+
+
+def test_typed_columns_attribute_role_sessions_to_the_role() -> None:
+    row = flat_rows([encode(to_cloudtrail(encrypt_call(3, APP)))])[0]
+    assert row["principalArn"] == f"arn:aws:iam::{ACCOUNT}:role/app"
+    assert row["accountId"] == ACCOUNT and row["identityType"] == "AssumedRole"
+    assert row["encryptionContext"] == [{"key": "Department", "value": "Engineering"}]
+    assert row["keyMaterialId"] == "ab" * 32
+    assert row["eventTime"].year == 2026
+
+
+def test_reader_on_previous_schema_version_reads_a_new_record() -> None:
+    old = load_schema(SCHEMA_DIR / "history" / "cloudtrail_event.v1.avsc")
+    value = encode(to_cloudtrail(encrypt_call(4, APP)))
+    old_reader = EventCodec(reader_schema=old)
+    row = old_reader.decode_avro(value)
+    assert "keyMaterialId" not in row  # added in v2: an old reader does not see it
+    assert row["principalArn"] == f"arn:aws:iam::{ACCOUNT}:role/app"
+    assert old_reader.decode(value) == to_cloudtrail(encrypt_call(4, APP))
+
+
+def test_new_reader_reads_a_record_written_with_the_previous_version() -> None:
+    old = load_schema(SCHEMA_DIR / "history" / "cloudtrail_event.v1.avsc")
+    event = to_cloudtrail(encrypt_call(5))
+    from keytrail.audit.schema import MAGIC, _fingerprint, to_avro
+
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + _fingerprint(old))
+    fastavro.schemaless_writer(buffer, old, {k: v for k, v in to_avro(event).items()
+                                             if k not in ("keyMaterialId", "invokedBy")})
+    row = flat_rows([buffer.getvalue()])[0]
+    assert row["keyMaterialId"] is None  # default of the field v2 added
+    assert decode(buffer.getvalue()) == event
+
+
+def test_message_key_is_key_arn_or_account_for_keyless_calls() -> None:
+    assert message_key(encode(to_cloudtrail(encrypt_call(6)))) == KEY_ARN
+    keyless = to_cloudtrail(encrypt_call(7, resources=(), event_name="ListKeys"))
+    assert message_key(encode(keyless)) == ACCOUNT
+
+
+def test_batch_decode_and_polars_frame_agree_with_single_decode() -> None:
+    values = [encode(e) for e in _records()] + [encode(to_cloudtrail(encrypt_call(i))) for i in range(5)]
+    assert decode_batch(values) == [decode(v) for v in values]
+    frame = to_polars(values)
+    assert frame.height == len(values)
+    assert frame.schema["eventTime"] == pl.Datetime("ms", "UTC")
+    assert frame.schema["encryptionContext"] == pl.List(pl.Struct({"key": pl.String, "value": pl.String}))
+
+
+def test_fast_encoder_writes_the_same_bytes_as_fastavro() -> None:
+    from keytrail.audit.schema import _codec, _fastavro_body, to_avro
+
+    writer = _codec().writer
+    events = [*_records(), to_cloudtrail(encrypt_call(8, APP)), to_cloudtrail(encrypt_call(9))]
+    for event in events:
+        assert encode(event)[10:] == _fastavro_body(writer, to_avro(event)), event["eventID"]

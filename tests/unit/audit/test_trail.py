@@ -1,0 +1,125 @@
+"""AuditTrail and its spool: durable before answering, group commit, the size cap, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from keytrail.audit.cloudtrail_files import iter_events
+from keytrail.audit.records import to_cloudtrail
+from keytrail.audit.spool import SpoolError
+from keytrail.audit.trail import AuditSettings, AuditTrail
+from tests.support.audit_records import encrypt_call, fill_trail_async
+
+
+async def test_concurrent_records_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        before = len(synced)
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(200)))
+        during = len(synced) - before
+        commits = trail.spool.fsyncs
+    assert commits < 50, commits  # 200 concurrent callers, far fewer commits
+    assert during <= 2 * commits  # one log fsync per commit (+ directory/digest syncs)
+
+
+async def test_record_returns_only_once_the_event_is_on_disk(tmp_path: Path) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(1))
+        stored = [e for _, e in iter_events(tmp_path)]  # another reader, straight from the files
+        assert stored == [to_cloudtrail(encrypt_call(1))]
+
+
+async def test_events_survive_a_restart_and_keep_their_order(tmp_path: Path) -> None:
+    await fill_trail_async(tmp_path, 5)
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        for i in range(5, 8):
+            await trail.record(encrypt_call(i))
+    ids = [e["eventID"] for _, e in iter_events(tmp_path)]
+    assert sorted(ids[:5]) == sorted(encrypt_call(i).event_id for i in range(5))
+    assert ids[5:] == [encrypt_call(i).event_id for i in range(5, 8)]
+
+
+async def test_size_cap_refuses_records_when_shipping_is_stuck(tmp_path: Path) -> None:
+    # A bootstrap nobody listens on: nothing ships, the unshipped bytes grow past the cap.
+    settings = AuditSettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", max_unshipped_bytes=3000)
+    async with AuditTrail.open(settings) as trail:
+        with pytest.raises(SpoolError, match="audit spool"):
+            for i in range(100):
+                await trail.record(encrypt_call(i))
+        assert 2 < trail.spool.durable_end < 100
+
+
+async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))
+        real_write = os.write
+        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
+        with pytest.raises(SpoolError, match="No space left"):
+            await trail.record(encrypt_call(1))
+        monkeypatch.setattr(os, "write", real_write)
+        await trail.record(encrypt_call(2))  # space is back: the spool carries on, no torn frame
+    ids = [e["eventID"] for _, e in iter_events(tmp_path)]
+    assert ids == [encrypt_call(0).event_id, encrypt_call(2).event_id]
+    from keytrail.audit.integrity import verify
+
+    assert verify(tmp_path) == []
+
+
+async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
+        with pytest.raises(SpoolError, match="I/O error"):
+            await trail.record(encrypt_call(1))
+        with pytest.raises(SpoolError):  # after a failed fsync nothing is trusted: no crypto without audit
+            await trail.record(encrypt_call(2))
+
+
+async def test_idle_node_writes_its_periodic_digest(tmp_path: Path) -> None:
+    from keytrail.audit.trail import audit_paths
+
+    settings = AuditSettings(data_dir=tmp_path, digest_interval_s=0.05)
+    async with AuditTrail.open(settings) as trail:
+        await trail.record(encrypt_call(1))
+        digests = audit_paths(tmp_path)[1].digests
+        for _ in range(200):
+            if list(digests.glob("*.json")):
+                break
+            await asyncio.sleep(0.01)
+        assert len(list(digests.glob("*.json"))) == 1
+
+
+async def test_retention_deletes_old_segments(tmp_path: Path) -> None:
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(60):
+            await trail.record(encrypt_call(i))
+        assert trail.log.start_offset() > 0
+    from keytrail.audit.integrity import verify
+
+    assert verify(tmp_path) == []
+
+
+async def test_retention_by_age_deletes_old_closed_segments(tmp_path: Path) -> None:
+    from keytrail.audit.integrity import verify
+
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_hours=24)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(20):
+            await trail.record(encrypt_call(i))
+        old_segments = sorted(trail.log.directory.glob("*.seg"))
+        for segment in old_segments:  # two days old
+            os.utime(segment, (segment.stat().st_atime - 172800, segment.stat().st_mtime - 172800))
+        kept_from = trail.log.end_offset()
+        for i in range(20, 40):  # the next segment roll applies retention
+            await trail.record(encrypt_call(i))
+        assert trail.log.start_offset() >= kept_from - 5
+        assert not any(segment.exists() for segment in old_segments[:-1])
+    assert verify(tmp_path) == []

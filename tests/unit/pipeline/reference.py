@@ -1,0 +1,193 @@
+"""A plain-Python reference for usage, last-used and cost: slow, obvious, independent of polars."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from keytrail.pipeline.prices import PriceTable
+
+CRYPTO = {
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "Sign",
+    "Verify",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+    "Encapsulate",
+    "Decapsulate",
+}
+ROW = Decimal("1e-10")
+
+
+def unique(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for event in events:
+        if event["eventID"] not in seen:
+            seen.add(event["eventID"])
+            out.append(event)
+    return out
+
+
+def when(event: dict[str, Any]) -> datetime:
+    return datetime.strptime(event["eventTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def principal(event: dict[str, Any]) -> str | None:
+    identity = event["userIdentity"]
+    if identity.get("type") == "AssumedRole":
+        return identity["sessionContext"]["sessionIssuer"]["arn"]
+    return identity.get("arn") or identity.get("invokedBy")
+
+
+def usage(events: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[int, int]]:
+    counts: Counter[tuple[Any, ...]] = Counter()
+    errors: Counter[tuple[Any, ...]] = Counter()
+    for e in unique(events):
+        key = (
+            when(e).replace(second=0),
+            e["resources"][0]["ARN"],
+            principal(e),
+            e["userIdentity"]["accountId"],
+            e["eventName"],
+        )
+        counts[key] += 1
+        errors[key] += 1 if e.get("errorCode") else 0
+    return {k: (counts[k], errors[k]) for k in counts}
+
+
+def last_used(events: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[datetime, str, str]]:
+    best: dict[tuple[str, str], tuple[datetime, str, str]] = {}
+    for e in unique(events):
+        if e.get("errorCode") or e["eventName"] not in CRYPTO:
+            continue
+        keys = [r["ARN"] for r in e["resources"]][: 2 if e["eventName"] == "ReEncrypt" else 1]
+        for key in keys:
+            candidate = (when(e), e["eventID"], e["eventName"])
+            current = best.get((key, principal(e)))
+            if current is None or candidate[:2] > current[:2]:
+                best[(key, principal(e))] = candidate
+    return best
+
+
+def price_class(event: dict[str, Any], specs: dict[str, str]) -> str:
+    if event["eventName"].startswith("GenerateDataKeyPair"):
+        pair = event["requestParameters"]["keyPairSpec"]
+        return "rsa_generate_data_key_pair" if pair.startswith("RSA") else "ecc_generate_data_key_pair"
+    spec = specs.get(event["resources"][0]["ARN"], "SYMMETRIC_DEFAULT")
+    if spec == "RSA_2048":
+        return "rsa_2048"
+    return "asymmetric" if spec.split("_")[0] in ("RSA", "ECC", "ML", "SM2") else "symmetric"
+
+
+def cost(
+    events: list[dict[str, Any]], prices: PriceTable, until: datetime
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Brute force: walk every billable clock hour of every key; count every request."""
+    events = sorted(unique(events), key=lambda e: (when(e), ORDER.get(e["eventName"], 9)))
+    events = [e for e in events if when(e) < until]
+    rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"hours": 0, "rated": Decimal(0), "requests": 0, "requestCost": Decimal(0)}
+    )
+    specs = {
+        e["resources"][0]["ARN"]: e["responseElements"]["keyMetadata"]["KeySpec"]
+        for e in events
+        if e["eventName"] == "CreateKey" and not e.get("errorCode")
+    }
+    for key, hours in _hour_rates(events, prices, until).items():
+        rows[(key, key.split(":")[4])]["hours"] = len(hours)
+        rows[(key, key.split(":")[4])]["rated"] = sum(hours.values(), Decimal(0))
+    billed: Counter[tuple[str, str, str]] = Counter()
+    used_free: Counter[tuple[str, str]] = Counter()
+    for e in sorted(events, key=_free_tier_order):  # the documented grant order of the free tier
+        if e["eventName"] in ("RotateKey", "DeleteKey"):
+            continue
+        account, key, cls = e["userIdentity"]["accountId"], e["resources"][0]["ARN"], price_class(e, specs)
+        rows[(key, account)]["requests"] += 1
+        month = (account, when(e).strftime("%Y-%m"))
+        if cls == "symmetric" and used_free[month] < prices.free_tier_requests:
+            used_free[month] += 1
+            continue
+        billed[(key, account, cls)] += 1
+    for (key, account, cls), count in billed.items():
+        rows[(key, account)]["requestCost"] += (count * prices.per_request(cls)).quantize(ROW)
+    per_month = Decimal(prices.hours_per_month)
+    return {
+        k: {
+            "keyMonths": (Decimal(v["hours"]) / per_month).quantize(ROW),
+            "keyCost": (v["rated"] / per_month).quantize(ROW),
+            "requests": v["requests"],
+            "requestCost": v["requestCost"],
+        }
+        for k, v in rows.items()
+    }
+
+
+def _free_tier_order(e: dict[str, Any]) -> tuple[str, ...]:
+    """Free requests go in time order by minute, then key, operation, principal, key pair spec."""
+    pair = (e.get("requestParameters") or {}).get("keyPairSpec") or ""
+    return (
+        when(e).strftime("%Y-%m-%dT%H:%M"),
+        e["resources"][0]["ARN"],
+        e["eventName"],
+        principal(e) or "",
+        pair,
+    )
+
+
+ORDER = {
+    "CreateKey": 0,
+    "ReplicateKey": 1,
+    "RotateKey": 2,
+    "ScheduleKeyDeletion": 3,
+    "CancelKeyDeletion": 4,
+    "DeleteKey": 5,
+}
+
+
+def _hour_rates(
+    events: list[dict[str, Any]], prices: PriceTable, until: datetime
+) -> dict[str, dict[int, Decimal]]:
+    state: dict[str, dict[str, Any]] = {}
+    rates: dict[str, dict[int, Decimal]] = defaultdict(dict)
+    end_hour = math.ceil(until.timestamp() / 3600)
+
+    def bill(key: str, start: float, end: float) -> None:
+        rate = (
+            prices.key_month + min(state[key]["rotations"], prices.billed_rotations) * prices.rotation_month
+        )
+        for hour in range(math.floor(start / 3600), min(math.ceil(end / 3600), end_hour)):
+            rates[key][hour] = max(rates[key].get(hour, Decimal(0)), rate)
+
+    for e in events:
+        if e.get("errorCode") or e["eventName"] not in ORDER:
+            continue
+        key, now, name = e["resources"][0]["ARN"], when(e).timestamp(), e["eventName"]
+        if name == "CreateKey" or (name == "CancelKeyDeletion" and key not in state):
+            state[key] = {"since": now, "rotations": 0}  # a cancelled deletion proves a billable key
+        elif key not in state:
+            continue
+        elif name == "RotateKey":
+            if state[key]["since"] is not None:
+                bill(key, state[key]["since"], now)
+                state[key]["since"] = now
+            state[key]["rotations"] += 1
+        elif name in ("ScheduleKeyDeletion", "DeleteKey") and state[key]["since"] is not None:
+            bill(key, state[key]["since"], now)
+            state[key]["since"] = None
+        elif name == "CancelKeyDeletion" and state[key]["since"] is None:
+            state[key]["since"] = now
+    for key, s in state.items():
+        if s["since"] is not None:
+            bill(key, s["since"], until.timestamp())
+    return rates

@@ -1,0 +1,131 @@
+"""Usage, last-used and cost against the plain-Python reference, whole and in merged batches."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import pytest
+from tests.unit.pipeline import reference
+
+from keytrail.pipeline.cost import billed_segments, cost_report, lifecycle_events
+from keytrail.pipeline.frame import frame_from_records
+from keytrail.pipeline.lastused import last_used, last_used_per_key, merge_last_used
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from keytrail.pipeline.usage import merge_usage, roll_up, usage_minutes
+
+SETTINGS = SyntheticSettings(keys=60, principals=25, accounts=3, seconds_per_event=20.0, lifecycle_share=0.01)
+UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def events() -> list[dict[str, Any]]:
+    return list(generate_events(6000, SETTINGS, seed=11))
+
+
+def _frame(events: list[dict[str, Any]]) -> pl.DataFrame:
+    return frame_from_records(events).unique("eventID", keep="first", maintain_order=True)
+
+
+def _usage_dict(usage: pl.DataFrame) -> dict[tuple[Any, ...], tuple[int, int]]:
+    rolled = roll_up(usage, ["minute", "keyArn", "principalArn", "accountId", "eventName"])
+    return {row[:5]: (row[5], row[6]) for row in rolled.iter_rows()}
+
+
+def test_generated_stream_has_what_the_reference_must_cover(events: list[dict[str, Any]]) -> None:
+    names = {e["eventName"] for e in events}
+    assert {"RotateKey", "ScheduleKeyDeletion", "DeleteKey", "CancelKeyDeletion", "ReEncrypt"} <= names
+    assert any(e.get("errorCode") == "AccessDenied" for e in events)
+    assert len({e["eventID"] for e in events}) < len(events)  # redelivered duplicates present
+    assert any(e["userIdentity"].get("type") == "AssumedRole" for e in events)
+
+
+def test_usage_matches_reference(events: list[dict[str, Any]]) -> None:
+    assert _usage_dict(usage_minutes(_frame(events))) == reference.usage(events)
+
+
+def test_usage_merged_from_batches_matches_reference(events: list[dict[str, Any]]) -> None:
+    seen: set[str] = set()
+    parts = []
+    for start in range(0, len(events), 700):  # drop repeats across batches the way the runner does
+        batch = [e for e in events[start : start + 700] if e["eventID"] not in seen]
+        seen.update(e["eventID"] for e in batch)
+        parts.append(usage_minutes(_frame(batch)))
+    assert _usage_dict(merge_usage(parts)) == reference.usage(events)
+
+
+def test_roles_are_attributed_to_the_role_not_the_session(events: list[dict[str, Any]]) -> None:
+    principals = set(usage_minutes(_frame(events)).get_column("principalArn").drop_nulls().to_list())
+    assert any(":role/" in p for p in principals)
+    assert not any("assumed-role" in p for p in principals)
+
+
+def test_last_used_matches_reference(events: list[dict[str, Any]]) -> None:
+    parts = [last_used(_frame(events[i : i + 900])) for i in range(0, len(events), 900)]
+    got = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in merge_last_used(parts).iter_rows(named=True)
+    }
+    assert got == reference.last_used(events)
+
+
+def test_last_used_per_key_names_the_latest_principal(events: list[dict[str, Any]]) -> None:
+    expected: dict[str, tuple[Any, ...]] = {}
+    for (key, principal), value in reference.last_used(events).items():
+        if key not in expected or value[:2] > expected[key][:2]:
+            expected[key] = (*value, principal)
+    per_key = last_used_per_key(last_used(_frame(events)))
+    got = {
+        r["keyArn"]: (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"], r["lastUsedPrincipalArn"])
+        for r in per_key.iter_rows(named=True)
+    }
+    assert got == expected
+
+
+def test_failed_and_management_calls_are_not_use() -> None:
+    frame = frame_from_records(list(generate_events(400, SETTINGS, seed=3)))
+    used = last_used(frame)
+    ids = set(used.get_column("eventId").to_list())
+    not_use = frame.filter(
+        pl.col("errorCode").is_not_null() | pl.col("eventName").is_in(["DescribeKey", "CreateKey"])
+    )
+    assert ids.isdisjoint(set(not_use.get_column("eventID").to_list()))
+
+
+@pytest.mark.parametrize("free_tier", [0, 300])
+def test_cost_matches_reference(events: list[dict[str, Any]], free_tier: int) -> None:
+    prices = PriceTable(free_tier_requests=free_tier)
+    frame = _frame(events)
+    report = cost_report(usage_minutes(frame), lifecycle_events(frame), prices, None, UNTIL)
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in report.iter_rows(named=True)
+    }
+    assert got == reference.cost(events, prices, UNTIL)
+    assert all(r["totalCost"] == r["keyCost"] + r["requestCost"] for r in report.iter_rows(named=True))
+
+
+def _t(hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 1, 1, hour, minute, tzinfo=UTC)
+
+
+def test_two_rotations_are_billed_and_the_third_is_free() -> None:
+    events = [(_t(0), "CreateKey"), (_t(1), "RotateKey"), (_t(2), "RotateKey"), (_t(3), "RotateKey")]
+    segments = billed_segments(events, billed_rotations=2)
+    assert [(s.end_hour - s.start_hour, s.rotations) for s in segments[:2]] == [(1, 0), (1, 1)]
+    assert len(segments) == 3 and segments[2].rotations == 2  # the third rotation opens no new rate
+    assert segments[2].end_hour > 10**9  # still billable: open-ended
+
+
+def test_pending_deletion_is_not_billed_and_cancel_rebills() -> None:
+    events = [
+        (_t(0), "CreateKey"),
+        (_t(2, 30), "ScheduleKeyDeletion"),
+        (_t(5, 10), "CancelKeyDeletion"),
+        (_t(7), "ScheduleKeyDeletion"),
+        (_t(9), "DeleteKey"),
+    ]
+    hours = [(s.start_hour % 24, s.end_hour % 24) for s in billed_segments(events, 2)]
+    assert hours == [(0, 3), (5, 7)]

@@ -1,0 +1,110 @@
+"""`keytrail usage | cost | last-used`: JSON lines with exactly the CONTRACTS.md §4 fields."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from keytrail.cli.metrics import COST_FIELDS, LAST_USED_FIELDS, USAGE_FIELDS, register
+from keytrail.pipeline.query import state_dir
+from keytrail.pipeline.runner import Runner
+from keytrail.pipeline.sources import RecordsSource
+from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("metrics")
+    events = generate_events(2000, SyntheticSettings(keys=20, principals=10, seconds_per_event=30.0), seed=4)
+    asyncio.run(Runner(state_dir(root), RecordsSource(events)).run())
+    return root
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def test_usage_json_has_exactly_the_contract_fields(data_dir: Path) -> None:
+    code, out, _ = run("usage", "--data-dir", str(data_dir), "--format", "json")
+    rows = lines(out)
+    assert code == 0 and rows
+    assert all(list(r) == USAGE_FIELDS for r in rows)
+    assert sum(int(r["count"]) for r in rows) == 2000 - _duplicates()  # type: ignore[call-overload]
+
+
+def _duplicates() -> int:
+    events = list(
+        generate_events(2000, SyntheticSettings(keys=20, principals=10, seconds_per_event=30.0), seed=4)
+    )
+    return len(events) - len({e["eventID"] for e in events})
+
+
+def test_usage_by_day_adds_window_fields(data_dir: Path) -> None:
+    code, out, _ = run(
+        "usage",
+        "--data-dir",
+        str(data_dir),
+        "--by",
+        "operation,day",
+        "--format",
+        "json",
+        "--since",
+        "2026-10-01",
+        "--until",
+        "2026-10-02",
+    )
+    rows = lines(out)
+    assert code == 0 and rows
+    assert all(list(r) == ["windowStart", "windowEnd", *USAGE_FIELDS] for r in rows)
+    assert {r["windowStart"] for r in rows} == {"2026-10-01T00:00:00Z"}
+    assert all(r["keyArn"] is None and r["eventName"] for r in rows)
+
+
+def test_cost_json_fields_and_exact_totals(data_dir: Path) -> None:
+    code, out, _ = run("cost", "--data-dir", str(data_dir), "--format", "json")
+    rows = lines(out)
+    assert code == 0 and rows
+    assert all(list(r) == COST_FIELDS for r in rows)
+    by_account = lines(run("cost", "--data-dir", str(data_dir), "--by", "account", "--format", "json")[1])
+    assert sum(int(r["requests"]) for r in rows) == sum(int(r["requests"]) for r in by_account)  # type: ignore[call-overload]
+
+
+def test_last_used_json_and_csv(data_dir: Path) -> None:
+    code, out, _ = run("last-used", "--data-dir", str(data_dir), "--format", "json")
+    rows = lines(out)
+    assert code == 0 and rows and all(list(r) == LAST_USED_FIELDS for r in rows)
+    assert all(str(r["lastUsedTime"]).endswith("Z") for r in rows if r["lastUsedTime"])
+    code, out, _ = run("last-used", "--data-dir", str(data_dir), "--format", "csv")
+    assert out.splitlines()[0] == ",".join(LAST_USED_FIELDS)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["usage", "--by", "colour"],
+        ["usage", "--since", "last tuesday"],
+        ["usage", "--by", "hour,day"],
+        ["cost", "--prices", "/nonexistent/prices.toml"],
+    ],
+)
+def test_bad_input_is_one_line_and_a_non_zero_exit(data_dir: Path, args: list[str]) -> None:
+    code, _, err = run(*args, "--data-dir", str(data_dir))
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1 and err.startswith("keytrail: ")
+
+
+def test_missing_data_dir_is_an_error(tmp_path: Path) -> None:
+    code, _, err = run("usage", "--data-dir", str(tmp_path / "nope"))
+    assert code != 0 and "no such data directory" in err

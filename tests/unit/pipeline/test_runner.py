@@ -1,0 +1,192 @@
+"""The runner: exact across batches, restarts, crashes between persist and commit, redelivery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.unit.pipeline import reference
+
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore, state_dir
+from keytrail.pipeline.runner import Batch, Runner
+from keytrail.pipeline.sources import RecordsSource
+from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+
+SETTINGS = SyntheticSettings(
+    keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01, duplicate_share=0.02
+)
+UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def events() -> list[dict[str, Any]]:
+    return list(generate_events(4000, SETTINGS, seed=5))
+
+
+class Crash(Exception):
+    pass
+
+
+class CommittedSource:
+    """Like a Kafka consumer: restarts from its own committed offset (ignoring the state's) and
+    can crash in `commit`, after the runner persisted the batch."""
+
+    def __init__(
+        self, events: list[dict[str, Any]], committed: list[int], crash_at: int | None = None, size: int = 300
+    ) -> None:
+        self.events, self.committed, self.crash_at, self.size = events, committed, crash_at, size
+
+    async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        for start in range(self.committed[0], len(self.events), self.size):
+            chunk = self.events[start : start + self.size]
+            yield Batch("p0", range(start, start + len(chunk)), records=chunk, source_end=len(self.events))
+
+    async def commit(self, batch: Batch) -> None:
+        if self.crash_at is not None and batch.offsets[0] >= self.crash_at:
+            raise Crash
+        self.committed[0] = batch.end
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        raise AssertionError("single owner: never rewound")
+
+
+def _assert_exact(data_dir: Path, events: list[dict[str, Any]]) -> None:
+    store = MetricsStore(data_dir)
+    usage = store.usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
+    assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
+    last = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in store.last_used().iter_rows(named=True)
+    }
+    assert last == reference.last_used(events)
+    report = store.cost(PriceTable(free_tier_requests=200), until=UNTIL)
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in report.iter_rows(named=True)
+    }
+    assert got == reference.cost(events, PriceTable(free_tier_requests=200), UNTIL)
+
+
+async def test_batched_run_with_many_checkpoints_and_compactions_is_exact(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    stats = await Runner(
+        state_dir(tmp_path), RecordsSource(events, max_records=333), checkpoint_records=300
+    ).run()
+    files = list((state_dir(tmp_path) / "usage").glob("day=*/*.parquet"))
+    assert 0 < len(files) <= 2 * 8  # compacted: at most COMPACT_AFTER per day (the run spans two days)
+    assert stats.records == len(events)
+    assert stats.duplicates == len(events) - len({e["eventID"] for e in events}) > 0
+    _assert_exact(tmp_path, events)
+
+
+def test_orphan_usage_files_of_a_crashed_checkpoint_are_ignored_then_removed(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    import asyncio
+    import os
+    import shutil
+
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events[:1000])).run())
+    orphan = state_dir(tmp_path) / "usage" / "day=2026-10-01" / "records.deadbeef.parquet"
+    shutil.copyfile(next(iter((state_dir(tmp_path) / "usage").glob("day=2026-10-01/*.parquet"))), orphan)
+    _assert_usage(tmp_path, events[:1000])  # not listed in the manifest: never read
+    os.utime(orphan, (0, 0))
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events[:1000])).run())
+    assert not orphan.exists()
+
+
+def _assert_usage(data_dir: Path, events: list[dict[str, Any]]) -> None:
+    usage = MetricsStore(data_dir).usage(["minute", "keyArn", "principalArn", "accountId", "eventName"])
+    assert {r[:5]: (r[5], r[6]) for r in usage.iter_rows()} == reference.usage(events)
+
+
+async def test_crash_between_persist_and_commit_counts_nothing_twice(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    committed = [0]
+    # Checkpoints cover two batches: 1200-1800 is persisted, then the commit of 1500-1800 crashes.
+    with pytest.raises(Crash):
+        await Runner(
+            state_dir(tmp_path), CommittedSource(events, committed, crash_at=1500), checkpoint_records=600
+        ).run()
+    assert committed[0] == 1200
+    stats = await Runner(state_dir(tmp_path), CommittedSource(events, committed)).run()
+    assert stats.redelivered == 600
+    _assert_exact(tmp_path, events)
+
+
+async def test_restart_resumes_at_the_checkpointed_offset(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    await Runner(state_dir(tmp_path), RecordsSource(events[:2500], max_records=400)).run()
+    stats = await Runner(state_dir(tmp_path), RecordsSource(events, max_records=400)).run()
+    assert stats.records == len(events) - 2500
+    _assert_exact(tmp_path, events)
+
+
+async def test_redelivered_events_under_new_offsets_count_once(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    resent = events + events[3000:3400]  # a shipper re-sending after its own restart
+    stats = await Runner(state_dir(tmp_path), RecordsSource(resent, max_records=500)).run()
+    assert stats.duplicates >= 400
+    _assert_exact(tmp_path, events)
+
+
+async def test_late_event_updates_its_old_window(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    runner_dir = state_dir(tmp_path)
+    await Runner(runner_dir, RecordsSource(events[:3000])).run()
+    late = dict(events[100], eventID="late-0001", eventTime="2026-10-01T00:05:10Z")
+    await Runner(runner_dir, RecordsSource([*events[:3000], late])).run()
+    hourly = MetricsStore(tmp_path).usage(["eventName"], "hour")
+    first_hour = hourly.filter(hourly["windowStart"] == datetime(2026, 10, 1, tzinfo=UTC))
+    expected = reference.usage([*events[:3000], late])
+    want = sum(
+        c
+        for (m, *_rest, name), (c, _e) in expected.items()
+        if m.hour == 0 and m.day == 1 and name == late["eventName"]
+    )
+    assert first_hour.filter(first_hour["eventName"] == late["eventName"])["count"].item() == want
+
+
+async def test_dedup_memory_is_bounded_by_its_capacity(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    runner = Runner(
+        state_dir(tmp_path),
+        RecordsSource(events, max_records=200),
+        dedup_capacity=1000,
+        checkpoint_records=200,
+    )
+    sizes: list[int] = []
+    runner.after_checkpoint = lambda: sizes.append(len(runner.state("records").seen))
+    await runner.run()
+    assert max(sizes) <= 1000 + 200  # never more than the capacity (+ one batch), not the 4000 events
+
+
+async def test_recent_duplicates_are_still_dropped_after_a_restart(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    await Runner(state_dir(tmp_path), RecordsSource(events[:3000], max_records=250)).run()
+    resent = [*events[:3000], *events[2600:3000], *events[3000:]]  # re-sent under new offsets, after restart
+    stats = await Runner(state_dir(tmp_path), RecordsSource(resent, max_records=250)).run()
+    assert stats.duplicates >= 400
+    _assert_exact(tmp_path, events)
+
+
+def test_last_usage_answers_like_get_key_last_usage(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    import asyncio
+
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
+    store = MetricsStore(tmp_path)
+    used = reference.last_used(events)
+    key = next(iter(used))[0]
+    latest = max((v, p) for (k, p), v in used.items() if k == key)
+    answer = store.last_usage(key)
+    assert answer is not None
+    assert (answer["Timestamp"], answer["CloudTrailEventId"], answer["Operation"]) == latest[0]
+    assert answer["TrackingStartDate"] <= answer["Timestamp"]
+    assert store.last_usage("arn:aws:kms:us-east-1:111122223333:key/never-used") is None

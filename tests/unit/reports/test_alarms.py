@@ -1,0 +1,38 @@
+"""alarms.jsonl is read as the latest state of each alarm."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from keytrail.reports.alarms import alarms_frame, read_alarms
+
+
+def _alarm(alarm_id: str, rule: str, severity: str, first: str, last: str, count: int = 1) -> dict[str, object]:
+    return {"alarmId": alarm_id, "rule": rule, "severity": severity, "keyArn": "arn:aws:kms:us-east-1:1:key/k",
+            "principalArn": "arn:aws:iam::1:user/u", "accountId": "1", "region": "us-east-1",
+            "firstSeen": first, "lastSeen": last, "count": count, "summary": f"{rule} on k",
+            "eventIds": ["e1", "e2"], "recommendation": "look"}
+
+
+def test_a_later_line_for_the_same_alarm_replaces_the_earlier(tmp_path: Path) -> None:
+    path = tmp_path / "alarms.jsonl"
+    lines = [_alarm("a1", "unauthorized-decrypt", "MEDIUM", "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z"),
+             _alarm("a2", "unused-key", "LOW", "2026-11-02T00:00:00Z", "2026-11-02T00:00:00Z"),
+             _alarm("a1", "unauthorized-decrypt", "HIGH", "2026-11-01T00:00:00Z", "2026-11-01T01:00:00Z", 7)]
+    path.write_text("\n".join(json.dumps(a) for a in lines) + "\nnot json\n\n")
+    alarms = read_alarms(path)
+    assert sorted((a["alarmId"], a["severity"], a["count"]) for a in alarms) == [("a1", "HIGH", 7),
+                                                                                 ("a2", "LOW", 1)]
+
+
+def test_alarms_sort_most_severe_first_and_filter_by_period() -> None:
+    alarms = [_alarm("a1", "unused-key", "LOW", "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z"),
+              _alarm("a2", "permissive-key", "CRITICAL", "2026-11-03T00:00:00Z", "2026-11-03T00:00:00Z"),
+              _alarm("a3", "usage-spike", "MEDIUM", "2026-11-05T00:00:00Z", "2026-11-06T00:00:00Z")]
+    frame = alarms_frame(alarms)
+    assert frame.get_column("alarmId").to_list() == ["a2", "a3", "a1"]
+    assert frame.get_column("eventIds")[0] == "e1 e2"
+    within = alarms_frame(alarms, since=datetime(2026, 11, 2, tzinfo=UTC), until=datetime(2026, 11, 5, 12, tzinfo=UTC))
+    assert sorted(within.get_column("alarmId").to_list()) == ["a2", "a3"]

@@ -1,0 +1,107 @@
+"""Report tables from a known stream: usage, unused keys, denied calls, the month's projection, HTML."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+pytest.importorskip("keytrail.pipeline.query", reason="keytrail.pipeline (MetricsStore) is not merged yet")
+
+from keytrail.pipeline.sources import RecordsSource
+
+from keytrail.reports.collect import ReportOptions, collect_sync
+from keytrail.reports.figures import choose_window, month_bounds
+from keytrail.reports.html import render_html
+from keytrail.reports.output import ReportFormat, write_report
+from tests.unit.reports.records import ACCOUNT, key_arn, record, user_arn
+
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
+AS_OF = datetime(2026, 11, 16, tzinfo=UTC)  # half of November gone
+BUSY, IDLE, OLD = key_arn("busy"), key_arn("idle"), key_arn("old")
+
+
+def _stream() -> list[dict[str, Any]]:
+    events = [record("CreateKey", NOV, BUSY), record("CreateKey", NOV, IDLE),
+              record("CreateKey", NOV - timedelta(days=31), OLD),
+              record("Encrypt", NOV - timedelta(days=30), OLD)]
+    events += [record("Encrypt", NOV + timedelta(hours=h), BUSY) for h in range(100)]
+    events += [record("Decrypt", NOV + timedelta(days=11, minutes=m), BUSY, user_arn("mallory"),
+                      error="AccessDenied") for m in range(3)]
+    return events + events[-5:]  # redelivered duplicates count once
+
+
+@pytest.fixture(scope="module")
+def data() -> Any:
+    alarms = Path(__file__).with_name("no-such-alarms.jsonl")
+    return collect_sync(RecordsSource(_stream()), ReportOptions(until=AS_OF, alarms=alarms))
+
+
+def test_usage_counts_each_event_once(data: Any) -> None:
+    usage = {(r["keyArn"], r["eventName"], r["principalArn"]): (r["count"], r["errorCount"])
+             for r in data.usage.to_dicts()}
+    assert usage[(BUSY, "Encrypt", user_arn("alice"))] == (100, 0)
+    assert usage[(BUSY, "Decrypt", user_arn("mallory"))] == (3, 3)
+    assert data.events == 3 + 1 + 100 + 3
+    assert data.usage.columns == ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount"]
+
+
+def test_keys_never_or_long_unused_are_marked(data: Any) -> None:
+    unused = dict(data.last_used.select("keyArn", "unused").iter_rows())
+    assert unused == {BUSY: False, IDLE: True, OLD: True}
+
+
+def test_denied_calls_name_the_principal(data: Any) -> None:
+    [row] = data.denied.to_dicts()
+    assert (row["principalArn"], row["keyArn"], row["eventName"], row["count"]) == (user_arn("mallory"), BUSY,
+                                                                                  "Decrypt", 3)
+
+
+def test_projection_bills_keys_to_month_end_and_doubles_requests_at_mid_month(data: Any) -> None:
+    [row] = data.projection.to_dicts()
+    one_key_month = (Decimal(720) / Decimal(730)).quantize(Decimal("1e-10"))  # 30 days of 730-hour months
+    assert row["accountId"] == ACCOUNT and row["month"] == "2026-11"
+    assert row["projectedKeyCost"] == 3 * one_key_month
+    so_far = data.cost  # the period has no since: its request cost is all in November but OLD's two events
+    november_requests = so_far.get_column("requests").sum() - 2
+    assert row["projectedRequestCost"] == Decimal(november_requests) * Decimal("0.03") / 10_000 * 2
+    assert row["projectedCost"] == row["projectedKeyCost"] + row["projectedRequestCost"]
+
+
+def test_window_and_month_helpers() -> None:
+    assert choose_window(NOV, NOV + timedelta(hours=6)) == "minute"
+    assert choose_window(NOV, NOV + timedelta(days=14)) == "hour"
+    assert choose_window(NOV, NOV + timedelta(days=15)) == "day"
+    assert month_bounds(datetime(2026, 12, 31, 23, tzinfo=UTC)) == (datetime(2026, 12, 1, tzinfo=UTC),
+                                                                   datetime(2027, 1, 1, tzinfo=UTC))
+
+
+def test_html_is_self_contained_and_highlights_unused_keys(data: Any) -> None:
+    page = render_html(data)
+    assert not re.search(r"<script|<link|<img|@import|url\(", page)
+    assert set(re.findall(r"https?://[^\"' ]+", page)) == {"http://www.w3.org/2000/svg"}
+    unused_rows = re.findall(r'<tr class="unused">(.*?)</tr>', page)
+    assert len(unused_rows) == 2 and any("key/idle" in row for row in unused_rows)
+    assert "user/mallory" in page and page.count("<svg") >= 3
+
+
+def test_write_report_html_and_parquet(tmp_path: Path, data: Any) -> None:
+    html = write_report(data, tmp_path / "r.html", ReportFormat.html)
+    assert html.read_text().startswith("<!DOCTYPE html>")
+    table = pl.read_parquet(write_report(data, tmp_path / "r.parquet", ReportFormat.parquet, "cost"))
+    assert set(table.get_column("table")) == {"cost"}
+    assert table.get_column("totalCost").sum() == data.cost.get_column("totalCost").sum()
+
+
+def test_an_empty_input_gives_an_empty_report_in_every_format(tmp_path: Path) -> None:
+    empty = collect_sync(RecordsSource([]), ReportOptions())
+    assert (empty.events, empty.as_of) == (0, None)
+    assert all(table.height == 0 for table in empty.tables().values())
+    assert "No KMS requests in this period." in render_html(empty)
+    for form in ReportFormat:
+        assert write_report(empty, tmp_path / f"empty.{form.value}", form).is_file()

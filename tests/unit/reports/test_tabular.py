@@ -1,0 +1,58 @@
+"""The CSV, JSON lines and Parquet forms read back with polars and hold the same values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from keytrail.reports.tabular import TabularFormat, long_form, write_tabular
+
+WHEN = datetime(2026, 11, 3, 4, 5, 6, tzinfo=UTC)
+TABLES = {
+    "usage": pl.DataFrame({"keyArn": ["k1", "k2"], "count": [3, 4]}),
+    "cost": pl.DataFrame({"keyArn": ["k1"], "totalCost": [Decimal("0.0000030000")]},
+                         schema={"keyArn": pl.String, "totalCost": pl.Decimal(38, 10)}),
+    "last_used": pl.DataFrame({"keyArn": ["k1", "k2"], "lastUsedTime": [WHEN, None], "unused": [False, True]}),
+}
+
+
+def _read(path: Path, form: TabularFormat) -> pl.DataFrame:
+    if form is TabularFormat.csv:
+        return pl.read_csv(path, infer_schema_length=None)
+    if form is TabularFormat.json:
+        return pl.read_ndjson(path, infer_schema_length=None)
+    return pl.read_parquet(path)
+
+
+@pytest.mark.parametrize("form", list(TabularFormat))
+def test_every_table_reads_back_by_its_table_column(tmp_path: Path, form: TabularFormat) -> None:
+    path = write_tabular(long_form(TABLES), tmp_path / f"report.{form.value}", form)
+    frame = _read(path, form)
+    assert frame.get_column("table").to_list() == ["usage", "usage", "cost", "last_used", "last_used"]
+    usage = frame.filter(pl.col("table") == "usage")
+    assert usage.get_column("count").cast(pl.Int64).to_list() == [3, 4]
+    cost = frame.filter(pl.col("table") == "cost").get_column("totalCost")[0]
+    assert Decimal(str(cost)) == Decimal("0.000003")
+    last = frame.filter(pl.col("table") == "last_used")
+    assert str(last.get_column("lastUsedTime")[0]).startswith("2026-11-03")
+    assert last.get_column("lastUsedTime")[1] is None
+
+
+def test_json_lines_write_money_as_exact_numbers_and_omit_empty_columns(tmp_path: Path) -> None:
+    path = write_tabular(long_form(TABLES, only="cost"), tmp_path / "cost.json", TabularFormat.json)
+    assert path.read_text() == '{"table": "cost", "keyArn": "k1", "totalCost": 0.000003}\n'
+
+
+def test_csv_writes_times_as_iso_utc(tmp_path: Path) -> None:
+    path = write_tabular(long_form(TABLES, only="last_used"), tmp_path / "l.csv", TabularFormat.csv)
+    assert path.read_text().splitlines() == ["table,keyArn,lastUsedTime,unused",
+                                             "last_used,k1,2026-11-03T04:05:06Z,false", "last_used,k2,,true"]
+
+
+def test_unknown_table_is_refused() -> None:
+    with pytest.raises(ValueError, match="no table named 'nope'"):
+        long_form(TABLES, only="nope")

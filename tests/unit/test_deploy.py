@@ -1,0 +1,154 @@
+"""The deployment files hold together: docker-compose.yml is valid Compose and runs real keytrail
+commands, Prometheus scrapes the serve nodes, Grafana is provisioned with the generated dashboards,
+and docs/contracts.md covers every section of the shared contracts page."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.unit.reports.commands import cli_commands
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def keytrail_services() -> dict[str, list[str]]:
+    """Service name → command, for the services built from this repository."""
+    return {name: service["command"] for name, service in compose()["services"].items()
+            if service.get("image") == "keytrail:local"}
+
+
+def dashboards_build() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("dashboards_build", ROOT / "dashboards/build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+    validator = jsonschema.Draft201909Validator(schema)  # the draft its $schema names
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose())]
+    assert errors == []
+
+
+def test_compose_runs_the_whole_topology() -> None:
+    services = compose()["services"]
+    images = {name: str(service.get("image", "")) for name, service in services.items()}
+    assert images["kafka"].startswith("apache/kafka:") and "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]
+    assert {"mosquitto", "postgres", "prometheus", "grafana"} <= set(services)
+    commands = [command[0] for command in keytrail_services().values()]
+    assert sorted(commands) == ["consume", "detect", "serve", "serve"]
+
+
+@functools.cache
+def help_text(command: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "keytrail", command, "--help"], capture_output=True, text=True,
+                            timeout=120, env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", **_pythonpath()})
+    assert result.returncode == 0, f"keytrail {command} --help failed: {result.stderr[-2000:]}"
+    return result.stdout
+
+
+def _pythonpath() -> dict[str, str]:
+    import os
+
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+
+
+@pytest.mark.parametrize("service", sorted(keytrail_services()))
+def test_every_service_runs_a_real_keytrail_command_with_real_options(service: str) -> None:
+    command = keytrail_services()[service]
+    assert command[0] in cli_commands(), f"{service}: `keytrail {command[0]}` is not a keytrail command"
+    options = [arg.split("=", 1)[0] for arg in command[1:] if arg.startswith("--")]
+    text = help_text(command[0])
+    missing = [option for option in options if not re.search(rf"{re.escape(option)}\b", text)]
+    assert missing == [], f"{service}: `keytrail {command[0]}` has no option {', '.join(missing)}"
+
+
+def test_prometheus_scrapes_every_serve_node_on_its_port() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    serve = {f"{name}:{command[command.index('--port') + 1]}" for name, command in keytrail_services().items()
+             if command[0] == "serve"}
+    assert targets == serve
+    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
+
+
+def test_mounted_files_exist_in_the_repository() -> None:
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    assert (ROOT / "deploy/Dockerfile").is_file()
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_dashboards() -> None:
+    build = dashboards_build()
+    datasources = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/prometheus.yml").read_text())
+    [source] = datasources["datasources"]
+    assert (source["uid"], source["url"]) == (build.DATASOURCE["uid"], "http://prometheus:9090")
+    providers = yaml.safe_load((ROOT / "dashboards/provisioning/dashboards/keytrail.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    assert f"./dashboards:{path}:ro" in compose()["services"]["grafana"]["volumes"]
+
+
+def test_dashboard_json_is_generated_from_the_panel_list() -> None:
+    build = dashboards_build()
+    assert (ROOT / "dashboards/keytrail-overview.json").read_text() == build.render(), \
+        "run: .venv/bin/python dashboards/build.py"
+
+
+def test_every_panel_queries_only_listed_metrics_and_every_listed_metric_is_used() -> None:
+    build = dashboards_build()
+    used: set[str] = set()
+    for panel in build.dashboard()["panels"]:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = build.metric_names(target["expr"])
+            assert names and names <= set(build.METRICS), (panel["title"], target["expr"])
+            used |= names
+    assert used == set(build.METRICS)
+
+
+def test_contracts_page_covers_every_section_of_the_shared_contracts() -> None:
+    shared = ROOT.parent / "shared" / "CONTRACTS.md"
+    if not shared.is_file():
+        pytest.skip(f"the shared contracts page is not beside the repository ({shared})")
+    sections = re.findall(r"^## \d+\. (.+)$", shared.read_text(), flags=re.M)
+    page = (ROOT / "docs/contracts.md").read_text()
+    assert sections and [s for s in sections if f"## {s}" not in page] == []
+
+
+def documented_commands() -> set[str]:
+    """`keytrail <command> [<subcommand>]` as written in the shell blocks of the user guides."""
+    found: set[str] = set()
+    for page in ("getting-started.md", "operations.md", "reports.md"):
+        for block in re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / page).read_text(), flags=re.S):
+            for first, second in re.findall(r"(?:^|\.venv/bin/)keytrail ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", block,
+                                            flags=re.M):
+                found.add(f"{first} {second}" if first in ("audit",) and second else first)
+    return found
+
+
+def test_user_guides_name_only_real_commands() -> None:
+    documented = documented_commands()
+    assert {"serve", "report", "audit verify"} <= documented
+    assert sorted(documented - cli_commands()) == []
