@@ -125,9 +125,10 @@ def open_loop(target: Target, work: Path, durations: Durations) -> dict[str, Any
     return result
 
 
-def profile(work: Path) -> dict[str, Any]:
+def profile(work: Path, kafka: str | None) -> dict[str, Any]:
     out = work / "profile.json"
-    args = [sys.executable, "-m", "bench.profile_encrypt", "--calls", "3000", "--out", str(out)]
+    args = [sys.executable, "-m", "bench.profile_encrypt", "--calls", "4000", "--out", str(out)]
+    args += ["--kafka", kafka] if kafka else []
     done = subprocess.run(args, capture_output=True, text=True, env=_python_env(), cwd=ROOT, timeout=180,
                           check=False)
     if done.returncode != 0:

@@ -166,12 +166,16 @@ def scale_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 def profile_section(profile: dict[str, Any]) -> list[str]:
     if "stages" not in profile:
         return [f"Profile not taken: {profile.get('error', 'no data')}"]
-    lines = [f"In-process Encrypt through keytrail's ASGI app (no server, no network): "
-             f"**{profile['us_per_call']:.0f} µs of CPU per call** ({profile.get('wall_us_per_call', 0):.0f} µs wall) "
-             f"over {profile['calls']:,} calls. Add the ceiling's CPU µs/req for the server stack. Share of the app's "
-             "profiled time per stage (pyinstrument, inclusive), and that share of the unprofiled CPU time:", "",
+    lines = [f"Encrypt from 16 concurrent callers straight into the node's ASGI app (no server, no network), "
+             f"node built as `serve` builds it: **{profile['us_per_call']:.0f} µs of CPU per call** "
+             f"({profile.get('wall_us_per_call', 0):.0f} µs wall) over {profile['calls']:,} calls; add the ceiling's "
+             "CPU µs/req for the server stack. Each stage's share of the event-loop thread's busy time "
+             "(pyinstrument, inclusive; waiting excluded), and that share of the CPU per call. Stages of the "
+             "call are nested in *whole KMS call*; *background* rows are the node's own tasks:", "",
              "| Stage | share | ≈ µs per call |", "|---|---:|---:|"]
     for name, stage in sorted(profile["stages"].items(), key=lambda item: -item[1]["share"]):
+        if stage["share"] < 0.005:
+            continue
         lines.append(f"| {name} | {stage['share'] * 100:.0f} % | {stage['us']:.1f} |")
     tree = profile.get("tree", "").strip()
     return [*lines, "", "<details><summary>pyinstrument call tree</summary>", "", "```", tree, "```", "", "</details>"]

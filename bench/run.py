@@ -103,7 +103,7 @@ def main() -> None:
             results["kafka"] = kafka is not None
             mqtt = _mosquitto() if results["features"]["detector"] else None
             results["http"] = phases.http_table(work, kafka, mqtt, durations, args.rounds)
-            results["profile"] = phases.profile(work)
+            results["profile"] = phases.profile(work, kafka)
             results["pipeline"] = phases.pipeline_scripts(ROOT / "bench", started + 0.75 * args.budget)
             counts = [int(c) for c in args.keys.split(",") if c]
             results["scale"] = phases.scale(work, kafka, durations, counts, deadline)
