@@ -61,6 +61,12 @@ LIMITS = """\
   ids, validation, AES-GCM, the answer). AES-GCM and the ciphertext format are a few per cent: the
   cost is Python code per request, not cryptography. More throughput needs more processes (Scale),
   or less Python per request: the profile's largest stages are where to look.
+- **Audit on vs off**: with the trail on, every call also encodes its CloudTrail record as Avro
+  before it answers (the *audit record* stage), and the node does more work per call in the
+  background: the spool writer and its fsyncs (shared by group commit), the Kafka shipper (aiokafka
+  produce), and the in-process detector, which reads every event back from the log and decodes it
+  again. Those background rows of the profile are CPU the audited server spends per call that the
+  audit-off server does not.
 - **Shared cores.** wrk takes most of one of the two cores and other sessions on the machine take
   what they can, so a server often gets well under one core (*server cores* column). A fast server
   suffers more than moto (at a few hundred req/s moto leaves wrk idle and gets its full core), so
