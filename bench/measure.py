@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,19 +42,37 @@ def measure(target: Target, operation: str, work: Path, durations: Durations,
     problem = _probe(target, operation, requests_file)
     if problem:
         return {**row, "error": problem}
-    run_wrk(target.endpoint + "/", requests_file, durations.warmup, durations.connections)
     pids = target.pids()
+    run_wrk(target.endpoint + "/", requests_file, durations.warmup, durations.connections)
+    wait_idle(pids)  # the warm-up's deferred work (shipping, consumers, detector) stays out of this run
     cpu_before = tree_cpu_seconds(pids)
     result = run_wrk(target.endpoint + "/", requests_file, durations.seconds, durations.connections)
+    cpu_load = tree_cpu_seconds(pids) - cpu_before
+    catch_up = wait_idle(pids)
     cpu = tree_cpu_seconds(pids) - cpu_before
     row.update(result.as_dict())
     row["cpu_us_per_request"] = cpu / result.requests * 1e6 if result.requests else None
-    row["cpu_cores"] = cpu / result.seconds if result.seconds else None
+    row["cpu_cores"] = cpu_load / result.seconds if result.seconds else None
+    row["catch_up_s"] = round(catch_up, 2)
     row["rss_mb"] = tree_rss_bytes(pids) / 2**20
     expected_errors = result.requests if operation == "Decrypt (denied)" else 0
     if result.socket_errors or abs(result.status_errors - expected_errors) > 16:
         row["warning"] = f"{result.status_errors} status errors, {result.socket_errors} socket errors"
     return row
+
+
+def wait_idle(pids: Sequence[int], limit: float = 15.0, step: float = 0.25, busy: float = 0.05) -> float:
+    """Wait until the server uses less than `busy` of a core (its background work on earlier
+    requests is done), at most `limit` seconds; the seconds waited."""
+    started = time.monotonic()
+    last = tree_cpu_seconds(pids)
+    while time.monotonic() - started < limit:
+        time.sleep(step)
+        now = tree_cpu_seconds(pids)
+        if now - last < busy * step:
+            break
+        last = now
+    return max(0.0, time.monotonic() - started - step)
 
 
 def median_cell(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

@@ -52,10 +52,11 @@ def cpu_ratio(http: dict[str, Any], operation: str, other: str, other_operation:
 
 def _row(cell: dict[str, Any] | None, label: str, ratio_moto: str, ratio_ceiling: str) -> str:
     if cell is None:
-        return f"| {label} | not measured | | | | | | | {ratio_moto} | {ratio_ceiling} |"
+        return f"| {label} | not measured | | | | | | | | {ratio_moto} | {ratio_ceiling} |"
     runs = " / ".join(_num(v) for v in cell["runs_rps"])
     return (f"| {label} | **{_num(cell['rps'])}** | {_num(cell['p50_ms'], 2)} | {_num(cell['p99_ms'], 2)} | "
             f"{_num(cell['p999_ms'], 2)} | {_num(cell.get('cpu_us_per_request'))} | {_num(cell.get('cpu_cores'), 2)} | "
+            f"{_num(cell.get('catch_up_s'), 1)} | "
             f"{runs} | {ratio_moto} | "
             f"{ratio_ceiling} |")
 
@@ -66,7 +67,8 @@ def _ratio_text(value: float | None, digits: int = 1, suffix: str = "×") -> str
 
 def http_table(http: dict[str, Any]) -> list[str]:
     lines = ["| Target · operation | req/s (median) | p50 ms | p99 ms | p99.9 ms | CPU µs/req | server cores | "
-             "runs req/s | keytrail / moto | keytrail / ceiling |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "catch-up s | runs req/s | keytrail / moto | keytrail / ceiling |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for operation in OPERATIONS:
         to_moto = ratios(http, operation, MOTO)
         to_ceiling = ratios(http, operation, CEILING, "Encrypt")

@@ -35,7 +35,11 @@ METHOD = """\
   (keytrail, moto, ceiling, audit-off, …), so drift on a shared machine hits every target alike.
   Each run: a warm-up wrk run (discarded), then the measured run. Tables give the median run; ratios
   are medians of the per-round ratios. "CPU µs/req" is the server process tree's user+system CPU
-  (from /proc) during the measured run divided by its requests.
+  (from /proc) from the start of the measured run until the server is idle again (below 5 % of a
+  core, at most 15 s: *catch-up s*), divided by the run's requests: work the node defers (Kafka
+  shipping, consumers, detector) is charged to the requests that caused it, and each measured run
+  starts only after the warm-up's deferred work is done. *server cores* is the CPU the server got
+  during the run itself.
 - **80 % latency**: wrk is closed-loop (a slow answer delays the next request, which hides queueing)
   and wrk2 is not in Debian, so `bench/openloop.py` sends requests at a fixed rate (80 % of
   keytrail's median Encrypt req/s from the table) over 64 keep-alive connections, in its own
