@@ -9,7 +9,7 @@ import pytest
 from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
-from bench.report import BEGIN, END, ratios, splice
+from bench.report import BEGIN, END, consumer_rate, ratios, splice
 from bench.wrk import parse_wrk_output
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40000/
@@ -80,3 +80,9 @@ def test_generated_part_replaces_only_itself_in_the_benchmarks_page() -> None:
     second = splice(first, f"{BEGIN}\nrun 2\n{END}")
     assert "run 2" in second and "run 1" not in second and others in second
     assert splice(None, f"{BEGIN}\nx\n{END}").startswith("# Benchmarks\n")
+
+
+def test_consumer_rate_is_read_from_the_pipeline_benchmark_json_line() -> None:
+    output = 'generating...\n{"events": 1000000, "events_per_wall_s": 119925, "events_per_cpu_s": 121478}\n'
+    assert consumer_rate(output) == 121478.0
+    assert consumer_rate("no figures here") is None
