@@ -7,10 +7,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from tests.unit.pipeline import reference
 
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer, event_log_dir
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.unit.pipeline import reference
 
 schema = pytest.importorskip("keytrail.audit.schema")
 segment_log = pytest.importorskip("keytrail.transport.segment_log")

@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tests.unit.pipeline import reference
 
 from keytrail.pipeline.consumer import event_log_dir
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.unit.pipeline import reference
 
 schema = pytest.importorskip("keytrail.audit.schema")
 segment_log = pytest.importorskip("keytrail.transport.segment_log")

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.pipeline import reference
 
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Batch, Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.unit.pipeline import reference
 
 SETTINGS = SyntheticSettings(
     keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01, duplicate_share=0.02
