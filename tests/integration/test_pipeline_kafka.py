@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from keytrail.audit import schema
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
@@ -19,7 +20,6 @@ from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from tests.support.services import kafka_broker
 from tests.unit.pipeline import reference
 
-schema = pytest.importorskip("keytrail.audit.schema")
 pytestmark = pytest.mark.integration
 
 from aiokafka import AIOKafkaProducer  # noqa: E402
