@@ -52,7 +52,7 @@ class ServerProcess:
         self._wait("keytrail serve to start", STARTUP_SECONDS, self._healthy)
 
     def stop(self) -> int | None:
-        """SIGTERM (finish calls, flush, exit 0); SIGKILL only if it does not stop in time."""
+        """SIGTERM (finish calls, flush, exit 0); SIGKILL if it does not stop in time or on a second Ctrl-C."""
         proc, self.proc = self.proc, None
         if proc is None:
             return None
@@ -60,7 +60,7 @@ class ServerProcess:
             proc.send_signal(signal.SIGTERM)
         try:
             return proc.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: stop it now
             proc.kill()
             return proc.wait()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -115,11 +116,18 @@ def _alarm_lines(alarms: list[dict[str, Any]], names: dict[str, str]) -> list[st
         who = alarm["principalArn"] or "-"
         lines.append(f"  {alarm['severity']:<8} {alarm['rule']:<{width}}  key {key}  principal {who}"
                      f"  x{alarm['count']}")
-        lines.append(f"  {'':<8} {'':<{width}}  {alarm['summary']}")
+        lines.append(f"  {'':<8} {'':<{width}}  {_named(alarm['summary'], names)}")
     severities = [Severity(a["severity"]) for a in alarms]
     if severities:
         lines.append(f"  highest severity: {Severity.highest(*severities).value}")
     return [*lines, ""]
+
+
+def _named(summary: str, names: dict[str, str]) -> str:
+    """Key ARNs replaced by their aliases: a summary a person can read at a glance."""
+    for arn, alias in names.items():
+        summary = summary.replace(arn, alias)
+    return summary
 
 
 def _usage_lines(usage: dict[str, Any], names: dict[str, str]) -> list[str]:
@@ -130,18 +138,18 @@ def _usage_lines(usage: dict[str, Any], names: dict[str, str]) -> list[str]:
 
 
 def _cost_lines(cost: dict[str, Any], names: dict[str, str]) -> list[str]:
-    rows = [(names.get(r["keyArn"], r["keyArn"] or "(no key)"), r["keyMonths"], r["keyCost"], r["requestCost"],
-             r["totalCost"]) for r in cost["byKey"]]
-    rows.append(("total", "", "", "", cost["totalCost"]))
-    header = ("key", "key-months", "key USD", "requests USD", "total USD")
-    return ["Cost per key (keytrail cost)", *_table(header, [tuple(map(_cell, row)) for row in rows]), ""]
+    rows = [(names.get(r["keyArn"], r["keyArn"] or "(no key)"), r["accountId"] or "", r["keyMonths"], r["keyCost"],
+             r["requestCost"], r["totalCost"]) for r in cost["byKey"]]
+    rows.append(("total", "", "", "", "", cost["totalCost"]))
+    header = ("key", "paying account", "key-months", "key USD", "requests USD", "total USD")
+    return ["Cost per key and account (keytrail cost)", *_table(header, [tuple(map(_cell, row)) for row in rows]), ""]
 
 
 def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     return ["  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                              for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
