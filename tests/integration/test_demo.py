@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,15 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(args: list[str], message: str
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_busy_port_is_refused_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = keytrail("demo", "--port", str(busy.getsockname()[1]))
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "--port: cannot listen" in result.stderr
 
 
 def test_non_empty_data_dir_is_refused(tmp_path: Path) -> None:

@@ -141,12 +141,11 @@ def demo(
     try:
         with _sigterm_interrupts():
             story = _play(directory, chosen)
-            report = write_html_report(directory)
-    except DemoError as error:
+            summary = summarize(story, write_html_report(directory))
+    except (DemoError, OSError) as error:  # OSError: the server stopped answering
         raise fail(str(error), 1) from None
     except KeyboardInterrupt:
         raise fail("interrupted; the server was stopped", 130) from None
-    summary = summarize(story, report)
     typer.echo(render_json(summary) if output == "json" else render_text(summary))
 
 

@@ -35,7 +35,7 @@ class Story:
     data_dir: Path
     endpoint: str
     calls: int
-    days: float
+    days: int
     keys: dict[str, str]  # alias -> key ARN
     principals: dict[str, str]  # name -> ARN as CloudTrail names the caller
 
@@ -97,7 +97,7 @@ def render_text(summary: dict[str, Any]) -> str:
     """A few screens a person reads top to bottom."""
     names = {arn: f"alias/{alias}" for alias, arn in summary["keys"].items()}
     lines = [f"keytrail demo: {len(summary['keys'])} keys, {len(summary['principals'])} principals, "
-             f"{summary['calls']} KMS calls over {summary['simulatedDays']:g} simulated days", ""]
+             f"{summary['calls']} KMS calls over {summary['simulatedDays']} simulated days", ""]
     lines += _alarm_lines(summary["alarms"], names)
     lines += _usage_lines(summary["usage"], names)
     lines += _cost_lines(summary["cost"], names)

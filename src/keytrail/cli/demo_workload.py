@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["ACCOUNT", "DemoError", "DemoPrincipal", "DemoServer", "Workload", "demo_principals",
@@ -130,7 +130,7 @@ class Workload:
         self.clients = {name: self._client(entry) for name, entry in principals.items()}
         self.calls = 0
         self.keys: dict[str, str] = {}  # alias -> key ARN
-        self.days = 0.0
+        self.days = 0  # simulated days the dev clock has moved
 
     def _client(self, entry: DemoPrincipal) -> Any:
         return boto3.client(
@@ -146,6 +146,8 @@ class Workload:
             return dict(getattr(self.clients[who], operation)(**params))
         except ClientError as error:
             raise DemoError(f"{who} {operation} failed: {error}") from None
+        except BotoCoreError as error:  # the server went away mid-story
+            raise DemoError(f"{who} {operation}: {error}") from None
 
     def refused(self, who: str, operation: str, **params: Any) -> str:
         """One KMS call the story expects to be refused; returns the AWS error code."""
@@ -154,6 +156,8 @@ class Workload:
             getattr(self.clients[who], operation)(**params)
         except ClientError as error:
             return str(error.response["Error"]["Code"])
+        except BotoCoreError as error:
+            raise DemoError(f"{who} {operation}: {error}") from None
         raise DemoError(f"{who} {operation} was expected to be refused but succeeded")
 
     def run(self) -> None:
@@ -166,7 +170,7 @@ class Workload:
         self._advance(2)
         self.server.wait_for_alarms("the unused-key alarm", _rules_seen(("unused-key",)))
 
-    def _advance(self, days: float) -> None:
+    def _advance(self, days: int) -> None:
         self.server.advance(days * DAY)
         self.days += days
 
