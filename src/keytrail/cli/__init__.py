@@ -24,9 +24,10 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import audit, detect, metrics, report, serve
+    from keytrail.cli import audit, demo, detect, metrics, report, serve
 
     serve.register(app)
+    demo.register(app)
     detect.register(app)
     report.register(app)
     metrics.register(app)
