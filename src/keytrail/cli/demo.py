@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from keytrail.cli import console
 from keytrail.cli.demo_summary import Story, render_json, render_text, summarize, write_html_report
 from keytrail.cli.demo_workload import DemoError, Workload, demo_principals, write_principals
 from keytrail.detect.sinks.jsonl import read_alarms
@@ -122,8 +123,7 @@ class ServerProcess:
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
-    typer.echo(f"keytrail demo: {message}", err=True)
-    return typer.Exit(code)
+    return console.fail(message, "keytrail demo", code)
 
 
 def demo(

@@ -15,6 +15,7 @@ import uvicorn
 import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
+from keytrail.cli.console import fail
 from keytrail.cli.node import StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
@@ -24,12 +25,6 @@ __all__ = ["register"]
 log = logging.getLogger("keytrail")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one line to stderr and give the exit to raise."""
-    typer.echo(f"keytrail: error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _credentials(settings: ServeSettings) -> CredentialStore:
@@ -42,11 +37,11 @@ def _credentials(settings: ServeSettings) -> CredentialStore:
             typer.echo(f"export AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret} "
                        f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
     elif not path.exists():
-        raise fail(f"principals file {path} does not exist")
+        raise fail("error: " + f"principals file {path} does not exist")
     try:
         return CredentialStore(path, dev_credentials=settings.dev_credentials)
     except PrincipalsFileError as exc:
-        raise fail(str(exc)) from None
+        raise fail("error: " + str(exc)) from None
 
 
 def _tls(settings: ServeSettings) -> dict[str, str]:
@@ -55,7 +50,7 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
-            raise fail("--tls-cert and --tls-key go together")
+            raise fail("error: " + "--tls-cert and --tls-key go together")
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
 
@@ -85,7 +80,7 @@ def serve(
         tls_self_signed=tls_self_signed, audit=audit, store=store,
     )
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
-        raise fail("--dev-credentials is refused unless the server binds to loopback")
+        raise fail("error: " + "--dev-credentials is refused unless the server binds to loopback")
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +89,7 @@ def serve(
     try:
         started = uvloop.run(_serve(settings, credentials, tls))
     except StoreUnavailable as exc:
-        raise fail(str(exc)) from None
+        raise fail("error: " + str(exc)) from None
     if not started:
         raise typer.Exit(1)
 
