@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer
 from botocore.exceptions import ClientError
 
-__all__ = ["cli", "cli_json", "consume", "eventually", "raw_files", "reply_id", "audit_events"]
+__all__ = ["cli", "cli_json", "consume", "eventually", "metric", "raw_files", "reply_id", "audit_events"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,16 @@ def eventually(probe: Callable[[], T | None], timeout: float = 30.0, what: str =
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def metric(server: Any, name: str) -> float | None:
+    """The value of an unlabelled sample in the server's GET /metrics (None if absent)."""
+    status, body = server.get("/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def raw_files(root: Path) -> list[tuple[Path, bytes]]:
