@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from tests.support.server import KeytrailServer
 
 __all__ = ["Load"]
@@ -13,8 +15,9 @@ __all__ = ["Load"]
 class Load:
     """`threads` boto3 clients calling Encrypt/Decrypt on `key_id` until stopped or the server dies.
 
-    `pause` seconds between a thread's calls bound the rate. `answered` holds the RequestId of every call that got an answer (success or AWS error); a call
-    cut off by a dead server has no answer and is not counted. `pause()` / `resume()` hold the load.
+    `pause` seconds between a thread's calls bound the rate. `answered` holds the RequestId of
+    every call that got an answer (success or AWS error); a call cut off by a dead server has no
+    answer and is not counted. `pause()` / `resume()` hold the load.
     """
 
     def __init__(self, server: KeytrailServer, key_id: str, threads: int = 6, pause: float = 0.0) -> None:
@@ -64,6 +67,8 @@ class Load:
             try:
                 reply: Any = client.decrypt(CiphertextBlob=blob) if len(self.answered) % 3 == 0 else \
                     client.encrypt(KeyId=self._key_id, Plaintext=b"load")
+            except ClientError as error:  # an AWS error is an answer too, with its own record
+                reply = error.response
             except Exception:  # the server died under us: this call got no answer
                 return
             self.answered.append(reply["ResponseMetadata"]["RequestId"])

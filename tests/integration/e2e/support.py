@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer
 from botocore.exceptions import ClientError
 
-__all__ = ["cli", "cli_json", "consume", "eventually", "metric", "raw_files", "reply_id", "audit_events"]
+__all__ = ["audit_events", "cli", "cli_json", "consume", "eventually", "metric", "raw_files", "reply_id"]
 
 T = TypeVar("T")
 

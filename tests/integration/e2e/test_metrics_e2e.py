@@ -79,6 +79,8 @@ def test_live_metrics_and_last_usage_follow_the_calls(tmp_path: Path) -> None:
                     ("Decrypt", "AccessDenied"): 1}  # the CloudTrail errorCode
         eventually(lambda: expected.items() <= _requests_total(server).items(),
                    what=f"keytrail_kms_requests_total to reach {expected}")
+        live = [r for r in cli_json("usage", "--data-dir", str(data)) if r["keyArn"] == traffic.key_arn]
+        assert sum(r["count"] for r in live if r["eventName"] == "Encrypt") == 5  # readable while serving
     finally:
         assert server.stop() == 0
     _check_reports(data, traffic, event_ids)
