@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer
 from botocore.exceptions import ClientError
 
-__all__ = ["audit_events", "cli", "cli_json", "consume", "eventually", "metric", "raw_files", "reply_id"]
+from tests.support.services import free_port, wait_for_port
+
+__all__ = [
+    "audit_events", "cli", "cli_json", "consume", "consume_sync", "eventually", "metric", "private_mosquitto",
+    "raw_files", "reply_id",
+]
 
 T = TypeVar("T")
 
@@ -95,3 +102,18 @@ def consume_sync(bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | 
                  timeout: float = 60.0) -> list[tuple[bytes | None, bytes]]:
     """`consume` for synchronous tests."""
     return asyncio.run(consume(bootstrap, topic, done, timeout))
+
+
+@contextlib.contextmanager
+def private_mosquitto() -> Iterator[str]:
+    """A real Mosquitto of the test's own on a free port (the shared one on 1883 carries other
+    test runs' alarms); yields its mqtt:// URL."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = free_port()
+    proc = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -20,9 +20,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from keytrail.detect.avro import decode_alarm
-from tests.integration.e2e.support import consume
+from tests.integration.e2e.support import consume, private_mosquitto
 from tests.support.server import ACCOUNT, KeytrailServer
-from tests.support.services import kafka_broker, mosquitto
+from tests.support.services import kafka_broker
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +66,10 @@ class Alarms:
 
 
 @asynccontextmanager
-async def mqtt_alarms(data_dir: Path) -> AsyncIterator[Alarms]:
+async def mqtt_alarms(data_dir: Path, url: str) -> AsyncIterator[Alarms]:
     """Subscribe to keytrail/alarms/# (QoS 1) before any traffic; collect in the background."""
     alarms = Alarms(data_dir)
-    port = int(mosquitto().rsplit(":", 1)[1])
+    port = int(url.rsplit(":", 1)[1])
     async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.subscribe("keytrail/alarms/#", qos=1)
 
@@ -119,10 +119,10 @@ def _check_alarm(alarm: dict[str, Any], topic: str, rule: str, key_arn: str) -> 
 
 async def test_each_rule_fires_on_mqtt_in_alarms_jsonl_and_on_kafka(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with kafka_broker() as bootstrap:
-        server = KeytrailServer(data, "--kafka", bootstrap, "--mqtt", mosquitto()).start()
+    with kafka_broker() as bootstrap, private_mosquitto() as mqtt:
+        server = KeytrailServer(data, "--kafka", bootstrap, "--mqtt", mqtt).start()
         try:
-            async with mqtt_alarms(data) as alarms:
+            async with mqtt_alarms(data, mqtt) as alarms:
                 expected = await _scenarios(server, alarms)
         finally:
             assert server.stop() == 0
@@ -174,21 +174,26 @@ async def _kafka_alarms(bootstrap: str, expected: dict[str, tuple[dict[str, Any]
 
 async def test_benign_traffic_of_the_same_volume_fires_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    server = KeytrailServer(data, "--mqtt", mosquitto()).start()
-    try:
-        async with mqtt_alarms(data) as alarms:
-            await asyncio.to_thread(_benign, server)
-            # A sentinel alarm: the detector reads the log in order, so once it arrived every
-            # benign event before it was evaluated.
-            alice = server.client("alice")
-            sentinel = (await asyncio.to_thread(alice.create_key))["KeyMetadata"]["Arn"]
-            blob = (await asyncio.to_thread(alice.encrypt, KeyId=sentinel, Plaintext=b"s"))["CiphertextBlob"]
-            await asyncio.to_thread(_denied_decrypt, server, blob)
-            await alarms.until(lambda alarm: alarm["keyArn"] == sentinel, "no sentinel alarm")
-    finally:
-        assert server.stop() == 0
+    with private_mosquitto() as mqtt:
+        server = KeytrailServer(data, "--mqtt", mqtt).start()
+        try:
+            async with mqtt_alarms(data, mqtt) as alarms:
+                await asyncio.to_thread(_benign, server)
+                sentinel = await asyncio.to_thread(_sentinel, server)
+                await alarms.until(lambda alarm: alarm["keyArn"] == sentinel, "no sentinel alarm")
+        finally:
+            assert server.stop() == 0
     assert [alarm["keyArn"] for _, alarm in alarms.mqtt] == [sentinel]
     assert [alarm["keyArn"] for alarm in alarms.jsonl()] == [sentinel]
+
+
+def _sentinel(server: KeytrailServer) -> str:
+    """One denied decrypt after the benign traffic: the detector reads the log in order, so once
+    its alarm arrived every benign event before it was evaluated (no fixed wait)."""
+    alice = server.client("alice")
+    key = alice.create_key(Description="sentinel")["KeyMetadata"]["Arn"]
+    _denied_decrypt(server, alice.encrypt(KeyId=key, Plaintext=b"s")["CiphertextBlob"])
+    return str(key)
 
 
 def _benign(server: KeytrailServer) -> None:
