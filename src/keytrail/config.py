@@ -16,6 +16,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 4599
     principals: Path | None = None
+    store: str | None = None  # postgresql://… for a key store shared by several nodes
     kafka: str | None = None
     mqtt: str | None = None
     dev_clock: bool = False

@@ -21,9 +21,10 @@ from botocore.exceptions import ClientError
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
 from keytrail.transport.segment_log import event_log_dir
+from tests.support import server as server_support
 
 pytestmark = pytest.mark.integration
-server_support = pytest.importorskip("tests.support.server")  # on main since the serve commit
+
 ACCOUNT, KeytrailServer = server_support.ACCOUNT, server_support.KeytrailServer
 SECRET = b"do-not-log-this-plaintext"
 
@@ -33,8 +34,7 @@ def _events(data_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _require_wiring(data_dir: Path) -> None:
-    if not event_log_dir(data_dir).exists():
-        pytest.skip("AuditTrail is not wired into `keytrail serve` yet")
+    assert event_log_dir(data_dir).exists(), "keytrail serve must write the audit event log"
 
 
 def test_scripted_session_is_recorded_one_to_one(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("keytrail.transport.cloudtrail_logs")
 pytestmark = pytest.mark.integration
 
 ENCRYPT_KEY = "arn:aws:kms:us-west-2:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from polars.testing import assert_frame_equal
 
+from keytrail.audit import schema
 from keytrail.pipeline.frame import frame_from_avro, frame_from_records
 from keytrail.pipeline.synthetic import generate_events
 
-schema = pytest.importorskip("keytrail.audit.schema")
 pytestmark = pytest.mark.integration
 
 from keytrail.pipeline.decode import avro_frame  # noqa: E402

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from tests.unit.pipeline import reference
 
+from keytrail.audit import schema
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer, event_log_dir
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from keytrail.transport import segment_log
+from tests.unit.pipeline import reference
 
-schema = pytest.importorskip("keytrail.audit.schema")
-segment_log = pytest.importorskip("keytrail.transport.segment_log")
 pytestmark = pytest.mark.integration
 
 

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.services import kafka_broker
-from tests.unit.pipeline import reference
 
+from keytrail.audit import schema
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.support.services import kafka_broker
+from tests.unit.pipeline import reference
 
-schema = pytest.importorskip("keytrail.audit.schema")
 pytestmark = pytest.mark.integration
 
 from aiokafka import AIOKafkaProducer  # noqa: E402

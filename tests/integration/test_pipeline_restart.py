@@ -11,16 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tests.unit.pipeline import reference
 
+from keytrail.audit import schema
 from keytrail.pipeline.consumer import event_log_dir
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from keytrail.transport import segment_log
+from tests.unit.pipeline import reference
 
-schema = pytest.importorskip("keytrail.audit.schema")
-segment_log = pytest.importorskip("keytrail.transport.segment_log")
 pytestmark = pytest.mark.integration
 
 UNTIL = datetime(2026, 10, 8, tzinfo=UTC)

@@ -48,7 +48,7 @@ class ApiSettings:
     max_body_bytes: int = 256 * 1024
     dev_clock: ManualClock | None = None
     on_clock_advanced: Hook | None = None
-    metrics: Callable[[], str] | None = None
+    metrics: Callable[[], Awaitable[str]] | None = None
     health: Callable[[], dict[str, Any]] | None = None
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
@@ -79,7 +79,7 @@ class KmsApp:
             body = self.settings.health() if self.settings.health else {}
             await _respond(send, 200, orjson.dumps({"status": "ok", **body}), b"application/json")
         elif method == "GET" and path == "/metrics" and self.settings.metrics:
-            text = self.settings.metrics().encode()
+            text = (await self.settings.metrics()).encode()
             await _respond(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
         elif method == "POST" and path == "/_keytrail/clock/advance" and self._clock_allowed(scope):
             await self._advance_clock(receive, send)

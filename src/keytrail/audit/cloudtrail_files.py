@@ -3,6 +3,7 @@ as CloudTrail log files (`AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD/*.jso
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import uuid
@@ -27,18 +28,37 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> Read
     report = ReadReport()
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir))
     async with trail:
+        chunk: list[dict[str, Any]] = []
         for event in iter_cloudtrail_records(paths, report=report):
             missing = [name for name in _REQUIRED if not event.get(name)]
             if missing:
                 report.records -= 1
                 report.problems.append(f"record {event.get('eventID', '?')}: missing {', '.join(missing)}")
                 continue
-            try:
-                await trail.append_event(_normalized(event))
-            except (SchemaError, ValueError, TypeError, AttributeError) as exc:
-                report.records -= 1
-                report.problems.append(f"record {event.get('eventID')}: cannot be stored: {exc}")
+            chunk.append(event)
+            if len(chunk) >= _IMPORT_CHUNK:
+                await _append_chunk(trail, chunk, report)
+                chunk = []
+        await _append_chunk(trail, chunk, report)
     return report
+
+
+_IMPORT_CHUNK = 2_000
+
+
+async def _append_chunk(trail: AuditTrail, events: list[dict[str, Any]], report: ReadReport) -> None:
+    """Append many records at once, in order, so they share group commits (one fsync per batch
+    instead of one per record); a record that cannot be stored is reported and skipped."""
+    async def store(event: dict[str, Any]) -> int:
+        return await trail.append_event(_normalized(event))
+
+    results = await asyncio.gather(*(store(e) for e in events), return_exceptions=True)
+    for event, result in zip(events, results, strict=True):
+        if isinstance(result, SchemaError | ValueError | TypeError | AttributeError):
+            report.records -= 1
+            report.problems.append(f"record {event.get('eventID')}: cannot be stored: {result}")
+        elif isinstance(result, BaseException):
+            raise result
 
 
 _BOOLEANS = ("readOnly", "managementEvent")

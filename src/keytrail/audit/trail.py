@@ -119,6 +119,13 @@ class AuditTrail:
         self._unshipped += len(payload) + 8
         return offset
 
+    @property
+    def spool_depth(self) -> int:
+        """Records in the spool that Kafka has not acknowledged yet (0 without Kafka)."""
+        if not self.settings.kafka_bootstrap:
+            return 0
+        return max(0, self.log.end_offset() - self.shipped.value)
+
     async def flush_shipping(self, timeout: float = 30.0) -> bool:
         """Wait until Kafka acknowledged every durable record (True), or the timeout passed."""
         deadline = asyncio.get_running_loop().time() + timeout

@@ -24,11 +24,13 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import audit, detect, report, serve
+    from keytrail.cli import audit, demo, detect, metrics, report, serve
 
     serve.register(app)
+    demo.register(app)
     detect.register(app)
     report.register(app)
+    metrics.register(app)
     app.add_typer(audit.audit_app, name="audit")
 
 

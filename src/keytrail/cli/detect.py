@@ -17,6 +17,9 @@ from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
 from keytrail.detect.sources import gc_paused, kafka_batches, read_cloudtrail_events
+from keytrail.kms.grants import grant_view
+from keytrail.kms.sealing import RootKey, SealError
+from keytrail.kms.sqlite_store import SqliteStore
 
 __all__ = ["analyze_keys", "register"]
 
@@ -105,22 +108,42 @@ async def _run_live(
 
 def analyze(
     inventory: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--inventory", help="JSON list of {KeyArn, Policy, Grants} (GetKeyPolicy + ListGrants output)."
         ),
-    ],
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="A node's data dir: its key store.")] = None,
     fmt: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
-    """Check every key's policy and grants for public, cross-account and over-broad access."""
+    """Check every key's policy and grants for public, cross-account and over-broad access:
+    the keys of a node's store (--data-dir, default ./keytrail-data) or an exported inventory."""
     try:
         rules, _ = _settings(config)
-        items = read_inventory(json.loads(inventory.read_text()))
+        if inventory is not None:
+            items = read_inventory(json.loads(inventory.read_text()))
+        else:
+            items = asyncio.run(_store_inventory(data_dir or Path("keytrail-data")))
         _print(analyze_keys(items, rules), fmt)
-    except (RuleError, ValueError, KeyError, OSError) as exc:
+    except (RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
+    """Every key of a node's SQLite key store, with its policy and grants."""
+    if not (data_dir / "keys.db").exists():
+        raise ValueError(f"{data_dir} holds no key store (keys.db)")
+    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir))
+    try:
+        items = []
+        for key in await store.all_keys():
+            grants = [grant_view(key, g) for g in await store.list_grants(key.account, key.region, key.key_id)]
+            items.append(KeyInventoryItem(key.arn, key.policy, grants, key.key_manager.value, key.state.value))
+        return items
+    finally:
+        await store.close()
 
 
 def analyze_keys(items: Iterable[KeyInventoryItem], rules: RuleSet | None = None) -> list[Alarm]:

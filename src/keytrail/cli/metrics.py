@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
+from keytrail.cli.console import fail, parse_time
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
@@ -41,22 +42,6 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Node data directory."
 Since = Annotated[str | None, typer.Option("--since", help="Start (ISO-8601 UTC, inclusive).")]
 Until = Annotated[str | None, typer.Option("--until", help="End (ISO-8601 UTC, exclusive).")]
 Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one object per line) or csv.")]
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one line to stderr; the caller raises the returned Exit (status 2)."""
-    typer.echo(f"keytrail: {message}", err=True)
-    return typer.Exit(2)
-
-
-def parse_time(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(f"{option}: not an ISO-8601 time: {value!r}") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def open_store(data_dir: Path) -> MetricsStore:

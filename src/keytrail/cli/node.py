@@ -7,9 +7,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from keytrail import __version__
 from keytrail.api.app import ApiSettings, KmsApp
@@ -18,16 +22,22 @@ from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.tail import follow_event_log
 from keytrail.clock import Clock, ManualClock, SystemClock
 from keytrail.config import ServeSettings
+from keytrail.detect.alarms import Alarm
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
-from keytrail.kms.model import CallRecord
+from keytrail.kms.model import CallRecord, KeyLastUsage
+from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.kms.store import Store
+from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.prometheus import render_family
+from keytrail.pipeline.query import MetricsStore
 
-__all__ = ["Node", "build_node"]
+__all__ = ["Node", "StoreUnavailable", "build_node"]
 
 log = logging.getLogger("keytrail")
 DETECTOR_TICK_SECONDS = 5.0
@@ -40,6 +50,20 @@ class _UnrecordedSink:
         return None
 
 
+class _LastUsageFromMetrics:
+    """GetKeyLastUsage answered from the last-used consumer's state."""
+
+    def __init__(self, store: MetricsStore) -> None:
+        self._store = store
+
+    def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]:
+        row = self._store.last_usage(key_arn)
+        if row is None:
+            return self._store.time_bounds()[0], None
+        last = KeyLastUsage(row["Operation"], row["Timestamp"], row["CloudTrailEventId"], row["KmsRequestId"])
+        return row["TrackingStartDate"], last
+
+
 @dataclass
 class Node:
     """A running node's parts; `app` is what the HTTP server serves."""
@@ -49,7 +73,10 @@ class Node:
     app: KmsApp
     clock: Clock
     audit: AuditTrail | None
+    consumer: MetricsConsumer | None = None
     detector: DetectorRunner | None = None
+    consumer_task: asyncio.Task[Any] | None = None
+    alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -58,24 +85,56 @@ def _authorizer(clock: Clock) -> Authorizer:
     return PolicyAuthorizer(clock)
 
 
-def build_node(settings: ServeSettings, credentials: CredentialStore) -> Node:
+class StoreUnavailable(Exception):
+    """The configured key store cannot be opened; the message says why."""
+
+
+async def _open_store(settings: ServeSettings) -> Store:
+    root = RootKey.load(settings.data_dir)
+    if settings.store is None:
+        return SqliteStore(settings.data_dir / "keys.db", root)
+    if not settings.store.startswith(("postgresql://", "postgres://")):
+        raise StoreUnavailable(f"--store must be a postgresql:// URL, got {settings.store.split('@')[-1]!r}")
+    try:
+        return await PostgresStore.connect(settings.store, root)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StoreUnavailable(f"cannot open the key store at {settings.store.split('@')[-1]}: {exc}") from None
+
+
+async def build_node(settings: ServeSettings, credentials: CredentialStore) -> Node:
     """Build every part of a node from its settings (nothing starts until the app's lifespan)."""
     data_dir = settings.data_dir
     clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
-    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir))
-    audit = None
+    store = await _open_store(settings)
+    audit = consumer = None
     if settings.audit:
         audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now)
-    deps = ServiceDeps(store=store, clock=clock, audit=audit or _UnrecordedSink(), authorizer=_authorizer(clock))
+        consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+    deps = ServiceDeps(
+        store=store, clock=clock, audit=audit or _UnrecordedSink(), authorizer=_authorizer(clock),
+        last_usage=_LastUsageFromMetrics(consumer.store) if consumer else None,
+    )
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: {"version": __version__},
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
-    node = Node(settings, service, KmsApp(service, credentials, api), clock, audit)
+    node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer)
+    if consumer is not None and audit is not None:
+        api.metrics = lambda: _metrics(node, consumer, audit)
     node.on_clock_advanced.append(service.run_due)
     api.on_clock_advanced = lambda: _clock_advanced(node)
     api.startup.append(lambda: _start(node, credentials))
     api.shutdown.append(lambda: _stop(node))
     return node
+
+
+async def _metrics(node: Node, consumer: MetricsConsumer, audit: AuditTrail) -> str:
+    """GET /metrics: the consumers' metrics, plus the key inventory and the alarms raised."""
+    states = Counter(key.state.value for key in await node.service.store.all_keys())
+    keys = render_family("keytrail_kms_keys", "gauge", "KMS keys by key state.",
+                         (({"state": state}, count) for state, count in sorted(states.items())))
+    alarms = render_family("keytrail_alarms_total", "counter", "Alarms raised or escalated by the detector.",
+                           (({"rule": r, "severity": s}, n) for (r, s), n in sorted(node.alarm_counts.items())))
+    return consumer.render_prometheus(spool_depth=audit.spool_depth) + keys + alarms
 
 
 async def _clock_advanced(node: Node) -> None:
@@ -90,6 +149,8 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
     if node.audit is not None:
         await node.audit.start()
         _start_detector(node)
+    if node.consumer is not None:
+        node.consumer_task = asyncio.create_task(node.consumer.run())
     node.background.append(asyncio.create_task(_scheduler(node)))
     await node.service.run_due()
 
@@ -110,9 +171,9 @@ async def _run_detector(node: Node, runner: DetectorRunner) -> None:
     async for records in follow_event_log(node.settings.data_dir):
         try:
             if records:
-                await runner.feed(records)
+                _count_alarms(node, await runner.feed(records))
             if loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
-                await runner.tick()
+                _count_alarms(node, await runner.tick())
                 last_tick = loop.time()
         except Exception:
             log.exception("detector failed on a batch; continuing")
@@ -121,7 +182,11 @@ async def _run_detector(node: Node, runner: DetectorRunner) -> None:
 async def _detector_catch_up(node: Node) -> None:
     """After the dev clock moves, evaluate time-based rules at once."""
     if node.detector is not None:
-        await node.detector.tick()
+        _count_alarms(node, await node.detector.tick())
+
+
+def _count_alarms(node: Node, alarms: list[Alarm]) -> None:
+    node.alarm_counts.update((alarm.rule, alarm.severity.value) for alarm in alarms)
 
 
 def _reload_principals(credentials: CredentialStore) -> None:
@@ -143,6 +208,10 @@ async def _scheduler(node: Node) -> None:
 
 
 async def _stop(node: Node) -> None:
+    if node.consumer is not None and node.consumer_task is not None:
+        node.consumer.stop()  # it checkpoints and exports what it has, then ends
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(node.consumer_task, timeout=15)
     for task in node.background:
         task.cancel()
     await asyncio.gather(*node.background, return_exceptions=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from keytrail.cli.console import fail, parse_time
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.runner import Batch, Source
 from keytrail.reports.collect import ReportOptions, collect_sync
@@ -22,21 +23,12 @@ _SUFFIXES = {".html": ReportFormat.html, ".htm": ReportFormat.html, ".csv": Repo
              ".json": ReportFormat.json, ".jsonl": ReportFormat.json, ".parquet": ReportFormat.parquet}
 
 
-def fail(message: str) -> typer.Exit:
-    """Print one line to stderr; the caller raises the returned Exit (status 2)."""
-    typer.echo(f"keytrail report: {message}", err=True)
-    return typer.Exit(2)
+def report_fail(message: str) -> typer.Exit:
+    return fail(message, "keytrail report")
 
 
-def parse_time(value: str | None, option: str) -> datetime | None:
-    """An ISO-8601 time (UTC when no offset is given)."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise fail(f"{option}: not an ISO-8601 time: {value!r}") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+def report_time(value: str | None, option: str) -> datetime | None:
+    return parse_time(value, option, "keytrail report")
 
 
 def report(
@@ -58,18 +50,18 @@ def report(
 ) -> None:
     """Write a usage, cost, last-used, denied-calls and alarms report (HTML, CSV, JSON lines or Parquet)."""
     if data_dir is not None and cloudtrail:
-        raise fail("give --data-dir or --cloudtrail, not both")
+        raise report_fail("give --data-dir or --cloudtrail, not both")
     form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
     if table is not None and (form is ReportFormat.html or table not in TABLES):
-        raise fail(f"--table: one of {', '.join(TABLES)}, with --format csv, json or parquet")
+        raise report_fail(f"--table: one of {', '.join(TABLES)}, with --format csv, json or parquet")
     bar = Progress("events" if not cloudtrail else "files", enabled=progress)
     source, name, default_alarms = (_files_source(cloudtrail, bar) if cloudtrail
                                     else _log_source(data_dir or Path("keytrail-data")))
-    options = ReportOptions(since=parse_time(since, "--since"), until=parse_time(until, "--until"),
+    options = ReportOptions(since=report_time(since, "--since"), until=report_time(until, "--until"),
                             prices=_price_table(prices, free_tier), unused_days=unused_days,
                             alarms=alarms or default_alarms, source_name=name)
     if alarms is not None and not alarms.is_file():
-        raise fail(f"--alarms: no such file: {alarms}")
+        raise report_fail(f"--alarms: no such file: {alarms}")
     try:
         data = collect_sync(source, options, on_batch=None if cloudtrail else _log_progress(bar))
     finally:
@@ -83,7 +75,7 @@ def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
     try:
         table = load_price_table(path) if path else PriceTable()
     except (OSError, ValueError) as error:
-        raise fail(f"--prices: {error}") from None
+        raise report_fail(f"--prices: {error}") from None
     return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
 
 
@@ -93,7 +85,7 @@ def _log_source(data_dir: Path) -> tuple[Source, str, Path]:
 
     log = event_log_dir(data_dir)
     if not log.is_dir():
-        raise fail(f"no event log in {data_dir} (expected {log})")
+        raise report_fail(f"no event log in {data_dir} (expected {log})")
     return SegmentLogSource(log, follow=False), str(data_dir), data_dir / "alarms.jsonl"
 
 
@@ -110,7 +102,7 @@ def _files_source(paths: list[Path], bar: Progress) -> tuple[Source, str, Path |
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise fail(f"--cloudtrail: no such file or folder: {', '.join(missing)}")
+        raise report_fail(f"--cloudtrail: no such file or folder: {', '.join(missing)}")
     files = list(iter_log_files(paths))
 
     def records() -> Iterator[dict[str, Any]]:

@@ -12,9 +12,11 @@ from typing import Annotated
 
 import typer
 import uvicorn
+import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
-from keytrail.cli.node import build_node
+from keytrail.cli.console import fail
+from keytrail.cli.node import StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
 
@@ -23,12 +25,6 @@ __all__ = ["register"]
 log = logging.getLogger("keytrail")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one line to stderr and give the exit to raise."""
-    typer.echo(f"keytrail: error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def _credentials(settings: ServeSettings) -> CredentialStore:
@@ -41,11 +37,11 @@ def _credentials(settings: ServeSettings) -> CredentialStore:
             typer.echo(f"export AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret} "
                        f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
     elif not path.exists():
-        raise fail(f"principals file {path} does not exist")
+        raise fail("error: " + f"principals file {path} does not exist")
     try:
         return CredentialStore(path, dev_credentials=settings.dev_credentials)
     except PrincipalsFileError as exc:
-        raise fail(str(exc)) from None
+        raise fail("error: " + str(exc)) from None
 
 
 def _tls(settings: ServeSettings) -> dict[str, str]:
@@ -54,7 +50,7 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
-            raise fail("--tls-cert and --tls-key go together")
+            raise fail("error: " + "--tls-cert and --tls-key go together")
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
 
@@ -71,6 +67,8 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     tls_self_signed: Annotated[bool, typer.Option("--tls-self-signed", help="HTTPS with a dev certificate.")] = False,
+    store: Annotated[str | None, typer.Option(
+        help="Shared key store, postgresql://USER:PASS@HOST:PORT/DB (default: SQLite in the data dir).")] = None,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", hidden=True,
                                         help="Benchmarks only: serve without the audit trail.")] = True,
 ) -> None:
@@ -79,23 +77,33 @@ def serve(
     settings = ServeSettings(
         data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-        tls_self_signed=tls_self_signed, audit=audit,
+        tls_self_signed=tls_self_signed, audit=audit, store=store,
     )
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
-        raise fail("--dev-credentials is refused unless the server binds to loopback")
+        raise fail("error: " + "--dev-credentials is refused unless the server binds to loopback")
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     data_dir.mkdir(parents=True, exist_ok=True)
-    node = build_node(settings, _credentials(settings))
+    credentials = _credentials(settings)
+    tls = _tls(settings)
+    try:
+        started = uvloop.run(_serve(settings, credentials, tls))
+    except StoreUnavailable as exc:
+        raise fail("error: " + str(exc)) from None
+    if not started:
+        raise typer.Exit(1)
+
+
+async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dict[str, str]) -> bool:
+    node = await build_node(settings, credentials)
     config = uvicorn.Config(
-        node.app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-        log_level="warning", access_log=False, timeout_graceful_shutdown=20, server_header=False,
-        **_tls(settings),  # type: ignore[arg-type]
+        node.app, host=settings.host, port=settings.port, lifespan="on", log_level="warning",
+        access_log=False, timeout_graceful_shutdown=20, server_header=False, http="httptools",
+        **tls,  # type: ignore[arg-type]
     )
     server = _Server(config)
-    server.run()
-    if not server.started:
-        raise typer.Exit(1)
+    await server.serve()
+    return bool(server.started)
 
 
 class _Server(uvicorn.Server):

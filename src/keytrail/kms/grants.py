@@ -147,3 +147,20 @@ def parse_grant_token(token: str) -> tuple[str, str, str, str] | None:
     except UnicodeDecodeError:
         return None
     return account, region, key_id, grant_id
+
+
+def grant_view(key: Key, grant: Grant) -> dict[str, Any]:
+    """A grant as ListGrants shows it."""
+    view: dict[str, Any] = {
+        "KeyId": key.arn, "GrantId": grant.grant_id, "CreationDate": grant.creation_date,
+        "GranteePrincipal": grant.grantee_principal,
+        "IssuingAccount": f"arn:aws:iam::{grant.issuing_account}:root",
+        "Operations": list(grant.operations),
+    }
+    if grant.name is not None:
+        view["Name"] = grant.name
+    if grant.retiring_principal is not None:
+        view["RetiringPrincipal"] = grant.retiring_principal
+    if grant.constraints:
+        view["Constraints"] = grant.constraints
+    return view

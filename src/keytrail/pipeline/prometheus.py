@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
 import polars as pl
@@ -10,7 +10,7 @@ import polars as pl
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 
-__all__ = ["CONTENT_TYPE", "cost_by_account", "render_prometheus"]
+__all__ = ["CONTENT_TYPE", "cost_by_account", "render_family", "render_prometheus"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
@@ -63,6 +63,14 @@ def cost_by_account(store: MetricsStore, prices: PriceTable) -> dict[str, Decima
         return {}
     per_account = store.cost(prices).group_by("accountId").agg(pl.col("totalCost").sum())
     return {account or "": Decimal(total) for account, total in per_account.iter_rows()}
+
+
+def render_family(name: str, kind: str, text: str, samples: Iterable[tuple[Mapping[str, str], object]]) -> str:
+    """One metric family in text format, for metrics other parts of a node own."""
+    lines: list[str] = []
+    _family(lines, name, kind, text)
+    lines.extend(_sample(name, value, **labels) for labels, value in samples)
+    return "\n".join(lines) + "\n"
 
 
 def _family(lines: list[str], name: str, kind: str, text: str) -> None:

@@ -158,20 +158,22 @@ class Runner:
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)  # read one batch ahead
         reader = asyncio.create_task(self._read(queue))
         next_batch: asyncio.Future[Batch | None] | None = None
+        clock = asyncio.get_running_loop().time
+        due = clock() + self.checkpoint_seconds
         try:
             while True:
                 # A pending get is kept across timeouts, never cancelled: no batch can be lost.
                 next_batch = next_batch or asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({next_batch}, timeout=self.checkpoint_seconds)
-                if not done:
+                done, _ = await asyncio.wait({next_batch}, timeout=max(0.0, due - clock()))
+                if done:
+                    batch, next_batch = next_batch.result(), None
+                    if batch is None:
+                        break
+                    await asyncio.to_thread(self.process, batch)
+                # Every `checkpoint_seconds` even under steady traffic, not only after an idle spell.
+                if not done or self._staged >= self.checkpoint_records or clock() >= due:
                     await self.checkpoint()
-                    continue
-                batch, next_batch = next_batch.result(), None
-                if batch is None:
-                    break
-                await asyncio.to_thread(self.process, batch)
-                if self._staged >= self.checkpoint_records:
-                    await self.checkpoint()
+                    due = clock() + self.checkpoint_seconds
             await self.checkpoint()
             await reader
         finally:

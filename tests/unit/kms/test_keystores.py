@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from keytrail.kms.importing import (
     imported_material_id,
     token_bytes,
     token_id_of,
+    with_material_salt,
 )
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore, new_custom_key_store_id
@@ -94,12 +96,20 @@ def test_wrapping_choices() -> None:
             check_wrapping(algorithm, spec, KeySpec.SYMMETRIC_DEFAULT)
 
 
-def test_imported_material_id_depends_on_key_and_material() -> None:
+def test_imported_material_id_depends_on_key_salt_and_material() -> None:
     material = os.urandom(32)
-    first = imported_material_id(_key(), material)
-    assert re.fullmatch(r"[0-9a-f]{64}", first) and first == imported_material_id(_key(), material)
-    assert first != imported_material_id(_key(), os.urandom(32))
-    assert first != imported_material_id(_key(key_id="mrk-" + "0" * 32), material)
+    key = with_material_salt(_key())
+    first = imported_material_id(key, material)
+    assert re.fullmatch(r"[0-9a-f]{64}", first) and first == imported_material_id(key, material)
+    assert first != imported_material_id(key, os.urandom(32))
+    assert first != imported_material_id(with_material_salt(_key()), material)
+    assert with_material_salt(key) is key
+
+
+def test_imported_material_id_is_not_a_plain_digest_of_the_material() -> None:
+    material = os.urandom(32)
+    material_id = imported_material_id(with_material_salt(_key()), material)
+    assert material_id != hashlib.sha256(material).hexdigest()
 
 
 def test_custom_key_store_ids_look_like_aws_ones() -> None:

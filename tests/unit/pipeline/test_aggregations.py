@@ -7,7 +7,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from tests.unit.pipeline import reference
 
 from keytrail.pipeline.cost import billed_segments, cost_report, lifecycle_events
 from keytrail.pipeline.frame import frame_from_records
@@ -15,6 +14,7 @@ from keytrail.pipeline.lastused import last_used, last_used_per_key, merge_last_
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from keytrail.pipeline.usage import merge_usage, roll_up, usage_minutes
+from tests.unit.pipeline import reference
 
 SETTINGS = SyntheticSettings(keys=60, principals=25, accounts=3, seconds_per_event=20.0, lifecycle_share=0.01)
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)

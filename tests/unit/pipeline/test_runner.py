@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.pipeline import reference
 
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Batch, Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.unit.pipeline import reference
 
 SETTINGS = SyntheticSettings(
     keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01, duplicate_share=0.02
@@ -190,3 +190,36 @@ def test_last_usage_answers_like_get_key_last_usage(tmp_path: Path, events: list
     assert (answer["Timestamp"], answer["CloudTrailEventId"], answer["Operation"]) == latest[0]
     assert answer["TrackingStartDate"] <= answer["Timestamp"]
     assert store.last_usage("arn:aws:kms:us-east-1:111122223333:key/never-used") is None
+
+
+class SteadySource:
+    """A batch every few milliseconds, never an idle spell as long as `checkpoint_seconds`;
+    stops once a batch was committed (or after `limit` batches)."""
+
+    def __init__(self, events: list[dict[str, Any]], limit: int = 2000) -> None:
+        self.events, self.limit, self.committed, self.yielded = events, limit, 0, 0
+
+    async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        import asyncio
+
+        for index in range(self.limit):
+            if self.committed:
+                return
+            event = self.events[index % len(self.events)]
+            self.yielded += 1
+            yield Batch("p0", [index], records=[{**event, "eventID": f"steady-{index}"}])
+            await asyncio.sleep(0.005)
+
+    async def commit(self, batch: Batch) -> None:
+        self.committed = batch.end
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        raise AssertionError("single owner: never rewound")
+
+
+async def test_steady_traffic_is_checkpointed_every_checkpoint_seconds(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    source = SteadySource(events)
+    await Runner(state_dir(tmp_path), source, checkpoint_seconds=0.05).run()
+    assert source.yielded < source.limit  # committed while batches kept coming, not only at the end

@@ -11,10 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-pytest.importorskip("keytrail.pipeline.query", reason="keytrail.pipeline (MetricsStore) is not merged yet")
-
 from keytrail.pipeline.sources import RecordsSource
-
 from keytrail.reports.collect import ReportOptions, collect_sync
 from keytrail.reports.figures import choose_window, month_bounds
 from keytrail.reports.html import render_html

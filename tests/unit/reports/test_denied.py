@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-pytest.importorskip("keytrail.pipeline.frame", reason="keytrail.pipeline (frame builder) is not merged yet")
-
 from keytrail.pipeline.frame import frame_from_records
-
 from keytrail.reports.denied import DeniedTally, denied_calls
 from tests.unit.reports.records import key_arn, record, user_arn
 

@@ -17,6 +17,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.grants import (
     allowed_operations,
+    grant_view,
     make_grant_token,
     parse_grant_token,
     principal_named,
@@ -33,22 +34,6 @@ __all__ = ["OPERATIONS"]
 
 _GRANT_ID = re.compile(r"^[0-9a-f]{64}$")
 _CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
-
-
-def _grant_view(key: Key, grant: Grant) -> dict[str, Any]:
-    view: dict[str, Any] = {
-        "KeyId": key.arn, "GrantId": grant.grant_id, "CreationDate": grant.creation_date,
-        "GranteePrincipal": grant.grantee_principal,
-        "IssuingAccount": f"arn:aws:iam::{grant.issuing_account}:root",
-        "Operations": list(grant.operations),
-    }
-    if grant.name is not None:
-        view["Name"] = grant.name
-    if grant.retiring_principal is not None:
-        view["RetiringPrincipal"] = grant.retiring_principal
-    if grant.constraints:
-        view["Constraints"] = grant.constraints
-    return view
 
 
 def _check_request(key: Key, operations: list[str], constraints: dict[str, Any]) -> None:
@@ -125,7 +110,7 @@ async def list_grants(svc: KmsService, call: Call) -> Response:
         grants = [g for g in grants if g.grantee_principal == params["GranteePrincipal"]]
     grants = sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
     chunk, paging = _page(grants, params)
-    return {"Grants": [_grant_view(key, g) for g in chunk], **paging}
+    return {"Grants": [grant_view(key, g) for g in chunk], **paging}
 
 
 def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant], dict[str, Any]]:
@@ -144,7 +129,7 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     for grant in chunk:
         key = await svc.find_key_by_id(grant.account, grant.region, grant.key_id)
         if key is not None:
-            views.append(_grant_view(key, grant))
+            views.append(grant_view(key, grant))
     return {"Grants": views, **paging}
 
 

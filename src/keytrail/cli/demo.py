@@ -1,0 +1,215 @@
+"""`keytrail demo`: start the whole system, play a scripted quarter of KMS traffic through boto3,
+and show what keytrail made of it (alarms, usage, cost, an HTML report)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from keytrail.cli import console
+from keytrail.cli.demo_summary import Story, render_json, render_text, summarize, write_html_report
+from keytrail.cli.demo_workload import DemoError, Workload, demo_principals, write_principals
+from keytrail.detect.sinks.jsonl import read_alarms
+
+__all__ = ["ServerProcess", "demo", "register"]
+
+STARTUP_SECONDS = 30.0
+CATCH_UP_SECONDS = 30.0
+STOP_SECONDS = 30.0
+POLL_SECONDS = 0.1
+FORMATS = ("text", "json")
+
+
+class ServerProcess:
+    """`keytrail serve --dev-clock` as a child process on a loopback port; stopped, never left behind."""
+
+    def __init__(self, data_dir: Path, port: int, principals: Path) -> None:
+        self.data_dir, self.port, self.principals = data_dir, port, principals
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.log_path = data_dir / "demo-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers its health check."""
+        args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir), "--port",
+                str(self.port), "--principals", str(self.principals), "--dev-clock"]
+        with self.log_path.open("ab") as log:
+            # Its own session: Ctrl-C reaches the demo only, which then stops the server in order.
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait("keytrail serve to start", STARTUP_SECONDS, self._healthy)
+
+    def stop(self) -> int | None:
+        """SIGTERM (finish calls, flush, exit 0); SIGKILL if it does not stop in time or on a second Ctrl-C."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(STOP_SECONDS)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: stop it now
+            proc.kill()
+            return proc.wait()
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's dev clock forward (it then runs due deletions and time-based rules)."""
+        body = json.dumps({"seconds": seconds}).encode()
+        request = urllib.request.Request(f"{self.endpoint}/_keytrail/clock/advance", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if response.status != 200:
+                raise DemoError(f"could not move the dev clock: HTTP {response.status}")
+
+    def wait_for_alarms(self, what: str, ready: Callable[[list[dict[str, Any]]], bool]) -> None:
+        """Poll `<data-dir>/alarms.jsonl` until `ready` holds for the alarms in it."""
+        self._wait(what, CATCH_UP_SECONDS, lambda: ready(self._alarms()))
+
+    def wait_for_consumers(self, calls: int) -> None:
+        """Poll GET /metrics until the usage consumer has counted at least `calls` requests."""
+        self._wait("the usage and cost consumer to catch up", CATCH_UP_SECONDS,
+                   lambda: self._requests_counted() >= calls)
+
+    def _alarms(self) -> list[dict[str, Any]]:
+        try:
+            return [alarm.to_json() for alarm in read_alarms(self.data_dir / "alarms.jsonl").values()]
+        except ValueError:  # a line half written as we read: look again
+            return []
+
+    def _requests_counted(self) -> int:
+        total = 0
+        for line in self._get("/metrics").splitlines():
+            if line.startswith("keytrail_kms_requests_total{"):
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
+    def _healthy(self) -> bool:
+        try:
+            self._get("/_keytrail/health")
+            return True
+        except OSError:
+            return False
+
+    def _get(self, path: str) -> str:
+        with urllib.request.urlopen(self.endpoint + path, timeout=10) as response:
+            return str(response.read().decode())
+
+    def _wait(self, what: str, seconds: float, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise DemoError(f"keytrail serve stopped while waiting for {what}: {self._last_log_line()}")
+            if ready():
+                return
+            time.sleep(POLL_SECONDS)
+        raise DemoError(f"gave up after {seconds:g}s waiting for {what} (server log: {self.log_path})")
+
+    def _last_log_line(self) -> str:
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"no output (see {self.log_path})"
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line to stderr; the caller raises the returned Exit."""
+    return console.fail(message, "keytrail demo", code)
+
+
+def demo(
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Where the demo's node keeps its data (default: a new temporary directory).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port for the demo server (default: a free one).")] = None,
+    output: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+) -> None:
+    """Start keytrail, drive a scripted quarter of KMS traffic through boto3, show the alarms, usage,
+    cost and the HTML report it produced."""
+    if output not in FORMATS:
+        raise fail(f"--format: use text or json, not {output!r}")
+    chosen = _port(port)
+    directory = _data_dir(data_dir)
+    try:
+        with _sigterm_interrupts():
+            story = _play(directory, chosen)
+            summary = summarize(story, write_html_report(directory))
+    except (DemoError, OSError) as error:  # OSError: the server stopped answering
+        raise fail(str(error), 1) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; the server was stopped", 130) from None
+    typer.echo(render_json(summary) if output == "json" else render_text(summary))
+
+
+def _play(directory: Path, port: int) -> Story:
+    """Run the server and the workload; the server is stopped whatever happens."""
+    principals = demo_principals()
+    server = ServerProcess(directory, port, write_principals(directory / "principals.toml", principals))
+    _progress(f"starting keytrail serve on {server.endpoint} (data in {directory})")
+    try:
+        server.start()
+        workload = Workload(server, principals)
+        _progress("playing the story: keys, envelope encryption, a partner's probe, a deletion, 91 days")
+        workload.run()
+        server.wait_for_consumers(workload.calls)
+    finally:
+        code = server.stop()
+    if code not in (0, None):
+        raise DemoError(f"keytrail serve exited with status {code} (server log: {server.log_path})")
+    _progress("server stopped; writing the HTML report")
+    return Story(directory, server.endpoint, workload.calls, workload.days, workload.keys,
+                 {name: entry.caller_arn for name, entry in principals.items()})
+
+
+def _progress(message: str) -> None:
+    typer.echo(f"keytrail demo: {message}", err=True)
+
+
+def _port(port: int | None) -> int:
+    """The port asked for (it must be free now), or a free one."""
+    if port is not None and not 0 < port < 65536:
+        raise fail(f"--port: {port} is not a TCP port (1-65535)")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port or 0))
+        except OSError as error:
+            raise fail(f"--port: cannot listen on 127.0.0.1:{port} ({error.strerror})") from None
+        return int(probe.getsockname()[1])
+
+
+def _data_dir(path: Path | None) -> Path:
+    """A fresh temporary directory, or the one given if it holds no keytrail data yet."""
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix="keytrail-demo-"))
+    if path.exists() and not path.is_dir():
+        raise fail(f"--data-dir: {path} is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        raise fail(f"--data-dir: {path} is not empty; the demo needs a data dir of its own")
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the `finally` that stops the server runs."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `demo` to the `keytrail` app."""
+    app.command("demo")(demo)

@@ -1,0 +1,159 @@
+"""`keytrail demo` end to end: a real server process, real boto3 calls, the real consumers and detector.
+
+Its output must name every alarm the story promises, on the key the story meant, and its usage and
+cost must be the numbers `keytrail usage | cost --format json` give over the demo's data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PROMISED = {  # rule -> the alias of the key the story raises it on
+    "unauthorized-decrypt": "orders",
+    "permissive-key": "partner-share",
+    "key-deletion-in-use": "legacy-reports",
+    "unused-key": "archive-2019",
+}
+
+
+def keytrail(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", *args], capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    data_dir = tmp_path_factory.mktemp("demo") / "data"
+    result = keytrail("demo", "--data-dir", str(data_dir), "--format", "json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(result.stdout, parse_float=Decimal)
+    return summary
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line, parse_float=Decimal) for line in text.splitlines() if line.strip()]
+
+
+def query(command: str, data_dir: str) -> list[dict[str, Any]]:
+    result = keytrail(command, "--data-dir", data_dir, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json_lines(result.stdout)
+
+
+def test_demo_names_every_promised_alarm_on_the_intended_key(outcome: dict[str, Any]) -> None:
+    keys = outcome["keys"]
+    raised = {(alarm["rule"], alarm["keyArn"]) for alarm in outcome["alarms"]}
+    for rule, alias in PROMISED.items():
+        assert (rule, keys[alias]) in raised, f"{rule} on alias/{alias} missing from {raised}"
+    for alarm in outcome["alarms"]:
+        assert alarm["severity"] in ("LOW", "MEDIUM", "HIGH", "CRITICAL") and alarm["summary"]
+
+
+def test_only_the_idle_key_is_reported_unused(outcome: dict[str, Any]) -> None:
+    unused = {alarm["keyArn"] for alarm in outcome["alarms"] if alarm["rule"] == "unused-key"}
+    assert unused == {outcome["keys"]["archive-2019"]}
+
+
+def test_the_denied_decrypt_names_the_outside_partner(outcome: dict[str, Any]) -> None:
+    denied = [alarm for alarm in outcome["alarms"] if alarm["rule"] == "unauthorized-decrypt"]
+    assert {alarm["principalArn"] for alarm in denied} == {outcome["principals"]["partner"]}
+
+
+def test_usage_is_what_keytrail_usage_reports(outcome: dict[str, Any]) -> None:
+    rows = query("usage", outcome["dataDir"])
+    per_key: dict[str | None, int] = {}
+    for row in rows:
+        per_key[row["keyArn"]] = per_key.get(row["keyArn"], 0) + row["count"]
+    assert outcome["usage"]["requests"] == sum(per_key.values()) >= outcome["calls"] > 0
+    assert {row["keyArn"]: row["requests"] for row in outcome["usage"]["byKey"]} == per_key
+    assert outcome["usage"]["errors"] == sum(row["errorCount"] for row in rows) > 0
+
+
+def test_cost_is_what_keytrail_cost_reports(outcome: dict[str, Any]) -> None:
+    rows = query("cost", outcome["dataDir"])
+    total = sum((row["totalCost"] for row in rows), Decimal(0))
+    assert Decimal(outcome["cost"]["totalCost"]) == total > 0
+    demo_rows = {(row["keyArn"], row["accountId"]): Decimal(row["totalCost"]) for row in outcome["cost"]["byKey"]}
+    assert demo_rows == {(row["keyArn"], row["accountId"]): row["totalCost"] for row in rows}
+
+
+def test_html_report_exists_and_names_every_key(outcome: dict[str, Any]) -> None:
+    report = Path(outcome["report"])
+    html = report.read_text()
+    assert report.suffix == ".html" and html.lstrip().lower().startswith("<!doctype html")
+    for arn in outcome["keys"].values():
+        assert arn in html
+
+
+def test_text_output_names_the_alarms_and_the_report(tmp_path: Path) -> None:
+    result = keytrail("demo", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rule, alias in PROMISED.items():
+        assert rule in result.stdout and f"alias/{alias}" in result.stdout
+    assert f"HTML report: {tmp_path / 'data' / 'demo-report.html'}" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "yaml"], "--format"),
+    (["--port", "70000"], "--port"),
+    (["--data-dir", "/etc/hostname"], "not a directory"),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(args: list[str], message: str) -> None:
+    result = keytrail("demo", *args)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_busy_port_is_refused_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = keytrail("demo", "--port", str(busy.getsockname()[1]))
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "--port: cannot listen" in result.stderr
+
+
+def test_non_empty_data_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "keys.db").write_text("")
+    result = keytrail("demo", "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and "not empty" in result.stderr
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_ctrl_c_stops_the_server_and_leaves_no_process(tmp_path: Path) -> None:
+    data_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "demo", "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (data_dir / "keys.db").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the server has opened its key store: it is running
+    assert (data_dir / "keys.db").exists(), "the demo's server never started"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "keytrail demo: interrupted; the server was stopped"
+    assert [pid for pid in _processes_naming(str(data_dir)) if pid != os.getpid()] == []
