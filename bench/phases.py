@@ -171,7 +171,10 @@ def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int]
         arns += add_keys(data_dir, count - len(arns))
         fill = time.monotonic() - began
         for workers in (1, 2) if count in (min(counts), max(counts)) else (1,):
-            row = _scale_run(work, kafka, data_dir, arns, workers, durations)
+            try:
+                row = _scale_run(work, kafka, data_dir, arns, workers, durations)
+            except Exception as exc:  # one missing row; the rest of the run still counts
+                row = {"keys": count, "workers": workers, "error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
             rows.append({**row, "fill_s": round(fill, 1)})
     return rows
 

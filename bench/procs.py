@@ -97,7 +97,7 @@ class Process:
     def pids(self) -> list[int]:
         return tree_pids(self.pid)
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the process group, SIGKILL it if it does not exit in time."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import tempfile
 import time
@@ -175,7 +176,8 @@ async def profile_encrypt(calls: int, kafka: str | None = None) -> dict[str, Any
         principals = write_principals(Path(tmp) / "principals.toml")
         settings = ServeSettings(data_dir=Path(tmp) / "data", principals=principals, kafka=kafka)
         settings.data_dir.mkdir()
-        app = build_node(settings, CredentialStore(principals)).app
+        node = build_node(settings, CredentialStore(principals))
+        app = (await node if inspect.isawaitable(node) else node).app
         inbox, lifespan = await _lifespan(app)
         try:
             per_call, wall, profiler = await _timed_and_profiled(app, await _encrypt_request(app), calls)

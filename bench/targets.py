@@ -169,10 +169,14 @@ def start_keytrail(work: Path, name: str, *, kafka: str | None = None, mqtt: str
         args, extra = worker_command(data_dir, port, principals, kafka, workers)
         env.update(extra)
     process = Process(name, args, work / f"{name}.log", env=env, cwd=ROOT)
-    process.ready(port, "/_keytrail/health", timeout=180)
     target = Target(name, "keytrail", process, port)
-    if load:
-        load_keys(target)
+    try:
+        process.ready(port, "/_keytrail/health", timeout=180)
+        if load:
+            load_keys(target)
+    except BaseException:
+        process.stop()
+        raise
     return target
 
 

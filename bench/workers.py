@@ -11,6 +11,7 @@ multi-worker serve needs a shared store (PostgreSQL) or one writer process.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import shutil
@@ -62,13 +63,28 @@ def _claim(dirs: list[str]) -> Path:
     raise RuntimeError("every worker data dir is taken")
 
 
+class _NodeApp:
+    """Builds the node inside the worker's event loop (build_node is async: the resources it makes
+    belong to the loop that serves), on the first ASGI event, which is the lifespan startup."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.app: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.app is None:
+            from keytrail.api.credentials import CredentialStore
+            from keytrail.cli.node import build_node
+
+            node = build_node(self.settings, CredentialStore(self.settings.principals))
+            self.app = (await node if inspect.isawaitable(node) else node).app
+        await self.app(scope, receive, send)
+
+
 def make_app() -> Any:
     """uvicorn factory: this worker's node, built as `keytrail serve` builds it."""
-    from keytrail.api.credentials import CredentialStore
-    from keytrail.cli.node import build_node
     from keytrail.config import ServeSettings
 
     spec = json.loads(os.environ[_ENV])
-    settings = ServeSettings(data_dir=_claim(spec["data_dirs"]), principals=Path(spec["principals"]),
-                             kafka=spec["kafka"], audit=os.environ.get("KEYTRAIL_AUDIT", "on") != "off")
-    return build_node(settings, CredentialStore(settings.principals)).app
+    return _NodeApp(ServeSettings(data_dir=_claim(spec["data_dirs"]), principals=Path(spec["principals"]),
+                                  kafka=spec["kafka"], audit=os.environ.get("KEYTRAIL_AUDIT", "on") != "off"))
