@@ -17,6 +17,7 @@ class ServeSettings:
     port: int = 4599
     principals: Path | None = None
     store: str | None = None  # postgresql://… for a key store shared by several nodes
+    config: Path | None = None  # settings file: detection rules and alarm hooks (docs/detection-rules.md)
     kafka: str | None = None
     mqtt: str | None = None
     dev_clock: bool = False

@@ -45,3 +45,30 @@ def test_avro_and_dict_paths_build_the_same_frame() -> None:
 def test_values_of_an_unknown_writer_are_refused() -> None:
     with pytest.raises(schema.SchemaError):
         avro_frame([b"\xc3\x01" + b"\x00" * 8 + b"junk"])
+
+
+def test_key_spec_of_new_keys_is_read_from_cloudtrails_camel_case_metadata() -> None:
+    """CloudTrail writes CreateKey/ReplicateKey responseElements in camelCase; the asymmetric
+    price classes depend on reading the spec from there (CustomerMasterKeySpec leaves no keySpec)."""
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    replica = arn.replace("us-east-1", "eu-west-1")
+    create = {**_event("CreateKey", arn), "requestParameters": {"customerMasterKeySpec": "RSA_2048"},
+              "responseElements": {"keyMetadata": {"arn": arn, "keySpec": "RSA_2048", "keyManager": "CUSTOMER"}}}
+    replicate = {**_event("ReplicateKey", arn), "requestParameters": {"replicaRegion": "eu-west-1"},
+                 "responseElements": {"replicaKeyMetadata": {"arn": replica, "keySpec": "RSA_2048",
+                                                             "keyManager": "CUSTOMER"}}}
+    for frame in (frame_from_records([create, replicate]),
+                  frame_from_avro(avro_frame([schema.encode(e) for e in (create, replicate)]))):
+        assert frame.get_column("keySpec").to_list() == ["RSA_2048", "RSA_2048"]
+        assert frame.get_column("keyManager").to_list() == ["CUSTOMER", "CUSTOMER"]
+        assert frame.get_column("replicaKeyArn").to_list() == [None, replica]
+
+
+def _event(name: str, arn: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "eventVersion": "1.11", "eventID": f"{name}-0000-0000-0000-000000000000", "eventTime": "2026-01-01T00:00:00Z",
+        "eventSource": "kms.amazonaws.com", "eventName": name, "awsRegion": "us-east-1",
+        "userIdentity": {"type": "Root", "arn": "arn:aws:iam::111122223333:root", "accountId": "111122223333"},
+        "resources": [{"ARN": arn, "accountId": "111122223333", "type": "AWS::KMS::Key"}],
+        "eventType": "AwsApiCall", "readOnly": False, "recipientAccountId": "111122223333",
+    }

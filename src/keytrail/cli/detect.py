@@ -68,7 +68,7 @@ def detect(
 ) -> None:
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""
     try:
-        rules, hooks = _settings(config)
+        rules, hooks = detector_settings(config)
         if cloudtrail:
             _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
@@ -120,7 +120,7 @@ def analyze(
     """Check every key's policy and grants for public, cross-account and over-broad access:
     the keys of a node's store (--data-dir, default ./keytrail-data) or an exported inventory."""
     try:
-        rules, _ = _settings(config)
+        rules, _ = detector_settings(config)
         if inventory is not None:
             items = read_inventory(json.loads(inventory.read_text()))
         else:
@@ -151,7 +151,8 @@ def analyze_keys(items: Iterable[KeyInventoryItem], rules: RuleSet | None = None
     return analyze_inventory(items, rules=rules)
 
 
-def _settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
+def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
+    """Rules (`[rules.<id>]`) and hooks (`[hooks]`) from a settings file (docs/detection-rules.md)."""
     if path is None:
         return RuleSet(), HooksConfig()
     try:

@@ -19,11 +19,11 @@ from keytrail import __version__
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.audit.trail import AuditSettings, AuditTrail
+from keytrail.cli.detect import detector_settings
 from keytrail.cli.tail import follow_event_log
 from keytrail.clock import Clock, ManualClock, SystemClock
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
-from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
@@ -157,8 +157,9 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
 
 def _start_detector(node: Node) -> None:
     settings = node.settings
-    hooks = HooksConfig().with_flags(mqtt=settings.mqtt, kafka=settings.kafka)
-    runner = DetectorRunner.open(settings.data_dir, hooks=hooks, clock=node.clock)
+    rules, hooks = detector_settings(settings.config)
+    hooks = hooks.with_flags(mqtt=settings.mqtt, kafka=settings.kafka)
+    runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock)
     node.detector = runner
     node.on_clock_advanced.append(lambda: _detector_catch_up(node))
     node.background.append(asyncio.create_task(_run_detector(node, runner)))

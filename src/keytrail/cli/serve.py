@@ -16,9 +16,11 @@ import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
 from keytrail.cli.console import fail
+from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
+from keytrail.detect.rules import RuleError
 
 __all__ = ["register"]
 
@@ -67,6 +69,8 @@ def serve(
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     tls_self_signed: Annotated[bool, typer.Option("--tls-self-signed", help="HTTPS with a dev certificate.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        help="Settings file: detection rules ([rules.<id>]) and alarm hooks ([hooks]: webhooks, MQTT, Kafka).")] = None,
     store: Annotated[str | None, typer.Option(
         help="Shared key store, postgresql://USER:PASS@HOST:PORT/DB (default: SQLite in the data dir).")] = None,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", hidden=True,
@@ -77,13 +81,14 @@ def serve(
     settings = ServeSettings(
         data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-        tls_self_signed=tls_self_signed, audit=audit, store=store,
+        tls_self_signed=tls_self_signed, audit=audit, store=store, config=config,
     )
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise fail("error: " + "--dev-credentials is refused unless the server binds to loopback")
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     data_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(config)
     credentials = _credentials(settings)
     tls = _tls(settings)
     try:
@@ -92,6 +97,13 @@ def serve(
         raise fail("error: " + str(exc)) from None
     if not started:
         raise typer.Exit(1)
+
+
+def _check_config(path: Path | None) -> None:
+    try:
+        detector_settings(path)
+    except (BadInput, RuleError, OSError) as exc:
+        raise fail(f"error: --config: {exc}") from None
 
 
 async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dict[str, str]) -> bool:

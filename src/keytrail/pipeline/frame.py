@@ -109,15 +109,19 @@ def _new_key_columns(name: pl.Expr) -> list[pl.Expr]:
     response = _only(new_key, "responseElements")
 
     def metadata(field: str) -> list[pl.Expr]:
-        return [response.str.json_path_match(f"$.{m}.{field}") for m in ("keyMetadata", "replicaKeyMetadata")]
+        # CloudTrail writes key metadata in camelCase (keySpec); older tools wrote KeySpec.
+        names = (field[:1].lower() + field[1:], field)
+        return [response.str.json_path_match(f"$.{m}.{n}") for m in ("keyMetadata", "replicaKeyMetadata")
+                for n in names]
 
     spec = pl.coalesce(
         *metadata("KeySpec"),
         _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
         pl.lit("SYMMETRIC_DEFAULT"),
     )
-    replica = _only(name == "ReplicateKey", "responseElements").str.json_path_match(
-        "$.replicaKeyMetadata.Arn"
+    replica_response = _only(name == "ReplicateKey", "responseElements")
+    replica = pl.coalesce(
+        *(replica_response.str.json_path_match(f"$.replicaKeyMetadata.{n}") for n in ("arn", "Arn"))
     )
     return [
         pl.when(new_key).then(spec).alias("keySpec"),
@@ -173,7 +177,9 @@ def _key_spec(record: Mapping[str, Any]) -> str | None:
     metadata = _new_key_metadata(record)
     params = record.get("requestParameters") or {}
     return (
-        metadata.get("KeySpec")
+        metadata.get("keySpec")
+        or metadata.get("KeySpec")
+        or metadata.get("customerMasterKeySpec")
         or metadata.get("CustomerMasterKeySpec")
         or params.get("keySpec")
         or params.get("customerMasterKeySpec")
@@ -184,7 +190,8 @@ def _key_spec(record: Mapping[str, Any]) -> str | None:
 def _replica_arn(record: Mapping[str, Any]) -> str | None:
     if record.get("eventName") != "ReplicateKey":
         return None
-    return _new_key_metadata(record).get("Arn")  # type: ignore[no-any-return]
+    metadata = _new_key_metadata(record)
+    return metadata.get("arn") or metadata.get("Arn")
 
 
 def _param(name: str) -> Any:
@@ -212,7 +219,7 @@ _GETTERS: dict[str, Any] = {
     "requestID": lambda r: r.get("requestID"),
     "keySpec": _key_spec,
     "keyManager": lambda r: (
-        _new_key_metadata(r).get("KeyManager")
+        (_new_key_metadata(r).get("keyManager") or _new_key_metadata(r).get("KeyManager"))
         if r.get("eventName") in ("CreateKey", "ReplicateKey")
         else None
     ),

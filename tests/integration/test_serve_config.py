@@ -1,0 +1,64 @@
+"""`serve --config`: the in-process detector takes its rules and webhooks from a settings file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, Any], str, bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((json.loads(body), self.headers.get("X-Keytrail-Signature", ""), body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_serve_delivers_alarms_to_a_configured_webhook(tmp_path: Path) -> None:
+    receiver = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    config = tmp_path / "keytrail.toml"
+    config.write_text(
+        "[rules.unauthorized-decrypt]\nseverity = \"HIGH\"\n\n"
+        f'[[hooks.webhook]]\nurl = "http://127.0.0.1:{receiver.server_port}/alarms"\nsecret = "s3"\n'
+    )
+    server = KeytrailServer(tmp_path / "data", "--config", str(config)).start()
+    try:
+        blob = server.client("alice").encrypt(
+            KeyId=server.client("alice").create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+        assert aws_error(server.client("bob").decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
+        deadline = time.monotonic() + 30
+        while not _Receiver.received and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        server.stop()
+        receiver.shutdown()
+    alarm, signature, body = _Receiver.received[0]
+    assert alarm["rule"] == "unauthorized-decrypt" and alarm["principalArn"].endswith(":user/bob")
+    # HIGH from the settings file, one level up for a principal never seen on the key (default: MEDIUM → HIGH)
+    assert alarm["severity"] == "CRITICAL"
+    assert signature == "sha256=" + hmac.new(b"s3", body, hashlib.sha256).hexdigest()
+
+
+def test_serve_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[rules.no-such-rule]\nx = 1\n")
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"),
+                          "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--config" in out.stderr
