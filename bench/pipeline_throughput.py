@@ -35,9 +35,8 @@ SETTINGS = SyntheticSettings(
 
 def write_log(workdir: Path, count: int) -> None:
     from keytrail.audit.schema import encode
-    from keytrail.transport.segment_log import SegmentLog
-
     from keytrail.pipeline.consumer import event_log_dir
+    from keytrail.transport.segment_log import SegmentLog
 
     if workdir.exists():
         shutil.rmtree(workdir)

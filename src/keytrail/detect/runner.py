@@ -28,7 +28,7 @@ __all__ = ["DetectorRunner"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 2_000  # events processed between yields to the event loop
+_CHUNK = 250  # events processed between yields to the event loop (bounds the stall a batch causes)
 
 
 class DetectorRunner:

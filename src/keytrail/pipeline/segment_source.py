@@ -59,6 +59,10 @@ class SegmentLogSource:
                 values=[v for _, v in records],
                 source_end=log.end_offset(),
             )
+            if self.follow and len(records) < self.max_records:
+                # Following a live log: let records gather, so each batch's fixed cost (decode,
+                # aggregate, state) is shared by many events instead of paid per few calls.
+                await asyncio.sleep(self.poll_seconds)
 
     async def commit(self, batch: Batch) -> None:
         return None
