@@ -17,7 +17,9 @@ DATASOURCE = {"type": "prometheus", "uid": "prometheus"}  # provisioning/datasou
 #: name → (type, labels, meaning). Everything a panel queries, and nothing else.
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "keytrail_kms_requests_total": ("counter", ("operation", "outcome"), "KMS calls by operation and outcome"),
-    "keytrail_kms_denied_requests_total": ("counter", ("operation", "principal"), "calls denied by authorization"),
+    "keytrail_kms_denied_requests_total": ("counter", ("operation",), "calls denied by authorization"),
+    "keytrail_kms_denied_by_principal_total": ("counter", ("operation", "principal"),
+                                               "calls denied by authorization, per principal"),
     "keytrail_alarms_total": ("counter", ("rule", "severity"), "alarms raised by the detector"),
     "keytrail_kms_cost_usd": ("gauge", ("account",), "cost accrued since tracking start, USD"),
     "keytrail_audit_spool_depth": ("gauge", (), "audit records in the spool not yet shipped"),
@@ -38,7 +40,7 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
      [('sum by (operation, outcome) (rate(keytrail_kms_requests_total{outcome!="success"}[5m]))',
        "{{operation}} {{outcome}}")], 12, 8),
     ("Denied calls by principal", "timeseries", "short",
-     [("sum by (principal) (increase(keytrail_kms_denied_requests_total[5m]))", "{{principal}}")], 12, 8),
+     [("sum by (principal) (increase(keytrail_kms_denied_by_principal_total[5m]))", "{{principal}}")], 12, 8),
     ("Alarms by rule", "timeseries", "short",
      [("sum by (rule) (increase(keytrail_alarms_total[5m]))", "{{rule}}")], 12, 8),
     ("Cost accrued by account", "timeseries", "currencyUSD",

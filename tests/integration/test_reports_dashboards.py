@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -40,10 +41,27 @@ def test_every_dashboard_metric_is_exported_by_the_server(fresh_server: Keytrail
     kms.encrypt(KeyId=key, Plaintext=b"dashboards")
     status, body = fresh_server.get("/metrics")
     assert status == 200, "GET /metrics must be served by keytrail serve"
-    assert status == 200
     families = exported_families(body.decode())
     build = dashboards_build()
     missing = sorted(name for name in build.METRICS if name not in families)
     assert missing == [], f"dashboards query metrics the server does not export: {', '.join(missing)}"
     wrong = {name: families[name] for name, (kind, _, _) in build.METRICS.items() if families[name] != kind}
     assert wrong == {}, f"metric types differ from dashboards/build.py METRICS: {wrong}"
+
+
+def test_denied_calls_are_counted_per_principal(fresh_server: KeytrailServer) -> None:
+    """The "denied calls by principal" panel: role sessions count as their role."""
+    alice = fresh_server.client("alice")
+    blob = alice.encrypt(KeyId=alice.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+    for who in ("bob", "bob", "carol"):
+        with pytest.raises(fresh_server.client(who).exceptions.ClientError):
+            fresh_server.client(who).decrypt(CiphertextBlob=blob)
+    family = 'keytrail_kms_denied_by_principal_total{operation="Decrypt",principal="arn:aws:iam::'
+    expected = {family + '111122223333:user/bob"} 2', family + '444455556666:user/carol"} 1'}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        lines = set(fresh_server.get("/metrics")[1].decode().splitlines())
+        if expected <= lines:
+            break
+        time.sleep(0.2)
+    assert expected <= lines

@@ -41,6 +41,7 @@ __all__ = ["Node", "StoreUnavailable", "build_node"]
 
 log = logging.getLogger("keytrail")
 DETECTOR_TICK_SECONDS = 5.0
+_DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
 
 
 class _UnrecordedSink:
@@ -77,6 +78,7 @@ class Node:
     detector: DetectorRunner | None = None
     consumer_task: asyncio.Task[Any] | None = None
     alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -134,7 +136,10 @@ async def _metrics(node: Node, consumer: MetricsConsumer, audit: AuditTrail) -> 
                          (({"state": state}, count) for state, count in sorted(states.items())))
     alarms = render_family("keytrail_alarms_total", "counter", "Alarms raised or escalated by the detector.",
                            (({"rule": r, "severity": s}, n) for (r, s), n in sorted(node.alarm_counts.items())))
-    return consumer.render_prometheus(spool_depth=audit.spool_depth) + keys + alarms
+    denied = render_family(
+        "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
+        (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
+    return consumer.render_prometheus(spool_depth=audit.spool_depth) + keys + alarms + denied
 
 
 async def _clock_advanced(node: Node) -> None:
@@ -172,6 +177,7 @@ async def _run_detector(node: Node, runner: DetectorRunner) -> None:
     async for records in follow_event_log(node.settings.data_dir):
         try:
             if records:
+                _count_denied(node, records)
                 _count_alarms(node, await runner.feed(records))
             if loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
                 _count_alarms(node, await runner.tick())
@@ -184,6 +190,17 @@ async def _detector_catch_up(node: Node) -> None:
     """After the dev clock moves, evaluate time-based rules at once."""
     if node.detector is not None:
         _count_alarms(node, await node.detector.tick())
+
+
+def _count_denied(node: Node, records: list[dict[str, Any]]) -> None:
+    """Denied calls by operation and principal (role sessions counted as their role); the detector
+    reads the whole log from its start, so the counts cover every call the node recorded."""
+    for record in records:
+        if record.get("errorCode") in _DENIED:
+            identity = record.get("userIdentity") or {}
+            issuer = (identity.get("sessionContext") or {}).get("sessionIssuer") or {}
+            principal = issuer.get("arn") or identity.get("arn") or identity.get("accountId") or ""
+            node.denied_counts[(record.get("eventName") or "", principal)] += 1
 
 
 def _count_alarms(node: Node, alarms: list[Alarm]) -> None:

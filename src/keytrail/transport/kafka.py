@@ -13,6 +13,8 @@ from types import TracebackType
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+_YIELD_EVERY = 100
+
 __all__ = ["KafkaProducerLink", "ensure_topic"]
 
 _TOPIC_EXISTS = 36
@@ -58,5 +60,9 @@ class KafkaProducerLink:
 
     async def send_batch(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Send (key, value) messages in order; return once all are acknowledged, else raise."""
-        futures = [await self._producer.send(topic, value, key=key) for key, value in messages]
+        futures = []
+        for index, (key, value) in enumerate(messages, 1):
+            futures.append(await self._producer.send(topic, value, key=key))
+            if index % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a big batch must not hold the serving loop for tens of ms
         await asyncio.gather(*futures)
