@@ -12,7 +12,6 @@ from typing import Any
 
 import polars as pl
 
-from keytrail.cli.metrics import text
 from keytrail.detect.severity import Severity
 from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.pipeline.consumer import event_log_dir
@@ -21,6 +20,7 @@ from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SegmentLogSource
 from keytrail.reports.collect import ReportOptions, collect_sync
 from keytrail.reports.output import ReportFormat, write_report
+from keytrail.reports.tabular import cell_text
 
 __all__ = ["Story", "render_json", "render_text", "summarize", "write_html_report"]
 
@@ -59,7 +59,7 @@ def summarize(story: Story, report: Path) -> dict[str, Any]:
         "alarms": _alarms(story.data_dir),
         "usage": {"requests": _total(usage, "count"), "errors": _total(usage, "errorCount"),
                   "byKey": _rows(_per(usage, "keyArn")), "byPrincipal": _rows(_per(usage, "principalArn"))},
-        "cost": {"totalCost": text(Decimal(str(cost["totalCost"].sum()))),
+        "cost": {"totalCost": cell_text(Decimal(str(cost["totalCost"].sum()))),
                  "byKey": _rows(cost.sort("keyArn", nulls_last=True))},
     }
 
@@ -86,7 +86,7 @@ def _rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    return text(value) if isinstance(value, Decimal) else value
+    return cell_text(value) if isinstance(value, Decimal) else value
 
 
 def render_json(summary: dict[str, Any]) -> str:

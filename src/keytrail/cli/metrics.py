@@ -8,7 +8,7 @@ import io
 import json
 import signal
 import sys
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +22,7 @@ from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.runner import RunStats
+from keytrail.reports.tabular import cell_text
 
 __all__ = ["register"]
 
@@ -238,22 +239,10 @@ def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(fields)
-        writer.writerows([[text(row[name]) for name in fields] for row in rows])
+        writer.writerows([[cell_text(row[name]) for name in fields] for row in rows])
         typer.echo(buffer.getvalue(), nl=False)
     else:
         typer.echo(table(rows, fields))
-
-
-def text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
-    return str(value)
 
 
 def json_line(row: dict[str, Any]) -> str:
@@ -261,9 +250,9 @@ def json_line(row: dict[str, Any]) -> str:
     parts = []
     for name, value in row.items():
         if isinstance(value, Decimal):
-            rendered = text(value)
+            rendered = cell_text(value)
         elif isinstance(value, datetime | date):
-            rendered = json.dumps(text(value))
+            rendered = json.dumps(cell_text(value))
         else:
             rendered = json.dumps(value)
         parts.append(f"{json.dumps(name)}: {rendered}")
@@ -271,7 +260,7 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    cells = [[text(row[name]) for name in fields] for row in rows]
+    cells = [[cell_text(row[name]) for name in fields] for row in rows]
     widths = [max([len(name), *(len(c[i]) for c in cells)]) for i, name in enumerate(fields)]
     lines = ["  ".join(name.ljust(w) for name, w in zip(fields, widths, strict=True))]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["TabularFormat", "long_form", "write_tabular"]
+__all__ = ["TabularFormat", "cell_text", "long_form", "write_tabular"]
 
 
 class TabularFormat(StrEnum):
@@ -52,7 +52,7 @@ def _csv(frame: pl.DataFrame) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(frame.columns)
-    writer.writerows([_text(value) for value in row] for row in frame.iter_rows())
+    writer.writerows([cell_text(value) for value in row] for row in frame.iter_rows())
     return buffer.getvalue()
 
 
@@ -67,13 +67,14 @@ def _json_lines(frame: pl.DataFrame) -> str:
 
 def _json_value(value: Any) -> str:
     if isinstance(value, Decimal):
-        return _text(value)
+        return cell_text(value)
     if isinstance(value, datetime | date):
-        return json.dumps(_text(value))
+        return json.dumps(cell_text(value))
     return json.dumps(value)
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A value as one CSV or table cell: ISO times in UTC, exact decimals, empty for null."""
     if value is None:
         return ""
     if isinstance(value, datetime):
