@@ -22,14 +22,14 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from tests.support.server import PRINCIPALS, KeytrailServer
+
+from bench.httpload import post_rate
 
 
 def cpu_seconds(pid: int) -> float:
@@ -46,25 +46,6 @@ def presigned(endpoint: str, key_id: str) -> tuple[dict[str, str], bytes]:
         "X-Amz-Target": "TrentService.Encrypt", "Content-Type": "application/x-amz-json-1.1"})
     SigV4Auth(Credentials(access_key, secret), "kms", "us-east-1").add_auth(request)
     return dict(request.headers.items()), body
-
-
-async def rate(endpoint: str, request: tuple[dict[str, str], bytes], calls: int, concurrency: int) -> float:
-    headers, body = request
-    remaining = calls
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            response = await client.post(endpoint + "/", content=body, headers=headers)
-            if response.status_code != 200:
-                raise RuntimeError(f"Encrypt failed: {response.status_code} {response.text}")
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return calls / (time.perf_counter() - start)
 
 
 def wrk_rate(endpoint: str, request: tuple[dict[str, str], bytes], seconds: int, concurrency: int,
@@ -86,12 +67,12 @@ def wrk_rate(endpoint: str, request: tuple[dict[str, str], bytes], seconds: int,
 def measure(server: KeytrailServer, key: str, args: argparse.Namespace, folder: Path) -> tuple[float, float]:
     assert server.proc is not None
     request = presigned(server.endpoint, key)
-    asyncio.run(rate(server.endpoint, request, 100, args.concurrency))  # warm-up
+    asyncio.run(post_rate(server.endpoint, request, 100, args.concurrency))  # warm-up
     before = cpu_seconds(server.proc.pid)
     if args.wrk and shutil.which("wrk"):
         served, calls = wrk_rate(server.endpoint, request, args.wrk, args.concurrency, folder)
     else:
-        served, calls = asyncio.run(rate(server.endpoint, request, args.calls, args.concurrency)), args.calls
+        served, calls = asyncio.run(post_rate(server.endpoint, request, args.calls, args.concurrency)), args.calls
     return served, (cpu_seconds(server.proc.pid) - before) / calls * 1e6
 
 

@@ -23,13 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa
 from tests.support.server import PRINCIPALS, KeytrailServer
+
+from bench.httpload import post_rate
 
 MESSAGE = b"x" * 64
 CASES = {"ECC_NIST_P256": "ECDSA_SHA_256", "RSA_2048": "RSASSA_PSS_SHA_256", "ML_DSA_65": "ML_DSA_SHAKE_256"}
@@ -76,29 +77,6 @@ def presigned(endpoint: str, key_id: str, algorithm: str) -> tuple[dict[str, str
     return dict(request.headers.items()), body
 
 
-async def server_rate(
-    endpoint: str, request: tuple[dict[str, str], bytes], calls: int, concurrency: int
-) -> float:
-    headers, body = request
-    remaining = calls
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            response = await client.post(endpoint + "/", content=body, headers=headers)
-            if response.status_code != 200:
-                raise RuntimeError(f"Sign failed: {response.status_code} {response.text}")
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits) as client:
-        await worker(client)  # warm the connection and the server's key cache
-        remaining = calls
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return calls / (time.perf_counter() - start)
-
-
 def run(calls: int, rounds: int, concurrency: int) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, list[float]]] = {
         spec: {"server": [], "raw": [], "ratio": [], "cpu_us": []} for spec in CASES
@@ -117,7 +95,7 @@ def run(calls: int, rounds: int, concurrency: int) -> dict[str, dict[str, Any]]:
                     request = presigned(server.endpoint, keys[spec], algorithm)
                     assert server.proc is not None
                     cpu_before = cpu_seconds(server.proc.pid)
-                    served = asyncio.run(server_rate(server.endpoint, request, calls, concurrency))
+                    served = asyncio.run(post_rate(server.endpoint, request, calls, concurrency, warm=True))
                     # the warm-up pass sends `calls` more requests: CPU covers 2 x calls
                     results[spec]["cpu_us"].append(
                         (cpu_seconds(server.proc.pid) - cpu_before) / (2 * calls) * 1e6
