@@ -7,7 +7,6 @@ Every answer carries `x-amzn-RequestId`; every error is AWS's JSON error body, n
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +88,7 @@ class KmsApp:
     # --- KMS calls ---------------------------------------------------------------------------
 
     async def _kms(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = str(uuid.uuid4())
+        request_id = self.service.deps.new_id()
         extra = [(b"x-amzn-requestid", request_id.encode())]
         try:
             response = await self._handle(scope, receive, request_id)

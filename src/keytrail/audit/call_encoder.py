@@ -1,13 +1,17 @@
 """The per-call fast path: a CallRecord straight to its Avro single-object value.
 
 Equal, byte for byte, to `encode(to_cloudtrail(call))` (the tests check it for every identity
-type), but without building the CloudTrail dict and reading it back: it runs on every KMS call,
-and measured in the server the two-step path cost about 30 µs of a ~100 µs Encrypt.
+type), but it builds neither the CloudTrail dict nor the Avro record dict: it runs on every KMS
+call. It writes the schema's fields in order, and encodes once what only depends on the caller
+(the identity columns and userIdentity) or on the keys (keyArn and resources). Measured: 14 µs
+per Encrypt record through the generic writer, 4 µs here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,94 +24,155 @@ from keytrail.audit.records import (
     scrub,
     user_identity,
 )
-from keytrail.audit.schema import EventCodec
+from keytrail.audit.schema import EventCodec, SchemaError, avro_long, avro_optional, avro_string
+from keytrail.kms.context import CallContext
 from keytrail.kms.model import CallRecord
 
 __all__ = ["CallEncoder"]
 
+# The writer schema's fields, in order: what `encode` writes, one expression each.
+FIELDS = (
+    "keyArn", "recipientAccountId", "eventVersion", "eventID", "eventTime", "eventSource", "eventName",
+    "awsRegion", "eventType", "eventCategory", "managementEvent", "readOnly", "principalArn", "accountId",
+    "identityType", "accessKeyId", "sourceIPAddress", "userAgent", "errorCode", "errorMessage", "requestID",
+    "encryptionContext", "userIdentity", "requestParameters", "responseElements", "additionalEventData",
+    "serviceEventDetails", "resources", "tlsDetails", "otherFields", "keyMaterialId", "invokedBy",
+)
+K = TypeVar("K")
+V = TypeVar("V")
 _MAX_SHORT = 1024
 _CACHE_LIMIT = 4096
+_NULL = b"\x00"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
+_EVENT_VERSION = avro_string(EVENT_VERSION)
+_EVENT_SOURCE = avro_string(EVENT_SOURCE)
+_BOOLEAN = {False: b"\x02\x00", True: b"\x02\x01"}
+# eventType, eventCategory, managementEvent: by whether a caller made the call
+_KIND = {
+    caller: avro_optional(kind) + avro_optional("Management") + _BOOLEAN[True]
+    for caller, kind in ((True, "AwsApiCall"), (False, "AwsServiceEvent"))
+}
+_SERVICE_ORIGIN = avro_optional(KMS_INTERNAL) * 2  # sourceIPAddress, userAgent
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """The encoded fields that depend only on who called."""
+
+    columns: bytes  # principalArn, accountId, identityType, accessKeyId
+    identity: bytes  # userIdentity
+    invoked_by: bytes
 
 
 class CallEncoder:
-    """Encodes CallRecords with the current schema; caches the JSON of identities and resources."""
+    """Encodes CallRecords with the current schema; caches the encoded callers, origins and keys.
+
+    Raises SchemaError if the writer schema's fields are not `FIELDS`: a schema change must come
+    with a change of `encode`."""
 
     def __init__(self, codec: EventCodec | None = None) -> None:
         codec = codec or EventCodec()
+        names = tuple(field["name"] for field in codec.writer["fields"])
+        if names != FIELDS:
+            raise SchemaError(f"CallEncoder writes the fields {FIELDS}; the schema has {names}")
         self._header = codec.header
-        self._body = codec.body
-        self._identities: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
-        self._resources: dict[tuple[str, ...], str] = {}
+        self._callers: dict[tuple[Any, ...], _Caller] = {}
+        self._resources: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
+        self._origins: dict[tuple[str, str], bytes] = {}
+        self._second = (0, avro_long(0))  # the last eventTime written: calls share their second
 
     def encode(self, call: CallRecord) -> bytes:
         """The single-object encoded value of `call`'s CloudTrail record."""
-        return self._header + self._body(self.avro_record(call))
-
-    def avro_record(self, call: CallRecord) -> dict[str, Any]:
-        """The Avro record of `call` (what `to_avro(to_cloudtrail(call))` returns)."""
-        identity_json, identity = self._identity(call)
         context = call.context
+        seconds = (call.event_time - _EPOCH) // _SECOND  # CloudTrail logs whole seconds
+        key_arn, resources = self._key_fields(call.resources)
+        caller = self._caller(call, seconds)
         parameters = scrub(call.request_parameters)
-        pairs = parameters.get("encryptionContext") if parameters else None
         extra = call.additional_event_data or None
-        failed = call.error_code is not None
-        return {
-            "keyArn": call.resources[0] if call.resources else None,
-            "recipientAccountId": call.account,
-            "eventVersion": EVENT_VERSION, "eventID": call.event_id,
-            "eventTime": call.event_time.replace(microsecond=0),
-            "eventSource": EVENT_SOURCE, "eventName": call.event_name, "awsRegion": call.region,
-            "eventType": call.event_type, "eventCategory": "Management", "managementEvent": True,
-            "readOnly": call.read_only,
-            "principalArn": identity.get("arn") if identity.get("type") != "AssumedRole"
-            else identity["sessionContext"]["sessionIssuer"]["arn"],
-            "accountId": identity.get("accountId") or call.account,
-            "identityType": identity.get("type"), "accessKeyId": identity.get("accessKeyId"),
-            "sourceIPAddress": context.source_ip if context else KMS_INTERNAL,
-            "userAgent": context.user_agent[:_MAX_SHORT] if context else KMS_INTERNAL,
-            "errorCode": error_code(call.error_code) if call.error_code is not None else None,
-            "errorMessage": (call.error_message or "")[:_MAX_SHORT] if failed else None,
-            "requestID": context.request_id if context else None,
-            "encryptionContext": [{"key": str(k), "value": str(v)} for k, v in pairs.items()]
-            if isinstance(pairs, dict) else [],
-            "userIdentity": identity_json,
-            "requestParameters": _json(parameters),
-            "responseElements": _json(scrub(call.response_elements)),
-            "additionalEventData": _json(extra),
-            "serviceEventDetails": _json(call.service_event_details),
-            "resources": self._resources_json(call.resources),
-            "tlsDetails": _json(context.tls_details) if context and context.tls_details else None,
-            "otherFields": None,
-            "keyMaterialId": extra.get("keyMaterialId") if extra else None,
-            "invokedBy": identity.get("invokedBy"),
-        }
+        return b"".join((
+            self._header, key_arn, avro_optional(call.account), _EVENT_VERSION, avro_string(call.event_id),
+            self._event_time(seconds), _EVENT_SOURCE, avro_string(call.event_name), avro_optional(call.region),
+            _KIND[context is not None], _BOOLEAN[call.read_only], caller.columns, self._origin(context),
+            _error(call), avro_optional(context.request_id if context else None), _pairs(parameters),
+            caller.identity, _json(parameters), _json(scrub(call.response_elements)), _json(extra),
+            _json(call.service_event_details), resources,
+            _json(context.tls_details) if context and context.tls_details else _NULL,
+            _NULL,  # otherFields: only records imported from CloudTrail files carry any
+            avro_optional(extra.get("keyMaterialId")) if extra else _NULL, caller.invoked_by,
+        ))
 
-    def _identity(self, call: CallRecord) -> tuple[str, dict[str, Any]]:
+    def _caller(self, call: CallRecord, seconds: int) -> _Caller:
         principal = call.context.principal if call.context else None
-        if principal is not None and principal.type == "AssumedRole":  # creationDate varies per call
-            identity = user_identity(call)
-            return orjson.dumps(identity).decode(), identity
-        key = (call.account,) if principal is None else (
-            principal.type, principal.arn, principal.principal_id, principal.account,
-            principal.access_key_id, principal.user_name)
-        cached = self._identities.get(key)
-        if cached is None:
-            if len(self._identities) > _CACHE_LIMIT:
-                self._identities.clear()
-            identity = user_identity(call)
-            cached = self._identities[key] = (orjson.dumps(identity).decode(), identity)
-        return cached
+        key: tuple[Any, ...] = (call.account,)
+        if principal is not None:
+            key += (principal.type, principal.arn, principal.principal_id, principal.account,
+                    principal.access_key_id, principal.user_name, principal.role_arn)
+            if principal.type == "AssumedRole":  # the session's creationDate is the event's second
+                key += (seconds,)
+        cached = self._callers.get(key)
+        return cached if cached is not None else _remember(self._callers, key, _encode_caller(call))
 
-    def _resources_json(self, arns: tuple[str, ...]) -> str | None:
-        if not arns:
-            return None
+    def _event_time(self, seconds: int) -> bytes:
+        if self._second[0] != seconds:
+            self._second = (seconds, avro_long(seconds * 1000))
+        return self._second[1]
+
+    def _origin(self, context: CallContext | None) -> bytes:
+        """sourceIPAddress, userAgent."""
+        if context is None:
+            return _SERVICE_ORIGIN
+        key = (context.source_ip, context.user_agent)
+        cached = self._origins.get(key)
+        if cached is not None:
+            return cached
+        return _remember(self._origins, key, avro_optional(key[0]) + avro_optional(key[1][:_MAX_SHORT]))
+
+    def _key_fields(self, arns: tuple[str, ...]) -> tuple[bytes, bytes]:
+        """keyArn and resources."""
         cached = self._resources.get(arns)
-        if cached is None:
-            if len(self._resources) > _CACHE_LIMIT:
-                self._resources.clear()
-            cached = self._resources[arns] = orjson.dumps([resource(arn) for arn in arns]).decode()
-        return cached
+        if cached is not None:
+            return cached
+        listed = _json([resource(arn) for arn in arns]) if arns else _NULL
+        return _remember(self._resources, arns, (avro_optional(arns[0] if arns else None), listed))
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> V:
+    if len(cache) >= _CACHE_LIMIT:  # bounded: a flood of distinct callers or keys cannot grow it
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _encode_caller(call: CallRecord) -> _Caller:
+    identity = user_identity(call)
+    kind = identity.get("type")
+    issuer = identity["sessionContext"]["sessionIssuer"] if kind == "AssumedRole" else identity
+    columns = (avro_optional(issuer.get("arn")) + avro_optional(identity.get("accountId") or call.account)
+               + avro_optional(kind) + avro_optional(identity.get("accessKeyId")))
+    encoded = orjson.dumps(identity)
+    return _Caller(columns, avro_long(len(encoded)) + encoded, avro_optional(identity.get("invokedBy")))
+
+
+def _error(call: CallRecord) -> bytes:
+    """errorCode, errorMessage."""
+    if call.error_code is None:
+        return _NULL + _NULL
+    return avro_optional(error_code(call.error_code)) + avro_optional((call.error_message or "")[:_MAX_SHORT])
+
+
+def _pairs(parameters: dict[str, Any] | None) -> bytes:
+    """encryptionContext: the request's context as an array of key/value records."""
+    context = parameters.get("encryptionContext") if parameters else None
+    if not isinstance(context, dict) or not context:
+        return _NULL
+    items = b"".join(avro_string(str(k)) + avro_string(str(v)) for k, v in context.items())
+    return avro_long(len(context)) + items + _NULL
+
+
+def _json(value: Any) -> bytes:
+    """An optional JSON string field (orjson writes UTF-8: no str round trip)."""
+    if value is None:
+        return _NULL
+    encoded = orjson.dumps(value)
+    return b"\x02" + avro_long(len(encoded)) + encoded

@@ -27,6 +27,9 @@ __all__ = [
     "SCHEMA_PATH",
     "EventCodec",
     "SchemaError",
+    "avro_long",
+    "avro_optional",
+    "avro_string",
     "decode",
     "decode_batch",
     "encode",
@@ -133,8 +136,23 @@ def _zigzag(value: int) -> bytes:
 _LENGTHS = [_zigzag(n) for n in range(2048)]
 
 
-def _length(value: int) -> bytes:
-    return _LENGTHS[value] if value < 2048 else _zigzag(value)
+def avro_long(value: int) -> bytes:
+    """An Avro long (zigzag varint); small non-negative ones (lengths, counts) come from a table."""
+    return _LENGTHS[value] if 0 <= value < 2048 else _zigzag(value)
+
+
+def avro_string(text: str) -> bytes:
+    """An Avro string: length, then UTF-8."""
+    data = text.encode()
+    return avro_long(len(data)) + data
+
+
+def avro_optional(text: str | None) -> bytes:
+    """An Avro `["null", "string"]` union value."""
+    if text is None:
+        return b"\x00"
+    data = text.encode()
+    return b"\x02" + avro_long(len(data)) + data
 
 
 _FIELD_CODE = {
@@ -175,7 +193,7 @@ def compile_encoder(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bytes]
         lines.append(f"    v = r.get({name!r})")
         lines += [f"    {line}" for line in _FIELD_CODE[kind]]
     lines.append("    return b''.join(out)")
-    namespace: dict[str, Any] = {"_l": _length, "_z": _zigzag, "_E": _EPOCH, "_M": _MILLI}
+    namespace: dict[str, Any] = {"_l": avro_long, "_z": _zigzag, "_E": _EPOCH, "_M": _MILLI}
     exec(compile("\n".join(lines), f"<avro body writer {schema.get('name')}>", "exec"), namespace)
     body: Callable[[dict[str, Any]], bytes] = namespace["body"]
     return body

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, LastUsageSource, Origin
 from keytrail.kms.store import Grant, Store
+from keytrail.kms.uuids import UuidSource
 
 __all__ = ["KmsService", "ServiceDeps"]
 
@@ -50,14 +50,15 @@ OriginCreator = Callable[["KmsService", Call, Key], Awaitable[Key]]
 
 @dataclass(frozen=True, slots=True)
 class ServiceDeps:
-    """What the service is built from; `cli` wires the real ones, tests their own."""
+    """What the service is built from; `cli` wires the real ones, tests their own. `new_id`
+    makes event ids, and the API's request ids too."""
 
     store: Store
     clock: Clock
     audit: AuditSink
     authorizer: Authorizer
     last_usage: LastUsageSource | None = None
-    new_id: Callable[[], str] = lambda: str(uuid.uuid4())
+    new_id: Callable[[], str] = field(default_factory=UuidSource)
     random_bytes: Callable[[int], bytes] = os.urandom
 
 

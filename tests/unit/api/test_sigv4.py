@@ -68,3 +68,43 @@ def test_skew_over_five_minutes_fails_both_ways() -> None:
 def test_broken_authorization_headers(header: str | None, error: type[Exception]) -> None:
     with pytest.raises(error):
         parse_authorization(header)
+
+
+def test_fields_in_any_order_parse_alike() -> None:
+    credential = "Credential=AKID/20261128/us-east-1/kms/aws4_request"
+    headers = "SignedHeaders=host;x-amz-date"
+    usual = parse_authorization(f"AWS4-HMAC-SHA256 {credential}, {headers}, Signature=abc123 ")
+    reordered = parse_authorization(f"AWS4-HMAC-SHA256 Signature=abc123, {headers}, {credential}")
+    assert usual == reordered
+    assert (usual.access_key_id, usual.region, usual.signed_headers, usual.signature) == (
+        "AKID", "us-east-1", ("host", "x-amz-date"), "abc123")
+
+
+def test_each_request_keeps_its_own_signature_with_the_same_credential() -> None:
+    head = "AWS4-HMAC-SHA256 Credential=AKID/20261128/us-east-1/kms/aws4_request, SignedHeaders=host"
+    assert [parse_authorization(f"{head}, Signature={s}").signature for s in ("aa", "bb", "aa")] == ["aa", "bb", "aa"]
+
+
+@pytest.mark.parametrize("header", [
+    "AWS4-HMAC-SHA256 Credential=AKID/20261128/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=",
+    "AWS4-HMAC-SHA256 Credential=AKID/20261128/us-east-1/kms/aws4_request, Signature=00",
+    "AWS4-HMAC-SHA512 Credential=AKID/20261128/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=00",
+])
+def test_a_signature_does_not_make_a_broken_header_acceptable(header: str) -> None:
+    with pytest.raises(IncompleteSignatureException):
+        parse_authorization(header)
+
+
+def test_a_request_with_a_query_string_signs_it() -> None:
+    request = AWSRequest(method="POST", url="http://localhost:4599/?b=2&a=x%20y", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    prepared = request.prepare()
+    headers = {k.lower(): v for k, v in prepared.headers.items()}
+    headers["host"] = "localhost:4599"
+    signed = parse_authorization(headers["authorization"])
+    verify_signature(signed, "s3cret", method="POST", path="/", query="b=2&a=x%20y", headers=headers,
+                     body=b"{}", now=NOW)
+    with pytest.raises(InvalidSignatureException):
+        verify_signature(signed, "s3cret", method="POST", path="/", query="", headers=headers, body=b"{}", now=NOW)

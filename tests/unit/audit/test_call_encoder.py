@@ -8,9 +8,9 @@ import pytest
 
 from keytrail.audit.call_encoder import CallEncoder
 from keytrail.audit.records import to_cloudtrail
-from keytrail.audit.schema import decode, encode
+from keytrail.audit.schema import EventCodec, SchemaError, decode, encode
 from keytrail.kms.model import CallRecord
-from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, T0, encrypt_call
+from tests.support.audit_records import ACCOUNT, ALICE, APP, KEY_ARN, ROOT, T0, encrypt_call
 
 TLS = {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256", "clientProvidedHostHeader": "k"}
 
@@ -44,3 +44,32 @@ def test_fast_path_is_byte_identical_to_the_cloudtrail_path(call: CallRecord) ->
         value = encoder.encode(call)
         assert value == encode(to_cloudtrail(call))
         assert decode(value) == to_cloudtrail(call)
+
+
+def test_one_encoder_writes_each_calls_own_session_time_account_and_keys() -> None:
+    encoder = CallEncoder()
+    calls = [
+        encrypt_call(1, APP), encrypt_call(2, APP), encrypt_call(2, APP, event_time=T0.replace(microsecond=5)),
+        encrypt_call(3, ALICE), encrypt_call(4, ALICE, account="444455556666"),
+        encrypt_call(5, ALICE, resources=(KEY_ARN.replace("1234abcd", "5678efab"),)),
+        *(CallRecord(event_id=f"rot-{account}", event_name="RotateKey", event_time=T0, region="us-east-1",
+                     account=account, context=None, request_parameters=None, resources=(KEY_ARN,))
+          for account in (ACCOUNT, "444455556666")),
+    ]
+    for call in calls * 2:
+        assert encoder.encode(call) == encode(to_cloudtrail(call)), call.event_id
+
+
+def test_long_and_non_ascii_values_are_written_with_their_byte_lengths() -> None:
+    call = encrypt_call(1, request_parameters={"keyId": "k" * 5000,
+                                               "encryptionContext": {"Abteilung": "Größe ✓", "n": "x" * 3000}},
+                        error_code="ValidationException", error_message="é" * 2000)
+    assert CallEncoder().encode(call) == encode(to_cloudtrail(call))
+    assert decode(CallEncoder().encode(call))["requestParameters"]["encryptionContext"]["Abteilung"] == "Größe ✓"
+
+
+def test_a_schema_with_other_fields_is_refused_rather_than_written_wrong() -> None:
+    codec = EventCodec()
+    codec.writer = {**codec.writer, "fields": codec.writer["fields"][:-1]}
+    with pytest.raises(SchemaError, match="invokedBy"):
+        CallEncoder(codec)
