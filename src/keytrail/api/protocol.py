@@ -26,6 +26,9 @@ Check = Callable[[Any, str, list[str]], Any]
 _MAX_ERRORS_SHOWN = 10
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool})
+
+
 @cache
 def service_model() -> ServiceModel:
     return botocore.session.get_session().get_service_model("kms")
@@ -205,6 +208,8 @@ def decode_request(operation: str, body: Any) -> dict[str, Any]:
 
 def encode_value(value: Any) -> Any:
     """A response value as JSON 1.1 carries it: blobs base64, timestamps epoch seconds."""
+    if type(value) in _JSON_SCALARS:  # most values: checked first
+        return value
     if isinstance(value, dict):
         return {k: encode_value(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):

@@ -27,6 +27,8 @@ FORMAT_V1 = 0x01
 _NONCE = 12
 _TAG = 16
 _MATERIAL_ID = 32
+_PAIRS = struct.Struct(">H")
+_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +46,11 @@ def encode_context(context: Mapping[str, str] | None) -> bytes:
     length-prefixed, so `{"ab": "c"}` and `{"a": "bc"}` never encode alike."""
     if not context:
         return b""
-    out = bytearray(struct.pack(">H", len(context)))
+    parts = [_PAIRS.pack(len(context))]
     for name in sorted(context):
-        for text in (name, context[name]):
-            data = text.encode()
-            out += struct.pack(">I", len(data)) + data
-    return bytes(out)
+        key, value = name.encode(), context[name].encode()
+        parts += (_LENGTH.pack(len(key)), key, _LENGTH.pack(len(value)), value)
+    return b"".join(parts)
 
 
 @lru_cache(maxsize=4096)
@@ -58,16 +59,19 @@ def _aead(secret: bytes) -> AESGCM:
     return AESGCM(secret)
 
 
+@lru_cache(maxsize=4096)
+def _header(account: str, key_id: str, material_id: str) -> bytes:
+    # The same for every blob of one key version.
+    key_bytes = key_id.encode()
+    return bytes([FORMAT_V1]) + account.encode() + bytes([len(key_bytes)]) + key_bytes + bytes.fromhex(material_id)
+
+
 def seal_blob(
     secret: bytes, *, account: str, key_id: str, material_id: str, plaintext: bytes,
     context: Mapping[str, str] | None,
 ) -> bytes:
     """Encrypt `plaintext` under one key version and return the blob."""
-    key_bytes = key_id.encode()
-    header = (
-        bytes([FORMAT_V1]) + account.encode() + bytes([len(key_bytes)]) + key_bytes
-        + bytes.fromhex(material_id)
-    )
+    header = _header(account, key_id, material_id)
     nonce = os.urandom(_NONCE)
     body = _aead(secret).encrypt(nonce, plaintext, header + encode_context(context))
     return header + nonce + body

@@ -90,13 +90,27 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """A principal's compiled identity policies. `documents` is the principal's own tuple: kept
+    alive by the entry, so the id it is cached under is never reused."""
+
+    documents: tuple[dict[str, Any], ...]
+    policies: tuple[Policy, ...]
+    reads: frozenset[str]
+
+
+def _read_values(ctx: RequestContext, *reads: frozenset[str]) -> tuple[Any, ...]:
+    return tuple([(name, _freeze(ctx(name))) for names in reads for name in names])
+
+
 class PolicyAuthorizer:
     """Decides every KMS call as AWS KMS does; `clock` supplies aws:CurrentTime."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._key_policies: dict[str, Policy] = {}
-        self._identities: dict[int, tuple[tuple[dict[str, Any], ...], tuple[Policy, ...]]] = {}
+        self._identities: dict[int, _Identity] = {}
         self._decisions: dict[tuple[Any, ...], tuple[object, AccessDecision]] = {}
 
     # --- compiled policies, cached ---------------------------------------------------------------
@@ -112,27 +126,29 @@ class PolicyAuthorizer:
         return policy
 
     def identity_policies(self, principal: Principal) -> tuple[Policy, ...]:
-        # Keyed by the tuple's identity; the entry keeps the tuple alive so its id is never reused.
+        return self._identity(principal).policies
+
+    def _identity(self, principal: Principal) -> _Identity:
         entry = self._identities.get(id(principal.policies))
-        if entry is not None and entry[0] is principal.policies:
-            return entry[1]
+        if entry is not None and entry.documents is principal.policies:
+            return entry
         compiled = []
         for doc in principal.policies:
             try:
                 compiled.append(compile_policy(doc, "identity"))
             except (KmsError, KeyError, TypeError, ValueError):
                 continue  # an invalid identity policy grants nothing
-        result = tuple(compiled)
-        self._bounded(self._identities)[id(principal.policies)] = (principal.policies, result)
-        return result
+        entry = _Identity(principal.policies, tuple(compiled), frozenset().union(*(p.reads for p in compiled)))
+        self._bounded(self._identities)[id(principal.policies)] = entry
+        return entry
 
     def reads(self, key: Key | None, principal: Principal) -> frozenset[str]:
         """The (lowercase) condition keys that this key's policy and the caller's policies read."""
-        identity = self.identity_policies(principal)
-        key_reads = self.key_policy(key.policy).reads if key is not None else frozenset()
-        if not identity:
-            return key_reads
-        return key_reads.union(*(p.reads for p in identity))
+        identity_reads = self._identity(principal).reads
+        if key is None:
+            return identity_reads
+        key_reads = self.key_policy(key.policy).reads
+        return key_reads | identity_reads if identity_reads else key_reads
 
     @staticmethod
     def _bounded(cache: dict[Any, Any]) -> dict[Any, Any]:
@@ -143,29 +159,24 @@ class PolicyAuthorizer:
     # --- the decision --------------------------------------------------------------------------
 
     def authorize(self, request: AccessRequest) -> AccessDecision:
-        principal = request.call.principal
-        ctx = RequestContext(request.call, request.key, request.conditions, self._clock.now)
-        identity = self.identity_policies(principal)
-        key_policy = self.key_policy(request.key.policy) if request.key is not None else None
-        cache_key = self._cache_key(request, ctx, key_policy, identity)
-        hit = self._decisions.get(cache_key)
-        if hit is not None and hit[0] is principal.policies:
-            return hit[1]
-        decision = self._decide(request, ctx, key_policy, identity)
-        self._bounded(self._decisions)[cache_key] = (principal.policies, decision)
-        return decision
-
-    def _cache_key(self, request: AccessRequest, ctx: RequestContext, key_policy: Policy | None,
-                   identity: tuple[Policy, ...]) -> tuple[Any, ...]:
-        principal = request.call.principal
-        reads = [*(key_policy.reads if key_policy else ()), *(k for p in identity for k in p.reads)]
-        values = tuple((name, _freeze(ctx(name))) for name in reads)
-        key = request.key
+        principal, key = request.call.principal, request.key
+        ctx = RequestContext(request.call, key, request.conditions, self._clock.now)
+        identity = self._identity(principal)
+        key_policy = self.key_policy(key.policy) if key is not None else None
+        # Decisions are cached by everything they read: who, what, which key and policy text, the
+        # values of the condition keys the policies read, and the grants with the request's values.
+        values = _read_values(ctx, key_policy.reads if key_policy else frozenset(), identity.reads)
         grants: tuple[Any, ...] = ()
         if request.grants:
             grants = (tuple(g.grant_id for g in request.grants), _freeze(dict(request.conditions)))
-        return (principal.arn, principal.policy_arn, principal.type, id(principal.policies), request.action,
-                key.arn if key else None, key.policy if key else None, values, grants)
+        cache_key = (principal.arn, principal.role_arn, principal.type, id(principal.policies), request.action,
+                     key.arn if key else None, key.policy if key else None, values, grants)
+        hit = self._decisions.get(cache_key)
+        if hit is not None and hit[0] is principal.policies:
+            return hit[1]
+        decision = self._decide(request, ctx, key_policy, identity.policies)
+        self._bounded(self._decisions)[cache_key] = (principal.policies, decision)
+        return decision
 
     def _decide(self, request: AccessRequest, ctx: RequestContext, key_policy: Policy | None,
                 identity: tuple[Policy, ...]) -> AccessDecision:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 __all__ = [
     "KeyRef",
@@ -71,6 +72,11 @@ def parse_key_ref(raw: str, *, account: str, region: str) -> KeyRef:
     Raises KeyRefError with AWS's message for a malformed id (`Invalid keyId '…'`) or an ARN of
     another Region (`Invalid arn <region>`).
     """
+    return _parse_key_ref(raw, account, region)
+
+
+@lru_cache(maxsize=4096)  # callers name the same keys call after call; the regexes cost ~1.5 µs
+def _parse_key_ref(raw: str, account: str, region: str) -> KeyRef:
     if raw.startswith("alias/"):
         return KeyRef(RefKind.ALIAS_NAME, raw, account, region, raw)
     match = _ARN.match(raw)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from keytrail.clock import Clock
@@ -212,7 +213,9 @@ class KmsService:
         grants: Sequence[Grant] = ()
         if key is not None:
             grants = await self.store.list_grants(key.account, key.region, key.key_id)
-        values = {**request_conditions(action, call.params), **(conditions or {})}
+        values = request_conditions(action, call.params)
+        if conditions:
+            values.update(conditions)
         if key is not None and RESOURCE_ALIASES in self._policy_reads(key, call.context):
             aliases = await self.store.list_aliases(key.account, key.region)
             values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
@@ -321,6 +324,7 @@ _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCrede
 _VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
 
 
+@cache  # parameter names are the botocore model's members: a small, fixed set
 def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
 

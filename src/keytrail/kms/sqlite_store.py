@@ -152,8 +152,10 @@ class SqliteStore:
         self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
-        grants = self._grants.get((account, region, key_id), {}).values()
-        return sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
+        grants = self._grants.get((account, region, key_id))
+        if not grants:  # most keys: every authorization asks
+            return []
+        return sorted(grants.values(), key=lambda g: (g.creation_date, g.grant_id))
 
     async def all_grants(self, account: str, region: str) -> list[Grant]:
         return [g for (a, r, _), grants in self._grants.items() if (a, r) == (account, region)
