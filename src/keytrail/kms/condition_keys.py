@@ -168,12 +168,12 @@ _DERIVED: dict[str, Derive] = {
 
 class RequestContext:
     """Resolves a lowercase condition key: request values first, then derived ones. The time is
-    read from `clock` only when a statement asks for it."""
+    read from `clock` only when a statement asks for it, and the request's condition keys are
+    lowercased only when one is asked for (most policies read none)."""
 
-    __slots__ = ("_clock", "_now", "call", "key", "values")
+    __slots__ = ("_clock", "_conditions", "_now", "_values", "call", "key")
     call: CallContext
     key: Key | None
-    values: dict[str, Any]
 
     def __init__(
         self, call: CallContext, key: Key | None, conditions: Mapping[str, Any],
@@ -183,7 +183,15 @@ class RequestContext:
         self.key = key
         self._clock = clock
         self._now: datetime | None = None
-        self.values = {name.lower(): value for name, value in conditions.items()}
+        self._conditions = conditions
+        self._values: dict[str, Any] | None = None
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The request's condition-key values by lowercase name."""
+        if self._values is None:
+            self._values = {name.lower(): value for name, value in self._conditions.items()}
+        return self._values
 
     @property
     def now(self) -> datetime:
@@ -192,8 +200,9 @@ class RequestContext:
         return self._now
 
     def __call__(self, name: str) -> Any:
-        if name in self.values:
-            return self.values[name]
+        values = self.values
+        if name in values:
+            return values[name]
         derive = _DERIVED.get(name)
         if derive is not None:
             return derive(self)

@@ -330,7 +330,7 @@ def _camel(name: str) -> str:
 
 
 def _cloudtrail_value(name: str, value: Any) -> Any:
-    if name in _VERBATIM:
+    if type(value) is str or name in _VERBATIM:  # most parameters are strings
         return value
     if isinstance(value, dict):
         return {_camel(k): _cloudtrail_value(k, v) for k, v in value.items()

@@ -52,3 +52,29 @@ def test_timestamps_decode_and_encode_as_epoch_seconds() -> None:
     assert isinstance(params["ValidTo"], datetime)
     assert encode_value({"When": params["ValidTo"], "Blob": b"\x00", "Gone": None}) == {
         "When": 1556582400.0, "Blob": "AA=="}
+
+
+@pytest.mark.parametrize("text", ["aGk", "aG k=", "aGk=\n", "aGé=", "a*k="])
+def test_blobs_must_be_strict_base64(text: str) -> None:
+    with pytest.raises(SerializationException, match="^Value at 'plaintext' is not valid base64$"):
+        decode_request("Encrypt", {"KeyId": "k", "Plaintext": text})
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"KeyId": "", "Plaintext": "aGk="}, "Value '' at 'keyId' failed to satisfy constraint: Member must have "
+                                         "length greater than or equal to 1"),
+    ({"KeyId": "k", "Plaintext": ""}, "Value at 'plaintext' failed to satisfy constraint: Member must have "
+                                      "length greater than or equal to 1"),
+    ({"KeyId": "k", "Plaintext": "aGk=", "EncryptionAlgorithm": "AES"},
+     "Value 'AES' at 'encryptionAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: "
+     "[SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, RSAES_OAEP_SHA_256, SM2PKE]"),
+])
+def test_length_and_enum_violations_are_worded_as_aws_words_them(params: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationException) as info:
+        decode_request("Encrypt", params)
+    assert info.value.message == f"1 validation error detected: {message}"
+
+
+def test_response_values_keep_scalars_and_drop_nulls_at_every_depth() -> None:
+    value = {"A": "s", "B": 1, "C": 1.5, "D": True, "E": None, "F": [{"G": None, "H": b"\x01"}], "I": ("x",)}
+    assert encode_value(value) == {"A": "s", "B": 1, "C": 1.5, "D": True, "F": [{"H": "AQ=="}], "I": ["x"]}
