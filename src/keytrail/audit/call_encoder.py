@@ -166,8 +166,11 @@ def _pairs(parameters: dict[str, Any] | None) -> bytes:
     context = parameters.get("encryptionContext") if parameters else None
     if not isinstance(context, dict) or not context:
         return _NULL
-    items = b"".join(avro_string(str(k)) + avro_string(str(v)) for k, v in context.items())
-    return avro_long(len(context)) + items + _NULL
+    parts = [avro_long(len(context))]  # one block of len(context) records, then the end block
+    for name, value in context.items():
+        parts += (avro_string(str(name)), avro_string(str(value)))
+    parts.append(_NULL)
+    return b"".join(parts)
 
 
 def _json(value: Any) -> bytes:
