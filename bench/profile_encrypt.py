@@ -38,7 +38,7 @@ STAGES = {
     "AES-GCM + ciphertext format": ("encrypt", "kms/cipher.py"),
     "audit record (durable)": ("_report", "kms/service.py"),
     "response JSON": ("_respond", "api/app.py"),
-    "request id (uuid4)": ("uuid4", "uuid.py"),
+    "request and event ids": ("__call__", "kms/uuids.py"),
 }
 
 
