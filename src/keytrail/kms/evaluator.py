@@ -101,6 +101,7 @@ class _Identity:
 
 
 def _read_values(ctx: RequestContext, *reads: frozenset[str]) -> tuple[Any, ...]:
+    """(name, value) of every condition key the policies read, hashable for the decision cache."""
     return tuple([(name, _freeze(ctx(name))) for names in reads for name in names])
 
 

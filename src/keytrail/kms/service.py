@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from keytrail.clock import Clock
@@ -324,7 +324,7 @@ _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCrede
 _VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
 
 
-@cache  # parameter names are the botocore model's members: a small, fixed set
+@lru_cache(maxsize=1024)  # names are the botocore model's members (validation drops others)
 def _camel(name: str) -> str:
     return name[:1].lower() + name[1:]
 
