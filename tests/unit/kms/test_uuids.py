@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from keytrail.kms.uuids import UuidSource
 
@@ -44,3 +45,11 @@ def test_a_forked_child_does_not_repeat_the_ids_of_its_parent() -> None:
     os.waitpid(pid, 0)
     assert uuid.UUID(child_id).version == 4
     assert child_id != source()
+
+
+def test_threads_sharing_one_source_never_get_the_same_id() -> None:
+    source = UuidSource()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        batches = list(pool.map(lambda _: [source() for _ in range(2000)], range(8)))
+    ids = [text for batch in batches for text in batch]
+    assert len(set(ids)) == len(ids) == 16_000
