@@ -53,8 +53,8 @@ class Batch:
         if self.values:
             from keytrail.pipeline.decode import avro_frame  # needs the audit layer's schema files
 
-            return frame_from_avro(avro_frame(self.values[index:]))
-        return frame_from_records(self.records[index:])
+            return frame_from_avro(avro_frame(self.values[index:]), self.offsets[index:])
+        return frame_from_records(self.records[index:], self.offsets[index:])
 
 
 class Source(Protocol):
