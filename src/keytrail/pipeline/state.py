@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
-from keytrail.pipeline.dedup import SeenIds, pack, unpack
+from keytrail.pipeline.dedup import SeenIds, no_hashes, pack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
@@ -63,7 +63,7 @@ class StateUpdate:
     last_used: pl.DataFrame
     lifecycle: pl.DataFrame
     outcomes: pl.DataFrame  # eventName, errorCode ("" for success), count
-    seen: list[int] = field(default_factory=list)  # eventID hashes (keytrail.pipeline.dedup)
+    seen: pl.Series = field(default_factory=no_hashes)  # eventID hashes (keytrail.pipeline.dedup)
     earliest: datetime | None = None
     latest: datetime | None = None
 
@@ -96,13 +96,11 @@ class PartitionState:
         self._next = self._persisted
         self.seen = SeenIds(self.dedup_capacity)
         self.seen.generation = generation = self.meta("seen_generation") or 0
-        self._staged_seen: list[tuple[int, list[int]]] = []
+        self._staged_seen: list[tuple[int, pl.Series]] = []
         if not self.owner:
             return
-        for label, blob in self._db.execute(
-            "SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,)
-        ):
-            (self.seen.current if label == generation else self.seen.previous).update(unpack(blob))
+        rows = self._db.execute("SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,))
+        self.seen.restore(generation, rows)
 
     def _add_log_offset(self) -> None:
         if self._has_log_offset():
@@ -188,7 +186,7 @@ class PartitionState:
             .rows(),
         )
         generation = self.seen.generation
-        db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h))
+        db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h.len()))
         db.execute("DELETE FROM seen WHERE generation < ?", (generation - 1,))
         db.execute("INSERT OR REPLACE INTO meta VALUES ('seen_generation', ?)", (generation,))
         for update in updates:
