@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import fastavro
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -40,6 +42,25 @@ def test_avro_and_dict_paths_build_the_same_frame() -> None:
     replica = from_avro.filter(from_avro["eventName"] == "ReplicateKey").row(0, named=True)
     assert (replica["replicaKeyArn"], replica["keySpec"]) == (REPLICA, "ECC_NIST_P256")
     assert from_avro.filter(from_avro["eventName"] == "ReEncrypt")["destinationKeyArn"].null_count() == 0
+
+
+def _v1(event: dict[str, Any]) -> bytes:
+    """`event` single-object encoded with the first schema version (before invokedBy, keyMaterialId)."""
+    old = schema.load_schema(schema.SCHEMA_DIR / "history" / "cloudtrail_event.v1.avsc")
+    buffer = io.BytesIO()
+    buffer.write(schema.MAGIC + schema._fingerprint(old))
+    record = {k: v for k, v in schema.to_avro(event).items() if k not in ("keyMaterialId", "invokedBy")}
+    fastavro.schemaless_writer(buffer, old, record)
+    return buffer.getvalue()
+
+
+def test_a_batch_spanning_a_schema_upgrade_decodes_in_log_order() -> None:
+    events = list(generate_events(40, seed=5))
+    values = [_v1(e) if i % 3 == 0 else schema.encode(e) for i, e in enumerate(events)]
+    offsets = range(100, 140)
+    frame = frame_from_avro(avro_frame(values), offsets)
+    assert frame.get_column("eventID").to_list() == [e["eventID"] for e in events]
+    assert_frame_equal(frame, frame_from_records(events, offsets))
 
 
 def test_values_of_an_unknown_writer_are_refused() -> None:

@@ -29,7 +29,8 @@ from keytrail.pipeline.kafka_source import AUDIT_TOPIC, KafkaSource  # noqa: E40
 
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
 SETTINGS = SyntheticSettings(
-    keys=40, principals=20, seconds_per_event=20.0, lifecycle_share=0.01, duplicate_share=0.02
+    keys=40, principals=20, seconds_per_event=20.0, lifecycle_share=0.01, duplicate_share=0.02,
+    same_second_share=0.3,  # same-second uses of a key: its partition's offsets order them
 )
 
 

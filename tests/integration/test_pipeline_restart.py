@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 UNTIL = datetime(2026, 10, 8, tzinfo=UTC)
 TOTAL = 40_000
+SETTINGS = SyntheticSettings(keys=80, seconds_per_event=10.0, same_second_share=0.2)  # ties: log order wins
 
 
 def _consume(data_dir: Path) -> subprocess.Popen[bytes]:
@@ -56,7 +57,7 @@ def _covered(data_dir: Path) -> int:
 
 
 def test_kill_9_mid_stream_then_restart_is_exact(tmp_path: Path) -> None:
-    events = list(generate_events(TOTAL, SyntheticSettings(keys=80, seconds_per_event=10.0), seed=9))
+    events = list(generate_events(TOTAL, SETTINGS, seed=9))
     log = segment_log.SegmentLog(event_log_dir(tmp_path), writable=True)
     log.append([schema.encode(e) for e in events])
     log.sync()

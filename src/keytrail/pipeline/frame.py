@@ -5,7 +5,7 @@ Built column by column from plain lists (no per-row DataFrame work). The detecto
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "keySpec": pl.String(),  # CreateKey / ReplicateKey: spec of the new key
     "keyManager": pl.String(),
     "keyPairSpec": pl.String(),  # GenerateDataKeyPair*: spec of the data key pair
+    "logOffset": pl.Int64(),  # position in the source partition's log: orders same-second events
 }
 
 _NEW_KEY_EVENTS = ["CreateKey", "ReplicateKey"]
@@ -62,21 +63,27 @@ def empty_frame() -> pl.DataFrame:
     return pl.DataFrame(schema=FRAME_SCHEMA)
 
 
-def frame_from_records(records: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
-    """Build the fixed-schema frame from CloudTrail record dicts."""
-    columns: dict[str, list[Any]] = {name: [] for name in FRAME_SCHEMA}
+def frame_from_records(
+    records: Iterable[Mapping[str, Any]], offsets: Sequence[int] | None = None
+) -> pl.DataFrame:
+    """Build the fixed-schema frame from CloudTrail record dicts.
+
+    `offsets`: each record's position in its source partition (default: the order read).
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in _GETTERS}
     appenders = [(columns[name].append, getter) for name, getter in _GETTERS.items()]
     for record in records:
         for append, getter in appenders:
             append(getter(record))
-    return pl.DataFrame(columns, schema=FRAME_SCHEMA)
+    count = len(columns["eventID"])
+    return pl.DataFrame(columns, schema=_RECORD_SCHEMA).with_columns(_offsets(offsets, count))
 
 
-def frame_from_avro(avro: pl.DataFrame) -> pl.DataFrame:
+def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) -> pl.DataFrame:
     """Build the fixed-schema frame from the Avro records frame of `keytrail.audit.schema.to_polars`.
 
     The typed Avro columns carry over; the few values inside JSON strings are parsed only on
-    the rows that need them (a null string is never parsed).
+    the rows that need them (a null string is never parsed). `offsets` as in frame_from_records.
     """
     name = pl.col("eventName")
     typed = [pl.col(c) for c in ("eventID", "keyArn", "accountId", "recipientAccountId", "awsRegion")]
@@ -97,10 +104,19 @@ def frame_from_avro(avro: pl.DataFrame) -> pl.DataFrame:
             .str.json_path_match("$.keyPairSpec")
             .alias("keyPairSpec"),
             *_new_key_columns(name),
+            _offsets(offsets, avro.height),
         )
         .select(list(FRAME_SCHEMA))
         .cast(pl.Schema(FRAME_SCHEMA))
     )
+
+
+def _offsets(offsets: Sequence[int] | None, count: int) -> pl.Series:
+    if offsets is None:
+        return pl.Series("logOffset", range(count), pl.Int64)
+    if len(offsets) != count:
+        raise ValueError(f"{len(offsets)} offsets for {count} records")
+    return pl.Series("logOffset", offsets, pl.Int64)
 
 
 def _new_key_columns(name: pl.Expr) -> list[pl.Expr]:
@@ -225,4 +241,5 @@ _GETTERS: dict[str, Any] = {
     ),
     "keyPairSpec": _param("keyPairSpec"),
 }
-assert set(_GETTERS) == set(FRAME_SCHEMA)
+_RECORD_SCHEMA = {name: dtype for name, dtype in FRAME_SCHEMA.items() if name != "logOffset"}
+assert list(_GETTERS) == list(_RECORD_SCHEMA)

@@ -1,4 +1,11 @@
-"""Last use per key x principal: only successful cryptographic operations count (GetKeyLastUsage)."""
+"""Last use per key x principal: only successful cryptographic operations count (GetKeyLastUsage).
+
+eventTime has CloudTrail's one-second resolution, so two uses in one second tie on it; the later
+one in the source partition's log (`logOffset`) wins. Offsets of different partitions are not
+comparable, but a key's events share one partition (Kafka keys by key ARN), so this decides every
+tie except a key used in two partitions (a ReEncrypt destination, logs of two sources) within
+one second: there the larger offset, then the larger eventId wins, whatever the merge order.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +24,10 @@ LAST_USED_SCHEMA: dict[str, pl.DataType] = {
     "lastUsedOperation": pl.String(),
     "eventId": pl.String(),
     "requestId": pl.String(),
+    "logOffset": pl.Int64(),  # position in the source partition's log (see the module docstring)
 }
-_SOURCE = ["keyArn", "principalArn", "eventTime", "eventName", "eventID", "requestID"]
+_SOURCE = ["keyArn", "principalArn", "eventTime", "eventName", "eventID", "requestID", "logOffset"]
+_ORDER = ["lastUsedTime", "logOffset", "eventId"]
 
 
 def last_used(frame: pl.DataFrame) -> pl.DataFrame:
@@ -52,8 +61,12 @@ def merge_last_used(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
 
 
 def last_used_per_key(per_principal: pl.DataFrame) -> pl.DataFrame:
-    """Reduce key x principal rows to one row per key, naming the principal of the latest use."""
-    return _latest(per_principal, ["keyArn"]).rename({"principalArn": "lastUsedPrincipalArn"})
+    """Reduce key x principal rows to one row per key, naming the principal of the latest use.
+
+    The partition-relative logOffset is dropped: it means nothing outside its partition.
+    """
+    latest = _latest(per_principal, ["keyArn"]).drop("logOffset")
+    return latest.rename({"principalArn": "lastUsedPrincipalArn"})
 
 
 def tracking_window(frame: pl.DataFrame) -> tuple[object, object]:
@@ -63,9 +76,9 @@ def tracking_window(frame: pl.DataFrame) -> tuple[object, object]:
 
 
 def _latest(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    # Ties on the timestamp are broken by eventId so every merge order gives the same answer.
+    # A total order (time, log position, eventId): every merge order gives the same answer.
     return (
-        rows.sort(["lastUsedTime", "eventId"], nulls_last=False)
+        rows.sort(_ORDER, nulls_last=False)
         .group_by(keys, maintain_order=False)
         .last()
         .select(list(LAST_USED_SCHEMA) if "principalArn" in keys else rows.columns)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import polars as pl
 
 from keytrail.pipeline.cost import lifecycle_events
-from keytrail.pipeline.dedup import SeenIds, event_hashes
+from keytrail.pipeline.dedup import SeenIds, event_hashes, no_hashes
 from keytrail.pipeline.frame import empty_frame, frame_from_avro, frame_from_records
 from keytrail.pipeline.lastused import last_used
 from keytrail.pipeline.state import PartitionState, StaleBatchError, StateUpdate
@@ -28,6 +29,7 @@ from keytrail.pipeline.usage import usage_minutes
 __all__ = ["Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ class Batch:
         if self.values:
             from keytrail.pipeline.decode import avro_frame  # needs the audit layer's schema files
 
-            return frame_from_avro(avro_frame(self.values[index:]))
-        return frame_from_records(self.records[index:])
+            return frame_from_avro(avro_frame(self.values[index:]), self.offsets[index:])
+        return frame_from_records(self.records[index:], self.offsets[index:])
 
 
 class Source(Protocol):
@@ -85,19 +87,16 @@ class RunStats:
     lag: dict[str, int] = field(default_factory=dict)
 
 
-def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, list[int]]:
+def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, pl.Series]:
     """The first occurrence of each eventID not in `seen`, and the hashes of those kept."""
-    frame = frame.unique("eventID", keep="first", maintain_order=True)
     hashes = event_hashes(frame.get_column("eventID"))
-    keep = [h not in seen for h in hashes]
-    if all(keep):
+    keep = hashes.is_first_distinct() & ~seen.remembered(hashes)
+    if keep.all():
         return frame, hashes
-    return frame.filter(pl.Series(keep, dtype=pl.Boolean)), [
-        h for h, k in zip(hashes, keep, strict=True) if k
-    ]
+    return frame.filter(keep), hashes.filter(keep)
 
 
-def aggregate(frame: pl.DataFrame, seen: list[int] | None = None) -> StateUpdate:
+def aggregate(frame: pl.DataFrame, seen: pl.Series | None = None) -> StateUpdate:
     """Everything one batch of new events adds to the state (pure); `seen`: their eventID hashes."""
     outcomes = frame.group_by("eventName", pl.col("errorCode").fill_null("")).agg(
         count=pl.len().cast(pl.Int64)
@@ -108,7 +107,7 @@ def aggregate(frame: pl.DataFrame, seen: list[int] | None = None) -> StateUpdate
         last_used=last_used(frame),
         lifecycle=lifecycle_events(frame),
         outcomes=outcomes,
-        seen=seen or [],
+        seen=no_hashes() if seen is None else seen,
         earliest=cast("datetime | None", times.min()),
         latest=cast("datetime | None", times.max()),
     )
@@ -143,6 +142,7 @@ class Runner:
         self._uncommitted: dict[str, Batch] = {}
         self._staged = 0
         self._rewound: dict[str, int] = {}
+        self._worker: ThreadPoolExecutor | None = None
 
     def state(self, partition: str) -> PartitionState:
         """The (cached) state of `partition`."""
@@ -155,7 +155,7 @@ class Runner:
 
     async def run(self) -> RunStats:
         """Consume until the source ends (or the task is cancelled); checkpoint on the way out."""
-        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)  # read one batch ahead
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)  # read one batch ahead
         reader = asyncio.create_task(self._read(queue))
         next_batch: asyncio.Future[Batch | None] | None = None
         clock = asyncio.get_running_loop().time
@@ -169,7 +169,7 @@ class Runner:
                     batch, next_batch = next_batch.result(), None
                     if batch is None:
                         break
-                    await asyncio.to_thread(self.process, batch)
+                    await self._in_worker(self.process, batch)
                 # Every `checkpoint_seconds` even under steady traffic, not only after an idle spell.
                 if not done or self._staged >= self.checkpoint_records or clock() >= due:
                     await self.checkpoint()
@@ -204,7 +204,8 @@ class Runner:
             state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
             counted = frame.height
-        self._uncommitted[batch.partition] = batch
+        # Committing needs the partition and offsets only: the records need not wait for it.
+        self._uncommitted[batch.partition] = replace(batch, values=(), records=())
         self._staged += len(batch.offsets)
         self._record(batch, skip, counted)
         return counted
@@ -224,7 +225,7 @@ class Runner:
         """Persist every staged partition with its offsets, then commit to the source."""
         for partition, state in list(self._states.items()):
             try:
-                await asyncio.to_thread(state.flush)
+                await self._in_worker(state.flush)
             except StaleBatchError as error:  # another owner moved the partition on: read again
                 log.info("%s", error)
                 self._uncommitted.pop(partition, None)
@@ -235,7 +236,7 @@ class Runner:
         self._uncommitted.clear()
         self._staged = 0
         if self.after_checkpoint is not None:
-            await asyncio.to_thread(self.after_checkpoint)
+            await self._in_worker(self.after_checkpoint)
 
     def _record(self, batch: Batch, skipped: int, counted: int) -> None:
         stats = self.stats
@@ -247,10 +248,21 @@ class Runner:
         if batch.source_end is not None:
             stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
 
+    async def _in_worker(self, func: Callable[..., T], *args: Any) -> T:
+        # All polars and SQLite work runs on one thread: each thread that allocates gets its own
+        # allocator arena holding on to freed pages, so batches spread over a thread pool
+        # multiplied the resident memory.
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keytrail-aggregate")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
+
     def close(self) -> None:
         for state in self._states.values():
             state.close()
         self._states.clear()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)
+            self._worker = None
 
 
 def _empty_update() -> StateUpdate:

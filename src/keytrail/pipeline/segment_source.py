@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,7 +13,6 @@ from keytrail.transport.segment_log import SegmentLog
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
 
 SEGMENT_LOG_PARTITION = "segment-log"
-REOPEN_RECORDS = 200_000  # a reader keeps an index of every segment it read: start afresh now and then
 
 
 class SegmentLogSource:
@@ -39,27 +39,20 @@ class SegmentLogSource:
         self._offset = 0
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
-        log = SegmentLog(self.directory)
+        reader = _SegmentReader(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
-        since_open = 0
         while not self.stop.is_set():
-            if since_open >= REOPEN_RECORDS:  # keeps reader memory flat however long the log
-                log, since_open = SegmentLog(self.directory), 0
-            records = await asyncio.to_thread(log.read, self._offset, self.max_records)
-            since_open += len(records)
+            records, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
             if not records:
                 if not self.follow:
                     return
                 await asyncio.sleep(self.poll_seconds)
                 continue
-            self._offset = records[-1][0] + 1
-            yield Batch(
-                SEGMENT_LOG_PARTITION,
-                [o for o, _ in records],
-                values=[v for _, v in records],
-                source_end=log.end_offset(),
-            )
-            if self.follow and len(records) < self.max_records:
+            first, self._offset = records[0][0], records[-1][0] + 1
+            # Offsets within a read are consecutive (the log numbers its records one by one).
+            values = [v for _, v in records]
+            yield Batch(SEGMENT_LOG_PARTITION, range(first, self._offset), values=values, source_end=end)
+            if self.follow and len(records) < self.max_records and self._offset >= end:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
                 # aggregate, state) is shared by many events instead of paid per few calls.
                 await asyncio.sleep(self.poll_seconds)
@@ -69,3 +62,38 @@ class SegmentLogSource:
 
     async def rewind(self, partition: str, offset: int) -> None:
         self._offset = offset
+
+
+class _SegmentReader:
+    """Reads the log one segment at a time, each through a fresh SegmentLog.
+
+    A SegmentLog keeps the position of every record of every segment it indexed, so one
+    instance reading a long log grows without bound. A read here never spans two segments, so
+    each segment is indexed (its checksums verified) once, and memory holds one segment's index.
+    The end offset comes from a second instance that only indexes the last segment.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._log = SegmentLog(directory)
+        self._base = -1  # base offset of the segment `_log` reads
+        self._tail = SegmentLog(directory)
+        self._tail_bases: list[int] = []  # the last segment `_tail` indexed (none yet)
+
+    def read(self, offset: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Up to `limit` records from `offset` on, all from one segment, and the log's end offset."""
+        self._log.refresh()
+        bases = self._log.segment_bases()
+        index = max(0, bisect_right(bases, offset) - 1)
+        if bases and bases[index] != self._base:
+            self._log, self._base = SegmentLog(self.directory), bases[index]
+        if index + 1 < len(bases):
+            limit = min(limit, bases[index + 1] - max(offset, bases[index]))
+        return self._log.read(offset, limit), self._end_offset()
+
+    def _end_offset(self) -> int:
+        self._tail.refresh()
+        last = self._tail.segment_bases()[-1:]
+        if last != self._tail_bases:  # the writer started a segment: forget the old one's index
+            self._tail, self._tail_bases = SegmentLog(self.directory), last
+        return self._tail.end_offset()

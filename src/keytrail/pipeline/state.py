@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
-from keytrail.pipeline.dedup import SeenIds, pack, unpack
+from keytrail.pipeline.dedup import SeenIds, no_hashes, pack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
@@ -29,17 +29,23 @@ __all__ = ["PartitionState", "StaleBatchError", "StateUpdate"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
 CREATE TABLE IF NOT EXISTS last_used (keyArn TEXT, principalArn TEXT, lastUsedTime INTEGER,
-  lastUsedOperation TEXT, eventId TEXT, requestId TEXT, PRIMARY KEY (keyArn, principalArn)) WITHOUT ROWID;
+  lastUsedOperation TEXT, eventId TEXT, requestId TEXT, logOffset INTEGER NOT NULL DEFAULT -1,
+  PRIMARY KEY (keyArn, principalArn)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eventTime INTEGER,
   eventName TEXT, keySpec TEXT, keyManager TEXT);
 CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEGER,
   PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (generation INTEGER, hashes BLOB);  -- eventID hashes, int64 native order
 """
-_UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
+# Same-second uses: the later in this partition's log wins (every staged offset lies beyond the
+# stored ones, so the comparison holds for rows of earlier checkpoints too).
+_UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
   lastUsedTime = excluded.lastUsedTime, lastUsedOperation = excluded.lastUsedOperation,
-  eventId = excluded.eventId, requestId = excluded.requestId
-  WHERE (excluded.lastUsedTime, excluded.eventId) > (last_used.lastUsedTime, last_used.eventId)"""
+  eventId = excluded.eventId, requestId = excluded.requestId, logOffset = excluded.logOffset
+  WHERE (excluded.lastUsedTime, excluded.logOffset, excluded.eventId)
+      > (last_used.lastUsedTime, last_used.logOffset, last_used.eventId)"""
+# State files from before logOffset: their rows sort before any later use of the same second.
+_ADD_LOG_OFFSET = "ALTER TABLE last_used ADD COLUMN logOffset INTEGER NOT NULL DEFAULT -1"
 _UPSERT_OUTCOMES = """INSERT INTO outcomes VALUES (?,?,?) ON CONFLICT DO UPDATE SET
   count = count + excluded.count"""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,7 +63,7 @@ class StateUpdate:
     last_used: pl.DataFrame
     lifecycle: pl.DataFrame
     outcomes: pl.DataFrame  # eventName, errorCode ("" for success), count
-    seen: list[int] = field(default_factory=list)  # eventID hashes (keytrail.pipeline.dedup)
+    seen: pl.Series = field(default_factory=no_hashes)  # eventID hashes (keytrail.pipeline.dedup)
     earliest: datetime | None = None
     latest: datetime | None = None
 
@@ -79,6 +85,7 @@ class PartitionState:
         self._db.executescript(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
         )
+        self._add_log_offset()
         self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
         self._pending: list[StateUpdate] = []
         self._load()
@@ -89,13 +96,26 @@ class PartitionState:
         self._next = self._persisted
         self.seen = SeenIds(self.dedup_capacity)
         self.seen.generation = generation = self.meta("seen_generation") or 0
-        self._staged_seen: list[tuple[int, list[int]]] = []
+        self._staged_seen: list[tuple[int, pl.Series]] = []
         if not self.owner:
             return
-        for label, blob in self._db.execute(
-            "SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,)
-        ):
-            (self.seen.current if label == generation else self.seen.previous).update(unpack(blob))
+        rows = self._db.execute("SELECT generation, hashes FROM seen WHERE generation >= ?", (generation - 1,))
+        self.seen.restore(generation, rows)
+
+    def _add_log_offset(self) -> None:
+        if self._has_log_offset():
+            return
+        self._db.execute("BEGIN IMMEDIATE")  # another process may be adding it right now
+        try:
+            if not self._has_log_offset():
+                self._db.execute(_ADD_LOG_OFFSET)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _has_log_offset(self) -> bool:
+        return any(row[1] == "logOffset" for row in self._db.execute("PRAGMA table_info(last_used)"))
 
     def close(self) -> None:
         self._db.close()
@@ -166,7 +186,7 @@ class PartitionState:
             .rows(),
         )
         generation = self.seen.generation
-        db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h))
+        db.executemany("INSERT INTO seen VALUES (?,?)", ((g, pack(h)) for g, h in self._staged_seen if h.len()))
         db.execute("DELETE FROM seen WHERE generation < ?", (generation - 1,))
         db.execute("INSERT OR REPLACE INTO meta VALUES ('seen_generation', ?)", (generation,))
         for update in updates:
@@ -195,7 +215,9 @@ class PartitionState:
 
     def last_used(self) -> pl.DataFrame:
         return _frame(
-            self._db.execute("SELECT * FROM last_used").fetchall(), LAST_USED_SCHEMA, ["lastUsedTime"]
+            self._db.execute(f"SELECT {', '.join(LAST_USED_SCHEMA)} FROM last_used").fetchall(),
+            LAST_USED_SCHEMA,
+            ["lastUsedTime"],
         )
 
     def lifecycle(self) -> pl.DataFrame:

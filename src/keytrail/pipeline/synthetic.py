@@ -2,7 +2,8 @@
 
 The stream mixes customer managed keys of several specs, IAM users and role sessions from a few
 accounts (some calling cross-account), denied calls, calls on keys pending deletion, rotations,
-deletions, cancelled deletions, late events and redelivered duplicates.
+deletions, cancelled deletions, late events and redelivered duplicates; optionally uses repeated
+within the same second (an Encrypt then a Decrypt), which tie on CloudTrail's one-second eventTime.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SyntheticSettings:
     lifecycle_share: float = 0.002
     region: str = "us-east-1"
     skew: float = 1.0  # 1 = uniform; higher concentrates traffic on few keys and principals (Zipf-like)
+    same_second_share: float = 0.0  # a use followed by another use of its key and principal, same second
 
 
 @dataclass
@@ -68,6 +70,7 @@ class _World:
     principals: list[dict[str, Any]]
     keys: list[_Key] = field(default_factory=list)
     recent: list[dict[str, Any]] = field(default_factory=list)
+    last_use: tuple[datetime, _Key, dict[str, Any]] | None = None
 
 
 def generate_events(
@@ -125,10 +128,12 @@ def _next_event(world: _World, when: datetime) -> dict[str, Any]:
         return dict(rng.choice(world.recent))
     if roll < settings.duplicate_share + settings.late_share:
         when -= timedelta(seconds=rng.randrange(60, 7200))
-    if len(world.keys) < settings.keys or rng.random() < settings.lifecycle_share:
+    if world.last_use and settings.same_second_share and rng.random() < settings.same_second_share:
+        event = _repeated_use(world, world.last_use)  # the previous use's second, key and principal
+    elif len(world.keys) < settings.keys or rng.random() < settings.lifecycle_share:
         event = _lifecycle_event(world, when)
     else:
-        event = _use_event(world, when)
+        event = _new_use(world, when)
     world.recent = [*world.recent, event][-50:]
     return event
 
@@ -212,12 +217,28 @@ def _create_key(world: _World, when: datetime) -> dict[str, Any]:
     )
 
 
-def _use_event(world: _World, when: datetime) -> dict[str, Any]:
-    rng = world.rng
-    live = [k for k in world.keys if k.state != "Deleted"] or world.keys
+def _new_use(world: _World, when: datetime) -> dict[str, Any]:
+    rng, live = world.rng, _live(world)
     key = live[_pick(rng, len(live), world.settings.skew)]
     operation = rng.choice(_OPS_BY_SPEC[key.spec])
     identity = world.principals[_pick(rng, len(world.principals), world.settings.skew)]
+    world.last_use = (when, key, identity)
+    return _use_event(world, when, key, identity, operation)
+
+
+def _repeated_use(world: _World, last_use: tuple[datetime, _Key, dict[str, Any]]) -> dict[str, Any]:
+    when, key, identity = last_use
+    return _use_event(world, when, key, identity, world.rng.choice(_OPS_BY_SPEC[key.spec]))
+
+
+def _live(world: _World) -> list[_Key]:
+    return [k for k in world.keys if k.state != "Deleted"] or world.keys
+
+
+def _use_event(
+    world: _World, when: datetime, key: _Key, identity: dict[str, Any], operation: str
+) -> dict[str, Any]:
+    rng = world.rng
     params: dict[str, Any] = {"keyId": key.arn}
     if operation == "GenerateDataKeyPair":
         params["keyPairSpec"] = rng.choice(_PAIR_SPECS)
@@ -228,8 +249,9 @@ def _use_event(world: _World, when: datetime) -> dict[str, Any]:
         error = ("KMSInvalidStateException", f"{key.arn} is pending deletion.")
     elif key.state == "Disabled":
         error = ("DisabledException", f"{key.arn} is disabled.")
-    extra = [key.arn] if operation == "ReEncrypt" else []
+    extra = []
     if operation == "ReEncrypt":
+        live = _live(world)
         extra = [live[rng.randrange(len(live))].arn]
     return _record(world, when, identity, operation, key, params=params, error=error, extra=extra)
 

@@ -26,7 +26,7 @@ __all__ = ["MANIFEST_SCHEMA", "UsageFiles"]
 
 MANIFEST_SCHEMA = "CREATE TABLE IF NOT EXISTS usage_files (name TEXT PRIMARY KEY, day TEXT, rows INTEGER);"
 COMPACT_AFTER = 8  # files of one day before the smallest are merged
-COMPACT_MAX_ROWS = 500_000  # never merge more rows than this at once: compaction memory stays bounded
+COMPACT_MAX_ROWS = 100_000  # never merge more rows than this at once: compaction memory stays bounded
 
 
 class UsageFiles:

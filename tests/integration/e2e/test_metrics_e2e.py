@@ -46,9 +46,8 @@ def _drive(server: KeytrailServer) -> Traffic:
         bob.decrypt(CiphertextBlob=blob)
     traffic.add("Decrypt", BOB, error=True)  # denied: counted as an error, never as use
     for _ in range(2):
-        # eventTime has CloudTrail's one-second resolution and same-second uses tie (broken by
-        # eventId): step the dev clock so the last Decrypt is unambiguously the latest use.
-        server.advance(2)
+        # The dev clock stands still: every call shares one second of eventTime (CloudTrail's
+        # resolution), so only the log order can name the last Decrypt as the latest use.
         traffic.last_request_id = reply_id(alice.decrypt(CiphertextBlob=blob))
         traffic.add("Decrypt", ALICE)
     return traffic
@@ -72,7 +71,10 @@ def test_live_metrics_and_last_usage_follow_the_calls(tmp_path: Path) -> None:
     try:
         traffic = _drive(server)
         usage = eventually(lambda: _last_usage(server, traffic), what="GetKeyLastUsage to see the last Decrypt")
-        event_ids = {e["requestID"]: e["eventID"] for e in audit_events(data)}
+        events = audit_events(data)
+        event_ids = {e["requestID"]: e["eventID"] for e in events}
+        uses = [e for e in events if e["eventName"] in ("Encrypt", "Decrypt") and not e.get("errorCode")]
+        assert len({e["eventTime"] for e in uses}) == 1  # seven uses tied on eventTime
         assert usage["Operation"] == "Decrypt"
         assert usage["CloudTrailEventId"] == event_ids[traffic.last_request_id]
         expected = {("CreateKey", "success"): 1, ("Encrypt", "success"): 5, ("Decrypt", "success"): 2,

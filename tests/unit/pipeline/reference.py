@@ -67,16 +67,35 @@ def usage(events: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[int, int]
 
 
 def last_used(events: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[datetime, str, str]]:
-    best: dict[tuple[str, str], tuple[datetime, str, str]] = {}
-    for e in unique(events):
+    """(key, principal) -> (time, eventID, operation) of the latest use: same second, later in the list."""
+    return {pair: use[1:] for pair, use in _latest_uses(events).items()}
+
+
+def last_used_per_key(events: list[dict[str, Any]]) -> dict[str, tuple[datetime, str, str, str]]:
+    """key -> (time, eventID, operation, principal) of the key's latest use by anyone."""
+    best: dict[str, tuple[tuple[datetime, int], datetime, str, str, str]] = {}
+    for (key, who), (rank, *use) in _latest_uses(events).items():
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, *use, who)
+    return {key: value[1:] for key, value in best.items()}
+
+
+def _latest_uses(events: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(key, principal) -> ((time, position), time, eventID, operation); a repeat keeps its first position."""
+    best: dict[tuple[str, str], tuple[Any, ...]] = {}
+    seen: set[str] = set()
+    for position, e in enumerate(events):
+        if e["eventID"] in seen:
+            continue
+        seen.add(e["eventID"])
         if e.get("errorCode") or e["eventName"] not in CRYPTO:
             continue
         keys = [r["ARN"] for r in e["resources"]][: 2 if e["eventName"] == "ReEncrypt" else 1]
+        rank = (when(e), position)
         for key in keys:
-            candidate = (when(e), e["eventID"], e["eventName"])
             current = best.get((key, principal(e)))
-            if current is None or candidate[:2] > current[:2]:
-                best[(key, principal(e))] = candidate
+            if current is None or rank > current[0]:
+                best[(key, principal(e))] = (rank, when(e), e["eventID"], e["eventName"])
     return best
 
 

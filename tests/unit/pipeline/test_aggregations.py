@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,9 @@ from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from keytrail.pipeline.usage import merge_usage, roll_up, usage_minutes
 from tests.unit.pipeline import reference
 
-SETTINGS = SyntheticSettings(keys=60, principals=25, accounts=3, seconds_per_event=20.0, lifecycle_share=0.01)
+SETTINGS = SyntheticSettings(
+    keys=60, principals=25, accounts=3, seconds_per_event=20.0, lifecycle_share=0.01, same_second_share=0.3
+)
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
 
 
@@ -25,8 +28,10 @@ def events() -> list[dict[str, Any]]:
     return list(generate_events(6000, SETTINGS, seed=11))
 
 
-def _frame(events: list[dict[str, Any]]) -> pl.DataFrame:
-    return frame_from_records(events).unique("eventID", keep="first", maintain_order=True)
+def _frame(events: list[dict[str, Any]], start: int = 0) -> pl.DataFrame:
+    """The frame of `events` read from position `start` of the log."""
+    offsets = range(start, start + len(events))
+    return frame_from_records(events, offsets).unique("eventID", keep="first", maintain_order=True)
 
 
 def _usage_dict(usage: pl.DataFrame) -> dict[tuple[Any, ...], tuple[int, int]]:
@@ -40,6 +45,17 @@ def test_generated_stream_has_what_the_reference_must_cover(events: list[dict[st
     assert any(e.get("errorCode") == "AccessDenied" for e in events)
     assert len({e["eventID"] for e in events}) < len(events)  # redelivered duplicates present
     assert any(e["userIdentity"].get("type") == "AssumedRole" for e in events)
+    assert _final_uses_tied_within_a_second(events) > 20
+
+
+def _final_uses_tied_within_a_second(events: list[dict[str, Any]]) -> int:
+    """Key x principal pairs used more than once in the second of their latest use: the tie-break decides."""
+    seconds: dict[tuple[str, str], Counter[datetime]] = {}
+    for e in reference.unique(events):
+        if not e.get("errorCode") and e["eventName"] in reference.CRYPTO:
+            pair = (e["resources"][0]["ARN"], reference.principal(e) or "")
+            seconds.setdefault(pair, Counter())[reference.when(e)] += 1
+    return sum(1 for counts in seconds.values() if counts[max(counts)] > 1)
 
 
 def test_usage_matches_reference(events: list[dict[str, Any]]) -> None:
@@ -63,7 +79,7 @@ def test_roles_are_attributed_to_the_role_not_the_session(events: list[dict[str,
 
 
 def test_last_used_matches_reference(events: list[dict[str, Any]]) -> None:
-    parts = [last_used(_frame(events[i : i + 900])) for i in range(0, len(events), 900)]
+    parts = [last_used(_frame(events[i : i + 900], i)) for i in range(0, len(events), 900)]
     got = {
         (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
         for r in merge_last_used(parts).iter_rows(named=True)
@@ -72,10 +88,7 @@ def test_last_used_matches_reference(events: list[dict[str, Any]]) -> None:
 
 
 def test_last_used_per_key_names_the_latest_principal(events: list[dict[str, Any]]) -> None:
-    expected: dict[str, tuple[Any, ...]] = {}
-    for (key, principal), value in reference.last_used(events).items():
-        if key not in expected or value[:2] > expected[key][:2]:
-            expected[key] = (*value, principal)
+    expected = reference.last_used_per_key(events)
     per_key = last_used_per_key(last_used(_frame(events)))
     got = {
         r["keyArn"]: (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"], r["lastUsedPrincipalArn"])

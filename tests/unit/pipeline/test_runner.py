@@ -17,7 +17,8 @@ from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from tests.unit.pipeline import reference
 
 SETTINGS = SyntheticSettings(
-    keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01, duplicate_share=0.02
+    keys=40, principals=20, seconds_per_event=30.0, lifecycle_share=0.01, duplicate_share=0.02,
+    same_second_share=0.3,  # uses tied on eventTime: the later one in the log must win
 )
 UNTIL = datetime(2026, 10, 5, tzinfo=UTC)
 
@@ -182,13 +183,12 @@ def test_last_usage_answers_like_get_key_last_usage(tmp_path: Path, events: list
 
     asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
     store = MetricsStore(tmp_path)
-    used = reference.last_used(events)
-    key = next(iter(used))[0]
-    latest = max((v, p) for (k, p), v in used.items() if k == key)
-    answer = store.last_usage(key)
-    assert answer is not None
-    assert (answer["Timestamp"], answer["CloudTrailEventId"], answer["Operation"]) == latest[0]
-    assert answer["TrackingStartDate"] <= answer["Timestamp"]
+    for key, (when, event_id, operation, principal) in reference.last_used_per_key(events).items():
+        answer = store.last_usage(key)
+        assert answer is not None
+        assert (answer["Timestamp"], answer["CloudTrailEventId"]) == (when, event_id)
+        assert (answer["Operation"], answer["PrincipalArn"]) == (operation, principal)
+        assert answer["TrackingStartDate"] <= answer["Timestamp"]
     assert store.last_usage("arn:aws:kms:us-east-1:111122223333:key/never-used") is None
 
 

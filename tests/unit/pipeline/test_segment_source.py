@@ -1,0 +1,56 @@
+"""The embedded-log source: every record once, in order, one segment per batch, and the end offset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from keytrail.pipeline.runner import Batch
+from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSource
+from keytrail.transport.segment_log import SegmentLog
+
+
+def _records(start: int, stop: int) -> list[bytes]:
+    return [f"record-{n:03d}".encode() * 4 for n in range(start, stop)]
+
+
+async def _batches(directory: Path, start: int) -> list[Batch]:
+    source = SegmentLogSource(directory, max_records=7)
+    return [batch async for batch in source.batches(lambda partition: start)]
+
+
+async def test_batches_cover_the_log_once_and_never_span_two_segments(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=400, writable=True)
+    for start in range(0, 100, 10):
+        log.append(_records(start, start + 10))
+    log.sync()
+    bases = log.segment_bases()
+    log.close()
+    assert len(bases) > 5
+
+    batches = await _batches(tmp_path, 3)
+    assert [o for b in batches for o in b.offsets] == list(range(3, 100))
+    assert [v for b in batches for v in b.values] == _records(3, 100)
+    for batch in batches:
+        assert batch.partition == SEGMENT_LOG_PARTITION and batch.source_end == 100
+        assert len(batch.offsets) <= 7
+        assert len({max(b for b in bases if b <= offset) for offset in batch.offsets}) == 1
+
+
+async def test_a_following_source_reads_segments_the_writer_starts_meanwhile(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=400, writable=True)
+    log.append(_records(0, 20))
+    log.sync()
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01)
+    offsets: list[int] = []
+    ends: list[int | None] = []
+    async for batch in source.batches(lambda partition: 0):
+        offsets.extend(batch.offsets)
+        ends.append(batch.source_end)
+        if offsets[-1] == 19:  # caught up: the server writes on, into new segments
+            log.append(_records(20, 60))
+            log.sync()
+        if offsets[-1] == 59:
+            source.stop.set()
+    log.close()
+    assert offsets == list(range(60))
+    assert ends[0] == 20 and ends[-1] == 60

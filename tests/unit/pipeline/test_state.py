@@ -1,0 +1,62 @@
+"""The partition state file: same-second uses and state files written before logOffset existed."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from keytrail.pipeline.frame import empty_frame
+from keytrail.pipeline.lastused import LAST_USED_SCHEMA
+from keytrail.pipeline.runner import aggregate
+from keytrail.pipeline.state import PartitionState, StateUpdate
+
+KEY = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+ALICE = "arn:aws:iam::111122223333:user/alice"
+NOON = datetime(2026, 10, 1, 12, tzinfo=UTC)
+_OLD_LAST_USED = """CREATE TABLE last_used (keyArn TEXT, principalArn TEXT, lastUsedTime INTEGER,
+  lastUsedOperation TEXT, eventId TEXT, requestId TEXT, PRIMARY KEY (keyArn, principalArn)) WITHOUT ROWID"""
+
+
+def _use(operation: str, event_id: str, offset: int) -> StateUpdate:
+    """What a batch holding only this successful use of KEY by ALICE at NOON adds."""
+    row = {"keyArn": KEY, "principalArn": ALICE, "lastUsedTime": NOON, "lastUsedOperation": operation,
+           "eventId": event_id, "requestId": f"request-{event_id}", "logOffset": offset}
+    return replace(aggregate(empty_frame()), last_used=pl.DataFrame([row], schema=LAST_USED_SCHEMA))
+
+
+def _last(path: Path) -> tuple[str, str]:
+    state = PartitionState(path)
+    try:
+        row = state.last_used().row(0, named=True)
+        return row["lastUsedOperation"], row["eventId"]
+    finally:
+        state.close()
+
+
+def test_a_later_checkpoint_s_same_second_use_wins_whatever_its_event_id(tmp_path: Path) -> None:
+    path = tmp_path / "p0.sqlite"
+    state = PartitionState(path, owner=True)
+    state.stage(_use("Encrypt", "ffff", 10), 11)
+    state.flush()
+    state.stage(_use("Decrypt", "0000", 11), 12)  # same second, smaller eventId, later in the log
+    state.flush()
+    state.close()
+    assert _last(path) == ("Decrypt", "0000")
+
+
+def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "p0.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(_OLD_LAST_USED)
+        db.execute("INSERT INTO last_used VALUES (?,?,?,?,?,?)",
+                   (KEY, ALICE, int(NOON.timestamp() * 1_000_000), "Encrypt", "ffff", "request-ffff"))
+    assert _last(path) == ("Encrypt", "ffff")  # readable as before
+    state = PartitionState(path, owner=True)
+    state.stage(_use("Decrypt", "0000", 0), 1)  # the first record read after the upgrade
+    state.flush()
+    state.close()
+    assert _last(path) == ("Decrypt", "0000")
