@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections import Counter
@@ -161,6 +162,9 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
         node.consumer_task = asyncio.create_task(node.consumer.run())
     node.background.append(asyncio.create_task(_scheduler(node)))
     await node.service.run_due()
+    # What is alive now (modules, the app, caches) lives as long as the process: out of the cyclic
+    # collector's reach, a full collection no longer walks it (one held the loop ~50 ms under load).
+    gc.freeze()
 
 
 def _start_detector(node: Node) -> None:

@@ -46,14 +46,17 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 async def avro_events(values: Sequence[bytes], *, chunk: int) -> AsyncIterator[list[KmsEvent]]:
     """The KMS events of `values` in order, `chunk` at a time: the values are decoded in a worker
     thread, each chunk of events is built when the caller asks for it (one short loop step)."""
-    frame = await asyncio.to_thread(_frame, values)
-    for start in range(0, frame.height, chunk):
-        yield _events(frame.slice(start, chunk))
+    columns = await asyncio.to_thread(_columns, values)
+    rows = list(zip(*(columns[name] for name in EVENT_FIELDS), strict=True))
+    for start in range(0, len(rows), chunk):
+        yield _events(rows[start : start + chunk])
 
 
-def _frame(values: Sequence[bytes]) -> pl.DataFrame:
-    """EVENT_FIELDS of `values`, one row per value in order. Values of an unknown writer schema
-    are left out with a warning (the audit layer wrote them all; a stranger is not an event)."""
+def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
+    """EVENT_FIELDS of `values` as Python lists (eventTime in epoch ms), one row per value in order.
+    Worker thread: polars runs on its own thread pool, where a query started from the event loop
+    would queue behind the metrics consumer's. Values of an unknown writer schema are left out
+    with a warning (the audit layer wrote them all; a stranger is not an event)."""
     headers = _container_headers()
     frames = []
     for prefix, run in itertools.groupby(values, key=lambda value: value[:_HEADER]):
@@ -64,16 +67,17 @@ def _frame(values: Sequence[bytes]) -> pl.DataFrame:
             continue
         container = b"".join([header, _long(len(bodies)), _long(sum(map(len, bodies))), *bodies, _SYNC])
         frames.append(pl.read_avro(io.BytesIO(container), columns=list(EVENT_FIELDS)))
-    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame(schema=dict.fromkeys(EVENT_FIELDS))
+    if not frames:
+        return {name: [] for name in EVENT_FIELDS}
+    frame = pl.concat(frames, how="vertical_relaxed").with_columns(pl.col("eventTime").dt.epoch("ms"))
+    return {name: frame[name].to_list() for name in EVENT_FIELDS}
 
 
-def _events(frame: pl.DataFrame) -> list[KmsEvent]:
-    """The events of a `_frame`'s rows; other services' rows are skipped, unreadable ones
+def _events(rows: Sequence[tuple[Any, ...]]) -> list[KmsEvent]:
+    """The events of rows of EVENT_FIELDS; other services' rows are skipped, unreadable ones
     skipped with a warning, as `read_kms_event` does with the records they decode to."""
-    columns = {name: frame[name].to_list() for name in EVENT_FIELDS if name != "eventTime"}
-    columns["eventTime"] = frame["eventTime"].dt.epoch("ms").to_list()
     events = []
-    for row in zip(*(columns[name] for name in EVENT_FIELDS), strict=True):
+    for row in rows:
         record = dict(zip(EVENT_FIELDS, row, strict=True))
         if record["eventSource"] != KMS_SOURCE:
             continue

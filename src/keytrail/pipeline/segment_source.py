@@ -45,7 +45,7 @@ class SegmentLogSource:
         while not self.stop.is_set():
             if since_open >= REOPEN_RECORDS:  # keeps reader memory flat however long the log
                 log, since_open = SegmentLog(self.directory), 0
-            records = await asyncio.to_thread(log.read, self._offset, self.max_records)
+            records, end = await asyncio.to_thread(_read, log, self._offset, self.max_records)
             since_open += len(records)
             if not records:
                 if not self.follow:
@@ -57,7 +57,7 @@ class SegmentLogSource:
                 SEGMENT_LOG_PARTITION,
                 [o for o, _ in records],
                 values=[v for _, v in records],
-                source_end=log.end_offset(),
+                source_end=end,
             )
             if self.follow and len(records) < self.max_records:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
@@ -69,3 +69,9 @@ class SegmentLogSource:
 
     async def rewind(self, partition: str, offset: int) -> None:
         self._offset = offset
+
+
+def _read(log: SegmentLog, offset: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Worker thread: records from `offset` and the log's end (both list the segment files and
+    read new frames, which must not hold the serving event loop)."""
+    return log.read(offset, limit), log.end_offset()
