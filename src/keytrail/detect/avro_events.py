@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import polars as pl
@@ -47,7 +47,7 @@ async def avro_events(values: Sequence[bytes], *, chunk: int) -> AsyncIterator[l
     """The KMS events of `values` in order, `chunk` at a time: the values are decoded in a worker
     thread, each chunk of events is built when the caller asks for it (one short loop step)."""
     columns = await asyncio.to_thread(_columns, values)
-    rows = list(zip(*(columns[name] for name in EVENT_FIELDS), strict=True))
+    rows = list(map(_Row, *(columns[name] for name in EVENT_FIELDS)))
     for start in range(0, len(rows), chunk):
         yield _events(rows[start : start + chunk])
 
@@ -73,36 +73,51 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
     return {name: frame[name].to_list() for name in EVENT_FIELDS}
 
 
-def _events(rows: Sequence[tuple[Any, ...]]) -> list[KmsEvent]:
-    """The events of rows of EVENT_FIELDS; other services' rows are skipped, unreadable ones
-    skipped with a warning, as `read_kms_event` does with the records they decode to."""
+class _Row(NamedTuple):
+    """One value's EVENT_FIELDS, in that order."""
+
+    event_id: str
+    event_time: int  # epoch milliseconds
+    event_source: str
+    event_name: str
+    region: str | None
+    error_code: str | None
+    error_message: str | None
+    user_identity: str
+    resources: str | None
+    request_parameters: str | None
+    response_elements: str | None
+
+
+def _events(rows: Sequence[_Row]) -> list[KmsEvent]:
+    """The events of rows; other services' rows are skipped, unreadable ones skipped with a
+    warning, as `read_kms_event` does with the records they decode to."""
     events = []
     for row in rows:
-        record = dict(zip(EVENT_FIELDS, row, strict=True))
-        if record["eventSource"] != KMS_SOURCE:
+        if row.event_source != KMS_SOURCE:
             continue
         try:
-            events.append(_event(record))
+            events.append(_event(row))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            log.warning("skipping unreadable CloudTrail record %s: %r", record["eventID"], exc)
+            log.warning("skipping unreadable CloudTrail record %s: %r", row.event_id, exc)
     return events
 
 
-def _event(row: dict[str, Any]) -> KmsEvent:
-    identity = _json(row["userIdentity"]) or {}
-    request, response = _object(row["requestParameters"]), _object(row["responseElements"])
+def _event(row: _Row) -> KmsEvent:
+    identity = _json(row.user_identity) or {}
+    request, response = _object(row.request_parameters), _object(row.response_elements)
     return KmsEvent(
-        event_id=row["eventID"],
-        event_time=_EPOCH + row["eventTime"] * _MILLISECOND,
-        event_name=row["eventName"],
-        key_arns=key_arns(_json(row["resources"]), request, response),
+        event_id=row.event_id,
+        event_time=_EPOCH + row.event_time * _MILLISECOND,
+        event_name=row.event_name,
+        key_arns=key_arns(_json(row.resources), request, response),
         principal_arn=principal_arn(identity),
         account_id=identity.get("accountId"),
-        region=row["awsRegion"],
+        region=row.region,
         identity_type=identity.get("type"),
         invoked_by=identity.get("invokedBy"),
-        error_code=row["errorCode"] or None,
-        error_message=row["errorMessage"],
+        error_code=row.error_code or None,
+        error_message=row.error_message,
         request_parameters=request,
         response_elements=response,
     )
