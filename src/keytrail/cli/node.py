@@ -183,14 +183,19 @@ async def _run_detector(node: Node, runner: DetectorRunner) -> None:
     last_tick = loop.time()
     async for values in follow_event_log(node.settings.data_dir):
         try:
-            async for events in avro_events(values, chunk=DETECTOR_CHUNK):
-                _count_denied(node, events)
-                _count_alarms(node, await runner.feed_events(events))
+            if values:
+                await _detect(node, runner, values)
             if loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
                 _count_alarms(node, await runner.tick())
                 last_tick = loop.time()
         except Exception:
             log.exception("detector failed on a batch; continuing")
+
+
+async def _detect(node: Node, runner: DetectorRunner, values: list[bytes]) -> None:
+    async for events in avro_events(values, chunk=DETECTOR_CHUNK):
+        _count_denied(node, events)
+        _count_alarms(node, await runner.feed_events(events))
 
 
 async def _detector_catch_up(node: Node) -> None:

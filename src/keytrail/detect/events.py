@@ -118,8 +118,8 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
 
 
 def key_arns(resources: Any, request: Mapping[str, Any], response: Mapping[str, Any]) -> tuple[str, ...]:
-    """The key ARNs a record names. resources[] holds the resolved ARN; requestParameters.keyId
-    may be an alias or bare id, so it counts only as an ARN."""
+    """The key ARNs a record names: resources[] holds the resolved ones; requestParameters.keyId
+    counts only when it is a key ARN (it may be an alias or a bare key id)."""
     arns = tuple(str(r["ARN"]) for r in resources or () if r.get("ARN"))
     if arns:
         return arns
