@@ -24,6 +24,10 @@ __all__ = ["AUDIT_TOPIC", "ShippedOffset", "Shipper"]
 log = logging.getLogger(__name__)
 AUDIT_TOPIC = "keytrail.audit.v1"
 _BATCH = 2000
+# Pause after a partial round so the next one carries more records: each round has a fixed cost
+# (log read and offset write in worker threads, a produce request per partition) that per-commit
+# rounds of a few records would pay hundreds of times a second. The spool, not Kafka, answers calls.
+LINGER_SECONDS = 0.05
 
 
 class ShippedOffset:
@@ -57,6 +61,7 @@ class Shipper:
         self._on_shipped = on_shipped
         self._stop = asyncio.Event()
         self.connected = False
+        self.linger = LINGER_SECONDS
 
     async def run(self) -> None:
         """Ship until `stop`; reconnect with backoff whenever the broker fails."""
@@ -81,31 +86,33 @@ class Shipper:
 
     async def _ship_forever(self, link: KafkaProducerLink) -> None:
         while True:
-            shipped_any = await self._ship_once(link)
-            if self._stop.is_set() and not shipped_any:
+            shipped = await self._ship_once(link)
+            if self._stop.is_set() and not shipped:
                 return
-            if not shipped_any:
+            if 0 < shipped < _BATCH and not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.linger)
+            if not shipped:
                 self._committed.clear()
                 if self.shipped.value >= self._durable_end():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._committed.wait(), 1.0)
 
-    async def _ship_once(self, link: KafkaProducerLink) -> bool:
+    async def _ship_once(self, link: KafkaProducerLink) -> int:
+        """Ship the next durable records; returns how many."""
         start, end = self.shipped.value, self._durable_end()
         if start >= end:
-            return False
+            return 0
         batch = await asyncio.to_thread(self.reader.read, start, min(_BATCH, end - start))
         if not batch:
-            return False
+            return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
-        # no longer has and drops them: check first, and recreate the topic through `run`.
-        if not await link.topic_exists(self.topic):
-            raise RuntimeError(f"topic {self.topic} is missing on the broker")
+        # no longer has and drops them: `send_batch` raises then, and `run` recreates the topic.
         await link.send_batch(self.topic, [(_key(value), value) for _, value in batch])
         await asyncio.to_thread(self.shipped.advance, batch[-1][0] + 1)
         if self._on_shipped is not None:
             self._on_shipped(sum(len(value) + 8 for _, value in batch))
-        return True
+        return len(batch)
 
 
 def _key(value: bytes) -> bytes | None:

@@ -13,7 +13,16 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["CRYPTO_OPERATIONS", "KMS_SOURCE", "KmsEvent", "parse_time", "read_event", "read_kms_event"]
+__all__ = [
+    "CRYPTO_OPERATIONS",
+    "KMS_SOURCE",
+    "KmsEvent",
+    "key_arns",
+    "parse_time",
+    "principal_arn",
+    "read_event",
+    "read_kms_event",
+]
 
 # Cryptographic operations, as GetKeyLastUsage tracks them (audit-anchors §2.5).
 CRYPTO_OPERATIONS = frozenset(
@@ -89,37 +98,41 @@ def read_kms_event(record: Mapping[str, Any]) -> KmsEvent | None:
 def read_event(record: Mapping[str, Any]) -> KmsEvent:
     """Read one CloudTrail record; raises KeyError/ValueError when eventTime or eventName is missing."""
     identity = record.get("userIdentity") or {}
+    request = _mapping(record.get("requestParameters"))
+    response = _mapping(record.get("responseElements"))
     return KmsEvent(
         event_id=str(record.get("eventID") or ""),
         event_time=parse_time(record["eventTime"]),
         event_name=str(record["eventName"]),
-        key_arns=_key_arns(record),
-        principal_arn=_principal_arn(identity),
+        key_arns=key_arns(record.get("resources"), request, response),
+        principal_arn=principal_arn(identity),
         account_id=identity.get("accountId"),
         region=record.get("awsRegion"),
         identity_type=identity.get("type"),
         invoked_by=identity.get("invokedBy"),
         error_code=record.get("errorCode") or None,
         error_message=record.get("errorMessage"),
-        request_parameters=_mapping(record.get("requestParameters")),
-        response_elements=_mapping(record.get("responseElements")),
+        request_parameters=request,
+        response_elements=response,
     )
 
 
-def _key_arns(record: Mapping[str, Any]) -> tuple[str, ...]:
-    # resources[] holds the resolved key ARN; requestParameters.keyId may be an alias or bare id.
-    arns = tuple(str(r["ARN"]) for r in record.get("resources") or () if r.get("ARN"))
+def key_arns(resources: Any, request: Mapping[str, Any], response: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key ARNs a record names: resources[] holds the resolved ones; requestParameters.keyId
+    counts only when it is a key ARN (it may be an alias or a bare key id)."""
+    arns = tuple(str(r["ARN"]) for r in resources or () if r.get("ARN"))
     if arns:
         return arns
-    key_id = _mapping(record.get("requestParameters")).get("keyId")
+    key_id = request.get("keyId")
     if isinstance(key_id, str) and key_id.startswith("arn:") and ":key/" in key_id:
         return (key_id,)
-    metadata = _mapping(_mapping(record.get("responseElements")).get("keyMetadata"))
+    metadata = _mapping(response.get("keyMetadata"))
     return (str(metadata["arn"]),) if metadata.get("arn") else ()
 
 
-def _principal_arn(identity: Mapping[str, Any]) -> str | None:
-    # Role sessions are attributed to the role (sessionIssuer.arn), not the per-session STS ARN.
+def principal_arn(identity: Mapping[str, Any]) -> str | None:
+    """The caller of a userIdentity; role sessions are attributed to the role (sessionIssuer.arn),
+    not the per-session STS ARN."""
     issuer = _mapping(_mapping(identity.get("sessionContext")).get("sessionIssuer"))
     arn = issuer.get("arn") or identity.get("arn")
     return str(arn) if arn else None

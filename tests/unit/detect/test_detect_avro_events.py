@@ -1,0 +1,77 @@
+"""Events read straight from Avro audit values equal the events of the decoded CloudTrail records."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+from typing import Any
+
+import fastavro
+import pytest
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from tests.unit.detect.records import T0, event, key_arn, user
+from tests.unit.detect.scenario import mixed_scenario
+
+from keytrail.audit.schema import SCHEMA_DIR, decode, encode, load_schema, to_avro
+from keytrail.detect.avro_events import avro_events
+from keytrail.detect.events import KmsEvent, read_kms_event
+from keytrail.pipeline.synthetic import generate_events
+
+
+async def _read(values: list[bytes], chunk: int = 97) -> list[KmsEvent]:
+    return [e for events in [chunk async for chunk in avro_events(values, chunk=chunk)] for e in events]
+
+
+def _expected(values: list[bytes]) -> list[KmsEvent]:
+    return [e for e in (read_kms_event(decode(value)) for value in values) if e is not None]
+
+
+def _v1_value(record: dict[str, Any]) -> bytes:
+    """`record` written with the first schema version (before keyMaterialId and invokedBy)."""
+    old = load_schema(SCHEMA_DIR / "history" / "cloudtrail_event.v1.avsc")
+    prefix = b"\xc3\x01" + struct.pack("<Q", int(fingerprint(to_parsing_canonical_form(old), "CRC-64-AVRO"), 16))
+    body = io.BytesIO()
+    fields = {name: value for name, value in to_avro(record).items() if name not in ("keyMaterialId", "invokedBy")}
+    fastavro.schemaless_writer(body, old, fields)
+    return prefix + body.getvalue()
+
+
+async def test_events_equal_those_of_the_decoded_records_for_every_rule_and_identity() -> None:
+    records = mixed_scenario() + list(generate_events(2000))
+    values = [encode(record) for record in records]
+    events = await _read(values)
+    assert len(events) == len(records)
+    assert events == _expected(values)
+
+
+async def test_mixed_schema_versions_keep_their_order() -> None:
+    records = mixed_scenario()[:30]
+    values = [_v1_value(r) if i % 7 < 3 else encode(r) for i, r in enumerate(records)]
+    assert await _read(values, chunk=10) == _expected(values)
+
+
+async def test_other_services_and_unreadable_records_are_skipped_like_the_dict_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = event("Decrypt", T0, key_arn(1), user("app"))
+    s3 = {**good, "eventSource": "s3.amazonaws.com", "eventID": "s3-event"}
+    broken = {**good, "resources": ["not-an-object"], "eventID": "broken-event"}
+    values = [encode(r) for r in (s3, good, broken)]
+    with caplog.at_level(logging.WARNING):
+        events = await _read(values)
+    assert [e.event_id for e in events] == [good["eventID"]]
+    assert events == _expected([values[0], values[1]])
+    assert "broken-event" in caplog.text and "s3-event" not in caplog.text
+
+
+async def test_values_of_an_unknown_writer_schema_are_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = encode(event("Encrypt", T0, key_arn(2), user("app")))
+    stranger = b"\xc3\x01" + b"\x00" * 8 + json.dumps({"hello": "world"}).encode()
+    with caplog.at_level(logging.WARNING):
+        events = await _read([stranger, good])
+    assert events == _expected([good])
+    assert "unknown writer schema" in caplog.text
