@@ -26,6 +26,7 @@ class ServeSettings:
     tls_key: Path | None = None
     tls_self_signed: bool = False
     audit: bool = True
+    detector: bool = True  # off where a standalone `keytrail detect` reads the Kafka topic
     max_body_bytes: int = 256 * 1024
     scheduler_interval_seconds: float = 30.0
 

@@ -62,3 +62,31 @@ def test_serve_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"),
                           "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--config" in out.stderr
+
+
+def _denied_decrypts_counted(server: KeytrailServer) -> bool:
+    _, body = server.get("/metrics")
+    return any(line.startswith('keytrail_kms_requests_total{operation="Decrypt",outcome="AccessDenied')
+               for line in body.decode().splitlines())
+
+
+def test_serve_without_detector_records_the_call_but_raises_no_alarm(tmp_path: Path) -> None:
+    """`--no-detector` (scale-out: a standalone `keytrail detect` judges the topic): the denied call
+    is still audited and counted, but this node raises no alarm of its own."""
+    server = KeytrailServer(tmp_path / "data", "--no-detector").start()
+    try:
+        alice = server.client("alice")
+        blob = alice.encrypt(KeyId=alice.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+        assert aws_error(server.client("bob").decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
+        deadline = time.monotonic() + 30
+        while not _denied_decrypts_counted(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _denied_decrypts_counted(server), "the consumers never saw the denied call"
+        time.sleep(1.0)  # an in-process detector reads the log as often as the consumers (0.2 s)
+    finally:
+        assert server.stop() == 0
+    events = subprocess.run([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir",
+                             str(tmp_path / "data"), "--format", "json"], capture_output=True, text=True, timeout=60)
+    denied = [json.loads(line) for line in events.stdout.splitlines() if '"Decrypt"' in line]
+    assert [event["errorCode"] for event in denied] == ["AccessDenied"]
+    assert not (tmp_path / "data" / "alarms.jsonl").exists()

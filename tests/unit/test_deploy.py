@@ -58,6 +58,14 @@ def test_compose_runs_the_whole_topology() -> None:
     assert sorted(commands) == ["consume", "detect", "serve", "serve"]
 
 
+def test_one_detector_judges_the_whole_topic() -> None:
+    """The API nodes leave detection to the standalone detector: otherwise each node would raise
+    its own copy of every alarm."""
+    for name, command in keytrail_services().items():
+        if command[0] == "serve":
+            assert "--no-detector" in command and "--kafka" in command, name
+
+
 @functools.cache
 def help_text(command: str) -> str:
     result = subprocess.run([sys.executable, "-m", "keytrail", command, "--help"], capture_output=True, text=True,

@@ -157,7 +157,8 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
         loop.add_signal_handler(signal.SIGHUP, _reload_principals, credentials)
     if node.audit is not None:
         await node.audit.start()
-        _start_detector(node)
+        if node.settings.detector:
+            _start_detector(node)
     if node.consumer is not None:
         node.consumer_task = asyncio.create_task(node.consumer.run())
     node.background.append(asyncio.create_task(_scheduler(node)))

@@ -73,6 +73,9 @@ def serve(
         help="Settings file: detection rules ([rules.<id>]) and alarm hooks ([hooks]: webhooks, MQTT, Kafka).")] = None,
     store: Annotated[str | None, typer.Option(
         help="Shared key store, postgresql://USER:PASS@HOST:PORT/DB (default: SQLite in the data dir).")] = None,
+    detector: Annotated[bool, typer.Option(
+        "--detector/--no-detector",
+        help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
     audit: Annotated[bool, typer.Option("--audit/--no-audit", hidden=True,
                                         help="Benchmarks only: serve without the audit trail.")] = True,
 ) -> None:
@@ -81,7 +84,7 @@ def serve(
     settings = ServeSettings(
         data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-        tls_self_signed=tls_self_signed, audit=audit, store=store, config=config,
+        tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
     )
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise fail("error: " + "--dev-credentials is refused unless the server binds to loopback")
