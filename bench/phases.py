@@ -20,6 +20,7 @@ from bench.targets import ROOT, Target, _python_env, start_ceiling, start_keytra
 __all__ = ["http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
 
 KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
+NODE = "keytrail, scale-out node"  # audit trail + Kafka + consumers; the detector runs in its own process
 
 
 def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
@@ -30,7 +31,7 @@ def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
         if operation in targets[MOTO].operations:
             plan.append((targets[MOTO], operation))
         if operation == "Encrypt":
-            plan += [(targets[CEILING], operation), (targets[AUDIT_OFF], operation)]
+            plan += [(targets[CEILING], operation), (targets[AUDIT_OFF], operation), (targets[NODE], operation)]
     return plan
 
 
@@ -40,6 +41,8 @@ def _start_all(work: Path, kafka: str | None, mqtt: str | None) -> dict[str, Tar
         targets[KEYTRAIL] = start_keytrail(work, KEYTRAIL, kafka=kafka, mqtt=mqtt)
         targets[AUDIT_OFF] = start_keytrail(work, "keytrail-audit-off", kafka=kafka, audit=False)
         targets[AUDIT_OFF].name = AUDIT_OFF
+        targets[NODE] = start_keytrail(work, "keytrail-node", kafka=kafka, extra=["--no-detector"])
+        targets[NODE].name = NODE
         targets[MOTO] = start_moto(work)
         targets[CEILING] = start_ceiling(work)
     except BaseException:

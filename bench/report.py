@@ -17,6 +17,7 @@ from bench.report_text import LIMITS, METHOD
 __all__ = ["ratios", "render", "splice"]
 
 KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
+NODE = "keytrail, scale-out node"
 
 
 def _num(value: Any, digits: int = 0) -> str:
@@ -33,9 +34,10 @@ def _per_round(http: dict[str, Any], target: str, operation: str) -> dict[int, f
     return {r["round"]: r["rps"] for r in _runs(http, target, operation) if "rps" in r}
 
 
-def ratios(http: dict[str, Any], operation: str, other: str, other_operation: str | None = None) -> float | None:
-    """Median over rounds of keytrail's req/s divided by `other`'s in the same round."""
-    mine = _per_round(http, KEYTRAIL, operation)
+def ratios(http: dict[str, Any], operation: str, other: str, other_operation: str | None = None,
+           mine_target: str = KEYTRAIL) -> float | None:
+    """Median over rounds of keytrail's (or `mine_target`'s) req/s divided by `other`'s in the same round."""
+    mine = _per_round(http, mine_target, operation)
     theirs = _per_round(http, other, other_operation or operation)
     values = [mine[r] / theirs[r] for r in mine if theirs.get(r)]
     return statistics.median(values) if values else None
@@ -79,6 +81,8 @@ def http_table(http: dict[str, Any]) -> list[str]:
         lines.append(_row(median_cell(_runs(http, MOTO, operation)), f"moto · {operation}", "", ""))
     lines.append(_row(median_cell(_runs(http, CEILING, "Encrypt")), "ceiling (bare ASGI) · any", "", ""))
     lines.append(_row(median_cell(_runs(http, AUDIT_OFF, "Encrypt")), "keytrail, audit off · Encrypt", "", ""))
+    lines.append(_row(median_cell(_runs(http, NODE, "Encrypt")),
+                      "keytrail, scale-out node (`--kafka --no-detector`) · Encrypt", "", ""))
     errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {r.get('error') or r.get('warning')}"
               for r in http.get("runs", []) if r.get("error") or r.get("warning")]
     return lines + (["", "Problems seen:", *errors] if errors else [])
@@ -108,7 +112,10 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
         note = (f"`KEYTRAIL_AUDIT=off` is not honoured by this build (the audit-off server wrote "
                 f"{audit[AUDIT_OFF]:,} bytes of audit data): the ratio compares two audited servers")
         return ratio, note, False
-    return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none", True
+    node = ratios(http, "Encrypt", AUDIT_OFF, mine_target=NODE)
+    node_text = "" if node is None else (
+        f"; the scale-out API node, whose detector runs in its own process: {node * 100:.0f} %")
+    return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none{node_text}", True
 
 
 def targets_table(results: dict[str, Any]) -> list[str]:

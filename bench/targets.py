@@ -156,18 +156,19 @@ def keytrail_args(data_dir: Path, port: int, principals: Path, kafka: str | None
 
 
 def start_keytrail(work: Path, name: str, *, kafka: str | None = None, mqtt: str | None = None, audit: bool = True,
-                   data_dir: Path | None = None, workers: int = 1, load: bool = True) -> Target:
+                   data_dir: Path | None = None, workers: int = 1, load: bool = True,
+                   extra: Sequence[str] = ()) -> Target:
     """`keytrail serve` (or, for workers > 1, bench/workers.py under uvicorn's supervisor)."""
     port, principals = free_port(), write_principals(work / "principals.toml")
     data_dir = data_dir or work / f"{name}-data"
     flags, switch = ([], {}) if audit else _audit_off_switch()
     env = _python_env(switch)
     if workers == 1:
-        args = keytrail_args(data_dir, port, principals, kafka, mqtt) + flags
+        args = keytrail_args(data_dir, port, principals, kafka, mqtt) + flags + list(extra)
     else:
         from bench.workers import worker_command
-        args, extra = worker_command(data_dir, port, principals, kafka, workers)
-        env.update(extra)
+        args, worker_env = worker_command(data_dir, port, principals, kafka, workers)
+        env.update(worker_env)
     process = Process(name, args, work / f"{name}.log", env=env, cwd=ROOT)
     target = Target(name, "keytrail", process, port)
     try:
