@@ -109,7 +109,8 @@ def verify_signature(public_key: Ed25519PublicKey, digest: dict[str, Any]) -> bo
 class ChainWriter:
     """The writer side: hashes appended records, keeps the chain, writes signed digests.
 
-    Runs in the spool's writer thread, never on the event loop.
+    `add` runs on the spool's event loop (a few µs per record); `write_digest`, which fsyncs and
+    signs, runs in the spool's writer thread. The spool never lets both run at once.
     """
 
     def __init__(self, paths: IntegrityPaths, log: SegmentLog, *, digest_interval_s: float = 3600.0) -> None:

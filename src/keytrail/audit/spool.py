@@ -1,14 +1,19 @@
 """The durable spool: records appended to the segment log with group commit.
 
-Concurrent `append` calls queue their payloads; one writer task takes whatever is queued, writes
-it, hashes it into the integrity chain and fsyncs once in a worker thread (so the event loop keeps
-serving), then resolves every caller's future. A record is acknowledged only once it is on disk.
+Concurrent `append` calls queue their payloads. After a few loop ticks (so that requests the loop
+has already read join the group) the queued records are framed, written and hashed into the
+integrity chain on the event loop (page-cache writes of a few KB), and one dedicated writer thread
+fsyncs them. While that fsync is in flight new records queue; when it returns, one callback
+resolves every caller of the group and the next group goes out (classic group commit
+pipelining). A record is acknowledged only once it is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable
 from datetime import datetime
 
@@ -18,6 +23,9 @@ from keytrail.transport.segment_log import SegmentLog
 __all__ = ["Spool", "SpoolError"]
 
 log = logging.getLogger(__name__)
+
+_Batch = list[tuple[bytes, asyncio.Future[int]]]
+_Done = Callable[[BaseException | None], None]
 
 
 class SpoolError(RuntimeError):
@@ -37,30 +45,38 @@ class Spool:
         self._maintenance = maintenance
         self.chain = chain
         self._now = now
-        self._pending: list[tuple[bytes, asyncio.Future[int]]] = []
-        self._wake = asyncio.Event()
+        self._pending: _Batch = []
         self.committed = asyncio.Event()  # set after every commit (the shipper waits on it)
         self.durable_end = segments.end_offset()
         self.fsyncs = 0
-        self._task: asyncio.Task[None] | None = None
+        self.gather_yields = 3
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], _Done] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight = False  # the writer thread holds a job: the log and chain are its own
+        self._gathering = False
+        self._idle: asyncio.Future[None] | None = None  # what `drain` waits on
         self._failure: BaseException | None = None
         self._closing = False
-        self._digest_tick = False
-        self.gather_yields = 3
 
     def start(self) -> None:
-        """Start the writer task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-spool-writer")
+        """Start the writer thread and the digest timer for the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._serve_jobs, name="audit-spool-writer", daemon=True)
+        self._thread.start()
+        self._timer = self._loop.call_later(self.chain.interval, self._tick)
 
     async def append(self, payload: bytes) -> int:
         """Queue one record; return its offset once it is durable."""
         if self._failure is not None:
             raise SpoolError(f"the audit spool failed earlier and refuses records: {self._failure}")
-        if self._closing or self._task is None:
+        if self._closing or self._loop is None:
             raise SpoolError("the audit spool is not running")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = self._loop.create_future()
         self._pending.append((payload, future))
-        self._wake.set()
+        if not (self._in_flight or self._gathering):
+            self._gather(self.gather_yields)
         return await future
 
     async def drain(self) -> None:
@@ -68,75 +84,62 @@ class Spool:
         if self._closing:
             return
         self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._loop is None:  # never started: still sign what recovery hashed on open
+            await asyncio.to_thread(self._final_digest)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._busy():
+            self._idle = self._loop.create_future()
+            await self._idle
         if self._failure is None:
-            await asyncio.to_thread(self.chain.write_digest, self._now())
+            await self._run_job(self._final_digest)
 
     async def close(self) -> None:
-        """`drain`, then release the files and the writer lock."""
+        """`drain`, then stop the writer thread and release the files and the writer lock."""
         await self.drain()
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()  # idle after `drain`: it returns at once
+            self._thread = None
         self.chain.close()
         self.segments.close()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.chain.interval, self._tick)
-        try:
-            while True:
-                await self._wake.wait()
-                for _ in range(self.gather_yields):
-                    # Let the requests the loop has already read reach the queue first (a commit
-                    # delay of a few loop ticks): through `serve` with 16 connections this doubled
-                    # the records per fsync (8 → 15) and cut the audit CPU per call from ~70 to ~20 µs.
-                    await asyncio.sleep(0)
-                self._wake.clear()
-                batch, self._pending = self._pending, []
-                if batch:
-                    await self._commit(batch)
-                elif self._digest_tick:
-                    self._digest_tick = False
-                    await self._idle_digest()
-                    timer = loop.call_later(self.chain.interval, self._tick)
-                if self._closing and not self._pending:
-                    return
-        finally:
-            timer.cancel()
+    # --- event loop side -------------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        """Timer: an idle node still writes its periodic digest."""
-        self._digest_tick = True
-        self._wake.set()
+    def _busy(self) -> bool:
+        return self._in_flight or self._gathering or bool(self._pending)
 
-    async def _idle_digest(self) -> None:
-        if self._failure is None and self.chain.digest_due(self._now()):
-            try:
-                await asyncio.to_thread(self.chain.write_digest, self._now())
-            except OSError as exc:
-                log.error("audit digest could not be written: %s", exc)
+    def _gather(self, ticks: int) -> None:
+        # Let the requests the loop has already read reach the queue first (a commit delay of a
+        # few loop ticks): through `serve` with 16 connections this doubled the records per fsync.
+        self._gathering = ticks > 0
+        if ticks > 0:
+            self._require_loop().call_soon(self._gather, ticks - 1)
+        else:
+            self._commit()
 
-    async def _commit(self, batch: list[tuple[bytes, asyncio.Future[int]]]) -> None:
-        try:
-            first = await asyncio.to_thread(self._write, [payload for payload, _ in batch])
-        except Exception as exc:  # the whole batch fails; no caller gets an answer without audit
-            log.error("audit spool write failed: %s", exc)
-            if not isinstance(exc, _RecoverableWrite):
-                self._failure = exc
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(SpoolError(f"the audit spool could not persist the record: {exc}"))
+    def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            self._settle()
             return
-        self.durable_end = first + len(batch)
-        for index, (_, future) in enumerate(batch):
-            if not future.done():
-                future.set_result(first + index)
-        self.committed.set()
+        payloads = [payload for payload, _ in batch]
+        try:
+            first, rolled = self._append(payloads)
+        except Exception as exc:  # the whole batch fails; no caller gets an answer without audit
+            self._fail(batch, exc)
+            self._settle()
+            return
+        now = self._now()
+        digest = rolled or self.chain.digest_due(now)
+        self._dispatch(lambda: self._sync(rolled, digest, now),
+                       lambda error: self._synced(batch, first, error))
 
-    def _write(self, payloads: list[bytes]) -> int:
-        """Worker thread: append, hash, one fsync; a digest when a segment closed or the hour is up."""
-        segments_before = len(self.segments.segment_bases())
+    def _append(self, payloads: list[bytes]) -> tuple[int, bool]:
+        """Write and hash the batch (not yet durable); the first offset and whether a segment closed."""
         expected = self.segments.end_offset()
+        active = self.segments.active_base
         try:
             first = self.segments.append(payloads)
         except OSError as exc:
@@ -144,12 +147,97 @@ class Spool:
                 raise _RecoverableWrite(str(exc)) from exc
             raise
         self.chain.add(first, payloads)
-        self.segments.sync()
+        return first, self.segments.active_base != active
+
+    def _synced(self, batch: _Batch, first: int, error: BaseException | None) -> None:
+        if error is not None:
+            self._fail(batch, error)
+            return
         self.fsyncs += 1
-        now = self._now()
-        rolled = len(self.segments.segment_bases()) > segments_before
-        if rolled or self.chain.digest_due(now):
+        self.durable_end = first + len(batch)
+        for index, (_, future) in enumerate(batch):
+            if not future.done():
+                future.set_result(first + index)
+        self.committed.set()
+
+    def _fail(self, batch: _Batch, exc: BaseException) -> None:
+        log.error("audit spool write failed: %s", exc)
+        if not isinstance(exc, _RecoverableWrite):
+            self._failure = exc  # after a failed fsync nothing queued can be trusted either
+            batch, self._pending = batch + self._pending, []
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(SpoolError(f"the audit spool could not persist the record: {exc}"))
+
+    def _settle(self) -> None:
+        """Nothing in flight: send what queued meanwhile, or tell a waiting `drain` all is done."""
+        if self._pending:
+            self._gather(self.gather_yields)
+        elif self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _tick(self) -> None:
+        """Timer: an idle node still writes its periodic digest (a busy one does it per commit)."""
+        self._timer = self._require_loop().call_later(self.chain.interval, self._tick)
+        if self._failure is None and not self._busy() and self.chain.digest_due(self._now()):
+            self._dispatch(self._final_digest, _log_digest_error)
+
+    def _dispatch(self, work: Callable[[], None], done: _Done) -> None:
+        self._in_flight = True
+        self._jobs.put((work, done))
+
+    def _finish(self, done: _Done, error: BaseException | None) -> None:
+        self._in_flight = False
+        done(error)
+        self._settle()
+
+    async def _run_job(self, work: Callable[[], None]) -> None:
+        """Run `work` in the writer thread and wait for it (raising what it raised)."""
+        finished: asyncio.Future[None] = self._require_loop().create_future()
+
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+        self._dispatch(work, done)
+        await finished
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise SpoolError("the audit spool is not running")
+        return self._loop
+
+    # --- writer thread ---------------------------------------------------------------------------
+
+    def _serve_jobs(self) -> None:
+        """Writer thread: run one job at a time; one callback per job back on the loop."""
+        loop = self._require_loop()
+        while (job := self._jobs.get()) is not None:
+            work, done = job
+            error: BaseException | None = None
+            try:
+                work()
+            except Exception as exc:
+                error = exc
+            try:
+                loop.call_soon_threadsafe(self._finish, done, error)
+            except RuntimeError:  # the loop is gone (never closed): nobody waits any more
+                return
+
+    def _sync(self, rolled: bool, digest: bool, now: datetime) -> None:
+        """One fsync for the batch; a digest when a segment closed or the hour is up."""
+        self.segments.sync()
+        if digest:
             self.chain.write_digest(now)
         if rolled and self._maintenance is not None:
             self._maintenance()
-        return first
+
+    def _final_digest(self) -> None:
+        self.chain.write_digest(self._now())
+
+
+def _log_digest_error(error: BaseException | None) -> None:
+    if error is not None:
+        log.error("audit digest could not be written: %s", error)

@@ -136,6 +136,11 @@ class SegmentLog:
         self._dirty_dir = True
         return segment
 
+    @property
+    def active_base(self) -> int:
+        """The base offset of the segment appends go to (changes when `append` rolls)."""
+        return self._segments[-1].base
+
     def delete_before(self, offset: int) -> int:
         """Retention: delete closed segments whose records all lie before `offset`; return how
         many were deleted."""

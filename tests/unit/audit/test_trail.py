@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,4 +124,78 @@ async def test_retention_by_age_deletes_old_closed_segments(tmp_path: Path) -> N
             await trail.record(encrypt_call(i))
         assert trail.log.start_offset() >= kept_from - 5
         assert not any(segment.exists() for segment in old_segments[:-1])
+    assert verify(tmp_path) == []
+
+
+class _HeldSync:
+    """Replaces `SegmentLog.sync`: the first fsync waits (in the writer thread) until released,
+    then succeeds or raises `error`; later ones pass straight through."""
+
+    def __init__(self, real: Callable[[], None], error: OSError | None = None) -> None:
+        self.real, self.error = real, error
+        self.entered, self.released = threading.Event(), threading.Event()
+
+    def __call__(self) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.released.wait(10)
+            if self.error is not None:
+                raise self.error
+        self.real()
+
+    async def wait_entered(self) -> None:
+        while not self.entered.is_set():
+            await asyncio.sleep(0.001)
+
+
+async def test_records_queued_during_an_fsync_share_the_next_one(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        held = _HeldSync(trail.log.sync)
+        monkeypatch.setattr(trail.log, "sync", held)
+        first = asyncio.create_task(trail.record(encrypt_call(0)))
+        await held.wait_entered()
+        queued = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(1, 11)]
+        await asyncio.sleep(0.05)
+        assert not first.done() and not any(task.done() for task in queued)  # none durable yet
+        held.released.set()
+        await asyncio.gather(first, *queued)
+        assert trail.spool.fsyncs == 2  # one for the first record, one for the ten behind it
+    ids = [e["eventID"] for _, e in iter_events(tmp_path)]
+    assert ids == [encrypt_call(i).event_id for i in range(11)]
+
+
+async def test_failed_fsync_fails_the_records_queued_behind_it(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        held = _HeldSync(trail.log.sync, OSError(5, "I/O error"))
+        monkeypatch.setattr(trail.log, "sync", held)
+        first = asyncio.create_task(trail.record(encrypt_call(0)))
+        await held.wait_entered()
+        queued = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(1, 4)]
+        await asyncio.sleep(0.01)
+        held.released.set()
+        results = await asyncio.gather(first, *queued, return_exceptions=True)
+        assert all(isinstance(result, SpoolError) for result in results), results
+        assert trail.spool.durable_end == 0
+
+
+async def test_close_commits_records_queued_during_an_fsync(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = AuditTrail.open(AuditSettings(data_dir=tmp_path))
+    await trail.start()
+    held = _HeldSync(trail.log.sync)
+    monkeypatch.setattr(trail.log, "sync", held)
+    records = [asyncio.create_task(trail.record(encrypt_call(0)))]
+    await held.wait_entered()
+    records += [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(1, 5)]
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(trail.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()  # close waits for the fsync in flight and the group behind it
+    held.released.set()
+    await asyncio.gather(closing, *records)
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(5)]
+    from keytrail.audit.integrity import verify
+
     assert verify(tmp_path) == []
