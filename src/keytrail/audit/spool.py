@@ -219,7 +219,7 @@ class Spool:
             error: BaseException | None = None
             try:
                 work()
-            except Exception as exc:
+            except BaseException as exc:  # whatever it is, the callers waiting on the job must hear of it
                 error = exc
             try:
                 loop.call_soon_threadsafe(self._finish, done, error)
