@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import struct
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -104,18 +104,18 @@ def _events(rows: Sequence[_Row]) -> list[KmsEvent]:
 
 
 def _event(row: _Row) -> KmsEvent:
-    identity = _json(row.user_identity) or {}
+    principal, account, identity_type, invoked_by = _caller(row.user_identity)
     request, response = _object(row.request_parameters), _object(row.response_elements)
     return KmsEvent(
         event_id=row.event_id,
-        event_time=_EPOCH + row.event_time * _MILLISECOND,
+        event_time=_time(row.event_time),
         event_name=row.event_name,
-        key_arns=key_arns(_json(row.resources), request, response),
-        principal_arn=principal_arn(identity),
-        account_id=identity.get("accountId"),
+        key_arns=_resource_arns(row.resources) or key_arns(None, request, response),
+        principal_arn=principal,
+        account_id=account,
         region=row.region,
-        identity_type=identity.get("type"),
-        invoked_by=identity.get("invokedBy"),
+        identity_type=identity_type,
+        invoked_by=invoked_by,
         error_code=row.error_code or None,
         error_message=row.error_message,
         request_parameters=request,
@@ -123,13 +123,67 @@ def _event(row: _Row) -> KmsEvent:
     )
 
 
+# Memos of the per-event work on the strings a stream repeats: a node's callers, keys and seconds
+# recur from call to call, so most events cost a dictionary lookup instead of a JSON parse.
+@lru_cache(maxsize=4096)
+def _caller(user_identity: str | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """(principal ARN, accountId, type, invokedBy) of a userIdentity."""
+    identity = _json(user_identity) or {}
+    return principal_arn(identity), identity.get("accountId"), identity.get("type"), identity.get("invokedBy")
+
+
+@lru_cache(maxsize=4096)
+def _resource_arns(resources: str | None) -> tuple[str, ...]:
+    """The key ARNs of a `resources` list (empty: the event names its key elsewhere, if at all)."""
+    return key_arns(_json(resources), _EMPTY, _EMPTY)
+
+
+@lru_cache(maxsize=4096)
+def _time(epoch_ms: int) -> datetime:
+    return _EPOCH + epoch_ms * _MILLISECOND
+
+
 def _json(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
 def _object(text: str | None) -> Mapping[str, Any]:
-    value = _json(text)
-    return value if isinstance(value, dict) else _EMPTY
+    return _EMPTY if text is None else _JsonObject(text)
+
+
+class _JsonObject(Mapping[str, Any]):
+    """A JSON object parsed on first use: only lifecycle and policy events' rules read
+    requestParameters/responseElements, so most events never pay for the parse. A value that is
+    not an object reads as empty, as the dict reader has it; so does one that is not JSON (the
+    audit layer writes none: the record it came from was already judged by then)."""
+
+    __slots__ = ("_text", "_value")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._value: Mapping[str, Any] | None = None
+
+    def _parsed(self) -> Mapping[str, Any]:
+        if self._value is None:
+            try:
+                value = orjson.loads(self._text)
+            except orjson.JSONDecodeError:
+                log.warning("detector: unreadable JSON object in an audit value, read as empty")
+                value = None
+            self._value = value if isinstance(value, dict) else _EMPTY
+        return self._value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._parsed()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __repr__(self) -> str:
+        return repr(self._parsed())
 
 
 @lru_cache(maxsize=1)
