@@ -53,6 +53,7 @@ class UsageSpike:
         self._min_history = int(rule.param("min_history_minutes"))
         self._min_calls = int(rule.param("min_calls"))
         self._factor = float(rule.param("factor"))
+        self._clock = (datetime.min, 0)  # the last event time seen and its minute
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         # Every event of the stream passes here: the common case (same pair, same minute, under
@@ -61,7 +62,7 @@ class UsageSpike:
         if key_arn is None or principal is None:
             return []
         pair = (key_arn, principal)
-        minute = int(event.event_time.timestamp()) // 60
+        minute = self._minute(event.event_time)
         rate = self._rates.get(pair)
         if rate is None:
             rate = self._rates[pair] = _Rate(minute, minute)
@@ -71,6 +72,13 @@ class UsageSpike:
         if rate.count < self._min_calls or rate.fired_minute == rate.minute:
             return []
         return self._judge(event, rate)
+
+    def _minute(self, moment: datetime) -> int:
+        # Events come in time order and CloudTrail times are whole seconds: runs of events share
+        # one time, and their minute is worked out once.
+        if moment != self._clock[0]:
+            self._clock = (moment, int(moment.timestamp()) // 60)
+        return self._clock[1]
 
     def _judge(self, event: KmsEvent, rate: _Rate) -> list[Finding]:
         history = min(rate.minute - rate.first_minute, self._horizon)
