@@ -16,6 +16,7 @@ class Check(Protocol):
     """A rule's logic: findings per event (`observe`) and per point in time (`tick`)."""
 
     rule_id: str
+
     @property
     def event_names(self) -> Set[str] | None:
         """The event names `observe` can find something in (None: any); the engine calls it for no other."""

@@ -53,7 +53,7 @@ class UsageSpike:
         self._min_history = int(rule.param("min_history_minutes"))
         self._min_calls = int(rule.param("min_calls"))
         self._factor = float(rule.param("factor"))
-        self._clock = (datetime.min, 0)  # the last event time seen and its minute
+        self._last_minute = (datetime.min, 0)  # the last event time seen and its minute
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         # Every event of the stream passes here: the common case (same pair, same minute, under
@@ -74,11 +74,11 @@ class UsageSpike:
         return self._judge(event, rate)
 
     def _minute(self, moment: datetime) -> int:
-        # Events come in time order and CloudTrail times are whole seconds: runs of events share
-        # one time, and their minute is worked out once.
-        if moment != self._clock[0]:
-            self._clock = (moment, int(moment.timestamp()) // 60)
-        return self._clock[1]
+        # CloudTrail times are whole seconds, so consecutive events mostly share one: its minute
+        # is worked out once per run (datetime.timestamp was a fifth of this check's cost).
+        if moment != self._last_minute[0]:
+            self._last_minute = (moment, int(moment.timestamp()) // 60)
+        return self._last_minute[1]
 
     def _judge(self, event: KmsEvent, rate: _Rate) -> list[Finding]:
         history = min(rate.minute - rate.first_minute, self._horizon)
