@@ -25,6 +25,7 @@ __all__ = ["Detector"]
 log = logging.getLogger(__name__)
 
 _SEEN_EVENT_IDS = 200_000  # at-least-once delivery repeats recent events, not old ones
+_EVENT_NAMES = 256  # KMS has ~60 operations; a stream inventing names does not grow the memo
 
 
 class Detector:
@@ -37,6 +38,7 @@ class Detector:
         self.ledger = KeyLedger()
         self._clock = clock
         self._checks = self._build_checks()
+        self._observers: dict[str, list[Check]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.last_event_time: datetime | None = None
         self.skipped = 0
@@ -62,13 +64,23 @@ class Detector:
         for event in events:
             if self._repeated(event):
                 continue
-            for check in self._checks:
+            for check in self._observers_of(event.event_name):
                 if found := check.observe(event):
                     announced += self._record(found)
             self.ledger.update(event)
             if self.last_event_time is None or event.event_time > self.last_event_time:
                 self.last_event_time = event.event_time
         return announced
+
+    def _observers_of(self, event_name: str) -> list[Check]:
+        """The checks that look at events named `event_name` (most events are the few crypto
+        operations, which only some rules read), remembered for the names KMS has."""
+        checks = self._observers.get(event_name)
+        if checks is None:
+            checks = [c for c in self._checks if c.event_names is None or event_name in c.event_names]
+            if len(self._observers) < _EVENT_NAMES:
+                self._observers[event_name] = checks
+        return checks
 
     def tick(self, now: datetime | None = None) -> list[Alarm]:
         """Evaluate the time-based rules as of `now` (default: the clock, else the last event's time)."""

@@ -14,7 +14,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from tests.unit.detect.records import T0, event, key_arn, user
 from tests.unit.detect.scenario import mixed_scenario
 
-from keytrail.audit.schema import SCHEMA_DIR, decode, encode, load_schema, to_avro
+from keytrail.audit.schema import SCHEMA_DIR, SCHEMA_PATH, decode, encode, load_schema, to_avro
 from keytrail.detect.avro_events import avro_events
 from keytrail.detect.events import KmsEvent, read_kms_event
 from keytrail.pipeline.synthetic import generate_events
@@ -75,3 +75,18 @@ async def test_values_of_an_unknown_writer_schema_are_skipped_with_a_warning(
         events = await _read([stranger, good])
     assert events == _expected([good])
     assert "unknown writer schema" in caplog.text
+
+
+async def test_request_parameters_that_are_not_json_read_as_empty_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    record = event("ScheduleKeyDeletion", T0, key_arn(3), user("admin"), params={"pendingWindowInDays": 7})
+    good = encode(record)
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, load_schema(SCHEMA_PATH), {**to_avro(record), "requestParameters": "{not json"})
+    with caplog.at_level(logging.WARNING):
+        [read] = await _read([good[:10] + body.getvalue()])
+        assert dict(read.request_parameters) == {}
+    [expected] = _expected([good])
+    assert read._replace(request_parameters={}) == expected._replace(request_parameters={})
+    assert "unreadable JSON object" in caplog.text and "{not json" not in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from datetime import datetime
 from typing import Protocol
 
@@ -15,6 +16,10 @@ class Check(Protocol):
     """A rule's logic: findings per event (`observe`) and per point in time (`tick`)."""
 
     rule_id: str
+
+    @property
+    def event_names(self) -> Set[str] | None:
+        """The event names `observe` can find something in (None: any); the engine calls it for no other."""
 
     def observe(self, event: KmsEvent) -> list[Finding]: ...
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import Finding, format_time
-from keytrail.detect.events import KmsEvent
+from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import Rule
 from keytrail.detect.severity import Severity
 
 __all__ = ["KeyDeletionInUse"]
 
+_STOPS = frozenset({"ScheduleKeyDeletion", "DisableKey"})
 _STOP_RECOMMENDATION = (
     "The key was used recently: cancel the deletion (CancelKeyDeletion) or re-enable it until its "
     "users ({user}) have moved; ciphertext under a deleted key is lost for good."
@@ -26,12 +27,13 @@ class KeyDeletionInUse:
     """ScheduleKeyDeletion/DisableKey within `recent_days` of a use; any use attempt afterwards."""
 
     rule_id = "key-deletion-in-use"
+    event_names = CRYPTO_OPERATIONS | _STOPS
 
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger
 
     def observe(self, event: KmsEvent) -> list[Finding]:
-        if event.event_name in ("ScheduleKeyDeletion", "DisableKey") and event.succeeded:
+        if event.event_name in _STOPS and event.succeeded:
             return self._stopped(event)
         if event.is_crypto and not event.succeeded:
             return self._attempt(event)

@@ -15,6 +15,8 @@ from keytrail.detect.severity import Severity
 
 __all__ = ["PermissiveKey", "policy_finding", "trust_zone"]
 
+_WRITES = frozenset({"CreateKey", "PutKeyPolicy", "CreateGrant"})
+
 RECOMMENDATION = (
     "Narrow the statement or grant named in details.findings: name the principals, pin '*' with "
     "kms:CallerAccount or aws:PrincipalOrgID, keep kms:* for key administrators, revoke external grants."
@@ -68,6 +70,7 @@ class PermissiveKey:
     """Analyzes each new key policy and grant as it is written."""
 
     rule_id = "permissive-key"
+    event_names = _WRITES
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
@@ -76,7 +79,7 @@ class PermissiveKey:
         if (
             not event.succeeded
             or event.key_arn is None
-            or event.event_name not in ("CreateKey", "PutKeyPolicy", "CreateGrant")
+            or event.event_name not in _WRITES
         ):
             return []
         found = self._analyze(event, trust_zone(self.rule, arn_region_account(event.key_arn)[1] or ""))

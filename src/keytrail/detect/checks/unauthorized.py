@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 from keytrail.detect.alarms import Finding
 from keytrail.detect.checks import arn_region_account
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
-from keytrail.detect.events import KmsEvent
+from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import Rule
 
@@ -24,6 +24,7 @@ class UnauthorizedDecrypt:
     """Denied cryptographic calls; AWS service callers and allow-listed principals are suppressed."""
 
     rule_id = "unauthorized-decrypt"
+    event_names = CRYPTO_OPERATIONS
 
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger

@@ -23,6 +23,7 @@ class UnusedKey:
     """Raised once per key and idle spell; using the key again starts a new spell."""
 
     rule_id = "unused-key"
+    event_names = frozenset[str]()  # judged on the ledger, in `tick`
 
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger
