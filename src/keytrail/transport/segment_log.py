@@ -13,16 +13,23 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, islice, repeat
+from operator import sub
 from pathlib import Path
+from typing import overload
 
-__all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir", "writer_active"]
+__all__ = ["FRAME_HEADER", "Frame", "LogLockedError", "Payloads", "SegmentLog", "event_log_dir", "writer_active"]
 
 _FRAME = struct.Struct("<II")
+#: Bytes before each payload on disk: its length and CRC32 (`Payloads.frames` keeps them).
+FRAME_HEADER = _FRAME.size
 _SUFFIX = ".seg"
 _MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
+_CHUNK = 1 << 20  # readers read this much at a time (more for one larger record)
 
 
 def event_log_dir(data_dir: Path) -> Path:
@@ -228,16 +235,28 @@ class SegmentLog:
         return last.base + len(last.positions)
 
     def read(self, offset: int, max_records: int) -> list[tuple[int, bytes]]:
-        """Up to `max_records` records from `offset` on, as (offset, payload)."""
+        """Up to `max_records` consecutive records from `offset` on, as (offset, payload).
+
+        Ends at the end of what is written and before a damaged record: a reader never gets past one.
+        """
         if not self.writable:
             self.refresh()
         out: list[tuple[int, bytes]] = []
-        offset = max(offset, self.start_offset())
-        for segment in self._segments_from(offset):
-            if len(out) >= max_records:
+        while len(out) < max_records:
+            first, payloads = self._read_from(offset, max_records - len(out))
+            if not payloads or (out and first != offset):
                 break
-            out.extend(self._read_segment(segment, offset + len(out) - segment.base, max_records - len(out)))
+            offset = first + len(payloads)
+            out.extend(zip(range(first, offset), payloads, strict=True))
         return out
+
+    def read_payloads(self, offset: int, max_records: int) -> tuple[int, Payloads]:
+        """Up to `max_records` consecutive records of one segment from `offset` on (from the first
+        retained one when `offset` was deleted): the offset of the first and their payloads, read
+        into one bytes object. Empty at the end of what is written and before a damaged record."""
+        if not self.writable:
+            self.refresh()
+        return self._read_from(offset, max_records)
 
     def frames(self) -> Iterator[Frame]:
         """Every framed record, including damaged ones (`intact` False), for integrity checks.
@@ -245,62 +264,188 @@ class SegmentLog:
         if not self.writable:
             self.refresh()
         for segment in self._segments:
-            offset = segment.base
-            for payload, intact in _scan(segment.path.read_bytes()):
-                yield Frame(offset, payload, intact)
-                offset += 1
+            with segment.path.open("rb", buffering=0) as handle:
+                for offset, (payload, intact) in enumerate(_all_frames(handle.fileno()), segment.base):
+                    yield Frame(offset, payload, intact)
 
     def _segments_from(self, offset: int) -> list[_Segment]:
         return [s for i, s in enumerate(self._segments)
                 if i + 1 == len(self._segments) or self._segments[i + 1].base > offset]
 
-    def _read_segment(self, segment: _Segment, index: int, limit: int) -> list[tuple[int, bytes]]:
-        self._index(segment)
-        stop = min(len(segment.positions), index + limit)
-        if index >= stop:
-            return []
-        start = segment.positions[index]
-        end = segment.positions[stop] if stop < len(segment.positions) else segment.size
-        with segment.path.open("rb") as handle:
-            handle.seek(start)
-            data = handle.read(end - start)
-        out: list[tuple[int, bytes]] = []
-        position = 0
-        for number in range(index, stop):
-            length = _FRAME.unpack_from(data, position)[0]
-            out.append((segment.base + number, data[position + 8: position + 8 + length]))
-            position += 8 + length
-        return out
+    def _read_from(self, offset: int, limit: int) -> tuple[int, Payloads]:
+        offset = max(offset, self.start_offset())
+        segments = self._segments_from(offset)
+        if not segments or limit <= 0:
+            return offset, _NO_PAYLOADS
+        return offset, self._read_segment(segments[0], offset - segments[0].base, limit)
+
+    def _read_segment(self, segment: _Segment, index: int, limit: int) -> Payloads:
+        """Records `index` … `index + limit - 1` of `segment` (fewer at its verified end): those
+        verified before are read back as they are, the rest verified as they are read."""
+        try:
+            fd = os.open(segment.path, os.O_RDONLY)
+        except FileNotFoundError:  # retention deleted it meanwhile: the next read starts later
+            return _NO_PAYLOADS
+        try:
+            _verify(fd, segment, index, None)  # no-op unless the reader jumps ahead
+            if index > len(segment.positions):
+                return _NO_PAYLOADS
+            start, known = _position(segment, index), min(index + limit, len(segment.positions))
+            parts = [memoryview(os.pread(fd, _position(segment, known) - start, start))] if known > index else []
+            _verify(fd, segment, index + limit, parts)
+        finally:
+            os.close(fd)
+        stop = min(index + limit, len(segment.positions))
+        return Payloads(b"".join(parts), [p - start + _FRAME.size for p in segment.positions[index:stop]])
 
     def _index(self, segment: _Segment) -> None:
         """Extend the segment's record positions over complete, checksummed frames on disk."""
         try:
-            with segment.path.open("rb") as handle:
-                handle.seek(segment.size)
-                data = handle.read()
+            fd = os.open(segment.path, os.O_RDONLY)
         except FileNotFoundError:
             return
-        position = 0
-        while position + 8 <= len(data):
-            length, crc = _FRAME.unpack_from(data, position)
-            end = position + 8 + length
-            if length > _MAX_RECORD or end > len(data) or zlib.crc32(data[position + 8:end]) != crc:
-                break
-            segment.positions.append(segment.size + position)
-            position = end
-        segment.size += position
+        try:
+            _verify(fd, segment, sys.maxsize, None)
+        finally:
+            os.close(fd)
 
 
-def _scan(data: bytes) -> Iterator[tuple[bytes, bool]]:
+class Payloads(Sequence[bytes]):
+    """Consecutive records' payloads as read from the log, kept framed in one bytes object rather
+    than one object per record (a batch of them costs one copy); `frames()` hands them on as is."""
+
+    __slots__ = ("_data", "_end", "_starts")
+
+    def __init__(self, data: bytes, starts: list[int], end: int | None = None) -> None:
+        self._data = data
+        self._starts = starts  # where each payload begins in `data`, its frame header before it
+        self._end = len(data) if end is None else end  # where the last payload ends
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Payloads: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Payloads:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("Payloads slices take consecutive records only")
+            stop = max(start, stop)
+            return Payloads(self._data, self._starts[start:stop], self._ends_at(stop))
+        index = range(len(self))[index]  # negative indexes, and IndexError beyond the end
+        return self._data[self._starts[index]:self._ends_at(index + 1)]
+
+    def __iter__(self) -> Iterator[bytes]:
+        data = self._data
+        return (data[start:end] for start, end in zip(self._starts, self._ends(), strict=True))
+
+    def frames(self) -> bytes:
+        """The records as framed on disk, back to back: each payload follows its FRAME_HEADER
+        bytes (length and CRC32)."""
+        if not self._starts:
+            return b""
+        first = self._starts[0] - _FRAME.size
+        return self._data if first == 0 and self._end == len(self._data) else self._data[first:self._end]
+
+    def all_start_with(self, prefix: bytes) -> bool:
+        """True when every payload begins with `prefix`."""
+        return all(map(self._data.startswith, repeat(prefix), self._starts, self._ends()))
+
+    def _ends(self) -> Iterator[int]:
+        # A payload ends where the next record's frame header begins; the last at `_end`.
+        return chain(map(sub, islice(self._starts, 1, None), repeat(_FRAME.size)), (self._end,))
+
+    def _ends_at(self, index: int) -> int:
+        return self._starts[index] - _FRAME.size if index < len(self._starts) else self._end
+
+
+_NO_PAYLOADS = Payloads(b"", [])
+
+
+def _position(segment: _Segment, index: int) -> int:
+    """Where record `index` of `segment` begins (the verified end when it is the next one)."""
+    return segment.positions[index] if index < len(segment.positions) else segment.size
+
+
+def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | None) -> None:
+    """Extend `segment.positions` over intact frames after its verified size until it holds
+    `until`, reading bounded chunks; `keep` gets the verified bytes. Stops at the end of the
+    file, at a partial frame (its rest is not written yet) and at a damaged one (for good)."""
+    size = _CHUNK
+    while len(segment.positions) < until:
+        # Chunks, not one read of the whole: a large read is fresh memory each time (page
+        # faults), where chunks reuse the same few freed blocks.
+        data = os.pread(fd, size, segment.size)
+        verified = _scan(data, segment.size, until - len(segment.positions), segment.positions)
+        if verified and keep is not None:
+            keep.append(memoryview(data)[:verified])
+        segment.size += verified
+        if len(data) < size:
+            return
+        size = _CHUNK if verified else _frame_bytes(data)
+        if not verified and size <= len(data):  # a whole frame failed its checksum, or cannot be
+            return
+
+
+def _scan(data: bytes, origin: int, limit: int, positions: list[int]) -> int:
+    """Append the file position (`origin` + offset in `data`) of up to `limit` whole, intact
+    frames at the start of `data` to `positions`; return the bytes they cover."""
+    view, crc32, unpack, append = memoryview(data), zlib.crc32, _FRAME.unpack_from, positions.append
+    position, size = 0, len(data)
+    for _ in repeat(None, limit):
+        if position + 8 > size:
+            break
+        length, crc = unpack(data, position)
+        start = position + 8
+        end = start + length
+        # Checksums over views, not payload copies. An impossible length (> _MAX_RECORD) fails
+        # here too: no read is longer than one record can be.
+        if end > size or crc32(view[start:end]) != crc:
+            break
+        append(origin + position)
+        position = end
+    return position
+
+
+def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
+    """Every whole frame of a segment file as (payload, intact), read in bounded chunks; ends at
+    a partial frame and at an impossible length."""
+    position, size = 0, _CHUNK
+    while True:
+        data = os.pread(fd, size, position)
+        used = 0
+        for payload, intact in _split(data):
+            yield payload, intact
+            used += _FRAME.size + len(payload)
+        position += used
+        if len(data) < size:
+            return
+        size = _CHUNK if used else _frame_bytes(data)
+        if not used and size <= len(data):
+            return
+
+
+def _split(data: bytes) -> Iterator[tuple[bytes, bool]]:
     position = 0
     while position + 8 <= len(data):
         length, crc = _FRAME.unpack_from(data, position)
         end = position + 8 + length
-        if length > _MAX_RECORD or end > len(data):
+        if end > len(data):  # also an impossible length: no read is longer than a record
             return
         payload = data[position + 8:end]
         yield payload, zlib.crc32(payload) == crc
         position = end
+
+
+def _frame_bytes(data: bytes) -> int:
+    """The bytes the frame at the start of `data` takes (0 when its length is impossible)."""
+    length = _FRAME.unpack_from(data)[0]
+    return _FRAME.size + length if length <= _MAX_RECORD else 0
 
 
 def _fsync_dir(directory: Path) -> None:
