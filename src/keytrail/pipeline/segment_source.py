@@ -70,7 +70,9 @@ class _SegmentReader:
     instance reading a long log grows without bound. A read never spans two segments
     (`read_payloads`), so each segment is indexed (its checksums verified) once, as it is read,
     and memory holds one segment's index.
-    The end offset comes from a second instance that only indexes the last segment.
+    The end offset comes from a second instance that only indexes the last segment, or, once
+    the reader is on the last segment, from the reader's own index of it: a live log's records
+    are verified once, not by both.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -92,6 +94,8 @@ class _SegmentReader:
         return first, values, self._end_offset()
 
     def _end_offset(self) -> int:
+        if self._log.segment_bases()[-1:] == [self._base]:
+            return self._log.end_offset()
         self._tail.refresh()
         last = self._tail.segment_bases()[-1:]
         if last != self._tail_bases:  # the writer started a segment: forget the old one's index
