@@ -116,7 +116,7 @@ def _mixed(values: Sequence[bytes]) -> pl.DataFrame:
 def _read(prefix: bytes, values: Sequence[bytes]) -> pl.DataFrame:
     # Values read from the embedded log come as framed there: the header field takes each
     # record's frame header too, so the block is the log's bytes as they are.
-    framing, body = (FRAME_HEADER, [values.frames()]) if isinstance(values, Payloads) else (0, values)
+    framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
     header, columns = _writers(framing)[prefix]
     size = sum(map(len, body))
     container = b"".join([header, _long(len(values)), _long(size), *body, _SYNC])

@@ -6,6 +6,10 @@ length, a 4-byte CRC32 of the payload, then the payload. Offsets are consecutive
 several appends under one sync: group commit). One writer per directory (an exclusive `flock`
 on `LOCK`); any number of readers, in this process or others, see what the writer has flushed.
 Opening a writer cuts a torn tail left by a crash.
+
+Readers read in bounded chunks and check each record's CRC32 the first time they read it; they
+never return a record whose checksum fails, nor any after it in its segment. `read_payloads`
+hands a batch on as one bytes object (`Payloads`), not one object per record.
 """
 
 from __future__ import annotations
@@ -17,15 +21,14 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, islice, repeat
-from operator import sub
+from itertools import repeat
 from pathlib import Path
 from typing import overload
 
 __all__ = ["FRAME_HEADER", "Frame", "LogLockedError", "Payloads", "SegmentLog", "event_log_dir", "writer_active"]
 
 _FRAME = struct.Struct("<II")
-#: Bytes before each payload on disk: its length and CRC32 (`Payloads.frames` keeps them).
+#: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
 FRAME_HEADER = _FRAME.size
 _SUFFIX = ".seg"
 _MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
@@ -296,7 +299,7 @@ class SegmentLog:
         finally:
             os.close(fd)
         stop = min(index + limit, len(segment.positions))
-        return Payloads(b"".join(parts), [p - start + _FRAME.size for p in segment.positions[index:stop]])
+        return _payloads(b"".join(parts), segment.positions[index:stop], start)
 
     def _index(self, segment: _Segment) -> None:
         """Extend the segment's record positions over complete, checksummed frames on disk."""
@@ -312,14 +315,14 @@ class SegmentLog:
 
 class Payloads(Sequence[bytes]):
     """Consecutive records' payloads as read from the log, kept framed in one bytes object rather
-    than one object per record (a batch of them costs one copy); `frames()` hands them on as is."""
+    than one object per record (a batch of them costs one copy); `framed()` hands them on as is."""
 
-    __slots__ = ("_data", "_end", "_starts")
+    __slots__ = ("_data", "_ends", "_starts")
 
-    def __init__(self, data: bytes, starts: list[int], end: int | None = None) -> None:
+    def __init__(self, data: bytes, starts: list[int], ends: list[int]) -> None:
         self._data = data
-        self._starts = starts  # where each payload begins in `data`, its frame header before it
-        self._end = len(data) if end is None else end  # where the last payload ends
+        self._starts = starts  # payload i is data[starts[i]:ends[i]], its frame header before it
+        self._ends = ends
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -332,39 +335,34 @@ class Payloads(Sequence[bytes]):
 
     def __getitem__(self, index: int | slice) -> bytes | Payloads:
         if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
+            if index.step not in (None, 1):
                 raise ValueError("Payloads slices take consecutive records only")
-            stop = max(start, stop)
-            return Payloads(self._data, self._starts[start:stop], self._ends_at(stop))
-        index = range(len(self))[index]  # negative indexes, and IndexError beyond the end
-        return self._data[self._starts[index]:self._ends_at(index + 1)]
+            return Payloads(self._data, self._starts[index], self._ends[index])
+        return self._data[self._starts[index]:self._ends[index]]
 
     def __iter__(self) -> Iterator[bytes]:
-        data = self._data
-        return (data[start:end] for start, end in zip(self._starts, self._ends(), strict=True))
+        return map(self._data.__getitem__, map(slice, self._starts, self._ends))
 
-    def frames(self) -> bytes:
+    def framed(self) -> bytes:
         """The records as framed on disk, back to back: each payload follows its FRAME_HEADER
         bytes (length and CRC32)."""
         if not self._starts:
             return b""
-        first = self._starts[0] - _FRAME.size
-        return self._data if first == 0 and self._end == len(self._data) else self._data[first:self._end]
+        first, end = self._starts[0] - _FRAME.size, self._ends[-1]
+        return self._data if first == 0 and end == len(self._data) else self._data[first:end]
 
     def all_start_with(self, prefix: bytes) -> bool:
         """True when every payload begins with `prefix`."""
-        return all(map(self._data.startswith, repeat(prefix), self._starts, self._ends()))
-
-    def _ends(self) -> Iterator[int]:
-        # A payload ends where the next record's frame header begins; the last at `_end`.
-        return chain(map(sub, islice(self._starts, 1, None), repeat(_FRAME.size)), (self._end,))
-
-    def _ends_at(self, index: int) -> int:
-        return self._starts[index] - _FRAME.size if index < len(self._starts) else self._end
+        return all(map(self._data.startswith, repeat(prefix), self._starts, self._ends))
 
 
-_NO_PAYLOADS = Payloads(b"", [])
+_NO_PAYLOADS = Payloads(b"", [], [])
+
+
+def _payloads(data: bytes, positions: list[int], origin: int) -> Payloads:
+    """The payloads of the frames at file `positions`, `data` being the file from `origin` on."""
+    starts = [p - origin + _FRAME.size for p in positions]
+    return Payloads(data, starts, [p - origin for p in positions[1:]] + [len(data)])
 
 
 def _position(segment: _Segment, index: int) -> int:

@@ -233,9 +233,11 @@ def test_payloads_index_slice_and_hand_on_the_frames_as_on_disk(tmp_path: Path) 
         payloads[30]
     middle = payloads[5:9]
     assert list(middle) == _sized(30)[5:9] and list(payloads[28:50]) == _sized(30)[28:] and not payloads[9:5]
-    assert payloads.frames() == _segment(tmp_path).read_bytes()
-    assert middle.frames() == b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in _sized(30)[5:9])
+    assert payloads.framed() == _segment(tmp_path).read_bytes()
+    assert middle.framed() == b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in _sized(30)[5:9])
     assert payloads[1:2].all_start_with(b"b") and not payloads.all_start_with(b"a")
+    with pytest.raises(ValueError, match="consecutive"):
+        payloads[::2]
     short = SegmentLog(tmp_path / "short", writable=True)
     short.append([b"ab", b"cd"])
     short.sync()
