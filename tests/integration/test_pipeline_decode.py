@@ -13,7 +13,8 @@ from polars.testing import assert_frame_equal
 from keytrail.audit import schema
 from keytrail.pipeline.frame import frame_from_avro, frame_from_records
 from keytrail.pipeline.synthetic import generate_events
-from keytrail.transport.segment_log import Payloads, SegmentLog
+from keytrail.transport.frames import Payloads
+from keytrail.transport.segment_log import SegmentLog
 
 pytestmark = pytest.mark.integration
 

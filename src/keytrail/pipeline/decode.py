@@ -24,7 +24,7 @@ import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from keytrail.audit import schema as audit_schema
-from keytrail.transport.segment_log import FRAME_HEADER, Payloads
+from keytrail.transport.frames import FRAME_HEADER, Payloads
 
 __all__ = ["AVRO_COLUMNS", "avro_frame"]
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from keytrail.pipeline.runner import Batch
-from keytrail.transport.segment_log import Payloads, SegmentLog
+from keytrail.transport.frames import Payloads
+from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
 

@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
-from typing import overload
 
-__all__ = ["FRAME_HEADER", "Frame", "LogLockedError", "Payloads", "SegmentLog", "event_log_dir", "writer_active"]
+from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
-_FRAME = struct.Struct("<II")
-#: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
-FRAME_HEADER = _FRAME.size
+__all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir", "writer_active"]
+
 _SUFFIX = ".seg"
-_MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
 _CHUNK = 1 << 20  # readers read this much at a time (more for one larger record)
 
 
@@ -105,7 +100,7 @@ class SegmentLog:
         chunks: list[bytes] = []
         positions: list[int] = []
         position = active.size
-        pack, crc32 = _FRAME.pack, zlib.crc32
+        pack, crc32 = FRAME.pack, zlib.crc32
         for payload in payloads:
             if position >= self.segment_bytes and (active.positions or positions):
                 self._publish(active, chunks, positions, position)
@@ -299,7 +294,7 @@ class SegmentLog:
         finally:
             os.close(fd)
         stop = min(index + limit, len(segment.positions))
-        return _payloads(b"".join(parts), segment.positions[index:stop], start)
+        return payloads_at(b"".join(parts), segment.positions[index:stop], start)
 
     def _index(self, segment: _Segment) -> None:
         """Extend the segment's record positions over complete, checksummed frames on disk."""
@@ -313,56 +308,7 @@ class SegmentLog:
             os.close(fd)
 
 
-class Payloads(Sequence[bytes]):
-    """Consecutive records' payloads as read from the log, kept framed in one bytes object rather
-    than one object per record (a batch of them costs one copy); `framed()` hands them on as is."""
-
-    __slots__ = ("_data", "_ends", "_starts")
-
-    def __init__(self, data: bytes, starts: list[int], ends: list[int]) -> None:
-        self._data = data
-        self._starts = starts  # payload i is data[starts[i]:ends[i]], its frame header before it
-        self._ends = ends
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    @overload
-    def __getitem__(self, index: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Payloads: ...
-
-    def __getitem__(self, index: int | slice) -> bytes | Payloads:
-        if isinstance(index, slice):
-            if index.step not in (None, 1):
-                raise ValueError("Payloads slices take consecutive records only")
-            return Payloads(self._data, self._starts[index], self._ends[index])
-        return self._data[self._starts[index]:self._ends[index]]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return map(self._data.__getitem__, map(slice, self._starts, self._ends))
-
-    def framed(self) -> bytes:
-        """The records as framed on disk, back to back: each payload follows its FRAME_HEADER
-        bytes (length and CRC32)."""
-        if not self._starts:
-            return b""
-        first, end = self._starts[0] - _FRAME.size, self._ends[-1]
-        return self._data if first == 0 and end == len(self._data) else self._data[first:end]
-
-    def all_start_with(self, prefix: bytes) -> bool:
-        """True when every payload begins with `prefix`."""
-        return all(map(self._data.startswith, repeat(prefix), self._starts, self._ends))
-
-
 _NO_PAYLOADS = Payloads(b"", [], [])
-
-
-def _payloads(data: bytes, positions: list[int], origin: int) -> Payloads:
-    """The payloads of the frames at file `positions`, `data` being the file from `origin` on."""
-    starts = [p - origin + _FRAME.size for p in positions]
-    return Payloads(data, starts, [p - origin for p in positions[1:]] + [len(data)])
 
 
 def _position(segment: _Segment, index: int) -> int:
@@ -379,35 +325,15 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
         # Chunks, not one read of the whole: a large read is fresh memory each time (page
         # faults), where chunks reuse the same few freed blocks.
         data = os.pread(fd, size, segment.size)
-        verified = _scan(data, segment.size, until - len(segment.positions), segment.positions)
+        verified = verified_prefix(data, segment.size, until - len(segment.positions), segment.positions)
         if verified and keep is not None:
             keep.append(memoryview(data)[:verified])
         segment.size += verified
         if len(data) < size:
             return
-        size = _CHUNK if verified else _frame_bytes(data)
+        size = _CHUNK if verified else frame_bytes(data)
         if not verified and size <= len(data):  # a whole frame failed its checksum, or cannot be
             return
-
-
-def _scan(data: bytes, origin: int, limit: int, positions: list[int]) -> int:
-    """Append the file position (`origin` + offset in `data`) of up to `limit` whole, intact
-    frames at the start of `data` to `positions`; return the bytes they cover."""
-    view, crc32, unpack, append = memoryview(data), zlib.crc32, _FRAME.unpack_from, positions.append
-    position, size = 0, len(data)
-    for _ in repeat(None, limit):
-        if position + 8 > size:
-            break
-        length, crc = unpack(data, position)
-        start = position + 8
-        end = start + length
-        # Checksums over views, not payload copies. An impossible length (> _MAX_RECORD) fails
-        # here too: no read is longer than one record can be.
-        if end > size or crc32(view[start:end]) != crc:
-            break
-        append(origin + position)
-        position = end
-    return position
 
 
 def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
@@ -417,33 +343,15 @@ def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
     while True:
         data = os.pread(fd, size, position)
         used = 0
-        for payload, intact in _split(data):
+        for payload, intact in split(data):
             yield payload, intact
-            used += _FRAME.size + len(payload)
+            used += FRAME.size + len(payload)
         position += used
         if len(data) < size:
             return
-        size = _CHUNK if used else _frame_bytes(data)
+        size = _CHUNK if used else frame_bytes(data)
         if not used and size <= len(data):
             return
-
-
-def _split(data: bytes) -> Iterator[tuple[bytes, bool]]:
-    position = 0
-    while position + 8 <= len(data):
-        length, crc = _FRAME.unpack_from(data, position)
-        end = position + 8 + length
-        if end > len(data):  # also an impossible length: no read is longer than a record
-            return
-        payload = data[position + 8:end]
-        yield payload, zlib.crc32(payload) == crc
-        position = end
-
-
-def _frame_bytes(data: bytes) -> int:
-    """The bytes the frame at the start of `data` takes (0 when its length is impossible)."""
-    length = _FRAME.unpack_from(data)[0]
-    return _FRAME.size + length if length <= _MAX_RECORD else 0
 
 
 def _fsync_dir(directory: Path) -> None:
