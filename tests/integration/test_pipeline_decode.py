@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -12,6 +13,8 @@ from polars.testing import assert_frame_equal
 from keytrail.audit import schema
 from keytrail.pipeline.frame import frame_from_avro, frame_from_records
 from keytrail.pipeline.synthetic import generate_events
+from keytrail.transport.frames import Payloads
+from keytrail.transport.segment_log import SegmentLog
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +96,26 @@ def _event(name: str, arn: str) -> dict:  # type: ignore[type-arg]
         "resources": [{"ARN": arn, "accountId": "111122223333", "type": "AWS::KMS::Key"}],
         "eventType": "AwsApiCall", "readOnly": False, "recipientAccountId": "111122223333",
     }
+
+
+def test_payloads_read_from_the_log_decode_like_the_values_they_hold(tmp_path: Path) -> None:
+    events = list(generate_events(60, seed=7))
+    current = [schema.encode(e) for e in events[:40]]
+    mixed = [_v1(e) if i % 3 == 0 else schema.encode(e) for i, e in enumerate(events[40:])]
+    log = SegmentLog(tmp_path, writable=True)
+    log.append([*current, *mixed])
+    log.sync()
+    _, payloads = SegmentLog(tmp_path).read_payloads(0, 60)
+    assert isinstance(payloads, Payloads)
+    cases = [(payloads[:40], current), (payloads[7:40], current[7:]), (payloads[30:], current[30:] + mixed)]
+    for part, values in cases:  # one writer, a slice of it, a schema upgrade
+        assert_frame_equal(avro_frame(part), avro_frame(values))
+    assert avro_frame(payloads[:40]).get_column("eventID").to_list() == [e["eventID"] for e in events[:40]]
+
+
+def test_payloads_of_an_unknown_writer_are_refused(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append([b"\xc3\x01" + b"\x00" * 8 + b"junk"])
+    log.sync()
+    with pytest.raises(schema.SchemaError):
+        avro_frame(SegmentLog(tmp_path).read_payloads(0, 1)[1])

@@ -3,8 +3,10 @@
 The values of one writer schema are framed, whole and unsliced, as one in-memory Avro
 container (header, one block): the container's schema is the writer's with a leading 10-byte
 `fixed` field that takes each value's single-object header (C3 01 + fingerprint), so no value
-is sliced or copied one by one. polars reads it with a column projection, which halves its
-decode time against reading every column. Values of an unknown writer fall back to
+is sliced or copied one by one. Values read from the embedded log (`Payloads`) stay as framed
+on disk: the field grows by the frame header, and the block is the log's bytes unchanged.
+polars reads the container with a column projection, which halves its decode time against
+reading every column. Values of an unknown writer fall back to
 `keytrail.audit.schema.to_polars`, which names what is wrong.
 """
 
@@ -22,6 +24,7 @@ import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from keytrail.audit import schema as audit_schema
+from keytrail.transport.frames import FRAME_HEADER, Payloads
 
 __all__ = ["AVRO_COLUMNS", "avro_frame"]
 
@@ -47,22 +50,23 @@ AVRO_COLUMNS = (
 _MAGIC = b"\xc3\x01"
 _PREFIX = 10  # magic + 8-byte fingerprint
 _SYNC = b"keytrail-pipeline"[:16]
-_HEADER_FIELD = {"name": "_singleObjectHeader", "type": {"type": "fixed", "name": "_SingleObject", "size": _PREFIX}}
 
 
-@lru_cache(maxsize=1)
-def _writers() -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
-    """single-object prefix → (container header, projected columns) for every known schema version."""
+@lru_cache(maxsize=2)
+def _writers(framing: int = 0) -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
+    """single-object prefix → (container header, projected columns) for every known schema
+    version, for values each preceded by `framing` bytes that the container skips."""
     paths = [audit_schema.SCHEMA_PATH, *sorted((audit_schema.SCHEMA_DIR / "history").glob("*.avsc"))]
-    return dict(_writer(path) for path in paths)
+    return dict(_writer(path, framing) for path in paths)
 
 
-def _writer(path: Path) -> tuple[bytes, tuple[bytes, tuple[str, ...]]]:
+def _writer(path: Path, framing: int) -> tuple[bytes, tuple[bytes, tuple[str, ...]]]:
     raw = json.loads(path.read_text())
     canonical = to_parsing_canonical_form(parse_schema(raw))
     prefix = _MAGIC + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
     fields = {f["name"] for f in raw["fields"]}
-    framed = json.dumps({**raw, "fields": [_HEADER_FIELD, *raw["fields"]]}).encode()
+    skipped = {"name": "_header", "type": {"type": "fixed", "name": "_Header", "size": framing + _PREFIX}}
+    framed = json.dumps({**raw, "fields": [skipped, *raw["fields"]]}).encode()
     header = b"".join(
         [
             b"Obj\x01",
@@ -83,9 +87,15 @@ def avro_frame(values: Sequence[bytes]) -> pl.DataFrame:
     if not values:
         return pl.DataFrame()
     first = values[0][:_PREFIX]
-    if all(map(bytes.startswith, values, repeat(first))):  # the usual case: one writer version
+    if _one_writer(values, first):  # the usual case
         return _read(first, values) if first in _writers() else _fallback(values)
     return _mixed(values)
+
+
+def _one_writer(values: Sequence[bytes], prefix: bytes) -> bool:
+    if isinstance(values, Payloads):
+        return values.all_start_with(prefix)
+    return all(map(bytes.startswith, values, repeat(prefix)))
 
 
 def _mixed(values: Sequence[bytes]) -> pl.DataFrame:
@@ -104,9 +114,12 @@ def _mixed(values: Sequence[bytes]) -> pl.DataFrame:
 
 
 def _read(prefix: bytes, values: Sequence[bytes]) -> pl.DataFrame:
-    header, columns = _writers()[prefix]
-    size = sum(map(len, values))
-    container = b"".join([header, _long(len(values)), _long(size), *values, _SYNC])
+    # Values read from the embedded log come as framed there: the header field takes each
+    # record's frame header too, so the block is the log's bytes as they are.
+    framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
+    header, columns = _writers(framing)[prefix]
+    size = sum(map(len, body))
+    container = b"".join([header, _long(len(values)), _long(size), *body, _SYNC])
     return _complete(pl.read_avro(io.BytesIO(container), columns=list(columns)))
 
 

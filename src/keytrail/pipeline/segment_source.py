@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from keytrail.pipeline.runner import Batch
+from keytrail.transport.frames import Payloads
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
@@ -42,17 +43,16 @@ class SegmentLogSource:
         reader = _SegmentReader(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
         while not self.stop.is_set():
-            records, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
-            if not records:
+            first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
+            if not values:
                 if not self.follow:
                     return
                 await asyncio.sleep(self.poll_seconds)
                 continue
-            first, self._offset = records[0][0], records[-1][0] + 1
             # Offsets within a read are consecutive (the log numbers its records one by one).
-            values = [v for _, v in records]
+            self._offset = first + len(values)
             yield Batch(SEGMENT_LOG_PARTITION, range(first, self._offset), values=values, source_end=end)
-            if self.follow and len(records) < self.max_records and self._offset >= end:
+            if self.follow and len(values) < self.max_records and self._offset >= end:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
                 # aggregate, state) is shared by many events instead of paid per few calls.
                 await asyncio.sleep(self.poll_seconds)
@@ -68,9 +68,12 @@ class _SegmentReader:
     """Reads the log one segment at a time, each through a fresh SegmentLog.
 
     A SegmentLog keeps the position of every record of every segment it indexed, so one
-    instance reading a long log grows without bound. A read here never spans two segments, so
-    each segment is indexed (its checksums verified) once, and memory holds one segment's index.
-    The end offset comes from a second instance that only indexes the last segment.
+    instance reading a long log grows without bound. A read never spans two segments
+    (`read_payloads`), so each segment is indexed (its checksums verified) once, as it is read,
+    and memory holds one segment's index.
+    The end offset comes from a second instance that only indexes the last segment, or, once
+    the reader is on the last segment, from the reader's own index of it: a live log's records
+    are verified once, not by both.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -80,18 +83,20 @@ class _SegmentReader:
         self._tail = SegmentLog(directory)
         self._tail_bases: list[int] = []  # the last segment `_tail` indexed (none yet)
 
-    def read(self, offset: int, limit: int) -> tuple[list[tuple[int, bytes]], int]:
-        """Up to `limit` records from `offset` on, all from one segment, and the log's end offset."""
+    def read(self, offset: int, limit: int) -> tuple[int, Payloads, int]:
+        """Up to `limit` records from `offset` on, all from one segment (the offset of the first
+        and their payloads), and the log's end offset."""
         self._log.refresh()
         bases = self._log.segment_bases()
         index = max(0, bisect_right(bases, offset) - 1)
         if bases and bases[index] != self._base:
             self._log, self._base = SegmentLog(self.directory), bases[index]
-        if index + 1 < len(bases):
-            limit = min(limit, bases[index + 1] - max(offset, bases[index]))
-        return self._log.read(offset, limit), self._end_offset()
+        first, values = self._log.read_payloads(offset, limit)
+        return first, values, self._end_offset()
 
     def _end_offset(self) -> int:
+        if self._log.segment_bases()[-1:] == [self._base]:
+            return self._log.end_offset()
         self._tail.refresh()
         last = self._tail.segment_bases()[-1:]
         if last != self._tail_bases:  # the writer started a segment: forget the old one's index

@@ -6,23 +6,28 @@ length, a 4-byte CRC32 of the payload, then the payload. Offsets are consecutive
 several appends under one sync: group commit). One writer per directory (an exclusive `flock`
 on `LOCK`); any number of readers, in this process or others, see what the writer has flushed.
 Opening a writer cuts a torn tail left by a crash.
+
+Readers read in bounded chunks and check each record's CRC32 the first time they read it; they
+never return a record whose checksum fails, nor any after it in its segment. `read_payloads`
+hands a batch on as one bytes object (`Payloads`), not one object per record.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import struct
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
+
 __all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir", "writer_active"]
 
-_FRAME = struct.Struct("<II")
 _SUFFIX = ".seg"
-_MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
+_CHUNK = 1 << 20  # readers read this much at a time (more for one larger record)
 
 
 def event_log_dir(data_dir: Path) -> Path:
@@ -95,7 +100,7 @@ class SegmentLog:
         chunks: list[bytes] = []
         positions: list[int] = []
         position = active.size
-        pack, crc32 = _FRAME.pack, zlib.crc32
+        pack, crc32 = FRAME.pack, zlib.crc32
         for payload in payloads:
             if position >= self.segment_bytes and (active.positions or positions):
                 self._publish(active, chunks, positions, position)
@@ -233,16 +238,28 @@ class SegmentLog:
         return last.base + len(last.positions)
 
     def read(self, offset: int, max_records: int) -> list[tuple[int, bytes]]:
-        """Up to `max_records` records from `offset` on, as (offset, payload)."""
+        """Up to `max_records` consecutive records from `offset` on, as (offset, payload).
+
+        Ends at the end of what is written and before a damaged record: a reader never gets past one.
+        """
         if not self.writable:
             self.refresh()
         out: list[tuple[int, bytes]] = []
-        offset = max(offset, self.start_offset())
-        for segment in self._segments_from(offset):
-            if len(out) >= max_records:
+        while len(out) < max_records:
+            first, payloads = self._read_from(offset, max_records - len(out))
+            if not payloads or (out and first != offset):
                 break
-            out.extend(self._read_segment(segment, offset + len(out) - segment.base, max_records - len(out)))
+            offset = first + len(payloads)
+            out.extend(zip(range(first, offset), payloads, strict=True))
         return out
+
+    def read_payloads(self, offset: int, max_records: int) -> tuple[int, Payloads]:
+        """Up to `max_records` consecutive records of one segment from `offset` on (from the first
+        retained one when `offset` was deleted): the offset of the first and their payloads, read
+        into one bytes object. Empty at the end of what is written and before a damaged record."""
+        if not self.writable:
+            self.refresh()
+        return self._read_from(offset, max_records)
 
     def frames(self) -> Iterator[Frame]:
         """Every framed record, including damaged ones (`intact` False), for integrity checks.
@@ -250,62 +267,96 @@ class SegmentLog:
         if not self.writable:
             self.refresh()
         for segment in self._segments:
-            offset = segment.base
-            for payload, intact in _scan(segment.path.read_bytes()):
-                yield Frame(offset, payload, intact)
-                offset += 1
+            with segment.path.open("rb", buffering=0) as handle:
+                for offset, (payload, intact) in enumerate(_all_frames(handle.fileno()), segment.base):
+                    yield Frame(offset, payload, intact)
 
     def _segments_from(self, offset: int) -> list[_Segment]:
         return [s for i, s in enumerate(self._segments)
                 if i + 1 == len(self._segments) or self._segments[i + 1].base > offset]
 
-    def _read_segment(self, segment: _Segment, index: int, limit: int) -> list[tuple[int, bytes]]:
-        self._index(segment)
-        stop = min(len(segment.positions), index + limit)
-        if index >= stop:
-            return []
-        start = segment.positions[index]
-        end = segment.positions[stop] if stop < len(segment.positions) else segment.size
-        with segment.path.open("rb") as handle:
-            handle.seek(start)
-            data = handle.read(end - start)
-        out: list[tuple[int, bytes]] = []
-        position = 0
-        for number in range(index, stop):
-            length = _FRAME.unpack_from(data, position)[0]
-            out.append((segment.base + number, data[position + 8: position + 8 + length]))
-            position += 8 + length
-        return out
+    def _read_from(self, offset: int, limit: int) -> tuple[int, Payloads]:
+        offset = max(offset, self.start_offset())
+        segments = self._segments_from(offset)
+        if not segments or limit <= 0:
+            return offset, _NO_PAYLOADS
+        return offset, self._read_segment(segments[0], offset - segments[0].base, limit)
+
+    def _read_segment(self, segment: _Segment, index: int, limit: int) -> Payloads:
+        """Records `index` … `index + limit - 1` of `segment` (fewer at its verified end): those
+        verified before are read back as they are, the rest verified as they are read."""
+        try:
+            fd = os.open(segment.path, os.O_RDONLY)
+        except FileNotFoundError:  # retention deleted it meanwhile: the next read starts later
+            return _NO_PAYLOADS
+        try:
+            _verify(fd, segment, index, None)  # no-op unless the reader jumps ahead
+            if index > len(segment.positions):
+                return _NO_PAYLOADS
+            start, known = _position(segment, index), min(index + limit, len(segment.positions))
+            parts = [memoryview(os.pread(fd, _position(segment, known) - start, start))] if known > index else []
+            _verify(fd, segment, index + limit, parts)
+        finally:
+            os.close(fd)
+        stop = min(index + limit, len(segment.positions))
+        return payloads_at(b"".join(parts), segment.positions[index:stop], start)
 
     def _index(self, segment: _Segment) -> None:
         """Extend the segment's record positions over complete, checksummed frames on disk."""
         try:
-            with segment.path.open("rb") as handle:
-                handle.seek(segment.size)
-                data = handle.read()
+            fd = os.open(segment.path, os.O_RDONLY)
         except FileNotFoundError:
             return
-        position = 0
-        while position + 8 <= len(data):
-            length, crc = _FRAME.unpack_from(data, position)
-            end = position + 8 + length
-            if length > _MAX_RECORD or end > len(data) or zlib.crc32(data[position + 8:end]) != crc:
-                break
-            segment.positions.append(segment.size + position)
-            position = end
-        segment.size += position
+        try:
+            _verify(fd, segment, sys.maxsize, None)
+        finally:
+            os.close(fd)
 
 
-def _scan(data: bytes) -> Iterator[tuple[bytes, bool]]:
-    position = 0
-    while position + 8 <= len(data):
-        length, crc = _FRAME.unpack_from(data, position)
-        end = position + 8 + length
-        if length > _MAX_RECORD or end > len(data):
+_NO_PAYLOADS = Payloads(b"", [], [])
+
+
+def _position(segment: _Segment, index: int) -> int:
+    """Where record `index` of `segment` begins (the verified end when it is the next one)."""
+    return segment.positions[index] if index < len(segment.positions) else segment.size
+
+
+def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | None) -> None:
+    """Extend `segment.positions` over intact frames after its verified size until it holds
+    `until`, reading bounded chunks; `keep` gets the verified bytes. Stops at the end of the
+    file, at a partial frame (its rest is not written yet) and at a damaged one (for good)."""
+    size = _CHUNK
+    while len(segment.positions) < until:
+        # Chunks, not one read of the whole: a large read is fresh memory each time (page
+        # faults), where chunks reuse the same few freed blocks.
+        data = os.pread(fd, size, segment.size)
+        verified = verified_prefix(data, segment.size, until - len(segment.positions), segment.positions)
+        if verified and keep is not None:
+            keep.append(memoryview(data)[:verified])
+        segment.size += verified
+        if len(data) < size:
             return
-        payload = data[position + 8:end]
-        yield payload, zlib.crc32(payload) == crc
-        position = end
+        size = _CHUNK if verified else frame_bytes(data)
+        if not verified and size <= len(data):  # a whole frame failed its checksum, or cannot be
+            return
+
+
+def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
+    """Every whole frame of a segment file as (payload, intact), read in bounded chunks; ends at
+    a partial frame and at an impossible length."""
+    position, size = 0, _CHUNK
+    while True:
+        data = os.pread(fd, size, position)
+        used = 0
+        for payload, intact in split(data):
+            yield payload, intact
+            used += FRAME.size + len(payload)
+        position += used
+        if len(data) < size:
+            return
+        size = _CHUNK if used else frame_bytes(data)
+        if not used and size <= len(data):
+            return
 
 
 def _fsync_dir(directory: Path) -> None:

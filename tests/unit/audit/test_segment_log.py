@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from keytrail.transport import segment_log
 from keytrail.transport.segment_log import LogLockedError, SegmentLog
 
 
@@ -101,3 +105,140 @@ def test_any_crash_point_leaves_a_prefix_of_the_records(tmp_path_factory: pytest
     recovered = [p for _, p in reopened.read(0, 1000)]
     reopened.close()
     assert recovered == payloads[: len(recovered)]
+
+
+# --- readers: bounded chunks, damage, a live log, payloads read as one block -----------------------
+
+
+def _sized(count: int) -> list[bytes]:
+    """Payloads of many lengths: some fit a small chunk many times, some are larger than it."""
+    return [bytes([97 + i % 26]) * (1 + (i * 37) % 300) for i in range(count)]
+
+
+def _segment(folder: Path) -> Path:
+    return sorted(folder.glob("*.seg"))[-1]
+
+
+def test_frames_split_across_chunk_boundaries_are_read_whole(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segment_log, "_CHUNK", 64)  # most frames straddle a boundary, some exceed a chunk
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_sized(200))
+    log.sync()
+    assert [p for _, p in SegmentLog(tmp_path).read(0, 1000)] == _sized(200)
+    assert SegmentLog(tmp_path).read(123, 3) == list(zip(range(123, 126), _sized(200)[123:126], strict=True))
+    assert SegmentLog(tmp_path).end_offset() == 200
+    assert [f.payload for f in SegmentLog(tmp_path).frames()] == _sized(200)
+
+
+def test_indexing_reads_a_large_segment_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append([bytes(1000)] * 5000)  # a 5 MB segment
+    log.sync()
+    sizes: list[int] = []
+    pread = os.pread
+
+    def recording_pread(fd: int, size: int, position: int) -> bytes:
+        sizes.append(size)
+        return pread(fd, size, position)
+
+    monkeypatch.setattr(os, "pread", recording_pread)
+    assert SegmentLog(tmp_path).end_offset() == 5000
+    assert len(list(SegmentLog(tmp_path).frames())) == 5000
+    assert max(sizes) == segment_log._CHUNK < 5_000_000
+
+
+def test_a_damaged_record_mid_chunk_is_never_returned_nor_passed(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(10))
+    log.sync()
+    log.close()
+    segment = _segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    position = sum(8 + len(p) for p in _payloads(4))  # record 4's frame
+    data[position + 8] ^= 0xFF  # its payload no longer matches its CRC
+    segment.write_bytes(bytes(data))
+    reader = SegmentLog(tmp_path)
+    assert [o for o, _ in reader.read(0, 100)] == [0, 1, 2, 3]
+    assert reader.read(4, 100) == [] and reader.read(6, 100) == []
+    assert reader.end_offset() == 4
+    assert [(f.offset, f.intact) for f in reader.frames()][3:6] == [(3, True), (4, False), (5, True)]
+
+
+def test_a_damaged_record_in_a_closed_segment_ends_reads_there(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
+    log.append(_payloads(12))
+    log.sync()
+    bases = log.segment_bases()
+    closed = tmp_path / f"{bases[1]:020d}.seg"
+    data = bytearray(closed.read_bytes())
+    data[8] ^= 0xFF  # the first record of the second segment
+    closed.write_bytes(bytes(data))
+    reader = SegmentLog(tmp_path)
+    assert [o for o, _ in reader.read(0, 100)] == list(range(bases[1]))  # no later segment's records after the gap
+    assert reader.read(bases[1] + 1, 100) == []
+    assert reader.read(bases[2], 100)[0][0] == bases[2]  # a reader told to skip the damage may
+
+
+def test_an_impossible_length_ends_the_segment_for_readers(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(3))
+    log.sync()
+    log.close()
+    with _segment(tmp_path).open("ab") as handle:
+        handle.write(b"\xff\xff\xff\x7f\x00\x00\x00\x00" + bytes(2 << 20))  # 2 GB claimed, chunks of data after it
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 3
+    assert [o for o, _ in reader.read(0, 10)] == [0, 1, 2]
+    assert [f.offset for f in reader.frames()] == [0, 1, 2]
+
+
+def test_a_partial_frame_is_read_once_its_rest_is_written(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(2))
+    log.sync()
+    log.close()
+    frame = struct.pack("<II", 11, zlib.crc32(b"late record")) + b"late record"
+    segment = _segment(tmp_path)
+    reader = SegmentLog(tmp_path)
+    with segment.open("ab") as handle:
+        handle.write(frame[:13])  # a writer in the middle of its write
+        handle.flush()
+        assert [o for o, _ in reader.read(0, 10)] == [0, 1] and reader.end_offset() == 2
+        handle.write(frame[13:])
+    assert reader.read(2, 10) == [(2, b"late record")] and reader.end_offset() == 3
+
+
+def test_a_reader_moves_past_segments_deleted_by_retention(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
+    log.append(_payloads(12))
+    log.sync()
+    reader = SegmentLog(tmp_path)
+    assert reader.read(0, 2) == list(zip(range(2), _payloads(2), strict=True))
+    bases = log.segment_bases()
+    log.delete_before(bases[1])
+    assert reader.read(2, 2) == [(bases[1], _payloads(12)[bases[1]]), (bases[1] + 1, _payloads(12)[bases[1] + 1])]
+    first, payloads = reader.read_payloads(0, 100)
+    assert first == bases[1] and list(payloads) == _payloads(12)[bases[1]:bases[2]]  # one segment at most
+
+
+def test_payloads_index_slice_and_hand_on_the_frames_as_on_disk(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_sized(30))
+    log.sync()
+    first, payloads = SegmentLog(tmp_path).read_payloads(0, 30)
+    assert first == 0 and len(payloads) == 30 and list(payloads) == _sized(30)
+    assert (payloads[0], payloads[-1], payloads[7]) == (_sized(30)[0], _sized(30)[-1], _sized(30)[7])
+    with pytest.raises(IndexError):
+        payloads[30]
+    middle = payloads[5:9]
+    assert list(middle) == _sized(30)[5:9] and list(payloads[28:50]) == _sized(30)[28:] and not payloads[9:5]
+    assert payloads.framed() == _segment(tmp_path).read_bytes()
+    assert middle.framed() == b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in _sized(30)[5:9])
+    assert payloads[1:2].all_start_with(b"b") and not payloads.all_start_with(b"a")
+    with pytest.raises(ValueError, match="consecutive"):
+        payloads[::2]
+    short = SegmentLog(tmp_path / "short", writable=True)
+    short.append([b"ab", b"cd"])
+    short.sync()
+    assert not short.read_payloads(0, 2)[1].all_start_with(b"abc")  # never "ab" + the next frame's bytes

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import struct
+import zlib
 from pathlib import Path
 
 from keytrail.pipeline.runner import Batch
@@ -54,3 +57,31 @@ async def test_a_following_source_reads_segments_the_writer_starts_meanwhile(tmp
     log.close()
     assert offsets == list(range(60))
     assert ends[0] == 20 and ends[-1] == 60
+
+
+async def test_a_following_source_waits_for_a_partly_written_record(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_records(0, 3))
+    log.sync()
+    log.close()
+    late = _records(3, 4)[0]
+    frame = struct.pack("<II", len(late), zlib.crc32(late)) + late
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01)
+    values: list[bytes] = []
+    written: list[int] = []
+
+    async def write_the_rest_later() -> None:
+        await asyncio.sleep(0.1)  # meanwhile the source polls and finds only the partial frame
+        handle.write(frame[10:])
+        written.append(len(values))
+
+    with sorted(tmp_path.glob("*.seg"))[-1].open("ab", buffering=0) as handle:
+        async for batch in source.batches(lambda partition: 0):
+            values.extend(batch.values)
+            if len(values) == 3:  # caught up: a writer is in the middle of its next record
+                handle.write(frame[:10])
+                rest = asyncio.create_task(write_the_rest_later())
+            if len(values) == 4:
+                source.stop.set()
+        await rest
+    assert values == _records(0, 4) and written == [3]  # nothing delivered until the record was whole

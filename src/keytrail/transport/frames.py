@@ -1,0 +1,109 @@
+"""Record framing of the embedded event log (`keytrail.transport.segment_log`).
+
+Each record is framed as a 4-byte little-endian length, a 4-byte CRC32 of the payload, then the
+payload. Readers check frames a chunk at a time, the checksum over a view of the chunk, and hand
+a batch on as `Payloads`: one bytes object, still framed, rather than one object per record.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+from typing import overload
+
+__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "payloads_at", "split", "verified_prefix"]
+
+FRAME = struct.Struct("<II")
+#: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
+FRAME_HEADER = FRAME.size
+MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
+
+
+class Payloads(Sequence[bytes]):
+    """Consecutive records' payloads as read from the log, kept framed in one bytes object rather
+    than one object per record (a batch of them costs one copy); `framed()` hands them on as is."""
+
+    __slots__ = ("_data", "_ends", "_starts")
+
+    def __init__(self, data: bytes, starts: list[int], ends: list[int]) -> None:
+        self._data = data
+        self._starts = starts  # payload i is data[starts[i]:ends[i]], its frame header before it
+        self._ends = ends
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Payloads: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Payloads:
+        if isinstance(index, slice):
+            if index.step not in (None, 1):
+                raise ValueError("Payloads slices take consecutive records only")
+            return Payloads(self._data, self._starts[index], self._ends[index])
+        return self._data[self._starts[index]:self._ends[index]]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return map(self._data.__getitem__, map(slice, self._starts, self._ends))
+
+    def framed(self) -> bytes:
+        """The records as framed on disk, back to back: each payload follows its FRAME_HEADER
+        bytes (length and CRC32)."""
+        if not self._starts:
+            return b""
+        first, end = self._starts[0] - FRAME.size, self._ends[-1]
+        return self._data if first == 0 and end == len(self._data) else self._data[first:end]
+
+    def all_start_with(self, prefix: bytes) -> bool:
+        """True when every payload begins with `prefix`."""
+        return all(map(self._data.startswith, repeat(prefix), self._starts, self._ends))
+
+
+def payloads_at(data: bytes, positions: list[int], origin: int) -> Payloads:
+    """The payloads of the frames at file `positions`, `data` being the file from `origin` on."""
+    starts = [p - origin + FRAME.size for p in positions]
+    return Payloads(data, starts, [p - origin for p in positions[1:]] + [len(data)])
+
+
+def verified_prefix(data: bytes, origin: int, limit: int, positions: list[int]) -> int:
+    """Append the file position (`origin` + offset in `data`) of up to `limit` whole, intact
+    frames at the start of `data` to `positions`; return the bytes they cover."""
+    view, crc32, unpack, append = memoryview(data), zlib.crc32, FRAME.unpack_from, positions.append
+    position, size = 0, len(data)
+    for _ in repeat(None, limit):
+        if position + 8 > size:
+            break
+        length, crc = unpack(data, position)
+        start = position + 8
+        end = start + length
+        # Checksums over views, not payload copies. An impossible length (> MAX_RECORD) stops
+        # here too: callers read at most FRAME_HEADER + MAX_RECORD bytes at a time.
+        if end > size or crc32(view[start:end]) != crc:
+            break
+        append(origin + position)
+        position = end
+    return position
+
+
+def split(data: bytes) -> Iterator[tuple[bytes, bool]]:
+    """The whole frames at the start of `data`, intact or not, as (payload, intact)."""
+    position = 0
+    while position + 8 <= len(data):
+        length, crc = FRAME.unpack_from(data, position)
+        end = position + 8 + length
+        if end > len(data):  # also an impossible length, as in verified_prefix
+            return
+        payload = data[position + 8:end]
+        yield payload, zlib.crc32(payload) == crc
+        position = end
+
+
+def frame_bytes(data: bytes) -> int:
+    """The bytes the frame at the start of `data` takes (0 when its length is impossible)."""
+    length = FRAME.unpack_from(data)[0]
+    return FRAME.size + length if length <= MAX_RECORD else 0
