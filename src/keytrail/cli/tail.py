@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from keytrail.transport.segment_log import SegmentLog, event_log_dir
+from keytrail.pipeline.segment_source import SegmentReader
+from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["follow_event_log"]
 
@@ -18,19 +19,17 @@ async def follow_event_log(
     An empty list is yielded whenever the log is idle, so callers can do timed work.
 
     Reads run in a worker thread (each one lists the segment files and checks new frames'
-    CRCs), so the serving event loop only hands over the values."""
-    log = SegmentLog(event_log_dir(data_dir))
-    offset = max(start, log.start_offset())
-    try:
-        while True:
-            rows = await asyncio.to_thread(log.read, offset, batch)
-            if not rows:
-                yield []
-                await asyncio.sleep(idle_seconds)
-                continue
-            offset = rows[-1][0] + 1
-            yield [value for _, value in rows]
-            if len(rows) < batch:
-                await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
-    finally:
-        log.close()
+    CRCs), so the serving event loop only hands over the values. The reader holds one segment's
+    index at a time, so following a long-lived log keeps its memory flat."""
+    reader = SegmentReader(event_log_dir(data_dir))
+    offset = start
+    while True:
+        first, values, _ = await asyncio.to_thread(reader.read, offset, batch)
+        if not values:
+            yield []
+            await asyncio.sleep(idle_seconds)
+            continue
+        offset = first + len(values)
+        yield list(values)
+        if len(values) < batch:
+            await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch

@@ -11,7 +11,7 @@ from keytrail.pipeline.runner import Batch
 from keytrail.transport.frames import Payloads
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
+__all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource", "SegmentReader"]
 
 SEGMENT_LOG_PARTITION = "segment-log"
 
@@ -40,7 +40,7 @@ class SegmentLogSource:
         self._offset = 0
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
-        reader = _SegmentReader(self.directory)
+        reader = SegmentReader(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
         while not self.stop.is_set():
             first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
@@ -64,7 +64,7 @@ class SegmentLogSource:
         self._offset = offset
 
 
-class _SegmentReader:
+class SegmentReader:
     """Reads the log one segment at a time, each through a fresh SegmentLog.
 
     A SegmentLog keeps the position of every record of every segment it indexed, so one
