@@ -28,7 +28,7 @@ import orjson
 import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from keytrail.audit.schema import SCHEMA_DIR, SCHEMA_PATH
+from keytrail.audit.schema import SCHEMA_DIR, SCHEMA_PATH, avro_long
 from keytrail.detect.events import KMS_SOURCE, KmsEvent, key_arns, principal_arn
 
 __all__ = ["EVENT_FIELDS", "avro_events"]
@@ -67,7 +67,7 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
         if header is None:
             log.warning("detector: skipping %d values of unknown writer schema %s", len(bodies), prefix.hex())
             continue
-        container = b"".join([header, _long(len(bodies)), _long(sum(map(len, bodies))), *bodies, _SYNC])
+        container = b"".join([header, avro_long(len(bodies)), avro_long(sum(map(len, bodies))), *bodies, _SYNC])
         frames.append(pl.read_avro(io.BytesIO(container), columns=list(EVENT_FIELDS)))
     if not frames:
         return {name: [] for name in EVENT_FIELDS}
@@ -192,15 +192,5 @@ def _container_header(path: Path) -> tuple[bytes, bytes]:
     canonical = to_parsing_canonical_form(parse_schema(json.loads(text)))
     prefix = b"\xc3\x01" + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
     meta = [b"avro.schema", text.encode(), b"avro.codec", b"null"]
-    return prefix, b"".join([b"Obj\x01", _long(len(meta) // 2), *(_long(len(m)) + m for m in meta), _long(0), _SYNC])
-
-
-def _long(value: int) -> bytes:
-    """Avro long: zigzag, then base-128 varint."""
-    value = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    fields = [avro_long(len(m)) + m for m in meta]
+    return prefix, b"".join([b"Obj\x01", avro_long(len(meta) // 2), *fields, avro_long(0), _SYNC])

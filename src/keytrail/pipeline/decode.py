@@ -24,6 +24,7 @@ import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from keytrail.audit import schema as audit_schema
+from keytrail.audit.schema import avro_long
 from keytrail.transport.frames import FRAME_HEADER, Payloads
 
 __all__ = ["AVRO_COLUMNS", "avro_frame"]
@@ -70,12 +71,12 @@ def _writer(path: Path, framing: int) -> tuple[bytes, tuple[bytes, tuple[str, ..
     header = b"".join(
         [
             b"Obj\x01",
-            _long(2),
+            avro_long(2),
             _bytes(b"avro.schema"),
             _bytes(framed),
             _bytes(b"avro.codec"),
             _bytes(b"null"),
-            _long(0),
+            avro_long(0),
             _SYNC,
         ]
     )
@@ -119,7 +120,7 @@ def _read(prefix: bytes, values: Sequence[bytes]) -> pl.DataFrame:
     framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
     header, columns = _writers(framing)[prefix]
     size = sum(map(len, body))
-    container = b"".join([header, _long(len(values)), _long(size), *body, _SYNC])
+    container = b"".join([header, avro_long(len(values)), avro_long(size), *body, _SYNC])
     return _complete(pl.read_avro(io.BytesIO(container), columns=list(columns)))
 
 
@@ -132,15 +133,7 @@ def _complete(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(missing).select(AVRO_COLUMNS) if missing else frame.select(AVRO_COLUMNS)
 
 
-def _long(value: int) -> bytes:
-    value = (value << 1) ^ (value >> 63)  # zigzag, then base-128 varint
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _bytes(data: bytes) -> bytes:
-    return _long(len(data)) + data
+    return avro_long(len(data)) + data
