@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,7 +21,9 @@ class SegmentLogSource:
     """Batches from the embedded on-disk event log (`keytrail.transport.segment_log`).
 
     The state file holds the offset, so `commit` has nothing to acknowledge. With `follow`
-    it polls for new records until `stop` is set; otherwise it ends at the log's end.
+    it polls for new records every `poll_seconds` until `stop` is set, and after a partial
+    batch of the live log waits `gather_seconds` (default: `poll_seconds`) so the next batch
+    is fuller; otherwise it ends at the log's end.
     """
 
     def __init__(
@@ -30,12 +33,14 @@ class SegmentLogSource:
         max_records: int = 10_000,
         follow: bool = False,
         poll_seconds: float = 0.2,
+        gather_seconds: float | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         self.directory = directory
         self.max_records = max_records
         self.follow = follow
         self.poll_seconds = poll_seconds
+        self.gather_seconds = poll_seconds if gather_seconds is None else gather_seconds
         self.stop = stop or asyncio.Event()
         self._offset = 0
 
@@ -47,7 +52,7 @@ class SegmentLogSource:
             if not values:
                 if not self.follow:
                     return
-                await asyncio.sleep(self.poll_seconds)
+                await self._pause(self.poll_seconds)
                 continue
             # Offsets within a read are consecutive (the log numbers its records one by one).
             self._offset = first + len(values)
@@ -55,7 +60,12 @@ class SegmentLogSource:
             if self.follow and len(values) < self.max_records and self._offset >= end:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
                 # aggregate, state) is shared by many events instead of paid per few calls.
-                await asyncio.sleep(self.poll_seconds)
+                await self._pause(self.gather_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        # Ends early on stop: shutting down need not wait out a gather.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
 
     async def commit(self, batch: Batch) -> None:
         return None

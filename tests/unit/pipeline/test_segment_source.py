@@ -85,3 +85,45 @@ async def test_a_following_source_waits_for_a_partly_written_record(tmp_path: Pa
                 source.stop.set()
         await rest
     assert values == _records(0, 4) and written == [3]  # nothing delivered until the record was whole
+
+
+async def test_a_following_source_lets_live_records_gather_into_one_batch(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_records(0, 2))
+    log.sync()
+    source = SegmentLogSource(tmp_path, max_records=100, follow=True, poll_seconds=0.01, gather_seconds=1.0)
+
+    async def write_a_few_calls_apart() -> None:
+        for start in range(2, 10, 2):  # four writes, far less than gather_seconds apart in total
+            await asyncio.sleep(0.02)
+            log.append(_records(start, start + 2))
+            log.sync()
+
+    sizes: list[int] = []
+    writer: asyncio.Task[None] | None = None
+    async for batch in source.batches(lambda partition: 0):
+        sizes.append(len(batch.offsets))
+        writer = writer or asyncio.create_task(write_a_few_calls_apart())
+        if batch.offsets[-1] == 9:
+            source.stop.set()
+    assert writer is not None
+    await writer
+    log.close()
+    assert sizes == [2, 8]  # polled every 0.01 s, the writes would have come in four batches
+
+
+async def test_stopping_a_following_source_ends_it_without_waiting_out_the_gather(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_records(0, 2))
+    log.sync()
+    log.close()
+    source = SegmentLogSource(tmp_path, follow=True, gather_seconds=3600)
+
+    async def read_until_stopped() -> list[int]:
+        offsets: list[int] = []
+        async for batch in source.batches(lambda partition: 0):
+            offsets.extend(batch.offsets)
+            source.stop.set()  # the source is now in its hour-long gather
+        return offsets
+
+    assert await asyncio.wait_for(read_until_stopped(), timeout=30) == [0, 1]
