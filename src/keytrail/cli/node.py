@@ -19,6 +19,7 @@ import asyncpg
 from keytrail import __version__
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
+from keytrail.api.protocol import operation_names
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.tail import follow_event_log
@@ -163,6 +164,9 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
         node.consumer_task = asyncio.create_task(node.consumer.run())
     node.background.append(asyncio.create_task(_scheduler(node)))
     await node.service.run_due()
+    # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
+    # falls on the first request; loaded before the freeze below, it is also out of the gc's reach.
+    operation_names()
     # What is alive now (modules, the app, caches) lives as long as the process: out of the cyclic
     # collector's reach, a full collection no longer walks it (one held the loop ~50 ms under load).
     gc.freeze()
