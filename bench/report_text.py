@@ -67,10 +67,11 @@ LIMITS = """\
   or less Python per request: the profile's largest stages are where to look.
 - **Audit on vs off**: with the trail on, every call also encodes its CloudTrail record as Avro
   before it answers (the *audit record* stage), and the node does more work per call in the
-  background: the spool writer and its fsyncs (shared by group commit), the Kafka shipper (aiokafka
-  produce), and the in-process detector, which reads every event back from the log and decodes it
-  again. Those background rows of the profile are CPU the audited server spends per call that the
-  audit-off server does not.
+  background: the spool's fsyncs (shared by group commit), the Kafka shipper (one record batch per
+  partition), the metrics consumers and the in-process detector, which both read every event back
+  from the log (the consumers and the detector's columns in worker threads). Those background rows
+  of the profile, and the worker threads, are CPU the audited server spends per call that the
+  audit-off server does not. The scale-out node row shows the node without its detector.
 - **Shared cores.** wrk takes most of one of the two cores and other sessions on the machine take
   what they can, so a server often gets well under one core (*server cores* column). A fast server
   suffers more than moto (at a few hundred req/s moto leaves wrk idle and gets its full core), so
