@@ -72,7 +72,7 @@ def _denied_decrypts_counted(server: KeytrailServer) -> bool:
 
 def test_serve_without_detector_records_the_call_but_raises_no_alarm(tmp_path: Path) -> None:
     """`--no-detector` (scale-out: a standalone `keytrail detect` judges the topic): the denied call
-    is still audited and counted, but this node raises no alarm of its own."""
+    is still audited and counted (also per principal), but this node raises no alarm of its own."""
     server = KeytrailServer(tmp_path / "data", "--no-detector").start()
     try:
         alice = server.client("alice")
@@ -82,6 +82,9 @@ def test_serve_without_detector_records_the_call_but_raises_no_alarm(tmp_path: P
         while not _denied_decrypts_counted(server) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _denied_decrypts_counted(server), "the consumers never saw the denied call"
+        _, metrics = server.get("/metrics")
+        bob = 'keytrail_kms_denied_by_principal_total{operation="Decrypt",principal="arn:aws:iam::'
+        assert any(line.startswith(bob) and ':user/bob"} 1' in line for line in metrics.decode().splitlines())
         time.sleep(1.0)  # an in-process detector reads the log as often as the consumers (0.2 s)
     finally:
         assert server.stop() == 0

@@ -28,7 +28,6 @@ from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro_events import avro_events
 from keytrail.detect.deny import DENIED_CODES
-from keytrail.detect.events import KmsEvent
 from keytrail.detect.runner import CHUNK as DETECTOR_CHUNK
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
@@ -54,6 +53,22 @@ class _UnrecordedSink:
 
     async def record(self, call: CallRecord) -> None:
         return None
+
+
+class _DeniedCallCounter:
+    """The audit sink with a count of denied calls by operation and principal (role sessions as
+    their role) for /metrics: counted as each call is recorded, so a node counts its own calls
+    whether or not it runs the detector (a counter that starts at zero with the process, as
+    Prometheus expects)."""
+
+    def __init__(self, sink: AuditTrail, counts: Counter[tuple[str, str]]) -> None:
+        self._sink = sink
+        self._counts = counts
+
+    async def record(self, call: CallRecord) -> None:
+        await self._sink.record(call)
+        if call.error_code in DENIED_CODES and call.context is not None:
+            self._counts[(call.event_name, call.context.principal.policy_arn)] += 1
 
 
 class _LastUsageFromMetrics:
@@ -117,14 +132,16 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     if settings.audit:
         audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now)
         consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+    denied: Counter[tuple[str, str]] = Counter()
     deps = ServiceDeps(
-        store=store, clock=clock, audit=audit or _UnrecordedSink(), authorizer=_authorizer(clock),
+        store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),
+        authorizer=_authorizer(clock),
         last_usage=_LastUsageFromMetrics(consumer.store) if consumer else None,
     )
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: {"version": __version__},
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
-    node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer)
+    node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied)
     if consumer is not None and audit is not None:
         api.metrics = lambda: _metrics(node, consumer, audit)
     node.on_clock_advanced.append(service.run_due)
@@ -199,7 +216,6 @@ async def _run_detector(node: Node, runner: DetectorRunner) -> None:
 
 async def _detect(node: Node, runner: DetectorRunner, values: list[bytes]) -> None:
     async for events in avro_events(values, chunk=DETECTOR_CHUNK):
-        _count_denied(node, events)
         _count_alarms(node, await runner.feed_events(events))
 
 
@@ -207,14 +223,6 @@ async def _detector_catch_up(node: Node) -> None:
     """After the dev clock moves, evaluate time-based rules at once."""
     if node.detector is not None:
         _count_alarms(node, await node.detector.tick())
-
-
-def _count_denied(node: Node, events: list[KmsEvent]) -> None:
-    """Denied calls by operation and principal (role sessions counted as their role); the detector
-    reads the whole log from its start, so the counts cover every call the node recorded."""
-    for event in events:
-        if event.error_code in DENIED_CODES:
-            node.denied_counts[(event.event_name, event.principal_arn or event.account_id or "")] += 1
 
 
 def _count_alarms(node: Node, alarms: list[Alarm]) -> None:
