@@ -12,24 +12,19 @@ rule reads them).
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
-import json
 import logging
-import struct
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import orjson
 import polars as pl
-from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from keytrail.audit.schema import SCHEMA_DIR, SCHEMA_PATH, avro_long
 from keytrail.detect.events import KMS_SOURCE, KmsEvent, key_arns, principal_arn
+from keytrail.pipeline.decode import known_writer, read_writer_columns
 
 __all__ = ["EVENT_FIELDS", "avro_events"]
 
@@ -39,7 +34,6 @@ log = logging.getLogger(__name__)
 EVENT_FIELDS = ("eventID", "eventTime", "eventSource", "eventName", "awsRegion", "errorCode", "errorMessage",
                 "userIdentity", "resources", "requestParameters", "responseElements")
 _HEADER = 10  # C3 01 + the writer schema's 8-byte fingerprint
-_SYNC = b"keytrail-detects"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -59,16 +53,13 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
     Worker thread: polars runs on its own thread pool, where a query started from the event loop
     would queue behind the metrics consumer's. Values of an unknown writer schema are left out
     with a warning (the audit layer wrote them all; a stranger is not an event)."""
-    headers = _container_headers()
     frames = []
     for prefix, run in itertools.groupby(values, key=lambda value: value[:_HEADER]):
-        bodies = [memoryview(value)[_HEADER:] for value in run]
-        header = headers.get(prefix)
-        if header is None:
-            log.warning("detector: skipping %d values of unknown writer schema %s", len(bodies), prefix.hex())
+        same_writer = list(run)
+        if not known_writer(prefix):
+            log.warning("detector: skipping %d values of unknown writer schema %s", len(same_writer), prefix.hex())
             continue
-        container = b"".join([header, avro_long(len(bodies)), avro_long(sum(map(len, bodies))), *bodies, _SYNC])
-        frames.append(pl.read_avro(io.BytesIO(container), columns=list(EVENT_FIELDS)))
+        frames.append(read_writer_columns(prefix, same_writer, EVENT_FIELDS))
     if not frames:
         return {name: [] for name in EVENT_FIELDS}
     frame = pl.concat(frames, how="vertical_relaxed").with_columns(pl.col("eventTime").dt.epoch("ms"))
@@ -178,19 +169,3 @@ class _JsonObject(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return repr(self._parsed())
-
-
-@lru_cache(maxsize=1)
-def _container_headers() -> dict[bytes, bytes]:
-    """Single-object prefix (C3 01 + fingerprint) → Avro container header, per known writer schema."""
-    paths = [SCHEMA_PATH, *sorted((SCHEMA_DIR / "history").glob("*.avsc"))]
-    return dict(map(_container_header, paths))
-
-
-def _container_header(path: Path) -> tuple[bytes, bytes]:
-    text = path.read_text()
-    canonical = to_parsing_canonical_form(parse_schema(json.loads(text)))
-    prefix = b"\xc3\x01" + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
-    meta = [b"avro.schema", text.encode(), b"avro.codec", b"null"]
-    fields = [avro_long(len(m)) + m for m in meta]
-    return prefix, b"".join([b"Obj\x01", avro_long(len(meta) // 2), *fields, avro_long(0), _SYNC])

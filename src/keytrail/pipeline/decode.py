@@ -27,7 +27,7 @@ from keytrail.audit import schema as audit_schema
 from keytrail.audit.schema import avro_long
 from keytrail.transport.frames import FRAME_HEADER, Payloads
 
-__all__ = ["AVRO_COLUMNS", "avro_frame"]
+__all__ = ["AVRO_COLUMNS", "avro_frame", "known_writer", "read_writer_columns"]
 
 #: The Avro record fields `frame.frame_from_avro` reads.
 AVRO_COLUMNS = (
@@ -115,13 +115,24 @@ def _mixed(values: Sequence[bytes]) -> pl.DataFrame:
 
 
 def _read(prefix: bytes, values: Sequence[bytes]) -> pl.DataFrame:
+    return _complete(read_writer_columns(prefix, values, _writers()[prefix][1]))
+
+
+def known_writer(prefix: bytes) -> bool:
+    """Whether `prefix` (C3 01 + fingerprint) names a schema version this build can read."""
+    return prefix in _writers()
+
+
+def read_writer_columns(prefix: bytes, values: Sequence[bytes], columns: Sequence[str]) -> pl.DataFrame:
+    """`columns` of `values`, all single-object encoded with the known writer `prefix`, read by
+    polars from one in-memory Avro container (one row per value, in order)."""
     # Values read from the embedded log come as framed there: the header field takes each
     # record's frame header too, so the block is the log's bytes as they are.
     framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
-    header, columns = _writers(framing)[prefix]
+    header, _ = _writers(framing)[prefix]
     size = sum(map(len, body))
     container = b"".join([header, avro_long(len(values)), avro_long(size), *body, _SYNC])
-    return _complete(pl.read_avro(io.BytesIO(container), columns=list(columns)))
+    return pl.read_avro(io.BytesIO(container), columns=list(columns))
 
 
 def _fallback(values: Sequence[bytes]) -> pl.DataFrame:
