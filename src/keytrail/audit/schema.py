@@ -39,7 +39,8 @@ __all__ = [
     "to_polars",
 ]
 
-SCHEMA_DIR = Path(os.environ.get("KEYTRAIL_SCHEMA_DIR", Path(__file__).resolve().parents[3] / "schemas"))
+# The package's schemas/ (a link to the repository's schemas/ in a checkout, a copy in a wheel).
+SCHEMA_DIR = Path(os.environ.get("KEYTRAIL_SCHEMA_DIR", Path(__file__).resolve().parents[1] / "schemas"))
 SCHEMA_PATH = SCHEMA_DIR / "cloudtrail_event.avsc"
 MAGIC = b"\xc3\x01"
 _HEADER = 10

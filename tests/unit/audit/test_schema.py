@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import struct
+import tomllib
+from pathlib import Path
 
 import fastavro
 import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+import keytrail
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import (
     SCHEMA_DIR,
@@ -25,7 +28,7 @@ from keytrail.audit.schema import (
 )
 from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, encrypt_call
 
-EXAMPLES = SCHEMA_DIR.parent / "tests" / "unit" / "audit" / "data" / "aws_documented_examples.json"
+EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
 
 
 def _records() -> list[dict]:
@@ -117,3 +120,16 @@ def test_fast_encoder_writes_the_same_bytes_as_fastavro() -> None:
     events = [*_records(), to_cloudtrail(encrypt_call(8, APP)), to_cloudtrail(encrypt_call(9))]
     for event in events:
         assert encode(event)[10:] == _fastavro_body(writer, to_avro(event)), event["eventID"]
+
+
+def test_the_package_ships_every_schema_file() -> None:
+    """A wheel carries schemas/ as package data (src/keytrail/schemas links to it), so an
+    installed keytrail reads and writes the same schemas as a checkout."""
+    package = Path(keytrail.__file__).parent
+    repository_schemas = Path(__file__).parents[3] / "schemas"
+    assert SCHEMA_DIR.resolve() == (package / "schemas").resolve() == repository_schemas.resolve()
+    pyproject = tomllib.loads((repository_schemas.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["keytrail"]
+    shipped = {path.resolve() for pattern in globs for path in package.glob(pattern)}
+    schema_files = {path.resolve() for path in repository_schemas.rglob("*.avsc")}
+    assert schema_files and schema_files <= shipped
