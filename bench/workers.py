@@ -45,7 +45,8 @@ def worker_command(data_dir: Path, port: int, principals: Path, kafka: str | Non
     dirs = worker_data_dirs(data_dir, workers)
     spec = {"data_dirs": [str(d) for d in dirs], "principals": str(principals), "kafka": kafka}
     args = [sys.executable, "-m", "uvicorn", "bench.workers:make_app", "--factory", "--workers", str(workers),
-            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+            "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+            "--http", "keytrail.api.http_protocol:CoalescingHttpToolsProtocol",  # as `serve` configures it
             "--lifespan", "on", "--no-access-log", "--log-level", "warning", "--no-server-header"]
     return args, {_ENV: json.dumps(spec)}
 

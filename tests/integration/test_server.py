@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -228,3 +229,38 @@ def test_sigterm_exits_zero(fresh_server: KeytrailServer) -> None:
 def test_key_ops_reject_unknown_policy_name(kms) -> None:
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     assert aws_error(kms.get_key_policy, KeyId=key_id, PolicyName="other")[0] == "NotFoundException"
+
+
+def _read_answer(sock: socket.socket, *, head_only: bool = False) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0 if head_only else int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                         if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def test_answers_on_one_connection_arrive_whole_one_after_another(server: KeytrailServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /_keytrail/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body = _read_answer(sock)
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["status"] == "ok"
+        sock.sendall(b"HEAD /_keytrail/health HTTP/1.1\r\nHost: x\r\n\r\n")  # a head with no body after it
+        head, _ = _read_answer(sock, head_only=True)
+        assert head.startswith(b"HTTP/1.1 404")
+
+
+def test_expect_100_continue_is_answered_before_the_client_sends_its_body(server: KeytrailServer) -> None:
+    body = json.dumps({"seconds": 0}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /_keytrail/clock/advance HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        interim, _ = _read_answer(sock, head_only=True)
+        assert interim == b"HTTP/1.1 100 Continue"
+        sock.sendall(body)
+        head, answer = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 200") and "now" in json.loads(answer)

@@ -7,7 +7,6 @@ ranges, enums, patterns) in one pass, with AWS's ValidationException wording.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 import re
@@ -222,12 +221,12 @@ def encode_value(value: Any) -> Any:
     """A response value as JSON 1.1 carries it: blobs base64, timestamps epoch seconds."""
     if type(value) in _JSON_SCALARS:  # most values: checked first
         return value
-    if isinstance(value, dict):
-        return {k: encode_value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, dict):  # a response: its scalar members without a call each
+        return {k: v if type(v) in _JSON_SCALARS else encode_value(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
         return [encode_value(v) for v in value]
     if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
+        return binascii.b2a_base64(value, newline=False).decode()  # base64.b64encode, without its wrapper
     if isinstance(value, datetime):
         return value.timestamp()
     return value

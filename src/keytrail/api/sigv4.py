@@ -30,6 +30,7 @@ __all__ = [
 MAX_SKEW_SECONDS = 300
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _SIGNATURE_FIELD = ", Signature="
+_SHA256_BLOCK = 64
 
 
 class IncompleteSignatureException(KmsError):
@@ -135,14 +136,30 @@ def _check_skew(amz_date: str, now: datetime) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _SigningKey:
+    """HMAC-SHA256 under a derived signing key, as its two keyed SHA-256 states (RFC 2104's
+    inner and outer pads): copying two hash states costs about half of `hmac.HMAC.copy()` plus
+    `hexdigest()` (0.66 vs 1.13 µs measured), and hashlib runs the same OpenSSL SHA-256."""
+
+    inner: hashlib._Hash
+    outer: hashlib._Hash
+
+    def hexdigest(self, message: bytes) -> str:
+        inner, outer = self.inner.copy(), self.outer.copy()
+        inner.update(message)
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
 @lru_cache(maxsize=1024)
-def _signing_key(secret: str, date: str, region: str, service: str) -> hmac.HMAC:
-    """An HMAC-SHA256 keyed with the derived signing key, for `.copy()`: copying the keyed
-    state costs less than keying a new HMAC for every request (1.1 vs 1.7 µs measured)."""
+def _signing_key(secret: str, date: str, region: str, service: str) -> _SigningKey:
     key = hmac.digest(("AWS4" + secret).encode(), date.encode(), "sha256")
     for part in (region, service, "aws4_request"):
         key = hmac.digest(key, part.encode(), "sha256")
-    return hmac.new(key, digestmod=hashlib.sha256)
+    block = key.ljust(_SHA256_BLOCK, b"\0")  # a 32-byte key is padded, never hashed
+    return _SigningKey(hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+                       hashlib.sha256(bytes(b ^ 0x5C for b in block)))
 
 
 def _canonical_query(query: str) -> str:
@@ -181,9 +198,7 @@ def verify_signature(
     _check_skew(amz_date, now)
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))
-    signature = _signing_key(secret, signed.date, signed.region, signed.service).copy()
-    signature.update(to_sign.encode())
-    expected = signature.hexdigest()
+    expected = _signing_key(secret, signed.date, signed.region, signed.service).hexdigest(to_sign.encode())
     if not hmac.compare_digest(expected, signed.signature):
         raise InvalidSignatureException(
             "The request signature we calculated does not match the signature you provided. Check your "

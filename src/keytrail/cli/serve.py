@@ -15,6 +15,7 @@ import uvicorn
 import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
+from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
 from keytrail.cli.console import fail
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import StoreUnavailable, build_node
@@ -113,7 +114,7 @@ async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dic
     node = await build_node(settings, credentials)
     config = uvicorn.Config(
         node.app, host=settings.host, port=settings.port, lifespan="on", log_level="warning",
-        access_log=False, timeout_graceful_shutdown=20, server_header=False, http="httptools",
+        access_log=False, timeout_graceful_shutdown=20, server_header=False, http=CoalescingHttpToolsProtocol,
         **tls,  # type: ignore[arg-type]
     )
     server = _Server(config)

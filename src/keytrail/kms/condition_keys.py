@@ -23,7 +23,8 @@ GRANT_CONSTRAINTS = "keytrail:GrantConstraints"
 # Lowercase, as policies' `reads` name keys; the caller of `authorize` supplies its value.
 RESOURCE_ALIASES = "kms:resourcealiases"
 
-_ALGORITHM_DEFAULTED = {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo"}
+_ALGORITHM_DEFAULTED = {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GenerateDataKey",
+                        "GenerateDataKeyWithoutPlaintext"}
 _CONTEXT_PARAMETER = {"ReEncryptFrom": "SourceEncryptionContext",
                       "ReEncryptTo": "DestinationEncryptionContext"}
 _ALGORITHM_PARAMETER = {"ReEncryptFrom": "SourceEncryptionAlgorithm",

@@ -345,9 +345,9 @@ def _cloudtrail_value(name: str, value: Any) -> Any:
 def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Request parameters as CloudTrail logs them: camelCase names, and no plaintext,
     ciphertext, signatures, key material or passwords (every blob member is dropped)."""
-    out = {
-        _camel(name): _cloudtrail_value(name, value) for name, value in params.items()
-        if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
+    out = {  # strings, most parameters, as they are: no call each
+        _camel(name): value if type(value) is str else _cloudtrail_value(name, value)
+        for name, value in params.items() if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
     }
     out.update(extra)
     return out

@@ -51,6 +51,16 @@ def test_wrong_secret_or_altered_body_fails() -> None:
         _verify(_signed(b'{"Limit": 1}'), body=b'{"Limit": 2}')
 
 
+def test_one_cached_signing_key_verifies_request_after_request() -> None:
+    # The derived key's hash states are copied per request, never consumed: any order, repeats.
+    bodies = [b'{"Limit": 1}', b'{"Limit": 2}', b'{"Limit": 1}', b"{}"]
+    for body in bodies:
+        _verify(_signed(body))
+    with pytest.raises(InvalidSignatureException):
+        _verify(_signed(bodies[0]), body=bodies[1])
+    _verify(_signed(bodies[1]))
+
+
 def test_skew_over_five_minutes_fails_both_ways() -> None:
     _verify(_signed(), now=NOW + timedelta(minutes=4))
     for delta in (timedelta(minutes=6), -timedelta(minutes=6)):

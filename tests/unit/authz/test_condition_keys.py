@@ -28,6 +28,16 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
             },
         ),
         (
+            "kms:GenerateDataKey",
+            {"KeyId": "alias/app", "EncryptionContext": {"Dept": "IT"}, "KeySpec": "AES_256"},
+            {
+                "kms:EncryptionContext:Dept": "IT",
+                "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                "kms:RequestAlias": "alias/app",
+            },
+        ),
+        ("GenerateDataKeyWithoutPlaintext", {}, {"kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
+        (
             "kms:Decrypt",
             {"EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
             {"kms:EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},

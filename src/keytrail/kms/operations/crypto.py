@@ -14,28 +14,16 @@ from keytrail.kms.model import KeySpec, KeyUsage
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["OPERATIONS", "crypto_conditions"]
+__all__ = ["OPERATIONS"]
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
 _DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
 
 
-def crypto_conditions(params: dict[str, Any], context_member: str = "EncryptionContext") -> dict[str, Any]:
-    """The request's condition-key values for kms:EncryptionContext* and algorithm conditions."""
-    context = params.get(context_member) or {}
-    conditions: dict[str, Any] = {f"kms:EncryptionContext:{k}": v for k, v in context.items()}
-    conditions["kms:EncryptionContextKeys"] = list(context)
-    conditions["kms:EncryptionAlgorithm"] = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
-    key_id = params.get("KeyId", "")
-    if isinstance(key_id, str) and "alias/" in key_id:
-        conditions["kms:RequestAlias"] = "alias/" + key_id.split("alias/", 1)[1]
-    return conditions
-
-
 async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str) -> Key:
     key = await svc.find_key(call, key_id)
-    await svc.authorize(call, action, key, crypto_conditions(call.params))
+    await svc.authorize(call, action, key)
     svc.require_usable(key)
     svc.require_usage(key, action.removeprefix("kms:"), KeyUsage.ENCRYPT_DECRYPT)
     return key
@@ -88,9 +76,7 @@ async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str
                    algorithm_member: str = "EncryptionAlgorithm") -> tuple[Key, bytes, str, str | None]:
     params = call.params
     key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member))
-    conditions = crypto_conditions({**params, "EncryptionAlgorithm": params.get(algorithm_member, SYMMETRIC_DEFAULT),
-                                    "EncryptionContext": params.get(context_member)})
-    await svc.authorize(call, action, key, conditions)
+    await svc.authorize(call, action, key)
     svc.require_usable(key)
     svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
     algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
@@ -117,10 +103,7 @@ async def re_encrypt(svc: KmsService, call: Call) -> Response:
         svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
         algorithm_member="SourceEncryptionAlgorithm")
     destination = await svc.find_key(call, params["DestinationKeyId"])
-    conditions = crypto_conditions({"EncryptionContext": params.get("DestinationEncryptionContext"),
-                                    "EncryptionAlgorithm": params.get("DestinationEncryptionAlgorithm",
-                                                                      SYMMETRIC_DEFAULT)})
-    await svc.authorize(call, "kms:ReEncryptTo", destination, conditions)
+    await svc.authorize(call, "kms:ReEncryptTo", destination)
     svc.require_usable(destination)
     svc.require_usage(destination, "ReEncrypt", KeyUsage.ENCRYPT_DECRYPT)
     algorithm = params.get("DestinationEncryptionAlgorithm", SYMMETRIC_DEFAULT)
