@@ -178,7 +178,9 @@ def _canonical_request(
         if value is None:
             raise IncompleteSignatureException(f"The signed header '{name}' is missing from the request.")
         lines.append(f"{name}:{' '.join(value.split())}\n")
-    payload_hash = headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    # The body's hash is always computed here, never taken from x-amz-content-sha256: a header
+    # the client sends could otherwise vouch for a body that was swapped after signing.
+    payload_hash = hashlib.sha256(body).hexdigest()
     uri = "/" if path == "/" else quote(path or "/", safe="/-_.~")
     return "\n".join((method, uri, _canonical_query(query), "".join(lines), ";".join(signed.signed_headers),
                       payload_hash))

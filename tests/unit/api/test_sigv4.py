@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
@@ -49,6 +50,21 @@ def test_wrong_secret_or_altered_body_fails() -> None:
         _verify(_signed(), secret="other")
     with pytest.raises(InvalidSignatureException):
         _verify(_signed(b'{"Limit": 1}'), body=b'{"Limit": 2}')
+
+
+def test_a_signed_payload_hash_header_does_not_vouch_for_a_swapped_body() -> None:
+    # The client signs x-amz-content-sha256 of the body it sent; someone who swaps the body and
+    # keeps that header must still fail: the server hashes the body it received.
+    original = b'{"KeyId": "alias/app"}'
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=original,
+                         headers={"X-Amz-Target": "TrentService.Decrypt",
+                                  "X-Amz-Content-SHA256": hashlib.sha256(original).hexdigest()})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    assert "x-amz-content-sha256" in request.headers["Authorization"]
+    _verify(request)
+    with pytest.raises(InvalidSignatureException):
+        _verify(request, body=b'{"KeyId": "alias/other"}')
 
 
 def test_one_cached_signing_key_verifies_request_after_request() -> None:
