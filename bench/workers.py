@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.procs import SERVE_HTTP_PROTOCOL
+
 __all__ = ["make_app", "worker_command", "worker_data_dirs"]
 
 _ENV = "KEYTRAIL_BENCH_NODE"
@@ -46,7 +48,7 @@ def worker_command(data_dir: Path, port: int, principals: Path, kafka: str | Non
     spec = {"data_dirs": [str(d) for d in dirs], "principals": str(principals), "kafka": kafka}
     args = [sys.executable, "-m", "uvicorn", "bench.workers:make_app", "--factory", "--workers", str(workers),
             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
-            "--http", "keytrail.api.http_protocol:CoalescingHttpToolsProtocol",  # as `serve` configures it
+            "--http", SERVE_HTTP_PROTOCOL,
             "--lifespan", "on", "--no-access-log", "--log-level", "warning", "--no-server-header"]
     return args, {_ENV: json.dumps(spec)}
 
