@@ -80,6 +80,8 @@ class CallEncoder:
         self._callers: dict[tuple[Any, ...], _Caller] = {}
         self._resources: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
         self._origins: dict[tuple[str, str], bytes] = {}
+        self._optionals: dict[str | None, bytes] = {}  # see `_optional`
+        self._names: dict[str, bytes] = {}  # eventName
         self._second = (0, avro_long(0))  # the last eventTime written: calls share their second
 
     def encode(self, call: CallRecord) -> bytes:
@@ -90,17 +92,28 @@ class CallEncoder:
         caller = self._caller(call, seconds)
         parameters = scrub(call.request_parameters)
         extra = call.additional_event_data or None
+        optional = self._optional
         return b"".join((
-            self._header, key_arn, avro_optional(call.account), _EVENT_VERSION, avro_string(call.event_id),
-            self._event_time(seconds), _EVENT_SOURCE, avro_string(call.event_name), avro_optional(call.region),
+            self._header, key_arn, optional(call.account), _EVENT_VERSION, avro_string(call.event_id),
+            self._event_time(seconds), _EVENT_SOURCE, self._name(call.event_name), optional(call.region),
             _KIND[context is not None], _BOOLEAN[call.read_only], caller.columns, self._origin(context),
             _error(call), avro_optional(context.request_id if context else None), _pairs(parameters),
             caller.identity, _json(parameters), _json(scrub(call.response_elements)), _json(extra),
             _json(call.service_event_details), resources,
             _json(context.tls_details) if context and context.tls_details else _NULL,
             _NULL,  # otherFields: only records imported from CloudTrail files carry any
-            avro_optional(extra.get("keyMaterialId")) if extra else _NULL, caller.invoked_by,
+            optional(extra.get("keyMaterialId")) if extra else _NULL, caller.invoked_by,
         ))
+
+    def _optional(self, value: str | None) -> bytes:
+        """An optional string of the few that recur in every record (account, region, key
+        material id), encoded once."""
+        cached = self._optionals.get(value)
+        return cached if cached is not None else _remember(self._optionals, value, avro_optional(value))
+
+    def _name(self, event_name: str) -> bytes:
+        cached = self._names.get(event_name)
+        return cached if cached is not None else _remember(self._names, event_name, avro_string(event_name))
 
     def _caller(self, call: CallRecord, seconds: int) -> _Caller:
         principal = call.context.principal if call.context else None

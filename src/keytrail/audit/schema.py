@@ -36,6 +36,7 @@ __all__ = [
     "flat_rows",
     "load_schema",
     "message_key",
+    "message_key_bytes",
     "to_polars",
 ]
 
@@ -278,12 +279,19 @@ def _format_time(moment: datetime) -> str:
 
 def message_key(data: bytes) -> str | None:
     """keyArn, else recipientAccountId, read from the first two fields without decoding the rest."""
+    key = message_key_bytes(data)
+    return None if key is None else key.decode()
+
+
+def message_key_bytes(data: bytes) -> bytes | None:
+    """`message_key` as the UTF-8 bytes a Kafka message carries (the shipper's per-record path:
+    no decode and re-encode)."""
     position = _HEADER
-    for _ in range(2):
-        branch, position = _read_long(data, position)
-        if branch == 1:
-            length, position = _read_long(data, position)
-            return data[position:position + length].decode()
+    for _ in range(2):  # each an optional string: the union branch is one byte, 0x02 for the string
+        if data[position] == 2:
+            length, position = _read_long(data, position + 1)
+            return data[position:position + length]
+        position += 1
     return None
 
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from keytrail.audit.schema import message_key
+from keytrail.audit.schema import message_key_bytes
 from keytrail.transport.kafka import KafkaProducerLink, ensure_topic
 from keytrail.transport.segment_log import SegmentLog
 
@@ -108,13 +108,8 @@ class Shipper:
             return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
         # no longer has and drops them: `send_batch` raises then, and `run` recreates the topic.
-        await link.send_batch(self.topic, [(_key(value), value) for _, value in batch])
+        await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for _, value in batch])
         await asyncio.to_thread(self.shipped.advance, batch[-1][0] + 1)
         if self._on_shipped is not None:
             self._on_shipped(sum(len(value) + 8 for _, value in batch))
         return len(batch)
-
-
-def _key(value: bytes) -> bytes | None:
-    key = message_key(value)
-    return key.encode() if key else None

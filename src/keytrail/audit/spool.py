@@ -24,7 +24,7 @@ __all__ = ["Spool", "SpoolError"]
 
 log = logging.getLogger(__name__)
 
-_Batch = list[tuple[bytes, asyncio.Future[int]]]
+_Waiters = list[asyncio.Future[int]]  # one per record of a batch, in its order
 _Done = Callable[[BaseException | None], None]
 
 
@@ -45,9 +45,12 @@ class Spool:
         self._maintenance = maintenance
         self.chain = chain
         self._now = now
-        self._pending: _Batch = []
+        # The queued batch as two parallel lists: no tuple per record on the hot path.
+        self._payloads: list[bytes] = []
+        self._waiters: _Waiters = []
         self.committed = asyncio.Event()  # set after every commit (the shipper waits on it)
         self.durable_end = segments.end_offset()
+        self.durable_bytes = 0  # framed bytes made durable since open (the trail's shipping cap)
         self.fsyncs = 0
         self.gather_yields = 3
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], _Done] | None] = queue.SimpleQueue()
@@ -74,7 +77,8 @@ class Spool:
         if self._closing or self._loop is None:
             raise SpoolError("the audit spool is not running")
         future: asyncio.Future[int] = self._loop.create_future()
-        self._pending.append((payload, future))
+        self._payloads.append(payload)
+        self._waiters.append(future)
         if not (self._in_flight or self._gathering):
             self._gather(self.gather_yields)
         return await future
@@ -108,7 +112,7 @@ class Spool:
     # --- event loop side -------------------------------------------------------------------------
 
     def _busy(self) -> bool:
-        return self._in_flight or self._gathering or bool(self._pending)
+        return self._in_flight or self._gathering or bool(self._payloads)
 
     def _gather(self, ticks: int) -> None:
         # Let the requests the loop has already read reach the queue first (a commit delay of a
@@ -120,21 +124,22 @@ class Spool:
             self._commit()
 
     def _commit(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
+        payloads, waiters = self._payloads, self._waiters
+        if not payloads:
             self._settle()
             return
-        payloads = [payload for payload, _ in batch]
+        self._payloads, self._waiters = [], []
         try:
             first, rolled = self._append(payloads)
         except Exception as exc:  # the whole batch fails; no caller gets an answer without audit
-            self._fail(batch, exc)
+            self._fail(waiters, exc)
             self._settle()
             return
         now = self._now()
         digest = rolled or self.chain.digest_due(now)
+        size = sum(map(len, payloads)) + 8 * len(payloads)
         self._dispatch(lambda: self._sync(rolled, digest, now),
-                       lambda error: self._synced(batch, first, error))
+                       lambda error: self._synced(waiters, first, size, error))
 
     def _append(self, payloads: list[bytes]) -> tuple[int, bool]:
         """Write and hash the batch (not yet durable); the first offset and whether a segment closed."""
@@ -149,29 +154,31 @@ class Spool:
         self.chain.add(first, payloads)
         return first, self.segments.active_base != active
 
-    def _synced(self, batch: _Batch, first: int, error: BaseException | None) -> None:
+    def _synced(self, waiters: _Waiters, first: int, size: int, error: BaseException | None) -> None:
         if error is not None:
-            self._fail(batch, error)
+            self._fail(waiters, error)
             return
         self.fsyncs += 1
-        self.durable_end = first + len(batch)
-        for index, (_, future) in enumerate(batch):
-            if not future.done():
-                future.set_result(first + index)
+        self.durable_end = first + len(waiters)
+        self.durable_bytes += size
+        for offset, future in enumerate(waiters, first):
+            if not future.done():  # its caller may have been cancelled meanwhile
+                future.set_result(offset)
         self.committed.set()
 
-    def _fail(self, batch: _Batch, exc: BaseException) -> None:
+    def _fail(self, waiters: _Waiters, exc: BaseException) -> None:
         log.error("audit spool write failed: %s", exc)
         if not isinstance(exc, _RecoverableWrite):
             self._failure = exc  # after a failed fsync nothing queued can be trusted either
-            batch, self._pending = batch + self._pending, []
-        for _, future in batch:
+            waiters = waiters + self._waiters
+            self._payloads, self._waiters = [], []
+        for future in waiters:
             if not future.done():
                 future.set_exception(SpoolError(f"the audit spool could not persist the record: {exc}"))
 
     def _settle(self) -> None:
         """Nothing in flight: send what queued meanwhile, or tell a waiting `drain` all is done."""
-        if self._pending:
+        if self._payloads:
             self._gather(self.gather_yields)
         elif self._idle is not None and not self._idle.done():
             self._idle.set_result(None)

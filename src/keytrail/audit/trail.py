@@ -70,7 +70,9 @@ class AuditTrail:
         self.codec = EventCodec()
         self.encoder = CallEncoder(self.codec)
         self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")
-        self._unshipped = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
+        # Unshipped bytes: those found on open, plus what the spool made durable, minus what shipped.
+        self._unshipped_on_open = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
+        self._shipped_bytes_total = 0
         self._shipper: Shipper | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,24 +102,22 @@ class AuditTrail:
     async def record(self, call: CallRecord) -> None:
         """AuditSink: make the CloudTrail record of `call` durable, or raise SpoolError."""
         self._check_cap()
-        await self._append(self.encoder.encode(call))
+        await self.spool.append(self.encoder.encode(call))
 
     async def append_event(self, event: dict[str, Any]) -> int:
         """Make one CloudTrail record dict durable (imports use this too); return its offset."""
         self._check_cap()
-        return await self._append(self.codec.encode(event))
+        return await self.spool.append(self.codec.encode(event))
 
     def _check_cap(self) -> None:
-        if self.settings.kafka_bootstrap and self._unshipped > self.settings.max_unshipped_bytes:
+        if not self.settings.kafka_bootstrap:
+            return
+        unshipped = self._unshipped_on_open + self.spool.durable_bytes - self._shipped_bytes_total
+        if unshipped > self.settings.max_unshipped_bytes:
             raise SpoolError(
-                f"the audit spool holds {self._unshipped} bytes not yet shipped to Kafka, over its "
+                f"the audit spool holds {unshipped} bytes not yet shipped to Kafka, over its "
                 f"cap of {self.settings.max_unshipped_bytes}: refusing calls until shipping catches up"
             )
-
-    async def _append(self, payload: bytes) -> int:
-        offset = await self.spool.append(payload)
-        self._unshipped += len(payload) + 8
-        return offset
 
     @property
     def spool_depth(self) -> int:
@@ -150,7 +150,7 @@ class AuditTrail:
         await self.spool.close()
 
     def _shipped_bytes(self, count: int) -> None:
-        self._unshipped = max(0, self._unshipped - count)
+        self._shipped_bytes_total += count
 
     def _apply_retention(self) -> None:
         """Writer thread, when a segment closes: delete closed segments past the retention age

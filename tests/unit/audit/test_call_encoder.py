@@ -60,6 +60,17 @@ def test_one_encoder_writes_each_calls_own_session_time_account_and_keys() -> No
         assert encoder.encode(call) == encode(to_cloudtrail(call)), call.event_id
 
 
+def test_one_encoder_writes_each_calls_own_region_operation_and_key_material() -> None:
+    encoder = CallEncoder()
+    calls = [
+        encrypt_call(1), encrypt_call(2, region="eu-west-1"), encrypt_call(3, event_name="Decrypt"),
+        encrypt_call(4, additional_event_data={"keyMaterialId": "cd" * 32}),
+        encrypt_call(5, additional_event_data={"keyMaterialId": None}),
+    ]
+    for call in calls * 2:
+        assert encoder.encode(call) == encode(to_cloudtrail(call)), call.event_id
+
+
 def test_long_and_non_ascii_values_are_written_with_their_byte_lengths() -> None:
     call = encrypt_call(1, request_parameters={"keyId": "k" * 5000,
                                                "encryptionContext": {"Abteilung": "Größe ✓", "n": "x" * 3000}},

@@ -24,6 +24,7 @@ from keytrail.audit.schema import (
     flat_rows,
     load_schema,
     message_key,
+    message_key_bytes,
     to_polars,
 )
 from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, encrypt_call
@@ -102,6 +103,13 @@ def test_message_key_is_key_arn_or_account_for_keyless_calls() -> None:
     assert message_key(encode(to_cloudtrail(encrypt_call(6)))) == KEY_ARN
     keyless = to_cloudtrail(encrypt_call(7, resources=(), event_name="ListKeys"))
     assert message_key(encode(keyless)) == ACCOUNT
+
+
+def test_message_key_bytes_are_what_kafka_sends_as_the_key() -> None:
+    keyless = to_cloudtrail(encrypt_call(7, resources=(), event_name="ListKeys"))
+    assert message_key_bytes(encode(to_cloudtrail(encrypt_call(6)))) == KEY_ARN.encode()
+    assert message_key_bytes(encode(keyless)) == ACCOUNT.encode()
+    assert message_key_bytes(encode({**keyless, "recipientAccountId": None})) is None
 
 
 def test_batch_decode_and_polars_frame_agree_with_single_decode() -> None:

@@ -84,6 +84,32 @@ async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
             await trail.record(encrypt_call(2))
 
 
+async def test_failed_fsync_fails_every_record_of_its_batch(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
+        results = await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(12)),
+                                       return_exceptions=True)
+        assert all(isinstance(result, SpoolError) for result in results), results
+        assert trail.spool.fsyncs == 0 and trail.spool.durable_end == 0
+
+
+async def test_concurrent_records_get_consecutive_offsets_in_call_order(tmp_path: Path) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        offsets = await asyncio.gather(*(trail.append_event(to_cloudtrail(encrypt_call(i))) for i in range(40)))
+        assert trail.spool.fsyncs < 40  # they did share commits
+    assert offsets == list(range(40))
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(40)]
+
+
+async def test_size_cap_counts_unshipped_records_found_on_open(tmp_path: Path) -> None:
+    await fill_trail_async(tmp_path, 10)  # about 10 KB that Kafka never acknowledged
+    settings = AuditSettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", max_unshipped_bytes=5000)
+    async with AuditTrail.open(settings) as trail:
+        with pytest.raises(SpoolError, match="not yet shipped"):
+            await trail.record(encrypt_call(10))
+
+
 async def test_idle_node_writes_its_periodic_digest(tmp_path: Path) -> None:
     from keytrail.audit.trail import audit_paths
 
@@ -178,6 +204,22 @@ async def test_failed_fsync_fails_the_records_queued_behind_it(tmp_path: Path,
         results = await asyncio.gather(first, *queued, return_exceptions=True)
         assert all(isinstance(result, SpoolError) for result in results), results
         assert trail.spool.durable_end == 0
+
+
+async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_durable(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        held = _HeldSync(trail.log.sync)
+        monkeypatch.setattr(trail.log, "sync", held)
+        records = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(6)]
+        await held.wait_entered()
+        records[2].cancel()
+        await asyncio.sleep(0.01)
+        held.released.set()
+        results = await asyncio.gather(*records, return_exceptions=True)
+        assert isinstance(results[2], asyncio.CancelledError)
+        assert [r for i, r in enumerate(results) if i != 2] == [None] * 5
+        assert trail.spool.durable_end == 6  # its record was written with the batch all the same
 
 
 async def test_close_commits_records_queued_during_an_fsync(tmp_path: Path,
