@@ -38,7 +38,6 @@ class Child:
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
         self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -58,7 +57,6 @@ class Child:
             log.warning("%s child exited with status %s; restarting in %.1f s", self.spec.name, code, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.spec.max_backoff)
-            self.restarts += 1
 
     async def _run_once(self) -> int:
         spec = self.spec

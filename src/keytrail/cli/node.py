@@ -209,14 +209,14 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
 def _start_consumers(node: Node) -> None:
     """The metrics consumer and the detector: child processes on the real clock, in this process
     under the dev clock (it is this process's clock, and the detector's time rules must see it move)."""
-    if node.consumer is None:
-        node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node))]
-        for child in node.children:
-            child.start()
+    if node.consumer is not None:  # the dev clock
+        node.consumer_task = asyncio.create_task(node.consumer.run())
+        if node.settings.detector:
+            _start_detector(node)
         return
-    node.consumer_task = asyncio.create_task(node.consumer.run())
-    if node.settings.detector:
-        _start_detector(node)
+    node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node))]
+    for child in node.children:
+        child.start()
 
 
 def _start_detector(node: Node) -> None:

@@ -37,7 +37,7 @@ from keytrail.detect.runner import DetectorRunner
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import state_dir
 
-__all__ = ["consumer_lock", "detector_lock", "sidecars"]
+__all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars"]
 
 log = logging.getLogger("keytrail")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -46,7 +46,7 @@ DataDir = Annotated[Path, typer.Argument(help="The node's data directory.")]
 
 def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None]) -> list[ChildSpec]:
     """The children `serve` runs for `settings`; `on_alarm(rule, severity)` for each detector alarm."""
-    command = (sys.executable, "-m", __name__ if __name__ != "__main__" else "keytrail.cli.sidecar")
+    command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
     specs = [ChildSpec("consumer", (*command, "consumer", data_dir))]
     if settings.detector:
@@ -95,17 +95,16 @@ def detector(
 
 
 async def _consume(data_dir: Path) -> None:
-    stopping = _stop_event()
-    if not await _take_lock(consumer_lock(data_dir), stopping):
-        return
     metrics = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
-    asyncio.get_running_loop().create_task(_relay(stopping, metrics.stop))
-    await metrics.run()
+    _stop_on_signal_or_eof(metrics.stop_event)  # run() then checkpoints, exports and returns
+    if await hold_lock(consumer_lock(data_dir), metrics.stop_event):
+        await metrics.run()
 
 
 async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None) -> None:
-    stopping = _stop_event()
-    if not await _take_lock(detector_lock(data_dir), stopping):
+    stopping = asyncio.Event()
+    _stop_on_signal_or_eof(stopping)
+    if not await hold_lock(detector_lock(data_dir), stopping):
         return
     rules, hooks = detector_settings(config)
     runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
@@ -124,14 +123,12 @@ def _print_alarms(alarms: list[Alarm]) -> None:
         sys.stdout.flush()
 
 
-def _stop_event() -> asyncio.Event:
-    """Set on SIGTERM/SIGINT or when stdin ends (the parent is gone)."""
+def _stop_on_signal_or_eof(stopping: asyncio.Event) -> None:
+    """Set `stopping` on SIGTERM/SIGINT or when stdin ends (the parent is gone)."""
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     loop.add_reader(sys.stdin.fileno(), _on_stdin, loop, stopping)
-    return stopping
 
 
 def _on_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
@@ -140,12 +137,7 @@ def _on_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
         stopping.set()
 
 
-async def _relay(stopping: asyncio.Event, stop: Callable[[], None]) -> None:
-    await stopping.wait()
-    stop()
-
-
-async def _take_lock(path: Path, stopping: asyncio.Event) -> bool:
+async def hold_lock(path: Path, stopping: asyncio.Event) -> bool:
     """Hold an exclusive lock on `path` until exit, waiting while another process holds it;
     False if told to stop first."""
     path.parent.mkdir(parents=True, exist_ok=True)
