@@ -75,7 +75,8 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     assert '"rule":"unauthorized-decrypt"' in alarms.replace(" ", "") and ":user/bob" in alarms
     _, body = server.get("/metrics")
     assert 'keytrail_kms_requests_total{operation="Encrypt",outcome="success"} 1' in body.decode()
-    assert "keytrail_pipeline_consumer_lag{" in body.decode()
+    caught_up = 'keytrail_pipeline_consumer_lag{partition="segment-log"} 0'
+    eventually(lambda: caught_up in server.get("/metrics")[1].decode(), what="the child's lag to reach 0")
     assert server.stop() == 0
 
 

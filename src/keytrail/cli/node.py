@@ -134,7 +134,7 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     audit = consumer = None
     if settings.audit:
         audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now)
-        if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecars.py)
+        if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
             consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
     denied: Counter[tuple[str, str]] = Counter()
     deps = ServiceDeps(
