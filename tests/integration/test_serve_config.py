@@ -1,4 +1,5 @@
-"""`serve --config`: the in-process detector takes its rules and webhooks from a settings file."""
+"""`serve --config`: the detector (in process under the dev clock, else serve's child) takes its
+rules and webhooks from a settings file."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
@@ -30,7 +33,9 @@ class _Receiver(BaseHTTPRequestHandler):
         return None
 
 
-def test_serve_delivers_alarms_to_a_configured_webhook(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dev_clock", [True, False], ids=["detector-in-process", "detector-child"])
+def test_serve_delivers_alarms_to_a_configured_webhook(tmp_path: Path, dev_clock: bool) -> None:
+    _Receiver.received = []
     receiver = HTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     config = tmp_path / "keytrail.toml"
@@ -38,7 +43,7 @@ def test_serve_delivers_alarms_to_a_configured_webhook(tmp_path: Path) -> None:
         "[rules.unauthorized-decrypt]\nseverity = \"HIGH\"\n\n"
         f'[[hooks.webhook]]\nurl = "http://127.0.0.1:{receiver.server_port}/alarms"\nsecret = "s3"\n'
     )
-    server = KeytrailServer(tmp_path / "data", "--config", str(config)).start()
+    server = KeytrailServer(tmp_path / "data", "--config", str(config), dev_clock=dev_clock).start()
     try:
         blob = server.client("alice").encrypt(
             KeyId=server.client("alice").create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]

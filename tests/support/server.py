@@ -52,10 +52,12 @@ def write_principals(path: Path, principals: dict[str, PrincipalEntry] = PRINCIP
 
 
 class KeytrailServer:
-    """A `keytrail serve --dev-clock` subprocess on a free port."""
+    """A `keytrail serve --dev-clock` subprocess on a free port (`dev_clock=False`: the real clock,
+    so the consumer and the detector run as child processes)."""
 
-    def __init__(self, data_dir: Path, *extra: str, principals: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, *extra: str, principals: Path | None = None, dev_clock: bool = True) -> None:
         self.data_dir = data_dir
+        self.dev_clock = dev_clock
         self.port = free_port()
         self.principals = principals or write_principals(data_dir.parent / f"{data_dir.name}-principals.toml")
         self.extra = extra
@@ -68,7 +70,8 @@ class KeytrailServer:
 
     def start(self) -> KeytrailServer:
         args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir),
-                "--port", str(self.port), "--principals", str(self.principals), "--dev-clock", *self.extra]
+                "--port", str(self.port), "--principals", str(self.principals),
+                *(["--dev-clock"] if self.dev_clock else []), *self.extra]
         self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -21,14 +22,14 @@ from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.protocol import operation_names
 from keytrail.audit.trail import AuditSettings, AuditTrail
+from keytrail.cli.children import Child
 from keytrail.cli.detect import detector_settings
-from keytrail.cli.tail import follow_event_log
+from keytrail.cli.sidecar import sidecars
+from keytrail.cli.tail import detect_live
 from keytrail.clock import Clock, ManualClock, SystemClock
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
-from keytrail.detect.avro_events import avro_events
 from keytrail.detect.deny import DENIED_CODES
-from keytrail.detect.runner import CHUNK as DETECTOR_CHUNK
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
@@ -39,13 +40,14 @@ from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
-from keytrail.pipeline.prometheus import render_family
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.prometheus import MetricsExposition, render_family
 from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
 __all__ = ["Node", "StoreUnavailable", "build_node"]
 
 log = logging.getLogger("keytrail")
-DETECTOR_TICK_SECONDS = 5.0
 
 
 class _UnrecordedSink:
@@ -100,6 +102,7 @@ class Node:
     alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -131,19 +134,21 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     audit = consumer = None
     if settings.audit:
         audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now)
-        consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+        if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
+            consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
     denied: Counter[tuple[str, str]] = Counter()
     deps = ServiceDeps(
         store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),
         authorizer=_authorizer(clock),
-        last_usage=_LastUsageFromMetrics(consumer.store) if consumer else None,
+        last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None,
     )
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: {"version": __version__},
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
     node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied)
-    if consumer is not None and audit is not None:
-        api.metrics = lambda: _metrics(node, consumer, audit)
+    if audit is not None:
+        pipeline_metrics = _pipeline_metrics(consumer, audit)
+        api.metrics = lambda: _metrics(node, pipeline_metrics)
     node.on_clock_advanced.append(service.run_due)
     api.on_clock_advanced = lambda: _clock_advanced(node)
     api.startup.append(lambda: _start(node, credentials))
@@ -151,7 +156,22 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     return node
 
 
-async def _metrics(node: Node, consumer: MetricsConsumer, audit: AuditTrail) -> str:
+def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], str]:
+    """The consumer's part of /metrics: from the in-process consumer, or from the state files of
+    the child's (its lag: the event log's end against the offset its persisted state covers)."""
+    if consumer is not None:
+        return lambda: consumer.render_prometheus(spool_depth=audit.spool_depth)
+    exposition = MetricsExposition(MetricsStore(audit.settings.data_dir), PriceTable())
+
+    def render() -> str:
+        covered = exposition.store.offsets().get(SEGMENT_LOG_PARTITION, 0)
+        lag = {SEGMENT_LOG_PARTITION: max(0, audit.log.end_offset() - covered)}
+        return exposition.render(lag, audit.spool_depth)
+
+    return render
+
+
+async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     """GET /metrics: the consumers' metrics, plus the key inventory and the alarms raised."""
     states = Counter(key.state.value for key in await node.service.store.all_keys())
     keys = render_family("keytrail_kms_keys", "gauge", "KMS keys by key state.",
@@ -161,7 +181,7 @@ async def _metrics(node: Node, consumer: MetricsConsumer, audit: AuditTrail) -> 
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
-    return consumer.render_prometheus(spool_depth=audit.spool_depth) + keys + alarms + denied
+    return pipeline_metrics() + keys + alarms + denied
 
 
 async def _clock_advanced(node: Node) -> None:
@@ -175,10 +195,7 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
         loop.add_signal_handler(signal.SIGHUP, _reload_principals, credentials)
     if node.audit is not None:
         await node.audit.start()
-        if node.settings.detector:
-            _start_detector(node)
-    if node.consumer is not None:
-        node.consumer_task = asyncio.create_task(node.consumer.run())
+        _start_consumers(node)
     node.background.append(asyncio.create_task(_scheduler(node)))
     await node.service.run_due()
     # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
@@ -189,6 +206,19 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
     gc.freeze()
 
 
+def _start_consumers(node: Node) -> None:
+    """The metrics consumer and the detector: child processes on the real clock, in this process
+    under the dev clock (it is this process's clock, and the detector's time rules must see it move)."""
+    if node.consumer is not None:  # the dev clock
+        node.consumer_task = asyncio.create_task(node.consumer.run())
+        if node.settings.detector:
+            _start_detector(node)
+        return
+    node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node))]
+    for child in node.children:
+        child.start()
+
+
 def _start_detector(node: Node) -> None:
     settings = node.settings
     rules, hooks = detector_settings(settings.config)
@@ -196,27 +226,8 @@ def _start_detector(node: Node) -> None:
     runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock)
     node.detector = runner
     node.on_clock_advanced.append(lambda: _detector_catch_up(node))
-    node.background.append(asyncio.create_task(_run_detector(node, runner)))
-
-
-async def _run_detector(node: Node, runner: DetectorRunner) -> None:
-    """Feed the detector every event of the log, and tick its time-based rules."""
-    loop = asyncio.get_running_loop()
-    last_tick = loop.time()
-    async for values in follow_event_log(node.settings.data_dir):
-        try:
-            if values:
-                await _detect(node, runner, values)
-            if loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
-                _count_alarms(node, await runner.tick())
-                last_tick = loop.time()
-        except Exception:
-            log.exception("detector failed on a batch; continuing")
-
-
-async def _detect(node: Node, runner: DetectorRunner, values: list[bytes]) -> None:
-    async for events in avro_events(values, chunk=DETECTOR_CHUNK):
-        _count_alarms(node, await runner.feed_events(events))
+    announce = functools.partial(_count_alarms, node)
+    node.background.append(asyncio.create_task(detect_live(settings.data_dir, runner, announce)))
 
 
 async def _detector_catch_up(node: Node) -> None:
@@ -227,6 +238,10 @@ async def _detector_catch_up(node: Node) -> None:
 
 def _count_alarms(node: Node, alarms: list[Alarm]) -> None:
     node.alarm_counts.update((alarm.rule, alarm.severity.value) for alarm in alarms)
+
+
+def _count_alarm(node: Node, rule: str, severity: str) -> None:
+    node.alarm_counts[(rule, severity)] += 1
 
 
 def _reload_principals(credentials: CredentialStore) -> None:
@@ -248,6 +263,7 @@ async def _scheduler(node: Node) -> None:
 
 
 async def _stop(node: Node) -> None:
+    await asyncio.gather(*(child.stop() for child in node.children))
     if node.consumer is not None and node.consumer_task is not None:
         node.consumer.stop()  # it checkpoints and exports what it has, then ends
         with contextlib.suppress(Exception):

@@ -1,15 +1,23 @@
-"""Following the embedded event log from an offset: the in-process detector's source."""
+"""Following the embedded event log from an offset, and the live detector loop that reads it
+(in `keytrail serve` under the dev clock, and in its detector child process otherwise)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.avro_events import avro_events
+from keytrail.detect.runner import CHUNK, DetectorRunner
 from keytrail.pipeline.segment_source import SegmentReader
 from keytrail.transport.segment_log import event_log_dir
 
-__all__ = ["follow_event_log"]
+__all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log"]
+
+log = logging.getLogger("keytrail")
+DETECTOR_TICK_SECONDS = 5.0
 
 
 async def follow_event_log(
@@ -33,3 +41,20 @@ async def follow_event_log(
         yield list(values)
         if len(values) < batch:
             await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
+
+
+async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None]) -> None:
+    """Feed the detector every event of the log, tick its time-based rules every few seconds, and
+    hand each batch's raised or escalated alarms to `announce`; runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    last_tick = loop.time()
+    async for values in follow_event_log(data_dir):
+        try:
+            if values:
+                async for events in avro_events(values, chunk=CHUNK):
+                    announce(await runner.feed_events(events))
+            if loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
+                announce(await runner.tick())
+                last_tick = loop.time()
+        except Exception:
+            log.exception("detector failed on a batch; continuing")

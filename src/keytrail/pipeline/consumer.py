@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from keytrail.pipeline.parquet import export_tables
 from keytrail.pipeline.prices import PriceTable
-from keytrail.pipeline.prometheus import cost_by_account, render_prometheus
+from keytrail.pipeline.prometheus import MetricsExposition
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner, RunStats, Source
 
@@ -59,7 +58,7 @@ class MetricsConsumer:
             after_checkpoint=self._after_checkpoint,
         )
         self._exported = time.monotonic()
-        self._costs: tuple[float, dict[str, Decimal]] | None = None
+        self.exposition = MetricsExposition(self.store, settings.prices)
 
     def _default_source(self) -> Source:
         s = self.settings
@@ -111,9 +110,5 @@ class MetricsConsumer:
         return self.store.last_usage(key_arn)
 
     def render_prometheus(self, spool_depth: int | None = None) -> str:
-        """The /metrics body, with this consumer's lag; the cost is recomputed at most once a minute."""
-        if self._costs is None or time.monotonic() - self._costs[0] > 60:
-            self._costs = (time.monotonic(), cost_by_account(self.store, self.settings.prices))
-        return render_prometheus(
-            self.store, lag=self.runner.stats.lag, spool_depth=spool_depth, costs=self._costs[1]
-        )
+        """The /metrics body, with this consumer's lag (see MetricsExposition)."""
+        return self.exposition.render(self.runner.stats.lag, spool_depth)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
@@ -10,7 +11,7 @@ import polars as pl
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 
-__all__ = ["CONTENT_TYPE", "cost_by_account", "render_family", "render_prometheus"]
+__all__ = ["CONTENT_TYPE", "MetricsExposition", "cost_by_account", "render_family", "render_prometheus"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
@@ -41,6 +42,22 @@ def render_prometheus(
         _family(lines, "keytrail_audit_spool_depth", "gauge", "Audit records in the spool not yet shipped.")
         lines.append(_sample("keytrail_audit_spool_depth", spool_depth))
     return "\n".join(lines) + "\n"
+
+
+class MetricsExposition:
+    """`render_prometheus` over one store for repeated scrapes: the cost is recomputed at most
+    once a minute (it reads every partition's usage)."""
+
+    def __init__(self, store: MetricsStore, prices: PriceTable, cost_seconds: float = 60.0) -> None:
+        self.store = store
+        self.prices = prices
+        self.cost_seconds = cost_seconds
+        self._costs: tuple[float, dict[str, Decimal]] | None = None
+
+    def render(self, lag: Mapping[str, int], spool_depth: int | None = None) -> str:
+        if self._costs is None or time.monotonic() - self._costs[0] > self.cost_seconds:
+            self._costs = (time.monotonic(), cost_by_account(self.store, self.prices))
+        return render_prometheus(self.store, lag=lag, spool_depth=spool_depth, costs=self._costs[1])
 
 
 def _requests(lines: list[str], outcomes: Mapping[tuple[str, str], int]) -> None:

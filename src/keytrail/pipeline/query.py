@@ -47,6 +47,11 @@ class MetricsStore:
     def partitions(self) -> list[str]:
         return [p.stem for p in sorted(self.directory.glob("*.sqlite"))]
 
+    def offsets(self) -> dict[str, int]:
+        """Per partition, the first source offset its persisted state does not cover yet."""
+        with self._states() as states:
+            return {s.path.stem: s.persisted_offset for s in states}
+
     def usage_minutes(self, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
         with self._states() as states:
             return merge_usage([s.usage(since, until) for s in states])

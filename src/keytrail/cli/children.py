@@ -1,0 +1,90 @@
+"""Supervised child processes of `keytrail serve`: started after the audit trail, restarted with
+a growing pause after an unexpected exit, stopped with SIGTERM (killed after a timeout).
+
+Each child gets a pipe as stdin that nobody writes: when `serve` dies, even by SIGKILL, the
+kernel closes it and the child sees end of file and exits (cli/sidecar.py). Children run in
+their own session, so a terminal's Ctrl-C reaches `serve` only, which then stops them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Child", "ChildSpec"]
+
+log = logging.getLogger("keytrail")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to run; `on_line` receives each line of its stdout (else stdout is inherited)."""
+
+    name: str
+    argv: tuple[str, ...]
+    on_line: Callable[[bytes], None] | None = None
+    stop_timeout: float = 15.0
+    first_backoff: float = 0.5
+    max_backoff: float = 30.0
+
+
+class Child:
+    """One supervised child process."""
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = self.spec.first_backoff
+        while True:
+            started = loop.time()
+            code = await self._run_once()
+            if self._stopping:
+                return
+            # A child that ran a while crashed on something new: restart it soon again.
+            backoff = self.spec.first_backoff if loop.time() - started > self.spec.max_backoff else backoff
+            log.warning("%s child exited with status %s; restarting in %.1f s", self.spec.name, code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.spec.max_backoff)
+
+    async def _run_once(self) -> int:
+        spec = self.spec
+        self.process = process = await asyncio.create_subprocess_exec(
+            *spec.argv, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=True,
+        )
+        if spec.on_line is not None and process.stdout is not None:
+            async for line in process.stdout:
+                spec.on_line(line)
+        return await process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after `stop_timeout`; no restart afterwards."""
+        self._stopping = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), self.spec.stop_timeout)
+            except TimeoutError:
+                log.warning("%s child did not stop in %.0f s; killing it", self.spec.name, self.spec.stop_timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        if self._task is not None:
+            # Let it read the child's last lines; it is only still waiting if it was between runs.
+            await asyncio.wait({self._task}, timeout=1.0)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

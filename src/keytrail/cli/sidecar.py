@@ -1,0 +1,162 @@
+"""The child processes of `keytrail serve` (started and supervised by cli/children.py): the metrics
+consumer and the detector, each following the node's embedded event log on the other core.
+
+    python -m keytrail.cli.sidecar consumer DATA_DIR
+    python -m keytrail.cli.sidecar detector DATA_DIR [--config FILE] [--mqtt URL] [--kafka BOOTSTRAP]
+
+A child stops gracefully (the consumer checkpoints and exports) on SIGTERM or SIGINT, and when
+its stdin reaches end of file: `serve` holds the other end, so even `kill -9` of `serve` leaves no
+orphan. The detector writes each alarm it raises or escalates to stdout as one JSON line, which
+`serve` counts for /metrics. One child of each kind per data dir: each holds an exclusive lock,
+and a new one waits while the child of a previous `serve` is still finishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from keytrail.cli.children import ChildSpec
+from keytrail.cli.detect import detector_settings
+from keytrail.cli.tail import detect_live
+from keytrail.clock import SystemClock
+from keytrail.config import ServeSettings
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.runner import DetectorRunner
+from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.query import state_dir
+
+__all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars"]
+
+log = logging.getLogger("keytrail")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+DataDir = Annotated[Path, typer.Argument(help="The node's data directory.")]
+
+
+def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None]) -> list[ChildSpec]:
+    """The children `serve` runs for `settings`; `on_alarm(rule, severity)` for each detector alarm."""
+    command = (sys.executable, "-m", "keytrail.cli.sidecar")
+    data_dir = str(settings.data_dir)
+    specs = [ChildSpec("consumer", (*command, "consumer", data_dir))]
+    if settings.detector:
+        options = [("--config", settings.config), ("--mqtt", settings.mqtt), ("--kafka", settings.kafka)]
+        flags = [part for name, value in options if value is not None for part in (name, str(value))]
+        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm)))
+    return specs
+
+
+def _alarm_reader(on_alarm: Callable[[str, str], None]) -> Callable[[bytes], None]:
+    def on_line(line: bytes) -> None:
+        try:
+            alarm = json.loads(line)
+            on_alarm(alarm["rule"], alarm["severity"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("detector child: unexpected output %r", line[:200])
+
+    return on_line
+
+
+def consumer_lock(data_dir: Path) -> Path:
+    """Held by the consumer child while it owns the pipeline state."""
+    return state_dir(data_dir).parent / "consumer.lock"
+
+
+def detector_lock(data_dir: Path) -> Path:
+    """Held by the detector child while it appends to alarms.jsonl."""
+    return data_dir / "detector.lock"
+
+
+@app.command()
+def consumer(data_dir: DataDir) -> None:
+    """The usage, cost and last-used consumer over the embedded event log."""
+    asyncio.run(_consume(data_dir))
+
+
+@app.command()
+def detector(
+    data_dir: DataDir,
+    config: Annotated[Path | None, typer.Option(help="serve's --config: rules and hooks.")] = None,
+    mqtt: Annotated[str | None, typer.Option(help="serve's --mqtt: alarms to MQTT.")] = None,
+    kafka: Annotated[str | None, typer.Option(help="serve's --kafka: alarms to Kafka.")] = None,
+) -> None:
+    """The detector over the embedded event log, alarms also as JSON lines on stdout."""
+    asyncio.run(_detect(data_dir, config, mqtt, kafka))
+
+
+async def _consume(data_dir: Path) -> None:
+    metrics = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+    _stop_on_signal_or_eof(metrics.stop_event)  # run() then checkpoints, exports and returns
+    if await hold_lock(consumer_lock(data_dir), metrics.stop_event):
+        await metrics.run()
+
+
+async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None) -> None:
+    stopping = asyncio.Event()
+    _stop_on_signal_or_eof(stopping)
+    if not await hold_lock(detector_lock(data_dir), stopping):
+        return
+    rules, hooks = detector_settings(config)
+    runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
+                                 clock=SystemClock())
+    live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms))
+    await stopping.wait()
+    live.cancel()
+    await asyncio.gather(live, return_exceptions=True)
+    await runner.close()  # delivers what is queued and the latest counts of open alarms
+
+
+def _print_alarms(alarms: list[Alarm]) -> None:
+    for alarm in alarms:
+        sys.stdout.write(json.dumps(alarm.to_json(), separators=(",", ":")) + "\n")
+    if alarms:
+        sys.stdout.flush()
+
+
+def _stop_on_signal_or_eof(stopping: asyncio.Event) -> None:
+    """Set `stopping` on SIGTERM/SIGINT or when stdin ends (the parent is gone)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    loop.add_reader(sys.stdin.fileno(), _on_stdin, loop, stopping)
+
+
+def _on_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    if not os.read(sys.stdin.fileno(), 4096):  # end of file: nobody holds the write end any more
+        loop.remove_reader(sys.stdin.fileno())
+        stopping.set()
+
+
+async def hold_lock(path: Path, stopping: asyncio.Event) -> bool:
+    """Hold an exclusive lock on `path` until exit, waiting while another process holds it;
+    False if told to stop first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    waited = False
+    while not stopping.is_set():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True  # the descriptor stays open: the lock lasts as long as the process
+        except BlockingIOError:
+            if not waited:
+                log.warning("%s is held by another process; waiting for it", path)
+                waited = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 0.2)
+    os.close(fd)
+    return False
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

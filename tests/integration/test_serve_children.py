@@ -1,0 +1,99 @@
+"""`keytrail serve` on the real clock runs the metrics consumer and the detector as supervised
+child processes (cli/children.py, cli/sidecar.py): what they produce is served by the parent,
+a killed child is restarted, and a killed `serve` leaves no child behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.e2e.support import eventually
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The sidecar children of process `pid`, by kind (consumer, detector)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"keytrail.cli.sidecar" in args:
+            found[args[args.index(b"keytrail.cli.sidecar") + 1].decode()] = int(entry.name)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _alarms_total(server: KeytrailServer, rule: str) -> float:
+    _, body = server.get("/metrics")
+    pattern = re.compile(rf'^keytrail_alarms_total\{{rule="{rule}",severity="\w+"\}} (\S+)$')
+    return sum(float(m[1]) for m in map(pattern.match, body.decode().splitlines()) if m)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[KeytrailServer]:
+    running = KeytrailServer(tmp_path / "data", dev_clock=False).start()
+    try:
+        yield running
+    finally:
+        if running.proc is not None:
+            running.stop()
+
+
+def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
+    alice = server.client("alice")
+    key = alice.create_key()["KeyMetadata"]["Arn"]
+    blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    assert aws_error(server.client("bob").decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
+    assert server.proc is not None and set(_children(server.proc.pid)) == {"consumer", "detector"}
+
+    usage = eventually(lambda: alice.get_key_last_usage(KeyId=key).get("KeyLastUsage"),
+                       what="GetKeyLastUsage from the consumer child's state")
+    assert usage["Operation"] == "Encrypt"
+    eventually(lambda: _alarms_total(server, "unauthorized-decrypt") >= 1, what="the detector child's alarm")
+    alarms = (server.data_dir / "alarms.jsonl").read_text()
+    assert '"rule":"unauthorized-decrypt"' in alarms.replace(" ", "") and ":user/bob" in alarms
+    _, body = server.get("/metrics")
+    assert 'keytrail_kms_requests_total{operation="Encrypt",outcome="success"} 1' in body.decode()
+    caught_up = 'keytrail_pipeline_consumer_lag{partition="segment-log"} 0'
+    eventually(lambda: caught_up in server.get("/metrics")[1].decode(), what="the child's lag to reach 0")
+    assert server.stop() == 0
+
+
+def test_a_killed_child_is_restarted(server: KeytrailServer) -> None:
+    assert server.proc is not None
+    serve = server.proc.pid
+    first = eventually(lambda: _children(serve).get("detector"), what="the detector child")
+    os.kill(first, signal.SIGKILL)
+    eventually(lambda: _children(serve).get("detector", first) != first, what="a new detector child")
+    assert server.get("/_keytrail/health")[0] == 200
+    assert "detector child exited with status -9; restarting" in server.log.read_text()
+
+
+def test_killing_serve_leaves_no_child_behind(server: KeytrailServer) -> None:
+    assert server.proc is not None
+    serve = server.proc.pid
+    children = eventually(lambda: len(found := _children(serve)) == 2 and found, what="both children")
+    server.kill()
+    eventually(lambda: not any(_alive(pid) for pid in children.values()), timeout=20,
+               what="the orphaned children to exit")

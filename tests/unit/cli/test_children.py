@@ -1,0 +1,48 @@
+"""The supervisor of serve's children, with real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from keytrail.cli.children import Child, ChildSpec
+
+
+def _python(code: str) -> tuple[str, ...]:
+    return (sys.executable, "-c", code)
+
+
+async def test_a_child_that_exits_is_restarted_and_its_lines_read(tmp_path: Path) -> None:
+    lines: list[bytes] = []
+    child = Child(ChildSpec("echo", _python("print('up')"), lines.append, first_backoff=0.05))
+    child.start()
+    for _ in range(200):
+        if len(lines) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    await child.stop()
+    assert lines[:3] == [b"up\n"] * 3
+
+
+async def test_stop_terminates_then_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
+               "time.sleep(60)"
+    ready = asyncio.Event()
+    child = Child(ChildSpec("stubborn", _python(ignoring), lambda line: ready.set(), stop_timeout=0.5))
+    child.start()
+    await asyncio.wait_for(ready.wait(), 10)
+    await child.stop()
+    assert child.process is not None and child.process.returncode == -9
+
+
+async def test_a_child_sees_end_of_file_on_stdin_when_the_supervisor_closes_it(tmp_path: Path) -> None:
+    ready = asyncio.Event()
+    child = Child(ChildSpec("reader", _python("import sys; print('ready', flush=True); sys.stdin.read()"),
+                            lambda line: ready.set()))
+    child.start()
+    await asyncio.wait_for(ready.wait(), 10)
+    assert child.process is not None and child.process.stdin is not None
+    child.process.stdin.close()  # what the kernel does when serve dies
+    assert await asyncio.wait_for(child.process.wait(), 10) == 0
+    await child.stop()

@@ -1,0 +1,48 @@
+"""What `serve` runs as its children, how it reads the detector child's alarms, and the lock that
+keeps a second child of a kind waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from keytrail.cli.sidecar import detector_lock, hold_lock, sidecars
+from keytrail.config import ServeSettings
+
+
+def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> None:
+    settings = ServeSettings(data_dir=tmp_path, config=tmp_path / "k.toml", mqtt="mqtt://h:1883", kafka="k:9092")
+    consumer, detector = sidecars(settings, lambda rule, severity: None)
+    assert consumer.argv[-2:] == ("consumer", str(tmp_path)) and consumer.on_line is None
+    assert detector.argv[-8:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"),
+                                  "--mqtt", "mqtt://h:1883", "--kafka", "k:9092")
+
+
+def test_no_detector_runs_the_consumer_child_only(tmp_path: Path) -> None:
+    assert [spec.name for spec in sidecars(ServeSettings(data_dir=tmp_path, detector=False), print)] == ["consumer"]
+
+
+def test_detector_lines_are_counted_by_rule_and_severity(tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    [_, detector] = sidecars(ServeSettings(data_dir=tmp_path), lambda rule, severity: seen.append((rule, severity)))
+    assert detector.on_line is not None
+    detector.on_line(json.dumps({"rule": "unauthorized-decrypt", "severity": "HIGH", "count": 1}).encode() + b"\n")
+    detector.on_line(b"not an alarm\n")
+    assert seen == [("unauthorized-decrypt", "HIGH")]
+
+
+async def test_a_held_lock_keeps_the_next_holder_waiting(tmp_path: Path) -> None:
+    path = detector_lock(tmp_path)
+    other = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # a previous serve's child, still finishing
+    stopping = asyncio.Event()
+    waiting = asyncio.create_task(hold_lock(path, stopping))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+    os.close(other)  # it exits
+    assert await asyncio.wait_for(waiting, 5)
+    stopping.set()
+    assert not await hold_lock(path, stopping)  # told to stop while waiting: gives up
