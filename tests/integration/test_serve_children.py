@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from keytrail.cli.sidecar import ANALYTICS_NICENESS
 from tests.integration.e2e.support import eventually
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
@@ -44,6 +45,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
 def _alarms_total(server: KeytrailServer, rule: str) -> float:
     _, body = server.get("/metrics")
     pattern = re.compile(rf'^keytrail_alarms_total\{{rule="{rule}",severity="\w+"\}} (\S+)$')
@@ -65,7 +70,12 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     key = alice.create_key()["KeyMetadata"]["Arn"]
     blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
     assert aws_error(server.client("bob").decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
-    assert server.proc is not None and set(_children(server.proc.pid)) == {"consumer", "detector"}
+    assert server.proc is not None
+    children = _children(server.proc.pid)
+    assert set(children) == {"consumer", "detector"}
+    serve_niceness = _niceness(server.proc.pid)
+    eventually(lambda: all(_niceness(pid) == serve_niceness + ANALYTICS_NICENESS for pid in children.values()),
+               what="both children to lower their CPU priority")
 
     usage = eventually(lambda: alice.get_key_last_usage(KeyId=key).get("KeyLastUsage"),
                        what="GetKeyLastUsage from the consumer child's state")
