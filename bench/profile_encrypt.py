@@ -1,11 +1,12 @@
 """Where Encrypt calls spend their time inside keytrail (no HTTP server, no network).
 
-Builds a node exactly as `keytrail serve` does (audit trail, consumers and detector included),
+Builds a node exactly as `keytrail serve` does (audit trail and Kafka shipper in process; the
+consumer and detector children it starts run outside this profile),
 drives its ASGI app with pre-signed Encrypt requests from 16 concurrent callers (like wrk's 16
 connections, so the audit spool's group commit shares fsyncs as it does under load), and reports
 CPU per call and a pyinstrument breakdown of the event-loop thread: the call's stages (SigV4,
 validation, authorization, crypto, audit record, answer) and the node's background work
-(spool writer, consumers, detector). The server stack's own cost (uvicorn, httptools) is the
+(spool writer, shipper). The server stack's own cost (uvicorn, httptools) is the
 ceiling row of the HTTP table. Usage: python -m bench.profile_encrypt [--calls 4000] [--out FILE] [--kafka B]
 """
 

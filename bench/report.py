@@ -114,7 +114,7 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
         return ratio, note, False
     node = ratios(http, "Encrypt", AUDIT_OFF, mine_target=NODE)
     node_text = "" if node is None else (
-        f"; the scale-out API node, whose detector runs in its own process: {node * 100:.0f} %")
+        f"; the scale-out API node (`--no-detector`): {node * 100:.0f} %")
     return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none{node_text}", True
 
 

@@ -60,19 +60,23 @@ METHOD = """\
   when this build has them; their output is shown verbatim."""
 
 LIMITS = """\
-- **keytrail req/s** is one Python process on at most one core. Each request costs the server
-  stack (the ceiling row's CPU µs/req: uvicorn, httptools, the ASGI call) plus the app's own CPU
-  (the profile: SigV4 verification, authorization, building the audit record, key lookup, request
-  ids, validation, AES-GCM, the answer). AES-GCM and the ciphertext format are a few per cent: the
-  cost is Python code per request, not cryptography. More throughput needs more processes (Scale),
-  or less Python per request: the profile's largest stages are where to look.
+- **keytrail req/s** is one serving Python process on at most one core. Each request costs the
+  server stack (the ceiling row's CPU µs/req: uvicorn, httptools, the ASGI call) plus the app's own
+  CPU (the profile: SigV4 verification, authorization, building the audit record, key lookup,
+  request ids, validation, AES-GCM, the answer). AES-GCM and the ciphertext format are a few per
+  cent: the cost is Python code per request, not cryptography. More throughput needs more
+  processes (Scale), or less Python per request: the profile's largest stages are where to look.
 - **Audit on vs off**: with the trail on, every call also encodes its CloudTrail record as Avro
-  before it answers (the *audit record* stage), and the node does more work per call in the
-  background: the spool's fsyncs (shared by group commit), the Kafka shipper (one record batch per
-  partition), the metrics consumers and the in-process detector, which both read every event back
-  from the log (the consumers and the detector's columns in worker threads). Those background rows
-  of the profile, and the worker threads, are CPU the audited server spends per call that the
-  audit-off server does not. The scale-out node row shows the node without its detector.
+  and waits for the spool's group-committed fsync before it answers (the *audit record* stage):
+  with wrk's 16 connections the serving loop sits idle while every open request waits for an
+  fsync (≈ 0.5–1 ms on this disk), which costs throughput beyond the CPU. The Kafka shipper (one
+  record batch per partition per round) runs in the serving process; the metrics consumer and the
+  detector run as `serve`'s child processes on the other core and read every record back from
+  the log. *CPU µs/req* counts the whole process tree, children included, so the audited row's CPU
+  is the total cost of a call; its req/s is what the serving process sustains while its children
+  run beside it (on two cores shared with wrk, the broker and the open-loop generator). The scale-out
+  node row is `serve --no-detector`, as docker-compose runs its API nodes (one detector judges the
+  whole topic elsewhere).
 - **Shared cores.** wrk takes most of one of the two cores and other sessions on the machine take
   what they can, so a server often gets well under one core (*server cores* column). A fast server
   suffers more than moto (at a few hundred req/s moto leaves wrk idle and gets its full core), so
