@@ -234,8 +234,8 @@ def machine_section(results: dict[str, Any]) -> list[str]:
 def open_loop_line(at80: dict[str, Any]) -> str:
     if "p99_ms" not in at80:
         return f"Open loop at 80 % not measured: {at80.get('error', 'no data')}"
-    return (f"Open loop at 80 % of keytrail's Encrypt maximum, measured with wrk just before it "
-            f"({_num(at80.get('max_rps'))} req/s): {_num(at80['target_rps'])} req/s asked, "
+    return (f"Open loop at 80 % of keytrail's Encrypt maximum (the lower of the table's median and a wrk "
+            f"run just before it: {_num(at80.get('max_rps'))} req/s): {_num(at80['target_rps'])} req/s asked, "
             f"{_num(at80['achieved_rps'])} achieved, {at80['completed']:,} requests: p50 {_num(at80['p50_ms'], 2)} "
             f"ms, p99 **{_num(at80['p99_ms'], 2)} ms**, p99.9 {_num(at80['p999_ms'], 2)} ms, max "
             f"{_num(at80['max_ms'], 2)} ms; statuses {at80['statuses']}.")

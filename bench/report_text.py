@@ -42,10 +42,11 @@ METHOD = """\
   starts only after the warm-up's deferred work is done. *server cores* is the CPU the server got
   during the run itself.
 - **80 % latency**: wrk is closed-loop (a slow answer delays the next request, which hides queueing)
-  and wrk2 is not in Debian, so `bench/openloop.py` sends requests at a fixed rate (80 % of
-  keytrail's median Encrypt req/s from the table) over 64 keep-alive connections, in its own
-  process, and measures each latency from the request's *scheduled* send time, so time spent
-  waiting for a free connection counts (no coordinated omission).
+  and wrk2 is not in Debian, so `bench/openloop.py` sends requests at a fixed rate (80 % of the
+  lower of keytrail's median Encrypt req/s from the table and a wrk run just before it) over 64
+  keep-alive connections, in its own process, and measures each latency from the request's
+  *scheduled* send time, so time spent waiting for a free connection counts (no coordinated
+  omission).
 - **Scale**: keys are added in-process before the server starts (`bench/population.py`:
   `KmsService.execute("CreateKey")` on the node's SQLite store, same key policy), then `keytrail serve`
   starts on that data dir and Encrypt requests cycle over up to 1,000 keys sampled from all of them.
