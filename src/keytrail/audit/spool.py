@@ -25,6 +25,12 @@ __all__ = ["Spool", "SpoolError"]
 log = logging.getLogger(__name__)
 
 _Waiters = list[asyncio.Future[int]]  # one per record of a batch, in its order
+# Loop ticks a batch waits for the requests the loop is already working on. Each fsync costs
+# ≈ 80 µs of CPU (mostly kernel) whatever it carries, so fuller batches are cheaper: through
+# `serve` under wrk -c16 (Encrypt, everything on, interleaved A/B), 16 ticks against 3 gave
+# +9 to +16 % req/s and 158 against 187 µs CPU per call, with no worse open-loop p99; 0 ticks gave
+# -14 %. A lone call waits 16 empty loop passes (tens of µs) on top of its fsync.
+GATHER_YIELDS = 16
 _Done = Callable[[BaseException | None], None]
 
 
@@ -52,7 +58,7 @@ class Spool:
         self.durable_end = segments.end_offset()
         self.durable_bytes = 0  # framed bytes made durable since open (the trail's shipping cap)
         self.fsyncs = 0
-        self.gather_yields = 3
+        self.gather_yields = GATHER_YIELDS
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], _Done] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,8 +121,7 @@ class Spool:
         return self._in_flight or self._gathering or bool(self._payloads)
 
     def _gather(self, ticks: int) -> None:
-        # Let the requests the loop has already read reach the queue first (a commit delay of a
-        # few loop ticks): through `serve` with 16 connections this doubled the records per fsync.
+        # Let the requests the loop has already read reach the queue first (GATHER_YIELDS ticks).
         self._gathering = ticks > 0
         if ticks > 0:
             self._require_loop().call_soon(self._gather, ticks - 1)
