@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keytrail.audit.schema import message_key_bytes
+from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import KafkaProducerLink, ensure_topic
 from keytrail.transport.segment_log import SegmentLog
 
@@ -111,5 +112,5 @@ class Shipper:
         await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for _, value in batch])
         await asyncio.to_thread(self.shipped.advance, batch[-1][0] + 1)
         if self._on_shipped is not None:
-            self._on_shipped(sum(len(value) + 8 for _, value in batch))
+            self._on_shipped(framed_size(value for _, value in batch))
         return len(batch)

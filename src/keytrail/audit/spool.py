@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from keytrail.audit.integrity import ChainWriter
+from keytrail.transport.frames import framed_size
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["Spool", "SpoolError"]
@@ -142,7 +143,7 @@ class Spool:
             return
         now = self._now()
         digest = rolled or self.chain.digest_due(now)
-        size = sum(map(len, payloads)) + 8 * len(payloads)
+        size = framed_size(payloads)
         self._dispatch(lambda: self._sync(rolled, digest, now),
                        lambda error: self._synced(waiters, first, size, error))
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import overload
 
-__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "payloads_at", "split", "verified_prefix"]
+__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "payloads_at", "split",
+           "verified_prefix"]
 
 FRAME = struct.Struct("<II")
 #: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
@@ -101,6 +102,11 @@ def split(data: bytes) -> Iterator[tuple[bytes, bool]]:
         payload = data[position + 8:end]
         yield payload, zlib.crc32(payload) == crc
         position = end
+
+
+def framed_size(payloads: Iterable[bytes]) -> int:
+    """The bytes these payloads take in the log once framed."""
+    return sum(FRAME_HEADER + len(payload) for payload in payloads)
 
 
 def frame_bytes(data: bytes) -> int:
