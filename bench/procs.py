@@ -17,7 +17,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["SERVE_HTTP_PROTOCOL", "Process", "free_port", "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
+__all__ = ["SERVE_HTTP_PROTOCOL", "Process", "cpu_by_part", "free_port", "tree_cpu_seconds", "tree_pids",
+           "tree_rss_bytes"]
 
 # The uvicorn `--http` protocol `keytrail serve` runs (one write per answer): every Python server
 # of the suite (serve, its uvicorn workers, the bare ASGI ceiling) runs on the same stack.
@@ -62,6 +63,39 @@ def tree_cpu_seconds(pids: Sequence[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / _TICK
+
+
+SERVING_USER, SERVING_SYSTEM = "serving thread (user)", "serving thread (system)"
+OTHER_THREADS = "serving process, other threads"
+
+
+def cpu_by_part(root: int) -> dict[str, float]:
+    """CPU seconds of `root`'s process tree by part: its main thread (the event loop of a one-process
+    server) in user and system time, its other threads (e.g. the audit spool's fsync thread), and
+    each child process by what it runs (`child_label`); processes with the same label are summed."""
+    parts: dict[str, float] = {}
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        user, system = _user_system(Path(f"/proc/{root}/task/{root}/stat"))
+        parts[SERVING_USER], parts[SERVING_SYSTEM] = user, system
+        parts[OTHER_THREADS] = tree_cpu_seconds([root]) - user - system
+    for pid in tree_pids(root)[1:]:
+        with contextlib.suppress(OSError):
+            label = child_label(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+            parts[label] = parts.get(label, 0.0) + tree_cpu_seconds([pid])
+    return parts
+
+
+def child_label(argv: Sequence[bytes]) -> str:
+    """What a child process of a server is, from its command line: `serve`'s sidecars by role."""
+    args = [arg.decode(errors="replace") for arg in argv if arg]
+    if "keytrail.cli.sidecar" in args[:-1]:
+        return f"{args[args.index('keytrail.cli.sidecar') + 1]} child"
+    return f"child: {Path(args[0]).name if args else '?'}"
+
+
+def _user_system(stat: Path) -> tuple[float, float]:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 def tree_rss_bytes(pids: Sequence[int]) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from bench.fixtures import OPERATIONS
 from bench.measure import median_cell
+from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER
 from bench.report_text import LIMITS, METHOD
 
 __all__ = ["ratios", "render", "splice"]
@@ -86,6 +87,40 @@ def http_table(http: dict[str, Any]) -> list[str]:
     errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {r.get('error') or r.get('warning')}"
               for r in http.get("runs", []) if r.get("error") or r.get("warning")]
     return lines + (["", "Problems seen:", *errors] if errors else [])
+
+
+def cpu_parts_table(http: dict[str, Any]) -> list[str]:
+    """Where one Encrypt's CPU went, by part of each keytrail server (medians over rounds)."""
+    targets = [(KEYTRAIL, "everything on"), (NODE, "scale-out node"), (AUDIT_OFF, "audit off")]
+    medians = {target: _median_parts(_runs(http, target, "Encrypt")) for target, _ in targets}
+    names = sorted({name for parts in medians.values() for name in parts}, key=_part_order)
+    if not names:
+        return ["CPU by part not measured (an older results file)."]
+    lines = ["| Part (CPU µs per Encrypt) | " + " | ".join(label for _, label in targets) + " |",
+             "|---|" + "---:|" * len(targets)]
+    for name in [*names, "total"]:
+        cells = [_part_cell(parts, name) for parts in (medians[target] for target, _ in targets)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _part_cell(parts: dict[str, float], name: str) -> str:
+    if not parts:
+        return "n/a"  # the server was not measured
+    if name == "total":
+        return _num(sum(parts.values()), 1)
+    return _num(parts[name], 1) if name in parts else "–"  # the server has no such part
+
+
+def _median_parts(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    measured = [run["cpu_parts_us"] for run in runs if run.get("cpu_parts_us")]
+    names = {name for parts in measured for name in parts}
+    return {name: statistics.median(parts.get(name, 0.0) for parts in measured) for name in names}
+
+
+def _part_order(name: str) -> tuple[int, str]:
+    first = [SERVING_USER, SERVING_SYSTEM, OTHER_THREADS]  # the serving process, then its children by name
+    return (first.index(name), "") if name in first else (len(first), name)
 
 
 def _verdict(value: float | None, target: float, higher_is_better: bool = True, by_cpu: float | None = None) -> str:
@@ -247,7 +282,11 @@ def http_section(results: dict[str, Any]) -> list[str]:
             f"warm-up + {method['seconds']:g} s measured, medians; ratios are medians of per-round ratios. "
             "The ceiling is one fixed answer, so every keytrail operation is compared with its Encrypt row. "
             "*server cores* is the CPU the server got during the run: below 1, other processes took its share.",
-            "", *http_table(http), "", open_loop_line(http.get("open_loop") or {})]
+            "", *http_table(http), "", open_loop_line(http.get("open_loop") or {}), "",
+            "Where that CPU went, by part of each keytrail server (from /proc: the serving process's main "
+            "thread, which runs the event loop, in user and system time; its other threads; each child "
+            "process), medians over the rounds; the Kafka broker's own CPU is not included:", "",
+            *cpu_parts_table(http)]
 
 
 BEGIN = "<!-- scripts/bench: generated from here to the end marker; edit bench/report*.py instead -->"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +13,8 @@ import pytest
 from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
-from bench.report import BEGIN, END, consumer_rate, ratios, splice
+from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER, child_label, cpu_by_part
+from bench.report import BEGIN, END, consumer_rate, cpu_parts_table, ratios, splice
 from bench.wrk import parse_wrk_output
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40000/
@@ -86,3 +91,37 @@ def test_consumer_rate_is_read_from_the_pipeline_benchmark_json_line() -> None:
     output = 'generating...\n{"events": 1000000, "events_per_wall_s": 119925, "events_per_cpu_s": 121478}\n'
     assert consumer_rate(output) == 121478.0
     assert consumer_rate("no figures here") is None
+
+
+def test_cpu_by_part_splits_the_main_thread_its_other_threads_and_children() -> None:
+    # A child whose command line reads like serve's consumer sidecar: `python -c … keytrail.cli.sidecar consumer`.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "keytrail.cli.sidecar", "consumer"],
+                             stdin=subprocess.PIPE)
+    try:
+        busy = threading.Thread(target=lambda: sum(i * i for i in range(2_000_000)))
+        busy.start()
+        busy.join()
+        parts = cpu_by_part(os.getpid())
+    finally:
+        child.communicate(b"")
+    assert "consumer child" in parts
+    assert parts[OTHER_THREADS] > 0  # the busy thread's CPU, apart from the main thread's
+    assert parts[SERVING_USER] > 0 and parts[SERVING_SYSTEM] >= 0
+
+
+def test_children_are_labelled_by_their_role() -> None:
+    sidecar = [b"/usr/bin/python3", b"-m", b"keytrail.cli.sidecar", b"detector", b"/data", b""]
+    assert child_label(sidecar) == "detector child"
+    assert child_label([b"/opt/venv/bin/python3", b"-m", b"uvicorn", b""]) == "child: python3"
+
+
+def test_cpu_parts_table_gives_each_servers_median_part_and_total() -> None:
+    def run(target: str, round_: int, main: float, child: float) -> dict[str, Any]:
+        parts = {SERVING_USER: main, "consumer child": child} if child else {SERVING_USER: main}
+        return {"target": target, "operation": "Encrypt", "round": round_, "rps": 1.0, "cpu_parts_us": parts}
+    runs = [run("keytrail", 0, 100.0, 10.0), run("keytrail", 1, 120.0, 30.0), run("keytrail", 2, 110.0, 20.0),
+            run("keytrail, audit off", 0, 80.0, 0.0)]
+    table = cpu_parts_table({"runs": runs})
+    assert table[2] == f"| {SERVING_USER} | 110.0 | n/a | 80.0 |"
+    assert "| consumer child | 20.0 | n/a | – |" in table  # audit off has no consumer
+    assert table[-1] == "| total | 130.0 | n/a | 80.0 |"
