@@ -21,6 +21,7 @@ from keytrail import __version__
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.protocol import operation_names
+from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.children import Child
 from keytrail.cli.detect import detector_settings
@@ -41,7 +42,7 @@ from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable
-from keytrail.pipeline.prometheus import MetricsExposition, render_family
+from keytrail.pipeline.prometheus import MetricsExposition, render_family, render_histogram
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
@@ -181,7 +182,20 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
-    return pipeline_metrics() + keys + alarms + denied
+    return pipeline_metrics() + keys + alarms + denied + _audit_commits(node.audit)
+
+
+def _audit_commits(audit: AuditTrail | None) -> str:
+    """The spool's group commits: how long the durability wait takes, and how many calls share it."""
+    if audit is None:
+        return ""
+    stats = audit.spool.stats
+    return render_histogram(
+        "keytrail_audit_fsync_seconds", "Time each audit group commit's fsync took (every audited call waits for one).",
+        FSYNC_BUCKETS, stats.buckets, stats.fsync_seconds,
+    ) + render_family("keytrail_audit_committed_records_total", "counter",
+                      "Audit records made durable; divided by the fsync count, the mean group commit size.",
+                      [({}, stats.records)])
 
 
 async def _clock_advanced(node: Node) -> None:

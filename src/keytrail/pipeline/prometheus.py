@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 import polars as pl
@@ -11,7 +12,8 @@ import polars as pl
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 
-__all__ = ["CONTENT_TYPE", "MetricsExposition", "cost_by_account", "render_family", "render_prometheus"]
+__all__ = ["CONTENT_TYPE", "MetricsExposition", "cost_by_account", "render_family", "render_histogram",
+           "render_prometheus"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DENIED = frozenset({"AccessDenied", "AccessDeniedException"})
@@ -87,6 +89,18 @@ def render_family(name: str, kind: str, text: str, samples: Iterable[tuple[Mappi
     lines: list[str] = []
     _family(lines, name, kind, text)
     lines.extend(_sample(name, value, **labels) for labels, value in samples)
+    return "\n".join(lines) + "\n"
+
+
+def render_histogram(name: str, text: str, bounds: Sequence[float], counts: Sequence[int], total: float) -> str:
+    """One histogram family: `counts[i]` observations fell at or under `bounds[i]` (and above the
+    bound before), the last count above every bound; `total` is the sum of the observations."""
+    lines: list[str] = []
+    _family(lines, name, "histogram", text)
+    cumulative = list(itertools.accumulate(counts))
+    lines.extend(_sample(f"{name}_bucket", n, le=f"{bound:g}") for bound, n in zip(bounds, cumulative, strict=False))
+    lines += [_sample(f"{name}_bucket", cumulative[-1], le="+Inf"), _sample(f"{name}_sum", total),
+              _sample(f"{name}_count", cumulative[-1])]
     return "\n".join(lines) + "\n"
 
 

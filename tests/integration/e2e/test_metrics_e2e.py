@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.integration.e2e.support import audit_events, cli_json, eventually, reply_id
+from tests.integration.e2e.support import audit_events, cli_json, eventually, metric, reply_id
 from tests.support.server import ACCOUNT, KeytrailServer
 
 pytestmark = pytest.mark.integration
@@ -90,6 +90,10 @@ def test_live_metrics_and_last_usage_follow_the_calls(tmp_path: Path) -> None:
                     ("Decrypt", "AccessDenied"): 1}  # the CloudTrail errorCode
         eventually(lambda: expected.items() <= _requests_total(server).items(),
                    what=f"keytrail_kms_requests_total to reach {expected}")
+        # Every call so far was made durable by a timed group commit.
+        fsyncs, committed = metric(server, "keytrail_audit_fsync_seconds_count"), metric(
+            server, "keytrail_audit_committed_records_total")
+        assert fsyncs and committed and committed >= len(events) and 0 < fsyncs <= committed
         live = [r for r in cli_json("usage", "--data-dir", str(data)) if r["keyArn"] == traffic.key_arn]
         assert sum(r["count"] for r in live if r["eventName"] == "Encrypt") == 5  # readable while serving
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.records import to_cloudtrail
-from keytrail.audit.spool import SpoolError
+from keytrail.audit.spool import FSYNC_BUCKETS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from tests.support.audit_records import encrypt_call, fill_trail_async
 
@@ -28,6 +29,18 @@ async def test_concurrent_records_share_fsyncs(tmp_path: Path, monkeypatch: pyte
         commits = trail.spool.fsyncs
     assert commits < 50, commits  # 200 concurrent callers, far fewer commits
     assert during <= 2 * commits  # one log fsync per commit (+ directory/digest syncs)
+
+
+async def test_commit_stats_time_every_fsync_and_count_its_records(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.003), real_fsync(fd))[1])  # a slow disk: ≥ 3 ms
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(40)))
+        stats = trail.spool.stats
+        assert stats.records == 40 and stats.fsyncs == trail.spool.fsyncs == sum(stats.buckets)
+        slow = FSYNC_BUCKETS.index(0.005)  # the (2 ms, 5 ms] bucket and above
+        assert sum(stats.buckets[slow:]) == stats.fsyncs and stats.fsync_seconds >= 0.003 * stats.fsyncs
 
 
 async def test_record_returns_only_once_the_event_is_on_disk(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from keytrail.pipeline.prometheus import render_prometheus
+from keytrail.pipeline.prometheus import render_histogram, render_prometheus
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.sources import RecordsSource
@@ -39,3 +39,11 @@ def test_empty_store_renders_families_without_samples(tmp_path: Path) -> None:
     text = render_prometheus(MetricsStore(tmp_path))
     assert "# TYPE keytrail_kms_cost_usd gauge" in text
     assert not _samples(text)
+
+
+def test_histogram_buckets_are_cumulative_and_end_with_inf() -> None:
+    text = render_histogram("x_seconds", "Some latency.", (0.001, 0.01), [2, 0, 1], 0.5)
+    samples = _samples(text)
+    assert samples == {'x_seconds_bucket{le="0.001"}': 2, 'x_seconds_bucket{le="0.01"}': 2,
+                       'x_seconds_bucket{le="+Inf"}': 3, "x_seconds_sum": 0.5, "x_seconds_count": 3}
+    assert "# TYPE x_seconds histogram" in text
