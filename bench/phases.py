@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from bench.population import add_keys
 from bench.procs import tree_rss_bytes
 from bench.targets import ROOT, Target, _python_env, start_ceiling, start_keytrail, start_moto
 
-__all__ = ["http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
+__all__ = ["group_commits", "http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
 
 KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
 NODE = "keytrail, scale-out node"  # audit trail + Kafka + consumers; the detector runs in its own process
@@ -80,11 +81,29 @@ def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durat
                 _echo(row)
         encrypt = sorted(r["rps"] for r in runs if r["target"] == KEYTRAIL and r["operation"] == "Encrypt"
                          and "rps" in r)
+        commits = {name: group_commits(targets[name]) for name in (KEYTRAIL, NODE)}
         at80 = open_loop(targets[KEYTRAIL], work, durations, encrypt[len(encrypt) // 2] if encrypt else None)
         alarms = _alarms(targets[KEYTRAIL], work, mqtt)
-        return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": at80, "alarm_latency": alarms}
+        return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": at80, "alarm_latency": alarms,
+                "group_commits": commits}
     finally:
         _stop_all(targets)
+
+
+def group_commits(target: Target) -> dict[str, float]:
+    """The audit spool's group commits so far, from the server's /metrics: fsyncs, records, and the
+    fsync time histogram (`le` bound in seconds -> cumulative count); empty without those metrics."""
+    try:
+        with urllib.request.urlopen(f"{target.endpoint}/metrics", timeout=10) as response:
+            body = response.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith(("keytrail_audit_fsync_seconds", "keytrail_audit_committed_records_total")):
+            name, _, value = line.rpartition(" ")
+            found[name] = float(value)
+    return found
 
 
 def _echo(row: dict[str, Any]) -> None:

@@ -104,6 +104,35 @@ def cpu_parts_table(http: dict[str, Any]) -> list[str]:
     return lines
 
 
+def group_commit_line(commits: dict[str, dict[str, float]]) -> str:
+    """The audited servers' group commits over the whole table (from their /metrics)."""
+    parts = [f"{label}: {text}" for target, label in ((KEYTRAIL, "everything on"), (NODE, "scale-out node"))
+             if (text := _commit_text(commits.get(target) or {}))]
+    if not parts:
+        return "Group commits not measured (this build's /metrics has no keytrail_audit_fsync_seconds)."
+    return ("Audit group commits over the whole table (the servers' `keytrail_audit_fsync_seconds` and "
+            "`keytrail_audit_committed_records_total`, warm-ups included): " + "; ".join(parts) + ".")
+
+
+def _commit_text(found: dict[str, float]) -> str:
+    fsyncs = found.get("keytrail_audit_fsync_seconds_count")
+    if not fsyncs:
+        return ""
+    records = found.get("keytrail_audit_committed_records_total", 0.0)
+    mean_ms = found.get("keytrail_audit_fsync_seconds_sum", 0.0) / fsyncs * 1e3
+    half, most = _bucket_bound(found, fsyncs * 0.5), _bucket_bound(found, fsyncs * 0.99)
+    return (f"{_num(fsyncs)} fsyncs, {records / fsyncs:.1f} records each, fsync mean {mean_ms:.2f} ms, "
+            f"half at or under {half}, 99 % at or under {most}")
+
+
+def _bucket_bound(found: dict[str, float], rank: float) -> str:
+    """The smallest histogram bound whose cumulative count reaches `rank`."""
+    bounds = sorted((float(name.split('"')[1]), count) for name, count in found.items()
+                    if name.startswith("keytrail_audit_fsync_seconds_bucket") and "+Inf" not in name)
+    bound = next((b for b, count in bounds if count >= rank), None)
+    return "more than 1 s" if bound is None else f"{bound * 1e3:g} ms"
+
+
 def _part_cell(parts: dict[str, float], name: str) -> str:
     if not parts:
         return "n/a"  # the server was not measured
@@ -286,7 +315,7 @@ def http_section(results: dict[str, Any]) -> list[str]:
             "Where that CPU went, by part of each keytrail server (from /proc: the serving process's main "
             "thread, which runs the event loop, in user and system time; its other threads; each child "
             "process), medians over the rounds; the Kafka broker's own CPU is not included:", "",
-            *cpu_parts_table(http)]
+            *cpu_parts_table(http), "", group_commit_line(http.get("group_commits") or {})]
 
 
 BEGIN = "<!-- scripts/bench: generated from here to the end marker; edit bench/report*.py instead -->"

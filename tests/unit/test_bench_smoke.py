@@ -14,7 +14,7 @@ from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
 from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER, child_label, cpu_by_part
-from bench.report import BEGIN, END, consumer_rate, cpu_parts_table, ratios, splice
+from bench.report import BEGIN, END, consumer_rate, cpu_parts_table, group_commit_line, ratios, splice
 from bench.wrk import parse_wrk_output
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40000/
@@ -125,3 +125,15 @@ def test_cpu_parts_table_gives_each_servers_median_part_and_total() -> None:
     assert table[2] == f"| {SERVING_USER} | 110.0 | n/a | 80.0 |"
     assert "| consumer child | 20.0 | n/a | – |" in table  # audit off has no consumer
     assert table[-1] == "| total | 130.0 | n/a | 80.0 |"
+
+
+def test_group_commit_line_reads_the_fsync_histogram() -> None:
+    bucket = "keytrail_audit_fsync_seconds_bucket"
+    found = {f'{bucket}{{le="0.0005"}}': 10.0, f'{bucket}{{le="0.001"}}': 90.0, f'{bucket}{{le="0.01"}}': 99.0,
+             f'{bucket}{{le="+Inf"}}': 100.0, "keytrail_audit_fsync_seconds_count": 100.0,
+             "keytrail_audit_fsync_seconds_sum": 0.08, "keytrail_audit_committed_records_total": 1600.0}
+    line = group_commit_line({"keytrail": found})
+    assert "everything on: 100 fsyncs, 16.0 records each, fsync mean 0.80 ms" in line
+    assert "half at or under 1 ms, 99 % at or under 10 ms" in line
+    assert "scale-out node" not in line
+    assert "not measured" in group_commit_line({})
