@@ -25,7 +25,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "keytrail_audit_spool_depth": ("gauge", (), "audit records in the spool not yet shipped"),
     "keytrail_pipeline_consumer_lag": ("gauge", ("partition",), "records not yet consumed"),
     "keytrail_kms_keys": ("gauge", ("state",), "KMS keys by key state"),
+    "keytrail_audit_fsync_seconds": ("histogram", ("le",), "time each audit group commit's fsync took"),
+    "keytrail_audit_committed_records_total": ("counter", (), "audit records made durable"),
 }
+
+_HISTOGRAMS = {name for name, (kind, _, _) in METRICS.items() if kind == "histogram"}
+_HISTOGRAM_SERIES = re.compile(r"_(bucket|sum|count)$")
 
 # (title, kind, unit, [(query, legend)], width, height)
 PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
@@ -50,12 +55,25 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
      12, 8),
     ("Consumer lag", "timeseries", "short",
      [("sum by (instance, partition) (keytrail_pipeline_consumer_lag)", "{{instance}} {{partition}}")], 12, 8),
+    # Every audited call waits for its group's fsync: its p99 is the durability part of the API's latency.
+    ("Audit fsync p99", "timeseries", "s",
+     [("histogram_quantile(0.99, sum by (instance, le) (rate(keytrail_audit_fsync_seconds_bucket[5m])))",
+       "{{instance}}")], 12, 8),
+    ("Audit records per group commit", "timeseries", "short",
+     [("sum by (instance) (rate(keytrail_audit_committed_records_total[5m])) / "
+       "sum by (instance) (rate(keytrail_audit_fsync_seconds_count[5m]))", "{{instance}}")], 12, 8),
 ]
 
 
 def metric_names(query: str) -> set[str]:
-    """The keytrail metric names a PromQL query reads."""
-    return set(re.findall(r"\bkeytrail_[a-z0-9_]+", query))
+    """The keytrail metric families a PromQL query reads (a histogram's _bucket, _sum and _count
+    series count as their family)."""
+    return {_family(name) for name in re.findall(r"\bkeytrail_[a-z0-9_]+", query)}
+
+
+def _family(series: str) -> str:
+    base = _HISTOGRAM_SERIES.sub("", series)
+    return base if base in _HISTOGRAMS else series
 
 
 def _panel(number: int, x: int, y: int, spec: tuple[str, str, str, list[tuple[str, str]], int, int]) -> dict[str, Any]:
