@@ -181,6 +181,25 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert "no event log" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_unwritable_out_is_one_clear_line(data_dir: Path, tmp_path: Path) -> None:
+    need_commands("report")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = keytrail("report", "--data-dir", str(data_dir), "--out", str(blocker / "r.html"), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"keytrail report: --out: cannot write {blocker / 'r.html'}: ")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_unwritable_stdout_is_one_clear_line(data_dir: Path) -> None:
+    need_commands("usage")
+    with open("/dev/full", "w") as full:  # every write fails: ENOSPC
+        result = subprocess.run([sys.executable, "-m", "keytrail", "usage", "--data-dir", str(data_dir)],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
+    assert result.returncode == 1
+    assert result.stderr == "keytrail: No space left on device\n"
+
+
 def test_report_of_a_live_server_after_boto3_calls(fresh_server: KeytrailServer, tmp_path: Path) -> None:
     need_commands("report", "consume", "usage")
     alice, bob = fresh_server.client("alice"), fresh_server.client("bob")

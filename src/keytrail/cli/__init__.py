@@ -5,6 +5,8 @@ Each command group lives in its own module of this package; this module only ass
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 __all__ = ["app", "main"]
@@ -36,4 +38,9 @@ def _register() -> None:
 
 def main() -> None:
     _register()
-    app()
+    try:
+        app()
+    except OSError as error:  # what no command handled (e.g. stdout on a full disk): one line, not a traceback
+        where = f": {error.filename}" if error.filename else ""
+        sys.stderr.write(f"keytrail: {error.strerror or error}{where}\n")
+        sys.exit(1)

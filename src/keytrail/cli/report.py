@@ -23,8 +23,8 @@ _SUFFIXES = {".html": ReportFormat.html, ".htm": ReportFormat.html, ".csv": Repo
              ".json": ReportFormat.json, ".jsonl": ReportFormat.json, ".parquet": ReportFormat.parquet}
 
 
-def report_fail(message: str) -> typer.Exit:
-    return fail(message, "keytrail report")
+def report_fail(message: str, code: int = 2) -> typer.Exit:
+    return fail(message, "keytrail report", code)
 
 
 def report_time(value: str | None, option: str) -> datetime | None:
@@ -66,7 +66,10 @@ def report(
         data = collect_sync(source, options, on_batch=None if cloudtrail else _log_progress(bar))
     finally:
         bar.close()
-    written = write_report(data, out, form, table)
+    try:
+        written = write_report(data, out, form, table)
+    except OSError as error:
+        raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
                f"{data.alarms.height:,} alarms)", err=True)
 
