@@ -69,6 +69,18 @@ def test_serve_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--config" in out.stderr
 
 
+def test_serve_refuses_a_missing_tls_file_in_one_line_before_creating_anything(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    key = tmp_path / "key.pem"
+    key.write_text("not used")
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--tls-cert",
+                          str(tmp_path / "missing.pem"), "--tls-key", str(key)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"keytrail: error: --tls-cert: no such file: {tmp_path / 'missing.pem'}\n"
+    assert not (data / "principals.toml").exists()
+
+
 def _denied_decrypts_counted(server: KeytrailServer) -> bool:
     _, body = server.get("/metrics")
     return any(line.startswith('keytrail_kms_requests_total{operation="Decrypt",outcome="AccessDenied')

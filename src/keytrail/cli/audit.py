@@ -15,6 +15,7 @@ import typer
 from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
 from keytrail.audit.integrity import verify as verify_trail
 from keytrail.audit.schema import SchemaError
+from keytrail.cli.console import missing_paths
 from keytrail.transport.segment_log import LogLockedError
 
 __all__ = ["audit_app"]
@@ -104,9 +105,8 @@ def verify(data_dir: Path = DataDir) -> None:
 def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files or folders."),
             data_dir: Path = DataDir) -> None:
     """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log."""
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        _fail(f"no such file or folder: {', '.join(missing)}")
+    if problem := missing_paths(paths):
+        _fail(problem)
     try:
         report = asyncio.run(import_cloudtrail(data_dir, paths))
     except LogLockedError as exc:

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 
-__all__ = ["fail", "parse_time"]
+__all__ = ["fail", "missing_paths", "parse_time"]
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
     typer.echo(f"{command}: {message}", err=True)
     return typer.Exit(code)
+
+
+def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:
+    """None when every path exists, else the one-line complaint naming the missing ones."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if not missing:
+        return None
+    return f"{option + ': ' if option else ''}no such file or folder: {', '.join(missing)}"
 
 
 def parse_time(value: str | None, option: str, command: str = "keytrail") -> datetime | None:

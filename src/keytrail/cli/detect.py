@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from keytrail.cli.console import missing_paths
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
@@ -70,6 +71,8 @@ def detect(
     try:
         rules, hooks = detector_settings(config)
         if cloudtrail:
+            if problem := missing_paths(cloudtrail, "--cloudtrail"):
+                raise BadInput(problem)
             _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
             asyncio.run(_run_live(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every))

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keytrail.cli.console import fail, parse_time
+from keytrail.cli.console import fail, missing_paths, parse_time
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.runner import Batch, Source
 from keytrail.reports.collect import ReportOptions, collect_sync
@@ -103,9 +103,8 @@ def _files_source(paths: list[Path], bar: Progress) -> tuple[Source, str, Path |
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise report_fail(f"--cloudtrail: no such file or folder: {', '.join(missing)}")
+    if problem := missing_paths(paths, "--cloudtrail"):
+        raise report_fail(problem)
     files = list(iter_log_files(paths))
 
     def records() -> Iterator[dict[str, Any]]:

@@ -54,6 +54,9 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
             raise fail("error: " + "--tls-cert and --tls-key go together")
+        for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+            if not path.is_file():
+                raise fail(f"error: {option}: no such file: {path}")
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
 
@@ -93,8 +96,8 @@ def serve(
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     data_dir.mkdir(parents=True, exist_ok=True)
     _check_config(config)
+    tls = _tls(settings)  # before the principals file is created: a wrong flag leaves nothing behind
     credentials = _credentials(settings)
-    tls = _tls(settings)
     try:
         started = uvloop.run(_serve(settings, credentials, tls))
     except StoreUnavailable as exc:
