@@ -1,0 +1,29 @@
+"""The terminal helpers every command shares: one-line complaints about paths and times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import typer
+
+from keytrail.cli.console import missing_paths, parse_time
+
+
+def test_missing_paths_names_every_missing_one_and_the_option(tmp_path: Path) -> None:
+    present = tmp_path / "logs"
+    present.mkdir()
+    gone, also_gone = tmp_path / "gone.json", tmp_path / "folder"
+    assert missing_paths([present]) is None
+    assert missing_paths([present, gone, also_gone], "--cloudtrail") == \
+        f"--cloudtrail: no such file or folder: {gone}, {also_gone}"
+    assert missing_paths([gone]) == f"no such file or folder: {gone}"
+
+
+def test_parse_time_reads_utc_and_offsets_and_refuses_the_rest() -> None:
+    assert parse_time("2026-01-02T03:04:05Z", "--since") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_time("2026-01-02T05:04:05+02:00", "--since") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_time(None, "--since") is None
+    with pytest.raises(typer.Exit):
+        parse_time("yesterday", "--since")
