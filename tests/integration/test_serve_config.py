@@ -81,6 +81,17 @@ def test_serve_refuses_a_missing_tls_file_in_one_line_before_creating_anything(t
     assert not (data / "principals.toml").exists()
 
 
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--kafka", "kafka:abc", "--kafka: not HOST:PORT"),
+    ("--port", "99999", "Invalid value for '--port'"),
+])
+def test_serve_refuses_a_bad_address_before_starting(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"), flag, value],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def _denied_decrypts_counted(server: KeytrailServer) -> bool:
     _, body = server.get("/metrics")
     return any(line.startswith('keytrail_kms_requests_total{operation="Decrypt",outcome="AccessDenied')

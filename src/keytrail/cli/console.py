@@ -8,13 +8,36 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["fail", "missing_paths", "parse_time"]
+__all__ = ["bootstrap_problem", "fail", "missing_paths", "parse_time"]
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
     typer.echo(f"{command}: {message}", err=True)
     return typer.Exit(code)
+
+
+def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | None:
+    """None for a usable Kafka bootstrap list (HOST[:PORT][,HOST[:PORT]…], IPv6 hosts in brackets),
+    else the one-line complaint: a typo should not become a shipper retrying forever."""
+    if bootstrap is None:
+        return None
+    for server in bootstrap.split(","):
+        host, port = _host_port(server.strip())
+        if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+            return f"{option}: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}"
+    return None
+
+
+def _host_port(server: str) -> tuple[str, str | None]:
+    """(host, port or None) of HOST, HOST:PORT or [IPv6]:PORT; no host when it is none of them."""
+    if server.startswith("["):
+        host, bracket, rest = server[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return "", None
+        return host, (rest[1:] if rest else None)
+    host, colon, port = server.partition(":")
+    return host, (port if colon else None)
 
 
 def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:

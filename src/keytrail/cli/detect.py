@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keytrail.cli.console import missing_paths
+from keytrail.cli.console import bootstrap_problem, missing_paths
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
@@ -75,6 +75,8 @@ def detect(
                 raise BadInput(problem)
             _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
+            if problem := bootstrap_problem(kafka):
+                raise BadInput(problem)
             asyncio.run(_run_live(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every))
         else:
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
@@ -125,11 +127,13 @@ def analyze(
     try:
         rules, _ = detector_settings(config)
         if inventory is not None:
+            if problem := missing_paths([inventory], "--inventory"):
+                raise BadInput(problem)
             items = read_inventory(json.loads(inventory.read_text()))
         else:
             items = asyncio.run(_store_inventory(data_dir or Path("keytrail-data")))
         _print(analyze_keys(items, rules), fmt)
-    except (RuleError, ValueError, KeyError, OSError, SealError) as exc:
+    except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from keytrail.cli.console import fail, missing_paths, parse_time
+from keytrail.cli.console import bootstrap_problem, fail, missing_paths, parse_time
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
@@ -168,7 +168,7 @@ def consume(
         checkpoint_records=checkpoint_records,
         prices=_price_table(prices, False),
     )
-    if cloudtrail and (problem := missing_paths(cloudtrail, "--cloudtrail")):
+    if problem := bootstrap_problem(kafka) or (cloudtrail and missing_paths(cloudtrail, "--cloudtrail")):
         raise fail(problem)
     data_dir.mkdir(parents=True, exist_ok=True)
     stats = asyncio.run(_consume(settings, cloudtrail))

@@ -16,7 +16,7 @@ import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
-from keytrail.cli.console import fail
+from keytrail.cli.console import bootstrap_problem, fail
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
@@ -64,7 +64,7 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
 def serve(
     data_dir: DataDir = Path("keytrail-data"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 4599,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 4599,
     principals: Annotated[Path | None, typer.Option(help="Principals file (TOML).")] = None,
     kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for the audit stream.")] = None,
     mqtt: Annotated[str | None, typer.Option(help="MQTT broker for alarms, mqtt://HOST:PORT.")] = None,
@@ -90,6 +90,8 @@ def serve(
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
         tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
     )
+    if problem := bootstrap_problem(kafka):
+        raise fail("error: " + problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise fail("error: " + "--dev-credentials is refused unless the server binds to loopback")
     if dev_credentials:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from keytrail.cli.console import missing_paths, parse_time
+from keytrail.cli.console import bootstrap_problem, missing_paths, parse_time
 
 
 def test_missing_paths_names_every_missing_one_and_the_option(tmp_path: Path) -> None:
@@ -27,3 +27,13 @@ def test_parse_time_reads_utc_and_offsets_and_refuses_the_rest() -> None:
     assert parse_time(None, "--since") is None
     with pytest.raises(typer.Exit):
         parse_time("yesterday", "--since")
+
+
+@pytest.mark.parametrize("bootstrap", ["localhost:9092", "a:1,b:2", "[::1]:9092", "kafka", " k1:9092, k2:9093"])
+def test_bootstrap_lists_kafka_accepts(bootstrap: str) -> None:
+    assert bootstrap_problem(bootstrap) is None
+
+
+@pytest.mark.parametrize("bootstrap", ["not-a-host:abc", "a:1,b:", ":9092", "[::1", "[::1]x", "h:0", "h:70000", ""])
+def test_bootstrap_typos_are_one_line(bootstrap: str) -> None:
+    assert bootstrap_problem(bootstrap, "--kafka") == f"--kafka: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}"

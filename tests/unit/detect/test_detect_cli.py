@@ -68,6 +68,8 @@ def test_offline_time_rules_use_as_of_or_the_last_event(app: typer.Typer, tmp_pa
         (["detect"], "give --cloudtrail"),
         (["detect", "--cloudtrail", "/no/such/file.json"], "no such file"),
         (["detect", "--cloudtrail", "/no/such/folder"], "--cloudtrail: no such file or folder: /no/such/folder"),
+        (["analyze", "--inventory", "/no/such/keys.json"], "--inventory: no such file or folder: /no/such/keys.json"),
+        (["detect", "--kafka", "kafka:abc"], "--kafka: not HOST:PORT"),
         (["detect", "--cloudtrail", "{bad}", "--as-of", "yesterday"], "ISO-8601"),
     ],
 )
