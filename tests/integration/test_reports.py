@@ -181,6 +181,15 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert "no event log" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_consume_of_a_missing_data_dir_is_one_clear_line(tmp_path: Path) -> None:
+    need_commands("consume")
+    typo = tmp_path / "keytrail-dat"
+    result = keytrail("consume", "--data-dir", str(typo), "--no-follow", check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"keytrail: no audit event log in {typo} (is --data-dir right?)\n"
+    assert not typo.exists()  # nothing created at the typo
+
+
 def test_an_unwritable_out_is_one_clear_line(data_dir: Path, tmp_path: Path) -> None:
     need_commands("report")
     blocker = tmp_path / "a-file"

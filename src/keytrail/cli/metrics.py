@@ -23,6 +23,7 @@ from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.runner import RunStats
 from keytrail.reports.tabular import cell_text
+from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["register"]
 
@@ -170,6 +171,8 @@ def consume(
     )
     if problem := bootstrap_problem(kafka) or (cloudtrail and missing_paths(cloudtrail, "--cloudtrail")):
         raise fail(problem)
+    if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir
+        raise fail(f"no audit event log in {data_dir} (is --data-dir right?)")
     data_dir.mkdir(parents=True, exist_ok=True)
     stats = asyncio.run(_consume(settings, cloudtrail))
     typer.echo(
