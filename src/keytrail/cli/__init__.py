@@ -37,10 +37,22 @@ def _register() -> None:
 
 
 def main() -> None:
+    """The console entry point. Every error is one line on stderr and a non-zero exit: a usage
+    error (unknown option, a value out of range) names the command, as the commands' own errors do."""
     _register()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.TyperException as error:  # click's usage and parameter errors
+        ctx = getattr(error, "ctx", None)
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        if message:  # none after `keytrail` alone, which prints the help
+            sys.stderr.write(f"{ctx.command_path if ctx else 'keytrail'}: {message} (see --help)\n")
+        sys.exit(getattr(error, "exit_code", 2))
+    except typer.Abort:
+        sys.stderr.write("keytrail: aborted\n")
+        sys.exit(1)
     except OSError as error:  # what no command handled (e.g. stdout on a full disk): one line, not a traceback
         where = f": {error.filename}" if error.filename else ""
         sys.stderr.write(f"keytrail: {error.strerror or error}{where}\n")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

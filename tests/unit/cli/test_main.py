@@ -1,0 +1,31 @@
+"""The `keytrail` entry point: every error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _keytrail(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["audit", "events", "--format", "xml"], "keytrail audit events: Invalid value for '--format'"),
+    (["usage", "--bogus"], "keytrail usage: No such option: --bogus"),
+    (["nope"], "keytrail: No such command 'nope'."),
+])
+def test_a_usage_error_is_one_line_naming_the_command(args: list[str], line: str) -> None:
+    result = _keytrail(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(line) and result.stderr.endswith(" (see --help)\n")
+    assert result.stderr.count("\n") == 1
+
+
+def test_help_and_exit_codes_pass_through() -> None:
+    assert _keytrail("--help").returncode == 0
+    alone = _keytrail()
+    assert alone.returncode == 2 and "Usage: keytrail" in alone.stdout + alone.stderr
+    assert "(see --help)" not in alone.stderr  # `keytrail` alone prints the help, no error line
