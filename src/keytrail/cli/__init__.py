@@ -41,7 +41,7 @@ def main() -> None:
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
     _register()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="keytrail")
     except typer.TyperException as error:  # click's usage and parameter errors
         ctx = getattr(error, "ctx", None)
         message = error.format_message() if hasattr(error, "format_message") else str(error)
