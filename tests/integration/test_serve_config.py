@@ -92,6 +92,19 @@ def test_serve_refuses_a_bad_address_before_starting(tmp_path: Path, flag: str, 
     assert not (tmp_path / "d").exists()
 
 
+def test_a_second_serve_on_the_same_data_dir_is_refused_in_one_line(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir),
+                              "--port", "0", "--principals", str(server.principals)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "is another keytrail serve running on --data-dir" in out.stderr
+        assert server.client("alice").list_keys()["Keys"] is not None  # the first one still serves
+    finally:
+        assert server.stop() == 0
+
+
 def _denied_decrypts_counted(server: KeytrailServer) -> bool:
     _, body = server.get("/metrics")
     return any(line.startswith('keytrail_kms_requests_total{operation="Decrypt",outcome="AccessDenied')

@@ -22,6 +22,7 @@ from keytrail.cli.node import StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
 from keytrail.detect.rules import RuleError
+from keytrail.transport.segment_log import LogLockedError
 
 __all__ = ["register"]
 
@@ -104,6 +105,8 @@ def serve(
         started = uvloop.run(_serve(settings, credentials, tls))
     except StoreUnavailable as exc:
         raise fail("error: " + str(exc)) from None
+    except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
+        raise fail(f"error: {exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
     if not started:
         raise typer.Exit(1)
 
