@@ -4,15 +4,18 @@ a killed child is restarted, and a killed `serve` leaves no child behind."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from keytrail.cli.sidecar import ANALYTICS_NICENESS
+from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock
 from tests.integration.e2e.support import eventually
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
@@ -35,6 +38,20 @@ def _children(pid: int) -> dict[str, int]:
         if parent == pid and b"keytrail.cli.sidecar" in args:
             found[args[args.index(b"keytrail.cli.sidecar") + 1].decode()] = int(entry.name)
     return found
+
+
+def _held(path: Path) -> bool:
+    """Whether another process holds the exclusive lock on `path` (a free lock is let go at once)."""
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -88,6 +105,15 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     caught_up = 'keytrail_pipeline_consumer_lag{partition="segment-log"} 0'
     eventually(lambda: caught_up in server.get("/metrics")[1].decode(), what="the child's lag to reach 0")
     assert server.stop() == 0
+
+
+def test_a_second_consumer_is_refused_while_serves_child_counts(server: KeytrailServer) -> None:
+    eventually(lambda: _held(consumer_lock(server.data_dir)), what="the consumer child to hold its lock")
+    result = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--data-dir", str(server.data_dir),
+                             "--no-follow"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == (f"keytrail: the metrics consumer of {server.data_dir} is already running "
+                             "(keytrail serve runs one): stop it first\n")
 
 
 def test_a_killed_child_is_restarted(server: KeytrailServer) -> None:

@@ -18,6 +18,7 @@ import polars as pl
 import typer
 
 from keytrail.cli.console import bootstrap_problem, fail, missing_paths, parse_time
+from keytrail.cli.sidecar import consumer_lock, try_lock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
@@ -173,7 +174,8 @@ def consume(
         raise fail(problem)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir
         raise fail(f"no audit event log in {data_dir} (is --data-dir right?)")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if not try_lock(consumer_lock(data_dir)):  # two consumers would overwrite each other's state
+        raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first")
     stats = asyncio.run(_consume(settings, cloudtrail))
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "

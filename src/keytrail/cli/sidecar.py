@@ -41,7 +41,7 @@ from keytrail.detect.runner import DetectorRunner
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import state_dir
 
-__all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars"]
+__all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
 
 log = logging.getLogger("keytrail")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -144,23 +144,31 @@ def _on_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
         stopping.set()
 
 
+def try_lock(path: Path) -> bool:
+    """Take an exclusive lock on `path` for the rest of the process's life; False (and nothing
+    held) while another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return True  # the descriptor stays open: the lock lasts as long as the process
+
+
 async def hold_lock(path: Path, stopping: asyncio.Event) -> bool:
     """Hold an exclusive lock on `path` until exit, waiting while another process holds it;
     False if told to stop first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     waited = False
     while not stopping.is_set():
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True  # the descriptor stays open: the lock lasts as long as the process
-        except BlockingIOError:
-            if not waited:
-                log.warning("%s is held by another process; waiting for it", path)
-                waited = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 0.2)
-    os.close(fd)
+        if try_lock(path):
+            return True
+        if not waited:
+            log.warning("%s is held by another process; waiting for it", path)
+            waited = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.2)
     return False
 
 
