@@ -174,7 +174,9 @@ def consume(
         raise fail(problem)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir
         raise fail(f"no audit event log in {data_dir} (is --data-dir right?)")
-    if not try_lock(consumer_lock(data_dir)):  # two consumers would overwrite each other's state
+    # Two consumers of the embedded log or of files would overwrite each other's state; members of a
+    # Kafka consumer group may share a data dir: the group gives each its own partitions.
+    if not kafka and not try_lock(consumer_lock(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first")
     stats = asyncio.run(_consume(settings, cloudtrail))
     typer.echo(
