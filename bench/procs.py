@@ -57,12 +57,11 @@ def tree_pids(pid: int) -> list[int]:
 
 def tree_cpu_seconds(pids: Sequence[int]) -> float:
     """User plus system CPU seconds of these processes."""
-    total = 0
+    total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / _TICK
+            total += sum(_user_system(Path(f"/proc/{pid}/stat")))
+    return total
 
 
 SERVING_USER, SERVING_SYSTEM = "serving thread (user)", "serving thread (system)"
@@ -94,6 +93,7 @@ def child_label(argv: Sequence[bytes]) -> str:
 
 
 def _user_system(stat: Path) -> tuple[float, float]:
+    """User and system CPU seconds from a /proc stat file (utime, stime: fields 14 and 15)."""
     fields = stat.read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 

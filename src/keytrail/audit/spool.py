@@ -51,13 +51,15 @@ class CommitStats:
 
     buckets: list[int] = field(default_factory=lambda: [0] * (len(FSYNC_BUCKETS) + 1))  # the last: +Inf
     fsync_seconds: float = 0.0
-    fsyncs: int = 0
     records: int = 0
+
+    @property
+    def fsyncs(self) -> int:
+        return sum(self.buckets)
 
     def observe(self, seconds: float, records: int) -> None:
         self.buckets[bisect.bisect_left(FSYNC_BUCKETS, seconds)] += 1
         self.fsync_seconds += seconds
-        self.fsyncs += 1
         self.records += records
 
 

@@ -178,6 +178,7 @@ def consume(
     # Kafka consumer group may share a data dir: the group gives each its own partitions.
     if not kafka and not try_lock(consumer_lock(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first")
+    data_dir.mkdir(parents=True, exist_ok=True)
     stats = asyncio.run(_consume(settings, cloudtrail))
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
