@@ -1,0 +1,130 @@
+"""Bad input on every operation of the KMS model: each answer is a client error with an AWS error
+type and a message, never a 500, a dropped connection or a hang.
+
+For every operation botocore knows, two requests that would pass validation are built from the
+model, one with the required members only and one with every member (a real key for the key
+members, a real ciphertext for CiphertextBlob); then each member in turn is replaced by values of
+the wrong type, out of range or absurd, and whole bodies that are not the operation's JSON object
+are sent; all of it signed, over one keep-alive connection to a real `keytrail serve`.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.session
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.model import OperationModel, Shape
+
+from tests.support.server import PRINCIPALS, KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+_ALICE = Credentials(PRINCIPALS["alice"][1], PRINCIPALS["alice"][2])
+_BAD_VALUES: tuple[Any, ...] = (
+    None, True, -1, 2**63, 1.5, "", "\u0000", "x" * 5000, "🔑" * 300, [], {}, {"a": {"b": [1, None]}},
+    "not base64!",
+)
+_BAD_BODIES = (b"", b"null", b"[]", b'"text"', b"{", b"{\"a\":" * 200 + b"1" + b"}" * 200, b"\xff\xfe")
+
+
+def _model() -> Any:
+    return botocore.session.get_session().get_service_model("kms")
+
+
+def _plausible(shape: Shape, name: str, keys: dict[str, str]) -> Any:
+    """A value of `shape` that passes the model's checks (a real key for key members)."""
+    if name in ("KeyId", "DestinationKeyId", "SourceKeyId", "TargetKeyId"):
+        return keys["symmetric"]
+    if name == "CiphertextBlob":
+        return keys["ciphertext"]
+    kind = shape.type_name
+    if kind == "string":
+        return shape.enum[0] if shape.enum else "x" * max(1, shape.metadata.get("min", 1))
+    if kind == "blob":
+        return base64.b64encode(b"x" * max(1, shape.metadata.get("min", 1))).decode()
+    if kind in ("integer", "long"):
+        return max(1, shape.metadata.get("min", 1))
+    if kind == "boolean":
+        return False
+    if kind == "timestamp":
+        return 4102444800
+    if kind == "list":
+        return [_plausible(shape.member, name, keys)]
+    if kind == "map":
+        return {"k": _plausible(shape.value, name, keys)}
+    if kind == "structure":
+        return {member: _plausible(member_shape, member, keys) for member, member_shape in shape.members.items()
+                if member in shape.required_members}
+    return "x"
+
+
+def _base_body(operation: OperationModel, keys: dict[str, str], *, every_member: bool) -> dict[str, Any]:
+    shape = operation.input_shape
+    if shape is None:
+        return {}
+    return {name: _plausible(member, name, keys) for name, member in shape.members.items()
+            if every_member or name in shape.required_members}
+
+
+def _mutations(operation: OperationModel, keys: dict[str, str]) -> Iterator[bytes]:
+    """Bodies with one member made bad at a time, then bodies that are not JSON objects at all."""
+    members = list(operation.input_shape.members) if operation.input_shape else []
+    for every_member in (False, True):
+        base = _base_body(operation, keys, every_member=every_member)
+        for member in members:
+            for value in _BAD_VALUES:
+                yield json.dumps({**base, member: value}).encode()
+    yield from _BAD_BODIES
+
+
+class _Connection:
+    """One keep-alive HTTP connection that signs each request as alice."""
+
+    def __init__(self, server: KeytrailServer) -> None:
+        self._endpoint = server.endpoint
+        host, port = server.endpoint.removeprefix("http://").split(":")
+        self._http = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def post(self, target: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        request = AWSRequest("POST", self._endpoint + "/", data=body, headers={
+            "X-Amz-Target": f"TrentService.{target}", "Content-Type": "application/x-amz-json-1.1"})
+        SigV4Auth(_ALICE, "kms", "us-east-1").add_auth(request)
+        self._http.request("POST", "/", body=body, headers=dict(request.headers.items()))
+        response = self._http.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@pytest.fixture(scope="module")
+def keys(server: KeytrailServer) -> dict[str, str]:
+    kms = server.client("alice")
+    arn = kms.create_key(Description="fuzz")["KeyMetadata"]["Arn"]
+    blob = kms.encrypt(KeyId=arn, Plaintext=b"fuzz")["CiphertextBlob"]
+    return {"symmetric": arn, "ciphertext": base64.b64encode(blob).decode()}
+
+
+@pytest.mark.parametrize("name", _model().operation_names)
+def test_bad_input_is_a_client_error_with_an_aws_type(server: KeytrailServer, keys: dict[str, str],
+                                                       name: str) -> None:
+    operation = _model().operation_model(name)
+    connection = _Connection(server)
+    failures = []
+    try:
+        for body in _mutations(operation, keys):
+            status, answer = connection.post(name, body)
+            well_formed = status < 400 or (400 <= status < 500 and answer.get("__type") and "message" in answer)
+            if not well_formed:
+                failures.append((status, answer, body[:200]))
+    finally:
+        connection.close()
+    assert failures == []
