@@ -32,6 +32,9 @@ _BAD_VALUES: tuple[Any, ...] = (
     None, True, -1, 2**63, 1.5, "", "\u0000", "x" * 5000, "🔑" * 300, [], {}, {"a": {"b": [1, None]}},
     "not base64!",
 )
+# The key each operation gets (else the symmetric one), so the checks behind key usage are reached.
+_KEY_FOR = {"Sign": "sign", "Verify": "sign", "GetPublicKey": "sign", "GenerateMac": "hmac", "VerifyMac": "hmac",
+            "DeriveSharedSecret": "agree", "Encapsulate": "kem", "Decapsulate": "kem"}
 _BAD_BODIES = (b"", b"null", b"[]", b'"text"', b"{", b"{\"a\":" * 200 + b"1" + b"}" * 200, b"\xff\xfe")
 
 
@@ -42,7 +45,7 @@ def _model() -> Any:
 def _plausible(shape: Shape, name: str, keys: dict[str, str]) -> Any:
     """A value of `shape` that passes the model's checks (a real key for key members)."""
     if name in ("KeyId", "DestinationKeyId", "SourceKeyId", "TargetKeyId"):
-        return keys["symmetric"]
+        return keys["key"]
     if name == "CiphertextBlob":
         return keys["ciphertext"]
     kind = shape.type_name
@@ -108,15 +111,23 @@ class _Connection:
 @pytest.fixture(scope="module")
 def keys(server: KeytrailServer) -> dict[str, str]:
     kms = server.client("alice")
-    arn = kms.create_key(Description="fuzz")["KeyMetadata"]["Arn"]
-    blob = kms.encrypt(KeyId=arn, Plaintext=b"fuzz")["CiphertextBlob"]
-    return {"symmetric": arn, "ciphertext": base64.b64encode(blob).decode()}
+
+    def key(**spec: str) -> str:
+        return str(kms.create_key(Description="fuzz", **spec)["KeyMetadata"]["Arn"])
+
+    keys = {"symmetric": key(), "sign": key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY"),
+            "hmac": key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC"),
+            "agree": key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT"),
+            "kem": key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")}
+    blob = kms.encrypt(KeyId=keys["symmetric"], Plaintext=b"fuzz")["CiphertextBlob"]
+    return {**keys, "ciphertext": base64.b64encode(blob).decode()}
 
 
 @pytest.mark.parametrize("name", _model().operation_names)
 def test_bad_input_is_a_client_error_with_an_aws_type(server: KeytrailServer, keys: dict[str, str],
                                                        name: str) -> None:
     operation = _model().operation_model(name)
+    keys = {**keys, "key": keys[_KEY_FOR.get(name, "symmetric")]}
     connection = _Connection(server)
     failures = []
     try:
