@@ -67,7 +67,7 @@ def validate_policy(doc: Any, kind: PolicyKind) -> None:
     unknown = set(doc) - _TOP
     if unknown:
         raise _malformed(f"The policy document has unsupported element(s): {', '.join(sorted(unknown))}.")
-    if "Version" in doc and doc["Version"] not in _VERSIONS:
+    if "Version" in doc and not (isinstance(doc["Version"], str) and doc["Version"] in _VERSIONS):
         raise _malformed(f"The policy Version {doc['Version']!r} is not supported; use \"2012-10-17\".")
     if "Statement" not in doc:
         raise _malformed("The policy document has no Statement.")
