@@ -78,14 +78,34 @@ def _base_body(operation: OperationModel, keys: dict[str, str], *, every_member:
 
 
 def _mutations(operation: OperationModel, keys: dict[str, str]) -> Iterator[bytes]:
-    """Bodies with one member made bad at a time, then bodies that are not JSON objects at all."""
+    """Bodies with one member made bad at a time (every top-level member of the required-only
+    request, every member at any depth of the full one), then bodies that are not JSON objects."""
     members = list(operation.input_shape.members) if operation.input_shape else []
-    for every_member in (False, True):
-        base = _base_body(operation, keys, every_member=every_member)
-        for member in members:
-            for value in _BAD_VALUES:
-                yield json.dumps({**base, member: value}).encode()
+    required_only = _base_body(operation, keys, every_member=False)
+    full = _base_body(operation, keys, every_member=True)
+    paths = [(member,) for member in members] + [path for path in _paths(full) if len(path) > 1]
+    for base, path in [(required_only, (member,)) for member in members] + [(full, path) for path in paths]:
+        for value in _BAD_VALUES:
+            yield json.dumps(_replaced(base, path, value)).encode()
     yield from _BAD_BODIES
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every member and list item inside `value`."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, item in items:
+        yield (*path, name)
+        yield from _paths(item, (*path, name))
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    """A copy of `value` with the member or item at `path` replaced by `new`."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, list):
+        return [_replaced(item, rest, new) if index == head else item for index, item in enumerate(value)]
+    return {**value, head: _replaced(value.get(head), rest, new)}
 
 
 class _Connection:
@@ -96,11 +116,17 @@ class _Connection:
         host, port = server.endpoint.removeprefix("http://").split(":")
         self._http = http.client.HTTPConnection(host, int(port), timeout=30)
 
-    def post(self, target: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    def signed_headers(self, target: str, body: bytes) -> dict[str, str]:
         request = AWSRequest("POST", self._endpoint + "/", data=body, headers={
             "X-Amz-Target": f"TrentService.{target}", "Content-Type": "application/x-amz-json-1.1"})
         SigV4Auth(_ALICE, "kms", "us-east-1").add_auth(request)
-        self._http.request("POST", "/", body=body, headers=dict(request.headers.items()))
+        return dict(request.headers.items())
+
+    def post(self, target: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        return self.send(self.signed_headers(target, body), body)
+
+    def send(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        self._http.request("POST", "/", body=body, headers=headers)
         response = self._http.getresponse()
         return response.status, json.loads(response.read() or b"{}")
 
@@ -136,6 +162,48 @@ def test_bad_input_is_a_client_error_with_an_aws_type(server: KeytrailServer, ke
             well_formed = status < 400 or (400 <= status < 500 and answer.get("__type") and "message" in answer)
             if not well_formed:
                 failures.append((status, answer, body[:200]))
+    finally:
+        connection.close()
+    assert failures == []
+
+
+_AUTH = "AWS4-HMAC-SHA256"
+_BAD_HEADERS: dict[str, tuple[str, ...]] = {
+    "Authorization": (
+        "", _AUTH, "Basic YWxpY2U6c2VjcmV0", f"{_AUTH} Credential=,SignedHeaders=,Signature=",
+        f"{_AUTH} Credential=AKIAALICE000000000001/20260101/us-east-1/kms/aws4_request, "
+        "SignedHeaders=host;x-amz-date;x-missing, Signature=00",
+        f"{_AUTH} Credential=AKIAALICE000000000001/x/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=zz",
+        f"{_AUTH} Credential=AKIAALICE000000000001//////, SignedHeaders=;;, Signature=,,",
+        f"{_AUTH} Credential=AKIAALICE000000000001/20260101/us-east-1/kms/aws4_request, SignedHeaders=, "
+        "Signature=ab, Signature=cd",
+        f"{_AUTH} Credential=AKIAALICE000000000001/20260101/../kms/aws4_request, SignedHeaders=host, Signature=ab",
+        f"{_AUTH} " + "Credential=x," * 2000,
+    ),
+    "X-Amz-Date": ("", "20261301T000000Z", "2026-01-01T00:00:00Z", "99999999T999999Z", "0" * 5000),
+    "X-Amz-Target": ("", "TrentService", "TrentService.", ".Encrypt", "Other.Encrypt", "TrentService.Nope",
+                     "TrentService.encrypt", "TrentService.Encrypt.Extra"),
+    "Content-Type": ("", "text/plain", "application/json; charset=ebcdic", "application/x-amz-json-9.9"),
+}
+
+
+def _header_mutations(headers: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The signed headers with one of them replaced by a bad value, or left out."""
+    for name, values in _BAD_HEADERS.items():
+        for value in values:
+            yield {**headers, name: value}
+        yield {k: v for k, v in headers.items() if k != name}
+
+
+def test_bad_headers_are_client_errors_with_an_aws_type(server: KeytrailServer) -> None:
+    body = b"{}"
+    connection = _Connection(server)
+    failures = []
+    try:
+        for headers in _header_mutations(connection.signed_headers("ListKeys", body)):
+            status, answer = connection.send(headers, body)
+            if not (400 <= status < 500 and answer.get("__type") and "message" in answer):
+                failures.append((status, answer, headers))
     finally:
         connection.close()
     assert failures == []
