@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,10 @@ from keytrail.transport.segment_log import SegmentLog
 __all__ = ["ReadReport", "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records", "iter_events"]
 
 _REQUIRED = ("eventID", "eventTime", "eventName")
+# What an account id and a Region look like; anything else (an imported record may hold any string)
+# never becomes part of an export's path: it could climb out of the folder or be too long a name.
+_ACCOUNT_ID = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 
 
 async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> ReadReport:
@@ -80,6 +85,16 @@ def _normalized(event: dict[str, Any]) -> dict[str, Any]:
     return fixed
 
 
+def _account_and_region(event: dict[str, Any]) -> tuple[str, str]:
+    """The account and Region an event's export file is named by (000000000000 and us-east-1
+    where the record holds none that look like one)."""
+    identity = event.get("userIdentity") or {}
+    account = next((a for a in (event.get("recipientAccountId"), identity.get("accountId"))
+                    if isinstance(a, str) and _ACCOUNT_ID.fullmatch(a)), "000000000000")
+    region = event.get("awsRegion")
+    return account, region if isinstance(region, str) and _REGION.fullmatch(region) else "us-east-1"
+
+
 def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,
                 log: SegmentLog | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(offset, CloudTrail record) of every stored event from `start`, oldest first (pass a
@@ -102,11 +117,8 @@ def export_cloudtrail(data_dir: Path, out: Path) -> list[Path]:
     """Write the event log as CloudTrail log files, one per account, Region and hour."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for _, event in iter_events(data_dir):
-        identity = event.get("userIdentity") or {}
-        account = event.get("recipientAccountId") or identity.get("accountId") or "000000000000"
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
-        groups.setdefault((account, event.get("awsRegion") or "us-east-1", moment.strftime("%Y%m%dT%H00Z")),
-                          []).append(event)
+        groups.setdefault((*_account_and_region(event), moment.strftime("%Y%m%dT%H00Z")), []).append(event)
     written = []
     for (account, region, hour), events in sorted(groups.items()):
         folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]

@@ -225,22 +225,31 @@ def to_avro(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
-    resources = event.get("resources") or []
-    parameters = event.get("requestParameters") or {}
-    context = parameters.get("encryptionContext") if isinstance(parameters, dict) else None
-    context = context if isinstance(context, dict) else {}
-    extra = event.get("additionalEventData") or {}
-    issuer = (identity.get("sessionContext") or {}).get("sessionIssuer") or {}
+    """The typed columns: views of the record for analytics. An imported record may hold anything
+    anywhere; where a part is not of the shape CloudTrail writes, its column is null (the record
+    itself keeps the part as it came)."""
+    resources = event.get("resources")
+    context = _object(_object(event.get("requestParameters")).get("encryptionContext"))
+    issuer = _object(_object(identity.get("sessionContext")).get("sessionIssuer"))
+    arns = (_text(r.get("ARN")) for r in resources if isinstance(r, dict)) if isinstance(resources, list) else ()
     return {
-        "keyArn": next((r.get("ARN") for r in resources if isinstance(r, dict) and r.get("ARN")), None),
-        "principalArn": issuer.get("arn") if identity.get("type") == "AssumedRole" else identity.get("arn"),
-        "accountId": identity.get("accountId") or event.get("recipientAccountId"),
-        "identityType": identity.get("type"),
-        "accessKeyId": identity.get("accessKeyId"),
+        "keyArn": next((arn for arn in arns if arn), None),
+        "principalArn": _text(issuer.get("arn") if identity.get("type") == "AssumedRole" else identity.get("arn")),
+        "accountId": _text(identity.get("accountId")) or _text(event.get("recipientAccountId")),
+        "identityType": _text(identity.get("type")),
+        "accessKeyId": _text(identity.get("accessKeyId")),
         "encryptionContext": [{"key": str(k), "value": str(v)} for k, v in context.items()],
-        "keyMaterialId": extra.get("keyMaterialId") if isinstance(extra, dict) else None,
-        "invokedBy": identity.get("invokedBy"),
+        "keyMaterialId": _text(_object(event.get("additionalEventData")).get("keyMaterialId")),
+        "invokedBy": _text(identity.get("invokedBy")),
     }
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def from_avro(record: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +274,10 @@ def _parse_time(value: Any) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if not value:
         raise SchemaError("eventTime is missing")
-    return datetime.fromisoformat(str(value)).astimezone(UTC)
+    try:
+        return datetime.fromisoformat(str(value)).astimezone(UTC)
+    except ValueError:
+        raise SchemaError(f"eventTime {str(value)[:40]!r} is not an ISO 8601 time") from None
 
 
 def _format_time(moment: datetime) -> str:

@@ -46,8 +46,14 @@ def _line(event: dict[str, Any], fmt: Format) -> str:
     identity = event.get("userIdentity") or {}
     who = identity.get("arn") or identity.get("invokedBy") or "-"
     outcome = event.get("errorCode") or "OK"
-    keys = ",".join(r.get("ARN", "") for r in event.get("resources") or []) or "-"
-    return f"{event.get('eventTime')} {event.get('eventName'):<22} {outcome:<24} {who} {keys}"
+    return f"{event.get('eventTime')} {event.get('eventName')!s:<22} {outcome:<24} {who} {_resource_arns(event)}"
+
+
+def _resource_arns(event: dict[str, Any]) -> str:
+    """The key ARNs of `resources` (imported records may hold anything there)."""
+    resources = event.get("resources")
+    arns = [r.get("ARN") for r in resources if isinstance(r, dict)] if isinstance(resources, list) else []
+    return ",".join(arn for arn in arns if isinstance(arn, str)) or "-"
 
 
 def _events(data_dir: Path, start: int = 0, log: Any = None) -> Any:

@@ -95,8 +95,13 @@ def _usage_charts(data: ReportData) -> list[str]:
     return charts
 
 
+_NONE = "(none)"
+
+
 def time_series(over_time: pl.DataFrame, column: str, window: str) -> tuple[list[datetime], list[Series]]:
-    """Per-window request counts of the busiest values of `column`, zero-filled, the rest as "other"."""
+    """Per-window request counts of the busiest values of `column`, zero-filled, the rest as "other"
+    (calls without a value, e.g. imported records without a principal ARN, as "(none)")."""
+    over_time = over_time.with_columns(pl.col(column).fill_null(_NONE))
     totals = over_time.group_by(column).agg(pl.col("count").sum()).sort(["count", column], descending=[True, False])
     names = totals.get_column(column).to_list()
     top = names if len(names) <= _SERIES + 1 else names[:_SERIES]

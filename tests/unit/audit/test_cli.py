@@ -78,3 +78,15 @@ def test_tail_follows_new_events(tmp_path: Path) -> None:
         tail.terminate()
     assert {e["eventName"] for e in first} == {"Encrypt"}
     assert followed["eventID"] == encrypt_call(0).event_id
+
+
+def test_events_as_text_read_records_whatever_their_resources_hold(tmp_path: Path) -> None:
+    record = json.loads(EXAMPLES.read_text())["Records"][0]
+    odd = [{**record, "eventID": f"r{i}", "resources": resources}
+           for i, resources in enumerate([["arn:x"], [{"ARN": 5}, {"ARN": "arn:aws:kms:k"}], {"ARN": "a"}, 7])]
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"Records": odd}))
+    assert _run("import", str(path), "--data-dir", str(tmp_path / "node"))[0] == 0
+    code, out, _ = _run("events", "--data-dir", str(tmp_path / "node"), "--format", "text")
+    assert code == 0
+    assert [line.split()[-1] for line in out.splitlines()] == ["-", "arn:aws:kms:k", "-", "-"]

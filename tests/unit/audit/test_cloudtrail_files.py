@@ -90,3 +90,24 @@ async def test_odd_records_are_coerced_or_reported_never_crash(tmp_path: Path) -
     assert stored["string-bool"]["recipientAccountId"] == "111122223333"
     assert {"no-time", "bad-time", "bad-identity"}.isdisjoint(stored)
     assert len(report.problems) == 3 and report.records == len(stored)
+
+
+async def test_export_paths_never_take_odd_accounts_or_regions_from_imported_records(tmp_path: Path) -> None:
+    base = _kms_examples()[0]
+    odd = [
+        {**base, "eventID": "climbs", "awsRegion": "../../../escaped", "recipientAccountId": "../up"},
+        {**base, "eventID": "long", "awsRegion": "🔑" * 100, "recipientAccountId": 5},
+        {**base, "eventID": "fine", "awsRegion": "eu-central-1", "recipientAccountId": "444455556666"},
+    ]
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"Records": odd}))
+    await import_cloudtrail(tmp_path / "node", [path])
+    written = export_cloudtrail(tmp_path / "node", tmp_path / "out")
+    folders = {str(p.relative_to(tmp_path / "out").parent.parent.parent.parent) for p in written}
+    # the odd ones fall back to their caller's account and to us-east-1
+    assert folders == {"AWSLogs/444455556666/CloudTrail/eu-central-1", "AWSLogs/111122223333/CloudTrail/us-east-1"}
+    assert not (tmp_path / "escaped").exists()
+    copy = await import_cloudtrail(tmp_path / "copy", [tmp_path / "out"])
+    assert copy.records == 3 and copy.problems == []
+    stored = {e["eventID"]: e for _, e in iter_events(tmp_path / "copy")}
+    assert stored["climbs"]["awsRegion"] == "../../../escaped"  # the record itself is kept as it came
