@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.kms.context import IdentityType, Principal
+from keytrail.kms.errors import KmsError
+from keytrail.kms.policy_document import parse_policy
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "write_admin_principals"]
 
@@ -39,15 +41,17 @@ def _principal_id(prefix: str, arn: str) -> str:
 
 
 def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
+    """The identity policies, checked now: a broken one is refused with the file, rather than
+    granting nothing at request time without a word."""
+    texts = entry.get("policies", [])
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise PrincipalsFileError(f"{where}: 'policies' must be a list of JSON policy strings")
     docs = []
-    for text in entry.get("policies", []):
+    for number, text in enumerate(texts, 1):
         try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise PrincipalsFileError(f"{where}: a policy is not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise PrincipalsFileError(f"{where}: a policy must be a JSON object")
-        docs.append(doc)
+            docs.append(parse_policy(text, "identity"))
+        except KmsError as exc:
+            raise PrincipalsFileError(f"{where}: policy {number}: {exc.message}") from None
     return tuple(docs)
 
 
@@ -78,8 +82,14 @@ def load_principals(path: Path) -> dict[str, Credential]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise PrincipalsFileError(f"{path}: {exc}") from None
+    unknown = sorted(set(data) - {"principal"})
+    if unknown:
+        raise PrincipalsFileError(f"{path}: unknown entry {unknown[0]!r}: principals are [[principal]] tables")
+    entries = data.get("principal", [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise PrincipalsFileError(f"{path}: principals are [[principal]] tables (note the double brackets)")
     credentials: dict[str, Credential] = {}
-    for index, entry in enumerate(data.get("principal", []), 1):
+    for index, entry in enumerate(entries, 1):
         where = f"{path}: principal #{index}"
         for name in ("arn", "access_key_id", "secret_access_key"):
             if not isinstance(entry.get(name), str) or not entry[name]:

@@ -1,0 +1,53 @@
+"""The principals file: what loads, and the one-line error for each kind of mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keytrail.api.credentials import PrincipalsFileError, load_principals
+from keytrail.kms.context import IdentityType
+
+ALICE = '''[[principal]]
+arn = "arn:aws:iam::111122223333:user/alice"
+access_key_id = "AKIAALICE000000000001"
+secret_access_key = "alice-secret"
+'''
+ALLOW = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}'
+
+
+def _load(tmp_path: Path, text: str) -> object:
+    path = tmp_path / "principals.toml"
+    path.write_text(text)
+    return load_principals(path)
+
+
+def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
+    role = ('[[principal]]\narn = "arn:aws:iam::111122223333:role/app"\nsession_name = "s"\n'
+            f'access_key_id = "ASIAAPP0000000000001"\nsecret_access_key = "x"\npolicies = [\'\'\'{ALLOW}\'\'\']\n')
+    loaded = _load(tmp_path, ALICE + role)
+    assert isinstance(loaded, dict)
+    assert loaded["AKIAALICE000000000001"].principal.type is IdentityType.IAM_USER
+    app = loaded["ASIAAPP0000000000001"].principal
+    assert app.arn == "arn:aws:sts::111122223333:assumed-role/app/s"
+    assert app.policies[0]["Statement"][0]["Effect"] == "Allow"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("x = [", "Invalid value"),
+    ('[principals.alice]\narn = "a"\n', "unknown entry 'principals'"),
+    (ALICE.replace("[[principal]]", "[principal]"), "note the double brackets"),
+    ('principal = ["alice"]\n', "note the double brackets"),
+    (ALICE.replace('"alice-secret"', "5"), "principal #1: 'secret_access_key' is required"),
+    (ALICE + "policies = [5]\n", "principal #1: 'policies' must be a list of JSON policy strings"),
+    (ALICE + f"policies = '''{ALLOW}'''\n", "'policies' must be a list"),
+    (ALICE + "policies = ['{nope']\n", "principal #1: policy 1: The policy is not valid JSON"),
+    (ALICE + "policies = ['{\"Statement\": 5}']\n", "policy 1: The policy Statement must be an object"),
+    (ALICE + "policies = ['''" + ALLOW.replace('"Resource"', '"Principal": "*", "Resource"') + "''']\n",
+     "identity-based policies cannot contain Principal"),
+])
+def test_mistakes_are_one_line_errors_naming_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(PrincipalsFileError) as info:
+        _load(tmp_path, text)
+    assert message in str(info.value) and "\n" not in str(info.value)
