@@ -46,13 +46,20 @@ class HooksConfig:
 
     @classmethod
     def from_settings(cls, doc: Mapping[str, Any]) -> HooksConfig:
-        """Read the `[hooks]` table of a parsed settings file."""
+        """Read the `[hooks]` table of a parsed settings file (ValueError naming what is wrong)."""
         table = doc.get("hooks", {})
-        return cls(
-            table.get("mqtt"),
-            table.get("kafka"),
-            tuple(_webhook(entry) for entry in table.get("webhook", [])),
-        )
+        if not isinstance(table, Mapping):
+            raise ValueError("[hooks] must be a table")
+        unknown = set(table) - {"mqtt", "kafka", "webhook"}
+        if unknown:
+            raise ValueError(f"[hooks]: unknown setting(s) {', '.join(sorted(unknown))}")
+        mqtt, kafka, webhooks = table.get("mqtt"), table.get("kafka"), table.get("webhook", [])
+        for name, value, form in (("mqtt", mqtt, "mqtt://HOST:PORT"), ("kafka", kafka, "HOST:PORT")):
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"[hooks] {name} must be a string such as {form}, not {value!r}")
+        if not isinstance(webhooks, list) or not all(isinstance(entry, Mapping) for entry in webhooks):
+            raise ValueError("webhooks are [[hooks.webhook]] tables (note the double brackets)")
+        return cls(mqtt, kafka, tuple(_webhook(entry) for entry in webhooks))
 
     def with_flags(self, mqtt: str | None = None, kafka: str | None = None) -> HooksConfig:
         """Flags win over the settings file."""
@@ -60,19 +67,25 @@ class HooksConfig:
 
 
 def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
-    if "url" not in entry:
-        raise ValueError("[[hooks.webhook]] needs a url")
-    secret = entry.get("secret")
-    if secret is None and "secret_env" in entry:
-        secret = os.environ.get(entry["secret_env"])
+    url = entry.get("url")
+    if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+        raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {url!r}")
+    unknown = set(entry) - {"url", "secret", "secret_env", "attempts", "backoff"}
+    if unknown:
+        raise ValueError(f"webhook {url}: unknown setting(s) {', '.join(sorted(unknown))}")
+    secret, secret_env = entry.get("secret"), entry.get("secret_env")
+    if not isinstance(secret, str | None) or not isinstance(secret_env, str | None):
+        raise ValueError(f"webhook {url}: secret and secret_env are strings")
+    if secret is None and secret_env is not None:
+        secret = os.environ.get(secret_env)
     if not secret:
-        raise ValueError(f"webhook {entry['url']}: set secret or secret_env (an HMAC key is required)")
-    return WebhookConfig(
-        str(entry["url"]),
-        str(secret).encode(),
-        int(entry.get("attempts", 5)),
-        float(entry.get("backoff", 0.5)),
-    )
+        raise ValueError(f"webhook {url}: set secret or secret_env (an HMAC key is required)")
+    attempts, backoff = entry.get("attempts", 5), entry.get("backoff", 0.5)
+    if not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1):
+        raise ValueError(f"webhook {url}: attempts must be a whole number of 1 or more, not {attempts!r}")
+    if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0):
+        raise ValueError(f"webhook {url}: backoff must be a number of seconds, not {backoff!r}")
+    return WebhookConfig(url, secret.encode(), attempts, float(backoff))
 
 
 def build_sinks(data_dir: Path, hooks: HooksConfig) -> list[AlarmSink]:

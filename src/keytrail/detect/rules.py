@@ -168,10 +168,10 @@ class RuleSet:
     def override(self, tables: Mapping[str, Any]) -> RuleSet:
         """A new RuleSet with `{rule_id: {severity, window, thresholds, parameters, enabled}}` applied."""
         rules = dict(self._rules)
-        for rule_id, table in tables.items():
+        for rule_id, table in _table(tables, "[rules]").items():
             if rule_id not in rules:
                 raise RuleError(f"unknown rule {rule_id!r} (known: {', '.join(sorted(rules))})")
-            rules[rule_id] = _apply(rules[rule_id], table)
+            rules[rule_id] = _apply(rules[rule_id], _table(table, f"[rules.{rule_id}]"))
         return RuleSet(rules)
 
 
@@ -189,20 +189,53 @@ def _apply(rule: Rule, table: Mapping[str, Any]) -> Rule:
     if unknown:
         raise RuleError(f"rule {rule.id}: unknown setting(s) {', '.join(sorted(unknown))}")
     params = dict(rule.parameters)
-    for name, value in table.get("parameters", {}).items():
+    for name, value in _table(table.get("parameters", {}), f"rule {rule.id}: parameters").items():
         if name not in params:
             raise RuleError(f"rule {rule.id}: unknown parameter {name!r}")
-        params[name] = value
+        params[name] = _parameter(rule.id, name, value, params[name])
+    enabled = table.get("enabled", rule.enabled)
+    if not isinstance(enabled, bool):
+        raise RuleError(f"rule {rule.id}: enabled must be true or false, not {enabled!r}")
+    thresholds = _table(table.get("thresholds", rule.thresholds), f"rule {rule.id}: thresholds")
+    if not all(_is_count(count) and count > 0 for count in thresholds.values()):
+        raise RuleError(f"rule {rule.id}: thresholds map a severity to a number of alarms (1 or more)")
+    window = table.get("window", rule.window)
+    if not isinstance(window, str | int | float | timedelta) or isinstance(window, bool):
+        raise RuleError(f"rule {rule.id}: window must be a duration such as \"1h\", not {window!r}")
     try:
         return replace(
             rule,
             severity=Severity(table.get("severity", rule.severity)),
-            window=parse_duration(table["window"]) if "window" in table else rule.window,
-            thresholds=MappingProxyType(
-                {Severity(k): int(v) for k, v in table.get("thresholds", rule.thresholds).items()}
-            ),
+            window=window if isinstance(window, timedelta) else parse_duration(window),
+            thresholds=MappingProxyType({Severity(k): v for k, v in thresholds.items()}),
             parameters=MappingProxyType(params),
-            enabled=bool(table.get("enabled", rule.enabled)),
+            enabled=enabled,
         )
     except ValueError as exc:
         raise RuleError(f"rule {rule.id}: {exc}") from None
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise RuleError(f"{where} must be a table, not {value!r}")
+    return value
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parameter(rule_id: str, name: str, value: Any, default: Any) -> Any:
+    """`value` if it is of the kind the parameter's default is (flag, count, amount, list of
+    strings) and not negative; else RuleError naming the rule, the parameter and what it takes."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = _is_count(value) and value >= 0, "a whole number of 0 or more"
+    elif isinstance(default, float):
+        ok, kind = (_is_count(value) or isinstance(value, float)) and value >= 0, "a number of 0 or more"
+    else:
+        ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+    if not ok:
+        raise RuleError(f"rule {rule_id}: parameter {name} must be {kind}, not {value!r}")
+    return float(value) if isinstance(default, float) else value

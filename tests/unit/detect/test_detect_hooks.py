@@ -40,6 +40,24 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert hooks.with_flags(mqtt="mqtt://127.0.0.1:1883").mqtt == "mqtt://127.0.0.1:1883"
 
 
+@pytest.mark.parametrize(("hooks", "message"), [
+    (5, r"\[hooks\] must be a table"),
+    ({"mqtt": 5}, "mqtt must be a string"),
+    ({"kafka": []}, "kafka must be a string"),
+    ({"sms": "x"}, "unknown setting"),
+    ({"webhook": 5}, "double brackets"),
+    ({"webhook": [{"url": 5, "secret": "s"}]}, "needs an http:// or https:// url"),
+    ({"webhook": [{"url": "ftp://x", "secret": "s"}]}, "needs an http:// or https:// url"),
+    ({"webhook": [{"url": "https://x", "secret_env": 5}]}, "are strings"),
+    ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number of 1"),
+    ({"webhook": [{"url": "https://x", "secret": "s", "backoff": "y"}]}, "backoff must be a number"),
+    ({"webhook": [{"url": "https://x", "secret": "s", "retries": 3}]}, "unknown setting"),
+])
+def test_bad_hook_settings_are_refused_naming_the_setting(hooks: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HooksConfig.from_settings({"hooks": hooks})
+
+
 def test_webhook_without_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="secret"):
         HooksConfig.from_settings({"hooks": {"webhook": [{"url": "https://x"}]}})

@@ -54,6 +54,18 @@ enabled = false
         ('[rules.unused-key]\nwindow = "soon"', "bad duration"),
         ('[rules.unused-key]\ncolour = "red"', "unknown setting"),
         ("[rules", "cannot read"),
+        ("rules = 5", r"\[rules\] must be a table"),
+        ("[rules]\nunused-key = 5", r"\[rules.unused-key\] must be a table"),
+        ("[rules.unused-key]\nparameters = 5", "parameters must be a table"),
+        ('[rules.unused-key]\nparameters = { unused_days = "x" }', "unused_days must be a whole number"),
+        ("[rules.unused-key]\nparameters = { unused_days = -5 }", "unused_days must be a whole number of 0 or more"),
+        ("[rules.unused-key]\nparameters = { include_unknown_manager = 1 }", "must be true or false"),
+        ('[rules.usage-spike]\nparameters = { factor = "x" }', "factor must be a number"),
+        ('[rules.permissive-key]\nparameters = { trusted_accounts = "x" }', "must be a list of strings"),
+        ("[rules.unauthorized-decrypt]\nwindow = []", "window must be a duration"),
+        ("[rules.unauthorized-decrypt]\nthresholds = 5", "thresholds must be a table"),
+        ('[rules.unauthorized-decrypt]\nthresholds = { HIGH = "x" }', "thresholds map a severity"),
+        ('[rules.usage-spike]\nenabled = "no"', "enabled must be true or false"),
     ],
 )
 def test_bad_rules_files_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
@@ -61,6 +73,15 @@ def test_bad_rules_files_are_refused_with_a_reason(tmp_path: Path, text: str, me
     path.write_text(text)
     with pytest.raises(RuleError, match=message):
         load_rules(path)
+
+
+def test_parameters_of_the_right_kind_apply(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("[rules.usage-spike]\nwindow = 600\nthresholds = { HIGH = 3 }\n"
+                    "parameters = { factor = 4, min_calls = 0 }\n")
+    rule = load_rules(path)["usage-spike"]
+    assert rule.window == timedelta(minutes=10) and rule.thresholds == {Severity.HIGH: 3}
+    assert rule.param("factor") == 4.0 and isinstance(rule.param("factor"), float) and rule.param("min_calls") == 0
 
 
 def test_durations() -> None:
