@@ -15,7 +15,7 @@ import typer
 from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
 from keytrail.audit.integrity import verify as verify_trail
 from keytrail.audit.schema import SchemaError
-from keytrail.cli.console import missing_paths
+from keytrail.cli.console import event_log_damage, missing_paths
 from keytrail.transport.segment_log import LogLockedError
 
 __all__ = ["audit_app"]
@@ -69,6 +69,7 @@ def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--
     _require_log(data_dir)
     for _, event in _events(data_dir):
         sys.stdout.write(_line(event, fmt) + "\n")
+    _require_whole_log(data_dir)
 
 
 @audit_app.command()
@@ -131,6 +132,13 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
     _require_log(data_dir)
     written = export_cloudtrail(data_dir, out)
     typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")
+    _require_whole_log(data_dir)
+
+
+def _require_whole_log(data_dir: Path) -> None:
+    if problem := event_log_damage(data_dir):
+        sys.stdout.flush()
+        _fail(problem)
 
 
 def _require_log(data_dir: Path) -> None:

@@ -48,6 +48,18 @@ def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:
     return f"{option + ': ' if option else ''}no such file or folder: {', '.join(missing)}"
 
 
+def event_log_damage(data_dir: Path) -> str | None:
+    """Why reading the node's event log stopped short of what its files hold, if it did: commands
+    that read it whole say so and exit non-zero rather than answer from part of it in silence."""
+    from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
+    directory = event_log_dir(data_dir)
+    if not directory.is_dir():
+        return None
+    damage = SegmentLog(directory).damage()
+    return f"the event log in {data_dir} is damaged: {damage}" if damage else None
+
+
 def parse_time(value: str | None, option: str, command: str = "keytrail") -> datetime | None:
     """An ISO-8601 time option (`Z` or an offset; UTC when none is given)."""
     if value is None:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from keytrail.cli.console import bootstrap_problem, fail, missing_paths, parse_time
+from keytrail.cli.console import bootstrap_problem, event_log_damage, fail, missing_paths, parse_time
 from keytrail.cli.sidecar import consumer_lock, try_lock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
@@ -185,6 +185,8 @@ def consume(
         f"{stats.redelivered} already counted",
         err=True,
     )
+    if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
+        raise fail(f"{problem}; the figures cover the records before it", "keytrail consume", code=1)
 
 
 async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:

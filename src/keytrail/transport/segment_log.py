@@ -5,7 +5,9 @@ length, a 4-byte CRC32 of the payload, then the payload. Offsets are consecutive
 `append` writes without syncing; `sync` makes everything appended durable (callers batch
 several appends under one sync: group commit). One writer per directory (an exclusive `flock`
 on `LOCK`); any number of readers, in this process or others, see what the writer has flushed.
-Opening a writer cuts a torn tail left by a crash.
+Opening a writer cuts a torn tail left by a crash; the bytes it cuts are kept beside the segment
+(`<segment>.cut-at-<position>-<time>`): a tail that is damage rather than a torn write, with whole
+records after it, stays on disk for `keytrail audit verify` and for whoever investigates.
 
 Readers read in bounded chunks and check each record's CRC32 the first time they read it; they
 never return a record whose checksum fails, nor any after it in its segment. `read_payloads`
@@ -15,8 +17,10 @@ hands a batch on as one bytes object (`Payloads`), not one object per record.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sys
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at,
 __all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir", "writer_active"]
 
 _SUFFIX = ".seg"
+log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # readers read this much at a time (more for one larger record)
 
 
@@ -185,8 +190,12 @@ class SegmentLog:
             return
         active = self._segments[-1]
         self._index(active)
-        if active.path.stat().st_size > active.size:  # torn tail from a crash: cut it
+        if active.path.stat().st_size > active.size:  # torn tail from a crash: keep it aside, cut it
+            kept = _keep_tail(active)
             os.truncate(active.path, active.size)
+            log.warning("event log %s: %d bytes after record offset %d were not whole records (a write "
+                        "torn by a crash, or damage); cut, and kept in %s", active.path.name,
+                        kept.stat().st_size, active.base + len(active.positions), kept.name)
         self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         os.fsync(self._fd)
 
@@ -198,6 +207,23 @@ class SegmentLog:
         found = sorted(int(p.name[: -len(_SUFFIX)]) for p in self.directory.glob(f"*{_SUFFIX}"))
         self._segments = [known.get(base) or _Segment(base, self.directory / f"{base:020d}{_SUFFIX}")
                           for base in found]
+
+    def damage(self) -> str | None:
+        """Where readers stop short of what the files hold, if anywhere: bytes that are not whole,
+        intact records in a closed segment, or in the last one while no writer is at work (a
+        writer's last segment may end in a record it is still writing). None when all is readable."""
+        self.refresh()
+        writing = writer_active(self.directory)
+        for number, segment in enumerate(self._segments, 1):
+            if number == len(self._segments) and writing:
+                break
+            self._index(segment)
+            with_bytes = segment.path.stat().st_size if segment.path.exists() else segment.size
+            if with_bytes > segment.size:
+                return (f"{segment.path.name}: the record at offset {segment.base + len(segment.positions)} is "
+                        f"damaged; the {with_bytes - segment.size} bytes from there to the segment's end cannot "
+                        "be read (keytrail audit verify tells more)")
+        return None
 
     def segment_bases(self) -> list[int]:
         """The base offset of every retained segment, oldest first."""
@@ -357,6 +383,20 @@ def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
         size = _CHUNK if used else frame_bytes(data)
         if not used and size <= len(data):
             return
+
+
+def _keep_tail(segment: _Segment) -> Path:
+    """Copy what follows the segment's last whole record to a file beside it (synced); its path."""
+    kept = segment.path.with_name(f"{segment.path.name}.cut-at-{segment.size}-{time.time_ns()}")
+    target_fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # audit bytes: owner only
+    with segment.path.open("rb") as source, os.fdopen(target_fd, "wb") as target:
+        source.seek(segment.size)
+        while chunk := source.read(_CHUNK):
+            target.write(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    _fsync_dir(segment.path.parent)
+    return kept
 
 
 def _fsync_dir(directory: Path) -> None:

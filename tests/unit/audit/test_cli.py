@@ -90,3 +90,13 @@ def test_events_as_text_read_records_whatever_their_resources_hold(tmp_path: Pat
     code, out, _ = _run("events", "--data-dir", str(tmp_path / "node"), "--format", "text")
     assert code == 0
     assert [line.split()[-1] for line in out.splitlines()] == ["-", "arn:aws:kms:k", "-", "-"]
+
+
+def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 6)
+    rewrite_segment(tmp_path, lambda r: [*r[:2], r[2][:-1] + b"!", *r[3:]], fix_checksums=False)
+    code, out, err = _run("events", "--data-dir", str(tmp_path))
+    assert code == 1 and len(out.splitlines()) == 2  # what lies before the damage, then the complaint
+    assert "the record at offset 2 is damaged" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run("export", str(tmp_path / "out"), "--data-dir", str(tmp_path))
+    assert code == 1 and "is damaged" in err

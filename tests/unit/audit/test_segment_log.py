@@ -71,6 +71,38 @@ def test_corrupt_tail_frame_is_cut(tmp_path: Path) -> None:
     assert SegmentLog(tmp_path, writable=True).end_offset() == 2
 
 
+def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(10))
+    log.sync()
+    log.close()
+    segment = _segment(tmp_path)
+    data = bytearray(segment.read_bytes())
+    position = sum(8 + len(p) for p in _payloads(4))
+    data[position + 8] ^= 0xFF  # record 4 damaged, five whole records after it
+    segment.write_bytes(bytes(data))
+    assert SegmentLog(tmp_path).damage() == (
+        f"{segment.name}: the record at offset 4 is damaged; the {len(data) - position} bytes from there to the "
+        "segment's end cannot be read (keytrail audit verify tells more)")
+    SegmentLog(tmp_path, writable=True).close()
+    [kept] = tmp_path.glob("*.cut-at-*")
+    assert kept.name.startswith(f"{segment.name}.cut-at-{position}-") and kept.read_bytes() == bytes(data[position:])
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert segment.read_bytes() == bytes(data[:position]) and SegmentLog(tmp_path).damage() is None
+
+
+def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
+    log.append(_payloads(12))
+    log.sync()
+    with _segment(tmp_path).open("ab") as active:
+        active.write(b"\x30\x00\x00\x00half")  # the writer's record in progress: not damage
+    assert SegmentLog(tmp_path).damage() is None
+    closed = tmp_path / f"{log.segment_bases()[1]:020d}.seg"
+    closed.write_bytes(closed.read_bytes()[:-1] + b"!")
+    assert (SegmentLog(tmp_path).damage() or "").startswith(f"{closed.name}: the record at offset ")
+
+
 def test_retention_deletes_whole_closed_segments_only(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=100, writable=True)
     log.append(_payloads(10))

@@ -108,3 +108,13 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(data_dir: Path, args: list[st
 def test_missing_data_dir_is_an_error(tmp_path: Path) -> None:
     code, _, err = run("usage", "--data-dir", str(tmp_path / "nope"))
     assert code != 0 and "no such data directory" in err
+
+
+def test_consuming_a_damaged_log_counts_what_precedes_it_and_fails(tmp_path: Path) -> None:
+    from tests.support.audit_records import fill_trail, rewrite_segment
+
+    fill_trail(tmp_path, 6)
+    rewrite_segment(tmp_path, lambda r: [*r[:3], r[3][:-1] + b"!", *r[4:]], fix_checksums=False)
+    code, _, err = run("consume", "--data-dir", str(tmp_path), "--no-follow")
+    assert code == 1 and "consumed 3 records" in err
+    assert "the record at offset 3 is damaged" in err and "the figures cover the records before it" in err
