@@ -133,3 +133,24 @@ def test_killing_serve_leaves_no_child_behind(server: KeytrailServer) -> None:
     server.kill()
     eventually(lambda: not any(_alive(pid) for pid in children.values()), timeout=20,
                what="the orphaned children to exit")
+
+
+def test_under_the_dev_clock_serve_holds_the_consumer_lock_itself(fresh_server: KeytrailServer) -> None:
+    """Its consumer runs in-process: `keytrail consume` on its data dir is refused all the same."""
+    assert _held(consumer_lock(fresh_server.data_dir))
+    result = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--data-dir", str(fresh_server.data_dir),
+                             "--no-follow"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "is already running" in result.stderr
+
+
+def test_serve_with_the_dev_clock_is_refused_while_a_consumer_runs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    lock = consumer_lock(data)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `keytrail consume` holds it
+        result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                                 "--dev-clock"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"keytrail: error: the metrics consumer of {data} is already running (keytrail consume): stop it first")

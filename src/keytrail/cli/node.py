@@ -25,7 +25,7 @@ from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.children import Child
 from keytrail.cli.detect import detector_settings
-from keytrail.cli.sidecar import sidecars
+from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
 from keytrail.clock import Clock, ManualClock, SystemClock
 from keytrail.config import ServeSettings
@@ -46,7 +46,7 @@ from keytrail.pipeline.prometheus import MetricsExposition, render_family, rende
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
-__all__ = ["Node", "StoreUnavailable", "build_node"]
+__all__ = ["ConsumerRunning", "Node", "StoreUnavailable", "build_node"]
 
 log = logging.getLogger("keytrail")
 
@@ -115,6 +115,10 @@ class StoreUnavailable(Exception):
     """The configured key store cannot be opened; the message says why."""
 
 
+class ConsumerRunning(Exception):
+    """Another metrics consumer (`keytrail consume`) owns the data dir's pipeline state."""
+
+
 async def _open_store(settings: ServeSettings) -> Store:
     root = RootKey.load(settings.data_dir)
     if settings.store is None:
@@ -136,6 +140,9 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     if settings.audit:
         audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now)
         if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
+            if not try_lock(consumer_lock(data_dir)):  # the lock the child would hold, for life
+                raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "
+                                      "(keytrail consume): stop it first")
             consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
     denied: Counter[tuple[str, str]] = Counter()
     deps = ServiceDeps(

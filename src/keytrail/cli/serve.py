@@ -18,7 +18,7 @@ from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
 from keytrail.cli.console import bootstrap_problem, fail
 from keytrail.cli.detect import BadInput, detector_settings
-from keytrail.cli.node import StoreUnavailable, build_node
+from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
 from keytrail.detect.rules import RuleError
@@ -103,7 +103,7 @@ def serve(
     credentials = _credentials(settings)
     try:
         started = uvloop.run(_serve(settings, credentials, tls))
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, ConsumerRunning) as exc:
         raise fail("error: " + str(exc)) from None
     except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
         raise fail(f"error: {exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
