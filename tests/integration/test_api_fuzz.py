@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,9 +29,12 @@ from tests.support.server import PRINCIPALS, KeytrailServer
 pytestmark = pytest.mark.integration
 
 _ALICE = Credentials(PRINCIPALS["alice"][1], PRINCIPALS["alice"][2])
+_NOISE = random.Random(7)  # the same bytes every run
 _BAD_VALUES: tuple[Any, ...] = (
     None, True, -1, 2**63, 1.5, "", "\u0000", "x" * 5000, "🔑" * 300, [], {}, {"a": {"b": [1, None]}},
     "not base64!",
+    # blobs of random bytes: ciphertexts, signatures, public keys, wrapped key material that parse as nothing
+    *(base64.b64encode(_NOISE.randbytes(size)).decode() for size in (33, 600)),
 )
 # The key each operation gets (else the symmetric one), so the checks behind key usage are reached.
 _KEY_FOR = {"Sign": "sign", "Verify": "sign", "GetPublicKey": "sign", "GenerateMac": "hmac", "VerifyMac": "hmac",
@@ -146,6 +150,8 @@ def keys(server: KeytrailServer) -> dict[str, str]:
             "agree": key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT"),
             "kem": key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")}
     blob = kms.encrypt(KeyId=keys["symmetric"], Plaintext=b"fuzz")["CiphertextBlob"]
+    alice = PRINCIPALS["alice"][0]  # a grant, so that the grant listings have something to filter
+    kms.create_grant(KeyId=keys["symmetric"], GranteePrincipal=alice, RetiringPrincipal=alice, Operations=["Decrypt"])
     return {**keys, "ciphertext": base64.b64encode(blob).decode()}
 
 

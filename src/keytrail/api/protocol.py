@@ -33,6 +33,7 @@ _SERVICE_REQUIRED = {
     "Decrypt": ("CiphertextBlob",),
     "ReEncrypt": ("CiphertextBlob",),
     "CreateGrant": ("GranteePrincipal",),
+    "ListRetirableGrants": ("RetiringPrincipal",),
 }
 
 
