@@ -71,24 +71,31 @@ def test_corrupt_tail_frame_is_cut(tmp_path: Path) -> None:
     assert SegmentLog(tmp_path, writable=True).end_offset() == 2
 
 
-def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path, writable=True)
+def _ten_records_with_the_fifth_damaged(folder: Path) -> tuple[Path, bytes, int]:
+    """A closed log of ten records whose record 4 fails its checksum: (segment, its bytes, where
+    record 4's frame begins)."""
+    log = SegmentLog(folder, writable=True)
     log.append(_payloads(10))
     log.sync()
     log.close()
-    segment = _segment(tmp_path)
+    segment = _segment(folder)
     data = bytearray(segment.read_bytes())
-    position = sum(8 + len(p) for p in _payloads(4))
-    data[position + 8] ^= 0xFF  # record 4 damaged, five whole records after it
+    position = sum(8 + len(p) for p in _payloads(4))  # record 4's frame
+    data[position + 8] ^= 0xFF  # its payload no longer matches its CRC
     segment.write_bytes(bytes(data))
+    return segment, bytes(data), position
+
+
+def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path) -> None:
+    segment, data, position = _ten_records_with_the_fifth_damaged(tmp_path)
     assert SegmentLog(tmp_path).damage() == (
         f"{segment.name}: the record at offset 4 is damaged; the {len(data) - position} bytes from there to the "
         "segment's end cannot be read (keytrail audit verify tells more)")
     SegmentLog(tmp_path, writable=True).close()
     [kept] = tmp_path.glob("*.cut-at-*")
-    assert kept.name.startswith(f"{segment.name}.cut-at-{position}-") and kept.read_bytes() == bytes(data[position:])
+    assert kept.name.startswith(f"{segment.name}.cut-at-{position}-") and kept.read_bytes() == data[position:]
     assert kept.stat().st_mode & 0o777 == 0o600
-    assert segment.read_bytes() == bytes(data[:position]) and SegmentLog(tmp_path).damage() is None
+    assert segment.read_bytes() == data[:position] and SegmentLog(tmp_path).damage() is None
 
 
 def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_path: Path) -> None:
@@ -181,15 +188,7 @@ def test_indexing_reads_a_large_segment_in_bounded_chunks(tmp_path: Path, monkey
 
 
 def test_a_damaged_record_mid_chunk_is_never_returned_nor_passed(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path, writable=True)
-    log.append(_payloads(10))
-    log.sync()
-    log.close()
-    segment = _segment(tmp_path)
-    data = bytearray(segment.read_bytes())
-    position = sum(8 + len(p) for p in _payloads(4))  # record 4's frame
-    data[position + 8] ^= 0xFF  # its payload no longer matches its CRC
-    segment.write_bytes(bytes(data))
+    _ten_records_with_the_fifth_damaged(tmp_path)
     reader = SegmentLog(tmp_path)
     assert [o for o, _ in reader.read(0, 100)] == [0, 1, 2, 3]
     assert reader.read(4, 100) == [] and reader.read(6, 100) == []
