@@ -42,13 +42,18 @@ class ManualClock:
 
     def now(self) -> datetime:
         with self._lock:
-            base = datetime.now(UTC) if self._follow_wall else self._base
-            return base + self._offset
+            return self._at(self._offset)
 
     def advance(self, seconds: float) -> datetime:
-        """Move time forward by `seconds` (never backward) and return the new time."""
+        """Move time forward by `seconds` (never backward) and return the new time; OverflowError,
+        and no move, if that is past the year 9999."""
         if seconds < 0:
             raise ValueError("a clock only moves forward")
         with self._lock:
-            self._offset += timedelta(seconds=seconds)
-        return self.now()
+            offset = self._offset + timedelta(seconds=seconds)
+            moved = self._at(offset)  # raises before the move: a clock past 9999 would fail every now()
+            self._offset = offset
+        return moved
+
+    def _at(self, offset: timedelta) -> datetime:
+        return (datetime.now(UTC) if self._follow_wall else self._base) + offset

@@ -198,6 +198,8 @@ def test_dev_credentials_accept_localstack_style_keys(tmp_path: Path) -> None:
 def test_dev_clock_endpoint_validates_its_body(server: KeytrailServer) -> None:
     assert server.post("/_keytrail/clock/advance", {"seconds": -1})[0] == 400
     assert server.post("/_keytrail/clock/advance", {"nope": 1})[0] == 400
+    status, body = server.post("/_keytrail/clock/advance", {"seconds": 1e12})  # past year 9999: was a 500
+    assert status == 400 and "100 years" in body["message"]
 
 
 def test_tls_self_signed(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ Hook = Callable[[], Awaitable[None]]
 _JSON = b"application/x-amz-json-1.1"
 _TARGET_PREFIX = "TrentService."
 _LOOPBACK = ("127.", "::1", "localhost")
+_MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
 
 
 class _BodyTooLarge(errors.KmsError):
@@ -146,13 +147,19 @@ class KmsApp:
         try:
             request = orjson.loads(await _read_body(receive, 4096) or b"{}")
             seconds = request["seconds"]
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= _MAX_ADVANCE:
                 raise ValueError
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, errors.KmsError):
-            message = b'{"__type":"ValidationException","message":"Body must be {\\"seconds\\": N} with N >= 0"}'
+            message = (b'{"__type":"ValidationException","message":"Body must be {\\"seconds\\": N} with '
+                       b'0 <= N <= 3153600000 (100 years)"}')
             await _respond(send, 400, message, b"application/json")
             return
-        now = clock.advance(float(seconds))
+        try:
+            now = clock.advance(float(seconds))
+        except OverflowError:  # moved often enough, even 100 years at a time reach the calendar's end
+            message = b'{"__type":"ValidationException","message":"The clock cannot move past the year 9999"}'
+            await _respond(send, 400, message, b"application/json")
+            return
         if self.settings.on_clock_advanced:
             await self.settings.on_clock_advanced()
         await _respond(send, 200, orjson.dumps({"now": now.isoformat().replace("+00:00", "Z")}),
