@@ -71,8 +71,11 @@ class PolicyFinding:
 
 
 def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[PolicyFinding]:
-    """Findings for every Allow statement of a key policy (JSON text or parsed)."""
+    """Findings for every Allow statement of a key policy (JSON text or parsed); ValueError when it
+    is not a JSON object."""
     doc = json.loads(policy) if isinstance(policy, str) else policy
+    if not isinstance(doc, Mapping):
+        raise ValueError("a key policy is a JSON object")
     findings: list[PolicyFinding] = []
     for index, statement in enumerate(as_list(doc.get("Statement"))):
         if isinstance(statement, Mapping) and statement.get("Effect") == "Allow":

@@ -46,24 +46,34 @@ def analyze_inventory(
 def findings_for(item: KeyInventoryItem, rules: RuleSet) -> list[PolicyFinding]:
     """Every finding of one key's policy and grants."""
     zone = trust_zone(rules["permissive-key"], arn_region_account(item.key_arn)[1] or "")
-    found = analyze_policy(item.policy, zone) if item.policy else []
+    try:
+        found = analyze_policy(item.policy, zone) if item.policy else []
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise ValueError(f"key {item.key_arn}: its Policy is not a JSON policy document ({exc})") from None
     for grant in item.grants:
         found += analyze_grant(grant, zone)
     return found
 
 
 def read_inventory(doc: Any) -> list[KeyInventoryItem]:
-    """Inventory JSON: a list of `{KeyArn, Policy, Grants, KeyManager, KeyState}` objects."""
-    items = doc.get("Keys", []) if isinstance(doc, Mapping) else doc
+    """Inventory JSON: a list of `{KeyArn, Policy, Grants, KeyManager, KeyState}` objects, or
+    `{"Keys": [...]}`; ValueError naming the key and the field that is not of its kind."""
+    items = doc.get("Keys") if isinstance(doc, Mapping) else doc
     if not isinstance(items, list):
         raise ValueError('an inventory is a JSON list of keys (or {"Keys": [...]})')
-    return [
-        KeyInventoryItem(
-            key_arn=str(item["KeyArn"]),
-            policy=item.get("Policy"),
-            grants=tuple(item.get("Grants") or ()),
-            key_manager=str(item.get("KeyManager", "CUSTOMER")),
-            key_state=str(item.get("KeyState", "Enabled")),
-        )
-        for item in items
-    ]
+    return [_item(item, number) for number, item in enumerate(items, 1)]
+
+
+def _item(item: Any, number: int) -> KeyInventoryItem:
+    if not isinstance(item, Mapping) or not isinstance(item.get("KeyArn"), str):
+        raise ValueError(f"key {number} of the inventory: an object with a KeyArn string is needed")
+    where = f"key {item['KeyArn']}"
+    policy, grants = item.get("Policy"), item.get("Grants") or []
+    if not isinstance(policy, str | None):
+        raise ValueError(f"{where}: Policy is the key policy as a JSON string (GetKeyPolicy's answer)")
+    if not isinstance(grants, list) or not all(isinstance(grant, Mapping) for grant in grants):
+        raise ValueError(f"{where}: Grants is a list of grant objects (ListGrants' answer)")
+    texts = {name: item.get(name, default) for name, default in (("KeyManager", "CUSTOMER"), ("KeyState", "Enabled"))}
+    if not all(isinstance(text, str) for text in texts.values()):
+        raise ValueError(f"{where}: KeyManager and KeyState are strings")
+    return KeyInventoryItem(item["KeyArn"], policy, tuple(grants), texts["KeyManager"], texts["KeyState"])

@@ -131,3 +131,21 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     alarms = [json.loads(line) for line in result.output.splitlines()]
     assert [(a["keyArn"], a["severity"]) for a in alarms] == [(key_arn(1), "CRITICAL"), (key_arn(2), "HIGH")]
     assert json.loads(alarms[1]["details"]["findings"])[0]["grantId"] == "g1"
+
+
+@pytest.mark.parametrize(("inventory", "message"), [
+    ({"keys": []}, 'an inventory is a JSON list of keys (or {"Keys": [...]})'),
+    ([1, 2], "key 1 of the inventory: an object with a KeyArn string is needed"),
+    ([{"KeyArn": 5}], "key 1 of the inventory: an object with a KeyArn string is needed"),
+    ([{"KeyArn": "k", "Policy": {"Statement": []}}], "key k: Policy is the key policy as a JSON string"),
+    ([{"KeyArn": "k", "Grants": "g1"}], "key k: Grants is a list of grant objects"),
+    ([{"KeyArn": "k", "KeyState": 1}], "key k: KeyManager and KeyState are strings"),
+    ([{"KeyArn": "k", "Policy": "{"}], "key k: its Policy is not a JSON policy document (Expecting"),
+    ([{"KeyArn": "k", "Policy": "[]"}], "key k: its Policy is not a JSON policy document (a key policy is"),
+])
+def test_analyze_refuses_a_broken_inventory_in_one_line(app: typer.Typer, tmp_path: Path, inventory: object,
+                                                        message: str) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(inventory))
+    result = runner.invoke(app, ["analyze", "--inventory", str(path)])
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
