@@ -127,3 +127,23 @@ async def test_consumer_joining_then_one_killed_still_gives_the_exact_result(tmp
         assert await asyncio.to_thread(second.wait, 180) == 0, second.stderr.read() if second.stderr else ""
     assert _covered(tmp_path) == len(events)
     _exact(tmp_path, events)
+
+
+async def test_messages_that_are_not_audit_events_are_skipped_not_fatal(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    events = list(generate_events(300, SETTINGS, seed=25))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events[:150], partitions=1)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:  # a tombstone, another producer's bytes, an event of a schema nobody knows
+            for junk in (None, b"junk", b"\xc3\x01" + b"\xff" * 8 + b"body"):
+                await producer.send_and_wait(AUDIT_TOPIC, junk, key=b"k")
+        finally:
+            await producer.stop()
+        await _produce(bootstrap, events[150:], partitions=1)
+        source = KafkaSource(bootstrap, group_id="metrics-junk", idle_seconds=4.0)
+        stats = await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+    assert stats.records == len(events)
+    assert "skipped 3 messages that are not keytrail audit events (offsets 150, 151, 152)" in caplog.text
+    _exact(tmp_path, events)

@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from keytrail.pipeline.decode import known_writer
 from keytrail.pipeline.runner import Batch
 
 __all__ = ["AUDIT_TOPIC", "KafkaSource"]
@@ -93,12 +94,14 @@ class KafkaSource:
                 continue
             last_data = time.monotonic()
             for tp, messages in data.items():
-                yield Batch(
-                    _partition_name(tp),
-                    [m.offset for m in messages],
-                    values=[m.value for m in messages],
-                    source_end=consumer.highwater(tp),
-                )
+                events = _audit_events(_partition_name(tp), messages)
+                if events:
+                    yield Batch(
+                        _partition_name(tp),
+                        [m.offset for m in events],
+                        values=[m.value for m in events],
+                        source_end=consumer.highwater(tp),
+                    )
 
     async def rewind(self, partition: str, offset: int) -> None:
         if self._consumer is None:
@@ -118,3 +121,20 @@ class KafkaSource:
             log.info(
                 "group commit of %s skipped (%s); the state file holds the offset", batch.partition, error
             )
+
+
+def _audit_events(partition: str, messages: list[Any]) -> list[Any]:
+    """The messages that are audit events of a schema this build reads. Anything else on the topic
+    (a tombstone, another producer's bytes) is skipped with a warning: it would stop the
+    partition for good if it failed the batch, and it has nothing to count."""
+    events: list[Any] = []
+    odd: list[int] = []
+    for message in messages:
+        if isinstance(message.value, bytes) and known_writer(message.value[:10]):
+            events.append(message)
+        else:
+            odd.append(message.offset)
+    if odd:
+        log.warning("%s: skipped %d messages that are not keytrail audit events (offsets %s)",
+                    partition, len(odd), ", ".join(map(str, odd[:10])) + (" …" if len(odd) > 10 else ""))
+    return events
