@@ -76,7 +76,8 @@ class KeyLedger:
             record.last_used, record.last_used_event_id = event.event_time, event.event_id
             record.last_used_by = event.principal_arn
         elif name == "CreateKey":
-            metadata = event.response_elements.get("keyMetadata") or {}
+            metadata = event.response_elements.get("keyMetadata")
+            metadata = metadata if isinstance(metadata, dict) else {}  # an imported record may hold anything
             record.created, record.created_event_id = event.event_time, event.event_id
             record.key_manager = str(metadata.get("keyManager") or "CUSTOMER")
             record.state = str(metadata.get("keyState") or "Enabled")

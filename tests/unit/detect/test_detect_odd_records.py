@@ -1,0 +1,39 @@
+"""Records imported from anywhere may hold anything in their request parameters and response
+elements: every rule reads them without failing (a record KMS never wrote raises nothing)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tests.unit.detect.records import T0, event, key_arn, user
+
+from keytrail.detect import Detector
+
+ODD_VALUES: list[Any] = [None, 5, True, "x", "{", '{"Statement": 5}', [], [1, None], {}, {"a": {"b": []}}]
+# The members the rules read, and the operations that carry them.
+MEMBERS = ["policy", "granteePrincipal", "retiringPrincipal", "operations", "constraints", "pendingWindowInDays",
+           "keyId", "keySpec", "keyUsage", "name", "grantId", "keyMetadata", "encryptionContext", "tags"]
+NAMES = ["CreateKey", "PutKeyPolicy", "CreateGrant", "ScheduleKeyDeletion", "DisableKey", "Decrypt", "Encrypt",
+         "RetireGrant", "RevokeGrant", "ReplicateKey", "ImportKeyMaterial", "RotateKeyOnDemand"]
+
+
+def _odd_records() -> list[dict[str, Any]]:
+    """Each operation with each member odd in its request and in its response, succeeded and denied."""
+    records = []
+    for name in NAMES:
+        for member in MEMBERS:
+            for value in ODD_VALUES:
+                for error in (None, "AccessDeniedException"):
+                    at = T0 + timedelta(seconds=len(records))
+                    records.append(event(name, at, key_arn(len(records) % 7), user(), params={member: value},
+                                         response={member: value}, error=error))
+    return records
+
+
+def test_every_rule_reads_odd_records_without_failing() -> None:
+    detector = Detector()
+    detector.process(_odd_records())
+    detector.tick(T0 + timedelta(days=120))  # time rules (unused keys) look at what was recorded
+    rules = {alarm.rule for alarm in detector.alarms()}
+    assert "unauthorized-decrypt" in rules  # the denied Decrypts still count, whatever else they carried
