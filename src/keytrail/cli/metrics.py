@@ -182,7 +182,7 @@ def consume(
     stats = asyncio.run(_consume(settings, cloudtrail))
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
-        f"{stats.redelivered} already counted",
+        f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else ""),
         err=True,
     )
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):

@@ -5,6 +5,7 @@ Built column by column from plain lists (no per-row DataFrame work). The detecto
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import polars as pl
 
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
+
+log = logging.getLogger(__name__)
 
 #: Operations that count as use of a key (GetKeyLastUsage semantics, plus the ML-KEM pair).
 CRYPTO_OPERATIONS = frozenset(
@@ -76,7 +79,11 @@ def frame_from_records(
         for append, getter in appenders:
             append(getter(record))
     count = len(columns["eventID"])
-    return pl.DataFrame(columns, schema=_RECORD_SCHEMA).with_columns(_offsets(offsets, count))
+    frame = pl.DataFrame(columns, schema=_RECORD_SCHEMA).with_columns(_offsets(offsets, count))
+    readable = frame.filter(pl.col("eventTime").is_not_null() & pl.col("eventName").is_not_null())
+    if readable.height < count:  # nothing to count them by (CloudTrail always writes both)
+        log.warning("skipped %d CloudTrail records without a readable eventTime or eventName", count - readable.height)
+    return readable
 
 
 def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) -> pl.DataFrame:
@@ -162,83 +169,89 @@ def _event_time(record: Mapping[str, Any]) -> datetime | None:
         return None
 
 
+# CloudTrail files may come from anywhere: a field of another kind than CloudTrail writes reads as
+# missing (null), never as an error that would stop the whole file.
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _field(name: str) -> Any:
+    return lambda record: _text(record.get(name))
+
+
 def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
-    resources = record.get("resources") or ()
-    if len(resources) > index and isinstance(resources[index], Mapping):
-        return resources[index].get("ARN")  # type: ignore[no-any-return]
+    resources = record.get("resources")
+    if isinstance(resources, list) and len(resources) > index:
+        return _text(_object(resources[index]).get("ARN"))
     return None
 
 
 def _principal_arn(record: Mapping[str, Any]) -> str | None:
-    identity = record.get("userIdentity") or {}
-    issuer = (identity.get("sessionContext") or {}).get("sessionIssuer") or {}
-    return issuer.get("arn") or identity.get("arn") or identity.get("invokedBy")  # type: ignore[no-any-return]
+    identity = _object(record.get("userIdentity"))
+    issuer = _object(_object(identity.get("sessionContext")).get("sessionIssuer"))
+    return _text(issuer.get("arn")) or _text(identity.get("arn")) or _text(identity.get("invokedBy"))
 
 
 def _account_id(record: Mapping[str, Any]) -> str | None:
-    identity = record.get("userIdentity") or {}
-    return identity.get("accountId") or record.get("recipientAccountId")  # type: ignore[no-any-return]
+    return _text(_object(record.get("userIdentity")).get("accountId")) or _text(record.get("recipientAccountId"))
 
 
 def _new_key_metadata(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    response = record.get("responseElements") or {}
-    if not isinstance(response, Mapping):
-        return {}
-    return response.get("keyMetadata") or response.get("replicaKeyMetadata") or {}  # type: ignore[no-any-return]
+    response = _object(record.get("responseElements"))
+    return _object(response.get("keyMetadata") or response.get("replicaKeyMetadata"))
+
+
+def _first_text(mapping: Mapping[str, Any], *names: str) -> str | None:
+    return next((value for name in names if (value := _text(mapping.get(name)))), None)
 
 
 def _key_spec(record: Mapping[str, Any]) -> str | None:
-    if record.get("eventName") not in ("CreateKey", "ReplicateKey"):
+    if record.get("eventName") not in _NEW_KEY_EVENTS:
         return None  # GenerateDataKey's keySpec is the data key's, not the KMS key's
-    metadata = _new_key_metadata(record)
-    params = record.get("requestParameters") or {}
     return (
-        metadata.get("keySpec")
-        or metadata.get("KeySpec")
-        or metadata.get("customerMasterKeySpec")
-        or metadata.get("CustomerMasterKeySpec")
-        or params.get("keySpec")
-        or params.get("customerMasterKeySpec")
+        _first_text(_new_key_metadata(record), "keySpec", "KeySpec", "customerMasterKeySpec", "CustomerMasterKeySpec")
+        or _first_text(_object(record.get("requestParameters")), "keySpec", "customerMasterKeySpec")
         or "SYMMETRIC_DEFAULT"
     )
+
+
+def _key_manager(record: Mapping[str, Any]) -> str | None:
+    if record.get("eventName") not in _NEW_KEY_EVENTS:
+        return None
+    return _first_text(_new_key_metadata(record), "keyManager", "KeyManager")
 
 
 def _replica_arn(record: Mapping[str, Any]) -> str | None:
     if record.get("eventName") != "ReplicateKey":
         return None
-    metadata = _new_key_metadata(record)
-    return metadata.get("arn") or metadata.get("Arn")
+    return _first_text(_new_key_metadata(record), "arn", "Arn")
 
 
 def _param(name: str) -> Any:
-    def get(record: Mapping[str, Any]) -> Any:
-        params = record.get("requestParameters")
-        return params.get(name) if isinstance(params, Mapping) else None
-
-    return get
+    return lambda record: _text(_object(record.get("requestParameters")).get(name))
 
 
 _GETTERS: dict[str, Any] = {
-    "eventID": lambda r: r.get("eventID"),
+    "eventID": _field("eventID"),
     "eventTime": _event_time,
-    "eventName": lambda r: r.get("eventName"),
+    "eventName": _field("eventName"),
     "keyArn": lambda r: _resource_arn(r, 0),
     "destinationKeyArn": lambda r: _resource_arn(r, 1) if r.get("eventName") == "ReEncrypt" else None,
     "replicaKeyArn": _replica_arn,
     "principalArn": _principal_arn,
     "accountId": _account_id,
-    "recipientAccountId": lambda r: r.get("recipientAccountId"),
-    "awsRegion": lambda r: r.get("awsRegion"),
-    "errorCode": lambda r: r.get("errorCode") or None,
-    "readOnly": lambda r: bool(r.get("readOnly")),
-    "eventType": lambda r: r.get("eventType"),
-    "requestID": lambda r: r.get("requestID"),
+    "recipientAccountId": _field("recipientAccountId"),
+    "awsRegion": _field("awsRegion"),
+    "errorCode": lambda r: _text(r.get("errorCode")) or None,
+    "readOnly": lambda r: r.get("readOnly") in (True, "true"),  # CloudTrail writes a boolean; some tools "true"
+    "eventType": _field("eventType"),
+    "requestID": _field("requestID"),
     "keySpec": _key_spec,
-    "keyManager": lambda r: (
-        (_new_key_metadata(r).get("keyManager") or _new_key_metadata(r).get("KeyManager"))
-        if r.get("eventName") in ("CreateKey", "ReplicateKey")
-        else None
-    ),
+    "keyManager": _key_manager,
     "keyPairSpec": _param("keyPairSpec"),
 }
 _RECORD_SCHEMA = {name: dtype for name, dtype in FRAME_SCHEMA.items() if name != "logOffset"}

@@ -84,6 +84,7 @@ class RunStats:
     counted: int = 0
     redelivered: int = 0
     duplicates: int = 0
+    unreadable: int = 0  # CloudTrail records without a readable eventTime or eventName
     lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -197,9 +198,11 @@ class Runner:
             return 0
         covered = state.next_offset
         skip = sum(1 for offset in batch.offsets if offset < covered)
-        counted = 0
+        counted = unreadable = 0
         if skip < len(batch.offsets):
-            frame, hashes = drop_seen(batch.frame_from(skip), state.seen)
+            readable = batch.frame_from(skip)
+            unreadable = len(batch.offsets) - skip - readable.height
+            frame, hashes = drop_seen(readable, state.seen)
             update = aggregate(frame, hashes) if frame.height else _empty_update()
             state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
@@ -207,7 +210,7 @@ class Runner:
         # Committing needs the partition and offsets only: the records need not wait for it.
         self._uncommitted[batch.partition] = replace(batch, values=(), records=())
         self._staged += len(batch.offsets)
-        self._record(batch, skip, counted)
+        self._record(batch, skip, counted, unreadable)
         return counted
 
     def _accepts(self, batch: Batch, state: PartitionState) -> bool:
@@ -238,13 +241,14 @@ class Runner:
         if self.after_checkpoint is not None:
             await self._in_worker(self.after_checkpoint)
 
-    def _record(self, batch: Batch, skipped: int, counted: int) -> None:
+    def _record(self, batch: Batch, skipped: int, counted: int, unreadable: int) -> None:
         stats = self.stats
         stats.batches += 1
         stats.records += len(batch.offsets)
         stats.redelivered += skipped
         stats.counted += counted
-        stats.duplicates += len(batch.offsets) - skipped - counted
+        stats.unreadable += unreadable
+        stats.duplicates += len(batch.offsets) - skipped - counted - unreadable
         if batch.source_end is not None:
             stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
 

@@ -142,3 +142,23 @@ def test_pending_deletion_is_not_billed_and_cancel_rebills() -> None:
     ]
     hours = [(s.start_hour % 24, s.end_hour % 24) for s in billed_segments(events, 2)]
     assert hours == [(0, 3), (5, 7)]
+
+
+def test_records_of_odd_shapes_read_as_nulls_and_those_without_time_or_name_are_left_out() -> None:
+    [good] = list(generate_events(1, SETTINGS, seed=5))
+    odd = [
+        {**good, "eventID": "resources-int", "resources": 5, "userIdentity": "alice", "readOnly": "false"},
+        {**good, "eventID": "identity-odd", "userIdentity": {"arn": 5, "sessionContext": "x", "accountId": []}},
+        {**good, "eventID": "create-odd", "eventName": "CreateKey", "responseElements": {"keyMetadata": "x"},
+         "requestParameters": ["keySpec"]},
+        {**good, "eventID": "no-time", "eventTime": "yesterday"},
+        {**good, "eventID": "no-name", "eventName": 7},
+    ]
+    frame = frame_from_records(odd, [10, 11, 12, 13, 14])
+    rows = {r["eventID"]: r for r in frame.iter_rows(named=True)}
+    assert list(rows) == ["resources-int", "identity-odd", "create-odd"]
+    assert rows["resources-int"]["keyArn"] is None and rows["resources-int"]["principalArn"] is None
+    assert rows["resources-int"]["readOnly"] is False
+    assert rows["identity-odd"]["principalArn"] is None
+    assert rows["identity-odd"]["accountId"] == good["recipientAccountId"]
+    assert rows["create-odd"]["keySpec"] == "SYMMETRIC_DEFAULT" and rows["create-odd"]["logOffset"] == 12

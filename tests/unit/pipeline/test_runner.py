@@ -223,3 +223,10 @@ async def test_steady_traffic_is_checkpointed_every_checkpoint_seconds(
     source = SteadySource(events)
     await Runner(state_dir(tmp_path), source, checkpoint_seconds=0.05).run()
     assert source.yielded < source.limit  # committed while batches kept coming, not only at the end
+
+
+async def test_records_without_a_time_are_counted_as_unreadable_not_as_duplicates(tmp_path: Path) -> None:
+    events = list(generate_events(20, SyntheticSettings(keys=3, principals=2), seed=9))
+    events[4] = {**events[4], "eventTime": None}
+    stats = await Runner(state_dir(tmp_path), RecordsSource(events)).run()
+    assert (stats.records, stats.counted, stats.unreadable, stats.duplicates) == (20, 19, 1, 0)
