@@ -180,24 +180,35 @@ def _object(value: Any) -> Mapping[str, Any]:
 
 
 def _field(name: str) -> Any:
-    return lambda record: _text(record.get(name))
+    def get(record: Mapping[str, Any]) -> str | None:
+        value = record.get(name)  # inlined `_text`: this runs for most fields of every record
+        return value if type(value) is str else None
+
+    return get
 
 
 def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
     resources = record.get("resources")
-    if isinstance(resources, list) and len(resources) > index:
-        return _text(_object(resources[index]).get("ARN"))
+    if type(resources) is list and len(resources) > index and isinstance(resource := resources[index], Mapping):
+        arn = resource.get("ARN")
+        return arn if type(arn) is str else None
     return None
 
 
 def _principal_arn(record: Mapping[str, Any]) -> str | None:
     identity = _object(record.get("userIdentity"))
-    issuer = _object(_object(identity.get("sessionContext")).get("sessionIssuer"))
-    return _text(issuer.get("arn")) or _text(identity.get("arn")) or _text(identity.get("invokedBy"))
+    context = identity.get("sessionContext")
+    if context:  # roles: the session's issuer
+        arn = _text(_object(_object(context).get("sessionIssuer")).get("arn"))
+        if arn:
+            return arn
+    return _text(identity.get("arn")) or _text(identity.get("invokedBy"))
 
 
 def _account_id(record: Mapping[str, Any]) -> str | None:
-    return _text(_object(record.get("userIdentity")).get("accountId")) or _text(record.get("recipientAccountId"))
+    identity = record.get("userIdentity")
+    account = identity.get("accountId") if isinstance(identity, Mapping) else None
+    return account if type(account) is str and account else _text(record.get("recipientAccountId"))
 
 
 def _new_key_metadata(record: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -232,7 +243,12 @@ def _replica_arn(record: Mapping[str, Any]) -> str | None:
 
 
 def _param(name: str) -> Any:
-    return lambda record: _text(_object(record.get("requestParameters")).get(name))
+    def get(record: Mapping[str, Any]) -> str | None:
+        params = record.get("requestParameters")
+        value = params.get(name) if isinstance(params, Mapping) else None
+        return value if type(value) is str else None
+
+    return get
 
 
 _GETTERS: dict[str, Any] = {
