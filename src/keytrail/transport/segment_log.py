@@ -218,7 +218,10 @@ class SegmentLog:
             if number == len(self._segments) and writing:
                 break
             self._index(segment)
-            with_bytes = segment.path.stat().st_size if segment.path.exists() else segment.size
+            try:
+                with_bytes = segment.path.stat().st_size
+            except FileNotFoundError:  # retention deleted it meanwhile
+                continue
             if with_bytes > segment.size:
                 return (f"{segment.path.name}: the record at offset {segment.base + len(segment.positions)} is "
                         f"damaged; the {with_bytes - segment.size} bytes from there to the segment's end cannot "
