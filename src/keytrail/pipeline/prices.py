@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, fields, replace
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 __all__ = ["PRICE_CLASSES", "PriceTable", "load_price_table"]
@@ -39,8 +39,12 @@ class PriceTable:
         return Decimal(getattr(self, price_class)) / 10_000
 
 
+_MAX_PRICE = Decimal(1_000_000)  # far above any KMS price; beyond it sums lose their exactness
+
+
 def load_price_table(path: Path) -> PriceTable:
-    """Read a TOML price table; keys named like the PriceTable fields override the defaults."""
+    """Read a TOML price table; keys named like the PriceTable fields override the defaults
+    (ValueError naming the key when a value is not a price or count of its kind)."""
     with path.open("rb") as handle:
         data = tomllib.load(handle)
     known = {f.name: f.type for f in fields(PriceTable)}
@@ -49,7 +53,24 @@ def load_price_table(path: Path) -> PriceTable:
         raise ValueError(f"{path}: unknown price table keys: {', '.join(unknown)}")
     values: dict[str, object] = {}
     for name, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"{path}: {name} must be a number")
-        values[name] = int(value) if known[name] in ("int", int) else Decimal(str(value))
+        counts = known[name] in ("int", int)
+        values[name] = _count(path, name, value) if counts else _price(path, name, value)
     return replace(PriceTable(), **values)  # type: ignore[arg-type]
+
+
+def _count(path: Path, name: str, value: object) -> int:
+    least = 1 if name == "hours_per_month" else 0  # hours divide key-hours into key-months
+    count = int(value) if isinstance(value, str) and value.isdigit() else value  # "3" as well as 3
+    if isinstance(count, bool) or not isinstance(count, int) or count < least:
+        raise ValueError(f"{path}: {name} must be a whole number of {least} or more, not {value!r}")
+    return count
+
+
+def _price(path: Path, name: str, value: object) -> Decimal:
+    try:  # a number, or a string of one (exact decimals: "0.03")
+        price = Decimal(str(value)) if not isinstance(value, bool) and isinstance(value, int | float | str) else None
+    except InvalidOperation:
+        price = None
+    if price is None or not price.is_finite() or not 0 <= price <= _MAX_PRICE:
+        raise ValueError(f"{path}: {name} must be a price in USD from 0 to {_MAX_PRICE}, not {value!r}")
+    return price

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -118,3 +119,26 @@ def test_price_table_rejects_unknown_keys(tmp_path: Path) -> None:
     path.write_text("symetric = 0.04\n")
     with pytest.raises(ValueError, match="symetric"):
         load_price_table(path)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('symmetric = "abc"', "symmetric must be a price in USD from 0 to 1000000, not 'abc'"),
+    ("symmetric = -1", "symmetric must be a price in USD"),
+    ('key_month = "NaN"', "key_month must be a price in USD"),
+    ('key_month = "1e999999"', "key_month must be a price in USD"),
+    ("key_month = true", "key_month must be a price in USD"),
+    ('billed_rotations = "x"', "billed_rotations must be a whole number of 0 or more, not 'x'"),
+    ("billed_rotations = 1.5", "billed_rotations must be a whole number of 0 or more"),
+    ("hours_per_month = 0", "hours_per_month must be a whole number of 1 or more"),
+])
+def test_price_table_refuses_values_that_are_not_prices_or_counts(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_price_table(path)
+
+
+def test_price_table_counts_may_be_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text('billed_rotations = "3"\n')
+    assert load_price_table(path).billed_rotations == 3
