@@ -102,6 +102,14 @@ def test_oversized_body_is_refused_cleanly(server: KeytrailServer) -> None:
     assert status == 413 and body["__type"] == "SerializationException"
 
 
+def test_a_body_declared_too_large_is_refused_before_it_is_sent(server: KeytrailServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: TrentService.ListKeys\r\n"
+                     b"Content-Length: 100000000\r\n\r\n{")  # 100 MB promised, one byte sent
+        answer = sock.recv(65536)  # at once: the server does not wait for the rest
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"SerializationException" in answer
+
+
 def test_role_principal_calls_as_assumed_role(server: KeytrailServer) -> None:
     app = server.client("app")
     assert app.create_key()["KeyMetadata"]["AWSAccountId"] == PRINCIPALS["app"][0].split(":")[4]

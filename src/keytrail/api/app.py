@@ -105,8 +105,8 @@ class KmsApp:
         await _respond(send, 200, orjson.dumps(encode_value(response)), _JSON, extra)
 
     async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> dict[str, Any]:
-        body = await _read_body(receive, self.settings.max_body_bytes)
         headers = _headers(scope)
+        body = await _read_body(receive, self.settings.max_body_bytes, headers.get("content-length"))
         principal, region = self._authenticate(scope, headers, body)
         operation = _operation(headers.get("x-amz-target", ""), self.service)
         context = CallContext(
@@ -219,7 +219,11 @@ def _tls_details(scope: Scope, headers: dict[str, str]) -> dict[str, str] | None
     return {"tlsVersion": "TLSv1.3", "clientProvidedHostHeader": headers.get("host", "")}
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, declared: str | None = None) -> bytes:
+    """The request body, refused (before any of it is read when its declared length says so)
+    beyond `limit` bytes."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
     chunks, size = [], 0
     while True:
         message = await receive()
