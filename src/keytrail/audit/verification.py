@@ -44,7 +44,10 @@ def verify(data_dir: Path) -> list[str]:
         return [f"{paths.public_key} is not an Ed25519 public key"]
     expected = _stored_hashes(paths)
     problems = _check_digests(paths, public, expected)
-    problems += _check_records(SegmentLog(log_dir), expected, _floor(paths), live=writer_active(log_dir))
+    log = SegmentLog(log_dir)
+    problems += _check_records(log, expected, _floor(paths), live=writer_active(log_dir))
+    if damage := log.damage():  # bytes that are no whole record: a damaged frame, or junk written in
+        problems.append(damage)
     return problems
 
 

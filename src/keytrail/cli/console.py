@@ -57,7 +57,7 @@ def event_log_damage(data_dir: Path) -> str | None:
     if not directory.is_dir():
         return None
     damage = SegmentLog(directory).damage()
-    return f"the event log in {data_dir} is damaged: {damage}" if damage else None
+    return f"the event log in {data_dir} is damaged: {damage} (keytrail audit verify tells more)" if damage else None
 
 
 def parse_time(value: str | None, option: str, command: str = "keytrail") -> datetime | None:

@@ -204,7 +204,8 @@ class SegmentLog:
     def refresh(self) -> None:
         """Pick up segments another process created or deleted."""
         known = {segment.base: segment for segment in self._segments}
-        found = sorted(int(p.name[: -len(_SUFFIX)]) for p in self.directory.glob(f"*{_SUFFIX}"))
+        # Only `<20 digits>.seg` is a segment: a stray `backup.seg` copied in is not read.
+        found = sorted(int(p.name[: -len(_SUFFIX)]) for p in self.directory.glob(f"{'[0-9]' * 20}{_SUFFIX}"))
         self._segments = [known.get(base) or _Segment(base, self.directory / f"{base:020d}{_SUFFIX}")
                           for base in found]
 
@@ -225,7 +226,7 @@ class SegmentLog:
             if with_bytes > segment.size:
                 return (f"{segment.path.name}: the record at offset {segment.base + len(segment.positions)} is "
                         f"damaged; the {with_bytes - segment.size} bytes from there to the segment's end cannot "
-                        "be read (keytrail audit verify tells more)")
+                        "be read")
         return None
 
     def segment_bases(self) -> list[int]:

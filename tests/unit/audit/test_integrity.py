@@ -74,6 +74,20 @@ def test_inserted_record_is_named(data_dir: Path) -> None:
     assert any("forged-event at offset 3 was inserted" in p for p in problems), problems
 
 
+def test_bytes_that_are_no_record_are_named(data_dir: Path) -> None:
+    log_dir, _ = audit_paths(data_dir)
+    (log_dir / f"{10**6:020d}.seg").write_bytes(b"junk\n")  # a segment file written in by hand
+    problems = verify(data_dir)
+    assert problems == [f"{10**6:020d}.seg: the record at offset 1000000 is damaged; the 5 bytes from there "
+                        "to the segment's end cannot be read"]
+
+
+def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
+    log_dir, _ = audit_paths(data_dir)
+    (log_dir / "backup.seg").write_bytes(b"anything")
+    assert verify(data_dir) == []
+
+
 def test_altered_hash_store_breaks_signed_chain(data_dir: Path) -> None:
     _, paths = audit_paths(data_dir)
     hashes = bytearray(paths.hashes.read_bytes())

@@ -90,7 +90,7 @@ def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path) -> None:
     segment, data, position = _ten_records_with_the_fifth_damaged(tmp_path)
     assert SegmentLog(tmp_path).damage() == (
         f"{segment.name}: the record at offset 4 is damaged; the {len(data) - position} bytes from there to the "
-        "segment's end cannot be read (keytrail audit verify tells more)")
+        "segment's end cannot be read")
     SegmentLog(tmp_path, writable=True).close()
     [kept] = tmp_path.glob("*.cut-at-*")
     assert kept.name.startswith(f"{segment.name}.cut-at-{position}-") and kept.read_bytes() == data[position:]

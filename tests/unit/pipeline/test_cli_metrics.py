@@ -118,3 +118,4 @@ def test_consuming_a_damaged_log_counts_what_precedes_it_and_fails(tmp_path: Pat
     code, _, err = run("consume", "--data-dir", str(tmp_path), "--no-follow")
     assert code == 1 and "consumed 3 records" in err
     assert "the record at offset 3 is damaged" in err and "the figures cover the records before it" in err
+    assert "(keytrail audit verify tells more)" in err
