@@ -24,7 +24,7 @@ from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
 
-__all__ = ["PartitionState", "StaleBatchError", "StateUpdate"]
+__all__ = ["PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
@@ -68,6 +68,14 @@ class StateUpdate:
     latest: datetime | None = None
 
 
+class StateFileDamaged(OSError):
+    """A partition's state file that SQLite cannot read (an OSError: the CLI reports it in one line)."""
+
+    def __init__(self, path: Path, cause: sqlite3.DatabaseError) -> None:
+        super().__init__(f"the metrics state file {path} cannot be read ({cause}): move it aside, and "
+                         "keytrail consume rebuilds it from the start of its source")
+
+
 class PartitionState:
     """The state file of one partition; see the module docstring.
 
@@ -82,13 +90,17 @@ class PartitionState:
         self.dedup_capacity = dedup_capacity
         self.owner = owner  # only an owner stages and flushes, and needs the eventIDs in memory
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
-        )
-        self._add_log_offset()
-        self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
-        self._pending: list[StateUpdate] = []
-        self._load()
+        try:
+            self._db.executescript(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
+            )
+            self._add_log_offset()
+            self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
+            self._pending: list[StateUpdate] = []
+            self._load()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateFileDamaged(path, exc) from None
 
     def _load(self) -> None:
         self._pending.clear()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from keytrail.pipeline.frame import empty_frame
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA
+from keytrail.pipeline.query import state_dir
 from keytrail.pipeline.runner import aggregate
-from keytrail.pipeline.state import PartitionState, StateUpdate
+from keytrail.pipeline.state import PartitionState, StateFileDamaged, StateUpdate
 
 KEY = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 ALICE = "arn:aws:iam::111122223333:user/alice"
@@ -60,3 +64,16 @@ def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Pat
     state.flush()
     state.close()
     assert _last(path) == ("Decrypt", "0000")
+
+
+def test_a_state_file_sqlite_cannot_read_is_named_in_one_line(tmp_path: Path) -> None:
+    path = state_dir(tmp_path) / "segment-log.sqlite"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a database, just bytes " * 100)
+    with pytest.raises(StateFileDamaged) as info:
+        PartitionState(path)
+    assert str(path) in str(info.value) and "keytrail consume rebuilds it" in str(info.value)
+    result = subprocess.run([sys.executable, "-m", "keytrail", "usage", "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"keytrail: {info.value}\n"
