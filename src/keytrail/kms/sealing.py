@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["RootKey", "SealError"]
+__all__ = ["RootKey", "RootKeyUnusable", "SealError"]
 
 ROOT_KEY_ENV = "KEYTRAIL_ROOT_KEY"
 ROOT_KEY_FILE_ENV = "KEYTRAIL_ROOT_KEY_FILE"
@@ -17,6 +17,10 @@ ROOT_KEY_FILE_ENV = "KEYTRAIL_ROOT_KEY_FILE"
 
 class SealError(Exception):
     """Sealed material could not be opened: wrong root key or a damaged store."""
+
+
+class RootKeyUnusable(OSError):
+    """The configured root key is not 32 bytes (an OSError: the CLI reports it in one line)."""
 
 
 class RootKey:
@@ -46,7 +50,10 @@ class RootKey:
         """The root key from `$KEYTRAIL_ROOT_KEY` (base64), `$KEYTRAIL_ROOT_KEY_FILE`, or
         `<data-dir>/root.key` (created with mode 0600 on first start)."""
         if value := os.environ.get(ROOT_KEY_ENV):
-            return cls(base64.b64decode(value))
+            try:
+                return cls(base64.b64decode(value, validate=True))
+            except ValueError:  # binascii.Error is one
+                raise RootKeyUnusable(f"${ROOT_KEY_ENV} must be 32 bytes in base64") from None
         path = Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,4 +62,8 @@ class RootKey:
                 handle.write(os.urandom(32))
                 handle.flush()
                 os.fsync(handle.fileno())
-        return cls(path.read_bytes())
+        secret = path.read_bytes()
+        if len(secret) != 32:
+            raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: "
+                                  "restore it from a backup")
+        return cls(secret)

@@ -30,7 +30,7 @@ from keytrail.kms.sealed_docs import (
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
 
-__all__ = ["SqliteStore"]
+__all__ = ["KeyStoreUnreadable", "SqliteStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (account TEXT, region TEXT, key_id TEXT, doc TEXT NOT NULL,
@@ -47,22 +47,30 @@ CREATE TABLE IF NOT EXISTS custom_key_stores (account TEXT, region TEXT, store_i
 Scope = tuple[str, str]
 
 
+class KeyStoreUnreadable(OSError):
+    """keys.db is not a database SQLite can read (an OSError: the CLI reports it in one line)."""
+
+
 class SqliteStore:
     """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key."""
 
     def __init__(self, path: Path, root: RootKey) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        path.chmod(0o600)
         self._root = root
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
         self._custom_key_stores: dict[Scope, dict[str, CustomKeyStore]] = {}
-        self._load()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._load()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
+        path.chmod(0o600)
 
     def _load(self) -> None:
         for account, region, key_id, doc in self._db.execute("SELECT account, region, key_id, doc FROM keys"):
