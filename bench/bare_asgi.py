@@ -5,7 +5,7 @@ id header, like keytrail's front end does before any KMS work. Served by uvicorn
 httptools with one write per answer, exactly as `keytrail serve` configures it:
 
     python -m uvicorn bench.bare_asgi:app --loop uvloop \
-        --http keytrail.api.http_protocol:CoalescingHttpToolsProtocol --no-access-log
+        --http keytrail.api.http_protocol:CoalescingHttpToolsProtocol --no-access-log --no-proxy-headers
 """
 
 from __future__ import annotations

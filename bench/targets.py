@@ -195,7 +195,8 @@ def start_moto(work: Path) -> Target:
 def start_ceiling(work: Path) -> Target:
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "bench.bare_asgi:app", "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", SERVE_HTTP_PROTOCOL, "--no-access-log", "--log-level", "warning"]
+            "--loop", "uvloop", "--http", SERVE_HTTP_PROTOCOL, "--no-access-log", "--log-level", "warning",
+            "--no-proxy-headers"]  # the stack as serve runs it
     process = Process("ceiling", args, work / "ceiling.log", env=_python_env(), cwd=ROOT)
     process.ready(port)
     return Target("ceiling", "ceiling", process, port)

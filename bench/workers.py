@@ -49,7 +49,8 @@ def worker_command(data_dir: Path, port: int, principals: Path, kafka: str | Non
     args = [sys.executable, "-m", "uvicorn", "bench.workers:make_app", "--factory", "--workers", str(workers),
             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
             "--http", SERVE_HTTP_PROTOCOL,
-            "--lifespan", "on", "--no-access-log", "--log-level", "warning", "--no-server-header"]
+            "--lifespan", "on", "--no-access-log", "--log-level", "warning", "--no-server-header",
+            "--no-proxy-headers"]  # as serve runs it (cli/serve.py)
     return args, {_ENV: json.dumps(spec)}
 
 

@@ -274,3 +274,22 @@ def test_expect_100_continue_is_answered_before_the_client_sends_its_body(server
         sock.sendall(body)
         head, answer = _read_answer(sock)
         assert head.startswith(b"HTTP/1.1 200") and "now" in json.loads(answer)
+
+
+def test_a_client_cannot_name_its_own_source_address(tmp_path: Path) -> None:
+    """X-Forwarded-For from a direct client is ignored: the audit trail and aws:SourceIp get the
+    connection's address. Only proxies named in FORWARDED_ALLOW_IPS may report another."""
+    def audited_source(server: KeytrailServer) -> str:
+        client = server.client("alice")
+        client.meta.events.register("before-sign.kms.*",
+                                    lambda request, **_: request.headers.__setitem__("X-Forwarded-For", "203.0.113.9"))
+        client.list_keys()
+        server.stop()
+        command = [sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(server.data_dir)]
+        events = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+        return str(json.loads(events.splitlines()[-1])["sourceIPAddress"])
+
+    assert audited_source(KeytrailServer(tmp_path / "direct").start()) == "127.0.0.1"
+    with mock.patch.dict(os.environ, {"FORWARDED_ALLOW_IPS": "127.0.0.1"}):
+        behind_a_proxy = KeytrailServer(tmp_path / "proxied").start()
+    assert audited_source(behind_a_proxy) == "203.0.113.9"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,9 +121,15 @@ def _check_config(path: Path | None) -> None:
 
 async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dict[str, str]) -> bool:
     node = await build_node(settings, credentials)
+    # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is
+    # the connection's, unless the operator names the proxies trusted to report another (uvicorn's
+    # FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: any local
+    # client could then write whatever source address it liked into the audit trail.
+    proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
     config = uvicorn.Config(
         node.app, host=settings.host, port=settings.port, lifespan="on", log_level="warning",
         access_log=False, timeout_graceful_shutdown=20, server_header=False, http=CoalescingHttpToolsProtocol,
+        proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
         **tls,  # type: ignore[arg-type]
     )
     server = _Server(config)
