@@ -224,9 +224,13 @@ class SegmentLog:
             except FileNotFoundError:  # retention deleted it meanwhile
                 continue
             if with_bytes > segment.size:
-                return (f"{segment.path.name}: the record at offset {segment.base + len(segment.positions)} is "
-                        f"damaged; the {with_bytes - segment.size} bytes from there to the segment's end cannot "
-                        "be read")
+                offset, unread = segment.base + len(segment.positions), with_bytes - segment.size
+                if number == len(self._segments) and _ends_in_one_frame(segment, with_bytes):  # a crash's torn write
+                    return (f"{segment.path.name}: the {unread} bytes from record offset {offset} to the end are "
+                            "no whole record (a write torn by a crash, cut and kept aside when keytrail serve "
+                            "next opens the log, or damage)")
+                return (f"{segment.path.name}: the record at offset {offset} is damaged; the {unread} bytes from "
+                        "there to the segment's end cannot be read")
         return None
 
     def segment_bases(self) -> list[int]:
@@ -387,6 +391,15 @@ def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
         size = _CHUNK if used else frame_bytes(data)
         if not used and size <= len(data):
             return
+
+
+def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
+    """Whether the unreadable bytes after the segment's last whole record are one frame, cut short
+    or failing its checksum, and nothing after it: what a crash leaves of an unfinished write."""
+    with segment.path.open("rb") as handle:
+        handle.seek(segment.size)
+        header = handle.read(FRAME.size)
+    return len(header) < FRAME.size or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size
 
 
 def _keep_tail(segment: _Segment) -> Path:

@@ -76,10 +76,21 @@ def test_inserted_record_is_named(data_dir: Path) -> None:
 
 def test_bytes_that_are_no_record_are_named(data_dir: Path) -> None:
     log_dir, _ = audit_paths(data_dir)
-    (log_dir / f"{10**6:020d}.seg").write_bytes(b"junk\n")  # a segment file written in by hand
+    # a segment file written in by hand: a frame whose checksum fails, then more bytes
+    (log_dir / f"{10**6:020d}.seg").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00hello, more junk")
     problems = verify(data_dir)
-    assert problems == [f"{10**6:020d}.seg: the record at offset 1000000 is damaged; the 5 bytes from there "
-                        "to the segment's end cannot be read"]
+    assert f"{10**6:020d}.seg: the record at offset 1000000 is damaged; the 24 bytes from there to the segment's " \
+           "end cannot be read" in problems, problems
+
+
+def test_a_torn_last_write_is_named_as_such(data_dir: Path) -> None:
+    log_dir, _ = audit_paths(data_dir)
+    [segment] = log_dir.glob("*.seg")
+    with segment.open("ab") as handle:
+        handle.write(b"\x30\x00\x00\x00\x01\x02\x03\x04half a record")  # a crash in the middle of a write
+    assert verify(data_dir) == [f"{segment.name}: the 21 bytes from record offset 20 to the end are no whole record "
+                                "(a write torn by a crash, cut and kept aside when keytrail serve next opens the log, "
+                                "or damage)"]
 
 
 def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
