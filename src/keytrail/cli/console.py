@@ -69,3 +69,13 @@ def parse_time(value: str | None, option: str, command: str = "keytrail") -> dat
     except ValueError:
         raise fail(f"{option}: not an ISO-8601 time: {value!r}", command) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_window(since: str | None, until: str | None,
+                 command: str = "keytrail") -> tuple[datetime | None, datetime | None]:
+    """`--since` and `--until`; refused when the window is empty (since not before until): an
+    empty answer would look like no use at all."""
+    low, high = parse_time(since, "--since", command), parse_time(until, "--until", command)
+    if low is not None and high is not None and low >= high:
+        raise fail(f"--since {since} is not before --until {until}", command)
+    return low, high

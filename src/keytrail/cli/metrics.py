@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from keytrail.cli.console import bootstrap_problem, event_log_damage, fail, missing_paths, parse_time
+from keytrail.cli.console import bootstrap_problem, event_log_damage, fail, missing_paths, parse_window
 from keytrail.cli.sidecar import consumer_lock, try_lock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
@@ -76,14 +76,10 @@ def usage(
     windows = [n for n in names if n in _WINDOWS]
     if len(windows) > 1:
         raise fail("--by: choose at most one of minute, hour, day")
+    low, high = parse_window(since, until)
     store = open_store(data_dir)
     columns = [_DIMENSIONS[n] for n in names if n in _DIMENSIONS]
-    frame = store.usage(
-        columns,
-        windows[0] if windows else None,  # type: ignore[arg-type]
-        parse_time(since, "--since"),
-        parse_time(until, "--until"),
-    )
+    frame = store.usage(columns, windows[0] if windows else None, low, high)  # type: ignore[arg-type]
     fields = (["windowStart", "windowEnd"] if windows else []) + USAGE_FIELDS
     if output is not OutputFormat.json:  # tables and CSV show only the columns grouped by
         fields = [f for f in fields if f in frame.columns]
@@ -102,8 +98,9 @@ def cost(
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
     names = parse_by(by, ("key", "account"))
     table = _price_table(prices, free_tier)
+    low, high = parse_window(since, until)
     store = open_store(data_dir)
-    frame = store.cost(table, parse_time(since, "--since"), parse_time(until, "--until"))
+    frame = store.cost(table, low, high)
     keys = [_DIMENSIONS[n] for n in names]
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(
@@ -136,7 +133,7 @@ def last_used(
         frame = store.last_used().rename({"principalArn": "lastUsedPrincipalArn"})
     else:
         frame = store.last_used_by_key()
-    low, high = parse_time(since, "--since"), parse_time(until, "--until")
+    low, high = parse_window(since, until)
     if low is not None:
         frame = frame.filter(pl.col("lastUsedTime") >= low)
     if high is not None:

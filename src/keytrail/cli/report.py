@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from keytrail.cli.console import fail, missing_paths, parse_time
+from keytrail.cli.console import fail, missing_paths, parse_window
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.runner import Batch, Source
 from keytrail.reports.collect import ReportOptions, collect_sync
@@ -25,10 +24,6 @@ _SUFFIXES = {".html": ReportFormat.html, ".htm": ReportFormat.html, ".csv": Repo
 
 def report_fail(message: str, code: int = 2) -> typer.Exit:
     return fail(message, "keytrail report", code)
-
-
-def report_time(value: str | None, option: str) -> datetime | None:
-    return parse_time(value, option, "keytrail report")
 
 
 def report(
@@ -57,7 +52,8 @@ def report(
     bar = Progress("events" if not cloudtrail else "files", enabled=progress)
     source, name, default_alarms = (_files_source(cloudtrail, bar) if cloudtrail
                                     else _log_source(data_dir or Path("keytrail-data")))
-    options = ReportOptions(since=report_time(since, "--since"), until=report_time(until, "--until"),
+    low, high = parse_window(since, until, "keytrail report")
+    options = ReportOptions(since=low, until=high,
                             prices=_price_table(prices, free_tier), unused_days=unused_days,
                             alarms=alarms or default_alarms, source_name=name)
     if alarms is not None and not alarms.is_file():

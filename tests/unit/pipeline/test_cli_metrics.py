@@ -119,3 +119,10 @@ def test_consuming_a_damaged_log_counts_what_precedes_it_and_fails(tmp_path: Pat
     assert code == 1 and "consumed 3 records" in err
     assert "the record at offset 3 is damaged" in err and "the figures cover the records before it" in err
     assert "(keytrail audit verify tells more)" in err
+
+
+@pytest.mark.parametrize("command", ["usage", "cost", "last-used"])
+def test_an_empty_time_window_is_refused_not_answered_with_nothing(data_dir: Path, command: str) -> None:
+    code, out, err = run(command, "--data-dir", str(data_dir), "--since", "2026-10-02", "--until", "2026-10-01")
+    assert code == 2 and out == ""
+    assert err == "keytrail: --since 2026-10-02 is not before --until 2026-10-01\n"
