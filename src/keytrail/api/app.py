@@ -34,6 +34,8 @@ _JSON = b"application/x-amz-json-1.1"
 _TARGET_PREFIX = "TrentService."
 _LOOPBACK = ("127.", "::1", "localhost")
 _MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
+_ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
+                                 "message": f'Body must be {{"seconds": N}} with 0 <= N <= {_MAX_ADVANCE} (100 years)'})
 
 
 class _BodyTooLarge(errors.KmsError):
@@ -150,9 +152,7 @@ class KmsApp:
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= _MAX_ADVANCE:
                 raise ValueError
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, errors.KmsError):
-            message = (b'{"__type":"ValidationException","message":"Body must be {\\"seconds\\": N} with '
-                       b'0 <= N <= 3153600000 (100 years)"}')
-            await _respond(send, 400, message, b"application/json")
+            await _respond(send, 400, _ADVANCE_REFUSED, b"application/json")
             return
         try:
             now = clock.advance(float(seconds))

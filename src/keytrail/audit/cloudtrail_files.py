@@ -113,10 +113,10 @@ def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,
         offset = records[-1][0] + 1
 
 
-def export_cloudtrail(data_dir: Path, out: Path) -> list[Path]:
+def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) -> list[Path]:
     """Write the event log as CloudTrail log files, one per account, Region and hour."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for _, event in iter_events(data_dir):
+    for _, event in iter_events(data_dir, log=log):
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
         groups.setdefault((*_account_and_region(event), moment.strftime("%Y%m%dT%H00Z")), []).append(event)
     written = []

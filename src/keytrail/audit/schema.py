@@ -12,7 +12,7 @@ import io
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +27,8 @@ __all__ = [
     "SCHEMA_PATH",
     "EventCodec",
     "SchemaError",
+    "as_object",
+    "as_text",
     "avro_long",
     "avro_optional",
     "avro_string",
@@ -229,26 +231,30 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     anywhere; where a part is not of the shape CloudTrail writes, its column is null (the record
     itself keeps the part as it came)."""
     resources = event.get("resources")
-    context = _object(_object(event.get("requestParameters")).get("encryptionContext"))
-    issuer = _object(_object(identity.get("sessionContext")).get("sessionIssuer"))
-    arns = (_text(r.get("ARN")) for r in resources if isinstance(r, dict)) if isinstance(resources, list) else ()
+    context = as_object(as_object(event.get("requestParameters")).get("encryptionContext"))
+    issuer = as_object(as_object(identity.get("sessionContext")).get("sessionIssuer"))
+    arns = (as_text(r.get("ARN")) for r in resources if isinstance(r, dict)) if isinstance(resources, list) else ()
     return {
         "keyArn": next((arn for arn in arns if arn), None),
-        "principalArn": _text(issuer.get("arn") if identity.get("type") == "AssumedRole" else identity.get("arn")),
-        "accountId": _text(identity.get("accountId")) or _text(event.get("recipientAccountId")),
-        "identityType": _text(identity.get("type")),
-        "accessKeyId": _text(identity.get("accessKeyId")),
+        "principalArn": as_text(issuer.get("arn") if identity.get("type") == "AssumedRole" else identity.get("arn")),
+        "accountId": as_text(identity.get("accountId")) or as_text(event.get("recipientAccountId")),
+        "identityType": as_text(identity.get("type")),
+        "accessKeyId": as_text(identity.get("accessKeyId")),
         "encryptionContext": [{"key": str(k), "value": str(v)} for k, v in context.items()],
-        "keyMaterialId": _text(_object(event.get("additionalEventData")).get("keyMaterialId")),
-        "invokedBy": _text(identity.get("invokedBy")),
+        "keyMaterialId": as_text(as_object(event.get("additionalEventData")).get("keyMaterialId")),
+        "invokedBy": as_text(identity.get("invokedBy")),
     }
 
 
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+# A CloudTrail record from elsewhere may hold anything anywhere: readers of its parts take a part
+# of another kind than CloudTrail writes as missing, never as an error.
+def as_object(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
 
 
-def _text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
+    """`value` if it is a string, else None."""
     return value if isinstance(value, str) else None
 
 

@@ -16,7 +16,7 @@ from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail
 from keytrail.audit.integrity import verify as verify_trail
 from keytrail.audit.schema import SchemaError
 from keytrail.cli.console import event_log_damage, missing_paths
-from keytrail.transport.segment_log import LogLockedError
+from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
 __all__ = ["audit_app"]
 
@@ -67,9 +67,10 @@ def _events(data_dir: Path, start: int = 0, log: Any = None) -> Any:
 def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--format")) -> None:
     """Print the stored events, one CloudTrail JSON record per line, oldest first."""
     _require_log(data_dir)
-    for _, event in _events(data_dir):
+    log = _reader(data_dir)
+    for _, event in _events(data_dir, log=log):
         sys.stdout.write(_line(event, fmt) + "\n")
-    _require_whole_log(data_dir)
+    _require_whole_log(data_dir, log)
 
 
 @audit_app.command()
@@ -130,13 +131,18 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
     _require_log(data_dir)
-    written = export_cloudtrail(data_dir, out)
+    log = _reader(data_dir)
+    written = export_cloudtrail(data_dir, out, log)
     typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")
-    _require_whole_log(data_dir)
+    _require_whole_log(data_dir, log)
 
 
-def _require_whole_log(data_dir: Path) -> None:
-    if problem := event_log_damage(data_dir):
+def _reader(data_dir: Path) -> SegmentLog:
+    return SegmentLog(event_log_dir(data_dir))
+
+
+def _require_whole_log(data_dir: Path, log: SegmentLog) -> None:
+    if problem := event_log_damage(data_dir, log):
         sys.stdout.flush()
         _fail(problem)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
 __all__ = ["bootstrap_problem", "fail", "missing_paths", "parse_time"]
 
 
@@ -48,15 +50,14 @@ def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:
     return f"{option + ': ' if option else ''}no such file or folder: {', '.join(missing)}"
 
 
-def event_log_damage(data_dir: Path) -> str | None:
+def event_log_damage(data_dir: Path, log: SegmentLog | None = None) -> str | None:
     """Why reading the node's event log stopped short of what its files hold, if it did: commands
-    that read it whole say so and exit non-zero rather than answer from part of it in silence."""
-    from keytrail.transport.segment_log import SegmentLog, event_log_dir
-
+    that read it whole say so and exit non-zero rather than answer from part of it in silence.
+    `log`: the reader that just read it (its segments are checked already: no second pass)."""
     directory = event_log_dir(data_dir)
-    if not directory.is_dir():
+    if log is None and not directory.is_dir():
         return None
-    damage = SegmentLog(directory).damage()
+    damage = (log or SegmentLog(directory)).damage()
     return f"the event log in {data_dir} is damaged: {damage} (keytrail audit verify tells more)" if damage else None
 
 

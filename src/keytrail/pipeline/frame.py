@@ -12,6 +12,8 @@ from typing import Any
 
 import polars as pl
 
+from keytrail.audit.schema import as_object, as_text
+
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
 log = logging.getLogger(__name__)
@@ -170,18 +172,10 @@ def _event_time(record: Mapping[str, Any]) -> datetime | None:
 
 
 # CloudTrail files may come from anywhere: a field of another kind than CloudTrail writes reads as
-# missing (null), never as an error that would stop the whole file.
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _object(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
+# missing (null), never as an error that would stop the whole file (as_text, as_object).
 def _field(name: str) -> Any:
     def get(record: Mapping[str, Any]) -> str | None:
-        value = record.get(name)  # inlined `_text`: this runs for most fields of every record
+        value = record.get(name)  # inlined `as_text`: this runs for most fields of every record
         return value if type(value) is str else None
 
     return get
@@ -196,28 +190,28 @@ def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
 
 
 def _principal_arn(record: Mapping[str, Any]) -> str | None:
-    identity = _object(record.get("userIdentity"))
+    identity = as_object(record.get("userIdentity"))
     context = identity.get("sessionContext")
     if context:  # roles: the session's issuer
-        arn = _text(_object(_object(context).get("sessionIssuer")).get("arn"))
+        arn = as_text(as_object(as_object(context).get("sessionIssuer")).get("arn"))
         if arn:
             return arn
-    return _text(identity.get("arn")) or _text(identity.get("invokedBy"))
+    return as_text(identity.get("arn")) or as_text(identity.get("invokedBy"))
 
 
 def _account_id(record: Mapping[str, Any]) -> str | None:
     identity = record.get("userIdentity")
     account = identity.get("accountId") if isinstance(identity, Mapping) else None
-    return account if type(account) is str and account else _text(record.get("recipientAccountId"))
+    return account if type(account) is str and account else as_text(record.get("recipientAccountId"))
 
 
 def _new_key_metadata(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    response = _object(record.get("responseElements"))
-    return _object(response.get("keyMetadata") or response.get("replicaKeyMetadata"))
+    response = as_object(record.get("responseElements"))
+    return as_object(response.get("keyMetadata") or response.get("replicaKeyMetadata"))
 
 
 def _first_text(mapping: Mapping[str, Any], *names: str) -> str | None:
-    return next((value for name in names if (value := _text(mapping.get(name)))), None)
+    return next((value for name in names if (value := as_text(mapping.get(name)))), None)
 
 
 def _key_spec(record: Mapping[str, Any]) -> str | None:
@@ -225,7 +219,7 @@ def _key_spec(record: Mapping[str, Any]) -> str | None:
         return None  # GenerateDataKey's keySpec is the data key's, not the KMS key's
     return (
         _first_text(_new_key_metadata(record), "keySpec", "KeySpec", "customerMasterKeySpec", "CustomerMasterKeySpec")
-        or _first_text(_object(record.get("requestParameters")), "keySpec", "customerMasterKeySpec")
+        or _first_text(as_object(record.get("requestParameters")), "keySpec", "customerMasterKeySpec")
         or "SYMMETRIC_DEFAULT"
     )
 
@@ -262,7 +256,7 @@ _GETTERS: dict[str, Any] = {
     "accountId": _account_id,
     "recipientAccountId": _field("recipientAccountId"),
     "awsRegion": _field("awsRegion"),
-    "errorCode": lambda r: _text(r.get("errorCode")) or None,
+    "errorCode": lambda r: as_text(r.get("errorCode")) or None,
     "readOnly": lambda r: r.get("readOnly") in (True, "true"),  # CloudTrail writes a boolean; some tools "true"
     "eventType": _field("eventType"),
     "requestID": _field("requestID"),
