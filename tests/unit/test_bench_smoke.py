@@ -14,7 +14,7 @@ from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
 from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER, child_label, cpu_by_part
-from bench.report import BEGIN, END, consumer_rate, cpu_parts_table, group_commit_line, ratios, splice
+from bench.report import BEGIN, END, consumer_figures, cpu_parts_table, group_commit_line, ratios, splice
 from bench.wrk import parse_wrk_output
 
 WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:40000/
@@ -87,10 +87,24 @@ def test_generated_part_replaces_only_itself_in_the_benchmarks_page() -> None:
     assert splice(None, f"{BEGIN}\nx\n{END}").startswith("# Benchmarks\n")
 
 
-def test_consumer_rate_is_read_from_the_pipeline_benchmark_json_line() -> None:
+def test_pipeline_benchmark_reuses_a_log_of_the_same_events_only(tmp_path: Path) -> None:
+    from bench.pipeline_throughput import write_log  # here: importing it sets POLARS_MAX_THREADS
+
+    from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
+    assert write_log(tmp_path / "w", 300) is True
+    assert write_log(tmp_path / "w", 300) is False  # the same stamp: reused as it is
+    assert SegmentLog(event_log_dir(tmp_path / "w")).end_offset() == 300
+    assert write_log(tmp_path / "w", 200) is True  # another count: written again
+    assert SegmentLog(event_log_dir(tmp_path / "w")).end_offset() == 200
+
+
+def test_consumer_figures_are_read_from_the_pipeline_benchmark_json_line() -> None:
     output = 'generating...\n{"events": 1000000, "events_per_wall_s": 119925, "events_per_cpu_s": 121478}\n'
-    assert consumer_rate(output) == 121478.0
-    assert consumer_rate("no figures here") is None
+    figures = consumer_figures(output)
+    assert figures is not None and figures["events_per_cpu_s"] == 121478 and figures["events"] == 1000000
+    assert consumer_figures("no figures here") is None
+    assert consumer_figures('{"events": 5}\n') is None  # a JSON line without the rate is not the figures
 
 
 def test_cpu_by_part_splits_the_main_thread_its_other_threads_and_children() -> None:

@@ -12,10 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keytrail.detect.rules import Rule, RuleSet
 from keytrail.detect.severity import Severity
+
+if TYPE_CHECKING:
+    from keytrail.detect.events import KmsEvent
 
 __all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Finding", "format_time"]
 
@@ -37,6 +40,16 @@ class Finding:
     region: str | None = None
     severity: Severity | None = None
     details: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def on_event(cls, rule: str, event: KmsEvent, *, summary: str, recommendation: str,
+                 severity: Severity | None = None, details: Mapping[str, str] | None = None) -> Finding:
+        """A finding about one event: its time, key, principal, account, region and id."""
+        return cls(
+            rule=rule, time=event.event_time, key_arn=event.key_arn, principal_arn=event.principal_arn,
+            event_id=event.event_id, account_id=event.account_id, region=event.region, severity=severity,
+            summary=summary, recommendation=recommendation, details=details or {},
+        )
 
 
 @dataclass(frozen=True, slots=True)

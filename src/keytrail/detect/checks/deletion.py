@@ -92,24 +92,7 @@ class KeyDeletionInUse:
             )
         ]
 
-    def _finding(
-        self,
-        event: KmsEvent,
-        severity: Severity | None,
-        summary: str,
-        recommendation: str,
-        details: dict[str, str],
-    ) -> Finding:
-        return Finding(
-            rule=self.rule_id,
-            time=event.event_time,
-            key_arn=event.key_arn,
-            principal_arn=event.principal_arn,
-            event_id=event.event_id,
-            account_id=event.account_id,
-            region=event.region,
-            severity=severity,
-            summary=summary,
-            recommendation=recommendation,
-            details=details,
-        )
+    def _finding(self, event: KmsEvent, severity: Severity | None, summary: str, recommendation: str,
+                 details: dict[str, str]) -> Finding:
+        return Finding.on_event(self.rule_id, event, severity=severity, summary=summary,
+                                recommendation=recommendation, details=details)

@@ -95,14 +95,9 @@ class UsageSpike:
 
     def _finding(self, event: KmsEvent, baseline: float, observed: int, history: int) -> Finding:
         high = observed >= float(self.rule.param("high_factor")) * baseline
-        return Finding(
-            rule=self.rule_id,
-            time=event.event_time,
-            key_arn=event.key_arn,
-            principal_arn=event.principal_arn,
-            event_id=event.event_id,
-            account_id=event.account_id,
-            region=event.region,
+        return Finding.on_event(
+            self.rule_id,
+            event,
             severity=Severity.HIGH if high else None,
             summary=f"{event.principal_arn} made {observed} calls/min on {event.key_arn} "
             f"against a baseline of {baseline:.2f}/min",

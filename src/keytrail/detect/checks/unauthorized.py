@@ -66,14 +66,9 @@ class UnauthorizedDecrypt:
         if new:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
         who = event.principal_arn or "an unknown principal"
-        return Finding(
-            rule=self.rule_id,
-            time=event.event_time,
-            key_arn=event.key_arn,
-            principal_arn=event.principal_arn,
-            event_id=event.event_id,
-            account_id=event.account_id,
-            region=event.region,
+        return Finding.on_event(
+            self.rule_id,
+            event,
             severity=self.rule.severity.bump(bump) if new and bump else None,
             summary=f"{who} was denied {event.event_name} on {event.key_arn or 'a key'} "
             f"({reason.kind} deny, {reason.policy_type or 'unknown'} policy)",
