@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.support.errors import aws_error
-from tests.support.server import PRINCIPALS, KeytrailServer
+from tests.support.server import PRINCIPALS, KeytrailServer, write_principals
 
 
 def _raw(server: KeytrailServer, body: bytes, target: str = "TrentService.ListKeys", *,
@@ -234,6 +235,50 @@ def test_tls_self_signed(tmp_path: Path) -> None:
 def test_sigterm_exits_zero(fresh_server: KeytrailServer) -> None:
     fresh_server.client().create_key()
     assert fresh_server.stop(signal.SIGTERM) == 0
+
+
+def _after_sighup(server: KeytrailServer, check: Any) -> Any:
+    """SIGHUP the server, then retry `check` until it passes (the reload is asynchronous)."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> None:
+    carol, alice = fresh_server.client("carol"), fresh_server.client("alice")
+    carol.list_keys()
+    without_carol = {name: entry for name, entry in PRINCIPALS.items() if name != "carol"}
+    write_principals(fresh_server.principals, without_carol)
+
+    def carol_is_unknown() -> None:
+        try:
+            carol.list_keys()
+        except ClientError as error:
+            assert error.response["Error"]["Code"] == "UnrecognizedClientException"
+        else:
+            raise AssertionError("carol's access key is still accepted")
+
+    _after_sighup(fresh_server, carol_is_unknown)
+    alice.list_keys()  # the principals still in the file keep working
+
+    fresh_server.principals.write_text("[[principal]\n")  # broken: the credentials in force stay
+
+    def reload_refused() -> None:
+        assert "principals file not reloaded" in fresh_server.log.read_text()
+
+    _after_sighup(fresh_server, reload_refused)
+    alice.list_keys()
+    carol_is_unknown()
+
+    write_principals(fresh_server.principals)
+    _after_sighup(fresh_server, carol.list_keys)
 
 
 def test_key_ops_reject_unknown_policy_name(kms) -> None:
