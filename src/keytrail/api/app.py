@@ -6,6 +6,7 @@ Every answer carries `x-amzn-RequestId`; every error is AWS's JSON error body, n
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ Hook = Callable[[], Awaitable[None]]
 
 _JSON = b"application/x-amz-json-1.1"
 _TARGET_PREFIX = "TrentService."
-_LOOPBACK = ("127.", "::1", "localhost")
 _MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
 _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
                                  "message": f'Body must be {{"seconds": N}} with 0 <= N <= {_MAX_ADVANCE} (100 years)'})
@@ -54,6 +54,17 @@ class ApiSettings:
     health: Callable[[], dict[str, Any]] | None = None
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a client address is this machine's own (127.0.0.0/8, ::1, or IPv4 loopback mapped
+    into IPv6); anything else, a Unix socket's missing address included, is not."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 def _error_body(error: errors.KmsError) -> bytes:
@@ -141,7 +152,7 @@ class KmsApp:
 
     def _clock_allowed(self, scope: Scope) -> bool:
         client = (scope.get("client") or ("",))[0]
-        return self.settings.dev_clock is not None and client.startswith(_LOOPBACK)
+        return self.settings.dev_clock is not None and _is_loopback(client)
 
     async def _advance_clock(self, receive: Receive, send: Send) -> None:
         clock = self.settings.dev_clock
