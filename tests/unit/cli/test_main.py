@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,10 @@ def test_help_and_exit_codes_pass_through() -> None:
     alone = _keytrail()
     assert alone.returncode == 2 and "Usage: keytrail" in alone.stdout + alone.stderr
     assert "(see --help)" not in alone.stderr  # `keytrail` alone prints the help, no error line
+
+
+def test_dev_credentials_are_refused_off_loopback(tmp_path: Path) -> None:
+    result = _keytrail("serve", "--dev-credentials", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path))
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr == "keytrail: error: --dev-credentials is refused unless the server binds to loopback\n"
+    assert not any(tmp_path.iterdir())  # refused before anything was created
