@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from keytrail.audit.integrity import ChainWriter
+from keytrail.kms.model import AuditUnavailable
 from keytrail.transport.frames import framed_size
 from keytrail.transport.segment_log import SegmentLog
 
@@ -63,7 +64,7 @@ class CommitStats:
         self.records += records
 
 
-class SpoolError(RuntimeError):
+class SpoolError(AuditUnavailable):
     """The audit spool cannot persist records (disk error, size cap reached, closed)."""
 
 
@@ -97,6 +98,7 @@ class Spool:
         self._gathering = False
         self._idle: asyncio.Future[None] | None = None  # what `drain` waits on
         self._failure: BaseException | None = None
+        self._refused = 0  # records refused by write errors since the last commit that worked
         self._closing = False
 
     @property
@@ -199,6 +201,9 @@ class Spool:
             self._fail(waiters, error)
             return
         self.stats.observe(self._fsync_seconds, len(waiters))
+        if self._refused:
+            log.warning("audit spool writes again, after refusing %d records", self._refused)
+            self._refused = 0
         self.durable_end = first + len(waiters)
         self.durable_bytes += size
         for offset, future in enumerate(waiters, first):
@@ -207,8 +212,12 @@ class Spool:
         self.committed.set()
 
     def _fail(self, waiters: _Waiters, exc: BaseException) -> None:
-        log.error("audit spool write failed: %s", exc)
-        if not isinstance(exc, _RecoverableWrite):
+        if isinstance(exc, _RecoverableWrite):
+            if not self._refused:  # once an outage, not once a batch (see AuditUnavailable)
+                log.error("audit spool write failed: %s; calls are refused until it can write again", exc)
+            self._refused += len(waiters)
+        else:
+            log.error("audit spool write failed: %s; the spool refuses every record until restarted", exc)
             self._failure = exc  # after a failed fsync nothing queued can be trusted either
             waiters = waiters + self._waiters
             self._payloads, self._waiters = [], []

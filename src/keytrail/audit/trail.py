@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
 from keytrail.kms.model import CallRecord
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
 
@@ -73,6 +76,7 @@ class AuditTrail:
         # Unshipped bytes: those found on open, plus what the spool made durable, minus what shipped.
         self._unshipped_on_open = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
         self._shipped_bytes_total = 0
+        self._over_cap = False
         self._shipper: Shipper | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -113,7 +117,15 @@ class AuditTrail:
         if not self.settings.kafka_bootstrap:
             return
         unshipped = self._unshipped_on_open + self.spool.durable_bytes - self._shipped_bytes_total
-        if unshipped > self.settings.max_unshipped_bytes:
+        over = unshipped > self.settings.max_unshipped_bytes
+        if over != self._over_cap:  # logged when it starts and ends, not per call (see AuditUnavailable)
+            self._over_cap = over
+            if over:
+                log.error("audit spool over its cap of %d bytes not shipped to Kafka: calls are refused until "
+                          "shipping catches up", self.settings.max_unshipped_bytes)
+            else:
+                log.warning("audit spool back under its cap: calls are taken again")
+        if over:
             raise SpoolError(
                 f"the audit spool holds {unshipped} bytes not yet shipped to Kafka, over its "
                 f"cap of {self.settings.max_unshipped_bytes}: refusing calls until shipping catches up"

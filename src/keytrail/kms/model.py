@@ -111,6 +111,12 @@ class CallRecord:
         return "AwsApiCall" if self.context is not None else "AwsServiceEvent"
 
 
+class AuditUnavailable(RuntimeError):
+    """The audit sink cannot make records durable now (disk full, a size cap, a failed sync). The
+    sink logs the outage when it starts and ends, not once per refused call: under load a log line
+    per call would flood the very disk that is full."""
+
+
 class AuditSink(Protocol):
     """Where the KMS core reports every call. `record` returns once the record is durable;
     if it raises, the call fails (no crypto without audit)."""

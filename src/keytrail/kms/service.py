@@ -27,7 +27,16 @@ from keytrail.kms.context import CallContext
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.model import AuditSink, CallRecord, KeySpec, KeyState, KeyUsage, LastUsageSource, Origin
+from keytrail.kms.model import (
+    AuditSink,
+    AuditUnavailable,
+    CallRecord,
+    KeySpec,
+    KeyState,
+    KeyUsage,
+    LastUsageSource,
+    Origin,
+)
 from keytrail.kms.store import Grant, Store
 from keytrail.kms.uuids import UuidSource
 
@@ -136,12 +145,11 @@ class KmsService:
             await self.deps.audit.record(record)
         except errors.KmsError:
             raise
-        except Exception as exc:
-            log.error("audit spool failure: %s", exc)
-            raise errors.KMSInternalException(
-                f"The audit spool could not persist the event for request {record.event_id}: "
-                "the call was not performed."
-            ) from None
+        except AuditUnavailable:  # the sink logs the outage, once (not a line per refused call)
+            raise _unaudited(record) from None
+        except Exception:
+            log.exception("audit sink failure (event %s)", record.event_id)
+            raise _unaudited(record) from None
 
     async def service_event(self, name: str, key: Key, details: dict[str, Any] | None) -> None:
         """Record a KMS-initiated action (scheduled RotateKey, DeleteKey)."""
@@ -351,3 +359,9 @@ def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -
     }
     out.update(extra)
     return out
+
+
+def _unaudited(record: CallRecord) -> errors.KmsError:
+    return errors.KMSInternalException(
+        f"The audit spool could not persist the event for request {record.event_id}: the call was not performed."
+    )

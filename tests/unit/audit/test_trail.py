@@ -60,7 +60,8 @@ async def test_events_survive_a_restart_and_keep_their_order(tmp_path: Path) -> 
     assert ids[5:] == [encrypt_call(i).event_id for i in range(5, 8)]
 
 
-async def test_size_cap_refuses_records_when_shipping_is_stuck(tmp_path: Path) -> None:
+async def test_size_cap_refuses_records_when_shipping_is_stuck(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     # A bootstrap nobody listens on: nothing ships, the unshipped bytes grow past the cap.
     settings = AuditSettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", max_unshipped_bytes=3000)
     async with AuditTrail.open(settings) as trail:
@@ -68,18 +69,25 @@ async def test_size_cap_refuses_records_when_shipping_is_stuck(tmp_path: Path) -
             for i in range(100):
                 await trail.record(encrypt_call(i))
         assert 2 < trail.spool.durable_end < 100
+        for i in range(5):
+            with pytest.raises(SpoolError):
+                await trail.record(encrypt_call(100 + i))
+    assert sum("over its cap" in r.message for r in caplog.records) == 1  # the outage, not each call
 
 
-async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
         real_write = os.write
         monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
-        with pytest.raises(SpoolError, match="No space left"):
-            await trail.record(encrypt_call(1))
+        for i in range(3):
+            with pytest.raises(SpoolError, match="No space left"):
+                await trail.record(encrypt_call(1))
         monkeypatch.setattr(os, "write", real_write)
         await trail.record(encrypt_call(2))  # space is back: the spool carries on, no torn frame
+    assert [r.message.split(":")[0] for r in caplog.records if r.name == "keytrail.audit.spool"] == [
+        "audit spool write failed", "audit spool writes again, after refusing 3 records"]
     ids = [e["eventID"] for _, e in iter_events(tmp_path)]
     assert ids == [encrypt_call(0).event_id, encrypt_call(2).event_id]
     from keytrail.audit.integrity import verify
