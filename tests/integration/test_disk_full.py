@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -40,8 +42,9 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_path: Path) -> None:
-    server = KeytrailServer(small_disk / "data")
+@pytest.mark.parametrize("dev_clock", [True, False], ids=["consumer in serve", "consumer child"])
+def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_path: Path, dev_clock: bool) -> None:
+    server = KeytrailServer(small_disk / "data", dev_clock=dev_clock)
     server.log = tmp_path / "server.log"  # off the full disk, where nobody could read it
     server.start()
     try:
@@ -49,7 +52,9 @@ def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_pat
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         filler = _fill(small_disk, leave=64 * 1024)
         answered, refused = [], []
-        while len(refused) < 30:
+        full_since = time.monotonic()
+        # Past the consumer's 2 s checkpoint: it too finds the disk full.
+        while len(refused) < 30 or time.monotonic() - full_since < 3:
             try:
                 answered.append(kms.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"])
             except ClientError as error:
@@ -57,9 +62,12 @@ def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_pat
                 assert "audit spool" in error.response["Error"]["Message"]
                 assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 500
                 refused.append(error.response["ResponseMetadata"]["RequestId"])
+                time.sleep(0.02)
             assert len(answered) < 5000, "the disk never filled"
         filler.unlink()
-        answered.append(kms.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"])
+        last = kms.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"]
+        answered.append(last)
+        assert _last_used_request(kms, key, until=last) == last  # the metrics consumer carried on
         assert server.stop() == 0
     finally:
         if server.proc is not None:
@@ -67,6 +75,17 @@ def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_pat
     log = server.log.read_text()
     assert log.count("audit spool write failed") == 1  # one line for the outage, not one per call
     assert "audit spool writes again, after refusing" in log
+    assert "Traceback" not in log, log
     recorded = {event["requestID"] for _, event in iter_events(small_disk / "data")}
     assert set(answered) <= recorded and not recorded & set(refused)
     assert verify(small_disk / "data") == []
+
+
+def _last_used_request(kms: Any, key: str, until: str, seconds: float = 30) -> str | None:
+    """The request id GetKeyLastUsage names once it names `until` (or at the deadline)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        usage = kms.get_key_last_usage(KeyId=key).get("KeyLastUsage") or {}
+        if usage.get("KmsRequestId") == until or time.monotonic() > deadline:
+            return usage.get("KmsRequestId")
+        time.sleep(0.2)

@@ -9,6 +9,7 @@ import functools
 import gc
 import logging
 import signal
+import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -231,13 +232,32 @@ def _start_consumers(node: Node) -> None:
     """The metrics consumer and the detector: child processes on the real clock, in this process
     under the dev clock (it is this process's clock, and the detector's time rules must see it move)."""
     if node.consumer is not None:  # the dev clock
-        node.consumer_task = asyncio.create_task(node.consumer.run())
+        node.consumer_task = asyncio.create_task(_consume_in_process(node.consumer))
         if node.settings.detector:
             _start_detector(node)
         return
     node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node))]
     for child in node.children:
         child.start()
+
+
+async def _consume_in_process(consumer: MetricsConsumer, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+    """The dev clock's in-process consumer. A failure to write its state (a full disk) restarts it
+    from its last checkpoint after a backoff, as `serve` restarts its consumer child, instead of
+    leaving the metrics and GetKeyLastUsage stale for the rest of the process."""
+    delay, longest = backoff
+    while True:
+        try:
+            await consumer.run()
+            return
+        except (OSError, sqlite3.Error) as exc:
+            log.error("metrics consumer: %s; restarting in %.1f s", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consumer.stop_event.wait(), delay)
+        if consumer.stop_event.is_set():
+            return
+        consumer.reopen()
+        delay = min(delay * 2, longest)
 
 
 def _start_detector(node: Node) -> None:

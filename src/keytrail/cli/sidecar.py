@@ -24,10 +24,11 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -85,8 +86,7 @@ def detector_lock(data_dir: Path) -> Path:
 @app.command()
 def consumer(data_dir: DataDir) -> None:
     """The usage, cost and last-used consumer over the embedded event log."""
-    os.nice(ANALYTICS_NICENESS)
-    asyncio.run(_consume(data_dir))
+    _run_child("consumer", _consume(data_dir))
 
 
 @app.command()
@@ -97,8 +97,18 @@ def detector(
     kafka: Annotated[str | None, typer.Option(help="serve's --kafka: alarms to Kafka.")] = None,
 ) -> None:
     """The detector over the embedded event log, alarms also as JSON lines on stdout."""
+    _run_child("detector", _detect(data_dir, config, mqtt, kafka))
+
+
+def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run a child's main at the analytics priority. A file it cannot write (a full disk) ends it
+    with one log line: `serve` restarts it with a backoff, and it resumes from its last checkpoint."""
     os.nice(ANALYTICS_NICENESS)
-    asyncio.run(_detect(data_dir, config, mqtt, kafka))
+    try:
+        asyncio.run(main)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("%s child: %s", name, exc)
+        raise SystemExit(1) from None
 
 
 async def _consume(data_dir: Path) -> None:

@@ -31,6 +31,9 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
+# SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
+# error, no permission) leaves the file as it was.
+_DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (account TEXT, region TEXT, key_id TEXT, doc TEXT NOT NULL,
@@ -56,7 +59,10 @@ class SqliteStore:
 
     def __init__(self, path: Path, root: RootKey) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:  # a directory in its place, say
+            raise OSError(f"cannot open the key store {path}: {exc}") from None
         self._root = root
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
@@ -69,6 +75,9 @@ class SqliteStore:
             self._load()
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            # Not damage (a full disk, say): restoring a backup over the file would lose keys.
+            if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
+                raise OSError(f"cannot open the key store {path}: {exc}") from None
             raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
         path.chmod(0o600)
 

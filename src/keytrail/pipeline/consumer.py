@@ -50,13 +50,7 @@ class MetricsConsumer:
         self.stop_event = asyncio.Event()
         self.source = source or self._default_source()
         self.store = MetricsStore(settings.data_dir)
-        self.runner = Runner(
-            state_dir(settings.data_dir),
-            self.source,
-            dedup_capacity=settings.dedup_capacity,
-            checkpoint_records=settings.checkpoint_records,
-            after_checkpoint=self._after_checkpoint,
-        )
+        self.runner = self._new_runner()
         self._exported = time.monotonic()
         self.exposition = MetricsExposition(self.store, settings.prices)
 
@@ -81,6 +75,20 @@ class MetricsConsumer:
             gather_seconds=s.gather_seconds,
             stop=self.stop_event,
         )
+
+    def _new_runner(self) -> Runner:
+        return Runner(
+            state_dir(self.settings.data_dir),
+            self.source,
+            dedup_capacity=self.settings.dedup_capacity,
+            checkpoint_records=self.settings.checkpoint_records,
+            after_checkpoint=self._after_checkpoint,
+        )
+
+    def reopen(self) -> None:
+        """After a run that failed (its state could not be written): start over from the state on
+        disk, as a restarted process would; what the failed run had not checkpointed is read again."""
+        self.runner = self._new_runner()
 
     async def run(self) -> RunStats:
         """Consume until the source ends or `stop()`; then write the Parquet tables."""

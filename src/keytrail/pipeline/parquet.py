@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 
@@ -39,7 +40,7 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
 def _write(frame: pl.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.write_parquet(temp)
+    write_parquet(frame, temp)
     with temp.open("rb") as handle:
         os.fsync(handle.fileno())
     temp.replace(path)

@@ -25,6 +25,9 @@ from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
 
 __all__ = ["PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
+# SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
+# error, no permission) leaves the file as it was.
+_DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
@@ -89,7 +92,10 @@ class PartitionState:
         self.path = path
         self.dedup_capacity = dedup_capacity
         self.owner = owner  # only an owner stages and flushes, and needs the eventIDs in memory
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:  # a directory in its place, say
+            raise OSError(f"cannot open the metrics state file {path}: {exc}") from None
         try:
             self._db.executescript(
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
@@ -100,6 +106,9 @@ class PartitionState:
             self._load()
         except sqlite3.DatabaseError as exc:
             self._db.close()
+            # Not damage (a full disk, say): the file is fine: moving it aside would lose it.
+            if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
+                raise OSError(f"cannot open the metrics state file {path}: {exc}") from None
             raise StateFileDamaged(path, exc) from None
 
     def _load(self) -> None:

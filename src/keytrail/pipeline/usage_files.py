@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
 __all__ = ["MANIFEST_SCHEMA", "UsageFiles"]
@@ -126,7 +127,7 @@ class UsageFiles:
 def _durable_write(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(temp, statistics=True)
+    write_parquet(frame, temp)
     with temp.open("rb") as handle:
         os.fsync(handle.fileno())
     temp.replace(path)

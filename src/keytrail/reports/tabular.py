@@ -19,6 +19,8 @@ from typing import Any
 
 import polars as pl
 
+from keytrail.pipeline.files import write_parquet
+
 __all__ = ["TabularFormat", "cell_text", "long_form", "write_tabular"]
 
 
@@ -41,7 +43,7 @@ def write_tabular(frame: pl.DataFrame, out: Path, form: TabularFormat) -> Path:
     """Write `frame` to `out` atomically (temp file, then rename)."""
     temp = out.with_name(f".{out.name}.tmp")
     if form is TabularFormat.parquet:
-        frame.write_parquet(temp)
+        write_parquet(frame, temp)
     else:
         temp.write_text(_csv(frame) if form is TabularFormat.csv else _json_lines(frame), encoding="utf-8")
     temp.replace(out)

@@ -83,7 +83,7 @@ async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, m
         monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
         for i in range(3):
             with pytest.raises(SpoolError, match="No space left"):
-                await trail.record(encrypt_call(1))
+                await trail.record(encrypt_call(10 + i))
         monkeypatch.setattr(os, "write", real_write)
         await trail.record(encrypt_call(2))  # space is back: the spool carries on, no torn frame
     assert [r.message.split(":")[0] for r in caplog.records if r.name == "keytrail.audit.spool"] == [

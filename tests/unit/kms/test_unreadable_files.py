@@ -35,3 +35,10 @@ def test_serve_names_the_unreadable_key_store_in_one_line(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"keytrail: the key store {tmp_path / 'keys.db'} cannot")
     assert "Traceback" not in result.stderr
+
+
+def test_a_key_store_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path) -> None:
+    (tmp_path / "keys.db").mkdir()  # SQLite cannot open it; nothing about the keys is known
+    with pytest.raises(OSError, match="cannot open the key store .*keys.db: unable to open") as info:
+        SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    assert not isinstance(info.value, KeyStoreUnreadable)  # whose advice, a backup over it, would lose keys

@@ -66,6 +66,14 @@ def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Pat
     assert _last(path) == ("Decrypt", "0000")
 
 
+def test_a_state_file_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path) -> None:
+    path = state_dir(tmp_path) / "segment-log.sqlite"
+    path.mkdir(parents=True)  # SQLite cannot open it; nothing says the state is lost
+    with pytest.raises(OSError, match="cannot open the metrics state file") as info:
+        PartitionState(path)
+    assert not isinstance(info.value, StateFileDamaged)  # whose advice, move it aside, would lose it
+
+
 def test_a_state_file_sqlite_cannot_read_is_named_in_one_line(tmp_path: Path) -> None:
     path = state_dir(tmp_path) / "segment-log.sqlite"
     path.parent.mkdir(parents=True)
