@@ -5,9 +5,10 @@ themselves when space is back, with every answered call in the trail and none of
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,52 @@ def _last_used_request(kms: Any, key: str, until: str, seconds: float = 30) -> s
         if usage.get("KmsRequestId") == until or time.monotonic() > deadline:
             return usage.get("KmsRequestId")
         time.sleep(0.2)
+
+
+def _child(server: KeytrailServer, kind: str) -> int:
+    """The pid of serve's `kind` child process (cli/sidecar.py)."""
+    assert server.proc is not None
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat, argv = (entry / "stat").read_text(), (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid and kind.encode() in argv:
+                return int(entry.name)
+    raise LookupError(f"serve has no {kind} child")
+
+
+def test_an_alarm_raised_while_the_disk_is_full_is_written_once_there_is_space(small_disk: Path,
+                                                                                tmp_path: Path) -> None:
+    server = KeytrailServer(small_disk / "data", dev_clock=False)
+    server.log = tmp_path / "server.log"
+    server.start()
+    alarms = small_disk / "data" / "alarms.jsonl"
+    try:
+        blob = server.client("alice").encrypt(KeyId=server.client("alice").create_key()["KeyMetadata"]["KeyId"],
+                                              Plaintext=b"x")["CiphertextBlob"]
+        detector = _child(server, "detector")
+        os.kill(detector, signal.SIGSTOP)  # the denied calls are durable before it reads them
+        for _ in range(3):
+            with pytest.raises(ClientError):
+                server.client("carol").decrypt(CiphertextBlob=blob)
+        filler = _fill(small_disk, leave=0)
+        os.kill(detector, signal.SIGCONT)
+        _wait_for(lambda: "cannot append alarm" in server.log.read_text())
+        filler.unlink()
+        _wait_for(lambda: alarms.exists() and "unauthorized-decrypt" in alarms.read_text(), seconds=60)
+        assert server.stop() == 0
+    finally:
+        if server.proc is not None:
+            server.kill()
+    log = server.log.read_text()
+    assert log.count("cannot append alarm") == 1 and "alarms are written again" in log
+    assert "Traceback" not in log, log
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.alarms import Alarm
@@ -83,6 +86,39 @@ async def test_jsonl_sink_appends(tmp_path: Path) -> None:
     await sink.deliver(alarm)
     await sink.aclose()
     assert list(read_alarms(tmp_path / "a" / "alarms.jsonl").values()) == [alarm]
+
+
+async def test_jsonl_sink_retries_a_failed_write_until_the_line_is_whole(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "alarms.jsonl"
+    sink, alarm = JsonlSink(path, backoff=(0.01, 0.02)), sample_alarm()
+    real_write, calls = os.write, []
+
+    def full_disk(fd: int, data: bytes) -> int:  # a short write, two refusals, then space again
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data)[:10])
+        if len(calls) <= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    await sink.deliver(alarm)
+    await sink.aclose()
+    assert len(calls) == 4 and calls[1] == calls[0] - 10  # the rest of the line, not all of it again
+    assert list(read_alarms(path).values()) == [alarm]
+
+
+async def test_a_line_cut_short_by_a_crash_is_skipped_and_the_next_alarm_starts_its_own(tmp_path: Path) -> None:
+    path, alarm = tmp_path / "alarms.jsonl", sample_alarm()
+    line = json.dumps(alarm.to_json())
+    path.write_text(line + "\n" + line[:40])  # the process died in the middle of a line
+    sink = JsonlSink(path)
+    await sink.deliver(alarm)
+    await sink.aclose()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == line[:40]
+    assert list(read_alarms(path).values()) == [alarm]
 
 
 def test_kafka_decoder_skips_what_it_cannot_read_and_keeps_the_rest() -> None:

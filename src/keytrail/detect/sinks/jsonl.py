@@ -1,42 +1,83 @@
-"""`<data-dir>/alarms.jsonl`: every announced alarm, one JSON object per line (always on)."""
+"""`<data-dir>/alarms.jsonl`: every announced alarm, one JSON object per line (always on).
+
+It is the alarms' record of last resort, the one hook without a broker or endpoint that can be
+down, so a write that fails (a full disk) is retried until the line is in the file, never dropped:
+the alarms behind it wait in the sink's queue. The outage is logged when it starts and ends.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
 
 __all__ = ["JsonlSink", "read_alarms"]
 
+log = logging.getLogger(__name__)
+
 
 class JsonlSink:
     """Appends alarms to a JSON-lines file; the last line of an alarmId is its latest state."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
         self.path = path
+        self.backoff = backoff  # first and longest wait between attempts at a failed write
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._failing = False
+        # A line cut short by a crash is ended before the next one, so it stays one unreadable line.
+        self._pending_newline = _ends_torn(path)
 
     async def deliver(self, alarm: Alarm) -> None:
         line = json.dumps(alarm.to_json(), separators=(",", ":")) + "\n"
-        await asyncio.to_thread(self._write, line)
+        pending = memoryview(("\n" if self._pending_newline else "").encode() + line.encode())
+        delay = self.backoff[0]
+        while pending:
+            try:
+                pending = await asyncio.to_thread(self._write, pending)
+                self._pending_newline = False
+            except OSError as exc:
+                if not self._failing:
+                    log.error("%s: cannot append alarm %s (%s); retrying until it can", self.path, alarm.alarm_id, exc)
+                    self._failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+        if self._failing:
+            log.warning("%s: alarms are written again", self.path)
+            self._failing = False
 
-    def _write(self, line: str) -> None:
-        self._file.write(line)
-        self._file.flush()
+    def _write(self, pending: memoryview) -> memoryview:
+        """Write what the file system takes of `pending`; what it did not (a write cut short)."""
+        return pending[os.write(self._fd, pending):]
 
     async def aclose(self) -> None:
-        self._file.close()
+        os.close(self._fd)
+
+
+def _ends_torn(path: Path) -> bool:
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def read_alarms(path: Path) -> dict[str, Alarm]:
-    """The latest state of each alarm in an alarms.jsonl file, by alarmId."""
+    """The latest state of each alarm in an alarms.jsonl file, by alarmId. A line that does not
+    parse (cut short by a crash) is skipped with a warning."""
     latest: dict[str, Alarm] = {}
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 alarm = Alarm.from_json(json.loads(line))
-                latest[alarm.alarm_id] = alarm
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("%s line %d is not an alarm (%s); skipped", path, number, exc)
+                continue
+            latest[alarm.alarm_id] = alarm
     return latest
