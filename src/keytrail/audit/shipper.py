@@ -36,14 +36,28 @@ class ShippedOffset:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.value = int(path.read_text()) if path.exists() else 0
+        self.value = _read_offset(path)
 
     def advance(self, offset: int) -> None:
-        """Persist a new shipped offset (atomic rename; losing it only means resending)."""
+        """Persist a new shipped offset (atomic rename, not synced: a crash that loses it, or
+        leaves it empty, only means resending)."""
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(str(offset))
         os.replace(temporary, self.path)
         self.value = offset
+
+
+def _read_offset(path: Path) -> int:
+    """The offset in the file; 0 when there is none, or when a crash left it empty or damaged."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return 0
+    if text.isascii() and text.isdigit():
+        return int(text)
+    log.warning("%s holds no offset (%r): shipping starts again from the oldest record kept; Kafka gets "
+                "those records again and the consumers drop the repeats by eventID", path, text[:40])
+    return 0
 
 
 class Shipper:

@@ -262,3 +262,16 @@ async def test_close_commits_records_queued_during_an_fsync(tmp_path: Path,
     from keytrail.audit.integrity import verify
 
     assert verify(tmp_path) == []
+
+
+@pytest.mark.parametrize("left_by_a_crash", ["", "12\x00\x00", "garbage"])
+def test_a_shipped_offset_file_a_crash_emptied_means_resending_not_a_crash(
+        tmp_path: Path, left_by_a_crash: str, caplog: pytest.LogCaptureFixture) -> None:
+    from keytrail.audit.shipper import ShippedOffset
+
+    (tmp_path / "shipped-offset").write_text(left_by_a_crash)
+    offset = ShippedOffset(tmp_path / "shipped-offset")
+    assert offset.value == 0  # from the oldest record kept: at least once, never a gap
+    assert "shipping starts again from the oldest record kept" in caplog.text
+    offset.advance(42)
+    assert ShippedOffset(tmp_path / "shipped-offset").value == 42
