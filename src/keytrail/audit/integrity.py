@@ -24,7 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityPaths", "load_digests", "signing_key", "verify"]
+__all__ = [
+    "GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "load_digests", "signing_key",
+    "verify",
+]
 
 GENESIS = bytes(32)
 HASH_SIZE = 32
@@ -57,12 +60,22 @@ class IntegrityPaths:
         return self.root / "retention-floor"
 
 
+class IntegrityFileUnusable(OSError):
+    """A file the digest chain continues from (the signing key, the newest digest) cannot be read:
+    `serve` refuses to start rather than begin a chain that `verify` could not link to the old one
+    (an OSError: the CLI reports it in one line)."""
+
+
 def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
     """The node's signing key, created (mode 0600, public key exported as PEM) on first use."""
     if paths.private_key.exists():
-        key = serialization.load_pem_private_key(paths.private_key.read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(paths.private_key.read_bytes(), password=None)
+        except ValueError as exc:
+            raise IntegrityFileUnusable(f"the audit signing key {paths.private_key} cannot be read "
+                                        f"({_first_line(exc)}): restore it from a backup") from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{paths.private_key} is not an Ed25519 private key")
+            raise IntegrityFileUnusable(f"{paths.private_key} is not an Ed25519 private key: restore it from a backup")
         return key
     paths.root.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -186,9 +199,15 @@ class ChainWriter:
     def _load_last_digest(self) -> None:
         paths = sorted(self.paths.digests.glob("*.json"))
         if paths:  # only the newest one matters to the writer (`verify` reads them all)
-            last = json.loads(paths[-1].read_bytes())
-            self._accept(last)
-            self._chain = bytes.fromhex(str(last["chainHead"]))
+            try:
+                last = json.loads(paths[-1].read_bytes())
+                self._accept(last)
+                self._chain = bytes.fromhex(str(last["chainHead"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IntegrityFileUnusable(
+                    f"the newest audit digest {paths[-1]} cannot be read ({type(exc).__name__}: {exc}): "
+                    "`keytrail audit verify` reports it; restore it from a backup, or move it aside to "
+                    "sign on from the digest before it") from None
 
     def _recover(self, log: SegmentLog) -> None:
         """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records
@@ -235,3 +254,7 @@ def verify(data_dir: Path) -> list[str]:
     from keytrail.audit.verification import verify as run
 
     return run(data_dir)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

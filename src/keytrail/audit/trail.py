@@ -68,7 +68,11 @@ class AuditTrail:
         log_dir, integrity = audit_paths(settings.data_dir)
         self.log = SegmentLog(log_dir, segment_bytes=settings.segment_bytes, writable=True)
         self.integrity = integrity
-        chain = ChainWriter(integrity, self.log, digest_interval_s=settings.digest_interval_s)
+        try:
+            chain = ChainWriter(integrity, self.log, digest_interval_s=settings.digest_interval_s)
+        except BaseException:
+            self.log.close()  # releases the writer lock it took
+            raise
         self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention)
         self.codec = EventCodec()
         self.encoder = CallEncoder(self.codec)

@@ -39,7 +39,10 @@ def verify(data_dir: Path) -> list[str]:
         return [f"no audit event log in {data_dir}"]
     if not paths.public_key.exists():
         return [f"public key {paths.public_key} is missing: cannot verify digests"]
-    public = serialization.load_pem_public_key(paths.public_key.read_bytes())
+    try:
+        public = serialization.load_pem_public_key(paths.public_key.read_bytes())
+    except ValueError as exc:
+        return [f"public key {paths.public_key} cannot be read ({str(exc).splitlines()[0]}): cannot verify digests"]
     if not isinstance(public, Ed25519PublicKey):
         return [f"{paths.public_key} is not an Ed25519 public key"]
     expected = _stored_hashes(paths)

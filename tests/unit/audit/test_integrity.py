@@ -138,3 +138,28 @@ async def test_verify_on_a_live_node_is_clean(tmp_path: Path) -> None:
         for i in range(5):
             await trail.record(encrypt_call(i))
         assert verify(tmp_path) == []  # records after the last digest, hashes not yet synced
+
+
+@pytest.mark.parametrize("left", [b"", b"\x00garbage\xff"])
+def test_a_signing_key_or_newest_digest_that_cannot_be_read_stops_the_trail_in_one_line(
+        data_dir: Path, left: bytes) -> None:
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    _, paths = audit_paths(data_dir)
+    newest = sorted(paths.digests.glob("*.json"))[-1]
+    kept = newest.read_bytes()
+    newest.write_bytes(left)  # a chain continued from here could not be linked to the old one
+    with pytest.raises(IntegrityFileUnusable, match=f"newest audit digest {newest} cannot be read"):
+        AuditTrail.open(AuditSettings(data_dir=data_dir))
+    newest.write_bytes(kept)
+    paths.private_key.write_bytes(left)  # a new key would sign a chain verify cannot trust
+    with pytest.raises(IntegrityFileUnusable, match="audit signing key .* cannot be read .*restore it from a backup"):
+        AuditTrail.open(AuditSettings(data_dir=data_dir))
+
+
+def test_a_public_key_that_cannot_be_read_is_a_verify_problem_not_a_crash(data_dir: Path) -> None:
+    _, paths = audit_paths(data_dir)
+    paths.public_key.write_bytes(b"")
+    [problem] = verify(data_dir)
+    assert problem.startswith(f"public key {paths.public_key} cannot be read")
