@@ -23,11 +23,15 @@ import polars as pl
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
-__all__ = ["MANIFEST_SCHEMA", "UsageFiles"]
+__all__ = ["MANIFEST_SCHEMA", "UsageFiles", "UsageFilesDamaged"]
 
 MANIFEST_SCHEMA = "CREATE TABLE IF NOT EXISTS usage_files (name TEXT PRIMARY KEY, day TEXT, rows INTEGER);"
 COMPACT_AFTER = 8  # files of one day before the smallest are merged
 COMPACT_MAX_ROWS = 100_000  # never merge more rows than this at once: compaction memory stays bounded
+
+
+class UsageFilesDamaged(OSError):
+    """Usage files of a partition's state that cannot be read (an OSError: one line in the CLI)."""
 
 
 class UsageFiles:
@@ -90,7 +94,17 @@ class UsageFiles:
             except FileNotFoundError:  # compacted meanwhile: read the new manifest
                 if attempt == 2:
                     raise
+            except pl.exceptions.PolarsError as exc:
+                raise self._unreadable(names, exc) from None
         raise AssertionError("unreachable")
+
+    def _unreadable(self, names: list[str], error: Exception) -> OSError:
+        """The error for listed files that polars cannot read (damaged, emptied by a crash)."""
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return UsageFilesDamaged(
+            f"the metrics state's usage files under {self.root} cannot be read ({reason}): move "
+            f"{self.root.parent / (self.partition + '.sqlite')} aside, and keytrail consume rebuilds the state "
+            f"from the start of its source ({len(names)} files read: {', '.join(names[:3])}{', …' * (len(names) > 3)})")
 
     def compact(self) -> None:
         """Merge the smallest files of each day that has more than COMPACT_AFTER of them."""
@@ -108,7 +122,11 @@ class UsageFiles:
                 old.append(name)
                 total += rows
             if len(old) > 1:
-                self._replace(old, merge_usage([pl.read_parquet(self.root / n) for n in old]))
+                try:
+                    merged = merge_usage([pl.read_parquet(self.root / n) for n in old])
+                except pl.exceptions.PolarsError as exc:
+                    raise self._unreadable(old, exc) from None
+                self._replace(old, merged)
 
     def _replace(self, old: list[str], merged: pl.DataFrame) -> None:
         new = self.write(merged)

@@ -85,3 +85,20 @@ def test_a_state_file_sqlite_cannot_read_is_named_in_one_line(tmp_path: Path) ->
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert result.stderr == f"keytrail: {info.value}\n"
+
+
+def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_path: Path) -> None:
+    from tests.support.audit_records import fill_trail
+
+    fill_trail(tmp_path, 20)
+    keytrail = [sys.executable, "-m", "keytrail"]
+    subprocess.run([*keytrail, "consume", "--data-dir", str(tmp_path), "--no-follow"], check=True, timeout=120,
+                   capture_output=True)
+    [usage_file] = (state_dir(tmp_path) / "usage").glob("day=*/*.parquet")
+    usage_file.write_bytes(b"")  # emptied by a crash or a bad disk
+    result = subprocess.run([*keytrail, "usage", "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"keytrail: the metrics state's usage files under {state_dir(tmp_path)}/usage "
+                                    "cannot be read")
+    assert f"move {state_dir(tmp_path)}/segment-log.sqlite aside" in result.stderr
