@@ -28,9 +28,9 @@ from keytrail.audit.spool import Spool, SpoolError
 from keytrail.kms.model import CallRecord
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
-log = logging.getLogger(__name__)
-
 __all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

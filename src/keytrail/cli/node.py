@@ -24,7 +24,7 @@ from keytrail.api.credentials import CredentialStore
 from keytrail.api.protocol import operation_names
 from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
-from keytrail.cli.children import Child
+from keytrail.cli.children import Child, ChildSpec
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
@@ -241,11 +241,11 @@ def _start_consumers(node: Node) -> None:
         child.start()
 
 
-async def _consume_in_process(consumer: MetricsConsumer, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+async def _consume_in_process(consumer: MetricsConsumer) -> None:
     """The dev clock's in-process consumer. A failure to write its state (a full disk) restarts it
-    from its last checkpoint after a backoff, as `serve` restarts its consumer child, instead of
+    from its last checkpoint after the backoff `serve` restarts its consumer child with, instead of
     leaving the metrics and GetKeyLastUsage stale for the rest of the process."""
-    delay, longest = backoff
+    delay, longest = ChildSpec.first_backoff, ChildSpec.max_backoff
     while True:
         try:
             await consumer.run()
