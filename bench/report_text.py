@@ -58,7 +58,8 @@ METHOD = """\
   Encrypt requests, times them, then profiles them with pyinstrument (async mode) and attributes
   inclusive time to stages.
 - **Pipeline**: `bench/pipeline_throughput.py` and `bench/detect_throughput.py` are run as they are
-  when this build has them; their output is shown verbatim."""
+  when this build has them; their output is shown verbatim. The consumer figure is the median of
+  three runs over the same generated log (one run's rate moves by ±10 % here)."""
 
 LIMITS = """\
 - **keytrail req/s** is one serving Python process on at most one core. Each request costs the
