@@ -25,7 +25,7 @@ from keytrail.audit.integrity import ChainWriter, IntegrityPaths
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
-from keytrail.kms.model import CallRecord
+from keytrail.kms.model import CallRecord, CallsInProgress
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
@@ -62,7 +62,8 @@ def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
 class AuditTrail:
     """See the module docstring. Use `open`, then `await start()`, and `await close()`."""
 
-    def __init__(self, settings: AuditSettings, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, settings: AuditSettings, now: Callable[[], datetime] | None = None,
+                 in_progress: CallsInProgress | None = None) -> None:
         self.settings = settings
         self._now = now or (lambda: datetime.now(UTC))
         log_dir, integrity = audit_paths(settings.data_dir)
@@ -73,7 +74,7 @@ class AuditTrail:
         except BaseException:
             self.log.close()  # releases the writer lock it took
             raise
-        self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention)
+        self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention, in_progress=in_progress)
         self.codec = EventCodec()
         self.encoder = CallEncoder(self.codec)
         self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")
@@ -85,9 +86,11 @@ class AuditTrail:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def open(cls, settings: AuditSettings, now: Callable[[], datetime] | None = None) -> AuditTrail:
-        """Open (creating or recovering) the audit trail of `settings.data_dir`."""
-        return cls(settings, now)
+    def open(cls, settings: AuditSettings, now: Callable[[], datetime] | None = None,
+             in_progress: CallsInProgress | None = None) -> AuditTrail:
+        """Open (creating or recovering) the audit trail of `settings.data_dir`; `in_progress`, the
+        service's count of calls in progress, sizes the group commits (audit/spool.py)."""
+        return cls(settings, now, in_progress)
 
     async def __aenter__(self) -> AuditTrail:
         await self.start()

@@ -35,7 +35,7 @@ from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
-from keytrail.kms.model import CallRecord, KeyLastUsage
+from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
@@ -138,8 +138,10 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
     store = await _open_store(settings)
     audit = consumer = None
+    in_progress = CallsInProgress()
     if settings.audit:
-        audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now)
+        audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now,
+                                in_progress=in_progress)
         if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
             if not try_lock(consumer_lock(data_dir)):  # the lock the child would hold, for life
                 raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "
@@ -149,7 +151,7 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     deps = ServiceDeps(
         store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),
         authorizer=_authorizer(clock),
-        last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None,
+        last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None, in_progress=in_progress,
     )
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: {"version": __version__},

@@ -124,6 +124,16 @@ class AuditSink(Protocol):
     async def record(self, call: CallRecord) -> None: ...
 
 
+class CallsInProgress:
+    """How many KMS calls the service is working on: entered `KmsService.execute`, not answered
+    yet. The audit spool reads it to size its group commits (audit/spool.py)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLastUsage:
     """The last successful cryptographic use of a key, as GetKeyLastUsage reports it."""

@@ -31,6 +31,7 @@ from keytrail.kms.model import (
     AuditSink,
     AuditUnavailable,
     CallRecord,
+    CallsInProgress,
     KeySpec,
     KeyState,
     KeyUsage,
@@ -61,7 +62,8 @@ OriginCreator = Callable[["KmsService", Call, Key], Awaitable[Key]]
 @dataclass(frozen=True, slots=True)
 class ServiceDeps:
     """What the service is built from; `cli` wires the real ones, tests their own. `new_id`
-    makes event ids, and the API's request ids too."""
+    makes event ids, and the API's request ids too; `in_progress` counts the calls being served
+    (the audit spool reads it)."""
 
     store: Store
     clock: Clock
@@ -70,6 +72,7 @@ class ServiceDeps:
     last_usage: LastUsageSource | None = None
     new_id: Callable[[], str] = field(default_factory=UuidSource)
     random_bytes: Callable[[int], bytes] = os.urandom
+    in_progress: CallsInProgress = field(default_factory=CallsInProgress)
 
 
 class KmsService:
@@ -99,14 +102,21 @@ class KmsService:
         operation = self.operations.get(name)
         if operation is None:
             raise errors.UnknownOperationException(f"Operation {name} is not supported.")
-        call = Call(context, params)
+        in_progress = self.deps.in_progress
+        in_progress.count += 1
+        try:
+            return await self._run(name, operation, Call(context, params))
+        finally:
+            in_progress.count -= 1
+
+    async def _run(self, name: str, operation: Operation, call: Call) -> Response:
         try:
             response = await operation.handler(self, call)
         except errors.KmsError as error:
             await self._report(name, operation, call, error)
             raise
         except Exception:
-            log.exception("internal error in %s (request %s)", name, context.request_id)
+            log.exception("internal error in %s (request %s)", name, call.context.request_id)
             internal = errors.KMSInternalException("An internal error occurred.")
             await self._report(name, operation, call, internal)
             raise internal from None

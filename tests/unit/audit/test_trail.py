@@ -13,8 +13,9 @@ import pytest
 
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.records import to_cloudtrail
-from keytrail.audit.spool import FSYNC_BUCKETS, SpoolError
+from keytrail.audit.spool import FSYNC_BUCKETS, GATHER_YIELDS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
+from keytrail.kms.model import CallsInProgress
 from tests.support.audit_records import encrypt_call, fill_trail_async
 
 
@@ -275,3 +276,51 @@ def test_a_shipped_offset_file_a_crash_emptied_means_resending_not_a_crash(
     assert "shipping starts again from the oldest record kept" in caplog.text
     offset.advance(42)
     assert ShippedOffset(tmp_path / "shipped-offset").value == 42
+
+
+async def _ticks(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_lone_call_is_written_at_once_not_after_the_gather_ticks(tmp_path: Path) -> None:
+    in_progress = CallsInProgress()
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
+        in_progress.count = 1  # the one call the service is serving
+        task = asyncio.create_task(trail.record(encrypt_call(0)))
+        await _ticks(1)
+        assert trail.log.end_offset() == 1  # written (page cache) in the call's own loop step
+        await task
+
+
+async def test_a_batch_goes_out_once_it_holds_half_the_calls_in_progress(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    in_progress = CallsInProgress()
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
+        held = _HeldSync(trail.log.sync)
+        monkeypatch.setattr(trail.log, "sync", held)
+        in_progress.count = 16
+        first = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(4)]
+        await _ticks(3)
+        assert trail.log.end_offset() == 0  # 4 queued, 12 more on their way: worth waiting for
+        in_progress.count = 10
+        more = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(4, 6)]
+        await _ticks(2)
+        assert trail.log.end_offset() == 6  # 6 queued, 4 on their way: sent, its fsync overlaps them
+        await held.wait_entered()
+        last = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(6, 8)]
+        await _ticks(GATHER_YIELDS + 2)
+        assert trail.log.end_offset() == 6 and not any(t.done() for t in first + more + last)  # one fsync at a time
+        held.released.set()
+        await asyncio.gather(*first, *more, *last)
+        assert trail.spool.fsyncs == 2 and trail.spool.stats.records == 8
+
+
+async def test_without_a_count_of_calls_a_batch_waits_the_gather_ticks(tmp_path: Path) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        task = asyncio.create_task(trail.record(encrypt_call(0)))
+        await _ticks(GATHER_YIELDS - 1)
+        assert trail.log.end_offset() == 0
+        await _ticks(3)
+        assert trail.log.end_offset() == 1
+        await task
