@@ -299,7 +299,7 @@ async def test_a_batch_goes_out_once_it_holds_half_the_calls_in_progress(tmp_pat
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
         held = _HeldSync(trail.log.sync)
         monkeypatch.setattr(trail.log, "sync", held)
-        in_progress.count = 16
+        in_progress.count = 16  # no fsync timed yet: sending early costs the calls on their way nothing
         first = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(4)]
         await _ticks(3)
         assert trail.log.end_offset() == 0  # 4 queued, 12 more on their way: worth waiting for
@@ -324,3 +324,25 @@ async def test_without_a_count_of_calls_a_batch_waits_the_gather_ticks(tmp_path:
         await _ticks(3)
         assert trail.log.end_offset() == 1
         await task
+
+
+async def test_on_a_slow_disk_a_batch_waits_for_every_call_on_its_way(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    in_progress = CallsInProgress()
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
+        real_sync = trail.log.sync
+        monkeypatch.setattr(trail.log, "sync", lambda: (time.sleep(0.1), real_sync())[1])
+        in_progress.count = 1
+        for i in range(3):  # lone calls: their fsyncs are timed at ≥ 100 ms
+            await trail.record(encrypt_call(i))
+        in_progress.count = 16
+        half = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(3, 11)]
+        await _ticks(3)
+        # 8 queued, 8 on their way: their work on the loop would not hide a 100 ms fsync, and
+        # sent now they would wait for it and then for their own
+        assert trail.log.end_offset() == 3
+        rest = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(11, 19)]
+        await _ticks(2)
+        assert trail.log.end_offset() == 19
+        await asyncio.gather(*half, *rest)
+        assert trail.spool.fsyncs == 4
