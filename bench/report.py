@@ -101,7 +101,18 @@ def cpu_parts_table(http: dict[str, Any]) -> list[str]:
     for name in [*names, "total"]:
         cells = [_part_cell(parts, name) for parts in (medians[target] for target, _ in targets)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    busy = [_busy_share(_runs(http, target, "Encrypt")) for target, _ in targets]
+    lines.append("| serving thread busy (share of a core: its CPU per call × req/s) | "
+                 + " | ".join("n/a" if share is None else f"{share:.2f}" for share in busy) + " |")
     return lines
+
+
+def _busy_share(runs: Sequence[dict[str, Any]]) -> float | None:
+    """The median share of a core the serving thread was busy: below 1, the loop waited (for the
+    audit spool's fsync when the other servers of the table reach 1)."""
+    shares = [(run["cpu_parts_us"].get(SERVING_USER, 0.0) + run["cpu_parts_us"].get(SERVING_SYSTEM, 0.0))
+              * run["rps"] / 1e6 for run in runs if run.get("cpu_parts_us") and run.get("rps")]
+    return statistics.median(shares) if shares else None
 
 
 def group_commit_line(commits: dict[str, dict[str, float]]) -> str:

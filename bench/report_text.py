@@ -69,9 +69,11 @@ LIMITS = """\
   cent: the cost is Python code per request, not cryptography. More throughput needs more
   processes (Scale), or less Python per request: the profile's largest stages are where to look.
 - **Audit on vs off**: with the trail on, every call also encodes its CloudTrail record as Avro
-  and waits for the spool's group-committed fsync before it answers (the *audit record* stage):
-  with wrk's 16 connections the serving loop sits idle while every open request waits for an
-  fsync (≈ 0.5–1 ms on this disk), which costs throughput beyond the CPU. The Kafka shipper (one
+  and waits for the spool's group-committed fsync before it answers (the *audit record* stage).
+  A group goes out once it holds half the open calls, when their work on the loop lasts at least
+  an fsync (≈ 0.5–2 ms on this disk), so the loop works on one half while the other half's fsync
+  runs; it still idles whenever an fsync outlasts that work (the *serving thread busy* row), which
+  costs throughput beyond the CPU. The Kafka shipper (one
   record batch per partition per round) runs in the serving process; the metrics consumer and the
   detector run as `serve`'s child processes on the other core and read every record back from
   the log. *CPU µs/req* counts the whole process tree, children included, so the audited row's CPU
@@ -82,7 +84,7 @@ LIMITS = """\
   difference between the *serving thread* rows of *everything on* and *audit off* is what the
   audit record costs the one thread that limits req/s; the fsync thread and the children run on
   the other core. The serving thread's req/s is its CPU per call divided into the share of a core
-  it was busy: the rest of the time it waits, every open call inside one group commit's fsync.
+  it was busy: the rest of the time it waits, every open call inside a group commit's fsync.
 - **Shared cores.** wrk takes most of one of the two cores and other sessions on the machine take
   what they can, so a server often gets well under one core (*server cores* column). A fast server
   suffers more than moto (at a few hundred req/s moto leaves wrk idle and gets its full core), so

@@ -146,7 +146,15 @@ def test_cpu_parts_table_gives_each_servers_median_part_and_total() -> None:
     table = cpu_parts_table({"runs": runs})
     assert table[2] == f"| {SERVING_USER} | 110.0 | n/a | 80.0 |"
     assert "| consumer child | 20.0 | n/a | – |" in table  # audit off has no consumer
-    assert table[-1] == "| total | 130.0 | n/a | 80.0 |"
+    assert table[-2] == "| total | 130.0 | n/a | 80.0 |"
+
+
+def test_cpu_parts_table_tells_how_busy_each_serving_thread_was() -> None:
+    def run(target: str, rps: float, user: float, system: float) -> dict[str, Any]:
+        return {"target": target, "operation": "Encrypt", "round": 0, "rps": rps,
+                "cpu_parts_us": {SERVING_USER: user, SERVING_SYSTEM: system}}
+    runs = [run("keytrail", 2_000.0, 380.0, 20.0), run("keytrail, audit off", 4_000.0, 230.0, 20.0)]
+    assert cpu_parts_table({"runs": runs})[-1].endswith("| 0.80 | n/a | 1.00 |")  # audited: waits a fifth of the time
 
 
 def test_group_commit_line_reads_the_fsync_histogram() -> None:
