@@ -2,12 +2,14 @@
 
     PYTHONPATH=src:. python bench/audit_e2e.py [--calls 3000] [--rounds 3] [--concurrency 16] [--wrk SECONDS]
 
-Needs the AuditTrail wired into `serve` and the hidden `--no-audit` switch (ServeSettings.audit)
-that turns it off. Two servers run side by side (one audited, one not); each round sends the same
-pre-signed Encrypt request (SigV4, valid 5 minutes, replayed) `--calls` times to each, interleaved,
-over keep-alive connections (httpx; with `--wrk SECONDS` and `wrk` installed, wrk -t1 replays it
-for that long instead: a Python client cannot saturate the server). Reports medians of calls/s, server CPU µs per call
-(utime+stime from /proc) and the per-round ratio on/off. Only loopback traffic.
+Two servers run side by side, as `serve` runs by default (the consumer and the detector as child
+processes): one audited, one with the hidden `--no-audit` switch (ServeSettings.audit). Each round
+sends the same pre-signed Encrypt request (SigV4, valid 5 minutes, replayed) `--calls` times to
+each, interleaved, over keep-alive connections (httpx; with `--wrk SECONDS` and `wrk` installed,
+wrk -t1 replays it for that long instead: a Python client cannot saturate the server). Reports
+medians of calls/s, the serving process's CPU µs per call (utime+stime from /proc), how busy its
+serving thread was (its CPU per call × calls/s: below 1 the loop waited) and the per-round ratio
+on/off. Only loopback traffic.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from botocore.credentials import Credentials
 from tests.support.server import PRINCIPALS, KeytrailServer
 
 from bench.httpload import post_rate
+from bench.procs import SERVING_SYSTEM, SERVING_USER, cpu_by_part
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,16 +67,19 @@ def wrk_rate(endpoint: str, request: tuple[dict[str, str], bytes], seconds: int,
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), total  # type: ignore[union-attr]
 
 
-def measure(server: KeytrailServer, key: str, args: argparse.Namespace, folder: Path) -> tuple[float, float]:
+def measure(server: KeytrailServer, key: str, args: argparse.Namespace, folder: Path) -> tuple[float, float, float]:
+    """(calls/s, serving process CPU µs per call, share of a core its serving thread was busy)."""
     assert server.proc is not None
     request = presigned(server.endpoint, key)
     asyncio.run(post_rate(server.endpoint, request, 100, args.concurrency))  # warm-up
-    before = cpu_seconds(server.proc.pid)
+    before, parts_before = cpu_seconds(server.proc.pid), cpu_by_part(server.proc.pid)
     if args.wrk and shutil.which("wrk"):
         served, calls = wrk_rate(server.endpoint, request, args.wrk, args.concurrency, folder)
     else:
         served, calls = asyncio.run(post_rate(server.endpoint, request, args.calls, args.concurrency)), args.calls
-    return served, (cpu_seconds(server.proc.pid) - before) / calls * 1e6
+    parts = cpu_by_part(server.proc.pid)
+    serving = sum(parts[name] - parts_before[name] for name in (SERVING_USER, SERVING_SYSTEM))
+    return served, (cpu_seconds(server.proc.pid) - before) / calls * 1e6, serving / calls * served
 
 
 def main() -> None:
@@ -83,10 +89,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--wrk", type=int, default=0, help="seconds per measurement with wrk (0: httpx)")
     args = parser.parse_args()
-    results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    results: dict[str, list[tuple[float, float, float]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {"off": KeytrailServer(Path(tmp) / "off", "--no-audit").start(),
-                   "on": KeytrailServer(Path(tmp) / "on").start()}
+        servers = {"off": KeytrailServer(Path(tmp) / "off", "--no-audit", dev_clock=False).start(),
+                   "on": KeytrailServer(Path(tmp) / "on", dev_clock=False).start()}
         try:
             keys = {name: s.client("alice").create_key()["KeyMetadata"]["KeyId"] for name, s in servers.items()}
             for _ in range(args.rounds):
@@ -97,9 +103,9 @@ def main() -> None:
                 server.stop()
     ratios = [on[0] / off[0] for on, off in zip(results["on"], results["off"], strict=True)]
     for name in ("off", "on"):
-        rates, cpu = [r for r, _ in results[name]], [c for _, c in results[name]]
+        rates, cpu, busy = zip(*results[name], strict=True)
         print(f"audit {name:>3}: median {statistics.median(rates):,.0f} Encrypt calls/s {[round(r) for r in rates]}, "
-              f"server CPU {statistics.median(cpu):.0f} µs/call")
+              f"server CPU {statistics.median(cpu):.0f} µs/call, serving thread busy {statistics.median(busy):.2f}")
     print(f"ratio on/off (median of per-round ratios): {statistics.median(ratios):.2f} "
           f"{[round(r, 2) for r in ratios]}")
 
