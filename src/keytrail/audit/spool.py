@@ -87,6 +87,8 @@ class Spool:
         self._payloads: list[bytes] = []
         self._waiters: _Waiters = []
         self.committed = asyncio.Event()  # set after every commit (the shipper waits on it)
+        # Told of each group once it is durable: its first offset and its payloads (the shipper's memory).
+        self.on_durable: Callable[[int, list[bytes]], None] | None = None
         self.durable_end = segments.end_offset()
         self.durable_bytes = 0  # framed bytes made durable since open (the trail's shipping cap)
         self.stats = CommitStats()
@@ -211,7 +213,7 @@ class Spool:
         size = framed_size(payloads)
         self._syncing = len(waiters)
         self._dispatch(lambda: self._sync(rolled, digest, now),
-                       lambda error: self._synced(waiters, first, size, error))
+                       lambda error: self._synced(waiters, first, payloads, size, error))
 
     def _append(self, payloads: list[bytes]) -> tuple[int, bool]:
         """Write and hash the batch (not yet durable); the first offset and whether a segment closed."""
@@ -226,7 +228,8 @@ class Spool:
         self.chain.add(first, payloads)
         return first, self.segments.active_base != active
 
-    def _synced(self, waiters: _Waiters, first: int, size: int, error: BaseException | None) -> None:
+    def _synced(self, waiters: _Waiters, first: int, payloads: list[bytes], size: int,
+                error: BaseException | None) -> None:
         if error is not None:
             self._fail(waiters, error)
             return
@@ -237,6 +240,8 @@ class Spool:
             self._refused = 0
         self.durable_end = first + len(waiters)
         self.durable_bytes += size
+        if self.on_durable is not None:
+            self.on_durable(first, payloads)
         for offset, future in enumerate(waiters, first):
             if not future.done():  # its caller may have been cancelled meanwhile
                 future.set_result(offset)

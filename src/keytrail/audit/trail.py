@@ -23,7 +23,7 @@ from typing import Any
 from keytrail.audit.call_encoder import CallEncoder
 from keytrail.audit.integrity import ChainWriter, IntegrityPaths
 from keytrail.audit.schema import EventCodec
-from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
+from keytrail.audit.shipper import AUDIT_TOPIC, RecentRecords, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
 from keytrail.kms.model import CallRecord, CallsInProgress
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
@@ -103,10 +103,13 @@ class AuditTrail:
         """Start the spool writer and, with Kafka, the shipper."""
         self.spool.start()
         if self.settings.kafka_bootstrap:
+            recent = RecentRecords()
+            self.spool.on_durable = recent.add
             self._shipper = Shipper(
                 self.settings.kafka_bootstrap, SegmentLog(self.log.directory), self.shipped,
                 partitions=self.settings.partitions, durable_end=lambda: self.spool.durable_end,
                 committed=self.spool.committed, on_shipped=self._shipped_bytes, topic=self.settings.topic,
+                recent=recent,
             )
             self._tasks.append(asyncio.create_task(self._shipper.run(), name="audit-shipper"))
 
