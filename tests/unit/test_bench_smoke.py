@@ -167,3 +167,13 @@ def test_group_commit_line_reads_the_fsync_histogram() -> None:
     assert "half at or under 1 ms, 99 % at or under 10 ms" in line
     assert "scale-out node" not in line
     assert "not measured" in group_commit_line({})
+
+
+def test_ab_variants_name_a_source_tree_serve_options_and_environment() -> None:
+    from bench.ab import Round, Variant
+
+    variant = Variant.parse("kafka=/tmp/base/src:--kafka,127.0.0.1:9092,env.KT_X=1,--no-detector")
+    assert variant == Variant("kafka", Path("/tmp/base/src"), ("--kafka", "127.0.0.1:9092", "--no-detector"),
+                              {"KT_X": "1"})
+    assert Variant.parse("main=src") == Variant("main", Path("src"), (), {})
+    assert Round(2_000.0, {SERVING_USER: 400.0, SERVING_SYSTEM: 50.0, "consumer child": 30.0}).busy == 0.9

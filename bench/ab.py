@@ -1,0 +1,125 @@
+"""A/B of `keytrail serve` builds or options under wrk: servers side by side, loaded in alternation.
+
+    PYTHONPATH=src:. python -m bench.ab [--rounds 10] [--seconds 4] NAME=SRC[:ARG,ARG,env.VAR=VALUE] ...
+
+Each NAME is one server: `keytrail serve` run from the source tree SRC (a `src` folder: another
+checkout, or `git archive HEAD src schemas | tar -x -C /tmp/base` for the last commit) with the
+serve options ARGs (commas between them: `--kafka,127.0.0.1:9092`, `--no-audit`) and environment
+variables `env.VAR=VALUE`. Every server runs as `serve` runs by default (consumer and detector as
+child processes) and gets one pre-signed Encrypt replayed by wrk -t1 -c16 per round; rounds visit
+the servers in turn, so a shared machine's slow minutes fall on all of them. Printed per server:
+median req/s with every round's, CPU µs per call by part (bench/procs.py), how busy the serving
+thread was, and each server's median per-round ratio against the first. On this kind of VM one
+configuration moves ±25 % between rounds: trust medians of 8 or more rounds, not one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.server import KeytrailServer
+
+from bench.audit_e2e import presigned, wrk_rate
+from bench.procs import SERVING_SYSTEM, SERVING_USER, cpu_by_part
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    source: Path
+    serve_args: tuple[str, ...]
+    environment: dict[str, str]
+
+    @classmethod
+    def parse(cls, spec: str) -> Variant:
+        name, _, rest = spec.partition("=")
+        source, _, options = rest.partition(":")
+        serve_args: list[str] = []
+        environment: dict[str, str] = {}
+        for option in filter(None, options.split(",")):
+            if option.startswith("env."):
+                variable, _, value = option.removeprefix("env.").partition("=")
+                environment[variable] = value
+            else:
+                serve_args.append(option)
+        return cls(name, Path(source), tuple(serve_args), environment)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    rate: float
+    cpu_us: dict[str, float]  # CPU µs per call by part
+
+    @property
+    def busy(self) -> float:
+        """The share of a core the serving thread was busy (below 1: its loop waited)."""
+        return (self.cpu_us.get(SERVING_USER, 0.0) + self.cpu_us.get(SERVING_SYSTEM, 0.0)) * self.rate / 1e6
+
+
+def _start(variant: Variant, folder: Path) -> KeytrailServer:
+    saved = dict(os.environ)
+    os.environ.update(variant.environment, PYTHONPATH=f"{variant.source.resolve()}:.")
+    try:
+        return KeytrailServer(folder / variant.name, *variant.serve_args, dev_clock=False).start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _round(server: KeytrailServer, request: tuple[dict[str, str], bytes], seconds: int, folder: Path) -> Round:
+    assert server.proc is not None
+    before = cpu_by_part(server.proc.pid)
+    rate, calls = wrk_rate(server.endpoint, request, seconds, 16, folder)
+    after = cpu_by_part(server.proc.pid)
+    return Round(rate, {part: (after[part] - before.get(part, 0.0)) / calls * 1e6 for part in after})
+
+
+def _report(results: dict[str, list[Round]]) -> None:
+    for name, rounds in results.items():
+        parts = sorted({part for r in rounds for part in r.cpu_us})
+        cpu = {part: statistics.median(r.cpu_us.get(part, 0.0) for r in rounds) for part in parts}
+        print(f"{name}: median {statistics.median(r.rate for r in rounds):,.0f} req/s "
+              f"{[round(r.rate) for r in rounds]}; CPU µs per call "
+              + ", ".join(f"{part} {value:.0f}" for part, value in cpu.items())
+              + f", total {sum(cpu.values()):.0f}; serving thread busy {statistics.median(r.busy for r in rounds):.2f}")
+    base, *others = results
+    for name in others:
+        ratios = [mine.rate / theirs.rate for mine, theirs in zip(results[name], results[base], strict=True)]
+        print(f"{name} / {base}: median {statistics.median(ratios):.3f} {[round(ratio, 2) for ratio in ratios]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=4, help="wrk seconds per server per round")
+    parser.add_argument("variants", nargs="+", metavar="NAME=SRC[:ARGS]")
+    args = parser.parse_args()
+    variants = [Variant.parse(spec) for spec in args.variants]
+    results: dict[str, list[Round]] = {variant.name: [] for variant in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        servers: dict[str, KeytrailServer] = {}
+        try:
+            for variant in variants:
+                servers[variant.name] = _start(variant, folder)
+            requests = {}
+            for name, server in servers.items():
+                key = server.client("alice").create_key()["KeyMetadata"]["KeyId"]
+                requests[name] = presigned(server.endpoint, key)
+                wrk_rate(server.endpoint, requests[name], 2, 16, folder)  # warm-up
+            for _ in range(args.rounds):
+                for name, server in servers.items():
+                    results[name].append(_round(server, requests[name], args.seconds, folder))
+        finally:
+            for server in servers.values():
+                server.stop()
+    _report(results)
+
+
+if __name__ == "__main__":
+    main()
