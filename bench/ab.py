@@ -25,7 +25,7 @@ from pathlib import Path
 from tests.support.server import KeytrailServer
 
 from bench.audit_e2e import presigned, wrk_rate
-from bench.procs import SERVING_SYSTEM, SERVING_USER, cpu_by_part
+from bench.procs import busy_share, cpu_by_part, cpu_per_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class Round:
     @property
     def busy(self) -> float:
         """The share of a core the serving thread was busy (below 1: its loop waited)."""
-        return (self.cpu_us.get(SERVING_USER, 0.0) + self.cpu_us.get(SERVING_SYSTEM, 0.0)) * self.rate / 1e6
+        return busy_share(self.cpu_us, self.rate)
 
 
 def _start(variant: Variant, folder: Path) -> KeytrailServer:
@@ -76,7 +76,7 @@ def _round(server: KeytrailServer, request: tuple[dict[str, str], bytes], second
     before = cpu_by_part(server.proc.pid)
     rate, calls = wrk_rate(server.endpoint, request, seconds, 16, folder)
     after = cpu_by_part(server.proc.pid)
-    return Round(rate, {part: (after[part] - before.get(part, 0.0)) / calls * 1e6 for part in after})
+    return Round(rate, cpu_per_request(before, after, calls))
 
 
 def _report(results: dict[str, list[Round]]) -> None:

@@ -32,7 +32,7 @@ from botocore.credentials import Credentials
 from tests.support.server import PRINCIPALS, KeytrailServer
 
 from bench.httpload import post_rate
-from bench.procs import SERVING_SYSTEM, SERVING_USER, cpu_by_part
+from bench.procs import busy_share, cpu_by_part, cpu_per_request
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,9 +77,8 @@ def measure(server: KeytrailServer, key: str, args: argparse.Namespace, folder: 
         served, calls = wrk_rate(server.endpoint, request, args.wrk, args.concurrency, folder)
     else:
         served, calls = asyncio.run(post_rate(server.endpoint, request, args.calls, args.concurrency)), args.calls
-    parts = cpu_by_part(server.proc.pid)
-    serving = sum(parts[name] - parts_before[name] for name in (SERVING_USER, SERVING_SYSTEM))
-    return served, (cpu_seconds(server.proc.pid) - before) / calls * 1e6, serving / calls * served
+    parts = cpu_per_request(parts_before, cpu_by_part(server.proc.pid), calls)
+    return served, (cpu_seconds(server.proc.pid) - before) / calls * 1e6, busy_share(parts, served)
 
 
 def main() -> None:

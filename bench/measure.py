@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.presign import read_requests
-from bench.procs import cpu_by_part, tree_cpu_seconds, tree_rss_bytes
+from bench.procs import cpu_by_part, cpu_per_request, tree_cpu_seconds, tree_rss_bytes
 from bench.targets import Target, exchange
 from bench.wrk import run_wrk
 
@@ -54,7 +54,7 @@ def measure(target: Target, operation: str, work: Path, durations: Durations,
     row.update(result.as_dict())
     row["cpu_us_per_request"] = cpu / result.requests * 1e6 if result.requests else None
     if result.requests:
-        row["cpu_parts_us"] = _per_request(parts_before, parts, result.requests)
+        row["cpu_parts_us"] = cpu_per_request(parts_before, parts, result.requests)
     row["cpu_cores"] = cpu_load / result.seconds if result.seconds else None
     row["catch_up_s"] = round(catch_up, 2)
     row["rss_mb"] = tree_rss_bytes(pids) / 2**20
@@ -63,10 +63,6 @@ def measure(target: Target, operation: str, work: Path, durations: Durations,
         row["warning"] = f"{result.status_errors} status errors, {result.socket_errors} socket errors"
     return row
 
-
-def _per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
-    """CPU µs per request of each part (a child that restarted meanwhile counts from zero)."""
-    return {name: max(0.0, seconds - before.get(name, 0.0)) / requests * 1e6 for name, seconds in after.items()}
 
 
 def wait_idle(pids: Sequence[int], limit: float = 15.0, step: float = 0.25, busy: float = 0.05) -> float:

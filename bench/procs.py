@@ -14,11 +14,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SERVE_HTTP_PROTOCOL", "Process", "cpu_by_part", "free_port", "tree_cpu_seconds", "tree_pids",
-           "tree_rss_bytes"]
+__all__ = ["SERVE_HTTP_PROTOCOL", "Process", "busy_share", "cpu_by_part", "cpu_per_request", "free_port",
+           "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
 
 # The uvicorn `--http` protocol `keytrail serve` runs (one write per answer): every Python server
 # of the suite (serve, its uvicorn workers, the bare ASGI ceiling) runs on the same stack.
@@ -82,6 +82,18 @@ def cpu_by_part(root: int) -> dict[str, float]:
             label = child_label(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
             parts[label] = parts.get(label, 0.0) + tree_cpu_seconds([pid])
     return parts
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """CPU µs per request of each part, from two `cpu_by_part` readings (a child that restarted
+    meanwhile counts from zero)."""
+    return {name: max(0.0, seconds - before.get(name, 0.0)) / requests * 1e6 for name, seconds in after.items()}
+
+
+def busy_share(parts_us: Mapping[str, float], requests_per_second: float) -> float:
+    """The share of a core the serving thread was busy: its CPU µs per request (user and system)
+    times the request rate. Below 1, its event loop waited (for an fsync, for work)."""
+    return (parts_us.get(SERVING_USER, 0.0) + parts_us.get(SERVING_SYSTEM, 0.0)) * requests_per_second / 1e6
 
 
 def child_label(argv: Sequence[bytes]) -> str:

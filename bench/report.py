@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.fixtures import OPERATIONS
 from bench.measure import median_cell
-from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER
+from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER, busy_share
 from bench.report_text import LIMITS, METHOD
 
 __all__ = ["ratios", "render", "splice"]
@@ -110,8 +110,7 @@ def cpu_parts_table(http: dict[str, Any]) -> list[str]:
 def _busy_share(runs: Sequence[dict[str, Any]]) -> float | None:
     """The median share of a core the serving thread was busy: below 1, the loop waited (for the
     audit spool's fsync when the other servers of the table reach 1)."""
-    shares = [(run["cpu_parts_us"].get(SERVING_USER, 0.0) + run["cpu_parts_us"].get(SERVING_SYSTEM, 0.0))
-              * run["rps"] / 1e6 for run in runs if run.get("cpu_parts_us") and run.get("rps")]
+    shares = [busy_share(run["cpu_parts_us"], run["rps"]) for run in runs if run.get("cpu_parts_us") and run.get("rps")]
     return statistics.median(shares) if shares else None
 
 
