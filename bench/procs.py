@@ -70,7 +70,7 @@ OTHER_THREADS = "serving process, other threads"
 
 def cpu_by_part(root: int) -> dict[str, float]:
     """CPU seconds of `root`'s process tree by part: its main thread (the event loop of a one-process
-    server) in user and system time, its other threads (e.g. the audit spool's fsync thread), and
+    server) in user and system time, its other threads (e.g. the audit spool's writer thread), and
     each child process by what it runs (`child_label`); processes with the same label are summed."""
     parts: dict[str, float] = {}
     with contextlib.suppress(OSError, IndexError, ValueError):
@@ -101,6 +101,8 @@ def child_label(argv: Sequence[bytes]) -> str:
     args = [arg.decode(errors="replace") for arg in argv if arg]
     if "keytrail.cli.sidecar" in args[:-1]:
         return f"{args[args.index('keytrail.cli.sidecar') + 1]} child"
+    if "keytrail.audit.syncer" in args:
+        return "audit fsync helper"
     return f"child: {Path(args[0]).name if args else '?'}"
 
 

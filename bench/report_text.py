@@ -82,7 +82,7 @@ LIMITS = """\
   node row is `serve --no-detector`, as docker-compose runs its API nodes (one detector judges the
   whole topic elsewhere). The CPU-by-part table under the HTTP table splits each server's CPU: the
   difference between the *serving thread* rows of *everything on* and *audit off* is what the
-  audit record costs the one thread that limits req/s; the fsync thread and the children run on
+  audit record costs the one thread that limits req/s; the fsync helper and the children run on
   the other core. The serving thread's req/s is its CPU per call divided into the share of a core
   it was busy: the rest of the time it waits, every open call inside a group commit's fsync.
 - **Shared cores.** wrk takes most of one of the two cores and other sessions on the machine take

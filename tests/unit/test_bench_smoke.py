@@ -135,6 +135,7 @@ def test_children_are_labelled_by_their_role() -> None:
     sidecar = [b"/usr/bin/python3", b"-m", b"keytrail.cli.sidecar", b"detector", b"/data", b""]
     assert child_label(sidecar) == "detector child"
     assert child_label([b"/opt/venv/bin/python3", b"-m", b"uvicorn", b""]) == "child: python3"
+    assert child_label([b"/opt/venv/bin/python3", b"-m", b"keytrail.audit.syncer", b""]) == "audit fsync helper"
 
 
 def test_cpu_parts_table_gives_each_servers_median_part_and_total() -> None:

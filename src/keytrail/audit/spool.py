@@ -3,9 +3,11 @@
 Concurrent `append` calls queue their payloads. When no other call is on its way to the spool, or
 when enough are that the loop can work on them while the batch syncs (`Spool._full`), or after a
 few loop ticks, the queued records are framed, written and hashed into the integrity chain on the
-event loop (page-cache writes of a few KB), and one dedicated writer thread fsyncs them. While
-that fsync is in flight new records queue; when it returns, one callback resolves every caller of
-the group and the next group goes out (classic group commit pipelining).
+event loop (page-cache writes of a few KB), and a helper process fsyncs them (audit/syncer.py:
+a thread of this process would wait for the GIL the loop holds), or, without one, a dedicated
+writer thread. While that fsync is in flight new records queue; when it returns, one callback
+resolves every caller of the group and the next group goes out (classic group commit pipelining).
+The writer thread also writes the signed digests and does the rare fsyncs of a new segment.
 A record is acknowledged only once it is on disk.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from keytrail.audit.integrity import ChainWriter
+from keytrail.audit.syncer import SyncHelper, SyncHelperGone
 from keytrail.kms.model import AuditUnavailable, CallsInProgress
 from keytrail.transport.frames import framed_size
 from keytrail.transport.segment_log import SegmentLog
@@ -77,7 +80,8 @@ class Spool:
     """Group-committing writer over a `SegmentLog` and its `ChainWriter`."""
 
     def __init__(self, segments: SegmentLog, chain: ChainWriter, now: Callable[[], datetime],
-                 maintenance: Callable[[], None] | None = None, in_progress: CallsInProgress | None = None) -> None:
+                 maintenance: Callable[[], None] | None = None, in_progress: CallsInProgress | None = None,
+                 sync_helper: bool = False) -> None:
         self.segments = segments
         self.in_progress = in_progress
         self._maintenance = maintenance
@@ -101,6 +105,8 @@ class Spool:
         self.gather_yields = GATHER_YIELDS
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], _Done] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._wants_helper = sync_helper
+        self._helper: SyncHelper | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = False  # the writer thread holds a job: the log and chain are its own
@@ -123,6 +129,11 @@ class Spool:
         self._thread = threading.Thread(target=self._serve_jobs, name="audit-spool-writer", daemon=True)
         self._thread.start()
         self._timer = self._loop.call_later(self.chain.interval, self._tick)
+        if self._wants_helper:
+            try:
+                self._helper = SyncHelper.start(self._loop)
+            except OSError as exc:
+                log.warning("audit fsync helper process not started (%s): the writer thread fsyncs", exc)
 
     async def append(self, payload: bytes) -> int:
         """Queue one record; return its offset once it is durable."""
@@ -160,6 +171,9 @@ class Spool:
             self._jobs.put(None)
             self._thread.join()  # idle after `drain`: it returns at once
             self._thread = None
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
         self.chain.close()
         self.segments.close()
 
@@ -212,8 +226,29 @@ class Spool:
         digest = rolled or self.chain.digest_due(now)
         size = framed_size(payloads)
         self._syncing = len(waiters)
-        self._dispatch(lambda: self._sync(rolled, digest, now),
-                       lambda error: self._synced(waiters, first, payloads, size, error))
+
+        def done(error: BaseException | None) -> None:
+            self._synced(waiters, first, payloads, size, error)
+
+        if self._helper is not None and not (rolled or digest or self.segments.needs_directory_sync):
+            self._sync_in_helper(self._helper, done)
+        else:
+            self._dispatch(lambda: self._sync(rolled, digest, now), done)
+
+    def _sync_in_helper(self, helper: SyncHelper, done: _Done) -> None:
+        self._in_flight = True
+
+        def answered(error: OSError | None, seconds: float) -> None:
+            if isinstance(error, SyncHelperGone):  # the records are written: the writer thread syncs them
+                log.warning("%s; the writer thread does the audit fsyncs from now on", error)
+                self._helper = None
+                helper.close()
+                self._jobs.put((lambda: self._sync(False, False, self._now()), done))
+                return
+            self._fsync_seconds = seconds
+            self._finish(done, error)
+
+        helper.sync(self.segments.active_path, answered)
 
     def _append(self, payloads: list[bytes]) -> tuple[int, bool]:
         """Write and hash the batch (not yet durable); the first offset and whether a segment closed."""

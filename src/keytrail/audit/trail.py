@@ -40,6 +40,7 @@ class AuditSettings:
     `max_unshipped_bytes` applies with Kafka only: beyond it (shipping stuck) calls fail.
     Retention deletes closed segments older than `retention_hours` or beyond
     `retention_bytes` (None: keep), and never a segment Kafka has not acknowledged.
+    `fsync_helper`: fsync in a helper process rather than a thread (audit/syncer.py says why).
     """
 
     data_dir: Path
@@ -51,6 +52,7 @@ class AuditSettings:
     retention_bytes: int | None = None
     digest_interval_s: float = 3600.0
     topic: str = AUDIT_TOPIC
+    fsync_helper: bool = True
 
 
 def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
@@ -74,7 +76,8 @@ class AuditTrail:
         except BaseException:
             self.log.close()  # releases the writer lock it took
             raise
-        self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention, in_progress=in_progress)
+        self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention, in_progress=in_progress,
+                           sync_helper=settings.fsync_helper)
         self.codec = EventCodec()
         self.encoder = CallEncoder(self.codec)
         self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")

@@ -147,6 +147,16 @@ class SegmentLog:
         return segment
 
     @property
+    def active_path(self) -> Path:
+        """The file appends go to."""
+        return self._segments[-1].path
+
+    @property
+    def needs_directory_sync(self) -> bool:
+        """Whether `sync` must also fsync the directory (a segment was created since the last)."""
+        return self._dirty_dir
+
+    @property
     def active_base(self) -> int:
         """The base offset of the segment appends go to (changes when `append` rolls)."""
         return self._segments[-1].base

@@ -19,11 +19,17 @@ from keytrail.kms.model import CallsInProgress
 from tests.support.audit_records import encrypt_call, fill_trail_async
 
 
+def _thread_synced(data_dir: Path) -> AuditSettings:
+    """Settings whose fsyncs run in the spool's writer thread, where a test can slow or fail them
+    (`os.fsync`, `trail.log.sync`); tests/unit/audit/test_syncer.py covers the helper process."""
+    return AuditSettings(data_dir=data_dir, fsync_helper=False)
+
+
 async def test_concurrent_records_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         before = len(synced)
         await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(200)))
         during = len(synced) - before
@@ -36,7 +42,7 @@ async def test_commit_stats_time_every_fsync_and_count_its_records(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.003), real_fsync(fd))[1])  # a slow disk: ≥ 3 ms
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(40)))
         stats = trail.spool.stats
         assert stats.records == 40 and stats.fsyncs == trail.spool.fsyncs == sum(stats.buckets)
@@ -98,7 +104,7 @@ async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, m
 
 async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
         with pytest.raises(SpoolError, match="I/O error"):
             await trail.record(encrypt_call(1))
@@ -108,7 +114,7 @@ async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
 
 async def test_failed_fsync_fails_every_record_of_its_batch(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
         results = await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(12)),
                                        return_exceptions=True)
@@ -198,7 +204,7 @@ class _HeldSync:
 
 async def test_records_queued_during_an_fsync_share_the_next_one(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         held = _HeldSync(trail.log.sync)
         monkeypatch.setattr(trail.log, "sync", held)
         first = asyncio.create_task(trail.record(encrypt_call(0)))
@@ -215,7 +221,7 @@ async def test_records_queued_during_an_fsync_share_the_next_one(tmp_path: Path,
 
 async def test_failed_fsync_fails_the_records_queued_behind_it(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         held = _HeldSync(trail.log.sync, OSError(5, "I/O error"))
         monkeypatch.setattr(trail.log, "sync", held)
         first = asyncio.create_task(trail.record(encrypt_call(0)))
@@ -230,7 +236,7 @@ async def test_failed_fsync_fails_the_records_queued_behind_it(tmp_path: Path,
 
 async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_durable(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
         held = _HeldSync(trail.log.sync)
         monkeypatch.setattr(trail.log, "sync", held)
         records = [asyncio.create_task(trail.record(encrypt_call(i))) for i in range(6)]
@@ -246,7 +252,7 @@ async def test_a_cancelled_caller_leaves_the_rest_of_its_batch_durable(tmp_path:
 
 async def test_close_commits_records_queued_during_an_fsync(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    trail = AuditTrail.open(AuditSettings(data_dir=tmp_path))
+    trail = AuditTrail.open(_thread_synced(tmp_path))
     await trail.start()
     held = _HeldSync(trail.log.sync)
     monkeypatch.setattr(trail.log, "sync", held)
@@ -296,7 +302,7 @@ async def test_a_lone_call_is_written_at_once_not_after_the_gather_ticks(tmp_pat
 async def test_a_batch_goes_out_once_it_holds_half_the_calls_in_progress(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     in_progress = CallsInProgress()
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path), in_progress=in_progress) as trail:
         held = _HeldSync(trail.log.sync)
         monkeypatch.setattr(trail.log, "sync", held)
         in_progress.count = 16  # no fsync timed yet: sending early costs the calls on their way nothing
@@ -329,7 +335,7 @@ async def test_without_a_count_of_calls_a_batch_waits_the_gather_ticks(tmp_path:
 async def test_on_a_slow_disk_a_batch_waits_for_every_call_on_its_way(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     in_progress = CallsInProgress()
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
+    async with AuditTrail.open(_thread_synced(tmp_path), in_progress=in_progress) as trail:
         real_sync = trail.log.sync
         monkeypatch.setattr(trail.log, "sync", lambda: (time.sleep(0.1), real_sync())[1])
         in_progress.count = 1

@@ -1,0 +1,149 @@
+"""The spool's fsyncs, done by a small helper process instead of a thread of the serving process.
+
+A thread that fsyncs needs the GIL twice per group (to wake for the job, and to report it done),
+and the event loop holds the GIL while it works: under wrk -c16 a 0.2 ms fsync took ≈ 1 ms from
+dispatch to the callers' answers, the loop idling meanwhile (measured in `serve`, Encrypt,
+everything on). A process has its own interpreter: it fsyncs its own descriptor of the same file
+(fsync flushes the file, whoever wrote it) and answers through a pipe the event loop watches. The
+same A/B gave +19 % Encrypt req/s and 15 % less CPU per call in the serving thread.
+
+Protocol, one request at a time: the loop writes the segment's path (a 4-byte big-endian length,
+then the bytes); the helper fsyncs that file and writes back the errno (0: durable) and the seconds
+the fsync took (`_ANSWER`). The helper exits at end of file on its stdin, which the kernel also
+gives it when the serving process dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["SyncHelper", "SyncHelperGone", "Synced"]
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!I")
+_ANSWER = struct.Struct("!id")  # errno, fsync seconds
+# (error or None, the fsync's seconds); the error is SyncHelperGone when the helper is not there.
+Synced = Callable[[OSError | None, float], None]
+
+
+class SyncHelperGone(OSError):
+    """The helper process exited or its pipe broke: nothing is known of the fsync asked for."""
+
+
+class SyncHelper:
+    """The serving process's end of the helper: `start`, then `sync` one file at a time."""
+
+    def __init__(self, process: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self._process = process
+        self._loop = loop
+        self._requests = process.stdin.fileno()
+        self._answers = process.stdout.fileno()
+        self._waiting: Synced | None = None
+        os.set_blocking(self._answers, False)
+        loop.add_reader(self._answers, self._answered)
+
+    @classmethod
+    def start(cls, loop: asyncio.AbstractEventLoop) -> SyncHelper:
+        """Start the helper process (OSError if it cannot be started)."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            start_new_session=True,  # a terminal's Ctrl-C is for `serve`, which stops it in order
+        )
+        return cls(process, loop)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def sync(self, path: Path, done: Synced) -> None:
+        """fsync `path` in the helper; `done` runs on the loop when it answered (or is gone)."""
+        if self._waiting is not None:
+            raise RuntimeError("SyncHelper takes one request at a time")
+        encoded = os.fsencode(path)
+        try:
+            os.write(self._requests, _LENGTH.pack(len(encoded)) + encoded)  # far below a pipe's buffer
+        except OSError as exc:
+            self._loop.call_soon(done, SyncHelperGone(f"the audit fsync helper exited ({exc})"), 0.0)
+            return
+        self._waiting = done
+
+    def _answered(self) -> None:
+        try:
+            answer = os.read(self._answers, _ANSWER.size)
+        except BlockingIOError:
+            return
+        except OSError:
+            answer = b""
+        done, self._waiting = self._waiting, None
+        if len(answer) < _ANSWER.size:  # end of file: it exited (pipes carry 12 bytes whole)
+            self._loop.remove_reader(self._answers)
+            if done is not None:
+                done(SyncHelperGone("the audit fsync helper exited"), 0.0)
+            return
+        errno, seconds = _ANSWER.unpack(answer)
+        if done is not None:
+            done(OSError(errno, os.strerror(errno)) if errno else None, seconds)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the helper (its stdin closes: it exits) and reap it."""
+        self._loop.remove_reader(self._answers)
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("the audit fsync helper did not exit; killing it")
+            self._process.kill()
+            self._process.wait()
+
+
+def _read_exactly(fd: int, count: int) -> bytes | None:
+    """`count` bytes from `fd`, or None at end of file."""
+    data = b""
+    while len(data) < count:
+        chunk = os.read(fd, count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _fsync(path: bytes, opened: dict[bytes, int]) -> tuple[int, float]:
+    """fsync `path` (kept open while it stays the one asked for); errno (0: done) and seconds."""
+    try:
+        fd = opened.get(path)
+        if fd is None:
+            for old in opened.values():  # the spool moved to a new segment
+                os.close(old)
+            opened.clear()
+            fd = opened[path] = os.open(path, os.O_RDONLY)  # fsync needs no write access on Linux
+        started = time.perf_counter()
+        os.fsync(fd)
+        return 0, time.perf_counter() - started
+    except OSError as exc:
+        return exc.errno or 5, 0.0  # 5: EIO
+
+
+def main() -> None:
+    """The helper: answer fsync requests from stdin until it closes."""
+    opened: dict[bytes, int] = {}
+    while (header := _read_exactly(0, _LENGTH.size)) is not None:
+        path = _read_exactly(0, _LENGTH.unpack(header)[0])
+        if path is None:
+            return
+        os.write(1, _ANSWER.pack(*_fsync(path, opened)))
+
+
+if __name__ == "__main__":
+    main()

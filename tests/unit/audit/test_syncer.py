@@ -1,0 +1,116 @@
+"""The fsync helper process (audit/syncer.py), alone and under the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from keytrail.audit.cloudtrail_files import iter_events
+from keytrail.audit.spool import SpoolError
+from keytrail.audit.syncer import SyncHelper, SyncHelperGone
+from keytrail.audit.trail import AuditSettings, AuditTrail
+from keytrail.kms.model import CallsInProgress
+from keytrail.transport.segment_log import SegmentLog
+from tests.support.audit_records import encrypt_call
+
+
+async def _sync(helper: SyncHelper, path: Path) -> tuple[OSError | None, float]:
+    answer: asyncio.Future[tuple[OSError | None, float]] = asyncio.get_running_loop().create_future()
+    helper.sync(path, lambda error, seconds: answer.set_result((error, seconds)))
+    return await asyncio.wait_for(answer, 10)
+
+
+async def test_the_helper_fsyncs_each_file_it_is_asked_for(tmp_path: Path) -> None:
+    helper = SyncHelper.start(asyncio.get_running_loop())
+    try:
+        for name in ("a.log", "b.log", "a.log"):
+            (tmp_path / name).write_bytes(b"record")
+            error, seconds = await _sync(helper, tmp_path / name)
+            assert error is None and 0 <= seconds < 10
+    finally:
+        helper.close()
+
+
+async def test_the_helper_reports_the_errno_of_a_failed_fsync(tmp_path: Path) -> None:
+    helper = SyncHelper.start(asyncio.get_running_loop())
+    try:
+        error, _ = await _sync(helper, tmp_path / "missing.log")
+        assert isinstance(error, OSError) and not isinstance(error, SyncHelperGone)
+        assert error.errno == 2  # ENOENT, as the helper's open found it
+        (tmp_path / "there.log").write_bytes(b"x")
+        assert (await _sync(helper, tmp_path / "there.log"))[0] is None  # it keeps answering
+    finally:
+        helper.close()
+
+
+async def test_a_helper_that_died_answers_that_it_is_gone(tmp_path: Path) -> None:
+    helper = SyncHelper.start(asyncio.get_running_loop())
+    os.kill(helper.pid, signal.SIGKILL)
+    (tmp_path / "a.log").write_bytes(b"x")
+    error, _ = await _sync(helper, tmp_path / "a.log")
+    assert isinstance(error, SyncHelperGone)
+    helper.close()
+
+
+async def test_the_helper_exits_when_the_serving_process_is_gone() -> None:
+    # The kernel closes a dead process's pipes: the helper reads end of file and exits.
+    helper = SyncHelper.start(asyncio.get_running_loop())
+    process = helper._process
+    assert process.stdin is not None
+    process.stdin.close()
+    assert process.wait(10) == 0
+    helper.close()
+
+
+async def test_records_are_durable_through_the_helper(tmp_path: Path) -> None:
+    in_progress = CallsInProgress()
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
+        assert trail.spool._helper is not None
+        in_progress.count = 8
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(8)))  # the new segment: the thread
+        for batch in range(3):
+            await asyncio.gather(*(trail.record(encrypt_call(8 + 8 * batch + i)) for i in range(8)))
+        stats = trail.spool.stats
+        assert stats.records == 32 and 2 <= stats.fsyncs <= 8  # they shared fsyncs, the helper timed them
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(32)]
+
+
+async def test_a_failed_fsync_in_the_helper_fails_the_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))  # the segment's first fsync (and its directory's)
+        # The helper is asked for a file it cannot open: its fsync fails as a bad disk's would.
+        monkeypatch.setattr(SegmentLog, "active_path", property(lambda log: tmp_path / "gone"))
+        with pytest.raises(SpoolError, match="No such file"):
+            await trail.record(encrypt_call(1))
+        with pytest.raises(SpoolError):  # after a failed fsync the spool takes nothing more
+            await trail.record(encrypt_call(2))
+
+
+async def test_when_the_helper_dies_the_writer_thread_takes_over(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "keytrail.audit.spool")
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))
+        helper = trail.spool._helper
+        assert helper is not None
+        os.kill(helper.pid, signal.SIGKILL)
+        for i in range(1, 4):
+            await trail.record(encrypt_call(i))
+        assert trail.spool._helper is None and trail.spool.durable_end == 4
+    assert sum("fsync helper exited" in r.message for r in caplog.records) == 1
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(4)]
+
+
+async def test_the_helper_is_reaped_on_close(tmp_path: Path) -> None:
+    trail = AuditTrail.open(AuditSettings(data_dir=tmp_path))
+    await trail.start()
+    helper = trail.spool._helper
+    assert helper is not None
+    await trail.record(encrypt_call(0))
+    await trail.close()
+    assert helper._process.returncode == 0  # it exited at the end of its stdin, and was waited for
