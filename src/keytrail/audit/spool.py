@@ -96,10 +96,13 @@ class Spool:
         self.durable_end = segments.end_offset()
         self.durable_bytes = 0  # framed bytes made durable since open (the trail's shipping cap)
         self.stats = CommitStats()
-        self._fsync_seconds = 0.0  # the last group's fsync, timed in the writer thread
-        # Running averages for `_full`: an fsync's wall time, and the event loop's CPU time per
-        # record (how long each call still on its way to the spool will keep the loop busy).
-        self._fsync_average = 0.0
+        self._fsync_seconds = 0.0  # the last group's fsync, timed where it ran (helper or writer thread)
+        # Running averages for `_full`: a group's round trip (sent to the fsync, to its callers
+        # answered: the fsync plus waking the helper and the loop hearing back, 0.6 ms where the
+        # fsync alone took 0.3 under wrk), and the event loop's CPU time per record (how long each
+        # call still on its way to the spool will keep the loop busy).
+        self._round_trip_average = 0.0
+        self._sent_at = 0.0  # when the group in flight went out (perf_counter)
         self._cpu_per_record = 0.0
         self._cpu_mark = 0.0  # the loop thread's CPU time at the last commit
         self.gather_yields = GATHER_YIELDS
@@ -197,8 +200,8 @@ class Spool:
         wrk -c16 the loop of an audited `serve` was busy 80 % of the time, against 99 % with the
         audit trail off. Sent once it holds half of them, the batch's fsync runs while the loop
         works on the other half: busy 87-89 %, Encrypt +6 to +13 % req/s (medians of 8-10
-        interleaved rounds). That pays only when the other half keeps the loop busy as long as an
-        fsync takes; else they wait for this fsync and then their own (open loop at 1,800 req/s:
+        interleaved rounds). That pays only when the other half keeps the loop busy as long as a
+        group's round trip takes; else they wait for this fsync and then their own (open loop at 1,800 req/s:
         p99 47 ms against 27 without this check, 30 with it). A lone call goes out at once."""
         if self.in_progress is None:
             return False
@@ -206,7 +209,7 @@ class Spool:
         on_their_way = self.in_progress.count - queued - self._syncing
         if on_their_way <= 0:
             return True
-        return queued >= on_their_way and on_their_way * self._cpu_per_record >= self._fsync_average
+        return queued >= on_their_way and on_their_way * self._cpu_per_record >= self._round_trip_average
 
     def _commit(self) -> None:
         payloads, waiters = self._payloads, self._waiters
@@ -237,6 +240,7 @@ class Spool:
 
     def _sync_in_helper(self, helper: SyncHelper, done: _Done) -> None:
         self._in_flight = True
+        self._sent_at = time.perf_counter()
 
         def answered(error: OSError | None, seconds: float) -> None:
             if isinstance(error, SyncHelperGone):  # the records are written: the writer thread syncs them
@@ -269,7 +273,7 @@ class Spool:
             self._fail(waiters, error)
             return
         self.stats.observe(self._fsync_seconds, len(waiters))
-        self._fsync_average = _average(self._fsync_average, self._fsync_seconds)
+        self._round_trip_average = _average(self._round_trip_average, time.perf_counter() - self._sent_at)
         if self._refused:
             log.warning("audit spool writes again, after refusing %d records", self._refused)
             self._refused = 0
@@ -311,6 +315,7 @@ class Spool:
 
     def _dispatch(self, work: Callable[[], None], done: _Done) -> None:
         self._in_flight = True
+        self._sent_at = time.perf_counter()
         self._jobs.put((work, done))
 
     def _finish(self, done: _Done, error: BaseException | None) -> None:
