@@ -71,9 +71,11 @@ LIMITS = """\
 - **Audit on vs off**: with the trail on, every call also encodes its CloudTrail record as Avro
   and waits for the spool's group-committed fsync before it answers (the *audit record* stage).
   A group goes out once it holds half the open calls, when their work on the loop lasts at least
-  an fsync (≈ 0.5–2 ms on this disk), so the loop works on one half while the other half's fsync
-  runs; it still idles whenever an fsync outlasts that work (the *serving thread busy* row), which
-  costs throughput beyond the CPU. The Kafka shipper (one
+  a group's round trip (≈ 0.3–2 ms on this disk), so the loop works on one half while the other
+  half's fsync runs in the spool's helper process (*audit fsync helper* row: a thread of the
+  serving process would wait for the GIL the loop holds); the loop still idles whenever a round
+  trip outlasts that work (the *serving thread busy* row), which costs throughput beyond the CPU.
+  The Kafka shipper (one
   record batch per partition per round) runs in the serving process; the metrics consumer and the
   detector run as `serve`'s child processes on the other core and read every record back from
   the log. *CPU µs/req* counts the whole process tree, children included, so the audited row's CPU

@@ -121,6 +121,11 @@ class Spool:
         self._closing = False
 
     @property
+    def fsync_helper_pid(self) -> int | None:
+        """The fsync helper process's id, while there is one (benchmarks count its CPU)."""
+        return self._helper.pid if self._helper is not None else None
+
+    @property
     def fsyncs(self) -> int:
         """Group commits made durable since open."""
         return self.stats.fsyncs
