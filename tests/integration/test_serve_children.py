@@ -5,6 +5,7 @@ a killed child is restarted, and a killed `serve` leaves no child behind."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -23,8 +24,8 @@ from tests.support.server import KeytrailServer
 pytestmark = pytest.mark.integration
 
 
-def _children(pid: int) -> dict[str, int]:
-    """The sidecar children of process `pid`, by kind (consumer, detector)."""
+def _child_commands(pid: int) -> dict[int, list[bytes]]:
+    """The child processes of process `pid` and their command lines."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -34,10 +35,20 @@ def _children(pid: int) -> dict[str, int]:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # exited meanwhile
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and b"keytrail.cli.sidecar" in args:
-            found[args[args.index(b"keytrail.cli.sidecar") + 1].decode()] = int(entry.name)
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = args
     return found
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The sidecar children of process `pid`, by kind (consumer, detector)."""
+    return {args[args.index(b"keytrail.cli.sidecar") + 1].decode(): child
+            for child, args in _child_commands(pid).items() if b"keytrail.cli.sidecar" in args}
+
+
+def _fsync_helper(pid: int) -> int | None:
+    """The audit spool's fsync helper among the children of process `pid` (audit/syncer.py)."""
+    return next((child for child, args in _child_commands(pid).items() if b"keytrail.audit.syncer" in args), None)
 
 
 def _held(path: Path) -> bool:
@@ -130,9 +141,25 @@ def test_killing_serve_leaves_no_child_behind(server: KeytrailServer) -> None:
     assert server.proc is not None
     serve = server.proc.pid
     children = eventually(lambda: len(found := _children(serve)) == 2 and found, what="both children")
+    helper = _fsync_helper(serve)
+    assert helper is not None
     server.kill()
-    eventually(lambda: not any(_alive(pid) for pid in children.values()), timeout=20,
+    eventually(lambda: not any(_alive(pid) for pid in [*children.values(), helper]), timeout=20,
                what="the orphaned children to exit")
+
+
+def test_a_killed_fsync_helper_leaves_the_calls_audited(server: KeytrailServer) -> None:
+    assert server.proc is not None
+    helper = _fsync_helper(server.proc.pid)
+    assert helper is not None
+    alice = server.client("alice")
+    key = alice.create_key()["KeyMetadata"]["KeyId"]
+    os.kill(helper, signal.SIGKILL)
+    request_ids = [alice.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(5)]
+    assert "the writer thread does the audit fsyncs from now on" in server.log.read_text()
+    events = subprocess.run([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(server.data_dir),
+                             "--format", "json"], capture_output=True, text=True, timeout=60, check=True)
+    assert set(request_ids) <= {json.loads(line)["requestID"] for line in events.stdout.splitlines()}
 
 
 def test_under_the_dev_clock_serve_holds_the_consumer_lock_itself(fresh_server: KeytrailServer) -> None:
