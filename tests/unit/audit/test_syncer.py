@@ -114,3 +114,26 @@ async def test_the_helper_is_reaped_on_close(tmp_path: Path) -> None:
     await trail.record(encrypt_call(0))
     await trail.close()
     assert helper._process.returncode == 0  # it exited at the end of its stdin, and was waited for
+
+
+async def test_a_new_helper_starts_after_the_pause(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "keytrail.audit.spool")
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        trail.spool.helper_restart_seconds = 0.2
+        await trail.record(encrypt_call(0))
+        first = trail.spool.fsync_helper_pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await trail.record(encrypt_call(1))  # the writer thread syncs it
+        assert "a new helper starts in 0.2 s" in caplog.text
+        for _ in range(300):
+            if trail.spool.fsync_helper_pid not in (None, first):
+                break
+            await asyncio.sleep(0.01)
+        second = trail.spool.fsync_helper_pid
+        assert second not in (None, first)
+        assert trail.spool.helper_restart_seconds == 0.4  # doubled: the first helper died young
+        fsyncs = trail.spool.fsyncs
+        await trail.record(encrypt_call(2))
+        assert trail.spool.fsyncs == fsyncs + 1 and trail.spool.fsync_helper_pid == second
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(3)]
