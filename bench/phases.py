@@ -16,23 +16,24 @@ from bench.fixtures import OPERATIONS
 from bench.measure import Durations, measure
 from bench.population import add_keys
 from bench.procs import tree_rss_bytes
+from bench.target_names import AUDIT_OFF, CEILING, EMBEDDED, KEYTRAIL, MOTO, NODE
 from bench.targets import ROOT, Target, _python_env, start_ceiling, start_keytrail, start_moto
 
 __all__ = ["group_commits", "http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
 
-KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
-NODE = "keytrail, scale-out node"  # audit trail + Kafka + consumers; the detector runs in its own process
 
 
 def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
-    """One round: each operation on keytrail, then on moto; the ceiling and audit-off after Encrypt."""
+    """One round: each operation on keytrail, then on moto; after Encrypt, the ceiling, audit off, the
+    scale-out node and the default serve."""
     plan = []
     for operation in OPERATIONS:
         plan.append((targets[KEYTRAIL], operation))
         if operation in targets[MOTO].operations:
             plan.append((targets[MOTO], operation))
         if operation == "Encrypt":
-            plan += [(targets[CEILING], operation), (targets[AUDIT_OFF], operation), (targets[NODE], operation)]
+            plan += [(targets[CEILING], operation), (targets[AUDIT_OFF], operation), (targets[NODE], operation),
+                     (targets[EMBEDDED], operation)]
     return plan
 
 
@@ -44,6 +45,8 @@ def _start_all(work: Path, kafka: str | None, mqtt: str | None) -> dict[str, Tar
         targets[AUDIT_OFF].name = AUDIT_OFF
         targets[NODE] = start_keytrail(work, "keytrail-node", kafka=kafka, extra=["--no-detector"])
         targets[NODE].name = NODE
+        targets[EMBEDDED] = start_keytrail(work, "keytrail-embedded")
+        targets[EMBEDDED].name = EMBEDDED
         targets[MOTO] = start_moto(work)
         targets[CEILING] = start_ceiling(work)
     except BaseException:
@@ -81,7 +84,7 @@ def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durat
                 _echo(row)
         encrypt = sorted(r["rps"] for r in runs if r["target"] == KEYTRAIL and r["operation"] == "Encrypt"
                          and "rps" in r)
-        commits = {name: group_commits(targets[name]) for name in (KEYTRAIL, NODE)}
+        commits = {name: group_commits(targets[name]) for name in (KEYTRAIL, NODE, EMBEDDED)}
         at80 = open_loop(targets[KEYTRAIL], work, durations, encrypt[len(encrypt) // 2] if encrypt else None)
         alarms = _alarms(targets[KEYTRAIL], work, mqtt)
         return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": at80, "alarm_latency": alarms,

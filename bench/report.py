@@ -14,11 +14,10 @@ from bench.fixtures import OPERATIONS
 from bench.measure import median_cell
 from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER, busy_share
 from bench.report_text import LIMITS, METHOD
+from bench.target_names import AUDIT_OFF, CEILING, EMBEDDED, KEYTRAIL, MOTO, NODE
 
 __all__ = ["ratios", "render", "splice"]
 
-KEYTRAIL, AUDIT_OFF, MOTO, CEILING = "keytrail", "keytrail, audit off", "moto", "ceiling"
-NODE = "keytrail, scale-out node"
 
 
 def _num(value: Any, digits: int = 0) -> str:
@@ -84,6 +83,9 @@ def http_table(http: dict[str, Any]) -> list[str]:
     lines.append(_row(median_cell(_runs(http, AUDIT_OFF, "Encrypt")), "keytrail, audit off · Encrypt", "", ""))
     lines.append(_row(median_cell(_runs(http, NODE, "Encrypt")),
                       "keytrail, scale-out node (`--kafka --no-detector`) · Encrypt", "", ""))
+    if _runs(http, EMBEDDED, "Encrypt"):
+        lines.append(_row(median_cell(_runs(http, EMBEDDED, "Encrypt")),
+                          "keytrail, default serve (embedded log, no Kafka) · Encrypt", "", ""))
     errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {r.get('error') or r.get('warning')}"
               for r in http.get("runs", []) if r.get("error") or r.get("warning")]
     return lines + (["", "Problems seen:", *errors] if errors else [])
@@ -91,7 +93,8 @@ def http_table(http: dict[str, Any]) -> list[str]:
 
 def cpu_parts_table(http: dict[str, Any]) -> list[str]:
     """Where one Encrypt's CPU went, by part of each keytrail server (medians over rounds)."""
-    targets = [(KEYTRAIL, "everything on"), (NODE, "scale-out node"), (AUDIT_OFF, "audit off")]
+    targets = [(KEYTRAIL, "everything on"), (NODE, "scale-out node"), (EMBEDDED, "default serve"),
+               (AUDIT_OFF, "audit off")]
     medians = {target: _median_parts(_runs(http, target, "Encrypt")) for target, _ in targets}
     names = sorted({name for parts in medians.values() for name in parts}, key=_part_order)
     if not names:
@@ -116,8 +119,8 @@ def _busy_share(runs: Sequence[dict[str, Any]]) -> float | None:
 
 def group_commit_line(commits: dict[str, dict[str, float]]) -> str:
     """The audited servers' group commits over the whole table (from their /metrics)."""
-    parts = [f"{label}: {text}" for target, label in ((KEYTRAIL, "everything on"), (NODE, "scale-out node"))
-             if (text := _commit_text(commits.get(target) or {}))]
+    servers = ((KEYTRAIL, "everything on"), (NODE, "scale-out node"), (EMBEDDED, "default serve"))
+    parts = [f"{label}: {text}" for target, label in servers if (text := _commit_text(commits.get(target) or {}))]
     if not parts:
         return "Group commits not measured (this build's /metrics has no keytrail_audit_fsync_seconds)."
     return ("Audit group commits over the whole table (the servers' `keytrail_audit_fsync_seconds` and "
@@ -186,10 +189,11 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
         note = (f"`KEYTRAIL_AUDIT=off` is not honoured by this build (the audit-off server wrote "
                 f"{audit[AUDIT_OFF]:,} bytes of audit data): the ratio compares two audited servers")
         return ratio, note, False
-    node = ratios(http, "Encrypt", AUDIT_OFF, mine_target=NODE)
-    node_text = "" if node is None else (
-        f"; the scale-out API node (`--no-detector`): {node * 100:.0f} %")
-    return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none{node_text}", True
+    others = [(NODE, "the scale-out API node (`--no-detector`)"),
+              (EMBEDDED, "the default `serve` (embedded log, no Kafka)")]
+    others_text = "".join(f"; {label}: {share * 100:.0f} %" for target, label in others
+                          if (share := ratios(http, "Encrypt", AUDIT_OFF, mine_target=target)) is not None)
+    return ratio, f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none{others_text}", True
 
 
 def targets_table(results: dict[str, Any]) -> list[str]:

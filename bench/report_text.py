@@ -82,11 +82,14 @@ LIMITS = """\
   is the total cost of a call; its req/s is what the serving process sustains while its children
   run beside it (on two cores shared with wrk, the broker and the open-loop generator). The scale-out
   node row is `serve --no-detector`, as docker-compose runs its API nodes (one detector judges the
-  whole topic elsewhere). The CPU-by-part table under the HTTP table splits each server's CPU: the
-  difference between the *serving thread* rows of *everything on* and *audit off* is what the
-  audit record costs the one thread that limits req/s; the fsync helper and the children run on
-  the other core. The serving thread's req/s is its CPU per call divided into the share of a core
-  it was busy: the rest of the time it waits, every open call inside a group commit's fsync.
+  whole topic elsewhere); the default serve row is `serve` as it starts without options (the
+  embedded event log, no Kafka: the audit trail issue's own configuration). The audit target is
+  judged on *everything on*, the strictest; the other two ratios stand beside it. The CPU-by-part
+  table under the HTTP table splits each server's CPU: the difference between the *serving
+  thread* rows of *everything on* and *audit off* is what the audit record costs the one thread
+  that limits req/s; the fsync helper and the children run on the other core. The serving
+  thread's req/s is its CPU per call divided into the share of a core it was busy: the rest of
+  the time it waits, every open call inside a group commit's fsync.
 - **Shared cores.** wrk takes most of one of the two cores and other sessions on the machine take
   what they can, so a server often gets well under one core (*server cores* column). A fast server
   suffers more than moto (at a few hundred req/s moto leaves wrk idle and gets its full core), so
