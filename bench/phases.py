@@ -22,7 +22,6 @@ from bench.targets import ROOT, Target, _python_env, start_ceiling, start_keytra
 __all__ = ["group_commits", "http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
 
 
-
 def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
     """One round: each operation on keytrail, then on moto; after Encrypt, the ceiling, audit off, the
     scale-out node and the default serve."""

@@ -19,7 +19,6 @@ from bench.target_names import AUDIT_OFF, CEILING, EMBEDDED, KEYTRAIL, MOTO, NOD
 __all__ = ["ratios", "render", "splice"]
 
 
-
 def _num(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "n/a"
