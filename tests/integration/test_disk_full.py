@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
+from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 
 
@@ -99,14 +100,9 @@ def _last_used_request(kms: Any, key: str, until: str, seconds: float = 30) -> s
 def _child(server: KeytrailServer, kind: str) -> int:
     """The pid of serve's `kind` child process (cli/sidecar.py)."""
     assert server.proc is not None
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat, argv = (entry / "stat").read_text(), (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == server.proc.pid and kind.encode() in argv:
-                return int(entry.name)
+    for child, argv in child_commands(server.proc.pid).items():
+        if kind.encode() in argv:
+            return child
     raise LookupError(f"serve has no {kind} child")
 
 

@@ -19,36 +19,21 @@ import pytest
 from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock
 from tests.integration.e2e.support import eventually
 from tests.support.errors import aws_error
+from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 
 pytestmark = pytest.mark.integration
 
 
-def _child_commands(pid: int) -> dict[int, list[bytes]]:
-    """The child processes of process `pid` and their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # exited meanwhile
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found[int(entry.name)] = args
-    return found
-
-
 def _children(pid: int) -> dict[str, int]:
     """The sidecar children of process `pid`, by kind (consumer, detector)."""
     return {args[args.index(b"keytrail.cli.sidecar") + 1].decode(): child
-            for child, args in _child_commands(pid).items() if b"keytrail.cli.sidecar" in args}
+            for child, args in child_commands(pid).items() if b"keytrail.cli.sidecar" in args}
 
 
 def _fsync_helper(pid: int) -> int | None:
     """The audit spool's fsync helper among the children of process `pid` (audit/syncer.py)."""
-    return next((child for child, args in _child_commands(pid).items() if b"keytrail.audit.syncer" in args), None)
+    return next((child for child, args in child_commands(pid).items() if b"keytrail.audit.syncer" in args), None)
 
 
 def _held(path: Path) -> bool:
