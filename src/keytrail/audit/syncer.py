@@ -49,6 +49,7 @@ class SyncHelper:
         self._requests = process.stdin.fileno()
         self._answers = process.stdout.fileno()
         self._waiting: Synced | None = None
+        self._gone = False  # its stdout reached end of file: it is exiting or has exited
         os.set_blocking(self._answers, False)
         loop.add_reader(self._answers, self._answered)
 
@@ -69,6 +70,9 @@ class SyncHelper:
         """fsync `path` in the helper; `done` runs on the loop when it answered (or is gone)."""
         if self._waiting is not None:
             raise RuntimeError("SyncHelper takes one request at a time")
+        if self._gone:  # an exiting process may still hold its stdin: a request written now is lost
+            self._loop.call_soon(done, SyncHelperGone("the audit fsync helper exited"), 0.0)
+            return
         encoded = os.fsencode(path)
         try:
             os.write(self._requests, _LENGTH.pack(len(encoded)) + encoded)  # far below a pipe's buffer
@@ -86,6 +90,7 @@ class SyncHelper:
             answer = b""
         done, self._waiting = self._waiting, None
         if len(answer) < _ANSWER.size:  # end of file: it exited (pipes carry 12 bytes whole)
+            self._gone = True
             self._loop.remove_reader(self._answers)
             if done is not None:
                 done(SyncHelperGone("the audit fsync helper exited"), 0.0)

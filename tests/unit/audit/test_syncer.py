@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,21 @@ async def test_a_helper_that_died_answers_that_it_is_gone(tmp_path: Path) -> Non
     error, _ = await _sync(helper, tmp_path / "a.log")
     assert isinstance(error, SyncHelperGone)
     helper.close()
+
+
+async def test_a_helper_whose_stdout_closed_is_gone_even_while_its_stdin_takes_requests(tmp_path: Path) -> None:
+    # A dying process's files close in no set order: its answers' pipe can reach end of file while
+    # its stdin still takes a request that nobody will read. Here one that closes stdout and waits.
+    process = subprocess.Popen([sys.executable, "-c", "import os, time; os.close(1); time.sleep(30)"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    helper = SyncHelper(process, asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(1.0)  # it starts and closes stdout; the loop reads the end of file
+        error, _ = await _sync(helper, tmp_path / "a.log")  # without the fix: no answer, ever
+        assert isinstance(error, SyncHelperGone)
+    finally:
+        process.kill()
+        helper.close()
 
 
 async def test_the_helper_exits_when_the_serving_process_is_gone() -> None:
