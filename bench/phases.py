@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from bench.alarm_latency import alarm_latency
 from bench.fixtures import OPERATIONS
 from bench.measure import Durations, measure
 from bench.population import add_keys
-from bench.procs import tree_rss_bytes
+from bench.procs import SERVING_SYSTEM, SERVING_USER, busy_share, cpu_by_part, cpu_per_request, tree_rss_bytes
 from bench.target_names import AUDIT_OFF, CEILING, EMBEDDED, KEYTRAIL, MOTO, NODE
 from bench.targets import ROOT, Target, _python_env, start_ceiling, start_keytrail, start_moto
 
@@ -57,6 +58,12 @@ def _start_all(work: Path, kafka: str | None, mqtt: str | None) -> dict[str, Tar
 def _stop_all(targets: dict[str, Target]) -> None:
     for target in targets.values():
         target.process.stop()
+
+
+def _children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that ended (the open-loop generator, once it returned)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _dir_bytes(path: Path) -> int:
@@ -142,12 +149,19 @@ def open_loop(target: Target, work: Path, durations: Durations, table_median: fl
     seconds = max(4.0, durations.seconds * 2)
     args = [sys.executable, "-m", "bench.openloop", "--port", str(target.port), "--requests", str(requests_file),
             "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--connections", "64"]
+    parts_before, generator_before = cpu_by_part(target.process.pid), _children_cpu_seconds()
     done = subprocess.run(args, capture_output=True, text=True, env=_python_env(), cwd=ROOT, timeout=seconds + 90,
                           check=False)
     if done.returncode != 0:
         return {"error": done.stderr[-800:]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     result["max_rps"] = rate / 0.8
+    # What the server's one serving thread had to give at this rate (above 0.9 of a core, requests
+    # queue behind each other and behind whatever else the scheduler runs on that core).
+    parts = cpu_per_request(parts_before, cpu_by_part(target.process.pid), max(1, result["completed"]))
+    result["serving_cpu_us"] = parts.get(SERVING_USER, 0.0) + parts.get(SERVING_SYSTEM, 0.0)
+    result["serving_busy"] = busy_share(parts, result["achieved_rps"])
+    result["generator_cpu_us"] = (_children_cpu_seconds() - generator_before) / max(1, result["completed"]) * 1e6
     print(f"  open loop {rate:.0f} req/s: p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms", flush=True)
     return result
 

@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SERVE_HTTP_PROTOCOL", "Process", "busy_share", "cpu_by_part", "cpu_per_request", "free_port",
-           "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
+__all__ = ["SERVE_HTTP_PROTOCOL", "SERVING_SYSTEM", "SERVING_USER", "Process", "busy_share", "cpu_by_part",
+           "cpu_per_request", "free_port", "tree_cpu_seconds", "tree_pids", "tree_rss_bytes"]
 
 # The uvicorn `--http` protocol `keytrail serve` runs (one write per answer): every Python server
 # of the suite (serve, its uvicorn workers, the bare ASGI ceiling) runs on the same stack.

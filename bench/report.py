@@ -109,6 +109,12 @@ def cpu_parts_table(http: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _serving_cpu_us(http: dict[str, Any], target: str) -> float | None:
+    """The serving thread's median CPU µs per Encrypt (user and system) under wrk."""
+    parts = _median_parts(_runs(http, target, "Encrypt"))
+    return parts[SERVING_USER] + parts.get(SERVING_SYSTEM, 0.0) if SERVING_USER in parts else None
+
+
 def _busy_share(runs: Sequence[dict[str, Any]]) -> float | None:
     """The median share of a core the serving thread was busy: below 1, the loop waited (for the
     audit spool's fsync when the other servers of the table reach 1)."""
@@ -310,14 +316,21 @@ def machine_section(results: dict[str, Any]) -> list[str]:
             f"{'yes' if results.get('kafka') else 'no'}."]
 
 
-def open_loop_line(at80: dict[str, Any]) -> str:
+def open_loop_line(at80: dict[str, Any], wrk_serving_cpu_us: float | None = None) -> str:
     if "p99_ms" not in at80:
         return f"Open loop at 80 % not measured: {at80.get('error', 'no data')}"
-    return (f"Open loop at 80 % of keytrail's Encrypt maximum (the lower of the table's median and a wrk "
+    line = (f"Open loop at 80 % of keytrail's Encrypt maximum (the lower of the table's median and a wrk "
             f"run just before it: {_num(at80.get('max_rps'))} req/s): {_num(at80['target_rps'])} req/s asked, "
             f"{_num(at80['achieved_rps'])} achieved, {at80['completed']:,} requests: p50 {_num(at80['p50_ms'], 2)} "
             f"ms, p99 **{_num(at80['p99_ms'], 2)} ms**, p99.9 {_num(at80['p999_ms'], 2)} ms, max "
             f"{_num(at80['max_ms'], 2)} ms; statuses {at80['statuses']}.")
+    if "serving_busy" not in at80:
+        return line
+    under_wrk = f" against {_num(wrk_serving_cpu_us, 1)} under wrk (the table below)" if wrk_serving_cpu_us else ""
+    return (line + f" Its serving thread was busy {at80['serving_busy']:.2f} of a core, at "
+            f"{_num(at80['serving_cpu_us'], 1)} µs of CPU per request{under_wrk}: requests arriving one by one "
+            "share fewer fsyncs than wrk's 16 at a time. The generator (bench/openloop.py, mostly the kernel's "
+            f"loopback TCP) took {_num(at80['generator_cpu_us'], 1)} µs per request of the same two cores.")
 
 
 def http_section(results: dict[str, Any]) -> list[str]:
@@ -326,7 +339,7 @@ def http_section(results: dict[str, Any]) -> list[str]:
             f"warm-up + {method['seconds']:g} s measured, medians; ratios are medians of per-round ratios. "
             "The ceiling is one fixed answer, so every keytrail operation is compared with its Encrypt row. "
             "*server cores* is the CPU the server got during the run: below 1, other processes took its share.",
-            "", *http_table(http), "", open_loop_line(http.get("open_loop") or {}), "",
+            "", *http_table(http), "", open_loop_line(http.get("open_loop") or {}, _serving_cpu_us(http, KEYTRAIL)), "",
             "Where that CPU went, by part of each keytrail server (from /proc: the serving process's main "
             "thread, which runs the event loop, in user and system time; its other threads; each child "
             "process), medians over the rounds; the Kafka broker's own CPU is not included:", "",

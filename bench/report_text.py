@@ -102,7 +102,11 @@ LIMITS = """\
 - **Latency under wrk's 16 connections** is mostly queueing (p50 ≈ 16 / throughput). The open-loop
   figure is the one to judge tail latency by; it holds only while the server's capacity stays above
   the offered rate: when other sessions take the server's core during that run, the queue grows and
-  p99 jumps to hundreds of ms (the line says when the rate was not sustained).
+  p99 jumps to hundreds of ms (the line says when the rate was not sustained). "80 %" is of wrk's
+  maximum, where 16 callers share each fsync; requests that arrive one by one share fewer, so each
+  costs the serving thread more CPU and the open-loop line shows it busier than 80 % of a core (its
+  *busy* figure). Past ≈ 0.9, requests queue behind each other and behind the scheduler's other
+  tenants of that core: that, not any one slow step, is the p99.
 - **Scale**: the SQLite store loads every key into memory at start, so RSS and start time grow
   with the key count (≈2 KB per key with this key policy) while the cost per Encrypt barely moves.
   Two workers share two cores with wrk: the second worker adds far less than 2×.

@@ -20,6 +20,7 @@ from bench.report import (
     consumer_figures,
     cpu_parts_table,
     group_commit_line,
+    open_loop_line,
     ratios,
     splice,
     targets_table,
@@ -166,6 +167,18 @@ def test_cpu_parts_table_tells_how_busy_each_serving_thread_was() -> None:
     runs = [run("keytrail", 2_000.0, 380.0, 20.0), run("keytrail, audit off", 4_000.0, 230.0, 20.0)]
     # audited: its loop waits a fifth of the time
     assert cpu_parts_table({"runs": runs})[-1].endswith("| 0.80 | n/a | n/a | 1.00 |")
+
+
+def test_open_loop_line_tells_how_busy_the_serving_thread_was_against_wrk() -> None:
+    at80 = {"max_rps": 5000.0, "target_rps": 4000.0, "achieved_rps": 4000.0, "completed": 32000, "p50_ms": 2.0,
+            "p99_ms": 30.0, "p999_ms": 40.0, "max_ms": 50.0, "statuses": {"200": 32000}}
+    measured = {**at80, "serving_busy": 0.96, "serving_cpu_us": 240.0, "generator_cpu_us": 70.0}
+    line = open_loop_line(measured, wrk_serving_cpu_us=180.0)
+    assert "p99 **30.00 ms**" in line
+    assert "busy 0.96 of a core, at 240.0 µs of CPU per request against 180.0 under wrk" in line
+    assert "took 70.0 µs per request" in line
+    assert "busy" not in open_loop_line(at80)  # a results file from before these figures
+    assert open_loop_line({"error": "boom"}) == "Open loop at 80 % not measured: boom"
 
 
 def test_group_commit_line_reads_the_fsync_histogram() -> None:
