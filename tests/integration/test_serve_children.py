@@ -165,4 +165,4 @@ def test_serve_with_the_dev_clock_is_refused_while_a_consumer_runs(tmp_path: Pat
                                  "--dev-clock"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"keytrail: error: the metrics consumer of {data} is already running (keytrail consume): stop it first")
+        f"keytrail serve: the metrics consumer of {data} is already running (keytrail consume): stop it first")

@@ -77,7 +77,7 @@ def test_serve_refuses_a_missing_tls_file_in_one_line_before_creating_anything(t
                           str(tmp_path / "missing.pem"), "--tls-key", str(key)], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr == f"keytrail: error: --tls-cert: no such file: {tmp_path / 'missing.pem'}\n"
+    assert out.stderr == f"keytrail serve: --tls-cert: no such file: {tmp_path / 'missing.pem'}\n"
     assert not (data / "principals.toml").exists()
 
 

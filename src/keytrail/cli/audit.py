@@ -8,14 +8,14 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
 from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
 from keytrail.audit.integrity import verify as verify_trail
 from keytrail.audit.schema import SchemaError
-from keytrail.cli.console import event_log_damage, missing_paths
+from keytrail.cli.console import event_log_damage, fail, missing_paths
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
 __all__ = ["audit_app"]
@@ -35,9 +35,9 @@ class ExportFormat(StrEnum):
     cloudtrail = "cloudtrail"
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
+def _fail(message: str) -> NoReturn:
+    """One line on stderr naming the command group, exit 1 (as `verify` exits on a problem)."""
+    raise fail(message, "keytrail audit", 1)
 
 
 def _line(event: dict[str, Any], fmt: Format) -> str:

@@ -42,11 +42,16 @@ def _credentials(settings: ServeSettings) -> CredentialStore:
             typer.echo(f"export AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret} "
                        f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
     elif not path.exists():
-        raise fail("error: " + f"principals file {path} does not exist")
+        raise _fail(f"principals file {path} does not exist")
     try:
         return CredentialStore(path, dev_credentials=settings.dev_credentials)
     except PrincipalsFileError as exc:
-        raise fail("error: " + str(exc)) from None
+        raise _fail(str(exc)) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    """One line on stderr naming the command, as every keytrail command's errors do."""
+    return fail(message, "keytrail serve")
 
 
 def _tls(settings: ServeSettings) -> dict[str, str]:
@@ -55,10 +60,10 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
-            raise fail("error: " + "--tls-cert and --tls-key go together")
+            raise _fail("--tls-cert and --tls-key go together")
         for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
             if not path.is_file():
-                raise fail(f"error: {option}: no such file: {path}")
+                raise _fail(f"{option}: no such file: {path}")
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
 
@@ -93,9 +98,9 @@ def serve(
         tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
     )
     if problem := bootstrap_problem(kafka):
-        raise fail("error: " + problem)
+        raise _fail(problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
-        raise fail("error: " + "--dev-credentials is refused unless the server binds to loopback")
+        raise _fail("--dev-credentials is refused unless the server binds to loopback")
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -105,9 +110,9 @@ def serve(
     try:
         started = uvloop.run(_serve(settings, credentials, tls))
     except (StoreUnavailable, ConsumerRunning) as exc:
-        raise fail("error: " + str(exc)) from None
+        raise _fail(str(exc)) from None
     except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
-        raise fail(f"error: {exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
+        raise _fail(f"{exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
     if not started:
         raise typer.Exit(1)
 
@@ -116,7 +121,7 @@ def _check_config(path: Path | None) -> None:
     try:
         detector_settings(path)
     except (BadInput, RuleError, OSError) as exc:
-        raise fail(f"error: --config: {exc}") from None
+        raise _fail(f"--config: {exc}") from None
 
 
 async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dict[str, str]) -> bool:

@@ -52,7 +52,7 @@ def test_bad_input_is_one_line_error_and_nonzero_exit(tmp_path: Path) -> None:
     code, _, err = _run("import", str(tmp_path / "nope.json"), "--data-dir", str(tmp_path))
     assert code == 1 and err.strip().count("\n") == 0 and "no such file" in err
     code, _, err = _run("events", "--data-dir", str(tmp_path / "empty"))
-    assert code == 1 and "no audit event log" in err
+    assert code == 1 and err == f"keytrail audit: no audit event log in {tmp_path / 'empty'} (is --data-dir right?)\n"
 
 
 def test_import_refuses_while_another_process_writes_the_log(tmp_path: Path) -> None:

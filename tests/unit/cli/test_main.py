@@ -35,5 +35,5 @@ def test_help_and_exit_codes_pass_through() -> None:
 def test_dev_credentials_are_refused_off_loopback(tmp_path: Path) -> None:
     result = _keytrail("serve", "--dev-credentials", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path))
     assert result.returncode != 0 and result.stdout == ""
-    assert result.stderr == "keytrail: error: --dev-credentials is refused unless the server binds to loopback\n"
+    assert result.stderr == "keytrail serve: --dev-credentials is refused unless the server binds to loopback\n"
     assert not any(tmp_path.iterdir())  # refused before anything was created
