@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 __all__ = ["Child", "ChildSpec"]
 
@@ -22,11 +23,13 @@ log = logging.getLogger("keytrail")
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """What to run; `on_line` receives each line of its stdout (else stdout is inherited)."""
+    """What to run; `on_line` receives each line of its stdout (else stdout is inherited);
+    `environment_defaults` are set for the child unless serve's own environment sets them."""
 
     name: str
     argv: tuple[str, ...]
     on_line: Callable[[bytes], None] | None = None
+    environment_defaults: Mapping[str, str] = field(default_factory=dict)
     stop_timeout: float = 15.0
     first_backoff: float = 0.5
     max_backoff: float = 30.0
@@ -63,6 +66,7 @@ class Child:
         self.process = process = await asyncio.create_subprocess_exec(
             *spec.argv, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=True,
+            env={**spec.environment_defaults, **os.environ},
         )
         if spec.on_line is not None and process.stdout is not None:
             async for line in process.stdout:

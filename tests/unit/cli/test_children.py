@@ -6,6 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
 from keytrail.cli.children import Child, ChildSpec
 
 
@@ -46,3 +48,20 @@ async def test_a_child_sees_end_of_file_on_stdin_when_the_supervisor_closes_it(t
     child.process.stdin.close()  # what the kernel does when serve dies
     assert await asyncio.wait_for(child.process.wait(), 10) == 0
     await child.stop()
+
+
+async def test_a_child_gets_its_environment_defaults_unless_serves_environment_sets_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYTRAIL_TEST_SET", "by the operator")
+    monkeypatch.delenv("KEYTRAIL_TEST_UNSET", raising=False)
+    lines: list[bytes] = []
+    show = "import os; print(os.environ['KEYTRAIL_TEST_SET'], os.environ['KEYTRAIL_TEST_UNSET'], sep='|')"
+    defaults = {"KEYTRAIL_TEST_SET": "default", "KEYTRAIL_TEST_UNSET": "default"}
+    child = Child(ChildSpec("env", _python(show), lines.append, environment_defaults=defaults))
+    child.start()
+    for _ in range(200):
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    await child.stop()
+    assert lines[0] == b"by the operator|default\n"
