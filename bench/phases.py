@@ -223,6 +223,7 @@ def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int]
 # The pipeline and detector helpers' own benchmarks, with the arguments that fit the time budget.
 HELPER_SCRIPTS: dict[str, list[str]] = {
     "pipeline_throughput.py": [],
+    "pipeline_sources.py": [],  # with the run's broker: `--kafka` is added
     "detect_throughput.py": [],
     "detect_latency.py": ["--seconds", "10"],
 }
@@ -231,8 +232,9 @@ HELPER_SCRIPTS: dict[str, list[str]] = {
 _PIPELINE_EVENTS = ((240.0, 1_000_000), (0.0, 300_000))  # (seconds left at least, events)
 
 
-def pipeline_scripts(bench: Path, deadline: float) -> dict[str, Any]:
-    """Run the pipeline and detector helpers' benchmarks when this build has them."""
+def pipeline_scripts(bench: Path, deadline: float, kafka: str | None = None) -> dict[str, Any]:
+    """Run the pipeline and detector helpers' benchmarks when this build has them (reading from
+    the Kafka topic too when the run has a broker)."""
     found: dict[str, Any] = {}
     for name, extra in HELPER_SCRIPTS.items():
         path = bench / name
@@ -242,6 +244,8 @@ def pipeline_scripts(bench: Path, deadline: float) -> dict[str, Any]:
         budget = max(90.0, deadline - time.monotonic())
         if name == "pipeline_throughput.py":
             extra = [*extra, "--events", str(next(n for left, n in _PIPELINE_EVENTS if budget >= left))]
+        if name == "pipeline_sources.py" and kafka:
+            extra = [*extra, "--kafka", kafka]
         try:
             done = subprocess.run([sys.executable, str(path), *extra], capture_output=True, text=True,
                                   env=_python_env(), cwd=ROOT, timeout=budget, check=False)

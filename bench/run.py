@@ -104,7 +104,7 @@ def main() -> None:
             mqtt = _mosquitto() if results["features"]["detector"] else None
             results["http"] = phases.http_table(work, kafka, mqtt, durations, args.rounds)
             results["profile"] = phases.profile(work, kafka)
-            results["pipeline"] = phases.pipeline_scripts(ROOT / "bench", started + 0.75 * args.budget)
+            results["pipeline"] = phases.pipeline_scripts(ROOT / "bench", started + 0.75 * args.budget, kafka)
             counts = [int(c) for c in args.keys.split(",") if c]
             results["scale"] = phases.scale(work, kafka, durations, counts, deadline)
     results["elapsed_s"] = round(time.monotonic() - started, 1)

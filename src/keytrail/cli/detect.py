@@ -17,7 +17,7 @@ from keytrail.cli.console import bootstrap_problem, missing_paths
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
-from keytrail.detect.sources import gc_paused, kafka_batches, read_cloudtrail_events
+from keytrail.detect.sources import gc_paused, kafka_values, read_cloudtrail_events
 from keytrail.kms.grants import grant_view
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.sqlite_store import SqliteStore
@@ -106,7 +106,7 @@ async def _run_live(
         asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
     try:
         async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner:
-            await runner.run(kafka_batches(bootstrap), tick_every=tick_every)
+            await runner.run(kafka_values(bootstrap), tick_every=tick_every)
     except asyncio.CancelledError:
         pass  # SIGTERM/SIGINT: leaving the block above delivered what was queued
 

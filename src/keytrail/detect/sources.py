@@ -23,7 +23,8 @@ __all__ = [
     "AUDIT_TOPIC",
     "Decoder",
     "default_decoder",
-    "kafka_batches",
+    "is_avro",
+    "kafka_values",
     "read_cloudtrail",
     "read_cloudtrail_events",
 ]
@@ -108,6 +109,11 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return list(doc["Records"])
 
 
+def is_avro(value: bytes) -> bool:
+    """Whether an audit topic value is Avro single-object encoded (else a JSON CloudTrail record)."""
+    return value[:2] == AVRO_MAGIC
+
+
 def default_decoder() -> Decoder:
     """The audit codec for Avro single-object values, JSON CloudTrail records otherwise; a value
     neither can read is logged and skipped (one bad message must not stop the detector)."""
@@ -124,24 +130,22 @@ def default_decoder() -> Decoder:
 
     def decode(values: list[bytes]) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
-        for avro, run in itertools.groupby(values, key=lambda value: value[:2] == AVRO_MAGIC):
+        for avro, run in itertools.groupby(values, key=is_avro):
             records += decode_run(list(run), avro)
         return records
 
     return decode
 
 
-async def kafka_batches(
-    bootstrap: str, *, topic: str = AUDIT_TOPIC, decode: Decoder | None = None
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """CloudTrail records from the audit topic, one list per fetch (possibly empty when idle).
+async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIterator[list[bytes]]:
+    """The audit topic's values, one list per fetch (empty when idle): `DetectorRunner.feed_values`
+    reads them.
 
     The detector keeps its state in memory, so it reads the topic from the start on every run
     (no committed offsets): its windows and baselines are rebuilt before it raises anything new.
     """
     from aiokafka import AIOKafkaConsumer
 
-    decoder = decode or default_decoder()
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -153,7 +157,6 @@ async def kafka_batches(
     try:
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
-            values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
-            yield decoder(values) if values else []
+            yield [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
     finally:
         await consumer.stop()

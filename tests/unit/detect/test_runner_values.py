@@ -1,0 +1,57 @@
+"""`DetectorRunner.feed_values`: the audit topic's values, Avro or JSON, damaged ones skipped."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.unit.detect.records import T0, denied, event, key_arn, user
+
+from keytrail.audit.schema import encode
+from keytrail.detect.runner import DetectorRunner
+
+
+def _records() -> list[dict[str, Any]]:
+    """Denied decrypts by eve (an alarm whose count grows) among a few allowed calls."""
+    records = [denied("Decrypt", T0 + timedelta(seconds=i), key_arn(7), user("eve")) for i in range(4)]
+    records.insert(2, event("Encrypt", T0 + timedelta(seconds=1), key_arn(7), user("alice")))
+    return records
+
+
+def _summary(runner: DetectorRunner) -> list[tuple[str, str | None, int]]:
+    return [(alarm.rule, alarm.key_arn, alarm.count) for alarm in runner.alarms()]
+
+
+async def _fed_records(tmp_path: Path, records: list[dict[str, Any]]) -> list[tuple[str, str | None, int]]:
+    runner = DetectorRunner.open(tmp_path / "records")
+    await runner.feed(records)
+    return _summary(runner)
+
+
+async def test_avro_and_json_values_give_the_alarms_their_records_give(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    records = _records()
+    values = [encode(r) for r in records[:3]] + [json.dumps(records[3]).encode(), encode(records[4])]
+    runner = DetectorRunner.open(tmp_path / "values")
+    with caplog.at_level(logging.WARNING):
+        await runner.feed_values(values)
+    expected = await _fed_records(tmp_path, records)
+    assert _summary(runner) == expected and expected[0][2] == 4  # eve's four denied decrypts, one alarm
+    assert not caplog.text  # the Avro values went through the columnar reader, none one by one
+
+
+async def test_values_nobody_can_read_are_skipped_and_the_rest_kept(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    records = _records()
+    good = [encode(r) for r in records]
+    damaged = good[0][:10] + b"\xff" * 40  # a known writer's header over a body that is no record
+    values = [good[0], good[1], damaged, good[2], b"\xc3\x01 no known writer", b"not json", good[3], good[4]]
+    runner = DetectorRunner.open(tmp_path / "values")
+    with caplog.at_level(logging.WARNING):
+        await runner.feed_values(values)
+    assert _summary(runner) == await _fed_records(tmp_path, records)
+    assert "decoding them one by one" in caplog.text  # the damaged value sent its run to the record decoder
