@@ -1,7 +1,9 @@
 """Where events come from: AWS CloudTrail log files (offline) and the Kafka audit topic (live).
 
-Thin adapters: the audit branch owns the Avro codec (`keytrail.audit.schema.decode_batch`); until
-it is importable, Kafka values that are JSON CloudTrail records are read directly.
+The topic's values come as they are (`kafka_values`); `DetectorRunner.feed_values` reads the Avro
+ones columnwise (`detect.avro_events`) and hands the rest, JSON CloudTrail records and values that
+reader cannot read, to `default_decoder` (the audit codec, `keytrail.audit.schema.decode_batch`,
+and orjson), which skips what it cannot read.
 """
 
 from __future__ import annotations
