@@ -223,7 +223,7 @@ def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int]
 # The pipeline and detector helpers' own benchmarks, with the arguments that fit the time budget.
 HELPER_SCRIPTS: dict[str, list[str]] = {
     "pipeline_throughput.py": [],
-    "pipeline_sources.py": [],  # with the run's broker: `--kafka` is added
+    "pipeline_sources.py": ["--events", "50000"],  # with the run's broker: `--kafka` is added
     "detect_throughput.py": [],
     "detect_latency.py": ["--seconds", "10"],
 }

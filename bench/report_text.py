@@ -58,7 +58,7 @@ METHOD = """\
   Encrypt requests, times them, then profiles them with pyinstrument (async mode) and attributes
   inclusive time to stages.
 - **Pipeline**: `bench/pipeline_throughput.py`, `bench/pipeline_sources.py` (the consumer and the
-  detector reading the same 100,000 events from the embedded log and from the Kafka topic, one
+  detector reading the same 50,000 events from the embedded log and from the Kafka topic, one
   CPU each, with the run's broker), `bench/detect_throughput.py` and `bench/detect_latency.py` are
   run as they are when this build has them; their output is shown verbatim. The consumer target's
   figure is the median of three runs over the same generated log (one run's rate moves by ±10 %
