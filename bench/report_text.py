@@ -7,7 +7,7 @@ __all__ = ["LIMITS", "METHOD"]
 METHOD = """\
 - **One command**: `scripts/bench` (installs wrk from Debian if missing, then `python -m bench.run`);
   `scripts/bench --quick` is a one-round smoke run. It finishes in under 10 minutes on 2 cores; a
-  time budget (`--budget`, 540 s) skips the scale runs still pending when it is spent, and says so.
+  time budget (`--budget`, 570 s) skips the scale runs that would not finish within it, and says so.
 - **Targets**, each its own process on 127.0.0.1, all started before the first run:
   *keytrail* = `keytrail serve` with a principals file, SigV4 checked on every call, the botocore
   model validation, the key policy below evaluated by whatever authorizer this build wires, the

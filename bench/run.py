@@ -78,7 +78,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each measured wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (fixed)")
     parser.add_argument("--keys", default="1,100,10000,100000", help="key counts of the scale runs")
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds: later phases are skipped past this")
+    parser.add_argument("--budget", type=float, default=570.0, help="seconds: later phases are skipped past this")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     return parser.parse_args()
 
