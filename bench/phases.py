@@ -158,10 +158,11 @@ def open_loop(target: Target, work: Path, durations: Durations, table_median: fl
     result["max_rps"] = rate / 0.8
     # What the server's one serving thread had to give at this rate (above 0.9 of a core, requests
     # queue behind each other and behind whatever else the scheduler runs on that core).
-    parts = cpu_per_request(parts_before, cpu_by_part(target.process.pid), max(1, result["completed"]))
+    completed = max(1, result["completed"])
+    parts = cpu_per_request(parts_before, cpu_by_part(target.process.pid), completed)
     result["serving_cpu_us"] = parts.get(SERVING_USER, 0.0) + parts.get(SERVING_SYSTEM, 0.0)
     result["serving_busy"] = busy_share(parts, result["achieved_rps"])
-    result["generator_cpu_us"] = (_children_cpu_seconds() - generator_before) / max(1, result["completed"]) * 1e6
+    result["generator_cpu_us"] = (_children_cpu_seconds() - generator_before) / completed * 1e6
     print(f"  open loop {rate:.0f} req/s: p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms", flush=True)
     return result
 

@@ -107,7 +107,7 @@ async def _consume(workdir: Path, scratch: Path, kafka: str | None, topic: str, 
     from keytrail.pipeline.kafka_source import KafkaSource
     from keytrail.pipeline.segment_source import SegmentLogSource
 
-    settings = ConsumerSettings(scratch, kafka_bootstrap=kafka, max_records=20_000, export_seconds=None)
+    settings = ConsumerSettings(scratch, max_records=20_000, export_seconds=None)  # state only: the source is given
     source: Any = (SegmentLogSource(event_log_dir(workdir), max_records=20_000) if kafka is None else
                    KafkaSource(kafka, group_id=f"bench-{uuid.uuid4()}", topic=topic, max_records=20_000,
                                idle_seconds=_KAFKA_IDLE_SECONDS))
