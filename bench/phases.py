@@ -150,6 +150,7 @@ def open_loop(target: Target, work: Path, durations: Durations, table_median: fl
     args = [sys.executable, "-m", "bench.openloop", "--port", str(target.port), "--requests", str(requests_file),
             "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--connections", "64"]
     parts_before, generator_before = cpu_by_part(target.process.pid), _children_cpu_seconds()
+    commits_before = group_commits(target)
     done = subprocess.run(args, capture_output=True, text=True, env=_python_env(), cwd=ROOT, timeout=seconds + 90,
                           check=False)
     if done.returncode != 0:
@@ -163,6 +164,9 @@ def open_loop(target: Target, work: Path, durations: Durations, table_median: fl
     result["serving_cpu_us"] = parts.get(SERVING_USER, 0.0) + parts.get(SERVING_SYSTEM, 0.0)
     result["serving_busy"] = busy_share(parts, result["achieved_rps"])
     result["generator_cpu_us"] = (_children_cpu_seconds() - generator_before) / completed * 1e6
+    # The fsyncs of this run alone: whether a slow disk, rather than a busy core, set its tail.
+    commits_after = group_commits(target)
+    result["group_commits"] = {name: value - commits_before.get(name, 0.0) for name, value in commits_after.items()}
     print(f"  open loop {rate:.0f} req/s: p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms", flush=True)
     return result
 

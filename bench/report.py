@@ -140,15 +140,15 @@ def _commit_text(found: dict[str, float]) -> str:
     mean_ms = found.get("keytrail_audit_fsync_seconds_sum", 0.0) / fsyncs * 1e3
     half, most = _bucket_bound(found, fsyncs * 0.5), _bucket_bound(found, fsyncs * 0.99)
     return (f"{_num(fsyncs)} fsyncs, {records / fsyncs:.1f} records each, fsync mean {mean_ms:.2f} ms, "
-            f"half at or under {half}, 99 % at or under {most}")
+            f"half {half}, 99 % {most}, the slowest {_bucket_bound(found, fsyncs)}")
 
 
 def _bucket_bound(found: dict[str, float], rank: float) -> str:
-    """The smallest histogram bound whose cumulative count reaches `rank`."""
+    """The smallest histogram bound whose cumulative count reaches `rank`, as a phrase."""
     bounds = sorted((float(name.split('"')[1]), count) for name, count in found.items()
                     if name.startswith("keytrail_audit_fsync_seconds_bucket") and "+Inf" not in name)
     bound = next((b for b, count in bounds if count >= rank), None)
-    return "more than 1 s" if bound is None else f"{bound * 1e3:g} ms"
+    return "over 1 s" if bound is None else f"at or under {bound * 1e3:g} ms"
 
 
 def _part_cell(parts: dict[str, float], name: str) -> str:
@@ -327,10 +327,13 @@ def open_loop_line(at80: dict[str, Any], wrk_serving_cpu_us: float | None = None
     if "serving_busy" not in at80:
         return line
     under_wrk = f" against {_num(wrk_serving_cpu_us, 1)} under wrk (the table below)" if wrk_serving_cpu_us else ""
-    return (line + f" Its serving thread was busy {at80['serving_busy']:.2f} of a core, at "
-            f"{_num(at80['serving_cpu_us'], 1)} µs of CPU per request{under_wrk}: requests arriving one by one "
-            "share fewer fsyncs than wrk's 16 at a time. The generator (bench/openloop.py, mostly the kernel's "
-            f"loopback TCP) took {_num(at80['generator_cpu_us'], 1)} µs per request of the same two cores.")
+    line += (f" Its serving thread was busy {at80['serving_busy']:.2f} of a core, at "
+             f"{_num(at80['serving_cpu_us'], 1)} µs of CPU per request{under_wrk}: requests arriving one by one "
+             "share fewer fsyncs than wrk's 16 at a time. The generator (bench/openloop.py, mostly the kernel's "
+             f"loopback TCP) took {_num(at80['generator_cpu_us'], 1)} µs per request of the same two cores.")
+    if commits := _commit_text(at80.get("group_commits") or {}):
+        line += f" The audit spool during this run: {commits}."
+    return line
 
 
 def http_section(results: dict[str, Any]) -> list[str]:

@@ -177,6 +177,14 @@ def test_open_loop_line_tells_how_busy_the_serving_thread_was_against_wrk() -> N
     assert "p99 **30.00 ms**" in line
     assert "busy 0.96 of a core, at 240.0 µs of CPU per request against 180.0 under wrk" in line
     assert "took 70.0 µs per request" in line
+    assert "spool" not in line  # no group commits were measured with it
+    bucket = "keytrail_audit_fsync_seconds_bucket"
+    commits = {f'{bucket}{{le="0.001"}}': 9_000.0, f'{bucket}{{le="0.05"}}': 10_000.0,
+               "keytrail_audit_fsync_seconds_count": 10_000.0, "keytrail_audit_fsync_seconds_sum": 8.0,
+               "keytrail_audit_committed_records_total": 32_000.0}
+    line = open_loop_line({**measured, "group_commits": commits}, wrk_serving_cpu_us=180.0)
+    assert line.endswith("The audit spool during this run: 10,000 fsyncs, 3.2 records each, fsync mean 0.80 ms, "
+                         "half at or under 1 ms, 99 % at or under 50 ms, the slowest at or under 50 ms.")
     assert "busy" not in open_loop_line(at80)  # a results file from before these figures
     assert open_loop_line({"error": "boom"}) == "Open loop at 80 % not measured: boom"
 
@@ -188,7 +196,7 @@ def test_group_commit_line_reads_the_fsync_histogram() -> None:
              "keytrail_audit_fsync_seconds_sum": 0.08, "keytrail_audit_committed_records_total": 1600.0}
     line = group_commit_line({"keytrail": found})
     assert "everything on: 100 fsyncs, 16.0 records each, fsync mean 0.80 ms" in line
-    assert "half at or under 1 ms, 99 % at or under 10 ms" in line
+    assert "half at or under 1 ms, 99 % at or under 10 ms, the slowest over 1 s" in line
     assert "scale-out node" not in line
     assert "not measured" in group_commit_line({})
 
