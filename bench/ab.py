@@ -6,7 +6,9 @@ Each NAME is one server: `keytrail serve` run from the source tree SRC (a `src` 
 checkout, or `git archive HEAD src schemas | tar -x -C /tmp/base` for the last commit) with the
 serve options ARGs (commas between them: `--kafka,127.0.0.1:9092`, `--no-audit`) and environment
 variables `env.VAR=VALUE`. Every server runs as `serve` runs by default (consumer and detector as
-child processes) and gets one pre-signed Encrypt replayed by wrk -t1 -c16 per round; rounds visit
+child processes) and gets one pre-signed Encrypt replayed by wrk -t1 -c16 per round (with
+`--open-loop RATE`: sent at RATE requests/s by bench/openloop.py, and each round also reports
+p99 latency and the audit spool's records per fsync); rounds visit
 the servers in turn, so a shared machine's slow minutes fall on all of them. Printed per server:
 median req/s with every round's, CPU µs per call by part (bench/procs.py), how busy the serving
 thread was, and each server's median per-round ratio against the first. On this kind of VM one
@@ -16,15 +18,20 @@ configuration moves ±25 % between rounds: trust medians of 8 or more rounds, no
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.server import KeytrailServer
+from tests.support.server import PRINCIPALS, KeytrailServer
 
 from bench.audit_e2e import presigned, wrk_rate
+from bench.phases import group_commits
+from bench.presign import Signer, write_requests
 from bench.procs import busy_share, cpu_by_part, cpu_per_request
 
 
@@ -54,6 +61,8 @@ class Variant:
 class Round:
     rate: float
     cpu_us: dict[str, float]  # CPU µs per call by part
+    p99_ms: float | None = None  # open loop only
+    records_per_fsync: float | None = None  # open loop only
 
     @property
     def busy(self) -> float:
@@ -79,6 +88,27 @@ def _round(server: KeytrailServer, request: tuple[dict[str, str], bytes], second
     return Round(rate, cpu_per_request(before, after, calls))
 
 
+def _open_loop_round(server: KeytrailServer, key_id: str, rate: float, seconds: int, folder: Path) -> Round:
+    """One run of bench/openloop.py at `rate` (its own process, like wrk), freshly signed."""
+    assert server.proc is not None
+    _, access_key, secret, _, _ = PRINCIPALS["alice"]
+    signer = Signer(server.endpoint, access_key, secret)
+    params = {"KeyId": key_id, "Plaintext": "eA==" * 16, "EncryptionContext": {"Department": "Engineering"}}
+    requests = write_requests(folder / "openloop.txt", [signer.raw("Encrypt", params)])
+    before, commits_before = cpu_by_part(server.proc.pid), group_commits(server.endpoint)
+    done = subprocess.run([sys.executable, "-m", "bench.openloop", "--port", server.endpoint.rsplit(":", 1)[1],
+                           "--requests", str(requests), "--rate", str(rate), "--seconds", str(seconds)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    commits = group_commits(server.endpoint)
+    fsyncs = commits.get("keytrail_audit_fsync_seconds_count", 0.0) - commits_before.get(
+        "keytrail_audit_fsync_seconds_count", 0.0)
+    records = commits.get("keytrail_audit_committed_records_total", 0.0) - commits_before.get(
+        "keytrail_audit_committed_records_total", 0.0)
+    cpu = cpu_per_request(before, cpu_by_part(server.proc.pid), result["completed"])
+    return Round(result["achieved_rps"], cpu, result["p99_ms"], records / fsyncs if fsyncs else None)
+
+
 def _report(results: dict[str, list[Round]]) -> None:
     for name, rounds in results.items():
         parts = sorted({part for r in rounds for part in r.cpu_us})
@@ -87,6 +117,10 @@ def _report(results: dict[str, list[Round]]) -> None:
               f"{[round(r.rate) for r in rounds]}; CPU µs per call "
               + ", ".join(f"{part} {value:.0f}" for part, value in cpu.items())
               + f", total {sum(cpu.values()):.0f}; serving thread busy {statistics.median(r.busy for r in rounds):.2f}")
+        if p99s := [r.p99_ms for r in rounds if r.p99_ms is not None]:
+            groups = [r.records_per_fsync for r in rounds if r.records_per_fsync is not None]
+            print(f"  open loop p99 median {statistics.median(p99s):.1f} ms {[round(p, 1) for p in p99s]}"
+                  + (f"; records per fsync {statistics.median(groups):.2f}" if groups else ""))
     base, *others = results
     for name in others:
         ratios = [mine.rate / theirs.rate for mine, theirs in zip(results[name], results[base], strict=True)]
@@ -97,6 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=4, help="wrk seconds per server per round")
+    parser.add_argument("--open-loop", type=float, metavar="RATE", help="requests/s sent open loop instead of wrk")
     parser.add_argument("variants", nargs="+", metavar="NAME=SRC[:ARGS]")
     args = parser.parse_args()
     variants = [Variant.parse(spec) for spec in args.variants]
@@ -107,14 +142,18 @@ def main() -> None:
         try:
             for variant in variants:
                 servers[variant.name] = _start(variant, folder)
-            requests = {}
+            requests, keys = {}, {}
             for name, server in servers.items():
-                key = server.client("alice").create_key()["KeyMetadata"]["KeyId"]
-                requests[name] = presigned(server.endpoint, key)
+                keys[name] = server.client("alice").create_key()["KeyMetadata"]["KeyId"]
+                requests[name] = presigned(server.endpoint, keys[name])
                 wrk_rate(server.endpoint, requests[name], 2, 16, folder)  # warm-up
             for _ in range(args.rounds):
                 for name, server in servers.items():
-                    results[name].append(_round(server, requests[name], args.seconds, folder))
+                    if args.open_loop:
+                        round_ = _open_loop_round(server, keys[name], args.open_loop, args.seconds, folder)
+                    else:
+                        round_ = _round(server, requests[name], args.seconds, folder)
+                    results[name].append(round_)
         finally:
             for server in servers.values():
                 server.stop()

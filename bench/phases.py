@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,9 @@ def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durat
                 _echo(row)
         encrypt = sorted(r["rps"] for r in runs if r["target"] == KEYTRAIL and r["operation"] == "Encrypt"
                          and "rps" in r)
-        commits = {name: group_commits(targets[name]) for name in (KEYTRAIL, NODE, EMBEDDED)}
-        at80 = open_loop(targets[KEYTRAIL], work, durations, encrypt[len(encrypt) // 2] if encrypt else None)
+        commits = {name: group_commits(targets[name].endpoint) for name in (KEYTRAIL, NODE, EMBEDDED)}
+        at80 = open_loop(targets[KEYTRAIL], work, durations, encrypt[len(encrypt) // 2] if encrypt else None,
+                         references=(targets[AUDIT_OFF], targets[CEILING]))
         alarms = _alarms(targets[KEYTRAIL], work, mqtt)
         return {"runs": runs, "audit_bytes": _audit_bytes(work), "open_loop": at80, "alarm_latency": alarms,
                 "group_commits": commits}
@@ -99,11 +101,11 @@ def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durat
         _stop_all(targets)
 
 
-def group_commits(target: Target) -> dict[str, float]:
+def group_commits(endpoint: str) -> dict[str, float]:
     """The audit spool's group commits so far, from the server's /metrics: fsyncs, records, and the
     fsync time histogram (`le` bound in seconds -> cumulative count); empty without those metrics."""
     try:
-        with urllib.request.urlopen(f"{target.endpoint}/metrics", timeout=10) as response:
+        with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as response:
             body = response.read().decode()
     except OSError:
         return {}
@@ -137,26 +139,39 @@ def _alarms(target: Target, work: Path, mqtt: str | None) -> dict[str, Any]:
     return {"status": status, **result}
 
 
-def open_loop(target: Target, work: Path, durations: Durations, table_median: float | None) -> dict[str, Any]:
+def open_loop(target: Target, work: Path, durations: Durations, table_median: float | None,
+              references: Sequence[Target] = ()) -> dict[str, Any]:
     """Latency at 80 % of the maximum rate: the lower of the table's median Encrypt req/s and one
     wrk run right before (the machine's other tenants move it from minute to minute, and one run
-    alone can land high); bench/openloop.py runs in its own process, like wrk."""
+    alone can land high); bench/openloop.py runs in its own process, like wrk. Each of `references`
+    (audit off, the ceiling) then gets the same rate: what this machine's tail is without the
+    audit trail, and without any KMS work at all."""
     maximum = measure(target, "Encrypt", work, durations)
     if "rps" not in maximum:
         return {"error": maximum.get("error", "no maximum")}
     rate = 0.8 * min(maximum["rps"], table_median or maximum["rps"])
+    result = _open_loop_run(target, work, rate, max(4.0, durations.seconds * 2))
+    if "error" in result:
+        return result
+    result["max_rps"] = rate / 0.8
+    result["same_rate"] = {other.name: _open_loop_run(other, work, rate, max(4.0, durations.seconds * 2))
+                           for other in references}
+    return result
+
+
+def _open_loop_run(target: Target, work: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """One open-loop run at `rate`: latencies, and what the server's serving thread and the audit
+    spool (when it has one) did meanwhile."""
     requests_file = target.sign("Encrypt", work / "req-openloop.txt")
-    seconds = max(4.0, durations.seconds * 2)
     args = [sys.executable, "-m", "bench.openloop", "--port", str(target.port), "--requests", str(requests_file),
             "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--connections", "64"]
     parts_before, generator_before = cpu_by_part(target.process.pid), _children_cpu_seconds()
-    commits_before = group_commits(target)
+    commits_before = group_commits(target.endpoint)
     done = subprocess.run(args, capture_output=True, text=True, env=_python_env(), cwd=ROOT, timeout=seconds + 90,
                           check=False)
     if done.returncode != 0:
         return {"error": done.stderr[-800:]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["max_rps"] = rate / 0.8
     # What the server's one serving thread had to give at this rate (above 0.9 of a core, requests
     # queue behind each other and behind whatever else the scheduler runs on that core).
     completed = max(1, result["completed"])
@@ -165,9 +180,10 @@ def open_loop(target: Target, work: Path, durations: Durations, table_median: fl
     result["serving_busy"] = busy_share(parts, result["achieved_rps"])
     result["generator_cpu_us"] = (_children_cpu_seconds() - generator_before) / completed * 1e6
     # The fsyncs of this run alone: whether a slow disk, rather than a busy core, set its tail.
-    commits_after = group_commits(target)
+    commits_after = group_commits(target.endpoint)
     result["group_commits"] = {name: value - commits_before.get(name, 0.0) for name, value in commits_after.items()}
-    print(f"  open loop {rate:.0f} req/s: p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms", flush=True)
+    print(f"  open loop {target.name} {rate:.0f} req/s: p50 {result['p50_ms']:.2f} p99 {result['p99_ms']:.2f} ms",
+          flush=True)
     return result
 
 

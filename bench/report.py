@@ -333,7 +333,17 @@ def open_loop_line(at80: dict[str, Any], wrk_serving_cpu_us: float | None = None
              f"loopback TCP) took {_num(at80['generator_cpu_us'], 1)} µs per request of the same two cores.")
     if commits := _commit_text(at80.get("group_commits") or {}):
         line += f" The audit spool during this run: {commits}."
+    if references := [_same_rate_text(name, run) for name, run in (at80.get("same_rate") or {}).items()]:
+        line += (" The same rate against the servers beside it, for what this machine's tail is without the "
+                 "audit trail and without any KMS work: " + "; ".join(references) + ".")
     return line
+
+
+def _same_rate_text(name: str, run: dict[str, Any]) -> str:
+    if "p99_ms" not in run:
+        return f"{name} not measured ({run.get('error', 'no data')})"
+    return (f"{name} p99 {_num(run['p99_ms'], 2)} ms, max {_num(run['max_ms'], 2)} ms, serving thread busy "
+            f"{run['serving_busy']:.2f}")
 
 
 def http_section(results: dict[str, Any]) -> list[str]:

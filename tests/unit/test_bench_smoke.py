@@ -185,6 +185,11 @@ def test_open_loop_line_tells_how_busy_the_serving_thread_was_against_wrk() -> N
     line = open_loop_line({**measured, "group_commits": commits}, wrk_serving_cpu_us=180.0)
     assert line.endswith("The audit spool during this run: 10,000 fsyncs, 3.2 records each, fsync mean 0.80 ms, "
                          "half at or under 1 ms, 99 % at or under 50 ms, the slowest at or under 50 ms.")
+    same_rate = {"keytrail, audit off": {**at80, "p99_ms": 25.0, "max_ms": 45.0, "serving_busy": 0.47},
+                 "ceiling": {"error": "boom"}}
+    line = open_loop_line({**measured, "same_rate": same_rate})
+    assert line.endswith("without any KMS work: keytrail, audit off p99 25.00 ms, max 45.00 ms, serving thread "
+                         "busy 0.47; ceiling not measured (boom).")
     assert "busy" not in open_loop_line(at80)  # a results file from before these figures
     assert open_loop_line({"error": "boom"}) == "Open loop at 80 % not measured: boom"
 
