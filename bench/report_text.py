@@ -109,7 +109,9 @@ LIMITS = """\
   maximum, where 16 callers share each fsync; requests that arrive one by one share fewer, so each
   costs the serving thread more CPU and the open-loop line shows it busier than 80 % of a core (its
   *busy* figure). Past ≈ 0.9, requests queue behind each other and behind the scheduler's other
-  tenants of that core: that, not any one slow step, is the p99.
+  tenants of that core: that, not any one slow step, is the p99. The line also gives audit off
+  and the ceiling the same rate: where they too show a tail of tens of ms, this machine's stalls
+  set it, and a server with more CPU per request takes longer to drain what queued meanwhile.
 - **Scale**: the SQLite store loads every key into memory at start, so RSS and start time grow
   with the key count (≈2 KB per key with this key policy) while the cost per Encrypt barely moves.
   Two workers share two cores with wrk: the second worker adds far less than 2×.
