@@ -124,6 +124,17 @@ def _parse_amz_date(value: str) -> datetime:
         raise IncompleteSignatureException(f"Date must be in ISO-8601 'basic format'. Got '{value}'.") from None
 
 
+def _check_scope_date(signed: SignedRequest, amz_date: str) -> None:
+    """The scope's day must be the request's: the signing key is derived per day so that a leaked
+    one stops working, which a scope naming any other day would undo."""
+    day = amz_date[:8]
+    if signed.date != day:
+        raise InvalidSignatureException(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+            f"'{signed.date}' != '{day}', from '{amz_date}'."
+        )
+
+
 def _check_skew(amz_date: str, now: datetime) -> None:
     signed_at = _parse_amz_date(amz_date)
     skew = (now - signed_at).total_seconds()
@@ -198,6 +209,7 @@ def verify_signature(
         raise IncompleteSignatureException("Authorization header requires existence of either a "
                                            "'X-Amz-Date' or a 'Date' header.")
     _check_skew(amz_date, now)
+    _check_scope_date(signed, amz_date)
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))
     expected = _signing_key(secret, signed.date, signed.region, signed.service).hexdigest(to_sign.encode())

@@ -134,3 +134,53 @@ def test_a_request_with_a_query_string_signs_it() -> None:
                      body=b"{}", now=NOW)
     with pytest.raises(InvalidSignatureException):
         verify_signature(signed, "s3cret", method="POST", path="/", query="", headers=headers, body=b"{}", now=NOW)
+
+
+class _ScopeDateAuth(SigV4Auth):
+    """Signs with a credential-scope date other than the X-Amz-Date day (what someone holding a
+    signing key derived for an old day would do); botocore itself always uses the same day."""
+
+    scope_date = "20261120"
+
+    def _with_scope_date(self, request: AWSRequest) -> str:
+        stamp: str = request.context["timestamp"]
+        request.context["timestamp"] = self.scope_date + stamp[8:]
+        return stamp
+
+    def scope(self, request: AWSRequest) -> str:
+        stamp = self._with_scope_date(request)
+        try:
+            return super().scope(request)
+        finally:
+            request.context["timestamp"] = stamp
+
+    def credential_scope(self, request: AWSRequest) -> str:
+        stamp = self._with_scope_date(request)
+        try:
+            return super().credential_scope(request)
+        finally:
+            request.context["timestamp"] = stamp
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        stamp = self._with_scope_date(request)
+        try:
+            return super().signature(string_to_sign, request)
+        finally:
+            request.context["timestamp"] = stamp
+
+
+def test_a_scope_date_other_than_the_request_day_is_refused() -> None:
+    # The signing key is derived per day so that a leaked one expires; a request whose scope names
+    # another day than its X-Amz-Date would keep an old day's key usable for ever.
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        _ScopeDateAuth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    assert "/20261120/eu-west-1/kms/" in request.headers["Authorization"]
+    with pytest.raises(InvalidSignatureException) as caught:
+        _verify(request)
+    assert caught.value.message == (
+        "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+        "'20261120' != '20261128', from '20261128T120000Z'."
+    )
+
