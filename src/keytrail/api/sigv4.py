@@ -124,6 +124,13 @@ def _parse_amz_date(value: str) -> datetime:
         raise IncompleteSignatureException(f"Date must be in ISO-8601 'basic format'. Got '{value}'.") from None
 
 
+def _check_host_signed(signed: SignedRequest) -> None:
+    """AWS refuses a signature that leaves Host out: the same signed call could otherwise be
+    replayed to any other endpoint that holds the same credentials."""
+    if "host" not in (name.lower() for name in signed.signed_headers):
+        raise InvalidSignatureException("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
+
+
 def _check_scope_date(signed: SignedRequest, amz_date: str) -> None:
     """The scope's day must be the request's: the signing key is derived per day so that a leaked
     one stops working, which a scope naming any other day would undo."""
@@ -209,6 +216,7 @@ def verify_signature(
         raise IncompleteSignatureException("Authorization header requires existence of either a "
                                            "'X-Amz-Date' or a 'Date' header.")
     _check_skew(amz_date, now)
+    _check_host_signed(signed)
     _check_scope_date(signed, amz_date)
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))

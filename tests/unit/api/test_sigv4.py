@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -183,4 +184,26 @@ def test_a_scope_date_other_than_the_request_day_is_refused() -> None:
         "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
         "'20261120' != '20261128', from '20261128T120000Z'."
     )
+
+
+class _HostUnsignedAuth(SigV4Auth):
+    """Leaves `host` out of SignedHeaders, as a hand-rolled signer might."""
+
+    def headers_to_sign(self, request: AWSRequest) -> Any:
+        headers = super().headers_to_sign(request)
+        del headers["host"]
+        return headers
+
+
+def test_a_signature_that_does_not_cover_the_host_is_refused() -> None:
+    # Unsigned, the Host header could be changed: the same signed call would then be accepted by
+    # any other endpoint that knows the same credentials.
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        _HostUnsignedAuth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    assert "host" not in parse_authorization(request.headers["Authorization"]).signed_headers
+    with pytest.raises(InvalidSignatureException) as caught:
+        _verify(request)
+    assert caught.value.message == "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 
