@@ -83,6 +83,19 @@ def test_expired_signature_is_refused(server: KeytrailServer) -> None:
     assert body["message"].startswith("Signature expired")
 
 
+
+def test_a_non_ascii_signature_is_invalid_signature_not_500(server: KeytrailServer) -> None:
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=b"{}", headers={
+        "X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    headers = dict(request.prepare().headers)
+    headers["Authorization"] = headers["Authorization"].rsplit("Signature=", 1)[0] + "Signature=" + "\u00e9" * 64
+    raw = urllib.request.Request(server.endpoint + "/", data=b"{}", headers=headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(raw, timeout=10)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["__type"] == "InvalidSignatureException"
+
 @pytest.mark.parametrize(("body", "target", "code"), [
     (b"{not json", "TrentService.ListKeys", "SerializationException"),
     (b'{"KeyId": 5}', "TrentService.DescribeKey", "SerializationException"),

@@ -221,7 +221,9 @@ def verify_signature(
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))
     expected = _signing_key(secret, signed.date, signed.region, signed.service).hexdigest(to_sign.encode())
-    if not hmac.compare_digest(expected, signed.signature):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500),
+    # and the header is whatever the client sent.
+    if not hmac.compare_digest(expected.encode(), signed.signature.encode()):
         raise InvalidSignatureException(
             "The request signature we calculated does not match the signature you provided. Check your "
             "AWS Secret Access Key and signing method. Consult the service documentation for details."

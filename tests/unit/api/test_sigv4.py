@@ -207,3 +207,12 @@ def test_a_signature_that_does_not_cover_the_host_is_refused() -> None:
         _verify(request)
     assert caught.value.message == "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 
+
+def test_a_non_ascii_signature_is_an_invalid_signature_not_a_crash() -> None:
+    prepared = _signed().prepare()
+    headers = {k.lower(): v for k, v in prepared.headers.items()}
+    headers["host"] = "localhost:4599"
+    signed = parse_authorization(headers["authorization"].rsplit("Signature=", 1)[0] + "Signature=\u00e9\u00e9")
+    with pytest.raises(InvalidSignatureException):
+        verify_signature(signed, "s3cret", method="POST", path="/", query="", headers=headers,
+                         body=prepared.body, now=NOW)
