@@ -1,8 +1,9 @@
 """AWS Signature Version 4 verification of the Authorization header.
 
 The canonical request is rebuilt from what was received, the signature compared in constant
-time, and the request refused outside a 5-minute clock-skew window (read from the wall clock,
-never the dev clock, so moving test time forward does not break signing).
+time, and the request refused outside a 5-minute clock-skew window (KMS's own: its errors read
+`Signature expired: … (… - 5 min.)`; read from the wall clock, never the dev clock, so moving
+test time forward does not break signing).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
@@ -143,15 +144,26 @@ def _check_scope_date(signed: SignedRequest, amz_date: str) -> None:
 
 
 def _check_skew(amz_date: str, now: datetime) -> None:
+    """Refuse a request signed outside the window, in AWS's words (SDKs read them to tell clock
+    skew from a wrong secret)."""
     signed_at = _parse_amz_date(amz_date)
     skew = (now - signed_at).total_seconds()
-    if abs(skew) > MAX_SKEW_SECONDS:
-        stamp = now.strftime("%Y%m%dT%H%M%SZ")
-        relation = "earlier" if skew > 0 else "later"
+    if abs(skew) <= MAX_SKEW_SECONDS:
+        return
+    window = timedelta(seconds=MAX_SKEW_SECONDS)
+    minutes = f"{MAX_SKEW_SECONDS // 60} min."
+    if skew > 0:
         raise InvalidSignatureException(
-            f"Signature expired: {amz_date} is now {relation} than the allowed 5 minute window "
-            f"around {stamp}."
+            f"Signature expired: {amz_date} is now earlier than {_stamp(now - window)} ({_stamp(now)} - {minutes})"
         )
+    raise InvalidSignatureException(
+        f"Signature not yet current: {amz_date} is still later than {_stamp(now + window)} "
+        f"({_stamp(now)} + {minutes})"
+    )
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclass(frozen=True, slots=True)

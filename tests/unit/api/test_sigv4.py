@@ -81,7 +81,7 @@ def test_one_cached_signing_key_verifies_request_after_request() -> None:
 def test_skew_over_five_minutes_fails_both_ways() -> None:
     _verify(_signed(), now=NOW + timedelta(minutes=4))
     for delta in (timedelta(minutes=6), -timedelta(minutes=6)):
-        with pytest.raises(InvalidSignatureException, match="Signature expired"):
+        with pytest.raises(InvalidSignatureException, match="Signature (expired|not yet current)"):
             _verify(_signed(), now=NOW + delta)
 
 
@@ -216,3 +216,16 @@ def test_a_non_ascii_signature_is_an_invalid_signature_not_a_crash() -> None:
     with pytest.raises(InvalidSignatureException):
         verify_signature(signed, "s3cret", method="POST", path="/", query="", headers=headers,
                          body=prepared.body, now=NOW)
+
+
+def test_skew_errors_are_worded_as_aws_words_them() -> None:
+    # SDKs and tools tell clock skew from a wrong secret by these messages.
+    with pytest.raises(InvalidSignatureException) as late:
+        _verify(_signed(), now=NOW + timedelta(minutes=6))
+    assert late.value.message == (
+        "Signature expired: 20261128T120000Z is now earlier than 20261128T120100Z (20261128T120600Z - 5 min.)")
+    with pytest.raises(InvalidSignatureException) as early:
+        _verify(_signed(), now=NOW - timedelta(minutes=6))
+    assert early.value.message == (
+        "Signature not yet current: 20261128T120000Z is still later than 20261128T115900Z "
+        "(20261128T115400Z + 5 min.)")
