@@ -152,7 +152,10 @@ def _as_date(value: Any) -> datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     number = _as_number(value)
     if number is not None:
-        return datetime.fromtimestamp(number, UTC)
+        try:
+            return datetime.fromtimestamp(number, UTC)
+        except (OverflowError, OSError, ValueError):  # NaN, or seconds beyond the calendar
+            return None
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:

@@ -226,3 +226,15 @@ def test_pattern_reports_its_variables() -> None:
 def test_unknown_operators_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_condition_operator(bad)
+
+
+@pytest.mark.parametrize(("policy", "value"), [
+    ("2026-07-01T00:00:00Z", "1e300"),  # epoch seconds beyond any calendar
+    ("2026-07-01T00:00:00Z", "nan"),
+    ("2026-07-01T00:00:00Z", "99999999999999"),  # year 3170843
+    ("99999999999999", WHEN),
+])
+def test_a_date_beyond_the_calendar_matches_nothing_rather_than_raising(policy: str, value: Any) -> None:
+    # Request values such as an encryption context's are the caller's to choose.
+    assert holds("DateLessThan", "k", policy, {"k": value}) is False
+    assert holds("DateGreaterThan", "k", policy, {"k": value}) is False

@@ -450,3 +450,11 @@ def test_resource_aliases_supplied_by_the_caller_are_matched() -> None:
     assert not authz.authorize(with_alias).allowed
     aliased = AccessRequest(with_alias.call, "kms:Encrypt", policy, {"kms:ResourceAliases": ["alias/finance"]})
     assert authz.authorize(aliased).allowed
+
+
+def test_an_encryption_context_date_beyond_the_calendar_is_denied_not_a_crash() -> None:
+    policy = key(doc(allow("*", Condition={
+        "DateLessThan": {"kms:EncryptionContext:expires": "2027-01-01T00:00:00Z"}})))
+    assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": {"expires": "2026-12-01"}}).allowed
+    refused = decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": {"expires": "1e400"}})
+    assert refused.verdict is Verdict.IMPLICIT_DENY
