@@ -189,9 +189,15 @@ class RequestContext:
 
     @property
     def values(self) -> dict[str, Any]:
-        """The request's condition-key values by lowercase name."""
+        """The request's condition-key values by lowercase name. Names differ only by case when an
+        encryption context (or tag set) has keys that do: the condition key then holds all their
+        values, so a Deny on one of them cannot be dodged by adding its twin in another case."""
         if self._values is None:
-            self._values = {name.lower(): value for name, value in self._conditions.items()}
+            values: dict[str, Any] = {}
+            for name, value in self._conditions.items():
+                lowered = name.lower()
+                values[lowered] = value if lowered not in values else [*_listed(values[lowered]), *_listed(value)]
+            self._values = values
         return self._values
 
     @property
@@ -211,3 +217,7 @@ class RequestContext:
             wanted = name[len("aws:resourcetag/"):]
             return next((v for k, v in self.key.tags if k.lower() == wanted), None)
         return None
+
+
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]

@@ -79,14 +79,16 @@ def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -
 
 
 def constraints_hold(constraints: Mapping[str, Any] | None, context: Mapping[str, str]) -> bool:
-    """EncryptionContextEquals: exactly these pairs; EncryptionContextSubset: at least these."""
+    """EncryptionContextEquals: exactly these pairs; EncryptionContextSubset: at least these. As in
+    AWS, a constraint's keys match whatever their case, its values only exactly."""
     if not constraints:
         return True
+    pairs = _pairs(context)
     equals = constraints.get("EncryptionContextEquals")
-    if equals is not None and dict(context) != dict(equals):
+    if equals is not None and pairs != _pairs(equals):
         return False
     subset = constraints.get("EncryptionContextSubset")
-    return subset is None or all(context.get(k) == v for k, v in subset.items())
+    return subset is None or all(pair in pairs for pair in _pairs(subset))
 
 
 def constraints_at_least_as_strict(parent: Mapping[str, Any] | None, child: Mapping[str, Any] | None) -> bool:
@@ -94,14 +96,20 @@ def constraints_at_least_as_strict(parent: Mapping[str, Any] | None, child: Mapp
     if not parent:
         return True
     child = child or {}
-    child_pairs = dict(child.get("EncryptionContextEquals") or child.get("EncryptionContextSubset") or {})
-    equals = parent.get("EncryptionContextEquals")
-    if equals is not None and child.get("EncryptionContextEquals") != equals:
+    child_pairs = _pairs(child.get("EncryptionContextEquals") or child.get("EncryptionContextSubset") or {})
+    equals, child_equals = parent.get("EncryptionContextEquals"), child.get("EncryptionContextEquals")
+    if equals is not None and (child_equals is None or _pairs(child_equals) != _pairs(equals)):
         return False
     subset = parent.get("EncryptionContextSubset")
     if subset is None:
         return True
-    return bool(child) and all(child_pairs.get(k) == v for k, v in subset.items())
+    return bool(child) and all(pair in child_pairs for pair in _pairs(subset))
+
+
+def _pairs(context: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A context's pairs as grant constraints compare them: keys in any case, sorted. Keys that
+    differ only by case stay separate pairs, so such a context equals no constraint of fewer."""
+    return sorted((key.lower(), value) for key, value in context.items())
 
 
 def grant_allows(

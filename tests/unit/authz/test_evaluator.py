@@ -352,9 +352,10 @@ def test_grant_constraints_are_enforced() -> None:
     assert not decide(user("alice"), the_key, "kms:Decrypt", {}, grants=subset).allowed
     assert decide(user("alice"), the_key, "kms:Decrypt", exact, grants=equals).allowed
     assert not decide(user("alice"), the_key, "kms:Decrypt", both, grants=equals).allowed
-    assert not decide(
-        user("alice"), the_key, "kms:Decrypt", {"EncryptionContext": {"dept": "IT"}}, grants=equals
-    ).allowed  # case-sensitive
+    # As in AWS: a constraint's keys match in any case, its values only exactly.
+    key_in_lowercase, value_in_lowercase = {"EncryptionContext": {"dept": "IT"}}, {"EncryptionContext": {"Dept": "it"}}
+    assert decide(user("alice"), the_key, "kms:Decrypt", key_in_lowercase, grants=equals).allowed
+    assert not decide(user("alice"), the_key, "kms:Decrypt", value_in_lowercase, grants=equals).allowed
 
 
 def test_explicit_deny_beats_a_grant() -> None:
@@ -458,3 +459,11 @@ def test_an_encryption_context_date_beyond_the_calendar_is_denied_not_a_crash() 
     assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": {"expires": "2026-12-01"}}).allowed
     refused = decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": {"expires": "1e400"}})
     assert refused.verdict is Verdict.IMPLICIT_DENY
+
+
+@pytest.mark.parametrize("context", [{"dept": "HR", "DEPT": "x"}, {"DEPT": "x", "dept": "HR"}])
+def test_a_deny_on_a_context_key_holds_when_its_twin_in_another_case_is_added(context: dict[str, str]) -> None:
+    policy = key(doc(allow("*"), {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
+                                  "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "HR"}}}))
+    assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": {"dept": "x"}}).allowed
+    assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": context}).verdict is Verdict.EXPLICIT_DENY

@@ -53,7 +53,12 @@ def test_grant_operations_follow_key_spec_and_usage(
         ({"EncryptionContextSubset": {"a": "1"}}, {"a": "2"}, False),
         ({"EncryptionContextEquals": {"a": "1"}}, {"a": "1"}, True),
         ({"EncryptionContextEquals": {"a": "1"}}, {"a": "1", "b": "2"}, False),
-        ({"EncryptionContextEquals": {"a": "1"}}, {"A": "1"}, False),
+        # AWS: "in a grant constraint, the key in each key-value pair is not case sensitive, but the
+        # value is case sensitive"
+        ({"EncryptionContextEquals": {"a": "1"}}, {"A": "1"}, True),
+        ({"EncryptionContextSubset": {"Dept": "HR"}}, {"dept": "HR", "b": "2"}, True),
+        ({"EncryptionContextSubset": {"dept": "HR"}}, {"dept": "hr"}, False),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"a": "1", "A": "1"}, False),  # twins are two pairs
     ],
 )
 def test_constraints(
@@ -72,6 +77,9 @@ def test_constraints(
         ({"EncryptionContextSubset": {"a": "1"}}, {"EncryptionContextSubset": {"b": "2"}}, False),
         ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextEquals": {"a": "1"}}, True),
         ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextSubset": {"a": "1"}}, False),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextEquals": {"A": "1"}}, True),
+        ({"EncryptionContextSubset": {"a": "1"}}, {"EncryptionContextSubset": {"A": "1"}}, True),
+        ({"EncryptionContextEquals": {}}, None, False),  # an empty context required: none is looser
     ],
 )
 def test_child_grants_are_at_least_as_strict(parent: object, child: object, expected: bool) -> None:
