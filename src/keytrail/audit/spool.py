@@ -155,6 +155,8 @@ class Spool:
             raise SpoolError(f"the audit spool failed earlier and refuses records: {self._failure}")
         if self._closing or self._loop is None:
             raise SpoolError("the audit spool is not running")
+        if not payload:  # the log refuses it, which would fail the whole group with it
+            raise SpoolError("an empty audit record cannot be stored")
         future: asyncio.Future[int] = self._loop.create_future()
         self._payloads.append(payload)
         self._waiters.append(future)

@@ -13,13 +13,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import overload
 
-__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "payloads_at", "split",
-           "verified_prefix"]
+__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "payloads_at",
+           "possible_length", "split", "verified_prefix"]
 
 FRAME = struct.Struct("<II")
 #: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
 FRAME_HEADER = FRAME.size
 MAX_RECORD = 64 << 20  # a length beyond this is damage, not a record
+
+
+def possible_length(length: int) -> bool:
+    """Whether a frame header's length can be a record's. Not 0: a zero-filled tail (a crash kept
+    a file's new length but not its data) reads as frames of length 0 and CRC32 0, which the
+    checksum of an empty payload passes; no record is empty (`SegmentLog.append` refuses one)."""
+    return 0 < length <= MAX_RECORD
 
 
 class Payloads(Sequence[bytes]):
@@ -84,7 +91,7 @@ def verified_prefix(data: bytes, origin: int, limit: int, positions: list[int]) 
         end = start + length
         # Checksums over views, not payload copies. An impossible length (> MAX_RECORD) stops
         # here too: callers read at most FRAME_HEADER + MAX_RECORD bytes at a time.
-        if end > size or crc32(view[start:end]) != crc:
+        if not length or end > size or crc32(view[start:end]) != crc:
             break
         append(origin + position)
         position = end
@@ -92,12 +99,13 @@ def verified_prefix(data: bytes, origin: int, limit: int, positions: list[int]) 
 
 
 def split(data: bytes) -> Iterator[tuple[bytes, bool]]:
-    """The whole frames at the start of `data`, intact or not, as (payload, intact)."""
+    """The whole frames at the start of `data`, intact or not, as (payload, intact); ends at a
+    frame whose length is impossible (see `possible_length`)."""
     position = 0
     while position + 8 <= len(data):
         length, crc = FRAME.unpack_from(data, position)
         end = position + 8 + length
-        if end > len(data):  # also an impossible length, as in verified_prefix
+        if not length or end > len(data):  # also a length > MAX_RECORD, as in verified_prefix
             return
         payload = data[position + 8:end]
         yield payload, zlib.crc32(payload) == crc
@@ -112,4 +120,4 @@ def framed_size(payloads: Iterable[bytes]) -> int:
 def frame_bytes(data: bytes) -> int:
     """The bytes the frame at the start of `data` takes (0 when its length is impossible)."""
     length = FRAME.unpack_from(data)[0]
-    return FRAME.size + length if length <= MAX_RECORD else 0
+    return FRAME.size + length if possible_length(length) else 0

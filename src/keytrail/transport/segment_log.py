@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
@@ -100,6 +101,8 @@ class SegmentLog:
 
     def append(self, payloads: Sequence[bytes]) -> int:
         """Append records (not yet durable: call `sync`); return the offset of the first."""
+        if not all(payloads):  # readers take a frame of length 0 for a zero-filled tail, not a record
+            raise ValueError("the event log takes no empty record")
         first = self.end_offset()
         active = self._segments[-1]
         chunks: list[bytes] = []
@@ -405,11 +408,22 @@ def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
 
 def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
     """Whether the unreadable bytes after the segment's last whole record are one frame, cut short
-    or failing its checksum, and nothing after it: what a crash leaves of an unfinished write."""
+    or failing its checksum, and nothing after it, or only zeros (a crash kept the file's new
+    length but not its data): what a crash leaves of an unfinished write."""
     with segment.path.open("rb") as handle:
         handle.seek(segment.size)
         header = handle.read(FRAME.size)
-    return len(header) < FRAME.size or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size
+        if len(header) < FRAME.size or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size:
+            return True
+        return not header.strip(b"\0") and _only_zeros(handle)
+
+
+def _only_zeros(handle: BinaryIO) -> bool:
+    """Whether the rest of the file holds nothing but zero bytes (read in bounded chunks)."""
+    while chunk := handle.read(_CHUNK):
+        if chunk.strip(b"\0"):
+            return False
+    return True
 
 
 def _keep_tail(segment: _Segment) -> Path:

@@ -163,3 +163,13 @@ def test_a_public_key_that_cannot_be_read_is_a_verify_problem_not_a_crash(data_d
     paths.public_key.write_bytes(b"")
     [problem] = verify(data_dir)
     assert problem.startswith(f"public key {paths.public_key} cannot be read")
+
+
+def test_a_zero_filled_tail_is_named_a_torn_write_not_records(data_dir: Path) -> None:
+    log_dir, _ = audit_paths(data_dir)
+    [segment] = log_dir.glob("*.seg")
+    with segment.open("ab") as handle:
+        handle.write(bytes(4096))  # a crash kept the file's new length, not its data
+    assert verify(data_dir) == [f"{segment.name}: the 4096 bytes from record offset 20 to the end are no whole "
+                                "record (a write torn by a crash, cut and kept aside when keytrail serve next opens "
+                                "the log, or damage)"]

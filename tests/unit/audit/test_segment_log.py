@@ -273,3 +273,30 @@ def test_payloads_index_slice_and_hand_on_the_frames_as_on_disk(tmp_path: Path) 
     short.append([b"ab", b"cd"])
     short.sync()
     assert not short.read_payloads(0, 2)[1].all_start_with(b"abc")  # never "ab" + the next frame's bytes
+
+
+def test_a_zero_filled_tail_is_no_records_and_is_cut(tmp_path: Path) -> None:
+    # A crash can leave a file's new length on disk without its data: the tail reads as zeros,
+    # whose "frames" (length 0, CRC32 0) pass the checksum of an empty payload.
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(3))
+    log.sync()
+    log.close()
+    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    intact = segment.stat().st_size
+    with segment.open("ab") as handle:
+        handle.write(bytes(4096))
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 3
+    assert [frame.offset for frame in reader.frames()] == [0, 1, 2]
+    reopened = SegmentLog(tmp_path, writable=True)
+    assert reopened.end_offset() == 3
+    assert segment.stat().st_size == intact
+    assert reopened.append([b"after crash"]) == 3
+
+
+def test_an_empty_record_is_refused(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    with pytest.raises(ValueError, match="empty"):
+        log.append([b"one", b""])
+    assert log.end_offset() == 0
