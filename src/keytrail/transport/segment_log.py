@@ -143,6 +143,9 @@ class SegmentLog:
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
+            # Forget the closed number before opening: if the open fails (no descriptor left, disk
+            # full), the next roll must not fsync and close whatever file then got that number.
+            self._fd = -1
         segment = _Segment(self.end_offset(), self.directory / f"{self.end_offset():020d}{_SUFFIX}")
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments.append(segment)

@@ -300,3 +300,29 @@ def test_an_empty_record_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
         log.append([b"one", b""])
     assert log.end_offset() == 0
+
+
+def test_a_segment_that_could_not_be_created_is_created_by_the_next_append(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SegmentLog(tmp_path / "log", segment_bytes=100, writable=True)
+    log.append(_payloads(3))  # the segment is full: the next append starts a new one
+    real_open = os.open
+
+    def no_descriptor_left(path: object, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".seg"):
+            raise OSError(24, "Too many open files")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(segment_log.os, "open", no_descriptor_left)
+    with pytest.raises(OSError, match="Too many open files"):
+        log.append(_payloads(1))
+    monkeypatch.setattr(segment_log.os, "open", real_open)
+    unrelated = os.open(tmp_path / "unrelated", os.O_WRONLY | os.O_CREAT, 0o600)  # may reuse a freed number
+    try:
+        assert log.append(_payloads(1)) == 3
+        log.sync()
+        # still open on its own file: the log closed only its own descriptors
+        assert os.fstat(unrelated).st_ino == (tmp_path / "unrelated").stat().st_ino
+    finally:
+        os.close(unrelated)
+    assert [offset for offset, _ in SegmentLog(tmp_path / "log").read(0, 10)] == [0, 1, 2, 3]
