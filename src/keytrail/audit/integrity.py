@@ -26,7 +26,7 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "load_digests", "signing_key",
-    "verify",
+    "verify", "write_retention_floor",
 ]
 
 GENESIS = bytes(32)
@@ -86,6 +86,12 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_atomic(paths.public_key, public, mode=0o644)
     return key
+
+
+def write_retention_floor(paths: IntegrityPaths, offset: int) -> None:
+    """Note for `verify` that retention may delete the records before `offset`: atomically and
+    synced, since a floor a crash left empty or missing makes retention's deletions read as tampering."""
+    _write_atomic(paths.retention_floor, str(offset).encode(), mode=0o644)
 
 
 def chain_step(chain: bytes, record_hash: bytes) -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.audit.call_encoder import CallEncoder
-from keytrail.audit.integrity import ChainWriter, IntegrityPaths
+from keytrail.audit.integrity import ChainWriter, IntegrityPaths, write_retention_floor
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, RecentRecords, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
@@ -187,9 +187,12 @@ class AuditTrail:
         segments = self.log.segment_info()
         limit = self.shipped.value if settings.kafka_bootstrap else self.log.end_offset()
         keep_from = _retention_point(segments, settings.retention_hours, settings.retention_bytes, now)
-        keep_from = min(keep_from, limit)
-        if keep_from > segments[0][0] and self.log.delete_before(keep_from):
-            self.integrity.retention_floor.write_text(str(self.log.start_offset()))
+        floor = self.log.kept_from(min(keep_from, limit))
+        if floor > segments[0][0]:
+            # The floor first: a crash between the two leaves segments below a floor (which
+            # `verify` skips), never segments gone above it (which it reports as tampering).
+            write_retention_floor(self.integrity, floor)
+            self.log.delete_before(floor)
 
 
 def _retention_point(segments: list[tuple[int, int, float]], hours: float | None,

@@ -167,6 +167,11 @@ class SegmentLog:
         """The base offset of the segment appends go to (changes when `append` rolls)."""
         return self._segments[-1].base
 
+    def kept_from(self, offset: int) -> int:
+        """The first offset `delete_before(offset)` would keep."""
+        bases = [segment.base for segment in self._segments[1:] if segment.base <= offset]
+        return bases[-1] if bases else self.start_offset()
+
     def delete_before(self, offset: int) -> int:
         """Retention: delete closed segments whose records all lie before `offset`; return how
         many were deleted."""

@@ -352,3 +352,52 @@ async def test_on_a_slow_disk_a_batch_waits_for_every_call_on_its_way(tmp_path: 
         assert trail.log.end_offset() == 19
         await asyncio.gather(*half, *rest)
         assert trail.spool.fsyncs == 4
+
+
+class _Crash(BaseException):
+    """Stands for the process dying at this point (what the files hold then is what a crash leaves)."""
+
+
+async def test_a_crash_between_retention_deleting_segments_and_noting_the_floor_is_no_tamper(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keytrail.audit.integrity import verify
+    from keytrail.transport.segment_log import SegmentLog
+
+    real_delete = SegmentLog.delete_before
+
+    def delete_then_crash(self: SegmentLog, offset: int) -> int:
+        deleted = real_delete(self, offset)
+        if deleted:
+            raise _Crash  # the segments are gone; whatever retention writes after this is not
+        return deleted
+
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000, fsync_helper=False)
+    async with AuditTrail.open(settings) as trail:
+        monkeypatch.setattr(SegmentLog, "delete_before", delete_then_crash)
+        for i in range(60):
+            try:
+                await trail.record(encrypt_call(i))
+            except SpoolError:
+                break
+        assert trail.log.start_offset() > 0
+    assert verify(tmp_path) == []
+
+
+async def test_a_crash_while_noting_the_retention_floor_keeps_a_whole_floor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keytrail.audit.integrity import verify
+
+    def emptied_then_crash(self: Path, *args: object, **kwargs: object) -> int:
+        self.open("w").close()  # opening for writing truncated it; the crash came before the data
+        raise _Crash
+
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000, fsync_helper=False)
+    async with AuditTrail.open(settings) as trail:
+        monkeypatch.setattr(Path, "write_text", emptied_then_crash)
+        for i in range(60):
+            try:
+                await trail.record(encrypt_call(i))
+            except SpoolError:
+                break
+    monkeypatch.undo()
+    assert verify(tmp_path) == []
