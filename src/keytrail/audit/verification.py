@@ -108,24 +108,24 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: 
     problems: list[str] = []
     actual: list[bytes] = []
     for frame in log.frames():  # hashes only: payloads are re-read for the few records named
-        if frame.offset < floor:
-            continue
         if not frame.intact:
             problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
         actual.append(hashlib.sha256(frame.payload).digest())
-    if log.start_offset() > floor and expected:
-        problems.append(f"records at offsets {floor}..{log.start_offset() - 1} are missing "
+    # The floor (unsigned) only excuses the records before it being gone; every record still in
+    # the log is checked, or editing the floor would hide altered ones.
+    start = log.start_offset()
+    if start > floor and expected:
+        problems.append(f"records at offsets {floor}..{start - 1} are missing "
                         "(segment files deleted outside retention)")
-        floor = log.start_offset()
     if live:  # a running node appends records just before it hashes them: not insertions
-        actual = actual[: max(0, len(expected) - floor)]
-    findings = _diff(expected[floor:], actual, floor)
-    ids = _event_ids(log, floor, {index for _, index in findings if index is not None})
+        actual = actual[: max(0, len(expected) - start)]
+    findings = _diff(expected[start:], actual, start)
+    ids = _event_ids(log, start, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings]
 
 
-# A finding: a message with an `{event}` placeholder and the index (from the floor) of the
+# A finding: a message with an `{event}` placeholder and the index (from the log's first record) of the
 # stored record whose eventID fills it (None when the record is gone).
 Finding = tuple[str, int | None]
 

@@ -173,3 +173,14 @@ def test_a_zero_filled_tail_is_named_a_torn_write_not_records(data_dir: Path) ->
     assert verify(data_dir) == [f"{segment.name}: the 4096 bytes from record offset 20 to the end are no whole "
                                 "record (a write torn by a crash, cut and kept aside when keytrail serve next opens "
                                 "the log, or damage)"]
+
+
+@pytest.mark.parametrize("floor", [8, 10**9])
+def test_a_retention_floor_moved_up_does_not_hide_records_still_in_the_log(data_dir: Path, floor: int) -> None:
+    # The floor only excuses records retention deleted; records still on disk are checked whatever
+    # it says (it is not signed: anyone who can alter a record can also edit it).
+    rewrite_segment(data_dir, _altered)
+    _, paths = audit_paths(data_dir)
+    paths.retention_floor.write_text(str(floor))
+    problems = verify(data_dir)
+    assert any("offset 7 was altered" in p for p in problems), problems
