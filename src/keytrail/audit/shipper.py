@@ -163,6 +163,9 @@ class Shipper:
         batch = self.recent.take(start, count) if self.recent is not None else None
         if batch is None:
             batch = await asyncio.to_thread(self.reader.read, start, count)
+            # From an offset retention deleted the log reads on from its first record kept, past
+            # `end` too: records written but not yet durable must not reach Kafka, nor the offset.
+            batch = [record for record in batch if record[0] < end]
         if not batch:
             return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
