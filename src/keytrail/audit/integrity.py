@@ -223,18 +223,35 @@ class ChainWriter:
         that were appended but not hashed before a crash."""
         stored = os.fstat(self._hashes.fileno()).st_size // HASH_SIZE
         end = max(log.end_offset(), self._covered)
-        self._hashes.truncate(min(stored, end) * HASH_SIZE)
+        self._end = min(stored, end)
+        self._hashes.truncate(self._end * HASH_SIZE)
+        self._hashes.seek(0, os.SEEK_END)
+        self._restore_signed(log)
         self._hashes.seek(self._covered * HASH_SIZE)
         covered_hashes = self._hashes.read()
         for index in range(0, len(covered_hashes), HASH_SIZE):
             self._chain = chain_step(self._chain, covered_hashes[index:index + HASH_SIZE])
-        self._end = min(stored, end)
         self._hashes.seek(0, os.SEEK_END)
         while self._end < end:
             batch = log.read(self._end, 4096)
             if not batch:
                 break
             self.add(self._end, [payload for _, payload in batch])
+
+
+    def _restore_signed(self, log: SegmentLog) -> None:
+        """Store again the hashes the sidecar lost (cut short, or deleted) before the last digest's
+        end, from the log. They are not chained: the digest's chain head covers them already, and
+        chaining them again would sign a wrong chain over every later record."""
+        while self._end < self._covered:
+            batch = log.read(self._end, min(4096, self._covered - self._end))
+            if batch and batch[0][0] == self._end:
+                hashes = [hashlib.sha256(payload).digest() for _, payload in batch]
+            else:  # gone from the log too: a placeholder keeps each later hash at its offset
+                gap = (batch[0][0] if batch else self._covered) - self._end
+                hashes = [bytes(HASH_SIZE)] * min(gap, self._covered - self._end)
+            self._hashes.write(b"".join(hashes))
+            self._end += len(hashes)
 
 
 def _digest_hash(digest: dict[str, Any] | None) -> str | None:

@@ -184,3 +184,25 @@ def test_a_retention_floor_moved_up_does_not_hide_records_still_in_the_log(data_
     paths.retention_floor.write_text(str(floor))
     problems = verify(data_dir)
     assert any("offset 7 was altered" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kept", [0, 3])
+def test_a_hash_store_cut_short_is_rebuilt_from_the_log_without_breaking_the_chain(tmp_path: Path, kept: int) -> None:
+    fill_trail(tmp_path, 5)  # a digest signs offsets 0..4
+    _, paths = audit_paths(tmp_path)
+    with paths.hashes.open("r+b") as hashes:  # lost or cut below what the digest signed
+        hashes.truncate(32 * kept)
+    fill_trail(tmp_path, 5)
+    assert verify(tmp_path) == []
+
+
+def test_hashes_lost_with_records_retention_deleted_are_reported_and_later_digests_still_verify(
+        tmp_path: Path) -> None:
+    fill_trail(tmp_path, 60, segment_bytes=2000, retention_bytes=5000)
+    _, paths = audit_paths(tmp_path)
+    signed = len(list(paths.digests.glob("*.json")))
+    paths.hashes.write_bytes(b"")  # the hashes of records no longer in the log cannot come back
+    fill_trail(tmp_path, 5, segment_bytes=2000, retention_bytes=5000)
+    problems = verify(tmp_path)
+    assert problems and all("do not match the signed chain" in p for p in problems), problems
+    assert not any(f"{signed:010d}.json" in p for p in problems), problems  # the new records' digest
