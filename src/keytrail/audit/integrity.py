@@ -238,7 +238,6 @@ class ChainWriter:
                 break
             self.add(self._end, [payload for _, payload in batch])
 
-
     def _restore_signed(self, log: SegmentLog) -> None:
         """Store again the hashes the sidecar lost (cut short, or deleted) before the last digest's
         end, from the log. They are not chained: the digest's chain head covers them already, and
