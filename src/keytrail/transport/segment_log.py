@@ -91,7 +91,7 @@ class SegmentLog:
         self._lock_fd = -1
         self._dirty_dir = False
         if writable:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            _create_directory(self.directory)
             self._take_lock()
         self.refresh()
         if writable:
@@ -446,6 +446,19 @@ def _keep_tail(segment: _Segment) -> Path:
         os.fsync(target.fileno())
     _fsync_dir(segment.path.parent)
     return kept
+
+
+def _create_directory(directory: Path) -> None:
+    """`mkdir -p`, each new folder's entry made durable in its parent: the first records' fsync
+    covers their segment and the log folder's entry for it, not the folders above."""
+    missing = []
+    path = directory
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _fsync_dir(created.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
