@@ -142,6 +142,7 @@ class ChainWriter:
         self._covered = 0  # end offset of the last digest
         self._chain = GENESIS
         self._load_last_digest()
+        self._check_log_reaches_digest(log)
         self._hashes = open(paths.hashes, "r+b" if paths.hashes.exists() else "w+b")  # noqa: SIM115
         self._recover(log)
         self._last_time: datetime | None = None
@@ -217,6 +218,17 @@ class ChainWriter:
                     f"the newest audit digest {paths[-1]} cannot be read ({type(exc).__name__}: {exc}): "
                     "`keytrail audit verify` reports it; restore it from a backup, or move it aside to "
                     "sign on from the digest before it") from None
+
+    def _check_log_reaches_digest(self, log: SegmentLog) -> None:
+        """A digest is written only after the records it covers are durable, so a log that ends
+        before the last digest lost signed records. New records would take the lost ones' offsets
+        and no chain could link them: refuse to start rather than fail every call."""
+        end = log.end_offset()
+        if end < self._covered:
+            raise IntegrityFileUnusable(
+                f"the audit log ends at offset {end} but the last signed digest covers records up to "
+                f"{self._covered}: signed records are gone (`keytrail audit verify` names them); restore "
+                f"{log.directory} from a backup, or move {log.directory.parent} aside to start a new trail")
 
     def _recover(self, log: SegmentLog) -> None:
         """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records

@@ -206,3 +206,14 @@ def test_hashes_lost_with_records_retention_deleted_are_reported_and_later_diges
     problems = verify(tmp_path)
     assert problems and all("do not match the signed chain" in p for p in problems), problems
     assert not any(f"{signed:010d}.json" in p for p in problems), problems  # the new records' digest
+
+
+def test_a_log_cut_below_its_last_digest_stops_the_trail_in_one_line(data_dir: Path) -> None:
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    rewrite_segment(data_dir, lambda records: records[:15])  # the last 5 signed records deleted
+    with pytest.raises(IntegrityFileUnusable, match="the audit log ends at offset 15 but the last signed digest "
+                                                     "covers records up to 20: signed records are gone"):
+        AuditTrail.open(AuditSettings(data_dir=data_dir))
+    assert any("missing" in problem for problem in verify(data_dir))  # and verify still tells which
