@@ -13,6 +13,7 @@ import gc
 import gzip
 import itertools
 import logging
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,8 @@ def _read_events(path: Path, events: list[KmsEvent]) -> int:
     skipped = 0
     for record in _records(path):
         try:
-            event = read_kms_event(record)
+            # A record that is no JSON object is as unreadable as one with a bad field: skipped.
+            event = read_kms_event(record) if isinstance(record, dict) else None
         except ValueError:
             event = None
         if event is None:
@@ -92,7 +94,7 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.name.endswith((".json", ".json.gz")))
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".json", ".json.gz")))
         elif path.exists():
             found.append(path)
         else:
@@ -104,7 +106,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
         doc = orjson.loads(raw)
-    except (OSError, ValueError, orjson.JSONDecodeError) as exc:
+    # zlib.error: a gzip file damaged inside; EOFError: one cut short (a partial download, say).
+    except (OSError, ValueError, EOFError, zlib.error, orjson.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a CloudTrail log file ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
         raise ValueError(f'{path}: not a CloudTrail log file (no "Records" list)')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,8 @@ def read_log_file(path: Path) -> list[dict[str, Any]]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile) as exc:
+    # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise LogFileProblem(f"{path}: cannot read: {exc}") from None
     records = document.get("Records") if isinstance(document, dict) else None
     if not isinstance(records, list):

@@ -1,0 +1,86 @@
+"""Bad input to the `keytrail` command: one line on stderr naming the command, a non-zero exit, no
+traceback, and nothing written that was not asked for. Each test runs the real entry point."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.audit_records import ACCOUNT, KEY_ARN
+
+
+def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], prefix: str, code: int = 2) -> str:
+    """The single stderr line of a failed run, checked to start with `prefix`."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(prefix), result.stderr
+    return result.stderr
+
+
+def _cloudtrail_gzip(path: Path) -> Path:
+    record = {"eventSource": "kms.amazonaws.com", "eventName": "Decrypt", "eventTime": "2026-01-05T12:00:00Z",
+              "eventID": "e-1", "awsRegion": "us-east-1", "recipientAccountId": ACCOUNT,
+              "userIdentity": {"type": "IAMUser", "arn": f"arn:aws:iam::{ACCOUNT}:user/eve", "accountId": ACCOUNT},
+              "resources": [{"ARN": KEY_ARN}], "errorCode": "AccessDenied"}
+    path.write_bytes(gzip.compress(json.dumps({"Records": [record] * 300}).encode()))
+    return path
+
+
+def _damaged_inside(path: Path) -> Path:
+    """A gzip file whose header is intact and whose deflate stream is not (zlib.error)."""
+    data = bytearray(path.read_bytes())
+    for index in range(20, 120):
+        data[index] ^= 0x55
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _cut_short(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_detect_names_a_gzip_file_damaged_inside(tmp_path: Path) -> None:
+    log = _damaged_inside(_cloudtrail_gzip(tmp_path / "a.json.gz"))
+    line = _one_line_error(_keytrail("detect", "--cloudtrail", log), "keytrail detect: ")
+    assert str(log) in line
+
+
+def test_detect_names_a_gzip_file_cut_short(tmp_path: Path) -> None:
+    log = _cut_short(_cloudtrail_gzip(tmp_path / "a.json.gz"))
+    line = _one_line_error(_keytrail("detect", "--cloudtrail", log), "keytrail detect: ")
+    assert str(log) in line and "aborted" not in line
+
+
+def test_detect_skips_records_that_are_no_json_object(tmp_path: Path) -> None:
+    log = tmp_path / "odd.json"
+    log.write_text(json.dumps({"Records": [1, "x", None, [], {"eventSource": 5}]}))
+    result = _keytrail("detect", "--cloudtrail", log, "--format", "json")
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == ""
+
+
+def test_detect_skips_a_folder_named_like_a_log_file(tmp_path: Path) -> None:
+    _cloudtrail_gzip(tmp_path / "a.json.gz")
+    (tmp_path / "folder.json").mkdir()
+    result = _keytrail("detect", "--cloudtrail", tmp_path, "--format", "json")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert json.loads(result.stdout.splitlines()[0])["rule"] == "unauthorized-decrypt"
+
+
+def test_import_reports_and_skips_a_gzip_file_damaged_inside(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    _cloudtrail_gzip(tmp_path / "logs" / "a.json.gz")
+    _damaged_inside(_cloudtrail_gzip(tmp_path / "logs" / "b.json.gz"))
+    result = _keytrail("audit", "import", tmp_path / "logs", "--data-dir", tmp_path / "node")
+    assert "Traceback" not in result.stderr and result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")
+    assert result.stdout.startswith("imported 300 KMS records from 1 files")
