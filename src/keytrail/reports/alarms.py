@@ -25,11 +25,11 @@ def read_alarms(path: Path) -> list[dict[str, Any]]:
     """Alarm objects of a JSON-lines file; a later line for the same alarmId replaces the earlier
     (the detector appends updates and escalations). Blank and unreadable lines are skipped."""
     latest: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:  # bytes: a line that is no UTF-8 is one more unreadable line
         for line in handle:
             try:
                 alarm = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
                 continue
             if isinstance(alarm, dict) and alarm.get("alarmId"):
                 latest[str(alarm["alarmId"])] = alarm
@@ -50,11 +50,22 @@ def alarms_frame(alarms: Iterable[dict[str, Any]], since: datetime | None = None
 
 
 def _row(alarm: dict[str, Any]) -> dict[str, Any]:
-    row = {name: alarm.get(name) for name in ALARMS_SCHEMA}
+    """One frame row; a field of the wrong type (the file is anyone's to edit) becomes text or
+    null rather than failing the whole report."""
+    row: dict[str, Any] = {name: _text(alarm.get(name)) for name in ALARMS_SCHEMA}
     row["firstSeen"] = _time(alarm.get("firstSeen"))
     row["lastSeen"] = _time(alarm.get("lastSeen"))
-    row["eventIds"] = " ".join(str(i) for i in alarm.get("eventIds") or ())
+    count = alarm.get("count")
+    row["count"] = count if isinstance(count, int) and not isinstance(count, bool) else None
+    ids = alarm.get("eventIds")
+    row["eventIds"] = " ".join(str(i) for i in ids) if isinstance(ids, list) else _text(ids)
     return row
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 def _time(value: Any) -> datetime | None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.audit_records import ACCOUNT, KEY_ARN
+from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail
 
 
 def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -84,3 +84,18 @@ def test_import_reports_and_skips_a_gzip_file_damaged_inside(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr and result.returncode == 0, result.stderr
     assert result.stderr.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")
     assert result.stdout.startswith("imported 300 KMS records from 1 files")
+
+
+def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 3)
+    alarms = tmp_path / "alarms.jsonl"
+    alarms.write_bytes(b"\xcc\xff not UTF-8\n"
+                       b'{"alarmId": "a", "count": "x", "firstSeen": 5, "severity": 7, "eventIds": 5}\n'
+                       b'{"alarmId": "b", "count": 1.5, "summary": {"x": 1}, "eventIds": [1, 2]}\n')
+    out = tmp_path / "alarms.json"
+    result = _keytrail("report", "--data-dir", tmp_path / "node", "--alarms", alarms, "--out", out,
+                       "--table", "alarms")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(row["alarmId"] for row in rows) == ["a", "b"]
+    assert {row["alarmId"]: row.get("summary") for row in rows} == {"a": None, "b": '{"x": 1}'}
