@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keytrail.cli.console import fail, missing_paths, parse_window
+from keytrail.cli.console import event_log_damage, fail, missing_paths, parse_window
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.runner import Batch, Source
 from keytrail.reports.collect import ReportOptions, collect_sync
@@ -68,6 +68,15 @@ def report(
         raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
                f"{data.alarms.height:,} alarms)", err=True)
+    if not cloudtrail:
+        _require_whole_log(data_dir or Path("keytrail-data"))
+
+
+def _require_whole_log(data_dir: Path) -> None:
+    """A damaged event log reads as fewer events: say so and exit 1, as `keytrail consume` does,
+    rather than hand over a report of part of the trail as if it were all of it."""
+    if problem := event_log_damage(data_dir):
+        raise report_fail(f"{problem}; the report covers the records before it", code=1)
 
 
 def _price_table(path: Path | None, free_tier: bool) -> PriceTable:

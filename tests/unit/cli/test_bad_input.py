@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail
+from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail, rewrite_segment
 
 
 def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -99,3 +99,20 @@ def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(t
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(row["alarmId"] for row in rows) == ["a", "b"]
     assert {row["alarmId"]: row.get("summary") for row in rows} == {"a": None, "b": '{"x": 1}'}
+
+
+def _damaged_trail(data_dir: Path) -> Path:
+    """A trail of 6 events whose third record's bytes no longer match their checksum."""
+    fill_trail(data_dir, 6)
+    rewrite_segment(data_dir, lambda r: [*r[:2], r[2][:-1] + b"!", *r[3:]], fix_checksums=False)
+    return data_dir
+
+
+def test_report_over_a_damaged_event_log_says_so_and_fails(tmp_path: Path) -> None:
+    node = _damaged_trail(tmp_path / "node")
+    result = _keytrail("report", "--data-dir", node, "--out", tmp_path / "r.html")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [wrote, error] = result.stderr.splitlines()
+    assert wrote.startswith("wrote ") and "2 events" in wrote
+    assert error.startswith(f"keytrail report: the event log in {node} is damaged: ")
+    assert error.endswith("; the report covers the records before it")
