@@ -91,7 +91,8 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
                 sys.stdout.write(_line(event, fmt) + "\n")
                 offset = offset_read + 1
             sys.stdout.flush()
-            if not follow:
+            if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
+                _require_whole_log(data_dir, log)
                 return
             time.sleep(interval)
     except KeyboardInterrupt:
@@ -150,5 +151,5 @@ def _require_whole_log(data_dir: Path, log: SegmentLog) -> None:
 def _require_log(data_dir: Path) -> None:
     from keytrail.audit.trail import audit_paths
 
-    if not audit_paths(data_dir)[0].exists():
+    if not audit_paths(data_dir)[0].is_dir():  # a file in its place is no log either
         _fail(f"no audit event log in {data_dir} (is --data-dir right?)")

@@ -116,3 +116,18 @@ def test_report_over_a_damaged_event_log_says_so_and_fails(tmp_path: Path) -> No
     assert wrote.startswith("wrote ") and "2 events" in wrote
     assert error.startswith(f"keytrail report: the event log in {node} is damaged: ")
     assert error.endswith("; the report covers the records before it")
+
+
+def test_tail_without_follow_over_a_damaged_event_log_says_so_and_fails(tmp_path: Path) -> None:
+    node = _damaged_trail(tmp_path / "node")
+    result = _keytrail("audit", "tail", "--no-follow", "--data-dir", node)
+    assert len(result.stdout.splitlines()) == 2  # what lies before the damage
+    _one_line_error(result, f"keytrail audit: the event log in {node} is damaged: ", code=1)
+
+
+def test_audit_commands_refuse_a_file_where_the_event_log_folder_belongs(tmp_path: Path) -> None:
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "log").write_text("not a folder")
+    for args in (["events"], ["tail", "--no-follow"], ["export", str(tmp_path / "out")]):
+        result = _keytrail("audit", *args, "--data-dir", tmp_path)
+        _one_line_error(result, f"keytrail audit: no audit event log in {tmp_path} (is --data-dir right?)", code=1)
