@@ -82,6 +82,8 @@ def load_principals(path: Path) -> dict[str, Credential]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise PrincipalsFileError(f"{path}: {exc}") from None
+    except UnicodeDecodeError:  # a binary file, or the wrong file named
+        raise PrincipalsFileError(f"{path}: not a TOML principals file (not UTF-8 text)") from None
     unknown = sorted(set(data) - {"principal"})
     if unknown:
         raise PrincipalsFileError(f"{path}: unknown entry {unknown[0]!r}: principals are [[principal]] tables")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import typer
 
+from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
-__all__ = ["bootstrap_problem", "fail", "missing_paths", "parse_time"]
+__all__ = ["bootstrap_problem", "fail", "missing_paths", "mqtt_problem", "parse_time"]
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
@@ -29,6 +30,12 @@ def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | N
         if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
             return f"{option}: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}"
     return None
+
+
+def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:
+    """None for no broker or a usable broker URL, else the one-line complaint naming the option."""
+    problem = mqtt_url_problem(url) if url is not None else None
+    return f"{option}: {problem}" if problem else None
 
 
 def _host_port(server: str) -> tuple[str, str | None]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keytrail.cli.console import bootstrap_problem, missing_paths
+from keytrail.cli.console import bootstrap_problem, missing_paths, mqtt_problem
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
@@ -75,7 +75,7 @@ def detect(
                 raise BadInput(problem)
             _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
-            if problem := bootstrap_problem(kafka):
+            if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
                 raise BadInput(problem)
             asyncio.run(_run_live(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every))
         else:
@@ -166,6 +166,8 @@ def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
         doc: dict[str, Any] = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:  # a binary file, or the wrong file named
+        raise BadInput(f"{path}: not valid TOML (not UTF-8 text)") from None
     return RuleSet().override(doc.get("rules", {})), HooksConfig.from_settings(doc)
 
 

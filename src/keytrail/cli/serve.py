@@ -17,7 +17,7 @@ import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
-from keytrail.cli.console import bootstrap_problem, fail
+from keytrail.cli.console import bootstrap_problem, fail, mqtt_problem
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
@@ -97,7 +97,7 @@ def serve(
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
         tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
     )
-    if problem := bootstrap_problem(kafka):
+    if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
         raise _fail(problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise _fail("--dev-credentials is refused unless the server binds to loopback")
@@ -120,7 +120,7 @@ def serve(
 def _check_config(path: Path | None) -> None:
     try:
         detector_settings(path)
-    except (BadInput, RuleError, OSError) as exc:
+    except (BadInput, RuleError, ValueError, OSError) as exc:  # ValueError: a [hooks] table gone wrong
         raise _fail(f"--config: {exc}") from None
 
 

@@ -18,11 +18,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from keytrail.detect.sinks import AlarmSink
 from keytrail.detect.sinks.jsonl import JsonlSink
 
-__all__ = ["HooksConfig", "WebhookConfig", "build_sinks"]
+__all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem"]
+
+
+def mqtt_url_problem(url: str) -> str | None:
+    """None for a usable broker address (mqtt[s]://[USER[:PASS]@]HOST[:PORT], or HOST[:PORT]),
+    else the one-line complaint: checked before anything starts, since a typo would otherwise
+    surface only as a failed delivery, in a child process's log, when the first alarm fires."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    try:
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or port == 0 or parts.netloc.endswith(":"):
+        return f"not an MQTT URL: {url!r} (use mqtt://HOST:PORT)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,8 @@ class HooksConfig:
         for name, value, form in (("mqtt", mqtt, "mqtt://HOST:PORT"), ("kafka", kafka, "HOST:PORT")):
             if value is not None and not (isinstance(value, str) and value):
                 raise ValueError(f"[hooks] {name} must be a string such as {form}, not {value!r}")
+        if isinstance(mqtt, str) and (problem := mqtt_url_problem(mqtt)):
+            raise ValueError(f"[hooks] mqtt: {problem}")
         if not isinstance(webhooks, list) or not all(isinstance(entry, Mapping) for entry in webhooks):
             raise ValueError("webhooks are [[hooks.webhook]] tables (note the double brackets)")
         return cls(mqtt, kafka, tuple(_webhook(entry) for entry in webhooks))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail, rewrite_segment
 
 
@@ -131,3 +133,39 @@ def test_audit_commands_refuse_a_file_where_the_event_log_folder_belongs(tmp_pat
     for args in (["events"], ["tail", "--no-follow"], ["export", str(tmp_path / "out")]):
         result = _keytrail("audit", *args, "--data-dir", tmp_path)
         _one_line_error(result, f"keytrail audit: no audit event log in {tmp_path} (is --data-dir right?)", code=1)
+
+
+@pytest.mark.parametrize("url", ["mqtt://:99999", "http://broker", "nohost:", "mqtt://broker:99999",
+                                 "mqtt://broker:abc", "mqtt://broker:"])
+def test_serve_refuses_a_malformed_mqtt_url_before_starting(tmp_path: Path, url: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--mqtt", url)
+    _one_line_error(result, f"keytrail serve: --mqtt: not an MQTT URL: {url!r}")
+    assert not (tmp_path / "node").exists()  # refused before anything was created
+
+
+def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
+    result = _keytrail("detect", "--kafka", "127.0.0.1:9", "--mqtt", "nohost:", "--data-dir", tmp_path)
+    _one_line_error(result, "keytrail detect: --mqtt: not an MQTT URL: 'nohost:'")
+
+
+@pytest.mark.parametrize(("hooks", "complaint"), [
+    ('[hooks]\nmqtt = "mqtt://:0"\n', "[hooks] mqtt: not an MQTT URL"),
+    ("[hooks]\nfoo = 1\n", "[hooks]: unknown setting(s) foo"),
+])
+def test_serve_names_a_wrong_hooks_table_of_its_config(tmp_path: Path, hooks: str, complaint: str) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(hooks)
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", config)
+    assert complaint in _one_line_error(result, "keytrail serve: --config: ")
+
+
+def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Path) -> None:
+    binary = tmp_path / "file.toml"
+    binary.write_bytes(b"\xcc\xff\x00binary")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--principals", binary)
+    _one_line_error(result, f"keytrail serve: {binary}: not a TOML principals file (not UTF-8 text)")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", binary)
+    _one_line_error(result, f"keytrail serve: --config: {binary}: not valid TOML (not UTF-8 text)")
+    log = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    result = _keytrail("detect", "--cloudtrail", log, "--config", binary)
+    _one_line_error(result, f"keytrail detect: {binary}: not valid TOML (not UTF-8 text)")

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from keytrail.detect.alarms import Alarm
+from keytrail.detect.hooks import mqtt_url_problem
 
 __all__ = ["DeliveryError", "MqttSink"]
 
@@ -34,10 +35,10 @@ class MqttSink:
         backoff: float = 0.5,
         timeout: float = 5.0,
     ) -> None:
+        if problem := mqtt_url_problem(url):
+            raise ValueError(problem)
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"not an MQTT URL: {url!r} (use mqtt://HOST:PORT)")
-        self._host = parts.hostname
+        self._host = parts.hostname or ""  # never empty: mqtt_url_problem checked it
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
