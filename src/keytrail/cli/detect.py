@@ -142,7 +142,7 @@ async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
     """Every key of a node's SQLite key store, with its policy and grants."""
     if not (data_dir / "keys.db").exists():
         raise ValueError(f"{data_dir} holds no key store (keys.db)")
-    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir))
+    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False))
     try:
         items = []
         for key in await store.all_keys():

@@ -20,7 +20,7 @@ class SealError(Exception):
 
 
 class RootKeyUnusable(OSError):
-    """The configured root key is not 32 bytes (an OSError: the CLI reports it in one line)."""
+    """The configured root key is missing or not 32 bytes (an OSError: the CLI reports it in one line)."""
 
 
 class RootKey:
@@ -46,15 +46,18 @@ class RootKey:
             raise SealError(f"cannot unseal key material for {binding}") from None
 
     @classmethod
-    def load(cls, data_dir: Path) -> RootKey:
+    def load(cls, data_dir: Path, *, create: bool = True) -> RootKey:
         """The root key from `$KEYTRAIL_ROOT_KEY` (base64), `$KEYTRAIL_ROOT_KEY_FILE`, or
-        `<data-dir>/root.key` (created with mode 0600 on first start)."""
+        `<data-dir>/root.key` (created with mode 0600 on first start; never by a reader, `create=False`:
+        a new key there would not open the store's material, and would hide that it is not there)."""
         if value := os.environ.get(ROOT_KEY_ENV):
             try:
                 return cls(base64.b64decode(value, validate=True))
             except ValueError:  # binascii.Error is one
                 raise RootKeyUnusable(f"${ROOT_KEY_ENV} must be 32 bytes in base64") from None
         path = Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")
+        if not path.exists() and not create:
+            raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_ENV})")
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -169,3 +169,10 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     result = _keytrail("detect", "--cloudtrail", log, "--config", binary)
     _one_line_error(result, f"keytrail detect: {binary}: not valid TOML (not UTF-8 text)")
+
+
+def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Path) -> None:
+    (tmp_path / "keys.db").write_bytes(b"")
+    result = _keytrail("analyze", "--data-dir", tmp_path)
+    _one_line_error(result, f"keytrail analyze: no root key: {tmp_path / 'root.key'} does not exist")
+    assert not (tmp_path / "root.key").exists()
