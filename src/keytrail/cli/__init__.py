@@ -39,9 +39,11 @@ def _register() -> None:
 def main() -> None:
     """The console entry point. Every error is one line on stderr and a non-zero exit: a usage
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
-    _register()
     try:
+        _register()
         code = app(standalone_mode=False, prog_name="keytrail")
+    except KeyboardInterrupt:  # Ctrl-C while the commands load (a second or so); in one, typer exits 130
+        sys.exit(130)
     except typer.TyperException as error:  # click's usage and parameter errors
         ctx = getattr(error, "ctx", None)
         message = error.format_message() if hasattr(error, "format_message") else str(error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,28 @@ def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Pat
     result = _keytrail("analyze", "--data-dir", tmp_path)
     _one_line_error(result, f"keytrail analyze: no root key: {tmp_path / 'root.key'} does not exist")
     assert not (tmp_path / "root.key").exists()
+
+
+def test_ctrl_c_while_the_commands_load_exits_130_quietly(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import keytrail.cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keytrail.cli, "_register", interrupted)
+    monkeypatch.setattr(sys, "argv", ["keytrail", "audit", "events"])
+    with pytest.raises(SystemExit) as exit_:
+        keytrail.cli.main()
+    assert exit_.value.code == 130 and capsys.readouterr() == ("", "")
+
+
+def test_ctrl_c_during_a_command_exits_130_quietly(tmp_path: Path) -> None:
+    """SIGINT once the command runs (its first output line is out): no traceback, exit 130."""
+    fill_trail(tmp_path, 3000)
+    process = subprocess.Popen([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().startswith("{")
+    process.send_signal(signal.SIGINT)  # stdout unread: the command is blocked writing the rest
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and err == ""
