@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -37,7 +38,10 @@ def _credentials(settings: ServeSettings) -> CredentialStore:
     if path is None:
         path = settings.data_dir / "principals.toml"
         if not path.exists():
-            access_key, secret = write_admin_principals(path)
+            try:
+                access_key, secret = write_admin_principals(path)
+            except OSError as error:  # a read-only data dir, say
+                raise _fail(f"cannot create {path}: {error.strerror or error}") from None
             typer.echo(f"Created {path} with an admin user. To use it:")
             typer.echo(f"export AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret} "
                        f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
@@ -101,9 +105,11 @@ def serve(
         raise _fail(problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise _fail("--dev-credentials is refused unless the server binds to loopback")
+    if problem := _listen_problem(host, port):
+        raise _fail(problem)
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _make_data_dir(data_dir)
     _check_config(config)
     tls = _tls(settings)  # before the principals file is created: a wrong flag leaves nothing behind
     credentials = _credentials(settings)
@@ -115,6 +121,29 @@ def serve(
         raise _fail(f"{exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
     if not started:
         raise typer.Exit(1)
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, found before anything is built or written:
+    uvicorn finds out only once the node runs, and says it in its own words, exit status 3."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as error:  # socket.gaierror (an unknown --host) is one
+        return f"cannot listen on {host}:{port} ({error.strerror or error})"
+    return None
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise _fail(f"--data-dir: {data_dir} is not a directory") from None
+    except OSError as error:
+        raise _fail(f"--data-dir: cannot create {data_dir}: {error.strerror or error}") from None
 
 
 def _check_config(path: Path | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,22 @@ def test_ctrl_c_during_a_command_exits_130_quietly(tmp_path: Path) -> None:
     process.send_signal(signal.SIGINT)  # stdout unread: the command is blocked writing the rest
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130 and err == ""
+
+
+def test_serve_refuses_a_port_in_use_before_building_anything(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", str(port))
+    _one_line_error(result, f"keytrail serve: cannot listen on 127.0.0.1:{port} (Address already in use)")
+    assert not (tmp_path / "node").exists()
+
+
+def test_serve_refuses_a_host_it_cannot_listen_on(tmp_path: Path) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--host", "nohost.invalid")
+    _one_line_error(result, "keytrail serve: cannot listen on nohost.invalid:0 (")
+
+
+def test_serve_refuses_a_file_as_its_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = _keytrail("serve", "--data-dir", tmp_path / "file", "--port", "0")
+    _one_line_error(result, f"keytrail serve: --data-dir: {tmp_path / 'file'} is not a directory")
