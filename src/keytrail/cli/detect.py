@@ -77,7 +77,7 @@ def detect(
         elif kafka:
             if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
                 raise BadInput(problem)
-            asyncio.run(_run_live(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every))
+            _run_live_or_fail(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every)
         else:
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
     except (BadInput, RuleError, ValueError, OSError) as exc:
@@ -93,6 +93,18 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
         detector.process_events(events)
     detector.tick(as_of)
     return detector.alarms()
+
+
+def _run_live_or_fail(
+    bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float
+) -> None:
+    from aiokafka.errors import KafkaError
+
+    try:
+        asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every))
+    except KafkaError as exc:  # the broker out of reach at start: nothing to retry from yet
+        typer.echo(f"keytrail detect: --kafka {bootstrap}: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 async def _run_live(

@@ -176,7 +176,7 @@ def consume(
     if not kafka and not try_lock(consumer_lock(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first")
     data_dir.mkdir(parents=True, exist_ok=True)
-    stats = asyncio.run(_consume(settings, cloudtrail))
+    stats = _consume_or_fail(settings, cloudtrail)
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
         f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else ""),
@@ -184,6 +184,15 @@ def consume(
     )
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
         raise fail(f"{problem}; the figures cover the records before it", "keytrail consume", code=1)
+
+
+def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
+    from aiokafka.errors import KafkaError
+
+    try:
+        return asyncio.run(_consume(settings, cloudtrail))
+    except KafkaError as exc:  # the broker out of reach at start: nothing consumed, nothing to save
+        raise fail(f"--kafka {settings.kafka_bootstrap}: {exc}", "keytrail consume", code=1) from None
 
 
 async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:

@@ -151,6 +151,8 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
     """
     from aiokafka import AIOKafkaConsumer
 
+    from keytrail.transport.kafka import quiet_bootstrap
+
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -158,8 +160,9 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    await consumer.start()
     try:
+        with quiet_bootstrap():  # inside the try: a broker out of reach still closes what start opened
+            await consumer.start()
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
             yield [m.value for msgs in fetched.values() for m in msgs if m.value is not None]

@@ -19,6 +19,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from keytrail.pipeline.decode import known_writer
 from keytrail.pipeline.runner import Batch
+from keytrail.transport.kafka import quiet_bootstrap
 
 __all__ = ["AUDIT_TOPIC", "KafkaSource"]
 
@@ -77,8 +78,9 @@ class KafkaSource:
         )
         self._consumer, self.listener = consumer, _SeekToState(consumer, start_at)
         consumer.subscribe([self.topic], listener=self.listener)
-        await consumer.start()
         try:
+            with quiet_bootstrap():  # inside the try: a broker out of reach still closes what start opened
+                await consumer.start()
             async for batch in self._poll(consumer):
                 yield batch
         finally:

@@ -7,7 +7,9 @@ at-least-once delivery does not need them: consumers deduplicate by eventID).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
@@ -15,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-__all__ = ["BrokerLostRecords", "KafkaProducerLink", "ensure_topic", "partition_for"]
+__all__ = ["BrokerLostRecords", "KafkaProducerLink", "ensure_topic", "partition_for", "quiet_bootstrap"]
 
 _TOPIC_EXISTS = 36
 _YIELD_EVERY = 500  # records appended to batches between yields to the serving loop (~0.4 ms)
@@ -27,6 +29,19 @@ Message = tuple[bytes | None, bytes]
 class BrokerLostRecords(RuntimeError):
     """The broker acknowledged records it cannot have kept: an offset went back, or the topic
     or partition is gone (a memory-storage broker that restarted empty)."""
+
+
+@contextlib.contextmanager
+def quiet_bootstrap() -> Iterator[None]:
+    """aiokafka logs each broker it fails to reach at ERROR, then raises KafkaConnectionError naming
+    them all: while a client starts, leave the telling to whoever handles that error."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_ms: int = 10_000) -> None:

@@ -222,3 +222,16 @@ def test_serve_refuses_a_file_as_its_data_dir(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = _keytrail("serve", "--data-dir", tmp_path / "file", "--port", "0")
     _one_line_error(result, f"keytrail serve: --data-dir: {tmp_path / 'file'} is not a directory")
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def test_detect_and_consume_say_in_one_line_that_kafka_is_out_of_reach(tmp_path: Path) -> None:
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    result = _keytrail("detect", "--kafka", bootstrap, "--data-dir", tmp_path / "detect")
+    assert "Unable to bootstrap" in _one_line_error(result, f"keytrail detect: --kafka {bootstrap}: ", code=1)
+    result = _keytrail("consume", "--kafka", bootstrap, "--data-dir", tmp_path / "consume")
+    assert "Unable to bootstrap" in _one_line_error(result, f"keytrail consume: --kafka {bootstrap}: ", code=1)
