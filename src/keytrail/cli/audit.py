@@ -120,6 +120,8 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
         report = asyncio.run(import_cloudtrail(data_dir, paths))
     except LogLockedError as exc:
         _fail(f"{exc} (stop `keytrail serve` first)")
+    except OSError as exc:  # --data-dir a file, or read-only
+        _fail(f"--data-dir: cannot write the event log in {data_dir}: {_os_error(exc)}")
     for problem in report.problems:
         typer.echo(f"skipped: {problem}", err=True)
     typer.echo(f"imported {report.records} KMS records from {report.files} files; "
@@ -133,9 +135,16 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
     _require_log(data_dir)
     log = _reader(data_dir)
-    written = export_cloudtrail(data_dir, out, log)
+    try:
+        written = export_cloudtrail(data_dir, out, log)
+    except OSError as exc:  # OUT a file, or read-only
+        _fail(f"cannot write CloudTrail log files under {out}: {_os_error(exc)}")
     typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")
     _require_whole_log(data_dir, log)
+
+
+def _os_error(exc: OSError) -> str:
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _reader(data_dir: Path) -> SegmentLog:

@@ -235,3 +235,15 @@ def test_detect_and_consume_say_in_one_line_that_kafka_is_out_of_reach(tmp_path:
     assert "Unable to bootstrap" in _one_line_error(result, f"keytrail detect: --kafka {bootstrap}: ", code=1)
     result = _keytrail("consume", "--kafka", bootstrap, "--data-dir", tmp_path / "consume")
     assert "Unable to bootstrap" in _one_line_error(result, f"keytrail consume: --kafka {bootstrap}: ", code=1)
+
+
+def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Path) -> None:
+    log = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    (tmp_path / "file").write_text("x")
+    result = _keytrail("audit", "import", log, "--data-dir", tmp_path / "file")
+    _one_line_error(result, f"keytrail audit: --data-dir: cannot write the event log in {tmp_path / 'file'}: "
+                            "Not a directory", code=1)
+    fill_trail(tmp_path / "node", 2)
+    result = _keytrail("audit", "export", tmp_path / "file", "--data-dir", tmp_path / "node")
+    _one_line_error(result, f"keytrail audit: cannot write CloudTrail log files under {tmp_path / 'file'}: "
+                            "Not a directory", code=1)
