@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
@@ -143,31 +145,26 @@ class _ScopeDateAuth(SigV4Auth):
 
     scope_date = "20261120"
 
-    def _with_scope_date(self, request: AWSRequest) -> str:
+    @contextlib.contextmanager
+    def _on_scope_day(self, request: AWSRequest) -> Iterator[None]:
         stamp: str = request.context["timestamp"]
         request.context["timestamp"] = self.scope_date + stamp[8:]
-        return stamp
+        try:
+            yield
+        finally:
+            request.context["timestamp"] = stamp
 
     def scope(self, request: AWSRequest) -> str:
-        stamp = self._with_scope_date(request)
-        try:
-            return super().scope(request)
-        finally:
-            request.context["timestamp"] = stamp
+        with self._on_scope_day(request):
+            return str(super().scope(request))
 
     def credential_scope(self, request: AWSRequest) -> str:
-        stamp = self._with_scope_date(request)
-        try:
-            return super().credential_scope(request)
-        finally:
-            request.context["timestamp"] = stamp
+        with self._on_scope_day(request):
+            return str(super().credential_scope(request))
 
     def signature(self, string_to_sign: str, request: AWSRequest) -> str:
-        stamp = self._with_scope_date(request)
-        try:
-            return super().signature(string_to_sign, request)
-        finally:
-            request.context["timestamp"] = stamp
+        with self._on_scope_day(request):
+            return str(super().signature(string_to_sign, request))
 
 
 def test_a_scope_date_other_than_the_request_day_is_refused() -> None:

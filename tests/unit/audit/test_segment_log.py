@@ -42,11 +42,7 @@ def test_reader_sees_records_appended_later(tmp_path: Path) -> None:
 
 
 def test_torn_tail_is_cut_on_open_and_nothing_acknowledged_is_lost(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path, writable=True)
-    log.append(_payloads(10))
-    log.sync()
-    log.close()
-    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    segment = _closed_log(tmp_path, 10)
     intact = segment.stat().st_size
     with segment.open("ab") as handle:  # a crash in the middle of the next write
         handle.write(b"\x30\x00\x00\x00\x01\x02\x03\x04half-a-record")
@@ -60,11 +56,7 @@ def test_torn_tail_is_cut_on_open_and_nothing_acknowledged_is_lost(tmp_path: Pat
 
 
 def test_corrupt_tail_frame_is_cut(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path, writable=True)
-    log.append(_payloads(3))
-    log.sync()
-    log.close()
-    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    segment = _closed_log(tmp_path, 3)
     data = bytearray(segment.read_bytes())
     data[-1] ^= 0xFF  # last record's payload no longer matches its CRC
     segment.write_bytes(bytes(data))
@@ -156,6 +148,15 @@ def _sized(count: int) -> list[bytes]:
 
 def _segment(folder: Path) -> Path:
     return sorted(folder.glob("*.seg"))[-1]
+
+
+def _closed_log(folder: Path, records: int) -> Path:
+    """A log of `records` records, synced and closed, as a crash finds it; its last segment."""
+    log = SegmentLog(folder, writable=True)
+    log.append(_payloads(records))
+    log.sync()
+    log.close()
+    return _segment(folder)
 
 
 def test_frames_split_across_chunk_boundaries_are_read_whole(tmp_path: Path,
@@ -278,11 +279,7 @@ def test_payloads_index_slice_and_hand_on_the_frames_as_on_disk(tmp_path: Path) 
 def test_a_zero_filled_tail_is_no_records_and_is_cut(tmp_path: Path) -> None:
     # A crash can leave a file's new length on disk without its data: the tail reads as zeros,
     # whose "frames" (length 0, CRC32 0) pass the checksum of an empty payload.
-    log = SegmentLog(tmp_path, writable=True)
-    log.append(_payloads(3))
-    log.sync()
-    log.close()
-    segment = sorted(tmp_path.glob("*.seg"))[-1]
+    segment = _closed_log(tmp_path, 3)
     intact = segment.stat().st_size
     with segment.open("ab") as handle:
         handle.write(bytes(4096))

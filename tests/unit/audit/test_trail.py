@@ -358,6 +358,20 @@ class _Crash(BaseException):
     """Stands for the process dying at this point (what the files hold then is what a crash leaves)."""
 
 
+def _retaining(data_dir: Path) -> AuditSettings:
+    """Small segments and a byte budget, so that retention deletes some within a few dozen calls."""
+    return AuditSettings(data_dir=data_dir, segment_bytes=2000, retention_bytes=5000, fsync_helper=False)
+
+
+async def _record_until_refused(trail: AuditTrail, calls: int = 60) -> None:
+    """Record calls until the spool refuses one (a simulated crash fails the group it hit)."""
+    for i in range(calls):
+        try:
+            await trail.record(encrypt_call(i))
+        except SpoolError:
+            return
+
+
 async def test_a_crash_between_retention_deleting_segments_and_noting_the_floor_is_no_tamper(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from keytrail.audit.integrity import verify
@@ -371,14 +385,9 @@ async def test_a_crash_between_retention_deleting_segments_and_noting_the_floor_
             raise _Crash  # the segments are gone; whatever retention writes after this is not
         return deleted
 
-    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000, fsync_helper=False)
-    async with AuditTrail.open(settings) as trail:
+    async with AuditTrail.open(_retaining(tmp_path)) as trail:
         monkeypatch.setattr(SegmentLog, "delete_before", delete_then_crash)
-        for i in range(60):
-            try:
-                await trail.record(encrypt_call(i))
-            except SpoolError:
-                break
+        await _record_until_refused(trail)
         assert trail.log.start_offset() > 0
     assert verify(tmp_path) == []
 
@@ -391,13 +400,8 @@ async def test_a_crash_while_noting_the_retention_floor_keeps_a_whole_floor(
         self.open("w").close()  # opening for writing truncated it; the crash came before the data
         raise _Crash
 
-    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000, fsync_helper=False)
-    async with AuditTrail.open(settings) as trail:
+    async with AuditTrail.open(_retaining(tmp_path)) as trail:
         monkeypatch.setattr(Path, "write_text", emptied_then_crash)
-        for i in range(60):
-            try:
-                await trail.record(encrypt_call(i))
-            except SpoolError:
-                break
+        await _record_until_refused(trail)
     monkeypatch.undo()
     assert verify(tmp_path) == []
