@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,11 @@ class SignedRequest:
         return f"{self.date}/{self.region}/{self.service}/aws4_request"
 
 
+# A Region name as AWS spells them (us-east-1, us-gov-west-1, eu-central-2), or any name made the
+# same way for a self-hosted deployment ("local"): lowercase letters, digits and inner hyphens.
+_REGION = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+
+
 def parse_authorization(header: str | None) -> SignedRequest:
     """Split the Authorization header, or raise what AWS raises for a missing or broken one."""
     if not header:
@@ -106,6 +112,8 @@ def _parse_fields(header: str) -> SignedRequest:
     scope = fields["Credential"].split("/")
     if len(scope) != 5 or scope[4] != "aws4_request":
         raise IncompleteSignatureException(f"Credential should be scoped to a valid region. ({fields['Credential']})")
+    if len(scope[2]) > 64 or not _REGION.fullmatch(scope[2]):  # it becomes part of every key ARN
+        raise InvalidSignatureException(f"Credential should be scoped to a valid region, not '{scope[2][:64]}'.")
     return SignedRequest(
         access_key_id=scope[0], date=scope[1], region=scope[2], service=scope[3],
         signed_headers=tuple(fields["SignedHeaders"].split(";")), signature=fields["Signature"],

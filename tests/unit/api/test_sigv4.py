@@ -226,3 +226,18 @@ def test_skew_errors_are_worded_as_aws_words_them() -> None:
     assert early.value.message == (
         "Signature not yet current: 20261128T120000Z is still later than 20261128T115900Z "
         "(20261128T115400Z + 5 min.)")
+
+
+@pytest.mark.parametrize("region", ["", "..", "us-east-1:evil", "us east 1", "US-EAST-1", "-us", "a" * 65])
+def test_a_scope_region_no_region_could_be_named_is_refused(region: str) -> None:
+    header = (f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/{region}/kms/aws4_request, "
+              "SignedHeaders=host;x-amz-date, Signature=abc123")
+    with pytest.raises(InvalidSignatureException, match="Credential should be scoped to a valid region, not"):
+        parse_authorization(header)
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "us-gov-west-1", "eu-central-2", "local"])
+def test_region_names_as_aws_and_self_hosted_deployments_spell_them_are_taken(region: str) -> None:
+    header = (f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/{region}/kms/aws4_request, "
+              "SignedHeaders=host;x-amz-date, Signature=abc123")
+    assert parse_authorization(header).region == region
