@@ -27,7 +27,7 @@ from keytrail.audit.integrity import ChainWriter
 from keytrail.audit.syncer import SyncHelper, SyncHelperGone
 from keytrail.kms.model import AuditUnavailable, CallsInProgress
 from keytrail.transport.frames import framed_size
-from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.segment_log import SegmentLog, TornWrite
 
 __all__ = ["FSYNC_BUCKETS", "CommitStats", "Spool", "SpoolError"]
 
@@ -300,7 +300,8 @@ class Spool:
         try:
             first = self.segments.append(payloads)
         except OSError as exc:
-            if self.segments.end_offset() == expected:  # nothing of the batch stayed on disk
+            # Nothing of the batch stayed on disk (a TornWrite left bytes behind it could not cut).
+            if self.segments.end_offset() == expected and not isinstance(exc, TornWrite):
                 raise _RecoverableWrite(str(exc)) from exc
             raise
         self.chain.add(first, payloads)

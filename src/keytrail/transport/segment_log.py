@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
-__all__ = ["Frame", "LogLockedError", "SegmentLog", "event_log_dir", "writer_active"]
+__all__ = ["Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "writer_active"]
 
 _SUFFIX = ".seg"
 log = logging.getLogger(__name__)
@@ -79,6 +79,11 @@ class _Segment:
     size: int = 0  # bytes covered by `positions`
 
 
+class TornWrite(OSError):
+    """An append failed after writing part of its bytes, and cutting them off failed too: records
+    appended after them would sit behind bytes that are no record (a restart would cut them)."""
+
+
 class SegmentLog:
     """An append-only log in `directory`; see the module docstring."""
 
@@ -124,8 +129,11 @@ class SegmentLog:
         # Write first, then index: a reader in another thread never sees an unwritten record.
         try:
             self._write(b"".join(chunks))
-        except OSError:
-            os.ftruncate(self._fd, segment.size)  # disk full mid-write: no partial frame stays
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, segment.size)  # disk full mid-write: no partial frame stays
+            except OSError as cut:
+                raise TornWrite(f"{error}; the part written could not be cut off ({cut})") from error
             raise
         segment.positions.extend(positions)
         segment.size = size

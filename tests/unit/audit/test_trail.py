@@ -102,6 +102,28 @@ async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, m
     assert verify(tmp_path) == []
 
 
+async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keytrail.transport import segment_log
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))
+        real_write = os.write
+
+        def half_then_full(fd: int, data: bytes) -> int:
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(28, "No space left")
+
+        monkeypatch.setattr(os, "write", half_then_full)
+        monkeypatch.setattr(segment_log.os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(5, "I/O")))
+        with pytest.raises(SpoolError, match="could not be cut off"):
+            await trail.record(encrypt_call(1))
+        monkeypatch.undo()
+        with pytest.raises(SpoolError, match="refuses records"):  # behind junk, no record is safe
+            await trail.record(encrypt_call(2))
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(0).event_id]
+
+
 async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
