@@ -48,10 +48,16 @@ def _principal_match(principals: PrincipalSet, principal: Principal) -> str | No
 
 def _statement_principal(statement: Statement, principal: Principal) -> str | None:
     assert statement.principals is not None
-    match = _principal_match(statement.principals, principal)
     if statement.not_principal:
-        return None if match == "direct" else "direct"
-    return match
+        return None if _spared(statement.principals, principal) else "direct"
+    return _principal_match(statement.principals, principal)
+
+
+def _spared(principals: PrincipalSet, principal: Principal) -> bool:
+    """Whether a NotPrincipal names the caller itself. For a role session that is the session's
+    ARN: AWS checks the session, not only its role, so a NotPrincipal Deny naming just the role
+    still denies its sessions (AWS's own example lists the session, the role and the account)."""
+    return principals.anyone or principal.arn in principals.arns
 
 
 def evaluate_key_policy(policy: Policy, principal: Principal, action: str, resource: str,

@@ -114,6 +114,19 @@ def test_not_principal_deny_spares_only_the_named_principal() -> None:
     assert decide(user("bob"), policy).verdict is Verdict.EXPLICIT_DENY
 
 
+def _deny_all_but(*arns: str) -> Any:
+    return key(doc(allow("*"), {"Effect": "Deny", "NotPrincipal": {"AWS": list(arns)}, "Action": "kms:*",
+                                "Resource": "*"}))
+
+
+def test_a_not_principal_deny_naming_a_role_still_denies_its_sessions() -> None:
+    session = role("app")
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/app"
+    assert decide(session, _deny_all_but(role_arn, ROOT_ARN)).verdict is Verdict.EXPLICIT_DENY
+    assert decide(session, _deny_all_but(session.arn, role_arn, ROOT_ARN)).allowed
+    assert decide(session, key(doc(allow(role_arn)))).allowed  # in Principal, the role does cover them
+
+
 def test_cross_account_needs_key_policy_and_caller_identity_policy() -> None:
     external = key(doc(allow(ROOT_ARN), allow(OTHER, "kms:Encrypt")))
     bob = user("bob", OTHER)
