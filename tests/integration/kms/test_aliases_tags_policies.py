@@ -74,3 +74,15 @@ def test_default_policy_and_round_trip(kms) -> None:
     assert json.loads(kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]) == policy
     code, _, _ = aws_error(kms.put_key_policy, KeyId=key_id, Policy="{not json")
     assert code == "MalformedPolicyDocumentException"
+
+
+def test_list_aliases_pages_by_50_unless_limit_is_given(server: KeytrailServer) -> None:
+    # ListAliases, Limit: "If you do not include a value, it defaults to 50."
+    kms = server.client(region="ca-central-1")
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    for index in range(51):
+        kms.create_alias(AliasName=f"alias/page-{index:02d}", TargetKeyId=key_id)
+    first = kms.list_aliases()
+    assert len(first["Aliases"]) == 50 and first["Truncated"] is True
+    rest = kms.list_aliases(Marker=first["NextMarker"])
+    assert len(rest["Aliases"]) == 1 and rest["Truncated"] is False

@@ -130,3 +130,14 @@ def test_symmetric_key_with_bad_usage_or_missing_usage(server: KeytrailServer) -
     assert code == "ValidationException"
     assert message.startswith("1 validation error detected: Value 'NOPE' at 'keySpec' failed to satisfy "
                               "constraint: Member must satisfy enum value set: [")
+
+
+def test_list_keys_pages_by_100_unless_limit_is_given(server: KeytrailServer) -> None:
+    # ListKeys, Limit: "If you do not include a value, it defaults to 100."
+    kms = server.client(region="sa-east-1")
+    for _ in range(101):
+        kms.create_key()
+    first = kms.list_keys()
+    assert len(first["Keys"]) == 100 and first["Truncated"] is True
+    rest = kms.list_keys(Marker=first["NextMarker"])
+    assert len(rest["Keys"]) == 1 and rest["Truncated"] is False
