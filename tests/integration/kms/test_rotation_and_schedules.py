@@ -81,3 +81,15 @@ def test_scheduled_deletion_deletes_the_key_after_the_window(fresh_server: Keytr
     code, message, _ = aws_error(kms.describe_key, KeyId=arn)
     assert (code, message) == ("NotFoundException", f"Key '{arn}' does not exist")
     assert arn not in [k["KeyArn"] for k in kms.list_keys()["Keys"]]
+
+
+def test_rotation_status_is_false_while_pending_deletion(kms) -> None:
+    # GetKeyRotationStatus: "While a KMS key is pending deletion, its key rotation status is
+    # false ... If you cancel the deletion, the original key rotation status returns to true."
+    arn = kms.create_key()["KeyMetadata"]["Arn"]
+    kms.enable_key_rotation(KeyId=arn)
+    kms.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
+    assert kms.get_key_rotation_status(KeyId=arn)["KeyRotationEnabled"] is False
+    kms.cancel_key_deletion(KeyId=arn)
+    assert kms.get_key_rotation_status(KeyId=arn)["KeyRotationEnabled"] is True
+

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
-from keytrail.kms.model import KeySpec, Origin
+from keytrail.kms.model import KeySpec, KeyState, Origin
 from keytrail.kms.paging import page
 from keytrail.kms.rotation import rotate_key
 
@@ -47,8 +47,11 @@ async def disable_key_rotation(svc: KmsService, call: Call) -> Response:
 async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:GetKeyRotationStatus", key)
-    response: Response = {"KeyRotationEnabled": key.rotation_enabled, "KeyId": key.arn}
-    if key.rotation_enabled:
+    # GetKeyRotationStatus: a key pending deletion reports false; cancelling the deletion
+    # brings back the status it had (kept on the key, so nothing is lost meanwhile).
+    enabled = key.rotation_enabled and key.state is not KeyState.PENDING_DELETION
+    response: Response = {"KeyRotationEnabled": enabled, "KeyId": key.arn}
+    if enabled:
         response["RotationPeriodInDays"] = key.rotation_period_days
         response["NextRotationDate"] = key.next_rotation_date
     return response
