@@ -24,16 +24,24 @@ async def _rotatable_key(svc: KmsService, call: Call, action: str, conditions: d
     await svc.authorize(call, action, key, conditions)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.custom_key_store_id:
         raise errors.UnsupportedOperationException("")
+    _require_generated_material(key)
     svc.require_usable(key)
     return key
+
+
+def _require_generated_material(key: Key) -> None:
+    # AWS key states table: an imported key (even one PendingImport) answers with its origin,
+    # before any key-state error; KMS cannot rotate material it did not generate.
+    if key.origin is Origin.EXTERNAL:
+        raise errors.UnsupportedOperationException(
+            f"{key.arn} origin is {key.origin} which is not valid for this operation."
+        )
 
 
 async def enable_key_rotation(svc: KmsService, call: Call) -> Response:
     period = call.params.get("RotationPeriodInDays")
     key = await _rotatable_key(svc, call, "kms:EnableKeyRotation",
                                {"kms:RotationPeriodInDays": period} if period else None)
-    if key.origin is Origin.EXTERNAL:
-        raise errors.UnsupportedOperationException("")
     await svc.store.put_key(key.with_rotation(True, svc.now(), period))
     return {}
 
