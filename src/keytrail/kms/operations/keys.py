@@ -108,6 +108,11 @@ async def list_keys(svc: KmsService, call: Call) -> Response:
 async def _set_enabled(svc: KmsService, call: Call, action: str, state: KeyState) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, action, key)
+    if key.state is KeyState.UNAVAILABLE:
+        # Key states table: the call succeeds on a key whose custom key store is disconnected,
+        # and the state it asks for is the one the key gets back when the store reconnects.
+        await svc.store.put_key(replace(key, extra={**key.extra, "state_when_connected": state.value}))
+        return {}
     if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
         raise errors.KMSInvalidStateException(f"{key.arn} is {_state_words(key.state)}.")
     if key.state is not state:
