@@ -37,7 +37,9 @@ LIFECYCLE_EVENTS = (
     "CancelKeyDeletion",
     "DeleteKey",
 )
-SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey"})  # AwsServiceEvent records: no request to bill
+# Every AwsServiceEvent the KMS records (kms/rotation.py, service.py, multiregion.py,
+# importing.py): no account made a request, so none is billed. Usage keeps no eventType, hence names.
+SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey", "SynchronizeMultiRegionKey", "DeleteExpiredKeyMaterial"})
 _ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second tie order
 _ASYMMETRIC_PREFIXES = ("RSA_", "ECC_", "ML_DSA_", "ML_KEM_", "SM2")
 _KEY_PAIR_OPERATIONS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]

@@ -142,3 +142,15 @@ def test_price_table_counts_may_be_quoted(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text('billed_rotations = "3"\n')
     assert load_price_table(path).billed_rotations == 3
+
+
+@pytest.mark.parametrize("service_event", ["SynchronizeMultiRegionKey", "DeleteExpiredKeyMaterial"])
+def test_kms_service_events_are_not_billed_as_requests(service_event: str) -> None:
+    # keytrail's KMS records these as AwsServiceEvent (kms/multiregion.py, kms/importing.py):
+    # no account made a request, so no account pays for one.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"))
+    usage = _usage((service_event, "111122223333", 10_000, None), ("Decrypt", "111122223333", 10_000, None))
+    report = cost_report(usage, lifecycle, PriceTable(), OCT1, NOV1)
+    row = report.filter(pl.col("accountId") == "111122223333").row(0, named=True)
+    assert row["requests"] == 10_000
+    assert row["requestCost"] == Decimal("0.03")
