@@ -198,7 +198,9 @@ def _storage(
 ) -> Iterable[tuple[str, str, Decimal, Decimal]]:
     customer = lifecycle.filter(pl.col("eventTime") < until)
     aws_managed = set(customer.filter(pl.col("keyManager") == "AWS").get_column("keyArn").to_list())
-    first = math.floor(since.timestamp() / 3600) if since else -(2**62)
+    # A clock hour belongs to the window its start lies in (as a minute's requests do), so
+    # consecutive windows never both bill the hour a bound falls inside.
+    first = math.ceil(since.timestamp() / 3600) if since else -(2**62)
     last = math.ceil(until.timestamp() / 3600)
     for (key_arn,), events in customer.group_by(["keyArn"]):
         if key_arn in aws_managed:

@@ -154,3 +154,15 @@ def test_kms_service_events_are_not_billed_as_requests(service_event: str) -> No
     row = report.filter(pl.col("accountId") == "111122223333").row(0, named=True)
     assert row["requests"] == 10_000
     assert row["requestCost"] == Decimal("0.03")
+
+
+def test_adjacent_windows_split_inside_an_hour_bill_that_hour_once() -> None:
+    # Like minutes for requests, a clock hour belongs to the window its start lies in: reports
+    # of consecutive windows add up to the report of their union.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"))
+    middle = datetime(2026, 10, 15, 10, 20, tzinfo=UTC)
+    empty = _usage()
+    parts = [cost_report(empty, lifecycle, PriceTable(), low, high) for low, high in ((OCT1, middle), (middle, NOV1))]
+    whole = cost_report(empty, lifecycle, PriceTable(), OCT1, NOV1)
+    assert sum(p.get_column("keyCost").sum() for p in parts) == whole.get_column("keyCost").sum()
+    assert whole.get_column("keyMonths").sum() == (Decimal(31 * 24) / 730).quantize(Decimal("1e-10"))
