@@ -189,7 +189,9 @@ def cost_report(
     for key_arn, account, price_class, requests, billed in counts.iter_rows():
         row = totals.setdefault((key_arn or "", account or ""), [Decimal(0), Decimal(0), 0, Decimal(0)])
         row[2] = int(row[2]) + requests
-        row[3] = Decimal(row[3]) + (billed * prices.per_request(price_class)).quantize(_ROW)
+        row[3] = Decimal(row[3]) + billed * prices.per_request(price_class)  # exact: rounded once below
+    for row in totals.values():
+        row[3] = Decimal(row[3]).quantize(_ROW)
     return _cost_frame(totals)
 
 

@@ -166,3 +166,12 @@ def test_adjacent_windows_split_inside_an_hour_bill_that_hour_once() -> None:
     whole = cost_report(empty, lifecycle, PriceTable(), OCT1, NOV1)
     assert sum(p.get_column("keyCost").sum() for p in parts) == whole.get_column("keyCost").sum()
     assert whole.get_column("keyMonths").sum() == (Decimal(31 * 24) / 730).quantize(Decimal("1e-10"))
+
+
+def test_a_row_s_request_cost_is_rounded_once_over_its_price_classes() -> None:
+    # Two classes of 0.00000000005 USD each make 0.0000000001 USD; rounding each class first
+    # (half to even) made 0 of both.
+    prices = PriceTable(symmetric=Decimal("0.0000005"), ecc_generate_data_key_pair=Decimal("0.0000005"))
+    usage = _usage(("Decrypt", "444455556666", 1, None), ("GenerateDataKeyPair", "444455556666", 1, "ECC_NIST_P256"))
+    report = cost_report(usage, _lifecycle(), prices, OCT1, NOV1)
+    assert report.get_column("requestCost").to_list() == [Decimal("0.0000000001")]
