@@ -96,7 +96,9 @@ class MetricsStore:
         if until is None:
             until = self.time_bounds()[1] or datetime.now(UTC)  # an empty store: nothing to bill
             until = until.replace(microsecond=0) + timedelta(seconds=1)
-        month_start = since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if since else None
+        # The free tier counts from the start of since's UTC calendar month (not its offset's month).
+        utc_since = since.astimezone(UTC) if since else None
+        month_start = utc_since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if utc_since else None
         return cost_report(self.usage_minutes(month_start, until), self.lifecycle(), prices, since, until)
 
     def last_usage(self, key_arn: str) -> dict[str, Any] | None:

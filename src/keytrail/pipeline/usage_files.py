@@ -15,7 +15,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -61,8 +61,9 @@ class UsageFiles:
             (self.root / name).unlink(missing_ok=True)
 
     def listed(self, since: datetime | None = None, until: datetime | None = None) -> list[str]:
-        low = since.date().isoformat() if since else ""
-        high = until.date().isoformat() if until else "9999"
+        # Files are by UTC day: a bound with another offset may fall on another day there.
+        low = since.astimezone(UTC).date().isoformat() if since else ""
+        high = until.astimezone(UTC).date().isoformat() if until else "9999"
         rows = self.db.execute("SELECT name FROM usage_files WHERE day >= ? AND day <= ?", (low, high))
         return [name for (name,) in rows]
 

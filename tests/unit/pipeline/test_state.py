@@ -6,7 +6,8 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -14,9 +15,11 @@ import pytest
 
 from keytrail.pipeline.frame import empty_frame
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA
-from keytrail.pipeline.query import state_dir
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import aggregate
 from keytrail.pipeline.state import PartitionState, StateFileDamaged, StateUpdate
+from keytrail.pipeline.usage import USAGE_SCHEMA
 
 KEY = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 ALICE = "arn:aws:iam::111122223333:user/alice"
@@ -102,3 +105,35 @@ def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_
     assert result.stderr.startswith(f"keytrail: the metrics state's usage files under {state_dir(tmp_path)}/usage "
                                     "cannot be read")
     assert f"move {state_dir(tmp_path)}/segment-log.sqlite aside" in result.stderr
+
+
+def test_usage_since_a_time_with_an_offset_reads_the_utc_day_it_falls_on(tmp_path: Path) -> None:
+    # 01:00+02:00 on Oct 1 is 23:00 UTC on Sep 30: that UTC day's file must be read too.
+    minute = datetime(2026, 9, 30, 23, 30, tzinfo=UTC)
+    row = {"minute": minute, "keyArn": KEY, "principalArn": ALICE, "accountId": "111122223333",
+           "eventName": "Decrypt", "keyPairSpec": None, "count": 3, "errorCount": 0}
+    state = PartitionState(tmp_path / "p0.sqlite", owner=True)
+    state.stage(replace(aggregate(empty_frame()), usage=pl.DataFrame([row], schema=USAGE_SCHEMA)), 1)
+    state.flush()
+    since = datetime(2026, 10, 1, 1, tzinfo=timezone(timedelta(hours=2)))
+    try:
+        assert state.usage(since).get_column("count").to_list() == [3]
+    finally:
+        state.close()
+
+
+def test_cost_since_a_time_with_an_offset_grants_the_free_tier_of_its_utc_month(tmp_path: Path) -> None:
+    # 00:30+02:00 on Oct 1 is 22:30 UTC on Sep 30: September's free tier, used up on Sep 10, applies.
+    def minute(when: datetime, count: int) -> dict[str, object]:
+        return {"minute": when, "keyArn": KEY, "principalArn": ALICE, "accountId": "111122223333",
+                "eventName": "Decrypt", "keyPairSpec": None, "count": count, "errorCount": 0}
+
+    rows = [minute(datetime(2026, 9, 10, tzinfo=UTC), 20_000), minute(datetime(2026, 9, 30, 23, tzinfo=UTC), 10_000)]
+    state = PartitionState(state_dir(tmp_path) / "p0.sqlite", owner=True)
+    state.stage(replace(aggregate(empty_frame()), usage=pl.DataFrame(rows, schema=USAGE_SCHEMA)), 1)
+    state.flush()
+    state.close()
+    since = datetime(2026, 10, 1, 0, 30, tzinfo=timezone(timedelta(hours=2)))
+    until = datetime(2026, 10, 2, tzinfo=UTC)
+    report = MetricsStore(tmp_path).cost(PriceTable(free_tier_requests=20_000), since, until)
+    assert report.get_column("requestCost").to_list() == [Decimal("0.03")]
