@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,13 +12,24 @@ import typer
 from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
-__all__ = ["bootstrap_problem", "fail", "missing_paths", "mqtt_problem", "parse_time"]
+__all__ = ["bootstrap_problem", "fail", "listen_probe", "missing_paths", "mqtt_problem", "parse_time"]
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
     typer.echo(f"{command}: {message}", err=True)
     return typer.Exit(code)
+
+
+def listen_probe(host: str, port: int) -> int:
+    """Bind host:port as the server will (SO_REUSEADDR, as uvicorn does) and let go; the port bound
+    (a free one for 0). Raises OSError, socket.gaierror for an unknown host, when it cannot."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        return int(probe.getsockname()[1])
 
 
 def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -178,12 +177,10 @@ def _port(port: int | None) -> int:
     """The port asked for (it must be free now), or a free one."""
     if port is not None and not 0 < port < 65536:
         raise fail(f"--port: {port} is not a TCP port (1-65535)")
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port or 0))
-        except OSError as error:
-            raise fail(f"--port: cannot listen on 127.0.0.1:{port} ({error.strerror})") from None
-        return int(probe.getsockname()[1])
+    try:
+        return console.listen_probe("127.0.0.1", port or 0)
+    except OSError as error:
+        raise fail(f"--port: cannot listen on 127.0.0.1:{port} ({error.strerror})") from None
 
 
 def _data_dir(path: Path | None) -> Path:

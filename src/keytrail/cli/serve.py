@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -18,7 +17,7 @@ import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
-from keytrail.cli.console import bootstrap_problem, fail, mqtt_problem
+from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
@@ -127,11 +126,7 @@ def _listen_problem(host: str, port: int) -> str | None:
     """Why the server could not listen on host:port, found before anything is built or written:
     uvicorn finds out only once the node runs, and says it in its own words, exit status 3."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                              flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            probe.bind(address)
+        listen_probe(host, port)
     except OSError as error:  # socket.gaierror (an unknown --host) is one
         return f"cannot listen on {host}:{port} ({error.strerror or error})"
     return None
