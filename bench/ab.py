@@ -6,7 +6,7 @@ Each NAME is one server: `keytrail serve` run from the source tree SRC (a `src` 
 checkout, or `git archive HEAD src schemas | tar -x -C /tmp/base` for the last commit) with the
 serve options ARGs (commas between them: `--kafka,127.0.0.1:9092`, `--no-audit`) and environment
 variables `env.VAR=VALUE`. Every server runs as `serve` runs by default (consumer and detector as
-child processes) and gets one pre-signed Encrypt replayed by wrk -t1 -c16 per round (with
+child processes) and gets one pre-signed Encrypt replayed by wrk -t1 -c16 (`--connections`) per round (with
 `--open-loop RATE`: sent at RATE requests/s by bench/openloop.py, and each round also reports
 p99 latency and the audit spool's records per fsync); rounds visit
 the servers in turn, so a shared machine's slow minutes fall on all of them. Printed per server:
@@ -80,10 +80,11 @@ def _start(variant: Variant, folder: Path) -> KeytrailServer:
         os.environ.update(saved)
 
 
-def _round(server: KeytrailServer, request: tuple[dict[str, str], bytes], seconds: int, folder: Path) -> Round:
+def _round(server: KeytrailServer, request: tuple[dict[str, str], bytes], seconds: int, connections: int,
+           folder: Path) -> Round:
     assert server.proc is not None
     before = cpu_by_part(server.proc.pid)
-    rate, calls = wrk_rate(server.endpoint, request, seconds, 16, folder)
+    rate, calls = wrk_rate(server.endpoint, request, seconds, connections, folder)
     after = cpu_by_part(server.proc.pid)
     return Round(rate, cpu_per_request(before, after, calls))
 
@@ -131,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=4, help="wrk seconds per server per round")
+    parser.add_argument("--connections", type=int, default=16, help="wrk's connections (the suite uses 16)")
     parser.add_argument("--open-loop", type=float, metavar="RATE", help="requests/s sent open loop instead of wrk")
     parser.add_argument("variants", nargs="+", metavar="NAME=SRC[:ARGS]")
     args = parser.parse_args()
@@ -146,13 +148,13 @@ def main() -> None:
             for name, server in servers.items():
                 keys[name] = server.client("alice").create_key()["KeyMetadata"]["KeyId"]
                 requests[name] = presigned(server.endpoint, keys[name])
-                wrk_rate(server.endpoint, requests[name], 2, 16, folder)  # warm-up
+                wrk_rate(server.endpoint, requests[name], 2, args.connections, folder)  # warm-up
             for _ in range(args.rounds):
                 for name, server in servers.items():
                     if args.open_loop:
                         round_ = _open_loop_round(server, keys[name], args.open_loop, args.seconds, folder)
                     else:
-                        round_ = _round(server, requests[name], args.seconds, folder)
+                        round_ = _round(server, requests[name], args.seconds, args.connections, folder)
                     results[name].append(round_)
         finally:
             for server in servers.values():
