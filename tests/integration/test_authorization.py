@@ -258,3 +258,14 @@ def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> 
     alice.create_alias(AliasName=f"alias/app-{key[-12:]}", TargetKeyId=other)
     bob.encrypt(KeyId=f"alias/app-{key[-12:]}", Plaintext=b"x")
     assert error_of(bob.encrypt, KeyId=other, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_grants_on_ml_kem_keys_allow_encapsulate_and_decapsulate(alice: Any, bob: Any) -> None:
+    key = alice.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")["KeyMetadata"]["Arn"]
+    alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Encapsulate", "Decapsulate", "GetPublicKey"])
+    sent = bob.encapsulate(KeyId=key, EncapsulationAlgorithm="ML_KEM")
+    received = bob.decapsulate(KeyId=key, EncapsulationAlgorithm="ML_KEM",
+                               SharedSecretCiphertextBlob=sent["SharedSecretCiphertextBlob"])
+    assert received["SharedSecret"] == sent["SharedSecret"]
+    code, _ = error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])
+    assert code == "ValidationException"

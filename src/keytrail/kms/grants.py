@@ -34,7 +34,7 @@ GRANT_OPERATIONS = frozenset({
     "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
     "ReEncryptTo", "Sign", "Verify", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey",
     "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
-    "DeriveSharedSecret",
+    "DeriveSharedSecret", "Encapsulate", "Decapsulate",
 })
 # Operations that take an EncryptionContext: the only ones a grant constraint applies to.
 CONTEXT_OPERATIONS = frozenset({
@@ -49,6 +49,7 @@ _BY_USAGE = {
     KeyUsage.SIGN_VERIFY: frozenset({"Sign", "Verify", "GetPublicKey"}) | _ALWAYS,
     KeyUsage.GENERATE_VERIFY_MAC: frozenset({"GenerateMac", "VerifyMac"}) | _ALWAYS,
     KeyUsage.KEY_AGREEMENT: frozenset({"DeriveSharedSecret", "GetPublicKey"}) | _ALWAYS,
+    KeyUsage.ENCAPSULATE_DECAPSULATE: frozenset({"Encapsulate", "Decapsulate", "GetPublicKey"}) | _ALWAYS,
 }
 _TOKEN_PREFIX = "ktg1"
 
