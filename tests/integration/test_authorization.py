@@ -269,3 +269,16 @@ def test_grants_on_ml_kem_keys_allow_encapsulate_and_decapsulate(alice: Any, bob
     assert received["SharedSecret"] == sent["SharedSecret"]
     code, _ = error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])
     assert code == "ValidationException"
+
+
+def test_grant_with_source_arn_constraint_allows_no_direct_call(alice: Any, bob: Any) -> None:
+    # AWS: a SourceArn grant constraint allows the grant's operations only for requests an AWS
+    # service makes on behalf of that resource (aws:SourceArn); a direct caller never has one.
+    key = new_key(alice)
+    grant = alice.create_grant(
+        KeyId=key, GranteePrincipal=BOB, Operations=["Encrypt", "DescribeKey", "RetireGrant"],
+        Constraints={"SourceArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:app"},
+    )
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    assert error_of(bob.describe_key, KeyId=key)[0] == "AccessDeniedException"
+    bob.retire_grant(GrantToken=grant["GrantToken"])  # the constraint does not apply to RetireGrant

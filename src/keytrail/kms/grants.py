@@ -124,6 +124,11 @@ def grant_allows(
     if operation not in grant.operations or not grantee_matches(grant.grantee_principal, principal,
                                                                  identity_allows):
         return False
+    if grant.constraints and grant.constraints.get("SourceArn") is not None:
+        # A SourceArn constraint allows only requests an AWS service makes on behalf of that
+        # resource (aws:SourceArn); this service's callers are never such a service. RetireGrant,
+        # which the constraint does not cover, is decided apart from grant_allows.
+        return False
     if operation in CONTEXT_OPERATIONS:
         return constraints_hold(grant.constraints, request.get("context") or {})
     if operation == "CreateGrant":
