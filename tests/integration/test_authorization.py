@@ -282,3 +282,18 @@ def test_grant_with_source_arn_constraint_allows_no_direct_call(alice: Any, bob:
     assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
     assert error_of(bob.describe_key, KeyId=key)[0] == "AccessDeniedException"
     bob.retire_grant(GrantToken=grant["GrantToken"])  # the constraint does not apply to RetireGrant
+
+
+def test_retirable_grants_include_other_accounts_keys(server: KeytrailServer, alice: Any) -> None:
+    # ListRetirableGrants: "The grants that are returned include grants for KMS keys in your
+    # Amazon Web Services account and other Amazon Web Services accounts."
+    carol_arn = f"arn:aws:iam::{OTHER_ACCOUNT}:user/carol"
+    carol = server.client("carol")
+    key = new_key(alice)
+    grant = alice.create_grant(KeyId=key, GranteePrincipal=carol_arn, RetiringPrincipal=carol_arn,
+                               Operations=["Decrypt"])
+    listed = carol.list_retirable_grants(RetiringPrincipal=carol_arn)["Grants"]
+    assert [g["GrantId"] for g in listed if g["KeyId"] == key] == [grant["GrantId"]]
+    carol.retire_grant(KeyId=key, GrantId=grant["GrantId"])
+    listed = carol.list_retirable_grants(RetiringPrincipal=carol_arn)["Grants"]
+    assert [g for g in listed if g["KeyId"] == key] == []

@@ -172,8 +172,8 @@ class PostgresStore:
         )
         return [grant_from_doc(row["doc"]) for row in rows]
 
-    async def all_grants(self, account: str, region: str) -> list[Grant]:
-        rows = await self._rows("SELECT doc FROM kms_grants WHERE account=$1 AND region=$2", account, region)
+    async def all_grants(self, region: str) -> list[Grant]:
+        rows = await self._rows("SELECT doc FROM kms_grants WHERE region=$1", region)
         return [grant_from_doc(row["doc"]) for row in rows]
 
     # --- import parameters and custom key stores ---------------------------------------------

@@ -174,9 +174,8 @@ class SqliteStore:
             return []
         return sorted(grants.values(), key=lambda g: (g.creation_date, g.grant_id))
 
-    async def all_grants(self, account: str, region: str) -> list[Grant]:
-        return [g for (a, r, _), grants in self._grants.items() if (a, r) == (account, region)
-                for g in grants.values()]
+    async def all_grants(self, region: str) -> list[Grant]:
+        return [g for (_, r, _), grants in self._grants.items() if r == region for g in grants.values()]
 
     # --- import parameters and custom key stores (secrets sealed under the root key) ---------
 

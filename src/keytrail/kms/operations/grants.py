@@ -120,9 +120,11 @@ def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant],
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     params = call.params
     await svc.authorize(call, "kms:ListRetirableGrants", None)
-    context = call.context
-    grants = [g for g in await svc.store.all_grants(context.account, context.region)
-              if g.retiring_principal == params["RetiringPrincipal"]]
+    context, retiring = call.context, params["RetiringPrincipal"]
+    # AWS lists grants on other accounts' keys too, for a retiring principal of the caller's account.
+    own_principal = _account_of(retiring) == context.account
+    grants = [g for g in await svc.store.all_grants(context.region)
+              if g.retiring_principal == retiring and (own_principal or g.account == context.account)]
     grants.sort(key=lambda g: (g.creation_date, g.grant_id))
     chunk, paging = _page(grants, params)
     views = []
@@ -131,6 +133,12 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
         if key is not None:
             views.append(grant_view(key, grant))
     return {"Grants": views, **paging}
+
+
+def _account_of(principal: str) -> str:
+    """The account of a principal ARN (`arn:aws:iam::<account>:…`) or of a bare account id."""
+    parts = principal.split(":")
+    return parts[4] if len(parts) > 4 else principal
 
 
 async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
