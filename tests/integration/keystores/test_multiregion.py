@@ -134,6 +134,22 @@ def test_rotation_of_the_primary_reaches_replicas(server: KeytrailServer) -> Non
     assert _error(excinfo)[0] == "UnsupportedOperationException"
 
 
+def test_automatic_rotation_status_of_the_primary_is_shared_by_replicas(server: KeytrailServer) -> None:
+    # Automatic key rotation is a shared property: set on the primary, synchronized to replicas.
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    remote = server.client("alice", REPLICA)
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    primary = kms.get_key_rotation_status(KeyId=key_id)
+    replica = remote.get_key_rotation_status(KeyId=key_id)
+    shared = ("KeyRotationEnabled", "RotationPeriodInDays", "NextRotationDate")
+    assert [replica[name] for name in shared] == [primary[name] for name in shared]
+    assert replica["RotationPeriodInDays"] == 90
+    kms.disable_key_rotation(KeyId=key_id)
+    assert remote.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
+
+
 def test_update_primary_region_swaps_roles(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)

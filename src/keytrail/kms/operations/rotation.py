@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from keytrail.kms import errors
+from keytrail.kms import errors, multiregion
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyState, Origin
@@ -42,14 +42,20 @@ async def enable_key_rotation(svc: KmsService, call: Call) -> Response:
     period = call.params.get("RotationPeriodInDays")
     key = await _rotatable_key(svc, call, "kms:EnableKeyRotation",
                                {"kms:RotationPeriodInDays": period} if period else None)
-    await svc.store.put_key(key.with_rotation(True, svc.now(), period))
+    await _set_rotation(svc, key.with_rotation(True, svc.now(), period))
     return {}
 
 
 async def disable_key_rotation(svc: KmsService, call: Call) -> Response:
     key = await _rotatable_key(svc, call, "kms:DisableKeyRotation")
-    await svc.store.put_key(key.with_rotation(False, svc.now()))
+    await _set_rotation(svc, key.with_rotation(False, svc.now()))
     return {}
+
+
+async def _set_rotation(svc: KmsService, key: Key) -> None:
+    """Persist the rotation settings; a multi-Region primary's replicas share them."""
+    await svc.store.put_key(key)
+    await multiregion.propagate_rotation(svc, key)
 
 
 async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
