@@ -71,6 +71,14 @@ def test_replicate_key_creates_replica_then_enables_it(server: KeytrailServer) -
     assert remote["CurrentKeyMaterialId"] == primary["CurrentKeyMaterialId"]
 
 
+def test_replica_description_is_its_own(server: KeytrailServer) -> None:
+    # ReplicateKey: "The default value is an empty string"; the description is not shared.
+    kms, key_id = _mrk(server)
+    replica = kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)["ReplicaKeyMetadata"]
+    assert replica["Description"] == ""
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "mrk"
+
+
 def test_replicating_a_replica_or_a_single_region_key_is_unsupported(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)

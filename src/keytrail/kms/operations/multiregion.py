@@ -61,7 +61,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     if region == primary.region or region in primary.replica_regions:
         raise errors.AlreadyExistsException(f"Key '{key_arn(region, primary.account, primary.key_id)}' already exists")
     tags = tuple(validate_tags(params.get("Tags") or []).items())
-    description = params.get("Description", primary.description)
+    description = params.get("Description", "")  # not a shared property: AWS defaults it to empty
     replica = multiregion.replica_of(primary, region, svc.now(), _replica_policy(call), description, tags)
     await svc.store.put_key(replica)
     siblings = [primary, *await multiregion.copies(svc, primary)]
