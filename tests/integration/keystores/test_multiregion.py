@@ -177,6 +177,25 @@ def test_update_primary_region_swaps_roles(server: KeytrailServer) -> None:
     server.client("alice", REPLICA).rotate_key_on_demand(KeyId=key_id)
 
 
+def test_update_primary_region_needs_the_replica_key_policy_too(server: KeytrailServer) -> None:
+    # UpdatePrimaryRegion requires kms:UpdatePrimaryRegion in the primary's and the replica's key policy.
+    kms, key_id = _mrk(server)
+    alice = f"arn:aws:iam::{ACCOUNT}:user/alice"
+    replica_policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": alice}, "Action": "kms:UpdatePrimaryRegion", "Resource": "*"},
+    ]})
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA, Policy=replica_policy)
+    _tick(server)
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    code, message = _error(excinfo)
+    assert code == "AccessDeniedException" and _arn(REPLICA, key_id) in message
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["MultiRegionConfiguration"]["MultiRegionKeyType"] == (
+        "PRIMARY"
+    )
+
+
 def test_update_primary_region_to_a_region_without_replica_is_not_found(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     with pytest.raises(ClientError) as excinfo:

@@ -92,6 +92,11 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
     )
     if replica is None:
         raise errors.NotFoundException(f"Key '{key_arn(region, key.account, key.key_id)}' does not exist")
+    # AWS also asks for kms:UpdatePrimaryRegion on the replica, in its own Region and key policy.
+    await svc.authorize(
+        Call(replace(call.context, region=region), call.params), "kms:UpdatePrimaryRegion", replica,
+        _conditions(replica, **{"kms:PrimaryRegion": region}),
+    )
     for copy in (key, replica):
         if copy.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION, KeyState.CREATING):
             raise errors.KMSInvalidStateException(f"{copy.arn} is {copy.state.value}.")
