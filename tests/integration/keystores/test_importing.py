@@ -105,6 +105,29 @@ def test_expiring_model_without_valid_to_is_a_validation_error(kms: Any) -> None
     )
 
 
+def test_expiration_model_defaults_to_expires(kms: Any, server: KeytrailServer) -> None:
+    # ImportKeyMaterial: "The default is KEY_MATERIAL_EXPIRES", which needs a ValidTo.
+    key_id = _external_key(kms)
+    material = os.urandom(32)
+
+    def send(**expiry: Any) -> Any:
+        params = kms.get_parameters_for_import(
+            KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
+        return kms.import_key_material(KeyId=key_id, ImportToken=params["ImportToken"],
+                                       EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", material),
+                                       **expiry)
+
+    with pytest.raises(ClientError) as excinfo:
+        send()
+    assert _error(excinfo) == (
+        "ValidationException",
+        "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES",
+    )
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "PendingImport"
+    send(ValidTo=_server_now(server) + timedelta(days=1))
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+
+
 def test_delete_then_reimport_same_material_decrypts_old_ciphertext(kms: Any) -> None:
     key_id = _external_key(kms)
     material = os.urandom(32)

@@ -83,10 +83,15 @@ async def get_parameters_for_import(svc: KmsService, call: Call) -> Response:
     }
 
 
+def _model(params: dict[str, Any]) -> str:
+    """The ExpirationModel asked for: AWS defaults it to KEY_MATERIAL_EXPIRES (which needs ValidTo)."""
+    return str(params.get("ExpirationModel") or EXPIRES)
+
+
 def _expiration(params: dict[str, Any], now: datetime) -> tuple[str, datetime | None]:
     """ExpirationModel and ValidTo as AWS checks them (ImportKeyMaterial reference)."""
     valid_to: datetime | None = params.get("ValidTo")
-    model = params.get("ExpirationModel") or (EXPIRES if valid_to else DOES_NOT_EXPIRE)
+    model = _model(params)
     if model == EXPIRES and valid_to is None:
         raise errors.ValidationException(
             "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES"
@@ -116,10 +121,7 @@ async def _parameters_for(svc: KmsService, key: Key, token: bytes) -> ImportPara
 
 
 def _conditions(params: dict[str, Any]) -> dict[str, Any]:
-    conditions: dict[str, Any] = {
-        "kms:ExpirationModel": params.get("ExpirationModel")
-        or (EXPIRES if params.get("ValidTo") else DOES_NOT_EXPIRE)
-    }
+    conditions: dict[str, Any] = {"kms:ExpirationModel": _model(params)}
     if params.get("ValidTo") is not None:
         conditions["kms:ValidTo"] = params["ValidTo"].timestamp()
     return conditions
