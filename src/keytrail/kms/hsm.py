@@ -143,6 +143,11 @@ class TokenSession:
                 )
             )
 
+    def random_bytes(self, count: int) -> bytes:
+        """`count` bytes from the token's random number generator (C_GenerateRandom)."""
+        with self._lock:
+            return bytes(self._session.generate_random(count * 8))
+
     def close(self) -> None:
         with self._lock:
             self._session.close()

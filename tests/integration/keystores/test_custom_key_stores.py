@@ -261,3 +261,18 @@ def test_connected_store_serves_again_after_restart(
     assert PIN.encode() not in stored  # the key store password is sealed at rest
     hsm_server.start()
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"survives restarts"
+
+
+def test_generate_random_in_a_custom_key_store(kms: Any, trust_anchor: str, clusters: Iterator[str]) -> None:
+    # GenerateRandom with CustomKeyStoreId draws from that store's HSM: it must exist and be connected.
+    with pytest.raises(ClientError) as excinfo:
+        kms.generate_random(NumberOfBytes=16, CustomKeyStoreId="cks-0123456789abcdef0")
+    assert _error(excinfo) == "CustomKeyStoreNotFoundException"
+    store_id = _store(kms, trust_anchor, next(clusters))
+    with pytest.raises(ClientError) as excinfo:
+        kms.generate_random(NumberOfBytes=16, CustomKeyStoreId=store_id)
+    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    first = kms.generate_random(NumberOfBytes=1024, CustomKeyStoreId=store_id)["Plaintext"]
+    second = kms.generate_random(NumberOfBytes=1024, CustomKeyStoreId=store_id)["Plaintext"]
+    assert len(first) == len(second) == 1024 and first != second

@@ -10,6 +10,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.ciphertext import read_header
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyUsage
+from keytrail.kms.operations.keystores import random_from_store
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -159,6 +160,9 @@ async def generate_random(svc: KmsService, call: Call) -> Response:
     if count is None:
         raise errors.ValidationException("NumberOfBytes is required.")
     await svc.authorize(call, "kms:GenerateRandom", None)
+    store_id = call.params.get("CustomKeyStoreId")
+    if store_id is not None:
+        return {"Plaintext": await random_from_store(svc, call, store_id, int(count))}
     return {"Plaintext": svc.deps.random_bytes(int(count))}
 
 

@@ -233,10 +233,7 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
         raise errors.UnsupportedOperationException(
             "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
         )
-    if store.state is not ConnectionState.CONNECTED:
-        raise errors.CustomKeyStoreInvalidStateException(
-            f"Custom key store {store.store_id} is not connected (ConnectionState {store.state.value})."
-        )
+    _require_connected(store)
     backing_id = svc.deps.random_bytes(16).hex()
     session = await _connections(svc).session(store)
     await asyncio.to_thread(session.generate_key, bytes.fromhex(backing_id), key.key_id)
@@ -250,6 +247,21 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
         materials=(material,),
         extra={**key.extra, "cloud_hsm_cluster_id": store.cluster_id},
     )
+
+
+def _require_connected(store: CustomKeyStore) -> None:
+    if store.state is not ConnectionState.CONNECTED:
+        raise errors.CustomKeyStoreInvalidStateException(
+            f"Custom key store {store.store_id} is not connected (ConnectionState {store.state.value})."
+        )
+
+
+async def random_from_store(svc: KmsService, call: Call, store_id: str, count: int) -> bytes:
+    """GenerateRandom with CustomKeyStoreId: the bytes come from the store's HSM."""
+    store = await _find_store(svc, call, store_id)
+    _require_connected(store)
+    session = await _connections(svc).session(store)
+    return await asyncio.to_thread(session.random_bytes, count)
 
 
 def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None:
