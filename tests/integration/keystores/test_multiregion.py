@@ -244,6 +244,25 @@ def test_imported_multi_region_key_needs_the_same_material_in_each_region(server
     assert remote.decrypt(CiphertextBlob=blob)["Plaintext"] == b"byok everywhere"
 
 
+@pytest.mark.parametrize("first", [PRIMARY, REPLICA])
+def test_imported_key_replicated_before_any_import_shares_its_material(server: KeytrailServer, first: str) -> None:
+    # Replicated while PendingImport, then imported in either order: the copies accept only one
+    # material, and the same material gets the same KeyMaterialId, so ciphertexts cross Regions.
+    kms = server.client("alice", PRIMARY)
+    key_id = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]["KeyId"]
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    remote = server.client("alice", REPLICA)
+    material = os.urandom(32)
+    leader, follower = (kms, remote) if first == PRIMARY else (remote, kms)
+    material_id = _import(leader, key_id, material)["KeyMaterialId"]
+    with pytest.raises(ClientError) as excinfo:
+        _import(follower, key_id, os.urandom(32))
+    assert _error(excinfo)[0] == "IncorrectKeyMaterialException"
+    assert _import(follower, key_id, material)["KeyMaterialId"] == material_id
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"byok")["CiphertextBlob"]
+    assert remote.decrypt(CiphertextBlob=blob)["Plaintext"] == b"byok"
+
+
 def test_key_policy_conditions_on_replica_region_are_enforced(server: KeytrailServer) -> None:
     kms = server.client("alice", PRIMARY)
     policy = {

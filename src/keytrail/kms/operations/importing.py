@@ -7,11 +7,12 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from keytrail.kms import errors
+from keytrail.kms import errors, multiregion
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.importing import (
     FINGERPRINT,
     IMPORT_TOKEN_LIFETIME,
+    MATERIAL_SALT,
     ImportParameters,
     check_material,
     check_wrapping,
@@ -127,13 +128,25 @@ def _conditions(params: dict[str, Any]) -> dict[str, Any]:
     return conditions
 
 
+async def _with_import_identity(svc: KmsService, key: Key) -> Key:
+    """The key with its material salt and accepted material. The copies of a multi-Region key
+    share them (the first copy to import sets them, whatever the order of replication and
+    import), so one material gets one KeyMaterialId in every Region and no Region takes another."""
+    if MATERIAL_SALT not in key.extra and key.multi_region:
+        for other in await multiregion.copies(svc, key):
+            if MATERIAL_SALT in other.extra:
+                shared = {name: other.extra[name] for name in (MATERIAL_SALT, FINGERPRINT) if name in other.extra}
+                return replace(key, extra={**key.extra, **shared})
+    return with_material_salt(key)
+
+
 async def import_key_material(svc: KmsService, call: Call) -> Response:
     params = call.params
     key = await _external_key(svc, call, "kms:ImportKeyMaterial", _conditions(params))
     model, valid_to = _expiration(params, svc.now())
     parameters = await _parameters_for(svc, key, params["ImportToken"])
     secret = check_material(key, unwrap_material(parameters, params["EncryptedKeyMaterial"]))
-    key = with_material_salt(key)
+    key = await _with_import_identity(svc, key)
     material_id = imported_material_id(key, secret)
     accepted = key.extra.get(FINGERPRINT)
     if params.get("ImportType") == "NEW_KEY_MATERIAL" and accepted:
