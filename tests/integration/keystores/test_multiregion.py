@@ -196,6 +196,21 @@ def test_update_primary_region_needs_the_replica_key_policy_too(server: Keytrail
     )
 
 
+@pytest.mark.parametrize("disabled", [PRIMARY, REPLICA])
+def test_update_primary_region_needs_both_keys_enabled(server: KeytrailServer, disabled: str) -> None:
+    # "Both the primary key and the replica key must be in the Enabled key state" (DisabledException).
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    server.client("alice", disabled).disable_key(KeyId=key_id)
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    assert _error(excinfo) == ("DisabledException", f"{_arn(disabled, key_id)} is disabled.")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["MultiRegionConfiguration"]["MultiRegionKeyType"] == (
+        "PRIMARY"
+    )
+
+
 def test_update_primary_region_to_a_region_without_replica_is_not_found(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     with pytest.raises(ClientError) as excinfo:

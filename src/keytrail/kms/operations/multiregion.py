@@ -98,6 +98,8 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
         _conditions(replica, **{"kms:PrimaryRegion": region}),
     )
     for copy in (key, replica):
+        if copy.state is KeyState.DISABLED:  # AWS: both keys must be Enabled when it starts
+            raise errors.DisabledException(f"{copy.arn} is disabled.")
         if copy.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION, KeyState.CREATING):
             raise errors.KMSInvalidStateException(f"{copy.arn} is {copy.state.value}.")
     call.resource(replica.arn)
