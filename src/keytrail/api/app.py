@@ -43,6 +43,11 @@ class _BodyTooLarge(errors.KmsError):
     status = 413
 
 
+class _ClientGone(Exception):
+    """The client went away before its request body arrived whole: what did arrive is not the
+    request it signed or meant, so nothing runs, and there is no one left to answer."""
+
+
 @dataclass(slots=True)
 class ApiSettings:
     """What the front end needs besides the service."""
@@ -106,6 +111,8 @@ class KmsApp:
         extra = [(b"x-amzn-requestid", request_id.encode())]
         try:
             response = await self._handle(scope, receive, request_id)
+        except _ClientGone:
+            return
         except errors.KmsError as error:
             extra.append((b"x-amzn-errortype", error.code.encode()))
             await _respond(send, error.status, _error_body(error), _JSON, extra)
@@ -162,6 +169,8 @@ class KmsApp:
             seconds = request["seconds"]
             if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= _MAX_ADVANCE:
                 raise ValueError
+        except _ClientGone:
+            return
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, errors.KmsError):
             await _respond(send, 400, _ADVANCE_REFUSED, b"application/json")
             return
@@ -232,14 +241,14 @@ def _tls_details(scope: Scope, headers: dict[str, str]) -> dict[str, str] | None
 
 async def _read_body(receive: Receive, limit: int, declared: str | None = None) -> bytes:
     """The request body, refused (before any of it is read when its declared length says so)
-    beyond `limit` bytes."""
+    beyond `limit` bytes; _ClientGone if the client disconnects before its end."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
