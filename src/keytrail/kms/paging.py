@@ -4,37 +4,43 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from keytrail.kms.errors import InvalidMarkerException
 
-__all__ = ["page"]
+__all__ = ["Position", "page"]
 
 T = TypeVar("T")
+# Where an item stands in its listing: unique per item, ordered as the listing is.
+Position = tuple[str | float, ...]
 
 
 def page(
-    items: Sequence[T], params: dict[str, Any], item_id: Callable[[T], str], default_limit: int = 100,
+    items: Sequence[T], params: dict[str, Any], position: Callable[[T], Position], default_limit: int = 100,
 ) -> tuple[Sequence[T], dict[str, Any]]:
-    """One page of `items` and the `Truncated`/`NextMarker` members to answer with."""
+    """One page of `items`, listed in `position` order, and the `Truncated`/`NextMarker` members
+    to answer with. A marker holds the position of the page's last item, so the next page starts
+    after it even once that item is gone (a loop that deletes what it lists, as AWS allows)."""
+    ordered = sorted(items, key=position)
     limit = int(params.get("Limit") or default_limit)
     start = 0
     if marker := params.get("Marker"):
-        start = _start_after(items, marker, item_id)
-    chunk = items[start : start + limit]
-    if start + limit < len(items):
-        next_marker = base64.urlsafe_b64encode(item_id(chunk[-1]).encode()).decode()
-        return chunk, {"Truncated": True, "NextMarker": next_marker}
+        start = _start_after(ordered, marker, position)
+    chunk = ordered[start : start + limit]
+    if start + limit < len(ordered):
+        last = json.dumps(position(chunk[-1]), separators=(",", ":"))
+        return chunk, {"Truncated": True, "NextMarker": base64.urlsafe_b64encode(last.encode()).decode()}
     return chunk, {"Truncated": False}
 
 
-def _start_after(items: Sequence[T], marker: str, item_id: Callable[[T], str]) -> int:
+def _start_after(ordered: Sequence[T], marker: str, position: Callable[[T], Position]) -> int:
     try:
-        last = base64.urlsafe_b64decode(marker.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        last = json.loads(base64.urlsafe_b64decode(marker.encode()))
+        if not isinstance(last, list):
+            raise TypeError
+        return bisect.bisect_right(ordered, tuple(last), key=position)
+    except (binascii.Error, ValueError, TypeError):  # not base64, not JSON, not a position of this listing
         raise InvalidMarkerException("The marker is not valid.") from None
-    for index, item in enumerate(items):
-        if item_id(item) == last:
-            return index + 1
-    raise InvalidMarkerException("The marker is not valid.")

@@ -86,3 +86,32 @@ def test_list_aliases_pages_by_50_unless_limit_is_given(server: KeytrailServer) 
     assert len(first["Aliases"]) == 50 and first["Truncated"] is True
     rest = kms.list_aliases(Marker=first["NextMarker"])
     assert len(rest["Aliases"]) == 1 and rest["Truncated"] is False
+
+
+def test_aliases_deleted_page_by_page_are_all_listed_and_deleted(server: KeytrailServer) -> None:
+    # A cleanup loop deletes each page's aliases before asking for the next: the marker then names
+    # an alias that is gone, and the listing goes on after it (it was InvalidMarkerException).
+    kms = server.client(region="eu-north-1")
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    names = {f"alias/drain-{index}" for index in range(5)}
+    for name in names:
+        kms.create_alias(AliasName=name, TargetKeyId=key_id)
+    deleted = set()
+    for page in kms.get_paginator("list_aliases").paginate(PaginationConfig={"PageSize": 2}):
+        for alias in page["Aliases"]:
+            kms.delete_alias(AliasName=alias["AliasName"])
+            deleted.add(alias["AliasName"])
+    assert deleted == names and kms.list_aliases()["Aliases"] == []
+
+
+def test_grants_revoked_page_by_page_are_all_listed_and_revoked(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    grantee = f"arn:aws:iam::{ACCOUNT}:user/bob"
+    granted = {kms.create_grant(KeyId=key_id, GranteePrincipal=grantee, Operations=["Decrypt"])["GrantId"]
+               for _ in range(5)}
+    revoked = set()
+    for page in kms.get_paginator("list_grants").paginate(KeyId=key_id, PaginationConfig={"PageSize": 2}):
+        for grant in page["Grants"]:
+            kms.revoke_grant(KeyId=key_id, GrantId=grant["GrantId"])
+            revoked.add(grant["GrantId"])
+    assert revoked == granted and kms.list_grants(KeyId=key_id)["Grants"] == []

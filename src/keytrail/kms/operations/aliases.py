@@ -87,7 +87,7 @@ async def list_aliases(svc: KmsService, call: Call) -> Response:
         key = await svc.find_key(call, key_id, allow_alias=False)
         aliases = [a for a in aliases if a.key_id == key.key_id]
     await svc.authorize(call, "kms:ListAliases", key)
-    chunk, paging = page(aliases, call.params, lambda a: a.name, default_limit=50)  # ListAliases' default
+    chunk, paging = page(aliases, call.params, lambda a: (a.name,), default_limit=50)  # ListAliases' default
     entries = [{
         "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
         "CreationDate": a.creation_date, "LastUpdatedDate": a.last_updated_date,

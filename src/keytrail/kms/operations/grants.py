@@ -114,7 +114,7 @@ async def list_grants(svc: KmsService, call: Call) -> Response:
 
 
 def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant], dict[str, Any]]:
-    return page(grants, params, lambda g: g.grant_id, default_limit=50)
+    return page(grants, params, lambda g: (g.creation_date.timestamp(), g.grant_id), default_limit=50)
 
 
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:

@@ -89,7 +89,7 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
         raise errors.UnsupportedOperationException("")
     every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
     materials = [m for m in key.materials if every or m.rotation_type is not None]
-    chunk, paging = page(materials, call.params, lambda m: m.material_id)
+    chunk, paging = page(materials, call.params, lambda m: (m.created.timestamp(), m.material_id))
     entries = []
     for material in chunk:
         entry: dict[str, Any] = {"KeyId": key.arn, "KeyMaterialId": material.material_id}
