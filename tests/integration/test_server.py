@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from keytrail.audit.cloudtrail_files import iter_events
 from tests.support.errors import aws_error
 from tests.support.server import PRINCIPALS, KeytrailServer, write_principals
 
@@ -243,6 +246,45 @@ def test_tls_self_signed(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def _https_call(port: int, maximum: ssl.TLSVersion) -> tuple[str, str, str]:
+    """ListKeys over TLS up to `maximum`: the request id and the version and cipher negotiated."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode, context.maximum_version = False, ssl.CERT_NONE, maximum
+    request = AWSRequest(method="POST", url=f"https://localhost:{port}/", data=b"{}", headers={
+        "X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials(*PRINCIPALS["alice"][1:3]), "kms", "us-east-1").add_auth(request)
+    connection = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+    try:
+        connection.request("POST", "/", body=b"{}", headers=dict(request.headers.items()))
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200 and isinstance(connection.sock, ssl.SSLSocket)
+        version, cipher = connection.sock.version(), connection.sock.cipher()
+        assert version is not None and cipher is not None
+        return str(response.getheader("x-amzn-requestid")), version, cipher[0]
+    finally:
+        connection.close()
+
+
+def test_tls_details_name_the_version_and_cipher_suite_negotiated(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data")
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir),
+                             "--port", str(server.port), "--principals", str(server.principals),
+                             "--tls-self-signed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from tests.support.services import wait_for_port
+        wait_for_port(server.port)
+        calls = [_https_call(server.port, maximum) for maximum in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    events = {e["requestID"]: e for _, e in iter_events(server.data_dir) if e.get("requestID")}
+    assert [events[request_id]["tlsDetails"] for request_id, _, _ in calls] == [
+        {"tlsVersion": version, "cipherSuite": cipher, "clientProvidedHostHeader": f"localhost:{server.port}"}
+        for _, version, cipher in calls]
+    assert [version for _, version, _ in calls] == ["TLSv1.2", "TLSv1.3"]
 
 
 def test_sigterm_exits_zero(fresh_server: KeytrailServer) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from keytrail.api.credentials import CredentialStore
+from keytrail.api.http_protocol import TLS_EXTENSION
 from keytrail.api.protocol import decode_request, encode_value, operation_names
 from keytrail.api.sigv4 import UnrecognizedClientException, parse_authorization, verify_signature
 from keytrail.clock import ManualClock, utc_now
@@ -234,9 +235,12 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _tls_details(scope: Scope, headers: dict[str, str]) -> dict[str, str] | None:
+    """CloudTrail's tlsDetails: the version and cipher suite the connection negotiated (named
+    only when the HTTP protocol reports them, never guessed) and the Host header sent."""
     if scope.get("scheme") != "https":
         return None
-    return {"tlsVersion": "TLSv1.3", "clientProvidedHostHeader": headers.get("host", "")}
+    session = scope.get("extensions", {}).get(TLS_EXTENSION, {})
+    return {**session, "clientProvidedHostHeader": headers.get("host", "")}
 
 
 async def _read_body(receive: Receive, limit: int, declared: str | None = None) -> bytes:

@@ -15,7 +15,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["CoalescingHttpToolsProtocol"]
+__all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol"]
+
+TLS_EXTENSION = "keytrail.tls"  # {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256"}
 
 
 class _CoalescingTransport(asyncio.Transport):
@@ -84,8 +86,26 @@ class _CoalescingTransport(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
 
+def _tls_session(transport: asyncio.Transport) -> dict[object, object] | None:  # ASGI's extension type
+    """The TLS version and cipher suite a connection negotiated (OpenSSL's names, as CloudTrail's
+    tlsDetails gives them); None over plain TCP. The handshake is over before `connection_made`."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return {"tlsVersion": ssl_object.version() or "", "cipherSuite": cipher[0] if cipher else ""}
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's `httptools` protocol over a transport that joins the writes of one loop step."""
+    """uvicorn's `httptools` protocol over a transport that joins the writes of one loop step.
+    Each request's scope also carries its connection's TLS session (`TLS_EXTENSION`), which
+    uvicorn does not pass on."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._tls = _tls_session(transport)
         super().connection_made(_CoalescingTransport(transport, self.loop))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {TLS_EXTENSION: self._tls}
