@@ -74,7 +74,8 @@ def _length_checks(shape: Shape, value: Any, path: str, errors: list[str], sensi
 def _string_check(shape: Shape) -> Check:
     enum, allowed = shape.enum, frozenset(shape.enum)
     low, high = _bounds(shape)
-    pattern = re.compile(shape.metadata["pattern"]) if "pattern" in shape.metadata else None
+    # ASCII: the model's patterns are ECMA-262 (Java) expressions, whose \w and \d are ASCII classes.
+    pattern = re.compile(shape.metadata["pattern"], re.ASCII) if "pattern" in shape.metadata else None
     sensitive = bool(shape.serialization.get("sensitive") or shape.metadata.get("sensitive"))
 
     def check(value: Any, path: str, errors: list[str]) -> Any:

@@ -78,3 +78,18 @@ def test_length_and_enum_violations_are_worded_as_aws_words_them(params: dict[st
 def test_response_values_keep_scalars_and_drop_nulls_at_every_depth() -> None:
     value = {"A": "s", "B": 1, "C": 1.5, "D": True, "E": None, "F": [{"G": None, "H": b"\x01"}], "I": ("x",)}
     assert encode_value(value) == {"A": "s", "B": 1, "C": 1.5, "D": True, "F": [{"H": "AQ=="}], "I": ["x"]}
+
+
+@pytest.mark.parametrize(("operation", "params", "member"), [
+    ("CreateGrant", {"KeyId": "k", "GranteePrincipal": "arn:aws:iam::111122223333:user/bób",
+                     "Operations": ["Decrypt"]}, "granteePrincipal"),
+    ("GetKeyPolicy", {"KeyId": "k", "PolicyName": "défault"}, "policyName"),
+    ("ReplicateKey", {"KeyId": "k", "ReplicaRegion": "us-east-\u0661"}, "replicaRegion"),  # an Arabic-Indic 1
+])
+def test_pattern_classes_match_ascii_only_as_the_model_means_them(operation: str, params: dict[str, object],
+                                                                   member: str) -> None:
+    # The model's patterns are ECMA-262 / Java expressions, where \w and \d are ASCII classes;
+    # Python's would take any Unicode letter or digit.
+    with pytest.raises(ValidationException, match=f"at '{member}' failed to satisfy constraint: Member must "
+                                                  "satisfy regular expression pattern"):
+        decode_request(operation, params)
