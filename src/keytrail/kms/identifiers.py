@@ -23,7 +23,7 @@ _ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):kms:([a-z0-9-]+):(\d{12}):(key|
 
 def is_key_id(value: str) -> bool:
     """True for a well-formed key id: a lowercase UUID or `mrk-` + 32 lowercase hex."""
-    return bool(_UUID.match(value) or _MRK.match(value))
+    return bool(_UUID.fullmatch(value) or _MRK.fullmatch(value))
 
 
 def key_arn(region: str, account: str, key_id: str) -> str:
@@ -79,7 +79,7 @@ def parse_key_ref(raw: str, *, account: str, region: str) -> KeyRef:
 def _parse_key_ref(raw: str, account: str, region: str) -> KeyRef:
     if raw.startswith("alias/"):
         return KeyRef(RefKind.ALIAS_NAME, raw, account, region, raw)
-    match = _ARN.match(raw)
+    match = _ARN.fullmatch(raw)  # fullmatch: `$` alone also matches before a trailing newline
     if match:
         _, arn_region, arn_account, kind, rest = match.groups()
         if arn_region != region:

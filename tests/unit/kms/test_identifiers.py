@@ -30,3 +30,15 @@ def test_other_region_arn_and_malformed_ids() -> None:
 def test_key_id_shapes() -> None:
     assert is_key_id(KEY) and is_key_id("mrk-" + "0" * 32)
     assert not is_key_id(KEY.upper()) and not is_key_id("mrk-" + "0" * 31) and not is_key_id("0" * 32)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (f"{KEY}\n", f"Invalid keyId '{KEY}\n'"),
+    (f"arn:aws:kms:us-east-1:111122223333:key/{KEY}\n", f"Invalid arn arn:aws:kms:us-east-1:111122223333:key/{KEY}\n"),
+    ("arn:aws:kms:us-east-1:111122223333:alias/app\n", "Invalid arn arn:aws:kms:us-east-1:111122223333:alias/app\n"),
+])
+def test_a_trailing_newline_names_no_key(raw: str, message: str) -> None:
+    # A regex `$` also matches before a final newline: such ids resolved to the key or alias.
+    with pytest.raises(KeyRefError) as info:
+        parse_key_ref(raw, account="111122223333", region="us-east-1")
+    assert str(info.value) == message
