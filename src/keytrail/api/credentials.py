@@ -22,7 +22,8 @@ from keytrail.kms.policy_document import parse_policy
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "write_admin_principals"]
 
-_IAM_ARN = re.compile(r"^arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)$")
+# ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
+_IAM_ARN = re.compile(r"arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII)
 DEV_ACCOUNT = "000000000000"
 
 
@@ -57,7 +58,7 @@ def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
 
 def _principal(entry: dict[str, Any], where: str) -> Principal:
     arn = entry.get("arn", "")
-    match = _IAM_ARN.match(arn)
+    match = _IAM_ARN.fullmatch(arn)  # not `$`: it also matches before a final newline
     if not match:
         raise PrincipalsFileError(f"{where}: 'arn' must be an IAM root, user or role ARN, got {arn!r}")
     account, resource = match.groups()
@@ -119,7 +120,7 @@ class CredentialStore:
     def lookup(self, access_key_id: str) -> Credential | None:
         credential = self._credentials.get(access_key_id)
         if credential is None and self.dev_credentials:
-            account = access_key_id if re.fullmatch(r"\d{12}", access_key_id) else DEV_ACCOUNT
+            account = access_key_id if re.fullmatch(r"[0-9]{12}", access_key_id) else DEV_ACCOUNT
             return Credential("", Principal.account_root(account, access_key_id))
         return credential
 

@@ -35,12 +35,14 @@ _TOP = {"Version", "Id", "Statement"}
 _STATEMENT = {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction",
               "Resource", "NotResource", "Condition"}
 _PRINCIPAL_TYPES = {"AWS", "Service", "Federated", "CanonicalUser"}
-_ACCOUNT = re.compile(r"^\d{12}$")
+# Used with fullmatch (`$` also matches before a final newline), ASCII (\d takes any script's digits).
+_ACCOUNT = re.compile(r"\d{12}", re.ASCII)
 _IAM_ARN = re.compile(
-    r"^arn:aws(-cn|-us-gov)?:(iam::\d{12}:(root|user/.+|role/.+|federated-user/.+)"
-    r"|sts::\d{12}:(assumed-role/.+/.+|federated-user/.+))$"
+    r"arn:aws(-cn|-us-gov)?:(iam::\d{12}:(root|user/.+|role/.+|federated-user/.+)"
+    r"|sts::\d{12}:(assumed-role/.+/.+|federated-user/.+))",
+    re.ASCII,
 )
-_ACTION = re.compile(r"^(\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+)$")
+_ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
 
 
 def _malformed(message: str) -> KmsError:
@@ -123,7 +125,7 @@ def _strings(value: Any, where: str, name: str) -> list[str]:
 
 def _validate_actions(value: Any, where: str, name: str) -> None:
     for action in _strings(value, where, name):
-        if not _ACTION.match(action):
+        if not _ACTION.fullmatch(action):
             raise _malformed(f"Policy {where}: {name} {action!r} is not a valid action (service:Action).")
 
 
@@ -142,7 +144,7 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
         raise _malformed(f"Policy {where} contains a statement with one or more invalid principals.")
     for kind_name, names in value.items():
         for name in _strings(names, where, f"{present[0]}.{kind_name}"):
-            if kind_name == "AWS" and not (name == "*" or _ACCOUNT.match(name) or _IAM_ARN.match(name)):
+            if kind_name == "AWS" and not (name == "*" or _ACCOUNT.fullmatch(name) or _IAM_ARN.fullmatch(name)):
                 raise _malformed(
                     f"Policy {where} contains a statement with one or more invalid principals: {name!r}."
                 )
@@ -212,7 +214,7 @@ def _principals(value: Any) -> PrincipalSet:
     if value == "*":
         return PrincipalSet(anyone=True)
     aws = [str(v) for v in _list(value.get("AWS", []))]
-    arns = frozenset(f"arn:aws:iam::{a}:root" if _ACCOUNT.match(a) else a for a in aws if a != "*")
+    arns = frozenset(f"arn:aws:iam::{a}:root" if _ACCOUNT.fullmatch(a) else a for a in aws if a != "*")
     services = frozenset(str(v) for v in _list(value.get("Service", [])))
     return PrincipalSet(anyone="*" in aws, arns=arns, services=services)
 

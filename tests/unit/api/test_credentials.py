@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.api.credentials import PrincipalsFileError, load_principals
+from keytrail.api.credentials import CredentialStore, PrincipalsFileError, load_principals
 from keytrail.kms.context import IdentityType
 
 ALICE = '''[[principal]]
@@ -40,6 +40,9 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE.replace("[[principal]]", "[principal]"), "note the double brackets"),
     ('principal = ["alice"]\n', "note the double brackets"),
     (ALICE.replace('"alice-secret"', "5"), "principal #1: 'secret_access_key' is required"),
+    (ALICE.replace("user/alice", "user/alice\\n"), "must be an IAM root, user or role ARN"),
+    (ALICE.replace("user/alice", "user/bób"), "must be an IAM root, user or role ARN"),
+    (ALICE.replace("111122223333", "١١١١٢٢٢٢٣٣٣٣"), "must be an IAM root, user or role ARN"),
     (ALICE + "policies = [5]\n", "principal #1: 'policies' must be a list of JSON policy strings"),
     (ALICE + f"policies = '''{ALLOW}'''\n", "'policies' must be a list"),
     (ALICE + "policies = ['{nope']\n", "principal #1: policy 1: The policy is not valid JSON"),
@@ -51,3 +54,9 @@ def test_mistakes_are_one_line_errors_naming_the_entry(tmp_path: Path, text: str
     with pytest.raises(PrincipalsFileError) as info:
         _load(tmp_path, text)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_dev_credentials_take_an_account_from_ascii_digits_only() -> None:
+    store = CredentialStore(None, dev_credentials=True)
+    assert store.lookup("444455556666").principal.account == "444455556666"  # type: ignore[union-attr]
+    assert store.lookup("٤٤٤٤٥٥٥٥٦٦٦٦").principal.account == "000000000000"  # type: ignore[union-attr]

@@ -79,6 +79,14 @@ def test_account_id_principal_means_the_account_root() -> None:
         ),
         ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "bob"}}]}, "invalid principals: 'bob'"),
         ({"Statement": [{**OK_STATEMENT, "Principal": {"Users": "x"}}]}, "invalid principals"),
+        # `$` alone would take a final newline; `\\d` alone, any script's digits
+        ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "111122223333\n"}}]}, "invalid principals"),
+        ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "١١١١٢٢٢٢٣٣٣٣"}}]}, "invalid principals"),
+        (
+            {"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "arn:aws:iam::111122223333:user/a\n"}}]},
+            "invalid principals",
+        ),
+        ({"Statement": [{**OK_STATEMENT, "Action": "kms:Encrypt\n"}]}, "is not a valid action"),
         ({"Statement": [{**OK_STATEMENT, "Action": "Encrypt"}]}, "'Encrypt' is not a valid action"),
         ({"Statement": [{**OK_STATEMENT, "Action": []}]}, "Action must be a non-empty"),
         (
