@@ -17,9 +17,9 @@ __all__ = ["Pinning", "arn_account", "as_list", "read_pinning"]
 _EQUALITY_OPERATORS = frozenset(
     {"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike"}
 )
-_ACCOUNT_KEYS = frozenset(
-    {"kms:calleraccount", "aws:sourceaccount", "aws:principalaccount", "aws:resourceaccount"}
-)
+# Not aws:ResourceAccount: in a key policy the resource is the key, so it is always the key's own
+# account, whoever calls; equal to it, the condition lets everyone through.
+_ACCOUNT_KEYS = frozenset({"kms:calleraccount", "aws:sourceaccount", "aws:principalaccount"})
 _ORG_KEYS = frozenset(
     {"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"}
 )

@@ -60,6 +60,8 @@ def codes(*statements: dict[str, Any]) -> list[str]:
             allow("*", condition={"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}),
             ["public"],
         ),
+        # the resource of a key policy is the key: aws:ResourceAccount is its account for every caller
+        (allow("*", condition={"StringEquals": {"aws:ResourceAccount": ACCOUNT}}), ["public"]),
     ],
     ids=[
         "star",
@@ -71,6 +73,7 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         "policy-variable",
         "not-equals",
         "via-service-only",
+        "resource-account",
     ],
 )
 def test_public_statements_are_flagged(statement: dict[str, Any], expected: list[str]) -> None:
