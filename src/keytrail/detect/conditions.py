@@ -24,6 +24,10 @@ _ORG_KEYS = frozenset(
     {"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"}
 )
 _ARN_KEYS = frozenset({"aws:sourcearn", "aws:principalarn"})
+# Keys every KMS request carries. `ForAllValues:` is true when the request lacks its key (IAM
+# "Condition operators"; kms/conditions.py evaluates it so), so it pins only these: a direct
+# caller has no aws:SourceAccount, an account outside any organization no aws:PrincipalOrgID.
+_ALWAYS_PRESENT = frozenset({"kms:calleraccount", "aws:principalaccount", "aws:principalarn"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,8 @@ def read_pinning(condition: Any) -> Pinning:
             if not concrete or len(concrete) != len(as_list(values)):
                 continue  # one wildcard value lets anyone match
             name = key.lower()
+            if operator.lower().startswith("forallvalues:") and name not in _ALWAYS_PRESENT:
+                continue
             if name in _ACCOUNT_KEYS:
                 accounts.update(concrete)
             elif name in _ORG_KEYS:

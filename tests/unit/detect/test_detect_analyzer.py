@@ -62,6 +62,10 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         ),
         # the resource of a key policy is the key: aws:ResourceAccount is its account for every caller
         (allow("*", condition={"StringEquals": {"aws:ResourceAccount": ACCOUNT}}), ["public"]),
+        # ForAllValues is true without the key: direct callers have no aws:SourceAccount, accounts
+        # outside any organization no aws:PrincipalOrgID
+        (allow("*", condition={"ForAllValues:StringEquals": {"aws:SourceAccount": ACCOUNT}}), ["public"]),
+        (allow("*", condition={"ForAllValues:StringEquals": {"aws:PrincipalOrgID": "o-trusted123"}}), ["public"]),
     ],
     ids=[
         "star",
@@ -74,6 +78,8 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         "not-equals",
         "via-service-only",
         "resource-account",
+        "for-all-values-source-account",
+        "for-all-values-org-id",
     ],
 )
 def test_public_statements_are_flagged(statement: dict[str, Any], expected: list[str]) -> None:
@@ -91,6 +97,7 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/app"}},
         {"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-trusted123/r-ab12/ou-ab12-11111111/"}},
         {"StringEquals": {"kms:CallerAccount": ACCOUNT, "kms:ViaService": "ec2.us-east-1.amazonaws.com"}},
+        {"ForAllValues:StringEquals": {"kms:CallerAccount": ACCOUNT}},
     ],
     ids=[
         "caller-account",
@@ -101,6 +108,7 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         "principal-arn",
         "org-paths",
         "caller-account-and-via-service",
+        "for-all-values-caller-account",
     ],
 )
 def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]) -> None:
