@@ -45,7 +45,10 @@ class Pinning:
 
 
 def read_pinning(condition: Any) -> Pinning:
-    """Collect the restricting account, org and ARN conditions of one statement."""
+    """Collect the restricting account, org and ARN conditions of one statement; ValueError when
+    the Condition element is not an object (KMS refuses such a policy)."""
+    if not isinstance(condition, Mapping | None):
+        raise ValueError(f"a Condition element is an object of condition operators, not {condition!r}")
     accounts: set[str] = set()
     orgs: set[str] = set()
     arns: set[str] = set()
@@ -83,7 +86,7 @@ def _concrete(value: Any) -> bool:
 
 
 def _true(keys: Mapping[str, Any], wanted: str) -> bool:
-    return any(k.lower() == wanted and str(as_list(v)[0]).lower() == "true" for k, v in keys.items())
+    return any(k.lower() == wanted and [str(v).lower() for v in as_list(v)] == ["true"] for k, v in keys.items())
 
 
 def as_list(value: Any) -> list[Any]:

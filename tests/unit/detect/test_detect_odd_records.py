@@ -3,6 +3,7 @@ elements: every rule reads them without failing (a record KMS never wrote raises
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -10,7 +11,13 @@ from tests.unit.detect.records import T0, event, key_arn, user
 
 from keytrail.detect import Detector
 
-ODD_VALUES: list[Any] = [None, 5, True, "x", "{", '{"Statement": 5}', [], [1, None], {}, {"a": {"b": []}}]
+# Key policies whose Condition element is of no shape KMS takes (the permissive-key rule reads them).
+_ODD_CONDITIONS: list[Any] = ["x", [1], {"Bool": {"kms:GrantIsForAWSResource": []}},
+                              {"Bool": {"kms:GrantIsForAWSResource": None}}]
+ODD_VALUES: list[Any] = [None, 5, True, "x", "{", '{"Statement": 5}', [], [1, None], {}, {"a": {"b": []}}] + [
+    json.dumps({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:CreateGrant", "Condition": odd}]})
+    for odd in _ODD_CONDITIONS
+]
 # The members the rules read, and the operations that carry them.
 MEMBERS = ["policy", "granteePrincipal", "retiringPrincipal", "operations", "constraints", "pendingWindowInDays",
            "keyId", "keySpec", "keyUsage", "name", "grantId", "keyMetadata", "encryptionContext", "tags"]
