@@ -55,12 +55,18 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
     hand each batch's raised or escalated alarms to `announce`; runs until cancelled."""
     loop = asyncio.get_running_loop()
     last_tick = loop.time()
+    caught_up = False
     async for values in follow_event_log(data_dir, batch=DETECTOR_BATCH, idle_seconds=DETECTOR_GATHER_SECONDS):
         try:
             if values:
                 async for events in avro_events(values, chunk=CHUNK):
                     announce(await runner.feed_events(events))
-            if loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
+            # Until a batch comes short (the log's end) the detector is replaying the past after a
+            # start: a tick as of the clock would judge keys on half their history (unused-key for
+            # a key whose later use is still unread) and let go of alarms that later events of
+            # their window would then raise anew.
+            caught_up = caught_up or len(values) < DETECTOR_BATCH
+            if caught_up and loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
                 announce(await runner.tick())
                 last_tick = loop.time()
         except Exception:

@@ -3,10 +3,21 @@ segments the writer starts while it follows."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from keytrail.cli.tail import follow_event_log
+import pytest
+
+from keytrail.audit.schema import encode
+from keytrail.cli import tail
+from keytrail.cli.tail import detect_live, follow_event_log
+from keytrail.clock import SystemClock
+from keytrail.detect.alarms import Alarm
+from keytrail.detect.runner import DetectorRunner
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
+from tests.unit.detect.records import create_key, denied, event, key_arn, user
 
 
 def _values(start: int, stop: int) -> list[bytes]:
@@ -32,3 +43,49 @@ async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path)
     log.close()
     assert len(log.segment_bases()) > 5
     assert seen == _values(3, 70)
+
+
+def _write_log(data_dir: Path, records: list[dict[str, Any]]) -> None:
+    directory = event_log_dir(data_dir)
+    directory.mkdir(parents=True)
+    log = SegmentLog(directory, writable=True)
+    log.append([encode(record) for record in records])
+    log.sync()
+    log.close()
+
+
+async def _detect_until_read(data_dir: Path, runner: DetectorRunner, last_event_id: str) -> list[Alarm]:
+    announced: list[Alarm] = []
+    live = asyncio.create_task(detect_live(data_dir, runner, announced.extend))
+    for _ in range(500):
+        if last_event_id in runner.detector._seen:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # a tick after the log's end
+    live.cancel()
+    await asyncio.gather(live, return_exceptions=True)
+    await runner.close()
+    return announced
+
+
+async def test_a_restarted_detector_judges_time_rules_on_the_whole_log_not_on_half_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restart: the log is read again from its start in batches, and ticks as of the wall clock
+    while it is being read saw keys and alarms without their later events."""
+    monkeypatch.setattr(tail, "DETECTOR_BATCH", 4)  # many batches, a tick after each
+    monkeypatch.setattr(tail, "DETECTOR_TICK_SECONDS", 0.0)
+    now = datetime.now(UTC)
+    key, thief = key_arn(1), user("thief")
+    records = [
+        create_key(now - timedelta(days=200), key),
+        denied("Decrypt", now - timedelta(days=3), key, thief),
+        *[event("DescribeKey", now - timedelta(days=3, seconds=-n), key) for n in range(1, 9)],
+        denied("Decrypt", now - timedelta(days=3, minutes=-10), key, thief),
+        event("Decrypt", now - timedelta(days=1), key),  # the key is in use: not unused
+    ]
+    _write_log(tmp_path, records)
+    runner = DetectorRunner.open(tmp_path, clock=SystemClock())
+    announced = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
+    latest = {a.alarm_id: a for a in announced}  # each alarm's last announced state
+    assert [(a.rule, a.count) for a in latest.values()] == [("unauthorized-decrypt", 2)]
