@@ -17,7 +17,7 @@ from keytrail.detect.avro import decode_alarm
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
-from tests.support.services import kafka_broker
+from tests.support.services import free_port, kafka_broker
 from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
@@ -52,6 +52,18 @@ async def test_alarm_is_delivered_to_the_alarms_topic(bootstrap: str, tmp_path: 
     [(key, value)] = await consume(bootstrap, ALARMS_TOPIC, 1)
     assert key == key_arn(3).encode()
     assert decode_alarm(value) == raised
+
+
+async def test_alarm_waits_out_a_broker_that_is_briefly_down(tmp_path: Path) -> None:
+    port = free_port()
+    runner = DetectorRunner.open(tmp_path, hooks=HooksConfig(kafka=f"127.0.0.1:{port}"))
+    [raised] = await runner.feed([denied("Decrypt", T0, key_arn(4), user("eve"))])
+    await asyncio.sleep(1.0)  # the first attempts find no broker
+    with kafka_broker(port) as bootstrap:
+        await runner.close()
+        [(_, value)] = await consume(bootstrap, ALARMS_TOPIC, 1)
+    assert decode_alarm(value) == raised
+    assert runner.dispatcher.failed == 0
 
 
 def audit_encoder(kind: str) -> Callable[[dict[str, Any]], bytes]:

@@ -12,9 +12,13 @@ from typing import Protocol, runtime_checkable
 
 from keytrail.detect.alarms import Alarm
 
-__all__ = ["AlarmSink", "Dispatcher"]
+__all__ = ["AlarmSink", "DeliveryError", "Dispatcher"]
 
 log = logging.getLogger(__name__)
+
+
+class DeliveryError(RuntimeError):
+    """A hook gave up on an alarm after its retries."""
 
 
 @runtime_checkable

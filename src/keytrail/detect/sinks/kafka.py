@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import encode_alarm
+from keytrail.detect.sinks import DeliveryError
+from keytrail.transport.kafka import quiet_bootstrap
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
 
@@ -17,20 +22,29 @@ ALARMS_TOPIC = "keytrail.alarms.v1"
 
 
 class KafkaSink:
-    """Sends each alarm and waits for the broker's ack (in the sink's own worker, never inline)."""
+    """Sends each alarm and waits for the broker's ack (in the sink's own worker, never inline);
+    a broker out of reach is tried again with backoff, as the MQTT hook does, before giving up."""
 
-    def __init__(self, bootstrap: str, topic: str = ALARMS_TOPIC) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str = ALARMS_TOPIC, *, attempts: int = 5, backoff: float = 0.5
+    ) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.attempts, self.backoff = attempts, backoff
         self._producer: AIOKafkaProducer | None = None
 
     async def deliver(self, alarm: Alarm) -> None:
-        producer = await self._start()
-        key = (alarm.key_arn or alarm.account_id or alarm.rule).encode()
-        try:
-            await producer.send_and_wait(self.topic, encode_alarm(alarm), key=key)
-        except Exception:
-            await self.aclose()  # start afresh on the next alarm
-            raise
+        value, key = encode_alarm(alarm), (alarm.key_arn or alarm.account_id or alarm.rule).encode()
+        for attempt in range(1, self.attempts + 1):
+            try:
+                producer = await self._start()
+                await producer.send_and_wait(self.topic, value, key=key)
+                return
+            except (KafkaError, OSError) as exc:
+                log.warning("Kafka send of alarm %s failed (attempt %d): %s", alarm.alarm_id, attempt, exc)
+                await self.aclose()  # start afresh on the next attempt
+            if attempt < self.attempts:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+        raise DeliveryError(f"Kafka: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts")
 
     async def _start(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -40,11 +54,17 @@ class KafkaSink:
                 enable_idempotence=False,
                 request_timeout_ms=10_000,
             )
-            await producer.start()
+            try:
+                with quiet_bootstrap():  # the failure is logged once, by `deliver`
+                    await producer.start()
+            except BaseException:
+                await producer.stop()  # what start opened before it failed
+                raise
             self._producer = producer
         return self._producer
 
     async def aclose(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            with contextlib.suppress(KafkaError, OSError):  # a broken producer: why we close it
+                await producer.stop()

@@ -13,14 +13,11 @@ import aiomqtt
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.hooks import mqtt_url_problem
+from keytrail.detect.sinks import DeliveryError
 
 __all__ = ["DeliveryError", "MqttSink"]
 
 log = logging.getLogger(__name__)
-
-
-class DeliveryError(RuntimeError):
-    """A hook gave up on an alarm after its retries."""
 
 
 class MqttSink:
