@@ -7,7 +7,7 @@ is the only place that knows where each field lives in that dict.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -78,8 +78,10 @@ class KmsEvent(NamedTuple):
 
 @lru_cache(maxsize=4096)  # consecutive events share their second
 def parse_time(text: str) -> datetime:
-    """CloudTrail's eventTime (`2025-05-20T20:46:16Z`) as an aware UTC datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    """CloudTrail's eventTime (`2025-05-20T20:46:16Z`) as an aware datetime; one without an offset
+    is UTC, as CloudTrail's times are (a naive time would not compare with the others)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 KMS_SOURCE = "kms.amazonaws.com"

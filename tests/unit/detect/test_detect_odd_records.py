@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from tests.unit.detect.records import T0, event, key_arn, user
+from tests.unit.detect.records import T0, denied, event, key_arn, user
 
 from keytrail.detect import Detector
 
@@ -44,3 +44,12 @@ def test_every_rule_reads_odd_records_without_failing() -> None:
     detector.tick(T0 + timedelta(days=120))  # time rules (unused keys) look at what was recorded
     rules = {alarm.rule for alarm in detector.alarms()}
     assert "unauthorized-decrypt" in rules  # the denied Decrypts still count, whatever else they carried
+
+
+def test_an_event_time_without_offset_is_utc_not_a_crash() -> None:
+    first, second = event("Decrypt", T0, key_arn(1)), denied("Decrypt", T0, key_arn(1), user("eve"))
+    second["eventTime"] = (T0 + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%S")  # no Z
+    detector = Detector()
+    detector.process([first, second, event("Encrypt", T0 + timedelta(seconds=9), key_arn(1))])
+    [alarm] = detector.alarms()
+    assert alarm.first_seen == T0 + timedelta(seconds=5)
