@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from keytrail.detect.events import KMS_SOURCE, KmsEvent, key_arns, principal_arn
+from keytrail.detect.events import KMS_SOURCE, KmsEvent, caller, key_arns
 from keytrail.pipeline.decode import known_writer, read_writer_columns
 
 __all__ = ["EVENT_FIELDS", "avro_events"]
@@ -113,8 +113,7 @@ def _event(row: _Row) -> KmsEvent:
 @lru_cache(maxsize=4096)
 def _caller(user_identity: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """(principal ARN, accountId, type, invokedBy) of a userIdentity."""
-    identity = _json(user_identity) or {}
-    return principal_arn(identity), identity.get("accountId"), identity.get("type"), identity.get("invokedBy")
+    return caller(_json(user_identity) or {})
 
 
 @lru_cache(maxsize=4096)

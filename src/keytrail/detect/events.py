@@ -16,11 +16,13 @@ __all__ = [
     "CRYPTO_OPERATIONS",
     "KMS_SOURCE",
     "KmsEvent",
+    "caller",
     "key_arns",
     "parse_time",
     "principal_arn",
     "read_event",
     "read_kms_event",
+    "text",
 ]
 
 # Cryptographic operations, as GetKeyLastUsage tracks them (audit-anchors §2.5).
@@ -102,21 +104,36 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
     identity = record.get("userIdentity") or {}
     request = _mapping(record.get("requestParameters"))
     response = _mapping(record.get("responseElements"))
+    principal, account, identity_type, invoked_by = caller(identity)
     return KmsEvent(
         event_id=str(record.get("eventID") or ""),
         event_time=parse_time(record["eventTime"]),
         event_name=str(record["eventName"]),
         key_arns=key_arns(record.get("resources"), request, response),
-        principal_arn=principal_arn(identity),
-        account_id=identity.get("accountId"),
-        region=record.get("awsRegion"),
-        identity_type=identity.get("type"),
-        invoked_by=identity.get("invokedBy"),
-        error_code=record.get("errorCode") or None,
-        error_message=record.get("errorMessage"),
+        principal_arn=principal,
+        account_id=account,
+        region=text(record.get("awsRegion")),
+        identity_type=identity_type,
+        invoked_by=invoked_by,
+        error_code=text(record.get("errorCode")),
+        error_message=text(record.get("errorMessage")),
         request_parameters=request,
         response_elements=response,
     )
+
+
+def caller(identity: Mapping[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """(principal ARN, accountId, type, invokedBy) of a userIdentity."""
+    return (principal_arn(identity), text(identity.get("accountId")), text(identity.get("type")),
+            text(identity.get("invokedBy")))
+
+
+def text(value: Any) -> str | None:
+    """A record's string field as a string, None when absent or empty: an imported record may hold
+    a number or a list there, which the rules' string tests and the alarm schema cannot take."""
+    if value is None or value == "":
+        return None
+    return value if type(value) is str else str(value)
 
 
 def key_arns(resources: Any, request: Mapping[str, Any], response: Mapping[str, Any]) -> tuple[str, ...]:

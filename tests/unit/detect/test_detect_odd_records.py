@@ -10,6 +10,7 @@ from typing import Any
 from tests.unit.detect.records import T0, denied, event, key_arn, user
 
 from keytrail.detect import Detector
+from keytrail.detect.avro import decode_alarm, encode_alarm
 
 # Key policies whose Condition element is of no shape KMS takes (the permissive-key rule reads them).
 _ODD_CONDITIONS: list[Any] = ["x", [1], {"Bool": {"kms:GrantIsForAWSResource": []}},
@@ -53,3 +54,24 @@ def test_an_event_time_without_offset_is_utc_not_a_crash() -> None:
     detector.process([first, second, event("Encrypt", T0 + timedelta(seconds=9), key_arn(1))])
     [alarm] = detector.alarms()
     assert alarm.first_seen == T0 + timedelta(seconds=5)
+
+
+def test_odd_string_fields_neither_crash_a_rule_nor_make_an_alarm_kafka_cannot_take() -> None:
+    """errorCode, errorMessage, awsRegion and the caller's accountId, type and invokedBy of an
+    imported record may hold anything; the denied call is still judged and its alarm encodes."""
+    records = []
+    for n, value in enumerate(ODD_VALUES):
+        record = denied("Decrypt", T0 + timedelta(seconds=n), key_arn(1), user(f"u{n}"))
+        record["awsRegion"] = value
+        record["userIdentity"].update(accountId=value, type=value, invokedBy=value)
+        odd_code = event("Decrypt", T0 + timedelta(seconds=n), key_arn(2), user(f"v{n}"), error="x")
+        odd_code.update(errorCode=value if value not in (None, "") else [value], errorMessage=value)
+        records += [record, odd_code]
+    detector = Detector()
+    detector.process(records)
+    alarms = detector.alarms()
+    assert {a.principal_arn for a in alarms if a.rule == "unauthorized-decrypt"} == {
+        user(f"u{n}")["arn"] for n in range(len(ODD_VALUES))
+    }
+    for alarm in alarms:
+        assert decode_alarm(encode_alarm(alarm)) == alarm
