@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from keytrail.cli.detect import register
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.jsonl import read_alarms
+from tests.unit.detect.records import T0, denied, event, key_arn, user
 from tests.unit.detect.scenario import mixed_scenario
 
 pytestmark = pytest.mark.integration
@@ -49,3 +51,19 @@ async def test_offline_and_in_process_alarms_are_identical(tmp_path: Path) -> No
         "key-deletion-in-use",
         "usage-spike",
     }
+
+
+async def test_events_of_one_second_are_judged_in_the_order_logged_on_both_paths(tmp_path: Path) -> None:
+    """CloudTrail times have whole seconds: a burst of denials in one second keeps the log's (the
+    file's) order offline, as live, so the alarm is anchored on the same first event."""
+    thief = user("thief")
+    records = [
+        event("Decrypt", T0, key_arn(1), user("app"), event_id="evt-z-first"),
+        *(denied("Decrypt", T0 + timedelta(seconds=1), key_arn(1), thief) for _ in range(3)),
+    ]
+    for record, event_id in zip(records[1:], ("evt-c", "evt-a", "evt-b"), strict=True):
+        record["eventID"] = event_id
+    expected = offline(records, tmp_path)
+    live = await in_process(records, tmp_path / "data")
+    assert live == expected
+    assert [a["eventIds"] for a in live] == [["evt-c", "evt-a", "evt-b"]]

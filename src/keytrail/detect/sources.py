@@ -45,7 +45,7 @@ def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for path in _files(paths):
         records += _records(path)
-    records.sort(key=lambda r: (str(r.get("eventTime", "")), str(r.get("eventID", ""))))
+    records.sort(key=lambda r: str(r.get("eventTime", "")))  # stable: see read_cloudtrail_events
     return records
 
 
@@ -70,7 +70,9 @@ def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
     with gc_paused():
         for path in _files(paths):
             skipped += _read_events(path, events)
-    events.sort(key=lambda e: (e.event_time, e.event_id))
+    # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
+    # which for keytrail's own export is the log's, the order the live detector judged them in.
+    events.sort(key=lambda e: e.event_time)
     return events, skipped
 
 
