@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -110,3 +113,26 @@ async def test_unreachable_receiver_is_dead_lettered(tmp_path: Path) -> None:
     await sink.aclose()
     [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert entry["error"].startswith("ConnectError")
+
+
+async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_given_up_on(tmp_path: Path) -> None:
+    """httpx's timeout bounds each read, not the answer: a receiver trickling its status line
+    kept every later alarm of the hook waiting forever."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for byte in itertools.cycle(b"HTTP/1.1 200 OK"):
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01, timeout=0.5)
+    async with asyncio.timeout(10):
+        await sink.deliver(an_alarm())
+    await sink.aclose()
+    server.close()
+    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert entry["attempts"] == 2 and "0.5 s" in entry["error"]

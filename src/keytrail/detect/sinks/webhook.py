@@ -48,7 +48,7 @@ class WebhookSink:
         timeout: float = 10.0,
     ) -> None:
         self.url, self.secret, self.dead_letter = url, secret, dead_letter
-        self.attempts, self.backoff = attempts, backoff
+        self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._client = httpx.AsyncClient(timeout=timeout)
 
     async def deliver(self, alarm: Alarm) -> None:
@@ -61,12 +61,17 @@ class WebhookSink:
         error = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                response = await self._client.post(self.url, content=body, headers=headers)
+                # httpx's timeout bounds each read: a receiver trickling bytes would hold the hook
+                # (and every alarm queued behind this one) forever.
+                async with asyncio.timeout(self.timeout):
+                    response = await self._client.post(self.url, content=body, headers=headers)
                 if response.is_success:
                     return
                 error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            except TimeoutError:
+                error = f"no answer within {self.timeout} s"
             log.warning(
                 "webhook %s: alarm %s attempt %d failed: %s", self.url, alarm.alarm_id, attempt, error
             )
