@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,3 +137,19 @@ async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_given_up_on(t
     server.close()
     [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert entry["attempts"] == 2 and "0.5 s" in entry["error"]
+
+
+async def test_credentials_in_the_url_stay_out_of_logs_and_the_dead_letter_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.support.services import free_port
+
+    url = f"http://hook-user:url-password@127.0.0.1:{free_port()}/hook?token=query-token"
+    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    with caplog.at_level(logging.WARNING):  # keytrail's level (serve, detect)
+        await sink.deliver(an_alarm())
+    await sink.aclose()
+    dead_letter = (tmp_path / "dead.jsonl").read_text()
+    assert "127.0.0.1" in caplog.text and "127.0.0.1" in dead_letter  # still says which hook
+    for secret in ("url-password", "query-token"):
+        assert secret not in caplog.text and secret not in dead_letter

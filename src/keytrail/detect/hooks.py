@@ -13,17 +13,18 @@ backoff = 0.5
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from keytrail.detect.sinks import AlarmSink
 from keytrail.detect.sinks.jsonl import JsonlSink
 
-__all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem"]
+__all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem", "shown_url"]
 
 
 def mqtt_url_problem(url: str) -> str | None:
@@ -40,6 +41,17 @@ def mqtt_url_problem(url: str) -> str | None:
     return None
 
 
+def shown_url(url: str) -> str:
+    """The URL without its user info and query, where receivers' credentials and tokens go: what
+    logs and the dead-letter file may say of a hook."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    with contextlib.suppress(ValueError):  # a port out of range: httpx refuses the URL anyway
+        netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     url: str
@@ -47,8 +59,8 @@ class WebhookConfig:
     attempts: int = 5
     backoff: float = 0.5
 
-    def __repr__(self) -> str:  # the secret never reaches logs
-        return f"WebhookConfig(url={self.url!r}, attempts={self.attempts})"
+    def __repr__(self) -> str:  # the secret never reaches logs, nor credentials in the URL
+        return f"WebhookConfig(url={shown_url(self.url)!r}, attempts={self.attempts})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,21 +99,22 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
         raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {url!r}")
+    shown = shown_url(url)
     unknown = set(entry) - {"url", "secret", "secret_env", "attempts", "backoff"}
     if unknown:
-        raise ValueError(f"webhook {url}: unknown setting(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"webhook {shown}: unknown setting(s) {', '.join(sorted(unknown))}")
     secret, secret_env = entry.get("secret"), entry.get("secret_env")
     if not isinstance(secret, str | None) or not isinstance(secret_env, str | None):
-        raise ValueError(f"webhook {url}: secret and secret_env are strings")
+        raise ValueError(f"webhook {shown}: secret and secret_env are strings")
     if secret is None and secret_env is not None:
         secret = os.environ.get(secret_env)
     if not secret:
-        raise ValueError(f"webhook {url}: set secret or secret_env (an HMAC key is required)")
+        raise ValueError(f"webhook {shown}: set secret or secret_env (an HMAC key is required)")
     attempts, backoff = entry.get("attempts", 5), entry.get("backoff", 0.5)
     if not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1):
-        raise ValueError(f"webhook {url}: attempts must be a whole number of 1 or more, not {attempts!r}")
+        raise ValueError(f"webhook {shown}: attempts must be a whole number of 1 or more, not {attempts!r}")
     if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0):
-        raise ValueError(f"webhook {url}: backoff must be a number of seconds, not {backoff!r}")
+        raise ValueError(f"webhook {shown}: backoff must be a number of seconds, not {backoff!r}")
     return WebhookConfig(url, secret.encode(), attempts, float(backoff))
 
 

@@ -75,3 +75,12 @@ async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
 def test_bad_mqtt_url_is_refused() -> None:
     with pytest.raises(ValueError, match="MQTT URL"):
         MqttSink("http://127.0.0.1:1883")
+
+
+def test_webhook_credentials_in_the_url_stay_out_of_errors_and_repr() -> None:
+    url = "https://hook-user:url-password@alerts.example.com:8443/keytrail?token=query-token"
+    with pytest.raises(ValueError, match="alerts.example.com:8443/keytrail") as refused:
+        HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "attempts": 0, "secret": "s"}]}})
+    [config] = HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "secret": "s"}]}}).webhooks
+    for secret in ("url-password", "query-token"):
+        assert secret not in str(refused.value) and secret not in repr(config)

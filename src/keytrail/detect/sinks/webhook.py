@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from keytrail.detect.alarms import Alarm, format_time
+from keytrail.detect.hooks import shown_url
 
 __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
@@ -48,6 +49,7 @@ class WebhookSink:
         timeout: float = 10.0,
     ) -> None:
         self.url, self.secret, self.dead_letter = url, secret, dead_letter
+        self.shown_url = shown_url(url)
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._client = httpx.AsyncClient(timeout=timeout)
 
@@ -73,7 +75,7 @@ class WebhookSink:
             except TimeoutError:
                 error = f"no answer within {self.timeout} s"
             log.warning(
-                "webhook %s: alarm %s attempt %d failed: %s", self.url, alarm.alarm_id, attempt, error
+                "webhook %s: alarm %s attempt %d failed: %s", self.shown_url, alarm.alarm_id, attempt, error
             )
             if attempt < self.attempts:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
@@ -82,7 +84,7 @@ class WebhookSink:
     def _dead_letter(self, alarm: Alarm, error: str) -> None:
         self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         entry = {
-            "url": self.url,
+            "url": self.shown_url,
             "error": error,
             "attempts": self.attempts,
             "failedAt": format_time(datetime.now(UTC)),
