@@ -189,6 +189,17 @@ class HsmConnections:
             session = self._sessions.get(store.store_id)
             return session if session is not None else await self._open(store)
 
+    async def session_or(self, store: CustomKeyStore | None, unusable: errors.KmsError) -> TokenSession:
+        """The session of a CONNECTED store whose token accepts its login, else `unusable`: the AWS
+        error of the calling operation for an HSM it cannot use (the token's PIN changed or the
+        token is gone), never a bare HsmError that would reach the client as a 500."""
+        if store is None or store.state is not ConnectionState.CONNECTED:
+            raise unusable
+        try:
+            return await self.session(store)
+        except HsmError:
+            raise unusable from None
+
 
 class HsmCipher:
     """The KeyCipher of keys in custom key stores: AES-GCM inside the token."""
@@ -201,12 +212,7 @@ class HsmCipher:
         """The session of the key's store, or KMSInvalidStateException if it is not connected."""
         stores = await self._stores.list_custom_key_stores(key.account, key.region)
         store = next((s for s in stores if s.store_id == key.custom_key_store_id), None)
-        if store is None or store.state is not ConnectionState.CONNECTED:
-            raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
-        try:
-            return await self.connections.session(store)
-        except HsmError:
-            raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.") from None
+        return await self.connections.session_or(store, errors.KMSInvalidStateException(f"{key.arn} is unavailable."))
 
     async def encrypt(
         self, key: Key, plaintext: bytes, context: Mapping[str, str] | None, algorithm: str

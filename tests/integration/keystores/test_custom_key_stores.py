@@ -276,3 +276,34 @@ def test_generate_random_in_a_custom_key_store(kms: Any, trust_anchor: str, clus
     first = kms.generate_random(NumberOfBytes=1024, CustomKeyStoreId=store_id)["Plaintext"]
     second = kms.generate_random(NumberOfBytes=1024, CustomKeyStoreId=store_id)["Plaintext"]
     assert len(first) == len(second) == 1024 and first != second
+
+
+def test_hsm_that_refuses_login_answers_aws_errors(
+    hsm_server: KeytrailServer, hsm: SoftHsm, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # The token's PIN changed outside keytrail: after a restart the store is still CONNECTED, but
+    # logging in to its token fails. Every call that needs the HSM answers the error AWS documents
+    # for it (CreateKey and GenerateRandom: the store's; crypto: the key's), never a 500.
+    import pkcs11
+
+    kms = hsm_server.client("alice")
+    cluster = next(clusters)
+    store_id = _connected_store(kms, trust_anchor, cluster)
+    key_id = _hsm_key(kms, store_id)["KeyId"]
+    hsm_server.stop()
+    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
+    with token.open(rw=True, user_pin=PIN) as session:
+        session.set_pin(PIN, "changed-outside-keytrail")
+    hsm_server.start()
+    expected = {
+        "CustomKeyStoreInvalidStateException": (
+            lambda: _hsm_key(kms, store_id),
+            lambda: kms.generate_random(NumberOfBytes=16, CustomKeyStoreId=store_id),
+        ),
+        "KMSInvalidStateException": (lambda: kms.encrypt(KeyId=key_id, Plaintext=b"x"),),
+    }
+    for code, calls in expected.items():
+        for call in calls:
+            with pytest.raises(ClientError) as excinfo:
+                call()
+            assert _error(excinfo) == code

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
-from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, module_path
+from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, TokenSession, find_token, module_path
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
@@ -233,9 +233,8 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
         raise errors.UnsupportedOperationException(
             "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
         )
-    _require_connected(store)
+    session = await _store_session(svc, store)
     backing_id = svc.deps.random_bytes(16).hex()
-    session = await _connections(svc).session(store)
     await asyncio.to_thread(session.generate_key, bytes.fromhex(backing_id), key.key_id)
     material = KeyMaterial(
         material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
@@ -249,18 +248,20 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
     )
 
 
-def _require_connected(store: CustomKeyStore) -> None:
-    if store.state is not ConnectionState.CONNECTED:
-        raise errors.CustomKeyStoreInvalidStateException(
-            f"Custom key store {store.store_id} is not connected (ConnectionState {store.state.value})."
-        )
+async def _store_session(svc: KmsService, store: CustomKeyStore) -> TokenSession:
+    """The HSM session of CreateKey and GenerateRandom: for a store that is not connected, or whose
+    HSM refuses the login, AWS documents CustomKeyStoreInvalidStateException for both."""
+    return await _connections(svc).session_or(
+        store,
+        errors.CustomKeyStoreInvalidStateException(
+            f"Custom key store {store.store_id} cannot use its HSM (ConnectionState {store.state.value})."
+        ),
+    )
 
 
 async def random_from_store(svc: KmsService, call: Call, store_id: str, count: int) -> bytes:
     """GenerateRandom with CustomKeyStoreId: the bytes come from the store's HSM."""
-    store = await _find_store(svc, call, store_id)
-    _require_connected(store)
-    session = await _connections(svc).session(store)
+    session = await _store_session(svc, await _find_store(svc, call, store_id))
     return await asyncio.to_thread(session.random_bytes, count)
 
 
