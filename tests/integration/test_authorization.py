@@ -297,3 +297,14 @@ def test_retirable_grants_include_other_accounts_keys(server: KeytrailServer, al
     carol.retire_grant(KeyId=key, GrantId=grant["GrantId"])
     listed = carol.list_retirable_grants(RetiringPrincipal=carol_arn)["Grants"]
     assert [g for g in listed if g["KeyId"] == key] == []
+
+
+def test_grant_with_both_encryption_context_constraints_is_refused(alice: Any) -> None:
+    # AWS answers such a request "ValidationException: More than one constraint supplied"
+    # (aws/aws-sdk-java#328, and the guard terraform-provider-aws keeps for it).
+    key = new_key(alice)
+    both = {"EncryptionContextEquals": {"app": "a"}, "EncryptionContextSubset": {"dept": "b"}}
+    code, message = error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"],
+                             Constraints=both)
+    assert (code, message) == ("ValidationException", "More than one constraint supplied")
+    assert alice.list_grants(KeyId=key)["Grants"] == []

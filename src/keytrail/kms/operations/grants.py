@@ -44,7 +44,10 @@ def _check_request(key: Key, operations: list[str], constraints: dict[str, Any])
             f"Grant operations {refused} are not valid for a KMS key with KeySpec {key.key_spec} and "
             f"KeyUsage {key.key_usage}."
         )
-    if any(constraints.get(c) is not None for c in _CONSTRAINTS) and not supports_constraints(key):
+    given = [c for c in _CONSTRAINTS if constraints.get(c) is not None]
+    if len(given) > 1:
+        raise errors.ValidationException("More than one constraint supplied")  # AWS's own words
+    if given and not supports_constraints(key):
         raise errors.ValidationException(
             "Encryption context grant constraints are supported only on symmetric encryption KMS keys."
         )
