@@ -308,3 +308,12 @@ def test_grant_with_both_encryption_context_constraints_is_refused(alice: Any) -
                              Constraints=both)
     assert (code, message) == ("ValidationException", "More than one constraint supplied")
     assert alice.list_grants(KeyId=key)["Grants"] == []
+
+
+def test_grant_of_only_create_grant_is_refused(alice: Any) -> None:
+    # AWS: "ValidationException: Grants must not contain only the CreateGrant operation."
+    # (the answer quoted in ansible/ansible#31960); with another operation it is a valid grant.
+    key = new_key(alice)
+    code, message = error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["CreateGrant"])
+    assert (code, message) == ("ValidationException", "Grants must not contain only the CreateGrant operation.")
+    alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["CreateGrant", "Decrypt"])

@@ -38,6 +38,8 @@ _CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
 
 def _check_request(key: Key, operations: list[str], constraints: dict[str, Any]) -> None:
     """AWS's rules on which operations and constraints a grant on this kind of key may carry."""
+    if set(operations) == {"CreateGrant"}:
+        raise errors.ValidationException("Grants must not contain only the CreateGrant operation.")
     refused = sorted(set(operations) - allowed_operations(key))
     if refused:
         raise errors.ValidationException(
