@@ -317,3 +317,21 @@ def test_grant_of_only_create_grant_is_refused(alice: Any) -> None:
     code, message = error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["CreateGrant"])
     assert (code, message) == ("ValidationException", "Grants must not contain only the CreateGrant operation.")
     alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["CreateGrant", "Decrypt"])
+
+
+def test_grant_constraints_over_aws_limits_are_refused(alice: Any) -> None:
+    # CreateGrant's Constraints (botocore's model): "Each constraint value can include up to 8
+    # encryption context pairs. The encryption context value in each constraint cannot exceed 384
+    # characters."
+    key = new_key(alice)
+    eight = {f"k{i}": "v" for i in range(8)}
+    alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"],
+                       Constraints={"EncryptionContextSubset": eight})
+    for constraints in (
+        {"EncryptionContextSubset": {**eight, "k8": "v"}},
+        {"EncryptionContextEquals": {"k": "v" * 385}},
+    ):
+        code, _ = error_of(alice.create_grant, KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"],
+                           Constraints=constraints)
+        assert code == "ValidationException"
+    assert len(alice.list_grants(KeyId=key)["Grants"]) == 1

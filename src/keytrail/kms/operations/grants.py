@@ -34,6 +34,9 @@ __all__ = ["OPERATIONS"]
 
 _GRANT_ID = re.compile(r"^[0-9a-f]{64}$")
 _CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
+# CreateGrant, Constraints: "up to 8 encryption context pairs", "cannot exceed 384 characters".
+_MAX_CONSTRAINT_PAIRS = 8
+_MAX_CONSTRAINT_VALUE = 384
 
 
 def _check_request(key: Key, operations: list[str], constraints: dict[str, Any]) -> None:
@@ -52,6 +55,18 @@ def _check_request(key: Key, operations: list[str], constraints: dict[str, Any])
     if given and not supports_constraints(key):
         raise errors.ValidationException(
             "Encryption context grant constraints are supported only on symmetric encryption KMS keys."
+        )
+    for name in given:
+        _check_constraint_size(name, constraints[name])
+
+
+def _check_constraint_size(name: str, pairs: dict[str, str]) -> None:
+    # The 384 characters are checked per value: whether AWS counts one value or the whole
+    # constraint, a longer value is over its limit, so nothing AWS accepts is refused here.
+    if len(pairs) > _MAX_CONSTRAINT_PAIRS or any(len(v) > _MAX_CONSTRAINT_VALUE for v in pairs.values()):
+        raise errors.ValidationException(
+            f"{name} can include up to {_MAX_CONSTRAINT_PAIRS} encryption context pairs, and no value "
+            f"can exceed {_MAX_CONSTRAINT_VALUE} characters."
         )
 
 
