@@ -335,3 +335,13 @@ def test_grant_constraints_over_aws_limits_are_refused(alice: Any) -> None:
                            Constraints=constraints)
         assert code == "ValidationException"
     assert len(alice.list_grants(KeyId=key)["Grants"]) == 1
+
+
+def test_list_grants_with_a_malformed_grant_id_is_invalid_grant_id(alice: Any) -> None:
+    # InvalidGrantIdException is in ListGrants' modelled errors ("the specified GrantId is not
+    # valid"), as RevokeGrant and RetireGrant already answer for a malformed id.
+    key = new_key(alice)
+    grant_id = alice.create_grant(KeyId=key, GranteePrincipal=BOB, Operations=["Decrypt"])["GrantId"]
+    assert [g["GrantId"] for g in alice.list_grants(KeyId=key, GrantId=grant_id)["Grants"]] == [grant_id]
+    assert error_of(alice.list_grants, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"
+    assert error_of(alice.revoke_grant, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"

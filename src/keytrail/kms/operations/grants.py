@@ -125,6 +125,7 @@ async def list_grants(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:ListGrants", key, request_conditions("ListGrants", params))
     grants = await svc.store.list_grants(key.account, key.region, key.key_id)
     if params.get("GrantId"):
+        _require_grant_id(params["GrantId"])
         grants = [g for g in grants if g.grant_id == params["GrantId"]]
     if params.get("GranteePrincipal"):
         grants = [g for g in grants if g.grantee_principal == params["GranteePrincipal"]]
@@ -183,9 +184,14 @@ async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
     return key, await _find_grant(svc, key, grant_id)
 
 
-async def _find_grant(svc: KmsService, key: Key, grant_id: str) -> Grant:
+def _require_grant_id(grant_id: str) -> None:
+    """A grant id is 64 hex digits; anything else is AWS's InvalidGrantIdException."""
     if not _GRANT_ID.match(grant_id):
         raise errors.InvalidGrantIdException(f"Invalid grant ID: {grant_id}")
+
+
+async def _find_grant(svc: KmsService, key: Key, grant_id: str) -> Grant:
+    _require_grant_id(grant_id)
     for grant in await svc.store.list_grants(key.account, key.region, key.key_id):
         if grant.grant_id == grant_id:
             return grant
