@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
@@ -45,6 +45,7 @@ _ERROR_CODES: dict[type[Exception], str] = {
 }
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
 _libraries_lock = threading.Lock()
+_T = TypeVar("_T")
 
 
 class HsmError(Exception):
@@ -200,6 +201,17 @@ class HsmConnections:
         except HsmError:
             raise unusable from None
 
+    async def run(
+        self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T]
+    ) -> _T:
+        """`work` on the store's session, in a worker thread; `unusable` as in `session_or`, and
+        also when the token fails the call itself (removed under a live session)."""
+        session = await self.session_or(store, unusable)
+        try:
+            return await asyncio.to_thread(work, session)
+        except p11.PKCS11Error:
+            raise unusable from None
+
 
 class HsmCipher:
     """The KeyCipher of keys in custom key stores: AES-GCM inside the token."""
@@ -208,11 +220,13 @@ class HsmCipher:
         self.connections = connections
         self._stores = stores
 
+    async def _store_of(self, key: Key) -> CustomKeyStore | None:
+        stores = await self._stores.list_custom_key_stores(key.account, key.region)
+        return next((s for s in stores if s.store_id == key.custom_key_store_id), None)
+
     async def session_for(self, key: Key) -> TokenSession:
         """The session of the key's store, or KMSInvalidStateException if it is not connected."""
-        stores = await self._stores.list_custom_key_stores(key.account, key.region)
-        store = next((s for s in stores if s.store_id == key.custom_key_store_id), None)
-        return await self.connections.session_or(store, errors.KMSInvalidStateException(f"{key.arn} is unavailable."))
+        return await self.connections.session_or(await self._store_of(key), _unavailable(key))
 
     async def encrypt(
         self, key: Key, plaintext: bytes, context: Mapping[str, str] | None, algorithm: str
@@ -220,7 +234,6 @@ class HsmCipher:
         material = key.current_material
         if material is None or material.handle is None:
             raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
-        session = await self.session_for(key)
         key_bytes = key.key_id.encode()
         header = (
             bytes([FORMAT_V1])
@@ -230,12 +243,9 @@ class HsmCipher:
             + bytes.fromhex(material.material_id)
         )
         nonce = os.urandom(_NONCE)
-        body = await asyncio.to_thread(
-            session.encrypt,
-            bytes.fromhex(material.handle),
-            nonce,
-            plaintext,
-            header + encode_context(context),
+        handle, aad = bytes.fromhex(material.handle), header + encode_context(context)
+        body = await self.connections.run(
+            await self._store_of(key), _unavailable(key), lambda s: s.encrypt(handle, nonce, plaintext, aad)
         )
         return header + nonce + body, material.material_id
 
@@ -258,3 +268,7 @@ class HsmCipher:
         except p11.PKCS11Error:
             raise errors.InvalidCiphertextException("") from None
         return plaintext, material.material_id
+
+
+def _unavailable(key: Key) -> errors.KmsError:
+    return errors.KMSInvalidStateException(f"{key.arn} is unavailable.")

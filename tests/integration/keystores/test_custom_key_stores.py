@@ -286,7 +286,7 @@ def test_hsm_that_refuses_login_answers_aws_errors(
     # for it (CreateKey and GenerateRandom: the store's; crypto: the key's), never a 500.
     import pkcs11
 
-    kms = hsm_server.client("alice")
+    kms = hsm_server.client("alice", region="eu-west-1")  # a Region of its own: 10 stores per Region
     cluster = next(clusters)
     store_id = _connected_store(kms, trust_anchor, cluster)
     key_id = _hsm_key(kms, store_id)["KeyId"]
@@ -307,3 +307,26 @@ def test_hsm_that_refuses_login_answers_aws_errors(
             with pytest.raises(ClientError) as excinfo:
                 call()
             assert _error(excinfo) == code
+
+
+def test_hsm_token_removed_under_a_live_session_answers_aws_errors(
+    hsm_server: KeytrailServer, hsm: SoftHsm, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # The store stays CONNECTED with its session open, but the token behind it is gone: the
+    # PKCS#11 calls themselves fail, and the calls answer as when the login fails.
+    import subprocess
+
+    kms = hsm_server.client("alice", region="us-west-2")  # a Region of its own: 10 stores per Region
+    cluster = next(clusters)
+    store_id = _connected_store(kms, trust_anchor, cluster)
+    key_id = _hsm_key(kms, store_id)["KeyId"]
+    subprocess.run(
+        ["softhsm2-util", "--delete-token", "--token", cluster],
+        check=True, capture_output=True, env={**os.environ, **hsm.env},
+    )
+    with pytest.raises(ClientError) as excinfo:
+        _hsm_key(kms, store_id)
+    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+    with pytest.raises(ClientError) as excinfo:
+        kms.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert _error(excinfo) == "KMSInvalidStateException"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cryptography import x509
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["OPERATIONS", "install"]
 
 MAX_CUSTOM_KEY_STORES = 10
+_T = TypeVar("_T")
 
 
 def install(svc: KmsService) -> None:
@@ -233,9 +235,8 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
         raise errors.UnsupportedOperationException(
             "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
         )
-    session = await _store_session(svc, store)
     backing_id = svc.deps.random_bytes(16).hex()
-    await asyncio.to_thread(session.generate_key, bytes.fromhex(backing_id), key.key_id)
+    await _in_store(svc, store, lambda s: s.generate_key(bytes.fromhex(backing_id), key.key_id))
     material = KeyMaterial(
         material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
     )
@@ -248,21 +249,21 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
     )
 
 
-async def _store_session(svc: KmsService, store: CustomKeyStore) -> TokenSession:
-    """The HSM session of CreateKey and GenerateRandom: for a store that is not connected, or whose
-    HSM refuses the login, AWS documents CustomKeyStoreInvalidStateException for both."""
-    return await _connections(svc).session_or(
+async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T]) -> _T:
+    """The HSM calls of CreateKey and GenerateRandom: for a store that is not connected, or whose
+    HSM cannot be used, AWS documents CustomKeyStoreInvalidStateException for both."""
+    return await _connections(svc).run(
         store,
         errors.CustomKeyStoreInvalidStateException(
             f"Custom key store {store.store_id} cannot use its HSM (ConnectionState {store.state.value})."
         ),
+        work,
     )
 
 
 async def random_from_store(svc: KmsService, call: Call, store_id: str, count: int) -> bytes:
     """GenerateRandom with CustomKeyStoreId: the bytes come from the store's HSM."""
-    session = await _store_session(svc, await _find_store(svc, call, store_id))
-    return await asyncio.to_thread(session.random_bytes, count)
+    return await _in_store(svc, await _find_store(svc, call, store_id), lambda s: s.random_bytes(count))
 
 
 def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None:
