@@ -345,3 +345,4 @@ def test_list_grants_with_a_malformed_grant_id_is_invalid_grant_id(alice: Any) -
     assert [g["GrantId"] for g in alice.list_grants(KeyId=key, GrantId=grant_id)["Grants"]] == [grant_id]
     assert error_of(alice.list_grants, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"
     assert error_of(alice.revoke_grant, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"
+    assert error_of(alice.list_grants, KeyId=key, GrantId=grant_id + "\n")[0] == "InvalidGrantIdException"

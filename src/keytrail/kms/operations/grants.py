@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OPERATIONS"]
 
-_GRANT_ID = re.compile(r"^[0-9a-f]{64}$")
+_GRANT_ID = re.compile(r"[0-9a-f]{64}")  # with fullmatch: `$` also matches before a final newline
 _CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
 # CreateGrant, Constraints: "up to 8 encryption context pairs", "cannot exceed 384 characters".
 _MAX_CONSTRAINT_PAIRS = 8
@@ -186,7 +186,7 @@ async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
 
 def _require_grant_id(grant_id: str) -> None:
     """A grant id is 64 hex digits; anything else is AWS's InvalidGrantIdException."""
-    if not _GRANT_ID.match(grant_id):
+    if not _GRANT_ID.fullmatch(grant_id):
         raise errors.InvalidGrantIdException(f"Invalid grant ID: {grant_id}")
 
 
