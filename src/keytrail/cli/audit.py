@@ -124,8 +124,9 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
         _fail(f"--data-dir: cannot write the event log in {data_dir}: {_os_error(exc)}")
     for problem in report.problems:
         typer.echo(f"skipped: {problem}", err=True)
+    digests = f"; {report.digests} digest files passed over" if report.digests else ""
     typer.echo(f"imported {report.records} KMS records from {report.files} files; "
-               f"skipped {report.skipped} records of other services; {len(report.problems)} problems")
+               f"skipped {report.skipped} records of other services; {len(report.problems)} problems{digests}")
 
 
 @audit_app.command()

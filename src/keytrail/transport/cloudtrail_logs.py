@@ -2,6 +2,8 @@
 
 The pipeline, the detector and `keytrail audit import` read real AWS history through here.
 A malformed file is reported (file name and line) and skipped; it never stops the reading.
+A digest file (log file integrity validation, `CloudTrail-Digest/`, next to the logs in every
+bucket with validation on) holds no records: it is counted and passed over, not reported.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogFileProblem", "ReadReport", "iter_cloudtrail_records", "iter_log_files", "read_log_file"]
+__all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_log_files", "read_log_file"]
 
 KMS_SOURCE = "kms.amazonaws.com"
+# Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
+_DIGEST_FIELDS = ("digestStartTime", "digestEndTime", "logFiles")
 
 
 class LogFileProblem(ValueError):
@@ -25,11 +29,13 @@ class LogFileProblem(ValueError):
 
 @dataclass(slots=True)
 class ReadReport:
-    """What a read saw: files read, records yielded, records of other services skipped, problems."""
+    """What a read saw: files read, records yielded, records of other services skipped, digest
+    files passed over, problems."""
 
     files: int = 0
     records: int = 0
     skipped: int = 0
+    digests: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -47,8 +53,14 @@ def _is_log(path: Path) -> bool:
     return path.name.endswith((".json", ".json.gz"))
 
 
-def read_log_file(path: Path) -> list[dict[str, Any]]:
-    """The records of one CloudTrail log file; LogFileProblem when it is not one."""
+def is_digest(document: Any) -> bool:
+    """Whether a parsed CloudTrail file is a digest file (CloudTrail Digest File Structure)."""
+    return isinstance(document, dict) and "Records" not in document and all(f in document for f in _DIGEST_FIELDS)
+
+
+def read_log_file(path: Path) -> list[dict[str, Any]] | None:
+    """The records of one CloudTrail log file, None for a digest file; LogFileProblem when it is
+    neither."""
     try:
         raw = path.read_bytes()
         text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
@@ -58,6 +70,8 @@ def read_log_file(path: Path) -> list[dict[str, Any]]:
     # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise LogFileProblem(f"{path}: cannot read: {exc}") from None
+    if is_digest(document):
+        return None
     records = document.get("Records") if isinstance(document, dict) else None
     if not isinstance(records, list):
         raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
@@ -77,6 +91,9 @@ def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport |
             report.problems.append(str(exc))
             if on_problem is not None:
                 on_problem(str(exc))
+            continue
+        if records is None:
+            report.digests += 1
             continue
         report.files += 1
         for index, record in enumerate(records):

@@ -111,3 +111,41 @@ async def test_export_paths_never_take_odd_accounts_or_regions_from_imported_rec
     assert copy.records == 3 and copy.problems == []
     stored = {e["eventID"]: e for _, e in iter_events(tmp_path / "copy")}
     assert stored["climbs"]["awsRegion"] == "../../../escaped"  # the record itself is kept as it came
+
+
+def _bucket_with_digest_and_insights(root: Path) -> Path:
+    """An AWSLogs tree as a synced trail bucket holds it: a log file, the hour's digest file (log
+    file integrity validation) and an Insights file, each in its own folder."""
+    account = root / "AWSLogs" / "111122223333"
+    logs = account / "CloudTrail" / "us-east-1" / "2026" / "11" / "28"
+    digests = account / "CloudTrail-Digest" / "us-east-1" / "2026" / "11" / "28"
+    insights = account / "CloudTrail-Insight" / "us-east-1" / "2026" / "11" / "28"
+    for folder in (logs, digests, insights):
+        folder.mkdir(parents=True)
+    (logs / "111122223333_CloudTrail_us-east-1_20261128T0905Z_a.json.gz").write_bytes(
+        gzip.compress(EXAMPLES.read_bytes()))
+    digest = {"awsAccountId": "111122223333", "digestStartTime": "2026-11-28T08:00:00Z",
+              "digestEndTime": "2026-11-28T09:00:00Z", "digestS3Bucket": "trail-bucket",
+              "digestS3Object": "AWSLogs/…_CloudTrail-Digest_us-east-1_trail_us-east-1_20261128T090000Z.json.gz",
+              "digestPublicKeyFingerprint": "00ff", "digestSignatureAlgorithm": "SHA256withRSA",
+              "newestEventTime": None, "oldestEventTime": None, "previousDigestS3Bucket": None,
+              "previousDigestS3Object": None, "previousDigestHashValue": None,
+              "previousDigestHashAlgorithm": None, "previousDigestSignature": None, "logFiles": []}
+    (digests / "111122223333_CloudTrail-Digest_us-east-1_trail_us-east-1_20261128T090000Z.json.gz").write_bytes(
+        gzip.compress(json.dumps(digest).encode()))
+    insight = {"eventVersion": "1.07", "eventTime": "2026-11-28T09:00:00Z", "awsRegion": "us-east-1",
+               "eventID": "5e1c1ea3-0c1a-4a53-9c1a-1d7a8e0f0c11", "eventType": "AwsCloudTrailInsight",
+               "recipientAccountId": "111122223333", "eventCategory": "Insight",
+               "insightDetails": {"state": "Start", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt",
+                                  "insightType": "ApiErrorRateInsight", "insightContext": {}}}
+    (insights / "111122223333_CloudTrail-Insight_us-east-1_20261128T0900Z_b.json.gz").write_bytes(
+        gzip.compress(json.dumps({"Records": [insight]}).encode()))
+    return root
+
+
+async def test_digest_and_insights_files_beside_the_logs_are_passed_over_not_reported(tmp_path: Path) -> None:
+    bucket = _bucket_with_digest_and_insights(tmp_path / "bucket")
+    report = await import_cloudtrail(tmp_path / "node", [bucket])
+    assert report.problems == []  # a digest file is no malformed log file
+    assert (report.files, report.digests, report.records) == (2, 1, 9)
+    assert report.skipped == 2  # the example's other-service record and the Insights record

@@ -247,3 +247,15 @@ def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Pa
     result = _keytrail("audit", "export", tmp_path / "file", "--data-dir", tmp_path / "node")
     _one_line_error(result, f"keytrail audit: cannot write CloudTrail log files under {tmp_path / 'file'}: "
                             "Not a directory", code=1)
+
+
+def test_report_and_import_of_a_trail_bucket_say_nothing_of_its_digest_files(tmp_path: Path) -> None:
+    from tests.unit.audit.test_cloudtrail_files import _bucket_with_digest_and_insights
+
+    bucket = _bucket_with_digest_and_insights(tmp_path / "bucket")
+    result = _keytrail("report", "--cloudtrail", bucket, "--out", tmp_path / "report.json")
+    assert result.returncode == 0 and "CloudTrail-Digest" not in result.stderr, result.stderr
+    result = _keytrail("audit", "import", bucket, "--data-dir", tmp_path / "node")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout == ("imported 9 KMS records from 2 files; skipped 2 records of other services; "
+                             "0 problems; 1 digest files passed over\n")
