@@ -49,3 +49,24 @@ async def test_following_consumer_serves_last_usage_prometheus_and_parquet(tmp_p
     assert 'keytrail_pipeline_consumer_lag{partition="segment-log"} 0' in body
     usage = pl.read_parquet(tmp_path / "metrics" / "usage" / "day=*" / "usage.parquet")
     assert usage["count"].sum() == len({e["eventID"] for e in events})
+
+
+async def test_days_checkpointed_by_a_consumer_killed_before_its_export_are_exported_on_restart(
+    tmp_path: Path,
+) -> None:
+    events = list(generate_events(2000, SyntheticSettings(keys=10, seconds_per_event=120.0), seed=3))
+    first_day = min(e["eventTime"][:10] for e in events)
+    log = segment_log.SegmentLog(event_log_dir(tmp_path), writable=True)
+    log.append([schema.encode(e) for e in events if e["eventTime"][:10] == first_day])
+    log.sync()
+    settings = ConsumerSettings(tmp_path, follow=False, export_seconds=3600.0)
+    # The runner alone checkpoints without the consumer's export: a process killed right after.
+    await MetricsConsumer(settings).runner.run()
+    log.append([schema.encode(e) for e in events if e["eventTime"][:10] != first_day])  # later days only
+    log.sync()
+    log.close()
+    await MetricsConsumer(settings).run()
+
+    usage = pl.read_parquet(tmp_path / "metrics" / "usage" / "day=*" / "usage.parquet")
+    assert usage["count"].sum() == len({e["eventID"] for e in events})
+    assert (tmp_path / "metrics" / "cost" / f"day={first_day}" / "cost.parquet").is_file()

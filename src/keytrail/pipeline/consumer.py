@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keytrail.pipeline.parquet import export_tables
+from keytrail.pipeline.parquet import export_tables, stale_days
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition
 from keytrail.pipeline.query import MetricsStore, state_dir
@@ -77,13 +77,18 @@ class MetricsConsumer:
         )
 
     def _new_runner(self) -> Runner:
-        return Runner(
+        runner = Runner(
             state_dir(self.settings.data_dir),
             self.source,
             dedup_capacity=self.settings.dedup_capacity,
             checkpoint_records=self.settings.checkpoint_records,
             after_checkpoint=self._after_checkpoint,
         )
+        # Days a previous run checkpointed but did not export (it was killed, or failed) are
+        # exported with this run's: they may see no new event to mark them again.
+        if self.settings.export_seconds is not None:
+            runner.dirty_days |= stale_days(self.settings.data_dir)
+        return runner
 
     def reopen(self) -> None:
         """After a run that failed (its state could not be written): start over from the state on

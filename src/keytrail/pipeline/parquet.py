@@ -1,7 +1,9 @@
 """Parquet tables in `<data-dir>/metrics/`: usage and cost partitioned by day, last used per key.
 
 Written from the merged state of every partition (temp file + rename), so a reader never sees
-a half-written table and concurrent consumers converge on the same content.
+a half-written table and concurrent consumers converge on the same content. A consumer that
+stopped between a checkpoint and its export (kill -9, a crash) left days out of date: on start,
+`stale_days` finds them by the state's usage files written after the day's table.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import polars as pl
 
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
-from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.query import MetricsStore, state_dir
 
-__all__ = ["export_tables"]
+__all__ = ["export_tables", "stale_days"]
 
 
 def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | None = None) -> list[Path]:
@@ -35,6 +37,23 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
         )
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
+
+
+def stale_days(data_dir: Path) -> set[date]:
+    """UTC days whose usage state changed after their table was exported (or never exported)."""
+    stale = set()
+    for folder in (state_dir(data_dir) / "usage").glob("day=*"):
+        changed = max((_mtime(p) for p in folder.glob("*.parquet")), default=-1)
+        if changed > _mtime(data_dir / "metrics" / "usage" / folder.name / "usage.parquet"):
+            stale.add(date.fromisoformat(folder.name.removeprefix("day=")))
+    return stale
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # never exported; or a state file compacted away meanwhile
+        return -1
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:
