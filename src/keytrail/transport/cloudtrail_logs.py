@@ -82,31 +82,30 @@ def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport |
                             on_problem: Callable[[str], None] | None = None,
                             kms_only: bool = True) -> Iterator[dict[str, Any]]:
     """KMS records (all records with `kms_only=False`) of the CloudTrail log files under `paths`,
-    file by file; other services' records are counted in `report.skipped`."""
+    file by file; other services' records are counted in `report.skipped`; every problem (a file,
+    a record that is no object) goes to `report.problems` and to `on_problem`."""
     report = report if report is not None else ReadReport()
+
+    def problem(text: str) -> None:
+        report.problems.append(text)
+        if on_problem is not None:
+            on_problem(text)
+
     for path in iter_log_files(paths):
         try:
             records = read_log_file(path)
         except LogFileProblem as exc:
-            report.problems.append(str(exc))
-            if on_problem is not None:
-                on_problem(str(exc))
+            problem(str(exc))
             continue
         if records is None:
             report.digests += 1
             continue
         report.files += 1
         for index, record in enumerate(records):
-            if not _usable(record, kms_only):
+            if not isinstance(record, dict):  # malformed, not another service's record
+                problem(f"{path}: record {index}: not a JSON object")
+            elif kms_only and record.get("eventSource") != KMS_SOURCE:
                 report.skipped += 1
-                if not isinstance(record, dict):
-                    report.problems.append(f"{path}: record {index}: not a JSON object")
-                continue
-            report.records += 1
-            yield record
-
-
-def _usable(record: Any, kms_only: bool) -> bool:
-    if not isinstance(record, dict):
-        return False
-    return not kms_only or record.get("eventSource") == KMS_SOURCE
+            else:
+                report.records += 1
+                yield record

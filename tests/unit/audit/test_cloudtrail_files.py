@@ -149,3 +149,13 @@ async def test_digest_and_insights_files_beside_the_logs_are_passed_over_not_rep
     assert report.problems == []  # a digest file is no malformed log file
     assert (report.files, report.digests, report.records) == (2, 1, 9)
     assert report.skipped == 2  # the example's other-service record and the Insights record
+
+
+async def test_a_record_that_is_no_object_is_a_problem_not_a_record_of_another_service(tmp_path: Path) -> None:
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"Records": [_kms_examples()[0], 7, None]}))
+    seen: list[str] = []
+    report = ReadReport()
+    assert len(list(iter_cloudtrail_records([path], report=report, on_problem=seen.append))) == 1
+    assert report.skipped == 0  # no record of another service here
+    assert seen == report.problems == [f"{path}: record 1: not a JSON object", f"{path}: record 2: not a JSON object"]
