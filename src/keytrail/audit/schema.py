@@ -281,9 +281,12 @@ def _parse_time(value: Any) -> datetime:
     if not value:
         raise SchemaError("eventTime is missing")
     try:
-        return datetime.fromisoformat(str(value)).astimezone(UTC)
+        moment = datetime.fromisoformat(str(value))
     except ValueError:
         raise SchemaError(f"eventTime {str(value)[:40]!r} is not an ISO 8601 time") from None
+    # No offset reads as UTC (CloudTrail's zone), as the pipeline reads it: astimezone would take
+    # the importing machine's local zone.
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _format_time(moment: datetime) -> str:

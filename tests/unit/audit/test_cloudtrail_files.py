@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import time
 from pathlib import Path
+
+import pytest
 
 from keytrail.audit.cloudtrail_files import (
     export_cloudtrail,
@@ -159,3 +162,19 @@ async def test_a_record_that_is_no_object_is_a_problem_not_a_record_of_another_s
     assert len(list(iter_cloudtrail_records([path], report=report, on_problem=seen.append))) == 1
     assert report.skipped == 0  # no record of another service here
     assert seen == report.problems == [f"{path}: record 1: not a JSON object", f"{path}: record 2: not a JSON object"]
+
+
+async def test_an_event_time_without_offset_is_imported_as_utc_whatever_the_local_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        path = tmp_path / "naive.json"
+        path.write_text(json.dumps({"Records": [{**_kms_examples()[0], "eventTime": "2025-05-20T20:46:16"}]}))
+        await import_cloudtrail(tmp_path / "node", [path])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    [(_, stored)] = list(iter_events(tmp_path / "node"))
+    assert stored["eventTime"] == "2025-05-20T20:46:16Z"  # as `report --cloudtrail` reads the same file
