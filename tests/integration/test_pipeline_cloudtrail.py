@@ -154,3 +154,26 @@ def test_importing_the_same_files_again_counts_nothing_twice(tmp_path: Path) -> 
 def test_missing_cloudtrail_path_is_one_line_and_non_zero(tmp_path: Path) -> None:
     result = cli("consume", "--data-dir", str(tmp_path), "--cloudtrail", str(tmp_path / "missing"))
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_cross_account_call_logged_to_both_accounts_counts_once(tmp_path: Path) -> None:
+    # CloudTrail sends a cross-account KMS call to the caller's and to the key owner's account:
+    # two records, each with its own eventID and recipientAccountId, one sharedEventID.
+    caller, owner = "444455556666", "111122223333"
+    copy = dict(E1, userIdentity=dict(E1["userIdentity"], arn=f"arn:aws:iam::{caller}:user/Bob", accountId=caller),
+                sharedEventID="5a1e0c1d-3b7e-4f0e-9a52-0d7c7b1c2e01")
+    logs = tmp_path / "AWSLogs"
+    for account, event_id in ((caller, "0d3b4e5f-1111-4a2b-8c3d-000000000001"),
+                              (owner, "0d3b4e5f-2222-4a2b-8c3d-000000000002")):
+        (logs / account).mkdir(parents=True)
+        record = dict(copy, eventID=event_id, recipientAccountId=account)
+        (logs / account / "a.json").write_text(json.dumps({"Records": [record]}))
+    # Straight from the files, and through the event log (the Avro path) after an import.
+    imported = tmp_path / "imported"
+    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir",
+                             str(imported)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for data, source in ((tmp_path / "files", ["--cloudtrail", str(logs)]), (imported, ["--no-follow"])):
+        assert cli("consume", "--data-dir", str(data), *source).returncode == 0
+        cost = [json.loads(x) for x in cli("cost", "--data-dir", str(data), "--format", "json").stdout.splitlines()]
+        assert [(c["keyArn"], c["accountId"], c["requests"]) for c in cost] == [(ENCRYPT_KEY, caller, 1)], source

@@ -47,6 +47,7 @@ AVRO_COLUMNS = (
     "resources",
     "requestParameters",
     "responseElements",
+    "otherFields",  # imported records' sharedEventID
 )
 _MAGIC = b"\xc3\x01"
 _PREFIX = 10  # magic + 8-byte fingerprint

@@ -40,6 +40,10 @@ CRYPTO_OPERATIONS = frozenset(
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "eventID": pl.String(),
+    # One cross-account call is logged twice, to the caller's and to the key owner's account, each
+    # copy with its own eventID and this shared one (CloudTrail sharedEventID): a trail of both
+    # accounts (an organization trail) holds the call twice. Null for same-account calls.
+    "sharedEventID": pl.String(),
     "eventTime": pl.Datetime("us", "UTC"),
     "eventName": pl.String(),
     "keyArn": pl.String(),  # resources[0].ARN: the resolved key, never requestParameters.keyId
@@ -100,6 +104,7 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
     return (
         avro.select(
             *typed,
+            pl.col("otherFields").str.json_path_match("$.sharedEventID").alias("sharedEventID"),
             name,
             pl.col("eventTime").cast(pl.Datetime("us", "UTC")),
             pl.coalesce("principalArn", "invokedBy").alias("principalArn"),
@@ -247,6 +252,7 @@ def _param(name: str) -> Any:
 
 _GETTERS: dict[str, Any] = {
     "eventID": _field("eventID"),
+    "sharedEventID": _field("sharedEventID"),
     "eventTime": _event_time,
     "eventName": _field("eventName"),
     "keyArn": lambda r: _resource_arn(r, 0),

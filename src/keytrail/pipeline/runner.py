@@ -89,8 +89,10 @@ class RunStats:
 
 
 def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, pl.Series]:
-    """The first occurrence of each eventID not in `seen`, and the hashes of those kept."""
-    hashes = event_hashes(frame.get_column("eventID"))
+    """The first occurrence of each event not in `seen`, and the hashes of those kept. An event is
+    known by its sharedEventID where it has one (both accounts' copies of a cross-account call are
+    one call), else by its eventID."""
+    hashes = event_hashes(frame.select(pl.coalesce("sharedEventID", "eventID")).to_series())
     keep = hashes.is_first_distinct() & ~seen.remembered(hashes)
     if keep.all():
         return frame, hashes
