@@ -15,7 +15,7 @@ from typing import Any
 
 from keytrail.audit.schema import SchemaError, decode_batch
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
-from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records
+from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records, iter_located_records
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["ReadReport", "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records", "iter_events"]
@@ -33,14 +33,14 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> Read
     report = ReadReport()
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir))
     async with trail:
-        chunk: list[dict[str, Any]] = []
-        for event in iter_cloudtrail_records(paths, report=report):
+        chunk: list[tuple[str, dict[str, Any]]] = []
+        for where, event in iter_located_records(paths, report=report):
             missing = [name for name in _REQUIRED if not event.get(name)]
             if missing:
                 report.records -= 1
-                report.problems.append(f"record {event.get('eventID', '?')}: missing {', '.join(missing)}")
+                report.problems.append(f"{where}: missing {', '.join(missing)}")
                 continue
-            chunk.append(event)
+            chunk.append((where, event))
             if len(chunk) >= _IMPORT_CHUNK:
                 await _append_chunk(trail, chunk, report)
                 chunk = []
@@ -51,17 +51,18 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> Read
 _IMPORT_CHUNK = 2_000
 
 
-async def _append_chunk(trail: AuditTrail, events: list[dict[str, Any]], report: ReadReport) -> None:
-    """Append many records at once, in order, so they share group commits (one fsync per batch
-    instead of one per record); a record that cannot be stored is reported and skipped."""
+async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any]]], report: ReadReport) -> None:
+    """Append many records (with where each is) at once, in order, so they share group commits
+    (one fsync per batch instead of one per record); a record that cannot be stored is reported,
+    by file and index, and skipped."""
     async def store(event: dict[str, Any]) -> int:
         return await trail.append_event(_normalized(event))
 
-    results = await asyncio.gather(*(store(e) for e in events), return_exceptions=True)
-    for event, result in zip(events, results, strict=True):
+    results = await asyncio.gather(*(store(e) for _, e in events), return_exceptions=True)
+    for (where, event), result in zip(events, results, strict=True):
         if isinstance(result, SchemaError | ValueError | TypeError | AttributeError):
             report.records -= 1
-            report.problems.append(f"record {event.get('eventID')}: cannot be stored: {result}")
+            report.problems.append(f"{where} (eventID {event.get('eventID')}): cannot be stored: {result}")
         elif isinstance(result, BaseException):
             raise result
 

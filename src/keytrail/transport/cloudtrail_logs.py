@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_log_files", "read_log_file"]
+__all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_located_records",
+           "iter_log_files", "read_log_file"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -84,6 +85,15 @@ def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport |
     """KMS records (all records with `kms_only=False`) of the CloudTrail log files under `paths`,
     file by file; other services' records are counted in `report.skipped`; every problem (a file,
     a record that is no object) goes to `report.problems` and to `on_problem`."""
+    for _, record in iter_located_records(paths, report=report, on_problem=on_problem, kms_only=kms_only):
+        yield record
+
+
+def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | None = None,
+                         on_problem: Callable[[str], None] | None = None,
+                         kms_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+    """As iter_cloudtrail_records, each record with where it is (`<file>: record <index>`), for
+    problems found in it later."""
     report = report if report is not None else ReadReport()
 
     def problem(text: str) -> None:
@@ -108,4 +118,4 @@ def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport |
                 report.skipped += 1
             else:
                 report.records += 1
-                yield record
+                yield f"{path}: record {index}", record

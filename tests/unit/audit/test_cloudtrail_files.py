@@ -93,6 +93,9 @@ async def test_odd_records_are_coerced_or_reported_never_crash(tmp_path: Path) -
     assert stored["string-bool"]["recipientAccountId"] == "111122223333"
     assert {"no-time", "bad-time", "bad-identity"}.isdisjoint(stored)
     assert len(report.problems) == 3 and report.records == len(stored)
+    # each named by file and index: in a folder of thousands of files an eventID alone finds nothing
+    assert [p.split(" (eventID")[0].split(": missing")[0] for p in report.problems] == [
+        f"{path}: record {index}" for index in (1, 2, 3)]
 
 
 async def test_export_paths_never_take_odd_accounts_or_regions_from_imported_records(tmp_path: Path) -> None:
