@@ -177,3 +177,18 @@ def test_a_cross_account_call_logged_to_both_accounts_counts_once(tmp_path: Path
         assert cli("consume", "--data-dir", str(data), *source).returncode == 0
         cost = [json.loads(x) for x in cli("cost", "--data-dir", str(data), "--format", "json").stdout.splitlines()]
         assert [(c["keyArn"], c["accountId"], c["requests"]) for c in cost] == [(ENCRYPT_KEY, caller, 1)], source
+
+
+def test_consuming_the_same_folder_again_reads_only_its_new_files(tmp_path: Path) -> None:
+    # Repeats are dropped by eventID only among a partition's recent ones (at most 1,000,000): a
+    # bucket consumed again must not rely on them, its files already counted are passed over.
+    logs, data = tmp_path / "logs", tmp_path / "data"
+    logs.mkdir()
+    (logs / "a.json").write_text(json.dumps({"Records": [E1, E2]}))
+    (logs / "broken.json").write_text('{"Records": [')
+    first = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
+    assert first.returncode == 0 and "consumed 2 records" in first.stderr, first.stderr
+    (logs / "b.json").write_text(json.dumps({"Records": [dict(E1, eventID="new-event-id")]}))
+    again = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
+    assert again.returncode == 0 and "consumed 1 records: 1 counted" in again.stderr, again.stderr
+    assert "broken.json" in again.stderr  # a file it could not read is never passed over in silence

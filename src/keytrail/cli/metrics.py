@@ -196,7 +196,7 @@ def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None) 
 
 
 async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
-    source = _offline_source(cloudtrail) if cloudtrail else None
+    source = _offline_source(cloudtrail, settings) if cloudtrail else None
     consumer = MetricsConsumer(settings, source)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -204,20 +204,21 @@ async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) ->
     return await consumer.run()
 
 
-def _offline_source(paths: list[Path]) -> Any:
-    from keytrail.pipeline.sources import RecordsSource
-    from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
+def _offline_source(paths: list[Path], settings: ConsumerSettings) -> Any:
+    from keytrail.pipeline.query import state_dir
+    from keytrail.pipeline.sources import CloudTrailFilesSource
+    from keytrail.transport.cloudtrail_logs import iter_log_files
 
     files = list(iter_log_files(paths))
     bar = Progress(len(files), "files")
 
-    def records() -> Any:
-        for path in files:
-            yield from iter_cloudtrail_records([path], on_problem=lambda text: typer.echo(text, err=True))
-            bar.advance(1)
-        bar.close()
+    def advance(count: int) -> None:
+        bar.advance(count)
+        if bar.done == len(files):
+            bar.close()
 
-    return RecordsSource(records(), partition="cloudtrail-files", resume=False)
+    return CloudTrailFilesSource(files, state_dir(settings.data_dir), max_records=settings.max_records,
+                                 on_problem=lambda text: typer.echo(text, err=True), progress=advance)
 
 
 class Progress:

@@ -26,7 +26,7 @@ from keytrail.pipeline.lastused import last_used
 from keytrail.pipeline.state import PartitionState, StaleBatchError, StateUpdate
 from keytrail.pipeline.usage import usage_minutes
 
-__all__ = ["Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen"]
+__all__ = ["Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen", "state_file"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,6 +86,11 @@ class RunStats:
     duplicates: int = 0
     unreadable: int = 0  # CloudTrail records without a readable eventTime or eventName
     lag: dict[str, int] = field(default_factory=dict)
+
+
+def state_file(state_dir: Path, partition: str) -> Path:
+    """The state file of `partition` among a runner's state files."""
+    return state_dir / f"{partition}.sqlite"
 
 
 def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, pl.Series]:
@@ -150,7 +155,7 @@ class Runner:
     def state(self, partition: str) -> PartitionState:
         """The (cached) state of `partition`."""
         if partition not in self._states:
-            path = self.state_dir / f"{partition}.sqlite"
+            path = state_file(self.state_dir, partition)
             state = PartitionState(path, dedup_capacity=self.dedup_capacity, owner=True)
             state.usage_files.remove_orphans()  # only an owner may: readers never delete
             self._states[partition] = state

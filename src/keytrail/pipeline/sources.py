@@ -1,23 +1,23 @@
-"""Source adapter for CloudTrail record dicts: in memory, or read from CloudTrail log files."""
+"""Source adapters for CloudTrail record dicts: in memory, or read from CloudTrail log files."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import hashlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
-from keytrail.pipeline.runner import Batch
+from keytrail.pipeline.runner import Batch, state_file
+from keytrail.pipeline.state import PartitionState
+from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records
 
-__all__ = ["RecordsSource"]
+__all__ = ["CloudTrailFilesSource", "RecordsSource"]
 
 
 class RecordsSource:
-    """Batches of CloudTrail record dicts (offline files, tests).
-
-    With `resume` (a replayable sequence), offsets are record positions and a restart skips
-    what the state covers. Without it (log files that may differ from run to run), offsets
-    continue from the state's and every record is read: repeats are dropped by eventID.
-    """
+    """Batches of a replayable sequence of CloudTrail record dicts (a report's files, tests):
+    offsets are record positions, and a restart skips what the state covers."""
 
     def __init__(
         self,
@@ -26,21 +26,17 @@ class RecordsSource:
         partition: str = "records",
         max_records: int = 10_000,
         progress: Callable[[int], None] | None = None,
-        resume: bool = True,
     ) -> None:
         self.records = records
         self.partition = partition
         self.max_records = max_records
         self.progress = progress
-        self.resume = resume
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
-        start = start_at(self.partition)
         iterator = iter(self.records)
-        offset = 0 if self.resume else start
-        if self.resume:
-            for _ in islice(iterator, start):  # already covered by the state
-                offset += 1
+        offset = 0
+        for _ in islice(iterator, start_at(self.partition)):  # already covered by the state
+            offset += 1
         while chunk := list(islice(iterator, self.max_records)):
             yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
             offset += len(chunk)
@@ -52,3 +48,79 @@ class RecordsSource:
 
     async def rewind(self, partition: str, offset: int) -> None:
         raise RuntimeError("records sources have a single owner: nothing can move their state on")
+
+
+class CloudTrailFilesSource:
+    """Batches of the KMS records of CloudTrail log files, for `keytrail consume --cloudtrail`.
+
+    Offsets continue from the state's. A file whose every record a persisted checkpoint covers is
+    listed in the partition's state file (by the SHA-256 of its bytes) and later runs
+    pass it over, so consuming a synced bucket again reads only its new files: repeats would be
+    dropped by eventID too, but a partition remembers only its recent eventIDs, far fewer than a
+    bucket holds. A file whose listing a crash lost is read again; its records, the last counted,
+    are among the remembered ones. A file that cannot be read is never listed: the next run says so again.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        state_dir: Path,
+        *,
+        partition: str = "cloudtrail-files",
+        max_records: int = 10_000,
+        on_problem: Callable[[str], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.files = files
+        self.state_file = state_file(state_dir, partition)
+        self.partition = partition
+        self.max_records = max_records
+        self.on_problem = on_problem
+        self.progress = progress
+        self._ends: list[tuple[int, str]] = []  # (offset after a file's last record, its name), in order
+
+    async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        offset = start_at(self.partition)  # the runner opens (creates) the state file
+        counted = self._state(PartitionState.counted_files)
+        chunk: list[Mapping[str, Any]] = []
+        for path in self.files:
+            name = _identity(path)
+            if name is None or name not in counted:
+                report = ReadReport()
+                chunk += iter_cloudtrail_records([path], report=report, on_problem=self.on_problem)
+                if name is not None and report.files + report.digests:
+                    self._ends.append((offset + len(chunk), name))
+            while len(chunk) >= self.max_records:
+                yield Batch(self.partition, range(offset, offset + self.max_records), records=chunk[: self.max_records])
+                offset, chunk = offset + self.max_records, chunk[self.max_records :]
+            if self.progress is not None:
+                self.progress(1)
+        if chunk:
+            yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
+
+    async def commit(self, batch: Batch) -> None:
+        done = [name for end, name in self._ends if end <= batch.end]
+        if done:
+            self._state(lambda state: state.add_counted_files(done))
+            del self._ends[: len(done)]
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        raise RuntimeError("file sources have a single owner: nothing can move their state on")
+
+    def _state(self, use: Callable[[PartitionState], Any]) -> Any:
+        state = PartitionState(self.state_file)
+        try:
+            return use(state)
+        finally:
+            state.close()
+
+
+def _identity(path: Path) -> str | None:
+    """A log file as the state lists it: the SHA-256 of its bytes, so a file downloaded again or
+    moved is still known and another file of the same name never is; None when it cannot be read
+    (reading it for its records reports why)."""
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None

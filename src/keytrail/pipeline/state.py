@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS lifecycle (eventID TEXT PRIMARY KEY, keyArn TEXT, eve
 CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEGER,
   PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (generation INTEGER, hashes BLOB);  -- eventID hashes, int64 native order
+CREATE TABLE IF NOT EXISTS source_files (name TEXT PRIMARY KEY) WITHOUT ROWID;  -- input files counted whole
 """
 # Same-second uses: the later in this partition's log wins (every staged offset lies beyond the
 # stored ones, so the comparison holds for rows of earlier checkpoints too).
@@ -246,6 +247,14 @@ class PartitionState:
             "SELECT keyArn, eventTime, eventName, keySpec, keyManager, eventID FROM lifecycle"
         ).fetchall()
         return _frame(rows, LIFECYCLE_SCHEMA, ["eventTime"])
+
+    def counted_files(self) -> set[str]:
+        """The input files (by the identity their source gives them) a checkpoint covered whole."""
+        return {name for (name,) in self._db.execute("SELECT name FROM source_files")}
+
+    def add_counted_files(self, names: Iterable[str]) -> None:
+        """List input files whose every record a persisted checkpoint covers."""
+        self._db.executemany("INSERT OR IGNORE INTO source_files VALUES (?)", ((n,) for n in names))
 
     def outcomes(self) -> list[tuple[str, str, int]]:
         return [tuple(r) for r in self._db.execute("SELECT eventName, errorCode, count FROM outcomes")]  # type: ignore[misc]

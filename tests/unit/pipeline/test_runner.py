@@ -230,3 +230,55 @@ async def test_records_without_a_time_are_counted_as_unreadable_not_as_duplicate
     events[4] = {**events[4], "eventTime": None}
     stats = await Runner(state_dir(tmp_path), RecordsSource(events)).run()
     assert (stats.records, stats.counted, stats.unreadable, stats.duplicates) == (20, 19, 1, 0)
+
+
+def _log_files(folder: Path, events: list[dict[str, Any]], per_file: int) -> list[Path]:
+    import json
+
+    from keytrail.transport.cloudtrail_logs import iter_log_files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(events), per_file):
+        path = folder / f"111122223333_CloudTrail_us-east-1_{start:06d}.json"
+        path.write_text(json.dumps({"Records": events[start : start + per_file]}))  # same content again
+    return list(iter_log_files([folder]))
+
+
+async def test_consuming_a_grown_folder_of_log_files_again_counts_only_its_new_files(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    from keytrail.pipeline.sources import CloudTrailFilesSource
+
+    unique = list({e["eventID"]: e for e in events}.values())
+    logs, states = tmp_path / "logs", state_dir(tmp_path)
+
+    def run(files: list[Path]) -> Any:  # remembers 1,000 eventIDs: far fewer than the folder holds
+        return Runner(states, CloudTrailFilesSource(files, states, max_records=250), dedup_capacity=1000,
+                      checkpoint_records=500).run()
+
+    await run(_log_files(logs, unique[:3000], 200))
+    again = await run(_log_files(logs, unique[:3000], 200))
+    assert again.records == 0  # every file was counted whole: none is read again
+    grown = await run(_log_files(logs, unique, 200))  # the bucket synced again: new files
+    assert grown.records == len(unique) - 3000
+    _assert_usage(tmp_path, unique)
+
+
+async def test_a_log_file_whose_listing_a_crash_lost_is_read_again_and_counts_once(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    from keytrail.pipeline.sources import CloudTrailFilesSource
+
+    unique = list({e["eventID"]: e for e in events}.values())[:2000]
+    files, states = _log_files(tmp_path / "logs", unique, 200), state_dir(tmp_path)
+    source = CloudTrailFilesSource(files, states, max_records=250)
+    source.commit = _no_commit  # type: ignore[method-assign]  # killed after its checkpoints, before listing
+    await Runner(states, source).run()
+    stats = await Runner(states, CloudTrailFilesSource(files, states, max_records=250)).run()
+    assert (stats.records, stats.duplicates) == (2000, 2000)
+    _assert_usage(tmp_path, unique)
+    assert (await Runner(states, CloudTrailFilesSource(files, states)).run()).records == 0
+
+
+async def _no_commit(batch: Batch) -> None:
+    return None
