@@ -179,7 +179,8 @@ def consume(
     stats = _consume_or_fail(settings, cloudtrail)
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
-        f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else ""),
+        f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else "")
+        + (f", {stats.network} network activity events" if stats.network else ""),
         err=True,
     )
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):

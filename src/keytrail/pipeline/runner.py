@@ -85,6 +85,7 @@ class RunStats:
     redelivered: int = 0
     duplicates: int = 0
     unreadable: int = 0  # CloudTrail records without a readable eventTime or eventName
+    network: int = 0  # CloudTrail network activity events: no requests of their own
     lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,6 +103,13 @@ def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, pl.Seri
     if keep.all():
         return frame, hashes
     return frame.filter(keep), hashes.filter(keep)
+
+
+#: CloudTrail network activity events (a VPC endpoint owner's log of the calls through it) repeat a
+#: call that has its own record, or record one the endpoint policy refused before it reached KMS:
+#: neither is a request to count, bill or take as use (nor, as it may carry the call's
+#: sharedEventID, an event that makes the call's own record a duplicate).
+_NETWORK_ACTIVITY = pl.col("eventType").eq("AwsVpceEvent").fill_null(False)
 
 
 def aggregate(frame: pl.DataFrame, seen: pl.Series | None = None) -> StateUpdate:
@@ -205,11 +213,13 @@ class Runner:
             return 0
         covered = state.next_offset
         skip = sum(1 for offset in batch.offsets if offset < covered)
-        counted = unreadable = 0
+        counted = unreadable = network = 0
         if skip < len(batch.offsets):
             readable = batch.frame_from(skip)
             unreadable = len(batch.offsets) - skip - readable.height
-            frame, hashes = drop_seen(readable, state.seen)
+            requests = readable.filter(~_NETWORK_ACTIVITY)
+            network = readable.height - requests.height
+            frame, hashes = drop_seen(requests, state.seen)
             update = aggregate(frame, hashes) if frame.height else _empty_update()
             state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
@@ -217,7 +227,7 @@ class Runner:
         # Committing needs the partition and offsets only: the records need not wait for it.
         self._uncommitted[batch.partition] = replace(batch, values=(), records=())
         self._staged += len(batch.offsets)
-        self._record(batch, skip, counted, unreadable)
+        self._record(batch, skip, counted, unreadable + network, network)
         return counted
 
     def _accepts(self, batch: Batch, state: PartitionState) -> bool:
@@ -248,14 +258,15 @@ class Runner:
         if self.after_checkpoint is not None:
             await self._in_worker(self.after_checkpoint)
 
-    def _record(self, batch: Batch, skipped: int, counted: int, unreadable: int) -> None:
+    def _record(self, batch: Batch, skipped: int, counted: int, uncounted: int, network: int) -> None:
         stats = self.stats
         stats.batches += 1
         stats.records += len(batch.offsets)
         stats.redelivered += skipped
         stats.counted += counted
-        stats.unreadable += unreadable
-        stats.duplicates += len(batch.offsets) - skipped - counted - unreadable
+        stats.unreadable += uncounted - network
+        stats.network += network
+        stats.duplicates += len(batch.offsets) - skipped - counted - uncounted
         if batch.source_end is not None:
             stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
 

@@ -282,3 +282,23 @@ async def test_a_log_file_whose_listing_a_crash_lost_is_read_again_and_counts_on
 
 async def _no_commit(batch: Batch) -> None:
     return None
+
+
+async def test_network_activity_events_of_a_vpc_endpoint_are_not_counted_as_requests(tmp_path: Path) -> None:
+    from tests.unit.reports.records import key_arn, record
+
+    when, key = datetime(2026, 10, 1, 12, tzinfo=UTC), key_arn("vpce")
+    call = dict(record("Decrypt", when, key), vpcEndpointId="vpce-1234abcdf5678c90a")
+    # With network activity events on, the endpoint owner's trail logs the same call again, and
+    # logs the calls its endpoint policy refused (which never reached KMS): eventType AwsVpceEvent.
+    network = {"eventType": "AwsVpceEvent", "eventCategory": "NetworkActivity"}
+    twin = dict(call, **network, eventID="0b0e0f00-0000-4000-8000-00000000a001")
+    refused = dict(record("Encrypt", when, key), **network, eventID="0b0e0f00-0000-4000-8000-00000000a002",
+                   errorCode="VpceAccessDenied", errorMessage="The request was denied due to a VPC endpoint policy")
+    # The twin first, carrying the call's sharedEventID: it must not make the call a duplicate.
+    twin["sharedEventID"] = call["sharedEventID"] = "5a1e0c1d-3b7e-4f0e-9a52-0d7c7b1c2e02"
+    stats = await Runner(state_dir(tmp_path), RecordsSource([twin, call, refused])).run()
+    assert (stats.counted, stats.network, stats.duplicates) == (1, 2, 0)
+    store = MetricsStore(tmp_path)
+    assert store.usage(["eventName"]).rows() == [("Decrypt", 1, 0)]
+    assert store.cost(PriceTable())["requests"].to_list() == [1]
