@@ -119,3 +119,15 @@ def test_payloads_of_an_unknown_writer_are_refused(tmp_path: Path) -> None:
     log.sync()
     with pytest.raises(schema.SchemaError):
         avro_frame(SegmentLog(tmp_path).read_payloads(0, 1)[1])
+
+
+def test_the_key_of_a_delete_alias_record_is_its_key_not_the_alias_listed_first() -> None:
+    """AWS's DeleteAlias example (ct-deletealias.html) lists the alias ARN first in `resources`:
+    taken as the key, every deleted alias became a key of its own, never used, in every report."""
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    alias = "arn:aws:kms:us-east-1:111122223333:alias/my_alias"
+    delete = {**_event("DeleteAlias", arn), "requestParameters": {"aliasName": "alias/my_alias"},
+              "responseElements": {"keyId": arn},
+              "resources": [{"ARN": alias, "accountId": "111122223333"}, {"ARN": arn, "accountId": "111122223333"}]}
+    for frame in (frame_from_records([delete]), frame_from_avro(avro_frame([schema.encode(delete)]))):
+        assert frame.get_column("keyArn").to_list() == [arn]

@@ -36,6 +36,7 @@ __all__ = [
     "decode_batch",
     "encode",
     "flat_rows",
+    "key_arn",
     "load_schema",
     "message_key",
     "message_key_bytes",
@@ -230,12 +231,10 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     """The typed columns: views of the record for analytics. An imported record may hold anything
     anywhere; where a part is not of the shape CloudTrail writes, its column is null (the record
     itself keeps the part as it came)."""
-    resources = event.get("resources")
     context = as_object(as_object(event.get("requestParameters")).get("encryptionContext"))
     issuer = as_object(as_object(identity.get("sessionContext")).get("sessionIssuer"))
-    arns = (as_text(r.get("ARN")) for r in resources if isinstance(r, dict)) if isinstance(resources, list) else ()
     return {
-        "keyArn": next((arn for arn in arns if arn), None),
+        "keyArn": key_arn(event.get("resources")),
         "principalArn": as_text(issuer.get("arn") if identity.get("type") == "AssumedRole" else identity.get("arn")),
         "accountId": as_text(identity.get("accountId")) or as_text(event.get("recipientAccountId")),
         "identityType": as_text(identity.get("type")),
@@ -248,6 +247,15 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
 
 # A CloudTrail record from elsewhere may hold anything anywhere: readers of its parts take a part
 # of another kind than CloudTrail writes as missing, never as an error.
+def key_arn(resources: Any) -> str | None:
+    """The first KMS key ARN among a record's `resources`: CloudTrail lists the alias before the
+    key for DeleteAlias (both typed AWS::KMS::Key), so the first entry is not always a key."""
+    if not isinstance(resources, list):
+        return None
+    arns = (as_text(r.get("ARN")) for r in resources if isinstance(r, Mapping))
+    return next((arn for arn in arns if arn and arn.split(":", 5)[-1].startswith("key/")), None)
+
+
 def as_object(value: Any) -> Mapping[str, Any]:
     """`value` if it is a JSON object, else an empty one."""
     return value if isinstance(value, Mapping) else {}

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from keytrail.audit.schema import as_object, as_text
+from keytrail.audit.schema import as_object, as_text, key_arn
 
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
@@ -46,7 +46,7 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "sharedEventID": pl.String(),
     "eventTime": pl.Datetime("us", "UTC"),
     "eventName": pl.String(),
-    "keyArn": pl.String(),  # resources[0].ARN: the resolved key, never requestParameters.keyId
+    "keyArn": pl.String(),  # the first key ARN in resources: the resolved key, never requestParameters.keyId
     "destinationKeyArn": pl.String(),  # ReEncrypt: resources[1].ARN
     "replicaKeyArn": pl.String(),  # ReplicateKey: the new replica
     "principalArn": pl.String(),  # role sessions attributed to sessionIssuer.arn
@@ -255,7 +255,7 @@ _GETTERS: dict[str, Any] = {
     "sharedEventID": _field("sharedEventID"),
     "eventTime": _event_time,
     "eventName": _field("eventName"),
-    "keyArn": lambda r: _resource_arn(r, 0),
+    "keyArn": lambda r: key_arn(r.get("resources")),
     "destinationKeyArn": lambda r: _resource_arn(r, 1) if r.get("eventName") == "ReEncrypt" else None,
     "replicaKeyArn": _replica_arn,
     "principalArn": _principal_arn,
