@@ -131,3 +131,25 @@ def test_the_key_of_a_delete_alias_record_is_its_key_not_the_alias_listed_first(
               "resources": [{"ARN": alias, "accountId": "111122223333"}, {"ARN": arn, "accountId": "111122223333"}]}
     for frame in (frame_from_records([delete]), frame_from_avro(avro_frame([schema.encode(delete)]))):
         assert frame.get_column("keyArn").to_list() == [arn]
+
+
+def test_principal_of_every_identity_shape_is_the_same_from_files_and_from_the_event_log() -> None:
+    """`report --cloudtrail` (records) and `audit import` + `consume` (Avro) attribute alike: role
+    sessions to the role, a session without its issuer to itself, a federated user to itself."""
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    session = "arn:aws:sts::111122223333:assumed-role/App/s"
+    identities = [
+        {"type": "FederatedUser", "arn": "arn:aws:sts::111122223333:federated-user/bob", "accountId": "111122223333",
+         "sessionContext": {"sessionIssuer": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/Alice"}}},
+        {"type": "AssumedRole", "arn": session, "accountId": "111122223333"},
+        {"type": "AssumedRole", "arn": session, "accountId": "111122223333", "invokedBy": "s3.amazonaws.com"},
+        {"type": "AssumedRole", "arn": session, "accountId": "111122223333",
+         "sessionContext": {"sessionIssuer": {"type": "Role", "arn": "arn:aws:iam::111122223333:role/App"}}},
+        {"accountId": "111122223333", "invokedBy": "AWS Internal"},
+    ]
+    events = [{**_event("Decrypt", arn), "eventID": f"id-{n}", "userIdentity": u} for n, u in enumerate(identities)]
+    expected = ["arn:aws:sts::111122223333:federated-user/bob", session, session,
+                "arn:aws:iam::111122223333:role/App", "AWS Internal"]
+    assert frame_from_records(events).get_column("principalArn").to_list() == expected
+    from_log = frame_from_avro(avro_frame([schema.encode(e) for e in events]))
+    assert from_log.get_column("principalArn").to_list() == expected

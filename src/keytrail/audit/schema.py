@@ -235,7 +235,9 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     issuer = as_object(as_object(identity.get("sessionContext")).get("sessionIssuer"))
     return {
         "keyArn": key_arn(event.get("resources")),
-        "principalArn": as_text(issuer.get("arn") if identity.get("type") == "AssumedRole" else identity.get("arn")),
+        # A role session is its role; one without a sessionIssuer (odd, but seen) its session ARN.
+        "principalArn": (as_text(issuer.get("arn")) if identity.get("type") == "AssumedRole" else None)
+        or as_text(identity.get("arn")),
         "accountId": as_text(identity.get("accountId")) or as_text(event.get("recipientAccountId")),
         "identityType": as_text(identity.get("type")),
         "accessKeyId": as_text(identity.get("accessKeyId")),

@@ -195,10 +195,11 @@ def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
 
 
 def _principal_arn(record: Mapping[str, Any]) -> str | None:
+    # As the event log's principalArn column holds it (keytrail.audit.schema): role sessions are
+    # the role, any other identity (a federated user too) itself.
     identity = as_object(record.get("userIdentity"))
-    context = identity.get("sessionContext")
-    if context:  # roles: the session's issuer
-        arn = as_text(as_object(as_object(context).get("sessionIssuer")).get("arn"))
+    if identity.get("type") == "AssumedRole":
+        arn = as_text(as_object(as_object(identity.get("sessionContext")).get("sessionIssuer")).get("arn"))
         if arn:
             return arn
     return as_text(identity.get("arn")) or as_text(identity.get("invokedBy"))
