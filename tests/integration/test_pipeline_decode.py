@@ -153,3 +153,15 @@ def test_principal_of_every_identity_shape_is_the_same_from_files_and_from_the_e
     assert frame_from_records(events).get_column("principalArn").to_list() == expected
     from_log = frame_from_avro(avro_frame([schema.encode(e) for e in events]))
     assert from_log.get_column("principalArn").to_list() == expected
+
+
+def test_key_spec_of_a_create_key_record_from_before_key_spec_is_read_from_the_event_log_too() -> None:
+    """CreateKey records written before KeySpec existed (2021) name it customerMasterKeySpec only:
+    imported, such an RSA key was priced as a symmetric one, unlike the same file read directly."""
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    old = {**_event("CreateKey", arn), "requestParameters": {"customerMasterKeySpec": "RSA_2048"},
+           "responseElements": {"keyMetadata": {"arn": arn, "customerMasterKeySpec": "RSA_2048"}}}
+    request_only = {**old, "eventID": "request-only", "responseElements": None}
+    for frame in (frame_from_records([old, request_only]),
+                  frame_from_avro(avro_frame([schema.encode(e) for e in (old, request_only)]))):
+        assert frame.get_column("keySpec").to_list() == ["RSA_2048", "RSA_2048"]

@@ -144,9 +144,11 @@ def _new_key_columns(name: pl.Expr) -> list[pl.Expr]:
         return [response.str.json_path_match(f"$.{m}.{n}") for m in ("keyMetadata", "replicaKeyMetadata")
                 for n in names]
 
+    request = _only(new_key, "requestParameters")
     spec = pl.coalesce(
         *metadata("KeySpec"),
-        _only(new_key, "requestParameters").str.json_path_match("$.keySpec"),
+        *metadata("CustomerMasterKeySpec"),  # KeySpec's name until 2021: older records hold only it
+        *(request.str.json_path_match(f"$.{n}") for n in ("keySpec", "customerMasterKeySpec")),
         pl.lit("SYMMETRIC_DEFAULT"),
     )
     replica_response = _only(name == "ReplicateKey", "responseElements")
