@@ -114,18 +114,47 @@ def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,
         offset = records[-1][0] + 1
 
 
+# Export holds at most this many records per file and this many files' records at once, so a log
+# of any size exports in bounded memory (≈ 2 KB per record held). CloudTrail itself writes several
+# files per account, Region and hour; a reader takes them all.
+EXPORT_FILE_RECORDS = 2_000
+EXPORT_OPEN_FILES = 16
+
+_FileKey = tuple[str, str, str]  # account, Region, hour (YYYYMMDDTHH00Z)
+
+
 def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) -> list[Path]:
-    """Write the event log as CloudTrail log files, one per account, Region and hour."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    """Write the event log as CloudTrail log files, per account, Region and hour: a file is
+    written when it holds EXPORT_FILE_RECORDS records, or when more than EXPORT_OPEN_FILES are
+    filling (the one that started first goes), the rest at the end."""
+    filling: dict[_FileKey, list[dict[str, Any]]] = {}  # in the order they started
+    written: list[Path] = []
+
+    def write(key: _FileKey, events: list[dict[str, Any]]) -> None:
+        written.append(_write_log_file(out, key, events, sequence=len(written)))
+
     for _, event in iter_events(data_dir, log=log):
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
-        groups.setdefault((*_account_and_region(event), moment.strftime("%Y%m%dT%H00Z")), []).append(event)
-    written = []
-    for (account, region, hour), events in sorted(groups.items()):
-        folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{account}_CloudTrail_{region}_{hour}_{uuid.uuid4().hex[:16]}.json.gz"
-        path = folder / name
-        path.write_bytes(gzip.compress(json.dumps({"Records": events}).encode()))
-        written.append(path)
+        key = (*_account_and_region(event), moment.strftime("%Y%m%dT%H00Z"))
+        events = filling.setdefault(key, [])
+        events.append(event)
+        if len(events) >= EXPORT_FILE_RECORDS:
+            write(key, filling.pop(key))
+        elif len(filling) > EXPORT_OPEN_FILES:
+            first = next(iter(filling))
+            write(first, filling.pop(first))
+    for key, events in sorted(filling.items()):
+        write(key, events)
     return written
+
+
+def _write_log_file(out: Path, key: _FileKey, events: list[dict[str, Any]], sequence: int) -> Path:
+    """One log file, named as CloudTrail names them; its 16-character unique part starts with
+    `sequence`, so the files of one hour sort (and import) in the order they were written."""
+    account, region, hour = key
+    folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
+    folder.mkdir(parents=True, exist_ok=True)
+    unique = f"{sequence:08x}{uuid.uuid4().hex[:8]}"
+    path = folder / f"{account}_CloudTrail_{region}_{hour}_{unique}.json.gz"
+    path.write_bytes(gzip.compress(json.dumps({"Records": events}).encode()))
+    return path

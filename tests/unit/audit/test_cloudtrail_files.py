@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from keytrail.audit import cloudtrail_files
 from keytrail.audit.cloudtrail_files import (
     export_cloudtrail,
     import_cloudtrail,
@@ -18,8 +19,9 @@ from keytrail.audit.cloudtrail_files import (
 )
 from keytrail.audit.integrity import verify
 from keytrail.transport.cloudtrail_logs import ReadReport
-from tests.support.audit_records import fill_trail_async
+from tests.support.audit_records import ACCOUNT, T0, fill_trail_async
 
+T0_HOUR = T0.strftime("%Y-%m-%dT%H")
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
 
 
@@ -74,6 +76,30 @@ async def test_export_then_import_round_trip(tmp_path: Path) -> None:
     original = sorted((e for _, e in iter_events(source)), key=lambda e: e["eventID"])
     imported = sorted((e for _, e in iter_events(copy)), key=lambda e: e["eventID"])
     assert imported == original
+
+
+async def test_export_writes_in_bounded_files_and_a_reimport_keeps_the_log_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log of any size must export without holding it whole: files are cut at a record count,
+    # and at most a few are filled at once; named so that one hour's files import in order.
+    monkeypatch.setattr(cloudtrail_files, "EXPORT_FILE_RECORDS", 4)
+    monkeypatch.setattr(cloudtrail_files, "EXPORT_OPEN_FILES", 1)
+    source = tmp_path / "source"
+    await fill_trail_async(source, 17)
+    await import_cloudtrail(source, [EXAMPLES])  # other accounts and hours, after them in the log
+    written = export_cloudtrail(source, tmp_path / "out")
+    sizes = [len(json.loads(gzip.decompress(p.read_bytes()))["Records"]) for p in written]
+    assert max(sizes) == 4 and sum(sizes) == 26 and len(written) >= 8
+    copy = tmp_path / "copy"
+    assert (await import_cloudtrail(copy, [tmp_path / "out"])).records == 26
+    order = [e["eventID"] for _, e in iter_events(source)]
+    reimported = [e["eventID"] for _, e in iter_events(copy)]
+    assert sorted(reimported) == sorted(order)
+    encrypts = {e["eventID"] for _, e in iter_events(source) if e["eventName"] == "Encrypt"
+                and e.get("recipientAccountId") == ACCOUNT and e["eventTime"].startswith(T0_HOUR)}
+    assert len(encrypts) == 17  # the filled ones: one account, Region and hour, in five files
+    assert [i for i in reimported if i in encrypts] == [i for i in order if i in encrypts]
 
 
 async def test_odd_records_are_coerced_or_reported_never_crash(tmp_path: Path) -> None:
