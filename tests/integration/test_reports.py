@@ -186,7 +186,7 @@ def test_consume_of_a_missing_data_dir_is_one_clear_line(tmp_path: Path) -> None
     typo = tmp_path / "keytrail-dat"
     result = keytrail("consume", "--data-dir", str(typo), "--no-follow", check=False)
     assert result.returncode == 2
-    assert result.stderr == f"keytrail: no audit event log in {typo} (is --data-dir right?)\n"
+    assert result.stderr == f"keytrail consume: no audit event log in {typo} (is --data-dir right?)\n"
     assert not typo.exists()  # nothing created at the typo
 
 

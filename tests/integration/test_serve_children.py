@@ -109,7 +109,7 @@ def test_a_second_consumer_is_refused_while_serves_child_counts(server: Keytrail
     result = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--data-dir", str(server.data_dir),
                              "--no-follow"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr == (f"keytrail: the metrics consumer of {server.data_dir} is already running "
+    assert result.stderr == (f"keytrail consume: the metrics consumer of {server.data_dir} is already running "
                              "(keytrail serve runs one): stop it first\n")
 
 

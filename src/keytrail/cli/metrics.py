@@ -141,6 +141,9 @@ def last_used(
     emit(frame, LAST_USED_FIELDS, output)
 
 
+CONSUME = "keytrail consume"  # how its errors start, as every command names itself
+
+
 def consume(
     data_dir: DataDir = Path("keytrail-data"),
     kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
@@ -167,14 +170,17 @@ def consume(
         checkpoint_records=checkpoint_records,
         prices=_price_table(prices, False),
     )
+    if kafka and cloudtrail:  # one source per run: either alone would silently win
+        raise fail("--kafka and --cloudtrail name two sources: give one", CONSUME)
     if problem := bootstrap_problem(kafka) or (cloudtrail and missing_paths(cloudtrail, "--cloudtrail")):
-        raise fail(problem)
+        raise fail(problem, CONSUME)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir
-        raise fail(f"no audit event log in {data_dir} (is --data-dir right?)")
+        raise fail(f"no audit event log in {data_dir} (is --data-dir right?)", CONSUME)
     # Two consumers of the embedded log or of files would overwrite each other's state; members of a
     # Kafka consumer group may share a data dir: the group gives each its own partitions.
     if not kafka and not try_lock(consumer_lock(data_dir)):
-        raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first")
+        raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first",
+                   CONSUME)
     data_dir.mkdir(parents=True, exist_ok=True)
     stats = _consume_or_fail(settings, cloudtrail)
     typer.echo(
@@ -184,7 +190,7 @@ def consume(
         err=True,
     )
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
-        raise fail(f"{problem}; the figures cover the records before it", "keytrail consume", code=1)
+        raise fail(f"{problem}; the figures cover the records before it", CONSUME, code=1)
 
 
 def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
@@ -193,7 +199,7 @@ def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None) 
     try:
         return asyncio.run(_consume(settings, cloudtrail))
     except KafkaError as exc:  # the broker out of reach at start: nothing consumed, nothing to save
-        raise fail(f"--kafka {settings.kafka_bootstrap}: {exc}", "keytrail consume", code=1) from None
+        raise fail(f"--kafka {settings.kafka_bootstrap}: {exc}", CONSUME, code=1) from None
 
 
 async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:

@@ -237,6 +237,13 @@ def test_detect_and_consume_say_in_one_line_that_kafka_is_out_of_reach(tmp_path:
     assert "Unable to bootstrap" in _one_line_error(result, f"keytrail consume: --kafka {bootstrap}: ", code=1)
 
 
+def test_consume_refuses_two_sources_in_one_line(tmp_path: Path) -> None:
+    log = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    result = _keytrail("consume", "--kafka", "127.0.0.1:9092", "--cloudtrail", log, "--data-dir", tmp_path / "d")
+    assert "two sources" in _one_line_error(result, "keytrail consume: ")
+    assert not (tmp_path / "d").exists()
+
+
 def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Path) -> None:
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     (tmp_path / "file").write_text("x")
