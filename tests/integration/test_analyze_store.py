@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
-from tests.support.server import ACCOUNT, KeytrailServer
+from tests.support.server import ACCOUNT, OTHER_ACCOUNT, PRINCIPALS, KeytrailServer, write_principals
 
 PUBLIC = {
     "Version": "2012-10-17",
@@ -37,3 +39,51 @@ def test_analyze_without_a_store_is_one_line_and_exit_2(tmp_path) -> None:  # ty
     out = subprocess.run([sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(tmp_path)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "keys.db" in out.stderr
+
+
+def _analyze(data_dir: Path, *extra: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(data_dir), "--format", "json", *extra],
+        capture_output=True, text=True, check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def _decrypt_all(alarms: list[dict[str, Any]]) -> dict[str | None, dict[str, Any]]:
+    return {a["principalArn"]: a for a in alarms if "decrypt-all-keys" in a["details"]["findings"]}
+
+
+def test_analyze_flags_identity_policies_decrypting_with_every_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = KeytrailServer(data_dir, principals=write_principals(data_dir / "principals.toml")).start()
+    server.client().create_key()
+    server.stop()
+    by_principal = _decrypt_all(_analyze(data_dir))
+    # alice, the app role (its policies name the role, not its sessions) and carol hold kms:* on "*"
+    alice, app = f"arn:aws:iam::{ACCOUNT}:user/alice", f"arn:aws:iam::{ACCOUNT}:role/app"
+    assert set(by_principal) == {alice, app, f"arn:aws:iam::{OTHER_ACCOUNT}:user/carol"}
+    alarm = by_principal[alice]
+    assert alarm["rule"] == "permissive-key" and alarm["keyArn"] is None and alarm["accountId"] == ACCOUNT
+    assert alarm["severity"] == "MEDIUM" and "every key of account 111122223333" in alarm["summary"]
+    [finding] = json.loads(alarm["details"]["findings"])
+    assert finding["source"] == "policy 1 statement #0" and finding["principal"] == alice
+
+    settings = tmp_path / "rules.toml"
+    settings.write_text('[rules.permissive-key]\nparameters = { admin_principals = ["*:user/alice"] }\n')
+    carol = f"arn:aws:iam::{OTHER_ACCOUNT}:user/carol"
+    assert set(_decrypt_all(_analyze(data_dir, "--config", str(settings)))) == {app, carol}
+    other = write_principals(tmp_path / "other.toml", {"bob": PRINCIPALS["bob"], "app": PRINCIPALS["app"]})
+    assert set(_decrypt_all(_analyze(data_dir, "--principals", str(other)))) == {app}
+
+
+def test_analyze_with_a_missing_or_broken_principals_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = KeytrailServer(data_dir).start()
+    server.stop()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[principal]\narn = 1\n")
+    for path, message in ((tmp_path / "none.toml", "does not exist"), (broken, "[[principal]]")):
+        out = subprocess.run([sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(data_dir),
+                              "--principals", str(path)], capture_output=True, text=True)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr

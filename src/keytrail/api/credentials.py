@@ -20,7 +20,7 @@ from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.policy_document import parse_policy
 
-__all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "write_admin_principals"]
+__all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "write_admin_principals"]
 
 # ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
 _IAM_ARN = re.compile(r"arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII)

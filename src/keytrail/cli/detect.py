@@ -13,10 +13,11 @@ from typing import Annotated, Any
 
 import typer
 
+from keytrail.api.credentials import load_principals
 from keytrail.cli.console import bootstrap_problem, missing_paths, mqtt_problem
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
-from keytrail.detect.inventory import KeyInventoryItem, analyze_inventory, read_inventory
+from keytrail.detect.inventory import IdentityItem, KeyInventoryItem, analyze_inventory, read_inventory
 from keytrail.detect.sources import gc_paused, kafka_values, read_cloudtrail_events
 from keytrail.kms.grants import grant_view
 from keytrail.kms.sealing import RootKey, SealError
@@ -131,11 +132,20 @@ def analyze(
         ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="A node's data dir: its key store.")] = None,
+    principals: Annotated[
+        Path | None,
+        typer.Option(
+            "--principals",
+            help="Principals file (TOML) whose identity policies are checked too "
+            "(default with the key store: <data-dir>/principals.toml, as serve's).",
+        ),
+    ] = None,
     fmt: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
-    """Check every key's policy and grants for public, cross-account and over-broad access:
-    the keys of a node's store (--data-dir, default ./keytrail-data) or an exported inventory."""
+    """Check every key's policy and grants for public, cross-account and over-broad access, and
+    every principal's identity policies for decryption with every key: the keys and principals of
+    a node (--data-dir, default ./keytrail-data) or an exported inventory."""
     try:
         rules, _ = detector_settings(config)
         if inventory is not None:
@@ -143,11 +153,37 @@ def analyze(
                 raise BadInput(problem)
             items = read_inventory(json.loads(inventory.read_text()))
         else:
-            items = asyncio.run(_store_inventory(data_dir or Path("keytrail-data")))
-        _print(analyze_keys(items, rules), fmt)
+            data_dir = data_dir or Path("keytrail-data")
+            items = asyncio.run(_store_inventory(data_dir))
+            principals = principals or _node_principals(data_dir)
+        identities = read_identities(principals) if principals else []
+        _print(analyze_keys(items, rules, identities), fmt)
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _node_principals(data_dir: Path) -> Path | None:
+    """The principals file serve creates in the data dir, if there is one (a node started with
+    `--principals` elsewhere has none: say so rather than seem to have checked them)."""
+    path = data_dir / "principals.toml"
+    if path.exists():
+        return path
+    typer.echo(f"keytrail analyze: no {path}: identity policies not checked (name the file with --principals)",
+               err=True)
+    return None
+
+
+def read_identities(path: Path) -> list[IdentityItem]:
+    """Each principal of a principals file (by the ARN its policies name: a role's, not its
+    sessions') with its identity policies; entries of one principal are taken together."""
+    if not path.exists():
+        raise BadInput(f"principals file {path} does not exist")
+    policies: dict[str, list[dict[str, Any]]] = {}
+    for credential in load_principals(path).values():
+        mine = policies.setdefault(credential.principal.policy_arn, [])
+        mine += [doc for doc in credential.principal.policies if doc not in mine]
+    return [IdentityItem(arn, tuple(docs)) for arn, docs in policies.items()]
 
 
 async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
@@ -165,9 +201,12 @@ async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
         await store.close()
 
 
-def analyze_keys(items: Iterable[KeyInventoryItem], rules: RuleSet | None = None) -> list[Alarm]:
-    """permissive-key alarms for an inventory (the key store is wired in here by `keytrail analyze`)."""
-    return analyze_inventory(items, rules=rules)
+def analyze_keys(
+    items: Iterable[KeyInventoryItem], rules: RuleSet | None = None, identities: Iterable[IdentityItem] = ()
+) -> list[Alarm]:
+    """permissive-key alarms for an inventory and principals (the key store and the principals file
+    are wired in here by `keytrail analyze`)."""
+    return analyze_inventory(items, rules=rules, identities=identities)
 
 
 def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:

@@ -1,20 +1,22 @@
-"""`keytrail analyze`: the permissive-key rule over a whole key inventory."""
+"""`keytrail analyze`: the permissive-key rule over a whole key inventory and the principals' IAM
+identity policies."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from keytrail.clock import SystemClock
 from keytrail.detect.alarms import Alarm, AlarmBook
-from keytrail.detect.analyzer import PolicyFinding, analyze_grant, analyze_policy
+from keytrail.detect.analyzer import PolicyFinding, analyze_grant, analyze_identity_policy, analyze_policy
 from keytrail.detect.checks import arn_region_account
-from keytrail.detect.checks.permissive import policy_finding, trust_zone
+from keytrail.detect.checks.permissive import identity_finding, policy_finding, trust_zone
+from keytrail.detect.conditions import arn_account
 from keytrail.detect.rules import RuleSet
 
-__all__ = ["KeyInventoryItem", "analyze_inventory", "read_inventory"]
+__all__ = ["IdentityItem", "KeyInventoryItem", "analyze_inventory", "read_inventory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +30,25 @@ class KeyInventoryItem:
     key_state: str = "Enabled"
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityItem:
+    """One IAM principal: the ARN its identity policies name (a role's, not its sessions') and
+    those policies, parsed."""
+
+    principal_arn: str
+    policies: Sequence[Mapping[str, Any]] = ()
+
+
 def analyze_inventory(
-    keys: Iterable[KeyInventoryItem], *, as_of: datetime | None = None, rules: RuleSet | None = None
+    keys: Iterable[KeyInventoryItem],
+    *,
+    as_of: datetime | None = None,
+    rules: RuleSet | None = None,
+    identities: Iterable[IdentityItem] = (),
 ) -> list[Alarm]:
-    """One permissive-key alarm per key with findings, stamped `as_of` (default: now; no rule here
-    depends on time, the stamp only dates the alarm)."""
+    """One permissive-key alarm per key with findings, then one per principal whose identity
+    policies may decrypt with every key; stamped `as_of` (default: now; no rule here depends on
+    time, the stamp only dates the alarm)."""
     rules = rules or RuleSet()
     rule, book = rules["permissive-key"], AlarmBook(rules)
     stamp = as_of or SystemClock().now()
@@ -40,7 +56,23 @@ def analyze_inventory(
         found = findings_for(item, rules)
         if found and rule.enabled:
             book.record(policy_finding(rule.id, item.key_arn, stamp, found))
+    for identity in identities:
+        found = identity_findings(identity, rules)
+        if found and rule.enabled:
+            book.record(identity_finding(rule.id, identity.principal_arn, stamp, found))
     return book.alarms()
+
+
+def identity_findings(identity: IdentityItem, rules: RuleSet) -> list[PolicyFinding]:
+    """decrypt-all-keys findings of one principal's identity policies, each naming its policy
+    (1-based, in the principals file's order) and statement."""
+    zone = trust_zone(rules["permissive-key"], arn_account(identity.principal_arn) or "")
+    found = []
+    for number, policy in enumerate(identity.policies, 1):
+        for finding in analyze_identity_policy(policy, identity.principal_arn, zone):
+            where = f"policy {number} {finding.source}"
+            found.append(replace(finding, source=where, message=finding.message.replace(finding.source, where, 1)))
+    return found
 
 
 def findings_for(item: KeyInventoryItem, rules: RuleSet) -> list[PolicyFinding]:

@@ -151,3 +151,27 @@ def test_analyze_refuses_a_broken_inventory_in_one_line(app: typer.Typer, tmp_pa
     path.write_text(json.dumps(inventory))
     result = runner.invoke(app, ["analyze", "--inventory", str(path)])
     assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_analyze_inventory_with_principals_checks_their_identity_policies(app: typer.Typer, tmp_path: Path) -> None:
+    inventory = tmp_path / "keys.json"
+    inventory.write_text(json.dumps([{"KeyArn": key_arn(1)}]))
+    every_key = json.dumps({"Statement": [{"Sid": "ReadAll", "Effect": "Allow", "Action": "kms:Decrypt*",
+                                           "Resource": "*"}]})
+    scoped = json.dumps({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn(1)}]})
+    principals = tmp_path / "principals.toml"
+    principals.write_text(
+        f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:role/reader"\naccess_key_id = "AKIA1"\n'
+        f"secret_access_key = \"s\"\npolicies = ['''{scoped}''', '''{every_key}''']\n"
+        f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:user/narrow"\naccess_key_id = "AKIA2"\n'
+        f"secret_access_key = \"s\"\npolicies = ['''{scoped}''']\n"
+    )
+    without = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--format", "json"])
+    assert without.exit_code == 0 and without.output == ""
+    result = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--principals", str(principals),
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [alarm] = [json.loads(line) for line in result.output.splitlines()]
+    assert (alarm["principalArn"], alarm["keyArn"], alarm["accountId"]) == (f"arn:aws:iam::{ACCOUNT}:role/reader",
+                                                                            None, ACCOUNT)
+    assert alarm["details"]["source"] == 'policy 2 statement "ReadAll"'

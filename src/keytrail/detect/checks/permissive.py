@@ -9,17 +9,22 @@ from datetime import datetime
 from keytrail.detect.alarms import Finding
 from keytrail.detect.analyzer import PolicyFinding, TrustZone, analyze_grant, analyze_policy
 from keytrail.detect.checks import arn_region_account
+from keytrail.detect.conditions import arn_account
 from keytrail.detect.events import KmsEvent
 from keytrail.detect.rules import Rule
 from keytrail.detect.severity import Severity
 
-__all__ = ["PermissiveKey", "policy_finding", "trust_zone"]
+__all__ = ["PermissiveKey", "identity_finding", "policy_finding", "trust_zone"]
 
 _WRITES = frozenset({"CreateKey", "PutKeyPolicy", "CreateGrant"})
 
 RECOMMENDATION = (
     "Narrow the statement or grant named in details.findings: name the principals, pin '*' with "
     "kms:CallerAccount or aws:PrincipalOrgID, keep kms:* for key administrators, revoke external grants."
+)
+IDENTITY_RECOMMENDATION = (
+    "Scope the identity policy statement named in details.findings to the key ARNs the principal needs "
+    "(Security Hub KMS.1/KMS.2); list real key administrators in the rule's admin_principals."
 )
 
 
@@ -46,7 +51,6 @@ def policy_finding(
     """One alarm finding summing up a key's policy findings (most severe first)."""
     ordered = sorted(found, key=lambda f: -f.severity.rank)
     region, account = arn_region_account(key_arn)
-    codes = ", ".join(dict.fromkeys(f.code for f in ordered))
     return Finding(
         rule=rule_id,
         time=time,
@@ -56,14 +60,42 @@ def policy_finding(
         account_id=account,
         region=region,
         severity=Severity.highest(*(f.severity for f in ordered)),
-        summary=f"{key_arn} is too permissive ({codes}): {ordered[0].message}",
+        summary=f"{key_arn} is too permissive ({_codes(ordered)}): {ordered[0].message}",
         recommendation=RECOMMENDATION,
-        details={
-            "trigger": trigger,
-            "source": ordered[0].source,
-            "findings": json.dumps([f.to_json() for f in ordered], separators=(",", ":")),
-        },
+        details=_details(trigger, ordered),
     )
+
+
+def identity_finding(rule_id: str, principal_arn: str, time: datetime, found: Sequence[PolicyFinding]) -> Finding:
+    """One alarm finding summing up a principal's identity-policy findings. They concern every key
+    of the principal's account, not one key: keyArn is null and accountId names the account (as an
+    audit record of a key-less call is keyed by its account)."""
+    ordered = sorted(found, key=lambda f: -f.severity.rank)
+    account = arn_account(principal_arn)
+    return Finding(
+        rule=rule_id,
+        time=time,
+        key_arn=None,
+        principal_arn=principal_arn,
+        account_id=account,
+        severity=Severity.highest(*(f.severity for f in ordered)),
+        summary=f"{principal_arn} may decrypt with every key of account {account} ({_codes(ordered)}): "
+        f"{ordered[0].source}",
+        recommendation=IDENTITY_RECOMMENDATION,
+        details=_details("analyze", ordered),
+    )
+
+
+def _codes(ordered: Sequence[PolicyFinding]) -> str:
+    return ", ".join(dict.fromkeys(f.code for f in ordered))
+
+
+def _details(trigger: str, ordered: Sequence[PolicyFinding]) -> dict[str, str]:
+    return {
+        "trigger": trigger,
+        "source": ordered[0].source,
+        "findings": json.dumps([f.to_json() for f in ordered], separators=(",", ":")),
+    }
 
 
 class PermissiveKey:
