@@ -169,14 +169,16 @@ class AlarmBook:
 
     def forget_closed(self, now: datetime) -> int:
         """Drop alarms whose window has passed and whose latest state was announced (a long-running
-        detector keeps only open alarms); returns how many were dropped."""
-        closed = [
-            slot
-            for slot, entry in self._open.items()
-            if now - entry.last_seen > self._rules[slot[0]].window and entry.alarm_id not in self._changed
-        ]
-        for slot in closed:
-            del self._all[self._open.pop(slot).alarm_id]
+        detector keeps only open alarms); returns how many were dropped. That includes alarms no
+        longer open: superseded by a new window of their slot, or resolved; nothing updates them
+        again, and `pending()` needs them only until their latest state is announced."""
+        for slot, entry in list(self._open.items()):
+            if now - entry.last_seen > self._rules[slot[0]].window and entry.alarm_id not in self._changed:
+                del self._open[slot]
+        live = {entry.alarm_id for entry in self._open.values()} | self._changed
+        closed = [alarm_id for alarm_id in self._all if alarm_id not in live]
+        for alarm_id in closed:
+            del self._all[alarm_id]
         return len(closed)
 
     def pending(self) -> list[Alarm]:

@@ -280,3 +280,32 @@ def test_closed_and_announced_alarms_are_forgotten_by_long_running_detectors() -
     detector.tick()
     assert detector.forget_closed(T0 + timedelta(minutes=95)) == 1
     assert detector.alarms() == []
+
+
+def test_a_slot_raising_window_after_window_keeps_one_alarm_in_a_long_running_detector() -> None:
+    detector = Detector()
+    for hour in range(0, 200, 2):  # a new alarm of the same rule x key x principal every 2 h (window 1 h)
+        at = T0 + timedelta(hours=hour)
+        assert [a.first_seen for a in detector.process([denied("Decrypt", at, KEY, MALLORY)])] == [at]
+        detector.tick(at)
+        detector.forget_closed(at)
+    assert [a.first_seen for a in detector.alarms()] == [T0 + timedelta(hours=198)]
+
+
+def test_a_closed_window_superseded_before_its_update_was_announced_still_announces_it() -> None:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0, KEY, MALLORY), denied("Decrypt", T0, KEY, MALLORY)])
+    later = T0 + timedelta(hours=2)
+    [fresh] = detector.process([denied("Decrypt", later, KEY, MALLORY)])  # a new window, same slot
+    detector.forget_closed(later)
+    assert len(detector.alarms()) == 2  # the first alarm's count 2 is not announced yet
+    assert [(a.first_seen, a.count) for a in detector.tick(later)] == [(T0, 2)]
+    detector.forget_closed(later)
+    assert [a.alarm_id for a in detector.alarms()] == [fresh.alarm_id]
+
+
+def test_offline_detection_lists_every_window_of_a_slot() -> None:
+    detector = Detector()
+    detector.process([denied("Decrypt", T0 + timedelta(hours=h), KEY, MALLORY) for h in (0, 2, 4)])
+    detector.tick()
+    assert len(detector.alarms()) == 3
