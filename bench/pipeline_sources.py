@@ -133,7 +133,8 @@ async def _detect(workdir: Path, scratch: Path, kafka: str | None, topic: str, e
                 clock.done()
         else:  # as `keytrail detect --kafka` reads the topic, until every event has come
             idle_fetches = 0
-            async for values in kafka_values(kafka, topic=topic):
+            async for batch in kafka_values(kafka, topic=topic):
+                values = batch.values
                 if values:
                     clock.arrived()
                     await runner.feed_values(values)

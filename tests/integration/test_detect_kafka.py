@@ -115,3 +115,52 @@ def _latest(path: Path, key: str) -> int:
     lines = path.read_text().splitlines() if path.exists() else []
     counts = [alarm["count"] for alarm in map(json.loads, lines) if alarm["keyArn"] == key]
     return int(counts[-1]) if counts else 0
+
+
+# `keytrail detect --kafka` with unauthorized-decrypt tripping over one odd event (a rule bug)
+_TRIPPING_DETECT = """
+import typer
+from keytrail.cli.detect import register
+from keytrail.detect.checks.unauthorized import UnauthorizedDecrypt
+observe = UnauthorizedDecrypt.observe
+def tripping(self, event):
+    if (event.principal_arn or "").endswith(":user/odd"):
+        raise TypeError("a rule tripping over an odd event")
+    return observe(self, event)
+UnauthorizedDecrypt.observe = tripping
+app = typer.Typer(); register(app); app()
+"""
+
+
+async def test_standalone_detect_logs_a_batch_a_rule_fails_on_and_goes_on(bootstrap: str, tmp_path: Path) -> None:
+    from keytrail.audit.schema import encode
+
+    key, errors = key_arn(6), tmp_path / "stderr.log"
+
+    async def send(records: list[dict[str, Any]]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        for record in records:
+            await producer.send_and_wait("keytrail.audit.v1", encode(record), key=key.encode())
+        await producer.stop()
+
+    await send([denied("Decrypt", T0, key, user("odd"))])
+    args = ["detect", "--kafka", bootstrap, "--data-dir", str(tmp_path), "--tick-every", "0.5"]
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", _TRIPPING_DETECT, *args], stderr=stderr)
+    try:
+        async with asyncio.timeout(60):
+            while "tripping" not in errors.read_text():
+                assert proc.poll() is None, errors.read_text()
+                await asyncio.sleep(0.2)
+            await send([denied("Decrypt", T0, key, user("mallory")) for _ in range(3)])
+            while _latest(tmp_path / "alarms.jsonl", key) != 3:
+                assert proc.poll() is None, errors.read_text()
+                await asyncio.sleep(0.2)
+    finally:
+        proc.terminate()
+        returncode = proc.wait(10)
+    assert returncode == 0
+    [line] = [line for line in errors.read_text().splitlines() if "tripping" in line]
+    assert "keytrail.audit.v1 partition 0 offsets" in line and "TypeError" in line
+    assert "Traceback" not in errors.read_text()

@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro_events import avro_events
-from keytrail.detect.runner import CHUNK, DetectorRunner
+from keytrail.detect.runner import CHUNK, DetectorRunner, batch_guard
 from keytrail.pipeline.segment_source import SegmentReader
 from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log"]
 
-log = logging.getLogger("keytrail")
 DETECTOR_TICK_SECONDS = 5.0
 # The detector reads the live log in batches of up to DETECTOR_BATCH events, letting a partial
 # batch's records gather DETECTOR_GATHER_SECONDS: each read and decode (polars) has a fixed cost.
@@ -57,7 +55,7 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
     last_tick = loop.time()
     caught_up = False
     async for values in follow_event_log(data_dir, batch=DETECTOR_BATCH, idle_seconds=DETECTOR_GATHER_SECONDS):
-        try:
+        with batch_guard(f"a batch of {len(values)} values of the event log"):
             if values:
                 async for events in avro_events(values, chunk=CHUNK):
                     announce(await runner.feed_events(events))
@@ -69,5 +67,3 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
             if caught_up and loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
                 announce(await runner.tick())
                 last_tick = loop.time()
-        except Exception:
-            log.exception("detector failed on a batch; continuing")

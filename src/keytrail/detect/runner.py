@@ -12,9 +12,10 @@ and by the standalone `keytrail detect --kafka`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ from keytrail.detect.hooks import HooksConfig, build_sinks
 from keytrail.detect.rules import RuleSet
 from keytrail.detect.sinks import AlarmSink, Dispatcher
 from keytrail.detect.sinks.jsonl import read_alarms
-from keytrail.detect.sources import Decoder, default_decoder, is_avro
+from keytrail.detect.sources import Decoder, ValueBatch, default_decoder, is_avro
 
-__all__ = ["CHUNK", "DetectorRunner"]
+__all__ = ["CHUNK", "DetectorRunner", "batch_guard"]
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +116,17 @@ class DetectorRunner:
                 announced += await self.feed_events(events)
         return announced
 
-    async def run(self, batches: AsyncIterator[list[bytes]], tick_every: float = 5.0) -> None:
+    async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0) -> None:
         """Feed batches of audit topic values (`feed_values`) until the source ends or is cancelled;
-        tick every `tick_every` seconds."""
+        tick every `tick_every` seconds. A batch a rule fails on is logged and passed over."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + tick_every
         async for batch in batches:
-            await self.feed_values(batch)
-            if loop.time() >= next_tick:
-                await self.tick()
-                next_tick = loop.time() + tick_every
+            with batch_guard(batch.where):
+                await self.feed_values(batch.values)
+                if loop.time() >= next_tick:
+                    next_tick = loop.time() + tick_every
+                    await self.tick()
 
     def _decoder(self) -> Decoder:
         if self._decode is None:
@@ -137,6 +139,18 @@ class DetectorRunner:
             self._delivered[alarm.alarm_id] = (alarm.severity.rank, alarm.count)
             self.dispatcher.publish(alarm)
         return fresh
+
+
+@contextlib.contextmanager
+def batch_guard(batch: str) -> Iterator[None]:
+    """Around one batch of a live detector: a rule raising on an odd event costs that batch, not
+    the process (serve's detector and `detect --kafka` alike). One log line names the batch; the
+    traceback is logged at DEBUG."""
+    try:
+        yield
+    except Exception as exc:
+        log.error("detector failed on %s, passed over: %s: %s", batch, type(exc).__name__, exc)
+        log.debug("detector failure on %s", batch, exc_info=True)
 
 
 async def _columnar_events(values: list[bytes]) -> list[KmsEvent] | None:

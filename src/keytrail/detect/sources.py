@@ -14,7 +14,8 @@ import gzip
 import itertools
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from keytrail.detect.events import KmsEvent, read_kms_event
 __all__ = [
     "AUDIT_TOPIC",
     "Decoder",
+    "ValueBatch",
     "default_decoder",
     "is_avro",
     "kafka_values",
@@ -37,6 +39,14 @@ log = logging.getLogger(__name__)
 AUDIT_TOPIC = "keytrail.audit.v1"
 AVRO_MAGIC = b"\xc3\x01"  # Avro single-object encoding
 Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ValueBatch:
+    """The audit values of one fetch, and where they were read (what a log line about them names)."""
+
+    values: list[bytes]
+    where: str
 
 
 def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -144,9 +154,9 @@ def default_decoder() -> Decoder:
     return decode
 
 
-async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIterator[list[bytes]]:
-    """The audit topic's values, one list per fetch (empty when idle): `DetectorRunner.feed_values`
-    reads them.
+async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIterator[ValueBatch]:
+    """The audit topic's values, one batch per fetch (empty when idle) naming the offsets it
+    holds: `DetectorRunner.run` reads them.
 
     The detector keeps its state in memory, so it reads the topic from the start on every run
     (no committed offsets): its windows and baselines are rebuilt before it raises anything new.
@@ -167,6 +177,17 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
             await consumer.start()
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
-            yield [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
+            values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
+            yield ValueBatch(values, _offsets(topic, fetched))
     finally:
         await consumer.stop()
+
+
+def _offsets(topic: str, fetched: Mapping[Any, Sequence[Any]]) -> str:
+    """`<topic> partition P offsets A-B, …` of the messages of one fetch."""
+    spans = [
+        f"partition {part.partition} offsets {msgs[0].offset}-{msgs[-1].offset}"
+        for part, msgs in sorted(fetched.items())
+        if msgs
+    ]
+    return f"{topic} {', '.join(spans)}" if spans else f"{topic} (no messages)"
