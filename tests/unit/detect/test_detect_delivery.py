@@ -69,6 +69,21 @@ async def test_a_stuck_or_broken_hook_delays_and_stops_nothing() -> None:
     assert dispatcher.failed == 5 and dispatcher.dropped >= 2  # Stuck's queue overflowed
 
 
+async def test_alarms_a_hook_still_holds_after_the_close_drain_are_counted_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder = Recorder()
+    dispatcher = Dispatcher([Stuck(), recorder])
+    for _ in range(4):
+        dispatcher.publish(sample_alarm())
+    await asyncio.sleep(0)  # Stuck has taken the first one and hangs on it
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        await dispatcher.close(timeout=0.2)
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "4 alarm(s) not delivered" in line and "Stuck" in line and "Recorder" not in line
+    assert len(recorder.alarms) == 4
+
+
 async def test_runner_does_not_resend_alarms_already_in_alarms_jsonl(tmp_path: Path) -> None:
     records = [denied("Decrypt", T0 + timedelta(seconds=i), key_arn(1), user("eve")) for i in range(3)]
     for _ in range(2):  # the same events twice, as after a restart that re-reads the topic

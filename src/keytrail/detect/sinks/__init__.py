@@ -40,10 +40,8 @@ class Dispatcher:
         self.dropped = 0
         self.failed = 0
         self._queues: list[asyncio.Queue[Alarm]] = [asyncio.Queue(queue_size) for _ in self.sinks]
-        self._workers = [
-            asyncio.create_task(self._work(sink, queue), name=f"alarm-sink-{i}")
-            for i, (sink, queue) in enumerate(zip(self.sinks, self._queues, strict=True))
-        ]
+        self._in_delivery = [False] * len(self.sinks)
+        self._workers = [asyncio.create_task(self._work(i), name=f"alarm-sink-{i}") for i in range(len(self.sinks))]
 
     def publish(self, alarm: Alarm) -> None:
         """Queue the alarm for every sink; a full queue drops it for that sink (logged)."""
@@ -56,21 +54,25 @@ class Dispatcher:
                     "alarm queue of %s is full; dropped alarm %s", type(sink).__name__, alarm.alarm_id
                 )
 
-    async def _work(self, sink: AlarmSink, queue: asyncio.Queue[Alarm]) -> None:
+    async def _work(self, index: int) -> None:
+        sink, queue = self.sinks[index], self._queues[index]
         while True:
             alarm = await queue.get()
+            self._in_delivery[index] = True
             try:
                 await sink.deliver(alarm)
             except Exception:  # a hook must never take the detector down
                 self.failed += 1
                 log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
             finally:
+                self._in_delivery[index] = False
                 queue.task_done()
 
     async def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to `timeout`), then stop the workers and close the sinks."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
+        self._log_undelivered(timeout)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -81,3 +83,15 @@ class Dispatcher:
                     await closer()
                 except Exception:
                     log.exception("closing alarm sink %s failed", type(sink).__name__)
+
+    def _log_undelivered(self, timeout: float) -> None:
+        """One line counting, per hook, the alarms the drain left (queued, or in a delivery that
+        is cut off): closing drops them, and that must not go unsaid."""
+        left = [
+            (type(sink).__name__, queue.qsize() + busy)
+            for sink, queue, busy in zip(self.sinks, self._queues, self._in_delivery, strict=True)
+        ]
+        if lost := [f"{name} {count}" for name, count in left if count]:
+            total = sum(count for _, count in left)
+            log.warning("%d alarm(s) not delivered when the hooks closed after %gs: %s", total, timeout,
+                        ", ".join(lost))
