@@ -242,14 +242,32 @@ def analyze_identity_policy(
     findings = []
     for index, statement in enumerate(as_list(doc.get("Statement"))):
         check = _StatementCheck(statement, index, zone)
-        every_key = any(
-            str(r) in ("*", "arn:aws:kms:*") or str(r).endswith(":key/*")
-            for r in as_list(statement.get("Resource"))
-        )
-        if statement.get("Effect") == "Allow" and every_key and any(map(check._allows, _DECRYPT_ACTIONS)):
+        if (
+            statement.get("Effect") == "Allow"
+            and _on_every_key(statement)
+            and any(map(check._allows, _DECRYPT_ACTIONS))
+        ):
             findings.append(
                 check._finding(
                     "decrypt-all-keys", Severity.MEDIUM, principal, f"{principal} may decrypt with every key"
                 )
             )
     return findings
+
+
+def _on_every_key(statement: Mapping[str, Any]) -> bool:
+    """Whether a statement's resources take in every key: a Resource pattern covering any key id,
+    or a NotResource (every key but those it names) that does not exclude them all."""
+    if "NotResource" in statement:
+        return not any(_covers_every_key(str(r)) for r in as_list(statement["NotResource"]))
+    return any(_covers_every_key(str(r)) for r in as_list(statement.get("Resource")))
+
+
+def _covers_every_key(pattern: str) -> bool:
+    """Whether a resource pattern matches whatever the key id (IAM's `*` also spans `:` and `/`):
+    `*`, `arn:aws:kms:*`, `arn:aws:kms:*:<account>:*`, `…:key/*`; not one key's ARN, nor `alias/*`.
+    Region and account stay the pattern's own: they say whose keys, not whether all of them."""
+    parts = pattern.split(":", 5)
+    parts += ["arn", "aws", "kms", "r", "a"][len(parts) :]  # the fields a short pattern (`*`) leaves out
+    prefix = f"arn:{parts[1]}:kms:{parts[3]}:{parts[4]}:key/"
+    return all(fnmatchcase(prefix + key_id, pattern) for key_id in ("", "0", "mrk-x"))

@@ -266,3 +266,34 @@ def test_identity_policy_decrypt_on_every_key_for_non_admin() -> None:
     assert [f.code for f in analyze_identity_policy(policy, app, ZONE)] == ["decrypt-all-keys"]
     assert analyze_identity_policy(scoped, app, ZONE) == []
     assert analyze_identity_policy(policy, f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin", ZONE) == []
+
+
+@pytest.mark.parametrize(
+    ("resource", "every_key"),
+    [
+        ("*", True),
+        ("arn:aws:kms:*", True),
+        (f"arn:aws:kms:*:{ACCOUNT}:*", True),  # every KMS resource of the account
+        (f"arn:aws:kms:*:{ACCOUNT}:key/*", True),
+        ("arn:aws:kms:us-east-1:*:*", True),
+        ("arn:aws:kms:us-east-1:*", True),
+        (["arn:aws:kms:us-east-1:111122223333:key/abc", "arn:aws:kms:*:*:*"], True),
+        (f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc", False),
+        (f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc*", False),
+        (f"arn:aws:kms:*:{ACCOUNT}:alias/*", False),
+        ("arn:aws:s3:::*", False),
+    ],
+)
+def test_identity_policy_resources_that_cover_every_key(resource: object, every_key: bool) -> None:
+    policy = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt", "Resource": resource})
+    found = analyze_identity_policy(policy, f"arn:aws:iam::{ACCOUNT}:role/app", ZONE)
+    assert [f.code for f in found] == (["decrypt-all-keys"] if every_key else [])
+
+
+def test_identity_policy_not_resource_allows_every_key_but_the_ones_it_names() -> None:
+    app = f"arn:aws:iam::{ACCOUNT}:role/app"
+    but_one = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt",
+                          "NotResource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc"})
+    but_all = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt", "NotResource": "arn:aws:kms:*"})
+    assert [f.code for f in analyze_identity_policy(but_one, app, ZONE)] == ["decrypt-all-keys"]
+    assert analyze_identity_policy(but_all, app, ZONE) == []
