@@ -8,7 +8,7 @@ principals and service grants are not findings, unique ids (`AROA…`) are not c
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -16,7 +16,14 @@ from typing import Any
 from keytrail.detect.conditions import Pinning, arn_account, as_list, read_pinning
 from keytrail.detect.severity import Severity
 
-__all__ = ["PolicyFinding", "TrustZone", "analyze_grant", "analyze_identity_policy", "analyze_policy"]
+__all__ = [
+    "PolicyFinding",
+    "TrustZone",
+    "analyze_grant",
+    "analyze_identity_policy",
+    "analyze_policy",
+    "denied_everywhere",
+]
 
 _DECRYPT_ACTIONS = ("kms:decrypt", "kms:reencryptfrom")
 
@@ -233,9 +240,10 @@ def _field(grant: Mapping[str, Any], name: str) -> Any:
 
 
 def analyze_identity_policy(
-    policy: str | Mapping[str, Any], principal: str, zone: TrustZone
+    policy: str | Mapping[str, Any], principal: str, zone: TrustZone, *, denied: Collection[str] = ()
 ) -> list[PolicyFinding]:
-    """Security Hub KMS.1/KMS.2: an IAM policy allowing decryption on every key to a non-admin."""
+    """Security Hub KMS.1/KMS.2: an IAM policy allowing decryption on every key to a non-admin.
+    `denied`: decrypt actions the principal's policies deny everywhere (`denied_everywhere`)."""
     if zone.is_admin(principal):
         return []
     doc = json.loads(policy) if isinstance(policy, str) else policy
@@ -245,7 +253,7 @@ def analyze_identity_policy(
         if (
             statement.get("Effect") == "Allow"
             and _on_every_key(statement)
-            and any(map(check._allows, _DECRYPT_ACTIONS))
+            and any(check._allows(action) for action in _DECRYPT_ACTIONS if action not in denied)
         ):
             findings.append(
                 check._finding(
@@ -253,6 +261,21 @@ def analyze_identity_policy(
                 )
             )
     return findings
+
+
+def denied_everywhere(policies: Iterable[str | Mapping[str, Any]]) -> frozenset[str]:
+    """The decrypt actions a principal's identity policies deny on every resource, unconditionally
+    (an explicit deny wins over any allow); a narrower or conditional Deny takes nothing away here."""
+    denied: set[str] = set()
+    for policy in policies:
+        doc = json.loads(policy) if isinstance(policy, str) else policy
+        for statement in as_list(doc.get("Statement")):
+            if statement.get("Effect") == "Deny" and "Condition" not in statement and "*" in as_list(
+                statement.get("Resource")
+            ):
+                check = _StatementCheck(statement, 0, TrustZone(""))
+                denied.update(action for action in _DECRYPT_ACTIONS if check._allows(action))
+    return frozenset(denied)
 
 
 def _on_every_key(statement: Mapping[str, Any]) -> bool:

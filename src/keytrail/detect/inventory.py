@@ -10,7 +10,13 @@ from typing import Any
 
 from keytrail.clock import SystemClock
 from keytrail.detect.alarms import Alarm, AlarmBook
-from keytrail.detect.analyzer import PolicyFinding, analyze_grant, analyze_identity_policy, analyze_policy
+from keytrail.detect.analyzer import (
+    PolicyFinding,
+    analyze_grant,
+    analyze_identity_policy,
+    analyze_policy,
+    denied_everywhere,
+)
 from keytrail.detect.checks import arn_region_account
 from keytrail.detect.checks.permissive import identity_finding, policy_finding, trust_zone
 from keytrail.detect.conditions import arn_account
@@ -67,9 +73,9 @@ def identity_findings(identity: IdentityItem, rules: RuleSet) -> list[PolicyFind
     """decrypt-all-keys findings of one principal's identity policies, each naming its policy
     (1-based, in the principals file's order) and statement."""
     zone = trust_zone(rules["permissive-key"], arn_account(identity.principal_arn) or "")
-    found = []
+    found, denied = [], denied_everywhere(identity.policies)
     for number, policy in enumerate(identity.policies, 1):
-        for finding in analyze_identity_policy(policy, identity.principal_arn, zone):
+        for finding in analyze_identity_policy(policy, identity.principal_arn, zone, denied=denied):
             where = f"policy {number} {finding.source}"
             found.append(replace(finding, source=where, message=finding.message.replace(finding.source, where, 1)))
     return found

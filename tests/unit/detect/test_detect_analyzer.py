@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 from tests.unit.detect.records import ACCOUNT, policy_doc
 
-from keytrail.detect.analyzer import TrustZone, analyze_grant, analyze_identity_policy, analyze_policy
+from keytrail.detect.analyzer import (
+    TrustZone,
+    analyze_grant,
+    analyze_identity_policy,
+    analyze_policy,
+    denied_everywhere,
+)
 
 ZONE = TrustZone(
     ACCOUNT,
@@ -297,3 +303,17 @@ def test_identity_policy_not_resource_allows_every_key_but_the_ones_it_names() -
     but_all = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt", "NotResource": "arn:aws:kms:*"})
     assert [f.code for f in analyze_identity_policy(but_one, app, ZONE)] == ["decrypt-all-keys"]
     assert analyze_identity_policy(but_all, app, ZONE) == []
+
+
+def test_identity_policy_decrypt_denied_everywhere_is_not_decrypt_on_every_key() -> None:
+    app = f"arn:aws:iam::{ACCOUNT}:role/app"
+    allow_all = policy_doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"})
+    deny = {"Effect": "Deny", "Action": ["kms:Decrypt", "kms:ReEncrypt*"], "Resource": "*"}
+    denied = denied_everywhere([allow_all, policy_doc(deny)])
+    assert analyze_identity_policy(allow_all, app, ZONE, denied=denied) == []
+    # a Deny that leaves kms:ReEncryptFrom, holds a condition or covers part of the keys takes nothing away
+    condition = {"Bool": {"aws:SecureTransport": "false"}}
+    for partial in ({**deny, "Action": "kms:Decrypt"}, {**deny, "Condition": condition},
+                    {**deny, "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"}):
+        denied = denied_everywhere([allow_all, policy_doc(partial)])
+        assert [f.code for f in analyze_identity_policy(allow_all, app, ZONE, denied=denied)] == ["decrypt-all-keys"]

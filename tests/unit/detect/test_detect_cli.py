@@ -159,12 +159,15 @@ def test_analyze_inventory_with_principals_checks_their_identity_policies(app: t
     every_key = json.dumps({"Statement": [{"Sid": "ReadAll", "Effect": "Allow", "Action": "kms:Decrypt*",
                                            "Resource": "*"}]})
     scoped = json.dumps({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn(1)}]})
+    deny = json.dumps({"Statement": [{"Effect": "Deny", "Action": "kms:*", "Resource": "*"}]})
     principals = tmp_path / "principals.toml"
     principals.write_text(
         f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:role/reader"\naccess_key_id = "AKIA1"\n'
         f"secret_access_key = \"s\"\npolicies = ['''{scoped}''', '''{every_key}''']\n"
         f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:user/narrow"\naccess_key_id = "AKIA2"\n'
         f"secret_access_key = \"s\"\npolicies = ['''{scoped}''']\n"
+        f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:user/denied"\naccess_key_id = "AKIA3"\n'
+        f"secret_access_key = \"s\"\npolicies = ['''{every_key}''', '''{deny}''']\n"
     )
     without = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--format", "json"])
     assert without.exit_code == 0 and without.output == ""
