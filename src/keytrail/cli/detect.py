@@ -219,7 +219,11 @@ def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
         raise BadInput(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named
         raise BadInput(f"{path}: not valid TOML (not UTF-8 text)") from None
-    return RuleSet().override(doc.get("rules", {})), HooksConfig.from_settings(doc)
+    hooks = HooksConfig.from_settings(doc)
+    # Checked as --kafka is: a typo would otherwise only show as failed deliveries of the first alarms.
+    if problem := bootstrap_problem(hooks.kafka, "[hooks] kafka"):
+        raise BadInput(problem)
+    return RuleSet().override(doc.get("rules", {})), hooks
 
 
 def _time(text: str) -> datetime:

@@ -178,3 +178,15 @@ def test_analyze_inventory_with_principals_checks_their_identity_policies(app: t
     assert (alarm["principalArn"], alarm["keyArn"], alarm["accountId"]) == (f"arn:aws:iam::{ACCOUNT}:role/reader",
                                                                             None, ACCOUNT)
     assert alarm["details"]["source"] == 'policy 2 statement "ReadAll"'
+
+
+@pytest.mark.parametrize("command", ["detect", "analyze"])
+def test_a_kafka_hook_that_is_not_a_bootstrap_is_refused_like_the_flag(
+    app: typer.Typer, tmp_path: Path, command: str
+) -> None:
+    config = tmp_path / "keytrail.toml"
+    config.write_text('[hooks]\nkafka = "kafka:abc"\n')
+    result = runner.invoke(app, [command, "--kafka", "127.0.0.1:9", "--config", str(config)] if command == "detect"
+                           else [command, "--inventory", str(tmp_path / "keys.json"), "--config", str(config)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "[hooks] kafka: not HOST:PORT" in result.output
