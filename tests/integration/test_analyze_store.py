@@ -87,3 +87,14 @@ def test_analyze_with_a_missing_or_broken_principals_file_is_one_line_and_exit_2
         out = subprocess.run([sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(data_dir),
                               "--principals", str(path)], capture_output=True, text=True)
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
+
+
+def test_analyze_of_a_node_without_its_own_principals_file_says_identity_policies_went_unchecked(
+    fresh_server: KeytrailServer,
+) -> None:
+    fresh_server.stop()  # its principals file is outside the data dir (serve --principals PATH)
+    out = subprocess.run([sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(fresh_server.data_dir)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert "identity policies not checked" in line and "--principals" in line
