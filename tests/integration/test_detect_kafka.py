@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
 from tests.support.services import free_port, kafka_broker
-from tests.unit.detect.records import T0, denied, key_arn, user
+from tests.unit.detect.records import T0, denied, event, key_arn, user
 
 pytestmark = pytest.mark.integration
+
+AUDIT = "keytrail.audit.v1"
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,42 @@ async def test_standalone_detect_logs_a_batch_a_rule_fails_on_and_goes_on(bootst
     [line] = [line for line in errors.read_text().splitlines() if "tripping" in line]
     assert "keytrail.audit.v1 partition 0 offsets" in line and "TypeError" in line
     assert "Traceback" not in errors.read_text()
+
+
+async def test_standalone_detect_judges_time_rules_only_once_every_partition_is_replayed(tmp_path: Path) -> None:
+    """A restart re-reads the topic, and a partition of a few events is read whole while a busy one
+    is months behind in event time: a tick then found the busy key idle since its last use read."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from keytrail.audit.schema import encode
+
+    busy, quiet, days = key_arn(7), key_arn(8), 300
+    config = tmp_path / "keytrail.toml"
+    config.write_text("[rules.unused-key]\nparameters = { unused_days = 30 }\n")
+    with kafka_broker() as bootstrap:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(AUDIT, 2, 1)])
+        await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        for day in range(days):  # both keys in daily use: neither is ever idle for 30 days
+            at = T0 + timedelta(days=day)
+            for second in range(60):  # the busy key fills more than one fetch of its partition
+                await producer.send(AUDIT, encode(event("Decrypt", at + timedelta(seconds=second), busy)), partition=0)
+            await producer.send(AUDIT, encode(event("Decrypt", at, quiet)), partition=1)
+        last = denied("Decrypt", T0 + timedelta(days=days), busy, user("mallory"))  # tells the replay is over
+        await producer.send_and_wait(AUDIT, encode(last), partition=0)
+        await producer.stop()
+        proc = subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                                 str(tmp_path), "--config", str(config), "--tick-every", "0"])
+        try:
+            async with asyncio.timeout(120):
+                while _latest(tmp_path / "alarms.jsonl", busy) == 0:
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # the tick after the last batch
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
+    alarms = [json.loads(line) for line in (tmp_path / "alarms.jsonl").read_text().splitlines()]
+    assert [a["rule"] for a in alarms] == ["unauthorized-decrypt"]

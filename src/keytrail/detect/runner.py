@@ -118,13 +118,19 @@ class DetectorRunner:
 
     async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0) -> None:
         """Feed batches of audit topic values (`feed_values`) until the source ends or is cancelled;
-        tick every `tick_every` seconds. A batch a rule fails on is logged and passed over."""
+        tick every `tick_every` seconds once the source has caught up. A batch a rule fails on is
+        logged and passed over."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + tick_every
+        caught_up = False
         async for batch in batches:
             with batch_guard(batch.where):
                 await self.feed_values(batch.values)
-                if loop.time() >= next_tick:
+                # Until then the detector replays the past, the partitions each at its own point in
+                # time: a tick as of the latest event read judged keys on part of their history
+                # (unused-key for a key whose later uses were still unread in a slower partition).
+                caught_up = caught_up or batch.caught_up
+                if caught_up and loop.time() >= next_tick:
                     next_tick = loop.time() + tick_every
                     await self.tick()
 

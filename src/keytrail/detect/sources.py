@@ -47,6 +47,7 @@ class ValueBatch:
 
     values: list[bytes]
     where: str
+    caught_up: bool = True  # read as far as the source held at the start: no longer replaying the past
 
 
 def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -175,12 +176,24 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
     try:
         with quiet_bootstrap():  # inside the try: a broker out of reach still closes what start opened
             await consumer.start()
+        behind = await _end_offsets(consumer, topic)
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
             values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
-            yield ValueBatch(values, _offsets(topic, fetched))
+            behind = {part: end for part, end in behind.items() if await consumer.position(part) < end}
+            yield ValueBatch(values, _offsets(topic, fetched), caught_up=not behind)
     finally:
         await consumer.stop()
+
+
+async def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:
+    """Where each partition of the topic ended at the start. Until every one is read that far the
+    detector replays the past, and partitions get there at their own pace: one can be months
+    ahead of another in event time."""
+    from aiokafka import TopicPartition
+
+    partitions = [TopicPartition(topic, number) for number in sorted(consumer.partitions_for_topic(topic) or ())]
+    return dict(await consumer.end_offsets(partitions)) if partitions else {}
 
 
 def _offsets(topic: str, fetched: Mapping[Any, Sequence[Any]]) -> str:
