@@ -6,6 +6,10 @@ A loopback write is dear (measured with `serve --no-audit` under wrk: joined, an
 the server ~25 µs less CPU, about a fifth), so the writes made within one step of the event loop
 are held and written together by a callback scheduled for right after that step. A head with no body
 after it (HEAD, `100 Continue`) leaves then too, without waiting for anything else.
+
+A request must also arrive whole within `REQUEST_SECONDS` of its first byte: uvicorn times out idle
+connections between requests, not a client that sends its headers or body a byte now and then,
+which would hold its connection and request task forever (slowloris).
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 __all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol"]
 
 TLS_EXTENSION = "keytrail.tls"  # {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256"}
+# Generous for a KMS request (a few KB, 300 KB at most) on any link; the SDKs' read timeout is 60 s.
+REQUEST_SECONDS = 60.0
+_OVERDUE_BODY = b'{"__type":"RequestTimeoutException","message":"The request did not arrive whole in time."}'
+_OVERDUE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/x-amz-json-1.1\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_OVERDUE_BODY), _OVERDUE_BODY))
 
 
 class _CoalescingTransport(asyncio.Transport):
@@ -101,11 +110,40 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     Each request's scope also carries its connection's TLS session (`TLS_EXTENSION`), which
     uvicorn does not pass on."""
 
+    request_seconds = REQUEST_SECONDS
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._tls = _tls_session(transport)
+        self._begun = 0  # requests begun on this connection
+        self._arriving = 0  # the number of the one begun and not yet whole; 0: none
+        self._deadline: asyncio.TimerHandle | None = None
         super().connection_made(_CoalescingTransport(transport, self.loop))
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Only a request still incomplete after this data arms a timer: the usual one, whole in one
+        # segment, costs a comparison.
+        if self._arriving and self._deadline is None:
+            self._deadline = self.loop.call_later(self.request_seconds, self._overdue, self._arriving)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._begun += 1
+        self._arriving = self._begun
         if self._tls is not None:
             self.scope["extensions"] = {TLS_EXTENSION: self._tls}
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._arriving = 0
+
+    def _overdue(self, request: int) -> None:
+        """The deadline of request number `request`: answer 408 and close if it is still arriving."""
+        self._deadline = None
+        if self._arriving != request or self.transport.is_closing():
+            if self._arriving:  # a later request is arriving: it gets a deadline of its own
+                self._deadline = self.loop.call_later(self.request_seconds, self._overdue, self._arriving)
+            return
+        if self.cycle is None or not self.cycle.response_started:  # the app may have answered already
+            self.transport.write(_OVERDUE)
+        self.transport.close()  # a request task waiting for the body is told the client is gone

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from typing import Any
 
-from keytrail.api.http_protocol import _CoalescingTransport
+import uvicorn
+
+from keytrail.api.http_protocol import CoalescingHttpToolsProtocol, _CoalescingTransport
 
 
 class FakeTransport(asyncio.Transport):
@@ -77,3 +81,95 @@ async def test_a_connection_lost_before_the_step_ends_takes_no_write() -> None:
     inner.closed = True  # the peer went away; the real transport would raise on write
     await asyncio.sleep(0)
     assert inner.writes == []
+
+
+# --- a request must arrive whole in time (slowloris) ---------------------------------------------
+
+class _QuickDeadline(CoalescingHttpToolsProtocol):
+    request_seconds = 0.3
+
+
+async def _serve_echo(seen: list[str]) -> tuple[uvicorn.Server, int]:
+    """A real uvicorn server over the protocol; the app answers 200 once it has the whole body and
+    notes in `seen` how each request's body ended."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                seen.append("disconnect")
+                return
+            if not message.get("more_body"):
+                break
+        seen.append("whole")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=_QuickDeadline, log_level="critical", lifespan="off"))
+    asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, int(sock.getsockname()[1])
+
+
+async def _exchange(port: int, *parts: bytes, pause: float = 0.0) -> bytes:
+    """Send `parts` (sleeping `pause` between them), then read until the server closes or 2 s pass."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for index, part in enumerate(parts):
+        if index:
+            await asyncio.sleep(pause)
+        writer.write(part)
+        await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(-1), 2.0)
+    except TimeoutError:
+        return b"<still open>"
+    finally:
+        writer.close()
+
+
+HEAD = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+
+
+async def test_a_request_whose_headers_never_end_gets_408_and_the_connection_closes() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        answer = await _exchange(port, HEAD)  # no blank line: the headers never end
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"RequestTimeoutException" in answer
+        assert seen == []
+    finally:
+        server.should_exit = True
+
+
+async def test_a_body_that_stops_coming_gets_408_and_the_request_is_not_carried_out() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        answer = await _exchange(port, HEAD + b"\r\n" + b"abc")  # 3 of 10 bytes
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"RequestTimeoutException" in answer
+        await asyncio.sleep(0.05)
+        assert seen == ["disconnect"]
+    finally:
+        server.should_exit = True
+
+
+async def test_requests_that_arrive_whole_in_time_are_answered_and_keep_their_connection() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # The first request comes in two parts (a deadline is armed), whole well within it; the
+        # connection then idles past that deadline and serves a second request.
+        writer.write(HEAD + b"\r\nabcde")
+        await asyncio.sleep(0.05)
+        writer.write(b"fghij")
+        first = await reader.readuntil(b"{}")
+        await asyncio.sleep(0.5)
+        writer.write(HEAD + b"\r\n0123456789")
+        second = await reader.readuntil(b"{}")
+        writer.close()
+        assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+        assert seen == ["whole", "whole"]
+    finally:
+        server.should_exit = True
