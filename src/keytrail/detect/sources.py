@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import itertools
 import logging
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import orjson
 
 from keytrail.detect.events import KmsEvent, read_kms_event
+from keytrail.transport.cloudtrail_logs import iter_log_files, read_log_file
 
 __all__ = [
     "AUDIT_TOPIC",
@@ -30,7 +29,6 @@ __all__ = [
     "default_decoder",
     "is_avro",
     "kafka_values",
-    "read_cloudtrail",
     "read_cloudtrail_events",
 ]
 
@@ -50,16 +48,6 @@ class ValueBatch:
     caught_up: bool = True  # read as far as the source held at the start: no longer replaying the past
 
 
-def read_cloudtrail(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Every record of CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or
-    folders), ordered by eventTime. Raises ValueError naming the file that is not a CloudTrail log."""
-    records: list[dict[str, Any]] = []
-    for path in _files(paths):
-        records += _records(path)
-    records.sort(key=lambda r: str(r.get("eventTime", "")))  # stable: see read_cloudtrail_events
-    return records
-
-
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: parsing builds millions of acyclic dicts, and every collection would
@@ -74,23 +62,29 @@ def gc_paused() -> Iterator[None]:
 
 
 def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
-    """The KMS events of CloudTrail log files in eventTime order, and how many records were skipped
-    (other services, unreadable). Each file's dicts are dropped once read, to keep memory low."""
+    """The KMS events of CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or
+    folders) in eventTime order, and how many records were skipped (other services, unreadable).
+    Files are read as the pipeline and `audit import` read them (`transport.cloudtrail_logs`):
+    digest files are passed over; a file that is no CloudTrail log raises LogFileProblem (a
+    ValueError) naming it, for detection over part of the input would misjudge the rest.
+    Each file's dicts are dropped once read, to keep memory low."""
     events: list[KmsEvent] = []
     skipped = 0
     with gc_paused():
-        for path in _files(paths):
-            skipped += _read_events(path, events)
+        for path in iter_log_files(paths):
+            records = read_log_file(path)
+            if records is not None:  # None: a digest file (log file integrity validation)
+                skipped += _read_events(records, events)
     # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
     # which for keytrail's own export is the log's, the order the live detector judged them in.
     events.sort(key=lambda e: e.event_time)
     return events, skipped
 
 
-def _read_events(path: Path, events: list[KmsEvent]) -> int:
-    """Append the KMS events of one file; returns the number of records skipped."""
+def _read_events(records: list[Any], events: list[KmsEvent]) -> int:
+    """Append the KMS events of one file's records; returns the number of records skipped."""
     skipped = 0
-    for record in _records(path):
+    for record in records:
         try:
             # A record that is no JSON object is as unreadable as one with a bad field: skipped.
             event = read_kms_event(record) if isinstance(record, dict) else None
@@ -101,30 +95,6 @@ def _read_events(path: Path, events: list[KmsEvent]) -> int:
         else:
             events.append(event)
     return skipped
-
-
-def _files(paths: Iterable[Path]) -> list[Path]:
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".json", ".json.gz")))
-        elif path.exists():
-            found.append(path)
-        else:
-            raise ValueError(f"{path}: no such file or folder")
-    return found
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-        doc = orjson.loads(raw)
-    # zlib.error: a gzip file damaged inside; EOFError: one cut short (a partial download, say).
-    except (OSError, ValueError, EOFError, zlib.error, orjson.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a CloudTrail log file ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("Records"), list):
-        raise ValueError(f'{path}: not a CloudTrail log file (no "Records" list)')
-    return list(doc["Records"])
 
 
 def is_avro(value: bytes) -> bool:
