@@ -36,10 +36,13 @@ __all__ = [
     "decode_batch",
     "encode",
     "flat_rows",
+    "is_key_arn",
     "key_arn",
+    "key_arns",
     "load_schema",
     "message_key",
     "message_key_bytes",
+    "principal_arn",
     "to_polars",
 ]
 
@@ -232,12 +235,9 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
     anywhere; where a part is not of the shape CloudTrail writes, its column is null (the record
     itself keeps the part as it came)."""
     context = as_object(as_object(event.get("requestParameters")).get("encryptionContext"))
-    issuer = as_object(as_object(identity.get("sessionContext")).get("sessionIssuer"))
     return {
         "keyArn": key_arn(event.get("resources")),
-        # A role session is its role; one without a sessionIssuer (odd, but seen) its session ARN.
-        "principalArn": (as_text(issuer.get("arn")) if identity.get("type") == "AssumedRole" else None)
-        or as_text(identity.get("arn")),
+        "principalArn": principal_arn(identity),
         "accountId": as_text(identity.get("accountId")) or as_text(event.get("recipientAccountId")),
         "identityType": as_text(identity.get("type")),
         "accessKeyId": as_text(identity.get("accessKeyId")),
@@ -252,10 +252,34 @@ def _derived(event: dict[str, Any], identity: dict[str, Any]) -> dict[str, Any]:
 def key_arn(resources: Any) -> str | None:
     """The first KMS key ARN among a record's `resources`: CloudTrail lists the alias before the
     key for DeleteAlias (both typed AWS::KMS::Key), so the first entry is not always a key."""
+    arns = key_arns(resources)
+    return arns[0] if arns else None
+
+
+def key_arns(resources: Any) -> tuple[str, ...]:
+    """Every KMS key ARN among a record's `resources`, in order (ReEncrypt: source, destination),
+    aliases left out."""
     if not isinstance(resources, list):
-        return None
+        return ()
     arns = (as_text(r.get("ARN")) for r in resources if isinstance(r, Mapping))
-    return next((arn for arn in arns if arn and arn.split(":", 5)[-1].startswith("key/")), None)
+    return tuple(arn for arn in arns if arn and is_key_arn(arn))
+
+
+def is_key_arn(arn: str) -> bool:
+    """Whether an ARN names a KMS key (`…:key/<id>`), not an alias (`…:alias/<name>`)."""
+    return arn.split(":", 5)[-1].startswith("key/")
+
+
+def principal_arn(identity: Mapping[str, Any]) -> str | None:
+    """The caller of a userIdentity (docs/metrics.md): a role session is its role
+    (`sessionContext.sessionIssuer.arn`), one without a sessionIssuer (odd, but seen) its session
+    ARN; any other identity itself, a federated user too (its sessionIssuer is the IAM user that
+    made the federation token, not the caller)."""
+    if identity.get("type") == "AssumedRole":
+        issuer = as_text(as_object(as_object(identity.get("sessionContext")).get("sessionIssuer")).get("arn"))
+        if issuer:
+            return issuer
+    return as_text(identity.get("arn"))
 
 
 def as_object(value: Any) -> Mapping[str, Any]:

@@ -12,6 +12,9 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from keytrail.audit.schema import is_key_arn, principal_arn
+from keytrail.audit.schema import key_arns as resource_key_arns
+
 __all__ = [
     "CRYPTO_OPERATIONS",
     "KMS_SOURCE",
@@ -137,24 +140,17 @@ def text(value: Any) -> str | None:
 
 
 def key_arns(resources: Any, request: Mapping[str, Any], response: Mapping[str, Any]) -> tuple[str, ...]:
-    """The key ARNs a record names: resources[] holds the resolved ones; requestParameters.keyId
-    counts only when it is a key ARN (it may be an alias or a bare key id)."""
-    arns = tuple(str(r["ARN"]) for r in resources or () if r.get("ARN"))
+    """The key ARNs a record names, as the pipeline reads them: the key ARNs of resources[] (an
+    alias listed there, as DeleteAlias's first, is no key); else requestParameters.keyId when it
+    is a key ARN (it may be an alias or a bare key id)."""
+    arns = resource_key_arns(resources)
     if arns:
         return arns
     key_id = request.get("keyId")
-    if isinstance(key_id, str) and key_id.startswith("arn:") and ":key/" in key_id:
+    if isinstance(key_id, str) and key_id.startswith("arn:") and is_key_arn(key_id):
         return (key_id,)
     metadata = _mapping(response.get("keyMetadata"))
     return (str(metadata["arn"]),) if metadata.get("arn") else ()
-
-
-def principal_arn(identity: Mapping[str, Any]) -> str | None:
-    """The caller of a userIdentity; role sessions are attributed to the role (sessionIssuer.arn),
-    not the per-session STS ARN."""
-    issuer = _mapping(_mapping(identity.get("sessionContext")).get("sessionIssuer"))
-    arn = issuer.get("arn") or identity.get("arn")
-    return str(arn) if arn else None
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from keytrail.audit.schema import as_object, as_text, key_arn
+from keytrail.audit.schema import as_object, as_text, key_arn, principal_arn
 
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
@@ -197,14 +197,10 @@ def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
 
 
 def _principal_arn(record: Mapping[str, Any]) -> str | None:
-    # As the event log's principalArn column holds it (keytrail.audit.schema): role sessions are
-    # the role, any other identity (a federated user too) itself.
+    # As the event log's principalArn column holds it, then the invoking service (as
+    # frame_from_avro coalesces the two).
     identity = as_object(record.get("userIdentity"))
-    if identity.get("type") == "AssumedRole":
-        arn = as_text(as_object(as_object(identity.get("sessionContext")).get("sessionIssuer")).get("arn"))
-        if arn:
-            return arn
-    return as_text(identity.get("arn")) or as_text(identity.get("invokedBy"))
+    return principal_arn(identity) or as_text(identity.get("invokedBy"))
 
 
 def _account_id(record: Mapping[str, Any]) -> str | None:

@@ -52,18 +52,21 @@ async def test_mixed_schema_versions_keep_their_order() -> None:
     assert await _read(values, chunk=10) == _expected(values)
 
 
-async def test_other_services_and_unreadable_records_are_skipped_like_the_dict_reader(
+async def test_other_services_are_skipped_and_odd_resources_read_like_the_dict_reader(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     good = event("Decrypt", T0, key_arn(1), user("app"))
     s3 = {**good, "eventSource": "s3.amazonaws.com", "eventID": "s3-event"}
-    broken = {**good, "resources": ["not-an-object"], "eventID": "broken-event"}
-    values = [encode(r) for r in (s3, good, broken)]
+    # A resources entry that is no object is passed over, as the pipeline passes it over (the
+    # key then comes from requestParameters.keyId), not the whole record.
+    odd = {**good, "resources": ["not-an-object"], "eventID": "odd-event"}
+    values = [encode(r) for r in (s3, good, odd)]
     with caplog.at_level(logging.WARNING):
         events = await _read(values)
-    assert [e.event_id for e in events] == [good["eventID"]]
-    assert events == _expected([values[0], values[1]])
-    assert "broken-event" in caplog.text and "s3-event" not in caplog.text
+    assert [e.event_id for e in events] == [good["eventID"], "odd-event"]
+    assert events == _expected(values)
+    assert events[1].key_arns == (key_arn(1),)
+    assert "s3-event" not in caplog.text
 
 
 async def test_values_of_an_unknown_writer_schema_are_skipped_with_a_warning(

@@ -1,5 +1,5 @@
 """`keytrail detect --cloudtrail` over a folder shaped like a synced trail bucket, through the real
-entry point: it reads files as the pipeline and `audit import` do."""
+entry point: it reads files and attributes keys and callers as the pipeline and `audit import` do."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import gzip
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.unit.detect.records import ACCOUNT, REGION, T0, denied, key_arn, user
+from tests.unit.detect.records import ACCOUNT, REGION, T0, create_key, denied, event, key_arn, user
+
+ALIAS = f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/ExampleAlias"
+FEDERATED = f"arn:aws:sts::{ACCOUNT}:federated-user/bob"
 
 
 def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -58,3 +62,26 @@ def test_digest_and_insights_files_in_a_trail_bucket_are_passed_over(tmp_path: P
     bucket = _bucket(tmp_path, [denied("Decrypt", T0, key_arn(1), user("eve"))])
     [alarm] = _alarms(_keytrail("detect", "--cloudtrail", bucket, "--format", "json"))
     assert (alarm["rule"], alarm["keyArn"], alarm["count"]) == ("unauthorized-decrypt", key_arn(1), 1)
+
+
+def test_the_key_of_a_delete_alias_record_is_its_key_not_the_alias_listed_first(tmp_path: Path) -> None:
+    delete_alias = event("DeleteAlias", T0 + timedelta(minutes=1), key_arn(1),
+                         params={"aliasName": "alias/ExampleAlias"})
+    delete_alias["resources"] = [{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": ALIAS},
+                                 {"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": key_arn(1)}]
+    bucket = _bucket(tmp_path, [create_key(T0, key_arn(1)), delete_alias])
+    alarms = _alarms(_keytrail("detect", "--cloudtrail", bucket, "--format", "json",
+                               "--as-of", "2026-06-01T00:00:00Z"))
+    assert [(a["rule"], a["keyArn"]) for a in alarms] == [("unused-key", key_arn(1))]  # no "unused key" alias
+
+
+def test_a_federated_user_is_the_caller_not_the_iam_user_that_federated_it(tmp_path: Path) -> None:
+    bob = {"type": "FederatedUser", "principalId": f"{ACCOUNT}:bob", "arn": FEDERATED, "accountId": ACCOUNT,
+           "accessKeyId": "ASIAEXAMPLE",
+           "sessionContext": {"sessionIssuer": {"type": "IAMUser", "principalId": "AIDAEXAMPLE",
+                                                "arn": f"arn:aws:iam::{ACCOUNT}:user/Alice", "accountId": ACCOUNT,
+                                                "userName": "Alice"},
+                              "attributes": {"creationDate": "2026-01-05T11:00:00Z", "mfaAuthenticated": "false"}}}
+    bucket = _bucket(tmp_path, [denied("Decrypt", T0, key_arn(1), bob)])
+    [alarm] = _alarms(_keytrail("detect", "--cloudtrail", bucket, "--format", "json"))
+    assert alarm["principalArn"] == FEDERATED  # as usage, cost and last-used attribute it (docs/metrics.md)
