@@ -71,6 +71,8 @@ def detect(
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""
     try:
         rules, hooks = detector_settings(config)
+        if cloudtrail and kafka:  # one source per run, as consume has it: either alone would silently win
+            raise BadInput("--kafka and --cloudtrail name two sources: give one")
         if cloudtrail:
             if problem := missing_paths(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)

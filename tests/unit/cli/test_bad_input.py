@@ -244,6 +244,15 @@ def test_consume_refuses_two_sources_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+def test_detect_refuses_two_sources_in_one_line(tmp_path: Path) -> None:
+    log = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    result = _keytrail("detect", "--cloudtrail", log, "--kafka", "127.0.0.1:9092", "--format", "json",
+                       "--data-dir", tmp_path / "d")
+    line = _one_line_error(result, "keytrail detect: ")
+    assert line == "keytrail detect: --kafka and --cloudtrail name two sources: give one\n"
+    assert result.stdout == "" and not (tmp_path / "d").exists()  # no offline run, no live one
+
+
 def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Path) -> None:
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     (tmp_path / "file").write_text("x")
