@@ -50,7 +50,7 @@ class Detector:
             UnusedKey(r["unused-key"], ledger),
             PermissiveKey(r["permissive-key"]),
             KeyDeletionInUse(r["key-deletion-in-use"], ledger),
-            UsageSpike(r["usage-spike"]),
+            UsageSpike(r["usage-spike"], ledger),
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]
 

@@ -6,13 +6,20 @@ was the key used recently?); the engine updates it after every rule has looked.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["KeyLedger", "KeyRecord"]
+__all__ = ["UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
+
+# How many keys never seen to exist (named only by failed calls) are remembered, the least
+# recently named let go first: anyone may send denied calls naming random key ARNs, and a
+# long-running detector must not keep each of them for good. A real key is only affected when
+# this many other such ARNs came between its last failed call and its first successful one.
+UNCONFIRMED_KEYS = 50_000
 
 _STATE_CHANGES = {
     "DisableKey": "Disabled",
@@ -42,16 +49,29 @@ class KeyRecord:
 
 
 class KeyLedger:
-    """Per-key records, updated from every event."""
+    """Per-key records of the keys seen to exist (a successful call named them), updated from
+    every event; of the others only when they were first named, and only the latest
+    UNCONFIRMED_KEYS of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, unconfirmed_limit: int = UNCONFIRMED_KEYS) -> None:
         self._keys: dict[str, KeyRecord] = {}
+        self._unconfirmed: OrderedDict[str, datetime] = OrderedDict()  # key ARN -> first seen
+        self._unconfirmed_limit = unconfirmed_limit
 
     def get(self, key_arn: str | None) -> KeyRecord | None:
+        """The key's record; None for a key no successful call named (nothing known of it)."""
         return self._keys.get(key_arn) if key_arn else None
 
     def __iter__(self) -> Iterator[KeyRecord]:
         return iter(self._keys.values())
+
+    def __len__(self) -> int:
+        """Keys remembered, seen to exist or not."""
+        return len(self._keys) + len(self._unconfirmed)
+
+    def exists(self, key_arn: str) -> bool:
+        """Whether a successful call named the key."""
+        return key_arn in self._keys
 
     def has_used(self, key_arn: str | None, principal: str | None) -> bool:
         """Whether `principal` made a successful call on the key before."""
@@ -61,10 +81,22 @@ class KeyLedger:
     def update(self, event: KmsEvent) -> None:
         for key_arn in event.key_arns:
             record = self._keys.get(key_arn)
-            if record is None:
-                record = self._keys[key_arn] = KeyRecord(key_arn, event.event_time)
-            if event.succeeded:
-                self._apply(record, event)
+            if record is not None:
+                if event.succeeded:
+                    self._apply(record, event)
+            elif event.succeeded:  # seen to exist: first seen when it was first named at all
+                first_seen = self._unconfirmed.pop(key_arn, event.event_time)
+                self._apply(self._keys.setdefault(key_arn, KeyRecord(key_arn, first_seen)), event)
+            else:
+                self._named_by_failure(key_arn, event.event_time)
+
+    def _named_by_failure(self, key_arn: str, time: datetime) -> None:
+        if key_arn in self._unconfirmed:
+            self._unconfirmed.move_to_end(key_arn)
+            return
+        self._unconfirmed[key_arn] = time
+        if len(self._unconfirmed) > self._unconfirmed_limit:
+            self._unconfirmed.popitem(last=False)
 
     @staticmethod
     def _apply(record: KeyRecord, event: KmsEvent) -> None:

@@ -7,12 +7,13 @@ if shorter); the alarm carries the baseline and the observed rate.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from keytrail.detect.alarms import Finding
 from keytrail.detect.events import KmsEvent
+from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
 from keytrail.detect.rules import Rule
 from keytrail.detect.severity import Severity
 
@@ -46,9 +47,14 @@ class UsageSpike:
     rule_id = "usage-spike"
     event_names = None
 
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
-        self._rates: dict[tuple[str, str], _Rate] = {}
+    def __init__(self, rule: Rule, ledger: KeyLedger, unconfirmed_limit: int = UNCONFIRMED_KEYS) -> None:
+        self.rule, self.ledger = rule, ledger
+        self._rates: dict[tuple[str, str], _Rate] = {}  # pairs of keys seen to exist
+        # Pairs of keys no successful call named yet (denied probes of random ARNs, say): only the
+        # latest `unconfirmed_limit`, as the ledger keeps those keys, so that they cannot grow the
+        # detector without bound; a pair moves to `_rates` once its key is seen to exist.
+        self._probes: OrderedDict[tuple[str, str], _Rate] = OrderedDict()
+        self._probes_limit = unconfirmed_limit
         self._horizon = int(float(rule.param("baseline_days")) * 1440)
         self._min_history = int(rule.param("min_history_minutes"))
         self._min_calls = int(rule.param("min_calls"))
@@ -63,15 +69,29 @@ class UsageSpike:
             return []
         pair = (key_arn, principal)
         minute = self._minute(event.event_time)
-        rate = self._rates.get(pair)
-        if rate is None:
-            rate = self._rates[pair] = _Rate(minute, minute)
-        elif minute > rate.minute:  # late events count in the current minute
+        rate = self._rates.get(pair) or self._rate_of_new_pair(pair, minute)
+        if minute > rate.minute:  # late events count in the current minute
             rate.roll(minute, self._horizon)
         rate.count += 1
         if rate.count < self._min_calls or rate.fired_minute == rate.minute:
             return []
         return self._judge(event, rate)
+
+    def pairs(self) -> int:
+        """Key x principal pairs whose rates are kept."""
+        return len(self._rates) + len(self._probes)
+
+    def _rate_of_new_pair(self, pair: tuple[str, str], minute: int) -> _Rate:
+        """The rate of a pair not in `_rates`: a probe's (moved to `_rates` once its key exists) or
+        a new one."""
+        rate = self._probes.pop(pair, None) or _Rate(minute, minute)
+        if self.ledger.exists(pair[0]):
+            self._rates[pair] = rate
+        else:
+            self._probes[pair] = rate  # the most recent last
+            if len(self._probes) > self._probes_limit:
+                self._probes.popitem(last=False)
+        return rate
 
     def _minute(self, moment: datetime) -> int:
         # CloudTrail times are whole seconds, so consecutive events mostly share one: its minute

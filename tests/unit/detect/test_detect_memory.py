@@ -1,0 +1,72 @@
+"""What a long-running detector keeps: keys named only by failed calls are bounded, and the
+alarms of real keys are what they were."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from tests.unit.detect.records import ACCOUNT, REGION, T0, denied, event, key_arn, role, user
+
+from keytrail.detect import Detector
+from keytrail.detect.checks.spike import UsageSpike
+from keytrail.detect.events import KmsEvent, read_kms_event
+from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
+
+MALLORY = user("mallory")
+
+
+def _random_key() -> str:
+    return f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{uuid.uuid4()}"
+
+
+def test_a_flood_of_denied_calls_on_random_key_arns_leaves_the_detector_bounded() -> None:
+    detector = Detector()
+    flood = [denied("Decrypt", T0 + timedelta(milliseconds=n), _random_key(), MALLORY)
+             for n in range(UNCONFIRMED_KEYS + 2_000)]
+    announced = detector.process(flood)
+    # Each denied principal x key is its alarm, as before: nothing is let go of that a rule needs.
+    assert sorted(a.key_arn or "" for a in announced if a.rule == "unauthorized-decrypt") == sorted(
+        r["resources"][0]["ARN"] for r in flood)
+    assert len(detector.ledger) == UNCONFIRMED_KEYS
+    [spike] = [check for check in detector._checks if isinstance(check, UsageSpike)]
+    assert spike.pairs() == UNCONFIRMED_KEYS
+
+
+def test_a_key_denied_before_it_is_seen_to_exist_is_idle_since_it_was_first_named() -> None:
+    detector = Detector()
+    key = key_arn(7)
+    detector.process([denied("Decrypt", T0, key, MALLORY), event("DescribeKey", T0 + timedelta(days=10), key)])
+    [alarm] = detector.tick(T0 + timedelta(days=91))
+    assert (alarm.rule, alarm.key_arn, alarm.details["idleSince"]) == ("unused-key", key, "2026-01-05T12:00:00Z")
+
+
+def test_the_ledger_lets_go_of_the_least_recently_named_unconfirmed_keys_first() -> None:
+    ledger = KeyLedger(unconfirmed_limit=2)
+    first, second, third = key_arn(1), key_arn(2), key_arn(3)
+    for n, key in enumerate((first, second, first, third)):
+        ledger.update(_read(denied("Decrypt", T0 + timedelta(minutes=n), key, MALLORY)))
+    ledger.update(_read(event("DescribeKey", T0 + timedelta(days=1), first)))
+    ledger.update(_read(event("DescribeKey", T0 + timedelta(days=1), second)))
+    record_first, record_second = ledger.get(first), ledger.get(second)
+    assert record_first is not None and record_first.first_seen == T0  # named again: kept
+    assert record_second is not None and record_second.first_seen == T0 + timedelta(days=1)  # let go of
+    assert ledger.get(third) is None and len(ledger) == 3
+
+
+def test_a_spike_of_a_pair_first_seen_denied_keeps_its_history_once_the_key_exists() -> None:
+    app, key = role("app"), key_arn(8)
+    detector = Detector()
+    records = [denied("Decrypt", T0 - timedelta(minutes=30), key, app), event("Decrypt", T0, key, app)]
+    records += [event("Decrypt", T0 + timedelta(minutes=m), key, app) for m in range(1, 120)]
+    records += [event("Decrypt", T0 + timedelta(minutes=120, milliseconds=200 * i), key, app) for i in range(150)]
+    detector.process(records)
+    [spike] = [a for a in detector.alarms() if a.rule == "usage-spike"]
+    assert spike.details["baselineDurationMinutes"] == "150"  # counted from the denied call's minute
+
+
+def _read(record: dict[str, Any]) -> KmsEvent:
+    event = read_kms_event(record)
+    assert event is not None
+    return event
