@@ -16,6 +16,7 @@ import pytest
 from keytrail.detect.engine import Detector
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
+from keytrail.detect.sinks import DeliveryError
 from keytrail.detect.sinks.mqtt import MqttSink
 from tests.support.services import free_port, mosquitto, wait_for_port
 from tests.unit.detect.records import T0, denied, key_arn, user
@@ -89,3 +90,17 @@ async def test_sink_reconnects_after_the_broker_restarts(private_broker) -> None
         message = await next_message(subscriber.messages)
     await sink.aclose()
     assert json.loads(message.payload)["alarmId"] == second.alarm_id  # type: ignore[arg-type]
+
+
+async def test_a_broker_out_of_reach_is_given_up_on_at_the_last_failure_without_a_wait() -> None:
+    waits: list[float] = []
+
+    async def recorded(seconds: float) -> None:
+        waits.append(seconds)
+
+    sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}", attempts=3, backoff=0.25, timeout=2, sleep=recorded)
+    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    with pytest.raises(DeliveryError, match="after 3 attempts"):
+        await sink.deliver(alarm)
+    await sink.aclose()
+    assert waits == [0.25, 0.5]  # between the attempts; none after the last (it waited 1.0 s more, 8 s by default)

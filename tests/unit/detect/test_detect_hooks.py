@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from keytrail.detect.hooks import HooksConfig, build_sinks
+from keytrail.detect.sinks import retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
 from keytrail.detect.sinks.mqtt import MqttSink
@@ -84,3 +85,8 @@ def test_webhook_credentials_in_the_url_stay_out_of_errors_and_repr() -> None:
     [config] = HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "secret": "s"}]}}).webhooks
     for secret in ("url-password", "query-token"):
         assert secret not in str(refused.value) and secret not in repr(config)
+
+
+def test_the_hooks_retry_schedule_waits_between_attempts_and_gives_up_at_the_last() -> None:
+    assert retry_waits(5, 0.5) == [0.5, 1.0, 2.0, 4.0, None]
+    assert retry_waits(1, 0.5) == [None]

@@ -12,13 +12,20 @@ from typing import Protocol, runtime_checkable
 
 from keytrail.detect.alarms import Alarm
 
-__all__ = ["AlarmSink", "DeliveryError", "Dispatcher"]
+__all__ = ["AlarmSink", "DeliveryError", "Dispatcher", "retry_waits"]
 
 log = logging.getLogger(__name__)
 
 
 class DeliveryError(RuntimeError):
     """A hook gave up on an alarm after its retries."""
+
+
+def retry_waits(attempts: int, backoff: float) -> list[float | None]:
+    """The hooks' retry schedule: what to wait after each failed attempt of a delivery tried
+    `attempts` times, `backoff` doubled each time (0.5, 1, 2, 4 s by default), and None after
+    the last, which gives up at once (waiting then would only hold the alarms queued behind)."""
+    return [backoff * 2 ** (attempt - 1) if attempt < attempts else None for attempt in range(1, attempts + 1)]
 
 
 @runtime_checkable

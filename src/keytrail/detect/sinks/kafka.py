@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaError
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import encode_alarm
-from keytrail.detect.sinks import DeliveryError
+from keytrail.detect.sinks import DeliveryError, retry_waits
 from keytrail.transport.kafka import quiet_bootstrap
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
@@ -34,7 +34,7 @@ class KafkaSink:
 
     async def deliver(self, alarm: Alarm) -> None:
         value, key = encode_alarm(alarm), (alarm.key_arn or alarm.account_id or alarm.rule).encode()
-        for attempt in range(1, self.attempts + 1):
+        for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
             try:
                 producer = await self._start()
                 await producer.send_and_wait(self.topic, value, key=key)
@@ -42,8 +42,8 @@ class KafkaSink:
             except (KafkaError, OSError) as exc:
                 log.warning("Kafka send of alarm %s failed (attempt %d): %s", alarm.alarm_id, attempt, exc)
                 await self.aclose()  # start afresh on the next attempt
-            if attempt < self.attempts:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            if wait is not None:
+                await asyncio.sleep(wait)
         raise DeliveryError(f"Kafka: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts")
 
     async def _start(self) -> AIOKafkaProducer:

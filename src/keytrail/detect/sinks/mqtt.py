@@ -7,13 +7,14 @@ import contextlib
 import json
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.hooks import mqtt_url_problem
-from keytrail.detect.sinks import DeliveryError
+from keytrail.detect.sinks import DeliveryError, retry_waits
 
 __all__ = ["DeliveryError", "MqttSink"]
 
@@ -31,6 +32,7 @@ class MqttSink:
         attempts: int = 5,
         backoff: float = 0.5,
         timeout: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if problem := mqtt_url_problem(url):
             raise ValueError(problem)
@@ -46,6 +48,7 @@ class MqttSink:
             backoff,
             timeout,
         )
+        self._sleep = sleep  # the waits between attempts (injected by tests)
         self._client: aiomqtt.Client | None = None
 
     def topic(self, alarm: Alarm) -> str:
@@ -53,7 +56,7 @@ class MqttSink:
 
     async def deliver(self, alarm: Alarm) -> None:
         payload = json.dumps(alarm.to_json(), separators=(",", ":"))
-        for attempt in range(1, self.attempts + 1):
+        for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
             try:
                 client = await self._connect()
                 await client.publish(self.topic(alarm), payload, qos=1, timeout=self.timeout)
@@ -61,7 +64,8 @@ class MqttSink:
             except (aiomqtt.MqttError, OSError) as exc:
                 log.warning("MQTT publish of %s failed (attempt %d): %s", alarm.alarm_id, attempt, exc)
                 await self._disconnect()
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            if wait is not None:  # the last failure gives up at once
+                await self._sleep(wait)
         raise DeliveryError(f"MQTT: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts")
 
     async def _connect(self) -> aiomqtt.Client:

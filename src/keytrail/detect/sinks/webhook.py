@@ -18,6 +18,7 @@ import httpx
 
 from keytrail.detect.alarms import Alarm, format_time
 from keytrail.detect.hooks import shown_url
+from keytrail.detect.sinks import retry_waits
 
 __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
@@ -61,7 +62,7 @@ class WebhookSink:
             "X-Keytrail-Alarm-Id": alarm.alarm_id,
         }
         error = ""
-        for attempt in range(1, self.attempts + 1):
+        for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
             try:
                 # httpx's timeout bounds each read: a receiver trickling bytes would hold the hook
                 # (and every alarm queued behind this one) forever.
@@ -77,8 +78,8 @@ class WebhookSink:
             log.warning(
                 "webhook %s: alarm %s attempt %d failed: %s", self.shown_url, alarm.alarm_id, attempt, error
             )
-            if attempt < self.attempts:
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            if wait is not None:
+                await asyncio.sleep(wait)
         await asyncio.to_thread(self._dead_letter, alarm, error)
 
     def _dead_letter(self, alarm: Alarm, error: str) -> None:
