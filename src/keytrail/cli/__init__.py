@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are literal: "[hooks]" is a TOML table, not a style tag
 )
 
 
@@ -47,7 +48,9 @@ def main() -> None:
     except typer.TyperException as error:  # click's usage and parameter errors
         ctx = getattr(error, "ctx", None)
         message = error.format_message() if hasattr(error, "format_message") else str(error)
-        if message:  # none after `keytrail` alone, which prints the help
+        if type(error).__name__ == "NoArgsIsHelpError":  # `keytrail` alone: the message is the help
+            sys.stderr.write(f"{message}\n")
+        elif message:
             sys.stderr.write(f"{ctx.command_path if ctx else 'keytrail'}: {message} (see --help)\n")
         sys.exit(getattr(error, "exit_code", 2))
     except typer.Abort:

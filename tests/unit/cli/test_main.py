@@ -37,3 +37,10 @@ def test_dev_credentials_are_refused_off_loopback(tmp_path: Path) -> None:
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr == "keytrail serve: --dev-credentials is refused unless the server binds to loopback\n"
     assert not any(tmp_path.iterdir())  # refused before anything was created
+
+
+@pytest.mark.parametrize("command", [["serve"], ["detect"], ["analyze"]])
+def test_help_shows_the_settings_file_tables_literally(command: list[str]) -> None:
+    # "[hooks]" is a TOML table; read as markup, help printed "detection rules ()" instead.
+    text = " ".join(_keytrail(*command, "--help").stdout.split())
+    assert "[rules.<id>]" in text and "[hooks]" in text
