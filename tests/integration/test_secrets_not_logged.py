@@ -1,0 +1,148 @@
+"""No secret reaches a log, an event or a file: a real `keytrail serve` session that calls every
+operation handling secret bytes, then a grep of the server's output and of every file in the
+data dir for each secret sent or received, and for every key material version, raw, base64 and hex.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_store import SqliteStore
+from tests.integration.e2e.support import audit_events, raw_files
+from tests.support.server import KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+
+class Secrets:
+    """Every secret the session handled, with the operation it came from (for the message)."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, bytes]] = []
+
+    def add(self, where: str, *values: bytes) -> None:
+        self.found += [(where, value) for value in values]
+
+    def new(self, where: str, size: int = 32) -> bytes:
+        value = os.urandom(size)
+        self.add(where, value)
+        return value
+
+
+def _symmetric(kms: Any, secrets: Secrets) -> None:
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    blob = kms.encrypt(KeyId=key, Plaintext=secrets.new("Encrypt plaintext"))["CiphertextBlob"]
+    kms.decrypt(CiphertextBlob=blob)
+    kms.re_encrypt(CiphertextBlob=blob, DestinationKeyId=key)
+    data_key = kms.generate_data_key(KeyId=key, KeySpec="AES_256")
+    secrets.add("GenerateDataKey", data_key["Plaintext"], data_key["CiphertextBlob"])
+    kms.generate_data_key_without_plaintext(KeyId=key, NumberOfBytes=24)
+    secrets.add("GenerateRandom", kms.generate_random(NumberOfBytes=48)["Plaintext"])
+    with pytest.raises(ClientError):  # a tampered ciphertext: the error must not echo it
+        kms.decrypt(CiphertextBlob=blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(ClientError):  # refused by validation: too long
+        kms.encrypt(KeyId=key, Plaintext=secrets.new("Encrypt plaintext too long", 4097))
+    with pytest.raises(ClientError):
+        kms.encrypt(KeyId=key, Plaintext=secrets.new("DryRun plaintext"), DryRun=True)
+
+
+def _asymmetric(kms: Any, secrets: Secrets) -> None:
+    rsa_key = kms.create_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["Arn"]
+    blob = kms.encrypt(KeyId=rsa_key, Plaintext=secrets.new("RSA plaintext"),
+                       EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    kms.decrypt(KeyId=rsa_key, CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    signer = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+    message = secrets.new("Sign message")
+    signature = kms.sign(KeyId=signer, Message=message, SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    kms.verify(KeyId=signer, Message=message, Signature=signature, SigningAlgorithm="ECDSA_SHA_256")
+    pair = kms.generate_data_key_pair(KeyId=kms.create_key()["KeyMetadata"]["Arn"], KeyPairSpec="ECC_NIST_P256")
+    secrets.add("GenerateDataKeyPair", pair["PrivateKeyPlaintext"], pair["PrivateKeyCiphertextBlob"])
+    agreeing = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["Arn"]
+    peer = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    derived = kms.derive_shared_secret(KeyId=agreeing, KeyAgreementAlgorithm="ECDH", PublicKey=peer)
+    secrets.add("DeriveSharedSecret", derived["SharedSecret"])
+    kem = kms.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")["KeyMetadata"]["Arn"]
+    sealed = kms.encapsulate(KeyId=kem, EncapsulationAlgorithm="ML_KEM")
+    secrets.add("Encapsulate", sealed["SharedSecret"])
+    opened = kms.decapsulate(KeyId=kem, EncapsulationAlgorithm="ML_KEM",
+                             SharedSecretCiphertextBlob=sealed["SharedSecretCiphertextBlob"])
+    assert opened["SharedSecret"] == sealed["SharedSecret"]
+
+
+def _mac(kms: Any, secrets: Secrets) -> None:
+    key = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["Arn"]
+    message = secrets.new("GenerateMac message")
+    mac = kms.generate_mac(KeyId=key, Message=message, MacAlgorithm="HMAC_SHA_256")["Mac"]
+    secrets.add("GenerateMac", mac)
+    kms.verify_mac(KeyId=key, Message=message, MacAlgorithm="HMAC_SHA_256", Mac=mac)
+
+
+def _imported(kms: Any, secrets: Secrets) -> None:
+    key = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["Arn"]
+    parameters = kms.get_parameters_for_import(KeyId=key, WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+                                               WrappingKeySpec="RSA_2048")
+    wrapping = serialization.load_der_public_key(parameters["PublicKey"])
+    aes_key, material = secrets.new("import AES wrapping key"), secrets.new("imported key material")
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    wrapped = wrapping.encrypt(aes_key, oaep) + aes_key_wrap_with_padding(aes_key, material)  # type: ignore[union-attr]
+    kms.import_key_material(KeyId=key, ImportToken=parameters["ImportToken"], EncryptedKeyMaterial=wrapped,
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    kms.encrypt(KeyId=key, Plaintext=secrets.new("plaintext under imported material"))
+
+
+def _custom_key_store(kms: Any, secrets: Secrets) -> None:
+    password = secrets.new("KeyStorePassword", 16).hex()
+    secrets.add("KeyStorePassword text", password.encode())
+    with pytest.raises(ClientError):  # no such cluster (token) here: refused, but the call is audited
+        kms.create_custom_key_store(CustomKeyStoreName="leak-check", CloudHsmClusterId="cluster-1234567abcd",
+                                    TrustAnchorCertificate="-----BEGIN CERTIFICATE-----",
+                                    KeyStorePassword=password)
+
+
+def _key_materials(data_dir: Path) -> list[tuple[str, bytes]]:
+    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False))
+    try:
+        keys = asyncio.run(store.all_keys())
+    finally:
+        asyncio.run(store.close())
+    return [(f"material of {key.arn}", material.secret) for key in keys for material in key.materials]
+
+
+def _forms(secret: bytes) -> list[bytes]:
+    return [secret, base64.b64encode(secret), base64.urlsafe_b64encode(secret), secret.hex().encode(),
+            secret.hex().upper().encode()]
+
+
+def test_no_secret_of_any_operation_reaches_logs_events_or_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    secrets = Secrets()
+    try:
+        kms = server.client()
+        for session in (_symmetric, _asymmetric, _mac, _imported, _custom_key_store):
+            session(kms, secrets)
+    finally:
+        assert server.stop() == 0
+    materials = _key_materials(data)
+    assert len(materials) == 8  # every key made above holds its material
+    events = audit_events(data)
+    assert {"GenerateDataKeyPair", "DeriveSharedSecret", "Decapsulate", "ImportKeyMaterial",
+            "CreateCustomKeyStore"} <= {event["eventName"] for event in events}
+    files = [(path, raw) for path, raw in raw_files(data) if path.name != "root.key"]
+    files.append((server.log, server.log.read_bytes()))
+    for where, secret in secrets.found + materials:
+        for form in _forms(secret):
+            for path, raw in files:
+                assert form not in raw, f"{where} ({form[:12]!r}…) in {path}"
