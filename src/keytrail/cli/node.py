@@ -37,7 +37,7 @@ from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.postgres_store import PostgresStore
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
@@ -123,7 +123,11 @@ class ConsumerRunning(Exception):
 async def _open_store(settings: ServeSettings) -> Store:
     root = RootKey.load(settings.data_dir)
     if settings.store is None:
-        return SqliteStore(settings.data_dir / "keys.db", root)
+        try:
+            return SqliteStore(settings.data_dir / "keys.db", root)
+        except SealError as exc:  # every key is unsealed on opening: a wrong root key shows here
+            raise StoreUnavailable(f"{exc}: the root key (root.key or ${ROOT_KEY_ENV}) is not the one the "
+                                   "key store was sealed under, or the store was altered") from None
     if not settings.store.startswith(("postgresql://", "postgres://")):
         raise StoreUnavailable(f"--store must be a postgresql:// URL, got {settings.store.split('@')[-1]!r}")
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import asdict, fields
 from datetime import datetime
@@ -31,10 +30,9 @@ def _date_in(value: str | None) -> datetime | None:
 
 
 def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str, Any]:
-    sealed = root.seal(material.secret, f"{key.arn}#{material.material_id}")
     return {
         "material_id": material.material_id,
-        "sealed": base64.b64encode(sealed).decode(),
+        "sealed": root.seal_text(material.secret, f"{key.arn}#{material.material_id}"),
         "created": _date_out(material.created),
         "rotation_type": material.rotation_type,
         "valid_to": _date_out(material.valid_to),
@@ -43,7 +41,7 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
 
 
 def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey) -> KeyMaterial:
-    secret = root.unseal(base64.b64decode(doc["sealed"]), f"{key.arn}#{doc['material_id']}")
+    secret = root.unseal_text(doc["sealed"], f"{key.arn}#{doc['material_id']}")
     return KeyMaterial(
         material_id=doc["material_id"],
         secret=secret,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from datetime import datetime
 
@@ -18,14 +17,6 @@ __all__ = [
 ]
 
 
-def _seal(root: RootKey, secret: bytes, binding: str) -> str:
-    return base64.b64encode(root.seal(secret, binding)).decode()
-
-
-def _unseal(root: RootKey, sealed: str, binding: str) -> bytes:
-    return root.unseal(base64.b64decode(sealed), binding)
-
-
 def import_parameters_to_doc(parameters: ImportParameters, root: RootKey) -> str:
     binding = f"import-token#{parameters.token_id}"
     return json.dumps(
@@ -37,7 +28,7 @@ def import_parameters_to_doc(parameters: ImportParameters, root: RootKey) -> str
             "wrapping_algorithm": parameters.wrapping_algorithm,
             "wrapping_key_spec": parameters.wrapping_key_spec,
             "valid_to": parameters.valid_to.isoformat(),
-            "sealed": _seal(root, parameters.private_key, binding),
+            "sealed": root.seal_text(parameters.private_key, binding),
         }
     )
 
@@ -46,7 +37,7 @@ def import_parameters_from_doc(text: str, root: RootKey) -> ImportParameters:
     doc = json.loads(text)
     sealed = doc.pop("sealed")
     doc["valid_to"] = datetime.fromisoformat(doc["valid_to"])
-    return ImportParameters(**doc, private_key=_unseal(root, sealed, f"import-token#{doc['token_id']}"))
+    return ImportParameters(**doc, private_key=root.unseal_text(sealed, f"import-token#{doc['token_id']}"))
 
 
 def _store_binding(account: str, region: str, store_id: str) -> str:
@@ -67,7 +58,7 @@ def custom_key_store_to_doc(store: CustomKeyStore, root: RootKey) -> str:
             "state": store.state.value,
             "error_code": store.error_code,
             "store_type": store.store_type,
-            "sealed_password": _seal(root, store.password.encode(), binding),
+            "sealed_password": root.seal_text(store.password.encode(), binding),
         }
     )
 
@@ -77,5 +68,5 @@ def custom_key_store_from_doc(text: str, root: RootKey) -> CustomKeyStore:
     sealed = doc.pop("sealed_password")
     doc["creation_date"] = datetime.fromisoformat(doc["creation_date"])
     doc["state"] = ConnectionState(doc["state"])
-    password = _unseal(root, sealed, _store_binding(doc["account"], doc["region"], doc["store_id"])).decode()
+    password = root.unseal_text(sealed, _store_binding(doc["account"], doc["region"], doc["store_id"])).decode()
     return CustomKeyStore(**doc, password=password)

@@ -45,6 +45,18 @@ class RootKey:
         except (InvalidTag, ValueError):
             raise SealError(f"cannot unseal key material for {binding}") from None
 
+    def seal_text(self, material: bytes, binding: str) -> str:
+        """`seal` as base64 text, the form the stores' JSON documents keep."""
+        return base64.b64encode(self.seal(material, binding)).decode()
+
+    def unseal_text(self, sealed: str, binding: str) -> bytes:
+        """`unseal` of `seal_text`; text that is not base64 is a damaged value too (SealError)."""
+        try:
+            raw = base64.b64decode(sealed, validate=True)
+        except (ValueError, TypeError):  # binascii.Error is a ValueError
+            raise SealError(f"cannot unseal key material for {binding}") from None
+        return self.unseal(raw, binding)
+
     @classmethod
     def load(cls, data_dir: Path, *, create: bool = True) -> RootKey:
         """The root key from `$KEYTRAIL_ROOT_KEY` (base64), `$KEYTRAIL_ROOT_KEY_FILE`, or

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable
+from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import KeyStoreUnreadable, SqliteStore
 
 
@@ -42,3 +45,43 @@ def test_a_key_store_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path)
     with pytest.raises(OSError, match="cannot open the key store .*keys.db: unable to open") as info:
         SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
     assert not isinstance(info.value, KeyStoreUnreadable)  # whose advice, a backup over it, would lose keys
+
+
+def _store_with_a_key(data_dir: Path, root: RootKey) -> None:
+    from datetime import UTC, datetime
+
+    from keytrail.kms.keys import Key, KeyMaterial
+
+    store = SqliteStore(data_dir / "keys.db", root)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    key = Key("111122223333", "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", now,
+              materials=(KeyMaterial("cd" * 32, os.urandom(32), now),))
+    asyncio.run(store.put_key(key))
+    asyncio.run(store.close())
+
+
+def _serve_stderr(data_dir: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data_dir), "--port", "0"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_serve_names_a_root_key_that_does_not_open_the_store_in_one_line(tmp_path: Path) -> None:
+    _store_with_a_key(tmp_path, RootKey(os.urandom(32)))
+    (tmp_path / "root.key").write_bytes(os.urandom(32))  # another node's, or a new one after a loss
+    line = _serve_stderr(tmp_path)
+    assert line.startswith("keytrail serve: ") and "root key" in line and "cannot unseal" in line
+
+
+def test_a_sealed_value_that_is_not_base64_is_a_seal_error(tmp_path: Path) -> None:
+    root = RootKey(os.urandom(32))
+    _store_with_a_key(tmp_path, root)
+    db = sqlite3.connect(tmp_path / "keys.db")
+    doc = json.loads(db.execute("SELECT doc FROM keys").fetchone()[0])
+    doc["materials"][0]["sealed"] = "!" + doc["materials"][0]["sealed"]
+    with db:
+        db.execute("UPDATE keys SET doc = ?", (json.dumps(doc),))
+    db.close()
+    with pytest.raises(SealError, match="cannot unseal key material for arn:aws:kms:us-east-1:111122223333:key/"):
+        SqliteStore(tmp_path / "keys.db", root)
