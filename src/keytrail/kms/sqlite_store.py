@@ -6,6 +6,7 @@ or the new state, never half of one. Reads come from memory: this node is the fi
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -50,6 +51,14 @@ CREATE TABLE IF NOT EXISTS custom_key_stores (account TEXT, region TEXT, store_i
 Scope = tuple[str, str]
 
 
+def _owner_only(path: Path) -> None:
+    """keys.db, and the -wal and -shm files beside it that hold the same rows (a crash may have
+    left them with the umask's mode), readable and writable by the owner only."""
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            file.chmod(0o600)
+
+
 class KeyStoreUnreadable(OSError):
     """keys.db is not a database SQLite can read (an OSError: the CLI reports it in one line)."""
 
@@ -63,6 +72,7 @@ class SqliteStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:  # a directory in its place, say
             raise OSError(f"cannot open the key store {path}: {exc}") from None
+        _owner_only(path)  # before the journal mode: SQLite makes -wal and -shm with the file's mode
         self._root = root
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
@@ -79,7 +89,6 @@ class SqliteStore:
             if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
                 raise OSError(f"cannot open the key store {path}: {exc}") from None
             raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
-        path.chmod(0o600)
 
     def _load(self) -> None:
         for account, region, key_id, doc in self._db.execute("SELECT account, region, key_id, doc FROM keys"):

@@ -59,3 +59,13 @@ async def test_wrong_root_key_cannot_open_the_store(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(SealError):
         SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+
+
+async def test_the_store_and_its_wal_files_are_the_owners_only(tmp_path: Path) -> None:
+    # SQLite's -wal and -shm hold the same rows as keys.db; it gives them the database file's mode.
+    (tmp_path / "keys.db-wal").write_bytes(b"")  # left by a crash, with the umask's mode
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    await store.put_key(_key(os.urandom(32)))
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
+    await store.close()
+    assert modes == {"keys.db": "0o600", "keys.db-wal": "0o600", "keys.db-shm": "0o600"}
