@@ -121,13 +121,16 @@ class ConsumerRunning(Exception):
 
 
 async def _open_store(settings: ServeSettings) -> Store:
-    root = RootKey.load(settings.data_dir)
+    try:
+        return await _store(settings, RootKey.load(settings.data_dir))
+    except SealError as exc:  # both stores check the root key on opening
+        raise StoreUnavailable(f"{exc}: the root key (root.key or ${ROOT_KEY_ENV}) is not the one the "
+                               "key store was sealed under, or the store was altered") from None
+
+
+async def _store(settings: ServeSettings, root: RootKey) -> Store:
     if settings.store is None:
-        try:
-            return SqliteStore(settings.data_dir / "keys.db", root)
-        except SealError as exc:  # every key is unsealed on opening: a wrong root key shows here
-            raise StoreUnavailable(f"{exc}: the root key (root.key or ${ROOT_KEY_ENV}) is not the one the "
-                                   "key store was sealed under, or the store was altered") from None
+        return SqliteStore(settings.data_dir / "keys.db", root)
     if not settings.store.startswith(("postgresql://", "postgres://")):
         raise StoreUnavailable(f"--store must be a postgresql:// URL, got {settings.store.split('@')[-1]!r}")
     try:

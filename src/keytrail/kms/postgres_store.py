@@ -45,7 +45,12 @@ CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, g
 CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
+CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """
+# An empty value sealed under the root key of the first node: every later node must open it.
+_ROOT_KEY_CHECK = "root-key-check"
+# A key with material (key_to_doc writes compact JSON), for a store from before kms_root_key.
+_SEALED_KEY = """SELECT doc FROM kms_keys WHERE doc NOT LIKE '%"materials":[]%' LIMIT 1"""
 _UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
 _UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
@@ -69,8 +74,13 @@ class PostgresStore:
     async def connect(cls, dsn: str, root: RootKey) -> PostgresStore:
         """Open a connection pool to `dsn` and create the tables if they are missing."""
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
-        async with pool.acquire() as connection:
-            await connection.execute(_SCHEMA)
+        try:
+            async with pool.acquire() as connection:
+                await connection.execute(_SCHEMA)
+                await _check_root_key(connection, root)
+        except BaseException:
+            await pool.close()
+            raise
         return cls(pool, root)
 
     async def _rows(self, sql: str, *args: Any) -> list[Any]:
@@ -213,3 +223,17 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+async def _check_root_key(connection: Any, root: RootKey) -> None:
+    """SealError unless `root` is the root key the store's secrets are sealed under: a node with
+    another one would fail every call on the others' keys, and seal its own where no other node
+    can open them."""
+    if await connection.fetchval("SELECT sealed FROM kms_root_key WHERE id = 1") is None:
+        doc = await connection.fetchval(_SEALED_KEY)
+        if doc is not None:
+            key_from_doc(doc, root)
+        await connection.execute("INSERT INTO kms_root_key VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+                                 root.seal_text(b"", _ROOT_KEY_CHECK))
+    # Read again: of two first nodes starting together, the one whose insert lost is checked too.
+    root.unseal_text(await connection.fetchval("SELECT sealed FROM kms_root_key WHERE id = 1"), _ROOT_KEY_CHECK)

@@ -19,7 +19,7 @@ from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.model import CallRecord
 from keytrail.kms.postgres_store import PostgresStore
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Alias
 
@@ -119,3 +119,26 @@ async def test_two_nodes_share_a_multi_region_key_and_survive_one_going_down(dsn
     mine = (await west("Encrypt", KeyId=key_id, Plaintext=b"still serving"))["CiphertextBlob"]
     assert (await west("Decrypt", CiphertextBlob=mine))["Plaintext"] == b"still serving"
     await west.store.close()
+
+
+async def test_a_node_with_another_root_key_is_refused_at_connect(dsn: str) -> None:
+    # Without the check it served, and sealed the keys it made under a root key no other node holds.
+    root = RootKey(os.urandom(32))
+    await (await PostgresStore.connect(dsn, root)).close()  # the first node: an empty store
+    with pytest.raises(SealError):
+        await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
+    await (await PostgresStore.connect(dsn, root)).close()
+
+
+async def test_a_store_from_before_the_root_key_check_is_vouched_for_by_its_sealed_keys(dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    store = await PostgresStore.connect(dsn, root)
+    await store.put_key(Key(ACCOUNT, "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", NOW,
+                            materials=(KeyMaterial("ab" * 32, os.urandom(32), NOW),)))
+    await store.close()
+    connection = await asyncpg.connect(dsn)
+    await connection.execute("DROP TABLE kms_root_key")
+    await connection.close()
+    with pytest.raises(SealError):
+        await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
+    await (await PostgresStore.connect(dsn, root)).close()
