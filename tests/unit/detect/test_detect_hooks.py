@@ -12,7 +12,7 @@ from keytrail.detect.sinks import retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
 from keytrail.detect.sinks.mqtt import MqttSink
-from keytrail.detect.sinks.webhook import WebhookSink
+from keytrail.detect.sinks.webhook import WebhookSink, sign, verify_signature
 
 SETTINGS = """
 [hooks]
@@ -90,3 +90,10 @@ def test_webhook_credentials_in_the_url_stay_out_of_errors_and_repr() -> None:
 def test_the_hooks_retry_schedule_waits_between_attempts_and_gives_up_at_the_last() -> None:
     assert retry_waits(5, 0.5) == [0.5, 1.0, 2.0, 4.0, None]
     assert retry_waits(1, 0.5) == [None]
+
+
+def test_a_webhook_signature_header_that_is_not_ascii_is_refused_not_a_crash() -> None:
+    body = b'{"alarmId": "a"}'
+    assert verify_signature(b"s3", body, sign(b"s3", body))
+    # A receiver passes the header as it arrived: compare_digest raises TypeError on such a str.
+    assert not verify_signature(b"s3", body, "sha256=\u00e9" + sign(b"s3", body)[8:])

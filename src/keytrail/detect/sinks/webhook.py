@@ -32,8 +32,9 @@ def sign(secret: bytes, body: bytes) -> str:
 
 
 def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
-    """What a receiver does: recompute and compare in constant time."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+    """What a receiver does: recompute and compare in constant time (as bytes: compare_digest
+    raises TypeError on a str with non-ASCII characters, and the header is whatever arrived)."""
+    return header is not None and hmac.compare_digest(sign(secret, body).encode(), header.encode())
 
 
 class WebhookSink:
