@@ -24,6 +24,8 @@ __all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_princip
 
 # ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
 _IAM_ARN = re.compile(r"arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII)
+# IAM's RoleSessionName characters: the session name becomes part of the caller's ARN.
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 DEV_ACCOUNT = "000000000000"
 
 
@@ -70,6 +72,9 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
         return Principal(arn=arn, type=IdentityType.IAM_USER, principal_id=_principal_id("AIDA", arn),
                          user_name=name.rsplit("/", 1)[-1], **common)
     session = entry.get("session_name") or "keytrail-session"
+    if not isinstance(session, str) or not _SESSION_NAME.fullmatch(session):
+        raise PrincipalsFileError(f"{where}: 'session_name' must be 1 to 64 letters, digits and +=,.@- "
+                                  f"(an IAM role session name), got {session!r}")
     role_name = name.rsplit("/", 1)[-1]
     return Principal(
         arn=f"arn:aws:sts::{account}:assumed-role/{role_name}/{session}", type=IdentityType.ASSUMED_ROLE,

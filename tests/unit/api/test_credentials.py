@@ -43,6 +43,11 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE.replace("user/alice", "user/alice\\n"), "must be an IAM root, user or role ARN"),
     (ALICE.replace("user/alice", "user/bób"), "must be an IAM root, user or role ARN"),
     (ALICE.replace("111122223333", "١١١١٢٢٢٢٣٣٣٣"), "must be an IAM root, user or role ARN"),
+    # A session name becomes part of the caller's ARN, which grant checks compare with compare_digest
+    # (TypeError, a 500, on non-ASCII text); IAM allows only these characters.
+    (ALICE.replace("user/alice", "role/app") + 'session_name = "sessión"\n', "'session_name' must be"),
+    (ALICE.replace("user/alice", "role/app") + 'session_name = "a/b"\n', "'session_name' must be"),
+    (ALICE.replace("user/alice", "role/app") + "session_name = 5\n", "'session_name' must be"),
     (ALICE + "policies = [5]\n", "principal #1: 'policies' must be a list of JSON policy strings"),
     (ALICE + f"policies = '''{ALLOW}'''\n", "'policies' must be a list"),
     (ALICE + "policies = ['{nope']\n", "principal #1: policy 1: The policy is not valid JSON"),
