@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import resource
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +148,25 @@ def test_no_secret_of_any_operation_reaches_logs_events_or_files(tmp_path: Path)
         for form in _forms(secret):
             for path, raw in files:
                 assert form not in raw, f"{where} ({form[:12]!r}…) in {path}"
+
+
+def test_a_crashing_server_leaves_no_core_dump_holding_the_root_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As after `ulimit -c unlimited` with the kernel's default core_pattern ("core", in the cwd).
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if hard != resource.RLIM_INFINITY or not Path("/proc/sys/kernel/core_pattern").read_text().startswith("core"):
+        pytest.skip("core dumps are not written to the working directory here")
+    paths = [str(Path(entry).resolve()) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))  # the server runs in tmp_path, to dump there
+    monkeypatch.chdir(tmp_path)
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+    try:
+        server = KeytrailServer(tmp_path / "data").start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+    kms = server.client()
+    kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["Arn"], Plaintext=b"in memory")
+    assert server.stop(signal.SIGABRT) == -signal.SIGABRT
+    root_key = (tmp_path / "data" / "root.key").read_bytes()
+    dumps = {path.name: root_key in path.read_bytes() for path in tmp_path.glob("core*")}
+    assert dumps == {}, f"core dumps (name: holds the root key): {dumps}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import resource
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -30,6 +33,16 @@ __all__ = ["register"]
 log = logging.getLogger("keytrail")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def _no_core_dumps() -> None:
+    """This process holds the root key and unsealed key material: a crash must not write them to a
+    core file, nor may another process of the same user read them through ptrace (ssh-agent and
+    gpg-agent do the same). The size limit alone does not stop a core_pattern pipe."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _credentials(settings: ServeSettings) -> CredentialStore:
@@ -95,6 +108,7 @@ def serve(
 ) -> None:
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _no_core_dumps()
     settings = ServeSettings(
         data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
