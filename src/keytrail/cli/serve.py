@@ -148,7 +148,8 @@ def _listen_problem(host: str, port: int) -> str | None:
 
 def _make_data_dir(data_dir: Path) -> None:
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Owner only: it holds the root key, principals, the audit trail and what is derived from it.
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError:
         raise _fail(f"--data-dir: {data_dir} is not a directory") from None
     except OSError as error:

@@ -275,3 +275,12 @@ def test_report_and_import_of_a_trail_bucket_say_nothing_of_its_digest_files(tmp
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert result.stdout == ("imported 9 KMS records from 2 files; skipped 2 records of other services; "
                              "0 problems; 1 digest files passed over\n")
+
+
+def test_serve_makes_a_new_data_dir_the_owners_only(tmp_path: Path) -> None:
+    # It holds the root key, principals and the audit trail, and what is derived from it (who used
+    # which key, alarms): files the owner only may read, whatever mode each is given.
+    config = tmp_path / "settings.toml"
+    config.write_text("[rules.no-such-rule]\nx = 1\n")  # refused after the data dir is made
+    _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", config)
+    assert oct((tmp_path / "node").stat().st_mode & 0o777) == "0o700"
