@@ -372,6 +372,8 @@ def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -
 
 
 def _unaudited(record: CallRecord) -> errors.KmsError:
+    # The request id, the one the caller got (x-amzn-RequestId); a service event has only its event id.
+    request = record.context.request_id if record.context is not None else record.event_id
     return errors.KMSInternalException(
-        f"The audit spool could not persist the event for request {record.event_id}: the call was not performed."
+        f"The audit spool could not persist the event for request {request}: the call was not performed."
     )

@@ -11,7 +11,7 @@ from keytrail.clock import ManualClock
 from keytrail.kms import errors
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.context import CallContext, IdentityType, Principal
-from keytrail.kms.model import CallRecord, CallsInProgress
+from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
@@ -53,3 +53,18 @@ async def test_a_call_is_in_progress_until_its_record_is_made_whatever_its_outco
     assert created["KeyMetadata"]["KeyId"]
     assert sink.counts == [("CreateKey", None, 1), ("DescribeKey", "NotFoundException", 1)]
     assert in_progress.count == 0
+
+
+class RefusingSink(CountingSink):
+    async def record(self, call: CallRecord) -> None:
+        raise AuditUnavailable("the disk is full")
+
+
+async def test_a_call_the_audit_refuses_names_its_request_id(tmp_path: Path) -> None:
+    # The id the client got as x-amzn-RequestId: the event id was never shown to anyone.
+    sink = RefusingSink(CallsInProgress())
+    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    service = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=sink, authorizer=sink,
+                                     new_id=lambda: "event-id"))
+    with pytest.raises(errors.KMSInternalException, match="the event for request req-1: "):
+        await service.execute("GenerateRandom", _context(), {"NumberOfBytes": 8})
