@@ -149,12 +149,17 @@ class Spool:
         if self._wants_helper:
             self._start_helper()
 
-    async def append(self, payload: bytes) -> int:
-        """Queue one record; return its offset once it is durable."""
+    def ready(self) -> None:
+        """SpoolError if `append` is sure to refuse: the spool failed earlier, or is not running."""
         if self._failure is not None:
             raise SpoolError(f"the audit spool failed earlier and refuses records: {self._failure}")
         if self._closing or self._loop is None:
             raise SpoolError("the audit spool is not running")
+
+    async def append(self, payload: bytes) -> int:
+        """Queue one record; return its offset once it is durable."""
+        self.ready()
+        assert self._loop is not None  # ready() refuses a spool that is not running
         if not payload:  # the log refuses it, which would fail the whole group with it
             raise SpoolError("an empty audit record cannot be stored")
         future: asyncio.Future[int] = self._loop.create_future()

@@ -116,6 +116,12 @@ class AuditTrail:
             )
             self._tasks.append(asyncio.create_task(self._shipper.run(), name="audit-shipper"))
 
+    def ready(self) -> None:
+        """SpoolError now if `record` is sure to refuse (over the cap, a failed spool): the KMS core
+        asks before a state change, which it could not announce once made."""
+        self._check_cap()
+        self.spool.ready()
+
     async def record(self, call: CallRecord) -> None:
         """AuditSink: make the CloudTrail record of `call` durable, or raise SpoolError."""
         self._check_cap()

@@ -69,6 +69,9 @@ class _DeniedCallCounter:
         self._sink = sink
         self._counts = counts
 
+    def ready(self) -> None:
+        self._sink.ready()
+
     async def record(self, call: CallRecord) -> None:
         await self._sink.record(call)
         if call.error_code in DENIED_CODES and call.context is not None:

@@ -119,7 +119,8 @@ class AuditUnavailable(RuntimeError):
 
 class AuditSink(Protocol):
     """Where the KMS core reports every call. `record` returns once the record is durable;
-    if it raises, the call fails (no crypto without audit)."""
+    if it raises, the call fails (no crypto without audit). A sink may also offer `ready()`,
+    raising AuditUnavailable when `record` is sure to refuse: state changes are not made then."""
 
     async def record(self, call: CallRecord) -> None: ...
 

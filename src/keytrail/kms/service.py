@@ -110,6 +110,8 @@ class KmsService:
             in_progress.count -= 1
 
     async def _run(self, name: str, operation: Operation, call: Call) -> Response:
+        if not operation.read_only:
+            self._require_audit(call)
         try:
             response = await operation.handler(self, call)
         except errors.KmsError as error:
@@ -122,6 +124,18 @@ class KmsService:
             raise internal from None
         await self._report(name, operation, call, None)
         return response
+
+    def _require_audit(self, call: Call) -> None:
+        """Refuse a state change before it is made when the sink already knows it cannot record
+        it (an optional `ready()`): made first, it would stand unaudited while the caller is told
+        it failed."""
+        ready = getattr(self.deps.audit, "ready", None)
+        if ready is None:
+            return
+        try:
+            ready()
+        except AuditUnavailable:  # the sink logs the outage, once
+            raise _unaudited(call.context.request_id) from None
 
     async def record_rejected(self, name: str, context: CallContext, error: errors.KmsError) -> None:
         """Record a call refused before it reached its handler (a request that fails validation):
@@ -156,10 +170,10 @@ class KmsService:
         except errors.KmsError:
             raise
         except AuditUnavailable:  # the sink logs the outage, once (not a line per refused call)
-            raise _unaudited(record) from None
+            raise _unaudited(_request_of(record)) from None
         except Exception:
             log.exception("audit sink failure (event %s)", record.event_id)
-            raise _unaudited(record) from None
+            raise _unaudited(_request_of(record)) from None
 
     async def service_event(self, name: str, key: Key, details: dict[str, Any] | None) -> None:
         """Record a KMS-initiated action (scheduled RotateKey, DeleteKey)."""
@@ -371,9 +385,12 @@ def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -
     return out
 
 
-def _unaudited(record: CallRecord) -> errors.KmsError:
+def _request_of(record: CallRecord) -> str:
     # The request id, the one the caller got (x-amzn-RequestId); a service event has only its event id.
-    request = record.context.request_id if record.context is not None else record.event_id
+    return record.context.request_id if record.context is not None else record.event_id
+
+
+def _unaudited(request: str) -> errors.KmsError:
     return errors.KMSInternalException(
         f"The audit spool could not persist the event for request {request}: the call was not performed."
     )

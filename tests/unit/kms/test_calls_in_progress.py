@@ -68,3 +68,23 @@ async def test_a_call_the_audit_refuses_names_its_request_id(tmp_path: Path) -> 
                                      new_id=lambda: "event-id"))
     with pytest.raises(errors.KMSInternalException, match="the event for request req-1: "):
         await service.execute("GenerateRandom", _context(), {"NumberOfBytes": 8})
+
+
+async def test_a_state_change_the_audit_already_refuses_is_not_made(tmp_path: Path) -> None:
+    # Made first and refused its record after, it would stand unaudited while the caller is told it
+    # failed (and retries: a second key). A trail over its cap (Kafka unreachable) refuses up front.
+    from keytrail.audit.spool import SpoolError
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from tests.support.audit_records import encrypt_call
+
+    settings = AuditSettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", max_unshipped_bytes=3000)
+    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    sink = CountingSink(CallsInProgress())
+    async with AuditTrail.open(settings) as trail:
+        with pytest.raises(SpoolError):
+            for i in range(100):
+                await trail.record(encrypt_call(i))
+        service = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=trail, authorizer=sink))
+        with pytest.raises(errors.KMSInternalException, match="audit spool"):
+            await service.execute("CreateKey", _context(), {})
+    assert await store.all_keys() == []
