@@ -140,6 +140,19 @@ def _check_host_signed(signed: SignedRequest) -> None:
         raise InvalidSignatureException("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
 
 
+def _check_amz_headers_signed(signed: SignedRequest, headers: Mapping[str, str]) -> None:
+    """Every X-Amz-* header the request carries must be signed, as AWS requires of S3 and every SDK
+    does: X-Amz-Target names the operation, so with it unsigned a captured DescribeKey could be
+    replayed as ScheduleKeyDeletion on the same body. X-Amz-Content-Sha256 may stay out: the
+    body's hash is computed here, never taken from it."""
+    unsigned = [name for name in headers if name.startswith("x-amz-") and name not in signed.signed_headers
+                and name != "x-amz-content-sha256"]
+    if unsigned:
+        raise InvalidSignatureException(
+            f"There were headers present in the request which were not signed: {', '.join(sorted(unsigned))}."
+        )
+
+
 def _check_scope_date(signed: SignedRequest, amz_date: str) -> None:
     """The scope's day must be the request's: the signing key is derived per day so that a leaked
     one stops working, which a scope naming any other day would undo."""
@@ -237,6 +250,7 @@ def verify_signature(
                                            "'X-Amz-Date' or a 'Date' header.")
     _check_skew(amz_date, now)
     _check_host_signed(signed)
+    _check_amz_headers_signed(signed, headers)
     _check_scope_date(signed, amz_date)
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))

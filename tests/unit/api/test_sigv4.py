@@ -205,6 +205,34 @@ def test_a_signature_that_does_not_cover_the_host_is_refused() -> None:
     assert caught.value.message == "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
 
 
+class _TargetUnsignedAuth(SigV4Auth):
+    """Leaves `x-amz-target` out of SignedHeaders, so the operation could be changed after signing."""
+
+    def headers_to_sign(self, request: AWSRequest) -> Any:
+        headers = super().headers_to_sign(request)
+        del headers["x-amz-target"]
+        return headers
+
+
+def test_a_signature_that_does_not_cover_an_x_amz_header_is_refused() -> None:
+    # Signed as DescribeKey, sent as ScheduleKeyDeletion: the body and every signed header match.
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b'{"KeyId": "k"}',
+                         headers={"X-Amz-Target": "TrentService.DescribeKey"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        _TargetUnsignedAuth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    request.headers.replace_header("X-Amz-Target", "TrentService.ScheduleKeyDeletion")
+    with pytest.raises(InvalidSignatureException) as caught:
+        _verify(request)
+    assert caught.value.message == (
+        "There were headers present in the request which were not signed: x-amz-target.")
+
+
+def test_an_unsigned_content_hash_header_is_taken_since_the_body_hash_is_computed() -> None:
+    request = _signed()
+    request.headers["X-Amz-Content-Sha256"] = "UNSIGNED-PAYLOAD"
+    _verify(request)
+
+
 def test_a_non_ascii_signature_is_an_invalid_signature_not_a_crash() -> None:
     prepared = _signed().prepare()
     headers = {k.lower(): v for k, v in prepared.headers.items()}
