@@ -37,7 +37,7 @@ from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.postgres_store import PostgresStore
-from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, SealError
+from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
@@ -125,7 +125,12 @@ class ConsumerRunning(Exception):
 
 async def _open_store(settings: ServeSettings) -> Store:
     try:
-        return await _store(settings, RootKey.load(settings.data_dir))
+        # A store already holding sealed keys never gets a new root key made beside it: that key
+        # could not open them, and the file left behind would hide that the real one is missing.
+        fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
+        return await _store(settings, RootKey.load(settings.data_dir, create=fresh))
+    except RootKeyUnusable as exc:
+        raise StoreUnavailable(str(exc)) from None
     except SealError as exc:  # both stores check the root key on opening
         raise StoreUnavailable(f"{exc}: the root key (root.key or ${ROOT_KEY_ENV}) is not the one the "
                                "key store was sealed under, or the store was altered") from None

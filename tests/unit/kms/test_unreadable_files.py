@@ -32,6 +32,7 @@ def test_a_root_key_of_the_wrong_size(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_serve_names_the_unreadable_key_store_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "root.key").write_bytes(os.urandom(32))
     (tmp_path / "keys.db").write_bytes(b"garbage\n")
     result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path), "--port", "0"],
                             capture_output=True, text=True, timeout=120, check=False)
@@ -72,6 +73,15 @@ def test_serve_names_a_root_key_that_does_not_open_the_store_in_one_line(tmp_pat
     (tmp_path / "root.key").write_bytes(os.urandom(32))  # another node's, or a new one after a loss
     line = _serve_stderr(tmp_path)
     assert line.startswith("keytrail serve: ") and "root key" in line and "cannot unseal" in line
+
+
+def test_serve_makes_no_new_root_key_beside_a_store_that_holds_keys(tmp_path: Path) -> None:
+    # root.key lost (or not restored with keys.db): a new one could not open the keys, and left
+    # behind it would stand where the real one must be put back.
+    _store_with_a_key(tmp_path, RootKey(os.urandom(32)))
+    line = _serve_stderr(tmp_path)
+    assert line.startswith("keytrail serve: ") and "no root key" in line and "root.key does not exist" in line
+    assert not (tmp_path / "root.key").exists()
 
 
 def test_a_sealed_value_that_is_not_base64_is_a_seal_error(tmp_path: Path) -> None:
