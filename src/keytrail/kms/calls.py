@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,8 @@ class Call:
     """A KMS request on its way through the service. Handlers note what CloudTrail logs:
     the resolved key ARNs (`resources`), `additional_event_data` (keyMaterialId),
     `response_elements` (state-changing calls) and request parameters AWS adds itself
-    (`extra_request_parameters`, e.g. Decrypt's encryptionAlgorithm)."""
+    (`extra_request_parameters`, e.g. Decrypt's encryptionAlgorithm). A call that changes keys
+    keeps the lock of the key it finds first in `held` (see `KmsService.find_key`)."""
 
     context: CallContext
     params: dict[str, Any]
@@ -30,6 +32,7 @@ class Call:
     additional_event_data: dict[str, Any] = field(default_factory=dict)
     response_elements: dict[str, Any] | None = None
     extra_request_parameters: dict[str, Any] = field(default_factory=dict)
+    held: AsyncExitStack | None = None
 
     def resource(self, arn: str) -> None:
         if arn not in self.resources:

@@ -8,6 +8,9 @@ wrote it is down. Every node must hold the same root key (`KEYTRAIL_ROOT_KEY`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +27,7 @@ from keytrail.kms.codec import (
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.locks import KeyLocks
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
@@ -69,6 +73,10 @@ class PostgresStore:
     def __init__(self, pool: Any, root: RootKey) -> None:
         self._pool = pool
         self._root = root
+        self._locks = KeyLocks()
+        # The connection holding a task's key locks (advisory locks belong to a session); that
+        # task's reads and writes go over it, so a lock holder never waits for the pool.
+        self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
 
     @classmethod
     async def connect(cls, dsn: str, root: RootKey) -> PostgresStore:
@@ -83,14 +91,44 @@ class PostgresStore:
             raise
         return cls(pool, root)
 
-    async def _rows(self, sql: str, *args: Any) -> list[Any]:
+    @asynccontextmanager
+    async def _connection(self, *, pin: bool = False) -> AsyncIterator[Any]:
+        """The task's pinned connection, else one from the pool (pinned for the task if `pin`)."""
+        pinned = self._pinned.get()
+        if pinned is not None:
+            yield pinned
+            return
         async with self._pool.acquire() as connection:
+            token = self._pinned.set(connection) if pin else None
+            try:
+                yield connection
+            finally:
+                if token is not None:
+                    self._pinned.reset(token)
+
+    async def _rows(self, sql: str, *args: Any) -> list[Any]:
+        async with self._connection() as connection:
             return list(await connection.fetch(sql, *args))
 
     async def _execute(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with self._connection() as connection, connection.transaction():
             for sql, args in statements:
                 await connection.execute(sql, *args)
+
+    @asynccontextmanager
+    async def key_lock(self, account: str, region: str, key_id: str) -> AsyncIterator[None]:
+        """This process's lock of the key, then PostgreSQL's advisory lock of it (every node's);
+        a connection returned to the pool drops its advisory locks, should the unlock fail."""
+        name = f"{account}/{region}/{key_id}"
+        if self._locks.held(name):
+            yield
+            return
+        async with self._locks.hold(name), self._connection(pin=True) as connection:
+            await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+            try:
+                yield
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
 
     # --- keys --------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ one authorization point through the methods here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -113,7 +114,7 @@ class KmsService:
         if not operation.read_only:
             self._require_audit(call)
         try:
-            response = await operation.handler(self, call)
+            response = await self._handle(operation, call)
         except errors.KmsError as error:
             await self._report(name, operation, call, error)
             raise
@@ -136,6 +137,15 @@ class KmsService:
             ready()
         except AuditUnavailable:  # the sink logs the outage, once
             raise _unaudited(call.context.request_id) from None
+
+    async def _handle(self, operation: Operation, call: Call) -> Response:
+        """Run the handler; a call that changes keys holds the lock of its key until it returns
+        (its read-modify-write would otherwise undo a concurrent call's change)."""
+        if operation.read_only:
+            return await operation.handler(self, call)
+        async with contextlib.AsyncExitStack() as held:
+            call.held = held
+            return await operation.handler(self, call)
 
     async def record_rejected(self, name: str, context: CallContext, error: errors.KmsError) -> None:
         """Record a call refused before it reached its handler (a request that fails validation):
@@ -201,6 +211,11 @@ class KmsService:
             key_id = alias.key_id
         else:
             key_id = ref.name
+        if call.held is not None:
+            # Only the first key a call finds is locked: two calls locking two keys in opposite
+            # orders would wait for each other.
+            await call.held.enter_async_context(self.store.key_lock(ref.account, ref.region, key_id))
+            call.held = None
         key = await self.store.get_key(ref.account, ref.region, key_id)
         if key is not None:
             key = await self.apply_due(key)
@@ -294,7 +309,9 @@ class KmsService:
         now = self.clock.now()
         if not _is_due(key, now):
             return key
-        async with self._due_lock:
+        # The key's lock keeps out calls changing it, here and on other nodes (which would
+        # otherwise apply the same due rotation or deletion again); the due lock, other due work.
+        async with self.store.key_lock(key.account, key.region, key.key_id), self._due_lock:
             current = await self.store.get_key(key.account, key.region, key.key_id)
             if current is None:
                 return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from keytrail.kms.codec import (
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.locks import KeyLocks
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
@@ -78,6 +80,7 @@ class SqliteStore:
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
         self._custom_key_stores: dict[Scope, dict[str, CustomKeyStore]] = {}
+        self._locks = KeyLocks()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -138,6 +141,10 @@ class SqliteStore:
 
     async def all_keys(self) -> list[Key]:
         return [key for keys in self._keys.values() for key in keys.values()]
+
+    def key_lock(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[None]:
+        # This process is the file's only writer: a lock of its own is every writer's.
+        return self._locks.hold((account, region, key_id))
 
     # --- aliases -----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -51,6 +52,10 @@ class KeyStore(Protocol):
         ...
     async def list_keys(self, account: str, region: str) -> list[Key]: ...
     async def all_keys(self) -> list[Key]: ...
+    def key_lock(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold off every other writer of this key (in every node sharing the store) until exit,
+        so a read-modify-write of the key loses no one else's change. Re-entrant in one task."""
+        ...
 
 
 class AliasStore(Protocol):

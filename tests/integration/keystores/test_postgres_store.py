@@ -4,6 +4,7 @@ one multi-Region key, and one Region serving on while the other node is down."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -30,9 +31,9 @@ ACCOUNT = "111122223333"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    """A database of the test's own, dropped afterwards."""
+@contextlib.asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """A database of its own (its DSN), dropped on exit; skips the test without PostgreSQL."""
     try:
         admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -44,6 +45,13 @@ async def dsn() -> AsyncIterator[str]:
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    """A database of the test's own, dropped afterwards."""
+    async with fresh_database() as database:
+        yield database
 
 
 class _Sink:

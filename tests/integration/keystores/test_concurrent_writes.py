@@ -1,0 +1,128 @@
+"""Calls that change the same key at once, on both stores: within one node (asyncio interleaving at
+every await of the PostgreSQL store) and across two nodes sharing one PostgreSQL database, as the
+docker-compose.yml topology runs them. Each change must survive, and scheduled work happen once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.kms.store import Store
+from tests.integration.keystores.test_postgres_store import Node, dsn, fresh_database
+
+pytestmark = pytest.mark.integration
+__all__ = ["dsn"]  # the fixture, imported for this module's tests
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+StoreFactory = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores over one keyspace: one SQLite file, or one PostgreSQL database."""
+    root, opened = RootKey(os.urandom(32)), []
+    async with contextlib.AsyncExitStack() as stack:
+        database = await stack.enter_async_context(fresh_database()) if backend == "postgres" else ""
+
+        async def factory() -> Store:
+            if backend == "sqlite":
+                store: Store = SqliteStore(tmp_path / "keys.db", root)
+            else:
+                store = await PostgresStore.connect(database, root)
+            opened.append(store)
+            return store
+
+        yield factory
+        for store in opened:
+            await store.close()
+
+
+def _events(*nodes: Node) -> list[str]:
+    return [r.event_name for node in nodes for r in node.svc.deps.audit.records]  # type: ignore[attr-defined]
+
+
+async def test_tagging_and_describing_one_key_at_once_keeps_both_changes(open_store: StoreFactory) -> None:
+    node = Node(await open_store(), ManualClock(NOW), "us-east-1")
+    key_id = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
+    for round_ in range(5):
+        await asyncio.gather(
+            node("TagResource", KeyId=key_id, Tags=[{"TagKey": f"t{round_}", "TagValue": "v"}]),
+            node("UpdateKeyDescription", KeyId=key_id, Description=f"d{round_}"),
+            node("EnableKeyRotation", KeyId=key_id, RotationPeriodInDays=90 + round_),
+        )
+    tags = (await node("ListResourceTags", KeyId=key_id))["Tags"]
+    assert [t["TagKey"] for t in tags] == [f"t{n}" for n in range(5)]
+    assert (await node("DescribeKey", KeyId=key_id))["KeyMetadata"]["Description"] == "d4"
+    assert (await node("GetKeyRotationStatus", KeyId=key_id))["RotationPeriodInDays"] == 94
+
+
+async def test_two_nodes_changing_one_key_at_once_keep_both_changes(dsn: str) -> None:
+    root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
+    for round_ in range(5):
+        await asyncio.gather(
+            first("TagResource", KeyId=key_id, Tags=[{"TagKey": f"t{round_}", "TagValue": "v"}]),
+            second("UpdateKeyDescription", KeyId=key_id, Description=f"d{round_}"),
+        )
+    assert len((await second("ListResourceTags", KeyId=key_id))["Tags"]) == 5
+    assert (await first("DescribeKey", KeyId=key_id))["KeyMetadata"]["Description"] == "d4"
+    await first.store.close()
+    await second.store.close()
+
+
+async def test_two_nodes_rotate_a_due_key_once(dsn: str) -> None:
+    root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
+    await first("EnableKeyRotation", KeyId=key_id, RotationPeriodInDays=90)
+    clock.advance(91 * 86400)
+    await asyncio.gather(first.svc.run_due(), second.svc.run_due())
+    assert _events(first, second).count("RotateKey") == 1
+    rotations = (await first("ListKeyRotations", KeyId=key_id))["Rotations"]
+    assert [r["RotationType"] for r in rotations] == ["AUTOMATIC"]
+    await first.store.close()
+    await second.store.close()
+
+
+async def test_two_nodes_delete_a_key_once_at_the_end_of_its_waiting_period(dsn: str) -> None:
+    root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
+    await first("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    clock.advance(8 * 86400)
+    await asyncio.gather(first.svc.run_due(), second.svc.run_due())
+    assert _events(first, second).count("DeleteKey") == 1
+    await first.store.close()
+    await second.store.close()
+
+
+async def test_one_grant_name_made_twice_at_once_is_one_grant(open_store: StoreFactory) -> None:
+    node = Node(await open_store(), ManualClock(NOW), "us-east-1")
+    key_id = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
+    params: dict[str, Any] = {
+        "KeyId": key_id, "GranteePrincipal": "arn:aws:iam::111122223333:role/app",
+        "Operations": ["Encrypt"], "Name": "app-encrypt",
+    }
+    made = await asyncio.gather(node("CreateGrant", **params), node("CreateGrant", **params))
+    assert made[0]["GrantId"] == made[1]["GrantId"]
+    assert len((await node("ListGrants", KeyId=key_id))["Grants"]) == 1
