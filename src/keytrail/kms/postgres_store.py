@@ -175,6 +175,13 @@ class PostgresStore:
         args = (alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias))
         await self._execute((_UPSERT_ALIAS, args))
 
+    async def add_alias(self, alias: Alias) -> bool:
+        added = await self._rows(
+            "INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING name",
+            alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias),
+        )
+        return bool(added)
+
     async def delete_alias(self, alias: Alias) -> None:
         await self._execute(
             (

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from keytrail.clock import ManualClock
+from keytrail.kms import errors
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
@@ -126,3 +127,16 @@ async def test_one_grant_name_made_twice_at_once_is_one_grant(open_store: StoreF
     made = await asyncio.gather(node("CreateGrant", **params), node("CreateGrant", **params))
     assert made[0]["GrantId"] == made[1]["GrantId"]
     assert len((await node("ListGrants", KeyId=key_id))["Grants"]) == 1
+
+
+async def test_one_alias_name_created_twice_at_once_is_created_once(open_store: StoreFactory) -> None:
+    node = Node(await open_store(), ManualClock(NOW), "us-east-1")
+    keys = [(await node("CreateKey"))["KeyMetadata"]["KeyId"] for _ in range(2)]
+    for round_ in range(10):
+        name = f"alias/app-{round_}"
+        made = await asyncio.gather(
+            *(node("CreateAlias", AliasName=name, TargetKeyId=key_id) for key_id in keys), return_exceptions=True
+        )
+        assert sum(isinstance(r, errors.AlreadyExistsException) for r in made) == 1, made
+        aliases = (await node("ListAliases"))["Aliases"]
+        assert [a["TargetKeyId"] for a in aliases if a["AliasName"] == name] == [keys[made.index({})]]

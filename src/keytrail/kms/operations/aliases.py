@@ -36,11 +36,10 @@ async def create_alias(svc: KmsService, call: Call) -> Response:
     name = call.params["AliasName"]
     _check_name(name)
     key = await _alias_target(svc, call, "kms:CreateAlias")
-    context = call.context
-    if await svc.store.get_alias(context.account, context.region, name):
+    context, now = call.context, svc.now()
+    # One step, not a lookup then a write: two calls creating one name at once would both succeed.
+    if not await svc.store.add_alias(Alias(context.account, context.region, name, key.key_id, now, now)):
         raise errors.AlreadyExistsException(f"An alias with the name {svc.alias_arn(call, name)} already exists")
-    now = svc.now()
-    await svc.store.put_alias(Alias(context.account, context.region, name, key.key_id, now, now))
     return {}
 
 
