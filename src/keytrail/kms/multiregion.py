@@ -21,14 +21,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "activate_replica",
+    "announce",
     "copies",
     "forget_deleted",
     "is_primary",
     "is_replica",
     "key_type",
     "move_primary",
-    "propagate_rotation",
     "replica_of",
+    "save_with_replicas",
     "scheduled_deletion",
     "synchronize",
 ]
@@ -84,9 +85,14 @@ async def copies(svc: KmsService, key: Key) -> list[Key]:
 
 
 async def synchronize(svc: KmsService, keys: list[Key]) -> None:
-    """Persist changed shared properties on each copy, then record the service event."""
+    """Persist changed shared properties on every copy at once, then record the service events."""
+    await svc.store.put_keys(keys)
+    await announce(svc, keys)
+
+
+async def announce(svc: KmsService, keys: list[Key]) -> None:
+    """Record the `SynchronizeMultiRegionKey` service event of each copy changed."""
     for key in keys:
-        await svc.store.put_key(key)
         await svc.service_event(
             "SynchronizeMultiRegionKey",
             key,
@@ -104,11 +110,17 @@ async def activate_replica(svc: KmsService, key: Key) -> Key:
     return active
 
 
-async def propagate_rotation(svc: KmsService, primary: Key) -> None:
-    """Give every replica the primary's materials and rotation schedule."""
-    if not is_primary(primary):
-        return
-    updated = [
+async def save_with_replicas(svc: KmsService, primary: Key) -> list[Key]:
+    """Store `primary` and, in the same transaction, every replica given its materials and
+    rotation schedule (a replica left without the new material could not decrypt what the primary
+    encrypts); returns the replicas, for `announce`."""
+    replicas = await _rotation_copies(svc, primary) if is_primary(primary) else []
+    await svc.store.put_keys([primary, *replicas])
+    return replicas
+
+
+async def _rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
+    return [
         replace(
             replica,
             materials=primary.materials,
@@ -118,7 +130,6 @@ async def propagate_rotation(svc: KmsService, primary: Key) -> None:
         )
         for replica in await copies(svc, primary)
     ]
-    await synchronize(svc, updated)
 
 
 async def move_primary(svc: KmsService, primary: Key, new_region: str) -> None:

@@ -8,7 +8,7 @@ wrote it is down. Every node must hold the same root key (`KEYTRAIL_ROOT_KEY`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import timedelta
@@ -139,9 +139,14 @@ class PostgresStore:
         return key_from_doc(rows[0]["doc"], self._root) if rows else None
 
     async def put_key(self, key: Key) -> None:
-        doc = key_to_doc(key, self._root)
-        args = (key.account, key.region, key.key_id, key.creation_date.isoformat(), doc)
-        await self._execute((_UPSERT_KEY, args))
+        await self.put_keys([key])
+
+    async def put_keys(self, keys: Sequence[Key]) -> None:
+        await self._execute(*(
+            (_UPSERT_KEY, (key.account, key.region, key.key_id, key.creation_date.isoformat(),
+                           key_to_doc(key, self._root)))
+            for key in keys
+        ))
 
     async def delete_key(self, key: Key) -> None:
         scope = (key.account, key.region, key.key_id)

@@ -16,18 +16,18 @@ __all__ = ["rotate_key"]
 
 async def rotate_key(svc: KmsService, key: Key, rotation_type: str) -> Key:
     """Add new material (compute, persist), then record the `RotateKey` service event; a
-    multi-Region primary's new material reaches its replicas."""
+    multi-Region primary's new material reaches its replicas in the same write."""
     if multiregion.is_replica(key):
         raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
     previous = key.current_material
     material = svc.new_material(await generate_secret(key.key_spec), rotation_type)
     rotated = key.rotated(material, svc.now())
-    await svc.store.put_key(rotated)
+    replicas = await multiregion.save_with_replicas(svc, rotated)
     await svc.service_event("RotateKey", rotated, {
         "rotationType": rotation_type,
         "keyOrigin": key.origin.value,
         "previousKeyMaterialId": previous.material_id if previous else None,
         "currentKeyMaterialId": material.material_id,
     })
-    await multiregion.propagate_rotation(svc, rotated)
+    await multiregion.announce(svc, replicas)
     return rotated

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
@@ -117,11 +118,16 @@ class SqliteStore:
         return self._keys.get((account, region), {}).get(key_id)
 
     async def put_key(self, key: Key) -> None:
-        doc = key_to_doc(key, self._root)
-        self._write([(
-            "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", (key.account, key.region, key.key_id, doc),
-        )])
-        self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
+        await self.put_keys([key])
+
+    async def put_keys(self, keys: Sequence[Key]) -> None:
+        self._write([
+            ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+             (key.account, key.region, key.key_id, key_to_doc(key, self._root)))
+            for key in keys
+        ])
+        for key in keys:
+            self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
 
     async def delete_key(self, key: Key) -> None:
         scope = (key.account, key.region, key.key_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,9 @@ class Grant:
 class KeyStore(Protocol):
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None: ...
     async def put_key(self, key: Key) -> None: ...
+    async def put_keys(self, keys: Sequence[Key]) -> None:
+        """Store several keys (the copies of a multi-Region key) in one transaction."""
+        ...
     async def delete_key(self, key: Key) -> None:
         """Remove the key, its aliases and its grants, atomically."""
         ...

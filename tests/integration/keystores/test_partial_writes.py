@@ -1,0 +1,47 @@
+"""A change to a multi-Region key is stored on every copy at once, on both stores: when the
+operation fails half-way (its audit record cannot be made durable, the process dies), no copy is
+left with material or settings the others lack."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms import errors
+from keytrail.kms.model import AuditUnavailable, CallRecord
+from tests.integration.keystores.test_concurrent_writes import StoreFactory, backend, open_store
+from tests.integration.keystores.test_postgres_store import Node
+
+pytestmark = pytest.mark.integration
+__all__ = ["backend", "open_store"]  # the fixtures, imported for this module's tests
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class _RefusingSink:
+    """An audit sink whose disk fills up at the first record named `refuse`."""
+
+    def __init__(self, refuse: str) -> None:
+        self.refuse, self.records = refuse, list[CallRecord]()
+
+    async def record(self, record: CallRecord) -> None:
+        if record.event_name == self.refuse:
+            raise AuditUnavailable("disk full")
+        self.records.append(record)
+
+
+async def test_a_rotation_cut_short_leaves_every_region_with_the_same_material(open_store: StoreFactory) -> None:
+    store, clock = await open_store(), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await west.svc.run_due()
+    east.svc.deps.audit.record = _RefusingSink("RotateKey").record  # type: ignore[method-assign]
+    with pytest.raises(errors.KMSInternalException):
+        await east("RotateKeyOnDemand", KeyId=key_id)
+    primary = await store.get_key("111122223333", "us-east-1", key_id)
+    replica = await store.get_key("111122223333", "eu-west-1", key_id)
+    assert primary is not None and replica is not None
+    assert replica.materials == primary.materials
