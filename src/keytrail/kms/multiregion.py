@@ -23,7 +23,6 @@ __all__ = [
     "activate_replica",
     "announce",
     "copies",
-    "forget_deleted",
     "is_primary",
     "is_replica",
     "key_type",
@@ -32,6 +31,7 @@ __all__ = [
     "save_with_replicas",
     "scheduled_deletion",
     "synchronize",
+    "without_replica",
 ]
 
 
@@ -153,11 +153,12 @@ def scheduled_deletion(key: Key, now: datetime, window_days: int) -> Key:
     return key.scheduled_for_deletion(now, window_days)
 
 
-async def forget_deleted(svc: KmsService, deleted: Key) -> None:
-    """After a replica is deleted, drop its Region from every copy; a primary waiting in
-    PendingReplicaDeletion starts its own waiting period once no replica is left."""
+async def without_replica(svc: KmsService, deleted: Key) -> list[Key]:
+    """The other copies of a replica being deleted, its Region dropped: a primary waiting in
+    PendingReplicaDeletion starts its own waiting period once no replica is left. They are
+    stored with the deletion (`KeyStore.delete_key`), else a primary could wait forever."""
     if not is_replica(deleted):
-        return
+        return []
     now = svc.now()
     changed = []
     for other in await copies(svc, deleted):
@@ -169,4 +170,4 @@ async def forget_deleted(svc: KmsService, deleted: Key) -> None:
                 deletion_date=now + timedelta(days=other.pending_window_days or 30),
             )
         changed.append(other)
-    await synchronize(svc, changed)
+    return changed

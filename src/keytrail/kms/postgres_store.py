@@ -142,19 +142,23 @@ class PostgresStore:
         await self.put_keys([key])
 
     async def put_keys(self, keys: Sequence[Key]) -> None:
-        await self._execute(*(
+        await self._execute(*self._puts(keys))
+
+    def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[Any, ...]]]:
+        return [
             (_UPSERT_KEY, (key.account, key.region, key.key_id, key.creation_date.isoformat(),
                            key_to_doc(key, self._root)))
             for key in keys
-        ))
+        ]
 
-    async def delete_key(self, key: Key) -> None:
+    async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
         where = "WHERE account=$1 AND region=$2 AND key_id=$3"
         await self._execute(
             (f"DELETE FROM kms_keys {where}", scope),
             (f"DELETE FROM kms_aliases {where}", scope),
             (f"DELETE FROM kms_grants {where}", scope),
+            *self._puts(changed),
         )
 
     async def list_keys(self, account: str, region: str) -> list[Key]:

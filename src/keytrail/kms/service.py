@@ -316,9 +316,10 @@ class KmsService:
             if current is None:
                 return None
             if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
-                await self.store.delete_key(current)
+                changed = await multiregion.without_replica(self, current)
+                await self.store.delete_key(current, changed)
                 await self.service_event("DeleteKey", current, {"keyId": current.arn})
-                await multiregion.forget_deleted(self, current)
+                await multiregion.announce(self, changed)
                 return None
             if material_expired(current, now):
                 current = await expire_material(self, current)

@@ -121,21 +121,29 @@ class SqliteStore:
         await self.put_keys([key])
 
     async def put_keys(self, keys: Sequence[Key]) -> None:
-        self._write([
+        self._write(self._puts(keys))
+        self._remember(keys)
+
+    def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[object, ...]]]:
+        return [
             ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
              (key.account, key.region, key.key_id, key_to_doc(key, self._root)))
             for key in keys
-        ])
+        ]
+
+    def _remember(self, keys: Sequence[Key]) -> None:
         for key in keys:
             self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
 
-    async def delete_key(self, key: Key) -> None:
+    async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
         self._write([
             ("DELETE FROM keys WHERE account=? AND region=? AND key_id=?", scope),
             ("DELETE FROM aliases WHERE account=? AND region=? AND key_id=?", scope),
             ("DELETE FROM grants WHERE account=? AND region=? AND key_id=?", scope),
+            *self._puts(changed),
         ])
+        self._remember(changed)
         self._keys.get((key.account, key.region), {}).pop(key.key_id, None)
         aliases = self._aliases.get((key.account, key.region), {})
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:

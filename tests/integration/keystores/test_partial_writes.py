@@ -45,3 +45,25 @@ async def test_a_rotation_cut_short_leaves_every_region_with_the_same_material(o
     replica = await store.get_key("111122223333", "eu-west-1", key_id)
     assert primary is not None and replica is not None
     assert replica.materials == primary.materials
+
+
+async def test_a_replica_deletion_cut_short_still_starts_the_primarys_waiting_period(
+    open_store: StoreFactory,
+) -> None:
+    store, clock = await open_store(), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await west.svc.run_due()
+    await west("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    assert (await east("ScheduleKeyDeletion", KeyId=key_id))["KeyState"] == "PendingReplicaDeletion"
+    clock.advance(8 * 86400)
+    sink = east.svc.deps.audit
+    sink.record = _RefusingSink("DeleteKey").record  # type: ignore[method-assign]
+    with pytest.raises(errors.KMSInternalException):
+        await east.svc.run_due()
+    del sink.record  # the disk has room again
+    await east.svc.run_due()  # the next scheduler pass, or the next start
+    primary = (await east("DescribeKey", KeyId=key_id))["KeyMetadata"]
+    assert primary["KeyState"] == "PendingDeletion"
+    assert primary["MultiRegionConfiguration"]["ReplicaKeys"] == []
