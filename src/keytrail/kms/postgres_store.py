@@ -8,6 +8,8 @@ wrote it is down. Every node must hold the same root key (`KEYTRAIL_ROOT_KEY`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -16,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from keytrail.kms import errors
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
@@ -37,7 +40,11 @@ from keytrail.kms.sealed_docs import (
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
 
-__all__ = ["PostgresStore"]
+__all__ = ["DEFAULT_TIMEOUT", "PostgresStore"]
+
+# Seconds a statement, a connection or a key's lock may take: well within a client's patience
+# (botocore reads for 60 s), so a stalled database gets a retryable answer, not a hung call.
+DEFAULT_TIMEOUT = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, created TEXT, doc TEXT NOT NULL,
@@ -70,26 +77,29 @@ _UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
 class PostgresStore:
     """Keys, aliases, grants, import parameters and custom key stores in PostgreSQL."""
 
-    def __init__(self, pool: Any, root: RootKey) -> None:
+    def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._pool = pool
         self._root = root
+        self._timeout = timeout
         self._locks = KeyLocks()
         # The connection holding a task's key locks (advisory locks belong to a session); that
         # task's reads and writes go over it, so a lock holder never waits for the pool.
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
 
     @classmethod
-    async def connect(cls, dsn: str, root: RootKey) -> PostgresStore:
-        """Open a connection pool to `dsn` and create the tables if they are missing."""
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+    async def connect(cls, dsn: str, root: RootKey, timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
+        """Open a connection pool to `dsn`, create the tables if they are missing and check the root
+        key. Connecting, each statement and each wait for a pooled connection give up after
+        `timeout` seconds."""
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=timeout, command_timeout=timeout)
         try:
-            async with pool.acquire() as connection:
+            async with pool.acquire(timeout=timeout) as connection:
                 await connection.execute(_SCHEMA)
                 await _check_root_key(connection, root)
         except BaseException:
-            await pool.close()
+            pool.terminate()  # at once: the database may be the one not answering
             raise
-        return cls(pool, root)
+        return cls(pool, root, timeout)
 
     @asynccontextmanager
     async def _connection(self, *, pin: bool = False) -> AsyncIterator[Any]:
@@ -98,13 +108,18 @@ class PostgresStore:
         if pinned is not None:
             yield pinned
             return
-        async with self._pool.acquire() as connection:
-            token = self._pinned.set(connection) if pin else None
-            try:
-                yield connection
-            finally:
-                if token is not None:
-                    self._pinned.reset(token)
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as connection:
+                token = self._pinned.set(connection) if pin else None
+                try:
+                    yield connection
+                finally:
+                    if token is not None:
+                        self._pinned.reset(token)
+        except TimeoutError:  # AWS's retryable answer when a service KMS depends on is slow
+            raise errors.DependencyTimeoutException(
+                f"The key store did not answer within {self._timeout:g} seconds. You can retry the request."
+            ) from None
 
     async def _rows(self, sql: str, *args: Any) -> list[Any]:
         async with self._connection() as connection:
@@ -128,7 +143,10 @@ class PostgresStore:
             try:
                 yield
             finally:
-                await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+                # If this fails (the database is gone), the lock goes with the session or with
+                # the pool's reset of the connection.
+                with contextlib.suppress(Exception):
+                    await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -276,7 +294,11 @@ class PostgresStore:
         return [custom_key_store_from_doc(row["doc"], self._root) for row in rows]
 
     async def close(self) -> None:
-        await self._pool.close()
+        """Close the pool; a database that does not answer cannot hold up a stopping node."""
+        try:
+            await asyncio.wait_for(self._pool.close(), self._timeout)
+        except TimeoutError:
+            self._pool.terminate()
 
 
 async def _check_root_key(connection: Any, root: RootKey) -> None:
