@@ -209,6 +209,13 @@ class PostgresStore:
         )
         return bool(added)
 
+    async def update_alias(self, alias: Alias) -> bool:
+        updated = await self._rows(
+            "UPDATE kms_aliases SET key_id=$4, doc=$5 WHERE account=$1 AND region=$2 AND name=$3 RETURNING name",
+            alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias),
+        )
+        return bool(updated)
+
     async def delete_alias(self, alias: Alias) -> None:
         await self._execute(
             (

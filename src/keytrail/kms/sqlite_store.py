@@ -178,6 +178,12 @@ class SqliteStore:
         await self.put_alias(alias)  # nothing awaits in between: no other call can take the name
         return True
 
+    async def update_alias(self, alias: Alias) -> bool:
+        if alias.name not in self._aliases.get((alias.account, alias.region), {}):
+            return False
+        await self.put_alias(alias)
+        return True
+
     async def delete_alias(self, alias: Alias) -> None:
         self._write([(
             "DELETE FROM aliases WHERE account=? AND region=? AND name=?",

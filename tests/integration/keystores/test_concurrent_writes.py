@@ -140,3 +140,19 @@ async def test_one_alias_name_created_twice_at_once_is_created_once(open_store: 
         assert sum(isinstance(r, errors.AlreadyExistsException) for r in made) == 1, made
         aliases = (await node("ListAliases"))["Aliases"]
         assert [a["TargetKeyId"] for a in aliases if a["AliasName"] == name] == [keys[made.index({})]]
+
+
+async def test_an_alias_deleted_while_it_is_updated_stays_deleted(open_store: StoreFactory) -> None:
+    node = Node(await open_store(), ManualClock(NOW), "us-east-1")
+    first, second = [(await node("CreateKey"))["KeyMetadata"]["KeyId"] for _ in range(2)]
+    for round_ in range(10):
+        name = f"alias/app-{round_}"
+        await node("CreateAlias", AliasName=name, TargetKeyId=first)
+        updated, deleted = await asyncio.gather(
+            node("UpdateAlias", AliasName=name, TargetKeyId=second), node("DeleteAlias", AliasName=name),
+            return_exceptions=True,
+        )
+        assert deleted == {}
+        left = [a for a in (await node("ListAliases"))["Aliases"] if a["AliasName"] == name]
+        # Updated first, then deleted; or deleted first, and the update finds no alias.
+        assert left == [] and (updated == {} or isinstance(updated, errors.NotFoundException)), (updated, left)

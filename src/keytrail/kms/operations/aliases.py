@@ -61,8 +61,9 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
     key = await _alias_target(svc, call, "kms:UpdateAlias")
     if current is not None and (current.key_usage, current.key_spec) != (key.key_usage, key.key_spec):
         raise errors.ValidationException("The new target key must have the same key usage and key spec.")
-    await svc.store.put_alias(Alias(alias.account, alias.region, alias.name, key.key_id,
-                                    alias.creation_date, svc.now()))
+    updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
+    if not await svc.store.update_alias(updated):  # deleted meanwhile: not brought back
+        raise errors.NotFoundException(f"Alias {svc.alias_arn(call, alias.name)} is not found.")
     return {}
 
 
