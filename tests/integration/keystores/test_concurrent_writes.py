@@ -16,6 +16,9 @@ import pytest
 
 from keytrail.clock import ManualClock
 from keytrail.kms import errors
+from keytrail.kms.keys import Key
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+from keytrail.kms.model import KeyState, Origin
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
@@ -156,3 +159,21 @@ async def test_an_alias_deleted_while_it_is_updated_stays_deleted(open_store: St
         left = [a for a in (await node("ListAliases"))["Aliases"] if a["AliasName"] == name]
         # Updated first, then deleted; or deleted first, and the update finds no alias.
         assert left == [] and (updated == {} or isinstance(updated, errors.NotFoundException)), (updated, left)
+
+
+async def test_tagging_a_key_while_its_custom_key_store_disconnects_keeps_both(open_store: StoreFactory) -> None:
+    store = await open_store()
+    node = Node(store, ManualClock(NOW), "us-east-1")
+    cks = CustomKeyStore("111122223333", "us-east-1", "cks-0123456789abcdef0", "hsm", "cluster-abcdefghijk",
+                         "pem", "pin", NOW, ConnectionState.CONNECTED)
+    await store.put_custom_key_store(cks)
+    keys = [Key("111122223333", "us-east-1", f"1234abcd-12ab-34cd-56ef-12345678900{n}", NOW,
+                origin=Origin.AWS_CLOUDHSM, custom_key_store_id=cks.store_id) for n in range(5)]
+    await store.put_keys(keys)
+    await asyncio.gather(
+        node("DisconnectCustomKeyStore", CustomKeyStoreId=cks.store_id),
+        *(node("TagResource", KeyId=key.key_id, Tags=[{"TagKey": "t", "TagValue": "v"}]) for key in keys),
+    )
+    for key in keys:
+        stored = await store.get_key(key.account, key.region, key.key_id)
+        assert stored is not None and (stored.state, stored.tags) == (KeyState.UNAVAILABLE, (("t", "v"),))

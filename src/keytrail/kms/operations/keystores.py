@@ -154,20 +154,25 @@ async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 
 async def _set_availability(svc: KmsService, store: CustomKeyStore, *, available: bool) -> None:
-    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state."""
-    for key in await _keys_in(svc, store):
-        if not available and key.state in (KeyState.ENABLED, KeyState.DISABLED):
-            await svc.store.put_key(
-                replace(
-                    key,
-                    state=KeyState.UNAVAILABLE,
-                    extra={**key.extra, "state_when_connected": key.state.value},
-                )
-            )
-        elif available and key.state is KeyState.UNAVAILABLE:
-            extra = dict(key.extra)
-            state = KeyState(extra.pop("state_when_connected", KeyState.ENABLED.value))
-            await svc.store.put_key(replace(key, state=state, extra=extra))
+    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state.
+    Each key is changed under its lock, as it is then: a call changing it meanwhile keeps its change."""
+    for listed in await _keys_in(svc, store):
+        async with svc.store.key_lock(listed.account, listed.region, listed.key_id):
+            key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
+            changed = _with_availability(key, available) if key is not None else None
+            if changed is not None:
+                await svc.store.put_key(changed)
+
+
+def _with_availability(key: Key, available: bool) -> Key | None:
+    """The key as its store's connection leaves it, or None if that changes nothing."""
+    if not available and key.state in (KeyState.ENABLED, KeyState.DISABLED):
+        return replace(key, state=KeyState.UNAVAILABLE, extra={**key.extra, "state_when_connected": key.state.value})
+    if available and key.state is KeyState.UNAVAILABLE:
+        extra = dict(key.extra)
+        state = KeyState(extra.pop("state_when_connected", KeyState.ENABLED.value))
+        return replace(key, state=state, extra=extra)
+    return None
 
 
 async def _keys_in(svc: KmsService, store: CustomKeyStore) -> list[Key]:
