@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
+from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.test_postgres_store import Node, dsn, fresh_database
 
 pytestmark = pytest.mark.integration
@@ -177,3 +178,17 @@ async def test_tagging_a_key_while_its_custom_key_store_disconnects_keeps_both(o
     for key in keys:
         stored = await store.get_key(key.account, key.region, key.key_id)
         assert stored is not None and (stored.state, stored.tags) == (KeyState.UNAVAILABLE, (("t", "v"),))
+
+
+async def test_one_custom_key_store_name_created_twice_at_once_is_created_once(
+    open_store: StoreFactory, clusters: Iterator[str], trust_anchor: str,
+) -> None:
+    node = Node(await open_store(), ManualClock(NOW), "us-east-1")
+    cluster = next(clusters)
+    made = await asyncio.gather(*(
+        node("CreateCustomKeyStore", CustomKeyStoreName="hsm", CloudHsmClusterId=cluster,
+             TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN)
+        for _ in range(2)
+    ), return_exceptions=True)
+    assert sum(isinstance(r, errors.CustomKeyStoreNameInUseException) for r in made) == 1, made
+    assert len((await node("DescribeCustomKeyStores"))["CustomKeyStores"]) == 1

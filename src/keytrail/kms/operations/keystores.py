@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from cryptography import x509
 
 from keytrail.kms import errors
-from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.calls import Call, Handler, Operation, Response
 from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, TokenSession, find_token, module_path
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import (
@@ -283,11 +283,24 @@ def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None
     )
 
 
+def _one_at_a_time(handler: Handler) -> Handler:
+    """The handler, run while no other call changes the account's custom key stores in that
+    Region (on any node): names and clusters are unique among them, and each change is computed
+    from the stores as read, across awaits on the HSM. The lock is a store's key lock, under a
+    name no key id can have."""
+
+    async def one_at_a_time(svc: KmsService, call: Call) -> Response:
+        async with svc.store.key_lock(call.context.account, call.context.region, "custom-key-stores"):
+            return await handler(svc, call)
+
+    return one_at_a_time
+
+
 OPERATIONS: dict[str, Operation] = {
-    "CreateCustomKeyStore": Operation(create_custom_key_store),
-    "ConnectCustomKeyStore": Operation(connect_custom_key_store),
-    "DisconnectCustomKeyStore": Operation(disconnect_custom_key_store),
+    "CreateCustomKeyStore": Operation(_one_at_a_time(create_custom_key_store)),
+    "ConnectCustomKeyStore": Operation(_one_at_a_time(connect_custom_key_store)),
+    "DisconnectCustomKeyStore": Operation(_one_at_a_time(disconnect_custom_key_store)),
     "DescribeCustomKeyStores": Operation(describe_custom_key_stores, read_only=True),
-    "UpdateCustomKeyStore": Operation(update_custom_key_store),
-    "DeleteCustomKeyStore": Operation(delete_custom_key_store),
+    "UpdateCustomKeyStore": Operation(_one_at_a_time(update_custom_key_store)),
+    "DeleteCustomKeyStore": Operation(_one_at_a_time(delete_custom_key_store)),
 }
