@@ -67,3 +67,21 @@ async def test_a_replica_deletion_cut_short_still_starts_the_primarys_waiting_pe
     primary = (await east("DescribeKey", KeyId=key_id))["KeyMetadata"]
     assert primary["KeyState"] == "PendingDeletion"
     assert primary["MultiRegionConfiguration"]["ReplicaKeys"] == []
+
+
+async def test_a_primary_region_update_cut_short_leaves_one_primary(open_store: StoreFactory) -> None:
+    store, clock = await open_store(), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await west.svc.run_due()
+    sink = east.svc.deps.audit
+    sink.record = _RefusingSink("SynchronizeMultiRegionKey").record  # type: ignore[method-assign]
+    with pytest.raises(errors.KMSInternalException):
+        await east("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
+    del sink.record
+    primaries = {
+        (await node("DescribeKey", KeyId=key_id))["KeyMetadata"]["MultiRegionConfiguration"]["PrimaryKey"]["Region"]
+        for node in (east, west)
+    }
+    assert primaries == {"eu-west-1"}
