@@ -4,18 +4,22 @@ left with material or settings the others lack."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from keytrail.clock import ManualClock
 from keytrail.kms import errors
 from keytrail.kms.model import AuditUnavailable, CallRecord
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_concurrent_writes import StoreFactory, backend, open_store
-from tests.integration.keystores.test_postgres_store import Node
+from tests.integration.keystores.test_postgres_store import Node, dsn
 
 pytestmark = pytest.mark.integration
-__all__ = ["backend", "open_store"]  # the fixtures, imported for this module's tests
+__all__ = ["backend", "dsn", "open_store"]  # the fixtures, imported for this module's tests
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -85,3 +89,26 @@ async def test_a_primary_region_update_cut_short_leaves_one_primary(open_store: 
         for node in (east, west)
     }
     assert primaries == {"eu-west-1"}
+
+
+async def test_a_replication_whose_primary_cannot_be_written_leaves_no_replica(dsn: str) -> None:
+    store, clock = await PostgresStore.connect(dsn, RootKey(os.urandom(32))), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    connection = await asyncpg.connect(dsn)
+    await connection.execute(_REFUSE_PRIMARY_UPDATES)  # the database fails the primary's write
+    with pytest.raises(errors.KMSInternalException):
+        await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await connection.execute("DROP TRIGGER refuse ON kms_keys")
+    await connection.close()
+    with pytest.raises(errors.NotFoundException):
+        await west("DescribeKey", KeyId=key_id)
+    await store.close()
+
+
+_REFUSE_PRIMARY_UPDATES = """
+CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'no space left on device'; END $$;
+CREATE TRIGGER refuse BEFORE UPDATE ON kms_keys FOR EACH ROW
+    WHEN (OLD.region = 'us-east-1') EXECUTE FUNCTION refuse();
+"""

@@ -63,9 +63,11 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     tags = tuple(validate_tags(params.get("Tags") or []).items())
     description = params.get("Description", "")  # not a shared property: AWS defaults it to empty
     replica = multiregion.replica_of(primary, region, svc.now(), _replica_policy(call), description, tags)
-    await svc.store.put_key(replica)
     siblings = [primary, *await multiregion.copies(svc, primary)]
-    await multiregion.synchronize(svc, [k for k in _with_region(siblings, region) if k.region != region])
+    siblings = [k for k in _with_region(siblings, region) if k.region != region]
+    # One write: a replica its primary does not list would never get the primary's rotations.
+    await svc.store.put_keys([replica, *siblings])
+    await multiregion.announce(svc, siblings)
     call.resource(replica.arn)
     metadata = key_metadata(replica)
     call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata)}
