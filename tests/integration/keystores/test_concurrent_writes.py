@@ -25,6 +25,7 @@ from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.test_postgres_store import Node, dsn, fresh_database
+from tests.integration.keystores.wrapping import wrap
 
 pytestmark = pytest.mark.integration
 __all__ = ["dsn"]  # the fixture, imported for this module's tests
@@ -192,3 +193,24 @@ async def test_one_custom_key_store_name_created_twice_at_once_is_created_once(
     ), return_exceptions=True)
     assert sum(isinstance(r, errors.CustomKeyStoreNameInUseException) for r in made) == 1, made
     assert len((await node("DescribeCustomKeyStores"))["CustomKeyStores"]) == 1
+
+
+async def test_one_material_imported_into_two_regions_at_once_gets_one_key_material_id(
+    open_store: StoreFactory,
+) -> None:
+    store, clock = await open_store(), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    for _ in range(5):
+        key_id = (await east("CreateKey", MultiRegion=True, Origin="EXTERNAL"))["KeyMetadata"]["KeyId"]
+        await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+        material, wrapped = os.urandom(32), []
+        for node in (east, west):
+            params = await node("GetParametersForImport", KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                WrappingKeySpec="RSA_2048")
+            wrapped.append({"ImportToken": params["ImportToken"],
+                            "EncryptedKeyMaterial": wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", material)})
+        imported = await asyncio.gather(*(
+            node("ImportKeyMaterial", KeyId=key_id, ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE", **parameters)
+            for node, parameters in zip((east, west), wrapped, strict=True)
+        ))
+        assert imported[0]["KeyMaterialId"] == imported[1]["KeyMaterialId"]
