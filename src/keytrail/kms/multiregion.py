@@ -26,6 +26,7 @@ __all__ = [
     "is_primary",
     "is_replica",
     "key_type",
+    "lock_region",
     "move_primary",
     "replica_of",
     "save_with_replicas",
@@ -33,6 +34,11 @@ __all__ = [
     "synchronize",
     "without_replica",
 ]
+
+
+def lock_region(region: str, key_id: str) -> str:
+    """The Region a key's lock is named in: none for a multi-Region key, whose copies share it."""
+    return "*" if key_id.startswith("mrk-") else region
 
 
 def is_replica(key: Key) -> bool:

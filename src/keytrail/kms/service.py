@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -214,7 +215,7 @@ class KmsService:
         if call.held is not None:
             # Only the first key a call finds is locked: two calls locking two keys in opposite
             # orders would wait for each other.
-            await call.held.enter_async_context(self.store.key_lock(ref.account, ref.region, key_id))
+            await call.held.enter_async_context(self.key_lock(ref.account, ref.region, key_id))
             call.held = None
         key = await self.store.get_key(ref.account, ref.region, key_id)
         if key is not None:
@@ -227,6 +228,11 @@ class KmsService:
     async def find_key_by_id(self, account: str, region: str, key_id: str) -> Key | None:
         key = await self.store.get_key(account, region, key_id)
         return await self.apply_due(key) if key else None
+
+    def key_lock(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[None]:
+        """The store's lock of a key. The copies of a multi-Region key share one: a change to one
+        copy (a rotation, a new replica, an import) is written to the others too."""
+        return self.store.key_lock(account, multiregion.lock_region(region, key_id), key_id)
 
     def alias_arn(self, call: Call, name: str) -> str:
         return alias_arn(call.context.region, call.context.account, name)
@@ -311,7 +317,7 @@ class KmsService:
             return key
         # The key's lock keeps out calls changing it, here and on other nodes (which would
         # otherwise apply the same due rotation or deletion again); the due lock, other due work.
-        async with self.store.key_lock(key.account, key.region, key.key_id), self._due_lock:
+        async with self.key_lock(key.account, key.region, key.key_id), self._due_lock:
             current = await self.store.get_key(key.account, key.region, key.key_id)
             if current is None:
                 return None

@@ -214,3 +214,20 @@ async def test_one_material_imported_into_two_regions_at_once_gets_one_key_mater
             for node, parameters in zip((east, west), wrapped, strict=True)
         ))
         assert imported[0]["KeyMaterialId"] == imported[1]["KeyMaterialId"]
+
+
+async def test_tagging_a_replica_while_its_primary_rotates_keeps_both(open_store: StoreFactory) -> None:
+    store, clock = await open_store(), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await west.svc.run_due()
+    for round_ in range(5):
+        await asyncio.gather(
+            east("RotateKeyOnDemand", KeyId=key_id),
+            west("TagResource", KeyId=key_id, Tags=[{"TagKey": f"t{round_}", "TagValue": "v"}]),
+        )
+    replica = await store.get_key("111122223333", "eu-west-1", key_id)
+    primary = await store.get_key("111122223333", "us-east-1", key_id)
+    assert replica is not None and primary is not None
+    assert (len(replica.tags), replica.materials) == (5, primary.materials)

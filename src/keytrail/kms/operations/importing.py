@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -142,22 +140,11 @@ async def _with_import_identity(svc: KmsService, key: Key) -> Key:
     return with_material_salt(key)
 
 
-def _copies_lock(svc: KmsService, key: Key) -> AbstractAsyncContextManager[None]:
-    """For a multi-Region key, the lock of all its copies (a Region no key is in): one Region
-    imports at a time, so the first import's salt and material are the ones the others see."""
-    if not key.multi_region:
-        return contextlib.nullcontext()
-    return svc.store.key_lock(key.account, "*", key.key_id)
-
-
 async def import_key_material(svc: KmsService, call: Call) -> Response:
-    key = await _external_key(svc, call, "kms:ImportKeyMaterial", _conditions(call.params))
-    async with _copies_lock(svc, key):
-        return await _import(svc, call, key)
-
-
-async def _import(svc: KmsService, call: Call, key: Key) -> Response:
+    # The call holds the lock of all the key's copies (`KmsService.key_lock`): one Region imports
+    # at a time, so the first import's salt and material are the ones the other Regions see.
     params = call.params
+    key = await _external_key(svc, call, "kms:ImportKeyMaterial", _conditions(params))
     model, valid_to = _expiration(params, svc.now())
     parameters = await _parameters_for(svc, key, params["ImportToken"])
     secret = check_material(key, unwrap_material(parameters, params["EncryptedKeyMaterial"]))

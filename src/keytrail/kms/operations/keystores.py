@@ -157,7 +157,7 @@ async def _set_availability(svc: KmsService, store: CustomKeyStore, *, available
     """Keys of a disconnected store are Unavailable; reconnecting gives back their own state.
     Each key is changed under its lock, as it is then: a call changing it meanwhile keeps its change."""
     for listed in await _keys_in(svc, store):
-        async with svc.store.key_lock(listed.account, listed.region, listed.key_id):
+        async with svc.key_lock(listed.account, listed.region, listed.key_id):
             key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
             changed = _with_availability(key, available) if key is not None else None
             if changed is not None:
