@@ -134,3 +134,18 @@ def test_serve_without_detector_records_the_call_but_raises_no_alarm(tmp_path: P
     denied = [json.loads(line) for line in events.stdout.splitlines() if '"Decrypt"' in line]
     assert [event["errorCode"] for event in denied] == ["AccessDenied"]
     assert not (tmp_path / "data" / "alarms.jsonl").exists()
+
+
+@pytest.mark.parametrize(("blocked", "message"), [
+    ("root.key", "Is a directory: {path}"),
+    ("keys.db", "cannot open the key store {path}"),
+])
+def test_a_data_dir_serve_cannot_open_is_refused_in_one_line(tmp_path: Path, blocked: str, message: str) -> None:
+    # A directory where a file belongs stands for any data dir part serve cannot open (a read-only
+    # mount, a file of another owner): the tests run as root, which no file mode stops.
+    data = tmp_path / "d"
+    (data / blocked).mkdir(parents=True)
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"keytrail serve: {message.format(path=data / blocked)}"), out.stderr

@@ -15,7 +15,7 @@ import typer
 from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
 from keytrail.audit.integrity import verify as verify_trail
 from keytrail.audit.schema import SchemaError
-from keytrail.cli.console import event_log_damage, fail, missing_paths
+from keytrail.cli.console import event_log_damage, fail, missing_paths, os_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
 __all__ = ["audit_app"]
@@ -121,7 +121,7 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
     except LogLockedError as exc:
         _fail(f"{exc} (stop `keytrail serve` first)")
     except OSError as exc:  # --data-dir a file, or read-only
-        _fail(f"--data-dir: cannot write the event log in {data_dir}: {_os_error(exc)}")
+        _fail(f"--data-dir: cannot write the event log in {data_dir}: {os_problem(exc)}")
     for problem in report.problems:
         typer.echo(f"skipped: {problem}", err=True)
     digests = f"; {report.digests} digest files passed over" if report.digests else ""
@@ -139,13 +139,9 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
     try:
         written = export_cloudtrail(data_dir, out, log)
     except OSError as exc:  # OUT a file, or read-only
-        _fail(f"cannot write CloudTrail log files under {out}: {_os_error(exc)}")
+        _fail(f"cannot write CloudTrail log files under {out}: {os_problem(exc)}")
     typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")
     _require_whole_log(data_dir, log)
-
-
-def _os_error(exc: OSError) -> str:
-    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
 
 def _reader(data_dir: Path) -> SegmentLog:

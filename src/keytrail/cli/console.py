@@ -12,13 +12,18 @@ import typer
 from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
-__all__ = ["bootstrap_problem", "fail", "listen_probe", "missing_paths", "mqtt_problem", "parse_time"]
+__all__ = ["bootstrap_problem", "fail", "listen_probe", "missing_paths", "mqtt_problem", "os_problem", "parse_time"]
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
     typer.echo(f"{command}: {message}", err=True)
     return typer.Exit(code)
+
+
+def os_problem(error: OSError) -> str:
+    """An OSError as the end of a one-line complaint: its reason, and the file it names if any."""
+    return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
 
 
 def listen_probe(host: str, port: int) -> int:

@@ -20,7 +20,7 @@ import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
-from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem
+from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, os_problem
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
@@ -132,6 +132,8 @@ def serve(
         raise _fail(str(exc)) from None
     except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
         raise _fail(f"{exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
+    except OSError as exc:  # the root key, key store or audit trail cannot be opened (a read-only data dir)
+        raise _fail(os_problem(exc)) from None
     if not started:
         raise typer.Exit(1)
 
