@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from keytrail.cli.tls import self_signed_certificate
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
@@ -149,3 +150,22 @@ def test_a_data_dir_serve_cannot_open_is_refused_in_one_line(tmp_path: Path, blo
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stderr.startswith(f"keytrail serve: {message.format(path=data / blocked)}"), out.stderr
+
+
+def test_serve_refuses_tls_files_it_cannot_use_in_one_line_before_creating_anything(tmp_path: Path) -> None:
+    cert, _ = self_signed_certificate(tmp_path / "one", "localhost")
+    _, other_key = self_signed_certificate(tmp_path / "two", "localhost")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    data = tmp_path / "d"
+    for tls_cert, tls_key, message in [
+        (cert, other_key, f"--tls-key {other_key} is not the private key of --tls-cert {cert}"),
+        (junk, other_key,
+         f"--tls-cert {junk} and --tls-key {other_key} are not a PEM certificate and its unencrypted key"),
+    ]:
+        out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                              "--tls-cert", str(tls_cert), "--tls-key", str(tls_key)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert out.stderr.startswith(f"keytrail serve: {message}"), out.stderr
+    assert not (data / "principals.toml").exists() and not (data / "root.key").exists()

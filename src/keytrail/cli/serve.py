@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,8 +81,25 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
         for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
             if not path.is_file():
                 raise _fail(f"{option}: no such file: {path}")
+        if problem := _tls_problem(settings.tls_cert, settings.tls_key):
+            raise _fail(problem)
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
+
+
+def _tls_problem(cert: Path, key: Path) -> str | None:
+    """Why TLS cannot be served with these files, found before anything is built or written:
+    uvicorn finds out only once the node runs, and says it in OpenSSL's words. The empty password
+    makes an encrypted key an error here rather than OpenSSL's prompt on the terminal."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password="")
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            return f"--tls-key {key} is not the private key of --tls-cert {cert}"
+        return f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its unencrypted key"
+    except OSError as error:  # unreadable
+        return f"cannot read the TLS files: {os_problem(error)}"
+    return None
 
 
 def serve(
