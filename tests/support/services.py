@@ -6,11 +6,12 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["free_port", "kafka_broker", "mosquitto", "wait_for_port"]
+__all__ = ["TcpRelay", "free_port", "kafka_broker", "mosquitto", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -26,6 +27,57 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+class TcpRelay:
+    """Relays 127.0.0.1:`port` to 127.0.0.1:`target` while up: a service a test can lose (`cut`:
+    connections reset, new ones refused) and get back (`restore`) without stopping it."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def restore(self) -> TcpRelay:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._keep(listener)
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # cut
+            while True:
+                client, _ = listener.accept()
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target))
+                except OSError:
+                    client.close()
+                    continue
+                self._keep(client)
+                self._keep(upstream)
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 def broker_binary() -> str:

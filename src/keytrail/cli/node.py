@@ -115,6 +115,11 @@ def _authorizer(clock: Clock) -> Authorizer:
     return PolicyAuthorizer(clock)
 
 
+# What a key store raises when its database is gone or unwritable (asyncpg's lost connection is an
+# InterfaceError, a refused one an OSError).
+_STORE_ERRORS = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 class StoreUnavailable(Exception):
     """The configured key store cannot be opened; the message says why."""
 
@@ -199,15 +204,26 @@ def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Ca
 
 async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     """GET /metrics: the consumers' metrics, plus the key inventory and the alarms raised."""
-    states = Counter(key.state.value for key in await node.service.store.all_keys())
-    keys = render_family("keytrail_kms_keys", "gauge", "KMS keys by key state.",
-                         (({"state": state}, count) for state, count in sorted(states.items())))
+    keys = await _key_inventory(node)
     alarms = render_family("keytrail_alarms_total", "counter", "Alarms raised or escalated by the detector.",
                            (({"rule": r, "severity": s}, n) for (r, s), n in sorted(node.alarm_counts.items())))
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
     return pipeline_metrics() + keys + alarms + denied + _audit_commits(node.audit)
+
+
+async def _key_inventory(node: Node) -> str:
+    """The key inventory family, or nothing while the key store cannot be read (a lost PostgreSQL):
+    the scrape still answers with everything else, where a 500 would hide the whole node."""
+    try:
+        keys = await node.service.store.all_keys()
+    except _STORE_ERRORS as exc:
+        log.warning("/metrics: keytrail_kms_keys left out, the key store cannot be read: %s", exc)
+        return ""
+    states = Counter(key.state.value for key in keys)
+    return render_family("keytrail_kms_keys", "gauge", "KMS keys by key state.",
+                         (({"state": state}, count) for state, count in sorted(states.items())))
 
 
 def _audit_commits(audit: AuditTrail | None) -> str:

@@ -1,0 +1,63 @@
+"""`serve --store postgresql://…` losing its database while it runs: calls answer an AWS error,
+/metrics still answers, and both recover by themselves once the database is back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+from tests.support.services import TcpRelay
+
+pytestmark = pytest.mark.integration
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def _admin(statement: str) -> None:
+    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of the test's own on the real server at 127.0.0.1:5432, dropped afterwards."""
+    name = f"keytrail_test_{os.urandom(6).hex()}"
+    try:
+        asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    try:
+        yield name
+    finally:
+        asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer(
+        tmp_path: Path, database: str) -> None:
+    relay = TcpRelay(5432).restore()
+    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
+                            dev_clock=False).start()
+    try:
+        alice = server.client("alice")
+        key = alice.create_key()["KeyMetadata"]["KeyId"]
+        relay.cut()
+        assert aws_error(alice.encrypt, KeyId=key, Plaintext=b"x")[0] == "KMSInternalException"
+        status, body = server.get("/metrics")
+        assert status == 200, body[-500:]
+        assert "keytrail_audit_committed_records_total" in body.decode()
+        relay.restore()
+        assert alice.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key)
+        assert 'keytrail_kms_keys{state="Enabled"} 1' in server.get("/metrics")[1].decode()
+    finally:
+        relay.cut()
+        assert server.stop() == 0
