@@ -5,6 +5,7 @@ metrics consumer catches up and an alarm raised meanwhile reaches alarms.jsonl."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,33 @@ def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_pat
     recorded = {event["requestID"] for _, event in iter_events(small_disk / "data")}
     assert set(answered) <= recorded and not recorded & set(refused)
     assert verify(small_disk / "data") == []
+
+
+def test_health_is_unhealthy_while_the_audit_spool_cannot_write(small_disk: Path, tmp_path: Path) -> None:
+    server = KeytrailServer(small_disk / "data")
+    server.log = tmp_path / "server.log"
+    server.start()
+    try:
+        kms = server.client("alice")
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        filler = _fill(small_disk, leave=64 * 1024)
+        for _ in range(5000):
+            try:
+                kms.encrypt(KeyId=key, Plaintext=b"x")
+            except ClientError as error:
+                assert "audit spool" in error.response["Error"]["Message"]
+                break
+        else:
+            raise AssertionError("the disk never filled")
+        status, body = server.get("/_keytrail/health")
+        health = json.loads(body)
+        assert (status, health["status"]) == (503, "unhealthy"), body
+        assert "No space left on device" in health["audit"]
+        filler.unlink()
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+        assert server.get("/_keytrail/health")[0] == 200
+    finally:
+        server.stop()
 
 
 def _last_used_request(kms: Any, key: str, until: str, seconds: float = 30) -> str | None:

@@ -49,6 +49,10 @@ _Done = Callable[[BaseException | None], None]
 
 # Upper bounds (seconds) of the fsync latency histogram: an idle local disk syncs in ≈ 0.1 to 0.5 ms,
 # a busy one in milliseconds; beyond 100 ms every audited call waits visibly.
+# How long a write that failed for want of space (and none that worked since) keeps the health check
+# unhealthy: a node taken out of rotation gets no call whose write would show that space is back,
+# so past this it says healthy again and the next calls find out.
+REFUSAL_SHOWN_SECONDS = 10.0
 FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -127,6 +131,7 @@ class Spool:
         self._idle: asyncio.Future[None] | None = None  # what `drain` waits on
         self._failure: BaseException | None = None
         self._refused = 0  # records refused by write errors since the last commit that worked
+        self._last_refusal: tuple[float, BaseException] | None = None  # (monotonic time, error) of the latest
         self._closing = False
 
     @property
@@ -138,6 +143,15 @@ class Spool:
     def fsyncs(self) -> int:
         """Group commits made durable since open."""
         return self.stats.fsyncs
+
+    def problem(self) -> str | None:
+        """Why the spool refuses records now, for the health check; None while it takes them."""
+        if self._failure is not None:
+            return f"the audit spool failed and refuses every record until restarted: {self._failure}"
+        refusal = self._last_refusal
+        if self._refused and refusal is not None and time.monotonic() - refusal[0] < REFUSAL_SHOWN_SECONDS:
+            return f"the audit spool cannot write: {refusal[1]}"
+        return None
 
     def start(self) -> None:
         """Start the writer thread and the digest timer for the running loop."""
@@ -336,6 +350,7 @@ class Spool:
             if not self._refused:  # once an outage, not once a batch (see AuditUnavailable)
                 log.error("audit spool write failed: %s; calls are refused until it can write again", exc)
             self._refused += len(waiters)
+            self._last_refusal = (time.monotonic(), exc)
         else:
             log.error("audit spool write failed: %s; the spool refuses every record until restarted", exc)
             self._failure = exc  # after a failed fsync nothing queued can be trusted either

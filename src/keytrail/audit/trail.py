@@ -132,10 +132,23 @@ class AuditTrail:
         self._check_cap()
         return await self.spool.append(self.codec.encode(event))
 
+    def problem(self) -> str | None:
+        """Why calls are refused now (their records cannot be kept), for the health check; None
+        while the trail takes records."""
+        if self._unshipped() > self.settings.max_unshipped_bytes:
+            return f"the audit spool is over its cap of {self.settings.max_unshipped_bytes} bytes not shipped to Kafka"
+        return self.spool.problem()
+
+    def _unshipped(self) -> int:
+        """Bytes of the log Kafka has not acknowledged (0 without Kafka)."""
+        if not self.settings.kafka_bootstrap:
+            return 0
+        return self._unshipped_on_open + self.spool.durable_bytes - self._shipped_bytes_total
+
     def _check_cap(self) -> None:
         if not self.settings.kafka_bootstrap:
             return
-        unshipped = self._unshipped_on_open + self.spool.durable_bytes - self._shipped_bytes_total
+        unshipped = self._unshipped()
         over = unshipped > self.settings.max_unshipped_bytes
         if over != self._over_cap:  # logged when it starts and ends, not per call (see AuditUnavailable)
             self._over_cap = over

@@ -174,7 +174,7 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
         last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None, in_progress=in_progress,
     )
     service = KmsService(deps)
-    api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: {"version": __version__},
+    api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: _health(audit),
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
     node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied)
     if audit is not None:
@@ -185,6 +185,12 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     api.startup.append(lambda: _start(node, credentials))
     api.shutdown.append(lambda: _stop(node))
     return node
+
+
+def _health(audit: AuditTrail | None) -> dict[str, str]:
+    """GET /_keytrail/health: unhealthy while the audit trail refuses records (every call fails)."""
+    problem = audit.problem() if audit is not None else None
+    return {"version": __version__, **({"status": "unhealthy", "audit": problem} if problem else {})}
 
 
 def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], str]:
