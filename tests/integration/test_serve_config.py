@@ -169,3 +169,14 @@ def test_serve_refuses_tls_files_it_cannot_use_in_one_line_before_creating_anyth
         assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert out.stderr.startswith(f"keytrail serve: {message}"), out.stderr
     assert not (data / "principals.toml").exists() and not (data / "root.key").exists()
+
+
+def test_serve_refuses_a_dev_certificate_it_cannot_write_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "tls").write_text("a file where the certificate's folder belongs")
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                          "--tls-self-signed"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr == ("keytrail serve: --tls-self-signed: cannot write the dev certificate: "
+                          f"File exists: {data / 'tls'}\n")

@@ -73,7 +73,10 @@ def _fail(message: str) -> typer.Exit:
 
 def _tls(settings: ServeSettings) -> dict[str, str]:
     if settings.tls_self_signed:
-        cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
+        try:
+            cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
+        except OSError as error:
+            raise _fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
