@@ -123,6 +123,24 @@ def test_a_killed_child_is_restarted(server: KeytrailServer) -> None:
     assert "detector child exited with status -9; restarting" in server.log.read_text()
 
 
+def test_a_detector_restarted_on_a_settings_file_broken_since_says_so_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "keytrail.toml"
+    config.write_text('[rules.unauthorized-decrypt]\nseverity = "HIGH"\n')
+    server = KeytrailServer(tmp_path / "data", "--config", str(config), dev_clock=False).start()
+    try:
+        assert server.proc is not None
+        detector = eventually(lambda: _children(server.proc.pid).get("detector"), what="the detector child")
+        config.write_text("[rules.no-such-rule]\n")
+        os.kill(detector, signal.SIGKILL)
+        eventually(lambda: "detector child exited with status 1" in server.log.read_text(),
+                   what="the restarted detector to give up on the settings file")
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert "detector child: --config: unknown rule 'no-such-rule'" in log
+    assert "Traceback" not in log, log
+
+
 def test_killing_serve_leaves_no_child_behind(server: KeytrailServer) -> None:
     assert server.proc is not None
     serve = server.proc.pid

@@ -33,11 +33,12 @@ from typing import Annotated, Any
 import typer
 
 from keytrail.cli.children import ChildSpec
-from keytrail.cli.detect import detector_settings
+from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.tail import detect_live
 from keytrail.clock import SystemClock
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
+from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import state_dir
@@ -105,13 +106,18 @@ def detector(
     _run_child("detector", _detect(data_dir, config, mqtt, kafka))
 
 
+class _SettingsUnusable(Exception):
+    """serve's --config no longer reads (changed since serve checked it); the message says why."""
+
+
 def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run a child's main at the analytics priority. A file it cannot write (a full disk) ends it
-    with one log line: `serve` restarts it with a backoff, and it resumes from its last checkpoint."""
+    """Run a child's main at the analytics priority. A file it cannot write (a full disk), or a
+    settings file broken since serve started, ends it with one log line: `serve` restarts it with a
+    backoff, and it resumes from its last checkpoint (with the settings file as it is then)."""
     os.nice(ANALYTICS_NICENESS)
     try:
         asyncio.run(main)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, _SettingsUnusable) as exc:
         log.error("%s child: %s", name, exc)
         raise SystemExit(1) from None
 
@@ -128,7 +134,10 @@ async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: 
     _stop_on_signal_or_eof(stopping)
     if not await hold_lock(detector_lock(data_dir), stopping):
         return
-    rules, hooks = detector_settings(config)
+    try:
+        rules, hooks = detector_settings(config)
+    except (BadInput, RuleError, ValueError) as exc:  # as serve's own check (cli/serve.py) refuses them
+        raise _SettingsUnusable(f"--config: {exc}") from None
     runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
                                  clock=SystemClock())
     live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms))
