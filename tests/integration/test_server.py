@@ -292,6 +292,22 @@ def test_sigterm_exits_zero(fresh_server: KeytrailServer) -> None:
     assert fresh_server.stop(signal.SIGTERM) == 0
 
 
+def test_sigterm_refuses_a_request_still_arriving_at_once(fresh_server: KeytrailServer) -> None:
+    assert fresh_server.proc is not None
+    with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=10) as slow:
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")  # 99 bytes to come
+        time.sleep(0.2)
+        started = time.monotonic()
+        fresh_server.proc.send_signal(signal.SIGTERM)
+        answer = slow.recv(4096)
+        assert fresh_server.proc.wait(30) == 0
+    assert time.monotonic() - started < 10  # not uvicorn's 20 s wait for the rest of the body
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ") and json.loads(body)["__type"] == "KMSInternalException"
+    log = fresh_server.log.read_text()
+    assert "Traceback" not in log, log
+
+
 def _after_sighup(server: KeytrailServer, check: Any) -> Any:
     """SIGHUP the server, then retry `check` until it passes (the reload is asynchronous)."""
     assert server.proc is not None

@@ -27,6 +27,10 @@ REQUEST_SECONDS = 60.0
 _OVERDUE_BODY = b'{"__type":"RequestTimeoutException","message":"The request did not arrive whole in time."}'
 _OVERDUE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/x-amz-json-1.1\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_OVERDUE_BODY), _OVERDUE_BODY))
+_STOPPING_BODY = (b'{"__type":"KMSInternalException","message":"The server is shutting down; the request was not '
+                  b'carried out. Retry it."}')
+_STOPPING = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/x-amz-json-1.1\r\n"
+             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_STOPPING_BODY), _STOPPING_BODY))
 
 
 class _CoalescingTransport(asyncio.Transport):
@@ -136,6 +140,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._arriving = 0
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (SIGTERM): a request still arriving is refused at once, not carried out
+        (the SDKs retry a KMSInternalException); uvicorn would wait for its client until its shutdown
+        timeout, then cancel the request task: a plain-text 500 and a traceback in the log."""
+        if self._arriving and (self.cycle is None or not self.cycle.response_started):
+            self.transport.write(_STOPPING)
+            self.transport.close()  # a request task waiting for the body is told the client is gone
+            return
+        super().shutdown()
 
     def _overdue(self, request: int) -> None:
         """The deadline of request number `request`: answer 408 and close if it is still arriving."""
