@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -180,3 +181,16 @@ def test_serve_refuses_a_dev_certificate_it_cannot_write_in_one_line(tmp_path: P
     assert out.returncode == 2 and out.stdout == "", out.stderr
     assert out.stderr == ("keytrail serve: --tls-self-signed: cannot write the dev certificate: "
                           f"File exists: {data / 'tls'}\n")
+
+
+def test_serve_refuses_a_root_key_that_does_not_open_the_store_in_one_line(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data").start()
+    server.client("alice").create_key()
+    assert server.stop() == 0
+    (server.data_dir / "root.key").write_bytes(os.urandom(32))  # another node's, or a lost one made anew
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir),
+                          "--port", "0", "--principals", str(server.principals)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("keytrail serve: the root key does not open the key material in the key store"), \
+        out.stderr

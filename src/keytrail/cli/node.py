@@ -37,7 +37,7 @@ from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.postgres_store import PostgresStore
-from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
+from keytrail.kms.sealing import RootKey, RootKeyUnusable, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
@@ -129,19 +129,24 @@ class ConsumerRunning(Exception):
 
 
 async def _open_store(settings: ServeSettings) -> Store:
+    # A store already holding sealed keys never gets a new root key made beside it: that key
+    # could not open them, and the file left behind would hide that the real one is missing.
+    fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
     try:
-        # A store already holding sealed keys never gets a new root key made beside it: that key
-        # could not open them, and the file left behind would hide that the real one is missing.
-        fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
-        return await _store(settings, RootKey.load(settings.data_dir, create=fresh))
+        store = await _connect_store(settings, RootKey.load(settings.data_dir, create=fresh))
+        # Read (and unseal) every key now, as the first scheduler run would in the middle of startup
+        # (the SQLite store reads them as it opens).
+        await store.all_keys()
     except RootKeyUnusable as exc:
         raise StoreUnavailable(str(exc)) from None
     except SealError as exc:  # both stores check the root key on opening
-        raise StoreUnavailable(f"{exc}: the root key (root.key or ${ROOT_KEY_ENV}) is not the one the "
-                               "key store was sealed under, or the store was altered") from None
+        raise StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): start with "
+                               "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
+                               "$KEYTRAIL_ROOT_KEY)") from None
+    return store
 
 
-async def _store(settings: ServeSettings, root: RootKey) -> Store:
+async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
     if settings.store is None:
         return SqliteStore(settings.data_dir / "keys.db", root)
     if not settings.store.startswith(("postgresql://", "postgres://")):
