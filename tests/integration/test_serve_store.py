@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,5 +60,25 @@ def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer
         assert alice.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key)
         assert 'keytrail_kms_keys{state="Enabled"} 1' in server.get("/metrics")[1].decode()
     finally:
+        relay.cut()
+        assert server.stop() == 0
+
+
+def test_metrics_answer_while_the_key_store_hangs(tmp_path: Path, database: str) -> None:
+    relay = TcpRelay(5432).restore()
+    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
+                            dev_clock=False).start()
+    try:
+        server.client("alice").create_key()
+        relay.hold()  # the database neither answers nor drops the connection
+        started = time.monotonic()
+        status, body = server.get("/metrics")
+        assert status == 200 and time.monotonic() - started < 5, body[-500:]
+        assert "keytrail_audit_committed_records_total" in body.decode()
+        assert "keytrail_kms_keys" not in body.decode()
+        relay.release()
+        assert 'keytrail_kms_keys{state="Enabled"} 1' in server.get("/metrics")[1].decode()
+    finally:
+        relay.release()
         relay.cut()
         assert server.stop() == 0

@@ -31,13 +31,22 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 
 class TcpRelay:
     """Relays 127.0.0.1:`port` to 127.0.0.1:`target` while up: a service a test can lose (`cut`:
-    connections reset, new ones refused) and get back (`restore`) without stopping it."""
+    connections reset, new ones refused), find hung (`hold`: nothing passes until `release`) and
+    get back (`restore`) without stopping it."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.port = free_port()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def restore(self) -> TcpRelay:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -71,10 +80,10 @@ class TcpRelay:
                 for source, sink in ((client, upstream), (upstream, client)):
                     threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

@@ -115,6 +115,8 @@ def _authorizer(clock: Clock) -> Authorizer:
     return PolicyAuthorizer(clock)
 
 
+# How long /metrics waits for the key inventory: well inside Prometheus's 10 s scrape timeout.
+KEY_INVENTORY_SECONDS = 2.0
 # What a key store raises when its database is gone or unwritable (asyncpg's lost connection is an
 # InterfaceError, a refused one an OSError).
 _STORE_ERRORS = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -225,10 +227,19 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
 
 
 async def _key_inventory(node: Node) -> str:
-    """The key inventory family, or nothing while the key store cannot be read (a lost PostgreSQL):
-    the scrape still answers with everything else, where a 500 would hide the whole node."""
+    """The key inventory family, or nothing while the key store cannot be read (a lost or hung
+    PostgreSQL): the scrape still answers with everything else, where a 500 or a scrape timeout
+    would hide the whole node."""
+    read = asyncio.ensure_future(node.service.store.all_keys())
+    if not (await asyncio.wait({read}, timeout=KEY_INVENTORY_SECONDS))[0]:
+        # Not wait_for: it would wait for the cancellation, which asyncpg sends to the hung database.
+        read.add_done_callback(lambda task: task.cancelled() or task.exception())  # nobody awaits it
+        read.cancel()
+        log.warning("/metrics: keytrail_kms_keys left out, the key store did not answer in %.0f s",
+                    KEY_INVENTORY_SECONDS)
+        return ""
     try:
-        keys = await node.service.store.all_keys()
+        keys = read.result()
     except _STORE_ERRORS as exc:
         log.warning("/metrics: keytrail_kms_keys left out, the key store cannot be read: %s", exc)
         return ""
