@@ -121,6 +121,9 @@ def test_a_killed_child_is_restarted(server: KeytrailServer) -> None:
     eventually(lambda: _children(serve).get("detector", first) != first, what="a new detector child")
     assert server.get("/_keytrail/health")[0] == 200
     assert "detector child exited with status -9; restarting" in server.log.read_text()
+    metrics = server.get("/metrics")[1].decode().splitlines()
+    assert 'keytrail_child_restarts_total{child="consumer"} 0' in metrics
+    assert 'keytrail_child_restarts_total{child="detector"} 1' in metrics
 
 
 def test_a_detector_restarted_on_a_settings_file_broken_since_says_so_in_one_line(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ class Child:
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
         self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0  # unexpected exits restarted after (for /metrics)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -58,6 +59,7 @@ class Child:
             # A child that ran a while crashed on something new: restart it soon again.
             backoff = self.spec.first_backoff if loop.time() - started > self.spec.max_backoff else backoff
             log.warning("%s child exited with status %s; restarting in %.1f s", self.spec.name, code, backoff)
+            self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.spec.max_backoff)
 

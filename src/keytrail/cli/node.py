@@ -223,7 +223,10 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
-    return pipeline_metrics() + keys + alarms + denied + _audit_commits(node.audit)
+    restarts = render_family(
+        "keytrail_child_restarts_total", "counter", "Times serve restarted a child process after it exited on its own.",
+        (({"child": child.spec.name}, child.restarts) for child in node.children))
+    return pipeline_metrics() + keys + alarms + denied + restarts + _audit_commits(node.audit)
 
 
 async def _key_inventory(node: Node) -> str:
