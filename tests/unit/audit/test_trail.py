@@ -427,3 +427,44 @@ async def test_a_crash_while_noting_the_retention_floor_keeps_a_whole_floor(
         await _record_until_refused(trail)
     monkeypatch.undo()
     assert verify(tmp_path) == []
+
+
+async def test_problem_tells_the_health_check_why_records_are_refused(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from keytrail.audit import spool as spool_module
+    from keytrail.transport import segment_log
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))
+        assert trail.problem() is None
+        real_write = os.write
+        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
+        with pytest.raises(SpoolError):
+            await trail.record(encrypt_call(1))
+        assert "cannot write" in (trail.problem() or "") and "No space left" in (trail.problem() or "")
+        monkeypatch.setattr(spool_module, "REFUSAL_SHOWN_SECONDS", 0.0)  # no call since: maybe space is back
+        assert trail.problem() is None
+        monkeypatch.setattr(os, "write", real_write)
+        await trail.record(encrypt_call(2))
+        monkeypatch.undo()
+        assert trail.problem() is None
+
+        def half_then_full(fd: int, data: bytes) -> int:
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(28, "No space left")
+
+        monkeypatch.setattr(os, "write", half_then_full)
+        monkeypatch.setattr(segment_log.os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(5, "I/O")))
+        with pytest.raises(SpoolError):
+            await trail.record(encrypt_call(3))
+        monkeypatch.undo()
+        assert "until restarted" in (trail.problem() or "")  # for good: no wait clears it
+
+
+async def test_problem_names_the_shipping_cap(tmp_path: Path) -> None:
+    settings = AuditSettings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", max_unshipped_bytes=3000)
+    async with AuditTrail.open(settings) as trail:
+        with pytest.raises(SpoolError):
+            for i in range(100):
+                await trail.record(encrypt_call(i))
+        assert "over its cap" in (trail.problem() or "")
