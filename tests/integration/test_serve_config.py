@@ -194,3 +194,14 @@ def test_serve_refuses_a_root_key_that_does_not_open_the_store_in_one_line(tmp_p
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stderr.startswith("keytrail serve: the root key does not open the key material in the key store"), \
         out.stderr
+
+
+def test_serve_refuses_a_dev_certificate_beside_a_real_one_in_one_line(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path / "real", "localhost")
+    data = tmp_path / "d"
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                          "--tls-self-signed", "--tls-cert", str(cert), "--tls-key", str(key)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr == "keytrail serve: --tls-self-signed and --tls-cert/--tls-key exclude each other\n"
+    assert not (data / "tls").exists()

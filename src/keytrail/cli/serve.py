@@ -72,6 +72,8 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _tls(settings: ServeSettings) -> dict[str, str]:
+    if settings.tls_self_signed and (settings.tls_cert or settings.tls_key):  # else one would be ignored
+        raise _fail("--tls-self-signed and --tls-cert/--tls-key exclude each other")
     if settings.tls_self_signed:
         try:
             cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
