@@ -205,3 +205,13 @@ def test_serve_refuses_a_dev_certificate_beside_a_real_one_in_one_line(tmp_path:
     assert out.returncode == 2 and out.stdout == "", out.stderr
     assert out.stderr == "keytrail serve: --tls-self-signed and --tls-cert/--tls-key exclude each other\n"
     assert not (data / "tls").exists()
+
+
+def test_serve_refuses_a_root_key_file_named_that_is_not_there(tmp_path: Path) -> None:
+    named = tmp_path / "secrets" / "root_key"  # a secret not mounted, a typo: never a new key there
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"), "--port", "0"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "KEYTRAIL_ROOT_KEY_FILE": str(named)})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == f"keytrail serve: no root key: {named} ($KEYTRAIL_ROOT_KEY_FILE) does not exist\n"
+    assert not named.parent.exists()

@@ -59,15 +59,18 @@ class RootKey:
 
     @classmethod
     def load(cls, data_dir: Path, *, create: bool = True) -> RootKey:
-        """The root key from `$KEYTRAIL_ROOT_KEY` (base64), `$KEYTRAIL_ROOT_KEY_FILE`, or
-        `<data-dir>/root.key` (created with mode 0600 on first start; never by a reader, `create=False`:
+        """The root key from `$KEYTRAIL_ROOT_KEY` (base64), `$KEYTRAIL_ROOT_KEY_FILE` (never created),
+        or `<data-dir>/root.key` (created with mode 0600 on first start; never by a reader, `create=False`:
         a new key there would not open the store's material, and would hide that it is not there)."""
         if value := os.environ.get(ROOT_KEY_ENV):
             try:
                 return cls(base64.b64decode(value, validate=True))
             except ValueError:  # binascii.Error is one
                 raise RootKeyUnusable(f"${ROOT_KEY_ENV} must be 32 bytes in base64") from None
-        path = Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")
+        named = os.environ.get(ROOT_KEY_FILE_ENV)
+        path = Path(named or data_dir / "root.key")
+        if not path.exists() and named:  # a secret not mounted, a typo: a new key there would seal keys to lose
+            raise RootKeyUnusable(f"no root key: {path} (${ROOT_KEY_FILE_ENV}) does not exist")
         if not path.exists() and not create:
             raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_ENV})")
         if not path.exists():
