@@ -36,8 +36,9 @@ def test_serve_names_the_unreadable_key_store_in_one_line(tmp_path: Path) -> Non
     (tmp_path / "keys.db").write_bytes(b"garbage\n")
     result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path), "--port", "0"],
                             capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"keytrail: the key store {tmp_path / 'keys.db'} cannot")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"keytrail serve: the key store {tmp_path / 'keys.db'} cannot")
     assert "Traceback" not in result.stderr
 
 
