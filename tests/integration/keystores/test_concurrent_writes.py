@@ -78,10 +78,27 @@ async def test_tagging_and_describing_one_key_at_once_keeps_both_changes(open_st
     assert (await node("GetKeyRotationStatus", KeyId=key_id))["RotationPeriodInDays"] == 94
 
 
-async def test_two_nodes_changing_one_key_at_once_keep_both_changes(dsn: str) -> None:
+async def replicated_key(open_store: StoreFactory) -> tuple[Store, ManualClock, Node, Node, str]:
+    """A multi-Region key made in us-east-1 and replicated to eu-west-1 (its replica ready), with
+    a node of each Region on one store and one clock: (store, clock, east, west, key id)."""
+    store, clock = await open_store(), ManualClock(NOW)
+    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
+    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await west.svc.run_due()
+    return store, clock, east, west, key_id
+
+
+async def _two_nodes(dsn: str) -> tuple[Node, Node, ManualClock]:
+    """Two nodes on one PostgreSQL store, with one root key and one clock."""
     root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
     first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
     second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    return first, second, clock
+
+
+async def test_two_nodes_changing_one_key_at_once_keep_both_changes(dsn: str) -> None:
+    first, second, _ = await _two_nodes(dsn)
     key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
     for round_ in range(5):
         await asyncio.gather(
@@ -95,9 +112,7 @@ async def test_two_nodes_changing_one_key_at_once_keep_both_changes(dsn: str) ->
 
 
 async def test_two_nodes_rotate_a_due_key_once(dsn: str) -> None:
-    root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
-    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
-    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    first, second, clock = await _two_nodes(dsn)
     key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
     await first("EnableKeyRotation", KeyId=key_id, RotationPeriodInDays=90)
     clock.advance(91 * 86400)
@@ -110,9 +125,7 @@ async def test_two_nodes_rotate_a_due_key_once(dsn: str) -> None:
 
 
 async def test_two_nodes_delete_a_key_once_at_the_end_of_its_waiting_period(dsn: str) -> None:
-    root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
-    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
-    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    first, second, clock = await _two_nodes(dsn)
     key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
     await first("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
     clock.advance(8 * 86400)
@@ -217,11 +230,7 @@ async def test_one_material_imported_into_two_regions_at_once_gets_one_key_mater
 
 
 async def test_tagging_a_replica_while_its_primary_rotates_keeps_both(open_store: StoreFactory) -> None:
-    store, clock = await open_store(), ManualClock(NOW)
-    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
-    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
-    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
-    await west.svc.run_due()
+    store, _clock, east, west, key_id = await replicated_key(open_store)
     for round_ in range(5):
         await asyncio.gather(
             east("RotateKeyOnDemand", KeyId=key_id),

@@ -15,7 +15,7 @@ from keytrail.kms import errors
 from keytrail.kms.model import AuditUnavailable, CallRecord
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
-from tests.integration.keystores.test_concurrent_writes import StoreFactory, backend, open_store
+from tests.integration.keystores.test_concurrent_writes import StoreFactory, backend, open_store, replicated_key
 from tests.integration.keystores.test_postgres_store import Node, dsn
 
 pytestmark = pytest.mark.integration
@@ -37,11 +37,7 @@ class _RefusingSink:
 
 
 async def test_a_rotation_cut_short_leaves_every_region_with_the_same_material(open_store: StoreFactory) -> None:
-    store, clock = await open_store(), ManualClock(NOW)
-    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
-    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
-    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
-    await west.svc.run_due()
+    store, _clock, east, _west, key_id = await replicated_key(open_store)
     east.svc.deps.audit.record = _RefusingSink("RotateKey").record  # type: ignore[method-assign]
     with pytest.raises(errors.KMSInternalException):
         await east("RotateKeyOnDemand", KeyId=key_id)
@@ -54,11 +50,7 @@ async def test_a_rotation_cut_short_leaves_every_region_with_the_same_material(o
 async def test_a_replica_deletion_cut_short_still_starts_the_primarys_waiting_period(
     open_store: StoreFactory,
 ) -> None:
-    store, clock = await open_store(), ManualClock(NOW)
-    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
-    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
-    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
-    await west.svc.run_due()
+    _store, clock, east, west, key_id = await replicated_key(open_store)
     await west("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
     assert (await east("ScheduleKeyDeletion", KeyId=key_id))["KeyState"] == "PendingReplicaDeletion"
     clock.advance(8 * 86400)
@@ -74,11 +66,7 @@ async def test_a_replica_deletion_cut_short_still_starts_the_primarys_waiting_pe
 
 
 async def test_a_primary_region_update_cut_short_leaves_one_primary(open_store: StoreFactory) -> None:
-    store, clock = await open_store(), ManualClock(NOW)
-    east, west = Node(store, clock, "us-east-1"), Node(store, clock, "eu-west-1")
-    key_id = (await east("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
-    await east("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
-    await west.svc.run_due()
+    _store, _clock, east, west, key_id = await replicated_key(open_store)
     sink = east.svc.deps.audit
     sink.record = _RefusingSink("SynchronizeMultiRegionKey").record  # type: ignore[method-assign]
     with pytest.raises(errors.KMSInternalException):
