@@ -100,7 +100,8 @@ class Key:
     def with_rotation(self, enabled: bool, now: datetime, period_days: int | None = None) -> Key:
         if not enabled:
             return replace(self, rotation_enabled=False, next_rotation_date=None)
-        period = period_days or self.rotation_period_days or DEFAULT_ROTATION_PERIOD_DAYS
+        # EnableKeyRotation: without RotationPeriodInDays the period is 365 days, whatever it was.
+        period = period_days or DEFAULT_ROTATION_PERIOD_DAYS
         return replace(
             self,
             rotation_enabled=True,

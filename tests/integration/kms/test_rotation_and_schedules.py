@@ -24,6 +24,19 @@ def test_rotation_status_and_periods(server: KeytrailServer) -> None:
     assert kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
 
 
+def test_enable_key_rotation_without_a_period_is_365_days_again(kms) -> None:
+    # EnableKeyRotation: "If no value is specified, the default value is 365 days", also for a
+    # key that had a custom period before (rotation disabled and enabled again, or re-enabled).
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    kms.disable_key_rotation(KeyId=key_id)
+    kms.enable_key_rotation(KeyId=key_id)
+    assert kms.get_key_rotation_status(KeyId=key_id)["RotationPeriodInDays"] == 365
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    kms.enable_key_rotation(KeyId=key_id)
+    assert kms.get_key_rotation_status(KeyId=key_id)["RotationPeriodInDays"] == 365
+
+
 def test_rotate_on_demand_keeps_old_material(kms) -> None:
     meta = kms.create_key()["KeyMetadata"]
     old_blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"old")["CiphertextBlob"]
