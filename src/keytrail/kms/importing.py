@@ -232,8 +232,6 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
     await svc.service_event(
         "DeleteExpiredKeyMaterial",
         expired,
-        {
-            "keyMaterialId": current.material_id if current else None,
-        },
+        {"keyId": key.key_id, "keyMaterialId": current.material_id if current else None},
     )
     return expired

@@ -100,8 +100,9 @@ async def test_import_conditions_audit_and_expiry_event(
     clock.advance(3600)
     await call.svc.run_due()
     expired = recorder.events("DeleteExpiredKeyMaterial")
+    # ct-deleteexpiredkeymaterial.html: serviceEventDetails names the key (its id) and the material.
     assert len(expired) == 1 and expired[0].service_event_details == {
-        "keyMaterialId": imported["KeyMaterialId"]
+        "keyId": key_id, "keyMaterialId": imported["KeyMaterialId"]
     }
 
 
