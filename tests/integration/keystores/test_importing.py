@@ -312,3 +312,19 @@ def test_key_policy_can_require_expiring_material(server: KeytrailServer) -> Non
     assert _error(excinfo)[0] == "AccessDeniedException"
     valid_to = _server_now(server) + timedelta(days=30)
     _import(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)
+
+
+def test_list_key_rotations_of_imported_material_names_its_import_state_and_expiry(
+    kms: Any, server: KeytrailServer,
+) -> None:
+    # RotationsListEntry: ImportState and ExpirationModel are present for symmetric keys of
+    # EXTERNAL origin, and ValidTo with them when the material expires.
+    key_id = _external_key(kms)
+    valid_to = (_server_now(server) + timedelta(days=1)).replace(microsecond=0)
+    imported = _import(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)
+    [entry] = kms.list_key_rotations(KeyId=key_id, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
+    assert entry["KeyMaterialId"] == imported["KeyMaterialId"]
+    assert (entry["ImportState"], entry["KeyMaterialState"]) == ("IMPORTED", "CURRENT")
+    assert entry["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
+    assert entry["ValidTo"] == valid_to
+    assert "RotationDate" not in entry and "RotationType" not in entry

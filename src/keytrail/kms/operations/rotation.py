@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
 from keytrail.kms.calls import Call, Operation, Response
-from keytrail.kms.keys import Key
+from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
 from keytrail.kms.paging import page
 from keytrail.kms.rotation import rotate_key
@@ -95,8 +95,18 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
         if material.rotation_type is not None:
             entry.update(RotationDate=material.created, RotationType=material.rotation_type)
         entry["KeyMaterialState"] = "CURRENT" if material is key.current_material else "NON_CURRENT"
+        if key.origin is Origin.EXTERNAL:
+            entry.update(_import_fields(material))
         entries.append(entry)
     return {"Rotations": entries, **paging}
+
+
+def _import_fields(material: KeyMaterial) -> dict[str, Any]:
+    # RotationsListEntry: imported material (EXTERNAL origin) also shows its ImportState and
+    # ExpirationModel, and ValidTo when it expires; material held here is imported.
+    if material.valid_to is None:
+        return {"ImportState": "IMPORTED", "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    return {"ImportState": "IMPORTED", "ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": material.valid_to}
 
 
 OPERATIONS: dict[str, Operation] = {
