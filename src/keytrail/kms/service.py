@@ -324,7 +324,7 @@ class KmsService:
             if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
                 changed = await multiregion.without_replica(self, current)
                 await self.store.delete_key(current, changed)
-                await self.service_event("DeleteKey", current, {"keyId": current.arn})
+                await self.service_event("DeleteKey", current, {"keyId": current.key_id})
                 await multiregion.announce(self, changed)
                 return None
             if material_expired(current, now):

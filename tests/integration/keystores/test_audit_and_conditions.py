@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from keytrail.audit.records import to_cloudtrail
 from keytrail.clock import ManualClock
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.context import CallContext, Principal
@@ -159,3 +160,22 @@ async def test_custom_key_store_calls_name_store_and_backing_key(
     assert data["backingKeyId"] == created["backingKeyId"]
     assert json.loads(data["backingKeys"]) == [{"backingKeyId": created["backingKeyId"]}]
     await call("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)  # logs out of the token
+
+
+async def test_delete_key_service_event_names_the_key_by_its_id(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    # ct-delete-key.html: the AwsServiceEvent of the end of the waiting period, with KMS-internal
+    # identity and no requestID; where AWS logs serviceEventDetails, keyId is the key id, not the ARN.
+    call, recorder, clock = service
+    key_id = (await call("CreateKey"))["KeyMetadata"]["KeyId"]
+    arn = (await call("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7))["KeyId"]
+    clock.advance(7 * 86400 + 1)
+    await call.svc.run_due()
+    [deleted] = recorder.events("DeleteKey")
+    record = to_cloudtrail(deleted)
+    assert record["serviceEventDetails"] == {"keyId": key_id}
+    assert record["userIdentity"] == {"accountId": ACCOUNT, "invokedBy": "AWS Internal"}
+    assert (record["eventType"], record["readOnly"], record["managementEvent"]) == ("AwsServiceEvent", False, True)
+    assert record["resources"] == [{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": arn}]
+    assert "requestID" not in record and record["requestParameters"] is None
