@@ -328,3 +328,20 @@ def test_list_key_rotations_of_imported_material_names_its_import_state_and_expi
     assert entry["ExpirationModel"] == "KEY_MATERIAL_EXPIRES"
     assert entry["ValidTo"] == valid_to
     assert "RotationDate" not in entry and "RotationType" not in entry
+
+
+def test_cancelling_deletion_of_a_key_without_material_leaves_it_pending_import(kms: Any) -> None:
+    # A key of EXTERNAL origin holding no material is PendingImport ("the KMS key can't be used");
+    # cancelling its deletion must not make it Disabled, from where EnableKey would report an
+    # Enabled key that has nothing to encrypt with. One with material is Disabled, as any key.
+    meta = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]
+    kms.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
+    kms.cancel_key_deletion(KeyId=meta["KeyId"])
+    assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "PendingImport"
+    with pytest.raises(ClientError) as excinfo:
+        kms.enable_key(KeyId=meta["KeyId"])
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{meta['Arn']} is pending import.")
+    _import(kms, meta["KeyId"], os.urandom(32))
+    kms.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
+    kms.cancel_key_deletion(KeyId=meta["KeyId"])
+    assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "Disabled"

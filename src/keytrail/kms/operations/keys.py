@@ -172,9 +172,17 @@ async def cancel_key_deletion(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:CancelKeyDeletion", key)
     if key.state not in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION):
         raise errors.KMSInvalidStateException(f"{key.arn} is not pending deletion.")
-    await svc.store.put_key(key.with_state(KeyState.DISABLED))
+    await svc.store.put_key(key.with_state(_state_after_cancelled_deletion(key)))
     call.response_elements = {"keyId": key.arn}
     return {"KeyId": key.arn}
+
+
+def _state_after_cancelled_deletion(key: Key) -> KeyState:
+    # CancelKeyDeletion leaves a key Disabled; one of EXTERNAL origin whose material is gone
+    # (never imported, deleted or expired) stays unusable until an import: PendingImport.
+    if key.origin is Origin.EXTERNAL and not key.materials:
+        return KeyState.PENDING_IMPORT
+    return KeyState.DISABLED
 
 
 OPERATIONS: dict[str, Operation] = {
