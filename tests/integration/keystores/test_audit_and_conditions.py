@@ -1,6 +1,6 @@
 """What the audit trail records and which condition keys reach the authorizer, for imports,
-multi-Region keys and custom key stores: the service run in-process over a real SQLite store
-(and SoftHSM2 for the custom key store)."""
+multi-Region keys, custom key stores and the key lifecycle (rotation, deletion): the service run
+in-process over a real SQLite store (and SoftHSM2 for the custom key store)."""
 
 from __future__ import annotations
 
@@ -179,3 +179,21 @@ async def test_delete_key_service_event_names_the_key_by_its_id(
     assert (record["eventType"], record["readOnly"], record["managementEvent"]) == ("AwsServiceEvent", False, True)
     assert record["resources"] == [{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": arn}]
     assert "requestID" not in record and record["requestParameters"] is None
+
+
+async def test_rotate_key_on_demand_logs_its_key_in_response_elements(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    # ct-rotatekeyondemand.html: the AwsApiCall logs requestParameters and responseElements
+    # {keyId}; the rotation itself is the RotateKey service event, rotationType ON_DEMAND.
+    call, recorder, _ = service
+    key_id = (await call("CreateKey"))["KeyMetadata"]["KeyId"]
+    arn = (await call("RotateKeyOnDemand", KeyId=key_id))["KeyId"]
+    [api_call] = recorder.events("RotateKeyOnDemand")
+    record = to_cloudtrail(api_call)
+    assert (record["eventType"], record["readOnly"]) == ("AwsApiCall", False)
+    assert record["requestParameters"] == {"keyId": key_id}
+    assert record["responseElements"] == {"keyId": arn}
+    [rotation] = recorder.events("RotateKey")
+    assert rotation.service_event_details is not None
+    assert rotation.service_event_details["rotationType"] == "ON_DEMAND"

@@ -78,6 +78,7 @@ async def rotate_key_on_demand(svc: KmsService, call: Call) -> Response:
             f"No more on-demand rotations can be performed for this key: {key.arn}"
         )
     await rotate_key(svc, key, "ON_DEMAND")
+    call.response_elements = {"keyId": key.arn}  # CloudTrail logs this call's response
     return {"KeyId": key.arn}
 
 
