@@ -109,6 +109,14 @@ class Key:
             next_rotation_date=now + timedelta(days=period),
         )
 
+    def rotation_resumed(self, now: datetime) -> Key:
+        """The key enabled again: a rotation that fell due while it could not rotate happens at
+        once, and the period runs from then, not once for each period missed (rotate-keys,
+        "Disabled keys")."""
+        if self.next_rotation_date is not None and self.next_rotation_date < now:
+            return replace(self, next_rotation_date=now)
+        return self
+
     def rotated(self, material: KeyMaterial, now: datetime) -> Key:
         """Add `material` as the new current version; old versions stay for decryption."""
         on_demand = self.on_demand_rotations + (material.rotation_type == "ON_DEMAND")

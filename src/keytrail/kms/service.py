@@ -186,10 +186,12 @@ class KmsService:
             log.exception("audit sink failure (event %s)", record.event_id)
             raise _unaudited(_request_of(record)) from None
 
-    async def service_event(self, name: str, key: Key, details: dict[str, Any] | None) -> None:
-        """Record a KMS-initiated action (scheduled RotateKey, DeleteKey)."""
+    async def service_event(
+        self, name: str, key: Key, details: dict[str, Any] | None, at: datetime | None = None,
+    ) -> None:
+        """Record a KMS-initiated action (scheduled RotateKey, DeleteKey), done now or `at`."""
         await self.audit(CallRecord(
-            event_id=self.deps.new_id(), event_name=name, event_time=self.clock.now(),
+            event_id=self.deps.new_id(), event_name=name, event_time=at or self.clock.now(),
             region=key.region, account=key.account, context=None, request_parameters=None,
             service_event_details=details, resources=(key.arn,), read_only=False,
         ))
@@ -303,9 +305,11 @@ class KmsService:
 
     # --- material and schedules --------------------------------------------------------------
 
-    def new_material(self, secret: bytes, rotation_type: str | None = None) -> KeyMaterial:
+    def new_material(
+        self, secret: bytes, rotation_type: str | None = None, created: datetime | None = None,
+    ) -> KeyMaterial:
         return KeyMaterial(
-            material_id=self.deps.random_bytes(32).hex(), secret=secret, created=self.clock.now(),
+            material_id=self.deps.random_bytes(32).hex(), secret=secret, created=created or self.clock.now(),
             rotation_type=rotation_type,
         )
 
@@ -331,10 +335,12 @@ class KmsService:
                 current = await expire_material(self, current)
             if current.state is KeyState.CREATING:
                 current = await multiregion.activate_replica(self, current)
-            if _rotation_due(current, now):
-                from keytrail.kms.rotation import rotate_key
+            from keytrail.kms.rotation import rotate_key
 
-                current = await rotate_key(self, current, "AUTOMATIC")
+            # Once per period the clock passed, each at its due date (a dev clock moved a year
+            # ahead rotates a 90-day key four times, as that year would have).
+            while _rotation_due(current, now):
+                current = await rotate_key(self, current, "AUTOMATIC", current.next_rotation_date)
             return current
 
     async def run_due(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
@@ -82,6 +84,41 @@ def test_automatic_rotation_happens_when_the_period_passes(fresh_server: Keytrai
     assert kms.decrypt(CiphertextBlob=new_blob)["Plaintext"] == b"after"
     fresh_server.advance(91 * DAY)
     assert len(kms.list_key_rotations(KeyId=meta["KeyId"])["Rotations"]) == 2
+
+
+def test_automatic_rotation_happens_once_for_every_period_the_clock_passes(fresh_server: KeytrailServer) -> None:
+    # The dev clock moves time as if it had passed: a key enabled all along rotates at each due
+    # date, not once for the whole move, and its schedule keeps to those dates.
+    kms = fresh_server.client()
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    first_due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+    fresh_server.advance(200 * DAY)
+    rotations = kms.list_key_rotations(KeyId=key_id)["Rotations"]
+    assert [r["RotationType"] for r in rotations] == ["AUTOMATIC", "AUTOMATIC"]
+    dates = [r["RotationDate"] for r in rotations]
+    expected = [first_due, first_due + timedelta(days=90)]
+    assert all(abs(d - e) < timedelta(seconds=1) for d, e in zip(dates, expected, strict=True))
+    next_date = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+    assert abs(next_date - (first_due + timedelta(days=180))) < timedelta(seconds=1)
+
+
+def test_key_enabled_after_missing_its_rotations_rotates_once_then_every_period(
+    fresh_server: KeytrailServer,
+) -> None:
+    # rotate-keys ("Disabled keys"): a disabled key is not rotated; enabled again with material
+    # older than the period, it rotates immediately, once, and the period runs from then.
+    kms = fresh_server.client()
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    kms.disable_key(KeyId=key_id)
+    fresh_server.advance(200 * DAY)
+    assert kms.list_key_rotations(KeyId=key_id)["Rotations"] == []
+    enabled_at = datetime.fromisoformat(fresh_server.advance(0))
+    kms.enable_key(KeyId=key_id)
+    assert [r["RotationType"] for r in kms.list_key_rotations(KeyId=key_id)["Rotations"]] == ["AUTOMATIC"]
+    next_date = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+    assert abs(next_date - (enabled_at + timedelta(days=90))) < timedelta(seconds=5)
 
 
 def test_scheduled_deletion_deletes_the_key_after_the_window(fresh_server: KeytrailServer) -> None:

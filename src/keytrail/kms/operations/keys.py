@@ -116,7 +116,8 @@ async def _set_enabled(svc: KmsService, call: Call, action: str, state: KeyState
     if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
         raise errors.KMSInvalidStateException(f"{key.arn} is {_state_words(key.state)}.")
     if key.state is not state:
-        await svc.store.put_key(replace(key, state=state))
+        changed = replace(key, state=state)
+        await svc.store.put_key(changed.rotation_resumed(svc.now()) if changed.enabled else changed)
     return {}
 
 
