@@ -233,5 +233,6 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
         "DeleteExpiredKeyMaterial",
         expired,
         {"keyId": key.key_id, "keyMaterialId": current.material_id if current else None},
+        current.valid_to if current else None,  # it expired at ValidTo, whenever the tick came
     )
     return expired

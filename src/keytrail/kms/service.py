@@ -328,7 +328,8 @@ class KmsService:
             if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
                 changed = await multiregion.without_replica(self, current)
                 await self.store.delete_key(current, changed)
-                await self.service_event("DeleteKey", current, {"keyId": current.key_id})
+                # Done when the waiting period ended, however late the tick that notices it.
+                await self.service_event("DeleteKey", current, {"keyId": current.key_id}, current.deletion_date)
                 await multiregion.announce(self, changed)
                 return None
             if material_expired(current, now):

@@ -98,9 +98,10 @@ async def test_import_conditions_audit_and_expiry_event(
     assert event.additional_event_data == {"keyMaterialId": imported["KeyMaterialId"]}
     assert "encryptedKeyMaterial" not in (event.request_parameters or {})
     assert "importToken" not in (event.request_parameters or {})
-    clock.advance(3600)
+    clock.advance(5 * 3600)
     await call.svc.run_due()
     expired = recorder.events("DeleteExpiredKeyMaterial")
+    assert [e.event_time for e in expired] == [valid_to]  # at ValidTo, not at the tick
     # ct-deleteexpiredkeymaterial.html: serviceEventDetails names the key (its id) and the material.
     assert len(expired) == 1 and expired[0].service_event_details == {
         "keyId": key_id, "keyMaterialId": imported["KeyMaterialId"]
@@ -169,10 +170,12 @@ async def test_delete_key_service_event_names_the_key_by_its_id(
     # identity and no requestID; where AWS logs serviceEventDetails, keyId is the key id, not the ARN.
     call, recorder, clock = service
     key_id = (await call("CreateKey"))["KeyMetadata"]["KeyId"]
-    arn = (await call("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7))["KeyId"]
-    clock.advance(7 * 86400 + 1)
+    scheduled = await call("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    arn = scheduled["KeyId"]
+    clock.advance(30 * 86400)  # the key is deleted when its waiting period ends, not at the tick
     await call.svc.run_due()
     [deleted] = recorder.events("DeleteKey")
+    assert deleted.event_time == scheduled["DeletionDate"]
     record = to_cloudtrail(deleted)
     assert record["serviceEventDetails"] == {"keyId": key_id}
     assert record["userIdentity"] == {"accountId": ACCOUNT, "invokedBy": "AWS Internal"}
