@@ -76,6 +76,17 @@ def test_default_policy_and_round_trip(kms) -> None:
     assert code == "MalformedPolicyDocumentException"
 
 
+def test_key_policy_can_be_changed_while_the_key_is_pending_deletion(kms) -> None:
+    # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included
+    # (an administrator may need to grant kms:CancelKeyDeletion to save the key).
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    policy = json.loads(kms.get_key_policy(KeyId=key_id)["Policy"])
+    policy["Statement"][0]["Sid"] = "WhilePendingDeletion"
+    kms.put_key_policy(KeyId=key_id, Policy=json.dumps(policy))
+    assert json.loads(kms.get_key_policy(KeyId=key_id)["Policy"]) == policy
+
+
 def test_list_aliases_pages_by_50_unless_limit_is_given(server: KeytrailServer) -> None:
     # ListAliases, Limit: "If you do not include a value, it defaults to 50."
     kms = server.client(region="ca-central-1")

@@ -33,8 +33,8 @@ async def put_key_policy(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     _policy_name(call)
     bypass = bool(call.params.get("BypassPolicyLockoutSafetyCheck"))
+    # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included.
     await svc.authorize(call, "kms:PutKeyPolicy", key, {"kms:BypassPolicyLockoutSafetyCheck": bypass})
-    svc.require_not_pending_deletion(key)
     validate_key_policy(call.params["Policy"], call.context.principal, bypass=bypass)
     await svc.store.put_key(replace(key, policy=call.params["Policy"]))
     return {}
