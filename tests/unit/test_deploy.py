@@ -108,6 +108,21 @@ def test_mounted_files_exist_in_the_repository() -> None:
     assert (ROOT / "deploy/Dockerfile").is_file()
 
 
+ROOT_KEY_SETUP = ("docs/getting-started.md", "deploy/secrets/README.md", "docker-compose.yml")
+
+
+def test_the_root_key_secret_is_readable_by_the_image_user() -> None:
+    """Compose outside Swarm bind-mounts a file secret with its host owner and mode (its `uid`,
+    `gid` and `mode` are ignored): a 0600 root.key of the host user is unreadable to the image's
+    user, and every node stops at start. So the image user has a fixed uid, and every place that
+    tells how to make root.key gives the file to that uid."""
+    user = re.search(r"useradd [^\n]*--uid (\d+)[^\n]* keytrail\b", (ROOT / "deploy/Dockerfile").read_text())
+    assert user, "deploy/Dockerfile: the keytrail user needs a fixed --uid"
+    for page in ROOT_KEY_SETUP:
+        text = (ROOT / page).read_text()
+        assert "> deploy/secrets/root.key" in text and f"chown {user.group(1)} deploy/secrets/root.key" in text, page
+
+
 def test_grafana_is_provisioned_with_the_prometheus_datasource_and_dashboards() -> None:
     build = dashboards_build()
     datasources = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/prometheus.yml").read_text())
