@@ -49,6 +49,16 @@ def test_every_dashboard_metric_is_exported_by_the_server(fresh_server: Keytrail
     assert wrong == {}, f"metric types differ from dashboards/build.py METRICS: {wrong}"
 
 
+def test_every_exported_metric_is_documented(fresh_server: KeytrailServer) -> None:
+    """docs/metrics.md lists every family GET /metrics serves, with its type."""
+    kms = fresh_server.client("alice")
+    kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"documented")
+    families = exported_families(fresh_server.get("/metrics")[1].decode())
+    section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \|", section, flags=re.M))
+    assert {name: kind for name, kind in families.items() if documented.get(name) != kind} == {}
+
+
 def test_denied_calls_are_counted_per_principal(fresh_server: KeytrailServer) -> None:
     """The "denied calls by principal" panel: role sessions count as their role."""
     alice = fresh_server.client("alice")

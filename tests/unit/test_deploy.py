@@ -151,6 +151,28 @@ def test_every_panel_queries_only_listed_metrics_and_every_listed_metric_is_used
     assert used == set(build.METRICS)
 
 
+def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Metric name → (type, labels) from the table of docs/metrics.md, "Prometheus (`GET /metrics`)"."""
+    section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \| ([^|]*) \|", section, flags=re.M)
+    return {name: (kind, tuple(re.findall(r"\b[a-z]+\b(?![^(]*\))", labels.replace("—", ""))))
+            for name, kind, labels in rows}
+
+
+def test_documented_metrics_table_reads_names_types_and_labels() -> None:
+    documented = documented_metrics()
+    assert documented["keytrail_kms_requests_total"] == ("counter", ("operation", "outcome"))
+    assert documented["keytrail_audit_spool_depth"] == ("gauge", ())
+
+
+def test_every_metric_the_dashboards_query_is_documented_as_they_read_it() -> None:
+    """An operator writing an alert or a panel of their own reads docs/metrics.md: each family
+    the dashboards use is there with the type and labels the dashboards assume."""
+    documented = documented_metrics()
+    assert {name: (kind, labels) for name, (kind, labels, _) in dashboards_build().METRICS.items()
+            if documented.get(name) != (kind, labels)} == {}
+
+
 def test_contracts_page_covers_every_section_of_the_shared_contracts() -> None:
     shared = ROOT.parent / "shared" / "CONTRACTS.md"
     if not shared.is_file():
