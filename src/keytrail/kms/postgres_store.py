@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, sto
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """
+_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keytrail.schema', 0))"
 # An empty value sealed under the root key of the first node: every later node must open it.
 _ROOT_KEY_CHECK = "root-key-check"
 # A key with material (key_to_doc writes compact JSON), for a store from before kms_root_key.
@@ -93,7 +94,11 @@ class PostgresStore:
         `timeout` seconds."""
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=timeout, command_timeout=timeout)
         try:
-            async with pool.acquire(timeout=timeout) as connection:
+            async with pool.acquire(timeout=timeout) as connection, connection.transaction():
+                # Nodes starting together on an empty database (docker compose up) would race on
+                # CREATE TABLE IF NOT EXISTS, which is not safe against itself: one fails on
+                # pg_type's unique index. The lock is released at the end of the transaction.
+                await connection.execute(_SCHEMA_LOCK)
                 await connection.execute(_SCHEMA)
                 await _check_root_key(connection, root)
         except BaseException:

@@ -3,6 +3,7 @@ one multi-Region key, and one Region serving on while the other node is down."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -127,6 +128,23 @@ async def test_two_nodes_share_a_multi_region_key_and_survive_one_going_down(dsn
     mine = (await west("Encrypt", KeyId=key_id, Plaintext=b"still serving"))["CiphertextBlob"]
     assert (await west("Decrypt", CiphertextBlob=mine))["Plaintext"] == b"still serving"
     await west.store.close()
+
+
+async def test_two_nodes_starting_together_on_an_empty_database_both_open_it(dsn: str) -> None:
+    """`docker compose up`: both API nodes start once PostgreSQL is healthy, on an empty database.
+    CREATE TABLE IF NOT EXISTS is not safe against itself: without a lock one node failed on
+    pg_type's unique index, and stopped."""
+    root = RootKey(os.urandom(32))
+    for _ in range(3):
+        stores = await asyncio.gather(PostgresStore.connect(dsn, root), PostgresStore.connect(dsn, root))
+        for store in stores:
+            await store.close()
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute("DROP TABLE kms_keys, kms_aliases, kms_grants, kms_import_parameters, "
+                                     "kms_custom_key_stores, kms_root_key")
+        finally:
+            await connection.close()
 
 
 async def test_a_node_with_another_root_key_is_refused_at_connect(dsn: str) -> None:
