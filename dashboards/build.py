@@ -50,7 +50,8 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
      [("sum by (rule) (increase(keytrail_alarms_total[5m]))", "{{rule}}")], 12, 8),
     ("Cost accrued by account", "timeseries", "currencyUSD",
      [("sum by (account) (keytrail_kms_cost_usd)", "{{account}}")], 12, 8),
-    ("Key inventory by state", "bargauge", "short", [("sum by (state) (keytrail_kms_keys)", "{{state}}")], 12, 8),
+    # Each node reports the whole key store the nodes share: max, since a sum counts each key once per node.
+    ("Key inventory by state", "bargauge", "short", [("max by (state) (keytrail_kms_keys)", "{{state}}")], 12, 8),
     ("Audit spool depth", "timeseries", "short", [("max by (instance) (keytrail_audit_spool_depth)", "{{instance}}")],
      12, 8),
     ("Consumer lag", "timeseries", "short",

@@ -99,6 +99,14 @@ def test_prometheus_scrapes_every_serve_node_on_its_port() -> None:
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
 
 
+def test_the_key_inventory_is_not_counted_once_per_node() -> None:
+    """Every node reports keytrail_kms_keys of the one key store they share (compose's PostgreSQL):
+    summed over the nodes, each key counted twice."""
+    queries = [expr for _, _, _, targets, _, _ in dashboards_build().PANELS for expr, _ in targets
+               if "keytrail_kms_keys" in expr]
+    assert queries and all(re.fullmatch(r"max by \(state\) \(keytrail_kms_keys\)", q) for q in queries), queries
+
+
 def test_the_guide_says_where_the_alarm_panels_stay_empty() -> None:
     """The alarm panels read keytrail_alarms_total, which a serve node counts for its own detector
     only. Compose's nodes run --no-detector and Prometheus scrapes only them, so those panels stay
