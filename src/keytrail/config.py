@@ -36,5 +36,7 @@ class ServeSettings:
 
     @property
     def endpoint(self) -> str:
-        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0") else self.host
+        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host
+        if ":" in host:  # an IPv6 address: in brackets in a URL (RFC 3986), or the SDKs refuse it
+            host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}"
