@@ -58,6 +58,15 @@ def test_compose_runs_the_whole_topology() -> None:
     assert sorted(commands) == ["consume", "detect", "serve", "serve"]
 
 
+def test_kafka_keeps_its_log_on_its_volume() -> None:
+    """The apache/kafka image writes its log to /tmp/kraft-combined-logs unless KAFKA_LOG_DIRS says
+    otherwise: the audit topic and the consumers' committed offsets would then live in the
+    container, lost when it is recreated, while the kafka-data volume stayed empty."""
+    kafka = compose()["services"]["kafka"]
+    mounted = {volume.split(":")[1] for volume in kafka["volumes"] if volume.split(":")[0] == "kafka-data"}
+    assert kafka["environment"].get("KAFKA_LOG_DIRS") in mounted
+
+
 def test_one_detector_judges_the_whole_topic() -> None:
     """The API nodes leave detection to the standalone detector: otherwise each node would raise
     its own copy of every alarm."""
