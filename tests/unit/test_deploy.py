@@ -67,6 +67,16 @@ def test_kafka_keeps_its_log_on_its_volume() -> None:
     assert kafka["environment"].get("KAFKA_LOG_DIRS") in mounted
 
 
+def test_published_ports_are_on_loopback_only() -> None:
+    """The KMS nodes answer to the example secrets of deploy/principals.toml (kms:* for the admin),
+    Mosquitto takes anonymous clients, Grafana anonymous viewers: Docker publishes a bare
+    "4599:4599" on every interface of the host (past its firewall), so all of them were open to
+    the network before anyone had changed a secret, which the guide says to do first."""
+    published = {name: service.get("ports", []) for name, service in compose()["services"].items()}
+    assert {name: ports for name, ports in published.items()
+            if any(not str(port).startswith("127.0.0.1:") for port in ports)} == {}
+
+
 def test_one_detector_judges_the_whole_topic() -> None:
     """The API nodes leave detection to the standalone detector: otherwise each node would raise
     its own copy of every alarm."""
