@@ -223,6 +223,22 @@ def test_contracts_page_covers_every_section_of_the_shared_contracts() -> None:
     assert sections and [s for s in sections if f"## {s}" not in page] == []
 
 
+#: python3 of the Linux releases the getting-started guide names (their release notes).
+DISTRIBUTION_PYTHON = {"Debian 12": (3, 11), "Ubuntu 22.04": (3, 10), "Ubuntu 24.04": (3, 12)}
+
+
+def test_the_guide_installs_a_python_keytrail_accepts_on_each_release_it_names() -> None:
+    """Ubuntu 22.04's python3 is 3.10, below requires-python: there the guide's apt-get line
+    installed a Python `scripts/install` cannot use, and it must name the one to install."""
+    required = tuple(int(part) for part in re.findall(r'requires-python = ">=(\d+)\.(\d+)"',
+                                                         (ROOT / "pyproject.toml").read_text())[0])
+    guide = (ROOT / "docs/getting-started.md").read_text()
+    for release, python in DISTRIBUTION_PYTHON.items():
+        if release in guide and python < required:
+            wanted = f"python{required[0]}.{required[1]}"
+            assert f"apt-get install -y {wanted} {wanted}-venv" in guide and f"PYTHON={wanted} scripts/install" in guide
+
+
 def documented_commands() -> set[str]:
     """`keytrail <command> [<subcommand>]` as written in the shell blocks of the user guides."""
     found: set[str] = set()
