@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import polars as pl
 
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 
@@ -20,6 +21,7 @@ USAGE_FIELDS = ["keyArn", "eventName", "principalArn", "accountId", "count", "er
 COST_FIELDS = ["keyArn", "accountId", "keyMonths", "keyCost", "requests", "requestCost", "totalCost"]
 LAST_USED_FIELDS = ["keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId"]
 
+_LIFECYCLE_ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second ties, as cost.py
 _MONEY = pl.Decimal(38, 10)
 _ROW = Decimal("1e-10")
 PROJECTION_SCHEMA: dict[str, pl.DataType] = {
@@ -78,9 +80,21 @@ def _per_account(cost: pl.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decima
             for account, total, keys, requests in sums.iter_rows()}
 
 
-def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: int) -> pl.DataFrame:
-    """The §4 last-used columns plus `unused`: never used, or not used in `unused_days` before `as_of`."""
+def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: int,
+                lifecycle: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The §4 last-used columns plus `unused`: never used, or not used in `unused_days` before `as_of`;
+    not a key that `lifecycle` shows deleted or pending deletion by then (it costs nothing more)."""
     never = pl.col("lastUsedTime").is_null()
     unused = never if as_of is None else never | (pl.col("lastUsedTime") < as_of - timedelta(days=unused_days))
-    return last_used.select(LAST_USED_FIELDS).with_columns(unused=unused).sort(
+    going = _going(lifecycle, as_of) if lifecycle is not None else []
+    return last_used.select(LAST_USED_FIELDS).with_columns(unused=unused & ~pl.col("keyArn").is_in(going)).sort(
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)
+
+
+def _going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
+    """Keys whose last lifecycle event before `as_of` is ScheduleKeyDeletion or DeleteKey: the
+    cost model stops billing them there (pipeline/cost.py), and CancelKeyDeletion brings one back."""
+    events = lifecycle if as_of is None else lifecycle.filter(pl.col("eventTime") < as_of)
+    order = pl.col("eventName").replace_strict(_LIFECYCLE_ORDER, default=-1)
+    last = events.sort("eventTime", order).group_by("keyArn").agg(pl.col("eventName").last())
+    return last.filter(pl.col("eventName").is_in(["ScheduleKeyDeletion", "DeleteKey"])).get_column("keyArn").to_list()

@@ -53,6 +53,20 @@ def test_keys_never_or_long_unused_are_marked(data: Any) -> None:
     assert unused == {BUSY: False, IDLE: True, OLD: True}
 
 
+def test_keys_deleted_or_pending_deletion_are_not_marked_unused() -> None:
+    """Unused keys are highlighted as keys to delete: a key already deleted or scheduled for
+    deletion costs nothing more (the cost table stops billing it) and was flagged all the same,
+    as the demo's report showed its deleted key beside the one idle key."""
+    gone, pending, cancelled = key_arn("gone"), key_arn("pending"), key_arn("cancelled")
+    events = [record("CreateKey", NOV - timedelta(days=60), key) for key in (gone, pending, cancelled, IDLE)]
+    events += [record("ScheduleKeyDeletion", NOV - timedelta(days=40), key) for key in (gone, pending, cancelled)]
+    events += [record("DeleteKey", NOV - timedelta(days=33), gone),
+               record("CancelKeyDeletion", NOV - timedelta(days=35), cancelled)]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
+    unused = dict(data.last_used.select("keyArn", "unused").iter_rows())
+    assert unused == {gone: False, pending: False, cancelled: True, IDLE: True}
+
+
 def test_denied_calls_name_the_principal(data: Any) -> None:
     [row] = data.denied.to_dicts()
     assert (row["principalArn"], row["keyArn"], row["eventName"], row["count"]) == (user_arn("mallory"), BUSY,
