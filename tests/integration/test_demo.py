@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import interruptible
+
 pytestmark = pytest.mark.integration
 
 PROMISED = {  # rule -> the alias of the key the story raises it on
@@ -147,7 +149,7 @@ def _processes_naming(text: str) -> list[int]:
 def test_ctrl_c_stops_the_server_and_leaves_no_process(tmp_path: Path) -> None:
     data_dir = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "keytrail", "demo", "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 60
     while not (data_dir / "keys.db").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the server has opened its key store: it is running

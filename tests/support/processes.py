@@ -1,8 +1,16 @@
-"""The child processes of a process, read from /proc (serve's sidecars and fsync helper)."""
+"""The child processes of a process, read from /proc (serve's sidecars and fsync helper), and how
+to start one that Ctrl-C reaches."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child a test sends SIGINT: a test run started in the background (`cmd &`
+    in a script) ignores SIGINT, and a child would inherit that, so Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def child_commands(pid: int) -> dict[int, list[bytes]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail, rewrite_segment
+from tests.support.processes import interruptible
 
 
 def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -198,7 +199,7 @@ def test_ctrl_c_during_a_command_exits_130_quietly(tmp_path: Path) -> None:
     """SIGINT once the command runs (its first output line is out): no traceback, exit 130."""
     fill_trail(tmp_path, 3000)
     process = subprocess.Popen([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(tmp_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     assert process.stdout is not None and process.stdout.readline().startswith("{")
     process.send_signal(signal.SIGINT)  # stdout unread: the command is blocked writing the rest
     _, err = process.communicate(timeout=30)
