@@ -128,7 +128,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # Only a request still incomplete after this data arms a timer: the usual one, whole in one
         # segment, costs a comparison.
         if self._arriving and self._deadline is None:
-            self._deadline = self.loop.call_later(self.request_seconds, self._overdue, self._arriving)
+            self._arm_deadline()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -151,12 +151,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         super().shutdown()
 
+    def _arm_deadline(self) -> None:
+        """The request arriving now has `request_seconds` from now to arrive whole."""
+        self._deadline = self.loop.call_later(self.request_seconds, self._overdue, self._arriving)
+
     def _overdue(self, request: int) -> None:
         """The deadline of request number `request`: answer 408 and close if it is still arriving."""
         self._deadline = None
         if self._arriving != request or self.transport.is_closing():
             if self._arriving:  # a later request is arriving: it gets a deadline of its own
-                self._deadline = self.loop.call_later(self.request_seconds, self._overdue, self._arriving)
+                self._arm_deadline()
             return
         if self.cycle is None or not self.cycle.response_started:  # the app may have answered already
             self.transport.write(_OVERDUE)

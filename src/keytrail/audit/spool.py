@@ -47,12 +47,12 @@ HELPER_STEADY_SECONDS = 60.0
 _Done = Callable[[BaseException | None], None]
 
 
-# Upper bounds (seconds) of the fsync latency histogram: an idle local disk syncs in ≈ 0.1 to 0.5 ms,
-# a busy one in milliseconds; beyond 100 ms every audited call waits visibly.
 # How long a write that failed for want of space (and none that worked since) keeps the health check
 # unhealthy: a node taken out of rotation gets no call whose write would show that space is back,
 # so past this it says healthy again and the next calls find out.
 REFUSAL_SHOWN_SECONDS = 10.0
+# Upper bounds (seconds) of the fsync latency histogram: an idle local disk syncs in ≈ 0.1 to 0.5 ms,
+# a busy one in milliseconds; beyond 100 ms every audited call waits visibly.
 FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
