@@ -307,3 +307,22 @@ def test_key_policy_conditions_on_replica_region_are_enforced(server: KeytrailSe
     assert (
         kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)["ReplicaKeyMetadata"]["KeyState"] == "Creating"
     )
+
+
+@pytest.mark.parametrize("operation", ["enable_key_rotation", "disable_key_rotation", "rotate_key_on_demand"])
+def test_rotation_is_managed_only_on_the_primary(server: KeytrailServer, operation: str) -> None:
+    # EnableKeyRotation / DisableKeyRotation: "set the property on the primary key";
+    # RotateKeyOnDemand: "invoke the on-demand rotation on the primary Region key".
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    remote = server.client("alice", REPLICA)
+    material = remote.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+    with pytest.raises(ClientError) as excinfo:
+        getattr(remote, operation)(KeyId=key_id)
+    assert _error(excinfo) == (
+        "UnsupportedOperationException",
+        f"{_arn(REPLICA, key_id)} is not a multi-region primary key.",
+    )
+    assert remote.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
+    assert remote.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == material

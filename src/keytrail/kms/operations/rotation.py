@@ -24,9 +24,19 @@ async def _rotatable_key(svc: KmsService, call: Call, action: str, conditions: d
     await svc.authorize(call, action, key, conditions)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.custom_key_store_id:
         raise errors.UnsupportedOperationException("")
+    _require_primary_or_single_region(key)
     _require_generated_material(key)
     svc.require_usable(key)
     return key
+
+
+def _require_primary_or_single_region(key: Key) -> None:
+    # Multi-Region keys share their rotation: "To enable or disable automatic rotation of a set of
+    # related multi-Region keys, set the property on the primary key" (EnableKeyRotation), and
+    # on-demand rotation is invoked "on the primary Region key" (RotateKeyOnDemand). A replica's
+    # own setting would never reach the primary and be overwritten by the primary's next change.
+    if multiregion.is_replica(key):
+        raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
 
 
 def _require_generated_material(key: Key) -> None:
