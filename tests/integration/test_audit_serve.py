@@ -151,3 +151,33 @@ def test_scripted_session_reaches_kafka_one_to_one(tmp_path: Path) -> None:
     assert len(messages) == len(answers)
     assert shipped == {request_id: key.encode() for request_id, key in answers.items()}
     assert not any(SECRET in value for _, value in messages)
+
+
+def test_write_calls_log_the_affected_key_arn_in_response_elements(tmp_path: Path) -> None:
+    # ct-enablekey, ct-disablekey, ct-createalias, ct-updatealias, ct-deletealias,
+    # ct-untagresource, ct-enablekeyrotation: entries since December 2022 carry the affected key's
+    # ARN in responseElements.keyId; TagResource and DisableKeyRotation entries still show null.
+    server = KeytrailServer(tmp_path / "data").start()
+    calls: dict[str, str] = {}  # requestID -> the key ARN expected, "" for null
+    try:
+        kms = server.client("alice")
+        first, second = (kms.create_key()["KeyMetadata"] for _ in range(2))
+        steps = [
+            (first, lambda: kms.create_alias(AliasName="alias/audit", TargetKeyId=first["KeyId"])),
+            (second, lambda: kms.update_alias(AliasName="alias/audit", TargetKeyId=second["KeyId"])),
+            (second, lambda: kms.delete_alias(AliasName="alias/audit")),
+            (first, lambda: kms.disable_key(KeyId=first["KeyId"])),
+            (first, lambda: kms.enable_key(KeyId=first["KeyId"])),
+            (None, lambda: kms.tag_resource(KeyId=first["KeyId"], Tags=[{"TagKey": "a", "TagValue": "b"}])),
+            (first, lambda: kms.untag_resource(KeyId=first["KeyId"], TagKeys=["a"])),
+            (first, lambda: kms.enable_key_rotation(KeyId=first["KeyId"])),
+            (None, lambda: kms.disable_key_rotation(KeyId=first["KeyId"])),
+        ]
+        for meta, step in steps:
+            calls[step()["ResponseMetadata"]["RequestId"]] = meta["Arn"] if meta else ""
+    finally:
+        assert server.stop() == 0
+    events = _events(tmp_path / "data")
+    logged = {events[r]["eventName"]: events[r]["responseElements"] for r in calls}
+    expected = {events[r]["eventName"]: {"keyId": arn} if arn else None for r, arn in calls.items()}
+    assert logged == expected and len(logged) == len(steps)

@@ -38,6 +38,12 @@ class Call:
         if arn not in self.resources:
             self.resources.append(arn)
 
+    def log_key_id(self, arn: str) -> None:
+        """Log the affected key's ARN as `responseElements.keyId`: CloudTrail entries recorded
+        since December 2022 carry it for EnableKey, DisableKey, Create/Update/DeleteAlias,
+        UntagResource, EnableKeyRotation and the import calls, though their responses do not."""
+        self.response_elements = {**(self.response_elements or {}), "keyId": arn}
+
 
 @dataclass(frozen=True, slots=True)
 class Operation:

@@ -97,7 +97,8 @@ async def synchronize(svc: KmsService, keys: list[Key]) -> None:
 
 
 async def announce(svc: KmsService, keys: list[Key]) -> None:
-    """Record the `SynchronizeMultiRegionKey` service event of each copy changed."""
+    """Record the `SynchronizeMultiRegionKey` service event of each copy changed (entries since
+    December 2022 carry the copy's ARN in responseElements.keyId, ct-synchronize-multi-region-key)."""
     for key in keys:
         await svc.service_event(
             "SynchronizeMultiRegionKey",
@@ -106,6 +107,7 @@ async def announce(svc: KmsService, keys: list[Key]) -> None:
                 "primaryRegion": key.primary_region,
                 "replicaRegions": list(key.replica_regions),
             },
+            response_elements={"keyId": key.arn},
         )
 
 

@@ -188,12 +188,14 @@ class KmsService:
 
     async def service_event(
         self, name: str, key: Key, details: dict[str, Any] | None, at: datetime | None = None,
+        response_elements: dict[str, Any] | None = None,
     ) -> None:
         """Record a KMS-initiated action (scheduled RotateKey, DeleteKey), done now or `at`."""
         await self.audit(CallRecord(
             event_id=self.deps.new_id(), event_name=name, event_time=at or self.clock.now(),
             region=key.region, account=key.account, context=None, request_parameters=None,
-            service_event_details=details, resources=(key.arn,), read_only=False,
+            response_elements=response_elements, service_event_details=details, resources=(key.arn,),
+            read_only=False,
         ))
 
     # --- finding keys ------------------------------------------------------------------------

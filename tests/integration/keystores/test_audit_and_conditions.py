@@ -96,6 +96,8 @@ async def test_import_conditions_audit_and_expiry_event(
     assert conditions["kms:ValidTo"] == valid_to.timestamp()
     event = recorder.events("ImportKeyMaterial")[-1]
     assert event.additional_event_data == {"keyMaterialId": imported["KeyMaterialId"]}
+    # ct-importkeymaterial: responseElements names the key (ARN) and the material.
+    assert event.response_elements == {"keyId": imported["KeyId"], "keyMaterialId": imported["KeyMaterialId"]}
     assert "encryptedKeyMaterial" not in (event.request_parameters or {})
     assert "importToken" not in (event.request_parameters or {})
     clock.advance(5 * 3600)
@@ -125,6 +127,8 @@ async def test_multi_region_conditions_and_synchronize_events(
     await call.svc.run_due()  # the replica leaves Creating
     synced = {(r.region, r.resources) for r in recorder.events("SynchronizeMultiRegionKey")}
     assert ("eu-west-1", (f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",)) in synced
+    # ct-synchronize-multi-region-key: entries since December 2022 carry the copy's ARN.
+    assert all(r.response_elements == {"keyId": r.resources[0]} for r in recorder.events("SynchronizeMultiRegionKey"))
     await call("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
     assert recorder.conditions("kms:UpdatePrimaryRegion")["kms:PrimaryRegion"] == "eu-west-1"
 
@@ -200,3 +204,25 @@ async def test_rotate_key_on_demand_logs_its_key_in_response_elements(
     [rotation] = recorder.events("RotateKey")
     assert rotation.service_event_details is not None
     assert rotation.service_event_details["rotationType"] == "ON_DEMAND"
+
+
+async def test_delete_imported_key_material_logs_key_and_material(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    # ct-deleteimportedkeymaterial: responseElements is the response, {keyId (ARN), keyMaterialId}.
+    call, recorder, _ = service
+    key_id = (await call("CreateKey", Origin="EXTERNAL"))["KeyMetadata"]["KeyId"]
+    params = await call(
+        "GetParametersForImport", KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    imported = await call(
+        "ImportKeyMaterial",
+        KeyId=key_id,
+        ImportToken=params["ImportToken"],
+        EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+        ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+    )
+    await call("DeleteImportedKeyMaterial", KeyId=key_id)
+    assert recorder.events("DeleteImportedKeyMaterial")[-1].response_elements == {
+        "keyId": imported["KeyId"], "keyMaterialId": imported["KeyMaterialId"]
+    }

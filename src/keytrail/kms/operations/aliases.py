@@ -40,6 +40,7 @@ async def create_alias(svc: KmsService, call: Call) -> Response:
     # One step, not a lookup then a write: two calls creating one name at once would both succeed.
     if not await svc.store.add_alias(Alias(context.account, context.region, name, key.key_id, now, now)):
         raise errors.AlreadyExistsException(f"An alias with the name {svc.alias_arn(call, name)} already exists")
+    call.log_key_id(key.arn)
     return {}
 
 
@@ -64,6 +65,7 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
     updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
     if not await svc.store.update_alias(updated):  # deleted meanwhile: not brought back
         raise errors.NotFoundException(f"Alias {svc.alias_arn(call, alias.name)} is not found.")
+    call.log_key_id(key.arn)  # the new target
     return {}
 
 
@@ -74,6 +76,8 @@ async def delete_alias(svc: KmsService, call: Call) -> Response:
         call.resource(key.arn)
     await svc.authorize(call, "kms:DeleteAlias", key)
     await svc.store.delete_alias(alias)
+    if key is not None:
+        call.log_key_id(key.arn)
     return {}
 
 

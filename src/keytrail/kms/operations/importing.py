@@ -171,6 +171,7 @@ async def import_key_material(svc: KmsService, call: Call) -> Response:
     )
     await svc.store.put_key(imported)
     call.additional_event_data["keyMaterialId"] = material_id
+    call.response_elements = {"keyId": key.arn, "keyMaterialId": material_id}
     return {"KeyId": key.arn, "KeyMaterialId": material_id}
 
 
@@ -182,9 +183,11 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
         raise errors.NotFoundException(f"Key material {wanted} does not exist for {key.arn}")
     await svc.store.put_key(without_material(key))
     material_id = current.material_id if current else key.extra.get(FINGERPRINT)
+    response: Response = {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
     if material_id:
         call.additional_event_data["keyMaterialId"] = material_id
-    return {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
+    call.response_elements = {name[:1].lower() + name[1:]: value for name, value in response.items()}
+    return response
 
 
 OPERATIONS: dict[str, Operation] = {

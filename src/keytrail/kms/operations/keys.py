@@ -108,6 +108,7 @@ async def list_keys(svc: KmsService, call: Call) -> Response:
 async def _set_enabled(svc: KmsService, call: Call, action: str, state: KeyState) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, action, key)
+    call.log_key_id(key.arn)  # recorded only if the call succeeds
     if key.state is KeyState.UNAVAILABLE:
         # Key states table: the call succeeds on a key whose custom key store is disconnected,
         # and the state it asks for is the one the key gets back when the store reconnects.

@@ -53,6 +53,7 @@ async def enable_key_rotation(svc: KmsService, call: Call) -> Response:
     key = await _rotatable_key(svc, call, "kms:EnableKeyRotation",
                                {"kms:RotationPeriodInDays": period} if period else None)
     await _set_rotation(svc, key.with_rotation(True, svc.now(), period))
+    call.log_key_id(key.arn)  # ct-enablekeyrotation; DisableKeyRotation's entries still log null
     return {}
 
 
