@@ -10,6 +10,7 @@ its key and material like any other and fails as one InvalidCiphertextException.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -43,6 +44,12 @@ _ERROR_CODES: dict[type[Exception], str] = {
     p11.UserAlreadyLoggedIn: "USER_LOGGED_IN",
     p11.UserPinNotInitialized: "USER_NOT_FOUND",
 }
+# Failures that leave the session itself unusable (closed, logged out, token gone): PKCS#11 has
+# no way back for such a session, so it is dropped and the next call logs in afresh.
+_SESSION_LOST: tuple[type[Exception], ...] = (
+    p11.SessionHandleInvalid, p11.SessionClosed, p11.UserNotLoggedIn, p11.DeviceRemoved, p11.DeviceError,
+    p11.TokenNotPresent, p11.TokenNotRecognised, p11.ObjectHandleInvalid, p11.KeyHandleInvalid,
+)
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
 _libraries_lock = threading.Lock()
 _T = TypeVar("_T")
@@ -153,6 +160,12 @@ class TokenSession:
         with self._lock:
             self._session.close()
 
+    def discard(self) -> None:
+        """Close the session if the token still knows it; one it already closed or logged out
+        cannot be closed again, and is gone anyway (its login ended with it)."""
+        with contextlib.suppress(p11.PKCS11Error):
+            self.close()
+
 
 class HsmConnections:
     """Live sessions per custom key store. A store that is CONNECTED but has no session here
@@ -172,8 +185,8 @@ class HsmConnections:
         if path is None:
             raise HsmError("INTERNAL_ERROR", f"{MODULE_ENV} is not set")
         old = self._sessions.pop(store.store_id, None)
-        if old is not None:
-            await asyncio.to_thread(old.close)
+        if old is not None:  # closed first: a second login of this process would be refused
+            await asyncio.to_thread(old.discard)
         session = await asyncio.to_thread(open_session, path, store.cluster_id, store.password)
         self._sessions[store.store_id] = session
         return session
@@ -182,7 +195,15 @@ class HsmConnections:
         async with self._lock:
             session = self._sessions.pop(store_id, None)
             if session is not None:
-                await asyncio.to_thread(session.close)
+                await asyncio.to_thread(session.discard)
+
+    async def drop(self, failed: TokenSession) -> None:
+        """Forget a session a PKCS#11 call failed on, so the next call logs in again instead of
+        failing on it until the store is reconnected. A session opened meanwhile is kept."""
+        async with self._lock:
+            for store_id in [s for s, session in self._sessions.items() if session is failed]:
+                del self._sessions[store_id]
+                await asyncio.to_thread(failed.discard)
 
     async def session(self, store: CustomKeyStore) -> TokenSession:
         """The store's live session, logging in first if this process has none yet."""
@@ -210,6 +231,8 @@ class HsmConnections:
         try:
             return await asyncio.to_thread(work, session)
         except p11.PKCS11Error:
+            # `work` gets no caller input the token could refuse: the session itself failed.
+            await self.drop(session)
             raise unusable from None
 
 
@@ -223,10 +246,6 @@ class HsmCipher:
     async def _store_of(self, key: Key) -> CustomKeyStore | None:
         stores = await self._stores.list_custom_key_stores(key.account, key.region)
         return next((s for s in stores if s.store_id == key.custom_key_store_id), None)
-
-    async def session_for(self, key: Key) -> TokenSession:
-        """The session of the key's store, or KMSInvalidStateException if it is not connected."""
-        return await self.connections.session_or(await self._store_of(key), _unavailable(key))
 
     async def encrypt(
         self, key: Key, plaintext: bytes, context: Mapping[str, str] | None, algorithm: str
@@ -256,7 +275,8 @@ class HsmCipher:
         material = key.material(header.material_id)
         if material is None or material.handle is None or header.key_id != key.key_id:
             raise errors.InvalidCiphertextException("")
-        session = await self.session_for(key)
+        store = await self._store_of(key)
+        session = await self.connections.session_or(store, _unavailable(key))
         try:
             plaintext = await asyncio.to_thread(
                 session.decrypt,
@@ -265,7 +285,10 @@ class HsmCipher:
                 header.body,
                 header.header + encode_context(context),
             )
-        except p11.PKCS11Error:
+        except _SESSION_LOST:
+            await self.connections.drop(session)
+            raise _unavailable(key) from None
+        except p11.PKCS11Error:  # a tampered blob fails GCM as a general error (SoftHSM2)
             raise errors.InvalidCiphertextException("") from None
         return plaintext, material.material_id
 
