@@ -120,10 +120,11 @@ async def test_multi_region_conditions_and_synchronize_events(
     assert conditions["kms:ReplicaRegion"] == "eu-west-1"
     assert (conditions["kms:MultiRegion"], conditions["kms:MultiRegionKeyType"]) == (True, "PRIMARY")
     replicate = recorder.events("ReplicateKey")[-1]
-    assert replicate.resources == (
-        f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}",
-        f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",
-    )
+    # ct-replicate-key: resources name the primary only; responseElements the replica and its policy.
+    assert replicate.resources == (f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}",)
+    response = replicate.response_elements or {}
+    assert response["replicaKeyMetadata"]["arn"] == f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}"
+    assert json.loads(response["replicaPolicy"])["Statement"][0]["Sid"] == "Enable IAM User Permissions"
     await call.svc.run_due()  # the replica leaves Creating
     synced = {(r.region, r.resources) for r in recorder.events("SynchronizeMultiRegionKey")}
     assert ("eu-west-1", (f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",)) in synced

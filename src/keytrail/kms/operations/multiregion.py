@@ -68,9 +68,10 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     # One write: a replica its primary does not list would never get the primary's rotations.
     await svc.store.put_keys([replica, *siblings])
     await multiregion.announce(svc, siblings)
-    call.resource(replica.arn)
     metadata = key_metadata(replica)
-    call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata)}
+    # ct-replicate-key: the entry (in the primary's Region) lists only the primary key among its
+    # resources; the replica is named by responseElements, with the policy it was given.
+    call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata), "replicaPolicy": replica.policy}
     return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
             "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in replica.tags]}
 
