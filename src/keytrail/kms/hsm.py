@@ -86,11 +86,14 @@ def _library(path: str) -> Any:
 
 
 def find_token(path: str, cluster_id: str) -> bool:
-    """True if the module has one initialised token for this cluster id."""
+    """True if the module has one initialised token for this cluster id; HsmError if the module
+    cannot list its tokens (a token removed under it can fail every lookup, CKR_GENERAL_ERROR)."""
     try:
         _library(path).get_token(token_label=token_label(cluster_id))
     except (p11.NoSuchToken, p11.MultipleTokensReturned):
         return False
+    except p11.PKCS11Error as exc:
+        raise HsmError("INTERNAL_ERROR", type(exc).__name__) from None
     return True
 
 

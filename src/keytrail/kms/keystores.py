@@ -21,6 +21,7 @@ from keytrail.kms import errors
 __all__ = [
     "CloudHsmClusterInUseException",
     "CloudHsmClusterInvalidConfigurationException",
+    "CloudHsmClusterNotActiveException",
     "CloudHsmClusterNotFoundException",
     "ConnectionState",
     "CustomKeyStore",
@@ -34,6 +35,12 @@ class CloudHsmClusterNotFoundException(errors.KmsError):
     """AWS `CloudHsmClusterNotFoundException`: no token carries the cluster id as its label."""
 
     code = "CloudHsmClusterNotFoundException"
+
+
+class CloudHsmClusterNotActiveException(errors.KmsError):
+    """AWS `CloudHsmClusterNotActiveException`: the PKCS#11 module cannot list its tokens now."""
+
+    code = "CloudHsmClusterNotActiveException"
 
 
 class CloudHsmClusterInUseException(errors.KmsError):

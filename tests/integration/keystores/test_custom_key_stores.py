@@ -330,3 +330,8 @@ def test_hsm_token_removed_under_a_live_session_answers_aws_errors(
     with pytest.raises(ClientError) as excinfo:
         kms.encrypt(KeyId=key_id, Plaintext=b"x")
     assert _error(excinfo) == "KMSInvalidStateException"
+    # With a token gone, SoftHSM2 fails every token lookup (CKR_GENERAL_ERROR): a new store cannot
+    # be checked against its cluster, which AWS calls a cluster that is not active, not a 500.
+    with pytest.raises(ClientError) as excinfo:
+        _store(kms, trust_anchor, next(clusters))
+    assert _error(excinfo) == "CloudHsmClusterNotActiveException"

@@ -18,6 +18,7 @@ from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
     CloudHsmClusterInvalidConfigurationException,
+    CloudHsmClusterNotActiveException,
     CloudHsmClusterNotFoundException,
     ConnectionState,
     CustomKeyStore,
@@ -77,7 +78,11 @@ def _check_cluster(cluster_id: str, trust_anchor: str) -> None:
         raise CloudHsmClusterInvalidConfigurationException(
             f"No PKCS#11 module is configured: set {MODULE_ENV}."
         )
-    if not find_token(path, cluster_id):
+    try:
+        found = find_token(path, cluster_id)
+    except HsmError as exc:
+        raise CloudHsmClusterNotActiveException(f"The HSM cannot list its tokens now ({exc.code}).") from None
+    if not found:
         raise CloudHsmClusterNotFoundException(f"No HSM token is labelled {cluster_id}.")
 
 
