@@ -1,9 +1,11 @@
 """`serve --store postgresql://…` losing its database while it runs: calls answer an AWS error,
-/metrics still answers, and both recover by themselves once the database is back."""
+/metrics still answers, health says why it is unhealthy, and all recover by themselves once the
+database is back."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -40,7 +42,7 @@ def database() -> Iterator[str]:
     try:
         yield name
     finally:
-        asyncio.run(_admin(f"DROP DATABASE {name} WITH (FORCE)"))
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))  # a test may drop it first
 
 
 def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer(
@@ -78,6 +80,70 @@ def test_metrics_answer_while_the_key_store_hangs(tmp_path: Path, database: str)
         assert "keytrail_kms_keys" not in body.decode()
         relay.release()
         assert 'keytrail_kms_keys{state="Enabled"} 1' in server.get("/metrics")[1].decode()
+    finally:
+        relay.release()
+        relay.cut()
+        assert server.stop() == 0
+
+
+def _health(server: KeytrailServer) -> tuple[int, dict[str, str]]:
+    status, body = server.get("/_keytrail/health")
+    return status, json.loads(body)
+
+
+def _health_until(server: KeytrailServer, wanted: int) -> dict[str, str]:
+    """The health body once it answers `wanted` (its key store outcome is kept for a second)."""
+    for _ in range(100):
+        status, health = _health(server)
+        if status == wanted:
+            return health
+        time.sleep(0.1)
+    raise AssertionError(f"health never answered {wanted}: {health}")
+
+
+def test_health_is_unhealthy_while_the_key_store_is_lost_and_healthy_once_it_is_back(
+        tmp_path: Path, database: str) -> None:
+    relay = TcpRelay(5432).restore()
+    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
+                            dev_clock=False).start()
+    try:
+        status, health = _health(server)
+        assert status == 200 and health["status"] == "ok" and "keyStore" not in health, health
+        relay.cut()
+        health = _health_until(server, 503)
+        assert health["status"] == "unhealthy" and "audit" not in health
+        assert health["keyStore"].startswith("the key store does not answer: "), health
+        assert "\n" not in health["keyStore"]
+        relay.restore()
+        assert _health_until(server, 200)["status"] == "ok"
+    finally:
+        relay.cut()
+        assert server.stop() == 0
+
+
+def test_health_is_unhealthy_once_the_database_is_dropped(tmp_path: Path, database: str) -> None:
+    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:5432/{database}",
+                            dev_clock=False).start()
+    try:
+        server.client("alice").create_key()
+        asyncio.run(_admin(f"DROP DATABASE {database} WITH (FORCE)"))  # terminates the node's connections
+        health = _health_until(server, 503)
+        assert database in health["keyStore"] and "does not exist" in health["keyStore"], health
+    finally:
+        assert server.stop() == 0
+
+
+def test_health_answers_unhealthy_while_the_key_store_hangs(tmp_path: Path, database: str) -> None:
+    relay = TcpRelay(5432).restore()
+    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
+                            dev_clock=False).start()
+    try:
+        relay.hold()  # the database neither answers nor drops the connection: health must not hang with it
+        assert _health_until(server, 503)["keyStore"] == "the key store did not answer within 2 s"
+        statuses = [_health(server) for _ in range(3)]  # the query still in flight: no second one waits
+        assert statuses == [(503, statuses[0][1])] * 3 and "did not answer" in statuses[0][1]["keyStore"]
+        relay.release()
+        assert _health_until(server, 200)["status"] == "ok"
     finally:
         relay.release()
         relay.cut()

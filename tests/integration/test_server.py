@@ -55,6 +55,21 @@ def test_health_answers_200(server: KeytrailServer) -> None:
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 
+def test_health_is_unhealthy_once_the_key_store_file_is_deleted_under_the_node(
+        fresh_server: KeytrailServer) -> None:
+    """Its writes would go on into the deleted file, where no restart reads them."""
+    fresh_server.client("alice").create_key()
+    (fresh_server.data_dir / "keys.db").unlink()
+    for _ in range(100):  # the key store's last answer is kept for a second
+        status, body = fresh_server.get("/_keytrail/health")
+        if status == 503:
+            break
+        time.sleep(0.1)
+    health = json.loads(body)
+    assert (status, health["status"]) == (503, "unhealthy"), body
+    assert health["keyStore"].endswith("keys.db was deleted or replaced while the node runs: restore it and restart")
+
+
 def test_every_response_carries_a_request_id(kms) -> None:
     ok = kms.list_keys()
     assert ok["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"] == ok["ResponseMetadata"]["RequestId"]

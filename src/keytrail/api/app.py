@@ -57,7 +57,7 @@ class ApiSettings:
     dev_clock: ManualClock | None = None
     on_clock_advanced: Hook | None = None
     metrics: Callable[[], Awaitable[str]] | None = None
-    health: Callable[[], dict[str, Any]] | None = None  # a "status" other than "ok" answers 503
+    health: Callable[[], Awaitable[dict[str, Any]]] | None = None  # a "status" other than "ok" answers 503
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
 
@@ -95,7 +95,7 @@ class KmsApp:
         if method == "POST" and path == "/":
             await self._kms(scope, receive, send)
         elif method == "GET" and path == "/_keytrail/health":
-            body = {"status": "ok", **(self.settings.health() if self.settings.health else {})}
+            body = {"status": "ok", **(await self.settings.health() if self.settings.health else {})}
             status = 200 if body["status"] == "ok" else 503  # a load balancer's cue to send calls elsewhere
             await _respond(send, status, orjson.dumps(body), b"application/json")
         elif method == "GET" and path == "/metrics" and self.settings.metrics:

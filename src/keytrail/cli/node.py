@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncpg
 
-from keytrail import __version__
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.protocol import operation_names
@@ -26,6 +25,7 @@ from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.children import Child, ChildSpec
 from keytrail.cli.detect import detector_settings
+from keytrail.cli.health import NodeHealth, StoreProbe
 from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
 from keytrail.clock import Clock, ManualClock, SystemClock
@@ -181,7 +181,7 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
         last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None, in_progress=in_progress,
     )
     service = KmsService(deps)
-    api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=lambda: _health(audit),
+    api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=NodeHealth(audit, StoreProbe(store)),
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
     node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied)
     if audit is not None:
@@ -192,12 +192,6 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     api.startup.append(lambda: _start(node, credentials))
     api.shutdown.append(lambda: _stop(node))
     return node
-
-
-def _health(audit: AuditTrail | None) -> dict[str, str]:
-    """GET /_keytrail/health: unhealthy while the audit trail refuses records (every call fails)."""
-    problem = audit.problem() if audit is not None else None
-    return {"version": __version__, **({"status": "unhealthy", "audit": problem} if problem else {})}
 
 
 def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], str]:

@@ -305,6 +305,11 @@ class PostgresStore:
         )
         return [custom_key_store_from_doc(row["doc"], self._root) for row in rows]
 
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query on the keys table (the health check)."""
+        async with self._connection() as connection:
+            await connection.fetchval("SELECT 1 FROM kms_keys LIMIT 1")
+
     async def close(self) -> None:
         """Close the pool; a database that does not answer cannot hold up a stopping node."""
         try:

@@ -62,6 +62,11 @@ def _owner_only(path: Path) -> None:
             file.chmod(0o600)
 
 
+def _file_identity(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_dev, status.st_ino
+
+
 class KeyStoreUnreadable(OSError):
     """keys.db is not a database SQLite can read (an OSError: the CLI reports it in one line)."""
 
@@ -76,6 +81,7 @@ class SqliteStore:
         except sqlite3.Error as exc:  # a directory in its place, say
             raise OSError(f"cannot open the key store {path}: {exc}") from None
         _owner_only(path)  # before the journal mode: SQLite makes -wal and -shm with the file's mode
+        self._path, self._file = path, _file_identity(path)
         self._root = root
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
@@ -250,6 +256,17 @@ class SqliteStore:
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
         stores = self._custom_key_stores.get((account, region), {}).values()
         return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
+
+    async def ping(self) -> None:
+        """Raise unless keys.db answers a trivial query and is still the file this store opened:
+        one deleted or replaced under a running node takes its writes where no restart reads them."""
+        try:
+            moved = _file_identity(self._path) != self._file
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise OSError(f"{self._path} was deleted or replaced while the node runs: restore it and restart")
+        self._db.execute("SELECT 1 FROM keys LIMIT 1").fetchall()
 
     async def close(self) -> None:
         self._db.close()

@@ -103,4 +103,8 @@ class CustomKeyStoreStore(Protocol):
 class Store(KeyStore, AliasStore, GrantStore, ImportStore, CustomKeyStoreStore, Protocol):
     """Everything a node keeps about keys; one implementation per backend (SQLite, PostgreSQL)."""
 
+    async def ping(self) -> None:
+        """Raise unless the backend answers a trivial query now (the health check asks)."""
+        ...
+
     async def close(self) -> None: ...
