@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -111,6 +112,52 @@ async def test_standalone_detect_reads_the_audit_topic(bootstrap: str, tmp_path:
         proc.terminate()
         returncode = proc.wait(10)
     assert returncode == 0  # SIGTERM: hooks drained, clean exit
+
+
+async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: str, tmp_path: Path) -> None:
+    """docker-compose's nodes run --no-detector: Prometheus reads the alarm counters here."""
+    from keytrail.audit.schema import encode
+
+    key, port = key_arn(9), free_port()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await producer.send_and_wait(AUDIT, encode(denied("Decrypt", T0, key, user("trudy"))), key=key.encode())
+    await producer.stop()
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                             str(tmp_path), "--tick-every", "0.5", "--metrics-port", str(port)])
+    try:
+        async with asyncio.timeout(60):
+            while _latest(tmp_path / "alarms.jsonl", key) == 0:
+                await asyncio.sleep(0.2)
+        status, kind, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+        assert (status, kind) == (200, "text/plain; version=0.0.4; charset=utf-8")
+        assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/other") == (404, "application/json",
+                                                                                   '{"message":"Not Found"}')
+    finally:
+        proc.terminate()
+        returncode = proc.wait(10)
+    assert returncode == 0
+    [mine] = [a for a in map(json.loads, (tmp_path / "alarms.jsonl").read_text().splitlines()) if a["keyArn"] == key]
+    samples = _alarm_samples(text)
+    assert samples[(mine["rule"], mine["severity"])] >= 1, text  # ≥: the topic holds other tests' alarms too
+    assert samples[("key-deletion-in-use", "CRITICAL")] == 0  # every kind from the start: increase() sees the first
+    assert "# TYPE keytrail_alarms_total counter" in text
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["content-type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["content-type"], error.read().decode()
+
+
+def _alarm_samples(text: str) -> dict[tuple[str, str], float]:
+    pattern = re.compile(r'^keytrail_alarms_total\{rule="([^"]+)",severity="(\w+)"\} (\S+)$')
+    return {(m[1], m[2]): float(m[3]) for m in map(pattern.match, text.splitlines()) if m}
 
 
 def _latest(path: Path, key: str) -> int:

@@ -1,5 +1,5 @@
 """The deployment files hold together: docker-compose.yml is valid Compose and runs real keytrail
-commands, Prometheus scrapes the serve nodes, Grafana is provisioned with the generated dashboards,
+commands, Prometheus scrapes the serve nodes and the detector, Grafana is provisioned with the generated dashboards,
 and docs/contracts.md covers every section of the shared contracts page."""
 
 from __future__ import annotations
@@ -109,12 +109,18 @@ def test_every_service_runs_a_real_keytrail_command_with_real_options(service: s
     assert missing == [], f"{service}: `keytrail {command[0]}` has no option {', '.join(missing)}"
 
 
-def test_prometheus_scrapes_every_serve_node_on_its_port() -> None:
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_prometheus_scrapes_every_serve_node_and_the_detector_on_their_ports() -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
     targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
-    serve = {f"{name}:{command[command.index('--port') + 1]}" for name, command in keytrail_services().items()
-             if command[0] == "serve"}
-    assert targets == serve
+    services = keytrail_services()
+    serve = {f"{name}:{_option(command, '--port')}" for name, command in services.items() if command[0] == "serve"}
+    detect = {f"{name}:{_option(command, '--metrics-port')}" for name, command in services.items()
+              if command[0] == "detect"}
+    assert targets == serve | detect
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
 
 
@@ -126,18 +132,20 @@ def test_the_key_inventory_is_not_counted_once_per_node() -> None:
     assert queries and all(re.fullmatch(r"max by \(state\) \(keytrail_kms_keys\)", q) for q in queries), queries
 
 
-def test_the_guide_says_where_the_alarm_panels_stay_empty() -> None:
-    """The alarm panels read keytrail_alarms_total, which a serve node counts for its own detector
-    only. Compose's nodes run --no-detector and Prometheus scrapes only them, so those panels stay
-    empty there: operations.md must say so and where that topology's alarms are read instead."""
-    queried = {name for _, _, _, queries, _, _ in dashboards_build().PANELS for expr, _ in queries
-               for name in dashboards_build().metric_names(expr)}
-    serve_nodes = [command for command in keytrail_services().values() if command[0] == "serve"]
-    if "keytrail_alarms_total" not in queried or not all("--no-detector" in c for c in serve_nodes):
-        pytest.skip("the compose nodes count their own alarms")
-    guide = " ".join((ROOT / "docs/operations.md").read_text().split())
-    assert "in docker-compose.yml the nodes run `--no-detector`" in guide
-    assert "docker compose exec detect tail -f /data/alarms.jsonl" in guide
+def test_the_alarm_panels_read_what_compose_s_detector_exports() -> None:
+    """Compose's nodes run --no-detector: the alarm counters come only from the standalone
+    detector, which must serve them (on all of its container's interfaces, for Prometheus) under
+    the name the alarm panels query."""
+    from keytrail.cli.metrics_endpoint import render_alarm_counts
+
+    build = dashboards_build()
+    queried = {name for _, _, _, queries, _, _ in build.PANELS for expr, _ in queries
+               for name in build.metric_names(expr) if "alarm" in name}
+    [detect] = [command for command in keytrail_services().values() if command[0] == "detect"]
+    assert _option(detect, "--metrics-host") == "0.0.0.0" and "--metrics-port" in detect
+    exported = {line.split()[2] for line in render_alarm_counts({}, ["unused-key"]).splitlines()
+                if line.startswith("# TYPE")}
+    assert queried and queried <= exported, (queried, exported)
 
 
 def test_mounted_files_exist_in_the_repository() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import socket
 import tomllib
+from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,6 +71,14 @@ def detect(
     tick_every: Annotated[
         float, typer.Option("--tick-every", help="Seconds between time-rule checks (live).")
     ] = 5.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=1, max=65535,
+                     help="Serve Prometheus text at GET /metrics on this port (live): the alarms raised."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the --metrics-port endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""
     try:
@@ -74,13 +86,16 @@ def detect(
         if cloudtrail and kafka:  # one source per run, as consume has it: either alone would silently win
             raise BadInput("--kafka and --cloudtrail name two sources: give one")
         if cloudtrail:
+            if metrics_port is not None:  # the run ends once it has printed: nothing would scrape it
+                raise BadInput("--metrics-port goes with --kafka (a live detector), not --cloudtrail")
             if problem := missing_paths(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
             _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
             if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
                 raise BadInput(problem)
-            _run_live_or_fail(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every)
+            metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
+            _run_live_or_fail(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every, metrics)
         else:
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
     except (BadInput, RuleError, ValueError, OSError) as exc:
@@ -98,20 +113,31 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     return detector.alarms()
 
 
+def _metrics_socket(host: str, port: int) -> socket.socket:
+    from keytrail.cli.metrics_endpoint import listen_socket
+
+    try:
+        return listen_socket(host, port)
+    except OSError as exc:  # socket.gaierror (an unknown host) is one
+        raise BadInput(f"--metrics-port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
 def _run_live_or_fail(
-    bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float
+    bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
+    metrics: socket.socket | None = None,
 ) -> None:
     from aiokafka.errors import KafkaError
 
     try:
-        asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every))
+        asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every, metrics))
     except KafkaError as exc:  # the broker out of reach at start: nothing to retry from yet
         typer.echo(f"keytrail detect: --kafka {bootstrap}: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
 async def _run_live(
-    bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float
+    bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
+    metrics: socket.socket | None,
 ) -> None:
     from keytrail.detect.runner import DetectorRunner
 
@@ -119,11 +145,26 @@ async def _run_live(
     assert task is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+    counts: Counter[tuple[str, str]] = Counter()  # from zero at each start, as Prometheus counters are
     try:
-        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner:
-            await runner.run(kafka_values(bootstrap), tick_every=tick_every)
+        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner, \
+                _serving_metrics(metrics, counts, rules):
+            await runner.run(kafka_values(bootstrap), tick_every=tick_every,
+                             announce=lambda alarms: counts.update((a.rule, a.severity.value) for a in alarms))
     except asyncio.CancelledError:
         pass  # SIGTERM/SIGINT: leaving the block above delivered what was queued
+
+
+def _serving_metrics(
+    sock: socket.socket | None, counts: Counter[tuple[str, str]], rules: RuleSet
+) -> AbstractAsyncContextManager[None]:
+    """GET /metrics on `sock` (`--metrics-port`): the alarms this run delivered, as serve counts its own."""
+    if sock is None:
+        return contextlib.nullcontext()
+    from keytrail.cli.metrics_endpoint import metrics_endpoint, render_alarm_counts
+
+    enabled = [rule.id for rule in rules if rule.enabled]
+    return metrics_endpoint(sock, lambda: render_alarm_counts(counts, enabled))
 
 
 def analyze(

@@ -26,12 +26,14 @@ from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.children import Child, ChildSpec
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import NodeHealth, StoreProbe
+from keytrail.cli.metrics_endpoint import render_alarm_counts
 from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
 from keytrail.clock import Clock, ManualClock, SystemClock
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.deny import DENIED_CODES
+from keytrail.detect.rules import DEFAULT_RULES
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
@@ -212,8 +214,7 @@ def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Ca
 async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     """GET /metrics: the consumers' metrics, plus the key inventory and the alarms raised."""
     keys = await _key_inventory(node)
-    alarms = render_family("keytrail_alarms_total", "counter", "Alarms raised or escalated by the detector.",
-                           (({"rule": r, "severity": s}, n) for (r, s), n in sorted(node.alarm_counts.items())))
+    alarms = render_alarm_counts(node.alarm_counts, DEFAULT_RULES if node.settings.detector else ())
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -116,23 +116,25 @@ class DetectorRunner:
                 announced += await self.feed_events(events)
         return announced
 
-    async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0) -> None:
+    async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0,
+                  announce: Callable[[list[Alarm]], None] | None = None) -> None:
         """Feed batches of audit topic values (`feed_values`) until the source ends or is cancelled;
-        tick every `tick_every` seconds once the source has caught up. A batch a rule fails on is
-        logged and passed over."""
+        tick every `tick_every` seconds once the source has caught up; hand what each batch and tick
+        raised or escalated to `announce`. A batch a rule fails on is logged and passed over."""
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + tick_every
         caught_up = False
+        announce = announce or (lambda alarms: None)
         async for batch in batches:
             with batch_guard(batch.where):
-                await self.feed_values(batch.values)
+                announce(await self.feed_values(batch.values))
                 # Until then the detector replays the past, the partitions each at its own point in
                 # time: a tick as of the latest event read judged keys on part of their history
                 # (unused-key for a key whose later uses were still unread in a slower partition).
                 caught_up = caught_up or batch.caught_up
                 if caught_up and loop.time() >= next_tick:
                     next_tick = loop.time() + tick_every
-                    await self.tick()
+                    announce(await self.tick())
 
     def _decoder(self) -> Decoder:
         if self._decode is None:

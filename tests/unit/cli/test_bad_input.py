@@ -254,6 +254,23 @@ def test_detect_refuses_two_sources_in_one_line(tmp_path: Path) -> None:
     assert result.stdout == "" and not (tmp_path / "d").exists()  # no offline run, no live one
 
 
+def test_detect_refuses_a_metrics_endpoint_for_an_offline_run(tmp_path: Path) -> None:
+    log = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    result = _keytrail("detect", "--cloudtrail", log, "--metrics-port", "9464", "--format", "json")
+    line = _one_line_error(result, "keytrail detect: ")
+    assert line == "keytrail detect: --metrics-port goes with --kafka (a live detector), not --cloudtrail\n"
+    assert result.stdout == ""
+
+
+def test_detect_says_in_one_line_that_its_metrics_port_is_taken(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _keytrail("detect", "--kafka", "127.0.0.1:9", "--data-dir", tmp_path, "--metrics-port", str(port))
+    line = _one_line_error(result, f"keytrail detect: --metrics-port: cannot listen on 127.0.0.1:{port} (")
+    assert "Address already in use" in line
+    assert not (tmp_path / "alarms.jsonl").exists()  # refused before the detector started
+
+
 def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Path) -> None:
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     (tmp_path / "file").write_text("x")

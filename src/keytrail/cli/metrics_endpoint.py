@@ -1,0 +1,90 @@
+"""`GET /metrics` for a process that serves nothing else (`keytrail detect --kafka --metrics-port`):
+the HTTP server `serve` runs (uvicorn), the alarm counter family `serve`'s /metrics exports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import uvicorn
+
+from keytrail.detect.severity import Severity
+from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
+
+__all__ = ["listen_socket", "metrics_endpoint", "render_alarm_counts"]
+
+Send = Callable[[dict[str, Any]], Any]
+
+
+def render_alarm_counts(counts: Mapping[tuple[str, str], int], rules: Iterable[str] = ()) -> str:
+    """`keytrail_alarms_total{rule, severity}`: `counts` by (rule, severity), and a zero for each
+    severity of `rules` not counted yet: a series first seen at 1 is no increase to Prometheus's
+    increase(), so the first alarm of each kind would never show on the dashboards."""
+    every = {(rule, severity.value): 0 for rule in rules for severity in Severity} | dict(counts)
+    return render_family("keytrail_alarms_total", "counter", "Alarms raised or escalated by the detector.",
+                         (({"rule": r, "severity": s}, n) for (r, s), n in sorted(every.items())))
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (SO_REUSEADDR, as uvicorn binds), made before anything starts so
+    that a port in use is the command's one-line error; OSError when it cannot be bound."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Exposition:
+    """The ASGI app: `render()` at GET /metrics, 404 elsewhere."""
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        self._render = render
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "GET" and scope["path"] == "/metrics":
+            status, body, kind = 200, self._render().encode(), CONTENT_TYPE.encode()
+        else:
+            status, body, kind = 404, b'{"message":"Not Found"}', b"application/json"
+        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handling: the command's own handlers stop it (and uvicorn
+    would raise the signal again once it stopped)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def metrics_endpoint(sock: socket.socket, render: Callable[[], str]) -> AsyncIterator[None]:
+    """Serve `render()` at GET /metrics on `sock` for the duration of the block."""
+    config = uvicorn.Config(_Exposition(render), lifespan="off", log_level="warning", log_config=None,
+                            access_log=False, server_header=False, timeout_graceful_shutdown=2)
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.01)
+    if serving.done():  # it could not start: say why now, not once the command ends
+        sock.close()
+        serving.result()
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
