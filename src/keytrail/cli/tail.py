@@ -63,7 +63,9 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
             # start: a tick as of the clock would judge keys on half their history (unused-key for
             # a key whose later use is still unread) and let go of alarms that later events of
             # their window would then raise anew.
-            caught_up = caught_up or len(values) < DETECTOR_BATCH
+            if len(values) < DETECTOR_BATCH and not caught_up:
+                caught_up = True
+                runner.caught_up()
             if caught_up and loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
                 announce(await runner.tick())
                 last_tick = loop.time()

@@ -160,6 +160,10 @@ class AlarmBook:
         self._changed.add(entry.alarm_id)
         return self._snapshot(entry) if entry.severity.rank > before.rank else None
 
+    def holds(self, alarm_id: str) -> bool:
+        """Whether the book still has this alarm (open, or its latest state not yet announced)."""
+        return alarm_id in self._all
+
     def is_open(self, rule: str, key_arn: str | None, principal_arn: str | None) -> bool:
         return (rule, key_arn, principal_arn) in self._open
 

@@ -82,9 +82,13 @@ class Detector:
                 self._observers[event_name] = checks
         return checks
 
+    def moment(self, now: datetime | None = None) -> datetime | None:
+        """The time `tick` judges as of: `now`, else the clock's, else the last event's."""
+        return now or (self._clock.now() if self._clock else self.last_event_time)
+
     def tick(self, now: datetime | None = None) -> list[Alarm]:
         """Evaluate the time-based rules as of `now` (default: the clock, else the last event's time)."""
-        moment = now or (self._clock.now() if self._clock else self.last_event_time)
+        moment = self.moment(now)
         announced: list[Alarm] = []
         if moment is not None:
             for check in self._checks:
@@ -94,7 +98,7 @@ class Detector:
 
     def forget_closed(self, now: datetime | None = None) -> int:
         """Let go of announced alarms whose window has closed (long-running detectors)."""
-        moment = now or (self._clock.now() if self._clock else self.last_event_time)
+        moment = self.moment(now)
         return self.book.forget_closed(moment) if moment is not None else 0
 
     def alarms(self) -> list[Alarm]:

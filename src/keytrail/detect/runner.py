@@ -47,8 +47,13 @@ class DetectorRunner:
     ) -> None:
         self.detector = detector
         self.dispatcher = Dispatcher(sinks)
-        # Alarms already in alarms.jsonl (an earlier run over the same events) are not re-sent.
-        self._delivered = {a.alarm_id: (a.severity.rank, a.count) for a in (delivered or {}).values()}
+        earlier = (delivered or {}).values()
+        # The state delivered of each alarm (severity rank, count), so none goes out twice: of the
+        # alarms the detector holds, and of those in alarms.jsonl (an earlier run over the same
+        # events) that the replay after this start may raise again. Nothing else: `_let_go`.
+        self._delivered = {a.alarm_id: (a.severity.rank, a.count) for a in earlier}
+        self._unreplayed = {a.alarm_id: a.last_seen for a in earlier}  # not raised again yet, by lastSeen
+        self._replayed = False
         self._decode: Decoder | None = None  # made on first use: imports the Avro codec
 
     @classmethod
@@ -85,7 +90,28 @@ class DetectorRunner:
         """Time-based rules and the latest counts of open alarms, delivered; closed alarms let go."""
         announced = self._publish(self.detector.tick(now))
         self.detector.forget_closed(now)
+        self._let_go(self.detector.moment(now))
         return announced
+
+    def caught_up(self) -> None:
+        """The source's past has been read (the replay after a start is over): from the next tick
+        on, the alarms of alarms.jsonl it did not raise again are no longer remembered."""
+        self._replayed = True
+
+    def remembered(self) -> int:
+        """How many alarms' delivered state the runner keeps (to send no state twice)."""
+        return len(self._delivered)
+
+    def _let_go(self, moment: datetime | None) -> None:
+        """Forget what was delivered of alarms that cannot be announced again: those the detector
+        let go of (a later finding in their slot starts another alarm), and once the replay is over,
+        the alarms of alarms.jsonl it has not raised again by this tick's time (time rules raise
+        theirs at a tick): their events are past the source's retention, or their rule changed."""
+        if self._replayed and moment is not None:
+            self._unreplayed = {alarm_id: seen for alarm_id, seen in self._unreplayed.items() if seen > moment}
+        book = self.detector.book
+        self._delivered = {alarm_id: state for alarm_id, state in self._delivered.items()
+                           if book.holds(alarm_id) or alarm_id in self._unreplayed}
 
     def alarms(self) -> list[Alarm]:
         return self.detector.alarms()
@@ -131,7 +157,9 @@ class DetectorRunner:
                 # Until then the detector replays the past, the partitions each at its own point in
                 # time: a tick as of the latest event read judged keys on part of their history
                 # (unused-key for a key whose later uses were still unread in a slower partition).
-                caught_up = caught_up or batch.caught_up
+                if batch.caught_up and not caught_up:
+                    caught_up = True
+                    self.caught_up()
                 if caught_up and loop.time() >= next_tick:
                     next_tick = loop.time() + tick_every
                     announce(await self.tick())
@@ -142,6 +170,8 @@ class DetectorRunner:
         return self._decode
 
     def _publish(self, alarms: list[Alarm]) -> list[Alarm]:
+        for alarm in alarms:  # raised again: the book holds it now
+            self._unreplayed.pop(alarm.alarm_id, None)
         fresh = [a for a in alarms if self._delivered.get(a.alarm_id, (-1, 0)) < (a.severity.rank, a.count)]
         for alarm in fresh:
             self._delivered[alarm.alarm_id] = (alarm.severity.rank, alarm.count)

@@ -8,6 +8,7 @@ import json
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.unit.detect.records import T0, denied, key_arn, user
@@ -157,3 +158,80 @@ async def test_runner_ticks_on_the_injected_clock_as_serve_dev_clock_does(tmp_pa
     await runner.close()
     assert (alarm.rule, alarm.key_arn) == ("unused-key", key_arn(9))
     assert list(read_alarms(tmp_path / "alarms.jsonl")) == [alarm.alarm_id]
+
+
+def _spells(keys: int) -> list[dict[str, Any]]:
+    """Three denied Decrypts on each of `keys` keys, two hours apart: one unauthorized-decrypt
+    alarm per key (count 3), each window (1 h) closed before the next key's starts."""
+    return [denied("Decrypt", T0 + timedelta(hours=2 * n, minutes=i), key_arn(100 + n), user("eve"))
+            for n in range(keys) for i in range(3)]
+
+
+def _lines(tmp_path: Path) -> list[str]:
+    return (tmp_path / "alarms.jsonl").read_text().splitlines()
+
+
+END = T0 + timedelta(days=2)  # past every window of _spells(20)
+
+
+async def test_a_long_running_runner_remembers_only_the_alarms_it_still_holds(tmp_path: Path) -> None:
+    runner = DetectorRunner.open(tmp_path)
+    runner.caught_up()
+    records = _spells(40)
+    for start in range(0, len(records), 3):  # a tick after each key's spell, as serve's detector ticks
+        await runner.feed(records[start : start + 3])
+        await runner.tick(T0 + timedelta(hours=2 * (start // 3) + 1, minutes=30))
+        assert runner.remembered() <= 1
+    await runner.close()
+    assert len(_lines(tmp_path)) == 80  # each alarm raised (count 1), then its count 3 at the tick
+
+
+async def test_a_restart_resends_nothing_and_then_remembers_only_what_the_detector_holds(tmp_path: Path) -> None:
+    records = _spells(20)
+    first = DetectorRunner.open(tmp_path)
+    await first.feed(records)
+    first.caught_up()
+    await first.tick(END)
+    await first.close()
+    delivered = _lines(tmp_path)
+    second = DetectorRunner.open(tmp_path)  # the replay: the same events again
+    assert second.remembered() == 20
+    await second.feed(records[:30])
+    await second.tick(T0 + timedelta(hours=20, minutes=30))  # the dev clock may tick mid-replay
+    await second.feed(records[30:])
+    second.caught_up()
+    await second.tick(END)
+    assert second.remembered() == 0  # every window closed, its latest state delivered (by the first run)
+    await second.close()
+    assert _lines(tmp_path) == delivered
+
+
+async def test_alarms_the_replay_no_longer_sees_are_forgotten_once_it_is_over(tmp_path: Path) -> None:
+    records = _spells(20)
+    first = DetectorRunner.open(tmp_path)
+    await first.feed(records)
+    await first.close()
+    delivered = _lines(tmp_path)
+    second = DetectorRunner.open(tmp_path)
+    await second.feed(records[30:])  # retention deleted the events of the first ten keys
+    await second.tick(END)
+    assert second.remembered() == 10  # before the replay is over, the first ten keys' alarms may still come
+    second.caught_up()
+    await second.tick(END)
+    assert second.remembered() == 0
+    await second.close()
+    assert _lines(tmp_path) == delivered
+
+
+async def test_a_time_rule_alarm_is_not_resent_after_a_restart(tmp_path: Path) -> None:
+    from tests.unit.detect.records import create_key
+
+    records, later = [create_key(T0, key_arn(9))], T0 + timedelta(days=91)
+    for run in range(2):
+        runner = DetectorRunner.open(tmp_path)
+        await runner.feed(records)
+        runner.caught_up()
+        raised = await runner.tick(later)
+        await runner.close()
+        assert [alarm.rule for alarm in raised] == (["unused-key"] if run == 0 else [])
+    assert len(_lines(tmp_path)) == 1
