@@ -37,6 +37,9 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
         "rotation_type": material.rotation_type,
         "valid_to": _date_out(material.valid_to),
         "handle": material.handle,
+        "pending": material.pending,
+        "imported": material.imported,
+        "description": material.description,
     }
 
 
@@ -49,6 +52,9 @@ def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey) -> KeyMater
         rotation_type=doc.get("rotation_type"),
         valid_to=_date_in(doc.get("valid_to")),
         handle=doc.get("handle"),
+        pending=doc.get("pending", False),  # absent from documents written before rotation of imports
+        imported=doc.get("imported", True),
+        description=doc.get("description"),
     )
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
 from keytrail.kms import errors
-from keytrail.kms.keys import Key
+from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ __all__ = [
     "ImportParameters",
     "check_material",
     "check_wrapping",
+    "expiration_of",
     "expire_material",
     "imported_material_id",
     "material_expired",
@@ -206,33 +207,63 @@ def imported_material_id(key: Key, material: bytes) -> str:
 
 
 def material_expired(key: Key, now: datetime) -> bool:
-    """True when an EXTERNAL key still holds material whose ValidTo has passed."""
+    """True when an EXTERNAL key holds imported material (current, older or pending rotation)
+    whose ValidTo has passed."""
+    return key.origin is Origin.EXTERNAL and bool(_expired(key, now))
+
+
+def _expired(key: Key, now: datetime) -> list[KeyMaterial]:
+    return [m for m in key.materials if m.imported and m.valid_to is not None and m.valid_to <= now]
+
+
+def expiration_of(key: Key) -> tuple[str | None, datetime | None]:
+    """DescribeKey's ExpirationModel and ValidTo: ValidTo is "the earliest time at which any
+    imported key material permanently associated with this KMS key expires" (material pending
+    rotation is not yet associated). None, None while no such material is imported."""
+    held = [m for m in key.materials if m.imported and not m.pending]
+    ends = [m.valid_to for m in held if m.valid_to is not None]
+    if ends:
+        return "KEY_MATERIAL_EXPIRES", min(ends)
+    return ("KEY_MATERIAL_DOES_NOT_EXPIRE" if held else None), None
+
+
+def without_material(key: Key, material_id: str | None = None) -> Key:
+    """The key with one imported material gone (by default the current one).
+
+    DeleteImportedKeyMaterial: material pending rotation is not permanently associated with the
+    key, so it goes entirely and the key state stays. Any other material stays associated, not
+    imported (its id, so that only the same material comes back), and the key is PendingImport
+    (unless it is being deleted) until it is imported again."""
     current = key.current_material
-    return (
-        key.origin is Origin.EXTERNAL
-        and current is not None
-        and current.valid_to is not None
-        and current.valid_to <= now
-    )
-
-
-def without_material(key: Key) -> Key:
-    """The key with its imported material gone: PendingImport (unless it is being deleted)."""
+    target = material_id or (current.material_id if current else None)
+    gone = next((m for m in key.materials if m.material_id == target), None)
+    if gone is None:
+        return key
+    if gone.pending:
+        return replace(key, materials=tuple(m for m in key.materials if m is not gone))
+    emptied = replace(gone, secret=b"", imported=False, valid_to=None)
     keep = key.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION)
     return replace(
-        key, materials=(), expiration_model=None, state=key.state if keep else KeyState.PENDING_IMPORT
+        key,
+        materials=tuple(emptied if m is gone else m for m in key.materials),
+        expiration_model=None,
+        state=key.state if keep else KeyState.PENDING_IMPORT,
     )
 
 
 async def expire_material(svc: KmsService, key: Key) -> Key:
-    """Delete material whose ValidTo passed (the `DeleteExpiredKeyMaterial` service event)."""
-    current = key.current_material
-    expired = without_material(key)
+    """Delete each material whose ValidTo passed (one `DeleteExpiredKeyMaterial` service event
+    each, at its ValidTo, whenever the tick came)."""
+    expired = key
+    gone = sorted(_expired(key, svc.now()), key=lambda m: m.valid_to or svc.now())
+    for material in gone:
+        expired = without_material(expired, material.material_id)
     await svc.store.put_key(expired)
-    await svc.service_event(
-        "DeleteExpiredKeyMaterial",
-        expired,
-        {"keyId": key.key_id, "keyMaterialId": current.material_id if current else None},
-        current.valid_to if current else None,  # it expired at ValidTo, whenever the tick came
-    )
+    for material in gone:
+        await svc.service_event(
+            "DeleteExpiredKeyMaterial",
+            expired,
+            {"keyId": key.key_id, "keyMaterialId": material.material_id},
+            material.valid_to,
+        )
     return expired

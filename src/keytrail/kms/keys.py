@@ -30,6 +30,13 @@ class KeyMaterial:
     rotation_type: str | None = None  # None for the first material, else AUTOMATIC / ON_DEMAND
     valid_to: datetime | None = None  # imported material that expires
     handle: str | None = None  # id of the key object inside an HSM (custom key stores)
+    # Imported material (Origin EXTERNAL). `pending`: imported with ImportType NEW_KEY_MATERIAL
+    # for an on-demand rotation that has not happened yet (PENDING_ROTATION): never current, never
+    # used. `imported` False: deleted or expired, its id still the key's until re-imported
+    # (ImportState PENDING_IMPORT); `secret` is empty then.
+    pending: bool = False
+    imported: bool = True
+    description: str | None = None  # KeyMaterialDescription
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +79,27 @@ class Key:
 
     @property
     def current_material(self) -> KeyMaterial | None:
-        return self.materials[-1] if self.materials else None
+        """The newest material that is not pending rotation: the one that encrypts."""
+        for material in reversed(self.materials):
+            if not material.pending:
+                return material
+        return None
+
+    @property
+    def pending_material(self) -> KeyMaterial | None:
+        """Imported material waiting for RotateKeyOnDemand (at most one)."""
+        return next((m for m in self.materials if m.pending), None)
+
+    @property
+    def missing_material(self) -> bool:
+        """True when material the key depends on was deleted or expired: the key cannot be used
+        until all of it is imported again (ImportKeyMaterial, "For symmetric encryption keys")."""
+        return any(not m.imported and not m.pending for m in self.materials)
 
     def material(self, material_id: str) -> KeyMaterial | None:
+        """The material a ciphertext names, if it can decrypt (neither pending nor deleted)."""
         for material in self.materials:
-            if material.material_id == material_id:
+            if material.material_id == material_id and material.imported and not material.pending:
                 return material
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keytrail.kms.importing import expiration_of
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.specs import algorithms_for
@@ -32,11 +33,11 @@ def key_metadata(key: Key) -> dict[str, Any]:
     if key.state is KeyState.PENDING_REPLICA_DELETION and key.pending_window_days:
         meta["PendingDeletionWindowInDays"] = key.pending_window_days
     if key.origin is Origin.EXTERNAL:
-        if key.expiration_model:
-            meta["ExpirationModel"] = key.expiration_model
-        current = key.current_material
-        if current is not None and current.valid_to is not None:
-            meta["ValidTo"] = current.valid_to
+        model, valid_to = expiration_of(key)
+        if model:
+            meta["ExpirationModel"] = model
+        if valid_to is not None:
+            meta["ValidTo"] = valid_to
     if key.custom_key_store_id:
         meta["CustomKeyStoreId"] = key.custom_key_store_id
         if "cloud_hsm_cluster_id" in key.extra:

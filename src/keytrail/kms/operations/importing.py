@@ -16,6 +16,7 @@ from keytrail.kms.importing import (
     ImportParameters,
     check_material,
     check_wrapping,
+    expiration_of,
     imported_material_id,
     new_wrapping_key,
     public_key_of,
@@ -26,7 +27,7 @@ from keytrail.kms.importing import (
     without_material,
 )
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.model import KeyState, Origin
+from keytrail.kms.model import KeySpec, KeyState, Origin
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -36,6 +37,9 @@ __all__ = ["OPERATIONS"]
 EXPIRES = "KEY_MATERIAL_EXPIRES"
 DOES_NOT_EXPIRE = "KEY_MATERIAL_DOES_NOT_EXPIRE"
 MAX_VALID_TO = timedelta(days=365)
+NEW_KEY_MATERIAL = "NEW_KEY_MATERIAL"
+EXISTING_KEY_MATERIAL = "EXISTING_KEY_MATERIAL"
+_SYMMETRIC_ONLY = ("ImportType", "KeyMaterialId", "KeyMaterialDescription")  # request members
 
 
 def _require_external(key: Key) -> None:
@@ -145,47 +149,127 @@ async def import_key_material(svc: KmsService, call: Call) -> Response:
     # at a time, so the first import's salt and material are the ones the other Regions see.
     params = call.params
     key = await _external_key(svc, call, "kms:ImportKeyMaterial", _conditions(params))
-    model, valid_to = _expiration(params, svc.now())
+    _check_symmetric_only(key, params)
+    _, valid_to = _expiration(params, svc.now())
     parameters = await _parameters_for(svc, key, params["ImportToken"])
     secret = check_material(key, unwrap_material(parameters, params["EncryptedKeyMaterial"]))
     key = await _with_import_identity(svc, key)
-    material_id = imported_material_id(key, secret)
-    accepted = key.extra.get(FINGERPRINT)
-    if params.get("ImportType") == "NEW_KEY_MATERIAL" and accepted:
-        raise errors.UnsupportedOperationException(
-            "Importing new key material into a key that has key material "
-            "(on-demand rotation of imported keys) is not supported."
+    material = KeyMaterial(
+        material_id=imported_material_id(key, secret), secret=secret, created=svc.now(), valid_to=valid_to,
+        description=params.get("KeyMaterialDescription"),
+    )
+    imported = _placed(key, material, params)
+    await svc.store.put_key(replace(imported, expiration_model=expiration_of(imported)[0]))
+    call.additional_event_data["keyMaterialId"] = material.material_id
+    call.response_elements = {"keyId": key.arn, "keyMaterialId": material.material_id}
+    return {"KeyId": key.arn, "KeyMaterialId": material.material_id}
+
+
+def _placed(key: Key, material: KeyMaterial, params: dict[str, Any]) -> Key:
+    """The key with `material` where the ImportType puts it (ImportKeyMaterial reference)."""
+    kind = _import_type(key, params)
+    if not _associated(key):
+        if kind == EXISTING_KEY_MATERIAL:
+            raise errors.IncorrectKeyMaterialException(
+                "No key material was imported into this KMS key before: import it with ImportType NEW_KEY_MATERIAL."
+            )
+        return _held_again(replace(key, extra={**key.extra, FINGERPRINT: material.material_id}), material)
+    if kind == NEW_KEY_MATERIAL:
+        return _with_new_material(key, material)
+    return _with_existing_material(key, material, params.get("KeyMaterialId"))
+
+
+def _check_symmetric_only(key: Key, params: dict[str, Any]) -> None:
+    """ImportType, KeyMaterialId and KeyMaterialDescription are "only usable with symmetric
+    encryption keys"; an asymmetric or HMAC key has one material for life, and AWS "will reject
+    ImportKeyMaterial API requests with the ImportType parameter" for them."""
+    named = [name for name in _SYMMETRIC_ONLY if params.get(name) is not None]
+    if named and key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+        raise errors.ValidationException(
+            f"{named[0]} is only valid for symmetric encryption KMS keys; {key.arn} has key spec {key.key_spec}."
         )
-    if accepted and accepted != material_id:
+    if params.get("ImportType") == NEW_KEY_MATERIAL and params.get("KeyMaterialId") is not None:
+        raise errors.ValidationException("You cannot specify a KeyMaterialId with ImportType NEW_KEY_MATERIAL.")
+
+
+def _associated(key: Key) -> list[str]:
+    """Ids of the material the key holds or held: its materials, or (a key whose only material
+    was deleted before materials were kept, or the copy of a multi-Region key whose other copy
+    imported first) the one material it accepts."""
+    if key.materials:
+        return [m.material_id for m in key.materials]
+    return [key.extra[FINGERPRINT]] if FINGERPRINT in key.extra else []
+
+
+def _import_type(key: Key, params: dict[str, Any]) -> str:
+    """ImportType: NEW_KEY_MATERIAL by default into a key that never had material, else (or
+    when a KeyMaterialId names what is imported again) EXISTING_KEY_MATERIAL."""
+    if params.get("ImportType"):
+        return str(params["ImportType"])
+    again = _associated(key) or params.get("KeyMaterialId") is not None
+    return EXISTING_KEY_MATERIAL if again else NEW_KEY_MATERIAL
+
+
+def _with_new_material(key: Key, material: KeyMaterial) -> Key:
+    """New material for an on-demand rotation: PENDING_ROTATION until RotateKeyOnDemand."""
+    if key.multi_region:
+        raise errors.UnsupportedOperationException(
+            f"{key.arn} is a multi-Region key: importing new key material into multi-Region keys is not supported."
+        )
+    if material.material_id in _associated(key):
+        raise errors.IncorrectKeyMaterialException(
+            "The key material is already associated with this KMS key: "
+            "import it with ImportType EXISTING_KEY_MATERIAL."
+        )
+    pending = key.pending_material
+    if pending is not None:
+        raise errors.KMSInvalidStateException(
+            f"{key.arn} already has key material {pending.material_id} in PENDING_ROTATION state: "
+            "rotate to it (RotateKeyOnDemand) or delete it (DeleteImportedKeyMaterial) first."
+        )
+    return replace(key, materials=(*key.materials, replace(material, pending=True)))
+
+
+def _with_existing_material(key: Key, material: KeyMaterial, wanted: str | None) -> Key:
+    """Material the key holds or held, imported again: after a deletion or an expiry, or to
+    change its expiration. With a KeyMaterialId, KMS checks the material is that one."""
+    if wanted is not None and wanted != material.material_id:
+        raise errors.IncorrectKeyMaterialException(f"The key material does not match key material ID {wanted}.")
+    if material.material_id not in _associated(key):
         raise errors.IncorrectKeyMaterialException(
             "The key material is not the key material that was previously imported into this KMS key."
         )
-    material = KeyMaterial(material_id=material_id, secret=secret, created=svc.now(), valid_to=valid_to)
-    state = KeyState.ENABLED if key.state is KeyState.PENDING_IMPORT else key.state
-    imported = replace(
-        key,
-        materials=(material,),
-        state=state,
-        expiration_model=model,
-        extra={**key.extra, FINGERPRINT: material_id},
-    )
-    await svc.store.put_key(imported)
-    call.additional_event_data["keyMaterialId"] = material_id
-    call.response_elements = {"keyId": key.arn, "keyMaterialId": material_id}
-    return {"KeyId": key.arn, "KeyMaterialId": material_id}
+    return _held_again(key, material)
+
+
+def _held_again(key: Key, material: KeyMaterial) -> Key:
+    """`key` holding `material` (imported, with the new expiration): in place of the entry of
+    the same id, or as its first material. The key is Enabled once it holds all its material."""
+    held = next((m for m in key.materials if m.material_id == material.material_id), None)
+    if held is None:  # the first material, or the one a multi-Region copy or an older store accepts
+        materials: tuple[KeyMaterial, ...] = (material,)
+    else:
+        again = replace(held, secret=material.secret, imported=True, valid_to=material.valid_to,
+                        description=material.description or held.description)
+        materials = tuple(again if m is held else m for m in key.materials)
+    restored = replace(key, materials=materials)
+    if key.state is KeyState.PENDING_IMPORT and not restored.missing_material:
+        return replace(restored, state=KeyState.ENABLED)
+    return restored
 
 
 async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
     key = await _external_key(svc, call, "kms:DeleteImportedKeyMaterial", {})
-    current = key.current_material
     wanted = call.params.get("KeyMaterialId")
-    if wanted and (current is None or current.material_id != wanted):
+    current = key.current_material
+    target = current if wanted is None else next((m for m in key.materials if m.material_id == wanted), None)
+    if wanted and target is None:
         raise errors.NotFoundException(f"Key material {wanted} does not exist for {key.arn}")
-    await svc.store.put_key(without_material(key))
-    material_id = current.material_id if current else key.extra.get(FINGERPRINT)
-    response: Response = {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
+    await svc.store.put_key(without_material(key, target.material_id if target else None))
+    material_id = target.material_id if target else key.extra.get(FINGERPRINT)
     if material_id:
         call.additional_event_data["keyMaterialId"] = material_id
+    response: Response = {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
     call.response_elements = {name[:1].lower() + name[1:]: value for name, value in response.items()}
     return response
 

@@ -182,7 +182,7 @@ async def cancel_key_deletion(svc: KmsService, call: Call) -> Response:
 def _state_after_cancelled_deletion(key: Key) -> KeyState:
     # CancelKeyDeletion leaves a key Disabled; one of EXTERNAL origin whose material is gone
     # (never imported, deleted or expired) stays unusable until an import: PendingImport.
-    if key.origin is Origin.EXTERNAL and not key.materials:
+    if key.origin is Origin.EXTERNAL and (not key.materials or key.missing_material):
         return KeyState.PENDING_IMPORT
     return KeyState.DISABLED
 

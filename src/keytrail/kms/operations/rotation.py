@@ -9,7 +9,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
 from keytrail.kms.paging import page
-from keytrail.kms.rotation import rotate_key
+from keytrail.kms.rotation import rotate_key, rotate_to_imported
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -19,13 +19,18 @@ __all__ = ["MAX_ON_DEMAND_ROTATIONS", "OPERATIONS"]
 MAX_ON_DEMAND_ROTATIONS = 10
 
 
-async def _rotatable_key(svc: KmsService, call: Call, action: str, conditions: dict[str, Any] | None = None) -> Key:
+async def _rotatable_key(
+    svc: KmsService, call: Call, action: str, conditions: dict[str, Any] | None = None, *, imported: bool = False,
+) -> Key:
+    """The key to rotate, or to set automatic rotation of; `imported`: keys of imported material
+    may be rotated too (on demand, to material the caller imported)."""
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, action, key, conditions)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.custom_key_store_id:
         raise errors.UnsupportedOperationException("")
     _require_primary_or_single_region(key)
-    _require_generated_material(key)
+    if not imported:
+        _require_generated_material(key)
     svc.require_usable(key)
     return key
 
@@ -41,7 +46,7 @@ def _require_primary_or_single_region(key: Key) -> None:
 
 def _require_generated_material(key: Key) -> None:
     # AWS key states table: an imported key (even one PendingImport) answers with its origin,
-    # before any key-state error; KMS cannot rotate material it did not generate.
+    # before any key-state error; KMS cannot rotate automatically material it did not generate.
     if key.origin is Origin.EXTERNAL:
         raise errors.UnsupportedOperationException(
             f"{key.arn} origin is {key.origin} which is not valid for this operation."
@@ -82,13 +87,16 @@ async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
 
 
 async def rotate_key_on_demand(svc: KmsService, call: Call) -> Response:
-    key = await _rotatable_key(svc, call, "kms:RotateKeyOnDemand")
+    key = await _rotatable_key(svc, call, "kms:RotateKeyOnDemand", imported=True)
     if key.on_demand_rotations >= MAX_ON_DEMAND_ROTATIONS:
         raise errors.LimitExceededException(
             "The on-demand rotations limit has been reached for the given keyId. "
             f"No more on-demand rotations can be performed for this key: {key.arn}"
         )
-    await rotate_key(svc, key, "ON_DEMAND")
+    if key.origin is Origin.EXTERNAL:
+        await rotate_to_imported(svc, key)
+    else:
+        await rotate_key(svc, key, "ON_DEMAND")
     call.response_elements = {"keyId": key.arn}  # CloudTrail logs this call's response
     return {"KeyId": key.arn}
 
@@ -98,6 +106,8 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:ListKeyRotations", key)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
         raise errors.UnsupportedOperationException("")
+    # ROTATIONS_ONLY: material that became current by a rotation; ALL_KEY_MATERIAL adds "the
+    # first key material and any imported key material pending rotation".
     every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
     materials = [m for m in key.materials if every or m.rotation_type is not None]
     chunk, paging = page(materials, call.params, lambda m: (m.created.timestamp(), m.material_id))
@@ -106,19 +116,32 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
         entry: dict[str, Any] = {"KeyId": key.arn, "KeyMaterialId": material.material_id}
         if material.rotation_type is not None:
             entry.update(RotationDate=material.created, RotationType=material.rotation_type)
-        entry["KeyMaterialState"] = "CURRENT" if material is key.current_material else "NON_CURRENT"
+        entry["KeyMaterialState"] = _material_state(key, material)
         if key.origin is Origin.EXTERNAL:
             entry.update(_import_fields(material))
         entries.append(entry)
     return {"Rotations": entries, **paging}
 
 
+def _material_state(key: Key, material: KeyMaterial) -> str:
+    if material.pending:
+        return "PENDING_ROTATION"
+    return "CURRENT" if material is key.current_material else "NON_CURRENT"
+
+
 def _import_fields(material: KeyMaterial) -> dict[str, Any]:
-    # RotationsListEntry: imported material (EXTERNAL origin) also shows its ImportState and
-    # ExpirationModel, and ValidTo when it expires; material held here is imported.
+    # RotationsListEntry: imported material (EXTERNAL origin) also shows its ImportState, its
+    # KeyMaterialDescription, and while imported its ExpirationModel (ValidTo when it expires).
+    # Deleted or expired material is PENDING_IMPORT, with no expiration: none is set until an
+    # import sets one again.
+    fields: dict[str, Any] = {"ImportState": "IMPORTED" if material.imported else "PENDING_IMPORT"}
+    if material.description is not None:
+        fields["KeyMaterialDescription"] = material.description
+    if not material.imported:
+        return fields
     if material.valid_to is None:
-        return {"ImportState": "IMPORTED", "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
-    return {"ImportState": "IMPORTED", "ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": material.valid_to}
+        return {**fields, "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    return {**fields, "ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": material.valid_to}
 
 
 OPERATIONS: dict[str, Operation] = {

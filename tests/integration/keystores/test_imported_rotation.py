@@ -1,0 +1,296 @@
+"""On-demand rotation of imported key material, through boto3 against a live `keytrail serve`.
+
+AWS KMS developer guide, "Import the key material" and "Rotate AWS KMS keys": a symmetric key of
+EXTERNAL origin takes new material with `ImportType=NEW_KEY_MATERIAL` (PENDING_ROTATION), and
+`RotateKeyOnDemand` makes it current; older material keeps decrypting what it encrypted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keytrail.kms.ciphertext import encode_context
+from tests.integration.keystores.wrapping import import_material as _import
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+NEVER = {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+
+
+def _server_now(server: KeytrailServer) -> datetime:
+    return datetime.fromisoformat(server.advance(0))
+
+
+def _imported_key(kms: Any, material: bytes) -> tuple[str, str, str]:
+    """A symmetric key of EXTERNAL origin holding `material`: (key id, ARN, KeyMaterialId)."""
+    meta = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]
+    imported = _import(kms, meta["KeyId"], material)
+    return meta["KeyId"], meta["Arn"], imported["KeyMaterialId"]
+
+
+def _import_new(kms: Any, key_id: str, material: bytes, **extra: Any) -> dict[str, Any]:
+    return _import(kms, key_id, material, ImportType="NEW_KEY_MATERIAL", **(extra or NEVER))
+
+
+def _rotations(kms: Any, key_id: str, include: str = "ALL_KEY_MATERIAL") -> list[dict[str, Any]]:
+    return kms.list_key_rotations(KeyId=key_id, IncludeKeyMaterial=include)["Rotations"]  # type: ignore[no-any-return]
+
+
+def _states(kms: Any, key_id: str) -> dict[str, tuple[str, str]]:
+    """KeyMaterialId -> (KeyMaterialState, ImportState) of every material of the key."""
+    return {e["KeyMaterialId"]: (e["KeyMaterialState"], e["ImportState"]) for e in _rotations(kms, key_id)}
+
+
+def _open_locally(material: bytes, blob: bytes, key_id: str) -> bytes:
+    """Decrypt a symmetric blob (no context) with plain AES-GCM, per ciphertext.py's layout."""
+    header_len = 1 + 12 + 1 + len(key_id) + 32
+    header, nonce, body = blob[:header_len], blob[header_len : header_len + 12], blob[header_len + 12 :]
+    return AESGCM(material).decrypt(nonce, body, header + encode_context({}))
+
+
+def test_new_material_becomes_current_on_demand_and_old_ciphertext_still_decrypts(kms: Any) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    key_id, arn, first_id = _imported_key(kms, first)
+    old_blob = kms.encrypt(KeyId=key_id, Plaintext=b"before rotation")["CiphertextBlob"]
+
+    new = _import_new(kms, key_id, second, KeyMaterialDescription="second material", **NEVER)
+    assert new["KeyId"] == arn and new["KeyMaterialId"] not in (first_id, None)
+    second_id = new["KeyMaterialId"]
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["CurrentKeyMaterialId"]) == ("Enabled", first_id)  # not current yet
+    assert kms.decrypt(CiphertextBlob=kms.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"])[
+        "KeyMaterialId"] == first_id
+    pending = _rotations(kms, key_id)[-1]
+    assert pending == {
+        "KeyId": arn, "KeyMaterialId": second_id, "KeyMaterialDescription": "second material",
+        "ImportState": "IMPORTED", "KeyMaterialState": "PENDING_ROTATION",
+        "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE",
+    }
+    assert _rotations(kms, key_id, "ROTATIONS_ONLY") == []
+
+    assert kms.rotate_key_on_demand(KeyId=key_id)["KeyId"] == arn
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == second_id
+    new_blob = kms.encrypt(KeyId=key_id, Plaintext=b"after rotation")["CiphertextBlob"]
+    assert _open_locally(second, new_blob, key_id) == b"after rotation"  # really the imported bytes
+    assert kms.decrypt(CiphertextBlob=new_blob)["KeyMaterialId"] == second_id
+    old = kms.decrypt(CiphertextBlob=old_blob)
+    assert (old["Plaintext"], old["KeyMaterialId"]) == (b"before rotation", first_id)
+    assert _states(kms, key_id) == {first_id: ("NON_CURRENT", "IMPORTED"), second_id: ("CURRENT", "IMPORTED")}
+    [rotation] = _rotations(kms, key_id, "ROTATIONS_ONLY")
+    assert (rotation["KeyMaterialId"], rotation["RotationType"]) == (second_id, "ON_DEMAND")
+    assert "RotationDate" in rotation
+
+
+def test_rotating_an_imported_key_without_pending_material_is_refused(kms: Any) -> None:
+    key_id, arn, first_id = _imported_key(kms, os.urandom(32))
+    code, message, _ = aws_error(kms.rotate_key_on_demand, KeyId=key_id)
+    assert (code, message) == (
+        "UnsupportedOperationException",
+        f"{arn} has no key material in PENDING_ROTATION state: import new key material "
+        "(ImportKeyMaterial with ImportType NEW_KEY_MATERIAL) before rotating it on demand.",
+    )
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == first_id
+
+
+def test_new_material_sequences_that_are_refused(kms: Any) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    key_id, arn, first_id = _imported_key(kms, first)
+    with pytest.raises(ClientError) as excinfo:  # the key's own material is not new
+        _import_new(kms, key_id, first)
+    assert excinfo.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    with pytest.raises(ClientError) as excinfo:
+        _import_new(kms, key_id, second, KeyMaterialId=first_id, **NEVER)
+    assert excinfo.value.response["Error"] == {
+        "Code": "ValidationException",
+        "Message": "You cannot specify a KeyMaterialId with ImportType NEW_KEY_MATERIAL.",
+    }
+    second_id = _import_new(kms, key_id, second)["KeyMaterialId"]
+    with pytest.raises(ClientError) as excinfo:  # one material pending rotation at a time
+        _import_new(kms, key_id, os.urandom(32))
+    assert excinfo.value.response["Error"] == {
+        "Code": "KMSInvalidStateException",
+        "Message": f"{arn} already has key material {second_id} in PENDING_ROTATION state: rotate to it "
+                   "(RotateKeyOnDemand) or delete it (DeleteImportedKeyMaterial) first.",
+    }
+    with pytest.raises(ClientError) as excinfo:  # without ImportType: EXISTING, and this one is not
+        _import(kms, key_id, os.urandom(32))
+    assert excinfo.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    assert _states(kms, key_id) == {first_id: ("CURRENT", "IMPORTED"), second_id: ("PENDING_ROTATION", "IMPORTED")}
+
+
+def test_existing_material_type_needs_material_imported_before(kms: Any) -> None:
+    key_id = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    with pytest.raises(ClientError) as excinfo:
+        _import(kms, key_id, os.urandom(32), ImportType="EXISTING_KEY_MATERIAL", **NEVER)
+    assert excinfo.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "PendingImport"
+    # An explicit NEW_KEY_MATERIAL into an empty key is its first material, current at once.
+    first_id = _import_new(kms, key_id, os.urandom(32))["KeyMaterialId"]
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == first_id
+
+
+def test_import_type_on_a_key_that_is_not_symmetric_encryption_is_refused(kms: Any) -> None:
+    # "For asymmetric, or HMAC KMS keys with EXTERNAL origin, only one key material can ever be
+    # associated with the key. AWS KMS will reject ImportKeyMaterial API requests with the
+    # ImportType parameter."
+    spec, material = "HMAC_256", os.urandom(32)
+    meta = kms.create_key(Origin="EXTERNAL", KeySpec=spec, KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
+    for extra in ({"ImportType": "NEW_KEY_MATERIAL"}, {"ImportType": "EXISTING_KEY_MATERIAL"},
+                  {"KeyMaterialDescription": "mine"}):
+        with pytest.raises(ClientError) as excinfo:
+            _import(kms, meta["KeyId"], material, **extra, **NEVER)
+        name = next(iter(extra))
+        assert excinfo.value.response["Error"] == {
+            "Code": "ValidationException",
+            "Message": f"{name} is only valid for symmetric encryption KMS keys; {meta['Arn']} has key spec {spec}.",
+        }
+    _import(kms, meta["KeyId"], material)
+    assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_new_material_for_a_multi_region_key_is_unsupported_here(kms: Any) -> None:
+    meta = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]
+    _import(kms, meta["KeyId"], os.urandom(32))
+    with pytest.raises(ClientError) as excinfo:
+        _import_new(kms, meta["KeyId"], os.urandom(32))
+    assert excinfo.value.response["Error"] == {
+        "Code": "UnsupportedOperationException",
+        "Message": f"{meta['Arn']} is a multi-Region key: importing new key material into multi-Region keys "
+                   "is not supported.",
+    }
+
+
+def test_deleting_pending_material_leaves_the_key_enabled(kms: Any) -> None:
+    key_id, arn, first_id = _imported_key(kms, os.urandom(32))
+    second_id = _import_new(kms, key_id, os.urandom(32))["KeyMaterialId"]
+    deleted = kms.delete_imported_key_material(KeyId=key_id, KeyMaterialId=second_id)
+    assert (deleted["KeyId"], deleted["KeyMaterialId"]) == (arn, second_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert _states(kms, key_id) == {first_id: ("CURRENT", "IMPORTED")}  # no longer the key's
+    assert aws_error(kms.rotate_key_on_demand, KeyId=key_id)[0] == "UnsupportedOperationException"
+    third_id = _import_new(kms, key_id, os.urandom(32))["KeyMaterialId"]  # another in its place
+    kms.rotate_key_on_demand(KeyId=key_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == third_id
+
+
+def test_deleted_older_material_makes_the_key_pending_import_until_imported_again(kms: Any) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    key_id, arn, first_id = _imported_key(kms, first)
+    old_blob = kms.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+    second_id = _import_new(kms, key_id, second)["KeyMaterialId"]
+    kms.rotate_key_on_demand(KeyId=key_id)
+
+    assert kms.delete_imported_key_material(KeyId=key_id, KeyMaterialId=first_id)["KeyMaterialId"] == first_id
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["CurrentKeyMaterialId"]) == ("PendingImport", second_id)
+    assert _states(kms, key_id) == {first_id: ("NON_CURRENT", "PENDING_IMPORT"), second_id: ("CURRENT", "IMPORTED")}
+    assert "ExpirationModel" not in _rotations(kms, key_id)[0]
+    assert aws_error(kms.encrypt, KeyId=key_id, Plaintext=b"x")[:2] == (
+        "KMSInvalidStateException", f"{arn} is pending import.")
+    code, message, _ = aws_error(kms.delete_imported_key_material, KeyId=key_id, KeyMaterialId="ab" * 32)
+    assert (code, message) == ("NotFoundException", f"Key material {'ab' * 32} does not exist for {arn}")
+
+    with pytest.raises(ClientError) as excinfo:  # the id named must be the material's
+        _import(kms, key_id, first, KeyMaterialId=second_id, **NEVER)
+    assert excinfo.value.response["Error"] == {
+        "Code": "IncorrectKeyMaterialException",
+        "Message": f"The key material does not match key material ID {second_id}.",
+    }
+    again = _import(kms, key_id, first, ImportType="EXISTING_KEY_MATERIAL", KeyMaterialId=first_id, **NEVER)
+    assert again["KeyMaterialId"] == first_id
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert kms.decrypt(CiphertextBlob=old_blob)["Plaintext"] == b"old"
+
+
+def test_deleting_the_current_material_keeps_its_place(kms: Any) -> None:
+    # Without KeyMaterialId, DeleteImportedKeyMaterial deletes the current material, not the
+    # one pending rotation; re-importing it brings the key back as it was.
+    first = os.urandom(32)
+    key_id, _, first_id = _imported_key(kms, first)
+    second_id = _import_new(kms, key_id, os.urandom(32))["KeyMaterialId"]
+    assert kms.delete_imported_key_material(KeyId=key_id)["KeyMaterialId"] == first_id
+    assert _states(kms, key_id) == {
+        first_id: ("CURRENT", "PENDING_IMPORT"), second_id: ("PENDING_ROTATION", "IMPORTED"),
+    }
+    assert aws_error(kms.rotate_key_on_demand, KeyId=key_id)[0] == "KMSInvalidStateException"
+    _import(kms, key_id, first)
+    kms.rotate_key_on_demand(KeyId=key_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == second_id
+
+
+def test_on_demand_rotation_limit_counts_imported_rotations(kms: Any) -> None:
+    key_id, arn, _ = _imported_key(kms, os.urandom(32))
+    for _ in range(10):
+        _import_new(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+        kms.rotate_key_on_demand(KeyId=key_id)
+    assert len(_rotations(kms, key_id, "ROTATIONS_ONLY")) == 10
+    _import_new(kms, key_id, os.urandom(32))
+    code, message, _ = aws_error(kms.rotate_key_on_demand, KeyId=key_id)
+    assert (code, message) == (
+        "LimitExceededException",
+        "The on-demand rotations limit has been reached for the given keyId. "
+        f"No more on-demand rotations can be performed for this key: {arn}",
+    )
+
+
+def test_pending_material_expires_alone_and_survives_a_restart(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client("alice")
+    key_id, _, first_id = _imported_key(kms, os.urandom(32))
+    valid_to = (_server_now(fresh_server) + timedelta(days=1)).replace(microsecond=0)
+    second_id = _import_new(kms, key_id, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES",
+                            ValidTo=valid_to)["KeyMaterialId"]
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    # DescribeKey's ValidTo is that of material "permanently associated" with the key.
+    assert meta["ExpirationModel"] == "KEY_MATERIAL_DOES_NOT_EXPIRE" and "ValidTo" not in meta
+    fresh_server.stop()
+    fresh_server.start()
+    assert _rotations(kms, key_id)[-1]["ValidTo"] == valid_to
+    fresh_server.advance(2 * 86400)
+    assert _states(kms, key_id) == {first_id: ("CURRENT", "IMPORTED")}
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    events = _events(fresh_server)
+    expired = [e for e in events if e["eventName"] == "DeleteExpiredKeyMaterial"]
+    assert [e["serviceEventDetails"] for e in expired] == [{"keyId": key_id, "keyMaterialId": second_id}]
+
+
+def test_audit_names_the_imported_materials_of_a_rotation(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client("alice")
+    key_id, arn, first_id = _imported_key(kms, os.urandom(32))
+    second_id = _import_new(kms, key_id, os.urandom(32), KeyMaterialDescription="q3", **NEVER)["KeyMaterialId"]
+    kms.rotate_key_on_demand(KeyId=key_id)
+    kms.delete_imported_key_material(KeyId=key_id, KeyMaterialId=first_id)
+    events = [e for e in _events(fresh_server) if e.get("resources") and e["resources"][0]["ARN"] == arn]
+    imports = [e for e in events if e["eventName"] == "ImportKeyMaterial"]
+    assert [e["additionalEventData"] for e in imports] == [{"keyMaterialId": first_id}, {"keyMaterialId": second_id}]
+    assert imports[1]["requestParameters"]["importType"] == "NEW_KEY_MATERIAL"
+    assert imports[1]["requestParameters"]["keyMaterialDescription"] == "q3"
+    assert "encryptedKeyMaterial" not in imports[1]["requestParameters"]
+    [call] = [e for e in events if e["eventName"] == "RotateKeyOnDemand"]
+    assert call["responseElements"] == {"keyId": arn} and call["eventType"] == "AwsApiCall"
+    [rotated] = [e for e in events if e["eventName"] == "RotateKey"]
+    assert rotated["eventType"] == "AwsServiceEvent"
+    assert rotated["serviceEventDetails"] == {
+        "rotationType": "ON_DEMAND", "keyOrigin": "EXTERNAL",
+        "previousKeyMaterialId": first_id, "currentKeyMaterialId": second_id,
+    }
+    [deleted] = [e for e in events if e["eventName"] == "DeleteImportedKeyMaterial"]
+    assert deleted["requestParameters"]["keyMaterialId"] == first_id
+    assert deleted["additionalEventData"] == {"keyMaterialId": first_id}
+
+
+def _events(server: KeytrailServer) -> list[dict[str, Any]]:
+    """The server's audit events as `keytrail audit events --format json` prints them."""
+    out = subprocess.run([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(server.data_dir),
+                          "--format", "json"], capture_output=True, text=True, timeout=60, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
