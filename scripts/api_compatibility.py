@@ -19,7 +19,7 @@ NOTES = {
     "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512",
     "GetParametersForImport": "RSA_2048/3072/4096 wrapping keys; RSAES_PKCS1_V1_5 and SM2 refused",
     "ImportKeyMaterial": "symmetric, HMAC, RSA and ECC material; NEW_KEY_MATERIAL for on-demand rotation of "
-                         "single-Region symmetric keys, refused for multi-Region keys (docs/imported-key-material.md)",
+                         "symmetric keys (docs/imported-key-material.md)",
     "RotateKeyOnDemand": "imported keys rotate to material imported with NEW_KEY_MATERIAL "
                          "(docs/imported-key-material.md)",
     "CreateCustomKeyStore": "AWS_CLOUDHSM type on a PKCS#11 token (docs/custom-key-stores.md); "

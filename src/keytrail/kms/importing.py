@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
-from keytrail.kms import errors
+from keytrail.kms import errors, multiregion
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
 
@@ -39,6 +39,7 @@ __all__ = [
     "imported_material_id",
     "material_expired",
     "new_wrapping_key",
+    "pending_dropped",
     "public_key_of",
     "token_bytes",
     "token_id_of",
@@ -233,15 +234,19 @@ def without_material(key: Key, material_id: str | None = None) -> Key:
     DeleteImportedKeyMaterial: material pending rotation is not permanently associated with the
     key, so it goes entirely and the key state stays. Any other material stays associated, not
     imported (its id, so that only the same material comes back), and the key is PendingImport
-    (unless it is being deleted) until it is imported again."""
+    (unless it is being deleted) until it is imported again. (A replica's material pending
+    rotation stays too: its primary still has it. `pending_dropped` takes it from the replicas
+    when the primary's goes.)"""
     current = key.current_material
     target = material_id or (current.material_id if current else None)
     gone = next((m for m in key.materials if m.material_id == target), None)
     if gone is None:
         return key
-    if gone.pending:
+    if gone.pending and not multiregion.is_replica(key):
         return replace(key, materials=tuple(m for m in key.materials if m is not gone))
-    emptied = replace(gone, secret=b"", imported=False, valid_to=None)
+    if gone.pending:  # still the primary's: the replica names it, to import again
+        return replace(key, materials=tuple(gone.without_secret() if m is gone else m for m in key.materials))
+    emptied = gone.without_secret()
     keep = key.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION)
     return replace(
         key,
@@ -258,7 +263,8 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
     gone = sorted(_expired(key, svc.now()), key=lambda m: m.valid_to or svc.now())
     for material in gone:
         expired = without_material(expired, material.material_id)
-    await svc.store.put_key(expired)
+    replicas = await pending_dropped(svc, key, [m.material_id for m in gone if m.pending])
+    await svc.store.put_keys([expired, *replicas])
     for material in gone:
         await svc.service_event(
             "DeleteExpiredKeyMaterial",
@@ -266,4 +272,19 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
             {"keyId": key.key_id, "keyMaterialId": material.material_id},
             material.valid_to,
         )
+    await multiregion.announce(svc, replicas)
     return expired
+
+
+async def pending_dropped(svc: KmsService, key: Key, material_ids: list[str]) -> list[Key]:
+    """The replicas of a multi-Region primary without the primary's material pending rotation
+    that was deleted or expired ("you'll also be deleting the key materials for the replica
+    Region keys"); none for any other key."""
+    if not material_ids or not multiregion.is_primary(key):
+        return []
+    changed = []
+    for other in await multiregion.copies(svc, key):
+        kept = tuple(m for m in other.materials if m.material_id not in material_ids)
+        if kept != other.materials:
+            changed.append(replace(other, materials=kept))
+    return changed

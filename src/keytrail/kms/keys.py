@@ -38,6 +38,11 @@ class KeyMaterial:
     imported: bool = True
     description: str | None = None  # KeyMaterialDescription
 
+    def without_secret(self) -> KeyMaterial:
+        """This material deleted or expired, or not yet imported into this copy of a multi-Region
+        key: its id stays the key's, its secret is gone."""
+        return replace(self, secret=b"", imported=False, valid_to=None)
+
 
 @dataclass(frozen=True, slots=True)
 class Key:

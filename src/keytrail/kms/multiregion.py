@@ -59,7 +59,8 @@ def replica_of(
 ) -> Key:
     """A new replica: same id, spec, usage, origin and material; its own policy, description and
     tags. It is `Creating` until the next scheduler tick, or PendingImport when the primary's
-    material is imported (AWS requires importing the same material into each replica)."""
+    material is imported (AWS requires importing the same material into each replica): it then
+    names each material of the primary, to import, in the primary's order."""
     external = primary.origin is Origin.EXTERNAL
     return replace(
         primary,
@@ -69,7 +70,7 @@ def replica_of(
         description=description,
         tags=tags,
         state=KeyState.PENDING_IMPORT if external else KeyState.CREATING,
-        materials=() if external else primary.materials,
+        materials=tuple(m.without_secret() for m in primary.materials) if external else primary.materials,
         expiration_model=None,
         deletion_date=None,
         pending_window_days=None,

@@ -13,7 +13,7 @@ from keytrail.kms.material import generate_secret
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["rotate_key", "rotate_to_imported"]
+__all__ = ["holds_imported", "rotate_key", "rotate_to_imported"]
 
 
 async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime | None = None) -> Key:
@@ -32,7 +32,8 @@ async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime
 
 async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
     """RotateKeyOnDemand of a key of imported material: the material imported with ImportType
-    NEW_KEY_MATERIAL (PENDING_ROTATION) becomes current; the one before it keeps decrypting."""
+    NEW_KEY_MATERIAL (PENDING_ROTATION) becomes current; the one before it keeps decrypting. A
+    multi-Region primary rotates once every replica holds that material too, and they with it."""
     _require_primary(key)
     pending = key.pending_material
     if pending is None:
@@ -40,13 +41,32 @@ async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
             f"{key.arn} has no key material in PENDING_ROTATION state: import new key material "
             "(ImportKeyMaterial with ImportType NEW_KEY_MATERIAL) before rotating it on demand."
         )
+    replicas = await multiregion.copies(svc, key) if multiregion.is_primary(key) else []
+    missing = [r.arn for r in replicas if not holds_imported(r, pending.material_id)]
+    if missing:
+        raise errors.UnsupportedOperationException(
+            f"Key material {pending.material_id} of {key.arn} is in PENDING_MULTI_REGION_IMPORT_AND_ROTATION "
+            f"state: import it into {', '.join(missing)} (ImportType EXISTING_KEY_MATERIAL) before rotating."
+        )
     when = svc.now()
-    current = replace(pending, pending=False, rotation_type="ON_DEMAND", created=when)
-    others = replace(key, materials=tuple(m for m in key.materials if m is not pending))
-    rotated = others.rotated(current, when)
-    await svc.store.put_key(rotated)  # single-Region: ImportKeyMaterial refuses new material for the others
-    await _record_rotation(svc, key, rotated, current, when)
+    rotated = _promoted(key, pending.material_id, when)
+    copies = [_promoted(r, pending.material_id, when) for r in replicas]
+    await svc.store.put_keys([rotated, *copies])
+    await _record_rotation(svc, key, rotated, rotated.materials[-1], when)  # `rotated` appends it
+    await multiregion.announce(svc, copies)
     return rotated
+
+
+def holds_imported(key: Key, material_id: str) -> bool:
+    """True when `key` holds the imported bytes of material `material_id`."""
+    return any(m.material_id == material_id and m.imported for m in key.materials)
+
+
+def _promoted(key: Key, material_id: str, when: datetime) -> Key:
+    """`key` with material `material_id` (pending rotation) current, rotated on demand at `when`."""
+    pending = next(m for m in key.materials if m.material_id == material_id)
+    current = replace(pending, pending=False, rotation_type="ON_DEMAND", created=when)
+    return replace(key, materials=tuple(m for m in key.materials if m is not pending)).rotated(current, when)
 
 
 def _require_primary(key: Key) -> None:

@@ -26,6 +26,7 @@ from tests.support.server import KeytrailServer
 pytestmark = pytest.mark.integration
 
 NEVER = {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+PRIMARY, REPLICA, THIRD = "us-east-1", "eu-west-2", "ap-southeast-2"
 
 
 def _server_now(server: KeytrailServer) -> datetime:
@@ -159,16 +160,114 @@ def test_import_type_on_a_key_that_is_not_symmetric_encryption_is_refused(kms: A
     assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "Enabled"
 
 
-def test_new_material_for_a_multi_region_key_is_unsupported_here(kms: Any) -> None:
-    meta = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]
-    _import(kms, meta["KeyId"], os.urandom(32))
+def _multi_region_key(server: KeytrailServer, material: bytes) -> tuple[Any, Any, str, str]:
+    """An imported multi-Region key with `material` in its primary and one replica:
+    (primary client, replica client, key id, KeyMaterialId)."""
+    kms, remote = server.client("alice", PRIMARY), server.client("alice", REPLICA)
+    key_id = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]["KeyId"]
+    first_id = _import(kms, key_id, material)["KeyMaterialId"]
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _import(remote, key_id, material)
+    return kms, remote, key_id, first_id
+
+
+def test_multi_region_key_rotates_once_every_replica_holds_the_new_material(server: KeytrailServer) -> None:
+    # ImportKeyMaterial: new material goes into the primary Region key (NEW_KEY_MATERIAL), the
+    # same material into each replica (EXISTING_KEY_MATERIAL), then RotateKeyOnDemand on the primary.
+    first, second = os.urandom(32), os.urandom(32)
+    kms, remote, key_id, first_id = _multi_region_key(server, first)
+    old_blob = remote.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
     with pytest.raises(ClientError) as excinfo:
-        _import_new(kms, meta["KeyId"], os.urandom(32))
+        _import_new(remote, key_id, second)
+    replica_arn = remote.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
     assert excinfo.value.response["Error"] == {
         "Code": "UnsupportedOperationException",
-        "Message": f"{meta['Arn']} is a multi-Region key: importing new key material into multi-Region keys "
-                   "is not supported.",
+        "Message": f"{replica_arn} is a replica Region key: import new key material into its primary Region key "
+                   f"({PRIMARY}), then the same key material here with ImportType EXISTING_KEY_MATERIAL.",
     }
+    second_id = _import_new(kms, key_id, second)["KeyMaterialId"]
+    waiting = ("PENDING_MULTI_REGION_IMPORT_AND_ROTATION", "IMPORTED")
+    assert _states(kms, key_id)[second_id] == waiting
+    assert _states(remote, key_id)[second_id] == ("PENDING_MULTI_REGION_IMPORT_AND_ROTATION", "PENDING_IMPORT")
+    code, message, _ = aws_error(kms.rotate_key_on_demand, KeyId=key_id)
+    assert (code, message) == (
+        "UnsupportedOperationException",
+        f"Key material {second_id} of {_arn(kms, key_id)} is in PENDING_MULTI_REGION_IMPORT_AND_ROTATION state: "
+        f"import it into {replica_arn} (ImportType EXISTING_KEY_MATERIAL) before rotating.",
+    )
+    with pytest.raises(ClientError) as excinfo:  # the replica takes only the primary's material
+        _import(remote, key_id, os.urandom(32))
+    assert excinfo.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+    assert _import(remote, key_id, second, ImportType="EXISTING_KEY_MATERIAL", **NEVER)["KeyMaterialId"] == second_id
+    assert _states(kms, key_id)[second_id] == ("PENDING_ROTATION", "IMPORTED")
+    assert _states(remote, key_id)[second_id] == ("PENDING_ROTATION", "IMPORTED")
+    assert aws_error(remote.rotate_key_on_demand, KeyId=key_id)[0] == "UnsupportedOperationException"
+
+    kms.rotate_key_on_demand(KeyId=key_id)
+    for client in (kms, remote):
+        assert client.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == second_id
+        assert _states(client, key_id) == {first_id: ("NON_CURRENT", "IMPORTED"), second_id: ("CURRENT", "IMPORTED")}
+    new_blob = remote.encrypt(KeyId=key_id, Plaintext=b"new")["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=new_blob)["KeyMaterialId"] == second_id
+    assert kms.decrypt(CiphertextBlob=old_blob)["Plaintext"] == b"old"
+
+
+def test_deleting_new_material_of_the_primary_deletes_it_from_the_replicas(server: KeytrailServer) -> None:
+    second = os.urandom(32)
+    kms, remote, key_id, first_id = _multi_region_key(server, os.urandom(32))
+    second_id = _import_new(kms, key_id, second)["KeyMaterialId"]
+    _import(remote, key_id, second)
+    # "If you delete any key material of a replica Region key, the primary Region key and other
+    # replica Region keys remain unchanged": the replica must import it again.
+    remote.delete_imported_key_material(KeyId=key_id, KeyMaterialId=second_id)
+    assert _states(remote, key_id)[second_id] == ("PENDING_MULTI_REGION_IMPORT_AND_ROTATION", "PENDING_IMPORT")
+    assert _states(kms, key_id)[second_id] == ("PENDING_MULTI_REGION_IMPORT_AND_ROTATION", "IMPORTED")
+    assert remote.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    kms.delete_imported_key_material(KeyId=key_id, KeyMaterialId=second_id)
+    for client in (kms, remote):
+        assert _states(client, key_id) == {first_id: ("CURRENT", "IMPORTED")}
+    with pytest.raises(ClientError) as excinfo:
+        _import(remote, key_id, second)
+    assert excinfo.value.response["Error"]["Code"] == "IncorrectKeyMaterialException"
+
+
+def test_a_replica_made_after_a_rotation_needs_every_material_of_the_primary(server: KeytrailServer) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    kms = server.client("alice", PRIMARY)
+    key_id = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]["KeyId"]
+    first_id = _import(kms, key_id, first)["KeyMaterialId"]
+    old_blob = kms.encrypt(KeyId=key_id, Plaintext=b"old")["CiphertextBlob"]
+    second_id = _import_new(kms, key_id, second)["KeyMaterialId"]
+    kms.rotate_key_on_demand(KeyId=key_id)
+    assert kms.replicate_key(KeyId=key_id, ReplicaRegion=THIRD)["ReplicaKeyMetadata"]["KeyState"] == "PendingImport"
+    remote = server.client("alice", THIRD)
+    assert _states(remote, key_id) == {
+        first_id: ("NON_CURRENT", "PENDING_IMPORT"), second_id: ("CURRENT", "PENDING_IMPORT"),
+    }
+    _import(remote, key_id, second)
+    meta = remote.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["CurrentKeyMaterialId"]) == ("PendingImport", second_id)
+    _import(remote, key_id, first)
+    assert remote.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert remote.decrypt(CiphertextBlob=old_blob)["Plaintext"] == b"old"
+    assert kms.decrypt(CiphertextBlob=remote.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"])[
+        "KeyMaterialId"] == second_id
+
+
+def test_expired_new_material_of_the_primary_goes_from_the_replicas(fresh_server: KeytrailServer) -> None:
+    second = os.urandom(32)
+    kms, remote, key_id, first_id = _multi_region_key(fresh_server, os.urandom(32))
+    valid_to = _server_now(fresh_server) + timedelta(days=1)
+    _import_new(kms, key_id, second, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=valid_to)
+    _import(remote, key_id, second, ImportType="EXISTING_KEY_MATERIAL", **NEVER)
+    fresh_server.advance(2 * 86400)
+    for client in (kms, remote):
+        assert _states(client, key_id) == {first_id: ("CURRENT", "IMPORTED")}
+        assert client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def _arn(kms: Any, key_id: str) -> str:
+    return str(kms.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"])
 
 
 def test_deleting_pending_material_leaves_the_key_enabled(kms: Any) -> None:

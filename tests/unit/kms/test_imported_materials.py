@@ -11,6 +11,7 @@ from keytrail.kms.codec import key_from_doc, key_to_doc
 from keytrail.kms.importing import expiration_of, material_expired, without_material
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeyState, Origin
+from keytrail.kms.multiregion import replica_of
 from keytrail.kms.sealing import RootKey
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -45,6 +46,23 @@ def test_deleting_older_material_keeps_its_id_and_makes_the_key_pending_import()
     assert after.state is KeyState.PENDING_IMPORT and after.missing_material
     assert after.current_material is SECOND and after.material(FIRST.material_id) is None
     assert without_material(key).materials[1].imported is False  # by default: the current one
+
+
+def test_a_replica_keeps_naming_deleted_material_pending_rotation_in_its_primary() -> None:
+    replica = replace(_key(FIRST, replace(PENDING, pending=True)), multi_region=True, primary_region="eu-west-2")
+    after = without_material(replica, PENDING.material_id)
+    assert [(m.material_id, m.pending, m.imported) for m in after.materials] == [
+        (FIRST.material_id, False, True), (PENDING.material_id, True, False)]
+    assert after.state is KeyState.ENABLED and not after.missing_material
+
+
+def test_a_new_replica_of_imported_material_names_each_material_to_import() -> None:
+    primary = replace(_key(FIRST, SECOND, replace(PENDING, pending=True)), multi_region=True)
+    replica = replica_of(primary, "eu-west-2", NOW, "{}", "", ())
+    assert [m.material_id for m in replica.materials] == [m.material_id for m in primary.materials]
+    assert all(not m.imported and m.secret == b"" for m in replica.materials)
+    assert replica.state is KeyState.PENDING_IMPORT and replica.current_material is not None
+    assert replica.current_material.material_id == SECOND.material_id
 
 
 def test_a_key_being_deleted_stays_pending_deletion_when_material_goes() -> None:

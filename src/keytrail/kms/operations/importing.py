@@ -19,6 +19,7 @@ from keytrail.kms.importing import (
     expiration_of,
     imported_material_id,
     new_wrapping_key,
+    pending_dropped,
     public_key_of,
     token_bytes,
     token_id_of,
@@ -159,7 +160,7 @@ async def import_key_material(svc: KmsService, call: Call) -> Response:
         description=params.get("KeyMaterialDescription"),
     )
     imported = _placed(key, material, params)
-    await svc.store.put_key(replace(imported, expiration_model=expiration_of(imported)[0]))
+    await _save_import(svc, replace(imported, expiration_model=expiration_of(imported)[0]))
     call.additional_event_data["keyMaterialId"] = material.material_id
     call.response_elements = {"keyId": key.arn, "keyMaterialId": material.material_id}
     return {"KeyId": key.arn, "KeyMaterialId": material.material_id}
@@ -193,12 +194,13 @@ def _check_symmetric_only(key: Key, params: dict[str, Any]) -> None:
 
 
 def _associated(key: Key) -> list[str]:
-    """Ids of the material the key holds or held: its materials, or (a key whose only material
-    was deleted before materials were kept, or the copy of a multi-Region key whose other copy
-    imported first) the one material it accepts."""
-    if key.materials:
-        return [m.material_id for m in key.materials]
-    return [key.extra[FINGERPRINT]] if FINGERPRINT in key.extra else []
+    """Ids of the material the key holds, held, or (a copy of a multi-Region key) must import:
+    its materials, and the first material it accepts (which a key whose only material was deleted
+    before materials were kept, or the copy of a multi-Region key whose other copy imported
+    first, knows only by this id)."""
+    ids = [m.material_id for m in key.materials]
+    first = key.extra.get(FINGERPRINT)
+    return [*ids, first] if first and first not in ids else ids
 
 
 def _import_type(key: Key, params: dict[str, Any]) -> str:
@@ -211,10 +213,12 @@ def _import_type(key: Key, params: dict[str, Any]) -> str:
 
 
 def _with_new_material(key: Key, material: KeyMaterial) -> Key:
-    """New material for an on-demand rotation: PENDING_ROTATION until RotateKeyOnDemand."""
-    if key.multi_region:
+    """New material for an on-demand rotation: PENDING_ROTATION until RotateKeyOnDemand. A
+    multi-Region key takes it in its primary, then each replica the same material as existing."""
+    if multiregion.is_replica(key):
         raise errors.UnsupportedOperationException(
-            f"{key.arn} is a multi-Region key: importing new key material into multi-Region keys is not supported."
+            f"{key.arn} is a replica Region key: import new key material into its primary Region key "
+            f"({key.primary_region}), then the same key material here with ImportType EXISTING_KEY_MATERIAL."
         )
     if material.material_id in _associated(key):
         raise errors.IncorrectKeyMaterialException(
@@ -247,7 +251,7 @@ def _held_again(key: Key, material: KeyMaterial) -> Key:
     the same id, or as its first material. The key is Enabled once it holds all its material."""
     held = next((m for m in key.materials if m.material_id == material.material_id), None)
     if held is None:  # the first material, or the one a multi-Region copy or an older store accepts
-        materials: tuple[KeyMaterial, ...] = (material,)
+        materials: tuple[KeyMaterial, ...] = (material, *key.materials)
     else:
         again = replace(held, secret=material.secret, imported=True, valid_to=material.valid_to,
                         description=material.description or held.description)
@@ -258,6 +262,20 @@ def _held_again(key: Key, material: KeyMaterial) -> Key:
     return restored
 
 
+async def _save_import(svc: KmsService, key: Key) -> None:
+    """Store the key. Material pending rotation in a multi-Region primary is material each
+    replica must import too: the replicas name it (not imported) in the same write."""
+    pending = key.pending_material
+    replicas = []
+    if pending is not None and multiregion.is_primary(key):
+        for other in await multiregion.copies(svc, key):
+            if not any(m.material_id == pending.material_id for m in other.materials):
+                kept = tuple(m for m in other.materials if not m.pending)  # none left behind
+                replicas.append(replace(other, materials=(*kept, pending.without_secret())))
+    await svc.store.put_keys([key, *replicas])
+    await multiregion.announce(svc, replicas)
+
+
 async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
     key = await _external_key(svc, call, "kms:DeleteImportedKeyMaterial", {})
     wanted = call.params.get("KeyMaterialId")
@@ -265,7 +283,10 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
     target = current if wanted is None else next((m for m in key.materials if m.material_id == wanted), None)
     if wanted and target is None:
         raise errors.NotFoundException(f"Key material {wanted} does not exist for {key.arn}")
-    await svc.store.put_key(without_material(key, target.material_id if target else None))
+    dropped = [target.material_id] if target is not None and target.pending else []
+    replicas = await pending_dropped(svc, key, dropped)
+    await svc.store.put_keys([without_material(key, target.material_id if target else None), *replicas])
+    await multiregion.announce(svc, replicas)
     material_id = target.material_id if target else key.extra.get(FINGERPRINT)
     if material_id:
         call.additional_event_data["keyMaterialId"] = material_id

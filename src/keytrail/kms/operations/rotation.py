@@ -9,7 +9,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
 from keytrail.kms.paging import page
-from keytrail.kms.rotation import rotate_key, rotate_to_imported
+from keytrail.kms.rotation import holds_imported, rotate_key, rotate_to_imported
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -111,19 +111,32 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
     every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
     materials = [m for m in key.materials if every or m.rotation_type is not None]
     chunk, paging = page(materials, call.params, lambda m: (m.created.timestamp(), m.material_id))
+    partial = await _not_imported_everywhere(svc, key)
     entries = []
     for material in chunk:
         entry: dict[str, Any] = {"KeyId": key.arn, "KeyMaterialId": material.material_id}
         if material.rotation_type is not None:
             entry.update(RotationDate=material.created, RotationType=material.rotation_type)
-        entry["KeyMaterialState"] = _material_state(key, material)
+        entry["KeyMaterialState"] = _material_state(key, material, partial)
         if key.origin is Origin.EXTERNAL:
             entry.update(_import_fields(material))
         entries.append(entry)
     return {"Rotations": entries, **paging}
 
 
-def _material_state(key: Key, material: KeyMaterial) -> str:
+async def _not_imported_everywhere(svc: KmsService, key: Key) -> frozenset[str]:
+    """Ids of material pending rotation that some copy of a multi-Region key lacks."""
+    pending = key.pending_material
+    if pending is None or not key.multi_region:
+        return frozenset()
+    copies = [key, *await multiregion.copies(svc, key)]
+    everywhere = all(holds_imported(copy, pending.material_id) for copy in copies)
+    return frozenset() if everywhere else frozenset({pending.material_id})
+
+
+def _material_state(key: Key, material: KeyMaterial, partial: frozenset[str]) -> str:
+    if material.pending and material.material_id in partial:
+        return "PENDING_MULTI_REGION_IMPORT_AND_ROTATION"
     if material.pending:
         return "PENDING_ROTATION"
     return "CURRENT" if material is key.current_material else "NON_CURRENT"
