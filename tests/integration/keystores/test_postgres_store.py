@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from keytrail.clock import ManualClock
+from keytrail.kms import errors
 from keytrail.kms.authz import OwnAccountAuthorizer
 from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.keys import Key, KeyMaterial
@@ -168,3 +169,31 @@ async def test_a_store_from_before_the_root_key_check_is_vouched_for_by_its_seal
     with pytest.raises(SealError):
         await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
     await (await PostgresStore.connect(dsn, root)).close()
+
+
+async def test_ping_answers_while_every_pooled_connection_is_busy_with_queries_that_answer(dsn: str) -> None:
+    """A node under load holds all its connections longer than a health check waits; the
+    database still answers each of them, so the health check must not call it down."""
+    store = await PostgresStore.connect(dsn, RootKey(os.urandom(32)), timeout=2.0)
+    release = asyncio.Event()
+    holding = 0
+
+    async def busy(index: int) -> None:
+        nonlocal holding
+        async with store.key_lock(ACCOUNT, "us-east-1", f"key-{index}"):  # pins a pooled connection
+            assert await store.get_key(ACCOUNT, "us-east-1", f"key-{index}") is None
+            holding += 1
+            await release.wait()
+
+    tasks = [asyncio.create_task(busy(index)) for index in range(8)]  # the pool's size
+    try:
+        while holding < 8:
+            await asyncio.sleep(0.01)
+        await store.ping()  # a pooled connection would wait 2 s, then DependencyTimeoutException
+        await asyncio.sleep(1.1)  # nothing came back for a second: the pool is asked, and is full
+        with pytest.raises(errors.DependencyTimeoutException):
+            await store.ping()
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
+        await store.close()
