@@ -68,6 +68,11 @@ def test_rsa_decrypt_failures(kms, rsa_keys) -> None:
     ) == ("InvalidCiphertextException", "")
     assert error_of(kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob)[0] == "InvalidKeyUsageException"
     assert error_of(kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x")[0] == "InvalidKeyUsageException"
+    recipient = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": b"attestation"}
+    assert error_of(
+        kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_256",
+        Recipient=recipient,
+    ) == ("UnsupportedOperationException", "Recipient (attested enclave) requests are not supported by keytrail.")
 
 
 def test_re_encrypt_from_rsa_and_to_a_signing_key(kms, rsa_keys) -> None:

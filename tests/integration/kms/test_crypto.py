@@ -110,3 +110,18 @@ def test_generate_random_bounds(server: KeytrailServer) -> None:
     assert low.endswith("Member must have value greater than or equal to 1")
     _, high, _ = aws_error(kms.generate_random, NumberOfBytes=1025)
     assert high.endswith("Member must have value less than or equal to 1024")
+
+
+_RECIPIENT = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": b"attestation"}
+_NO_RECIPIENT = ("UnsupportedOperationException",
+                 "Recipient (attested enclave) requests are not supported by keytrail.", 400)
+
+
+def test_recipient_requests_are_refused_never_answered_in_plaintext(kms, key) -> None:
+    """A caller naming a Recipient wants the secret only as CiphertextForRecipient: keytrail
+    cannot attest an enclave, so it refuses rather than return Plaintext."""
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"secret")["CiphertextBlob"]
+    assert aws_error(kms.decrypt, CiphertextBlob=blob, Recipient=_RECIPIENT) == _NO_RECIPIENT
+    assert aws_error(kms.generate_data_key, KeyId=key["KeyId"], KeySpec="AES_256",
+                     Recipient=_RECIPIENT) == _NO_RECIPIENT
+    assert aws_error(kms.generate_random, NumberOfBytes=16, Recipient=_RECIPIENT) == _NO_RECIPIENT

@@ -13,7 +13,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.model import KeySpec, KeyUsage
-from keytrail.kms.operations.crypto import SYMMETRIC_DEFAULT
+from keytrail.kms.operations.crypto import SYMMETRIC_DEFAULT, refuse_recipient
 from keytrail.kms.specs import algorithms_for
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ __all__ = ["OPERATIONS", "usable_key"]
 
 # GetPublicKey's CustomerMasterKeySpec enum predates Ed25519 and the post-quantum specs.
 _LEGACY_SPECS = frozenset({*asymmetric.RSA_BITS, *asymmetric.CURVES})
-_NO_RECIPIENT = "Recipient (attested enclave) requests are not supported by keytrail."
 
 
 async def usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
@@ -83,8 +82,7 @@ def _pair_spec(params: dict[str, Any]) -> KeySpec:
         raise errors.UnsupportedOperationException("KeyPairSpec SM2 is only available in China Regions.")
     if spec is KeySpec.ML_KEM_512:
         raise errors.UnsupportedOperationException(pq.ML_KEM_512_REFUSED)
-    if params.get("Recipient"):
-        raise errors.UnsupportedOperationException(_NO_RECIPIENT)
+    refuse_recipient(params)
     return spec
 
 
@@ -121,8 +119,7 @@ async def generate_data_key_pair_without_plaintext(svc: KmsService, call: Call) 
 
 async def derive_shared_secret(svc: KmsService, call: Call) -> Response:
     params = call.params
-    if params.get("Recipient"):
-        raise errors.UnsupportedOperationException(_NO_RECIPIENT)
+    refuse_recipient(params)
     algorithm = params["KeyAgreementAlgorithm"]
     key = await usable_key(svc, call, "kms:DeriveSharedSecret", KeyUsage.KEY_AGREEMENT)
     shared = asymmetric.derive_shared_secret(asymmetric.key_secret(key), params["PublicKey"])

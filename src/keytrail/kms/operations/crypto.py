@@ -15,11 +15,19 @@ from keytrail.kms.operations.keystores import random_from_store
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["OPERATIONS"]
+__all__ = ["OPERATIONS", "refuse_recipient"]
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
 _DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
+_NO_RECIPIENT = "Recipient (attested enclave) requests are not supported by keytrail."
+
+
+def refuse_recipient(params: dict[str, Any]) -> None:
+    """A request naming a Nitro Enclaves Recipient wants its secret only as CiphertextForRecipient:
+    answering it with Plaintext would hand out what the caller meant to keep in the enclave."""
+    if params.get("Recipient") is not None:
+        raise errors.UnsupportedOperationException(_NO_RECIPIENT)
 
 
 async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str) -> Key:
@@ -88,6 +96,7 @@ async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str
 
 
 async def decrypt(svc: KmsService, call: Call) -> Response:
+    refuse_recipient(call.params)
     key, plaintext, algorithm, material_id = await _decrypt(svc, call, "kms:Decrypt")
     call.extra_request_parameters["encryptionAlgorithm"] = algorithm
     svc.check_dry_run(call)
@@ -146,6 +155,7 @@ async def _generate_data_key(svc: KmsService, call: Call, action: str) -> tuple[
 
 
 async def generate_data_key(svc: KmsService, call: Call) -> Response:
+    refuse_recipient(call.params)
     response, plaintext = await _generate_data_key(svc, call, "kms:GenerateDataKey")
     return {**response, "Plaintext": plaintext}
 
@@ -159,6 +169,7 @@ async def generate_random(svc: KmsService, call: Call) -> Response:
     count = call.params.get("NumberOfBytes")
     if count is None:
         raise errors.ValidationException("NumberOfBytes is required.")
+    refuse_recipient(call.params)
     await svc.authorize(call, "kms:GenerateRandom", None)
     store_id = call.params.get("CustomKeyStoreId")
     if store_id is not None:
