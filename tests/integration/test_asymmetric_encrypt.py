@@ -154,10 +154,8 @@ def test_data_key_pair_rules(kms) -> None:
         "DryRunOperationException",
         "The request would have succeeded, but the DryRun option is set.",
     )
-    assert (
-        error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="SM2")[0]
-        == "UnsupportedOperationException"
-    )
+    assert error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="SM2") == (
+        "UnsupportedOperationException", "KeyPairSpec SM2 is not supported in this Region")
     assert (
         error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="ML_KEM_512")[0]
         == "UnsupportedOperationException"
@@ -173,6 +171,14 @@ def test_data_key_pair_rules(kms) -> None:
     kms.schedule_key_deletion(KeyId=wrapping, PendingWindowInDays=7)
     for call in (kms.generate_data_key_pair, kms.generate_data_key_pair_without_plaintext):
         assert error_of(call, KeyId=wrapping, KeyPairSpec="ECC_NIST_P256")[0] == "KMSInvalidStateException"
+
+
+def test_sm2_data_key_pair_in_a_china_region_is_not_supported_by_keytrail(server) -> None:
+    kms = server.client("alice", region="cn-north-1")
+    wrapping = kms.create_key()["KeyMetadata"]["KeyId"]
+    for call in (kms.generate_data_key_pair, kms.generate_data_key_pair_without_plaintext):
+        assert error_of(call, KeyId=wrapping, KeyPairSpec="SM2") == (
+            "UnsupportedOperationException", "KeyPairSpec SM2 is not supported by keytrail.")
 
 
 def test_rsa_keys_in_disabled_and_pending_deletion_state(kms) -> None:

@@ -28,6 +28,34 @@ def test_hmac_key_needs_a_key_usage_and_lists_its_algorithm(kms) -> None:
     assert meta["MacAlgorithms"] == ["HMAC_SHA_256"] and "EncryptionAlgorithms" not in meta
 
 
+
+def test_sm2_is_refused_with_the_message_of_the_region(server) -> None:
+    """AWS offers SM2 only in its China Regions ("KeySpec SM2 is not supported in this Region"
+    elsewhere); keytrail has no SM2 at all, and says so in a China Region."""
+    for region, message in (
+        ("us-east-1", "KeySpec SM2 is not supported in this Region"),
+        ("cn-north-1", "KeySpec SM2 is not supported by keytrail."),
+    ):
+        kms = server.client("alice", region=region)
+        for usage in ("ENCRYPT_DECRYPT", "SIGN_VERIFY", "KEY_AGREEMENT"):
+            assert error_of(kms.create_key, KeySpec="SM2", KeyUsage=usage) == (
+                "UnsupportedOperationException", message)
+
+
+@pytest.mark.parametrize(
+    ("spec", "usage"),
+    [
+        ("RSA_2048", "KEY_AGREEMENT"), ("RSA_4096", "GENERATE_VERIFY_MAC"),
+        ("ECC_NIST_P256", "ENCRYPT_DECRYPT"), ("ECC_SECG_P256K1", "GENERATE_VERIFY_MAC"),
+        ("ECC_NIST_EDWARDS25519", "KEY_AGREEMENT"), ("HMAC_512", "SIGN_VERIFY"),
+        ("ML_DSA_65", "ENCRYPT_DECRYPT"), ("ML_DSA_87", "KEY_AGREEMENT"), ("ML_KEM_768", "SIGN_VERIFY"),
+        ("SYMMETRIC_DEFAULT", "SIGN_VERIFY"),
+    ],
+)
+def test_key_usage_the_key_spec_does_not_offer_is_a_validation_error(kms, spec, usage) -> None:
+    assert error_of(kms.create_key, KeySpec=spec, KeyUsage=usage) == (
+        "ValidationException", f"KeyUsage {usage} is not compatible with KeySpec {spec}")
+
 def test_bad_enum_values_use_the_validation_template(server) -> None:
     loose = server.client("alice", parameter_validation=False)
     code, message = error_of(loose.create_key, KeySpec="HMAC_999", KeyUsage="GENERATE_VERIFY_MAC")

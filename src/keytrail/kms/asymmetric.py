@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -24,7 +24,8 @@ from keytrail.kms.specs import algorithms_for
 
 __all__ = [
     "CURVES", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_signing", "derive_shared_secret",
-    "generate_pkcs8", "key_secret", "oaep_limit", "private_key", "public_key_der", "sign", "verify",
+    "generate_pkcs8", "key_secret", "oaep_limit", "private_key", "public_key_der", "refuse_sm2", "sign",
+    "verify",
 ]
 
 PrivateKey = Any  # any private key class of `cryptography` that loads from PKCS#8
@@ -70,6 +71,15 @@ _MESSAGE_TYPES = {
 
 
 # --- keys ------------------------------------------------------------------------------------
+
+def refuse_sm2(member: str, region: str) -> NoReturn:
+    """SM2 (KeySpec or KeyPairSpec `member`): AWS offers it only in its China Regions and refuses
+    it elsewhere with "<member> SM2 is not supported in this Region"; keytrail has no SM2 in any
+    Region (`cryptography` offers none), so in a China Region it says that instead."""
+    if region.startswith("cn-"):
+        raise errors.UnsupportedOperationException(f"{member} SM2 is not supported by keytrail.")
+    raise errors.UnsupportedOperationException(f"{member} SM2 is not supported in this Region")
+
 
 def _pkcs8(private: PrivateKey) -> bytes:
     return bytes(private.private_bytes(

@@ -76,10 +76,10 @@ async def get_public_key(svc: KmsService, call: Call) -> Response:
     return response
 
 
-def _pair_spec(params: dict[str, Any]) -> KeySpec:
+def _pair_spec(params: dict[str, Any], region: str) -> KeySpec:
     spec = KeySpec(params["KeyPairSpec"])
     if spec is KeySpec.SM2:
-        raise errors.UnsupportedOperationException("KeyPairSpec SM2 is only available in China Regions.")
+        asymmetric.refuse_sm2("KeyPairSpec", region)
     if spec is KeySpec.ML_KEM_512:
         raise errors.UnsupportedOperationException(pq.ML_KEM_512_REFUSED)
     refuse_recipient(params)
@@ -88,7 +88,7 @@ def _pair_spec(params: dict[str, Any]) -> KeySpec:
 
 async def _generate_data_key_pair(svc: KmsService, call: Call, action: str) -> Response:
     params = call.params
-    spec = _pair_spec(params)
+    spec = _pair_spec(params, call.context.region)
     key = await usable_key(svc, call, action, KeyUsage.ENCRYPT_DECRYPT)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
         raise errors.InvalidKeyUsageException(

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
+from keytrail.kms.asymmetric import refuse_sm2
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
@@ -35,10 +36,10 @@ def camel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _spec_and_usage(params: dict[str, Any]) -> tuple[KeySpec, KeyUsage]:
+def _spec_and_usage(params: dict[str, Any], region: str) -> tuple[KeySpec, KeyUsage]:
     spec = KeySpec(params.get("KeySpec") or params.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT")
     if spec is KeySpec.SM2:
-        raise errors.UnsupportedOperationException("KeySpec SM2 is only available in China Regions.")
+        refuse_sm2("KeySpec", region)
     usage_name = params.get("KeyUsage")
     if usage_name is None and spec is not KeySpec.SYMMETRIC_DEFAULT:
         raise errors.ValidationException(KEY_USAGE_REQUIRED)
@@ -56,7 +57,7 @@ def _new_key_id(svc: KmsService, multi_region: bool) -> str:
 
 async def create_key(svc: KmsService, call: Call) -> Response:
     params, context = call.params, call.context
-    spec, usage = _spec_and_usage(params)
+    spec, usage = _spec_and_usage(params, context.region)
     origin = Origin(params.get("Origin") or "AWS_KMS")
     tags = validate_tags(params.get("Tags") or [])
     await svc.authorize(call, "kms:CreateKey", None, {"kms:KeySpec": spec.value, "kms:KeyUsage": usage.value})
