@@ -9,7 +9,7 @@ from keytrail.kms.model import KeySpec, KeyUsage
 __all__ = ["ALLOWED_USAGES", "algorithms_for"]
 
 _RSA = (KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096)
-_ECC_SIGN = (KeySpec.ECC_NIST_P256, KeySpec.ECC_NIST_P384, KeySpec.ECC_NIST_P521, KeySpec.ECC_SECG_P256K1)
+_ECC_NIST = (KeySpec.ECC_NIST_P256, KeySpec.ECC_NIST_P384, KeySpec.ECC_NIST_P521)
 _HMAC = (KeySpec.HMAC_224, KeySpec.HMAC_256, KeySpec.HMAC_384, KeySpec.HMAC_512)
 _ML_DSA = (KeySpec.ML_DSA_44, KeySpec.ML_DSA_65, KeySpec.ML_DSA_87)
 _ML_KEM = (KeySpec.ML_KEM_512, KeySpec.ML_KEM_768, KeySpec.ML_KEM_1024)
@@ -17,7 +17,9 @@ _ML_KEM = (KeySpec.ML_KEM_512, KeySpec.ML_KEM_768, KeySpec.ML_KEM_1024)
 ALLOWED_USAGES: dict[KeySpec, tuple[KeyUsage, ...]] = {
     KeySpec.SYMMETRIC_DEFAULT: (KeyUsage.ENCRYPT_DECRYPT,),
     **{spec: (KeyUsage.ENCRYPT_DECRYPT, KeyUsage.SIGN_VERIFY) for spec in _RSA},
-    **{spec: (KeyUsage.SIGN_VERIFY, KeyUsage.KEY_AGREEMENT) for spec in _ECC_SIGN},
+    # NIST curves sign or derive shared secrets; secp256k1 only signs (CreateKey KeyUsage).
+    **{spec: (KeyUsage.SIGN_VERIFY, KeyUsage.KEY_AGREEMENT) for spec in _ECC_NIST},
+    KeySpec.ECC_SECG_P256K1: (KeyUsage.SIGN_VERIFY,),
     KeySpec.ECC_NIST_EDWARDS25519: (KeyUsage.SIGN_VERIFY,),
     **{spec: (KeyUsage.GENERATE_VERIFY_MAC,) for spec in _HMAC},
     **{spec: (KeyUsage.SIGN_VERIFY,) for spec in _ML_DSA},
