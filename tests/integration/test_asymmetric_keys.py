@@ -42,6 +42,15 @@ def test_sm2_is_refused_with_the_message_of_the_region(server) -> None:
                 "UnsupportedOperationException", message)
 
 
+def test_ml_kem_is_not_offered_in_china_regions(server) -> None:
+    kms = server.client("alice", region="cn-northwest-1")
+    assert error_of(kms.create_key, KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE") == (
+        "UnsupportedOperationException", "KeySpec ML_KEM_768 is not supported in this Region")
+    wrapping = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="ML_KEM_1024") == (
+        "UnsupportedOperationException", "KeyPairSpec ML_KEM_1024 is not supported in this Region")
+
+
 @pytest.mark.parametrize(
     ("spec", "usage"),
     [

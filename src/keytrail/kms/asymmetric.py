@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, NoReturn
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,8 +23,8 @@ from keytrail.kms.model import KeySpec, KeyUsage
 from keytrail.kms.specs import algorithms_for
 
 __all__ = [
-    "CURVES", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_signing", "derive_shared_secret",
-    "generate_pkcs8", "key_secret", "oaep_limit", "private_key", "public_key_der", "refuse_sm2", "sign",
+    "CURVES", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_offered_in_region", "check_signing",
+    "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit", "private_key", "public_key_der", "sign",
     "verify",
 ]
 
@@ -72,13 +72,19 @@ _MESSAGE_TYPES = {
 
 # --- keys ------------------------------------------------------------------------------------
 
-def refuse_sm2(member: str, region: str) -> NoReturn:
-    """SM2 (KeySpec or KeyPairSpec `member`): AWS offers it only in its China Regions and refuses
-    it elsewhere with "<member> SM2 is not supported in this Region"; keytrail has no SM2 in any
+_CHINA_ONLY = frozenset({KeySpec.SM2})
+_NOT_IN_CHINA = frozenset({KeySpec.ML_KEM_512, KeySpec.ML_KEM_768, KeySpec.ML_KEM_1024})
+
+
+def check_offered_in_region(member: str, spec: KeySpec, region: str) -> None:
+    """AWS offers SM2 only in its China Regions and ML-KEM only outside them (CreateKey KeySpec);
+    elsewhere it answers "<member> SM2 is not supported in this Region". keytrail has no SM2 in any
     Region (`cryptography` offers none), so in a China Region it says that instead."""
-    if region.startswith("cn-"):
+    china = region.startswith("cn-")
+    if spec in (_NOT_IN_CHINA if china else _CHINA_ONLY):
+        raise errors.UnsupportedOperationException(f"{member} {spec} is not supported in this Region")
+    if spec is KeySpec.SM2:
         raise errors.UnsupportedOperationException(f"{member} SM2 is not supported by keytrail.")
-    raise errors.UnsupportedOperationException(f"{member} SM2 is not supported in this Region")
 
 
 def _pkcs8(private: PrivateKey) -> bytes:

@@ -78,8 +78,7 @@ async def get_public_key(svc: KmsService, call: Call) -> Response:
 
 def _pair_spec(params: dict[str, Any], region: str) -> KeySpec:
     spec = KeySpec(params["KeyPairSpec"])
-    if spec is KeySpec.SM2:
-        asymmetric.refuse_sm2("KeyPairSpec", region)
+    asymmetric.check_offered_in_region("KeyPairSpec", spec, region)
     if spec is KeySpec.ML_KEM_512:
         raise errors.UnsupportedOperationException(pq.ML_KEM_512_REFUSED)
     refuse_recipient(params)

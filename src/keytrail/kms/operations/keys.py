@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
-from keytrail.kms.asymmetric import refuse_sm2
+from keytrail.kms.asymmetric import check_offered_in_region
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
@@ -38,8 +38,7 @@ def camel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _spec_and_usage(params: dict[str, Any], region: str) -> tuple[KeySpec, KeyUsage]:
     spec = KeySpec(params.get("KeySpec") or params.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT")
-    if spec is KeySpec.SM2:
-        refuse_sm2("KeySpec", region)
+    check_offered_in_region("KeySpec", spec, region)
     usage_name = params.get("KeyUsage")
     if usage_name is None and spec is not KeySpec.SYMMETRIC_DEFAULT:
         raise errors.ValidationException(KEY_USAGE_REQUIRED)
