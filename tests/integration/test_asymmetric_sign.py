@@ -67,6 +67,22 @@ def test_rsa_signatures_verify_locally_and_in_the_service(kms, algorithm, messag
     assert verified["SignatureValid"] is True
 
 
+@pytest.mark.parametrize("spec", ["RSA_3072", "RSA_4096"])
+def test_larger_rsa_keys_sign_with_their_modulus_size(kms, spec) -> None:
+    """RSA_2048 is checked per algorithm above; the larger specs make modulus-sized signatures that
+    verify with the GetPublicKey SPKI too."""
+    key_id = signing_key(kms, spec)
+    public = public_key(kms, key_id)
+    assert public.key_size == int(spec[-4:])
+    for algorithm, scheme in (
+        ("RSASSA_PSS_SHA_512", padding.PSS(padding.MGF1(hashes.SHA512()), salt_length=64)),
+        ("RSASSA_PKCS1_V1_5_SHA_384", padding.PKCS1v15()),
+    ):
+        algorithm_hash = _HASHES[algorithm[-3:]]()
+        signature = kms.sign(KeyId=key_id, Message=b"firmware", SigningAlgorithm=algorithm)["Signature"]
+        assert len(signature) == public.key_size // 8
+        public.verify(signature, b"firmware", scheme, algorithm_hash)
+
 @pytest.mark.parametrize("spec", list(_ECDSA))
 @pytest.mark.parametrize("message_type", ["RAW", "DIGEST"])
 def test_ecdsa_der_signatures_verify_locally(kms, spec, message_type) -> None:
