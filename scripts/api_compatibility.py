@@ -15,6 +15,7 @@ NOTES = {
     "GetKeyLastUsage": "answered from the last-used consumer state",
     "Encapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
     "Decapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
+    "Decrypt": "DryRunModifiers IGNORE_CIPHERTEXT checks the named key only; Recipient refused",
     "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512",
     "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512",
     "GetParametersForImport": "RSA_2048/3072/4096 wrapping keys; RSAES_PKCS1_V1_5 and SM2 refused",

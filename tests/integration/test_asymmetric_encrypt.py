@@ -75,6 +75,16 @@ def test_rsa_decrypt_failures(kms, rsa_keys) -> None:
     ) == ("UnsupportedOperationException", "Recipient (attested enclave) requests are not supported by keytrail.")
 
 
+def test_rsa_decrypt_dry_run_ignoring_the_ciphertext_checks_the_key_and_algorithm(kms, rsa_keys) -> None:
+    key_id = rsa_keys["RSA_2048"]["KeyId"]
+    ignore = {"KeyId": key_id, "CiphertextBlob": b"x", "DryRun": True, "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
+    assert error_of(kms.decrypt, EncryptionAlgorithm="RSAES_OAEP_SHA_256", **ignore) == (
+        "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
+    assert error_of(kms.decrypt, **ignore) == (
+        "InvalidKeyUsageException",
+        "The encryption algorithm SYMMETRIC_DEFAULT is not compatible with the key spec RSA_2048.")
+
+
 def test_re_encrypt_from_rsa_and_to_a_signing_key(kms, rsa_keys) -> None:
     meta = rsa_keys["RSA_3072"]
     blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"move me", EncryptionAlgorithm="RSAES_OAEP_SHA_256")

@@ -125,3 +125,22 @@ def test_recipient_requests_are_refused_never_answered_in_plaintext(kms, key) ->
     assert aws_error(kms.generate_data_key, KeyId=key["KeyId"], KeySpec="AES_256",
                      Recipient=_RECIPIENT) == _NO_RECIPIENT
     assert aws_error(kms.generate_random, NumberOfBytes=16, Recipient=_RECIPIENT) == _NO_RECIPIENT
+
+
+_DRY_RUN = ("DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", 412)
+
+
+def test_decrypt_dry_run_ignoring_the_ciphertext_checks_only_the_key(server: KeytrailServer, kms, key) -> None:
+    """DryRunModifiers IGNORE_CIPHERTEXT tests permissions without a valid ciphertext; the key is
+    still checked (usage, state, who may use it)."""
+    ignore = {"DryRun": True, "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
+    assert aws_error(kms.decrypt, KeyId=key["KeyId"], CiphertextBlob=b"not a ciphertext", **ignore) == _DRY_RUN
+    assert aws_error(kms.decrypt, KeyId=key["KeyId"], CiphertextBlob=b"not a ciphertext",
+                     DryRun=True)[0] == "InvalidCiphertextException"
+    assert aws_error(kms.decrypt, CiphertextBlob=b"not a ciphertext", **ignore)[:2] == (
+        "ValidationException", "KeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
+    assert aws_error(server.client("bob").decrypt, KeyId=key["Arn"], CiphertextBlob=b"x",
+                     **ignore)[0] == "AccessDeniedException"
+    kms.disable_key(KeyId=key["KeyId"])
+    assert aws_error(kms.decrypt, KeyId=key["KeyId"], CiphertextBlob=b"x", **ignore)[:2] == (
+        "DisabledException", f"{key['Arn']} is disabled.")

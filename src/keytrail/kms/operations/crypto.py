@@ -95,8 +95,27 @@ async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str
     return key, plaintext, algorithm, material_id
 
 
+def _ignores_ciphertext(params: dict[str, Any]) -> bool:
+    return bool(params.get("DryRun")) and "IGNORE_CIPHERTEXT" in (params.get("DryRunModifiers") or [])
+
+
+async def _test_decrypt_permission(svc: KmsService, call: Call) -> None:
+    """DryRun with DryRunModifiers IGNORE_CIPHERTEXT ("Testing your permissions"): the named key's
+    authorization, state, usage and algorithm are checked, the ciphertext is not read at all."""
+    params = call.params
+    if params.get("KeyId") is None:
+        raise errors.ValidationException("KeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
+    key = await _encrypting_key(svc, call, params["KeyId"], "kms:Decrypt")
+    algorithm = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
+    _check_algorithm(key, algorithm)
+    call.extra_request_parameters["encryptionAlgorithm"] = algorithm
+    svc.check_dry_run(call)
+
+
 async def decrypt(svc: KmsService, call: Call) -> Response:
     refuse_recipient(call.params)
+    if _ignores_ciphertext(call.params):
+        await _test_decrypt_permission(svc, call)
     key, plaintext, algorithm, material_id = await _decrypt(svc, call, "kms:Decrypt")
     call.extra_request_parameters["encryptionAlgorithm"] = algorithm
     svc.check_dry_run(call)
