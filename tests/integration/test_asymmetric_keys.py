@@ -51,6 +51,19 @@ def test_ml_kem_is_not_offered_in_china_regions(server) -> None:
         "UnsupportedOperationException", "KeyPairSpec ML_KEM_1024 is not supported in this Region")
 
 
+
+def test_customer_master_key_spec_is_the_old_name_of_key_spec(kms) -> None:
+    meta = kms.create_key(CustomerMasterKeySpec="ECC_NIST_P384", KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+    assert meta["KeySpec"] == meta["CustomerMasterKeySpec"] == "ECC_NIST_P384"
+    for old_name in ("ECC_NIST_P384", "ECC_NIST_P256"):
+        assert error_of(
+            kms.create_key, KeySpec="ECC_NIST_P384", CustomerMasterKeySpec=old_name, KeyUsage="SIGN_VERIFY"
+        ) == (
+            "ValidationException",
+            "You cannot specify KeySpec and CustomerMasterKeySpec in the same request. "
+            "CustomerMasterKeySpec is deprecated.",
+        )
+
 @pytest.mark.parametrize(
     ("spec", "usage"),
     [

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["OPERATIONS", "camel_metadata"]
 
 KEY_USAGE_REQUIRED = "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."
+BOTH_SPECS = ("You cannot specify KeySpec and CustomerMasterKeySpec in the same request. "
+              "CustomerMasterKeySpec is deprecated.")
 
 
 def camel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +39,9 @@ def camel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spec_and_usage(params: dict[str, Any], region: str) -> tuple[KeySpec, KeyUsage]:
+    if params.get("KeySpec") and params.get("CustomerMasterKeySpec"):
+        # The deprecated member is the same setting under its old name: AWS takes one or the other.
+        raise errors.ValidationException(BOTH_SPECS)
     spec = KeySpec(params.get("KeySpec") or params.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT")
     check_offered_in_region("KeySpec", spec, region)
     usage_name = params.get("KeyUsage")
