@@ -72,12 +72,20 @@ def test_customer_master_key_spec_is_the_old_name_of_key_spec(kms) -> None:
         ("ECC_SECG_P256K1", "KEY_AGREEMENT"), ("ECC_NIST_EDWARDS25519", "KEY_AGREEMENT"),
         ("HMAC_512", "SIGN_VERIFY"),
         ("ML_DSA_65", "ENCRYPT_DECRYPT"), ("ML_DSA_87", "KEY_AGREEMENT"), ("ML_KEM_768", "SIGN_VERIFY"),
-        ("SYMMETRIC_DEFAULT", "SIGN_VERIFY"),
     ],
 )
 def test_key_usage_the_key_spec_does_not_offer_is_a_validation_error(kms, spec, usage) -> None:
     assert error_of(kms.create_key, KeySpec=spec, KeyUsage=usage) == (
         "ValidationException", f"KeyUsage {usage} is not compatible with KeySpec {spec}")
+
+
+@pytest.mark.parametrize("usage", ["SIGN_VERIFY", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT"])
+def test_symmetric_default_with_another_key_usage_uses_awss_wording(kms, usage) -> None:
+    """The symmetric default spec has its own message (seen from AWS when an SDK dropped KeySpec)."""
+    message = (f"The operation failed because the KeyUsage value of the CMK is {usage}. "
+               "To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.")
+    assert error_of(kms.create_key, KeyUsage=usage) == ("ValidationException", message)
+    assert error_of(kms.create_key, KeySpec="SYMMETRIC_DEFAULT", KeyUsage=usage) == ("ValidationException", message)
 
 def test_bad_enum_values_use_the_validation_template(server) -> None:
     loose = server.client("alice", parameter_validation=False)

@@ -49,8 +49,16 @@ def _spec_and_usage(params: dict[str, Any], region: str) -> tuple[KeySpec, KeyUs
         raise errors.ValidationException(KEY_USAGE_REQUIRED)
     usage = KeyUsage(usage_name or "ENCRYPT_DECRYPT")
     if usage not in ALLOWED_USAGES[spec]:
-        raise errors.ValidationException(f"KeyUsage {usage} is not compatible with KeySpec {spec}")
+        raise errors.ValidationException(_usage_refusal(spec, usage))
     return spec, usage
+
+
+def _usage_refusal(spec: KeySpec, usage: KeyUsage) -> str:
+    # AWS words the symmetric default (the spec a caller gets without naming one) apart.
+    if spec is KeySpec.SYMMETRIC_DEFAULT:
+        return (f"The operation failed because the KeyUsage value of the CMK is {usage}. "
+                "To perform this operation, the KeyUsage value must be ENCRYPT_DECRYPT.")
+    return f"KeyUsage {usage} is not compatible with KeySpec {spec}"
 
 
 def _new_key_id(svc: KmsService, multi_region: bool) -> str:
