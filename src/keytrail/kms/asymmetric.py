@@ -77,9 +77,9 @@ _NOT_IN_CHINA = frozenset({KeySpec.ML_KEM_512, KeySpec.ML_KEM_768, KeySpec.ML_KE
 
 
 def check_offered_in_region(member: str, spec: KeySpec, region: str) -> None:
-    """AWS offers SM2 only in its China Regions and ML-KEM only outside them (CreateKey KeySpec);
-    elsewhere it answers "<member> SM2 is not supported in this Region". keytrail has no SM2 in any
-    Region (`cryptography` offers none), so in a China Region it says that instead."""
+    """AWS offers SM2 only in its China Regions and ML-KEM only outside them (CreateKey KeySpec); a
+    spec the Region lacks is "<member> <spec> is not supported in this Region". keytrail has no SM2
+    in any Region (`cryptography` offers none), so in a China Region SM2 is refused for that."""
     china = region.startswith("cn-")
     if spec in (_NOT_IN_CHINA if china else _CHINA_ONLY):
         raise errors.UnsupportedOperationException(f"{member} {spec} is not supported in this Region")

@@ -101,7 +101,8 @@ def _ignores_ciphertext(params: dict[str, Any]) -> bool:
 
 async def _test_decrypt_permission(svc: KmsService, call: Call) -> None:
     """DryRun with DryRunModifiers IGNORE_CIPHERTEXT ("Testing your permissions"): the named key's
-    authorization, state, usage and algorithm are checked, the ciphertext is not read at all."""
+    authorization, state, usage and algorithm are checked, the ciphertext is not read at all. It
+    always raises: the key's error, or DryRunOperationException."""
     params = call.params
     if params.get("KeyId") is None:
         raise errors.ValidationException("KeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
