@@ -66,8 +66,20 @@ def test_rsa_decrypt_failures(kms, rsa_keys) -> None:
     assert error_of(
         kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_1"
     ) == ("InvalidCiphertextException", "")
-    assert error_of(kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob)[0] == "InvalidKeyUsageException"
-    assert error_of(kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x")[0] == "InvalidKeyUsageException"
+    # Without an EncryptionAlgorithm (SYMMETRIC_DEFAULT) AWS reads the blob as symmetric ciphertext
+    # before it compares the algorithm with the key, and Encrypt refuses the default algorithm.
+    assert error_of(kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob) == ("InvalidCiphertextException", "")
+    assert error_of(kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x") == (
+        "InvalidKeyUsageException", "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.")
+    symmetric = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert error_of(kms.encrypt, KeyId=symmetric, Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_1") == (
+        "InvalidKeyUsageException", "Algorithm RSAES_OAEP_SHA_1 is incompatible with key spec SYMMETRIC_DEFAULT.")
+    context_refused = ("ValidationException",
+                       "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
+    assert error_of(kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                    EncryptionContext={"app": "x"}) == context_refused
+    assert error_of(kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                    EncryptionContext={"app": "x"}) == context_refused
     recipient = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": b"attestation"}
     assert error_of(
         kms.decrypt, KeyId=meta["KeyId"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_256",
@@ -82,7 +94,7 @@ def test_rsa_decrypt_dry_run_ignoring_the_ciphertext_checks_the_key_and_algorith
         "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
     assert error_of(kms.decrypt, **ignore) == (
         "InvalidKeyUsageException",
-        "The encryption algorithm SYMMETRIC_DEFAULT is not compatible with the key spec RSA_2048.")
+        "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.")
 
 
 def test_re_encrypt_from_rsa_and_to_a_signing_key(kms, rsa_keys) -> None:

@@ -228,11 +228,11 @@ def _oaep(algorithm: str) -> padding.OAEP:
 
 def _check_rsa_use(key: Key, algorithm: str, context: Mapping[str, str] | None) -> None:
     if key.key_spec not in RSA_BITS or algorithm not in _OAEP_HASHES:
-        raise errors.InvalidKeyUsageException(
-            f"The encryption algorithm {algorithm} is not compatible with the key spec {key.key_spec}.")
+        raise errors.InvalidKeyUsageException(f"Algorithm {algorithm} is incompatible with key spec {key.key_spec}.")
     if context:
         # The OAEP ciphertext has no room for it: accepting it would bind nothing.
-        raise errors.ValidationException("EncryptionContext is not supported with asymmetric KMS keys.")
+        raise errors.ValidationException(
+            "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
 
 
 class RsaCipher:

@@ -41,9 +41,7 @@ async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str)
 def _check_algorithm(key: Key, algorithm: str) -> None:
     symmetric = key.key_spec is KeySpec.SYMMETRIC_DEFAULT
     if symmetric != (algorithm == SYMMETRIC_DEFAULT):
-        raise errors.InvalidKeyUsageException(
-            f"The encryption algorithm {algorithm} is not compatible with the key spec {key.key_spec}."
-        )
+        raise errors.InvalidKeyUsageException(f"Algorithm {algorithm} is incompatible with key spec {key.key_spec}.")
 
 
 async def encrypt(svc: KmsService, call: Call) -> Response:
@@ -63,10 +61,12 @@ def _note_material(call: Call, material_id: str | None, name: str = "keyMaterial
         call.additional_event_data[name] = material_id
 
 
-async def _key_of_blob(svc: KmsService, call: Call, blob: bytes, key_id: str | None) -> Key:
-    """The key that made a ciphertext: from KeyId for asymmetric keys, else from the blob."""
+async def _key_of_blob(svc: KmsService, call: Call, blob: bytes, key_id: str | None, algorithm: str) -> Key:
+    """The key that made a ciphertext: the KeyId's asymmetric key when an asymmetric algorithm is
+    named, else the key the blob names. Like AWS, a SYMMETRIC_DEFAULT request (the default) reads
+    the blob as symmetric ciphertext first, so RSA ciphertext there is InvalidCiphertextException."""
     named = await svc.find_key(call, key_id) if key_id else None
-    if named is not None and named.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+    if named is not None and named.key_spec is not KeySpec.SYMMETRIC_DEFAULT and algorithm != SYMMETRIC_DEFAULT:
         return named
     header = read_header(blob)
     if named is not None:
@@ -84,11 +84,11 @@ async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str
                    key_member: str = "KeyId", context_member: str = "EncryptionContext",
                    algorithm_member: str = "EncryptionAlgorithm") -> tuple[Key, bytes, str, str | None]:
     params = call.params
-    key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member))
+    algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
+    key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member), algorithm)
     await svc.authorize(call, action, key)
     svc.require_usable(key)
     svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
-    algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
     _check_algorithm(key, algorithm)
     plaintext, material_id = await svc.cipher_for(key).decrypt(
         key, params[blob_member], params.get(context_member), algorithm)
