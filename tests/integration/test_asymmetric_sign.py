@@ -130,8 +130,12 @@ def test_ed25519_and_ed25519ph(kms) -> None:
         Signature=ph["Signature"],
         SigningAlgorithm="ED25519_PH_SHA_512",
     )
-    code, message = error_of(kms.sign, KeyId=key_id, Message=b"x", SigningAlgorithm="ED25519_PH_SHA_512")
-    assert code == "ValidationException" and "MessageType RAW" in message
+    assert error_of(kms.sign, KeyId=key_id, Message=b"x", SigningAlgorithm="ED25519_PH_SHA_512") == (
+        "ValidationException", "Message type RAW is incompatible with algorithm ED25519_PH_SHA_512.")
+    assert error_of(
+        kms.verify, KeyId=key_id, Message=digest, MessageType="DIGEST", Signature=ph["Signature"],
+        SigningAlgorithm="ED25519_SHA_512",
+    ) == ("ValidationException", "Message type DIGEST is incompatible with algorithm ED25519_SHA_512.")
 
 
 @pytest.mark.parametrize(
@@ -185,7 +189,21 @@ def test_wrong_digest_length_is_a_validation_error_on_sign_and_verify(kms, spec,
         "MessageType": message_type,
         "SigningAlgorithm": algorithm,
     }
-    expected = ("ValidationException", f"Digest is invalid length for algorithm {algorithm}.")
+    what = "External Mu" if message_type == "EXTERNAL_MU" else "Digest"
+    expected = ("ValidationException", f"{what} is invalid length for algorithm {algorithm}.")
+    assert error_of(kms.sign, **params) == expected
+    assert error_of(kms.verify, Signature=b"s" * 64, **params) == expected
+
+
+@pytest.mark.parametrize(("spec", "algorithm", "message_type"), [
+    ("ML_DSA_44", "ML_DSA_SHAKE_256", "DIGEST"),
+    ("RSA_2048", "RSASSA_PSS_SHA_256", "EXTERNAL_MU"),
+    ("ECC_NIST_P256", "ECDSA_SHA_256", "EXTERNAL_MU"),
+])
+def test_message_type_the_key_spec_does_not_take_names_the_spec(kms, spec, algorithm, message_type) -> None:
+    params = {"KeyId": signing_key(kms, spec), "Message": b"m" * 64, "MessageType": message_type,
+              "SigningAlgorithm": algorithm}
+    expected = ("ValidationException", f"Message type {message_type} is incompatible with key spec {spec}.")
     assert error_of(kms.sign, **params) == expected
     assert error_of(kms.verify, Signature=b"s" * 64, **params) == expected
 

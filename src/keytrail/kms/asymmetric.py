@@ -139,10 +139,12 @@ def check_signing(spec: KeySpec, algorithm: str, message_type: str, message: byt
         raise errors.InvalidKeyUsageException(f"Algorithm {algorithm} is incompatible with key spec {spec}.")
     scheme = SIGNING[algorithm]
     if message_type not in _MESSAGE_TYPES[scheme.family]:
-        raise errors.ValidationException(
-            f"MessageType {message_type} is not valid for signing algorithm {algorithm}.")
+        # Ed25519 keys take both types, one per algorithm, so AWS names the algorithm there.
+        named = f"algorithm {algorithm}" if scheme.family.startswith("ED25519") else f"key spec {spec}"
+        raise errors.ValidationException(f"Message type {message_type} is incompatible with {named}.")
     if message_type != "RAW" and len(message) != scheme.digest_size:
-        raise errors.ValidationException(f"Digest is invalid length for algorithm {algorithm}.")
+        what = "External Mu" if message_type == "EXTERNAL_MU" else "Digest"
+        raise errors.ValidationException(f"{what} is invalid length for algorithm {algorithm}.")
 
 
 def sign(secret: bytes, algorithm: str, message: bytes, message_type: str) -> bytes:

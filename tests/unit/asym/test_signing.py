@@ -123,7 +123,7 @@ def test_bad_signature_is_invalid_signature_with_empty_message(secrets) -> None:
             "DIGEST",
             64,
             errors.ValidationException,
-            "MessageType DIGEST is not valid for signing algorithm ED25519_SHA_512.",
+            "Message type DIGEST is incompatible with algorithm ED25519_SHA_512.",
         ),
         (
             KeySpec.ECC_NIST_EDWARDS25519,
@@ -131,7 +131,7 @@ def test_bad_signature_is_invalid_signature_with_empty_message(secrets) -> None:
             "RAW",
             5,
             errors.ValidationException,
-            "MessageType RAW is not valid for signing algorithm ED25519_PH_SHA_512.",
+            "Message type RAW is incompatible with algorithm ED25519_PH_SHA_512.",
         ),
         (
             KeySpec.ML_DSA_65,
@@ -139,7 +139,7 @@ def test_bad_signature_is_invalid_signature_with_empty_message(secrets) -> None:
             "EXTERNAL_MU",
             32,
             errors.ValidationException,
-            "Digest is invalid length for algorithm ML_DSA_SHAKE_256.",
+            "External Mu is invalid length for algorithm ML_DSA_SHAKE_256.",
         ),
         (
             KeySpec.ML_DSA_65,
@@ -147,7 +147,7 @@ def test_bad_signature_is_invalid_signature_with_empty_message(secrets) -> None:
             "DIGEST",
             64,
             errors.ValidationException,
-            "MessageType DIGEST is not valid for signing algorithm ML_DSA_SHAKE_256.",
+            "Message type DIGEST is incompatible with key spec ML_DSA_65.",
         ),
         (
             KeySpec.ECC_NIST_P256,
@@ -155,7 +155,7 @@ def test_bad_signature_is_invalid_signature_with_empty_message(secrets) -> None:
             "EXTERNAL_MU",
             64,
             errors.ValidationException,
-            "MessageType EXTERNAL_MU is not valid for signing algorithm ECDSA_SHA_256.",
+            "Message type EXTERNAL_MU is incompatible with key spec ECC_NIST_P256.",
         ),
     ],
 )
