@@ -164,7 +164,16 @@ _DERIVED: dict[str, Derive] = {
     "kms:customermasterkeyusage": _key_value(lambda key: str(key.key_usage)),
     "kms:keyorigin": _key_value(lambda key: str(key.origin)),
     "kms:multiregion": _key_value(lambda key: key.multi_region),
+    # A key condition of every KMS key resource operation, like kms:MultiRegion; absent for a
+    # single-Region key (a Deny on REPLICA must not be dodged by calling Decrypt, not ReplicateKey).
+    "kms:multiregionkeytype": _key_value(lambda key: _multi_region_key_type(key)),
 }
+
+
+def _multi_region_key_type(key: Key) -> str | None:
+    if not key.multi_region:
+        return None
+    return "REPLICA" if key.primary_region not in (None, key.region) else "PRIMARY"
 
 
 class RequestContext:

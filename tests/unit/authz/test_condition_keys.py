@@ -161,6 +161,7 @@ TAGGED = key(
         (user("alice"), "kms:keyusage", "SIGN_VERIFY"),
         (user("alice"), "kms:keyorigin", "EXTERNAL"),
         (user("alice"), "kms:multiregion", True),
+        (user("alice"), "kms:multiregionkeytype", "PRIMARY"),
         (user("alice"), "kms:viaservice", None),
     ],
 )
@@ -175,3 +176,4 @@ def test_request_values_win_and_names_are_case_insensitive() -> None:
     assert ctx("kms:encryptioncontext:dept") == "IT"
     assert ctx("kms:keyspec") == "X"
     assert ctx("aws:resourcetag/project") is None  # no key, no resource keys
+    assert ctx("kms:multiregionkeytype") is None

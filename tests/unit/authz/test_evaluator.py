@@ -264,6 +264,18 @@ def test_key_attribute_and_resource_tag_keys() -> None:
     assert not decide(user("alice"), key(policy, tags=(("Project", "beta"),))).allowed
 
 
+def test_multi_region_key_type_applies_to_every_key_operation() -> None:
+    # A Deny on replicas must hold for Decrypt too, not only for the multi-Region operations.
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+            "Condition": {"StringEquals": {"kms:MultiRegionKeyType": "REPLICA"}}}
+    policy = doc(allow(ALICE_ARN), deny)
+    replica = key(policy, multi_region=True, primary_region="eu-west-1")
+    primary = key(policy, multi_region=True, primary_region="us-east-1")
+    assert decide(user("alice"), replica, "kms:Decrypt").verdict is Verdict.EXPLICIT_DENY
+    assert decide(user("alice"), primary, "kms:Decrypt").allowed
+    assert decide(user("alice"), key(policy), "kms:Decrypt").allowed  # single-Region: key absent
+
+
 def test_via_service_is_absent_for_direct_calls() -> None:
     policy = key(
         doc(
