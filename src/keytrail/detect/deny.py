@@ -2,7 +2,7 @@
 
 Grammar (IAM "Troubleshoot access denied", audit-anchors §1.3):
 `… because no <type> policy allows the <action> action` (implicit) or
-`… with an explicit deny in a <type> policy` (explicit).
+`… with an explicit deny in a|an <type> policy` (explicit).
 """
 
 from __future__ import annotations

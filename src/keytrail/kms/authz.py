@@ -60,7 +60,9 @@ def denial_message(request: AccessRequest, decision: AccessDecision) -> str:
     resource = request.key.arn if request.key else "*"
     head = f"User: {caller} is not authorized to perform: {request.action} on resource: {resource}"
     if decision.verdict is Verdict.EXPLICIT_DENY:
-        return f"{head} with an explicit deny in a {decision.policy_type} policy"
+        # AWS's article: "in an identity-based policy", "in a resource-based policy".
+        article = "an" if decision.policy_type[:1] in "aeiou" else "a"
+        return f"{head} with an explicit deny in {article} {decision.policy_type} policy"
     return f"{head} because no {decision.policy_type} policy allows the {request.action} action"
 
 

@@ -164,6 +164,18 @@ def test_denial_message_has_aws_wording() -> None:
     )
 
 
+def test_explicit_deny_messages_name_the_policy_type_with_aws_article() -> None:
+    deny = doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+               {"Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*"})
+    req = request(user("alice", ACCOUNT, deny), "kms:Decrypt", key(default_policy(ACCOUNT)))
+    assert denial_message(req, authorizer().authorize(req)).endswith(
+        "with an explicit deny in an identity-based policy")
+    the_key = key(doc(allow(ROOT_ARN), {"Effect": "Deny", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*"}))
+    req = request(user("alice", ACCOUNT, allow_all_identity()), "kms:Decrypt", the_key)
+    assert denial_message(req, authorizer().authorize(req)).endswith(
+        "with an explicit deny in a resource-based policy")
+
+
 # --- condition keys from the request, the caller, the key and the clock -------------------------
 
 
