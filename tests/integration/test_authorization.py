@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.server import ACCOUNT, OTHER_ACCOUNT, KeytrailServer
+from tests.support.server import ACCOUNT, OTHER_ACCOUNT, PRINCIPALS, KeytrailServer, write_principals
 
 pytestmark = pytest.mark.integration
 
@@ -346,3 +348,34 @@ def test_list_grants_with_a_malformed_grant_id_is_invalid_grant_id(alice: Any) -
     assert error_of(alice.list_grants, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"
     assert error_of(alice.revoke_grant, KeyId=key, GrantId="not-a-grant-id")[0] == "InvalidGrantIdException"
     assert error_of(alice.list_grants, KeyId=key, GrantId=grant_id + "\n")[0] == "InvalidGrantIdException"
+
+
+def test_retire_grant_follows_the_grant_not_the_key_policy(tmp_path: Path) -> None:
+    # "Retiring and revoking grants": kms:RetireGrant is not effective in a key policy, the
+    # grant's account may always retire, and an IAM Deny refuses even the retiring principal.
+    dora = f"arn:aws:iam::{ACCOUNT}:user/dora"
+    no_retire = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "kms:RetireGrant", "Resource": "*"}]})
+    principals = {**PRINCIPALS, "dora": (dora, "AKIADORA000000000001", "dora-secret", [no_retire], None)}
+    server = KeytrailServer(tmp_path / "data", principals=write_principals(tmp_path / "p.toml", principals)).start()
+    try:
+        alice, bob, root = server.client("alice"), server.client("bob"), server.client("root")
+        dora_client = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                                   aws_access_key_id="AKIADORA000000000001", aws_secret_access_key="dora-secret")
+        # No statement names the account: the root retires as the grant's account, not by delegation.
+        key = new_key(alice, json.dumps({"Version": "2012-10-17", "Statement": [
+            statement(BOB, ["kms:RetireGrant", "kms:DescribeKey"]), statement(ALICE, "kms:*")]}))
+        grant = alice.create_grant(KeyId=key, GranteePrincipal=dora, RetiringPrincipal=dora, Operations=["Decrypt"])
+        code, message = error_of(bob.retire_grant, KeyId=key, GrantId=grant["GrantId"])
+        assert (code, message) == ("AccessDeniedException", (
+            f"User: {BOB} is not authorized to perform: kms:RetireGrant on resource: {key} "
+            "because no identity-based policy allows the kms:RetireGrant action"))
+        code, message = error_of(dora_client.retire_grant, GrantToken=grant["GrantToken"])
+        assert (code, message) == ("AccessDeniedException", (
+            f"User: {dora} is not authorized to perform: kms:RetireGrant on resource: {key} "
+            "with an explicit deny in an identity-based policy"))
+        root.retire_grant(KeyId=key, GrantId=grant["GrantId"])
+        assert alice.list_grants(KeyId=key)["Grants"] == []
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from keytrail.kms.context import CallContext
+from keytrail.kms.grants import retire_allowed
 from keytrail.kms.keys import Key
 from keytrail.kms.store import Grant
 
@@ -29,7 +30,8 @@ class AccessRequest:
     """One question: may this caller perform `action` (e.g. `kms:Decrypt`) on `key`?
 
     `conditions` holds the request's condition-key values (`kms:EncryptionContext:dept`,
-    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants plus those named by GrantTokens.
+    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants plus those named by GrantTokens,
+    except for `kms:RetireGrant`, where `grants` holds the one grant to retire.
     """
 
     call: CallContext
@@ -73,5 +75,8 @@ class OwnAccountAuthorizer:
     def authorize(self, request: AccessRequest) -> AccessDecision:
         key = request.key
         if key is None or key.account == request.call.account:
+            return AccessDecision(Verdict.ALLOW)
+        if request.action == "kms:RetireGrant" and any(
+                retire_allowed(grant, request.call.principal, True) for grant in request.grants):
             return AccessDecision(Verdict.ALLOW)
         return AccessDecision(Verdict.IMPLICIT_DENY, "resource-based")

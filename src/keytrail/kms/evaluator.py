@@ -18,7 +18,7 @@ from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, RequestContext
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
-from keytrail.kms.grants import grant_allows
+from keytrail.kms.grants import grant_allows, retire_allowed
 from keytrail.kms.keys import Key
 from keytrail.kms.policy_document import Policy, PrincipalSet, Statement, compile_policy
 
@@ -28,6 +28,7 @@ _CACHE_LIMIT = 8192
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _DENY_ALL = Policy((), frozenset())
 IDENTITY, RESOURCE = "identity-based", "resource-based"
+_RETIRE_GRANT = "kms:RetireGrant"
 LOCKOUT_MESSAGE = "The new key policy will not allow you to update the key policy in the future."
 
 
@@ -196,6 +197,8 @@ class PolicyAuthorizer:
                 identity: tuple[Policy, ...]) -> AccessDecision:
         principal, action = request.call.principal, request.action
         resource = request.key.arn if request.key is not None else "*"
+        if action == _RETIRE_GRANT:
+            return self._decide_retire(request, ctx, identity, resource)
         kp = _KeyPolicyResult()
         if key_policy is not None:
             kp = evaluate_key_policy(key_policy, principal, action, resource, ctx)
@@ -210,6 +213,21 @@ class PolicyAuthorizer:
         if self._policies_allow(request, kp, iam_allows) or self._grants_allow(request, iam_allows):
             return AccessDecision(Verdict.ALLOW)
         return AccessDecision(Verdict.IMPLICIT_DENY, RESOURCE if iam_allows else IDENTITY)
+
+    @staticmethod
+    def _decide_retire(request: AccessRequest, ctx: RequestContext, identity: tuple[Policy, ...],
+                       resource: str) -> AccessDecision:
+        """RetireGrant of `request.grants` (the grant named): the grant decides who may retire it.
+        An IAM Deny still refuses; kms:RetireGrant "is not effective in a key policy", so the key
+        policy neither allows nor denies it ("Retiring and revoking grants")."""
+        principal = request.call.principal
+        verdict = evaluate_identity(identity, request.action, resource, ctx)
+        if verdict is Verdict.EXPLICIT_DENY:
+            return AccessDecision(Verdict.EXPLICIT_DENY, IDENTITY)
+        iam_allows = verdict is Verdict.ALLOW or principal.type is IdentityType.ROOT
+        if any(retire_allowed(grant, principal, iam_allows) for grant in request.grants):
+            return AccessDecision(Verdict.ALLOW)
+        return AccessDecision(Verdict.IMPLICIT_DENY, IDENTITY)
 
     @staticmethod
     def _policies_allow(request: AccessRequest, kp: _KeyPolicyResult, iam_allows: bool) -> bool:

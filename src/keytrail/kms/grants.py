@@ -28,6 +28,7 @@ __all__ = [
     "make_grant_token",
     "parse_grant_token",
     "principal_named",
+    "retire_allowed",
 ]
 
 GRANT_OPERATIONS = frozenset({
@@ -77,6 +78,19 @@ def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -
         return True
     root = f"arn:aws:iam::{principal.account}:root"
     return grantee == root and (identity_allows or principal.type is IdentityType.ROOT)
+
+
+def retire_allowed(grant: Grant, principal: Principal, identity_allows: bool) -> bool:
+    """Who may retire a grant ("Retiring and revoking grants"): its retiring principal, its grantee
+    when it includes RetireGrant, and, as a backup, the account the grant was created in (the key's
+    and the issuing account). An account named as retiring principal or grantee, and the backup
+    account, act through their root or the IAM principals they allow kms:RetireGrant."""
+    if grant.retiring_principal and grantee_matches(grant.retiring_principal, principal, identity_allows):
+        return True
+    if "RetireGrant" in grant.operations and grantee_matches(grant.grantee_principal, principal, identity_allows):
+        return True
+    own = principal.account in (grant.account, grant.issuing_account)
+    return own and (identity_allows or principal.type is IdentityType.ROOT)
 
 
 def constraints_hold(constraints: Mapping[str, Any] | None, context: Mapping[str, str]) -> bool:

@@ -504,3 +504,45 @@ def test_a_deny_on_a_context_key_holds_when_its_twin_in_another_case_is_added(co
                                   "Condition": {"StringEquals": {"kms:EncryptionContext:dept": "HR"}}}))
     assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": {"dept": "x"}}).allowed
     assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": context}).verdict is Verdict.EXPLICIT_DENY
+
+
+def _retire(principal: Any, the_key: Any, the_grant: Any) -> Any:
+    return authorizer().authorize(request(principal, "kms:RetireGrant", the_key, grants=(the_grant,)))
+
+
+def test_retire_grant_is_not_allowed_by_the_key_policy() -> None:
+    # "The kms:RetireGrant permission is not effective in a key policy."
+    the_key = key(doc(allow(ROOT_ARN), allow(f"arn:aws:iam::{ACCOUNT}:user/bob", "kms:RetireGrant")))
+    the_grant = grant(f"arn:aws:iam::{ACCOUNT}:user/carl", "Decrypt")
+    assert _retire(user("bob"), the_key, the_grant).verdict is Verdict.IMPLICIT_DENY
+    assert _retire(user("alice", ACCOUNT, allow_all_identity()), the_key, the_grant).allowed  # IAM delegation
+
+
+def test_an_iam_deny_refuses_even_the_retiring_principal() -> None:
+    deny = doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+               {"Effect": "Deny", "Action": "kms:RetireGrant", "Resource": "*"})
+    the_grant = grant(f"arn:aws:iam::{ACCOUNT}:user/bob", "Decrypt", retiring=f"arn:aws:iam::{ACCOUNT}:user/bob")
+    decision = _retire(user("bob", ACCOUNT, deny), key(default_policy(ACCOUNT)), the_grant)
+    assert decision.verdict is Verdict.EXPLICIT_DENY and decision.policy_type == "identity-based"
+    assert _retire(user("bob"), key(default_policy(ACCOUNT)), the_grant).allowed
+
+
+def test_the_grants_account_root_may_retire_whatever_the_key_policy_says() -> None:
+    the_key = key(doc(allow(ALICE_ARN)))
+    assert _retire(root(), the_key, grant(ALICE_ARN, "Decrypt")).allowed
+    assert not _retire(root(OTHER), the_key, grant(ALICE_ARN, "Decrypt")).allowed
+
+
+def test_a_retiring_account_delegates_to_its_iam_principals() -> None:
+    the_key = key(default_policy(ACCOUNT))
+    the_grant = grant(f"arn:aws:iam::{OTHER}:user/carol", "Decrypt", retiring=f"arn:aws:iam::{OTHER}:root")
+    assert _retire(user("carol", OTHER, allow_all_identity()), the_key, the_grant).allowed
+    assert not _retire(user("dave", OTHER), the_key, the_grant).allowed
+    assert _retire(root(OTHER), the_key, the_grant).allowed
+
+
+def test_the_grantee_may_retire_only_when_the_grant_includes_retire_grant() -> None:
+    bob = f"arn:aws:iam::{ACCOUNT}:user/bob"
+    the_key = key(default_policy(ACCOUNT))
+    assert not _retire(user("bob"), the_key, grant(bob, "Decrypt")).allowed
+    assert _retire(user("bob"), the_key, grant(bob, "Decrypt", "RetireGrant")).allowed

@@ -20,7 +20,6 @@ from keytrail.kms.grants import (
     grant_view,
     make_grant_token,
     parse_grant_token,
-    principal_named,
     supports_constraints,
 )
 from keytrail.kms.keys import Key
@@ -199,19 +198,14 @@ async def _find_grant(svc: KmsService, key: Key, grant_id: str) -> Grant:
 
 
 def _check_may_retire(svc: KmsService, call: Call, key: Key, grant: Grant) -> None:
-    """The retiring principal, the grantee when the grant allows RetireGrant, or the grant's
-    account (its root, or its principals that IAM/key policy allow kms:RetireGrant) may retire."""
-    principal = call.context.principal
-    if grant.retiring_principal and principal_named(grant.retiring_principal, principal):
-        return
-    if "RetireGrant" in grant.operations and principal_named(grant.grantee_principal, principal):
-        return
-    # Asked without grants on purpose: another grant's RetireGrant must not retire this one.
-    request = AccessRequest(call.context, "kms:RetireGrant", key, {}, ())
+    """The authorizer decides from the grant (retiring principal, grantee, the grant's account)
+    and the caller's IAM policies; only the grant being retired is passed, so another grant's
+    RetireGrant operation cannot retire this one."""
+    conditions = request_conditions("RetireGrant", call.params)
+    request = AccessRequest(call.context, "kms:RetireGrant", key, conditions, (grant,))
     decision = svc.deps.authorizer.authorize(request)
-    if principal.account == grant.issuing_account and decision.allowed:
-        return
-    raise errors.AccessDeniedException(denial_message(request, decision))
+    if not decision.allowed:
+        raise errors.AccessDeniedException(denial_message(request, decision))
 
 
 async def retire_grant(svc: KmsService, call: Call) -> Response:
