@@ -350,19 +350,26 @@ def test_list_grants_with_a_malformed_grant_id_is_invalid_grant_id(alice: Any) -
     assert error_of(alice.list_grants, KeyId=key, GrantId=grant_id + "\n")[0] == "InvalidGrantIdException"
 
 
+def with_user(tmp_path: Path, name: str, *statements: dict[str, Any]) -> tuple[KeytrailServer, Any]:
+    """A server of the test's own whose principals add IAM user `name` with these identity
+    statements, and a boto3 client acting as that user."""
+    arn, access_key = f"arn:aws:iam::{ACCOUNT}:user/{name}", f"AKIA{name.upper():0<16}"[:20]
+    identity = json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+    principals = {**PRINCIPALS, name: (arn, access_key, f"{name}-secret", [identity], None)}
+    server = KeytrailServer(tmp_path / "data", principals=write_principals(tmp_path / "p.toml", principals)).start()
+    client = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                          aws_access_key_id=access_key, aws_secret_access_key=f"{name}-secret")
+    return server, client
+
+
 def test_retire_grant_follows_the_grant_not_the_key_policy(tmp_path: Path) -> None:
     # "Retiring and revoking grants": kms:RetireGrant is not effective in a key policy, the
     # grant's account may always retire, and an IAM Deny refuses even the retiring principal.
     dora = f"arn:aws:iam::{ACCOUNT}:user/dora"
-    no_retire = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
-        {"Effect": "Deny", "Action": "kms:RetireGrant", "Resource": "*"}]})
-    principals = {**PRINCIPALS, "dora": (dora, "AKIADORA000000000001", "dora-secret", [no_retire], None)}
-    server = KeytrailServer(tmp_path / "data", principals=write_principals(tmp_path / "p.toml", principals)).start()
+    server, dora_client = with_user(tmp_path, "dora", {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+                                    {"Effect": "Deny", "Action": "kms:RetireGrant", "Resource": "*"})
     try:
         alice, bob, root = server.client("alice"), server.client("bob"), server.client("root")
-        dora_client = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
-                                   aws_access_key_id="AKIADORA000000000001", aws_secret_access_key="dora-secret")
         # No statement names the account: the root retires as the grant's account, not by delegation.
         key = new_key(alice, json.dumps({"Version": "2012-10-17", "Statement": [
             statement(BOB, ["kms:RetireGrant", "kms:DescribeKey"]), statement(ALICE, "kms:*")]}))
@@ -377,5 +384,35 @@ def test_retire_grant_follows_the_grant_not_the_key_policy(tmp_path: Path) -> No
             "with an explicit deny in an identity-based policy"))
         root.retire_grant(KeyId=key, GrantId=grant["GrantId"])
         assert alice.list_grants(KeyId=key)["Grants"] == []
+    finally:
+        server.stop()
+
+
+def test_alias_operations_need_an_iam_allow_on_the_alias(tmp_path: Path) -> None:
+    # "Controlling access to aliases": kms:CreateAlias/UpdateAlias/DeleteAlias on the alias come
+    # from IAM policies (Resource: the alias ARN), on the key from its key policy.
+    alias_arn = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias"
+    server, erin = with_user(
+        tmp_path, "erin",
+        {"Effect": "Allow", "Action": "kms:*", "Resource": [f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*",
+                                                             f"{alias_arn}/app-*"]},
+        {"Effect": "Deny", "Action": "kms:DeleteAlias", "Resource": f"{alias_arn}/app-keep"})
+    try:
+        alice, bob = server.client("alice"), server.client("bob")
+        key = new_key(alice, policy(statement(BOB, ["kms:CreateAlias", "kms:DescribeKey", "kms:ListAliases"])))
+        code, message = error_of(bob.create_alias, AliasName="alias/bobs", TargetKeyId=key)
+        assert (code, message) == ("AccessDeniedException", (
+            f"User: {BOB} is not authorized to perform: kms:CreateAlias on resource: {alias_arn}/bobs "
+            "because no identity-based policy allows the kms:CreateAlias action"))
+        assert error_of(bob.list_aliases, KeyId=key)[0] == "AccessDeniedException"  # IAM only
+        erin.create_alias(AliasName="alias/app-one", TargetKeyId=key)
+        erin.create_alias(AliasName="alias/app-keep", TargetKeyId=key)
+        assert error_of(erin.create_alias, AliasName="alias/prod-one", TargetKeyId=key)[0] == (
+            "AccessDeniedException")
+        code, message = error_of(erin.delete_alias, AliasName="alias/app-keep")
+        assert message.endswith("on resource: " + alias_arn + "/app-keep with an explicit deny in an "
+                                "identity-based policy")
+        erin.delete_alias(AliasName="alias/app-one")
+        assert [a["AliasName"] for a in alice.list_aliases(KeyId=key)["Aliases"]] == ["alias/app-keep"]
     finally:
         server.stop()

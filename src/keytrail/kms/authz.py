@@ -39,6 +39,13 @@ class AccessRequest:
     key: Key | None
     conditions: Mapping[str, Any] = field(default_factory=dict)
     grants: Sequence[Grant] = ()
+    # Without a key: the resource identity policies are matched against (an alias ARN for the
+    # alias half of CreateAlias/UpdateAlias/DeleteAlias), else "*".
+    resource: str | None = None
+
+    @property
+    def resource_arn(self) -> str:
+        return self.key.arn if self.key is not None else self.resource or "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +66,7 @@ class Authorizer(Protocol):
 def denial_message(request: AccessRequest, decision: AccessDecision) -> str:
     """AWS's AccessDeniedException text, so the audit trail says why a call was refused."""
     caller = request.call.principal.arn
-    resource = request.key.arn if request.key else "*"
+    resource = request.resource_arn
     head = f"User: {caller} is not authorized to perform: {request.action} on resource: {resource}"
     if decision.verdict is Verdict.EXPLICIT_DENY:
         # AWS's article: "in an identity-based policy", "in a resource-based policy".

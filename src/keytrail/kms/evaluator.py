@@ -185,7 +185,7 @@ class PolicyAuthorizer:
         if request.grants:
             grants = (tuple(g.grant_id for g in request.grants), _freeze(dict(request.conditions)))
         cache_key = (principal.arn, principal.role_arn, principal.type, id(principal.policies), request.action,
-                     key.arn if key else None, key.policy if key else None, values, grants)
+                     request.resource_arn, key.policy if key else None, values, grants)
         hit = self._decisions.get(cache_key)
         if hit is not None and hit[0] is principal.policies:
             return hit[1]
@@ -196,7 +196,7 @@ class PolicyAuthorizer:
     def _decide(self, request: AccessRequest, ctx: RequestContext, key_policy: Policy | None,
                 identity: tuple[Policy, ...]) -> AccessDecision:
         principal, action = request.call.principal, request.action
-        resource = request.key.arn if request.key is not None else "*"
+        resource = request.resource_arn
         if action == _RETIRE_GRANT:
             return self._decide_retire(request, ctx, identity, resource)
         kp = _KeyPolicyResult()

@@ -283,6 +283,16 @@ class KmsService:
         if not decision.allowed:
             raise errors.AccessDeniedException(denial_message(request, decision))
 
+    async def authorize_alias(self, call: Call, action: str, name: str) -> None:
+        """The alias half of CreateAlias, UpdateAlias and DeleteAlias: only IAM policies decide,
+        matched against the alias ARN ("Controlling access to aliases"); `authorize` decides the
+        key half."""
+        values = request_conditions(action, call.params)
+        request = AccessRequest(call.context, action, None, values, resource=self.alias_arn(call, name))
+        decision = self.deps.authorizer.authorize(request)
+        if not decision.allowed:
+            raise errors.AccessDeniedException(denial_message(request, decision))
+
     def _policy_reads(self, key: Key, context: CallContext) -> frozenset[str]:
         """Condition keys the caller's and the key's policies read (empty if the authorizer
         cannot tell): the aliases of a key are looked up only when a policy asks for them."""

@@ -36,6 +36,7 @@ async def create_alias(svc: KmsService, call: Call) -> Response:
     name = call.params["AliasName"]
     _check_name(name)
     key = await _alias_target(svc, call, "kms:CreateAlias")
+    await svc.authorize_alias(call, "kms:CreateAlias", name)
     context, now = call.context, svc.now()
     # One step, not a lookup then a write: two calls creating one name at once would both succeed.
     if not await svc.store.add_alias(Alias(context.account, context.region, name, key.key_id, now, now)):
@@ -60,6 +61,7 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
         call.resource(current.arn)
         await svc.authorize(call, "kms:UpdateAlias", current)
     key = await _alias_target(svc, call, "kms:UpdateAlias")
+    await svc.authorize_alias(call, "kms:UpdateAlias", alias.name)
     if current is not None and (current.key_usage, current.key_spec) != (key.key_usage, key.key_spec):
         raise errors.ValidationException("The new target key must have the same key usage and key spec.")
     updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
@@ -74,7 +76,9 @@ async def delete_alias(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
     if key is not None:
         call.resource(key.arn)
-    await svc.authorize(call, "kms:DeleteAlias", key)
+    if key is not None:
+        await svc.authorize(call, "kms:DeleteAlias", key)
+    await svc.authorize_alias(call, "kms:DeleteAlias", alias.name)
     await svc.store.delete_alias(alias)
     if key is not None:
         call.log_key_id(key.arn)
@@ -90,7 +94,8 @@ async def list_aliases(svc: KmsService, call: Call) -> Response:
     if key_id := call.params.get("KeyId"):
         key = await svc.find_key(call, key_id, allow_alias=False)
         aliases = [a for a in aliases if a.key_id == key.key_id]
-    await svc.authorize(call, "kms:ListAliases", key)
+    # An IAM-only permission on "*", even with a KeyId: the key policy plays no part.
+    await svc.authorize(call, "kms:ListAliases", None)
     chunk, paging = page(aliases, call.params, lambda a: (a.name,), default_limit=50)  # ListAliases' default
     entries = [{
         "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
