@@ -416,3 +416,19 @@ def test_alias_operations_need_an_iam_allow_on_the_alias(tmp_path: Path) -> None
         assert [a["AliasName"] for a in alice.list_aliases(KeyId=key)["Aliases"]] == ["alias/app-keep"]
     finally:
         server.stop()
+
+
+def test_lockout_check_counts_an_iam_policy_scoped_to_key_arns(tmp_path: Path) -> None:
+    # A later PutKeyPolicy is authorized against the key's ARN, so IAM on `…:key/*` keeps access.
+    keys = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"
+    server, fay = with_user(tmp_path, "fay", {"Effect": "Allow", "Action": "kms:*", "Resource": keys},
+                            {"Effect": "Allow", "Action": "kms:CreateKey", "Resource": "*"})
+    try:
+        key = new_key(fay, policy())
+        fay.put_key_policy(KeyId=key, PolicyName="default", Policy=policy())
+        only_alice = json.dumps({"Version": "2012-10-17", "Statement": [statement(ALICE, "kms:*")]})
+        code, message = error_of(fay.put_key_policy, KeyId=key, PolicyName="default", Policy=only_alice)
+        assert (code, message) == ("MalformedPolicyDocumentException",
+                                   "The new key policy will not allow you to update the key policy in the future.")
+    finally:
+        server.stop()

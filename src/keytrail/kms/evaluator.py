@@ -254,18 +254,20 @@ class PolicyAuthorizer:
 
 def check_lockout(
     policy_doc: str | Mapping[str, Any], principal: Principal, *, bypass: bool = False,
-    call: CallContext | None = None, now: datetime | None = None,
+    call: CallContext | None = None, now: datetime | None = None, resource: str = "*",
 ) -> None:
     """The policy lockout safety check of CreateKey and PutKeyPolicy: the new key policy must let
-    the caller call PutKeyPolicy again (directly, or through its account and IAM), unless bypassed."""
+    the caller call PutKeyPolicy again (directly, or through its account and IAM), unless bypassed.
+    `resource` is the key's ARN: a later PutKeyPolicy is matched against it, so an IAM policy
+    scoped to `…:key/*` counts."""
     if bypass:
         return
     policy = compile_policy(policy_doc, "key")
     call = call or CallContext(principal=principal, region="", request_id="")
     ctx = RequestContext(call, None, {}, (lambda: now) if now else utc_now)
-    kp = evaluate_key_policy(policy, principal, "kms:PutKeyPolicy", "*", ctx)
+    kp = evaluate_key_policy(policy, principal, "kms:PutKeyPolicy", resource, ctx)
     identity = tuple(compile_policy(doc, "identity") for doc in principal.policies)
-    verdict = evaluate_identity(identity, "kms:PutKeyPolicy", "*", ctx)
+    verdict = evaluate_identity(identity, "kms:PutKeyPolicy", resource, ctx)
     iam_allows = verdict is Verdict.ALLOW or principal.type is IdentityType.ROOT
     if kp.deny or verdict is Verdict.EXPLICIT_DENY or not (kp.direct or (kp.account and iam_allows)):
         raise MalformedPolicyDocumentException(LOCKOUT_MESSAGE)

@@ -6,9 +6,10 @@ The grammar, validation and compiled form live in `policy_document`; the evaluat
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
-from keytrail.kms.context import Principal
+from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.evaluator import check_lockout
 from keytrail.kms.policy_document import MAX_POLICY_BYTES, compile_policy, parse_policy, validate_policy
 
@@ -37,9 +38,13 @@ def default_policy(account: str) -> str:
     }, indent=2)
 
 
-def validate_key_policy(text: str, principal: Principal, *, bypass: bool) -> dict[str, Any]:
+def validate_key_policy(
+    text: str, principal: Principal, *, bypass: bool, key_arn: str = "*", call: CallContext | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """Parse a key policy for CreateKey/PutKeyPolicy (MalformedPolicyDocumentException naming what
-    is wrong), then run the policy lockout safety check unless `bypass`."""
+    is wrong), then run the policy lockout safety check for the key `key_arn`, in the request's
+    context and at the service's time, unless `bypass`."""
     doc = parse_policy(text, "key")
-    check_lockout(doc, principal, bypass=bypass)
+    check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn)
     return doc

@@ -546,3 +546,12 @@ def test_the_grantee_may_retire_only_when_the_grant_includes_retire_grant() -> N
     the_key = key(default_policy(ACCOUNT))
     assert not _retire(user("bob"), the_key, grant(bob, "Decrypt")).allowed
     assert _retire(user("bob"), the_key, grant(bob, "Decrypt", "RetireGrant")).allowed
+
+
+def test_lockout_check_matches_identity_policies_against_the_key_arn() -> None:
+    the_key = key(default_policy(ACCOUNT))
+    scoped = user("bob", ACCOUNT, doc({"Effect": "Allow", "Action": "kms:*",
+                                       "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"}))
+    check_lockout(default_policy(ACCOUNT), scoped, resource=the_key.arn)
+    with pytest.raises(MalformedPolicyDocumentException):
+        check_lockout(default_policy(ACCOUNT), scoped, resource=the_key.arn.replace(ACCOUNT, OTHER))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from keytrail.kms import errors, multiregion
 from keytrail.kms.asymmetric import check_offered_in_region
 from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.identifiers import key_arn
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
@@ -74,11 +75,13 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     tags = validate_tags(params.get("Tags") or [])
     await svc.authorize(call, "kms:CreateKey", None, {"kms:KeySpec": spec.value, "kms:KeyUsage": usage.value})
     policy = params.get("Policy") or default_policy(context.account)
-    if "Policy" in params:
-        validate_key_policy(policy, context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")))
     multi_region = bool(params.get("MultiRegion"))
+    key_id = _new_key_id(svc, multi_region)  # before the lockout check, which needs the key's ARN
+    if "Policy" in params:
+        validate_key_policy(policy, context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
+                            key_arn=key_arn(context.region, context.account, key_id), call=context, now=svc.now())
     key = Key(
-        account=context.account, region=context.region, key_id=_new_key_id(svc, multi_region),
+        account=context.account, region=context.region, key_id=key_id,
         creation_date=svc.now(), key_spec=spec, key_usage=usage, origin=origin,
         description=params.get("Description") or "", policy=policy, tags=tuple(tags.items()),
         multi_region=multi_region, primary_region=context.region if multi_region else None,

@@ -39,12 +39,13 @@ def _require_replicable_state(key: Key) -> None:
         raise errors.KMSInvalidStateException(f"{key.arn} is {key.state.value}.")
 
 
-def _replica_policy(call: Call) -> str:
+def _replica_policy(svc: KmsService, call: Call, primary: Key, region: str) -> str:
     params = call.params
     if "Policy" not in params:
         return default_policy(call.context.account)
     validate_key_policy(
-        params["Policy"], call.context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck"))
+        params["Policy"], call.context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
+        key_arn=key_arn(region, primary.account, primary.key_id), call=call.context, now=svc.now(),
     )
     return str(params["Policy"])
 
@@ -62,7 +63,8 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
         raise errors.AlreadyExistsException(f"Key '{key_arn(region, primary.account, primary.key_id)}' already exists")
     tags = tuple(validate_tags(params.get("Tags") or []).items())
     description = params.get("Description", "")  # not a shared property: AWS defaults it to empty
-    replica = multiregion.replica_of(primary, region, svc.now(), _replica_policy(call), description, tags)
+    replica_policy = _replica_policy(svc, call, primary, region)
+    replica = multiregion.replica_of(primary, region, svc.now(), replica_policy, description, tags)
     siblings = [primary, *await multiregion.copies(svc, primary)]
     siblings = [k for k in _with_region(siblings, region) if k.region != region]
     # One write: a replica its primary does not list would never get the primary's rotations.
