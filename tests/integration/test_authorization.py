@@ -432,3 +432,26 @@ def test_lockout_check_counts_an_iam_policy_scoped_to_key_arns(tmp_path: Path) -
                                    "The new key policy will not allow you to update the key policy in the future.")
     finally:
         server.stop()
+
+
+def test_create_key_with_tags_needs_tag_resource_in_iam(tmp_path: Path) -> None:
+    # CreateKey: "To use the Tags parameter, kms:TagResource (IAM policy)"; tags can grant access
+    # (ABAC), so a Deny on a tag must hold at creation too.
+    keys = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"
+    server, gus = with_user(
+        tmp_path, "gus",
+        {"Effect": "Allow", "Action": ["kms:CreateKey", "kms:DescribeKey"], "Resource": "*"},
+        {"Effect": "Allow", "Action": ["kms:TagResource", "kms:ListResourceTags"], "Resource": keys},
+        {"Effect": "Deny", "Action": "kms:TagResource", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:RequestTag/admin": "true"}}})
+    try:
+        new_key(gus)  # no Tags: kms:CreateKey alone
+        tagged = gus.create_key(Tags=[{"TagKey": "team", "TagValue": "blue"}])["KeyMetadata"]["KeyId"]
+        assert gus.list_resource_tags(KeyId=tagged)["Tags"] == [{"TagKey": "team", "TagValue": "blue"}]
+        code, message = error_of(gus.create_key, Tags=[{"TagKey": "admin", "TagValue": "true"}])
+        assert code == "AccessDeniedException"
+        assert message.startswith(f"User: arn:aws:iam::{ACCOUNT}:user/gus is not authorized to perform: "
+                                  f"kms:TagResource on resource: arn:aws:kms:us-east-1:{ACCOUNT}:key/")
+        assert message.endswith("with an explicit deny in an identity-based policy")
+    finally:
+        server.stop()

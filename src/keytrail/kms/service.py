@@ -287,8 +287,13 @@ class KmsService:
         """The alias half of CreateAlias, UpdateAlias and DeleteAlias: only IAM policies decide,
         matched against the alias ARN ("Controlling access to aliases"); `authorize` decides the
         key half."""
+        await self.authorize_identity(call, action, self.alias_arn(call, name))
+
+    async def authorize_identity(self, call: Call, action: str, resource: str) -> None:
+        """A permission only IAM policies give, matched against `resource`: an alias ARN, or the
+        ARN a new key will have (kms:TagResource for CreateKey's and ReplicateKey's Tags)."""
         values = request_conditions(action, call.params)
-        request = AccessRequest(call.context, action, None, values, resource=self.alias_arn(call, name))
+        request = AccessRequest(call.context, action, None, values, resource=resource)
         decision = self.deps.authorizer.authorize(request)
         if not decision.allowed:
             raise errors.AccessDeniedException(denial_message(request, decision))

@@ -76,10 +76,13 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:CreateKey", None, {"kms:KeySpec": spec.value, "kms:KeyUsage": usage.value})
     policy = params.get("Policy") or default_policy(context.account)
     multi_region = bool(params.get("MultiRegion"))
-    key_id = _new_key_id(svc, multi_region)  # before the lockout check, which needs the key's ARN
+    key_id = _new_key_id(svc, multi_region)  # before the checks that need the key's ARN
+    arn = key_arn(context.region, context.account, key_id)
+    if tags:  # "To use the Tags parameter", kms:TagResource in an IAM policy (CreateKey)
+        await svc.authorize_identity(call, "kms:TagResource", arn)
     if "Policy" in params:
         validate_key_policy(policy, context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
-                            key_arn=key_arn(context.region, context.account, key_id), call=context, now=svc.now())
+                            key_arn=arn, call=context, now=svc.now())
     key = Key(
         account=context.account, region=context.region, key_id=key_id,
         creation_date=svc.now(), key_spec=spec, key_usage=usage, origin=origin,

@@ -56,7 +56,11 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     region = params["ReplicaRegion"]
     await svc.authorize(call, "kms:ReplicateKey", primary, _conditions(primary, **{"kms:ReplicaRegion": region}))
     # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it).
-    await svc.authorize(Call(replace(call.context, region=region), call.params), "kms:CreateKey", None)
+    in_replica_region = Call(replace(call.context, region=region), call.params)
+    await svc.authorize(in_replica_region, "kms:CreateKey", None)
+    if params.get("Tags"):  # and kms:TagResource there, for the Tags parameter (IAM policy)
+        await svc.authorize_identity(in_replica_region, "kms:TagResource",
+                                     key_arn(region, primary.account, primary.key_id))
     _require_primary(primary)
     _require_replicable_state(primary)
     if region == primary.region or region in primary.replica_regions:
