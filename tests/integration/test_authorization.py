@@ -246,6 +246,17 @@ def test_malformed_policy_names_what_is_wrong(alice: Any) -> None:
     assert "exactly one of Resource or NotResource" in message
 
 
+def test_a_principal_with_a_wildcard_inside_is_refused(alice: Any) -> None:
+    # "You cannot use a wildcard to match part of a principal name or ARN": a Deny naming
+    # `user/*` would deny no one, so the policy is refused rather than stored.
+    key = new_key(alice)
+    users = f"arn:aws:iam::{ACCOUNT}:user/*"
+    code, message = error_of(alice.put_key_policy, KeyId=key, PolicyName="default",
+                             Policy=policy(statement(users, "kms:Decrypt", "Deny")))
+    assert code == "MalformedPolicyDocumentException"
+    assert message == f"Policy statement 2 contains a statement with one or more invalid principals: '{users}'."
+
+
 def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> None:
     by_alias = statement(
         BOB, "kms:Encrypt", Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}

@@ -11,7 +11,13 @@ from typing import Any
 
 from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.evaluator import check_lockout
-from keytrail.kms.policy_document import MAX_POLICY_BYTES, compile_policy, parse_policy, validate_policy
+from keytrail.kms.policy_document import (
+    MAX_POLICY_BYTES,
+    check_principal_wildcards,
+    compile_policy,
+    parse_policy,
+    validate_policy,
+)
 
 __all__ = [
     "MAX_POLICY_BYTES",
@@ -46,5 +52,6 @@ def validate_key_policy(
     is wrong), then run the policy lockout safety check for the key `key_arn`, in the request's
     context and at the service's time, unless `bypass`."""
     doc = parse_policy(text, "key")
+    check_principal_wildcards(doc)
     check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn)
     return doc

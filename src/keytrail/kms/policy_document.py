@@ -22,6 +22,7 @@ __all__ = [
     "PolicyKind",
     "PrincipalSet",
     "Statement",
+    "check_principal_wildcards",
     "compile_policy",
     "parse_policy",
     "validate_policy",
@@ -148,6 +149,20 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
                 raise _malformed(
                     f"Policy {where} contains a statement with one or more invalid principals: {name!r}."
                 )
+
+
+def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
+    """Refuse `*` or `?` inside a principal ARN ("You cannot use a wildcard to match part of a
+    principal name or ARN"): such a principal matches no caller, so a Deny naming it would
+    silently protect nothing. Checked when a policy is set, not when a stored one is read."""
+    for index, statement in enumerate(_list(doc["Statement"])):
+        value = statement.get("Principal", statement.get("NotPrincipal"))
+        if not isinstance(value, dict):
+            continue
+        for name in _list(value.get("AWS", [])):
+            if name != "*" and ("*" in name or "?" in name):
+                raise _malformed(f"Policy {_where(statement, index)} contains a statement with one or more "
+                                 f"invalid principals: {name!r}.")
 
 
 def _validate_condition(block: Any, where: str) -> None:

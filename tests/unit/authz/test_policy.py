@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from keytrail.kms.errors import MalformedPolicyDocumentException
-from keytrail.kms.policy import MAX_POLICY_BYTES, compile_policy, default_policy, parse_policy
+from keytrail.kms.policy import MAX_POLICY_BYTES, compile_policy, default_policy, parse_policy, validate_key_policy
+
+from .support import root
 
 OK_STATEMENT = {"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": "kms:*", "Resource": "*"}
 
@@ -128,3 +130,15 @@ def test_compiled_policy_knows_which_condition_keys_it_reads() -> None:
     }
     reads = compile_policy(json.dumps({"Statement": [statement]})).reads
     assert reads == {"kms:encryptioncontext:dept", "aws:username", "aws:principaltag/team"}
+
+
+@pytest.mark.parametrize("name", ["arn:aws:iam::111122223333:user/*", "arn:aws:iam::111122223333:role/app-?"])
+def test_a_wildcard_inside_a_principal_arn_is_refused_when_the_policy_is_set(name: str) -> None:
+    # A Deny naming `user/*` would match no caller here: AWS refuses it, so it must not be stored.
+    statement = {**OK_STATEMENT, "Effect": "Deny", "Principal": {"AWS": name}}
+    text = json.dumps({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "*"}}, statement]})
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        validate_key_policy(text, root(), bypass=True)
+    assert info.value.message == (
+        f"Policy statement 2 contains a statement with one or more invalid principals: {name!r}.")
+    compile_policy(text)  # a stored policy that has one still loads: the principal matches no one
