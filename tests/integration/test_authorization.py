@@ -161,6 +161,25 @@ def test_cross_account_needs_key_policy_and_identity_policy(server: KeytrailServ
     assert error_of(carol.generate_data_key, KeyId=shared, KeySpec="AES_256")[0] == "AccessDeniedException"
 
 
+def test_cross_account_permission_is_effective_only_for_the_documented_operations(
+        server: KeytrailServer, alice: Any) -> None:
+    # "if you give … kms:ScheduleKeyDeletion permission on a KMS key in a key policy, the user's
+    # attempts to call those operations on your resources still fail."
+    carol = server.client("carol")
+    key = new_key(alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", "kms:*")))
+    carol.encrypt(KeyId=key, Plaintext=b"x")
+    carol.describe_key(KeyId=key)
+    code, message = error_of(carol.schedule_key_deletion, KeyId=key, PendingWindowInDays=7)
+    assert (code, message) == ("AccessDeniedException", (
+        f"User: arn:aws:iam::{OTHER_ACCOUNT}:user/carol is not authorized to perform: kms:ScheduleKeyDeletion "
+        f"on resource: {key} because no resource-based policy allows the kms:ScheduleKeyDeletion action"))
+    for call, kwargs in [(carol.put_key_policy, {"PolicyName": "default", "Policy": policy()}),
+                         (carol.disable_key, {}), (carol.get_key_policy, {"PolicyName": "default"}),
+                         (carol.tag_resource, {"Tags": [{"TagKey": "a", "TagValue": "b"}]})]:
+        assert error_of(call, KeyId=key, **kwargs)[0] == "AccessDeniedException"
+    assert alice.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
 def test_explicit_deny_beats_allow(alice: Any) -> None:
     key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", effect="Deny")))
     blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]

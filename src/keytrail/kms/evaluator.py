@@ -22,13 +22,29 @@ from keytrail.kms.grants import grant_allows, retire_allowed
 from keytrail.kms.keys import Key
 from keytrail.kms.policy_document import Policy, PrincipalSet, Statement, compile_policy
 
-__all__ = ["LOCKOUT_MESSAGE", "PolicyAuthorizer", "check_lockout", "evaluate_identity", "evaluate_key_policy"]
+__all__ = [
+    "CROSS_ACCOUNT_ACTIONS",
+    "LOCKOUT_MESSAGE",
+    "PolicyAuthorizer",
+    "check_lockout",
+    "evaluate_identity",
+    "evaluate_key_policy",
+]
 
 _CACHE_LIMIT = 8192
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _DENY_ALL = Policy((), frozenset())
 IDENTITY, RESOURCE = "identity-based", "resource-based"
 _RETIRE_GRANT = "kms:RetireGrant"
+# "Cross-account permission is effective only for the following operations" (Allowing users in
+# other accounts to use a KMS key): permission for any other action on another account's key, in
+# a key policy or an IAM policy, has no effect. RetireGrant is decided by its grant.
+CROSS_ACCOUNT_ACTIONS = frozenset(f"kms:{name}" for name in (
+    "CreateGrant", "Decrypt", "DescribeKey", "DeriveSharedSecret", "Encrypt", "GenerateDataKey",
+    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateDataKeyWithoutPlaintext",
+    "GenerateMac", "GetKeyRotationStatus", "GetPublicKey", "ListGrants", "ReEncryptFrom", "ReEncryptTo",
+    "RetireGrant", "RevokeGrant", "Sign", "Verify", "VerifyMac", "Encapsulate", "Decapsulate",
+))
 LOCKOUT_MESSAGE = "The new key policy will not allow you to update the key policy in the future."
 
 
@@ -210,6 +226,8 @@ class PolicyAuthorizer:
         iam_allows = verdict is Verdict.ALLOW or principal.type is IdentityType.ROOT
         if request.key is None:
             return AccessDecision(Verdict.ALLOW if iam_allows else Verdict.IMPLICIT_DENY, IDENTITY)
+        if principal.account != request.key.account and action not in CROSS_ACCOUNT_ACTIONS:
+            return AccessDecision(Verdict.IMPLICIT_DENY, RESOURCE)
         if self._policies_allow(request, kp, iam_allows) or self._grants_allow(request, iam_allows):
             return AccessDecision(Verdict.ALLOW)
         return AccessDecision(Verdict.IMPLICIT_DENY, RESOURCE if iam_allows else IDENTITY)

@@ -555,3 +555,15 @@ def test_lockout_check_matches_identity_policies_against_the_key_arn() -> None:
     check_lockout(default_policy(ACCOUNT), scoped, resource=the_key.arn)
     with pytest.raises(MalformedPolicyDocumentException):
         check_lockout(default_policy(ACCOUNT), scoped, resource=the_key.arn.replace(ACCOUNT, OTHER))
+
+
+@pytest.mark.parametrize(("action", "allowed"), [
+    ("kms:Decrypt", True), ("kms:DescribeKey", True), ("kms:CreateGrant", True), ("kms:GetPublicKey", True),
+    ("kms:ScheduleKeyDeletion", False), ("kms:PutKeyPolicy", False), ("kms:DisableKey", False),
+    ("kms:TagResource", False), ("kms:ListResourceTags", False), ("kms:GetKeyPolicy", False),
+])
+def test_cross_account_permission_is_effective_only_for_some_operations(action: str, allowed: bool) -> None:
+    the_key = key(doc(allow(ROOT_ARN), allow(OTHER)))
+    decision = decide(user("carol", OTHER, allow_all_identity()), the_key, action)
+    assert decision.allowed is allowed
+    assert decide(root(OTHER), the_key, action).allowed is allowed
