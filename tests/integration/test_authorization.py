@@ -180,6 +180,22 @@ def test_cross_account_permission_is_effective_only_for_the_documented_operation
     assert alice.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Enabled"
 
 
+def test_re_encrypt_on_same_key_compares_the_keys_not_the_key_ids(alice: Any, bob: Any) -> None:
+    # kms:ReEncryptOnSameKey: "the same one used for the original encryption", whether the
+    # request names the source (it may omit it) and the destination by id, ARN or alias.
+    same = {"Bool": {"kms:ReEncryptOnSameKey": "true"}}
+    key = new_key(alice, policy(statement(BOB, ["kms:Encrypt", "kms:DescribeKey"]),
+                                statement(BOB, "kms:ReEncrypt*", Condition=same)))
+    other = new_key(alice, policy(statement(BOB, "kms:ReEncrypt*")))
+    alias = f"alias/same-{key.rsplit('/', 1)[1][:8]}"
+    alice.create_alias(AliasName=alias, TargetKeyId=key)
+    blob = bob.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    assert bob.re_encrypt(CiphertextBlob=blob, DestinationKeyId=key)["KeyId"] == key
+    assert bob.re_encrypt(CiphertextBlob=blob, SourceKeyId=key, DestinationKeyId=alias)["KeyId"] == key
+    code, message = error_of(bob.re_encrypt, CiphertextBlob=blob, DestinationKeyId=other)
+    assert code == "AccessDeniedException" and "kms:ReEncryptFrom" in message
+
+
 def test_explicit_deny_beats_allow(alice: Any) -> None:
     key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", effect="Deny")))
     blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]

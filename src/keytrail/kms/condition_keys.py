@@ -66,6 +66,7 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
     if name == "CreateGrant":
         _create_grant(params, out)
     if name == "ReEncryptFrom" or name == "ReEncryptTo":
+        # A first guess from the text; the ReEncrypt handler passes the answer from the keys.
         out["kms:ReEncryptOnSameKey"] = params.get("SourceKeyId") == params.get("DestinationKeyId")
     if name in ("CreateKey", "PutKeyPolicy"):
         out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params.get("BypassPolicyLockoutSafetyCheck"))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.ciphertext import read_header
+from keytrail.kms.identifiers import KeyRefError, parse_key_ref
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyUsage
 from keytrail.kms.operations.keystores import random_from_store
@@ -28,6 +29,9 @@ def refuse_recipient(params: dict[str, Any]) -> None:
     answering it with Plaintext would hand out what the caller meant to keep in the enclave."""
     if params.get("Recipient") is not None:
         raise errors.UnsupportedOperationException(_NO_RECIPIENT)
+# Whether ReEncrypt's destination is the key the ciphertext was made under: the keys, however the
+# request names them (the source may be omitted, either side may be an alias).
+_SAME_KEY = "kms:ReEncryptOnSameKey"
 
 
 async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str) -> Key:
@@ -80,13 +84,30 @@ async def _key_of_blob(svc: KmsService, call: Call, blob: bytes, key_id: str | N
     return key
 
 
+async def _names_key(svc: KmsService, call: Call, raw: str, key: Key) -> bool:
+    """Whether a KeyId parameter (id, ARN, alias name or alias ARN) names `key`. Nothing is
+    raised here: a KeyId that names no key is refused later, where AWS refuses it."""
+    try:
+        ref = parse_key_ref(raw, account=call.context.account, region=call.context.region)
+    except KeyRefError:
+        return False
+    key_id = ref.name
+    if ref.is_alias:
+        alias = await svc.store.get_alias(ref.account, ref.region, ref.name)
+        key_id = alias.key_id if alias is not None else ""
+    return (ref.account, ref.region, key_id) == (key.account, key.region, key.key_id)
+
+
 async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str = "CiphertextBlob",
                    key_member: str = "KeyId", context_member: str = "EncryptionContext",
                    algorithm_member: str = "EncryptionAlgorithm") -> tuple[Key, bytes, str, str | None]:
     params = call.params
     algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
     key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member), algorithm)
-    await svc.authorize(call, action, key)
+    conditions = None
+    if action == "kms:ReEncryptFrom":
+        conditions = {_SAME_KEY: await _names_key(svc, call, params["DestinationKeyId"], key)}
+    await svc.authorize(call, action, key, conditions)
     svc.require_usable(key)
     svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
     _check_algorithm(key, algorithm)
@@ -133,7 +154,7 @@ async def re_encrypt(svc: KmsService, call: Call) -> Response:
         svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
         algorithm_member="SourceEncryptionAlgorithm")
     destination = await svc.find_key(call, params["DestinationKeyId"])
-    await svc.authorize(call, "kms:ReEncryptTo", destination)
+    await svc.authorize(call, "kms:ReEncryptTo", destination, {_SAME_KEY: destination.arn == source.arn})
     svc.require_usable(destination)
     svc.require_usage(destination, "ReEncrypt", KeyUsage.ENCRYPT_DECRYPT)
     algorithm = params.get("DestinationEncryptionAlgorithm", SYMMETRIC_DEFAULT)
