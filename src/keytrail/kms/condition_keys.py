@@ -158,6 +158,10 @@ _DERIVED: dict[str, Derive] = {
     "aws:currenttime": lambda ctx: ctx.now,
     "aws:epochtime": lambda ctx: int(ctx.now.timestamp()),
     "kms:calleraccount": lambda ctx: ctx.call.principal.account,
+    # In the context of every signed request (false here: no AWS service calls keytrail), so a
+    # `Bool: false` on them, as data-perimeter Deny statements write it, holds for direct callers.
+    "aws:principalisawsservice": lambda ctx: False,
+    "aws:viaawsservice": lambda ctx: False,
     "aws:resourceaccount": _key_value(lambda key: key.account),
     "kms:keyspec": _key_value(lambda key: str(key.key_spec)),
     "kms:customermasterkeyspec": _key_value(lambda key: str(key.key_spec)),

@@ -163,6 +163,8 @@ TAGGED = key(
         (user("alice"), "kms:multiregion", True),
         (user("alice"), "kms:multiregionkeytype", "PRIMARY"),
         (user("alice"), "kms:viaservice", None),
+        (user("alice"), "aws:principalisawsservice", False),
+        (role("app"), "aws:viaawsservice", False),
     ],
 )
 def test_derived_keys(principal: Any, name: str, expected: Any) -> None:

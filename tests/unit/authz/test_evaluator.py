@@ -288,6 +288,16 @@ def test_multi_region_key_type_applies_to_every_key_operation() -> None:
     assert decide(user("alice"), key(policy), "kms:Decrypt").allowed  # single-Region: key absent
 
 
+def test_a_perimeter_deny_on_principal_is_aws_service_false_holds_for_direct_callers() -> None:
+    # aws:PrincipalIsAWSService "is present in the request context for all signed API requests".
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+            "Condition": {"Bool": {"aws:PrincipalIsAWSService": "false", "aws:ViaAWSService": "false"},
+                          "NotIpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}
+    policy = doc(allow(ALICE_ARN), deny)
+    assert decide(user("alice"), key(policy)).verdict is Verdict.EXPLICIT_DENY
+    assert decide(user("alice"), key(policy), source_ip="10.1.2.3").allowed
+
+
 def test_via_service_is_absent_for_direct_calls() -> None:
     policy = key(
         doc(
