@@ -196,6 +196,14 @@ def test_re_encrypt_on_same_key_compares_the_keys_not_the_key_ids(alice: Any, bo
     assert code == "AccessDeniedException" and "kms:ReEncryptFrom" in message
 
 
+def test_data_key_pairs_carry_the_encryption_algorithm_condition(alice: Any, bob: Any) -> None:
+    # kms:EncryptionAlgorithm covers GenerateDataKeyPair*: the algorithm encrypting the private key.
+    symmetric = {"StringEquals": {"kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}}
+    key = new_key(alice, policy(statement(BOB, "kms:GenerateDataKey*", Condition=symmetric)))
+    pair = bob.generate_data_key_pair_without_plaintext(KeyId=key, KeyPairSpec="ECC_NIST_P256")
+    assert pair["KeyId"] == key and pair["PrivateKeyCiphertextBlob"]
+
+
 def test_explicit_deny_beats_allow(alice: Any) -> None:
     key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", effect="Deny")))
     blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]

@@ -23,8 +23,11 @@ GRANT_CONSTRAINTS = "keytrail:GrantConstraints"
 # Lowercase, as policies' `reads` name keys; the caller of `authorize` supplies its value.
 RESOURCE_ALIASES = "kms:resourcealiases"
 
+# kms:EncryptionAlgorithm: for the data-key operations, the algorithm that encrypts the data key
+# (or the private key of a data key pair) under the symmetric KMS key.
 _ALGORITHM_DEFAULTED = {"Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GenerateDataKey",
-                        "GenerateDataKeyWithoutPlaintext"}
+                        "GenerateDataKeyWithoutPlaintext", "GenerateDataKeyPair",
+                        "GenerateDataKeyPairWithoutPlaintext"}
 _CONTEXT_PARAMETER = {"ReEncryptFrom": "SourceEncryptionContext",
                       "ReEncryptTo": "DestinationEncryptionContext"}
 _ALGORITHM_PARAMETER = {"ReEncryptFrom": "SourceEncryptionAlgorithm",

@@ -58,7 +58,10 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
             {"kms:EncryptionContext:b": "2", "kms:RequestAlias": "alias/app"},
         ),
         ("Encrypt", {"KeyId": "alias/app"}, {"kms:RequestAlias": "alias/app"}),
-        ("GenerateDataKeyPair", {"KeyPairSpec": "RSA_2048"}, {"kms:DataKeyPairSpec": "RSA_2048"}),
+        ("GenerateDataKeyPair", {"KeyPairSpec": "RSA_2048"},
+         {"kms:DataKeyPairSpec": "RSA_2048", "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
+        ("GenerateDataKeyPairWithoutPlaintext", {"KeyPairSpec": "ECC_NIST_P256"},
+         {"kms:DataKeyPairSpec": "ECC_NIST_P256", "kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
         (
             "Sign",
             {"SigningAlgorithm": "ECDSA_SHA_256", "MessageType": "DIGEST"},
