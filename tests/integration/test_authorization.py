@@ -204,6 +204,18 @@ def test_data_key_pairs_carry_the_encryption_algorithm_condition(alice: Any, bob
     assert pair["KeyId"] == key and pair["PrivateKeyCiphertextBlob"]
 
 
+def test_policy_variables_need_version_2012_10_17(alice: Any, bob: Any) -> None:
+    # Without "Version": "2012-10-17", "${aws:username}" is literal text, as in IAM.
+    owner = {"StringEquals": {"kms:EncryptionContext:owner": "${aws:username}"}}
+    statements = [statement(ROOT, "kms:*"), statement(BOB, "kms:Encrypt", Condition=owner)]
+    old_style = new_key(alice, json.dumps({"Statement": statements}))
+    code, _ = error_of(bob.encrypt, KeyId=old_style, Plaintext=b"x", EncryptionContext={"owner": "bob"})
+    assert code == "AccessDeniedException"
+    bob.encrypt(KeyId=old_style, Plaintext=b"x", EncryptionContext={"owner": "${aws:username}"})
+    current = new_key(alice, json.dumps({"Version": "2012-10-17", "Statement": statements}))
+    bob.encrypt(KeyId=current, Plaintext=b"x", EncryptionContext={"owner": "bob"})
+
+
 def test_explicit_deny_beats_allow(alice: Any) -> None:
     key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", effect="Deny")))
     blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]

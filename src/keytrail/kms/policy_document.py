@@ -234,16 +234,23 @@ def _principals(value: Any) -> PrincipalSet:
     return PrincipalSet(anyone="*" in aws, arns=arns, services=services)
 
 
-def _conditions(block: Mapping[str, Any]) -> tuple[Condition, ...]:
+def _literal(value: Any) -> Any:
+    """A condition value of a policy without variables: `${` stands for itself (`${$}` is the
+    pattern syntax for a literal `$`)."""
+    return value.replace("${", "${$}{") if isinstance(value, str) else value
+
+
+def _conditions(block: Mapping[str, Any], variables: bool) -> tuple[Condition, ...]:
     out = []
     for operator, entries in block.items():
         qualifier, name, if_exists = parse_condition_operator(operator)
         for key, values in entries.items():
-            out.append(Condition(name, key.lower(), tuple(_list(values)), qualifier, if_exists))
+            items = tuple(v if variables else _literal(v) for v in _list(values))
+            out.append(Condition(name, key.lower(), items, qualifier, if_exists))
     return tuple(out)
 
 
-def _statement(raw: Mapping[str, Any]) -> Statement:
+def _statement(raw: Mapping[str, Any], variables: bool) -> Statement:
     action_key = "Action" if "Action" in raw else "NotAction"
     resource_key = "Resource" if "Resource" in raw else "NotResource"
     principal_key = "Principal" if "Principal" in raw else "NotPrincipal"
@@ -255,9 +262,9 @@ def _statement(raw: Mapping[str, Any]) -> Statement:
         actions=tuple(Pattern.parse(a, wildcards=True, variables=False, ignore_case=True)
                       for a in _list(raw[action_key])),
         not_action=action_key == "NotAction",
-        resources=tuple(Pattern.parse(r, wildcards=True, variables=True) for r in _list(raw[resource_key])),
+        resources=tuple(Pattern.parse(r, wildcards=True, variables=variables) for r in _list(raw[resource_key])),
         not_resource=resource_key == "NotResource",
-        conditions=_conditions(raw.get("Condition", {})),
+        conditions=_conditions(raw.get("Condition", {}), variables),
         principals=_principals(principal) if principal is not None else None,
         not_principal=principal_key == "NotPrincipal",
     )
@@ -269,7 +276,10 @@ def compile_policy(doc: str | Mapping[str, Any], kind: PolicyKind = "key") -> Po
     if not isinstance(doc, str):
         validate_policy(parsed, kind)
     raw = parsed["Statement"]
-    statements = tuple(_statement(s) for s in _list(raw))
+    # "If you don't include the Version element and set it to [2012-10-17], variables like
+    # ${aws:username} are treated as literal strings in the policy" (IAM policy variables).
+    variables = parsed.get("Version") == "2012-10-17"
+    statements = tuple(_statement(s, variables) for s in _list(raw))
     reads: set[str] = set()
     for statement in statements:
         for pattern in statement.resources:

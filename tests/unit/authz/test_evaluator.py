@@ -298,6 +298,19 @@ def test_a_perimeter_deny_on_principal_is_aws_service_false_holds_for_direct_cal
     assert decide(user("alice"), key(policy), source_ip="10.1.2.3").allowed
 
 
+@pytest.mark.parametrize("version", [None, "2008-10-17"])
+def test_policy_variables_are_literal_text_without_version_2012(version: str | None) -> None:
+    # IAM: without Version 2012-10-17, "${aws:username}" is "treated as literal strings".
+    statement = allow(ALICE_ARN, "kms:Encrypt",
+                      Condition={"StringEquals": {"kms:EncryptionContext:owner": "${aws:username}"}})
+    policy = {"Statement": [statement], **({"Version": version} if version else {})}
+    alice = user("alice")
+    assert not decide(alice, key(policy), params={"EncryptionContext": {"owner": "alice"}}).allowed
+    assert decide(alice, key(policy), params={"EncryptionContext": {"owner": "${aws:username}"}}).allowed
+    assert decide(alice, key({**policy, "Version": "2012-10-17"}),
+                  params={"EncryptionContext": {"owner": "alice"}}).allowed
+
+
 def test_via_service_is_absent_for_direct_calls() -> None:
     policy = key(
         doc(

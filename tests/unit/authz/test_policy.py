@@ -128,8 +128,10 @@ def test_compiled_policy_knows_which_condition_keys_it_reads() -> None:
         "Resource": "arn:aws:kms:*:*:key/${aws:PrincipalTag/team}",
         "Condition": {"StringEquals": {"kms:EncryptionContext:Dept": "${aws:username}"}},
     }
-    reads = compile_policy(json.dumps({"Statement": [statement]})).reads
+    reads = compile_policy(json.dumps({"Version": "2012-10-17", "Statement": [statement]})).reads
     assert reads == {"kms:encryptioncontext:dept", "aws:username", "aws:principaltag/team"}
+    # Without Version 2012-10-17 there are no variables: the text stands for itself.
+    assert compile_policy(json.dumps({"Statement": [statement]})).reads == {"kms:encryptioncontext:dept"}
 
 
 @pytest.mark.parametrize("name", ["arn:aws:iam::111122223333:user/*", "arn:aws:iam::111122223333:role/app-?"])
