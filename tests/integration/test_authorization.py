@@ -216,6 +216,17 @@ def test_policy_variables_need_version_2012_10_17(alice: Any, bob: Any) -> None:
     bob.encrypt(KeyId=current, Plaintext=b"x", EncryptionContext={"owner": "bob"})
 
 
+def test_rotation_period_condition_sees_the_default_period(alice: Any) -> None:
+    # Request conditions work "even when the parameter doesn't appear in the request, such as
+    # when you use the parameter's default value": EnableKeyRotation without a period is 365 days.
+    longer = {"NumericGreaterThan": {"kms:RotationPeriodInDays": "180"}}
+    key = new_key(alice, policy(statement("*", "kms:EnableKeyRotation", "Deny", Condition=longer)))
+    code, message = error_of(alice.enable_key_rotation, KeyId=key)
+    assert code == "AccessDeniedException" and message.endswith("with an explicit deny in a resource-based policy")
+    alice.enable_key_rotation(KeyId=key, RotationPeriodInDays=90)
+    assert alice.get_key_rotation_status(KeyId=key)["RotationPeriodInDays"] == 90
+
+
 def test_explicit_deny_beats_allow(alice: Any) -> None:
     key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", effect="Deny")))
     blob = alice.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from keytrail.kms.context import CallContext, IdentityType
 from keytrail.kms.errors import InvalidGrantTokenException
-from keytrail.kms.keys import Key
+from keytrail.kms.keys import DEFAULT_ROTATION_PERIOD_DAYS, Key
 
 __all__ = ["ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "RESOURCE_ALIASES", "RequestContext", "request_conditions"]
 
@@ -41,7 +41,6 @@ _SIMPLE = {  # operation → {parameter: condition key}
     "Verify": {"SigningAlgorithm": "kms:SigningAlgorithm", "MessageType": "kms:MessageType"},
     "GenerateMac": {"MacAlgorithm": "kms:MacAlgorithm"},
     "VerifyMac": {"MacAlgorithm": "kms:MacAlgorithm"},
-    "EnableKeyRotation": {"RotationPeriodInDays": "kms:RotationPeriodInDays"},
     "ReplicateKey": {"ReplicaRegion": "kms:ReplicaRegion"},
     "CreateGrant": {"GranteePrincipal": "kms:GranteePrincipal", "RetiringPrincipal": "kms:RetiringPrincipal"},
     "DeriveSharedSecret": {"KeyAgreementAlgorithm": "kms:KeyAgreementAlgorithm"},
@@ -75,8 +74,12 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
         out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params.get("BypassPolicyLockoutSafetyCheck"))
     if name == "CreateKey":
         _create_key(params, out)
+    # "This type of condition works even when the parameter doesn't appear in the request, such as
+    # when you use the parameter's default value" (AWS KMS condition keys).
     if name == "ScheduleKeyDeletion":
         out["kms:ScheduleKeyDeletionPendingWindowInDays"] = params.get("PendingWindowInDays", 30)
+    if name == "EnableKeyRotation":
+        out["kms:RotationPeriodInDays"] = params.get("RotationPeriodInDays") or DEFAULT_ROTATION_PERIOD_DAYS
     _tags(name, params, out)
     return out
 

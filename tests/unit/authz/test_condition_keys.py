@@ -108,6 +108,7 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
         ("TagResource", {"Tags": [{"TagKey": "a", "TagValue": "b"}]}, {"aws:RequestTag/a": "b", "aws:TagKeys": ["a"]}),
         ("UntagResource", {"TagKeys": ["a"]}, {"aws:TagKeys": ["a"]}),
         ("EnableKeyRotation", {"RotationPeriodInDays": 90}, {"kms:RotationPeriodInDays": 90}),
+        ("EnableKeyRotation", {}, {"kms:RotationPeriodInDays": 365}),  # the default period
         ("ScheduleKeyDeletion", {}, {"kms:ScheduleKeyDeletionPendingWindowInDays": 30}),
         ("ReplicateKey", {"ReplicaRegion": "eu-west-1"}, {"kms:ReplicaRegion": "eu-west-1"}),
     ],
