@@ -127,6 +127,9 @@ def _create_grant(params: Mapping[str, Any], out: dict[str, Any]) -> None:
 def _create_key(params: Mapping[str, Any], out: dict[str, Any]) -> None:
     out["kms:KeySpec"] = params.get("KeySpec") or params.get("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT"
     out["kms:KeyUsage"] = params.get("KeyUsage") or "ENCRYPT_DECRYPT"
+    # The deprecated names still apply to CreateKey, so policies written with them keep working.
+    out["kms:CustomerMasterKeySpec"] = out["kms:KeySpec"]
+    out["kms:CustomerMasterKeyUsage"] = out["kms:KeyUsage"]
     out["kms:KeyOrigin"] = params.get("Origin") or "AWS_KMS"
     out["kms:MultiRegion"] = bool(params.get("MultiRegion"))
 

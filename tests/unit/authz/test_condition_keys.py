@@ -97,6 +97,8 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
             {
                 "kms:KeySpec": "HMAC_256",
                 "kms:KeyUsage": "GENERATE_VERIFY_MAC",
+                "kms:CustomerMasterKeySpec": "HMAC_256",
+                "kms:CustomerMasterKeyUsage": "GENERATE_VERIFY_MAC",
                 "kms:KeyOrigin": "AWS_KMS",
                 "kms:MultiRegion": True,
                 "aws:RequestTag/Team": "blue",

@@ -590,3 +590,13 @@ def test_cross_account_permission_is_effective_only_for_some_operations(action: 
     decision = decide(user("carol", OTHER, allow_all_identity()), the_key, action)
     assert decision.allowed is allowed
     assert decide(root(OTHER), the_key, action).allowed is allowed
+
+
+def test_a_create_key_deny_written_with_the_deprecated_key_spec_name_holds() -> None:
+    deny = doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+               {"Effect": "Deny", "Action": "kms:CreateKey", "Resource": "*",
+                "Condition": {"StringLike": {"kms:CustomerMasterKeySpec": "RSA_*"}}})
+    alice = user("alice", ACCOUNT, deny)
+    assert decide(alice, None, "kms:CreateKey", {"KeySpec": "RSA_4096", "KeyUsage": "SIGN_VERIFY"}).verdict is (
+        Verdict.EXPLICIT_DENY)
+    assert decide(alice, None, "kms:CreateKey", {}).allowed

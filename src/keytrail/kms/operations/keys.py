@@ -73,7 +73,9 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     spec, usage = _spec_and_usage(params, context.region)
     origin = Origin(params.get("Origin") or "AWS_KMS")
     tags = validate_tags(params.get("Tags") or [])
-    await svc.authorize(call, "kms:CreateKey", None, {"kms:KeySpec": spec.value, "kms:KeyUsage": usage.value})
+    await svc.authorize(call, "kms:CreateKey", None, {
+        "kms:KeySpec": spec.value, "kms:KeyUsage": usage.value,
+        "kms:CustomerMasterKeySpec": spec.value, "kms:CustomerMasterKeyUsage": usage.value})
     policy = params.get("Policy") or default_policy(context.account)
     multi_region = bool(params.get("MultiRegion"))
     key_id = _new_key_id(svc, multi_region)  # before the checks that need the key's ARN
