@@ -22,6 +22,9 @@ SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
 _DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
 _NO_RECIPIENT = "Recipient (attested enclave) requests are not supported by keytrail."
+# Whether ReEncrypt's destination is the key the ciphertext was made under: the keys, however the
+# request names them (the source may be omitted, either side may be an alias).
+_SAME_KEY = "kms:ReEncryptOnSameKey"
 
 
 def refuse_recipient(params: dict[str, Any]) -> None:
@@ -29,9 +32,6 @@ def refuse_recipient(params: dict[str, Any]) -> None:
     answering it with Plaintext would hand out what the caller meant to keep in the enclave."""
     if params.get("Recipient") is not None:
         raise errors.UnsupportedOperationException(_NO_RECIPIENT)
-# Whether ReEncrypt's destination is the key the ciphertext was made under: the keys, however the
-# request names them (the source may be omitted, either side may be an alias).
-_SAME_KEY = "kms:ReEncryptOnSameKey"
 
 
 async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str) -> Key:
