@@ -102,6 +102,7 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
 @audit_app.command()
 def verify(data_dir: Path = DataDir) -> None:
     """Check the event log against its hash chain and signed digests; exit 1 naming each problem."""
+    _require_log(data_dir)  # a mistyped --data-dir is a usage error, said as its sibling commands say it
     problems = verify_trail(data_dir)
     for problem in problems:
         typer.echo(problem)

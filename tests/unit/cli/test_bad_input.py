@@ -133,9 +133,15 @@ def test_tail_without_follow_over_a_damaged_event_log_says_so_and_fails(tmp_path
 def test_audit_commands_refuse_a_file_where_the_event_log_folder_belongs(tmp_path: Path) -> None:
     (tmp_path / "audit").mkdir()
     (tmp_path / "audit" / "log").write_text("not a folder")
-    for args in (["events"], ["tail", "--no-follow"], ["export", str(tmp_path / "out")]):
+    for args in (["events"], ["tail", "--no-follow"], ["export", str(tmp_path / "out")], ["verify"]):
         result = _keytrail("audit", *args, "--data-dir", tmp_path)
         _one_line_error(result, f"keytrail audit: no audit event log in {tmp_path} (is --data-dir right?)", code=1)
+
+
+def test_audit_verify_of_a_data_dir_without_an_event_log_is_one_line_on_stderr(tmp_path: Path) -> None:
+    result = _keytrail("audit", "verify", "--data-dir", tmp_path / "typo")
+    _one_line_error(result, f"keytrail audit: no audit event log in {tmp_path / 'typo'} (is --data-dir right?)", code=1)
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("url", ["mqtt://:99999", "http://broker", "nohost:", "mqtt://broker:99999",
