@@ -6,13 +6,24 @@ import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
-__all__ = ["bootstrap_problem", "fail", "listen_probe", "missing_paths", "mqtt_problem", "os_problem", "parse_time"]
+__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
+           "fail", "listen_probe", "missing_paths", "mqtt_problem", "os_problem", "parse_time"]
+
+#: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
+CLOUDTRAIL_METAVAR = "<path>…"
+CLOUDTRAIL_HELP = "CloudTrail log files or folders (.json, .json.gz): several after one --cloudtrail, or repeat it."
+
+#: The settings of a command taking `--cloudtrail PATH…` (`--cloudtrail AWSLogs/*/*.json.gz` as a shell
+#: expands it): click gives an option one value, so the other paths arrive as extra arguments
+#: (`ctx.args`, left out of the usage line), and `cloudtrail_paths` joins them.
+CLOUDTRAIL_COMMAND: dict[str, Any] = {"context_settings": {"allow_extra_args": True}}
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
@@ -64,6 +75,14 @@ def _host_port(server: str) -> tuple[str, str | None]:
         return host, (rest[1:] if rest else None)
     host, colon, port = server.partition(":")
     return host, (port if colon else None)
+
+
+def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) -> list[Path] | None:
+    """Every path of `--cloudtrail PATH…` (None without the option); `more`, the command's extra
+    arguments, given without it are a usage error, as click's "unexpected extra argument" was."""
+    if more and not named:
+        raise fail(f"unexpected argument(s) {' '.join(more)}: CloudTrail log files go after --cloudtrail", command)
+    return [*named, *map(Path, more)] if named else None
 
 
 def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:

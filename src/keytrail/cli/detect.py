@@ -18,7 +18,15 @@ from typing import Annotated, Any
 import typer
 
 from keytrail.api.credentials import load_principals
-from keytrail.cli.console import bootstrap_problem, missing_paths, mqtt_problem
+from keytrail.cli.console import (
+    CLOUDTRAIL_COMMAND,
+    CLOUDTRAIL_HELP,
+    CLOUDTRAIL_METAVAR,
+    bootstrap_problem,
+    cloudtrail_paths,
+    missing_paths,
+    mqtt_problem,
+)
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.inventory import IdentityItem, KeyInventoryItem, analyze_inventory, read_inventory
@@ -44,14 +52,16 @@ class BadInput(Exception):
 
 def register(app: typer.Typer) -> None:
     """Add `detect` and `analyze` to the keytrail command."""
-    app.command("detect")(detect)
+    app.command("detect", **CLOUDTRAIL_COMMAND)(detect)
     app.command("analyze")(analyze)
 
 
 def detect(
+    ctx: typer.Context,
     cloudtrail: Annotated[
         list[Path] | None,
-        typer.Option("--cloudtrail", help="CloudTrail log files or folders (.json, .json.gz); repeatable."),
+        typer.Option("--cloudtrail", metavar=CLOUDTRAIL_METAVAR,
+                     help=CLOUDTRAIL_HELP),
     ] = None,
     kafka: Annotated[
         str | None, typer.Option("--kafka", help="Read keytrail.audit.v1 from this bootstrap.")
@@ -81,6 +91,7 @@ def detect(
     ] = "127.0.0.1",
 ) -> None:
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""
+    cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail detect")
     try:
         rules, hooks = detector_settings(config)
         if cloudtrail and kafka:  # one source per run, as consume has it: either alone would silently win

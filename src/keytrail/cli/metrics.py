@@ -17,7 +17,17 @@ from typing import Annotated, Any
 import polars as pl
 import typer
 
-from keytrail.cli.console import bootstrap_problem, event_log_damage, fail, missing_paths, parse_window
+from keytrail.cli.console import (
+    CLOUDTRAIL_COMMAND,
+    CLOUDTRAIL_HELP,
+    CLOUDTRAIL_METAVAR,
+    bootstrap_problem,
+    cloudtrail_paths,
+    event_log_damage,
+    fail,
+    missing_paths,
+    parse_window,
+)
 from keytrail.cli.sidecar import consumer_lock, try_lock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
@@ -145,13 +155,14 @@ CONSUME = "keytrail consume"  # how its errors start, as every command names its
 
 
 def consume(
+    ctx: typer.Context,
     data_dir: DataDir = Path("keytrail-data"),
     kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
     group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
     follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
     exit_when_idle: Annotated[float | None, typer.Option(help="Kafka: stop after N idle seconds.")] = None,
     cloudtrail: Annotated[
-        list[Path] | None, typer.Option(help="Offline: CloudTrail log files/folders.")
+        list[Path] | None, typer.Option(metavar=CLOUDTRAIL_METAVAR, help=f"Offline: {CLOUDTRAIL_HELP}")
     ] = None,
     prices: Annotated[Path | None, typer.Option(help="TOML price table (Parquet cost table).")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
@@ -160,6 +171,7 @@ def consume(
     ] = 100_000,
 ) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
+    cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, CONSUME)
     settings = ConsumerSettings(
         data_dir=data_dir,
         kafka_bootstrap=kafka,
@@ -294,7 +306,7 @@ def register(app: typer.Typer) -> None:
     app.command("usage")(usage)
     app.command("cost")(cost)
     app.command("last-used")(last_used)
-    app.command("consume")(consume)
+    app.command("consume", **CLOUDTRAIL_COMMAND)(consume)
 
 
 if __name__ == "__main__":  # `python -m keytrail.cli.metrics …`: the commands without the rest of the CLI

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from keytrail.cli.console import event_log_damage, fail, missing_paths, parse_window
+from keytrail.cli.console import (
+    CLOUDTRAIL_COMMAND,
+    CLOUDTRAIL_HELP,
+    CLOUDTRAIL_METAVAR,
+    cloudtrail_paths,
+    event_log_damage,
+    fail,
+    missing_paths,
+    parse_window,
+)
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.runner import Batch, Source
 from keytrail.reports.collect import ReportOptions, collect_sync
@@ -27,10 +36,12 @@ def report_fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def report(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Node data dir: read its event log.")] = None,
     cloudtrail: Annotated[list[Path] | None, typer.Option(
-        "--cloudtrail", help="AWS CloudTrail log files or folders (.json, .json.gz); repeatable.")] = None,
+        "--cloudtrail", metavar=CLOUDTRAIL_METAVAR,
+        help=CLOUDTRAIL_HELP)] = None,
     since: Annotated[str | None, typer.Option(help="Start (ISO-8601, inclusive).")] = None,
     until: Annotated[str | None, typer.Option(help="End (ISO-8601, exclusive); also the as-of time.")] = None,
     output: Annotated[ReportFormat | None, typer.Option(
@@ -44,6 +55,7 @@ def report(
         "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
 ) -> None:
     """Write a usage, cost, last-used, denied-calls and alarms report (HTML, CSV, JSON lines or Parquet)."""
+    cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
     form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
@@ -122,4 +134,4 @@ def _files_source(paths: list[Path], bar: Progress) -> tuple[Source, str, Path |
 
 def register(app: typer.Typer) -> None:
     """Add `report` to the `keytrail` app."""
-    app.command("report")(report)
+    app.command("report", **CLOUDTRAIL_COMMAND)(report)
