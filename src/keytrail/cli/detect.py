@@ -205,7 +205,7 @@ def analyze(
         if inventory is not None:
             if problem := missing_paths([inventory], "--inventory"):
                 raise BadInput(problem)
-            items = read_inventory(json.loads(inventory.read_text()))
+            items = read_inventory(_json_file(inventory, "--inventory"))
         else:
             data_dir = data_dir or Path("keytrail-data")
             items = asyncio.run(_store_inventory(data_dir))
@@ -215,6 +215,14 @@ def analyze(
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _json_file(path: Path, option: str) -> Any:
+    """The parsed JSON of a file an option names; BadInput naming both when it is not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, or bytes that are no UTF-8/16/32 text
+        raise BadInput(f"{option} {path}: not valid JSON ({exc})") from None
 
 
 def _node_principals(data_dir: Path) -> Path | None:
@@ -273,6 +281,8 @@ def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
         raise BadInput(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named
         raise BadInput(f"{path}: not valid TOML (not UTF-8 text)") from None
+    except OSError as exc:  # named as the TOML errors are, not as Python's repr of the error
+        raise BadInput(f"{path}: {exc.strerror or exc}") from None
     hooks = HooksConfig.from_settings(doc)
     # Checked as --kafka is: a typo would otherwise only show as failed deliveries of the first alarms.
     if problem := bootstrap_problem(hooks.kafka, "[hooks] kafka"):

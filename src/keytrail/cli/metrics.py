@@ -26,6 +26,7 @@ from keytrail.cli.console import (
     event_log_damage,
     fail,
     missing_paths,
+    os_problem,
     parse_window,
 )
 from keytrail.cli.sidecar import consumer_lock, try_lock
@@ -122,7 +123,9 @@ def cost(
 def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
     try:
         table = load_price_table(path) if path else PriceTable()
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise fail(f"--prices: {os_problem(error)}") from None
+    except ValueError as error:
         raise fail(f"--prices: {error}") from None
     if free_tier and not table.free_tier_requests:
         table = PriceTable(**{**table.__dict__, "free_tier_requests": 20_000})

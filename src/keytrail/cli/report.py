@@ -17,6 +17,7 @@ from keytrail.cli.console import (
     event_log_damage,
     fail,
     missing_paths,
+    os_problem,
     parse_window,
 )
 from keytrail.pipeline.prices import PriceTable, load_price_table
@@ -94,7 +95,9 @@ def _require_whole_log(data_dir: Path) -> None:
 def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
     try:
         table = load_price_table(path) if path else PriceTable()
-    except (OSError, ValueError) as error:
+    except OSError as error:
+        raise report_fail(f"--prices: {os_problem(error)}") from None
+    except ValueError as error:
         raise report_fail(f"--prices: {error}") from None
     return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
 

@@ -308,3 +308,26 @@ def test_serve_makes_a_new_data_dir_the_owners_only(tmp_path: Path) -> None:
     config.write_text("[rules.no-such-rule]\nx = 1\n")  # refused after the data dir is made
     _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", config)
     assert oct((tmp_path / "node").stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp_path: Path) -> None:
+    gone = tmp_path / "gone.toml"
+    for args, complaint in (
+        (["detect", "--cloudtrail", _cloudtrail_gzip(tmp_path / "a.json.gz"), "--config", gone],
+         f"keytrail detect: {gone}: No such file or directory"),
+        (["analyze", "--inventory", tmp_path / "a.json.gz", "--config", gone],
+         f"keytrail analyze: {gone}: No such file or directory"),
+        (["serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", gone],
+         f"keytrail serve: --config: {gone}: No such file or directory"),
+        (["cost", "--data-dir", tmp_path, "--prices", gone], f"keytrail: --prices: No such file or directory: {gone}"),
+        (["report", "--cloudtrail", tmp_path / "a.json.gz", "--out", tmp_path / "r.html", "--prices", gone],
+         f"keytrail report: --prices: No such file or directory: {gone}"),
+    ):
+        assert _one_line_error(_keytrail(*args), complaint) == complaint + "\n"
+
+
+def test_analyze_names_an_inventory_that_is_not_json(tmp_path: Path) -> None:
+    inventory = tmp_path / "keys.json"
+    inventory.write_text("[")
+    result = _keytrail("analyze", "--inventory", inventory)
+    assert "not valid JSON" in _one_line_error(result, f"keytrail analyze: --inventory {inventory}: ")
