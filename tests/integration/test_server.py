@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 from keytrail.audit.cloudtrail_files import iter_events
 from tests.support.errors import aws_error
 from tests.support.server import PRINCIPALS, KeytrailServer, write_principals
+from tests.support.services import wait_for_port
 
 
 def _raw(server: KeytrailServer, body: bytes, target: str = "TrentService.ListKeys", *,
@@ -233,6 +234,27 @@ def test_dev_credentials_accept_localstack_style_keys(tmp_path: Path) -> None:
         assert numbered.create_key()["KeyMetadata"]["AWSAccountId"] == "123456789012"
     finally:
         server.stop()
+
+
+def test_first_start_on_port_0_prints_the_endpoint_it_serves_on(tmp_path: Path) -> None:
+    """The admin user's `export` line names the port picked for --port 0 (it said `:0`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "data"),
+                             "--port", "0", "--dev-clock"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("Created ")
+        env = dict(pair.split("=", 1) for pair in proc.stdout.readline().removeprefix("export ").split())
+        endpoint = env["AWS_ENDPOINT_URL_KMS"]
+        assert not endpoint.endswith(":0"), endpoint
+        wait_for_port(int(endpoint.rsplit(":", 1)[1]), timeout=30)  # printed before the node listens
+        kms = boto3.client("kms", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                           aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        assert kms.create_key()["KeyMetadata"]["Enabled"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
 
 
 def test_dev_clock_endpoint_validates_its_body(server: KeytrailServer) -> None:

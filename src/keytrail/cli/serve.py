@@ -132,17 +132,15 @@ def serve(
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _no_core_dumps()
-    settings = ServeSettings(
-        data_dir=data_dir, host=host, port=port, principals=principals, kafka=kafka, mqtt=mqtt,
-        dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-        tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
-    )
     if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
         raise _fail(problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise _fail("--dev-credentials is refused unless the server binds to loopback")
-    if problem := _listen_problem(host, port):
-        raise _fail(problem)
+    settings = ServeSettings(
+        data_dir=data_dir, host=host, port=_listen_port(host, port), principals=principals, kafka=kafka, mqtt=mqtt,
+        dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
+        tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
+    )
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     _make_data_dir(data_dir)
@@ -161,14 +159,14 @@ def serve(
         raise typer.Exit(1)
 
 
-def _listen_problem(host: str, port: int) -> str | None:
-    """Why the server could not listen on host:port, found before anything is built or written:
-    uvicorn finds out only once the node runs, and says it in its own words, exit status 3."""
+def _listen_port(host: str, port: int) -> int:
+    """The port to serve on, checked before anything is built or written (uvicorn finds out only
+    once the node runs, and says it in its own words, exit status 3). For --port 0 a free one, so
+    the endpoint printed for the new admin user is the one served on, not ':0'."""
     try:
-        listen_probe(host, port)
+        return listen_probe(host, port)
     except OSError as error:  # socket.gaierror (an unknown --host) is one
-        return f"cannot listen on {host}:{port} ({error.strerror or error})"
-    return None
+        raise _fail(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
 
 
 def _make_data_dir(data_dir: Path) -> None:
