@@ -46,6 +46,10 @@ _DIMENSIONS = {"key": "keyArn", "principal": "principalArn", "account": "account
 _WINDOWS = ("minute", "hour", "day")
 
 
+# How each command's errors start: every command names itself, as click's usage errors do.
+USAGE, COST, LAST_USED, CONSUME = "keytrail usage", "keytrail cost", "keytrail last-used", "keytrail consume"
+
+
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
@@ -58,17 +62,17 @@ Until = Annotated[str | None, typer.Option("--until", help="End (ISO-8601 UTC, e
 Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one object per line) or csv.")]
 
 
-def open_store(data_dir: Path) -> MetricsStore:
+def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore:
     if not data_dir.is_dir():
-        raise fail(f"no such data directory: {data_dir}")
+        raise fail(f"no such data directory: {data_dir}", command)
     return MetricsStore(data_dir)
 
 
-def parse_by(value: str, allowed: tuple[str, ...]) -> list[str]:
+def parse_by(value: str, allowed: tuple[str, ...], command: str = "keytrail") -> list[str]:
     names = [part.strip() for part in value.split(",") if part.strip()]
     bad = [name for name in names if name not in allowed]
     if bad or not names:
-        raise fail(f"--by: unknown {', '.join(bad) or 'grouping'} (choose from {', '.join(allowed)})")
+        raise fail(f"--by: unknown {', '.join(bad) or 'grouping'} (choose from {', '.join(allowed)})", command)
     return names
 
 
@@ -83,12 +87,12 @@ def usage(
     output: Format = OutputFormat.table,
 ) -> None:
     """Requests and errors per key, principal, account and operation (optionally per time window)."""
-    names = parse_by(by, (*_DIMENSIONS, *_WINDOWS))
+    names = parse_by(by, (*_DIMENSIONS, *_WINDOWS), USAGE)
     windows = [n for n in names if n in _WINDOWS]
     if len(windows) > 1:
-        raise fail("--by: choose at most one of minute, hour, day")
-    low, high = parse_window(since, until)
-    store = open_store(data_dir)
+        raise fail("--by: choose at most one of minute, hour, day", USAGE)
+    low, high = parse_window(since, until, USAGE)
+    store = open_store(data_dir, USAGE)
     columns = [_DIMENSIONS[n] for n in names if n in _DIMENSIONS]
     frame = store.usage(columns, windows[0] if windows else None, low, high)  # type: ignore[arg-type]
     fields = (["windowStart", "windowEnd"] if windows else []) + USAGE_FIELDS
@@ -107,10 +111,10 @@ def cost(
     output: Format = OutputFormat.table,
 ) -> None:
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
-    names = parse_by(by, ("key", "account"))
-    table = _price_table(prices, free_tier)
-    low, high = parse_window(since, until)
-    store = open_store(data_dir)
+    names = parse_by(by, ("key", "account"), COST)
+    table = _price_table(prices, free_tier, COST)
+    low, high = parse_window(since, until, COST)
+    store = open_store(data_dir, COST)
     frame = store.cost(table, low, high)
     keys = [_DIMENSIONS[n] for n in names]
     if len(keys) < 2:
@@ -120,13 +124,13 @@ def cost(
     emit(frame.sort(keys, nulls_last=True), COST_FIELDS, output)
 
 
-def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
+def _price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:
     try:
         table = load_price_table(path) if path else PriceTable()
     except OSError as error:
-        raise fail(f"--prices: {os_problem(error)}") from None
+        raise fail(f"--prices: {os_problem(error)}", command) from None
     except ValueError as error:
-        raise fail(f"--prices: {error}") from None
+        raise fail(f"--prices: {error}", command) from None
     if free_tier and not table.free_tier_requests:
         table = PriceTable(**{**table.__dict__, "free_tier_requests": 20_000})
     return table
@@ -140,13 +144,13 @@ def last_used(
     output: Format = OutputFormat.table,
 ) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
-    names = parse_by(by, ("key", "principal"))
-    store = open_store(data_dir)
+    names = parse_by(by, ("key", "principal"), LAST_USED)
+    store = open_store(data_dir, LAST_USED)
     if "principal" in names:
         frame = store.last_used().rename({"principalArn": "lastUsedPrincipalArn"})
     else:
         frame = store.last_used_by_key()
-    low, high = parse_window(since, until)
+    low, high = parse_window(since, until, LAST_USED)
     if low is not None:
         frame = frame.filter(pl.col("lastUsedTime") >= low)
     if high is not None:
@@ -154,7 +158,6 @@ def last_used(
     emit(frame, LAST_USED_FIELDS, output)
 
 
-CONSUME = "keytrail consume"  # how its errors start, as every command names itself
 
 
 def consume(
@@ -183,7 +186,7 @@ def consume(
         idle_seconds=exit_when_idle,
         max_records=batch_size,
         checkpoint_records=checkpoint_records,
-        prices=_price_table(prices, False),
+        prices=_price_table(prices, False, CONSUME),
     )
     if kafka and cloudtrail:  # one source per run: either alone would silently win
         raise fail("--kafka and --cloudtrail name two sources: give one", CONSUME)

@@ -319,7 +319,8 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
          f"keytrail analyze: {gone}: No such file or directory"),
         (["serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", gone],
          f"keytrail serve: --config: {gone}: No such file or directory"),
-        (["cost", "--data-dir", tmp_path, "--prices", gone], f"keytrail: --prices: No such file or directory: {gone}"),
+        (["cost", "--data-dir", tmp_path, "--prices", gone],
+         f"keytrail cost: --prices: No such file or directory: {gone}"),
         (["report", "--cloudtrail", tmp_path / "a.json.gz", "--out", tmp_path / "r.html", "--prices", gone],
          f"keytrail report: --prices: No such file or directory: {gone}"),
     ):

@@ -102,12 +102,12 @@ def test_last_used_json_and_csv(data_dir: Path) -> None:
 def test_bad_input_is_one_line_and_a_non_zero_exit(data_dir: Path, args: list[str]) -> None:
     code, _, err = run(*args, "--data-dir", str(data_dir))
     assert code != 0
-    assert len(err.strip().splitlines()) == 1 and err.startswith("keytrail: ")
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"keytrail {args[0]}: "), err  # names the command
 
 
 def test_missing_data_dir_is_an_error(tmp_path: Path) -> None:
     code, _, err = run("usage", "--data-dir", str(tmp_path / "nope"))
-    assert code != 0 and "no such data directory" in err
+    assert code != 0 and err == f"keytrail usage: no such data directory: {tmp_path / 'nope'}\n"
 
 
 def test_consuming_a_damaged_log_counts_what_precedes_it_and_fails(tmp_path: Path) -> None:
@@ -125,4 +125,4 @@ def test_consuming_a_damaged_log_counts_what_precedes_it_and_fails(tmp_path: Pat
 def test_an_empty_time_window_is_refused_not_answered_with_nothing(data_dir: Path, command: str) -> None:
     code, out, err = run(command, "--data-dir", str(data_dir), "--since", "2026-10-02", "--until", "2026-10-01")
     assert code == 2 and out == ""
-    assert err == "keytrail: --since 2026-10-02 is not before --until 2026-10-01\n"
+    assert err == f"keytrail {command}: --since 2026-10-02 is not before --until 2026-10-01\n"
