@@ -191,7 +191,10 @@ def _data_dir(path: Path | None) -> Path:
         raise fail(f"--data-dir: {path} is not a directory")
     if path.is_dir() and any(path.iterdir()):
         raise fail(f"--data-dir: {path} is not empty; the demo needs a data dir of its own")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # under a file, or in a folder it may not write: said as serve says it
+        raise fail(f"--data-dir: cannot create {path}: {error.strerror or error}") from None
     return path.resolve()
 
 

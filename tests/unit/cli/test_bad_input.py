@@ -332,3 +332,10 @@ def test_analyze_names_an_inventory_that_is_not_json(tmp_path: Path) -> None:
     inventory.write_text("[")
     result = _keytrail("analyze", "--inventory", inventory)
     assert "not valid JSON" in _one_line_error(result, f"keytrail analyze: --inventory {inventory}: ")
+
+
+def test_demo_names_a_data_dir_it_cannot_create(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file where a folder is asked for")
+    wanted = tmp_path / "file" / "demo"
+    result = _keytrail("demo", "--data-dir", wanted)
+    _one_line_error(result, f"keytrail demo: --data-dir: cannot create {wanted}: Not a directory")
