@@ -108,6 +108,8 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
         raise ValueError(f"webhook {shown}: secret and secret_env are strings")
     if secret is None and secret_env is not None:
         secret = os.environ.get(secret_env)
+        if not secret:  # the file is right; the environment `serve` was started in is not
+            raise ValueError(f"webhook {shown}: secret_env names ${secret_env}, which is not set or empty")
     if not secret:
         raise ValueError(f"webhook {shown}: set secret or secret_env (an HMAC key is required)")
     attempts, backoff = entry.get("attempts", 5), entry.get("backoff", 0.5)

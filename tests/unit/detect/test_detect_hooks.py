@@ -64,6 +64,14 @@ def test_webhook_without_secret_is_refused() -> None:
         HooksConfig.from_settings({"hooks": {"webhook": [{"url": "https://x"}]}})
 
 
+def test_webhook_whose_secret_env_is_unset_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is right and the environment is not: 'set secret or secret_env' would send the
+    operator to the file."""
+    monkeypatch.delenv("DETECT_TEST_SECRET", raising=False)
+    with pytest.raises(ValueError, match=r"secret_env names \$DETECT_TEST_SECRET, which is not set or empty"):
+        HooksConfig.from_settings({"hooks": {"webhook": [{"url": "https://x", "secret_env": "DETECT_TEST_SECRET"}]}})
+
+
 async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
     hooks = HooksConfig.from_settings(tomllib.loads(SETTINGS.replace("secret_env", "secret")))
     sinks = build_sinks(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))
