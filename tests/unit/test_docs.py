@@ -1,9 +1,13 @@
-"""Documentation that is generated from the code stays current."""
+"""Documentation that is generated from the code stays current, and its examples work."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
+import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,3 +19,31 @@ def test_api_compatibility_page_is_current() -> None:
     spec.loader.exec_module(module)
     assert (ROOT / "docs/api-compatibility.md").read_text() == module.render(), \
         "run: .venv/bin/python scripts/api_compatibility.py"
+
+
+def _toml_examples(page: str) -> list[str]:
+    """The ```toml blocks of a docs page, as a reader would copy them."""
+    return re.findall(r"```toml\n(.*?)```", (ROOT / page).read_text(), flags=re.DOTALL)
+
+
+def test_every_toml_example_in_the_docs_parses() -> None:
+    examples = {page.name: _toml_examples(f"docs/{page.name}") for page in (ROOT / "docs").glob("*.md")}
+    assert sum(map(len, examples.values())) >= 3
+    for page, blocks in examples.items():
+        for block in blocks:
+            try:
+                tomllib.loads(block)
+            except tomllib.TOMLDecodeError as error:
+                raise AssertionError(f"docs/{page}: a ```toml example does not parse: {error}") from None
+
+
+def test_the_detection_settings_example_loads_as_detector_settings(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from keytrail.cli.detect import detector_settings
+
+    monkeypatch.setenv("KEYTRAIL_WEBHOOK_SECRET", "example")
+    [example] = _toml_examples("docs/detection-rules.md")
+    (tmp_path / "keytrail.toml").write_text(example)
+    rules, hooks = detector_settings(tmp_path / "keytrail.toml")
+    assert not rules.enabled("usage-spike") and hooks.mqtt == "mqtt://127.0.0.1:1883"
+    assert rules["permissive-key"].parameters["trusted_accounts"] == ["222233334444"]
