@@ -121,7 +121,10 @@ def cost(
         frame = frame.group_by(keys).agg(
             pl.col(c).sum() for c in COST_FIELDS if c not in ("keyArn", "accountId")
         )
-    emit(frame.sort(keys, nulls_last=True), COST_FIELDS, output)
+    fields = COST_FIELDS
+    if output is not OutputFormat.json:  # tables and CSV show only the dimensions grouped by, as usage's do
+        fields = [f for f in COST_FIELDS if f in keys or f not in ("keyArn", "accountId")]
+    emit(frame.sort(keys, nulls_last=True), fields, output)
 
 
 def _price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:

@@ -81,6 +81,16 @@ def test_cost_json_fields_and_exact_totals(data_dir: Path) -> None:
     assert sum(int(r["requests"]) for r in rows) == sum(int(r["requests"]) for r in by_account)  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize(("by", "dimensions"), [("account", ["accountId"]), ("key", ["keyArn"]),
+                                                ("key,account", ["keyArn", "accountId"])])
+def test_cost_table_and_csv_show_the_grouped_columns_only(data_dir: Path, by: str, dimensions: list[str]) -> None:
+    code, out, _ = run("cost", "--data-dir", str(data_dir), "--by", by, "--format", "csv")
+    money = ["keyMonths", "keyCost", "requests", "requestCost", "totalCost"]
+    assert code == 0 and out.splitlines()[0] == ",".join([*dimensions, *money])
+    code, out, _ = run("cost", "--data-dir", str(data_dir), "--by", by)
+    assert code == 0 and out.splitlines()[0].split() == [*dimensions, *money]
+
+
 def test_last_used_json_and_csv(data_dir: Path) -> None:
     code, out, _ = run("last-used", "--data-dir", str(data_dir), "--format", "json")
     rows = lines(out)
