@@ -67,7 +67,7 @@ def test_analyze_flags_identity_policies_decrypting_with_every_key(tmp_path: Pat
     assert alarm["rule"] == "permissive-key" and alarm["keyArn"] is None and alarm["accountId"] == ACCOUNT
     assert alarm["severity"] == "MEDIUM" and "every key of account 111122223333" in alarm["summary"]
     [finding] = json.loads(alarm["details"]["findings"])
-    assert finding["source"] == "policy 1 statement #0" and finding["principal"] == alice
+    assert finding["source"] == "policy 1 statement #1" and finding["principal"] == alice
 
     settings = tmp_path / "rules.toml"
     settings.write_text('[rules.permissive-key]\nparameters = { admin_principals = ["*:user/alice"] }\n')

@@ -195,7 +195,8 @@ class _StatementCheck:
         return "NotAction" in self.statement or "*" in patterns or "kms:*" in patterns
 
     def _finding(self, code: str, severity: Severity, principal: str, message: str) -> PolicyFinding:
-        source = f'statement "{self.sid}"' if self.sid else f"statement #{self.index}"
+        # Counted from 1 in text, as "policy 1" and AWS's "Policy statement 1" are; statementIndex stays 0-based.
+        source = f'statement "{self.sid}"' if self.sid else f"statement #{self.index + 1}"
         return PolicyFinding(
             code,
             severity,

@@ -202,7 +202,7 @@ def test_finding_names_statement_by_sid_or_index() -> None:
     )
     assert [(f.statement_sid, f.statement_index, f.source) for f in found] == [
         ("OpenToAll", 1, 'statement "OpenToAll"'),
-        (None, 2, "statement #2"),
+        (None, 2, "statement #3"),  # the third statement: counted from 1 in text, from 0 in statementIndex
     ]
     assert found[0].severity == "CRITICAL" and found[1].severity == "HIGH"
 
