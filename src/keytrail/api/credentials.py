@@ -100,8 +100,10 @@ def load_principals(path: Path) -> dict[str, Credential]:
     for index, entry in enumerate(entries, 1):
         where = f"{path}: principal #{index}"
         for name in ("arn", "access_key_id", "secret_access_key"):
-            if not isinstance(entry.get(name), str) or not entry[name]:
+            if entry.get(name) is None:
                 raise PrincipalsFileError(f"{where}: '{name}' is required")
+            if not isinstance(entry[name], str) or not entry[name]:  # present: "required" would mislead
+                raise PrincipalsFileError(f"{where}: '{name}' must be a non-empty string")
         if entry["access_key_id"] in credentials:
             raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
         credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], _principal(entry, where))
