@@ -187,8 +187,11 @@ def test_consuming_the_same_folder_again_reads_only_its_new_files(tmp_path: Path
     (logs / "a.json").write_text(json.dumps({"Records": [E1, E2]}))
     (logs / "broken.json").write_text('{"Records": [')
     first = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
-    assert first.returncode == 0 and "consumed 2 records" in first.stderr, first.stderr
+    # The readable files are counted; the exit status says one could not be read.
+    assert first.returncode == 1 and "consumed 2 records" in first.stderr, first.stderr
+    assert first.stderr.rstrip().endswith("1 problem in the CloudTrail log files (above): the figures leave out "
+                                          "what could not be read"), first.stderr
     (logs / "b.json").write_text(json.dumps({"Records": [dict(E1, eventID="new-event-id")]}))
     again = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
-    assert again.returncode == 0 and "consumed 1 records: 1 counted" in again.stderr, again.stderr
+    assert again.returncode == 1 and "consumed 1 records: 1 counted" in again.stderr, again.stderr
     assert "broken.json" in again.stderr  # a file it could not read is never passed over in silence

@@ -125,9 +125,16 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
         _fail(f"--data-dir: cannot write the event log in {data_dir}: {os_problem(exc)}")
     for problem in report.problems:
         typer.echo(f"skipped: {problem}", err=True)
-    digests = f"; {report.digests} digest files passed over" if report.digests else ""
-    typer.echo(f"imported {report.records} KMS records from {report.files} files; "
-               f"skipped {report.skipped} records of other services; {len(report.problems)} problems{digests}")
+    digests = f"; {_count(report.digests, 'digest file')} passed over" if report.digests else ""
+    typer.echo(f"imported {_count(report.records, 'KMS record')} from {_count(report.files, 'file')}; "
+               f"skipped {_count(report.skipped, 'record')} of other services; "
+               f"{_count(len(report.problems), 'problem')}{digests}")
+    if report.problems:  # what could be read is imported; a script still learns that some was not
+        raise typer.Exit(1)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 @audit_app.command()

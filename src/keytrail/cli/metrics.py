@@ -203,7 +203,8 @@ def consume(
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first",
                    CONSUME)
     data_dir.mkdir(parents=True, exist_ok=True)
-    stats = _consume_or_fail(settings, cloudtrail)
+    problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
+    stats = _consume_or_fail(settings, cloudtrail, problems)
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
         f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else "")
@@ -212,19 +213,22 @@ def consume(
     )
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
         raise fail(f"{problem}; the figures cover the records before it", CONSUME, code=1)
+    if problems:  # what could be read is counted; a script still learns that some was not
+        raise fail(f"{len(problems)} problem{'' if len(problems) == 1 else 's'} in the CloudTrail log files "
+                   "(above): the figures leave out what could not be read", CONSUME, code=1)
 
 
-def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
+def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str]) -> RunStats:
     from aiokafka.errors import KafkaError
 
     try:
-        return asyncio.run(_consume(settings, cloudtrail))
+        return asyncio.run(_consume(settings, cloudtrail, problems))
     except KafkaError as exc:  # the broker out of reach at start: nothing consumed, nothing to save
         raise fail(f"--kafka {settings.kafka_bootstrap}: {exc}", CONSUME, code=1) from None
 
 
-async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) -> RunStats:
-    source = _offline_source(cloudtrail, settings) if cloudtrail else None
+async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str]) -> RunStats:
+    source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None
     consumer = MetricsConsumer(settings, source)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -232,7 +236,7 @@ async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None) ->
     return await consumer.run()
 
 
-def _offline_source(paths: list[Path], settings: ConsumerSettings) -> Any:
+def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: list[str]) -> Any:
     from keytrail.pipeline.query import state_dir
     from keytrail.pipeline.sources import CloudTrailFilesSource
     from keytrail.transport.cloudtrail_logs import iter_log_files
@@ -245,8 +249,12 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings) -> Any:
         if bar.done == len(files):
             bar.close()
 
+    def problem(text: str) -> None:
+        problems.append(text)
+        typer.echo(text, err=True)
+
     return CloudTrailFilesSource(files, state_dir(settings.data_dir), max_records=settings.max_records,
-                                 on_problem=lambda text: typer.echo(text, err=True), progress=advance)
+                                 on_problem=problem, progress=advance)
 
 
 class Progress:

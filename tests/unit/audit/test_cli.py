@@ -42,7 +42,7 @@ def test_verify_exit_codes(tmp_path: Path) -> None:
 def test_import_and_export(tmp_path: Path) -> None:
     code, out, err = _run("import", str(EXAMPLES), "--data-dir", str(tmp_path / "node"))
     assert code == 0, err
-    assert "imported 9 KMS records" in out and "skipped 1 records of other services" in out
+    assert "imported 9 KMS records" in out and "skipped 1 record of other services" in out
     out_dir, node = str(tmp_path / "out"), str(tmp_path / "node")
     code, out, _ = _run("export", "--format", "cloudtrail", out_dir, "--data-dir", node)
     assert code == 0 and list((tmp_path / "out" / "AWSLogs").rglob("*.json.gz"))
