@@ -1,8 +1,9 @@
 """Cost model: key storage prorated hourly plus requests by price class (AWS KMS pricing).
 
 Storage is billed to the key's owner account for customer managed keys while they are not
-pending deletion; each of the first two rotations adds one rotation rate. Requests are billed
-to the calling account. Money is `Decimal`, rounded to 10 places per row, summed exactly.
+pending deletion (a cancelled deletion bills its waiting period after all); each of the first two
+rotations adds one rotation rate; a key-month is the hours of its UTC calendar month. Requests are
+billed to the calling account. Money is `Decimal`, rounded to 10 places per row, summed exactly.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 
 import polars as pl
 
@@ -77,26 +79,36 @@ def lifecycle_events(frame: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Segment:
-    """A run of billable clock hours [start_hour, end_hour) at one rotation count."""
+    """A run of billable clock hours [start_hour, end_hour) at one rotation count.
+
+    `charged_hour` is set on the hours a CancelKeyDeletion restores (the waiting period, billed
+    as if the deletion had never been scheduled): they are charged in the window holding that
+    hour, the cancellation's, as no window before it saw the cancellation.
+    """
 
     start_hour: int
     end_hour: int
     rotations: int
+    charged_hour: int | None = None
 
 
 def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: int) -> list[Segment]:
     """Billable hour runs of one key from its lifecycle events (time order not required).
 
     An hour is billed when the key was billable at any moment of it, at the highest rate of
-    that hour. Keys pending deletion (and deleted keys) are not billed.
+    that hour. Keys pending deletion (and deleted keys) are not billed; a cancelled deletion
+    bills its waiting period after all (AWS KMS pricing: as if never scheduled).
     """
     open_since: float | None = None
+    pending_since: float | None = None
     rotations = 0
     segments: list[Segment] = []
     for when, name in sorted(events, key=lambda item: (item[0], _ORDER[item[1]])):
         now = when.timestamp()
         if name in ("CreateKey", "ReplicateKey", "CancelKeyDeletion") and open_since is None:
-            open_since = now
+            if name == "CancelKeyDeletion" and pending_since is not None:
+                _restore(segments, pending_since, now, min(rotations, billed_rotations))
+            open_since, pending_since = now, None
         elif name == "RotateKey":
             if open_since is not None and rotations < billed_rotations:
                 _close(segments, open_since, now, min(rotations, billed_rotations))
@@ -104,7 +116,9 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
             rotations += 1
         elif name in ("ScheduleKeyDeletion", "DeleteKey") and open_since is not None:
             _close(segments, open_since, now, min(rotations, billed_rotations))
-            open_since = None
+            open_since, pending_since = None, now if name == "ScheduleKeyDeletion" else None
+        elif name == "DeleteKey":
+            pending_since = None  # the waiting period ran out: nothing left to cancel
     if open_since is not None:
         _close(segments, open_since, math.inf, min(rotations, billed_rotations))
     return segments
@@ -118,6 +132,14 @@ def _close(segments: list[Segment], start: float, end: float, rotations: int) ->
         if last.start_hour < start_hour:
             segments.append(Segment(last.start_hour, start_hour, last.rotations))
     segments.append(Segment(start_hour, max(end_hour, start_hour), rotations))
+
+
+def _restore(segments: list[Segment], scheduled: float, cancelled: float, rotations: int) -> None:
+    # The hours wholly inside the waiting period: the scheduling hour was billed before it, the
+    # cancelling hour is billed by the run that starts there.
+    start_hour, end_hour = math.ceil(scheduled / 3600), math.floor(cancelled / 3600)
+    if end_hour > start_hour:
+        segments.append(Segment(start_hour, end_hour, rotations, charged_hour=end_hour))
 
 
 def price_classes(usage: pl.DataFrame, key_specs: pl.DataFrame) -> pl.DataFrame:
@@ -210,21 +232,49 @@ def _storage(
         segments = billed_segments(
             zip(events["eventTime"], events["eventName"], strict=True), prices.billed_rotations
         )
-        hours = rated = Decimal(0)
+        months = rated = Fraction(0)
         for seg in segments:
-            span = max(0, min(seg.end_hour, last) - max(seg.start_hour, first))
-            hours += span
-            rated += span * (
-                prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
-            )
-        if hours:
-            per_month = Decimal(prices.hours_per_month)
-            yield (
-                str(key_arn),
-                str(key_arn).split(":")[4],
-                (hours / per_month).quantize(_ROW),
-                (rated / per_month).quantize(_ROW),
-            )
+            rate = prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
+            for share in _month_shares(_in_window(seg, first, last), prices.hours_per_month):
+                months += share
+                rated += share * Fraction(rate)
+        if months:
+            yield str(key_arn), str(key_arn).split(":")[4], _decimal(months), _decimal(rated)
+
+
+def _in_window(seg: Segment, first: int, last: int) -> tuple[int, int]:
+    """The hours of `seg` that the window [first, last) bills (restored hours: all or none)."""
+    if seg.charged_hour is not None:
+        return (seg.start_hour, seg.end_hour) if first <= seg.charged_hour < last else (0, 0)
+    return max(seg.start_hour, first), min(seg.end_hour, last)
+
+
+def _month_shares(hours: tuple[int, int], hours_per_month: int) -> Iterable[Fraction]:
+    """Key-months of the clock hours [start, end): each hour is 1/(hours of its UTC month),
+    so a whole month is one key-month; or 1/hours_per_month when the price table fixes it."""
+    start, end = hours
+    if end <= start:
+        return
+    if hours_per_month:
+        yield Fraction(end - start, hours_per_month)
+        return
+    while start < end:
+        month_start, month_end = _month_hours(start)
+        stop = min(end, month_end)
+        yield Fraction(stop - start, month_end - month_start)
+        start = stop
+
+
+def _month_hours(hour: int) -> tuple[int, int]:
+    """[first hour, first hour of the next month) of the UTC calendar month holding `hour`."""
+    moment = datetime.fromtimestamp(hour * 3600, UTC)
+    begin = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    end = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+    return int(begin.timestamp()) // 3600, int(end.timestamp()) // 3600
+
+
+def _decimal(value: Fraction) -> Decimal:
+    return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(_ROW)
 
 
 def _cost_frame(totals: dict[tuple[str, str], list[Decimal | int]]) -> pl.DataFrame:

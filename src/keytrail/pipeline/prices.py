@@ -26,7 +26,10 @@ class PriceTable:
     key_month: Decimal = Decimal("1.00")
     rotation_month: Decimal = Decimal("1.00")  # each of the first `billed_rotations` rotations
     billed_rotations: int = 2  # rotations after the second are free (April 2024 change)
-    hours_per_month: int = 730  # hourly proration: one key-month is 730 key-hours
+    # Hourly proration: 0 divides each hour by the hours of its own UTC calendar month (744 in
+    # October), so a key kept a whole month is exactly one key-month ($1); N > 0 divides every
+    # hour by N (730 is the average month some calculators use).
+    hours_per_month: int = 0
     symmetric: Decimal = Decimal("0.03")
     rsa_2048: Decimal = Decimal("0.03")
     asymmetric: Decimal = Decimal("0.15")
@@ -59,10 +62,9 @@ def load_price_table(path: Path) -> PriceTable:
 
 
 def _count(path: Path, name: str, value: object) -> int:
-    least = 1 if name == "hours_per_month" else 0  # hours divide key-hours into key-months
     count = int(value) if isinstance(value, str) and value.isdigit() else value  # "3" as well as 3
-    if isinstance(count, bool) or not isinstance(count, int) or count < least:
-        raise ValueError(f"{path}: {name} must be a whole number of {least} or more, not {value!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"{path}: {name} must be a whole number of 0 or more, not {value!r}")
     return count
 
 

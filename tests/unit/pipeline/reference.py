@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from keytrail.pipeline.prices import PriceTable
@@ -116,7 +118,7 @@ def cost(
     events = sorted(unique(events), key=lambda e: (when(e), ORDER.get(e["eventName"], 9)))
     events = [e for e in events if when(e) < until]
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"hours": 0, "rated": Decimal(0), "requests": 0, "requestCost": Decimal(0)}
+        lambda: {"months": Fraction(0), "rated": Fraction(0), "requests": 0, "requestCost": Decimal(0)}
     )
     specs = {
         e["resources"][0]["ARN"]: e["responseElements"]["keyMetadata"]["KeySpec"]
@@ -124,8 +126,10 @@ def cost(
         if e["eventName"] == "CreateKey" and not e.get("errorCode")
     }
     for key, hours in _hour_rates(events, prices, until).items():
-        rows[(key, key.split(":")[4])]["hours"] = len(hours)
-        rows[(key, key.split(":")[4])]["rated"] = sum(hours.values(), Decimal(0))
+        rows[(key, key.split(":")[4])]["months"] = sum((_month_share(h, prices) for h in hours), Fraction(0))
+        rows[(key, key.split(":")[4])]["rated"] = sum(
+            (_month_share(h, prices) * Fraction(rate) for h, rate in hours.items()), Fraction(0)
+        )
     billed: Counter[tuple[str, str, str]] = Counter()
     used_free: Counter[tuple[str, str]] = Counter()
     for e in sorted(events, key=_free_tier_order):  # the documented grant order of the free tier
@@ -140,16 +144,27 @@ def cost(
         billed[(key, account, cls)] += 1
     for (key, account, cls), count in billed.items():
         rows[(key, account)]["requestCost"] += (count * prices.per_request(cls)).quantize(ROW)
-    per_month = Decimal(prices.hours_per_month)
     return {
         k: {
-            "keyMonths": (Decimal(v["hours"]) / per_month).quantize(ROW),
-            "keyCost": (v["rated"] / per_month).quantize(ROW),
+            "keyMonths": _money(v["months"]),
+            "keyCost": _money(v["rated"]),
             "requests": v["requests"],
             "requestCost": v["requestCost"],
         }
         for k, v in rows.items()
     }
+
+
+def _month_share(hour: int, prices: PriceTable) -> Fraction:
+    """One clock hour in key-months: 1 / the hours of its calendar month (UTC), unless fixed."""
+    if prices.hours_per_month:
+        return Fraction(1, prices.hours_per_month)
+    moment = datetime.fromtimestamp(hour * 3600, UTC)
+    return Fraction(1, calendar.monthrange(moment.year, moment.month)[1] * 24)
+
+
+def _money(value: Fraction) -> Decimal:
+    return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(ROW)
 
 
 def _free_tier_order(e: dict[str, Any]) -> tuple[str, ...]:
@@ -204,8 +219,11 @@ def _hour_rates(
         elif name in ("ScheduleKeyDeletion", "DeleteKey") and state[key]["since"] is not None:
             bill(key, state[key]["since"], now)
             state[key]["since"] = None
+            state[key]["scheduled"] = now if name == "ScheduleKeyDeletion" else None
         elif name == "CancelKeyDeletion" and state[key]["since"] is None:
-            state[key]["since"] = now
+            if state[key].get("scheduled") is not None:  # billed as if never scheduled
+                bill(key, state[key]["scheduled"], now)
+            state[key]["since"], state[key]["scheduled"] = now, None
     for key, s in state.items():
         if s["since"] is not None:
             bill(key, s["since"], until.timestamp())

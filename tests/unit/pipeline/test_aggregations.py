@@ -132,7 +132,10 @@ def test_two_rotations_are_billed_and_the_third_is_free() -> None:
     assert segments[2].end_hour > 10**9  # still billable: open-ended
 
 
-def test_pending_deletion_is_not_billed_and_cancel_rebills() -> None:
+def test_a_cancelled_waiting_period_is_billed_after_all_and_a_completed_one_is_not() -> None:
+    # AWS KMS pricing: a key pending deletion is not billed; cancelling bills it as if the
+    # deletion had never been scheduled. The 02:30 hour is billed before the scheduling, the
+    # 05:10 hour by the key enabled again: 03:00-05:00 are the restored hours, charged at 05:00.
     events = [
         (_t(0), "CreateKey"),
         (_t(2, 30), "ScheduleKeyDeletion"),
@@ -140,8 +143,9 @@ def test_pending_deletion_is_not_billed_and_cancel_rebills() -> None:
         (_t(7), "ScheduleKeyDeletion"),
         (_t(9), "DeleteKey"),
     ]
-    hours = [(s.start_hour % 24, s.end_hour % 24) for s in billed_segments(events, 2)]
-    assert hours == [(0, 3), (5, 7)]
+    segments = billed_segments(events, 2)
+    assert [(s.start_hour % 24, s.end_hour % 24) for s in segments] == [(0, 3), (3, 5), (5, 7)]
+    assert [s.charged_hour for s in segments] == [None, segments[2].start_hour, None]
 
 
 def test_records_of_odd_shapes_read_as_nulls_and_those_without_time_or_name_are_left_out() -> None:

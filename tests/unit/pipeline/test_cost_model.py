@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -63,8 +63,9 @@ def test_worked_example_of_the_documentation() -> None:
         r["accountId"]: r
         for r in cost_report(usage, lifecycle, PriceTable(), OCT1, NOV1).iter_rows(named=True)
     }
-    assert rows["111122223333"]["keyMonths"] == Decimal("0.6589041096")
-    assert rows["111122223333"]["keyCost"] == Decimal("0.9890410959")
+    # 481 billed hours of October's 744: 240 at $1, 241 at $2 (the rotation's hour at the higher rate)
+    assert rows["111122223333"]["keyMonths"] == Decimal("0.6465053763")  # 481 / 744
+    assert rows["111122223333"]["keyCost"] == Decimal("0.9704301075")  # (240 + 2 * 241) / 744
     assert rows["111122223333"]["requests"] == 0
     assert rows["444455556666"]["requestCost"] == Decimal("0.09")
     free = cost_report(usage, lifecycle, PriceTable(free_tier_requests=20_000), OCT1, NOV1)
@@ -129,7 +130,7 @@ def test_price_table_rejects_unknown_keys(tmp_path: Path) -> None:
     ("key_month = true", "key_month must be a price in USD"),
     ('billed_rotations = "x"', "billed_rotations must be a whole number of 0 or more, not 'x'"),
     ("billed_rotations = 1.5", "billed_rotations must be a whole number of 0 or more"),
-    ("hours_per_month = 0", "hours_per_month must be a whole number of 1 or more"),
+    ("hours_per_month = -730", "hours_per_month must be a whole number of 0 or more"),
 ])
 def test_price_table_refuses_values_that_are_not_prices_or_counts(tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "prices.toml"
@@ -165,7 +166,7 @@ def test_adjacent_windows_split_inside_an_hour_bill_that_hour_once() -> None:
     parts = [cost_report(empty, lifecycle, PriceTable(), low, high) for low, high in ((OCT1, middle), (middle, NOV1))]
     whole = cost_report(empty, lifecycle, PriceTable(), OCT1, NOV1)
     assert sum(p.get_column("keyCost").sum() for p in parts) == whole.get_column("keyCost").sum()
-    assert whole.get_column("keyMonths").sum() == (Decimal(31 * 24) / 730).quantize(Decimal("1e-10"))
+    assert whole.get_column("keyMonths").sum() == 1  # a whole month is one key-month
 
 
 def test_a_row_s_request_cost_is_rounded_once_over_its_price_classes() -> None:
@@ -175,3 +176,84 @@ def test_a_row_s_request_cost_is_rounded_once_over_its_price_classes() -> None:
     usage = _usage(("Decrypt", "444455556666", 1, None), ("GenerateDataKeyPair", "444455556666", 1, "ECC_NIST_P256"))
     report = cost_report(usage, _lifecycle(), prices, OCT1, NOV1)
     assert report.get_column("requestCost").to_list() == [Decimal("0.0000000001")]
+
+
+def _storage_of(lifecycle: pl.DataFrame, since: datetime | None, until: datetime,
+                prices: PriceTable | None = None) -> tuple[Decimal, Decimal]:
+    report = cost_report(_usage(), lifecycle, prices or PriceTable(), since, until)
+    return report["keyMonths"].sum(), report["keyCost"].sum()
+
+
+@pytest.mark.parametrize(("month", "hours"), [(datetime(2026, 2, 1, tzinfo=UTC), 672),
+                                              (datetime(2028, 2, 1, tzinfo=UTC), 696),
+                                              (datetime(2026, 4, 1, tzinfo=UTC), 720),
+                                              (datetime(2026, 10, 1, tzinfo=UTC), 744)])
+def test_a_key_kept_a_whole_calendar_month_costs_one_key_month_whatever_its_length(
+        month: datetime, hours: int) -> None:
+    # $1.00 per key-month, prorated hourly: February's 672 hours are one key-month as October's 744 are.
+    created = month - timedelta(days=3)
+    end = month + timedelta(hours=hours)
+    assert _storage_of(_lifecycle((created, "CreateKey", "SYMMETRIC_DEFAULT")), month, end) == (1, 1)
+
+
+def test_a_key_created_mid_month_bills_the_hours_left_in_that_month() -> None:
+    # Created 2026-11-15 12:30 UTC: 15 days and 12 hours of November's 720 remain (12:00 billed whole).
+    created = datetime(2026, 11, 15, 12, 30, tzinfo=UTC)
+    months, cost = _storage_of(_lifecycle((created, "CreateKey", "SYMMETRIC_DEFAULT")),
+                               datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    assert months == cost == Decimal("0.5166666667")  # 372 / 720
+
+
+def test_an_hourly_span_over_a_month_end_is_split_by_each_month_s_hours() -> None:
+    # Oct 31 22:00 to Nov 1 02:00: 2 of October's 744 hours and 2 of November's 720.
+    lifecycle = _lifecycle((datetime(2026, 10, 31, 22, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2026, 11, 1, 2, tzinfo=UTC), "ScheduleKeyDeletion", None))
+    months, _ = _storage_of(lifecycle, None, datetime(2026, 12, 1, tzinfo=UTC))
+    assert months == Decimal("0.0054659498")  # 2/744 + 2/720 = 0.00268817 + 0.00277778
+
+
+def test_a_fixed_hours_per_month_divides_every_hour_by_it() -> None:
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"))
+    months, _ = _storage_of(lifecycle, OCT1, NOV1, PriceTable(hours_per_month=730))
+    assert months == Decimal("1.0191780822")  # 744 / 730
+
+
+def test_a_cancelled_deletion_bills_the_waiting_period_as_if_never_scheduled() -> None:
+    # Created Oct 1 00:00, scheduled Oct 11 00:00, cancelled Oct 21 00:00: all of October is billed.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2026, 10, 11, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (datetime(2026, 10, 21, tzinfo=UTC), "CancelKeyDeletion", None))
+    assert _storage_of(lifecycle, OCT1, NOV1) == (1, 1)
+    # As of Oct 16 the deletion is still pending: only Oct 1-11 (240 of 744 hours) is billed.
+    assert _storage_of(lifecycle, OCT1, datetime(2026, 10, 16, tzinfo=UTC))[0] == Decimal("0.3225806452")
+
+
+def test_a_waiting_period_cancelled_in_a_later_window_is_charged_in_that_window() -> None:
+    # Scheduled Oct 21 00:00, cancelled Nov 11 00:00: October's report (as of Nov 1, before the
+    # cancellation) bills Oct 1-21; November's bills Oct 21-31 (264/744) and all of November.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2026, 10, 21, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (datetime(2026, 11, 11, tzinfo=UTC), "CancelKeyDeletion", None))
+    october = _storage_of(lifecycle, OCT1, NOV1)[0]
+    november = _storage_of(lifecycle, NOV1, datetime(2026, 12, 1, tzinfo=UTC))[0]
+    assert october == Decimal("0.6451612903")  # 480 / 744
+    assert november == Decimal("1.3548387097")  # 264 / 744 + 1
+    assert october + november == 2  # as if the deletion had never been scheduled
+
+
+def test_a_deletion_that_ran_its_course_is_never_billed_for_its_waiting_period() -> None:
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2026, 10, 11, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (datetime(2026, 10, 18, tzinfo=UTC), "DeleteKey", None))
+    assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.3225806452")  # 240 / 744
+
+
+def test_worked_example_with_the_deletion_cancelled() -> None:
+    lifecycle = _lifecycle(
+        (datetime(2026, 10, 1, 10, 20, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT"),
+        (datetime(2026, 10, 11, 10, 20, tzinfo=UTC), "RotateKey", None),
+        (datetime(2026, 10, 21, 10, 20, tzinfo=UTC), "ScheduleKeyDeletion", None),
+        (datetime(2026, 10, 25, 10, 20, tzinfo=UTC), "CancelKeyDeletion", None),
+    )
+    # 240 h at $1, then 241 + 95 (restored) + 158 = 494 h at $2, of October's 744
+    assert _storage_of(lifecycle, OCT1, NOV1) == (Decimal("0.9865591398"), Decimal("1.6505376344"))
