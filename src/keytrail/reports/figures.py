@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import polars as pl
 
-from keytrail.pipeline.cost import LIFECYCLE_EVENTS
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS, cost_report
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.usage import USAGE_SCHEMA
 
 __all__ = [
     "COST_FIELDS", "LAST_USED_FIELDS", "PROJECTION_SCHEMA", "USAGE_FIELDS", "choose_window", "cost_projection",
@@ -51,14 +52,17 @@ def month_bounds(moment: datetime) -> tuple[datetime, datetime]:
 def cost_projection(store: MetricsStore, prices: PriceTable, as_of: datetime | None) -> pl.DataFrame:
     """Per calling/owning account: cost so far this month and projected to the month's end.
 
-    Key storage is projected exactly (keys as they stand at `as_of` billed to the month's end;
-    a key pending deletion bills nothing more); requests are extrapolated at the month's rate so far.
+    The month is the one of the last instant before `as_of` (exclusive: `--until 2026-11-01`
+    projects October, which is then whole). Key storage is projected exactly (keys as they stand
+    at `as_of` billed to the month's end: a lifecycle event after it is not foreseen, and a key
+    pending deletion bills nothing more); requests are extrapolated at the month's rate so far.
     """
     if as_of is None:
         return pl.DataFrame(schema=PROJECTION_SCHEMA)
-    start, end = month_bounds(as_of)
+    start, end = month_bounds(as_of - timedelta(microseconds=1))
     so_far = _per_account(store.cost(prices, start, as_of))
-    full_month = _per_account(store.cost(prices, start, end))
+    standing = store.lifecycle().filter(pl.col("eventTime") < as_of)
+    full_month = _per_account(cost_report(pl.DataFrame(schema=USAGE_SCHEMA), standing, prices, start, end))
     elapsed = Decimal((as_of - start).total_seconds())
     scale = Decimal((end - start).total_seconds()) / elapsed if elapsed > 0 else Decimal(0)
     zero = (Decimal(0), Decimal(0), Decimal(0))

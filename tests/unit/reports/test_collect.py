@@ -83,6 +83,31 @@ def test_projection_bills_keys_to_month_end_and_doubles_requests_at_mid_month(da
     assert row["projectedCost"] == row["projectedKeyCost"] + row["projectedRequestCost"]
 
 
+def _projection(events: list[dict[str, Any]], until: datetime) -> dict[str, Any]:
+    options = ReportOptions(until=until, alarms=Path(__file__).with_name("none"))
+    [row] = collect_sync(RecordsSource(events), options).projection.to_dicts()
+    return row
+
+
+def test_a_report_up_to_a_month_end_projects_that_month_not_the_next() -> None:
+    # --until is exclusive: as of Nov 1 00:00 the month in question is October, now whole.
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    events = [record("CreateKey", october, BUSY)]
+    events += [record("Encrypt", october + timedelta(days=d), BUSY) for d in range(31)]
+    row = _projection(events, NOV)
+    assert row["month"] == "2026-10"
+    assert row["projectedKeyCost"] == 1  # one key kept all of October
+    assert row["projectedRequestCost"] == Decimal("0.000096")  # 32 requests (CreateKey too) x $0.03/10k
+    assert row["monthToDateCost"] == row["projectedCost"] == Decimal("1.000096")
+
+
+def test_the_projection_does_not_foresee_lifecycle_events_after_the_as_of_time() -> None:
+    # Keys "as they stand" at Nov 16: the deletion scheduled on Nov 21 is not known yet, so the
+    # key is billed to the month's end (720 of November's 720 hours), not to Nov 21.
+    events = [record("CreateKey", NOV, BUSY), record("ScheduleKeyDeletion", NOV + timedelta(days=20), BUSY)]
+    assert _projection(events, AS_OF)["projectedKeyCost"] == 1
+
+
 def test_window_and_month_helpers() -> None:
     assert choose_window(NOV, NOV + timedelta(hours=6)) == "minute"
     assert choose_window(NOV, NOV + timedelta(days=14)) == "hour"
