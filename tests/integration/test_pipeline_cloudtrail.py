@@ -195,3 +195,21 @@ def test_consuming_the_same_folder_again_reads_only_its_new_files(tmp_path: Path
     again = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
     assert again.returncode == 1 and "consumed 1 records: 1 counted" in again.stderr, again.stderr
     assert "broken.json" in again.stderr  # a file it could not read is never passed over in silence
+
+
+def test_queries_after_an_import_say_the_events_are_not_counted_until_consumed(tmp_path: Path) -> None:
+    # `keytrail audit import` fills the event log; with no node running nothing counts it, and
+    # `keytrail cost` printed an empty table in silence.
+    (tmp_path / "a.json").write_text(json.dumps({"Records": [E1, E2]}))
+    data = tmp_path / "data"
+    imported = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", "--data-dir", str(data),
+                               str(tmp_path / "a.json")], capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    before = cli("cost", "--data-dir", str(data), "--format", "json")
+    assert before.returncode == 0 and before.stdout == ""
+    assert "2 events of the event log" in before.stderr and "keytrail consume" in before.stderr
+    assert not (data / "metrics").exists()  # a query only reads the data directory
+    assert cli("consume", "--data-dir", str(data), "--no-follow").returncode == 0
+    after = cli("cost", "--data-dir", str(data), "--format", "json")
+    assert after.returncode == 0 and after.stderr == ""
+    assert sorted(json.loads(line)["requests"] for line in after.stdout.splitlines()) == [1, 1]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import fcntl
 import io
 import json
+import os
 import signal
 import sys
 from datetime import date, datetime
@@ -34,8 +36,9 @@ from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.runner import RunStats
+from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 from keytrail.reports.tabular import cell_text
-from keytrail.transport.segment_log import event_log_dir
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["register"]
 
@@ -65,7 +68,40 @@ Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one
 def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore:
     if not data_dir.is_dir():
         raise fail(f"no such data directory: {data_dir}", command)
-    return MetricsStore(data_dir)
+    store = MetricsStore(data_dir)
+    if note := uncounted_note(data_dir, store):
+        typer.echo(note, err=True)
+    return store
+
+
+def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
+    """One line when the event log holds events the metrics state has not counted and no consumer
+    is running to count them (after `keytrail audit import` with the node stopped, the queries
+    would otherwise answer from nothing, or from an old state, in silence)."""
+    directory = event_log_dir(data_dir)
+    if not directory.is_dir() or _consumer_running(data_dir):
+        return None
+    behind = SegmentLog(directory).end_offset() - store.offsets().get(SEGMENT_LOG_PARTITION, 0)
+    if behind <= 0:
+        return None
+    return (f"note: {behind} events of the event log in {data_dir} are not counted yet and no consumer is "
+            f"running: run `keytrail consume --data-dir {data_dir} --no-follow` (or keytrail serve) first")
+
+
+def _consumer_running(data_dir: Path) -> bool:
+    """Whether a consumer (keytrail serve's, or keytrail consume) holds the data dir's lock; the
+    probe takes and drops the lock at once and never creates the lock file (queries only read)."""
+    try:
+        fd = os.open(consumer_lock(data_dir), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
 
 
 def parse_by(value: str, allowed: tuple[str, ...], command: str = "keytrail") -> list[str]:
