@@ -165,3 +165,31 @@ def test_key_spec_of_a_create_key_record_from_before_key_spec_is_read_from_the_e
     for frame in (frame_from_records([old, request_only]),
                   frame_from_avro(avro_frame([schema.encode(e) for e in (old, request_only)]))):
         assert frame.get_column("keySpec").to_list() == ["RSA_2048", "RSA_2048"]
+
+
+@pytest.mark.parametrize(("operation", "params", "error", "family"), [
+    ("Sign", {"signingAlgorithm": "ECDSA_SHA_256"}, None, "ECC_*"),
+    ("Verify", {"signingAlgorithm": "ED25519_SHA_512"}, None, "ECC_*"),
+    ("Verify", {"signingAlgorithm": "RSASSA_PSS_SHA_256"}, None, "RSA_*"),
+    ("Encrypt", {"encryptionAlgorithm": "RSAES_OAEP_SHA_256"}, None, "RSA_*"),
+    ("Decrypt", {"encryptionAlgorithm": "SM2PKE"}, None, "SM2"),
+    ("ReEncrypt", {"sourceEncryptionAlgorithm": "RSAES_OAEP_SHA_1",
+                   "destinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT"}, None, "RSA_*"),
+    ("Sign", {"signingAlgorithm": "ML_DSA_SHAKE_256"}, None, "ML_DSA_*"),
+    ("DeriveSharedSecret", {"keyAgreementAlgorithm": "ECDH"}, None, "ECC_*"),
+    ("Decapsulate", {}, None, "ML_KEM_*"),
+    ("Decrypt", {"encryptionAlgorithm": "SYMMETRIC_DEFAULT"}, None, None),
+    ("Sign", {"signingAlgorithm": "ECDSA_SHA_256"}, "AccessDeniedException", None),  # may not fit its key
+    ("GenerateDataKeyPair", {"keyPairSpec": "RSA_2048"}, None, None),  # the pair's spec, not the key's
+])
+def test_the_key_family_a_call_reveals_is_read_alike_from_records_and_avro(
+        operation: str, params: dict[str, Any], error: str | None, family: str | None) -> None:
+    event = dict(next(iter(generate_events(1, seed=3))))
+    event.update(eventName=operation, requestParameters={"keyId": PRIMARY, **params})
+    event.pop("errorCode", None)
+    event.pop("errorMessage", None)
+    if error:
+        event.update(errorCode=error, errorMessage="denied")
+    from_records = frame_from_records([event])
+    assert from_records["keyFamily"].to_list() == [family]
+    assert_frame_equal(frame_from_avro(avro_frame([schema.encode(event)])), from_records)

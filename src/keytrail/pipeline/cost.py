@@ -21,6 +21,7 @@ from keytrail.pipeline.prices import PriceTable
 
 __all__ = [
     "COST_SCHEMA",
+    "KEY_SPEC_SEEN",
     "LIFECYCLE_EVENTS",
     "LIFECYCLE_SCHEMA",
     "SERVICE_EVENTS",
@@ -42,6 +43,8 @@ LIFECYCLE_EVENTS = (
 # Every AwsServiceEvent the KMS records (kms/rotation.py, service.py, multiregion.py,
 # importing.py): no account made a request, so none is billed. Usage keeps no eventType, hence names.
 SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey", "SynchronizeMultiRegionKey", "DeleteExpiredKeyMaterial"})
+#: The lifecycle row of a key's family seen in its calls (no event of its own: it only prices).
+KEY_SPEC_SEEN = "KeySpecSeen"
 _ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second tie order
 _ASYMMETRIC_PREFIXES = ("RSA_", "ECC_", "ML_DSA_", "ML_KEM_", "SM2")
 _KEY_PAIR_OPERATIONS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
@@ -67,14 +70,35 @@ COST_SCHEMA: dict[str, pl.DataType] = {
 
 
 def lifecycle_events(frame: pl.DataFrame) -> pl.DataFrame:
-    """Successful events that change what a key costs to store (a ReplicateKey names its replica)."""
+    """Successful events that change what a key costs to store (a ReplicateKey names its replica),
+    and one KEY_SPEC_SEEN row per key and key family that its calls revealed (`keyFamily`)."""
     events = frame.filter(pl.col("errorCode").is_null() & pl.col("eventName").is_in(LIFECYCLE_EVENTS))
     events = events.with_columns(
         keyArn=pl.when(pl.col("eventName") == "ReplicateKey")
         .then(pl.col("replicaKeyArn"))
         .otherwise(pl.col("keyArn"))
     )
-    return events.filter(pl.col("keyArn").is_not_null()).select(list(LIFECYCLE_SCHEMA))
+    events = events.filter(pl.col("keyArn").is_not_null()).select(list(LIFECYCLE_SCHEMA))
+    return pl.concat([events, _families_seen(frame)])
+
+
+def _families_seen(frame: pl.DataFrame) -> pl.DataFrame:
+    # The eventID names the key and family, so the state keeps one row per pair however many
+    # batches repeat it (its lifecycle table ignores a known eventID).
+    seen = frame.filter(pl.col("keyFamily").is_not_null() & pl.col("keyArn").is_not_null())
+    return (
+        seen.group_by("keyArn", "keyFamily")
+        .agg(pl.col("eventTime").min())
+        .select(
+            "keyArn",
+            "eventTime",
+            eventName=pl.lit(KEY_SPEC_SEEN),
+            keySpec=pl.col("keyFamily"),
+            keyManager=pl.lit(None, pl.String),
+            eventID=pl.concat_str(pl.lit("keyspec:"), "keyArn", pl.lit(":"), "keyFamily"),
+        )
+        .cast(pl.Schema(LIFECYCLE_SCHEMA))
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +167,8 @@ def _restore(segments: list[Segment], scheduled: float, cancelled: float, rotati
 
 
 def price_classes(usage: pl.DataFrame, key_specs: pl.DataFrame) -> pl.DataFrame:
-    """Add `keySpec` and `priceClass` to minute-level usage (unknown keys price as symmetric)."""
+    """Add `keySpec` and `priceClass` to minute-level usage (unknown keys price as symmetric; a
+    family seen in calls, `RSA_*` of unknown size included, as asymmetric)."""
     joined = usage.join(key_specs, on="keyArn", how="left")
     spec = pl.col("keySpec").fill_null("SYMMETRIC_DEFAULT")
     price_class = (
@@ -170,8 +195,12 @@ def request_counts(
     The free tier is per calling account and calendar month, for symmetric-class requests,
     granted in time order (then by key ARN): pass usage from the start of `since`'s month.
     """
+    # The spec a CreateKey or ReplicateKey names wins over a family only seen in calls.
     specs = (
-        lifecycle.filter(pl.col("keySpec").is_not_null()).group_by("keyArn").agg(pl.col("keySpec").first())
+        lifecycle.filter(pl.col("keySpec").is_not_null())
+        .sort(pl.col("eventName") == KEY_SPEC_SEEN, "keySpec")
+        .group_by("keyArn")
+        .agg(pl.col("keySpec").first())
     )
     rows = price_classes(usage.filter(~pl.col("eventName").is_in(list(SERVICE_EVENTS))), specs)
     rows = rows.with_columns(free=pl.lit(0, pl.Int64))
@@ -220,7 +249,7 @@ def cost_report(
 def _storage(
     lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None, until: datetime
 ) -> Iterable[tuple[str, str, Decimal, Decimal]]:
-    customer = lifecycle.filter(pl.col("eventTime") < until)
+    customer = lifecycle.filter((pl.col("eventTime") < until) & pl.col("eventName").is_in(LIFECYCLE_EVENTS))
     aws_managed = set(customer.filter(pl.col("keyManager") == "AWS").get_column("keyArn").to_list())
     # A clock hour belongs to the window its start lies in (as a minute's requests do), so
     # consecutive windows never both bill the hour a bound falls inside.

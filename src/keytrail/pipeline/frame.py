@@ -60,11 +60,23 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "keySpec": pl.String(),  # CreateKey / ReplicateKey: spec of the new key
     "keyManager": pl.String(),
     "keyPairSpec": pl.String(),  # GenerateDataKeyPair*: spec of the data key pair
+    # Successful Sign/Verify/Encrypt/Decrypt/ReEncrypt/DeriveSharedSecret/Encapsulate/Decapsulate:
+    # the kind of key its algorithm reveals (RSA_*, ECC_*, SM2, ML_DSA_*, ML_KEM_*; the size is not
+    # in the record), so requests on keys created before the logs start still price as asymmetric.
+    "keyFamily": pl.String(),
     "logOffset": pl.Int64(),  # position in the source partition's log: orders same-second events
 }
 
 _NEW_KEY_EVENTS = ["CreateKey", "ReplicateKey"]
 _KEY_PAIR_EVENTS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
+#: The request parameter naming the algorithm of the (source) key, per operation.
+_ALGORITHM_PARAMS = {
+    "Sign": "signingAlgorithm",
+    "Verify": "signingAlgorithm",
+    "Encrypt": "encryptionAlgorithm",
+    "Decrypt": "encryptionAlgorithm",
+    "ReEncrypt": "sourceEncryptionAlgorithm",
+}
 
 
 def empty_frame() -> pl.DataFrame:
@@ -85,7 +97,10 @@ def frame_from_records(
         for append, getter in appenders:
             append(getter(record))
     count = len(columns["eventID"])
-    frame = pl.DataFrame(columns, schema=_RECORD_SCHEMA).with_columns(_offsets(offsets, count))
+    frame = pl.DataFrame(columns, schema=_RECORD_SCHEMA).with_columns(
+        _key_family(pl.col("eventName"), pl.col("keyFamily"), pl.col("errorCode").is_not_null()),
+        _offsets(offsets, count),
+    )
     readable = frame.filter(pl.col("eventTime").is_not_null() & pl.col("eventName").is_not_null())
     if readable.height < count:  # nothing to count them by (CloudTrail always writes both)
         log.warning("skipped %d CloudTrail records without a readable eventTime or eventName", count - readable.height)
@@ -118,11 +133,34 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
             .str.json_path_match("$.keyPairSpec")
             .alias("keyPairSpec"),
             *_new_key_columns(name),
+            _key_family(name, _avro_algorithm(name), pl.col("errorCode") != ""),
             _offsets(offsets, avro.height),
         )
         .select(list(FRAME_SCHEMA))
         .cast(pl.Schema(FRAME_SCHEMA))
     )
+
+
+def _avro_algorithm(name: pl.Expr) -> pl.Expr:
+    algorithm = pl.lit(None, pl.String)
+    for operation, param in _ALGORITHM_PARAMS.items():
+        found = pl.col("requestParameters").str.json_path_match(f"$.{param}")
+        algorithm = pl.when(name == operation).then(found).otherwise(algorithm)
+    return algorithm
+
+
+def _key_family(name: pl.Expr, algorithm: pl.Expr, failed: pl.Expr) -> pl.Expr:
+    """The keyFamily column: what a successful call's operation or algorithm says of its key
+    (a failed call may have named an algorithm its key does not have)."""
+    family = (
+        pl.when(name.is_in(["Encapsulate", "Decapsulate"])).then(pl.lit("ML_KEM_*"))
+        .when(name == "DeriveSharedSecret").then(pl.lit("ECC_*"))  # ECDH: ECC (or SM2) keys
+        .when(algorithm.str.starts_with("RSA")).then(pl.lit("RSA_*"))  # RSASSA_*, RSAES_*
+        .when(algorithm.str.starts_with("ECDSA") | algorithm.str.starts_with("ED25519")).then(pl.lit("ECC_*"))
+        .when(algorithm.str.starts_with("SM2")).then(pl.lit("SM2"))
+        .when(algorithm.str.starts_with("ML_DSA")).then(pl.lit("ML_DSA_*"))
+    )
+    return pl.when(failed.fill_null(False)).then(pl.lit(None, pl.String)).otherwise(family).alias("keyFamily")
 
 
 def _offsets(offsets: Sequence[int] | None, count: int) -> pl.Series:
@@ -249,6 +287,11 @@ def _param(name: str) -> Any:
     return get
 
 
+def _algorithm(record: Mapping[str, Any]) -> str | None:
+    param = _ALGORITHM_PARAMS.get(record.get("eventName"))  # type: ignore[arg-type]
+    return _param(param)(record) if param else None
+
+
 _GETTERS: dict[str, Any] = {
     "eventID": _field("eventID"),
     "sharedEventID": _field("sharedEventID"),
@@ -268,6 +311,7 @@ _GETTERS: dict[str, Any] = {
     "keySpec": _key_spec,
     "keyManager": _key_manager,
     "keyPairSpec": _param("keyPairSpec"),
+    "keyFamily": _algorithm,  # the raw algorithm here; frame_from_records maps it to the family
 }
 _RECORD_SCHEMA = {name: dtype for name, dtype in FRAME_SCHEMA.items() if name != "logOffset"}
 assert list(_GETTERS) == list(_RECORD_SCHEMA)

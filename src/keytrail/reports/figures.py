@@ -98,7 +98,8 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
 def _going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
     """Keys whose last lifecycle event before `as_of` is ScheduleKeyDeletion or DeleteKey: the
     cost model stops billing them there (pipeline/cost.py), and CancelKeyDeletion brings one back."""
-    events = lifecycle if as_of is None else lifecycle.filter(pl.col("eventTime") < as_of)
+    events = lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))  # not the families seen
+    events = events if as_of is None else events.filter(pl.col("eventTime") < as_of)
     order = pl.col("eventName").replace_strict(_LIFECYCLE_ORDER, default=-1)
     last = events.sort("eventTime", order).group_by("keyArn").agg(pl.col("eventName").last())
     return last.filter(pl.col("eventName").is_in(["ScheduleKeyDeletion", "DeleteKey"])).get_column("keyArn").to_list()

@@ -10,9 +10,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from keytrail.pipeline.cost import LIFECYCLE_SCHEMA, cost_report, price_classes
+from keytrail.pipeline.cost import LIFECYCLE_SCHEMA, cost_report, lifecycle_events, price_classes
+from keytrail.pipeline.frame import frame_from_records
 from keytrail.pipeline.prices import PriceTable, load_price_table
-from keytrail.pipeline.usage import USAGE_SCHEMA
+from keytrail.pipeline.usage import USAGE_SCHEMA, usage_minutes
+from tests.unit.reports.records import key_arn, record
 
 KEY = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 OCT1, NOV1 = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
@@ -257,3 +259,36 @@ def test_worked_example_with_the_deletion_cancelled() -> None:
     )
     # 240 h at $1, then 241 + 95 (restored) + 158 = 494 h at $2, of October's 744
     assert _storage_of(lifecycle, OCT1, NOV1) == (Decimal("0.9865591398"), Decimal("1.6505376344"))
+
+
+def _call(name: str, key: str, params: dict[str, str], *, error: str | None = None,
+          create_spec: str | None = None) -> dict[str, object]:
+    event = record(name, datetime(2026, 10, 5, 12, tzinfo=UTC), key, error=error)
+    event["requestParameters"] = {"keyId": key, **params}
+    if create_spec:
+        event["responseElements"] = {"keyMetadata": {"Arn": key, "KeySpec": create_spec, "KeyManager": "CUSTOMER"}}
+    return event
+
+
+def test_requests_on_keys_created_before_the_logs_price_by_the_algorithm_their_calls_name() -> None:
+    # CloudTrail files rarely reach back to a key's CreateKey; a successful Sign/Encrypt names an
+    # asymmetric algorithm, so the key is asymmetric: $0.15 per 10,000, not $0.03, and no free tier.
+    ecc, rsa, sym, unknown, rsa2048 = (key_arn(n) for n in ("ecc", "rsa", "sym", "unknown", "rsa2048"))
+    events = [_call("Sign", ecc, {"signingAlgorithm": "ECDSA_SHA_256"}) for _ in range(100)]
+    events += [_call("Sign", ecc, {"signingAlgorithm": "ECDSA_SHA_256"}, error="AccessDeniedException")]
+    events += [_call("Encrypt", rsa, {"encryptionAlgorithm": "RSAES_OAEP_SHA_256"}) for _ in range(100)]
+    events += [_call("Decrypt", sym, {"encryptionAlgorithm": "SYMMETRIC_DEFAULT"}) for _ in range(100)]
+    events += [_call("Sign", unknown, {"signingAlgorithm": "RSASSA_PSS_SHA_256"}, error="AccessDeniedException")]
+    events += [_call("CreateKey", rsa2048, {}, create_spec="RSA_2048")]
+    events += [_call("Encrypt", rsa2048, {"encryptionAlgorithm": "RSAES_OAEP_SHA_1"}) for _ in range(99)]
+    frame = frame_from_records(events)
+    until = datetime(2026, 10, 6, tzinfo=UTC)
+    for free_tier in (0, 20_000):
+        report = cost_report(usage_minutes(frame), lifecycle_events(frame), PriceTable(free_tier_requests=free_tier),
+                             OCT1, until)
+        cost = dict(report.select("keyArn", "requestCost").iter_rows())
+        assert cost[ecc] == Decimal("0.001515")  # 101 x 0.15 / 10,000: the denied call is on the same key
+        assert cost[rsa] == Decimal("0.0015")  # RSA of unknown size: the dearer asymmetric class
+        assert cost[rsa2048] == Decimal("0.0003")  # CreateKey's RSA_2048 wins: 100 x 0.03 / 10,000
+        assert cost[sym] == (Decimal(0) if free_tier else Decimal("0.0003"))
+        assert cost[unknown] == (Decimal(0) if free_tier else Decimal("0.000003"))  # a failed call proves nothing
