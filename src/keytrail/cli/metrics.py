@@ -184,16 +184,14 @@ def last_used(
 ) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
     names = parse_by(by, ("key", "principal"), LAST_USED)
+    low, high = parse_window(since, until, LAST_USED)
     store = open_store(data_dir, LAST_USED)
     if "principal" in names:
-        frame = store.last_used().rename({"principalArn": "lastUsedPrincipalArn"})
+        frame = store.last_used(high).rename({"principalArn": "lastUsedPrincipalArn"})
     else:
-        frame = store.last_used_by_key()
-    low, high = parse_window(since, until, LAST_USED)
+        frame = store.last_used_by_key(high)  # as of --until: a key used again later keeps its earlier use
     if low is not None:
         frame = frame.filter(pl.col("lastUsedTime") >= low)
-    if high is not None:
-        frame = frame.filter(pl.col("lastUsedTime").is_null() | (pl.col("lastUsedTime") < high))
     emit(frame, LAST_USED_FIELDS, output)
 
 

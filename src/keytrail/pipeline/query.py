@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA, cost_report
-from keytrail.pipeline.lastused import last_used_per_key, merge_last_used
+from keytrail.pipeline.frame import CRYPTO_OPERATIONS
+from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, merge_last_used
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.usage import Window, merge_usage, roll_up
@@ -71,16 +72,31 @@ class MetricsStore:
             frames = [s.lifecycle() for s in states]
         return pl.concat(frames) if frames else pl.DataFrame(schema=LIFECYCLE_SCHEMA)
 
-    def last_used(self) -> pl.DataFrame:
-        """Last use per key x principal."""
-        with self._states() as states:
-            return merge_last_used([s.last_used() for s in states])
+    def last_used(self, until: datetime | None = None, usage: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Last use per key x principal (before `until` when given).
 
-    def last_used_by_key(self) -> pl.DataFrame:
-        """Last use per key, every key seen included (null times for never used)."""
-        keys = self.usage_minutes().select("keyArn").drop_nulls().unique()
-        keys = pl.concat([keys, self.lifecycle().select("keyArn")]).unique()
-        return keys.join(last_used_per_key(self.last_used()), on="keyArn", how="left").sort("keyArn")
+        The state keeps only each pair's latest use: a pair used again at or after `until` takes
+        its last use before it from the minute-level usage (`usage`, read when not given), so
+        its time is that minute's start and it has no eventId.
+        """
+        with self._states() as states:
+            merged = merge_last_used([s.last_used() for s in states])
+        if until is None:
+            return merged
+        later = merged.filter(pl.col("lastUsedTime") >= until).select("keyArn", "principalArn")
+        usage = self.usage_minutes(None, until) if usage is None else usage
+        earlier = _minute_uses(usage).join(later, on=["keyArn", "principalArn"], how="semi")
+        return pl.concat([merged.filter(pl.col("lastUsedTime") < until), earlier]).sort("keyArn", "principalArn")
+
+    def last_used_by_key(self, until: datetime | None = None) -> pl.DataFrame:
+        """Last use per key (before `until` when given), every key seen by then included (null
+        times for never used)."""
+        usage = self.usage_minutes(None, until)
+        lifecycle = self.lifecycle()
+        lifecycle = lifecycle if until is None else lifecycle.filter(pl.col("eventTime") < until)
+        keys = pl.concat([usage.select("keyArn").drop_nulls(), lifecycle.select("keyArn")]).unique()
+        uses = last_used_per_key(self.last_used(until, usage))
+        return keys.join(uses, on="keyArn", how="left").sort("keyArn")
 
     def time_bounds(self) -> tuple[datetime | None, datetime | None]:
         """Earliest and latest eventTime counted: tracking starts at the earliest."""
@@ -125,6 +141,19 @@ class MetricsStore:
                 for name, code, count in state.outcomes():
                     totals[(name, code)] = totals.get((name, code), 0) + count
         return totals
+
+
+def _minute_uses(usage: pl.DataFrame) -> pl.DataFrame:
+    """The latest minute with a successful cryptographic use per key x principal, as last-used rows."""
+    uses = usage.filter(
+        pl.col("eventName").is_in(list(CRYPTO_OPERATIONS)) & (pl.col("count") > pl.col("errorCount"))
+        & pl.col("keyArn").is_not_null()
+    )
+    latest = uses.sort("minute", "eventName").group_by("keyArn", "principalArn").last()
+    return latest.select(
+        "keyArn", "principalArn", lastUsedTime="minute", lastUsedOperation="eventName",
+        eventId=pl.lit(None, pl.String), requestId=pl.lit(None, pl.String), logOffset=pl.lit(-1, pl.Int64),
+    ).cast(pl.Schema(LAST_USED_SCHEMA))
 
 
 def _time(us: int) -> datetime:

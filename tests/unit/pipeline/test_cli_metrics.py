@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from keytrail.pipeline.query import state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.unit.reports.records import key_arn, record
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,30 @@ def test_an_empty_time_window_is_refused_not_answered_with_nothing(data_dir: Pat
     code, out, err = run(command, "--data-dir", str(data_dir), "--since", "2026-10-02", "--until", "2026-10-01")
     assert code == 2 and out == ""
     assert err == f"keytrail {command}: --since 2026-10-02 is not before --until 2026-10-01\n"
+
+
+def test_last_used_until_keeps_a_key_used_again_later_with_its_earlier_use(tmp_path: Path) -> None:
+    # `--until` asks "as of then": a key used before it and again after it was left out, as if
+    # it did not exist; its last use before --until comes from the minute-level usage.
+    used_twice, used_once, created_later = key_arn("twice"), key_arn("once"), key_arn("later")
+    oct_ = datetime(2026, 10, 1, tzinfo=UTC)
+    events = [record("Encrypt", oct_ + timedelta(days=4, hours=12, seconds=30), used_twice),
+              record("Decrypt", oct_ + timedelta(days=4, hours=13), used_twice, error="AccessDenied"),
+              record("Decrypt", oct_ + timedelta(days=19), used_twice),
+              record("Sign", oct_ + timedelta(days=2), used_once, event_id="once-sign"),
+              record("CreateKey", oct_ + timedelta(days=24), created_later)]
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
+    code, out, _ = run("last-used", "--data-dir", str(tmp_path), "--until", "2026-10-10", "--format", "json")
+    rows = {r["keyArn"]: r for r in lines(out)}
+    assert code == 0 and set(rows) == {used_twice, used_once}  # the later key did not exist yet
+    assert (rows[used_twice]["lastUsedTime"], rows[used_twice]["lastUsedOperation"], rows[used_twice]["eventId"]) \
+        == ("2026-10-05T12:00:00Z", "Encrypt", None)  # the minute of the use; the denied Decrypt is no use
+    assert (rows[used_once]["lastUsedTime"], rows[used_once]["eventId"]) == ("2026-10-03T00:00:00Z", "once-sign")
+    _, out, _ = run("last-used", "--data-dir", str(tmp_path), "--format", "json")
+    latest = {r["keyArn"]: r for r in lines(out)}
+    assert latest[used_twice]["lastUsedTime"] == "2026-10-20T00:00:00Z"
+    assert latest[used_twice]["lastUsedOperation"] == "Decrypt" and latest[used_twice]["eventId"] is not None
+    assert latest[created_later]["lastUsedTime"] is None
+    _, out, _ = run("last-used", "--data-dir", str(tmp_path), "--until", "2026-10-10", "--by", "key,principal",
+                    "--format", "json")
+    assert [r["lastUsedOperation"] for r in lines(out) if r["keyArn"] == used_twice] == ["Encrypt"]
