@@ -20,7 +20,7 @@ from keytrail.pipeline.frame import CRYPTO_OPERATIONS
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, merge_last_used
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.state import PartitionState
-from keytrail.pipeline.usage import Window, merge_usage, roll_up
+from keytrail.pipeline.usage import USAGE_SCHEMA, Window, merge_usage, roll_up, roll_up_keys, rolled_up
 
 __all__ = ["MetricsStore", "state_dir"]
 
@@ -64,38 +64,48 @@ class MetricsStore:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> pl.DataFrame:
-        """Request and error counts grouped by `by` (and a window when given)."""
-        return roll_up(self.usage_minutes(since, until), by, window)
+        """Request and error counts grouped by `by` (and a window when given), each partition's
+        rolled up as its files stream by, then summed."""
+        keys = roll_up_keys(by, window)
+        with self._states() as states:
+            frames = [s.usage(since, until, lambda rows: rolled_up(rows, by, window)) for s in states]
+        if not frames:
+            return roll_up(pl.DataFrame(schema=USAGE_SCHEMA), by, window)
+        summed = pl.concat(frames).group_by(keys).agg(pl.col("count").sum(), pl.col("errorCount").sum())
+        return summed.sort(keys, nulls_last=True)
 
     def lifecycle(self) -> pl.DataFrame:
         with self._states() as states:
             frames = [s.lifecycle() for s in states]
         return pl.concat(frames) if frames else pl.DataFrame(schema=LIFECYCLE_SCHEMA)
 
-    def last_used(self, until: datetime | None = None, usage: pl.DataFrame | None = None) -> pl.DataFrame:
+    def last_used(self, until: datetime | None = None) -> pl.DataFrame:
         """Last use per key x principal (before `until` when given).
 
         The state keeps only each pair's latest use: a pair used again at or after `until` takes
-        its last use before it from the minute-level usage (`usage`, read when not given), so
-        its time is that minute's start and it has no eventId.
+        its last use before it from the minute-level usage, so its time is that minute's start
+        and it has no eventId.
         """
         with self._states() as states:
             merged = merge_last_used([s.last_used() for s in states])
         if until is None:
             return merged
         later = merged.filter(pl.col("lastUsedTime") >= until).select("keyArn", "principalArn")
-        usage = self.usage_minutes(None, until) if usage is None else usage
-        earlier = _minute_uses(usage).join(later, on=["keyArn", "principalArn"], how="semi")
+        with self._states() as states:
+            minutes = [s.usage(None, until, _minute_uses) for s in states]
+        earlier = pl.concat([pl.DataFrame(schema=LAST_USED_SCHEMA), *minutes])  # partitions: the latest wins
+        earlier = earlier.sort("lastUsedTime", "lastUsedOperation").group_by("keyArn", "principalArn").last()
+        earlier = earlier.select(list(LAST_USED_SCHEMA)).join(later, on=["keyArn", "principalArn"], how="semi")
         return pl.concat([merged.filter(pl.col("lastUsedTime") < until), earlier]).sort("keyArn", "principalArn")
 
     def last_used_by_key(self, until: datetime | None = None) -> pl.DataFrame:
         """Last use per key (before `until` when given), every key seen by then included (null
         times for never used)."""
-        usage = self.usage_minutes(None, until)
         lifecycle = self.lifecycle()
         lifecycle = lifecycle if until is None else lifecycle.filter(pl.col("eventTime") < until)
-        keys = pl.concat([usage.select("keyArn").drop_nulls(), lifecycle.select("keyArn")]).unique()
-        uses = last_used_per_key(self.last_used(until, usage))
+        used = self.usage(["keyArn"], None, None, until).select("keyArn").drop_nulls()
+        keys = pl.concat([used, lifecycle.select("keyArn")]).unique()
+        uses = last_used_per_key(self.last_used(until))
         return keys.join(uses, on="keyArn", how="left").sort("keyArn")
 
     def time_bounds(self) -> tuple[datetime | None, datetime | None]:
@@ -115,7 +125,24 @@ class MetricsStore:
         # The free tier counts from the start of since's UTC calendar month (not its offset's month).
         utc_since = since.astimezone(UTC) if since else None
         month_start = utc_since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if utc_since else None
-        return cost_report(self.usage_minutes(month_start, until), self.lifecycle(), prices, since, until)
+        if prices.free_tier_requests:  # granted in time order: needs the minutes from the month's start
+            usage = self._requests(month_start, until, by_minute=True)
+        else:
+            usage = self._requests(since, until, by_minute=False)
+        return cost_report(usage, self.lifecycle(), prices, since, until)
+
+    def _requests(self, since: datetime | None, until: datetime, by_minute: bool) -> pl.DataFrame:
+        """Requests over [since, until) summed per what prices them (key, caller, operation, key
+        pair spec) and per minute, or over the period (stamped with one minute inside it), in the
+        minute-usage shape. Callers are not told apart: their requests of one key and account
+        price alike, and a minute's free requests of one key go to the same row however split."""
+        by = ["keyArn", "accountId", "eventName", "keyPairSpec"]
+        stamp = pl.col("minute") if by_minute else pl.lit(since or datetime(1970, 1, 1, tzinfo=UTC))
+        return self.usage(["minute", *by] if by_minute else by, None, since, until).select(
+            minute=stamp.cast(pl.Datetime("us", "UTC")), keyArn="keyArn", principalArn=pl.lit(None, pl.String),
+            accountId="accountId", eventName="eventName", keyPairSpec="keyPairSpec", count="count",
+            errorCount="errorCount",
+        ).cast(pl.Schema(USAGE_SCHEMA))
 
     def last_usage(self, key_arn: str) -> dict[str, Any] | None:
         """GetKeyLastUsage's `KeyLastUsage` for `key_arn`, or None when never used since tracking start."""
@@ -143,15 +170,18 @@ class MetricsStore:
         return totals
 
 
-def _minute_uses(usage: pl.DataFrame) -> pl.DataFrame:
+def _minute_uses(usage: pl.LazyFrame) -> pl.LazyFrame:
     """The latest minute with a successful cryptographic use per key x principal, as last-used rows."""
     uses = usage.filter(
         pl.col("eventName").is_in(list(CRYPTO_OPERATIONS)) & (pl.col("count") > pl.col("errorCount"))
         & pl.col("keyArn").is_not_null()
     )
-    latest = uses.sort("minute", "eventName").group_by("keyArn", "principalArn").last()
+    latest = uses.group_by("keyArn", "principalArn").agg(
+        lastUsedTime=pl.col("minute").max(),
+        lastUsedOperation=pl.col("eventName").sort_by("minute", "eventName").last(),
+    )
     return latest.select(
-        "keyArn", "principalArn", lastUsedTime="minute", lastUsedOperation="eventName",
+        "keyArn", "principalArn", "lastUsedTime", "lastUsedOperation",
         eventId=pl.lit(None, pl.String), requestId=pl.lit(None, pl.String), logOffset=pl.lit(-1, pl.Int64),
     ).cast(pl.Schema(LAST_USED_SCHEMA))
 

@@ -22,7 +22,7 @@ from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
 from keytrail.pipeline.dedup import SeenIds, no_hashes, pack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.usage import merge_usage
-from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, UsageFiles
+from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, Shape, UsageFiles
 
 __all__ = ["PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
 # SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
@@ -231,9 +231,10 @@ class PartitionState:
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def usage(self, since: datetime | None = None, until: datetime | None = None) -> pl.DataFrame:
-        """Minute-level usage with minute in [since, until)."""
-        return self.usage_files.read(since, until)
+    def usage(self, since: datetime | None = None, until: datetime | None = None,
+              shape: Shape | None = None) -> pl.DataFrame:
+        """Minute-level usage with minute in [since, until) (or what `shape` makes of it)."""
+        return self.usage_files.read(since, until, shape)
 
     def last_used(self) -> pl.DataFrame:
         return _frame(

@@ -7,7 +7,10 @@ from typing import Literal
 
 import polars as pl
 
-__all__ = ["USAGE_KEYS", "USAGE_SCHEMA", "WINDOWS", "Window", "merge_usage", "roll_up", "usage_minutes"]
+__all__ = [
+    "USAGE_KEYS", "USAGE_SCHEMA", "WINDOWS", "Window", "merge_usage", "roll_up", "roll_up_keys", "rolled_up",
+    "usage_minutes",
+]
 
 Window = Literal["minute", "hour", "day"]
 WINDOWS: dict[str, str] = {"minute": "1m", "hour": "1h", "day": "1d"}
@@ -57,12 +60,19 @@ def roll_up(usage: pl.DataFrame, by: Sequence[str], window: Window | None = None
     With a window the result carries `windowStart` and `windowEnd`; late events already sit in
     their own minute, so every window is exact whatever the arrival order.
     """
-    keys = list(by)
-    frame = usage.lazy()
+    return rolled_up(usage.lazy(), by, window).sort(roll_up_keys(by, window), nulls_last=True).collect()
+
+
+def roll_up_keys(by: Sequence[str], window: Window | None) -> list[str]:
+    """The grouping columns of a roll-up: the window's bounds first."""
+    return ["windowStart", "windowEnd", *by] if window is not None else list(by)
+
+
+def rolled_up(usage: pl.LazyFrame, by: Sequence[str], window: Window | None = None) -> pl.LazyFrame:
+    """`roll_up` as a lazy query, unsorted. Sums: rolling up roll-ups by the same keys is exact."""
+    frame = usage
     if window is not None:
         every = WINDOWS[window]
         frame = frame.with_columns(windowStart=pl.col("minute").dt.truncate(every))
         frame = frame.with_columns(windowEnd=pl.col("windowStart").dt.offset_by(every))
-        keys = ["windowStart", "windowEnd", *keys]
-    out = frame.group_by(keys).agg(pl.col("count").sum(), pl.col("errorCount").sum())
-    return out.sort(keys, nulls_last=True).collect()
+    return frame.group_by(roll_up_keys(by, window)).agg(pl.col("count").sum(), pl.col("errorCount").sum())

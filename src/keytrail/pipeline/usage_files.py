@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +23,10 @@ import polars as pl
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
-__all__ = ["MANIFEST_SCHEMA", "UsageFiles", "UsageFilesDamaged"]
+__all__ = ["MANIFEST_SCHEMA", "Shape", "UsageFiles", "UsageFilesDamaged"]
+
+#: A lazy query over minute-level usage rows (filter, group, sum) that `UsageFiles.read` runs.
+Shape = Callable[[pl.LazyFrame], pl.LazyFrame]
 
 MANIFEST_SCHEMA = "CREATE TABLE IF NOT EXISTS usage_files (name TEXT PRIMARY KEY, day TEXT, rows INTEGER);"
 COMPACT_AFTER = 8  # files of one day before the smallest are merged
@@ -79,18 +82,20 @@ class UsageFiles:
             if f"{path.parent.name}/{path.name}" not in listed and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
 
-    def read(self, since: datetime | None, until: datetime | None) -> pl.DataFrame:
-        """Minute-level usage with minute in [since, until), summed over the listed files."""
+    def read(self, since: datetime | None, until: datetime | None, shape: Shape | None = None) -> pl.DataFrame:
+        """Minute-level usage with minute in [since, until), summed over the listed files; or,
+        with `shape`, what it makes of those rows, computed as the files stream by (a roll-up
+        never holds every minute row of a long period in memory)."""
         for attempt in range(3):
             names = self.listed(since, until)
-            if not names:
-                return pl.DataFrame(schema=USAGE_SCHEMA)
-            frame = pl.scan_parquet([self.root / n for n in names])
+            frame = pl.scan_parquet([self.root / n for n in names]) if names else pl.LazyFrame(schema=USAGE_SCHEMA)
             if since is not None:
                 frame = frame.filter(pl.col("minute") >= since)
             if until is not None:
                 frame = frame.filter(pl.col("minute") < until)
             try:
+                if shape is not None:
+                    return shape(frame).collect(engine="streaming")
                 return merge_usage([frame.collect()])
             except FileNotFoundError:  # compacted meanwhile: read the new manifest
                 if attempt == 2:
