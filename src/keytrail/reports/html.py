@@ -36,9 +36,14 @@ code{font-size:11px}svg{max-width:100%;height:auto;display:block;margin:8px 0}
 
 
 def money(value: Any) -> str:
-    """USD for people: cents from a dollar up, four places below."""
-    amount = float(value or 0)
-    return f"${amount:,.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+    """USD for people: cents from a dollar up, four places below; an amount under $0.0001 in
+    full (a few requests cost $0.000018, which four places showed as $0.0000, as if free)."""
+    amount = Decimal(str(value or 0))
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    if amount and abs(amount) < Decimal("0.0001"):
+        return f"${amount.normalize():f}"
+    return f"${amount:.4f}"
 
 
 def render_html(data: ReportData) -> str:

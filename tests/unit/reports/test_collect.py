@@ -14,7 +14,7 @@ import pytest
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.reports.collect import ReportOptions, collect_sync
 from keytrail.reports.figures import choose_window, month_bounds
-from keytrail.reports.html import render_html
+from keytrail.reports.html import money, render_html
 from keytrail.reports.output import ReportFormat, write_report
 from tests.unit.reports.records import ACCOUNT, key_arn, record, user_arn
 
@@ -140,3 +140,15 @@ def test_an_empty_input_gives_an_empty_report_in_every_format(tmp_path: Path) ->
     assert "No KMS requests in this period." in render_html(empty)
     for form in ReportFormat:
         assert write_report(empty, tmp_path / f"empty.{form.value}", form).is_file()
+
+
+@pytest.mark.parametrize(("amount", "shown"), [
+    (Decimal("0.000018"), "$0.000018"),  # six requests at $0.03 per 10,000: not free
+    (Decimal("0.0000000001"), "$0.0000000001"),
+    (Decimal("0.0003"), "$0.0003"),
+    (Decimal("0"), "$0.0000"),
+    (Decimal("0.98"), "$0.9800"),
+    (Decimal("1234.5"), "$1,234.50"),
+])
+def test_html_money_never_shows_a_cost_as_zero(amount: Decimal, shown: str) -> None:
+    assert money(amount) == shown
