@@ -137,6 +137,9 @@ def _cost(data: ReportData) -> list[str]:
         parts.append(bar_chart(projection, title=f"Cost per account, {month}: so far / projected to month end",
                                unit=money, companion_name="projected"))
     parts.append(_projection_table(data.projection))
+    parts.append('<p class="note">Key storage is billed to the account that owns the key, requests to the '
+                 "account that made them: a key used from another account has a row for each. Key-months: "
+                 "hours billed over the hours of their calendar month (UTC).</p>")
     parts.append(_table(data.cost, [("keyArn", "Key", _code), ("accountId", "Account", str),
                                     ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
                                     ("requests", "Requests", _int), ("requestCost", "Request cost", money),
@@ -147,9 +150,9 @@ def _cost(data: ReportData) -> list[str]:
 def _projection_table(projection: pl.DataFrame) -> str:
     return _table(projection, [("accountId", "Account", str), ("month", "Month", str),
                                ("monthToDateCost", "Month so far", money),
-                               ("projectedKeyCost", "Keys (month)", money),
-                               ("projectedRequestCost", "Requests (projected)", money),
-                               ("projectedCost", "Projected month", money)], table_id="projection")
+                               ("projectedKeyCost", "Key storage, whole month", money),
+                               ("projectedRequestCost", "Requests, whole month (projected)", money),
+                               ("projectedCost", "Projected month total", money)], table_id="projection")
 
 
 def _last_used(frame: pl.DataFrame, data: ReportData) -> str:

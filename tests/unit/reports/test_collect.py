@@ -125,6 +125,12 @@ def test_html_is_self_contained_and_highlights_unused_keys(data: Any) -> None:
     assert "user/mallory" in page and page.count("<svg") >= 3
 
 
+def test_html_projection_columns_say_what_each_figure_covers(data: Any) -> None:
+    headers = re.findall(r"<th>(.*?)</th>", render_html(data).split('id="projection"')[1].split("</tr>")[0])
+    assert headers == ["Account", "Month", "Month so far", "Key storage, whole month",
+                       "Requests, whole month (projected)", "Projected month total"]
+
+
 def test_write_report_html_and_parquet(tmp_path: Path, data: Any) -> None:
     html = write_report(data, tmp_path / "r.html", ReportFormat.html)
     assert html.read_text().startswith("<!DOCTYPE html>")
