@@ -8,6 +8,7 @@ billed to the calling account. Money is `Decimal`, rounded to 10 places per row,
 
 from __future__ import annotations
 
+import calendar
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -297,9 +298,8 @@ def _month_shares(hours: tuple[int, int], hours_per_month: int) -> Iterable[Frac
 def _month_hours(hour: int) -> tuple[int, int]:
     """[first hour, first hour of the next month) of the UTC calendar month holding `hour`."""
     moment = datetime.fromtimestamp(hour * 3600, UTC)
-    begin = datetime(moment.year, moment.month, 1, tzinfo=UTC)
-    end = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
-    return int(begin.timestamp()) // 3600, int(end.timestamp()) // 3600
+    first = int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp()) // 3600
+    return first, first + 24 * calendar.monthrange(moment.year, moment.month)[1]  # December 9999 too
 
 
 def _decimal(value: Fraction) -> Decimal:

@@ -292,3 +292,11 @@ def test_requests_on_keys_created_before_the_logs_price_by_the_algorithm_their_c
         assert cost[rsa2048] == Decimal("0.0003")  # CreateKey's RSA_2048 wins: 100 x 0.03 / 10,000
         assert cost[sym] == (Decimal(0) if free_tier else Decimal("0.0003"))
         assert cost[unknown] == (Decimal(0) if free_tier else Decimal("0.000003"))  # a failed call proves nothing
+
+
+def test_a_window_reaching_the_last_representable_month_is_billed_not_refused() -> None:
+    # `keytrail cost --until 9999-12-31T23:59:59` failed with "year 10000 is out of range".
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"))
+    december = datetime(9999, 12, 1, tzinfo=UTC)
+    months, _ = _storage_of(lifecycle, december, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    assert months == 1  # all 744 hours of December 9999, the last one begun before --until
