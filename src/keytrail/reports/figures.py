@@ -43,8 +43,11 @@ def choose_window(start: datetime | None, end: datetime | None) -> str:
 
 
 def month_bounds(moment: datetime) -> tuple[datetime, datetime]:
-    """[first instant of the month of `moment`, first instant of the next month)."""
+    """[first instant of the month of `moment`, first instant of the next month) (December 9999,
+    whose next month no datetime can hold, ends at the last instant there is)."""
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if (start.year, start.month) == (9999, 12):
+        return start, datetime.max.replace(tzinfo=start.tzinfo)
     following = (start + timedelta(days=32)).replace(day=1)
     return start, following
 

@@ -114,6 +114,14 @@ def test_window_and_month_helpers() -> None:
     assert choose_window(NOV, NOV + timedelta(days=15)) == "day"
     assert month_bounds(datetime(2026, 12, 31, 23, tzinfo=UTC)) == (datetime(2026, 12, 1, tzinfo=UTC),
                                                                    datetime(2027, 1, 1, tzinfo=UTC))
+    assert month_bounds(datetime(9999, 12, 31, tzinfo=UTC)) == (datetime(9999, 12, 1, tzinfo=UTC),
+                                                               datetime.max.replace(tzinfo=UTC))
+
+
+def test_a_report_as_of_the_last_representable_month_projects_it() -> None:
+    # `keytrail report --until 9999-12-31T23:59:59` stopped with "date value out of range".
+    row = _projection([record("CreateKey", NOV, BUSY)], datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+    assert row["month"] == "9999-12" and row["projectedKeyCost"] == 1
 
 
 def test_html_is_self_contained_and_highlights_unused_keys(data: Any) -> None:
