@@ -29,4 +29,5 @@ def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | N
         temp.write_text(render_html(data), encoding="utf-8")
         temp.replace(out)
         return out
-    return write_tabular(long_form(data.tables(), table), out, TabularFormat(form.value))
+    columns_of = {name: frame.columns for name, frame in data.tables().items()}
+    return write_tabular(long_form(data.tables(), table), out, TabularFormat(form.value), columns_of)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -39,13 +39,17 @@ def long_form(tables: Mapping[str, pl.DataFrame], only: str | None = None) -> pl
     return pl.concat(parts, how="diagonal_relaxed")
 
 
-def write_tabular(frame: pl.DataFrame, out: Path, form: TabularFormat) -> Path:
-    """Write `frame` to `out` atomically (temp file, then rename)."""
+def write_tabular(frame: pl.DataFrame, out: Path, form: TabularFormat,
+                  columns_of: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """Write `frame` to `out` atomically (temp file, then rename). `columns_of`: each table's own
+    columns, which JSON lines write even when null (a reader then finds every column of a table)."""
     temp = out.with_name(f".{out.name}.tmp")
     if form is TabularFormat.parquet:
         write_parquet(frame, temp)
+    elif form is TabularFormat.csv:
+        temp.write_text(_csv(frame), encoding="utf-8")
     else:
-        temp.write_text(_csv(frame) if form is TabularFormat.csv else _json_lines(frame), encoding="utf-8")
+        temp.write_text(_json_lines(frame, columns_of or {}), encoding="utf-8")
     temp.replace(out)
     return out
 
@@ -58,11 +62,14 @@ def _csv(frame: pl.DataFrame) -> str:
     return buffer.getvalue()
 
 
-def _json_lines(frame: pl.DataFrame) -> str:
-    """One object per row without its empty columns; money as exact decimal numbers."""
+def _json_lines(frame: pl.DataFrame, columns_of: Mapping[str, Sequence[str]]) -> str:
+    """One object per row with its table's columns (null when empty; other tables' columns left
+    out); money as exact decimal numbers."""
     lines = []
     for row in frame.iter_rows(named=True):
-        parts = [f"{json.dumps(name)}: {_json_value(value)}" for name, value in row.items() if value is not None]
+        own = columns_of.get(row.get("table") or "", ())
+        parts = [f"{json.dumps(name)}: {_json_value(value)}" for name, value in row.items()
+                 if value is not None or name in own]
         lines.append("{" + ", ".join(parts) + "}\n")
     return "".join(lines)
 

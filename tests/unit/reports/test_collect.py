@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -166,3 +167,15 @@ def test_an_empty_input_gives_an_empty_report_in_every_format(tmp_path: Path) ->
 ])
 def test_html_money_never_shows_a_cost_as_zero(amount: Decimal, shown: str) -> None:
     assert money(amount) == shown
+
+
+def test_json_lines_hold_every_column_of_their_table_even_when_empty(data: Any, tmp_path: Path) -> None:
+    # A last_used table whose eventIds were all null lost that column when read back with polars.
+    path = write_report(data, tmp_path / "r.json", ReportFormat.json)
+    idle = next(row for row in map(json.loads, path.read_text().splitlines())
+                if row["table"] == "last_used" and row["keyArn"] == IDLE)
+    assert set(idle) == {"table", "keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId",
+                         "unused"}
+    assert idle["lastUsedTime"] is None and idle["unused"] is True
+    read = pl.read_ndjson(path, infer_schema_length=None).filter(pl.col("table") == "last_used")
+    assert read.filter(pl.col("keyArn") == IDLE)["eventId"].item() is None
