@@ -150,6 +150,11 @@ def test_since_and_until_match_the_queries_over_the_same_period(data_dir: Path, 
                                                                        USAGE)
     assert _normal(report_table(out, "cost", COST), COST) == _normal(json_lines(keytrail("cost", *period).stdout),
                                                                     COST)
+    # Last used as of --until (not of the end of the input), whatever --since says.
+    as_of = ("--data-dir", str(data_dir), "--until", until, "--format", "json")
+    last_used = json_lines(keytrail("last-used", *as_of).stdout)
+    assert all(row["lastUsedTime"] is None or row["lastUsedTime"] < "2026-11-03T06" for row in last_used)
+    assert _normal(report_table(out, "last_used", LAST_USED), LAST_USED) == _normal(last_used, LAST_USED)
 
 
 def test_report_shows_the_alarms_the_offline_detector_raised(trail: Path, tmp_path: Path) -> None:
