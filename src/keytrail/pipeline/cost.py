@@ -27,6 +27,7 @@ __all__ = [
     "LIFECYCLE_SCHEMA",
     "SERVICE_EVENTS",
     "billed_segments",
+    "classed_requests",
     "cost_report",
     "lifecycle_events",
     "price_classes",
@@ -188,6 +189,18 @@ def price_classes(usage: pl.DataFrame, key_specs: pl.DataFrame) -> pl.DataFrame:
     return joined.with_columns(priceClass=price_class)
 
 
+def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFrame:
+    """The requests among usage rows (not the service events), each with its `priceClass`."""
+    # The spec a CreateKey or ReplicateKey names wins over a family only seen in calls.
+    specs = (
+        lifecycle.filter(pl.col("keySpec").is_not_null())
+        .sort(pl.col("eventName") == KEY_SPEC_SEEN, "keySpec")
+        .group_by("keyArn")
+        .agg(pl.col("keySpec").first())
+    )
+    return price_classes(usage.filter(~pl.col("eventName").is_in(list(SERVICE_EVENTS))), specs)
+
+
 def request_counts(
     usage: pl.DataFrame, lifecycle: pl.DataFrame, free_tier: int, since: datetime | None
 ) -> pl.DataFrame:
@@ -196,15 +209,7 @@ def request_counts(
     The free tier is per calling account and calendar month, for symmetric-class requests,
     granted in time order (then by key ARN): pass usage from the start of `since`'s month.
     """
-    # The spec a CreateKey or ReplicateKey names wins over a family only seen in calls.
-    specs = (
-        lifecycle.filter(pl.col("keySpec").is_not_null())
-        .sort(pl.col("eventName") == KEY_SPEC_SEEN, "keySpec")
-        .group_by("keyArn")
-        .agg(pl.col("keySpec").first())
-    )
-    rows = price_classes(usage.filter(~pl.col("eventName").is_in(list(SERVICE_EVENTS))), specs)
-    rows = rows.with_columns(free=pl.lit(0, pl.Int64))
+    rows = classed_requests(usage, lifecycle).with_columns(free=pl.lit(0, pl.Int64))
     if free_tier > 0:
         rows = _apply_free_tier(rows, free_tier)
     if since is not None:

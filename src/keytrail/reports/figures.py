@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import polars as pl
 
-from keytrail.pipeline.cost import LIFECYCLE_EVENTS, cost_report
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS, classed_requests, cost_report
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.usage import USAGE_SCHEMA
@@ -68,16 +68,34 @@ def cost_projection(store: MetricsStore, prices: PriceTable, as_of: datetime | N
     full_month = _per_account(cost_report(pl.DataFrame(schema=USAGE_SCHEMA), standing, prices, start, end))
     elapsed = Decimal((as_of - start).total_seconds())
     scale = Decimal((end - start).total_seconds()) / elapsed if elapsed > 0 else Decimal(0)
+    requests = _projected_requests(store, prices, start, as_of, scale)
     zero = (Decimal(0), Decimal(0), Decimal(0))
     rows = []
     for account in sorted(set(so_far) | set(full_month)):
-        total, _, requests = so_far.get(account, zero)
+        total = so_far.get(account, zero)[0]
         key_cost = full_month.get(account, zero)[1]
-        request_cost = (requests * scale).quantize(_ROW)
+        request_cost = requests.get(account, Decimal(0)).quantize(_ROW)
         rows.append({"accountId": account or None, "month": start.strftime("%Y-%m"), "asOf": as_of,
                      "monthToDateCost": total, "projectedKeyCost": key_cost,
                      "projectedRequestCost": request_cost, "projectedCost": key_cost + request_cost})
     return pl.DataFrame(rows, schema=PROJECTION_SCHEMA)
+
+
+def _projected_requests(store: MetricsStore, prices: PriceTable, start: datetime, as_of: datetime,
+                        scale: Decimal) -> dict[str, Decimal]:
+    """accountId → request cost of the month, its request counts per price class extrapolated
+    first and the free tier taken off those (scaling the cost so far would project a month still
+    inside the free tier as free, however far past it the month's pace will go)."""
+    usage = store.usage(["keyArn", "accountId", "eventName", "keyPairSpec"], None, start, as_of)
+    counts = classed_requests(usage, store.lifecycle()).group_by("accountId", "priceClass").agg(pl.col("count").sum())
+    costs: dict[str, Decimal] = {}
+    for account, price_class, count in counts.iter_rows():
+        projected = count * scale
+        if price_class == "symmetric":
+            projected = max(Decimal(0), projected - prices.free_tier_requests)
+        key = str(account or "")
+        costs[key] = costs.get(key, Decimal(0)) + projected * prices.per_request(price_class)
+    return costs
 
 
 def _per_account(cost: pl.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decimal]]:

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.reports.collect import ReportOptions, collect_sync
 from keytrail.reports.figures import choose_window, month_bounds
@@ -117,6 +118,18 @@ def test_window_and_month_helpers() -> None:
                                                                    datetime(2027, 1, 1, tzinfo=UTC))
     assert month_bounds(datetime(9999, 12, 31, tzinfo=UTC)) == (datetime(9999, 12, 1, tzinfo=UTC),
                                                                datetime.max.replace(tzinfo=UTC))
+
+
+def test_the_projection_takes_the_free_tier_off_the_month_s_projected_requests() -> None:
+    # Half of November gone, 150 Encrypts with a free tier of 100: the month's pace is 300, so
+    # 200 are billed at $0.03 per 10,000 = $0.0006. Scaling the cost so far ($0.00015 for the 50
+    # past the free tier) gave $0.0003; with no request past it yet, $0.
+    events = [record("Encrypt", NOV + timedelta(hours=h), BUSY) for h in range(150)]
+    options = ReportOptions(until=AS_OF, prices=PriceTable(free_tier_requests=100),
+                            alarms=Path(__file__).with_name("none"))
+    [row] = collect_sync(RecordsSource(events), options).projection.to_dicts()
+    assert row["projectedRequestCost"] == Decimal("0.0006")
+    assert row["monthToDateCost"] == Decimal("0.00015")  # 50 billed so far, no key seen created
 
 
 def test_a_report_as_of_the_last_representable_month_projects_it() -> None:
