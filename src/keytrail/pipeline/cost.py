@@ -261,12 +261,11 @@ def _storage(
     # consecutive windows never both bill the hour a bound falls inside.
     first = math.ceil(since.timestamp() / 3600) if since else -(2**62)
     last = math.ceil(until.timestamp() / 3600)
+    shared = _multi_region_rotations(customer)
     for (key_arn,), events in customer.group_by(["keyArn"]):
         if key_arn in aws_managed:
             continue  # AWS managed keys cost nothing to store
-        segments = billed_segments(
-            zip(events["eventTime"], events["eventName"], strict=True), prices.billed_rotations
-        )
+        segments = billed_segments(_key_events(str(key_arn), events, shared), prices.billed_rotations)
         months = rated = Fraction(0)
         for seg in segments:
             rate = prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
@@ -275,6 +274,30 @@ def _storage(
                 rated += share * Fraction(rate)
         if months:
             yield str(key_arn), str(key_arn).split(":")[4], _decimal(months), _decimal(rated)
+
+
+def _multi_region_rotations(lifecycle: pl.DataFrame) -> dict[str, list[datetime]]:
+    """Rotation times per multi-Region key (account:mrk-id): the primary's rotation gives every
+    replica the new material too, and AWS prices each replica as a key of its own."""
+    rotations = lifecycle.filter((pl.col("eventName") == "RotateKey") & pl.col("keyArn").str.contains(":key/mrk-"))
+    shared: dict[str, set[datetime]] = {}
+    for key_arn, when in rotations.select("keyArn", "eventTime").iter_rows():
+        shared.setdefault(_multi_region_id(key_arn), set()).add(when)  # one rotation, however many Regions log it
+    return {mrk: sorted(times) for mrk, times in shared.items()}
+
+
+def _multi_region_id(key_arn: str) -> str:
+    parts = key_arn.split(":")
+    return f"{parts[4]}:{parts[5]}"  # account and key/mrk-…: the same in every Region
+
+
+def _key_events(key_arn: str, events: pl.DataFrame, shared: dict[str, list[datetime]]) -> list[tuple[datetime, str]]:
+    """One key's (time, event name) pairs; a multi-Region key's rotations are its family's."""
+    own = list(zip(events["eventTime"], events["eventName"], strict=True))
+    if ":key/mrk-" not in key_arn:
+        return own
+    rotations = shared.get(_multi_region_id(key_arn), [])
+    return [(when, name) for when, name in own if name != "RotateKey"] + [(when, "RotateKey") for when in rotations]
 
 
 def _in_window(seg: Segment, first: int, last: int) -> tuple[int, int]:

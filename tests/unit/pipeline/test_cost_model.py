@@ -300,3 +300,23 @@ def test_a_window_reaching_the_last_representable_month_is_billed_not_refused() 
     december = datetime(9999, 12, 1, tzinfo=UTC)
     months, _ = _storage_of(lifecycle, december, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
     assert months == 1  # all 744 hours of December 9999, the last one begun before --until
+
+
+PRIMARY = "arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+REPLICA = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+LATE_REPLICA = "arn:aws:kms:ap-south-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+
+
+def test_a_multi_region_primary_s_rotation_is_billed_on_each_replica_too() -> None:
+    # Replicas share the primary's key material, rotations included, and each is priced as a
+    # key: created Oct 1 (primary), Oct 11 (replica), rotated Oct 21, a replica made Oct 25.
+    rows = [(PRIMARY, OCT1, "CreateKey"), (REPLICA, datetime(2026, 10, 11, tzinfo=UTC), "ReplicateKey"),
+            (PRIMARY, datetime(2026, 10, 21, tzinfo=UTC), "RotateKey"),
+            (LATE_REPLICA, datetime(2026, 10, 25, tzinfo=UTC), "ReplicateKey")]
+    lifecycle = pl.DataFrame([{"keyArn": k, "eventTime": t, "eventName": n, "keySpec": "SYMMETRIC_DEFAULT",
+                               "keyManager": "CUSTOMER", "eventID": f"e{i}"} for i, (k, t, n) in enumerate(rows)],
+                             schema=LIFECYCLE_SCHEMA)
+    cost = dict(cost_report(_usage(), lifecycle, PriceTable(), OCT1, NOV1).select("keyArn", "keyCost").iter_rows())
+    assert cost[PRIMARY] == Decimal("1.3548387097")  # (480 h x $1 + 264 h x $2) / 744
+    assert cost[REPLICA] == Decimal("1.0322580645")  # (240 h x $1 + 264 h x $2) / 744
+    assert cost[LATE_REPLICA] == Decimal("0.4516129032")  # born rotated: 168 h x $2 / 744
