@@ -145,6 +145,8 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
             open_since, pending_since = None, now if name == "ScheduleKeyDeletion" else None
         elif name == "DeleteKey":
             pending_since = None  # the waiting period ran out: nothing left to cancel
+        elif name == "ScheduleKeyDeletion" and pending_since is None:
+            pending_since = now  # a key created before the logs: it existed, and a cancel bills from here
     if open_since is not None:
         _close(segments, open_since, math.inf, min(rotations, billed_rotations))
     return segments

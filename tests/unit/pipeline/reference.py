@@ -210,6 +210,8 @@ def _hour_rates(
         if name == "CreateKey" or (name == "CancelKeyDeletion" and key not in state):
             state[key] = {"since": now, "rotations": 0}  # a cancelled deletion proves a billable key
         elif key not in state:
+            if name == "ScheduleKeyDeletion":  # created before the events: a cancel bills from here on
+                state[key] = {"since": None, "rotations": 0, "scheduled": now}
             continue
         elif name == "RotateKey":
             if state[key]["since"] is not None:

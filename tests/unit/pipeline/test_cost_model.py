@@ -320,3 +320,11 @@ def test_a_multi_region_primary_s_rotation_is_billed_on_each_replica_too() -> No
     assert cost[PRIMARY] == Decimal("1.3548387097")  # (480 h x $1 + 264 h x $2) / 744
     assert cost[REPLICA] == Decimal("1.0322580645")  # (240 h x $1 + 264 h x $2) / 744
     assert cost[LATE_REPLICA] == Decimal("0.4516129032")  # born rotated: 168 h x $2 / 744
+
+
+def test_a_key_created_before_the_logs_and_its_deletion_cancelled_is_billed_from_the_scheduling() -> None:
+    # The ScheduleKeyDeletion proves the key existed; cancelled, it is billed as if never scheduled:
+    # from Oct 11 00:00 (the earliest it is known to exist) to the month's end, 504 of 744 hours.
+    lifecycle = _lifecycle((datetime(2026, 10, 11, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (datetime(2026, 10, 21, tzinfo=UTC), "CancelKeyDeletion", None))
+    assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.6774193548")
