@@ -37,6 +37,7 @@ from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.runner import RunStats
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
+from keytrail.reports.figures import storage_note
 from keytrail.reports.tabular import cell_text
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
@@ -151,7 +152,7 @@ def cost(
     table = _price_table(prices, free_tier, COST)
     low, high = parse_window(since, until, COST)
     store = open_store(data_dir, COST)
-    frame = store.cost(table, low, high)
+    frame = store_frame = store.cost(table, low, high)
     keys = [_DIMENSIONS[n] for n in names]
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(
@@ -161,6 +162,8 @@ def cost(
     if output is not OutputFormat.json:  # tables and CSV show only the dimensions grouped by, as usage's do
         fields = [f for f in COST_FIELDS if f in keys or f not in ("keyArn", "accountId")]
     emit(frame.sort(keys, nulls_last=True), fields, output)
+    if unseen := store.keys_never_created(store_frame):
+        typer.echo(storage_note(len(unseen)), err=True)
 
 
 def _price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:

@@ -144,6 +144,13 @@ class MetricsStore:
             errorCount="errorCount",
         ).cast(pl.Schema(USAGE_SCHEMA))
 
+    def keys_never_created(self, cost: pl.DataFrame) -> list[str]:
+        """Keys of a cost frame that no CreateKey or ReplicateKey in the events made: created before
+        the events start (or AWS managed), their storage is not in the frame."""
+        created = self.lifecycle().filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))
+        keys = cost.select("keyArn").drop_nulls().unique().join(created.select("keyArn"), on="keyArn", how="anti")
+        return sorted(keys.get_column("keyArn").to_list())
+
     def last_usage(self, key_arn: str) -> dict[str, Any] | None:
         """GetKeyLastUsage's `KeyLastUsage` for `key_arn`, or None when never used since tracking start."""
         with self._states() as states:

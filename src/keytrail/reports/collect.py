@@ -62,6 +62,7 @@ class ReportData:
     last_used: pl.DataFrame
     denied: pl.DataFrame
     alarms: pl.DataFrame
+    keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """The report's tables by name, in the order the report shows them."""
@@ -132,7 +133,7 @@ def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, ev
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of),
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle()),
-        denied=denied.frame(), alarms=_alarms(options),
+        denied=denied.frame(), alarms=_alarms(options), keys_not_created=len(store.keys_never_created(cost)),
     )
 
 

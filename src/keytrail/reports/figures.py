@@ -14,7 +14,7 @@ from keytrail.pipeline.usage import USAGE_SCHEMA
 
 __all__ = [
     "COST_FIELDS", "LAST_USED_FIELDS", "PROJECTION_SCHEMA", "USAGE_FIELDS", "choose_window", "cost_projection",
-    "mark_unused", "month_bounds",
+    "mark_unused", "month_bounds", "storage_note",
 ]
 
 #: CONTRACTS.md §4 field lists (the `--format json` objects of `keytrail usage | cost | last-used`).
@@ -124,3 +124,10 @@ def _going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
     order = pl.col("eventName").replace_strict(_LIFECYCLE_ORDER, default=-1)
     last = events.sort("eventTime", order).group_by("keyArn").agg(pl.col("eventName").last())
     return last.filter(pl.col("eventName").is_in(["ScheduleKeyDeletion", "DeleteKey"])).get_column("keyArn").to_list()
+
+
+def storage_note(count: int) -> str:
+    """Why some keys show requests but no storage: the events never saw them made."""
+    return (f"note: {count} key{'s' * (count != 1)} in these figures {'were' if count != 1 else 'was'} not created "
+            "in the events (made before they start, or AWS managed): storage is counted only from a cancelled "
+            "deletion on, so most show none; a customer managed key costs $1 per key-month")

@@ -12,6 +12,7 @@ import polars as pl
 
 from keytrail import __version__
 from keytrail.reports.collect import ReportData
+from keytrail.reports.figures import storage_note
 from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
 
 __all__ = ["MAX_ROWS", "money", "render_html"]
@@ -140,6 +141,8 @@ def _cost(data: ReportData) -> list[str]:
     parts.append('<p class="note">Key storage is billed to the account that owns the key, requests to the '
                  "account that made them: a key used from another account has a row for each. Key-months: "
                  "hours billed over the hours of their calendar month (UTC).</p>")
+    if data.keys_not_created:
+        parts.append(f'<p class="note">{escape(storage_note(data.keys_not_created).removeprefix("note: "))}.</p>')
     parts.append(_table(data.cost, [("keyArn", "Key", _code), ("accountId", "Account", str),
                                     ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
                                     ("requests", "Requests", _int), ("requestCost", "Request cost", money),

@@ -165,3 +165,19 @@ def test_last_used_until_keeps_a_key_used_again_later_with_its_earlier_use(tmp_p
     _, out, _ = run("last-used", "--data-dir", str(tmp_path), "--until", "2026-10-10", "--by", "key,principal",
                     "--format", "json")
     assert [r["lastUsedOperation"] for r in lines(out) if r["keyArn"] == used_twice] == ["Encrypt"]
+
+
+def test_cost_names_how_many_keys_it_has_no_storage_for(tmp_path: Path) -> None:
+    # CloudTrail files seldom reach back to a key's CreateKey: such a key shows requests and no
+    # storage, which read as "this key costs nothing to keep" unless the output says why.
+    made, older = key_arn("made"), key_arn("older")
+    oct_ = datetime(2026, 10, 1, tzinfo=UTC)
+    events = [record("CreateKey", oct_, made), record("Encrypt", oct_ + timedelta(days=1), made),
+              record("Encrypt", oct_ + timedelta(days=2), older)]
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
+    code, out, err = run("cost", "--data-dir", str(tmp_path), "--format", "json")
+    rows = {r["keyArn"]: r for r in lines(out)}
+    assert code == 0 and rows[older]["keyMonths"] == 0 and rows[made]["keyMonths"] > 0
+    assert err.strip() == ("note: 1 key in these figures was not created in the events (made before they start, "
+                           "or AWS managed): storage is counted only from a cancelled deletion on, so most show none; "
+                           "a customer managed key costs $1 per key-month")

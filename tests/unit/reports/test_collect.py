@@ -192,3 +192,11 @@ def test_json_lines_hold_every_column_of_their_table_even_when_empty(data: Any, 
     assert idle["lastUsedTime"] is None and idle["unused"] is True
     read = pl.read_ndjson(path, infer_schema_length=None).filter(pl.col("table") == "last_used")
     assert read.filter(pl.col("keyArn") == IDLE)["eventId"].item() is None
+
+
+def test_html_says_when_keys_in_the_cost_table_were_never_seen_created(data: Any) -> None:
+    assert data.keys_not_created == 0 and "not created in the events" not in render_html(data)
+    events = [record("Encrypt", NOV + timedelta(hours=1), BUSY)]  # no CreateKey in the input
+    uncreated = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("x")))
+    assert uncreated.keys_not_created == 1
+    assert "1 key in these figures was not created in the events" in render_html(uncreated)
