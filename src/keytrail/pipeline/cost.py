@@ -146,7 +146,9 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
         elif name == "DeleteKey":
             pending_since = None  # the waiting period ran out: nothing left to cancel
         elif name == "ScheduleKeyDeletion" and pending_since is None:
-            pending_since = now  # a key created before the logs: it existed, and a cancel bills from here
+            # A key created before the logs: it existed, and a cancel bills from here, this hour
+            # included (no run billed it), hence from the hour's start.
+            pending_since = now - now % 3600
     if open_since is not None:
         _close(segments, open_since, math.inf, min(rotations, billed_rotations))
     return segments

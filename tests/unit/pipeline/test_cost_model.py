@@ -328,3 +328,10 @@ def test_a_key_created_before_the_logs_and_its_deletion_cancelled_is_billed_from
     lifecycle = _lifecycle((datetime(2026, 10, 11, tzinfo=UTC), "ScheduleKeyDeletion", None),
                            (datetime(2026, 10, 21, tzinfo=UTC), "CancelKeyDeletion", None))
     assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.6774193548")
+
+
+def test_the_scheduling_hour_of_a_key_created_before_the_logs_is_billed_when_cancelled() -> None:
+    # Scheduled Oct 11 00:30, cancelled Oct 21 00:00: Oct 11 00:00 to the month's end, 504 of 744 hours.
+    lifecycle = _lifecycle((datetime(2026, 10, 11, 0, 30, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (datetime(2026, 10, 21, tzinfo=UTC), "CancelKeyDeletion", None))
+    assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.6774193548")
