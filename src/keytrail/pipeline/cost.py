@@ -320,11 +320,19 @@ def _month_shares(hours: tuple[int, int], hours_per_month: int) -> Iterable[Frac
     if hours_per_month:
         yield Fraction(end - start, hours_per_month)
         return
-    while start < end:
-        month_start, month_end = _month_hours(start)
-        stop = min(end, month_end)
-        yield Fraction(stop - start, month_end - month_start)
-        start = stop
+    first_start, first_end = _month_hours(start)
+    if end <= first_end:
+        yield Fraction(end - start, first_end - first_start)
+        return
+    last_start, last_end = _month_hours(end - 1)
+    yield Fraction(first_end - start, first_end - first_start)
+    yield Fraction(_month_number(last_start) - _month_number(first_end))  # whole months: one each
+    yield Fraction(end - last_start, last_end - last_start)
+
+
+def _month_number(hour: int) -> int:
+    moment = datetime.fromtimestamp(hour * 3600, UTC)
+    return moment.year * 12 + moment.month
 
 
 def _month_hours(hour: int) -> tuple[int, int]:

@@ -335,3 +335,10 @@ def test_the_scheduling_hour_of_a_key_created_before_the_logs_is_billed_when_can
     lifecycle = _lifecycle((datetime(2026, 10, 11, 0, 30, tzinfo=UTC), "ScheduleKeyDeletion", None),
                            (datetime(2026, 10, 21, tzinfo=UTC), "CancelKeyDeletion", None))
     assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.6774193548")
+
+
+def test_a_span_of_several_months_bills_each_whole_month_as_one_key_month() -> None:
+    # Oct 15 12:00 to Mar 10 2027: 396 of October's 744 hours, Nov-Feb whole, 216 of March's 744.
+    lifecycle = _lifecycle((datetime(2026, 10, 15, 12, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2027, 3, 10, tzinfo=UTC), "ScheduleKeyDeletion", None))
+    assert _storage_of(lifecycle, None, datetime(2028, 1, 1, tzinfo=UTC))[0] == Decimal("4.8225806452")
