@@ -21,11 +21,13 @@ import polars as pl
 from keytrail.pipeline.prices import PriceTable
 
 __all__ = [
+    "BILLABLE",
     "COST_SCHEMA",
     "KEY_SPEC_SEEN",
     "LIFECYCLE_EVENTS",
     "LIFECYCLE_SCHEMA",
     "SERVICE_EVENTS",
+    "UNBILLED_CALLERS",
     "billed_segments",
     "classed_requests",
     "cost_report",
@@ -45,6 +47,13 @@ LIFECYCLE_EVENTS = (
 # Every AwsServiceEvent the KMS records (kms/rotation.py, service.py, multiregion.py,
 # importing.py): no account made a request, so none is billed. Usage keeps no eventType, hence names.
 SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey", "SynchronizeMultiRegionKey", "DeleteExpiredKeyMaterial"})
+#: CloudTrail's own calls as it writes SSE-KMS log files (userIdentity AWSService, its invokedBy as
+#: the principal): AWS charges no one for them (shared/reference/audit-anchors.md §3.1).
+UNBILLED_CALLERS = frozenset({"cloudtrail.amazonaws.com"})
+#: Usage rows that are billed requests: neither a KMS service event nor an unbilled caller's call.
+BILLABLE = ~pl.col("eventName").is_in(list(SERVICE_EVENTS)) & ~pl.col("principalArn").fill_null("").is_in(
+    list(UNBILLED_CALLERS)
+)
 #: The lifecycle row of a key's family seen in its calls (no event of its own: it only prices).
 KEY_SPEC_SEEN = "KeySpecSeen"
 _ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second tie order
@@ -202,7 +211,7 @@ def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFra
         .group_by("keyArn")
         .agg(pl.col("keySpec").first())
     )
-    return price_classes(usage.filter(~pl.col("eventName").is_in(list(SERVICE_EVENTS))), specs)
+    return price_classes(usage.filter(BILLABLE), specs)
 
 
 def request_counts(

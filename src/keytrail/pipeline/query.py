@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from keytrail.pipeline.cost import LIFECYCLE_SCHEMA, cost_report
+from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report
 from keytrail.pipeline.frame import CRYPTO_OPERATIONS
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, merge_last_used
 from keytrail.pipeline.prices import PriceTable
@@ -136,9 +136,14 @@ class MetricsStore:
         pair spec) and per minute, or over the period (stamped with one minute inside it), in the
         minute-usage shape. Callers are not told apart: their requests of one key and account
         price alike, and a minute's free requests of one key go to the same row however split."""
-        by = ["keyArn", "accountId", "eventName", "keyPairSpec"]
+        by = ["minute", "keyArn", "accountId", "eventName", "keyPairSpec"] if by_minute else [
+            "keyArn", "accountId", "eventName", "keyPairSpec"]
         stamp = pl.col("minute") if by_minute else pl.lit(since or datetime(1970, 1, 1, tzinfo=UTC))
-        return self.usage(["minute", *by] if by_minute else by, None, since, until).select(
+        with self._states() as states:  # the unbilled callers' rows go before callers are summed away
+            frames = [s.usage(since, until, lambda rows: rolled_up(rows.filter(BILLABLE), by)) for s in states]
+        summed = pl.concat([roll_up(pl.DataFrame(schema=USAGE_SCHEMA), by), *frames])
+        summed = summed.group_by(by).agg(pl.col("count").sum(), pl.col("errorCount").sum())
+        return summed.select(
             minute=stamp.cast(pl.Datetime("us", "UTC")), keyArn="keyArn", principalArn=pl.lit(None, pl.String),
             accountId="accountId", eventName="eventName", keyPairSpec="keyPairSpec", count="count",
             errorCount="errorCount",

@@ -181,3 +181,20 @@ def test_cost_names_how_many_keys_it_has_no_storage_for(tmp_path: Path) -> None:
     assert err.strip() == ("note: 1 key in these figures was not created in the events (made before they start, "
                            "or AWS managed): storage is counted only from a cancelled deletion on, so most show none; "
                            "a customer managed key costs $1 per key-month")
+
+
+def test_cloudtrail_s_own_calls_writing_its_log_files_are_not_billed(tmp_path: Path) -> None:
+    # audit-anchors.md §1.4 E3 and §3.1: CloudTrail's GenerateDataKey (userIdentity AWSService)
+    # for an SSE-KMS trail costs no one anything; the account's own Decrypt of a log file does.
+    trail_key = key_arn("trail")
+    when = datetime(2026, 10, 5, tzinfo=UTC)
+    by_cloudtrail = record("GenerateDataKey", when, trail_key)
+    by_cloudtrail["userIdentity"] = {"type": "AWSService", "invokedBy": "cloudtrail.amazonaws.com"}
+    events = [by_cloudtrail, record("Decrypt", when, trail_key)]
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
+    for flags in ((), ("--free-tier",)):
+        _, out, _ = run("cost", "--data-dir", str(tmp_path), "--format", "json", *flags)
+        [row] = lines(out)
+        assert (row["requests"], row["requestCost"]) == (1, 0 if flags else 0.000003)
+    _, out, _ = run("usage", "--data-dir", str(tmp_path), "--by", "principal", "--format", "json")
+    assert {r["principalArn"]: r["count"] for r in lines(out)}["cloudtrail.amazonaws.com"] == 1  # still a call
