@@ -133,7 +133,8 @@ def test_report_from_cloudtrail_files_equals_the_data_dir_report(data_dir: Path,
 
 def test_report_names_denied_calls_and_the_unused_key(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    keytrail("report", "--data-dir", str(data_dir), "--out", str(out))
+    # The history spans 36 hours: a never-used key is unused once it has existed --unused-days.
+    keytrail("report", "--data-dir", str(data_dir), "--out", str(out), "--unused-days", "1")
     denied = report_table(out, "denied", ["principalArn", "keyArn", "eventName", "count"])
     assert denied == [{"principalArn": user_arn("mallory"), "keyArn": KEYS[0], "eventName": "Decrypt",
                        "count": len(range(0, 36 * 60, 140))}]

@@ -132,7 +132,7 @@ def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, ev
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of),
-        last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle()),
+        last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
         denied=denied.frame(), alarms=_alarms(options), keys_not_created=len(store.keys_never_created(cost)),
     )
 

@@ -106,14 +106,32 @@ def _per_account(cost: pl.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decima
 
 
 def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: int,
-                lifecycle: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The §4 last-used columns plus `unused`: never used, or not used in `unused_days` before `as_of`;
-    not a key that `lifecycle` shows deleted or pending deletion by then (it costs nothing more)."""
-    never = pl.col("lastUsedTime").is_null()
-    unused = never if as_of is None else never | (pl.col("lastUsedTime") < as_of - timedelta(days=unused_days))
+                lifecycle: pl.DataFrame | None = None, tracking_start: datetime | None = None) -> pl.DataFrame:
+    """The §4 last-used columns plus `unused`: not used in `unused_days` before `as_of`, or never
+    used though it has existed that long (since its CreateKey/ReplicateKey, else since
+    `tracking_start`, as the unused-key rule counts); not a key that `lifecycle` shows deleted or
+    pending deletion by then (it costs nothing more)."""
+    frame = last_used.select(LAST_USED_FIELDS)
+    if as_of is None:
+        unused = pl.col("lastUsedTime").is_null()
+    else:
+        limit = as_of - timedelta(days=unused_days)
+        frame = frame.join(_made(lifecycle), on="keyArn", how="left")
+        idle_since = pl.col("made").fill_null(pl.lit(tracking_start, pl.Datetime("us", "UTC")))
+        unused = pl.when(pl.col("lastUsedTime").is_null()).then(idle_since.fill_null(limit) <= limit)
+        unused = unused.otherwise(pl.col("lastUsedTime") < limit)
     going = _going(lifecycle, as_of) if lifecycle is not None else []
-    return last_used.select(LAST_USED_FIELDS).with_columns(unused=unused & ~pl.col("keyArn").is_in(going)).sort(
+    marked = frame.with_columns(unused=unused & ~pl.col("keyArn").is_in(going))
+    return marked.select(*LAST_USED_FIELDS, "unused").sort(
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)
+
+
+def _made(lifecycle: pl.DataFrame | None) -> pl.DataFrame:
+    """keyArn → made: when the input saw the key created (its CreateKey or ReplicateKey)."""
+    if lifecycle is None:
+        return pl.DataFrame(schema={"keyArn": pl.String(), "made": pl.Datetime("us", "UTC")})
+    created = lifecycle.filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))
+    return created.group_by("keyArn").agg(made=pl.col("eventTime").min())
 
 
 def _going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:

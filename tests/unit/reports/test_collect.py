@@ -50,9 +50,29 @@ def test_usage_counts_each_event_once(data: Any) -> None:
     assert data.usage.columns == ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount"]
 
 
-def test_keys_never_or_long_unused_are_marked(data: Any) -> None:
+def test_keys_long_unused_are_marked_and_a_new_key_not_yet(data: Any) -> None:
+    # IDLE was made on Nov 1 and never used: 15 days old as of Nov 16, it is not unused for 30 days
+    # yet (as the unused-key rule counts: a key made an hour ago is no key to delete).
     unused = dict(data.last_used.select("keyArn", "unused").iter_rows())
-    assert unused == {BUSY: False, IDLE: True, OLD: True}
+    assert unused == {BUSY: False, IDLE: False, OLD: True}
+
+
+@pytest.mark.parametrize(("days", "idle_unused"), [(15, True), (16, False)])
+def test_a_never_used_key_is_unused_once_it_has_existed_the_unused_days(days: int, idle_unused: bool) -> None:
+    options = ReportOptions(until=AS_OF, unused_days=days, alarms=Path(__file__).with_name("none"))
+    unused = dict(collect_sync(RecordsSource(_stream()), options).last_used.select("keyArn", "unused").iter_rows())
+    assert unused[IDLE] is idle_unused and unused[BUSY] is False
+
+
+def test_a_never_used_key_made_before_the_input_counts_from_the_input_s_start() -> None:
+    # No CreateKey in the input: the key has existed at least since its first event (Nov 1).
+    events = [record("DescribeKey", NOV, IDLE), record("Encrypt", NOV + timedelta(days=20), BUSY)]
+    options = ReportOptions(until=AS_OF + timedelta(days=9), unused_days=25, alarms=Path(__file__).with_name("x"))
+    unused = dict(collect_sync(RecordsSource(events), options).last_used.select("keyArn", "unused").iter_rows())
+    assert unused == {IDLE: False, BUSY: False}  # as of Nov 25: 24 days seen, not yet
+    options = ReportOptions(until=AS_OF + timedelta(days=10), unused_days=25, alarms=Path(__file__).with_name("x"))
+    unused = dict(collect_sync(RecordsSource(events), options).last_used.select("keyArn", "unused").iter_rows())
+    assert unused == {IDLE: True, BUSY: False}
 
 
 def test_keys_deleted_or_pending_deletion_are_not_marked_unused() -> None:
@@ -143,7 +163,7 @@ def test_html_is_self_contained_and_highlights_unused_keys(data: Any) -> None:
     assert not re.search(r"<script|<link|<img|@import|url\(", page)
     assert set(re.findall(r"https?://[^\"' ]+", page)) == {"http://www.w3.org/2000/svg"}
     unused_rows = re.findall(r'<tr class="unused">(.*?)</tr>', page)
-    assert len(unused_rows) == 2 and any("key/idle" in row for row in unused_rows)
+    assert len(unused_rows) == 1 and "key/old" in unused_rows[0]
     assert "user/mallory" in page and page.count("<svg") >= 3
 
 
@@ -189,7 +209,7 @@ def test_json_lines_hold_every_column_of_their_table_even_when_empty(data: Any, 
                 if row["table"] == "last_used" and row["keyArn"] == IDLE)
     assert set(idle) == {"table", "keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId",
                          "unused"}
-    assert idle["lastUsedTime"] is None and idle["unused"] is True
+    assert idle["lastUsedTime"] is None and idle["unused"] is False
     read = pl.read_ndjson(path, infer_schema_length=None).filter(pl.col("table") == "last_used")
     assert read.filter(pl.col("keyArn") == IDLE)["eventId"].item() is None
 
