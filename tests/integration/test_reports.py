@@ -212,7 +212,7 @@ def test_an_unwritable_stdout_is_one_clear_line(data_dir: Path) -> None:
         result = subprocess.run([sys.executable, "-m", "keytrail", "usage", "--data-dir", str(data_dir)],
                                 stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
     assert result.returncode == 1
-    assert result.stderr == "keytrail: No space left on device\n"
+    assert result.stderr == "keytrail usage: No space left on device\n"
 
 
 def test_report_of_a_live_server_after_boto3_calls(fresh_server: KeytrailServer, tmp_path: Path) -> None:

@@ -58,6 +58,17 @@ def main() -> None:
         sys.exit(1)
     except OSError as error:  # what no command handled (e.g. stdout on a full disk): one line, not a traceback
         where = f": {error.filename}" if error.filename else ""
-        sys.stderr.write(f"keytrail: {error.strerror or error}{where}\n")
+        sys.stderr.write(f"{_command_path(sys.argv[1:])}: {error.strerror or error}{where}\n")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_path(args: list[str]) -> str:
+    """`keytrail <command>` (`keytrail audit <command>`) as the arguments name it: errors no command
+    caught still say which command failed, as the commands' own errors do."""
+    words = ["keytrail"]
+    for arg in args[:2]:
+        if arg.startswith("-") or (len(words) == 2 and words[1] != "audit"):
+            break
+        words.append(arg)
+    return " ".join(words)

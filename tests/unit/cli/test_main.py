@@ -44,3 +44,15 @@ def test_help_shows_the_settings_file_tables_literally(command: list[str]) -> No
     # "[hooks]" is a TOML table; read as markup, help printed "detection rules ()" instead.
     text = " ".join(_keytrail(*command, "--help").stdout.split())
     assert "[rules.<id>]" in text and "[hooks]" in text
+
+
+@pytest.mark.parametrize(("args", "path"), [
+    (["usage", "--data-dir", "d"], "keytrail usage"),
+    (["audit", "export", "out"], "keytrail audit export"),
+    (["--help"], "keytrail"),
+    (["report", "usage"], "keytrail report"),
+])
+def test_an_error_no_command_caught_names_the_command(args: list[str], path: str) -> None:
+    from keytrail.cli import _command_path
+
+    assert _command_path(args) == path

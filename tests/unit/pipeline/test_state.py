@@ -87,7 +87,7 @@ def test_a_state_file_sqlite_cannot_read_is_named_in_one_line(tmp_path: Path) ->
     result = subprocess.run([sys.executable, "-m", "keytrail", "usage", "--data-dir", str(tmp_path)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
-    assert result.stderr == f"keytrail: {info.value}\n"
+    assert result.stderr == f"keytrail usage: {info.value}\n"
 
 
 def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_path: Path) -> None:
@@ -102,8 +102,8 @@ def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_
     result = subprocess.run([*keytrail, "usage", "--data-dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"keytrail: the metrics state's usage files under {state_dir(tmp_path)}/usage "
-                                    "cannot be read")
+    assert result.stderr.startswith(
+        f"keytrail usage: the metrics state's usage files under {state_dir(tmp_path)}/usage cannot be read")
     assert f"move {state_dir(tmp_path)}/segment-log.sqlite aside" in result.stderr
 
 
