@@ -21,6 +21,7 @@ from keytrail.api.sigv4 import UnrecognizedClientException, parse_authorization,
 from keytrail.clock import ManualClock, utc_now
 from keytrail.kms import errors
 from keytrail.kms.context import CallContext, Principal
+from keytrail.kms.partitions import partition_of
 from keytrail.kms.service import KmsService
 
 __all__ = ["ApiSettings", "KmsApp"]
@@ -155,7 +156,9 @@ class KmsApp:
                 signed, credential.secret, method=scope["method"], path=scope.get("raw_path", b"/").decode(),
                 query=scope.get("query_string", b"").decode(), headers=headers, body=body, now=utc_now(),
             )
-        return credential.principal, signed.region
+        # IAM identities live in one partition; the caller acts in the partition of the Region it
+        # signed for, so its ARNs (key policies, grants, audit records) read `arn:aws-cn:…` there.
+        return credential.principal.in_partition(partition_of(signed.region)), signed.region
 
     # --- development clock -------------------------------------------------------------------
 

@@ -18,12 +18,17 @@ from typing import Any
 
 from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.errors import KmsError
+from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "write_admin_principals"]
 
 # ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
-_IAM_ARN = re.compile(r"arn:aws:iam::(\d{12}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII)
+# Any partition: a caller's ARNs follow the partition of the Region it calls (see `_authenticate`
+# in api/app.py), so one file serves aws, aws-cn and aws-us-gov Regions alike.
+_IAM_ARN = re.compile(
+    rf"arn:({ARN_PARTITION}):iam::(\d{{12}}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII,
+)
 # IAM's RoleSessionName characters: the session name becomes part of the caller's ARN.
 _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 DEV_ACCOUNT = "000000000000"
@@ -63,7 +68,7 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
     match = _IAM_ARN.fullmatch(arn)  # not `$`: it also matches before a final newline
     if not match:
         raise PrincipalsFileError(f"{where}: 'arn' must be an IAM root, user or role ARN, got {arn!r}")
-    account, resource = match.groups()
+    partition, account, resource = match.groups()
     common = {"account": account, "access_key_id": entry["access_key_id"], "policies": _policies(entry, where)}
     if resource == "root":
         return Principal(arn=arn, type=IdentityType.ROOT, principal_id=account, **common)
@@ -77,7 +82,7 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
                                   f"(an IAM role session name), got {session!r}")
     role_name = name.rsplit("/", 1)[-1]
     return Principal(
-        arn=f"arn:aws:sts::{account}:assumed-role/{role_name}/{session}", type=IdentityType.ASSUMED_ROLE,
+        arn=f"arn:{partition}:sts::{account}:assumed-role/{role_name}/{session}", type=IdentityType.ASSUMED_ROLE,
         principal_id=f"{_principal_id('AROA', arn)}:{session}", role_arn=arn, session_name=session, **common,
     )
 

@@ -8,6 +8,7 @@ principals and service grants are not findings, unique ids (`AROA…`) are not c
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 _DECRYPT_ACTIONS = ("kms:decrypt", "kms:reencryptfrom")
+# An account root in any partition (`arn:aws-cn:iam::…:root` in the China Regions, …).
+_ROOT_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::(\d{12}):root", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,7 @@ class TrustZone:
 
     def is_admin(self, principal: str) -> bool:
         # The key account's root delegates to IAM (the default key policy): an administrator.
-        if principal in (self.key_account, f"arn:aws:iam::{self.key_account}:root"):
+        if principal == self.key_account or _is_root_of(principal, self.key_account):
             return True
         return any(fnmatchcase(principal, pattern) for pattern in self.admin_principals)
 
@@ -75,6 +78,11 @@ class PolicyFinding:
             "grantId": self.grant_id,
         }
         return doc | {k: v for k, v in optional.items() if v is not None}
+
+
+def _is_root_of(principal: str, account: str) -> bool:
+    match = _ROOT_ARN.fullmatch(principal)
+    return match is not None and match.group(1) == account
 
 
 def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[PolicyFinding]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from keytrail.kms.partitions import DEFAULT_PARTITION, arn_partition, with_partition
 
 __all__ = ["CallContext", "IdentityType", "Principal"]
 
@@ -39,6 +41,22 @@ class Principal:
     @property
     def policy_arn(self) -> str:
         return self.role_arn or self.arn
+
+    @property
+    def partition(self) -> str:
+        return arn_partition(self.arn) or DEFAULT_PARTITION
+
+    @property
+    def root_arn(self) -> str:
+        """The caller's account root, in the caller's partition (what a policy naming the account holds)."""
+        return f"arn:{self.partition}:iam::{self.account}:root"
+
+    def in_partition(self, partition: str) -> Principal:
+        """This principal as it calls in a Region of `partition`: its ARNs in that partition."""
+        if self.partition == partition:
+            return self
+        role_arn = with_partition(self.role_arn, partition) if self.role_arn else None
+        return replace(self, arn=with_partition(self.arn, partition), role_arn=role_arn)
 
     @classmethod
     def account_root(cls, account: str, access_key_id: str) -> Principal:

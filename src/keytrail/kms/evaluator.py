@@ -58,7 +58,7 @@ class _KeyPolicyResult:
 def _principal_match(principals: PrincipalSet, principal: Principal) -> str | None:
     if principals.anyone or principal.policy_arn in principals.arns or principal.arn in principals.arns:
         return "direct"
-    if f"arn:aws:iam::{principal.account}:root" in principals.arns:
+    if principal.root_arn in principals.arns or principal.account in principals.arns:
         return "account"
     return None
 
@@ -74,7 +74,9 @@ def _spared(principals: PrincipalSet, principal: Principal) -> bool:
     """Whether a NotPrincipal names the caller itself. For a role session that is the session's
     ARN: AWS checks the session, not only its role, so a NotPrincipal Deny naming just the role
     still denies its sessions (AWS's own example lists the session, the role and the account)."""
-    return principals.anyone or principal.arn in principals.arns
+    if principals.anyone or principal.arn in principals.arns:
+        return True
+    return principal.type is IdentityType.ROOT and principal.account in principals.arns
 
 
 def evaluate_key_policy(policy: Policy, principal: Principal, action: str, resource: str,

@@ -15,6 +15,7 @@ from typing import Any
 from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyUsage
+from keytrail.kms.partitions import partition_of
 from keytrail.kms.store import Grant
 
 __all__ = [
@@ -76,7 +77,7 @@ def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -
     """A grant to an account root lets that account's principals use it when IAM allows them."""
     if principal_named(grantee, principal):
         return True
-    root = f"arn:aws:iam::{principal.account}:root"
+    root = principal.root_arn
     return grantee == root and (identity_allows or principal.type is IdentityType.ROOT)
 
 
@@ -182,7 +183,7 @@ def grant_view(key: Key, grant: Grant) -> dict[str, Any]:
     view: dict[str, Any] = {
         "KeyId": key.arn, "GrantId": grant.grant_id, "CreationDate": grant.creation_date,
         "GranteePrincipal": grant.grantee_principal,
-        "IssuingAccount": f"arn:aws:iam::{grant.issuing_account}:root",
+        "IssuingAccount": f"arn:{partition_of(key.region)}:iam::{grant.issuing_account}:root",
         "Operations": list(grant.operations),
     }
     if grant.name is not None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
 
+from keytrail.kms.partitions import ARN_PARTITION, partition_of
+
 __all__ = [
     "KeyRef",
     "RefKind",
@@ -18,7 +20,7 @@ __all__ = [
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MRK = re.compile(r"^mrk-[0-9a-f]{32}$")
-_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):kms:([a-z0-9-]+):(\d{12}):(key|alias)/(.+)$")
+_ARN = re.compile(rf"^arn:({ARN_PARTITION}):kms:([a-z0-9-]+):(\d{{12}}):(key|alias)/(.+)$")
 
 
 def is_key_id(value: str) -> bool:
@@ -27,11 +29,13 @@ def is_key_id(value: str) -> bool:
 
 
 def key_arn(region: str, account: str, key_id: str) -> str:
-    return f"arn:aws:kms:{region}:{account}:key/{key_id}"
+    """The key's ARN, in the partition of its Region (`arn:aws-cn:kms:cn-north-1:…`)."""
+    return f"arn:{partition_of(region)}:kms:{region}:{account}:key/{key_id}"
 
 
 def alias_arn(region: str, account: str, alias_name: str) -> str:
-    return f"arn:aws:kms:{region}:{account}:{alias_name}"
+    """The alias's ARN, in the partition of its Region."""
+    return f"arn:{partition_of(region)}:kms:{region}:{account}:{alias_name}"
 
 
 class RefKind(Enum):
@@ -70,7 +74,8 @@ def parse_key_ref(raw: str, *, account: str, region: str) -> KeyRef:
     """Parse a KeyId parameter as the caller in `account`/`region` sent it.
 
     Raises KeyRefError with AWS's message for a malformed id (`Invalid keyId '…'`) or an ARN of
-    another Region (`Invalid arn <region>`).
+    another Region (`Invalid arn <region>`). An ARN of another partition than the Region's names
+    no key here either (`Invalid arn <partition>`): keys never leave their partition.
     """
     return _parse_key_ref(raw, account, region)
 
@@ -81,7 +86,9 @@ def _parse_key_ref(raw: str, account: str, region: str) -> KeyRef:
         return KeyRef(RefKind.ALIAS_NAME, raw, account, region, raw)
     match = _ARN.fullmatch(raw)  # fullmatch: `$` alone also matches before a trailing newline
     if match:
-        _, arn_region, arn_account, kind, rest = match.groups()
+        partition, arn_region, arn_account, kind, rest = match.groups()
+        if partition != partition_of(region):
+            raise KeyRefError(f"Invalid arn {partition}")
         if arn_region != region:
             raise KeyRefError(f"Invalid arn {arn_region}")
         if kind == "alias":

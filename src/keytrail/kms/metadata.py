@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keytrail.kms.identifiers import key_arn
 from keytrail.kms.importing import expiration_of
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
@@ -54,7 +55,7 @@ def key_metadata(key: Key) -> dict[str, Any]:
 def _multi_region_configuration(key: Key) -> dict[str, Any]:
     primary_region = key.primary_region or key.region
     def arn_in(region: str) -> str:
-        return f"arn:aws:kms:{region}:{key.account}:key/{key.key_id}"
+        return key_arn(region, key.account, key.key_id)
     return {
         "MultiRegionKeyType": "PRIMARY" if primary_region == key.region else "REPLICA",
         "PrimaryKey": {"Arn": arn_in(primary_region), "Region": primary_region},

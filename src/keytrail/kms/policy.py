@@ -11,6 +11,7 @@ from typing import Any
 
 from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.evaluator import check_lockout
+from keytrail.kms.partitions import DEFAULT_PARTITION
 from keytrail.kms.policy_document import (
     MAX_POLICY_BYTES,
     check_principal_wildcards,
@@ -29,15 +30,16 @@ __all__ = [
 ]
 
 
-def default_policy(account: str) -> str:
-    """The default key policy, as AWS writes it for CreateKey without a Policy."""
+def default_policy(account: str, partition: str = DEFAULT_PARTITION) -> str:
+    """The default key policy, as AWS writes it for CreateKey without a Policy (its account root
+    in the partition of the key's Region)."""
     return json.dumps({
         "Version": "2012-10-17",
         "Id": "key-default-1",
         "Statement": [{
             "Sid": "Enable IAM User Permissions",
             "Effect": "Allow",
-            "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+            "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
             "Action": "kms:*",
             "Resource": "*",
         }],

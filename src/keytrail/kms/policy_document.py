@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
+from keytrail.kms.partitions import ARN_PARTITION
 
 __all__ = [
     "MAX_POLICY_BYTES",
@@ -39,8 +40,8 @@ _PRINCIPAL_TYPES = {"AWS", "Service", "Federated", "CanonicalUser"}
 # Used with fullmatch (`$` also matches before a final newline), ASCII (\d takes any script's digits).
 _ACCOUNT = re.compile(r"\d{12}", re.ASCII)
 _IAM_ARN = re.compile(
-    r"arn:aws(-cn|-us-gov)?:(iam::\d{12}:(root|user/.+|role/.+|federated-user/.+)"
-    r"|sts::\d{12}:(assumed-role/.+/.+|federated-user/.+))",
+    rf"arn:{ARN_PARTITION}:(iam::\d{{12}}:(root|user/.+|role/.+|federated-user/.+)"
+    rf"|sts::\d{{12}}:(assumed-role/.+/.+|federated-user/.+))",
     re.ASCII,
 )
 _ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
@@ -185,7 +186,8 @@ def _validate_condition(block: Any, where: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class PrincipalSet:
-    """The principals a statement names. `arns` holds IAM ARNs (account ids as their root ARN)."""
+    """The principals a statement names. `arns` holds IAM ARNs and bare account ids (the account's
+    root in the caller's partition)."""
 
     anyone: bool = False
     arns: frozenset[str] = frozenset()
@@ -229,7 +231,8 @@ def _principals(value: Any) -> PrincipalSet:
     if value == "*":
         return PrincipalSet(anyone=True)
     aws = [str(v) for v in _list(value.get("AWS", []))]
-    arns = frozenset(f"arn:aws:iam::{a}:root" if _ACCOUNT.fullmatch(a) else a for a in aws if a != "*")
+    # A bare account id stays bare: it names the account's root in the partition of the key's Region.
+    arns = frozenset(a for a in aws if a != "*")
     services = frozenset(str(v) for v in _list(value.get("Service", [])))
     return PrincipalSet(anyone="*" in aws, arns=arns, services=services)
 

@@ -47,9 +47,10 @@ def test_statement_may_be_a_single_object_and_principal_forms_are_accepted() -> 
     assert compile_policy(json.dumps(doc)).statements[0].not_principal is True
 
 
-def test_account_id_principal_means_the_account_root() -> None:
+def test_account_id_principal_is_kept_bare_for_the_partition_of_the_call() -> None:
+    # The evaluator reads it as the account root of the caller's partition (test_partitions.py).
     policy = compile_policy(json.dumps({"Statement": [OK_STATEMENT]}))
-    assert policy.statements[0].principals.arns == {"arn:aws:iam::111122223333:root"}  # type: ignore[union-attr]
+    assert policy.statements[0].principals.arns == {"111122223333"}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

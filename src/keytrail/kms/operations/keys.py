@@ -16,6 +16,7 @@ from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.paging import page
+from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.specs import ALLOWED_USAGES
 from keytrail.kms.tags import validate_tags
@@ -76,7 +77,7 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:CreateKey", None, {
         "kms:KeySpec": spec.value, "kms:KeyUsage": usage.value,
         "kms:CustomerMasterKeySpec": spec.value, "kms:CustomerMasterKeyUsage": usage.value})
-    policy = params.get("Policy") or default_policy(context.account)
+    policy = params.get("Policy") or default_policy(context.account, partition_of(context.region))
     multi_region = bool(params.get("MultiRegion"))
     key_id = _new_key_id(svc, multi_region)  # before the checks that need the key's ARN
     arn = key_arn(context.region, context.account, key_id)

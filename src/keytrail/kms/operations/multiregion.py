@@ -12,6 +12,7 @@ from keytrail.kms.keys import Key
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeyState
 from keytrail.kms.operations.keys import camel_metadata
+from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.tags import validate_tags
 
@@ -42,7 +43,7 @@ def _require_replicable_state(key: Key) -> None:
 def _replica_policy(svc: KmsService, call: Call, primary: Key, region: str) -> str:
     params = call.params
     if "Policy" not in params:
-        return default_policy(call.context.account)
+        return default_policy(call.context.account, partition_of(region))
     validate_key_policy(
         params["Policy"], call.context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
         key_arn=key_arn(region, primary.account, primary.key_id), call=call.context, now=svc.now(),
