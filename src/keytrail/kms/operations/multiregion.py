@@ -40,6 +40,15 @@ def _require_replicable_state(key: Key) -> None:
         raise errors.KMSInvalidStateException(f"{key.arn} is {key.state.value}.")
 
 
+def _require_same_partition(primary: Key, region: str) -> None:
+    """ReplicateKey: a replica lives "in a different Region of the same AWS partition"."""
+    if partition_of(region) != partition_of(primary.region):
+        raise errors.UnsupportedOperationException(
+            f"Replica region {region} is not in the partition ({partition_of(primary.region)}) of the primary "
+            f"key's region {primary.region}; multi-Region keys cannot be replicated across partitions."
+        )
+
+
 def _replica_policy(svc: KmsService, call: Call, primary: Key, region: str) -> str:
     params = call.params
     if "Policy" not in params:
@@ -56,6 +65,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     primary = await svc.find_key(call, params["KeyId"], allow_alias=False)
     region = params["ReplicaRegion"]
     await svc.authorize(call, "kms:ReplicateKey", primary, _conditions(primary, **{"kms:ReplicaRegion": region}))
+    _require_same_partition(primary, region)
     # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it).
     in_replica_region = Call(replace(call.context, region=region), call.params)
     await svc.authorize(in_replica_region, "kms:CreateKey", None)
