@@ -23,9 +23,48 @@ NOTES = {
                          "symmetric keys (docs/imported-key-material.md)",
     "RotateKeyOnDemand": "imported keys rotate to material imported with NEW_KEY_MATERIAL "
                          "(docs/imported-key-material.md)",
+    "ReplicateKey": "within the primary's partition only (Regions and partitions below)",
     "CreateCustomKeyStore": "AWS_CLOUDHSM type on a PKCS#11 token (docs/custom-key-stores.md); "
                             "EXTERNAL_KEY_STORE refused",
 }
+
+# Why: a boto3 user in the China or GovCloud Regions reads `arn:aws-cn:…` / `arn:aws-us-gov:…`
+# from AWS; answering `arn:aws:…` there breaks the ARNs they paste into policies and KeyId.
+PARTITIONS = """\
+## Regions and partitions
+
+The Region is the one in the SigV4 credential scope, and every ARN keytrail writes is in that
+Region's partition, as AWS's are ("Amazon Resource Names (ARNs)", IAM User Guide): `aws-cn` for
+`cn-north-1` and `cn-northwest-1`, `aws-us-gov` for `us-gov-west-1` and `us-gov-east-1`, and the
+isolated partitions (`aws-iso`, `aws-iso-b`, `aws-iso-e`, `aws-iso-f`, `aws-eusc`) for theirs;
+every other Region name, `local` too, is in `aws`. The Region-to-partition rules are botocore's
+(`partitions.json`, `regionRegex`), copied into `keytrail.kms.partitions` (a test keeps them in step).
+
+- Responses: key and alias ARNs (`KeyMetadata.Arn`, `MultiRegionConfiguration`, `AliasArn`, the
+  `KeyId` of Encrypt, Decrypt, ReEncrypt, GenerateDataKey…, ListGrants' `IssuingAccount`), and the
+  ARNs in error messages (`Key 'arn:aws-cn:kms:…' does not exist`, AccessDenied's `User: …`).
+- KeyId: an ARN is accepted only in its own partition and Region. `arn:aws:kms:cn-north-1:…` in
+  `cn-north-1` (or `arn:aws-cn:…` in `us-east-1`) names no key: `NotFoundException` `Invalid arn aws`
+  (`Invalid arn aws-cn`), as an ARN of another Region gives `Invalid arn <region>`.
+- Callers: the principals file holds identities, not partitions. A caller acts in the partition of
+  the Region it signs for: `arn = "arn:aws:iam::111122223333:user/alice"` calling `cn-north-1` is
+  `arn:aws-cn:iam::111122223333:user/alice` there (a role session `arn:aws-cn:sts::…:assumed-role/…`),
+  in key policies, grants, denial messages and the audit record's `userIdentity`; an ARN written
+  with another partition in the file is treated the same way. So one principals file serves every
+  partition, as one set of test credentials does.
+- Policies: the default key policy names `arn:<partition>:iam::<account>:root`. A bare account id
+  as Principal means that account's root in the key's partition. An ARN of another partition matches
+  nothing, as in AWS, where an identity or a key exists in one partition only: `arn:aws:iam::…` as
+  Principal in a key policy of a `cn-north-1` key names no caller, `arn:aws:kms:…` as Resource no key.
+- Multi-Region keys: ReplicateKey into a Region of another partition (us-east-1 → cn-north-1) is
+  refused with `UnsupportedOperationException`: replicas live "in a different Region of the same
+  AWS partition" (ReplicateKey, API Reference). AWS does not document the exact error for this
+  case; keytrail's message names both Regions and the partition.
+- Audit records (`resources[].ARN`, `userIdentity.arn`, `sessionIssuer.arn`, `responseElements`),
+  the Kafka message key, metrics, the detector and reports carry these ARNs unchanged; the detector
+  and reports read ARNs of every partition (an `arn:aws-cn:iam::<account>:root` is the key
+  account's administrator like `arn:aws:iam::<account>:root`).
+"""
 
 
 def render() -> str:
@@ -46,7 +85,7 @@ def render() -> str:
         status = "supported" if name in OPERATIONS else "not yet"
         lines.append(f"| {name} | {status} | {NOTES.get(name, '')} |")
     served = sum(name in OPERATIONS for name in model.operation_names)
-    lines += ["", f"{served} of {len(model.operation_names)} operations supported.", ""]
+    lines += ["", f"{served} of {len(model.operation_names)} operations supported.", "", PARTITIONS]
     return "\n".join(lines)
 
 
