@@ -55,6 +55,11 @@ class _KeyPolicyResult:
     account: bool = False  # the key policy names the caller's account: IAM must allow too
 
 
+def _root_named(principals: PrincipalSet, principal: Principal) -> bool:
+    """A root caller named by its bare account id (its root in the caller's partition)."""
+    return principal.type is IdentityType.ROOT and principal.account in principals.arns
+
+
 def _principal_match(principals: PrincipalSet, principal: Principal) -> str | None:
     if principals.anyone or principal.policy_arn in principals.arns or principal.arn in principals.arns:
         return "direct"
@@ -74,9 +79,7 @@ def _spared(principals: PrincipalSet, principal: Principal) -> bool:
     """Whether a NotPrincipal names the caller itself. For a role session that is the session's
     ARN: AWS checks the session, not only its role, so a NotPrincipal Deny naming just the role
     still denies its sessions (AWS's own example lists the session, the role and the account)."""
-    if principals.anyone or principal.arn in principals.arns:
-        return True
-    return principal.type is IdentityType.ROOT and principal.account in principals.arns
+    return principals.anyone or principal.arn in principals.arns or _root_named(principals, principal)
 
 
 def evaluate_key_policy(policy: Policy, principal: Principal, action: str, resource: str,

@@ -128,3 +128,15 @@ def test_detector_takes_the_account_root_of_any_partition_as_administrator() -> 
     assert zone.is_admin(f"arn:aws-cn:iam::{ACCOUNT}:root")
     assert zone.is_admin(f"arn:aws-us-gov:iam::{ACCOUNT}:root")
     assert not zone.is_admin("arn:aws-cn:iam::444455556666:root")
+
+
+
+def test_a_not_principal_deny_naming_the_bare_account_spares_its_root_in_every_partition() -> None:
+    policy = doc({"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": "kms:*", "Resource": "*"},
+                 {"Effect": "Deny", "NotPrincipal": {"AWS": ACCOUNT}, "Action": "kms:*", "Resource": "*"})
+    for partition in ("aws", "aws-cn", "aws-us-gov"):
+        spared = authorizer().authorize(request(root().in_partition(partition), "kms:Encrypt", key(policy)))
+        assert spared.verdict is Verdict.ALLOW, partition
+        alice = user("alice", ACCOUNT, allow_all_identity()).in_partition(partition)
+        denied = authorizer().authorize(request(alice, "kms:Encrypt", key(policy)))
+        assert denied.verdict is Verdict.EXPLICIT_DENY, partition
