@@ -135,6 +135,7 @@ class ChainWriter:
     def __init__(self, paths: IntegrityPaths, log: SegmentLog, *, digest_interval_s: float = 3600.0) -> None:
         self.paths = paths
         self.interval = digest_interval_s
+        key_was_there = paths.private_key.exists()
         self._key = signing_key(paths)
         paths.digests.mkdir(parents=True, exist_ok=True)
         self._last: dict[str, Any] | None = None
@@ -143,6 +144,7 @@ class ChainWriter:
         self._chain = GENESIS
         self._load_last_digest()
         self._check_log_reaches_digest(log)
+        self._check_trail_was_signed(log, key_was_there)
         self._hashes = open(paths.hashes, "r+b" if paths.hashes.exists() else "w+b")  # noqa: SIM115
         self._recover(log)
         self._last_time: datetime | None = None
@@ -175,10 +177,18 @@ class ChainWriter:
             self._last_time = now
         return self._end > self._covered and (now - self._last_time).total_seconds() >= self.interval
 
-    def write_digest(self, now: datetime) -> dict[str, Any] | None:
-        """Sign a digest over the records since the previous one; None when there are none."""
+    def begin(self, now: datetime) -> None:
+        """Sign the genesis digest of a new trail (it covers no record): every trail that holds a
+        record then has digest 0, so `verify` tells a trail whose digests were all deleted from one
+        that was never signed yet."""
+        if self._last is None:
+            self.write_digest(now, empty=True)
+
+    def write_digest(self, now: datetime, *, empty: bool = False) -> dict[str, Any] | None:
+        """Sign a digest over the records since the previous one; None when there are none
+        (unless `empty`)."""
         self._last_time = now
-        if self._end == self._covered:
+        if self._end == self._covered and not empty:
             return None
         self._hashes.flush()
         os.fsync(self._hashes.fileno())
@@ -229,6 +239,18 @@ class ChainWriter:
                 f"the audit log ends at offset {end} but the last signed digest covers records up to "
                 f"{self._covered}: signed records are gone (`keytrail audit verify` names them); restore "
                 f"{log.directory} from a backup, or move {log.directory.parent} aside to start a new trail")
+
+    def _check_trail_was_signed(self, log: SegmentLog, key_was_there: bool) -> None:
+        """A trail's signing key and genesis digest exist before its first record, so records
+        without them lost their signatures: signing them now would vouch for whatever the log
+        holds (it may have been edited meanwhile). Refuse, as for a log cut below its digest."""
+        if self._last is not None or log.end_offset() == 0:
+            return
+        lost = "signing key and digests are" if not key_was_there else "signed digests are"
+        raise IntegrityFileUnusable(
+            f"the audit log holds records up to offset {log.end_offset()} but its {lost} gone from "
+            f"{self.paths.root} (`keytrail audit verify` reports it); restore {self.paths.root} from a backup, or "
+            f"move {log.directory.parent} aside to start a new trail")
 
     def _recover(self, log: SegmentLog) -> None:
         """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records

@@ -76,6 +76,12 @@ class AuditTrail:
         except BaseException:
             self.log.close()  # releases the writer lock it took
             raise
+        try:
+            chain.begin(self._now())
+        except BaseException:
+            chain.close()
+            self.log.close()
+            raise
         self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention, in_progress=in_progress,
                            sync_helper=settings.fsync_helper)
         self.codec = EventCodec()

@@ -48,6 +48,10 @@ def verify(data_dir: Path) -> list[str]:
     expected = _stored_hashes(paths)
     problems = _check_digests(paths, public, expected)
     log = SegmentLog(log_dir)
+    if not load_digests(paths) and (expected or log.end_offset() > 0):
+        # A trail signs its genesis digest before its first record (ChainWriter.begin).
+        problems.append(f"no signed digest in {paths.digests}: the digests were deleted, and no signature "
+                        f"covers the records up to offset {max(len(expected), log.end_offset())}")
     problems += _check_records(log, expected, _floor(paths), live=writer_active(log_dir))
     if damage := log.damage():  # bytes that are no whole record: a damaged frame, or junk written in
         problems.append(damage)

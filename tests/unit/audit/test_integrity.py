@@ -110,10 +110,10 @@ def test_altered_hash_store_breaks_signed_chain(data_dir: Path) -> None:
 
 def test_deleted_digest_breaks_digest_chain(tmp_path: Path) -> None:
     fill_trail(tmp_path, 5)
-    fill_trail(tmp_path, 5)  # second session: a second digest naming the first
+    fill_trail(tmp_path, 5)  # second session: a digest naming the first session's
     _, paths = audit_paths(tmp_path)
     digests = sorted(paths.digests.glob("*.json"))
-    assert len(digests) == 2
+    assert len(digests) == 3  # the genesis digest, then one per session
     assert verify(tmp_path) == []
     digests[0].unlink()
     problems = verify(tmp_path)
@@ -217,3 +217,31 @@ def test_a_log_cut_below_its_last_digest_stops_the_trail_in_one_line(data_dir: P
                                                      "covers records up to 20: signed records are gone"):
         AuditTrail.open(AuditSettings(data_dir=data_dir))
     assert any("missing" in problem for problem in verify(data_dir))  # and verify still tells which
+
+
+def test_a_trail_whose_digests_were_all_deleted_is_named_and_not_signed_again(data_dir: Path) -> None:
+    import shutil
+
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    _, paths = audit_paths(data_dir)
+    shutil.rmtree(paths.digests)  # with them, every signature over records an attacker may have edited
+    assert any(p.startswith(f"no signed digest in {paths.digests}: the digests were deleted") for p in verify(data_dir))
+    with pytest.raises(IntegrityFileUnusable, match="holds records up to offset 20 but its signed digests are gone"):
+        AuditTrail.open(AuditSettings(data_dir=data_dir))  # a new chain would vouch for the log as it is now
+    shutil.rmtree(paths.root)  # the key too: a new key would sign the records afresh
+    with pytest.raises(IntegrityFileUnusable, match="its signing key and digests are gone"):
+        AuditTrail.open(AuditSettings(data_dir=data_dir))
+
+
+async def test_a_live_trail_has_a_genesis_digest_before_its_first_record(tmp_path: Path) -> None:
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from tests.support.audit_records import encrypt_call
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(1))
+        _, paths = audit_paths(tmp_path)
+        [genesis] = [json.loads(p.read_text()) for p in paths.digests.glob("*.json")]
+        assert (genesis["sequence"], genesis["startOffset"], genesis["endOffset"]) == (0, 0, 0)
+        assert verify(tmp_path) == []  # the live record is not signed yet, and the trail has its digest 0
