@@ -22,6 +22,7 @@ from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
 from keytrail.transport.segment_log import event_log_dir
 from tests.support import server as server_support
+from tests.support.audit_records import sign_again_with_a_new_key
 
 pytestmark = pytest.mark.integration
 
@@ -181,3 +182,30 @@ def test_write_calls_log_the_affected_key_arn_in_response_elements(tmp_path: Pat
     logged = {events[r]["eventName"]: events[r]["responseElements"] for r in calls}
     expected = {events[r]["eventName"]: {"keyId": arn} if arn else None for r, arn in calls.items()}
     assert logged == expected and len(logged) == len(steps)
+
+
+def _verify_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_serve_prints_the_public_key_fingerprint_a_replaced_signing_key_is_caught_against(tmp_path: Path) -> None:
+    from keytrail.audit.integrity import exported_fingerprint
+    from keytrail.audit.trail import audit_paths
+
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    try:
+        alice = server.client("alice")
+        alice.encrypt(KeyId=alice.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")
+    finally:
+        assert server.stop() == 0
+    integrity = audit_paths(data)[1]
+    assert f"has the SHA-256 fingerprint {exported_fingerprint(integrity)}" in server.log.read_text()
+    kept = tmp_path / "kept.pub.pem"  # the copy kept off the node
+    kept.write_bytes(integrity.public_key.read_bytes())
+    assert _verify_cli(data, "--public-key", str(kept)).returncode == 0
+    sign_again_with_a_new_key(data)  # whoever can write the data dir: a key of their own, every digest signed again
+    assert _verify_cli(data).returncode == 0  # the data dir alone cannot tell
+    replaced = _verify_cli(data, "--public-key", str(kept))
+    assert replaced.returncode == 1 and "the signing key was replaced" in replaced.stdout, replaced.stdout

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import struct
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from keytrail.audit.integrity import canonical, fingerprint
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.model import CallRecord
@@ -72,3 +78,19 @@ def rewrite_segment(data_dir: Path, edit: object, *, fix_checksums: bool = True)
             crc = zlib.crc32(originals[index])
         out += struct.pack("<II", len(payload), crc) + payload
     segment.write_bytes(out)
+
+
+def sign_again_with_a_new_key(data_dir: Path) -> None:
+    """What an attacker who can write the data dir does after editing records: a key of their own,
+    its public half exported, every digest signed anew (chain heads recomputed would be the same)."""
+    _, paths = audit_paths(data_dir)
+    key = Ed25519PrivateKey.generate()
+    paths.public_key.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+    previous = None
+    for path in sorted(paths.digests.glob("*.json")):
+        body = {k: v for k, v in json.loads(path.read_text()).items() if k != "signature"}
+        body["publicKeyFingerprint"] = fingerprint(key.public_key())
+        body["previousDigestHash"] = None if previous is None else hashlib.sha256(canonical(previous)).hexdigest()
+        previous = {**body, "signature": key.sign(canonical(body)).hex()}
+        path.write_bytes(canonical(previous))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,9 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
-    "GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "load_digests", "signing_key",
-    "verify", "write_retention_floor",
+    "GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "exported_fingerprint",
+    "fingerprint", "load_digests", "signing_key", "verify", "write_retention_floor",
 ]
+
+log = logging.getLogger(__name__)
 
 GENESIS = bytes(32)
 HASH_SIZE = 32
@@ -85,7 +88,27 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_atomic(paths.public_key, public, mode=0o644)
+    # Whoever can write the data dir can also make a key of their own and sign a rewritten trail
+    # with it; only a copy of the public key kept elsewhere tells the two apart (`serve` prints it).
+    log.info("created the audit signing key %s; its public key %s has the SHA-256 fingerprint %s: keep a copy "
+                "off this node and check the trail with `keytrail audit verify --public-key COPY`",
+                paths.private_key, paths.public_key, fingerprint(key.public_key()))
     return key
+
+
+def exported_fingerprint(paths: IntegrityPaths) -> str | None:
+    """The fingerprint of the exported public key (None when it cannot be read)."""
+    try:
+        public = serialization.load_pem_public_key(paths.public_key.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return fingerprint(public) if isinstance(public, Ed25519PublicKey) else None
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """The SHA-256 of the raw public key, hex: what each digest names as `publicKeyFingerprint`."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def write_retention_floor(paths: IntegrityPaths, offset: int) -> None:
@@ -208,8 +231,7 @@ class ChainWriter:
         self._hashes.close()
 
     def _fingerprint(self) -> str:
-        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return hashlib.sha256(raw).hexdigest()
+        return fingerprint(self._key.public_key())
 
     def _accept(self, digest: dict[str, Any]) -> None:
         self._last = digest
@@ -307,12 +329,13 @@ def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
         os.close(fd)
 
 
-def verify(data_dir: Path) -> list[str]:
+def verify(data_dir: Path, public_key: Path | None = None) -> list[str]:
     """Every integrity problem of the audit trail in `data_dir`: missing, altered, reordered or
-    inserted records, and breaks in the signed digest chain (empty when intact)."""
+    inserted records, and breaks in the signed digest chain (empty when intact). `public_key`: a
+    copy of the node's public key kept elsewhere, to check the digests against."""
     from keytrail.audit.verification import verify as run
 
-    return run(data_dir)
+    return run(data_dir, public_key)
 
 
 def _first_line(error: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +22,44 @@ from keytrail.audit.integrity import (
     IntegrityPaths,
     canonical,
     chain_step,
+    fingerprint,
     load_digests,
     verify_signature,
 )
 from keytrail.audit.schema import SchemaError, decode
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
-__all__ = ["verify"]
+__all__ = ["Verdict", "check", "verify"]
 
 
-def verify(data_dir: Path) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What `verify` found: `problems` (each a missing, altered, reordered or inserted record, or a
+    broken digest; the trail is intact when there are none) and `notes`, what the operator should
+    know of an intact trail (what the signatures reach, and the key that made them)."""
+
+    problems: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def verify(data_dir: Path, public_key: Path | None = None) -> list[str]:
     """Every integrity problem of the audit trail in `data_dir` (empty: the log is intact)."""
+    return check(data_dir, public_key).problems
+
+
+def check(data_dir: Path, public_key: Path | None = None) -> Verdict:
+    """Verify the audit trail in `data_dir`; `public_key`: a copy of the node's public key kept
+    elsewhere (the one in the data dir is only as safe as the data dir)."""
     from keytrail.audit.trail import audit_paths
 
     log_dir, paths = audit_paths(data_dir)
     if not log_dir.exists():
-        return [f"no audit event log in {data_dir}"]
-    if not paths.public_key.exists():
-        return [f"public key {paths.public_key} is missing: cannot verify digests"]
-    try:
-        public = serialization.load_pem_public_key(paths.public_key.read_bytes())
-    except ValueError as exc:
-        return [f"public key {paths.public_key} cannot be read ({str(exc).splitlines()[0]}): cannot verify digests"]
-    if not isinstance(public, Ed25519PublicKey):
-        return [f"{paths.public_key} is not an Ed25519 public key"]
+        return Verdict([f"no audit event log in {data_dir}"])
+    key, problems = _verifying_key(paths, public_key)
+    if key is None:
+        return Verdict(problems)
     expected = _stored_hashes(paths)
-    problems = _check_digests(paths, public, expected)
+    problems += _check_digests(paths, key, expected)
     log = SegmentLog(log_dir)
     if not load_digests(paths) and (expected or log.end_offset() > 0):
         # A trail signs its genesis digest before its first record (ChainWriter.begin).
@@ -55,7 +68,35 @@ def verify(data_dir: Path) -> list[str]:
     problems += _check_records(log, expected, _floor(paths), live=writer_active(log_dir))
     if damage := log.damage():  # bytes that are no whole record: a damaged frame, or junk written in
         problems.append(damage)
-    return problems
+    return Verdict(problems, [f"digests signed by the key with SHA-256 fingerprint {fingerprint(key)}"])
+
+
+def _verifying_key(paths: IntegrityPaths, given: Path | None) -> tuple[Ed25519PublicKey | None, list[str]]:
+    """The key to check the digests with: the copy given, else the node's exported one. A node
+    key that is not the copy means the trail was signed again by another key."""
+    node_key, problem = _load_public_key(paths.public_key, "public key")
+    if given is None:
+        return node_key, [problem] if problem else []
+    key, given_problem = _load_public_key(given, "--public-key")
+    if key is None:
+        return None, [given_problem or ""]
+    if node_key is None or fingerprint(node_key) != fingerprint(key):
+        found = f"has the fingerprint {fingerprint(node_key)}" if node_key is not None else "cannot be used"
+        return key, [f"the node's public key {paths.public_key} {found}, not {fingerprint(key)} as the --public-key "
+                     "copy: the signing key was replaced (digests not signed by the copy's key are named below)"]
+    return key, []
+
+
+def _load_public_key(path: Path, what: str) -> tuple[Ed25519PublicKey | None, str | None]:
+    try:
+        public = serialization.load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        return None, f"{what} {path} is missing: cannot verify digests"
+    except (ValueError, OSError) as exc:
+        return None, f"{what} {path} cannot be read ({str(exc).splitlines()[0]}): cannot verify digests"
+    if not isinstance(public, Ed25519PublicKey):
+        return None, f"{what} {path} is not an Ed25519 public key"
+    return public, None
 
 
 def _stored_hashes(paths: IntegrityPaths) -> list[bytes]:
@@ -81,6 +122,9 @@ def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list
             previous = digest or previous
             continue
         problems += _check_link(name, index, digest, previous)
+        if digest.get("publicKeyFingerprint") != fingerprint(public):
+            problems.append(f"digest {name}: names the public key {digest.get('publicKeyFingerprint')}, not the one "
+                            "it is verified with")
         start, end = int(digest["startOffset"]), int(digest["endOffset"])
         if start != chained_to or end > len(hashes):
             problems.append(f"digest {name}: covers offsets {start}..{end - 1} but the stored record "

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 import typer
 
 from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
-from keytrail.audit.integrity import verify as verify_trail
 from keytrail.audit.schema import SchemaError
+from keytrail.audit.verification import check as check_trail
 from keytrail.cli.console import event_log_damage, fail, missing_paths, os_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
@@ -100,15 +100,21 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
 
 
 @audit_app.command()
-def verify(data_dir: Path = DataDir) -> None:
+def verify(data_dir: Path = DataDir,
+           public_key: Path | None = typer.Option(
+               None, "--public-key", metavar="FILE",
+               help="A copy of the node's signing-key.pub.pem kept off the node: the digests must be signed by it "
+                    "(without it, a key made by whoever can write the data dir passes too).")) -> None:
     """Check the event log against its hash chain and signed digests; exit 1 naming each problem."""
     _require_log(data_dir)  # a mistyped --data-dir is a usage error, said as its sibling commands say it
-    problems = verify_trail(data_dir)
-    for problem in problems:
+    verdict = check_trail(data_dir, public_key)
+    for problem in verdict.problems:
         typer.echo(problem)
-    if problems:
+    if verdict.problems:
         raise typer.Exit(1)
     typer.echo(f"audit trail in {data_dir} verified: no record missing, altered, reordered or inserted")
+    for note in verdict.notes:
+        typer.echo(note)
 
 
 @audit_app.command("import")

@@ -21,6 +21,8 @@ import uvloop
 
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
+from keytrail.audit.integrity import IntegrityPaths, exported_fingerprint
+from keytrail.audit.trail import audit_paths
 from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, os_problem
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
@@ -64,6 +66,14 @@ def _credentials(settings: ServeSettings) -> CredentialStore:
         return CredentialStore(path, dev_credentials=settings.dev_credentials)
     except PrincipalsFileError as exc:
         raise _fail(str(exc)) from None
+
+
+def _print_public_key(integrity: IntegrityPaths, data_dir: Path) -> None:
+    """Whoever can write the data dir can sign a rewritten trail with a key of their own: only a
+    copy of the public key kept off the node tells the two apart, so say so when the key is made."""
+    typer.echo(f"Created the audit signing key; its public key {integrity.public_key} has the SHA-256 fingerprint "
+               f"{exported_fingerprint(integrity)}. Keep a copy off this node and check the trail with: "
+               f"keytrail audit verify --data-dir {data_dir} --public-key COPY")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -187,7 +197,11 @@ def _check_config(path: Path | None) -> None:
 
 
 async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dict[str, str]) -> bool:
+    integrity = audit_paths(settings.data_dir)[1]
+    new_trail = settings.audit and not integrity.private_key.exists()
     node = await build_node(settings, credentials)
+    if new_trail:
+        _print_public_key(integrity, settings.data_dir)
     # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is
     # the connection's, unless the operator names the proxies trusted to report another (uvicorn's
     # FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: any local

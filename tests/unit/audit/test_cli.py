@@ -39,6 +39,22 @@ def test_verify_exit_codes(tmp_path: Path) -> None:
     assert code == 1 and "offset 2 is missing" in out
 
 
+def test_verify_checks_the_digests_against_a_public_key_kept_elsewhere(tmp_path: Path) -> None:
+    from keytrail.audit.integrity import fingerprint, signing_key
+
+    node, elsewhere = tmp_path / "node", tmp_path / "elsewhere.pem"
+    fill_trail(node, 3)
+    _, paths = audit_paths(node)
+    elsewhere.write_bytes(paths.public_key.read_bytes())
+    code, out, _ = _run("verify", "--data-dir", str(node), "--public-key", str(elsewhere))
+    assert code == 0, out
+    assert f"digests signed by the key with SHA-256 fingerprint {fingerprint(signing_key(paths).public_key())}" in out
+    other = tmp_path / "other"
+    fill_trail(other, 1)  # another node's key: not the one this trail was signed with
+    code, out, _ = _run("verify", "--data-dir", str(node), "--public-key", str(audit_paths(other)[1].public_key))
+    assert code == 1 and "the signing key was replaced" in out and "signature invalid" in out
+
+
 def test_import_and_export(tmp_path: Path) -> None:
     code, out, err = _run("import", str(EXAMPLES), "--data-dir", str(tmp_path / "node"))
     assert code == 0, err

@@ -12,7 +12,7 @@ import pytest
 from keytrail.audit.integrity import verify
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import audit_paths
-from tests.support.audit_records import fill_trail, rewrite_segment
+from tests.support.audit_records import fill_trail, rewrite_segment, sign_again_with_a_new_key
 
 
 @pytest.fixture()
@@ -245,3 +245,23 @@ async def test_a_live_trail_has_a_genesis_digest_before_its_first_record(tmp_pat
         [genesis] = [json.loads(p.read_text()) for p in paths.digests.glob("*.json")]
         assert (genesis["sequence"], genesis["startOffset"], genesis["endOffset"]) == (0, 0, 0)
         assert verify(tmp_path) == []  # the live record is not signed yet, and the trail has its digest 0
+
+
+def test_a_trail_signed_again_with_another_key_fails_against_the_public_key_kept_elsewhere(
+        data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _, paths = audit_paths(data_dir)
+    kept = tmp_path_factory.mktemp("off-node") / "signing-key.pub.pem"
+    kept.write_bytes(paths.public_key.read_bytes())
+    assert verify(data_dir, kept) == []
+    sign_again_with_a_new_key(data_dir)
+    assert verify(data_dir) == []  # the data dir alone cannot tell: the key in it is the attacker's
+    problems = verify(data_dir, kept)
+    assert problems[0].startswith(f"the node's public key {paths.public_key} has the fingerprint "), problems
+    assert "the signing key was replaced" in problems[0]
+    assert any(p.endswith("signature invalid (digest altered or not ours)") for p in problems[1:]), problems
+
+
+def test_verify_with_a_public_key_that_cannot_be_read_says_so_in_one_line(data_dir: Path, tmp_path: Path) -> None:
+    assert verify(data_dir, tmp_path / "nowhere.pem") == [
+        f"--public-key {tmp_path / 'nowhere.pem'} is missing: cannot verify digests"]
+    assert verify(data_dir, tmp_path)[0].startswith(f"--public-key {tmp_path} cannot be read")
