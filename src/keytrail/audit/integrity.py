@@ -27,7 +27,7 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "exported_fingerprint",
-    "fingerprint", "load_digests", "signing_key", "verify", "write_retention_floor",
+    "fingerprint", "load_digests", "read_retention_floor", "signing_key", "verify", "write_retention_floor",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,28 @@ def fingerprint(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def write_retention_floor(paths: IntegrityPaths, offset: int) -> None:
+def write_retention_floor(paths: IntegrityPaths, offset: int, key: Ed25519PrivateKey) -> None:
     """Note for `verify` that retention may delete the records before `offset`: atomically and
-    synced, since a floor a crash left empty or missing makes retention's deletions read as tampering."""
-    _write_atomic(paths.retention_floor, str(offset).encode(), mode=0o644)
+    synced, since a floor a crash left empty or missing makes retention's deletions read as tampering;
+    signed, since a floor anyone could write would excuse any oldest segments they delete."""
+    body = {"retentionFloor": offset}
+    _write_atomic(paths.retention_floor, canonical({**body, "signature": key.sign(canonical(body)).hex()}),
+                  mode=0o644)
+
+
+def read_retention_floor(paths: IntegrityPaths, public_key: Ed25519PublicKey) -> tuple[int, str | None]:
+    """The signed retention floor (0 when there is none), and why a floor file excuses nothing."""
+    try:
+        floor = json.loads(paths.retention_floor.read_bytes())
+    except FileNotFoundError:
+        return 0, None
+    except (OSError, ValueError):
+        floor = None
+    offset = floor.get("retentionFloor") if isinstance(floor, dict) else None
+    if isinstance(offset, int) and verify_signature(public_key, floor):
+        return offset, None
+    return 0, (f"retention floor {paths.retention_floor} is not signed by the trail's key (edited, or written by a "
+               "keytrail before floors were signed): it excuses no deleted record")
 
 
 def chain_step(chain: bytes, record_hash: bytes) -> bytes:
@@ -225,6 +243,10 @@ class ChainWriter:
         _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest), mode=0o644)
         self._accept(digest)
         return digest
+
+    def write_retention_floor(self, offset: int) -> None:
+        """Sign and store the retention floor (writer thread, before retention deletes)."""
+        write_retention_floor(self.paths, offset, self._key)
 
     def close(self) -> None:
         """Release the sidecar file."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.audit.call_encoder import CallEncoder
-from keytrail.audit.integrity import ChainWriter, IntegrityPaths, write_retention_floor
+from keytrail.audit.integrity import ChainWriter, IntegrityPaths
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, RecentRecords, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
@@ -216,7 +216,7 @@ class AuditTrail:
         if floor > segments[0][0]:
             # The floor first: a crash between the two leaves segments below a floor (which
             # `verify` skips), never segments gone above it (which it reports as tampering).
-            write_retention_floor(self.integrity, floor)
+            self.spool.chain.write_retention_floor(floor)
             self.log.delete_before(floor)
 
 

@@ -24,6 +24,7 @@ from keytrail.audit.integrity import (
     chain_step,
     fingerprint,
     load_digests,
+    read_retention_floor,
     verify_signature,
 )
 from keytrail.audit.schema import SchemaError, decode
@@ -65,7 +66,9 @@ def check(data_dir: Path, public_key: Path | None = None) -> Verdict:
         # A trail signs its genesis digest before its first record (ChainWriter.begin).
         problems.append(f"no signed digest in {paths.digests}: the digests were deleted, and no signature "
                         f"covers the records up to offset {max(len(expected), log.end_offset())}")
-    problems += _check_records(log, expected, _floor(paths), live=writer_active(log_dir))
+    floor, unsigned = read_retention_floor(paths, key)
+    problems += [unsigned] if unsigned else []
+    problems += _check_records(log, expected, floor, live=writer_active(log_dir))
     if damage := log.damage():  # bytes that are no whole record: a damaged frame, or junk written in
         problems.append(damage)
     return Verdict(problems, [f"digests signed by the key with SHA-256 fingerprint {fingerprint(key)}"])
@@ -102,13 +105,6 @@ def _load_public_key(path: Path, what: str) -> tuple[Ed25519PublicKey | None, st
 def _stored_hashes(paths: IntegrityPaths) -> list[bytes]:
     data = paths.hashes.read_bytes() if paths.hashes.exists() else b""
     return [data[i:i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)]
-
-
-def _floor(paths: IntegrityPaths) -> int:
-    try:
-        return int(paths.retention_floor.read_text())
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list[bytes]) -> list[str]:

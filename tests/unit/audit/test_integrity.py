@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.audit.integrity import verify
+from keytrail.audit.integrity import signing_key, verify, write_retention_floor
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import audit_paths
 from tests.support.audit_records import fill_trail, rewrite_segment, sign_again_with_a_new_key
@@ -178,12 +178,24 @@ def test_a_zero_filled_tail_is_named_a_torn_write_not_records(data_dir: Path) ->
 @pytest.mark.parametrize("floor", [8, 10**9])
 def test_a_retention_floor_moved_up_does_not_hide_records_still_in_the_log(data_dir: Path, floor: int) -> None:
     # The floor only excuses records retention deleted; records still on disk are checked whatever
-    # it says (it is not signed: anyone who can alter a record can also edit it).
+    # it says (even signed by the trail's own key: whoever alters records may hold that key too).
     rewrite_segment(data_dir, _altered)
     _, paths = audit_paths(data_dir)
-    paths.retention_floor.write_text(str(floor))
+    write_retention_floor(paths, floor, signing_key(paths))
     problems = verify(data_dir)
     assert any("offset 7 was altered" in p for p in problems), problems
+
+
+def test_a_forged_retention_floor_does_not_excuse_the_oldest_segments_deleted(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 60, segment_bytes=2000)
+    log_dir, paths = audit_paths(tmp_path)
+    oldest, kept = sorted(log_dir.glob("*.seg"))[:2]
+    oldest.unlink()  # the first records gone, and a floor saying retention deleted them
+    paths.retention_floor.write_text(kept.name[:20].lstrip("0"))
+    problems = verify(tmp_path)
+    assert problems[0].startswith(f"retention floor {paths.retention_floor} is not signed by the trail's key"), problems
+    assert f"records at offsets 0..{int(kept.name[:20]) - 1} are missing (segment files deleted outside retention)" \
+        in problems, problems
 
 
 @pytest.mark.parametrize("kept", [0, 3])
