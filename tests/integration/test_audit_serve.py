@@ -22,7 +22,7 @@ from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
 from keytrail.transport.segment_log import event_log_dir
 from tests.support import server as server_support
-from tests.support.audit_records import sign_again_with_a_new_key
+from tests.support.audit_records import cut_back_to, sign_again_with_a_new_key
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +209,39 @@ def test_serve_prints_the_public_key_fingerprint_a_replaced_signing_key_is_caugh
     assert _verify_cli(data).returncode == 0  # the data dir alone cannot tell
     replaced = _verify_cli(data, "--public-key", str(kept))
     assert replaced.returncode == 1 and "the signing key was replaced" in replaced.stdout, replaced.stdout
+
+
+def _session(server: KeytrailServer) -> None:
+    """A few boto3 calls through a node started for them, stopped after (its final digest)."""
+    server.start()
+    try:
+        alice = server.client("alice")
+        key = alice.create_key()["KeyMetadata"]["KeyId"]
+        for _ in range(3):
+            alice.encrypt(KeyId=key, Plaintext=b"x")
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_trail_cut_back_to_an_older_state_shows_only_against_the_digests_kept_off_the_node(tmp_path: Path) -> None:
+    import shutil
+
+    from keytrail.audit.trail import audit_paths
+
+    data, kept = tmp_path / "data", tmp_path / "kept-digests"
+    server = KeytrailServer(data)
+    _session(server)
+    digests = audit_paths(data)[1].digests
+    signed = len(list(digests.glob("*.json")))
+    first_session_end = json.loads(sorted(digests.glob("*.json"))[-1].read_text())["endOffset"]
+    _session(server)
+    shutil.copytree(digests, kept)  # as the operator ships each digest off the node
+    assert _verify_cli(data, "--digests", str(kept)).returncode == 0
+    # The second session's calls gone, with their hashes and the digest that signed them.
+    cut_back_to(data, records=first_session_end, digests=signed)
+    alone = _verify_cli(data)
+    assert alone.returncode == 0, alone.stdout  # consistent in itself: the node cannot tell
+    assert f"signs the records up to offset {first_session_end}" in alone.stdout
+    against = _verify_cli(data, "--digests", str(kept))
+    assert against.returncode == 1 and "kept off the node, is gone from" in against.stdout, against.stdout
+

@@ -94,3 +94,14 @@ def sign_again_with_a_new_key(data_dir: Path) -> None:
         body["previousDigestHash"] = None if previous is None else hashlib.sha256(canonical(previous)).hexdigest()
         previous = {**body, "signature": key.sign(canonical(body)).hex()}
         path.write_bytes(canonical(previous))
+
+
+def cut_back_to(data_dir: Path, records: int, digests: int) -> None:
+    """Roll the trail back to an older state that is consistent in itself: the newest records gone
+    with their hashes and the digests that signed them."""
+    _, paths = audit_paths(data_dir)
+    for newer in sorted(paths.digests.glob("*.json"))[digests:]:
+        newer.unlink()
+    rewrite_segment(data_dir, lambda kept: kept[:records])
+    with paths.hashes.open("r+b") as hashes:
+        hashes.truncate(32 * records)

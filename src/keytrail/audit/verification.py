@@ -28,9 +28,10 @@ from keytrail.audit.integrity import (
     verify_signature,
 )
 from keytrail.audit.schema import SchemaError, decode
+from keytrail.audit.shipper import ShippedOffset
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
-__all__ = ["Verdict", "check", "verify"]
+__all__ = ["OffNode", "Verdict", "check", "verify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +44,34 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class OffNode:
+    """What the operator keeps off the node, to check the trail against: a copy of its public key
+    (`signing-key.pub.pem`), a copy of its digests as they were written (`integrity/digests/`)."""
+
+    public_key: Path | None = None
+    digests: Path | None = None
+
+
 def verify(data_dir: Path, public_key: Path | None = None) -> list[str]:
     """Every integrity problem of the audit trail in `data_dir` (empty: the log is intact)."""
-    return check(data_dir, public_key).problems
+    return check(data_dir, OffNode(public_key)).problems
 
 
-def check(data_dir: Path, public_key: Path | None = None) -> Verdict:
-    """Verify the audit trail in `data_dir`; `public_key`: a copy of the node's public key kept
-    elsewhere (the one in the data dir is only as safe as the data dir)."""
+def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
+    """Verify the audit trail in `data_dir` against what was `kept` off the node: the public key
+    and the digests in the data dir are only as safe as the data dir."""
+    kept = kept or OffNode()
     from keytrail.audit.trail import audit_paths
 
     log_dir, paths = audit_paths(data_dir)
     if not log_dir.exists():
         return Verdict([f"no audit event log in {data_dir}"])
-    key, problems = _verifying_key(paths, public_key)
+    key, problems = _verifying_key(paths, kept.public_key)
     if key is None:
         return Verdict(problems)
+    if kept.digests is not None:
+        problems += _check_kept_digests(paths, kept.digests)
     expected = _stored_hashes(paths)
     problems += _check_digests(paths, key, expected)
     log = SegmentLog(log_dir)
@@ -71,7 +84,23 @@ def check(data_dir: Path, public_key: Path | None = None) -> Verdict:
     problems += _check_records(log, expected, floor, live=writer_active(log_dir))
     if damage := log.damage():  # bytes that are no whole record: a damaged frame, or junk written in
         problems.append(damage)
-    return Verdict(problems, [f"digests signed by the key with SHA-256 fingerprint {fingerprint(key)}"])
+    problems += _check_shipped(log)
+    return Verdict(problems, _reach(paths, key, log))
+
+
+def _reach(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog) -> list[str]:
+    """What the signatures reach: a trail cut back with its newest digests is intact in itself,
+    so the operator compares this with what they know (or checks with --digests)."""
+    notes = [f"digests signed by the key with SHA-256 fingerprint {fingerprint(key)}"]
+    digests = [digest for _, digest in load_digests(paths) if digest]
+    if digests:
+        newest = digests[-1]
+        notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs the "
+                     f"records up to offset {newest['endOffset']}")
+        if log.end_offset() > int(newest["endOffset"]):
+            notes.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} are not signed yet (a "
+                         "digest signs them within the hour, when a segment closes and when keytrail serve stops)")
+    return notes
 
 
 def _verifying_key(paths: IntegrityPaths, given: Path | None) -> tuple[Ed25519PublicKey | None, list[str]]:
@@ -88,6 +117,39 @@ def _verifying_key(paths: IntegrityPaths, given: Path | None) -> tuple[Ed25519Pu
         return key, [f"the node's public key {paths.public_key} {found}, not {fingerprint(key)} as the --public-key "
                      "copy: the signing key was replaced (digests not signed by the copy's key are named below)"]
     return key, []
+
+
+def _check_kept_digests(paths: IntegrityPaths, kept: Path) -> list[str]:
+    """Each digest copied off the node must still be on it, unchanged: the digests alone cannot show
+    that newer ones were deleted with the records they signed (a trail cut back to an older state)."""
+    copies = sorted(kept.glob("*.json")) or sorted((kept / "digests").glob("*.json"))
+    if not copies:
+        return [f"--digests {kept} holds no digest (<sequence>.json, as in {paths.digests})"]
+    problems = []
+    for copy in copies:
+        on_node = paths.digests / copy.name
+        try:
+            same = on_node.read_bytes() == copy.read_bytes()
+        except FileNotFoundError:
+            problems.append(f"digest {copy.name}, kept off the node, is gone from {paths.digests}: the trail was cut "
+                            "back (the records it signed are named missing when their hashes remain)")
+            continue
+        except OSError as exc:
+            problems.append(f"digest {copy.name} cannot be compared with its copy ({exc.strerror or exc})")
+            continue
+        if not same:
+            problems.append(f"digest {copy.name} differs from its copy kept off the node (digest replaced)")
+    return problems
+
+
+def _check_shipped(log: SegmentLog) -> list[str]:
+    """Kafka acknowledged only durable records: a shipped offset past the log's end means records it
+    holds were taken out of the log."""
+    shipped = ShippedOffset(log.directory.parent / "shipped-offset").value
+    if shipped <= log.end_offset():
+        return []
+    return [f"records at offsets {log.end_offset()}..{shipped - 1} are missing: Kafka acknowledged them "
+            f"({log.directory.parent / 'shipped-offset'}) but the log ends before them"]
 
 
 def _load_public_key(path: Path, what: str) -> tuple[Ed25519PublicKey | None, str | None]:

@@ -14,6 +14,7 @@ import typer
 
 from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
 from keytrail.audit.schema import SchemaError
+from keytrail.audit.verification import OffNode
 from keytrail.audit.verification import check as check_trail
 from keytrail.cli.console import event_log_damage, fail, missing_paths, os_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
@@ -104,10 +105,16 @@ def verify(data_dir: Path = DataDir,
            public_key: Path | None = typer.Option(
                None, "--public-key", metavar="FILE",
                help="A copy of the node's signing-key.pub.pem kept off the node: the digests must be signed by it "
-                    "(without it, a key made by whoever can write the data dir passes too).")) -> None:
+                    "(without it, a key made by whoever can write the data dir passes too)."),
+           digests: Path | None = typer.Option(
+               None, "--digests", metavar="DIR",
+               help="A copy of the node's audit/integrity/digests/ kept off the node: each must still be on the "
+                    "node, unchanged (without it, a trail cut back with its newest digests passes).")) -> None:
     """Check the event log against its hash chain and signed digests; exit 1 naming each problem."""
     _require_log(data_dir)  # a mistyped --data-dir is a usage error, said as its sibling commands say it
-    verdict = check_trail(data_dir, public_key)
+    if digests is not None and not digests.is_dir():
+        _fail(f"--digests: {digests} is not a folder")
+    verdict = check_trail(data_dir, OffNode(public_key, digests))
     for problem in verdict.problems:
         typer.echo(problem)
     if verdict.problems:

@@ -55,6 +55,16 @@ def test_verify_checks_the_digests_against_a_public_key_kept_elsewhere(tmp_path:
     assert code == 1 and "the signing key was replaced" in out and "signature invalid" in out
 
 
+def test_verify_with_digests_that_are_no_folder_says_so_in_one_line(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 1)
+    (tmp_path / "file").write_text("")
+    code, _, err = _run("verify", "--data-dir", str(tmp_path / "node"), "--digests", str(tmp_path / "file"))
+    assert code == 1 and err == f"keytrail audit: --digests: {tmp_path / 'file'} is not a folder\n"
+    code, out, _ = _run("verify", "--data-dir", str(tmp_path / "node"), "--digests", str(tmp_path))
+    assert code == 1 and out == f"--digests {tmp_path} holds no digest (<sequence>.json, as in " \
+        f"{audit_paths(tmp_path / 'node')[1].digests})\n"
+
+
 def test_import_and_export(tmp_path: Path) -> None:
     code, out, err = _run("import", str(EXAMPLES), "--data-dir", str(tmp_path / "node"))
     assert code == 0, err

@@ -12,7 +12,7 @@ import pytest
 from keytrail.audit.integrity import signing_key, verify, write_retention_floor
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import audit_paths
-from tests.support.audit_records import fill_trail, rewrite_segment, sign_again_with_a_new_key
+from tests.support.audit_records import cut_back_to, fill_trail, rewrite_segment, sign_again_with_a_new_key
 
 
 @pytest.fixture()
@@ -277,3 +277,35 @@ def test_verify_with_a_public_key_that_cannot_be_read_says_so_in_one_line(data_d
     assert verify(data_dir, tmp_path / "nowhere.pem") == [
         f"--public-key {tmp_path / 'nowhere.pem'} is missing: cannot verify digests"]
     assert verify(data_dir, tmp_path)[0].startswith(f"--public-key {tmp_path} cannot be read")
+
+
+def test_a_trail_cut_back_with_its_newest_digests_fails_against_the_digests_kept_off_the_node(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import shutil
+
+    from keytrail.audit.verification import OffNode, check
+
+    kept = tmp_path_factory.mktemp("off-node") / "digests"
+    node = tmp_path / "node"
+    fill_trail(node, 10)
+    fill_trail(node, 10)  # a second session: its digest signs records 10..19
+    _, paths = audit_paths(node)
+    shutil.copytree(paths.digests, kept)  # as the operator ships them off the node
+    assert check(node, OffNode(digests=kept)).problems == []
+    cut_back_to(node, records=10, digests=2)
+    assert verify(node) == []  # the node alone cannot tell: what is left is a trail that once was
+    assert check(node).notes[1].startswith("the newest digest, 0000000001.json of ")
+    assert check(node).notes[1].endswith("signs the records up to offset 10")
+    problems = check(node, OffNode(digests=kept)).problems
+    assert problems == [f"digest 0000000002.json, kept off the node, is gone from {paths.digests}: the trail was cut "
+                        "back (the records it signed are named missing when their hashes remain)"]
+
+
+def test_a_trail_cut_back_below_what_kafka_acknowledged_is_named(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 10)
+    fill_trail(tmp_path, 10)
+    (tmp_path / "audit" / "shipped-offset").write_text("20")
+    assert verify(tmp_path) == []
+    cut_back_to(tmp_path, records=10, digests=2)  # consistent in itself, but Kafka holds what it lost
+    assert verify(tmp_path) == [f"records at offsets 10..19 are missing: Kafka acknowledged them "
+                                f"({tmp_path / 'audit' / 'shipped-offset'}) but the log ends before them"]
