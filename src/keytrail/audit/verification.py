@@ -81,11 +81,38 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
                         f"covers the records up to offset {max(len(expected), log.end_offset())}")
     floor, unsigned = read_retention_floor(paths, key)
     problems += [unsigned] if unsigned else []
-    problems += _check_records(log, expected, floor, live=writer_active(log_dir))
-    if damage := log.damage():  # bytes that are no whole record: a damaged frame, or junk written in
-        problems.append(damage)
+    live = writer_active(log_dir)
+    expected, notes = _unsigned_tail(log, expected, _signed_end(paths, key), live=live)
+    problems += _check_records(log, expected, floor, live=live)
+    if damage := log.find_damage():  # bytes that are no whole record: a damaged frame, or junk written in
+        if damage.torn_write:  # records it cut short that were signed or hashed are named missing above
+            notes.append(f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk")
+        else:
+            problems.append(damage.text)
     problems += _check_shipped(log)
-    return Verdict(problems, _reach(paths, key, log))
+    return Verdict(problems, _reach(paths, key, log) + notes)
+
+
+def _signed_end(paths: IntegrityPaths, key: Ed25519PublicKey) -> int:
+    """One past the last record a valid digest signs."""
+    return max((int(digest["endOffset"]) for _, digest in load_digests(paths)
+                if digest and verify_signature(key, digest)), default=0)
+
+
+def _unsigned_tail(log: SegmentLog, expected: list[bytes], signed_end: int, *,
+                   live: bool) -> tuple[list[bytes], list[str]]:
+    """The stored hashes to hold the log to, and a note on those past its end that no digest signs.
+
+    The hash store is written before the records' fsync and never synced itself, so after a power
+    loss it may keep the hashes of records that never reached the disk, whose calls were never
+    answered. Unsigned, they are no proof that records were removed (whoever removes them can
+    remove their hashes too): noted, not named missing. Hashes a digest signs always are."""
+    end = log.end_offset()
+    if live or not signed_end <= end < len(expected):
+        return expected, []
+    return expected[:end], [f"the hashes of records at offsets {end}..{len(expected) - 1} are stored but the "
+                            "records are not in the log and no digest signs them: records a crash kept from "
+                            "being written (never answered), or removed since; verify cannot tell which"]
 
 
 def _reach(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog) -> list[str]:
@@ -217,8 +244,8 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: 
         if not frame.intact:
             problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
         actual.append(hashlib.sha256(frame.payload).digest())
-    # The floor (unsigned) only excuses the records before it being gone; every record still in
-    # the log is checked, or editing the floor would hide altered ones.
+    # The floor only excuses the records before it being gone; every record still in the log is
+    # checked, or a floor signed with a stolen key would hide altered ones.
     start = log.start_offset()
     if start > floor and expected:
         problems.append(f"records at offsets {floor}..{start - 1} are missing "

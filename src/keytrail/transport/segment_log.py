@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
-__all__ = ["Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "writer_active"]
+__all__ = ["Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "writer_active"]
 
 _SUFFIX = ".seg"
 log = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ def writer_active(directory: Path) -> bool:
     finally:
         os.close(fd)  # closing releases a lock we may have taken
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Bytes of the log that are no whole record: `torn_write` when they are one unfinished frame
+    at the very end of the last segment (or zeros), what a crash leaves of a write it interrupted."""
+
+    text: str
+    torn_write: bool
 
 
 class LogLockedError(RuntimeError):
@@ -242,6 +251,11 @@ class SegmentLog:
         """Where readers stop short of what the files hold, if anywhere: bytes that are not whole,
         intact records in a closed segment, or in the last one while no writer is at work (a
         writer's last segment may end in a record it is still writing). None when all is readable."""
+        found = self.find_damage()
+        return found.text if found is not None else None
+
+    def find_damage(self) -> Damage | None:
+        """`damage`, telling a crash's torn last write from damage with whole records after it."""
         self.refresh()
         writing = writer_active(self.directory)
         for number, segment in enumerate(self._segments, 1):
@@ -255,11 +269,11 @@ class SegmentLog:
             if with_bytes > segment.size:
                 offset, unread = segment.base + len(segment.positions), with_bytes - segment.size
                 if number == len(self._segments) and _ends_in_one_frame(segment, with_bytes):  # a crash's torn write
-                    return (f"{segment.path.name}: the {unread} bytes from record offset {offset} to the end are "
-                            "no whole record (a write torn by a crash, cut and kept aside when keytrail serve "
-                            "next opens the log, or damage)")
-                return (f"{segment.path.name}: the record at offset {offset} is damaged; the {unread} bytes from "
-                        "there to the segment's end cannot be read")
+                    return Damage(f"{segment.path.name}: the {unread} bytes from record offset {offset} to the end are "
+                                  "no whole record (a write torn by a crash, cut and kept aside when keytrail serve "
+                                  "next opens the log, or damage)", torn_write=True)
+                return Damage(f"{segment.path.name}: the record at offset {offset} is damaged; the {unread} bytes "
+                              "from there to the segment's end cannot be read", torn_write=False)
         return None
 
     def segment_bases(self) -> list[int]:

@@ -83,14 +83,41 @@ def test_bytes_that_are_no_record_are_named(data_dir: Path) -> None:
            "end cannot be read" in problems, problems
 
 
-def test_a_torn_last_write_is_named_as_such(data_dir: Path) -> None:
+def test_a_torn_last_write_is_named_as_such_and_is_no_missing_record(data_dir: Path) -> None:
+    from keytrail.audit.verification import check
+
     log_dir, _ = audit_paths(data_dir)
     [segment] = log_dir.glob("*.seg")
     with segment.open("ab") as handle:
         handle.write(b"\x30\x00\x00\x00\x01\x02\x03\x04half a record")  # a crash in the middle of a write
-    assert verify(data_dir) == [f"{segment.name}: the 21 bytes from record offset 20 to the end are no whole record "
-                                "(a write torn by a crash, cut and kept aside when keytrail serve next opens the log, "
-                                "or damage)"]
+    verdict = check(data_dir)
+    assert verdict.problems == []  # its call was never answered: the record was no stored event
+    assert f"{segment.name}: the 21 bytes from record offset 20 to the end are no whole record (a write torn by a " \
+           "crash, cut and kept aside when keytrail serve next opens the log, or damage): not a stored event, as a " \
+           "record is answered only once it is whole on disk" in verdict.notes
+
+
+def test_signed_records_cut_mid_record_are_missing_though_the_cut_looks_like_a_torn_write(data_dir: Path) -> None:
+    log_dir, _ = audit_paths(data_dir)
+    [segment] = log_dir.glob("*.seg")
+    data = segment.read_bytes()
+    segment.write_bytes(data[: len(data) * 3 // 4])  # records 15.. signed, then cut in the middle of one
+    problems = verify(data_dir)
+    assert "record at offset 19 is missing" in problems and "record at offset 15 is missing" in problems, problems
+
+
+def test_hashes_of_records_a_crash_kept_off_the_disk_are_no_missing_records(tmp_path: Path) -> None:
+    from keytrail.audit.verification import check
+
+    fill_trail(tmp_path, 10)
+    _, paths = audit_paths(tmp_path)
+    with paths.hashes.open("ab") as hashes:  # hashed (and the hash file written) before the power went
+        hashes.write(bytes(range(32)) * 3)
+    verdict = check(tmp_path)
+    assert verdict.problems == [], verdict.problems
+    assert "the hashes of records at offsets 10..12 are stored but the records are not in the log and no digest " \
+           "signs them: records a crash kept from being written (never answered), or removed since; verify " \
+           "cannot tell which" in verdict.notes
 
 
 def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
@@ -166,13 +193,16 @@ def test_a_public_key_that_cannot_be_read_is_a_verify_problem_not_a_crash(data_d
 
 
 def test_a_zero_filled_tail_is_named_a_torn_write_not_records(data_dir: Path) -> None:
+    from keytrail.audit.verification import check
+
     log_dir, _ = audit_paths(data_dir)
     [segment] = log_dir.glob("*.seg")
     with segment.open("ab") as handle:
         handle.write(bytes(4096))  # a crash kept the file's new length, not its data
-    assert verify(data_dir) == [f"{segment.name}: the 4096 bytes from record offset 20 to the end are no whole "
-                                "record (a write torn by a crash, cut and kept aside when keytrail serve next opens "
-                                "the log, or damage)"]
+    assert verify(data_dir) == []
+    assert f"{segment.name}: the 4096 bytes from record offset 20 to the end are no whole record (a write torn by a " \
+           "crash, cut and kept aside when keytrail serve next opens the log, or damage): not a stored event, as a " \
+           "record is answered only once it is whole on disk" in check(data_dir).notes
 
 
 @pytest.mark.parametrize("floor", [8, 10**9])
