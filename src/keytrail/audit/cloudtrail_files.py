@@ -31,7 +31,7 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> Read
     """Append the KMS records of CloudTrail log files to the node's event log (hash-chained and
     signed like live events). Records lacking eventID/eventTime/eventName are reported, skipped."""
     report = ReadReport()
-    trail = AuditTrail.open(AuditSettings(data_dir=data_dir))
+    trail = AuditTrail.open(AuditSettings(data_dir=data_dir, imported=True))
     async with trail:
         chunk: list[tuple[str, dict[str, Any]]] = []
         for where, event in iter_located_records(paths, report=report):

@@ -180,6 +180,10 @@ class ChainWriter:
         self._key = signing_key(paths)
         paths.digests.mkdir(parents=True, exist_ok=True)
         self._last: dict[str, Any] | None = None
+        # Who added the records the next digests sign: None for calls this node answered,
+        # "audit import" for CloudTrail records imported (signed, so whoever imports cannot pass
+        # them off as calls the node served).
+        self.origin: str | None = None
         self._sequence = 0
         self._covered = 0  # end offset of the last digest
         self._chain = GENESIS
@@ -238,6 +242,7 @@ class ChainWriter:
             "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519",
             "previousDigestHash": _digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
+            **({"origin": self.origin} if self.origin else {}),
         }
         digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
         _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest), mode=0o644)

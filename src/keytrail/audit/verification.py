@@ -119,7 +119,11 @@ def _reach(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog) -> lis
     """What the signatures reach: a trail cut back with its newest digests is intact in itself,
     so the operator compares this with what they know (or checks with --digests)."""
     notes = [f"digests signed by the key with SHA-256 fingerprint {fingerprint(key)}"]
-    digests = [digest for _, digest in load_digests(paths) if digest]
+    digests = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
+    notes += [f"records at offsets {digest['startOffset']}..{int(digest['endOffset']) - 1} were added by keytrail "
+              f"audit import (digest {int(digest['sequence']):010d}.json): AWS CloudTrail records, not calls this "
+              "node answered" for digest in digests
+              if digest.get("origin") == "audit import" and int(digest["endOffset"]) > int(digest["startOffset"])]
     if digests:
         newest = digests[-1]
         notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs the "

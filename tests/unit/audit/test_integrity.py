@@ -339,3 +339,25 @@ def test_a_trail_cut_back_below_what_kafka_acknowledged_is_named(tmp_path: Path)
     cut_back_to(tmp_path, records=10, digests=2)  # consistent in itself, but Kafka holds what it lost
     assert verify(tmp_path) == [f"records at offsets 10..19 are missing: Kafka acknowledged them "
                                 f"({tmp_path / 'audit' / 'shipped-offset'}) but the log ends before them"]
+
+
+def test_records_added_by_audit_import_are_told_from_calls_the_node_answered(tmp_path: Path) -> None:
+    import asyncio
+
+    from keytrail.audit.cloudtrail_files import import_cloudtrail
+    from keytrail.audit.verification import check
+
+    fill_trail(tmp_path, 5)
+    report = asyncio.run(import_cloudtrail(tmp_path, [Path(__file__).parent / "data" / "aws_documented_examples.json"]))
+    fill_trail(tmp_path, 5)  # served again after the import
+    verdict = check(tmp_path)
+    assert verdict.problems == []
+    imported = [note for note in verdict.notes if "keytrail audit import" in note]
+    assert imported == [f"records at offsets 5..{4 + report.records} were added by keytrail audit import (digest "
+                        "0000000002.json): AWS CloudTrail records, not calls this node answered"]
+    _, paths = audit_paths(tmp_path)
+    import_digest = paths.digests / "0000000002.json"
+    digest = json.loads(import_digest.read_text())
+    del digest["origin"]  # passing imported records off as served ones breaks the signature
+    import_digest.write_text(json.dumps(digest))
+    assert any(p.startswith("digest 0000000002.json: signature invalid") for p in verify(tmp_path))
