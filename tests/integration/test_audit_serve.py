@@ -245,3 +245,30 @@ def test_a_trail_cut_back_to_an_older_state_shows_only_against_the_digests_kept_
     against = _verify_cli(data, "--digests", str(kept))
     assert against.returncode == 1 and "kept off the node, is gone from" in against.stdout, against.stdout
 
+
+
+def test_a_record_added_while_the_node_was_stopped_is_named_and_serve_will_not_sign_it(tmp_path: Path) -> None:
+    import hashlib
+
+    from keytrail.audit.schema import decode, encode
+    from keytrail.audit.trail import audit_paths
+    from tests.support.audit_records import rewrite_segment
+
+    data = tmp_path / "data"
+    server = KeytrailServer(data)
+    _session(server)  # stopped cleanly: its final digest signs every record it wrote
+    forged: list[bytes] = []
+
+    def forge(records: list[bytes]) -> list[bytes]:
+        event = decode(records[-1])
+        event["eventID"], event["sourceIPAddress"] = "forged-while-stopped", "203.0.113.66"
+        forged.append(encode(event))
+        return [*records, *forged]
+
+    rewrite_segment(data, forge)
+    with audit_paths(data)[1].hashes.open("ab") as hashes:
+        hashes.write(hashlib.sha256(forged[0]).digest())
+    result = _verify_cli(data)
+    assert result.returncode == 1 and "inserted after the final digest" in result.stdout, result.stdout
+    with pytest.raises(RuntimeError, match="after the final digest keytrail signed when it last stopped cleanly"):
+        server.start()

@@ -190,6 +190,7 @@ class ChainWriter:
         self._load_last_digest()
         self._check_log_reaches_digest(log)
         self._check_trail_was_signed(log, key_was_there)
+        self._check_nothing_after_clean_stop(log)
         self._hashes = open(paths.hashes, "r+b" if paths.hashes.exists() else "w+b")  # noqa: SIM115
         self._recover(log)
         self._last_time: datetime | None = None
@@ -223,13 +224,19 @@ class ChainWriter:
         return self._end > self._covered and (now - self._last_time).total_seconds() >= self.interval
 
     def begin(self, now: datetime) -> None:
-        """Sign the genesis digest of a new trail (it covers no record): every trail that holds a
-        record then has digest 0, so `verify` tells a trail whose digests were all deleted from one
-        that was never signed yet."""
-        if self._last is None:
+        """Sign an empty digest opening the session, for a new trail (its genesis digest) or after a
+        clean stop: every trail that holds a record then has digest 0, so `verify` tells a trail
+        whose digests were all deleted from one never signed yet, and the records of a running
+        node never follow a final digest (records that do were added while no node ran)."""
+        if self._last is None or self._last.get("final"):
             self.write_digest(now, empty=True)
 
-    def write_digest(self, now: datetime, *, empty: bool = False) -> dict[str, Any] | None:
+    def write_final_digest(self, now: datetime) -> dict[str, Any] | None:
+        """Sign the digest of a clean stop (`final`), even over no new record: everything the node
+        wrote is signed, so records found after it on the next open were not written by it."""
+        return self.write_digest(now, empty=True, final=True)
+
+    def write_digest(self, now: datetime, *, empty: bool = False, final: bool = False) -> dict[str, Any] | None:
         """Sign a digest over the records since the previous one; None when there are none
         (unless `empty`)."""
         self._last_time = now
@@ -242,7 +249,7 @@ class ChainWriter:
             "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519",
             "previousDigestHash": _digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
-            **({"origin": self.origin} if self.origin else {}),
+            **({"origin": self.origin} if self.origin else {}), **({"final": True} if final else {}),
         }
         digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
         _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest), mode=0o644)
@@ -300,6 +307,17 @@ class ChainWriter:
             f"the audit log holds records up to offset {log.end_offset()} but its {lost} gone from "
             f"{self.paths.root} (`keytrail audit verify` reports it); restore {self.paths.root} from a backup, or "
             f"move {log.directory.parent} aside to start a new trail")
+
+    def _check_nothing_after_clean_stop(self, log: SegmentLog) -> None:
+        """A clean stop signs every record the node wrote (its final digest): records after it were
+        added while no node ran. Signing them would vouch for them: refuse to open."""
+        if self._last is None or not self._last.get("final") or log.end_offset() <= self._covered:
+            return
+        raise IntegrityFileUnusable(
+            f"the audit log holds records at offsets {self._covered}..{log.end_offset() - 1} after the final digest "
+            f"keytrail signed when it last stopped cleanly: they were added while no node ran (`keytrail audit "
+            f"verify` names them); restore {log.directory} from a backup, or move {log.directory.parent} aside to "
+            "start a new trail")
 
     def _recover(self, log: SegmentLog) -> None:
         """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records

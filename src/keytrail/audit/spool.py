@@ -189,7 +189,7 @@ class Spool:
             return
         self._closing = True
         if self._loop is None:  # never started: still sign what recovery hashed on open
-            await asyncio.to_thread(self._final_digest)
+            await asyncio.to_thread(self._closing_digest)
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -197,7 +197,7 @@ class Spool:
             self._idle = self._loop.create_future()
             await self._idle
         if self._failure is None:
-            await self._run_job(self._final_digest)
+            await self._run_job(self._closing_digest)
 
     async def close(self) -> None:
         """`drain`, then stop the writer thread and release the files and the writer lock."""
@@ -371,7 +371,7 @@ class Spool:
         """Timer: an idle node still writes its periodic digest (a busy one does it per commit)."""
         self._timer = self._require_loop().call_later(self.chain.interval, self._tick)
         if self._failure is None and not self._busy() and self.chain.digest_due(self._now()):
-            self._dispatch(self._final_digest, _log_digest_error)
+            self._dispatch(self._periodic_digest, _log_digest_error)
 
     def _dispatch(self, work: Callable[[], None], done: _Done) -> None:
         self._in_flight = True
@@ -428,8 +428,11 @@ class Spool:
         if rolled and self._maintenance is not None:
             self._maintenance()
 
-    def _final_digest(self) -> None:
+    def _periodic_digest(self) -> None:
         self.chain.write_digest(self._now())
+
+    def _closing_digest(self) -> None:
+        self.chain.write_final_digest(self._now())
 
 
 def _average(average: float, sample: float) -> float:

@@ -82,7 +82,12 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
     floor, unsigned = read_retention_floor(paths, key)
     problems += [unsigned] if unsigned else []
     live = writer_active(log_dir)
-    expected, notes = _unsigned_tail(log, expected, _signed_end(paths, key), live=live)
+    newest = _newest_digest(paths, key)
+    if newest.get("final") and log.end_offset() > int(newest["endOffset"]):
+        problems.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} were inserted after the "
+                        f"final digest {int(newest['sequence']):010d}.json, signed when keytrail last stopped cleanly "
+                        "(no node wrote them)")
+    expected, notes = _unsigned_tail(log, expected, newest, live=live)
     problems += _check_records(log, expected, floor, live=live)
     if damage := log.find_damage():  # bytes that are no whole record: a damaged frame, or junk written in
         if damage.torn_write:  # records it cut short that were signed or hashed are named missing above
@@ -93,22 +98,23 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
     return Verdict(problems, _reach(paths, key, log) + notes)
 
 
-def _signed_end(paths: IntegrityPaths, key: Ed25519PublicKey) -> int:
-    """One past the last record a valid digest signs."""
-    return max((int(digest["endOffset"]) for _, digest in load_digests(paths)
-                if digest and verify_signature(key, digest)), default=0)
+def _newest_digest(paths: IntegrityPaths, key: Ed25519PublicKey) -> dict[str, Any]:
+    """The newest digest whose signature holds ({} when none does)."""
+    valid = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
+    return valid[-1] if valid else {}
 
 
-def _unsigned_tail(log: SegmentLog, expected: list[bytes], signed_end: int, *,
+def _unsigned_tail(log: SegmentLog, expected: list[bytes], newest: dict[str, Any], *,
                    live: bool) -> tuple[list[bytes], list[str]]:
     """The stored hashes to hold the log to, and a note on those past its end that no digest signs.
 
     The hash store is written before the records' fsync and never synced itself, so after a power
     loss it may keep the hashes of records that never reached the disk, whose calls were never
     answered. Unsigned, they are no proof that records were removed (whoever removes them can
-    remove their hashes too): noted, not named missing. Hashes a digest signs always are."""
-    end = log.end_offset()
-    if live or not signed_end <= end < len(expected):
+    remove their hashes too): noted, not named missing. Hashes a digest signs always are, and so
+    are any after a clean stop's final digest (it synced every hash the node had written)."""
+    end, signed_end = log.end_offset(), int(newest.get("endOffset", 0))
+    if live or newest.get("final") or not signed_end <= end < len(expected):
         return expected, []
     return expected[:end], [f"the hashes of records at offsets {end}..{len(expected) - 1} are stored but the "
                             "records are not in the log and no digest signs them: records a crash kept from "

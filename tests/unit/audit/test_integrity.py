@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -111,6 +112,7 @@ def test_hashes_of_records_a_crash_kept_off_the_disk_are_no_missing_records(tmp_
 
     fill_trail(tmp_path, 10)
     _, paths = audit_paths(tmp_path)
+    sorted(paths.digests.glob("*.json"))[-1].unlink()  # no final digest: as after a crash
     with paths.hashes.open("ab") as hashes:  # hashed (and the hash file written) before the power went
         hashes.write(bytes(range(32)) * 3)
     verdict = check(tmp_path)
@@ -140,7 +142,7 @@ def test_deleted_digest_breaks_digest_chain(tmp_path: Path) -> None:
     fill_trail(tmp_path, 5)  # second session: a digest naming the first session's
     _, paths = audit_paths(tmp_path)
     digests = sorted(paths.digests.glob("*.json"))
-    assert len(digests) == 3  # the genesis digest, then one per session
+    assert len(digests) == 4  # the genesis digest, the first session's final one, the second's opening and final
     assert verify(tmp_path) == []
     digests[0].unlink()
     problems = verify(tmp_path)
@@ -327,8 +329,9 @@ def test_a_trail_cut_back_with_its_newest_digests_fails_against_the_digests_kept
     assert check(node).notes[1].startswith("the newest digest, 0000000001.json of ")
     assert check(node).notes[1].endswith("signs the records up to offset 10")
     problems = check(node, OffNode(digests=kept)).problems
-    assert problems == [f"digest 0000000002.json, kept off the node, is gone from {paths.digests}: the trail was cut "
-                        "back (the records it signed are named missing when their hashes remain)"]
+    assert problems == [f"digest {name}, kept off the node, is gone from {paths.digests}: the trail was cut back (the "
+                        "records it signed are named missing when their hashes remain)"
+                        for name in ("0000000002.json", "0000000003.json")]
 
 
 def test_a_trail_cut_back_below_what_kafka_acknowledged_is_named(tmp_path: Path) -> None:
@@ -354,10 +357,33 @@ def test_records_added_by_audit_import_are_told_from_calls_the_node_answered(tmp
     assert verdict.problems == []
     imported = [note for note in verdict.notes if "keytrail audit import" in note]
     assert imported == [f"records at offsets 5..{4 + report.records} were added by keytrail audit import (digest "
-                        "0000000002.json): AWS CloudTrail records, not calls this node answered"]
+                        "0000000003.json): AWS CloudTrail records, not calls this node answered"]
     _, paths = audit_paths(tmp_path)
-    import_digest = paths.digests / "0000000002.json"
+    import_digest = paths.digests / "0000000003.json"
     digest = json.loads(import_digest.read_text())
     del digest["origin"]  # passing imported records off as served ones breaks the signature
     import_digest.write_text(json.dumps(digest))
-    assert any(p.startswith("digest 0000000002.json: signature invalid") for p in verify(tmp_path))
+    assert any(p.startswith("digest 0000000003.json: signature invalid") for p in verify(tmp_path))
+
+
+def test_records_added_after_a_clean_stop_are_named_and_not_signed_on_the_next_start(tmp_path: Path) -> None:
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    fill_trail(tmp_path, 10)  # stopped cleanly: its final digest signs all ten
+    forged: list[bytes] = []
+
+    def forge(records: list[bytes]) -> list[bytes]:
+        event = decode(records[3])
+        event["eventID"] = "forged-after-stop"
+        forged.append(encode(event))
+        return [*records, *forged]
+
+    rewrite_segment(tmp_path, forge)
+    _, paths = audit_paths(tmp_path)
+    with paths.hashes.open("ab") as hashes:  # its hash too, as a careful forger would write it
+        hashes.write(hashlib.sha256(forged[0]).digest())
+    assert ("records at offsets 10..10 were inserted after the final digest 0000000001.json, signed when keytrail "
+            "last stopped cleanly (no node wrote them)") in verify(tmp_path)
+    with pytest.raises(IntegrityFileUnusable, match=r"records at offsets 10\.\.10 after the final digest"):
+        AuditTrail.open(AuditSettings(data_dir=tmp_path))  # signing it would vouch for it
