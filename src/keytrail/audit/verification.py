@@ -134,6 +134,10 @@ def _reach(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog) -> lis
         newest = digests[-1]
         notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs the "
                      f"records up to offset {newest['endOffset']}")
+        if not newest.get("final") and not writer_active(log.directory):
+            notes.append("the newest digest is not the final one keytrail serve signs when it stops: the node crashed "
+                         "(it signs what it wrote when it next starts), or newer digests were removed with their "
+                         "records (check with --digests)")
         if log.end_offset() > int(newest["endOffset"]):
             notes.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} are not signed yet (a "
                          "digest signs them within the hour, when a segment closes and when keytrail serve stops)")
@@ -149,10 +153,13 @@ def _verifying_key(paths: IntegrityPaths, given: Path | None) -> tuple[Ed25519Pu
     key, given_problem = _load_public_key(given, "--public-key")
     if key is None:
         return None, [given_problem or ""]
-    if node_key is None or fingerprint(node_key) != fingerprint(key):
-        found = f"has the fingerprint {fingerprint(node_key)}" if node_key is not None else "cannot be used"
-        return key, [f"the node's public key {paths.public_key} {found}, not {fingerprint(key)} as the --public-key "
-                     "copy: the signing key was replaced (digests not signed by the copy's key are named below)"]
+    if node_key is None:
+        return key, [f"{problem} (the integrity files were removed or damaged); the digests are checked against "
+                     "the --public-key copy"]
+    if fingerprint(node_key) != fingerprint(key):
+        return key, [f"the node's public key {paths.public_key} has the fingerprint {fingerprint(node_key)}, not "
+                     f"{fingerprint(key)} as the --public-key copy: the signing key was replaced (digests not signed "
+                     "by the copy's key are named below)"]
     return key, []
 
 

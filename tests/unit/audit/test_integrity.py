@@ -120,6 +120,8 @@ def test_hashes_of_records_a_crash_kept_off_the_disk_are_no_missing_records(tmp_
     assert "the hashes of records at offsets 10..12 are stored but the records are not in the log and no digest " \
            "signs them: records a crash kept from being written (never answered), or removed since; verify " \
            "cannot tell which" in verdict.notes
+    assert any(note.startswith("the newest digest is not the final one keytrail serve signs when it stops: the node "
+                               "crashed") for note in verdict.notes), verdict.notes
 
 
 def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
@@ -387,3 +389,17 @@ def test_records_added_after_a_clean_stop_are_named_and_not_signed_on_the_next_s
             "last stopped cleanly (no node wrote them)") in verify(tmp_path)
     with pytest.raises(IntegrityFileUnusable, match=r"records at offsets 10\.\.10 after the final digest"):
         AuditTrail.open(AuditSettings(data_dir=tmp_path))  # signing it would vouch for it
+
+
+def test_a_trail_whose_integrity_folder_is_gone_is_checked_against_the_public_key_kept(
+        data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import shutil
+
+    _, paths = audit_paths(data_dir)
+    kept = tmp_path_factory.mktemp("off-node") / "signing-key.pub.pem"
+    kept.write_bytes(paths.public_key.read_bytes())
+    shutil.rmtree(paths.root)
+    problems = verify(data_dir, kept)
+    assert problems[0] == (f"public key {paths.public_key} is missing: cannot verify digests (the integrity files "
+                           "were removed or damaged); the digests are checked against the --public-key copy")
+    assert problems[1].startswith("no signed digest in ") and len(problems) == 2 + 20, problems
