@@ -2,10 +2,11 @@
 
 Every record's SHA-256 is kept in `hashes.bin` (32 bytes per offset) and chained:
 `chain[i] = SHA-256(chain[i-1] || hash[i])`, starting from 32 zero bytes. Digests, written
-hourly, when a segment closes and on shutdown, name the offsets they cover, the chain value at
-their end and the hash of the previous digest, and are signed with the node's Ed25519 key.
-`verify` recomputes everything from the event log and names what is missing, altered,
-reordered or inserted, and any break in the digest chain.
+when a trail opens (empty), hourly, when a segment closes and on a clean stop (`final`), name the
+offsets they cover, the chain value at their end and the hash of the previous digest, and are
+signed with the node's Ed25519 key, as is the retention floor. `verify` recomputes everything
+from the event log and names what is missing, altered, reordered or inserted, and any break in
+the digest chain; docs/audit-events.md says what it cannot see without copies kept off the node.
 """
 
 from __future__ import annotations
