@@ -61,9 +61,9 @@ def verify(data_dir: Path, public_key: Path | None = None) -> list[str]:
 def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
     """Verify the audit trail in `data_dir` against what was `kept` off the node: the public key
     and the digests in the data dir are only as safe as the data dir."""
-    kept = kept or OffNode()
     from keytrail.audit.trail import audit_paths
 
+    kept = kept or OffNode()
     log_dir, paths = audit_paths(data_dir)
     if not log_dir.exists():
         return Verdict([f"no audit event log in {data_dir}"])
@@ -74,19 +74,27 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
         problems += _check_kept_digests(paths, kept.digests)
     expected = _stored_hashes(paths)
     problems += _check_digests(paths, key, expected)
+    valid = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
     log = SegmentLog(log_dir)
-    if not load_digests(paths) and (expected or log.end_offset() > 0):
+    found, notes = _check_log(paths, key, log, expected, valid[-1] if valid else {})
+    return Verdict(problems + found, _reach(key, log, valid) + notes)
+
+
+def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, expected: list[bytes],
+               newest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The log's records against the stored hashes and what the digests say: (problems, notes)."""
+    problems: list[str] = []
+    if not any(paths.digests.glob("*.json")) and (expected or log.end_offset() > 0):
         # A trail signs its genesis digest before its first record (ChainWriter.begin).
         problems.append(f"no signed digest in {paths.digests}: the digests were deleted, and no signature "
                         f"covers the records up to offset {max(len(expected), log.end_offset())}")
     floor, unsigned = read_retention_floor(paths, key)
     problems += [unsigned] if unsigned else []
-    live = writer_active(log_dir)
-    newest = _newest_digest(paths, key)
     if newest.get("final") and log.end_offset() > int(newest["endOffset"]):
         problems.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} were inserted after the "
                         f"final digest {int(newest['sequence']):010d}.json, signed when keytrail last stopped cleanly "
                         "(no node wrote them)")
+    live = writer_active(log.directory)
     expected, notes = _unsigned_tail(log, expected, newest, live=live)
     problems += _check_records(log, expected, floor, live=live)
     if damage := log.find_damage():  # bytes that are no whole record: a damaged frame, or junk written in
@@ -94,14 +102,7 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
             notes.append(f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk")
         else:
             problems.append(damage.text)
-    problems += _check_shipped(log)
-    return Verdict(problems, _reach(paths, key, log) + notes)
-
-
-def _newest_digest(paths: IntegrityPaths, key: Ed25519PublicKey) -> dict[str, Any]:
-    """The newest digest whose signature holds ({} when none does)."""
-    valid = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
-    return valid[-1] if valid else {}
+    return problems + _check_shipped(log), notes
 
 
 def _unsigned_tail(log: SegmentLog, expected: list[bytes], newest: dict[str, Any], *,
@@ -121,11 +122,10 @@ def _unsigned_tail(log: SegmentLog, expected: list[bytes], newest: dict[str, Any
                             "being written (never answered), or removed since; verify cannot tell which"]
 
 
-def _reach(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog) -> list[str]:
-    """What the signatures reach: a trail cut back with its newest digests is intact in itself,
-    so the operator compares this with what they know (or checks with --digests)."""
+def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]) -> list[str]:
+    """What the valid `digests` reach: a trail cut back with its newest digests is intact in
+    itself, so the operator compares this with what they know (or checks with --digests)."""
     notes = [f"digests signed by the key with SHA-256 fingerprint {fingerprint(key)}"]
-    digests = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
     notes += [f"records at offsets {digest['startOffset']}..{int(digest['endOffset']) - 1} were added by keytrail "
               f"audit import (digest {int(digest['sequence']):010d}.json): AWS CloudTrail records, not calls this "
               "node answered" for digest in digests
