@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey
 from keytrail.kms.sqlite_store import SqliteStore
-from tests.integration.e2e.support import audit_events, raw_files
+from tests.integration.e2e.support import audit_events, eventually, raw_files
+from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 
 pytestmark = pytest.mark.integration
@@ -170,3 +171,21 @@ def test_a_crashing_server_leaves_no_core_dump_holding_the_root_key(
     root_key = (tmp_path / "data" / "root.key").read_bytes()
     dumps = {path.name: root_key in path.read_bytes() for path in tmp_path.glob("core*")}
     assert dumps == {}, f"core dumps (name: holds the root key): {dumps}"
+
+
+def test_a_root_key_given_in_the_environment_never_reaches_the_children(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The children (consumer, detector, fsync helper) never need it, and unlike `serve` they stay
+    # dumpable: their environment is readable in /proc by every process of the user, and in `ps e`.
+    monkeypatch.setenv(ROOT_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    server = KeytrailServer(tmp_path / "data", dev_clock=False).start()
+    try:
+        assert server.proc is not None
+        children = eventually(lambda: len(kids := child_commands(server.proc.pid)) >= 3 and kids,  # type: ignore[union-attr]
+                              what="the consumer, the detector and the fsync helper")
+        leaks = [b" ".join(args) for pid, args in children.items()
+                 if f"{ROOT_KEY_ENV}=".encode() in Path(f"/proc/{pid}/environ").read_bytes()]
+    finally:
+        assert server.stop() == 0
+    assert leaks == []
+    assert not (tmp_path / "data" / "root.key").exists()

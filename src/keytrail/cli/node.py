@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
 import sqlite3
 from collections import Counter
@@ -39,7 +40,7 @@ from keytrail.kms.authz import Authorizer
 from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.postgres_store import PostgresStore
-from keytrail.kms.sealing import RootKey, RootKeyUnusable, SealError
+from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
@@ -137,7 +138,11 @@ async def _open_store(settings: ServeSettings) -> Store:
     # could not open them, and the file left behind would hide that the real one is missing.
     fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
     try:
-        store = await _connect_store(settings, RootKey.load(settings.data_dir, create=fresh))
+        root = RootKey.load(settings.data_dir, create=fresh)
+        # Read once: the children (consumer, detector, fsync helper) inherit the environment, and
+        # unlike serve they stay dumpable, so /proc/<pid>/environ and `ps e` would show it.
+        os.environ.pop(ROOT_KEY_ENV, None)
+        store = await _connect_store(settings, root)
         # Read (and unseal) every key now, as the first scheduler run would in the middle of startup
         # (the SQLite store reads them as it opens).
         await store.all_keys()
