@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -74,14 +76,31 @@ class RootKey:
         if not path.exists() and not create:
             raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_ENV})")
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(os.urandom(32))
-                handle.flush()
-                os.fsync(handle.fileno())
+            _create(path, os.urandom(32))
         secret = path.read_bytes()
         if len(secret) != 32:
             raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: "
                                   "restore it from a backup")
         return cls(secret)
+
+
+def _create(path: Path, secret: bytes) -> None:
+    """Put `secret` at `path` whole or not at all (a crash mid-write left an empty root.key that
+    every later start refused), owner-only, and durably named before anything is sealed under it:
+    a power cut must not keep keys.db's sealed material and lose the key's directory entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made one first: that one is the key
+            os.link(temp, path)
+    finally:
+        os.unlink(temp)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

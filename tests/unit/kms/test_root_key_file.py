@@ -1,0 +1,53 @@
+"""The root key file a node makes on first start: whole or absent, owner-only, and durable before
+anything is sealed under it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from keytrail.kms import sealing
+from keytrail.kms.sealing import RootKey
+
+
+def test_a_new_root_key_file_is_the_owners_only(tmp_path: Path) -> None:
+    RootKey.load(tmp_path)
+    assert stat.S_IMODE((tmp_path / "root.key").stat().st_mode) == 0o600
+    assert len((tmp_path / "root.key").read_bytes()) == 32
+
+
+def test_a_root_key_cut_short_while_made_leaves_no_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crash (or a full disk) between creating the file and writing it left an empty root.key,
+    # which every later start refused as "holds 0 bytes: restore it from a backup".
+    def failing(size: int) -> bytes:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sealing.os, "urandom", failing)
+    with pytest.raises(OSError, match="No space left"):
+        RootKey.load(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    RootKey.load(tmp_path)
+    assert len((tmp_path / "root.key").read_bytes()) == 32
+
+
+def test_a_new_root_key_is_in_its_directory_durably_before_it_seals(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without an fsync of the directory, a power cut could lose the new file's name while keys.db,
+    # written later, keeps material sealed under it: every key gone for good.
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(sealing.os, "fsync", recording)
+    RootKey.load(tmp_path)
+    assert synced[-1:] == [True]
+    synced.clear()
+    RootKey.load(tmp_path)  # an existing key: nothing to make durable
+    assert synced == []
