@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import os
 import tempfile
 from pathlib import Path
@@ -33,6 +34,11 @@ class RootKey:
         if len(secret) != 32:
             raise ValueError("the root key must be 32 bytes")
         self._aead = AESGCM(secret)
+        # binding -> (keyed digest of the material, its sealed text), for `seal_text` to write an
+        # unchanged value again rather than seal it anew (see there). A keyed digest, not the
+        # material: a deleted key's material must not stay in memory through this table.
+        self._sealed: dict[str, tuple[bytes, str]] = {}
+        self._digest_key = os.urandom(32)
 
     def __repr__(self) -> str:
         return "RootKey(<sealed>)"
@@ -48,8 +54,18 @@ class RootKey:
             raise SealError(f"cannot unseal key material for {binding}") from None
 
     def seal_text(self, material: bytes, binding: str) -> str:
-        """`seal` as base64 text, the form the stores' JSON documents keep."""
-        return base64.b64encode(self.seal(material, binding)).decode()
+        """`seal` as base64 text, the form the stores' JSON documents keep. A value this key sealed
+        or opened before under the same binding is given back as it was: every store write of a key
+        carries all its material versions, and sealing each anew would spend a random 96-bit nonce
+        per version per tag or policy change, towards the 2^32 seals NIST SP 800-38D allows one
+        AES-GCM key with random nonces. So seals grow with material versions, not with writes."""
+        digest = self._digest(material)
+        known = self._sealed.get(binding)
+        if known is not None and hmac.compare_digest(known[0], digest):
+            return known[1]
+        sealed = base64.b64encode(self.seal(material, binding)).decode()
+        self._sealed[binding] = (digest, sealed)
+        return sealed
 
     def unseal_text(self, sealed: str, binding: str) -> bytes:
         """`unseal` of `seal_text`; text that is not base64 is a damaged value too (SealError)."""
@@ -57,7 +73,12 @@ class RootKey:
             raw = base64.b64decode(sealed, validate=True)
         except (ValueError, TypeError):  # binascii.Error is a ValueError
             raise SealError(f"cannot unseal key material for {binding}") from None
-        return self.unseal(raw, binding)
+        material = self.unseal(raw, binding)
+        self._sealed[binding] = (self._digest(material), sealed)
+        return material
+
+    def _digest(self, material: bytes) -> bytes:
+        return hmac.digest(self._digest_key, material, "sha256")
 
     @classmethod
     def load(cls, data_dir: Path, *, create: bool = True) -> RootKey:
