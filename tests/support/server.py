@@ -48,6 +48,7 @@ def write_principals(path: Path, principals: dict[str, PrincipalEntry] = PRINCIP
             lines.append("policies = [" + ", ".join(f"'''{p}'''" for p in policies) + "]")
         lines.append("")
     path.write_text("\n".join(lines))
+    path.chmod(0o600)  # as docs/principals.md asks: serve warns about one other users can read
     return path
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ _IAM_ARN = re.compile(
 # IAM's RoleSessionName characters: the session name becomes part of the caller's ARN.
 _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 DEV_ACCOUNT = "000000000000"
+log = logging.getLogger(__name__)
 
 
 class PrincipalsFileError(ValueError):
@@ -123,6 +126,8 @@ class CredentialStore:
         self.path = path
         self.dev_credentials = dev_credentials
         self._credentials = load_principals(path) if path else {}
+        if path:
+            _warn_if_shared(path)
 
     def reload(self) -> None:
         """Re-read the principals file (SIGHUP); a broken file keeps the old credentials."""
@@ -138,6 +143,14 @@ class CredentialStore:
 
     def verifies_signatures(self, access_key_id: str) -> bool:
         return access_key_id in self._credentials or not self.dev_credentials
+
+
+def _warn_if_shared(path: Path) -> None:
+    """Say so when users other than the owner may read the file: it holds every secret access key
+    in clear (SigV4 needs the secret itself to check a signature)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("the principals file %s can be read by other users (mode %04o): chmod 600 it", path, mode)
 
 
 def write_admin_principals(path: Path, account: str = "111122223333") -> tuple[str, str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["RootKey", "RootKeyUnusable", "SealError"]
+
+log = logging.getLogger(__name__)
 
 ROOT_KEY_ENV = "KEYTRAIL_ROOT_KEY"
 ROOT_KEY_FILE_ENV = "KEYTRAIL_ROOT_KEY_FILE"
@@ -99,6 +103,7 @@ class RootKey:
         if not path.exists():
             _create(path, os.urandom(32))
         secret = path.read_bytes()
+        _warn_if_shared(path)
         if len(secret) != 32:
             raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: "
                                   "restore it from a backup")
@@ -125,3 +130,11 @@ def _create(path: Path, secret: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _warn_if_shared(path: Path) -> None:
+    """Say so when users other than the owner may read the root key (a backup restored with the
+    wrong umask, a `cp`): refusing would stop a node that ran yesterday, so it is a warning."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("the root key file %s can be read by other users (mode %04o): chmod 600 (or 400) it", path, mode)

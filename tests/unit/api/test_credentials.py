@@ -67,3 +67,17 @@ def test_dev_credentials_take_an_account_from_ascii_digits_only() -> None:
     store = CredentialStore(None, dev_credentials=True)
     assert store.lookup("444455556666").principal.account == "444455556666"  # type: ignore[union-attr]
     assert store.lookup("٤٤٤٤٥٥٥٥٦٦٦٦").principal.account == "000000000000"  # type: ignore[union-attr]
+
+
+def test_a_principals_file_other_users_can_read_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE)
+    path.chmod(0o600)
+    CredentialStore(path)
+    assert caplog.records == []
+    path.chmod(0o644)
+    CredentialStore(path)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the principals file {path} can be read by other users (mode 0644): chmod 600 it"]
+    assert "alice-secret" not in caplog.text

@@ -51,3 +51,13 @@ def test_a_new_root_key_is_in_its_directory_durably_before_it_seals(
     synced.clear()
     RootKey.load(tmp_path)  # an existing key: nothing to make durable
     assert synced == []
+
+
+def test_a_root_key_file_other_users_can_read_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    RootKey.load(tmp_path)
+    assert caplog.records == []
+    (tmp_path / "root.key").chmod(0o640)  # restored from a backup with the wrong umask, say
+    RootKey.load(tmp_path)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the root key file {tmp_path / 'root.key'} can be read by other users (mode 0640): chmod 600 (or 400) it"]
