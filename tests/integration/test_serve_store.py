@@ -148,3 +148,28 @@ def test_health_answers_unhealthy_while_the_key_store_hangs(tmp_path: Path, data
         relay.release()
         relay.cut()
         assert server.stop() == 0
+
+
+def test_a_store_url_in_the_environment_keeps_its_password_off_the_command_line(
+        tmp_path: Path, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A command line is readable by every user of the machine; the environment of serve is not.
+    monkeypatch.setenv("KEYTRAIL_STORE", f"postgresql://postgres:pw-in-env@127.0.0.1:5432/{database}")
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        key = server.client("alice").create_key()["KeyMetadata"]["KeyId"]
+        assert server.proc is not None
+        assert b"pw-in-env" not in Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+    finally:
+        assert server.stop() == 0
+    assert not (tmp_path / "data" / "keys.db").exists()
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+
+    async def stored() -> list[str]:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        try:
+            return [row["key_id"] for row in await connection.fetch("SELECT key_id FROM kms_keys")]
+        finally:
+            await connection.close()
+
+    assert asyncio.run(stored()) == [key]
+    assert "pw-in-env" not in server.log.read_text() and "WARNING" not in server.log.read_text()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -162,8 +163,18 @@ async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
         raise StoreUnavailable(f"--store must be a postgresql:// URL, got {settings.store.split('@')[-1]!r}")
     try:
         return await PostgresStore.connect(settings.store, root)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise StoreUnavailable(f"cannot open the key store at {settings.store.split('@')[-1]}: {exc}") from None
+    except (OSError, asyncpg.PostgresError, ValueError) as exc:  # ValueError: a URL asyncpg cannot parse
+        where = settings.store.split("@")[-1]  # never the user and password before the "@"
+        reason = _without_password(str(exc), settings.store)
+        raise StoreUnavailable(f"cannot open the key store at {where}: {reason}") from None
+
+
+def _without_password(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
 
 
 async def build_node(settings: ServeSettings, credentials: CredentialStore) -> Node:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -36,6 +37,7 @@ __all__ = ["register"]
 log = logging.getLogger("keytrail")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
+STORE_ENV = "KEYTRAIL_STORE"
 _PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
@@ -132,7 +134,9 @@ def serve(
     config: Annotated[Path | None, typer.Option(
         help="Settings file: detection rules ([rules.<id>]) and alarm hooks ([hooks]: webhooks, MQTT, Kafka).")] = None,
     store: Annotated[str | None, typer.Option(
-        help="Shared key store, postgresql://USER:PASS@HOST:PORT/DB (default: SQLite in the data dir).")] = None,
+        envvar=STORE_ENV, show_envvar=True,
+        help="Shared key store, postgresql://USER@HOST:PORT/DB (the password in $PGPASSWORD or a passfile) "
+             "(default: SQLite in the data dir).")] = None,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
         help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
@@ -153,6 +157,7 @@ def serve(
     )
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
+    _warn_of_password_in_arguments(store)
     _make_data_dir(data_dir)
     _check_config(config)
     tls = _tls(settings)  # before the principals file is created: a wrong flag leaves nothing behind
@@ -167,6 +172,21 @@ def serve(
         raise _fail(os_problem(exc)) from None
     if not started:
         raise typer.Exit(1)
+
+
+def _warn_of_password_in_arguments(store: str | None) -> None:
+    """A command line is readable by every user of the machine (`ps`, /proc/<pid>/cmdline, even
+    for serve, which is not dumpable), and a --store URL naming a password puts it there."""
+    if store and store != os.environ.get(STORE_ENV) and _password(store):
+        log.warning("--store names the database password on the command line, where every user of this machine "
+                    "can read it: give it in $PGPASSWORD or a passfile, or the whole URL in $%s", STORE_ENV)
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:  # "[bad": opening the store says what is wrong with it
+        return None
 
 
 def _listen_port(host: str, port: int) -> int:
