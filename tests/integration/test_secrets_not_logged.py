@@ -10,6 +10,8 @@ import base64
 import os
 import resource
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +191,28 @@ def test_a_root_key_given_in_the_environment_never_reaches_the_children(
         assert server.stop() == 0
     assert leaks == []
     assert not (tmp_path / "data" / "root.key").exists()
+
+
+def test_analyze_of_a_data_dir_leaves_no_core_dump_holding_the_root_key(tmp_path: Path) -> None:
+    # `analyze --data-dir` opens the key store as serve does: the root key and every key's material.
+    if not Path("/proc/sys/kernel/core_pattern").read_text().startswith("core"):
+        pytest.skip("core dumps are not written to the working directory here")
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    server.client().create_key()
+    assert server.stop() == 0
+    # analyze, then a crash, in one process allowed to dump core in tmp_path
+    crash = ("import os, resource, sys\n"
+             "soft, hard = resource.getrlimit(resource.RLIMIT_CORE)\n"
+             "resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))\n"
+             f"sys.argv = ['keytrail', 'analyze', '--data-dir', {str(data)!r}]\n"
+             "from keytrail.cli import main\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "os.abort()\n")
+    paths = [str(Path(entry).resolve()) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    result = subprocess.run([sys.executable, "-c", crash], cwd=tmp_path, capture_output=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)}, check=False)
+    assert result.returncode == -signal.SIGABRT, result.stderr
+    root_key = (data / "root.key").read_bytes()
+    dumps = {path.name: root_key in path.read_bytes() for path in tmp_path.glob("core*")}
+    assert dumps == {}, f"core dumps (name: holds the root key): {dumps}"

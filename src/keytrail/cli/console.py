@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import resource
 import socket
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +17,7 @@ from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
-           "fail", "listen_probe", "missing_paths", "mqtt_problem", "os_problem", "parse_time"]
+           "fail", "listen_probe", "missing_paths", "mqtt_problem", "no_core_dumps", "os_problem", "parse_time"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -24,6 +27,17 @@ CLOUDTRAIL_HELP = "CloudTrail log files or folders (.json, .json.gz): several af
 #: expands it): click gives an option one value, so the other paths arrive as extra arguments
 #: (`ctx.args`, left out of the usage line), and `cloudtrail_paths` joins them.
 CLOUDTRAIL_COMMAND: dict[str, Any] = {"context_settings": {"allow_extra_args": True}}
+_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
+
+
+def no_core_dumps() -> None:
+    """For a process that holds the root key and unsealed key material (serve, analyze of a data
+    dir): a crash must not write them to a core file, nor may another process of the same user read
+    them through ptrace (ssh-agent and gpg-agent do the same). The size limit alone does not stop
+    a core_pattern pipe."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:

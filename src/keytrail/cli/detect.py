@@ -26,6 +26,7 @@ from keytrail.cli.console import (
     cloudtrail_paths,
     missing_paths,
     mqtt_problem,
+    no_core_dumps,
 )
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
@@ -252,6 +253,7 @@ async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
     """Every key of a node's SQLite key store, with its policy and grants."""
     if not (data_dir / "keys.db").exists():
         raise ValueError(f"{data_dir} holds no key store (keys.db)")
+    no_core_dumps()  # from here on this process holds the root key and every key's material, as serve does
     store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False))
     try:
         items = []

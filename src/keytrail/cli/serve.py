@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import resource
 import signal
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -24,7 +21,7 @@ from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
 from keytrail.audit.integrity import IntegrityPaths, exported_fingerprint
 from keytrail.audit.trail import audit_paths
-from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, os_problem
+from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, no_core_dumps, os_problem
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
 from keytrail.cli.tls import self_signed_certificate
@@ -38,16 +35,6 @@ log = logging.getLogger("keytrail")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
 STORE_ENV = "KEYTRAIL_STORE"
-_PR_SET_DUMPABLE = 4  # <linux/prctl.h>
-
-
-def _no_core_dumps() -> None:
-    """This process holds the root key and unsealed key material: a crash must not write them to a
-    core file, nor may another process of the same user read them through ptrace (ssh-agent and
-    gpg-agent do the same). The size limit alone does not stop a core_pattern pipe."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _credentials(settings: ServeSettings) -> CredentialStore:
@@ -145,7 +132,7 @@ def serve(
 ) -> None:
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _no_core_dumps()
+    no_core_dumps()
     if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
         raise _fail(problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
