@@ -32,6 +32,7 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
+from keytrail.kms.resealing import SEALED_TABLES, SealedTable
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
@@ -41,7 +42,7 @@ from keytrail.kms.sealed_docs import (
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
 
-__all__ = ["DEFAULT_TIMEOUT", "PostgresStore"]
+__all__ = ["DEFAULT_TIMEOUT", "PostgresStore", "StoreBusy"]
 
 # Seconds a statement, a connection or a key's lock may take: well within a client's patience
 # (botocore reads for 60 s), so a stalled database gets a retryable answer, not a hung call.
@@ -66,6 +67,9 @@ _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keytrail.schema',
 _ROOT_KEY_CHECK = "root-key-check"
 # A key with material (key_to_doc writes compact JSON), for a store from before kms_root_key.
 _SEALED_KEY = """SELECT doc FROM kms_keys WHERE doc NOT LIKE '%"materials":[]%' LIMIT 1"""
+_SEALED_NAMES = ", ".join(f"kms_{table.name}" for table in SEALED_TABLES)
+_OTHER_CLIENTS = """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+    AND backend_type = 'client backend' AND pid <> pg_backend_pid()"""
 _UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
 _UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
@@ -76,6 +80,10 @@ _UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
     ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
 _UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, store_id) DO UPDATE SET doc = EXCLUDED.doc"""
+
+
+class StoreBusy(Exception):
+    """The key store cannot be resealed now: other clients are connected."""
 
 
 class PostgresStore:
@@ -311,6 +319,22 @@ class PostgresStore:
         )
         return [custom_key_store_from_doc(row["doc"], self._root) for row in rows]
 
+    async def reseal(self, new: RootKey) -> int:
+        """Seal every sealed value of the store again under `new`, in one transaction, and seal
+        under `new` from then on; the number of documents resealed (`keytrail root-key rotate`).
+        StoreBusy while another client is connected: a node still running would go on sealing
+        under the old key, and what it wrote would open under neither."""
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute(f"LOCK TABLE {_SEALED_NAMES}, kms_root_key IN EXCLUSIVE MODE")
+            if others := await connection.fetchval(_OTHER_CLIENTS):
+                raise StoreBusy(f"{others} other client(s) are connected to the key store's database: "
+                                "stop every keytrail node first")
+            count = sum([await _reseal_table(connection, table, self._root, new) for table in SEALED_TABLES])
+            check = new.seal_text(b"", _ROOT_KEY_CHECK)
+            await connection.execute("UPDATE kms_root_key SET sealed=$1 WHERE id=1", check)
+        self._root = new
+        return count
+
     async def ping(self) -> None:
         """Raise unless the database answers (the health check): it did if a pooled connection
         came back without error within the last second, else a trivial query on the keys table
@@ -328,6 +352,15 @@ class PostgresStore:
             await asyncio.wait_for(self._pool.close(), self._timeout)
         except TimeoutError:
             self._pool.terminate()
+
+
+async def _reseal_table(connection: Any, table: SealedTable, old: RootKey, new: RootKey) -> int:
+    where = " AND ".join(f"{column}=${n}" for n, column in enumerate(table.primary_key, 2))
+    rows = await connection.fetch(f"SELECT {', '.join(table.primary_key)}, doc FROM kms_{table.name}")
+    for row in rows:
+        await connection.execute(f"UPDATE kms_{table.name} SET doc=$1 WHERE {where}",
+                                 table.reseal(row["doc"], old, new), *(row[column] for column in table.primary_key))
+    return len(rows)
 
 
 async def _check_root_key(connection: Any, root: RootKey) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["RootKey", "RootKeyUnusable", "SealError"]
+__all__ = ["RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +101,24 @@ class RootKey:
         if not path.exists() and not create:
             raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_ENV})")
         if not path.exists():
-            _create(path, os.urandom(32))
+            write_root_key_file(path, os.urandom(32))
+        return cls.from_file(path, "restore it from a backup")
+
+    @classmethod
+    def from_file(cls, path: Path, remedy: str) -> RootKey:
+        """The root key a file holds (RootKeyUnusable, saying `remedy`, unless it is 32 bytes)."""
         secret = path.read_bytes()
         _warn_if_shared(path)
         if len(secret) != 32:
-            raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: "
-                                  "restore it from a backup")
+            raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: {remedy}")
         return cls(secret)
 
 
-def _create(path: Path, secret: bytes) -> None:
+def write_root_key_file(path: Path, secret: bytes, *, replace: bool = False) -> None:
     """Put `secret` at `path` whole or not at all (a crash mid-write left an empty root.key that
     every later start refused), owner-only, and durably named before anything is sealed under it:
-    a power cut must not keep keys.db's sealed material and lose the key's directory entry."""
+    a power cut must not keep keys.db's sealed material and lose the key's directory entry.
+    Without `replace`, a file already there (another process made one first) is the key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
@@ -121,10 +126,14 @@ def _create(path: Path, secret: bytes) -> None:
             handle.write(secret)
             handle.flush()
             os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):  # another process made one first: that one is the key
-            os.link(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, path)
     finally:
-        os.unlink(temp)
+        with contextlib.suppress(FileNotFoundError):  # replaced: it is `path` now
+            os.unlink(temp)
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)

@@ -25,6 +25,7 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
+from keytrail.kms.resealing import SEALED_TABLES
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
@@ -256,6 +257,18 @@ class SqliteStore:
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
         stores = self._custom_key_stores.get((account, region), {}).values()
         return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
+
+    async def reseal(self, new: RootKey) -> int:
+        """Seal every sealed value of the store again under `new`, in one transaction, and seal
+        under `new` from then on; the number of documents resealed (`keytrail root-key rotate`)."""
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            (f"UPDATE {table.name} SET doc=? WHERE rowid=?", (table.reseal(doc, self._root, new), rowid))
+            for table in SEALED_TABLES
+            for rowid, doc in self._db.execute(f"SELECT rowid, doc FROM {table.name}").fetchall()
+        ]
+        self._write(statements)
+        self._root = new
+        return len(statements)
 
     async def ping(self) -> None:
         """Raise unless keys.db answers a trivial query and is still the file this store opened:

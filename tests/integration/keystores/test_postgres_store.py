@@ -21,7 +21,7 @@ from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.model import CallRecord
-from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Alias
@@ -197,3 +197,34 @@ async def test_ping_answers_while_every_pooled_connection_is_busy_with_queries_t
         release.set()
         await asyncio.gather(*tasks)
         await store.close()
+
+
+async def test_a_resealed_store_opens_under_the_new_root_key_only(dsn: str) -> None:
+    old, new, secret = RootKey(os.urandom(32)), RootKey(os.urandom(32)), os.urandom(32)
+    key = Key(ACCOUNT, "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", NOW, policy="{}",
+              materials=(KeyMaterial("cd" * 32, secret, NOW),))
+    cks = CustomKeyStore(ACCOUNT, "us-east-1", "cks-0123456789abcdef0", "n", "cluster-abcdefghijk", "pem", "pin", NOW)
+    store = await PostgresStore.connect(dsn, old)
+    await store.put_key(key)
+    await store.put_custom_key_store(cks)
+    assert await store.reseal(new) == 2
+    await store.close()
+    with pytest.raises(SealError):  # the root key check was resealed too: an old node is refused
+        await PostgresStore.connect(dsn, old)
+    again = await PostgresStore.connect(dsn, new)
+    assert await again.get_key(ACCOUNT, "us-east-1", key.key_id) == key
+    assert await again.list_custom_key_stores(ACCOUNT, "us-east-1") == [cks]
+    await again.close()
+
+
+async def test_a_store_is_not_resealed_while_a_node_is_connected(dsn: str) -> None:
+    # The node would go on sealing under the old root key: what it wrote would open under neither.
+    old = RootKey(os.urandom(32))
+    node, rotating = await PostgresStore.connect(dsn, old), await PostgresStore.connect(dsn, old)
+    try:
+        with pytest.raises(StoreBusy, match="1 other client"):
+            await rotating.reseal(RootKey(os.urandom(32)))
+    finally:
+        await rotating.close()
+        await node.close()
+    await (await PostgresStore.connect(dsn, old)).close()  # unchanged
