@@ -27,7 +27,7 @@ def _root() -> None:
 
 
 def _register() -> None:
-    from keytrail.cli import audit, demo, detect, metrics, report, serve
+    from keytrail.cli import audit, demo, detect, metrics, report, root_key, serve
 
     serve.register(app)
     demo.register(app)
@@ -35,6 +35,7 @@ def _register() -> None:
     report.register(app)
     metrics.register(app)
     app.add_typer(audit.audit_app, name="audit")
+    app.add_typer(root_key.root_key_app, name="root-key")
 
 
 def main() -> None:

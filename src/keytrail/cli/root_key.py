@@ -1,0 +1,117 @@
+"""`keytrail root-key rotate`: seal every secret of the key store again under a new root key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import asyncpg
+import typer
+
+from keytrail.cli.console import fail, no_core_dumps, os_problem
+from keytrail.cli.serve import STORE_ENV
+from keytrail.kms.postgres_store import PostgresStore, StoreBusy
+from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealError, write_root_key_file
+from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.transport.segment_log import event_log_dir
+
+__all__ = ["root_key_app"]
+
+COMMAND = "keytrail root-key rotate"
+
+root_key_app = typer.Typer(help="The root key that seals all key material (docs/operations.md, \"Root key\").",
+                           no_args_is_help=True)
+
+
+class _Refused(Exception):
+    """The rotation cannot start; the message says why."""
+
+
+@root_key_app.command()
+def rotate(
+    new_key: Annotated[Path, typer.Option(
+        "--new-key", help="File holding the new root key: 32 random bytes (head -c 32 /dev/urandom > FILE).")],
+    data_dir: Annotated[Path, typer.Option(
+        "--data-dir", help="The node's data dir: its root key and, without --store, its key store.")] = Path(
+        "keytrail-data"),
+    store: Annotated[str | None, typer.Option(
+        envvar=STORE_ENV, show_envvar=True,
+        help="The shared key store, postgresql://USER@HOST:PORT/DB: stop every node first.")] = None,
+) -> None:
+    """Seal every key's material, import token and custom key store password again under a new
+    root key, in one transaction. Stop serve first (with --store, every node); the old root key
+    reads as serve reads it ($KEYTRAIL_ROOT_KEY, $KEYTRAIL_ROOT_KEY_FILE or <data-dir>/root.key)."""
+    no_core_dumps()  # this process holds both root keys and every key's material
+    try:
+        secret = _new_secret(new_key)
+        count = asyncio.run(_reseal(data_dir, store, RootKey(secret)))
+    except (_Refused, StoreBusy) as exc:
+        raise fail(str(exc), COMMAND) from None
+    except SealError as exc:
+        raise fail(f"the current root key does not open the key store ({exc}): nothing was changed", COMMAND) from None
+    except (OSError, asyncpg.PostgresError, ValueError) as exc:  # RootKeyUnusable is an OSError
+        reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise fail(f"{reason}: nothing was changed", COMMAND) from None
+    typer.echo(f"resealed {count} sealed document(s) of the key store under the new root key")
+    typer.echo(_next_step(data_dir, new_key, secret))
+
+
+def _new_secret(path: Path) -> bytes:
+    if not path.is_file():
+        raise _Refused(f"--new-key: no such file: {path}")
+    RootKey.from_file(path, "make it with head -c 32 /dev/urandom > FILE")  # the size, and a warning if shared
+    return path.read_bytes()
+
+
+async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int:
+    old = RootKey.load(data_dir, create=False)
+    if url is not None:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise _Refused(f"--store must be a postgresql:// URL, got {url.split('@')[-1]!r}")
+        shared = await PostgresStore.connect(url, old)
+        try:
+            return await shared.reseal(new)
+        finally:
+            await shared.close()
+    if not (data_dir / "keys.db").exists():
+        raise _Refused(f"{data_dir} holds no key store (keys.db)")
+    with _serve_stopped(data_dir):
+        local = SqliteStore(data_dir / "keys.db", old)  # unseals every key: a wrong root key stops here
+        try:
+            return await local.reseal(new)
+        finally:
+            await local.close()
+
+
+@contextlib.contextmanager
+def _serve_stopped(data_dir: Path) -> Iterator[None]:
+    """Hold the event log's writer lock, which a running serve holds and a starting one takes:
+    a node serving meanwhile would go on sealing under the old key what the new one cannot open."""
+    lock = event_log_dir(data_dir) / "LOCK"
+    if not lock.exists():
+        yield
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _Refused(f"keytrail serve is running on {data_dir}: stop it first") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _next_step(data_dir: Path, new_key: Path, secret: bytes) -> str:
+    """Where the new root key must be for serve; <data-dir>/root.key is replaced in place."""
+    if os.environ.get(ROOT_KEY_ENV) or os.environ.get(ROOT_KEY_FILE_ENV):
+        return (f"start serve with the new root key: ${ROOT_KEY_FILE_ENV}={new_key} (or ${ROOT_KEY_ENV} set to "
+                "its base64); the old root key opens nothing any more")
+    write_root_key_file(data_dir / "root.key", secret, replace=True)
+    return (f"{data_dir / 'root.key'} now holds the new root key; {new_key} is a copy of it: keep it apart "
+            "from the data dir as its backup, or delete it")

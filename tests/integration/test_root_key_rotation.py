@@ -1,0 +1,133 @@
+"""`keytrail root-key rotate`: a node's key store sealed again under a new root key; the next
+`serve` decrypts what was encrypted before, and the old root key opens nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keytrail.kms.sealing import ROOT_KEY_FILE_ENV, RootKey, SealError
+from keytrail.kms.sqlite_store import SqliteStore
+from tests.integration.test_serve_store import database  # noqa: F401  (a fixture)
+from tests.support.server import KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+
+def _rotate(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", "root-key", "rotate", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def _new_key(path: Path) -> Path:
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
+def test_a_rotated_root_key_opens_what_was_sealed_before_and_the_old_one_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    kms = server.client()
+    key = kms.create_key()["KeyMetadata"]["Arn"]
+    kms.rotate_key_on_demand(KeyId=key)
+    blob = kms.encrypt(KeyId=key, Plaintext=b"before the rotation")["CiphertextBlob"]
+    assert server.stop() == 0
+    old = (data / "root.key").read_bytes()
+    new = _new_key(tmp_path / "new.key")
+    result = _rotate("--data-dir", data, "--new-key", new)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "resealed 1 sealed document(s) of the key store under the new root key",
+        f"{data / 'root.key'} now holds the new root key; {new} is a copy of it: keep it apart from the data dir "
+        "as its backup, or delete it"]
+    assert (data / "root.key").read_bytes() == new.read_bytes()
+    with pytest.raises(SealError):
+        SqliteStore(data / "keys.db", RootKey(old))
+    server.start()
+    try:
+        assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"before the rotation"
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_root_key_named_by_the_environment_is_left_for_the_operator_to_point_at_the_new_one(
+        tmp_path: Path) -> None:
+    data, old = tmp_path / "data", _new_key(tmp_path / "old.key")
+    env = {**os.environ, ROOT_KEY_FILE_ENV: str(old)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_KEY_FILE_ENV, str(old))
+        server = KeytrailServer(data).start()
+        blob = server.client().encrypt(KeyId=server.client().create_key()["KeyMetadata"]["Arn"],
+                                       Plaintext=b"sealed under old.key")["CiphertextBlob"]
+        assert server.stop() == 0
+    new = _new_key(tmp_path / "new.key")
+    result = _rotate("--data-dir", data, "--new-key", new, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"start serve with the new root key: ${ROOT_KEY_FILE_ENV}={new} (or $KEYTRAIL_ROOT_KEY set to its base64); "
+        "the old root key opens nothing any more")
+    assert not (data / "root.key").exists()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_KEY_FILE_ENV, str(new))
+        server.start()
+        try:
+            assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"sealed under old.key"
+        finally:
+            assert server.stop() == 0
+
+
+def test_rotation_is_refused_in_one_line_while_serve_runs(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        server.client().create_key()
+        result = _rotate("--data-dir", tmp_path / "data", "--new-key", _new_key(tmp_path / "new.key"))
+    finally:
+        assert server.stop() == 0
+    assert (result.returncode, result.stderr) == (
+        2, f"keytrail root-key rotate: keytrail serve is running on {tmp_path / 'data'}: stop it first\n")
+
+
+@pytest.mark.parametrize(("content", "complaint"), [
+    (b"short", "holds 5 bytes, not 32: make it with head -c 32 /dev/urandom > FILE: nothing was changed"),
+    (None, "--new-key: no such file: "),
+])
+def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
+        tmp_path: Path, content: bytes | None, complaint: str) -> None:
+    new = tmp_path / "new.key"
+    if content is not None:
+        new.write_bytes(content)
+        new.chmod(0o600)
+    result = _rotate("--data-dir", tmp_path / "data", "--new-key", new)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("keytrail root-key rotate: ") and complaint in result.stderr
+
+
+def test_a_shared_store_is_resealed_and_a_node_with_the_old_key_is_refused(
+        tmp_path: Path, database: str) -> None:  # noqa: F811
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    old, new = _new_key(tmp_path / "old.key"), _new_key(tmp_path / "new.key")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_KEY_FILE_ENV, str(old))
+        server = KeytrailServer(tmp_path / "data", "--store", url).start()
+        kms = server.client()
+        blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["Arn"], Plaintext=b"shared")["CiphertextBlob"]
+        busy = _rotate("--new-key", new, env={**os.environ, "KEYTRAIL_STORE": url})
+        assert server.stop() == 0
+    assert busy.returncode == 2 and "other client(s) are connected" in busy.stderr, busy.stderr
+    result = _rotate("--new-key", new, env={**os.environ, "KEYTRAIL_STORE": url, ROOT_KEY_FILE_ENV: str(old)})
+    assert result.returncode == 0, result.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_KEY_FILE_ENV, str(old))
+        with pytest.raises(RuntimeError, match="the root key does not open"):
+            KeytrailServer(tmp_path / "stale-node", "--store", url).start()
+        patch.setenv(ROOT_KEY_FILE_ENV, str(new))
+        server = KeytrailServer(tmp_path / "data", "--store", url).start()
+        try:
+            assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"shared"
+        finally:
+            assert server.stop() == 0
