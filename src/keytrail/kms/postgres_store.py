@@ -324,15 +324,19 @@ class PostgresStore:
         under `new` from then on; the number of documents resealed (`keytrail root-key rotate`).
         StoreBusy while another client is connected: a node still running would go on sealing
         under the old key, and what it wrote would open under neither."""
-        async with self._connection() as connection, connection.transaction():
-            await connection.execute(f"LOCK TABLE {_SEALED_NAMES}, kms_root_key IN EXCLUSIVE MODE")
-            if others := await connection.fetchval(_OTHER_CLIENTS):
-                raise StoreBusy(f"{others} other client(s) are connected to the key store's database: "
-                                "stop every keytrail node first")
-            count = sum([await _reseal_table(connection, table, self._root, new) for table in SEALED_TABLES])
-            check = new.seal_text(b"", _ROOT_KEY_CHECK)
-            await connection.execute("UPDATE kms_root_key SET sealed=$1 WHERE id=1", check)
-        self._root = new
+        async with self._connection() as connection:
+            async with connection.transaction():
+                await connection.execute(f"LOCK TABLE {_SEALED_NAMES}, kms_root_key IN EXCLUSIVE MODE")
+                if others := await connection.fetchval(_OTHER_CLIENTS):
+                    raise StoreBusy(f"{others} other client(s) are connected to the key store's database: "
+                                    "stop every keytrail node first")
+                count = sum([await _reseal_table(connection, table, self._root, new) for table in SEALED_TABLES])
+                check = new.seal_text(b"", _ROOT_KEY_CHECK)
+                await connection.execute("UPDATE kms_root_key SET sealed=$1 WHERE id=1", check)
+            self._root = new
+            # The old rows stay in the tables' files as dead tuples until a vacuum: rewrite the
+            # files, so a copy of the database taken now gives the holder of the old key nothing.
+            await connection.execute(f"VACUUM FULL {_SEALED_NAMES}")
         return count
 
     async def ping(self) -> None:

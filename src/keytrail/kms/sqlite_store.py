@@ -266,7 +266,14 @@ class SqliteStore:
             for table in SEALED_TABLES
             for rowid, doc in self._db.execute(f"SELECT rowid, doc FROM {table.name}").fetchall()
         ]
-        self._write(statements)
+        # Zero what the updates free, then empty the WAL into the file: else a copy of keys.db taken
+        # after the rotation still holds the old sealed values, for whoever holds the old key.
+        self._db.execute("PRAGMA secure_delete=ON")
+        try:
+            self._write(statements)
+        finally:
+            self._db.execute("PRAGMA secure_delete=OFF")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._root = new
         return len(statements)
 

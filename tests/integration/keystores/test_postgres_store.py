@@ -207,8 +207,11 @@ async def test_a_resealed_store_opens_under_the_new_root_key_only(dsn: str) -> N
     store = await PostgresStore.connect(dsn, old)
     await store.put_key(key)
     await store.put_custom_key_store(cks)
+    files = await _table_files(dsn)
     assert await store.reseal(new) == 2
     await store.close()
+    # rewritten: the old rows, sealed under the old key, are not left behind as dead tuples
+    assert set((await _table_files(dsn)).values()).isdisjoint(files.values())
     with pytest.raises(SealError):  # the root key check was resealed too: an old node is refused
         await PostgresStore.connect(dsn, old)
     again = await PostgresStore.connect(dsn, new)
@@ -228,3 +231,12 @@ async def test_a_store_is_not_resealed_while_a_node_is_connected(dsn: str) -> No
         await rotating.close()
         await node.close()
     await (await PostgresStore.connect(dsn, old)).close()  # unchanged
+
+
+async def _table_files(dsn: str) -> dict[str, int]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return {table: await connection.fetchval("SELECT pg_relation_filenode($1)", table)
+                for table in ("kms_keys", "kms_import_parameters", "kms_custom_key_stores")}
+    finally:
+        await connection.close()

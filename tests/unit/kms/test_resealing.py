@@ -3,7 +3,9 @@ no longer under the old one, and nothing else changes."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,3 +48,34 @@ async def test_a_resealed_store_opens_under_the_new_root_key_only(tmp_path: Path
     assert await again.list_custom_key_stores(ACCOUNT, REGION) == [CKS]
     await again.close()
 
+
+
+async def test_no_value_sealed_under_the_old_root_key_is_left_in_the_store_files(tmp_path: Path) -> None:
+    # A copy of keys.db taken after the rotation must give nothing to the holder of the old key:
+    # SQLite leaves a changed row's old bytes in the page's free space and the WAL otherwise.
+    old = RootKey(os.urandom(32))
+    store = SqliteStore(tmp_path / "keys.db", old)
+    await store.put_key(KEY)
+    await store.put_import_parameters(TOKEN)
+    await store.put_custom_key_store(CKS)
+    sealed = _sealed_values(tmp_path)
+    assert len(sealed) == 4
+    await store.reseal(RootKey(os.urandom(32)))
+    await store.close()
+    raw = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert [value for value in sealed if value in raw] == []
+
+
+def _sealed_values(directory: Path) -> list[bytes]:
+    found = []
+    with sqlite3.connect(directory / "keys.db") as db:
+        for table in ("keys", "import_parameters", "custom_key_stores"):
+            for (doc,) in db.execute(f"SELECT doc FROM {table}"):
+                found += [value.encode() for value in _sealed_in(json.loads(doc))]
+    return found
+
+
+def _sealed_in(doc: dict[str, object]) -> list[str]:
+    materials = doc.get("materials")
+    texts = [m["sealed"] for m in materials] if isinstance(materials, list) else []
+    return texts + [doc[name] for name in ("sealed", "sealed_password") if isinstance(doc.get(name), str)]  # type: ignore[misc]
