@@ -63,6 +63,14 @@ def _owner_only(path: Path) -> None:
             file.chmod(0o600)
 
 
+def _drops_material(before: Key | None, after: Key) -> bool:
+    """Whether writing `after` over `before` deletes a material version's secret."""
+    if before is None:
+        return False
+    kept = {m.material_id: m.secret for m in after.materials}
+    return any(kept.get(m.material_id) != m.secret for m in before.materials)
+
+
 def _file_identity(path: Path) -> tuple[int, int]:
     status = path.stat()
     return status.st_dev, status.st_ino
@@ -92,6 +100,9 @@ class SqliteStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            # Deleted or changed rows are zeroed, not left in freed space: a deleted key's sealed
+            # material must not stay where the root key still opens it.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
             self._load()
         except sqlite3.DatabaseError as exc:
@@ -128,8 +139,11 @@ class SqliteStore:
         await self.put_keys([key])
 
     async def put_keys(self, keys: Sequence[Key]) -> None:
+        dropped = any(_drops_material(self._keys.get((k.account, k.region), {}).get(k.key_id), k) for k in keys)
         self._write(self._puts(keys))
         self._remember(keys)
+        if dropped:
+            self._flush_freed()
 
     def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[object, ...]]]:
         return [
@@ -156,6 +170,12 @@ class SqliteStore:
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
             del aliases[name]
         self._grants.pop(scope, None)
+        self._flush_freed()
+
+    def _flush_freed(self) -> None:
+        """Empty the WAL into keys.db, whose freed space secure_delete zeroed: material deleted
+        (DeleteKey, DeleteImportedKeyMaterial) is then gone from the files, not only from the rows."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
         return sorted(self._keys.get((account, region), {}).values(), key=lambda k: (k.creation_date, k.key_id))
@@ -266,14 +286,10 @@ class SqliteStore:
             for table in SEALED_TABLES
             for rowid, doc in self._db.execute(f"SELECT rowid, doc FROM {table.name}").fetchall()
         ]
-        # Zero what the updates free, then empty the WAL into the file: else a copy of keys.db taken
-        # after the rotation still holds the old sealed values, for whoever holds the old key.
-        self._db.execute("PRAGMA secure_delete=ON")
-        try:
-            self._write(statements)
-        finally:
-            self._db.execute("PRAGMA secure_delete=OFF")
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._write(statements)
+        # What the updates freed is zeroed (secure_delete): empty the WAL into the file too, else a
+        # copy of keys.db taken after the rotation still holds old sealed values the old key opens.
+        self._flush_freed()
         self._root = new
         return len(statements)
 

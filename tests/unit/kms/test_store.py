@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,3 +72,25 @@ async def test_the_store_and_its_wal_files_are_the_owners_only(tmp_path: Path) -
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
     await store.close()
     assert modes == {"keys.db": "0o600", "keys.db-wal": "0o600", "keys.db-shm": "0o600"}
+
+
+async def test_a_deleted_keys_sealed_material_is_gone_from_the_store_files(tmp_path: Path) -> None:
+    # Key deletion destroys the material for good (AWS: DeleteKey, DeleteImportedKeyMaterial); SQLite
+    # otherwise keeps a deleted row's bytes in freed space and the WAL, which the root key opens.
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    key, other = _key(os.urandom(32)), replace(_key(os.urandom(32)), key_id="0987dcba-09fe-87dc-65ba-ab0987654321")
+    two = replace(other, materials=(*other.materials, KeyMaterial("ef" * 32, os.urandom(32), NOW, imported=True)))
+    await store.put_keys([key, two])
+    sealed = _sealed(tmp_path)
+    await store.delete_key(key)
+    gone = replace(two.materials[1], secret=b"", imported=False)  # as DeleteImportedKeyMaterial leaves it
+    await store.put_key(replace(two, materials=(two.materials[0], gone)))
+    left = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert [value in left for value in sealed] == [False, True, False]
+    await store.close()
+
+
+def _sealed(directory: Path) -> list[bytes]:
+    with sqlite3.connect(directory / "keys.db") as db:
+        docs = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM keys ORDER BY key_id DESC")]
+    return [material["sealed"].encode() for doc in docs for material in doc["materials"]]
