@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
@@ -25,7 +31,7 @@ from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey
 from keytrail.kms.sqlite_store import SqliteStore
 from tests.integration.e2e.support import audit_events, eventually, raw_files
 from tests.support.processes import child_commands
-from tests.support.server import KeytrailServer
+from tests.support.server import PRINCIPALS, KeytrailServer
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +222,54 @@ def test_analyze_of_a_data_dir_leaves_no_core_dump_holding_the_root_key(tmp_path
     root_key = (data / "root.key").read_bytes()
     dumps = {path.name: root_key in path.read_bytes() for path in tmp_path.glob("core*")}
     assert dumps == {}, f"core dumps (name: holds the root key): {dumps}"
+
+
+_MARK = "SECRETMARK"
+_B64_MARK = base64.b64encode(_MARK.encode() * 3).decode()
+# (operation, body): secret-carrying members of the wrong type, size or form, which a client
+# without boto3's own checks can send; none may come back in an error, the log or an event.
+_MALFORMED: list[tuple[str, dict[str, Any]]] = [
+    ("Encrypt", {"Plaintext": _MARK + "!not base64"}),
+    ("Encrypt", {"Plaintext": [_MARK]}),
+    ("Encrypt", {"Plaintext": {_MARK: _MARK}}),
+    ("Encrypt", {"Plaintext": base64.b64encode(_MARK.encode() * 500).decode()}),
+    ("Decrypt", {"CiphertextBlob": _B64_MARK}),
+    ("GenerateMac", {"Message": _B64_MARK, "MacAlgorithm": "HMAC_SHA_256"}),
+    ("VerifyMac", {"Message": _B64_MARK, "Mac": _B64_MARK, "MacAlgorithm": "HMAC_SHA_256"}),
+    ("Sign", {"Message": base64.b64encode(_MARK.encode() * 1000).decode(), "SigningAlgorithm": "ECDSA_SHA_256"}),
+    ("ImportKeyMaterial", {"ImportToken": _B64_MARK, "EncryptedKeyMaterial": _B64_MARK}),
+    ("CreateCustomKeyStore", {"CustomKeyStoreName": "m", "CloudHsmClusterId": "cluster-abcdefghijk",
+                              "TrustAnchorCertificate": "pem", "KeyStorePassword": _MARK + "\n" * 40}),
+    ("CreateCustomKeyStore", {"CustomKeyStoreName": "x", "CustomKeyStoreType": "EXTERNAL_KEY_STORE",
+                              "XksProxyUriEndpoint": "https://xks.example.com", "XksProxyUriPath": "/kms/xks/v1",
+                              "XksProxyConnectivity": "PUBLIC_ENDPOINT",
+                              "XksProxyAuthenticationCredential": {"AccessKeyId": _MARK + "!",
+                                                                   "RawSecretAccessKey": _MARK + "!"}}),
+]
+
+
+def test_malformed_secret_values_are_refused_without_being_echoed(tmp_path: Path) -> None:
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        key = server.client().create_key()["KeyMetadata"]["Arn"]
+        answers = [_signed_post(server, operation, {"KeyId": key, **body}) for operation, body in _MALFORMED]
+    finally:
+        assert server.stop() == 0
+    assert [status for status, _ in answers] == [400] * len(_MALFORMED), answers
+    events = json.dumps(audit_events(tmp_path / "data"))
+    for where, text in [*((f"answer {n}", body) for n, (_, body) in enumerate(answers)),
+                        ("server log", server.log.read_text()), ("audit events", events)]:
+        assert _MARK not in text and _B64_MARK[:16] not in text, f"{where}: {text[:300]}"
+
+
+def _signed_post(server: KeytrailServer, operation: str, body: dict[str, Any]) -> tuple[int, str]:
+    raw = json.dumps(body).encode()
+    request = AWSRequest("POST", server.endpoint + "/", data=raw, headers={
+        "X-Amz-Target": f"TrentService.{operation}", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials(PRINCIPALS["alice"][1], PRINCIPALS["alice"][2]), "kms", "us-east-1").add_auth(request)
+    sent = urllib.request.Request(server.endpoint + "/", data=raw, headers=dict(request.headers.items()), method="POST")
+    try:
+        with urllib.request.urlopen(sent, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
