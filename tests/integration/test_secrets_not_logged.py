@@ -186,13 +186,15 @@ def test_a_root_key_given_in_the_environment_never_reaches_the_children(
     # The children (consumer, detector, fsync helper) never need it, and unlike `serve` they stay
     # dumpable: their environment is readable in /proc by every process of the user, and in `ps e`.
     monkeypatch.setenv(ROOT_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    monkeypatch.setenv("PGPASSWORD", "unused-here")  # serve's alone, to reach a PostgreSQL key store
     server = KeytrailServer(tmp_path / "data", dev_clock=False).start()
     try:
         assert server.proc is not None
         children = eventually(lambda: len(kids := child_commands(server.proc.pid)) >= 3 and kids,  # type: ignore[union-attr]
                               what="the consumer, the detector and the fsync helper")
-        leaks = [b" ".join(args) for pid, args in children.items()
-                 if f"{ROOT_KEY_ENV}=".encode() in Path(f"/proc/{pid}/environ").read_bytes()]
+        environments = {b" ".join(args): Path(f"/proc/{pid}/environ").read_bytes() for pid, args in children.items()}
+        leaks = [(command, name) for command, environment in environments.items()
+                 for name in (ROOT_KEY_ENV, "PGPASSWORD") if f"{name}=".encode() in environment]
     finally:
         assert server.stop() == 0
     assert leaks == []

@@ -59,6 +59,8 @@ class SyncHelper:
         process = subprocess.Popen(
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
             start_new_session=True,  # a terminal's Ctrl-C is for `serve`, which stops it in order
+            # Not serve's key store URL and password: it needs neither, and is dumpable.
+            env={name: value for name, value in os.environ.items() if name not in ("KEYTRAIL_STORE", "PGPASSWORD")},
         )
         return cls(process, loop)
 

@@ -21,6 +21,16 @@ __all__ = ["Child", "ChildSpec"]
 log = logging.getLogger("keytrail")
 
 
+# What serve alone needs to reach its key store: a child has no use for it, and unlike serve a
+# child is dumpable, its environment readable in /proc by the user's other processes.
+STORE_SECRETS = ("KEYTRAIL_STORE", "PGPASSWORD")
+
+
+def without_store_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """`environment` less the key store's URL and password."""
+    return {name: value for name, value in environment.items() if name not in STORE_SECRETS}
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     """What to run; `on_line` receives each line of its stdout (else stdout is inherited);
@@ -68,7 +78,7 @@ class Child:
         self.process = process = await asyncio.create_subprocess_exec(
             *spec.argv, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=True,
-            env={**spec.environment_defaults, **os.environ},
+            env={**spec.environment_defaults, **without_store_secrets(os.environ)},
         )
         if spec.on_line is not None and process.stdout is not None:
             async for line in process.stdout:
