@@ -32,7 +32,7 @@ def _date_in(value: str | None) -> datetime | None:
 def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str, Any]:
     return {
         "material_id": material.material_id,
-        "sealed": root.seal_text(material.secret, f"{key.arn}#{material.material_id}"),
+        "sealed": root.seal_text(material.secret, f"{key.arn}#{material.material_id}", reuse=True),
         "created": _date_out(material.created),
         "rotation_type": material.rotation_type,
         "valid_to": _date_out(material.valid_to),
@@ -44,7 +44,7 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
 
 
 def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey) -> KeyMaterial:
-    secret = root.unseal_text(doc["sealed"], f"{key.arn}#{doc['material_id']}")
+    secret = root.unseal_text(doc["sealed"], f"{key.arn}#{doc['material_id']}", remember=True)
     return KeyMaterial(
         material_id=doc["material_id"],
         secret=secret,

@@ -58,7 +58,7 @@ def custom_key_store_to_doc(store: CustomKeyStore, root: RootKey) -> str:
             "state": store.state.value,
             "error_code": store.error_code,
             "store_type": store.store_type,
-            "sealed_password": root.seal_text(store.password.encode(), binding),
+            "sealed_password": root.seal_text(store.password.encode(), binding, reuse=True),  # written per state
         }
     )
 
@@ -68,5 +68,6 @@ def custom_key_store_from_doc(text: str, root: RootKey) -> CustomKeyStore:
     sealed = doc.pop("sealed_password")
     doc["creation_date"] = datetime.fromisoformat(doc["creation_date"])
     doc["state"] = ConnectionState(doc["state"])
-    password = root.unseal_text(sealed, _store_binding(doc["account"], doc["region"], doc["store_id"])).decode()
+    binding = _store_binding(doc["account"], doc["region"], doc["store_id"])
+    password = root.unseal_text(sealed, binding, remember=True).decode()
     return CustomKeyStore(**doc, password=password)

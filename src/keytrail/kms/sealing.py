@@ -57,28 +57,33 @@ class RootKey:
         except (InvalidTag, ValueError):
             raise SealError(f"cannot unseal key material for {binding}") from None
 
-    def seal_text(self, material: bytes, binding: str) -> str:
-        """`seal` as base64 text, the form the stores' JSON documents keep. A value this key sealed
-        or opened before under the same binding is given back as it was: every store write of a key
-        carries all its material versions, and sealing each anew would spend a random 96-bit nonce
-        per version per tag or policy change, towards the 2^32 seals NIST SP 800-38D allows one
-        AES-GCM key with random nonces. So seals grow with material versions, not with writes."""
-        digest = self._digest(material)
-        known = self._sealed.get(binding)
+    def seal_text(self, material: bytes, binding: str, *, reuse: bool = False) -> str:
+        """`seal` as base64 text, the form the stores' JSON documents keep. With `reuse`, a value
+        this key sealed or opened (`unseal_text(..., remember=True)`) under the same binding is given
+        back as it was: every store write of a key carries all its material versions, and sealing
+        each anew would spend a random 96-bit nonce per version per tag or policy change, towards
+        the 2^32 seals NIST SP 800-38D allows one AES-GCM key with random nonces. So seals grow with
+        material versions, not with writes. (Only for values written again and again: the table
+        keeps an entry per binding for the life of the process.)"""
+        digest = self._digest(material) if reuse else b""
+        known = self._sealed.get(binding) if reuse else None
         if known is not None and hmac.compare_digest(known[0], digest):
             return known[1]
         sealed = base64.b64encode(self.seal(material, binding)).decode()
-        self._sealed[binding] = (digest, sealed)
+        if reuse:
+            self._sealed[binding] = (digest, sealed)
         return sealed
 
-    def unseal_text(self, sealed: str, binding: str) -> bytes:
-        """`unseal` of `seal_text`; text that is not base64 is a damaged value too (SealError)."""
+    def unseal_text(self, sealed: str, binding: str, *, remember: bool = False) -> bytes:
+        """`unseal` of `seal_text`; text that is not base64 is a damaged value too (SealError).
+        `remember`: for `seal_text(..., reuse=True)` to write it again as it is."""
         try:
             raw = base64.b64decode(sealed, validate=True)
         except (ValueError, TypeError):  # binascii.Error is a ValueError
             raise SealError(f"cannot unseal key material for {binding}") from None
         material = self.unseal(raw, binding)
-        self._sealed[binding] = (self._digest(material), sealed)
+        if remember:
+            self._sealed[binding] = (self._digest(material), sealed)
         return material
 
     def _digest(self, material: bytes) -> bytes:
