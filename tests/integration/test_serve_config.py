@@ -149,6 +149,7 @@ def test_a_data_dir_serve_cannot_open_is_refused_in_one_line(tmp_path: Path, blo
     (data / blocked).mkdir(parents=True)
     if blocked == "keys.db":  # with its root key: without one, serve names the missing key first
         (data / "root.key").write_bytes(os.urandom(32))
+        (data / "root.key").chmod(0o600)  # as serve makes it: a wider mode gets a warning line of its own
     out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
