@@ -54,9 +54,10 @@ class DeniedTally:
         self._parts.append(denied_calls(denied))
 
     def frame(self) -> pl.DataFrame:
-        """All denied calls so far, largest count first."""
+        """All denied calls so far, largest count first (ties in a fixed order: the same input gives the
+        same file)."""
         if not self._parts:
             return pl.DataFrame(schema=DENIED_SCHEMA)
         merged = _group(pl.concat(self._parts))
         self._parts = [merged]
-        return merged.sort(["count", "keyArn", "principalArn"], descending=[True, False, False], nulls_last=True)
+        return merged.sort(["count", *_KEYS], descending=[True, *[False] * len(_KEYS)], nulls_last=True)
