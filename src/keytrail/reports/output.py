@@ -7,7 +7,7 @@ from pathlib import Path
 
 from keytrail.reports.collect import ReportData
 from keytrail.reports.html import render_html
-from keytrail.reports.tabular import TabularFormat, long_form, write_tabular
+from keytrail.reports.tabular import TabularFormat, long_form_parts, write_tabular
 
 __all__ = ["TABLES", "ReportFormat", "write_report"]
 
@@ -30,4 +30,4 @@ def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | N
         temp.replace(out)
         return out
     columns_of = {name: frame.columns for name, frame in data.tables().items()}
-    return write_tabular(long_form(data.tables(), table), out, TabularFormat(form.value), columns_of)
+    return write_tabular(long_form_parts(data.tables(), table), out, TabularFormat(form.value), columns_of)

@@ -8,20 +8,19 @@ alarms) and that table's columns; the other columns are empty. Read one table ba
 from __future__ import annotations
 
 import csv
-import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import polars as pl
 
 from keytrail.pipeline.files import write_parquet
 
-__all__ = ["TabularFormat", "cell_text", "long_form", "write_tabular"]
+__all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "write_tabular"]
 
 
 class TabularFormat(StrEnum):
@@ -30,48 +29,76 @@ class TabularFormat(StrEnum):
     parquet = "parquet"
 
 
+_SLICE_ROWS = 20_000  # rows formatted at a time: a long report never sits in memory as one text
+
+
 def long_form(tables: Mapping[str, pl.DataFrame], only: str | None = None) -> pl.DataFrame:
     """One frame holding every table (or only the one named), tagged by a leading `table` column."""
-    parts = [frame.select(pl.lit(name).alias("table"), pl.all())
-             for name, frame in tables.items() if only is None or name == only]
-    if only is not None and not parts:
+    return pl.concat(list(long_form_parts(tables, only)), how="diagonal_relaxed")
+
+
+def long_form_parts(tables: Mapping[str, pl.DataFrame], only: str | None = None) -> Iterator[pl.DataFrame]:
+    """`long_form`'s rows a slice at a time, each with all of its columns and types: the long frame
+    (every table's rows times every table's columns, mostly null) is never built whole."""
+    chosen = {name: frame for name, frame in tables.items() if only is None or name == only}
+    if only is not None and not chosen:
         raise ValueError(f"no table named {only!r} (choose from {', '.join(tables)})")
-    return pl.concat(parts, how="diagonal_relaxed")
+    header = pl.concat([_tagged(name, frame.clear()) for name, frame in chosen.items()], how="diagonal_relaxed")
+    return _slices(header, chosen)  # refused above, before a writer opens its file
 
 
-def write_tabular(frame: pl.DataFrame, out: Path, form: TabularFormat,
+def _slices(header: pl.DataFrame, chosen: Mapping[str, pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    yield header
+    for name, frame in chosen.items():
+        for part in frame.iter_slices(_SLICE_ROWS):
+            yield pl.concat([header, _tagged(name, part)], how="diagonal_relaxed")
+
+
+def _tagged(name: str, frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(pl.lit(name).alias("table"), pl.all())
+
+
+def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form: TabularFormat,
                   columns_of: Mapping[str, Sequence[str]] | None = None) -> Path:
-    """Write `frame` to `out` atomically (temp file, then rename). `columns_of`: each table's own
-    columns, which JSON lines write even when null (a reader then finds every column of a table)."""
+    """Write `frame` (or the parts of one, same columns each, in order) to `out` atomically (temp
+    file, then rename). `columns_of`: each table's own columns, which JSON lines write even when
+    null (a reader then finds every column of a table)."""
+    parts = [frame] if isinstance(frame, pl.DataFrame) else frame
     temp = out.with_name(f".{out.name}.tmp")
     if form is TabularFormat.parquet:
-        write_parquet(frame, temp)
-    elif form is TabularFormat.csv:
-        temp.write_text(_csv(frame), encoding="utf-8")
+        write_parquet(pl.concat(list(parts)), temp)
     else:
-        temp.write_text(_json_lines(frame, columns_of or {}), encoding="utf-8")
+        with temp.open("w", encoding="utf-8") as sink:
+            if form is TabularFormat.csv:
+                _csv(parts, sink)
+            else:
+                _json_lines(parts, columns_of or {}, sink)
     temp.replace(out)
     return out
 
 
-def _csv(frame: pl.DataFrame) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(frame.columns)
-    writer.writerows([cell_text(value) for value in row] for row in frame.iter_rows())
-    return buffer.getvalue()
+def _csv(parts: Iterable[pl.DataFrame], sink: TextIO) -> None:
+    writer = csv.writer(sink, lineterminator="\n")
+    for index, part in enumerate(parts):
+        if index == 0:
+            writer.writerow(part.columns)
+        for piece in part.iter_slices(_SLICE_ROWS):
+            writer.writerows([cell_text(value) for value in row] for row in piece.iter_rows())
 
 
-def _json_lines(frame: pl.DataFrame, columns_of: Mapping[str, Sequence[str]]) -> str:
+def _json_lines(parts: Iterable[pl.DataFrame], columns_of: Mapping[str, Sequence[str]], sink: TextIO) -> None:
     """One object per row with its table's columns (null when empty; other tables' columns left
     out); money as exact decimal numbers."""
-    lines = []
-    for row in frame.iter_rows(named=True):
-        own = columns_of.get(row.get("table") or "", ())
-        parts = [f"{json.dumps(name)}: {_json_value(value)}" for name, value in row.items()
-                 if value is not None or name in own]
-        lines.append("{" + ", ".join(parts) + "}\n")
-    return "".join(lines)
+    for part in parts:
+        for piece in part.iter_slices(_SLICE_ROWS):
+            sink.write("".join(_json_line(row, columns_of) for row in piece.iter_rows(named=True)))
+
+
+def _json_line(row: dict[str, Any], columns_of: Mapping[str, Sequence[str]]) -> str:
+    own = columns_of.get(row.get("table") or "", ())
+    parts = [f"{json.dumps(name)}: {_json_value(value)}" for name, value in row.items()
+             if value is not None or name in own]
+    return "{" + ", ".join(parts) + "}\n"
 
 
 def _json_value(value: Any) -> str:
