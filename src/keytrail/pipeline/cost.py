@@ -60,6 +60,11 @@ _ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-seco
 _ASYMMETRIC_PREFIXES = ("RSA_", "ECC_", "ML_DSA_", "ML_KEM_", "SM2")
 _KEY_PAIR_OPERATIONS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
 _ROW = Decimal("1e-10")
+_MONTH = pl.Datetime("us", "UTC")
+# Symmetric requests per calling account and month in the usage parts already priced (free tier).
+_EARLIER_SCHEMA: dict[str, pl.DataType] = {"accountId": pl.String(), "month": _MONTH, "earlier": pl.Int64()}
+_COUNTS_SCHEMA: dict[str, pl.DataType] = {"keyArn": pl.String(), "accountId": pl.String(), "priceClass": pl.String(),
+                                          "requests": pl.Int64(), "billed": pl.Int64()}
 
 LIFECYCLE_SCHEMA: dict[str, pl.DataType] = {
     "keyArn": pl.String(),
@@ -215,46 +220,68 @@ def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFra
 
 
 def request_counts(
-    usage: pl.DataFrame, lifecycle: pl.DataFrame, free_tier: int, since: datetime | None
+    usage: pl.DataFrame | Iterable[pl.DataFrame], lifecycle: pl.DataFrame, free_tier: int, since: datetime | None
 ) -> pl.DataFrame:
     """Billable requests per key x calling account x price class, with free-tier requests removed.
 
     The free tier is per calling account and calendar month, for symmetric-class requests,
-    granted in time order (then by key ARN): pass usage from the start of `since`'s month.
+    granted in time order (then by key ARN): pass usage from the start of `since`'s month. Usage
+    may come in parts, in time order (every minute of a part before the next part's), so that a
+    long period's minute rows never sit in memory at once: each part's free tier starts where the
+    parts before it left it.
     """
-    rows = classed_requests(usage, lifecycle).with_columns(free=pl.lit(0, pl.Int64))
-    if free_tier > 0:
-        rows = _apply_free_tier(rows, free_tier)
-    if since is not None:
-        rows = rows.filter(pl.col("minute") >= since)
-    return rows.group_by(["keyArn", "accountId", "priceClass"]).agg(
-        requests=pl.col("count").sum(), billed=(pl.col("count") - pl.col("free")).sum()
-    )
+    parts = [usage] if isinstance(usage, pl.DataFrame) else usage
+    earlier = pl.DataFrame(schema=_EARLIER_SCHEMA)
+    counts = [pl.DataFrame(schema=_COUNTS_SCHEMA)]
+    for part in parts:
+        rows = classed_requests(part, lifecycle).with_columns(free=pl.lit(0, pl.Int64))
+        if free_tier > 0:
+            rows, earlier = _apply_free_tier(rows, free_tier, earlier)
+        if since is not None:
+            rows = rows.filter(pl.col("minute") >= since)
+        counts.append(rows.group_by(["keyArn", "accountId", "priceClass"]).agg(
+            requests=pl.col("count").sum(), billed=(pl.col("count") - pl.col("free")).sum()
+        ).cast(pl.Schema(_COUNTS_SCHEMA)))
+    return pl.concat(counts).group_by(["keyArn", "accountId", "priceClass"]).agg(
+        pl.col("requests").sum(), pl.col("billed").sum())
 
 
-def _apply_free_tier(rows: pl.DataFrame, free_tier: int) -> pl.DataFrame:
+def _apply_free_tier(
+    rows: pl.DataFrame, free_tier: int, earlier: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`rows` with each one's free requests, and `earlier` (symmetric requests per account and
+    month in the parts before) with theirs added."""
     eligible = rows.filter(pl.col("priceClass") == "symmetric").with_columns(
-        month=pl.col("minute").dt.truncate("1mo")
+        month=pl.col("minute").dt.truncate("1mo").cast(_MONTH)
     )
+    eligible = eligible.join(earlier, on=["accountId", "month"], how="left", nulls_equal=True)
     order = ["accountId", "month", "minute", "keyArn", "eventName", "principalArn", "keyPairSpec"]
     eligible = eligible.sort(order, nulls_last=True).with_columns(
-        before=(pl.col("count").cum_sum().over(["accountId", "month"]) - pl.col("count"))
+        before=(pl.col("count").cum_sum().over(["accountId", "month"]) - pl.col("count")
+                + pl.col("earlier").fill_null(0))
     )
     eligible = eligible.with_columns(
         free=(pl.lit(free_tier, pl.Int64) - pl.col("before")).clip(0, None).clip(None, pl.col("count"))
     )
-    return pl.concat([rows.filter(pl.col("priceClass") != "symmetric"), eligible.drop("month", "before")])
+    these = eligible.group_by("accountId", "month").agg(earlier=pl.col("count").sum())
+    now_earlier = pl.concat([earlier, these.cast(pl.Schema(_EARLIER_SCHEMA))]).group_by("accountId", "month").agg(
+        pl.col("earlier").sum())
+    rows = pl.concat([rows.filter(pl.col("priceClass") != "symmetric"), eligible.drop("month", "before", "earlier")])
+    return rows, now_earlier
 
 
 def cost_report(
-    usage: pl.DataFrame, lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None, until: datetime
+    usage: pl.DataFrame | Iterable[pl.DataFrame], lifecycle: pl.DataFrame, prices: PriceTable,
+    since: datetime | None, until: datetime,
 ) -> pl.DataFrame:
-    """Cost per key x account over [since, until): storage to the owner, requests to the caller."""
+    """Cost per key x account over [since, until): storage to the owner, requests to the caller.
+    `usage` may come in parts in time order (see `request_counts`)."""
     totals: dict[tuple[str, str], list[Decimal | int]] = {}
     for key_arn, owner, months, cost in _storage(lifecycle, prices, since, until):
         totals.setdefault((key_arn, owner), [Decimal(0), Decimal(0), 0, Decimal(0)])[:2] = [months, cost]
+    parts = [usage] if isinstance(usage, pl.DataFrame) else usage
     counts = request_counts(
-        usage.filter(pl.col("minute") < until), lifecycle, prices.free_tier_requests, since
+        (part.filter(pl.col("minute") < until) for part in parts), lifecycle, prices.free_tier_requests, since
     )
     for key_arn, account, price_class, requests, billed in counts.iter_rows():
         row = totals.setdefault((key_arn or "", account or ""), [Decimal(0), Decimal(0), 0, Decimal(0)])

@@ -7,7 +7,7 @@ consumer's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,9 @@ from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.usage import USAGE_SCHEMA, Window, merge_usage, roll_up, roll_up_keys, rolled_up
 
 __all__ = ["MetricsStore", "state_dir"]
+
+
+SPAN_ROWS = 25_000  # stored minute rows the free tier's cost reads at a time (whole UTC days)
 
 
 def state_dir(data_dir: Path) -> Path:
@@ -125,13 +128,31 @@ class MetricsStore:
         # The free tier counts from the start of since's UTC calendar month (not its offset's month).
         utc_since = since.astimezone(UTC) if since else None
         month_start = utc_since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if utc_since else None
-        if prices.free_tier_requests:  # granted in time order: needs the minutes from the month's start
-            usage = self._requests(month_start, until, by_minute=True)
-        else:
-            usage = self._requests(since, until, by_minute=False)
-        return cost_report(usage, self.lifecycle(), prices, since, until)
+        if prices.free_tier_requests:  # granted in time order: needs the minutes from the month's start,
+            # read a few days at a time (a month's minute rows of a large account take hundreds of MB)
+            parts: Iterable[pl.DataFrame] = (self.billable_requests(low, high, by_minute=True)
+                                             for low, high in self._day_spans(month_start, until))
+            return cost_report(parts, self.lifecycle(), prices, since, until)
+        return cost_report(self.billable_requests(since, until), self.lifecycle(), prices, since, until)
 
-    def _requests(self, since: datetime | None, until: datetime, by_minute: bool) -> pl.DataFrame:
+    def _day_spans(self, since: datetime | None, until: datetime) -> Iterator[tuple[datetime | None, datetime]]:
+        """[low, high) spans that cover [since, until) in time order, split at UTC midnights so that
+        each holds about SPAN_ROWS stored minute rows (one day however many it has)."""
+        with self._states() as states:
+            rows: dict[str, int] = {}
+            for state in states:
+                for day, count in state.usage_files.day_rows(since, until):
+                    rows[day] = rows.get(day, 0) + count
+        low, held = since, 0
+        for day in sorted(rows):
+            start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+            if held and held + rows[day] > SPAN_ROWS and (low is None or start > low):
+                yield low, start
+                low, held = start, 0
+            held += rows[day]
+        yield low, until
+
+    def billable_requests(self, since: datetime | None, until: datetime, by_minute: bool = False) -> pl.DataFrame:
         """Requests over [since, until) summed per what prices them (key, caller, operation, key
         pair spec) and per minute, or over the period (stamped with one minute inside it), in the
         minute-usage shape. Callers are not told apart: their requests of one key and account

@@ -15,7 +15,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -64,11 +64,14 @@ class UsageFiles:
             (self.root / name).unlink(missing_ok=True)
 
     def listed(self, since: datetime | None = None, until: datetime | None = None) -> list[str]:
-        # Files are by UTC day: a bound with another offset may fall on another day there.
-        low = since.astimezone(UTC).date().isoformat() if since else ""
-        high = until.astimezone(UTC).date().isoformat() if until else "9999"
-        rows = self.db.execute("SELECT name FROM usage_files WHERE day >= ? AND day <= ?", (low, high))
+        rows = self.db.execute("SELECT name FROM usage_files WHERE day >= ? AND day <= ?", _days(since, until))
         return [name for (name,) in rows]
+
+    def day_rows(self, since: datetime | None = None, until: datetime | None = None) -> list[tuple[str, int]]:
+        """(UTC day, stored minute rows) of the files that `listed(since, until)` names."""
+        rows = self.db.execute("SELECT day, sum(rows) FROM usage_files WHERE day >= ? AND day <= ? GROUP BY day",
+                               _days(since, until))
+        return [(day, int(count)) for day, count in rows]
 
     def remove_orphans(self, min_age_seconds: float = 600.0) -> None:
         """Delete this partition's files that no committed checkpoint lists (left by a crash).
@@ -146,6 +149,15 @@ class UsageFiles:
             self.discard(n for n, _, _ in new)
             raise
         self.discard(old)
+
+
+def _days(since: datetime | None, until: datetime | None) -> tuple[str, str]:
+    """The first and last UTC day whose files may hold minutes in [since, until). Files are by UTC
+    day: a bound with another offset may fall on another day there; an `until` at midnight ends
+    the day before (a span of whole days reads no file of the next)."""
+    low = since.astimezone(UTC).date().isoformat() if since else ""
+    high = (until.astimezone(UTC) - timedelta(microseconds=1)).date().isoformat() if until else "9999"
+    return low, high
 
 
 def _durable_write(frame: pl.DataFrame, path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from keytrail.pipeline import query
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Batch, Runner
@@ -302,3 +303,20 @@ async def test_network_activity_events_of_a_vpc_endpoint_are_not_counted_as_requ
     store = MetricsStore(tmp_path)
     assert store.usage(["eventName"]).rows() == [("Decrypt", 1, 0)]
     assert store.cost(PriceTable())["requests"].to_list() == [1]
+
+
+@pytest.mark.parametrize("free_tier", [300, 700])  # per calling account: ≈ 600 on October 1
+async def test_free_tier_read_a_day_at_a_time_carries_over_exactly(
+    tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, free_tier: int
+) -> None:
+    await Runner(state_dir(tmp_path), RecordsSource(events)).run()
+    monkeypatch.setattr(query, "SPAN_ROWS", 1)  # each UTC day a part of its own: the free tier crosses them
+    store = MetricsStore(tmp_path)
+    assert len(list(store._day_spans(None, UNTIL))) == 3  # late events reach back into September
+    prices = PriceTable(free_tier_requests=free_tier)
+    got = {
+        (r["keyArn"], r["accountId"]): {k: r[k] for k in ("keyMonths", "keyCost", "requests", "requestCost")}
+        for r in store.cost(prices, until=UNTIL).iter_rows(named=True)
+    }
+    assert got == reference.cost(events, prices, UNTIL)
+
