@@ -15,7 +15,9 @@ import polars as pl
 
 from keytrail.pipeline.frame import CRYPTO_OPERATIONS
 
-__all__ = ["LAST_USED_SCHEMA", "last_used", "last_used_per_key", "merge_last_used", "tracking_window"]
+__all__ = [
+    "LAST_USED_SCHEMA", "last_used", "last_used_per_key", "latest_per_key", "merge_last_used", "tracking_window",
+]
 
 LAST_USED_SCHEMA: dict[str, pl.DataType] = {
     "keyArn": pl.String(),
@@ -58,6 +60,12 @@ def merge_last_used(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema=LAST_USED_SCHEMA)
     return _latest(pl.concat(frames), ["keyArn", "principalArn"])
+
+
+def latest_per_key(rows: pl.DataFrame) -> pl.DataFrame:
+    """Each key's latest row of key x principal rows, all columns kept: reducing parts with it and
+    then their union with `last_used_per_key` equals `last_used_per_key` of every row at once."""
+    return _latest(rows, ["keyArn"])
 
 
 def last_used_per_key(per_principal: pl.DataFrame) -> pl.DataFrame:

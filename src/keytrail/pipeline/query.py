@@ -17,7 +17,7 @@ import polars as pl
 
 from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report
 from keytrail.pipeline.frame import CRYPTO_OPERATIONS
-from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, merge_last_used
+from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, latest_per_key, merge_last_used
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.usage import USAGE_SCHEMA, Window, merge_usage, roll_up, roll_up_keys, rolled_up
@@ -74,6 +74,8 @@ class MetricsStore:
             frames = [s.usage(since, until, lambda rows: rolled_up(rows, by, window)) for s in states]
         if not frames:
             return roll_up(pl.DataFrame(schema=USAGE_SCHEMA), by, window)
+        if len(frames) == 1:  # one partition (the embedded log): already summed, no copy to sum again
+            return frames[0].sort(keys, nulls_last=True)
         summed = pl.concat(frames).group_by(keys).agg(pl.col("count").sum(), pl.col("errorCount").sum())
         return summed.sort(keys, nulls_last=True)
 
@@ -108,8 +110,15 @@ class MetricsStore:
         lifecycle = lifecycle if until is None else lifecycle.filter(pl.col("eventTime") < until)
         used = self.usage(["keyArn"], None, None, until).select("keyArn").drop_nulls()
         keys = pl.concat([used, lifecycle.select("keyArn")]).unique()
-        uses = last_used_per_key(self.last_used(until))
+        uses = last_used_per_key(self._latest_per_key() if until is None else self.last_used(until))
         return keys.join(uses, on="keyArn", how="left").sort("keyArn")
+
+    def _latest_per_key(self) -> pl.DataFrame:
+        """Each key's latest key x principal row, reduced a slice at a time (the pairs of a large
+        account are never all in memory)."""
+        with self._states() as states:
+            parts = [latest_per_key(part) for state in states for part in state.last_used_parts()]
+        return pl.concat([pl.DataFrame(schema=LAST_USED_SCHEMA), *parts])
 
     def time_bounds(self) -> tuple[datetime | None, datetime | None]:
         """Earliest and latest eventTime counted: tracking starts at the earliest."""

@@ -10,7 +10,7 @@ checkpoint when another owner moved the partition on meanwhile.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,6 +53,7 @@ _ADD_LOG_OFFSET = "ALTER TABLE last_used ADD COLUMN logOffset INTEGER NOT NULL D
 _UPSERT_OUTCOMES = """INSERT INTO outcomes VALUES (?,?,?) ON CONFLICT DO UPDATE SET
   count = count + excluded.count"""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_READ_ROWS = 20_000  # rows of a table read into a frame at a time
 
 
 class StaleBatchError(RuntimeError):
@@ -237,11 +238,14 @@ class PartitionState:
         return self.usage_files.read(since, until, shape)
 
     def last_used(self) -> pl.DataFrame:
-        return _frame(
-            self._db.execute(f"SELECT {', '.join(LAST_USED_SCHEMA)} FROM last_used").fetchall(),
-            LAST_USED_SCHEMA,
-            ["lastUsedTime"],
-        )
+        return pl.concat([_frame([], LAST_USED_SCHEMA, ["lastUsedTime"]), *self.last_used_parts()])
+
+    def last_used_parts(self) -> Iterator[pl.DataFrame]:
+        """`last_used`'s rows a slice at a time: as Python tuples, a large account's key x principal
+        pairs (hundreds of thousands) take several times the memory of their frame."""
+        cursor = self._db.execute(f"SELECT {', '.join(LAST_USED_SCHEMA)} FROM last_used")
+        while rows := cursor.fetchmany(_READ_ROWS):
+            yield _frame(rows, LAST_USED_SCHEMA, ["lastUsedTime"])
 
     def lifecycle(self) -> pl.DataFrame:
         rows = self._db.execute(
@@ -275,7 +279,7 @@ def _text(frame: pl.DataFrame, columns: Sequence[str], times: Sequence[str]) -> 
         else pl.col(c)
         for c in columns
     ]
-    return frame.select(exprs).rows()
+    return frame.select(exprs).iter_rows()  # not all as tuples at once: a checkpoint writes ~100k rows
 
 
 def _last_used_rows(last_used: pl.DataFrame) -> Iterable[tuple[Any, ...]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from keytrail.pipeline import query
+from keytrail.pipeline import query, state
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Batch, Runner
@@ -320,3 +320,17 @@ async def test_free_tier_read_a_day_at_a_time_carries_over_exactly(
     }
     assert got == reference.cost(events, prices, UNTIL)
 
+
+async def test_last_used_read_a_slice_at_a_time_is_exact(
+    tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await Runner(state_dir(tmp_path), RecordsSource(events)).run()
+    store = MetricsStore(tmp_path)
+    whole = store.last_used_by_key()  # every key x principal row in one slice
+    monkeypatch.setattr(state, "_READ_ROWS", 7)
+    assert store.last_used_by_key().equals(whole)
+    last = {
+        (r["keyArn"], r["principalArn"]): (r["lastUsedTime"], r["eventId"], r["lastUsedOperation"])
+        for r in store.last_used().iter_rows(named=True)
+    }
+    assert last == reference.last_used(events)
