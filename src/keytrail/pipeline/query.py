@@ -189,7 +189,7 @@ class MetricsStore:
     def last_usage(self, key_arn: str) -> dict[str, Any] | None:
         """GetKeyLastUsage's `KeyLastUsage` for `key_arn`, or None when never used since tracking start."""
         with self._states() as states:
-            frames = [s.last_used().filter(pl.col("keyArn") == key_arn) for s in states]
+            frames = [s.last_used(key_arn) for s in states]
         rows = last_used_per_key(merge_last_used(frames)).to_dicts()
         if not rows:
             return None

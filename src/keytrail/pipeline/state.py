@@ -237,13 +237,17 @@ class PartitionState:
         """Minute-level usage with minute in [since, until) (or what `shape` makes of it)."""
         return self.usage_files.read(since, until, shape)
 
-    def last_used(self) -> pl.DataFrame:
-        return pl.concat([_frame([], LAST_USED_SCHEMA, ["lastUsedTime"]), *self.last_used_parts()])
+    def last_used(self, key_arn: str | None = None) -> pl.DataFrame:
+        """The last use of each key by each principal; `key_arn`: that key's rows only (found by
+        the table's primary key, as GetKeyLastUsage asks on every call)."""
+        return pl.concat([_frame([], LAST_USED_SCHEMA, ["lastUsedTime"]), *self.last_used_parts(key_arn)])
 
-    def last_used_parts(self) -> Iterator[pl.DataFrame]:
+    def last_used_parts(self, key_arn: str | None = None) -> Iterator[pl.DataFrame]:
         """`last_used`'s rows a slice at a time: as Python tuples, a large account's key x principal
         pairs (hundreds of thousands) take several times the memory of their frame."""
-        cursor = self._db.execute(f"SELECT {', '.join(LAST_USED_SCHEMA)} FROM last_used")
+        select = f"SELECT {', '.join(LAST_USED_SCHEMA)} FROM last_used"
+        cursor = (self._db.execute(select) if key_arn is None
+                  else self._db.execute(f"{select} WHERE keyArn = ?", (key_arn,)))
         while rows := cursor.fetchmany(_READ_ROWS):
             yield _frame(rows, LAST_USED_SCHEMA, ["lastUsedTime"])
 

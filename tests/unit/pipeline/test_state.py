@@ -55,6 +55,25 @@ def test_a_later_checkpoint_s_same_second_use_wins_whatever_its_event_id(tmp_pat
     assert _last(path) == ("Decrypt", "0000")
 
 
+def test_last_used_of_one_key_is_that_key_s_rows_of_the_whole_table(tmp_path: Path) -> None:
+    # GetKeyLastUsage asks for one key on every call: the state reads its rows only.
+    other = KEY.replace("1234abcd", "5678efab")
+    rows = [{"keyArn": key, "principalArn": principal, "lastUsedTime": NOON, "lastUsedOperation": "Encrypt",
+             "eventId": f"{key[-4:]}-{principal[-5:]}", "requestId": "r", "logOffset": offset}
+            for offset, (key, principal) in enumerate([(KEY, ALICE), (other, ALICE), (KEY, ALICE + "-bob")])]
+    state = PartitionState(tmp_path / "p0.sqlite", owner=True)
+    try:
+        state.stage(replace(aggregate(empty_frame()), last_used=pl.DataFrame(rows, schema=LAST_USED_SCHEMA)), 3)
+        state.flush()
+        whole = state.last_used()
+        assert state.last_used(KEY).sort("principalArn").equals(
+            whole.filter(pl.col("keyArn") == KEY).sort("principalArn"))
+        assert state.last_used(KEY).height == 2 and state.last_used(other).height == 1
+        assert state.last_used(KEY.replace("1234abcd", "00000000")).is_empty()
+    finally:
+        state.close()
+
+
 def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "p0.sqlite"
     with sqlite3.connect(path) as db:
