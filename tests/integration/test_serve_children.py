@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock
+from keytrail.transport.segment_log import lock_held
 from tests.integration.e2e.support import eventually
 from tests.support.errors import aws_error
 from tests.support.processes import child_commands
@@ -37,9 +38,8 @@ def _fsync_helper(pid: int) -> int | None:
 
 
 def _held(path: Path) -> bool:
-    """Whether another process holds the exclusive lock on `path` (a free lock is let go at once)."""
-    if not path.exists():
-        return False
+    """Whether another process holds the exclusive lock on `path`."""
+    return lock_held(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

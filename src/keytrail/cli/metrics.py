@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import fcntl
 import io
 import json
-import os
 import signal
 import sys
 from datetime import date, datetime
@@ -39,7 +37,7 @@ from keytrail.pipeline.runner import RunStats
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 from keytrail.reports.figures import storage_note
 from keytrail.reports.tabular import cell_text
-from keytrail.transport.segment_log import SegmentLog, event_log_dir
+from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
 
 __all__ = ["register"]
 
@@ -90,19 +88,8 @@ def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
 
 
 def _consumer_running(data_dir: Path) -> bool:
-    """Whether a consumer (keytrail serve's, or keytrail consume) holds the data dir's lock; the
-    probe takes and drops the lock at once and never creates the lock file (queries only read)."""
-    try:
-        fd = os.open(consumer_lock(data_dir), os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock taken here
-    return False
+    """Whether a consumer (keytrail serve's, or keytrail consume) holds the data dir's lock."""
+    return lock_held(consumer_lock(data_dir))
 
 
 def parse_by(value: str, allowed: tuple[str, ...], command: str = "keytrail") -> list[str]:

@@ -29,7 +29,9 @@ from typing import BinaryIO
 
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
-__all__ = ["Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "writer_active"]
+__all__ = [
+    "Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "lock_held", "writer_active",
+]
 
 _SUFFIX = ".seg"
 log = logging.getLogger(__name__)
@@ -44,8 +46,14 @@ def event_log_dir(data_dir: Path) -> Path:
 
 def writer_active(directory: Path) -> bool:
     """True while a process holds the writer lock of the log in `directory`."""
+    return lock_held(Path(directory) / "LOCK")
+
+
+def lock_held(path: Path) -> bool:
+    """True while a process holds an exclusive `flock` on `path`. The probe is a shared lock taken
+    and dropped at once (two probes never see each other); it never creates the file."""
     try:
-        fd = os.open(Path(directory) / "LOCK", os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
