@@ -45,11 +45,16 @@ def database() -> Iterator[str]:
         asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))  # a test may drop it first
 
 
+def _serve_on(tmp_path: Path, database: str, port: int) -> KeytrailServer:
+    """`serve` on the PostgreSQL `database` reached at 127.0.0.1:`port` (a TcpRelay's, to cut it)."""
+    return KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{port}/{database}",
+                          dev_clock=False).start()
+
+
 def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer(
         tmp_path: Path, database: str) -> None:
     relay = TcpRelay(5432).restore()
-    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
-                            dev_clock=False).start()
+    server = _serve_on(tmp_path, database, relay.port)
     try:
         alice = server.client("alice")
         key = alice.create_key()["KeyMetadata"]["KeyId"]
@@ -68,8 +73,7 @@ def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer
 
 def test_metrics_answer_while_the_key_store_hangs(tmp_path: Path, database: str) -> None:
     relay = TcpRelay(5432).restore()
-    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
-                            dev_clock=False).start()
+    server = _serve_on(tmp_path, database, relay.port)
     try:
         server.client("alice").create_key()
         relay.hold()  # the database neither answers nor drops the connection
@@ -104,8 +108,7 @@ def _health_until(server: KeytrailServer, wanted: int) -> dict[str, str]:
 def test_health_is_unhealthy_while_the_key_store_is_lost_and_healthy_once_it_is_back(
         tmp_path: Path, database: str) -> None:
     relay = TcpRelay(5432).restore()
-    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
-                            dev_clock=False).start()
+    server = _serve_on(tmp_path, database, relay.port)
     try:
         status, health = _health(server)
         assert status == 200 and health["status"] == "ok" and "keyStore" not in health, health
@@ -122,8 +125,7 @@ def test_health_is_unhealthy_while_the_key_store_is_lost_and_healthy_once_it_is_
 
 
 def test_health_is_unhealthy_once_the_database_is_dropped(tmp_path: Path, database: str) -> None:
-    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:5432/{database}",
-                            dev_clock=False).start()
+    server = _serve_on(tmp_path, database, 5432)
     try:
         server.client("alice").create_key()
         asyncio.run(_admin(f"DROP DATABASE {database} WITH (FORCE)"))  # terminates the node's connections
@@ -135,8 +137,7 @@ def test_health_is_unhealthy_once_the_database_is_dropped(tmp_path: Path, databa
 
 def test_health_answers_unhealthy_while_the_key_store_hangs(tmp_path: Path, database: str) -> None:
     relay = TcpRelay(5432).restore()
-    server = KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{relay.port}/{database}",
-                            dev_clock=False).start()
+    server = _serve_on(tmp_path, database, relay.port)
     try:
         relay.hold()  # the database neither answers nor drops the connection: health must not hang with it
         assert _health_until(server, 503)["keyStore"] == "the key store did not answer within 2 s"
