@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
+from keytrail.keyed_hash import KeyedSha256
 from keytrail.kms.errors import KmsError
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
 MAX_SKEW_SECONDS = 300
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _SIGNATURE_FIELD = ", Signature="
-_SHA256_BLOCK = 64
 
 
 class IncompleteSignatureException(KmsError):
@@ -187,30 +187,12 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
-@dataclass(frozen=True, slots=True)
-class _SigningKey:
-    """HMAC-SHA256 under a derived signing key, as its two keyed SHA-256 states (RFC 2104's
-    inner and outer pads): copying two hash states costs about half of `hmac.HMAC.copy()` plus
-    `hexdigest()` (0.66 vs 1.13 µs measured), and hashlib runs the same OpenSSL SHA-256."""
-
-    inner: hashlib._Hash
-    outer: hashlib._Hash
-
-    def hexdigest(self, message: bytes) -> str:
-        inner, outer = self.inner.copy(), self.outer.copy()
-        inner.update(message)
-        outer.update(inner.digest())
-        return outer.hexdigest()
-
-
 @lru_cache(maxsize=1024)
-def _signing_key(secret: str, date: str, region: str, service: str) -> _SigningKey:
+def _signing_key(secret: str, date: str, region: str, service: str) -> KeyedSha256:
     key = hmac.digest(("AWS4" + secret).encode(), date.encode(), "sha256")
     for part in (region, service, "aws4_request"):
         key = hmac.digest(key, part.encode(), "sha256")
-    block = key.ljust(_SHA256_BLOCK, b"\0")  # a 32-byte key is padded, never hashed
-    return _SigningKey(hashlib.sha256(bytes(b ^ 0x36 for b in block)),
-                       hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+    return KeyedSha256.of(key)
 
 
 def _canonical_query(query: str) -> str:

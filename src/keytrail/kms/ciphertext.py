@@ -1,7 +1,14 @@
 """The symmetric ciphertext blob: versioned, self-describing, AES-256-GCM.
 
-    0      1            13        14            14+n       46         58
-    | 0x01 | account(12) | n (1) | key id (n) | material id (32) | nonce (12) | ciphertext ‖ tag (16) |
+    | 0x02 | account (12) | n (1) | key id (n) | material id (32) | salt (32)  | ciphertext ‖ tag (16) |
+    | 0x01 | account (12) | n (1) | key id (n) | material id (32) | nonce (12) | ciphertext ‖ tag (16) |
+
+Format 2 (what a key held by this node writes) seals each blob under a key of its own, derived from
+the key version's secret and the blob's random salt (HKDF-Expand with SHA-256), as AWS KMS derives
+a key per call: a version can seal any number of blobs. Format 1 sealed under the version's secret
+itself with a random 96-bit nonce, which NIST SP 800-38D allows 2^32 times per key; it is still
+opened (blobs are kept for years), and HSM-backed keys, whose secret never leaves the HSM, still
+write it (kms/hsm.py).
 
 The whole header and the canonically encoded encryption context are the GCM additional data, so
 changing any byte, the key id, the material version or the context fails authentication. Every
@@ -19,12 +26,21 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keytrail.keyed_hash import KeyedSha256
 from keytrail.kms.errors import InvalidCiphertextException
 
-__all__ = ["BlobHeader", "encode_context", "open_blob", "read_header", "seal_blob"]
+__all__ = ["FORMAT_V1", "FORMAT_V2", "BlobHeader", "encode_context", "open_blob", "read_header", "seal_blob"]
 
-FORMAT_V1 = 0x01
+FORMAT_V1 = 0x01  # GCM under the version's secret, random nonce
+FORMAT_V2 = 0x02  # GCM under a key derived per blob
 _NONCE = 12
+_SALT = 32  # two blobs share a derived key with chance 2^-129 after 2^64 of them
+# HKDF-Expand(secret, _LABEL ‖ salt, 32) is one HMAC block: HMAC(secret, info ‖ 0x01). The version's
+# secret is already a uniformly random key, so HKDF-Extract would add nothing.
+_LABEL = b"keytrail ciphertext blob v2"
+# Each derived key seals one blob, so its GCM nonce need not vary.
+_ZERO_NONCE = bytes(_NONCE)
+_SEED = {FORMAT_V1: _NONCE, FORMAT_V2: _SALT}
 _TAG = 16
 _MATERIAL_ID = 32
 _PAIRS = struct.Struct(">H")
@@ -36,9 +52,13 @@ class BlobHeader:
     account: str
     key_id: str
     material_id: str  # 64 hex
-    header: bytes  # the raw header bytes, nonce excluded
-    nonce: bytes
+    header: bytes  # the raw header bytes, seed excluded
+    seed: bytes  # the blob's random value: format 2's salt, format 1's nonce
     body: bytes
+
+    @property
+    def format(self) -> int:
+        return self.header[0]
 
 
 def encode_context(context: Mapping[str, str] | None) -> bytes:
@@ -60,27 +80,37 @@ def _aead(secret: bytes) -> AESGCM:
 
 
 @lru_cache(maxsize=4096)
-def _header(account: str, key_id: str, material_id: str) -> bytes:
-    # The same for every blob of one key version.
+def blob_header(account: str, key_id: str, material_id: str, form: int = FORMAT_V2) -> bytes:
+    """The header of a blob sealed under one key version (the same for all of them)."""
     key_bytes = key_id.encode()
-    return bytes([FORMAT_V1]) + account.encode() + bytes([len(key_bytes)]) + key_bytes + bytes.fromhex(material_id)
+    return bytes([form]) + account.encode() + bytes([len(key_bytes)]) + key_bytes + bytes.fromhex(material_id)
+
+
+@lru_cache(maxsize=4096)
+def _derivation(secret: bytes) -> KeyedSha256:
+    return KeyedSha256.of(secret, _LABEL)
+
+
+def _blob_key(secret: bytes, salt: bytes) -> AESGCM:
+    return AESGCM(_derivation(secret).digest(salt + b"\x01"))
 
 
 def seal_blob(
     secret: bytes, *, account: str, key_id: str, material_id: str, plaintext: bytes,
     context: Mapping[str, str] | None,
 ) -> bytes:
-    """Encrypt `plaintext` under one key version and return the blob."""
-    header = _header(account, key_id, material_id)
-    nonce = os.urandom(_NONCE)
-    body = _aead(secret).encrypt(nonce, plaintext, header + encode_context(context))
-    return header + nonce + body
+    """Encrypt `plaintext` under one key version (a key derived for this blob) and return the blob."""
+    header = blob_header(account, key_id, material_id)
+    salt = os.urandom(_SALT)
+    body = _blob_key(secret, salt).encrypt(_ZERO_NONCE, plaintext, header + encode_context(context))
+    return header + salt + body
 
 
 def read_header(blob: bytes) -> BlobHeader:
     """Parse the blob's header; raise InvalidCiphertextException if it is not one of ours."""
     try:
-        if blob[0] != FORMAT_V1:
+        seed_size = _SEED.get(blob[0])
+        if seed_size is None:
             raise ValueError
         account = blob[1:13].decode("ascii")
         id_len = blob[13]
@@ -88,20 +118,23 @@ def read_header(blob: bytes) -> BlobHeader:
         cursor = 14 + id_len
         material = blob[cursor : cursor + _MATERIAL_ID]
         cursor += _MATERIAL_ID
-        nonce = blob[cursor : cursor + _NONCE]
-        body = blob[cursor + _NONCE :]
-        if len(material) != _MATERIAL_ID or len(nonce) != _NONCE or len(body) < _TAG:
+        seed = blob[cursor : cursor + seed_size]
+        body = blob[cursor + seed_size :]
+        if len(material) != _MATERIAL_ID or len(seed) != seed_size or len(body) < _TAG:
             raise ValueError
         if not account.isdigit():
             raise ValueError
     except (IndexError, ValueError, UnicodeDecodeError):
         raise InvalidCiphertextException("") from None
-    return BlobHeader(account, key_id, material.hex(), blob[:cursor], nonce, body)
+    return BlobHeader(account, key_id, material.hex(), blob[:cursor], seed, body)
 
 
 def open_blob(secret: bytes, header: BlobHeader, context: Mapping[str, str] | None) -> bytes:
     """Decrypt a parsed blob with the key version it names."""
+    additional_data = header.header + encode_context(context)
     try:
-        return _aead(secret).decrypt(header.nonce, header.body, header.header + encode_context(context))
+        if header.format == FORMAT_V2:
+            return _blob_key(secret, header.seed).decrypt(_ZERO_NONCE, header.body, additional_data)
+        return _aead(secret).decrypt(header.seed, header.body, additional_data)
     except InvalidTag:
         raise InvalidCiphertextException("") from None

@@ -22,7 +22,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
 from keytrail.kms import errors
-from keytrail.kms.ciphertext import FORMAT_V1, encode_context, read_header
+from keytrail.kms.ciphertext import FORMAT_V1, blob_header, encode_context, read_header
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 from keytrail.kms.store import CustomKeyStoreStore
@@ -256,14 +256,9 @@ class HsmCipher:
         material = key.current_material
         if material is None or material.handle is None:
             raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
-        key_bytes = key.key_id.encode()
-        header = (
-            bytes([FORMAT_V1])
-            + key.account.encode()
-            + bytes([len(key_bytes)])
-            + key_bytes
-            + bytes.fromhex(material.material_id)
-        )
+        # Format 1 (a random nonce under the HSM key itself): deriving a key per blob would need a
+        # derivation mechanism inside the token, which PKCS#11 tokens do not share.
+        header = blob_header(key.account, key.key_id, material.material_id, FORMAT_V1)
         nonce = os.urandom(_NONCE)
         handle, aad = bytes.fromhex(material.handle), header + encode_context(context)
         body = await self.connections.run(
@@ -276,7 +271,7 @@ class HsmCipher:
     ) -> tuple[bytes, str | None]:
         header = read_header(blob)
         material = key.material(header.material_id)
-        if material is None or material.handle is None or header.key_id != key.key_id:
+        if material is None or material.handle is None or header.key_id != key.key_id or header.format != FORMAT_V1:
             raise errors.InvalidCiphertextException("")
         store = await self._store_of(key)
         session = await self.connections.session_or(store, _unavailable(key))
@@ -284,7 +279,7 @@ class HsmCipher:
             plaintext = await asyncio.to_thread(
                 session.decrypt,
                 bytes.fromhex(material.handle),
-                header.nonce,
+                header.seed,
                 header.body,
                 header.header + encode_context(context),
             )

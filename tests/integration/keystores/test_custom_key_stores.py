@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2
 from tests.integration.keystores.conftest import PIN
 from tests.support.server import KeytrailServer
 from tests.support.softhsm import SoftHsm
@@ -159,6 +160,20 @@ def test_crypto_runs_inside_the_hsm(
     assert _error(excinfo) == "InvalidCiphertextException"
     data_key = kms.generate_data_key(KeyId=key_id, KeySpec="AES_256")
     assert kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"] == data_key["Plaintext"]
+
+
+def test_an_hsm_key_opens_only_the_blob_format_it_writes(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # HSM keys write format 1 (a nonce under the token's key); the same bytes labelled format 2
+    # (a salt for a derived key, which a token cannot derive) are refused, not read with the wrong layout.
+    key_id = _hsm_key(kms, _connected_store(kms, trust_anchor, next(clusters)))["KeyId"]
+    blob = kms.encrypt(KeyId=key_id, Plaintext=b"in the HSM")["CiphertextBlob"]
+    assert blob[0] == FORMAT_V1
+    relabelled = bytes([FORMAT_V2]) + blob[1:]
+    with pytest.raises(ClientError) as excinfo:
+        kms.decrypt(CiphertextBlob=relabelled)
+    assert _error(excinfo) == "InvalidCiphertextException"
 
 
 def test_disconnected_store_makes_keys_unavailable_until_reconnected(

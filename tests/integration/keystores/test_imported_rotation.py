@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keytrail.kms.ciphertext import encode_context
 from tests.integration.keystores.wrapping import import_material as _import
+from tests.support.blobs import open_locally
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
@@ -53,13 +52,6 @@ def _states(kms: Any, key_id: str) -> dict[str, tuple[str, str]]:
     return {e["KeyMaterialId"]: (e["KeyMaterialState"], e["ImportState"]) for e in _rotations(kms, key_id)}
 
 
-def _open_locally(material: bytes, blob: bytes, key_id: str) -> bytes:
-    """Decrypt a symmetric blob (no context) with plain AES-GCM, per ciphertext.py's layout."""
-    header_len = 1 + 12 + 1 + len(key_id) + 32
-    header, nonce, body = blob[:header_len], blob[header_len : header_len + 12], blob[header_len + 12 :]
-    return AESGCM(material).decrypt(nonce, body, header + encode_context({}))
-
-
 def test_new_material_becomes_current_on_demand_and_old_ciphertext_still_decrypts(kms: Any) -> None:
     first, second = os.urandom(32), os.urandom(32)
     key_id, arn, first_id = _imported_key(kms, first)
@@ -83,7 +75,7 @@ def test_new_material_becomes_current_on_demand_and_old_ciphertext_still_decrypt
     assert kms.rotate_key_on_demand(KeyId=key_id)["KeyId"] == arn
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == second_id
     new_blob = kms.encrypt(KeyId=key_id, Plaintext=b"after rotation")["CiphertextBlob"]
-    assert _open_locally(second, new_blob, key_id) == b"after rotation"  # really the imported bytes
+    assert open_locally(second, new_blob, key_id) == b"after rotation"  # really the imported bytes
     assert kms.decrypt(CiphertextBlob=new_blob)["KeyMaterialId"] == second_id
     old = kms.decrypt(CiphertextBlob=old_blob)
     assert (old["Plaintext"], old["KeyMaterialId"]) == (b"before rotation", first_id)

@@ -15,11 +15,10 @@ from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keytrail.kms.ciphertext import encode_context
 from tests.integration.keystores.wrapping import import_material as _import
 from tests.integration.keystores.wrapping import wrap
+from tests.support.blobs import open_locally
 from tests.support.server import KeytrailServer
 
 pytestmark = pytest.mark.integration
@@ -38,13 +37,6 @@ def _server_now(server: KeytrailServer) -> datetime:
 
 def _external_key(kms: Any, **params: Any) -> str:
     return str(kms.create_key(Origin="EXTERNAL", **params)["KeyMetadata"]["KeyId"])
-
-
-def _open_locally(material: bytes, blob: bytes, key_id: str, context: dict[str, str]) -> bytes:
-    """Decrypt a symmetric blob with plain AES-GCM (ciphertext.py's documented layout)."""
-    header_len = 1 + 12 + 1 + len(key_id) + 32
-    header, nonce, body = blob[:header_len], blob[header_len : header_len + 12], blob[header_len + 12 :]
-    return AESGCM(material).decrypt(nonce, body, header + encode_context(context))
 
 
 def test_external_key_is_pending_import_until_material_arrives(kms: Any) -> None:
@@ -81,7 +73,7 @@ def test_import_round_trip_matches_local_aes_gcm(kms: Any, algorithm: str) -> No
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"bring your own key", EncryptionContext=context)[
         "CiphertextBlob"
     ]
-    assert _open_locally(material, blob, key_id, context) == b"bring your own key"
+    assert open_locally(material, blob, key_id, context) == b"bring your own key"
 
 
 @pytest.mark.parametrize("spec", ["RSA_3072", "RSA_4096"])

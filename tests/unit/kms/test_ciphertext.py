@@ -6,10 +6,14 @@ import os
 from unittest import mock
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keytrail.kms.ciphertext import encode_context, open_blob, read_header, seal_blob
+from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, encode_context, open_blob, read_header, seal_blob
 from keytrail.kms.errors import InvalidCiphertextException
 
 SECRET = os.urandom(32)
@@ -60,9 +64,9 @@ def test_context_encoding_is_stable_so_stored_blobs_keep_opening() -> None:
 
 
 
-# Sealed by the first release of this format with an all-zero nonce: every later release must
-# open it, and write the same bytes given the same nonce.
-KNOWN_BLOB = bytes.fromhex(
+# Sealed by the first release of format 1 with an all-zero nonce: every later release must open it
+# (blobs are stored for years; HSM-backed keys still write this format).
+KNOWN_V1_BLOB = bytes.fromhex(
     "013131313132323232333333332431323334616263642d313261622d333463642d353665662d313233343536373839306162"
     "abababababababababababababababababababababababababababababababab000000000000000000000000"
     "65d2daa9db0ce2d37bdfcc47f412a752e548da3d2bff3ebaff382078"
@@ -70,10 +74,52 @@ KNOWN_BLOB = bytes.fromhex(
 KNOWN_CONTEXT = {"Department": "IT", "b": "é"}
 
 
-def test_a_blob_of_an_earlier_release_opens_and_is_written_alike() -> None:
+def test_a_format_1_blob_of_an_earlier_release_still_opens() -> None:
+    header = read_header(KNOWN_V1_BLOB)
+    assert header.format == FORMAT_V1
+    assert open_blob(bytes(range(32)), header, KNOWN_CONTEXT) == b"known answer"
+
+
+def test_each_blob_is_sealed_under_a_key_derived_from_its_salt_not_under_the_version_secret() -> None:
+    # Format 2: AES-256-GCM under HKDF-Expand(secret, label ‖ salt) with a zero nonce, so one key
+    # version seals any number of blobs (a random 96-bit nonce under the secret itself allows 2^32).
+    # Checked against pyca's own HKDF, not keytrail's derivation.
+    blob = _seal(b"hello", {"k": "v"})
+    header = read_header(blob)
+    assert header.format == FORMAT_V2 and len(header.seed) == 32
+    additional_data = header.header + encode_context({"k": "v"})
+    derived = HKDFExpand(hashes.SHA256(), 32, b"keytrail ciphertext blob v2" + header.seed).derive(SECRET)
+    assert AESGCM(derived).decrypt(bytes(12), header.body, additional_data) == b"hello"
+    with pytest.raises(InvalidTag):
+        AESGCM(SECRET).decrypt(bytes(12), header.body, additional_data)
+
+
+def test_two_blobs_of_the_same_plaintext_share_neither_salt_nor_bytes() -> None:
+    first, second = _seal(b"same"), _seal(b"same")
+    assert read_header(first).seed != read_header(second).seed
+    assert read_header(first).body != read_header(second).body
+
+
+def test_a_format_2_blob_is_written_alike_by_every_release() -> None:
     secret = bytes(range(32))
-    assert open_blob(secret, read_header(KNOWN_BLOB), KNOWN_CONTEXT) == b"known answer"
-    with mock.patch("keytrail.kms.ciphertext.os.urandom", return_value=bytes(12)):
+    with mock.patch("keytrail.kms.ciphertext.os.urandom", return_value=bytes(32)):
         blob = seal_blob(secret, account="111122223333", key_id="1234abcd-12ab-34cd-56ef-1234567890ab",
                          material_id=MATERIAL, plaintext=b"known answer", context=KNOWN_CONTEXT)
-    assert blob == KNOWN_BLOB
+    assert blob.hex() == KNOWN_V2_BLOB_HEX
+    assert open_blob(secret, read_header(blob), KNOWN_CONTEXT) == b"known answer"
+
+
+def test_a_format_1_blob_relabelled_as_format_2_does_not_open() -> None:
+    relabelled = bytes([FORMAT_V2]) + KNOWN_V1_BLOB[1:] + bytes(20)  # long enough to parse as format 2
+    with pytest.raises(InvalidCiphertextException):
+        open_blob(bytes(range(32)), read_header(relabelled), KNOWN_CONTEXT)
+
+
+# Sealed by the first release of format 2 with an all-zero salt (its derivation is checked against
+# pyca's HKDF above): every later release writes the same bytes given the same salt.
+KNOWN_V2_BLOB_HEX = (
+    "023131313132323232333333332431323334616263642d313261622d333463642d353665662d313233343536373839306162"
+    "abababababababababababababababababababababababababababababababab"
+    "0000000000000000000000000000000000000000000000000000000000000000"
+    "cca5229cd1f0846ac1bdf534e8f9eb080bd2e6949c639ae5074c5c5f"
+)
