@@ -323,6 +323,18 @@ def test_a_principal_with_a_wildcard_inside_is_refused(alice: Any) -> None:
     assert message == f"Policy statement 2 contains a statement with one or more invalid principals: '{users}'."
 
 
+def test_not_principal_in_an_allow_is_refused(alice: Any) -> None:
+    # IAM: "NotPrincipal must be used with "Effect":"Deny"": an Allow to everyone but the named
+    # principals would open the key to every other account's callers.
+    key = new_key(alice)
+    everyone_but_bob = {"Sid": "AllBut", "Effect": "Allow", "NotPrincipal": {"AWS": BOB}, "Action": "kms:Decrypt",
+                        "Resource": "*"}
+    code, message = error_of(alice.put_key_policy, KeyId=key, PolicyName="default",
+                             Policy=policy(everyone_but_bob))
+    assert code == "MalformedPolicyDocumentException"
+    assert message == 'Policy statement 2 (Sid \'AllBut\'): NotPrincipal can only be used with "Effect": "Deny".'
+
+
 def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> None:
     by_alias = statement(
         BOB, "kms:Encrypt", Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}

@@ -71,6 +71,8 @@ def _principal_match(principals: PrincipalSet, principal: Principal) -> str | No
 def _statement_principal(statement: Statement, principal: Principal) -> str | None:
     assert statement.principals is not None
     if statement.not_principal:
+        if statement.allow:  # refused when set (policy_document.py); one stored earlier grants nothing
+            return None
         return None if _spared(statement.principals, principal) else "direct"
     return _principal_match(statement.principals, principal)
 

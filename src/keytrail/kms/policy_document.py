@@ -155,8 +155,13 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
 def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
     """Refuse `*` or `?` inside a principal ARN ("You cannot use a wildcard to match part of a
     principal name or ARN"): such a principal matches no caller, so a Deny naming it would
-    silently protect nothing. Checked when a policy is set, not when a stored one is read."""
+    silently protect nothing. And refuse NotPrincipal in an Allow: IAM supports it only with Deny
+    (an Allow to everyone not named is how a key goes public by accident). Checked when a policy
+    is set, not when a stored one is read (the evaluator lets such a stored statement grant nothing)."""
     for index, statement in enumerate(_list(doc["Statement"])):
+        if "NotPrincipal" in statement and statement.get("Effect") == "Allow":
+            raise _malformed(f"Policy {_where(statement, index)}: NotPrincipal can only be used with "
+                             f'"Effect": "Deny".')
         value = statement.get("Principal", statement.get("NotPrincipal"))
         if not isinstance(value, dict):
             continue

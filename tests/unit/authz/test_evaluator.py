@@ -114,6 +114,14 @@ def test_not_principal_deny_spares_only_the_named_principal() -> None:
     assert decide(user("bob"), policy).verdict is Verdict.EXPLICIT_DENY
 
 
+def test_a_stored_not_principal_allow_grants_no_one() -> None:
+    # Refused when a policy is set (IAM supports NotPrincipal only with Deny); one stored by an
+    # earlier release must not open the key to everyone not named.
+    policy = key(doc({"Effect": "Allow", "NotPrincipal": {"AWS": ALICE_ARN}, "Action": "kms:*", "Resource": "*"}))
+    assert not decide(user("bob"), policy).allowed
+    assert not decide(user("alice"), policy).allowed
+
+
 def _deny_all_but(*arns: str) -> Any:
     return key(doc(allow("*"), {"Effect": "Deny", "NotPrincipal": {"AWS": list(arns)}, "Action": "kms:*",
                                 "Resource": "*"}))
