@@ -53,9 +53,9 @@ def test_rotate_on_demand_keeps_old_material(kms) -> None:
     assert [r["RotationType"] for r in rotations] == ["ON_DEMAND"]
 
 
-def test_on_demand_rotation_limit_is_ten(kms) -> None:
+def test_on_demand_rotation_limit_is_twenty_five(kms) -> None:
     arn = kms.create_key()["KeyMetadata"]["Arn"]
-    for _ in range(10):
+    for _ in range(25):
         kms.rotate_key_on_demand(KeyId=arn)
     code, message, _ = aws_error(kms.rotate_key_on_demand, KeyId=arn)
     assert code == "LimitExceededException"

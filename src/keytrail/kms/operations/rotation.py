@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_ON_DEMAND_ROTATIONS", "OPERATIONS"]
 
-MAX_ON_DEMAND_ROTATIONS = 10
+# "You can perform on-demand key rotation a maximum of 25 times per KMS key" (AWS's developer guide
+# and botocore's RotateKeyOnDemand documentation since on-demand rotation of imported material came
+# in; it was 10 before).
+MAX_ON_DEMAND_ROTATIONS = 25
 
 
 async def _rotatable_key(
