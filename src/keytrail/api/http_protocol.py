@@ -9,7 +9,9 @@ after it (HEAD, `100 Continue`) leaves then too, without waiting for anything el
 
 A request must also arrive whole within `REQUEST_SECONDS` of its first byte: uvicorn times out idle
 connections between requests, not a client that sends its headers or body a byte now and then,
-which would hold its connection and request task forever (slowloris).
+which would hold its connection and request task forever (slowloris). And its URL and headers
+must fit in `HEAD_BYTES` and `HEAD_FIELDS`: uvicorn keeps every header it is sent, so one client
+streaming headers fast filled the server's memory (200 MB of headers: 200 MB more resident).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol"]
@@ -24,13 +27,24 @@ __all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol"]
 TLS_EXTENSION = "keytrail.tls"  # {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256"}
 # Generous for a KMS request (a few KB, 300 KB at most) on any link; the SDKs' read timeout is 60 s.
 REQUEST_SECONDS = 60.0
-_OVERDUE_BODY = b'{"__type":"RequestTimeoutException","message":"The request did not arrive whole in time."}'
-_OVERDUE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/x-amz-json-1.1\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_OVERDUE_BODY), _OVERDUE_BODY))
-_STOPPING_BODY = (b'{"__type":"KMSInternalException","message":"The server is shutting down; the request was not '
-                  b'carried out. Retry it."}')
-_STOPPING = (b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/x-amz-json-1.1\r\n"
-             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_STOPPING_BODY), _STOPPING_BODY))
+# An SDK's KMS request has a URL of one byte and about ten headers of some 2 KB in all.
+HEAD_BYTES = 64 * 1024
+HEAD_FIELDS = 200
+
+
+def _last_answer(status: bytes, code: str, message: str) -> bytes:
+    """A whole AWS JSON error answer that closes its connection: what the protocol writes itself
+    when the app never gets the request."""
+    body = orjson.dumps({"__type": code, "message": message})
+    return (b"HTTP/1.1 %s\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, len(body), body))
+
+
+_HEAD_TOO_LARGE = _last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
+                               f"The request's URL and headers exceed {HEAD_BYTES} bytes or {HEAD_FIELDS} fields.")
+_OVERDUE = _last_answer(b"408 Request Timeout", "RequestTimeoutException", "The request did not arrive whole in time.")
+_STOPPING = _last_answer(b"500 Internal Server Error", "KMSInternalException",
+                         "The server is shutting down; the request was not carried out. Retry it.")
 
 
 class _CoalescingTransport(asyncio.Transport):
@@ -109,6 +123,10 @@ def _tls_session(transport: asyncio.Transport) -> dict[object, object] | None:  
     return {"tlsVersion": ssl_object.version() or "", "cipherSuite": cipher[0] if cipher else ""}
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a request whose head is over the limits."""
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's `httptools` protocol over a transport that joins the writes of one loop step.
     Each request's scope also carries its connection's TLS session (`TLS_EXTENSION`), which
@@ -121,6 +139,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._begun = 0  # requests begun on this connection
         self._arriving = 0  # the number of the one begun and not yet whole; 0: none
         self._deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = self._head_fields = 0  # of the request arriving
+        self._head_refused = False
         super().connection_made(_CoalescingTransport(transport, self.loop))
 
     def data_received(self, data: bytes) -> None:
@@ -132,10 +152,33 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_bytes = self._head_fields = 0
         self._begun += 1
         self._arriving = self._begun
         if self._tls is not None:
             self.scope["extensions"] = {TLS_EXTENSION: self._tls}
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url), 0)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value), 1)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int, fields: int) -> None:
+        """Answer 431 and close once the head is over the limits; the exception stops the parser."""
+        self._head_bytes += size
+        self._head_fields += fields
+        if self._head_bytes > HEAD_BYTES or self._head_fields > HEAD_FIELDS:
+            self._head_refused = True
+            self.transport.write(_HEAD_TOO_LARGE)
+            self.transport.close()
+            raise _HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._head_refused:  # the parser's error was ours: the 431 has gone already
+            super().send_400_response(msg)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -8,7 +8,7 @@ from typing import Any
 
 import uvicorn
 
-from keytrail.api.http_protocol import CoalescingHttpToolsProtocol, _CoalescingTransport
+from keytrail.api.http_protocol import HEAD_BYTES, HEAD_FIELDS, CoalescingHttpToolsProtocol, _CoalescingTransport
 
 
 class FakeTransport(asyncio.Transport):
@@ -170,6 +170,51 @@ async def test_requests_that_arrive_whole_in_time_are_answered_and_keep_their_co
         second = await reader.readuntil(b"{}")
         writer.close()
         assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+        assert seen == ["whole", "whole"]
+    finally:
+        server.should_exit = True
+
+
+# --- a request's URL and headers are bounded ------------------------------------------------------
+
+def _filler(size: int, name: bytes = b"x-filler") -> bytes:
+    return name + b": " + b"a" * size + b"\r\n"
+
+
+async def test_headers_past_the_byte_limit_get_431_and_the_request_is_never_carried_out() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        # No end of headers needed; the parser hands a header on once the next one begins.
+        oversized = HEAD + _filler(8000) * (HEAD_BYTES // 8000 + 2)
+        answer = await _exchange(port, oversized)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in answer
+        assert answer.endswith(b"}")  # one answer, then the connection closed
+        assert seen == []
+    finally:
+        server.should_exit = True
+
+
+async def test_too_many_header_fields_get_431() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        answer = await _exchange(port, HEAD + b"".join(_filler(1, b"x-%d" % n) for n in range(HEAD_FIELDS)))
+        assert answer.startswith(b"HTTP/1.1 431 ")
+        assert seen == []
+    finally:
+        server.should_exit = True
+
+
+async def test_each_request_on_a_connection_has_the_whole_budget_and_a_large_one_under_it_is_served() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        large = HEAD + _filler(HEAD_BYTES - 1000) + b"\r\n0123456789"  # near the limit, under it
+        answers = []
+        for _ in range(2):  # together over the limit: the count starts again with each request
+            writer.write(large)
+            answers.append(await reader.readuntil(b"{}"))
+        writer.close()
+        assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
         assert seen == ["whole", "whole"]
     finally:
         server.should_exit = True
