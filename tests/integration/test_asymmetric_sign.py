@@ -150,7 +150,7 @@ def test_ml_dsa_raw_and_external_mu(kms, spec, public_class) -> None:
     key_id = signing_key(kms, spec)
     described = kms.get_public_key(KeyId=key_id)
     assert described["SigningAlgorithms"] == ["ML_DSA_SHAKE_256"] and described["KeySpec"] == spec
-    assert "CustomerMasterKeySpec" not in described
+    assert described["CustomerMasterKeySpec"] == spec  # as AWS's KeyMetadata has it for ML-DSA keys
     public = serialization.load_der_public_key(described["PublicKey"])
     assert isinstance(public, public_class)
     raw = kms.sign(KeyId=key_id, Message=b"pq", SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
@@ -280,6 +280,18 @@ def test_get_public_key_lists_usage_and_algorithms(kms) -> None:
     assert len(described["SigningAlgorithms"]) == 6 and "EncryptionAlgorithms" not in described
     symmetric = kms.create_key()["KeyMetadata"]["KeyId"]
     assert error_of(kms.get_public_key, KeyId=symmetric)[0] == "UnsupportedOperationException"
+
+
+@pytest.mark.parametrize(
+    ("spec", "usage"),
+    [("ECC_NIST_EDWARDS25519", "SIGN_VERIFY"), ("ML_KEM_768", "ENCAPSULATE_DECAPSULATE")],
+)
+def test_get_public_key_names_the_deprecated_spec_also_for_specs_newer_than_its_enum(kms, spec, usage) -> None:
+    """GetPublicKey: "The KeySpec and CustomerMasterKeySpec fields have the same value"; AWS
+    fills the deprecated member for specs its enum lacks (KeyMetadata of an ML-DSA key)."""
+    key_id = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+    described = kms.get_public_key(KeyId=key_id)
+    assert described["KeySpec"] == described["CustomerMasterKeySpec"] == spec
 
 
 def test_sign_dry_run(kms) -> None:

@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["OPERATIONS", "usable_key"]
 
-# GetPublicKey's CustomerMasterKeySpec enum predates Ed25519 and the post-quantum specs.
-_LEGACY_SPECS = frozenset({*asymmetric.RSA_BITS, *asymmetric.CURVES})
-
-
 async def usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
                      conditions: dict[str, Any] | None = None) -> Key:
     """The KeyId's key once authorized, usable in its state and of `usage`."""
@@ -60,20 +56,20 @@ async def verify(svc: KmsService, call: Call) -> Response:
 
 
 async def get_public_key(svc: KmsService, call: Call) -> Response:
+    """The SPKI and what the key may do. The deprecated CustomerMasterKeySpec carries KeySpec's value
+    for every spec (GetPublicKey: "The KeySpec and CustomerMasterKeySpec fields have the same value"),
+    also those its enum predates, as AWS's KeyMetadata does (CustomerMasterKeySpec ML_DSA_65 for ML-DSA)."""
     key = await svc.find_key(call, call.params["KeyId"])
     await svc.authorize(call, "kms:GetPublicKey", key)
     svc.require_usable(key)
     if key.key_usage is KeyUsage.GENERATE_VERIFY_MAC or key.key_spec is KeySpec.SYMMETRIC_DEFAULT:
         raise errors.UnsupportedOperationException(
             f"{key.arn} key spec is {key.key_spec} which is not valid for GetPublicKey.")
-    response: Response = {
+    return {
         "KeyId": key.arn, "PublicKey": asymmetric.public_key_der(asymmetric.key_secret(key)),
-        "KeySpec": key.key_spec.value, "KeyUsage": key.key_usage.value,
-        **algorithms_for(key.key_spec, key.key_usage),
+        "CustomerMasterKeySpec": key.key_spec.value, "KeySpec": key.key_spec.value,
+        "KeyUsage": key.key_usage.value, **algorithms_for(key.key_spec, key.key_usage),
     }
-    if key.key_spec in _LEGACY_SPECS:
-        response["CustomerMasterKeySpec"] = key.key_spec.value
-    return response
 
 
 def _pair_spec(params: dict[str, Any], region: str) -> KeySpec:
