@@ -48,10 +48,10 @@ _SECOND = timedelta(seconds=1)
 _EVENT_VERSION = avro_string(EVENT_VERSION)
 _EVENT_SOURCE = avro_string(EVENT_SOURCE)
 _BOOLEAN = {False: b"\x02\x00", True: b"\x02\x01"}
-# eventType, eventCategory, managementEvent: by whether a caller made the call
+# eventType, eventCategory, managementEvent: by the record's eventType
 _KIND = {
-    caller: avro_optional(kind) + avro_optional("Management") + _BOOLEAN[True]
-    for caller, kind in ((True, "AwsApiCall"), (False, "AwsServiceEvent"))
+    kind: avro_optional(kind) + avro_optional("Management") + _BOOLEAN[True]
+    for kind in ("AwsApiCall", "AwsServiceEvent")
 }
 _SERVICE_ORIGIN = avro_optional(KMS_INTERNAL) * 2  # sourceIPAddress, userAgent
 
@@ -96,8 +96,8 @@ class CallEncoder:
         return b"".join((
             self._header, key_arn, optional(call.account), _EVENT_VERSION, avro_string(call.event_id),
             self._event_time(seconds), _EVENT_SOURCE, self._name(call.event_name), optional(call.region),
-            _KIND[context is not None], _BOOLEAN[call.read_only], caller.columns, self._origin(context),
-            _error(call), avro_optional(context.request_id if context else None), _pairs(parameters),
+            _KIND[call.event_type], _BOOLEAN[call.read_only], caller.columns, self._origin(context),
+            _error(call), avro_optional(call.request_id), _pairs(parameters),
             caller.identity, _json(parameters), _json(scrub(call.response_elements)), _json(extra),
             _json(call.service_event_details), resources,
             _json(context.tls_details) if context and context.tls_details else _NULL,

@@ -59,8 +59,8 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     event["responseElements"] = scrub(record.response_elements)
     if record.additional_event_data:
         event["additionalEventData"] = record.additional_event_data
-    if record.context is not None:
-        event["requestID"] = record.context.request_id
+    if record.request_id is not None:
+        event["requestID"] = record.request_id
     event["eventID"] = record.event_id
     event["readOnly"] = record.read_only
     if record.resources:

@@ -86,7 +86,9 @@ class CallRecord:
     """What happened in one KMS call or one service-initiated action, as the audit trail needs it.
 
     `context` is None for service events (scheduled `RotateKey`, `DeleteKey`), which CloudTrail
-    records with a KMS-internal identity and no requestID. `request_parameters` uses CloudTrail's
+    records with a KMS-internal identity and no requestID, and for the calls KMS makes itself
+    (`SynchronizeMultiRegionKey`), which it records with that identity as `AwsApiCall`s that do have
+    a requestID: `internal_request_id`. `request_parameters` uses CloudTrail's
     camelCase names and never holds secrets. `resources` are resolved key ARNs (ReEncrypt: source
     key first, then destination key).
     """
@@ -105,10 +107,17 @@ class CallRecord:
     read_only: bool = False
     error_code: str | None = None
     error_message: str | None = None
+    internal_request_id: str | None = None
 
     @property
     def event_type(self) -> str:
-        return "AwsApiCall" if self.context is not None else "AwsServiceEvent"
+        called = self.context is not None or self.internal_request_id is not None
+        return "AwsApiCall" if called else "AwsServiceEvent"
+
+    @property
+    def request_id(self) -> str | None:
+        """The record's requestID: the caller's, or KMS's own for a call it made; None for service events."""
+        return self.context.request_id if self.context is not None else self.internal_request_id
 
 
 class AuditUnavailable(RuntimeError):

@@ -4,7 +4,8 @@ AWS KMS developer guide, "Multi-Region keys": each Region holds its own `Key` ro
 key id and materials; every copy carries the whole set (`primary_region`, `replica_regions`), so
 DescribeKey anywhere shows the full MultiRegionConfiguration. Policy, description, tags, grants,
 aliases and enabled state stay per Region. Changes to shared properties are computed on the
-primary, persisted to every copy, and announced as `SynchronizeMultiRegionKey` service events.
+primary, persisted to every copy, and announced as `SynchronizeMultiRegionKey` records (calls KMS
+makes itself: CloudTrail logs them as AwsApiCall, under its internal identity).
 """
 
 from __future__ import annotations
@@ -98,18 +99,11 @@ async def synchronize(svc: KmsService, keys: list[Key]) -> None:
 
 
 async def announce(svc: KmsService, keys: list[Key]) -> None:
-    """Record the `SynchronizeMultiRegionKey` service event of each copy changed (entries since
-    December 2022 carry the copy's ARN in responseElements.keyId, ct-synchronize-multi-region-key)."""
+    """Record the `SynchronizeMultiRegionKey` call of each copy changed: an AwsApiCall of KMS's own,
+    with no serviceEventDetails; entries since December 2022 carry the copy's ARN in
+    responseElements.keyId (ct-synchronize-multi-region-key)."""
     for key in keys:
-        await svc.service_event(
-            "SynchronizeMultiRegionKey",
-            key,
-            {
-                "primaryRegion": key.primary_region,
-                "replicaRegions": list(key.replica_regions),
-            },
-            response_elements={"keyId": key.arn},
-        )
+        await svc.internal_call("SynchronizeMultiRegionKey", key, response_elements={"keyId": key.arn})
 
 
 async def activate_replica(svc: KmsService, key: Key) -> Key:

@@ -198,6 +198,15 @@ class KmsService:
             read_only=False,
         ))
 
+    async def internal_call(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> None:
+        """Record a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
+        AwsApiCall with a requestID, under KMS's internal identity (ct-synchronize-multi-region-key)."""
+        await self.audit(CallRecord(
+            event_id=self.deps.new_id(), event_name=name, event_time=self.clock.now(), region=key.region,
+            account=key.account, context=None, request_parameters=None, response_elements=response_elements,
+            resources=(key.arn,), read_only=False, internal_request_id=self.deps.new_id(),
+        ))
+
     # --- finding keys ------------------------------------------------------------------------
 
     async def find_key(self, call: Call, raw: str, *, allow_alias: bool = True) -> Key:

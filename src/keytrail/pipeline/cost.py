@@ -44,8 +44,9 @@ LIFECYCLE_EVENTS = (
     "CancelKeyDeletion",
     "DeleteKey",
 )
-# Every AwsServiceEvent the KMS records (kms/rotation.py, service.py, multiregion.py,
-# importing.py): no account made a request, so none is billed. Usage keeps no eventType, hence names.
+# Every record of KMS's own doing (kms/rotation.py, service.py, multiregion.py, importing.py): the
+# AwsServiceEvents, and SynchronizeMultiRegionKey, which CloudTrail logs as an AwsApiCall of KMS's
+# internal identity. No account made a request, so none is billed. Usage keeps no eventType, hence names.
 SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey", "SynchronizeMultiRegionKey", "DeleteExpiredKeyMaterial"})
 #: CloudTrail's own calls as it writes SSE-KMS log files (userIdentity AWSService, its invokedBy as
 #: the principal): AWS charges no one for them (shared/reference/audit-anchors.md §3.1).

@@ -130,6 +130,13 @@ async def test_multi_region_conditions_and_synchronize_events(
     assert ("eu-west-1", (f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",)) in synced
     # ct-synchronize-multi-region-key: entries since December 2022 carry the copy's ARN.
     assert all(r.response_elements == {"keyId": r.resources[0]} for r in recorder.events("SynchronizeMultiRegionKey"))
+    # ...and are calls KMS makes itself: AwsApiCall with a requestID, its internal identity, no details.
+    logged = to_cloudtrail(recorder.events("SynchronizeMultiRegionKey")[-1])
+    assert (logged["eventType"], logged["userIdentity"]) == ("AwsApiCall", {"accountId": ACCOUNT,
+                                                                           "invokedBy": "AWS Internal"})
+    assert logged["requestID"] and logged["requestID"] != logged["eventID"]
+    assert (logged["requestParameters"], logged["readOnly"], logged["sourceIPAddress"]) == (None, False, "AWS Internal")
+    assert "serviceEventDetails" not in logged
     await call("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
     assert recorder.conditions("kms:UpdatePrimaryRegion")["kms:PrimaryRegion"] == "eu-west-1"
 

@@ -34,6 +34,9 @@ def _cases() -> list[CallRecord]:
         CallRecord(event_id="rot", event_name="RotateKey", event_time=T0, region="us-east-1", account=ACCOUNT,
                    context=None, request_parameters=None, resources=(KEY_ARN,),
                    service_event_details={"rotationType": "AUTOMATIC", "keyOrigin": "AWS_KMS"}),
+        CallRecord(event_id="sync", event_name="SynchronizeMultiRegionKey", event_time=T0, region="us-east-1",
+                   account=ACCOUNT, context=None, request_parameters=None, response_elements={"keyId": KEY_ARN},
+                   resources=(KEY_ARN,), internal_request_id="req-sync"),
     ]
 
 
