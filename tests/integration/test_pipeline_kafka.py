@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
-from tests.support.services import kafka_broker
+from tests.support.services import free_port, kafka_broker
+from tests.unit.detect.records import ACCOUNT, T0, denied, event, key_arn, user
 from tests.unit.pipeline import reference
 
 pytestmark = pytest.mark.integration
@@ -147,3 +148,55 @@ async def test_messages_that_are_not_audit_events_are_skipped_not_fatal(tmp_path
     assert stats.records == len(events)
     assert "skipped 3 messages that are not keytrail audit events (offsets 150, 151, 152)" in caplog.text
     _exact(tmp_path, events)
+
+
+async def test_standalone_consume_serves_its_requests_cost_and_lag_at_metrics(tmp_path: Path) -> None:
+    """docker-compose's `consume` service (`--metrics-port`): Prometheus reads the consumer's figures
+    there, as it reads serve's at the node's /metrics."""
+    key, port = key_arn(7), free_port()
+    events = [event("Decrypt", T0 + timedelta(seconds=n), key) for n in range(5)]
+    events.append(denied("Decrypt", T0 + timedelta(seconds=9), key, user("eve")))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events, partitions=2)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap, "--data-dir", str(tmp_path),
+             "--group", "metrics-scrape", "--metrics-port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(60):  # scraped once counted: the cost is computed at most once a minute
+                while sum(MetricsStore(tmp_path).outcomes().values()) < len(events):
+                    assert proc.poll() is None, proc.communicate()[1]
+                    await asyncio.sleep(0.2)
+            status, kind, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            other = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/other")
+        finally:
+            proc.terminate()
+            _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 0, stderr  # SIGTERM: state persisted, clean exit
+    assert (status, kind) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    assert other[0] == 404
+    samples = _samples(text)
+    assert samples['keytrail_kms_requests_total{operation="Decrypt",outcome="success"}'] == 5, text
+    assert samples['keytrail_kms_requests_total{operation="Decrypt",outcome="AccessDenied"}'] == 1
+    assert samples['keytrail_kms_denied_requests_total{operation="Decrypt"}'] == 1
+    assert samples[f'keytrail_kms_cost_usd{{account="{ACCOUNT}"}}'] > 0  # the key's months since T0
+    lag = {name: value for name, value in samples.items() if name.startswith("keytrail_pipeline_consumer_lag{")}
+    assert lag and set(lag.values()) == {0}, text  # the partition that holds the key's events, read to its end
+
+
+def _samples(text: str) -> dict[str, float]:
+    """Prometheus text format: each sample's name and labels → its value."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["content-type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["content-type"], error.read().decode()

@@ -1,6 +1,6 @@
 """The deployment files hold together: docker-compose.yml is valid Compose and runs real keytrail
-commands, Prometheus scrapes the serve nodes and the detector, Grafana is provisioned with the generated dashboards,
-and docs/contracts.md covers every section of the shared contracts page."""
+commands, Prometheus scrapes the serve nodes, the consumer and the detector, Grafana is provisioned
+with the generated dashboards, and docs/contracts.md covers every section of the shared contracts page."""
 
 from __future__ import annotations
 
@@ -113,15 +113,37 @@ def _option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
-def test_prometheus_scrapes_every_serve_node_and_the_detector_on_their_ports() -> None:
+def _scrape_jobs() -> dict[str, set[str]]:
+    """deploy/prometheus.yml: job name → its targets."""
     config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
+    return {job["job_name"]: {t for group in job["static_configs"] for t in group["targets"]}
+            for job in config["scrape_configs"]}
+
+
+def test_prometheus_scrapes_every_serve_node_the_consumer_and_the_detector_on_their_ports() -> None:
+    targets = set().union(*_scrape_jobs().values())
     services = keytrail_services()
     serve = {f"{name}:{_option(command, '--port')}" for name, command in services.items() if command[0] == "serve"}
-    detect = {f"{name}:{_option(command, '--metrics-port')}" for name, command in services.items()
-              if command[0] == "detect"}
-    assert targets == serve | detect
-    assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"])
+    standalone = {f"{name}:{_option(command, '--metrics-port')}" for name, command in services.items()
+                  if command[0] in ("consume", "detect")}
+    assert len(standalone) == 2 and targets == serve | standalone
+    for name, command in services.items():
+        if command[0] in ("consume", "detect"):  # on all of the container's interfaces, for Prometheus
+            assert _option(command, "--metrics-host") == "0.0.0.0", name
+
+
+def test_dashboard_totals_do_not_count_the_nodes_calls_a_second_time_from_the_consumer() -> None:
+    """The standalone consumer serves the request and cost families of every node's calls, read
+    from Kafka; each node serves those of its own calls: a total over every job counts each call twice."""
+    [(job, targets)] = [(job, targets) for job, targets in _scrape_jobs().items()
+                        if any(t.startswith("consume:") for t in targets)]
+    assert targets == {t for t in targets if t.startswith("consume:")}  # a job of its own
+    build = dashboards_build()
+    counted = {"keytrail_kms_requests_total", "keytrail_kms_denied_requests_total", "keytrail_kms_cost_usd"}
+    queries = [expr for _, _, _, panel_queries, _, _ in build.PANELS for expr, _ in panel_queries
+               if build.metric_names(expr) & counted]
+    assert queries and all(f'job!="{job}"' in query for query in queries), queries
 
 
 def test_the_key_inventory_is_not_counted_once_per_node() -> None:

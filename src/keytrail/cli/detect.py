@@ -126,12 +126,12 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
 
 
 def _metrics_socket(host: str, port: int) -> socket.socket:
-    from keytrail.cli.metrics_endpoint import listen_socket
+    from keytrail.cli.metrics_endpoint import metrics_socket
 
     try:
-        return listen_socket(host, port)
-    except OSError as exc:  # socket.gaierror (an unknown host) is one
-        raise BadInput(f"--metrics-port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        return metrics_socket(host, port)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _run_live_or_fail(

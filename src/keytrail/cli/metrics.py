@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import signal
+import socket
 import sys
+from contextlib import AbstractAsyncContextManager
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -202,6 +205,15 @@ def consume(
     checkpoint_records: Annotated[
         int, typer.Option(help="Persist at least every N records.", min=1)
     ] = 100_000,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=1, max=65535,
+                     help="Serve Prometheus text at GET /metrics on this port (live): the requests, "
+                          "cost and lag serve's /metrics shows for its consumer."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the --metrics-port endpoint listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, CONSUME)
@@ -221,6 +233,10 @@ def consume(
         raise fail(problem, CONSUME)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir
         raise fail(f"no audit event log in {data_dir} (is --data-dir right?)", CONSUME)
+    if metrics_port is not None and (cloudtrail or not (kafka or follow)):  # the run ends: nothing would scrape it
+        raise fail("--metrics-port goes with a live consumer (--kafka, or the embedded log with --follow), "
+                   "not --cloudtrail or --no-follow", CONSUME)
+    metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
     # Two consumers of the embedded log or of files would overwrite each other's state; members of a
     # Kafka consumer group may share a data dir: the group gives each its own partitions.
     if not kafka and not try_lock(consumer_lock(data_dir)):
@@ -228,7 +244,7 @@ def consume(
                    CONSUME)
     data_dir.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
-    stats = _consume_or_fail(settings, cloudtrail, problems)
+    stats = _consume_or_fail(settings, cloudtrail, problems, metrics)
     typer.echo(
         f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
         f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else "")
@@ -242,22 +258,49 @@ def consume(
                    "(above): the figures leave out what could not be read", CONSUME, code=1)
 
 
-def _consume_or_fail(settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str]) -> RunStats:
+def _metrics_socket(host: str, port: int) -> socket.socket:
+    """Bound before the consumer starts, so that a port in use is the command's one-line error."""
+    from keytrail.cli.metrics_endpoint import metrics_socket
+
+    try:
+        return metrics_socket(host, port)
+    except ValueError as exc:
+        raise fail(str(exc), CONSUME) from None
+
+
+def _consume_or_fail(
+    settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str],
+    metrics: socket.socket | None = None,
+) -> RunStats:
     from aiokafka.errors import KafkaError
 
     try:
-        return asyncio.run(_consume(settings, cloudtrail, problems))
+        return asyncio.run(_consume(settings, cloudtrail, problems, metrics))
     except KafkaError as exc:  # the broker out of reach at start: nothing consumed, nothing to save
         raise fail(f"--kafka {settings.kafka_bootstrap}: {exc}", CONSUME, code=1) from None
 
 
-async def _consume(settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str]) -> RunStats:
+async def _consume(
+    settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str], metrics: socket.socket | None
+) -> RunStats:
     source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None
     consumer = MetricsConsumer(settings, source)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, consumer.stop)
-    return await consumer.run()
+    async with _serving_metrics(metrics, consumer):
+        return await consumer.run()
+
+
+def _serving_metrics(sock: socket.socket | None, consumer: MetricsConsumer) -> AbstractAsyncContextManager[None]:
+    """GET /metrics on `sock` (`--metrics-port`): what serve's /metrics shows of its consumer (requests
+    by operation and outcome, denied requests, cost per account, lag per partition), without the
+    node's own families (spool, key inventory, alarms): a standalone consumer has none of them."""
+    if sock is None:
+        return contextlib.nullcontext()
+    from keytrail.cli.metrics_endpoint import metrics_endpoint
+
+    return metrics_endpoint(sock, consumer.render_prometheus)
 
 
 def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: list[str]) -> Any:

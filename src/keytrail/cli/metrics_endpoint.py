@@ -1,5 +1,6 @@
-"""`GET /metrics` for a process that serves nothing else (`keytrail detect --kafka --metrics-port`):
-the HTTP server `serve` runs (uvicorn), the alarm counter family `serve`'s /metrics exports."""
+"""`GET /metrics` for a process that serves nothing else (`keytrail detect --kafka --metrics-port`,
+`keytrail consume --metrics-port`): the HTTP server `serve` runs (uvicorn), the alarm counter family
+`serve`'s /metrics exports."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uvicorn
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 
-__all__ = ["listen_socket", "metrics_endpoint", "render_alarm_counts"]
+__all__ = ["listen_socket", "metrics_endpoint", "metrics_socket", "render_alarm_counts"]
 
 Send = Callable[[dict[str, Any]], Any]
 
@@ -41,6 +42,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def metrics_socket(host: str, port: int) -> socket.socket:
+    """`listen_socket` for `--metrics-host`/`--metrics-port`; ValueError with the command's one-line
+    complaint when it cannot be bound (a port in use, an unknown host: socket.gaierror is an OSError)."""
+    try:
+        return listen_socket(host, port)
+    except OSError as exc:
+        raise ValueError(f"--metrics-port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 class _Exposition:

@@ -279,6 +279,28 @@ def test_detect_says_in_one_line_that_its_metrics_port_is_taken(tmp_path: Path) 
     assert not (tmp_path / "alarms.jsonl").exists()  # refused before the detector started
 
 
+def test_consume_refuses_a_metrics_endpoint_for_a_run_that_ends(tmp_path: Path) -> None:
+    from keytrail.pipeline.query import state_dir
+
+    log, node = _cloudtrail_gzip(tmp_path / "a.json.gz"), tmp_path / "node"
+    fill_trail(node, 2)
+    expected = ("keytrail consume: --metrics-port goes with a live consumer (--kafka, or the embedded log "
+                "with --follow), not --cloudtrail or --no-follow\n")
+    for run in (("--cloudtrail", log), ("--no-follow",)):
+        result = _keytrail("consume", "--data-dir", node, *run, "--metrics-port", "9465")
+        assert _one_line_error(result, "keytrail consume: ") == expected
+        assert not state_dir(node).exists()  # refused before anything was counted
+
+
+def test_consume_says_in_one_line_that_its_metrics_port_is_taken(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = _keytrail("consume", "--data-dir", tmp_path / "node", "--metrics-port", str(port))
+    line = _one_line_error(result, f"keytrail consume: --metrics-port: cannot listen on 127.0.0.1:{port} (")
+    assert "Address already in use" in line
+    assert not (tmp_path / "node").exists()  # refused before the consumer started
+
+
 def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Path) -> None:
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     (tmp_path / "file").write_text("x")
