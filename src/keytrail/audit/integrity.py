@@ -27,14 +27,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
-    "GENESIS", "HASH_SIZE", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "exported_fingerprint",
-    "fingerprint", "load_digests", "read_retention_floor", "signing_key", "verify", "write_retention_floor",
+    "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
+    "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "signing_key", "verify",
+    "write_retention_floor",
 ]
 
 log = logging.getLogger(__name__)
 
 GENESIS = bytes(32)
 HASH_SIZE = 32
+# The origin the digests of `keytrail audit import` name (signed, so whoever imports cannot pass
+# the records off as calls the node answered).
+IMPORT_ORIGIN = "audit import"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +186,7 @@ class ChainWriter:
         paths.digests.mkdir(parents=True, exist_ok=True)
         self._last: dict[str, Any] | None = None
         # Who added the records the next digests sign: None for calls this node answered,
-        # "audit import" for CloudTrail records imported (signed, so whoever imports cannot pass
-        # them off as calls the node served).
+        # IMPORT_ORIGIN for CloudTrail records imported.
         self.origin: str | None = None
         self._sequence = 0
         self._covered = 0  # end offset of the last digest
@@ -224,13 +227,22 @@ class ChainWriter:
             self._last_time = now
         return self._end > self._covered and (now - self._last_time).total_seconds() >= self.interval
 
-    def begin(self, now: datetime) -> None:
-        """Sign an empty digest opening the session, for a new trail (its genesis digest) or after a
-        clean stop: every trail that holds a record then has digest 0, so `verify` tells a trail
-        whose digests were all deleted from one never signed yet, and the records of a running
-        node never follow a final digest (records that do were added while no node ran)."""
-        if self._last is None or self._last.get("final"):
-            self.write_digest(now, empty=True)
+    def begin(self, now: datetime, origin: str | None = None) -> None:
+        """Open a session whose records come from `origin` (None: calls this node answers).
+
+        After a session that did not stop cleanly, first sign what it left unsigned with that
+        session's origin, which its last digest names: records an interrupted `audit import` added
+        are signed as imported, not as calls the node that opens next answered. Then sign an empty
+        digest naming the new session's origin (the genesis digest of a new trail): every trail
+        that holds a record has digest 0, so `verify` tells a trail whose digests were all deleted
+        from one never signed yet; the records of a running node never follow a final digest
+        (records that do were added while no node ran); and the records after the opening digest
+        of a session that is interrupted are known to be its own."""
+        if self._last is not None and not self._last.get("final"):
+            self.origin = self._last.get("origin")
+            self.write_digest(now)
+        self.origin = origin
+        self.write_digest(now, empty=True)
 
     def write_final_digest(self, now: datetime) -> dict[str, Any] | None:
         """Sign the digest of a clean stop (`final`), even over no new record: everything the node

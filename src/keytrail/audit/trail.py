@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.audit.call_encoder import CallEncoder
-from keytrail.audit.integrity import ChainWriter, IntegrityPaths
+from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityPaths
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, RecentRecords, ShippedOffset, Shipper
 from keytrail.audit.spool import Spool, SpoolError
@@ -78,10 +78,7 @@ class AuditTrail:
             self.log.close()  # releases the writer lock it took
             raise
         try:
-            chain.begin(self._now())
-            if settings.imported:  # what a crash left unsigned was served here: signed as such first
-                chain.write_digest(self._now())
-                chain.origin = "audit import"
+            chain.begin(self._now(), origin=IMPORT_ORIGIN if settings.imported else None)
         except BaseException:
             chain.close()
             self.log.close()

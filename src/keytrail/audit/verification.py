@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from keytrail.audit.integrity import (
     GENESIS,
     HASH_SIZE,
+    IMPORT_ORIGIN,
     IntegrityPaths,
     canonical,
     chain_step,
@@ -129,7 +130,7 @@ def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]
     notes += [f"records at offsets {digest['startOffset']}..{int(digest['endOffset']) - 1} were added by keytrail "
               f"audit import (digest {int(digest['sequence']):010d}.json): AWS CloudTrail records, not calls this "
               "node answered" for digest in digests
-              if digest.get("origin") == "audit import" and int(digest["endOffset"]) > int(digest["startOffset"])]
+              if digest.get("origin") == IMPORT_ORIGIN and int(digest["endOffset"]) > int(digest["startOffset"])]
     if digests:
         newest = digests[-1]
         notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs the "
