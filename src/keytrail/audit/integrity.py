@@ -2,9 +2,10 @@
 
 Every record's SHA-256 is kept in `hashes.bin` (32 bytes per offset) and chained:
 `chain[i] = SHA-256(chain[i-1] || hash[i])`, starting from 32 zero bytes. Digests, written
-when a trail opens (empty), hourly, when a segment closes and on a clean stop (`final`), name the
-offsets they cover, the chain value at their end and the hash of the previous digest, and are
-signed with the node's Ed25519 key, as is the retention floor. `verify` recomputes everything
+when a trail opens (empty), hourly (over no new record too, as CloudTrail's digest files), when a
+segment closes and on a clean stop (`final`), name the offsets they cover, the interval within
+which the next one follows, the chain value at their end and the hash of the previous digest,
+and are signed with the node's Ed25519 key, as is the retention floor. `verify` recomputes everything
 from the event log and names what is missing, altered, reordered or inserted, and any break in
 the digest chain; docs/audit-events.md says what it cannot see without copies kept off the node.
 """
@@ -222,10 +223,19 @@ class ChainWriter:
         self._end += len(hashes)
 
     def digest_due(self, now: datetime) -> bool:
-        """True when an hour (the interval) has passed since the last digest and records wait."""
+        """True when an hour (the interval) has passed since the last digest, records waiting or
+        not: like CloudTrail's hourly digest files, an idle node's empty digests show that nothing
+        happened, where none would look like the digests of the last hours deleted."""
+        return self.seconds_until_due(now) <= 0
+
+    def seconds_until_due(self, now: datetime) -> float:
+        """How long until the next digest is due: 0 when it is, and when the clock was set back
+        since the last one (the cadence starts again from the new time rather than wait for the
+        clock to catch up, signing nothing meanwhile)."""
         if self._last_time is None:
             self._last_time = now
-        return self._end > self._covered and (now - self._last_time).total_seconds() >= self.interval
+        elapsed = (now - self._last_time).total_seconds()
+        return 0.0 if elapsed < 0 else max(0.0, self.interval - elapsed)
 
     def begin(self, now: datetime, origin: str | None = None) -> None:
         """Open a session whose records come from `origin` (None: calls this node answers).
@@ -260,7 +270,7 @@ class ChainWriter:
         body = {
             "digestVersion": 1, "sequence": self._sequence, "startOffset": self._covered,
             "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519",
+            "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519", "intervalSeconds": self.interval,
             "previousDigestHash": _digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
             **({"origin": self.origin} if self.origin else {}), **({"final": True} if final else {}),
         }

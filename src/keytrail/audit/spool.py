@@ -45,6 +45,9 @@ GATHER_YIELDS = 16
 HELPER_RESTART_SECONDS = (1.0, 60.0)
 HELPER_STEADY_SECONDS = 60.0
 _Done = Callable[[BaseException | None], None]
+# How soon the digest timer tries again when a digest is due but the spool is busy, and its
+# shortest wait (a clock read just short of the due time must not spin the loop).
+TICK_RETRY_SECONDS = 0.01
 
 
 # How long a write that failed for want of space (and none that worked since) keeps the health check
@@ -159,7 +162,7 @@ class Spool:
         self._cpu_mark = time.thread_time()
         self._thread = threading.Thread(target=self._serve_jobs, name="audit-spool-writer", daemon=True)
         self._thread.start()
-        self._timer = self._loop.call_later(self.chain.interval, self._tick)
+        self._schedule_tick(self.chain.seconds_until_due(self._now()))
         if self._wants_helper:
             self._start_helper()
 
@@ -368,10 +371,21 @@ class Spool:
             self._idle.set_result(None)
 
     def _tick(self) -> None:
-        """Timer: an idle node still writes its periodic digest (a busy one does it per commit)."""
-        self._timer = self._require_loop().call_later(self.chain.interval, self._tick)
-        if self._failure is None and not self._busy() and self.chain.digest_due(self._now()):
+        """Timer: a digest each interval, over no new record too (a busy node writes it with a
+        commit): `verify` tells a node that ran idle from one whose newest digests were removed."""
+        if self._closing or self._failure is not None:  # a failed spool signs nothing more until restarted
+            return
+        now = self._now()
+        if not self.chain.digest_due(now):
+            self._schedule_tick(self.chain.seconds_until_due(now))
+        elif self._busy():  # the commit under way writes it, or the timer does right after
+            self._schedule_tick(TICK_RETRY_SECONDS)
+        else:
             self._dispatch(self._periodic_digest, _log_digest_error)
+            self._schedule_tick(self.chain.interval)
+
+    def _schedule_tick(self, delay: float) -> None:
+        self._timer = self._require_loop().call_later(max(delay, TICK_RETRY_SECONDS), self._tick)
 
     def _dispatch(self, work: Callable[[], None], done: _Done) -> None:
         self._in_flight = True
@@ -429,7 +443,7 @@ class Spool:
             self._maintenance()
 
     def _periodic_digest(self) -> None:
-        self.chain.write_digest(self._now())
+        self.chain.write_digest(self._now(), empty=True)
 
     def _closing_digest(self) -> None:
         self.chain.write_final_digest(self._now())

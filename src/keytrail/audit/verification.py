@@ -2,7 +2,8 @@
 
 Order of checks, like CloudTrail's log file integrity validation: each digest's signature, the
 digest chain (sequence, previous-digest hash, contiguous offsets), the stored record hashes
-against each digest's chain value, then every record in the log against the stored hashes.
+against each digest's chain value, then every record in the log against the stored hashes, and
+last the digests' cadence (audit/cadence.py: a digest each interval while the node runs).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from keytrail.audit.cadence import late_records, silent_spans
 from keytrail.audit.integrity import (
     GENESIS,
     HASH_SIZE,
@@ -78,7 +80,8 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
     valid = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
     log = SegmentLog(log_dir)
     found, notes = _check_log(paths, key, log, expected, valid[-1] if valid else {})
-    return Verdict(problems + found, _reach(key, log, valid) + notes)
+    found += late_records(log, valid[-1]) if valid else []
+    return Verdict(problems + found, _reach(key, log, valid) + notes + silent_spans(valid))
 
 
 def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, expected: list[bytes],

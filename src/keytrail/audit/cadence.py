@@ -1,0 +1,110 @@
+"""The digests' cadence, as `keytrail audit verify` checks it offline.
+
+A running node signs a digest every `intervalSeconds` (the digest says which), over no new record
+too, as CloudTrail delivers a digest file every hour whatever was logged, and a final one when it
+stops cleanly. So, from the digests and records alone, with no clock of its own:
+
+- two digests further apart than the interval (plus slack) with no clean stop between: the node
+  was down after a crash, or hung, or what it signed meanwhile was removed and a node started on
+  what was left (a note: a crash and a long outage look the same);
+- a record in the log written later than the newest digest's interval (plus slack) after it: the
+  node was running then, so the digests it signed since were removed (a problem: the records they
+  signed are now unsigned and could have been edited with their hashes).
+
+Digests without `intervalSeconds` (written by a keytrail that signed only over new records) promise
+nothing and are not checked.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+from keytrail.audit.integrity import IMPORT_ORIGIN
+from keytrail.audit.schema import SchemaError, decode
+from keytrail.transport.segment_log import SegmentLog
+
+__all__ = ["MIN_SLACK_SECONDS", "late_records", "silent_spans", "slack"]
+
+# How late a digest may be before its absence says something: the timer waits behind a busy spool
+# or a slow fsync, and `digestEndTime` has whole seconds.
+MIN_SLACK_SECONDS = 60.0
+
+
+def slack(interval: float) -> float:
+    """The delay allowed past the interval: a quarter of it, at least a minute."""
+    return max(MIN_SLACK_SECONDS, interval / 4)
+
+
+def silent_spans(digests: list[dict[str, Any]]) -> list[str]:
+    """A note for each span between consecutive valid `digests` longer than the earlier one's
+    interval (plus slack) that no clean stop explains."""
+    notes = []
+    for earlier, later in itertools.pairwise(digests):
+        allowed = _allowed_silence(earlier)
+        silence = (_signed_at(later) - _signed_at(earlier)).total_seconds()
+        if allowed is not None and silence > allowed:
+            notes.append(f"no digest from {_named(earlier)} to {_named(later)} ({_duration(silence)}; the node signs "
+                         f"one every {_duration(earlier['intervalSeconds'])}) and no clean stop between: the node was "
+                         "down after a crash or hung, or the digests and records of that time were removed and a node "
+                         "started again on what was left (check with --digests)")
+    return notes
+
+
+def late_records(log: SegmentLog, newest: dict[str, Any]) -> list[str]:
+    """A problem when the log's last record was written longer after the `newest` digest than
+    that digest's interval (plus slack): the node then running signed digests that are gone."""
+    allowed, end = _allowed_silence(newest), log.end_offset()
+    if allowed is None or newest.get("origin") == IMPORT_ORIGIN or end <= int(newest["endOffset"]):
+        return []  # an import's records carry AWS's event times, not the node's
+    last = _event_of(log, end - 1)
+    written = _event_time(last)
+    if written is None or (written - _signed_at(newest)).total_seconds() <= allowed:
+        return []
+    return [f"record {last.get('eventID')} at offset {end - 1} was written at {written:%Y-%m-%dT%H:%M:%SZ}, "
+            f"{_duration((written - _signed_at(newest)).total_seconds())} after the newest digest {_named(newest)}, "
+            f"though a running node signs one every {_duration(newest['intervalSeconds'])}: the digests signed since "
+            f"were removed, and the records at offsets {newest['endOffset']}..{end - 1} are unsigned (they may have "
+            "been altered or removed with their hashes)"]
+
+
+def _allowed_silence(digest: dict[str, Any]) -> float | None:
+    """Seconds until the digest after `digest` is late (None: a clean stop's final digest, or
+    one that names no interval)."""
+    interval = digest.get("intervalSeconds")
+    if digest.get("final") or isinstance(interval, bool) or not isinstance(interval, int | float):
+        return None
+    return interval + slack(interval)
+
+
+def _signed_at(digest: dict[str, Any]) -> datetime:
+    return datetime.strptime(str(digest["digestEndTime"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _named(digest: dict[str, Any]) -> str:
+    return f"{int(digest['sequence']):010d}.json of {digest['digestEndTime']}"
+
+
+def _event_of(log: SegmentLog, offset: int) -> dict[str, Any]:
+    records = log.read(offset, 1)
+    try:
+        return decode(records[0][1]) if records else {}
+    except (SchemaError, ValueError, EOFError, IndexError, KeyError):
+        return {}
+
+
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(event["eventTime"]))
+    except (KeyError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:g} s"
