@@ -19,6 +19,7 @@ from keytrail.detect.avro import decode_alarm
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
+from tests.support.http import http_get
 from tests.support.services import free_port, kafka_broker
 from tests.unit.detect.records import T0, denied, event, key_arn, user
 
@@ -129,9 +130,9 @@ async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: s
         async with asyncio.timeout(60):
             while _latest(tmp_path / "alarms.jsonl", key) == 0:
                 await asyncio.sleep(0.2)
-        status, kind, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+        status, kind, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
         assert (status, kind) == (200, "text/plain; version=0.0.4; charset=utf-8")
-        assert await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/other") == (404, "application/json",
+        assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/other") == (404, "application/json",
                                                                                    '{"message":"Not Found"}')
     finally:
         proc.terminate()
@@ -144,15 +145,6 @@ async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: s
     assert "# TYPE keytrail_alarms_total counter" in text
 
 
-def _get(url: str) -> tuple[int, str, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.headers["content-type"], response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["content-type"], error.read().decode()
 
 
 def _alarm_samples(text: str) -> dict[tuple[str, str], float]:

@@ -17,6 +17,7 @@ from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from tests.support.http import http_get
 from tests.support.services import free_port, kafka_broker
 from tests.unit.detect.records import ACCOUNT, T0, denied, event, key_arn, user
 from tests.unit.pipeline import reference
@@ -168,8 +169,8 @@ async def test_standalone_consume_serves_its_requests_cost_and_lag_at_metrics(tm
                 while sum(MetricsStore(tmp_path).outcomes().values()) < len(events):
                     assert proc.poll() is None, proc.communicate()[1]
                     await asyncio.sleep(0.2)
-            status, kind, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
-            other = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/other")
+            status, kind, text = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+            other = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/other")
         finally:
             proc.terminate()
             _, stderr = proc.communicate(timeout=15)
@@ -191,12 +192,3 @@ def _samples(text: str) -> dict[str, float]:
             for line in text.splitlines() if line and not line.startswith("#")}
 
 
-def _get(url: str) -> tuple[int, str, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.headers["content-type"], response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["content-type"], error.read().decode()
