@@ -9,7 +9,7 @@ from typing import Any
 
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey
 from keytrail.kms.store import Alias, Grant
 
 __all__ = ["alias_from_doc", "alias_to_doc", "grant_from_doc", "grant_to_doc", "key_from_doc", "key_to_doc"]
@@ -29,10 +29,17 @@ def _date_in(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _material_binding(key: Key, material_id: str, legacy: bool) -> str:
+    """Where a sealed material version belongs. Since documents carry a MAC (authentic_docs.py) the
+    binding also says so: material sealed since cannot pass for an old store's once its document's
+    MAC is stripped, which is what keeps a stripped store from being taken for an old one."""
+    return f"{key.arn}#{material_id}" + ("" if legacy else AUTHENTICATED_SEAL)
+
+
 def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str, Any]:
     return {
         "material_id": material.material_id,
-        "sealed": root.seal_text(material.secret, f"{key.arn}#{material.material_id}", reuse=True),
+        "sealed": root.seal_text(material.secret, _material_binding(key, material.material_id, False), reuse=True),
         "created": _date_out(material.created),
         "rotation_type": material.rotation_type,
         "valid_to": _date_out(material.valid_to),
@@ -43,8 +50,8 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
     }
 
 
-def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey) -> KeyMaterial:
-    secret = root.unseal_text(doc["sealed"], f"{key.arn}#{doc['material_id']}", remember=True)
+def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey, legacy: bool) -> KeyMaterial:
+    secret = root.unseal_text(doc["sealed"], _material_binding(key, doc["material_id"], legacy), remember=not legacy)
     return KeyMaterial(
         material_id=doc["material_id"],
         secret=secret,
@@ -72,7 +79,9 @@ def key_to_doc(key: Key, root: RootKey) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def key_from_doc(text: str, root: RootKey) -> Key:
+def key_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> Key:
+    """The key a document holds; `legacy`: written before documents carried a MAC (its material
+    sealed under the bindings of then)."""
     doc = json.loads(text)
     materials = doc.pop("materials")
     for name, enum in _ENUMS.items():
@@ -83,7 +92,7 @@ def key_from_doc(text: str, root: RootKey) -> Key:
     doc["tags"] = tuple((k, v) for k, v in doc["tags"])
     doc["replica_regions"] = tuple(doc["replica_regions"])
     shell = Key(**doc)
-    return Key(**{**doc, "materials": tuple(_material_from_doc(shell, m, root) for m in materials)})
+    return Key(**{**doc, "materials": tuple(_material_from_doc(shell, m, root, legacy) for m in materials)})
 
 
 def alias_to_doc(alias: Alias) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from keytrail.kms import errors
+from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, refused_call, verify
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
@@ -32,7 +33,16 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
-from keytrail.kms.resealing import SEALED_TABLES, SealedTable
+from keytrail.kms.postgres_documents import open_documents, reauthenticate
+from keytrail.kms.resealing import (
+    ALIASES,
+    CUSTOM_KEY_STORES,
+    DOCUMENT_TABLES,
+    GRANTS,
+    IMPORT_PARAMETERS,
+    KEYS,
+    DocumentTable,
+)
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
@@ -63,11 +73,7 @@ CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, sto
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keytrail.schema', 0))"
-# An empty value sealed under the root key of the first node: every later node must open it.
-_ROOT_KEY_CHECK = "root-key-check"
-# A key with material (key_to_doc writes compact JSON), for a store from before kms_root_key.
-_SEALED_KEY = """SELECT doc FROM kms_keys WHERE doc NOT LIKE '%"materials":[]%' LIMIT 1"""
-_SEALED_NAMES = ", ".join(f"kms_{table.name}" for table in SEALED_TABLES)
+_DOCUMENT_NAMES = ", ".join(f"kms_{table.name}" for table in DOCUMENT_TABLES)
 _OTHER_CLIENTS = """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
     AND backend_type = 'client backend' AND pid <> pg_backend_pid()"""
 _UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
@@ -99,6 +105,28 @@ class PostgresStore:
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
 
+    def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
+        """The document to write in `row` of `table`: `body` with its MAC."""
+        return authenticate(self._root, table.name, row, body)
+
+    def _body(self, table: DocumentTable, found: Any) -> str:
+        """The verified body of a fetched row (its primary key columns and doc); KMSInternalException,
+        logged, if it does not verify."""
+        row = tuple(found[column] for column in table.primary_key)
+        try:
+            return verify(self._root, table.name, row, found["doc"])
+        except DocumentRefused as refusal:
+            raise refused_call(refusal) from None
+
+    def _verified_bodies(self, table: DocumentTable, rows: list[Any]) -> list[str]:
+        """The bodies of the rows that verify (each refused one logged): for reads over the whole
+        store, which one bad row must not stop (the scheduler, the node's start)."""
+        bodies = []
+        for found in rows:
+            with contextlib.suppress(errors.KmsError):
+                bodies.append(self._body(table, found))
+        return bodies
+
     @classmethod
     async def connect(cls, dsn: str, root: RootKey, timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
         """Open a connection pool to `dsn`, create the tables if they are missing and check the root
@@ -112,7 +140,7 @@ class PostgresStore:
                 # pg_type's unique index. The lock is released at the end of the transaction.
                 await connection.execute(_SCHEMA_LOCK)
                 await connection.execute(_SCHEMA)
-                await _check_root_key(connection, root)
+                await open_documents(connection, root)
         except BaseException:
             pool.terminate()  # at once: the database may be the one not answering
             raise
@@ -171,9 +199,10 @@ class PostgresStore:
 
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
         rows = await self._rows(
-            "SELECT doc FROM kms_keys WHERE account=$1 AND region=$2 AND key_id=$3", account, region, key_id
+            "SELECT account, region, key_id, doc FROM kms_keys WHERE account=$1 AND region=$2 AND key_id=$3",
+            account, region, key_id,
         )
-        return key_from_doc(rows[0]["doc"], self._root) if rows else None
+        return key_from_doc(self._body(KEYS, rows[0]), self._root) if rows else None
 
     async def put_key(self, key: Key) -> None:
         await self.put_keys([key])
@@ -183,8 +212,8 @@ class PostgresStore:
 
     def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[Any, ...]]]:
         return [
-            (_UPSERT_KEY, (key.account, key.region, key.key_id, key.creation_date.isoformat(),
-                           key_to_doc(key, self._root)))
+            (_UPSERT_KEY, (*(row := (key.account, key.region, key.key_id)), key.creation_date.isoformat(),
+                           self._doc(KEYS, row, key_to_doc(key, self._root))))
             for key in keys
         ]
 
@@ -200,38 +229,44 @@ class PostgresStore:
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
         rows = await self._rows(
-            "SELECT doc FROM kms_keys WHERE account=$1 AND region=$2 ORDER BY created, key_id",
+            "SELECT account, region, key_id, doc FROM kms_keys WHERE account=$1 AND region=$2 ORDER BY created, key_id",
             account,
             region,
         )
-        return [key_from_doc(row["doc"], self._root) for row in rows]
+        return [key_from_doc(self._body(KEYS, row), self._root) for row in rows]
 
     async def all_keys(self) -> list[Key]:
-        return [key_from_doc(row["doc"], self._root) for row in await self._rows("SELECT doc FROM kms_keys")]
+        """Every key that verifies (the scheduler's, the inventory's): a refused one is logged."""
+        rows = await self._rows("SELECT account, region, key_id, doc FROM kms_keys")
+        return [key_from_doc(body, self._root) for body in self._verified_bodies(KEYS, rows)]
 
     # --- aliases -----------------------------------------------------------------------------
 
     async def get_alias(self, account: str, region: str, name: str) -> Alias | None:
         rows = await self._rows(
-            "SELECT doc FROM kms_aliases WHERE account=$1 AND region=$2 AND name=$3", account, region, name
+            "SELECT account, region, name, doc FROM kms_aliases WHERE account=$1 AND region=$2 AND name=$3",
+            account, region, name,
         )
-        return alias_from_doc(rows[0]["doc"]) if rows else None
+        return alias_from_doc(self._body(ALIASES, rows[0])) if rows else None
+
+    def _alias_columns(self, alias: Alias) -> tuple[str, ...]:
+        row = (alias.account, alias.region, alias.name)
+        return (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias)))
 
     async def put_alias(self, alias: Alias) -> None:
-        args = (alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias))
-        await self._execute((_UPSERT_ALIAS, args))
+        await self._execute((_UPSERT_ALIAS, self._alias_columns(alias)))
 
     async def add_alias(self, alias: Alias) -> bool:
         added = await self._rows(
             "INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING name",
-            alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias),
+            *self._alias_columns(alias),
         )
         return bool(added)
 
     async def update_alias(self, alias: Alias) -> bool:
         updated = await self._rows(
             "UPDATE kms_aliases SET key_id=$4, doc=$5 WHERE account=$1 AND region=$2 AND name=$3 RETURNING name",
-            alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias),
+            *self._alias_columns(alias),
         )
         return bool(updated)
 
@@ -245,9 +280,10 @@ class PostgresStore:
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
         rows = await self._rows(
-            "SELECT doc FROM kms_aliases WHERE account=$1 AND region=$2 ORDER BY name", account, region
+            "SELECT account, region, name, doc FROM kms_aliases WHERE account=$1 AND region=$2 ORDER BY name",
+            account, region,
         )
-        return [alias_from_doc(row["doc"]) for row in rows]
+        return [alias_from_doc(self._body(ALIASES, row)) for row in rows]
 
     # --- grants ------------------------------------------------------------------------------
 
@@ -258,7 +294,7 @@ class PostgresStore:
             grant.key_id,
             grant.grant_id,
             grant.creation_date.isoformat(),
-            grant_to_doc(grant),
+            self._doc(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id), grant_to_doc(grant)),
         )
         await self._execute((_UPSERT_GRANT, args))
 
@@ -272,22 +308,23 @@ class PostgresStore:
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         rows = await self._rows(
-            "SELECT doc FROM kms_grants WHERE account=$1 AND region=$2 AND key_id=$3 "
-            "ORDER BY created, grant_id",
+            "SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE account=$1 AND region=$2 "
+            "AND key_id=$3 ORDER BY created, grant_id",
             account,
             region,
             key_id,
         )
-        return [grant_from_doc(row["doc"]) for row in rows]
+        return [grant_from_doc(self._body(GRANTS, row)) for row in rows]
 
     async def all_grants(self, region: str) -> list[Grant]:
-        rows = await self._rows("SELECT doc FROM kms_grants WHERE region=$1", region)
-        return [grant_from_doc(row["doc"]) for row in rows]
+        """Every grant of the Region that verifies (ListRetirableGrants, across accounts)."""
+        rows = await self._rows("SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE region=$1", region)
+        return [grant_from_doc(body) for body in self._verified_bodies(GRANTS, rows)]
 
     # --- import parameters and custom key stores ---------------------------------------------
 
     async def put_import_parameters(self, parameters: ImportParameters) -> None:
-        doc = import_parameters_to_doc(parameters, self._root)
+        doc = self._doc(IMPORT_PARAMETERS, (parameters.token_id,), import_parameters_to_doc(parameters, self._root))
         stale = (parameters.valid_to - timedelta(days=2)).isoformat()  # tokens live 24 hours
         await self._execute(
             ("DELETE FROM kms_import_parameters WHERE valid_to < $1", (stale,)),
@@ -295,12 +332,13 @@ class PostgresStore:
         )
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
-        rows = await self._rows("SELECT doc FROM kms_import_parameters WHERE token_id=$1", token_id)
-        return import_parameters_from_doc(rows[0]["doc"], self._root) if rows else None
+        rows = await self._rows("SELECT token_id, doc FROM kms_import_parameters WHERE token_id=$1", token_id)
+        return import_parameters_from_doc(self._body(IMPORT_PARAMETERS, rows[0]), self._root) if rows else None
 
     async def put_custom_key_store(self, store: CustomKeyStore) -> None:
-        doc = custom_key_store_to_doc(store, self._root)
-        args = (store.account, store.region, store.store_id, store.creation_date.isoformat(), doc)
+        row = (store.account, store.region, store.store_id)
+        doc = self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))
+        args = (*row, store.creation_date.isoformat(), doc)
         await self._execute((_UPSERT_STORE, args))
 
     async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
@@ -313,30 +351,30 @@ class PostgresStore:
 
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
         rows = await self._rows(
-            "SELECT doc FROM kms_custom_key_stores WHERE account=$1 AND region=$2 ORDER BY created, store_id",
+            "SELECT account, region, store_id, doc FROM kms_custom_key_stores WHERE account=$1 AND region=$2 "
+            "ORDER BY created, store_id",
             account,
             region,
         )
-        return [custom_key_store_from_doc(row["doc"], self._root) for row in rows]
+        return [custom_key_store_from_doc(self._body(CUSTOM_KEY_STORES, row), self._root) for row in rows]
 
     async def reseal(self, new: RootKey) -> int:
-        """Seal every sealed value of the store again under `new`, in one transaction, and seal
-        under `new` from then on; the number of documents resealed (`keytrail root-key rotate`).
+        """Seal every sealed value of the store again under `new` and authenticate every document
+        under it, in one transaction, and do so under `new` from then on; the number of documents
+        (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not verify.
         StoreBusy while another client is connected: a node still running would go on sealing
         under the old key, and what it wrote would open under neither."""
         async with self._connection() as connection:
             async with connection.transaction():
-                await connection.execute(f"LOCK TABLE {_SEALED_NAMES}, kms_root_key IN EXCLUSIVE MODE")
+                await connection.execute(f"LOCK TABLE {_DOCUMENT_NAMES}, kms_root_key IN EXCLUSIVE MODE")
                 if others := await connection.fetchval(_OTHER_CLIENTS):
                     raise StoreBusy(f"{others} other client(s) are connected to the key store's database: "
                                     "stop every keytrail node first")
-                count = sum([await _reseal_table(connection, table, self._root, new) for table in SEALED_TABLES])
-                check = new.seal_text(b"", _ROOT_KEY_CHECK)
-                await connection.execute("UPDATE kms_root_key SET sealed=$1 WHERE id=1", check)
+                count = await reauthenticate(connection, self._root, new)
             self._root = new
             # The old rows stay in the tables' files as dead tuples until a vacuum: rewrite the
             # files, so a copy of the database taken now gives the holder of the old key nothing.
-            await connection.execute(f"VACUUM FULL {_SEALED_NAMES}")
+            await connection.execute(f"VACUUM FULL {_DOCUMENT_NAMES}")
         return count
 
     async def ping(self) -> None:
@@ -356,26 +394,3 @@ class PostgresStore:
             await asyncio.wait_for(self._pool.close(), self._timeout)
         except TimeoutError:
             self._pool.terminate()
-
-
-async def _reseal_table(connection: Any, table: SealedTable, old: RootKey, new: RootKey) -> int:
-    where = " AND ".join(f"{column}=${n}" for n, column in enumerate(table.primary_key, 2))
-    rows = await connection.fetch(f"SELECT {', '.join(table.primary_key)}, doc FROM kms_{table.name}")
-    for row in rows:
-        await connection.execute(f"UPDATE kms_{table.name} SET doc=$1 WHERE {where}",
-                                 table.reseal(row["doc"], old, new), *(row[column] for column in table.primary_key))
-    return len(rows)
-
-
-async def _check_root_key(connection: Any, root: RootKey) -> None:
-    """SealError unless `root` is the root key the store's secrets are sealed under: a node with
-    another one would fail every call on the others' keys, and seal its own where no other node
-    can open them."""
-    if await connection.fetchval("SELECT sealed FROM kms_root_key WHERE id = 1") is None:
-        doc = await connection.fetchval(_SEALED_KEY)
-        if doc is not None:
-            key_from_doc(doc, root)
-        await connection.execute("INSERT INTO kms_root_key VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-                                 root.seal_text(b"", _ROOT_KEY_CHECK))
-    # Read again: of two first nodes starting together, the one whose insert lost is checked too.
-    root.unseal_text(await connection.fetchval("SELECT sealed FROM kms_root_key WHERE id = 1"), _ROOT_KEY_CHECK)

@@ -1,11 +1,14 @@
-"""Root key rotation: every value a key store keeps sealed, opened with the old root key and
-sealed again under the new one (`keytrail root-key rotate`, docs/operations.md "Root key")."""
+"""The key store's tables of documents, and what root key rotation and the upgrade of an old
+store do to each: documents verified and opened under one root key, sealed and authenticated
+again under another (`keytrail root-key rotate`, docs/operations.md "Root key"), or an old store's
+documents given today's seal bindings and a MAC (kms/authentic_docs.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from keytrail.kms.authentic_docs import Row, authenticate, verify
 from keytrail.kms.codec import key_from_doc, key_to_doc
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
@@ -15,32 +18,58 @@ from keytrail.kms.sealed_docs import (
 )
 from keytrail.kms.sealing import RootKey
 
-__all__ = ["SEALED_TABLES", "SealedTable"]
+__all__ = ["DOCUMENT_TABLES", "DocumentTable", "reauthenticated"]
 
 
 @dataclass(frozen=True, slots=True)
-class SealedTable:
-    """A store table whose `doc` column holds sealed values (PostgreSQL's name is `kms_<name>`)."""
+class DocumentTable:
+    """A store table whose `doc` column holds documents (PostgreSQL's name is `kms_<name>`)."""
 
     name: str
     primary_key: tuple[str, ...]
-    reseal: Callable[[str, RootKey, RootKey], str]  # (doc, old, new) -> the doc sealed under new
+    reseal: Callable[[str, RootKey, RootKey], str]  # (body, old, new) -> the body sealed under new
+    upgrade: Callable[[str, RootKey], str]  # an old store's body -> the body sealed as today
 
 
-def _key(doc: str, old: RootKey, new: RootKey) -> str:
-    return key_to_doc(key_from_doc(doc, old), new)
+def _unchanged(body: str, *_: RootKey) -> str:
+    return body  # aliases and grants seal nothing: only their MAC changes
 
 
-def _import_parameters(doc: str, old: RootKey, new: RootKey) -> str:
-    return import_parameters_to_doc(import_parameters_from_doc(doc, old), new)
+def _key(body: str, old: RootKey, new: RootKey) -> str:
+    return key_to_doc(key_from_doc(body, old), new)
 
 
-def _custom_key_store(doc: str, old: RootKey, new: RootKey) -> str:
-    return custom_key_store_to_doc(custom_key_store_from_doc(doc, old), new)
+def _key_upgrade(body: str, root: RootKey) -> str:
+    return key_to_doc(key_from_doc(body, root, legacy=True), root)
 
 
-SEALED_TABLES = (
-    SealedTable("keys", ("account", "region", "key_id"), _key),
-    SealedTable("import_parameters", ("token_id",), _import_parameters),
-    SealedTable("custom_key_stores", ("account", "region", "store_id"), _custom_key_store),
-)
+def _import_parameters(body: str, old: RootKey, new: RootKey) -> str:
+    return import_parameters_to_doc(import_parameters_from_doc(body, old), new)
+
+
+def _import_parameters_upgrade(body: str, root: RootKey) -> str:
+    return import_parameters_to_doc(import_parameters_from_doc(body, root, legacy=True), root)
+
+
+def _custom_key_store(body: str, old: RootKey, new: RootKey) -> str:
+    return custom_key_store_to_doc(custom_key_store_from_doc(body, old), new)
+
+
+def _custom_key_store_upgrade(body: str, root: RootKey) -> str:
+    return custom_key_store_to_doc(custom_key_store_from_doc(body, root, legacy=True), root)
+
+
+KEYS = DocumentTable("keys", ("account", "region", "key_id"), _key, _key_upgrade)
+ALIASES = DocumentTable("aliases", ("account", "region", "name"), _unchanged, _unchanged)
+GRANTS = DocumentTable("grants", ("account", "region", "key_id", "grant_id"), _unchanged, _unchanged)
+IMPORT_PARAMETERS = DocumentTable("import_parameters", ("token_id",), _import_parameters, _import_parameters_upgrade)
+CUSTOM_KEY_STORES = DocumentTable("custom_key_stores", ("account", "region", "store_id"), _custom_key_store,
+                                  _custom_key_store_upgrade)
+DOCUMENT_TABLES = (KEYS, ALIASES, GRANTS, IMPORT_PARAMETERS, CUSTOM_KEY_STORES)
+
+
+def reauthenticated(table: DocumentTable, row: Row, text: str, old: RootKey, new: RootKey) -> str:
+    """The document of `row`, verified under `old`, sealed and authenticated under `new`
+    (DocumentRefused if it does not verify: rotation must not launder a forged row)."""
+    body = verify(old, table.name, row, text)
+    return authenticate(new, table.name, row, table.reseal(body, old, new))

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey
 
 __all__ = [
     "custom_key_store_from_doc",
@@ -17,8 +17,13 @@ __all__ = [
 ]
 
 
+def _token_binding(token_id: str, legacy: bool) -> str:
+    # `legacy`: a document from before documents carried a MAC (codec._material_binding says why).
+    return f"import-token#{token_id}" + ("" if legacy else AUTHENTICATED_SEAL)
+
+
 def import_parameters_to_doc(parameters: ImportParameters, root: RootKey) -> str:
-    binding = f"import-token#{parameters.token_id}"
+    binding = _token_binding(parameters.token_id, False)
     return json.dumps(
         {
             "token_id": parameters.token_id,
@@ -33,15 +38,15 @@ def import_parameters_to_doc(parameters: ImportParameters, root: RootKey) -> str
     )
 
 
-def import_parameters_from_doc(text: str, root: RootKey) -> ImportParameters:
+def import_parameters_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> ImportParameters:
     doc = json.loads(text)
     sealed = doc.pop("sealed")
     doc["valid_to"] = datetime.fromisoformat(doc["valid_to"])
-    return ImportParameters(**doc, private_key=root.unseal_text(sealed, f"import-token#{doc['token_id']}"))
+    return ImportParameters(**doc, private_key=root.unseal_text(sealed, _token_binding(doc["token_id"], legacy)))
 
 
-def _store_binding(account: str, region: str, store_id: str) -> str:
-    return f"custom-key-store#{account}#{region}#{store_id}"
+def _store_binding(account: str, region: str, store_id: str, legacy: bool = False) -> str:
+    return f"custom-key-store#{account}#{region}#{store_id}" + ("" if legacy else AUTHENTICATED_SEAL)
 
 
 def custom_key_store_to_doc(store: CustomKeyStore, root: RootKey) -> str:
@@ -63,11 +68,11 @@ def custom_key_store_to_doc(store: CustomKeyStore, root: RootKey) -> str:
     )
 
 
-def custom_key_store_from_doc(text: str, root: RootKey) -> CustomKeyStore:
+def custom_key_store_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> CustomKeyStore:
     doc = json.loads(text)
     sealed = doc.pop("sealed_password")
     doc["creation_date"] = datetime.fromisoformat(doc["creation_date"])
     doc["state"] = ConnectionState(doc["state"])
-    binding = _store_binding(doc["account"], doc["region"], doc["store_id"])
-    password = root.unseal_text(sealed, binding, remember=True).decode()
+    binding = _store_binding(doc["account"], doc["region"], doc["store_id"], legacy)
+    password = root.unseal_text(sealed, binding, remember=not legacy).decode()
     return CustomKeyStore(**doc, password=password)

@@ -13,13 +13,21 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
+__all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
 
 log = logging.getLogger(__name__)
 
 ROOT_KEY_ENV = "KEYTRAIL_ROOT_KEY"
 ROOT_KEY_FILE_ENV = "KEYTRAIL_ROOT_KEY_FILE"
+# HKDF's info for the key that authenticates the store's documents: a key of its own, so a MAC
+# never is an AES-GCM computation under the sealing key, nor the other way round.
+_DOCUMENT_MAC_INFO = b"keytrail key store document MAC v1"
+# The end of every binding sealed into an authenticated document (kms/authentic_docs.py): such a
+# value does not open under the binding of the version before, whose documents had no MAC.
+AUTHENTICATED_SEAL = "#authenticated"
 
 
 class SealError(Exception):
@@ -38,6 +46,7 @@ class RootKey:
         if len(secret) != 32:
             raise ValueError("the root key must be 32 bytes")
         self._aead = AESGCM(secret)
+        self._mac_key = HKDF(SHA256(), 32, salt=None, info=_DOCUMENT_MAC_INFO).derive(secret)
         # binding -> (keyed digest of the material, its sealed text), for `seal_text` to write an
         # unchanged value again rather than seal it anew (see there). A keyed digest, not the
         # material: a deleted key's material must not stay in memory through this table.
@@ -85,6 +94,11 @@ class RootKey:
         if remember:
             self._sealed[binding] = (self._digest(material), sealed)
         return material
+
+    def mac(self, document: bytes) -> bytes:
+        """HMAC-SHA256 of `document` under a key derived from the root key (HKDF): what makes a
+        store document authentic (kms/authentic_docs.py)."""
+        return hmac.digest(self._mac_key, document, "sha256")
 
     def _digest(self, material: bytes) -> bytes:
         return hmac.digest(self._digest_key, material, "sha256")

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 
+from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, refused_call, verify
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
@@ -25,7 +26,16 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
-from keytrail.kms.resealing import SEALED_TABLES
+from keytrail.kms.resealing import (
+    ALIASES,
+    CUSTOM_KEY_STORES,
+    DOCUMENT_TABLES,
+    GRANTS,
+    IMPORT_PARAMETERS,
+    KEYS,
+    DocumentTable,
+    reauthenticated,
+)
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
@@ -34,6 +44,7 @@ from keytrail.kms.sealed_docs import (
 )
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store_upgrade import Document, upgrade_plan
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
 # SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
@@ -71,6 +82,11 @@ def _drops_material(before: Key | None, after: Key) -> bool:
     return any(kept.get(m.material_id) != m.secret for m in before.materials)
 
 
+def _update(table: DocumentTable) -> str:
+    where = " AND ".join(f"{column}=?" for column in table.primary_key)
+    return f"UPDATE {table.name} SET doc=? WHERE {where}"
+
+
 def _file_identity(path: Path) -> tuple[int, int]:
     status = path.stat()
     return status.st_dev, status.st_ino
@@ -96,6 +112,9 @@ class SqliteStore:
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
         self._custom_key_stores: dict[Scope, dict[str, CustomKeyStore]] = {}
+        # Rows whose document did not verify as the store opened, by table: the calls that need
+        # one fail; nothing of them is in memory.
+        self._refused: dict[str, set[Row]] = {table.name: set() for table in DOCUMENT_TABLES}
         self._locks = KeyLocks()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -113,16 +132,52 @@ class SqliteStore:
             raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
 
     def _load(self) -> None:
-        for account, region, key_id, doc in self._db.execute("SELECT account, region, key_id, doc FROM keys"):
-            self._keys.setdefault((account, region), {})[key_id] = key_from_doc(doc, self._root)
-        for account, region, name, doc in self._db.execute("SELECT account, region, name, doc FROM aliases"):
-            self._aliases.setdefault((account, region), {})[name] = alias_from_doc(doc)
-        for doc, in self._db.execute("SELECT doc FROM grants"):
-            grant = grant_from_doc(doc)
+        documents = self._documents()
+        upgrades = upgrade_plan(documents, self._root)  # an old store's documents get their MAC
+        if upgrades:  # else no write at all: `keytrail analyze` opens the store of a running node
+            self._write([(_update(table), (text, *row)) for table, row, text in upgrades])
+        upgraded = {(table.name, row): text for table, row, text in upgrades}
+        for table, row, text in documents:
+            try:
+                body = verify(self._root, table.name, row, upgraded.get((table.name, row), text))
+            except DocumentRefused as refusal:
+                refused_call(refusal)  # its line in the log now, not only at the first call
+                self._refused[table.name].add(row)
+                continue
+            self._remember_document(table, body)
+
+    def _documents(self) -> list[Document]:
+        return [
+            (table, tuple(found[:-1]), found[-1])
+            for table in DOCUMENT_TABLES
+            for found in self._db.execute(f"SELECT {', '.join(table.primary_key)}, doc FROM {table.name}")
+        ]
+
+    def _remember_document(self, table: DocumentTable, body: str) -> None:
+        # The row's own values: a verified document was written for that row.
+        if table is KEYS:
+            key = key_from_doc(body, self._root)
+            self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
+        elif table is ALIASES:
+            alias = alias_from_doc(body)
+            self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
+        elif table is GRANTS:
+            grant = grant_from_doc(body)
             self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
-        for doc, in self._db.execute("SELECT doc FROM custom_key_stores"):
-            cks = custom_key_store_from_doc(doc, self._root)
+        elif table is CUSTOM_KEY_STORES:
+            cks = custom_key_store_from_doc(body, self._root)
             self._custom_key_stores.setdefault((cks.account, cks.region), {})[cks.store_id] = cks
+
+    def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
+        """The document to write in `row` of `table`: `body` with its MAC."""
+        return authenticate(self._root, table.name, row, body)
+
+    def _refuse_within(self, table: DocumentTable, scope: Row) -> None:
+        """KMSInternalException (and its log line) if a refused row of `table` is in `scope`, the
+        leading columns of its primary key: a call would answer without it, as if it were not there."""
+        for row in self._refused[table.name]:
+            if row[:len(scope)] == scope:
+                raise refused_call(DocumentRefused(table.name, row))
 
     def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
         with self._db:
@@ -133,7 +188,10 @@ class SqliteStore:
     # --- keys --------------------------------------------------------------------------------
 
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
-        return self._keys.get((account, region), {}).get(key_id)
+        key = self._keys.get((account, region), {}).get(key_id)
+        if key is None:  # only then: a key served from memory was verified as the store opened
+            self._refuse_within(KEYS, (account, region, key_id))
+        return key
 
     async def put_key(self, key: Key) -> None:
         await self.put_keys([key])
@@ -148,7 +206,7 @@ class SqliteStore:
     def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[object, ...]]]:
         return [
             ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-             (key.account, key.region, key.key_id, key_to_doc(key, self._root)))
+             (*(row := (key.account, key.region, key.key_id)), self._doc(KEYS, row, key_to_doc(key, self._root))))
             for key in keys
         ]
 
@@ -170,6 +228,7 @@ class SqliteStore:
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
             del aliases[name]
         self._grants.pop(scope, None)
+        self._refused[GRANTS.name] = {row for row in self._refused[GRANTS.name] if row[:3] != scope}
         self._flush_freed()
 
     def _flush_freed(self) -> None:
@@ -178,9 +237,11 @@ class SqliteStore:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
+        self._refuse_within(KEYS, (account, region))
         return sorted(self._keys.get((account, region), {}).values(), key=lambda k: (k.creation_date, k.key_id))
 
     async def all_keys(self) -> list[Key]:
+        """Every key that verified (the scheduler's, the inventory's): a refused one is in the log."""
         return [key for keys in self._keys.values() for key in keys.values()]
 
     def key_lock(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[None]:
@@ -190,17 +251,22 @@ class SqliteStore:
     # --- aliases -----------------------------------------------------------------------------
 
     async def get_alias(self, account: str, region: str, name: str) -> Alias | None:
-        return self._aliases.get((account, region), {}).get(name)
+        alias = self._aliases.get((account, region), {}).get(name)
+        if alias is None:
+            self._refuse_within(ALIASES, (account, region, name))
+        return alias
 
     async def put_alias(self, alias: Alias) -> None:
+        row = (alias.account, alias.region, alias.name)
         self._write([(
             "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
-            (alias.account, alias.region, alias.name, alias.key_id, alias_to_doc(alias)),
+            (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias))),
         )])
         self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
 
     async def add_alias(self, alias: Alias) -> bool:
-        if alias.name in self._aliases.get((alias.account, alias.region), {}):
+        taken = (alias.account, alias.region, alias.name) in self._refused[ALIASES.name]  # as its row is
+        if taken or alias.name in self._aliases.get((alias.account, alias.region), {}):
             return False
         await self.put_alias(alias)  # nothing awaits in between: no other call can take the name
         return True
@@ -219,14 +285,15 @@ class SqliteStore:
         self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
+        self._refuse_within(ALIASES, (account, region))
         return sorted(self._aliases.get((account, region), {}).values(), key=lambda a: a.name)
 
     # --- grants ------------------------------------------------------------------------------
 
     async def put_grant(self, grant: Grant) -> None:
+        row = (grant.account, grant.region, grant.key_id, grant.grant_id)
         self._write([(
-            "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)",
-            (grant.account, grant.region, grant.key_id, grant.grant_id, grant_to_doc(grant)),
+            "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)", (*row, self._doc(GRANTS, row, grant_to_doc(grant))),
         )])
         self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
 
@@ -238,12 +305,14 @@ class SqliteStore:
         self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
+        self._refuse_within(GRANTS, (account, region, key_id))  # a forged grant must not just go unseen
         grants = self._grants.get((account, region, key_id))
         if not grants:  # most keys: every authorization asks
             return []
         return sorted(grants.values(), key=lambda g: (g.creation_date, g.grant_id))
 
     async def all_grants(self, region: str) -> list[Grant]:
+        """Every grant of the Region that verified (ListRetirableGrants, across accounts)."""
         return [g for (_, r, _), grants in self._grants.items() if r == region for g in grants.values()]
 
     # --- import parameters and custom key stores (secrets sealed under the root key) ---------
@@ -253,17 +322,25 @@ class SqliteStore:
         stale = (parameters.valid_to - timedelta(days=2)).isoformat()
         self._write([("DELETE FROM import_parameters WHERE valid_to < ?", (stale,)), (
             "INSERT OR REPLACE INTO import_parameters VALUES (?, ?, ?)",
-            (parameters.token_id, parameters.valid_to.isoformat(), import_parameters_to_doc(parameters, self._root)),
+            (parameters.token_id, parameters.valid_to.isoformat(),
+             self._doc(IMPORT_PARAMETERS, (parameters.token_id,), import_parameters_to_doc(parameters, self._root))),
         )])
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
-        row = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()
-        return import_parameters_from_doc(row[0], self._root) if row else None
+        found = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()
+        if found is None:
+            return None
+        try:
+            body = verify(self._root, IMPORT_PARAMETERS.name, (token_id,), found[0])
+        except DocumentRefused as refusal:
+            raise refused_call(refusal) from None
+        return import_parameters_from_doc(body, self._root)
 
     async def put_custom_key_store(self, store: CustomKeyStore) -> None:
+        row = (store.account, store.region, store.store_id)
         self._write([(
             "INSERT OR REPLACE INTO custom_key_stores VALUES (?, ?, ?, ?)",
-            (store.account, store.region, store.store_id, custom_key_store_to_doc(store, self._root)),
+            (*row, self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))),
         )])
         self._custom_key_stores.setdefault((store.account, store.region), {})[store.store_id] = store
 
@@ -275,16 +352,17 @@ class SqliteStore:
         self._custom_key_stores.get((store.account, store.region), {}).pop(store.store_id, None)
 
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
+        self._refuse_within(CUSTOM_KEY_STORES, (account, region))
         stores = self._custom_key_stores.get((account, region), {}).values()
         return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
 
     async def reseal(self, new: RootKey) -> int:
-        """Seal every sealed value of the store again under `new`, in one transaction, and seal
-        under `new` from then on; the number of documents resealed (`keytrail root-key rotate`)."""
+        """Seal every sealed value of the store again under `new` and authenticate every document
+        under it, in one transaction, and do so under `new` from then on; the number of documents
+        (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not verify."""
         statements: list[tuple[str, tuple[object, ...]]] = [
-            (f"UPDATE {table.name} SET doc=? WHERE rowid=?", (table.reseal(doc, self._root, new), rowid))
-            for table in SEALED_TABLES
-            for rowid, doc in self._db.execute(f"SELECT rowid, doc FROM {table.name}").fetchall()
+            (_update(table), (reauthenticated(table, row, text, self._root, new), *row))
+            for table, row, text in self._documents()
         ]
         self._write(statements)
         # What the updates freed is zeroed (secure_delete): empty the WAL into the file too, else a

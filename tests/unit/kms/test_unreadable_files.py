@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from keytrail.kms.authentic_docs import authenticate
 from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import KeyStoreUnreadable, SqliteStore
 
@@ -89,10 +90,14 @@ def test_a_sealed_value_that_is_not_base64_is_a_seal_error(tmp_path: Path) -> No
     root = RootKey(os.urandom(32))
     _store_with_a_key(tmp_path, root)
     db = sqlite3.connect(tmp_path / "keys.db")
-    doc = json.loads(db.execute("SELECT doc FROM keys").fetchone()[0])
+    account, region, key_id, text = db.execute("SELECT account, region, key_id, doc FROM keys").fetchone()
+    doc = json.loads(text)
+    del doc["mac"]
     doc["materials"][0]["sealed"] = "!" + doc["materials"][0]["sealed"]
+    # authenticated as the node would: a damaged value, not a tampered document
+    damaged = authenticate(root, "keys", (account, region, key_id), json.dumps(doc))
     with db:
-        db.execute("UPDATE keys SET doc = ?", (json.dumps(doc),))
+        db.execute("UPDATE keys SET doc = ?", (damaged,))
     db.close()
     with pytest.raises(SealError, match="cannot unseal key material for arn:aws:kms:us-east-1:111122223333:key/"):
         SqliteStore(tmp_path / "keys.db", root)

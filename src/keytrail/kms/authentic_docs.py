@@ -1,0 +1,74 @@
+"""Store documents authenticated under the root key, each bound to the row it belongs in.
+
+A document the KMS writes to a key store starts with its MAC: `{"mac":"<64 hex>",…}`, an
+HMAC-SHA256 (key derived from the root key, `RootKey.mac`) of the table, the row's primary key and
+the document without that member, as written. So a document edited in place, forged, or copied to
+another row (another key, account, Region, grant) does not verify, and is refused: the call that
+needed it fails with KMSInternalException, and the log names the table and row, never the content.
+Documents are still JSON (`jq` reads them; the MAC is one more member).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from keytrail.kms import errors
+from keytrail.kms.sealing import RootKey
+
+__all__ = ["DocumentRefused", "Row", "authenticate", "carries_mac", "refused_call", "verify"]
+
+log = logging.getLogger(__name__)
+
+Row = tuple[str, ...]  # a row's primary key, in the table's column order
+
+_HEAD = '{"mac":"'
+_MAC_HEX = 64
+_BODY_AT = len(_HEAD) + _MAC_HEX + 2  # past the MAC's closing quote and the comma
+
+
+class DocumentRefused(Exception):
+    """A store document that does not verify under the root key (edited, forged, moved, or written
+    without a MAC where one is due). Names the table and row only."""
+
+    def __init__(self, table: str, row: Row) -> None:
+        super().__init__(f"the {table} document of row {'/'.join(row)} does not verify under the root key")
+        self.table, self.row = table, row
+
+
+def _mac(root: RootKey, table: str, row: Row, body: str) -> str:
+    # The binding as a JSON array: no value of the primary key can shift a boundary between them.
+    bound = json.dumps([table, *row]) + "\n" + body
+    return root.mac(bound.encode()).hex()
+
+
+def authenticate(root: RootKey, table: str, row: Row, body: str) -> str:
+    """`body` (a JSON object as a codec wrote it) with its MAC for this table and row in front."""
+    if not body.startswith("{") or body == "{}":
+        raise ValueError("a store document is a JSON object with members")
+    return f'{_HEAD}{_mac(root, table, row, body)}",{body[1:]}'
+
+
+def carries_mac(text: str) -> bool:
+    """Whether `text` claims a MAC (verified or not, well-formed or not): documents written before
+    this version do not. Loose on purpose: a store holding one is no old store to upgrade."""
+    return text.lstrip().startswith('{"mac"')
+
+
+def verify(root: RootKey, table: str, row: Row, text: str) -> str:
+    """The document's body, once its MAC verifies for this table and row; DocumentRefused otherwise
+    (also for a document that carries no MAC, or not in the form `authenticate` writes)."""
+    if not (text.startswith(_HEAD) and text[_BODY_AT - 2:_BODY_AT] == '",'):
+        raise DocumentRefused(table, row)
+    body = "{" + text[_BODY_AT:]
+    if not hmac.compare_digest(text[len(_HEAD):_BODY_AT - 2], _mac(root, table, row, body)):
+        raise DocumentRefused(table, row)
+    return body
+
+
+def refused_call(refusal: DocumentRefused) -> errors.KmsError:
+    """The call's answer to a refused document, logged once per refusal in one line: which row to
+    look at (restore it from a backup, or delete it), never what it holds."""
+    log.error("key store: %s (edited, forged or copied from another row): refused", refusal)
+    return errors.KMSInternalException("The request was rejected because an internal exception occurred.")

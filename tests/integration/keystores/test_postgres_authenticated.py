@@ -1,0 +1,233 @@
+"""The PostgreSQL store's documents are authenticated under the root key, each bound to its row
+(real server at 127.0.0.1:5432): every read verifies what it reads, an old store is upgraded by
+the first node that opens it, a stripped one is not, and root key rotation re-authenticates all."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from keytrail.kms import errors
+from keytrail.kms.authentic_docs import DocumentRefused
+from keytrail.kms.codec import alias_to_doc, grant_to_doc, key_to_doc
+from keytrail.kms.importing import ImportParameters
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey, SealError
+from keytrail.kms.store import Alias, Grant
+from tests.integration.keystores.test_postgres_store import fresh_database
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT, REGION = "111122223333", "us-east-1"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = '{"Version":"2012-10-17","Statement":[]}'
+OURS = Key(ACCOUNT, REGION, "1234abcd-12ab-34cd-56ef-1234567890ab", NOW, policy=POLICY,
+           materials=(KeyMaterial("ab" * 32, os.urandom(32), NOW),))
+OTHER = Key(ACCOUNT, REGION, "0987dcba-09fe-87dc-65ba-ab0987654321", NOW, policy=POLICY,
+            materials=(KeyMaterial("cd" * 32, os.urandom(32), NOW),))
+ALIAS = Alias(ACCOUNT, REGION, "alias/ours", OURS.key_id, NOW, NOW)
+GRANT = Grant(ACCOUNT, REGION, OTHER.key_id, "a1" * 32, f"arn:aws:iam::{ACCOUNT}:role/reader", ("Decrypt",),
+              ACCOUNT, NOW, token="t")
+FORGED = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
+               ACCOUNT, NOW, token="t")
+TOKEN = ImportParameters("ef" * 16, ACCOUNT, REGION, OURS.key_id, "RSAES_OAEP_SHA_256", "RSA_2048", os.urandom(64),
+                         NOW + timedelta(days=1))
+CKS = CustomKeyStore(ACCOUNT, REGION, "cks-0123456789abcdef0", "n", "cluster-abcdefghijk", "pem", "kmsuser-pin", NOW)
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    async with fresh_database() as database:
+        yield database
+
+
+async def _sql(dsn: str, statement: str, *args: Any) -> Any:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await connection.fetchval(statement, *args)
+    finally:
+        await connection.close()
+
+
+async def _store_with_two_keys(dsn: str, root: RootKey) -> PostgresStore:
+    store = await PostgresStore.connect(dsn, root)
+    await store.put_keys([OURS, OTHER])
+    await store.put_alias(ALIAS)
+    await store.put_grant(GRANT)
+    return store
+
+
+async def test_a_key_whose_policy_was_edited_is_refused_and_the_others_still_serve(
+        dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = await _store_with_two_keys(dsn, RootKey(os.urandom(32)))
+    doc = json.loads(await _sql(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id))
+    doc["policy"] = '{"Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}'
+    await _sql(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", json.dumps(doc, separators=(",", ":")), OURS.key_id)
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(errors.KMSInternalException):
+            await store.get_key(ACCOUNT, REGION, OURS.key_id)
+        with pytest.raises(errors.KMSInternalException):
+            await store.list_keys(ACCOUNT, REGION)
+        assert await store.all_keys() == [OTHER]  # the scheduler and the node's start go on
+    assert await store.get_key(ACCOUNT, REGION, OTHER.key_id) == OTHER
+    row = f"the keys document of row {ACCOUNT}/{REGION}/{OURS.key_id} does not verify"
+    lines = [r.getMessage() for r in caplog.records if row in r.getMessage()]
+    assert len(lines) == 3 and "kms:*" not in "".join(lines)  # one per refused read
+    await store.close()
+
+
+async def test_a_document_copied_to_another_row_is_refused(dsn: str) -> None:
+    store = await _store_with_two_keys(dsn, RootKey(os.urandom(32)))
+    grant = await _sql(dsn, "SELECT doc FROM kms_grants WHERE key_id=$1", OTHER.key_id)
+    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+               ACCOUNT, REGION, OURS.key_id, GRANT.grant_id, NOW.isoformat(), grant)
+    ours = await _sql(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id)
+    await _sql(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", ours, OTHER.key_id)
+    with pytest.raises(errors.KMSInternalException):
+        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
+    with pytest.raises(errors.KMSInternalException):
+        await store.get_key(ACCOUNT, REGION, OTHER.key_id)
+    assert await store.get_key(ACCOUNT, REGION, OURS.key_id) == OURS
+    await store.close()
+
+
+async def test_a_forged_row_is_refused(dsn: str) -> None:
+    store = await _store_with_two_keys(dsn, RootKey(os.urandom(32)))
+    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+               ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
+    made_up = '{"mac":"' + "00" * 32 + '",' + alias_to_doc(Alias(ACCOUNT, REGION, "alias/forged", OURS.key_id,
+                                                                   NOW, NOW))[1:]
+    await _sql(dsn, "INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)",
+               ACCOUNT, REGION, "alias/forged", OURS.key_id, made_up)
+    with pytest.raises(errors.KMSInternalException):
+        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
+    with pytest.raises(errors.KMSInternalException):
+        await store.get_alias(ACCOUNT, REGION, "alias/forged")
+    assert await store.all_grants(REGION) == [GRANT]  # ListRetirableGrants: the forged one left out
+    await store.close()
+
+
+def _legacy_key_doc(key: Key, root: RootKey) -> str:
+    """A key's document as versions before MACs wrote it: material sealed under ARN#material id."""
+    doc = json.loads(key_to_doc(key, root))
+    for material, sealed in zip(key.materials, doc["materials"], strict=True):
+        sealed["sealed"] = root.seal_text(material.secret, f"{key.arn}#{material.material_id}")
+    return json.dumps(doc, separators=(",", ":"))
+
+
+async def _legacy_store(dsn: str, root: RootKey) -> None:
+    """The tables and rows a version before MACs left, its root key check included."""
+    await (await PostgresStore.connect(dsn, root)).close()  # the schema
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("UPDATE kms_root_key SET sealed=$1", root.seal_text(b"", "root-key-check"))
+        for key in (OURS, OTHER):
+            await connection.execute("INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)", ACCOUNT, REGION, key.key_id,
+                                     NOW.isoformat(), _legacy_key_doc(key, root))
+        await connection.execute("INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)",
+                                 ACCOUNT, REGION, ALIAS.name, OURS.key_id, alias_to_doc(ALIAS))
+        await connection.execute("INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)", ACCOUNT, REGION,
+                                 OTHER.key_id, GRANT.grant_id, NOW.isoformat(), grant_to_doc(GRANT))
+    finally:
+        await connection.close()
+
+
+async def test_an_old_store_without_macs_is_upgraded_as_it_opens_and_then_serves(dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    await _legacy_store(dsn, root)
+    store = await PostgresStore.connect(dsn, root)
+    assert await store.get_key(ACCOUNT, REGION, OURS.key_id) == OURS
+    assert await store.list_grants(ACCOUNT, REGION, OTHER.key_id) == [GRANT]
+    assert await store.get_alias(ACCOUNT, REGION, ALIAS.name) == ALIAS
+    await store.put_alias(Alias(ACCOUNT, REGION, "alias/new", OTHER.key_id, NOW, NOW))
+    await store.close()
+    unauthenticated = await _sql(dsn, """SELECT count(*) FROM (SELECT doc FROM kms_keys UNION ALL
+        SELECT doc FROM kms_aliases UNION ALL SELECT doc FROM kms_grants) docs WHERE doc NOT LIKE '{"mac":"%'""")
+    assert unauthenticated == 0
+    again = await PostgresStore.connect(dsn, root)
+    assert [a.name for a in await again.list_aliases(ACCOUNT, REGION)] == ["alias/new", "alias/ours"]
+    await again.close()
+
+
+async def test_a_store_whose_macs_and_marker_were_stripped_is_not_taken_for_an_old_one(dsn: str) -> None:
+    # The downgrade: the root key check put back as versions before wrote it, every MAC removed,
+    # and a forged grant added, to be upgraded with the rest. The material sealed since gives it away.
+    root = RootKey(os.urandom(32))
+    await (await _store_with_two_keys(dsn, root)).close()
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("UPDATE kms_root_key SET sealed=$1", root.seal_text(b"", "root-key-check"))
+        for table in ("kms_keys", "kms_aliases", "kms_grants"):
+            await connection.execute(f"UPDATE {table} SET doc = (doc::jsonb - 'mac')::text")
+        await connection.execute("INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+                                 ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
+    finally:
+        await connection.close()
+    store = await PostgresStore.connect(dsn, root)
+    with pytest.raises(errors.KMSInternalException):
+        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
+    with pytest.raises(errors.KMSInternalException):
+        await store.get_key(ACCOUNT, REGION, OURS.key_id)
+    await store.close()
+    assert await _sql(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", FORGED.grant_id) == grant_to_doc(FORGED)
+
+
+async def test_root_key_rotation_authenticates_every_document_under_the_new_key(dsn: str) -> None:
+    old, new = RootKey(os.urandom(32)), RootKey(os.urandom(32))
+    store = await _store_with_two_keys(dsn, old)
+    await store.put_import_parameters(TOKEN)
+    await store.put_custom_key_store(CKS)
+    assert await store.reseal(new) == 6
+    await store.close()
+    with pytest.raises(SealError):
+        await PostgresStore.connect(dsn, old)
+    again = await PostgresStore.connect(dsn, new)
+    assert await again.list_keys(ACCOUNT, REGION) == sorted([OURS, OTHER], key=lambda k: k.key_id)
+    assert await again.get_alias(ACCOUNT, REGION, ALIAS.name) == ALIAS
+    assert await again.list_grants(ACCOUNT, REGION, OTHER.key_id) == [GRANT]
+    assert await again.get_import_parameters(TOKEN.token_id) == TOKEN
+    assert await again.list_custom_key_stores(ACCOUNT, REGION) == [CKS]
+    await again.close()
+
+
+async def test_a_refused_row_is_refused_by_root_key_rotation_too(dsn: str) -> None:
+    # Rotation must not launder a forged row into one authenticated under the new key.
+    old = RootKey(os.urandom(32))
+    store = await _store_with_two_keys(dsn, old)
+    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+               ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
+    row = f"{ACCOUNT}/{REGION}/{OURS.key_id}/{FORGED.grant_id}"
+    with pytest.raises(DocumentRefused, match=f"grants document of row {row}"):
+        await store.reseal(RootKey(os.urandom(32)))
+    await store.close()
+    reopened = await PostgresStore.connect(dsn, old)  # unchanged
+    assert await reopened.get_key(ACCOUNT, REGION, OURS.key_id) == OURS
+    await reopened.close()
+
+
+async def test_a_deleted_root_key_check_neither_downgrades_the_store_nor_lets_another_root_key_in(
+        dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    await (await _store_with_two_keys(dsn, root)).close()
+    await _sql(dsn, "DELETE FROM kms_root_key")
+    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+               ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
+    with pytest.raises(SealError, match="cannot unseal nor verify any document"):
+        await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
+    store = await PostgresStore.connect(dsn, root)
+    with pytest.raises(errors.KMSInternalException):  # the store's MACs show it: no upgrade of the forged row
+        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
+    assert await store.get_key(ACCOUNT, REGION, OTHER.key_id) == OTHER
+    await store.close()
+    assert await _sql(dsn, "SELECT count(*) FROM kms_root_key") == 1
+    with pytest.raises(SealError):  # the check is back
+        await PostgresStore.connect(dsn, RootKey(os.urandom(32)))

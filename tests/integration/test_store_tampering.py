@@ -1,0 +1,55 @@
+"""A key whose policy was edited in keys.db (an open policy written in, the MAC kept) is refused
+by the next `serve`: calls on it answer KMSInternalException, the log names the row once per
+refusal and never the policy, and the other keys serve as before."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.support.errors import aws_error
+from tests.support.server import KeytrailServer
+
+pytestmark = pytest.mark.integration
+
+OPEN_TO_ALL = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Sid": "everyone", "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}]})
+
+
+def _open_the_policy(keys_db: Path, key_id: str) -> None:
+    with sqlite3.connect(keys_db) as db:
+        (doc,) = db.execute("SELECT doc FROM keys WHERE key_id=?", (key_id,)).fetchone()
+        edited = json.loads(doc)
+        edited["policy"] = OPEN_TO_ALL
+        db.execute("UPDATE keys SET doc=? WHERE key_id=?", (json.dumps(edited, separators=(",", ":")), key_id))
+    db.close()
+
+
+def test_a_key_whose_policy_was_edited_in_keys_db_fails_with_an_internal_error_and_others_work(
+        fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    edited = kms.create_key()["KeyMetadata"]["KeyId"]
+    untouched = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=untouched, Plaintext=b"still mine")["CiphertextBlob"]
+    assert fresh_server.stop() == 0
+    _open_the_policy(fresh_server.data_dir / "keys.db", edited)
+    fresh_server.start()
+    kms = fresh_server.client()
+    with pytest.raises(ClientError) as refused:
+        kms.encrypt(KeyId=edited, Plaintext=b"x")
+    error, metadata = refused.value.response["Error"], refused.value.response["ResponseMetadata"]
+    assert (error["Code"], metadata["HTTPStatusCode"]) == ("KMSInternalException", 500)
+    assert error["Message"] == "The request was rejected because an internal exception occurred."
+    assert aws_error(kms.get_key_policy, KeyId=edited, PolicyName="default")[0] == "KMSInternalException"
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"still mine"
+    assert kms.describe_key(KeyId=untouched)["KeyMetadata"]["Enabled"]
+    assert fresh_server.stop() == 0
+    row = f"key store: the keys document of row 111122223333/us-east-1/{edited} does not verify under the root key"
+    lines = [line for line in fresh_server.log.read_text().splitlines() if row in line]
+    # As the store opened, then once per refused request (the SDK sends each call again on a 500).
+    assert len(lines) == 1 + 2 * (1 + metadata["RetryAttempts"]), lines
+    assert "everyone" not in fresh_server.log.read_text()
