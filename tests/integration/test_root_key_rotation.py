@@ -3,19 +3,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from keytrail.kms.codec import grant_to_doc
+from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.sealing import ROOT_KEY_FILE_ENV, RootKey, SealError
 from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.kms.store import Grant
 from tests.integration.test_serve_store import database  # noqa: F401  (a fixture)
 from tests.support.server import KeytrailServer
 
 pytestmark = pytest.mark.integration
+
+KEY = Key("111122223333", "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", datetime(2026, 1, 1, tzinfo=UTC),
+          policy="{}", materials=(KeyMaterial("ab" * 32, os.urandom(32), datetime(2026, 1, 1, tzinfo=UTC)),))
 
 
 def _rotate(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -90,6 +99,31 @@ def test_rotation_is_refused_in_one_line_while_serve_runs(tmp_path: Path) -> Non
         assert server.stop() == 0
     assert (result.returncode, result.stderr) == (
         2, f"keytrail root-key rotate: keytrail serve is running on {tmp_path / 'data'}: stop it first\n")
+
+
+def test_a_row_that_does_not_verify_stops_the_rotation_in_one_line(tmp_path: Path) -> None:
+    # Resealed, a forged row would pass for one authenticated under the new root key.
+    data = tmp_path / "data"
+    asyncio.run(_store_with_a_forged_grant(data))
+    before = (data / "keys.db").read_bytes()
+    result = _rotate("--data-dir", data, "--new-key", _new_key(tmp_path / "new.key"))
+    assert (result.returncode, result.stderr) == (2, (
+        "keytrail root-key rotate: the grants document of row 111122223333/us-east-1/"
+        f"{KEY.key_id}/{'f0' * 32} does not verify under the root key: restore that row from a backup or delete it; "
+        "nothing was changed\n"))
+    assert (data / "keys.db").read_bytes() == before
+
+
+async def _store_with_a_forged_grant(data: Path) -> None:
+    store = SqliteStore(data / "keys.db", RootKey.load(data))
+    await store.put_key(KEY)
+    await store.close()
+    forged = Grant(KEY.account, KEY.region, KEY.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
+                   KEY.account, KEY.creation_date, token="t")
+    with sqlite3.connect(data / "keys.db") as db:
+        db.execute("INSERT INTO grants VALUES (?, ?, ?, ?, ?)",
+                   (KEY.account, KEY.region, KEY.key_id, forged.grant_id, grant_to_doc(forged)))
+    db.close()
 
 
 @pytest.mark.parametrize(("content", "complaint"), [
