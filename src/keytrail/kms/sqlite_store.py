@@ -213,6 +213,11 @@ class SqliteStore:
     def _remember(self, keys: Sequence[Key]) -> None:
         for key in keys:
             self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
+        self._forget_refused(KEYS, *((key.account, key.region, key.key_id) for key in keys))
+
+    def _forget_refused(self, table: DocumentTable, *rows: Row) -> None:
+        """Rows just written or deleted hold no refused document any more."""
+        self._refused[table.name].difference_update(rows)
 
     async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
@@ -228,8 +233,19 @@ class SqliteStore:
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
             del aliases[name]
         self._grants.pop(scope, None)
-        self._refused[GRANTS.name] = {row for row in self._refused[GRANTS.name] if row[:3] != scope}
+        self._forget_refused(KEYS, scope)
+        self._forget_refused(GRANTS, *(row for row in self._refused[GRANTS.name] if row[:3] == scope))
+        self._forget_refused_aliases(key.account, key.region)
         self._flush_freed()
+
+    def _forget_refused_aliases(self, account: str, region: str) -> None:
+        """After a key's aliases were deleted by their key_id column: a refused alias is known by
+        its row only, so the rows left say which refused ones went."""
+        refused = [row for row in self._refused[ALIASES.name] if row[:2] == (account, region)]
+        if refused:
+            left = self._db.execute("SELECT name FROM aliases WHERE account=? AND region=?", (account, region))
+            names = {name for (name,) in left}
+            self._forget_refused(ALIASES, *(row for row in refused if row[2] not in names))
 
     def _flush_freed(self) -> None:
         """Empty the WAL into keys.db, whose freed space secure_delete zeroed: material deleted
@@ -263,6 +279,7 @@ class SqliteStore:
             (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias))),
         )])
         self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
+        self._forget_refused(ALIASES, row)
 
     async def add_alias(self, alias: Alias) -> bool:
         taken = (alias.account, alias.region, alias.name) in self._refused[ALIASES.name]  # as its row is
@@ -283,6 +300,7 @@ class SqliteStore:
             (alias.account, alias.region, alias.name),
         )])
         self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
+        self._forget_refused(ALIASES, (alias.account, alias.region, alias.name))
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
         self._refuse_within(ALIASES, (account, region))
@@ -296,6 +314,7 @@ class SqliteStore:
             "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)", (*row, self._doc(GRANTS, row, grant_to_doc(grant))),
         )])
         self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
+        self._forget_refused(GRANTS, row)
 
     async def delete_grant(self, grant: Grant) -> None:
         self._write([(
@@ -303,6 +322,7 @@ class SqliteStore:
             (grant.account, grant.region, grant.key_id, grant.grant_id),
         )])
         self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
+        self._forget_refused(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         self._refuse_within(GRANTS, (account, region, key_id))  # a forged grant must not just go unseen
@@ -343,6 +363,7 @@ class SqliteStore:
             (*row, self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))),
         )])
         self._custom_key_stores.setdefault((store.account, store.region), {})[store.store_id] = store
+        self._forget_refused(CUSTOM_KEY_STORES, row)
 
     async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
         self._write([(
@@ -350,6 +371,7 @@ class SqliteStore:
             (store.account, store.region, store.store_id),
         )])
         self._custom_key_stores.get((store.account, store.region), {}).pop(store.store_id, None)
+        self._forget_refused(CUSTOM_KEY_STORES, (store.account, store.region, store.store_id))
 
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
         self._refuse_within(CUSTOM_KEY_STORES, (account, region))

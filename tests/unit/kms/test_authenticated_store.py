@@ -218,3 +218,24 @@ async def test_a_key_served_from_memory_is_not_verified_again(tmp_path: Path, mo
         assert await store.list_grants(ACCOUNT, REGION, OURS.key_id) == []
     assert macs == []
     await store.close()
+
+
+async def test_a_refused_row_deleted_with_its_key_is_forgotten(tmp_path: Path) -> None:
+    # DeleteKey deletes the key's aliases and grants by their columns, refused ones too: their
+    # names are free again, and the calls that listed them answer.
+    root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
+    await _store_with_two_keys(path, root)
+    forged = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
+                   ACCOUNT, NOW, token="t")
+    _execute(path, "INSERT INTO grants VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, OURS.key_id, forged.grant_id,
+             grant_to_doc(forged))
+    _execute(path, "UPDATE aliases SET doc=replace(doc, ?, ?) WHERE name=?", OURS.key_id, OTHER.key_id, ALIAS.name)
+    store = SqliteStore(path, root)
+    with pytest.raises(errors.KMSInternalException):
+        await store.get_alias(ACCOUNT, REGION, ALIAS.name)
+    await store.delete_key(OURS)
+    assert await store.get_alias(ACCOUNT, REGION, ALIAS.name) is None
+    assert await store.list_aliases(ACCOUNT, REGION) == []
+    assert await store.list_grants(ACCOUNT, REGION, OURS.key_id) == []
+    assert await store.add_alias(Alias(ACCOUNT, REGION, ALIAS.name, OTHER.key_id, NOW, NOW))
+    await store.close()
