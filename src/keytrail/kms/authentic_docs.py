@@ -17,7 +17,7 @@ import logging
 from keytrail.kms import errors
 from keytrail.kms.sealing import RootKey
 
-__all__ = ["DocumentRefused", "Row", "authenticate", "carries_mac", "refused_call", "verify"]
+__all__ = ["DocumentRefused", "RefusedRows", "Row", "authenticate", "carries_mac", "refused_call", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,29 @@ def refused_call(refusal: DocumentRefused) -> errors.KmsError:
     look at (restore it from a backup, or delete it), never what it holds."""
     log.error("key store: %s (edited, forged or copied from another row): refused", refusal)
     return errors.KMSInternalException("The request was rejected because an internal exception occurred.")
+
+
+class RefusedRows:
+    """Rows whose document did not verify, by table name: for a store that reads each row once
+    (SQLite, as it opens) and must go on refusing the calls that need one."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, set[Row]] = {}
+
+    def add(self, refusal: DocumentRefused) -> None:
+        self._rows.setdefault(refusal.table, set()).add(refusal.row)
+
+    def within(self, table: str, scope: Row) -> list[Row]:
+        """The refused rows of `table` whose primary key starts with `scope`."""
+        return [row for row in self._rows.get(table, ()) if row[:len(scope)] == scope]
+
+    def refuse_within(self, table: str, scope: Row) -> None:
+        """KMSInternalException (and its log line) if a refused row is in `scope`: a call that
+        answered without it would pass it off as absent (a forged grant, say, as never made)."""
+        if found := self.within(table, scope):
+            raise refused_call(DocumentRefused(table, found[0]))
+
+    def forget(self, table: str, *rows: Row) -> None:
+        """Rows just written or deleted hold no refused document any more."""
+        if table in self._rows:
+            self._rows[table].difference_update(rows)

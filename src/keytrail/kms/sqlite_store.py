@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 
-from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, authenticate, refused_call, verify
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
@@ -114,7 +114,7 @@ class SqliteStore:
         self._custom_key_stores: dict[Scope, dict[str, CustomKeyStore]] = {}
         # Rows whose document did not verify as the store opened, by table: the calls that need
         # one fail; nothing of them is in memory.
-        self._refused: dict[str, set[Row]] = {table.name: set() for table in DOCUMENT_TABLES}
+        self._refused = RefusedRows()
         self._locks = KeyLocks()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -142,7 +142,7 @@ class SqliteStore:
                 body = verify(self._root, table.name, row, upgraded.get((table.name, row), text))
             except DocumentRefused as refusal:
                 refused_call(refusal)  # its line in the log now, not only at the first call
-                self._refused[table.name].add(row)
+                self._refused.add(refusal)
                 continue
             self._remember_document(table, body)
 
@@ -172,13 +172,6 @@ class SqliteStore:
         """The document to write in `row` of `table`: `body` with its MAC."""
         return authenticate(self._root, table.name, row, body)
 
-    def _refuse_within(self, table: DocumentTable, scope: Row) -> None:
-        """KMSInternalException (and its log line) if a refused row of `table` is in `scope`, the
-        leading columns of its primary key: a call would answer without it, as if it were not there."""
-        for row in self._refused[table.name]:
-            if row[:len(scope)] == scope:
-                raise refused_call(DocumentRefused(table.name, row))
-
     def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -190,7 +183,7 @@ class SqliteStore:
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
         key = self._keys.get((account, region), {}).get(key_id)
         if key is None:  # only then: a key served from memory was verified as the store opened
-            self._refuse_within(KEYS, (account, region, key_id))
+            self._refused.refuse_within(KEYS.name, (account, region, key_id))
         return key
 
     async def put_key(self, key: Key) -> None:
@@ -213,11 +206,7 @@ class SqliteStore:
     def _remember(self, keys: Sequence[Key]) -> None:
         for key in keys:
             self._keys.setdefault((key.account, key.region), {})[key.key_id] = key
-        self._forget_refused(KEYS, *((key.account, key.region, key.key_id) for key in keys))
-
-    def _forget_refused(self, table: DocumentTable, *rows: Row) -> None:
-        """Rows just written or deleted hold no refused document any more."""
-        self._refused[table.name].difference_update(rows)
+        self._refused.forget(KEYS.name, *((key.account, key.region, key.key_id) for key in keys))
 
     async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
@@ -233,19 +222,18 @@ class SqliteStore:
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
             del aliases[name]
         self._grants.pop(scope, None)
-        self._forget_refused(KEYS, scope)
-        self._forget_refused(GRANTS, *(row for row in self._refused[GRANTS.name] if row[:3] == scope))
+        self._refused.forget(KEYS.name, scope)
+        self._refused.forget(GRANTS.name, *self._refused.within(GRANTS.name, scope))
         self._forget_refused_aliases(key.account, key.region)
         self._flush_freed()
 
     def _forget_refused_aliases(self, account: str, region: str) -> None:
         """After a key's aliases were deleted by their key_id column: a refused alias is known by
         its row only, so the rows left say which refused ones went."""
-        refused = [row for row in self._refused[ALIASES.name] if row[:2] == (account, region)]
-        if refused:
+        if refused := self._refused.within(ALIASES.name, (account, region)):
             left = self._db.execute("SELECT name FROM aliases WHERE account=? AND region=?", (account, region))
             names = {name for (name,) in left}
-            self._forget_refused(ALIASES, *(row for row in refused if row[2] not in names))
+            self._refused.forget(ALIASES.name, *(row for row in refused if row[2] not in names))
 
     def _flush_freed(self) -> None:
         """Empty the WAL into keys.db, whose freed space secure_delete zeroed: material deleted
@@ -253,7 +241,7 @@ class SqliteStore:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
-        self._refuse_within(KEYS, (account, region))
+        self._refused.refuse_within(KEYS.name, (account, region))
         return sorted(self._keys.get((account, region), {}).values(), key=lambda k: (k.creation_date, k.key_id))
 
     async def all_keys(self) -> list[Key]:
@@ -269,7 +257,7 @@ class SqliteStore:
     async def get_alias(self, account: str, region: str, name: str) -> Alias | None:
         alias = self._aliases.get((account, region), {}).get(name)
         if alias is None:
-            self._refuse_within(ALIASES, (account, region, name))
+            self._refused.refuse_within(ALIASES.name, (account, region, name))
         return alias
 
     async def put_alias(self, alias: Alias) -> None:
@@ -279,10 +267,10 @@ class SqliteStore:
             (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias))),
         )])
         self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
-        self._forget_refused(ALIASES, row)
+        self._refused.forget(ALIASES.name, row)
 
     async def add_alias(self, alias: Alias) -> bool:
-        taken = (alias.account, alias.region, alias.name) in self._refused[ALIASES.name]  # as its row is
+        taken = bool(self._refused.within(ALIASES.name, (alias.account, alias.region, alias.name)))  # its row is
         if taken or alias.name in self._aliases.get((alias.account, alias.region), {}):
             return False
         await self.put_alias(alias)  # nothing awaits in between: no other call can take the name
@@ -300,10 +288,10 @@ class SqliteStore:
             (alias.account, alias.region, alias.name),
         )])
         self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
-        self._forget_refused(ALIASES, (alias.account, alias.region, alias.name))
+        self._refused.forget(ALIASES.name, (alias.account, alias.region, alias.name))
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
-        self._refuse_within(ALIASES, (account, region))
+        self._refused.refuse_within(ALIASES.name, (account, region))
         return sorted(self._aliases.get((account, region), {}).values(), key=lambda a: a.name)
 
     # --- grants ------------------------------------------------------------------------------
@@ -314,7 +302,7 @@ class SqliteStore:
             "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)", (*row, self._doc(GRANTS, row, grant_to_doc(grant))),
         )])
         self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
-        self._forget_refused(GRANTS, row)
+        self._refused.forget(GRANTS.name, row)
 
     async def delete_grant(self, grant: Grant) -> None:
         self._write([(
@@ -322,10 +310,10 @@ class SqliteStore:
             (grant.account, grant.region, grant.key_id, grant.grant_id),
         )])
         self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
-        self._forget_refused(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))
+        self._refused.forget(GRANTS.name, (grant.account, grant.region, grant.key_id, grant.grant_id))
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
-        self._refuse_within(GRANTS, (account, region, key_id))  # a forged grant must not just go unseen
+        self._refused.refuse_within(GRANTS.name, (account, region, key_id))  # a forged grant must not just go unseen
         grants = self._grants.get((account, region, key_id))
         if not grants:  # most keys: every authorization asks
             return []
@@ -363,7 +351,7 @@ class SqliteStore:
             (*row, self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))),
         )])
         self._custom_key_stores.setdefault((store.account, store.region), {})[store.store_id] = store
-        self._forget_refused(CUSTOM_KEY_STORES, row)
+        self._refused.forget(CUSTOM_KEY_STORES.name, row)
 
     async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
         self._write([(
@@ -371,10 +359,10 @@ class SqliteStore:
             (store.account, store.region, store.store_id),
         )])
         self._custom_key_stores.get((store.account, store.region), {}).pop(store.store_id, None)
-        self._forget_refused(CUSTOM_KEY_STORES, (store.account, store.region, store.store_id))
+        self._refused.forget(CUSTOM_KEY_STORES.name, (store.account, store.region, store.store_id))
 
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
-        self._refuse_within(CUSTOM_KEY_STORES, (account, region))
+        self._refused.refuse_within(CUSTOM_KEY_STORES.name, (account, region))
         stores = self._custom_key_stores.get((account, region), {}).values()
         return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
 
