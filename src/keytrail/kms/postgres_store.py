@@ -104,6 +104,7 @@ class PostgresStore:
         # task's reads and writes go over it, so a lock holder never waits for the pool.
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
+        self._reported: set[tuple[str, Row]] = set()  # refused rows whole-store reads have logged
 
     def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
         """The document to write in `row` of `table`: `body` with its MAC."""
@@ -119,12 +120,18 @@ class PostgresStore:
             raise refused_call(refusal) from None
 
     def _verified_bodies(self, table: DocumentTable, rows: list[Any]) -> list[str]:
-        """The bodies of the rows that verify (each refused one logged): for reads over the whole
-        store, which one bad row must not stop (the scheduler, the node's start)."""
+        """The bodies of the rows that verify: for reads over the whole store, which one bad row
+        must not stop (the scheduler, the node's start, each scrape of /metrics). A refused row is
+        logged the first time only: these reads come back every few seconds."""
         bodies = []
         for found in rows:
-            with contextlib.suppress(errors.KmsError):
-                bodies.append(self._body(table, found))
+            row = tuple(found[column] for column in table.primary_key)
+            try:
+                bodies.append(verify(self._root, table.name, row, found["doc"]))
+            except DocumentRefused as refusal:
+                if (table.name, row) not in self._reported:
+                    self._reported.add((table.name, row))
+                    refused_call(refusal)
         return bodies
 
     @classmethod
