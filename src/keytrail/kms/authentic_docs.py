@@ -62,7 +62,9 @@ def verify(root: RootKey, table: str, row: Row, text: str) -> str:
     if not (text.startswith(_HEAD) and text[_BODY_AT - 2:_BODY_AT] == '",'):
         raise DocumentRefused(table, row)
     body = "{" + text[_BODY_AT:]
-    if not hmac.compare_digest(text[len(_HEAD):_BODY_AT - 2], _mac(root, table, row, body)):
+    # As bytes: compare_digest raises TypeError on a str that is not ASCII, which a forger can write.
+    claimed = text[len(_HEAD):_BODY_AT - 2].encode("utf-8", "replace")
+    if not hmac.compare_digest(claimed, _mac(root, table, row, body).encode()):
         raise DocumentRefused(table, row)
     return body
 

@@ -109,11 +109,15 @@ async def test_a_forged_row_is_refused(tmp_path: Path) -> None:
              without_mac)
     _execute(path, "INSERT INTO aliases VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, "alias/forged", OURS.key_id,
              made_up_mac.replace(forged.grant_id, "x"))
+    not_hex = '{"mac":"' + "é" * 64 + '",' + alias_to_doc(Alias(ACCOUNT, REGION, "alias/é", OURS.key_id, NOW, NOW))[1:]
+    _execute(path, "INSERT INTO aliases VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, "alias/é", OURS.key_id, not_hex)
     store = SqliteStore(path, root)
     with pytest.raises(errors.KMSInternalException):
         await store.list_grants(ACCOUNT, REGION, OURS.key_id)
     with pytest.raises(errors.KMSInternalException):
         await store.get_alias(ACCOUNT, REGION, "alias/forged")
+    with pytest.raises(errors.KMSInternalException):  # refused like any other, not a TypeError
+        await store.get_alias(ACCOUNT, REGION, "alias/é")
     assert not await store.add_alias(Alias(ACCOUNT, REGION, "alias/forged", OTHER.key_id, NOW, NOW))  # still taken
     assert await store.list_grants(ACCOUNT, REGION, OTHER.key_id) == [GRANT]
     await store.close()
