@@ -1,6 +1,7 @@
-"""A key whose policy was edited in keys.db (an open policy written in, the MAC kept) is refused
-by the next `serve`: calls on it answer KMSInternalException, the log names the row once per
-refusal and never the policy, and the other keys serve as before."""
+"""keys.db's documents authenticated, through a real `serve`: a key whose policy was edited (an
+open policy written in, the MAC kept) is refused by the next start (KMSInternalException, the log
+naming the row, never the policy) while the other keys serve as before; a store an earlier
+version wrote, without MACs, is upgraded as serve starts and serves as before."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
+from keytrail.kms.sealing import RootKey
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
@@ -53,3 +55,43 @@ def test_a_key_whose_policy_was_edited_in_keys_db_fails_with_an_internal_error_a
     # As the store opened, then once per refused request (the SDK sends each call again on a 500).
     assert len(lines) == 1 + 2 * (1 + metadata["RetryAttempts"]), lines
     assert "everyone" not in fresh_server.log.read_text()
+
+
+def _as_an_earlier_version_wrote_it(data_dir: Path) -> None:
+    """keys.db rewritten as versions before MACs left it: no MAC, material sealed under ARN#id."""
+    root = RootKey.load(data_dir, create=False)
+    with sqlite3.connect(data_dir / "keys.db") as db:
+        for rowid, doc in db.execute("SELECT rowid, doc FROM keys").fetchall():
+            body = json.loads(doc)
+            del body["mac"]
+            arn = f"arn:aws:kms:{body['region']}:{body['account']}:key/{body['key_id']}"
+            for material in body["materials"]:
+                secret = root.unseal_text(material["sealed"], f"{arn}#{material['material_id']}#authenticated")
+                material["sealed"] = root.seal_text(secret, f"{arn}#{material['material_id']}")
+            db.execute("UPDATE keys SET doc=? WHERE rowid=?", (json.dumps(body, separators=(",", ":")), rowid))
+        for table in ("aliases", "grants"):
+            for rowid, doc in db.execute(f"SELECT rowid, doc FROM {table}").fetchall():
+                body = json.loads(doc)
+                del body["mac"]
+                db.execute(f"UPDATE {table} SET doc=? WHERE rowid=?", (json.dumps(body), rowid))
+    db.close()
+
+
+def test_a_key_store_of_an_earlier_version_is_upgraded_by_serve_and_serves_as_before(
+        fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/before-macs", TargetKeyId=key)
+    kms.create_grant(KeyId=key, GranteePrincipal="arn:aws:iam::111122223333:user/bob", Operations=["Decrypt"])
+    blob = kms.encrypt(KeyId="alias/before-macs", Plaintext=b"from before")["CiphertextBlob"]
+    assert fresh_server.stop() == 0
+    _as_an_earlier_version_wrote_it(fresh_server.data_dir)
+    fresh_server.start()
+    kms = fresh_server.client()
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"from before"
+    assert kms.encrypt(KeyId="alias/before-macs", Plaintext=b"after")["KeyId"].endswith(key)
+    assert len(kms.list_grants(KeyId=key)["Grants"]) == 1
+    with sqlite3.connect(fresh_server.data_dir / "keys.db") as db:
+        docs = [doc for table in ("keys", "aliases", "grants") for (doc,) in db.execute(f"SELECT doc FROM {table}")]
+    db.close()
+    assert len(docs) == 3 and all(doc.startswith('{"mac":"') for doc in docs)
