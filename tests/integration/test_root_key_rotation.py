@@ -51,7 +51,7 @@ def test_a_rotated_root_key_opens_what_was_sealed_before_and_the_old_one_nothing
     result = _rotate("--data-dir", data, "--new-key", new)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "resealed 1 sealed document(s) of the key store under the new root key",
+        "resealed and re-authenticated 1 document(s) of the key store under the new root key",
         f"{data / 'root.key'} now holds the new root key; {new} is a copy of it: keep it apart from the data dir "
         "as its backup, or delete it"]
     assert (data / "root.key").read_bytes() == new.read_bytes()

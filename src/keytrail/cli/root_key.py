@@ -66,7 +66,7 @@ def rotate(
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # RootKeyUnusable is an OSError
         reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise fail(f"{reason}: nothing was changed", COMMAND) from None
-    typer.echo(f"resealed {count} sealed document(s) of the key store under the new root key")
+    typer.echo(f"resealed and re-authenticated {count} document(s) of the key store under the new root key")
     typer.echo(_next_step(data_dir, new_key, secret))
 
 
