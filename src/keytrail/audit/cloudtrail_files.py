@@ -8,17 +8,24 @@ import gzip
 import json
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from keytrail.audit.schema import SchemaError, decode_batch
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
-from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records, iter_located_records
+from keytrail.transport.cloudtrail_logs import (
+    ReadReport,
+    iter_cloudtrail_records,
+    iter_located_records,
+    iter_log_files,
+)
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["ReadReport", "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records", "iter_events"]
+__all__ = ["ImportReport", "ReadReport", "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records",
+           "iter_events"]
 
 _REQUIRED = ("eventID", "eventTime", "eventName")
 # What an account id and a Region look like; anything else (an imported record may hold any string)
@@ -27,25 +34,56 @@ _ACCOUNT_ID = re.compile(r"\d{12}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 
 
-async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str]) -> ReadReport:
+@dataclass(slots=True)
+class ImportReport(ReadReport):
+    """What an import read and stored; `stopped_at`: where the first record it did not import is,
+    when it was asked to stop (SIGTERM, SIGINT) before the end."""
+
+    stopped_at: str | None = None
+
+
+def _never() -> bool:
+    return False
+
+
+async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str],
+                            stop_requested: Callable[[], bool] = _never) -> ImportReport:
     """Append the KMS records of CloudTrail log files to the node's event log (hash-chained and
-    signed like live events). Records lacking eventID/eventTime/eventName are reported, skipped."""
-    report = ReadReport()
+    signed like live events). Records lacking eventID/eventTime/eventName are reported, skipped.
+    Once `stop_requested()`, the records read so far are stored, whole, and no more are read;
+    closing the trail then signs the final digest, as at the end."""
+    report = ImportReport()
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir, imported=True))
     async with trail:
         chunk: list[tuple[str, dict[str, Any]]] = []
-        for where, event in iter_located_records(paths, report=report):
-            missing = [name for name in _REQUIRED if not event.get(name)]
-            if missing:
-                report.records -= 1
-                report.problems.append(f"{where}: missing {', '.join(missing)}")
-                continue
-            chunk.append((where, event))
+        for located in _importable(paths, report, stop_requested):
+            chunk.append(located)
             if len(chunk) >= _IMPORT_CHUNK:
                 await _append_chunk(trail, chunk, report)
                 chunk = []
         await _append_chunk(trail, chunk, report)
     return report
+
+
+def _importable(paths: Iterable[Path | str], report: ImportReport,
+                stop_requested: Callable[[], bool]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The KMS records of `paths` (with where each is) that name what a record must (the others are
+    reported), until `stop_requested()`: checked at each record and each file, as a bucket's files
+    may hold none of KMS for a long while."""
+    for path in iter_log_files(paths):
+        if stop_requested():
+            report.stopped_at = str(path)
+            return
+        for where, event in iter_located_records([path], report=report):
+            if stop_requested():
+                report.records -= 1  # counted as read, not stored
+                report.stopped_at = where
+                return
+            if missing := [name for name in _REQUIRED if not event.get(name)]:
+                report.records -= 1
+                report.problems.append(f"{where}: missing {', '.join(missing)}")
+            else:
+                yield where, event
 
 
 _IMPORT_CHUNK = 2_000

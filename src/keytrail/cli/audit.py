@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import typer
 
-from keytrail.audit.cloudtrail_files import export_cloudtrail, import_cloudtrail, iter_events
+from keytrail.audit.cloudtrail_files import ImportReport, export_cloudtrail, import_cloudtrail, iter_events
 from keytrail.audit.schema import SchemaError
 from keytrail.audit.verification import OffNode
 from keytrail.audit.verification import check as check_trail
@@ -127,23 +131,72 @@ def verify(data_dir: Path = DataDir,
 @audit_app.command("import")
 def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files or folders."),
             data_dir: Path = DataDir) -> None:
-    """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log."""
+    """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log.
+
+    SIGTERM or Ctrl-C stops it cleanly: the records read so far are stored and signed, the count
+    printed, and it exits 143 or 130."""
     if problem := missing_paths(paths):
         _fail(problem)
-    try:
-        report = asyncio.run(import_cloudtrail(data_dir, paths))
-    except LogLockedError as exc:
-        _fail(f"{exc} (stop `keytrail serve` first)")
-    except OSError as exc:  # --data-dir a file, or read-only
-        _fail(f"--data-dir: cannot write the event log in {data_dir}: {os_problem(exc)}")
+    with _stop_on_signal() as stop:
+        try:
+            report = asyncio.run(import_cloudtrail(data_dir, paths, stop.requested))
+        except LogLockedError as exc:
+            _fail(f"{exc} (stop `keytrail serve` first)")
+        except OSError as exc:  # --data-dir a file, or read-only
+            _fail(f"--data-dir: cannot write the event log in {data_dir}: {os_problem(exc)}")
     for problem in report.problems:
         typer.echo(f"skipped: {problem}", err=True)
+    if report.stopped_at is not None and stop.received is not None:
+        _stopped(report, stop.received)
     digests = f"; {_count(report.digests, 'digest file')} passed over" if report.digests else ""
     typer.echo(f"imported {_count(report.records, 'KMS record')} from {_count(report.files, 'file')}; "
                f"skipped {_count(report.skipped, 'record')} of other services; "
                f"{_count(len(report.problems), 'problem')}{digests}")
     if report.problems:  # what could be read is imported; a script still learns that some was not
         raise typer.Exit(1)
+
+
+class _StopSignal:
+    """The SIGTERM or SIGINT that asked an import to stop. The first one lets it store the records
+    it read and sign the final digest; a second one, for whom that takes too long, ends the
+    process at once (as kill -9 would: whoever opens the log next signs what it left as imported)."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signal.Signals(signum)
+        for sig in _STOP_SIGNALS:
+            if signal.getsignal(sig) is self:
+                signal.signal(sig, signal.SIG_DFL)
+
+    def requested(self) -> bool:
+        return self.received is not None
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[_StopSignal]:
+    """Catch SIGTERM and SIGINT while importing (set before asyncio.run, which then leaves SIGINT to
+    us rather than cancel the import where it is, saying nothing of how far it got). A signal the
+    import was started ignoring stays ignored (a shell starts a script's background jobs so)."""
+    stop = _StopSignal()
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped(report: ImportReport, received: signal.Signals) -> NoReturn:
+    """One line for an import a signal stopped, and the shell's exit status for it (128 + the
+    signal: 130 for SIGINT, 143 for SIGTERM): the files were not all imported."""
+    raise fail(f"stopped by {received.name}: imported {_count(report.records, 'KMS record')} before it stopped "
+               f"(signed, with a final digest); not imported: {report.stopped_at} and everything after it",
+               "keytrail audit import", 128 + received.value)
 
 
 def _count(number: int, noun: str) -> str:

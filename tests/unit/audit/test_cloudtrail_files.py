@@ -207,3 +207,22 @@ async def test_an_event_time_without_offset_is_imported_as_utc_whatever_the_loca
         time.tzset()
     [(_, stored)] = list(iter_events(tmp_path / "node"))
     assert stored["eventTime"] == "2025-05-20T20:46:16Z"  # as `report --cloudtrail` reads the same file
+
+
+async def test_an_import_asked_to_stop_stores_the_records_read_and_names_the_first_left(tmp_path: Path) -> None:
+    asked = iter([False] * 4 + [True])  # asked once for the file, then before each KMS record
+
+    report = await import_cloudtrail(tmp_path / "node", [EXAMPLES, EXAMPLES], lambda: next(asked))
+
+    kms = _kms_examples()
+    assert [event for _, event in iter_events(tmp_path / "node")] == kms[:3]
+    assert (report.records, report.stopped_at) == (3, f"{EXAMPLES}: record 3")
+    assert verify(tmp_path / "node") == []
+
+
+async def test_an_import_asked_to_stop_between_files_reads_no_more_files(tmp_path: Path) -> None:
+    checks = iter([False] * 10 + [True])  # the first file: asked once for it, once per KMS record (nine)
+
+    report = await import_cloudtrail(tmp_path / "node", [EXAMPLES, EXAMPLES], lambda: next(checks))
+
+    assert (report.files, report.records, report.stopped_at) == (1, 9, str(EXAMPLES))
