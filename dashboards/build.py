@@ -33,9 +33,23 @@ _HISTOGRAMS = {name for name, (kind, _, _) in METRICS.items() if kind == "histog
 _HISTOGRAM_SERIES = re.compile(r"_(bucket|sum|count)$")
 
 # docker-compose's standalone consumer (Prometheus job keytrail-consume) counts every node's calls
-# again, from Kafka: the totals below sum the nodes' own counts and leave it out. Its lag is in
-# the "Consumer lag" panel, by instance.
+# again, from Kafka: the call totals below sum the nodes' own counts and leave it out. Its lag is
+# in the "Consumer lag" panel, by instance.
+CONSUMER = 'job="keytrail-consume"'
 NODES = 'job!="keytrail-consume"'
+
+# Cost is the other way round. A node's consumer prices only the events of its own log, and a key's
+# lifecycle is spread over the nodes (CreateKey on one, ScheduleKeyDeletion or CancelKeyDeletion on
+# another, its scheduled RotateKey on whichever node's scheduler ran it): summed over the nodes, a
+# key created on one node and whose deletion was scheduled and cancelled on the other is stored
+# twice over, one scheduled for deletion elsewhere is still stored on the node that created it, and
+# a rotation on the other node is missed. The standalone consumer reads every node's events from
+# Kafka: its figure is the system's. Replicas of it share its data dir (compose's volume) and each
+# reports all of it: max, not sum. Without that job (one `keytrail serve`, whose consumer sees
+# every call) the nodes' own figure stands in; with it, never, not even while it is down (an
+# empty panel, rather than a wrong figure).
+COST_BY_ACCOUNT = (f"max by (account) (keytrail_kms_cost_usd{{{CONSUMER}}}) or "
+                   f"(sum by (account) (keytrail_kms_cost_usd{{{NODES}}}) unless on() up{{{CONSUMER}}})")
 
 # (title, kind, unit, [(query, legend)], width, height)
 PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
@@ -43,7 +57,7 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
     ("Denied calls (1h)", "stat", "short", [(f"sum(increase(keytrail_kms_denied_requests_total{{{NODES}}}[1h]))", "denied")],
      6, 4),
     ("Alarms (24h)", "stat", "short", [("sum(increase(keytrail_alarms_total[24h]))", "alarms")], 6, 4),
-    ("Cost accrued", "stat", "currencyUSD", [(f"sum(keytrail_kms_cost_usd{{{NODES}}})", "USD")], 6, 4),
+    ("Cost accrued", "stat", "currencyUSD", [(f"sum({COST_BY_ACCOUNT})", "USD")], 6, 4),
     ("Call rate by operation", "timeseries", "reqps",
      [(f"sum by (operation) (rate(keytrail_kms_requests_total{{{NODES}}}[5m]))", "{{operation}}")], 12, 8),
     ("Errors by operation", "timeseries", "reqps",
@@ -54,7 +68,7 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
     ("Alarms by rule", "timeseries", "short",
      [("sum by (rule) (increase(keytrail_alarms_total[5m]))", "{{rule}}")], 12, 8),
     ("Cost accrued by account", "timeseries", "currencyUSD",
-     [(f"sum by (account) (keytrail_kms_cost_usd{{{NODES}}})", "{{account}}")], 12, 8),
+     [(COST_BY_ACCOUNT, "{{account}}")], 12, 8),
     # Each node reports the whole key store the nodes share: max, since a sum counts each key once per node.
     ("Key inventory by state", "bargauge", "short", [("max by (state) (keytrail_kms_keys)", "{{state}}")], 12, 8),
     ("Audit spool depth", "timeseries", "short", [("max by (instance) (keytrail_audit_spool_depth)", "{{instance}}")],

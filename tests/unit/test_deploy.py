@@ -133,17 +133,43 @@ def test_prometheus_scrapes_every_serve_node_the_consumer_and_the_detector_on_th
             assert _option(command, "--metrics-host") == "0.0.0.0", name
 
 
-def test_dashboard_totals_do_not_count_the_nodes_calls_a_second_time_from_the_consumer() -> None:
-    """The standalone consumer serves the request and cost families of every node's calls, read
-    from Kafka; each node serves those of its own calls: a total over every job counts each call twice."""
+def _consumer_job() -> str:
+    """The Prometheus job that scrapes compose's standalone consumer, and only it."""
     [(job, targets)] = [(job, targets) for job, targets in _scrape_jobs().items()
                         if any(t.startswith("consume:") for t in targets)]
     assert targets == {t for t in targets if t.startswith("consume:")}  # a job of its own
+    return job
+
+
+def _queries_of(family: str) -> list[str]:
     build = dashboards_build()
-    counted = {"keytrail_kms_requests_total", "keytrail_kms_denied_requests_total", "keytrail_kms_cost_usd"}
-    queries = [expr for _, _, _, panel_queries, _, _ in build.PANELS for expr, _ in panel_queries
-               if build.metric_names(expr) & counted]
+    return [expr for _, _, _, panel_queries, _, _ in build.PANELS for expr, _ in panel_queries
+            if family in build.metric_names(expr)]
+
+
+def test_dashboard_totals_do_not_count_the_nodes_calls_a_second_time_from_the_consumer() -> None:
+    """The standalone consumer serves the request families of every node's calls, read from Kafka;
+    each node serves those of its own calls: a total over every job counts each call twice."""
+    job = _consumer_job()
+    queries = _queries_of("keytrail_kms_requests_total") + _queries_of("keytrail_kms_denied_requests_total")
     assert queries and all(f'job!="{job}"' in query for query in queries), queries
+
+
+def test_the_cost_panels_take_the_systems_cost_from_the_standalone_consumer_not_a_sum_over_the_nodes() -> None:
+    """A node's consumer prices the events of its own log only, and a key's lifecycle is spread over
+    the nodes: a key created on keytrail-1 whose deletion was scheduled and cancelled on keytrail-2
+    is billed by both (keytrail-2 from the ScheduleKeyDeletion, as for a key created before its
+    logs), so a sum over the nodes counts its key-months twice. The consumer reading Kafka sees all
+    of them; the nodes' sum stands in only where Prometheus scrapes no such consumer (one node)."""
+    job = _consumer_job()
+    cost = r"keytrail_kms_cost_usd\{([^}]*)\}"
+    for query in _queries_of("keytrail_kms_cost_usd"):
+        consumer, *rest = re.findall(rf"(\w+) by \(account\) \({cost}\)(?: unless on\(\) up\{{([^}}]*)\}})?", query)
+        assert consumer == ("max", f'job="{job}"', ""), query  # its replicas share a data dir: each reports all
+        assert rest == [("sum", f'job!="{job}"', f'job="{job}"')], query  # the nodes, only without a consumer
+        assert len(re.findall(cost, query)) == 2, query
+        # One or the other (`or`), never the two added (the stat panel totals the accounts).
+        assert re.fullmatch(r"(sum\()?max by .* or \(sum by .*\)(?(1)\))", query), query
 
 
 def test_the_key_inventory_is_not_counted_once_per_node() -> None:

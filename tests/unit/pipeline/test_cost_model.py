@@ -342,3 +342,21 @@ def test_a_span_of_several_months_bills_each_whole_month_as_one_key_month() -> N
     lifecycle = _lifecycle((datetime(2026, 10, 15, 12, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT"),
                            (datetime(2027, 3, 10, tzinfo=UTC), "ScheduleKeyDeletion", None))
     assert _storage_of(lifecycle, None, datetime(2028, 1, 1, tzinfo=UTC))[0] == Decimal("4.8225806452")
+
+
+def test_a_keys_lifecycle_split_over_two_nodes_logs_is_stored_twice_in_the_sum_of_their_costs() -> None:
+    """Why the dashboard takes the system's cost from the consumer of every node's events, not the
+    sum of each node's own (dashboards/build.py): CreateKey logged by one node, the deletion
+    scheduled and cancelled on the other, which bills the key from the ScheduleKeyDeletion (the
+    earliest it knows of it) while the first bills it throughout."""
+    created = (datetime(2026, 10, 1, 10, 20, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT")
+    scheduled = (datetime(2026, 10, 10, 10, 20, tzinfo=UTC), "ScheduleKeyDeletion", None)
+    cancelled = (datetime(2026, 10, 12, 10, 20, tzinfo=UTC), "CancelKeyDeletion", None)
+    no_use = _usage().clear()
+
+    def key_months(*events: tuple[datetime, str, str | None]) -> Decimal:
+        return Decimal(cost_report(no_use, _lifecycle(*events), PriceTable(), OCT1, NOV1)["keyMonths"].sum())
+
+    whole = key_months(created, scheduled, cancelled)
+    assert whole == Decimal("0.9865591398")  # Oct 1 10:00 to the month's end: 734 of 744 hours
+    assert key_months(created) + key_months(scheduled, cancelled) > whole + Decimal("0.5")
