@@ -139,9 +139,9 @@ def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]
         notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs the "
                      f"records up to offset {newest['endOffset']}")
         if not newest.get("final") and not writer_active(log.directory):
-            notes.append("the newest digest is not the final one keytrail serve signs when it stops: the node crashed "
-                         "(it signs what it wrote when it next starts), or newer digests were removed with their "
-                         "records (check with --digests)")
+            notes.append("the newest digest is not the final one keytrail serve or audit import signs when it stops: "
+                         "the writer crashed (what it wrote is signed when the log next opens), or newer digests "
+                         "were removed with their records (check with --digests)")
         if log.end_offset() > int(newest["endOffset"]):
             notes.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} are not signed yet (a "
                          "digest signs them within the hour, when a segment closes and when keytrail serve stops)")
