@@ -113,7 +113,7 @@ class KeyLedger:
             record.created, record.created_event_id = event.event_time, event.event_id
             record.key_manager = str(metadata.get("keyManager") or "CUSTOMER")
             record.state = str(metadata.get("keyState") or "Enabled")
-        elif name in ("RotateKey", "RotateKeyOnDemand"):
+        elif name == "RotateKey":  # also logged after each RotateKeyOnDemand call (ct-rotatekeyondemand): count one
             record.rotations += 1
         elif name in _STATE_CHANGES:
             record.state = _STATE_CHANGES[name]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from tests.unit.detect.records import (
     ACCOUNT,
@@ -114,7 +115,7 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
         [
             create_key(T0, used),
             create_key(T0, idle),
-            event("RotateKeyOnDemand", T0, idle),
+            *rotate_on_demand(T0, idle),
             event("Decrypt", T0 + timedelta(days=1), used, APP),
         ]
     )
@@ -129,6 +130,25 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
     assert detector.tick() == []  # once per idle spell
     clock.advance(timedelta(days=1).total_seconds())
     assert [a.key_arn for a in detector.tick()] == [used]
+
+
+def rotate_on_demand(at: datetime, key: str) -> list[dict[str, Any]]:
+    """What CloudTrail logs for one on-demand rotation: the caller's RotateKeyOnDemand, then KMS's
+    RotateKey service event (ct-rotatekeyondemand, ct-rotatekey)."""
+    service_event = event("RotateKey", at, key, {"accountId": ACCOUNT, "invokedBy": "AWS Internal"}, params={})
+    service_event.update(eventType="AwsServiceEvent", requestParameters=None,
+                         serviceEventDetails={"rotationType": "ON_DEMAND", "keyOrigin": "AWS_KMS"})
+    return [event("RotateKeyOnDemand", at, key, params={"keyId": key}, response={"keyId": key}), service_event]
+
+
+def test_unused_key_counts_an_on_demand_rotation_once() -> None:
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    detector.process([create_key(T0, KEY), *rotate_on_demand(T0, KEY)])
+    clock.advance(timedelta(days=91).total_seconds())
+    [alarm] = detector.tick()
+    assert alarm.details["rotations"] == "1"
+    assert alarm.details["monthlyCostUsd"] == "2.00" and "$2.00/month" in alarm.summary
 
 
 def test_unused_key_skips_disabled_aws_managed_and_only_denied_keys() -> None:
