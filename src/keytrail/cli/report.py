@@ -63,7 +63,8 @@ def report(
     if table is not None and (form is ReportFormat.html or table not in TABLES):
         raise report_fail(f"--table: one of {', '.join(TABLES)}, with --format csv, json or parquet")
     bar = Progress("events" if not cloudtrail else "files", enabled=progress)
-    source, name, default_alarms = (_files_source(cloudtrail, bar) if cloudtrail
+    unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
+    source, name, default_alarms = (_files_source(cloudtrail, bar, unreadable) if cloudtrail
                                     else _log_source(data_dir or Path("keytrail-data")))
     low, high = parse_window(since, until, "keytrail report")
     options = ReportOptions(since=low, until=high,
@@ -81,6 +82,9 @@ def report(
         raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
                f"{data.alarms.height:,} alarms)", err=True)
+    if unreadable:
+        raise report_fail(f"{len(unreadable)} problem{'' if len(unreadable) == 1 else 's'} in the CloudTrail log "
+                          "files (above): the report leaves out what could not be read", code=1)
     if not cloudtrail:
         _require_whole_log(data_dir or Path("keytrail-data"))
 
@@ -119,7 +123,9 @@ def _log_progress(bar: Progress) -> Any:
     return on_batch
 
 
-def _files_source(paths: list[Path], bar: Progress) -> tuple[Source, str, Path | None]:
+def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> tuple[Source, str, Path | None]:
+    """The records of the CloudTrail log files; each problem reading them is said on stderr and
+    added to `unreadable`, so that the report, written from the rest, exits 1 as `consume` does."""
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
@@ -129,10 +135,15 @@ def _files_source(paths: list[Path], bar: Progress) -> tuple[Source, str, Path |
 
     def records() -> Iterator[dict[str, Any]]:
         for done, path in enumerate(files, start=1):
-            yield from iter_cloudtrail_records([path], on_problem=lambda text: typer.echo(text, err=True))
+            yield from iter_cloudtrail_records([path], on_problem=lambda text: _name_problem(text, unreadable))
             bar.update(done, len(files))
 
     return RecordsSource(records(), partition="cloudtrail-files"), ", ".join(map(str, paths)), None
+
+
+def _name_problem(text: str, unreadable: list[str]) -> None:
+    typer.echo(text, err=True)
+    unreadable.append(text)
 
 
 def register(app: typer.Typer) -> None:

@@ -388,3 +388,19 @@ def test_serve_warns_of_a_store_password_on_its_command_line(tmp_path: Path) -> 
                             "in $KEYTRAIL_STORE")
     assert error.startswith("keytrail serve: cannot open the key store at 127.0.0.1:1/db: ")
     assert result.returncode == 2 and "pw-SECRET" not in result.stderr + result.stdout
+
+
+def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp_path: Path) -> None:
+    # As `consume --cloudtrail` and `audit import`: a script must not mail a report of part of the
+    # logs as if it were all of them.
+    (tmp_path / "logs").mkdir()
+    _cloudtrail_gzip(tmp_path / "logs" / "a.json.gz")
+    _damaged_inside(_cloudtrail_gzip(tmp_path / "logs" / "b.json.gz"))
+    out = tmp_path / "r.json"
+    result = _keytrail("report", "--cloudtrail", tmp_path / "logs", "--out", out)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [problem, wrote, error] = result.stderr.splitlines()
+    assert problem.startswith(f"{tmp_path / 'logs' / 'b.json.gz'}: cannot read")
+    assert wrote.startswith(f"wrote {out} (json: 1 events")  # 300 records of one eventID
+    assert error == ("keytrail report: 1 problem in the CloudTrail log files (above): the report leaves out what "
+                     "could not be read")
