@@ -241,7 +241,7 @@ def test_a_trail_cut_back_to_an_older_state_shows_only_against_the_digests_kept_
     cut_back_to(data, records=first_session_end, digests=signed)
     alone = _verify_cli(data)
     assert alone.returncode == 0, alone.stdout  # consistent in itself: the node cannot tell
-    assert f"signs the records up to offset {first_session_end}" in alone.stdout
+    assert f"signs the records before offset {first_session_end}" in alone.stdout
     against = _verify_cli(data, "--digests", str(kept))
     assert against.returncode == 1 and "kept off the node, is gone from" in against.stdout, against.stdout
 

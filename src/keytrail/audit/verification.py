@@ -136,8 +136,9 @@ def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]
               if digest.get("origin") == IMPORT_ORIGIN and int(digest["endOffset"]) > int(digest["startOffset"])]
     if digests:
         newest = digests[-1]
-        notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs the "
-                     f"records up to offset {newest['endOffset']}")
+        notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs "
+                     f"{_signed_records(int(newest['endOffset']))}"
+                     + ("; it is the final digest of a clean stop" if newest.get("final") else ""))
         if not newest.get("final") and not writer_active(log.directory):
             notes.append("the newest digest is not the final one keytrail serve or audit import signs when it stops: "
                          "the writer crashed (what it wrote is signed when the log next opens), or newer digests "
@@ -146,6 +147,12 @@ def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]
             notes.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} are not signed yet (a "
                          "digest signs them within the hour, when a segment closes and when keytrail serve stops)")
     return notes
+
+
+def _signed_records(end_offset: int) -> str:
+    """The digest's `endOffset` is the first offset it does not sign: "up to offset N" read as
+    signing record N, and a new trail's empty genesis digest as signing record 0."""
+    return "no record yet" if end_offset == 0 else f"the records before offset {end_offset}"
 
 
 def _verifying_key(paths: IntegrityPaths, given: Path | None) -> tuple[Ed25519PublicKey | None, list[str]]:

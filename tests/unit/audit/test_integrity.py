@@ -329,7 +329,7 @@ def test_a_trail_cut_back_with_its_newest_digests_fails_against_the_digests_kept
     cut_back_to(node, records=10, digests=2)
     assert verify(node) == []  # the node alone cannot tell: what is left is a trail that once was
     assert check(node).notes[1].startswith("the newest digest, 0000000001.json of ")
-    assert check(node).notes[1].endswith("signs the records up to offset 10")
+    assert "signs the records before offset 10" in check(node).notes[1]
     problems = check(node, OffNode(digests=kept)).problems
     assert problems == [f"digest {name}, kept off the node, is gone from {paths.digests}: the trail was cut back (the "
                         "records it signed are named missing when their hashes remain)"
@@ -403,3 +403,16 @@ def test_a_trail_whose_integrity_folder_is_gone_is_checked_against_the_public_ke
     assert problems[0] == (f"public key {paths.public_key} is missing: cannot verify digests (the integrity files "
                            "were removed or damaged); the digests are checked against the --public-key copy")
     assert problems[1].startswith("no signed digest in ") and len(problems) == 2 + 20, problems
+
+
+def test_verify_says_which_records_the_newest_digest_signs_and_whether_it_is_a_clean_stop(tmp_path: Path) -> None:
+    # A digest's endOffset is the first offset it does not sign: "up to offset 0" read as signing
+    # record 0 of a trail that has none.
+    from keytrail.audit.verification import check
+
+    fill_trail(tmp_path / "empty", 0)
+    assert check(tmp_path / "empty").notes[1].endswith(
+        "signs no record yet; it is the final digest of a clean stop")
+    fill_trail(tmp_path / "node", 10)
+    assert check(tmp_path / "node").notes[1].endswith(
+        "signs the records before offset 10; it is the final digest of a clean stop")
