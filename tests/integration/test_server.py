@@ -264,20 +264,26 @@ def test_dev_clock_endpoint_validates_its_body(server: KeytrailServer) -> None:
     assert status == 400 and "100 years" in body["message"]
 
 
-def test_tls_self_signed(tmp_path: Path) -> None:
+def test_tls_self_signed_prints_how_to_trust_it_and_clients_verify_it(tmp_path: Path) -> None:
+    # The principals file exists (as on any start but a data dir's first), so serve prints no
+    # other export line: the one it prints for the new certificate is what a client needs.
     server = KeytrailServer(tmp_path / "data", "--tls-self-signed")
     server.endpoint  # noqa: B018
     args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--port",
             str(server.port), "--principals", str(server.principals), "--tls-self-signed"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         from tests.support.services import wait_for_port
         wait_for_port(server.port)
+        cert = server.data_dir / "tls" / "tls-cert.pem"
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == f"Created the dev certificate {cert} (localhost, 127.0.0.1). To use it:\n"
+        exports = dict(item.split("=", 1) for item in proc.stdout.readline().split()[1:])
+        assert exports == {"AWS_CA_BUNDLE": str(cert), "AWS_ENDPOINT_URL_KMS": f"https://localhost:{server.port}"}
         _, access_key, secret, _, _ = PRINCIPALS["alice"]
-        client = boto3.client("kms", endpoint_url=f"https://localhost:{server.port}", region_name="us-east-1",
-                              aws_access_key_id=access_key, aws_secret_access_key=secret, verify=False)
-        import urllib3
-        urllib3.disable_warnings()
+        client = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"], region_name="us-east-1",
+                              aws_access_key_id=access_key, aws_secret_access_key=secret,
+                              verify=exports["AWS_CA_BUNDLE"])
         assert "KeyMetadata" in client.create_key()
         client.close()
     finally:

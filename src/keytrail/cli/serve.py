@@ -74,10 +74,13 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
     if settings.tls_self_signed and (settings.tls_cert or settings.tls_key):  # else one would be ignored
         raise _fail("--tls-self-signed and --tls-cert/--tls-key exclude each other")
     if settings.tls_self_signed:
+        made = not (settings.data_dir / "tls" / "tls-cert.pem").exists()
         try:
             cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
         except OSError as error:
             raise _fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None
+        if made:
+            _print_dev_certificate(cert, settings)
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     if settings.tls_cert or settings.tls_key:
         if not (settings.tls_cert and settings.tls_key):
@@ -89,6 +92,13 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
             raise _fail(problem)
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
+
+
+def _print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
+    """Clients must trust the new certificate and call https://: a data dir whose principals file
+    exists already prints no `export` line, and the one printed before named http://."""
+    typer.echo(f"Created the dev certificate {cert} (localhost, 127.0.0.1). To use it:")
+    typer.echo(f"export AWS_CA_BUNDLE={cert} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
 
 
 def _tls_problem(cert: Path, key: Path) -> str | None:
