@@ -47,3 +47,15 @@ def test_the_detection_settings_example_loads_as_detector_settings(tmp_path: Pat
     rules, hooks = detector_settings(tmp_path / "keytrail.toml")
     assert not rules.enabled("usage-spike") and hooks.mqtt == "mqtt://127.0.0.1:1883"
     assert rules["permissive-key"].parameters["trusted_accounts"] == ["222233334444"]
+
+
+def test_every_stop_before_copying_the_data_dir_waits_for_the_node_to_exit() -> None:
+    # SIGTERM only starts the shutdown (final digest, last checkpoint: seconds), so a `tar` or
+    # `root-key rotate` right after `kill` copies a node still writing, or is refused; and a bare
+    # `pgrep -f 'keytrail serve'` finds every node of the machine, not the one of the data dir.
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "docs/operations.md").read_text(), flags=re.DOTALL)
+    stops = [line for block in blocks for line in block.splitlines() if "kill -TERM" in line]
+    assert stops
+    for line in stops:
+        assert "while kill -0" in line, f"docs/operations.md: no wait for the exit after {line!r}"
+    assert "pgrep -f 'keytrail serve')" not in (ROOT / "docs/operations.md").read_text()
