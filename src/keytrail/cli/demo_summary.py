@@ -134,7 +134,10 @@ def _usage_lines(usage: dict[str, Any], names: dict[str, str]) -> list[str]:
     rows = [(names.get(r["keyArn"], r["keyArn"] or "(no key)"), str(r["requests"]), str(r["errors"]))
             for r in usage["byKey"]]
     rows.append(("total", str(usage["requests"]), str(usage["errors"])))
-    return ["Usage per key (keytrail usage)", *_table(("key", "requests", "errors"), rows), ""]
+    # `keytrail usage` counts KMS's own RotateKey and DeleteKey too: beside the headline's calls
+    # (and the cost table's requests, which leave them out) a "requests" total did not add up.
+    return ["Usage per key (keytrail usage: the KMS calls, and the service's own RotateKey and DeleteKey events)",
+            *_table(("key", "events", "errors"), rows), ""]
 
 
 def _cost_lines(cost: dict[str, Any], names: dict[str, str]) -> list[str]:

@@ -1,0 +1,23 @@
+"""The demo's text summary: its figures must add up for a reader comparing its tables."""
+
+from __future__ import annotations
+
+from keytrail.cli.demo_summary import render_text
+
+KEY = "arn:aws:kms:us-east-1:111122223333:key/00000000-aaaa-bbbb-cccc-000000000001"
+
+
+def test_usage_table_counts_events_so_a_service_event_beside_the_calls_adds_up() -> None:
+    # Two calls and the DeleteKey KMS logged when the key's waiting period ended: three events.
+    summary = {
+        "dataDir": "/tmp/d", "report": "/tmp/d/demo-report.html", "calls": 2, "simulatedDays": 30,
+        "keys": {"old": KEY}, "principals": {"admin": "arn:aws:iam::111122223333:user/admin"}, "alarms": [],
+        "usage": {"requests": 3, "errors": 0, "byKey": [{"keyArn": KEY, "requests": 3, "errors": 0}]},
+        "cost": {"totalCost": "0.000006", "byKey": []},
+    }
+    lines = render_text(summary).splitlines()
+    assert lines[0] == "keytrail demo: 1 keys, 1 principals, 2 KMS calls over 30 simulated days"
+    title = lines.index("Usage per key (keytrail usage: the KMS calls, and the service's own RotateKey and DeleteKey "
+                        "events)")
+    assert lines[title + 1].split() == ["key", "events", "errors"]
+    assert lines[title + 3].split() == ["total", "3", "0"]
