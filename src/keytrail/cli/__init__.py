@@ -49,6 +49,8 @@ def main() -> None:
     except typer.TyperException as error:  # click's usage and parameter errors
         ctx = getattr(error, "ctx", None)
         message = error.format_message() if hasattr(error, "format_message") else str(error)
+        # typer validates choices with pydantic, whose message for them starts "Value error, ".
+        message = message.replace(": Value error, ", ": ", 1)
         if type(error).__name__ == "NoArgsIsHelpError":  # `keytrail` alone: the message is the help
             sys.stderr.write(f"{message}\n")
         elif message:

@@ -25,6 +25,13 @@ def test_a_usage_error_is_one_line_naming_the_command(args: list[str], line: str
     assert result.stderr.count("\n") == 1
 
 
+def test_a_choice_not_offered_is_named_with_the_choices_in_plain_words() -> None:
+    result = _keytrail("usage", "--format", "xml")
+    assert result.returncode == 2
+    assert result.stderr == ("keytrail usage: Invalid value for '--format': 'xml' is not one of 'table', 'json', "
+                             "'csv'. (see --help)\n")
+
+
 def test_help_and_exit_codes_pass_through() -> None:
     assert _keytrail("--help").returncode == 0
     alone = _keytrail()
