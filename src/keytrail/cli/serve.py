@@ -97,7 +97,8 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
 def _print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
     """Clients must trust the new certificate and call https://: a data dir whose principals file
     exists already prints no `export` line, and the one printed before named http://."""
-    typer.echo(f"Created the dev certificate {cert} (localhost, 127.0.0.1). To use it:")
+    names = ", ".join(dict.fromkeys(name for name in ("localhost", "127.0.0.1", settings.host) if name != "0.0.0.0"))
+    typer.echo(f"Created the dev certificate {cert} ({names}). To use it:")
     typer.echo(f"export AWS_CA_BUNDLE={cert} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
 
 

@@ -25,7 +25,7 @@ def self_signed_certificate(directory: Path, host: str) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keytrail development")])
     names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     if host not in ("localhost", "127.0.0.1", "0.0.0.0"):
-        names.append(x509.DNSName(host))
+        names.append(_subject_name(host))
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -40,3 +40,12 @@ def self_signed_certificate(directory: Path, host: str) -> tuple[Path, Path]:
                                        serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _subject_name(host: str) -> x509.GeneralName:
+    """An address as an IP name: clients match `https://10.0.0.5` against IP names only
+    (RFC 6125), so a DNS name "10.0.0.5" fails their hostname check."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
