@@ -24,7 +24,7 @@ from keytrail.audit.trail import audit_paths
 from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, no_core_dumps, os_problem
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
-from keytrail.cli.tls import self_signed_certificate
+from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 from keytrail.config import ServeSettings
 from keytrail.detect.rules import RuleError
 from keytrail.transport.segment_log import LogLockedError
@@ -74,8 +74,8 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
     if settings.tls_self_signed and (settings.tls_cert or settings.tls_key):  # else one would be ignored
         raise _fail("--tls-self-signed and --tls-cert/--tls-key exclude each other")
     if settings.tls_self_signed:
-        made = not (settings.data_dir / "tls" / "tls-cert.pem").exists()
         try:
+            made = not dev_certificate_usable(settings.data_dir / "tls", settings.host)
             cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
         except OSError as error:
             raise _fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None

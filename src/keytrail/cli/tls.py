@@ -12,21 +12,39 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["self_signed_certificate"]
+__all__ = ["dev_certificate_usable", "self_signed_certificate"]
+
+# Renewed a day before it expires, so that no client meets it expired between two starts of a day.
+_RENEW_BEFORE = datetime.timedelta(days=1)
 
 
-def self_signed_certificate(directory: Path, host: str) -> tuple[Path, Path]:
-    """Write (once) and return a certificate and key valid for localhost and `host`."""
+def dev_certificate_usable(directory: Path, host: str, now: datetime.datetime | None = None) -> bool:
+    """Whether the certificate in `directory` still serves `host`: not (about to be) expired, and
+    naming it (a node restarted with another --host needs another certificate)."""
     cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
-    if cert_path.exists() and key_path.exists():
+    if not (cert_path.is_file() and key_path.is_file()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):  # not ours: make one that is
+        return False
+    now = now or datetime.datetime.now(datetime.UTC)
+    return cert.not_valid_after_utc - _RENEW_BEFORE > now and all(name in names for name in _subject_names(host))
+
+
+def self_signed_certificate(directory: Path, host: str,
+                            now: datetime.datetime | None = None) -> tuple[Path, Path]:
+    """Write (when none is usable: `dev_certificate_usable`) and return a certificate and key
+    valid for a year for localhost and `host`."""
+    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    if dev_certificate_usable(directory, host, now):
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keytrail development")])
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    if host not in ("localhost", "127.0.0.1", "0.0.0.0"):
-        names.append(_subject_name(host))
-    now = datetime.datetime.now(datetime.UTC)
+    names = _subject_names(host)
+    now = now or datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
@@ -40,6 +58,13 @@ def self_signed_certificate(directory: Path, host: str) -> tuple[Path, Path]:
                                        serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _subject_names(host: str) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    if host not in ("localhost", "127.0.0.1", "0.0.0.0"):
+        names.append(_subject_name(host))
+    return names
 
 
 def _subject_name(host: str) -> x509.GeneralName:
