@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,6 +77,7 @@ def report(
         data = collect_sync(source, options, on_batch=None if cloudtrail else _log_progress(bar))
     finally:
         bar.close()
+    _require_period(since, low, high, data.as_of)
     try:
         written = write_report(data, out, form, table)
     except OSError as error:
@@ -87,6 +89,15 @@ def report(
                           "files (above): the report leaves out what could not be read", code=1)
     if not cloudtrail:
         _require_whole_log(data_dir or Path("keytrail-data"))
+
+
+def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None) -> None:
+    """An explicit --until before --since is refused as the options are read; the default one (a
+    second after the last event) is known only now: a --since after it would print a period that
+    ends before it starts, with nothing in it, as if nothing had happened."""
+    if low is not None and high is None and as_of is not None and low >= as_of:
+        raise report_fail(f"--since {since} is not before --until, by default one second after the last event "
+                          f"({as_of:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until")
 
 
 def _require_whole_log(data_dir: Path) -> None:

@@ -404,3 +404,16 @@ def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp
     assert wrote.startswith(f"wrote {out} (json: 1 events")  # 300 records of one eventID
     assert error == ("keytrail report: 1 problem in the CloudTrail log files (above): the report leaves out what "
                      "could not be read")
+
+
+def test_report_since_after_the_last_event_without_until_is_refused_in_one_line(tmp_path: Path) -> None:
+    # The default --until is a second after the last event: a later --since made an inverted period
+    # ("2030-01-01 → 2026-…") holding nothing, reported as if no key had been used.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _cloudtrail_gzip(logs / "a.json.gz")  # its events: 2026-01-05T12:00:00Z
+    out = tmp_path / "r.html"
+    result = _keytrail("report", "--cloudtrail", logs, "--since", "2030-01-01", "--out", out)
+    _one_line_error(result, "keytrail report: --since 2030-01-01 is not before --until, by default one second after "
+                            "the last event (2026-01-05T12:00:01Z): give an earlier --since, or an --until")
+    assert not out.exists()
