@@ -118,7 +118,8 @@ class RootKey:
         if not path.exists() and named:  # a secret not mounted, a typo: a new key there would seal keys to lose
             raise RootKeyUnusable(f"no root key: {path} (${ROOT_KEY_FILE_ENV}) does not exist")
         if not path.exists() and not create:
-            raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_ENV})")
+            raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_FILE_ENV} or ${ROOT_KEY_ENV}): "
+                                  f"restore it, or name where it is kept in ${ROOT_KEY_FILE_ENV}")
         if not path.exists():
             write_root_key_file(path, os.urandom(32))
         return cls.from_file(path, "restore it from a backup")

@@ -185,7 +185,10 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
 def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Path) -> None:
     (tmp_path / "keys.db").write_bytes(b"")
     result = _keytrail("analyze", "--data-dir", tmp_path)
-    _one_line_error(result, f"keytrail analyze: no root key: {tmp_path / 'root.key'} does not exist")
+    # A node whose root key is kept out of the data dir (operations.md) names it in $KEYTRAIL_ROOT_KEY_FILE.
+    error = _one_line_error(result, f"keytrail analyze: no root key: {tmp_path / 'root.key'} does not exist")
+    assert error.endswith("(nor $KEYTRAIL_ROOT_KEY_FILE or $KEYTRAIL_ROOT_KEY): restore it, or name where it is kept "
+                          "in $KEYTRAIL_ROOT_KEY_FILE\n")
     assert not (tmp_path / "root.key").exists()
 
 
