@@ -118,6 +118,8 @@ def verify(data_dir: Path = DataDir,
     _require_log(data_dir)  # a mistyped --data-dir is a usage error, said as its sibling commands say it
     if digests is not None and not digests.is_dir():
         _fail(f"--digests: {digests} is not a folder")
+    if public_key is not None and not public_key.is_file():
+        _fail(f"--public-key: {public_key} is not a file")
     verdict = check_trail(data_dir, OffNode(public_key, digests))
     for problem in verdict.problems:
         typer.echo(problem)

@@ -55,6 +55,14 @@ def test_verify_checks_the_digests_against_a_public_key_kept_elsewhere(tmp_path:
     assert code == 1 and "the signing key was replaced" in out and "signature invalid" in out
 
 
+def test_verify_with_a_public_key_that_is_no_file_says_so_as_digests_does(tmp_path: Path) -> None:
+    # A mistyped path is the caller's mistake, said on stderr in one line, not a problem of the trail.
+    fill_trail(tmp_path / "node", 1)
+    code, out, err = _run("verify", "--data-dir", str(tmp_path / "node"), "--public-key", str(tmp_path / "missing"))
+    assert (code, out) == (1, "")
+    assert err == f"keytrail audit: --public-key: {tmp_path / 'missing'} is not a file\n"
+
+
 def test_verify_with_digests_that_are_no_folder_says_so_in_one_line(tmp_path: Path) -> None:
     fill_trail(tmp_path / "node", 1)
     (tmp_path / "file").write_text("")
