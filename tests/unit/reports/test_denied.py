@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 from keytrail.pipeline.frame import frame_from_records
@@ -50,3 +53,43 @@ def test_tally_keeps_only_the_period() -> None:
 def test_empty_tally_has_the_denied_columns() -> None:
     assert DeniedTally().frame().columns == ["keyArn", "principalArn", "accountId", "eventName", "errorCode",
                                              "count", "firstDenied", "lastDenied"]
+
+
+_HELD_BY_A_LONG_TALLY = """
+import polars as pl
+from keytrail.pipeline.frame import empty_frame
+from keytrail.reports.denied import DeniedTally
+
+def resident_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon")).split()[1]) // 1024
+
+def batch(number, size=50_000):
+    rows = range(size)
+    return empty_frame().vstack(pl.DataFrame({
+        "eventID": [f"{number:08d}-0000-4000-8000-{i:012d}" for i in rows],
+        "eventTime": [None] * size,
+        "eventName": ["Decrypt"] * size,
+        "keyArn": [f"arn:aws:kms:us-east-1:111122223333:key/{number}-{i:036d}" for i in rows],
+        "principalArn": [f"arn:aws:iam::111122223333:role/service-{number}-{i:030d}" for i in rows],
+        "errorCode": ["AccessDenied" if i % 1000 == 0 else None for i in rows],
+    }).select(pl.col(c).cast(t) if c in ("eventID", "eventTime", "eventName", "keyArn", "principalArn",
+                                          "errorCode") else pl.lit(None, t).alias(c)
+              for c, t in empty_frame().schema.items()))
+
+tally, before = DeniedTally(), resident_mb()
+for number in range(40):
+    tally.add(batch(number))
+print(resident_mb() - before, tally.frame().height)
+"""
+
+
+def test_a_long_tally_holds_its_denied_rows_not_the_batches_they_came_from() -> None:
+    # 40 batches of 50,000 events (≈ 9 MB of strings each), 50 denied calls in each: what the tally
+    # keeps is 2,000 rows, not the batches. Measured in a process of its own with polars' allocator
+    # returning freed pages at once, so resident memory is what is still referenced.
+    env = {**os.environ, "_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}
+    run = subprocess.run([sys.executable, "-c", _HELD_BY_A_LONG_TALLY], env=env, capture_output=True,
+                         text=True, check=True)
+    held_mb, rows = map(int, run.stdout.split())
+    assert rows == 40 * 50
+    assert held_mb < 60  # ≈ 360 MB when each kept row pinned its batch's strings
