@@ -22,8 +22,8 @@ from keytrail.cli.console import (
     parse_window,
 )
 from keytrail.pipeline.prices import PriceTable, load_price_table
-from keytrail.pipeline.runner import Batch, Source
-from keytrail.reports.collect import ReportOptions, collect_sync
+from keytrail.pipeline.runner import Source
+from keytrail.reports.collect import ReportData, ReportOptions, collect_event_log, collect_sync
 from keytrail.reports.output import TABLES, ReportFormat, write_report
 from keytrail.reports.progress import Progress
 
@@ -63,20 +63,16 @@ def report(
     form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
     if table is not None and (form is ReportFormat.html or table not in TABLES):
         raise report_fail(f"--table: one of {', '.join(TABLES)}, with --format csv, json or parquet")
-    bar = Progress("events" if not cloudtrail else "files", enabled=progress)
-    unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
-    source, name, default_alarms = (_files_source(cloudtrail, bar, unreadable) if cloudtrail
-                                    else _log_source(data_dir or Path("keytrail-data")))
+    log, name, default_alarms = _input(data_dir, cloudtrail)
     low, high = parse_window(since, until, "keytrail report")
     options = ReportOptions(since=low, until=high,
                             prices=_price_table(prices, free_tier), unused_days=unused_days,
                             alarms=alarms or default_alarms, source_name=name)
     if alarms is not None and not alarms.is_file():
         raise report_fail(f"--alarms: no such file: {alarms}")
-    try:
-        data = collect_sync(source, options, on_batch=None if cloudtrail else _log_progress(bar))
-    finally:
-        bar.close()
+    unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
+    data = (collect_event_log(log, options, progress) if log
+            else _collect_files(cloudtrail or [], options, progress, unreadable))
     _require_period(since, low, high, data.as_of)
     try:
         written = write_report(data, out, form, table)
@@ -117,31 +113,41 @@ def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
     return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
 
 
-def _log_source(data_dir: Path) -> tuple[Source, str, Path]:
+def _input(data_dir: Path | None, cloudtrail: list[Path] | None) -> tuple[Path | None, str, Path | None]:
+    """The event log to read (None: the CloudTrail files), what to call the input, its alarms file."""
+    if cloudtrail:
+        if problem := missing_paths(cloudtrail, "--cloudtrail"):
+            raise report_fail(problem)
+        return None, ", ".join(map(str, cloudtrail)), None
+    return _log_dir(data_dir or Path("keytrail-data"))
+
+
+def _log_dir(data_dir: Path) -> tuple[Path, str, Path]:
     from keytrail.pipeline.consumer import event_log_dir
-    from keytrail.pipeline.segment_source import SegmentLogSource
 
     log = event_log_dir(data_dir)
     if not log.is_dir():
         raise report_fail(f"no event log in {data_dir} (expected {log})")
-    return SegmentLogSource(log, follow=False), str(data_dir), data_dir / "alarms.jsonl"
+    return log, str(data_dir), data_dir / "alarms.jsonl"
 
 
-def _log_progress(bar: Progress) -> Any:
-    def on_batch(batch: Batch) -> None:
-        bar.update(batch.end, batch.source_end)
+def _collect_files(paths: list[Path], options: ReportOptions, progress: bool | None,
+                   unreadable: list[str]) -> ReportData:
+    """The report of CloudTrail log files, consumed in this process (their records are read
+    through a generator, which cannot be handed to a child)."""
+    bar = Progress("files", enabled=progress)
+    try:
+        return collect_sync(_files_source(paths, bar, unreadable), options)
+    finally:
+        bar.close()
 
-    return on_batch
 
-
-def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> tuple[Source, str, Path | None]:
+def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> Source:
     """The records of the CloudTrail log files; each problem reading them is said on stderr and
     added to `unreadable`, so that the report, written from the rest, exits 1 as `consume` does."""
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
-    if problem := missing_paths(paths, "--cloudtrail"):
-        raise report_fail(problem)
     files = list(iter_log_files(paths))
 
     def records() -> Iterator[dict[str, Any]]:
@@ -149,7 +155,7 @@ def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> tu
             yield from iter_cloudtrail_records([path], on_problem=lambda text: _name_problem(text, unreadable))
             bar.update(done, len(files))
 
-    return RecordsSource(records(), partition="cloudtrail-files"), ", ".join(map(str, paths)), None
+    return RecordsSource(records(), partition="cloudtrail-files")
 
 
 def _name_problem(text: str, unreadable: list[str]) -> None:

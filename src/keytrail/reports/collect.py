@@ -8,8 +8,10 @@ from the same decoded batches on the way through (each batch is decoded once).
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,8 +31,9 @@ from keytrail.reports.figures import (
     cost_projection,
     mark_unused,
 )
+from keytrail.reports.progress import Progress
 
-__all__ = ["ReportData", "ReportOptions", "collect", "collect_sync"]
+__all__ = ["ReportData", "ReportOptions", "collect", "collect_event_log", "collect_sync"]
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,9 @@ class _TeeSource:
 async def collect(source: Source, options: ReportOptions,
                   on_batch: Callable[[Batch], None] | None = None) -> ReportData:
     """Consume `source` to its end into a scratch state and build the report's tables."""
-    denied = DeniedTally(options.since, options.until)
     with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
-        runner = Runner(state_dir(Path(scratch)), _TeeSource(source, denied, on_batch))
-        stats = await runner.run()
-        return await asyncio.to_thread(_tables, MetricsStore(Path(scratch)), denied, options, stats.counted)
+        counted, denied = await _consume(source, Path(scratch), options, on_batch)
+        return await asyncio.to_thread(_tables, MetricsStore(Path(scratch)), denied, options, counted)
 
 
 def collect_sync(source: Source, options: ReportOptions,
@@ -120,7 +121,41 @@ def collect_sync(source: Source, options: ReportOptions,
     return asyncio.run(collect(source, options, on_batch))
 
 
-def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, events: int) -> ReportData:
+def collect_event_log(log: Path, options: ReportOptions, progress: bool | None = None) -> ReportData:
+    """`collect_sync` over an embedded event log, consumed in a child process: what the consumer
+    held (decoded batches, checkpoints, and the freed pages polars' allocator keeps for about
+    10 s) goes back to the system before the tables are built, so the report's peak is the larger
+    of the two phases, not their sum. `progress`: a bar on stderr (None: when it is a terminal)."""
+    spawn = multiprocessing.get_context("spawn")  # a fork of a process that ran polars may deadlock
+    with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
+            counted, denied = child.submit(_consume_event_log, log, Path(scratch), options, progress).result()
+        return _tables(MetricsStore(Path(scratch)), denied, options, counted)
+
+
+def _consume_event_log(log: Path, scratch: Path, options: ReportOptions,
+                       progress: bool | None) -> tuple[int, pl.DataFrame]:
+    """In the child: `_consume` the event log, with its progress bar."""
+    from keytrail.pipeline.segment_source import SegmentLogSource
+
+    bar = Progress("events", enabled=progress)
+    try:
+        source = SegmentLogSource(log, follow=False)
+        return asyncio.run(_consume(source, scratch, options, lambda batch: bar.update(batch.end, batch.source_end)))
+    finally:
+        bar.close()
+
+
+async def _consume(source: Source, scratch: Path, options: ReportOptions,
+                   on_batch: Callable[[Batch], None] | None) -> tuple[int, pl.DataFrame]:
+    """Run the pipeline's consumer over `source` into the scratch state `scratch`; the events it
+    counted and the denied calls in the report's period."""
+    denied = DeniedTally(options.since, options.until)
+    stats = await Runner(state_dir(scratch), _TeeSource(source, denied, on_batch)).run()
+    return stats.counted, denied.frame()
+
+
+def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, events: int) -> ReportData:
     first, last = store.time_bounds()
     since, until = options.since, options.until
     as_of = until or (last.replace(microsecond=0) + timedelta(seconds=1) if last else None)
@@ -133,7 +168,7 @@ def _tables(store: MetricsStore, denied: DeniedTally, options: ReportOptions, ev
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of),
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
-        denied=denied.frame(), alarms=_alarms(options), keys_not_created=len(store.keys_never_created(cost)),
+        denied=denied, alarms=_alarms(options), keys_not_created=len(store.keys_never_created(cost)),
     )
 
 

@@ -12,12 +12,16 @@ from typing import Any
 import polars as pl
 import pytest
 
+from keytrail.audit.schema import encode
 from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.segment_source import SegmentLogSource
 from keytrail.pipeline.sources import RecordsSource
-from keytrail.reports.collect import ReportOptions, collect_sync
+from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from keytrail.reports.collect import ReportData, ReportOptions, collect_event_log, collect_sync
 from keytrail.reports.figures import choose_window, month_bounds
 from keytrail.reports.html import money, render_html
 from keytrail.reports.output import ReportFormat, write_report
+from keytrail.transport.segment_log import SegmentLog
 from tests.unit.reports.records import ACCOUNT, key_arn, record, user_arn
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -220,3 +224,39 @@ def test_html_says_when_keys_in_the_cost_table_were_never_seen_created(data: Any
     uncreated = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("x")))
     assert uncreated.keys_not_created == 1
     assert "1 key in these figures was not created in the events" in render_html(uncreated)
+
+
+def _synthetic(count: int) -> list[dict[str, Any]]:
+    """A busy stream: denied calls, late events, duplicates and lifecycle events among the calls."""
+    settings = SyntheticSettings(keys=40, principals=15, accounts=3, start=NOV, seconds_per_event=30,
+                                 denied_share=0.1, lifecycle_share=0.01)
+    return list(generate_events(count, settings, seed=11))
+
+
+def _same_tables(one: ReportData, other: ReportData) -> None:
+    assert (one.events, one.first_event, one.last_event, one.window) == (
+        other.events, other.first_event, other.last_event, other.window)
+    for name, table in one.tables().items():
+        assert table.equals(other.tables()[name]), name
+
+
+def test_a_report_is_the_same_whatever_the_batch_size() -> None:
+    # Each batch's denied calls are tallied apart and summed at the end: batch boundaries must
+    # not change a count, a first or last time, or a column's type.
+    events = _synthetic(1_500)
+    options = ReportOptions(until=NOV + timedelta(days=1), alarms=Path(__file__).with_name("none"))
+    whole = collect_sync(RecordsSource(events), options)
+    assert whole.denied.height > 10 and whole.events > 1_000
+    _same_tables(whole, collect_sync(RecordsSource(events, max_records=13), options))
+
+
+def test_an_event_log_report_consumed_in_a_child_process_has_the_same_tables(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append([encode(event) for event in _synthetic(1_500)])
+    log.sync()
+    log.close()
+    options = ReportOptions(since=NOV + timedelta(hours=2), until=NOV + timedelta(hours=10),
+                            alarms=Path(__file__).with_name("none"))
+    in_process = collect_sync(SegmentLogSource(tmp_path), options)
+    assert in_process.denied.height > 10
+    _same_tables(collect_event_log(tmp_path, options, progress=False), in_process)
