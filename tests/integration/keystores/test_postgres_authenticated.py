@@ -8,7 +8,6 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,32 +15,28 @@ import pytest
 
 from keytrail.kms import errors
 from keytrail.kms.authentic_docs import DocumentRefused
-from keytrail.kms.codec import alias_to_doc, grant_to_doc, key_to_doc
-from keytrail.kms.importing import ImportParameters
-from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.codec import alias_to_doc, grant_to_doc
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.store import Alias, Grant
 from tests.integration.keystores.test_postgres_store import fresh_database
+from tests.support.store_documents import (
+    ACCOUNT,
+    ALIAS,
+    CKS,
+    GRANT,
+    NOW,
+    OTHER,
+    OURS,
+    REGION,
+    TOKEN,
+    legacy_key_doc,
+)
 
 pytestmark = pytest.mark.integration
 
-ACCOUNT, REGION = "111122223333", "us-east-1"
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-POLICY = '{"Version":"2012-10-17","Statement":[]}'
-OURS = Key(ACCOUNT, REGION, "1234abcd-12ab-34cd-56ef-1234567890ab", NOW, policy=POLICY,
-           materials=(KeyMaterial("ab" * 32, os.urandom(32), NOW),))
-OTHER = Key(ACCOUNT, REGION, "0987dcba-09fe-87dc-65ba-ab0987654321", NOW, policy=POLICY,
-            materials=(KeyMaterial("cd" * 32, os.urandom(32), NOW),))
-ALIAS = Alias(ACCOUNT, REGION, "alias/ours", OURS.key_id, NOW, NOW)
-GRANT = Grant(ACCOUNT, REGION, OTHER.key_id, "a1" * 32, f"arn:aws:iam::{ACCOUNT}:role/reader", ("Decrypt",),
-              ACCOUNT, NOW, token="t")
 FORGED = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
                ACCOUNT, NOW, token="t")
-TOKEN = ImportParameters("ef" * 16, ACCOUNT, REGION, OURS.key_id, "RSAES_OAEP_SHA_256", "RSA_2048", os.urandom(64),
-                         NOW + timedelta(days=1))
-CKS = CustomKeyStore(ACCOUNT, REGION, "cks-0123456789abcdef0", "n", "cluster-abcdefghijk", "pem", "kmsuser-pin", NOW)
 
 
 @pytest.fixture
@@ -118,14 +113,6 @@ async def test_a_forged_row_is_refused(dsn: str) -> None:
     await store.close()
 
 
-def _legacy_key_doc(key: Key, root: RootKey) -> str:
-    """A key's document as versions before MACs wrote it: material sealed under ARN#material id."""
-    doc = json.loads(key_to_doc(key, root))
-    for material, sealed in zip(key.materials, doc["materials"], strict=True):
-        sealed["sealed"] = root.seal_text(material.secret, f"{key.arn}#{material.material_id}")
-    return json.dumps(doc, separators=(",", ":"))
-
-
 async def _legacy_store(dsn: str, root: RootKey) -> None:
     """The tables and rows a version before MACs left, its root key check included."""
     await (await PostgresStore.connect(dsn, root)).close()  # the schema
@@ -134,7 +121,7 @@ async def _legacy_store(dsn: str, root: RootKey) -> None:
         await connection.execute("UPDATE kms_root_key SET sealed=$1", root.seal_text(b"", "root-key-check"))
         for key in (OURS, OTHER):
             await connection.execute("INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)", ACCOUNT, REGION, key.key_id,
-                                     NOW.isoformat(), _legacy_key_doc(key, root))
+                                     NOW.isoformat(), legacy_key_doc(key, root))
         await connection.execute("INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)",
                                  ACCOUNT, REGION, ALIAS.name, OURS.key_id, alias_to_doc(ALIAS))
         await connection.execute("INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)", ACCOUNT, REGION,

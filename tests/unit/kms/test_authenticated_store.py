@@ -9,33 +9,28 @@ import json
 import logging
 import os
 import sqlite3
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from keytrail.kms import errors
-from keytrail.kms.codec import alias_to_doc, grant_to_doc, key_to_doc
-from keytrail.kms.importing import ImportParameters
-from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.codec import alias_to_doc, grant_to_doc
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Alias, Grant
+from tests.support.store_documents import (
+    ACCOUNT,
+    ALIAS,
+    CKS,
+    GRANT,
+    NOW,
+    OTHER,
+    OURS,
+    REGION,
+    TOKEN,
+    legacy_key_doc,
+)
 
-ACCOUNT, REGION = "111122223333", "us-east-1"
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-POLICY = '{"Version":"2012-10-17","Statement":[]}'
-OURS = Key(ACCOUNT, REGION, "1234abcd-12ab-34cd-56ef-1234567890ab", NOW, policy=POLICY,
-           materials=(KeyMaterial("ab" * 32, os.urandom(32), NOW),))
-OTHER = Key(ACCOUNT, REGION, "0987dcba-09fe-87dc-65ba-ab0987654321", NOW, policy=POLICY,
-            materials=(KeyMaterial("cd" * 32, os.urandom(32), NOW),))
-ALIAS = Alias(ACCOUNT, REGION, "alias/ours", OURS.key_id, NOW, NOW)
-GRANT = Grant(ACCOUNT, REGION, OTHER.key_id, "a1" * 32, f"arn:aws:iam::{ACCOUNT}:role/reader", ("Decrypt",),
-              ACCOUNT, NOW, token="t")
-TOKEN = ImportParameters("ef" * 16, ACCOUNT, REGION, OURS.key_id, "RSAES_OAEP_SHA_256", "RSA_2048", os.urandom(64),
-                         NOW + timedelta(days=1))
-CKS = CustomKeyStore(ACCOUNT, REGION, "cks-0123456789abcdef0", "n", "cluster-abcdefghijk", "pem", "kmsuser-pin", NOW)
 OPEN_TO_ALL = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}]})
 
@@ -123,20 +118,12 @@ async def test_a_forged_row_is_refused(tmp_path: Path) -> None:
     await store.close()
 
 
-def _legacy_key_doc(key: Key, root: RootKey) -> str:
-    """A key's document as versions before MACs wrote it: material sealed under ARN#material id."""
-    doc = json.loads(key_to_doc(key, root))
-    for material, sealed in zip(key.materials, doc["materials"], strict=True):
-        sealed["sealed"] = root.seal_text(material.secret, f"{key.arn}#{material.material_id}")
-    return json.dumps(doc, separators=(",", ":"))
-
-
 async def _legacy_store(path: Path, root: RootKey) -> None:
     await SqliteStore(path, root).close()  # the schema
     with sqlite3.connect(path) as db:
         for key in (OURS, OTHER):
             db.execute("INSERT INTO keys VALUES (?, ?, ?, ?)",
-                       (ACCOUNT, REGION, key.key_id, _legacy_key_doc(key, root)))
+                       (ACCOUNT, REGION, key.key_id, legacy_key_doc(key, root)))
         db.execute("INSERT INTO aliases VALUES (?, ?, ?, ?, ?)",
                    (ACCOUNT, REGION, ALIAS.name, OURS.key_id, alias_to_doc(ALIAS)))
         db.execute("INSERT INTO grants VALUES (?, ?, ?, ?, ?)",
