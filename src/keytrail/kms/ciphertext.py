@@ -1,14 +1,16 @@
 """The symmetric ciphertext blob: versioned, self-describing, AES-256-GCM.
 
-    | 0x02 | account (12) | n (1) | key id (n) | material id (32) | salt (32)  | ciphertext ‖ tag (16) |
+    | 0x02 | account (12) | n (1) | key id (n) | material id (32) | salt (32) | nonce (12) | ciphertext ‖ tag (16) |
     | 0x01 | account (12) | n (1) | key id (n) | material id (32) | nonce (12) | ciphertext ‖ tag (16) |
 
-Format 2 (what a key held by this node writes) seals each blob under a key of its own, derived from
-the key version's secret and the blob's random salt (HKDF-Expand with SHA-256), as AWS KMS derives
-a key per call: a version can seal any number of blobs. Format 1 sealed under the version's secret
-itself with a random 96-bit nonce, which NIST SP 800-38D allows 2^32 times per key; it is still
-opened (blobs are kept for years), and HSM-backed keys, whose secret never leaves the HSM, still
-write it (kms/hsm.py).
+Format 2 (what a key held by this node writes) seals under a key derived from the key version's
+secret and a random salt the blob carries (HKDF-Expand with SHA-256), with a random 96-bit nonce. A
+derived key seals at most `SUBKEY_BLOBS` blobs, then a new salt is drawn: NIST SP 800-38D allows one
+AES-GCM key 2^32 random nonces, so a version can seal any number of blobs. (A key per blob, as AWS
+KMS derives one per call, cost ≈ 6 % of an Encrypt through the server: a new key schedule each
+time.) Format 1 sealed under the version's secret itself, up to that 2^32 for the whole version; it
+is still opened (blobs are kept for years), and HSM-backed keys, whose secret never leaves the HSM,
+still write it (kms/hsm.py).
 
 The whole header and the canonically encoded encryption context are the GCM additional data, so
 changing any byte, the key id, the material version or the context fails authentication. Every
@@ -34,13 +36,13 @@ __all__ = ["FORMAT_V1", "FORMAT_V2", "BlobHeader", "encode_context", "open_blob"
 FORMAT_V1 = 0x01  # GCM under the version's secret, random nonce
 FORMAT_V2 = 0x02  # GCM under a key derived per blob
 _NONCE = 12
-_SALT = 32  # two blobs share a derived key with chance 2^-129 after 2^64 of them
+_SALT = 32
+# Blobs one derived key seals: two of its random nonces repeat with chance 2^-57 (2^40 / 2^97).
+SUBKEY_BLOBS = 1 << 20
 # HKDF-Expand(secret, _LABEL ‖ salt, 32) is one HMAC block: HMAC(secret, info ‖ 0x01). The version's
 # secret is already a uniformly random key, so HKDF-Extract would add nothing.
 _LABEL = b"keytrail ciphertext blob v2"
-# Each derived key seals one blob, so its GCM nonce need not vary.
-_ZERO_NONCE = bytes(_NONCE)
-_SEED = {FORMAT_V1: _NONCE, FORMAT_V2: _SALT}
+_SEED = {FORMAT_V1: _NONCE, FORMAT_V2: _SALT + _NONCE}
 _TAG = 16
 _MATERIAL_ID = 32
 _PAIRS = struct.Struct(">H")
@@ -53,7 +55,7 @@ class BlobHeader:
     key_id: str
     material_id: str  # 64 hex
     header: bytes  # the raw header bytes, seed excluded
-    seed: bytes  # the blob's random value: format 2's salt, format 1's nonce
+    seed: bytes  # the blob's random values: format 2's salt and nonce, format 1's nonce
     body: bytes
 
     @property
@@ -91,19 +93,44 @@ def _derivation(secret: bytes) -> KeyedSha256:
     return KeyedSha256.of(secret, _LABEL)
 
 
-def _blob_key(secret: bytes, salt: bytes) -> AESGCM:
+@lru_cache(maxsize=4096)
+def _derived(secret: bytes, salt: bytes) -> AESGCM:
     return AESGCM(_derivation(secret).digest(salt + b"\x01"))
+
+
+@dataclass(slots=True)
+class _Sealing:
+    """The derived key a version seals with now, and how many more blobs it may seal."""
+
+    salt: bytes
+    aead: AESGCM
+    left: int
+
+
+_SEALING: dict[bytes, _Sealing] = {}  # by version secret
+
+
+def _sealing(secret: bytes) -> _Sealing:
+    sealing = _SEALING.get(secret)
+    if sealing is None or sealing.left <= 0:
+        if len(_SEALING) >= 4096:  # versions seen: drop them all rather than grow without bound
+            _SEALING.clear()
+        salt = os.urandom(_SALT)
+        sealing = _SEALING[secret] = _Sealing(salt, _derived(secret, salt), SUBKEY_BLOBS)
+    sealing.left -= 1
+    return sealing
 
 
 def seal_blob(
     secret: bytes, *, account: str, key_id: str, material_id: str, plaintext: bytes,
     context: Mapping[str, str] | None,
 ) -> bytes:
-    """Encrypt `plaintext` under one key version (a key derived for this blob) and return the blob."""
+    """Encrypt `plaintext` under one key version (its current derived key) and return the blob."""
     header = blob_header(account, key_id, material_id)
-    salt = os.urandom(_SALT)
-    body = _blob_key(secret, salt).encrypt(_ZERO_NONCE, plaintext, header + encode_context(context))
-    return header + salt + body
+    sealing = _sealing(secret)
+    nonce = os.urandom(_NONCE)
+    body = sealing.aead.encrypt(nonce, plaintext, header + encode_context(context))
+    return header + sealing.salt + nonce + body
 
 
 def read_header(blob: bytes) -> BlobHeader:
@@ -134,7 +161,8 @@ def open_blob(secret: bytes, header: BlobHeader, context: Mapping[str, str] | No
     additional_data = header.header + encode_context(context)
     try:
         if header.format == FORMAT_V2:
-            return _blob_key(secret, header.seed).decrypt(_ZERO_NONCE, header.body, additional_data)
+            salt, nonce = header.seed[:_SALT], header.seed[_SALT:]
+            return _derived(secret, salt).decrypt(nonce, header.body, additional_data)
         return _aead(secret).decrypt(header.seed, header.body, additional_data)
     except InvalidTag:
         raise InvalidCiphertextException("") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keytrail.kms import ciphertext
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, encode_context, open_blob, read_header, seal_blob
 from keytrail.kms.errors import InvalidCiphertextException
 
@@ -80,29 +82,35 @@ def test_a_format_1_blob_of_an_earlier_release_still_opens() -> None:
     assert open_blob(bytes(range(32)), header, KNOWN_CONTEXT) == b"known answer"
 
 
-def test_each_blob_is_sealed_under_a_key_derived_from_its_salt_not_under_the_version_secret() -> None:
-    # Format 2: AES-256-GCM under HKDF-Expand(secret, label ‖ salt) with a zero nonce, so one key
-    # version seals any number of blobs (a random 96-bit nonce under the secret itself allows 2^32).
+def test_a_blob_is_sealed_under_a_key_derived_from_its_salt_not_under_the_version_secret() -> None:
+    # Format 2: AES-256-GCM under HKDF-Expand(secret, label ‖ salt), with the blob's random nonce.
     # Checked against pyca's own HKDF, not keytrail's derivation.
     blob = _seal(b"hello", {"k": "v"})
     header = read_header(blob)
-    assert header.format == FORMAT_V2 and len(header.seed) == 32
+    assert header.format == FORMAT_V2 and len(header.seed) == 32 + 12
+    salt, nonce = header.seed[:32], header.seed[32:]
     additional_data = header.header + encode_context({"k": "v"})
-    derived = HKDFExpand(hashes.SHA256(), 32, b"keytrail ciphertext blob v2" + header.seed).derive(SECRET)
-    assert AESGCM(derived).decrypt(bytes(12), header.body, additional_data) == b"hello"
+    derived = HKDFExpand(hashes.SHA256(), 32, b"keytrail ciphertext blob v2" + salt).derive(SECRET)
+    assert AESGCM(derived).decrypt(nonce, header.body, additional_data) == b"hello"
     with pytest.raises(InvalidTag):
-        AESGCM(SECRET).decrypt(bytes(12), header.body, additional_data)
+        AESGCM(SECRET).decrypt(nonce, header.body, additional_data)
 
 
-def test_two_blobs_of_the_same_plaintext_share_neither_salt_nor_bytes() -> None:
-    first, second = _seal(b"same"), _seal(b"same")
-    assert read_header(first).seed != read_header(second).seed
-    assert read_header(first).body != read_header(second).body
+def test_a_derived_key_seals_a_bounded_number_of_blobs_then_a_new_salt_is_drawn(monkeypatch: Any) -> None:
+    # NIST SP 800-38D allows one key 2^32 random nonces: a derived key stops long before.
+    monkeypatch.setattr(ciphertext, "SUBKEY_BLOBS", 3)
+    monkeypatch.setattr(ciphertext, "_SEALING", {})
+    salts = [read_header(_seal(b"same")).seed[:32] for _ in range(7)]
+    assert salts[0] == salts[1] == salts[2] != salts[3]
+    assert salts[3] == salts[4] == salts[5] != salts[6]
+    nonces = {read_header(_seal(b"same")).seed[32:] for _ in range(50)}
+    assert len(nonces) == 50  # each blob its own nonce
 
 
-def test_a_format_2_blob_is_written_alike_by_every_release() -> None:
+def test_a_format_2_blob_is_written_alike_by_every_release(monkeypatch: Any) -> None:
     secret = bytes(range(32))
-    with mock.patch("keytrail.kms.ciphertext.os.urandom", return_value=bytes(32)):
+    monkeypatch.setattr(ciphertext, "_SEALING", {})
+    with mock.patch("keytrail.kms.ciphertext.os.urandom", side_effect=lambda size: bytes(size)):
         blob = seal_blob(secret, account="111122223333", key_id="1234abcd-12ab-34cd-56ef-1234567890ab",
                          material_id=MATERIAL, plaintext=b"known answer", context=KNOWN_CONTEXT)
     assert blob.hex() == KNOWN_V2_BLOB_HEX
@@ -110,16 +118,17 @@ def test_a_format_2_blob_is_written_alike_by_every_release() -> None:
 
 
 def test_a_format_1_blob_relabelled_as_format_2_does_not_open() -> None:
-    relabelled = bytes([FORMAT_V2]) + KNOWN_V1_BLOB[1:] + bytes(20)  # long enough to parse as format 2
+    relabelled = bytes([FORMAT_V2]) + KNOWN_V1_BLOB[1:] + bytes(32)  # long enough to parse as format 2
     with pytest.raises(InvalidCiphertextException):
         open_blob(bytes(range(32)), read_header(relabelled), KNOWN_CONTEXT)
 
 
-# Sealed by the first release of format 2 with an all-zero salt (its derivation is checked against
-# pyca's HKDF above): every later release writes the same bytes given the same salt.
+# Sealed by the first release of format 2 with an all-zero salt and nonce (its derivation is checked
+# against pyca's HKDF above): every later release writes the same bytes given the same salt and nonce.
 KNOWN_V2_BLOB_HEX = (
     "023131313132323232333333332431323334616263642d313261622d333463642d353665662d313233343536373839306162"
     "abababababababababababababababababababababababababababababababab"
     "0000000000000000000000000000000000000000000000000000000000000000"
+    "000000000000000000000000"
     "cca5229cd1f0846ac1bdf534e8f9eb080bd2e6949c639ae5074c5c5f"
 )
