@@ -18,12 +18,13 @@ from keytrail.kms.authentic_docs import DocumentRefused
 from keytrail.kms.codec import alias_to_doc, grant_to_doc
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey, SealError
-from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store import Alias
 from tests.integration.keystores.test_postgres_store import fresh_database
 from tests.support.store_documents import (
     ACCOUNT,
     ALIAS,
     CKS,
+    FORGED,
     GRANT,
     NOW,
     OTHER,
@@ -35,8 +36,6 @@ from tests.support.store_documents import (
 
 pytestmark = pytest.mark.integration
 
-FORGED = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
-               ACCOUNT, NOW, token="t")
 
 
 @pytest.fixture

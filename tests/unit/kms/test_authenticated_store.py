@@ -22,6 +22,7 @@ from tests.support.store_documents import (
     ACCOUNT,
     ALIAS,
     CKS,
+    FORGED,
     GRANT,
     NOW,
     OTHER,
@@ -97,8 +98,7 @@ async def test_a_document_copied_to_another_row_is_refused(tmp_path: Path) -> No
 async def test_a_forged_row_is_refused(tmp_path: Path) -> None:
     root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
     await _store_with_two_keys(path, root)
-    forged = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
-                   ACCOUNT, NOW, token="t")
+    forged = FORGED
     without_mac, made_up_mac = grant_to_doc(forged), '{"mac":"' + "00" * 32 + '",' + grant_to_doc(forged)[1:]
     _execute(path, "INSERT INTO grants VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, OURS.key_id, forged.grant_id,
              without_mac)
@@ -216,8 +216,7 @@ async def test_a_refused_row_deleted_with_its_key_is_forgotten(tmp_path: Path) -
     # names are free again, and the calls that listed them answer.
     root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
     await _store_with_two_keys(path, root)
-    forged = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
-                   ACCOUNT, NOW, token="t")
+    forged = FORGED
     _execute(path, "INSERT INTO grants VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, OURS.key_id, forged.grant_id,
              grant_to_doc(forged))
     _execute(path, "UPDATE aliases SET doc=replace(doc, ?, ?) WHERE name=?", OURS.key_id, OTHER.key_id, ALIAS.name)
