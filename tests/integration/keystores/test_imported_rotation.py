@@ -96,6 +96,18 @@ def test_rotating_an_imported_key_without_pending_material_is_refused(kms: Any) 
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"] == first_id
 
 
+def test_rotation_status_of_an_imported_key_is_unsupported_also_once_rotated(kms: Any) -> None:
+    # Key states table: GetKeyRotationStatus of a key of imported material is
+    # UnsupportedOperationException "<key ARN> origin is EXTERNAL which is not valid for this
+    # operation." in every state; on-demand rotation to imported material does not change that.
+    key_id, arn, _ = _imported_key(kms, os.urandom(32))
+    expected = ("UnsupportedOperationException", f"{arn} origin is EXTERNAL which is not valid for this operation.")
+    assert aws_error(kms.get_key_rotation_status, KeyId=key_id)[:2] == expected
+    _import_new(kms, key_id, os.urandom(32))
+    kms.rotate_key_on_demand(KeyId=key_id)
+    assert aws_error(kms.get_key_rotation_status, KeyId=arn)[:2] == expected
+
+
 def test_new_material_sequences_that_are_refused(kms: Any) -> None:
     first, second = os.urandom(32), os.urandom(32)
     key_id, arn, first_id = _imported_key(kms, first)

@@ -145,14 +145,14 @@ def test_rotation_status_is_false_while_pending_deletion(kms) -> None:
 
 
 def test_automatic_rotation_of_imported_keys_is_unsupported_operation(kms) -> None:
-    # Key states table, note [6]: on a PendingImport key Enable/DisableKeyRotation fail with
-    # "UnsupportedOperationException: <key ARN> origin is EXTERNAL which is not valid for this
-    # operation.", not with the key-state error. On-demand rotation of imported keys exists
-    # (to imported material, tests/integration/keystores/test_imported_rotation.py): a key with
-    # no material yet answers with its state.
+    # Key states table, note [6]: on a PendingImport key Enable/DisableKeyRotation and
+    # GetKeyRotationStatus fail with "UnsupportedOperationException: <key ARN> origin is EXTERNAL
+    # which is not valid for this operation.", not with the key-state error. On-demand rotation
+    # of imported keys exists (to imported material, tests/integration/keystores/
+    # test_imported_rotation.py): a key with no material yet answers with its state.
     arn = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["Arn"]
     expected = ("UnsupportedOperationException", f"{arn} origin is EXTERNAL which is not valid for this operation.")
-    for call in (kms.enable_key_rotation, kms.disable_key_rotation):
+    for call in (kms.enable_key_rotation, kms.disable_key_rotation, kms.get_key_rotation_status):
         assert aws_error(call, KeyId=arn)[:2] == expected, call
     assert aws_error(kms.rotate_key_on_demand, KeyId=arn)[:2] == (
         "KMSInvalidStateException", f"{arn} is pending import."

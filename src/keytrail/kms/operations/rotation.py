@@ -48,9 +48,11 @@ def _require_primary_or_single_region(key: Key) -> None:
 
 
 def _require_generated_material(key: Key) -> None:
-    # AWS key states table: an imported key (even one PendingImport) answers with its origin,
-    # before any key-state error; KMS cannot rotate automatically material it did not generate.
-    if key.origin is Origin.EXTERNAL:
+    # AWS key states table (notes [6] and [7] of Enable/DisableKeyRotation and GetKeyRotationStatus):
+    # a key of imported material (even one PendingImport) or of a custom key store answers with
+    # its origin, before any key-state error; KMS cannot rotate automatically material it did not
+    # generate.
+    if key.origin is not Origin.AWS_KMS:
         raise errors.UnsupportedOperationException(
             f"{key.arn} origin is {key.origin} which is not valid for this operation."
         )
@@ -79,6 +81,7 @@ async def _set_rotation(svc: KmsService, key: Key) -> None:
 async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:GetKeyRotationStatus", key)
+    _require_generated_material(key)
     # GetKeyRotationStatus: a key pending deletion reports false; cancelling the deletion
     # brings back the status it had (kept on the key, so nothing is lost meanwhile).
     enabled = key.rotation_enabled and key.state is not KeyState.PENDING_DELETION
