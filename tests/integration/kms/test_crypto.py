@@ -8,6 +8,8 @@ from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
 INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
+CIPHERTEXT_KEY_NOT_FOUND = ("The ciphertext refers to a customer master key that does not exist, does not exist in "
+                            "this region, or you are not allowed to access.")
 
 
 @pytest.fixture
@@ -59,6 +61,18 @@ def test_tampered_or_truncated_blob_is_invalid_ciphertext(kms, key) -> None:
     blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"payload")["CiphertextBlob"]
     for bad in (blob[:-1], blob[:20], blob[:-1] + bytes([blob[-1] ^ 1]), b"\x00" + blob[1:], b"garbage"):
         assert aws_error(kms.decrypt, CiphertextBlob=bad)[:2] == ("InvalidCiphertextException", "")
+
+
+def test_ciphertext_of_a_key_not_in_this_region_is_access_denied(server: KeytrailServer, kms, key) -> None:
+    # AWS answers Decrypt and ReEncrypt of a well-formed ciphertext whose key it cannot find with
+    # AccessDeniedException, not InvalidCiphertextException (observed, e.g. aws-encryption-sdk-
+    # javascript#1005, kubernetes-sigs/aws-encryption-provider#91).
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p")["CiphertextBlob"]
+    elsewhere = server.client("alice", "eu-west-2")
+    destination = elsewhere.create_key()["KeyMetadata"]["KeyId"]
+    expected = ("AccessDeniedException", CIPHERTEXT_KEY_NOT_FOUND)
+    assert aws_error(elsewhere.decrypt, CiphertextBlob=blob)[:2] == expected
+    assert aws_error(elsewhere.re_encrypt, CiphertextBlob=blob, DestinationKeyId=destination)[:2] == expected
 
 
 def test_decrypt_with_another_key_id_is_incorrect_key(kms, key) -> None:

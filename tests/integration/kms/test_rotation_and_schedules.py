@@ -124,6 +124,7 @@ def test_key_enabled_after_missing_its_rotations_rotates_once_then_every_period(
 def test_scheduled_deletion_deletes_the_key_after_the_window(fresh_server: KeytrailServer) -> None:
     kms = fresh_server.client()
     arn = kms.create_key()["KeyMetadata"]["Arn"]
+    blob = kms.encrypt(KeyId=arn, Plaintext=b"kept too long")["CiphertextBlob"]
     kms.schedule_key_deletion(KeyId=arn, PendingWindowInDays=7)
     fresh_server.advance(6 * DAY)
     assert kms.describe_key(KeyId=arn)["KeyMetadata"]["KeyState"] == "PendingDeletion"
@@ -131,6 +132,12 @@ def test_scheduled_deletion_deletes_the_key_after_the_window(fresh_server: Keytr
     code, message, _ = aws_error(kms.describe_key, KeyId=arn)
     assert (code, message) == ("NotFoundException", f"Key '{arn}' does not exist")
     assert arn not in [k["KeyArn"] for k in kms.list_keys()["Keys"]]
+    # Ciphertext of a deleted key is AWS's AccessDeniedException, not InvalidCiphertextException.
+    assert aws_error(kms.decrypt, CiphertextBlob=blob)[:2] == (
+        "AccessDeniedException",
+        "The ciphertext refers to a customer master key that does not exist, does not exist in this region, "
+        "or you are not allowed to access.",
+    )
 
 
 def test_rotation_status_is_false_while_pending_deletion(kms) -> None:

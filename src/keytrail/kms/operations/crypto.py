@@ -20,6 +20,10 @@ __all__ = ["OPERATIONS", "refuse_recipient"]
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
+# AWS's AccessDeniedException for a well-formed ciphertext whose key it cannot find (deleted, of
+# another Region or account): not InvalidCiphertextException, the ciphertext itself may be intact.
+CIPHERTEXT_KEY_NOT_FOUND = ("The ciphertext refers to a customer master key that does not exist, does not exist in "
+                            "this region, or you are not allowed to access.")
 _DATA_KEY_BYTES = {"AES_256": 32, "AES_128": 16}
 _NO_RECIPIENT = "Recipient (attested enclave) requests are not supported by keytrail."
 # Whether ReEncrypt's destination is the key the ciphertext was made under: the keys, however the
@@ -79,7 +83,7 @@ async def _key_of_blob(svc: KmsService, call: Call, blob: bytes, key_id: str | N
         return named
     key = await svc.find_key_by_id(header.account, call.context.region, header.key_id)
     if key is None:
-        raise errors.InvalidCiphertextException("")
+        raise errors.AccessDeniedException(CIPHERTEXT_KEY_NOT_FOUND)
     call.resource(key.arn)
     return key
 
