@@ -1,5 +1,6 @@
 """The symmetric ciphertext blob: versioned, self-describing, AES-256-GCM.
 
+    | 0x03 | account (12) | n (1) | key id (n) | material id (32) | salt (11) | nonce (12) | ciphertext ‖ tag (16) |
     | 0x02 | account (12) | n (1) | key id (n) | material id (32) | salt (32) | nonce (12) | ciphertext ‖ tag (16) |
     | 0x01 | account (12) | n (1) | key id (n) | material id (32) | nonce (12) | ciphertext ‖ tag (16) |
 
@@ -8,9 +9,11 @@ secret and a random salt the blob carries (HKDF-Expand with SHA-256), with a ran
 derived key seals at most `SUBKEY_BLOBS` blobs, then a new salt is drawn: NIST SP 800-38D allows one
 AES-GCM key 2^32 random nonces, so a version can seal any number of blobs. (A key per blob, as AWS
 KMS derives one per call, cost ≈ 6 % of an Encrypt through the server: a new key schedule each
-time.) Format 1 sealed under the version's secret itself, up to that 2^32 for the whole version; it
-is still opened (blobs are kept for years), and HSM-backed keys, whose secret never leaves the HSM,
-still write it (kms/hsm.py).
+time.) Format 3 is the same idea for HSM-backed keys, whose secret never leaves the HSM: the token
+derives the key from its own key and the blob's salt (kms/hsm_derivation.py), and only the token
+opens it. Format 1 sealed under the version's secret itself, up to that 2^32 for the whole version;
+it is still opened (blobs are kept for years), and an HSM key whose token cannot derive keys still
+writes it (kms/hsm.py).
 
 The whole header and the canonically encoded encryption context are the GCM additional data, so
 changing any byte, the key id, the material version or the context fails authentication. Every
@@ -31,18 +34,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from keytrail.keyed_hash import KeyedSha256
 from keytrail.kms.errors import InvalidCiphertextException
 
-__all__ = ["FORMAT_V1", "FORMAT_V2", "BlobHeader", "encode_context", "open_blob", "read_header", "seal_blob"]
+__all__ = [
+    "FORMAT_V1", "FORMAT_V2", "FORMAT_V3", "SUBKEY_BLOBS", "TOKEN_SALT", "BlobHeader", "encode_context", "open_blob",
+    "read_header", "seal_blob",
+]
 
 FORMAT_V1 = 0x01  # GCM under the version's secret, random nonce
-FORMAT_V2 = 0x02  # GCM under a key derived per blob
+FORMAT_V2 = 0x02  # GCM under a key derived from the version's secret and a salt
+FORMAT_V3 = 0x03  # GCM under a key an HSM derived from its key and a salt (kms/hsm_derivation.py)
 _NONCE = 12
 _SALT = 32
+TOKEN_SALT = 11  # format 3's salt: 11 bytes fill an AES block with its counter byte and 4 zero bytes
 # Blobs one derived key seals: two of its random nonces repeat with chance 2^-57 (2^40 / 2^97).
 SUBKEY_BLOBS = 1 << 20
 # HKDF-Expand(secret, _LABEL ‖ salt, 32) is one HMAC block: HMAC(secret, info ‖ 0x01). The version's
 # secret is already a uniformly random key, so HKDF-Extract would add nothing.
 _LABEL = b"keytrail ciphertext blob v2"
-_SEED = {FORMAT_V1: _NONCE, FORMAT_V2: _SALT + _NONCE}
+_SEED = {FORMAT_V1: _NONCE, FORMAT_V2: _SALT + _NONCE, FORMAT_V3: TOKEN_SALT + _NONCE}
 _TAG = 16
 _MATERIAL_ID = 32
 _PAIRS = struct.Struct(">H")
@@ -55,7 +63,7 @@ class BlobHeader:
     key_id: str
     material_id: str  # 64 hex
     header: bytes  # the raw header bytes, seed excluded
-    seed: bytes  # the blob's random values: format 2's salt and nonce, format 1's nonce
+    seed: bytes  # the blob's random values: formats 2 and 3 a salt and a nonce, format 1 a nonce
     body: bytes
 
     @property
@@ -157,7 +165,10 @@ def read_header(blob: bytes) -> BlobHeader:
 
 
 def open_blob(secret: bytes, header: BlobHeader, context: Mapping[str, str] | None) -> bytes:
-    """Decrypt a parsed blob with the key version it names."""
+    """Decrypt a parsed blob with the key version it names. Format 3 is refused whatever the secret:
+    only an HSM writes it, and only the HSM holds what opens it."""
+    if header.format not in (FORMAT_V1, FORMAT_V2):
+        raise InvalidCiphertextException("")
     additional_data = header.header + encode_context(context)
     try:
         if header.format == FORMAT_V2:

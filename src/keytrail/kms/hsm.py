@@ -4,7 +4,9 @@ Any PKCS#11 v2.20+ module works (SoftHSM2, the AWS CloudHSM client SDK 5 library
 yubihsm_pkcs11): see docs/custom-key-stores.md. Each key is an AES-256 secret key object made
 inside the token with CKA_EXTRACTABLE false and CKA_SENSITIVE true; Encrypt and Decrypt run
 CKM_AES_GCM inside the token over the same blob layout as `ciphertext.py`, so such a blob names
-its key and material like any other and fails as one InvalidCiphertextException.
+its key and material like any other and fails as one InvalidCiphertextException. Blobs are format 3,
+under keys the token derives from its key (kms/hsm_derivation.py), or format 1, under the token's
+key itself, where the token cannot derive them.
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import pkcs11
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
 from keytrail.kms import errors
-from keytrail.kms.ciphertext import FORMAT_V1, blob_header, encode_context, read_header
+from keytrail.kms.ciphertext import (
+    FORMAT_V1,
+    FORMAT_V3,
+    TOKEN_SALT,
+    BlobHeader,
+    blob_header,
+    encode_context,
+    read_header,
+)
+from keytrail.kms.hsm_derivation import DERIVATION, DerivedKeys
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 from keytrail.kms.store import CustomKeyStoreStore
@@ -101,9 +112,10 @@ def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
     """Log in to the cluster's token as its user (CKU_USER) in a read-write session."""
     try:
         token = _library(path).get_token(token_label=token_label(cluster_id))
-        if Mechanism.AES_GCM not in token.slot.get_mechanisms():
+        mechanisms = token.slot.get_mechanisms()
+        if Mechanism.AES_GCM not in mechanisms:
             raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
-        return TokenSession(token.open(rw=True, user_pin=pin))
+        return TokenSession(token.open(rw=True, user_pin=pin), derives=DERIVATION in mechanisms)
     except p11.PKCS11Error as exc:
         raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
     except OSError as exc:
@@ -111,12 +123,16 @@ def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
 
 
 class TokenSession:
-    """One logged-in session; PKCS#11 sessions are not thread-safe, so calls are serialised."""
+    """One logged-in session; PKCS#11 sessions are not thread-safe, so calls are serialised.
+    `derives`: the token offers the derivation of format 3's keys (kms/hsm_derivation.py)."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, derives: bool = False) -> None:
         self._session = session
         self._lock = threading.Lock()
         self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
+        self.derives = derives
+        self._derived = DerivedKeys()  # session objects: they live and die with this session
+        self._derivable: dict[bytes, bool] = {}  # by object id: whether the key writes format 3
 
     def _key(self, object_id: bytes) -> Any:
         key = self._handles.get(object_id)
@@ -126,33 +142,84 @@ class TokenSession:
         return key
 
     def generate_key(self, object_id: bytes, label: str) -> None:
-        """A persistent AES-256 key that can never be read out of the token."""
+        """A persistent AES-256 key that can never be read out of the token, allowed only what
+        keytrail does with it: AES-GCM, and deriving format 3's keys."""
         template = {
             Attribute.TOKEN: True,
             Attribute.EXTRACTABLE: False,
             Attribute.SENSITIVE: True,
             Attribute.PRIVATE: True,
         }
+        capabilities = MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.DERIVE
         with self._lock:
             self._session.generate_key(
-                KeyType.AES, 256, id=object_id, label=label, store=True, template=template
+                KeyType.AES, 256, id=object_id, label=label, store=True, capabilities=capabilities,
+                template=template,
             )
 
-    def encrypt(self, object_id: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    def seal(self, object_id: bytes, header: Callable[[int], bytes], plaintext: bytes, context: bytes) -> bytes:
+        """The whole blob of `plaintext`: format 3 if this key derives, else format 1. `header` gives
+        the blob header of a format; `context` is the encoded encryption context."""
+        nonce = os.urandom(_NONCE)
         with self._lock:
-            return bytes(
-                self._key(object_id).encrypt(
-                    plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
-                )
-            )
+            sealing = self._sealing_key(object_id)
+            if sealing is None:
+                form, salt, key = FORMAT_V1, b"", self._key(object_id)
+            else:
+                form, (salt, key) = FORMAT_V3, sealing
+            head = header(form)
+            params = GCMParams(nonce, head + context, 128)
+            body = bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+        return head + salt + nonce + body
 
-    def decrypt(self, object_id: bytes, nonce: bytes, body: bytes, aad: bytes) -> bytes:
+    def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
+        """The plaintext of a parsed format 1 or 3 blob; a PKCS11Error if it fails authentication."""
         with self._lock:
-            return bytes(
-                self._key(object_id).decrypt(
-                    body, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, aad, 128)
-                )
-            )
+            if blob.format == FORMAT_V3:
+                salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]
+                key = self._opening_key(object_id, salt)
+            else:
+                key, nonce = self._key(object_id), blob.seed
+            params = GCMParams(nonce, blob.header + context, 128)
+            return bytes(key.decrypt(blob.body, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+
+    def _sealing_key(self, object_id: bytes) -> tuple[bytes, Any] | None:
+        """The salt and derived key of this key's next format 3 blob; None for format 1."""
+        if not self._can_derive(object_id):
+            return None
+        try:
+            return self._derived.sealing(self._key(object_id), object_id)
+        except _SESSION_LOST:
+            raise
+        except p11.PKCS11Error:  # the token's policy refuses this key's derivation: format 1, as before
+            self._derivable[object_id] = False
+            return None
+
+    def _opening_key(self, object_id: bytes, salt: bytes) -> Any:
+        if not self._can_derive(object_id):  # then this key never wrote format 3
+            raise errors.InvalidCiphertextException("")
+        return self._derived.key(self._key(object_id), object_id, salt)
+
+    def _can_derive(self, object_id: bytes) -> bool:
+        known = self._derivable.get(object_id)
+        if known is None:
+            known = self._derivable[object_id] = self.derives and self._allow_derivation(object_id)
+        return known
+
+    def _allow_derivation(self, object_id: bytes) -> bool:
+        """Keys made before format 3 lack CKA_DERIVE, which PKCS#11 lets their owner set later: set
+        once, it frees them of the 2^32 limit too. A token that refuses keeps them on format 1."""
+        key = self._key(object_id)
+        if key[Attribute.DERIVE]:
+            return True
+        try:
+            key[Attribute.DERIVE] = True
+        except _SESSION_LOST:
+            raise
+        except p11.PKCS11Error:
+            return False
+        del self._handles[object_id]  # python-pkcs11 gives an object derive_key() only if CKA_DERIVE was true
+        return True
 
     def random_bytes(self, count: int) -> bytes:
         """`count` bytes from the token's random number generator (C_GenerateRandom)."""
@@ -256,32 +323,30 @@ class HsmCipher:
         material = key.current_material
         if material is None or material.handle is None:
             raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
-        # Format 1 (a random nonce under the HSM key itself): deriving a key per blob would need a
-        # derivation mechanism inside the token, which PKCS#11 tokens do not share.
-        header = blob_header(key.account, key.key_id, material.material_id, FORMAT_V1)
-        nonce = os.urandom(_NONCE)
-        handle, aad = bytes.fromhex(material.handle), header + encode_context(context)
-        body = await self.connections.run(
-            await self._store_of(key), _unavailable(key), lambda s: s.encrypt(handle, nonce, plaintext, aad)
+        material_id, handle, encoded = material.material_id, bytes.fromhex(material.handle), encode_context(context)
+
+        def header(form: int) -> bytes:
+            return blob_header(key.account, key.key_id, material_id, form)
+
+        blob = await self.connections.run(
+            await self._store_of(key), _unavailable(key), lambda s: s.seal(handle, header, plaintext, encoded)
         )
-        return header + nonce + body, material.material_id
+        return blob, material_id
 
     async def decrypt(
         self, key: Key, blob: bytes, context: Mapping[str, str] | None, algorithm: str
     ) -> tuple[bytes, str | None]:
         header = read_header(blob)
         material = key.material(header.material_id)
-        if material is None or material.handle is None or header.key_id != key.key_id or header.format != FORMAT_V1:
+        if material is None or material.handle is None or header.key_id != key.key_id:
+            raise errors.InvalidCiphertextException("")
+        if header.format not in (FORMAT_V1, FORMAT_V3):  # format 2 needs the secret, which the token keeps
             raise errors.InvalidCiphertextException("")
         store = await self._store_of(key)
         session = await self.connections.session_or(store, _unavailable(key))
         try:
             plaintext = await asyncio.to_thread(
-                session.decrypt,
-                bytes.fromhex(material.handle),
-                header.seed,
-                header.body,
-                header.header + encode_context(context),
+                session.open, bytes.fromhex(material.handle), header, encode_context(context)
             )
         except _SESSION_LOST:
             await self.connections.drop(session)

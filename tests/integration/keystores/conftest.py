@@ -19,7 +19,8 @@ from cryptography.x509.oid import NameOID
 from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
 
 PIN = "kmsuser-pin-1"
-CLUSTERS = [f"cluster-keytrailtest{letter}" for letter in "abcdefghijklmnopqrstuvwxyz"]
+_SUFFIXES = [*"abcdefghijklmnopqrstuvwxyz", *("z" + letter for letter in "abcdefghij")]
+CLUSTERS = [f"cluster-keytrailtest{suffix}" for suffix in _SUFFIXES]
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2
+from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, FORMAT_V3
 from tests.integration.keystores.conftest import PIN
 from tests.support.server import KeytrailServer
 from tests.support.softhsm import SoftHsm
@@ -87,6 +87,9 @@ def _token_key(hsm: SoftHsm, cluster: str, label: str) -> dict[str, Any]:
                 ("sensitive", Attribute.SENSITIVE),
                 ("never_extractable", Attribute.NEVER_EXTRACTABLE),
                 ("value_len", Attribute.VALUE_LEN),
+                ("derive", Attribute.DERIVE),
+                ("sign", Attribute.SIGN),
+                ("wrap", Attribute.WRAP),
             )
         }
         try:
@@ -98,16 +101,23 @@ def _token_key(hsm: SoftHsm, cluster: str, label: str) -> dict[str, Any]:
 
 
 def _decrypt_in_token(hsm: SoftHsm, cluster: str, key_id: str, blob: bytes) -> bytes:
-    """Open a blob with the token's key object (ciphertext.py's layout, no context)."""
-    from pkcs11 import Mechanism, ObjectClass
+    """Open a format 3 blob (ciphertext.py's layout, no context) in the token, from this process: a
+    key derived there from the token's key and the blob's salt, as kms/hsm_derivation.py says."""
+    from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
     from pkcs11.mechanisms import GCMParams
 
     header_len = 1 + 12 + 1 + len(key_id) + 32
-    header, nonce, body = blob[:header_len], blob[header_len : header_len + 12], blob[header_len + 12 :]
+    header, salt = blob[:header_len], blob[header_len : header_len + 11]
+    nonce, body = blob[header_len + 11 : header_len + 23], blob[header_len + 23 :]
     with _token_session(hsm, cluster) as session:
         key = session.get_key(object_class=ObjectClass.SECRET_KEY, label=key_id)
+        derived = key.derive_key(
+            KeyType.AES, 256, mechanism=Mechanism.AES_ECB_ENCRYPT_DATA,
+            mechanism_param=b"\x01" + salt + bytes(4) + b"\x02" + salt + bytes(4),
+            template={Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+        )
         return bytes(
-            key.decrypt(body, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, header, 128))
+            derived.decrypt(body, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(nonce, header, 128))
         )
 
 
@@ -142,6 +152,9 @@ def test_key_is_generated_in_the_hsm_and_never_extractable(
         "sensitive": True,
         "never_extractable": True,
         "value_len": 32,
+        "derive": True,  # format 3's keys are derived from it, in the token
+        "sign": False,
+        "wrap": False,
         "value_readable": False,
     }
 
@@ -162,18 +175,19 @@ def test_crypto_runs_inside_the_hsm(
     assert kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"] == data_key["Plaintext"]
 
 
-def test_an_hsm_key_opens_only_the_blob_format_it_writes(
+def test_an_hsm_key_opens_only_the_blob_formats_it_writes(
     kms: Any, trust_anchor: str, clusters: Iterator[str]
 ) -> None:
-    # HSM keys write format 1 (a nonce under the token's key); the same bytes labelled format 2
-    # (a salt for a derived key, which a token cannot derive) are refused, not read with the wrong layout.
+    # HSM keys write format 3 (a salt for a key the token derives, then a nonce); the same bytes
+    # labelled format 2 (a salt for HKDF over a secret the token never gives out) or format 1 (a nonce
+    # under the token's key itself) are refused, not read with the wrong layout.
     key_id = _hsm_key(kms, _connected_store(kms, trust_anchor, next(clusters)))["KeyId"]
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"in the HSM")["CiphertextBlob"]
-    assert blob[0] == FORMAT_V1
-    relabelled = bytes([FORMAT_V2]) + blob[1:]
-    with pytest.raises(ClientError) as excinfo:
-        kms.decrypt(CiphertextBlob=relabelled)
-    assert _error(excinfo) == "InvalidCiphertextException"
+    assert blob[0] == FORMAT_V3
+    for form in (FORMAT_V2, FORMAT_V1):
+        with pytest.raises(ClientError) as excinfo:
+            kms.decrypt(CiphertextBlob=bytes([form]) + blob[1:])
+        assert _error(excinfo) == "InvalidCiphertextException"
 
 
 def test_disconnected_store_makes_keys_unavailable_until_reconnected(

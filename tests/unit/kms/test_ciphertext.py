@@ -9,13 +9,23 @@ from unittest import mock
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from hypothesis import given
 from hypothesis import strategies as st
 
 from keytrail.kms import ciphertext
-from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, encode_context, open_blob, read_header, seal_blob
+from keytrail.kms.ciphertext import (
+    FORMAT_V1,
+    FORMAT_V2,
+    FORMAT_V3,
+    TOKEN_SALT,
+    encode_context,
+    open_blob,
+    read_header,
+    seal_blob,
+)
 from keytrail.kms.errors import InvalidCiphertextException
 
 SECRET = os.urandom(32)
@@ -121,6 +131,39 @@ def test_a_format_1_blob_relabelled_as_format_2_does_not_open() -> None:
     relabelled = bytes([FORMAT_V2]) + KNOWN_V1_BLOB[1:] + bytes(32)  # long enough to parse as format 2
     with pytest.raises(InvalidCiphertextException):
         open_blob(bytes(range(32)), read_header(relabelled), KNOWN_CONTEXT)
+
+
+def test_a_format_3_blob_parses_but_no_secret_opens_it() -> None:
+    # Format 3 is an HSM key's (kms/hsm_derivation.py): its 11-byte salt and nonce parse like any
+    # header, but only the token derives its key, so no secret held in software opens it.
+    header = read_header(bytes.fromhex(KNOWN_V3_BLOB_HEX))
+    assert (header.format, len(header.seed), header.material_id) == (FORMAT_V3, TOKEN_SALT + 12, MATERIAL)
+    for secret in (b"", bytes(range(32)), SECRET):
+        with pytest.raises(InvalidCiphertextException) as info:
+            open_blob(secret, header, KNOWN_CONTEXT)
+        assert info.value.message == ""
+
+
+def test_a_format_3_blob_is_aes_gcm_under_two_aes_blocks_of_the_token_key() -> None:
+    # What the token computes for CKM_AES_ECB_ENCRYPT_DATA, here with pyca and a known token key value:
+    # tests/integration/keystores/test_custom_key_store_derivation.py checks SoftHSM2 writes the same.
+    header = read_header(bytes.fromhex(KNOWN_V3_BLOB_HEX))
+    salt, nonce = header.seed[:TOKEN_SALT], header.seed[TOKEN_SALT:]
+    blocks = Cipher(algorithms.AES(bytes(range(32))), modes.ECB()).encryptor()
+    derived = blocks.update(b"\x01" + salt + bytes(4) + b"\x02" + salt + bytes(4)) + blocks.finalize()
+    additional_data = header.header + encode_context(KNOWN_CONTEXT)
+    assert AESGCM(derived).decrypt(nonce, header.body, additional_data) == b"known answer"
+
+
+# Sealed by the first release of format 3 (SoftHSM2 2.6.1, token key bytes(range(32))) with an
+# all-zero salt and nonce: every later release and every token writes the same bytes.
+KNOWN_V3_BLOB_HEX = (
+    "033131313132323232333333332431323334616263642d313261622d333463642d353665662d313233343536373839306162"
+    "abababababababababababababababababababababababababababababababab"
+    "0000000000000000000000"
+    "000000000000000000000000"
+    "68ded9b3ed55b03032780dfbe0ea8362a4a5ab4e8828f9153d6c4aef"
+)
 
 
 # Sealed by the first release of format 2 with an all-zero salt and nonce (its derivation is checked

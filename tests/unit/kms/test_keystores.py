@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keytrail.kms import errors
 from keytrail.kms.hsm import TOKENS_ENV, token_label
+from keytrail.kms.hsm_derivation import derivation_data
 from keytrail.kms.importing import (
     ImportParameters,
     check_material,
@@ -114,3 +115,16 @@ def test_imported_material_id_is_not_a_plain_digest_of_the_material() -> None:
 
 def test_custom_key_store_ids_look_like_aws_ones() -> None:
     assert re.fullmatch(r"cks-[0-9a-f]{17}", new_custom_key_store_id(os.urandom(9)))
+
+
+def test_format_3_derivation_blocks_are_never_blocks_the_token_key_encrypts_for_gcm() -> None:
+    # The token key also opens format 1 blobs: AES-GCM with 96-bit nonces encrypts nonce ‖ ctr with
+    # ctr >= 1, and 0^128 for its hash key. A derivation block ends in a zero counter and is not zero.
+    salt = bytes(range(1, 12))
+    data = derivation_data(salt)
+    assert data == b"\x01" + salt + bytes(4) + b"\x02" + salt + bytes(4)
+    for block in (data[:16], data[16:], derivation_data(bytes(11))[16:]):
+        assert block[12:] == bytes(4) and block != bytes(16)
+    for wrong in (bytes(10), bytes(12), b""):
+        with pytest.raises(ValueError):
+            derivation_data(wrong)
