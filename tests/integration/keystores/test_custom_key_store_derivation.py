@@ -270,3 +270,22 @@ def test_a_format_3_blob_is_written_alike_by_every_release(
                             encode_context(KNOWN_CONTEXT))
         assert blob.hex() == KNOWN_V3_BLOB_HEX
         assert session.open(b"known", read_header(blob), encode_context(KNOWN_CONTEXT)) == b"known answer"
+
+
+def test_a_key_its_token_will_not_let_derive_keeps_writing_format_1(hsm: SoftHsm, clusters: Iterator[str]) -> None:
+    # A token policy that forbids changing the key (CKA_MODIFIABLE false) refuses to set CKA_DERIVE
+    # on a key made before format 3: it goes on with format 1, and format 3 under it is refused.
+    with _token(hsm, next(clusters), pin=PIN) as raw:
+        raw.create_object({
+            Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES, Attribute.ID: b"fixed",
+            Attribute.VALUE: os.urandom(32), Attribute.TOKEN: False, Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.ENCRYPT: True,
+            Attribute.DECRYPT: True, Attribute.DERIVE: False, Attribute.MODIFIABLE: False,
+        })
+        session = TokenSession(raw, derives=True)
+        blob = session.seal(b"fixed", partial(blob_header, ACCOUNT, KEY_ID, "ab" * 32), b"still sealed", b"")
+        assert blob[0] == FORMAT_V1
+        assert session.open(b"fixed", read_header(blob), b"") == b"still sealed"
+        relabelled = bytes([FORMAT_V3]) + blob[1:] + bytes(TOKEN_SALT)  # long enough to parse as format 3
+        with pytest.raises(errors.InvalidCiphertextException):
+            session.open(b"fixed", read_header(relabelled), b"")
