@@ -20,6 +20,7 @@ from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Grant
 from tests.integration.test_serve_store import database  # noqa: F401  (a fixture)
 from tests.support.server import KeytrailServer
+from tests.support.store_documents import sqlite_ledger_as_a_node_would
 
 pytestmark = pytest.mark.integration
 
@@ -102,15 +103,23 @@ def test_rotation_is_refused_in_one_line_while_serve_runs(tmp_path: Path) -> Non
 
 
 def test_a_row_that_does_not_verify_stops_the_rotation_in_one_line(tmp_path: Path) -> None:
-    # Resealed, a forged row would pass for one authenticated under the new root key.
+    # Resealed, a forged row would pass for one authenticated under the new root key, and taken
+    # into the new ledger, rows added outside keytrail would pass for its own.
     data = tmp_path / "data"
     asyncio.run(_store_with_a_forged_grant(data))
     before = (data / "keys.db").read_bytes()
     result = _rotate("--data-dir", data, "--new-key", _new_key(tmp_path / "new.key"))
+    assert (result.returncode, result.stderr.split(". ")[0]) == (2, (
+        "keytrail root-key rotate: the key store does not match its ledger (rows rolled back, deleted or added "
+        "outside keytrail): grants 1 row(s), the ledger 0"))
+    assert result.stderr.endswith(": nothing was changed\n") and len(result.stderr.splitlines()) == 1
+    sqlite_ledger_as_a_node_would(data / "keys.db", RootKey.load(data))  # as if forged before the ledger
+    before = (data / "keys.db").read_bytes()
+    result = _rotate("--data-dir", data, "--new-key", _new_key(tmp_path / "new.key"))
     assert (result.returncode, result.stderr) == (2, (
         "keytrail root-key rotate: the grants document of row 111122223333/us-east-1/"
-        f"{KEY.key_id}/{'f0' * 32} does not verify under the root key: restore that row from a backup or delete it; "
-        "nothing was changed\n"))
+        f"{KEY.key_id}/{'f0' * 32} does not verify under the root key: restore that row as keytrail last wrote it, or "
+        "the whole key store, from a backup; nothing was changed\n"))
     assert (data / "keys.db").read_bytes() == before
 
 

@@ -61,6 +61,7 @@ def _as_an_earlier_version_wrote_it(data_dir: Path) -> None:
     """keys.db rewritten as versions before MACs left it: no MAC, material sealed under ARN#id."""
     root = RootKey.load(data_dir, create=False)
     with sqlite3.connect(data_dir / "keys.db") as db:
+        db.execute("DROP TABLE ledger")
         for rowid, doc in db.execute("SELECT rowid, doc FROM keys").fetchall():
             body = json.loads(doc)
             del body["mac"]

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from keytrail.kms.codec import key_to_doc
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store_ledger import Ledger
 
 ACCOUNT, REGION = "111122223333", "us-east-1"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -37,3 +41,22 @@ def legacy_key_doc(key: Key, root: RootKey) -> str:
     for material, sealed in zip(key.materials, doc["materials"], strict=True):
         sealed["sealed"] = root.seal_text(material.secret, f"{key.arn}#{material.material_id}")
     return json.dumps(doc, separators=(",", ":"))
+
+
+def with_mac_of_before_the_ledger(root: RootKey, table: str, row: tuple[str, ...], text: str) -> str:
+    """A document (as a store writes it today) with the MAC the version before the ledger wrote:
+    the same HMAC without the binding that the store keeps a ledger."""
+    body = "{" + text[len('{"mac":"') + 64 + 2:]
+    mac = root.mac((json.dumps([table, *row]) + "\n" + body).encode()).hex()
+    return f'{{"mac":"{mac}",{body[1:]}'
+
+
+def sqlite_ledger_as_a_node_would(path: Path, root: RootKey) -> None:
+    """keys.db's ledger computed again over the rows it holds now, as only the holder of the root
+    key can: for the tests of what the documents' MACs refuse on their own (rows a store held
+    before it had a ledger, which the upgrade takes into it as they are)."""
+    with sqlite3.connect(path) as db:
+        entries = [(table.name, tuple(found[:-1]), found[-1]) for table in DOCUMENT_TABLES
+                   for found in db.execute(f"SELECT {', '.join(table.primary_key)}, doc FROM {table.name}")]
+        db.execute("INSERT OR REPLACE INTO ledger VALUES (1, ?)", (Ledger.of(root, entries).to_doc(root),))
+    db.close()

@@ -62,7 +62,9 @@ def rotate(
     except SealError as exc:
         raise fail(f"the current root key does not open the key store ({exc}): nothing was changed", COMMAND) from None
     except DocumentRefused as exc:  # resealed, it would pass for authentic under the new key
-        raise fail(f"{exc}: restore that row from a backup or delete it; nothing was changed", COMMAND) from None
+        # Not "delete it": the ledger (kms/store_ledger.py) holds the row's latest version.
+        raise fail(f"{exc}: restore that row as keytrail last wrote it, or the whole key store, from a backup; "
+                   "nothing was changed", COMMAND) from None
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # RootKeyUnusable is an OSError
         reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise fail(f"{reason}: nothing was changed", COMMAND) from None

@@ -6,6 +6,12 @@ the document without that member, as written. So a document edited in place, for
 another row (another key, account, Region, grant) does not verify, and is refused: the call that
 needed it fails with KMSInternalException, and the log names the table and row, never the content.
 Documents are still JSON (`jq` reads them; the MAC is one more member).
+
+Since the key store keeps a ledger of its rows (kms/store_ledger.py), the MAC also binds that the
+store has one (`_LEDGERED`): a document written since verifies under this binding only, so a
+store whose ledger row was deleted shows it by its documents, which no one can write again
+without the root key. Documents of the version before are verified without it once, as the store
+is upgraded (`verify(..., ledgered=False)`), and given the MAC of today.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import logging
 from keytrail.kms import errors
 from keytrail.kms.sealing import RootKey
 
-__all__ = ["DocumentRefused", "RefusedRows", "Row", "authenticate", "carries_mac", "refused_call", "verify"]
+__all__ = [
+    "HEAD_CHARS", "DocumentRefused", "RefusedRows", "Row", "authenticate", "carries_mac", "head", "refused_call",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +35,10 @@ Row = tuple[str, ...]  # a row's primary key, in the table's column order
 _HEAD = '{"mac":"'
 _MAC_HEX = 64
 _BODY_AT = len(_HEAD) + _MAC_HEX + 2  # past the MAC's closing quote and the comma
+HEAD_CHARS = _BODY_AT  # the characters of `head`, for a database to cut them itself
+# The first line of what a document MAC covers in a store that keeps a ledger. The binding of the
+# version before starts with the JSON array, "[": the two never cover the same bytes.
+_LEDGERED = "ledgered\n"
 
 
 class DocumentRefused(Exception):
@@ -37,9 +50,9 @@ class DocumentRefused(Exception):
         self.table, self.row = table, row
 
 
-def _mac(root: RootKey, table: str, row: Row, body: str) -> str:
+def _mac(root: RootKey, table: str, row: Row, body: str, ledgered: bool = True) -> str:
     # The binding as a JSON array: no value of the primary key can shift a boundary between them.
-    bound = json.dumps([table, *row]) + "\n" + body
+    bound = (_LEDGERED if ledgered else "") + json.dumps([table, *row]) + "\n" + body
     return root.mac(bound.encode()).hex()
 
 
@@ -56,15 +69,22 @@ def carries_mac(text: str) -> bool:
     return text.lstrip().startswith('{"mac"')
 
 
-def verify(root: RootKey, table: str, row: Row, text: str) -> str:
+def head(text: str) -> str:
+    """The part of a document its ledger term covers (kms/store_ledger.py): the MAC as written,
+    which covers the rest (or the start of a document not in the form `authenticate` writes)."""
+    return text[:_BODY_AT]
+
+
+def verify(root: RootKey, table: str, row: Row, text: str, *, ledgered: bool = True) -> str:
     """The document's body, once its MAC verifies for this table and row; DocumentRefused otherwise
-    (also for a document that carries no MAC, or not in the form `authenticate` writes)."""
+    (also for a document that carries no MAC, or not in the form `authenticate` writes).
+    `ledgered=False`: the MAC of the version before the ledger, for the upgrade only."""
     if not (text.startswith(_HEAD) and text[_BODY_AT - 2:_BODY_AT] == '",'):
         raise DocumentRefused(table, row)
     body = "{" + text[_BODY_AT:]
     # As bytes: compare_digest raises TypeError on a str that is not ASCII, which a forger can write.
     claimed = text[len(_HEAD):_BODY_AT - 2].encode("utf-8", "replace")
-    if not hmac.compare_digest(claimed, _mac(root, table, row, body).encode()):
+    if not hmac.compare_digest(claimed, _mac(root, table, row, body, ledgered).encode()):
         raise DocumentRefused(table, row)
     return body
 

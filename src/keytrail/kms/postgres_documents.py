@@ -1,21 +1,51 @@
 """The PostgreSQL store's documents as a whole: read for an upgrade or a root key rotation, and
-the root key check in `kms_root_key` that every node opening the store must open."""
+the root key check in `kms_root_key` that every node opening the store must open. A store of a
+version before gets its ledger (kms/store_ledger.py, kms/store_upgrade.py) as it is opened."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from keytrail.kms.postgres_ledger import LEDGER_SCHEMA
 from keytrail.kms.resealing import DOCUMENT_TABLES, DocumentTable, reauthenticated
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey, SealError
-from keytrail.kms.store_upgrade import Document, upgrade_plan
+from keytrail.kms.store_ledger import Ledger
+from keytrail.kms.store_upgrade import Document, opening_plan
 
-__all__ = ["open_documents", "reauthenticate"]
+__all__ = [
+    "SCHEMA", "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_STORE", "open_documents",
+    "reauthenticate",
+]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, created TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, key_id));
+CREATE TABLE IF NOT EXISTS kms_aliases (account TEXT, region TEXT, name TEXT, key_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, name));
+CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, created TEXT,
+    doc TEXT NOT NULL, PRIMARY KEY (account, region, key_id, grant_id));
+CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
+    doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
+CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
+""" + LEDGER_SCHEMA
+UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
+UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (account, region, name) DO UPDATE SET key_id = EXCLUDED.key_id, doc = EXCLUDED.doc"""
+UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
+UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
+    ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
+UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (account, region, store_id) DO UPDATE SET doc = EXCLUDED.doc"""
 
 # An empty value sealed under the root key of the first node: every later node must open it.
 _ROOT_KEY_CHECK = "root-key-check"
 # The same, sealed once the store's documents are authenticated (kms/store_upgrade.py): a node
-# opening such a store skips the upgrade's reading of every row. Deleting it, or putting back the
-# value of before, only has that reading done again, which finds the store authenticated.
+# opening such a store with a ledger row skips the upgrade's reading of every row (the ledger check
+# that follows reads their MACs). Deleting it, or putting back the value of before, only has that
+# reading done again, which finds the store authenticated.
 _AUTHENTICATED_CHECK = _ROOT_KEY_CHECK + AUTHENTICATED_SEAL
 
 
@@ -38,12 +68,18 @@ async def open_documents(connection: Any, root: RootKey) -> None:
     node can open them); a store of a version before, whose documents carry no MAC, is upgraded
     (kms/store_upgrade.py). Under the schema lock: nodes starting together do this one by one."""
     check = await connection.fetchval("SELECT sealed FROM kms_root_key WHERE id = 1")
-    if check is not None and _opens(root, check, _AUTHENTICATED_CHECK):
+    ledger = await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1")
+    authenticated = check is not None and _opens(root, check, _AUTHENTICATED_CHECK)
+    if authenticated and ledger is not None:
         return
-    if check is not None:
+    if check is not None and not authenticated:
         root.unseal_text(check, _ROOT_KEY_CHECK)  # SealError: another root key
-    for table, row, text in upgrade_plan(await _documents(connection), root):
+    # LedgerMismatch for a store whose rows are not its ledger's, or whose ledger row was deleted
+    upgrades, new_ledger = opening_plan(await _documents(connection), ledger, root)
+    for table, row, text in upgrades:
         await connection.execute(_update(table), text, *row)
+    if new_ledger is not None:
+        await connection.execute("INSERT INTO kms_ledger VALUES (1, $1)", new_ledger)
     await connection.execute("INSERT INTO kms_root_key VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET sealed = $1",
                              root.seal_text(b"", _AUTHENTICATED_CHECK))
 
@@ -57,10 +93,17 @@ def _opens(root: RootKey, sealed: str, binding: str) -> bool:
 
 
 async def reauthenticate(connection: Any, old: RootKey, new: RootKey) -> int:
-    """Every document verified under `old`, sealed and authenticated again under `new`, and the
-    root key check sealed under `new`; the number of documents (`PostgresStore.reseal`)."""
+    """Every document verified under `old`, sealed and authenticated again under `new`, the ledger
+    computed again under `new`, and the root key check sealed under `new`; the number of documents
+    (`PostgresStore.reseal`). LedgerMismatch, changing nothing, if the rows are not the ledger's:
+    a rotation must not launder rows rolled back into a ledger of its own."""
     documents = await _documents(connection)
+    opening_plan(documents, await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1"), old)
+    ledger = Ledger()
     for table, row, text in documents:
-        await connection.execute(_update(table), reauthenticated(table, row, text, old, new), *row)
+        resealed = reauthenticated(table, row, text, old, new)
+        await connection.execute(_update(table), resealed, *row)
+        ledger.add(new, table.name, row, resealed)
+    await connection.execute("UPDATE kms_ledger SET doc=$1 WHERE id=1", ledger.to_doc(new))
     await connection.execute("UPDATE kms_root_key SET sealed=$1 WHERE id=1", new.seal_text(b"", _AUTHENTICATED_CHECK))
     return len(documents)

@@ -4,6 +4,12 @@ Same documents and sealing as the SQLite store, but no in-memory copy: every rea
 database, so what one node writes (a ReplicateKey into another Region, a rotation reaching the
 replicas) is what every other node serves next, and a Region keeps serving while the node that
 wrote it is down. Every node must hold the same root key (`KEYTRAIL_ROOT_KEY`).
+
+Every write updates the store's ledger in its transaction, and the rows are checked against the
+ledger as a node connects and every minute after (kms/postgres_ledger.py): rows rolled back,
+deleted or added outside keytrail stop the node's calls until it restarts, and its start. The
+database replaced whole by an older copy of itself, ledger included (a backup restored), is not
+detected.
 """
 
 from __future__ import annotations
@@ -33,7 +39,17 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
-from keytrail.kms.postgres_documents import open_documents, reauthenticate
+from keytrail.kms.postgres_documents import (
+    SCHEMA,
+    UPSERT_ALIAS,
+    UPSERT_GRANT,
+    UPSERT_IMPORT,
+    UPSERT_KEY,
+    UPSERT_STORE,
+    open_documents,
+    reauthenticate,
+)
+from keytrail.kms.postgres_ledger import CHECK_EVERY, LedgerWatch, LedgerWriter
 from keytrail.kms.resealing import (
     ALIASES,
     CUSTOM_KEY_STORES,
@@ -51,6 +67,7 @@ from keytrail.kms.sealed_docs import (
 )
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store_ledger import LedgerMismatch
 
 __all__ = ["DEFAULT_TIMEOUT", "PostgresStore", "StoreBusy"]
 
@@ -60,32 +77,11 @@ DEFAULT_TIMEOUT = 10.0
 # A connection that came back from a query this recently shows the database answers (`ping`).
 PING_RECENT_SECONDS = 1.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, created TEXT, doc TEXT NOT NULL,
-    PRIMARY KEY (account, region, key_id));
-CREATE TABLE IF NOT EXISTS kms_aliases (account TEXT, region TEXT, name TEXT, key_id TEXT, doc TEXT NOT NULL,
-    PRIMARY KEY (account, region, name));
-CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, created TEXT,
-    doc TEXT NOT NULL, PRIMARY KEY (account, region, key_id, grant_id));
-CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
-    doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
-CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
-"""
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keytrail.schema', 0))"
 _DOCUMENT_NAMES = ", ".join(f"kms_{table.name}" for table in DOCUMENT_TABLES)
+_OF_KEY = "account=$1 AND region=$2 AND key_id=$3"
 _OTHER_CLIENTS = """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
     AND backend_type = 'client backend' AND pid <> pg_backend_pid()"""
-_UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
-_UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (account, region, name) DO UPDATE SET key_id = EXCLUDED.key_id, doc = EXCLUDED.doc"""
-_UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
-_UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
-    ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
-_UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (account, region, store_id) DO UPDATE SET doc = EXCLUDED.doc"""
 
 
 class StoreBusy(Exception):
@@ -95,7 +91,8 @@ class StoreBusy(Exception):
 class PostgresStore:
     """Keys, aliases, grants, import parameters and custom key stores in PostgreSQL."""
 
-    def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT,
+                 check_every: float = CHECK_EVERY) -> None:
         self._pool = pool
         self._root = root
         self._timeout = timeout
@@ -105,6 +102,7 @@ class PostgresStore:
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
         self._reported: set[tuple[str, Row]] = set()  # refused rows whole-store reads have logged
+        self._ledger = LedgerWatch(pool, lambda: self._root, check_every)
 
     def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
         """The document to write in `row` of `table`: `body` with its MAC."""
@@ -135,10 +133,12 @@ class PostgresStore:
         return bodies
 
     @classmethod
-    async def connect(cls, dsn: str, root: RootKey, timeout: float = DEFAULT_TIMEOUT) -> PostgresStore:
-        """Open a connection pool to `dsn`, create the tables if they are missing and check the root
-        key. Connecting, each statement and each wait for a pooled connection give up after
-        `timeout` seconds."""
+    async def connect(cls, dsn: str, root: RootKey, timeout: float = DEFAULT_TIMEOUT,
+                      check_every: float = CHECK_EVERY) -> PostgresStore:
+        """Open a connection pool to `dsn`, create the tables if they are missing, check the root
+        key and the rows against the ledger (LedgerMismatch), then every `check_every` seconds.
+        Connecting, each statement and each wait for a pooled connection give up after `timeout`
+        seconds."""
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=timeout, command_timeout=timeout)
         try:
             async with pool.acquire(timeout=timeout) as connection, connection.transaction():
@@ -146,16 +146,21 @@ class PostgresStore:
                 # CREATE TABLE IF NOT EXISTS, which is not safe against itself: one fails on
                 # pg_type's unique index. The lock is released at the end of the transaction.
                 await connection.execute(_SCHEMA_LOCK)
-                await connection.execute(_SCHEMA)
+                await connection.execute(SCHEMA)
                 await open_documents(connection, root)
+            store = cls(pool, root, timeout, check_every)
+            await store._ledger.check(timeout)
         except BaseException:
             pool.terminate()  # at once: the database may be the one not answering
             raise
-        return cls(pool, root, timeout)
+        store._ledger.start(timeout)
+        return store
 
     @asynccontextmanager
     async def _connection(self, *, pin: bool = False) -> AsyncIterator[Any]:
-        """The task's pinned connection, else one from the pool (pinned for the task if `pin`)."""
+        """The task's pinned connection, else one from the pool (pinned for the task if `pin`);
+        KMSInternalException once the store no longer matches its ledger."""
+        self._ledger.refuse_if_broken()
         pinned = self._pinned.get()
         if pinned is not None:
             yield pinned
@@ -179,10 +184,18 @@ class PostgresStore:
         async with self._connection() as connection:
             return list(await connection.fetch(sql, *args))
 
-    async def _execute(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    @asynccontextmanager
+    async def _ledgered(self) -> AsyncIterator[LedgerWriter]:
+        """A write transaction, with the ledger row locked and written before the commit."""
         async with self._connection() as connection, connection.transaction():
-            for sql, args in statements:
-                await connection.execute(sql, *args)
+            try:
+                writer = await LedgerWriter.begin(connection, self._root)
+            except LedgerMismatch as mismatch:  # its row deleted or forged under the running node
+                self._ledger.broken(mismatch)
+                self._ledger.refuse_if_broken()
+                raise
+            yield writer
+            await writer.commit()
 
     @asynccontextmanager
     async def key_lock(self, account: str, region: str, key_id: str) -> AsyncIterator[None]:
@@ -215,30 +228,26 @@ class PostgresStore:
         await self.put_keys([key])
 
     async def put_keys(self, keys: Sequence[Key]) -> None:
-        await self._execute(*self._puts(keys))
+        async with self._ledgered() as writer:
+            await self._puts(writer, keys)
 
-    def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[Any, ...]]]:
-        return [
-            (_UPSERT_KEY, (*(row := (key.account, key.region, key.key_id)), key.creation_date.isoformat(),
-                           self._doc(KEYS, row, key_to_doc(key, self._root))))
-            for key in keys
-        ]
+    async def _puts(self, writer: LedgerWriter, keys: Sequence[Key]) -> None:
+        for key in keys:
+            row = (key.account, key.region, key.key_id)
+            doc = self._doc(KEYS, row, key_to_doc(key, self._root))
+            await writer.put(KEYS, row, UPSERT_KEY, (*row, key.creation_date.isoformat(), doc))
 
     async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
-        where = "WHERE account=$1 AND region=$2 AND key_id=$3"
-        await self._execute(
-            (f"DELETE FROM kms_keys {where}", scope),
-            (f"DELETE FROM kms_aliases {where}", scope),
-            (f"DELETE FROM kms_grants {where}", scope),
-            *self._puts(changed),
-        )
+        async with self._ledgered() as writer:
+            for table in (KEYS, ALIASES, GRANTS):
+                await writer.delete(table, _OF_KEY, scope)
+            await self._puts(writer, changed)
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
         rows = await self._rows(
             "SELECT account, region, key_id, doc FROM kms_keys WHERE account=$1 AND region=$2 ORDER BY created, key_id",
-            account,
-            region,
+            account, region,
         )
         return [key_from_doc(self._body(KEYS, row), self._root) for row in rows]
 
@@ -261,29 +270,27 @@ class PostgresStore:
         return (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias)))
 
     async def put_alias(self, alias: Alias) -> None:
-        await self._execute((_UPSERT_ALIAS, self._alias_columns(alias)))
+        await self._write_alias(alias, None)
 
     async def add_alias(self, alias: Alias) -> bool:
-        added = await self._rows(
-            "INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING name",
-            *self._alias_columns(alias),
-        )
-        return bool(added)
+        return await self._write_alias(alias, False)
 
     async def update_alias(self, alias: Alias) -> bool:
-        updated = await self._rows(
-            "UPDATE kms_aliases SET key_id=$4, doc=$5 WHERE account=$1 AND region=$2 AND name=$3 RETURNING name",
-            *self._alias_columns(alias),
-        )
-        return bool(updated)
+        return await self._write_alias(alias, True)
+
+    async def _write_alias(self, alias: Alias, existing: bool | None) -> bool:
+        """Write the alias if its row exists (`existing` True), does not (False), or either (None):
+        under the ledger's lock, which every node's writes take, no other write comes in between."""
+        row = (alias.account, alias.region, alias.name)
+        async with self._ledgered() as writer:
+            if existing is not None and (await writer.current(ALIASES, row) is not None) != existing:
+                return False
+            await writer.put(ALIASES, row, UPSERT_ALIAS, self._alias_columns(alias))
+        return True
 
     async def delete_alias(self, alias: Alias) -> None:
-        await self._execute(
-            (
-                "DELETE FROM kms_aliases WHERE account=$1 AND region=$2 AND name=$3",
-                (alias.account, alias.region, alias.name),
-            )
-        )
+        async with self._ledgered() as writer:
+            await writer.delete_row(ALIASES, (alias.account, alias.region, alias.name))
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
         rows = await self._rows(
@@ -295,31 +302,20 @@ class PostgresStore:
     # --- grants ------------------------------------------------------------------------------
 
     async def put_grant(self, grant: Grant) -> None:
-        args = (
-            grant.account,
-            grant.region,
-            grant.key_id,
-            grant.grant_id,
-            grant.creation_date.isoformat(),
-            self._doc(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id), grant_to_doc(grant)),
-        )
-        await self._execute((_UPSERT_GRANT, args))
+        row = (grant.account, grant.region, grant.key_id, grant.grant_id)
+        args = (*row, grant.creation_date.isoformat(), self._doc(GRANTS, row, grant_to_doc(grant)))
+        async with self._ledgered() as writer:
+            await writer.put(GRANTS, row, UPSERT_GRANT, args)
 
     async def delete_grant(self, grant: Grant) -> None:
-        await self._execute(
-            (
-                "DELETE FROM kms_grants WHERE account=$1 AND region=$2 AND key_id=$3 AND grant_id=$4",
-                (grant.account, grant.region, grant.key_id, grant.grant_id),
-            )
-        )
+        async with self._ledgered() as writer:
+            await writer.delete_row(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         rows = await self._rows(
             "SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE account=$1 AND region=$2 "
             "AND key_id=$3 ORDER BY created, grant_id",
-            account,
-            region,
-            key_id,
+            account, region, key_id,
         )
         return [grant_from_doc(self._body(GRANTS, row)) for row in rows]
 
@@ -333,10 +329,10 @@ class PostgresStore:
     async def put_import_parameters(self, parameters: ImportParameters) -> None:
         doc = self._doc(IMPORT_PARAMETERS, (parameters.token_id,), import_parameters_to_doc(parameters, self._root))
         stale = (parameters.valid_to - timedelta(days=2)).isoformat()  # tokens live 24 hours
-        await self._execute(
-            ("DELETE FROM kms_import_parameters WHERE valid_to < $1", (stale,)),
-            (_UPSERT_IMPORT, (parameters.token_id, parameters.valid_to.isoformat(), doc)),
-        )
+        async with self._ledgered() as writer:
+            await writer.delete(IMPORT_PARAMETERS, "valid_to < $1", (stale,))
+            await writer.put(IMPORT_PARAMETERS, (parameters.token_id,), UPSERT_IMPORT,
+                             (parameters.token_id, parameters.valid_to.isoformat(), doc))
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
         rows = await self._rows("SELECT token_id, doc FROM kms_import_parameters WHERE token_id=$1", token_id)
@@ -345,35 +341,30 @@ class PostgresStore:
     async def put_custom_key_store(self, store: CustomKeyStore) -> None:
         row = (store.account, store.region, store.store_id)
         doc = self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))
-        args = (*row, store.creation_date.isoformat(), doc)
-        await self._execute((_UPSERT_STORE, args))
+        async with self._ledgered() as writer:
+            await writer.put(CUSTOM_KEY_STORES, row, UPSERT_STORE, (*row, store.creation_date.isoformat(), doc))
 
     async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
-        await self._execute(
-            (
-                "DELETE FROM kms_custom_key_stores WHERE account=$1 AND region=$2 AND store_id=$3",
-                (store.account, store.region, store.store_id),
-            )
-        )
+        async with self._ledgered() as writer:
+            await writer.delete_row(CUSTOM_KEY_STORES, (store.account, store.region, store.store_id))
 
     async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
         rows = await self._rows(
             "SELECT account, region, store_id, doc FROM kms_custom_key_stores WHERE account=$1 AND region=$2 "
-            "ORDER BY created, store_id",
-            account,
-            region,
+            "ORDER BY created, store_id", account, region,
         )
         return [custom_key_store_from_doc(self._body(CUSTOM_KEY_STORES, row), self._root) for row in rows]
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document
         under it, in one transaction, and do so under `new` from then on; the number of documents
-        (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not verify.
-        StoreBusy while another client is connected: a node still running would go on sealing
-        under the old key, and what it wrote would open under neither."""
+        (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not verify, and
+        LedgerMismatch if the rows are not the ledger's. StoreBusy while another client is
+        connected: a node still running would go on sealing under the old key, and what it wrote
+        would open under neither."""
         async with self._connection() as connection:
             async with connection.transaction():
-                await connection.execute(f"LOCK TABLE {_DOCUMENT_NAMES}, kms_root_key IN EXCLUSIVE MODE")
+                await connection.execute(f"LOCK TABLE {_DOCUMENT_NAMES}, kms_ledger, kms_root_key IN EXCLUSIVE MODE")
                 if others := await connection.fetchval(_OTHER_CLIENTS):
                     raise StoreBusy(f"{others} other client(s) are connected to the key store's database: "
                                     "stop every keytrail node first")
@@ -389,7 +380,9 @@ class PostgresStore:
         came back without error within the last second, else a trivial query on the keys table
         must answer. Under load every pooled connection may be busy for longer than a health check
         waits, though the database answers each of them: a node that only asked would be taken
-        out of rotation for being busy."""
+        out of rotation for being busy. Once the rows do not match the ledger, it says so."""
+        if self._ledger.mismatch is not None:
+            raise LedgerMismatch(self._ledger.mismatch.detail)
         if time.monotonic() - self._answered_at < PING_RECENT_SECONDS:
             return
         async with self._connection() as connection:
@@ -397,6 +390,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Close the pool; a database that does not answer cannot hold up a stopping node."""
+        await self._ledger.stop()
         try:
             await asyncio.wait_for(self._pool.close(), self._timeout)
         except TimeoutError:

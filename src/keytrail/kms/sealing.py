@@ -25,6 +25,9 @@ ROOT_KEY_FILE_ENV = "KEYTRAIL_ROOT_KEY_FILE"
 # HKDF's info for the key that authenticates the store's documents: a key of its own, so a MAC
 # never is an AES-GCM computation under the sealing key, nor the other way round.
 _DOCUMENT_MAC_INFO = b"keytrail key store document MAC v1"
+# HKDF's info for the key of the key store's ledger terms (kms/store_ledger.py): its own key, so no
+# ledger term is ever a document MAC, nor the other way round.
+_LEDGER_INFO = b"keytrail key store ledger v1"
 # The end of every binding sealed into an authenticated document (kms/authentic_docs.py): such a
 # value does not open under the binding of the version before, whose documents had no MAC.
 AUTHENTICATED_SEAL = "#authenticated"
@@ -47,6 +50,7 @@ class RootKey:
             raise ValueError("the root key must be 32 bytes")
         self._aead = AESGCM(secret)
         self._mac_key = HKDF(SHA256(), 32, salt=None, info=_DOCUMENT_MAC_INFO).derive(secret)
+        self._ledger_key = HKDF(SHA256(), 32, salt=None, info=_LEDGER_INFO).derive(secret)
         # binding -> (keyed digest of the material, its sealed text), for `seal_text` to write an
         # unchanged value again rather than seal it anew (see there). A keyed digest, not the
         # material: a deleted key's material must not stay in memory through this table.
@@ -99,6 +103,11 @@ class RootKey:
         """HMAC-SHA256 of `document` under a key derived from the root key (HKDF): what makes a
         store document authentic (kms/authentic_docs.py)."""
         return hmac.digest(self._mac_key, document, "sha256")
+
+    def ledger_term(self, entry: bytes) -> bytes:
+        """HMAC-SHA256 of `entry` under a key derived from the root key for the key store's ledger
+        alone (kms/store_ledger.py)."""
+        return hmac.digest(self._ledger_key, entry, "sha256")
 
     def _digest(self, material: bytes) -> bytes:
         return hmac.digest(self._digest_key, material, "sha256")

@@ -1,7 +1,11 @@
 """The embedded key store: one SQLite file in the data dir, with every row in memory too.
 
 Each change is one SQLite transaction (WAL, synchronous=FULL), so a crash leaves either the old
-or the new state, never half of one. Reads come from memory: this node is the file's only writer.
+or the new state, never half of one; it updates the store's ledger in the same transaction
+(kms/store_ledger.py, kms/sqlite_ledger.py). Reads come from memory: this node is the file's only
+writer. The store opens only if its rows are the ones its ledger records (LedgerMismatch
+otherwise: rows rolled back, deleted or added outside keytrail); a keys.db replaced whole by an
+older copy of itself, its ledger included, is a backup restored, and is not detected.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from keytrail.kms.locks import KeyLocks
 from keytrail.kms.resealing import (
     ALIASES,
     CUSTOM_KEY_STORES,
-    DOCUMENT_TABLES,
     GRANTS,
     IMPORT_PARAMETERS,
     KEYS,
@@ -43,8 +46,10 @@ from keytrail.kms.sealed_docs import (
     import_parameters_to_doc,
 )
 from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_ledger import LEDGER_SCHEMA, Change, Delete, Put, apply, delete_row, read_store, rewrite
 from keytrail.kms.store import Alias, Grant
-from keytrail.kms.store_upgrade import Document, upgrade_plan
+from keytrail.kms.store_ledger import Ledger, LedgerMismatch
+from keytrail.kms.store_upgrade import opening_plan
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
 # SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
@@ -61,7 +66,7 @@ CREATE TABLE IF NOT EXISTS grants (account TEXT, region TEXT, key_id TEXT, grant
 CREATE TABLE IF NOT EXISTS import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS custom_key_stores (account TEXT, region TEXT, store_id TEXT, doc TEXT NOT NULL,
     PRIMARY KEY (account, region, store_id));
-"""
+""" + LEDGER_SCHEMA
 
 Scope = tuple[str, str]
 
@@ -80,11 +85,6 @@ def _drops_material(before: Key | None, after: Key) -> bool:
         return False
     kept = {m.material_id: m.secret for m in after.materials}
     return any(kept.get(m.material_id) != m.secret for m in before.materials)
-
-
-def _update(table: DocumentTable) -> str:
-    where = " AND ".join(f"{column}=?" for column in table.primary_key)
-    return f"UPDATE {table.name} SET doc=? WHERE {where}"
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
@@ -116,6 +116,7 @@ class SqliteStore:
         # one fail; nothing of them is in memory.
         self._refused = RefusedRows()
         self._locks = KeyLocks()
+        self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -130,12 +131,20 @@ class SqliteStore:
             if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
                 raise OSError(f"cannot open the key store {path}: {exc}") from None
             raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
+        except LedgerMismatch as exc:
+            self._db.close()
+            raise LedgerMismatch(f"{exc.detail}. {path} was changed outside keytrail: stop serve and restore the "
+                                 f"whole file from a backup (its ledger is in it), or keys.db as it was") from None
 
     def _load(self) -> None:
-        documents = self._documents()
-        upgrades = upgrade_plan(documents, self._root)  # an old store's documents get their MAC
-        if upgrades:  # else no write at all: `keytrail analyze` opens the store of a running node
-            self._write([(_update(table), (text, *row)) for table, row, text in upgrades])
+        documents, ledger = read_store(self._db)
+        # An old store's documents get their MAC, and the store its ledger.
+        upgrades, new_ledger = opening_plan(documents, ledger, self._root)
+        if new_ledger is not None:  # else no write at all: `keytrail analyze` opens the store of a running node
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                rewrite(self._db, upgrades, new_ledger)
+        self._ledger = Ledger.from_doc(self._root, new_ledger or str(ledger))
         upgraded = {(table.name, row): text for table, row, text in upgrades}
         for table, row, text in documents:
             try:
@@ -145,13 +154,6 @@ class SqliteStore:
                 self._refused.add(refusal)
                 continue
             self._remember_document(table, body)
-
-    def _documents(self) -> list[Document]:
-        return [
-            (table, tuple(found[:-1]), found[-1])
-            for table in DOCUMENT_TABLES
-            for found in self._db.execute(f"SELECT {', '.join(table.primary_key)}, doc FROM {table.name}")
-        ]
 
     def _remember_document(self, table: DocumentTable, body: str) -> None:
         # The row's own values: a verified document was written for that row.
@@ -172,11 +174,11 @@ class SqliteStore:
         """The document to write in `row` of `table`: `body` with its MAC."""
         return authenticate(self._root, table.name, row, body)
 
-    def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    def _write(self, changes: Sequence[Change]) -> None:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for sql, args in statements:
-                self._db.execute(sql, args)
+            ledger = apply(self._db, self._root, self._ledger, changes)
+        self._ledger = ledger  # once committed
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -196,10 +198,10 @@ class SqliteStore:
         if dropped:
             self._flush_freed()
 
-    def _puts(self, keys: Sequence[Key]) -> list[tuple[str, tuple[object, ...]]]:
+    def _puts(self, keys: Sequence[Key]) -> list[Change]:
         return [
-            ("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-             (*(row := (key.account, key.region, key.key_id)), self._doc(KEYS, row, key_to_doc(key, self._root))))
+            Put(KEYS, row := (key.account, key.region, key.key_id),
+                (*row, self._doc(KEYS, row, key_to_doc(key, self._root))))
             for key in keys
         ]
 
@@ -210,12 +212,9 @@ class SqliteStore:
 
     async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
-        self._write([
-            ("DELETE FROM keys WHERE account=? AND region=? AND key_id=?", scope),
-            ("DELETE FROM aliases WHERE account=? AND region=? AND key_id=?", scope),
-            ("DELETE FROM grants WHERE account=? AND region=? AND key_id=?", scope),
-            *self._puts(changed),
-        ])
+        of_key = "account=? AND region=? AND key_id=?"
+        self._write([Delete(KEYS, of_key, scope), Delete(ALIASES, of_key, scope), Delete(GRANTS, of_key, scope),
+                     *self._puts(changed)])
         self._remember(changed)
         self._keys.get((key.account, key.region), {}).pop(key.key_id, None)
         aliases = self._aliases.get((key.account, key.region), {})
@@ -262,10 +261,7 @@ class SqliteStore:
 
     async def put_alias(self, alias: Alias) -> None:
         row = (alias.account, alias.region, alias.name)
-        self._write([(
-            "INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
-            (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias))),
-        )])
+        self._write([Put(ALIASES, row, (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias))))])
         self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
         self._refused.forget(ALIASES.name, row)
 
@@ -283,10 +279,7 @@ class SqliteStore:
         return True
 
     async def delete_alias(self, alias: Alias) -> None:
-        self._write([(
-            "DELETE FROM aliases WHERE account=? AND region=? AND name=?",
-            (alias.account, alias.region, alias.name),
-        )])
+        self._write([delete_row(ALIASES, (alias.account, alias.region, alias.name))])
         self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
         self._refused.forget(ALIASES.name, (alias.account, alias.region, alias.name))
 
@@ -298,17 +291,12 @@ class SqliteStore:
 
     async def put_grant(self, grant: Grant) -> None:
         row = (grant.account, grant.region, grant.key_id, grant.grant_id)
-        self._write([(
-            "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?)", (*row, self._doc(GRANTS, row, grant_to_doc(grant))),
-        )])
+        self._write([Put(GRANTS, row, (*row, self._doc(GRANTS, row, grant_to_doc(grant))))])
         self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
         self._refused.forget(GRANTS.name, row)
 
     async def delete_grant(self, grant: Grant) -> None:
-        self._write([(
-            "DELETE FROM grants WHERE account=? AND region=? AND key_id=? AND grant_id=?",
-            (grant.account, grant.region, grant.key_id, grant.grant_id),
-        )])
+        self._write([delete_row(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))])
         self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
         self._refused.forget(GRANTS.name, (grant.account, grant.region, grant.key_id, grant.grant_id))
 
@@ -328,11 +316,10 @@ class SqliteStore:
     async def put_import_parameters(self, parameters: ImportParameters) -> None:
         # Tokens live 24 hours; rows whose token expired long ago are dropped on the way.
         stale = (parameters.valid_to - timedelta(days=2)).isoformat()
-        self._write([("DELETE FROM import_parameters WHERE valid_to < ?", (stale,)), (
-            "INSERT OR REPLACE INTO import_parameters VALUES (?, ?, ?)",
-            (parameters.token_id, parameters.valid_to.isoformat(),
-             self._doc(IMPORT_PARAMETERS, (parameters.token_id,), import_parameters_to_doc(parameters, self._root))),
-        )])
+        row = (parameters.token_id,)
+        doc = self._doc(IMPORT_PARAMETERS, row, import_parameters_to_doc(parameters, self._root))
+        self._write([Delete(IMPORT_PARAMETERS, "valid_to < ?", (stale,)),
+                     Put(IMPORT_PARAMETERS, row, (*row, parameters.valid_to.isoformat(), doc))])
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
         found = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()
@@ -346,18 +333,13 @@ class SqliteStore:
 
     async def put_custom_key_store(self, store: CustomKeyStore) -> None:
         row = (store.account, store.region, store.store_id)
-        self._write([(
-            "INSERT OR REPLACE INTO custom_key_stores VALUES (?, ?, ?, ?)",
-            (*row, self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))),
-        )])
+        self._write([Put(CUSTOM_KEY_STORES, row, (*row, self._doc(CUSTOM_KEY_STORES, row,
+                                                                  custom_key_store_to_doc(store, self._root))))])
         self._custom_key_stores.setdefault((store.account, store.region), {})[store.store_id] = store
         self._refused.forget(CUSTOM_KEY_STORES.name, row)
 
     async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
-        self._write([(
-            "DELETE FROM custom_key_stores WHERE account=? AND region=? AND store_id=?",
-            (store.account, store.region, store.store_id),
-        )])
+        self._write([delete_row(CUSTOM_KEY_STORES, (store.account, store.region, store.store_id))])
         self._custom_key_stores.get((store.account, store.region), {}).pop(store.store_id, None)
         self._refused.forget(CUSTOM_KEY_STORES.name, (store.account, store.region, store.store_id))
 
@@ -368,18 +350,21 @@ class SqliteStore:
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document
-        under it, in one transaction, and do so under `new` from then on; the number of documents
-        (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not verify."""
-        statements: list[tuple[str, tuple[object, ...]]] = [
-            (_update(table), (reauthenticated(table, row, text, self._root, new), *row))
-            for table, row, text in self._documents()
-        ]
-        self._write(statements)
+        under it, and its ledger, in one transaction, and do so under `new` from then on; the number
+        of documents (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not
+        verify; LedgerMismatch if the rows are no longer the ones of the ledger."""
+        documents, ledger = read_store(self._db)
+        opening_plan(documents, ledger, self._root)  # changed since the store opened: not laundered
+        resealed = [(table, row, reauthenticated(table, row, text, self._root, new)) for table, row, text in documents]
+        ledger_now = Ledger.of(new, ((table.name, row, text) for table, row, text in resealed))
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            rewrite(self._db, resealed, ledger_now.to_doc(new))
         # What the updates freed is zeroed (secure_delete): empty the WAL into the file too, else a
         # copy of keys.db taken after the rotation still holds old sealed values the old key opens.
         self._flush_freed()
-        self._root = new
-        return len(statements)
+        self._root, self._ledger = new, ledger_now
+        return len(resealed)
 
     async def ping(self) -> None:
         """Raise unless keys.db answers a trivial query and is still the file this store opened:

@@ -19,6 +19,7 @@ from keytrail.kms.codec import alias_to_doc, grant_to_doc
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.store import Alias
+from keytrail.kms.store_ledger import LedgerMismatch
 from tests.integration.keystores.test_postgres_store import fresh_database
 from tests.support.store_documents import (
     ACCOUNT,
@@ -118,6 +119,7 @@ async def _legacy_store(dsn: str, root: RootKey) -> None:
     connection = await asyncpg.connect(dsn)
     try:
         await connection.execute("UPDATE kms_root_key SET sealed=$1", root.seal_text(b"", "root-key-check"))
+        await connection.execute("DROP TABLE kms_ledger")  # versions before MACs had none
         for key in (OURS, OTHER):
             await connection.execute("INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)", ACCOUNT, REGION, key.key_id,
                                      NOW.isoformat(), legacy_key_doc(key, root))
@@ -147,8 +149,9 @@ async def test_an_old_store_without_macs_is_upgraded_as_it_opens_and_then_serves
 
 
 async def test_a_store_whose_macs_and_marker_were_stripped_is_not_taken_for_an_old_one(dsn: str) -> None:
-    # The downgrade: the root key check put back as versions before wrote it, every MAC removed,
-    # and a forged grant added, to be upgraded with the rest. The material sealed since gives it away.
+    # The downgrade: the root key check put back as versions before wrote it, every MAC and the
+    # ledger removed, and a forged grant added, to be upgraded with the rest. The material sealed
+    # since gives it away.
     root = RootKey(os.urandom(32))
     await (await _store_with_two_keys(dsn, root)).close()
     connection = await asyncpg.connect(dsn)
@@ -160,12 +163,11 @@ async def test_a_store_whose_macs_and_marker_were_stripped_is_not_taken_for_an_o
                                  ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
     finally:
         await connection.close()
-    store = await PostgresStore.connect(dsn, root)
-    with pytest.raises(errors.KMSInternalException):
-        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
-    with pytest.raises(errors.KMSInternalException):
-        await store.get_key(ACCOUNT, REGION, OURS.key_id)
-    await store.close()
+    with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):
+        await PostgresStore.connect(dsn, root)
+    await _sql(dsn, "DELETE FROM kms_ledger")
+    with pytest.raises(LedgerMismatch, match="sealed since documents carry a MAC.*the MACs were stripped"):
+        await PostgresStore.connect(dsn, root)
     assert await _sql(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", FORGED.grant_id) == grant_to_doc(FORGED)
 
 
@@ -188,15 +190,23 @@ async def test_root_key_rotation_authenticates_every_document_under_the_new_key(
 
 
 async def test_a_refused_row_is_refused_by_root_key_rotation_too(dsn: str) -> None:
-    # Rotation must not launder a forged row into one authenticated under the new key.
+    # Rotation must not launder an edited row into one authenticated under the new key, nor rows
+    # added outside keytrail into a ledger of its own.
     old = RootKey(os.urandom(32))
     store = await _store_with_two_keys(dsn, old)
-    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
-               ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
-    row = f"{ACCOUNT}/{REGION}/{OURS.key_id}/{FORGED.grant_id}"
+    grant = await _sql(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
+    await _sql(dsn, "UPDATE kms_grants SET doc=$1 WHERE grant_id=$2", grant.replace("Decrypt", "Encrypt"),
+               GRANT.grant_id)  # its MAC kept: the ledger matches, the document does not verify
+    row = f"{ACCOUNT}/{REGION}/{OTHER.key_id}/{GRANT.grant_id}"
     with pytest.raises(DocumentRefused, match=f"grants document of row {row}"):
         await store.reseal(RootKey(os.urandom(32)))
+    await _sql(dsn, "UPDATE kms_grants SET doc=$1 WHERE grant_id=$2", grant, GRANT.grant_id)
+    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+               ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
+    with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):
+        await store.reseal(RootKey(os.urandom(32)))
     await store.close()
+    await _sql(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
     reopened = await PostgresStore.connect(dsn, old)  # unchanged
     assert await reopened.get_key(ACCOUNT, REGION, OURS.key_id) == OURS
     await reopened.close()
@@ -211,9 +221,10 @@ async def test_a_deleted_root_key_check_neither_downgrades_the_store_nor_lets_an
                ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
     with pytest.raises(SealError, match="cannot unseal nor verify any document"):
         await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
+    with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):  # no upgrade of the forged row
+        await PostgresStore.connect(dsn, root)
+    await _sql(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
     store = await PostgresStore.connect(dsn, root)
-    with pytest.raises(errors.KMSInternalException):  # the store's MACs show it: no upgrade of the forged row
-        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
     assert await store.get_key(ACCOUNT, REGION, OTHER.key_id) == OTHER
     await store.close()
     assert await _sql(dsn, "SELECT count(*) FROM kms_root_key") == 1

@@ -1,7 +1,12 @@
 """The SQLite store's documents are authenticated under the root key, each bound to its row: an
 edited, copied or forged row is refused (KMSInternalException, one log line naming the row), an
 old store without MACs is upgraded as it opens, a stripped one is not, and root key rotation
-authenticates everything again under the new key."""
+authenticates everything again under the new key.
+
+A row copied or forged into a store with a ledger already stops the store from opening
+(tests/unit/kms/test_store_ledger.py): the tests of what the MACs refuse on their own take such
+rows into the ledger first (`sqlite_ledger_as_a_node_would`), as the upgrade of a store of the
+version before the ledger takes whatever rows it holds."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from keytrail.kms.codec import alias_to_doc, grant_to_doc
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store_ledger import LedgerMismatch
 from tests.support.store_documents import (
     ACCOUNT,
     ALIAS,
@@ -30,6 +36,7 @@ from tests.support.store_documents import (
     REGION,
     TOKEN,
     legacy_key_doc,
+    sqlite_ledger_as_a_node_would,
 )
 
 OPEN_TO_ALL = json.dumps({"Version": "2012-10-17", "Statement": [
@@ -86,6 +93,9 @@ async def test_a_document_copied_to_another_row_is_refused(tmp_path: Path) -> No
     # Our key's document in the other key's row: the other key id now carries our policy and material.
     ours = _doc(path, "SELECT doc FROM keys WHERE key_id=?", OURS.key_id)
     _execute(path, "UPDATE keys SET doc=? WHERE key_id=?", ours, OTHER.key_id)
+    with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):
+        SqliteStore(path, root)
+    sqlite_ledger_as_a_node_would(path, root)
     store = SqliteStore(path, root)
     with pytest.raises(errors.KMSInternalException):
         await store.list_grants(ACCOUNT, REGION, OURS.key_id)
@@ -106,6 +116,9 @@ async def test_a_forged_row_is_refused(tmp_path: Path) -> None:
              made_up_mac.replace(forged.grant_id, "x"))
     not_hex = '{"mac":"' + "é" * 64 + '",' + alias_to_doc(Alias(ACCOUNT, REGION, "alias/é", OURS.key_id, NOW, NOW))[1:]
     _execute(path, "INSERT INTO aliases VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, "alias/é", OURS.key_id, not_hex)
+    with pytest.raises(LedgerMismatch, match="aliases 3 row.s., the ledger 1; grants 2 row.s., the ledger 1"):
+        SqliteStore(path, root)
+    sqlite_ledger_as_a_node_would(path, root)
     store = SqliteStore(path, root)
     with pytest.raises(errors.KMSInternalException):
         await store.list_grants(ACCOUNT, REGION, OURS.key_id)
@@ -121,6 +134,7 @@ async def test_a_forged_row_is_refused(tmp_path: Path) -> None:
 async def _legacy_store(path: Path, root: RootKey) -> None:
     await SqliteStore(path, root).close()  # the schema
     with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE ledger")  # versions before MACs had none
         for key in (OURS, OTHER):
             db.execute("INSERT INTO keys VALUES (?, ?, ?, ?)",
                        (ACCOUNT, REGION, key.key_id, legacy_key_doc(key, root)))
@@ -150,8 +164,8 @@ async def test_an_old_store_without_macs_is_upgraded_as_it_opens_and_then_serves
 
 
 async def test_a_store_whose_macs_were_stripped_is_not_taken_for_an_old_one(tmp_path: Path) -> None:
-    # The downgrade: every MAC removed so the store looks like one from before, and a forged grant
-    # added, to be upgraded with the rest. The material, sealed since, gives it away.
+    # The downgrade: every MAC and the ledger removed so the store looks like one from before, and a
+    # forged grant added, to be upgraded with the rest. The material, sealed since, gives it away.
     root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
     await _store_with_two_keys(path, root)
     with sqlite3.connect(path) as db:
@@ -160,18 +174,15 @@ async def test_a_store_whose_macs_were_stripped_is_not_taken_for_an_old_one(tmp_
                 body = json.loads(doc)
                 del body["mac"]
                 db.execute(f"UPDATE {table} SET doc=? WHERE rowid=?", (json.dumps(body), rowid))
-        forged = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::444455556666:root", ("Decrypt",),
-                       ACCOUNT, NOW, token="t")
         db.execute("INSERT INTO grants VALUES (?, ?, ?, ?, ?)",
-                   (ACCOUNT, REGION, OURS.key_id, forged.grant_id, grant_to_doc(forged)))
+                   (ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, grant_to_doc(FORGED)))
     db.close()
-    store = SqliteStore(path, root)
-    with pytest.raises(errors.KMSInternalException):
-        await store.list_grants(ACCOUNT, REGION, OURS.key_id)
-    with pytest.raises(errors.KMSInternalException):
-        await store.get_key(ACCOUNT, REGION, OURS.key_id)
-    await store.close()
-    assert not _doc(path, "SELECT doc FROM grants WHERE grant_id=?", forged.grant_id).startswith('{"mac"')
+    with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):
+        SqliteStore(path, root)
+    _execute(path, "DELETE FROM ledger")
+    with pytest.raises(LedgerMismatch, match="holds a value sealed since documents carry a MAC.*MACs were stripped"):
+        SqliteStore(path, root)
+    assert not _doc(path, "SELECT doc FROM grants WHERE grant_id=?", FORGED.grant_id).startswith('{"mac"')
 
 
 async def test_root_key_rotation_authenticates_every_document_under_the_new_key(tmp_path: Path) -> None:
@@ -220,6 +231,7 @@ async def test_a_refused_row_deleted_with_its_key_is_forgotten(tmp_path: Path) -
     _execute(path, "INSERT INTO grants VALUES (?, ?, ?, ?, ?)", ACCOUNT, REGION, OURS.key_id, forged.grant_id,
              grant_to_doc(forged))
     _execute(path, "UPDATE aliases SET doc=replace(doc, ?, ?) WHERE name=?", OURS.key_id, OTHER.key_id, ALIAS.name)
+    sqlite_ledger_as_a_node_would(path, root)
     store = SqliteStore(path, root)
     with pytest.raises(errors.KMSInternalException):
         await store.get_alias(ACCOUNT, REGION, ALIAS.name)
@@ -229,3 +241,4 @@ async def test_a_refused_row_deleted_with_its_key_is_forgotten(tmp_path: Path) -
     assert await store.list_grants(ACCOUNT, REGION, OURS.key_id) == []
     assert await store.add_alias(Alias(ACCOUNT, REGION, ALIAS.name, OTHER.key_id, NOW, NOW))
     await store.close()
+    await SqliteStore(path, root).close()  # the refused rows' terms left the ledger with them

@@ -15,6 +15,7 @@ import pytest
 from keytrail.kms.authentic_docs import authenticate
 from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import KeyStoreUnreadable, SqliteStore
+from tests.support.store_documents import sqlite_ledger_as_a_node_would
 
 
 def test_a_key_store_sqlite_cannot_read(tmp_path: Path) -> None:
@@ -99,5 +100,6 @@ def test_a_sealed_value_that_is_not_base64_is_a_seal_error(tmp_path: Path) -> No
     with db:
         db.execute("UPDATE keys SET doc = ?", (damaged,))
     db.close()
+    sqlite_ledger_as_a_node_would(tmp_path / "keys.db", root)
     with pytest.raises(SealError, match="cannot unseal key material for arn:aws:kms:us-east-1:111122223333:key/"):
         SqliteStore(tmp_path / "keys.db", root)

@@ -1,0 +1,159 @@
+"""The PostgreSQL store's ledger (kms/store_ledger.py): kept in step by every write, and checked
+against the rows as a node connects and then every minute.
+
+Writes: each write transaction first locks the ledger row (`SELECT … FOR UPDATE`), so the writes
+of every node sharing the store take turns. They are control-plane calls (CreateKey, PutKeyPolicy,
+CreateGrant, …) and rare; Encrypt, Decrypt, GenerateDataKey and the other calls that only read
+neither write nor take that lock. The old row's document is read under the lock, its term leaves
+the ledger, the new row's enters it, and the ledger row is written before the commit.
+
+Checks: in one REPEATABLE READ snapshot, the ledger row and every row's key and MAC (its first
+HEAD_CHARS characters), O(rows). Once the rows do not match (rows rolled back, deleted or added
+outside keytrail, or the ledger row deleted), the node logs it in one line and refuses every call
+on the store (KMSInternalException, like a refused document; the health check names it) until it is
+restarted, when connecting checks again and refuses to start. Between two checks the documents'
+MACs still refuse an edited or forged row on each read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from keytrail.kms import errors
+from keytrail.kms.authentic_docs import HEAD_CHARS, DocumentRefused, Row
+from keytrail.kms.resealing import DOCUMENT_TABLES, DocumentTable
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.store_ledger import Entry, Ledger, LedgerMismatch
+
+__all__ = ["CHECK_EVERY", "LEDGER_SCHEMA", "LedgerWatch", "LedgerWriter", "read_ledger"]
+
+log = logging.getLogger(__name__)
+
+LEDGER_SCHEMA = "CREATE TABLE IF NOT EXISTS kms_ledger (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
+# Seconds between two checks of the rows against the ledger: each reads a few bytes of every row.
+CHECK_EVERY = 60.0
+
+
+def _key_columns(table: DocumentTable, first: int = 1) -> str:
+    return " AND ".join(f"{column}=${n}" for n, column in enumerate(table.primary_key, first))
+
+
+async def read_ledger(connection: Any, root: RootKey, *, lock: bool = False) -> Ledger:
+    """The ledger the store records (LedgerMismatch if its row is gone or does not verify);
+    `lock`: the row locked until the transaction ends."""
+    text = await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1" + (" FOR UPDATE" if lock else ""))
+    if text is None:
+        raise LedgerMismatch("the ledger row is missing (deleted)")
+    try:
+        return Ledger.from_doc(root, text)
+    except DocumentRefused:
+        raise LedgerMismatch("the ledger row does not verify under the root key") from None
+
+
+class LedgerWriter:
+    """One write transaction's changes, with the ledger row locked and kept in step."""
+
+    def __init__(self, connection: Any, root: RootKey, ledger: Ledger) -> None:
+        self._connection, self._root, self._ledger = connection, root, ledger
+        self._changed = False
+
+    @classmethod
+    async def begin(cls, connection: Any, root: RootKey) -> LedgerWriter:
+        return cls(connection, root, await read_ledger(connection, root, lock=True))
+
+    async def current(self, table: DocumentTable, row: Row) -> str | None:
+        """The document `row` of `table` holds now (None: no such row)."""
+        found: str | None = await self._connection.fetchval(
+            f"SELECT doc FROM kms_{table.name} WHERE {_key_columns(table)}", *row)
+        return found
+
+    async def put(self, table: DocumentTable, row: Row, sql: str, args: tuple[Any, ...]) -> None:
+        """Write `row` with `sql` (an upsert whose last argument is the document)."""
+        old = await self.current(table, row)
+        await self._connection.execute(sql, *args)
+        self._ledger.replace(self._root, table.name, row, old, args[-1])
+        self._changed = True
+
+    async def delete(self, table: DocumentTable, where: str, args: tuple[Any, ...]) -> None:
+        """Delete the rows of `table` that `where` (SQL with $1… for `args`) selects."""
+        columns = ", ".join(table.primary_key)
+        deleted = await self._connection.fetch(f"DELETE FROM kms_{table.name} WHERE {where} RETURNING {columns}, doc",
+                                               *args)
+        for found in deleted:
+            self._ledger.remove(self._root, table.name, tuple(found[column] for column in table.primary_key),
+                                found["doc"])
+            self._changed = True
+
+    async def delete_row(self, table: DocumentTable, row: Row) -> None:
+        await self.delete(table, _key_columns(table), row)
+
+    async def commit(self) -> None:
+        """Write the ledger row (before the transaction commits)."""
+        if self._changed:
+            await self._connection.execute("UPDATE kms_ledger SET doc=$1 WHERE id = 1", self._ledger.to_doc(self._root))
+
+
+async def _entries(connection: Any) -> list[Entry]:
+    found: list[Entry] = []
+    for table in DOCUMENT_TABLES:
+        columns = ", ".join(table.primary_key)
+        rows = await connection.fetch(f"SELECT {columns}, left(doc, {HEAD_CHARS}) AS head FROM kms_{table.name}")
+        found += [(table.name, tuple(row[column] for column in table.primary_key), row["head"]) for row in rows]
+    return found
+
+
+class LedgerWatch:
+    """Whether the store's rows still match its ledger: checked by `check`, by the task `start`
+    runs every `every` seconds; once they do not, every call is refused until the node restarts."""
+
+    def __init__(self, pool: Any, root: Callable[[], RootKey], every: float = CHECK_EVERY) -> None:
+        self._pool, self._root, self._every = pool, root, every
+        self.mismatch: LedgerMismatch | None = None  # why the store refuses calls, once it does
+        self._task: asyncio.Task[None] | None = None
+
+    def refuse_if_broken(self) -> None:
+        """KMSInternalException once the store no longer matches its ledger."""
+        if self.mismatch is not None:
+            raise errors.KMSInternalException("The request was rejected because an internal exception occurred.")
+
+    def broken(self, mismatch: LedgerMismatch) -> None:
+        """Refuse every call from now on; the log says why, once."""
+        if self.mismatch is None:
+            self.mismatch = mismatch
+            log.error("key store: %s: every call on it is refused until the node restarts (which refuses to start "
+                      "until the database is restored)", mismatch)
+
+    async def check(self, timeout: float) -> None:
+        """Read the ledger and every row in one snapshot; LedgerMismatch (and `broken`) if they differ."""
+        async with self._pool.acquire(timeout=timeout) as connection, connection.transaction(
+                isolation="repeatable_read", readonly=True):
+            root = self._root()
+            try:
+                recorded = await read_ledger(connection, root)
+                recorded.check(Ledger.of(root, await _entries(connection)))
+            except LedgerMismatch as mismatch:
+                self.broken(mismatch)
+                raise
+
+    def start(self, timeout: float) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(timeout))
+
+    async def _run(self, timeout: float) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            try:
+                await self.check(timeout)
+            except LedgerMismatch:
+                return  # refused until restart: nothing more to check
+            except Exception as exc:  # the database away for a while: the calls say so, the next check runs
+                log.warning("key store: the ledger check could not run: %s", exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
