@@ -38,6 +38,7 @@ from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.rules import DEFAULT_RULES
 from keytrail.detect.runner import DetectorRunner
 from keytrail.kms.authz import Authorizer
+from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.postgres_store import PostgresStore
@@ -368,6 +369,8 @@ async def _scheduler(node: Node) -> None:
         await asyncio.sleep(node.settings.scheduler_interval_seconds)
         try:
             await node.service.run_due()
+        except KmsError as exc:  # the key store refusing calls: its own log line said why
+            log.error("scheduled key maintenance failed: %s", exc.message)
         except Exception:
             log.exception("scheduled key maintenance failed")
 

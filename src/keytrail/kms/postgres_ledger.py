@@ -106,6 +106,10 @@ async def _entries(connection: Any) -> list[Entry]:
     return found
 
 
+def _refusal() -> errors.KmsError:
+    return errors.KMSInternalException("The request was rejected because an internal exception occurred.")
+
+
 class LedgerWatch:
     """Whether the store's rows still match its ledger: checked by `check`, by the task `start`
     runs every `every` seconds; once they do not, every call is refused until the node restarts."""
@@ -118,26 +122,23 @@ class LedgerWatch:
     def refuse_if_broken(self) -> None:
         """KMSInternalException once the store no longer matches its ledger."""
         if self.mismatch is not None:
-            raise errors.KMSInternalException("The request was rejected because an internal exception occurred.")
+            raise _refusal()
 
-    def broken(self, mismatch: LedgerMismatch) -> None:
-        """Refuse every call from now on; the log says why, once."""
+    def broken(self, mismatch: LedgerMismatch) -> errors.KmsError:
+        """Refuse every call from now on, the log saying why once; the refusal to raise now."""
         if self.mismatch is None:
             self.mismatch = mismatch
             log.error("key store: %s: every call on it is refused until the node restarts (which refuses to start "
                       "until the database is restored)", mismatch)
+        return _refusal()
 
     async def check(self, timeout: float) -> None:
-        """Read the ledger and every row in one snapshot; LedgerMismatch (and `broken`) if they differ."""
+        """Read the ledger and every row in one snapshot; LedgerMismatch if they differ."""
         async with self._pool.acquire(timeout=timeout) as connection, connection.transaction(
                 isolation="repeatable_read", readonly=True):
             root = self._root()
-            try:
-                recorded = await read_ledger(connection, root)
-                recorded.check(Ledger.of(root, await _entries(connection)))
-            except LedgerMismatch as mismatch:
-                self.broken(mismatch)
-                raise
+            recorded = await read_ledger(connection, root)
+            recorded.check(Ledger.of(root, await _entries(connection)))
 
     def start(self, timeout: float) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(timeout))
@@ -147,7 +148,8 @@ class LedgerWatch:
             await asyncio.sleep(self._every)
             try:
                 await self.check(timeout)
-            except LedgerMismatch:
+            except LedgerMismatch as mismatch:
+                self.broken(mismatch)
                 return  # refused until restart: nothing more to check
             except Exception as exc:  # the database away for a while: the calls say so, the next check runs
                 log.warning("key store: the ledger check could not run: %s", exc)

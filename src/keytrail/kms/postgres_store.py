@@ -191,9 +191,7 @@ class PostgresStore:
             try:
                 writer = await LedgerWriter.begin(connection, self._root)
             except LedgerMismatch as mismatch:  # its row deleted or forged under the running node
-                self._ledger.broken(mismatch)
-                self._ledger.refuse_if_broken()
-                raise
+                raise self._ledger.broken(mismatch) from None
             yield writer
             await writer.commit()
 
