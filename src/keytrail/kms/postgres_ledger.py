@@ -140,6 +140,16 @@ class LedgerWatch:
             recorded = await read_ledger(connection, root)
             recorded.check(Ledger.of(root, await _entries(connection)))
 
+    async def verify(self, timeout: float) -> bool:
+        """One check, as the task runs it: False, and every call refused from now on, if the rows
+        do not match the ledger."""
+        try:
+            await self.check(timeout)
+        except LedgerMismatch as mismatch:
+            self.broken(mismatch)
+            return False
+        return True
+
     def start(self, timeout: float) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(timeout))
 
@@ -147,10 +157,8 @@ class LedgerWatch:
         while True:
             await asyncio.sleep(self._every)
             try:
-                await self.check(timeout)
-            except LedgerMismatch as mismatch:
-                self.broken(mismatch)
-                return  # refused until restart: nothing more to check
+                if not await self.verify(timeout):
+                    return  # refused until restart: nothing more to check
             except Exception as exc:  # the database away for a while: the calls say so, the next check runs
                 log.warning("key store: the ledger check could not run: %s", exc)
 

@@ -373,6 +373,11 @@ class PostgresStore:
             await connection.execute(f"VACUUM FULL {_DOCUMENT_NAMES}")
         return count
 
+    async def check_ledger(self) -> bool:
+        """Check the rows against the ledger now, as every `check_every` seconds: False, and every
+        call refused from now on, if they do not match."""
+        return await self._ledger.verify(self._timeout)
+
     async def ping(self) -> None:
         """Raise unless the database answers (the health check): it did if a pooled connection
         came back without error within the last second, else a trivial query on the keys table
