@@ -174,3 +174,32 @@ def test_a_store_url_in_the_environment_keeps_its_password_off_the_command_line(
 
     assert asyncio.run(stored()) == [key]
     assert "pw-in-env" not in server.log.read_text() and "WARNING" not in server.log.read_text()
+
+
+def test_a_revoked_grant_put_back_in_the_database_stops_serve_starting_in_one_line(
+        tmp_path: Path, database: str) -> None:
+    server = _serve_on(tmp_path, database, 5432)
+    kms = server.client("alice")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    grant = kms.create_grant(KeyId=key, GranteePrincipal="arn:aws:iam::111122223333:user/bob",
+                             Operations=["Decrypt"])["GrantId"]
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    revoked = asyncio.run(_fetch(dsn, "SELECT * FROM kms_grants WHERE grant_id=$1", grant))[0]
+    kms.revoke_grant(KeyId=key, GrantId=grant)
+    assert server.stop() == 0
+    asyncio.run(_fetch(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)", *revoked.values()))
+    with pytest.raises(RuntimeError, match="keytrail serve exited"):
+        server.start()
+    assert server.proc is not None and server.proc.wait(10) == 2
+    server.proc = None
+    assert server.log.read_text().strip().splitlines()[-1] == (
+        f"keytrail serve: cannot open the key store at 127.0.0.1:5432/{database}: the key store does not match its "
+        "ledger (rows rolled back, deleted or added outside keytrail): grants 1 row(s), the ledger 0")
+
+
+async def _fetch(dsn: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        return list(await connection.fetch(statement, *args))
+    finally:
+        await connection.close()

@@ -96,3 +96,45 @@ def test_a_key_store_of_an_earlier_version_is_upgraded_by_serve_and_serves_as_be
         docs = [doc for table in ("keys", "aliases", "grants") for (doc,) in db.execute(f"SELECT doc FROM {table}")]
     db.close()
     assert len(docs) == 3 and all(doc.startswith('{"mac":"') for doc in docs)
+
+
+def _start_refused(server: KeytrailServer) -> str:
+    """The one line `serve` ends with when it refuses to start."""
+    with pytest.raises(RuntimeError, match="keytrail serve exited"):
+        server.start()
+    assert server.proc is not None and server.proc.wait(10) == 2
+    server.proc = None
+    assert "Traceback" not in server.log.read_text()
+    return server.log.read_text().strip().splitlines()[-1]
+
+
+def test_a_revoked_grant_put_back_in_keys_db_stops_serve_until_a_backup_is_restored(
+        fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client()
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    grant = kms.create_grant(KeyId=key, GranteePrincipal="arn:aws:iam::111122223333:user/bob",
+                             Operations=["Decrypt"])["GrantId"]
+    assert fresh_server.stop() == 0
+    keys_db = fresh_server.data_dir / "keys.db"
+    backup = keys_db.read_bytes()  # taken while serve is stopped, as docs/operations.md asks
+    with sqlite3.connect(keys_db) as db:
+        revoked = db.execute("SELECT * FROM grants WHERE grant_id=?", (grant,)).fetchone()
+    db.close()
+    fresh_server.start()
+    fresh_server.client().revoke_grant(KeyId=key, GrantId=grant)
+    kms = fresh_server.client()
+    kms.create_alias(AliasName="alias/after-the-backup", TargetKeyId=key)
+    assert fresh_server.stop() == 0
+    with sqlite3.connect(keys_db) as db:  # bob's grant back, as keytrail wrote it (its MAC verifies)
+        db.execute("INSERT INTO grants VALUES (?, ?, ?, ?, ?)", revoked)
+    db.close()
+    line = _start_refused(fresh_server)
+    assert line == (
+        "keytrail serve: the key store does not match its ledger (rows rolled back, deleted or added outside "
+        f"keytrail): grants 1 row(s), the ledger 0. {keys_db} was changed outside keytrail: stop serve and restore "
+        "the whole file from a backup (its ledger is in it), or keys.db as it was")
+    keys_db.write_bytes(backup)  # the whole file, its ledger with it: a backup restored, which it accepts
+    fresh_server.start()
+    kms = fresh_server.client()
+    assert [g["GrantId"] for g in kms.list_grants(KeyId=key)["Grants"]] == [grant]  # as the backup held it
+    assert "alias/after-the-backup" not in [a["AliasName"] for a in kms.list_aliases()["Aliases"]]
