@@ -91,7 +91,8 @@ def verify(root: RootKey, table: str, row: Row, text: str, *, ledgered: bool = T
 
 def refused_call(refusal: DocumentRefused) -> errors.KmsError:
     """The call's answer to a refused document, logged once per refusal in one line: which row to
-    look at (restore it from a backup, or delete it), never what it holds."""
+    look at (restore it as keytrail last wrote it, from a backup: the store's ledger holds that
+    version, kms/store_ledger.py), never what it holds."""
     log.error("key store: %s (edited, forged or copied from another row): refused", refusal)
     return errors.KMSInternalException("The request was rejected because an internal exception occurred.")
 
