@@ -131,8 +131,9 @@ def test_a_revoked_grant_put_back_in_keys_db_stops_serve_until_a_backup_is_resto
     line = _start_refused(fresh_server)
     assert line == (
         "keytrail serve: the key store does not match its ledger (rows rolled back, deleted or added outside "
-        f"keytrail): grants 1 row(s), the ledger 0. {keys_db} was changed outside keytrail: stop serve and restore "
-        "the whole file from a backup (its ledger is in it), or keys.db as it was")
+        f"keytrail): grants 1 row(s), the ledger 0. {keys_db} was changed outside keytrail: restore the whole file "
+        "from a backup taken while serve was stopped (its ledger is in it), or put its rows back as keytrail left "
+        "them")
     keys_db.write_bytes(backup)  # the whole file, its ledger with it: a backup restored, which it accepts
     fresh_server.start()
     kms = fresh_server.client()

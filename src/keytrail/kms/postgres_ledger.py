@@ -23,6 +23,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import asyncpg
+
 from keytrail.kms import errors
 from keytrail.kms.authentic_docs import HEAD_CHARS, DocumentRefused, Row
 from keytrail.kms.resealing import DOCUMENT_TABLES, DocumentTable
@@ -137,8 +139,11 @@ class LedgerWatch:
         root = self._root()
         async with self._pool.acquire(timeout=timeout) as connection, connection.transaction(
                 isolation="repeatable_read", readonly=True):
-            recorded = await read_ledger(connection, root)
-            entries = await _entries(connection)
+            try:
+                recorded = await read_ledger(connection, root)
+                entries = await _entries(connection)
+            except asyncpg.UndefinedTableError as exc:  # a dropped table is its rows deleted
+                raise LedgerMismatch(f"a table of the key store is missing ({exc})") from None
         # In a worker thread: the terms of 100,000 rows take about a second of Python, which on
         # the event loop would hold up every call of the node meanwhile.
         recorded.check(await asyncio.to_thread(Ledger.of, root, entries))

@@ -133,8 +133,9 @@ class SqliteStore:
             raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
         except LedgerMismatch as exc:
             self._db.close()
-            raise LedgerMismatch(f"{exc.detail}. {path} was changed outside keytrail: stop serve and restore the "
-                                 f"whole file from a backup (its ledger is in it), or keys.db as it was") from None
+            raise LedgerMismatch(f"{exc.detail}. {path} was changed outside keytrail: restore the whole file from a "
+                                 "backup taken while serve was stopped (its ledger is in it), or put its rows back "
+                                 "as keytrail left them") from None
 
     def _load(self) -> None:
         documents, ledger = read_store(self._db)

@@ -243,3 +243,15 @@ async def test_calls_that_only_read_do_not_wait_for_the_ledgers_lock(dsn: str) -
         await holder.close()
     assert await store.check_ledger()
     await store.close()
+
+
+async def test_a_dropped_ledger_table_is_found_running_and_at_connect(
+        dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    root = RootKey(os.urandom(32))
+    store = await _store(dsn, root)
+    await _sql(dsn, "DROP TABLE kms_ledger")
+    await _refuses_from_its_next_check(store, 'a table of the key store is missing .relation "kms_ledger" does not '
+                                              'exist.', caplog)
+    await store.close()
+    with pytest.raises(LedgerMismatch, match="the ledger row is missing, though the documents were written with one"):
+        await PostgresStore.connect(dsn, root)

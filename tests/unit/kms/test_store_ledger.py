@@ -77,8 +77,8 @@ async def test_a_key_put_back_to_its_document_of_before_a_policy_change_stops_th
         SqliteStore(path, root)
     assert str(refused.value).startswith("the key store does not match its ledger (rows rolled back, deleted or "
                                          f"added outside keytrail): {SAME_COUNT}")
-    assert f"{path} was changed outside keytrail: stop serve and restore the whole file from a backup" in str(
-        refused.value)
+    remedy = "restore the whole file from a backup taken while serve was stopped"
+    assert f"{path} was changed outside keytrail: {remedy}" in str(refused.value)
 
 
 async def test_a_deleted_row_stops_the_store_opening(tmp_path: Path) -> None:
