@@ -10,6 +10,7 @@ from keytrail import __version__
 from keytrail.audit.trail import AuditTrail
 from keytrail.kms.errors import KmsError
 from keytrail.kms.store import Store
+from keytrail.kms.store_ledger import LedgerMismatch
 
 __all__ = ["STORE_PROBE_EVERY", "STORE_PROBE_SECONDS", "NodeHealth", "StoreProbe"]
 
@@ -46,7 +47,10 @@ class StoreProbe:
     def _ended(self, probe: asyncio.Future[None]) -> None:
         self._probe, self._due = None, asyncio.get_running_loop().time() + self._every
         error = None if probe.cancelled() else probe.exception()
-        self._problem = None if error is None else f"the key store does not answer: {_reason(error)}"
+        if isinstance(error, LedgerMismatch):  # it answers, but is refused (kms/postgres_ledger.py)
+            self._problem = _reason(error)
+        else:
+            self._problem = None if error is None else f"the key store does not answer: {_reason(error)}"
 
 
 def _reason(error: BaseException) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from keytrail.cli.health import NodeHealth, StoreProbe
 from keytrail.kms import errors
 from keytrail.kms.authentic_docs import verify
 from keytrail.kms.postgres_store import PostgresStore
@@ -75,8 +77,10 @@ async def _refuses_from_its_next_check(store: PostgresStore, detail: str, caplog
         with pytest.raises(errors.KMSInternalException) as refused:
             await call
         assert refused.value.message == REFUSAL
-    with pytest.raises(LedgerMismatch, match=detail):
-        await store.ping()
+    health = await NodeHealth(None, StoreProbe(store))()
+    assert health["status"] == "unhealthy" and health["keyStore"].startswith(
+        "the key store does not match its ledger (rows rolled back, deleted or added outside keytrail): ")
+    assert re.search(detail, health["keyStore"]), health
     lines = [r.getMessage() for r in caplog.records if "does not match its ledger" in r.getMessage()]
     assert len(lines) == 1 and "refused until the node restarts" in lines[0], lines
 
