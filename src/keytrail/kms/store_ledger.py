@@ -12,12 +12,14 @@ shows all three. It holds, for the whole store, the XOR of one term per row,
 of rows of each table; its own row is a document authenticated like the others. Every write of the
 store updates it in the same transaction (the old row's term out, the new one's in), so it always
 matches the rows; a store opens (and the PostgreSQL store checks itself every minute) only if the
-ledger computed over its rows is the one recorded.
+ledger computed over its rows is the one recorded. A document edited in place under its MAC
+keeps its term: the MAC refuses that row on its own, as before (kms/authentic_docs.py).
 
 Why an XOR of keyed MACs: it is independent of the order of rows and updated per row in O(1), and
 an attacker cannot compute any term without the root key, so cannot make a set of rows whose XOR
 is a recorded ledger value other than a set keytrail itself held (the sums that break an XOR of
-unkeyed hashes, Wagner's generalized birthday, need terms one can compute). Only a recorded
+unkeyed hashes, Wagner's generalized birthday, need terms one can compute). The same row twice
+(SQLite lets NULL into a primary key) cancels its own term, not its count. Only a recorded
 ledger value can be put back, with the rows of its time: the whole store rolled back to an older
 copy of itself, ledger included, which is what restoring a backup is, and stays undetected.
 """
