@@ -10,7 +10,8 @@ root key:
 - a store without MACs is old only if every sealed value opens under the bindings of then.
   Values sealed since end their binding with AUTHENTICATED_SEAL, so a store whose MACs were
   stripped shows it by its key material, and is refused too.
-What stays undetected: a store replaced whole by an older copy of itself (a backup restored).
+What stays undetected: a store replaced whole by an older copy of itself (a backup restored), and
+a store emptied of every row, its ledger's too, which is taken for a new one.
 """
 
 from __future__ import annotations
