@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from keytrail.detect.hooks import mqtt_url_problem
+from keytrail.transport.addresses import host_port_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
@@ -68,8 +69,7 @@ def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | N
     if bootstrap is None:
         return None
     for server in bootstrap.split(","):
-        host, port = _host_port(server.strip())
-        if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+        if host_port_problem(server.strip()):
             return f"{option}: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}"
     return None
 
@@ -78,17 +78,6 @@ def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:
     """None for no broker or a usable broker URL, else the one-line complaint naming the option."""
     problem = mqtt_url_problem(url) if url is not None else None
     return f"{option}: {problem}" if problem else None
-
-
-def _host_port(server: str) -> tuple[str, str | None]:
-    """(host, port or None) of HOST, HOST:PORT or [IPv6]:PORT; no host when it is none of them."""
-    if server.startswith("["):
-        host, bracket, rest = server[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            return "", None
-        return host, (rest[1:] if rest else None)
-    host, colon, port = server.partition(":")
-    return host, (port if colon else None)
 
 
 def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) -> list[Path] | None:

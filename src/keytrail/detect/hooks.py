@@ -23,22 +23,34 @@ from urllib.parse import urlsplit, urlunsplit
 
 from keytrail.detect.sinks import AlarmSink
 from keytrail.detect.sinks.jsonl import JsonlSink
+from keytrail.transport.addresses import url_problem
 
-__all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem", "shown_url"]
+__all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem", "shown_url", "webhook_url_problem"]
 
 
 def mqtt_url_problem(url: str) -> str | None:
-    """None for a usable broker address (mqtt[s]://[USER[:PASS]@]HOST[:PORT], or HOST[:PORT]),
+    """None for a usable broker URL, mqtt[s]://[USER[:PASS]@]HOST[:PORT] (an IPv6 host in brackets),
     else the one-line complaint: checked before anything starts, since a typo would otherwise
-    surface only as a failed delivery, in a child process's log, when the first alarm fires."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    try:
-        port = parts.port  # ValueError: not a number, or out of range
-    except ValueError:
-        port = 0
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or port == 0 or parts.netloc.endswith(":"):
-        return f"not an MQTT URL: {url!r} (use mqtt://HOST:PORT)"
-    return None
+    surface only as a failed delivery, in a child process's log, when the first alarm fires.
+    A bare HOST[:PORT] (mosquitto_pub's `-h HOST`) is refused with the URL to type instead: `foo`
+    may be a host or a placeholder, and the scheme says whether TLS is meant."""
+    if "://" not in url and (guess := _mqtt_url_for(url)):
+        return f"not an MQTT URL: {url!r} (did you mean {guess}?)"
+    problem = url_problem(url, ("mqtt", "mqtts"))
+    if problem is None and urlsplit(url)[2:] != ("", "", ""):  # mosquitto_pub -L puts the topic there
+        problem = "it has a path, query or fragment (alarms go to the topics keytrail/alarms/<rule>)"
+    return f"not an MQTT URL: {url!r}: {problem} (use mqtt://HOST:PORT)" if problem else None
+
+
+def _mqtt_url_for(address: str) -> str | None:
+    """The URL of a bare HOST[:PORT], if it is one."""
+    guess = f"mqtt://{address}" if ":" in address else f"mqtt://{address}:1883"
+    return guess if url_problem(guess, ("mqtt",)) is None and urlsplit(guess).path == "" else None
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """None for an http:// or https:// URL with a host and a usable port, else what is wrong with it."""
+    return url_problem(url, ("http", "https"))
 
 
 def shown_url(url: str) -> str:
@@ -99,6 +111,8 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
         raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {url!r}")
+    if problem := webhook_url_problem(url):  # not the URL itself: its query may hold a token
+        raise ValueError(f"[[hooks.webhook]] url: {problem}")
     shown = shown_url(url)
     unknown = set(entry) - {"url", "secret", "secret_env", "attempts", "backoff"}
     if unknown:

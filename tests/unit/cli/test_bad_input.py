@@ -147,11 +147,27 @@ def test_audit_verify_of_a_data_dir_without_an_event_log_is_one_line_on_stderr(t
 
 
 @pytest.mark.parametrize("url", ["mqtt://:99999", "http://broker", "nohost:", "mqtt://broker:99999",
-                                 "mqtt://broker:abc", "mqtt://broker:"])
+                                 "mqtt://broker:abc", "mqtt://broker:", "mqtt://broker:1883/alarms",
+                                 "mqtt://broker:1883?qos=2", "mqtt://1883", "mqtt://bro ker:1883", "tcp://broker:1883"])
 def test_serve_refuses_a_malformed_mqtt_url_before_starting(tmp_path: Path, url: str) -> None:
     result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--mqtt", url)
     _one_line_error(result, f"keytrail serve: --mqtt: not an MQTT URL: {url!r}")
     assert not (tmp_path / "node").exists()  # refused before anything was created
+
+
+def test_serve_refuses_a_bare_mqtt_host_naming_the_url_to_type(tmp_path: Path) -> None:
+    """mosquitto_pub takes `-h HOST`; --mqtt takes a URL, whose scheme says whether TLS is meant."""
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--mqtt", "foo")
+    line = _one_line_error(result, "keytrail serve: --mqtt: not an MQTT URL: 'foo'")
+    assert line.endswith("(did you mean mqtt://foo:1883?)\n")
+    assert not (tmp_path / "node").exists()
+
+
+@pytest.mark.parametrize("bootstrap", ["kafka://broker:9092", "broker:9092/x", "bro ker:9092", "9092", "b:9092,"])
+def test_serve_refuses_a_malformed_kafka_bootstrap_before_starting(tmp_path: Path, bootstrap: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--kafka", bootstrap)
+    _one_line_error(result, f"keytrail serve: --kafka: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}")
+    assert not (tmp_path / "node").exists()
 
 
 def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
@@ -162,6 +178,8 @@ def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("hooks", "complaint"), [
     ('[hooks]\nmqtt = "mqtt://:0"\n', "[hooks] mqtt: not an MQTT URL"),
     ("[hooks]\nfoo = 1\n", "[hooks]: unknown setting(s) foo"),
+    ('[[hooks.webhook]]\nurl = "https://alerts:99999/k"\nsecret = "s"\n',
+     "[[hooks.webhook]] url: the port '99999' is not a number from 1 to 65535"),
 ])
 def test_serve_names_a_wrong_hooks_table_of_its_config(tmp_path: Path, hooks: str, complaint: str) -> None:
     config = tmp_path / "settings.toml"

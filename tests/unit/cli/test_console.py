@@ -34,6 +34,7 @@ def test_bootstrap_lists_kafka_accepts(bootstrap: str) -> None:
     assert bootstrap_problem(bootstrap) is None
 
 
-@pytest.mark.parametrize("bootstrap", ["not-a-host:abc", "a:1,b:", ":9092", "[::1", "[::1]x", "h:0", "h:70000", ""])
+@pytest.mark.parametrize("bootstrap", ["not-a-host:abc", "a:1,b:", ":9092", "[::1", "[::1]x", "h:0", "h:70000", "",
+                                       "h 1:9092", "user@h:9092", "h:+1", "h:\u0663", "9092", "kafka://h:9092"])
 def test_bootstrap_typos_are_one_line(bootstrap: str) -> None:
     assert bootstrap_problem(bootstrap, "--kafka") == f"--kafka: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.detect.hooks import HooksConfig, build_sinks
+from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem
 from keytrail.detect.sinks import retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
@@ -49,6 +49,10 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"webhook": 5}, "double brackets"),
     ({"webhook": [{"url": 5, "secret": "s"}]}, "needs an http:// or https:// url"),
     ({"webhook": [{"url": "ftp://x", "secret": "s"}]}, "needs an http:// or https:// url"),
+    ({"webhook": [{"url": "https://", "secret": "s"}]}, r"url: no host"),
+    ({"webhook": [{"url": "https://alerts:99999/k", "secret": "s"}]}, "url: the port '99999' is not a number from 1"),
+    ({"webhook": [{"url": "https://alerts:abc/k", "secret": "s"}]}, "url: the port 'abc' is not a number from 1"),
+    ({"webhook": [{"url": "https://alerts example/k", "secret": "s"}]}, "'alerts example' is not a host name"),
     ({"webhook": [{"url": "https://x", "secret_env": 5}]}, "are strings"),
     ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number of 1"),
     ({"webhook": [{"url": "https://x", "secret": "s", "backoff": "y"}]}, "backoff must be a number"),
@@ -81,9 +85,16 @@ async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
         await sink.aclose()  # type: ignore[attr-defined]
 
 
-def test_bad_mqtt_url_is_refused() -> None:
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "127.0.0.1:1883", "mqtt://127.0.0.1:1883/alarms"])
+def test_bad_mqtt_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="MQTT URL"):
-        MqttSink("http://127.0.0.1:1883")
+        MqttSink(url)
+
+
+@pytest.mark.parametrize("url", ["mqtt://broker", "mqtts://user:pass@broker.internal:8883", "mqtt://[::1]:1883",
+                                 "mqtt://10.0.0.7:1883", "mqtt://mosquitto_1:1883"])
+def test_mqtt_urls_with_a_host_and_at_most_a_port_are_accepted(url: str) -> None:
+    assert mqtt_url_problem(url) is None
 
 
 def test_webhook_credentials_in_the_url_stay_out_of_errors_and_repr() -> None:

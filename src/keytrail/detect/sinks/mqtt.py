@@ -36,7 +36,7 @@ class MqttSink:
     ) -> None:
         if problem := mqtt_url_problem(url):
             raise ValueError(problem)
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        parts = urlsplit(url)
         self._host = parts.hostname or ""  # never empty: mqtt_url_problem checked it
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self._username = unquote(parts.username) if parts.username else None
