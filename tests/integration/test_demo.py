@@ -91,6 +91,20 @@ def test_cost_is_what_keytrail_cost_reports(outcome: dict[str, Any]) -> None:
     assert demo_rows == {(row["keyArn"], row["accountId"]): row["totalCost"] for row in rows}
 
 
+def test_everything_in_the_data_dir_is_owner_only(outcome: dict[str, Any]) -> None:
+    """Audit records, alarms, usage and the report name principals, keys and encryption contexts:
+    no folder or file the node made there may be open to the group or others (the umask is 022)."""
+    data_dir = Path(outcome["dataDir"])
+    made = [data_dir, *data_dir.rglob("*")]
+    names = {path.relative_to(data_dir).as_posix() for path in made}
+    assert {"alarms.jsonl", "demo-report.html", "keys.db", "audit/integrity/hashes.bin",
+            "metrics/state/segment-log.sqlite"} <= names, names
+    assert any(name.endswith(".parquet") for name in names) and any(name.endswith(".seg") for name in names)
+    open_to_others = {f"{path.relative_to(data_dir).as_posix() or '.'} {path.stat().st_mode & 0o777:o}"
+                      for path in made if path.stat().st_mode & 0o077}
+    assert open_to_others == set()
+
+
 def test_html_report_exists_and_names_every_key(outcome: dict[str, Any]) -> None:
     report = Path(outcome["report"])
     html = report.read_text()

@@ -22,6 +22,7 @@ from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
+from keytrail.owner_only import open_file
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "write_admin_principals"]
 
@@ -165,8 +166,7 @@ def write_admin_principals(path: Path, account: str = "111122223333") -> tuple[s
         f'access_key_id = "{access_key}"\nsecret_access_key = "{secret}"\n'
         f"policies = ['''{policy}''']\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_file(path, os.O_WRONLY | os.O_EXCL)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     return access_key, secret

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keytrail.owner_only import make_dirs, open_file, reserve
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
@@ -86,14 +87,14 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise IntegrityFileUnusable(f"{paths.private_key} is not an Ed25519 private key: restore it from a backup")
         return key
-    paths.root.mkdir(parents=True, exist_ok=True)
+    make_dirs(paths.root)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    _write_atomic(paths.private_key, pem, mode=0o600)
+    _write_atomic(paths.private_key, pem)
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomic(paths.public_key, public, mode=0o644)
+    _write_atomic(paths.public_key, public)
     # Whoever can write the data dir can also make a key of their own and sign a rewritten trail
     # with it; only a copy of the public key kept elsewhere tells the two apart (`serve` prints it).
     log.info("created the audit signing key %s; its public key %s has the SHA-256 fingerprint %s: keep a copy "
@@ -122,8 +123,7 @@ def write_retention_floor(paths: IntegrityPaths, offset: int, key: Ed25519Privat
     synced, since a floor a crash left empty or missing makes retention's deletions read as tampering;
     signed, since a floor anyone could write would excuse any oldest segments they delete."""
     body = {"retentionFloor": offset}
-    _write_atomic(paths.retention_floor, canonical({**body, "signature": key.sign(canonical(body)).hex()}),
-                  mode=0o644)
+    _write_atomic(paths.retention_floor, canonical({**body, "signature": key.sign(canonical(body)).hex()}))
 
 
 def read_retention_floor(paths: IntegrityPaths, public_key: Ed25519PublicKey) -> tuple[int, str | None]:
@@ -184,7 +184,7 @@ class ChainWriter:
         self.interval = digest_interval_s
         key_was_there = paths.private_key.exists()
         self._key = signing_key(paths)
-        paths.digests.mkdir(parents=True, exist_ok=True)
+        make_dirs(paths.digests)
         self._last: dict[str, Any] | None = None
         # Who added the records the next digests sign: None for calls this node answered,
         # IMPORT_ORIGIN for CloudTrail records imported.
@@ -196,7 +196,7 @@ class ChainWriter:
         self._check_log_reaches_digest(log)
         self._check_trail_was_signed(log, key_was_there)
         self._check_nothing_after_clean_stop(log)
-        self._hashes = open(paths.hashes, "r+b" if paths.hashes.exists() else "w+b")  # noqa: SIM115
+        self._hashes = open(reserve(paths.hashes), "r+b")  # noqa: SIM115
         self._recover(log)
         self._last_time: datetime | None = None
 
@@ -275,7 +275,7 @@ class ChainWriter:
             **({"origin": self.origin} if self.origin else {}), **({"final": True} if final else {}),
         }
         digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
-        _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest), mode=0o644)
+        _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest))
         self._accept(digest)
         return digest
 
@@ -381,9 +381,9 @@ def _digest_hash(digest: dict[str, Any] | None) -> str | None:
     return None if digest is None else hashlib.sha256(canonical(digest)).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+def _write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = open_file(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from keytrail.audit.schema import message_key_bytes
+from keytrail.owner_only import write_bytes
 from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import KafkaProducerLink, ensure_topic
 from keytrail.transport.segment_log import SegmentLog
@@ -81,7 +82,7 @@ class ShippedOffset:
         """Persist a new shipped offset (atomic rename, not synced: a crash that loses it, or
         leaves it empty, only means resending)."""
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(str(offset))
+        write_bytes(temporary, str(offset).encode())
         os.replace(temporary, self.path)
         self.value = offset
 

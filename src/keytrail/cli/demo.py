@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from keytrail.cli import console
 from keytrail.cli.demo_summary import Story, render_json, render_text, summarize, write_html_report
 from keytrail.cli.demo_workload import DemoError, Workload, demo_principals, write_principals
 from keytrail.detect.sinks.jsonl import read_alarms
+from keytrail.owner_only import make_dirs, open_file
 
 __all__ = ["ServerProcess", "demo", "register"]
 
@@ -46,7 +48,7 @@ class ServerProcess:
         """Start the server and wait until it answers its health check."""
         args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir), "--port",
                 str(self.port), "--principals", str(self.principals), "--dev-clock"]
-        with self.log_path.open("ab") as log:
+        with os.fdopen(open_file(self.log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
             # Its own session: Ctrl-C reaches the demo only, which then stops the server in order.
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait("keytrail serve to start", STARTUP_SECONDS, self._healthy)
@@ -192,7 +194,7 @@ def _data_dir(path: Path | None) -> Path:
     if path.is_dir() and any(path.iterdir()):
         raise fail(f"--data-dir: {path} is not empty; the demo needs a data dir of its own")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
     except OSError as error:  # under a file, or in a folder it may not write: said as serve says it
         raise fail(f"--data-dir: cannot create {path}: {error.strerror or error}") from None
     return path.resolve()

@@ -45,7 +45,7 @@ def write_html_report(data_dir: Path) -> Path:
     source = SegmentLogSource(event_log_dir(data_dir), follow=False)
     options = ReportOptions(alarms=data_dir / "alarms.jsonl", source_name=str(data_dir))
     out = data_dir / "demo-report.html"
-    return write_report(collect_sync(source, options), out, ReportFormat.html)
+    return write_report(collect_sync(source, options), out, ReportFormat.html, owner_only=True)
 
 
 def summarize(story: Story, report: Path) -> dict[str, Any]:

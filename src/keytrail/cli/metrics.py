@@ -33,6 +33,7 @@ from keytrail.cli.console import (
     parse_window,
 )
 from keytrail.cli.sidecar import consumer_lock, try_lock
+from keytrail.owner_only import make_dirs
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.pipeline.query import MetricsStore
@@ -242,7 +243,7 @@ def consume(
     if not kafka and not try_lock(consumer_lock(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first",
                    CONSUME)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(data_dir)
     problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
     stats = _consume_or_fail(settings, cloudtrail, problems, metrics)
     typer.echo(

@@ -27,6 +27,7 @@ from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
 from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 from keytrail.config import ServeSettings
 from keytrail.detect.rules import RuleError
+from keytrail.owner_only import make_dirs
 from keytrail.transport.segment_log import LogLockedError
 
 __all__ = ["register"]
@@ -200,7 +201,7 @@ def _listen_port(host: str, port: int) -> int:
 def _make_data_dir(data_dir: Path) -> None:
     try:
         # Owner only: it holds the root key, principals, the audit trail and what is derived from it.
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(data_dir)
     except FileExistsError:
         raise _fail(f"--data-dir: {data_dir} is not a directory") from None
     except OSError as error:

@@ -40,6 +40,7 @@ from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
+from keytrail.owner_only import open_file
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import state_dir
 
@@ -171,8 +172,7 @@ def _on_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
 def try_lock(path: Path) -> bool:
     """Take an exclusive lock on `path` for the rest of the process's life; False (and nothing
     held) while another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_file(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

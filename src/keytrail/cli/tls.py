@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from keytrail.owner_only import open_file, write_bytes
+
 __all__ = ["dev_certificate_usable", "self_signed_certificate"]
 
 # Renewed a day before it expires, so that no client meets it expired between two starts of a day.
@@ -40,7 +42,6 @@ def self_signed_certificate(directory: Path, host: str,
     cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
     if dev_certificate_usable(directory, host, now):
         return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keytrail development")])
     names = _subject_names(host)
@@ -52,11 +53,11 @@ def self_signed_certificate(directory: Path, host: str,
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_file(key_path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from keytrail.owner_only import make_dirs
+
 __all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def write_root_key_file(path: Path, secret: bytes, *, replace: bool = False) -> 
     every later start refused), owner-only, and durably named before anything is sealed under it:
     a power cut must not keep keys.db's sealed material and lose the key's directory entry.
     Without `replace`, a file already there (another process made one first) is the key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -50,6 +50,7 @@ from keytrail.kms.sqlite_ledger import LEDGER_SCHEMA, Change, Delete, Put, apply
 from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
+from keytrail.owner_only import make_dirs
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
 # SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
@@ -100,7 +101,7 @@ class SqliteStore:
     """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key."""
 
     def __init__(self, path: Path, root: RootKey) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:  # a directory in its place, say

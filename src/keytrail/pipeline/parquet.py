@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from keytrail.owner_only import make_dirs, reserve
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
@@ -57,9 +58,9 @@ def _mtime(path: Path) -> int:
 
 
 def _write(frame: pl.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_parquet(frame, temp)
+    write_parquet(frame, reserve(temp))
     with temp.open("rb") as handle:
         os.fsync(handle.fileno())
     temp.replace(path)

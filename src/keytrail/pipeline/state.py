@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from keytrail.owner_only import reserve
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
 from keytrail.pipeline.dedup import SeenIds, no_hashes, pack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
@@ -90,7 +91,7 @@ class PartitionState:
     """
 
     def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000, owner: bool = False) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        reserve(path)  # owner only, and its -wal and -shm files with it
         self.path = path
         self.dedup_capacity = dedup_capacity
         self.owner = owner  # only an owner stages and flushes, and needs the eventIDs in memory

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from keytrail.owner_only import make_dirs, reserve
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
@@ -161,9 +162,9 @@ def _days(since: datetime | None, until: datetime | None) -> tuple[str, str]:
 
 
 def _durable_write(frame: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     temp = path.with_name(f".{path.name}.tmp")
-    write_parquet(frame, temp)
+    write_parquet(frame, reserve(temp))
     with temp.open("rb") as handle:
         os.fsync(handle.fileno())
     temp.replace(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
+from keytrail.owner_only import make_dirs, reserve
 from keytrail.reports.collect import ReportData
 from keytrail.reports.html import render_html
 from keytrail.reports.tabular import TabularFormat, long_form_parts, write_tabular
@@ -21,13 +22,22 @@ class ReportFormat(StrEnum):
     parquet = "parquet"
 
 
-def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | None = None) -> Path:
-    """Write the report to `out`; the tabular forms hold every table (or only `table`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | None = None, *,
+                 owner_only: bool = False) -> Path:
+    """Write the report to `out`; the tabular forms hold every table (or only `table`).
+    `owner_only`: `out` is in a data dir (0600, as what else is there); else the umask's mode,
+    as any file a command writes where the user asked."""
+    if owner_only:
+        make_dirs(out.parent)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
     if form is ReportFormat.html:
         temp = out.with_name(f".{out.name}.tmp")
+        if owner_only:
+            reserve(temp)
         temp.write_text(render_html(data), encoding="utf-8")
         temp.replace(out)
         return out
     columns_of = {name: frame.columns for name, frame in data.tables().items()}
-    return write_tabular(long_form_parts(data.tables(), table), out, TabularFormat(form.value), columns_of)
+    return write_tabular(long_form_parts(data.tables(), table), out, TabularFormat(form.value), columns_of,
+                         owner_only=owner_only)

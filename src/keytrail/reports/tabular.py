@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import polars as pl
 
+from keytrail.owner_only import reserve
 from keytrail.pipeline.files import write_parquet
 
 __all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "write_tabular"]
@@ -59,12 +60,14 @@ def _tagged(name: str, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form: TabularFormat,
-                  columns_of: Mapping[str, Sequence[str]] | None = None) -> Path:
+                  columns_of: Mapping[str, Sequence[str]] | None = None, *, owner_only: bool = False) -> Path:
     """Write `frame` (or the parts of one, same columns each, in order) to `out` atomically (temp
     file, then rename). `columns_of`: each table's own columns, which JSON lines write even when
-    null (a reader then finds every column of a table)."""
+    null (a reader then finds every column of a table). `owner_only`: 0600 (`out` is in a data dir)."""
     parts = [frame] if isinstance(frame, pl.DataFrame) else frame
     temp = out.with_name(f".{out.name}.tmp")
+    if owner_only:
+        reserve(temp)
     if form is TabularFormat.parquet:
         write_parquet(pl.concat(list(parts)), temp)
     else:

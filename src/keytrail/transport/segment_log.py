@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from keytrail.owner_only import make_dirs
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
@@ -486,7 +487,7 @@ def _create_directory(directory: Path) -> None:
     while not path.exists():
         missing.append(path)
         path = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     for created in reversed(missing):
         _fsync_dir(created.parent)
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
+from keytrail.owner_only import open_file
 
 __all__ = ["JsonlSink", "read_alarms"]
 
@@ -26,8 +27,7 @@ class JsonlSink:
     def __init__(self, path: Path, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
         self.path = path
         self.backoff = backoff  # first and longest wait between attempts at a failed write
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
         self._failing = False
         # A line cut short by a crash is ended before the next one, so it stays one unreadable line.
         self._pending_newline = _ends_torn(path)

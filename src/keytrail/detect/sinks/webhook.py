@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import httpx
 from keytrail.detect.alarms import Alarm, format_time
 from keytrail.detect.hooks import shown_url
 from keytrail.detect.sinks import retry_waits
+from keytrail.owner_only import open_file
 
 __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
@@ -84,7 +86,6 @@ class WebhookSink:
         await asyncio.to_thread(self._dead_letter, alarm, error)
 
     def _dead_letter(self, alarm: Alarm, error: str) -> None:
-        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
         entry = {
             "url": self.shown_url,
             "error": error,
@@ -92,7 +93,7 @@ class WebhookSink:
             "failedAt": format_time(datetime.now(UTC)),
             "alarm": alarm.to_json(),
         }
-        with self.dead_letter.open("a", encoding="utf-8") as file:
+        with os.fdopen(open_file(self.dead_letter, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as file:
             file.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
     async def aclose(self) -> None:

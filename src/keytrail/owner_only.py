@@ -1,0 +1,53 @@
+"""Folders and files in a data dir, readable by their owner only: audit records, alarms and usage
+name principals, keys and encryption contexts, so what keytrail creates there is 0700 and 0600
+whatever the umask (PostgreSQL and ssh treat their data the same way). An existing folder keeps
+its mode: the data dir itself may be a mount point the operator prepared. Files written outside a
+data dir at the user's request (`report --out`, `audit export`) keep the umask's mode."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "reserve", "write_bytes"]
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p path`, each folder it creates 0700 (`Path.mkdir(parents=True)` gives the parents
+    it creates the umask's mode, whatever `mode` says)."""
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+        make_dirs(path.parent)
+        make_dirs(path)
+    except FileExistsError:  # made meanwhile by another process is as good as made here
+        if not path.is_dir():
+            raise
+
+
+def open_file(path: Path, flags: int) -> int:
+    """`os.open(path, flags | O_CREAT, 0600)`, its folder made first: the descriptor."""
+    make_dirs(path.parent)
+    return os.open(path, flags | os.O_CREAT, FILE_MODE)
+
+
+def reserve(path: Path) -> Path:
+    """`path`, made an empty 0600 file if there is none, for writers that create files with the
+    umask's mode (polars, SQLite): writing over a file keeps its mode, and SQLite gives its -wal
+    and -shm files the database's. An existing file is not opened (closing a descriptor of a
+    database would drop the SQLite locks this process holds on it)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(open_file(path, os.O_WRONLY | os.O_EXCL))
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`path.write_bytes(data)` with the file 0600."""
+    with os.fdopen(open_file(path, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+        handle.write(data)

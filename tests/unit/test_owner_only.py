@@ -1,0 +1,46 @@
+"""What keytrail creates in a data dir is the owner's alone, whatever the umask."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keytrail.owner_only import make_dirs, open_file, reserve, write_bytes
+
+
+@pytest.fixture(autouse=True)
+def permissive_umask() -> Iterator[None]:
+    previous = os.umask(0o002)  # group-writable by default, as on many desktops
+    yield
+    os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_make_dirs_makes_every_missing_folder_0700_and_leaves_existing_ones(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir(mode=0o755)
+    os.chmod(tmp_path / "mine", 0o755)
+    make_dirs(tmp_path / "mine" / "a" / "b")
+    make_dirs(tmp_path / "mine" / "a" / "b")  # made already: nothing to do
+    assert [_mode(tmp_path / "mine"), _mode(tmp_path / "mine/a"), _mode(tmp_path / "mine/a/b")] == [0o755, 0o700, 0o700]
+
+
+def test_make_dirs_over_a_file_fails_as_mkdir_does(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError):
+        make_dirs(tmp_path / "file")
+
+
+def test_files_are_0600_and_reserve_keeps_what_is_there(tmp_path: Path) -> None:
+    write_bytes(tmp_path / "d" / "written", b"data")
+    os.close(open_file(tmp_path / "d" / "opened", os.O_WRONLY))
+    reserved = reserve(tmp_path / "d" / "reserved")
+    assert [_mode(tmp_path / "d" / name) for name in ("written", "opened", "reserved")] == [0o600] * 3
+    assert _mode(tmp_path / "d") == 0o700 and reserved.read_bytes() == b""
+    reserved.write_bytes(b"rows")
+    assert reserve(reserved).read_bytes() == b"rows"
