@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from keytrail.audit.cloudtrail_files import iter_events
-from keytrail.audit.integrity import verify
+from keytrail.audit.integrity import load_digests, verify
+from keytrail.audit.trail import audit_paths
 from keytrail.transport.segment_log import event_log_dir
 from tests.support import server as server_support
 from tests.support.audit_records import cut_back_to, sign_again_with_a_new_key
@@ -272,3 +274,17 @@ def test_a_record_added_while_the_node_was_stopped_is_named_and_serve_will_not_s
     assert result.returncode == 1 and "inserted after the final digest" in result.stdout, result.stdout
     with pytest.raises(RuntimeError, match="after the final digest keytrail signed when it last stopped cleanly"):
         server.start()
+
+
+def test_an_idle_node_signs_a_digest_each_digest_interval(tmp_path: Path) -> None:
+    """`--digest-interval` sets how often an idle node signs (the default is CloudTrail's hour)."""
+    server = KeytrailServer(tmp_path / "data", "--digest-interval", "1", dev_clock=False).start()
+    try:
+        time.sleep(3.5)  # no call at all
+    finally:
+        assert server.stop() == 0
+    digests = [digest for _, digest in load_digests(audit_paths(tmp_path / "data")[1])]
+    idle = digests[1:-1]  # between the genesis digest and the final one
+    assert len(idle) >= 2, digests
+    assert all((d["startOffset"], d["endOffset"], d["intervalSeconds"]) == (0, 0, 1) for d in digests)
+    assert verify(tmp_path / "data") == []

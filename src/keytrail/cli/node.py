@@ -186,8 +186,9 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore) -> N
     audit = consumer = None
     in_progress = CallsInProgress()
     if settings.audit:
-        audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka), now=clock.now,
-                                in_progress=in_progress)
+        audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka,
+                                              digest_interval_s=settings.digest_interval_seconds),
+                                now=clock.now, in_progress=in_progress)
         if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
             if not try_lock(consumer_lock(data_dir)):  # the lock the child would hold, for life
                 raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "

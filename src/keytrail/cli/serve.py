@@ -136,6 +136,10 @@ def serve(
         envvar=STORE_ENV, show_envvar=True,
         help="Shared key store, postgresql://USER@HOST:PORT/DB (the password in $PGPASSWORD or a passfile) "
              "(default: SQLite in the data dir).")] = None,
+    digest_interval: Annotated[float, typer.Option(
+        "--digest-interval", metavar="SECONDS", min=1, max=86_400,
+        help="How often the node signs an audit digest, new records or not (CloudTrail: hourly); "
+             "`audit verify` flags a longer silence.")] = 3600.0,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
         help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
@@ -153,6 +157,7 @@ def serve(
         data_dir=data_dir, host=host, port=_listen_port(host, port), principals=principals, kafka=kafka, mqtt=mqtt,
         dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
         tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
+        digest_interval_seconds=digest_interval,
     )
     if dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")

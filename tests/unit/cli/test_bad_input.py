@@ -175,6 +175,17 @@ def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
     _one_line_error(result, "keytrail detect: --mqtt: not an MQTT URL: 'nohost:'")
 
 
+@pytest.mark.parametrize(("interval", "complaint"), [
+    ("0", "greater than or equal to 1"), ("-5", "greater than or equal to 1"), ("abc", "a valid number"),
+    ("100000", "less than or equal to 86400"), ("nan", ""),
+])
+def test_serve_refuses_a_digest_interval_that_is_no_positive_number(tmp_path: Path, interval: str,
+                                                                      complaint: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--digest-interval", interval)
+    assert complaint in _one_line_error(result, "keytrail serve: Invalid value for '--digest-interval': ")
+    assert not (tmp_path / "node").exists()
+
+
 @pytest.mark.parametrize(("hooks", "complaint"), [
     ('[hooks]\nmqtt = "mqtt://:0"\n', "[hooks] mqtt: not an MQTT URL"),
     ("[hooks]\nfoo = 1\n", "[hooks]: unknown setting(s) foo"),
