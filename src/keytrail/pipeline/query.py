@@ -20,7 +20,16 @@ from keytrail.pipeline.frame import CRYPTO_OPERATIONS
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, latest_per_key, merge_last_used
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.state import PartitionState
-from keytrail.pipeline.usage import USAGE_SCHEMA, Window, merge_usage, roll_up, roll_up_keys, rolled_up
+from keytrail.pipeline.usage import (
+    USAGE_SCHEMA,
+    Window,
+    categorical,
+    merge_usage,
+    roll_up,
+    roll_up_keys,
+    rolled_up,
+    sorted_by,
+)
 
 __all__ = ["MetricsStore", "state_dir"]
 
@@ -66,18 +75,23 @@ class MetricsStore:
         window: Window | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        *,
+        categories: bool = False,
     ) -> pl.DataFrame:
         """Request and error counts grouped by `by` (and a window when given), each partition's
-        rolled up as its files stream by, then summed."""
+        rolled up as its files stream by, then summed. `categories`: the `by` columns as
+        `pl.Categorical` (each distinct ARN held once instead of once per row, for a table of
+        every key x principal x operation of a large account), in the same order as strings."""
         keys = roll_up_keys(by, window)
+        labels = categorical(by) if categories else _as_stored
         with self._states() as states:
-            frames = [s.usage(since, until, lambda rows: rolled_up(rows, by, window)) for s in states]
+            frames = [s.usage(since, until, lambda rows: rolled_up(labels(rows), by, window)) for s in states]
         if not frames:
-            return roll_up(pl.DataFrame(schema=USAGE_SCHEMA), by, window)
+            return roll_up(labels(pl.LazyFrame(schema=USAGE_SCHEMA)).collect(), by, window)
         if len(frames) == 1:  # one partition (the embedded log): already summed, no copy to sum again
-            return frames[0].sort(keys, nulls_last=True)
+            return sorted_by(frames[0], keys)
         summed = pl.concat(frames).group_by(keys).agg(pl.col("count").sum(), pl.col("errorCount").sum())
-        return summed.sort(keys, nulls_last=True)
+        return sorted_by(summed, keys)
 
     def lifecycle(self) -> pl.DataFrame:
         with self._states() as states:
@@ -210,6 +224,10 @@ class MetricsStore:
                 for name, code, count in state.outcomes():
                     totals[(name, code)] = totals.get((name, code), 0) + count
         return totals
+
+
+def _as_stored(rows: pl.LazyFrame) -> pl.LazyFrame:
+    return rows
 
 
 def _minute_uses(usage: pl.LazyFrame) -> pl.LazyFrame:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import polars as pl
 
 __all__ = [
-    "USAGE_KEYS", "USAGE_SCHEMA", "WINDOWS", "Window", "merge_usage", "roll_up", "roll_up_keys", "rolled_up",
-    "usage_minutes",
+    "USAGE_KEYS", "USAGE_SCHEMA", "WINDOWS", "Window", "categorical", "merge_usage", "roll_up", "roll_up_keys",
+    "rolled_up", "sorted_by", "usage_minutes",
 ]
 
 Window = Literal["minute", "hour", "day"]
@@ -76,3 +76,19 @@ def rolled_up(usage: pl.LazyFrame, by: Sequence[str], window: Window | None = No
         frame = frame.with_columns(windowStart=pl.col("minute").dt.truncate(every))
         frame = frame.with_columns(windowEnd=pl.col("windowStart").dt.offset_by(every))
     return frame.group_by(roll_up_keys(by, window)).agg(pl.col("count").sum(), pl.col("errorCount").sum())
+
+
+def categorical(columns: Sequence[str]) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """A step casting `columns` (strings) to `pl.Categorical`: a roll-up with a row per call then
+    holds each distinct ARN once (≈ 30 bytes a row instead of ≈ 150), and groups on integer codes."""
+    def cast(rows: pl.LazyFrame) -> pl.LazyFrame:
+        return rows.with_columns(pl.col(list(columns)).cast(pl.Categorical))
+    return cast
+
+
+def sorted_by(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """`frame.sort(keys, nulls_last=True)`, a `Categorical` key by its dense rank, which orders as its
+    strings do: a sort by the categories themselves encodes every row's strings for the comparison
+    (as much memory again as a string table)."""
+    order = [pl.col(key).rank("dense") if frame.schema[key] == pl.Categorical else pl.col(key) for key in keys]
+    return frame.sort(order, nulls_last=True)

@@ -50,7 +50,8 @@ class ReportOptions:
 
 @dataclass(frozen=True)
 class ReportData:
-    """Every table of a report; usage, cost and last-used columns follow CONTRACTS.md §4."""
+    """Every table of a report; usage, cost and last-used columns follow CONTRACTS.md §4 (those of
+    usage and usage_over_time that name a key, principal, account or operation as `pl.Categorical`)."""
 
     options: ReportOptions
     first_event: datetime | None
@@ -160,8 +161,11 @@ def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, e
     since, until = options.since, options.until
     as_of = until or (last.replace(microsecond=0) + timedelta(seconds=1) if last else None)
     window = choose_window(since or first, as_of)
-    usage = store.usage(["keyArn", "principalArn", "accountId", "eventName"], None, since, until)
-    over_time = store.usage(["keyArn", "principalArn"], window, since, until)  # type: ignore[arg-type]
+    # The two tables with a row per key x principal (x operation, x window) hold their ARNs as
+    # categories (a large account's month: a row per call); the writers turn them into strings.
+    usage = store.usage(["keyArn", "principalArn", "accountId", "eventName"], None, since, until, categories=True)
+    over_time = store.usage(["keyArn", "principalArn"], window, since, until,  # type: ignore[arg-type]
+                            categories=True)
     cost = store.cost(options.prices, since, until) if as_of else _empty_cost()
     return ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,

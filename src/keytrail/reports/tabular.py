@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import polars as pl
+import polars.selectors as cs
 
 from keytrail.owner_only import reserve
 from keytrail.pipeline.files import write_parquet
@@ -56,7 +57,8 @@ def _slices(header: pl.DataFrame, chosen: Mapping[str, pl.DataFrame]) -> Iterato
 
 
 def _tagged(name: str, frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(pl.lit(name).alias("table"), pl.all())
+    """`frame` after a `table` column of `name`, its categories as the strings they stand for."""
+    return frame.select(pl.lit(name).alias("table"), pl.all()).with_columns(cs.categorical().cast(pl.String))
 
 
 def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form: TabularFormat,

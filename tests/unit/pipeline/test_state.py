@@ -156,3 +156,29 @@ def test_cost_since_a_time_with_an_offset_grants_the_free_tier_of_its_utc_month(
     until = datetime(2026, 10, 2, tzinfo=UTC)
     report = MetricsStore(tmp_path).cost(PriceTable(free_tier_requests=20_000), since, until)
     assert report.get_column("requestCost").to_list() == [Decimal("0.03")]
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+@pytest.mark.parametrize("window", [None, "hour"])
+def test_usage_as_categories_is_the_string_table_in_the_same_order(tmp_path: Path, partitions: int,
+                                                                   window: str | None) -> None:
+    # Stored out of order, so that the categories' codes (first seen, first numbered) are not in
+    # the strings' order; a null principal sorts last in both.
+    names = ["zeta", "alpha", None, "mu", "beta"]
+    rows = [{"minute": NOON + timedelta(minutes=37 * n), "keyArn": f"{KEY}-{n % 3}",
+             "principalArn": None if names[n % 5] is None else f"{ALICE}-{names[n % 5]}",
+             "accountId": "111122223333", "eventName": ["Encrypt", "Decrypt"][n % 2], "keyPairSpec": None,
+             "count": n + 1, "errorCount": n % 2} for n in range(40)]
+    for part in range(partitions):
+        state = PartitionState(state_dir(tmp_path) / f"p{part}.sqlite", owner=True)
+        update = pl.DataFrame(rows[part::partitions], schema=USAGE_SCHEMA)
+        state.stage(replace(aggregate(empty_frame()), usage=update), 1)
+        state.flush()
+        state.close()
+    store = MetricsStore(tmp_path)
+    for by in (["keyArn", "principalArn", "accountId", "eventName"], ["principalArn", "keyArn"]):
+        plain = store.usage(by, window)  # type: ignore[arg-type]
+        compact = store.usage(by, window, categories=True)  # type: ignore[arg-type]
+        assert all(compact.schema[name] == pl.Categorical for name in by)
+        assert plain.height > 10
+        assert compact.with_columns(pl.col(by).cast(pl.String)).equals(plain)
