@@ -21,6 +21,7 @@ import polars.selectors as cs
 
 from keytrail.owner_only import reserve
 from keytrail.pipeline.files import write_parquet
+from keytrail.reports.lines import csv_lines, json_lines
 
 __all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "write_tabular"]
 
@@ -88,7 +89,10 @@ def _csv(parts: Iterable[pl.DataFrame], sink: TextIO) -> None:
         if index == 0:
             writer.writerow(part.columns)
         for piece in part.iter_slices(_SLICE_ROWS):
-            writer.writerows([cell_text(value) for value in row] for row in piece.iter_rows())
+            if (text := csv_lines(piece)) is not None:
+                sink.write(text)
+            else:
+                writer.writerows([cell_text(value) for value in row] for row in piece.iter_rows())
 
 
 def _json_lines(parts: Iterable[pl.DataFrame], columns_of: Mapping[str, Sequence[str]], sink: TextIO) -> None:
@@ -96,7 +100,18 @@ def _json_lines(parts: Iterable[pl.DataFrame], columns_of: Mapping[str, Sequence
     out); money as exact decimal numbers."""
     for part in parts:
         for piece in part.iter_slices(_SLICE_ROWS):
-            sink.write("".join(_json_line(row, columns_of) for row in piece.iter_rows(named=True)))
+            text = _table_lines(piece, columns_of)
+            sink.write(text if text is not None else
+                       "".join(_json_line(row, columns_of) for row in piece.iter_rows(named=True)))
+
+
+def _table_lines(piece: pl.DataFrame, columns_of: Mapping[str, Sequence[str]]) -> str | None:
+    """`piece` as JSON lines formatted by polars (`lines.json_lines`) when all its rows are of one
+    table; None otherwise, or when a value needs Python's text."""
+    tables = piece.get_column("table").unique() if "table" in piece.columns else pl.Series([None])
+    if tables.len() != 1:
+        return None
+    return json_lines(piece, columns_of.get(tables[0] or "", ()))
 
 
 def _json_line(row: dict[str, Any], columns_of: Mapping[str, Sequence[str]]) -> str:
