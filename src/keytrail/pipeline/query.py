@@ -184,7 +184,7 @@ class MetricsStore:
             "keyArn", "accountId", "eventName", "keyPairSpec"]
         stamp = pl.col("minute") if by_minute else pl.lit(since or datetime(1970, 1, 1, tzinfo=UTC))
         with self._states() as states:  # the unbilled callers' rows go before callers are summed away
-            frames = [s.usage(since, until, lambda rows: rolled_up(rows.filter(BILLABLE), by)) for s in states]
+            frames = [s.usage(since, until, lambda rows: _billable(rows, by)) for s in states]
         summed = pl.concat([roll_up(pl.DataFrame(schema=USAGE_SCHEMA), by), *frames])
         summed = summed.group_by(by).agg(pl.col("count").sum(), pl.col("errorCount").sum())
         return summed.select(
@@ -224,6 +224,14 @@ class MetricsStore:
                 for name, code, count in state.outcomes():
                     totals[(name, code)] = totals.get((name, code), 0) + count
         return totals
+
+
+def _billable(rows: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
+    """The billable rows summed by `by`, grouped on categories (a third less memory for a moment
+    than on every row's strings) and handed back as strings."""
+    labels = [column for column in by if column != "minute"]
+    summed = rolled_up(categorical(labels)(rows.filter(BILLABLE)), by)
+    return summed.with_columns(pl.col(labels).cast(pl.String))
 
 
 def _as_stored(rows: pl.LazyFrame) -> pl.LazyFrame:
