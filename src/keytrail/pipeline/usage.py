@@ -80,7 +80,9 @@ def rolled_up(usage: pl.LazyFrame, by: Sequence[str], window: Window | None = No
 
 def categorical(columns: Sequence[str]) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
     """A step casting `columns` (strings) to `pl.Categorical`: a roll-up with a row per call then
-    holds each distinct ARN once (≈ 30 bytes a row instead of ≈ 150), and groups on integer codes."""
+    holds each distinct ARN once (≈ 30 bytes a row instead of ≈ 150), and groups on integer codes.
+    polars interns categories for the life of the process: each distinct key, principal, account
+    and operation once (a long-running process that queries again adds only those new since)."""
     def cast(rows: pl.LazyFrame) -> pl.LazyFrame:
         return rows.with_columns(pl.col(list(columns)).cast(pl.Categorical))
     return cast
