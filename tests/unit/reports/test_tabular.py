@@ -56,3 +56,14 @@ def test_csv_writes_times_as_iso_utc(tmp_path: Path) -> None:
 def test_unknown_table_is_refused() -> None:
     with pytest.raises(ValueError, match="no table named 'nope'"):
         long_form(TABLES, only="nope")
+
+
+@pytest.mark.parametrize("only", [None, "usage"])
+@pytest.mark.parametrize("form", list(TabularFormat))
+def test_a_table_held_as_categories_is_written_as_its_strings(tmp_path: Path, form: TabularFormat,
+                                                              only: str | None) -> None:
+    as_categories = {**TABLES, "usage": TABLES["usage"].with_columns(pl.col("keyArn").cast(pl.Categorical))}
+    plain = write_tabular(long_form(TABLES, only), tmp_path / f"plain.{form.value}", form)
+    compact = write_tabular(long_form(as_categories, only), tmp_path / f"compact.{form.value}", form)
+    assert compact.read_bytes() == plain.read_bytes()
+    assert _read(compact, form).schema["keyArn"] == pl.String
