@@ -68,12 +68,15 @@ async def open_documents(connection: Any, root: RootKey) -> None:
     node can open them); a store of a version before, whose documents carry no MAC, is upgraded
     (kms/store_upgrade.py). Under the schema lock: nodes starting together do this one by one."""
     check = await connection.fetchval("SELECT sealed FROM kms_root_key WHERE id = 1")
-    ledger = await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1")
     authenticated = check is not None and _opens(root, check, _AUTHENTICATED_CHECK)
-    if authenticated and ledger is not None:
+    if authenticated and await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1") is not None:
         return
     if check is not None and not authenticated:
         root.unseal_text(check, _ROOT_KEY_CHECK)  # SealError: another root key
+    # The ledger row locked as every write locks it first: the rows read next are those of the
+    # same write as the ledger, not of one that other nodes (this reading is not only for an
+    # upgrade: `kms_root_key` deleted has it done again) commit between two of these statements.
+    ledger = await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1 FOR UPDATE")
     # LedgerMismatch for a store whose rows are not its ledger's, or whose ledger row was deleted
     upgrades, new_ledger = opening_plan(await _documents(connection), ledger, root)
     for table, row, text in upgrades:
