@@ -254,7 +254,8 @@ async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
     if not (data_dir / "keys.db").exists():
         raise ValueError(f"{data_dir} holds no key store (keys.db)")
     no_core_dumps()  # from here on this process holds the root key and every key's material, as serve does
-    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False))
+    # Never written: the node may be running, and may still be of a version before the ledger.
+    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False), upgrade=False)
     try:
         items = []
         for key in await store.all_keys():

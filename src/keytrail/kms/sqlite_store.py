@@ -100,7 +100,11 @@ class KeyStoreUnreadable(OSError):
 class SqliteStore:
     """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key."""
 
-    def __init__(self, path: Path, root: RootKey) -> None:
+    def __init__(self, path: Path, root: RootKey, *, upgrade: bool = True) -> None:
+        """`upgrade=False`: a store of a version before is upgraded in memory only, for a reader
+        (`keytrail analyze`) that may run beside a node still of that version: written, the upgrade
+        would give the file a ledger that the node's next writes leave behind, and the new version
+        would refuse the store at its start."""
         make_dirs(path.parent)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -118,6 +122,7 @@ class SqliteStore:
         self._refused = RefusedRows()
         self._locks = KeyLocks()
         self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
+        self._writable = upgrade  # else the file may not hold the documents and ledger that memory does
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -125,7 +130,7 @@ class SqliteStore:
             # material must not stay where the root key still opens it.
             self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
-            self._load()
+            self._load(upgrade)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             # Not damage (a full disk, say): restoring a backup over the file would lose keys.
@@ -138,11 +143,11 @@ class SqliteStore:
                                  "backup taken while serve was stopped (its ledger is in it), or put its rows back "
                                  "as keytrail left them") from None
 
-    def _load(self) -> None:
+    def _load(self, upgrade: bool) -> None:
         documents, ledger = read_store(self._db)
         # An old store's documents get their MAC, and the store its ledger.
         upgrades, new_ledger = opening_plan(documents, ledger, self._root)
-        if new_ledger is not None:  # else no write at all: `keytrail analyze` opens the store of a running node
+        if new_ledger is not None and upgrade:  # else no write at all: `keytrail analyze` opens a running node's store
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 rewrite(self._db, upgrades, new_ledger)
@@ -177,6 +182,8 @@ class SqliteStore:
         return authenticate(self._root, table.name, row, body)
 
     def _write(self, changes: Sequence[Change]) -> None:
+        if not self._writable:
+            raise OSError(f"the key store {self._path} was opened for reading only")
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             ledger = apply(self._db, self._root, self._ledger, changes)

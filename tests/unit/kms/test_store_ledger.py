@@ -6,6 +6,7 @@ from a copy (a backup) opens."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -14,10 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
-from keytrail.kms.authentic_docs import verify
+from keytrail.cli.detect import register
+from keytrail.kms.authentic_docs import authenticate, verify
+from keytrail.kms.codec import grant_to_doc
 from keytrail.kms.resealing import DOCUMENT_TABLES
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.sealing import RootKey, write_root_key_file
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Alias
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
@@ -210,3 +215,56 @@ async def test_a_whole_keys_db_put_back_from_a_copy_opens_as_the_backup_it_is(tm
     again = SqliteStore(path, root)
     assert await again.list_grants(ACCOUNT, REGION, OTHER.key_id) == [GRANT]
     await again.close()
+
+
+def _as_the_version_before_the_ledger(path: Path, root: RootKey) -> None:
+    """keys.db as the version before wrote it: MACs without the ledger's binding, no ledger."""
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE ledger")
+        for table, key in (("keys", "account, region, key_id"), ("aliases", "account, region, name"),
+                           ("grants", "account, region, key_id, grant_id")):
+            for *row, doc in db.execute(f"SELECT {key}, doc FROM {table}").fetchall():
+                db.execute(f"UPDATE {table} SET doc=? WHERE doc=?",
+                           (with_mac_of_before_the_ledger(root, table, tuple(row), doc), doc))
+    db.close()
+
+
+async def test_analyze_beside_a_node_of_the_version_before_leaves_the_store_for_the_new_version_to_upgrade(
+        tmp_path: Path) -> None:
+    """`keytrail analyze` (new version) reads the store of a node still running the version before:
+    had it written the upgrade, the old node's next write (a grant) would not be in the ledger, and
+    the new version's first start would refuse the store."""
+    secret, data_dir = os.urandom(32), tmp_path / "data"
+    root, path = RootKey(secret), data_dir / "keys.db"
+    await _store(path, root)
+    _as_the_version_before_the_ledger(path, root)
+    write_root_key_file(data_dir / "root.key", secret)
+    before = _rows(path, "SELECT doc FROM keys ORDER BY key_id")
+    app = typer.Typer()
+    register(app)
+    # In a thread: the command runs its own event loop.
+    result = await asyncio.to_thread(CliRunner().invoke, app, ["analyze", "--data-dir", str(data_dir), "--format",
+                                                                "json"])
+    assert result.exit_code == 0, result.output
+    assert _rows(path, "SELECT name FROM sqlite_master WHERE name = 'ledger' AND type = 'table'") == [("ledger",)]
+    assert _rows(path, "SELECT * FROM ledger") == [] and _rows(path, "SELECT doc FROM keys ORDER BY key_id") == before
+    revoked = replace(GRANT, grant_id="b2" * 32)  # the old node writes on, as it always did
+    row = (ACCOUNT, REGION, OTHER.key_id, revoked.grant_id)
+    _execute(path, "INSERT INTO grants VALUES (?, ?, ?, ?, ?)", *row, with_mac_of_before_the_ledger(
+        root, "grants", row, authenticate(root, "grants", row, grant_to_doc(revoked))))
+    store = SqliteStore(path, root)  # the new version's first start: upgraded, the old node's grant with the rest
+    assert len(await store.list_grants(ACCOUNT, REGION, OTHER.key_id)) == 2
+    await store.close()
+    _opens(path, root)
+
+
+async def test_a_store_opened_without_upgrade_refuses_writes(tmp_path: Path) -> None:
+    root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
+    await _store(path, root)
+    _as_the_version_before_the_ledger(path, root)
+    reader = SqliteStore(path, root, upgrade=False)
+    assert await reader.get_key(ACCOUNT, REGION, OURS.key_id) == OURS  # read as the upgrade would have
+    with pytest.raises(OSError, match="opened for reading only"):
+        await reader.put_alias(replace(ALIAS, name="alias/new"))
+    await reader.close()
+    _opens(path, root)
