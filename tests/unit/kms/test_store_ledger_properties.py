@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from itertools import chain
@@ -134,3 +136,40 @@ async def _run_calls(path: Path, steps: list[Step]) -> None:
 def test_any_sequence_of_kms_calls_leaves_a_store_that_opens_and_matches_its_ledger(steps: list[Step]) -> None:
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(_run_calls(Path(directory) / "keys.db", steps))
+
+
+_REPO = Path(__file__).resolve().parents[3]
+_CRASHING_WRITER = """
+import asyncio, os, sys
+from dataclasses import replace
+from pathlib import Path
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_store import SqliteStore
+from tests.support.store_documents import GRANT, OURS
+
+async def main() -> None:
+    store = SqliteStore(Path(sys.argv[1]), RootKey(bytes.fromhex(sys.argv[2])))
+    first, second = replace(OURS, key_id="k0"), replace(OURS, key_id="k1")
+    await store.put_keys([first, second])
+    await store.put_grant(replace(GRANT, key_id="k0"))
+    # The process dies inside delete_key's transaction: k0 and its grant deleted, k1 being written.
+    store._db.create_function("die", 0, lambda: os._exit(9))
+    store._db.execute("CREATE TEMP TRIGGER die AFTER INSERT ON keys WHEN NEW.key_id = 'k1' BEGIN SELECT die(); END")
+    await store.delete_key(first, [replace(second, description="changed")])
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_dying_inside_a_write_leaves_rows_and_ledger_as_before_it(tmp_path: Path) -> None:
+    secret, path = os.urandom(32), tmp_path / "keys.db"
+    died = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path), secret.hex()],
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO / "src"), str(_REPO)])},
+                          capture_output=True)
+    assert died.returncode == 9, died.stderr
+    ledger, tables, entries = _file(path)
+    root = RootKey(secret)
+    assert ledger is not None and Ledger.from_doc(root, ledger) == Ledger.of(root, entries)
+    assert sorted(tables["keys"]) == [(ACCOUNT, OURS.region, "k0"), (ACCOUNT, OURS.region, "k1")]
+    assert len(tables["grants"]) == 1
+    SqliteStore(path, root)._db.close()  # opens: no LedgerMismatch
