@@ -141,7 +141,7 @@ class PostgresStore:
         seconds."""
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=timeout, command_timeout=timeout)
         try:
-            async with pool.acquire(timeout=timeout) as connection, connection.transaction():
+            async with pool.acquire(timeout=timeout) as connection, connection.transaction(isolation="read_committed"):
                 # Nodes starting together on an empty database (docker compose up) would race on
                 # CREATE TABLE IF NOT EXISTS, which is not safe against itself: one fails on
                 # pg_type's unique index. The lock is released at the end of the transaction.
@@ -187,7 +187,10 @@ class PostgresStore:
     @asynccontextmanager
     async def _ledgered(self) -> AsyncIterator[LedgerWriter]:
         """A write transaction, with the ledger row locked and written before the commit."""
-        async with self._connection() as connection, connection.transaction():
+        # READ COMMITTED whatever the database's default: a write that waited for the ledger row's
+        # lock reads the rows as the write before it left them (under REPEATABLE READ or
+        # SERIALIZABLE it would fail instead, could not serialize).
+        async with self._connection() as connection, connection.transaction(isolation="read_committed"):
             try:
                 writer = await LedgerWriter.begin(connection, self._root)
             except LedgerMismatch as mismatch:  # its row deleted or forged under the running node

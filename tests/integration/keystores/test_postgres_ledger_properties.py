@@ -208,3 +208,35 @@ async def test_a_node_reading_every_row_as_it_connects_while_another_writes_find
         await writing.close()
     assert written > 20  # the other node wrote all along
     await _connects_and_checks(dsn, root)
+
+
+async def test_a_database_whose_default_isolation_is_repeatable_read_takes_writes_of_two_nodes_together(
+        dsn: str) -> None:
+    """Writes wait for the ledger row's lock and then read the rows as the write before left them,
+    which READ COMMITTED gives: under a stricter default a write that waited would fail (could not
+    serialize), as would a node reading every row as it connects."""
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"ALTER DATABASE {dsn.rsplit('/', 1)[1]} SET default_transaction_isolation = 'repeatable read'")
+    await admin.close()
+    root = RootKey(os.urandom(32))
+    nodes = [await PostgresStore.connect(dsn, root) for _ in range(2)]
+
+    async def writes(store: PostgresStore, node: int) -> None:
+        for n in range(20):
+            await store.put_grant(replace(GRANT, key_id=OURS.key_id, grant_id=f"{node}-{n}"))
+
+    async def connects() -> None:  # every row read as each connects (kms_root_key deleted)
+        for _ in range(5):
+            admin = await asyncpg.connect(dsn)
+            await admin.execute("DELETE FROM kms_root_key")
+            await admin.close()
+            await (await PostgresStore.connect(dsn, root)).close()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(connects(), *(writes(store, n) for n, store in enumerate(nodes))), 60)
+        assert len(await nodes[0].list_grants(ACCOUNT, OURS.region, OURS.key_id)) == 40
+        assert all([await store.check_ledger() for store in nodes])
+    finally:
+        for store in nodes:
+            await store.close()
+    await _connects_and_checks(dsn, root)
