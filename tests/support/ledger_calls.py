@@ -21,7 +21,7 @@ from keytrail.kms.model import CallRecord
 from keytrail.kms.service import KmsService, ServiceDeps
 from tests.integration.keystores.wrapping import wrap
 
-__all__ = ["Calls", "Step", "calls", "service_over"]
+__all__ = ["EVERY_KIND_OF_WRITE", "Calls", "Step", "calls", "service_over"]
 
 ACCOUNT = "111122223333"
 REGIONS = ("us-east-1", "eu-west-1")
@@ -61,6 +61,19 @@ def calls() -> st.SearchStrategy[list[Step]]:
     return st.lists(one, max_size=30).map(lambda steps: made + steps)
 
 
+_EAST, _WEST = REGIONS
+# One sequence that surely makes each kind of write: a key's aliases and grants deleted with it at
+# the end of its waiting period, a replica made and made primary, imported material expired.
+EVERY_KIND_OF_WRITE: list[Step] = [
+    ("CreateKey", _EAST, "plain"), ("CreateKey", _EAST, "multi"), ("CreateKey", _EAST, "external"),
+    ("CreateAlias", _EAST, "alias/a", 0), ("CreateGrant", _EAST, 0), ("CreateGrant", _EAST, 0),
+    ("RetireGrant", _EAST, 0, 1), ("ReplicateKey", _EAST, 1), ("CreateAlias", _WEST, "alias/b", 1),
+    ("CreateGrant", _WEST, 1), ("ImportKeyMaterial", _EAST, 2, True), ("EnableKeyRotation", _EAST, 1),
+    ("UpdatePrimaryRegion", _EAST, 1), ("RevokeGrant", _WEST, 1, 2), ("ScheduleKeyDeletion", _EAST, 0),
+    ("ScheduleKeyDeletion", _EAST, 1), ("advance", 8), ("DeleteImportedKeyMaterial", _EAST, 2), ("advance", 400),
+]
+
+
 def _other(region: str) -> str:
     return REGIONS[region == REGIONS[0]]
 
@@ -83,13 +96,14 @@ class Calls:
     async def run(self, step: Step) -> None:
         """The step; an AWS refusal is an answer like any other, KMSInternalException a failure."""
         try:
-            await self._run(step)
+            await self.run_or_raise(step)
         except errors.KMSInternalException:
             raise
         except errors.KmsError:
             pass
 
-    async def _run(self, step: Step) -> None:
+    async def run_or_raise(self, step: Step) -> None:
+        """The step; any refusal raised."""
         name = step[0]
         if name == "advance":
             self.clock.advance(step[1] * 86400)

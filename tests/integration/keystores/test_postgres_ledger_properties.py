@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from keytrail.clock import ManualClock
 from keytrail.kms.postgres_store import PostgresStore
@@ -21,7 +21,7 @@ from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias
 from tests.integration.keystores.test_postgres_store import fresh_database
-from tests.support.ledger_calls import Calls, Step, calls, service_over
+from tests.support.ledger_calls import EVERY_KIND_OF_WRITE, Calls, Step, calls, service_over
 from tests.support.ledger_operations import KEY_IDS, REGIONS, Op, RowModel, operations, run_operation, store_rows
 from tests.support.store_documents import ACCOUNT, GRANT, NOW, OURS
 
@@ -176,6 +176,7 @@ async def _run_calls(steps: list[Step]) -> None:
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls())
+@example(EVERY_KIND_OF_WRITE)
 def test_any_sequence_of_kms_calls_leaves_a_store_that_matches_its_ledger(steps: list[Step]) -> None:
     asyncio.run(_run_calls(steps))
 
