@@ -187,9 +187,8 @@ class PostgresStore:
     @asynccontextmanager
     async def _ledgered(self) -> AsyncIterator[LedgerWriter]:
         """A write transaction, with the ledger row locked and written before the commit."""
-        # READ COMMITTED whatever the database's default: a write that waited for the ledger row's
-        # lock reads the rows as the write before it left them (under REPEATABLE READ or
-        # SERIALIZABLE it would fail instead, could not serialize).
+        # READ COMMITTED whatever the database's default: a write that waited for the ledger's lock
+        # reads the rows the write before left (a stricter level fails it: could not serialize).
         async with self._connection() as connection, connection.transaction(isolation="read_committed"):
             try:
                 writer = await LedgerWriter.begin(connection, self._root)
