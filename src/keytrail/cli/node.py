@@ -8,7 +8,6 @@ import contextlib
 import functools
 import gc
 import logging
-import os
 import signal
 import sqlite3
 from collections import Counter
@@ -16,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -28,6 +26,7 @@ from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.children import Child, ChildSpec
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import NodeHealth, StoreProbe
+from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts
 from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
@@ -41,10 +40,7 @@ from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
-from keytrail.kms.postgres_store import PostgresStore
-from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
-from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable
@@ -52,7 +48,7 @@ from keytrail.pipeline.prometheus import MetricsExposition, render_family, rende
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
-__all__ = ["ConsumerRunning", "Node", "StoreUnavailable", "build_node"]
+__all__ = ["ConsumerRunning", "Node", "build_node"]
 
 log = logging.getLogger("keytrail")
 
@@ -127,62 +123,17 @@ KEY_INVENTORY_SECONDS = 2.0
 _STORE_ERRORS = (OSError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-class StoreUnavailable(Exception):
-    """The configured key store cannot be opened; the message says why."""
-
-
 class ConsumerRunning(Exception):
     """Another metrics consumer (`keytrail consume`) owns the data dir's pipeline state."""
 
 
-async def _open_store(settings: ServeSettings) -> Store:
-    # A store already holding sealed keys never gets a new root key made beside it: that key
-    # could not open them, and the file left behind would hide that the real one is missing.
-    fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
-    try:
-        root = RootKey.load(settings.data_dir, create=fresh)
-        # Read once: the children (consumer, detector, fsync helper) inherit the environment, and
-        # unlike serve they stay dumpable, so /proc/<pid>/environ and `ps e` would show it.
-        os.environ.pop(ROOT_KEY_ENV, None)
-        store = await _connect_store(settings, root)
-        # Read (and unseal) every key now, as the first scheduler run would in the middle of startup
-        # (the SQLite store reads them as it opens).
-        await store.all_keys()
-    except RootKeyUnusable as exc:
-        raise StoreUnavailable(str(exc)) from None
-    except SealError as exc:  # both stores check the root key on opening
-        raise StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): start with "
-                               "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
-                               "$KEYTRAIL_ROOT_KEY)") from None
-    return store
-
-
-async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
-    if settings.store is None:
-        return SqliteStore(settings.data_dir / "keys.db", root)
-    if not settings.store.startswith(("postgresql://", "postgres://")):
-        raise StoreUnavailable(f"--store must be a postgresql:// URL, got {settings.store.split('@')[-1]!r}")
-    try:
-        return await PostgresStore.connect(settings.store, root)
-    except (OSError, asyncpg.PostgresError, ValueError) as exc:  # ValueError: a URL asyncpg cannot parse
-        where = settings.store.split("@")[-1]  # never the user and password before the "@"
-        reason = _without_password(str(exc), settings.store)
-        raise StoreUnavailable(f"cannot open the key store at {where}: {reason}") from None
-
-
-def _without_password(text: str, url: str) -> str:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
-
-
-async def build_node(settings: ServeSettings, credentials: CredentialStore) -> Node:
-    """Build every part of a node from its settings (nothing starts until the app's lifespan)."""
+async def build_node(settings: ServeSettings, credentials: CredentialStore, store: Store | None = None) -> Node:
+    """Build every part of a node from its settings around its key store (`open_store`'s, opened
+    here unless given); nothing starts until the app's lifespan."""
     data_dir = settings.data_dir
     clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
-    store = await _open_store(settings)
+    if store is None:
+        store = await open_store(settings)
     audit = consumer = None
     in_progress = CallsInProgress()
     if settings.audit:

@@ -23,7 +23,8 @@ from keytrail.audit.integrity import IntegrityPaths, exported_fingerprint
 from keytrail.audit.trail import audit_paths
 from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, no_core_dumps, os_problem
 from keytrail.cli.detect import BadInput, detector_settings
-from keytrail.cli.node import ConsumerRunning, StoreUnavailable, build_node
+from keytrail.cli.key_store import StoreUnavailable, open_store
+from keytrail.cli.node import ConsumerRunning, build_node
 from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 from keytrail.config import ServeSettings
 from keytrail.detect.rules import RuleError
@@ -71,9 +72,23 @@ def _fail(message: str) -> typer.Exit:
     return fail(message, "keytrail serve")
 
 
-def _tls(settings: ServeSettings) -> dict[str, str]:
+def _check_tls(settings: ServeSettings) -> None:
+    """Refuse TLS flags that cannot be served, before anything is built or written."""
     if settings.tls_self_signed and (settings.tls_cert or settings.tls_key):  # else one would be ignored
         raise _fail("--tls-self-signed and --tls-cert/--tls-key exclude each other")
+    if settings.tls_self_signed or not (settings.tls_cert or settings.tls_key):
+        return
+    if not (settings.tls_cert and settings.tls_key):
+        raise _fail("--tls-cert and --tls-key go together")
+    for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+        if not path.is_file():
+            raise _fail(f"{option}: no such file: {path}")
+    if problem := _tls_problem(settings.tls_cert, settings.tls_key):
+        raise _fail(problem)
+
+
+def _tls(settings: ServeSettings) -> dict[str, str]:
+    """uvicorn's TLS options from flags `_check_tls` let through; the dev certificate is made here."""
     if settings.tls_self_signed:
         try:
             made = not dev_certificate_usable(settings.data_dir / "tls", settings.host)
@@ -83,14 +98,7 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
         if made:
             _print_dev_certificate(cert, settings)
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
-    if settings.tls_cert or settings.tls_key:
-        if not (settings.tls_cert and settings.tls_key):
-            raise _fail("--tls-cert and --tls-key go together")
-        for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
-            if not path.is_file():
-                raise _fail(f"{option}: no such file: {path}")
-        if problem := _tls_problem(settings.tls_cert, settings.tls_key):
-            raise _fail(problem)
+    if settings.tls_cert and settings.tls_key:
         return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     return {}
 
@@ -164,10 +172,9 @@ def serve(
     _warn_of_password_in_arguments(store)
     _make_data_dir(data_dir)
     _check_config(config)
-    tls = _tls(settings)  # before the principals file is created: a wrong flag leaves nothing behind
-    credentials = _credentials(settings)
+    _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
     try:
-        started = uvloop.run(_serve(settings, credentials, tls))
+        started = uvloop.run(_serve(settings))
     except (StoreUnavailable, ConsumerRunning) as exc:
         raise _fail(str(exc)) from None
     except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
@@ -220,10 +227,20 @@ def _check_config(path: Path | None) -> None:
         raise _fail(f"--config: {exc}") from None
 
 
-async def _serve(settings: ServeSettings, credentials: CredentialStore, tls: dict[str, str]) -> bool:
-    integrity = audit_paths(settings.data_dir)[1]
-    new_trail = settings.audit and not integrity.private_key.exists()
-    node = await build_node(settings, credentials)
+async def _serve(settings: ServeSettings) -> bool:
+    # The key store first: one that cannot open (an unreachable database) must not leave a
+    # principals file behind, nor print the credentials of a node that never ran (a retry would
+    # take the file for its own and print nothing).
+    store = await open_store(settings)
+    try:
+        tls = _tls(settings)
+        credentials = _credentials(settings)
+        integrity = audit_paths(settings.data_dir)[1]
+        new_trail = settings.audit and not integrity.private_key.exists()
+        node = await build_node(settings, credentials, store)
+    except BaseException:
+        await store.close()
+        raise
     if new_trail:
         _print_public_key(integrity, settings.data_dir)
     # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is

@@ -422,6 +422,17 @@ def test_serve_warns_of_a_store_password_on_its_command_line(tmp_path: Path) -> 
     assert result.returncode == 2 and "pw-SECRET" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("tls", [[], ["--tls-self-signed"]], ids=["http", "dev-certificate"])
+def test_serve_on_a_key_store_it_cannot_reach_creates_no_credentials(tmp_path: Path, tls: list[str]) -> None:
+    # A retry would take a principals file or root key left by the failed start for a node of its
+    # own, and print no `export` line; the failed start must not print one either.
+    data = tmp_path / "node"
+    result = _keytrail("serve", "--data-dir", data, "--port", "0", "--store", "postgresql://u@127.0.0.1:1/db", *tls)
+    _one_line_error(result, "keytrail serve: cannot open the key store at 127.0.0.1:1/db: ")
+    assert result.stdout == ""
+    assert not data.exists() or list(data.iterdir()) == []
+
+
 def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp_path: Path) -> None:
     # As `consume --cloudtrail` and `audit import`: a script must not mail a report of part of the
     # logs as if it were all of them.

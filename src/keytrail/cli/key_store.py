@@ -1,0 +1,82 @@
+"""Opening a node's key store: the SQLite one in the data dir, or PostgreSQL (`serve --store`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from keytrail.config import ServeSettings
+from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
+from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
+from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.kms.store import Store
+
+__all__ = ["StoreUnavailable", "open_store"]
+
+
+class StoreUnavailable(Exception):
+    """The configured key store cannot be opened; the message says why."""
+
+
+async def open_store(settings: ServeSettings) -> Store:
+    """The node's key store, opened and read (StoreUnavailable, saying why, when it cannot be)."""
+    if settings.store is not None:
+        # Before a root key is made for it: a database that cannot be reached leaves nothing behind.
+        await _check_reachable(settings.store)
+    # A store already holding sealed keys never gets a new root key made beside it: that key
+    # could not open them, and the file left behind would hide that the real one is missing.
+    fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
+    try:
+        root = RootKey.load(settings.data_dir, create=fresh)
+        # Read once: the children (consumer, detector, fsync helper) inherit the environment, and
+        # unlike serve they stay dumpable, so /proc/<pid>/environ and `ps e` would show it.
+        os.environ.pop(ROOT_KEY_ENV, None)
+        store = await _connect_store(settings, root)
+        # Read (and unseal) every key now, as the first scheduler run would in the middle of startup
+        # (the SQLite store reads them as it opens).
+        await store.all_keys()
+    except RootKeyUnusable as exc:
+        raise StoreUnavailable(str(exc)) from None
+    except SealError as exc:  # both stores check the root key on opening
+        raise StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): start with "
+                               "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
+                               "$KEYTRAIL_ROOT_KEY)") from None
+    return store
+
+
+async def _check_reachable(url: str) -> None:
+    """Connect to the store's database once and let go (StoreUnavailable when it cannot)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StoreUnavailable(f"--store must be a postgresql:// URL, got {url.split('@')[-1]!r}")
+    with _unavailable_unless_opened(url):
+        connection = await asyncpg.connect(url, timeout=DEFAULT_TIMEOUT)
+        await connection.close()
+
+
+async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
+    if settings.store is None:
+        return SqliteStore(settings.data_dir / "keys.db", root)
+    with _unavailable_unless_opened(settings.store):
+        return await PostgresStore.connect(settings.store, root)
+
+
+@contextlib.contextmanager
+def _unavailable_unless_opened(url: str) -> Iterator[None]:
+    """PostgreSQL's refusals as StoreUnavailable, naming the database without its user and password."""
+    try:
+        yield
+    except (OSError, asyncpg.PostgresError, ValueError) as exc:  # ValueError: a URL asyncpg cannot parse
+        where = url.split("@")[-1]  # never the user and password before the "@"
+        raise StoreUnavailable(f"cannot open the key store at {where}: {_without_password(str(exc), url)}") from None
+
+
+def _without_password(text: str, url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
