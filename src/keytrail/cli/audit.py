@@ -20,7 +20,7 @@ from keytrail.audit.cloudtrail_files import ImportReport, export_cloudtrail, imp
 from keytrail.audit.schema import SchemaError
 from keytrail.audit.verification import OffNode
 from keytrail.audit.verification import check as check_trail
-from keytrail.cli.console import event_log_damage, fail, missing_paths, os_problem
+from keytrail.cli.console import event_log_damage, fail, missing_paths, number_in_range, os_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
 __all__ = ["audit_app"]
@@ -80,9 +80,10 @@ def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--
 
 @audit_app.command()
 def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--format"),
-         lines: int = typer.Option(10, "--lines", "-n", help="Events to show before following."),
+         lines: int = typer.Option(10, "--lines", "-n", min=0, help="Events to show before following."),
          follow: bool = typer.Option(True, "--follow/--no-follow"),
-         interval: float = typer.Option(0.2, "--interval", help="Seconds between polls.")) -> None:
+         interval: float = typer.Option(0.2, "--interval", callback=number_in_range(0, above=True),
+                                        help="Seconds between polls.")) -> None:
     """Show the last events and follow new ones as they are written (Ctrl-C stops)."""
     from keytrail.audit.trail import audit_paths
     from keytrail.transport.segment_log import SegmentLog

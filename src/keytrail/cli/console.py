@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import resource
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from keytrail.transport.addresses import host_port_problem
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
-           "fail", "listen_probe", "missing_paths", "mqtt_problem", "no_core_dumps", "os_problem", "parse_time"]
+           "fail", "listen_probe", "missing_paths", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem",
+           "parse_time"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -39,6 +41,27 @@ def no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def number_in_range(low: float, high: float | None = None, *,
+                    above: bool = False) -> Callable[[float | None], float | None]:
+    """A typer callback for a float option: NaN and infinity refused (NaN compares false to any
+    bound, so a range check lets it through, or blames the wrong end), then a value below `low`
+    (with `above`, not above it) or above `high`. Its message follows "Invalid value for '--x': "."""
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        if math.isnan(value):
+            raise typer.BadParameter("not a number")
+        if math.isinf(value):
+            raise typer.BadParameter("not a finite number")
+        if value < low or (above and value == low):
+            raise typer.BadParameter(f"must be {'more than' if above else 'at least'} {low:g}")
+        if high is not None and value > high:
+            raise typer.BadParameter(f"must be at most {high:g}")
+        return value
+
+    return check
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:

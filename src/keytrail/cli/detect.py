@@ -27,6 +27,7 @@ from keytrail.cli.console import (
     missing_paths,
     mqtt_problem,
     no_core_dumps,
+    number_in_range,
 )
 from keytrail.detect import Alarm, Detector, RuleError, RuleSet
 from keytrail.detect.hooks import HooksConfig
@@ -80,7 +81,8 @@ def detect(
     fmt: FormatOption = "table",
     config: ConfigOption = None,
     tick_every: Annotated[
-        float, typer.Option("--tick-every", help="Seconds between time-rule checks (live).")
+        float, typer.Option("--tick-every", callback=number_in_range(0, above=True),
+                            help="Seconds between time-rule checks (live).")
     ] = 5.0,
     metrics_port: Annotated[
         int | None,

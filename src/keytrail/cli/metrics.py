@@ -29,6 +29,7 @@ from keytrail.cli.console import (
     event_log_damage,
     fail,
     missing_paths,
+    number_in_range,
     os_problem,
     parse_window,
 )
@@ -197,7 +198,8 @@ def consume(
     kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
     group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
     follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
-    exit_when_idle: Annotated[float | None, typer.Option(help="Kafka: stop after N idle seconds.")] = None,
+    exit_when_idle: Annotated[float | None, typer.Option(
+        callback=number_in_range(0), help="Kafka: stop after N idle seconds.")] = None,
     cloudtrail: Annotated[
         list[Path] | None, typer.Option(metavar=CLOUDTRAIL_METAVAR, help=f"Offline: {CLOUDTRAIL_HELP}")
     ] = None,

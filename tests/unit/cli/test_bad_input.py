@@ -175,6 +175,33 @@ def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
     _one_line_error(result, "keytrail detect: --mqtt: not an MQTT URL: 'nohost:'")
 
 
+@pytest.mark.parametrize(("command", "option", "value", "complaint"), [
+    # 0 or less: a time-rule check after every batch; NaN: never one, the time rules silently off.
+    (["detect", "--kafka", "127.0.0.1:9"], "--tick-every", "0", "must be more than 0"),
+    (["detect", "--kafka", "127.0.0.1:9"], "--tick-every", "-1", "must be more than 0"),
+    (["detect", "--kafka", "127.0.0.1:9"], "--tick-every", "nan", "not a number"),
+    (["detect", "--kafka", "127.0.0.1:9"], "--tick-every", "inf", "not a finite number"),
+    # Below 0: as 0 (stop once idle); NaN and infinity: never stop, where a stop was asked for.
+    (["consume", "--kafka", "127.0.0.1:9"], "--exit-when-idle", "-1", "must be at least 0"),
+    (["consume", "--kafka", "127.0.0.1:9"], "--exit-when-idle", "nan", "not a number"),
+    (["consume", "--kafka", "127.0.0.1:9"], "--exit-when-idle", "inf", "not a finite number"),
+    # 0: a busy loop re-reading the log; below 0, NaN, infinity: a traceback from time.sleep.
+    (["audit", "tail"], "--interval", "0", "must be more than 0"),
+    (["audit", "tail"], "--interval", "-0.5", "must be more than 0"),
+    (["audit", "tail"], "--interval", "nan", "not a number"),
+    (["audit", "tail"], "--interval", "inf", "not a finite number"),
+    # Below 0: the first events written after the start would be skipped.
+    (["audit", "tail"], "--lines", "-3", "Input should be greater than or equal to 0"),
+])
+def test_numeric_options_refuse_values_that_make_no_sense(tmp_path: Path, command: list[str], option: str,
+                                                          value: str, complaint: str) -> None:
+    fill_trail(tmp_path / "node", 1)
+    result = _keytrail(*command, "--data-dir", tmp_path / "node", option, value)
+    command_path = " ".join(command[:2] if command[0] == "audit" else command[:1])
+    line = _one_line_error(result, f"keytrail {command_path}: Invalid value for '{option}'")  # -n: "/ '-n'"
+    assert f"': {complaint} (see --help)" in line and result.stdout == ""
+
+
 @pytest.mark.parametrize(("interval", "complaint"), [
     ("0", "greater than or equal to 1"), ("-5", "greater than or equal to 1"), ("abc", "a valid number"),
     ("100000", "less than or equal to 86400"), ("nan", ""),
