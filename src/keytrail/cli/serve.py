@@ -21,7 +21,15 @@ from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
 from keytrail.audit.integrity import IntegrityPaths, exported_fingerprint
 from keytrail.audit.trail import audit_paths
-from keytrail.cli.console import bootstrap_problem, fail, listen_probe, mqtt_problem, no_core_dumps, os_problem
+from keytrail.cli.console import (
+    bootstrap_problem,
+    fail,
+    listen_probe,
+    mqtt_problem,
+    no_core_dumps,
+    number_in_range,
+    os_problem,
+)
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.key_store import StoreUnavailable, open_store
 from keytrail.cli.node import ConsumerRunning, build_node
@@ -145,8 +153,8 @@ def serve(
         help="Shared key store, postgresql://USER@HOST:PORT/DB (the password in $PGPASSWORD or a passfile) "
              "(default: SQLite in the data dir).")] = None,
     digest_interval: Annotated[float, typer.Option(
-        "--digest-interval", metavar="SECONDS", min=1, max=86_400,
-        help="How often the node signs an audit digest, new records or not (CloudTrail: hourly); "
+        "--digest-interval", metavar="SECONDS", callback=number_in_range(1, 86_400),  # not min/max: they let NaN by
+        help="How often the node signs an audit digest, 1 to 86400, new records or not (CloudTrail: hourly); "
              "`audit verify` flags a longer silence.")] = 3600.0,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
