@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from keytrail.detect.hooks import mqtt_url_problem
-from keytrail.transport.addresses import host_port_problem
+from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
@@ -93,7 +93,7 @@ def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | N
         return None
     for server in bootstrap.split(","):
         if host_port_problem(server.strip()):
-            return f"{option}: not HOST:PORT[,HOST:PORT…]: {bootstrap!r}"
+            return f"{option}: not HOST:PORT[,HOST:PORT…]: {redacted(bootstrap)!r}"
     return None
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from keytrail.detect.sinks import AlarmSink
 from keytrail.detect.sinks.jsonl import JsonlSink
-from keytrail.transport.addresses import url_problem
+from keytrail.transport.addresses import redacted, url_problem
 
 __all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem", "shown_url", "webhook_url_problem"]
 
@@ -34,12 +34,13 @@ def mqtt_url_problem(url: str) -> str | None:
     surface only as a failed delivery, in a child process's log, when the first alarm fires.
     A bare HOST[:PORT] (mosquitto_pub's `-h HOST`) is refused with the URL to type instead: `foo`
     may be a host or a placeholder, and the scheme says whether TLS is meant."""
+    shown = redacted(url)  # a password in the URL stays off the terminal and out of logs
     if "://" not in url and (guess := _mqtt_url_for(url)):
-        return f"not an MQTT URL: {url!r} (did you mean {guess}?)"
+        return f"not an MQTT URL: {shown!r} (did you mean {redacted(guess)}?)"
     problem = url_problem(url, ("mqtt", "mqtts"))
     if problem is None and urlsplit(url)[2:] != ("", "", ""):  # mosquitto_pub -L puts the topic there
         problem = "it has a path, query or fragment (alarms go to the topics keytrail/alarms/<rule>)"
-    return f"not an MQTT URL: {url!r}: {problem} (use mqtt://HOST:PORT)" if problem else None
+    return f"not an MQTT URL: {shown!r}: {problem} (use mqtt://HOST:PORT)" if problem else None
 
 
 def _mqtt_url_for(address: str) -> str | None:
@@ -110,7 +111,8 @@ class HooksConfig:
 def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-        raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {url!r}")
+        shown = redacted(url, query=False) if isinstance(url, str) else url
+        raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {shown!r}")
     if problem := webhook_url_problem(url):  # not the URL itself: its query may hold a token
         raise ValueError(f"[[hooks.webhook]] url: {problem}")
     shown = shown_url(url)

@@ -8,7 +8,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["host_port_problem", "is_host", "is_port", "split_host_port", "url_problem"]
+__all__ = ["host_port_problem", "is_host", "is_port", "redacted", "split_host_port", "url_problem"]
 
 #: One DNS label: letters, digits, hyphens inside (underscores too: container and service names
 #: carry them), at most 63 characters.
@@ -77,4 +77,23 @@ def url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
         return "not a URL"
     if parts.scheme not in schemes or not url.strip().lower().startswith(f"{parts.scheme}://"):
         return f"the scheme is not {' or '.join(f'{scheme}://' for scheme in schemes)}"
-    return host_port_problem(parts.netloc.rpartition("@")[2])
+    problem = host_port_problem(parts.netloc.rpartition("@")[2])
+    if problem and "@" in url.partition("://")[2][len(parts.netloc):]:
+        # The "@" of the user info came after a "/", "?" or "#" of an unencoded password: what
+        # urlsplit took for the host and port is part of that password, not to be quoted.
+        return "no HOST:PORT after the scheme (a '/', '?' or '#' in the user name or password must be percent-encoded)"
+    return problem
+
+
+def redacted(address: str, *, query: bool = True) -> str:
+    """`address` (a URL, a HOST:PORT list) as an error message may repeat it: what stands before its
+    last "@" (a user name and password: the last, since a password may hold an unencoded "/" or "?")
+    replaced by `***`, and with `query=False` its query and fragment too (where webhook receivers
+    take tokens)."""
+    scheme, separator, rest = address.partition("://") if "://" in address else ("", "", address)
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    for mark in "" if query else "?#":
+        head, found, _ = rest.partition(mark)
+        rest = f"{head}{mark}***" if found else rest
+    return f"{scheme}{separator}{rest}"

@@ -226,6 +226,37 @@ def test_serve_names_a_wrong_hooks_table_of_its_config(tmp_path: Path, hooks: st
     assert complaint in _one_line_error(result, "keytrail serve: --config: ")
 
 
+@pytest.mark.parametrize(("option", "value", "shown"), [
+    ("--mqtt", "mqtt://user:pw-SECRET@broker:bad", "'mqtt://***@broker:bad'"),
+    ("--mqtt", "mqtts://user:pw-SECRET@broker:8883?topic=x", "'mqtts://***@broker:8883?topic=x'"),
+    ("--mqtt", "user:pw-SECRET@broker", "'***@broker' (did you mean mqtt://***@broker?)"),
+    # An unencoded "/" in the password: the URL's host:port is then "user:pw", its "port" "pw".
+    ("--mqtt", "mqtt://user:pw/SECRET@broker:1883", "'mqtt://***@broker:1883'"),
+    ("--kafka", "user:pw-SECRET@broker:9092", "'***@broker:9092'"),
+])
+def test_serve_refuses_a_broker_address_without_repeating_its_password(tmp_path: Path, option: str, value: str,
+                                                                      shown: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", option, value)
+    line = _one_line_error(result, f"keytrail serve: {option}: ")
+    assert shown in line and "pw" not in line and "SECRET" not in line
+
+
+@pytest.mark.parametrize(("hooks", "shown"), [
+    ('[hooks]\nmqtt = "mqtt://user:pw-SECRET@broker:bad"\n', "'mqtt://***@broker:bad'"),
+    ('[hooks]\nkafka = "user:pw-SECRET@broker:9092"\n', "'***@broker:9092'"),
+    ('[[hooks.webhook]]\nurl = "ftp://user:pw-SECRET@alerts/k?token=SECRET"\nsecret = "s"\n',
+     "'ftp://***@alerts/k?***'"),
+    ('[[hooks.webhook]]\nurl = "https://user:pw/SECRET@alerts:443/k"\nsecret = "s"\n',
+     "no HOST:PORT after the scheme"),
+])
+def test_serve_refuses_a_hook_address_without_repeating_its_password(tmp_path: Path, hooks: str, shown: str) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(hooks)
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", config)
+    line = _one_line_error(result, "keytrail serve: --config: ")
+    assert shown in line and "pw" not in line and "SECRET" not in line
+
+
 def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Path) -> None:
     binary = tmp_path / "file.toml"
     binary.write_bytes(b"\xcc\xff\x00binary")
