@@ -164,3 +164,10 @@ def test_automatic_rotation_of_imported_keys_is_unsupported_operation(kms) -> No
     assert aws_error(kms.rotate_key_on_demand, KeyId=arn)[:2] == (
         "KMSInvalidStateException", f"{arn} is pending import."
     )
+
+
+def test_listing_rotations_of_an_asymmetric_or_hmac_key_says_why_it_cannot(kms) -> None:
+    for spec, usage in (("ECC_NIST_P256", "SIGN_VERIFY"), ("HMAC_256", "GENERATE_VERIFY_MAC")):
+        arn = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["Arn"]
+        assert aws_error(kms.list_key_rotations, KeyId=arn)[:2] == (
+            "UnsupportedOperationException", f"{arn} key spec is {spec} which is not valid for this operation.")

@@ -29,8 +29,10 @@ async def _rotatable_key(
     may be rotated too (on demand, to material the caller imported)."""
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, action, key, conditions)
-    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.custom_key_store_id:
-        raise errors.UnsupportedOperationException("")
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+        raise errors.UnsupportedOperationException("")  # AWS's answer has no message (kms-anchors §24)
+    if key.custom_key_store_id:  # never rotated, on demand either: answered as GetKeyRotationStatus does
+        _require_generated_material(key)
     _require_primary_or_single_region(key)
     if not imported:
         _require_generated_material(key)
@@ -110,8 +112,9 @@ async def rotate_key_on_demand(svc: KmsService, call: Call) -> Response:
 async def list_key_rotations(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:ListKeyRotations", key)
-    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
-        raise errors.UnsupportedOperationException("")
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:  # AWS's words unknown: these in the style of its origin's
+        raise errors.UnsupportedOperationException(
+            f"{key.arn} key spec is {key.key_spec} which is not valid for this operation.")
     # ROTATIONS_ONLY: material that became current by a rotation; ALL_KEY_MATERIAL adds "the
     # first key material and any imported key material pending rotation".
     every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
