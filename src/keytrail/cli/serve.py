@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -32,7 +33,7 @@ from keytrail.cli.console import (
 )
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.key_store import StoreUnavailable, open_store
-from keytrail.cli.node import ConsumerRunning, build_node
+from keytrail.cli.node import ConsumerRunning, Node, build_node
 from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 from keytrail.config import ServeSettings
 from keytrail.detect.rules import RuleError
@@ -47,24 +48,41 @@ DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps 
 STORE_ENV = "KEYTRAIL_STORE"
 
 
-def _credentials(settings: ServeSettings) -> CredentialStore:
+@dataclass(frozen=True)
+class _NewAdmin:
+    """The admin user of a principals file this start created: announced once the node is built."""
+
+    path: Path
+    access_key: str
+    secret: str
+
+
+def _new_admin(settings: ServeSettings) -> _NewAdmin | None:
+    """Create <data-dir>/principals.toml with an admin user unless a principals file is named or there."""
     path = settings.principals
     if path is None:
         path = settings.data_dir / "principals.toml"
         if not path.exists():
             try:
-                access_key, secret = write_admin_principals(path)
+                return _NewAdmin(path, *write_admin_principals(path))
             except OSError as error:  # a read-only data dir, say
                 raise _fail(f"cannot create {path}: {error.strerror or error}") from None
-            typer.echo(f"Created {path} with an admin user. To use it:")
-            typer.echo(f"export AWS_ACCESS_KEY_ID={access_key} AWS_SECRET_ACCESS_KEY={secret} "
-                       f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
     elif not path.exists():
         raise _fail(f"principals file {path} does not exist")
+    return None
+
+
+def _credentials(settings: ServeSettings, path: Path) -> CredentialStore:
     try:
         return CredentialStore(path, dev_credentials=settings.dev_credentials)
     except PrincipalsFileError as exc:
         raise _fail(str(exc)) from None
+
+
+def _print_new_admin(admin: _NewAdmin, settings: ServeSettings) -> None:
+    typer.echo(f"Created {admin.path} with an admin user. To use it:")
+    typer.echo(f"export AWS_ACCESS_KEY_ID={admin.access_key} AWS_SECRET_ACCESS_KEY={admin.secret} "
+               f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
 
 
 def _print_public_key(integrity: IntegrityPaths, data_dir: Path) -> None:
@@ -236,21 +254,7 @@ def _check_config(path: Path | None) -> None:
 
 
 async def _serve(settings: ServeSettings) -> bool:
-    # The key store first: one that cannot open (an unreachable database) must not leave a
-    # principals file behind, nor print the credentials of a node that never ran (a retry would
-    # take the file for its own and print nothing).
-    store = await open_store(settings)
-    try:
-        tls = _tls(settings)
-        credentials = _credentials(settings)
-        integrity = audit_paths(settings.data_dir)[1]
-        new_trail = settings.audit and not integrity.private_key.exists()
-        node = await build_node(settings, credentials, store)
-    except BaseException:
-        await store.close()
-        raise
-    if new_trail:
-        _print_public_key(integrity, settings.data_dir)
+    node, tls = await _built_node(settings)
     # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is
     # the connection's, unless the operator names the proxies trusted to report another (uvicorn's
     # FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: any local
@@ -265,6 +269,31 @@ async def _serve(settings: ServeSettings) -> bool:
     server = _Server(config)
     await server.serve()
     return bool(server.started)
+
+
+async def _built_node(settings: ServeSettings) -> tuple[Node, dict[str, str]]:
+    """The node and uvicorn's TLS options. The key store opens first, and a start that fails keeps
+    no principals file of its own making: a retry would take it for its own and print no `export`
+    line, and the failed start prints none either (an unreachable database, a locked audit trail)."""
+    store = await open_store(settings)
+    admin = None
+    try:
+        tls = _tls(settings)
+        admin = _new_admin(settings)
+        credentials = _credentials(settings, settings.principals or settings.data_dir / "principals.toml")
+        integrity = audit_paths(settings.data_dir)[1]
+        new_trail = settings.audit and not integrity.private_key.exists()
+        node = await build_node(settings, credentials, store)
+    except BaseException:
+        if admin is not None:  # nobody was told of it: a retry makes (and prints) another
+            admin.path.unlink(missing_ok=True)
+        await store.close()
+        raise
+    if admin is not None:
+        _print_new_admin(admin, settings)
+    if new_trail:
+        _print_public_key(integrity, settings.data_dir)
+    return node, tls
 
 
 class _Server(uvicorn.Server):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
 from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail, rewrite_segment
 from tests.support.processes import interruptible
 
@@ -489,6 +490,19 @@ def test_serve_on_a_key_store_it_cannot_reach_creates_no_credentials(tmp_path: P
     _one_line_error(result, "keytrail serve: cannot open the key store at 127.0.0.1:1/db: ")
     assert result.stdout == ""
     assert not data.exists() or list(data.iterdir()) == []
+
+
+def test_serve_that_cannot_open_its_audit_trail_keeps_no_credentials(tmp_path: Path) -> None:
+    # An `audit import` (here: this process) writes the event log of a new data dir: serve fails
+    # after its key store opened, and must not leave a principals file nobody was told of on retry.
+    data = tmp_path / "node"
+    writer = SegmentLog(event_log_dir(data), writable=True)
+    try:
+        result = _keytrail("serve", "--data-dir", data, "--port", "0")
+    finally:
+        writer.close()
+    _one_line_error(result, f"keytrail serve: the event log {event_log_dir(data)} is in use by another process")
+    assert result.stdout == "" and not (data / "principals.toml").exists()
 
 
 def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp_path: Path) -> None:
