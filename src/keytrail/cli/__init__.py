@@ -1,6 +1,7 @@
 """The `keytrail` command: the composition root that wires every piece together.
 
-Each command group lives in its own module of this package; this module only assembles them.
+Each command group lives in its own module of this package, loaded only when one of its commands
+runs (commands.py says why); this module only assembles them.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ import sys
 
 import typer
 
+from keytrail.cli.commands import LazyGroup
+
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="keytrail",
+    cls=LazyGroup,
     help="A self-hosted key service speaking the AWS KMS API, with a trustworthy audit trail.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -26,26 +30,13 @@ def _root() -> None:
     """keytrail: a self-hosted AWS KMS-compatible key service with a trustworthy audit trail."""
 
 
-def _register() -> None:
-    from keytrail.cli import audit, demo, detect, metrics, report, root_key, serve
-
-    serve.register(app)
-    demo.register(app)
-    detect.register(app)
-    report.register(app)
-    metrics.register(app)
-    app.add_typer(audit.audit_app, name="audit")
-    app.add_typer(root_key.root_key_app, name="root-key")
-
-
 def main() -> None:
     """The console entry point. Every error is one line on stderr and a non-zero exit: a usage
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
     try:
-        _register()
         code = app(standalone_mode=False, prog_name="keytrail")
-    except KeyboardInterrupt:  # Ctrl-C while the commands load (a second or so); in one, typer exits 130
-        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C before typer runs; from then on (the command's module loading, the
+        sys.exit(130)  # command running) typer exits 130 itself
     except typer.TyperException as error:  # click's usage and parameter errors
         ctx = getattr(error, "ctx", None)
         message = error.format_message() if hasattr(error, "format_message") else str(error)

@@ -23,7 +23,7 @@ from keytrail.audit.verification import check as check_trail
 from keytrail.cli.console import event_log_damage, fail, missing_paths, number_in_range, os_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
-__all__ = ["audit_app"]
+__all__ = ["audit_app", "register"]
 
 audit_app = typer.Typer(help="The audit trail: CloudTrail-format events of every KMS call.",
                         no_args_is_help=True)
@@ -236,3 +236,8 @@ def _require_log(data_dir: Path) -> None:
 
     if not audit_paths(data_dir)[0].is_dir():  # a file in its place is no log either
         _fail(f"no audit event log in {data_dir} (is --data-dir right?)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `keytrail audit …` to the `keytrail` app."""
+    app.add_typer(audit_app, name="audit")

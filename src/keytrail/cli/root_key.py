@@ -23,7 +23,7 @@ from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealE
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.transport.segment_log import event_log_dir
 
-__all__ = ["root_key_app"]
+__all__ = ["register", "root_key_app"]
 
 COMMAND = "keytrail root-key rotate"
 
@@ -126,3 +126,8 @@ def _next_step(data_dir: Path, new_key: Path, secret: bytes) -> str:
     write_root_key_file(data_dir / "root.key", secret, replace=True)
     return (f"{data_dir / 'root.key'} now holds the new root key; {new_key} is a copy of it: keep it apart "
             "from the data dir as its backup, or delete it")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `keytrail root-key …` to the `keytrail` app."""
+    app.add_typer(root_key_app, name="root-key")

@@ -283,11 +283,12 @@ def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Pat
 def test_ctrl_c_while_the_commands_load_exits_130_quietly(monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import keytrail.cli
+    import keytrail.cli.commands
 
-    def interrupted() -> None:
+    def interrupted(module: str) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(keytrail.cli, "_register", interrupted)
+    monkeypatch.setattr(keytrail.cli.commands, "load_module_commands", interrupted)
     monkeypatch.setattr(sys, "argv", ["keytrail", "audit", "events"])
     with pytest.raises(SystemExit) as exit_:
         keytrail.cli.main()

@@ -6,7 +6,7 @@ import functools
 import subprocess
 import sys
 
-_LIST = ("import typer\nfrom keytrail.cli import _register, app\n_register()\n"
+_LIST = ("import typer\nfrom keytrail.cli import app\n"
          "group = typer.main.get_command(app)\n"
          "for name, command in group.commands.items():\n"
          "    print(name)\n"

@@ -1,0 +1,77 @@
+"""The `keytrail` group loads a command's module only when that command runs, and lists them all
+with the help each declares."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.core import TyperGroup
+
+from keytrail.cli import app
+from keytrail.cli.commands import COMMANDS, load_module_commands, summary_command
+
+# What the command modules pull in, and none of the listing needs.
+HEAVY = {"polars", "boto3", "botocore", "uvicorn", "uvloop", "aiokafka", "asyncpg", "fastavro", "pyarrow"}
+COMMAND_MODULES = {listing.module for listing in COMMANDS.values()}
+
+_RUN = ("import json, sys\n"
+        "sys.argv = ['keytrail', *json.loads(sys.argv[1])]\n"
+        "from keytrail.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+
+
+def _modules_loaded_by(*args: str) -> set[str]:
+    """Every module a fresh `keytrail <args>` had imported when it finished."""
+    result = subprocess.run([sys.executable, "-c", _RUN, json.dumps(args)], capture_output=True, text=True,
+                            timeout=60)
+    return set(json.loads(result.stderr.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["no-such-command"]])
+def test_listing_the_commands_imports_none_of_their_modules(args: list[str]) -> None:
+    loaded = _modules_loaded_by(*args)
+    assert "typer" in loaded and "keytrail.cli.commands" in loaded  # the run got as far as the listing
+    assert {name for name in loaded if name.split(".")[0] in HEAVY} == set()
+    assert loaded & COMMAND_MODULES == set()
+
+
+def test_a_command_loads_its_own_module_and_no_other_command_module() -> None:
+    loaded = _modules_loaded_by("audit", "--help")
+    assert "keytrail.cli.audit" in loaded
+    assert loaded & COMMAND_MODULES == {"keytrail.cli.audit"}
+
+
+def test_the_commands_listed_are_those_the_modules_register() -> None:
+    registered: list[str] = []
+    for module in dict.fromkeys(listing.module for listing in COMMANDS.values()):
+        commands = load_module_commands(module)
+        assert all(COMMANDS[name].module == module for name in commands)
+        registered.extend(commands)
+    assert sorted(registered) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_listed_line_is_the_first_paragraph_of_the_commands_own_help(name: str) -> None:
+    command = load_module_commands(COMMANDS[name].module)[name]
+    for limit in (20, 45, 60, 74, 1000):  # shortened as click shortens it, at any terminal width
+        assert summary_command(name).get_short_help_str(limit) == command.get_short_help_str(limit)
+
+
+@pytest.mark.parametrize("width", [40, 80, 200])
+def test_keytrail_help_lists_the_commands_as_typer_lists_them_loaded(width: int) -> None:
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    with typer.Context(group, info_name="keytrail", terminal_width=width) as ctx:
+        listed = ctx.make_formatter()
+        group.format_commands(ctx, listed)
+        loaded = ctx.make_formatter()
+        TyperGroup.format_commands(group, ctx, loaded)  # typer's own: every command loaded, its help shortened
+    assert listed.getvalue() == loaded.getvalue() and "root-key" in listed.getvalue()
