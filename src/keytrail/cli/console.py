@@ -14,7 +14,6 @@ from typing import Any
 
 import typer
 
-from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
@@ -99,6 +98,8 @@ def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | N
 
 def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:
     """None for no broker or a usable broker URL, else the one-line complaint naming the option."""
+    from keytrail.detect.hooks import mqtt_url_problem  # the detector's package: only the commands with --mqtt
+
     problem = mqtt_url_problem(url) if url is not None else None
     return f"{option}: {problem}" if problem else None
 

@@ -15,9 +15,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import polars as pl
 import typer
 
 from keytrail.cli.console import (
@@ -33,16 +32,18 @@ from keytrail.cli.console import (
     os_problem,
     parse_window,
 )
-from keytrail.cli.sidecar import consumer_lock, try_lock
 from keytrail.owner_only import make_dirs
-from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable, load_price_table
-from keytrail.pipeline.query import MetricsStore
-from keytrail.pipeline.runner import RunStats
-from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
-from keytrail.reports.figures import storage_note
-from keytrail.reports.tabular import cell_text
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
+
+# polars, the metrics state and the consumer load with the command that uses them, not with
+# `keytrail usage --help` (commands.py).
+if TYPE_CHECKING:
+    import polars as pl
+
+    from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+    from keytrail.pipeline.query import MetricsStore
+    from keytrail.pipeline.runner import RunStats
 
 __all__ = ["register"]
 
@@ -70,6 +71,8 @@ Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one
 
 
 def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore:
+    from keytrail.pipeline.query import MetricsStore
+
     if not data_dir.is_dir():
         raise fail(f"no such data directory: {data_dir}", command)
     store = MetricsStore(data_dir)
@@ -82,6 +85,8 @@ def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
     """One line when the event log holds events the metrics state has not counted and no consumer
     is running to count them (after `keytrail audit import` with the node stopped, the queries
     would otherwise answer from nothing, or from an old state, in silence)."""
+    from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
+
     directory = event_log_dir(data_dir)
     if not directory.is_dir() or _consumer_running(data_dir):
         return None
@@ -94,6 +99,8 @@ def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
 
 def _consumer_running(data_dir: Path) -> bool:
     """Whether a consumer (keytrail serve's, or keytrail consume) holds the data dir's lock."""
+    from keytrail.pipeline.query import consumer_lock
+
     return lock_held(consumer_lock(data_dir))
 
 
@@ -140,6 +147,10 @@ def cost(
     output: Format = OutputFormat.table,
 ) -> None:
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
+    import polars as pl
+
+    from keytrail.reports.figures import storage_note
+
     names = parse_by(by, ("key", "account"), COST)
     table = _price_table(prices, free_tier, COST)
     low, high = parse_window(since, until, COST)
@@ -178,6 +189,8 @@ def last_used(
     output: Format = OutputFormat.table,
 ) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
+    import polars as pl
+
     names = parse_by(by, ("key", "principal"), LAST_USED)
     low, high = parse_window(since, until, LAST_USED)
     store = open_store(data_dir, LAST_USED)
@@ -219,6 +232,10 @@ def consume(
     ] = "127.0.0.1",
 ) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
+    from keytrail.cli.sidecar import try_lock
+    from keytrail.pipeline.consumer import ConsumerSettings
+    from keytrail.pipeline.query import consumer_lock
+
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, CONSUME)
     settings = ConsumerSettings(
         data_dir=data_dir,
@@ -286,6 +303,8 @@ def _consume_or_fail(
 async def _consume(
     settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str], metrics: socket.socket | None
 ) -> RunStats:
+    from keytrail.pipeline.consumer import MetricsConsumer
+
     source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None
     consumer = MetricsConsumer(settings, source)
     loop = asyncio.get_running_loop()
@@ -352,6 +371,8 @@ class Progress:
 
 def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
     """Print `frame` with exactly `fields` (absent ones null) in the chosen format."""
+    from keytrail.reports.tabular import cell_text
+
     rows = [{name: row.get(name) for name in fields} for row in frame.iter_rows(named=True)]
     if output is OutputFormat.json:
         for row in rows:
@@ -368,6 +389,8 @@ def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
 
 def json_line(row: dict[str, Any]) -> str:
     """One JSON object; money is written as the exact decimal number, times as ISO-8601 UTC."""
+    from keytrail.reports.tabular import cell_text
+
     parts = []
     for name, value in row.items():
         if isinstance(value, Decimal):
@@ -381,6 +404,8 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    from keytrail.reports.tabular import cell_text
+
     cells = [[cell_text(row[name]) for name in fields] for row in rows]
     widths = [max([len(name), *(len(c[i]) for c in cells)]) for i, name in enumerate(fields)]
     lines = ["  ".join(name.ljust(w) for name, w in zip(fields, widths, strict=True))]

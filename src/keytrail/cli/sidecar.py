@@ -42,7 +42,7 @@ from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
 from keytrail.owner_only import open_file
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
-from keytrail.pipeline.query import state_dir
+from keytrail.pipeline.query import consumer_lock
 
 __all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
 
@@ -78,11 +78,6 @@ def _alarm_reader(on_alarm: Callable[[str, str], None]) -> Callable[[bytes], Non
             log.warning("detector child: unexpected output %r", line[:200])
 
     return on_line
-
-
-def consumer_lock(data_dir: Path) -> Path:
-    """Held by the consumer child while it owns the pipeline state."""
-    return state_dir(data_dir).parent / "consumer.lock"
 
 
 def detector_lock(data_dir: Path) -> Path:

@@ -32,7 +32,7 @@ from keytrail.pipeline.usage import (
     sorted_by,
 )
 
-__all__ = ["MetricsStore", "state_dir"]
+__all__ = ["MetricsStore", "consumer_lock", "state_dir"]
 
 
 SPAN_ROWS = 25_000  # stored minute rows the free tier's cost reads at a time (whole UTC days)
@@ -41,6 +41,11 @@ SPAN_ROWS = 25_000  # stored minute rows the free tier's cost reads at a time (w
 def state_dir(data_dir: Path) -> Path:
     """Where the pipeline keeps its per-partition state files."""
     return data_dir / "metrics" / "state"
+
+
+def consumer_lock(data_dir: Path) -> Path:
+    """Held by the metrics consumer (serve's child, or keytrail consume) while it owns the state."""
+    return state_dir(data_dir).parent / "consumer.lock"
 
 
 class MetricsStore:

@@ -49,6 +49,15 @@ def test_a_command_loads_its_own_module_and_no_other_command_module() -> None:
     assert loaded & COMMAND_MODULES == {"keytrail.cli.audit"}
 
 
+@pytest.mark.parametrize("command", ["usage", "cost", "last-used", "consume"])
+def test_the_help_of_a_metrics_command_imports_neither_polars_nor_the_pipeline(command: str) -> None:
+    loaded = _modules_loaded_by(command, "--help")
+    assert "keytrail.cli.metrics" in loaded  # the help came from the command itself
+    assert {name for name in loaded if name.split(".")[0] in HEAVY} == set()
+    assert {name for name in loaded if name.startswith(("keytrail.pipeline.", "keytrail.detect"))} == {
+        "keytrail.pipeline.prices"}
+
+
 def test_the_commands_listed_are_those_the_modules_register() -> None:
     registered: list[str] = []
     for module in dict.fromkeys(listing.module for listing in COMMANDS.values()):
