@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ServeSettings"]
+__all__ = ["STORE_ENV", "ServeSettings"]
+
+STORE_ENV = "KEYTRAIL_STORE"  # the shared key store's URL, for serve and root-key rotate alike
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,15 +16,18 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from keytrail.cli import console
-from keytrail.cli.demo_summary import Story, render_json, render_text, summarize, write_html_report
 from keytrail.cli.demo_workload import DemoError, Workload, demo_principals, write_principals
-from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.owner_only import make_dirs, open_file
+
+# The summary (polars, the metrics state, the report) loads once the story has run, not with
+# `keytrail demo --help` (commands.py).
+if TYPE_CHECKING:
+    from keytrail.cli.demo_summary import Story
 
 __all__ = ["ServerProcess", "demo", "register"]
 
@@ -84,6 +87,8 @@ class ServerProcess:
                    lambda: self._requests_counted() >= calls)
 
     def _alarms(self) -> list[dict[str, Any]]:
+        from keytrail.detect.sinks.jsonl import read_alarms
+
         try:
             return [alarm.to_json() for alarm in read_alarms(self.data_dir / "alarms.jsonl").values()]
         except ValueError:  # a line half written as we read: look again
@@ -136,6 +141,8 @@ def demo(
 ) -> None:
     """Start keytrail, drive a scripted quarter of KMS traffic through boto3, show the alarms, usage,
     cost and the HTML report it produced."""
+    from keytrail.cli.demo_summary import render_json, render_text, summarize, write_html_report
+
     if output not in FORMATS:
         raise fail(f"--format: use text or json, not {output!r}")
     chosen = _port(port)
@@ -153,6 +160,8 @@ def demo(
 
 def _play(directory: Path, port: int) -> Story:
     """Run the server and the workload; the server is stopped whatever happens."""
+    from keytrail.cli.demo_summary import Story
+
     principals = demo_principals()
     server = ServerProcess(directory, port, write_principals(directory / "principals.toml", principals))
     _progress(f"starting keytrail serve on {server.endpoint} (data in {directory})")

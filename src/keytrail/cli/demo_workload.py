@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["ACCOUNT", "DemoError", "DemoPrincipal", "DemoServer", "Workload", "demo_principals",
@@ -133,6 +130,10 @@ class Workload:
         self.days = 0  # simulated days the dev clock has moved
 
     def _client(self, entry: DemoPrincipal) -> Any:
+        # boto3 loads with the story, not with `keytrail demo --help` (commands.py).
+        import boto3
+        from botocore.config import Config
+
         return boto3.client(
             "kms", endpoint_url=self.server.endpoint, region_name=REGION, aws_access_key_id=entry.access_key_id,
             aws_secret_access_key=entry.secret_access_key,
@@ -141,6 +142,8 @@ class Workload:
 
     def call(self, who: str, operation: str, **params: Any) -> dict[str, Any]:
         """One KMS call as `who`; a refusal the story does not expect stops the demo."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         self.calls += 1
         try:
             return dict(getattr(self.clients[who], operation)(**params))
@@ -151,6 +154,8 @@ class Workload:
 
     def refused(self, who: str, operation: str, **params: Any) -> str:
         """One KMS call the story expects to be refused; returns the AWS error code."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         self.calls += 1
         try:
             getattr(self.clients[who], operation)(**params)

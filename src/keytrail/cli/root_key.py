@@ -11,16 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import asyncpg
 import typer
 
 from keytrail.cli.console import fail, no_core_dumps, os_problem
-from keytrail.cli.serve import STORE_ENV
-from keytrail.kms import authentic_docs
-from keytrail.kms.authentic_docs import DocumentRefused
-from keytrail.kms.postgres_store import PostgresStore, StoreBusy
+from keytrail.config import STORE_ENV
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealError, write_root_key_file
-from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["register", "root_key_app"]
@@ -50,6 +45,13 @@ def rotate(
     root key, and authenticate every document of the key store under it, in one transaction.
     Stop serve first (with --store, every node); the old root key reads as serve reads it
     ($KEYTRAIL_ROOT_KEY, $KEYTRAIL_ROOT_KEY_FILE or <data-dir>/root.key)."""
+    # The key stores and asyncpg load here, not with `keytrail root-key rotate --help` (commands.py).
+    import asyncpg
+
+    from keytrail.kms import authentic_docs
+    from keytrail.kms.authentic_docs import DocumentRefused
+    from keytrail.kms.postgres_store import StoreBusy
+
     no_core_dumps()  # this process holds both root keys and every key's material
     # A row that does not verify is this command's one line of complaint (below), not also a log
     # line of the store that opened it.
@@ -80,6 +82,9 @@ def _new_secret(path: Path) -> bytes:
 
 
 async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int:
+    from keytrail.kms.postgres_store import PostgresStore
+    from keytrail.kms.sqlite_store import SqliteStore
+
     old = RootKey.load(data_dir, create=False)
     if url is not None:
         if not url.startswith(("postgresql://", "postgres://")):

@@ -35,7 +35,7 @@ from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.key_store import StoreUnavailable, open_store
 from keytrail.cli.node import ConsumerRunning, Node, build_node
 from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
-from keytrail.config import ServeSettings
+from keytrail.config import STORE_ENV, ServeSettings
 from keytrail.detect.rules import RuleError
 from keytrail.owner_only import make_dirs
 from keytrail.transport.segment_log import LogLockedError
@@ -45,7 +45,6 @@ __all__ = ["register"]
 log = logging.getLogger("keytrail")
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
-STORE_ENV = "KEYTRAIL_STORE"
 
 
 @dataclass(frozen=True)

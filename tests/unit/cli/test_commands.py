@@ -49,13 +49,21 @@ def test_a_command_loads_its_own_module_and_no_other_command_module() -> None:
     assert loaded & COMMAND_MODULES == {"keytrail.cli.audit"}
 
 
-@pytest.mark.parametrize("command", ["usage", "cost", "last-used", "consume"])
-def test_the_help_of_a_metrics_command_imports_neither_polars_nor_the_pipeline(command: str) -> None:
-    loaded = _modules_loaded_by(command, "--help")
-    assert "keytrail.cli.metrics" in loaded  # the help came from the command itself
+@pytest.mark.parametrize(("args", "own_module", "unneeded"), [
+    (["usage", "--help"], "keytrail.cli.metrics", ("keytrail.pipeline.query", "keytrail.detect")),
+    (["cost", "--help"], "keytrail.cli.metrics", ("keytrail.pipeline.query", "keytrail.reports")),
+    (["last-used", "--help"], "keytrail.cli.metrics", ("keytrail.pipeline.query",)),
+    (["consume", "--help"], "keytrail.cli.metrics", ("keytrail.pipeline.consumer", "keytrail.cli.sidecar")),
+    (["root-key", "rotate", "--help"], "keytrail.cli.root_key", ("keytrail.kms.postgres_store",
+                                                                "keytrail.kms.sqlite_store", "keytrail.cli.serve")),
+    (["demo", "--help"], "keytrail.cli.demo", ("keytrail.cli.demo_summary", "keytrail.detect")),
+], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo"])
+def test_a_commands_help_imports_only_what_its_options_need(args: list[str], own_module: str,
+                                                           unneeded: tuple[str, ...]) -> None:
+    loaded = _modules_loaded_by(*args)
+    assert own_module in loaded  # the help came from the command itself
     assert {name for name in loaded if name.split(".")[0] in HEAVY} == set()
-    assert {name for name in loaded if name.startswith(("keytrail.pipeline.", "keytrail.detect"))} == {
-        "keytrail.pipeline.prices"}
+    assert {name for name in loaded if name.startswith(unneeded)} == set()
 
 
 def test_the_commands_listed_are_those_the_modules_register() -> None:
