@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
-import uvicorn
-import uvloop
 
-from keytrail.api.credentials import CredentialStore, PrincipalsFileError, write_admin_principals
-from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
-from keytrail.audit.integrity import IntegrityPaths, exported_fingerprint
-from keytrail.audit.trail import audit_paths
 from keytrail.cli.console import (
     bootstrap_problem,
     fail,
@@ -31,14 +21,16 @@ from keytrail.cli.console import (
     number_in_range,
     os_problem,
 )
-from keytrail.cli.detect import BadInput, detector_settings
-from keytrail.cli.key_store import StoreUnavailable, open_store
-from keytrail.cli.node import ConsumerRunning, Node, build_node
-from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 from keytrail.config import STORE_ENV, ServeSettings
-from keytrail.detect.rules import RuleError
 from keytrail.owner_only import make_dirs
 from keytrail.transport.segment_log import LogLockedError
+
+# The node (API, key stores, audit trail, consumers, detector, uvicorn) loads when serve runs, not
+# with `keytrail serve --help` (cli/commands.py).
+if TYPE_CHECKING:
+    from keytrail.api.credentials import CredentialStore
+    from keytrail.audit.integrity import IntegrityPaths
+    from keytrail.cli.node import Node
 
 __all__ = ["register"]
 
@@ -58,6 +50,8 @@ class _NewAdmin:
 
 def _new_admin(settings: ServeSettings) -> _NewAdmin | None:
     """Create <data-dir>/principals.toml with an admin user unless a principals file is named or there."""
+    from keytrail.api.credentials import write_admin_principals
+
     path = settings.principals
     if path is None:
         path = settings.data_dir / "principals.toml"
@@ -72,6 +66,8 @@ def _new_admin(settings: ServeSettings) -> _NewAdmin | None:
 
 
 def _credentials(settings: ServeSettings, path: Path) -> CredentialStore:
+    from keytrail.api.credentials import CredentialStore, PrincipalsFileError
+
     try:
         return CredentialStore(path, dev_credentials=settings.dev_credentials)
     except PrincipalsFileError as exc:
@@ -87,6 +83,8 @@ def _print_new_admin(admin: _NewAdmin, settings: ServeSettings) -> None:
 def _print_public_key(integrity: IntegrityPaths, data_dir: Path) -> None:
     """Whoever can write the data dir can sign a rewritten trail with a key of their own: only a
     copy of the public key kept off the node tells the two apart, so say so when the key is made."""
+    from keytrail.audit.integrity import exported_fingerprint
+
     typer.echo(f"Created the audit signing key; its public key {integrity.public_key} has the SHA-256 fingerprint "
                f"{exported_fingerprint(integrity)}. Keep a copy off this node and check the trail with: "
                f"keytrail audit verify --data-dir {data_dir} --public-key COPY")
@@ -115,6 +113,8 @@ def _check_tls(settings: ServeSettings) -> None:
 def _tls(settings: ServeSettings) -> dict[str, str]:
     """uvicorn's TLS options from flags `_check_tls` let through; the dev certificate is made here."""
     if settings.tls_self_signed:
+        from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
+
         try:
             made = not dev_certificate_usable(settings.data_dir / "tls", settings.host)
             cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
@@ -198,6 +198,11 @@ def serve(
     _make_data_dir(data_dir)
     _check_config(config)
     _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
+    import uvloop
+
+    from keytrail.cli.key_store import StoreUnavailable
+    from keytrail.cli.node import ConsumerRunning
+
     try:
         started = uvloop.run(_serve(settings))
     except (StoreUnavailable, ConsumerRunning) as exc:
@@ -246,6 +251,9 @@ def _make_data_dir(data_dir: Path) -> None:
 
 
 def _check_config(path: Path | None) -> None:
+    from keytrail.cli.detect import BadInput, detector_settings
+    from keytrail.detect.rules import RuleError
+
     try:
         detector_settings(path)
     except (BadInput, RuleError, ValueError, OSError) as exc:  # ValueError: a [hooks] table gone wrong
@@ -253,27 +261,20 @@ def _check_config(path: Path | None) -> None:
 
 
 async def _serve(settings: ServeSettings) -> bool:
+    from keytrail.cli.http_server import serve_http
+
     node, tls = await _built_node(settings)
-    # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is
-    # the connection's, unless the operator names the proxies trusted to report another (uvicorn's
-    # FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: any local
-    # client could then write whatever source address it liked into the audit trail.
-    proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
-    config = uvicorn.Config(
-        node.app, host=settings.host, port=settings.port, lifespan="on", log_level="warning",
-        access_log=False, timeout_graceful_shutdown=20, server_header=False, http=CoalescingHttpToolsProtocol,
-        proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
-        **tls,  # type: ignore[arg-type]
-    )
-    server = _Server(config)
-    await server.serve()
-    return bool(server.started)
+    return await serve_http(node.app, settings, tls)
 
 
 async def _built_node(settings: ServeSettings) -> tuple[Node, dict[str, str]]:
     """The node and uvicorn's TLS options. The key store opens first, and a start that fails keeps
     no principals file of its own making: a retry would take it for its own and print no `export`
     line, and the failed start prints none either (an unreachable database, a locked audit trail)."""
+    from keytrail.audit.trail import audit_paths
+    from keytrail.cli.key_store import open_store
+    from keytrail.cli.node import build_node
+
     store = await open_store(settings)
     admin = None
     try:
@@ -293,23 +294,6 @@ async def _built_node(settings: ServeSettings) -> tuple[Node, dict[str, str]]:
     if new_trail:
         _print_public_key(integrity, settings.data_dir)
     return node, tls
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
-    signal; keytrail's contract is: finish in-flight calls, flush, exit 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self._request_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _request_exit(self, signum: int, frame: FrameType | None) -> None:
-        self.should_exit = True
 
 
 def register(app: typer.Typer) -> None:
