@@ -13,11 +13,10 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from keytrail.api.credentials import load_principals
 from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
@@ -29,13 +28,13 @@ from keytrail.cli.console import (
     no_core_dumps,
     number_in_range,
 )
-from keytrail.detect import Alarm, Detector, RuleError, RuleSet
-from keytrail.detect.hooks import HooksConfig
-from keytrail.detect.inventory import IdentityItem, KeyInventoryItem, analyze_inventory, read_inventory
-from keytrail.detect.sources import gc_paused, kafka_values, read_cloudtrail_events
-from keytrail.kms.grants import grant_view
-from keytrail.kms.sealing import RootKey, SealError
-from keytrail.kms.sqlite_store import SqliteStore
+
+# The detector, its sources and the key store load in the functions that use them, not with
+# `keytrail detect --help` or `keytrail analyze --help` (commands.py).
+if TYPE_CHECKING:
+    from keytrail.detect import Alarm, RuleSet
+    from keytrail.detect.hooks import HooksConfig
+    from keytrail.detect.inventory import IdentityItem, KeyInventoryItem
 
 __all__ = ["analyze_keys", "register"]
 
@@ -94,6 +93,8 @@ def detect(
     ] = "127.0.0.1",
 ) -> None:
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""
+    from keytrail.detect import RuleError
+
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail detect")
     try:
         rules, hooks = detector_settings(config)
@@ -119,6 +120,9 @@ def detect(
 
 def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -> list[Alarm]:
     """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`."""
+    from keytrail.detect import Detector
+    from keytrail.detect.sources import gc_paused, read_cloudtrail_events
+
     detector = Detector(rules)
     events, _ = read_cloudtrail_events(paths)
     with gc_paused():  # a batch job over acyclic records: no need for the cyclic collector
@@ -154,6 +158,7 @@ async def _run_live(
     metrics: socket.socket | None,
 ) -> None:
     from keytrail.detect.runner import DetectorRunner
+    from keytrail.detect.sources import kafka_values
 
     task = asyncio.current_task()
     assert task is not None
@@ -203,6 +208,10 @@ def analyze(
     """Check every key's policy and grants for public, cross-account and over-broad access, and
     every principal's identity policies for decryption with every key: the keys and principals of
     a node (--data-dir, default ./keytrail-data) or an exported inventory."""
+    from keytrail.detect import RuleError
+    from keytrail.detect.inventory import read_inventory
+    from keytrail.kms.sealing import SealError
+
     try:
         rules, _ = detector_settings(config)
         if inventory is not None:
@@ -242,6 +251,9 @@ def _node_principals(data_dir: Path) -> Path | None:
 def read_identities(path: Path) -> list[IdentityItem]:
     """Each principal of a principals file (by the ARN its policies name: a role's, not its
     sessions') with its identity policies; entries of one principal are taken together."""
+    from keytrail.api.credentials import load_principals
+    from keytrail.detect.inventory import IdentityItem
+
     if not path.exists():
         raise BadInput(f"principals file {path} does not exist")
     policies: dict[str, list[dict[str, Any]]] = {}
@@ -253,6 +265,11 @@ def read_identities(path: Path) -> list[IdentityItem]:
 
 async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
     """Every key of a node's SQLite key store, with its policy and grants."""
+    from keytrail.detect.inventory import KeyInventoryItem
+    from keytrail.kms.grants import grant_view
+    from keytrail.kms.sealing import RootKey
+    from keytrail.kms.sqlite_store import SqliteStore
+
     if not (data_dir / "keys.db").exists():
         raise ValueError(f"{data_dir} holds no key store (keys.db)")
     no_core_dumps()  # from here on this process holds the root key and every key's material, as serve does
@@ -273,11 +290,16 @@ def analyze_keys(
 ) -> list[Alarm]:
     """permissive-key alarms for an inventory and principals (the key store and the principals file
     are wired in here by `keytrail analyze`)."""
+    from keytrail.detect.inventory import analyze_inventory
+
     return analyze_inventory(items, rules=rules, identities=identities)
 
 
 def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
     """Rules (`[rules.<id>]`) and hooks (`[hooks]`) from a settings file (docs/detection-rules.md)."""
+    from keytrail.detect import RuleSet
+    from keytrail.detect.hooks import HooksConfig
+
     if path is None:
         return RuleSet(), HooksConfig()
     try:

@@ -57,7 +57,10 @@ def test_a_command_loads_its_own_module_and_no_other_command_module() -> None:
     (["root-key", "rotate", "--help"], "keytrail.cli.root_key", ("keytrail.kms.postgres_store",
                                                                 "keytrail.kms.sqlite_store", "keytrail.cli.serve")),
     (["demo", "--help"], "keytrail.cli.demo", ("keytrail.cli.demo_summary", "keytrail.detect")),
-], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo"])
+    (["serve", "--help"], "keytrail.cli.serve", ("keytrail.cli.node", "keytrail.api", "keytrail.detect")),
+    (["detect", "--help"], "keytrail.cli.detect", ("keytrail.detect", "keytrail.kms.sqlite_store")),
+    (["analyze", "--help"], "keytrail.cli.detect", ("keytrail.detect", "keytrail.kms.sqlite_store")),
+], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo", "serve", "detect", "analyze"])
 def test_a_commands_help_imports_only_what_its_options_need(args: list[str], own_module: str,
                                                            unneeded: tuple[str, ...]) -> None:
     loaded = _modules_loaded_by(*args)
