@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,10 +22,14 @@ from keytrail.cli.console import (
     parse_window,
 )
 from keytrail.pipeline.prices import PriceTable, load_price_table
-from keytrail.pipeline.runner import Source
-from keytrail.reports.collect import ReportData, ReportOptions, collect_event_log, collect_sync
-from keytrail.reports.output import TABLES, ReportFormat, write_report
+from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.progress import Progress
+
+# The pipeline and the report's code (polars) load in the functions that use them, not with
+# `keytrail report --help` (commands.py).
+if TYPE_CHECKING:
+    from keytrail.pipeline.runner import Source
+    from keytrail.reports.collect import ReportData, ReportOptions
 
 __all__ = ["register", "report"]
 
@@ -57,6 +61,9 @@ def report(
         "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
 ) -> None:
     """Write a usage, cost, last-used, denied-calls and alarms report (HTML, CSV, JSON lines or Parquet)."""
+    from keytrail.reports.collect import ReportOptions, collect_event_log
+    from keytrail.reports.output import write_report
+
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
@@ -135,6 +142,8 @@ def _collect_files(paths: list[Path], options: ReportOptions, progress: bool | N
                    unreadable: list[str]) -> ReportData:
     """The report of CloudTrail log files, consumed in this process (their records are read
     through a generator, which cannot be handed to a child)."""
+    from keytrail.reports.collect import collect_sync
+
     bar = Progress("files", enabled=progress)
     try:
         return collect_sync(_files_source(paths, bar, unreadable), options)

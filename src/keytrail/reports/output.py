@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 
 from keytrail.owner_only import make_dirs, reserve
 from keytrail.reports.collect import ReportData
+from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.html import render_html
 from keytrail.reports.tabular import TabularFormat, long_form_parts, write_tabular
 
 __all__ = ["TABLES", "ReportFormat", "write_report"]
-
-TABLES = ("usage", "usage_over_time", "cost", "cost_projection", "last_used", "denied", "alarms")
-
-
-class ReportFormat(StrEnum):
-    html = "html"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
 
 
 def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | None = None, *,

@@ -60,7 +60,9 @@ def test_a_command_loads_its_own_module_and_no_other_command_module() -> None:
     (["serve", "--help"], "keytrail.cli.serve", ("keytrail.cli.node", "keytrail.api", "keytrail.detect")),
     (["detect", "--help"], "keytrail.cli.detect", ("keytrail.detect", "keytrail.kms.sqlite_store")),
     (["analyze", "--help"], "keytrail.cli.detect", ("keytrail.detect", "keytrail.kms.sqlite_store")),
-], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo", "serve", "detect", "analyze"])
+    (["report", "--help"], "keytrail.cli.report", ("keytrail.reports.collect", "keytrail.reports.output",
+                                                    "keytrail.pipeline.runner")),
+], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo", "serve", "detect", "analyze", "report"])
 def test_a_commands_help_imports_only_what_its_options_need(args: list[str], own_module: str,
                                                            unneeded: tuple[str, ...]) -> None:
     loaded = _modules_loaded_by(*args)
