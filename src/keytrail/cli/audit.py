@@ -12,16 +12,17 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from keytrail.audit.cloudtrail_files import ImportReport, export_cloudtrail, import_cloudtrail, iter_events
-from keytrail.audit.schema import SchemaError
-from keytrail.audit.verification import OffNode
-from keytrail.audit.verification import check as check_trail
 from keytrail.cli.console import event_log_damage, fail, missing_paths, number_in_range, os_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
+
+# The event schema, the CloudTrail files and the verifier (fastavro, aiokafka, cryptography) load in
+# the functions that use them, not with `keytrail audit … --help` (commands.py).
+if TYPE_CHECKING:
+    from keytrail.audit.cloudtrail_files import ImportReport
 
 __all__ = ["audit_app", "register"]
 
@@ -62,6 +63,9 @@ def _resource_arns(event: dict[str, Any]) -> str:
 
 
 def _events(data_dir: Path, start: int = 0, log: Any = None) -> Any:
+    from keytrail.audit.cloudtrail_files import iter_events
+    from keytrail.audit.schema import SchemaError
+
     try:
         yield from iter_events(data_dir, start, log=log)
     except SchemaError as exc:
@@ -116,6 +120,9 @@ def verify(data_dir: Path = DataDir,
                help="A copy of the node's audit/integrity/digests/ kept off the node: each must still be on the "
                     "node, unchanged (without it, a trail cut back with its newest digests passes).")) -> None:
     """Check the event log against its hash chain and signed digests; exit 1 naming each problem."""
+    from keytrail.audit.verification import OffNode
+    from keytrail.audit.verification import check as check_trail
+
     _require_log(data_dir)  # a mistyped --data-dir is a usage error, said as its sibling commands say it
     if digests is not None and not digests.is_dir():
         _fail(f"--digests: {digests} is not a folder")
@@ -138,6 +145,8 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
 
     SIGTERM or Ctrl-C stops it cleanly: the records read so far are stored and signed, the count
     printed, and it exits 143 or 130."""
+    from keytrail.audit.cloudtrail_files import import_cloudtrail
+
     if problem := missing_paths(paths):
         _fail(problem)
     with _stop_on_signal() as stop:
@@ -211,6 +220,8 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
            fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format"),
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
+    from keytrail.audit.cloudtrail_files import export_cloudtrail
+
     _require_log(data_dir)
     log = _reader(data_dir)
     try:

@@ -62,7 +62,10 @@ def test_a_command_loads_its_own_module_and_no_other_command_module() -> None:
     (["analyze", "--help"], "keytrail.cli.detect", ("keytrail.detect", "keytrail.kms.sqlite_store")),
     (["report", "--help"], "keytrail.cli.report", ("keytrail.reports.collect", "keytrail.reports.output",
                                                     "keytrail.pipeline.runner")),
-], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo", "serve", "detect", "analyze", "report"])
+    (["audit", "import", "--help"], "keytrail.cli.audit", ("keytrail.audit.cloudtrail_files",
+                                                            "keytrail.audit.verification")),
+], ids=["usage", "cost", "last-used", "consume", "root-key rotate", "demo", "serve", "detect", "analyze", "report",
+        "audit import"])
 def test_a_commands_help_imports_only_what_its_options_need(args: list[str], own_module: str,
                                                            unneeded: tuple[str, ...]) -> None:
     loaded = _modules_loaded_by(*args)
