@@ -35,8 +35,8 @@ def main() -> None:
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
     try:
         code = app(standalone_mode=False, prog_name="keytrail")
-    except KeyboardInterrupt:  # Ctrl-C before typer runs; from then on (the command's module loading, the
-        sys.exit(130)  # command running) typer exits 130 itself
+    except KeyboardInterrupt:  # Ctrl-C before typer's main; in it (a command loading or running) typer exits 130
+        sys.exit(130)
     except typer.TyperException as error:  # click's usage and parameter errors
         ctx = getattr(error, "ctx", None)
         message = error.format_message() if hasattr(error, "format_message") else str(error)

@@ -1,13 +1,16 @@
 """The `keytrail` commands by name, each command's module imported only when that command runs.
 
-The command modules import what their commands need at module level: polars, boto3, uvicorn,
-aiokafka, asyncpg, fastavro… Importing them all before any command ran cost `keytrail --help` about
-1.5 s and 100 MB. Moving those imports into functions would not do: typer reads each command's
-signature when it builds the command, so the option types (and the modules defining them) load
-anyway, and every new import would have to be kept out by hand. So the group loads a command's
-module when the command is asked for (`keytrail usage …` loads metrics.py alone), and the
-listing of `keytrail --help` comes from one line per command declared here — a test checks that
-each equals the first paragraph of the help its command declares, so they cannot drift.
+Importing every command module to list them cost `keytrail --help` about 1.5 s and 100 MB: they
+need polars, boto3, uvicorn, aiokafka, asyncpg, fastavro… So the group loads a command's module
+when the command is asked for (`keytrail usage …` loads metrics.py alone), and `keytrail --help`
+lists the commands from one line each declared here: a test checks each equals the first
+paragraph of the help its command declares, so they cannot drift.
+
+Within a module, what only the command's work needs is imported in the functions doing it (types
+under TYPE_CHECKING), so that `keytrail usage --help` is cheap too. That alone would not do: typer
+builds every listed command from its signature, and one heavy import slipped in at the top of any
+module would slow every command again; loaded lazily, such a slip costs only its own command.
+tests/unit/cli/test_commands.py checks both in a fresh interpreter.
 """
 
 from __future__ import annotations
