@@ -19,14 +19,19 @@ from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from tests.integration.keystores.conftest import PIN
 
-__all__ = ["ACCOUNT", "REGION", "call", "hsm_key", "live_session", "service"]
+__all__ = ["ACCOUNT", "REGION", "call", "hsm_key", "live_session", "recorded", "service"]
 
 ACCOUNT, REGION = "111122223333", "us-east-1"
 
 
 class _Records:
+    """The audit sink: it keeps every record, for tests that check what the trail says."""
+
+    def __init__(self) -> None:
+        self.calls: list[CallRecord] = []
+
     async def record(self, call: CallRecord) -> None:
-        return None
+        self.calls.append(call)
 
 
 @asynccontextmanager
@@ -50,6 +55,11 @@ async def hsm_key(svc: KmsService, cluster: str, trust_anchor: str) -> tuple[str
     await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     key = await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)
     return store_id, key["KeyMetadata"]["KeyId"]
+
+
+def recorded(svc: KmsService) -> list[CallRecord]:
+    """The audit records of every call the service answered, oldest first."""
+    return cast(_Records, svc.deps.audit).calls
 
 
 async def live_session(svc: KmsService, store_id: str) -> TokenSession:

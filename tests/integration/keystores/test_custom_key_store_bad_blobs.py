@@ -1,0 +1,101 @@
+"""Damaged or misdirected blobs of HSM keys fail as the caller's InvalidCiphertextException, never as
+KMSInternalException, and their audit records say so: SoftHSM2, with the key service in this process.
+
+The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
+SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from keytrail.kms import errors
+from keytrail.kms.ciphertext import FORMAT_V2, FORMAT_V3, TOKEN_SALT, blob_header, read_header
+from keytrail.kms.service import KmsService
+from tests.integration.keystores.in_process import ACCOUNT, call, hsm_key, live_session, recorded, service
+from tests.support.softhsm import SoftHsm
+
+pytestmark = pytest.mark.integration
+
+CONTEXT = {"purpose": "bad blobs"}
+
+
+@pytest.fixture
+async def svc(tmp_path: Path, hsm: SoftHsm) -> AsyncIterator[KmsService]:
+    async with service(tmp_path) as running:
+        yield running
+
+
+async def _encrypt(svc: KmsService, key_id: str) -> bytes:
+    answer = await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"kept in the HSM", EncryptionContext=CONTEXT)
+    return bytes(answer["CiphertextBlob"])
+
+
+async def _refusal(svc: KmsService, blob: bytes) -> tuple[str, str | None]:
+    """How Decrypt of `blob` failed, as the caller saw it and as its audit record says."""
+    try:
+        await call(svc, "Decrypt", CiphertextBlob=blob, EncryptionContext=CONTEXT)
+    except errors.KmsError as error:
+        record = recorded(svc)[-1]
+        assert record.event_name == "Decrypt"
+        return error.code, record.error_code
+    return "decrypted", recorded(svc)[-1].error_code
+
+
+def _invalid(refusals: dict[str, tuple[str, str | None]]) -> dict[str, tuple[str, str | None]]:
+    """The refusals that were not InvalidCiphertextException both to the caller and in the trail."""
+    expected = ("InvalidCiphertextException", "InvalidCiphertextException")
+    return {name: refusal for name, refusal in refusals.items() if refusal != expected}
+
+
+async def test_every_cut_of_a_format_3_blob_is_invalid_ciphertext(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_id, key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    blob = await _encrypt(svc, key_id)
+    live = await live_session(svc, store_id)
+    caplog.set_level(logging.WARNING)
+    # Through the header, the salt, the nonce and into the tag: every length short of the whole.
+    refusals = {f"first {length} bytes": await _refusal(svc, blob[:length]) for length in range(1, len(blob))}
+    assert _invalid(refusals) == {}
+    assert [r.getMessage() for r in caplog.records] == []  # no traceback logged: the blob is the caller's
+    assert await live_session(svc, store_id) is live
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob, EncryptionContext=CONTEXT))["Plaintext"] == (
+        b"kept in the HSM")
+
+
+async def test_blobs_of_another_format_or_key_are_invalid_ciphertext(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_id, hsm_key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    sibling_id = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"][
+        "KeyId"]
+    _, stranger_id = await hsm_key(svc, next(clusters), trust_anchor)  # a key of another store and token
+    held_id = (await call(svc, "CreateKey"))["KeyMetadata"]["KeyId"]  # a key keytrail holds itself
+    hsm_blob, held_blob = read_header(await _encrypt(svc, hsm_key_id)), read_header(await _encrypt(svc, held_id))
+    assert (hsm_blob.format, held_blob.format) == (FORMAT_V3, FORMAT_V2)
+    caplog.set_level(logging.WARNING)
+
+    def named(key_id: str, material_id: str, form: int, rest: bytes) -> bytes:
+        return blob_header(ACCOUNT, key_id, material_id, form) + rest
+
+    async def rewritten_for(key_id: str, form: int, rest: bytes) -> bytes:
+        return named(key_id, read_header(await _encrypt(svc, key_id)).material_id, form, rest)
+
+    hsm_rest, held_rest = hsm_blob.seed + hsm_blob.body, held_blob.seed + held_blob.body
+    salt_end = len(hsm_blob.header) + TOKEN_SALT
+    whole = hsm_blob.header + hsm_rest
+    bad = {
+        "format 3 given to a keytrail-held key": await rewritten_for(held_id, FORMAT_V3, hsm_rest),
+        "format 2 given to an HSM key": await rewritten_for(hsm_key_id, FORMAT_V2, held_rest),
+        "format 2 labelled 3 for an HSM key": await rewritten_for(hsm_key_id, FORMAT_V3, held_rest),
+        "salt one byte short": whole[: salt_end - 1] + whole[salt_end:],
+        "salt one byte long": whole[:salt_end] + b"\x00" + whole[salt_end:],
+        "a blob of another key of the store": await rewritten_for(sibling_id, FORMAT_V3, hsm_rest),
+        "a blob of a key of another store": await rewritten_for(stranger_id, FORMAT_V3, hsm_rest),
+    }
+    assert _invalid({name: await _refusal(svc, blob) for name, blob in bad.items()}) == {}
+    assert [r.getMessage() for r in caplog.records] == []
