@@ -83,11 +83,12 @@ class _Sealing:
 class DerivedKeys:
     """The derived keys of one PKCS#11 session. Not thread-safe: the session's lock guards it."""
 
-    def __init__(self, limit: int = DERIVED_KEYS_PER_SESSION, blobs_per_key: int = SUBKEY_BLOBS) -> None:
+    def __init__(self, limit: int | None = None, blobs_per_key: int | None = None) -> None:
         self._keys: OrderedDict[tuple[bytes, bytes], Any] = OrderedDict()  # (object id, salt) -> key
         self._sealing: dict[bytes, _Sealing] = {}  # by object id
-        self._limit = limit
-        self._blobs_per_key = blobs_per_key
+        # Read as a session starts, not as this module loads, so that tests can make them small.
+        self._limit = max(1, DERIVED_KEYS_PER_SESSION if limit is None else limit)  # 0 would destroy the key in use
+        self._blobs_per_key = SUBKEY_BLOBS if blobs_per_key is None else blobs_per_key
 
     def sealing(self, base: Any, object_id: bytes) -> tuple[bytes, Any]:
         """The salt and derived key that the next blob of token key `object_id` is sealed under."""
