@@ -132,7 +132,10 @@ class TokenSession:
         self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
         self.derives = derives
         self._derived = DerivedKeys()  # session objects: they live and die with this session
-        self._derivable: dict[bytes, bool] = {}  # by object id: whether the key writes format 3
+        self._derivable: dict[bytes, bool] = {}  # by object id: whether the key has CKA_DERIVE
+        # Keys whose derivation the token refused while sealing: their blobs here are format 1 from
+        # then on, but their format 3 blobs still open (the refusal may have been the token's memory).
+        self._sealing_refused: set[bytes] = set()
 
     def _key(self, object_id: bytes) -> Any:
         key = self._handles.get(object_id)
@@ -185,14 +188,14 @@ class TokenSession:
 
     def _sealing_key(self, object_id: bytes) -> tuple[bytes, Any] | None:
         """The salt and derived key of this key's next format 3 blob; None for format 1."""
-        if not self._can_derive(object_id):
+        if object_id in self._sealing_refused or not self._can_derive(object_id):
             return None
         try:
             return self._derived.sealing(self._key(object_id), object_id)
         except _SESSION_LOST:
             raise
-        except p11.PKCS11Error:  # the token's policy refuses this key's derivation: format 1, as before
-            self._derivable[object_id] = False
+        except p11.PKCS11Error:  # the token refuses this key's derivation: format 1, as before
+            self._sealing_refused.add(object_id)
             return None
 
     def _opening_key(self, object_id: bytes, salt: bytes) -> Any:

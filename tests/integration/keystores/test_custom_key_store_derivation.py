@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pkcs11
 import pytest
@@ -21,7 +21,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
-from keytrail.kms import errors
+from keytrail.kms import errors, hsm_derivation
 from keytrail.kms.ciphertext import (
     FORMAT_V1,
     FORMAT_V3,
@@ -32,7 +32,7 @@ from keytrail.kms.ciphertext import (
     open_blob,
     read_header,
 )
-from keytrail.kms.hsm import TokenSession
+from keytrail.kms.hsm import HsmCipher, TokenSession
 from keytrail.kms.hsm_derivation import DerivedKeys
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
@@ -232,6 +232,28 @@ async def test_a_token_that_cannot_derive_writes_format_1(
     (await live_session(svc, store_id)).derives = False
     blob = await _encrypt(svc, key_id)
     assert blob[0] == FORMAT_V1 and await _decrypt(svc, blob) == b"sealed in the HSM"
+
+
+async def test_a_derivation_the_token_fails_once_leaves_format_3_blobs_open(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A C_DeriveKey that fails once while sealing (CKR_DEVICE_MEMORY: the token's session objects
+    # filled its memory) makes that blob format 1; the key's format 3 blobs must still open.
+    store_id, key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    written = await _encrypt(svc, key_id)
+    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))  # a new login
+    derive, failures = hsm_derivation.derive, [p11.DeviceMemory()]
+
+    def failing_once(base: Any, salt: bytes) -> Any:
+        if failures:
+            raise failures.pop()
+        return derive(base, salt)
+
+    monkeypatch.setattr(hsm_derivation, "derive", failing_once)
+    fallback = await _encrypt(svc, key_id, b"sealed while the token was full")
+    assert (failures, fallback[0]) == ([], FORMAT_V1)
+    assert await _decrypt(svc, written) == b"sealed in the HSM"
+    assert await _decrypt(svc, fallback) == b"sealed while the token was full"
 
 
 def test_derived_keys_are_bounded_per_session_and_derived_again(hsm: SoftHsm, clusters: Iterator[str]) -> None:
