@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -64,6 +65,7 @@ _SESSION_LOST: tuple[type[Exception], ...] = (
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
 _libraries_lock = threading.Lock()
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 class HsmError(Exception):
@@ -194,8 +196,9 @@ class TokenSession:
             return self._derived.sealing(self._key(object_id), object_id)
         except _SESSION_LOST:
             raise
-        except p11.PKCS11Error:  # the token refuses this key's derivation: format 1, as before
+        except p11.PKCS11Error as exc:  # the token refuses this key's derivation: format 1, as before
             self._sealing_refused.add(object_id)
+            _warn_format_1(object_id, "deriving its keys", exc)
             return None
 
     def _opening_key(self, object_id: bytes, salt: bytes) -> Any:
@@ -219,7 +222,8 @@ class TokenSession:
             key[Attribute.DERIVE] = True
         except _SESSION_LOST:
             raise
-        except p11.PKCS11Error:
+        except p11.PKCS11Error as exc:
+            _warn_format_1(object_id, "setting CKA_DERIVE", exc)
             return False
         del self._handles[object_id]  # python-pkcs11 gives an object derive_key() only if CKA_DERIVE was true
         return True
@@ -238,6 +242,13 @@ class TokenSession:
         cannot be closed again, and is gone anyway (its login ended with it)."""
         with contextlib.suppress(p11.PKCS11Error):
             self.close()
+
+
+def _warn_format_1(object_id: bytes, refused: str, exc: p11.PKCS11Error) -> None:
+    """Say once per session that a key went back to format 1 and its 2^32 limit: the error's
+    name only, since what a PKCS#11 module puts in its message is not ours to vouch for."""
+    log.warning("HSM key object %s: the token refused %s (%s); this session seals its blobs in format 1, "
+                "limited to 2^32 (docs/custom-key-stores.md)", object_id.hex(), refused, type(exc).__name__)
 
 
 class HsmConnections:

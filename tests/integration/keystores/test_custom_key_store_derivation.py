@@ -8,6 +8,7 @@ SoftHSM2 in this process fails every token lookup (see test_custom_key_store_ses
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -235,7 +236,8 @@ async def test_a_token_that_cannot_derive_writes_format_1(
 
 
 async def test_a_derivation_the_token_fails_once_leaves_format_3_blobs_open(
-    svc: KmsService, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A C_DeriveKey that fails once while sealing (CKR_DEVICE_MEMORY: the token's session objects
     # filled its memory) makes that blob format 1; the key's format 3 blobs must still open.
@@ -254,6 +256,12 @@ async def test_a_derivation_the_token_fails_once_leaves_format_3_blobs_open(
     assert (failures, fallback[0]) == ([], FORMAT_V1)
     assert await _decrypt(svc, written) == b"sealed in the HSM"
     assert await _decrypt(svc, fallback) == b"sealed while the token was full"
+    # Said once, naming the backing key object and the error, and nothing else the token gave.
+    key = await svc.store.get_key(ACCOUNT, "us-east-1", key_id)
+    assert key is not None and key.current_material is not None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"HSM key object {key.current_material.handle}: the token refused deriving its keys (DeviceMemory); this "
+        "session seals its blobs in format 1, limited to 2^32 (docs/custom-key-stores.md)"]
 
 
 def test_derived_keys_are_bounded_per_session_and_derived_again(hsm: SoftHsm, clusters: Iterator[str]) -> None:
