@@ -63,7 +63,11 @@ _SESSION_LOST: tuple[type[Exception], ...] = (
     p11.TokenNotPresent, p11.TokenNotRecognised, p11.ObjectHandleInvalid, p11.KeyHandleInvalid,
 )
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
-_libraries_lock = threading.Lock()
+# python-pkcs11 initialises a module with C_Initialize(NULL): a promise that no two threads call it
+# at once (PKCS#11 v2.40 §5.4), on which SoftHSM2 turns its own locks off; and it lets go of the GIL
+# in each call. Calls of two sessions (two stores) from two worker threads crashed the process, so
+# every PKCS#11 call of this process holds this lock (reentrant: a session opens inside a lookup).
+_module_calls = threading.RLock()
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ def token_label(cluster_id: str) -> str:
 
 
 def _library(path: str) -> Any:
-    with _libraries_lock:
+    with _module_calls:
         if path not in _libraries:
             _libraries[path] = pkcs11.lib(path)
         return _libraries[path]
@@ -102,7 +106,8 @@ def find_token(path: str, cluster_id: str) -> bool:
     """True if the module has one initialised token for this cluster id; HsmError if the module
     cannot list its tokens (a token removed under it can fail every lookup, CKR_GENERAL_ERROR)."""
     try:
-        _library(path).get_token(token_label=token_label(cluster_id))
+        with _module_calls:
+            _library(path).get_token(token_label=token_label(cluster_id))
     except (p11.NoSuchToken, p11.MultipleTokensReturned):
         return False
     except p11.PKCS11Error as exc:
@@ -113,11 +118,12 @@ def find_token(path: str, cluster_id: str) -> bool:
 def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
     """Log in to the cluster's token as its user (CKU_USER) in a read-write session."""
     try:
-        token = _library(path).get_token(token_label=token_label(cluster_id))
-        mechanisms = token.slot.get_mechanisms()
-        if Mechanism.AES_GCM not in mechanisms:
-            raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
-        return TokenSession(token.open(rw=True, user_pin=pin), derives=DERIVATION in mechanisms)
+        with _module_calls:
+            token = _library(path).get_token(token_label=token_label(cluster_id))
+            mechanisms = token.slot.get_mechanisms()
+            if Mechanism.AES_GCM not in mechanisms:
+                raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
+            return TokenSession(token.open(rw=True, user_pin=pin), derives=DERIVATION in mechanisms)
     except p11.PKCS11Error as exc:
         raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
     except OSError as exc:
@@ -125,12 +131,12 @@ def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
 
 
 class TokenSession:
-    """One logged-in session; PKCS#11 sessions are not thread-safe, so calls are serialised.
-    `derives`: the token offers the derivation of format 3's keys (kms/hsm_derivation.py)."""
+    """One logged-in session; its calls hold the lock of all PKCS#11 calls (`_module_calls`), which
+    also guards its caches. `derives`: the token offers format 3's derivation (kms/hsm_derivation.py)."""
 
     def __init__(self, session: Any, derives: bool = False) -> None:
         self._session = session
-        self._lock = threading.Lock()
+        self._lock = _module_calls
         self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
         self.derives = derives
         self._derived = DerivedKeys()  # session objects: they live and die with this session

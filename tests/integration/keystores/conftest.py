@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
 
 PIN = "kmsuser-pin-1"
-_SUFFIXES = [*"abcdefghijklmnopqrstuvwxyz", *("z" + letter for letter in "abcdefghij")]
+_SUFFIXES = [*"abcdefghijklmnopqrstuvwxyz", *("z" + letter for letter in "abcdefghijklmnop")]
 CLUSTERS = [f"cluster-keytrailtest{suffix}" for suffix in _SUFFIXES]
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pkcs11
 import pytest
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 
 from keytrail.kms import hsm_derivation
 from keytrail.kms.ciphertext import FORMAT_V3, TOKEN_SALT, blob_header, encode_context, read_header
 from keytrail.kms.hsm import TokenSession
 from keytrail.kms.service import KmsService
+from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.in_process import ACCOUNT, REGION, call, hsm_key, live_session, service
 from tests.support.softhsm import SoftHsm
 
@@ -99,3 +100,54 @@ async def test_parallel_calls_with_evictions_open_every_blob(
     assert [answer["Plaintext"] for answer in again] == [plaintext for _, plaintext in results]
     assert await live_session(svc, store_id) is live  # no call failed the session
     assert _derived_keys_in_token(hsm, cluster) <= KEPT  # each evicted key was destroyed in the token
+
+
+def test_two_sessions_racing_to_let_a_key_derive_both_write_format_3(hsm: SoftHsm, clusters: Iterator[str]) -> None:
+    # Keys made before format 3 lack CKA_DERIVE; two sessions (two nodes of one store) using such a
+    # key first at the same moment both read it false and both set it: each must write format 3 and
+    # open the other's blobs, with no session going back to format 1.
+    token = pkcs11.lib(hsm.module).get_token(token_label=next(clusters))
+    first, second = token.open(rw=True, user_pin=PIN), token.open(rw=True)  # one login serves both
+    try:
+        handles = [f"legacy-{n}".encode() for n in range(40)]
+        allowed, template = MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT, {Attribute.EXTRACTABLE: False}
+        for handle in handles:  # CKA_DERIVE false, as keys were made before format 3
+            first.generate_key(KeyType.AES, 256, id=handle, store=False, capabilities=allowed, template=template)
+        sessions = [TokenSession(first, derives=True), TokenSession(second, derives=True)]
+        start = threading.Barrier(2, timeout=30)
+        blobs: dict[int, list[bytes]] = {0: [], 1: []}
+        failures: list[BaseException] = []
+
+        def first_use(index: int) -> None:
+            header = partial(blob_header, ACCOUNT, "1234abcd-12ab-34cd-56ef-1234567890ab", "ef" * 32)
+            try:
+                for handle in handles:
+                    start.wait()
+                    blobs[index].append(sessions[index].seal(handle, header, handle, b""))
+            except BaseException as exc:  # handed to the test; the other thread's wait then breaks
+                failures.append(exc)
+                start.abort()
+
+        threads = [threading.Thread(target=first_use, args=(index,)) for index in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [repr(failure) for failure in failures] == []
+        assert {blob[0] for blob in blobs[0] + blobs[1]} == {FORMAT_V3}
+        for index, other in ((0, 1), (1, 0)):
+            opened = [sessions[index].open(h, read_header(b), b"") for h, b in zip(handles, blobs[other], strict=True)]
+            assert opened == handles
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_parallel_calls_on_the_keys_of_two_stores_all_succeed(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # Two stores are two tokens of one PKCS#11 module, and two sessions: calls on each run in worker
+    # threads at the same time, into a module python-pkcs11 initialised with C_Initialize(NULL).
+    keys = [(await hsm_key(svc, next(clusters), trust_anchor))[1] for _ in range(2)]
+    results = await asyncio.gather(*(_round_trip(svc, keys[n % 2], n) for n in range(CALLS)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []
