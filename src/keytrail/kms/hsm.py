@@ -251,10 +251,12 @@ class TokenSession:
 
 
 def _warn_format_1(object_id: bytes, refused: str, exc: p11.PKCS11Error) -> None:
-    """Say once per session that a key went back to format 1 and its 2^32 limit: the error's
-    name only, since what a PKCS#11 module puts in its message is not ours to vouch for."""
+    """Say once per session that a key went back to format 1 and its 2^32 limit, with the PKCS#11
+    error: its name, or for a code python-pkcs11 has no name for, its text ("Unmapped error code
+    0x1b"), which python-pkcs11 writes from the code alone: nothing the token gave goes in the log."""
+    error = str(exc) if type(exc) is p11.PKCS11Error else type(exc).__name__
     log.warning("HSM key object %s: the token refused %s (%s); this session seals its blobs in format 1, "
-                "limited to 2^32 (docs/custom-key-stores.md)", object_id.hex(), refused, type(exc).__name__)
+                "limited to 2^32 (docs/custom-key-stores.md)", object_id.hex(), refused, error)
 
 
 class HsmConnections:

@@ -302,7 +302,9 @@ def test_a_format_3_blob_is_written_alike_by_every_release(
         assert session.open(b"known", read_header(blob), encode_context(KNOWN_CONTEXT)) == b"known answer"
 
 
-def test_a_key_its_token_will_not_let_derive_keeps_writing_format_1(hsm: SoftHsm, clusters: Iterator[str]) -> None:
+def test_a_key_its_token_will_not_let_derive_keeps_writing_format_1(
+    hsm: SoftHsm, clusters: Iterator[str], caplog: pytest.LogCaptureFixture
+) -> None:
     # A token policy that forbids changing the key (CKA_MODIFIABLE false) refuses to set CKA_DERIVE
     # on a key made before format 3: it goes on with format 1, and format 3 under it is refused.
     with _token(hsm, next(clusters), pin=PIN) as raw:
@@ -316,6 +318,10 @@ def test_a_key_its_token_will_not_let_derive_keeps_writing_format_1(hsm: SoftHsm
         blob = session.seal(b"fixed", partial(blob_header, ACCOUNT, KEY_ID, "ab" * 32), b"still sealed", b"")
         assert blob[0] == FORMAT_V1
         assert session.open(b"fixed", read_header(blob), b"") == b"still sealed"
+        session.seal(b"fixed", partial(blob_header, ACCOUNT, KEY_ID, "ab" * 32), b"said once", b"")
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+            f"HSM key object {b'fixed'.hex()}: the token refused setting CKA_DERIVE (Unmapped error code 0x1b); "
+            "this session seals its blobs in format 1, limited to 2^32 (docs/custom-key-stores.md)"]
         relabelled = bytes([FORMAT_V3]) + blob[1:] + bytes(TOKEN_SALT)  # long enough to parse as format 3
         with pytest.raises(errors.InvalidCiphertextException):
             session.open(b"fixed", read_header(relabelled), b"")
