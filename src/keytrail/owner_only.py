@@ -2,7 +2,8 @@
 name principals, keys and encryption contexts, so what keytrail creates there is 0700 and 0600
 whatever the umask (PostgreSQL and ssh treat their data the same way). An existing folder keeps
 its mode: the data dir itself may be a mount point the operator prepared. Files written outside a
-data dir at the user's request (`report --out`, `audit export`) keep the umask's mode."""
+data dir at the user's request (`report --out`, `audit export`) keep the umask's mode; a report the
+user writes into the data dir is owner-only as the rest there (`within`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "reserve", "write_bytes"]
+__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "reserve", "within", "write_bytes"]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -51,3 +52,9 @@ def write_bytes(path: Path, data: bytes) -> None:
     """`path.write_bytes(data)` with the file 0600."""
     with os.fdopen(open_file(path, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
         handle.write(data)
+
+
+def within(path: Path, data_dir: Path) -> bool:
+    """Whether `path` is in `data_dir` (or under it), links and `..` resolved: a file a command
+    writes where the user asked that lands among the data dir's files."""
+    return path.resolve().is_relative_to(data_dir.resolve())

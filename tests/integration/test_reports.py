@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -230,3 +231,21 @@ def test_report_of_a_live_server_after_boto3_calls(fresh_server: KeytrailServer,
     assert _normal(report_table(out, "usage", USAGE), USAGE) == _normal(query("usage", fresh_server.data_dir), USAGE)
     denied = report_table(out, "denied", ["principalArn", "eventName"])
     assert {"principalArn": "arn:aws:iam::111122223333:user/bob", "eventName": "Decrypt"} in denied
+
+
+def test_a_report_written_into_the_data_dir_is_its_owners_alone(data_dir: Path, tmp_path: Path) -> None:
+    # Inside the data dir a report is what the rest there is (usage naming principals and keys):
+    # 0600 in 0700 folders, whatever the umask; elsewhere, the umask's mode as any command's output.
+    def mode(path: Path) -> int:
+        return path.stat().st_mode & 0o777
+
+    previous = os.umask(0o022)
+    try:
+        for name in ("r.html", "r.parquet"):
+            inside = data_dir / "reports" / name
+            keytrail("report", "--data-dir", str(data_dir), "--out", str(inside))
+            assert (mode(inside), mode(inside.parent)) == (0o600, 0o700)
+        keytrail("report", "--data-dir", str(data_dir), "--out", str(tmp_path / "elsewhere" / "r.html"))
+        assert (mode(tmp_path / "elsewhere" / "r.html"), mode(tmp_path / "elsewhere")) == (0o644, 0o755)
+    finally:
+        os.umask(previous)

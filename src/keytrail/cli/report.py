@@ -21,6 +21,7 @@ from keytrail.cli.console import (
     os_problem,
     parse_window,
 )
+from keytrail.owner_only import within
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.progress import Progress
@@ -82,7 +83,8 @@ def report(
             else _collect_files(cloudtrail or [], options, progress, unreadable))
     _require_period(since, low, high, data.as_of)
     try:
-        written = write_report(data, out, form, table)
+        written = write_report(data, out, form, table,
+                               owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
     except OSError as error:
         raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
