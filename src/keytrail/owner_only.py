@@ -2,8 +2,8 @@
 name principals, keys and encryption contexts, so what keytrail creates there is 0700 and 0600
 whatever the umask (PostgreSQL and ssh treat their data the same way). An existing folder keeps
 its mode: the data dir itself may be a mount point the operator prepared. Files written outside a
-data dir at the user's request (`report --out`, `audit export`) keep the umask's mode; a report the
-user writes into the data dir is owner-only as the rest there (`within`)."""
+data dir at the user's request (`report --out`, `audit export`) keep the umask's mode; written into
+the data dir, they are owner-only as the rest there (`within`)."""
 
 from __future__ import annotations
 

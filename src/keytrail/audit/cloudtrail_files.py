@@ -16,6 +16,7 @@ from typing import Any
 
 from keytrail.audit.schema import SchemaError, decode_batch
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
+from keytrail.owner_only import within, write_bytes
 from keytrail.transport.cloudtrail_logs import (
     ReadReport,
     iter_cloudtrail_records,
@@ -164,12 +165,14 @@ _FileKey = tuple[str, str, str]  # account, Region, hour (YYYYMMDDTHH00Z)
 def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) -> list[Path]:
     """Write the event log as CloudTrail log files, per account, Region and hour: a file is
     written when it holds EXPORT_FILE_RECORDS records, or when more than EXPORT_OPEN_FILES are
-    filling (the one that started first goes), the rest at the end."""
+    filling (the one that started first goes), the rest at the end. Into the data dir itself they
+    are owner-only as the rest there; elsewhere they take the umask's mode."""
+    owner_only = within(out, data_dir)
     filling: dict[_FileKey, list[dict[str, Any]]] = {}  # in the order they started
     written: list[Path] = []
 
     def write(key: _FileKey, events: list[dict[str, Any]]) -> None:
-        written.append(_write_log_file(out, key, events, sequence=len(written)))
+        written.append(_write_log_file(out, key, events, sequence=len(written), owner_only=owner_only))
 
     for _, event in iter_events(data_dir, log=log):
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
@@ -186,13 +189,18 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     return written
 
 
-def _write_log_file(out: Path, key: _FileKey, events: list[dict[str, Any]], sequence: int) -> Path:
+def _write_log_file(out: Path, key: _FileKey, events: list[dict[str, Any]], sequence: int, *,
+                    owner_only: bool = False) -> Path:
     """One log file, named as CloudTrail names them; its 16-character unique part starts with
     `sequence`, so the files of one hour sort (and import) in the order they were written."""
     account, region, hour = key
     folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
-    folder.mkdir(parents=True, exist_ok=True)
     unique = f"{sequence:08x}{uuid.uuid4().hex[:8]}"
     path = folder / f"{account}_CloudTrail_{region}_{hour}_{unique}.json.gz"
-    path.write_bytes(gzip.compress(json.dumps({"Records": events}).encode()))
+    data = gzip.compress(json.dumps({"Records": events}).encode())
+    if owner_only:
+        write_bytes(path, data)  # its folders made 0700 first
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,21 @@ def test_import_and_export(tmp_path: Path) -> None:
     out_dir, node = str(tmp_path / "out"), str(tmp_path / "node")
     code, out, _ = _run("export", "--format", "cloudtrail", out_dir, "--data-dir", node)
     assert code == 0 and list((tmp_path / "out" / "AWSLogs").rglob("*.json.gz"))
+
+
+def test_an_export_into_the_data_dir_is_its_owners_alone(tmp_path: Path) -> None:
+    # Inside the data dir the log files are what the rest there is: 0600 in 0700 folders, whatever
+    # the umask; elsewhere, the umask's mode as any command's output.
+    node = tmp_path / "node"
+    assert _run("import", str(EXAMPLES), "--data-dir", str(node))[0] == 0
+    previous = os.umask(0o022)
+    try:
+        for out, modes in ((node / "export", {0o600, 0o700}), (tmp_path / "elsewhere", {0o644, 0o755})):
+            assert _run("export", str(out), "--data-dir", str(node))[0] == 0
+            made = [out, *out.rglob("*")]
+            assert {path.stat().st_mode & 0o777 for path in made} == modes and len(made) > 8
+    finally:
+        os.umask(previous)
 
 
 def test_bad_input_is_one_line_error_and_nonzero_exit(tmp_path: Path) -> None:
