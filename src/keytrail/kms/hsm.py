@@ -322,6 +322,8 @@ class HsmConnections:
         session = await self.session_or(store, unusable)
         try:
             return await asyncio.to_thread(work, session)
+        except p11.NoSuchKey:  # the token no longer holds the key: the session is as good as before
+            raise unusable from None
         except p11.PKCS11Error:
             # `work` gets no caller input the token could refuse: the session itself failed.
             await self.drop(session)
@@ -372,6 +374,8 @@ class HsmCipher:
             )
         except _SESSION_LOST:
             await self.connections.drop(session)
+            raise _unavailable(key) from None
+        except p11.NoSuchKey:  # its backing key left the HSM: AWS answers KMSInvalidStateException
             raise _unavailable(key) from None
         except p11.PKCS11Error:  # a tampered blob fails GCM as a general error (SoftHSM2)
             raise errors.InvalidCiphertextException("") from None

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
+import pkcs11
 import pytest
+from pkcs11 import ObjectClass
 
 from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V2, FORMAT_V3, TOKEN_SALT, blob_header, read_header
+from keytrail.kms.hsm import HsmCipher
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.in_process import ACCOUNT, call, hsm_key, live_session, recorded, service
 from tests.support.softhsm import SoftHsm
@@ -99,3 +103,35 @@ async def test_blobs_of_another_format_or_key_are_invalid_ciphertext(
     }
     assert _invalid({name: await _refusal(svc, blob) for name, blob in bad.items()}) == {}
     assert [r.getMessage() for r in caplog.records] == []
+
+
+async def test_a_key_whose_backing_key_left_the_hsm_is_unavailable_and_spares_the_session(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # AWS: when the cluster no longer holds a key's material, its cryptographic calls fail with
+    # KMSInvalidStateException (not InvalidCiphertextException: the blob is fine), and the store's
+    # other keys go on; here they share the store's one session, which must not be dropped.
+    cluster = next(clusters)
+    store_id, gone_id = await hsm_key(svc, cluster, trust_anchor)
+    kept_id = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+    blob = await _encrypt(svc, gone_id)
+    session = pkcs11.lib(hsm.module).get_token(token_label=cluster).open(rw=True)  # shares the service's login
+    try:
+        session.get_key(object_class=ObjectClass.SECRET_KEY, label=gone_id).destroy()
+    finally:
+        session.close()
+    connections = cast(HsmCipher, svc.ciphers["hsm"]).connections
+    await connections.drop(await live_session(svc, store_id))  # as after a restart: nothing of it kept
+    live = await live_session(svc, store_id)
+    assert [await _refusal(svc, blob), await _encrypt_refusal(svc, gone_id)] == [
+        ("KMSInvalidStateException", "KMSInvalidStateException")] * 2
+    assert await live_session(svc, store_id) is live
+    assert read_header(await _encrypt(svc, kept_id)).format == FORMAT_V3
+
+
+async def _encrypt_refusal(svc: KmsService, key_id: str) -> tuple[str, str | None]:
+    try:
+        await _encrypt(svc, key_id)
+    except errors.KmsError as error:
+        return error.code, recorded(svc)[-1].error_code
+    return "encrypted", None
