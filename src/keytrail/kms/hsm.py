@@ -177,11 +177,17 @@ class TokenSession:
             if sealing is None:
                 form, salt, key = FORMAT_V1, b"", self._key(object_id)
             else:
+                self._require_backing_key(object_id)
                 form, (salt, key) = FORMAT_V3, sealing
             head = header(form)
             params = GCMParams(nonce, head + context, 128)
             body = bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params))
         return head + salt + nonce + body
+
+    def _require_backing_key(self, object_id: bytes) -> None:
+        """A PKCS11Error if the token no longer holds the key: a derived key outlives its backing key
+        deleted from the token, but what it seals would open only while this session lasts."""
+        self._key(object_id)[Attribute.CLASS]
 
     def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
         """The plaintext of a parsed format 1 or 3 blob; a PKCS11Error if it fails authentication."""

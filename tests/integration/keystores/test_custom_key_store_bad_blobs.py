@@ -120,6 +120,10 @@ async def test_a_key_whose_backing_key_left_the_hsm_is_unavailable_and_spares_th
         session.get_key(object_class=ObjectClass.SECRET_KEY, label=gone_id).destroy()
     finally:
         session.close()
+    # The session still holds the derived key it sealed with; a blob sealed under it now could never
+    # be opened once the session ends (only the backing key derives it again): refused, not written.
+    with pytest.raises(errors.KMSInvalidStateException):
+        await _encrypt(svc, gone_id)
     connections = cast(HsmCipher, svc.ciphers["hsm"]).connections
     await connections.drop(await live_session(svc, store_id))  # as after a restart: nothing of it kept
     live = await live_session(svc, store_id)
