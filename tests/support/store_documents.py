@@ -8,6 +8,7 @@ import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from keytrail.kms.codec import key_to_doc
 from keytrail.kms.importing import ImportParameters
@@ -16,6 +17,7 @@ from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store import Store as AnyStore
 from keytrail.kms.store_ledger import Ledger
 
 ACCOUNT, REGION = "111122223333", "us-east-1"
@@ -60,3 +62,15 @@ def sqlite_ledger_as_a_node_would(path: Path, root: RootKey) -> None:
                    for found in db.execute(f"SELECT {', '.join(table.primary_key)}, doc FROM {table.name}")]
         db.execute("INSERT OR REPLACE INTO ledger VALUES (1, ?)", (Ledger.of(root, entries).to_doc(root),))
     db.close()
+
+
+Store = TypeVar("Store", bound=AnyStore)
+
+
+async def seeded(store: Store) -> Store:
+    """`store` holding OURS and OTHER, ALIAS (of OURS) and GRANT (on OTHER): what the tampering
+    tests edit, delete and put back."""
+    await store.put_keys([OURS, OTHER])
+    await store.put_alias(ALIAS)
+    await store.put_grant(GRANT)
+    return store

@@ -1,4 +1,5 @@
-"""Fixtures of the key store tests: one SoftHSM2 token directory for the whole session.
+"""Fixtures of the key store tests: one SoftHSM2 token directory for the whole session, and a
+PostgreSQL database of each test's own (`dsn`).
 
 A PKCS#11 module reads its configuration once per process, so the test process and every
 server it starts share one SOFTHSM2_CONF with enough tokens for every test (a token backs one
@@ -7,7 +8,7 @@ custom key store only, as a CloudHSM cluster does).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.postgres import fresh_database
 from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
 
 PIN = "kmsuser-pin-1"
@@ -58,3 +60,10 @@ def trust_anchor() -> str:
         .sign(private, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@pytest.fixture
+async def dsn() -> AsyncIterator[str]:
+    """A database of the test's own, dropped afterwards."""
+    async with fresh_database() as database:
+        yield database

@@ -24,11 +24,11 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from tests.integration.keystores.conftest import PIN
-from tests.integration.keystores.test_postgres_store import Node, dsn, fresh_database
+from tests.integration.keystores.test_postgres_store import Node
 from tests.integration.keystores.wrapping import wrap
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
-__all__ = ["dsn"]  # the fixture, imported for this module's tests
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 StoreFactory = Callable[[], Awaitable[Store]]

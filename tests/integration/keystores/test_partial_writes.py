@@ -16,10 +16,10 @@ from keytrail.kms.model import AuditUnavailable, CallRecord
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_concurrent_writes import StoreFactory, backend, open_store, replicated_key
-from tests.integration.keystores.test_postgres_store import Node, dsn
+from tests.integration.keystores.test_postgres_store import Node
 
 pytestmark = pytest.mark.integration
-__all__ = ["backend", "dsn", "open_store"]  # the fixtures, imported for this module's tests
+__all__ = ["backend", "open_store"]  # the fixtures, imported for this module's tests
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -20,7 +18,7 @@ from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.store import Alias
 from keytrail.kms.store_ledger import LedgerMismatch
-from tests.integration.keystores.test_postgres_store import fresh_database
+from tests.support.postgres import fetch_value
 from tests.support.store_documents import (
     ACCOUNT,
     ALIAS,
@@ -33,40 +31,24 @@ from tests.support.store_documents import (
     REGION,
     TOKEN,
     legacy_key_doc,
+    seeded,
 )
 
 pytestmark = pytest.mark.integration
 
 
 
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    async with fresh_database() as database:
-        yield database
-
-
-async def _sql(dsn: str, statement: str, *args: Any) -> Any:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return await connection.fetchval(statement, *args)
-    finally:
-        await connection.close()
-
-
 async def _store_with_two_keys(dsn: str, root: RootKey) -> PostgresStore:
-    store = await PostgresStore.connect(dsn, root)
-    await store.put_keys([OURS, OTHER])
-    await store.put_alias(ALIAS)
-    await store.put_grant(GRANT)
-    return store
+    return await seeded(await PostgresStore.connect(dsn, root))
 
 
 async def test_a_key_whose_policy_was_edited_is_refused_and_the_others_still_serve(
         dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     store = await _store_with_two_keys(dsn, RootKey(os.urandom(32)))
-    doc = json.loads(await _sql(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id))
+    doc = json.loads(await fetch_value(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id))
     doc["policy"] = '{"Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}'
-    await _sql(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", json.dumps(doc, separators=(",", ":")), OURS.key_id)
+    edited = json.dumps(doc, separators=(",", ":"))
+    await fetch_value(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", edited, OURS.key_id)
     with caplog.at_level(logging.ERROR):
         with pytest.raises(errors.KMSInternalException):
             await store.get_key(ACCOUNT, REGION, OURS.key_id)
@@ -84,11 +66,11 @@ async def test_a_key_whose_policy_was_edited_is_refused_and_the_others_still_ser
 
 async def test_a_document_copied_to_another_row_is_refused(dsn: str) -> None:
     store = await _store_with_two_keys(dsn, RootKey(os.urandom(32)))
-    grant = await _sql(dsn, "SELECT doc FROM kms_grants WHERE key_id=$1", OTHER.key_id)
-    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+    grant = await fetch_value(dsn, "SELECT doc FROM kms_grants WHERE key_id=$1", OTHER.key_id)
+    await fetch_value(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
                ACCOUNT, REGION, OURS.key_id, GRANT.grant_id, NOW.isoformat(), grant)
-    ours = await _sql(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id)
-    await _sql(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", ours, OTHER.key_id)
+    ours = await fetch_value(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id)
+    await fetch_value(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", ours, OTHER.key_id)
     with pytest.raises(errors.KMSInternalException):
         await store.list_grants(ACCOUNT, REGION, OURS.key_id)
     with pytest.raises(errors.KMSInternalException):
@@ -99,11 +81,11 @@ async def test_a_document_copied_to_another_row_is_refused(dsn: str) -> None:
 
 async def test_a_forged_row_is_refused(dsn: str) -> None:
     store = await _store_with_two_keys(dsn, RootKey(os.urandom(32)))
-    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+    await fetch_value(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
                ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
     made_up = '{"mac":"' + "00" * 32 + '",' + alias_to_doc(Alias(ACCOUNT, REGION, "alias/forged", OURS.key_id,
                                                                    NOW, NOW))[1:]
-    await _sql(dsn, "INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)",
+    await fetch_value(dsn, "INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)",
                ACCOUNT, REGION, "alias/forged", OURS.key_id, made_up)
     with pytest.raises(errors.KMSInternalException):
         await store.list_grants(ACCOUNT, REGION, OURS.key_id)
@@ -140,7 +122,7 @@ async def test_an_old_store_without_macs_is_upgraded_as_it_opens_and_then_serves
     assert await store.get_alias(ACCOUNT, REGION, ALIAS.name) == ALIAS
     await store.put_alias(Alias(ACCOUNT, REGION, "alias/new", OTHER.key_id, NOW, NOW))
     await store.close()
-    unauthenticated = await _sql(dsn, """SELECT count(*) FROM (SELECT doc FROM kms_keys UNION ALL
+    unauthenticated = await fetch_value(dsn, """SELECT count(*) FROM (SELECT doc FROM kms_keys UNION ALL
         SELECT doc FROM kms_aliases UNION ALL SELECT doc FROM kms_grants) docs WHERE doc NOT LIKE '{"mac":"%'""")
     assert unauthenticated == 0
     again = await PostgresStore.connect(dsn, root)
@@ -165,10 +147,11 @@ async def test_a_store_whose_macs_and_marker_were_stripped_is_not_taken_for_an_o
         await connection.close()
     with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):
         await PostgresStore.connect(dsn, root)
-    await _sql(dsn, "DELETE FROM kms_ledger")
+    await fetch_value(dsn, "DELETE FROM kms_ledger")
     with pytest.raises(LedgerMismatch, match="sealed since documents carry a MAC.*the MACs were stripped"):
         await PostgresStore.connect(dsn, root)
-    assert await _sql(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", FORGED.grant_id) == grant_to_doc(FORGED)
+    stored = await fetch_value(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
+    assert stored == grant_to_doc(FORGED)
 
 
 async def test_root_key_rotation_authenticates_every_document_under_the_new_key(dsn: str) -> None:
@@ -194,19 +177,19 @@ async def test_a_refused_row_is_refused_by_root_key_rotation_too(dsn: str) -> No
     # added outside keytrail into a ledger of its own.
     old = RootKey(os.urandom(32))
     store = await _store_with_two_keys(dsn, old)
-    grant = await _sql(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
-    await _sql(dsn, "UPDATE kms_grants SET doc=$1 WHERE grant_id=$2", grant.replace("Decrypt", "Encrypt"),
+    grant = await fetch_value(dsn, "SELECT doc FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
+    await fetch_value(dsn, "UPDATE kms_grants SET doc=$1 WHERE grant_id=$2", grant.replace("Decrypt", "Encrypt"),
                GRANT.grant_id)  # its MAC kept: the ledger matches, the document does not verify
     row = f"{ACCOUNT}/{REGION}/{OTHER.key_id}/{GRANT.grant_id}"
     with pytest.raises(DocumentRefused, match=f"grants document of row {row}"):
         await store.reseal(RootKey(os.urandom(32)))
-    await _sql(dsn, "UPDATE kms_grants SET doc=$1 WHERE grant_id=$2", grant, GRANT.grant_id)
-    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+    await fetch_value(dsn, "UPDATE kms_grants SET doc=$1 WHERE grant_id=$2", grant, GRANT.grant_id)
+    await fetch_value(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
                ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
     with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):
         await store.reseal(RootKey(os.urandom(32)))
     await store.close()
-    await _sql(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
+    await fetch_value(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
     reopened = await PostgresStore.connect(dsn, old)  # unchanged
     assert await reopened.get_key(ACCOUNT, REGION, OURS.key_id) == OURS
     await reopened.close()
@@ -216,17 +199,17 @@ async def test_a_deleted_root_key_check_neither_downgrades_the_store_nor_lets_an
         dsn: str) -> None:
     root = RootKey(os.urandom(32))
     await (await _store_with_two_keys(dsn, root)).close()
-    await _sql(dsn, "DELETE FROM kms_root_key")
-    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+    await fetch_value(dsn, "DELETE FROM kms_root_key")
+    await fetch_value(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
                ACCOUNT, REGION, OURS.key_id, FORGED.grant_id, NOW.isoformat(), grant_to_doc(FORGED))
     with pytest.raises(SealError, match="cannot unseal nor verify any document"):
         await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
     with pytest.raises(LedgerMismatch, match="grants 2 row.s., the ledger 1"):  # no upgrade of the forged row
         await PostgresStore.connect(dsn, root)
-    await _sql(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
+    await fetch_value(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", FORGED.grant_id)
     store = await PostgresStore.connect(dsn, root)
     assert await store.get_key(ACCOUNT, REGION, OTHER.key_id) == OTHER
     await store.close()
-    assert await _sql(dsn, "SELECT count(*) FROM kms_root_key") == 1
+    assert await fetch_value(dsn, "SELECT count(*) FROM kms_root_key") == 1
     with pytest.raises(SealError):  # the check is back
         await PostgresStore.connect(dsn, RootKey(os.urandom(32)))

@@ -12,9 +12,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import asyncpg
 import pytest
@@ -26,7 +24,7 @@ from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias
 from keytrail.kms.store_ledger import LedgerMismatch
-from tests.integration.keystores.test_postgres_store import fresh_database
+from tests.support.postgres import fetch
 from tests.support.store_documents import (
     ACCOUNT,
     ALIAS,
@@ -36,6 +34,7 @@ from tests.support.store_documents import (
     OURS,
     REGION,
     TOKEN,
+    seeded,
     with_mac_of_before_the_ledger,
 )
 
@@ -45,26 +44,8 @@ TIGHT = '{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","
 REFUSAL = "The request was rejected because an internal exception occurred."
 
 
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    async with fresh_database() as database:
-        yield database
-
-
-async def _sql(dsn: str, statement: str, *args: Any) -> Any:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return await connection.fetch(statement, *args)
-    finally:
-        await connection.close()
-
-
 async def _store(dsn: str, root: RootKey) -> PostgresStore:
-    store = await PostgresStore.connect(dsn, root)
-    await store.put_keys([OURS, OTHER])
-    await store.put_alias(ALIAS)
-    await store.put_grant(GRANT)
-    return store
+    return await seeded(await PostgresStore.connect(dsn, root))
 
 
 async def _refuses_from_its_next_check(store: PostgresStore, detail: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -89,9 +70,9 @@ async def test_a_key_put_back_to_its_document_of_before_is_found_running_and_at_
         dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     root = RootKey(os.urandom(32))
     store = await _store(dsn, root)
-    [(before,)] = await _sql(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id)
+    [(before,)] = await fetch(dsn, "SELECT doc FROM kms_keys WHERE key_id=$1", OURS.key_id)
     await store.put_key(replace(OURS, policy=TIGHT))
-    await _sql(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", before, OURS.key_id)
+    await fetch(dsn, "UPDATE kms_keys SET doc=$1 WHERE key_id=$2", before, OURS.key_id)
     assert await store.get_key(ACCOUNT, REGION, OURS.key_id) == OURS  # authentic: only the ledger shows it
     await _refuses_from_its_next_check(store, "as many rows as the ledger counts, but not the same ones", caplog)
     await store.close()
@@ -102,7 +83,7 @@ async def test_a_key_put_back_to_its_document_of_before_is_found_running_and_at_
 async def test_a_deleted_row_is_found_running_and_at_connect(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     root = RootKey(os.urandom(32))
     store = await _store(dsn, root)
-    await _sql(dsn, "DELETE FROM kms_aliases WHERE name=$1", ALIAS.name)
+    await fetch(dsn, "DELETE FROM kms_aliases WHERE name=$1", ALIAS.name)
     await _refuses_from_its_next_check(store, r"aliases 0 row\(s\), the ledger 1", caplog)
     await store.close()
     with pytest.raises(LedgerMismatch, match=r"aliases 0 row\(s\), the ledger 1"):
@@ -113,14 +94,14 @@ async def test_a_revoked_grant_inserted_again_is_found_running_and_at_connect(
         dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     root = RootKey(os.urandom(32))
     store = await _store(dsn, root)
-    [revoked] = await _sql(dsn, "SELECT * FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
+    [revoked] = await fetch(dsn, "SELECT * FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
     await store.delete_grant(GRANT)
-    await _sql(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)", *revoked.values())
+    await fetch(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)", *revoked.values())
     await _refuses_from_its_next_check(store, r"grants 1 row\(s\), the ledger 0", caplog)
     await store.close()
     with pytest.raises(LedgerMismatch, match=r"grants 1 row\(s\), the ledger 0"):
         await PostgresStore.connect(dsn, root)
-    await _sql(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
+    await fetch(dsn, "DELETE FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
     await (await PostgresStore.connect(dsn, root)).close()  # as keytrail left it
 
 
@@ -128,7 +109,7 @@ async def test_the_background_check_finds_a_deleted_row_by_itself(dsn: str, capl
     root = RootKey(os.urandom(32))
     await (await _store(dsn, root)).close()
     store = await PostgresStore.connect(dsn, root, check_every=0.2)
-    await _sql(dsn, "DELETE FROM kms_grants")
+    await fetch(dsn, "DELETE FROM kms_grants")
     with caplog.at_level(logging.ERROR):
         for _ in range(50):
             await asyncio.sleep(0.1)
@@ -148,7 +129,7 @@ async def test_the_background_check_finds_a_deleted_row_by_itself(dsn: str, capl
 async def test_a_deleted_ledger_row_stops_the_next_write_and_the_next_connect(dsn: str) -> None:
     root = RootKey(os.urandom(32))
     store = await _store(dsn, root)
-    await _sql(dsn, "DELETE FROM kms_ledger")
+    await fetch(dsn, "DELETE FROM kms_ledger")
     with pytest.raises(errors.KMSInternalException):
         await store.put_alias(Alias(ACCOUNT, REGION, "alias/new", OTHER.key_id, NOW, NOW))
     with pytest.raises(errors.KMSInternalException):  # and every call after it
@@ -156,7 +137,7 @@ async def test_a_deleted_ledger_row_stops_the_next_write_and_the_next_connect(ds
     await store.close()
     with pytest.raises(LedgerMismatch, match="the ledger row is missing, though the documents were written with one"):
         await PostgresStore.connect(dsn, root)
-    assert await _sql(dsn, "SELECT name FROM kms_aliases WHERE name='alias/new'") == []
+    assert await fetch(dsn, "SELECT name FROM kms_aliases WHERE name='alias/new'") == []
 
 
 async def test_two_nodes_writing_together_leave_a_store_that_matches_its_ledger(dsn: str) -> None:
@@ -205,9 +186,9 @@ async def test_a_store_of_the_version_before_the_ledger_is_given_one_as_a_node_c
     assert await store.list_grants(ACCOUNT, REGION, OTHER.key_id) == [GRANT]
     assert await store.check_ledger()
     await store.close()
-    [(doc,)] = await _sql(dsn, "SELECT doc FROM kms_aliases")
+    [(doc,)] = await fetch(dsn, "SELECT doc FROM kms_aliases")
     verify(root, "aliases", (ACCOUNT, REGION, ALIAS.name), doc)  # today's MAC
-    await _sql(dsn, "DELETE FROM kms_grants")
+    await fetch(dsn, "DELETE FROM kms_grants")
     with pytest.raises(LedgerMismatch, match=r"grants 0 row\(s\), the ledger 1"):
         await PostgresStore.connect(dsn, root)
 
@@ -222,7 +203,7 @@ async def test_root_key_rotation_keeps_the_ledger_under_the_new_key(dsn: str) ->
     again = await PostgresStore.connect(dsn, new)
     assert await again.list_grants(ACCOUNT, REGION, OTHER.key_id) == []
     await again.close()
-    await _sql(dsn, "DELETE FROM kms_keys WHERE key_id=$1", OTHER.key_id)
+    await fetch(dsn, "DELETE FROM kms_keys WHERE key_id=$1", OTHER.key_id)
     with pytest.raises(LedgerMismatch, match=r"keys 1 row\(s\), the ledger 2"):
         await PostgresStore.connect(dsn, new)
 
@@ -253,7 +234,7 @@ async def test_a_dropped_ledger_table_is_found_running_and_at_connect(
         dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     root = RootKey(os.urandom(32))
     store = await _store(dsn, root)
-    await _sql(dsn, "DROP TABLE kms_ledger")
+    await fetch(dsn, "DROP TABLE kms_ledger")
     await _refuses_from_its_next_check(store, 'a table of the key store is missing .relation "kms_ledger" does not '
                                               'exist.', caplog)
     await store.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import asyncpg
@@ -20,18 +19,12 @@ from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias
-from tests.integration.keystores.test_postgres_store import fresh_database
 from tests.support.ledger_calls import EVERY_KIND_OF_WRITE, Calls, Step, calls, service_over
 from tests.support.ledger_operations import KEY_IDS, REGIONS, Op, RowModel, operations, run_operation, store_rows
+from tests.support.postgres import fresh_database
 from tests.support.store_documents import ACCOUNT, GRANT, NOW, OURS
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    async with fresh_database() as database:
-        yield database
 
 
 async def _tables(dsn: str) -> dict[str, list[tuple[str, ...]]]:

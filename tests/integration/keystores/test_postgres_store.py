@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,32 +26,8 @@ from keytrail.kms.store import Alias
 
 pytestmark = pytest.mark.integration
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ACCOUNT = "111122223333"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """A database of its own (its DSN), dropped on exit; skips the test without PostgreSQL."""
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    name = f"keytrail_test_{os.urandom(6).hex()}"
-    await admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
-
-
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    """A database of the test's own, dropped afterwards."""
-    async with fresh_database() as database:
-        yield database
 
 
 class _Sink:

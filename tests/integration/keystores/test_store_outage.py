@@ -17,7 +17,8 @@ from keytrail.clock import ManualClock
 from keytrail.kms import errors
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
-from tests.integration.keystores.test_postgres_store import Node, fresh_database
+from tests.integration.keystores.test_postgres_store import Node
+from tests.support.postgres import fresh_database
 
 pytestmark = pytest.mark.integration
 

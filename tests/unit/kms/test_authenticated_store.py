@@ -36,6 +36,7 @@ from tests.support.store_documents import (
     REGION,
     TOKEN,
     legacy_key_doc,
+    seeded,
     sqlite_ledger_as_a_node_would,
 )
 
@@ -44,11 +45,7 @@ OPEN_TO_ALL = json.dumps({"Version": "2012-10-17", "Statement": [
 
 
 async def _store_with_two_keys(path: Path, root: RootKey) -> None:
-    store = SqliteStore(path, root)
-    await store.put_keys([OURS, OTHER])
-    await store.put_alias(ALIAS)
-    await store.put_grant(GRANT)
-    await store.close()
+    await (await seeded(SqliteStore(path, root))).close()
 
 
 def _doc(path: Path, sql: str, *args: str) -> str:

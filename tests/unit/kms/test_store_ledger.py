@@ -36,6 +36,7 @@ from tests.support.store_documents import (
     OURS,
     REGION,
     TOKEN,
+    seeded,
     with_mac_of_before_the_ledger,
 )
 
@@ -44,11 +45,7 @@ SAME_COUNT = "as many rows as the ledger counts, but not the same ones"
 
 
 async def _store(path: Path, root: RootKey) -> None:
-    store = SqliteStore(path, root)
-    await store.put_keys([OURS, OTHER])
-    await store.put_alias(ALIAS)
-    await store.put_grant(GRANT)
-    await store.close()
+    await (await seeded(SqliteStore(path, root))).close()
 
 
 def _rows(path: Path, sql: str, *args: str) -> list[tuple[str, ...]]:
