@@ -80,8 +80,8 @@ def detect(
     fmt: FormatOption = "table",
     config: ConfigOption = None,
     tick_every: Annotated[
-        float, typer.Option("--tick-every", callback=number_in_range(0, above=True),
-                            help="Seconds between time-rule checks (live).")
+        float, typer.Option("--tick-every", callback=number_in_range(0),
+                            help="Seconds between time-rule checks (live; 0: after every batch).")
     ] = 5.0,
     metrics_port: Annotated[
         int | None,
