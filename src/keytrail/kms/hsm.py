@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import pkcs11
@@ -172,7 +172,7 @@ class TokenSession:
         """The whole blob of `plaintext`: format 3 if this key derives, else format 1. `header` gives
         the blob header of a format; `context` is the encoded encryption context."""
         nonce = os.urandom(_NONCE)
-        with self._lock:
+        with self._lock, self._deleted_as_no_such_key(object_id):
             sealing = self._sealing_key(object_id)
             if sealing is None:
                 form, salt, key = FORMAT_V1, b"", self._key(object_id)
@@ -189,9 +189,21 @@ class TokenSession:
         deleted from the token, but what it seals would open only while this session lasts."""
         self._key(object_id)[Attribute.CLASS]
 
+    @contextlib.contextmanager
+    def _deleted_as_no_such_key(self, object_id: bytes) -> Iterator[None]:
+        """NoSuchKey when a call failed on the key's cached handle because another session deleted
+        the key: the handle is invalid, but this session is fine and is not to be dropped. Looked up
+        again, a key still there means the session itself failed, and the error stands."""
+        try:
+            yield
+        except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
+            self._handles.pop(object_id, None)
+            self._key(object_id)  # NoSuchKey if it was deleted
+            raise
+
     def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
         """The plaintext of a parsed format 1 or 3 blob; a PKCS11Error if it fails authentication."""
-        with self._lock:
+        with self._lock, self._deleted_as_no_such_key(object_id):
             if blob.format == FORMAT_V3:
                 salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]
                 key = self._opening_key(object_id, salt)

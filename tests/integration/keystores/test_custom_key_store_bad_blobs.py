@@ -115,6 +115,7 @@ async def test_a_key_whose_backing_key_left_the_hsm_is_unavailable_and_spares_th
     store_id, gone_id = await hsm_key(svc, cluster, trust_anchor)
     kept_id = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
     blob = await _encrypt(svc, gone_id)
+    warm = await live_session(svc, store_id)  # holds the deleted key's handle and derived key
     session = pkcs11.lib(hsm.module).get_token(token_label=cluster).open(rw=True)  # shares the service's login
     try:
         session.get_key(object_class=ObjectClass.SECRET_KEY, label=gone_id).destroy()
@@ -124,6 +125,8 @@ async def test_a_key_whose_backing_key_left_the_hsm_is_unavailable_and_spares_th
     # be opened once the session ends (only the backing key derives it again): refused, not written.
     with pytest.raises(errors.KMSInvalidStateException):
         await _encrypt(svc, gone_id)
+    # Its cached handle is now invalid (CKR_OBJECT_HANDLE_INVALID), which is not the session's failure.
+    assert await live_session(svc, store_id) is warm
     connections = cast(HsmCipher, svc.ciphers["hsm"]).connections
     await connections.drop(await live_session(svc, store_id))  # as after a restart: nothing of it kept
     live = await live_session(svc, store_id)
