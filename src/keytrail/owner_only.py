@@ -11,7 +11,7 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "reserve", "within", "write_bytes"]
+__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "reserve", "reserve_anew", "within", "write_bytes"]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -46,6 +46,14 @@ def reserve(path: Path) -> Path:
     with contextlib.suppress(FileExistsError):
         os.close(open_file(path, os.O_WRONLY | os.O_EXCL))
     return path
+
+
+def reserve_anew(path: Path) -> Path:
+    """`reserve` for a temporary file about to be written whole and renamed: one already there (left
+    by a run that crashed, or made by a version before owner-only modes) is removed first, as its
+    mode would otherwise pass to the file it is renamed to."""
+    path.unlink(missing_ok=True)
+    return reserve(path)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

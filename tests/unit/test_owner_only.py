@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.owner_only import make_dirs, open_file, reserve, write_bytes
+from keytrail.owner_only import make_dirs, open_file, reserve, reserve_anew, write_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +44,11 @@ def test_files_are_0600_and_reserve_keeps_what_is_there(tmp_path: Path) -> None:
     assert _mode(tmp_path / "d") == 0o700 and reserved.read_bytes() == b""
     reserved.write_bytes(b"rows")
     assert reserve(reserved).read_bytes() == b"rows"
+
+
+def test_reserve_anew_replaces_a_file_there_by_an_empty_0600_one(tmp_path: Path) -> None:
+    temp = tmp_path / ".out.tmp"
+    temp.write_text("left by a crashed run")
+    temp.chmod(0o644)
+    reserve_anew(temp)
+    assert (_mode(temp), temp.read_text()) == (0o600, "")

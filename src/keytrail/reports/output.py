@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keytrail.owner_only import make_dirs, reserve
+from keytrail.owner_only import make_dirs, reserve_anew
 from keytrail.reports.collect import ReportData
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.html import render_html
@@ -25,7 +25,7 @@ def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | N
     if form is ReportFormat.html:
         temp = out.with_name(f".{out.name}.tmp")
         if owner_only:
-            reserve(temp)
+            reserve_anew(temp)
         temp.write_text(render_html(data), encoding="utf-8")
         temp.replace(out)
         return out

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import polars as pl
 import polars.selectors as cs
 
-from keytrail.owner_only import reserve
+from keytrail.owner_only import reserve_anew
 from keytrail.pipeline.files import write_parquet
 from keytrail.reports.lines import csv_lines, json_lines
 
@@ -70,7 +70,7 @@ def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form:
     parts = [frame] if isinstance(frame, pl.DataFrame) else frame
     temp = out.with_name(f".{out.name}.tmp")
     if owner_only:
-        reserve(temp)
+        reserve_anew(temp)
     if form is TabularFormat.parquet:
         write_parquet(pl.concat(list(parts)), temp)
     else:

@@ -67,3 +67,15 @@ def test_a_table_held_as_categories_is_written_as_its_strings(tmp_path: Path, fo
     compact = write_tabular(long_form(as_categories, only), tmp_path / f"compact.{form.value}", form)
     assert compact.read_bytes() == plain.read_bytes()
     assert _read(compact, form).schema["keyArn"] == pl.String
+
+
+@pytest.mark.parametrize("form", list(TabularFormat))
+def test_an_owner_only_report_is_0600_over_a_temporary_file_a_crashed_run_left(tmp_path: Path,
+                                                                               form: TabularFormat) -> None:
+    out = tmp_path / f"report.{form.value}"
+    stale = out.with_name(f".{out.name}.tmp")
+    stale.write_text("half a report")
+    stale.chmod(0o644)  # as a version before owner-only modes, or the umask, left it
+    write_tabular(long_form(TABLES), out, form, owner_only=True)
+    assert (out.stat().st_mode & 0o777, stale.exists()) == (0o600, False)
+    assert _read(out, form).height == 5
