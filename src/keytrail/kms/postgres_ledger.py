@@ -45,15 +45,22 @@ def _key_columns(table: DocumentTable, first: int = 1) -> str:
 
 
 async def read_ledger(connection: Any, root: RootKey, *, lock: bool = False) -> Ledger:
-    """The ledger the store records (LedgerMismatch if its row is gone or does not verify);
+    """The ledger the store records (LedgerMismatch if its row or table is gone, or it does not verify);
     `lock`: the row locked until the transaction ends."""
-    text = await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1" + (" FOR UPDATE" if lock else ""))
+    try:
+        text = await connection.fetchval("SELECT doc FROM kms_ledger WHERE id = 1" + (" FOR UPDATE" if lock else ""))
+    except asyncpg.UndefinedTableError as exc:  # the ledger table dropped: its row deleted with it
+        raise _missing_table(exc) from None
     if text is None:
         raise LedgerMismatch("the ledger row is missing (deleted)")
     try:
         return Ledger.from_doc(root, text)
     except DocumentRefused:
         raise LedgerMismatch("the ledger row does not verify under the root key") from None
+
+
+def _missing_table(exc: asyncpg.UndefinedTableError) -> LedgerMismatch:
+    return LedgerMismatch(f"a table of the key store is missing ({exc})")
 
 
 class LedgerWriter:
@@ -143,7 +150,7 @@ class LedgerWatch:
                 recorded = await read_ledger(connection, root)
                 entries = await _entries(connection)
             except asyncpg.UndefinedTableError as exc:  # a dropped table is its rows deleted
-                raise LedgerMismatch(f"a table of the key store is missing ({exc})") from None
+                raise _missing_table(exc) from None
         # In a worker thread: the terms of 100,000 rows take about a second of Python, which on
         # the event loop would hold up every call of the node meanwhile.
         recorded.check(await asyncio.to_thread(Ledger.of, root, entries))

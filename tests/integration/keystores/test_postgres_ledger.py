@@ -145,6 +145,19 @@ async def test_a_deleted_ledger_row_stops_the_next_write_and_the_next_connect(ds
     assert await fetch(dsn, "SELECT name FROM kms_aliases WHERE name='alias/new'") == []
 
 
+async def test_a_dropped_ledger_table_stops_the_next_write_as_a_deleted_ledger_row_does(dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    store = await _store(dsn, root)
+    await fetch(dsn, "DROP TABLE kms_ledger")
+    with pytest.raises(errors.KMSInternalException):  # an AWS error, not the database's (a 500)
+        await store.put_alias(Alias(ACCOUNT, REGION, "alias/new", OTHER.key_id, NOW, NOW))
+    with pytest.raises(errors.KMSInternalException):  # and every call after it, before the next check
+        await store.get_key(ACCOUNT, REGION, OURS.key_id)
+    with pytest.raises(LedgerMismatch, match='a table of the key store is missing .relation "kms_ledger"'):
+        await store.ping()  # what the health check says
+    await store.close()
+
+
 async def test_two_nodes_writing_together_leave_a_store_that_matches_its_ledger(dsn: str) -> None:
     root = RootKey(os.urandom(32))
     first = await _store(dsn, root)
