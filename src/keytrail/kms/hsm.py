@@ -186,7 +186,8 @@ class TokenSession:
 
     def _require_backing_key(self, object_id: bytes) -> None:
         """A PKCS11Error if the token no longer holds the key: a derived key outlives its backing key
-        deleted from the token, but what it seals would open only while this session lasts."""
+        deleted from the token, but what it seals would open only while this session lasts, and
+        what it opens should not open at all."""
         self._key(object_id)[Attribute.CLASS]
 
     @contextlib.contextmanager
@@ -228,6 +229,9 @@ class TokenSession:
     def _opening_key(self, object_id: bytes, salt: bytes) -> Any:
         if not self._can_derive(object_id):  # then this key never wrote format 3
             raise errors.InvalidCiphertextException("")
+        # A derived key kept from before its backing key was deleted would still open the blob:
+        # deleting the key from the HSM must end what it protects, as it does at the next session.
+        self._require_backing_key(object_id)
         return self._derived.key(self._key(object_id), object_id, salt)
 
     def _can_derive(self, object_id: bytes) -> bool:

@@ -121,6 +121,8 @@ async def test_a_key_whose_backing_key_left_the_hsm_is_unavailable_and_spares_th
         session.get_key(object_class=ObjectClass.SECRET_KEY, label=gone_id).destroy()
     finally:
         session.close()
+    # Nor does the derived key the session keeps open the key's blobs: the key left the HSM.
+    assert await _refusal(svc, blob) == ("KMSInvalidStateException", "KMSInvalidStateException")
     # The session still holds the derived key it sealed with; a blob sealed under it now could never
     # be opened once the session ends (only the backing key derives it again): refused, not written.
     with pytest.raises(errors.KMSInvalidStateException):
