@@ -221,6 +221,8 @@ class TokenSession:
             return self._derived.sealing(self._key(object_id), object_id)
         except _SESSION_LOST:
             raise
+        except p11.NoSuchKey:  # the key deleted from the token: not the token refusing to derive
+            raise
         except p11.PKCS11Error as exc:  # the token refuses this key's derivation: format 1, as before
             self._sealing_refused.add(object_id)
             _warn_format_1(object_id, "deriving its keys", exc)
