@@ -203,3 +203,20 @@ async def _fetch(dsn: str, statement: str, *args: object) -> list[asyncpg.Record
         return list(await connection.fetch(statement, *args))
     finally:
         await connection.close()
+
+
+def test_a_node_refused_by_a_store_sealed_under_another_root_key_leaves_no_root_key_behind(
+        tmp_path: Path, database: str) -> None:
+    """A second node pointed at the store without its root key made one of its own to try: left
+    in its data dir, a retry would load that wrong key again and hide that the real one is missing."""
+    first = _serve_on(tmp_path, database, 5432)
+    first.client("alice").create_key()
+    assert first.stop() == 0
+    second = KeytrailServer(tmp_path / "second", "--store", f"postgresql://postgres@127.0.0.1:5432/{database}",
+                            dev_clock=False)
+    with pytest.raises(RuntimeError, match="keytrail serve exited"):
+        second.start()
+    assert second.proc is not None and second.proc.wait(10) == 2
+    second.proc = None
+    assert "the root key does not open the key material in the key store" in second.log.read_text()
+    assert not (tmp_path / "second" / "root.key").exists()

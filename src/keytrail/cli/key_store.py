@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 
 from keytrail.config import ServeSettings
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
-from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
+from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 
@@ -30,21 +31,39 @@ async def open_store(settings: ServeSettings) -> Store:
     # A store already holding sealed keys never gets a new root key made beside it: that key
     # could not open them, and the file left behind would hide that the real one is missing.
     fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
+    made = _root_key_made_by(settings)
     try:
         root = RootKey.load(settings.data_dir, create=fresh)
         # Read once: the children (consumer, detector, fsync helper) inherit the environment, and
         # unlike serve they stay dumpable, so /proc/<pid>/environ and `ps e` would show it.
         os.environ.pop(ROOT_KEY_ENV, None)
-        store = await _connect_store(settings, root)
-        # Read (and unseal) every key now, as the first scheduler run would in the middle of startup
-        # (the SQLite store reads them as it opens).
-        await store.all_keys()
+        return await _read_store(settings, root)
     except RootKeyUnusable as exc:
         raise StoreUnavailable(str(exc)) from None
     except SealError as exc:  # both stores check the root key on opening
+        if made is not None:  # a key made for a store sealed under another: a retry would load it again
+            made.unlink(missing_ok=True)
         raise StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): start with "
                                "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
                                "$KEYTRAIL_ROOT_KEY)") from None
+
+
+def _root_key_made_by(settings: ServeSettings) -> Path | None:
+    """<data-dir>/root.key when opening the store is about to create it (no key named elsewhere)."""
+    path = settings.data_dir / "root.key"
+    named = os.environ.get(ROOT_KEY_ENV) or os.environ.get(ROOT_KEY_FILE_ENV)
+    return None if named or path.exists() else path
+
+
+async def _read_store(settings: ServeSettings, root: RootKey) -> Store:
+    """The store, with every key read (and unsealed) now, as the first scheduler run would in the
+    middle of startup (the SQLite store reads them as it opens); closed again if that fails."""
+    store = await _connect_store(settings, root)
+    try:
+        await store.all_keys()
+    except BaseException:
+        await store.close()
+        raise
     return store
 
 
