@@ -52,3 +52,19 @@ def test_reserve_anew_replaces_a_file_there_by_an_empty_0600_one(tmp_path: Path)
     temp.chmod(0o644)
     reserve_anew(temp)
     assert (_mode(temp), temp.read_text()) == (0o600, "")
+
+
+def test_files_rewritten_through_a_temporary_are_0600_even_over_a_leftover_0644_one(tmp_path: Path) -> None:
+    # A crash between writing the temporary and renaming it leaves it behind, and versions before
+    # owner-only modes made it 0644: truncated and reused, it would pass that mode on.
+    from keytrail.audit.integrity import _write_atomic
+    from keytrail.audit.shipper import ShippedOffset
+
+    digest, shipped = tmp_path / "digest.json", tmp_path / "shipped.offset"
+    for leftover in (tmp_path / "digest.json.tmp", tmp_path / "shipped.tmp"):
+        leftover.write_bytes(b"left by a crash")
+        leftover.chmod(0o644)
+    _write_atomic(digest, b"{}")
+    ShippedOffset(shipped).advance(7)
+    assert digest.read_bytes() == b"{}" and shipped.read_text() == "7"
+    assert {oct(path.stat().st_mode & 0o777) for path in (digest, shipped)} == {"0o600"}

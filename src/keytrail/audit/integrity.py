@@ -383,6 +383,7 @@ def _digest_hash(digest: dict[str, Any] | None) -> str | None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.unlink(missing_ok=True)  # one a crash left (or an older version made 0644) keeps its mode
     fd = open_file(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)

@@ -82,6 +82,7 @@ class ShippedOffset:
         """Persist a new shipped offset (atomic rename, not synced: a crash that loses it, or
         leaves it empty, only means resending)."""
         temporary = self.path.with_suffix(".tmp")
+        temporary.unlink(missing_ok=True)  # one a crash left (or an older version made 0644) keeps its mode
         write_bytes(temporary, str(offset).encode())
         os.replace(temporary, self.path)
         self.value = offset
