@@ -64,8 +64,9 @@ def read_store(db: sqlite3.Connection) -> tuple[list[Document], str | None]:
 
 def apply(db: sqlite3.Connection, root: RootKey, ledger: Ledger, changes: Sequence[Change]) -> Ledger:
     """Make `changes` in the transaction `db` is in, and write the ledger they leave; that ledger.
-    The rows replaced or deleted are read as they are in the file, so the ledger stays the one
-    of the file's rows whatever this process believed they held."""
+    The rows replaced or deleted are read as they are in the file: one changed there under the
+    running node (not by it) takes its own term out of the ledger, not the term the ledger holds,
+    so the ledger stops matching and the next open refuses the store, as tampering should."""
     after = ledger.copy()
     for change in changes:
         name = change.table.name
