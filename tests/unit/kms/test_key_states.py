@@ -30,6 +30,13 @@ class AllowAll:
         return None
 
 
+def _service(tmp_path: Path) -> tuple[SqliteStore, KmsService]:
+    """A key service over a SQLite store of its own that allows and records nothing."""
+    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    allow = AllowAll()
+    return store, KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=allow, authorizer=allow))
+
+
 def _context() -> CallContext:
     principal = Principal(arn=f"arn:aws:iam::{ACCOUNT}:user/alice", account=ACCOUNT, type=IdentityType.IAM_USER,
                           access_key_id="AKIAALICE000000000001", principal_id="AIDAALICE")
@@ -40,9 +47,7 @@ async def test_enable_and_disable_an_unavailable_key_succeed_and_apply_once_it_i
     # Key states table, note [12]: on an Unavailable key (its custom key store disconnected)
     # EnableKey and DisableKey succeed, "but the key state ... does not change until it becomes
     # available".
-    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
-    allow = AllowAll()
-    service = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=allow, authorizer=allow))
+    store, service = _service(tmp_path)
     key_id = (await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["KeyId"]
     key = await store.get_key(ACCOUNT, "us-east-1", key_id)
     assert key is not None
@@ -59,9 +64,7 @@ async def test_enable_and_disable_an_unavailable_key_succeed_and_apply_once_it_i
 async def test_rotation_status_of_a_key_in_a_custom_key_store_names_its_origin(tmp_path: Path) -> None:
     # Key states table, note [7]: GetKeyRotationStatus of a key whose material KMS did not generate
     # (a custom key store's) is UnsupportedOperationException naming the origin, in any state.
-    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
-    allow = AllowAll()
-    service = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=allow, authorizer=allow))
+    store, service = _service(tmp_path)
     key_id = (await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["KeyId"]
     key = await store.get_key(ACCOUNT, "us-east-1", key_id)
     assert key is not None

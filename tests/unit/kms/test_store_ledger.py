@@ -140,14 +140,7 @@ async def test_a_store_opens_after_many_writes_and_deletes_and_its_ledger_is_tha
 async def test_a_store_of_the_version_before_the_ledger_is_given_one_as_it_opens(tmp_path: Path) -> None:
     root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
     await _store(path, root)
-    with sqlite3.connect(path) as db:  # as the version before wrote it: MACs without the ledger's binding
-        db.execute("DROP TABLE ledger")
-        for table, key in (("keys", "account, region, key_id"), ("aliases", "account, region, name"),
-                           ("grants", "account, region, key_id, grant_id")):
-            for *row, doc in db.execute(f"SELECT {key}, doc FROM {table}").fetchall():
-                db.execute(f"UPDATE {table} SET doc=? WHERE doc=?",
-                           (with_mac_of_before_the_ledger(root, table, tuple(row), doc), doc))
-    db.close()
+    _as_the_version_before_the_ledger(path, root)
     store = SqliteStore(path, root)
     assert await store.get_key(ACCOUNT, REGION, OURS.key_id) == OURS
     assert await store.list_grants(ACCOUNT, REGION, OTHER.key_id) == [GRANT]
