@@ -8,16 +8,32 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from weakref import WeakValueDictionary
 
-__all__ = ["KeyLocks"]
+from keytrail.kms import errors
+
+__all__ = ["SECOND_LOCK_WAIT", "KeyLocks", "second_lock_refused"]
+
+# Seconds a task that holds one key's lock waits for another's. Two such tasks can wait for each
+# other (a ReEncrypt from key A to key B holding A, one from B to A holding B, each finding the
+# other key due for rotation): the wait that runs out fails its call, whose client retries, and
+# the other call goes on. A task holding no lock waits as long as it takes: it closes no cycle.
+SECOND_LOCK_WAIT = 5.0
+
+
+def second_lock_refused() -> errors.KmsError:
+    """What a call gets when the wait for a second key's lock ran out (or the database broke a
+    cycle of nodes' locks): retryable, as KMSInternalException is for AWS SDKs."""
+    return errors.KMSInternalException(
+        "The request waited too long for a key that another request was changing. You can retry the request.")
 
 
 class KeyLocks:
     """One asyncio lock per name. A task (with what it awaits) that holds a name may take it
     again: a call that locked its key finds the same key again through `apply_due`."""
 
-    def __init__(self) -> None:
+    def __init__(self, second_lock_wait: float | None = None) -> None:
         self._locks: WeakValueDictionary[Hashable, asyncio.Lock] = WeakValueDictionary()
         self._held: ContextVar[frozenset[Hashable]] = ContextVar(f"held-{id(self)}", default=frozenset())
+        self._second_lock_wait = SECOND_LOCK_WAIT if second_lock_wait is None else second_lock_wait
 
     def held(self, name: Hashable) -> bool:
         """Whether the running task holds `name` already."""
@@ -25,13 +41,29 @@ class KeyLocks:
 
     @asynccontextmanager
     async def hold(self, name: Hashable) -> AsyncIterator[None]:
-        if self.held(name):
+        """Hold `name`; KMSInternalException if the task holds another name and `name` stays
+        taken for longer than the second lock's wait (see SECOND_LOCK_WAIT)."""
+        held = self._held.get()
+        if name in held:
             yield
             return
         lock = self._locks.setdefault(name, asyncio.Lock())  # kept alive by this frame while held
-        async with lock:
-            token = self._held.set(self._held.get() | {name})
+        await self._acquire(lock, bounded=bool(held))
+        try:
+            token = self._held.set(held | {name})
             try:
                 yield
             finally:
                 self._held.reset(token)
+        finally:
+            lock.release()
+
+    async def _acquire(self, lock: asyncio.Lock, *, bounded: bool) -> None:
+        if not bounded:
+            await lock.acquire()
+            return
+        try:
+            async with asyncio.timeout(self._second_lock_wait):
+                await lock.acquire()
+        except TimeoutError:
+            raise second_lock_refused() from None

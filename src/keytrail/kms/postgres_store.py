@@ -38,7 +38,7 @@ from keytrail.kms.codec import (
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
-from keytrail.kms.locks import KeyLocks
+from keytrail.kms.locks import KeyLocks, second_lock_refused
 from keytrail.kms.postgres_documents import (
     SCHEMA,
     UPSERT_ALIAS,
@@ -206,7 +206,10 @@ class PostgresStore:
             yield
             return
         async with self._locks.hold(name), self._connection(pin=True) as connection:
-            await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+            try:
+                await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+            except asyncpg.DeadlockDetectedError:  # nodes' calls each holding the key the other waits for
+                raise second_lock_refused() from None
             try:
                 yield
             finally:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from keytrail.clock import ManualClock
-from keytrail.kms import errors
+from keytrail.kms import errors, locks
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 from keytrail.kms.model import KeyState, Origin
@@ -24,7 +24,7 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from tests.integration.keystores.conftest import PIN
-from tests.integration.keystores.test_postgres_store import Node
+from tests.integration.keystores.test_postgres_store import ACCOUNT, Node
 from tests.integration.keystores.wrapping import wrap
 from tests.support.postgres import fresh_database
 
@@ -240,3 +240,68 @@ async def test_tagging_a_replica_while_its_primary_rotates_keeps_both(open_store
     primary = await store.get_key("111122223333", "us-east-1", key_id)
     assert replica is not None and primary is not None
     assert (len(replica.tags), replica.materials) == (5, primary.materials)
+
+
+async def _two_keys_due_for_rotation(node: Node, clock: ManualClock) -> tuple[Key, Key]:
+    """Two keys as read just before their rotation fell due (then the clock passes it)."""
+    stale = []
+    for _ in range(2):
+        key_id = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
+        await node("EnableKeyRotation", KeyId=key_id, RotationPeriodInDays=90)
+        key = await node.store.get_key(ACCOUNT, "us-east-1", key_id)
+        assert key is not None
+        stale.append(key)
+    clock.advance(91 * 86400)
+    return stale[0], stale[1]
+
+
+async def _hold_one_and_find_the_other_due(holder: Node, key: Key, other: Key, both_hold: asyncio.Barrier) -> Any:
+    """A call's steps: it holds its first key's lock and finds its second key due (a ReEncrypt
+    from `key` to `other`), so it needs `other`'s lock too."""
+    async with holder.svc.key_lock(key.account, key.region, key.key_id):
+        await both_hold.wait()
+        return await holder.svc.apply_due(other)
+
+
+async def _rotated_once_each(node: Node, *keys: Key) -> None:
+    await node.svc.run_due()
+    for key in keys:
+        rotations = (await node("ListKeyRotations", KeyId=key.key_id))["Rotations"]
+        assert [r["RotationType"] for r in rotations] == ["AUTOMATIC"]
+
+
+async def test_two_calls_each_holding_the_key_the_other_finds_due_do_not_wait_forever(
+    open_store: StoreFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, each waited for the other's lock for ever, and every later call on either key too.
+    monkeypatch.setattr(locks, "SECOND_LOCK_WAIT", 0.2)
+    clock = ManualClock(NOW)
+    node = Node(await open_store(), clock, "us-east-1")
+    first, second = await _two_keys_due_for_rotation(node, clock)
+    both_hold = asyncio.Barrier(2)
+    results = await asyncio.wait_for(asyncio.gather(
+        _hold_one_and_find_the_other_due(node, first, second, both_hold),
+        _hold_one_and_find_the_other_due(node, second, first, both_hold),
+        return_exceptions=True,
+    ), timeout=10)
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert refused and all(isinstance(r, errors.KMSInternalException) for r in refused)
+    assert "You can retry the request" in refused[0].message  # type: ignore[attr-defined]
+    assert all(isinstance(r, Key) and len(r.materials) == 2 for r in results if not isinstance(r, BaseException))
+    await _rotated_once_each(node, first, second)
+
+
+async def test_two_nodes_each_holding_the_key_the_other_finds_due_fail_one_call(dsn: str) -> None:
+    # Across nodes the locks are PostgreSQL's advisory locks: the database breaks the cycle.
+    first, second, clock = await _two_nodes(dsn)
+    one, other = await _two_keys_due_for_rotation(first, clock)
+    both_hold = asyncio.Barrier(2)
+    results = await asyncio.wait_for(asyncio.gather(
+        _hold_one_and_find_the_other_due(first, one, other, both_hold),
+        _hold_one_and_find_the_other_due(second, other, one, both_hold),
+        return_exceptions=True,
+    ), timeout=30)
+    assert [type(r) for r in results if isinstance(r, BaseException)] == [errors.KMSInternalException]
+    await _rotated_once_each(first, one, other)
+    await first.store.close()
+    await second.store.close()
