@@ -78,11 +78,26 @@ def url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
     if parts.scheme not in schemes or not url.strip().lower().startswith(f"{parts.scheme}://"):
         return f"the scheme is not {' or '.join(f'{scheme}://' for scheme in schemes)}"
     problem = host_port_problem(parts.netloc.rpartition("@")[2])
-    if problem and "@" in url.partition("://")[2][len(parts.netloc):]:
+    at_after_netloc = "@" in url.partition("://")[2][len(parts.netloc):]
+    if problem and at_after_netloc:
         # The "@" of the user info came after a "/", "?" or "#" of an unencoded password: what
         # urlsplit took for the host and port is part of that password, not to be quoted.
         return "no HOST:PORT after the scheme (a '/', '?' or '#' in the user name or password must be percent-encoded)"
+    if at_after_netloc and _may_be_user_and_password(parts.netloc):
+        # USER:1#2@HOST: the password's digits before its "#" pass for a port, and the call would go
+        # to the host USER. The same text is HOST:PORT with an "@" in its path, query or fragment:
+        # no parser can tell which was meant, so neither is guessed (nor quoted).
+        return (
+            "an '@' after HOST:PORT: percent-encode a '#', '?' or '/' in the password (%23, %3F, %2F)"
+            " or an '@' in the path or query (%40)"
+        )
     return problem
+
+
+def _may_be_user_and_password(netloc: str) -> bool:
+    """Whether a HOST:PORT without user info could be USER:PASS cut short (an IPv6 address, in
+    brackets, could not)."""
+    return "@" not in netloc and ":" in netloc and not netloc.startswith("[")
 
 
 def redacted(address: str, *, query: bool = True) -> str:

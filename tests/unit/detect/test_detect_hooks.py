@@ -106,6 +106,13 @@ def test_webhook_credentials_in_the_url_stay_out_of_errors_and_repr() -> None:
         assert secret not in str(refused.value) and secret not in repr(config)
 
 
+def test_a_webhook_password_with_an_unencoded_hash_is_refused_not_sent_to_the_user_name_as_host() -> None:
+    url = "https://hook-user:8443#url-password@alerts.example.com/keytrail"
+    with pytest.raises(ValueError, match="percent-encode a '#'") as refused:
+        HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "secret": "s"}]}})
+    assert "url-password" not in str(refused.value) and "\n" not in str(refused.value)
+
+
 def test_the_hooks_retry_schedule_waits_between_attempts_and_gives_up_at_the_last() -> None:
     assert retry_waits(5, 0.5) == [0.5, 1.0, 2.0, 4.0, None]
     assert retry_waits(1, 0.5) == [None]
