@@ -110,9 +110,7 @@ class SqliteStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:  # a directory in its place, say
             raise OSError(f"cannot open the key store {path}: {exc}") from None
-        _owner_only(path)  # before the journal mode: SQLite makes -wal and -shm with the file's mode
-        self._path, self._file = path, _file_identity(path)
-        self._root = root
+        self._path, self._root = path, root
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
@@ -124,13 +122,7 @@ class SqliteStore:
         self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
         self._writable = upgrade  # else the file may not hold the documents and ledger that memory does
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            # Deleted or changed rows are zeroed, not left in freed space: a deleted key's sealed
-            # material must not stay where the root key still opens it.
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.executescript(_SCHEMA)
-            self._load(upgrade)
+            self._open(upgrade)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             # Not damage (a full disk, say): restoring a backup over the file would lose keys.
@@ -142,6 +134,22 @@ class SqliteStore:
             raise LedgerMismatch(f"{exc.detail}. {path} was changed outside keytrail: restore the whole file from a "
                                  "backup taken while serve was stopped (its ledger is in it), or put its rows back "
                                  "as keytrail left them") from None
+        except BaseException:
+            # SealError (another root key), a chmod refused: the caller gets no store to close, and
+            # the connection would hold keys.db until the refusal's traceback is collected.
+            self._db.close()
+            raise
+
+    def _open(self, upgrade: bool) -> None:
+        _owner_only(self._path)  # before the journal mode: SQLite makes -wal and -shm with the file's mode
+        self._file = _file_identity(self._path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        # Deleted or changed rows are zeroed, not left in freed space: a deleted key's sealed
+        # material must not stay where the root key still opens it.
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.executescript(_SCHEMA)
+        self._load(upgrade)
 
     def _load(self, upgrade: bool) -> None:
         documents, ledger = read_store(self._db)

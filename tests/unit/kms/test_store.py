@@ -64,6 +64,25 @@ async def test_wrong_root_key_cannot_open_the_store(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
 
 
+def _open_files_under(directory: Path) -> list[str]:
+    """The files of `directory` this process holds open (keys.db, -wal, -shm)."""
+    held = (os.readlink(fd.path) for fd in os.scandir("/proc/self/fd") if fd.is_symlink())
+    return sorted(path for path in held if path.startswith(str(directory)))
+
+
+async def test_a_store_refused_for_another_root_key_is_closed(tmp_path: Path) -> None:
+    # The caller gets no store to close: a node retrying, or `analyze` over many data dirs, would
+    # otherwise keep the file (and SQLite's lock on it) until the refusal's traceback is collected.
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    await store.put_key(_key(os.urandom(32)))
+    await store.close()
+    assert _open_files_under(tmp_path) == []
+    with pytest.raises(SealError) as refused:
+        SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    assert refused.tb is not None  # still alive: its frames hold the half-made store
+    assert _open_files_under(tmp_path) == []
+
+
 async def test_the_store_and_its_wal_files_are_the_owners_only(tmp_path: Path) -> None:
     # SQLite's -wal and -shm hold the same rows as keys.db; it gives them the database file's mode.
     (tmp_path / "keys.db-wal").write_bytes(b"")  # left by a crash, with the umask's mode
