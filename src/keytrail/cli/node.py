@@ -317,16 +317,41 @@ def _reload_principals(credentials: CredentialStore) -> None:
         log.error("principals file not reloaded: %s", exc)
 
 
+class _StoreRefusal:
+    """The key store refusing the scheduler's tick, said in the log when it starts, when its reason
+    changes and when it ends, not on every tick: a PostgreSQL store that no longer matches its
+    ledger refuses every call until the node restarts, a database away times out each one, and a
+    line every few seconds would bury the one line that says why (the store's own)."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def refused(self, reason: str) -> None:
+        if reason != self.reason:
+            log.error("scheduled key maintenance failed: %s (said again only once it runs, or fails otherwise)",
+                      reason)
+        self.reason = reason
+
+    def ran(self) -> None:
+        if self.reason is not None:
+            log.warning("scheduled key maintenance runs again (the key store answers)")
+        self.reason = None
+
+
 async def _scheduler(node: Node) -> None:
     """Apply due deletions and rotations even for keys nobody touches."""
+    refusal = _StoreRefusal()
     while True:
         await asyncio.sleep(node.settings.scheduler_interval_seconds)
         try:
             await node.service.run_due()
         except KmsError as exc:  # the key store refusing calls: its own log line said why
-            log.error("scheduled key maintenance failed: %s", exc.message)
+            refusal.refused(exc.message)
+            continue
         except Exception:
             log.exception("scheduled key maintenance failed")
+            continue
+        refusal.ran()
 
 
 async def _stop(node: Node) -> None:

@@ -20,11 +20,14 @@ import asyncpg
 import pytest
 
 from keytrail.cli.health import NodeHealth, StoreProbe
-from keytrail.cli.node import Node, _key_inventory
+from keytrail.cli.node import Node, _key_inventory, _scheduler
+from keytrail.clock import ManualClock
 from keytrail.kms import errors
 from keytrail.kms.authentic_docs import verify
+from keytrail.kms.authz import OwnAccountAuthorizer
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Alias
 from keytrail.kms.store_ledger import LedgerMismatch
 from tests.support.postgres import fetch
@@ -129,6 +132,30 @@ async def test_the_background_check_finds_a_deleted_row_by_itself(dsn: str, capl
         "key store: the key store does not match its ledger (rows rolled back, deleted or added outside keytrail): "
         "grants 0 row(s), the ledger 1: every call on it is refused until the node restarts (which refuses to start "
         "until the database is restored)"]
+
+
+async def test_the_scheduler_says_once_that_a_store_off_its_ledger_refuses_its_ticks(
+        dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    await fetch(dsn, "DELETE FROM kms_grants")
+    assert not await store.check_ledger()
+    service = KmsService(ServiceDeps(store=store, clock=ManualClock(NOW), audit=_Unrecorded(),
+                                     authorizer=OwnAccountAuthorizer()))
+    node = SimpleNamespace(service=service, settings=SimpleNamespace(scheduler_interval_seconds=0.01))
+    with caplog.at_level(logging.WARNING, logger="keytrail"):
+        scheduler = asyncio.create_task(_scheduler(cast(Node, node)))
+        await asyncio.sleep(0.3)  # some 30 ticks, each refused
+        scheduler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scheduler
+    await store.close()
+    assert [r.getMessage() for r in caplog.records if "maintenance" in r.getMessage()] == [
+        f"scheduled key maintenance failed: {REFUSAL} (said again only once it runs, or fails otherwise)"]
+
+
+class _Unrecorded:
+    async def record(self, call: object) -> None:
+        return None
 
 
 async def test_a_deleted_ledger_row_stops_the_next_write_and_the_next_connect(dsn: str) -> None:
