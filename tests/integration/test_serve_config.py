@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from keytrail.cli.tls import self_signed_certificate
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
+from tests.support.services import free_port
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -218,3 +220,55 @@ def test_serve_refuses_a_root_key_file_named_that_is_not_there(tmp_path: Path) -
     assert out.returncode == 2, out.stderr
     assert out.stderr == f"keytrail serve: no root key: {named} ($KEYTRAIL_ROOT_KEY_FILE) does not exist\n"
     assert not named.parent.exists()
+
+
+# `keytrail serve` with another server starting on its port while the node is built: after serve
+# checked the port, before it serves. It binds as servers do (SO_REUSEADDR) and says whether it got it.
+_ANOTHER_SERVER_WHILE_THE_NODE_IS_BUILT = """
+import socket, sys
+import keytrail.cli.node as node
+build = node.build_node
+async def build_node(settings, *args, **kwargs):
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        other.bind((settings.host, settings.port))
+        other.listen()
+        node.other = other
+        print("the other server took the port", file=sys.stderr)
+    except OSError:
+        print("the other server could not take the port", file=sys.stderr)
+    return await build(settings, *args, **kwargs)
+node.build_node = build_node
+from keytrail.cli import main
+main()
+"""
+
+
+def test_another_server_cannot_take_the_port_while_serve_starts(tmp_path: Path) -> None:
+    # serve listens from its port check on: else the port taken meanwhile failed the start late,
+    # in uvicorn's words, leaving behind the principals file whose credentials it had printed.
+    data, port = tmp_path / "d", free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _ANOTHER_SERVER_WHILE_THE_NODE_IS_BUILT, "serve",
+                             "--data-dir", str(data), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        health = _health_once_started(proc, port)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert health == 200 and proc.returncode == 0, err
+    assert "the other server could not take the port" in err
+    assert f"AWS_ENDPOINT_URL_KMS=http://localhost:{port}" in out and (data / "principals.toml").exists()
+
+
+def _health_once_started(proc: subprocess.Popen[str], port: int) -> int | None:
+    """The health check's status once serve answers it; None if serve exited first."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_keytrail/health", timeout=5) as response:
+                return int(response.status)
+        except OSError:
+            time.sleep(0.1)
+    return None

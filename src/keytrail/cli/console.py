@@ -18,8 +18,8 @@ from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
-           "fail", "listen_probe", "missing_paths", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem",
-           "parse_time"]
+           "fail", "listen_probe", "listening_sockets", "missing_paths", "mqtt_problem", "no_core_dumps",
+           "number_in_range", "os_problem", "parse_time"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -83,6 +83,34 @@ def listen_probe(host: str, port: int) -> int:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(address)
         return int(probe.getsockname()[1])
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on host:port, one per address of `host` (`localhost` may be 127.0.0.1 and
+    ::1), opened as uvicorn would (SO_REUSEADDR; an IPv6 one for IPv6 only), for the server to serve
+    on: held from the start, the port cannot be taken while the node is built. For port 0, the free
+    port of the first address, on every address. Raises OSError (socket.gaierror for an unknown
+    host) with none left open."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):  # the same address twice: once
+            sockets.append(sock := socket.socket(family, kind, proto))
+            _listen(sock, (address[0], port, *address[2:]))
+            port = port or sock.getsockname()[1]  # port 0: the free one the first address got, for the others
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _listen(sock: socket.socket, address: tuple[Any, ...]) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sock.family == socket.AF_INET6:  # as asyncio's servers: "::" is not 0.0.0.0 too
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(address)
+    sock.listen(2048)  # uvicorn's backlog
 
 
 def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | None:

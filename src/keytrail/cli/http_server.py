@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -20,8 +21,9 @@ from keytrail.config import ServeSettings
 __all__ = ["serve_http"]
 
 
-async def serve_http(app: Any, settings: ServeSettings, tls: dict[str, str]) -> bool:
-    """Serve `app` on the settings' address until SIGTERM/SIGINT; False if it never started."""
+async def serve_http(app: Any, settings: ServeSettings, tls: dict[str, str], sockets: list[socket.socket]) -> bool:
+    """Serve `app` on `sockets` (listening on the settings' address) until SIGTERM/SIGINT; False if
+    it never started."""
     # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is
     # the connection's, unless the operator names the proxies trusted to report another (uvicorn's
     # FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: any local
@@ -34,7 +36,7 @@ async def serve_http(app: Any, settings: ServeSettings, tls: dict[str, str]) -> 
         **tls,  # type: ignore[arg-type]
     )
     server = _Server(config)
-    await server.serve()
+    await server.serve(sockets=sockets)
     return bool(server.started)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import typer
 from keytrail.cli.console import (
     bootstrap_problem,
     fail,
-    listen_probe,
+    listening_sockets,
     mqtt_problem,
     no_core_dumps,
     number_in_range,
@@ -186,17 +187,26 @@ def serve(
         raise _fail(problem)
     if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
         raise _fail("--dev-credentials is refused unless the server binds to loopback")
-    settings = ServeSettings(
-        data_dir=data_dir, host=host, port=_listen_port(host, port), principals=principals, kafka=kafka, mqtt=mqtt,
-        dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-        tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
-        digest_interval_seconds=digest_interval,
-    )
-    if dev_credentials:
+    sockets = _listening(host, port)
+    try:
+        _start(ServeSettings(
+            data_dir=data_dir, host=host, port=sockets[0].getsockname()[1], principals=principals, kafka=kafka,
+            mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
+            tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
+            digest_interval_seconds=digest_interval,
+        ), sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
+    """Build the node and serve it on `sockets` until stopped; one line on stderr if it cannot be."""
+    if settings.dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
-    _warn_of_password_in_arguments(store)
-    _make_data_dir(data_dir)
-    _check_config(config)
+    _warn_of_password_in_arguments(settings.store)
+    _make_data_dir(settings.data_dir)
+    _check_config(settings.config)
     _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
     import uvloop
 
@@ -204,11 +214,11 @@ def serve(
     from keytrail.cli.node import ConsumerRunning
 
     try:
-        started = uvloop.run(_serve(settings))
+        started = uvloop.run(_serve(settings, sockets))
     except (StoreUnavailable, ConsumerRunning) as exc:
         raise _fail(str(exc)) from None
     except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
-        raise _fail(f"{exc}: is another keytrail serve running on --data-dir {data_dir}?") from None
+        raise _fail(f"{exc}: is another keytrail serve running on --data-dir {settings.data_dir}?") from None
     except OSError as exc:  # the root key, key store or audit trail cannot be opened (a read-only data dir)
         raise _fail(os_problem(exc)) from None
     if not started:
@@ -230,12 +240,14 @@ def _password(url: str) -> str | None:
         return None
 
 
-def _listen_port(host: str, port: int) -> int:
-    """The port to serve on, checked before anything is built or written (uvicorn finds out only
-    once the node runs, and says it in its own words, exit status 3). For --port 0 a free one, so
-    the endpoint printed for the new admin user is the one served on, not ':0'."""
+def _listening(host: str, port: int) -> list[socket.socket]:
+    """The sockets to serve on, listening before anything is built or written, and held until the
+    server takes them over: a port merely checked free could be taken while the node is built,
+    and uvicorn would find out only then (in its own words, exit status 3, the new admin user's
+    credentials printed and their file left). For --port 0 a free one, so the endpoint printed for
+    the new admin user is the one served on, not ':0'. Connections made meanwhile wait."""
     try:
-        return listen_probe(host, port)
+        return listening_sockets(host, port)
     except OSError as error:  # socket.gaierror (an unknown --host) is one
         raise _fail(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
 
@@ -260,11 +272,11 @@ def _check_config(path: Path | None) -> None:
         raise _fail(f"--config: {exc}") from None
 
 
-async def _serve(settings: ServeSettings) -> bool:
+async def _serve(settings: ServeSettings, sockets: list[socket.socket]) -> bool:
     from keytrail.cli.http_server import serve_http
 
     node, tls = await _built_node(settings)
-    return await serve_http(node.app, settings, tls)
+    return await serve_http(node.app, settings, tls, sockets)
 
 
 async def _built_node(settings: ServeSettings) -> tuple[Node, dict[str, str]]:

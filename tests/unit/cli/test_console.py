@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import typer
 
-from keytrail.cli.console import bootstrap_problem, missing_paths, parse_time
+from keytrail.cli.console import bootstrap_problem, listening_sockets, missing_paths, parse_time
 
 
 def test_missing_paths_names_every_missing_one_and_the_option(tmp_path: Path) -> None:
@@ -39,3 +40,18 @@ def test_bootstrap_lists_kafka_accepts(bootstrap: str) -> None:
 def test_bootstrap_typos_are_one_line(bootstrap: str) -> None:
     shown = "***@h:9092" if bootstrap == "user@h:9092" else bootstrap  # what may be a user name or password: never
     assert bootstrap_problem(bootstrap, "--kafka") == f"--kafka: not HOST:PORT[,HOST:PORT…]: {shown!r}"
+
+
+def test_the_sockets_serve_listens_on_hold_the_port_against_another_server() -> None:
+    sockets = listening_sockets("127.0.0.1", 0)
+    port = sockets[0].getsockname()[1]
+    try:
+        with socket.socket() as other, pytest.raises(OSError, match="Address already in use"):
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            other.bind(("127.0.0.1", port))
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # listening already: a client waits for the server rather than being refused
+    finally:
+        for sock in sockets:
+            sock.close()
+
