@@ -220,3 +220,23 @@ def test_a_node_refused_by_a_store_sealed_under_another_root_key_leaves_no_root_
     second.proc = None
     assert "the root key does not open the key material in the key store" in second.log.read_text()
     assert not (tmp_path / "second" / "root.key").exists()
+
+
+def test_a_node_refused_by_an_empty_store_whose_ledger_it_cannot_verify_says_so_and_leaves_no_root_key(
+        tmp_path: Path, database: str) -> None:
+    """An empty store whose root key check is gone: nothing but its ledger row to try the root key
+    on, so the refusal says the ledger does not verify (not that the key is wrong), and the key
+    made to try it goes as for a store sealed under another root key."""
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    assert _serve_on(tmp_path, database, 5432).stop() == 0
+    asyncio.run(_fetch(dsn, "DELETE FROM kms_root_key"))
+    second = KeytrailServer(tmp_path / "second", "--store", dsn, dev_clock=False)
+    with pytest.raises(RuntimeError, match="keytrail serve exited"):
+        second.start()
+    assert second.proc is not None and second.proc.wait(10) == 2
+    second.proc = None
+    assert second.log.read_text().strip().splitlines()[-1] == (
+        f"keytrail serve: cannot open the key store at 127.0.0.1:5432/{database}: the key store does not match its "
+        "ledger (rows rolled back, deleted or added outside keytrail): the ledger row does not verify under the "
+        "root key, and the store holds no other row to tell an edited ledger from a root key that is not the store's")
+    assert not (tmp_path / "second" / "root.key").exists()

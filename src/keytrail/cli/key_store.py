@@ -15,12 +15,17 @@ from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
+from keytrail.kms.store_ledger import LedgerMismatch
 
 __all__ = ["StoreUnavailable", "open_store"]
 
 
 class StoreUnavailable(Exception):
     """The configured key store cannot be opened; the message says why."""
+
+
+class _LedgerRefused(StoreUnavailable):
+    """The PostgreSQL store's rows are not its ledger's (LedgerMismatch, as it opened)."""
 
 
 async def open_store(settings: ServeSettings) -> Store:
@@ -40,12 +45,23 @@ async def open_store(settings: ServeSettings) -> Store:
         return await _read_store(settings, root)
     except RootKeyUnusable as exc:
         raise StoreUnavailable(str(exc)) from None
+    except _LedgerRefused:
+        # With a key made now, only an empty store's ledger can refuse it (a store with rows says
+        # SealError): a ledger of another root key, maybe, and nothing was sealed under this one.
+        _forget(made)
+        raise
     except SealError as exc:  # both stores check the root key on opening
-        if made is not None:  # a key made for a store sealed under another: a retry would load it again
-            made.unlink(missing_ok=True)
+        _forget(made)
         raise StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): start with "
                                "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
                                "$KEYTRAIL_ROOT_KEY)") from None
+
+
+def _forget(made: Path | None) -> None:
+    """Remove a root key made for a store that refused it: a retry would load it again, and the
+    message could not tell that the store's own is missing."""
+    if made is not None:
+        made.unlink(missing_ok=True)
 
 
 def _root_key_made_by(settings: ServeSettings) -> Path | None:
@@ -86,10 +102,12 @@ async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
 @contextlib.contextmanager
 def _unavailable_unless_opened(url: str) -> Iterator[None]:
     """PostgreSQL's refusals as StoreUnavailable, naming the database without its user and password."""
+    where = url.split("@")[-1]  # never the user and password before the "@"
     try:
         yield
+    except LedgerMismatch as exc:  # an OSError too: open_store tells it apart
+        raise _LedgerRefused(f"cannot open the key store at {where}: {exc}") from None
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # ValueError: a URL asyncpg cannot parse
-        where = url.split("@")[-1]  # never the user and password before the "@"
         raise StoreUnavailable(f"cannot open the key store at {where}: {_without_password(str(exc), url)}") from None
 
 

@@ -50,6 +50,9 @@ def _check(documents: Sequence[Document], ledger: str, root: RootKey) -> None:
     try:
         recorded = Ledger.from_doc(root, ledger)
     except DocumentRefused:
+        if not documents:  # no row to try the root key on: the ledger's is all the store shows
+            raise LedgerMismatch("the ledger row does not verify under the root key, and the store holds no other "
+                                 "row to tell an edited ledger from a root key that is not the store's") from None
         _check_root_key(documents, root, ledgered=True)  # another root key opens no row either
         raise LedgerMismatch("the ledger row does not verify under the root key") from None
     recorded.check(Ledger.of(root, ((table.name, row, text) for table, row, text in documents)))

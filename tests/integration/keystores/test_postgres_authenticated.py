@@ -195,6 +195,18 @@ async def test_a_refused_row_is_refused_by_root_key_rotation_too(dsn: str) -> No
     await reopened.close()
 
 
+async def test_an_empty_store_without_its_root_key_check_whose_ledger_does_not_verify_is_a_ledger_refused(
+        dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    await (await PostgresStore.connect(dsn, root)).close()
+    await fetch_value(dsn, "DELETE FROM kms_root_key")
+    with pytest.raises(LedgerMismatch, match="the ledger row does not verify under the root key, and the store "
+                                             "holds no other row"):
+        await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
+    await (await PostgresStore.connect(dsn, root)).close()  # its own root key: the check is written again
+    assert await fetch_value(dsn, "SELECT count(*) FROM kms_root_key") == 1
+
+
 async def test_a_deleted_root_key_check_neither_downgrades_the_store_nor_lets_another_root_key_in(
         dsn: str) -> None:
     root = RootKey(os.urandom(32))

@@ -167,6 +167,25 @@ async def test_a_deleted_or_edited_ledger_row_stops_the_store_opening(tmp_path: 
         SqliteStore(path, root)
 
 
+async def test_an_empty_store_whose_ledger_row_does_not_verify_is_a_ledger_refused_not_a_root_key(
+        tmp_path: Path) -> None:
+    # No row but the ledger's: nothing tells an edited ledger from one of another root key, and
+    # "the root key does not open the key material" would send the operator after a key that may be right.
+    root, path = RootKey(os.urandom(32)), tmp_path / "keys.db"
+    await SqliteStore(path, root).close()
+    [(ledger,)] = _rows(path, "SELECT doc FROM ledger")
+    edited = json.loads(ledger)
+    edited["rows"]["keys"] = 1
+    _execute(path, "UPDATE ledger SET doc = ?", json.dumps(edited, sort_keys=True))
+    with pytest.raises(LedgerMismatch, match="the ledger row does not verify under the root key, and the store "
+                                             "holds no other row"):
+        SqliteStore(path, root)
+    _execute(path, "UPDATE ledger SET doc = ?", ledger)
+    with pytest.raises(LedgerMismatch, match="the ledger row does not verify under the root key"):
+        SqliteStore(path, RootKey(os.urandom(32)))
+    await SqliteStore(path, root).close()  # put back as keytrail left it
+
+
 async def test_root_key_rotation_keeps_the_ledger_under_the_new_key(tmp_path: Path) -> None:
     old, new, path = RootKey(os.urandom(32)), RootKey(os.urandom(32)), tmp_path / "keys.db"
     await _store(path, root=old)
