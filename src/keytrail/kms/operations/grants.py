@@ -22,7 +22,9 @@ from keytrail.kms.grants import (
     parse_grant_token,
     supports_constraints,
 )
+from keytrail.kms.identifiers import KeyRefError, parse_key_ref
 from keytrail.kms.keys import Key
+from keytrail.kms.model import KeyState
 from keytrail.kms.paging import page
 from keytrail.kms.store import Grant
 
@@ -78,11 +80,35 @@ def _same_request(grant: Grant, params: dict[str, Any]) -> bool:
     )
 
 
+def _refuse_alias(call: Call, raw: str) -> None:
+    """CreateGrant names its key by id or key ARN only; AWS answers an alias name or alias ARN
+    with InvalidArnException "Key Aliases are not supported for this operation." (the error
+    quoted from AWS in boto/boto#3202 and hashicorp/terraform#20813), not NotFoundException."""
+    context = call.context
+    try:
+        named_alias = parse_key_ref(raw, account=context.account, region=context.region).is_alias
+    except KeyRefError:
+        return  # a malformed id: find_key answers it with AWS's NotFoundException
+    if named_alias:
+        raise errors.InvalidArnException("Key Aliases are not supported for this operation.")
+
+
+def _require_grantable(svc: KmsService, key: Key) -> None:
+    """CreateGrant's column of "Key states of AWS KMS keys": a disabled key is DisabledException,
+    a key pending import or deletion KMSInvalidStateException (an unavailable key takes grants)."""
+    if key.state is KeyState.DISABLED:
+        raise errors.DisabledException(f"{key.arn} is disabled.")
+    if key.state is KeyState.PENDING_IMPORT:
+        raise errors.KMSInvalidStateException(f"{key.arn} is pending import.")
+    svc.require_not_pending_deletion(key)
+
+
 async def create_grant(svc: KmsService, call: Call) -> Response:
     params = call.params
+    _refuse_alias(call, params["KeyId"])
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
-    svc.require_not_pending_deletion(key)
+    _require_grantable(svc, key)
     _check_request(key, params["Operations"], params.get("Constraints") or {})
     svc.check_dry_run(call)
     grant = await _existing_by_name(svc, key, params)

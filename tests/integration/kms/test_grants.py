@@ -1,0 +1,35 @@
+"""Grants through boto3: how CreateGrant names its key and which key states take a grant."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.support.errors import aws_error
+from tests.support.server import ACCOUNT
+
+BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
+
+
+def test_create_grant_refuses_aliases_with_invalid_arn(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    name = f"alias/g-{uuid.uuid4().hex[:12]}"
+    kms.create_alias(AliasName=name, TargetKeyId=key_id)
+    for alias in (name, f"arn:aws:kms:us-east-1:{ACCOUNT}:{name}", "alias/never-made"):
+        code, message, status = aws_error(kms.create_grant, KeyId=alias, GranteePrincipal=BOB, Operations=["Decrypt"])
+        assert (code, message, status) == ("InvalidArnException", "Key Aliases are not supported for this operation.",
+                                           400)
+    assert kms.list_grants(KeyId=key_id)["Grants"] == []
+
+
+def test_create_grant_on_a_disabled_or_pending_import_key_is_refused(kms) -> None:
+    disabled = kms.create_key()["KeyMetadata"]
+    kms.disable_key(KeyId=disabled["KeyId"])
+    code, message, _ = aws_error(kms.create_grant, KeyId=disabled["KeyId"], GranteePrincipal=BOB,
+                                 Operations=["Decrypt"])
+    assert (code, message) == ("DisabledException", f"{disabled['Arn']} is disabled.")
+    external = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]
+    code, message, _ = aws_error(kms.create_grant, KeyId=external["KeyId"], GranteePrincipal=BOB,
+                                 Operations=["Decrypt"])
+    assert (code, message) == ("KMSInvalidStateException", f"{external['Arn']} is pending import.")
+    kms.enable_key(KeyId=disabled["KeyId"])
+    assert kms.create_grant(KeyId=disabled["KeyId"], GranteePrincipal=BOB, Operations=["Decrypt"])["GrantId"]
