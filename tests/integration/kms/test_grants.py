@@ -33,3 +33,30 @@ def test_create_grant_on_a_disabled_or_pending_import_key_is_refused(kms) -> Non
     assert (code, message) == ("KMSInvalidStateException", f"{external['Arn']} is pending import.")
     kms.enable_key(KeyId=disabled["KeyId"])
     assert kms.create_grant(KeyId=disabled["KeyId"], GranteePrincipal=BOB, Operations=["Decrypt"])["GrantId"]
+
+
+def test_a_principal_and_a_service_principal_together_are_refused(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    code, message, _ = aws_error(kms.create_grant, KeyId=key_id, GranteePrincipal=BOB,
+                                 GranteeServicePrincipal="rds.amazonaws.com", Operations=["Decrypt"])
+    assert (code, message) == ("ValidationException",
+                               "You must specify either GranteePrincipal or GranteeServicePrincipal, but not both.")
+    code, message, _ = aws_error(kms.create_grant, KeyId=key_id, GranteePrincipal=BOB, RetiringPrincipal=BOB,
+                                 RetiringServicePrincipal="rds.amazonaws.com", Operations=["Decrypt"])
+    assert (code, message) == ("ValidationException",
+                               "You can specify either RetiringPrincipal or RetiringServicePrincipal, but not both.")
+    code, _, _ = aws_error(kms.list_grants, KeyId=key_id, GranteePrincipal=BOB,
+                           GranteeServicePrincipal="rds.amazonaws.com")
+    assert code == "ValidationException"
+    code, _, _ = aws_error(kms.list_retirable_grants, RetiringPrincipal=BOB,
+                           RetiringServicePrincipal="rds.amazonaws.com")
+    assert code == "ValidationException"
+    assert kms.list_grants(KeyId=key_id)["Grants"] == []
+
+
+def test_list_grants_by_grantee_service_principal_lists_no_grant_of_a_principal(kms) -> None:
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Decrypt"])
+    listed = kms.list_grants(KeyId=key_id, GranteeServicePrincipal="rds.amazonaws.com")
+    assert (listed["Grants"], listed["Truncated"]) == ([], False)
+    assert len(kms.list_grants(KeyId=key_id)["Grants"]) == 1

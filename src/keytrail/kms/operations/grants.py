@@ -71,6 +71,15 @@ def _check_constraint_size(name: str, pairs: dict[str, str]) -> None:
         )
 
 
+def _require_one_of(params: dict[str, Any], principal: str, service_principal: str, verb: str) -> None:
+    """The API reference of CreateGrant, ListGrants and ListRetirableGrants: "You [must|can]
+    specify either <X>Principal or <X>ServicePrincipal, but not both." """
+    if params.get(principal) is not None and params.get(service_principal) is not None:
+        raise errors.ValidationException(
+            f"You {verb} specify either {principal} or {service_principal}, but not both."
+        )
+
+
 def _same_request(grant: Grant, params: dict[str, Any]) -> bool:
     return (
         grant.grantee_principal == params["GranteePrincipal"]
@@ -105,6 +114,8 @@ def _require_grantable(svc: KmsService, key: Key) -> None:
 
 async def create_grant(svc: KmsService, call: Call) -> Response:
     params = call.params
+    _require_one_of(params, "GranteePrincipal", "GranteeServicePrincipal", "must")
+    _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "can")
     _refuse_alias(call, params["KeyId"])
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
@@ -146,9 +157,12 @@ def _new_grant(svc: KmsService, call: Call, key: Key) -> Grant:
 
 async def list_grants(svc: KmsService, call: Call) -> Response:
     params = call.params
+    _require_one_of(params, "GranteePrincipal", "GranteeServicePrincipal", "can")
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:ListGrants", key, request_conditions("ListGrants", params))
     grants = await svc.store.list_grants(key.account, key.region, key.key_id)
+    if params.get("GranteeServicePrincipal"):
+        grants = []  # a filter no grant here meets: no grant is for an AWS service principal
     if params.get("GrantId"):
         _require_grant_id(params["GrantId"])
         grants = [g for g in grants if g.grant_id == params["GrantId"]]
@@ -165,6 +179,7 @@ def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant],
 
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     params = call.params
+    _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "must")
     await svc.authorize(call, "kms:ListRetirableGrants", None)
     context, retiring = call.context, params["RetiringPrincipal"]
     # AWS lists grants on other accounts' keys too, for a retiring principal of the caller's account.
