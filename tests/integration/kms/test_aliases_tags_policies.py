@@ -126,3 +126,22 @@ def test_grants_revoked_page_by_page_are_all_listed_and_revoked(kms) -> None:
             kms.revoke_grant(KeyId=key_id, GrantId=grant["GrantId"])
             revoked.add(grant["GrantId"])
     assert revoked == granted and kms.list_grants(KeyId=key_id)["Grants"] == []
+
+
+def test_update_alias_keeps_the_key_type_and_usage_not_the_key_spec(kms) -> None:
+    def new_key(spec: str, usage: str) -> str:
+        return kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+
+    for first, second in ((("RSA_2048", "SIGN_VERIFY"), ("ECC_NIST_P256", "SIGN_VERIFY")),
+                          (("HMAC_256", "GENERATE_VERIFY_MAC"), ("HMAC_512", "GENERATE_VERIFY_MAC")),
+                          (("RSA_2048", "ENCRYPT_DECRYPT"), ("RSA_4096", "ENCRYPT_DECRYPT"))):
+        name = _name()
+        kms.create_alias(AliasName=name, TargetKeyId=new_key(*first))
+        target = new_key(*second)
+        kms.update_alias(AliasName=name, TargetKeyId=target)
+        assert kms.describe_key(KeyId=name)["KeyMetadata"]["KeyId"] == target
+    name = _name()
+    kms.create_alias(AliasName=name, TargetKeyId=new_key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"))
+    for refused in (new_key("RSA_2048", "ENCRYPT_DECRYPT"), new_key("ECC_NIST_P256", "SIGN_VERIFY")):
+        code, message, _ = aws_error(kms.update_alias, AliasName=name, TargetKeyId=refused)
+        assert code == "ValidationException" and "same type" in message

@@ -54,6 +54,15 @@ async def _existing_alias(svc: KmsService, call: Call) -> Alias:
     return alias
 
 
+def _kind(key: Key) -> tuple[str, str]:
+    """What UpdateAlias keeps: "The current and new KMS key must be the same type (both symmetric
+    or both asymmetric or both HMAC), and they must have the same key usage" (API reference), so an
+    RSA signing key may follow an ECC one, or HMAC_512 HMAC_256; the key spec itself may change."""
+    spec = str(key.key_spec)
+    family = "symmetric" if spec == "SYMMETRIC_DEFAULT" else "HMAC" if spec.startswith("HMAC_") else "asymmetric"
+    return family, str(key.key_usage)
+
+
 async def update_alias(svc: KmsService, call: Call) -> Response:
     alias = await _existing_alias(svc, call)
     current = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
@@ -62,8 +71,11 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
         await svc.authorize(call, "kms:UpdateAlias", current)
     key = await _alias_target(svc, call, "kms:UpdateAlias")
     await svc.authorize_alias(call, "kms:UpdateAlias", alias.name)
-    if current is not None and (current.key_usage, current.key_spec) != (key.key_usage, key.key_spec):
-        raise errors.ValidationException("The new target key must have the same key usage and key spec.")
+    if current is not None and _kind(current) != _kind(key):
+        raise errors.ValidationException(
+            "The new target key must be the same type (symmetric, asymmetric or HMAC) as the current one "
+            "and have the same key usage."
+        )
     updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
     if not await svc.store.update_alias(updated):  # deleted meanwhile: not brought back
         raise errors.NotFoundException(f"Alias {svc.alias_arn(call, alias.name)} is not found.")
