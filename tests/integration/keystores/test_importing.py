@@ -337,3 +337,20 @@ def test_cancelling_deletion_of_a_key_without_material_leaves_it_pending_import(
     kms.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
     kms.cancel_key_deletion(KeyId=meta["KeyId"])
     assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "Disabled"
+
+
+def test_deleting_material_of_a_key_pending_deletion_keeps_it_pending_deletion(kms: Any) -> None:
+    # DeleteImportedKeyMaterial (API reference): "When the specified KMS key is in the
+    # PendingDeletion state, this operation does not change the KMS key's state."
+    meta = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]
+    imported = _import(kms, meta["KeyId"], os.urandom(32))
+    kms.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
+    deleted = kms.delete_imported_key_material(KeyId=meta["KeyId"])
+    assert (deleted["KeyId"], deleted["KeyMaterialId"]) == (meta["Arn"], imported["KeyMaterialId"])
+    assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    with pytest.raises(ClientError) as excinfo:
+        kms.get_parameters_for_import(KeyId=meta["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                      WrappingKeySpec="RSA_2048")
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{meta['Arn']} is pending deletion.")
+    kms.cancel_key_deletion(KeyId=meta["KeyId"])
+    assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "PendingImport"

@@ -50,11 +50,17 @@ def _require_external(key: Key) -> None:
         )
 
 
-async def _external_key(svc: KmsService, call: Call, action: str, conditions: dict[str, Any]) -> Key:
+async def _external_key(
+    svc: KmsService, call: Call, action: str, conditions: dict[str, Any], *, while_deleting: bool = False,
+) -> Key:
+    """The EXTERNAL key the call names. `while_deleting`: DeleteImportedKeyMaterial also takes a key
+    pending deletion ("When the specified KMS key is in the PendingDeletion state, this operation
+    does not change the KMS key's state", API reference); importing into one is refused."""
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, action, key, conditions)
     _require_external(key)
-    svc.require_not_pending_deletion(key)
+    if not while_deleting:
+        svc.require_not_pending_deletion(key)
     if key.state is KeyState.PENDING_REPLICA_DELETION:
         raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
     return key
@@ -277,7 +283,7 @@ async def _save_import(svc: KmsService, key: Key) -> None:
 
 
 async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
-    key = await _external_key(svc, call, "kms:DeleteImportedKeyMaterial", {})
+    key = await _external_key(svc, call, "kms:DeleteImportedKeyMaterial", {}, while_deleting=True)
     wanted = call.params.get("KeyMaterialId")
     current = key.current_material
     target = current if wanted is None else next((m for m in key.materials if m.material_id == wanted), None)
