@@ -261,6 +261,13 @@ class KmsService:
             raise errors.KMSInvalidStateException(f"{key.arn} {_NOT_USABLE[key.state]}")
 
     @staticmethod
+    def invalid_state(key: Key) -> errors.KmsError:
+        """KMSInvalidStateException in AWS's words for the key's state ("<ARN> is pending deletion.",
+        "… is creating.", notes of "Key states of AWS KMS keys"), never the enum value."""
+        words = _NOT_USABLE.get(key.state, f"is {key.state.value.lower()}.")
+        return errors.KMSInvalidStateException(f"{key.arn} {words}")
+
+    @staticmethod
     def require_not_pending_deletion(key: Key) -> None:
         if key.state is KeyState.PENDING_DELETION:
             raise errors.KMSInvalidStateException(f"{key.arn} is pending deletion.")

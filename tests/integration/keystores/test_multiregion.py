@@ -211,6 +211,26 @@ def test_update_primary_region_needs_both_keys_enabled(server: KeytrailServer, d
     )
 
 
+def test_key_states_refusing_replication_or_a_new_primary_are_named_in_awss_words(server: KeytrailServer) -> None:
+    # "KMSInvalidStateException: <key ARN> is pending deletion." (Key states of AWS KMS keys), never
+    # the enum value ("is PendingDeletion.").
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)  # Creating until the next tick
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(REPLICA, key_id)} is creating.")
+    _tick(server)
+    server.client("alice", REPLICA).schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(REPLICA, key_id)} is pending deletion.")
+    kms, key_id = _mrk(server)
+    kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    with pytest.raises(ClientError) as excinfo:
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(PRIMARY, key_id)} is pending deletion.")
+
+
 def test_update_primary_region_to_a_region_without_replica_is_not_found(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     with pytest.raises(ClientError) as excinfo:

@@ -33,11 +33,11 @@ def _require_primary(key: Key) -> None:
         raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
 
 
-def _require_replicable_state(key: Key) -> None:
+def _require_replicable_state(svc: KmsService, key: Key) -> None:
     if key.state is KeyState.DISABLED:
         raise errors.DisabledException(f"{key.arn} is disabled.")
     if key.state not in (KeyState.ENABLED, KeyState.PENDING_IMPORT):
-        raise errors.KMSInvalidStateException(f"{key.arn} is {key.state.value}.")
+        raise svc.invalid_state(key)
 
 
 def _require_same_partition(primary: Key, region: str) -> None:
@@ -73,7 +73,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
         await svc.authorize_identity(in_replica_region, "kms:TagResource",
                                      key_arn(region, primary.account, primary.key_id))
     _require_primary(primary)
-    _require_replicable_state(primary)
+    _require_replicable_state(svc, primary)
     if region == primary.region or region in primary.replica_regions:
         raise errors.AlreadyExistsException(f"Key '{key_arn(region, primary.account, primary.key_id)}' already exists")
     tags = tuple(validate_tags(params.get("Tags") or []).items())
@@ -121,7 +121,7 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
         if copy.state is KeyState.DISABLED:  # AWS: both keys must be Enabled when it starts
             raise errors.DisabledException(f"{copy.arn} is disabled.")
         if copy.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION, KeyState.CREATING):
-            raise errors.KMSInvalidStateException(f"{copy.arn} is {copy.state.value}.")
+            raise svc.invalid_state(copy)
     call.resource(replica.arn)
     await multiregion.move_primary(svc, key, region)
     return {}
