@@ -229,6 +229,12 @@ def test_key_states_refusing_replication_or_a_new_primary_are_named_in_awss_word
     with pytest.raises(ClientError) as excinfo:
         kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
     assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(PRIMARY, key_id)} is pending deletion.")
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)  # waits for its replica's deletion
+    with pytest.raises(ClientError) as excinfo:
+        kms.enable_key(KeyId=key_id)
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(PRIMARY, key_id)} is pending replica deletion.")
 
 
 def test_update_primary_region_to_a_region_without_replica_is_not_found(server: KeytrailServer) -> None:

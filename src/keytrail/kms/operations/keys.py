@@ -137,17 +137,11 @@ async def _set_enabled(svc: KmsService, call: Call, action: str, state: KeyState
         await svc.store.put_key(replace(key, extra={**key.extra, "state_when_connected": state.value}))
         return {}
     if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
-        raise errors.KMSInvalidStateException(f"{key.arn} is {_state_words(key.state)}.")
+        raise svc.invalid_state(key)
     if key.state is not state:
         changed = replace(key, state=state)
         await svc.store.put_key(changed.rotation_resumed(svc.now()) if changed.enabled else changed)
     return {}
-
-
-def _state_words(state: KeyState) -> str:
-    return {"PendingDeletion": "pending deletion", "PendingImport": "pending import"}.get(
-        state.value, state.value.lower()
-    )
 
 
 async def enable_key(svc: KmsService, call: Call) -> Response:
