@@ -24,6 +24,10 @@ NOTES = {
     "RotateKeyOnDemand": "imported keys rotate to material imported with NEW_KEY_MATERIAL "
                          "(docs/imported-key-material.md)",
     "ReplicateKey": "within the primary's partition only (Regions and partitions below)",
+    "CreateGrant": "GranteeServicePrincipal and RetiringServicePrincipal refused: no AWS service calls keytrail "
+                   "(docs/authorization.md)",
+    "ListGrants": "by GranteeServicePrincipal: no grant (none is for a service principal)",
+    "ListRetirableGrants": "RetiringServicePrincipal refused (no grant is for a service principal)",
     "CreateCustomKeyStore": "AWS_CLOUDHSM type on a PKCS#11 token (docs/custom-key-stores.md); "
                             "EXTERNAL_KEY_STORE refused",
 }

@@ -51,6 +51,9 @@ def test_a_principal_and_a_service_principal_together_are_refused(kms) -> None:
     code, _, _ = aws_error(kms.list_retirable_grants, RetiringPrincipal=BOB,
                            RetiringServicePrincipal="rds.amazonaws.com")
     assert code == "ValidationException"
+    code, _, _ = aws_error(kms.create_grant, KeyId=key_id, GranteePrincipal=BOB,
+                           RetiringServicePrincipal="rds.amazonaws.com", Operations=["Decrypt"])
+    assert code == "UnsupportedOperationException"  # not dropped: no service can retire it here
     assert kms.list_grants(KeyId=key_id)["Grants"] == []
 
 

@@ -116,6 +116,11 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     params = call.params
     _require_one_of(params, "GranteePrincipal", "GranteeServicePrincipal", "must")
     _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "can")
+    if params.get("RetiringServicePrincipal") is not None:
+        # Dropped, the grant would look retirable by a service that can never call here.
+        raise errors.UnsupportedOperationException(
+            "RetiringServicePrincipal is not supported: no AWS service principal calls keytrail."
+        )
     _refuse_alias(call, params["KeyId"])
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
