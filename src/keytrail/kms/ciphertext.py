@@ -13,7 +13,7 @@ time.) Format 3 is the same idea for HSM-backed keys, whose secret never leaves 
 derives the key from its own key and the blob's salt (kms/hsm_derivation.py), and only the token
 opens it. Format 1 sealed under the version's secret itself, up to that 2^32 for the whole version;
 it is still opened (blobs are kept for years), and an HSM key whose token cannot derive keys still
-writes it (kms/hsm.py).
+writes it (kms/hsm_session.py).
 
 The whole header and the canonically encoded encryption context are the GCM additional data, so
 changing any byte, the key id, the material version or the context fails authentication. Every

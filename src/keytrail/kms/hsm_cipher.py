@@ -1,0 +1,74 @@
+"""The KeyCipher of keys in custom key stores: Encrypt and Decrypt run AES-GCM inside the store's HSM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from pkcs11 import exceptions as p11
+
+from keytrail.kms import errors
+from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, blob_header, encode_context, read_header
+from keytrail.kms.hsm_connections import HsmConnections
+from keytrail.kms.hsm_failures import SESSION_LOST
+from keytrail.kms.keys import Key
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.store import CustomKeyStoreStore
+
+__all__ = ["HsmCipher"]
+
+
+class HsmCipher:
+    """The KeyCipher of keys in custom key stores: AES-GCM inside the token."""
+
+    def __init__(self, connections: HsmConnections, stores: CustomKeyStoreStore) -> None:
+        self.connections = connections
+        self._stores = stores
+
+    async def _store_of(self, key: Key) -> CustomKeyStore | None:
+        stores = await self._stores.list_custom_key_stores(key.account, key.region)
+        return next((s for s in stores if s.store_id == key.custom_key_store_id), None)
+
+    async def encrypt(
+        self, key: Key, plaintext: bytes, context: Mapping[str, str] | None, algorithm: str
+    ) -> tuple[bytes, str | None]:
+        material = key.current_material
+        if material is None or material.handle is None:
+            raise errors.KMSInvalidStateException(f"{key.arn} is unavailable.")
+        material_id, handle, encoded = material.material_id, bytes.fromhex(material.handle), encode_context(context)
+
+        def header(form: int) -> bytes:
+            return blob_header(key.account, key.key_id, material_id, form)
+
+        blob = await self.connections.run(
+            await self._store_of(key), _unavailable(key), lambda s: s.seal(handle, header, plaintext, encoded)
+        )
+        return blob, material_id
+
+    async def decrypt(
+        self, key: Key, blob: bytes, context: Mapping[str, str] | None, algorithm: str
+    ) -> tuple[bytes, str | None]:
+        header = read_header(blob)
+        material = key.material(header.material_id)
+        if material is None or material.handle is None or header.key_id != key.key_id:
+            raise errors.InvalidCiphertextException("")
+        if header.format not in (FORMAT_V1, FORMAT_V3):  # format 2 needs the secret, which the token keeps
+            raise errors.InvalidCiphertextException("")
+        store = await self._store_of(key)
+        session = await self.connections.session_or(store, _unavailable(key))
+        try:
+            plaintext = await asyncio.to_thread(
+                session.open, bytes.fromhex(material.handle), header, encode_context(context)
+            )
+        except SESSION_LOST:
+            await self.connections.drop(session)
+            raise _unavailable(key) from None
+        except p11.NoSuchKey:  # its backing key left the HSM: AWS answers KMSInvalidStateException
+            raise _unavailable(key) from None
+        except p11.PKCS11Error:  # a tampered blob fails GCM as a general error (SoftHSM2)
+            raise errors.InvalidCiphertextException("") from None
+        return plaintext, material.material_id
+
+
+def _unavailable(key: Key) -> errors.KmsError:
+    return errors.KMSInvalidStateException(f"{key.arn} is unavailable.")

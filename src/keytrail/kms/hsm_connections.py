@@ -1,0 +1,90 @@
+"""The live PKCS#11 session of each custom key store in this process, and the AWS error a call on it
+answers when the store's HSM cannot be used."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from pkcs11 import exceptions as p11
+
+from keytrail.kms import errors
+from keytrail.kms.hsm_module import MODULE_ENV, HsmError, module_path
+from keytrail.kms.hsm_session import TokenSession, open_session
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+
+__all__ = ["HsmConnections"]
+
+_T = TypeVar("_T")
+
+
+class HsmConnections:
+    """Live sessions per custom key store. A store that is CONNECTED but has no session here
+    (after a restart) is logged in to again on first use, with its sealed password."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, TokenSession] = {}
+        self._lock = asyncio.Lock()
+
+    async def connect(self, store: CustomKeyStore) -> None:
+        """Log in to the store's token (again); HsmError says why it failed."""
+        async with self._lock:
+            await self._open(store)
+
+    async def _open(self, store: CustomKeyStore) -> TokenSession:
+        path = module_path()
+        if path is None:
+            raise HsmError("INTERNAL_ERROR", f"{MODULE_ENV} is not set")
+        old = self._sessions.pop(store.store_id, None)
+        if old is not None:  # closed first: a second login of this process would be refused
+            await asyncio.to_thread(old.discard)
+        session = await asyncio.to_thread(open_session, path, store.cluster_id, store.password)
+        self._sessions[store.store_id] = session
+        return session
+
+    async def disconnect(self, store_id: str) -> None:
+        async with self._lock:
+            session = self._sessions.pop(store_id, None)
+            if session is not None:
+                await asyncio.to_thread(session.discard)
+
+    async def drop(self, failed: TokenSession) -> None:
+        """Forget a session a PKCS#11 call failed on, so the next call logs in again instead of
+        failing on it until the store is reconnected. A session opened meanwhile is kept."""
+        async with self._lock:
+            for store_id in [s for s, session in self._sessions.items() if session is failed]:
+                del self._sessions[store_id]
+                await asyncio.to_thread(failed.discard)
+
+    async def session(self, store: CustomKeyStore) -> TokenSession:
+        """The store's live session, logging in first if this process has none yet."""
+        async with self._lock:
+            session = self._sessions.get(store.store_id)
+            return session if session is not None else await self._open(store)
+
+    async def session_or(self, store: CustomKeyStore | None, unusable: errors.KmsError) -> TokenSession:
+        """The session of a CONNECTED store whose token accepts its login, else `unusable`: the AWS
+        error of the calling operation for an HSM it cannot use (the token's PIN changed or the
+        token is gone), never a bare HsmError that would reach the client as a 500."""
+        if store is None or store.state is not ConnectionState.CONNECTED:
+            raise unusable
+        try:
+            return await self.session(store)
+        except HsmError:
+            raise unusable from None
+
+    async def run(
+        self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T]
+    ) -> _T:
+        """`work` on the store's session, in a worker thread; `unusable` as in `session_or`, and
+        also when the token fails the call itself (removed under a live session)."""
+        session = await self.session_or(store, unusable)
+        try:
+            return await asyncio.to_thread(work, session)
+        except p11.NoSuchKey:  # the token no longer holds the key: the session is as good as before
+            raise unusable from None
+        except p11.PKCS11Error:
+            # `work` gets no caller input the token could refuse: the session itself failed.
+            await self.drop(session)
+            raise unusable from None

@@ -1,0 +1,87 @@
+"""The token's key objects as one session sees them: found by object id (CKA_ID) and kept, made,
+and allowed to derive format 3's keys (kms/hsm_derivation.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
+from pkcs11 import exceptions as p11
+
+from keytrail.kms.hsm_failures import SESSION_LOST, warn_format_1
+
+__all__ = ["KeyObjects"]
+
+
+class KeyObjects:
+    """The key objects of one session. Not thread-safe: the session's lock guards it."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
+        self._derivable: dict[bytes, bool] = {}  # by object id: whether the key has CKA_DERIVE
+
+    def get(self, object_id: bytes) -> Any:
+        """The key object; NoSuchKey if the token holds none with this id."""
+        key = self._handles.get(object_id)
+        if key is None:
+            key = self._session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
+            self._handles[object_id] = key
+        return key
+
+    def generate(self, object_id: bytes, label: str) -> None:
+        """A persistent AES-256 key that can never be read out of the token, allowed only what
+        keytrail does with it: AES-GCM, and deriving format 3's keys."""
+        template = {
+            Attribute.TOKEN: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SENSITIVE: True,
+            Attribute.PRIVATE: True,
+        }
+        capabilities = MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT | MechanismFlag.DERIVE
+        self._session.generate_key(
+            KeyType.AES, 256, id=object_id, label=label, store=True, capabilities=capabilities, template=template,
+        )
+
+    def require(self, object_id: bytes) -> None:
+        """A PKCS11Error if the token no longer holds the key: a derived key outlives its backing key
+        deleted from the token, but what it seals would open only while this session lasts, and
+        what it opens should not open at all."""
+        self.get(object_id)[Attribute.CLASS]
+
+    @contextlib.contextmanager
+    def deleted_as_no_such_key(self, object_id: bytes) -> Iterator[None]:
+        """NoSuchKey when a call failed on the key's cached handle because another session deleted
+        the key: the handle is invalid, but this session is fine and is not to be dropped. Looked up
+        again, a key still there means the session itself failed, and the error stands."""
+        try:
+            yield
+        except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
+            self._handles.pop(object_id, None)
+            self.get(object_id)  # NoSuchKey if it was deleted
+            raise
+
+    def derives(self, object_id: bytes) -> bool:
+        """Whether the key has (or was just given) CKA_DERIVE."""
+        known = self._derivable.get(object_id)
+        if known is None:
+            known = self._derivable[object_id] = self._allow_derivation(object_id)
+        return known
+
+    def _allow_derivation(self, object_id: bytes) -> bool:
+        """Keys made before format 3 lack CKA_DERIVE, which PKCS#11 lets their owner set later: set
+        once, it frees them of the 2^32 limit too. A token that refuses keeps them on format 1."""
+        key = self.get(object_id)
+        if key[Attribute.DERIVE]:
+            return True
+        try:
+            key[Attribute.DERIVE] = True
+        except SESSION_LOST:
+            raise
+        except p11.PKCS11Error as exc:
+            warn_format_1(object_id, "setting CKA_DERIVE", exc)
+            return False
+        del self._handles[object_id]  # python-pkcs11 gives an object derive_key() only if CKA_DERIVE was true
+        return True

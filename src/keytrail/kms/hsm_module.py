@@ -1,0 +1,93 @@
+"""The PKCS#11 module (shared library) of every custom key store: loading it, the one lock of all its
+calls, and finding and logging in to the token a store's CloudHsmClusterId names."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import pkcs11
+from pkcs11 import Mechanism
+from pkcs11 import exceptions as p11
+
+from keytrail.kms.hsm_derivation import DERIVATION
+
+__all__ = ["MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "find_token", "log_in", "module_path", "token_label"]
+
+MODULE_ENV = "KEYTRAIL_PKCS11_MODULE"
+TOKENS_ENV = "KEYTRAIL_PKCS11_TOKENS"
+_ERROR_CODES: dict[type[Exception], str] = {
+    p11.PinIncorrect: "INVALID_CREDENTIALS",
+    p11.PinInvalid: "INVALID_CREDENTIALS",
+    p11.PinLenRange: "INVALID_CREDENTIALS",
+    p11.PinLocked: "USER_LOCKED_OUT",
+    p11.NoSuchToken: "CLUSTER_NOT_FOUND",
+    p11.UserAlreadyLoggedIn: "USER_LOGGED_IN",
+    p11.UserPinNotInitialized: "USER_NOT_FOUND",
+}
+_libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
+# python-pkcs11 initialises a module with C_Initialize(NULL): a promise that no two threads call it
+# at once (PKCS#11 v2.40 §5.4), on which SoftHSM2 turns its own locks off; and it lets go of the GIL
+# in each call. Calls of two sessions (two stores) from two worker threads crashed the process, so
+# every PKCS#11 call of this process holds this lock (reentrant: a session opens inside a lookup).
+MODULE_CALLS = threading.RLock()
+
+
+class HsmError(Exception):
+    """The token could not be reached or logged in to; `code` is AWS's ConnectionErrorCode."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+def module_path() -> str | None:
+    """The PKCS#11 module (shared library) every custom key store uses."""
+    return os.environ.get(MODULE_ENV) or None
+
+
+def token_label(cluster_id: str) -> str:
+    """The token a store's CloudHsmClusterId names: `$KEYTRAIL_PKCS11_TOKENS` maps cluster ids to
+    token labels (`cluster-aaa=hsm1;cluster-bbb=YubiHSM`); an unmapped id is the label itself."""
+    for pair in os.environ.get(TOKENS_ENV, "").split(";"):
+        cluster, _, label = pair.partition("=")
+        if cluster.strip() == cluster_id and label.strip():
+            return label.strip()
+    return cluster_id
+
+
+def _library(path: str) -> Any:
+    with MODULE_CALLS:
+        if path not in _libraries:
+            _libraries[path] = pkcs11.lib(path)
+        return _libraries[path]
+
+
+def find_token(path: str, cluster_id: str) -> bool:
+    """True if the module has one initialised token for this cluster id; HsmError if the module
+    cannot list its tokens (a token removed under it can fail every lookup, CKR_GENERAL_ERROR)."""
+    try:
+        with MODULE_CALLS:
+            _library(path).get_token(token_label=token_label(cluster_id))
+    except (p11.NoSuchToken, p11.MultipleTokensReturned):
+        return False
+    except p11.PKCS11Error as exc:
+        raise HsmError("INTERNAL_ERROR", type(exc).__name__) from None
+    return True
+
+
+def log_in(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
+    """A read-write session of the cluster's token logged in as its user (CKU_USER), and whether the
+    token offers format 3's derivation (kms/hsm_derivation.py); HsmError says why not."""
+    try:
+        with MODULE_CALLS:
+            token = _library(path).get_token(token_label=token_label(cluster_id))
+            mechanisms = token.slot.get_mechanisms()
+            if Mechanism.AES_GCM not in mechanisms:
+                raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
+            return token.open(rw=True, user_pin=pin), DERIVATION in mechanisms
+    except p11.PKCS11Error as exc:
+        raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
+    except OSError as exc:
+        raise HsmError("INTERNAL_ERROR", str(exc)) from None

@@ -1,0 +1,119 @@
+"""One logged-in PKCS#11 session of a custom key store, and the blob formats sealed and opened in it:
+format 3 under keys the token derives from its key (kms/hsm_derivation.py), or format 1 under the
+token's key itself, where the token cannot derive them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pkcs11 import Mechanism
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
+
+from keytrail.kms import errors
+from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, TOKEN_SALT, BlobHeader
+from keytrail.kms.hsm_derivation import DerivedKeys
+from keytrail.kms.hsm_failures import SESSION_LOST, warn_format_1
+from keytrail.kms.hsm_key_objects import KeyObjects
+from keytrail.kms.hsm_module import MODULE_CALLS, log_in
+
+__all__ = ["TokenSession", "open_session"]
+
+_NONCE = 12
+
+
+def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
+    """Log in to the cluster's token as its user (CKU_USER) in a read-write session."""
+    session, derives = log_in(path, cluster_id, pin)
+    return TokenSession(session, derives=derives)
+
+
+class TokenSession:
+    """One logged-in session; its calls hold the lock of all PKCS#11 calls (`MODULE_CALLS`), which
+    also guards its caches. `derives`: the token offers format 3's derivation (kms/hsm_derivation.py)."""
+
+    def __init__(self, session: Any, derives: bool = False) -> None:
+        self._session = session
+        self._lock = MODULE_CALLS
+        self._keys = KeyObjects(session)
+        self.derives = derives
+        self._derived = DerivedKeys()  # session objects: they live and die with this session
+        # Keys whose derivation the token refused while sealing: their blobs here are format 1 from
+        # then on, but their format 3 blobs still open (the refusal may have been the token's memory).
+        self._sealing_refused: set[bytes] = set()
+
+    def generate_key(self, object_id: bytes, label: str) -> None:
+        """A new backing key in the token (KeyObjects.generate)."""
+        with self._lock:
+            self._keys.generate(object_id, label)
+
+    def seal(self, object_id: bytes, header: Callable[[int], bytes], plaintext: bytes, context: bytes) -> bytes:
+        """The whole blob of `plaintext`: format 3 if this key derives, else format 1. `header` gives
+        the blob header of a format; `context` is the encoded encryption context."""
+        nonce = os.urandom(_NONCE)
+        with self._lock, self._keys.deleted_as_no_such_key(object_id):
+            sealing = self._sealing_key(object_id)
+            if sealing is None:
+                form, salt, key = FORMAT_V1, b"", self._keys.get(object_id)
+            else:
+                self._keys.require(object_id)
+                form, (salt, key) = FORMAT_V3, sealing
+            head = header(form)
+            params = GCMParams(nonce, head + context, 128)
+            body = bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+        return head + salt + nonce + body
+
+    def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
+        """The plaintext of a parsed format 1 or 3 blob; a PKCS11Error if it fails authentication."""
+        with self._lock, self._keys.deleted_as_no_such_key(object_id):
+            if blob.format == FORMAT_V3:
+                salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]
+                key = self._opening_key(object_id, salt)
+            else:
+                key, nonce = self._keys.get(object_id), blob.seed
+            params = GCMParams(nonce, blob.header + context, 128)
+            return bytes(key.decrypt(blob.body, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+
+    def _sealing_key(self, object_id: bytes) -> tuple[bytes, Any] | None:
+        """The salt and derived key of this key's next format 3 blob; None for format 1."""
+        if object_id in self._sealing_refused or not self._can_derive(object_id):
+            return None
+        try:
+            return self._derived.sealing(self._keys.get(object_id), object_id)
+        except SESSION_LOST:
+            raise
+        except p11.NoSuchKey:  # the key deleted from the token: not the token refusing to derive
+            raise
+        except p11.PKCS11Error as exc:  # the token refuses this key's derivation: format 1, as before
+            self._sealing_refused.add(object_id)
+            warn_format_1(object_id, "deriving its keys", exc)
+            return None
+
+    def _opening_key(self, object_id: bytes, salt: bytes) -> Any:
+        if not self._can_derive(object_id):  # then this key never wrote format 3
+            raise errors.InvalidCiphertextException("")
+        # A derived key kept from before its backing key was deleted would still open the blob:
+        # deleting the key from the HSM must end what it protects, as it does at the next session.
+        self._keys.require(object_id)
+        return self._derived.key(self._keys.get(object_id), object_id, salt)
+
+    def _can_derive(self, object_id: bytes) -> bool:
+        return self.derives and self._keys.derives(object_id)
+
+    def random_bytes(self, count: int) -> bytes:
+        """`count` bytes from the token's random number generator (C_GenerateRandom)."""
+        with self._lock:
+            return bytes(self._session.generate_random(count * 8))
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+    def discard(self) -> None:
+        """Close the session if the token still knows it; one it already closed or logged out
+        cannot be closed again, and is gone anyway (its login ended with it)."""
+        with contextlib.suppress(p11.PKCS11Error):
+            self.close()
