@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
-
-from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, blob_header, encode_context, read_header
 from keytrail.kms.hsm_connections import HsmConnections
-from keytrail.kms.hsm_failures import SESSION_LOST
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.store import CustomKeyStoreStore
@@ -54,19 +50,12 @@ class HsmCipher:
             raise errors.InvalidCiphertextException("")
         if header.format not in (FORMAT_V1, FORMAT_V3):  # format 2 needs the secret, which the token keeps
             raise errors.InvalidCiphertextException("")
-        store = await self._store_of(key)
-        session = await self.connections.session_or(store, _unavailable(key))
-        try:
-            plaintext = await asyncio.to_thread(
-                session.open, bytes.fromhex(material.handle), header, encode_context(context)
-            )
-        except SESSION_LOST:
-            await self.connections.drop(session)
-            raise _unavailable(key) from None
-        except p11.NoSuchKey:  # its backing key left the HSM: AWS answers KMSInvalidStateException
-            raise _unavailable(key) from None
-        except p11.PKCS11Error:  # a tampered blob fails GCM as a general error (SoftHSM2)
-            raise errors.InvalidCiphertextException("") from None
+        handle, encoded = bytes.fromhex(material.handle), encode_context(context)
+        # A blob that fails authentication is InvalidCiphertextException from `open`; every other
+        # failure is the HSM's, KMSInvalidStateException as AWS answers for keys in custom key stores.
+        plaintext = await self.connections.run(
+            await self._store_of(key), _unavailable(key), lambda s: s.open(handle, header, encoded)
+        )
         return plaintext, material.material_id
 
 

@@ -4,12 +4,14 @@ answers when the store's HSM cannot be used."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
+from keytrail.kms.hsm_failures import error_name, refused
 from keytrail.kms.hsm_module import MODULE_ENV, HsmError, module_path
 from keytrail.kms.hsm_session import TokenSession, open_session
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
@@ -17,6 +19,7 @@ from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 __all__ = ["HsmConnections"]
 
 _T = TypeVar("_T")
+log = logging.getLogger("keytrail.kms.hsm")
 
 
 class HsmConnections:
@@ -78,13 +81,20 @@ class HsmConnections:
         self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T]
     ) -> _T:
         """`work` on the store's session, in a worker thread; `unusable` as in `session_or`, and
-        also when the token fails the call itself (removed under a live session)."""
+        also when the token fails the call (kms/hsm_failures.py says when the session is dropped)."""
         session = await self.session_or(store, unusable)
         try:
             return await asyncio.to_thread(work, session)
         except p11.NoSuchKey:  # the token no longer holds the key: the session is as good as before
             raise unusable from None
-        except p11.PKCS11Error:
-            # `work` gets no caller input the token could refuse: the session itself failed.
-            await self.drop(session)
+        except p11.PKCS11Error as exc:
+            kept = refused(exc)
+            if not kept:
+                await self.drop(session)
+            log.warning("custom key store %s: the HSM failed a call (%s)%s", _store_id(store), error_name(exc),
+                        "" if kept else "; its session is dropped, the next call logs in again")
             raise unusable from None
+
+
+def _store_id(store: CustomKeyStore | None) -> str:
+    return store.store_id if store is not None else "(none)"

@@ -10,7 +10,7 @@ from typing import Any
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 
-from keytrail.kms.hsm_failures import SESSION_LOST, warn_format_1
+from keytrail.kms.hsm_failures import refused, warn_format_1
 
 __all__ = ["KeyObjects"]
 
@@ -78,9 +78,11 @@ class KeyObjects:
             return True
         try:
             key[Attribute.DERIVE] = True
-        except SESSION_LOST:
-            raise
         except p11.PKCS11Error as exc:
+            # Only a refusal says the key cannot derive; kept for the session, it would refuse the
+            # key's format 3 blobs on a failure that was the session's (which is dropped instead).
+            if not refused(exc):
+                raise
             warn_format_1(object_id, "setting CKA_DERIVE", exc)
             return False
         del self._handles[object_id]  # python-pkcs11 gives an object derive_key() only if CKA_DERIVE was true

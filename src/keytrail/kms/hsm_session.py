@@ -16,7 +16,7 @@ from pkcs11.mechanisms import GCMParams
 from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, TOKEN_SALT, BlobHeader
 from keytrail.kms.hsm_derivation import DerivedKeys
-from keytrail.kms.hsm_failures import SESSION_LOST, warn_format_1
+from keytrail.kms.hsm_failures import BLOB_REFUSED, refused, warn_format_1
 from keytrail.kms.hsm_key_objects import KeyObjects
 from keytrail.kms.hsm_module import MODULE_CALLS, log_in
 
@@ -67,7 +67,8 @@ class TokenSession:
         return head + salt + nonce + body
 
     def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
-        """The plaintext of a parsed format 1 or 3 blob; a PKCS11Error if it fails authentication."""
+        """The plaintext of a parsed format 1 or 3 blob; InvalidCiphertextException if it fails
+        authentication, NoSuchKey if the token no longer holds the key, else the PKCS11Error."""
         with self._lock, self._keys.deleted_as_no_such_key(object_id):
             if blob.format == FORMAT_V3:
                 salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]
@@ -75,7 +76,13 @@ class TokenSession:
             else:
                 key, nonce = self._keys.get(object_id), blob.seed
             params = GCMParams(nonce, blob.header + context, 128)
-            return bytes(key.decrypt(blob.body, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+            try:
+                return bytes(key.decrypt(blob.body, mechanism=Mechanism.AES_GCM, mechanism_param=params))
+            except BLOB_REFUSED:
+                # Also what a failing session or token may answer: asked again for the key, a
+                # session that still answers is fine, and the blob is what failed.
+                self._keys.require(object_id)
+                raise errors.InvalidCiphertextException("") from None
 
     def _sealing_key(self, object_id: bytes) -> tuple[bytes, Any] | None:
         """The salt and derived key of this key's next format 3 blob; None for format 1."""
@@ -83,12 +90,10 @@ class TokenSession:
             return None
         try:
             return self._derived.sealing(self._keys.get(object_id), object_id)
-        except SESSION_LOST:
-            raise
-        except p11.NoSuchKey:  # the key deleted from the token: not the token refusing to derive
-            raise
-        except p11.PKCS11Error as exc:  # the token refuses this key's derivation: format 1, as before
-            self._sealing_refused.add(object_id)
+        except p11.PKCS11Error as exc:
+            if not refused(exc):  # the key deleted from the token, or the session failed: not a refusal
+                raise
+            self._sealing_refused.add(object_id)  # the token refuses this key's derivation: format 1, as before
             warn_format_1(object_id, "deriving its keys", exc)
             return None
 

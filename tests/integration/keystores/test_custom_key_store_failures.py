@@ -1,0 +1,141 @@
+"""The HSM failing a call of a custom key store: the caller gets the AWS error of a key store whose HSM
+cannot serve (KMSInvalidStateException for cryptographic calls, CustomKeyStoreInvalidStateException
+for CreateKey and GenerateRandom), never InvalidCiphertextException for a blob that is fine; a
+session the failure may have broken is dropped and the next call logs in again, one the token only
+refused a request on is kept; and no log line or error carries what was being sealed.
+
+SoftHSM2 with the key service in this process; the failures are injected into its sessions
+(flaky_token.py). The file name sorts before test_custom_key_stores.py on purpose: once that file
+deletes a token, SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pkcs11
+import pytest
+from pkcs11 import Attribute, ObjectClass
+from pkcs11 import exceptions as p11
+
+from keytrail.kms import errors
+from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3
+from keytrail.kms.hsm import HsmCipher
+from keytrail.kms.service import KmsService
+from tests.integration.keystores.flaky_token import Faults, flaky_logins
+from tests.integration.keystores.in_process import call, hsm_key, live_session, service
+from tests.support.softhsm import SoftHsm
+
+pytestmark = pytest.mark.integration
+
+SECRET = b"the plaintext no log line may hold"
+CONTEXT = {"purpose": "failures"}
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
+    return flaky_logins(monkeypatch)
+
+
+@pytest.fixture
+async def svc(tmp_path: Path, hsm: SoftHsm, faults: Faults) -> AsyncIterator[KmsService]:
+    async with service(tmp_path) as running:
+        yield running
+
+
+async def _fresh_session(svc: KmsService, store_id: str) -> Any:
+    """Start the store on a new login, so that the next call finds, reads and derives afresh."""
+    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))
+    return await live_session(svc, store_id)
+
+
+def _operations(svc: KmsService, store_id: str, key_id: str, blob: bytes) -> dict[str, Any]:
+    return {
+        "Encrypt": lambda: call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET, EncryptionContext=CONTEXT),
+        "Decrypt": lambda: call(svc, "Decrypt", CiphertextBlob=blob, EncryptionContext=CONTEXT),
+        "GenerateRandom": lambda: call(svc, "GenerateRandom", NumberOfBytes=16, CustomKeyStoreId=store_id),
+        "CreateKey": lambda: call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id),
+    }
+
+
+_LOST = "dropped"
+_KEPT = "kept"
+CASES = [
+    # A blob that is fine, opened while the token fails: not InvalidCiphertextException.
+    ("Decrypt", "C_DeriveKey", p11.GeneralError(), errors.KMSInvalidStateException, _LOST),
+    ("Decrypt", "C_DeriveKey", p11.FunctionFailed(), errors.KMSInvalidStateException, _LOST),
+    ("Decrypt", "C_Decrypt", p11.DeviceMemory(), errors.KMSInvalidStateException, _KEPT),
+    ("Decrypt", "C_Decrypt", p11.OperationActive(), errors.KMSInvalidStateException, _LOST),
+    # SoftHSM2's answer to a wrong tag, given by a token that dropped the session meanwhile.
+    ("Decrypt", "C_Decrypt", p11.GeneralError(), errors.KMSInvalidStateException, _LOST),
+    ("Decrypt", "C_FindObjects", p11.GeneralError(), errors.KMSInvalidStateException, _LOST),
+    # A refusal of the token leaves the session as it was; a failure that may be the session's does not.
+    ("Encrypt", "C_Encrypt", p11.DeviceMemory(), errors.KMSInvalidStateException, _KEPT),
+    ("Encrypt", "C_Encrypt", p11.GeneralError(), errors.KMSInvalidStateException, _LOST),
+    ("Encrypt", "C_DeriveKey", p11.FunctionFailed(), errors.KMSInvalidStateException, _LOST),
+    ("GenerateRandom", "C_GenerateRandom", p11.DeviceMemory(), errors.CustomKeyStoreInvalidStateException, _KEPT),
+    ("GenerateRandom", "C_GenerateRandom", p11.FunctionFailed(), errors.CustomKeyStoreInvalidStateException, _LOST),
+    ("CreateKey", "C_GenerateKey", p11.TemplateInconsistent(), errors.CustomKeyStoreInvalidStateException, _KEPT),
+    ("CreateKey", "C_GenerateKey", p11.GeneralError(), errors.CustomKeyStoreInvalidStateException, _LOST),
+]
+
+
+@pytest.mark.parametrize(("operation", "function", "error", "answer", "session"), CASES)
+async def test_a_failing_hsm_answers_the_store_error_and_the_next_call_succeeds(
+    svc: KmsService, faults: Faults, clusters: Iterator[str], trust_anchor: str, caplog: pytest.LogCaptureFixture,
+    operation: str, function: str, error: Exception, answer: type[errors.KmsError], session: str,
+) -> None:
+    store_id, key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET, EncryptionContext=CONTEXT))["CiphertextBlob"]
+    operations, live = _operations(svc, store_id, key_id, blob), await _fresh_session(svc, store_id)
+    caplog.set_level(logging.INFO)
+    faults.fail(function, error, closing=session == _LOST and isinstance(error, p11.GeneralError))
+    with pytest.raises(answer) as refused:
+        await operations[operation]()
+    assert ((await live_session(svc, store_id)) is live) == (session == _KEPT)
+    await operations[operation]()  # the token answers again: so does the store
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob, EncryptionContext=CONTEXT))["Plaintext"] == SECRET
+    said = [record.getMessage() for record in caplog.records] + [str(refused.value)]
+    assert [line for line in said if SECRET.decode() in line or SECRET.hex() in line] == []
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_a_format_3_blob_opens_after_the_token_failed_to_set_cka_derive_once(
+    svc: KmsService, hsm: SoftHsm, faults: Faults, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # Setting CKA_DERIVE on a key made before format 3 failed once, as a token failing may: the key
+    # must not be taken for one that cannot derive for the rest of the session (its format 3 blobs
+    # refused as InvalidCiphertextException, its new blobs format 1). The session is dropped instead.
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
+    assert blob[0] == FORMAT_V3
+    session = pkcs11.lib(hsm.module).get_token(token_label=cluster).open(rw=True)  # shares the service's login
+    try:  # as keys were made before format 3 (the blob above opens all the same: it is the key's)
+        session.get_key(object_class=ObjectClass.SECRET_KEY, label=key_id)[Attribute.DERIVE] = False
+    finally:
+        session.close()
+    live = await _fresh_session(svc, store_id)
+    faults.fail("C_SetAttributeValue", p11.GeneralError())
+    with pytest.raises(errors.KMSInvalidStateException):
+        await call(svc, "Decrypt", CiphertextBlob=blob)
+    assert await live_session(svc, store_id) is not live
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
+    assert (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"][0] == FORMAT_V3
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_a_key_the_token_will_not_let_derive_still_seals_in_format_1(
+    svc: KmsService, faults: Faults, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # A refusal (CKR_KEY_FUNCTION_NOT_PERMITTED, which python-pkcs11 has no class for) is the key's,
+    # not the session's: the blob is sealed in format 1 on the same session, as before.
+    store_id, key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    live = await _fresh_session(svc, store_id)
+    faults.fail("C_DeriveKey", p11.PKCS11Error("Unmapped error code 0x68"))
+    blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
+    assert blob[0] == FORMAT_V1 and await live_session(svc, store_id) is live
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
