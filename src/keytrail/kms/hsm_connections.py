@@ -4,6 +4,7 @@ answers when the store's HSM cannot be used."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -14,6 +15,7 @@ from keytrail.kms import errors
 from keytrail.kms.hsm_failures import error_name, refused
 from keytrail.kms.hsm_module import MODULE_ENV, HsmError, module_path
 from keytrail.kms.hsm_session import TokenSession, open_session
+from keytrail.kms.hsm_thread import HsmThread
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 
 __all__ = ["HsmConnections"]
@@ -26,9 +28,10 @@ class HsmConnections:
     """Live sessions per custom key store. A store that is CONNECTED but has no session here
     (after a restart) is logged in to again on first use, with its sealed password."""
 
-    def __init__(self) -> None:
+    def __init__(self, thread: HsmThread | None = None) -> None:
         self._sessions: dict[str, TokenSession] = {}
         self._lock = asyncio.Lock()
+        self._thread = thread or HsmThread()
 
     async def connect(self, store: CustomKeyStore) -> None:
         """Log in to the store's token (again); HsmError says why it failed."""
@@ -41,16 +44,33 @@ class HsmConnections:
             raise HsmError("INTERNAL_ERROR", f"{MODULE_ENV} is not set")
         old = self._sessions.pop(store.store_id, None)
         if old is not None:  # closed first: a second login of this process would be refused
-            await asyncio.to_thread(old.discard)
-        session = await asyncio.to_thread(open_session, path, store.cluster_id, store.password)
+            await self._discard(old)
+        try:
+            # A login that ends after this call gave up is closed at once: kept by nobody, it would
+            # hold the token's login, and refuse the next one (CKR_USER_ALREADY_LOGGED_IN).
+            session = await self._thread.call(
+                lambda: open_session(path, store.cluster_id, store.password), late=TokenSession.discard
+            )
+        except TimeoutError:
+            silent = f"the HSM did not answer the login in {self._thread.timeout:g} s"
+            raise HsmError("NETWORK_ERRORS", silent) from None
         self._sessions[store.store_id] = session
         return session
+
+    async def _discard(self, session: TokenSession) -> None:
+        """Close the session on the PKCS#11 thread; while a call the token does not answer holds that
+        thread, the close waits its turn there, and this does not wait for it."""
+        if self._thread.stuck:
+            self._thread.queue(session.discard)
+            return
+        with contextlib.suppress(TimeoutError):
+            await self._thread.call(session.discard)
 
     async def disconnect(self, store_id: str) -> None:
         async with self._lock:
             session = self._sessions.pop(store_id, None)
             if session is not None:
-                await asyncio.to_thread(session.discard)
+                await self._discard(session)
 
     async def drop(self, failed: TokenSession) -> None:
         """Forget a session a PKCS#11 call failed on, so the next call logs in again instead of
@@ -58,7 +78,7 @@ class HsmConnections:
         async with self._lock:
             for store_id in [s for s, session in self._sessions.items() if session is failed]:
                 del self._sessions[store_id]
-                await asyncio.to_thread(failed.discard)
+                await self._discard(failed)
 
     async def session(self, store: CustomKeyStore) -> TokenSession:
         """The store's live session, logging in first if this process has none yet."""
@@ -77,6 +97,11 @@ class HsmConnections:
         except HsmError:
             raise unusable from None
 
+    async def call(self, work: Callable[[], _T]) -> _T:
+        """`work` (a lookup in the PKCS#11 module) on the thread of its calls; TimeoutError if the
+        module does not answer in time."""
+        return await self._thread.call(work)
+
     async def run(
         self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T]
     ) -> _T:
@@ -84,7 +109,13 @@ class HsmConnections:
         also when the token fails the call (kms/hsm_failures.py says when the session is dropped)."""
         session = await self.session_or(store, unusable)
         try:
-            return await asyncio.to_thread(work, session)
+            return await self._thread.call(lambda: work(session))
+        except TimeoutError:
+            # The call may still end, or never: either way the session's state is unknown.
+            await self.drop(session)
+            log.warning("custom key store %s: the HSM did not answer in %g s; its session is dropped",
+                        _store_id(store), self._thread.timeout)
+            raise unusable from None
         except p11.NoSuchKey:  # the token no longer holds the key: the session is as good as before
             raise unusable from None
         except p11.PKCS11Error as exc:

@@ -24,8 +24,8 @@ class Faults:
         self._hanging: set[str] = set()
 
     def fail(self, function: str, error: Exception, *, closing: bool = False) -> None:
-        """The next `function` (C_Encrypt, C_Decrypt, C_DeriveKey, C_SetAttributeValue, C_GenerateKey,
-        C_GenerateRandom, C_FindObjects) raises `error`; `closing`: the token also closed the session."""
+        """The next `function` (C_Login, C_Encrypt, C_Decrypt, C_DeriveKey, C_SetAttributeValue,
+        C_GenerateKey, C_GenerateRandom, C_FindObjects) raises `error`; `closing`: the token also closed the session."""
         self._pending[function] = (error, closing)
 
     def hang(self, function: str) -> None:
@@ -96,6 +96,7 @@ def flaky_logins(monkeypatch: pytest.MonkeyPatch) -> Faults:
     faults, log_in = Faults(), hsm_session.log_in
 
     def flaky(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
+        faults.check("C_Login")
         session, derives = log_in(path, cluster_id, pin)
         faults.sessions.append(session)
         return _FlakySession(session, faults), derives

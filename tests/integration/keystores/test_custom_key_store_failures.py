@@ -10,6 +10,7 @@ deletes a token, SoftHSM2 in this process fails every token lookup (see test_cus
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from pkcs11 import exceptions as p11
 from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3
 from keytrail.kms.hsm import HsmCipher
+from keytrail.kms.hsm_thread import TIMEOUT_ENV
 from keytrail.kms.service import KmsService
+from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.flaky_token import Faults, flaky_logins
 from tests.integration.keystores.in_process import call, hsm_key, live_session, service
 from tests.support.softhsm import SoftHsm
@@ -137,5 +140,82 @@ async def test_a_key_the_token_will_not_let_derive_still_seals_in_format_1(
     faults.fail("C_DeriveKey", p11.PKCS11Error("Unmapped error code 0x68"))
     blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
     assert blob[0] == FORMAT_V1 and await live_session(svc, store_id) is live
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+TIMEOUT = 0.3  # seconds each PKCS#11 call is given here
+
+
+@pytest.fixture
+async def impatient(tmp_path: Path, hsm: SoftHsm, faults: Faults, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
+        KmsService]:
+    """The key service, giving each PKCS#11 call TIMEOUT seconds."""
+    monkeypatch.setenv(TIMEOUT_ENV, str(TIMEOUT))
+    async with service(tmp_path) as running:
+        yield running
+
+
+async def test_an_hsm_that_stops_answering_fails_the_calls_in_time_and_holds_no_shared_thread(
+    impatient: KmsService, faults: Faults, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    svc = impatient
+    store_id, key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    live = await live_session(svc, store_id)
+    faults.hang("C_Encrypt")  # the token stops answering in the middle of an Encrypt
+
+    async def encrypt() -> object:
+        try:
+            return await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET)
+        except errors.KmsError as error:
+            return type(error)
+
+    try:
+        started = asyncio.get_running_loop().time()
+        # Calls pile up on the store while the event loop's default pool still serves everything else.
+        answers = await asyncio.gather(*(encrypt() for _ in range(12)), asyncio.to_thread(lambda: "free"))
+        waited = asyncio.get_running_loop().time() - started
+        assert answers == [errors.KMSInvalidStateException] * 12 + ["free"]
+        assert waited < 4 * TIMEOUT  # not one timeout after another
+        assert await encrypt() is errors.KMSInvalidStateException  # at once, while the call holds the HSM
+    finally:
+        faults.hold.set()
+    # The token answers again: the next call logs in afresh and is served.
+    for _ in range(50):
+        if (await encrypt()) is not errors.KMSInvalidStateException:
+            break
+        await asyncio.sleep(TIMEOUT / 10)
+    assert await live_session(svc, store_id) is not live
+    blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_a_login_the_hsm_answers_too_late_fails_the_connection_and_is_closed(
+    impatient: KmsService, faults: Faults, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    svc = impatient
+    store_id = (await call(
+        svc, "CreateCustomKeyStore", CustomKeyStoreName="late", CloudHsmClusterId=next(clusters),
+        TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN,
+    ))["CustomKeyStoreId"]
+    faults.hang("C_Login")
+    try:
+        await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    finally:
+        faults.hold.set()
+    [store] = (await call(svc, "DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+    assert (store["ConnectionState"], store["ConnectionErrorCode"]) == ("FAILED", "NETWORK_ERRORS")
+    # The login that ended after all was closed: kept, it would refuse the next (USER_ALREADY_LOGGED_IN).
+    for _ in range(50):
+        if len(faults.sessions) == 1:
+            break
+        await asyncio.sleep(TIMEOUT / 10)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    [store] = (await call(svc, "DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+    assert store["ConnectionState"] == "CONNECTED"
+    key_id = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+    blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
     assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)

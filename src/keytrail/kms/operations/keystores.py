@@ -3,7 +3,6 @@ with Origin AWS_CLOUDHSM (a non-extractable AES-256 key generated inside the HSM
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -86,6 +85,16 @@ def _check_cluster(cluster_id: str, trust_anchor: str) -> None:
         raise CloudHsmClusterNotFoundException(f"No HSM token is labelled {cluster_id}.")
 
 
+async def _checked_cluster(svc: KmsService, cluster_id: str, trust_anchor: str) -> None:
+    """`_check_cluster` on the PKCS#11 thread, which a module that stops answering holds, not the loop's."""
+    try:
+        await _connections(svc).call(lambda: _check_cluster(cluster_id, trust_anchor))
+    except TimeoutError:
+        raise CloudHsmClusterNotActiveException(
+            "The HSM cannot list its tokens now (it did not answer in time)."
+        ) from None
+
+
 def _require_cluster_free(stores: list[CustomKeyStore], cluster_id: str) -> None:
     # One token, one store: a PKCS#11 login belongs to the whole token, as kmsuser's does to a cluster.
     if any(s.cluster_id == cluster_id for s in stores):
@@ -117,7 +126,7 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
     if len(stores) >= MAX_CUSTOM_KEY_STORES:
         raise errors.LimitExceededException("The custom key store limit has been reached.")
     _require_cluster_free(stores, params["CloudHsmClusterId"])
-    await asyncio.to_thread(_check_cluster, params["CloudHsmClusterId"], params["TrustAnchorCertificate"])
+    await _checked_cluster(svc, params["CloudHsmClusterId"], params["TrustAnchorCertificate"])
     store = CustomKeyStore(
         account=call.context.account, region=call.context.region,
         store_id=new_custom_key_store_id(svc.deps.random_bytes(9)), name=params["CustomKeyStoreName"],
@@ -215,7 +224,7 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     cluster = params.get("CloudHsmClusterId", store.cluster_id)
     if cluster != store.cluster_id:
         _require_cluster_free(await _stores(svc, call), cluster)
-        await asyncio.to_thread(_check_cluster, cluster, store.trust_anchor)
+        await _checked_cluster(svc, cluster, store.trust_anchor)
     await svc.store.put_custom_key_store(
         replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
     )

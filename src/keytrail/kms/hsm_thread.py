@@ -1,0 +1,79 @@
+"""The one thread that makes a key service's PKCS#11 calls, each given a time limit.
+
+Every PKCS#11 call of the process runs one at a time anyway (`hsm_module.MODULE_CALLS`), so one
+thread costs nothing; and a token that stops answering (a network HSM whose link died) then holds
+this thread only, not the event loop's default pool that the key store, the audit spool and the
+shipper share, and the call that waits on it gives up after `timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+__all__ = ["HSM_CALL_TIMEOUT", "TIMEOUT_ENV", "HsmThread", "call_timeout"]
+
+TIMEOUT_ENV = "KEYTRAIL_PKCS11_TIMEOUT"
+HSM_CALL_TIMEOUT = 10.0  # seconds: a PKCS#11 call takes milliseconds, a login over a network a second
+_T = TypeVar("_T")
+log = logging.getLogger("keytrail.kms.hsm")
+
+
+def call_timeout() -> float:
+    """Seconds a PKCS#11 call is given: `$KEYTRAIL_PKCS11_TIMEOUT`, else HSM_CALL_TIMEOUT (read now,
+    not as this module loads, so that tests can make it small)."""
+    given = os.environ.get(TIMEOUT_ENV)
+    if not given:
+        return HSM_CALL_TIMEOUT
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        log.warning("%s=%r is not a number of seconds above 0: PKCS#11 calls are given %g s",
+                    TIMEOUT_ENV, given, HSM_CALL_TIMEOUT)
+        return HSM_CALL_TIMEOUT
+    return seconds
+
+
+class HsmThread:
+    """Runs PKCS#11 work, one piece at a time and in order, on a thread of its own."""
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keytrail-pkcs11")
+        self.timeout = call_timeout() if timeout is None else timeout
+        self._overdue: set[Future[Any]] = set()  # work given up on that still holds the thread
+
+    @property
+    def stuck(self) -> bool:
+        """True while work the token has not answered in time holds the thread."""
+        return bool(self._overdue)
+
+    async def call(self, work: Callable[[], _T], late: Callable[[_T], object] | None = None) -> _T:
+        """What `work()` gives; TimeoutError if it has not given it within the timeout, and at once
+        while the thread is `stuck` (queued behind that work, it would only time out in turn). The
+        work goes on in the thread; `late`, if given, is called there with what it gives after all."""
+        if self.stuck:
+            raise TimeoutError
+        future = self._executor.submit(work)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except TimeoutError:  # waiting in the queue, the work was cancelled; running, it goes on
+            if not future.done():
+                self._overdue.add(future)
+                future.add_done_callback(self._overdue.discard)
+            if late is not None:
+                future.add_done_callback(lambda done: self._hand_over(done, late))
+            raise
+
+    def queue(self, work: Callable[[], object]) -> None:
+        """`work()` on the thread after what is already there, without waiting for it."""
+        self._executor.submit(work)
+
+    def _hand_over(self, done: Future[_T], late: Callable[[_T], object]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self._executor.submit(late, done.result())
