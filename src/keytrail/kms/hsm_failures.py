@@ -17,12 +17,13 @@ from pkcs11 import exceptions as p11
 __all__ = ["BLOB_REFUSED", "error_name", "refused", "warn_format_1"]
 
 # The token refuses this request of this key: its attributes, its policy or the mechanism forbid it,
-# or it has no memory for it now. Nothing of the session changed.
+# it keeps its objects as they are (write-protected), or it has no memory for it now. Nothing of the
+# session changed.
 _REFUSALS: tuple[type[Exception], ...] = (
     p11.KeyTypeInconsistent, p11.KeySizeRange, p11.MechanismInvalid,
     p11.MechanismParamInvalid, p11.AttributeReadOnly, p11.AttributeTypeInvalid, p11.AttributeValueInvalid,
     p11.TemplateIncomplete, p11.TemplateInconsistent, p11.FunctionNotSupported, p11.FunctionRejected,
-    p11.DeviceMemory, p11.HostMemory,
+    p11.DeviceMemory, p11.HostMemory, p11.TokenWriteProtected, p11.SessionReadOnly,
 )
 # Refusals python-pkcs11 has no class for: it raises a bare PKCS11Error with this text, which it
 # writes from the code alone. CKR_ACTION_PROHIBITED (an object whose CKA_MODIFIABLE is false, say)

@@ -4,15 +4,21 @@ and allowed to derive format 3's keys (kms/hsm_derivation.py)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
 
-from keytrail.kms.hsm_failures import refused, warn_format_1
+from keytrail.kms.hsm_failures import error_name, refused, warn_format_1
 
-__all__ = ["KeyObjects"]
+__all__ = ["UNUSED_CAPABILITIES", "KeyObjects"]
+
+# What backing keys made before format 3 were allowed (python-pkcs11's default for AES keys) and no
+# keytrail ever did with them: sign and verify (AES-CMAC), wrap and unwrap other keys.
+UNUSED_CAPABILITIES = (Attribute.SIGN, Attribute.VERIFY, Attribute.WRAP, Attribute.UNWRAP)
+log = logging.getLogger("keytrail.kms.hsm")
 
 
 class KeyObjects:
@@ -22,6 +28,7 @@ class KeyObjects:
         self._session = session
         self._handles: dict[bytes, Any] = {}  # C_FindObjects per call costs more than the cipher
         self._derivable: dict[bytes, bool] = {}  # by object id: whether the key has CKA_DERIVE
+        self._narrowed: set[bytes] = set()  # object ids whose unused capabilities were seen to
 
     def get(self, object_id: bytes) -> Any:
         """The key object; NoSuchKey if the token holds none with this id."""
@@ -63,6 +70,25 @@ class KeyObjects:
             self.get(object_id)  # NoSuchKey if it was deleted
             raise
 
+    def narrow(self, object_id: bytes) -> None:
+        """Once per session and key, clear the capabilities an older keytrail gave the key and none
+        uses (UNUSED_CAPABILITIES): PKCS#11 lets their owner clear them, and a key that can wrap or
+        sign serves whoever holds the token's PIN for more than keytrail's blobs. What the token will
+        not change stays as it is. This never fails the call: a session it found failing fails the
+        call's own PKCS#11 calls next, and the next session tries again."""
+        if object_id in self._narrowed:
+            return
+        self._narrowed.add(object_id)
+        key = self.get(object_id)
+        try:
+            values = key.get_attributes(list(UNUSED_CAPABILITIES))  # keyed by the attributes' numbers
+        except p11.PKCS11Error:
+            return
+        allowed = [attribute for attribute in UNUSED_CAPABILITIES if values.get(attribute)]
+        if allowed:
+            cleared, kept = _clear(key, allowed)
+            _say_narrowed(object_id, cleared, kept)
+
     def derives(self, object_id: bytes) -> bool:
         """Whether the key has (or was just given) CKA_DERIVE."""
         known = self._derivable.get(object_id)
@@ -87,3 +113,25 @@ class KeyObjects:
             return False
         del self._handles[object_id]  # python-pkcs11 gives an object derive_key() only if CKA_DERIVE was true
         return True
+
+
+def _clear(key: Any, attributes: list[Attribute]) -> tuple[list[Attribute], dict[Attribute, str]]:
+    """Set each attribute false on its own, so that one the token keeps does not keep the others:
+    the attributes cleared, and those kept with the PKCS#11 error's name."""
+    cleared: list[Attribute] = []
+    kept: dict[Attribute, str] = {}
+    for attribute in attributes:
+        try:
+            key[attribute] = False
+        except p11.PKCS11Error as exc:
+            kept[attribute] = error_name(exc)
+        else:
+            cleared.append(attribute)
+    return cleared, kept
+
+
+def _say_narrowed(object_id: bytes, cleared: list[Attribute], kept: dict[Attribute, str]) -> None:
+    names = ", ".join(f"CKA_{attribute.name}" for attribute in cleared) or "nothing"
+    refusals = "".join(f"; the token keeps CKA_{attribute.name} ({error})" for attribute, error in kept.items())
+    log.info("HSM key object %s, made before keytrail allowed its keys only what it does with them: cleared %s%s",
+             object_id.hex(), names, refusals)

@@ -55,6 +55,7 @@ class TokenSession:
         the blob header of a format; `context` is the encoded encryption context."""
         nonce = os.urandom(_NONCE)
         with self._lock, self._keys.deleted_as_no_such_key(object_id):
+            self._keys.narrow(object_id)
             sealing = self._sealing_key(object_id)
             if sealing is None:
                 form, salt, key = FORMAT_V1, b"", self._keys.get(object_id)
@@ -70,6 +71,7 @@ class TokenSession:
         """The plaintext of a parsed format 1 or 3 blob; InvalidCiphertextException if it fails
         authentication, NoSuchKey if the token no longer holds the key, else the PKCS11Error."""
         with self._lock, self._keys.deleted_as_no_such_key(object_id):
+            self._keys.narrow(object_id)
             if blob.format == FORMAT_V3:
                 salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]
                 key = self._opening_key(object_id, salt)

@@ -66,6 +66,9 @@ class _FlakyKey:
     def __getitem__(self, attribute: Any) -> Any:
         return self._key[attribute]
 
+    def get_attributes(self, attributes: list[Any]) -> dict[Any, Any]:
+        return self._key.get_attributes(attributes)
+
     def __setitem__(self, attribute: Any, value: Any) -> None:
         self._faults.check("C_SetAttributeValue")
         self._key[attribute] = value
