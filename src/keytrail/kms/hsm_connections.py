@@ -13,7 +13,7 @@ from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.hsm_failures import error_name, refused
-from keytrail.kms.hsm_module import MODULE_ENV, HsmError, module_path
+from keytrail.kms.hsm_module import MODULE_ENV, HsmError, RefusedLogins, module_path
 from keytrail.kms.hsm_session import TokenSession, open_session
 from keytrail.kms.hsm_thread import HsmThread
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
@@ -32,10 +32,13 @@ class HsmConnections:
         self._sessions: dict[str, TokenSession] = {}
         self._lock = asyncio.Lock()
         self._thread = thread or HsmThread()
+        self._refused = RefusedLogins()
 
     async def connect(self, store: CustomKeyStore) -> None:
-        """Log in to the store's token (again); HsmError says why it failed."""
+        """Log in to the store's token (again, even with a password it refused); HsmError says why
+        it failed."""
         async with self._lock:
+            self._refused.forget(store.store_id)
             await self._open(store)
 
     async def _open(self, store: CustomKeyStore) -> TokenSession:
@@ -45,17 +48,26 @@ class HsmConnections:
         old = self._sessions.pop(store.store_id, None)
         if old is not None:  # closed first: a second login of this process would be refused
             await self._discard(old)
+        self._refused.check(store.store_id, store.password)
+        try:
+            session = await self._log_in(path, store)
+        except HsmError as error:
+            self._refused.note(store.store_id, store.password, error)
+            raise
+        self._refused.forget(store.store_id)
+        self._sessions[store.store_id] = session
+        return session
+
+    async def _log_in(self, path: str, store: CustomKeyStore) -> TokenSession:
         try:
             # A login that ends after this call gave up is closed at once: kept by nobody, it would
             # hold the token's login, and refuse the next one (CKR_USER_ALREADY_LOGGED_IN).
-            session = await self._thread.call(
+            return await self._thread.call(
                 lambda: open_session(path, store.cluster_id, store.password), late=TokenSession.discard
             )
         except TimeoutError:
             silent = f"the HSM did not answer the login in {self._thread.timeout:g} s"
             raise HsmError("NETWORK_ERRORS", silent) from None
-        self._sessions[store.store_id] = session
-        return session
 
     async def _discard(self, session: TokenSession) -> None:
         """Close the session on the PKCS#11 thread; while a call the token does not answer holds that

@@ -3,6 +3,8 @@ calls, and finding and logging in to the token a store's CloudHsmClusterId names
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import threading
 from typing import Any
@@ -13,7 +15,10 @@ from pkcs11 import exceptions as p11
 
 from keytrail.kms.hsm_derivation import DERIVATION
 
-__all__ = ["MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "find_token", "log_in", "module_path", "token_label"]
+__all__ = [
+    "MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "RefusedLogins", "find_token", "log_in", "module_path",
+    "token_label",
+]
 
 MODULE_ENV = "KEYTRAIL_PKCS11_MODULE"
 TOKENS_ENV = "KEYTRAIL_PKCS11_TOKENS"
@@ -91,3 +96,33 @@ def log_in(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
         raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
     except OSError as exc:
         raise HsmError("INTERNAL_ERROR", str(exc)) from None
+
+
+class RefusedLogins:
+    """The passwords a store's token refused, so that they are not tried again on every call: another
+    try cannot succeed, and each one counts towards locking the user out of the HSM (AWS CloudHSM
+    locks a crypto user out after a few wrong passwords: USER_LOCKED_OUT). Only a digest is kept."""
+
+    _FINAL = frozenset({"INVALID_CREDENTIALS", "USER_LOCKED_OUT", "USER_NOT_FOUND"})
+
+    def __init__(self) -> None:
+        self._refused: dict[str, tuple[bytes, str]] = {}  # store id -> (digest of the password, code)
+
+    def check(self, store_id: str, password: str) -> None:
+        """HsmError with the token's answer if it refused this password of this store before."""
+        refused = self._refused.get(store_id)
+        if refused is not None and hmac.compare_digest(refused[0], _digest(password)):
+            raise HsmError(refused[1], "the token refused this password; connect the store again to retry")
+
+    def note(self, store_id: str, password: str, error: HsmError) -> None:
+        """Remember a login the token refused for good with this password."""
+        if error.code in self._FINAL:
+            self._refused[store_id] = (_digest(password), error.code)
+
+    def forget(self, store_id: str) -> None:
+        """Try the store's password again (ConnectCustomKeyStore, or a login that succeeded)."""
+        self._refused.pop(store_id, None)
+
+
+def _digest(password: str) -> bytes:
+    return hashlib.sha256(password.encode()).digest()

@@ -20,6 +20,7 @@ class Faults:
     def __init__(self) -> None:
         self._pending: dict[str, tuple[Exception, bool]] = {}
         self.sessions: list[Any] = []  # the real sessions logged in, oldest first
+        self.logins = 0  # logins tried
         self.hold = threading.Event()  # set to let a held call go on (`fail_by_hanging`)
         self._hanging: set[str] = set()
 
@@ -99,6 +100,7 @@ def flaky_logins(monkeypatch: pytest.MonkeyPatch) -> Faults:
     faults, log_in = Faults(), hsm_session.log_in
 
     def flaky(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
+        faults.logins += 1
         faults.check("C_Login")
         session, derives = log_in(path, cluster_id, pin)
         faults.sessions.append(session)

@@ -219,3 +219,31 @@ async def test_a_login_the_hsm_answers_too_late_fails_the_connection_and_is_clos
     blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
     assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_a_password_the_token_refused_is_not_tried_again_until_the_store_is_connected_again(
+    svc: KmsService, hsm: SoftHsm, faults: Faults, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # Each wrong password counts towards locking the HSM user out (AWS CloudHSM: USER_LOCKED_OUT):
+    # a store whose token's PIN changed under it must not try its password on every call.
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
+    with token.open(rw=True) as shared:  # shares the service's login
+        shared.set_pin(PIN, "changed-by-the-hsm-admin")
+    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))  # a restart
+    tried = faults.logins
+    for _ in range(3):
+        with pytest.raises(errors.KMSInvalidStateException):
+            await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET)
+    assert faults.logins == tried + 1
+    with token.open(rw=True, user_pin="changed-by-the-hsm-admin") as admin:  # the PIN is put back
+        admin.set_pin("changed-by-the-hsm-admin", PIN)
+    with pytest.raises(errors.KMSInvalidStateException):  # not tried until the store is connected again
+        await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET)
+    assert faults.logins == tried + 1
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
+    assert faults.logins == tried + 2
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
