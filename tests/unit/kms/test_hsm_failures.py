@@ -1,0 +1,78 @@
+"""The HSM's failures without an HSM: which PKCS#11 errors keep a session, the time each call is given,
+the thread that gives up on a call the HSM does not answer, and passwords not tried twice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+from pkcs11 import exceptions as p11
+
+from keytrail.kms.hsm_failures import error_name, refused
+from keytrail.kms.hsm_module import HsmError, RefusedLogins
+from keytrail.kms.hsm_thread import HSM_CALL_TIMEOUT, TIMEOUT_ENV, HsmThread, call_timeout
+
+
+def test_refusals_keep_the_session_and_every_other_failure_may_have_broken_it() -> None:
+    kept = [p11.DeviceMemory(), p11.HostMemory(), p11.MechanismInvalid(), p11.TemplateInconsistent(),
+            p11.AttributeReadOnly(), p11.TokenWriteProtected(), p11.PKCS11Error("Unmapped error code 0x1b"),
+            p11.PKCS11Error("Unmapped error code 0x68")]
+    dropped = [p11.GeneralError(), p11.FunctionFailed(), p11.OperationActive(), p11.SessionHandleInvalid(),
+               p11.UserNotLoggedIn(), p11.DeviceError(), p11.PKCS11Error("Unmapped error code 0x80000001")]
+    assert [error_name(e) for e in kept if not refused(e)] == []
+    assert [error_name(e) for e in dropped if refused(e)] == []
+
+
+def test_an_error_is_named_by_its_class_or_python_pkcs11_s_text_of_its_code() -> None:
+    assert error_name(p11.DeviceMemory()) == "DeviceMemory"
+    assert error_name(p11.PKCS11Error("Unmapped error code 0x1b")) == "Unmapped error code 0x1b"
+
+
+@pytest.mark.parametrize(("given", "seconds"), [(None, HSM_CALL_TIMEOUT), ("2.5", 2.5), ("0", HSM_CALL_TIMEOUT),
+                                                 ("-1", HSM_CALL_TIMEOUT), ("soon", HSM_CALL_TIMEOUT),
+                                                 ("nan", HSM_CALL_TIMEOUT), ("inf", HSM_CALL_TIMEOUT)])
+def test_each_call_is_given_the_seconds_of_the_environment_if_they_make_sense(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, given: str | None, seconds: float
+) -> None:
+    if given is None:
+        monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TIMEOUT_ENV, given)
+    assert call_timeout() == seconds
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == (given not in (None, "2.5"))
+
+
+async def test_a_call_not_answered_in_time_holds_only_its_thread_and_hands_over_what_it_gives_late() -> None:
+    thread, answer, late = HsmThread(timeout=0.05), threading.Event(), []
+    with pytest.raises(TimeoutError):
+        await thread.call(lambda: answer.wait(5) and "a session", late=late.append)
+    assert thread.stuck
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):  # at once: queued behind the call, it would only time out too
+        await thread.call(lambda: "never run")
+    assert time.monotonic() - started < 0.05
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 1) == "free"  # the loop's pool is free
+    answer.set()
+    for _ in range(100):
+        if late and not thread.stuck:
+            break
+        await asyncio.sleep(0.01)
+    assert (late, thread.stuck) == (["a session"], False)
+    assert await thread.call(lambda: "answered") == "answered"
+
+
+def test_a_password_refused_for_good_is_refused_again_without_a_login() -> None:
+    refusals = RefusedLogins()
+    refusals.note("cks-1", "wrong", HsmError("INVALID_CREDENTIALS", "PinIncorrect"))
+    refusals.note("cks-2", "right", HsmError("NETWORK_ERRORS", "no answer"))  # passing: tried again
+    with pytest.raises(HsmError) as refused_again:
+        refusals.check("cks-1", "wrong")
+    assert refused_again.value.code == "INVALID_CREDENTIALS" and "wrong" not in str(refused_again.value)
+    refusals.check("cks-1", "another")
+    refusals.check("cks-2", "right")
+    refusals.forget("cks-1")
+    refusals.check("cks-1", "wrong")
