@@ -117,9 +117,12 @@ class HsmConnections:
     async def run(
         self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T]
     ) -> _T:
-        """`work` on the store's session, in a worker thread; `unusable` as in `session_or`, and
-        also when the token fails the call (kms/hsm_failures.py says when the session is dropped)."""
+        """`work` on the store's session, on the PKCS#11 thread; `unusable` as in `session_or`, and
+        also when the token fails the call (kms/hsm_failures.py says when the session is dropped),
+        does not answer it in time, or still holds the thread with a call it did not answer."""
         session = await self.session_or(store, unusable)
+        if self._thread.stuck:  # said once, by the call that was given up on
+            raise unusable
         try:
             return await self._thread.call(lambda: work(session))
         except TimeoutError:
