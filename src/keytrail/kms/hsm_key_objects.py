@@ -117,7 +117,8 @@ class KeyObjects:
 
 def _clear(key: Any, attributes: list[Attribute]) -> tuple[list[Attribute], dict[Attribute, str]]:
     """Set each attribute false on its own, so that one the token keeps does not keep the others:
-    the attributes cleared, and those kept with the PKCS#11 error's name."""
+    the attributes cleared, and those that stay with the PKCS#11 error's name. A failure that is not
+    the token's refusal ends it: the session may be failing, and the next session tries again."""
     cleared: list[Attribute] = []
     kept: dict[Attribute, str] = {}
     for attribute in attributes:
@@ -125,6 +126,8 @@ def _clear(key: Any, attributes: list[Attribute]) -> tuple[list[Attribute], dict
             key[attribute] = False
         except p11.PKCS11Error as exc:
             kept[attribute] = error_name(exc)
+            if not refused(exc):
+                break
         else:
             cleared.append(attribute)
     return cleared, kept
@@ -132,6 +135,6 @@ def _clear(key: Any, attributes: list[Attribute]) -> tuple[list[Attribute], dict
 
 def _say_narrowed(object_id: bytes, cleared: list[Attribute], kept: dict[Attribute, str]) -> None:
     names = ", ".join(f"CKA_{attribute.name}" for attribute in cleared) or "nothing"
-    refusals = "".join(f"; the token keeps CKA_{attribute.name} ({error})" for attribute, error in kept.items())
+    refusals = "".join(f"; CKA_{attribute.name} stays ({error})" for attribute, error in kept.items())
     log.info("HSM key object %s, made before keytrail allowed its keys only what it does with them: cleared %s%s",
              object_id.hex(), names, refusals)

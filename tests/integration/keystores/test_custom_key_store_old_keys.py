@@ -1,7 +1,8 @@
 """Backing keys made by keytrail before format 3 were allowed python-pkcs11's default for AES keys:
 encrypt, decrypt, sign, verify, wrap and unwrap, not derive. The first use of such a key in a session
 clears what keytrail never does with it (kms/hsm_key_objects.py), where the token lets it, and the key
-goes on serving. SoftHSM2, with the key service in this process.
+goes on serving. SoftHSM2, with the key service in this process (and a failure injected into its session,
+flaky_token.py).
 
 The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
 SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
@@ -18,11 +19,13 @@ from typing import Any, cast
 import pkcs11
 import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11 import exceptions as p11
 
 from keytrail.kms.ciphertext import FORMAT_V3, blob_header, read_header
 from keytrail.kms.hsm import HsmCipher, TokenSession
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
+from tests.integration.keystores.flaky_token import Faults, flaky_logins
 from tests.integration.keystores.in_process import ACCOUNT, call, hsm_key, live_session, service
 from tests.support.softhsm import SoftHsm
 
@@ -35,7 +38,12 @@ AS_MADE_BEFORE = {Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.DE
 
 
 @pytest.fixture
-async def svc(tmp_path: Path, hsm: SoftHsm) -> AsyncIterator[KmsService]:
+def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
+    return flaky_logins(monkeypatch)
+
+
+@pytest.fixture
+async def svc(tmp_path: Path, hsm: SoftHsm, faults: Faults) -> AsyncIterator[KmsService]:
     async with service(tmp_path) as running:
         yield running
 
@@ -103,5 +111,24 @@ def test_a_key_its_token_will_not_change_keeps_its_capabilities_and_serves(
     refused = "(Unmapped error code 0x1b)"  # CKR_ACTION_PROHIBITED
     assert [r.getMessage() for r in caplog.records] == [
         f"HSM key object {b'fixed'.hex()}, made before keytrail allowed its keys only what it does with them: "
-        f"cleared nothing; the token keeps CKA_SIGN {refused}; the token keeps CKA_VERIFY {refused}; the token "
-        f"keeps CKA_WRAP {refused}; the token keeps CKA_UNWRAP {refused}"]
+        f"cleared nothing; CKA_SIGN stays {refused}; CKA_VERIFY stays {refused}; CKA_WRAP stays {refused}; "
+        f"CKA_UNWRAP stays {refused}"]
+
+
+async def test_clearing_them_never_fails_the_call_and_the_next_session_tries_again(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, faults: Faults
+) -> None:
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    written = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"written before"))["CiphertextBlob"]
+    _backing_key(hsm, cluster, key_id, change=AS_MADE_BEFORE)
+    connections = cast(HsmCipher, svc.ciphers["hsm"]).connections
+    await connections.drop(await live_session(svc, store_id))
+    faults.fail("C_SetAttributeValue", p11.GeneralError())  # clearing CKA_SIGN fails
+    assert (await call(svc, "Decrypt", CiphertextBlob=written))["Plaintext"] == b"written before"
+    assert _backing_key(hsm, cluster, key_id)[Attribute.SIGN] is True
+    await connections.drop(await live_session(svc, store_id))
+    assert (await call(svc, "Decrypt", CiphertextBlob=written))["Plaintext"] == b"written before"
+    assert [on for attribute, on in _backing_key(hsm, cluster, key_id).items()
+            if attribute in (Attribute.SIGN, Attribute.VERIFY, Attribute.WRAP, Attribute.UNWRAP)] == [False] * 4
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
