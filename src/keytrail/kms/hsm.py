@@ -14,6 +14,7 @@ This module is the surface; the parts live in modules of their own:
 - `hsm_failures`: what a failed PKCS#11 call says about its session;
 - `hsm_key_objects`: the token's key objects as one session sees them;
 - `hsm_session`: one logged-in session, and the blob formats sealed and opened in it;
+- `hsm_thread`: the one thread of the PKCS#11 calls, and the time each is given;
 - `hsm_connections`: the live session of each store, and the AWS errors of an HSM it cannot use;
 - `hsm_cipher`: the KeyCipher of keys in custom key stores;
 - `hsm_derivation`: format 3's keys, derived inside the token.
