@@ -26,6 +26,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
+from keytrail.kms.due_work import DueWorkFailures
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
@@ -92,6 +93,7 @@ class KmsService:
         self.origin_creators: dict[Origin, OriginCreator] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         self._due_lock = asyncio.Lock()
+        self._due_failures = DueWorkFailures()
         from keytrail.kms.operations import EXTENSIONS
 
         for install in EXTENSIONS:
@@ -131,13 +133,18 @@ class KmsService:
         """Refuse a state change before it is made when the sink already knows it cannot record
         it (an optional `ready()`): made first, it would stand unaudited while the caller is told
         it failed."""
+        if self._audit_refuses():
+            raise _unaudited(call.context.request_id)
+
+    def _audit_refuses(self) -> bool:
+        """Whether the sink knows already that it cannot record (it logs the outage, once)."""
         ready = getattr(self.deps.audit, "ready", None)
-        if ready is None:
-            return
         try:
-            ready()
-        except AuditUnavailable:  # the sink logs the outage, once
-            raise _unaudited(call.context.request_id) from None
+            if ready is not None:
+                ready()
+        except AuditUnavailable:
+            return True
+        return False
 
     async def _handle(self, operation: Operation, call: Call) -> Response:
         """Run the handler; a call that changes keys holds the lock of its key until it returns
@@ -352,6 +359,9 @@ class KmsService:
         now = self.clock.now()
         if not _is_due(key, now):
             return key
+        if self._audit_refuses():  # made now, the change would stand without its RotateKey or DeleteKey event
+            raise errors.KMSInternalException(
+                f"The audit spool cannot persist events: what is due for {key.arn} waits until it can.")
         # The key's lock keeps out calls changing it, here and on other nodes (which would
         # otherwise apply the same due rotation or deletion again); the due lock, other due work.
         async with self.key_lock(key.account, key.region, key.key_id), self._due_lock:
@@ -379,19 +389,15 @@ class KmsService:
 
     async def run_due(self) -> None:
         """Apply every due deletion and rotation (the scheduler's tick). A key whose due work fails
-        (its audit record refused, a store write failed) is left for the next tick, with one log
-        line for the tick; the keys after it still get theirs."""
+        (its audit record refused, a store write failed) is left for the next tick, logged when the
+        keys left over or the reasons change; the keys after it still get theirs."""
         failed: list[tuple[str, Exception]] = []
         for key in await self.store.all_keys():
             try:
                 await self.apply_due(key)
             except Exception as exc:
                 failed.append((key.arn, exc))
-        if failed:
-            arn, first = failed[0]
-            expected = isinstance(first, AuditUnavailable | errors.KmsError)  # else a bug: its traceback
-            log.error("scheduled key maintenance: %d key(s) left for the next tick, first %s: %s",
-                      len(failed), arn, first, exc_info=None if expected else first)
+        self._due_failures.tick(failed)
 
     def now(self) -> datetime:
         return self.clock.now()

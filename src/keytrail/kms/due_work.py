@@ -1,0 +1,40 @@
+"""The keys whose due work (rotation, deletion, expiry) failed in the scheduler's last tick, and
+the log line that says so: when they or their reasons change and once when they run again, not
+on every tick. An audit spool that cannot write refuses every tick's records for as long as it
+lasts, and a line a tick (some 120 an hour) would bury the spool's own line that says why."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from keytrail.kms import errors
+from keytrail.kms.model import AuditUnavailable
+
+__all__ = ["DueWorkFailures"]
+
+log = logging.getLogger(__name__)
+
+# The request or event id in a reason (a record refused) and counts (the bytes an over-cap spool
+# holds) change from tick to tick while the reason stays the same one: compared without them.
+_VARYING = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|\d+")
+
+
+class DueWorkFailures:
+    """What the last tick left for the next, as (key ARN, reason) pairs."""
+
+    def __init__(self) -> None:
+        self._last: frozenset[tuple[str, str]] = frozenset()
+
+    def tick(self, failed: list[tuple[str, Exception]]) -> None:
+        """Log this tick's failures if they differ from the last tick's, or that none are left."""
+        now = frozenset((arn, _VARYING.sub("N", f"{type(exc).__name__}: {exc}")) for arn, exc in failed)
+        if now != self._last and failed:
+            arn, first = failed[0]
+            expected = isinstance(first, AuditUnavailable | errors.KmsError)  # else a bug: its traceback
+            log.error("scheduled key maintenance: %d key(s) left for the next tick, first %s: %s (said again "
+                      "only once the keys or the reasons change, or they run)",
+                      len(failed), arn, first, exc_info=None if expected else first)
+        elif now != self._last:
+            log.warning("scheduled key maintenance: the keys left over from earlier ticks ran")
+        self._last = now

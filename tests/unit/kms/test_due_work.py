@@ -1,0 +1,85 @@
+"""The scheduler's ticks while the audit spool refuses records: what is due waits (done then, it
+would stand without its event), and the keys left over are logged when they change and once when
+they run, not on every tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
+from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.model import AuditUnavailable, CallRecord
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService, ServiceDeps
+from keytrail.kms.sqlite_store import SqliteStore
+
+ACCOUNT = "111122223333"
+DAY = 86400
+
+
+class _Spool:
+    """Allows every call; keeps the records, or refuses them all, as an audit spool that cannot
+    write does (`ready` says so before a change is made)."""
+
+    def __init__(self) -> None:
+        self.refusing = False
+        self.events: list[tuple[str, tuple[str, ...]]] = []
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        return AccessDecision(Verdict.ALLOW)
+
+    def ready(self) -> None:
+        if self.refusing:
+            raise AuditUnavailable("the audit spool failed earlier and refuses records: disk full")
+
+    async def record(self, call: CallRecord) -> None:
+        self.ready()
+        self.events.append((call.event_name, call.resources))
+
+
+def _context() -> CallContext:
+    principal = Principal(arn=f"arn:aws:iam::{ACCOUNT}:user/alice", account=ACCOUNT, type=IdentityType.IAM_USER,
+                          access_key_id="AKIAALICE000000000001", principal_id="AIDAALICE")
+    return CallContext(principal=principal, region="us-east-1", request_id="req-1")
+
+
+async def test_due_work_waits_while_the_spool_refuses_and_is_logged_when_the_keys_left_change(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    spool, clock = _Spool(), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+
+    async def key() -> str:
+        return str((await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"])
+
+    rotating = [await key(), await key()]
+    for arn in rotating:
+        await service.execute("EnableKeyRotation", _context(), {"KeyId": arn, "RotationPeriodInDays": 90})
+    clock.advance(85 * DAY)
+    deleted = await key()
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": deleted, "PendingWindowInDays": 7})
+    clock.advance(6 * DAY)  # the rotations are due, the deletion a day later
+    spool.refusing = True
+
+    async def ticks(count: int) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="keytrail"):
+            for _ in range(count):
+                await service.run_due()
+        return [record.getMessage().split(" (said again")[0] for record in caplog.records]
+
+    left = ("scheduled key maintenance: {} key(s) left for the next tick, first {}: The audit spool cannot "
+            "persist events: what is due for {} waits until it can.")
+    assert await ticks(3) == [left.format(2, rotating[0], rotating[0])]
+    clock.advance(2 * DAY)
+    assert await ticks(2) == [left.format(3, rotating[0], rotating[0])]
+    assert spool.events[-1][0] == "ScheduleKeyDeletion"  # nothing done unrecorded meanwhile
+    spool.refusing = False
+    assert await ticks(3) == ["scheduled key maintenance: the keys left over from earlier ticks ran"]
+    assert sorted(spool.events[-3:]) == sorted([("RotateKey", (rotating[0],)), ("RotateKey", (rotating[1],)),
+                                               ("DeleteKey", (deleted,))])
