@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +242,32 @@ def test_a_node_refused_by_an_empty_store_whose_ledger_it_cannot_verify_says_so_
         "ledger (rows rolled back, deleted or added outside keytrail): the ledger row does not verify under the "
         "root key, and the store holds no other row to tell an edited ledger from a root key that is not the store's")
     assert not (tmp_path / "second" / "root.key").exists()
+
+
+# `keytrail serve` whose node fails to start, after the key store opened (sealed under its root key).
+_START_FAILS = """
+import keytrail.cli.node as node
+async def _start(*args):
+    raise OSError(28, "No space left on device", "/data/audit/spool/00000000.seg")
+node._start = _start
+from keytrail.cli import main
+main()
+"""
+
+
+def test_a_failed_start_on_a_new_postgresql_store_keeps_only_the_root_key_it_is_sealed_under(
+        tmp_path: Path, database: str) -> None:
+    # The rest of what the start made goes, but that key stays: the store holds its root key check
+    # now, and a new key made by the retry would not open it.
+    data, url = tmp_path / "data", f"postgresql://postgres@127.0.0.1:5432/{database}"
+    out = subprocess.run([sys.executable, "-c", _START_FAILS, "serve", "--data-dir", str(data), "--port", "0",
+                          "--store", url], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert out.stderr == (
+        "keytrail serve: the node did not start: No space left on device: /data/audit/spool/00000000.seg\n")
+    assert [path.name for path in data.iterdir()] == ["root.key"]
+    server = KeytrailServer(data, "--store", url, dev_clock=False).start()
+    try:
+        assert server.client("alice").create_key()["KeyMetadata"]["Enabled"]
+    finally:
+        assert server.stop() == 0

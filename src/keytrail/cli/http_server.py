@@ -18,26 +18,47 @@ import uvicorn
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
 from keytrail.config import ServeSettings
 
-__all__ = ["serve_http"]
+__all__ = ["HttpServer"]
 
 
-async def serve_http(app: Any, settings: ServeSettings, tls: dict[str, str], sockets: list[socket.socket]) -> bool:
-    """Serve `app` on `sockets` (listening on the settings' address) until SIGTERM/SIGINT; False if
-    it never started."""
-    # The caller's address goes into every audit record and into aws:SourceIp conditions, so it is
-    # the connection's, unless the operator names the proxies trusted to report another (uvicorn's
-    # FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from 127.0.0.1: any local
-    # client could then write whatever source address it liked into the audit trail.
-    proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, lifespan="on", log_level="warning",
-        access_log=False, timeout_graceful_shutdown=20, server_header=False, http=CoalescingHttpToolsProtocol,
-        proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
-        **tls,  # type: ignore[arg-type]
-    )
-    server = _Server(config)
-    await server.serve(sockets=sockets)
-    return bool(server.started)
+class HttpServer:
+    """uvicorn over the node's app. The node's start and stop are not uvicorn's (no ASGI lifespan):
+    serve runs them around `serve`, so a failed start is reported in keytrail's words, not as
+    uvicorn's traceback and exit status 3. SIGTERM/SIGINT are caught from `stop_requests` on."""
+
+    def __init__(self, app: Any, settings: ServeSettings, tls: dict[str, str]) -> None:
+        # The caller's address goes into every audit record and into aws:SourceIp conditions, so it
+        # is the connection's, unless the operator names the proxies trusted to report another
+        # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from
+        # 127.0.0.1: any local client could then write whatever source address it liked into the trail.
+        proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
+        config = uvicorn.Config(
+            app, host=settings.host, port=settings.port, lifespan="off", log_level="warning",
+            access_log=False, timeout_graceful_shutdown=20, server_header=False, http=CoalescingHttpToolsProtocol,
+            proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
+            **tls,  # type: ignore[arg-type]
+        )
+        self._server = _Server(config)
+
+    def load(self) -> None:
+        """Load uvicorn's settings, the TLS context among them, so that a failure comes before the
+        node starts (OSError, ssl.SSLError: a TLS file replaced since serve checked it)."""
+        self._server.config.load()
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self._server.should_exit)
+
+    def stop_requests(self) -> contextlib.AbstractContextManager[None]:
+        """SIGTERM and SIGINT ask the server to stop, also while the node starts: it then stops as
+        soon as it has started, by the contract's SIGTERM (flush, exit 0), not killed half-started."""
+        return self._server.capture_signals()
+
+    async def serve(self, sockets: list[socket.socket]) -> None:
+        """Serve on `sockets` (listening on the settings' address) until SIGTERM/SIGINT, after
+        in-flight calls finish; at once if a stop was asked for already."""
+        if not self.stop_requested:
+            await self._server.serve(sockets=sockets)
 
 
 class _Server(uvicorn.Server):

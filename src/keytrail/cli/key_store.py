@@ -17,7 +17,7 @@ from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.kms.store_ledger import LedgerMismatch
 
-__all__ = ["StoreUnavailable", "open_store"]
+__all__ = ["StoreUnavailable", "open_store", "without_password"]
 
 
 class StoreUnavailable(Exception):
@@ -108,10 +108,13 @@ def _unavailable_unless_opened(url: str) -> Iterator[None]:
     except LedgerMismatch as exc:  # an OSError too: open_store tells it apart
         raise _LedgerRefused(f"cannot open the key store at {where}: {exc}") from None
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # ValueError: a URL asyncpg cannot parse
-        raise StoreUnavailable(f"cannot open the key store at {where}: {_without_password(str(exc), url)}") from None
+        raise StoreUnavailable(f"cannot open the key store at {where}: {without_password(str(exc), url)}") from None
 
 
-def _without_password(text: str, url: str) -> str:
+def without_password(text: str, url: str | None) -> str:
+    """`text` with the password of the --store `url` (if any) replaced by ***."""
+    if url is None:
+        return text
     try:
         password = urlsplit(url).password
     except ValueError:

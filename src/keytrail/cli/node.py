@@ -11,7 +11,7 @@ import logging
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from keytrail.api.protocol import operation_names
 from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.cli.children import Child, ChildSpec
+from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import NodeHealth, StoreProbe
 from keytrail.cli.key_store import open_store
@@ -48,7 +49,7 @@ from keytrail.pipeline.prometheus import MetricsExposition, render_family, rende
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
-__all__ = ["ConsumerRunning", "Node", "build_node"]
+__all__ = ["ConsumerRunning", "Node", "StartFailed", "build_node", "start_node", "stop_node"]
 
 log = logging.getLogger("keytrail")
 
@@ -127,9 +128,16 @@ class ConsumerRunning(Exception):
     """Another metrics consumer (`keytrail consume`) owns the data dir's pipeline state."""
 
 
-async def build_node(settings: ServeSettings, credentials: CredentialStore, store: Store | None = None) -> Node:
+class StartFailed(Exception):
+    """The node did not start: the message names the part that failed and why, in one line."""
+
+
+async def build_node(settings: ServeSettings, credentials: CredentialStore, store: Store | None = None, *,
+                     lifespan: bool = True) -> Node:
     """Build every part of a node from its settings around its key store (`open_store`'s, opened
-    here unless given); nothing starts until the app's lifespan."""
+    here unless given); nothing starts yet. With `lifespan` the app's ASGI lifespan starts and
+    stops it (a server that runs the app by itself: bench's uvicorn --workers); else the caller
+    does, with `start_node` and `stop_node` (serve: a failed start is then its own to report)."""
     data_dir = settings.data_dir
     clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
     if store is None:
@@ -160,8 +168,9 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore, stor
         api.metrics = lambda: _metrics(node, pipeline_metrics)
     node.on_clock_advanced.append(service.run_due)
     api.on_clock_advanced = lambda: _clock_advanced(node)
-    api.startup.append(lambda: _start(node, credentials))
-    api.shutdown.append(lambda: _stop(node))
+    if lifespan:
+        api.startup.append(lambda: start_node(node))
+        api.shutdown.append(lambda: stop_node(node))
     return node
 
 
@@ -235,21 +244,62 @@ async def _clock_advanced(node: Node) -> None:
         await hook()
 
 
+async def start_node(node: Node) -> None:
+    """Start what runs with the node (audit trail, consumers, detector, scheduler) and apply what
+    is due. If that fails, what did start is stopped again (the key store closed) and StartFailed
+    says what failed, so that serve can report it in one line and leave the data dir as it was."""
+    try:
+        await _start(node, node.app.credentials)
+    except BaseException as exc:
+        await stop_node(node, quiet=True)
+        if isinstance(exc, Exception) and not isinstance(exc, StartFailed):
+            raise StartFailed(f"the node did not start: {_reason(exc)}") from None
+        raise
+
+
+async def stop_node(node: Node, *, quiet: bool = False) -> None:
+    """Stop the node: children, consumer, background tasks, detector, audit trail (its final
+    digest), then the key store; a part that fails to stop is logged (unless `quiet`: a failed
+    start, whose own failure is the one to report) and the rest still stop."""
+    await _stop(node, quiet=quiet)
+
+
 async def _start(node: Node, credentials: CredentialStore) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, _reload_principals, credentials)
     if node.audit is not None:
-        await node.audit.start()
-        _start_consumers(node)
+        with _part("the audit trail"):
+            await node.audit.start()
+        with _part("the metrics consumer and detector"):
+            _start_consumers(node)
     node.background.append(asyncio.create_task(_scheduler(node)))
-    await node.service.run_due()
+    with _part("the first pass of scheduled key maintenance"):
+        await node.service.run_due()
     # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
     # falls on the first request; loaded before the freeze below, it is also out of the gc's reach.
     operation_names()
     # What is alive now (modules, the app, caches) lives as long as the process: out of the cyclic
     # collector's reach, a full collection no longer walks it (one held the loop ~50 ms under load).
     gc.freeze()
+
+
+@contextlib.contextmanager
+def _part(name: str) -> Iterator[None]:
+    """StartFailed naming the part of the start that failed, and why."""
+    try:
+        yield
+    except Exception as exc:
+        raise StartFailed(f"the node did not start: {name}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as the end of a one-line complaint (keytrail's errors carry no key material)."""
+    if isinstance(exc, KmsError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return os_problem(exc)
+    return str(exc) or type(exc).__name__
 
 
 def _start_consumers(node: Node) -> None:
@@ -354,17 +404,37 @@ async def _scheduler(node: Node) -> None:
         refusal.ran()
 
 
-async def _stop(node: Node) -> None:
-    await asyncio.gather(*(child.stop() for child in node.children))
+async def _stop(node: Node, *, quiet: bool) -> None:
+    """Stop each part in turn, the next one also when one fails (logged unless `quiet`)."""
+    for name, stop in _stop_steps(node):
+        try:
+            await stop()
+        except Exception as exc:
+            if not quiet:
+                log.error("stopping the node: %s: %s", name, _reason(exc))
+
+
+def _stop_steps(node: Node) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("child processes", lambda: asyncio.gather(*(child.stop() for child in node.children))),
+        ("metrics consumer", lambda: _stop_consumer(node)),
+        ("background tasks", lambda: _cancel(node.background)),
+    ]
+    if node.detector is not None:
+        steps.append(("detector", node.detector.close))
+    if node.audit is not None:
+        steps.append(("audit trail", node.audit.close))
+    return [*steps, ("key store", node.service.store.close)]
+
+
+async def _stop_consumer(node: Node) -> None:
     if node.consumer is not None and node.consumer_task is not None:
         node.consumer.stop()  # it checkpoints and exports what it has, then ends
         with contextlib.suppress(Exception):
             await asyncio.wait_for(node.consumer_task, timeout=15)
-    for task in node.background:
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*node.background, return_exceptions=True)
-    if node.detector is not None:
-        await node.detector.close()
-    if node.audit is not None:
-        await node.audit.close()
-    await node.service.store.close()
+    await asyncio.gather(*tasks, return_exceptions=True)

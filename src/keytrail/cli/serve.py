@@ -31,6 +31,8 @@ from keytrail.transport.segment_log import LogLockedError
 if TYPE_CHECKING:
     from keytrail.api.credentials import CredentialStore
     from keytrail.audit.integrity import IntegrityPaths
+    from keytrail.cli.data_dir_hold import DataDirHold
+    from keytrail.cli.http_server import HttpServer
     from keytrail.cli.node import Node
 
 __all__ = ["register"]
@@ -111,8 +113,9 @@ def _check_tls(settings: ServeSettings) -> None:
         raise _fail(problem)
 
 
-def _tls(settings: ServeSettings) -> dict[str, str]:
-    """uvicorn's TLS options from flags `_check_tls` let through; the dev certificate is made here."""
+def _tls(settings: ServeSettings) -> tuple[dict[str, str], bool]:
+    """uvicorn's TLS options from flags `_check_tls` let through, and whether the dev certificate
+    was made now (announced once the node runs)."""
     if settings.tls_self_signed:
         from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 
@@ -121,12 +124,10 @@ def _tls(settings: ServeSettings) -> dict[str, str]:
             cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
         except OSError as error:
             raise _fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None
-        if made:
-            _print_dev_certificate(cert, settings)
-        return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+        return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}, made
     if settings.tls_cert and settings.tls_key:
-        return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    return {}
+        return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}, False
+    return {}, False
 
 
 def _print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
@@ -206,23 +207,40 @@ def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     _warn_of_password_in_arguments(settings.store)
     _make_data_dir(settings.data_dir)
-    _check_config(settings.config)
-    _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
+    hold = _hold(settings.data_dir)
+    try:
+        _check_config(settings.config)
+        _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
+        _run(settings, sockets, hold)
+    finally:
+        hold.release()
+
+
+def _hold(data_dir: Path) -> DataDirHold:
+    from keytrail.cli.data_dir_hold import DataDirBusy, DataDirHold
+
+    try:
+        return DataDirHold.take(data_dir)
+    except DataDirBusy as exc:
+        raise _fail(str(exc)) from None
+    except OSError as error:
+        raise _fail(f"--data-dir: cannot open {data_dir}: {error.strerror or error}") from None
+
+
+def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold) -> None:
     import uvloop
 
     from keytrail.cli.key_store import StoreUnavailable
     from keytrail.cli.node import ConsumerRunning
 
     try:
-        started = uvloop.run(_serve(settings, sockets))
+        uvloop.run(_serve(settings, sockets, hold))
     except (StoreUnavailable, ConsumerRunning) as exc:
         raise _fail(str(exc)) from None
-    except LogLockedError as exc:  # another serve (or an import) writes this data dir's audit trail
+    except LogLockedError as exc:  # `keytrail audit import` writes this data dir's audit trail, say
         raise _fail(f"{exc}: is another keytrail serve running on --data-dir {settings.data_dir}?") from None
     except OSError as exc:  # the root key, key store or audit trail cannot be opened (a read-only data dir)
         raise _fail(os_problem(exc)) from None
-    if not started:
-        raise typer.Exit(1)
 
 
 def _warn_of_password_in_arguments(store: str | None) -> None:
@@ -272,15 +290,82 @@ def _check_config(path: Path | None) -> None:
         raise _fail(f"--config: {exc}") from None
 
 
-async def _serve(settings: ServeSettings, sockets: list[socket.socket]) -> bool:
-    from keytrail.cli.http_server import serve_http
+async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold) -> None:
+    """Build the node, start it, announce what this start created, and serve until stopped. Not
+    in uvicorn's lifespan: there a failed start was uvicorn's traceback and exit status 3."""
+    from keytrail.cli.http_server import HttpServer
+    from keytrail.cli.node import stop_node
 
-    node, tls = await _built_node(settings)
-    return await serve_http(node.app, settings, tls, sockets)
+    built = await _built_node(settings)
+    server = HttpServer(built.node.app, settings, built.tls)
+    with server.stop_requests():  # SIGTERM while the node starts: stopped once started, exit 0
+        await _started(built, server, settings, hold)
+        try:
+            _announce(built, settings)
+            await server.serve(sockets)
+        finally:
+            await stop_node(built.node)
 
 
-async def _built_node(settings: ServeSettings) -> tuple[Node, dict[str, str]]:
-    """The node and uvicorn's TLS options. The key store opens first, and a start that fails keeps
+async def _started(built: _Built, server: HttpServer, settings: ServeSettings, hold: DataDirHold) -> None:
+    """Start the node, its HTTP server ready to serve. A failed start is one line, and the data
+    dir is left as it was before: a retry would take a principals file, root key or signing key
+    left behind for its own and announce none of them, and the failed start announced none either."""
+    from keytrail.cli.key_store import without_password
+    from keytrail.cli.node import StartFailed, start_node, stop_node
+
+    try:
+        server.load()
+    except Exception as exc:  # the TLS files replaced since serve checked them, say
+        await stop_node(built.node, quiet=True)
+        _remove_what_the_start_made(built, settings, hold)
+        raise _fail(f"the HTTP server did not start: {os_problem(exc) if isinstance(exc, OSError) else exc}") from None
+    try:
+        await start_node(built.node)  # what started is stopped again if it fails
+    except BaseException as exc:
+        _remove_what_the_start_made(built, settings, hold)
+        if isinstance(exc, StartFailed):
+            raise _fail(without_password(str(exc), settings.store)) from None
+        raise
+
+
+def _remove_what_the_start_made(built: _Built, settings: ServeSettings, hold: DataDirHold) -> None:
+    """Remove what a start that failed once its node was built made in the data dir (principals
+    file, root key and key store, audit trail and signing key, consumer and detector state, dev
+    certificate): no other serve can have made any of it while this one held the data dir. A root
+    key made for a PostgreSQL store stays: the store, shared with other nodes, is sealed under it
+    now. Where the data dir could not be held (a file system without locks), the principals file
+    goes, as for a failed build."""
+    if hold.exclusive:
+        hold.remove_new(keep={"root.key"} if settings.store is not None else set())
+    elif built.admin is not None:
+        built.admin.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A built node, uvicorn's TLS options, and what this start created, to announce once it runs."""
+
+    node: Node
+    tls: dict[str, str]
+    admin: _NewAdmin | None
+    new_trail: bool
+    new_certificate: bool
+
+
+def _announce(built: _Built, settings: ServeSettings) -> None:
+    from keytrail.audit.trail import audit_paths
+
+    if built.new_certificate:
+        _print_dev_certificate(Path(built.tls["ssl_certfile"]), settings)
+    if built.admin is not None:
+        _print_new_admin(built.admin, settings)
+    if built.new_trail:
+        _print_public_key(audit_paths(settings.data_dir)[1], settings.data_dir)
+
+
+async def _built_node(settings: ServeSettings) -> _Built:
+    """The node, built but not started. The key store opens first, and a build that fails keeps
     no principals file of its own making: a retry would take it for its own and print no `export`
     line, and the failed start prints none either (an unreachable database, a locked audit trail)."""
     from keytrail.audit.trail import audit_paths
@@ -290,22 +375,17 @@ async def _built_node(settings: ServeSettings) -> tuple[Node, dict[str, str]]:
     store = await open_store(settings)
     admin = None
     try:
-        tls = _tls(settings)
+        tls, new_certificate = _tls(settings)
         admin = _new_admin(settings)
         credentials = _credentials(settings, settings.principals or settings.data_dir / "principals.toml")
-        integrity = audit_paths(settings.data_dir)[1]
-        new_trail = settings.audit and not integrity.private_key.exists()
-        node = await build_node(settings, credentials, store)
+        new_trail = settings.audit and not audit_paths(settings.data_dir)[1].private_key.exists()
+        node = await build_node(settings, credentials, store, lifespan=False)
     except BaseException:
         if admin is not None:  # nobody was told of it: a retry makes (and prints) another
             admin.path.unlink(missing_ok=True)
         await store.close()
         raise
-    if admin is not None:
-        _print_new_admin(admin, settings)
-    if new_trail:
-        _print_public_key(integrity, settings.data_dir)
-    return node, tls
+    return _Built(node, tls, admin, new_trail, new_certificate)
 
 
 def register(app: typer.Typer) -> None:

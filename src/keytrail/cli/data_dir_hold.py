@@ -1,0 +1,62 @@
+"""`keytrail serve`'s hold on its data dir: one serve per data dir, and a failed start can put
+the data dir back as it found it without touching another serve's files."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["DataDirBusy", "DataDirHold"]
+
+
+class DataDirBusy(Exception):
+    """Another keytrail serve holds the data dir."""
+
+
+class DataDirHold:
+    """An exclusive `flock` on the data dir itself (no file of its own in it), held by serve for
+    its life, and what the data dir held when it was taken. Two serves started together on one
+    data dir would otherwise both open its key store before the audit trail's lock told them
+    apart, and a failed start removing what it made could remove what the other one uses."""
+
+    def __init__(self, data_dir: Path, fd: int, exclusive: bool) -> None:
+        self.data_dir = data_dir
+        self._fd = fd
+        # False where the file system cannot lock a directory (NFS, say): serve still starts.
+        self.exclusive = exclusive
+        self.before = _entries(data_dir)
+
+    @classmethod
+    def take(cls, data_dir: Path) -> DataDirHold:
+        """Hold `data_dir` (DataDirBusy if another serve does; OSError if it cannot be opened)."""
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by the child processes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirBusy(f"another keytrail serve is running on --data-dir {data_dir}") from None
+        except OSError:
+            return cls(data_dir, fd, exclusive=False)
+        return cls(data_dir, fd, exclusive=True)
+
+    def remove_new(self, keep: set[str]) -> None:
+        """Remove what appeared in the data dir since it was held, but for the names in `keep`."""
+        for name in sorted(_entries(self.data_dir) - self.before - keep):
+            path = self.data_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _entries(data_dir: Path) -> set[str]:
+    return {entry.name for entry in data_dir.iterdir()}

@@ -1,0 +1,38 @@
+"""serve's hold on its data dir: one serve at a time, and a failed start removes what appeared
+since it held it, nothing else (not what a symbolic link made meanwhile points to)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keytrail.cli.data_dir_hold import DataDirBusy, DataDirHold
+
+
+def test_a_data_dir_is_held_by_one_serve_at_a_time(tmp_path: Path) -> None:
+    first = DataDirHold.take(tmp_path)
+    assert first.exclusive
+    with pytest.raises(DataDirBusy, match=f"another keytrail serve is running on --data-dir {tmp_path}"):
+        DataDirHold.take(tmp_path)
+    first.release()
+    DataDirHold.take(tmp_path).release()
+
+
+def test_what_appeared_since_the_hold_is_removed_but_what_was_there_and_what_is_kept(tmp_path: Path) -> None:
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("x")
+    (data / "notes.txt").write_text("the operator's")
+    hold = DataDirHold.take(data)
+    try:
+        (data / "audit" / "log").mkdir(parents=True)
+        for name in ("principals.toml", "root.key", "keys.db"):
+            (data / name).write_text("made by the start")
+        (data / "link").symlink_to(elsewhere)
+        hold.remove_new(keep={"root.key"})
+    finally:
+        hold.release()
+    assert sorted(path.name for path in data.iterdir()) == ["notes.txt", "root.key"]
+    assert (elsewhere / "precious").read_text() == "x"
