@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from keytrail.detect import Alarm, RuleSet
     from keytrail.detect.hooks import HooksConfig
     from keytrail.detect.inventory import IdentityItem, KeyInventoryItem
+    from keytrail.kms.keys import Key
+    from keytrail.kms.sqlite_store import SqliteStore
 
 __all__ = ["analyze_keys", "register"]
 
@@ -190,7 +192,9 @@ def analyze(
     inventory: Annotated[
         Path | None,
         typer.Option(
-            "--inventory", help="JSON list of {KeyArn, Policy, Grants} (GetKeyPolicy + ListGrants output)."
+            "--inventory",
+            help="JSON list of {KeyArn, Policy, Grants, KeyRotationEnabled, ...} (DescribeKey, GetKeyPolicy, "
+            "ListGrants, GetKeyRotationStatus output; docs/detection-rules.md).",
         ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="A node's data dir: its key store.")] = None,
@@ -205,9 +209,10 @@ def analyze(
     fmt: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
-    """Check every key's policy and grants for public, cross-account and over-broad access, and
-    every principal's identity policies for decryption with every key: the keys and principals of
-    a node (--data-dir, default ./keytrail-data) or an exported inventory."""
+    """Check every key's policy and grants for public, cross-account and over-broad access, every
+    principal's identity policies for decryption with every key, and every customer managed
+    symmetric key for automatic rotation: the keys and principals of a node (--data-dir, default
+    ./keytrail-data) or an exported inventory."""
     from keytrail.detect import RuleError
     from keytrail.detect.inventory import read_inventory
     from keytrail.kms.sealing import SealError
@@ -224,9 +229,19 @@ def analyze(
             principals = principals or _node_principals(data_dir)
         identities = read_identities(principals) if principals else []
         _print(analyze_keys(items, rules, identities), fmt)
+        if inventory is not None:
+            _note_unknown_rotation(items, inventory)
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _note_unknown_rotation(items: list[KeyInventoryItem], inventory: Path) -> None:
+    """Say so when the inventory gives no key's rotation status, rather than seem to have found
+    every key rotating (inventories made before the field, GetKeyPolicy + ListGrants only)."""
+    if items and all(item.rotation_enabled is None for item in items):
+        typer.echo(f"keytrail analyze: no key of {inventory} has KeyRotationEnabled (GetKeyRotationStatus): "
+                   "rotation not checked", err=True)
 
 
 def _json_file(path: Path, option: str) -> Any:
@@ -264,9 +279,7 @@ def read_identities(path: Path) -> list[IdentityItem]:
 
 
 async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
-    """Every key of a node's SQLite key store, with its policy and grants."""
-    from keytrail.detect.inventory import KeyInventoryItem
-    from keytrail.kms.grants import grant_view
+    """Every key of a node's SQLite key store, with its policy, grants, rotation and aliases."""
     from keytrail.kms.sealing import RootKey
     from keytrail.kms.sqlite_store import SqliteStore
 
@@ -276,20 +289,46 @@ async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
     # Never written: the node may be running, and may still be of a version before the ledger.
     store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False), upgrade=False)
     try:
-        items = []
-        for key in await store.all_keys():
-            grants = [grant_view(key, g) for g in await store.list_grants(key.account, key.region, key.key_id)]
-            items.append(KeyInventoryItem(key.arn, key.policy, grants, key.key_manager.value, key.state.value))
-        return items
+        keys = await store.all_keys()
+        aliases = await _alias_names(store, {(key.account, key.region) for key in keys})
+        return [await _inventory_item(store, key, aliases.get(key.key_id, ())) for key in keys]
     finally:
         await store.close()
+
+
+async def _alias_names(store: SqliteStore, places: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    """Key id -> its alias names, over the accounts and Regions named."""
+    names: dict[str, list[str]] = {}
+    for account, region in sorted(places):
+        for alias in await store.list_aliases(account, region):
+            names.setdefault(alias.key_id, []).append(alias.name)
+    return {key_id: tuple(sorted(found)) for key_id, found in names.items()}
+
+
+async def _inventory_item(store: SqliteStore, key: Key, aliases: tuple[str, ...]) -> KeyInventoryItem:
+    """One key as `keytrail analyze` judges it (what DescribeKey, GetKeyPolicy, ListGrants,
+    GetKeyRotationStatus and ListAliases would answer of it)."""
+    from keytrail.detect.inventory import KeyInventoryItem
+    from keytrail.kms.grants import grant_view
+    from keytrail.kms.multiregion import is_replica
+
+    grants = [grant_view(key, g) for g in await store.list_grants(key.account, key.region, key.key_id)]
+    return KeyInventoryItem(
+        key.arn, key.policy, grants, key.key_manager.value, key.state.value,
+        key_spec=key.key_spec.value,
+        origin=key.origin.value,
+        custom_key_store_id=key.custom_key_store_id,
+        replica=is_replica(key),
+        rotation_enabled=key.rotation_enabled,
+        aliases=aliases,
+    )
 
 
 def analyze_keys(
     items: Iterable[KeyInventoryItem], rules: RuleSet | None = None, identities: Iterable[IdentityItem] = ()
 ) -> list[Alarm]:
-    """permissive-key alarms for an inventory and principals (the key store and the principals file
-    are wired in here by `keytrail analyze`)."""
+    """permissive-key and rotation-disabled alarms for an inventory and principals (the key store
+    and the principals file are wired in here by `keytrail analyze`)."""
     from keytrail.detect.inventory import analyze_inventory
 
     return analyze_inventory(items, rules=rules, identities=identities)

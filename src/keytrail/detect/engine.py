@@ -13,6 +13,7 @@ from keytrail.detect.alarms import Alarm, AlarmBook, Finding
 from keytrail.detect.checks import Check
 from keytrail.detect.checks.deletion import KeyDeletionInUse
 from keytrail.detect.checks.permissive import PermissiveKey
+from keytrail.detect.checks.rotation import RotationDisabled
 from keytrail.detect.checks.spike import UsageSpike
 from keytrail.detect.checks.unauthorized import UnauthorizedDecrypt
 from keytrail.detect.checks.unused import UnusedKey
@@ -51,6 +52,7 @@ class Detector:
             PermissiveKey(r["permissive-key"]),
             KeyDeletionInUse(r["key-deletion-in-use"], ledger),
             UsageSpike(r["usage-spike"], ledger),
+            RotationDisabled(r["rotation-disabled"], ledger),
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]
 

@@ -145,6 +145,16 @@ DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
                 factor=10.0,
                 high_factor=50.0,
             ),
+            _rule(
+                "rotation-disabled",
+                "MEDIUM",
+                "1d",
+                {},
+                "Automatic rotation turned off, or never on, for a customer managed symmetric key "
+                "(CIS AWS Foundations 3.6, Security Hub KMS.4).",
+                exempt_keys=[],
+                exempt_aliases=[],
+            ),
         )
     }
 )

@@ -128,9 +128,12 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--format", "json"])
     assert result.exit_code == 0, result.output
-    alarms = [json.loads(line) for line in result.output.splitlines()]
+    alarms = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(a["keyArn"], a["severity"]) for a in alarms] == [(key_arn(1), "CRITICAL"), (key_arn(2), "HIGH")]
     assert json.loads(alarms[1]["details"]["findings"])[0]["grantId"] == "g1"
+    # An inventory of GetKeyPolicy + ListGrants only: rotation unknown, and said to be unchecked.
+    assert result.stderr == f"keytrail analyze: no key of {inventory} has KeyRotationEnabled " \
+                            "(GetKeyRotationStatus): rotation not checked\n"
 
 
 @pytest.mark.parametrize(("inventory", "message"), [
@@ -139,7 +142,12 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     ([{"KeyArn": 5}], "key 1 of the inventory: an object with a KeyArn string is needed"),
     ([{"KeyArn": "k", "Policy": {"Statement": []}}], "key k: Policy is the key policy as a JSON string"),
     ([{"KeyArn": "k", "Grants": "g1"}], "key k: Grants is a list of grant objects"),
-    ([{"KeyArn": "k", "KeyState": 1}], "key k: KeyManager and KeyState are strings"),
+    ([{"KeyArn": "k", "KeyState": 1}], "key k: KeyManager, KeyState, KeySpec, Origin are strings"),
+    ([{"KeyArn": "k", "KeyRotationEnabled": "no"}], "key k: KeyRotationEnabled is true or false"),
+    ([{"KeyArn": "k", "Aliases": "alias/a"}], 'key k: Aliases is a list of alias names ("alias/'),
+    ([{"KeyArn": "k", "Aliases": [{"Name": "alias/a"}]}], 'key k: Aliases is a list of alias names ("alias/'),
+    ([{"KeyArn": "k", "MultiRegionConfiguration": "REPLICA"}], "key k: MultiRegionConfiguration is DescribeKey's"),
+    ([{"KeyArn": "k", "CustomKeyStoreId": 7}], "key k: CustomKeyStoreId is a string"),
     ([{"KeyArn": "k", "Policy": "{"}], "key k: its Policy is not a JSON policy document (Expecting"),
     ([{"KeyArn": "k", "Policy": "[]"}], "key k: its Policy is not a JSON policy document (a key policy is"),
     ([{"KeyArn": "k", "Policy": '{"Statement": [{"Effect": "Allow", "Principal": "*", "Condition": "x"}]}'}],
@@ -170,11 +178,11 @@ def test_analyze_inventory_with_principals_checks_their_identity_policies(app: t
         f"secret_access_key = \"s\"\npolicies = ['''{every_key}''', '''{deny}''']\n"
     )
     without = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--format", "json"])
-    assert without.exit_code == 0 and without.output == ""
+    assert without.exit_code == 0 and without.stdout == ""
     result = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--principals", str(principals),
                                  "--format", "json"])
     assert result.exit_code == 0, result.output
-    [alarm] = [json.loads(line) for line in result.output.splitlines()]
+    [alarm] = [json.loads(line) for line in result.stdout.splitlines()]
     assert (alarm["principalArn"], alarm["keyArn"], alarm["accountId"]) == (f"arn:aws:iam::{ACCOUNT}:role/reader",
                                                                             None, ACCOUNT)
     assert alarm["details"]["source"] == 'policy 2 statement "ReadAll"'

@@ -20,6 +20,7 @@ def test_every_contract_rule_is_registered() -> None:
         "permissive-key",
         "key-deletion-in-use",
         "usage-spike",
+        "rotation-disabled",
     }
     assert DEFAULT_RULES["unused-key"].param("unused_days") == 90
 
