@@ -50,6 +50,7 @@ async def test_offline_and_in_process_alarms_are_identical(tmp_path: Path) -> No
         "permissive-key",
         "key-deletion-in-use",
         "usage-spike",
+        "rotation-disabled",
     }
 
 

@@ -50,6 +50,8 @@ def mixed_scenario() -> list[dict[str, Any]]:
             message=f"{doomed} is pending deletion.",
         ),
     ]
+    records.append(event("DisableKeyRotation", T0 + timedelta(days=4), busy, admin,
+                         params={"keyId": busy.rsplit("/", 1)[1]}))
     records += steady_traffic(busy, app, T0 + timedelta(days=100), minutes=1, per_minute=2)
     records.sort(key=lambda r: (r["eventTime"], r["eventID"]))
     return records
