@@ -47,6 +47,7 @@ def test_the_detection_settings_example_loads_as_detector_settings(tmp_path: Pat
     rules, hooks = detector_settings(tmp_path / "keytrail.toml")
     assert not rules.enabled("usage-spike") and hooks.mqtt == "mqtt://127.0.0.1:1883"
     assert rules["permissive-key"].parameters["trusted_accounts"] == ["222233334444"]
+    assert rules["rotation-disabled"].parameters["exempt_aliases"] == ["alias/legacy-*"]
 
 
 def test_every_stop_before_copying_the_data_dir_waits_for_the_node_to_exit() -> None:
