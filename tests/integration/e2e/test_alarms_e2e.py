@@ -159,6 +159,10 @@ async def _scenarios(server: KeytrailServer, alarms: Alarms) -> dict[str, tuple[
     await expect("key-deletion-in-use", secret, ALICE)
     spiking = await run(_spike, server)
     await expect("usage-spike", spiking, ALICE)
+    rotating = (await run(alice.create_key, Description="rotating"))["KeyMetadata"]["Arn"]
+    await run(alice.enable_key_rotation, KeyId=rotating)
+    await run(alice.disable_key_rotation, KeyId=rotating.rsplit("/", 1)[1])  # by key id, as the console does
+    await expect("rotation-disabled", rotating, ALICE)
     idle = (await run(alice.create_key, Description="idle"))["KeyMetadata"]["Arn"]
     await run(server.advance, 91 * 86400)
     await expect("unused-key", idle)
@@ -203,6 +207,7 @@ def _benign(server: KeytrailServer) -> None:
     blob = alice.encrypt(KeyId=shared, Plaintext=b"payroll")["CiphertextBlob"]
     bob.decrypt(CiphertextBlob=blob)
     alice.put_key_policy(KeyId=shared, PolicyName="default", Policy=_policy(BOB_DECRYPT))
+    alice.enable_key_rotation(KeyId=shared)  # turning rotation on is what the rotation rule asks for
     unused = alice.create_key(Description="never used")["KeyMetadata"]["Arn"]
     alice.schedule_key_deletion(KeyId=unused, PendingWindowInDays=7)  # not in use: nothing to warn of
     busy = alice.create_key(Description="busy")["KeyMetadata"]["Arn"]
