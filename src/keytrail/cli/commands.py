@@ -43,9 +43,10 @@ COMMANDS: dict[str, Listing] = {
     "detect": Listing("keytrail.cli.detect",
                       "Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."),
     "analyze": Listing("keytrail.cli.detect",
-                       "Check every key's policy and grants for public, cross-account and over-broad access, and "
-                       "every principal's identity policies for decryption with every key: the keys and principals "
-                       "of a node (--data-dir, default ./keytrail-data) or an exported inventory."),
+                       "Check every key's policy and grants for public, cross-account and over-broad access, every "
+                       "principal's identity policies for decryption with every key, and every customer managed "
+                       "symmetric key for automatic rotation: the keys and principals of a node (--data-dir, "
+                       "default ./keytrail-data) or an exported inventory."),
     "report": Listing("keytrail.cli.report",
                       "Write a usage, cost, last-used, denied-calls and alarms report "
                       "(HTML, CSV, JSON lines or Parquet)."),
