@@ -27,6 +27,9 @@ def test_analyze_flags_the_public_key_and_names_its_statement(fresh_server: Keyt
     kms.enable_key_rotation(KeyId=private)
     kms.create_alias(AliasName="alias/open", TargetKeyId=public)
     asymmetric = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
+    primary = kms.create_key(MultiRegion=True)["KeyMetadata"]
+    replica = kms.replicate_key(KeyId=primary["Arn"], ReplicaRegion="us-west-2")["ReplicaKeyMetadata"]["Arn"]
+    fresh_server.client(region="us-west-2").create_alias(AliasName="alias/open", TargetKeyId=replica)
     fresh_server.stop()
     out = subprocess.run(
         [sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(fresh_server.data_dir), "--format", "json"],
@@ -34,10 +37,14 @@ def test_analyze_flags_the_public_key_and_names_its_statement(fresh_server: Keyt
     )
     alarms = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     # The public key's policy, and its rotation (off, as every new key's is: Security Hub KMS.4);
-    # the private key rotates, and an RSA key cannot.
-    assert [(a["rule"], a["keyArn"]) for a in alarms] == [("permissive-key", public), ("rotation-disabled", public)]
+    # the private key rotates, an RSA key cannot, and a replica rotates with its primary.
+    assert [(a["rule"], a["keyArn"]) for a in alarms[:1]] == [("permissive-key", public)]
+    assert sorted((a["rule"], a["keyArn"]) for a in alarms[1:]) == sorted(
+        [("rotation-disabled", public), ("rotation-disabled", primary["Arn"])])
     assert "Everyone" in json.dumps(alarms) and private not in out.stdout and asymmetric not in out.stdout
-    assert alarms[1]["details"]["aliases"] == "alias/open"
+    assert replica not in out.stdout
+    aliases = {a["keyArn"]: a["details"].get("aliases") for a in alarms if a["rule"] == "rotation-disabled"}
+    assert aliases == {public: "alias/open", primary["Arn"]: None}  # the replica's alias of its Region is its own
 
 
 def test_analyze_without_a_store_is_one_line_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]

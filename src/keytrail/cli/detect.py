@@ -291,18 +291,21 @@ async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
     try:
         keys = await store.all_keys()
         aliases = await _alias_names(store, {(key.account, key.region) for key in keys})
-        return [await _inventory_item(store, key, aliases.get(key.key_id, ())) for key in keys]
+        return [await _inventory_item(store, key, aliases.get((key.account, key.region, key.key_id), ()))
+                for key in keys]
     finally:
         await store.close()
 
 
-async def _alias_names(store: SqliteStore, places: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
-    """Key id -> its alias names, over the accounts and Regions named."""
-    names: dict[str, list[str]] = {}
+async def _alias_names(store: SqliteStore, places: Iterable[tuple[str, str]]
+                       ) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    """(account, Region, key id) -> the key's alias names, over the accounts and Regions named (a
+    multi-Region key's copies share their key id, each with its own Region's aliases)."""
+    names: dict[tuple[str, str, str], list[str]] = {}
     for account, region in sorted(places):
         for alias in await store.list_aliases(account, region):
-            names.setdefault(alias.key_id, []).append(alias.name)
-    return {key_id: tuple(sorted(found)) for key_id, found in names.items()}
+            names.setdefault((account, region, alias.key_id), []).append(alias.name)
+    return {key: tuple(sorted(found)) for key, found in names.items()}
 
 
 async def _inventory_item(store: SqliteStore, key: Key, aliases: tuple[str, ...]) -> KeyInventoryItem:
