@@ -3,9 +3,10 @@
 CIS AWS Foundations Benchmark "Ensure rotation for customer-created symmetric CMKs is enabled"
 (3.6 in v3.0; 3.8 in v1.4; 2.8 in v1.2), checked by AWS Security Hub control KMS.4 through the AWS
 Config rule cmk-backing-key-rotation-enabled. Live, the change is the finding: a successful
-DisableKeyRotation. AWS refuses that call (UnsupportedOperationException) on every key the control
-leaves out: asymmetric and HMAC keys, keys of imported material or in a custom key store, multi-Region
-replicas (their rotation is the primary's), AWS managed keys. A CreateKey never followed by
+DisableKeyRotation. AWS refuses that call on every key the control leaves out: asymmetric and HMAC
+keys, keys of imported material or in a custom key store and multi-Region replicas (their rotation is
+the primary's) with UnsupportedOperationException, and the rotation of AWS managed keys cannot be
+changed at all (EnableKeyRotation, DisableKeyRotation). A CreateKey never followed by
 EnableKeyRotation is not alarmed live (every new key starts with rotation off); `keytrail analyze`
 reports such keys from the inventory, as Security Hub does.
 """
