@@ -229,7 +229,7 @@ def analyze(
             principals = principals or _node_principals(data_dir)
         identities = read_identities(principals) if principals else []
         _print(analyze_keys(items, rules, identities), fmt)
-        if inventory is not None:
+        if inventory is not None and rules.enabled("rotation-disabled"):
             _note_unknown_rotation(items, inventory)
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)

@@ -134,6 +134,10 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     # An inventory of GetKeyPolicy + ListGrants only: rotation unknown, and said to be unchecked.
     assert result.stderr == f"keytrail analyze: no key of {inventory} has KeyRotationEnabled " \
                             "(GetKeyRotationStatus): rotation not checked\n"
+    settings = tmp_path / "keytrail.toml"
+    settings.write_text("[rules.rotation-disabled]\nenabled = false\n")
+    quiet = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--config", str(settings)])
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # the rule is off: nothing went unchecked
 
 
 @pytest.mark.parametrize(("inventory", "message"), [
