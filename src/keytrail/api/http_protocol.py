@@ -14,14 +14,22 @@ must fit in `HEAD_BYTES`: uvicorn keeps every header it is sent, so one client s
 fast filled the server's memory (200 MB of headers: 200 MB more resident). The bytes are counted
 per read while a head is arriving, not per header: a Python call per header cost every request
 2–4 µs.
+
+A connection must also send its first request within uvicorn's keep-alive timeout (as it must each
+next one): uvicorn arms that timer only after a response, so a connection that never sent a byte
+was held forever, each one a file descriptor until the node had none left. And while requests
+pipelined on a connection wait their turn, no more of it is read: uvicorn read on after every
+answer, so one client pipelining large bodies queued hundreds of MB of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import orjson
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol"]
@@ -114,6 +122,20 @@ class _CoalescingTransport(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
 
+class _QueueFirstFlow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while pipelined requests are
+    queued: uvicorn resumes it after each answer and at each read of a body, so a client sending
+    faster than it is answered had the server read and hold everything it sent."""
+
+    def __init__(self, transport: asyncio.Transport, queued: deque[Any]) -> None:
+        super().__init__(transport)
+        self._queued = queued
+
+    def resume_reading(self) -> None:
+        if not self._queued:  # the last queued request started: its own body may still be arriving
+            super().resume_reading()
+
+
 def _tls_session(transport: asyncio.Transport) -> dict[object, object] | None:  # ASGI's extension type
     """The TLS version and cipher suite a connection negotiated (OpenSSL's names, as CloudTrail's
     tlsDetails gives them); None over plain TCP. The handshake is over before `connection_made`."""
@@ -139,6 +161,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False  # a request's URL and headers are arriving
         self._head_bytes = 0  # read since that request began
         super().connection_made(_CoalescingTransport(transport, self.loop))
+        self.flow = _QueueFirstFlow(self.transport, self.pipeline)
+        # The first request has the keep-alive timeout to begin, as every later one has.
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._unset_keepalive_if_required()  # uvicorn leaves it armed when the connection failed
+        if self._deadline is not None:  # it holds the protocol, and with it the requests queued
+            self._deadline.cancel()
+            self._deadline = None
+        self._arriving = 0
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -185,7 +218,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def _overdue(self, request: int) -> None:
         """The deadline of request number `request`: answer 408 and close if it is still arriving."""
         self._deadline = None
-        if self._arriving != request or self.transport.is_closing():
+        if self.transport.is_closing():  # its connection is ending: nothing more to wait for
+            return
+        if self._arriving != request:
             if self._arriving:  # a later request is arriving: it gets a deadline of its own
                 self._arm_deadline()
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from typing import Any
 
@@ -206,5 +207,85 @@ async def test_each_request_on_a_connection_has_the_whole_budget_and_a_large_one
         writer.close()
         assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
         assert seen == ["whole", "whole"]
+    finally:
+        server.should_exit = True
+
+
+# --- what a connection may hold: time, and requests queued --------------------------------------
+
+class _Counted(_QuickDeadline):
+    """Notes the most requests any connection had queued behind the one being served."""
+
+    most_queued = 0
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        _Counted.most_queued = max(_Counted.most_queued, len(self.pipeline))
+
+
+async def _serve(app: Any, **config: Any) -> tuple[uvicorn.Server, int]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=_Counted, log_level="critical", lifespan="off", **config))
+    asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    return server, int(sock.getsockname()[1])
+
+
+async def _not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _protocols_alive() -> list[object]:
+    gc.collect()
+    return [thing for thing in gc.get_objects() if isinstance(thing, _Counted)]
+
+
+async def test_a_connection_that_never_sends_a_byte_is_closed_after_the_keep_alive_timeout() -> None:
+    server, port = await _serve(_not_found, timeout_keep_alive=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(-1), 2.0) == b""  # closed by the server, no answer
+        writer.close()
+    finally:
+        server.should_exit = True
+
+
+async def test_a_connection_dropped_mid_request_leaves_nothing_behind_once_its_deadline_passes() -> None:
+    server, port = await _serve(_not_found)
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(HEAD)  # a request begun: its deadline is armed
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+        await asyncio.sleep(2 * _QuickDeadline.request_seconds)  # the deadline kept re-arming itself
+        assert _protocols_alive() == []
+    finally:
+        server.should_exit = True
+
+
+async def test_requests_pipelined_faster_than_they_are_answered_are_not_read_ahead() -> None:
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            while (await receive()).get("more_body"):
+                pass
+            await asyncio.sleep(0.005)
+            await _not_found(scope, receive, send)
+
+    server, port = await _serve(slow)
+    _Counted.most_queued = 0
+    try:
+        body = b"x" * 20_000
+        request = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request * 100)  # 2 MB sent at once
+        for _ in range(100):
+            await asyncio.wait_for(reader.readuntil(b"{}"), 5.0)
+        writer.close()
+        # One read holds at most ~13 of them; uvicorn read on after every answer and queued all 100.
+        assert 0 < _Counted.most_queued < 40
     finally:
         server.should_exit = True
