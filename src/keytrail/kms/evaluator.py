@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 _CACHE_LIMIT = 8192
+# A decision is cached with the request values it read; an encryption context (or a grant's
+# constraints) can fill the whole request body, and 8192 of those held tens of GB. Larger requests
+# are decided afresh: they are not the hot path the cache is for.
+_CACHED_CONDITIONS = 32
+_CACHED_CHARS = 4096
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _DENY_ALL = Policy((), frozenset())
 IDENTITY, RESOURCE = "identity-based", "resource-based"
@@ -111,6 +116,24 @@ def evaluate_identity(policies: tuple[Policy, ...], action: str, resource: str,
                 return Verdict.EXPLICIT_DENY
             allowed = True
     return Verdict.ALLOW if allowed else None
+
+
+def _pairs_chars(pairs: Any) -> int:
+    """The characters of an encryption context's keys and values (0 if it is none)."""
+    if not isinstance(pairs, dict):
+        return 0
+    return sum(len(str(name)) + len(str(value)) for name, value in pairs.items())
+
+
+def _cacheable(conditions: Mapping[str, Any]) -> bool:
+    """Whether a decision on these request values is small enough to keep in the cache."""
+    if len(conditions) > _CACHED_CONDITIONS:  # one per encryption context pair or tag, and a few
+        return False
+    chars = _pairs_chars(conditions.get(ENCRYPTION_CONTEXT))
+    constraints = conditions.get(GRANT_CONSTRAINTS)
+    if isinstance(constraints, dict):
+        chars += sum(_pairs_chars(pairs) for pairs in constraints.values())
+    return chars <= _CACHED_CHARS
 
 
 def _freeze(value: Any) -> Any:
@@ -201,6 +224,8 @@ class PolicyAuthorizer:
         ctx = RequestContext(request.call, key, request.conditions, self._clock.now)
         identity = self._identity(principal)
         key_policy = self.key_policy(key.policy) if key is not None else None
+        if not _cacheable(request.conditions):
+            return self._decide(request, ctx, key_policy, identity.policies)
         # Decisions are cached by everything they read: who, what, which key and policy text, the
         # values of the condition keys the policies read, and the grants with the request's values.
         values = _read_values(ctx, key_policy.reads if key_policy else frozenset(), identity.reads)

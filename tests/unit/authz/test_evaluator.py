@@ -475,6 +475,26 @@ def test_cache_follows_new_identity_policies_of_the_same_principal() -> None:
     assert not authz.authorize(request(user("alice"), "kms:Encrypt", the_key)).allowed
 
 
+def test_decisions_on_large_encryption_contexts_are_made_but_not_kept() -> None:
+    # Kept with the context they read, 100 calls with 12,000-pair contexts on a key with a grant
+    # held ~550 MB; the cache's 8192 entries, tens of GB.
+    authz = authorizer()
+    the_key = key(default_policy(ACCOUNT))
+    grants = (grant(f"arn:aws:iam::{ACCOUNT}:user/bob", "Decrypt"),)
+    alice = user("alice", ACCOUNT, allow_all_identity())
+    for n in range(5):
+        large = {f"k{n}-{i}": "v" for i in range(2000)}
+        assert authz.authorize(request(alice, "kms:Encrypt", the_key, {"EncryptionContext": large}, grants)).allowed
+        assert not authz.authorize(request(user("carol"), "kms:Encrypt", the_key,
+                                           {"EncryptionContext": large}, grants)).allowed
+    long_value = {"k": "v" * 5000}
+    assert authz.authorize(request(alice, "kms:Encrypt", the_key, {"EncryptionContext": long_value}, grants)).allowed
+    assert len(authz._decisions) == 0
+    small = request(alice, "kms:Encrypt", the_key, {"EncryptionContext": {"table": "orders"}}, grants)
+    assert authz.authorize(small).allowed
+    assert len(authz._decisions) == 1  # the usual request is still cached
+
+
 # --- lockout safety check ------------------------------------------------------------------------
 
 
