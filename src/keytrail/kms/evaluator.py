@@ -33,10 +33,11 @@ __all__ = [
 
 _CACHE_LIMIT = 8192
 # A decision is cached with the request values it read; an encryption context (or a grant's
-# constraints) can fill the whole request body, and 8192 of those held tens of GB. Larger requests
-# are decided afresh: they are not the hot path the cache is for.
+# constraints) can fill the whole request body, and 8192 of those held tens of GB. Larger requests,
+# and requests on keys with many grants, are decided afresh: they are not the hot path the cache is for.
 _CACHED_CONDITIONS = 32
 _CACHED_CHARS = 4096
+_CACHED_GRANTS = 64  # a decision is cached with the ids of the key's grants (up to 50,000 of them)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _DENY_ALL = Policy((), frozenset())
 IDENTITY, RESOURCE = "identity-based", "resource-based"
@@ -224,7 +225,7 @@ class PolicyAuthorizer:
         ctx = RequestContext(request.call, key, request.conditions, self._clock.now)
         identity = self._identity(principal)
         key_policy = self.key_policy(key.policy) if key is not None else None
-        if not _cacheable(request.conditions):
+        if len(request.grants) > _CACHED_GRANTS or not _cacheable(request.conditions):
             return self._decide(request, ctx, key_policy, identity.policies)
         # Decisions are cached by everything they read: who, what, which key and policy text, the
         # values of the condition keys the policies read, and the grants with the request's values.

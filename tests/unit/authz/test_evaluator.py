@@ -495,6 +495,17 @@ def test_decisions_on_large_encryption_contexts_are_made_but_not_kept() -> None:
     assert len(authz._decisions) == 1  # the usual request is still cached
 
 
+def test_decisions_on_keys_with_many_grants_are_made_but_not_kept() -> None:
+    # Each kept decision held a tuple of every grant id of the key (400 KB at 50,000 grants).
+    authz = authorizer()
+    the_key = key(default_policy(ACCOUNT))
+    many = tuple(grant(f"arn:aws:iam::{ACCOUNT}:user/bob", "Decrypt", grant_id=f"{n:064x}") for n in range(100))
+    for n in range(5):
+        bob = request(user("bob"), "kms:Decrypt", the_key, {"EncryptionContext": {"n": str(n)}}, many)
+        assert authz.authorize(bob).allowed
+    assert len(authz._decisions) == 0
+
+
 # --- lockout safety check ------------------------------------------------------------------------
 
 
