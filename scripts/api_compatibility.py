@@ -24,7 +24,10 @@ NOTES = {
     "RotateKeyOnDemand": "imported keys rotate to material imported with NEW_KEY_MATERIAL "
                          "(docs/imported-key-material.md)",
     "ReplicateKey": "within the primary's partition only (Regions and partitions below)",
-    "CreateGrant": "GranteeServicePrincipal and RetiringServicePrincipal refused: no AWS service calls keytrail "
+    "CreateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",
+    "UpdateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",
+    "CreateGrant": "at most 50,000 grants per key (LimitExceededException), AWS's default quota; "
+                   "GranteeServicePrincipal and RetiringServicePrincipal refused: no AWS service calls keytrail "
                    "(docs/authorization.md)",
     "ListGrants": "by GranteeServicePrincipal: no grant (none is for a service principal)",
     "ListRetirableGrants": "RetiringServicePrincipal refused (no grant is for a service principal)",

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OPERATIONS"]
 
+# "Aliases per KMS key" (AWS KMS resource quotas): without it one caller could give a key aliases
+# without end, each kept in memory and listed by every ListAliases and kms:ResourceAliases check.
+ALIASES_PER_KEY = 50
 PREFIX_REQUIRED = ('Alias must start with the prefix "alias/". Please see '
                    "https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html")
 
@@ -32,11 +35,20 @@ async def _alias_target(svc: KmsService, call: Call, action: str) -> Key:
     return key
 
 
+async def _require_alias_room(svc: KmsService, key: Key) -> None:
+    """LimitExceededException when `key` has as many aliases as a key may have (its lock is held)."""
+    aliases = await svc.store.list_aliases(key.account, key.region)
+    if sum(1 for alias in aliases if alias.key_id == key.key_id) >= ALIASES_PER_KEY:
+        raise errors.LimitExceededException(
+            f"{key.arn} already has {ALIASES_PER_KEY} aliases, the quota of aliases per KMS key.")
+
+
 async def create_alias(svc: KmsService, call: Call) -> Response:
     name = call.params["AliasName"]
     _check_name(name)
     key = await _alias_target(svc, call, "kms:CreateAlias")
     await svc.authorize_alias(call, "kms:CreateAlias", name)
+    await _require_alias_room(svc, key)
     context, now = call.context, svc.now()
     # One step, not a lookup then a write: two calls creating one name at once would both succeed.
     if not await svc.store.add_alias(Alias(context.account, context.region, name, key.key_id, now, now)):
@@ -76,6 +88,8 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
             "The new target key must be the same type (symmetric, asymmetric or HMAC) as the current one "
             "and have the same key usage."
         )
+    if key.key_id != alias.key_id:
+        await _require_alias_room(svc, key)
     updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
     if not await svc.store.update_alias(updated):  # deleted meanwhile: not brought back
         raise errors.NotFoundException(f"Alias {svc.alias_arn(call, alias.name)} is not found.")

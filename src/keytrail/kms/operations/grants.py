@@ -38,6 +38,9 @@ _CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
 # CreateGrant, Constraints: "up to 8 encryption context pairs", "cannot exceed 384 characters".
 _MAX_CONSTRAINT_PAIRS = 8
 _MAX_CONSTRAINT_VALUE = 384
+# "Grants per KMS key" (AWS KMS resource quotas): every call on a key reads all of its grants, so
+# without it one caller could make each call on a key slower, and the node larger, without end.
+GRANTS_PER_KEY = 50_000
 
 
 def _check_request(key: Key, operations: list[str], constraints: dict[str, Any]) -> None:
@@ -127,8 +130,12 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     _require_grantable(svc, key)
     _check_request(key, params["Operations"], params.get("Constraints") or {})
     svc.check_dry_run(call)
-    grant = await _existing_by_name(svc, key, params)
+    grants = await svc.store.list_grants(key.account, key.region, key.key_id)
+    grant = _existing_by_name(grants, params)
     if grant is None:
+        if len(grants) >= GRANTS_PER_KEY:
+            raise errors.LimitExceededException(
+                f"{key.arn} already has {GRANTS_PER_KEY} grants, the quota of grants per KMS key.")
         grant = _new_grant(svc, call, key)
         await svc.store.put_grant(grant)
         token = grant.token
@@ -138,11 +145,11 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     return {"GrantToken": token, "GrantId": grant.grant_id}
 
 
-async def _existing_by_name(svc: KmsService, key: Key, params: dict[str, Any]) -> Grant | None:
+def _existing_by_name(grants: list[Grant], params: dict[str, Any]) -> Grant | None:
     """Name idempotency: a retry with the same Name and parameters returns the same grant."""
     if not params.get("Name"):
         return None
-    for grant in await svc.store.list_grants(key.account, key.region, key.key_id):
+    for grant in grants:
         if grant.name == params["Name"] and _same_request(grant, params):
             return grant
     return None
