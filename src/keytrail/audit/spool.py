@@ -438,9 +438,18 @@ class Spool:
         self.segments.sync()
         self._fsync_seconds = time.perf_counter() - started  # read by `_synced`, queued after this job
         if digest:
-            self.chain.write_digest(now)
+            self._digest_after_sync(now)
         if rolled and self._maintenance is not None:
             self._maintenance()
+
+    def _digest_after_sync(self, now: datetime) -> None:
+        """The batch is durable by now: a digest that cannot be written (no file descriptor or no
+        space left) is logged and left to the next, which covers these records too, as a timer's
+        digest is. Raised, it failed the spool for good: every call refused until a restart."""
+        try:
+            self.chain.write_digest(now)
+        except OSError as exc:
+            log.error("audit digest could not be written: %s; the next digest covers its records", exc)
 
     def _periodic_digest(self) -> None:
         self.chain.write_digest(self._now(), empty=True)

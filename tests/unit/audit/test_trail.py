@@ -474,3 +474,23 @@ async def test_problem_names_the_shipping_cap(tmp_path: Path) -> None:
             for i in range(100):
                 await trail.record(encrypt_call(i))
         assert "over its cap" in (trail.problem() or "")
+
+
+async def test_a_digest_that_cannot_be_written_at_a_segment_roll_is_left_to_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The records are durable before the digest is signed; a digest failing there (no file
+    # descriptor left: a flood of connections) failed the spool for good, every call refused.
+    from keytrail.audit import integrity
+
+    real_write = integrity._write_atomic
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path, segment_bytes=300, fsync_helper=False)) as trail:
+        await trail.record(encrypt_call(0))
+        monkeypatch.setattr(integrity, "_write_atomic",
+                            lambda *args: (_ for _ in ()).throw(OSError(24, "Too many open files")))
+        for i in range(1, 6):  # past a segment's 300 bytes: a roll, whose digest fails
+            await trail.record(encrypt_call(i))
+        monkeypatch.setattr(integrity, "_write_atomic", real_write)
+        for i in range(6, 12):  # the next roll's digest signs them all
+            await trail.record(encrypt_call(i))
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(12)]
+    assert integrity.verify(tmp_path) == []
