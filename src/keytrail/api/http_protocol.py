@@ -20,11 +20,18 @@ next one): uvicorn arms that timer only after a response, so a connection that n
 was held forever, each one a file descriptor until the node had none left. And while requests
 pipelined on a connection wait their turn, no more of it is read: uvicorn read on after every
 answer, so one client pipelining large bodies queued hundreds of MB of them.
+
+And the connections held at once are bounded (`limited_to`): each is a file descriptor, and a node
+out of them could not open its audit spool's next segment or digest, its key store or its
+consumers' files. A connection past the bound is closed as soon as it is accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
+import time
 from collections import deque
 from typing import Any
 
@@ -32,13 +39,27 @@ import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol"]
+__all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol", "connection_limit"]
+
+log = logging.getLogger(__name__)
 
 TLS_EXTENSION = "keytrail.tls"  # {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256"}
 # Generous for a KMS request (a few KB, 300 KB at most) on any link; the SDKs' read timeout is 60 s.
 REQUEST_SECONDS = 60.0
 # An SDK's KMS request has a URL of one byte and about ten headers of some 2 KB in all.
 HEAD_BYTES = 64 * 1024
+# File descriptors a node keeps for itself whatever its clients do: key store, audit segments and
+# digests, the consumers' state files, Kafka and MQTT sockets, its children's pipes (~40 in use).
+RESERVED_DESCRIPTORS = 256
+_REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refused, not one each
+
+
+def connection_limit() -> int:
+    """The most connections `serve` holds at once: its file descriptor limit less those it keeps."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(soft - RESERVED_DESCRIPTORS, 16)
 
 
 def _last_answer(status: bytes, code: str, message: str) -> bytes:
@@ -152,6 +173,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     uvicorn does not pass on."""
 
     request_seconds = REQUEST_SECONDS
+    max_connections: int | None = None  # None: no bound (see `limited_to`)
+    _refusals_logged_at = -_REFUSAL_LOG_SECONDS
+
+    @classmethod
+    def limited_to(cls, max_connections: int) -> type[CoalescingHttpToolsProtocol]:
+        """This protocol, holding at most `max_connections` connections at once."""
+        return type(cls.__name__, (cls,), {"max_connections": max_connections})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._tls = _tls_session(transport)
@@ -161,9 +189,21 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False  # a request's URL and headers are arriving
         self._head_bytes = 0  # read since that request began
         super().connection_made(_CoalescingTransport(transport, self.loop))
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            self._refuse()
+            return
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
         # The first request has the keep-alive timeout to begin, as every later one has.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def _refuse(self) -> None:
+        """Close a connection past `max_connections` at once, its file descriptor with it."""
+        now = time.monotonic()
+        if now - CoalescingHttpToolsProtocol._refusals_logged_at >= _REFUSAL_LOG_SECONDS:
+            CoalescingHttpToolsProtocol._refusals_logged_at = now
+            log.warning("refusing new connections: %d are open, the most this node holds (its file descriptor "
+                        "limit less %d it keeps for itself)", self.max_connections, RESERVED_DESCRIPTORS)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
+from keytrail.api.http_protocol import CoalescingHttpToolsProtocol, connection_limit
 from keytrail.config import ServeSettings
 
 __all__ = ["HttpServer"]
@@ -32,9 +32,10 @@ class HttpServer:
         # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from
         # 127.0.0.1: any local client could then write whatever source address it liked into the trail.
         proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
+        protocol = CoalescingHttpToolsProtocol.limited_to(connection_limit())
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, lifespan="off", log_level="warning",
-            access_log=False, timeout_graceful_shutdown=20, server_header=False, http=CoalescingHttpToolsProtocol,
+            access_log=False, timeout_graceful_shutdown=20, server_header=False, http=protocol,
             proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
             **tls,  # type: ignore[arg-type]
         )

@@ -7,8 +7,10 @@ import gc
 import socket
 from typing import Any
 
+import pytest
 import uvicorn
 
+from keytrail.api import http_protocol
 from keytrail.api.http_protocol import HEAD_BYTES, CoalescingHttpToolsProtocol, _CoalescingTransport
 
 
@@ -223,9 +225,10 @@ class _Counted(_QuickDeadline):
         _Counted.most_queued = max(_Counted.most_queued, len(self.pipeline))
 
 
-async def _serve(app: Any, **config: Any) -> tuple[uvicorn.Server, int]:
+async def _serve(app: Any, protocol: type[CoalescingHttpToolsProtocol] = _Counted,
+                 **config: Any) -> tuple[uvicorn.Server, int]:
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, http=_Counted, log_level="critical", lifespan="off", **config))
+    server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="critical", lifespan="off", **config))
     asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -289,3 +292,32 @@ async def test_requests_pipelined_faster_than_they_are_answered_are_not_read_ahe
         assert 0 < _Counted.most_queued < 40
     finally:
         server.should_exit = True
+
+
+async def test_a_connection_past_the_limit_is_closed_at_once_and_one_closed_makes_room() -> None:
+    server, port = await _serve(_not_found, _Counted.limited_to(2))
+    request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+    try:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(-1), 2.0) == b""  # closed, no answer
+        writer.close()
+        for held_reader, held_writer in held:  # the two held are served
+            held_writer.write(request)
+            assert (await asyncio.wait_for(held_reader.readuntil(b"{}"), 2.0)).startswith(b"HTTP/1.1 404 ")
+        held[0][1].close()
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        assert (await asyncio.wait_for(reader.readuntil(b"{}"), 2.0)).startswith(b"HTTP/1.1 404 ")
+        writer.close()
+        held[1][1].close()
+    finally:
+        server.should_exit = True
+
+
+def test_the_connection_limit_keeps_descriptors_for_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_protocol.resource, "getrlimit", lambda kind: (1024, 4096))
+    assert http_protocol.connection_limit() == 1024 - http_protocol.RESERVED_DESCRIPTORS
+    monkeypatch.setattr(http_protocol.resource, "getrlimit", lambda kind: (100, 100))
+    assert http_protocol.connection_limit() == 16
