@@ -38,6 +38,9 @@ _CACHE_LIMIT = 8192
 _CACHED_CONDITIONS = 32
 _CACHED_CHARS = 4096
 _CACHED_GRANTS = 64  # a decision is cached with the ids of the key's grants (up to 50,000 of them)
+# Compiled key policies are also bounded by their texts' size: a 32 KB policy compiles to ~250 KB,
+# and 8192 of them (PutKeyPolicy after PutKeyPolicy) held 2 GB.
+_KEY_POLICY_CHARS = 8 << 20
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _DENY_ALL = Policy((), frozenset())
 IDENTITY, RESOURCE = "identity-based", "resource-based"
@@ -145,6 +148,16 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+class _KeyPolicy:
+    """A compiled key policy as cached by its text. Decisions are cached by this object (by
+    identity, kept alive by the entries naming it), not by the text, which may take 32 KB."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+
 @dataclass(frozen=True, slots=True)
 class _Identity:
     """A principal's compiled identity policies. `documents` is the principal's own tuple: kept
@@ -171,21 +184,30 @@ class PolicyAuthorizer:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._key_policies: dict[str, Policy] = {}
+        self._key_policies: dict[str, _KeyPolicy] = {}
+        self._key_policy_chars = 0  # the cached texts' length
         self._identities: dict[int, _Identity] = {}
         self._decisions: dict[tuple[Any, ...], tuple[object, AccessDecision]] = {}
 
     # --- compiled policies, cached ---------------------------------------------------------------
 
     def key_policy(self, text: str) -> Policy:
-        policy = self._key_policies.get(text)
-        if policy is None:
+        return self._compiled_key_policy(text).policy
+
+    def _compiled_key_policy(self, text: str) -> _KeyPolicy:
+        entry = self._key_policies.get(text)
+        if entry is None:
             try:
-                policy = compile_policy(text, "key")
+                entry = _KeyPolicy(compile_policy(text, "key"))
             except (KmsError, KeyError, TypeError, ValueError):
-                policy = _DENY_ALL  # a stored policy that no longer parses allows nothing
-            self._bounded(self._key_policies)[text] = policy
-        return policy
+                entry = _KeyPolicy(_DENY_ALL)  # a stored policy that no longer parses allows nothing
+            full = len(self._key_policies) >= _CACHE_LIMIT
+            if full or self._key_policy_chars + len(text) > _KEY_POLICY_CHARS:
+                self._key_policies.clear()
+                self._key_policy_chars = 0
+            self._key_policies[text] = entry
+            self._key_policy_chars += len(text)
+        return entry
 
     def identity_policies(self, principal: Principal) -> tuple[Policy, ...]:
         return self._identity(principal).policies
@@ -224,17 +246,18 @@ class PolicyAuthorizer:
         principal, key = request.call.principal, request.key
         ctx = RequestContext(request.call, key, request.conditions, self._clock.now)
         identity = self._identity(principal)
-        key_policy = self.key_policy(key.policy) if key is not None else None
+        compiled = self._compiled_key_policy(key.policy) if key is not None else None
+        key_policy = compiled.policy if compiled is not None else None
         if len(request.grants) > _CACHED_GRANTS or not _cacheable(request.conditions):
             return self._decide(request, ctx, key_policy, identity.policies)
-        # Decisions are cached by everything they read: who, what, which key and policy text, the
+        # Decisions are cached by everything they read: who, what, which key policy, the
         # values of the condition keys the policies read, and the grants with the request's values.
         values = _read_values(ctx, key_policy.reads if key_policy else frozenset(), identity.reads)
         grants: tuple[Any, ...] = ()
         if request.grants:
             grants = (tuple(g.grant_id for g in request.grants), _freeze(dict(request.conditions)))
         cache_key = (principal.arn, principal.role_arn, principal.type, id(principal.policies), request.action,
-                     request.resource_arn, key.policy if key else None, values, grants)
+                     request.resource_arn, compiled, values, grants)
         hit = self._decisions.get(cache_key)
         if hit is not None and hit[0] is principal.policies:
             return hit[1]

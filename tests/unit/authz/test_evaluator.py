@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -504,6 +505,25 @@ def test_decisions_on_keys_with_many_grants_are_made_but_not_kept() -> None:
         bob = request(user("bob"), "kms:Decrypt", the_key, {"EncryptionContext": {"n": str(n)}}, many)
         assert authz.authorize(bob).allowed
     assert len(authz._decisions) == 0
+
+
+def test_large_key_policies_are_cached_within_a_size_and_decisions_do_not_keep_their_text(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # PutKeyPolicy after PutKeyPolicy of 32 KB policies: 8192 compiled ones held ~2 GB, and each
+    # cached decision kept its key's whole policy text.
+    from keytrail.kms import evaluator
+
+    monkeypatch.setattr(evaluator, "_KEY_POLICY_CHARS", 100_000)
+    authz = authorizer()
+    alice = user("alice", ACCOUNT, allow_all_identity())
+    padding = [allow(f"arn:aws:iam::{ACCOUNT}:user/u{n:04d}", "kms:Decrypt") for n in range(200)]
+    for version in range(10):
+        policy = doc(allow(ROOT_ARN, Sid=f"v{version}"), *padding)
+        assert len(json.dumps(policy)) > 20_000
+        assert authz.authorize(request(alice, "kms:Encrypt", key(policy))).allowed
+        assert authz.key_policy(json.dumps(policy)).statements  # a policy also compiles afresh after the cache emptied
+    assert sum(len(text) for text in authz._key_policies) <= 100_000
+    assert not any(isinstance(part, str) and len(part) > 1000 for entry in authz._decisions for part in entry)
 
 
 # --- lockout safety check ------------------------------------------------------------------------
