@@ -73,6 +73,7 @@ def _last_answer(status: bytes, code: str, message: str) -> bytes:
 _HEAD_TOO_LARGE = _last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
                                f"The request's URL and headers exceed {HEAD_BYTES} bytes.")
 _OVERDUE = _last_answer(b"408 Request Timeout", "RequestTimeoutException", "The request did not arrive whole in time.")
+_MALFORMED = _last_answer(b"400 Bad Request", "SerializationException", "The request is not valid HTTP/1.1.")
 _STOPPING = _last_answer(b"500 Internal Server Error", "KMSInternalException",
                          "The server is shutting down; the request was not carried out. Retry it.")
 
@@ -195,6 +196,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
         # The first request has the keep-alive timeout to begin, as every later one has.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser cannot read: answered as every other bad request is, in AWS
+        JSON (uvicorn answers plain text), and the connection closed."""
+        if not self.transport.is_closing():
+            self.transport.write(_MALFORMED)
+        self.transport.close()
 
     def _refuse(self) -> None:
         """Close a connection past `max_connections` at once, its file descriptor with it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import socket
 from typing import Any
 
@@ -321,3 +322,16 @@ def test_the_connection_limit_keeps_descriptors_for_the_node(monkeypatch: pytest
     assert http_protocol.connection_limit() == 1024 - http_protocol.RESERVED_DESCRIPTORS
     monkeypatch.setattr(http_protocol.resource, "getrlimit", lambda kind: (100, 100))
     assert http_protocol.connection_limit() == 16
+
+
+async def test_a_request_the_parser_cannot_read_gets_an_aws_json_400_and_the_connection_closes() -> None:
+    server, port = await _serve(_not_found)
+    try:
+        for garbage in (b"\x00\x01\xff\r\n\r\n", b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n"):
+            answer = await _exchange(port, garbage)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head
+            assert json.loads(body) == {"__type": "SerializationException",
+                                        "message": "The request is not valid HTTP/1.1."}
+    finally:
+        server.should_exit = True
