@@ -21,8 +21,12 @@ was held forever, each one a file descriptor until the node had none left. And w
 pipelined on a connection wait their turn, no more of it is read: uvicorn read on after every
 answer, so one client pipelining large bodies queued hundreds of MB of them.
 
-And the connections held at once are bounded (`limited_to`): each is a file descriptor, and a node
-out of them could not open its audit spool's next segment or digest, its key store or its
+An answer must also leave within `REQUEST_SECONDS` once the connection stops taking it: a client
+that never reads kept its connection, and the answer held for it, for ever (closing waits for the
+held bytes to go out).
+
+And the connections held at once are bounded (`limited_to`): each is a file descriptor, and a
+node out of them could not open its audit spool's next segment or digest, its key store or its
 consumers' files. A connection past the bound is closed as soon as it is accepted.
 """
 
@@ -189,6 +193,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # a request's URL and headers are arriving
         self._head_bytes = 0  # read since that request began
+        self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         super().connection_made(_CoalescingTransport(transport, self.loop))
         if self.max_connections is not None and len(self.connections) > self.max_connections:
             self._refuse()
@@ -196,6 +201,27 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
         # The first request has the keep-alive timeout to begin, as every later one has.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def pause_writing(self) -> None:
+        """The client stopped taking what is written: it has `request_seconds` to take it again."""
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.request_seconds, self._not_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stalled()
+
+    def _not_reading(self) -> None:
+        """Drop a connection whose client took none of its answer in time: a close would wait for
+        the held bytes to go out, and so hold them and the connection for ever."""
+        self._stalled = None
+        self.transport.abort()
+
+    def _cancel_stalled(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
 
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser cannot read: answered as every other bad request is, in AWS
@@ -220,6 +246,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
         self._arriving = 0
+        self._cancel_stalled()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -335,3 +335,24 @@ async def test_a_request_the_parser_cannot_read_gets_an_aws_json_400_and_the_con
                                         "message": "The request is not valid HTTP/1.1."}
     finally:
         server.should_exit = True
+
+
+async def test_a_client_that_takes_none_of_a_large_answer_is_dropped_after_the_deadline() -> None:
+    async def large(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            body = b"x" * 8_000_000  # more than the socket buffers take
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+    server, port = await _serve(large)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")  # and never read
+        await asyncio.sleep(0.3 + 4 * _QuickDeadline.request_seconds)
+        assert _protocols_alive() == []  # the connection and the answer held for it are gone
+        sock.close()
+    finally:
+        server.should_exit = True
