@@ -458,3 +458,24 @@ def test_a_client_cannot_name_its_own_source_address(tmp_path: Path) -> None:
     with mock.patch.dict(os.environ, {"FORWARDED_ALLOW_IPS": "127.0.0.1"}):
         behind_a_proxy = KeytrailServer(tmp_path / "proxied").start()
     assert audited_source(behind_a_proxy) == "203.0.113.9"
+
+
+def test_connections_past_the_open_files_limit_less_those_kept_are_closed_and_calls_go_on(tmp_path: Path) -> None:
+    # Each connection is a file descriptor: without a bound, a client opening connections left the
+    # node none for its audit spool, key store and consumers. 300 open files: 44 connections.
+    server = KeytrailServer(tmp_path / "data", open_files=300).start()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(44)]
+    try:
+        for connection in held:  # a request begun: held for its 60 s, not closed as idle
+            connection.sendall(b"GET / HTTP/1.1\r\n")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=1) as refused:
+            assert refused.recv(100) == b""  # closed at once, no answer
+        for connection in held:
+            connection.close()
+        kms = server.client()
+        assert kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])["KeyMetadata"]["Enabled"]
+    finally:
+        for connection in held:
+            connection.close()
+        assert server.stop() == 0
+    assert "refusing new connections: 44 are open" in server.log.read_text()

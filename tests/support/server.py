@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -56,9 +57,11 @@ class KeytrailServer:
     """A `keytrail serve --dev-clock` subprocess on a free port (`dev_clock=False`: the real clock,
     so the consumer and the detector run as child processes)."""
 
-    def __init__(self, data_dir: Path, *extra: str, principals: Path | None = None, dev_clock: bool = True) -> None:
+    def __init__(self, data_dir: Path, *extra: str, principals: Path | None = None, dev_clock: bool = True,
+                 open_files: int | None = None) -> None:
         self.data_dir = data_dir
         self.dev_clock = dev_clock
+        self.open_files = open_files  # the process's RLIMIT_NOFILE, when not inherited
         self.port = free_port()
         self.principals = principals or write_principals(data_dir.parent / f"{data_dir.name}-principals.toml")
         self.extra = extra
@@ -73,7 +76,8 @@ class KeytrailServer:
         args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir),
                 "--port", str(self.port), "--principals", str(self.principals),
                 *(["--dev-clock"] if self.dev_clock else []), *self.extra]
-        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy())
+        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
+                                     preexec_fn=self._limit_open_files if self.open_files else None)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -85,6 +89,10 @@ class KeytrailServer:
             except (TimeoutError, OSError):
                 pass
         raise TimeoutError(f"keytrail serve did not start: {self.log.read_text()[-2000:]}")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
