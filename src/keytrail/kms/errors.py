@@ -39,6 +39,7 @@ __all__ = [
     "NotFoundException",
     "SerializationException",
     "TagException",
+    "ThrottlingException",
     "UnknownOperationException",
     "UnsupportedOperationException",
     "ValidationException",
@@ -93,6 +94,7 @@ MalformedPolicyDocumentException = _error("MalformedPolicyDocumentException")
 NotFoundException = _error("NotFoundException")
 SerializationException = _error("SerializationException")
 TagException = _error("TagException")
+ThrottlingException = _error("ThrottlingException")  # AWS's answer over a request quota; SDKs retry it
 UnknownOperationException = _error("UnknownOperationException")
 UnsupportedOperationException = _error("UnsupportedOperationException")
 ValidationException = _error("ValidationException")

@@ -1,17 +1,48 @@
-"""Making new key material for a key spec. Slow generators (RSA) run off the event loop."""
+"""Making new key material for a key spec. Slow generators (RSA) run off the event loop, on
+threads of their own (`SLOW_GENERATIONS`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import TypeVar
 
 from keytrail.kms.asymmetric import generate_pkcs8
-from keytrail.kms.errors import UnsupportedOperationException
+from keytrail.kms.errors import ThrottlingException, UnsupportedOperationException
 from keytrail.kms.model import KeySpec
 
-__all__ = ["GENERATORS", "generate_secret"]
+__all__ = ["GENERATORS", "SLOW_GENERATIONS", "SlowGenerations", "generate_secret"]
+
+T = TypeVar("T")
+THROTTLED = "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls."
+
+
+class SlowGenerations:
+    """RSA key generation (0.1-1.2 s a key) on threads of its own, with a bound on the calls
+    waiting for one. On the event loop's shared pool, a caller asking for many RSA keys at once
+    queued every other thread's work behind them for minutes: HSM calls, the consumer's reads,
+    the closing digest. Past the bound a call is refused as AWS refuses one over its request quota
+    (GenerateDataKeyPair RSA_4096: 1 a second), with ThrottlingException, which SDKs retry."""
+
+    def __init__(self, threads: int, waiting: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="keytrail-keygen")
+        self.waiting = waiting
+        self._calls = 0  # running or waiting
+
+    async def run(self, generator: Callable[[], T]) -> T:
+        if self._calls >= self.waiting:
+            raise ThrottlingException(THROTTLED)
+        self._calls += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, generator)
+        finally:
+            self._calls -= 1
+
+
+SLOW_GENERATIONS = SlowGenerations(threads=min(4, os.cpu_count() or 1), waiting=64)
 
 # HMAC key lengths follow the digest size, as AWS's HMAC key specs do.
 _HMAC_BYTES = {KeySpec.HMAC_224: 28, KeySpec.HMAC_256: 32, KeySpec.HMAC_384: 48, KeySpec.HMAC_512: 64}
@@ -39,5 +70,5 @@ async def generate_secret(spec: KeySpec) -> bytes:
     if generator is None:
         raise UnsupportedOperationException(f"KeySpec {spec} is not supported.")
     if spec in _SLOW:
-        return await asyncio.to_thread(generator)
+        return await SLOW_GENERATIONS.run(generator)
     return generator()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
@@ -28,6 +28,7 @@ from keytrail.kms.importing import (
     without_material,
 )
 from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.material import SLOW_GENERATIONS
 from keytrail.kms.model import KeySpec, KeyState, Origin
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ async def get_parameters_for_import(svc: KmsService, call: Call) -> Response:
         {"kms:WrappingAlgorithm": algorithm, "kms:WrappingKeySpec": spec},
     )
     check_wrapping(algorithm, spec, key.key_spec)
-    private = await asyncio.to_thread(new_wrapping_key, spec)
+    private = await SLOW_GENERATIONS.run(partial(new_wrapping_key, spec))
     parameters = ImportParameters(
         token_id=svc.deps.random_bytes(32).hex(),
         account=key.account,
