@@ -43,7 +43,7 @@ import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["TLS_EXTENSION", "CoalescingHttpToolsProtocol", "connection_limit"]
+__all__ = ["TLS_EXTENSION", "ClientNoiseFilter", "CoalescingHttpToolsProtocol", "connection_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,33 @@ HEAD_BYTES = 64 * 1024
 # digests, the consumers' state files, Kafka and MQTT sockets, its children's pipes (~40 in use).
 RESERVED_DESCRIPTORS = 256
 _REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refused, not one each
+
+
+class ClientNoiseFilter(logging.Filter):
+    """Lets each of uvicorn's warnings about what a client sent (bytes that are not HTTP, an upgrade
+    it does not serve) through once a minute: one line a request let any client, unauthenticated,
+    write the log as fast as it sent, and push the node's own lines past journald's rate limit."""
+
+    NOISE = frozenset({
+        "Invalid HTTP request received.", "Unsupported upgrade request.",
+        "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
+        "or install 'websockets' or 'wsproto' manually.",
+    })
+
+    def __init__(self, seconds: float = _REFUSAL_LOG_SECONDS) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._logged_at: dict[str, float] = {}  # by message: NOISE's few
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message not in self.NOISE:
+            return True
+        now = time.monotonic()
+        if now - self._logged_at.get(message, -self.seconds) < self.seconds:
+            return False
+        self._logged_at[message] = now
+        return True
 
 
 def connection_limit() -> int:

@@ -6,6 +6,7 @@ Apart from serve.py so that uvicorn (and the node) load when serve runs, not wit
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 
 import uvicorn
 
-from keytrail.api.http_protocol import CoalescingHttpToolsProtocol, connection_limit
+from keytrail.api.http_protocol import ClientNoiseFilter, CoalescingHttpToolsProtocol, connection_limit
 from keytrail.config import ServeSettings
 
 __all__ = ["HttpServer"]
@@ -39,6 +40,7 @@ class HttpServer:
             proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
             **tls,  # type: ignore[arg-type]
         )
+        logging.getLogger("uvicorn.error").addFilter(ClientNoiseFilter())  # after Config: it sets up the loggers
         self._server = _Server(config)
 
     def load(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import socket
 from typing import Any
 
@@ -356,3 +357,16 @@ async def test_a_client_that_takes_none_of_a_large_answer_is_dropped_after_the_d
         sock.close()
     finally:
         server.should_exit = True
+
+
+def test_uvicorn_warnings_about_what_clients_send_are_logged_once_a_minute() -> None:
+    noise = http_protocol.ClientNoiseFilter()
+
+    def record(message: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", level, __file__, 1, message, None, None)
+
+    assert [noise.filter(record("Invalid HTTP request received.")) for _ in range(1000)].count(True) == 1
+    assert noise.filter(record("Unsupported upgrade request."))  # each message once
+    assert all(noise.filter(record("Exception in ASGI application", logging.ERROR)) for _ in range(3))
+    noise.seconds = 0.0  # a minute later
+    assert noise.filter(record("Invalid HTTP request received."))
