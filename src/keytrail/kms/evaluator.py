@@ -8,6 +8,7 @@ operations are decided by identity policies alone. Decisions are cached by every
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,13 +150,16 @@ def _freeze(value: Any) -> Any:
 
 
 class _KeyPolicy:
-    """A compiled key policy as cached by its text. Decisions are cached by this object (by
-    identity, kept alive by the entries naming it), not by the text, which may take 32 KB."""
+    """A compiled key policy as cached by its text. Decisions are cached by its `number`, never
+    reused: not by the text, which may take 32 KB, nor by this object, which each decision would
+    then keep alive (~250 KB for a 32 KB text) after the policy cache let it go."""
 
-    __slots__ = ("policy",)
+    __slots__ = ("number", "policy")
+    _numbers = itertools.count()
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.number = next(self._numbers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +261,7 @@ class PolicyAuthorizer:
         if request.grants:
             grants = (tuple(g.grant_id for g in request.grants), _freeze(dict(request.conditions)))
         cache_key = (principal.arn, principal.role_arn, principal.type, id(principal.policies), request.action,
-                     request.resource_arn, compiled, values, grants)
+                     request.resource_arn, compiled.number if compiled else None, values, grants)
         hit = self._decisions.get(cache_key)
         if hit is not None and hit[0] is principal.policies:
             return hit[1]

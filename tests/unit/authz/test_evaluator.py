@@ -526,6 +526,27 @@ def test_large_key_policies_are_cached_within_a_size_and_decisions_do_not_keep_t
     assert not any(isinstance(part, str) and len(part) > 1000 for entry in authz._decisions for part in entry)
 
 
+def test_decisions_do_not_keep_compiled_key_policies_past_the_size_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cached by the compiled policy itself, each decision kept it alive after the policy cache let
+    # it go: 8192 decisions on 32 KB policies still held ~2 GB of compiled policies.
+    import gc
+
+    from keytrail.kms import evaluator
+
+    monkeypatch.setattr(evaluator, "_KEY_POLICY_CHARS", 50_000)
+    authz = authorizer()
+    alice = user("alice", ACCOUNT, allow_all_identity())
+    padding = [allow(f"arn:aws:iam::{ACCOUNT}:user/u{n:04d}", "kms:Decrypt") for n in range(200)]
+    for version in range(10):
+        the_key = key(doc(allow(ROOT_ARN, Sid=f"v{version}"), *padding))
+        assert authz.authorize(request(alice, "kms:Encrypt", the_key)).allowed
+        assert authz.authorize(request(alice, "kms:Encrypt", the_key)).allowed  # a hit, as before
+    assert len(authz._decisions) == 10
+    gc.collect()
+    alive = sum(1 for obj in gc.get_objects() if isinstance(obj, evaluator._KeyPolicy))
+    assert alive <= len(authz._key_policies) < 10
+
+
 # --- lockout safety check ------------------------------------------------------------------------
 
 
