@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 __all__ = ["HSM_CALL_TIMEOUT", "TIMEOUT_ENV", "HsmThread", "call_timeout"]
@@ -40,11 +42,43 @@ def call_timeout() -> float:
     return seconds
 
 
+class _DaemonWorker:
+    """One daemon thread running what is submitted, in order. Not a ThreadPoolExecutor: the
+    interpreter joins those threads at exit, so a call the token never answers (a network HSM
+    whose link died) kept serve from exiting after SIGTERM had stopped the node."""
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, work: Callable[..., _T], *args: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._work.put((future, work, args))
+        with self._start_lock:  # started on first use, as a ThreadPoolExecutor's thread is
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="keytrail-pkcs11", daemon=True)
+                self._thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, work, args = self._work.get()
+            if not future.set_running_or_notify_cancel():  # given up on while it waited its turn
+                continue
+            try:
+                result = work(*args)
+            except BaseException as exc:  # handed to the caller, as an executor does
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
 class HsmThread:
     """Runs PKCS#11 work, one piece at a time and in order, on a thread of its own."""
 
     def __init__(self, timeout: float | None = None) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keytrail-pkcs11")
+        self._executor = _DaemonWorker()
         self.timeout = call_timeout() if timeout is None else timeout
         self._overdue: set[Future[Any]] = set()  # work given up on that still holds the thread
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -63,6 +66,24 @@ async def test_a_call_not_answered_in_time_holds_only_its_thread_and_hands_over_
         await asyncio.sleep(0.01)
     assert (late, thread.stuck) == (["a session"], False)
     assert await thread.call(lambda: "answered") == "answered"
+
+
+def test_a_call_the_hsm_never_answers_does_not_keep_the_process_from_exiting() -> None:
+    # serve stopping on SIGTERM while a network HSM's link is dead: the interpreter joined the
+    # PKCS#11 thread at exit, and so never exited.
+    script = (
+        "import asyncio, threading\n"
+        "from keytrail.kms.hsm_thread import HsmThread\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await HsmThread(timeout=0.1).call(threading.Event().wait)\n"
+        "    except TimeoutError:\n"
+        "        print('gave up')\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=15,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
+    assert (done.returncode, done.stdout) == (0, "gave up\n")
 
 
 def test_a_password_refused_for_good_is_refused_again_without_a_login() -> None:
