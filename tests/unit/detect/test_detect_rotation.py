@@ -98,6 +98,24 @@ def test_exempt_keys_and_exempt_aliases_silence_their_keys() -> None:
     assert alarm.key_arn == renamed and "aliases" not in alarm.details
 
 
+def test_an_alias_updated_onto_another_key_exempts_its_new_key_not_its_old_one() -> None:
+    # UpdateAlias names both keys in resources[], the old one first (AWS's records and keytrail's):
+    # the alias followed the old key, exempting it and leaving its new key to alarm.
+    old, new = key_arn(1), key_arn(2)
+    moved = alias_event("UpdateAlias", T0 + timedelta(seconds=1), old, "alias/legacy-billing")
+    moved["resources"].append({"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": new})
+    moved["requestParameters"]["targetKeyId"] = new.rsplit("/", 1)[1]
+    detector = Detector(rules_with(exempt_aliases=["alias/legacy-*"]))
+    detector.process([
+        alias_event("CreateAlias", T0, old, "alias/legacy-billing"),
+        moved,
+        disable_rotation(T0 + timedelta(minutes=1), old),
+        disable_rotation(T0 + timedelta(minutes=1), new),
+    ])
+    [alarm] = rotation_alarms(detector)
+    assert alarm.key_arn == old and "aliases" not in alarm.details
+
+
 def test_a_deleted_alias_no_longer_exempts_and_known_aliases_name_the_key() -> None:
     detector = Detector(rules_with(exempt_aliases=["alias/legacy-*"]))
     detector.process([

@@ -99,7 +99,7 @@ class RotationDisabled:
         if not event.succeeded or key_arn is None:
             return []
         if event.event_name != _DISABLE:
-            self._follow_alias(event, key_arn)
+            self._follow_alias(event, _alias_target(event) or key_arn)
             return []
         record = self.ledger.get(key_arn)
         aliases = self._aliases.get(key_arn, set())
@@ -132,6 +132,20 @@ class RotationDisabled:
             names.discard(alias)
             if not names:
                 del self._aliases[key_arn]
+
+
+def _alias_target(event: KmsEvent) -> str | None:
+    """The key an alias change leaves the alias on. UpdateAlias names the key it leaves and the one
+    it goes to in resources[], the one it leaves first (AWS's records and keytrail's): the one it
+    goes to is the one requestParameters.targetKeyId names (a key id or key ARN), else the last."""
+    if event.event_name != "UpdateAlias":
+        return event.key_arn
+    target = event.request_parameters.get("targetKeyId")
+    if isinstance(target, str):
+        for arn in event.key_arns:
+            if arn == target or arn.endswith("/" + target):
+                return arn
+    return event.key_arns[-1] if event.key_arns else None
 
 
 def _alias_name(params: Mapping[str, object]) -> str | None:
