@@ -7,9 +7,19 @@ import contextlib
 import fcntl
 import os
 import shutil
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 __all__ = ["DataDirBusy", "DataDirHold"]
+
+# What a start of serve (its node, children and key store) can make at the top of its data dir
+# (docs/operations.md, "The data directory"). A failed start removes these only: a data dir given
+# as `.` or a home directory also holds what other programs write there meanwhile.
+_MADE_BY_SERVE = ("principals.toml", "root.key", "keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal", "tls",
+                  "audit", "metrics", "alarms.jsonl", "detector.lock", "webhook-dead-letter-*.jsonl")
+# SQLite's files beside a database hold its committed writes until a checkpoint, and are shared
+# with whoever else has it open (`keytrail analyze --data-dir`): kept whenever the database was there.
+_SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 
 
 class DataDirBusy(Exception):
@@ -43,14 +53,22 @@ class DataDirHold:
         return cls(data_dir, fd, exclusive=True)
 
     def remove_new(self, keep: set[str]) -> None:
-        """Remove what appeared in the data dir since it was held, but for the names in `keep`."""
+        """Remove what serve makes that appeared in the data dir since it was held, but for the
+        names in `keep` and the SQLite files of a database that was there before."""
         for name in sorted(_entries(self.data_dir) - self.before - keep):
+            if not self._made_by_serve(name):
+                continue
             path = self.data_dir / name
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+    def _made_by_serve(self, name: str) -> bool:
+        if any(name.endswith(suffix) and name.removesuffix(suffix) in self.before for suffix in _SQLITE_SIDECARS):
+            return False
+        return any(fnmatchcase(name, pattern) for pattern in _MADE_BY_SERVE)
 
     def release(self) -> None:
         if self._fd >= 0:

@@ -30,9 +30,29 @@ def test_what_appeared_since_the_hold_is_removed_but_what_was_there_and_what_is_
         (data / "audit" / "log").mkdir(parents=True)
         for name in ("principals.toml", "root.key", "keys.db"):
             (data / name).write_text("made by the start")
-        (data / "link").symlink_to(elsewhere)
+        (data / "tls").symlink_to(elsewhere)
         hold.remove_new(keep={"root.key"})
     finally:
         hold.release()
     assert sorted(path.name for path in data.iterdir()) == ["notes.txt", "root.key"]
     assert (elsewhere / "precious").read_text() == "x"
+
+
+def test_what_other_programs_made_meanwhile_and_the_sqlite_files_of_a_database_there_before_stay(
+        tmp_path: Path) -> None:
+    # A data dir given as `.` (or a home directory) holds what other programs write there while
+    # serve starts; and keys.db-wal holds the writes of the start's key store (an upgrade) until
+    # a checkpoint, which another reader of keys.db (keytrail analyze) keeps from happening.
+    (tmp_path / "keys.db").write_text("the operator's keys")
+    hold = DataDirHold.take(tmp_path)
+    try:
+        for name in ("keys.db-wal", "keys.db-shm", "editor.swp", "serve.log"):
+            (tmp_path / name).write_text("written meanwhile")
+        for name in ("alarms.jsonl", "webhook-dead-letter-0.jsonl", "detector.lock"):
+            (tmp_path / name).write_text("made by the start")
+        (tmp_path / "metrics").mkdir()
+        hold.remove_new(keep=set())
+    finally:
+        hold.release()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "editor.swp", "keys.db", "keys.db-shm", "keys.db-wal", "serve.log"]
