@@ -292,6 +292,37 @@ main()
 """
 
 
+# `keytrail serve` whose node takes 2 seconds longer to build, saying on stderr that it is building.
+_SLOW_BUILD = """
+import asyncio, sys
+import keytrail.cli.node as node
+build = node.build_node
+async def build_node(*args, **kwargs):
+    print("building", file=sys.stderr, flush=True)
+    await asyncio.sleep(2)
+    return await build(*args, **kwargs)
+node.build_node = build_node
+from keytrail.cli import main
+main()
+"""
+
+
+def test_sigterm_while_the_node_is_built_stops_it_once_started_and_announces_what_it_made(tmp_path: Path) -> None:
+    # SIGTERM's default action killed serve half-built: the new admin user's principals file was
+    # left, unannounced, for the next start to take as its own, and the exit status was -15.
+    data = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, "serve", "--data-dir", str(data), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and proc.stderr.readline() == "building\n"
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (0, ""), err
+    assert out.startswith(f"Created {data / 'principals.toml'} with an admin user")
+
+
 def test_a_node_that_fails_to_start_is_one_line_and_leaves_the_data_dir_as_it_was(tmp_path: Path) -> None:
     # It failed in uvicorn's lifespan: uvicorn's traceback and exit 3, the new admin user's
     # credentials printed, and their principals file (with a root key) left for a retry to take.

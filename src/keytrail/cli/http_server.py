@@ -52,6 +52,10 @@ class HttpServer:
     def stop_requested(self) -> bool:
         return bool(self._server.should_exit)
 
+    def request_stop(self) -> None:
+        """Stop as SIGTERM would: at once if not serving yet."""
+        self._server.should_exit = True
+
     def stop_requests(self) -> contextlib.AbstractContextManager[None]:
         """SIGTERM and SIGINT ask the server to stop, also while the node starts: it then stops as
         soon as it has started, by the contract's SIGTERM (flush, exit 0), not killed half-started."""

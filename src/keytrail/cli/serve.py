@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
@@ -296,15 +300,41 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
     from keytrail.cli.http_server import HttpServer
     from keytrail.cli.node import stop_node
 
-    built = await _built_node(settings)
-    server = HttpServer(built.node.app, settings, built.tls)
-    with server.stop_requests():  # SIGTERM while the node starts: stopped once started, exit 0
-        await _started(built, server, settings, hold)
+    with _StopAsked.caught() as asked:  # SIGTERM while the node is built: stopped once started, exit 0
+        built = await _built_node(settings)
+        server = HttpServer(built.node.app, settings, built.tls)
+        with server.stop_requests():  # and from here, while it starts and serves
+            if asked.stop:
+                server.request_stop()
+            await _started(built, server, settings, hold)
+            try:
+                _announce(built, settings)
+                await server.serve(sockets)
+            finally:
+                await stop_node(built.node)
+
+
+class _StopAsked:
+    """SIGTERM and SIGINT while the node is built, noted for the HTTP server to stop as soon as the
+    node has started. By their default action the process died half-built, leaving a principals
+    file, root key or audit signing key that no line announced, for a retry to take as its own."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def caught(cls) -> Iterator[_StopAsked]:
+        asked = cls()
+        previous = {sig: signal.signal(sig, asked._note) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            _announce(built, settings)
-            await server.serve(sockets)
+            yield asked
         finally:
-            await stop_node(built.node)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.stop = True
 
 
 async def _started(built: _Built, server: HttpServer, settings: ServeSettings, hold: DataDirHold) -> None:
