@@ -398,6 +398,9 @@ async def _scheduler(node: Node) -> None:
         except KmsError as exc:  # the key store refusing calls: its own log line said why
             refusal.refused(exc.message)
             continue
+        except _STORE_ERRORS as exc:  # its database stopped (connection refused) or unreadable: no bug
+            refusal.refused(f"the key store failed: {_reason(exc)}")
+            continue
         except Exception:
             log.exception("scheduled key maintenance failed")
             continue

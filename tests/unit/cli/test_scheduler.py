@@ -55,3 +55,16 @@ async def test_a_refusal_whose_reason_changes_is_logged_again(caplog: pytest.Log
     assert [line.split(": ")[1].split(" (")[0] for line in lines if line.startswith("ERROR")] == [
         TIMEOUT.message, REFUSED.message, TIMEOUT.message]
     assert sum("runs again" in line for line in lines) == 2
+
+
+async def test_a_database_that_refuses_connections_is_logged_once_not_with_a_traceback_a_tick(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # PostgreSQL stopped on a host that answers: asyncpg's ConnectionRefusedError is no KmsError,
+    # and each tick logged it again with its traceback (some 120 an hour).
+    refused = ConnectionRefusedError(111, "Connection refused")
+    lines = await _log_of_ticks(_Service(*[refused] * 10), caplog)
+    assert lines == [
+        "ERROR scheduled key maintenance failed: the key store failed: Connection refused (said again "
+        "only once it runs, or fails otherwise)",
+        "WARNING scheduled key maintenance runs again (the key store answers)"]
+    assert all(record.exc_info is None for record in caplog.records)
