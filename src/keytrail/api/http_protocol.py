@@ -221,6 +221,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False  # a request's URL and headers are arriving
         self._head_bytes = 0  # read since that request began
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
+        self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         super().connection_made(_CoalescingTransport(transport, self.loop))
         if self.max_connections is not None and len(self.connections) > self.max_connections:
             self._refuse()
@@ -306,12 +307,31 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """Graceful shutdown (SIGTERM): a request still arriving is refused at once, not carried out
         (the SDKs retry a KMSInternalException); uvicorn would wait for its client until its shutdown
-        timeout, then cancel the request task: a plain-text 500 and a traceback in the log."""
+        timeout, then cancel the request task: a plain-text 500 and a traceback in the log. With
+        requests queued behind a running one, the running one is answered, then the connection
+        closes: the queued ones never start (the refusal would go out as the running one's answer)."""
+        if self.pipeline:
+            self.pipeline.clear()
+            self._close_after_answer = True
+            self._arriving = 0  # its deadline, if armed, finds nothing to time out
+            return
         if self._arriving and (self.cycle is None or not self.cycle.response_started):
             self.transport.write(_STOPPING)
             self.transport.close()  # a request task waiting for the body is told the client is gone
             return
         super().shutdown()
+
+    def on_response_complete(self) -> None:
+        if self._close_after_answer:  # shutting down, the queued requests dropped: nothing more to serve
+            self.transport.close()
+            return
+        queued = bool(self.pipeline)
+        super().on_response_complete()  # starts the next queued request
+        if queued and not self.pipeline and self._arriving and self._deadline is not None:
+            # The last one queued starts and its connection is read again: the rest of its body has
+            # its whole time from now, not what is left of a deadline that ran while it waited.
+            self._deadline.cancel()
+            self._arm_deadline()
 
     def _arm_deadline(self) -> None:
         """The request arriving now has `request_seconds` from now to arrive whole."""
@@ -325,6 +345,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._arriving != request:
             if self._arriving:  # a later request is arriving: it gets a deadline of its own
                 self._arm_deadline()
+            return
+        if self.pipeline:  # queued behind a running request, its reading paused by this server, not its client
+            self._arm_deadline()
             return
         if self.cycle is None or not self.cycle.response_started:  # the app may have answered already
             self.transport.write(_OVERDUE)

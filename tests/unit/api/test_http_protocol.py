@@ -370,3 +370,58 @@ def test_uvicorn_warnings_about_what_clients_send_are_logged_once_a_minute() -> 
     assert all(noise.filter(record("Exception in ASGI application", logging.ERROR)) for _ in range(3))
     noise.seconds = 0.0  # a minute later
     assert noise.filter(record("Invalid HTTP request received."))
+
+
+# --- a request queued behind another is not the client's delay ------------------------------------
+
+async def _slow_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body, then answers 200 after twice the request deadline."""
+    if scope["type"] == "http":
+        while (await receive()).get("more_body"):
+            pass
+        await asyncio.sleep(2 * _QuickDeadline.request_seconds)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def _pipelined_with_the_second_body_in_two_parts(port: int) -> tuple[asyncio.StreamReader, Any]:
+    """Request one whole, then request two whose body's second half is sent once the server read the
+    first: request two is queued, and its reading paused, while request one runs."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HEAD + b"\r\n0123456789" + HEAD + b"\r\nabcde")
+    await asyncio.sleep(0.05)
+    writer.write(b"fghij")
+    return reader, writer
+
+
+async def test_a_request_queued_behind_a_slow_one_is_not_timed_out_for_the_body_the_server_did_not_read() -> None:
+    # Its deadline ran while the server held its reading paused: a 408 went out, as the first
+    # request's answer, and the connection closed, though both requests had arrived in time.
+    server, port = await _serve(_slow_echo)
+    try:
+        reader, writer = await _pipelined_with_the_second_body_in_two_parts(port)
+        answers = [await asyncio.wait_for(reader.readuntil(b"{}"), 5.0) for _ in range(2)]
+        writer.close()
+        assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers), answers
+    finally:
+        server.should_exit = True
+
+
+async def test_sigterm_with_a_request_queued_answers_the_running_one_and_never_runs_the_queued_one() -> None:
+    # The queued request was still arriving, so shutdown wrote 'The server is shutting down; the
+    # request was not carried out. Retry it.' as the answer to the running one, which was carried out.
+    seen: list[str] = []
+
+    async def noted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append("started")
+        await _slow_echo(scope, receive, send)
+
+    server, port = await _serve(noted)
+    reader, writer = await _pipelined_with_the_second_body_in_two_parts(port)
+    server.should_exit = True
+    answer = await asyncio.wait_for(reader.readuntil(b"}"), 5.0)  # then closed (with the unread body: reset)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"{}"), answer
+    await asyncio.sleep(0.05)
+    assert seen == ["started"]
