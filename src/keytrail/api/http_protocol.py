@@ -222,6 +222,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # read since that request began
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
+        self._malformed = False  # bytes that are not HTTP follow the running request: 400 after its answer
         super().connection_made(_CoalescingTransport(transport, self.loop))
         if self.max_connections is not None and len(self.connections) > self.max_connections:
             self._refuse()
@@ -253,7 +254,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser cannot read: answered as every other bad request is, in AWS
-        JSON (uvicorn answers plain text), and the connection closed."""
+        JSON (uvicorn answers plain text), and the connection closed; after the answers of the
+        requests before it, if they are still running (written now, it would be taken for theirs)."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._malformed = True
+            self.flow.pause_reading()  # the parser fails whatever comes next
+            self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
+            return
         if not self.transport.is_closing():
             self.transport.write(_MALFORMED)
         self.transport.close()
@@ -324,6 +331,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._close_after_answer:  # shutting down, the queued requests dropped: nothing more to serve
             self.transport.close()
+            return
+        if self._malformed and not self.pipeline:  # the last request before the bytes that are not HTTP
+            self._malformed = False
+            self.send_400_response("")
             return
         queued = bool(self.pipeline)
         super().on_response_complete()  # starts the next queued request

@@ -425,3 +425,15 @@ async def test_sigterm_with_a_request_queued_answers_the_running_one_and_never_r
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"{}"), answer
     await asyncio.sleep(0.05)
     assert seen == ["started"]
+
+
+async def test_bytes_that_are_not_http_after_a_running_request_are_answered_400_after_its_answer() -> None:
+    # The 400 went out at once, as the running request's answer (carried out all the same).
+    server, port = await _serve(_slow_echo)
+    try:
+        answer = await _exchange(port, HEAD + b"\r\n0123456789" + b"\x00\x01\xff\r\n\r\n")
+        first, _, second = answer.partition(b"{}")
+        assert first.startswith(b"HTTP/1.1 200 "), answer
+        assert second.startswith(b"HTTP/1.1 400 ") and b"SerializationException" in second, answer
+    finally:
+        server.should_exit = True
