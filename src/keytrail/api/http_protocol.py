@@ -222,7 +222,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # read since that request began
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
-        self._malformed = False  # bytes that are not HTTP follow the running request: 400 after its answer
+        self._last: bytes | None = None  # a refusal of what follows the running request, sent after its answer
         super().connection_made(_CoalescingTransport(transport, self.loop))
         if self.max_connections is not None and len(self.connections) > self.max_connections:
             self._refuse()
@@ -254,15 +254,20 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser cannot read: answered as every other bad request is, in AWS
-        JSON (uvicorn answers plain text), and the connection closed; after the answers of the
-        requests before it, if they are still running (written now, it would be taken for theirs)."""
+        JSON (uvicorn answers plain text), and the connection closed."""
+        self._refuse_next(_MALFORMED)
+
+    def _refuse_next(self, answer: bytes) -> None:
+        """Answer a request that will not be carried out with `answer` and close the connection;
+        after the answers of the requests before it if they still run (written now, the client
+        would take it for theirs)."""
         if self.cycle is not None and not self.cycle.response_complete:
-            self._malformed = True
-            self.flow.pause_reading()  # the parser fails whatever comes next
+            self._last = self._last or answer
+            self.flow.pause_reading()  # nothing more of this connection is served
             self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
             return
         if not self.transport.is_closing():
-            self.transport.write(_MALFORMED)
+            self.transport.write(answer)
         self.transport.close()
 
     def _refuse(self) -> None:
@@ -292,8 +297,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > HEAD_BYTES and not self.transport.is_closing():
-                self.transport.write(_HEAD_TOO_LARGE)  # no task started: its headers never ended
-                self.transport.close()
+                self._refuse_next(_HEAD_TOO_LARGE)  # no task started: its headers never ended
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -332,9 +336,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._close_after_answer:  # shutting down, the queued requests dropped: nothing more to serve
             self.transport.close()
             return
-        if self._malformed and not self.pipeline:  # the last request before the bytes that are not HTTP
-            self._malformed = False
-            self.send_400_response("")
+        if self._last is not None and not self.pipeline:  # the last request before the one refused
+            last, self._last = self._last, None
+            self._refuse_next(last)
             return
         queued = bool(self.pipeline)
         super().on_response_complete()  # starts the next queued request

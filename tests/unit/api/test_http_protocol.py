@@ -437,3 +437,15 @@ async def test_bytes_that_are_not_http_after_a_running_request_are_answered_400_
         assert second.startswith(b"HTTP/1.1 400 ") and b"SerializationException" in second, answer
     finally:
         server.should_exit = True
+
+
+async def test_headers_past_the_limit_after_a_running_request_are_answered_431_after_its_answer() -> None:
+    server, port = await _serve(_slow_echo)
+    try:
+        oversized = HEAD + _filler(8000) * (HEAD_BYTES // 8000 + 2)
+        answer = await _exchange(port, HEAD + b"\r\n0123456789" + oversized)
+        first, _, second = answer.partition(b"{}")
+        assert first.startswith(b"HTTP/1.1 200 "), answer
+        assert second.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in second, answer
+    finally:
+        server.should_exit = True
