@@ -261,14 +261,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         """Answer a request that will not be carried out with `answer` and close the connection;
         after the answers of the requests before it if they still run (written now, the client
         would take it for theirs)."""
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._last = self._last or answer
-            self.flow.pause_reading()  # nothing more of this connection is served
-            self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and self.pipeline and self.pipeline[0][0] is cycle:
+            self.pipeline.popleft()  # the refused request's body broke off while it was queued: never started
+        elif cycle is None or cycle.more_body or cycle.response_complete:
+            # None runs before it (a task waiting for the refused request's body is told the client is gone).
+            if not self.transport.is_closing():
+                self.transport.write(answer)
+            self.transport.close()
             return
-        if not self.transport.is_closing():
-            self.transport.write(answer)
-        self.transport.close()
+        self._last = self._last or answer
+        self.flow.pause_reading()  # nothing more of this connection is served
+        self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
 
     def _refuse(self) -> None:
         """Close a connection past `max_connections` at once, its file descriptor with it."""
@@ -363,6 +367,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.pipeline:  # queued behind a running request, its reading paused by this server, not its client
             self._arm_deadline()
+            return
+        if self._in_head:  # no task of its own: refused after the answers of the requests before it
+            self._refuse_next(_OVERDUE)
             return
         if self.cycle is None or not self.cycle.response_started:  # the app may have answered already
             self.transport.write(_OVERDUE)

@@ -449,3 +449,26 @@ async def test_headers_past_the_limit_after_a_running_request_are_answered_431_a
         assert second.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in second, answer
     finally:
         server.should_exit = True
+
+
+async def test_headers_that_never_end_after_a_running_request_are_answered_408_after_its_answer() -> None:
+    server, port = await _serve(_slow_echo)
+    try:
+        answer = await _exchange(port, HEAD + b"\r\n0123456789" + HEAD)
+        first, _, second = answer.partition(b"{}")
+        assert first.startswith(b"HTTP/1.1 200 "), answer
+        assert second.startswith(b"HTTP/1.1 408 ") and b"RequestTimeoutException" in second, answer
+    finally:
+        server.should_exit = True
+
+
+async def test_a_chunked_body_that_breaks_off_is_answered_400_at_once_and_its_request_told_the_client_is_gone() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        broken = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n"
+        answer = await _exchange(port, broken)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"SerializationException" in answer, answer
+        await asyncio.sleep(0.05)
+        assert seen == ["disconnect"]
+    finally:
+        server.should_exit = True
