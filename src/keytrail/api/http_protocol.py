@@ -325,10 +325,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         timeout, then cancel the request task: a plain-text 500 and a traceback in the log. With
         requests queued behind a running one, the running one is answered, then the connection
         closes: the queued ones never start (the refusal would go out as the running one's answer)."""
-        if self.pipeline:
+        running_before = self._in_head and self.cycle is not None and not self.cycle.response_complete
+        if self.pipeline or running_before:
             self.pipeline.clear()
             self._close_after_answer = True
-            self._arriving = 0  # its deadline, if armed, finds nothing to time out
+            self._arriving, self._in_head = 0, False  # its deadline, if armed, finds nothing to time out
+            self.flow.pause_reading()
             return
         if self._arriving and (self.cycle is None or not self.cycle.response_started):
             self.transport.write(_STOPPING)

@@ -472,3 +472,14 @@ async def test_a_chunked_body_that_breaks_off_is_answered_400_at_once_and_its_re
         assert seen == ["disconnect"]
     finally:
         server.should_exit = True
+
+
+async def test_sigterm_with_headers_arriving_behind_a_running_request_answers_it_first() -> None:
+    server, port = await _serve(_slow_echo)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HEAD + b"\r\n0123456789" + HEAD)  # the second request's headers never end
+    await asyncio.sleep(0.05)
+    server.should_exit = True
+    answer = await asyncio.wait_for(reader.read(-1), 5.0)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"{}"), answer
