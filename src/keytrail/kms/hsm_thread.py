@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -42,13 +43,17 @@ def call_timeout() -> float:
     return seconds
 
 
+_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
 class _DaemonWorker:
     """One daemon thread running what is submitted, in order. Not a ThreadPoolExecutor: the
     interpreter joins those threads at exit, so a call the token never answers (a network HSM
-    whose link died) kept serve from exiting after SIGTERM had stopped the node."""
+    whose link died) kept serve from exiting after SIGTERM had stopped the node. As an executor's,
+    the thread ends once the worker is no longer used (after the work queued before)."""
 
     def __init__(self) -> None:
-        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -57,21 +62,23 @@ class _DaemonWorker:
         self._work.put((future, work, args))
         with self._start_lock:  # started on first use, as a ThreadPoolExecutor's thread is
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="keytrail-pkcs11", daemon=True)
+                self._thread = threading.Thread(target=_run, args=(self._work,), name="keytrail-pkcs11", daemon=True)
                 self._thread.start()
+                weakref.finalize(self, self._work.put, None)  # the thread holds the queue, not the worker
         return future
 
-    def _run(self) -> None:
-        while True:
-            future, work, args = self._work.get()
-            if not future.set_running_or_notify_cancel():  # given up on while it waited its turn
-                continue
-            try:
-                result = work(*args)
-            except BaseException as exc:  # handed to the caller, as an executor does
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+
+def _run(work_queue: queue.SimpleQueue[_Work | None]) -> None:
+    while (item := work_queue.get()) is not None:
+        future, work, args = item
+        if not future.set_running_or_notify_cancel():  # given up on while it waited its turn
+            continue
+        try:
+            result = work(*args)
+        except BaseException as exc:  # handed to the caller, as an executor does
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 class HsmThread:

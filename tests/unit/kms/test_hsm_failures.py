@@ -4,6 +4,7 @@ the thread that gives up on a call the HSM does not answer, and passwords not tr
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
@@ -84,6 +85,16 @@ def test_a_call_the_hsm_never_answers_does_not_keep_the_process_from_exiting() -
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=15,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
     assert (done.returncode, done.stdout) == (0, "gave up\n")
+
+
+async def test_the_thread_of_a_key_service_no_longer_used_ends() -> None:
+    thread = HsmThread(timeout=1.0)
+    worker = await thread.call(threading.current_thread)
+    assert worker.name == "keytrail-pkcs11" and worker.daemon
+    del thread
+    gc.collect()
+    worker.join(5.0)
+    assert not worker.is_alive()
 
 
 def test_a_password_refused_for_good_is_refused_again_without_a_login() -> None:
