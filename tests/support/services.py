@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -108,7 +109,10 @@ def kafka_broker(port: int | None = None) -> Iterator[str]:
         wait_for_port(port)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        # SIGINT: tansu stops at once. On SIGTERM it waits up to 5 s for its clients to hang up,
+        # and a test's producer or serve's shipper is still connected: 5 s per broker, and a
+        # stopping broker that may still take writes its memory storage then forgets.
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
