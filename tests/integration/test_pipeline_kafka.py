@@ -84,7 +84,7 @@ async def test_two_consumers_in_one_group_combine_to_the_exact_result(tmp_path: 
     _exact(tmp_path, events)
 
 
-def _consume(bootstrap: str, data_dir: Path) -> subprocess.Popen[bytes]:
+def _consume(bootstrap: str, data_dir: Path, idle_seconds: int) -> subprocess.Popen[bytes]:
     command = [
         sys.executable,
         "-m",
@@ -97,7 +97,7 @@ def _consume(bootstrap: str, data_dir: Path) -> subprocess.Popen[bytes]:
         "--group",
         "metrics-kill",
         "--exit-when-idle",
-        "25",
+        str(idle_seconds),
         "--batch-size",
         "200",
         "--checkpoint-records",
@@ -119,14 +119,25 @@ async def test_consumer_joining_then_one_killed_still_gives_the_exact_result(tmp
     events = list(generate_events(8000, SETTINGS, seed=23))
     with kafka_broker() as bootstrap:
         await _produce(bootstrap, events)
-        first = _consume(bootstrap, tmp_path)
+        first = _consume(bootstrap, tmp_path, idle_seconds=25)
         while _covered(tmp_path) < 1500 and first.poll() is None:
             await asyncio.sleep(0.05)
-        second = _consume(bootstrap, tmp_path)  # joins: the group rebalances mid-stream
+        second = _consume(bootstrap, tmp_path, idle_seconds=25)  # joins: the group rebalances mid-stream
         await asyncio.sleep(3)
         first.kill()  # SIGKILL: its partitions move to the second after the session timeout
         first.wait()
-        assert await asyncio.to_thread(second.wait, 180) == 0, second.stderr.read() if second.stderr else ""
+        # Stopped once every offset is persisted, not after its 25 idle seconds (which must outlast
+        # the session timeout, to be there when the partitions come): SIGTERM persists and exits 0.
+        async with asyncio.timeout(180):
+            while _covered(tmp_path) < len(events):
+                assert second.poll() is None, second.stderr.read() if second.stderr else ""
+                await asyncio.sleep(0.2)
+        second.terminate()
+        assert await asyncio.to_thread(second.wait, 30) == 0, second.stderr.read() if second.stderr else ""
+        # --exit-when-idle: a member that joins after the group read everything finds nothing to
+        # count and stops by itself.
+        last = _consume(bootstrap, tmp_path, idle_seconds=1)
+        assert await asyncio.to_thread(last.wait, 60) == 0, last.stderr.read() if last.stderr else ""
     assert _covered(tmp_path) == len(events)
     _exact(tmp_path, events)
 

@@ -21,7 +21,9 @@ from tests.support.services import free_port, kafka_broker
 pytestmark = pytest.mark.integration
 
 TOPIC = "keytrail.audit.v1"
-OUTAGE_SECONDS = 30
+# Longer than each timer a long outage meets: the shipper's retry backoff reaches its 5 s cap after
+# ≈ 6 s and retries at it, and a produce request times out after 10 s (KafkaProducerLink).
+OUTAGE_SECONDS = 15
 
 
 def _shipped(bootstrap: str, want: set[str], timeout: float = 60.0) -> set[str]:
