@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, FORMAT_V3
 from tests.integration.keystores.conftest import PIN
 from tests.support.server import KeytrailServer
-from tests.support.softhsm import SoftHsm
+from tests.support.softhsm import SoftHsm, softhsm_token
 
 pytestmark = pytest.mark.integration
 
@@ -339,28 +339,37 @@ def test_hsm_that_refuses_login_answers_aws_errors(
 
 
 def test_hsm_token_removed_under_a_live_session_answers_aws_errors(
-    hsm_server: KeytrailServer, hsm: SoftHsm, trust_anchor: str, clusters: Iterator[str]
+    hsm: SoftHsm, trust_anchor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The store stays CONNECTED with its session open, but the token behind it is gone: the
     # PKCS#11 calls themselves fail, and the calls answer as when the login fails.
+    # Its own token directory and server: a process that saw a token of its directory deleted gets
+    # CKR_GENERAL_ERROR from every token lookup for good (a new token does not heal it), so in the
+    # session's directory every later HSM test of the run would fail.
     import subprocess
 
-    kms = hsm_server.client("alice", region="us-west-2")  # a Region of its own: 10 stores per Region
-    cluster = next(clusters)
-    store_id = _connected_store(kms, trust_anchor, cluster)
-    key_id = _hsm_key(kms, store_id)["KeyId"]
-    subprocess.run(
-        ["softhsm2-util", "--delete-token", "--token", cluster],
-        check=True, capture_output=True, env={**os.environ, **hsm.env},
-    )
-    with pytest.raises(ClientError) as excinfo:
-        _hsm_key(kms, store_id)
-    assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
-    with pytest.raises(ClientError) as excinfo:
-        kms.encrypt(KeyId=key_id, Plaintext=b"x")
-    assert _error(excinfo) == "KMSInvalidStateException"
-    # With a token gone, SoftHSM2 fails every token lookup (CKR_GENERAL_ERROR): a new store cannot
-    # be checked against its cluster, which AWS calls a cluster that is not active, not a 500.
-    with pytest.raises(ClientError) as excinfo:
-        _store(kms, trust_anchor, next(clusters))
-    assert _error(excinfo) == "CloudHsmClusterNotActiveException"
+    cluster, other = "cluster-keytrailgone", "cluster-keytrailnext"
+    tokens = [softhsm_token(tmp_path / "softhsm", label, PIN, hsm.module) for label in (cluster, other)]
+    monkeypatch.setenv("SOFTHSM2_CONF", str(tokens[0].conf))  # for the server; this process never reads it
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client("alice")
+        store_id = _connected_store(kms, trust_anchor, cluster)
+        key_id = _hsm_key(kms, store_id)["KeyId"]
+        subprocess.run(
+            ["softhsm2-util", "--delete-token", "--token", cluster],
+            check=True, capture_output=True, env={**os.environ, **tokens[0].env},
+        )
+        with pytest.raises(ClientError) as excinfo:
+            _hsm_key(kms, store_id)
+        assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
+        with pytest.raises(ClientError) as excinfo:
+            kms.encrypt(KeyId=key_id, Plaintext=b"x")
+        assert _error(excinfo) == "KMSInvalidStateException"
+        # With a token gone, SoftHSM2 fails every token lookup (CKR_GENERAL_ERROR): a new store cannot
+        # be checked against its cluster, which AWS calls a cluster that is not active, not a 500.
+        with pytest.raises(ClientError) as excinfo:
+            _store(kms, trust_anchor, other)
+        assert _error(excinfo) == "CloudHsmClusterNotActiveException"
+    finally:
+        server.stop()
