@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.server import KeytrailServer
+
+
+@pytest.fixture(autouse=True)
+def _core_dump_limit_kept() -> Iterator[None]:
+    """serve, detect and analyze forbid core dumps for the rest of their process
+    (cli.console.no_core_dumps), and without CAP_SYS_RESOURCE, even as root, the limit cannot be
+    raised again: one of them run in the test process (CliRunner) makes the core-dump test of any
+    later file in that process skip (as a pytest-xdist worker may take them). Such a test must patch
+    no_core_dumps out; this says which one did not."""
+    limit = resource.getrlimit(resource.RLIMIT_CORE)
+    yield
+    assert resource.getrlimit(resource.RLIMIT_CORE) == limit, (
+        "this test lowered the test process's core-dump limit for good: patch no_core_dumps out")
 
 
 @pytest.fixture(scope="session")

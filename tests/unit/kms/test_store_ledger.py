@@ -239,10 +239,11 @@ def _as_the_version_before_the_ledger(path: Path, root: RootKey) -> None:
 
 
 async def test_analyze_beside_a_node_of_the_version_before_leaves_the_store_for_the_new_version_to_upgrade(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`keytrail analyze` (new version) reads the store of a node still running the version before:
     had it written the upgrade, the old node's next write (a grant) would not be in the ledger, and
     the new version's first start would refuse the store."""
+    monkeypatch.setattr("keytrail.cli.detect.no_core_dumps", lambda: None)  # in this process: tests/conftest.py
     secret, data_dir = os.urandom(32), tmp_path / "data"
     root, path = RootKey(secret), data_dir / "keys.db"
     await _store(path, root)
