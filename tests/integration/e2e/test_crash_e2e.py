@@ -21,9 +21,10 @@ from tests.support.services import free_port, kafka_broker
 pytestmark = pytest.mark.integration
 
 TOPIC = "keytrail.audit.v1"
-# Longer than each timer a long outage meets: the shipper's retry backoff reaches its 5 s cap after
-# ≈ 6 s and retries at it, and a produce request times out after 10 s (KafkaProducerLink).
-OUTAGE_SECONDS = 15
+# The audit trail issue's outage (30 s), longer than each timer a long outage meets: the shipper's
+# retry backoff reaches its 5 s cap after ≈ 6 s and retries at it, and a produce request times out
+# after 10 s (KafkaProducerLink).
+OUTAGE_SECONDS = 30
 
 
 def _shipped(bootstrap: str, want: set[str], timeout: float = 60.0) -> set[str]:
