@@ -263,6 +263,17 @@ async def _hold_one_and_find_the_other_due(holder: Node, key: Key, other: Key, b
         return await holder.svc.apply_due(other)
 
 
+async def _each_holding_one(node: Node, key: Key, other_node: Node, other: Key) -> list[Any]:
+    """The results (or exceptions) of two calls at once: `node`'s holds `key` and finds `other`
+    due, `other_node`'s the other way round. Waits 30 s at most: a hang fails the test."""
+    both_hold = asyncio.Barrier(2)
+    return await asyncio.wait_for(asyncio.gather(
+        _hold_one_and_find_the_other_due(node, key, other, both_hold),
+        _hold_one_and_find_the_other_due(other_node, other, key, both_hold),
+        return_exceptions=True,
+    ), timeout=30)
+
+
 async def _rotated_once_each(node: Node, *keys: Key) -> None:
     await node.svc.run_due()
     for key in keys:
@@ -278,12 +289,7 @@ async def test_two_calls_each_holding_the_key_the_other_finds_due_do_not_wait_fo
     clock = ManualClock(NOW)
     node = Node(await open_store(), clock, "us-east-1")
     first, second = await _two_keys_due_for_rotation(node, clock)
-    both_hold = asyncio.Barrier(2)
-    results = await asyncio.wait_for(asyncio.gather(
-        _hold_one_and_find_the_other_due(node, first, second, both_hold),
-        _hold_one_and_find_the_other_due(node, second, first, both_hold),
-        return_exceptions=True,
-    ), timeout=10)
+    results = await _each_holding_one(node, first, node, second)
     refused = [r for r in results if isinstance(r, BaseException)]
     assert refused and all(isinstance(r, errors.KMSInternalException) for r in refused)
     assert "You can retry the request" in refused[0].message  # type: ignore[attr-defined]
@@ -295,12 +301,7 @@ async def test_two_nodes_each_holding_the_key_the_other_finds_due_fail_one_call(
     # Across nodes the locks are PostgreSQL's advisory locks: the database breaks the cycle.
     first, second, clock = await _two_nodes(dsn)
     one, other = await _two_keys_due_for_rotation(first, clock)
-    both_hold = asyncio.Barrier(2)
-    results = await asyncio.wait_for(asyncio.gather(
-        _hold_one_and_find_the_other_due(first, one, other, both_hold),
-        _hold_one_and_find_the_other_due(second, other, one, both_hold),
-        return_exceptions=True,
-    ), timeout=30)
+    results = await _each_holding_one(first, one, second, other)
     assert [type(r) for r in results if isinstance(r, BaseException)] == [errors.KMSInternalException]
     await _rotated_once_each(first, one, other)
     await first.store.close()

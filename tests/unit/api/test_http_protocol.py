@@ -427,37 +427,21 @@ async def test_sigterm_with_a_request_queued_answers_the_running_one_and_never_r
     assert seen == ["started"]
 
 
-async def test_bytes_that_are_not_http_after_a_running_request_are_answered_400_after_its_answer() -> None:
-    # The 400 went out at once, as the running request's answer (carried out all the same).
+@pytest.mark.parametrize(("behind", "status", "code"), [
+    (b"\x00\x01\xff\r\n\r\n", b"400", b"SerializationException"),  # bytes that are not HTTP
+    (HEAD + _filler(8000) * (HEAD_BYTES // 8000 + 2), b"431", b"RequestHeaderFieldsTooLarge"),
+    (HEAD, b"408", b"RequestTimeoutException"),  # headers that never end
+], ids=["not-http", "head-too-large", "head-never-ends"])
+async def test_a_bad_request_behind_a_running_one_is_refused_after_its_answer(
+    behind: bytes, status: bytes, code: bytes,
+) -> None:
+    # The refusal went out at once, as the running request's answer (carried out all the same).
     server, port = await _serve(_slow_echo)
     try:
-        answer = await _exchange(port, HEAD + b"\r\n0123456789" + b"\x00\x01\xff\r\n\r\n")
+        answer = await _exchange(port, HEAD + b"\r\n0123456789" + behind)
         first, _, second = answer.partition(b"{}")
         assert first.startswith(b"HTTP/1.1 200 "), answer
-        assert second.startswith(b"HTTP/1.1 400 ") and b"SerializationException" in second, answer
-    finally:
-        server.should_exit = True
-
-
-async def test_headers_past_the_limit_after_a_running_request_are_answered_431_after_its_answer() -> None:
-    server, port = await _serve(_slow_echo)
-    try:
-        oversized = HEAD + _filler(8000) * (HEAD_BYTES // 8000 + 2)
-        answer = await _exchange(port, HEAD + b"\r\n0123456789" + oversized)
-        first, _, second = answer.partition(b"{}")
-        assert first.startswith(b"HTTP/1.1 200 "), answer
-        assert second.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in second, answer
-    finally:
-        server.should_exit = True
-
-
-async def test_headers_that_never_end_after_a_running_request_are_answered_408_after_its_answer() -> None:
-    server, port = await _serve(_slow_echo)
-    try:
-        answer = await _exchange(port, HEAD + b"\r\n0123456789" + HEAD)
-        first, _, second = answer.partition(b"{}")
-        assert first.startswith(b"HTTP/1.1 200 "), answer
-        assert second.startswith(b"HTTP/1.1 408 ") and b"RequestTimeoutException" in second, answer
+        assert second.startswith(b"HTTP/1.1 " + status + b" ") and code in second, answer
     finally:
         server.should_exit = True
 
