@@ -273,9 +273,12 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
             await node.audit.start()
         with _part("the metrics consumer and detector"):
             _start_consumers(node)
-    node.background.append(asyncio.create_task(_scheduler(node)))
+    # The first pass is the start's last step that can fail, and it fails only before any due work
+    # is done (reading the keys): a failed start removes the audit trail it made (serve), which
+    # must then hold no record of a rotation or deletion that was carried out.
     with _part("the first pass of scheduled key maintenance"):
         await node.service.run_due()
+    node.background.append(asyncio.create_task(_scheduler(node)))
     # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
     # falls on the first request; loaded before the freeze below, it is also out of the gc's reach.
     operation_names()
