@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import random
 import shutil
 import signal
 import socket
@@ -15,10 +17,39 @@ from pathlib import Path
 __all__ = ["TcpRelay", "free_port", "kafka_broker", "mosquitto", "wait_for_port"]
 
 
+# Ports below Linux's ephemeral range (32768-60999, what outgoing connections and bind(0) take)
+# and above the services' own (PostgreSQL 5432, Mosquitto 1883), shared out among pytest-xdist's
+# workers. A port handed out is free only until its server binds it, a second later: in the
+# ephemeral range an outgoing connection, or the other worker's bind(0), could take it meanwhile
+# (and the other worker's test then talk to this worker's server).
+_PORTS = range(10_000, 32_000)
+_handed_out: set[int] = set()  # a server stopped and started again keeps its port: not handed out twice
+
+
+def _worker_ports() -> range:
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    share = len(_PORTS) // max(count, 1)
+    start = _PORTS.start + share * worker
+    return range(start, start + share)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, from this worker's share, never handed out before in
+    this process."""
+    ports = _worker_ports()
+    for _ in range(1000):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken, or in TIME_WAIT
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {ports}")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
