@@ -307,19 +307,26 @@ main()
 """
 
 
-def test_sigterm_while_the_node_is_built_stops_it_once_started_and_announces_what_it_made(tmp_path: Path) -> None:
-    # SIGTERM's default action killed serve half-built: the new admin user's principals file was
-    # left, unannounced, for the next start to take as its own, and the exit status was -15.
-    data = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, "serve", "--data-dir", str(data), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _terminated_once_it_says(line: str, script: str, data: Path, **env: str) -> tuple[int, str, str]:
+    """Run serve through `script` on `data`, SIGTERM it once it writes `line` on stderr, and give
+    back its exit status, stdout and the rest of its stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "--data-dir", str(data), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     try:
-        assert proc.stderr is not None and proc.stderr.readline() == "building\n"
+        assert proc.stderr is not None and proc.stderr.readline() == line + "\n"
         proc.terminate()
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert (proc.returncode, err) == (0, ""), err
+    return proc.returncode, out, err
+
+
+def test_sigterm_while_the_node_is_built_stops_it_once_started_and_announces_what_it_made(tmp_path: Path) -> None:
+    # SIGTERM's default action killed serve half-built: the new admin user's principals file was
+    # left, unannounced, for the next start to take as its own, and the exit status was -15.
+    data = tmp_path / "d"
+    code, out, err = _terminated_once_it_says("building", _SLOW_BUILD, data)
+    assert (code, err) == (0, ""), err
     assert out.startswith(f"Created {data / 'principals.toml'} with an admin user")
 
 
@@ -350,15 +357,7 @@ def test_a_detector_that_cannot_start_fails_serve_in_one_line_and_leaves_nothing
 
 def test_sigterm_while_the_node_starts_stops_it_once_started(tmp_path: Path) -> None:
     data = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-c", _NODE_START, "serve", "--data-dir", str(data), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "SLOW_START": "1"})
-    try:
-        assert proc.stderr is not None and proc.stderr.readline() == "starting\n"
-        proc.terminate()
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert (proc.returncode, err) == (0, ""), err
+    code, out, err = _terminated_once_it_says("starting", _NODE_START, data, SLOW_START="1")
+    assert (code, err) == (0, ""), err
     assert out.startswith(f"Created {data / 'principals.toml'} with an admin user")
     assert (data / "principals.toml").exists()
