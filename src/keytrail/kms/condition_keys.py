@@ -13,6 +13,7 @@ from typing import Any
 
 from keytrail.kms.context import CallContext, IdentityType
 from keytrail.kms.errors import InvalidGrantTokenException
+from keytrail.kms.grants import parse_grant_token
 from keytrail.kms.keys import DEFAULT_ROTATION_PERIOD_DAYS, Key
 
 __all__ = ["ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "RESOURCE_ALIASES", "RequestContext", "request_conditions"]
@@ -51,7 +52,8 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
     """The condition keys AWS puts in the request context for `operation` (`Encrypt` or
     `kms:Encrypt`; `ReEncryptFrom`/`ReEncryptTo` for the two halves of ReEncrypt).
 
-    Also rejects malformed GrantTokens (InvalidGrantTokenException), as AWS does before access.
+    Also rejects GrantTokens that are not grant tokens (InvalidGrantTokenException), as AWS does
+    before access.
     """
     name = operation.removeprefix("kms:")
     _check_grant_tokens(params.get("GrantTokens"))
@@ -85,10 +87,15 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
 
 
 def _check_grant_tokens(tokens: Any) -> None:
+    """InvalidGrantTokenException for a token CreateGrant could not have returned: "the specified
+    grant token is not valid" (the exception in the API reference of every operation that takes
+    GrantTokens). The wire layer answers a list or token outside the model's bounds (10 tokens,
+    1..8192 characters) with ValidationException first; they are checked here too for callers
+    that reach the service without it."""
     if tokens is None:
         return
     if not isinstance(tokens, list) or len(tokens) > 10 or not all(
-            isinstance(t, str) and 1 <= len(t) <= 8192 for t in tokens):
+            isinstance(t, str) and 1 <= len(t) <= 8192 and parse_grant_token(t) is not None for t in tokens):
         raise InvalidGrantTokenException("The grant token is invalid.")
 
 

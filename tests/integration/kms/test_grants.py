@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from tests.support.errors import aws_error
-from tests.support.server import ACCOUNT
+from tests.support.server import ACCOUNT, KeytrailServer
 
 BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
 
@@ -63,3 +63,19 @@ def test_list_grants_by_grantee_service_principal_lists_no_grant_of_a_principal(
     listed = kms.list_grants(KeyId=key_id, GranteeServicePrincipal="rds.amazonaws.com")
     assert (listed["Grants"], listed["Truncated"]) == ([], False)
     assert len(kms.list_grants(KeyId=key_id)["Grants"]) == 1
+
+
+def test_grant_tokens_that_are_not_grant_tokens_are_refused(server: KeytrailServer) -> None:
+    # Outside the model's bounds (at most 10 tokens of 1..8192 characters): its ValidationException.
+    # Within them but not returned by CreateGrant: InvalidGrantTokenException, "the specified grant
+    # token is not valid" (API reference of Encrypt and every operation taking GrantTokens).
+    kms = server.client(parameter_validation=False)
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    for tokens, where in (([""], "grantTokens.1.member"), (["t" * 8193], "grantTokens.1.member"),
+                          (["t"] * 11, "grantTokens")):
+        code, message, status = aws_error(kms.encrypt, KeyId=key_id, Plaintext=b"x", GrantTokens=tokens)
+        assert (code, status) == ("ValidationException", 400) and f"at '{where}' failed to satisfy" in message
+    code, message, status = aws_error(kms.encrypt, KeyId=key_id, Plaintext=b"x", GrantTokens=["my-grant-token"])
+    assert (code, message, status) == ("InvalidGrantTokenException", "The grant token is invalid.", 400)
+    token = kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt"])["GrantToken"]
+    assert kms.encrypt(KeyId=key_id, Plaintext=b"x", GrantTokens=[token] * 10)["KeyId"].endswith(key_id)

@@ -125,7 +125,10 @@ def test_no_encryption_context_means_no_context_keys() -> None:
     assert "kms:GrantIsForAWSResource" not in request_conditions("Encrypt", {})
 
 
-@pytest.mark.parametrize("tokens", [[""], ["x" * 8193], ["t"] * 11, "not-a-list"])
+# "my-ignored-grant-token" is what moto's tests pass (moto ignores GrantTokens); "ktg1…" has this
+# service's prefix but no grant behind its base64.
+@pytest.mark.parametrize("tokens", [[""], ["x" * 8193], ["t"] * 11, "not-a-list", ["my-ignored-grant-token"],
+                                    ["ktg1!!!"], ["ktg1" + "QUJD"]])
 def test_malformed_grant_tokens(tokens: Any) -> None:
     with pytest.raises(InvalidGrantTokenException):
         request_conditions("Decrypt", {"GrantTokens": tokens})

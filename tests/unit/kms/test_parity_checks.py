@@ -1,0 +1,47 @@
+"""Request checks whose AWS answer was looked up for docs/api-compatibility.md ("Checked against
+AWS"): grant tokens that CreateGrant did not return, and the alias name `alias/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keytrail.kms import errors
+from keytrail.kms.service import KmsService
+from tests.support.allow_all import ACCOUNT, alice, allow_all_service
+
+BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
+
+
+async def _key(service: KmsService) -> str:
+    return str((await service.execute("CreateKey", alice(), {}))["KeyMetadata"]["Arn"])
+
+
+@pytest.mark.parametrize("token", ["my-ignored-grant-token", "ktg1!!!", "AQpAM2RhZTk1MGMyNTk2ZmZmMzEy"])
+async def test_a_grant_token_create_grant_did_not_return_is_invalid(tmp_path: Path, token: str) -> None:
+    _, service = allow_all_service(tmp_path)
+    key = await _key(service)
+    with pytest.raises(errors.InvalidGrantTokenException) as caught:
+        await service.execute("Encrypt", alice(), {"KeyId": key, "Plaintext": b"x", "GrantTokens": [token]})
+    assert caught.value.message == "The grant token is invalid."
+    with pytest.raises(errors.InvalidGrantTokenException):
+        await service.execute(
+            "CreateGrant",
+            alice(),
+            {"KeyId": key, "GranteePrincipal": BOB, "Operations": ["Decrypt"], "GrantTokens": [token]},
+        )
+    assert (await service.execute("ListGrants", alice(), {"KeyId": key}))["Grants"] == []
+
+
+async def test_grant_tokens_create_grant_returned_are_accepted_even_once_retired(tmp_path: Path) -> None:
+    _, service = allow_all_service(tmp_path)
+    key = await _key(service)
+    grant = await service.execute(
+        "CreateGrant", alice(), {"KeyId": key, "GranteePrincipal": BOB, "Operations": ["Encrypt"]}
+    )
+    request = {"KeyId": key, "Plaintext": b"x", "GrantTokens": [grant["GrantToken"]]}
+    assert (await service.execute("Encrypt", alice(), request))["KeyId"] == key
+    await service.execute("RetireGrant", alice(), {"GrantToken": grant["GrantToken"]})
+    # AWS documents no answer for the token of a retired grant: it names nothing, and allows nothing.
+    assert (await service.execute("Encrypt", alice(), request))["KeyId"] == key
