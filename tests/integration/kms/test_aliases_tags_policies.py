@@ -41,6 +41,18 @@ def test_alias_rules(kms) -> None:
     assert aws_error(kms.enable_key_rotation, KeyId=name)[0] == "NotFoundException"
 
 
+def test_alias_slash_alone_is_refused_and_names_no_alias(kms) -> None:
+    # "This value must begin with alias/ followed by a name" (CreateAlias, API reference).
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    code, message, status = aws_error(kms.create_alias, AliasName="alias/", TargetKeyId=key_id)
+    assert (code, message, status) == ("InvalidAliasNameException",
+                                       'Alias must include a name after the prefix "alias/".', 400)
+    missing = ("NotFoundException", f"Alias arn:aws:kms:us-east-1:{ACCOUNT}:alias/ is not found.")
+    assert aws_error(kms.encrypt, KeyId="alias/", Plaintext=b"x")[:2] == missing
+    assert aws_error(kms.update_alias, AliasName="alias/", TargetKeyId=key_id)[:2] == missing
+    assert aws_error(kms.delete_alias, AliasName="alias/")[:2] == missing
+
+
 def test_tags_round_trip_and_rules(server: KeytrailServer) -> None:
     kms = server.client(parameter_validation=False)
     key_id = kms.create_key(Tags=[{"TagKey": "team", "TagValue": "a"}])["KeyMetadata"]["KeyId"]

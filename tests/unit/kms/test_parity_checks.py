@@ -9,6 +9,7 @@ import pytest
 
 from keytrail.kms import errors
 from keytrail.kms.service import KmsService
+from keytrail.kms.store import Alias
 from tests.support.allow_all import ACCOUNT, alice, allow_all_service
 
 BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
@@ -45,3 +46,32 @@ async def test_grant_tokens_create_grant_returned_are_accepted_even_once_retired
     await service.execute("RetireGrant", alice(), {"GrantToken": grant["GrantToken"]})
     # AWS documents no answer for the token of a retired grant: it names nothing, and allows nothing.
     assert (await service.execute("Encrypt", alice(), request))["KeyId"] == key
+
+
+async def test_alias_slash_alone_is_no_alias_name(tmp_path: Path) -> None:
+    _, service = allow_all_service(tmp_path)
+    key = await _key(service)
+    with pytest.raises(errors.InvalidAliasNameException) as caught:
+        await service.execute("CreateAlias", alice(), {"AliasName": "alias/", "TargetKeyId": key})
+    assert caught.value.message == 'Alias must include a name after the prefix "alias/".'
+    assert (await service.execute("ListAliases", alice(), {}))["Aliases"] == []
+    missing = f"Alias arn:aws:kms:us-east-1:{ACCOUNT}:alias/ is not found."
+    for operation, params in (
+        ("UpdateAlias", {"AliasName": "alias/", "TargetKeyId": key}),
+        ("DeleteAlias", {"AliasName": "alias/"}),
+        ("Encrypt", {"KeyId": "alias/", "Plaintext": b"x"}),
+        ("DescribeKey", {"KeyId": "alias/"}),
+    ):
+        with pytest.raises(errors.NotFoundException) as not_found:
+            await service.execute(operation, alice(), params)
+        assert not_found.value.message == missing, operation
+
+
+async def test_an_alias_slash_alone_made_before_the_check_can_still_be_deleted(tmp_path: Path) -> None:
+    store, service = allow_all_service(tmp_path)
+    key_id = (await service.execute("CreateKey", alice(), {}))["KeyMetadata"]["KeyId"]
+    now = service.now()
+    assert await store.add_alias(Alias(ACCOUNT, "us-east-1", "alias/", key_id, now, now))
+    assert (await service.execute("DescribeKey", alice(), {"KeyId": "alias/"}))["KeyMetadata"]["KeyId"] == key_id
+    await service.execute("DeleteAlias", alice(), {"AliasName": "alias/"})
+    assert (await service.execute("ListAliases", alice(), {}))["Aliases"] == []

@@ -28,6 +28,16 @@ def _check_name(name: str) -> None:
         raise errors.InvalidAliasNameException("Alias names that begin with alias/aws/ are reserved.")
 
 
+def _check_new_name(name: str) -> None:
+    """CreateAlias: AliasName "must begin with alias/ followed by a name" (API reference), so
+    `alias/` alone, which the model's pattern lets through, is not a name; InvalidAliasNameException
+    is CreateAlias's error for an alias name that is not valid. UpdateAlias and DeleteAlias, whose
+    errors do not include it, find no such alias (NotFoundException)."""
+    _check_name(name)
+    if name == "alias/":
+        raise errors.InvalidAliasNameException('Alias must include a name after the prefix "alias/".')
+
+
 async def _alias_target(svc: KmsService, call: Call, action: str) -> Key:
     key = await svc.find_key(call, call.params["TargetKeyId"], allow_alias=False)
     await svc.authorize(call, action, key)
@@ -45,7 +55,7 @@ async def _require_alias_room(svc: KmsService, key: Key) -> None:
 
 async def create_alias(svc: KmsService, call: Call) -> Response:
     name = call.params["AliasName"]
-    _check_name(name)
+    _check_new_name(name)
     key = await _alias_target(svc, call, "kms:CreateAlias")
     await svc.authorize_alias(call, "kms:CreateAlias", name)
     await _require_alias_room(svc, key)
