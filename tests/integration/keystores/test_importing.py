@@ -139,6 +139,29 @@ def test_delete_then_reimport_same_material_decrypts_old_ciphertext(kms: Any) ->
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"old"
 
 
+def test_reimport_into_a_disabled_or_enabled_key_keeps_its_state(kms: Any) -> None:
+    # "Key states of AWS KMS keys": ImportKeyMaterial on an Enabled or Disabled key succeeds when
+    # the key has imported material (note [9]). Which state a Disabled key is in afterwards is not
+    # documented; keytrail leaves it Disabled. DeleteImportedKeyMaterial makes any key but one
+    # pending deletion PendingImport, and an import into a PendingImport key enables it.
+    key_id = _external_key(kms)
+    material = os.urandom(32)
+    _import(kms, key_id, material)
+    kms.disable_key(KeyId=key_id)
+    _import(kms, key_id, material)
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["Enabled"]) == ("Disabled", False)
+    kms.enable_key(KeyId=key_id)
+    _import(kms, key_id, material)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+    kms.disable_key(KeyId=key_id)
+    kms.delete_imported_key_material(KeyId=key_id)
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "PendingImport"
+    _import(kms, key_id, material)
+    meta = kms.describe_key(KeyId=key_id)["KeyMetadata"]
+    assert (meta["KeyState"], meta["Enabled"]) == ("Enabled", True)
+
+
 def test_import_token_of_another_key_is_invalid(kms: Any) -> None:
     key_a, key_b = _external_key(kms), _external_key(kms)
     params = kms.get_parameters_for_import(

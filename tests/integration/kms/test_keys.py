@@ -141,3 +141,24 @@ def test_list_keys_pages_by_100_unless_limit_is_given(server: KeytrailServer) ->
     assert len(first["Keys"]) == 100 and first["Truncated"] is True
     rest = kms.list_keys(Marker=first["NextMarker"])
     assert len(rest["Keys"]) == 1 and rest["Truncated"] is False
+
+
+def test_limit_of_every_list_operation_is_the_models_1_to_1000(server: KeytrailServer) -> None:
+    # botocore's LimitType (1..1000) is the only bound AWS publishes as a constraint; the API
+    # reference's narrower ranges (ListAliases, ListGrants, ListRetirableGrants 1..100,
+    # ListResourceTags 1..50) come with no documented error, so 1000 is accepted everywhere.
+    kms = server.client(parameter_validation=False)
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    calls = {"ListKeys": (kms.list_keys, {}), "ListAliases": (kms.list_aliases, {}),
+             "ListGrants": (kms.list_grants, {"KeyId": key_id}),
+             "ListRetirableGrants": (kms.list_retirable_grants, {"RetiringPrincipal": f"arn:aws:iam::{ACCOUNT}:root"}),
+             "ListKeyPolicies": (kms.list_key_policies, {"KeyId": key_id}),
+             "ListResourceTags": (kms.list_resource_tags, {"KeyId": key_id}),
+             "ListKeyRotations": (kms.list_key_rotations, {"KeyId": key_id})}
+    for name, (call, params) in calls.items():
+        for limit, bound in ((0, "greater than or equal to 1"), (1001, "less than or equal to 1000")):
+            code, message, status = aws_error(call, Limit=limit, **params)
+            assert (code, status, message) == ("ValidationException", 400, (
+                f"1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: "
+                f"Member must have value {bound}")), name
+        assert call(Limit=1000, **params)["ResponseMetadata"]["HTTPStatusCode"] == 200, name
