@@ -74,6 +74,94 @@ every other Region name, `local` too, is in `aws`. The Region-to-partition rules
 """
 
 
+# Why: each of these once differed from AWS, or might have, with no source either way; what was
+# found, where, and what keytrail does now, so a later change starts from the sources.
+CHECKED_INTRO = """\
+## Checked against AWS
+
+Behaviours looked up in AWS's sources: botocore's KMS model (`kms/2014-11-01/service-2.json`: its
+constraints and the API reference text it carries), the AWS KMS developer guide (including its
+source, `awsdocs/aws-kms-developer-guide`), and the emulators' code and tests (moto, LocalStack,
+whose `.snapshot.json` files are recorded against AWS). "Unchanged" means no source was found for
+AWS's answer; keytrail's behaviour is then its own choice and is named as such.
+
+| Request | What AWS does, and the source | keytrail |
+|---|---|---|"""
+# (request, what AWS does and where that is written, what keytrail does)
+CHECKED = [
+    (
+        "`GrantTokens` with more than 10 tokens, an empty token, or one over 8,192 characters",
+        "`ValidationException` with the model's constraint message (`GrantTokenList` 0..10, `GrantTokenType` "
+        "1..8192), e.g. `1 validation error detected: Value at 'grantTokens' failed to satisfy constraint: "
+        "Member must have length less than or equal to 10`",
+        "The same, at the wire. The value of a token list is not echoed.",
+    ),
+    (
+        "`GrantTokens` holding a string that is not a grant token",
+        "`InvalidGrantTokenException`, \"The request was rejected because the specified grant token is not "
+        "valid\", in the errors of every operation that takes `GrantTokens` (API reference). The message AWS "
+        "sends is not documented.",
+        "`InvalidGrantTokenException` `The grant token is invalid.` for any token `CreateGrant` did not return "
+        "(it used to be ignored). The token of a retired grant is accepted and grants nothing: AWS documents "
+        "no answer for it.",
+    ),
+    (
+        "`RetireGrant` with a `GrantToken` and a `KeyId` of another key, or a `GrantId` of another grant",
+        "The API reference says to name the grant by its token, or by `GrantId` and `KeyId`; nothing on both. "
+        "LocalStack refuses a mismatching `KeyId` with a `ValidationError`, not recorded against AWS.",
+        "Unchanged: the token names the grant and `KeyId` is not read; a `GrantId` other than the token's "
+        "grant is `InvalidGrantIdException` `The grant ID does not match the grant token.`",
+    ),
+    (
+        "`CreateGrant` with `Operations: []`",
+        "The model requires `Operations` but gives the list no minimum length; the API reference only refuses "
+        "operations the key does not support and a list of `CreateGrant` alone (`ValidationException` `Grants "
+        "must not contain only the CreateGrant operation.`, quoted from AWS in ansible/ansible#31960). Nothing "
+        "on an empty list.",
+        "Unchanged: the grant is created and allows nothing.",
+    ),
+    (
+        "`AliasName` `alias/` alone",
+        "The API reference: the name \"must begin with `alias/` followed by a name, such as "
+        "`alias/ExampleAlias`\"; the model's pattern `^[a-zA-Z0-9:/_-]+$` lets it through. AWS's "
+        "CloudFormation schema for `AWS::KMS::Alias` (`^(alias/)[a-zA-Z0-9:/_-]+$`) and the AWS CDK (`Alias "
+        "must include a value after \"alias/\"`) refuse it. AWS's error for it is not documented.",
+        "`CreateAlias`: `InvalidAliasNameException` `Alias must include a name after the prefix \"alias/\".` "
+        "(the error the model lists for an alias name that is not valid; it used to create the alias). "
+        "`UpdateAlias`, `DeleteAlias` and `KeyId` `alias/` find no alias: `NotFoundException` `Alias <alias "
+        "ARN> is not found.`",
+    ),
+    (
+        "`ImportKeyMaterial` into an `Enabled`, `Disabled` or `PendingImport` key",
+        "Key state table (\"Key states of AWS KMS keys\"): `PendingImport` succeeds; `Enabled` and `Disabled` "
+        "succeed if the key has imported material, else `UnsupportedOperationException` (note 9); "
+        "`PendingDeletion` is `KMSInvalidStateException` (note 8). The API reference: the key state \"changes "
+        "from PendingImport to Enabled\" (its newer text also says the state \"must be PendingImport or "
+        "Enabled\", at odds with the table for `Disabled`). The state of a `Disabled` key after an import is "
+        "not documented.",
+        "Unchanged: all three succeed; `PendingImport` becomes `Enabled` once every material of the key is "
+        "imported again, `Enabled` stays `Enabled`, and `Disabled` stays `Disabled`.",
+    ),
+    (
+        "`Limit` of `ListKeys`, `ListAliases`, `ListGrants`, `ListRetirableGrants`, `ListKeyPolicies`, "
+        "`ListResourceTags`, `ListKeyRotations`",
+        "The model's `LimitType` is 1..1000 for all seven; outside it, `ValidationException` `1 validation "
+        "error detected: Value '0' at 'limit' failed to satisfy constraint: Member must have value greater "
+        "than or equal to 1` (the template of LocalStack's AWS-recorded snapshots). The API reference's prose "
+        "is narrower for some: 1..1000, default 100, for `ListKeys`, `ListKeyPolicies` and `ListKeyRotations`; "
+        "1..100, default 50, for `ListAliases`, `ListGrants` and `ListRetirableGrants`; 1..50, default 50, for "
+        "`ListResourceTags`. No error or cap is documented for a value over the narrower range, and code "
+        "written against AWS calls `list_aliases(Limit=1000)`.",
+        "Unchanged: 1..1000 everywhere, a page holds at most `Limit` items, and the defaults are the API "
+        "reference's.",
+    ),
+]
+
+
+def checked_section() -> str:
+    rows = [f"| {request} | {aws} | {ours} |" for request, aws, ours in CHECKED]
+    return "\n".join([CHECKED_INTRO, *rows]) + "\n"
+
 def render() -> str:
     model = service_model()
     lines = [
@@ -92,7 +180,8 @@ def render() -> str:
         status = "supported" if name in OPERATIONS else "not yet"
         lines.append(f"| {name} | {status} | {NOTES.get(name, '')} |")
     served = sum(name in OPERATIONS for name in model.operation_names)
-    lines += ["", f"{served} of {len(model.operation_names)} operations supported.", "", PARTITIONS]
+    lines += ["", f"{served} of {len(model.operation_names)} operations supported.", "", PARTITIONS,
+              checked_section()]
     return "\n".join(lines)
 
 
