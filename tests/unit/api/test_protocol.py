@@ -34,6 +34,16 @@ def test_sensitive_values_are_not_echoed() -> None:
     assert "QUFB" not in info.value.message and "Value at 'plaintext'" in info.value.message
 
 
+def test_grant_tokens_are_not_echoed() -> None:
+    """The model does not mark a grant token sensitive, but it is a credential: a token one
+    character too long must not reach the message (and the audit record's errorMessage)."""
+    token = "T" * 8193
+    with pytest.raises(ValidationException) as info:
+        decode_request("Encrypt", {"KeyId": "k", "Plaintext": "aGk=", "GrantTokens": [token]})
+    assert "TTTT" not in info.value.message
+    assert "Value at 'grantTokens.1.member' failed to satisfy constraint" in info.value.message
+
+
 def test_nested_paths_follow_aws_naming() -> None:
     with pytest.raises(ValidationException) as info:
         decode_request("TagResource", {"KeyId": "k", "Tags": [{"TagKey": "k" * 129, "TagValue": "v"}]})
