@@ -74,6 +74,13 @@ class ClientNoiseFilter(logging.Filter):
         self.seconds = seconds
         self._logged_at: dict[str, float] = {}  # by message: NOISE's few
 
+    @classmethod
+    def attach(cls, logger: logging.Logger) -> None:
+        """Filter `logger`'s records, once however many servers a process makes (tests, a serve
+        restarted in-process): one filter added per server piled up on the one logger."""
+        if not any(isinstance(known, cls) for known in logger.filters):
+            logger.addFilter(cls())
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message not in self.NOISE:

@@ -40,7 +40,7 @@ class HttpServer:
             proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
             **tls,  # type: ignore[arg-type]
         )
-        logging.getLogger("uvicorn.error").addFilter(ClientNoiseFilter())  # after Config: it sets up the loggers
+        ClientNoiseFilter.attach(logging.getLogger("uvicorn.error"))  # after Config: it sets up the loggers
         self._server = _Server(config)
 
     def load(self) -> None:
