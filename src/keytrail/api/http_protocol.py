@@ -27,7 +27,8 @@ held bytes to go out).
 
 And the connections held at once are bounded (`limited_to`): each is a file descriptor, and a
 node out of them could not open its audit spool's next segment or digest, its key store or its
-consumers' files. A connection past the bound is closed as soon as it is accepted.
+consumers' files. A connection past the bound is closed as soon as it is accepted; over TLS a
+connection counts from its accept too, its handshake included (api/tls_handshake.py).
 """
 
 from __future__ import annotations
@@ -231,8 +232,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._last: bytes | None = None  # a refusal of what follows the running request, sent after its answer
         super().connection_made(_CoalescingTransport(transport, self.loop))
-        if self.max_connections is not None and len(self.connections) > self.max_connections:
-            self._refuse()
+        if self.refused(self.transport):
             return
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
         # The first request has the keep-alive timeout to begin, as every later one has.
@@ -281,14 +281,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.flow.pause_reading()  # nothing more of this connection is served
         self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
 
-    def _refuse(self) -> None:
-        """Close a connection past `max_connections` at once, its file descriptor with it."""
+    def refused(self, transport: asyncio.BaseTransport) -> bool:
+        """Close `transport` at once, its file descriptor with it, if it is a connection past
+        `max_connections` (this one counted); True if so."""
+        if self.max_connections is None or len(self.connections) <= self.max_connections:
+            return False
         now = time.monotonic()
         if now - CoalescingHttpToolsProtocol._refusals_logged_at >= _REFUSAL_LOG_SECONDS:
             CoalescingHttpToolsProtocol._refusals_logged_at = now
             log.warning("refusing new connections: %d are open, the most this node holds (its file descriptor "
                         "limit less %d it keeps for itself)", self.max_connections, RESERVED_DESCRIPTORS)
-        self.transport.close()
+        transport.close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from keytrail.api.http_protocol import ClientNoiseFilter, CoalescingHttpToolsProtocol, connection_limit
+from keytrail.api.tls_handshake import TlsHandshake
 from keytrail.config import ServeSettings
 
 __all__ = ["HttpServer"]
@@ -33,10 +34,10 @@ class HttpServer:
         # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from
         # 127.0.0.1: any local client could then write whatever source address it liked into the trail.
         proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
-        protocol = CoalescingHttpToolsProtocol.limited_to(connection_limit())
+        self._protocol = CoalescingHttpToolsProtocol.limited_to(connection_limit())
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, lifespan="off", log_level="warning",
-            access_log=False, timeout_graceful_shutdown=20, server_header=False, http=protocol,
+            access_log=False, timeout_graceful_shutdown=20, server_header=False, http=self._protocol,
             proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
             **tls,  # type: ignore[arg-type]
         )
@@ -46,7 +47,17 @@ class HttpServer:
     def load(self) -> None:
         """Load uvicorn's settings, the TLS context among them, so that a failure comes before the
         node starts (OSError, ssl.SSLError: a TLS file replaced since serve checked it)."""
-        self._server.config.load()
+        config = self._server.config
+        if config.loaded:
+            return
+        config.load()
+        if config.ssl is not None:
+            # uvicorn would serve TLS by asyncio's TLS server, whose connections reach the protocol,
+            # and are counted against the bound, only once their handshake is over: the server
+            # accepts plain TCP instead, and TlsHandshake makes the handshake of each connection
+            # it counts from its accept.
+            config.http_protocol_class = TlsHandshake.serving(self._protocol, config.ssl)
+            config.ssl = None
 
     @property
     def stop_requested(self) -> bool:
@@ -65,6 +76,7 @@ class HttpServer:
         """Serve on `sockets` (listening on the settings' address) until SIGTERM/SIGINT, after
         in-flight calls finish; at once if a stop was asked for already."""
         if not self.stop_requested:
+            self.load()
             await self._server.serve(sockets=sockets)
 
 

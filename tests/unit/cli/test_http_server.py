@@ -1,20 +1,125 @@
-"""serve's HTTP server: the servers of one process share one log filter."""
+"""serve's HTTP server: over TLS, every connection counts against its bound from its accept, and a
+handshake that never ends is dropped; and the servers of one process share one log filter. On
+asyncio's loop and on uvloop (serve's), whose TLS is code of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import pytest
+import uvloop
+
 from keytrail.api.http_protocol import ClientNoiseFilter
+from keytrail.cli import http_server
 from keytrail.cli.http_server import HttpServer
+from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
+
+REQUEST = b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n"
+Run = Callable[[Coroutine[Any, Any, None]], None]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Run:
+    return uvloop.run if request.param == "uvloop" else asyncio.run
 
 
 async def _not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"{}"})
+
+
+@contextlib.asynccontextmanager
+async def _tls_server(directory: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, ssl.SSLContext]]:
+    """An HttpServer over TLS holding at most two connections: its port, and a client's context."""
+    monkeypatch.setattr(http_server, "connection_limit", lambda: 2)
+    cert, key = self_signed_certificate(directory, "127.0.0.1")
+    sock = socket.create_server(("127.0.0.1", 0))
+    settings = ServeSettings(data_dir=directory, port=sock.getsockname()[1], tls_self_signed=True)
+    server = HttpServer(_not_found, settings, {"ssl_certfile": str(cert), "ssl_keyfile": str(key)})
+    server.load()
+    serving = asyncio.get_running_loop().create_task(server.serve([sock]))
+    while not server._server.started:  # uvicorn's: listening
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1], ssl.create_default_context(cafile=str(cert))
+    finally:
+        server.request_stop()
+        await asyncio.wait_for(serving, 10)
+
+
+async def _https_answer(port: int, context: ssl.SSLContext) -> bytes:
+    """The start of the answer to a GET on a new TLS connection; b"" if the server closed it first."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context), 5)
+    except (ConnectionError, ssl.SSLError):  # closed during the handshake
+        return b""
+    try:
+        writer.write(REQUEST)
+        return await asyncio.wait_for(reader.read(12), 5)
+    except (ConnectionError, ssl.SSLError):
+        return b""
+    finally:
+        writer.close()
+
+
+def test_a_tls_connection_counts_against_the_bound_from_its_accept_before_its_handshake(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counted only once their handshakes ended, connections that never began one took every file descriptor.
+    async def case() -> None:
+        async with _tls_server(tmp_path, monkeypatch) as (port, context):
+            stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]  # no ClientHello, ever
+            await asyncio.sleep(0.1)
+            assert await _https_answer(port, context) == b""  # a third: refused
+            stalled[0][1].close()
+            await asyncio.sleep(0.1)
+            assert await _https_answer(port, context) == b"HTTP/1.1 404"  # one closed made room
+            stalled[1][1].close()
+
+    run(case())
+
+
+def test_a_tls_handshake_that_never_ends_is_dropped_after_the_handshake_timeout(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keytrail.api.tls_handshake import TlsHandshake
+
+    monkeypatch.setattr(TlsHandshake, "handshake_seconds", 0.3)
+
+    async def case() -> None:
+        async with _tls_server(tmp_path, monkeypatch) as (port, context):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+            assert await asyncio.wait_for(reader.read(-1), 3) == b""  # closed by the server
+            writer.close()
+            for _ in range(3):  # and the place it held is free again
+                assert await _https_answer(port, context) == b"HTTP/1.1 404"
+
+    run(case())
+
+
+def test_a_tls_connection_is_served_request_after_request_and_a_stop_drops_a_handshake(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def case() -> None:
+        async with _tls_server(tmp_path, monkeypatch) as (port, context):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            for _ in range(3):
+                writer.write(REQUEST)
+                assert (await asyncio.wait_for(reader.readuntil(b"{}"), 5)).startswith(b"HTTP/1.1 404 ")
+            writer.close()
+            stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", port)
+        # The server stopped without waiting for the handshake (its 10 s): it closed the connection.
+        assert await asyncio.wait_for(stalled_reader.read(-1), 1) == b""
+        stalled.close()
+
+    run(case())
 
 
 def test_the_servers_of_one_process_share_one_client_noise_filter(tmp_path: Path) -> None:
