@@ -344,6 +344,30 @@ def test_a_node_that_fails_to_start_is_one_line_and_leaves_the_data_dir_as_it_wa
     assert sorted(path.name for path in data.iterdir()) == ["notes.txt"]
 
 
+def _tree(data: Path) -> dict[str, bytes | None]:
+    """Every path in `data` with a file's bytes (None for a folder)."""
+    return {str(path.relative_to(data)): None if path.is_dir() else path.read_bytes() for path in data.rglob("*")}
+
+
+def test_a_failed_start_on_a_data_dir_that_served_leaves_every_folder_as_it_found_it(tmp_path: Path) -> None:
+    # The start's trail signed an opening digest (and a final one as it stopped) into the existing
+    # audit trail: only new names at the top of the data dir were removed, so those stayed.
+    data = tmp_path / "d"
+    server = KeytrailServer(data).start()
+    server.client("alice").create_key()
+    assert server.stop() == 0
+    (data / "alarms.jsonl").touch()  # there before too, whatever the detector writes
+    before = _tree(data)
+    out = subprocess.run([sys.executable, "-c", _NODE_START, "serve", "--data-dir", str(data), "--port", "0",
+                          "--principals", str(server.principals), "--dev-clock"],
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    after = _tree(data)
+    # What was there stays; only the sidecar of the audit trail's record hashes is rewritten as it was.
+    assert sorted(after) == sorted(before)
+    assert {path for path in before if before[path] != after[path]} <= {"audit/integrity/hashes.bin"}
+
+
 def test_a_detector_that_cannot_start_fails_serve_in_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
     data = tmp_path / "d"
     (data / "alarms.jsonl").mkdir(parents=True)  # where the in-process detector reads its alarms

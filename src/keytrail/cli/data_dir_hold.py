@@ -1,5 +1,7 @@
 """`keytrail serve`'s hold on its data dir: one serve per data dir, and a failed start can put
-the data dir back as it found it without touching another serve's files."""
+the data dir back as it found it without touching another serve's files: what it made at the
+top of the data dir, and what it made inside the folders of serve's that were there (a digest or
+segment in an audit trail, a checkpoint in metrics/), never anything that was there before."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -38,6 +41,9 @@ class DataDirHold:
         # False where the file system cannot lock a directory (NFS, say): serve still starts.
         self.exclusive = exclusive
         self.before = _entries(data_dir)
+        # Paths under serve's folders (audit/, metrics/, tls/), relative to the data dir: a
+        # start writes into those of an existing data dir (a trail's opening digest, say).
+        self.before_within = _within(data_dir, (name for name in self.before if self._made_by_serve(name)))
 
     @classmethod
     def take(cls, data_dir: Path) -> DataDirHold:
@@ -53,20 +59,27 @@ class DataDirHold:
         return cls(data_dir, fd, exclusive=True)
 
     def remove_new(self, keep: set[str]) -> None:
-        """Remove what serve makes that appeared in the data dir since it was held, but for the
-        names in `keep` and the SQLite files of a database that was there before."""
-        for name in sorted(_entries(self.data_dir) - self.before - keep):
+        """Remove what serve makes that appeared in the data dir since it was held, at its top and
+        inside serve's folders that were there, but for the names in `keep` (at the top, with
+        all they hold) and the SQLite files of a database that was there before."""
+        for name in sorted(_entries(self.data_dir) - keep):
             if not self._made_by_serve(name):
                 continue
-            path = self.data_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            if name not in self.before:
+                _remove(self.data_dir / name)
+            elif _is_folder(self.data_dir / name):
+                self._remove_new_within(name)
+
+    def _remove_new_within(self, folder: str) -> None:
+        removed: list[str] = []
+        for path in sorted(_within(self.data_dir, [folder]) - self.before_within):  # a folder before what it holds
+            if any(path.startswith(f"{gone}/") for gone in removed) or _sidecar_of(path, self.before_within):
+                continue
+            _remove(self.data_dir / path)
+            removed.append(path)
 
     def _made_by_serve(self, name: str) -> bool:
-        if any(name.endswith(suffix) and name.removesuffix(suffix) in self.before for suffix in _SQLITE_SIDECARS):
+        if _sidecar_of(name, self.before):
             return False
         return any(fnmatchcase(name, pattern) for pattern in _MADE_BY_SERVE)
 
@@ -78,3 +91,36 @@ class DataDirHold:
 
 def _entries(data_dir: Path) -> set[str]:
     return {entry.name for entry in data_dir.iterdir()}
+
+
+def _within(data_dir: Path, folders: Iterable[str]) -> set[str]:
+    """Every path inside `folders` of `data_dir`, relative to it; symbolic links are not followed
+    (what one points to is not the data dir's), nor unreadable folders entered."""
+    found: set[str] = set()
+    pending = [folder for folder in folders if _is_folder(data_dir / folder)]
+    while pending:
+        folder = pending.pop()
+        with contextlib.suppress(OSError), os.scandir(data_dir / folder) as entries:
+            for entry in entries:
+                path = f"{folder}/{entry.name}"
+                found.add(path)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+    return found
+
+
+def _sidecar_of(path: str, before: set[str]) -> bool:
+    """Whether `path` is the -wal, -shm or -journal file of a SQLite database that was there before."""
+    return any(path.endswith(suffix) and path.removesuffix(suffix) in before for suffix in _SQLITE_SIDECARS)
+
+
+def _is_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    if _is_folder(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
