@@ -188,3 +188,19 @@ def test_serve_with_the_dev_clock_is_refused_while_a_consumer_runs(tmp_path: Pat
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"keytrail serve: the metrics consumer of {data} is already running (keytrail consume): stop it first")
+
+
+def test_serve_refused_for_a_running_consumer_leaves_no_audit_signing_key(tmp_path: Path) -> None:
+    # The audit trail was opened (its signing key made, its genesis digest signed) before the
+    # consumer's lock refused the build, and stayed: a retry took that key for the trail's own and
+    # never printed its fingerprint, nor did the failed start.
+    data = tmp_path / "data"
+    lock = consumer_lock(data)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                                 "--dev-clock"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert sorted(str(path.relative_to(data)) for path in data.rglob("*")) == [
+        str(lock.parent.relative_to(data)), str(lock.relative_to(data))]

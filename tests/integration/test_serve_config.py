@@ -344,6 +344,64 @@ def test_a_node_that_fails_to_start_is_one_line_and_leaves_the_data_dir_as_it_wa
     assert sorted(path.name for path in data.iterdir()) == ["notes.txt"]
 
 
+# `keytrail serve` on a data dir whose audit trail another program (`keytrail audit import`) makes
+# and holds while serve builds its node.
+_TRAIL_TAKEN = """
+import sys
+from pathlib import Path
+import keytrail.cli.node as node
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
+build = node.build_node
+async def build_node(settings, *args, **kwargs):
+    global held
+    held = SegmentLog(event_log_dir(settings.data_dir), writable=True)
+    (event_log_dir(settings.data_dir).parent / "imported").write_text("the other program's")
+    return await build(settings, *args, **kwargs)
+node.build_node = build_node
+from keytrail.cli import main
+main()
+"""
+
+
+def test_a_start_refused_for_an_audit_trail_another_program_holds_leaves_that_trail(tmp_path: Path) -> None:
+    # What the start made goes (principals file, root key, key store), not the trail it was refused for.
+    data = tmp_path / "d"
+    out = subprocess.run([sys.executable, "-c", _TRAIL_TAKEN, "serve", "--data-dir", str(data), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert "is another keytrail serve running" in out.stderr
+    assert sorted(path.name for path in data.iterdir()) == ["audit"]
+    assert (data / "audit" / "imported").read_text() == "the other program's"
+
+
+# `keytrail serve` on a file system where its data dir cannot be locked, whose node fails to start.
+_UNLOCKED_START_FAILS = """
+import os
+from keytrail.cli.data_dir_hold import DataDirHold
+DataDirHold.take = classmethod(lambda cls, data: cls(data, os.open(data, os.O_RDONLY), exclusive=False))
+import keytrail.cli.node as node
+async def _start(*args):
+    raise OSError(28, "No space left on device", "/data/audit/spool/00000000.seg")
+node._start = _start
+from keytrail.cli import main
+main()
+"""
+
+
+def test_a_failed_start_that_cannot_tell_what_it_made_announces_the_signing_key_it_keeps(tmp_path: Path) -> None:
+    # Without the data dir's lock it removes only its principals file: the audit signing key it
+    # made stayed unannounced, and the next start, finding it there, announced nothing either.
+    data = tmp_path / "d"
+    out = subprocess.run([sys.executable, "-c", _UNLOCKED_START_FAILS, "serve", "--data-dir", str(data),
+                          "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == ("keytrail serve: the node did not start: "
+                          "No space left on device: /data/audit/spool/00000000.seg\n")
+    public = data / "audit" / "integrity" / "signing-key.pub.pem"
+    assert out.stdout.startswith(f"Created the audit signing key; its public key {public} has the SHA-256 fingerprint ")
+    assert not (data / "principals.toml").exists()
+
+
 def _tree(data: Path) -> dict[str, bytes | None]:
     """Every path in `data` with a file's bytes (None for a folder)."""
     return {str(path.relative_to(data)): None if path.is_dir() else path.read_bytes() for path in data.rglob("*")}

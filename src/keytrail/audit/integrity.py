@@ -182,9 +182,6 @@ class ChainWriter:
     def __init__(self, paths: IntegrityPaths, log: SegmentLog, *, digest_interval_s: float = 3600.0) -> None:
         self.paths = paths
         self.interval = digest_interval_s
-        key_was_there = paths.private_key.exists()
-        self._key = signing_key(paths)
-        make_dirs(paths.digests)
         self._last: dict[str, Any] | None = None
         # Who added the records the next digests sign: None for calls this node answered,
         # IMPORT_ORIGIN for CloudTrail records imported.
@@ -192,10 +189,14 @@ class ChainWriter:
         self._sequence = 0
         self._covered = 0  # end offset of the last digest
         self._chain = GENESIS
+        # Checked before a signing key is made: a trail refused here gets none (nothing would
+        # announce it, and a retry would take it for the trail's own).
         self._load_last_digest()
         self._check_log_reaches_digest(log)
-        self._check_trail_was_signed(log, key_was_there)
+        self._check_trail_was_signed(log, paths.private_key.exists())
         self._check_nothing_after_clean_stop(log)
+        self._key = signing_key(paths)
+        make_dirs(paths.digests)
         self._hashes = open(reserve(paths.hashes), "r+b")  # noqa: SIM115
         self._recover(log)
         self._last_time: datetime | None = None

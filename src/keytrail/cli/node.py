@@ -138,21 +138,40 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore, stor
     here unless given); nothing starts yet. With `lifespan` the app's ASGI lifespan starts and
     stops it (a server that runs the app by itself: bench's uvicorn --workers); else the caller
     does, with `start_node` and `stop_node` (serve: a failed start is then its own to report)."""
-    data_dir = settings.data_dir
     clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
     if store is None:
         store = await open_store(settings)
-    audit = consumer = None
     in_progress = CallsInProgress()
+    audit = None
     if settings.audit:
-        audit = AuditTrail.open(AuditSettings(data_dir=data_dir, kafka_bootstrap=settings.kafka,
+        audit = AuditTrail.open(AuditSettings(data_dir=settings.data_dir, kafka_bootstrap=settings.kafka,
                                               digest_interval_s=settings.digest_interval_seconds),
                                 now=clock.now, in_progress=in_progress)
-        if settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
-            if not try_lock(consumer_lock(data_dir)):  # the lock the child would hold, for life
-                raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "
-                                      "(keytrail consume): stop it first")
-            consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+    try:
+        node = _assemble(settings, credentials, store, clock, audit, in_progress)
+    except BaseException:
+        # The trail is open (its writer lock, its files, maybe a signing key it made): closed, so
+        # that nothing of it is held, and serve can remove what the failed start made.
+        if audit is not None:
+            with contextlib.suppress(Exception):  # the build's own failure is the one to report
+                await audit.close()
+        raise
+    if lifespan:
+        node.app.settings.startup.append(lambda: start_node(node))
+        node.app.settings.shutdown.append(lambda: stop_node(node))
+    return node
+
+
+def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Store, clock: Clock,
+              audit: AuditTrail | None, in_progress: CallsInProgress) -> Node:
+    """The node's parts around its key store and audit trail (`build_node`)."""
+    data_dir = settings.data_dir
+    consumer = None
+    if audit is not None and settings.dev_clock:  # else the consumer runs as a child process (cli/sidecar.py)
+        if not try_lock(consumer_lock(data_dir)):  # the lock the child would hold, for life
+            raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "
+                                  "(keytrail consume): stop it first")
+        consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
     denied: Counter[tuple[str, str]] = Counter()
     deps = ServiceDeps(
         store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),
@@ -168,9 +187,6 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore, stor
         api.metrics = lambda: _metrics(node, pipeline_metrics)
     node.on_clock_advanced.append(service.run_due)
     api.on_clock_advanced = lambda: _clock_advanced(node)
-    if lifespan:
-        api.startup.append(lambda: start_node(node))
-        api.shutdown.append(lambda: stop_node(node))
     return node
 
 

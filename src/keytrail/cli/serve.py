@@ -301,7 +301,7 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
     from keytrail.cli.node import stop_node
 
     with _StopAsked.caught() as asked:  # SIGTERM while the node is built: stopped once started, exit 0
-        built = await _built_node(settings)
+        built = await _built_node(settings, hold)
         server = HttpServer(built.node.app, settings, built.tls)
         with server.stop_requests():  # and from here, while it starts and serves
             if asked.stop:
@@ -348,28 +348,55 @@ async def _started(built: _Built, server: HttpServer, settings: ServeSettings, h
         server.load()
     except Exception as exc:  # the TLS files replaced since serve checked them, say
         await stop_node(built.node, quiet=True)
-        _remove_what_the_start_made(built, settings, hold)
+        _remove_what_the_start_made(settings, hold, built.admin, built.new_trail)
         raise _fail(f"the HTTP server did not start: {os_problem(exc) if isinstance(exc, OSError) else exc}") from None
     try:
         await start_node(built.node)  # what started is stopped again if it fails
     except BaseException as exc:
-        _remove_what_the_start_made(built, settings, hold)
+        _remove_what_the_start_made(settings, hold, built.admin, built.new_trail)
         if isinstance(exc, StartFailed):
             raise _fail(without_password(str(exc), settings.store)) from None
         raise
 
 
-def _remove_what_the_start_made(built: _Built, settings: ServeSettings, hold: DataDirHold) -> None:
-    """Remove what a start that failed once its node was built made in the data dir (principals
+def _remove_what_the_start_made(settings: ServeSettings, hold: DataDirHold, admin: _NewAdmin | None,
+                                new_trail: bool, failure: BaseException | None = None) -> None:
+    """Remove what a start that failed once its key store was open made in the data dir (principals
     file, root key and key store, audit trail and signing key, consumer and detector state, dev
     certificate): no other serve can have made any of it while this one held the data dir. A root
     key made for a PostgreSQL store stays: the store, shared with other nodes, is sealed under it
-    now. Where the data dir could not be held (a file system without locks), the principals file
-    goes, as for a failed build."""
+    now; so does what another program writes, which the start failed on (`failure`). Where the
+    data dir could not be held (a file system without locks), only the principals file goes, and
+    an audit signing key the start made stays: announced now, or no start ever would."""
     if hold.exclusive:
-        hold.remove_new(keep={"root.key"} if settings.store is not None else set())
-    elif built.admin is not None:
-        built.admin.path.unlink(missing_ok=True)
+        hold.remove_new(keep=_kept(settings, failure))
+        return
+    if admin is not None:
+        admin.path.unlink(missing_ok=True)
+    if new_trail and not isinstance(failure, LogLockedError):  # else the key is the other program's
+        _announce_kept_signing_key(settings)
+
+
+def _announce_kept_signing_key(settings: ServeSettings) -> None:
+    from keytrail.audit.trail import audit_paths
+
+    integrity = audit_paths(settings.data_dir)[1]
+    if integrity.private_key.exists():
+        _print_public_key(integrity, settings.data_dir)
+
+
+def _kept(settings: ServeSettings, failure: BaseException | None) -> set[str]:
+    """What a failed start leaves of what appeared in its data dir: a root key a PostgreSQL store
+    is sealed under, and the audit trail or the consumer's state of the program that holds it
+    (`keytrail audit import`, `keytrail consume`), which the start was refused for."""
+    from keytrail.cli.node import ConsumerRunning
+
+    kept = {"root.key"} if settings.store is not None else set()
+    if isinstance(failure, LogLockedError):
+        kept.add("audit")
+    if isinstance(failure, ConsumerRunning):
+        kept.add("metrics")
+    return kept
 
 
 @dataclass(frozen=True)
@@ -394,26 +421,27 @@ def _announce(built: _Built, settings: ServeSettings) -> None:
         _print_public_key(audit_paths(settings.data_dir)[1], settings.data_dir)
 
 
-async def _built_node(settings: ServeSettings) -> _Built:
-    """The node, built but not started. The key store opens first, and a build that fails keeps
-    no principals file of its own making: a retry would take it for its own and print no `export`
-    line, and the failed start prints none either (an unreachable database, a locked audit trail)."""
+async def _built_node(settings: ServeSettings, hold: DataDirHold) -> _Built:
+    """The node, built but not started. The key store opens first, and a build that fails after
+    that leaves the data dir as a failed start does (`_remove_what_the_start_made`): a principals
+    file or audit signing key it made would be taken by a retry for its own, which would announce
+    neither (no `export` line, no fingerprint), and the failed start announced none either (a
+    locked audit trail, a consumer running, an audit trail that does not open)."""
     from keytrail.audit.trail import audit_paths
     from keytrail.cli.key_store import open_store
     from keytrail.cli.node import build_node
 
     store = await open_store(settings)
     admin = None
+    new_trail = settings.audit and not audit_paths(settings.data_dir)[1].private_key.exists()
     try:
         tls, new_certificate = _tls(settings)
         admin = _new_admin(settings)
         credentials = _credentials(settings, settings.principals or settings.data_dir / "principals.toml")
-        new_trail = settings.audit and not audit_paths(settings.data_dir)[1].private_key.exists()
         node = await build_node(settings, credentials, store, lifespan=False)
-    except BaseException:
-        if admin is not None:  # nobody was told of it: a retry makes (and prints) another
-            admin.path.unlink(missing_ok=True)
+    except BaseException as exc:
         await store.close()
+        _remove_what_the_start_made(settings, hold, admin, new_trail, exc)
         raise
     return _Built(node, tls, admin, new_trail, new_certificate)
 

@@ -281,6 +281,22 @@ def test_a_trail_whose_digests_were_all_deleted_is_named_and_not_signed_again(da
         AuditTrail.open(AuditSettings(data_dir=data_dir))
 
 
+def test_a_trail_refused_on_open_gets_no_signing_key(data_dir: Path) -> None:
+    # The key was made before the checks refused the trail: kept, announced by nothing, and the
+    # next refusal then said that only the digests were gone.
+    import shutil
+
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    _, paths = audit_paths(data_dir)
+    shutil.rmtree(paths.root)
+    for _ in range(2):
+        with pytest.raises(IntegrityFileUnusable, match="its signing key and digests are gone"):
+            AuditTrail.open(AuditSettings(data_dir=data_dir))
+    assert not paths.root.exists()
+
+
 async def test_a_live_trail_has_a_genesis_digest_before_its_first_record(tmp_path: Path) -> None:
     from keytrail.audit.trail import AuditSettings, AuditTrail
     from tests.support.audit_records import encrypt_call
