@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
 from collections.abc import Sequence
 from functools import lru_cache
@@ -27,7 +28,9 @@ from keytrail.audit import schema as audit_schema
 from keytrail.audit.schema import avro_long
 from keytrail.transport.frames import FRAME_HEADER, Payloads
 
-__all__ = ["AVRO_COLUMNS", "avro_frame", "known_writer", "read_writer_columns"]
+__all__ = ["AVRO_COLUMNS", "avro_frame", "known_writer", "read_writer_columns", "readable_avro"]
+
+log = logging.getLogger(__name__)
 
 #: The Avro record fields `frame.frame_from_avro` reads.
 AVRO_COLUMNS = (
@@ -92,6 +95,45 @@ def avro_frame(values: Sequence[bytes]) -> pl.DataFrame:
     if _one_writer(values, first):  # the usual case
         return _read(first, values) if first in _writers() else _fallback(values)
     return _mixed(values)
+
+
+def readable_avro(
+    values: Sequence[bytes], offsets: Sequence[int], partition: str
+) -> tuple[pl.DataFrame, Sequence[int]]:
+    """`avro_frame` of `values` and their `offsets`, less the values it cannot decode, which are
+    named in one warning. A value of a known writer whose body is damaged (cut short, another
+    producer's bytes behind a copied header) fails the whole container: failing the batch would
+    stop its partition for good, as every restart reads the same value again."""
+    frames: list[pl.DataFrame] = []
+    kept: list[int] = []
+    skipped: list[int] = []
+    _bisect(values, offsets, frames, kept, skipped)
+    if not skipped:  # the usual case: one read of the whole batch
+        return frames[0], offsets
+    log.warning("%s: skipped %d audit values that cannot be decoded (offsets %s)", partition, len(skipped),
+                ", ".join(map(str, skipped[:10])) + (" …" if len(skipped) > 10 else ""))
+    return (pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()), kept
+
+
+#: What polars raises on a damaged Avro body (an error, or a panic of its reader).
+_UNDECODABLE = (pl.exceptions.PolarsError, pl.exceptions.PanicException, audit_schema.SchemaError)
+
+
+def _bisect(values: Sequence[bytes], offsets: Sequence[int], frames: list[pl.DataFrame], kept: list[int],
+            skipped: list[int]) -> None:
+    """Decode `values` in halves down to the undecodable ones: a few damaged values among thousands
+    cost a few dozen reads, not one read per value."""
+    try:
+        frames.append(avro_frame(values))
+        kept.extend(offsets)
+        return
+    except _UNDECODABLE:
+        if len(values) == 1:
+            skipped.extend(offsets)
+            return
+    middle = len(values) // 2
+    _bisect(values[:middle], offsets[:middle], frames, kept, skipped)
+    _bisect(values[middle:], offsets[middle:], frames, kept, skipped)
 
 
 def _one_writer(values: Sequence[bytes], prefix: bytes) -> bool:

@@ -51,11 +51,13 @@ class Batch:
         return self.offsets[-1] + 1
 
     def frame_from(self, index: int) -> pl.DataFrame:
-        """The fixed-schema frame of the records from position `index` on."""
+        """The fixed-schema frame of the records from position `index` on (without the values
+        that cannot be decoded: the caller counts them as unreadable)."""
         if self.values:
-            from keytrail.pipeline.decode import avro_frame  # needs the audit layer's schema files
+            from keytrail.pipeline.decode import readable_avro  # needs the audit layer's schema files
 
-            return frame_from_avro(avro_frame(self.values[index:]), self.offsets[index:])
+            avro, offsets = readable_avro(self.values[index:], self.offsets[index:], self.partition)
+            return frame_from_avro(avro, offsets) if offsets else empty_frame()
         return frame_from_records(self.records[index:], self.offsets[index:])
 
 

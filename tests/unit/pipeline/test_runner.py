@@ -334,3 +334,37 @@ async def test_last_used_read_a_slice_at_a_time_is_exact(
         for r in store.last_used().iter_rows(named=True)
     }
     assert last == reference.last_used(events)
+
+
+class ValuesSource:
+    """Avro single-object values in batches, as a Kafka partition delivers them."""
+
+    def __init__(self, values: list[bytes], size: int = 500) -> None:
+        self.values, self.size = values, size
+
+    async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
+        for start in range(start_at("p0"), len(self.values), self.size):
+            chunk = self.values[start : start + self.size]
+            yield Batch("p0", range(start, start + len(chunk)), values=chunk)
+
+    async def commit(self, batch: Batch) -> None:
+        return None
+
+    async def rewind(self, partition: str, offset: int) -> None:
+        raise AssertionError("single owner: never rewound")
+
+
+async def test_a_damaged_value_of_a_known_writer_is_skipped_not_a_stop_of_its_partition(
+    tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    from keytrail.audit.schema import encode
+
+    values = [encode(event) for event in events]
+    # A value cut short, and another producer's bytes behind a copied header: both fail polars'
+    # reader for their whole batch, so every restart would stop at the same offset again.
+    values[1234] = values[1234][: len(values[1234]) // 2]
+    values[2000] = values[2000][:10] + b"\xff" * 40
+    stats = await Runner(state_dir(tmp_path), ValuesSource(values)).run()
+    assert (stats.records, stats.unreadable) == (len(events), 2)
+    _assert_exact(tmp_path, [e for i, e in enumerate(events) if i not in (1234, 2000)])
+    assert "p0: skipped 1 audit values that cannot be decoded (offsets 1234)" in caplog.text
