@@ -116,3 +116,45 @@ async def test_a_broker_out_of_reach_is_given_up_on_at_the_last_failure_without_
         await sink.deliver(alarm)
     await sink.aclose()
     assert waits == [0.25, 0.5]  # between the attempts; none after the last (it waited 1.0 s more, 8 s by default)
+
+
+async def test_an_alarm_mqtt_had_not_taken_when_serve_was_killed_arrives_after_the_restart(tmp_path: Path) -> None:
+    """The broker is down when the alarm is raised: alarms.jsonl has it, the MQTT hook is still
+    retrying when serve is killed. The restart announces nothing alarms.jsonl holds, so the hook's
+    outbox is what brings the alarm to the broker once it is back."""
+    from botocore.exceptions import ClientError
+
+    from tests.support.server import KeytrailServer
+
+    port = free_port()
+    server = KeytrailServer(tmp_path / "data", "--mqtt", f"mqtt://127.0.0.1:{port}").start()
+    jsonl = tmp_path / "data" / "alarms.jsonl"
+    try:
+        alice = server.client("alice")
+        blob = alice.encrypt(KeyId=alice.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+        with pytest.raises(ClientError, match="AccessDenied"):
+            server.client("bob").decrypt(CiphertextBlob=blob)
+        async with asyncio.timeout(30):
+            while not (jsonl.exists() and jsonl.read_text()):
+                await asyncio.sleep(0.1)
+    finally:
+        server.kill()
+    alarm_id = json.loads(jsonl.read_text().splitlines()[0])["alarmId"]
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    broker = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        async with aiomqtt.Client("127.0.0.1", port) as subscriber:
+            await subscriber.subscribe("keytrail/alarms/#", qos=1)
+            await asyncio.to_thread(server.start)
+            try:
+                async with asyncio.timeout(30):
+                    async for message in subscriber.messages:
+                        if json.loads(message.payload)["alarmId"] == alarm_id:  # type: ignore[arg-type]
+                            break
+            finally:
+                await asyncio.to_thread(server.stop)
+    finally:
+        broker.terminate()
+        broker.wait(5)
+    assert str(message.topic) == "keytrail/alarms/unauthorized-decrypt"

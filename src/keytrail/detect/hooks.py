@@ -25,7 +25,15 @@ from keytrail.detect.sinks import AlarmSink
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.transport.addresses import redacted, url_problem
 
-__all__ = ["HooksConfig", "WebhookConfig", "build_sinks", "mqtt_url_problem", "shown_url", "webhook_url_problem"]
+__all__ = [
+    "HooksConfig",
+    "WebhookConfig",
+    "build_sinks",
+    "mqtt_url_problem",
+    "outbox_paths",
+    "shown_url",
+    "webhook_url_problem",
+]
 
 
 def mqtt_url_problem(url: str) -> str | None:
@@ -134,6 +142,14 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
     if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0):
         raise ValueError(f"webhook {shown}: backoff must be a number of seconds, not {backoff!r}")
     return WebhookConfig(url, secret.encode(), attempts, float(backoff))
+
+
+def outbox_paths(data_dir: Path, hooks: HooksConfig) -> list[Path | None]:
+    """The outbox file of each sink `build_sinks` makes, in its order (None for alarms.jsonl, the
+    record itself): `<data-dir>/alarm-outbox-<hook>.jsonl`, hook `mqtt`, `kafka` or `webhook-<n>`."""
+    names = [*(["mqtt"] if hooks.mqtt else []), *(["kafka"] if hooks.kafka else []),
+             *(f"webhook-{index}" for index in range(len(hooks.webhooks)))]
+    return [None, *(data_dir / f"alarm-outbox-{name}.jsonl" for name in names)]
 
 
 def build_sinks(data_dir: Path, hooks: HooksConfig) -> list[AlarmSink]:

@@ -24,10 +24,11 @@ from keytrail.clock import Clock
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.engine import Detector
 from keytrail.detect.events import KmsEvent
-from keytrail.detect.hooks import HooksConfig, build_sinks
+from keytrail.detect.hooks import HooksConfig, build_sinks, outbox_paths
 from keytrail.detect.rules import RuleSet
 from keytrail.detect.sinks import AlarmSink, Dispatcher
 from keytrail.detect.sinks.jsonl import read_alarms
+from keytrail.detect.sinks.outbox import Outbox
 from keytrail.detect.sources import Decoder, ValueBatch, default_decoder, is_avro
 
 __all__ = ["CHUNK", "DetectorRunner", "batch_guard"]
@@ -43,10 +44,14 @@ class DetectorRunner:
     """Runs a Detector and hands what it announces to the hooks, never waiting on them."""
 
     def __init__(
-        self, detector: Detector, sinks: Sequence[AlarmSink], delivered: Mapping[str, Alarm] | None = None
+        self,
+        detector: Detector,
+        sinks: Sequence[AlarmSink],
+        delivered: Mapping[str, Alarm] | None = None,
+        outboxes: Sequence[Outbox | None] = (),
     ) -> None:
         self.detector = detector
-        self.dispatcher = Dispatcher(sinks)
+        self.dispatcher = Dispatcher(sinks, outboxes=outboxes)
         earlier = (delivered or {}).values()
         # The state delivered of each alarm (severity rank, count), so none goes out twice: of the
         # alarms the detector holds, and of those in alarms.jsonl (an earlier run over the same
@@ -66,8 +71,12 @@ class DetectorRunner:
         clock: Clock | None = None,
     ) -> DetectorRunner:
         """A runner writing `<data_dir>/alarms.jsonl` plus the configured hooks (call inside the loop)."""
+        hooks = hooks or HooksConfig()
         delivered = read_alarms(data_dir / "alarms.jsonl")
-        return cls(Detector(rules, clock), build_sinks(data_dir, hooks or HooksConfig()), delivered)
+        # What alarms.jsonl holds is not announced again: what a hook had not been given of it
+        # when the previous run ended (killed, or the hook down) comes from the hook's outbox.
+        outboxes = [Outbox(path) if path is not None else None for path in outbox_paths(data_dir, hooks)]
+        return cls(Detector(rules, clock), build_sinks(data_dir, hooks), delivered, outboxes)
 
     async def feed(self, records: Iterable[Mapping[str, Any]]) -> list[Alarm]:
         """Process CloudTrail records; returns (and delivers) the alarms raised or escalated."""

@@ -235,3 +235,62 @@ async def test_a_time_rule_alarm_is_not_resent_after_a_restart(tmp_path: Path) -
         await runner.close()
         assert [alarm.rule for alarm in raised] == (["unused-key"] if run == 0 else [])
     assert len(_lines(tmp_path)) == 1
+
+
+def _runner(tmp_path: Path, hook: Any) -> DetectorRunner:
+    """A runner as `DetectorRunner.open` makes one, with `hook` for its one hook besides alarms.jsonl."""
+    from keytrail.detect.sinks.outbox import Outbox
+
+    return DetectorRunner(Detector(), [JsonlSink(tmp_path / "alarms.jsonl"), hook],
+                          read_alarms(tmp_path / "alarms.jsonl"), [None, Outbox(tmp_path / "alarm-outbox-hook.jsonl")])
+
+
+async def _killed(runner: DetectorRunner) -> None:
+    """What kill -9 leaves: nothing of the runner runs on, nothing is drained or closed."""
+    for worker in runner.dispatcher._workers:
+        worker.cancel()
+    await asyncio.gather(*runner.dispatcher._workers, return_exceptions=True)
+
+
+async def test_an_alarm_a_hook_had_not_taken_when_the_detector_was_killed_reaches_it_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    records = [denied("Decrypt", T0 + timedelta(seconds=i), key_arn(1), user("eve")) for i in range(3)]
+    first = _runner(tmp_path, Stuck())  # the broker is down: the hook holds the alarm, retrying
+    [raised] = await first.feed(records)
+    while not _lines(tmp_path):  # alarms.jsonl has it: a restart announces it no more
+        await asyncio.sleep(0.01)
+    await _killed(first)
+    hook = Recorder()
+    second = _runner(tmp_path, hook)
+    assert await second.feed(records) == []  # the replay raises it again, and alarms.jsonl says it went out
+    await second.close()  # sends the alarm's latest count, which the first run had not announced
+    assert hook.alarms[0] == raised and [(a.alarm_id, a.count) for a in hook.alarms[1:]] == [(raised.alarm_id, 3)]
+    assert [json.loads(line)["count"] for line in _lines(tmp_path)] == [1, 3]
+
+
+async def test_a_hook_that_took_everything_is_owed_nothing_after_a_restart(tmp_path: Path) -> None:
+    records = [denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(1), user("eve")) for i in range(3)]
+    first, hook = _runner(tmp_path, Recorder()), Recorder()
+    await first.feed(records)
+    await first.close()
+    assert (tmp_path / "alarm-outbox-hook.jsonl").read_text() == ""  # holds what is in flight, not the history
+    second = _runner(tmp_path, hook)
+    await second.feed(records)
+    await second.close()
+    assert hook.alarms == []
+
+
+async def test_alarms_left_by_the_close_drain_are_sent_at_the_next_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = [denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve")) for i in range(3)]
+    first = _runner(tmp_path, Stuck())
+    raised = await first.feed(records)
+    await asyncio.sleep(0.05)
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        await first.dispatcher.close(timeout=0.2)
+    assert "Stuck (kept for the next start) 3" in caplog.text
+    hook = Recorder()
+    await _runner(tmp_path, hook).close()  # no event read yet: what is owed goes first
+    assert hook.alarms == raised

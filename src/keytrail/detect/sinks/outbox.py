@@ -1,0 +1,102 @@
+"""What a hook still owes: the alarm states queued for it and not yet handled, kept on disk so that
+a detector killed, or stopped while the hook was down, sends them when it starts again.
+
+A restart announces nothing that `alarms.jsonl` holds, and a hook's queue is in memory: without
+this file an alarm written to alarms.jsonl but not yet delivered to MQTT, Kafka or a webhook (the
+broker down for a minute, a slow receiver, the drain at close cut off, a kill -9) never reached
+that hook. One JSON line per change: `{"queued": <alarm JSON>}` when the alarm is queued for the
+hook, `{"handled": alarmId, "rank": r, "count": n}` once the hook delivered it or gave up on it (its
+retries spent: logged, and a webhook's dead-letter file holds it). The file is emptied whenever the
+hook's queue is, so it holds what is in flight, not the history. Best effort: a write that fails (a
+full disk) is logged once and delivery goes on from memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from keytrail.detect.alarms import Alarm
+from keytrail.owner_only import open_file
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """The owed alarms of one hook, in `path` (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.owed = _owed(path)  # what the previous run queued and the hook never handled, in order
+        try:
+            self._rewrite(self.owed)
+        except OSError as exc:  # a full disk: the file keeps its lines, and reads the same next time
+            log.error("%s: cannot rewrite (%s); kept as it is", path, exc)
+        self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
+        self._failing = False
+
+    def queued(self, alarm: Alarm) -> None:
+        """The alarm is in the hook's queue."""
+        self._append({"queued": alarm.to_json()})
+
+    def handled(self, alarm: Alarm, *, drained: bool) -> None:
+        """The hook is done with the alarm; `drained`: its queue is empty, nothing is owed."""
+        if drained:
+            self._emptied()
+        else:
+            self._append({"handled": alarm.alarm_id, "rank": alarm.severity.rank, "count": alarm.count})
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _append(self, entry: dict[str, object]) -> None:
+        self._write(lambda: os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode()))
+
+    def _emptied(self) -> None:
+        self._write(lambda: os.ftruncate(self._fd, 0))  # O_APPEND: the next line starts the file again
+
+    def _write(self, operation: Callable[[], object]) -> None:
+        try:
+            operation()
+        except OSError as exc:
+            if not self._failing:
+                log.error("%s: cannot record the alarms this hook owes (%s); a restart before they are "
+                          "delivered would not send them", self.path, exc)
+                self._failing = True
+            return
+        self._failing = False
+
+    def _rewrite(self, owed: list[Alarm]) -> None:
+        """Keep only what is owed: the file does not carry the previous run's history on."""
+        temp = self.path.with_name(f".{self.path.name}.tmp")
+        with os.fdopen(open_file(temp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as file:
+            file.writelines(json.dumps({"queued": a.to_json()}, separators=(",", ":")) + "\n" for a in owed)
+        temp.replace(self.path)
+
+
+def _owed(path: Path) -> list[Alarm]:
+    """The latest queued state of each alarm that no `handled` line covers, in the order queued."""
+    queued: dict[str, Alarm] = {}
+    handled: dict[str, tuple[int, int]] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            if "queued" in entry:
+                alarm = Alarm.from_json(entry["queued"])
+                queued[alarm.alarm_id] = alarm
+            else:
+                state = (int(entry["rank"]), int(entry["count"]))
+                handled[entry["handled"]] = max(state, handled.get(entry["handled"], state))
+        except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+            continue
+    return [alarm for alarm_id, alarm in queued.items()
+            if (alarm.severity.rank, alarm.count) > handled.get(alarm_id, (-1, 0))]
