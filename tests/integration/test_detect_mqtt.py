@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -158,3 +159,27 @@ async def test_an_alarm_mqtt_had_not_taken_when_serve_was_killed_arrives_after_t
         broker.terminate()
         broker.wait(5)
     assert str(message.topic) == "keytrail/alarms/unauthorized-decrypt"
+
+
+async def test_a_broker_that_never_answers_the_connect_costs_no_socket_or_task_per_attempt() -> None:
+    """A hung broker (or a proxy with nothing behind it) takes the TCP connection and never sends
+    CONNACK: each timed-out attempt left its socket open with a task reading it, so a long outage
+    like this ran the detector out of file descriptors."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; lets go once the client closes its end
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = MqttSink(f"mqtt://127.0.0.1:{port}", attempts=4, backoff=0, timeout=0.2)
+    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    sockets, tasks = len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks())
+    for _ in range(3):
+        with pytest.raises(DeliveryError):
+            await sink.deliver(alarm)
+    await asyncio.sleep(0.5)  # the closes reach the server
+    assert (len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks())) == (sockets, tasks)  # not 24 and 24 more
+    await sink.aclose()
+    server.close()
+    await server.wait_closed()

@@ -78,7 +78,11 @@ class MqttSink:
                 tls_context=self._tls,
                 timeout=self.timeout,
             )
-            await client.__aenter__()
+            try:
+                await client.__aenter__()
+            except BaseException:
+                await _abandon(client)
+                raise
             self._client = client
         return self._client
 
@@ -90,3 +94,17 @@ class MqttSink:
 
     async def aclose(self) -> None:
         await self._disconnect()
+
+
+async def _abandon(client: aiomqtt.Client) -> None:
+    """Close the socket of a connection that never got its CONNACK (a hung broker, a proxy or load
+    balancer with nothing behind it). aiomqtt leaves it open, with a task reading it, when the wait
+    times out: each attempt kept one more of each, so a broker down like this for hours ran the
+    detector out of file descriptors. A refused connect opened no socket and needs nothing.
+    `__aexit__` sends DISCONNECT and closes the socket once it is written, then waits for an
+    acknowledgement that a connection never accepted cannot bring: that wait is cut short."""
+    if client._client.socket() is None:  # the paho client aiomqtt wraps: no socket, nothing to close
+        return
+    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.__aexit__(None, None, None)
