@@ -24,20 +24,50 @@ __all__ = ["export_tables", "stale_days"]
 
 
 def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | None = None) -> list[Path]:
-    """Rewrite the usage and cost tables of `days`, and the last-used table; return the files written."""
+    """Rewrite the usage tables of `days`, the cost tables whose content they may change (see
+    `_cost_days`), and the last-used table; return the files written."""
     store = MetricsStore(data_dir)
     root = data_dir / "metrics"
+    changed = set(days)
     written = []
-    for day in sorted(set(days)):
+    for day in sorted(changed):
         since = datetime.combine(day, time(), UTC)
-        until = since + timedelta(days=1)
-        name = f"day={day.isoformat()}"
-        written.append(_write(store.usage_minutes(since, until), root / "usage" / name / "usage.parquet"))
-        written.append(
-            _write(store.cost(prices or PriceTable(), since, until), root / "cost" / name / "cost.parquet")
-        )
+        written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
+    for day in sorted(_cost_days(root, store, changed)):
+        since = datetime.combine(day, time(), UTC)
+        cost = store.cost(prices or PriceTable(), since, since + timedelta(days=1))
+        written.append(_write(cost, _table(root, "cost", day)))
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
+
+
+def _cost_days(root: Path, store: MetricsStore, changed: set[date]) -> set[date]:
+    """The days whose cost table may no longer say what the state does: a key's storage accrues
+    every day it exists, with or without events, and an event (a CreateKey, a DeleteKey read late)
+    may change the storage of every day after its own. So, besides the changed days, every day of
+    the storage span from the first changed one on, and every day of it that has no table yet (a
+    quiet day, which no event marks as changed: without it, summing the daily tables left out its
+    storage)."""
+    span = _storage_span(store)
+    start = min(changed, default=date.max)
+    return changed | {day for day in span if day >= start or not _table(root, "cost", day).exists()}
+
+
+def _storage_span(store: MetricsStore) -> list[date]:
+    """The UTC days from the first key creation read (storage is billed for keys seen created) to
+    the last event's, and no later than tomorrow by the wall clock: an event stamped years ahead
+    (a skewed clock, a bad record) must not have the export write a table for each day until then."""
+    created = store.lifecycle().filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))["eventTime"].min()
+    last = store.time_bounds()[1]
+    if not isinstance(created, datetime) or last is None:
+        return []
+    first = created.astimezone(UTC).date()
+    end = min(last.astimezone(UTC).date(), datetime.now(UTC).date() + timedelta(days=1))
+    return [first + timedelta(days=n) for n in range((end - first).days + 1)]
+
+
+def _table(root: Path, name: str, day: date) -> Path:
+    return root / name / f"day={day.isoformat()}" / f"{name}.parquet"
 
 
 def stale_days(data_dir: Path) -> set[date]:

@@ -1,0 +1,69 @@
+"""The exported Parquet tables: the daily cost tables add up to what `keytrail cost` answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.sources import RecordsSource
+from tests.unit.detect.records import create_key, event, key_arn, user
+
+MONDAY = datetime(2026, 3, 2, 12, tzinfo=UTC)
+
+
+async def _consume(data_dir: Path, records: list[dict[str, Any]]) -> None:
+    await MetricsConsumer(ConsumerSettings(data_dir), RecordsSource(records)).run()
+
+
+def _daily_tables(data_dir: Path) -> dict[date, Decimal]:
+    """Each exported day's total cost, as a FinOps query over metrics/cost/day=*/ reads them."""
+    tables = sorted((data_dir / "metrics" / "cost").glob("day=*/cost.parquet"))
+    return {date.fromisoformat(p.parent.name[4:]): sum(pl.read_parquet(p)["totalCost"], Decimal()) for p in tables}
+
+
+def _answered(data_dir: Path, day: date) -> Decimal:
+    since = datetime.combine(day, datetime.min.time(), UTC)
+    cost = MetricsStore(data_dir).cost(PriceTable(), since, since + timedelta(days=1))
+    return sum(cost["totalCost"], Decimal())
+
+
+async def test_a_day_without_events_has_its_cost_table_for_the_keys_it_kept(tmp_path: Path) -> None:
+    # A key created on Monday and next used on Sunday costs storage on every day between.
+    await _consume(tmp_path, [create_key(MONDAY, key_arn(1)), event("Encrypt", MONDAY + timedelta(days=6), key_arn(1),
+                                                                    user("alice"))])
+    tables = _daily_tables(tmp_path)
+    assert sorted(tables) == [MONDAY.date() + timedelta(days=n) for n in range(7)]  # not Monday and Sunday only
+    assert tables == {day: _answered(tmp_path, day) for day in tables}
+
+
+async def test_a_key_created_late_in_the_stream_is_in_the_cost_tables_of_the_days_already_exported(
+    tmp_path: Path,
+) -> None:
+    uses = [event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(5)]
+    records = [create_key(MONDAY, key_arn(1)), *uses]
+    await _consume(tmp_path, records)
+    # An older CloudTrail file read after the newer ones: a key made on Tuesday, read after Friday's events.
+    await _consume(tmp_path, [*records, create_key(MONDAY + timedelta(days=1), key_arn(2))])
+    tables = _daily_tables(tmp_path)
+    assert tables == {day: _answered(tmp_path, day) for day in tables}
+    friday = (MONDAY + timedelta(days=4)).date()
+    friday_table = pl.read_parquet(tmp_path / "metrics" / "cost" / f"day={friday}" / "cost.parquet")
+    assert sorted(friday_table["keyArn"]) == [key_arn(1), key_arn(2)]
+
+
+async def test_an_event_stamped_years_ahead_adds_its_own_day_not_a_table_for_each_day_until_then(
+    tmp_path: Path,
+) -> None:
+    created = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+    skewed = datetime(2099, 1, 1, tzinfo=UTC)  # a node's clock gone wrong, a bad imported record
+    await _consume(tmp_path, [create_key(created, key_arn(1)), event("Encrypt", skewed, key_arn(1), user("alice"))])
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    quiet = [created.date() + timedelta(days=n) for n in range((tomorrow - created.date()).days + 1)]
+    assert sorted(_daily_tables(tmp_path)) == [*quiet, skewed.date()]  # not the 26,000 days until 2099
