@@ -294,3 +294,23 @@ async def test_alarms_left_by_the_close_drain_are_sent_at_the_next_start(
     hook = Recorder()
     await _runner(tmp_path, hook).close()  # no event read yet: what is owed goes first
     assert hook.alarms == raised
+
+
+def test_reading_alarms_jsonl_at_start_holds_the_latest_states_not_the_file(tmp_path: Path) -> None:
+    """An alarm open for months adds a line at each tick its count changed: the file grows without
+    bound, and the detector's start read it whole (twice its size in memory)."""
+    import dataclasses
+    import tracemalloc
+
+    path, alarm = tmp_path / "alarms.jsonl", sample_alarm()
+    with path.open("w") as file:
+        for count in range(1, 20_001):
+            file.write(json.dumps(dataclasses.replace(alarm, count=count).to_json()) + "\n")
+    tracemalloc.start()
+    try:
+        latest = read_alarms(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(a.alarm_id, a.count) for a in latest.values()] == [(alarm.alarm_id, 20_000)]
+    assert peak < path.stat().st_size / 10, (peak, path.stat().st_size)
