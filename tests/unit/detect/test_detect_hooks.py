@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem
+from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem, outbox_paths
 from keytrail.detect.sinks import retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
@@ -81,6 +81,10 @@ async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
     sinks = build_sinks(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))
     assert [type(s) for s in sinks] == [JsonlSink, MqttSink, KafkaSink, WebhookSink, WebhookSink]
     assert sinks[0].path == tmp_path / "alarms.jsonl"  # type: ignore[attr-defined]
+    # Each hook's outbox at the same position: a mismatch would send one hook's owed alarms to another.
+    assert [p.name if p else None for p in outbox_paths(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))] == [
+        None, "alarm-outbox-mqtt.jsonl", "alarm-outbox-kafka.jsonl", "alarm-outbox-webhook-0.jsonl",
+        "alarm-outbox-webhook-1.jsonl"]
     for sink in sinks:
         await sink.aclose()  # type: ignore[attr-defined]
 
