@@ -153,3 +153,35 @@ async def test_credentials_in_the_url_stay_out_of_logs_and_the_dead_letter_file(
     assert "127.0.0.1" in caplog.text and "127.0.0.1" in dead_letter  # still says which hook
     for secret in ("url-password", "query-token"):
         assert secret not in caplog.text and secret not in dead_letter
+
+
+async def test_a_receiver_answering_with_a_huge_body_costs_the_hook_no_memory(tmp_path: Path) -> None:
+    """Only the status matters: a URL that answers with a download (a misrouted hook, a proxy's
+    error page of a file server) had every alarm read the whole answer into memory."""
+    import tracemalloc
+
+    size = 100_000_000
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 1_000_000):
+                writer.write(bytes(1_000_000))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=1)
+    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    tracemalloc.start()
+    try:
+        await sink.deliver(alarm)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        await sink.aclose()
+        server.close()
+    assert not (tmp_path / "dead.jsonl").exists()  # delivered: 200
+    assert peak < 10_000_000, peak

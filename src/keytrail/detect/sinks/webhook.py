@@ -68,12 +68,14 @@ class WebhookSink:
         for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
             try:
                 # httpx's timeout bounds each read: a receiver trickling bytes would hold the hook
-                # (and every alarm queued behind this one) forever.
-                async with asyncio.timeout(self.timeout):
-                    response = await self._client.post(self.url, content=body, headers=headers)
-                if response.is_success:
-                    return
-                error = f"HTTP {response.status_code}"
+                # (and every alarm queued behind this one) forever. The answer's body is never read:
+                # only the status counts, and a URL answering with a download took its size in memory.
+                async with asyncio.timeout(self.timeout), self._client.stream(
+                    "POST", self.url, content=body, headers=headers
+                ) as response:
+                    if response.is_success:
+                        return
+                    error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except TimeoutError:
