@@ -162,6 +162,26 @@ async def test_messages_that_are_not_audit_events_are_skipped_not_fatal(tmp_path
     _exact(tmp_path, events)
 
 
+async def test_an_audit_event_with_a_damaged_body_is_skipped_and_the_partition_read_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = list(generate_events(300, SETTINGS, seed=26))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events[:150], partitions=1)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:  # a known writer's header before bytes that are no event of it: polars fails the batch
+            await producer.send_and_wait(AUDIT_TOPIC, schema.encode(events[0])[:10] + b"\xff" * 40, key=b"k")
+        finally:
+            await producer.stop()
+        await _produce(bootstrap, events[150:], partitions=1)
+        source = KafkaSource(bootstrap, group_id="metrics-damaged", idle_seconds=4.0)
+        stats = await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+    assert (stats.records, stats.unreadable) == (len(events) + 1, 1)
+    assert "keytrail.audit.v1-0: skipped 1 audit values that cannot be decoded (offsets 150)" in caplog.text
+    _exact(tmp_path, events)
+
+
 async def test_standalone_consume_serves_its_requests_cost_and_lag_at_metrics(tmp_path: Path) -> None:
     """docker-compose's `consume` service (`--metrics-port`): Prometheus reads the consumer's figures
     there, as it reads serve's at the node's /metrics."""
