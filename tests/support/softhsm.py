@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SoftHsm", "softhsm_module", "softhsm_token"]
+__all__ = ["SoftHsm", "open_sessions", "softhsm_module", "softhsm_token"]
 
 _MODULES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -52,3 +54,32 @@ def softhsm_token(directory: Path, label: str, user_pin: str, module: str) -> So
         env={"SOFTHSM2_CONF": str(conf), "PATH": "/usr/bin:/bin"},
     )
     return SoftHsm(module, conf, label, user_pin, so_pin)
+
+
+class _SessionInfo(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_ulong), ("state", ctypes.c_ulong), ("flags", ctypes.c_ulong),
+                ("device_error", ctypes.c_ulong)]
+
+
+def open_sessions(module: str, label: str) -> int:
+    """How many sessions this process has open on the token, as the token counts them: SoftHSM2
+    gives no count (C_GetTokenInfo answers CK_UNAVAILABLE_INFORMATION), so each handle up to that of
+    a session opened now is asked C_GetSessionInfo (SoftHSM2 numbers sessions and objects from 1)."""
+    import pkcs11
+
+    from keytrail.kms.hsm_module import MODULE_CALLS
+
+    library = ctypes.CDLL(module)  # the module this process loaded already: the same sessions
+    with MODULE_CALLS:
+        token = pkcs11.lib(module).get_token(token_label=label)
+        probe: Any = token.open()  # python-pkcs11's stubs lack `handle`
+        try:
+            info = _SessionInfo()
+            return sum(
+                library.C_GetSessionInfo(ctypes.c_ulong(handle), ctypes.byref(info)) == 0
+                and info.slot == token.slot.slot_id
+                for handle in range(1, probe.handle)
+            )
+        finally:
+            probe.close()
+

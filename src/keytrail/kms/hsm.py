@@ -11,6 +11,8 @@ key itself, where the token cannot derive them.
 This module is the surface; the parts live in modules of their own:
 
 - `hsm_module`: the PKCS#11 module, the one lock of all its calls, token lookup and login;
+- `hsm_login`: C_Login and C_Logout apart from opening and closing the session, so that neither
+  failing leaves the session open;
 - `hsm_failures`: what a failed PKCS#11 call says about its session;
 - `hsm_key_objects`: the token's key objects as one session sees them;
 - `hsm_session`: one logged-in session, and the blob formats sealed and opened in it;

@@ -3,6 +3,7 @@ calls, and finding and logging in to the token a store's CloudHsmClusterId names
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -14,10 +15,11 @@ from pkcs11 import Mechanism
 from pkcs11 import exceptions as p11
 
 from keytrail.kms.hsm_derivation import DERIVATION
+from keytrail.kms.hsm_login import Logins
 
 __all__ = [
-    "MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "RefusedLogins", "find_token", "log_in", "module_path",
-    "token_label",
+    "MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "RefusedLogins", "find_token", "log_in", "log_out",
+    "module_path", "token_label",
 ]
 
 MODULE_ENV = "KEYTRAIL_PKCS11_MODULE"
@@ -32,6 +34,7 @@ _ERROR_CODES: dict[type[Exception], str] = {
     p11.UserPinNotInitialized: "USER_NOT_FOUND",
 }
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
+_logins: dict[str, Logins] = {}
 # python-pkcs11 initialises a module with C_Initialize(NULL): a promise that no two threads call it
 # at once (PKCS#11 v2.40 §5.4), on which SoftHSM2 turns its own locks off; and it lets go of the GIL
 # in each call. Calls of two sessions (two stores) from two worker threads crashed the process, so
@@ -69,6 +72,14 @@ def _library(path: str) -> Any:
         return _libraries[path]
 
 
+def _logins_of(path: str) -> Logins:
+    with MODULE_CALLS:
+        if path not in _logins:
+            _library(path)  # initialised first: C_Login needs C_Initialize done
+            _logins[path] = Logins(path)
+        return _logins[path]
+
+
 def find_token(path: str, cluster_id: str) -> bool:
     """True if the module has one initialised token for this cluster id; HsmError if the module
     cannot list its tokens (a token removed under it can fail every lookup, CKR_GENERAL_ERROR)."""
@@ -91,11 +102,34 @@ def log_in(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
             mechanisms = token.slot.get_mechanisms()
             if Mechanism.AES_GCM not in mechanisms:
                 raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
-            return token.open(rw=True, user_pin=pin), DERIVATION in mechanisms
+            return _logged_in(path, token, pin), DERIVATION in mechanisms
     except p11.PKCS11Error as exc:
         raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
     except OSError as exc:
         raise HsmError("INTERNAL_ERROR", str(exc)) from None
+
+
+def _logged_in(path: str, token: Any, pin: str) -> Any:
+    """A read-write session of the token, logged in as its user, or none left open: the session is
+    opened public and logged in apart (hsm_login.py says why), and closed if the login fails."""
+    session = token.open(rw=True)
+    try:
+        _logins_of(path).log_in(session.handle, pin)
+    except BaseException:
+        with contextlib.suppress(p11.PKCS11Error):  # the login's answer is the one that counts
+            session.close()
+        raise
+    return session
+
+
+def log_out(path: str, session: Any) -> None:
+    """End the login of a session `log_in` gave (C_Logout), then the session itself (C_CloseSession)
+    even if the token refused the logout; the first PKCS11Error then."""
+    with MODULE_CALLS:
+        try:
+            _logins_of(path).log_out(session.handle)
+        finally:
+            session.close()
 
 
 class RefusedLogins:

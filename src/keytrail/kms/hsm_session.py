@@ -18,7 +18,7 @@ from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, TOKEN_SALT, BlobHeader
 from keytrail.kms.hsm_derivation import DerivedKeys
 from keytrail.kms.hsm_failures import BLOB_REFUSED, refused, warn_format_1
 from keytrail.kms.hsm_key_objects import KeyObjects
-from keytrail.kms.hsm_module import MODULE_CALLS, log_in
+from keytrail.kms.hsm_module import MODULE_CALLS, log_in, log_out
 
 __all__ = ["TokenSession", "open_session"]
 
@@ -28,15 +28,18 @@ _NONCE = 12
 def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
     """Log in to the cluster's token as its user (CKU_USER) in a read-write session."""
     session, derives = log_in(path, cluster_id, pin)
-    return TokenSession(session, derives=derives)
+    return TokenSession(session, derives=derives, module=path)
 
 
 class TokenSession:
     """One logged-in session; its calls hold the lock of all PKCS#11 calls (`MODULE_CALLS`), which
-    also guards its caches. `derives`: the token offers format 3's derivation (kms/hsm_derivation.py)."""
+    also guards its caches. `derives`: the token offers format 3's derivation (kms/hsm_derivation.py).
+    `module`: the PKCS#11 module whose `log_in` gave the session, which logs it out; without it, the
+    session is one python-pkcs11 logged in itself, and its close() logs it out."""
 
-    def __init__(self, session: Any, derives: bool = False) -> None:
+    def __init__(self, session: Any, derives: bool = False, module: str | None = None) -> None:
         self._session = session
+        self._module = module
         self._lock = MODULE_CALLS
         self._keys = KeyObjects(session)
         self.derives = derives
@@ -116,8 +119,13 @@ class TokenSession:
             return bytes(self._session.generate_random(count * 8))
 
     def close(self) -> None:
+        """Log out and close the session: closed even if the token refuses the logout, which would
+        otherwise leave it open on the token for good."""
         with self._lock:
-            self._session.close()
+            if self._module is None:
+                self._session.close()
+            else:
+                log_out(self._module, self._session)
 
     def discard(self) -> None:
         """Close the session if the token still knows it; one it already closed or logged out

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from keytrail.kms import hsm_session
+from keytrail.kms import hsm_login, hsm_session
 
 __all__ = ["Faults", "flaky_logins"]
 
@@ -25,8 +25,9 @@ class Faults:
         self._hanging: set[str] = set()
 
     def fail(self, function: str, error: Exception, *, closing: bool = False) -> None:
-        """The next `function` (C_Login, C_Encrypt, C_Decrypt, C_DeriveKey, C_SetAttributeValue,
-        C_GenerateKey, C_GenerateRandom, C_FindObjects) raises `error`; `closing`: the token also closed the session."""
+        """The next `function` (C_Login, C_Logout, C_Encrypt, C_Decrypt, C_DeriveKey, C_SetAttributeValue,
+        C_GenerateKey, C_GenerateRandom, C_FindObjects) raises `error`; `closing`: the token also closed the session.
+        A failed C_Login opens no session; a failed C_Logout is the token's refusal of the real call."""
         self._pending[function] = (error, closing)
 
     def hang(self, function: str) -> None:
@@ -91,13 +92,17 @@ class _FlakySession:
         self._faults.check("C_GenerateRandom")
         return self._session.generate_random(bits)
 
+    @property
+    def handle(self) -> int:
+        return int(self._session.handle)
+
     def close(self) -> None:
         self._session.close()
 
 
 def flaky_logins(monkeypatch: pytest.MonkeyPatch) -> Faults:
     """From now on, every session the key service logs in to fails as the returned Faults say."""
-    faults, log_in = Faults(), hsm_session.log_in
+    faults, log_in, log_out = Faults(), hsm_session.log_in, hsm_login.Logins.log_out
 
     def flaky(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
         faults.logins += 1
@@ -106,5 +111,10 @@ def flaky_logins(monkeypatch: pytest.MonkeyPatch) -> Faults:
         faults.sessions.append(session)
         return _FlakySession(session, faults), derives
 
+    def flaky_logout(logins: hsm_login.Logins, handle: int) -> None:
+        faults.check("C_Logout")
+        log_out(logins, handle)
+
     monkeypatch.setattr(hsm_session, "log_in", flaky)
+    monkeypatch.setattr(hsm_login.Logins, "log_out", flaky_logout)
     return faults

@@ -12,11 +12,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.service import KmsService
+from tests.integration.keystores.conftest import PIN
+from tests.integration.keystores.flaky_token import flaky_logins
 from tests.integration.keystores.in_process import call, hsm_key, live_session, service
-from tests.support.softhsm import SoftHsm
+from tests.support.softhsm import SoftHsm, open_sessions
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +65,55 @@ async def test_a_tampered_blob_keeps_the_session(svc: KmsService, clusters: Iter
         await call(svc, "Decrypt", CiphertextBlob=blob[:-1] + bytes([blob[-1] ^ 1]))
     assert await live_session(svc, store_id) is live  # a bad blob is the caller's, not the session's
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def _state(svc: KmsService, store_id: str) -> tuple[str, str | None]:
+    [entry] = (await call(svc, "DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+    return entry["ConnectionState"], entry.get("ConnectionErrorCode")
+
+
+async def test_a_refused_login_leaves_no_session_open_on_the_token(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # Each failed ConnectCustomKeyStore used to leave the session opened for its login on the token,
+    # which an HSM counts against its limit of sessions.
+    cluster = next(clusters)
+    store_id = (await call(
+        svc, "CreateCustomKeyStore", CustomKeyStoreName="wrong-pin", CloudHsmClusterId=cluster,
+        TrustAnchorCertificate=trust_anchor, KeyStorePassword="not-the-pin",
+    ))["CustomKeyStoreId"]
+    for _ in range(5):
+        await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        assert await _state(svc, store_id) == ("FAILED", "INVALID_CREDENTIALS")
+        await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert open_sessions(hsm.module, cluster) == 0
+    await call(svc, "UpdateCustomKeyStore", CustomKeyStoreId=store_id, KeyStorePassword=PIN)
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert await _state(svc, store_id) == ("CONNECTED", None)
+    assert len((await call(svc, "GenerateRandom", NumberOfBytes=8, CustomKeyStoreId=store_id))["Plaintext"]) == 8
+    assert open_sessions(hsm.module, cluster) == 1
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert open_sessions(hsm.module, cluster) == 0
+
+
+@pytest.mark.parametrize("refusal", [p11.DeviceError(), p11.UserNotLoggedIn()])
+async def test_a_session_whose_logout_the_token_refuses_is_closed_all_the_same(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch,
+    refusal: p11.PKCS11Error,
+) -> None:
+    # C_Logout refused (a network HSM's device error; a token that logged the process out already and
+    # says so, as PKCS#11 has it and SoftHSM2 does not): the session used to stay open behind it.
+    faults = flaky_logins(monkeypatch)
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    assert open_sessions(hsm.module, cluster) == 1
+    faults.fail("C_Logout", refusal)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert await _state(svc, store_id) == ("DISCONNECTED", None)
+    assert open_sessions(hsm.module, cluster) == 0
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)  # no login of the old session is left
+    assert await _state(svc, store_id) == ("CONNECTED", None)
+    assert (await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"again"))["KeyId"].endswith(key_id)
+    assert open_sessions(hsm.module, cluster) == 1
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert open_sessions(hsm.module, cluster) == 0
