@@ -358,6 +358,11 @@ class PostgresStore:
         )
         return [custom_key_store_from_doc(self._body(CUSTOM_KEY_STORES, row), self._root) for row in rows]
 
+    async def all_custom_key_stores(self) -> list[CustomKeyStore]:
+        """Every custom key store that verifies, whichever account and Region: a refused one is logged."""
+        rows = await self._rows("SELECT account, region, store_id, doc FROM kms_custom_key_stores")
+        return [custom_key_store_from_doc(body, self._root) for body in self._verified_bodies(CUSTOM_KEY_STORES, rows)]
+
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document
         under it, in one transaction, and do so under `new` from then on; the number of documents

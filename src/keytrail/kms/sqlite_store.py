@@ -365,6 +365,10 @@ class SqliteStore:
         stores = self._custom_key_stores.get((account, region), {}).values()
         return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
 
+    async def all_custom_key_stores(self) -> list[CustomKeyStore]:
+        """Every custom key store that verified, whichever account and Region: a refused one is in the log."""
+        return [store for stores in self._custom_key_stores.values() for store in stores.values()]
+
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document
         under it, and its ledger, in one transaction, and do so under `new` from then on; the number

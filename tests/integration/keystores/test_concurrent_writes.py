@@ -17,7 +17,7 @@ import pytest
 from keytrail.clock import ManualClock
 from keytrail.kms import errors, locks
 from keytrail.kms.keys import Key
-from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+from keytrail.kms.keystores import CloudHsmClusterInUseException, ConnectionState, CustomKeyStore
 from keytrail.kms.model import KeyState, Origin
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
@@ -206,6 +206,33 @@ async def test_one_custom_key_store_name_created_twice_at_once_is_created_once(
     ), return_exceptions=True)
     assert sum(isinstance(r, errors.CustomKeyStoreNameInUseException) for r in made) == 1, made
     assert len((await node("DescribeCustomKeyStores"))["CustomKeyStores"]) == 1
+
+
+async def test_one_cluster_claimed_by_two_accounts_at_once_is_given_to_one(
+    open_store: StoreFactory, backend: str, clusters: Iterator[str], trust_anchor: str,
+) -> None:
+    # Each call holds its own account's lock only, and each looks the token up in the HSM between
+    # finding the cluster free and storing its store: both used to find it free. Two nodes on
+    # PostgreSQL; SQLite has one writer.
+    store = await open_store()
+    other = await open_store() if backend == "postgres" else store
+    nodes = [Node(store, ManualClock(NOW), "us-east-1"), Node(other, ManualClock(NOW), "eu-west-1", "444455556666")]
+    for round_ in range(3):
+        cluster, free = next(clusters), next(clusters)
+        moved = (await nodes[1]("CreateCustomKeyStore", CustomKeyStoreName=f"moved-{round_}", CloudHsmClusterId=free,
+                                TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+        made = await asyncio.gather(
+            nodes[0]("CreateCustomKeyStore", CustomKeyStoreName=f"made-{round_}", CloudHsmClusterId=cluster,
+                     TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN),
+            nodes[1]("CreateCustomKeyStore", CustomKeyStoreName=f"made-{round_}", CloudHsmClusterId=cluster,
+                     TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN),
+            nodes[1]("UpdateCustomKeyStore", CustomKeyStoreId=moved, CloudHsmClusterId=cluster),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, errors.KmsError) for r in made) == 2, made
+        assert all(isinstance(r, CloudHsmClusterInUseException) for r in made if isinstance(r, Exception)), made
+        on_it = [s for s in await store.all_custom_key_stores() if s.cluster_id == cluster]
+        assert len(on_it) == 1, on_it
 
 
 async def test_one_material_imported_into_two_regions_at_once_gets_one_key_material_id(

@@ -259,6 +259,38 @@ def test_store_names_clusters_and_anchors_are_checked(
     assert _error(excinfo) == "CustomKeyStoreNotFoundException"
 
 
+IN_USE = (
+    "The request was rejected because the specified CloudHSM cluster is already associated with a custom key store "
+    "or it shares a backup history with a cluster that is associated with a custom key store. Each custom key store "
+    "must be associated with a different CloudHSM cluster."
+)
+
+
+def test_a_cluster_another_account_uses_is_refused_until_its_store_is_deleted(
+    hsm_server: KeytrailServer, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # The node's tokens serve every account: another account's store on one would share its login,
+    # and its Disconnect would log the first store out.
+    alice, carol = hsm_server.client("alice"), hsm_server.client("carol")
+    taken, free = next(clusters), next(clusters)
+    alices = _store(alice, trust_anchor, taken)
+    with pytest.raises(ClientError) as excinfo:
+        _store(carol, trust_anchor, taken)
+    assert (_error(excinfo), excinfo.value.response["Error"]["Message"]) == ("CloudHsmClusterInUseException", IN_USE)
+    assert carol.describe_custom_key_stores()["CustomKeyStores"] == []
+    carols = _store(carol, trust_anchor, free)
+    with pytest.raises(ClientError) as excinfo:
+        carol.update_custom_key_store(CustomKeyStoreId=carols, CloudHsmClusterId=taken)
+    assert _error(excinfo) == "CloudHsmClusterInUseException"
+    assert _state(carol, carols)["CloudHsmClusterId"] == free
+    alice.delete_custom_key_store(CustomKeyStoreId=alices)
+    carol.update_custom_key_store(CustomKeyStoreId=carols, CloudHsmClusterId=taken)
+    assert _state(carol, carols)["CloudHsmClusterId"] == taken
+    with pytest.raises(ClientError) as excinfo:
+        _store(alice, trust_anchor, taken)
+    assert _error(excinfo) == "CloudHsmClusterInUseException"
+
+
 def test_delete_store_only_when_disconnected(kms: Any, trust_anchor: str, clusters: Iterator[str]) -> None:
     store_id = _connected_store(kms, trust_anchor, next(clusters))
     with pytest.raises(ClientError) as excinfo:

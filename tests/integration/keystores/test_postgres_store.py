@@ -41,14 +41,14 @@ class _Sink:
 class Node:
     """One keytrail node: its own service and connection pool over the shared database."""
 
-    def __init__(self, store: PostgresStore, clock: ManualClock, region: str) -> None:
-        self.store, self.region = store, region
+    def __init__(self, store: PostgresStore, clock: ManualClock, region: str, account: str = ACCOUNT) -> None:
+        self.store, self.region, self.account = store, region, account
         self.svc = KmsService(
             ServiceDeps(store=store, clock=clock, audit=_Sink(), authorizer=OwnAccountAuthorizer())
         )
 
     async def __call__(self, operation: str, **params: Any) -> dict[str, Any]:
-        context = CallContext(Principal.account_root(ACCOUNT, "AKIAROOT000000000001"), self.region, "req")
+        context = CallContext(Principal.account_root(self.account, "AKIAROOT000000000001"), self.region, "req")
         return await self.svc.execute(operation, context, params)
 
 

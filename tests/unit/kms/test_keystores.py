@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,8 +62,12 @@ async def test_store_rows_keep_their_secrets_sealed(tmp_path: Path) -> None:
     reopened = SqliteStore(tmp_path / "keys.db", ROOT)
     assert await reopened.list_custom_key_stores("111122223333", "us-east-1") == [cks]
     assert await reopened.get_import_parameters("ab" * 32) == parameters
+    elsewhere = replace(cks, account="444455556666", region="eu-west-1", store_id="cks-0123456789abcdef1")
+    await reopened.put_custom_key_store(elsewhere)
+    assert sorted(await reopened.all_custom_key_stores(), key=lambda s: s.account) == [cks, elsewhere]
     await reopened.delete_custom_key_store(cks)
     assert await reopened.list_custom_key_stores("111122223333", "us-east-1") == []
+    assert await reopened.all_custom_key_stores() == [elsewhere]
     assert "kmsuser-secret-pin" not in repr(cks) and "kmsuser" not in repr(cks)
 
 

@@ -13,6 +13,7 @@ from cryptography import x509
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Handler, Operation, Response
 from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, TokenSession, find_token, module_path
+from keytrail.kms.hsm_module import token_label
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
@@ -95,11 +96,18 @@ async def _checked_cluster(svc: KmsService, cluster_id: str, trust_anchor: str) 
         ) from None
 
 
-def _require_cluster_free(stores: list[CustomKeyStore], cluster_id: str) -> None:
-    # One token, one store: a PKCS#11 login belongs to the whole token, as kmsuser's does to a cluster.
-    if any(s.cluster_id == cluster_id for s in stores):
+async def _require_cluster_free(svc: KmsService, cluster_id: str, besides: str | None = None) -> None:
+    """CloudHsmClusterInUseException if a store other than `besides` uses the cluster's token, in
+    any account and Region: one token, one store, as one CloudHSM cluster. A PKCS#11 login belongs
+    to the whole token in a process, and the node's tokens serve every account: another account's
+    store on it would share its login, and its Disconnect log the first store out. Two cluster ids
+    mapped to one label (KEYTRAIL_PKCS11_TOKENS) are one token. The message names no other store."""
+    label, stores = token_label(cluster_id), await svc.store.all_custom_key_stores()
+    if any(token_label(s.cluster_id) == label for s in stores if s.store_id != besides):
         raise CloudHsmClusterInUseException(
-            f"The cluster {cluster_id} is already used by a custom key store."
+            "The request was rejected because the specified CloudHSM cluster is already associated with a "
+            "custom key store or it shares a backup history with a cluster that is associated with a custom "
+            "key store. Each custom key store must be associated with a different CloudHSM cluster."
         )
 
 
@@ -125,7 +133,7 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
     _require_new_name(stores, params["CustomKeyStoreName"])
     if len(stores) >= MAX_CUSTOM_KEY_STORES:
         raise errors.LimitExceededException("The custom key store limit has been reached.")
-    _require_cluster_free(stores, params["CloudHsmClusterId"])
+    await _require_cluster_free(svc, params["CloudHsmClusterId"])
     await _checked_cluster(svc, params["CloudHsmClusterId"], params["TrustAnchorCertificate"])
     store = CustomKeyStore(
         account=call.context.account, region=call.context.region,
@@ -223,7 +231,7 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
         _require_new_name(await _stores(svc, call), name)
     cluster = params.get("CloudHsmClusterId", store.cluster_id)
     if cluster != store.cluster_id:
-        _require_cluster_free(await _stores(svc, call), cluster)
+        await _require_cluster_free(svc, cluster, besides=store.store_id)
         await _checked_cluster(svc, cluster, store.trust_anchor)
     await svc.store.put_custom_key_store(
         replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
@@ -299,9 +307,9 @@ def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None
 
 def _one_at_a_time(handler: Handler) -> Handler:
     """The handler, run while no other call changes the account's custom key stores in that
-    Region (on any node): names and clusters are unique among them, and each change is computed
-    from the stores as read, across awaits on the HSM. The lock is a store's key lock, under a
-    name no key id can have."""
+    Region (on any node): names are unique among them, and each change is computed from the
+    stores as read, across awaits on the HSM. The lock is a store's key lock, under a name no key
+    id can have."""
 
     async def one_at_a_time(svc: KmsService, call: Call) -> Response:
         async with svc.store.key_lock(call.context.account, call.context.region, "custom-key-stores"):
@@ -310,11 +318,23 @@ def _one_at_a_time(handler: Handler) -> Handler:
     return one_at_a_time
 
 
+def _claiming_a_cluster(handler: Handler) -> Handler:
+    """`_one_at_a_time`, and also while no call of any account or Region (on any node) gives a
+    store a cluster: each finds its token free and stores it, across awaits on the HSM, before the
+    next looks. Taken after the account's lock, and no call holding it waits for an account's."""
+
+    async def claiming(svc: KmsService, call: Call) -> Response:
+        async with svc.store.key_lock("", "", "custom-key-store-clusters"):
+            return await handler(svc, call)
+
+    return _one_at_a_time(claiming)
+
+
 OPERATIONS: dict[str, Operation] = {
-    "CreateCustomKeyStore": Operation(_one_at_a_time(create_custom_key_store)),
+    "CreateCustomKeyStore": Operation(_claiming_a_cluster(create_custom_key_store)),
     "ConnectCustomKeyStore": Operation(_one_at_a_time(connect_custom_key_store)),
     "DisconnectCustomKeyStore": Operation(_one_at_a_time(disconnect_custom_key_store)),
     "DescribeCustomKeyStores": Operation(describe_custom_key_stores, read_only=True),
-    "UpdateCustomKeyStore": Operation(_one_at_a_time(update_custom_key_store)),
+    "UpdateCustomKeyStore": Operation(_claiming_a_cluster(update_custom_key_store)),
     "DeleteCustomKeyStore": Operation(_one_at_a_time(delete_custom_key_store)),
 }
