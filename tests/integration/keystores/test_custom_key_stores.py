@@ -297,6 +297,12 @@ def test_delete_store_only_when_disconnected(kms: Any, trust_anchor: str, cluste
         kms.delete_custom_key_store(CustomKeyStoreId=store_id)
     assert _error(excinfo) == "CustomKeyStoreInvalidStateException"
     kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    with pytest.raises(ClientError) as excinfo:  # as AWS: nothing left to disconnect
+        kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    assert (_error(excinfo), excinfo.value.response["Error"]["Message"]) == (
+        "CustomKeyStoreInvalidStateException",
+        f"DisconnectCustomKeyStore is not valid for custom key store {store_id} in ConnectionState DISCONNECTED.",
+    )
     kms.delete_custom_key_store(CustomKeyStoreId=store_id)
     with pytest.raises(ClientError) as excinfo:
         kms.connect_custom_key_store(CustomKeyStoreId=store_id)

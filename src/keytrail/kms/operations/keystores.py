@@ -166,8 +166,11 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
     store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
-    # Valid in every state: it is also how a store left CONNECTING or DISCONNECTING by a crash recovers.
     await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)
+    # AWS refuses DISCONNECTED and DISCONNECTING; DISCONNECTING is let through, as CONNECTING is: it
+    # is how a store a crash left in either recovers, and no other call is valid in it.
+    if store.state is ConnectionState.DISCONNECTED:
+        raise _invalid_state(store, "DisconnectCustomKeyStore")
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTING))
     await _connections(svc).disconnect(store.store_id)
     await _set_availability(svc, store, available=False)
