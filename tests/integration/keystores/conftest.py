@@ -21,7 +21,7 @@ from tests.support.postgres import fresh_database
 from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
 
 PIN = "kmsuser-pin-1"
-_SUFFIXES = [*"abcdefghijklmnopqrstuvwxyz", *(first + letter for first in "zyx" for letter in "abcdefghijklmnop")]
+_SUFFIXES = [*"abcdefghijklmnopqrstuvwxyz", *(first + letter for first in "zyxw" for letter in "abcdefghijklmnop")]
 CLUSTERS = [f"cluster-keytrailtest{suffix}" for suffix in _SUFFIXES]
 
 
