@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, blob_header, encode_context, read_header
 from keytrail.kms.hsm_connections import HsmConnections
+from keytrail.kms.hsm_session import TokenSession
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.store import CustomKeyStoreStore
 
 __all__ = ["HsmCipher"]
+
+_T = TypeVar("_T")
 
 
 class HsmCipher:
@@ -25,6 +29,12 @@ class HsmCipher:
         stores = await self._stores.list_custom_key_stores(key.account, key.region)
         return next((s for s in stores if s.store_id == key.custom_key_store_id), None)
 
+    async def _in_store(self, key: Key, work: Callable[[TokenSession], _T]) -> _T:
+        """`work` on the session of the key's store (HsmConnections.run); the AWS error of an HSM
+        that cannot serve is KMSInvalidStateException, as AWS answers for keys in custom key stores."""
+        seen = self.connections.disconnects(key.custom_key_store_id)  # before the store is read
+        return await self.connections.run(await self._store_of(key), _unavailable(key), work, seen)
+
     async def encrypt(
         self, key: Key, plaintext: bytes, context: Mapping[str, str] | None, algorithm: str
     ) -> tuple[bytes, str | None]:
@@ -36,9 +46,7 @@ class HsmCipher:
         def header(form: int) -> bytes:
             return blob_header(key.account, key.key_id, material_id, form)
 
-        blob = await self.connections.run(
-            await self._store_of(key), _unavailable(key), lambda s: s.seal(handle, header, plaintext, encoded)
-        )
+        blob = await self._in_store(key, lambda s: s.seal(handle, header, plaintext, encoded))
         return blob, material_id
 
     async def decrypt(
@@ -53,9 +61,7 @@ class HsmCipher:
         handle, encoded = bytes.fromhex(material.handle), encode_context(context)
         # A blob that fails authentication is InvalidCiphertextException from `open`; every other
         # failure is the HSM's, KMSInvalidStateException as AWS answers for keys in custom key stores.
-        plaintext = await self.connections.run(
-            await self._store_of(key), _unavailable(key), lambda s: s.open(handle, header, encoded)
-        )
+        plaintext = await self._in_store(key, lambda s: s.open(handle, header, encoded))
         return plaintext, material.material_id
 
 

@@ -30,6 +30,7 @@ class HsmConnections:
 
     def __init__(self, thread: HsmThread | None = None) -> None:
         self._sessions: dict[str, TokenSession] = {}
+        self._disconnects: dict[str, int] = {}  # per store: the Disconnects this node made (`disconnects`)
         self._lock = asyncio.Lock()
         self._thread = thread or HsmThread()
         self._refused = RefusedLogins()
@@ -78,8 +79,14 @@ class HsmConnections:
         with contextlib.suppress(TimeoutError):
             await self._thread.call(session.discard)
 
+    def disconnects(self, store_id: str | None) -> int:
+        """How many times this node has disconnected the store. Read before the store and handed to
+        `run`, it tells a store read CONNECTED just before a Disconnect ended its session here."""
+        return self._disconnects.get(store_id or "", 0)
+
     async def disconnect(self, store_id: str) -> None:
         async with self._lock:
+            self._disconnects[store_id] = self.disconnects(store_id) + 1
             session = self._sessions.pop(store_id, None)
             if session is not None:
                 await self._discard(session)
@@ -92,20 +99,29 @@ class HsmConnections:
                 del self._sessions[store_id]
                 await self._discard(failed)
 
-    async def session(self, store: CustomKeyStore) -> TokenSession:
-        """The store's live session, logging in first if this process has none yet."""
+    async def session(self, store: CustomKeyStore, seen: int | None = None) -> TokenSession:
+        """The store's live session, logging in first if this process has none yet; HsmError if it
+        has none because this node disconnected the store since `seen` (`disconnects`)."""
         async with self._lock:
             session = self._sessions.get(store.store_id)
-            return session if session is not None else await self._open(store)
+            if session is not None:
+                return session
+            if seen is not None and seen != self.disconnects(store.store_id):
+                # A login now would leave a session, and the token's login, on a store disconnected.
+                raise HsmError("INTERNAL_ERROR", "the store was disconnected")
+            return await self._open(store)
 
-    async def session_or(self, store: CustomKeyStore | None, unusable: errors.KmsError) -> TokenSession:
+    async def session_or(
+        self, store: CustomKeyStore | None, unusable: errors.KmsError, seen: int | None = None
+    ) -> TokenSession:
         """The session of a CONNECTED store whose token accepts its login, else `unusable`: the AWS
         error of the calling operation for an HSM it cannot use (the token's PIN changed or the
-        token is gone), never a bare HsmError that would reach the client as a 500."""
+        token is gone, or the store was disconnected since `seen`), never a bare HsmError that
+        would reach the client as a 500."""
         if store is None or store.state is not ConnectionState.CONNECTED:
             raise unusable
         try:
-            return await self.session(store)
+            return await self.session(store, seen)
         except HsmError:
             raise unusable from None
 
@@ -115,12 +131,14 @@ class HsmConnections:
         return await self._thread.call(work)
 
     async def run(
-        self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T]
+        self, store: CustomKeyStore | None, unusable: errors.KmsError, work: Callable[[TokenSession], _T],
+        seen: int | None = None,
     ) -> _T:
-        """`work` on the store's session, on the PKCS#11 thread; `unusable` as in `session_or`, and
-        also when the token fails the call (kms/hsm_failures.py says when the session is dropped),
-        does not answer it in time, or still holds the thread with a call it did not answer."""
-        session = await self.session_or(store, unusable)
+        """`work` on the store's session, on the PKCS#11 thread; `unusable` as in `session_or` (give
+        `seen`: `disconnects` of the store read before the store), and also when the token fails the
+        call (kms/hsm_failures.py says when the session is dropped), does not answer it in time, or
+        still holds the thread with a call it did not answer."""
+        session = await self.session_or(store, unusable, seen)
         if self._thread.stuck:  # said once, by the call that was given up on
             raise unusable
         try:

@@ -8,13 +8,18 @@ shared token directory, SoftHSM2 in this process answers every token lookup with
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
+from keytrail.kms.hsm import HsmCipher
+from keytrail.kms.keys import Key
+from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.flaky_token import flaky_logins
@@ -117,3 +122,34 @@ async def test_a_session_whose_logout_the_token_refuses_is_closed_all_the_same(
     assert open_sessions(hsm.module, cluster) == 1
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
     assert open_sessions(hsm.module, cluster) == 0
+
+
+async def test_a_call_that_read_its_store_just_before_a_disconnect_leaves_no_session_behind(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An Encrypt read its store CONNECTED, then a Disconnect ended the store's session before the
+    # Encrypt asked for it: the Encrypt used to log in again, and left that session (and the token's
+    # login) on the disconnected store until it was next connected.
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    cipher = cast(HsmCipher, svc.ciphers["hsm"])
+    read, go_on, store_of = asyncio.Event(), asyncio.Event(), cipher._store_of
+
+    async def read_then_wait(key: Key) -> CustomKeyStore | None:
+        store = await store_of(key)
+        read.set()
+        await go_on.wait()
+        return store
+
+    monkeypatch.setattr(cipher, "_store_of", read_then_wait)
+    encrypting = asyncio.create_task(call(svc, "Encrypt", KeyId=key_id, Plaintext=b"late"))
+    await read.wait()
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    go_on.set()
+    with pytest.raises(errors.KMSInvalidStateException):
+        await encrypting
+    assert open_sessions(hsm.module, cluster) == 0
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert (await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"again"))["KeyId"].endswith(key_id)
+    assert open_sessions(hsm.module, cluster) == 1
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)

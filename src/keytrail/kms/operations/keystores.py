@@ -260,13 +260,14 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
     store_id = call.params.get("CustomKeyStoreId")
     if store_id is None:
         raise errors.ValidationException("CustomKeyStoreId is required when Origin is AWS_CLOUDHSM.")
+    seen = _connections(svc).disconnects(store_id)  # before the store is read
     store = await _find_store(svc, call, store_id)
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.multi_region:
         raise errors.UnsupportedOperationException(
             "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
         )
     backing_id = svc.deps.random_bytes(16).hex()
-    await _in_store(svc, store, lambda s: s.generate_key(bytes.fromhex(backing_id), key.key_id))
+    await _in_store(svc, store, lambda s: s.generate_key(bytes.fromhex(backing_id), key.key_id), seen)
     material = KeyMaterial(
         material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
     )
@@ -279,21 +280,24 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
     )
 
 
-async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T]) -> _T:
+async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T], seen: int) -> _T:
     """The HSM calls of CreateKey and GenerateRandom: for a store that is not connected, or whose
-    HSM cannot be used, AWS documents CustomKeyStoreInvalidStateException for both."""
+    HSM cannot be used, AWS documents CustomKeyStoreInvalidStateException for both. `seen`: the
+    store's HsmConnections.disconnects, read before the store."""
     return await _connections(svc).run(
         store,
         errors.CustomKeyStoreInvalidStateException(
             f"Custom key store {store.store_id} cannot use its HSM (ConnectionState {store.state.value})."
         ),
         work,
+        seen,
     )
 
 
 async def random_from_store(svc: KmsService, call: Call, store_id: str, count: int) -> bytes:
     """GenerateRandom with CustomKeyStoreId: the bytes come from the store's HSM."""
-    return await _in_store(svc, await _find_store(svc, call, store_id), lambda s: s.random_bytes(count))
+    seen = _connections(svc).disconnects(store_id)  # before the store is read
+    return await _in_store(svc, await _find_store(svc, call, store_id), lambda s: s.random_bytes(count), seen)
 
 
 def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None:
