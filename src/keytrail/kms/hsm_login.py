@@ -13,6 +13,7 @@ PKCS#11 call of the process does.
 from __future__ import annotations
 
 import ctypes
+import sys
 
 from pkcs11 import exceptions as p11
 
@@ -46,6 +47,8 @@ class _Version(ctypes.Structure):
 
 
 class _FunctionList(ctypes.Structure):
+    if sys.platform == "win32":  # PKCS#11's headers pack its structures to one byte there
+        _pack_ = 1
     _fields_ = [("version", _Version), *((name, ctypes.c_void_p) for name in _FUNCTIONS)]
 
 
