@@ -97,16 +97,21 @@ class HsmThread:
     async def call(self, work: Callable[[], _T], late: Callable[[_T], object] | None = None) -> _T:
         """What `work()` gives; TimeoutError if it has not given it within the timeout, and at once
         while the thread is `stuck` (queued behind that work, it would only time out in turn). The
-        work goes on in the thread; `late`, if given, is called there with what it gives after all."""
+        work goes on in the thread; `late`, if given, is called there with what it gives after all,
+        also when the caller is cancelled meanwhile: what it gives (a session) has no one else."""
         if self.stuck:
             raise TimeoutError
         future = self._executor.submit(work)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError:  # waiting in the queue, the work was cancelled; running, it goes on
+            if late is not None:  # queued before the thread counts as free, so before any next call
+                future.add_done_callback(lambda done: self._hand_over(done, late))
             if not future.done():
                 self._overdue.add(future)
                 future.add_done_callback(self._overdue.discard)
+            raise
+        except asyncio.CancelledError:  # as above; not `stuck`: the work is no later than any other
             if late is not None:
                 future.add_done_callback(lambda done: self._hand_over(done, late))
             raise

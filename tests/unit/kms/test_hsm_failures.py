@@ -69,6 +69,26 @@ async def test_a_call_not_answered_in_time_holds_only_its_thread_and_hands_over_
     assert await thread.call(lambda: "answered") == "answered"
 
 
+async def test_what_a_call_gives_after_its_caller_was_cancelled_is_handed_over() -> None:
+    # A login whose caller is cancelled (serve's shutdown cancels the calls still running after its
+    # grace period) went on in the thread, and the session it opened was left with nobody.
+    thread, started, answer, late = HsmThread(timeout=5.0), threading.Event(), threading.Event(), []
+    calling = asyncio.create_task(
+        thread.call(lambda: started.set() or (answer.wait(5) and "a session"), late=late.append)
+    )
+    await asyncio.to_thread(started.wait, 5)  # running: only work still queued is cancelled with its caller
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+    answer.set()
+    for _ in range(100):
+        if late:
+            break
+        await asyncio.sleep(0.01)
+    assert (late, thread.stuck) == (["a session"], False)
+    assert await thread.call(lambda: "answered") == "answered"
+
+
 def test_a_call_the_hsm_never_answers_does_not_keep_the_process_from_exiting() -> None:
     # serve stopping on SIGTERM while a network HSM's link is dead: the interpreter joined the
     # PKCS#11 thread at exit, and so never exited.
