@@ -124,7 +124,7 @@ def _logged_in(path: str, token: Any, pin: str) -> Any:
 
 def log_out(path: str, session: Any) -> None:
     """End the login of a session `log_in` gave (C_Logout), then the session itself (C_CloseSession)
-    even if the token refused the logout; the first PKCS11Error then."""
+    even if the token refused the logout; the PKCS11Error after (the close's, if both failed)."""
     with MODULE_CALLS:
         try:
             _logins_of(path).log_out(session.handle)
