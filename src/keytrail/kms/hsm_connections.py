@@ -76,8 +76,13 @@ class HsmConnections:
         if self._thread.stuck:
             self._thread.queue(session.discard)
             return
-        with contextlib.suppress(TimeoutError):
-            await self._thread.call(session.discard)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await self._thread.call(session.discard)
+        except asyncio.CancelledError:
+            # Cancelled while queued, the close never runs: queued again (run twice, it closes once).
+            self._thread.queue(session.discard)
+            raise
 
     def disconnects(self, store_id: str | None) -> int:
         """How many times this node has disconnected the store. Read before the store and handed to

@@ -40,6 +40,7 @@ class TokenSession:
     def __init__(self, session: Any, derives: bool = False, module: str | None = None) -> None:
         self._session = session
         self._module = module
+        self._closed = False
         self._lock = MODULE_CALLS
         self._keys = KeyObjects(session)
         self.derives = derives
@@ -120,8 +121,12 @@ class TokenSession:
 
     def close(self) -> None:
         """Log out and close the session: closed even if the token refuses the logout, which would
-        otherwise leave it open on the token for good."""
+        otherwise leave it open on the token for good. Once only: a module may give its handle to a
+        session opened since, which a second close would end."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if self._module is None:
                 self._session.close()
             else:

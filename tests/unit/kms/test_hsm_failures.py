@@ -11,13 +11,18 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from pkcs11 import exceptions as p11
 
+from keytrail.kms import hsm_connections
+from keytrail.kms.hsm_connections import HsmConnections
 from keytrail.kms.hsm_failures import error_name, refused
-from keytrail.kms.hsm_module import HsmError, RefusedLogins
+from keytrail.kms.hsm_module import MODULE_ENV, HsmError, RefusedLogins
+from keytrail.kms.hsm_session import TokenSession
 from keytrail.kms.hsm_thread import HSM_CALL_TIMEOUT, TIMEOUT_ENV, HsmThread, call_timeout
+from keytrail.kms.keystores import CustomKeyStore
 
 
 def test_refusals_keep_the_session_and_every_other_failure_may_have_broken_it() -> None:
@@ -87,6 +92,62 @@ async def test_what_a_call_gives_after_its_caller_was_cancelled_is_handed_over()
         await asyncio.sleep(0.01)
     assert (late, thread.stuck) == (["a session"], False)
     assert await thread.call(lambda: "answered") == "answered"
+
+
+class _RawSession:
+    """A python-pkcs11 session that counts its closes."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class _Session:
+    """A TokenSession that counts its closes."""
+
+    def __init__(self) -> None:
+        self.discarded = 0
+
+    def discard(self) -> None:
+        self.discarded += 1
+
+
+async def test_a_session_whose_disconnect_is_cancelled_while_its_close_waits_its_turn_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cancelled while queued behind another PKCS#11 call, the close was cancelled with it: the
+    # session, and the token's login, stayed open with nobody.
+    session, thread = _Session(), HsmThread(timeout=5.0)
+    monkeypatch.setenv(MODULE_ENV, "/the/module.so")
+    monkeypatch.setattr(hsm_connections, "open_session", lambda path, cluster, pin: session)
+    connections = HsmConnections(thread)
+    await connections.connect(CustomKeyStore("111122223333", "us-east-1", "cks-0123456789abcdef0", "hsm",
+                                             "cluster-abcdefghijk", "pem", "pin", datetime.now(UTC)))
+    started, release = threading.Event(), threading.Event()
+    busy = asyncio.create_task(thread.call(lambda: started.set() or release.wait(5)))
+    await asyncio.to_thread(started.wait, 5)
+    disconnecting = asyncio.create_task(connections.disconnect("cks-0123456789abcdef0"))
+    await asyncio.sleep(0.05)  # its close queued behind the busy call
+    disconnecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await disconnecting
+    release.set()
+    await busy
+    assert await thread.call(lambda: session.discarded) == 1
+
+
+def test_a_session_is_closed_once_however_often_it_is_discarded() -> None:
+    # Closed twice (a close queued again after its caller was cancelled, a session closed under the
+    # service and then dropped), the second C_CloseSession could end a session the module has given
+    # the same handle since.
+    raw = _RawSession()
+    session = TokenSession(raw)
+    session.discard()
+    session.close()
+    session.discard()
+    assert raw.closed == 1
 
 
 def test_a_call_the_hsm_never_answers_does_not_keep_the_process_from_exiting() -> None:
