@@ -234,8 +234,10 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
         _require_new_name(await _stores(svc, call), name)
     cluster = params.get("CloudHsmClusterId", store.cluster_id)
     if cluster != store.cluster_id:
-        await _require_cluster_free(svc, cluster, besides=store.store_id)
+        # Unrelated first (CloudHsmClusterNotRelatedException, Update's modelled error), then taken:
+        # a related cluster another store uses is CreateCustomKeyStore's InUse, not in Update's model.
         await _checked_cluster(svc, cluster, store.trust_anchor)
+        await _require_cluster_free(svc, cluster, besides=store.store_id)
     await svc.store.put_custom_key_store(
         replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
     )
