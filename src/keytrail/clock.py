@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock", "utc_now"]
+__all__ = ["DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "data_dir_now", "dev_clock_ahead", "utc_now"]
+
+#: In a data dir: how far `serve --dev-clock` has moved ahead of the wall clock, `{"aheadSeconds": N}`
+#: (written by cli/node.py), so that what reads the data dir later knows the node's now.
+DEV_CLOCK_FILE = "dev-clock.json"
 
 
 def utc_now() -> datetime:
@@ -57,3 +63,21 @@ class ManualClock:
 
     def _at(self, offset: timedelta) -> datetime:
         return (datetime.now(UTC) if self._follow_wall else self._base) + offset
+
+
+def data_dir_now(data_dir: Path) -> datetime:
+    """Now for the events of `data_dir`: the wall clock, moved ahead as far as its dev clock went."""
+    try:
+        return utc_now() + timedelta(seconds=dev_clock_ahead(data_dir))
+    except OverflowError:  # a record reaching past the year 9999, which no dev clock reaches
+        return datetime.max.replace(tzinfo=UTC)
+
+
+def dev_clock_ahead(data_dir: Path) -> float:
+    """Seconds the data dir's dev clock went ahead of the wall clock; 0 without a readable record
+    (no dev clock ever moved there: the wall clock is the node's)."""
+    try:
+        ahead = json.loads((data_dir / DEV_CLOCK_FILE).read_text())["aheadSeconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    return float(ahead) if isinstance(ahead, int | float) and 0 < ahead < 1e12 else 0.0

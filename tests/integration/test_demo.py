@@ -91,6 +91,17 @@ def test_cost_is_what_keytrail_cost_reports(outcome: dict[str, Any]) -> None:
     assert demo_rows == {(row["keyArn"], row["accountId"]): row["totalCost"] for row in rows}
 
 
+def test_the_quarter_the_dev_clock_moved_is_billed_as_key_storage(outcome: dict[str, Any]) -> None:
+    # The idle key, made on day one and kept, is stored through the 91 days the dev clock moved,
+    # though the wall clock moved minutes: the data dir keeps the dev clock's lead, so keytrail cost
+    # (the server stopped) bills up to the story's last event and takes none of them as dated ahead.
+    result = keytrail("cost", "--data-dir", outcome["dataDir"], "--format", "json")
+    assert result.returncode == 0 and "dated after now" not in result.stderr, result.stderr
+    [idle] = [row for row in json_lines(result.stdout)
+              if row["keyArn"] == outcome["keys"]["archive-2019"] and row["keyMonths"]]
+    assert Decimal("2.9") < idle["keyMonths"] < Decimal("3.1")
+
+
 def test_everything_in_the_data_dir_is_owner_only(outcome: dict[str, Any]) -> None:
     """Audit records, alarms, usage and the report name principals, keys and encryption contexts:
     no folder or file the node made there may be open to the group or others (the umask is 022)."""

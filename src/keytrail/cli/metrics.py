@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
-    from keytrail.pipeline.query import MetricsStore
+    from keytrail.pipeline.query import MetricsStore, OpenEnd
     from keytrail.pipeline.runner import RunStats
 
 __all__ = ["register"]
@@ -155,7 +155,8 @@ def cost(
     table = _price_table(prices, free_tier, COST)
     low, high = parse_window(since, until, COST)
     store = open_store(data_dir, COST)
-    frame = store_frame = store.cost(table, low, high)
+    end = store.open_end() if high is None else None  # --until: billed up to it, whatever now is
+    frame = store_frame = store.cost(table, low, high, end)
     keys = [_DIMENSIONS[n] for n in names]
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(
@@ -167,6 +168,20 @@ def cost(
     emit(frame.sort(keys, nulls_last=True), fields, output)
     if unseen := store.keys_never_created(store_frame):
         typer.echo(storage_note(len(unseen)), err=True)
+    if end is not None and end.late:
+        typer.echo(ahead_note(end), err=True)
+
+
+def ahead_note(end: OpenEnd) -> str:
+    """Why key storage stops before the latest event: some are dated after now."""
+    def stamp(moment: datetime | None) -> str:
+        return f"{moment:%Y-%m-%dT%H:%M:%SZ}" if moment else "?"
+
+    many = end.late != 1
+    return (f"note: {end.late} event{'s' * many} {'are' if many else 'is'} dated after now ({stamp(end.now)}), "
+            f"the latest {stamp(end.latest)} (a skewed clock, a bad imported record): {'their' if many else 'its'} "
+            "requests are counted, but key storage is billed only up to the last event before now; "
+            "--until T bills it up to T")
 
 
 def _price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:

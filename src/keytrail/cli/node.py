@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import functools
 import gc
+import json
 import logging
+import os
 import signal
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,7 +34,7 @@ from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts
 from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
-from keytrail.clock import Clock, ManualClock, SystemClock
+from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.deny import DENIED_CODES
@@ -43,6 +46,7 @@ from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
+from keytrail.owner_only import reserve_anew, write_bytes
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition, render_family, render_histogram
@@ -185,7 +189,7 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
     if audit is not None:
         pipeline_metrics = _pipeline_metrics(consumer, audit)
         api.metrics = lambda: _metrics(node, pipeline_metrics)
-    node.on_clock_advanced.append(service.run_due)
+    node.on_clock_advanced += [lambda: _record_dev_clock(node), service.run_due]
     api.on_clock_advanced = lambda: _clock_advanced(node)
     return node
 
@@ -253,6 +257,27 @@ def _audit_commits(audit: AuditTrail | None) -> str:
     ) + render_family("keytrail_audit_committed_records_total", "counter",
                       "Audit records made durable; divided by the fsync count, the mean group commit size.",
                       [({}, stats.records)])
+
+
+def record_dev_clock(data_dir: Path, now: datetime) -> None:
+    """Keep in `data_dir` (DEV_CLOCK_FILE) how far a dev clock reading `now` is ahead of the wall
+    clock: the furthest it has been, as a restarted `serve --dev-clock` starts at the wall clock
+    again and its earlier events keep their dates."""
+    ahead = max((now - utc_now()).total_seconds(), dev_clock_ahead(data_dir))
+    path = data_dir / DEV_CLOCK_FILE
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_bytes(reserve_anew(temp), json.dumps({"aheadSeconds": ahead}).encode() + b"\n")
+    temp.replace(path)  # whole or not at all: a reader never sees half a record
+
+
+async def _record_dev_clock(node: Node) -> None:
+    """Keep the dev clock's lead in the data dir before anything runs at the new time (the due
+    deletions' events), so that the cost, here and in later queries, bills key storage up to the
+    node's now and does not take its events for ones dated ahead (pipeline/query.py)."""
+    try:
+        record_dev_clock(node.settings.data_dir, node.clock.now())
+    except OSError as error:  # the clock has moved: the call still answers, the cost may lag behind
+        log.warning("could not record the dev clock in %s: %s", node.settings.data_dir, os_problem(error))
 
 
 async def _clock_advanced(node: Node) -> None:

@@ -273,12 +273,13 @@ def _apply_free_tier(
 
 def cost_report(
     usage: pl.DataFrame | Iterable[pl.DataFrame], lifecycle: pl.DataFrame, prices: PriceTable,
-    since: datetime | None, until: datetime,
+    since: datetime | None, until: datetime, storage_until: datetime | None = None,
 ) -> pl.DataFrame:
-    """Cost per key x account over [since, until): storage to the owner, requests to the caller.
+    """Cost per key x account over [since, until): storage to the owner (up to `storage_until`
+    when given: no later than now, where events are dated ahead), requests to the caller.
     `usage` may come in parts in time order (see `request_counts`)."""
     totals: dict[tuple[str, str], list[Decimal | int]] = {}
-    for key_arn, owner, months, cost in _storage(lifecycle, prices, since, until):
+    for key_arn, owner, months, cost in _storage(lifecycle, prices, since, min(until, storage_until or until)):
         totals.setdefault((key_arn, owner), [Decimal(0), Decimal(0), 0, Decimal(0)])[:2] = [months, cost]
     parts = [usage] if isinstance(usage, pl.DataFrame) else usage
     counts = request_counts(

@@ -10,7 +10,7 @@ from decimal import Decimal
 import polars as pl
 
 from keytrail.pipeline.prices import PriceTable
-from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.query import MetricsStore, OpenEnd
 
 __all__ = ["CONTENT_TYPE", "MetricsExposition", "cost_by_account", "render_family", "render_histogram",
            "render_prometheus"]
@@ -26,17 +26,25 @@ def render_prometheus(
     lag: Mapping[str, int] | None = None,
     spool_depth: int | None = None,
     costs: Mapping[str, Decimal] | None = None,
+    ahead: int | None = None,
 ) -> str:
-    """Request counts by operation and outcome, denied calls, cost accrued, consumer lag, spool depth.
+    """Request counts by operation and outcome, denied calls, cost accrued, events dated after now,
+    consumer lag, spool depth.
 
-    `costs` (from `cost_by_account`, possibly cached) saves recomputing the cost on every scrape.
+    `costs` and `ahead` (from `cost_by_account` and the `OpenEnd` it used, possibly cached) save
+    recomputing the cost on every scrape.
     """
     lines: list[str] = []
     _requests(lines, store.outcomes())
     _family(lines, "keytrail_kms_cost_usd", "gauge", "Cost accrued since tracking start, USD, per account.")
-    if costs is None:
-        costs = cost_by_account(store, prices or PriceTable())
+    if costs is None or ahead is None:
+        end = store.open_end()
+        costs, ahead = cost_by_account(store, prices or PriceTable(), end), end.late
     lines.extend(_sample("keytrail_kms_cost_usd", total, account=a) for a, total in sorted(costs.items()))
+    _family(lines, "keytrail_pipeline_events_after_now", "gauge",
+            "Events counted that are dated after now: their requests are billed, key storage is not billed past now.")
+    if costs or ahead:  # a sample once events are counted, as the cost's (0 then: alert on > 0)
+        lines.append(_sample("keytrail_pipeline_events_after_now", ahead))
     _family(lines, "keytrail_pipeline_consumer_lag", "gauge", "Records not yet consumed, per partition.")
     lag_items = sorted((lag or {}).items())
     lines.extend(_sample("keytrail_pipeline_consumer_lag", n, partition=p) for p, n in lag_items)
@@ -54,12 +62,14 @@ class MetricsExposition:
         self.store = store
         self.prices = prices
         self.cost_seconds = cost_seconds
-        self._costs: tuple[float, dict[str, Decimal]] | None = None
+        self._costs: tuple[float, dict[str, Decimal], int] | None = None
 
     def render(self, lag: Mapping[str, int], spool_depth: int | None = None) -> str:
         if self._costs is None or time.monotonic() - self._costs[0] > self.cost_seconds:
-            self._costs = (time.monotonic(), cost_by_account(self.store, self.prices))
-        return render_prometheus(self.store, lag=lag, spool_depth=spool_depth, costs=self._costs[1])
+            end = self.store.open_end()
+            self._costs = (time.monotonic(), cost_by_account(self.store, self.prices, end), end.late)
+        _, costs, ahead = self._costs
+        return render_prometheus(self.store, lag=lag, spool_depth=spool_depth, costs=costs, ahead=ahead)
 
 
 def _requests(lines: list[str], outcomes: Mapping[tuple[str, str], int]) -> None:
@@ -76,11 +86,12 @@ def _requests(lines: list[str], outcomes: Mapping[tuple[str, str], int]) -> None
     lines.extend(_sample(name, n, operation=op) for op, n in sorted(denied.items()))
 
 
-def cost_by_account(store: MetricsStore, prices: PriceTable) -> dict[str, Decimal]:
-    """Total cost in USD per account since tracking start (empty before any event)."""
+def cost_by_account(store: MetricsStore, prices: PriceTable, end: OpenEnd | None = None) -> dict[str, Decimal]:
+    """Total cost in USD per account since tracking start, up to `end` (default: the store's
+    `open_end()`: key storage not billed past now); empty before any event."""
     if store.time_bounds()[1] is None:
         return {}
-    per_account = store.cost(prices).group_by("accountId").agg(pl.col("totalCost").sum())
+    per_account = store.cost(prices, end=end).group_by("accountId").agg(pl.col("totalCost").sum())
     return {account or "": Decimal(total) for account, total in per_account.iter_rows()}
 
 

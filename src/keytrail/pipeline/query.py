@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import polars as pl
 import polars.selectors as cs
 
+from keytrail.clock import data_dir_now
 from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report
 from keytrail.pipeline.frame import CRYPTO_OPERATIONS
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, latest_per_key, merge_last_used
@@ -32,7 +34,7 @@ from keytrail.pipeline.usage import (
     sorted_by,
 )
 
-__all__ = ["MetricsStore", "consumer_lock", "state_dir"]
+__all__ = ["MetricsStore", "OpenEnd", "consumer_lock", "state_dir"]
 
 
 SPAN_ROWS = 25_000  # stored minute rows the free tier's cost reads at a time (whole UTC days)
@@ -48,11 +50,29 @@ def consumer_lock(data_dir: Path) -> Path:
     return state_dir(data_dir).parent / "consumer.lock"
 
 
+@dataclass(frozen=True)
+class OpenEnd:
+    """Where a cost without `until` ends. Requests: after the latest event, every one counted.
+    Key storage: after the latest event not dated after `now` (an event dated ahead, from a skewed
+    clock or a bad record, would otherwise bill every key until its date); `late` such events."""
+
+    requests: datetime
+    storage: datetime
+    now: datetime
+    late: int = 0
+    latest: datetime | None = None  # the latest eventTime counted
+
+
 class MetricsStore:
     """Read-only view of all partition states under `<data-dir>/metrics/state/`."""
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.directory = state_dir(data_dir)
+
+    def now(self) -> datetime:
+        """Now for these events: the wall clock, or the data dir's dev clock where it went ahead."""
+        return data_dir_now(self.data_dir)
 
     @contextmanager
     def _states(self) -> Iterator[list[PartitionState]]:
@@ -147,13 +167,48 @@ class MetricsStore:
             high = [v for s in states if (v := s.meta("latest")) is not None]
         return (_time(min(low)) if low else None, _time(max(high)) if high else None)
 
+    def open_end(self, now: datetime | None = None) -> OpenEnd:
+        """Where `cost` ends without `until` (see OpenEnd), as of `now` (default: `self.now()`)."""
+        now = now or self.now()
+        latest = self.time_bounds()[1]
+        requests = (latest or now).replace(microsecond=0) + timedelta(seconds=1)  # empty: nothing to bill
+        if latest is None or latest <= now:
+            return OpenEnd(requests, requests, now, 0, latest)
+        # Whole minutes, as usage is kept: an event of now's own minute is not counted as ahead; the
+        # storage hours billed are the same as to the latest event itself (the hour holding it).
+        after = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        before = self._latest_minute(after)
+        storage = before + timedelta(minutes=1) if before is not None else now
+        return OpenEnd(requests, storage, now, self._events_since(after), latest)
+
+    def _latest_minute(self, until: datetime) -> datetime | None:
+        """The latest minute before `until` with any event, read a day at a time from the latest."""
+        with self._states() as states:
+            days = sorted({day for s in states for day, _ in s.usage_files.day_rows(None, until)}, reverse=True)
+            for day in days:
+                low = datetime.fromisoformat(day).replace(tzinfo=UTC)
+                found = [s.usage(low, until, _latest) for s in states]
+                minutes: list[datetime] = [m for f in found for m in f.get_column("minute").drop_nulls()]
+                if minutes:
+                    return max(minutes)
+        return None
+
+    def _events_since(self, since: datetime) -> int:
+        with self._states() as states:
+            found = [s.usage(since, None, _events) for s in states]
+        return sum(int(frame.get_column("count").sum()) for frame in found)
+
     def cost(
-        self, prices: PriceTable, since: datetime | None = None, until: datetime | None = None
+        self, prices: PriceTable, since: datetime | None = None, until: datetime | None = None,
+        end: OpenEnd | None = None,
     ) -> pl.DataFrame:
-        """Cost per key x account over [since, until); `until` defaults to the last event seen."""
+        """Cost per key x account over [since, until). Without `until`: up to `end` (default
+        `open_end()`): every request counted, key storage billed to the latest event not dated
+        after now."""
+        storage_until = None
         if until is None:
-            until = self.time_bounds()[1] or datetime.now(UTC)  # an empty store: nothing to bill
-            until = until.replace(microsecond=0) + timedelta(seconds=1)
+            end = end or self.open_end()
+            until, storage_until = end.requests, end.storage
         # The free tier counts from the start of since's UTC calendar month (not its offset's month).
         utc_since = since.astimezone(UTC) if since else None
         month_start = utc_since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if utc_since else None
@@ -161,8 +216,9 @@ class MetricsStore:
             # read a few days at a time (a month's minute rows of a large account take hundreds of MB)
             parts: Iterable[pl.DataFrame] = (self.billable_requests(low, high, by_minute=True)
                                              for low, high in self._day_spans(month_start, until))
-            return cost_report(parts, self.lifecycle(), prices, since, until)
-        return cost_report(self.billable_requests(since, until), self.lifecycle(), prices, since, until)
+            return cost_report(parts, self.lifecycle(), prices, since, until, storage_until)
+        return cost_report(self.billable_requests(since, until), self.lifecycle(), prices, since, until,
+                           storage_until)
 
     def _day_spans(self, since: datetime | None, until: datetime) -> Iterator[tuple[datetime | None, datetime]]:
         """[low, high) spans that cover [since, until) in time order, split at UTC midnights so that
@@ -237,6 +293,14 @@ def _billable(rows: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
     every row's strings, 300k events) and handed back as strings."""
     summed = rolled_up(categorical(by)(rows.filter(BILLABLE)), by)
     return summed.with_columns(cs.categorical().cast(pl.String))
+
+
+def _latest(rows: pl.LazyFrame) -> pl.LazyFrame:
+    return rows.select(pl.col("minute").max())
+
+
+def _events(rows: pl.LazyFrame) -> pl.LazyFrame:
+    return rows.select(pl.col("count").sum())
 
 
 def _as_stored(rows: pl.LazyFrame) -> pl.LazyFrame:

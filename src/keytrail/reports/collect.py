@@ -172,7 +172,8 @@ def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, e
     usage = store.usage(["keyArn", "principalArn", "accountId", "eventName"], None, since, until, categories=True)
     over_time = store.usage(["keyArn", "principalArn"], window, since, until,  # type: ignore[arg-type]
                             categories=True)
-    cost = store.cost(options.prices, since, until) if as_of else _empty_cost()
+    # Up to as_of, the time of the last event read: offline, a report bills what its input shows.
+    cost = store.cost(options.prices, since, as_of) if as_of else _empty_cost()
     return ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
