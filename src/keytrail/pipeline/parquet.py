@@ -33,7 +33,8 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
     for day in sorted(changed):
         since = datetime.combine(day, time(), UTC)
         written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
-    for day in sorted(_cost_days(root, store, changed)):
+    today = store.now().date()  # the data dir's: its dev clock's where one went ahead
+    for day in sorted(_cost_days(root, store, changed, today)):
         since = datetime.combine(day, time(), UTC)
         cost = store.cost(prices or PriceTable(), since, since + timedelta(days=1))
         written.append(_write(cost, _table(root, "cost", day)))
@@ -41,28 +42,30 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
     return written
 
 
-def _cost_days(root: Path, store: MetricsStore, changed: set[date]) -> set[date]:
+def _cost_days(root: Path, store: MetricsStore, changed: set[date], today: date) -> set[date]:
     """The days whose cost table may no longer say what the state does: a key's storage accrues
     every day it exists, with or without events, and an event (a CreateKey, a DeleteKey read late)
     may change the storage of every day after its own. So, besides the changed days, every day of
     the storage span from the first changed one on, and every day of it that has no table yet (a
     quiet day, which no event marks as changed: without it, summing the daily tables left out its
-    storage)."""
-    span = _storage_span(store)
+    storage). A day after `today` has no cost table until it comes (the export then writes it as
+    a day without one): its storage has not happened, and would be billed whole."""
+    span = _storage_span(store, today)
     start = min(changed, default=date.max)
-    return changed | {day for day in span if day >= start or not _table(root, "cost", day).exists()}
+    days = changed | {day for day in span if day >= start or not _table(root, "cost", day).exists()}
+    return {day for day in days if day <= today}
 
 
-def _storage_span(store: MetricsStore) -> list[date]:
+def _storage_span(store: MetricsStore, today: date) -> list[date]:
     """The UTC days from the first key creation read (storage is billed for keys seen created) to
-    the last event's, and no later than tomorrow by the wall clock: an event stamped years ahead
-    (a skewed clock, a bad record) must not have the export write a table for each day until then."""
+    the last event's, and no later than `today`: an event stamped years ahead (a skewed clock, a
+    bad record) must not have the export write a table for each day until then."""
     created = store.lifecycle().filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))["eventTime"].min()
     last = store.time_bounds()[1]
     if not isinstance(created, datetime) or last is None:
         return []
     first = created.astimezone(UTC).date()
-    end = min(last.astimezone(UTC).date(), datetime.now(UTC).date() + timedelta(days=1))
+    end = min(last.astimezone(UTC).date(), today)
     return [first + timedelta(days=n) for n in range((end - first).days + 1)]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from keytrail.cli.node import record_dev_clock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
@@ -58,12 +59,26 @@ async def test_a_key_created_late_in_the_stream_is_in_the_cost_tables_of_the_day
     assert sorted(friday_table["keyArn"]) == [key_arn(1), key_arn(2)]
 
 
-async def test_an_event_stamped_years_ahead_adds_its_own_day_not_a_table_for_each_day_until_then(
+async def test_an_event_stamped_years_ahead_adds_no_table_for_each_day_until_then_nor_its_own_cost_table(
     tmp_path: Path,
 ) -> None:
     created = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
     skewed = datetime(2099, 1, 1, tzinfo=UTC)  # a node's clock gone wrong, a bad imported record
     await _consume(tmp_path, [create_key(created, key_arn(1)), event("Encrypt", skewed, key_arn(1), user("alice"))])
-    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
-    quiet = [created.date() + timedelta(days=n) for n in range((tomorrow - created.date()).days + 1)]
-    assert sorted(_daily_tables(tmp_path)) == [*quiet, skewed.date()]  # not the 26,000 days until 2099
+    today = datetime.now(UTC).date()
+    quiet = [created.date() + timedelta(days=n) for n in range((today - created.date()).days + 1)]
+    # Not the 26,000 days until 2099, nor 2099's own: its key storage has not happened (its day's
+    # table would bill it whole); its usage table is there, the request happened per its date.
+    assert sorted(_daily_tables(tmp_path)) == quiet
+    assert (tmp_path / "metrics" / "usage" / f"day={skewed.date()}" / "usage.parquet").is_file()
+
+
+async def test_a_dev_clock_ahead_has_the_cost_tables_of_the_days_it_moved_through(tmp_path: Path) -> None:
+    # serve --dev-clock moved 91 days (the demo): its days are the data dir's, quiet ones included.
+    made = datetime.now(UTC).replace(microsecond=0)
+    record_dev_clock(tmp_path, made + timedelta(days=91))
+    await _consume(tmp_path, [create_key(made, key_arn(1)),
+                              event("Encrypt", made + timedelta(days=91), key_arn(1), user("alice"))])
+    tables = _daily_tables(tmp_path)
+    assert sorted(tables) == [made.date() + timedelta(days=n) for n in range(92)]
+    assert tables == {day: _answered(tmp_path, day) for day in tables}
