@@ -52,6 +52,14 @@ class KeyObjects:
             KeyType.AES, 256, id=object_id, label=label, store=True, capabilities=capabilities, template=template,
         )
 
+    def destroy(self, object_id: bytes) -> None:
+        """Remove the key from the token (C_DestroyObject) and forget what this session knew of it;
+        NoSuchKey if the token holds none with this id."""
+        self.get(object_id).destroy()
+        self._handles.pop(object_id, None)
+        self._derivable.pop(object_id, None)
+        self._narrowed.discard(object_id)
+
     def require(self, object_id: bytes) -> None:
         """A PKCS11Error if the token no longer holds the key: a derived key outlives its backing key
         deleted from the token, but what it seals would open only while this session lasts, and

@@ -54,6 +54,12 @@ class TokenSession:
         with self._lock:
             self._keys.generate(object_id, label)
 
+    def destroy_key(self, object_id: bytes) -> None:
+        """Remove a backing key from the token (KeyObjects.destroy): one made for a KMS key that was
+        never saved. Only a key no blob was sealed under: no derived key of it is kept."""
+        with self._lock:
+            self._keys.destroy(object_id)
+
     def seal(self, object_id: bytes, header: Callable[[int], bytes], plaintext: bytes, context: bytes) -> bytes:
         """The whole blob of `plaintext`: format 3 if this key derives, else format 1. `header` gives
         the blob header of a format; `context` is the encoded encryption context."""

@@ -60,6 +60,9 @@ DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is se
 
 
 OriginCreator = Callable[["KmsService", Call, Key], Awaitable[Key]]
+# Removes what an OriginCreator made outside the key store (a key in an HSM) for a key that was
+# then never saved; it logs what it could not remove and raises nothing.
+OriginDiscarder = Callable[["KmsService", Key], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class KmsService:
         # Extension points: how keys of other origins are created, and how each kind of key
         # encrypts (RSA keys and HSM-backed keys register their own ciphers).
         self.origin_creators: dict[Origin, OriginCreator] = {}
+        self.origin_discarders: dict[Origin, OriginDiscarder] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         self._due_lock = asyncio.Lock()
         self._due_failures = DueWorkFailures()

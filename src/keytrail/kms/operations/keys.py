@@ -3,6 +3,7 @@ ScheduleKeyDeletion, CancelKeyDeletion."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -22,9 +23,11 @@ from keytrail.kms.specs import ALLOWED_USAGES
 from keytrail.kms.tags import validate_tags
 
 if TYPE_CHECKING:
-    from keytrail.kms.service import KmsService
+    from keytrail.kms.service import KmsService, OriginDiscarder
 
 __all__ = ["OPERATIONS", "camel_metadata"]
+
+log = logging.getLogger(__name__)
 
 KEY_USAGE_REQUIRED = "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."
 BOTH_SPECS = ("You cannot specify KeySpec and CustomerMasterKeySpec in the same request. "
@@ -92,13 +95,43 @@ async def create_key(svc: KmsService, call: Call) -> Response:
         description=params.get("Description") or "", policy=policy, tags=tuple(tags.items()),
         multi_region=multi_region, primary_region=context.region if multi_region else None,
     )
+    svc.check_dry_run(call)  # before the first material: a dry run must make no key in an HSM either
     key = await _with_first_material(svc, call, key)
-    svc.check_dry_run(call)
-    await svc.store.put_key(key)
+    await _save_new_key(svc, key)
     call.resource(key.arn)
     metadata = key_metadata(key)
     call.response_elements = {"keyMetadata": camel_metadata(metadata)}
     return {"KeyMetadata": metadata}
+
+
+async def _save_new_key(svc: KmsService, key: Key) -> None:
+    """Store the new key. If that fails, what its origin made outside the store (an HSM's backing
+    key) is removed: it would stay in the HSM with nothing pointing to it."""
+    try:
+        await svc.store.put_key(key)
+    except BaseException:
+        discard = svc.origin_discarders.get(key.origin)
+        if discard is not None:
+            await _discard_unsaved(svc, key, discard)
+        raise
+
+
+async def _discard_unsaved(svc: KmsService, key: Key, discard: OriginDiscarder) -> None:
+    """`discard` what the key's origin made, unless the store holds the key after all: a write whose
+    answer was lost (a connection cut during COMMIT) may have been committed, and removing the
+    backing key of a saved key would lose all it protects. Never raises: the store's error stands."""
+    try:
+        saved = await svc.store.get_key(key.account, key.region, key.key_id) is not None
+    except Exception as exc:
+        log.error("CreateKey %s: the key store failed (%s) and cannot tell whether it saved the key; what its "
+                  "origin %s made outside the store is kept (docs/custom-key-stores.md)", key.arn,
+                  type(exc).__name__, key.origin.value)
+        return
+    if not saved:
+        try:
+            await discard(svc, key)
+        except Exception:
+            log.exception("CreateKey %s: removing what origin %s made for it failed", key.arn, key.origin.value)
 
 
 async def _with_first_material(svc: KmsService, call: Call, key: Key) -> Key:

@@ -4,6 +4,7 @@ with Origin AWS_CLOUDHSM (a non-extractable AES-256 key generated inside the HSM
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["OPERATIONS", "install"]
 
 MAX_CUSTOM_KEY_STORES = 10
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
@@ -42,6 +44,7 @@ def install(svc: KmsService) -> None:
     """Register the HSM cipher and the AWS_CLOUDHSM key creator with a service."""
     svc.ciphers["hsm"] = HsmCipher(HsmConnections(), svc.store)
     svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
+    svc.origin_discarders[Origin.AWS_CLOUDHSM] = discard_hsm_key
 
 
 def _connections(svc: KmsService) -> HsmConnections:
@@ -280,6 +283,26 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
         materials=(material,),
         extra={**key.extra, "cloud_hsm_cluster_id": store.cluster_id},
     )
+
+
+async def discard_hsm_key(svc: KmsService, key: Key) -> None:
+    """Remove from the token the backing key `create_hsm_key` made for a key that was never saved;
+    logged either way (a token that cannot remove it now leaves it for an operator to remove)."""
+    material, store_id = key.current_material, key.custom_key_store_id
+    if material is None or material.handle is None or store_id is None:
+        return
+    backing_id = material.handle
+    stores = await svc.store.list_custom_key_stores(key.account, key.region)
+    store = next((s for s in stores if s.store_id == store_id), None)
+    unusable = errors.CustomKeyStoreInvalidStateException(f"Custom key store {store_id} cannot use its HSM.")
+    try:
+        await _connections(svc).run(store, unusable, lambda s: s.destroy_key(bytes.fromhex(backing_id)))
+    except errors.KmsError:
+        log.error("custom key store %s: HSM key object %s (label %s) was made for a key that was not saved, and "
+                  "the HSM did not remove it: remove it from the token", store_id, backing_id, key.key_id)
+        return
+    log.warning("custom key store %s: HSM key object %s, made for a key that was not saved, was removed",
+                store_id, backing_id)
 
 
 async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T], seen: int) -> _T:
