@@ -1,6 +1,8 @@
 """What a failed PKCS#11 call says about the session it failed on, and so what becomes of the session.
 
-Three answers keep the session: the token holds no such key (`p11.NoSuchKey`, from C_FindObjects),
+Three answers keep the session: the token holds no such key (`p11.NoSuchKey`, from C_FindObjects, of
+a session still logged in: one whose login ended finds no private object, and `hsm_session` answers
+UserNotLoggedIn instead),
 the token refuses what was asked of a key (`refused`), and a blob fails authentication in C_Decrypt
 (`BLOB_REFUSED`, there only). Any other failure may have left the session broken (closed, logged
 out, an operation left active, the token's state unknown): it is discarded, and the next call logs

@@ -1,4 +1,5 @@
-"""C_Login and C_Logout called on their own, apart from opening and closing the session.
+"""C_Login and C_Logout called on their own, apart from opening and closing the session, and
+C_GetSessionInfo, which says whether a session's login still holds.
 
 python-pkcs11 logs in only inside `Token.open`, right after C_OpenSession, and out only inside
 `Session.close`, right before C_CloseSession; when the token refuses the login or the logout, the
@@ -29,6 +30,7 @@ _FUNCTIONS = (
 )
 _LOGIN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong)
 _LOGOUT = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong)
+_CKS_USER_FUNCTIONS = frozenset({1, 3})  # CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS (v2.40 §5.6.1)
 # The codes PKCS#11 lists for C_Login and C_Logout, as python-pkcs11 names them, so that the rest of
 # keytrail reads these failures as it reads python-pkcs11's (hsm_module's ConnectionErrorCodes).
 _ERRORS: dict[int, type[p11.PKCS11Error]] = {
@@ -44,6 +46,14 @@ _ERRORS: dict[int, type[p11.PKCS11Error]] = {
 
 class _Version(ctypes.Structure):
     _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)]
+
+
+class _SessionInfo(ctypes.Structure):
+    _fields_ = [("slot", ctypes.c_ulong), ("state", ctypes.c_ulong), ("flags", ctypes.c_ulong),
+                ("device_error", ctypes.c_ulong)]
+
+
+_GET_SESSION_INFO = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_SessionInfo))
 
 
 class _FunctionList(ctypes.Structure):
@@ -63,6 +73,7 @@ class Logins:
         self._library = library  # kept loaded for as long as its functions are
         self._login = _LOGIN(functions.contents.C_Login)
         self._logout = _LOGOUT(functions.contents.C_Logout)
+        self._session_info = _GET_SESSION_INFO(functions.contents.C_GetSessionInfo)
 
     def log_in(self, handle: int, pin: str) -> None:
         """Log the session's application in to its token as the user (CKU_USER); the PKCS11Error of
@@ -73,6 +84,15 @@ class Logins:
     def log_out(self, handle: int) -> None:
         """End the login of the session's application on its token (C_Logout)."""
         _check(self._logout(handle))
+
+
+    def logged_in(self, handle: int) -> bool:
+        """Whether the session is logged in as the user (C_GetSessionInfo's state): a token may end
+        the login of a session it keeps open (another application's C_Logout, a reset of its login
+        state), whose private objects are then invisible. The PKCS11Error of a session it closed."""
+        info = _SessionInfo()
+        _check(self._session_info(handle, ctypes.byref(info)))
+        return info.state in _CKS_USER_FUNCTIONS
 
 
 def _check(code: int) -> None:

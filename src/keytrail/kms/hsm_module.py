@@ -19,7 +19,7 @@ from keytrail.kms.hsm_login import Logins
 
 __all__ = [
     "MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "RefusedLogins", "find_token", "log_in", "log_out",
-    "module_path", "token_label",
+    "logged_in", "module_path", "token_label",
 ]
 
 MODULE_ENV = "KEYTRAIL_PKCS11_MODULE"
@@ -130,6 +130,12 @@ def log_out(path: str, session: Any) -> None:
             _logins_of(path).log_out(session.handle)
         finally:
             session.close()
+
+
+def logged_in(path: str, session: Any) -> bool:
+    """Whether a session `log_in` gave is still logged in as the user (Logins.logged_in)."""
+    with MODULE_CALLS:
+        return _logins_of(path).logged_in(session.handle)
 
 
 class RefusedLogins:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pkcs11 import Mechanism
@@ -18,7 +18,7 @@ from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3, TOKEN_SALT, BlobHeader
 from keytrail.kms.hsm_derivation import DerivedKeys
 from keytrail.kms.hsm_failures import BLOB_REFUSED, refused, warn_format_1
 from keytrail.kms.hsm_key_objects import KeyObjects
-from keytrail.kms.hsm_module import MODULE_CALLS, log_in, log_out
+from keytrail.kms.hsm_module import MODULE_CALLS, log_in, log_out, logged_in
 
 __all__ = ["TokenSession", "open_session"]
 
@@ -57,14 +57,29 @@ class TokenSession:
     def destroy_key(self, object_id: bytes) -> None:
         """Remove a backing key from the token (KeyObjects.destroy): one made for a KMS key that was
         never saved. Only a key no blob was sealed under: no derived key of it is kept."""
-        with self._lock:
+        with self._lock, self._key_of_the_login(object_id):
             self._keys.destroy(object_id)
+
+    @contextlib.contextmanager
+    def _key_of_the_login(self, object_id: bytes) -> Iterator[None]:
+        """KeyObjects.deleted_as_no_such_key, and UserNotLoggedIn for a key not found by a session
+        that lost its login while the token kept it open (another application's C_Logout, a token
+        that reset its login state): the key is private, so invisible to it, not gone. Kept as a
+        sound session missing one key, the session would fail every call until a reconnect;
+        UserNotLoggedIn drops it, and the next call logs in again."""
+        try:
+            with self._keys.deleted_as_no_such_key(object_id):
+                yield
+        except p11.NoSuchKey:
+            if self._module is not None and not logged_in(self._module, self._session):
+                raise p11.UserNotLoggedIn() from None
+            raise
 
     def seal(self, object_id: bytes, header: Callable[[int], bytes], plaintext: bytes, context: bytes) -> bytes:
         """The whole blob of `plaintext`: format 3 if this key derives, else format 1. `header` gives
         the blob header of a format; `context` is the encoded encryption context."""
         nonce = os.urandom(_NONCE)
-        with self._lock, self._keys.deleted_as_no_such_key(object_id):
+        with self._lock, self._key_of_the_login(object_id):
             self._keys.narrow(object_id)
             sealing = self._sealing_key(object_id)
             if sealing is None:
@@ -80,7 +95,7 @@ class TokenSession:
     def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
         """The plaintext of a parsed format 1 or 3 blob; InvalidCiphertextException if it fails
         authentication, NoSuchKey if the token no longer holds the key, else the PKCS11Error."""
-        with self._lock, self._keys.deleted_as_no_such_key(object_id):
+        with self._lock, self._key_of_the_login(object_id):
             self._keys.narrow(object_id)
             if blob.format == FORMAT_V3:
                 salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]

@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
 
+import pkcs11
 import pytest
 from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.hsm import HsmCipher
+from keytrail.kms.hsm_login import Logins
+from keytrail.kms.hsm_module import MODULE_CALLS
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.service import KmsService
@@ -155,4 +158,38 @@ async def test_a_call_that_read_its_store_just_before_a_disconnect_leaves_no_ses
     await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     assert (await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"again"))["KeyId"].endswith(key_id)
     assert open_sessions(hsm.module, cluster) == 1
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+def _log_the_user_out(hsm: SoftHsm, cluster: str) -> None:
+    """End the token user's login behind the service's back, as another application's C_Logout or a
+    token resetting its login state does: a PKCS#11 login belongs to the application, so the store's
+    session stays open, and public."""
+    with MODULE_CALLS:
+        session = pkcs11.lib(hsm.module).get_token(token_label=cluster).open()
+        try:
+            Logins(hsm.module).log_out(session.handle)
+        finally:
+            session.close()
+
+
+@pytest.mark.parametrize("lookup", ["a key the session has not looked up", "a key whose handle it keeps"])
+async def test_a_session_that_lost_its_login_is_replaced_on_the_next_call(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, lookup: str
+) -> None:
+    # Its private objects invisible, the session answered "no such key" (C_FindObjects finds none), as
+    # for a key deleted from the token, and was kept: the store failed every call until reconnected.
+    cluster = next(clusters)
+    store_id, used_id = await hsm_key(svc, cluster, trust_anchor)
+    blob = (await call(svc, "Encrypt", KeyId=used_id, Plaintext=b"before"))["CiphertextBlob"]
+    unused_id = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+    key_id = unused_id if lookup.startswith("a key the session has not") else used_id
+    stale = await live_session(svc, store_id)
+    _log_the_user_out(hsm, cluster)
+    with pytest.raises(errors.KMSInvalidStateException):  # the call that meets it: the store's AWS error
+        await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"after")
+    await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"after")  # the next one logs in again
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == b"before"
+    assert await live_session(svc, store_id) is not stale
+    assert open_sessions(hsm.module, cluster) == 1  # the public one was closed
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
