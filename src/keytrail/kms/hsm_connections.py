@@ -96,6 +96,29 @@ class HsmConnections:
             if session is not None:
                 await self._discard(session)
 
+    @property
+    def holding(self) -> bool:
+        """Whether this node has a session of any store."""
+        return bool(self._sessions)
+
+    async def close_unconnected(self, stores: list[CustomKeyStore]) -> None:
+        """Close this node's sessions of stores that are no longer CONNECTED in `stores` (every store
+        of the key store, read now), or no longer exist: another node sharing the key store
+        disconnected (or deleted) them, and a session kept here would hold the token's login. A
+        CONNECTING store is left alone: it is being connected, and its session is valid again once it
+        is CONNECTED. Counted as a disconnect of this node's (`disconnects`), so that a call that read
+        the store before does not log in again."""
+        states = {store.store_id: store.state for store in stores}
+        async with self._lock:
+            for store_id in list(self._sessions):
+                state = states.get(store_id)
+                if state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
+                    continue
+                self._disconnects[store_id] = self.disconnects(store_id) + 1
+                await self._discard(self._sessions.pop(store_id))
+                log.warning("custom key store %s is %s in the key store: this node's session of it is closed",
+                            store_id, state.value if state is not None else "deleted")
+
     async def drop(self, failed: TokenSession) -> None:
         """Forget a session a PKCS#11 call failed on, so the next call logs in again instead of
         failing on it until the store is reconnected. A session opened meanwhile is kept."""

@@ -96,6 +96,9 @@ class KmsService:
         self.origin_creators: dict[Origin, OriginCreator] = {}
         self.origin_discarders: dict[Origin, OriginDiscarder] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
+        # Work of each scheduler tick besides the keys' due work (an extension's upkeep: the HSM
+        # sessions of stores another node disconnected); a store error in one fails the tick.
+        self.tick_work: list[Callable[[], Awaitable[None]]] = []
         self._due_lock = asyncio.Lock()
         self._due_failures = DueWorkFailures()
         from keytrail.kms.operations import EXTENSIONS
@@ -392,9 +395,9 @@ class KmsService:
             return current
 
     async def run_due(self) -> None:
-        """Apply every due deletion and rotation (the scheduler's tick). A key whose due work fails
-        (its audit record refused, a store write failed) is left for the next tick, logged when the
-        keys left over or the reasons change; the keys after it still get theirs."""
+        """Apply every due deletion and rotation (the scheduler's tick), then `tick_work`. A key whose
+        due work fails (its audit record refused, a store write failed) is left for the next tick,
+        logged when the keys left over or the reasons change; the keys after it still get theirs."""
         failed: list[tuple[str, Exception]] = []
         for key in await self.store.all_keys():
             try:
@@ -402,6 +405,8 @@ class KmsService:
             except Exception as exc:
                 failed.append((key.arn, exc))
         self._due_failures.tick(failed)
+        for work in self.tick_work:
+            await work()
 
     def now(self) -> datetime:
         return self.clock.now()

@@ -41,8 +41,16 @@ _T = TypeVar("_T")
 
 
 def install(svc: KmsService) -> None:
-    """Register the HSM cipher and the AWS_CLOUDHSM key creator with a service."""
-    svc.ciphers["hsm"] = HsmCipher(HsmConnections(), svc.store)
+    """Register the HSM cipher, the AWS_CLOUDHSM key creator and discarder with a service, and have
+    its scheduler tick close the sessions of stores another node disconnected."""
+    connections = HsmConnections()
+    svc.ciphers["hsm"] = HsmCipher(connections, svc.store)
+
+    async def close_unconnected() -> None:
+        if connections.holding:  # else no read of the stores on every tick of a node without HSM
+            await connections.close_unconnected(await svc.store.all_custom_key_stores())
+
+    svc.tick_work.append(close_unconnected)
     svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
     svc.origin_discarders[Origin.AWS_CLOUDHSM] = discard_hsm_key
 

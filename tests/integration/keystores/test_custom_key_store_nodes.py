@@ -1,0 +1,87 @@
+"""A custom key store served by two nodes over one PostgreSQL store (SoftHSM2, both nodes in this
+process): a Disconnect answered by one node ends the other node's session of the store at that
+node's next scheduler tick, and the other node refuses the store's calls meanwhile.
+
+Both nodes run in this process, so they share one PKCS#11 login per token: only one of them holds a
+session at a time here (as the first node's is closed before the second logs in). The file name
+sorts before test_custom_key_stores.py on purpose: once that file deletes a token, SoftHSM2 in this
+process fails every token lookup (see test_custom_key_store_sessions.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import cast
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms import errors
+from keytrail.kms.hsm import HsmCipher, HsmConnections
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey
+from tests.integration.keystores.conftest import PIN
+from tests.integration.keystores.test_postgres_store import Node
+from tests.support.softhsm import SoftHsm, open_sessions
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _connections(node: Node) -> HsmConnections:
+    return cast(HsmCipher, node.svc.ciphers["hsm"]).connections
+
+
+async def test_a_store_another_node_disconnected_loses_this_nodes_session_at_its_next_tick(
+    dsn: str, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str,
+) -> None:
+    # The other node's session, and the token's login with it, used to stay open until that node
+    # reconnected the store or restarted.
+    root, clock, cluster = RootKey(os.urandom(32)), ManualClock(NOW), next(clusters)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    try:
+        store_id = (await first("CreateCustomKeyStore", CustomKeyStoreName="shared", CloudHsmClusterId=cluster,
+                                TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+        await first("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        key_id = (await first("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+        await _connections(first).disconnect(store_id)  # its session closed, as after a restart
+        await second("Encrypt", KeyId=key_id, Plaintext=b"on the second node")  # logs in there
+        assert open_sessions(hsm.module, cluster) == 1
+        await first("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+        with pytest.raises(errors.KMSInvalidStateException):  # the store's state is read on each call
+            await second("Encrypt", KeyId=key_id, Plaintext=b"after the disconnect")
+        with pytest.raises(errors.CustomKeyStoreInvalidStateException):
+            await second("GenerateRandom", NumberOfBytes=8, CustomKeyStoreId=store_id)
+        assert open_sessions(hsm.module, cluster) == 1
+        await second.svc.run_due()  # the scheduler's tick
+        assert open_sessions(hsm.module, cluster) == 0
+        await first("ConnectCustomKeyStore", CustomKeyStoreId=store_id)  # no login of the second is left
+        [entry] = (await first("DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+        assert entry["ConnectionState"] == "CONNECTED"
+        await first("Encrypt", KeyId=key_id, Plaintext=b"connected again")
+        await first("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+        assert open_sessions(hsm.module, cluster) == 0
+    finally:
+        await first.store.close()
+        await second.store.close()
+
+
+async def test_a_tick_keeps_the_session_of_a_store_still_connected(
+    dsn: str, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str,
+) -> None:
+    root, cluster = RootKey(os.urandom(32)), next(clusters)
+    node = Node(await PostgresStore.connect(dsn, root), ManualClock(NOW), "us-east-1")
+    try:
+        store_id = (await node("CreateCustomKeyStore", CustomKeyStoreName="kept", CloudHsmClusterId=cluster,
+                               TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+        await node("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        key_id = (await node("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+        await node.svc.run_due()
+        assert open_sessions(hsm.module, cluster) == 1
+        await node("Encrypt", KeyId=key_id, Plaintext=b"still connected")
+        await node("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    finally:
+        await node.store.close()
