@@ -17,6 +17,7 @@ from keytrail.kms.hsm_module import MODULE_ENV, HsmError, RefusedLogins, module_
 from keytrail.kms.hsm_session import TokenSession, open_session
 from keytrail.kms.hsm_thread import HsmThread
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+from keytrail.kms.shared_tokens import SharedTokens
 
 __all__ = ["HsmConnections"]
 
@@ -34,6 +35,7 @@ class HsmConnections:
         self._lock = asyncio.Lock()
         self._thread = thread or HsmThread()
         self._refused = RefusedLogins()
+        self.shared = SharedTokens()  # the stores found sharing a token, said once in the log
 
     async def connect(self, store: CustomKeyStore) -> None:
         """Log in to the store's token (again, even with a password it refused); HsmError says why

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -29,6 +29,7 @@ from keytrail.kms.keystores import (
 )
 from keytrail.kms.model import KeySpec, KeyState, Origin
 from keytrail.kms.paging import page
+from keytrail.kms.shared_tokens import holding_the_token
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -41,18 +42,32 @@ _T = TypeVar("_T")
 
 
 def install(svc: KmsService) -> None:
-    """Register the HSM cipher, the AWS_CLOUDHSM key creator and discarder with a service, and have
-    its scheduler tick close the sessions of stores another node disconnected."""
+    """Register the HSM cipher, the AWS_CLOUDHSM key creator and discarder with a service, and the
+    HSM's upkeep with its scheduler tick (`_upkeep`)."""
     connections = HsmConnections()
     svc.ciphers["hsm"] = HsmCipher(connections, svc.store)
-
-    async def close_unconnected() -> None:
-        if connections.holding:  # else no read of the stores on every tick of a node without HSM
-            await connections.close_unconnected(await svc.store.all_custom_key_stores())
-
-    svc.tick_work.append(close_unconnected)
+    svc.tick_work.append(_upkeep(svc, connections))
     svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
     svc.origin_discarders[Origin.AWS_CLOUDHSM] = discard_hsm_key
+
+
+def _upkeep(svc: KmsService, connections: HsmConnections) -> Callable[[], Awaitable[None]]:
+    """The HSM's work at each scheduler tick: close this node's sessions of stores another node
+    disconnected (HsmConnections.close_unconnected); and at the first, the node's start, report the
+    stores that share a token (kms/shared_tokens.py)."""
+    started = False
+
+    async def upkeep() -> None:
+        nonlocal started
+        if started and not connections.holding:  # else no read of the stores on every tick of a node without HSM
+            return
+        stores = await svc.store.all_custom_key_stores()
+        if not started:
+            connections.shared.report(stores)
+            started = True
+        await connections.close_unconnected(stores)
+
+    return upkeep
 
 
 def _connections(svc: KmsService) -> HsmConnections:
@@ -164,6 +179,7 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
         raise _invalid_state(store, "ConnectCustomKeyStore")
     if store.state is ConnectionState.CONNECTED:
         return {}
+    await _require_token_not_held(svc, store)
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTING))
     try:
         await _connections(svc).connect(store)
@@ -173,6 +189,21 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTED))
     await _set_availability(svc, store, available=True)
     return {}
+
+
+async def _require_token_not_held(svc: KmsService, store: CustomKeyStore) -> None:
+    """CloudHsmClusterInUseException if another store on the store's token is connected: stores that
+    share a token (made before one token backed one store, kms/shared_tokens.py) would share its login.
+    Not in ConnectCustomKeyStore's modelled errors, as no AWS cluster can back two stores; it is
+    CreateCustomKeyStore's answer to the same conflict. The message names no other store."""
+    stores = await svc.store.all_custom_key_stores()
+    _connections(svc).shared.report(stores)
+    if holding_the_token(store, stores):
+        raise CloudHsmClusterInUseException(
+            f"Custom key store {store.store_id} shares its HSM token with another custom key store, which is "
+            "connected (custom key stores made before each had to have a cluster of its own). Disconnect that "
+            "store first, or give this one a cluster of its own with UpdateCustomKeyStore."
+        )
 
 
 async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
@@ -372,7 +403,9 @@ def _claiming_a_cluster(handler: Handler) -> Handler:
 
 OPERATIONS: dict[str, Operation] = {
     "CreateCustomKeyStore": Operation(_claiming_a_cluster(create_custom_key_store)),
-    "ConnectCustomKeyStore": Operation(_one_at_a_time(connect_custom_key_store)),
+    # Claiming too: two stores sharing a token (kms/shared_tokens.py), in two accounts, could each
+    # find the other disconnected and connect at once.
+    "ConnectCustomKeyStore": Operation(_claiming_a_cluster(connect_custom_key_store)),
     "DisconnectCustomKeyStore": Operation(_one_at_a_time(disconnect_custom_key_store)),
     "DescribeCustomKeyStores": Operation(describe_custom_key_stores, read_only=True),
     "UpdateCustomKeyStore": Operation(_claiming_a_cluster(update_custom_key_store)),
