@@ -11,7 +11,7 @@ from keytrail.kms.ciphertext import read_header
 from keytrail.kms.identifiers import KeyRefError, parse_key_ref
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyUsage
-from keytrail.kms.operations.keystores import random_from_store
+from keytrail.kms.operations.hsm_keys import random_from_store
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService

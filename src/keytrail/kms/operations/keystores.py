@@ -1,21 +1,19 @@
-"""Custom key stores: Create/Connect/Disconnect/Describe/Update/DeleteCustomKeyStore, and CreateKey
-with Origin AWS_CLOUDHSM (a non-extractable AES-256 key generated inside the HSM)."""
+"""Custom key stores: Create/Connect/Disconnect/Describe/Update/DeleteCustomKeyStore, and the HSM's
+part of a service (`install`); CreateKey with Origin AWS_CLOUDHSM is in operations/hsm_keys.py."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Handler, Operation, Response
-from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, TokenSession, find_token, module_path
+from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, module_path
 from keytrail.kms.hsm_module import token_label
-from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.keys import Key
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
     CloudHsmClusterInvalidConfigurationException,
@@ -27,7 +25,14 @@ from keytrail.kms.keystores import (
     custom_key_store_entry,
     new_custom_key_store_id,
 )
-from keytrail.kms.model import KeySpec, KeyState, Origin
+from keytrail.kms.model import KeyState, Origin
+from keytrail.kms.operations.hsm_keys import (
+    connections_of,
+    create_hsm_key,
+    discard_hsm_key,
+    find_store,
+    stores_of,
+)
 from keytrail.kms.paging import page
 from keytrail.kms.shared_tokens import holding_the_token
 
@@ -37,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["OPERATIONS", "install"]
 
 MAX_CUSTOM_KEY_STORES = 10
-log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 def install(svc: KmsService) -> None:
@@ -68,21 +71,6 @@ def _upkeep(svc: KmsService, connections: HsmConnections) -> Callable[[], Awaita
         await connections.close_unconnected(stores)
 
     return upkeep
-
-
-def _connections(svc: KmsService) -> HsmConnections:
-    return cast(HsmCipher, svc.ciphers["hsm"]).connections
-
-
-async def _stores(svc: KmsService, call: Call) -> list[CustomKeyStore]:
-    return await svc.store.list_custom_key_stores(call.context.account, call.context.region)
-
-
-async def _find_store(svc: KmsService, call: Call, store_id: str) -> CustomKeyStore:
-    found = next((s for s in await _stores(svc, call) if s.store_id == store_id), None)
-    if found is None:
-        raise errors.CustomKeyStoreNotFoundException(f"Custom key store {store_id} does not exist.")
-    return found
 
 
 def _invalid_state(store: CustomKeyStore, operation: str) -> errors.KmsError:
@@ -115,7 +103,7 @@ def _check_cluster(cluster_id: str, trust_anchor: str) -> None:
 async def _checked_cluster(svc: KmsService, cluster_id: str, trust_anchor: str) -> None:
     """`_check_cluster` on the PKCS#11 thread, which a module that stops answering holds, not the loop's."""
     try:
-        await _connections(svc).call(lambda: _check_cluster(cluster_id, trust_anchor))
+        await connections_of(svc).call(lambda: _check_cluster(cluster_id, trust_anchor))
     except TimeoutError:
         raise CloudHsmClusterNotActiveException(
             "The HSM cannot list its tokens now (it did not answer in time)."
@@ -155,7 +143,7 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
     params = call.params
     await svc.authorize(call, "kms:CreateCustomKeyStore", None)
     _require_cloudhsm_parameters(params)
-    stores = await _stores(svc, call)
+    stores = await stores_of(svc, call)
     _require_new_name(stores, params["CustomKeyStoreName"])
     if len(stores) >= MAX_CUSTOM_KEY_STORES:
         raise errors.LimitExceededException("The custom key store limit has been reached.")
@@ -173,7 +161,7 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 
 async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
-    store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
+    store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     await svc.authorize(call, "kms:ConnectCustomKeyStore", None)
     if store.state in (ConnectionState.DISCONNECTING, ConnectionState.FAILED):
         raise _invalid_state(store, "ConnectCustomKeyStore")
@@ -182,7 +170,7 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
     await _require_token_not_held(svc, store)
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTING))
     try:
-        await _connections(svc).connect(store)
+        await connections_of(svc).connect(store)
     except HsmError as exc:
         await svc.store.put_custom_key_store(store.with_state(ConnectionState.FAILED, exc.code))
         return {}
@@ -197,7 +185,7 @@ async def _require_token_not_held(svc: KmsService, store: CustomKeyStore) -> Non
     Not in ConnectCustomKeyStore's modelled errors, as no AWS cluster can back two stores; it is
     CreateCustomKeyStore's answer to the same conflict. The message names no other store."""
     stores = await svc.store.all_custom_key_stores()
-    _connections(svc).shared.report(stores)
+    connections_of(svc).shared.report(stores)
     if holding_the_token(store, stores):
         raise CloudHsmClusterInUseException(
             f"Custom key store {store.store_id} shares its HSM token with another custom key store, which is "
@@ -207,14 +195,14 @@ async def _require_token_not_held(svc: KmsService, store: CustomKeyStore) -> Non
 
 
 async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
-    store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
+    store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)
     # AWS refuses DISCONNECTED and DISCONNECTING; DISCONNECTING is let through, as CONNECTING is: it
     # is how a store a crash left in either recovers, and no other call is valid in it.
     if store.state is ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "DisconnectCustomKeyStore")
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTING))
-    await _connections(svc).disconnect(store.store_id)
+    await connections_of(svc).disconnect(store.store_id)
     await _set_availability(svc, store, available=False)
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTED))
     return {}
@@ -250,7 +238,7 @@ async def _keys_in(svc: KmsService, store: CustomKeyStore) -> list[Key]:
 async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
     params = call.params
     await svc.authorize(call, "kms:DescribeCustomKeyStores", None)
-    stores = await _stores(svc, call)
+    stores = await stores_of(svc, call)
     if "CustomKeyStoreId" in params or "CustomKeyStoreName" in params:
         stores = [
             s
@@ -266,14 +254,14 @@ async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
 
 async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     params = call.params
-    store = await _find_store(svc, call, params["CustomKeyStoreId"])
+    store = await find_store(svc, call, params["CustomKeyStoreId"])
     await svc.authorize(call, "kms:UpdateCustomKeyStore", None)
     changes_connection = "KeyStorePassword" in params or "CloudHsmClusterId" in params
     if changes_connection and store.state is not ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "UpdateCustomKeyStore")
     name = params.get("NewCustomKeyStoreName", store.name)
     if name != store.name:
-        _require_new_name(await _stores(svc, call), name)
+        _require_new_name(await stores_of(svc, call), name)
     cluster = params.get("CloudHsmClusterId", store.cluster_id)
     if cluster != store.cluster_id:
         # Unrelated first (CloudHsmClusterNotRelatedException, Update's modelled error), then taken:
@@ -287,7 +275,7 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 
 async def delete_custom_key_store(svc: KmsService, call: Call) -> Response:
-    store = await _find_store(svc, call, call.params["CustomKeyStoreId"])
+    store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     await svc.authorize(call, "kms:DeleteCustomKeyStore", None)
     if store.state is not ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "DeleteCustomKeyStore")
@@ -297,83 +285,6 @@ async def delete_custom_key_store(svc: KmsService, call: Call) -> Response:
         )
     await svc.store.delete_custom_key_store(store)
     return {}
-
-
-async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
-    """CreateKey's AWS_CLOUDHSM origin: the backing key is generated inside the store's token."""
-    store_id = call.params.get("CustomKeyStoreId")
-    if store_id is None:
-        raise errors.ValidationException("CustomKeyStoreId is required when Origin is AWS_CLOUDHSM.")
-    seen = _connections(svc).disconnects(store_id)  # before the store is read
-    store = await _find_store(svc, call, store_id)
-    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.multi_region:
-        raise errors.UnsupportedOperationException(
-            "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
-        )
-    backing_id = svc.deps.random_bytes(16).hex()
-    await _in_store(svc, store, lambda s: s.generate_key(bytes.fromhex(backing_id), key.key_id), seen)
-    material = KeyMaterial(
-        material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
-    )
-    note_backing_key(call, store, backing_id)
-    return replace(
-        key,
-        custom_key_store_id=store.store_id,
-        materials=(material,),
-        extra={**key.extra, "cloud_hsm_cluster_id": store.cluster_id},
-    )
-
-
-async def discard_hsm_key(svc: KmsService, key: Key) -> None:
-    """Remove from the token the backing key `create_hsm_key` made for a key that was never saved;
-    logged either way (a token that cannot remove it now leaves it for an operator to remove)."""
-    material, store_id = key.current_material, key.custom_key_store_id
-    if material is None or material.handle is None or store_id is None:
-        return
-    backing_id = material.handle
-    stores = await svc.store.list_custom_key_stores(key.account, key.region)
-    store = next((s for s in stores if s.store_id == store_id), None)
-    unusable = errors.CustomKeyStoreInvalidStateException(f"Custom key store {store_id} cannot use its HSM.")
-    try:
-        await _connections(svc).run(store, unusable, lambda s: s.destroy_key(bytes.fromhex(backing_id)))
-    except errors.KmsError:
-        log.error("custom key store %s: HSM key object %s (label %s) was made for a key that was not saved, and "
-                  "the HSM did not remove it: remove it from the token", store_id, backing_id, key.key_id)
-        return
-    log.warning("custom key store %s: HSM key object %s, made for a key that was not saved, was removed",
-                store_id, backing_id)
-
-
-async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T], seen: int) -> _T:
-    """The HSM calls of CreateKey and GenerateRandom: for a store that is not connected, or whose
-    HSM cannot be used, AWS documents CustomKeyStoreInvalidStateException for both. `seen`: the
-    store's HsmConnections.disconnects, read before the store."""
-    return await _connections(svc).run(
-        store,
-        errors.CustomKeyStoreInvalidStateException(
-            f"Custom key store {store.store_id} cannot use its HSM (ConnectionState {store.state.value})."
-        ),
-        work,
-        seen,
-    )
-
-
-async def random_from_store(svc: KmsService, call: Call, store_id: str, count: int) -> bytes:
-    """GenerateRandom with CustomKeyStoreId: the bytes come from the store's HSM."""
-    seen = _connections(svc).disconnects(store_id)  # before the store is read
-    return await _in_store(svc, await _find_store(svc, call, store_id), lambda s: s.random_bytes(count), seen)
-
-
-def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None:
-    """CloudTrail's additionalEventData for calls on keys in a CloudHSM key store."""
-    call.additional_event_data.update(
-        {
-            "customKeyStoreId": store.store_id,
-            "clusterId": store.cluster_id,
-            "backingKeyId": backing_id,
-            "backingKeys": json.dumps([{"backingKeyId": backing_id}], separators=(",", ":")),
-        }
-    )
 
 
 def _one_at_a_time(handler: Handler) -> Handler:

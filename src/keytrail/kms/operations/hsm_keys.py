@@ -1,0 +1,122 @@
+"""Keys in custom key stores: CreateKey with Origin AWS_CLOUDHSM (a non-extractable AES-256 key generated
+inside the store's HSM, and removed again if the key is not saved), and GenerateRandom from a store's
+HSM; and the lookups of a call's stores that the store operations (operations/keystores.py) share."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypeVar, cast
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call
+from keytrail.kms.hsm import HsmCipher, HsmConnections, TokenSession
+from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.model import KeySpec
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["connections_of", "create_hsm_key", "discard_hsm_key", "find_store", "note_backing_key",
+           "random_from_store", "stores_of"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+def connections_of(svc: KmsService) -> HsmConnections:
+    """The service's live HSM sessions (operations/keystores.py's `install` registered them)."""
+    return cast(HsmCipher, svc.ciphers["hsm"]).connections
+
+
+async def stores_of(svc: KmsService, call: Call) -> list[CustomKeyStore]:
+    """The custom key stores of the call's account and Region."""
+    return await svc.store.list_custom_key_stores(call.context.account, call.context.region)
+
+
+async def find_store(svc: KmsService, call: Call, store_id: str) -> CustomKeyStore:
+    """The call's account's store `store_id` in its Region; CustomKeyStoreNotFoundException if none."""
+    found = next((s for s in await stores_of(svc, call) if s.store_id == store_id), None)
+    if found is None:
+        raise errors.CustomKeyStoreNotFoundException(f"Custom key store {store_id} does not exist.")
+    return found
+
+
+async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
+    """CreateKey's AWS_CLOUDHSM origin: the backing key is generated inside the store's token."""
+    store_id = call.params.get("CustomKeyStoreId")
+    if store_id is None:
+        raise errors.ValidationException("CustomKeyStoreId is required when Origin is AWS_CLOUDHSM.")
+    seen = connections_of(svc).disconnects(store_id)  # before the store is read
+    store = await find_store(svc, call, store_id)
+    if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT or key.multi_region:
+        raise errors.UnsupportedOperationException(
+            "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
+        )
+    backing_id = svc.deps.random_bytes(16).hex()
+    await _in_store(svc, store, lambda s: s.generate_key(bytes.fromhex(backing_id), key.key_id), seen)
+    material = KeyMaterial(
+        material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
+    )
+    note_backing_key(call, store, backing_id)
+    return replace(
+        key,
+        custom_key_store_id=store.store_id,
+        materials=(material,),
+        extra={**key.extra, "cloud_hsm_cluster_id": store.cluster_id},
+    )
+
+
+async def discard_hsm_key(svc: KmsService, key: Key) -> None:
+    """Remove from the token the backing key `create_hsm_key` made for a key that was never saved;
+    logged either way (a token that cannot remove it now leaves it for an operator to remove)."""
+    material, store_id = key.current_material, key.custom_key_store_id
+    if material is None or material.handle is None or store_id is None:
+        return
+    backing_id = material.handle
+    stores = await svc.store.list_custom_key_stores(key.account, key.region)
+    store = next((s for s in stores if s.store_id == store_id), None)
+    unusable = errors.CustomKeyStoreInvalidStateException(f"Custom key store {store_id} cannot use its HSM.")
+    try:
+        await connections_of(svc).run(store, unusable, lambda s: s.destroy_key(bytes.fromhex(backing_id)))
+    except errors.KmsError:
+        log.error("custom key store %s: HSM key object %s (label %s) was made for a key that was not saved, and "
+                  "the HSM did not remove it: remove it from the token", store_id, backing_id, key.key_id)
+        return
+    log.warning("custom key store %s: HSM key object %s, made for a key that was not saved, was removed",
+                store_id, backing_id)
+
+
+async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T], seen: int) -> _T:
+    """The HSM calls of CreateKey and GenerateRandom: for a store that is not connected, or whose
+    HSM cannot be used, AWS documents CustomKeyStoreInvalidStateException for both. `seen`: the
+    store's HsmConnections.disconnects, read before the store."""
+    return await connections_of(svc).run(
+        store,
+        errors.CustomKeyStoreInvalidStateException(
+            f"Custom key store {store.store_id} cannot use its HSM (ConnectionState {store.state.value})."
+        ),
+        work,
+        seen,
+    )
+
+
+async def random_from_store(svc: KmsService, call: Call, store_id: str, count: int) -> bytes:
+    """GenerateRandom with CustomKeyStoreId: the bytes come from the store's HSM."""
+    seen = connections_of(svc).disconnects(store_id)  # before the store is read
+    return await _in_store(svc, await find_store(svc, call, store_id), lambda s: s.random_bytes(count), seen)
+
+
+def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None:
+    """CloudTrail's additionalEventData for calls on keys in a CloudHSM key store."""
+    call.additional_event_data.update(
+        {
+            "customKeyStoreId": store.store_id,
+            "clusterId": store.cluster_id,
+            "backingKeyId": backing_id,
+            "backingKeys": json.dumps([{"backingKeyId": backing_id}], separators=(",", ":")),
+        }
+    )
