@@ -13,7 +13,7 @@ from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.hsm_failures import error_name, refused
-from keytrail.kms.hsm_module import MODULE_ENV, HsmError, RefusedLogins, module_path
+from keytrail.kms.hsm_module import MODULE_ENV, HsmError, RefusedLogins, module_path, token_label
 from keytrail.kms.hsm_session import TokenSession, open_session
 from keytrail.kms.hsm_thread import HsmThread
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
@@ -31,6 +31,7 @@ class HsmConnections:
 
     def __init__(self, thread: HsmThread | None = None) -> None:
         self._sessions: dict[str, TokenSession] = {}
+        self._tokens: dict[str, str] = {}  # per store: the token label its session logged in to
         self._disconnects: dict[str, int] = {}  # per store: the Disconnects this node made (`disconnects`)
         self._lock = asyncio.Lock()
         self._thread = thread or HsmThread()
@@ -59,6 +60,7 @@ class HsmConnections:
             raise
         self._refused.forget(store.store_id)
         self._sessions[store.store_id] = session
+        self._tokens[store.store_id] = token_label(store.cluster_id)
         return session
 
     async def _log_in(self, path: str, store: CustomKeyStore) -> TokenSession:
@@ -130,11 +132,14 @@ class HsmConnections:
                 await self._discard(failed)
 
     async def session(self, store: CustomKeyStore, seen: int | None = None) -> TokenSession:
-        """The store's live session, logging in first if this process has none yet; HsmError if it
-        has none because this node disconnected the store since `seen` (`disconnects`)."""
+        """The store's live session, logging in first if this process has none yet (or only one of a
+        token the store no longer names); HsmError if it has none because this node disconnected the
+        store since `seen` (`disconnects`)."""
         async with self._lock:
             session = self._sessions.get(store.store_id)
-            if session is not None:
+            # A session of another token than the store's: another node disconnected the store, gave
+            # it another CloudHsmClusterId and connected it again, all between two of this node's ticks.
+            if session is not None and self._tokens.get(store.store_id) == token_label(store.cluster_id):
                 return session
             if seen is not None and seen != self.disconnects(store.store_id):
                 # A login now would leave a session, and the token's login, on a store disconnected.

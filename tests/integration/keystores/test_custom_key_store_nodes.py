@@ -85,3 +85,32 @@ async def test_a_tick_keeps_the_session_of_a_store_still_connected(
         await node("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
     finally:
         await node.store.close()
+
+
+async def test_a_store_moved_to_another_token_between_two_ticks_is_logged_in_to_there(
+    dsn: str, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str,
+) -> None:
+    # Disconnected, updated to another CloudHsmClusterId and connected again by the first node
+    # between two ticks of the second: the second's session, on the old token, found none of the
+    # store's new keys, kept the session as sound, and failed the store's calls until it restarted.
+    root, clock, old, new = RootKey(os.urandom(32)), ManualClock(NOW), next(clusters), next(clusters)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    try:
+        store_id = (await first("CreateCustomKeyStore", CustomKeyStoreName="moved", CloudHsmClusterId=old,
+                                TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+        await first("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        await _connections(first).disconnect(store_id)
+        assert len((await second("GenerateRandom", NumberOfBytes=8, CustomKeyStoreId=store_id))["Plaintext"]) == 8
+        assert open_sessions(hsm.module, old) == 1  # the second node's
+        await first("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+        await first("UpdateCustomKeyStore", CustomKeyStoreId=store_id, CloudHsmClusterId=new)
+        await first("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        key_id = (await first("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+        await _connections(first).disconnect(store_id)  # one login per token in this process
+        await second("Encrypt", KeyId=key_id, Plaintext=b"on the new token")
+        assert [open_sessions(hsm.module, old), open_sessions(hsm.module, new)] == [0, 1]
+        await second("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    finally:
+        await first.store.close()
+        await second.store.close()
