@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SoftHsm", "open_sessions", "softhsm_module", "softhsm_token"]
+__all__ = ["SoftHsm", "open_sessions", "softhsm_module", "softhsm_token", "token_keys"]
 
 _MODULES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -83,3 +83,21 @@ def open_sessions(module: str, label: str) -> int:
         finally:
             probe.close()
 
+
+
+def token_keys(module: str, label: str) -> set[str]:
+    """The labels (KMS key ids) of the token's secret key objects, as a session of this process sees
+    them: a key service logged in to the token in this process shows its private ones too (a PKCS#11
+    login belongs to the application)."""
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    from keytrail.kms.hsm_module import MODULE_CALLS
+
+    with MODULE_CALLS:
+        session = pkcs11.lib(module).get_token(token_label=label).open()
+        try:
+            found = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True})
+            return {str(key.label) for key in found}
+        finally:
+            session.close()

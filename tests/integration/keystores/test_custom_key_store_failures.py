@@ -29,7 +29,7 @@ from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.flaky_token import Faults, flaky_logins
 from tests.integration.keystores.in_process import call, hsm_key, live_session, service
-from tests.support.softhsm import SoftHsm
+from tests.support.softhsm import SoftHsm, token_keys
 
 pytestmark = pytest.mark.integration
 
@@ -246,4 +246,27 @@ async def test_a_password_the_token_refused_is_not_tried_again_until_the_store_i
     await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     assert (await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET))["CiphertextBlob"]
     assert faults.logins == tried + 2
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_a_backing_key_the_hsm_makes_after_create_key_gave_up_is_removed(
+    impatient: KmsService, hsm: SoftHsm, faults: Faults, clusters: Iterator[str], trust_anchor: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The generation went on in the PKCS#11 thread after CreateKey answered the store's error, and
+    # the key it made stayed in the HSM with no KMS key pointing to it.
+    svc, cluster = impatient, next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    faults.hang("C_GenerateKey")
+    try:
+        with pytest.raises(errors.CustomKeyStoreInvalidStateException):
+            await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)
+    finally:
+        faults.hold.set()
+    for _ in range(50):
+        if "made after CreateKey gave up on the HSM, was removed" in caplog.text:
+            break
+        await asyncio.sleep(TIMEOUT / 10)
+    made = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+    assert token_keys(hsm.module, cluster) == {key_id, made}
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)

@@ -11,16 +11,13 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import pkcs11
 import pytest
-from pkcs11 import Attribute, ObjectClass
 
 from keytrail.kms import errors
-from keytrail.kms.hsm_module import MODULE_CALLS
 from keytrail.kms.keys import Key
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.in_process import call, hsm_key, service
-from tests.support.softhsm import SoftHsm
+from tests.support.softhsm import SoftHsm, token_keys
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +26,6 @@ pytestmark = pytest.mark.integration
 async def svc(tmp_path: Path, hsm: SoftHsm) -> AsyncIterator[KmsService]:
     async with service(tmp_path) as running:
         yield running
-
-
-def backing_keys(hsm: SoftHsm, cluster: str) -> set[str]:
-    """The labels (KMS key ids) of the token's secret keys, seen through the service's login, which a
-    session of this process shares."""
-    with MODULE_CALLS:
-        session = pkcs11.lib(hsm.module).get_token(token_label=cluster).open()
-        try:
-            found = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True})
-            return {str(key.label) for key in found}
-        finally:
-            session.close()
 
 
 def _failing_once(svc: KmsService, monkeypatch: pytest.MonkeyPatch, *, saves: bool) -> None:
@@ -66,10 +51,10 @@ async def test_a_key_the_store_failed_to_save_leaves_no_backing_key_in_the_hsm(
     _failing_once(svc, monkeypatch, saves=False)
     with pytest.raises(errors.KMSInternalException):
         await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)
-    assert backing_keys(hsm, cluster) == {key_id}
+    assert token_keys(hsm.module, cluster) == {key_id}
     assert "was removed" in caplog.text
     made = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]
-    assert backing_keys(hsm, cluster) == {key_id, made["KeyId"]}  # the store's session was kept
+    assert token_keys(hsm.module, cluster) == {key_id, made["KeyId"]}  # the store's session was kept
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
 
 
@@ -82,7 +67,7 @@ async def test_a_key_the_store_saved_although_it_failed_keeps_its_backing_key(
     with pytest.raises(errors.KMSInternalException):
         await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)
     [saved] = [k["KeyId"] for k in (await call(svc, "ListKeys"))["Keys"] if k["KeyId"] != key_id]
-    assert backing_keys(hsm, cluster) == {key_id, saved}
+    assert token_keys(hsm.module, cluster) == {key_id, saved}
     blob = (await call(svc, "Encrypt", KeyId=saved, Plaintext=b"kept"))["CiphertextBlob"]
     assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == b"kept"
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
@@ -106,6 +91,6 @@ async def test_a_backing_key_the_hsm_cannot_remove_is_named_in_the_log(
     with pytest.raises(errors.KMSInternalException):
         await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id)
     await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)  # its private objects show again
-    [left] = backing_keys(hsm, cluster) - {key_id}
+    [left] = token_keys(hsm.module, cluster) - {key_id}
     assert f"(label {left}) was made for a key that was not saved" in caplog.text
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)

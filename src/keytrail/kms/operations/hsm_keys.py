@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from pkcs11 import exceptions as p11
+
 from keytrail.kms import errors
 from keytrail.kms.calls import Call
 from keytrail.kms.hsm import HsmCipher, HsmConnections, TokenSession
+from keytrail.kms.hsm_failures import error_name
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.model import KeySpec
@@ -57,7 +61,13 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
             "Keys in an AWS CloudHSM key store are single-Region symmetric encryption keys."
         )
     backing_id = svc.deps.random_bytes(16).hex()
-    await _in_store(svc, store, lambda s: s.generate_key(bytes.fromhex(backing_id), key.key_id), seen)
+    generation = _Generation(backing_id, key.key_id)
+    try:
+        await _in_store(svc, store, generation, seen)
+    except BaseException:
+        if generation.give_up():  # made and handed over, but this call failed after (a cancel)
+            await _remove_backing_key(svc, store, backing_id, key.key_id)
+        raise
     material = KeyMaterial(
         material_id=svc.deps.random_bytes(32).hex(), secret=b"", created=svc.now(), handle=backing_id
     )
@@ -70,21 +80,60 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
     )
 
 
+class _Generation:
+    """C_GenerateKey of a backing key, on the PKCS#11 thread, that removes the key again if its caller
+    gave up meanwhile: a call the HSM answers after its time limit (or after its caller was cancelled)
+    goes on in the thread, and what it makes would stay in the HSM with nothing pointing to it."""
+
+    def __init__(self, backing_id: str, label: str) -> None:
+        self._object_id, self._label = bytes.fromhex(backing_id), label
+        self._lock = threading.Lock()  # between the PKCS#11 thread and the event loop's
+        self._given_up = self._handed_over = False
+
+    def __call__(self, session: TokenSession) -> None:
+        session.generate_key(self._object_id, self._label)
+        with self._lock:
+            self._handed_over = not self._given_up
+        if not self._handed_over:  # in the same call: the session is closed only after it
+            _remove_in_thread(session, self._object_id, self._label)
+
+    def give_up(self) -> bool:
+        """The caller no longer takes the key; True if the key was handed over all the same (then it
+        is the caller's to remove), else the generation removes it if it ends."""
+        with self._lock:
+            self._given_up = True
+            return self._handed_over
+
+
+def _remove_in_thread(session: TokenSession, object_id: bytes, label: str) -> None:
+    try:
+        session.destroy_key(object_id)
+    except p11.PKCS11Error as exc:
+        log.error("HSM key object %s (label %s), made after CreateKey gave up on the HSM, could not be removed (%s): "
+                  "remove it from the token", object_id.hex(), label, error_name(exc))
+        return
+    log.warning("HSM key object %s, made after CreateKey gave up on the HSM, was removed", object_id.hex())
+
+
 async def discard_hsm_key(svc: KmsService, key: Key) -> None:
     """Remove from the token the backing key `create_hsm_key` made for a key that was never saved;
     logged either way (a token that cannot remove it now leaves it for an operator to remove)."""
     material, store_id = key.current_material, key.custom_key_store_id
     if material is None or material.handle is None or store_id is None:
         return
-    backing_id = material.handle
     stores = await svc.store.list_custom_key_stores(key.account, key.region)
     store = next((s for s in stores if s.store_id == store_id), None)
+    await _remove_backing_key(svc, store, material.handle, key.key_id)
+
+
+async def _remove_backing_key(svc: KmsService, store: CustomKeyStore | None, backing_id: str, label: str) -> None:
+    store_id = store.store_id if store is not None else "(deleted)"
     unusable = errors.CustomKeyStoreInvalidStateException(f"Custom key store {store_id} cannot use its HSM.")
     try:
         await connections_of(svc).run(store, unusable, lambda s: s.destroy_key(bytes.fromhex(backing_id)))
     except errors.KmsError:
         log.error("custom key store %s: HSM key object %s (label %s) was made for a key that was not saved, and "
-                  "the HSM did not remove it: remove it from the token", store_id, backing_id, key.key_id)
+                  "the HSM did not remove it: remove it from the token", store_id, backing_id, label)
         return
     log.warning("custom key store %s: HSM key object %s, made for a key that was not saved, was removed",
                 store_id, backing_id)
