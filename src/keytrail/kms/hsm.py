@@ -19,7 +19,8 @@ This module is the surface; the parts live in modules of their own:
 - `hsm_thread`: the one thread of the PKCS#11 calls, and the time each is given;
 - `hsm_connections`: the live session of each store, and the AWS errors of an HSM it cannot use;
 - `hsm_cipher`: the KeyCipher of keys in custom key stores;
-- `hsm_derivation`: format 3's keys, derived inside the token.
+- `hsm_derivation`: format 3's keys, derived inside the token;
+- `shared_tokens`: stores that share one token (made before one token backed one store).
 """
 
 from __future__ import annotations
