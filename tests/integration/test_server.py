@@ -264,6 +264,25 @@ def test_dev_clock_endpoint_validates_its_body(server: KeytrailServer) -> None:
     assert status == 400 and "100 years" in body["message"]
 
 
+def test_a_restarted_dev_clock_resumes_where_it_was(tmp_path: Path) -> None:
+    # A deletion scheduled in dev time falls due in dev time: after a restart the clock does not
+    # go back to the wall clock (which would make it wait the 30 days skipped all over again).
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client()
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        before = server.advance(30 * 86_400)
+        kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+        server.stop()
+        server.start()
+        assert server.advance(0) >= before
+        server.advance(7 * 86_400 + 60)
+        assert aws_error(server.client().describe_key, KeyId=key_id)[0] == "NotFoundException"
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+
 def test_tls_self_signed_prints_how_to_trust_it_and_clients_verify_it(tmp_path: Path) -> None:
     # The principals file exists (as on any start but a data dir's first), so serve prints no
     # other export line: the one it prints for the new certificate is what a client needs.

@@ -136,13 +136,25 @@ class StartFailed(Exception):
     """The node did not start: the message names the part that failed and why, in one line."""
 
 
+def _node_clock(settings: ServeSettings) -> Clock:
+    """The wall clock, or a dev clock resumed as far ahead as the data dir's went (DEV_CLOCK_FILE):
+    a restarted `serve --dev-clock` must not take time back, or a deletion or rotation scheduled
+    in dev time would wait the skipped time again and the trail's events would step back."""
+    if not settings.dev_clock:
+        return SystemClock()
+    clock = ManualClock(follow_wall=True)
+    with contextlib.suppress(OverflowError):  # a lead past the year 9999, which no dev clock reached
+        clock.advance(dev_clock_ahead(settings.data_dir))
+    return clock
+
+
 async def build_node(settings: ServeSettings, credentials: CredentialStore, store: Store | None = None, *,
                      lifespan: bool = True) -> Node:
     """Build every part of a node from its settings around its key store (`open_store`'s, opened
     here unless given); nothing starts yet. With `lifespan` the app's ASGI lifespan starts and
     stops it (a server that runs the app by itself: bench's uvicorn --workers); else the caller
     does, with `start_node` and `stop_node` (serve: a failed start is then its own to report)."""
-    clock: Clock = ManualClock(follow_wall=True) if settings.dev_clock else SystemClock()
+    clock = _node_clock(settings)
     if store is None:
         store = await open_store(settings)
     in_progress = CallsInProgress()
