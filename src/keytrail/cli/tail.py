@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
-from keytrail.detect.avro_events import avro_events
-from keytrail.detect.runner import CHUNK, DetectorRunner, batch_guard
+from keytrail.detect.runner import DetectorRunner, batch_guard
 from keytrail.pipeline.segment_source import SegmentReader
 from keytrail.transport.segment_log import event_log_dir
 
@@ -56,9 +55,8 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
     caught_up = False
     async for values in follow_event_log(data_dir, batch=DETECTOR_BATCH, idle_seconds=DETECTOR_GATHER_SECONDS):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
-            if values:
-                async for events in avro_events(values, chunk=CHUNK):
-                    announce(await runner.feed_events(events))
+            if values:  # a damaged value is skipped as on the audit topic, not its batch with it
+                announce(await runner.feed_values(values))
             # Until a batch comes short (the log's end) the detector is replaying the past after a
             # start: a tick as of the clock would judge keys on half their history (unused-key for
             # a key whose later use is still unread) and let go of alarms that later events of

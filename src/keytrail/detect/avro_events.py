@@ -26,7 +26,7 @@ import polars as pl
 from keytrail.detect.events import KMS_SOURCE, KmsEvent, caller, key_arns
 from keytrail.pipeline.decode import known_writer, read_writer_columns
 
-__all__ = ["EVENT_FIELDS", "avro_events"]
+__all__ = ["EVENT_FIELDS", "AvroRow", "avro_events", "avro_rows", "events_of"]
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,16 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 async def avro_events(values: Sequence[bytes], *, chunk: int) -> AsyncIterator[list[KmsEvent]]:
     """The KMS events of `values` in order, `chunk` at a time: the values are decoded in a worker
     thread, each chunk of events is built when the caller asks for it (one short loop step)."""
-    columns = await asyncio.to_thread(_columns, values)
-    rows: list[_Row] = list(zip(*(columns[name] for name in EVENT_FIELDS), strict=True))
+    rows = await avro_rows(values)
     for start in range(0, len(rows), chunk):
-        yield _events(rows[start : start + chunk])
+        yield events_of(rows[start : start + chunk])
+
+
+async def avro_rows(values: Sequence[bytes]) -> list[AvroRow]:
+    """The EVENT_FIELDS of each value, decoded in a worker thread; what polars raises when a body
+    is damaged propagates (`events_of` then turns rows into events a chunk at a time)."""
+    columns = await asyncio.to_thread(_columns, values)
+    return list(zip(*(columns[name] for name in EVENT_FIELDS), strict=True))
 
 
 def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
@@ -68,11 +74,11 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
 
 # One value's EVENT_FIELDS, in that order (eventTime in epoch ms): a plain tuple, as zip makes it,
 # unpacked in `_event` (a named tuple per row cost ~0.5 µs an event).
-_Row = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None]
+AvroRow = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None]
 _SOURCE, _EVENT_ID = 2, 0
 
 
-def _events(rows: Sequence[_Row]) -> list[KmsEvent]:
+def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
     """The events of rows; other services' rows are skipped, unreadable ones skipped with a
     warning, as `read_kms_event` does with the records they decode to."""
     events = []
@@ -86,7 +92,7 @@ def _events(rows: Sequence[_Row]) -> list[KmsEvent]:
     return events
 
 
-def _event(row: _Row) -> KmsEvent:
+def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
      user_identity, resources, request_parameters, response_elements) = row
     principal, account, identity_type, invoked_by = _caller(user_identity)

@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keytrail.clock import Clock
 from keytrail.detect.alarms import Alarm
@@ -30,6 +30,9 @@ from keytrail.detect.sinks import AlarmSink, Dispatcher
 from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.detect.sinks.outbox import Outbox
 from keytrail.detect.sources import Decoder, ValueBatch, default_decoder, is_avro
+
+if TYPE_CHECKING:
+    from keytrail.detect.avro_events import AvroRow
 
 __all__ = ["CHUNK", "DetectorRunner", "batch_guard"]
 
@@ -140,15 +143,26 @@ class DetectorRunner:
         """`feed` for audit topic values, in order: runs of Avro values through the columnar reader
         serve's detector child uses (a quarter of the CPU of decoding each value to a CloudTrail
         dict: bench/pipeline_sources.py), JSON records, and Avro it cannot read, through the
-        record decoder, which skips what it cannot read either."""
+        record decoder, which skips what it cannot read either. Serve's detector child reads its
+        event log's values here too: one damaged value costs that value, not its batch."""
         announced: list[Alarm] = []
         for avro, run in itertools.groupby(values, key=is_avro):
             same_kind = list(run)
-            events = await _columnar_events(same_kind) if avro else None
-            if events is None:
-                announced += await self.feed(self._decoder()(same_kind))
+            rows = await _columnar_rows(same_kind) if avro else None
+            if rows is None:  # in a worker thread: one by one, a batch of 4,000 takes ~75 ms
+                announced += await self.feed(await asyncio.to_thread(self._decoder(), same_kind))
             else:
-                announced += await self.feed_events(events)
+                announced += await self._feed_rows(rows)
+        return announced
+
+    async def _feed_rows(self, rows: Sequence[AvroRow]) -> list[Alarm]:
+        """The events of rows a CHUNK at a time: building them holds the loop ~2 µs each."""
+        from keytrail.detect.avro_events import events_of
+
+        announced: list[Alarm] = []
+        for start in range(0, len(rows), CHUNK):
+            announced += self._publish(self.detector.process_events(events_of(rows[start : start + CHUNK])))
+            await asyncio.sleep(0)
         return announced
 
     async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0,
@@ -200,13 +214,13 @@ def batch_guard(batch: str) -> Iterator[None]:
         log.debug("detector failure on %s", batch, exc_info=True)
 
 
-async def _columnar_events(values: list[bytes]) -> list[KmsEvent] | None:
-    """The events of Avro values through `avro_events`, or None when it cannot read them all (the
-    record decoder then finds and skips the bad ones and keeps the rest)."""
-    from keytrail.detect.avro_events import avro_events  # polars: not for the offline CloudTrail path
+async def _columnar_rows(values: list[bytes]) -> list[AvroRow] | None:
+    """The rows of Avro values through the columnar reader, or None when it cannot read them all
+    (the record decoder then finds and skips the bad ones and keeps the rest)."""
+    from keytrail.detect.avro_events import avro_rows  # polars: not for the offline CloudTrail path
 
     try:
-        return [event async for events in avro_events(values, chunk=len(values)) for event in events]
+        return await avro_rows(values)
     except Exception as exc:  # whatever a foreign or damaged value makes the reader raise
         log.warning("audit values the columnar reader cannot read (%s): decoding them one by one", exc)
         return None

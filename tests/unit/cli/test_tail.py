@@ -89,3 +89,27 @@ async def test_a_restarted_detector_judges_time_rules_on_the_whole_log_not_on_ha
     announced = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
     latest = {a.alarm_id: a for a in announced}  # each alarm's last announced state
     assert [(a.rule, a.count) for a in latest.values()] == [("unauthorized-decrypt", 2)]
+
+
+async def test_one_damaged_value_in_the_event_log_costs_that_value_not_its_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value with a sound frame (length, CRC) over an Avro body that is no record failed the
+    columnar read of its whole batch (up to 4,000 events), which was passed over; it is read as
+    the audit topic's values are: the damaged value is skipped, the rest judged."""
+    now = datetime.now(UTC)
+    key, thief = key_arn(1), user("thief")
+    records = [denied("Decrypt", now - timedelta(minutes=30, seconds=-n), key, thief) for n in range(6)]
+    values = [encode(record) for record in records]
+    damaged = values[0][:10] + b"\xff" * 40  # a known writer's header over a body that is no record
+    directory = event_log_dir(tmp_path)
+    directory.mkdir(parents=True)
+    log = SegmentLog(directory, writable=True)
+    log.append([*values[:3], damaged, *values[3:]])  # one batch: the log holds fewer than DETECTOR_BATCH
+    log.sync()
+    log.close()
+    runner = DetectorRunner.open(tmp_path, clock=SystemClock())
+    with caplog.at_level("WARNING"):
+        [raised] = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
+    assert [(a.alarm_id, a.count) for a in runner.alarms()] == [(raised.alarm_id, 6)]  # the six good ones
+    assert "passed over" not in caplog.text
