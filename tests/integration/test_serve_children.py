@@ -4,6 +4,7 @@ a killed child is restarted, and a killed `serve` leaves no child behind."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -11,9 +12,11 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock
@@ -22,6 +25,7 @@ from tests.integration.e2e.support import eventually
 from tests.support.errors import aws_error
 from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
+from tests.support.services import mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +208,57 @@ def test_serve_refused_for_a_running_consumer_leaves_no_audit_signing_key(tmp_pa
     assert result.returncode == 2, result.stderr
     assert sorted(str(path.relative_to(data)) for path in data.rglob("*")) == [
         str(lock.parent.relative_to(data)), str(lock.relative_to(data))]
+
+
+def _descendants(pid: int) -> dict[int, list[bytes]]:
+    """Every process below `pid` (its children, theirs...) and its command line."""
+    found = child_commands(pid)
+    for child in list(found):
+        found |= _descendants(child)
+    return found
+
+
+async def _denied_decrypt_alarm(server: KeytrailServer, subscriber: aiomqtt.Client) -> dict[str, object]:
+    """Provoke an unauthorized-decrypt alarm on a new key and wait for it on MQTT."""
+    alice = server.client("alice")
+    key = (await asyncio.to_thread(alice.create_key))["KeyMetadata"]["Arn"]
+    blob = (await asyncio.to_thread(alice.encrypt, KeyId=key, Plaintext=b"x"))["CiphertextBlob"]
+    assert (await asyncio.to_thread(aws_error, server.client("bob").decrypt, CiphertextBlob=blob))[0] == \
+        "AccessDeniedException"
+    async with asyncio.timeout(30):
+        async for message in subscriber.messages:
+            alarm = json.loads(message.payload)  # type: ignore[arg-type]
+            if alarm["keyArn"] == key:
+                return alarm  # type: ignore[no-any-return]
+    raise AssertionError("the subscription ended")
+
+
+async def test_the_mqtt_password_reaches_the_detector_child_but_no_command_line(tmp_path: Path) -> None:
+    """serve passed --mqtt to its detector child as an argument, so a password in the URL was in
+    /proc/<pid>/cmdline, readable by every user of the machine, for as long as the node ran. The
+    child now gets its hooks' addresses on its stdin pipe, at each (re)start, and serve warns
+    that its own command line shows the password."""
+    password = f"pw-{uuid.uuid4().hex}"
+    port = int(mosquitto().rsplit(":", 1)[1])  # anonymous: the password is taken and ignored
+    server = KeytrailServer(tmp_path / "data", "--mqtt", f"mqtt://keytrail:{password}@127.0.0.1:{port}",
+                            dev_clock=False)
+    async with aiomqtt.Client("127.0.0.1", port) as subscriber:
+        await subscriber.subscribe("keytrail/alarms/#", qos=1)
+        await asyncio.to_thread(server.start)
+        try:
+            assert server.proc is not None
+            serve = server.proc.pid
+            assert (await _denied_decrypt_alarm(server, subscriber))["rule"] == "unauthorized-decrypt"
+            processes = _descendants(serve)
+            assert {"consumer", "detector"} <= set(_children(serve))
+            assert not [args for args in processes.values() if password.encode() in b" ".join(args)]
+            first = _children(serve)["detector"]
+            os.kill(first, signal.SIGKILL)  # a restarted child is given the hooks again
+            await asyncio.to_thread(eventually, lambda: _children(serve).get("detector", first) != first,
+                                    what="a new detector child")
+            assert (await _denied_decrypt_alarm(server, subscriber))["rule"] == "unauthorized-decrypt"
+            assert not [args for args in _descendants(serve).values() if password.encode() in b" ".join(args)]
+        finally:
+            assert await asyncio.to_thread(server.stop) == 0
+    log = server.log.read_text()
+    assert "--mqtt names a password on the command line" in log and password not in log

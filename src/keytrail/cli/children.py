@@ -34,11 +34,14 @@ def without_store_secrets(environment: Mapping[str, str]) -> dict[str, str]:
 @dataclass(frozen=True)
 class ChildSpec:
     """What to run; `on_line` receives each line of its stdout (else stdout is inherited);
-    `environment_defaults` are set for the child unless serve's own environment sets them."""
+    `environment_defaults` are set for the child unless serve's own environment sets them;
+    `settings` is written to its stdin at each start: what must stay off its command line (every
+    user of the machine can read that) and out of its environment (readable while it is dumpable)."""
 
     name: str
     argv: tuple[str, ...]
     on_line: Callable[[bytes], None] | None = None
+    settings: bytes | None = None
     environment_defaults: Mapping[str, str] = field(default_factory=dict)
     stop_timeout: float = 15.0
     first_backoff: float = 0.5
@@ -80,6 +83,10 @@ class Child:
             stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=True,
             env={**spec.environment_defaults, **without_store_secrets(os.environ)},
         )
+        if spec.settings is not None and process.stdin is not None:
+            process.stdin.write(spec.settings)  # the pipe stays open: its end tells the child serve is gone
+            with contextlib.suppress(ConnectionError):  # a child that died at once: its exit is handled below
+                await process.stdin.drain()
         if spec.on_line is not None and process.stdout is not None:
             async for line in process.stdout:
                 spec.on_line(line)

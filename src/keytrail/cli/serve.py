@@ -209,7 +209,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
     """Build the node and serve it on `sockets` until stopped; one line on stderr if it cannot be."""
     if settings.dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
-    _warn_of_password_in_arguments(settings.store)
+    _warn_of_password_in_arguments(settings.store, settings.mqtt)
     _make_data_dir(settings.data_dir)
     hold = _hold(settings.data_dir)
     try:
@@ -247,12 +247,16 @@ def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHol
         raise _fail(os_problem(exc)) from None
 
 
-def _warn_of_password_in_arguments(store: str | None) -> None:
+def _warn_of_password_in_arguments(store: str | None, mqtt: str | None = None) -> None:
     """A command line is readable by every user of the machine (`ps`, /proc/<pid>/cmdline, even
-    for serve, which is not dumpable), and a --store URL naming a password puts it there."""
+    for serve, which is not dumpable), and a --store or --mqtt URL naming a password puts it there
+    (serve's own: its detector child is given the hooks on a pipe)."""
     if store and store != os.environ.get(STORE_ENV) and _password(store):
         log.warning("--store names the database password on the command line, where every user of this machine "
                     "can read it: give it in $PGPASSWORD or a passfile, or the whole URL in $%s", STORE_ENV)
+    if mqtt and _password(mqtt):
+        log.warning("--mqtt names a password on the command line, where every user of this machine can read it: "
+                    "give the broker's URL in the --config file instead ([hooks] mqtt = \"mqtt://USER:PASS@HOST:PORT\")")
 
 
 def _password(url: str) -> str | None:

@@ -2,12 +2,14 @@
 consumer and the detector, each following the node's embedded event log on the other core.
 
     python -m keytrail.cli.sidecar consumer DATA_DIR
-    python -m keytrail.cli.sidecar detector DATA_DIR [--config FILE] [--mqtt URL] [--kafka BOOTSTRAP]
+    python -m keytrail.cli.sidecar detector DATA_DIR [--config FILE]   (stdin: {"mqtt": …, "kafka": …}\n)
 
 A child stops gracefully (the consumer checkpoints and exports) on SIGTERM or SIGINT, and when
 its stdin reaches end of file: `serve` holds the other end, so even `kill -9` of `serve` leaves no
-orphan. The detector writes each alarm it raises or escalates to stdout as one JSON line, which
-`serve` counts for /metrics. One child of each kind per data dir: each holds an exclusive lock,
+orphan. The detector first reads one line there, serve's --mqtt and --kafka as JSON: a password
+in an MQTT URL on its command line was readable by every user of the machine. The detector
+writes each alarm it raises or escalates to stdout as one JSON line, which `serve` counts for
+/metrics. One child of each kind per data dir: each holds an exclusive lock,
 and a new one waits while the child of a previous `serve` is still finishing.
 
 Both run at a lower CPU priority than `serve` (ANALYTICS_NICENESS): they read what is already
@@ -63,9 +65,10 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None]) -> l
     data_dir = str(settings.data_dir)
     specs = [ChildSpec("consumer", (*command, "consumer", data_dir), environment_defaults=CONSUMER_ENVIRONMENT)]
     if settings.detector:
-        options = [("--config", settings.config), ("--mqtt", settings.mqtt), ("--kafka", settings.kafka)]
-        flags = [part for name, value in options if value is not None for part in (name, str(value))]
-        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm)))
+        flags = ("--config", str(settings.config)) if settings.config is not None else ()
+        hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka}).encode() + b"\n"
+        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm),
+                               settings=hooks))
     return specs
 
 
@@ -95,11 +98,35 @@ def consumer(data_dir: DataDir) -> None:
 def detector(
     data_dir: DataDir,
     config: Annotated[Path | None, typer.Option(help="serve's --config: rules and hooks.")] = None,
-    mqtt: Annotated[str | None, typer.Option(help="serve's --mqtt: alarms to MQTT.")] = None,
-    kafka: Annotated[str | None, typer.Option(help="serve's --kafka: alarms to Kafka.")] = None,
 ) -> None:
-    """The detector over the embedded event log, alarms also as JSON lines on stdout."""
+    """The detector over the embedded event log, alarms also as JSON lines on stdout; serve's
+    --mqtt and --kafka come first on stdin, as one JSON line."""
+    line = _first_line(sys.stdin.fileno())
+    if not line:  # serve is gone before it wrote them: nothing to detect for
+        return
+    try:
+        mqtt, kafka = _flag_hooks(line)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("detector child: its hooks on stdin are unreadable (%s)", exc)
+        raise SystemExit(1) from None
     _run_child("detector", _detect(data_dir, config, mqtt, kafka))
+
+
+def _first_line(fd: int) -> bytes:
+    """The first line written to `fd`, unbuffered: the rest of the pipe is the stop signal's (its end)."""
+    line = b""
+    while not line.endswith(b"\n") and (chunk := os.read(fd, 4096)):
+        line += chunk
+    return line
+
+
+def _flag_hooks(line: bytes) -> tuple[str | None, str | None]:
+    """(mqtt, kafka) from serve's line; ValueError, KeyError or TypeError if it is not what serve writes."""
+    settings = json.loads(line)
+    mqtt, kafka = settings["mqtt"], settings["kafka"]
+    if not all(isinstance(value, str | None) for value in (mqtt, kafka)):
+        raise TypeError("mqtt and kafka are strings or null")
+    return mqtt, kafka
 
 
 class _SettingsUnusable(Exception):

@@ -19,8 +19,9 @@ def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> Non
     assert consumer.argv[-2:] == ("consumer", str(tmp_path)) and consumer.on_line is None
     assert consumer.environment_defaults == {"POLARS_MAX_THREADS": "1"}  # one polars thread beside the server
     assert not detector.environment_defaults
-    assert detector.argv[-8:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"),
-                                  "--mqtt", "mqtt://h:1883", "--kafka", "k:9092")
+    assert detector.argv[-4:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"))
+    # on its stdin: a password in the MQTT URL would be readable by every user in its command line
+    assert json.loads(detector.settings or b"") == {"mqtt": "mqtt://h:1883", "kafka": "k:9092"}
 
 
 def test_no_detector_runs_the_consumer_child_only(tmp_path: Path) -> None:
