@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from keytrail.detect.avro import decode_alarm
+from keytrail.detect.engine import Detector
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
@@ -69,6 +70,26 @@ async def test_alarm_waits_out_a_broker_that_is_briefly_down(tmp_path: Path) -> 
         [(_, value)] = await consume(bootstrap, ALARMS_TOPIC, 1)
     assert decode_alarm(value) == raised
     assert runner.dispatcher.failed == 0
+
+
+async def test_alarms_raised_while_the_broker_is_down_go_out_in_order_once_it_is_back(tmp_path: Path) -> None:
+    """Each alarm had its own attempts and was then given up on, so a broker down for longer than
+    they last lost every alarm raised meanwhile: now they wait for it, and go out in order."""
+    from keytrail.detect.sinks import Dispatcher
+    from keytrail.detect.sinks.kafka import KafkaSink
+
+    port = free_port()
+    dispatcher = Dispatcher([KafkaSink(f"127.0.0.1:{port}", attempts=2, backoff=0.05)], pause=(0.1, 0.5))
+    # one key: the alarms share a partition, whose order the consumer sees
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(seconds=i), key_arn(20), user(f"eve{i}"))
+                                 for i in range(5)])
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await asyncio.sleep(1.5)  # the first alarm's two attempts are long spent
+    with kafka_broker(port) as bootstrap:
+        await dispatcher.close(timeout=20)
+        got = await consume(bootstrap, ALARMS_TOPIC, len(alarms))
+    assert [decode_alarm(value) for _, value in got] == alarms and dispatcher.failed == 0
 
 
 def audit_encoder(kind: str) -> Callable[[dict[str, Any]], bytes]:

@@ -17,7 +17,7 @@ import pytest
 from keytrail.detect.engine import Detector
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
-from keytrail.detect.sinks import DeliveryError
+from keytrail.detect.sinks import DeliveryError, HookDown
 from keytrail.detect.sinks.mqtt import MqttSink
 from tests.support.services import free_port, mosquitto, wait_for_port
 from tests.unit.detect.records import T0, denied, key_arn, user
@@ -105,7 +105,7 @@ async def test_sink_reconnects_after_the_broker_restarts(private_broker) -> None
     assert json.loads(message.payload)["alarmId"] == second.alarm_id  # type: ignore[arg-type]
 
 
-async def test_a_broker_out_of_reach_is_given_up_on_at_the_last_failure_without_a_wait() -> None:
+async def test_a_broker_out_of_reach_is_down_at_the_last_failure_without_a_wait_then_probed_once() -> None:
     waits: list[float] = []
 
     async def recorded(seconds: float) -> None:
@@ -113,10 +113,52 @@ async def test_a_broker_out_of_reach_is_given_up_on_at_the_last_failure_without_
 
     sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}", attempts=3, backoff=0.25, timeout=2, sleep=recorded)
     [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
-    with pytest.raises(DeliveryError, match="after 3 attempts"):
+    with pytest.raises(HookDown, match="broker out of reach"):
         await sink.deliver(alarm)
-    await sink.aclose()
     assert waits == [0.25, 0.5]  # between the attempts; none after the last (it waited 1.0 s more, 8 s by default)
+    with pytest.raises(HookDown):
+        await sink.deliver(alarm)  # the dispatcher's probe of a hook known down: one attempt, no wait
+    await sink.aclose()
+    assert waits == [0.25, 0.5]
+
+
+async def test_alarms_raised_during_a_broker_outage_arrive_in_order_once_it_is_back(
+    private_broker, tmp_path: Path, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    """Each alarm had its own five attempts and was then given up on: during an hour-long outage
+    nearly every alarm raised never reached MQTT. Now the first alarm's attempts find the broker
+    down, and the alarms wait, queued and in the outbox, until a probe finds it back."""
+    from keytrail.detect.sinks import Dispatcher
+    from keytrail.detect.sinks.outbox import Outbox
+
+    port, procs = private_broker
+    procs[0].terminate()
+    procs[0].wait(5)
+    sink = MqttSink(f"mqtt://127.0.0.1:{port}", attempts=2, backoff=0.05, timeout=1)
+    outbox = tmp_path / "alarm-outbox-mqtt.jsonl"
+    dispatcher = Dispatcher([sink], outboxes=[Outbox(outbox)], pause=(0.05, 0.2))
+    records = [denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve")) for i in range(20)]
+    alarms = Detector().process(records)
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        for alarm in alarms:
+            dispatcher.publish(alarm)
+            await asyncio.sleep(0.05)  # 1 s of outage: each alarm's own attempts would have been spent
+        assert dispatcher.failed == 0 and len(outbox.read_text().splitlines()) == 20
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        procs.append(subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        await asyncio.to_thread(wait_for_port, port)
+        async with aiomqtt.Client("127.0.0.1", port) as subscriber:  # before the next probe (0.2 s at most)
+            await subscriber.subscribe("keytrail/alarms/#", qos=1)
+            received = [json.loads(message.payload)["alarmId"]  # type: ignore[arg-type]
+                        for message in [await next_message(subscriber.messages) for _ in alarms]]
+        await dispatcher.close(timeout=5)
+    assert received == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
+    assert outbox.read_text() == ""  # nothing owed any more
+    down = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
+    assert len(down) == 1 and "MqttSink" in down[0]  # one line for the outage, not one per alarm
+    assert "MqttSink is back" in caplog.text
+    assert sum("attempt" in r.getMessage() for r in caplog.records) == 2  # the first alarm's two, no probe's
 
 
 async def test_an_alarm_mqtt_had_not_taken_when_serve_was_killed_arrives_after_the_restart(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Webhook delivery to a local HTTP receiver: signature check, retry with backoff, dead-letter."""
+"""Webhook delivery to a local HTTP receiver: signature check, retry with backoff, dead-letter for
+an alarm refused, the hook down (alarms kept) for a receiver out of reach."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.engine import Detector
+from keytrail.detect.sinks import HookDown
 from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
 from tests.unit.detect.records import T0, denied, key_arn, user
 
@@ -90,8 +93,8 @@ async def test_failures_are_retried_until_delivered(receiver: Receiver, tmp_path
     assert not (tmp_path / "dead.jsonl").exists()
 
 
-@pytest.mark.parametrize("receiver", [[500] * 10], indirect=True)
-async def test_after_n_failures_the_alarm_goes_to_the_dead_letter_file(
+@pytest.mark.parametrize("receiver", [[500, 422, 422, 422, 500]], indirect=True)
+async def test_an_alarm_the_receiver_refuses_goes_to_the_dead_letter_file_after_its_attempts(
     receiver: Receiver, tmp_path: Path
 ) -> None:
     sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=4, backoff=0.01)
@@ -100,23 +103,57 @@ async def test_after_n_failures_the_alarm_goes_to_the_dead_letter_file(
     await sink.aclose()
     assert len(receiver.requests) == 4
     [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert entry["error"] == "HTTP 500" and entry["attempts"] == 4
+    assert entry["error"] == "HTTP 422" and entry["attempts"] == 4  # the last answer: it is up, and refuses
     assert Alarm.from_json(entry["alarm"]) == alarm
 
 
-async def test_unreachable_receiver_is_dead_lettered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("receiver", [[500] * 4 + [503, 429, 408]], indirect=True)
+async def test_a_receiver_answering_5xx_is_the_hook_down_and_its_alarm_is_kept_not_dead_lettered(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=4, backoff=0.01)
+    alarm = an_alarm()
+    with pytest.raises(HookDown, match="HTTP 500"):
+        await sink.deliver(alarm)
+    for status in (503, 429, 408):  # the dispatcher's probes: one request each while it is down
+        with pytest.raises(HookDown, match=f"HTTP {status}"):
+            await sink.deliver(alarm)
+    await sink.deliver(alarm)  # 200: back
+    await sink.aclose()
+    assert [status for _, _, status in receiver.requests] == [500] * 4 + [503, 429, 408, 200]
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+@pytest.mark.parametrize("receiver", [[503] * 6], indirect=True)
+async def test_alarms_wait_out_a_receiver_that_is_down_and_arrive_in_order(receiver: Receiver, tmp_path: Path) -> None:
+    from keytrail.detect.sinks import Dispatcher
+
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05))
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(5)])
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=10)
+    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
+    assert delivered == [alarm.alarm_id for alarm in alarms]
+    assert len(receiver.requests) == 6 + 5 and dispatcher.failed == 0  # the first alarm's 2 attempts, 4 probes
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+async def test_an_unreachable_receiver_is_the_hook_down_not_a_dead_letter(tmp_path: Path) -> None:
     from tests.support.services import free_port
 
     sink = WebhookSink(
         f"http://127.0.0.1:{free_port()}/hook", SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01
     )
-    await sink.deliver(an_alarm())
+    with pytest.raises(HookDown, match="ConnectError"):
+        await sink.deliver(an_alarm())
     await sink.aclose()
-    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert entry["error"].startswith("ConnectError")
+    assert not (tmp_path / "dead.jsonl").exists()
 
 
-async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_given_up_on(tmp_path: Path) -> None:
+async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_the_hook_down(tmp_path: Path) -> None:
     """httpx's timeout bounds each read, not the answer: a receiver trickling its status line
     kept every later alarm of the hook waiting forever."""
 
@@ -132,27 +169,32 @@ async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_given_up_on(t
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
     sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01, timeout=0.5)
     async with asyncio.timeout(10):
-        await sink.deliver(an_alarm())
+        with pytest.raises(HookDown, match="no answer within 0.5 s"):
+            await sink.deliver(an_alarm())
     await sink.aclose()
     server.close()
-    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
-    assert entry["attempts"] == 2 and "0.5 s" in entry["error"]
 
 
+@pytest.mark.parametrize("receiver", [[403, 403]], indirect=True)
 async def test_credentials_in_the_url_stay_out_of_logs_and_the_dead_letter_file(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tests.support.services import free_port
 
-    url = f"http://hook-user:url-password@127.0.0.1:{free_port()}/hook?token=query-token"
+    url = receiver.url.replace("http://", "http://hook-user:url-password@") + "?token=query-token"
     sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    down = WebhookSink(f"http://hook-user:url-password@127.0.0.1:{free_port()}/hook?token=query-token", SECRET,
+                       tmp_path / "dead.jsonl", attempts=1)
     with caplog.at_level(logging.WARNING):  # keytrail's level (serve, detect)
         await sink.deliver(an_alarm())
+        with pytest.raises(HookDown) as raised:
+            await down.deliver(an_alarm())
     await sink.aclose()
+    await down.aclose()
     dead_letter = (tmp_path / "dead.jsonl").read_text()
-    assert "127.0.0.1" in caplog.text and "127.0.0.1" in dead_letter  # still says which hook
+    assert "127.0.0.1" in caplog.text and "127.0.0.1" in dead_letter and "127.0.0.1" in str(raised.value)
     for secret in ("url-password", "query-token"):
-        assert secret not in caplog.text and secret not in dead_letter
+        assert secret not in caplog.text and secret not in dead_letter and secret not in str(raised.value)
 
 
 async def test_a_receiver_answering_with_a_huge_body_costs_the_hook_no_memory(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import os
 from datetime import timedelta
@@ -314,3 +315,86 @@ def test_reading_alarms_jsonl_at_start_holds_the_latest_states_not_the_file(tmp_
         tracemalloc.stop()
     assert [(a.alarm_id, a.count) for a in latest.values()] == [(alarm.alarm_id, 20_000)]
     assert peak < path.stat().st_size / 10, (peak, path.stat().st_size)
+
+
+class Outage:
+    """A hook that is down until `up` is set: every delivery raises HookDown, as the real ones do
+    once their attempts have found no broker or receiver."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.calls = 0
+        self.alarms: list[Alarm] = []
+
+    async def deliver(self, alarm: Alarm) -> None:
+        from keytrail.detect.sinks import HookDown
+
+        self.calls += 1
+        if not self.up:
+            raise HookDown("connection refused")
+        self.alarms.append(alarm)
+
+
+def _alarms(count: int) -> list[Alarm]:
+    return Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                               for i in range(count)])
+
+
+async def test_a_hook_that_is_down_holds_its_alarms_within_the_queue_bound_and_probes_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hook, alarms = Outage(), _alarms(8)
+    dispatcher = Dispatcher([hook], queue_size=5, pause=(0.01, 0.04))
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        for alarm in alarms:
+            dispatcher.publish(alarm)
+        await asyncio.sleep(0.3)
+        probes = hook.calls
+        assert 4 <= probes <= 12  # backoff up to 0.04 s, not a call per alarm or a busy loop
+        hook.up = True
+        await dispatcher.close(timeout=2)
+    # the five the queue took (all published before its worker took one), in order; three dropped
+    assert hook.alarms == alarms[:5] and dispatcher.dropped == 3 and dispatcher.failed == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("is down" in m for m in messages) == 1 and sum("Outage is back" in m for m in messages) == 1
+    assert sum("is full" in m for m in messages) == 1  # one line per overflow, not one per alarm dropped
+
+
+async def test_closing_with_a_hook_down_ends_at_the_drain_timeout_and_its_outbox_keeps_the_alarms(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keytrail.detect.sinks.outbox import Outbox
+
+    alarms = _alarms(3)
+    dispatcher = Dispatcher([Outage()], outboxes=[Outbox(tmp_path / "outbox.jsonl")], pause=(0.01, 30.0))
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await asyncio.sleep(0.1)  # down, and pausing (up to 30 s) before its next probe
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        await dispatcher.close(timeout=0.3)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert "Outage (down; kept for the next start) 3" in caplog.text
+    hook = Recorder()
+    await Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")]).close()
+    assert hook.alarms == alarms
+
+
+def test_an_outbox_whose_queue_never_empties_stays_bounded(tmp_path: Path) -> None:
+    """Emptied only when the hook's queue is: a hook back from an outage while alarms keep coming
+    never drains, and the file took a line for every alarm queued and handled since."""
+    import dataclasses
+
+    from keytrail.detect.sinks.outbox import COMPACT_LINES, Outbox
+
+    path, alarm = tmp_path / "outbox.jsonl", sample_alarm()
+    outbox = Outbox(path)
+    states = [dataclasses.replace(alarm, alarm_id=f"alarm-{n}", count=n + 1) for n in range(5 * COMPACT_LINES)]
+    outbox.queued(states[0])
+    for previous, state in itertools.pairwise(states):  # one queued behind the one being handled, always
+        outbox.queued(state)
+        outbox.handled(previous, drained=False)
+        assert len(path.read_text().splitlines()) <= COMPACT_LINES + 1
+    outbox.queued(dataclasses.replace(states[-1], count=10**6))  # a later state of the last one
+    outbox.close()
+    assert [(a.alarm_id, a.count) for a in Outbox(path).owed] == [(states[-1].alarm_id, 10**6)]

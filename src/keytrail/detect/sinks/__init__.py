@@ -1,6 +1,7 @@
 """Alarm hooks. Each is one `AlarmSink`; the `Dispatcher` keeps any of them from blocking or
 crashing the pipeline (one bounded queue and one worker per sink, errors logged, overflow dropped
-and counted)."""
+and counted), and holds a hook's alarms while it is down (`HookDown`) instead of spending each
+alarm's attempts on it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from keytrail.detect.alarms import Alarm
+from keytrail.detect.sinks.attempts import Attempts, Failure, retry_waits
 from keytrail.detect.sinks.outbox import Outbox
 
-__all__ = ["AlarmSink", "DeliveryError", "Dispatcher", "retry_waits"]
+__all__ = ["AlarmSink", "Attempts", "DeliveryError", "Dispatcher", "Failure", "HookDown", "retry_waits"]
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +24,9 @@ class DeliveryError(RuntimeError):
     """A hook gave up on an alarm after its retries."""
 
 
-def retry_waits(attempts: int, backoff: float) -> list[float | None]:
-    """The hooks' retry schedule: what to wait after each failed attempt of a delivery tried
-    `attempts` times, `backoff` doubled each time (0.5, 1, 2, 4 s by default), and None after
-    the last, which gives up at once (waiting then would only hold the alarms queued behind)."""
-    return [backoff * 2 ** (attempt - 1) if attempt < attempts else None for attempt in range(1, attempts + 1)]
+class HookDown(DeliveryError):
+    """The hook is out of reach (connection refused, timeout, no broker, 5xx): the alarm was not
+    refused, and the dispatcher keeps it, and those behind it, until the hook is back."""
 
 
 @runtime_checkable
@@ -46,14 +46,18 @@ class Dispatcher:
     has each alarm recorded there until it is done with it."""
 
     def __init__(
-        self, sinks: Sequence[AlarmSink], queue_size: int = 10_000, outboxes: Sequence[Outbox | None] = ()
+        self, sinks: Sequence[AlarmSink], queue_size: int = 10_000, outboxes: Sequence[Outbox | None] = (),
+        pause: tuple[float, float] = (1.0, 30.0),
     ) -> None:
         self.sinks = list(sinks)
         self.dropped = 0
         self.failed = 0
+        self.pause = pause  # first and longest wait between probes of a hook that is down
         self._outboxes = [*outboxes, *[None] * (len(self.sinks) - len(outboxes))]
         self._queues: list[asyncio.Queue[Alarm]] = [asyncio.Queue(queue_size) for _ in self.sinks]
         self._in_delivery = [False] * len(self.sinks)
+        self._down_since: list[float | None] = [None] * len(self.sinks)
+        self._dropping = [0] * len(self.sinks)  # drops of the current overflow, logged when it ends
         for index, outbox in enumerate(self._outboxes):
             for alarm in outbox.owed if outbox is not None else ():
                 self._put(index, alarm, record=False)  # the outbox lists them already
@@ -65,13 +69,19 @@ class Dispatcher:
             self._put(index, alarm)
 
     def _put(self, index: int, alarm: Alarm, *, record: bool = True) -> None:
+        name = type(self.sinks[index]).__name__
         try:
             self._queues[index].put_nowait(alarm)
         except asyncio.QueueFull:
             self.dropped += 1
-            log.warning("alarm queue of %s is full; dropped alarm %s", type(self.sinks[index]).__name__,
-                        alarm.alarm_id)
+            self._dropping[index] += 1
+            if self._dropping[index] == 1:  # once per overflow: a hook down for hours would log each alarm
+                log.warning("alarm queue of %s is full (%d); dropped alarm %s, and drops the next ones until it "
+                            "has room", name, self._queues[index].maxsize, alarm.alarm_id)
             return
+        if self._dropping[index]:
+            log.warning("alarm queue of %s has room again: %d alarm(s) dropped", name, self._dropping[index])
+            self._dropping[index] = 0
         outbox = self._outboxes[index]
         if outbox is not None and record:
             outbox.queued(alarm)
@@ -82,7 +92,7 @@ class Dispatcher:
             alarm = await queue.get()
             self._in_delivery[index] = True
             try:
-                await sink.deliver(alarm)
+                await self._deliver(index, alarm)
             except Exception:  # a hook must never take the detector down
                 self.failed += 1
                 log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
@@ -92,6 +102,38 @@ class Dispatcher:
             # Not when cancelled mid-delivery (the close's drain cut off): still owed, sent at the next start.
             if outbox is not None:
                 outbox.handled(alarm, drained=queue.empty())
+
+    async def _deliver(self, index: int, alarm: Alarm) -> None:
+        """Deliver the alarm, or let the hook give up on it; while the hook is down, probe it with
+        this alarm after a pause growing to `pause[1]`: the alarms behind it wait their turn in order."""
+        pause = self.pause[0]
+        while True:
+            try:
+                await self.sinks[index].deliver(alarm)
+                break
+            except HookDown as exc:
+                self._went_down(index, exc)
+            except Exception:
+                self._came_back(index)  # it answered, if only to refuse this alarm
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.pause[1])
+        self._came_back(index)
+
+    def _went_down(self, index: int, exc: HookDown) -> None:
+        if self._down_since[index] is None:
+            self._down_since[index] = asyncio.get_running_loop().time()
+            log.error("alarm hook %s is down (%s): its alarms wait in its queue (%d of at most %d)%s and go out "
+                      "in order once it is back; probing it every %g s at most", type(self.sinks[index]).__name__,
+                      exc, self._queues[index].qsize() + 1, self._queues[index].maxsize,
+                      " and its outbox" if self._outboxes[index] is not None else "", self.pause[1])
+
+    def _came_back(self, index: int) -> None:
+        since, self._down_since[index] = self._down_since[index], None
+        if since is not None:
+            log.warning("alarm hook %s is back after %.0f s down; %d alarm(s) waiting",
+                        type(self.sinks[index]).__name__, asyncio.get_running_loop().time() - since,
+                        self._queues[index].qsize())
 
     async def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to `timeout`), then stop the workers and close the sinks."""
@@ -117,11 +159,17 @@ class Dispatcher:
         is cut off): closing drops them, or a hook's outbox keeps them for the next start, and
         either must not go unsaid."""
         left = [
-            (type(sink).__name__ + (" (kept for the next start)" if outbox is not None else ""), queue.qsize() + busy)
-            for sink, queue, busy, outbox in zip(self.sinks, self._queues, self._in_delivery, self._outboxes,
-                                                 strict=True)
+            (type(sink).__name__ + _state(down is not None, outbox is not None), queue.qsize() + busy)
+            for sink, queue, busy, outbox, down in zip(self.sinks, self._queues, self._in_delivery, self._outboxes,
+                                                       self._down_since, strict=True)
         ]
         if lost := [f"{name} {count}" for name, count in left if count]:
             total = sum(count for _, count in left)
             log.warning("%d alarm(s) not delivered when the hooks closed after %gs: %s", total, timeout,
                         ", ".join(lost))
+
+
+def _state(down: bool, kept: bool) -> str:
+    """What the close's warning says of a hook's undelivered alarms."""
+    said = [*(["down"] if down else []), *(["kept for the next start"] if kept else [])]
+    return f" ({'; '.join(said)})" if said else ""

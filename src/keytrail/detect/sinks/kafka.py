@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import encode_alarm
-from keytrail.detect.sinks import DeliveryError, retry_waits
+from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 from keytrail.transport.kafka import quiet_bootstrap
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
 
-log = logging.getLogger(__name__)
 
 ALARMS_TOPIC = "keytrail.alarms.v1"
+# What the broker answers about the record itself: that alarm is given up on after its attempts.
+# Anything else (no broker, a timeout, no leader, no authorization yet) is the hook down: the
+# alarms wait for it. aiokafka's `retriable` does not tell: a send timing out is not retriable.
+REFUSALS = (CorruptRecordException, InvalidMessageError, InvalidTimestampError, MessageSizeTooLargeError,
+            RecordListTooLargeError, RecordTooLargeError)
 
 
 class KafkaSink:
     """Sends each alarm and waits for the broker's ack (in the sink's own worker, never inline);
-    a broker out of reach is tried again with backoff, as the MQTT hook does, before giving up."""
+    a broker out of reach is tried again with backoff, as the MQTT hook does, and then is the hook
+    down (`HookDown`); a record the broker refuses is given up on after its attempts."""
 
     def __init__(
         self, bootstrap: str, topic: str = ALARMS_TOPIC, *, attempts: int = 5, backoff: float = 0.5
@@ -31,20 +42,25 @@ class KafkaSink:
         self.bootstrap, self.topic = bootstrap, topic
         self.attempts, self.backoff = attempts, backoff
         self._producer: AIOKafkaProducer | None = None
+        self._attempts = Attempts("Kafka", attempts, backoff)
 
     async def deliver(self, alarm: Alarm) -> None:
         value, key = encode_alarm(alarm), (alarm.key_arn or alarm.account_id or alarm.rule).encode()
-        for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
-            try:
-                producer = await self._start()
-                await producer.send_and_wait(self.topic, value, key=key)
-                return
-            except (KafkaError, OSError) as exc:
-                log.warning("Kafka send of alarm %s failed (attempt %d): %s", alarm.alarm_id, attempt, exc)
-                await self.aclose()  # start afresh on the next attempt
-            if wait is not None:
-                await asyncio.sleep(wait)
-        raise DeliveryError(f"Kafka: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts")
+        failure = await self._attempts.run(lambda: self._send(value, key), alarm.alarm_id)
+        if failure is not None and failure.down:
+            raise HookDown(f"Kafka: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered")
+        if failure is not None:
+            raise DeliveryError(f"Kafka: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts: "
+                                f"{failure.reason}")
+
+    async def _send(self, value: bytes, key: bytes) -> Failure | None:
+        try:
+            producer = await self._start()
+            await producer.send_and_wait(self.topic, value, key=key)
+            return None
+        except (KafkaError, OSError) as exc:
+            await self.aclose()  # start afresh on the next attempt
+            return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS))
 
     async def _start(self) -> AIOKafkaProducer:
         if self._producer is None:

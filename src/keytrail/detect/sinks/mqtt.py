@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
@@ -14,15 +13,16 @@ import aiomqtt
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.hooks import mqtt_url_problem
-from keytrail.detect.sinks import DeliveryError, retry_waits
+from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 
-__all__ = ["DeliveryError", "MqttSink"]
+__all__ = ["DeliveryError", "HookDown", "MqttSink"]
 
-log = logging.getLogger(__name__)
 
 
 class MqttSink:
-    """Publishes alarms over one connection, reopened (with backoff) whenever it breaks."""
+    """Publishes alarms over one connection, reopened (with backoff) whenever it breaks. A broker
+    takes any alarm it can be reached for (QoS 1 knows no refusal): a failed delivery is the broker
+    down (`HookDown`), never an alarm given up on."""
 
     def __init__(
         self,
@@ -48,7 +48,7 @@ class MqttSink:
             backoff,
             timeout,
         )
-        self._sleep = sleep  # the waits between attempts (injected by tests)
+        self._attempts = Attempts("MQTT", attempts, backoff, sleep)
         self._client: aiomqtt.Client | None = None
 
     def topic(self, alarm: Alarm) -> str:
@@ -56,17 +56,18 @@ class MqttSink:
 
     async def deliver(self, alarm: Alarm) -> None:
         payload = json.dumps(alarm.to_json(), separators=(",", ":"))
-        for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
-            try:
-                client = await self._connect()
-                await client.publish(self.topic(alarm), payload, qos=1, timeout=self.timeout)
-                return
-            except (aiomqtt.MqttError, OSError) as exc:
-                log.warning("MQTT publish of %s failed (attempt %d): %s", alarm.alarm_id, attempt, exc)
-                await self._disconnect()
-            if wait is not None:  # the last failure gives up at once
-                await self._sleep(wait)
-        raise DeliveryError(f"MQTT: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts")
+        failure = await self._attempts.run(lambda: self._publish(self.topic(alarm), payload), alarm.alarm_id)
+        if failure is not None:
+            raise HookDown(f"MQTT: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered")
+
+    async def _publish(self, topic: str, payload: str) -> Failure | None:
+        try:
+            client = await self._connect()
+            await client.publish(topic, payload, qos=1, timeout=self.timeout)
+            return None
+        except (aiomqtt.MqttError, OSError) as exc:
+            await self._disconnect()  # start afresh on the next attempt
+            return Failure(str(exc) or type(exc).__name__, down=True)
 
     async def _connect(self) -> aiomqtt.Client:
         if self._client is None:

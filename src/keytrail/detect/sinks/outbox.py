@@ -7,8 +7,11 @@ broker down for a minute, a slow receiver, the drain at close cut off, a kill -9
 that hook. One JSON line per change: `{"queued": <alarm JSON>}` when the alarm is queued for the
 hook, `{"handled": alarmId, "rank": r, "count": n}` once the hook delivered it or gave up on it (its
 retries spent: logged, and a webhook's dead-letter file holds it). The file is emptied whenever the
-hook's queue is, so it holds what is in flight, not the history. Best effort: a write that fails (a
-full disk) is logged once and delivery goes on from memory.
+hook's queue is, so it holds what is in flight, not the history; a queue that never empties (a hook
+back from an outage while new alarms keep coming) would let it grow with every alarm, so it is
+rewritten with only what is owed whenever it holds more than twice that (and more than
+COMPACT_LINES lines): it stays within about twice the hook's bounded queue. Best effort: a write
+that fails (a full disk) is logged once and delivery goes on from memory.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from pathlib import Path
 from keytrail.detect.alarms import Alarm
 from keytrail.owner_only import open_file
 
-__all__ = ["Outbox"]
+__all__ = ["COMPACT_LINES", "Outbox"]
 
 log = logging.getLogger(__name__)
+
+COMPACT_LINES = 1_000  # below this, a file is not worth rewriting
 
 
 class Outbox:
@@ -39,26 +44,49 @@ class Outbox:
             log.error("%s: cannot rewrite (%s); kept as it is", path, exc)
         self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
         self._failing = False
+        # What the file says is owed, in memory to rewrite it: the latest state queued of each
+        # alarm not handled since, at most one per alarm in the hook's queue.
+        self._pending = {alarm.alarm_id: alarm for alarm in self.owed}
+        self._lines = len(self.owed)  # in the file
 
     def queued(self, alarm: Alarm) -> None:
         """The alarm is in the hook's queue."""
+        self._pending[alarm.alarm_id] = alarm
         self._append({"queued": alarm.to_json()})
 
     def handled(self, alarm: Alarm, *, drained: bool) -> None:
         """The hook is done with the alarm; `drained`: its queue is empty, nothing is owed."""
         if drained:
+            self._pending.clear()
             self._emptied()
-        else:
-            self._append({"handled": alarm.alarm_id, "rank": alarm.severity.rank, "count": alarm.count})
+            return
+        pending = self._pending.get(alarm.alarm_id)
+        if pending is not None and (pending.severity.rank, pending.count) <= (alarm.severity.rank, alarm.count):
+            del self._pending[alarm.alarm_id]
+        self._append({"handled": alarm.alarm_id, "rank": alarm.severity.rank, "count": alarm.count})
+        if self._lines > max(COMPACT_LINES, 2 * len(self._pending)):
+            self._compact()
 
     def close(self) -> None:
         os.close(self._fd)
 
     def _append(self, entry: dict[str, object]) -> None:
+        self._lines += 1
         self._write(lambda: os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode()))
 
     def _emptied(self) -> None:
+        self._lines = 0
         self._write(lambda: os.ftruncate(self._fd, 0))  # O_APPEND: the next line starts the file again
+
+    def _compact(self) -> None:
+        """Rewrite the file with only what is owed (replaced whole: a crash leaves the old or the new)."""
+        self._lines = len(self._pending)
+        self._write(self._replace)
+
+    def _replace(self) -> None:
+        self._rewrite(list(self._pending.values()))
+        fd, self._fd = self._fd, open_file(self.path, os.O_WRONLY | os.O_APPEND)  # appends go to the new file
+        os.close(fd)
 
     def _write(self, operation: Callable[[], object]) -> None:
         try:

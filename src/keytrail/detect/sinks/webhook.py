@@ -1,4 +1,7 @@
-"""Webhook hook: JSON POST signed with HMAC-SHA256, retried with backoff, dead-lettered at the end.
+"""Webhook hook: JSON POST signed with HMAC-SHA256, retried with backoff; an alarm the receiver
+refuses (an answer other than 2xx, 408, 429 or 5xx) is dead-lettered after its attempts, while a
+receiver out of reach (no connection, no answer in time, 408, 429, 5xx) is the hook down: the
+dispatcher keeps its alarms until it answers again.
 
 Receivers check `X-Keytrail-Signature: sha256=<hex>` = HMAC-SHA256(secret, raw body) with a
 constant-time comparison (`verify_signature`).
@@ -10,7 +13,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,14 +21,15 @@ import httpx
 
 from keytrail.detect.alarms import Alarm, format_time
 from keytrail.detect.hooks import shown_url
-from keytrail.detect.sinks import retry_waits
+from keytrail.detect.sinks import Attempts, Failure, HookDown
 from keytrail.owner_only import open_file
 
 __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
-log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Keytrail-Signature"
+# Answers that say the receiver cannot take anything now, not that it refuses this alarm.
+UNAVAILABLE = frozenset({408, 429})
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -40,7 +43,8 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
 
 
 class WebhookSink:
-    """POSTs each alarm; after `attempts` failures writes it to the dead-letter file."""
+    """POSTs each alarm; an alarm refused `attempts` times goes to the dead-letter file, and a
+    receiver out of reach raises `HookDown` (the alarm waits, see the module docstring)."""
 
     def __init__(
         self,
@@ -56,6 +60,7 @@ class WebhookSink:
         self.shown_url = shown_url(url)
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._client = httpx.AsyncClient(timeout=timeout)
+        self._attempts = Attempts(f"webhook {self.shown_url}", attempts, backoff)
 
     async def deliver(self, alarm: Alarm) -> None:
         body = json.dumps(alarm.to_json(), separators=(",", ":")).encode()
@@ -64,28 +69,28 @@ class WebhookSink:
             SIGNATURE_HEADER: sign(self.secret, body),
             "X-Keytrail-Alarm-Id": alarm.alarm_id,
         }
-        error = ""
-        for attempt, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
-            try:
-                # httpx's timeout bounds each read: a receiver trickling bytes would hold the hook
-                # (and every alarm queued behind this one) forever. The answer's body is never read:
-                # only the status counts, and a URL answering with a download took its size in memory.
-                async with asyncio.timeout(self.timeout), self._client.stream(
-                    "POST", self.url, content=body, headers=headers
-                ) as response:
-                    if response.is_success:
-                        return
-                    error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            except TimeoutError:
-                error = f"no answer within {self.timeout} s"
-            log.warning(
-                "webhook %s: alarm %s attempt %d failed: %s", self.shown_url, alarm.alarm_id, attempt, error
-            )
-            if wait is not None:
-                await asyncio.sleep(wait)
-        await asyncio.to_thread(self._dead_letter, alarm, error)
+        failure = await self._attempts.run(lambda: self._post(body, headers), alarm.alarm_id)
+        if failure is not None and failure.down:
+            raise HookDown(f"webhook {self.shown_url}: {failure.reason}; alarm {alarm.alarm_id} not delivered")
+        if failure is not None:
+            await asyncio.to_thread(self._dead_letter, alarm, failure.reason)
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> Failure | None:
+        try:
+            # httpx's timeout bounds each read: a receiver trickling bytes would hold the hook
+            # (and every alarm queued behind this one) forever. The answer's body is never read:
+            # only the status counts, and a URL answering with a download took its size in memory.
+            async with asyncio.timeout(self.timeout), self._client.stream(
+                "POST", self.url, content=body, headers=headers
+            ) as response:
+                status = response.status_code
+        except httpx.HTTPError as exc:
+            return Failure(f"{type(exc).__name__}: {exc}", down=True)
+        except TimeoutError:
+            return Failure(f"no answer within {self.timeout} s", down=True)
+        if 200 <= status < 300:
+            return None
+        return Failure(f"HTTP {status}", down=status >= 500 or status in UNAVAILABLE)
 
     def _dead_letter(self, alarm: Alarm, error: str) -> None:
         entry = {

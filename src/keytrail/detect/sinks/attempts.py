@@ -1,0 +1,64 @@
+"""An alarm's attempts at a hook, and what tells a hook that is down from one that refuses an alarm.
+
+A hook that answers and refuses an alarm (a webhook's 4xx, a record Kafka will not take) is given
+up on after the alarm's attempts. A hook out of reach (connection refused, a timeout, no broker, a
+5xx) is another matter: every alarm behind the head one would fail the same way, so the delivery
+ends `down` and the dispatcher waits for the hook to come back, keeping the alarms queued. While a
+hook is known down, a delivery is one attempt, the dispatcher's probe, logged by the dispatcher
+(once when the hook goes down, once when it is back) rather than once per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+__all__ = ["Attempts", "Failure", "retry_waits"]
+
+log = logging.getLogger("keytrail.detect.sinks")
+
+
+def retry_waits(attempts: int, backoff: float) -> list[float | None]:
+    """The hooks' retry schedule: what to wait after each failed attempt of a delivery tried
+    `attempts` times, `backoff` doubled each time (0.5, 1, 2, 4 s by default), and None after
+    the last, which ends the delivery at once (waiting then would only hold the alarms queued behind)."""
+    return [backoff * 2 ** (attempt - 1) if attempt < attempts else None for attempt in range(1, attempts + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why one attempt failed; `down`: for want of the hook (it did not answer, or answered that it
+    cannot take anything now), not because it refused this alarm."""
+
+    reason: str
+    down: bool
+
+
+class Attempts:
+    """The attempts of one hook's deliveries: up to `attempts` with backoff while the hook answers,
+    one while it is known down (since a delivery ended down, until an attempt gets an answer)."""
+
+    def __init__(self, hook: str, attempts: int, backoff: float,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.hook, self.attempts, self.backoff = hook, attempts, backoff
+        self.down = False
+        self._sleep = sleep  # the waits between attempts (injected by tests)
+
+    async def run(self, attempt: Callable[[], Awaitable[Failure | None]], alarm_id: str) -> Failure | None:
+        """Call `attempt` until it succeeds (None) or the schedule ends; the last failure, if any."""
+        failure: Failure | None = None
+        for number, wait in enumerate(retry_waits(self.attempts, self.backoff), 1):
+            failure = await attempt()
+            if failure is None:
+                self.down = False
+                return None
+            if self.down and failure.down:  # a probe of a hook still down: the dispatcher waits
+                return failure
+            self.down = False  # it answered, or this alarm gets its full schedule
+            log.warning("%s: alarm %s attempt %d failed: %s", self.hook, alarm_id, number, failure.reason)
+            if wait is not None:
+                await self._sleep(wait)
+        self.down = failure is not None and failure.down
+        return failure
