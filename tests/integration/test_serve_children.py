@@ -252,6 +252,8 @@ async def test_the_mqtt_password_reaches_the_detector_child_but_no_command_line(
             processes = _descendants(serve)
             assert {"consumer", "detector"} <= set(_children(serve))
             assert not [args for args in processes.values() if password.encode() in b" ".join(args)]
+            # nor in their environment, which the user's other processes can read while they are dumpable
+            assert not [pid for pid in processes if password.encode() in Path(f"/proc/{pid}/environ").read_bytes()]
             first = _children(serve)["detector"]
             os.kill(first, signal.SIGKILL)  # a restarted child is given the hooks again
             await asyncio.to_thread(eventually, lambda: _children(serve).get("detector", first) != first,
