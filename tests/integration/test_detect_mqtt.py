@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -122,37 +124,50 @@ async def test_a_broker_out_of_reach_is_down_at_the_last_failure_without_a_wait_
     assert waits == [0.25, 0.5]
 
 
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def _forward_to(port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One connection of a TCP proxy to 127.0.0.1:`port`."""
+    upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+
 async def test_alarms_raised_during_a_broker_outage_arrive_in_order_once_it_is_back(
     private_broker, tmp_path: Path, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
 ) -> None:
     """Each alarm had its own five attempts and was then given up on: during an hour-long outage
     nearly every alarm raised never reached MQTT. Now the first alarm's attempts find the broker
-    down, and the alarms wait, queued and in the outbox, until a probe finds it back."""
+    down, and the alarms wait, queued and in the outbox, until a probe finds it back. The hook
+    reaches the broker through a proxy that is not there during the outage, so the subscriber is
+    on the broker before the hook can publish anything."""
     from keytrail.detect.sinks import Dispatcher
     from keytrail.detect.sinks.outbox import Outbox
 
-    port, procs = private_broker
-    procs[0].terminate()
-    procs[0].wait(5)
-    sink = MqttSink(f"mqtt://127.0.0.1:{port}", attempts=2, backoff=0.05, timeout=1)
+    port, _ = private_broker
+    hook_port = free_port()
+    sink = MqttSink(f"mqtt://127.0.0.1:{hook_port}", attempts=2, backoff=0.05, timeout=1)
     outbox = tmp_path / "alarm-outbox-mqtt.jsonl"
     dispatcher = Dispatcher([sink], outboxes=[Outbox(outbox)], pause=(0.05, 0.2))
     records = [denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve")) for i in range(20)]
     alarms = Detector().process(records)
-    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
-        for alarm in alarms:
-            dispatcher.publish(alarm)
-            await asyncio.sleep(0.05)  # 1 s of outage: each alarm's own attempts would have been spent
-        assert dispatcher.failed == 0 and len(outbox.read_text().splitlines()) == 20
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        procs.append(subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
-        await asyncio.to_thread(wait_for_port, port)
-        async with aiomqtt.Client("127.0.0.1", port) as subscriber:  # before the next probe (0.2 s at most)
-            await subscriber.subscribe("keytrail/alarms/#", qos=1)
+    async with aiomqtt.Client("127.0.0.1", port) as subscriber:
+        await subscriber.subscribe("keytrail/alarms/#", qos=1)
+        with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+            for alarm in alarms:
+                dispatcher.publish(alarm)
+                await asyncio.sleep(0.05)  # 1 s of outage: each alarm's own attempts would have been spent
+            assert dispatcher.failed == 0 and len(outbox.read_text().splitlines()) == 20
+            proxy = await asyncio.start_server(functools.partial(_forward_to, port), "127.0.0.1", hook_port)
             received = [json.loads(message.payload)["alarmId"]  # type: ignore[arg-type]
                         for message in [await next_message(subscriber.messages) for _ in alarms]]
-        await dispatcher.close(timeout=5)
+            await dispatcher.close(timeout=5)
+    proxy.close()
     assert received == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
     assert outbox.read_text() == ""  # nothing owed any more
     down = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]

@@ -398,3 +398,26 @@ def test_an_outbox_whose_queue_never_empties_stays_bounded(tmp_path: Path) -> No
     outbox.queued(dataclasses.replace(states[-1], count=10**6))  # a later state of the last one
     outbox.close()
     assert [(a.alarm_id, a.count) for a in Outbox(path).owed] == [(states[-1].alarm_id, 10**6)]
+
+
+async def test_updates_of_an_alarm_waiting_for_a_hook_that_is_down_take_no_more_room(tmp_path: Path) -> None:
+    """An open alarm's count changes at every tick: during an outage each update took a place in the
+    hook's queue and a line in its outbox, and after a while the queue had no room for new alarms."""
+    import dataclasses
+
+    from keytrail.detect.sinks.outbox import COMPACT_LINES, Outbox
+
+    hook, path = Outage(), tmp_path / "outbox.jsonl"
+    head, first, second = _alarms(3)
+    dispatcher = Dispatcher([hook], queue_size=2, outboxes=[Outbox(path)], pause=(0.01, 0.02))
+    dispatcher.publish(head)  # the one the worker holds, probing the hook with it
+    await asyncio.sleep(0.05)
+    dispatcher.publish(first)
+    dispatcher.publish(second)
+    updates = [dataclasses.replace(first, count=count) for count in range(2, 3 * COMPACT_LINES)]
+    for update in updates:  # a tick's update each
+        dispatcher.publish(update)
+    assert dispatcher.dropped == 0 and len(path.read_text().splitlines()) <= COMPACT_LINES + 1
+    hook.up = True
+    await dispatcher.close(timeout=2)
+    assert hook.alarms == [head, updates[-1], second]  # the latest state, in the first one's place

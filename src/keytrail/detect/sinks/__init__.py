@@ -43,7 +43,10 @@ class _Closable(Protocol):
 class Dispatcher:
     """Fans alarms out to sinks without ever waiting for one. A sink given an `Outbox` (same
     position in `outboxes`, None for none) first gets what the outbox says it is still owed, and
-    has each alarm recorded there until it is done with it."""
+    has each alarm recorded there until it is done with it. In such a hook's queue, as in its
+    outbox, a later state of an alarm still waiting takes the earlier one's place: the bound counts
+    alarms, not updates (an open alarm's count changes at every tick, and during an outage its
+    updates would take the room of new alarms). alarms.jsonl, the record, gets every state."""
 
     def __init__(
         self, sinks: Sequence[AlarmSink], queue_size: int = 10_000, outboxes: Sequence[Outbox | None] = (),
@@ -55,6 +58,8 @@ class Dispatcher:
         self.pause = pause  # first and longest wait between probes of a hook that is down
         self._outboxes = [*outboxes, *[None] * (len(self.sinks) - len(outboxes))]
         self._queues: list[asyncio.Queue[Alarm]] = [asyncio.Queue(queue_size) for _ in self.sinks]
+        # Of a hook with an outbox, the latest state of each alarm in its queue, delivered in its place.
+        self._latest: list[dict[str, Alarm] | None] = [{} if box is not None else None for box in self._outboxes]
         self._in_delivery = [False] * len(self.sinks)
         self._down_since: list[float | None] = [None] * len(self.sinks)
         self._dropping = [0] * len(self.sinks)  # drops of the current overflow, logged when it ends
@@ -69,7 +74,12 @@ class Dispatcher:
             self._put(index, alarm)
 
     def _put(self, index: int, alarm: Alarm, *, record: bool = True) -> None:
-        name = type(self.sinks[index]).__name__
+        name, latest = type(self.sinks[index]).__name__, self._latest[index]
+        if latest is not None and (held := latest.get(alarm.alarm_id)) is not None:
+            if _progress(alarm) >= _progress(held):  # goes out in the earlier state's place
+                latest[alarm.alarm_id] = alarm
+                self._record(index, alarm, record)
+            return
         try:
             self._queues[index].put_nowait(alarm)
         except asyncio.QueueFull:
@@ -79,9 +89,14 @@ class Dispatcher:
                 log.warning("alarm queue of %s is full (%d); dropped alarm %s, and drops the next ones until it "
                             "has room", name, self._queues[index].maxsize, alarm.alarm_id)
             return
+        if latest is not None:
+            latest[alarm.alarm_id] = alarm
         if self._dropping[index]:
             log.warning("alarm queue of %s has room again: %d alarm(s) dropped", name, self._dropping[index])
             self._dropping[index] = 0
+        self._record(index, alarm, record)
+
+    def _record(self, index: int, alarm: Alarm, record: bool) -> None:
         outbox = self._outboxes[index]
         if outbox is not None and record:
             outbox.queued(alarm)
@@ -90,6 +105,8 @@ class Dispatcher:
         sink, queue, outbox = self.sinks[index], self._queues[index], self._outboxes[index]
         while True:
             alarm = await queue.get()
+            if (latest := self._latest[index]) is not None:
+                alarm = latest.pop(alarm.alarm_id, alarm)
             self._in_delivery[index] = True
             try:
                 await self._deliver(index, alarm)
@@ -173,3 +190,8 @@ def _state(down: bool, kept: bool) -> str:
     """What the close's warning says of a hook's undelivered alarms."""
     said = [*(["down"] if down else []), *(["kept for the next start"] if kept else [])]
     return f" ({'; '.join(said)})" if said else ""
+
+
+def _progress(alarm: Alarm) -> tuple[int, int]:
+    """How far an alarm's state has come: severity only rises, and the count with it."""
+    return alarm.severity.rank, alarm.count

@@ -53,6 +53,7 @@ class Outbox:
         """The alarm is in the hook's queue."""
         self._pending[alarm.alarm_id] = alarm
         self._append({"queued": alarm.to_json()})
+        self._compact_if_grown()  # a hook that is down takes no alarm, while updates of those waiting come
 
     def handled(self, alarm: Alarm, *, drained: bool) -> None:
         """The hook is done with the alarm; `drained`: its queue is empty, nothing is owed."""
@@ -64,8 +65,7 @@ class Outbox:
         if pending is not None and (pending.severity.rank, pending.count) <= (alarm.severity.rank, alarm.count):
             del self._pending[alarm.alarm_id]
         self._append({"handled": alarm.alarm_id, "rank": alarm.severity.rank, "count": alarm.count})
-        if self._lines > max(COMPACT_LINES, 2 * len(self._pending)):
-            self._compact()
+        self._compact_if_grown()
 
     def close(self) -> None:
         os.close(self._fd)
@@ -78,10 +78,12 @@ class Outbox:
         self._lines = 0
         self._write(lambda: os.ftruncate(self._fd, 0))  # O_APPEND: the next line starts the file again
 
-    def _compact(self) -> None:
-        """Rewrite the file with only what is owed (replaced whole: a crash leaves the old or the new)."""
-        self._lines = len(self._pending)
-        self._write(self._replace)
+    def _compact_if_grown(self) -> None:
+        """Rewrite the file with only what is owed once it holds more than twice that (replaced
+        whole: a crash leaves the old file or the new)."""
+        if self._lines > max(COMPACT_LINES, 2 * len(self._pending)):
+            self._lines = len(self._pending)
+            self._write(self._replace)
 
     def _replace(self) -> None:
         self._rewrite(list(self._pending.values()))
