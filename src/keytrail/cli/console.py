@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -18,8 +19,8 @@ from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
-           "fail", "listen_probe", "listening_sockets", "missing_paths", "mqtt_problem", "no_core_dumps",
-           "number_in_range", "os_problem", "parse_time"]
+           "fail", "listen_probe", "listening_sockets", "missing_paths", "mqtt_password_warning", "mqtt_problem",
+           "no_core_dumps", "number_in_range", "os_problem", "parse_time", "url_password"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -130,6 +131,23 @@ def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:
 
     problem = mqtt_url_problem(url) if url is not None else None
     return f"{option}: {problem}" if problem else None
+
+
+def url_password(url: str) -> str | None:
+    """The password a URL names (`scheme://USER:PASS@HOST`), if any."""
+    try:
+        return urlsplit(url).password
+    except ValueError:  # "[bad": the option's own check says what is wrong with it
+        return None
+
+
+def mqtt_password_warning(mqtt: str | None) -> str | None:
+    """What to say when --mqtt puts a password on the command line, which every user of the machine
+    can read (`ps`, /proc/<pid>/cmdline): the --config file keeps it off."""
+    if not mqtt or not url_password(mqtt):
+        return None
+    return ("--mqtt names a password on the command line, where every user of this machine can read it: "
+            "give the broker's URL in the --config file instead ([hooks] mqtt = \"mqtt://USER:PASS@HOST:PORT\")")
 
 
 def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) -> list[Path] | None:

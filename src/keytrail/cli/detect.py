@@ -24,6 +24,7 @@ from keytrail.cli.console import (
     bootstrap_problem,
     cloudtrail_paths,
     missing_paths,
+    mqtt_password_warning,
     mqtt_problem,
     no_core_dumps,
     number_in_range,
@@ -111,6 +112,8 @@ def detect(
         elif kafka:
             if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
                 raise BadInput(problem)
+            if warning := mqtt_password_warning(mqtt):
+                typer.echo(f"keytrail detect: warning: {warning}", err=True)
             metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
             _run_live_or_fail(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every, metrics)
         else:

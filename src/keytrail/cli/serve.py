@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
-from urllib.parse import urlsplit
 
 import typer
 
@@ -21,10 +20,12 @@ from keytrail.cli.console import (
     bootstrap_problem,
     fail,
     listening_sockets,
+    mqtt_password_warning,
     mqtt_problem,
     no_core_dumps,
     number_in_range,
     os_problem,
+    url_password,
 )
 from keytrail.config import STORE_ENV, ServeSettings
 from keytrail.owner_only import make_dirs
@@ -251,19 +252,11 @@ def _warn_of_password_in_arguments(store: str | None, mqtt: str | None = None) -
     """A command line is readable by every user of the machine (`ps`, /proc/<pid>/cmdline, even
     for serve, which is not dumpable), and a --store or --mqtt URL naming a password puts it there
     (serve's own: its detector child is given the hooks on a pipe)."""
-    if store and store != os.environ.get(STORE_ENV) and _password(store):
+    if store and store != os.environ.get(STORE_ENV) and url_password(store):
         log.warning("--store names the database password on the command line, where every user of this machine "
                     "can read it: give it in $PGPASSWORD or a passfile, or the whole URL in $%s", STORE_ENV)
-    if mqtt and _password(mqtt):
-        log.warning("--mqtt names a password on the command line, where every user of this machine can read it: "
-                    "give the broker's URL in the --config file instead ([hooks] mqtt = \"mqtt://USER:PASS@HOST:PORT\")")
-
-
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:  # "[bad": opening the store says what is wrong with it
-        return None
+    if warning := mqtt_password_warning(mqtt):
+        log.warning("%s", warning)
 
 
 def _listening(host: str, port: int) -> list[socket.socket]:

@@ -337,6 +337,18 @@ def test_detect_and_consume_say_in_one_line_that_kafka_is_out_of_reach(tmp_path:
     assert "Unable to bootstrap" in _one_line_error(result, f"keytrail consume: --kafka {bootstrap}: ", code=1)
 
 
+def test_detect_warns_of_an_mqtt_password_on_its_command_line(tmp_path: Path) -> None:
+    # Every user of the machine reads a command line: the warning says so (and where the URL goes
+    # instead) without repeating the password.
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    result = _keytrail("detect", "--kafka", bootstrap, "--mqtt", "mqtt://alarms:s3cret-pw@127.0.0.1:1883",
+                       "--data-dir", tmp_path)
+    warning, error = result.stderr.splitlines()
+    assert warning.startswith("keytrail detect: warning: --mqtt names a password on the command line")
+    assert "--config" in warning and "s3cret-pw" not in result.stderr
+    assert error.startswith(f"keytrail detect: --kafka {bootstrap}: ") and result.returncode == 1
+
+
 def test_consume_refuses_two_sources_in_one_line(tmp_path: Path) -> None:
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     result = _keytrail("consume", "--kafka", "127.0.0.1:9092", "--cloudtrail", log, "--data-dir", tmp_path / "d")
