@@ -25,7 +25,7 @@ class DeliveryError(RuntimeError):
 
 
 class HookDown(DeliveryError):
-    """The hook is out of reach (connection refused, timeout, no broker, 5xx): the alarm was not
+    """The hook is out of reach (connection refused, timeout, no broker, a 503): the alarm was not
     refused, and the dispatcher keeps it, and those behind it, until the hook is back."""
 
 

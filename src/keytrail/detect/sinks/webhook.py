@@ -1,6 +1,7 @@
 """Webhook hook: JSON POST signed with HMAC-SHA256, retried with backoff; an alarm the receiver
-refuses (an answer other than 2xx, 408, 429 or 5xx) is dead-lettered after its attempts, while a
-receiver out of reach (no connection, no answer in time, 408, 429, 5xx) is the hook down: the
+refuses (an answer other than 2xx or those of `UNAVAILABLE`, a 500 among them) is dead-lettered
+after its attempts, while a receiver out of reach (no connection, no answer in time, 408, 429,
+502, 503, 504) is the hook down: the
 dispatcher keeps its alarms until it answers again.
 
 Receivers check `X-Keytrail-Signature: sha256=<hex>` = HMAC-SHA256(secret, raw body) with a
@@ -28,8 +29,12 @@ __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
 
 SIGNATURE_HEADER = "X-Keytrail-Signature"
-# Answers that say the receiver cannot take anything now, not that it refuses this alarm.
-UNAVAILABLE = frozenset({408, 429})
+# Answers that say the receiver cannot take anything now, not that it refuses this alarm: a proxy
+# without its receiver (502, 504), one unavailable or overloaded (503, 429), a request timeout. Any
+# other answer, a 500 among them, is about this alarm: an alarm the receiver fails on (its bug, say)
+# is dead-lettered after its attempts rather than taken for an outage, where it would hold every
+# alarm behind it until the receiver is fixed.
+UNAVAILABLE = frozenset({408, 429, 502, 503, 504})
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -90,7 +95,7 @@ class WebhookSink:
             return Failure(f"no answer within {self.timeout} s", down=True)
         if 200 <= status < 300:
             return None
-        return Failure(f"HTTP {status}", down=status >= 500 or status in UNAVAILABLE)
+        return Failure(f"HTTP {status}", down=status in UNAVAILABLE)
 
     def _dead_letter(self, alarm: Alarm, error: str) -> None:
         entry = {
