@@ -214,6 +214,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     request_seconds = REQUEST_SECONDS
     max_connections: int | None = None  # None: no bound (see `limited_to`)
+    # Counted against the bound, and let in, before `connection_made` (TLS: at its accept, by
+    # TlsHandshake): not checked again, as connections refused meanwhile still fill the count.
+    admitted = False
     _refusals_logged_at = -_REFUSAL_LOG_SECONDS
 
     @classmethod
@@ -232,7 +235,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._last: bytes | None = None  # a refusal of what follows the running request, sent after its answer
         super().connection_made(_CoalescingTransport(transport, self.loop))
-        if self.refused(self.transport):
+        if not self.admitted and self.refused(self.transport):
             return
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
         # The first request has the keep-alive timeout to begin, as every later one has.

@@ -82,6 +82,9 @@ class TlsHandshake(asyncio.Protocol):
     def _hand_over(self, secure: asyncio.Transport) -> None:
         secure.set_protocol(self._http)
         self._handed_over = True
+        # Let in at its accept: a check now would count connections refused since, which are
+        # closed but leave the count only a loop step later, and drop one whose handshake is done.
+        self._http.admitted = True
         self._http.connection_made(secure)
         if self._early:
             early, self._early = b"".join(self._early), []
