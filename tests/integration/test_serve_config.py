@@ -426,6 +426,49 @@ def test_a_failed_start_on_a_data_dir_that_served_leaves_every_folder_as_it_foun
     assert {path for path in before if before[path] != after[path]} <= {"audit/integrity/hashes.bin"}
 
 
+# `keytrail serve --dev-clock`, eight days on, whose start fails once its first pass of scheduled
+# key maintenance has carried out (and recorded) what was due.
+_FAILS_AFTER_DUE_WORK = """
+import keytrail.cli.node as node
+from keytrail.kms.service import KmsService
+class Ahead(node.ManualClock):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.advance(8 * 86400)
+node.ManualClock = Ahead
+run_due = KmsService.run_due
+async def fails_after(self):
+    await run_due(self)
+    raise OSError(28, "No space left on device", "/data/metrics/state/0.sqlite")
+KmsService.run_due = fails_after
+from keytrail.cli import main
+main()
+"""
+
+
+def test_a_failed_start_that_recorded_due_work_leaves_a_trail_the_next_start_opens(tmp_path: Path) -> None:
+    # Its digests were removed, the DeleteKey record in the segment that was there stayed: after the
+    # last stop's final digest, and the next start refused the trail as written while no node ran.
+    data = tmp_path / "d"
+    server = KeytrailServer(data).start()
+    kms = server.client("alice")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    assert server.stop() == 0
+    out = subprocess.run([sys.executable, "-c", _FAILS_AFTER_DUE_WORK, "serve", "--data-dir", str(data), "--port",
+                          "0", "--principals", str(server.principals), "--dev-clock"],
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    server.start()  # before: "keytrail serve exited: … after the final digest keytrail signed when it last stopped"
+    assert server.stop() == 0
+    verify = subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    events = subprocess.run([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60).stdout
+    assert [json.loads(line)["eventName"] for line in events.splitlines()][-1] == "DeleteKey"
+
+
 def test_a_detector_that_cannot_start_fails_serve_in_one_line_and_leaves_nothing_behind(tmp_path: Path) -> None:
     data = tmp_path / "d"
     (data / "alarms.jsonl").mkdir(parents=True)  # where the in-process detector reads its alarms

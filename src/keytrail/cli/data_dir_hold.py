@@ -1,7 +1,9 @@
 """`keytrail serve`'s hold on its data dir: one serve per data dir, and a failed start can put
 the data dir back as it found it without touching another serve's files: what it made at the
 top of the data dir, and what it made inside the folders of serve's that were there (a digest or
-segment in an audit trail, a checkpoint in metrics/), never anything that was there before."""
+segment in an audit trail, a checkpoint in metrics/), never anything that was there before; nor
+what appeared inside an audit trail whose event log changed meanwhile, or that another program
+writes, nor inside metrics/ while another consumer runs (`_in_use`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import shutil
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
+
+from keytrail.transport.segment_log import event_log_dir, lock_held, writer_active
 
 __all__ = ["DataDirBusy", "DataDirHold"]
 
@@ -44,6 +48,9 @@ class DataDirHold:
         # Paths under serve's folders (audit/, metrics/, tls/), relative to the data dir: a
         # start writes into those of an existing data dir (a trail's opening digest, say).
         self.before_within = _within(data_dir, (name for name in self.before if self._made_by_serve(name)))
+        self._log_before = _log_files(data_dir)
+        # Taken now, before serve's own consumer could take its lock (held for the process's life).
+        self._consumer_running = "metrics" in self.before and _consumer_running(data_dir)
 
     @classmethod
     def take(cls, data_dir: Path) -> DataDirHold:
@@ -62,13 +69,35 @@ class DataDirHold:
         """Remove what serve makes that appeared in the data dir since it was held, at its top and
         inside serve's folders that were there, but for the names in `keep` (at the top, with
         all they hold) and the SQLite files of a database that was there before."""
-        for name in sorted(_entries(self.data_dir) - keep):
+        for name in sorted(_entries(self.data_dir) - keep - self._in_use()):
             if not self._made_by_serve(name):
                 continue
             if name not in self.before:
                 _remove(self.data_dir / name)
             elif _is_folder(self.data_dir / name):
                 self._remove_new_within(name)
+
+    def _in_use(self) -> set[str]:
+        """serve's folders whose new contents are not the failed start's alone to remove: an audit
+        trail another program holds (`keytrail audit import`), or whose event log changed since the
+        hold (records added, by that program or by work the start did, or a torn tail cut off and
+        kept aside), which the digests made meanwhile sign and the log cannot lose; the metrics of a
+        consumer that ran when serve started (`keytrail consume`)."""
+        in_use = set()
+        if writer_active(event_log_dir(self.data_dir)) or self._log_changed():  # serve's own trail is closed by now
+            in_use.add("audit")
+        if self._consumer_running:
+            in_use.add("metrics")
+        return in_use
+
+    def _log_changed(self) -> bool:
+        """Whether a file of an event log that was there changed, or a file with bytes appeared in it
+        (the empty segment a writer opens on an empty log is no change)."""
+        if self._log_before is None:  # a trail the start made: removed whole
+            return False
+        now = _log_files(self.data_dir) or {}
+        return (any(now.get(name) != size for name, size in self._log_before.items())
+                or any(size for name, size in now.items() if name not in self._log_before))
 
     def _remove_new_within(self, folder: str) -> None:
         removed: list[str] = []
@@ -107,6 +136,26 @@ def _within(data_dir: Path, folders: Iterable[str]) -> set[str]:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(path)
     return found
+
+
+def _consumer_running(data_dir: Path) -> bool:
+    from keytrail.pipeline.query import consumer_lock  # polars, which serve's node imports anyway
+
+    return lock_held(consumer_lock(data_dir))
+
+
+def _log_files(data_dir: Path) -> dict[str, int] | None:
+    """The sizes of the files in the embedded event log's folder (segments, tails cut off them),
+    but its writer lock; None if it is no folder."""
+    log_dir = event_log_dir(data_dir)
+    if not _is_folder(log_dir):
+        return None
+    sizes = {}
+    with contextlib.suppress(OSError), os.scandir(log_dir) as entries:
+        for entry in entries:
+            if entry.name != "LOCK" and entry.is_file(follow_symlinks=False):
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+    return sizes
 
 
 def _sidecar_of(path: str, before: set[str]) -> bool:

@@ -3,6 +3,7 @@ since it held it, nothing else (not what a symbolic link made meanwhile points t
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,7 @@ def test_what_appeared_inside_the_folders_of_serve_that_were_there_is_removed_an
     try:
         (data / "audit" / "integrity" / "digests" / "0000000001.json").write_text("made by the start")
         (data / "audit" / "integrity" / "signing-key.pem").write_text("made by the start")
-        (data / "audit" / "log" / "00000000.seg").write_text("records, and more")  # there before: stays
-        (data / "audit" / "log" / "00000100.seg").write_text("made by the start")
+        (data / "audit" / "log" / "00000100.seg").write_text("")  # made by the start, which took no record
         (data / "metrics" / "usage" / "day=2026-11-30").mkdir(parents=True)
         (data / "metrics" / "usage" / "day=2026-11-30" / "0.parquet").write_text("made by the start")
         (data / "metrics" / "state" / "0.sqlite-wal").write_text("the checkpoint's committed writes")
@@ -88,7 +88,7 @@ def test_what_appeared_inside_the_folders_of_serve_that_were_there_is_removed_an
         "audit", "audit/integrity", "audit/integrity/digests", "audit/integrity/digests/0000000000.json",
         "audit/log", "audit/log/00000000.seg", "metrics", "metrics/linked", "metrics/state",
         "metrics/state/0.sqlite", "metrics/state/0.sqlite-wal"]
-    assert (data / "audit" / "log" / "00000000.seg").read_text() == "records, and more"
+    assert (data / "audit" / "log" / "00000000.seg").read_text() == "records"
     assert (elsewhere / "precious").read_text() == "x"
 
 
@@ -102,3 +102,79 @@ def test_a_folder_kept_keeps_what_appeared_inside_it(tmp_path: Path) -> None:
     finally:
         hold.release()
     assert (tmp_path / "audit" / "log" / "00000000.seg").read_text() == "imported"
+
+
+def _served_trail(data: Path) -> None:
+    """An audit trail of a node that served and stopped: a segment, its final digest."""
+    (data / "audit" / "integrity" / "digests").mkdir(parents=True)
+    (data / "audit" / "log").mkdir()
+    (data / "audit" / "integrity" / "digests" / "0000000000.json").write_text('{"final": true}')
+    (data / "audit" / "log" / f"{0:020d}.seg").write_text("records")
+
+
+def _signed_meanwhile(data: Path) -> list[Path]:
+    """Two digests signed since the hold, and a new segment: what a trail that took records makes."""
+    made = [data / "audit" / "integrity" / "digests" / f"000000000{n}.json" for n in (1, 2)]
+    made.append(data / "audit" / "log" / f"{100:020d}.seg")
+    for path in made:
+        path.write_text("signed, or records, since the hold")
+    return made
+
+
+def test_what_a_trail_that_took_records_since_the_hold_signed_them_with_stays(tmp_path: Path) -> None:
+    # Records added to a segment that was there stay (due deletions the start carried out, or another
+    # program's): removing the digests that sign them left records after the last stop's final
+    # digest, and the next start refused the trail as one written while no node ran.
+    _served_trail(tmp_path)
+    hold = DataDirHold.take(tmp_path)
+    try:
+        with (tmp_path / "audit" / "log" / f"{0:020d}.seg").open("a") as segment:
+            segment.write(", and the start's")
+        made = _signed_meanwhile(tmp_path)
+        hold.remove_new(keep=set())
+    finally:
+        hold.release()
+    assert all(path.exists() for path in made)
+
+
+def test_the_tail_a_start_cut_off_its_segment_stays(tmp_path: Path) -> None:
+    # A torn tail is cut off the segment and kept beside it (`.cut-at-…`): the only copy of bytes
+    # an earlier run wrote, which the cut segment no longer holds.
+    _served_trail(tmp_path)
+    segment = tmp_path / "audit" / "log" / f"{0:020d}.seg"
+    hold = DataDirHold.take(tmp_path)
+    try:
+        kept = segment.with_name(f"{segment.name}.cut-at-3-1")
+        kept.write_text("ords")
+        segment.write_text("rec")
+        hold.remove_new(keep=set())
+    finally:
+        hold.release()
+    assert kept.read_text() == "ords"
+
+
+def test_what_appeared_in_a_trail_or_metrics_another_program_holds_stays(tmp_path: Path) -> None:
+    # `keytrail audit import` or `keytrail consume` writing there while serve failed for another
+    # reason (a principals file it cannot read, say): their digests, segments and checkpoints. (A
+    # consumer is told by its lock as serve starts: serve's own, under --dev-clock, holds it after.)
+    from keytrail.pipeline.query import consumer_lock
+    from keytrail.transport.segment_log import event_log_dir
+
+    _served_trail(tmp_path)
+    (tmp_path / "metrics" / "state").mkdir(parents=True)
+    consumer = consumer_lock(tmp_path).open("w")  # running as serve starts
+    fcntl.flock(consumer, fcntl.LOCK_EX)
+    hold = DataDirHold.take(tmp_path)
+    importer = (event_log_dir(tmp_path) / "LOCK").open("w")  # the event log's writer lock, the other program's
+    fcntl.flock(importer, fcntl.LOCK_EX)
+    try:
+        digest = tmp_path / "audit" / "integrity" / "digests" / "0000000001.json"
+        digest.write_text("the importer's opening digest")
+        checkpoint = tmp_path / "metrics" / "state" / "1.sqlite"
+        checkpoint.write_text("the consumer's")
+        hold.remove_new(keep=set())
+    finally:
+        importer.close()
+        consumer.close()
+        hold.release()
+    assert digest.exists() and checkpoint.exists()
