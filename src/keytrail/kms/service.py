@@ -97,8 +97,10 @@ class KmsService:
         self.origin_discarders: dict[Origin, OriginDiscarder] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         # Work of each scheduler tick besides the keys' due work (an extension's upkeep: the HSM
-        # sessions of stores another node disconnected); a store error in one fails the tick.
+        # sessions of stores another node disconnected); one that fails is logged, and runs again
+        # at the next tick (`_run_tick_work`).
         self.tick_work: list[Callable[[], Awaitable[None]]] = []
+        self._tick_work_failure: str | None = None  # the reason last logged
         self._due_lock = asyncio.Lock()
         self._due_failures = DueWorkFailures()
         from keytrail.kms.operations import EXTENSIONS
@@ -405,8 +407,23 @@ class KmsService:
             except Exception as exc:
                 failed.append((key.arn, exc))
         self._due_failures.tick(failed)
+        await self._run_tick_work()
+
+    async def _run_tick_work(self) -> None:
+        """Run each `tick_work`; a failure is logged when its reason changes, not raised: it comes
+        after the due work was done and recorded, and failing serve's start then had the failed
+        start remove the digests signing those records (cli/serve.py), leaving the trail unusable."""
+        failure = None
         for work in self.tick_work:
-            await work()
+            try:
+                await work()
+            except Exception as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != self._tick_work_failure:
+                    expected = isinstance(exc, errors.KmsError | OSError)  # the key store refusing: no bug
+                    log.error("scheduled upkeep failed (tried again at each tick, said again only when the "
+                              "reason changes): %s", failure, exc_info=None if expected else exc)
+        self._tick_work_failure = failure
 
     def now(self) -> datetime:
         return self.clock.now()

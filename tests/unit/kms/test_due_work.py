@@ -83,3 +83,27 @@ async def test_due_work_waits_while_the_spool_refuses_and_is_logged_when_the_key
     assert await ticks(3) == ["scheduled key maintenance: the keys left over from earlier ticks ran"]
     assert sorted(spool.events[-3:]) == sorted([("RotateKey", (rotating[0],)), ("RotateKey", (rotating[1],)),
                                                ("DeleteKey", (deleted,))])
+
+
+async def test_a_failed_upkeep_after_the_due_work_is_logged_and_does_not_fail_the_tick(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Raised after the due work was done and recorded, it failed serve's start (the first tick),
+    # whose cleanup then removed the digests signing those records: the next start refused the trail.
+    spool, clock = _Spool(), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    arn = (await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"]
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": arn, "PendingWindowInDays": 7})
+    clock.advance(8 * DAY)
+
+    async def upkeep() -> None:
+        raise OSError("connection reset by the database")
+
+    service.tick_work.append(upkeep)
+    with caplog.at_level(logging.WARNING, logger="keytrail"):
+        for _ in range(3):
+            await service.run_due()
+    assert spool.events[-1] == ("DeleteKey", (arn,))
+    assert [record.getMessage() for record in caplog.records] == [
+        "scheduled upkeep failed (tried again at each tick, said again only when the reason changes): "
+        "OSError: connection reset by the database"]
