@@ -159,3 +159,42 @@ async def _served_or_refused(port: int, context: ssl.SSLContext) -> str:
     finally:
         writer.close()
     return "served" if answer == b"HTTP/1.1 404" else "dropped after its handshake"
+
+
+def _requests_with_the_last_handshake_message(port: int, context: ssl.SSLContext, requests: bytes) -> bytes:
+    """A TLS 1.3 client that sends `requests` in the segment of its Finished message (before the
+    server's HTTP protocol can have the connection), then reads the answers until they pause."""
+    inbound, outbound = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(inbound, outbound, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outbound.read())
+                inbound.write(sock.recv(65536))
+        tls.write(requests)
+        sock.sendall(outbound.read())
+        answers = b""
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while data := sock.recv(65536):
+                inbound.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    while chunk := tls.read(65536):
+                        answers += chunk
+        return answers
+
+
+def test_requests_sent_with_the_last_handshake_message_are_each_answered(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # They reach the TLS layer before the HTTP protocol has the connection (asyncio's loop), and are
+    # handed to it with the connection.
+    async def case() -> None:
+        async with _tls_server(tmp_path, monkeypatch) as (port, context):
+            answers = await asyncio.get_running_loop().run_in_executor(
+                None, _requests_with_the_last_handshake_message, port, context, REQUEST * 2)
+            assert answers.count(b"HTTP/1.1 404 ") == 2
+
+    run(case())
