@@ -69,7 +69,9 @@ class Logins:
     def __init__(self, path: str) -> None:
         library = ctypes.CDLL(path)
         functions = ctypes.POINTER(_FunctionList)()
-        _check(library.C_GetFunctionList(ctypes.byref(functions)))
+        get_function_list = library.C_GetFunctionList
+        get_function_list.restype = ctypes.c_ulong  # a CK_RV: ctypes' default int reads 0x80000000 on as negative
+        _check(get_function_list(ctypes.byref(functions)))
         self._library = library  # kept loaded for as long as its functions are
         self._login = _LOGIN(functions.contents.C_Login)
         self._logout = _LOGOUT(functions.contents.C_Logout)
