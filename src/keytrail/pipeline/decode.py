@@ -115,8 +115,10 @@ def readable_avro(
     return (pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()), kept
 
 
-#: What polars raises on a damaged Avro body (an error, or a panic of its reader).
-_UNDECODABLE = (pl.exceptions.PolarsError, pl.exceptions.PanicException, audit_schema.SchemaError)
+#: What polars raises on a damaged Avro body: an error, a panic of its reader, or an OSError ("failed
+#: to fill whole buffer", a body cut short a few bytes after its header; the container is in memory,
+#: so no OSError here comes from a file).
+_UNDECODABLE = (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException, audit_schema.SchemaError)
 
 
 def _bisect(values: Sequence[bytes], offsets: Sequence[int], frames: list[pl.DataFrame], kept: list[int],

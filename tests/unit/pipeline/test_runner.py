@@ -368,3 +368,17 @@ async def test_a_damaged_value_of_a_known_writer_is_skipped_not_a_stop_of_its_pa
     assert (stats.records, stats.unreadable) == (len(events), 2)
     _assert_exact(tmp_path, [e for i, e in enumerate(events) if i not in (1234, 2000)])
     assert "p0: skipped 1 audit values that cannot be decoded (offsets 1234)" in caplog.text
+
+
+async def test_a_value_cut_short_after_its_header_is_skipped_too(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    from keytrail.audit.schema import encode
+
+    values = [encode(event) for event in events[:600]]
+    # Cut a few bytes after the 10-byte header, polars' reader fails with an OSError ("failed to
+    # fill whole buffer"), not a PolarsError or a panic: uncaught, it stopped the partition.
+    values[321] = values[321][:12]
+    stats = await Runner(state_dir(tmp_path), ValuesSource(values)).run()
+    assert (stats.records, stats.unreadable) == (600, 1)
+    _assert_exact(tmp_path, [e for i, e in enumerate(events[:600]) if i != 321])
