@@ -14,6 +14,7 @@ backoff = 0.5
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -146,10 +147,17 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
 
 def outbox_paths(data_dir: Path, hooks: HooksConfig) -> list[Path | None]:
     """The outbox file of each sink `build_sinks` makes, in its order (None for alarms.jsonl, the
-    record itself): `<data-dir>/alarm-outbox-<hook>.jsonl`, hook `mqtt`, `kafka` or `webhook-<n>`."""
+    record itself): `<data-dir>/alarm-outbox-<hook>.jsonl`, hook `mqtt`, `kafka` or `webhook-<digest>`."""
     names = [*(["mqtt"] if hooks.mqtt else []), *(["kafka"] if hooks.kafka else []),
-             *(f"webhook-{index}" for index in range(len(hooks.webhooks)))]
+             *(f"webhook-{_url_digest(webhook.url)}" for webhook in hooks.webhooks)]
     return [None, *(data_dir / f"alarm-outbox-{name}.jsonl" for name in names)]
+
+
+def _url_digest(url: str) -> str:
+    """A webhook's outbox is known by its URL, not by its place among [[hooks.webhook]]: after a
+    hook is removed or the hooks reordered, what one receiver was owed must not go to another
+    (the URL itself may hold a token in its query, so it is not in the file name)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def build_sinks(data_dir: Path, hooks: HooksConfig) -> list[AlarmSink]:

@@ -82,9 +82,9 @@ async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
     assert [type(s) for s in sinks] == [JsonlSink, MqttSink, KafkaSink, WebhookSink, WebhookSink]
     assert sinks[0].path == tmp_path / "alarms.jsonl"  # type: ignore[attr-defined]
     # Each hook's outbox at the same position: a mismatch would send one hook's owed alarms to another.
-    assert [p.name if p else None for p in outbox_paths(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))] == [
-        None, "alarm-outbox-mqtt.jsonl", "alarm-outbox-kafka.jsonl", "alarm-outbox-webhook-0.jsonl",
-        "alarm-outbox-webhook-1.jsonl"]
+    names = [p.name if p else None for p in outbox_paths(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))]
+    assert names[:3] == [None, "alarm-outbox-mqtt.jsonl", "alarm-outbox-kafka.jsonl"]
+    assert names[3:] == [_webhook_outbox(sink) for sink in sinks[3:]]
     for sink in sinks:
         await sink.aclose()  # type: ignore[attr-defined]
 
@@ -127,3 +127,24 @@ def test_a_webhook_signature_header_that_is_not_ascii_is_refused_not_a_crash() -
     assert verify_signature(b"s3", body, sign(b"s3", body))
     # A receiver passes the header as it arrived: compare_digest raises TypeError on such a str.
     assert not verify_signature(b"s3", body, "sha256=\u00e9" + sign(b"s3", body)[8:])
+
+
+def _webhook_outbox(sink: object) -> str:
+    import hashlib
+
+    return f"alarm-outbox-webhook-{hashlib.sha256(sink.url.encode()).hexdigest()[:16]}.jsonl"  # type: ignore[attr-defined]
+
+
+def test_a_webhook_keeps_its_outbox_when_the_hooks_are_reordered_or_one_is_removed(tmp_path: Path) -> None:
+    """Outboxes named by position sent what the first webhook was owed to the one that took its
+    place (a removed hook, a reordered file) after a restart, and the first never got it."""
+    first, second = ({"url": f"https://{host}.example/alarms", "secret": "s"} for host in ("a", "b"))
+
+    def outboxes(*webhooks: dict[str, str]) -> dict[str, Path | None]:
+        hooks = HooksConfig.from_settings({"hooks": {"webhook": list(webhooks)}})
+        return {hook.url: path for hook, path in zip(hooks.webhooks, outbox_paths(tmp_path, hooks)[1:], strict=True)}
+
+    before = outboxes(first, second)
+    assert len(set(before.values())) == 2
+    assert outboxes(second, first) == before
+    assert outboxes(second) == {second["url"]: before[second["url"]]}
