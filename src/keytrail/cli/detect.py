@@ -114,6 +114,7 @@ def detect(
                 raise BadInput(problem)
             if warning := mqtt_password_warning(mqtt):
                 typer.echo(f"keytrail detect: warning: {warning}", err=True)
+            _hold_detector_lock(data_dir)
             metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
             _run_live_or_fail(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every, metrics)
         else:
@@ -134,6 +135,17 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
         detector.process_events(events)
     detector.tick(as_of)
     return detector.alarms()
+
+
+def _hold_detector_lock(data_dir: Path) -> None:
+    """Hold the data dir's detector lock for the run, as serve's detector child does: two detectors
+    on one data dir would both announce every alarm, and each would empty the hooks' outboxes of
+    what the other still owed (BadInput while another holds it)."""
+    from keytrail.cli.sidecar import detector_lock, try_lock
+
+    if not try_lock(detector_lock(data_dir)):
+        raise BadInput(f"a detector is already running on --data-dir {data_dir} (serve's, or another keytrail "
+                       "detect --kafka): stop it, give another --data-dir, or run serve with --no-detector")
 
 
 def _metrics_socket(host: str, port: int) -> socket.socket:

@@ -202,3 +202,19 @@ def test_a_kafka_hook_that_is_not_a_bootstrap_is_refused_like_the_flag(
                            else [command, "--inventory", str(tmp_path / "keys.json"), "--config", str(config)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "[hooks] kafka: not HOST:PORT" in result.output
+
+
+def test_detect_kafka_is_refused_on_a_data_dir_whose_detector_runs(app: typer.Typer, tmp_path: Path) -> None:
+    """serve's detector child holds detector.lock; a second detector on the data dir announced every
+    alarm again and emptied the hooks' outboxes of what the first still owed."""
+    import fcntl
+    import os
+
+    fd = os.open(tmp_path / "detector.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as serve's detector child holds it
+    try:
+        result = runner.invoke(app, ["detect", "--kafka", "127.0.0.1:9", "--data-dir", str(tmp_path)])
+    finally:
+        os.close(fd)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"a detector is already running on --data-dir {tmp_path}" in result.output
