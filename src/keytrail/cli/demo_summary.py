@@ -43,7 +43,7 @@ class Story:
 def write_html_report(data_dir: Path) -> Path:
     """`keytrail report --data-dir DIR --format html`, written to `<DIR>/demo-report.html`."""
     source = SegmentLogSource(event_log_dir(data_dir), follow=False)
-    options = ReportOptions(alarms=data_dir / "alarms.jsonl", source_name=str(data_dir))
+    options = ReportOptions(alarms=data_dir / "alarms.jsonl", source_name=str(data_dir), data_dir=data_dir)
     out = data_dir / "demo-report.html"
     return write_report(collect_sync(source, options), out, ReportFormat.html, owner_only=True)
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
-    from keytrail.pipeline.query import MetricsStore, OpenEnd
+    from keytrail.pipeline.query import MetricsStore
     from keytrail.pipeline.runner import RunStats
 
 __all__ = ["register"]
@@ -149,7 +149,7 @@ def cost(
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
     import polars as pl
 
-    from keytrail.reports.figures import storage_note
+    from keytrail.reports.figures import ahead_note, storage_note
 
     names = parse_by(by, ("key", "account"), COST)
     table = _price_table(prices, free_tier, COST)
@@ -170,18 +170,6 @@ def cost(
         typer.echo(storage_note(len(unseen)), err=True)
     if end is not None and end.late:
         typer.echo(ahead_note(end), err=True)
-
-
-def ahead_note(end: OpenEnd) -> str:
-    """Why key storage stops before the latest event: some are dated after now."""
-    def stamp(moment: datetime | None) -> str:
-        return f"{moment:%Y-%m-%dT%H:%M:%SZ}" if moment else "?"
-
-    many = end.late != 1
-    return (f"note: {end.late} event{'s' * many} {'are' if many else 'is'} dated after now ({stamp(end.now)}), "
-            f"the latest {stamp(end.latest)} (a skewed clock, a bad imported record): {'their' if many else 'its'} "
-            "requests are counted, but key storage is billed only up to the last event before now; "
-            "--until T bills it up to T")
 
 
 def _price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:

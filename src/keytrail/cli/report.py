@@ -75,7 +75,8 @@ def report(
     low, high = parse_window(since, until, "keytrail report")
     options = ReportOptions(since=low, until=high,
                             prices=_price_table(prices, free_tier), unused_days=unused_days,
-                            alarms=alarms or default_alarms, source_name=name)
+                            alarms=alarms or default_alarms, source_name=name,
+                            data_dir=None if cloudtrail else data_dir or Path("keytrail-data"))
     if alarms is not None and not alarms.is_file():
         raise report_fail(f"--alarms: no such file: {alarms}")
     unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
@@ -89,6 +90,10 @@ def report(
         raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
                f"{data.alarms.height:,} alarms)", err=True)
+    if data.open_end is not None and data.open_end.late:
+        from keytrail.reports.figures import ahead_note
+
+        typer.echo(ahead_note(data.open_end), err=True)
     if unreadable:
         raise report_fail(f"{len(unreadable)} problem{'' if len(unreadable) == 1 else 's'} in the CloudTrail log "
                           "files (above): the report leaves out what could not be read", code=1)
@@ -98,11 +103,11 @@ def report(
 
 def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None) -> None:
     """An explicit --until before --since is refused as the options are read; the default one (a
-    second after the last event) is known only now: a --since after it would print a period that
-    ends before it starts, with nothing in it, as if nothing had happened."""
+    second after the last event not dated after now) is known only now: a --since after it would
+    print a period that ends before it starts, with nothing in it, as if nothing had happened."""
     if low is not None and high is None and as_of is not None and low >= as_of:
         raise report_fail(f"--since {since} is not before --until, by default one second after the last event "
-                          f"({as_of:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until")
+                          f"not dated after now ({as_of:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until")
 
 
 def _require_whole_log(data_dir: Path) -> None:

@@ -13,15 +13,16 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from keytrail.clock import data_dir_now, utc_now
 from keytrail.pipeline.cost import COST_SCHEMA
 from keytrail.pipeline.prices import PriceTable
-from keytrail.pipeline.query import MetricsStore, state_dir
+from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
 from keytrail.reports.alarms import alarms_frame, read_alarms
 from keytrail.reports.denied import DeniedTally
@@ -51,6 +52,10 @@ class ReportOptions:
     unused_days: int = 30  # a key not used for this long (or never) is highlighted
     alarms: Path | None = None  # alarms.jsonl to include, when it exists
     source_name: str = ""  # what the report was made from, for its header
+    # The node's data dir the events come from: its now (its dev clock's, where one went ahead)
+    # is the report's; None (CloudTrail files): the wall clock. Events dated after it do not move
+    # the as-of time (see `_tables`).
+    data_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class ReportData:
     denied: pl.DataFrame
     alarms: pl.DataFrame
     keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
+    open_end: OpenEnd | None = None  # where the period ends without --until; its `late`: events dated after now
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """The report's tables by name, in the order the report shows them."""
@@ -165,22 +171,33 @@ async def _consume(source: Source, scratch: Path, options: ReportOptions,
 def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, events: int) -> ReportData:
     first, last = store.time_bounds()
     since, until = options.since, options.until
-    as_of = until or (last.replace(microsecond=0) + timedelta(seconds=1) if last else None)
+    # Without --until, the as-of time is where `keytrail cost` ends key storage: after the last
+    # event, or after the last one not dated after now where some are (a skewed clock, a bad
+    # record): one event of 2099 would otherwise bill every key, project the month and judge the
+    # keys unused as of 2099. Those events are still counted as usage and requests.
+    end = store.open_end(_now(options)) if until is None and last is not None else None
+    as_of = until or (end.storage if end else None)
     window = choose_window(since or first, as_of)
     # The two tables with a row per key x principal (x operation, x window) hold their ARNs as
     # categories (a large account's month: a row per call); the writers turn them into strings.
     usage = store.usage(["keyArn", "principalArn", "accountId", "eventName"], None, since, until, categories=True)
     over_time = store.usage(["keyArn", "principalArn"], window, since, until,  # type: ignore[arg-type]
                             categories=True)
-    # Up to as_of, the time of the last event read: offline, a report bills what its input shows.
-    cost = store.cost(options.prices, since, as_of) if as_of else _empty_cost()
+    cost = store.cost(options.prices, since, until, end) if as_of else _empty_cost()
     return ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of),
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
         denied=denied, alarms=_alarms(options), keys_not_created=len(store.keys_never_created(cost)),
+        open_end=end,
     )
+
+
+def _now(options: ReportOptions) -> datetime:
+    """Now for the report's events, read once they are consumed (a live node's newest events
+    are not dated after a now taken before them)."""
+    return data_dir_now(options.data_dir) if options.data_dir is not None else utc_now()
 
 
 def _empty_cost() -> pl.DataFrame:

@@ -9,12 +9,12 @@ import polars as pl
 
 from keytrail.pipeline.cost import LIFECYCLE_EVENTS, classed_requests, cost_report
 from keytrail.pipeline.prices import PriceTable
-from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.query import MetricsStore, OpenEnd
 from keytrail.pipeline.usage import USAGE_SCHEMA
 
 __all__ = [
-    "COST_FIELDS", "LAST_USED_FIELDS", "PROJECTION_SCHEMA", "USAGE_FIELDS", "choose_window", "cost_projection",
-    "mark_unused", "month_bounds", "storage_note",
+    "COST_FIELDS", "LAST_USED_FIELDS", "PROJECTION_SCHEMA", "USAGE_FIELDS", "ahead_note", "choose_window",
+    "cost_projection", "mark_unused", "month_bounds", "storage_note",
 ]
 
 #: CONTRACTS.md §4 field lists (the `--format json` objects of `keytrail usage | cost | last-used`).
@@ -149,3 +149,15 @@ def storage_note(count: int) -> str:
     return (f"note: {count} key{'s' * (count != 1)} in these figures {'were' if count != 1 else 'was'} not created "
             "in the events (made before they start, or AWS managed): storage is counted only from a cancelled "
             "deletion on, so most show none; a customer managed key costs $1 per key-month")
+
+
+def ahead_note(end: OpenEnd) -> str:
+    """Why key storage stops before the latest event: some are dated after now."""
+    def stamp(moment: datetime | None) -> str:
+        return f"{moment:%Y-%m-%dT%H:%M:%SZ}" if moment else "?"
+
+    many = end.late != 1
+    return (f"note: {end.late} event{'s' * many} {'are' if many else 'is'} dated after now ({stamp(end.now)}), "
+            f"the latest {stamp(end.latest)} (a skewed clock, a bad imported record): {'their' if many else 'its'} "
+            "requests are counted, but key storage is billed only up to the last event before now; "
+            "--until T bills it up to T")

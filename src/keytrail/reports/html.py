@@ -12,7 +12,7 @@ import polars as pl
 
 from keytrail import __version__
 from keytrail.reports.collect import ReportData
-from keytrail.reports.figures import storage_note
+from keytrail.reports.figures import ahead_note, storage_note
 from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
 
 __all__ = ["MAX_ROWS", "money", "render_html"]
@@ -143,6 +143,8 @@ def _cost(data: ReportData) -> list[str]:
                  "hours billed over the hours of their calendar month (UTC).</p>")
     if data.keys_not_created:
         parts.append(f'<p class="note">{escape(storage_note(data.keys_not_created).removeprefix("note: "))}.</p>')
+    if data.open_end is not None and data.open_end.late:
+        parts.append(f'<p class="note">{escape(ahead_note(data.open_end).removeprefix("note: "))}.</p>')
     parts.append(_table(data.cost, [("keyArn", "Key", _code), ("accountId", "Account", str),
                                     ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
                                     ("requests", "Requests", _int), ("requestCost", "Request cost", money),

@@ -542,5 +542,6 @@ def test_report_since_after_the_last_event_without_until_is_refused_in_one_line(
     out = tmp_path / "r.html"
     result = _keytrail("report", "--cloudtrail", logs, "--since", "2030-01-01", "--out", out)
     _one_line_error(result, "keytrail report: --since 2030-01-01 is not before --until, by default one second after "
-                            "the last event (2026-01-05T12:00:01Z): give an earlier --since, or an --until")
+                            "the last event not dated after now (2026-01-05T12:00:01Z): give an earlier --since, "
+                            "or an --until")
     assert not out.exists()

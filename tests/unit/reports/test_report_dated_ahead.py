@@ -1,0 +1,112 @@
+"""A report's as-of time without --until is where `keytrail cost` ends key storage: one event dated
+years ahead (a skewed clock, a bad imported record) no longer moves it, nor the report's cost, month
+projection and unused-key marks, to that date; a data dir's dev clock that went ahead is its now."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.testing import CliRunner
+
+from keytrail.clock import DEV_CLOCK_FILE, utc_now
+from keytrail.pipeline.prices import PriceTable
+from keytrail.pipeline.query import MetricsStore, state_dir
+from keytrail.pipeline.runner import Runner
+from keytrail.pipeline.sources import RecordsSource
+from keytrail.reports.collect import ReportData, ReportOptions, collect_sync
+from tests.unit.reports.records import key_arn, record
+
+KEY, QUIET = key_arn("used"), key_arn("quiet")
+DAY = timedelta(days=1)
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _true_events(end: datetime) -> list[dict[str, Any]]:
+    """Two keys made 40 days before `end`, one used daily up to an hour before it."""
+    made = end - 40 * DAY
+    return [record("CreateKey", made, KEY), record("CreateKey", made, QUIET),
+            *(record("Encrypt", made + n * DAY, KEY) for n in range(1, 40)),
+            record("Encrypt", end - timedelta(hours=1), KEY)]
+
+
+def _report(records: list[dict[str, Any]], **options: Any) -> ReportData:
+    return collect_sync(RecordsSource(records), ReportOptions(**options))
+
+
+def _total(frame: Any, column: str) -> Decimal:
+    return sum(frame[column], Decimal())
+
+
+def test_one_event_dated_2099_leaves_the_report_as_of_the_true_end(tmp_path: Path) -> None:
+    now = _hour(utc_now())
+    true = _true_events(now)
+    skewed = record("Decrypt", datetime(2099, 1, 1, tzinfo=UTC), KEY)
+    truth, report = _report(true), _report([*true, skewed])
+    # Usage is kept by the minute: the end is the minute after the last event before now (the
+    # storage hours billed are those up to the event itself).
+    assert truth.as_of == now - timedelta(hours=1) + timedelta(seconds=1)
+    assert report.as_of == now - timedelta(hours=1) + timedelta(minutes=1)
+    assert report.open_end is not None and report.open_end.late == 1
+    # Storage billed as without the bad event; its one request counted, as `keytrail cost` does.
+    assert _total(report.cost, "keyCost") == _total(truth.cost, "keyCost")
+    assert _total(report.cost, "requests") == _total(truth.cost, "requests") + 1
+    assert report.projection["month"].to_list() == truth.projection["month"].to_list()
+    assert report.projection["projectedKeyCost"].to_list() == truth.projection["projectedKeyCost"].to_list()
+    # The quiet key has been unused for 40 days by now; as of 2099, the used key would have been too.
+    unused = dict(zip(report.last_used["keyArn"], report.last_used["unused"], strict=True))
+    assert unused == {KEY: False, QUIET: True}
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource([*true, skewed])).run())
+    assert report.cost.sort("keyArn").equals(MetricsStore(tmp_path).cost(PriceTable()).sort("keyArn"))
+
+
+def test_a_data_dir_s_dev_clock_ahead_is_the_report_s_now(tmp_path: Path) -> None:
+    """The demo's report: its node moved its clock 91 days ahead on purpose, and its events up to
+    then are not dated ahead of the data dir's now; CloudTrail files (no data dir) read the wall
+    clock, where the same events are."""
+    (tmp_path / DEV_CLOCK_FILE).write_text(json.dumps({"aheadSeconds": 91 * 86400}))
+    end = _hour(utc_now()) + 91 * DAY
+    events = _true_events(end)
+    node = _report(events, data_dir=tmp_path)
+    assert node.as_of == end - timedelta(hours=1) + timedelta(seconds=1)
+    assert node.open_end is not None and node.open_end.late == 0
+    files = _report(events)
+    assert files.open_end is not None and files.open_end.late > 0
+    assert files.as_of is not None and node.as_of is not None and files.as_of < node.as_of
+
+
+def test_until_is_the_as_of_time_whatever_is_dated_ahead() -> None:
+    until = _hour(utc_now()) - 5 * DAY
+    report = _report([*_true_events(until), record("Decrypt", datetime(2099, 1, 1, tzinfo=UTC), KEY)], until=until)
+    assert report.as_of == until and report.open_end is None
+
+
+def test_keytrail_report_says_in_one_line_that_events_are_dated_after_now(tmp_path: Path) -> None:
+    from keytrail.cli.report import register
+
+    trail = tmp_path / "trail.json"
+    skewed = record("Decrypt", datetime(2099, 1, 1, tzinfo=UTC), KEY)
+    trail.write_text(json.dumps({"Records": [*_true_events(_hour(utc_now())), skewed]}))
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["--cloudtrail", str(trail), "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "1 event is dated after now" in notes[0] and "2099-01-01T00:00:00Z" in notes[0]
+
+
+def test_the_html_report_says_it_too() -> None:
+    from keytrail.reports.html import render_html
+
+    skewed = record("Decrypt", datetime(2099, 1, 1, tzinfo=UTC), KEY)
+    page = render_html(_report([*_true_events(_hour(utc_now())), skewed]))
+    assert "1 event is dated after now" in page and "2099-01-01T00:00:00Z" in page
+    assert "dated after now" not in render_html(_report(_true_events(_hour(utc_now()))))
