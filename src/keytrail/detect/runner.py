@@ -217,10 +217,14 @@ def batch_guard(batch: str) -> Iterator[None]:
 async def _columnar_rows(values: list[bytes]) -> list[AvroRow] | None:
     """The rows of Avro values through the columnar reader, or None when it cannot read them all
     (the record decoder then finds and skips the bad ones and keeps the rest)."""
+    import polars as pl
+
     from keytrail.detect.avro_events import avro_rows  # polars: not for the offline CloudTrail path
 
     try:
         return await avro_rows(values)
-    except Exception as exc:  # whatever a foreign or damaged value makes the reader raise
+    # Whatever a foreign or damaged value makes the reader raise, its panics included: polars'
+    # PanicException is a BaseException, which went through to end the detector.
+    except (Exception, pl.exceptions.PanicException) as exc:
         log.warning("audit values the columnar reader cannot read (%s): decoding them one by one", exc)
         return None

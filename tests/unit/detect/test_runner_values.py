@@ -55,3 +55,22 @@ async def test_values_nobody_can_read_are_skipped_and_the_rest_kept(tmp_path: Pa
         await runner.feed_values(values)
     assert _summary(runner) == await _fed_records(tmp_path, records)
     assert "decoding them one by one" in caplog.text  # the damaged value sent its run to the record decoder
+
+
+async def test_a_value_that_makes_the_columnar_reader_panic_is_skipped_too(tmp_path: Path) -> None:
+    """polars' reader panics on some damaged bodies (here: a value cut two bytes after its header),
+    and its PanicException is no Exception: it went through the fallback to the record decoder,
+    ended `detect --kafka`, and each restart, re-reading the topic, ended at the same value."""
+    import polars as pl
+
+    from keytrail.detect.avro_events import EVENT_FIELDS
+    from keytrail.pipeline.decode import read_writer_columns
+
+    records = _records()
+    good = [encode(r) for r in records]
+    values = [good[0], good[1][:12], *good[2:]]
+    with pytest.raises(pl.exceptions.PanicException):  # what the damage does to the reader
+        read_writer_columns(values[0][:10], values, EVENT_FIELDS)
+    runner = DetectorRunner.open(tmp_path / "values")
+    await runner.feed_values(values)
+    assert _summary(runner) == await _fed_records(tmp_path, [records[0], *records[2:]])
