@@ -19,7 +19,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock
+from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock, detector_lock
 from keytrail.transport.segment_log import lock_held
 from tests.integration.e2e.support import eventually
 from tests.support.errors import aws_error
@@ -192,6 +192,21 @@ def test_serve_with_the_dev_clock_is_refused_while_a_consumer_runs(tmp_path: Pat
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"keytrail serve: the metrics consumer of {data} is already running (keytrail consume): stop it first")
+
+
+def test_serve_with_the_dev_clock_is_refused_while_another_detector_runs(tmp_path: Path) -> None:
+    """Its detector runs in-process and took no lock: beside a `keytrail detect --kafka` on the data
+    dir, both announced every alarm, and each emptied the hooks' outboxes of what the other owed."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with detector_lock(data).open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running `keytrail detect --kafka` holds it
+        result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                                 "--dev-clock"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"keytrail serve: a detector is already running on {data} (keytrail detect --kafka, or another serve's): "
+        "stop it first, or start serve with --no-detector")
 
 
 def test_serve_refused_for_a_running_consumer_leaves_no_audit_signing_key(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import NodeHealth, StoreProbe
 from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts
-from keytrail.cli.sidecar import consumer_lock, sidecars, try_lock
+from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
 from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
 from keytrail.config import ServeSettings
@@ -53,7 +53,7 @@ from keytrail.pipeline.prometheus import MetricsExposition, render_family, rende
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
-__all__ = ["ConsumerRunning", "Node", "StartFailed", "build_node", "start_node", "stop_node"]
+__all__ = ["ConsumerRunning", "DetectorRunning", "Node", "StartFailed", "build_node", "start_node", "stop_node"]
 
 log = logging.getLogger("keytrail")
 
@@ -132,6 +132,10 @@ class ConsumerRunning(Exception):
     """Another metrics consumer (`keytrail consume`) owns the data dir's pipeline state."""
 
 
+class DetectorRunning(Exception):
+    """Another detector (`keytrail detect --kafka`, a serve's detector child) writes the data dir's alarms."""
+
+
 class StartFailed(Exception):
     """The node did not start: the message names the part that failed and why, in one line."""
 
@@ -188,6 +192,11 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
             raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "
                                   "(keytrail consume): stop it first")
         consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+        # Its detector runs in-process too: two on one data dir both announced every alarm, and each
+        # emptied the hooks' outboxes of what the other still owed.
+        if settings.detector and not try_lock(detector_lock(data_dir)):
+            raise DetectorRunning(f"a detector is already running on {data_dir} (keytrail detect --kafka, or "
+                                  "another serve's): stop it first, or start serve with --no-detector")
     denied: Counter[tuple[str, str]] = Counter()
     deps = ServiceDeps(
         store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),

@@ -236,11 +236,11 @@ def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHol
     import uvloop
 
     from keytrail.cli.key_store import StoreUnavailable
-    from keytrail.cli.node import ConsumerRunning
+    from keytrail.cli.node import ConsumerRunning, DetectorRunning
 
     try:
         uvloop.run(_serve(settings, sockets, hold))
-    except (StoreUnavailable, ConsumerRunning) as exc:
+    except (StoreUnavailable, ConsumerRunning, DetectorRunning) as exc:
         raise _fail(str(exc)) from None
     except LogLockedError as exc:  # `keytrail audit import` writes this data dir's audit trail, say
         raise _fail(f"{exc}: is another keytrail serve running on --data-dir {settings.data_dir}?") from None
