@@ -33,6 +33,8 @@ __all__ = [
 MAX_SKEW_SECONDS = 300
 _ALGORITHM = "AWS4-HMAC-SHA256"
 _SIGNATURE_FIELD = ", Signature="
+_PARAMETERS = ("Credential", "SignedHeaders", "Signature")
+_SEPARATOR = re.compile(r"[,\s]+")  # between an Authorization header's parameters
 
 
 class IncompleteSignatureException(KmsError):
@@ -81,7 +83,7 @@ def parse_authorization(header: str | None) -> SignedRequest:
     # signature repeats from call to call (it changes daily), so its parse is cached.
     head, found, signature = header.rpartition(_SIGNATURE_FIELD)
     signature = signature.strip()
-    if found and signature and "," not in signature:
+    if found and signature and not _SEPARATOR.search(signature):
         scope = _parse_head(head)
         if scope is not None:
             return SignedRequest(*scope, signature=signature)
@@ -102,8 +104,8 @@ def _parse_fields(header: str) -> SignedRequest:
     algorithm, _, rest = header.partition(" ")
     if algorithm != _ALGORITHM:
         raise IncompleteSignatureException(f"Unsupported AWS 'algorithm': '{algorithm}'")
-    fields = dict(part.strip().partition("=")[::2] for part in rest.split(","))
-    missing = [name for name in ("Credential", "SignedHeaders", "Signature") if not fields.get(name)]
+    fields = _key_value_pairs(header, rest)
+    missing = [name for name in _PARAMETERS if not fields.get(name)]
     if missing:
         raise IncompleteSignatureException(
             " ".join(f"Authorization header requires '{name}' parameter." for name in missing)
@@ -118,6 +120,25 @@ def _parse_fields(header: str) -> SignedRequest:
         access_key_id=scope[0], date=scope[1], region=scope[2], service=scope[3],
         signed_headers=tuple(fields["SignedHeaders"].split(";")), signature=fields["Signature"],
     )
+
+
+def _key_value_pairs(header: str, rest: str) -> dict[str, str]:
+    """The header's parameters, split at commas and blanks as AWS splits them. A part without '='
+    (what two Authorization headers joined into one, or a blank inside a value, leave) and a
+    parameter given twice are refused: read here one way, they could be read another by a proxy
+    or log in front, which would then name a caller other than the one authenticated."""
+    fields: dict[str, str] = {}
+    for part in _SEPARATOR.split(rest):
+        if not part:
+            continue
+        name, equals, value = part.partition("=")
+        if not equals:
+            raise IncompleteSignatureException(f"'{part[:200]}' not a valid key=value pair (missing equal-sign) "
+                                               f"in Authorization header: '{header[:200]}'.")
+        if name in fields and name in _PARAMETERS:
+            raise IncompleteSignatureException(f"Authorization header has the '{name}' parameter more than once.")
+        fields[name] = value
+    return fields
 
 
 @lru_cache(maxsize=64)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from keytrail.api.app import ApiSettings, KmsApp
@@ -78,3 +79,29 @@ async def test_a_whole_request_is_carried_out(parts: tuple[KmsApp, SqliteStore, 
     assert sent[0]["status"] == 200
     assert len(await store.list_keys("000000000000", "us-east-1")) == 1
     assert [record.event_name for record in sink.records] == ["CreateKey"]
+
+
+async def test_two_authorization_headers_are_refused_before_anything_runs(
+    parts: tuple[KmsApp, SqliteStore, AllowAndRecord],
+) -> None:
+    # HTTP joins a repeated field with a comma; the joined value named the first header's access key
+    # while taking the second's signature. Refused as AWS refuses it, even under --dev-credentials.
+    app, store, sink = parts
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    other = _AUTHORIZATION.replace(b"Credential=test/", b"Credential=111122223333/")
+    headers = [(b"x-amz-target", b"TrentService.CreateKey"), (b"authorization", other),
+               (b"authorization", _AUTHORIZATION), (b"x-amz-date", b"20260101T000000Z")]
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "client": ("127.0.0.1", 5000)}
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert orjson.loads(sent[1]["body"])["__type"] == "IncompleteSignatureException"
+    assert await store.list_keys("111122223333", "us-east-1") == []
+    assert await store.list_keys("000000000000", "us-east-1") == []
+    assert sink.records == []  # it never reached the service (docs/audit-events.md)
