@@ -295,3 +295,24 @@ def test_region_names_as_aws_and_self_hosted_deployments_spell_them_are_taken(re
     header = (f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/{region}/kms/aws4_request, "
               "SignedHeaders=host;x-amz-date, Signature=abc123")
     assert parse_authorization(header).region == region
+
+
+def test_a_session_token_is_signed_but_not_checked_and_cannot_be_swapped() -> None:
+    # docs/principals.md: keytrail issues no session tokens, so an AWS_SESSION_TOKEN left in the
+    # environment is carried along; it is still covered by the signature like any x-amz-* header.
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cret", "some-token"), "kms", "eu-west-1").add_auth(request)
+    _verify(request)
+    request.headers.replace_header("X-Amz-Security-Token", "another-token")
+    with pytest.raises(InvalidSignatureException):
+        _verify(request)
+
+
+def test_a_date_header_alone_does_not_date_the_request() -> None:
+    request = _signed()
+    del request.headers["X-Amz-Date"]
+    request.headers["Date"] = "Sat, 28 Nov 2026 12:00:00 GMT"
+    with pytest.raises(IncompleteSignatureException, match="requires existence of either a 'X-Amz-Date'"):
+        _verify(request)
