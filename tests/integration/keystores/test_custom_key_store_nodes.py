@@ -34,6 +34,14 @@ def _connections(node: Node) -> HsmConnections:
     return cast(HsmCipher, node.svc.ciphers["hsm"]).connections
 
 
+async def _connected_store(node: Node, name: str, cluster: str, trust_anchor: str) -> str:
+    """A new custom key store on the cluster's token, connected by `node`: its id."""
+    store_id = str((await node("CreateCustomKeyStore", CustomKeyStoreName=name, CloudHsmClusterId=cluster,
+                               TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"])
+    await node("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    return store_id
+
+
 async def test_a_store_another_node_disconnected_loses_this_nodes_session_at_its_next_tick(
     dsn: str, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str,
 ) -> None:
@@ -43,9 +51,7 @@ async def test_a_store_another_node_disconnected_loses_this_nodes_session_at_its
     first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
     second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
     try:
-        store_id = (await first("CreateCustomKeyStore", CustomKeyStoreName="shared", CloudHsmClusterId=cluster,
-                                TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
-        await first("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        store_id = await _connected_store(first, "shared", cluster, trust_anchor)
         key_id = (await first("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
         await _connections(first).disconnect(store_id)  # its session closed, as after a restart
         await second("Encrypt", KeyId=key_id, Plaintext=b"on the second node")  # logs in there
@@ -75,9 +81,7 @@ async def test_a_tick_keeps_the_session_of_a_store_still_connected(
     root, cluster = RootKey(os.urandom(32)), next(clusters)
     node = Node(await PostgresStore.connect(dsn, root), ManualClock(NOW), "us-east-1")
     try:
-        store_id = (await node("CreateCustomKeyStore", CustomKeyStoreName="kept", CloudHsmClusterId=cluster,
-                               TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
-        await node("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        store_id = await _connected_store(node, "kept", cluster, trust_anchor)
         key_id = (await node("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
         await node.svc.run_due()
         assert open_sessions(hsm.module, cluster) == 1
@@ -97,9 +101,7 @@ async def test_a_store_moved_to_another_token_between_two_ticks_is_logged_in_to_
     first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
     second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
     try:
-        store_id = (await first("CreateCustomKeyStore", CustomKeyStoreName="moved", CloudHsmClusterId=old,
-                                TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
-        await first("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        store_id = await _connected_store(first, "moved", old, trust_anchor)
         await _connections(first).disconnect(store_id)
         assert len((await second("GenerateRandom", NumberOfBytes=8, CustomKeyStoreId=store_id))["Plaintext"]) == 8
         assert open_sessions(hsm.module, old) == 1  # the second node's
