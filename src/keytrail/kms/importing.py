@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
-from keytrail.kms import errors, multiregion
+from keytrail.kms import errors, multiregion, service_events
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
 
@@ -261,17 +261,14 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
     each, at its ValidTo, whenever the tick came)."""
     expired = key
     gone = sorted(_expired(key, svc.now()), key=lambda m: m.valid_to or svc.now())
-    for material in gone:
+    for material in gone:  # each event written with the deletion it records (service_events.py)
         expired = without_material(expired, material.material_id)
+        details = {"keyId": key.key_id, "keyMaterialId": material.material_id}
+        expired = service_events.with_event(expired, svc.deps.new_id(), "DeleteExpiredKeyMaterial", details,
+                                            material.valid_to or svc.now())
     replicas = await pending_dropped(svc, key, [m.material_id for m in gone if m.pending])
     await svc.store.put_keys([expired, *replicas])
-    for material in gone:
-        await svc.service_event(
-            "DeleteExpiredKeyMaterial",
-            expired,
-            {"keyId": key.key_id, "keyMaterialId": material.material_id},
-            material.valid_to,
-        )
+    expired = await service_events.record_owed(svc, expired)
     await multiregion.announce(svc, replicas)
     return expired
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from keytrail.kms import errors, multiregion
+from keytrail.kms import errors, multiregion, service_events
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.material import generate_secret
 
@@ -17,15 +17,15 @@ __all__ = ["holds_imported", "rotate_key", "rotate_to_imported"]
 
 
 async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime | None = None) -> Key:
-    """Add new material (compute, persist), then record the `RotateKey` service event; a
+    """Add new material and its `RotateKey` service event (compute, persist), then record it; a
     multi-Region primary's new material reaches its replicas in the same write. `at` is when
     the rotation happens: now, or the due date of a scheduled one the clock has passed."""
     _require_primary(key)
     when = at or svc.now()
     material = svc.new_material(await generate_secret(key.key_spec), rotation_type, when)
-    rotated = key.rotated(material, when)
+    rotated = _owing_rotation(svc, key, key.rotated(material, when), material, when)
     replicas = await multiregion.save_with_replicas(svc, rotated)
-    await _record_rotation(svc, key, rotated, material, when)
+    rotated = await service_events.record_owed(svc, rotated)
     await multiregion.announce(svc, replicas)
     return rotated
 
@@ -49,10 +49,11 @@ async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
             f"state: import it into {', '.join(missing)} (ImportType EXISTING_KEY_MATERIAL) before rotating."
         )
     when = svc.now()
-    rotated = _promoted(key, pending.material_id, when)
+    promoted = _promoted(key, pending.material_id, when)
+    rotated = _owing_rotation(svc, key, promoted, promoted.materials[-1], when)  # `rotated` appends it
     copies = [_promoted(r, pending.material_id, when) for r in replicas]
     await svc.store.put_keys([rotated, *copies])
-    await _record_rotation(svc, key, rotated, rotated.materials[-1], when)  # `rotated` appends it
+    rotated = await service_events.record_owed(svc, rotated)
     await multiregion.announce(svc, copies)
     return rotated
 
@@ -74,10 +75,11 @@ def _require_primary(key: Key) -> None:
         raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
 
 
-async def _record_rotation(svc: KmsService, before: Key, after: Key, current: KeyMaterial, when: datetime) -> None:
-    """The `RotateKey` service event (ct-rotatekey): which material was current, which is now."""
+def _owing_rotation(svc: KmsService, before: Key, after: Key, current: KeyMaterial, when: datetime) -> Key:
+    """`after` owing its `RotateKey` service event (ct-rotatekey): which material was current,
+    which is now. Written with the rotation, so a refused record or a crash cannot lose it."""
     previous = before.current_material
-    await svc.service_event("RotateKey", after, {
+    return service_events.with_event(after, svc.deps.new_id(), "RotateKey", {
         "rotationType": current.rotation_type,
         "keyOrigin": before.origin.value,
         "previousKeyMaterialId": previous.material_id if previous else None,

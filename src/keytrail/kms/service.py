@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from keytrail.clock import Clock
-from keytrail.kms import errors, multiregion
+from keytrail.kms import errors, multiregion, service_events
 from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
@@ -202,18 +202,6 @@ class KmsService:
             log.exception("audit sink failure (event %s)", record.event_id)
             raise _unaudited(_request_of(record)) from None
 
-    async def service_event(
-        self, name: str, key: Key, details: dict[str, Any] | None, at: datetime | None = None,
-        response_elements: dict[str, Any] | None = None,
-    ) -> None:
-        """Record a KMS-initiated action (scheduled RotateKey, DeleteKey), done now or `at`."""
-        await self.audit(CallRecord(
-            event_id=self.deps.new_id(), event_name=name, event_time=at or self.clock.now(),
-            region=key.region, account=key.account, context=None, request_parameters=None,
-            response_elements=response_elements, service_event_details=details, resources=(key.arn,),
-            read_only=False,
-        ))
-
     async def internal_call(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> None:
         """Record a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
         AwsApiCall with a requestID, under KMS's internal identity (ct-synchronize-multi-region-key)."""
@@ -378,12 +366,9 @@ class KmsService:
             if current is None:
                 return None
             if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
-                changed = await multiregion.without_replica(self, current)
-                await self.store.delete_key(current, changed)
-                # Done when the waiting period ended, however late the tick that notices it.
-                await self.service_event("DeleteKey", current, {"keyId": current.key_id}, current.deletion_date)
-                await multiregion.announce(self, changed)
+                await self._delete_due(current, current.deletion_date)
                 return None
+            current = await service_events.record_owed(self, current)  # a change of an earlier tick or call
             if material_expired(current, now):
                 current = await expire_material(self, current)
             if current.state is KeyState.CREATING:
@@ -395,6 +380,19 @@ class KmsService:
             while _rotation_due(current, now):
                 current = await rotate_key(self, current, "AUTOMATIC", current.next_rotation_date)
             return current
+
+    async def _delete_due(self, key: Key, deletion_date: datetime) -> None:
+        """Delete `key`, its waiting period over. Its `DeleteKey` event (done when the period ended,
+        however late the tick that notices it) is written on the key first and recorded before the
+        row goes: a refused record leaves the key for the next tick, not deleted unrecorded."""
+        if not service_events.owes_event(key, "DeleteKey"):
+            key = service_events.with_event(key, self.deps.new_id(), "DeleteKey", {"keyId": key.key_id},
+                                            deletion_date)
+            await self.store.put_key(key)
+        await service_events.record_events(self, key)
+        changed = await multiregion.without_replica(self, key)
+        await self.store.delete_key(key, changed)
+        await multiregion.announce(self, changed)
 
     async def run_due(self) -> None:
         """Apply every due deletion and rotation (the scheduler's tick), then `tick_work`. A key whose
@@ -456,7 +454,7 @@ def _rotation_due(key: Key, now: datetime) -> bool:
 def _is_due(key: Key, now: datetime) -> bool:
     deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
     return (deleting or _rotation_due(key, now) or material_expired(key, now)
-            or key.state is KeyState.CREATING)
+            or key.state is KeyState.CREATING or service_events.owes(key))
 
 
 _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})

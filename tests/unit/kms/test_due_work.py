@@ -107,3 +107,46 @@ async def test_a_failed_upkeep_after_the_due_work_is_logged_and_does_not_fail_th
     assert [record.getMessage() for record in caplog.records] == [
         "scheduled upkeep failed (tried again at each tick, said again only when the reason changes): "
         "OSError: connection reset by the database"]
+
+
+class _SpoolThatFailsOnce(_Spool):
+    """Ready, then refuses the first record of each event named in `failing`: a disk that fills
+    between the spool's `ready()` and its write (the key store's write was made in between)."""
+
+    def __init__(self, *failing: str) -> None:
+        super().__init__()
+        self.failing = set(failing)
+        self.ids: list[tuple[str, str]] = []
+
+    async def record(self, call: CallRecord) -> None:
+        if call.event_name in self.failing:
+            self.failing.discard(call.event_name)
+            raise AuditUnavailable("the audit spool could not write: disk full")
+        await super().record(call)
+        self.ids.append((call.event_name, call.event_id))
+
+
+async def test_a_rotation_or_deletion_whose_event_was_refused_after_its_write_is_recorded_after_a_restart(
+        tmp_path: Path) -> None:
+    # The key was written rotated (or deleted) before the spool refused its event: the next tick
+    # found nothing due, and the rotation and the deletion stood with no record, ever.
+    spool, clock, root = _SpoolThatFailsOnce("RotateKey", "DeleteKey"), ManualClock(), RootKey(os.urandom(32))
+
+    def node() -> KmsService:
+        return KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", root), clock=clock, audit=spool,
+                                      authorizer=spool))
+
+    service = node()
+    rotating = str((await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"])
+    await service.execute("EnableKeyRotation", _context(), {"KeyId": rotating, "RotationPeriodInDays": 90})
+    deleted = str((await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"])
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": deleted, "PendingWindowInDays": 7})
+    clock.advance(91 * DAY)
+    await service.run_due()  # both refused
+    service = node()  # the node restarts
+    await service.run_due()
+    await service.run_due()
+    owed = [(name, arns) for name, arns in spool.events if name in ("RotateKey", "DeleteKey")]
+    assert sorted(owed) == [("DeleteKey", (deleted,)), ("RotateKey", (rotating,))]
+    rotations = await service.execute("ListKeyRotations", _context(), {"KeyId": rotating})
+    assert len(rotations["Rotations"]) == 1  # rotated once, recorded once
