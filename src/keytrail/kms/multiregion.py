@@ -159,10 +159,12 @@ def scheduled_deletion(key: Key, now: datetime, window_days: int) -> Key:
 async def without_replica(svc: KmsService, deleted: Key) -> list[Key]:
     """The other copies of a replica being deleted, its Region dropped: a primary waiting in
     PendingReplicaDeletion starts its own waiting period once no replica is left. They are
-    stored with the deletion (`KeyStore.delete_key`), else a primary could wait forever."""
+    stored with the deletion (`KeyStore.delete_key`), else a primary could wait forever. Its
+    period runs from the replica's deletion, when that replica's waiting period ended, however
+    late the tick that deletes it (as its `DeleteKey` event is dated)."""
     if not is_replica(deleted):
         return []
-    now = svc.now()
+    now = deleted.deletion_date or svc.now()
     changed = []
     for other in await copies(svc, deleted):
         other = replace(other, replica_regions=tuple(r for r in other.replica_regions if r != deleted.region))

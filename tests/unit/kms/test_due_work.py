@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,23 @@ async def test_a_rotation_or_deletion_whose_event_was_refused_after_its_write_is
     assert sorted(owed) == [("DeleteKey", (deleted,)), ("RotateKey", (rotating,))]
     rotations = await service.execute("ListKeyRotations", _context(), {"KeyId": rotating})
     assert len(rotations["Rotations"]) == 1  # rotated once, recorded once
+
+
+async def test_a_primary_waits_its_window_from_its_last_replica_deletion_however_late_the_tick(
+        tmp_path: Path) -> None:
+    # The replica's DeleteKey is dated when its waiting period ended; the primary's own period
+    # started at the tick that noticed it, so a clock moved ahead (or a node down) added the gap.
+    spool, clock = _Spool(), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    created = await service.execute("CreateKey", _context(), {"MultiRegion": True})
+    key_id = created["KeyMetadata"]["KeyId"]
+    await service.execute("ReplicateKey", _context(), {"KeyId": key_id, "ReplicaRegion": "eu-west-2"})
+    await service.run_due()
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": key_id, "PendingWindowInDays": 7})
+    away = CallContext(principal=_context().principal, region="eu-west-2", request_id="req-2")
+    replica = await service.execute("ScheduleKeyDeletion", away, {"KeyId": key_id, "PendingWindowInDays": 7})
+    clock.advance(10 * DAY)  # the replica's deletion fell due 3 days ago
+    await service.run_due()
+    meta = (await service.execute("DescribeKey", _context(), {"KeyId": key_id}))["KeyMetadata"]
+    assert (meta["KeyState"], meta["DeletionDate"]) == ("PendingDeletion", replica["DeletionDate"] + timedelta(days=7))
