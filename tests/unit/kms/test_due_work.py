@@ -18,6 +18,7 @@ from keytrail.kms.model import AuditUnavailable, CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.integration.keystores.wrapping import wrap
 
 ACCOUNT = "111122223333"
 DAY = 86400
@@ -171,3 +172,23 @@ async def test_a_primary_waits_its_window_from_its_last_replica_deletion_however
     await service.run_due()
     meta = (await service.execute("DescribeKey", _context(), {"KeyId": key_id}))["KeyMetadata"]
     assert (meta["KeyState"], meta["DeletionDate"]) == ("PendingDeletion", replica["DeletionDate"] + timedelta(days=7))
+
+
+async def test_an_expiry_whose_event_was_refused_after_its_write_is_recorded_by_the_next_tick(tmp_path: Path) -> None:
+    spool, clock = _SpoolThatFailsOnce("DeleteExpiredKeyMaterial"), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    arn = (await service.execute("CreateKey", _context(), {"Origin": "EXTERNAL"}))["KeyMetadata"]["Arn"]
+    parameters = await service.execute("GetParametersForImport", _context(), {
+        "KeyId": arn, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"})
+    imported = await service.execute("ImportKeyMaterial", _context(), {
+        "KeyId": arn, "ImportToken": parameters["ImportToken"],
+        "EncryptedKeyMaterial": wrap(parameters["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+        "ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": clock.now() + timedelta(days=10)})
+    clock.advance(11 * DAY)
+    await service.run_due()  # refused: the material is gone all the same
+    await service.run_due()
+    expired = [event_id for name, event_id in spool.ids if name == "DeleteExpiredKeyMaterial"]
+    assert len(expired) == 1
+    meta = (await service.execute("DescribeKey", _context(), {"KeyId": arn}))["KeyMetadata"]
+    assert meta["KeyState"] == "PendingImport" and imported["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
