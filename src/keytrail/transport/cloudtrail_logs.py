@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,11 @@ __all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
 _DIGEST_FIELDS = ("digestStartTime", "digestEndTime", "logFiles")
+#: The most a log file may hold once decompressed: the whole document is parsed in memory, so a
+#: small .gz expanding to gigabytes (a gzip bomb, or a file that is no CloudTrail log) must stop at
+#: a known size, not at the machine's memory. CloudTrail delivers a Region's records about every
+#: five minutes in files far below this.
+MAX_LOG_FILE_BYTES = 512 << 20
 
 
 class LogFileProblem(ValueError):
@@ -63,8 +70,7 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     """The records of one CloudTrail log file, None for a digest file; LogFileProblem when it is
     neither."""
     try:
-        raw = path.read_bytes()
-        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+        text = _read_bounded(path).decode("utf-8")
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
@@ -77,6 +83,27 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     if not isinstance(records, list):
         raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
     return records
+
+
+def _read_bounded(path: Path) -> bytearray:
+    """The bytes of a regular file, gunzipped when it starts as gzip does, at most
+    MAX_LOG_FILE_BYTES of them, read a chunk at a time. Opened without blocking: a FIFO named as
+    a log file would wait for a writer forever, and a device (/dev/zero) would never end."""
+    data = bytearray()
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise LogFileProblem(f"{path}: not a regular file")
+        gzipped = file.peek(2)[:2] == b"\x1f\x8b"
+        reader = gzip.GzipFile(fileobj=file) if gzipped else file
+        while chunk := reader.read(_READ_CHUNK):
+            data += chunk
+            if len(data) > MAX_LOG_FILE_BYTES:
+                raise LogFileProblem(f"{path}: larger than {MAX_LOG_FILE_BYTES >> 20} MiB"
+                                     f"{' once decompressed' if gzipped else ''}: no CloudTrail log file is")
+    return data
+
+
+_READ_CHUNK = 1 << 20
 
 
 def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport | None = None,

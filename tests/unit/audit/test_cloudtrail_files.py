@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from keytrail.audit.cloudtrail_files import (
     iter_events,
 )
 from keytrail.audit.integrity import verify
+from keytrail.transport import cloudtrail_logs
 from keytrail.transport.cloudtrail_logs import ReadReport
 from tests.support.audit_records import ACCOUNT, T0, fill_trail_async
 
@@ -226,3 +229,30 @@ async def test_an_import_asked_to_stop_between_files_reads_no_more_files(tmp_pat
     report = await import_cloudtrail(tmp_path / "node", [EXAMPLES, EXAMPLES], lambda: next(checks))
 
     assert (report.files, report.records, report.stopped_at) == (1, 9, str(EXAMPLES))
+
+
+def test_a_gzip_bomb_is_reported_at_a_bounded_size_not_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cloudtrail_logs, "MAX_LOG_FILE_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.json.gz"  # 8 MiB of blanks inside a valid document, a few KB on disk
+    bomb.write_bytes(gzip.compress(b'{"Records": [' + b" " * (8 << 20) + b"]}"))
+    big = tmp_path / "big.json"
+    big.write_bytes(b'{"Records": [' + b" " * (2 << 20) + b"]}")
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([bomb, big, EXAMPLES], report=report)) == _kms_examples()
+    assert report.problems == [f"{bomb}: larger than 1 MiB once decompressed: no CloudTrail log file is",
+                               f"{big}: larger than 1 MiB: no CloudTrail log file is"]
+
+
+def test_a_fifo_or_a_device_named_as_a_log_file_is_reported_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    report = ReadReport()
+    reading = threading.Thread(target=lambda: list(iter_cloudtrail_records([fifo, Path("/dev/null")],
+                                                                           report=report)), daemon=True)
+    reading.start()
+    reading.join(timeout=10)
+    if reading.is_alive():  # blocked opening the FIFO: a writer lets it go
+        os.close(os.open(fifo, os.O_WRONLY))
+    assert report.problems == [f"{fifo}: not a regular file", "/dev/null: not a regular file"]
