@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 __all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_located_records",
            "iter_log_files", "read_log_file"]
 
@@ -74,6 +76,8 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
+        raise LogFileProblem(f"{path}: {_line_too_deep(text)}not valid JSON (nested too deeply)") from None
     # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise LogFileProblem(f"{path}: cannot read: {exc}") from None
@@ -83,6 +87,16 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     if not isinstance(records, list):
         raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
     return records
+
+
+def _line_too_deep(text: str) -> str:
+    """`line N: ` for where a document nests deeper than a parser goes (orjson stops at 1,024 levels
+    with the position; json's recursion limit may come a little earlier, and then no line is named)."""
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return f"line {exc.lineno}: " if "depth" in exc.msg else ""  # not another of its complaints
+    return ""
 
 
 def _read_bounded(path: Path) -> bytearray:

@@ -256,3 +256,11 @@ def test_a_fifo_or_a_device_named_as_a_log_file_is_reported_not_waited_on(tmp_pa
     if reading.is_alive():  # blocked opening the FIFO: a writer lets it go
         os.close(os.open(fifo, os.O_WRONLY))
     assert report.problems == [f"{fifo}: not a regular file", "/dev/null: not a regular file"]
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_a_problem_with_its_line_not_a_crash(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"Records": [\n' + "[" * 100_000 + "]" * 100_000 + "]}")
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([deep, EXAMPLES], report=report)) == _kms_examples()
+    assert report.problems == [f"{deep}: line 2: not valid JSON (nested too deeply)"]
