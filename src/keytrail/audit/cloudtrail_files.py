@@ -176,7 +176,7 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
 
     for _, event in iter_events(data_dir, log=log):
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
-        key = (*_account_and_region(event), moment.strftime("%Y%m%dT%H00Z"))
+        key = (*_account_and_region(event), f"{moment.year:04d}" + moment.strftime("%m%dT%H00Z"))  # %Y: "1"
         events = filling.setdefault(key, [])
         events.append(event)
         if len(events) >= EXPORT_FILE_RECORDS:

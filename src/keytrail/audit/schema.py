@@ -320,14 +320,17 @@ def _parse_time(value: Any) -> datetime:
         raise SchemaError(f"eventTime {str(value)[:40]!r} is not an ISO 8601 time") from None
     # No offset reads as UTC (CloudTrail's zone), as the pipeline reads it: astimezone would take
     # the importing machine's local zone.
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:30 is a time before year 1 in UTC
+        raise SchemaError(f"eventTime {str(value)[:40]!r} is out of range in UTC") from None
 
 
 def _format_time(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
-    if moment.microsecond:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The year in four digits: strftime's %Y writes year 1 as "1" on glibc, no ISO 8601 time.
+    text = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S")
+    return text + (f".{moment.microsecond // 1000:03d}Z" if moment.microsecond else "Z")
 
 
 # --- fast paths ------------------------------------------------------------------------------------

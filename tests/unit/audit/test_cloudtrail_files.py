@@ -264,3 +264,22 @@ def test_json_nested_deeper_than_the_parser_goes_is_a_problem_with_its_line_not_
     report = ReadReport()
     assert list(iter_cloudtrail_records([deep, EXAMPLES], report=report)) == _kms_examples()
     assert report.problems == [f"{deep}: line 2: not valid JSON (nested too deeply)"]
+
+
+async def test_event_times_at_the_ends_of_the_calendar_are_stored_read_and_exported_or_reported(
+    tmp_path: Path
+) -> None:
+    example = _kms_examples()[0]
+    times = ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00+05:30", "9999-12-31T23:59:59-05:00"]
+    path = tmp_path / "calendar.json"
+    path.write_text(json.dumps({"Records": [{**example, "eventID": f"e{i}", "eventTime": t}
+                                            for i, t in enumerate(times)]}))
+    report = await import_cloudtrail(tmp_path / "node", [path])
+    assert report.problems == [  # before year 1 and after year 9999 in UTC: no time a record can hold
+        f"{path}: record 1 (eventID e1): cannot be stored: eventTime '0001-01-01T00:00:00+05:30' is out of range in UTC",
+        f"{path}: record 2 (eventID e2): cannot be stored: eventTime '9999-12-31T23:59:59-05:00' is out of range in UTC"]
+    [(_, stored)] = list(iter_events(tmp_path / "node"))
+    assert stored["eventTime"] == "0001-01-01T00:00:00Z"  # ISO 8601 (strftime writes the year as "1")
+    [written] = export_cloudtrail(tmp_path / "node", tmp_path / "out")
+    assert written.parent == tmp_path / "out" / "AWSLogs" / ACCOUNT / "CloudTrail" / "us-east-1" / "0001" / "01" / "01"
+    assert written.name.startswith(f"{ACCOUNT}_CloudTrail_us-east-1_00010101T0000Z_")
