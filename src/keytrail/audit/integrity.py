@@ -132,7 +132,7 @@ def read_retention_floor(paths: IntegrityPaths, public_key: Ed25519PublicKey) ->
         floor = json.loads(paths.retention_floor.read_bytes())
     except FileNotFoundError:
         return 0, None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         floor = None
     offset = floor.get("retentionFloor") if isinstance(floor, dict) else None
     if isinstance(offset, int) and verify_signature(public_key, floor):
@@ -152,13 +152,15 @@ def canonical(document: dict[str, Any]) -> bytes:
 
 
 def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
-    """Every digest file, in sequence order, parsed (unparseable ones as empty dicts)."""
+    """Every digest file, in sequence order, parsed (unparseable ones, and JSON that is no object,
+    as empty dicts: whoever can write the data dir may put anything there)."""
     out: list[tuple[Path, dict[str, Any]]] = []
     for path in sorted(paths.digests.glob("*.json")):
         try:
-            out.append((path, json.loads(path.read_bytes())))
-        except ValueError:
-            out.append((path, {}))
+            digest = json.loads(path.read_bytes())
+        except (ValueError, RecursionError):
+            digest = None
+        out.append((path, digest if isinstance(digest, dict) else {}))
     return out
 
 
@@ -303,7 +305,7 @@ class ChainWriter:
                 last = json.loads(paths[-1].read_bytes())
                 self._accept(last)
                 self._chain = bytes.fromhex(str(last["chainHead"]))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 raise IntegrityFileUnusable(
                     f"the newest audit digest {paths[-1]} cannot be read ({type(exc).__name__}: {exc}): "
                     "`keytrail audit verify` reports it; restore it from a backup, or move it aside to "

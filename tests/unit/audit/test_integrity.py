@@ -161,6 +161,26 @@ def test_edited_digest_fails_its_signature(data_dir: Path) -> None:
     assert any("signature invalid" in p for p in problems), problems
 
 
+@pytest.mark.parametrize("content", [b"[1, 2]", b'"a digest"', b"[" * 100_000 + b"]" * 100_000])
+def test_a_digest_or_floor_that_is_json_but_no_object_is_a_problem_not_a_crash(
+        tmp_path: Path, content: bytes) -> None:
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    fill_trail(tmp_path, 5)
+    fill_trail(tmp_path, 5)
+    _, paths = audit_paths(tmp_path)
+    digests = sorted(paths.digests.glob("*.json"))
+    digests[1].write_bytes(content)
+    paths.retention_floor.write_bytes(content)
+    problems = verify(tmp_path)
+    assert "digest 0000000001.json: signature invalid (digest altered or not ours)" in problems, problems
+    assert any(p.startswith(f"retention floor {paths.retention_floor} is not signed") for p in problems), problems
+    digests[-1].write_bytes(content)  # the newest: the trail cannot sign on from it
+    with pytest.raises(IntegrityFileUnusable, match=f"newest audit digest {digests[-1]} cannot be read"):
+        AuditTrail.open(AuditSettings(data_dir=tmp_path))
+
+
 async def test_verify_on_a_live_node_is_clean(tmp_path: Path) -> None:
     from keytrail.audit.trail import AuditSettings, AuditTrail
     from tests.support.audit_records import encrypt_call
