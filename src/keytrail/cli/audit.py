@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
+import select
 import signal
 import sys
 import time
@@ -12,7 +15,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import typer
 
@@ -104,9 +107,24 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
             if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
                 _require_whole_log(data_dir, log)
                 return
+            if _reader_gone(sys.stdout):  # as a write to it would fail: quietly, exit 1
+                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+
+def _reader_gone(stream: TextIO) -> bool:
+    """Whether `stream` is a pipe whose reader closed it (`… | head -1` has its line): a follower
+    with nothing new to write would learn it only at the next event, on an idle node never
+    (GNU tail -f asks the same). poll() names it POLLERR; a hung-up terminal POLLHUP."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # no descriptor (a test's captured stream): nothing to ask
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: only the errors and hang-ups poll always reports
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 @audit_app.command()

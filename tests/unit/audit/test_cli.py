@@ -150,3 +150,18 @@ def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path) -> None:
     assert "the record at offset 2 is damaged" in err and len(err.strip().splitlines()) == 1
     code, _, err = _run("export", str(tmp_path / "out"), "--data-dir", str(tmp_path))
     assert code == 1 and "is damaged" in err
+
+
+def test_tail_following_an_idle_log_ends_quietly_once_its_reader_is_gone(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 2)
+    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
+               "--interval", "0.05"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as tail:
+        assert tail.stdout is not None and tail.stderr is not None
+        assert json.loads(tail.stdout.readline())["eventName"] == "Encrypt"
+        tail.stdout.close()  # as `| head -1` does after its line; no event comes after
+        try:
+            code = tail.wait(timeout=20)
+        finally:
+            tail.kill()
+        assert (code, tail.stderr.read()) == (1, b"")  # no traceback, as for `audit events | head -1`
