@@ -71,7 +71,7 @@ def _importable(paths: Iterable[Path | str], report: ImportReport,
     """The KMS records of `paths` (with where each is) that name what a record must (the others are
     reported), until `stop_requested()`: checked at each record and each file, as a bucket's files
     may hold none of KMS for a long while."""
-    for path in iter_log_files(paths):
+    for path in iter_log_files(paths, report.problems.append):
         if stop_requested():
             report.stopped_at = str(path)
             return

@@ -333,17 +333,17 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: lis
     from keytrail.pipeline.sources import CloudTrailFilesSource
     from keytrail.transport.cloudtrail_logs import iter_log_files
 
-    files = list(iter_log_files(paths))
+    def problem(text: str) -> None:
+        problems.append(text)
+        typer.echo(text, err=True)
+
+    files = list(iter_log_files(paths, problem))
     bar = Progress(len(files), "files")
 
     def advance(count: int) -> None:
         bar.advance(count)
         if bar.done == len(files):
             bar.close()
-
-    def problem(text: str) -> None:
-        problems.append(text)
-        typer.echo(text, err=True)
 
     return CloudTrailFilesSource(files, state_dir(settings.data_dir), max_records=settings.max_records,
                                  on_problem=problem, progress=advance)

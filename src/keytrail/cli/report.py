@@ -164,7 +164,7 @@ def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> So
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
-    files = list(iter_log_files(paths))
+    files = list(iter_log_files(paths, lambda text: _name_problem(text, unreadable)))
 
     def records() -> Iterator[dict[str, Any]]:
         for done, path in enumerate(files, start=1):

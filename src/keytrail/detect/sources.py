@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from keytrail.detect.events import KmsEvent, read_kms_event
-from keytrail.transport.cloudtrail_logs import iter_log_files, read_log_file
+from keytrail.transport.cloudtrail_logs import LogFileProblem, iter_log_files, read_log_file
 
 __all__ = [
     "AUDIT_TOPIC",
@@ -71,7 +71,7 @@ def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
     events: list[KmsEvent] = []
     skipped = 0
     with gc_paused():
-        for path in iter_log_files(paths):
+        for path in iter_log_files(paths, _unlisted):
             records = read_log_file(path)
             if records is not None:  # None: a digest file (log file integrity validation)
                 skipped += _read_events(records, events)
@@ -79,6 +79,11 @@ def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
     # which for keytrail's own export is the log's, the order the live detector judged them in.
     events.sort(key=lambda e: e.event_time)
     return events, skipped
+
+
+def _unlisted(problem: str) -> None:
+    """A folder that cannot be listed is input not read, as a file that is no log: detection stops."""
+    raise LogFileProblem(problem)
 
 
 def _read_events(records: list[Any], events: list[KmsEvent]) -> int:

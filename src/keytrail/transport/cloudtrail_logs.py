@@ -49,14 +49,25 @@ class ReadReport:
     problems: list[str] = field(default_factory=list)
 
 
-def iter_log_files(paths: Iterable[Path | str]) -> Iterator[Path]:
-    """Every .json / .json.gz file named or found (recursively, sorted) under the folders named."""
+def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Every .json / .json.gz file named or found (recursively, sorted) under the folders named; a
+    folder among them that cannot be listed (permissions) goes to `on_problem`, for its files are
+    not read (Path.rglob passed over it in silence)."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and _is_log(p))
+            yield from sorted(_logs_under(path, on_problem))
         else:
             yield path
+
+
+def _logs_under(folder: Path, on_problem: Callable[[str], None] | None) -> Iterator[Path]:
+    def unlisted(error: OSError) -> None:
+        if on_problem is not None:
+            on_problem(f"{error.filename}: cannot read the folder: {error.strerror or error}")
+
+    for top, _, names in os.walk(folder, onerror=unlisted):  # links to folders not followed, as rglob
+        yield from (p for p in map(Path(top).joinpath, names) if _is_log(p) and p.is_file())
 
 
 def _is_log(path: Path) -> bool:
@@ -142,7 +153,7 @@ def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | No
         if on_problem is not None:
             on_problem(text)
 
-    for path in iter_log_files(paths):
+    for path in iter_log_files(paths, problem):
         try:
             records = read_log_file(path)
         except LogFileProblem as exc:

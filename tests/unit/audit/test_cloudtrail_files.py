@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -283,3 +284,26 @@ async def test_event_times_at_the_ends_of_the_calendar_are_stored_read_and_expor
     [written] = export_cloudtrail(tmp_path / "node", tmp_path / "out")
     assert written.parent == tmp_path / "out" / "AWSLogs" / ACCOUNT / "CloudTrail" / "us-east-1" / "0001" / "01" / "01"
     assert written.name.startswith(f"{ACCOUNT}_CloudTrail_us-east-1_00010101T0000Z_")
+
+
+async def test_a_folder_that_cannot_be_listed_is_a_problem_not_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = tmp_path / "logs"
+    (logs / "locked").mkdir(parents=True)
+    shutil.copy(EXAMPLES, logs / "locked" / "hidden.json")
+    shutil.copy(EXAMPLES, logs / "seen.json")
+    listing = os.scandir
+
+    def scandir(path: object = ".") -> object:  # as a folder of mode 000 answers a user who is not root
+        if Path(str(path)) == logs / "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return listing(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = await import_cloudtrail(tmp_path / "node", [logs])
+    assert (report.files, report.records) == (1, 9)
+    assert report.problems == [f"{logs / 'locked'}: cannot read the folder: Permission denied"]
+    offline = ReadReport()
+    assert len(list(iter_cloudtrail_records([logs], report=offline))) == 9
+    assert offline.problems == report.problems
