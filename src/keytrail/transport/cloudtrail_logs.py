@@ -88,10 +88,15 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
-        raise LogFileProblem(f"{path}: {_line_too_deep(text)}not valid JSON (nested too deeply)") from None
+        raise LogFileProblem(f"{path}: {_line_of(text, 'depth')}not valid JSON (nested too deeply)") from None
     # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
         raise LogFileProblem(f"{path}: cannot read: {exc}") from None
+    except LogFileProblem:
+        raise
+    except ValueError:  # int() refuses an integer of more than 4,300 digits (CVE-2020-10735)
+        raise LogFileProblem(f"{path}: {_line_of(text, 'number')}not valid JSON "
+                             "(an integer of more than 4,300 digits)") from None
     if is_digest(document):
         return None
     records = document.get("Records") if isinstance(document, dict) else None
@@ -100,13 +105,14 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     return records
 
 
-def _line_too_deep(text: str) -> str:
-    """`line N: ` for where a document nests deeper than a parser goes (orjson stops at 1,024 levels
-    with the position; json's recursion limit may come a little earlier, and then no line is named)."""
+def _line_of(text: str, complaint: str) -> str:
+    """`line N: ` for where a document holds what json cannot parse: orjson names the line when
+    its complaint is of that kind (`complaint` in it: it stops at 1,024 levels, at numbers past a
+    double's range); else nothing (json's recursion limit may come a little earlier)."""
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return f"line {exc.lineno}: " if "depth" in exc.msg else ""  # not another of its complaints
+        return f"line {exc.lineno}: " if complaint in exc.msg else ""  # not another of its complaints
     return ""
 
 

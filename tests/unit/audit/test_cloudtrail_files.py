@@ -307,3 +307,12 @@ async def test_a_folder_that_cannot_be_listed_is_a_problem_not_passed_over(
     offline = ReadReport()
     assert len(list(iter_cloudtrail_records([logs], report=offline))) == 9
     assert offline.problems == report.problems
+
+
+def test_an_integer_longer_than_python_converts_is_a_problem_with_its_line_not_a_crash(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.json"
+    record = json.dumps(_kms_examples()[0])
+    huge.write_text('{"Records": [\n' + record[:-1] + ', "count": ' + "9" * 5000 + "}]}")
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([huge, EXAMPLES], report=report)) == _kms_examples()
+    assert report.problems == [f"{huge}: line 2: not valid JSON (an integer of more than 4,300 digits)"]
