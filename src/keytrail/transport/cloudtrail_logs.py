@@ -83,14 +83,14 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     """The records of one CloudTrail log file, None for a digest file; LogFileProblem when it is
     neither."""
     try:
-        text = _read_bounded(path).decode("utf-8")
+        text = _utf8(path, _read_bounded(path))
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
         raise LogFileProblem(f"{path}: {_line_of(text, 'depth')}not valid JSON (nested too deeply)") from None
     # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise LogFileProblem(f"{path}: cannot read: {exc}") from None
     except LogFileProblem:
         raise
@@ -103,6 +103,17 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     if not isinstance(records, list):
         raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
     return records
+
+
+def _utf8(path: Path, data: bytearray) -> str:
+    """The text of a log file (JSON is UTF-8, RFC 8259); LogFileProblem naming the line and byte
+    position of the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise LogFileProblem(f"{path}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at position "
+                             f"{exc.start}: {exc.reason})") from None
 
 
 def _line_of(text: str, complaint: str) -> str:

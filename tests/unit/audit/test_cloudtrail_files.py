@@ -316,3 +316,11 @@ def test_an_integer_longer_than_python_converts_is_a_problem_with_its_line_not_a
     report = ReadReport()
     assert list(iter_cloudtrail_records([huge, EXAMPLES], report=report)) == _kms_examples()
     assert report.problems == [f"{huge}: line 2: not valid JSON (an integer of more than 4,300 digits)"]
+
+
+def test_bytes_that_are_not_utf8_are_a_problem_naming_their_line(tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.json"
+    latin.write_bytes(b'{"Records": [\n{"eventSource": "kms.amazonaws.com",\n "userAgent": "caf\xe9"}]}')
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([latin], report=report)) == []
+    assert report.problems == [f"{latin}: line 3: not UTF-8 (byte 0xe9 at position 69: invalid continuation byte)"]
