@@ -84,7 +84,7 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     neither."""
     try:
         text = _utf8(path, _read_bounded(path))
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
@@ -92,6 +92,9 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
     except (OSError, EOFError, zlib.error) as exc:
         raise LogFileProblem(f"{path}: cannot read: {exc}") from None
+    except _NotJson as exc:
+        where = _line_of(text, "unexpected character", "no digit after sign")  # NaN, Infinity; -Infinity
+        raise LogFileProblem(f"{path}: {where}not valid JSON ({exc})") from None
     except LogFileProblem:
         raise
     except ValueError:  # int() refuses an integer of more than 4,300 digits (CVE-2020-10735)
@@ -105,6 +108,16 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     return records
 
 
+class _NotJson(ValueError):
+    """What Python's json takes that JSON (RFC 8259) has not: NaN, Infinity, -Infinity."""
+
+
+def _no_constant(name: str) -> Any:
+    """Refuse NaN and ±Infinity: no CloudTrail file holds them, and a record kept with them would
+    be stored altered (null) and not read alike by other tools."""
+    raise _NotJson(f"{name} is not a JSON value")
+
+
 def _utf8(path: Path, data: bytearray) -> str:
     """The text of a log file (JSON is UTF-8, RFC 8259); LogFileProblem naming the line and byte
     position of the first byte that is not."""
@@ -116,14 +129,15 @@ def _utf8(path: Path, data: bytearray) -> str:
                              f"{exc.start}: {exc.reason})") from None
 
 
-def _line_of(text: str, complaint: str) -> str:
+def _line_of(text: str, *complaints: str) -> str:
     """`line N: ` for where a document holds what json cannot parse: orjson names the line when
-    its complaint is of that kind (`complaint` in it: it stops at 1,024 levels, at numbers past a
-    double's range); else nothing (json's recursion limit may come a little earlier)."""
+    its complaint is of that kind (one of `complaints` in it: it stops at 1,024 levels, at numbers
+    past a double's range, at NaN); else nothing (json's recursion limit may come a little earlier,
+    and a complaint of another kind is about another place)."""
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return f"line {exc.lineno}: " if complaint in exc.msg else ""  # not another of its complaints
+        return f"line {exc.lineno}: " if any(c in exc.msg for c in complaints) else ""
     return ""
 
 

@@ -277,8 +277,8 @@ async def test_event_times_at_the_ends_of_the_calendar_are_stored_read_and_expor
                                             for i, t in enumerate(times)]}))
     report = await import_cloudtrail(tmp_path / "node", [path])
     assert report.problems == [  # before year 1 and after year 9999 in UTC: no time a record can hold
-        f"{path}: record 1 (eventID e1): cannot be stored: eventTime '0001-01-01T00:00:00+05:30' is out of range in UTC",
-        f"{path}: record 2 (eventID e2): cannot be stored: eventTime '9999-12-31T23:59:59-05:00' is out of range in UTC"]
+        f"{path}: record {i} (eventID e{i}): cannot be stored: eventTime '{times[i]}' is out of range in UTC"
+        for i in (1, 2)]
     [(_, stored)] = list(iter_events(tmp_path / "node"))
     assert stored["eventTime"] == "0001-01-01T00:00:00Z"  # ISO 8601 (strftime writes the year as "1")
     [written] = export_cloudtrail(tmp_path / "node", tmp_path / "out")
@@ -324,3 +324,15 @@ def test_bytes_that_are_not_utf8_are_a_problem_naming_their_line(tmp_path: Path)
     report = ReadReport()
     assert list(iter_cloudtrail_records([latin], report=report)) == []
     assert report.problems == [f"{latin}: line 3: not UTF-8 (byte 0xe9 at position 69: invalid continuation byte)"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+async def test_nan_and_infinity_are_no_json_the_file_is_reported_not_imported_altered(
+    tmp_path: Path, constant: str
+) -> None:
+    odd = tmp_path / "odd.json"
+    record = json.dumps(_kms_examples()[0])
+    odd.write_text('{"Records": [\n' + record[:-1] + ',\n "requestParameters": {"numberOfBytes": ' + constant + "}}]}")
+    report = await import_cloudtrail(tmp_path / "node", [odd, EXAMPLES])
+    assert [event for _, event in iter_events(tmp_path / "node")] == _kms_examples()
+    assert report.problems == [f"{odd}: line 3: not valid JSON ({constant} is not a JSON value)"]
