@@ -25,14 +25,23 @@ from keytrail.transport.cloudtrail_logs import (
 )
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["ImportReport", "ReadReport", "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records",
-           "iter_events"]
+__all__ = ["EventLogUnreadable", "ImportReport", "ReadReport", "export_cloudtrail", "import_cloudtrail",
+           "iter_cloudtrail_records", "iter_events"]
 
 _REQUIRED = ("eventID", "eventTime", "eventName")
 # What an account id and a Region look like; anything else (an imported record may hold any string)
 # never becomes part of an export's path: it could climb out of the folder or be too long a name.
 _ACCOUNT_ID = re.compile(r"\d{12}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+
+
+class EventLogUnreadable(Exception):
+    """An export stopped by the event log it reads (`error`, an OSError of its segments), not by
+    where it writes."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -174,7 +183,7 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     def write(key: _FileKey, events: list[dict[str, Any]]) -> None:
         written.append(_write_log_file(out, key, events, sequence=len(written), owner_only=owner_only))
 
-    for _, event in iter_events(data_dir, log=log):
+    for event in _events_to_export(data_dir, log):
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
         key = (*_account_and_region(event), f"{moment.year:04d}" + moment.strftime("%m%dT%H00Z"))  # %Y: "1"
         events = filling.setdefault(key, [])
@@ -187,6 +196,16 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     for key, events in sorted(filling.items()):
         write(key, events)
     return written
+
+
+def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[dict[str, Any]]:
+    """The stored events, an OSError reading them raised as EventLogUnreadable (the export's own
+    writes fail with OSError too, and the two call for different remedies)."""
+    try:
+        for _, event in iter_events(data_dir, log=log):
+            yield event
+    except OSError as exc:
+        raise EventLogUnreadable(exc) from exc
 
 
 def _write_log_file(out: Path, key: _FileKey, events: list[dict[str, Any]], sequence: int, *,

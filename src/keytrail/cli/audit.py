@@ -238,12 +238,14 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
            fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format"),
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
-    from keytrail.audit.cloudtrail_files import export_cloudtrail
+    from keytrail.audit.cloudtrail_files import EventLogUnreadable, export_cloudtrail
 
     _require_log(data_dir)
     log = _reader(data_dir)
     try:
         written = export_cloudtrail(data_dir, out, log)
+    except EventLogUnreadable as exc:  # a segment unreadable (permissions, a folder in its place)
+        _fail(f"cannot read the event log in {data_dir}: {os_problem(exc.error)}")
     except OSError as exc:  # OUT a file, or read-only
         _fail(f"cannot write CloudTrail log files under {out}: {os_problem(exc)}")
     typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")

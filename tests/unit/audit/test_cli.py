@@ -165,3 +165,12 @@ def test_tail_following_an_idle_log_ends_quietly_once_its_reader_is_gone(tmp_pat
         finally:
             tail.kill()
         assert (code, tail.stderr.read()) == (1, b"")  # no traceback, as for `audit events | head -1`
+
+
+def test_an_export_stopped_by_a_log_it_cannot_read_says_so_not_that_it_cannot_write(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 3)
+    segment = next(audit_paths(tmp_path / "node")[0].glob("*.seg"))
+    segment.unlink()
+    segment.mkdir()  # read as a segment, it fails with EISDIR, as one of mode 000 with EACCES
+    code, _, err = _run("export", str(tmp_path / "out"), "--data-dir", str(tmp_path / "node"))
+    assert (code, err) == (1, f"keytrail audit: cannot read the event log in {tmp_path / 'node'}: Is a directory\n")
