@@ -93,13 +93,17 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
                                         help="Seconds between polls.")) -> None:
     """Show the last events and follow new ones as they are written (Ctrl-C stops)."""
     from keytrail.audit.trail import audit_paths
-    from keytrail.transport.segment_log import SegmentLog
 
     _require_log(data_dir)
-    log = SegmentLog(audit_paths(data_dir)[0])
+    followed = _FollowedLog(audit_paths(data_dir)[0])
+    log = followed.log
     offset = max(log.start_offset(), log.end_offset() - lines)
     try:
         while True:
+            if followed.replaced():
+                typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
+                           "following the new one from its start", err=True)
+                log, offset = followed.log, followed.log.start_offset()
             for offset_read, event in _events(data_dir, offset, log):
                 sys.stdout.write(_line(event, fmt) + "\n")
                 offset = offset_read + 1
@@ -112,6 +116,34 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+
+class _FollowedLog:
+    """The event log `tail` follows, read anew when its folder is replaced (moved aside to start a
+    new trail, as docs/audit-events.md advises, or restored from a backup): a reader of the old
+    folder's segments waits for the old trail's next offset while the new trail's records, from
+    offset 0, go unshown."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.identity = _folder_identity(directory)
+        self.log = SegmentLog(directory)
+
+    def replaced(self) -> bool:
+        """Whether another folder stands at the log's path since the last call (the reader is then new)."""
+        now = _folder_identity(self.directory)
+        if now is None or now == self.identity:  # gone for now: its replacement is read once it is there
+            return False
+        self.identity, self.log = now, SegmentLog(self.directory)
+        return True
+
+
+def _folder_identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        found = directory.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _reader_gone(stream: TextIO) -> bool:

@@ -174,3 +174,19 @@ def test_an_export_stopped_by_a_log_it_cannot_read_says_so_not_that_it_cannot_wr
     segment.mkdir()  # read as a segment, it fails with EISDIR, as one of mode 000 with EACCES
     code, _, err = _run("export", str(tmp_path / "out"), "--data-dir", str(tmp_path / "node"))
     assert (code, err) == (1, f"keytrail audit: cannot read the event log in {tmp_path / 'node'}: Is a directory\n")
+
+
+def test_tail_follows_a_new_trail_started_after_the_old_was_moved_aside(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 20)
+    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
+               "-n", "1", "--interval", "0.05"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
+        assert tail.stdout is not None and tail.stderr is not None
+        assert json.loads(tail.stdout.readline())["eventID"] == encrypt_call(19).event_id
+        (tmp_path / "audit").rename(tmp_path / "audit.old")  # as docs/audit-events.md advises for a new trail
+        fill_trail(tmp_path, 3)  # its offsets 0..2, below the 20 shown
+        followed = [json.loads(tail.stdout.readline())["eventID"] for _ in range(3)]
+        tail.terminate()
+        note = tail.stderr.read()
+    assert sorted(followed) == [encrypt_call(i).event_id for i in range(3)]
+    assert "the event log's folder was replaced" in note
