@@ -280,7 +280,7 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
         _fail(f"cannot read the event log in {data_dir}: {os_problem(exc.error)}")
     except OSError as exc:  # OUT a file, or read-only
         _fail(f"cannot write CloudTrail log files under {out}: {os_problem(exc)}")
-    typer.echo(f"wrote {len(written)} CloudTrail log files under {out / 'AWSLogs'}")
+    typer.echo(f"wrote {len(written)} CloudTrail log file{'' if len(written) == 1 else 's'} under {out / 'AWSLogs'}")
     _require_whole_log(data_dir, log)
 
 

@@ -80,7 +80,10 @@ def test_import_and_export(tmp_path: Path) -> None:
     assert "imported 9 KMS records" in out and "skipped 1 record of other services" in out
     out_dir, node = str(tmp_path / "out"), str(tmp_path / "node")
     code, out, _ = _run("export", "--format", "cloudtrail", out_dir, "--data-dir", node)
-    assert code == 0 and list((tmp_path / "out" / "AWSLogs").rglob("*.json.gz"))
+    files = list((tmp_path / "out" / "AWSLogs").rglob("*.json.gz"))
+    assert code == 0 and files
+    plural = "" if len(files) == 1 else "s"
+    assert out == f"wrote {len(files)} CloudTrail log file{plural} under {tmp_path / 'out' / 'AWSLogs'}\n"
 
 
 def test_an_export_into_the_data_dir_is_its_owners_alone(tmp_path: Path) -> None:
