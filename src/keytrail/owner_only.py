@@ -62,6 +62,14 @@ def write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def replace_whole(path: Path, data: bytes) -> None:
+    """Make `path` hold `data`, 0600, whole or not at all: written to a temporary file beside it and
+    renamed over it, so a reader, or the next start after a crash, sees the old content or the new."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_bytes(reserve_anew(temp), data)
+    temp.replace(path)
+
+
 def within(path: Path, data_dir: Path) -> bool:
     """Whether `path` is in `data_dir` (or under it), links and `..` resolved: a file a command
     writes where the user asked that lands among the data dir's files."""

@@ -9,7 +9,6 @@ import functools
 import gc
 import json
 import logging
-import os
 import signal
 import sqlite3
 from collections import Counter
@@ -46,7 +45,7 @@ from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
-from keytrail.owner_only import reserve_anew, write_bytes
+from keytrail.owner_only import replace_whole
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition, render_family, render_histogram
@@ -285,10 +284,7 @@ def record_dev_clock(data_dir: Path, now: datetime) -> None:
     clock: the furthest it has been, as a restarted `serve --dev-clock` starts at the wall clock
     again and its earlier events keep their dates."""
     ahead = max((now - utc_now()).total_seconds(), dev_clock_ahead(data_dir))
-    path = data_dir / DEV_CLOCK_FILE
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_bytes(reserve_anew(temp), json.dumps({"aheadSeconds": ahead}).encode() + b"\n")
-    temp.replace(path)  # whole or not at all: a reader never sees half a record
+    replace_whole(data_dir / DEV_CLOCK_FILE, json.dumps({"aheadSeconds": ahead}).encode() + b"\n")
 
 
 async def _record_dev_clock(node: Node) -> None:

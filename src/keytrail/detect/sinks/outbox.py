@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
-from keytrail.owner_only import open_file
+from keytrail.owner_only import open_file, replace_whole
 
 __all__ = ["COMPACT_LINES", "Outbox"]
 
@@ -103,10 +103,8 @@ class Outbox:
 
     def _rewrite(self, owed: list[Alarm]) -> None:
         """Keep only what is owed: the file does not carry the previous run's history on."""
-        temp = self.path.with_name(f".{self.path.name}.tmp")
-        with os.fdopen(open_file(temp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as file:
-            file.writelines(json.dumps({"queued": a.to_json()}, separators=(",", ":")) + "\n" for a in owed)
-        temp.replace(self.path)
+        lines = "".join(json.dumps({"queued": a.to_json()}, separators=(",", ":")) + "\n" for a in owed)
+        replace_whole(self.path, lines.encode())
 
 
 def _owed(path: Path) -> list[Alarm]:
