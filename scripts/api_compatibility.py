@@ -16,8 +16,9 @@ NOTES = {
     "Encapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
     "Decapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
     "Decrypt": "DryRunModifiers IGNORE_CIPHERTEXT checks the named key only; Recipient refused",
-    "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512",
-    "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512",
+    "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store key, as in AWS",
+    "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store "
+                                           "key, as in AWS",
     "GetParametersForImport": "RSA_2048/3072/4096 wrapping keys; RSAES_PKCS1_V1_5 and SM2 refused",
     "ImportKeyMaterial": "symmetric, HMAC, RSA and ECC material; NEW_KEY_MATERIAL for on-demand rotation of "
                          "symmetric keys (docs/imported-key-material.md)",

@@ -85,9 +85,14 @@ async def _generate_data_key_pair(svc: KmsService, call: Call, action: str) -> R
     params = call.params
     spec = _pair_spec(params, call.context.region)
     key = await usable_key(svc, call, action, KeyUsage.ENCRYPT_DECRYPT)
+    operation = action.removeprefix("kms:")
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
         raise errors.InvalidKeyUsageException(
-            f"{key.arn} key spec is {key.key_spec} which is not valid for {action.removeprefix('kms:')}.")
+            f"{key.arn} key spec is {key.key_spec} which is not valid for {operation}.")
+    if key.custom_key_store_id is not None:
+        # AWS: "not supported in custom key stores" (KMS keys in a CloudHSM key store); the words are ours.
+        raise errors.UnsupportedOperationException(
+            f"{key.arn} origin is {key.origin} which is not valid for {operation}.")
     svc.check_dry_run(call)
     private = await generate_secret(spec)  # RSA runs in a worker thread
     blob, material_id = await svc.cipher_for(key).encrypt(
