@@ -170,6 +170,19 @@ def test_generate_data_key_pair_for_every_spec(kms, spec) -> None:
     assert set(bare) >= {"PrivateKeyCiphertextBlob", "PublicKey", "KeyId"}
 
 
+def test_ml_kem_data_key_pairs_hold_the_private_key_as_its_seed(kms) -> None:
+    """GenerateDataKeyPair: the ML-KEM PKCS#8 PrivateKeyInfo "contains the private key in seed
+    format", so its length is "the same for all ML-KEM key pair specs"."""
+    wrapping = kms.create_key()["KeyMetadata"]["KeyId"]
+    sizes = set()
+    for spec in ("ML_KEM_768", "ML_KEM_1024"):
+        private = kms.generate_data_key_pair(KeyId=wrapping, KeyPairSpec=spec)["PrivateKeyPlaintext"]
+        seed = serialization.load_der_private_key(private, None).private_bytes_raw()
+        assert len(seed) == 64 and private.endswith(seed)
+        sizes.add(len(private))
+    assert len(sizes) == 1
+
+
 def test_data_key_pair_rules(kms) -> None:
     wrapping = kms.create_key()["KeyMetadata"]["KeyId"]
     assert error_of(kms.generate_data_key_pair, KeyId=wrapping, KeyPairSpec="RSA_2048", DryRun=True) == (

@@ -186,6 +186,45 @@ def test_write_calls_log_the_affected_key_arn_in_response_elements(tmp_path: Pat
     assert logged == expected and len(logged) == len(steps)
 
 
+def test_signing_mac_and_key_pair_calls_log_what_cloudtrail_shows(tmp_path: Path) -> None:
+    # ct-sign, ct-verify, ct-generatemac, ct-verifymac, ct-generatedatakeypair: requestParameters
+    # hold keyId as given, the algorithm (messageType, keyPairSpec, encryptionContext), and
+    # responseElements is null: never the message, signature, MAC or either key of the pair.
+    server = KeytrailServer(tmp_path / "data").start()
+    calls: dict[str, dict[str, Any]] = {}  # requestID -> the requestParameters expected
+    secrets: list[bytes] = [SECRET]
+    try:
+        kms = server.client("alice")
+        signer = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        mac_key = kms.create_key(KeySpec="HMAC_384", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["Arn"]
+        wrapping = kms.create_key()["KeyMetadata"]["KeyId"]
+        signing = {"messageType": "RAW", "keyId": signer, "signingAlgorithm": "ECDSA_SHA_256"}
+        signed = kms.sign(KeyId=signer, Message=SECRET, MessageType="RAW", SigningAlgorithm="ECDSA_SHA_256")
+        calls[signed["ResponseMetadata"]["RequestId"]] = signing
+        verified = kms.verify(KeyId=signer, Message=SECRET, MessageType="RAW", Signature=signed["Signature"],
+                              SigningAlgorithm="ECDSA_SHA_256")
+        calls[verified["ResponseMetadata"]["RequestId"]] = signing
+        mac = kms.generate_mac(KeyId=mac_key, Message=SECRET, MacAlgorithm="HMAC_SHA_384")
+        calls[mac["ResponseMetadata"]["RequestId"]] = {"macAlgorithm": "HMAC_SHA_384", "keyId": mac_key}
+        checked = kms.verify_mac(KeyId=mac_key, Message=SECRET, Mac=mac["Mac"], MacAlgorithm="HMAC_SHA_384")
+        calls[checked["ResponseMetadata"]["RequestId"]] = {"macAlgorithm": "HMAC_SHA_384", "keyId": mac_key}
+        pair = kms.generate_data_key_pair(KeyId=wrapping, KeyPairSpec="ECC_NIST_P384",
+                                          EncryptionContext={"Project": "Alpha"})
+        calls[pair["ResponseMetadata"]["RequestId"]] = {
+            "keyPairSpec": "ECC_NIST_P384", "encryptionContext": {"Project": "Alpha"}, "keyId": wrapping}
+        bare = kms.generate_data_key_pair_without_plaintext(KeyId=wrapping, KeyPairSpec="ECC_NIST_P256")
+        calls[bare["ResponseMetadata"]["RequestId"]] = {"keyPairSpec": "ECC_NIST_P256", "keyId": wrapping}
+        secrets += [signed["Signature"], mac["Mac"], pair["PrivateKeyPlaintext"], pair["PrivateKeyCiphertextBlob"],
+                    pair["PublicKey"], bare["PrivateKeyCiphertextBlob"]]
+    finally:
+        assert server.stop() == 0
+    events = _events(tmp_path / "data")
+    assert {r: events[r]["requestParameters"] for r in calls} == calls
+    assert all(events[r]["responseElements"] is None for r in calls)
+    text = json.dumps([events[r] for r in calls])
+    assert not [s for s in secrets if base64.b64encode(s).decode() in text or s.hex() in text]
+
+
 def _verify_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(data_dir), *args],
                           capture_output=True, text=True, timeout=60, check=False)
