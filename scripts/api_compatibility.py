@@ -84,7 +84,8 @@ Behaviours looked up in AWS's sources: botocore's KMS model (`kms/2014-11-01/ser
 constraints and the API reference text it carries), the AWS KMS developer guide (including its
 source, `awsdocs/aws-kms-developer-guide`), and the emulators' code and tests (moto, LocalStack,
 whose `.snapshot.json` files are recorded against AWS). "Unchanged" means no source was found for
-AWS's answer; keytrail's behaviour is then its own choice and is named as such.
+AWS's answer; keytrail's behaviour is then its own choice and is named as such. The asymmetric,
+HMAC and post-quantum operations are checked in docs/asymmetric-keys.md ("Checked against AWS").
 
 | Request | What AWS does, and the source | keytrail |
 |---|---|---|"""
