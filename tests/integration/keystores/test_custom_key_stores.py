@@ -309,28 +309,23 @@ def test_delete_store_only_when_disconnected(kms: Any, trust_anchor: str, cluste
     assert _error(excinfo) == "CustomKeyStoreNotFoundException"
 
 
-def test_hsm_keys_are_single_region_symmetric(kms: Any, trust_anchor: str, clusters: Iterator[str]) -> None:
+def test_hsm_keys_are_single_region_symmetric_and_make_no_data_key_pairs(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
     store_id = _connected_store(kms, trust_anchor, next(clusters))
     for params in ({"MultiRegion": True}, {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}):
         with pytest.raises(ClientError) as excinfo:
             kms.create_key(Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id, **params)
         assert _error(excinfo) == "UnsupportedOperationException"
-
-
-def test_data_key_pairs_are_not_made_under_a_custom_key_store_key(
-    kms: Any, trust_anchor: str, clusters: Iterator[str]
-) -> None:
-    """AWS: the operations that generate data key pairs "are not supported in custom key stores"
-    (developer guide, KMS keys in a CloudHSM key store); the model lists
-    UnsupportedOperationException for both."""
-    key = _hsm_key(kms, _connected_store(kms, trust_anchor, next(clusters)))
+    # AWS: the operations that generate data key pairs "are not supported in custom key stores"
+    # (developer guide, KMS keys in a CloudHSM key store); the model lists UnsupportedOperationException.
+    key = _hsm_key(kms, store_id)
     for call in (kms.generate_data_key_pair, kms.generate_data_key_pair_without_plaintext):
         with pytest.raises(ClientError) as excinfo:
             call(KeyId=key["KeyId"], KeyPairSpec="ECC_NIST_P256")
-        operation = excinfo.value.operation_name
         assert excinfo.value.response["Error"] == {
             "Code": "UnsupportedOperationException",
-            "Message": f"{key['Arn']} origin is AWS_CLOUDHSM which is not valid for {operation}.",
+            "Message": f"{key['Arn']} origin is AWS_CLOUDHSM which is not valid for {excinfo.value.operation_name}.",
         }
 
 
