@@ -103,17 +103,25 @@ def generate_pkcs8(spec: KeySpec) -> bytes:
     return pq.generate_pkcs8(spec)
 
 
-@lru_cache(maxsize=1024)
-def private_key(secret: bytes) -> PrivateKey:
-    """The private key object of a PKCS#8 secret, cached: parsing an RSA key costs more than
-    signing with it. The RSA consistency check is skipped because keytrail made the key and its
-    sealed storage is authenticated."""
+def _load(secret: bytes) -> PrivateKey:
+    # The RSA consistency check is skipped: keytrail made the key (or checked it on import), and
+    # its sealed storage is authenticated.
     return serialization.load_der_private_key(secret, None, unsafe_skip_rsa_key_validation=True)
 
 
-def public_key_der(secret: bytes) -> bytes:
-    """The DER SubjectPublicKeyInfo of a PKCS#8 private key (GetPublicKey's PublicKey)."""
-    return bytes(private_key(secret).public_key().public_bytes(
+@lru_cache(maxsize=1024)
+def private_key(secret: bytes) -> PrivateKey:
+    """The private key object of a KMS key's PKCS#8 secret, cached: parsing an RSA key costs more
+    than signing with it. Only for the service's own keys: what passes through is kept."""
+    return _load(secret)
+
+
+def public_key_der(secret: bytes, *, kept: bool = True) -> bytes:
+    """The DER SubjectPublicKeyInfo of a PKCS#8 private key (GetPublicKey's PublicKey). `kept=False`
+    for a data key pair, whose private key the service must not keep after the call ("AWS KMS does
+    not store, manage, or track your data key pairs"): parsed outside the cache."""
+    private = private_key(secret) if kept else _load(secret)
+    return bytes(private.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 

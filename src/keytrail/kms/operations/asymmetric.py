@@ -98,7 +98,7 @@ async def _generate_data_key_pair(svc: KmsService, call: Call, action: str) -> R
     blob, material_id = await svc.cipher_for(key).encrypt(
         key, private, params.get("EncryptionContext"), SYMMETRIC_DEFAULT)
     response: Response = {
-        "PrivateKeyCiphertextBlob": blob, "PublicKey": asymmetric.public_key_der(private),
+        "PrivateKeyCiphertextBlob": blob, "PublicKey": asymmetric.public_key_der(private, kept=False),
         "KeyId": key.arn, "KeyPairSpec": spec.value, "PrivateKeyPlaintext": private,
     }
     if material_id:
