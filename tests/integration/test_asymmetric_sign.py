@@ -278,8 +278,16 @@ def test_get_public_key_lists_usage_and_algorithms(kms) -> None:
     assert described["KeyUsage"] == "SIGN_VERIFY" and described["KeySpec"] == "RSA_2048"
     assert described["CustomerMasterKeySpec"] == "RSA_2048"
     assert len(described["SigningAlgorithms"]) == 6 and "EncryptionAlgorithms" not in described
-    symmetric = kms.create_key()["KeyMetadata"]["KeyId"]
-    assert error_of(kms.get_public_key, KeyId=symmetric)[0] == "UnsupportedOperationException"
+    symmetric = kms.create_key()["KeyMetadata"]
+    assert error_of(kms.get_public_key, KeyId=symmetric["KeyId"]) == (
+        "UnsupportedOperationException",
+        f"{symmetric['Arn']} key spec is SYMMETRIC_DEFAULT which is not valid for GetPublicKey.",
+    )
+    hmac_key = kms.create_key(KeySpec="HMAC_384", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
+    assert error_of(kms.get_public_key, KeyId=hmac_key["KeyId"]) == (
+        "UnsupportedOperationException",
+        f"{hmac_key['Arn']} key spec is HMAC_384 which is not valid for GetPublicKey.",
+    )
 
 
 @pytest.mark.parametrize(
