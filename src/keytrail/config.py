@@ -30,7 +30,7 @@ class ServeSettings:
     audit: bool = True
     detector: bool = True  # off where a standalone `keytrail detect` reads the Kafka topic
     max_body_bytes: int = 256 * 1024
-    scheduler_interval_seconds: float = 30.0
+    scheduler_interval_seconds: float = 30.0  # due rotations and deletions, the HSM upkeep (--scheduler-interval)
     digest_interval_seconds: float = 3600.0  # an idle node signs an audit digest this often
 
     @property

@@ -180,6 +180,10 @@ def serve(
         "--digest-interval", metavar="SECONDS", callback=number_in_range(1, 86_400),  # not min/max: they let NaN by
         help="How often the node signs an audit digest, 1 to 86400, new records or not (CloudTrail: hourly); "
              "`audit verify` flags a longer silence.")] = 3600.0,
+    scheduler_interval: Annotated[float, typer.Option(
+        "--scheduler-interval", metavar="SECONDS", callback=number_in_range(1, 3600),
+        help="How often the node runs its scheduled work, 1 to 3600: due rotations and deletions, and the "
+             "HSM upkeep of custom key stores (docs/custom-key-stores.md).")] = 30.0,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
         help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
@@ -199,7 +203,7 @@ def serve(
             data_dir=data_dir, host=host, port=sockets[0].getsockname()[1], principals=principals, kafka=kafka,
             mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
             tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
-            digest_interval_seconds=digest_interval,
+            digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
         ), sockets)
     finally:
         for sock in sockets:

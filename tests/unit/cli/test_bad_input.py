@@ -213,6 +213,16 @@ def test_serve_refuses_a_digest_interval_that_is_no_positive_number(tmp_path: Pa
     assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.parametrize(("interval", "complaint"), [
+    ("0.5", "must be at least 1"), ("-1", "must be at least 1"), ("soon", "a valid number"),
+    ("3601", "must be at most 3600"), ("nan", "not a number"), ("-inf", "not a finite number"),
+])
+def test_serve_refuses_a_scheduler_interval_out_of_range(tmp_path: Path, interval: str, complaint: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--scheduler-interval", interval)
+    assert complaint in _one_line_error(result, "keytrail serve: Invalid value for '--scheduler-interval': ")
+    assert not (tmp_path / "node").exists()
+
+
 @pytest.mark.parametrize(("hooks", "complaint"), [
     ('[hooks]\nmqtt = "mqtt://:0"\n', "[hooks] mqtt: not an MQTT URL"),
     ("[hooks]\nfoo = 1\n", "[hooks]: unknown setting(s) foo"),
