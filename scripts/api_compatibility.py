@@ -157,6 +157,45 @@ CHECKED = [
         "Unchanged: 1..1000 everywhere, a page holds at most `Limit` items, and the defaults are the API "
         "reference's.",
     ),
+    (
+        "`DisconnectCustomKeyStore` on a `DISCONNECTING` store; `ConnectCustomKeyStore` on a `CONNECTING` one",
+        "`CustomKeyStoreInvalidStateException` when \"You requested the DisconnectCustomKeyStore operation on a "
+        "custom key store with a ConnectionState of DISCONNECTING or DISCONNECTED. This operation is valid for "
+        "all other ConnectionState values\", and for `ConnectCustomKeyStore` on `DISCONNECTING` or `FAILED`, "
+        "valid in every other state (the exception's text in the model).",
+        "The same. `DisconnectCustomKeyStore` on `DISCONNECTING` used to be accepted, as the way out of a "
+        "store a crash left so; the scheduler now settles such a store (next rows).",
+    ),
+    (
+        "A custom key store whose connection attempt never ends (the node connecting it died)",
+        "Not documented as such. `ConnectCustomKeyStore` \"starts the connection process\", which \"can take an "
+        "extended amount of time to complete\" (\"up to 20 minutes\" in the model's older text, as in "
+        "aws-sdk-kms 0.22 on docs.rs); `FAILED` \"indicates that an attempt to connect was unsuccessful. The "
+        "ConnectionErrorCode field in the response indicates the cause\"; `INTERNAL_ERROR`: \"KMS could not "
+        "complete the request due to an internal error. Retry the request. For ConnectCustomKeyStore "
+        "requests, disconnect the custom key store before trying to connect again\" (`CustomKeyStoresListEntry`).",
+        "keytrail's choice on that ground: at its next scheduler tick (or start), a node finding the store "
+        "`CONNECTING` while no live node holds the lock its Connect holds moves it to `FAILED` with "
+        "`INTERNAL_ERROR`, and the store is disconnected and connected again as for any failure "
+        "(docs/custom-key-stores.md).",
+    ),
+    (
+        "A custom key store whose disconnect never ends (the node disconnecting it died)",
+        "Not documented: AWS shows `DISCONNECTING` only while its own disconnect runs.",
+        "keytrail's choice: the disconnect the user asked for is finished at the next tick of a node (or "
+        "start): the store's keys become `Unavailable` and the store `DISCONNECTED`.",
+    ),
+    (
+        "Two custom key stores `CONNECTED` on one cluster",
+        "Cannot happen: a cluster backs one store (`CloudHsmClusterInUseException`). The closest AWS state: "
+        "`USER_LOGGED_IN`, \"The kmsuser CU account is logged into the associated CloudHSM cluster. This "
+        "prevents KMS from rotating the kmsuser account password and logging into the cluster. Before you can "
+        "connect your custom key store to its CloudHSM cluster, you must log the kmsuser CU out of the "
+        "cluster\" (`CustomKeyStoresListEntry`).",
+        "Stores of an old data dir on one token: at each tick, the store created first stays `CONNECTED`, "
+        "each other one becomes `FAILED` with `USER_LOGGED_IN`, its keys `Unavailable`, with one error line "
+        "naming both stores and the token.",
+    ),
 ]
 
 

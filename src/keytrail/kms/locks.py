@@ -58,6 +58,28 @@ class KeyLocks:
         finally:
             lock.release()
 
+    @asynccontextmanager
+    async def hold_if_free(self, name: Hashable) -> AsyncIterator[bool]:
+        """Hold `name` if no other task holds it (True), else hold nothing and wait for nothing
+        (False): for work that may be left to the next try, and whose waiting could hold up more."""
+        held = self._held.get()
+        if name in held:
+            yield True
+            return
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        if lock.locked():
+            yield False
+            return
+        await lock.acquire()  # free, and nothing awaits between the look and this: at once
+        try:
+            token = self._held.set(held | {name})
+            try:
+                yield True
+            finally:
+                self._held.reset(token)
+        finally:
+            lock.release()
+
     async def _acquire(self, lock: asyncio.Lock, *, bounded: bool) -> None:
         if not bounded:
             await lock.acquire()

@@ -218,6 +218,28 @@ class PostgresStore:
                 with contextlib.suppress(Exception):
                     await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
 
+    @asynccontextmanager
+    async def key_lock_if_free(self, account: str, region: str, key_id: str) -> AsyncIterator[bool]:
+        """`key_lock` if this process's lock and PostgreSQL's advisory lock are both free now
+        (`pg_try_advisory_lock`); a node that died holding one held it in a session that died with it."""
+        name = f"{account}/{region}/{key_id}"
+        if self._locks.held(name):
+            yield True
+            return
+        async with self._locks.hold_if_free(name) as free:
+            if not free:
+                yield False
+                return
+            async with self._connection(pin=True) as connection:
+                if not await connection.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name):
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    with contextlib.suppress(Exception):  # else the lock goes with the session, as above
+                        await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+
     # --- keys --------------------------------------------------------------------------------
 
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None:

@@ -2,7 +2,9 @@
 store, as one CloudHSM cluster): stores made by an older version, or two cluster ids that
 `$KEYTRAIL_PKCS11_TOKENS` now maps to one label. A PKCS#11 login belongs to the whole token in a
 process, so two such stores connected at once would share one login, and either one's Disconnect
-would log the other out. Such stores are reported once in the log, and connected one at a time."""
+would log the other out. Such stores are reported once in the log, and connected one at a time; two
+found connected at once (a data dir from before that rule) keep the first connected only
+(operations/hsm_upkeep.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections import defaultdict
 from keytrail.kms.hsm_module import token_label
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 
-__all__ = ["SharedTokens", "holding_the_token"]
+__all__ = ["SharedTokens", "connected_after_another", "holding_the_token"]
 
 log = logging.getLogger("keytrail.kms.hsm")
 
@@ -26,6 +28,20 @@ def holding_the_token(store: CustomKeyStore, stores: list[CustomKeyStore]) -> li
     label = token_label(store.cluster_id)
     return [s for s in stores if s.store_id != store.store_id and token_label(s.cluster_id) == label
             and s.state in _HOLDING]
+
+
+def connected_after_another(stores: list[CustomKeyStore]) -> list[tuple[CustomKeyStore, CustomKeyStore]]:
+    """(first, other) for each store of `stores` CONNECTED on the token of another CONNECTED store
+    created before it (the first of them by CreationDate, then id, is the same on every node)."""
+    by_label: defaultdict[str, list[CustomKeyStore]] = defaultdict(list)
+    for store in stores:
+        if store.state is ConnectionState.CONNECTED:
+            by_label[token_label(store.cluster_id)].append(store)
+    pairs = []
+    for connected in by_label.values():
+        first, *others = sorted(connected, key=lambda s: (s.creation_date, s.store_id))
+        pairs += [(first, other) for other in others]
+    return pairs
 
 
 class SharedTokens:

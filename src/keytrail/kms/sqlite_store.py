@@ -268,6 +268,9 @@ class SqliteStore:
         # This process is the file's only writer: a lock of its own is every writer's.
         return self._locks.hold((account, region, key_id))
 
+    def key_lock_if_free(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[bool]:
+        return self._locks.hold_if_free((account, region, key_id))
+
     # --- aliases -----------------------------------------------------------------------------
 
     async def get_alias(self, account: str, region: str, name: str) -> Alias | None:

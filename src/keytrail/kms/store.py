@@ -61,6 +61,11 @@ class KeyStore(Protocol):
         """Hold off every other writer of this key (in every node sharing the store) until exit,
         so a read-modify-write of the key loses no one else's change. Re-entrant in one task."""
         ...
+    def key_lock_if_free(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[bool]:
+        """`key_lock` if no one (in any node) holds it now: True, held until exit; else False at
+        once, holding nothing. A lock a node held goes with the node (its process, or its database
+        session), so holding it tells that no live node is inside the work it guards."""
+        ...
 
 
 class AliasStore(Protocol):

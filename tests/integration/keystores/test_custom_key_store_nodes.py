@@ -1,6 +1,7 @@
 """A custom key store served by two nodes over one PostgreSQL store (SoftHSM2, both nodes in this
 process): a Disconnect answered by one node ends the other node's session of the store at that
-node's next scheduler tick, and the other node refuses the store's calls meanwhile.
+node's next scheduler tick, and the other node refuses the store's calls meanwhile; a store a node
+that died left CONNECTING is FAILED at another node's tick, and not while that node lives.
 
 Both nodes run in this process, so they share one PKCS#11 login per token: only one of them holds a
 session at a time here (as the first node's is closed before the second logs in). The file name
@@ -9,6 +10,8 @@ process fails every token lookup (see test_custom_key_store_sessions.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,10 +22,13 @@ import pytest
 from keytrail.clock import ManualClock
 from keytrail.kms import errors
 from keytrail.kms.hsm import HsmCipher, HsmConnections
+from keytrail.kms.hsm_thread import TIMEOUT_ENV
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.conftest import PIN
+from tests.integration.keystores.flaky_token import flaky_logins
 from tests.integration.keystores.test_postgres_store import Node
+from tests.support.postgres import fetch, fetch_value
 from tests.support.softhsm import SoftHsm, open_sessions
 
 pytestmark = pytest.mark.integration
@@ -116,3 +122,61 @@ async def test_a_store_moved_to_another_token_between_two_ticks_is_logged_in_to_
     finally:
         await first.store.close()
         await second.store.close()
+
+
+# The advisory locks of the test's own database (pg_locks shows every database's).
+_ADVISORY = ("FROM pg_locks WHERE locktype = 'advisory' "
+             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+
+
+async def _advisory_locks(dsn: str) -> int:
+    return int(await fetch_value(dsn, f"SELECT count(*) {_ADVISORY}"))
+
+
+async def test_a_store_a_dead_node_left_connecting_is_failed_by_another_nodes_tick(
+    dsn: str, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The store stayed CONNECTING for good once the node connecting it was killed, on every node.
+    # While that node lives, its Connect holds the account's custom key store lock in its database
+    # session; PostgreSQL ends the session of a node that died, and the lock with it.
+    monkeypatch.setenv(TIMEOUT_ENV, "60")  # the login below is held, not given up on
+    faults = flaky_logins(monkeypatch)
+    root, clock, cluster = RootKey(os.urandom(32)), ManualClock(NOW), next(clusters)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    try:
+        store_id = str((await first("CreateCustomKeyStore", CustomKeyStoreName="dies", CloudHsmClusterId=cluster,
+                                    TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"])
+        faults.hang("C_Login")
+        connecting = asyncio.create_task(first("ConnectCustomKeyStore", CustomKeyStoreId=store_id))
+        while faults.logins == 0:  # the first node wrote CONNECTING and waits for the HSM's login
+            await asyncio.sleep(0.01)
+        await second.svc.run_due()
+        assert await _state(second, store_id) == ("CONNECTING", None)  # a live node is connecting it
+        # The first node dies: its database session ends (as PostgreSQL ends a killed process's).
+        await fetch(dsn, f"SELECT pg_terminate_backend(pid) {_ADVISORY}")
+        for _ in range(200):
+            if await _advisory_locks(dsn) == 0:
+                break
+            await asyncio.sleep(0.05)
+        await second.svc.run_due()
+        assert await _state(second, store_id) == ("FAILED", "INTERNAL_ERROR")
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        faults.hold.set()
+        with pytest.raises(errors.CustomKeyStoreInvalidStateException):  # as AWS, on FAILED
+            await second("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        await second("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+        await second("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+        assert await _state(first, store_id) == ("CONNECTED", None)
+        await second("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    finally:
+        faults.hold.set()
+        await first.store.close()
+        await second.store.close()
+
+
+async def _state(node: Node, store_id: str) -> tuple[str, str | None]:
+    [entry] = (await node("DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+    return entry["ConnectionState"], entry.get("ConnectionErrorCode")

@@ -1,6 +1,7 @@
 """Keys in custom key stores: CreateKey with Origin AWS_CLOUDHSM (a non-extractable AES-256 key generated
 inside the store's HSM, and removed again if the key is not saved), and GenerateRandom from a store's
-HSM; and the lookups of a call's stores that the store operations (operations/keystores.py) share."""
+HSM; and what the store operations (operations/keystores.py) and the HSM's upkeep (operations/hsm_upkeep.py)
+share: the lookups of a call's stores, their lock, and the availability of a store's keys."""
 
 from __future__ import annotations
 
@@ -19,16 +20,20 @@ from keytrail.kms.hsm import HsmCipher, HsmConnections, TokenSession
 from keytrail.kms.hsm_failures import error_name
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
-from keytrail.kms.model import KeySpec
+from keytrail.kms.model import KeySpec, KeyState
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["connections_of", "create_hsm_key", "discard_hsm_key", "find_store", "note_backing_key",
-           "random_from_store", "stores_of"]
+__all__ = ["STORES_LOCK", "connections_of", "create_hsm_key", "discard_hsm_key", "find_store", "keys_in",
+           "note_backing_key", "random_from_store", "set_availability", "stores_of"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+# The key lock, under a name no key id can have, that every change of an account's custom key
+# stores in a Region holds (operations/keystores.py), from its first write to its last.
+STORES_LOCK = "custom-key-stores"
 
 
 def connections_of(svc: KmsService) -> HsmConnections:
@@ -169,3 +174,31 @@ def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None
             "backingKeys": json.dumps([{"backingKeyId": backing_id}], separators=(",", ":")),
         }
     )
+
+
+async def set_availability(svc: KmsService, store: CustomKeyStore, *, available: bool) -> None:
+    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state.
+    Each key is changed under its lock, as it is then: a call changing it meanwhile keeps its change."""
+    for listed in await keys_in(svc, store):
+        async with svc.key_lock(listed.account, listed.region, listed.key_id):
+            key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
+            changed = _with_availability(key, available) if key is not None else None
+            if changed is not None:
+                await svc.store.put_key(changed)
+
+
+def _with_availability(key: Key, available: bool) -> Key | None:
+    """The key as its store's connection leaves it, or None if that changes nothing."""
+    if not available and key.state in (KeyState.ENABLED, KeyState.DISABLED):
+        return replace(key, state=KeyState.UNAVAILABLE, extra={**key.extra, "state_when_connected": key.state.value})
+    if available and key.state is KeyState.UNAVAILABLE:
+        extra = dict(key.extra)
+        state = KeyState(extra.pop("state_when_connected", KeyState.ENABLED.value))
+        return replace(key, state=state, extra=extra)
+    return None
+
+
+async def keys_in(svc: KmsService, store: CustomKeyStore) -> list[Key]:
+    """The KMS keys of the custom key store."""
+    keys = await svc.store.list_keys(store.account, store.region)
+    return [k for k in keys if k.custom_key_store_id == store.store_id]

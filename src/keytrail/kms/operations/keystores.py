@@ -3,7 +3,6 @@ part of a service (`install`); CreateKey with Origin AWS_CLOUDHSM is in operatio
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,6 @@ from keytrail.kms import errors
 from keytrail.kms.calls import Call, Handler, Operation, Response
 from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, module_path
 from keytrail.kms.hsm_module import token_label
-from keytrail.kms.keys import Key
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
     CloudHsmClusterInvalidConfigurationException,
@@ -25,14 +23,18 @@ from keytrail.kms.keystores import (
     custom_key_store_entry,
     new_custom_key_store_id,
 )
-from keytrail.kms.model import KeyState, Origin
+from keytrail.kms.model import Origin
 from keytrail.kms.operations.hsm_keys import (
+    STORES_LOCK,
     connections_of,
     create_hsm_key,
     discard_hsm_key,
     find_store,
+    keys_in,
+    set_availability,
     stores_of,
 )
+from keytrail.kms.operations.hsm_upkeep import upkeep
 from keytrail.kms.paging import page
 from keytrail.kms.shared_tokens import holding_the_token
 
@@ -46,31 +48,12 @@ MAX_CUSTOM_KEY_STORES = 10
 
 def install(svc: KmsService) -> None:
     """Register the HSM cipher, the AWS_CLOUDHSM key creator and discarder with a service, and the
-    HSM's upkeep with its scheduler tick (`_upkeep`)."""
+    HSM's upkeep with its scheduler tick (operations/hsm_upkeep.py)."""
     connections = HsmConnections()
     svc.ciphers["hsm"] = HsmCipher(connections, svc.store)
-    svc.tick_work.append(_upkeep(svc, connections))
+    svc.tick_work.append(upkeep(svc, connections))
     svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
     svc.origin_discarders[Origin.AWS_CLOUDHSM] = discard_hsm_key
-
-
-def _upkeep(svc: KmsService, connections: HsmConnections) -> Callable[[], Awaitable[None]]:
-    """The HSM's work at each scheduler tick: close this node's sessions of stores another node
-    disconnected (HsmConnections.close_unconnected); and at the first, the node's start, report the
-    stores that share a token (kms/shared_tokens.py)."""
-    started = False
-
-    async def upkeep() -> None:
-        nonlocal started
-        if started and not connections.holding:  # else no read of the stores on every tick of a node without HSM
-            return
-        stores = await svc.store.all_custom_key_stores()
-        if not started:
-            connections.shared.report(stores)
-            started = True
-        await connections.close_unconnected(stores)
-
-    return upkeep
 
 
 def _invalid_state(store: CustomKeyStore, operation: str) -> errors.KmsError:
@@ -175,7 +158,7 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
         await svc.store.put_custom_key_store(store.with_state(ConnectionState.FAILED, exc.code))
         return {}
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTED))
-    await _set_availability(svc, store, available=True)
+    await set_availability(svc, store, available=True)
     return {}
 
 
@@ -197,42 +180,15 @@ async def _require_token_not_held(svc: KmsService, store: CustomKeyStore) -> Non
 async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)
-    # AWS refuses DISCONNECTED and DISCONNECTING; DISCONNECTING is let through, as CONNECTING is: it
-    # is how a store a crash left in either recovers, and no other call is valid in it.
-    if store.state is ConnectionState.DISCONNECTED:
+    # As AWS: refused on DISCONNECTED and DISCONNECTING, valid in every other state. A store a crash
+    # left DISCONNECTING is settled by the HSM's upkeep (operations/hsm_upkeep.py), not by this call.
+    if store.state in (ConnectionState.DISCONNECTED, ConnectionState.DISCONNECTING):
         raise _invalid_state(store, "DisconnectCustomKeyStore")
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTING))
     await connections_of(svc).disconnect(store.store_id)
-    await _set_availability(svc, store, available=False)
+    await set_availability(svc, store, available=False)
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.DISCONNECTED))
     return {}
-
-
-async def _set_availability(svc: KmsService, store: CustomKeyStore, *, available: bool) -> None:
-    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state.
-    Each key is changed under its lock, as it is then: a call changing it meanwhile keeps its change."""
-    for listed in await _keys_in(svc, store):
-        async with svc.key_lock(listed.account, listed.region, listed.key_id):
-            key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
-            changed = _with_availability(key, available) if key is not None else None
-            if changed is not None:
-                await svc.store.put_key(changed)
-
-
-def _with_availability(key: Key, available: bool) -> Key | None:
-    """The key as its store's connection leaves it, or None if that changes nothing."""
-    if not available and key.state in (KeyState.ENABLED, KeyState.DISABLED):
-        return replace(key, state=KeyState.UNAVAILABLE, extra={**key.extra, "state_when_connected": key.state.value})
-    if available and key.state is KeyState.UNAVAILABLE:
-        extra = dict(key.extra)
-        state = KeyState(extra.pop("state_when_connected", KeyState.ENABLED.value))
-        return replace(key, state=state, extra=extra)
-    return None
-
-
-async def _keys_in(svc: KmsService, store: CustomKeyStore) -> list[Key]:
-    keys = await svc.store.list_keys(store.account, store.region)
-    return [k for k in keys if k.custom_key_store_id == store.store_id]
 
 
 async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
@@ -279,7 +235,7 @@ async def delete_custom_key_store(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:DeleteCustomKeyStore", None)
     if store.state is not ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "DeleteCustomKeyStore")
-    if await _keys_in(svc, store):
+    if await keys_in(svc, store):
         raise errors.CustomKeyStoreHasCMKsException(
             f"Custom key store {store.store_id} contains KMS keys: delete them first."
         )
@@ -294,7 +250,7 @@ def _one_at_a_time(handler: Handler) -> Handler:
     id can have."""
 
     async def one_at_a_time(svc: KmsService, call: Call) -> Response:
-        async with svc.store.key_lock(call.context.account, call.context.region, "custom-key-stores"):
+        async with svc.store.key_lock(call.context.account, call.context.region, STORES_LOCK):
             return await handler(svc, call)
 
     return one_at_a_time
