@@ -180,3 +180,21 @@ async def test_of_two_stores_connected_on_one_token_the_one_created_second_is_fa
     await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"the second again")
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=second_id)
     assert open_sessions(hsm.module, cluster) == 0
+
+
+async def test_connect_on_a_store_a_crash_left_connected_with_its_keys_unavailable_gives_them_back(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str,
+) -> None:
+    # A node that died between a Connect's write of CONNECTED and its keys' return left them
+    # Unavailable under a connected store, and Connect (valid on CONNECTED) changed nothing.
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await svc.store.put_custom_key_store((await _stored(svc, store_id)).with_state(ConnectionState.CONNECTED))
+    await svc.run_due()
+    assert await _key_state(svc, key_id) == "Unavailable"
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert await _key_state(svc, key_id) == "Enabled"
+    await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"connected all along")
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert open_sessions(hsm.module, cluster) == 0

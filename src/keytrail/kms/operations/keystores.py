@@ -149,6 +149,8 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
     if store.state in (ConnectionState.DISCONNECTING, ConnectionState.FAILED):
         raise _invalid_state(store, "ConnectCustomKeyStore")
     if store.state is ConnectionState.CONNECTED:
+        # Changes nothing, but the keys a node that died between its last two writes left Unavailable.
+        await set_availability(svc, store, available=True)
         return {}
     await _require_token_not_held(svc, store)
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTING))
