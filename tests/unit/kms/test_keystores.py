@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from keytrail.kms.keys import Key
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore, new_custom_key_store_id
 from keytrail.kms.model import KeySpec, Origin
 from keytrail.kms.sealing import RootKey
+from keytrail.kms.shared_tokens import connected_after_another
 from keytrail.kms.sqlite_store import SqliteStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -133,3 +134,18 @@ def test_format_3_derivation_blocks_are_never_blocks_the_token_key_encrypts_for_
     for wrong in (bytes(10), bytes(12), b""):
         with pytest.raises(ValueError):
             derivation_data(wrong)
+
+
+def _cks(store_id: str, cluster: str, days: int, state: ConnectionState = ConnectionState.CONNECTED) -> CustomKeyStore:
+    return CustomKeyStore("111122223333", "us-east-1", store_id, store_id, cluster, "-----BEGIN CERTIFICATE-----",
+                          "pin", NOW + timedelta(days=days), state)
+
+
+def test_of_stores_connected_on_one_token_each_but_the_first_created_is_paired_with_it() -> None:
+    first, tie, late = _cks("cks-b", "cluster-aaaaaaaaaaa", 0), _cks("cks-c", "cluster-aaaaaaaaaaa", 0), _cks(
+        "cks-a", "cluster-aaaaaaaaaaa", 1)
+    alone = _cks("cks-d", "cluster-bbbbbbbbbbb", 0)
+    failed = _cks("cks-e", "cluster-aaaaaaaaaaa", -1, ConnectionState.FAILED)
+    # Whatever order they are read in, every node pairs them alike: CreationDate, then id.
+    assert connected_after_another([late, alone, failed, tie, first]) == [(first, tie), (first, late)]
+    assert connected_after_another([first, alone, failed]) == []
