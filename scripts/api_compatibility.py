@@ -196,6 +196,44 @@ CHECKED = [
         "each other one becomes `FAILED` with `USER_LOGGED_IN`, its keys `Unavailable`, with one error line "
         "naming both stores and the token.",
     ),
+    (
+        "A request dated by a `Date` header, without `X-Amz-Date`",
+        "\"Handling dates in Signature Version 4\" (AWS General Reference): \"AWS first checks the x-amz-date "
+        "header or parameter for a time stamp. If AWS can't find a value for x-amz-date, it looks for the date "
+        "header\", and the credential scope's day must match the request's, else the request is rejected. The "
+        "time signed is in ISO 8601 basic format: AWS's SigV4 test suite (`aws4_testsuite`, `get-vanilla`) "
+        "sends `Date:Mon, 09 Sep 2011 23:36:00 GMT`, signs `date;host` and puts `20110909T233600Z` in the "
+        "string to sign; botocore's `SigV4Auth` does the same for a request that carries `Date` "
+        "(`_set_necessary_date_headers`). AWS's error for a `Date` that is no date is not documented.",
+        "The same: `X-Amz-Date`, else `Date`, held to the 5-minute window and the scope's day; `Date` is an "
+        "HTTP-date (any zone, turned into UTC) or the basic format. Neither header: "
+        "`IncompleteSignatureException` `Authorization header requires existence of either a 'X-Amz-Date' or "
+        "a 'Date' header.`; an unreadable `Date`: `IncompleteSignatureException` `Date must be an HTTP-date or "
+        "in ISO-8601 'basic format'. Got '…'.` (keytrail's words). A request dated by `Date` used to be refused.",
+    ),
+    (
+        "A signed header value with bytes over 0x7F",
+        "SigV4 signs the canonical request's bytes. The Rust SDK signs a UTF-8 header value's bytes and sends "
+        "them, checked against S3 PutObject with non-ASCII metadata (smithy-lang/smithy-rs#710, fixing "
+        "awslabs/aws-sdk-rust#226); the Go and Java SDKs send the UTF-8 bytes they sign too. botocore signs "
+        "the UTF-8 bytes of a value's characters but sends them as Latin-1 (http.client): checked on the bytes "
+        "sent, that signature fails; S3 documents user metadata as US-ASCII over REST (aws/aws-sdk-js#820).",
+        "Both verify: the bytes as sent (blanks collapsed as AWS's Trimall does, ASCII blanks only), and "
+        "botocore's reading. An all-ASCII request computes one signature, as before. Only botocore's reading "
+        "used to verify.",
+    ),
+    (
+        "`X-Amz-Security-Token` the service did not issue (an `AWS_SESSION_TOKEN` left in the environment "
+        "with long-term keys)",
+        "Refused: `UnrecognizedClientException` (`InvalidClientTokenId` in STS and IAM) `The security token "
+        "included in the request is invalid.` (AWS re:Post Knowledge Center, \"iam-credentials-token\": "
+        "credentials \"expired or deleted\" or \"an incorrect key pair\"; a leftover session token is a common "
+        "cause: bobbyhadz.com, \"The Security Token included in the Request is Invalid\").",
+        "Unchanged: keytrail issues no session tokens and has no session credentials (a role entry in the "
+        "principals file is a long-term key pair acting as an assumed-role session), so there is no token to "
+        "check one against: the header is signed like every `x-amz-*` header and its value ignored "
+        "(docs/principals.md). An unknown access key gets `UnrecognizedClientException` with AWS's message.",
+    ),
 ]
 
 

@@ -153,7 +153,7 @@ class KmsApp:
             raise UnrecognizedClientException("The security token included in the request is invalid.")
         if self.credentials.verifies_signatures(signed.access_key_id):
             verify_signature(
-                signed, credential.secret, method=scope["method"], path=scope.get("raw_path", b"/").decode(),
+                signed, credential.signing_keys, method=scope["method"], path=scope.get("raw_path", b"/").decode(),
                 query=scope.get("query_string", b"").decode(), headers=headers, body=body, now=utc_now(),
             )
         # IAM identities live in one partition; the caller acts in the partition of the Region it

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keytrail.api.sigv4 import SigningKeys
 from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
@@ -44,8 +45,15 @@ class PrincipalsFileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Credential:
+    """An access key's secret, the signing keys derived from it, and the principal it authenticates.
+    A reload makes new credentials: one removed or whose secret changed is gone with its keys."""
+
     secret: str = field(repr=False)
     principal: Principal
+    signing_keys: SigningKeys = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signing_keys", SigningKeys(self.secret))
 
 
 def _principal_id(prefix: str, arn: str) -> str:

@@ -3,7 +3,8 @@
 The canonical request is rebuilt from what was received, the signature compared in constant
 time, and the request refused outside a 5-minute clock-skew window (KMS's own: its errors read
 `Signature expired: … (… - 5 min.)`; read from the wall clock, never the dev clock, so moving
-test time forward does not break signing).
+test time forward does not break signing). The request is dated by X-Amz-Date, else by Date, as
+AWS dates it ("Handling dates in Signature Version 4", AWS General Reference).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import parse_qsl, quote
 
@@ -25,6 +27,7 @@ __all__ = [
     "InvalidSignatureException",
     "MissingAuthenticationTokenException",
     "SignedRequest",
+    "SigningKeys",
     "UnrecognizedClientException",
     "parse_authorization",
     "verify_signature",
@@ -35,6 +38,8 @@ _ALGORITHM = "AWS4-HMAC-SHA256"
 _SIGNATURE_FIELD = ", Signature="
 _PARAMETERS = ("Credential", "SignedHeaders", "Signature")
 _SEPARATOR = re.compile(r"[,\s]+")  # between an Authorization header's parameters
+_MAX_SCOPES = 64  # signing keys kept per secret: a day's Regions, and the day before
+_NO_DATE = "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
 
 
 class IncompleteSignatureException(KmsError):
@@ -141,6 +146,24 @@ def _key_value_pairs(header: str, rest: str) -> dict[str, str]:
     return fields
 
 
+def _date_header_stamp(value: str | None) -> str:
+    """The request time a Date header gives, as X-Amz-Date writes it: AWS reads Date when
+    X-Amz-Date is absent, and signs the time in ISO 8601 basic format either way (what botocore
+    does for a request that carries Date). Date is an HTTP-date (`Mon, 09 Sep 2011 23:36:00 GMT`,
+    as in AWS's SigV4 test suite), or the basic format itself."""
+    if not value:
+        raise IncompleteSignatureException(_NO_DATE)
+    if value[:8].isdigit():
+        _parse_amz_date(value)  # refused unless it is the basic format
+        return value
+    try:
+        moment = parsedate_to_datetime(value)
+        return _stamp(moment if moment.tzinfo is None else moment.astimezone(UTC))
+    except (ValueError, TypeError, IndexError, OverflowError):  # OverflowError: a zone past year 9999
+        raise IncompleteSignatureException(
+            f"Date must be an HTTP-date or in ISO-8601 'basic format'. Got '{value[:64]}'.") from None
+
+
 @lru_cache(maxsize=64)
 def _parse_amz_date(value: str) -> datetime:
     # Slicing is ~5x cheaper than strptime, which showed up in the hot path; and concurrent
@@ -208,12 +231,35 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
-@lru_cache(maxsize=1024)
-def _signing_key(secret: str, date: str, region: str, service: str) -> KeyedSha256:
-    key = hmac.digest(("AWS4" + secret).encode(), date.encode(), "sha256")
-    for part in (region, service, "aws4_request"):
-        key = hmac.digest(key, part.encode(), "sha256")
-    return KeyedSha256.of(key)
+class SigningKeys:
+    """The SigV4 signing keys of one secret, each derived once per credential scope (day, Region,
+    service) and kept with that secret's credential, never in a cache shared by all: a secret
+    removed from the principals file or replaced there leaves with its credential, keys and all,
+    and no request can be checked against it again."""
+
+    __slots__ = ("_keys", "_secret")
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+        self._keys: dict[tuple[str, str, str], KeyedSha256] = {}
+
+    def __repr__(self) -> str:
+        return "SigningKeys(...)"  # never the secret
+
+    def for_scope(self, date: str, region: str, service: str) -> KeyedSha256:
+        scope = (date, region, service)
+        key = self._keys.get(scope)
+        if key is None:
+            if len(self._keys) >= _MAX_SCOPES:  # a client may name any Region: bounded, not grown
+                self._keys.clear()
+            key = self._keys[scope] = self._derive(date, region, service)
+        return key
+
+    def _derive(self, date: str, region: str, service: str) -> KeyedSha256:
+        key = hmac.digest(("AWS4" + self._secret).encode(), date.encode(), "sha256")
+        for part in (region, service, "aws4_request"):
+            key = hmac.digest(key, part.encode(), "sha256")
+        return KeyedSha256.of(key)
 
 
 def _canonical_query(query: str) -> str:
@@ -240,27 +286,48 @@ def _canonical_request(
                       payload_hash))
 
 
+def _as_sent(canonical: str, headers: Mapping[str, str], signed: SignedRequest) -> bytes:
+    """`canonical` with each signed header's value as the bytes that arrived, blanks trimmed and
+    runs of them made one (ASCII blanks only: AWS's Trimall), which is what AWS signs and what the
+    Go, Java and Rust SDKs sign when a value is sent as UTF-8. `canonical` reads the bytes as
+    Latin-1 characters, each then signed as UTF-8, which is what botocore signs (http.client
+    sends a header's characters as Latin-1); the two differ only for bytes over 0x7F."""
+    method, uri, query, rest = canonical.split("\n", 3)
+    lines = b"".join(name.encode() + b":" + b" ".join(headers[name].encode("latin-1").split()) + b"\n"
+                     for name in signed.signed_headers)  # each one there: `canonical` was made
+    tail = rest.rsplit("\n", 2)[-2:]  # the signed header names and the payload's hash
+    return b"\n".join((method.encode(), uri.encode(), query.encode(), lines, *(part.encode() for part in tail)))
+
+
+def _signature(keys: SigningKeys, signed: SignedRequest, amz_date: str, canonical: bytes) -> bytes:
+    to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical).hexdigest()))
+    return keys.for_scope(signed.date, signed.region, signed.service).hexdigest(to_sign.encode()).encode()
+
+
 def verify_signature(
-    signed: SignedRequest, secret: str, *, method: str, path: str, query: str,
+    signed: SignedRequest, keys: SigningKeys, *, method: str, path: str, query: str,
     headers: Mapping[str, str], body: bytes, now: datetime,
 ) -> None:
-    """Raise unless `signed.signature` is the signature of this request under `secret`."""
+    """Raise unless `signed.signature` is the signature of this request under the secret of `keys`."""
     if signed.service != "kms":
         raise InvalidSignatureException("Credential should be scoped to correct service: 'kms'.")
-    amz_date = headers.get("x-amz-date")
-    if not amz_date:
-        raise IncompleteSignatureException("Authorization header requires existence of either a "
-                                           "'X-Amz-Date' or a 'Date' header.")
+    amz_date = headers.get("x-amz-date") or _date_header_stamp(headers.get("date"))
     _check_skew(amz_date, now)
     _check_host_signed(signed)
     _check_amz_headers_signed(signed, headers)
     _check_scope_date(signed, amz_date)
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))
-    expected = _signing_key(secret, signed.date, signed.region, signed.service).hexdigest(to_sign.encode())
+    expected = keys.for_scope(signed.date, signed.region, signed.service).hexdigest(to_sign.encode())
     # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500),
     # and the header is whatever the client sent.
-    if not hmac.compare_digest(expected.encode(), signed.signature.encode()):
+    given = signed.signature.encode()
+    if hmac.compare_digest(expected.encode(), given):
+        return
+    # A header value with bytes over 0x7F is signed one of two ways (`_as_sent`); only then, and
+    # only once the first has failed, is the second computed.
+    if canonical.isascii() or not hmac.compare_digest(
+            _signature(keys, signed, amz_date, _as_sent(canonical, headers, signed)), given):
         raise InvalidSignatureException(
             "The request signature we calculated does not match the signature you provided. Check your "
             "AWS Secret Access Key and signing method. Consult the service documentation for details."

@@ -18,6 +18,7 @@ from keytrail.api.sigv4 import (
     IncompleteSignatureException,
     InvalidSignatureException,
     MissingAuthenticationTokenException,
+    SigningKeys,
     parse_authorization,
     verify_signature,
 )
@@ -38,7 +39,7 @@ def _verify(request: AWSRequest, secret: str = "s3cret", now: datetime = NOW, bo
     headers = {k.lower(): v for k, v in prepared.headers.items()}
     headers["host"] = "localhost:4599"
     signed = parse_authorization(headers["authorization"])
-    verify_signature(signed, secret, method="POST", path="/", query="", headers=headers,
+    verify_signature(signed, SigningKeys(secret), method="POST", path="/", query="", headers=headers,
                      body=prepared.body if body is None else body, now=now)
 
 
@@ -166,10 +167,11 @@ def test_a_request_with_a_query_string_signs_it() -> None:
     headers = {k.lower(): v for k, v in prepared.headers.items()}
     headers["host"] = "localhost:4599"
     signed = parse_authorization(headers["authorization"])
-    verify_signature(signed, "s3cret", method="POST", path="/", query="b=2&a=x%20y", headers=headers,
+    verify_signature(signed, SigningKeys("s3cret"), method="POST", path="/", query="b=2&a=x%20y", headers=headers,
                      body=b"{}", now=NOW)
     with pytest.raises(InvalidSignatureException):
-        verify_signature(signed, "s3cret", method="POST", path="/", query="", headers=headers, body=b"{}", now=NOW)
+        verify_signature(signed, SigningKeys("s3cret"), method="POST", path="/", query="", headers=headers,
+                         body=b"{}", now=NOW)
 
 
 class _ScopeDateAuth(SigV4Auth):
@@ -265,7 +267,7 @@ def test_a_non_ascii_signature_is_an_invalid_signature_not_a_crash() -> None:
     headers["host"] = "localhost:4599"
     signed = parse_authorization(headers["authorization"].rsplit("Signature=", 1)[0] + "Signature=\u00e9\u00e9")
     with pytest.raises(InvalidSignatureException):
-        verify_signature(signed, "s3cret", method="POST", path="/", query="", headers=headers,
+        verify_signature(signed, SigningKeys("s3cret"), method="POST", path="/", query="", headers=headers,
                          body=prepared.body, now=NOW)
 
 
@@ -310,9 +312,139 @@ def test_a_session_token_is_signed_but_not_checked_and_cannot_be_swapped() -> No
         _verify(request)
 
 
-def test_a_date_header_alone_does_not_date_the_request() -> None:
+class _IsoDateAuth(SigV4Auth):
+    """Writes the Date header in ISO 8601 basic format, as AWS's example for it does."""
+
+    def _modify_request_before_signing(self, request: AWSRequest) -> None:
+        super()._modify_request_before_signing(request)
+        request.headers.replace_header("Date", request.context["timestamp"])
+
+
+def _signed_with_date_header(signer: type[SigV4Auth] = SigV4Auth) -> AWSRequest:
+    """Signed by botocore dated by a Date header: given one, botocore writes the signing time there
+    as an HTTP-date and sends no X-Amz-Date (SigV4Auth._set_necessary_date_headers)."""
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys", "Date": ""})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        signer(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    return request
+
+
+def test_a_request_dated_by_its_date_header_alone_verifies() -> None:
+    # AWS reads Date when X-Amz-Date is absent ("Handling dates in Signature Version 4").
+    request = _signed_with_date_header()
+    assert "X-Amz-Date" not in request.headers
+    assert request.headers["Date"] == "Sat, 28 Nov 2026 12:00:00 -0000"  # email.utils.formatdate's form
+    assert "date;host" in request.headers["Authorization"]
+    _verify(request)
+    # The time is signed: in the string to sign whether the Date header is signed or not
+    request.headers.replace_header("Date", "Sat, 28 Nov 2026 12:00:01 -0000")
+    with pytest.raises(InvalidSignatureException, match="does not match the signature you provided"):
+        _verify(request)
+
+
+@pytest.mark.parametrize("sent_as", ["Sat, 28 Nov 2026 12:00:00 GMT", "Sat, 28 Nov 2026 13:00:00 +0100",
+                                     "Saturday, 28-Nov-26 12:00:00 GMT", "Sat Nov 28 12:00:00 2026"])
+def test_every_http_date_form_of_the_signing_time_dates_the_request(sent_as: str) -> None:
+    class DateAuth(SigV4Auth):
+        def _modify_request_before_signing(self, request: AWSRequest) -> None:
+            super()._modify_request_before_signing(request)
+            request.headers.replace_header("Date", sent_as)
+
+    _verify(_signed_with_date_header(DateAuth))
+
+
+def test_a_date_header_in_iso_basic_format_dates_the_request_too() -> None:
+    # The format of AWS's own example for the Date header ("Handling dates in Signature Version 4").
+    request = _signed_with_date_header(_IsoDateAuth)
+    assert request.headers["Date"] == "20261128T120000Z"
+    _verify(request)
+
+
+def test_a_date_header_is_held_to_the_window_and_the_scope_day_as_x_amz_date_is() -> None:
+    with pytest.raises(InvalidSignatureException) as late:
+        _verify(_signed_with_date_header(), now=NOW + timedelta(minutes=6))
+    assert late.value.message == (
+        "Signature expired: 20261128T120000Z is now earlier than 20261128T120100Z (20261128T120600Z - 5 min.)")
+    request = _signed_with_date_header()
+    request.headers.replace_header("Date", "Fri, 27 Nov 2026 23:59:59 GMT")  # another day than the scope's
+    with pytest.raises(InvalidSignatureException, match="Date in Credential scope does not match"):
+        _verify(request, now=datetime(2026, 11, 27, 23, 59, 59, tzinfo=UTC))
+
+
+def test_x_amz_date_dates_the_request_when_both_are_sent() -> None:
+    request = _signed()
+    request.headers["Date"] = "Thu, 01 Jan 2026 00:00:00 GMT"  # unsigned and wrong: not read
+    _verify(request)
+
+
+@pytest.mark.parametrize(("date", "message"), [
+    (None, "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."),
+    ("yesterday", "Date must be an HTTP-date or in ISO-8601 'basic format'. Got 'yesterday'."),
+    ("20261128T12Z", "Date must be in ISO-8601 'basic format'. Got '20261128T12Z'."),
+    ("Fri, 31 Dec 9999 23:59:59 -2359", "Date must be an HTTP-date or in ISO-8601 'basic format'. "
+                                        "Got 'Fri, 31 Dec 9999 23:59:59 -2359'."),  # past year 9999 in UTC
+])
+def test_a_request_without_a_readable_date_is_incomplete(date: str | None, message: str) -> None:
     request = _signed()
     del request.headers["X-Amz-Date"]
-    request.headers["Date"] = "Sat, 28 Nov 2026 12:00:00 GMT"
-    with pytest.raises(IncompleteSignatureException, match="requires existence of either a 'X-Amz-Date'"):
+    if date is not None:
+        request.headers["Date"] = date
+    with pytest.raises(IncompleteSignatureException) as caught:
         _verify(request)
+    assert caught.value.message == message
+
+
+def _as_received(request: AWSRequest, encoding: str) -> dict[str, str]:
+    """The request's headers as the app reads them (api/app.py: each byte one Latin-1 character)
+    when the client sent their values in `encoding`."""
+    prepared = request.prepare()
+    headers = {k.lower(): v.encode(encoding).decode("latin-1") for k, v in prepared.headers.items()}
+    headers["host"] = "localhost:4599"
+    return headers
+
+
+def _verify_received(request: AWSRequest, headers: dict[str, str]) -> None:
+    verify_signature(parse_authorization(headers["authorization"]), SigningKeys("s3cret"), method="POST", path="/",
+                     query="", headers=headers, body=b"{}", now=NOW)
+
+
+def _signed_with(value: str) -> AWSRequest:
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys", "X-Amz-Meta-Note": value})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
+    return request
+
+
+def test_a_non_ascii_header_value_verifies_sent_as_latin_1_or_as_utf_8() -> None:
+    # The signer signs the value's UTF-8 bytes. botocore then sends it as Latin-1 (http.client's
+    # encoding); the Go, Java and Rust SDKs send the UTF-8 bytes they signed, which is what AWS
+    # verifies. "à" is C3 A0 in UTF-8: A0 is a blank to str.split(), not to AWS's Trimall.
+    request = _signed_with("café  à la carte")
+    _verify_received(request, _as_received(request, "latin-1"))
+    _verify_received(request, _as_received(request, "utf-8"))
+
+
+def test_a_header_value_latin_1_cannot_carry_verifies_as_its_utf_8_bytes() -> None:
+    request = _signed_with("鍵 — ключ")
+    _verify_received(request, _as_received(request, "utf-8"))
+
+
+def test_a_non_ascii_header_value_changed_after_signing_fails_either_way() -> None:
+    request = _signed_with("café")
+    for encoding in ("latin-1", "utf-8"):
+        headers = _as_received(request, encoding)
+        headers["x-amz-meta-note"] = headers["x-amz-meta-note"].replace("caf", "cab")
+        with pytest.raises(InvalidSignatureException, match="does not match the signature you provided"):
+            _verify_received(request, headers)
+
+
+def test_signing_keys_are_bounded_whatever_regions_a_client_names() -> None:
+    keys = SigningKeys("s3cret")
+    first = keys.for_scope("20261128", "eu-west-1", "kms")
+    assert keys.for_scope("20261128", "eu-west-1", "kms") is first  # derived once per scope
+    for number in range(1000):
+        keys.for_scope("20261128", f"region-{number}", "kms")
+    assert len(keys._keys) <= 64
+    assert "s3cret" not in repr(keys)
