@@ -130,9 +130,23 @@ def test_malformed_requests_get_aws_errors_not_500(server: KeytrailServer, body:
     assert (status, answer["__type"]) == (400, code)
 
 
-def test_oversized_body_is_refused_cleanly(server: KeytrailServer) -> None:
-    status, _, body = _raw(server, b'{"x": "' + b"a" * 400_000 + b'"}')
-    assert status == 413 and body["__type"] == "SerializationException"
+@pytest.mark.parametrize("size", [400_000, 8_000_000, 40_000_000])
+def test_oversized_body_is_refused_cleanly(server: KeytrailServer, size: int) -> None:
+    # urllib sends `Connection: close` and its whole body before it reads: answered before the body
+    # was read and closed at once, it saw the connection reset instead of the 413 from 3 MB on.
+    status, headers, body = _raw(server, b'{"x": "' + b"a" * size + b'"}')
+    assert status == 413 and headers["connection"] == "close"
+    assert body == {"__type": "SerializationException",
+                    "message": "The request body exceeds the limit of 262144 bytes."}
+
+
+def test_boto3_gets_the_413_for_an_oversized_call_and_its_next_call_is_served(server: KeytrailServer) -> None:
+    kms = server.client()
+    for _ in range(2):  # the connection the 413 closed is not reused for the next call
+        code, message, status = aws_error(kms.encrypt, KeyId="alias/none", Plaintext=b"a" * 8_000_000)
+        assert (code, status) == ("SerializationException", 413)
+        assert message == "The request body exceeds the limit of 262144 bytes."
+        assert "Keys" in kms.list_keys()
 
 
 def test_a_body_declared_too_large_is_refused_before_it_is_sent(server: KeytrailServer) -> None:

@@ -41,6 +41,10 @@ _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
 
 
 class _BodyTooLarge(errors.KmsError):
+    """Answered at once, before the body is read, on a connection then closed: the HTTP protocol
+    reads what is left of the body and drops it first, so that the client gets the answer
+    (api/http_protocol.py)."""
+
     code = "SerializationException"
     status = 413
 
@@ -118,6 +122,8 @@ class KmsApp:
             return
         except errors.KmsError as error:
             extra.append((b"x-amzn-errortype", error.code.encode()))
+            if isinstance(error, _BodyTooLarge):  # the rest of the body is read and dropped, then it closes
+                extra.append((b"connection", b"close"))
             await _respond(send, error.status, _error_body(error), _JSON, extra)
             return
         except Exception:

@@ -29,6 +29,12 @@ And the connections held at once are bounded (`limited_to`): each is a file desc
 node out of them could not open its audit spool's next segment or digest, its key store or its
 consumers' files. A connection past the bound is closed as soon as it is accepted; over TLS a
 connection counts from its accept too, its handshake included (api/tls_handshake.py).
+
+And an answer sent before its request's body is read (413 for a body over the limit) on a
+connection that then closes waits for the rest of that body, read and thrown away, up to
+`DRAIN_BYTES` and within `REQUEST_SECONDS`: closed with the body still arriving, the connection
+was reset, and a client still sending (http.client, and every client that writes its whole body
+before it reads) saw `Connection reset by peer` instead of the answer.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import logging
 import resource
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -53,6 +60,9 @@ TLS_EXTENSION = "keytrail.tls"  # {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_
 REQUEST_SECONDS = 60.0
 # An SDK's KMS request has a URL of one byte and about ten headers of some 2 KB in all.
 HEAD_BYTES = 64 * 1024
+# The most of a refused body read and thrown away so that its client gets the answer: a fraction
+# of a second of one core on loopback; past it the connection is closed, and may be reset.
+DRAIN_BYTES = 64 * 1024 * 1024
 # File descriptors a node keeps for itself whatever its clients do: key store, audit segments and
 # digests, the consumers' state files, Kafka and MQTT sockets, its children's pipes (~40 in use).
 RESERVED_DESCRIPTORS = 256
@@ -120,11 +130,13 @@ _STOPPING = _last_answer(b"500 Internal Server Error", "KMSInternalException",
 class _CoalescingTransport(asyncio.Transport):
     """A transport that holds the writes of one loop step and hands them on as one."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop,
+                 lingers: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self._transport = transport
         self._loop = loop
         self._held: list[bytes | bytearray | memoryview] = []
+        self._lingers = lingers  # True: the protocol closes later, once the request body is read
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._held:
@@ -139,7 +151,8 @@ class _CoalescingTransport(asyncio.Transport):
 
     def close(self) -> None:
         self._flush()  # what was written before close() still goes out, as on any transport
-        self._transport.close()
+        if not self._lingers():
+            self._transport.close()
 
     def abort(self) -> None:
         self._held.clear()
@@ -234,7 +247,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._last: bytes | None = None  # a refusal of what follows the running request, sent after its answer
-        super().connection_made(_CoalescingTransport(transport, self.loop))
+        self._draining = False  # answered and closing: the rest of its request's body is read and dropped
+        self._drained = 0  # bytes of it read meanwhile
+        super().connection_made(_CoalescingTransport(transport, self.loop, self._lingers))
         if not self.admitted and self.refused(self.transport):
             return
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
@@ -310,8 +325,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         # Only a request still incomplete after this data arms a timer: the usual one, whole in one
         # segment, costs a comparison.
-        if self._arriving and self._deadline is None:
-            self._arm_deadline()
+        if self._arriving:
+            if self._deadline is None:
+                self._arm_deadline()
+            if self._draining:
+                self._drop(len(data))
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > HEAD_BYTES and not self.transport.is_closing():
@@ -332,6 +350,37 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._arriving = 0
+        if self._draining:  # the refused body is read whole: nothing unread is left to reset the connection
+            self._end_drain()
+
+    def _lingers(self) -> bool:
+        """Whether a close asked now waits for the rest of the request body, as it does once, for a
+        request answered (and its connection closing: `connection: close`) while its body arrives.
+        Closed now, the body's next bytes would find the socket closed and reset the connection,
+        and a client still sending would see that, not the answer."""
+        cycle = self.cycle
+        if self._draining or not self._arriving or self._in_head or cycle is None:
+            return False
+        if not cycle.response_complete or cycle.keep_alive:
+            return False
+        self._draining = True
+        self.flow.resume_reading()  # paused while the body filled uvicorn's buffer before the answer
+        return True
+
+    def _drop(self, size: int) -> None:
+        """`size` more bytes of the refused body were read (and dropped by uvicorn): past
+        `DRAIN_BYTES`, close without waiting for the rest."""
+        self._drained += size
+        if self._drained > DRAIN_BYTES:
+            self.transport.close()
+
+    def _end_drain(self) -> None:
+        """Close the connection the refused request's answer closed. A request pipelined behind it
+        (parsed from the same read) must not start: there is no one left to answer it. Its cycle
+        queues behind one that never completes, as behind any request still running."""
+        assert self.cycle is not None
+        self.cycle.response_complete = False
+        self.transport.close()
 
     def shutdown(self) -> None:
         """Graceful shutdown (SIGTERM): a request still arriving is refused at once, not carried out
