@@ -238,7 +238,8 @@ def test_aws_encryption_sdk_round_trip(server: KeytrailServer, kms) -> None:
 
 
 def test_dev_credentials_accept_localstack_style_keys(tmp_path: Path) -> None:
-    server = KeytrailServer(tmp_path / "data", "--dev-credentials").start()
+    # localhost: a name, bound on 127.0.0.1 and ::1, loopback both
+    server = KeytrailServer(tmp_path / "data", "--dev-credentials", "--host", "localhost").start()
     try:
         client = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
                               aws_access_key_id="test", aws_secret_access_key="test")

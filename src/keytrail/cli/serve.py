@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -195,10 +196,11 @@ def serve(
     no_core_dumps()
     if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
         raise _fail(problem)
-    if dev_credentials and host not in ("127.0.0.1", "localhost", "::1"):
-        raise _fail("--dev-credentials is refused unless the server binds to loopback")
     sockets = _listening(host, port)
     try:
+        if dev_credentials and (public := _off_loopback(sockets)):
+            raise _fail(f"--dev-credentials is refused unless the server binds to loopback only; --host {host} "
+                        f"binds {public}")
         _start(ServeSettings(
             data_dir=data_dir, host=host, port=sockets[0].getsockname()[1], principals=principals, kafka=kafka,
             mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
@@ -273,6 +275,17 @@ def _listening(host: str, port: int) -> list[socket.socket]:
         return listening_sockets(host, port)
     except OSError as error:  # socket.gaierror (an unknown --host) is one
         raise _fail(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+
+
+def _off_loopback(sockets: list[socket.socket]) -> str | None:
+    """The first address bound that is not loopback, None if all are: what --dev-credentials checks,
+    as --host may be a name resolving to any address, or 0.0.0.0 or :: (every interface)."""
+    for sock in sockets:
+        address = ipaddress.ip_address(sock.getsockname()[0])
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        if not (mapped or address).is_loopback:
+            return str(address)
+    return None
 
 
 def _make_data_dir(data_dir: Path) -> None:

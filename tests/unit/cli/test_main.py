@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +40,45 @@ def test_help_and_exit_codes_pass_through() -> None:
     assert "(see --help)" not in alone.stderr  # `keytrail` alone prints the help, no error line
 
 
-def test_dev_credentials_are_refused_off_loopback(tmp_path: Path) -> None:
-    result = _keytrail("serve", "--dev-credentials", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path))
-    assert result.returncode != 0 and result.stdout == ""
-    assert result.stderr == "keytrail serve: --dev-credentials is refused unless the server binds to loopback\n"
+def _local_address_off_loopback() -> str:
+    """An address of this machine's own that is not loopback (the one it would reach out from)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # nothing is sent: a UDP connect only picks the route
+        except OSError:
+            pytest.skip("no network interface but loopback")
+        return str(probe.getsockname()[0])
+
+
+def _keytrail_resolving(name: str, address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """keytrail, where the host name `name` resolves to `address` (as a DNS or hosts entry would)."""
+    program = (
+        "import runpy, socket, sys\n"
+        "resolve = socket.getaddrinfo\n"
+        f"socket.getaddrinfo = lambda host, *a, **k: resolve({address!r} if host == {name!r} else host, *a, **k)\n"
+        "sys.argv[0] = 'keytrail'\n"
+        "runpy.run_module('keytrail', run_name='__main__')\n"
+    )
+    return subprocess.run([sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "local-address", "name-of-local-address"])
+def test_dev_credentials_are_refused_unless_every_address_bound_is_loopback(tmp_path: Path, host: str) -> None:
+    # What counts is the address bound, not how --host spells it: every interface (0.0.0.0, ::),
+    # or one of this machine's public addresses, by number or by a name resolving to it.
+    if host == "::" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    address = {"0.0.0.0": "0.0.0.0", "::": "::"}.get(host) or _local_address_off_loopback()
+    args = ("serve", "--dev-credentials", "--port", "0", "--data-dir", str(tmp_path))
+    if host == "name-of-local-address":
+        result = _keytrail_resolving("kms.example.test", address, *args, "--host", "kms.example.test")
+        host = "kms.example.test"
+    else:
+        result = _keytrail(*args, "--host", address)
+        host = address
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"keytrail serve: --dev-credentials is refused unless the server binds to loopback "
+                             f"only; --host {host} binds {address}\n")
     assert not any(tmp_path.iterdir())  # refused before anything was created
 
 
