@@ -435,6 +435,64 @@ def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> Non
     _after_sighup(fresh_server, carol_is_known)
 
 
+def test_sighup_with_a_secret_changed_stops_the_old_secret_at_once(fresh_server: KeytrailServer) -> None:
+    old = fresh_server.client("alice")
+    old.list_keys()  # its signing key derived and kept
+    _, key, _, policies, _ = PRINCIPALS["alice"]
+    changed = {**PRINCIPALS, "alice": (PRINCIPALS["alice"][0], key, "alice-new-secret", policies, None)}
+    write_principals(fresh_server.principals, changed)
+
+    def old_secret_refused() -> None:
+        code, _, status = aws_error(old.list_keys)
+        assert (code, status) == ("InvalidSignatureException", 400)
+
+    _after_sighup(fresh_server, old_secret_refused)
+    new = boto3.client("kms", endpoint_url=fresh_server.endpoint, region_name="us-east-1",
+                       aws_access_key_id=key, aws_secret_access_key="alice-new-secret")
+    assert "Keys" in new.list_keys()
+    old_secret_refused()
+
+
+def _send_as(server: KeytrailServer, request: AWSRequest, encoding: str) -> tuple[int, dict[str, Any]]:
+    """Send a request botocore signed with http.client, each header value's characters written in
+    `encoding` (botocore's http.client writes Latin-1; the Go and Java SDKs write UTF-8)."""
+    prepared = request.prepare()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/")  # its Host header is the one botocore signed: 127.0.0.1:<port>
+        for name, value in prepared.headers.items():
+            connection.putheader(name, value.encode(encoding))
+        connection.endheaders(prepared.body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def _list_keys_request(server: KeytrailServer, **headers: str) -> AWSRequest:
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=b"{}", headers={
+        "X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1", **headers})
+    SigV4Auth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    return request
+
+
+def test_a_request_dated_by_its_date_header_alone_is_served(server: KeytrailServer) -> None:
+    request = _list_keys_request(server, Date="")  # botocore then dates it there, not in X-Amz-Date
+    assert "X-Amz-Date" not in request.headers and request.headers["Date"]
+    status, body = _send_as(server, request, "latin-1")
+    assert status == 200 and "Keys" in body
+
+
+@pytest.mark.parametrize(("value", "encodings"), [("café à la carte", ["latin-1", "utf-8"]),
+                                                  ("鍵 — ключ", ["utf-8"])])
+def test_a_non_ascii_header_value_is_served_sent_as_latin_1_or_utf_8(
+        server: KeytrailServer, value: str, encodings: list[str]) -> None:
+    request = _list_keys_request(server, **{"X-Amz-Meta-Note": value})
+    for encoding in encodings:
+        status, body = _send_as(server, request, encoding)
+        assert status == 200 and "Keys" in body, (encoding, body)
+
+
 def test_key_ops_reject_unknown_policy_name(kms) -> None:
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     assert aws_error(kms.get_key_policy, KeyId=key_id, PolicyName="other")[0] == "NotFoundException"
