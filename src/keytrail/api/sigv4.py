@@ -231,35 +231,31 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
-class SigningKeys:
-    """The SigV4 signing keys of one secret, each derived once per credential scope (day, Region,
-    service) and kept with that secret's credential, never in a cache shared by all: a secret
-    removed from the principals file or replaced there leaves with its credential, keys and all,
-    and no request can be checked against it again."""
+class SigningKeys(dict[tuple[str, str, str], KeyedSha256]):
+    """The SigV4 signing keys of one secret by credential scope (day, Region, service), each
+    derived on first use (`keys[scope]`: a plain dict lookup after that, cheaper than the
+    lru_cache it replaces) and kept with that secret's credential, never in a cache shared by all:
+    a secret removed from the principals file or replaced there leaves with its credential, keys
+    and all, and no request can be checked against it again."""
 
-    __slots__ = ("_keys", "_secret")
+    __slots__ = ("_secret",)
 
     def __init__(self, secret: str) -> None:
+        super().__init__()
         self._secret = secret
-        self._keys: dict[tuple[str, str, str], KeyedSha256] = {}
 
     def __repr__(self) -> str:
-        return "SigningKeys(...)"  # never the secret
+        return "SigningKeys(...)"  # never the secret, nor a key derived from it
 
-    def for_scope(self, date: str, region: str, service: str) -> KeyedSha256:
-        scope = (date, region, service)
-        key = self._keys.get(scope)
-        if key is None:
-            if len(self._keys) >= _MAX_SCOPES:  # a client may name any Region: bounded, not grown
-                self._keys.clear()
-            key = self._keys[scope] = self._derive(date, region, service)
-        return key
-
-    def _derive(self, date: str, region: str, service: str) -> KeyedSha256:
+    def __missing__(self, scope: tuple[str, str, str]) -> KeyedSha256:
+        if len(self) >= _MAX_SCOPES:  # a client may name any Region: bounded, not grown
+            self.clear()
+        date, region, service = scope
         key = hmac.digest(("AWS4" + self._secret).encode(), date.encode(), "sha256")
         for part in (region, service, "aws4_request"):
             key = hmac.digest(key, part.encode(), "sha256")
-        return KeyedSha256.of(key)
+        self[scope] = derived = KeyedSha256.of(key)
+        return derived
 
 
 def _canonical_query(query: str) -> str:
@@ -301,7 +297,7 @@ def _as_sent(canonical: str, headers: Mapping[str, str], signed: SignedRequest) 
 
 def _signature(keys: SigningKeys, signed: SignedRequest, amz_date: str, canonical: bytes) -> bytes:
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical).hexdigest()))
-    return keys.for_scope(signed.date, signed.region, signed.service).hexdigest(to_sign.encode()).encode()
+    return keys[signed.date, signed.region, signed.service].hexdigest(to_sign.encode()).encode()
 
 
 def verify_signature(
@@ -318,7 +314,7 @@ def verify_signature(
     _check_scope_date(signed, amz_date)
     canonical = _canonical_request(method, path, query, headers, signed, body)
     to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))
-    expected = keys.for_scope(signed.date, signed.region, signed.service).hexdigest(to_sign.encode())
+    expected = keys[signed.date, signed.region, signed.service].hexdigest(to_sign.encode())
     # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500),
     # and the header is whatever the client sent.
     given = signed.signature.encode()
