@@ -345,14 +345,29 @@ def _https_call(port: int, maximum: ssl.TLSVersion) -> tuple[str, str, str]:
         connection.close()
 
 
+def _wait_until_served_over_tls(port: int) -> None:
+    """Until the health check answers over TLS: the port listens from the start, while the node is
+    built, and a handshake waiting for it all that time (a busy machine) timed out."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/_keytrail/health", context=context, timeout=5):
+                return
+        except OSError:  # refused, timed out, or the handshake not yet answered
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_tls_details_name_the_version_and_cipher_suite_negotiated(tmp_path: Path) -> None:
     server = KeytrailServer(tmp_path / "data")
     proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir),
                              "--port", str(server.port), "--principals", str(server.principals),
                              "--tls-self-signed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from tests.support.services import wait_for_port
-        wait_for_port(server.port)
+        _wait_until_served_over_tls(server.port)
         calls = [_https_call(server.port, maximum) for maximum in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)]
     finally:
         proc.terminate()
