@@ -82,7 +82,7 @@ REALISTIC = {
         {
             "Sid": "Deny outside TLS for others",
             "Effect": "Deny",
-            "NotPrincipal": {"AWS": [ALICE]},
+            "NotPrincipal": {"AWS": [ALICE, f"arn:aws:iam::{ACCOUNT}:root"]},  # a user is spared with its account
             "Action": "kms:Decrypt",
             "Resource": "*",
         },

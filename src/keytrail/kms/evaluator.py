@@ -65,11 +65,6 @@ class _KeyPolicyResult:
     account: bool = False  # the key policy names the caller's account: IAM must allow too
 
 
-def _root_named(principals: PrincipalSet, principal: Principal) -> bool:
-    """A root caller named by its bare account id (its root in the caller's partition)."""
-    return principal.type is IdentityType.ROOT and principal.account in principals.arns
-
-
 def _principal_match(principals: PrincipalSet, principal: Principal) -> str | None:
     if principals.anyone or principal.policy_arn in principals.arns or principal.arn in principals.arns:
         return "direct"
@@ -88,10 +83,17 @@ def _statement_principal(statement: Statement, principal: Principal) -> str | No
 
 
 def _spared(principals: PrincipalSet, principal: Principal) -> bool:
-    """Whether a NotPrincipal names the caller itself. For a role session that is the session's
-    ARN: AWS checks the session, not only its role, so a NotPrincipal Deny naming just the role
-    still denies its sessions (AWS's own example lists the session, the role and the account)."""
-    return principals.anyone or principal.arn in principals.arns or _root_named(principals, principal)
+    """Whether a NotPrincipal Deny spares the caller. AWS "might validate the account first, then
+    the role, and then the assumed-role user" ("AWS JSON policy elements: NotPrincipal"), each of
+    which the Deny hits unless it is listed: a user is spared only with its account listed too, a
+    role session only with its session, its role and its account, as AWS's examples list them."""
+    if principals.anyone:
+        return True
+    account = principal.root_arn in principals.arns or principal.account in principals.arns
+    if principal.type is IdentityType.ROOT:
+        return account
+    role = principal.role_arn is None or principal.role_arn in principals.arns
+    return account and role and principal.arn in principals.arns
 
 
 def evaluate_key_policy(policy: Policy, principal: Principal, action: str, resource: str,

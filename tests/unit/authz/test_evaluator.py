@@ -108,11 +108,25 @@ def test_not_principal_deny_spares_only_the_named_principal() -> None:
     policy = key(
         doc(
             allow("*"),
-            {"Effect": "Deny", "NotPrincipal": {"AWS": ALICE_ARN}, "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Deny", "NotPrincipal": {"AWS": [ALICE_ARN, ROOT_ARN]}, "Action": "kms:*", "Resource": "*"},
         )
     )
     assert decide(user("alice"), policy).allowed
+    assert decide(root(), policy).allowed
     assert decide(user("bob"), policy).verdict is Verdict.EXPLICIT_DENY
+
+
+def test_a_not_principal_deny_without_the_callers_account_denies_it() -> None:
+    # IAM, NotPrincipal: "you must also specify the account ARN of the not-denied principal.
+    # Otherwise, the policy might deny access to the entire account containing the principal."
+    assert decide(user("alice"), _deny_all_but(ALICE_ARN)).verdict is Verdict.EXPLICIT_DENY
+    assert decide(user("alice"), _deny_all_but(ALICE_ARN, ACCOUNT)).allowed  # the bare account id names it too
+    session = role("app")
+    role_arn = f"arn:aws:iam::{ACCOUNT}:role/app"
+    assert decide(session, _deny_all_but(session.arn, role_arn)).verdict is Verdict.EXPLICIT_DENY
+    assert decide(session, _deny_all_but(session.arn, ROOT_ARN)).verdict is Verdict.EXPLICIT_DENY
+    assert decide(root(), _deny_all_but(ACCOUNT)).allowed
+    assert decide(root(), _deny_all_but(ALICE_ARN)).verdict is Verdict.EXPLICIT_DENY
 
 
 def test_a_stored_not_principal_allow_grants_no_one() -> None:
