@@ -310,8 +310,9 @@ class KmsService:
         await self.authorize_identity(call, action, self.alias_arn(call, name))
 
     async def authorize_identity(self, call: Call, action: str, resource: str) -> None:
-        """A permission only IAM policies give, matched against `resource`: an alias ARN, or the
-        ARN a new key will have (kms:TagResource for CreateKey's and ReplicateKey's Tags)."""
+        """A permission only IAM policies give, matched against `resource`: an alias ARN, the
+        ARN a new key will have (kms:TagResource for CreateKey's and ReplicateKey's Tags), or the
+        retiring principal of ListRetirableGrants."""
         values = request_conditions(action, call.params)
         request = AccessRequest(call.context, action, None, values, resource=resource)
         decision = self.deps.authorizer.authorize(request)

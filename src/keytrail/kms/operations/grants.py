@@ -192,8 +192,10 @@ def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant],
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     params = call.params
     _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "must")
-    await svc.authorize(call, "kms:ListRetirableGrants", None)
     context, retiring = call.context, params["RetiringPrincipal"]
+    # "The authorized resource in ListRetirableGrants calls is the retiring principal specified in
+    # the request" (API reference): an IAM policy scoped to (or denying) that principal decides.
+    await svc.authorize_identity(call, "kms:ListRetirableGrants", retiring)
     # AWS lists grants on other accounts' keys too, for a retiring principal of the caller's account.
     own_principal = _account_of(retiring) == context.account
     grants = [g for g in await svc.store.all_grants(context.region)

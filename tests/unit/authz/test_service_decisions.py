@@ -1,0 +1,79 @@
+"""Operations through KmsService in process with the real PolicyAuthorizer: which resource and
+which permission each asks for, and the audit record of every refusal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms import errors
+from keytrail.kms.context import CallContext, Principal
+from keytrail.kms.evaluator import PolicyAuthorizer
+from keytrail.kms.model import CallRecord
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService, ServiceDeps
+from keytrail.kms.sqlite_store import SqliteStore
+
+from .support import ACCOUNT, NOW, REGION, allow_all_identity, doc, root, user
+
+BOB_ARN = f"arn:aws:iam::{ACCOUNT}:user/bob"
+
+
+class Trail:
+    """The audit sink: keeps every record."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    async def record(self, call: CallRecord) -> None:
+        self.records.append(call)
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> tuple[KmsService, Trail]:
+    trail = Trail()
+    clock = ManualClock(NOW)
+    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    deps = ServiceDeps(store=store, clock=clock, audit=trail, authorizer=PolicyAuthorizer(clock))
+    return KmsService(deps), trail
+
+
+async def call(svc: KmsService, principal: Principal, name: str, **params: Any) -> dict[str, Any]:
+    return await svc.execute(name, CallContext(principal=principal, region=REGION, request_id="req"), params)
+
+
+async def refusal(svc: KmsService, principal: Principal, name: str, **params: Any) -> str:
+    with pytest.raises(errors.AccessDeniedException) as info:
+        await call(svc, principal, name, **params)
+    return str(info.value)
+
+
+def _only(action: str, resource: str, effect: str = "Allow") -> dict[str, Any]:
+    return doc({"Effect": effect, "Action": action, "Resource": resource})
+
+
+async def test_list_retirable_grants_is_authorized_on_the_retiring_principal(service) -> None:
+    # "The authorized resource in ListRetirableGrants calls is the retiring principal specified in
+    # the request" (API reference): an IAM policy scoped to it allows, a Deny on it refuses.
+    svc, trail = service
+    scoped = user("alice", ACCOUNT, _only("kms:ListRetirableGrants", BOB_ARN))
+    assert (await call(svc, scoped, "ListRetirableGrants", RetiringPrincipal=BOB_ARN))["Grants"] == []
+    message = await refusal(svc, scoped, "ListRetirableGrants", RetiringPrincipal=f"arn:aws:iam::{ACCOUNT}:user/eve")
+    assert message == (f"User: arn:aws:iam::{ACCOUNT}:user/alice is not authorized to perform: "
+                       f"kms:ListRetirableGrants on resource: arn:aws:iam::{ACCOUNT}:user/eve because no "
+                       "identity-based policy allows the kms:ListRetirableGrants action")
+    denied = user("alice", ACCOUNT, allow_all_identity(), _only("kms:ListRetirableGrants", BOB_ARN, "Deny"))
+    message = await refusal(svc, denied, "ListRetirableGrants", RetiringPrincipal=BOB_ARN)
+    assert message.endswith("with an explicit deny in an identity-based policy")
+    record = trail.records[-1]
+    assert (record.event_name, record.error_code, record.error_message) == (
+        "ListRetirableGrants", "AccessDeniedException", message)
+
+
+async def test_root_lists_retirable_grants_of_any_principal_of_its_account(service) -> None:
+    svc, _ = service
+    assert (await call(svc, root(), "ListRetirableGrants", RetiringPrincipal=BOB_ARN))["Grants"] == []
