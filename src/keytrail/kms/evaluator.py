@@ -9,6 +9,7 @@ operations are decided by identity policies alone. Decisions are cached by every
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -143,6 +144,13 @@ def _cacheable(conditions: Mapping[str, Any]) -> bool:
     return chars <= _CACHED_CHARS
 
 
+def _stored(text: str) -> Any:
+    """A stored key policy as its JSON was read when it was set: earlier releases took NaN and
+    Infinity, which PutKeyPolicy now refuses, and a key stored with one must stay usable (and
+    its policy replaceable) rather than deny everyone."""
+    return json.loads(text)
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
@@ -204,8 +212,8 @@ class PolicyAuthorizer:
         entry = self._key_policies.get(text)
         if entry is None:
             try:
-                entry = _KeyPolicy(compile_policy(text, "key"))
-            except (KmsError, KeyError, TypeError, ValueError):
+                entry = _KeyPolicy(compile_policy(_stored(text), "key"))
+            except (KmsError, KeyError, TypeError, ValueError, RecursionError):
                 entry = _KeyPolicy(_DENY_ALL)  # a stored policy that no longer parses allows nothing
             full = len(self._key_policies) >= _CACHE_LIMIT
             if full or self._key_policy_chars + len(text) > _KEY_POLICY_CHARS:

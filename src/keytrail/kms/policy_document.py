@@ -57,11 +57,18 @@ def parse_policy(text: str, kind: PolicyKind = "key") -> dict[str, Any]:
     if len(text.encode()) > MAX_POLICY_BYTES:
         raise _malformed("The policy document exceeds the 32 KB size limit.")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise _malformed(f"The policy is not valid JSON: {exc}") from None
+    except RecursionError:  # 32 KB of `[` nest deeper than json's reader recurses
+        raise _malformed("The policy is not valid JSON: it nests too deeply.") from None
     validate_policy(doc, kind)
     return doc  # type: ignore[no-any-return]
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's json reader takes, are no JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not a JSON value.")
 
 
 def validate_policy(doc: Any, kind: PolicyKind) -> None:

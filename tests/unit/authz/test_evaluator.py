@@ -694,3 +694,11 @@ def test_a_create_key_deny_written_with_the_deprecated_key_spec_name_holds() -> 
     assert decide(alice, None, "kms:CreateKey", {"KeySpec": "RSA_4096", "KeyUsage": "SIGN_VERIFY"}).verdict is (
         Verdict.EXPLICIT_DENY)
     assert decide(alice, None, "kms:CreateKey", {}).allowed
+
+
+def test_a_key_policy_stored_with_nan_by_an_earlier_release_still_decides() -> None:
+    # PutKeyPolicy now refuses NaN (no JSON); a policy stored with one before must not lock the key.
+    text = json.dumps(doc(allow(ALICE_ARN, "kms:Encrypt", Condition={"NumericLessThan": {"kms:x": "X"}}),
+                          allow(ROOT_ARN))).replace('"X"', "NaN")
+    assert decide(root(), key(text), "kms:PutKeyPolicy").allowed
+    assert not decide(user("alice"), key(text)).allowed  # NaN is less than nothing

@@ -145,3 +145,20 @@ def test_a_wildcard_inside_a_principal_arn_is_refused_when_the_policy_is_set(nam
     assert info.value.message == (
         f"Policy statement 2 contains a statement with one or more invalid principals: {name!r}.")
     compile_policy(text)  # a stored policy that has one still loads: the principal matches no one
+
+
+def test_a_policy_nested_deeper_than_the_json_reader_goes_is_malformed_not_an_internal_error() -> None:
+    # 32 KB of `[` nest far deeper than json's parser recurses: it raised RecursionError, which
+    # PutKeyPolicy answered with a 500 KMSInternalException (and the principals file with a traceback).
+    deep = "[" * 16_000 + "]" * 16_000
+    assert malformed(deep).startswith("The policy is not valid JSON: ")
+    assert malformed(deep, "identity").startswith("The policy is not valid JSON: ")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_no_json(constant: str) -> None:
+    # RFC 8259 has no NaN or Infinity; Python's json reader takes them, so a condition value of
+    # NaN (never equal, never less) was stored and evaluated.
+    statement = {**OK_STATEMENT, "Condition": {"NumericLessThan": {"kms:RotationPeriodInDays": "X"}}}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [statement]}).replace('"X"', constant)
+    assert malformed(text) == f"The policy is not valid JSON: {constant} is not a JSON value."

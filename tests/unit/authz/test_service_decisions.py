@@ -77,3 +77,12 @@ async def test_list_retirable_grants_is_authorized_on_the_retiring_principal(ser
 async def test_root_lists_retirable_grants_of_any_principal_of_its_account(service) -> None:
     svc, _ = service
     assert (await call(svc, root(), "ListRetirableGrants", RetiringPrincipal=BOB_ARN))["Grants"] == []
+
+
+async def test_put_key_policy_nested_too_deeply_is_malformed_and_audited(service) -> None:
+    svc, trail = service
+    key_id = (await call(svc, root(), "CreateKey"))["KeyMetadata"]["KeyId"]
+    with pytest.raises(errors.MalformedPolicyDocumentException):
+        await call(svc, root(), "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy="[" * 16_000 + "]" * 16_000)
+    record = trail.records[-1]
+    assert (record.event_name, record.error_code) == ("PutKeyPolicy", "MalformedPolicyDocumentException")
