@@ -53,6 +53,7 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE + "policies = [5]\n", "principal #1: 'policies' must be a list of JSON policy strings"),
     (ALICE + f"policies = '''{ALLOW}'''\n", "'policies' must be a list"),
     (ALICE + "policies = ['{nope']\n", "principal #1: policy 1: The policy is not valid JSON"),
+    (ALICE + "policies = ['" + "[" * 16_000 + "]" * 16_000 + "']\n", "policy 1: The policy is not valid JSON"),
     (ALICE + "policies = ['{\"Statement\": 5}']\n", "policy 1: The policy Statement must be an object"),
     (ALICE + "policies = ['''" + ALLOW.replace('"Resource"', '"Principal": "*", "Resource"') + "''']\n",
      "identity-based policies cannot contain Principal"),
