@@ -72,8 +72,10 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
     if name == "ReEncryptFrom" or name == "ReEncryptTo":
         # A first guess from the text; the ReEncrypt handler passes the answer from the keys.
         out["kms:ReEncryptOnSameKey"] = params.get("SourceKeyId") == params.get("DestinationKeyId")
-    if name in ("CreateKey", "PutKeyPolicy"):
-        out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params.get("BypassPolicyLockoutSafetyCheck"))
+    if name in ("CreateKey", "PutKeyPolicy") and params.get("BypassPolicyLockoutSafetyCheck") is not None:
+        # Absent when the request leaves it out: AWS's own example allows PutKeyPolicy "only when
+        # the request does not include the BypassPolicyLockoutSafetyCheck parameter" with Null.
+        out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params["BypassPolicyLockoutSafetyCheck"])
     if name == "CreateKey":
         _create_key(params, out)
     # "This type of condition works even when the parameter doesn't appear in the request, such as

@@ -103,10 +103,11 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
                 "kms:MultiRegion": True,
                 "aws:RequestTag/Team": "blue",
                 "aws:TagKeys": ["Team"],
-                "kms:BypassPolicyLockoutSafetyCheck": False,
+                "kms:BypassPolicyLockoutSafetyCheck": None,  # absent: the request does not include it
             },
         ),
         ("PutKeyPolicy", {"BypassPolicyLockoutSafetyCheck": True}, {"kms:BypassPolicyLockoutSafetyCheck": True}),
+        ("PutKeyPolicy", {"BypassPolicyLockoutSafetyCheck": False}, {"kms:BypassPolicyLockoutSafetyCheck": False}),
         ("TagResource", {"Tags": [{"TagKey": "a", "TagValue": "b"}]}, {"aws:RequestTag/a": "b", "aws:TagKeys": ["a"]}),
         ("UntagResource", {"TagKeys": ["a"]}, {"aws:TagKeys": ["a"]}),
         ("EnableKeyRotation", {"RotationPeriodInDays": 90}, {"kms:RotationPeriodInDays": 90}),

@@ -3,6 +3,7 @@ which permission each asks for, and the audit record of every refusal."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,24 @@ async def test_put_key_policy_nested_too_deeply_is_malformed_and_audited(service
         await call(svc, root(), "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy="[" * 16_000 + "]" * 16_000)
     record = trail.records[-1]
     assert (record.event_name, record.error_code) == ("PutKeyPolicy", "MalformedPolicyDocumentException")
+
+
+def _key_policy(*statements: dict[str, Any]) -> str:
+    return json.dumps(doc({"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                           "Action": "kms:*", "Resource": "*"}, *statements))
+
+
+async def test_bypass_lockout_check_key_is_absent_unless_the_request_sets_it(service) -> None:
+    # AWS's example key policy statement for kms:BypassPolicyLockoutSafetyCheck ("AWS KMS condition
+    # keys") allows PutKeyPolicy "only when the request does not include the
+    # BypassPolicyLockoutSafetyCheck parameter", with the Null operator: the key is absent then.
+    svc, _ = service
+    bob = user("bob")
+    without_bypass = {"Effect": "Allow", "Principal": {"AWS": BOB_ARN}, "Action": "kms:PutKeyPolicy", "Resource": "*",
+                      "Condition": {"Null": {"kms:BypassPolicyLockoutSafetyCheck": True}}}
+    policy = _key_policy(without_bypass)
+    key_id = (await call(svc, root(), "CreateKey", Policy=policy))["KeyMetadata"]["KeyId"]
+    await call(svc, bob, "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy=policy)
+    message = await refusal(svc, bob, "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy=policy,
+                            BypassPolicyLockoutSafetyCheck=False)
+    assert message.endswith("because no identity-based policy allows the kms:PutKeyPolicy action")

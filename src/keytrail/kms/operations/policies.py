@@ -34,7 +34,7 @@ async def put_key_policy(svc: KmsService, call: Call) -> Response:
     _policy_name(call)
     bypass = bool(call.params.get("BypassPolicyLockoutSafetyCheck"))
     # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included.
-    await svc.authorize(call, "kms:PutKeyPolicy", key, {"kms:BypassPolicyLockoutSafetyCheck": bypass})
+    await svc.authorize(call, "kms:PutKeyPolicy", key)  # kms:BypassPolicyLockoutSafetyCheck: from the request
     validate_key_policy(call.params["Policy"], call.context.principal, bypass=bypass, key_arn=key.arn,
                         call=call.context, now=svc.now())
     await svc.store.put_key(replace(key, policy=call.params["Policy"]))
