@@ -15,6 +15,7 @@ from keytrail.kms.partitions import DEFAULT_PARTITION
 from keytrail.kms.policy_document import (
     MAX_POLICY_BYTES,
     check_principal_wildcards,
+    check_set_operators,
     compile_policy,
     parse_policy,
     validate_policy,
@@ -55,5 +56,6 @@ def validate_key_policy(
     context and at the service's time, unless `bypass`."""
     doc = parse_policy(text, "key")
     check_principal_wildcards(doc)
+    check_set_operators(doc)
     check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn)
     return doc

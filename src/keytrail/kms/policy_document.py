@@ -24,6 +24,7 @@ __all__ = [
     "PrincipalSet",
     "Statement",
     "check_principal_wildcards",
+    "check_set_operators",
     "compile_policy",
     "parse_policy",
     "validate_policy",
@@ -176,6 +177,33 @@ def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
             if name != "*" and ("*" in name or "?" in name):
                 raise _malformed(f"Policy {_where(statement, index)} contains a statement with one or more "
                                  f"invalid principals: {name!r}.")
+
+
+# "AWS KMS condition keys": a policy with ForAllValues on these single-valued keys is refused, as
+# the condition "matches requests without the specified [encryption context or tag] or with an
+# unspecified [encryption context or tag]" (an Allow with it allows a request with none).
+_OVERLY_PERMISSIVE = {
+    "kms:encryptioncontext:": (
+        "OverlyPermissiveCondition:EncryptionContext: Using the ForAllValues set operator with a single-valued "
+        "condition key matches requests without the specified encryption context or with an unspecified "
+        "encryption context. To fix, remove ForAllValues."),
+    "aws:requesttag/": (
+        "OverlyPermissiveCondition: Using the ForAllValues set operator with a single-valued condition key "
+        "matches requests without the specified tag or with an unspecified tag. To fix, remove ForAllValues."),
+}
+
+
+def check_set_operators(doc: Mapping[str, Any]) -> None:
+    """Refuse ForAllValues with kms:EncryptionContext:<key> or aws:RequestTag/<key>, as AWS KMS
+    does when a key policy is set (a stored one still loads and is evaluated as written)."""
+    for statement in _list(doc["Statement"]):
+        for operator, entries in statement.get("Condition", {}).items():
+            if not operator.lower().startswith("forallvalues:"):
+                continue
+            for key in entries:
+                refusal = next((m for prefix, m in _OVERLY_PERMISSIVE.items() if key.lower().startswith(prefix)), None)
+                if refusal is not None:
+                    raise _malformed(refusal)
 
 
 def _validate_condition(block: Any, where: str) -> None:

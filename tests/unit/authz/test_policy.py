@@ -162,3 +162,36 @@ def test_nan_and_infinity_are_no_json(constant: str) -> None:
     statement = {**OK_STATEMENT, "Condition": {"NumericLessThan": {"kms:RotationPeriodInDays": "X"}}}
     text = json.dumps({"Version": "2012-10-17", "Statement": [statement]}).replace('"X"', constant)
     assert malformed(text) == f"The policy is not valid JSON: {constant} is not a JSON value."
+
+
+_EC_OVERLY_PERMISSIVE = (
+    "OverlyPermissiveCondition:EncryptionContext: Using the ForAllValues set operator with a single-valued "
+    "condition key matches requests without the specified encryption context or with an unspecified encryption "
+    "context. To fix, remove ForAllValues.")
+_TAG_OVERLY_PERMISSIVE = (
+    "OverlyPermissiveCondition: Using the ForAllValues set operator with a single-valued condition key matches "
+    "requests without the specified tag or with an unspecified tag. To fix, remove ForAllValues.")
+
+
+@pytest.mark.parametrize(("operator", "key", "message"), [
+    ("ForAllValues:StringEquals", "kms:EncryptionContext:Department", _EC_OVERLY_PERMISSIVE),
+    ("forallvalues:StringLikeIfExists", "KMS:encryptioncontext:department", _EC_OVERLY_PERMISSIVE),
+    ("ForAllValues:StringEquals", "aws:RequestTag/Team", _TAG_OVERLY_PERMISSIVE),
+])
+def test_for_all_values_on_a_single_valued_key_is_refused_when_the_policy_is_set(
+        operator: str, key: str, message: str) -> None:
+    # "AWS KMS condition keys": such a condition "allows requests with no encryption context and
+    # requests with unspecified encryption context pairs"; AWS KMS refuses the policy.
+    statement = {**OK_STATEMENT, "Principal": {"AWS": "*"}, "Condition": {operator: {key: "IT"}}}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [OK_STATEMENT, statement]})
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        validate_key_policy(text, root(), bypass=True)
+    assert info.value.message == message
+    compile_policy(text)  # a stored policy that has one still loads
+
+
+def test_set_operators_on_multi_valued_keys_stay_allowed() -> None:
+    conditions = {"ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["a"], "aws:TagKeys": ["t"]},
+                  "ForAnyValue:StringEquals": {"kms:EncryptionContext:Department": "IT"}}
+    statement = {**OK_STATEMENT, "Condition": conditions}
+    validate_key_policy(json.dumps({"Version": "2012-10-17", "Statement": [statement]}), root(), bypass=True)
