@@ -131,6 +131,18 @@ def _create_grant(params: Mapping[str, Any], out: dict[str, Any]) -> None:
              if constraints.get(k) is not None]
     if kinds:
         out["kms:GrantConstraintType"] = kinds[0] if len(kinds) == 1 else kinds
+    # kms:EncryptionContext:<key> and kms:EncryptionContextKeys apply to CreateGrant too (AWS KMS
+    # condition keys), whose only encryption context is its constraint's: a Deny on a pair must
+    # refuse a grant that would let its grantee use that pair. (Both constraints together are
+    # refused after authorization; their pairs are merged here.)
+    pairs: dict[str, Any] = {}
+    for kind in kinds:
+        if isinstance(constraints[kind], dict):
+            pairs.update(constraints[kind])
+    if pairs:
+        out["kms:EncryptionContextKeys"] = list(pairs)
+        for key, value in pairs.items():
+            out[f"kms:EncryptionContext:{key}"] = value
 
 
 def _create_key(params: Mapping[str, Any], out: dict[str, Any]) -> None:

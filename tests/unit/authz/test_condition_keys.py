@@ -82,8 +82,13 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
                 "kms:GrantOperations": ["Decrypt"],
                 "kms:GrantConstraintType": "EncryptionContextEquals",
                 "kms:GrantIsForAWSResource": False,
+                # The key table of "AWS KMS condition keys" lists CreateGrant for both: its encryption
+                # context is the one of its constraint.
+                "kms:EncryptionContext:a": "1",
+                "kms:EncryptionContextKeys": ["a"],
             },
         ),
+        ("CreateGrant", {"Operations": ["Decrypt"]}, {"kms:EncryptionContextKeys": None}),
         ("ListGrants", {}, {"kms:GrantIsForAWSResource": False}),
         ("RevokeGrant", {}, {"kms:GrantIsForAWSResource": False}),
         (

@@ -702,3 +702,16 @@ def test_a_key_policy_stored_with_nan_by_an_earlier_release_still_decides() -> N
                           allow(ROOT_ARN))).replace('"X"', "NaN")
     assert decide(root(), key(text), "kms:PutKeyPolicy").allowed
     assert not decide(user("alice"), key(text)).allowed  # NaN is less than nothing
+
+
+def test_an_encryption_context_deny_covers_the_constraints_of_create_grant() -> None:
+    # kms:EncryptionContext:<key> applies to CreateGrant ("AWS KMS condition keys"): a Deny on a pair
+    # refuses a grant whose constraint holds it, which would allow its grantee to use that pair.
+    restricted = {"Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+                  "Condition": {"StringEquals": {"kms:EncryptionContext:Stage": "Restricted"}}}
+    policy = key(doc(allow(ALICE_ARN), restricted))
+    params = {"GranteePrincipal": ALICE_ARN, "Operations": ["Decrypt"]}
+    for kind in ("EncryptionContextEquals", "EncryptionContextSubset"):
+        constrained = {**params, "Constraints": {kind: {"stage": "Restricted"}}}
+        assert decide(user("alice"), policy, "kms:CreateGrant", constrained).verdict is Verdict.EXPLICIT_DENY
+    assert decide(user("alice"), policy, "kms:CreateGrant", params).allowed
