@@ -108,3 +108,17 @@ async def test_bypass_lockout_check_key_is_absent_unless_the_request_sets_it(ser
     message = await refusal(svc, bob, "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy=policy,
                             BypassPolicyLockoutSafetyCheck=False)
     assert message.endswith("because no identity-based policy allows the kms:PutKeyPolicy action")
+
+
+async def test_expiration_model_key_is_absent_unless_the_request_sets_it(service) -> None:
+    # AWS's example for kms:ExpirationModel allows ImportKeyMaterial "only when the request does not
+    # have an ExpirationModel parameter" with the Null operator: the key is absent then.
+    svc, _ = service
+    default_only = {"Effect": "Allow", "Principal": {"AWS": BOB_ARN}, "Action": "kms:ImportKeyMaterial",
+                    "Resource": "*", "Condition": {"Null": {"kms:ExpirationModel": True}}}
+    created = await call(svc, root(), "CreateKey", Origin="EXTERNAL", Policy=_key_policy(default_only))
+    params = {"KeyId": created["KeyMetadata"]["KeyId"], "ImportToken": b"not a token", "EncryptedKeyMaterial": b"x",
+              "ValidTo": NOW.replace(year=NOW.year + 1)}
+    with pytest.raises(errors.InvalidImportTokenException):  # authorized: refused for its token only
+        await call(svc, user("bob"), "ImportKeyMaterial", **params)
+    await refusal(svc, user("bob"), "ImportKeyMaterial", ExpirationModel="KEY_MATERIAL_EXPIRES", **params)

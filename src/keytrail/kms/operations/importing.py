@@ -134,7 +134,11 @@ async def _parameters_for(svc: KmsService, key: Key, token: bytes) -> ImportPara
 
 
 def _conditions(params: dict[str, Any]) -> dict[str, Any]:
-    conditions: dict[str, Any] = {"kms:ExpirationModel": _model(params)}
+    """kms:ExpirationModel only when the request has the parameter: AWS's example allows an import
+    "only when the request does not have an ExpirationModel parameter" with the Null operator."""
+    conditions: dict[str, Any] = {}
+    if params.get("ExpirationModel") is not None:
+        conditions["kms:ExpirationModel"] = params["ExpirationModel"]
     if params.get("ValidTo") is not None:
         conditions["kms:ValidTo"] = params["ValidTo"].timestamp()
     return conditions
