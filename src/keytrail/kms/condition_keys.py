@@ -153,6 +153,8 @@ def _create_key(params: Mapping[str, Any], out: dict[str, Any]) -> None:
     out["kms:CustomerMasterKeyUsage"] = out["kms:KeyUsage"]
     out["kms:KeyOrigin"] = params.get("Origin") or "AWS_KMS"
     out["kms:MultiRegion"] = bool(params.get("MultiRegion"))
+    if out["kms:MultiRegion"]:  # listed for CreateKey too: a new multi-Region key is a primary
+        out["kms:MultiRegionKeyType"] = "PRIMARY"
 
 
 def _tags(name: str, params: Mapping[str, Any], out: dict[str, Any]) -> None:

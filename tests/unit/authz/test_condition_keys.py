@@ -119,6 +119,9 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
         ("EnableKeyRotation", {}, {"kms:RotationPeriodInDays": 365}),  # the default period
         ("ScheduleKeyDeletion", {}, {"kms:ScheduleKeyDeletionPendingWindowInDays": 30}),
         ("ReplicateKey", {"ReplicaRegion": "eu-west-1"}, {"kms:ReplicaRegion": "eu-west-1"}),
+        # kms:MultiRegionKeyType applies to CreateKey ("AWS KMS condition keys"): a new multi-Region key is a primary.
+        ("CreateKey", {"MultiRegion": True}, {"kms:MultiRegion": True, "kms:MultiRegionKeyType": "PRIMARY"}),
+        ("CreateKey", {}, {"kms:MultiRegion": False, "kms:MultiRegionKeyType": None}),
     ],
 )
 def test_request_conditions(operation: str, params: dict[str, Any], expected: dict[str, Any]) -> None:

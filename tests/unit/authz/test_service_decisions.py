@@ -122,3 +122,23 @@ async def test_expiration_model_key_is_absent_unless_the_request_sets_it(service
     with pytest.raises(errors.InvalidImportTokenException):  # authorized: refused for its token only
         await call(svc, user("bob"), "ImportKeyMaterial", **params)
     await refusal(svc, user("bob"), "ImportKeyMaterial", ExpirationModel="KEY_MATERIAL_EXPIRES", **params)
+
+
+async def test_replicate_key_asks_create_key_with_the_replicas_properties(service) -> None:
+    # ReplicateKey needs kms:CreateKey in the replica's Region; the key it creates is a multi-Region
+    # replica of the primary's spec, so an IAM Deny of CreateKey for multi-Region keys refuses it
+    # (it was asked with kms:MultiRegion false and kms:KeySpec SYMMETRIC_DEFAULT, whatever the key).
+    svc, _ = service
+    no_multi_region = doc({"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+                          {"Effect": "Deny", "Action": "kms:CreateKey", "Resource": "*",
+                           "Condition": {"Bool": {"kms:MultiRegion": "true"}}})
+    alice = user("alice", ACCOUNT, no_multi_region)
+    primary = (await call(svc, root(), "CreateKey", MultiRegion=True, KeySpec="ECC_NIST_P256",
+                          KeyUsage="SIGN_VERIFY"))["KeyMetadata"]["KeyId"]
+    message = await refusal(svc, alice, "ReplicateKey", KeyId=primary, ReplicaRegion="eu-west-1")
+    assert "kms:CreateKey" in message and message.endswith("with an explicit deny in an identity-based policy")
+    only_replicas_of_ecc = user("alice", ACCOUNT, doc(
+        {"Effect": "Allow", "Action": "kms:ReplicateKey", "Resource": "*"},
+        {"Effect": "Allow", "Action": "kms:CreateKey", "Resource": "*",
+         "Condition": {"StringEquals": {"kms:MultiRegionKeyType": "REPLICA", "kms:KeySpec": "ECC_NIST_P256"}}}))
+    await call(svc, only_replicas_of_ecc, "ReplicateKey", KeyId=primary, ReplicaRegion="eu-west-1")

@@ -26,6 +26,14 @@ def _conditions(key: Key, **extra: str) -> dict[str, Any]:
     return {"kms:MultiRegion": key.multi_region, "kms:MultiRegionKeyType": multiregion.key_type(key), **extra}
 
 
+def _replica_conditions(primary: Key) -> dict[str, Any]:
+    """The CreateKey condition keys of the replica ReplicateKey creates (not of its parameters)."""
+    spec, usage = str(primary.key_spec), str(primary.key_usage)
+    return {"kms:KeySpec": spec, "kms:KeyUsage": usage, "kms:CustomerMasterKeySpec": spec,
+            "kms:CustomerMasterKeyUsage": usage, "kms:KeyOrigin": str(primary.origin), "kms:MultiRegion": True,
+            "kms:MultiRegionKeyType": "REPLICA"}
+
+
 def _require_primary(key: Key) -> None:
     if not key.multi_region:
         raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region key.")
@@ -66,9 +74,10 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     region = params["ReplicaRegion"]
     await svc.authorize(call, "kms:ReplicateKey", primary, _conditions(primary, **{"kms:ReplicaRegion": region}))
     _require_same_partition(primary, region)
-    # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it).
+    # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it), for the
+    # key it creates: a multi-Region replica of the primary's spec, usage and origin.
     in_replica_region = Call(replace(call.context, region=region), call.params)
-    await svc.authorize(in_replica_region, "kms:CreateKey", None)
+    await svc.authorize(in_replica_region, "kms:CreateKey", None, _replica_conditions(primary))
     if params.get("Tags"):  # and kms:TagResource there, for the Tags parameter (IAM policy)
         await svc.authorize_identity(in_replica_region, "kms:TagResource",
                                      key_arn(region, primary.account, primary.key_id))
