@@ -342,17 +342,18 @@ class PolicyAuthorizer:
 
 def check_lockout(
     policy_doc: str | Mapping[str, Any], principal: Principal, *, bypass: bool = False,
-    call: CallContext | None = None, now: datetime | None = None, resource: str = "*",
+    call: CallContext | None = None, now: datetime | None = None, resource: str = "*", key: Key | None = None,
 ) -> None:
     """The policy lockout safety check of CreateKey and PutKeyPolicy: the new key policy must let
     the caller call PutKeyPolicy again (directly, or through its account and IAM), unless bypassed.
     `resource` is the key's ARN: a later PutKeyPolicy is matched against it, so an IAM policy
-    scoped to `…:key/*` counts."""
+    scoped to `…:key/*` counts. `key` (PutKeyPolicy: the key as it is) gives that later request
+    its key's condition keys (aws:ResourceTag/…, kms:KeySpec …), as a request "on the KMS key" has."""
     if bypass:
         return
     policy = compile_policy(policy_doc, "key")
     call = call or CallContext(principal=principal, region="", request_id="")
-    ctx = RequestContext(call, None, {}, (lambda: now) if now else utc_now)
+    ctx = RequestContext(call, key, {}, (lambda: now) if now else utc_now)
     kp = evaluate_key_policy(policy, principal, "kms:PutKeyPolicy", resource, ctx)
     identity = tuple(compile_policy(doc, "identity") for doc in principal.policies)
     verdict = evaluate_identity(identity, "kms:PutKeyPolicy", resource, ctx)

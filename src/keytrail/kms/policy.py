@@ -11,6 +11,7 @@ from typing import Any
 
 from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.evaluator import check_lockout
+from keytrail.kms.keys import Key
 from keytrail.kms.partitions import DEFAULT_PARTITION
 from keytrail.kms.policy_document import (
     MAX_POLICY_BYTES,
@@ -49,13 +50,13 @@ def default_policy(account: str, partition: str = DEFAULT_PARTITION) -> str:
 
 def validate_key_policy(
     text: str, principal: Principal, *, bypass: bool, key_arn: str = "*", call: CallContext | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, key: Key | None = None,
 ) -> dict[str, Any]:
     """Parse a key policy for CreateKey/PutKeyPolicy (MalformedPolicyDocumentException naming what
-    is wrong), then run the policy lockout safety check for the key `key_arn`, in the request's
-    context and at the service's time, unless `bypass`."""
+    is wrong), then run the policy lockout safety check for the key `key_arn` (`key`, when it
+    exists already), in the request's context and at the service's time, unless `bypass`."""
     doc = parse_policy(text, "key")
     check_principal_wildcards(doc)
     check_set_operators(doc)
-    check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn)
+    check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn, key=key)
     return doc

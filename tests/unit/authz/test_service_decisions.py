@@ -142,3 +142,27 @@ async def test_replicate_key_asks_create_key_with_the_replicas_properties(servic
         {"Effect": "Allow", "Action": "kms:CreateKey", "Resource": "*",
          "Condition": {"StringEquals": {"kms:MultiRegionKeyType": "REPLICA", "kms:KeySpec": "ECC_NIST_P256"}}}))
     await call(svc, only_replicas_of_ecc, "ReplicateKey", KeyId=primary, ReplicaRegion="eu-west-1")
+
+
+async def test_lockout_check_asks_about_a_later_put_key_policy_on_this_key(service) -> None:
+    # PutKeyPolicy: "the principal making the request must be allowed to make a subsequent
+    # PutKeyPolicy request on the KMS key": such a request has the key's condition keys (its tags).
+    svc, _ = service
+    bob = user("bob")
+    by_tag = {"Effect": "Allow", "Principal": {"AWS": BOB_ARN}, "Action": "kms:PutKeyPolicy", "Resource": "*",
+              "Condition": {"StringEquals": {"aws:ResourceTag/team": "blue"}}}
+    only_bob = json.dumps(doc(by_tag))
+    key_id = (await call(svc, root(), "CreateKey", Policy=_key_policy(by_tag),
+                         Tags=[{"TagKey": "team", "TagValue": "blue"}]))["KeyMetadata"]["KeyId"]
+    await call(svc, bob, "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy=only_bob)
+    await call(svc, bob, "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy=only_bob)  # and again
+
+
+async def test_create_key_lockout_check_sees_the_new_keys_tags(service) -> None:
+    svc, _ = service
+    by_tag = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*",
+              "Resource": "*", "Condition": {"StringEquals": {"aws:ResourceTag/team": "blue"}}}
+    policy = json.dumps(doc(by_tag))
+    await call(svc, root(), "CreateKey", Policy=policy, Tags=[{"TagKey": "team", "TagValue": "blue"}])
+    with pytest.raises(errors.MalformedPolicyDocumentException):
+        await call(svc, root(), "CreateKey", Policy=policy, Tags=[{"TagKey": "team", "TagValue": "red"}])

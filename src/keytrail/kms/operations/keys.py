@@ -86,15 +86,15 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     arn = key_arn(context.region, context.account, key_id)
     if tags:  # "To use the Tags parameter", kms:TagResource in an IAM policy (CreateKey)
         await svc.authorize_identity(call, "kms:TagResource", arn)
-    if "Policy" in params:
-        validate_key_policy(policy, context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
-                            key_arn=arn, call=context, now=svc.now())
     key = Key(
         account=context.account, region=context.region, key_id=key_id,
         creation_date=svc.now(), key_spec=spec, key_usage=usage, origin=origin,
         description=params.get("Description") or "", policy=policy, tags=tuple(tags.items()),
         multi_region=multi_region, primary_region=context.region if multi_region else None,
     )
+    if "Policy" in params:  # checked for the key as it will be (its tags, spec …), as a later PutKeyPolicy sees it
+        validate_key_policy(policy, context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
+                            key_arn=arn, call=context, now=svc.now(), key=key)
     svc.check_dry_run(call)  # before the first material: a dry run must make no key in an HSM either
     key = await _with_first_material(svc, call, key)
     await _save_new_key(svc, key)

@@ -36,7 +36,7 @@ async def put_key_policy(svc: KmsService, call: Call) -> Response:
     # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included.
     await svc.authorize(call, "kms:PutKeyPolicy", key)  # kms:BypassPolicyLockoutSafetyCheck: from the request
     validate_key_policy(call.params["Policy"], call.context.principal, bypass=bypass, key_arn=key.arn,
-                        call=call.context, now=svc.now())
+                        call=call.context, now=svc.now(), key=key)
     await svc.store.put_key(replace(key, policy=call.params["Policy"]))
     return {}
 
