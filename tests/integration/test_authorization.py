@@ -335,6 +335,21 @@ def test_not_principal_in_an_allow_is_refused(alice: Any) -> None:
     assert message == 'Policy statement 2 (Sid \'AllBut\'): NotPrincipal can only be used with "Effect": "Deny".'
 
 
+def test_a_not_principal_deny_spares_a_user_only_with_its_account(alice: Any, bob: Any) -> None:
+    # IAM, NotPrincipal: "you must also specify the account ARN of the not-denied principal.
+    # Otherwise, the policy might deny access to the entire account containing the principal."
+    use = statement(BOB, USE)
+    for spared, allowed in (([BOB], False), ([BOB, ROOT], True)):
+        deny = {"Effect": "Deny", "NotPrincipal": {"AWS": spared}, "Action": "kms:Encrypt", "Resource": "*"}
+        key = new_key(alice, policy(use, deny))
+        if allowed:
+            bob.encrypt(KeyId=key, Plaintext=b"x")
+        else:
+            code, message = error_of(bob.encrypt, KeyId=key, Plaintext=b"x")
+            assert code == "AccessDeniedException"
+            assert message.endswith("with an explicit deny in a resource-based policy")
+
+
 def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> None:
     by_alias = statement(
         BOB, "kms:Encrypt", Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}
