@@ -11,7 +11,7 @@ import base64
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -47,6 +47,17 @@ class Pattern:
 
     parts: tuple[tuple[str, str], ...]  # ("lit", text) | ("any", "") | ("one", "") | ("var", body)
     ignore_case: bool = False
+    # Worked out once, as every request matches them: the text of a pattern of literals only (in
+    # lowercase when case is ignored), the runs of a pattern with wildcards and no variables.
+    _text: str | None = field(default=None, init=False, compare=False, repr=False)
+    _runs: _Runs | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.is_literal:
+            text = self.literal()
+            object.__setattr__(self, "_text", text.lower() if self.ignore_case else text)
+        elif "var" not in (kind for kind, _ in self.parts):
+            object.__setattr__(self, "_runs", self.runs(_no_variables))
 
     @classmethod
     def parse(cls, text: str, *, wildcards: bool, variables: bool, ignore_case: bool = False) -> Pattern:
@@ -79,29 +90,33 @@ class Pattern:
     def literal(self) -> str:
         return "".join(body for _, body in self.parts)
 
-    def regex(self, resolve: Resolve) -> re.Pattern[str] | None:
-        """The escaped regex for this pattern; None when a variable has no value and no default."""
-        out: list[str] = []
+    def runs(self, resolve: Resolve) -> _Runs | None:
+        """The pattern as its runs between `*` wildcards, each a fixed-length escaped regex (`?` is
+        `.`); None when a variable has no value and no default."""
+        runs: list[str] = []
+        run: list[str] = []
+        length = 0  # of the current run, in characters of the value
         for kind, body in self.parts:
-            if kind == "lit":
-                out.append(re.escape(body))
-            elif kind == "any":
-                out.append(".*")
+            if kind == "any":
+                runs.append("".join(run))
+                run, length = [], 0
             elif kind == "one":
-                out.append(".")
+                run.append(".")
+                length += 1
             else:
-                value = _variable_value(body, resolve)
-                if value is None:
+                text = body if kind == "lit" else _variable_value(body, resolve)
+                if text is None:
                     return None
-                out.append(re.escape(value))
-        return _compiled("".join(out), self.ignore_case)
+                run.append(re.escape(text))
+                length += len(text)
+        runs.append("".join(run))
+        return _compiled(tuple(runs), length, self.ignore_case)
 
     def matches(self, value: str, resolve: Resolve) -> bool:
-        if self.is_literal:
-            text = self.literal()
-            return value.lower() == text.lower() if self.ignore_case else value == text
-        regex = self.regex(resolve)
-        return regex is not None and regex.fullmatch(value) is not None
+        if self._text is not None:
+            return (value.lower() if self.ignore_case else value) == self._text
+        runs = self._runs or self.runs(resolve)
+        return runs is not None and runs.match(value)
 
 
 def _variable_value(body: str, resolve: Resolve) -> str | None:
@@ -112,9 +127,48 @@ def _variable_value(body: str, resolve: Resolve) -> str | None:
     return _as_string(value)
 
 
+class _Runs:
+    """A wildcard pattern matched without backtracking: never one regex with `.*` in it, which
+    backtracks O(n^k) times for k stars (a StringLike on a caller's encryption context value could
+    hold the event loop for years). Each run between stars has a fixed length; the first must
+    start the value, the last end it, and the others are placed leftmost in order, which finds a
+    match whenever there is one. Each run is searched once: O(len(value) × len(pattern))."""
+
+    __slots__ = ("first", "last", "last_length", "middle")
+
+    def __init__(self, runs: tuple[re.Pattern[str], ...], last_length: int) -> None:
+        self.first, *middle, self.last = runs
+        self.middle = tuple(middle)
+        self.last_length = last_length
+
+    def match(self, value: str) -> bool:
+        head = self.first.match(value)
+        if head is None:
+            return False
+        position = head.end()
+        for run in self.middle:
+            found = run.search(value, position)
+            if found is None:
+                return False
+            position = found.end()
+        start = len(value) - self.last_length
+        return start >= position and self.last.fullmatch(value, start) is not None
+
+
+class _Whole(_Runs):
+    """A pattern without `*`: one fixed-length run that is the whole value."""
+
+    def match(self, value: str) -> bool:
+        return self.first.fullmatch(value) is not None
+
+
 @lru_cache(maxsize=4096)
-def _compiled(regex: str, ignore_case: bool) -> re.Pattern[str]:
-    return re.compile(regex, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
+def _compiled(runs: tuple[str, ...], last_length: int, ignore_case: bool) -> _Runs:
+    flags = re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL
+    compiled = tuple(re.compile(run, flags) for run in runs)
+    if len(compiled) == 1:
+        return _Whole(compiled * 2, last_length)
+    return _Runs(compiled, last_length)
 
 
 def wildcard_match(pattern: str, value: str, *, ignore_case: bool = False) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator, wildcard_match
 
@@ -238,3 +241,26 @@ def test_a_date_beyond_the_calendar_matches_nothing_rather_than_raising(policy: 
     # Request values such as an encryption context's are the caller's to choose.
     assert holds("DateLessThan", "k", policy, {"k": value}) is False
     assert holds("DateGreaterThan", "k", policy, {"k": value}) is False
+
+
+def test_wildcards_take_steps_in_proportion_to_the_value_not_to_its_power() -> None:
+    # `*` turned into a regex `.*` backtracks: "*a*a*a*a*Z" against 20,000 characters takes O(n^5)
+    # steps (years), and a StringLike on a request value (an encryption context value, which the
+    # caller chooses) held the event loop of the whole node. The value is read once per `*`-run.
+    value = "a" * 20_000
+    assert not wildcard_match("*a*a*a*a*Z", value)
+    assert wildcard_match("*a*a*a*a*", value)
+    context = {"kms:EncryptionContext:app": "-" * 20_000}
+    assert not holds("StringLike", "kms:EncryptionContext:app", "*-prod-*-*x", context)
+
+
+def _reference(pattern: str, value: str, ignore_case: bool) -> bool:
+    """The regex reading of a wildcard pattern, for small inputs."""
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(body, value, re.DOTALL | (re.IGNORECASE if ignore_case else 0)) is not None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab*?.", max_size=8), st.text(alphabet="abAB.\n", max_size=10), st.booleans())
+def test_wildcard_matching_agrees_with_its_regex_reading(pattern: str, value: str, ignore_case: bool) -> None:
+    assert wildcard_match(pattern, value, ignore_case=ignore_case) == _reference(pattern, value, ignore_case)
