@@ -15,6 +15,7 @@ from keytrail.kms.keys import Key
 from keytrail.kms.partitions import DEFAULT_PARTITION
 from keytrail.kms.policy_document import (
     MAX_POLICY_BYTES,
+    check_characters,
     check_principal_wildcards,
     check_set_operators,
     compile_policy,
@@ -56,6 +57,7 @@ def validate_key_policy(
     is wrong), then run the policy lockout safety check for the key `key_arn` (`key`, when it
     exists already), in the request's context and at the service's time, unless `bypass`."""
     doc = parse_policy(text, "key")
+    check_characters(text, doc)
     check_principal_wildcards(doc)
     check_set_operators(doc)
     check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn, key=key)

@@ -23,6 +23,7 @@ __all__ = [
     "PolicyKind",
     "PrincipalSet",
     "Statement",
+    "check_characters",
     "check_principal_wildcards",
     "check_set_operators",
     "compile_policy",
@@ -177,6 +178,33 @@ def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
             if name != "*" and ("*" in name or "?" in name):
                 raise _malformed(f"Policy {_where(statement, index)} contains a statement with one or more "
                                  f"invalid principals: {name!r}.")
+
+
+# "Key policy format": "printable ASCII characters, printable characters in the Basic Latin and
+# Latin-1 Supplement character set, the tab, line feed, and carriage return". Anything else (a
+# Cyrillic U+0456 for the i of "Restricted", a right-to-left override, a zero-width space) lets
+# a policy read otherwise than it is evaluated: a Deny whose value never matches what one reads.
+_NOT_ALLOWED = re.compile(r"[^\t\n\r\x20-\x7e\xa1-\xac\xae-\xff]")
+
+
+def check_characters(text: str, doc: Any) -> None:
+    """Refuse a key policy with a character AWS does not allow in one, written as itself or as a
+    JSON escape (checked when a policy is set; a stored one still loads)."""
+    for value in (text, *_strings_in(doc)):
+        found = _NOT_ALLOWED.search(value)
+        if found is not None:
+            raise _malformed(f"The policy document contains a character key policies do not allow: "
+                             f"U+{ord(found.group()):04X}.")
+
+
+def _strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings_in(k), *_strings_in(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings_in(item)]
+    return []
 
 
 # "AWS KMS condition keys": a policy with ForAllValues on these single-valued keys is refused, as

@@ -195,3 +195,26 @@ def test_set_operators_on_multi_valued_keys_stay_allowed() -> None:
                   "ForAnyValue:StringEquals": {"kms:EncryptionContext:Department": "IT"}}
     statement = {**OK_STATEMENT, "Condition": conditions}
     validate_key_policy(json.dumps({"Version": "2012-10-17", "Statement": [statement]}), root(), bypass=True)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("Restr\u0456cted", "U+0456"),  # a Cyrillic i (U+0456): the Deny below would never match "Restricted"
+    ("Restricted\u202e", "U+202E"),  # a right-to-left override, which makes the text read otherwise
+    ("\\u200bRestricted", "U+200B"),  # a zero-width space, written as a JSON escape
+])
+def test_key_policy_characters_are_those_aws_allows(text: str, shown: str) -> None:
+    # "Key policy format": printable ASCII, printable Basic Latin and Latin-1 Supplement, tab, LF, CR.
+    statement = {**OK_STATEMENT, "Effect": "Deny", "Principal": {"AWS": "*"},
+                 "Condition": {"StringEquals": {"kms:EncryptionContext:stage": "X"}}}
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [OK_STATEMENT, statement]}, ensure_ascii=False)
+    policy = policy.replace('"X"', f'"{text}"')
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        validate_key_policy(policy, root(), bypass=True)
+    assert info.value.message == f"The policy document contains a character key policies do not allow: {shown}."
+    compile_policy(policy)  # a stored policy that has one still loads
+
+
+def test_latin_1_letters_tabs_and_line_breaks_are_allowed_in_key_policies() -> None:
+    statement = {**OK_STATEMENT, "Sid": "Équipe café", "Condition": {"StringEquals": {"kms:EncryptionContext:a": "ü"}}}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [statement]}, ensure_ascii=False, indent="\t")
+    validate_key_policy(text.replace("\n", "\r\n"), root(), bypass=True)
