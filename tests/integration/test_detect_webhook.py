@@ -33,6 +33,7 @@ class Receiver(ThreadingHTTPServer):
     def __init__(self, statuses: list[int]) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.statuses = statuses
+        self.chokes_on: set[str] = set()  # alarmIds answered 503 whatever the script says
         self.requests: list[tuple[bytes, str | None, int]] = []
 
     @property
@@ -46,6 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         status = self.server.statuses.pop(0) if self.server.statuses else 200
+        if json.loads(body)["alarmId"] in self.server.chokes_on:
+            status = 503
         self.server.requests.append((body, self.headers.get(SIGNATURE_HEADER), status))
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -150,7 +153,8 @@ async def test_alarms_wait_out_a_receiver_that_is_down_and_arrive_in_order(recei
     from keytrail.detect.sinks import Dispatcher
 
     sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05))
+    # Back before the alarms behind the head are tried (the tests below try them).
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=10)
     alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
                                  for i in range(5)])
     for alarm in alarms:
@@ -159,6 +163,59 @@ async def test_alarms_wait_out_a_receiver_that_is_down_and_arrive_in_order(recei
     delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
     assert delivered == [alarm.alarm_id for alarm in alarms]
     assert len(receiver.requests) == 6 + 5 and dispatcher.failed == 0  # the first alarm's 2 attempts, 4 probes
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
+@pytest.mark.parametrize("receiver", [[]], indirect=True)
+async def test_an_alarm_a_receiver_answers_503_to_alone_is_dead_lettered_and_the_others_go_out(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that chokes on one payload with a 503 held that alarm, and every later one, for as
+    long as it did: the hook was taken for down. Once the alarm behind it is taken, the head is
+    tried once more and, failing again, dead-lettered (findable by its alarmId) with a log line."""
+    from keytrail.detect.sinks import Dispatcher
+
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=2)
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(4)])
+    poisoned = alarms[1].alarm_id
+    receiver.chokes_on.add(poisoned)
+    with caplog.at_level(logging.WARNING):
+        for alarm in alarms:
+            dispatcher.publish(alarm)
+        await dispatcher.close(timeout=20)
+    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
+    assert delivered == [alarms[0].alarm_id, alarms[2].alarm_id, alarms[3].alarm_id]  # each once
+    # its two attempts, two probes, the try of the next one, its two attempts once more
+    assert sum(json.loads(body)["alarmId"] == poisoned for body, _, _ in receiver.requests) == 2 + 2 + 2
+    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert entry["alarmId"] == poisoned and Alarm.from_json(entry["alarm"]) == alarms[1]
+    assert "HTTP 503" in entry["error"] and alarms[2].alarm_id in entry["error"]
+    assert any(poisoned in r.getMessage() and "given up on" in r.getMessage() for r in caplog.records)
+    assert dispatcher.failed == 1
+
+
+@pytest.mark.parametrize("receiver", [[503] * (2 + 3 + 2 * 4)], indirect=True)
+async def test_a_receiver_answering_503_to_every_alarm_has_none_dead_lettered_and_keeps_the_order(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Really down: the alarms behind the head are tried too, each fails as the head does, and
+    nothing is given up. The receiver is back at a probe of the head (its 2 attempts and the three
+    behind it, then two rounds of a probe and the three behind), so the order is kept."""
+    from keytrail.detect.sinks import Dispatcher
+
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=0)
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(5)])
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=20)
+    tried = {json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 503}
+    assert tried == {alarm.alarm_id for alarm in alarms[:4]}  # the head and the three behind it
+    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
+    assert delivered == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
     assert not (tmp_path / "dead.jsonl").exists()
 
 

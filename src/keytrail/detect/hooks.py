@@ -30,9 +30,12 @@ __all__ = [
     "HooksConfig",
     "WebhookConfig",
     "build_sinks",
+    "dead_letter_path",
+    "hook_names",
     "mqtt_url_problem",
     "outbox_paths",
     "shown_url",
+    "webhook_name",
     "webhook_url_problem",
 ]
 
@@ -145,12 +148,28 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
     return WebhookConfig(url, secret.encode(), attempts, float(backoff))
 
 
+def hook_names(hooks: HooksConfig) -> list[str]:
+    """The name of each hook `build_sinks` makes after alarms.jsonl, in its order: `mqtt`, `kafka`,
+    `webhook-<digest>`; its outbox and dead-letter files are named by it."""
+    return [*(["mqtt"] if hooks.mqtt else []), *(["kafka"] if hooks.kafka else []),
+            *(webhook_name(webhook.url) for webhook in hooks.webhooks)]
+
+
+def webhook_name(url: str) -> str:
+    """A webhook's name in its outbox's and dead-letter file's names."""
+    return f"webhook-{_url_digest(url)}"
+
+
 def outbox_paths(data_dir: Path, hooks: HooksConfig) -> list[Path | None]:
     """The outbox file of each sink `build_sinks` makes, in its order (None for alarms.jsonl, the
     record itself): `<data-dir>/alarm-outbox-<hook>.jsonl`, hook `mqtt`, `kafka` or `webhook-<digest>`."""
-    names = [*(["mqtt"] if hooks.mqtt else []), *(["kafka"] if hooks.kafka else []),
-             *(f"webhook-{_url_digest(webhook.url)}" for webhook in hooks.webhooks)]
-    return [None, *(data_dir / f"alarm-outbox-{name}.jsonl" for name in names)]
+    return [None, *(data_dir / f"alarm-outbox-{name}.jsonl" for name in hook_names(hooks))]
+
+
+def dead_letter_path(data_dir: Path, name: str) -> Path:
+    """`<data-dir>/alarm-dead-letter-<hook>.jsonl`: by the hook's name, as its outbox, not by its
+    place among the hooks (sinks/dead_letter.py)."""
+    return data_dir / f"alarm-dead-letter-{name}.jsonl"
 
 
 def _url_digest(url: str) -> str:
@@ -166,19 +185,19 @@ def build_sinks(data_dir: Path, hooks: HooksConfig) -> list[AlarmSink]:
     if hooks.mqtt:
         from keytrail.detect.sinks.mqtt import MqttSink
 
-        sinks.append(MqttSink(hooks.mqtt))
+        sinks.append(MqttSink(hooks.mqtt, dead_letter=dead_letter_path(data_dir, "mqtt")))
     if hooks.kafka:
         from keytrail.detect.sinks.kafka import KafkaSink
 
-        sinks.append(KafkaSink(hooks.kafka))
-    for index, webhook in enumerate(hooks.webhooks):
+        sinks.append(KafkaSink(hooks.kafka, dead_letter=dead_letter_path(data_dir, "kafka")))
+    for webhook in hooks.webhooks:
         from keytrail.detect.sinks.webhook import WebhookSink
 
         sinks.append(
             WebhookSink(
                 webhook.url,
                 webhook.secret,
-                data_dir / f"webhook-dead-letter-{index}.jsonl",
+                dead_letter_path(data_dir, webhook_name(webhook.url)),
                 attempts=webhook.attempts,
                 backoff=webhook.backoff,
             )

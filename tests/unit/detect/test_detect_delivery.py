@@ -321,17 +321,19 @@ class Outage:
     """A hook that is down until `up` is set: every delivery raises HookDown, as the real ones do
     once their attempts have found no broker or receiver."""
 
-    def __init__(self) -> None:
-        self.up = False
+    def __init__(self, *, reached: bool = True) -> None:
+        self.up, self.reached = False, reached  # reached: it answers (a 503), rather than refusing connections
         self.calls = 0
         self.alarms: list[Alarm] = []
+        self.tried: list[str] = []
 
     async def deliver(self, alarm: Alarm) -> None:
         from keytrail.detect.sinks import HookDown
 
         self.calls += 1
+        self.tried.append(alarm.alarm_id)
         if not self.up:
-            raise HookDown("connection refused")
+            raise HookDown("HTTP 503", reached=self.reached)
         self.alarms.append(alarm)
 
 
@@ -344,7 +346,8 @@ async def test_a_hook_that_is_down_holds_its_alarms_within_the_queue_bound_and_p
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     hook, alarms = Outage(), _alarms(8)
-    dispatcher = Dispatcher([hook], queue_size=5, pause=(0.01, 0.04))
+    # The probes of the head only: the tries of the alarms behind it are the next tests'.
+    dispatcher = Dispatcher([hook], queue_size=5, pause=(0.01, 0.04), send_ahead_after=10**9)
     with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
         for alarm in alarms:
             dispatcher.publish(alarm)
@@ -358,6 +361,78 @@ async def test_a_hook_that_is_down_holds_its_alarms_within_the_queue_bound_and_p
     messages = [r.getMessage() for r in caplog.records]
     assert sum("is down" in m for m in messages) == 1 and sum("Outage is back" in m for m in messages) == 1
     assert sum("is full" in m for m in messages) == 1  # one line per overflow, not one per alarm dropped
+
+
+class Choking(Outage):
+    """A hook that is up but fails on the alarms in `chokes_on` as being down, as a receiver that
+    answers 503 to one payload (or a broker that hangs up on it) does."""
+
+    def __init__(self, chokes_on: set[str]) -> None:
+        super().__init__()
+        self.up, self.chokes_on = True, chokes_on
+
+    async def deliver(self, alarm: Alarm) -> None:
+        from keytrail.detect.sinks import HookDown
+
+        if alarm.alarm_id in self.chokes_on:
+            self.tried.append(alarm.alarm_id)
+            raise HookDown(f"HTTP 503; alarm {alarm.alarm_id} not delivered", reached=True)
+        await super().deliver(alarm)
+
+
+async def test_an_alarm_a_hook_that_is_up_fails_on_as_down_is_given_up_on_and_the_rest_go_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alarms = _alarms(4)
+    hook = Choking({alarms[1].alarm_id})
+    dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=2)
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        for alarm in alarms:
+            dispatcher.publish(alarm)
+        await dispatcher.close(timeout=5)
+    assert hook.alarms == [alarms[0], alarms[2], alarms[3]] and dispatcher.failed == 1
+    # its attempt, two probes, each followed by a try of the one behind it from the second on,
+    # which goes out; the head once more; then the rest, the one taken ahead not twice
+    ids = [a.alarm_id for a in alarms]
+    assert hook.tried == [ids[0], ids[1], ids[1], ids[1], ids[2], ids[1], ids[3]]
+    [line] = [r.getMessage() for r in caplog.records if "given up on" in r.getMessage()]
+    assert f"took alarm {ids[2]} but keeps failing on alarm {ids[1]}" in line
+
+
+@pytest.mark.parametrize("reached", [True, False])
+async def test_a_hook_really_down_gives_nothing_up_and_keeps_the_order(reached: bool) -> None:
+    hook, alarms = Outage(reached=reached), _alarms(6)
+    dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    while hook.calls < 40:  # ten rounds of the head and the three behind it, or forty probes of the head
+        await asyncio.sleep(0.01)
+    hook.up = True
+    await dispatcher.close(timeout=5)
+    assert hook.alarms == alarms and dispatcher.failed == 0
+    # Only a hook that answers (503) may fail on one alarm alone: one refusing connections has
+    # nothing behind its head tried, as every alarm would fail the same way.
+    assert set(hook.tried[:40]) == ({a.alarm_id for a in alarms[:4]} if reached else {alarms[0].alarm_id})
+
+
+async def test_an_alarm_taken_ahead_is_not_sent_again_but_a_later_state_of_it_is(tmp_path: Path) -> None:
+    import dataclasses
+
+    from keytrail.detect.sinks.outbox import Outbox
+
+    head, behind = _alarms(2)
+    hook = Choking({head.alarm_id})
+    dispatcher = Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")], pause=(0.01, 0.02),
+                            send_ahead_after=0)
+    dispatcher.publish(head)
+    dispatcher.publish(behind)
+    while behind not in hook.alarms:  # taken ahead of the head
+        await asyncio.sleep(0.01)
+    later = dataclasses.replace(behind, count=behind.count + 1)
+    dispatcher.publish(later)  # the next tick's count, while the first state is still queued
+    await dispatcher.close(timeout=5)
+    assert hook.alarms == [behind, later]
+    assert Outbox(tmp_path / "outbox.jsonl").owed == []  # both handled: nothing owed after a restart
 
 
 async def test_closing_with_a_hook_down_ends_at_the_drain_timeout_and_its_outbox_keeps_the_alarms(

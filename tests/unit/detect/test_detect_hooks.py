@@ -85,6 +85,9 @@ async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
     names = [p.name if p else None for p in outbox_paths(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))]
     assert names[:3] == [None, "alarm-outbox-mqtt.jsonl", "alarm-outbox-kafka.jsonl"]
     assert names[3:] == [_webhook_outbox(sink) for sink in sinks[3:]]
+    # Dead letters by the hook's name too, not by its place among the webhooks.
+    letters = [sink.dead_letters.path.name for sink in sinks[1:]]  # type: ignore[attr-defined]
+    assert letters == [name.replace("alarm-outbox-", "alarm-dead-letter-") for name in names[1:] if name]
     for sink in sinks:
         await sink.aclose()  # type: ignore[attr-defined]
 

@@ -1,12 +1,14 @@
 """Alarm hooks. Each is one `AlarmSink`; the `Dispatcher` keeps any of them from blocking or
 crashing the pipeline (one bounded queue and one worker per sink, errors logged, overflow dropped
 and counted), and holds a hook's alarms while it is down (`HookDown`) instead of spending each
-alarm's attempts on it."""
+alarm's attempts on it, unless the hook takes the alarms behind the one it fails on."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
@@ -19,6 +21,13 @@ __all__ = ["AlarmSink", "Attempts", "DeliveryError", "Dispatcher", "Failure", "H
 
 log = logging.getLogger(__name__)
 
+# A hook down for its head alarm's attempts and this many probes has each further failed probe
+# followed by a try of the alarms behind the head, the first LOOK_AHEAD of them: one taken shows a
+# hook that is up and fails on that one alarm only (`Dispatcher._deliver`). With the default
+# schedules this is about 15 s after the head was first tried.
+SEND_AHEAD_AFTER = 3
+LOOK_AHEAD = 3
+
 
 class DeliveryError(RuntimeError):
     """A hook gave up on an alarm after its retries."""
@@ -26,7 +35,13 @@ class DeliveryError(RuntimeError):
 
 class HookDown(DeliveryError):
     """The hook is out of reach (connection refused, timeout, no broker, a 503): the alarm was not
-    refused, and the dispatcher keeps it, and those behind it, until the hook is back."""
+    refused, and the dispatcher keeps it, and those behind it, until the hook is back. `reached`:
+    the hook was reached and failed on this delivery (a webhook's 503, a broker hanging up on the
+    publish), which may be about this alarm only: the alarms behind it are then worth a try."""
+
+    def __init__(self, message: str, *, reached: bool = False) -> None:
+        super().__init__(message)
+        self.reached = reached
 
 
 @runtime_checkable
@@ -40,6 +55,20 @@ class _Closable(Protocol):
     async def aclose(self) -> None: ...
 
 
+class _DeadLettering(Protocol):
+    def add(self, alarm: Alarm, error: str, attempts: int) -> None: ...
+
+
+class _HookQueue(asyncio.Queue[Alarm]):
+    """A hook's queue, whose first alarms can be looked at without taking them."""
+
+    def _init(self, maxsize: int) -> None:  # asyncio.Queue's own store, as its subclasses make theirs
+        self._queue: collections.deque[Alarm] = collections.deque()
+
+    def peek(self, count: int) -> list[Alarm]:
+        return list(itertools.islice(self._queue, count))
+
+
 class Dispatcher:
     """Fans alarms out to sinks without ever waiting for one. A sink given an `Outbox` (same
     position in `outboxes`, None for none) first gets what the outbox says it is still owed, and
@@ -50,14 +79,18 @@ class Dispatcher:
 
     def __init__(
         self, sinks: Sequence[AlarmSink], queue_size: int = 10_000, outboxes: Sequence[Outbox | None] = (),
-        pause: tuple[float, float] = (1.0, 30.0),
+        pause: tuple[float, float] = (1.0, 30.0), send_ahead_after: int = SEND_AHEAD_AFTER,
     ) -> None:
         self.sinks = list(sinks)
         self.dropped = 0
         self.failed = 0
         self.pause = pause  # first and longest wait between probes of a hook that is down
+        self.send_ahead_after = send_ahead_after  # probes of the head before the alarms behind it are tried
         self._outboxes = [*outboxes, *[None] * (len(self.sinks) - len(outboxes))]
-        self._queues: list[asyncio.Queue[Alarm]] = [asyncio.Queue(queue_size) for _ in self.sinks]
+        self._queues = [_HookQueue(queue_size) for _ in self.sinks]
+        # Of each hook, the state (`_progress`) of the alarms it took ahead of the head, by alarmId:
+        # passed over when their turn comes.
+        self._ahead: list[dict[str, tuple[int, int]]] = [{} for _ in self.sinks]
         # Of a hook with an outbox, the latest state of each alarm in its queue, delivered in its place.
         self._latest: list[dict[str, Alarm] | None] = [{} if box is not None else None for box in self._outboxes]
         self._in_delivery = [False] * len(self.sinks)
@@ -109,7 +142,8 @@ class Dispatcher:
                 alarm = latest.pop(alarm.alarm_id, alarm)
             self._in_delivery[index] = True
             try:
-                await self._deliver(index, alarm)
+                if not self._taken_ahead(index, alarm):
+                    await self._deliver(index, alarm)
             except Exception:  # a hook must never take the detector down
                 self.failed += 1
                 log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
@@ -120,22 +154,75 @@ class Dispatcher:
             if outbox is not None:
                 outbox.handled(alarm, drained=queue.empty())
 
+    def _taken_ahead(self, index: int, alarm: Alarm) -> bool:
+        """Whether the hook took this state of the alarm (or a later one) ahead of its turn."""
+        sent = self._ahead[index].pop(alarm.alarm_id, None)
+        return sent is not None and _progress(alarm) <= sent
+
     async def _deliver(self, index: int, alarm: Alarm) -> None:
         """Deliver the alarm, or let the hook give up on it; while the hook is down, probe it with
-        this alarm after a pause growing to `pause[1]`: the alarms behind it wait their turn in order."""
-        pause = self.pause[0]
+        this alarm after a pause growing to `pause[1]`: the alarms behind it wait their turn in order.
+        From the `send_ahead_after`th probe on, a probe that reached the hook and failed is followed
+        by a try of the alarms behind it (`_send_ahead`): if the hook takes one, it is up, and it is
+        this alarm it fails on (a receiver answering 503 to that payload, a broker hanging up on
+        it), which would otherwise hold every later alarm for as long as it does. Tried once more
+        and failing again, it is given up on (`_give_up`). A hook really down takes none of them:
+        nothing is given up, and the order is kept."""
+        pause, probes, taken = self.pause[0], 0, None
         while True:
             try:
                 await self.sinks[index].deliver(alarm)
                 break
             except HookDown as exc:
+                if taken is not None:
+                    await self._give_up(index, alarm, exc, taken, probes)
+                    return
                 self._went_down(index, exc)
+                if exc.reached and probes >= self.send_ahead_after and (
+                        taken := await self._send_ahead(index, alarm)) is not None:
+                    continue  # it takes alarms: this one again at once (it may have come back just now)
             except Exception:
                 self._came_back(index)  # it answered, if only to refuse this alarm
                 raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, self.pause[1])
+            probes += 1
         self._came_back(index)
+
+    async def _send_ahead(self, index: int, head: Alarm) -> Alarm | None:
+        """Try the first LOOK_AHEAD alarms behind the head (other alarms than the head, in their
+        latest state) until the hook takes one: that one (recorded, so that it is passed over when
+        its turn comes), or None if the hook failed on each as being down."""
+        latest, ahead = self._latest[index], self._ahead[index]
+        for queued in self._queues[index].peek(LOOK_AHEAD):
+            alarm = latest.get(queued.alarm_id, queued) if latest is not None else queued
+            if alarm.alarm_id == head.alarm_id or alarm.alarm_id in ahead:
+                continue
+            try:
+                await self.sinks[index].deliver(alarm)
+            except HookDown:
+                continue
+            except Exception:  # it answered, refusing this one (and gave it up): the hook is up all the same
+                self.failed += 1
+                log.exception("alarm sink %s failed on %s", type(self.sinks[index]).__name__, alarm.alarm_id)
+            ahead[alarm.alarm_id] = _progress(alarm)
+            return alarm
+        return None
+
+    async def _give_up(self, index: int, alarm: Alarm, exc: HookDown, taken: Alarm, probes: int) -> None:
+        """The hook took `taken`, behind `alarm`, and still fails on `alarm` as if it were down:
+        treat it as refused (dead-lettered where the hook has a dead-letter file), so the alarms
+        behind it go out."""
+        sink, self._down_since[index] = self.sinks[index], None  # it is up: it takes other alarms
+        name, attempts = type(sink).__name__, getattr(sink, "attempts", 1)
+        self.failed += 1
+        log.error("alarm hook %s took alarm %s but keeps failing on alarm %s as if it were down (%s): alarm %s is "
+                  "given up on so that the alarms behind it go out", name, taken.alarm_id, alarm.alarm_id, exc,
+                  alarm.alarm_id)
+        letters: _DeadLettering | None = getattr(sink, "dead_letters", None)
+        if letters is not None:
+            error = f"answered as down while it took alarm {taken.alarm_id}: {exc}"
+            await asyncio.to_thread(letters.add, alarm, error, 2 * attempts + probes)
 
     def _went_down(self, index: int, exc: HookDown) -> None:
         if self._down_since[index] is None:

@@ -30,10 +30,12 @@ def retry_waits(attempts: int, backoff: float) -> list[float | None]:
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why one attempt failed; `down`: for want of the hook (it did not answer, or answered that it
-    cannot take anything now), not because it refused this alarm."""
+    cannot take anything now), not because it refused this alarm; `reached`: the hook was reached
+    (a webhook's answer, an MQTT connection open), so the failure may be about this alarm alone."""
 
     reason: str
     down: bool
+    reached: bool = False
 
 
 class Attempts:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -18,6 +20,7 @@ from aiokafka.errors import (
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import encode_alarm
 from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
+from keytrail.detect.sinks.dead_letter import DeadLetters
 from keytrail.transport.kafka import quiet_bootstrap
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
@@ -34,13 +37,16 @@ REFUSALS = (CorruptRecordException, InvalidMessageError, InvalidTimestampError, 
 class KafkaSink:
     """Sends each alarm and waits for the broker's ack (in the sink's own worker, never inline);
     a broker out of reach is tried again with backoff, as the MQTT hook does, and then is the hook
-    down (`HookDown`); a record the broker refuses is given up on after its attempts."""
+    down (`HookDown`); a record the broker refuses is given up on after its attempts: written to
+    `dead_letter` (as serve and detect make it), else raised as a `DeliveryError`."""
 
     def __init__(
-        self, bootstrap: str, topic: str = ALARMS_TOPIC, *, attempts: int = 5, backoff: float = 0.5
+        self, bootstrap: str, topic: str = ALARMS_TOPIC, *, attempts: int = 5, backoff: float = 0.5,
+        dead_letter: Path | None = None,
     ) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.attempts, self.backoff = attempts, backoff
+        self.dead_letters = DeadLetters(dead_letter, "Kafka") if dead_letter is not None else None
         self._producer: AIOKafkaProducer | None = None
         self._attempts = Attempts("Kafka", attempts, backoff)
 
@@ -49,7 +55,9 @@ class KafkaSink:
         failure = await self._attempts.run(lambda: self._send(value, key), alarm.alarm_id)
         if failure is not None and failure.down:
             raise HookDown(f"Kafka: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered")
-        if failure is not None:
+        if failure is not None and self.dead_letters is not None:
+            await asyncio.to_thread(self.dead_letters.add, alarm, failure.reason, self.attempts)
+        elif failure is not None:
             raise DeliveryError(f"Kafka: gave up on alarm {alarm.alarm_id} after {self.attempts} attempts: "
                                 f"{failure.reason}")
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -14,6 +15,7 @@ import aiomqtt
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.hooks import mqtt_url_problem
 from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
+from keytrail.detect.sinks.dead_letter import DeadLetters
 
 __all__ = ["DeliveryError", "HookDown", "MqttSink"]
 
@@ -22,7 +24,8 @@ __all__ = ["DeliveryError", "HookDown", "MqttSink"]
 class MqttSink:
     """Publishes alarms over one connection, reopened (with backoff) whenever it breaks. A broker
     takes any alarm it can be reached for (QoS 1 knows no refusal): a failed delivery is the broker
-    down (`HookDown`), never an alarm given up on."""
+    down (`HookDown`), never an alarm given up on by the sink; `dead_letter` is where the
+    dispatcher puts one the broker hangs up on while it takes the alarms behind it."""
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class MqttSink:
         backoff: float = 0.5,
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        dead_letter: Path | None = None,
     ) -> None:
         if problem := mqtt_url_problem(url):
             raise ValueError(problem)
@@ -49,6 +53,7 @@ class MqttSink:
             timeout,
         )
         self._attempts = Attempts("MQTT", attempts, backoff, sleep)
+        self.dead_letters = DeadLetters(dead_letter, "MQTT") if dead_letter is not None else None
         self._client: aiomqtt.Client | None = None
 
     def topic(self, alarm: Alarm) -> str:
@@ -58,16 +63,20 @@ class MqttSink:
         payload = json.dumps(alarm.to_json(), separators=(",", ":"))
         failure = await self._attempts.run(lambda: self._publish(self.topic(alarm), payload), alarm.alarm_id)
         if failure is not None:
-            raise HookDown(f"MQTT: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered")
+            raise HookDown(f"MQTT: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered",
+                           reached=failure.reached)
 
     async def _publish(self, topic: str, payload: str) -> Failure | None:
+        connected = False
         try:
             client = await self._connect()
+            connected = True
             await client.publish(topic, payload, qos=1, timeout=self.timeout)
             return None
         except (aiomqtt.MqttError, OSError) as exc:
             await self._disconnect()  # start afresh on the next attempt
-            return Failure(str(exc) or type(exc).__name__, down=True)
+            # Connected, the publish failed: the broker hung up on this alarm, or has no room for it.
+            return Failure(str(exc) or type(exc).__name__, down=True, reached=connected)
 
     async def _connect(self) -> aiomqtt.Client:
         if self._client is None:

@@ -14,16 +14,14 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from keytrail.detect.alarms import Alarm, format_time
+from keytrail.detect.alarms import Alarm
 from keytrail.detect.hooks import shown_url
 from keytrail.detect.sinks import Attempts, Failure, HookDown
-from keytrail.owner_only import open_file
+from keytrail.detect.sinks.dead_letter import DeadLetters
 
 __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
@@ -63,6 +61,7 @@ class WebhookSink:
     ) -> None:
         self.url, self.secret, self.dead_letter = url, secret, dead_letter
         self.shown_url = shown_url(url)
+        self.dead_letters = DeadLetters(dead_letter, self.shown_url, with_url=True)
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._client = httpx.AsyncClient(timeout=timeout)
         self._attempts = Attempts(f"webhook {self.shown_url}", attempts, backoff)
@@ -76,9 +75,10 @@ class WebhookSink:
         }
         failure = await self._attempts.run(lambda: self._post(body, headers), alarm.alarm_id)
         if failure is not None and failure.down:
-            raise HookDown(f"webhook {self.shown_url}: {failure.reason}; alarm {alarm.alarm_id} not delivered")
+            raise HookDown(f"webhook {self.shown_url}: {failure.reason}; alarm {alarm.alarm_id} not delivered",
+                           reached=failure.reached)
         if failure is not None:
-            await asyncio.to_thread(self._dead_letter, alarm, failure.reason)
+            await asyncio.to_thread(self.dead_letters.add, alarm, failure.reason, self.attempts)
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> Failure | None:
         try:
@@ -95,18 +95,7 @@ class WebhookSink:
             return Failure(f"no answer within {self.timeout} s", down=True)
         if 200 <= status < 300:
             return None
-        return Failure(f"HTTP {status}", down=status in UNAVAILABLE)
-
-    def _dead_letter(self, alarm: Alarm, error: str) -> None:
-        entry = {
-            "url": self.shown_url,
-            "error": error,
-            "attempts": self.attempts,
-            "failedAt": format_time(datetime.now(UTC)),
-            "alarm": alarm.to_json(),
-        }
-        with os.fdopen(open_file(self.dead_letter, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as file:
-            file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        return Failure(f"HTTP {status}", down=status in UNAVAILABLE, reached=True)
 
     async def aclose(self) -> None:
         await self._client.aclose()
