@@ -92,6 +92,37 @@ async def test_alarms_raised_while_the_broker_is_down_go_out_in_order_once_it_is
     assert [decode_alarm(value) for _, value in got] == alarms and dispatcher.failed == 0
 
 
+async def test_a_record_kafka_will_not_take_is_dead_lettered_and_the_alarms_behind_it_go_out(
+    bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal path had no test. tansu (the suite's broker, 0.6.0) refuses no record: it took a
+    12 MB record on a topic whose max.message.bytes is 200, and an invalid topic name fails every
+    record alike (UnknownTopicOrPartition). So the refusal comes from aiokafka, at the producer's
+    max_request_size (1 MiB, as a Kafka broker's default message.max.bytes): MessageSizeTooLargeError,
+    what a real broker's refusal of the record raises too."""
+    import dataclasses
+
+    from keytrail.detect.sinks import Dispatcher
+    from keytrail.detect.sinks.kafka import KafkaSink
+
+    topic, dead_letter = "keytrail.alarms.refusal-test", tmp_path / "alarm-dead-letter-kafka.jsonl"
+    sink = KafkaSink(bootstrap, topic, attempts=2, backoff=0.05, dead_letter=dead_letter)
+    dispatcher = Dispatcher([sink], pause=(0.1, 0.5))
+    first, huge, last = Detector().process([denied("Decrypt", T0 + timedelta(seconds=i), key_arn(21), user(f"eve{i}"))
+                                            for i in range(3)])
+    huge = dataclasses.replace(huge, summary="x" * (1 << 20))  # over 1 MiB encoded
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        for alarm in (first, huge, last):
+            dispatcher.publish(alarm)
+        await dispatcher.close(timeout=20)
+    got = await consume(bootstrap, topic, 2)
+    assert [decode_alarm(value) for _, value in got] == [first, last] and dispatcher.failed == 0
+    [entry] = [json.loads(line) for line in dead_letter.read_text().splitlines()]
+    assert entry["alarmId"] == huge.alarm_id and entry["hook"] == "Kafka" and entry["attempts"] == 2
+    assert "MessageSizeTooLarge" in entry["error"] and entry["alarm"]["summary"] == huge.summary
+    assert any(f"gave up on alarm {huge.alarm_id}" in r.getMessage() for r in caplog.records)
+
+
 def audit_encoder(kind: str) -> Callable[[dict[str, Any]], bytes]:
     if kind == "json":
         return lambda record: json.dumps(record).encode()

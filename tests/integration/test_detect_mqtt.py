@@ -176,6 +176,55 @@ async def test_alarms_raised_during_a_broker_outage_arrive_in_order_once_it_is_b
     assert sum("attempt" in r.getMessage() for r in caplog.records) == 2  # the first alarm's two, no probe's
 
 
+async def _hang_up_on(poison: bytes, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One connection of a proxy to the broker on `port` that hangs up on a publish holding
+    `poison` (as a broker or a gateway in front of it does on a payload it chokes on)."""
+    upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def to_broker() -> None:
+        with contextlib.suppress(ConnectionError):
+            while (data := await reader.read(65536)) and poison not in data:
+                upstream_writer.write(data)
+                await upstream_writer.drain()
+        upstream_writer.close()
+        writer.close()
+
+    await asyncio.gather(to_broker(), _pipe(upstream_reader, writer))
+
+
+async def test_an_alarm_the_broker_hangs_up_on_alone_is_dead_lettered_and_the_others_arrive(
+    private_broker, tmp_path: Path, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+) -> None:
+    """Every failed MQTT delivery is the broker down, so an alarm the broker (or a proxy before it)
+    hung up on each time held the hook, and every later alarm, for good. Once an alarm behind it
+    goes out, it is tried once more, and failing again is dead-lettered; the others arrive."""
+    from keytrail.detect.sinks import Dispatcher
+
+    port, _ = private_broker
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(4)])
+    poisoned = alarms[1].alarm_id
+    proxy = await asyncio.start_server(functools.partial(_hang_up_on, poisoned.encode(), port), "127.0.0.1", 0)
+    hook_port = proxy.sockets[0].getsockname()[1]
+    sink = MqttSink(f"mqtt://127.0.0.1:{hook_port}", attempts=2, backoff=0.05, timeout=2,
+                    dead_letter=tmp_path / "alarm-dead-letter-mqtt.jsonl")
+    dispatcher = Dispatcher([sink], pause=(0.05, 0.2), send_ahead_after=1)
+    async with aiomqtt.Client("127.0.0.1", port) as subscriber:
+        await subscriber.subscribe("keytrail/alarms/#", qos=1)
+        with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+            for alarm in alarms:
+                dispatcher.publish(alarm)
+            received = [json.loads(message.payload)["alarmId"]  # type: ignore[arg-type]
+                        for message in [await next_message(subscriber.messages) for _ in range(3)]]
+            await dispatcher.close(timeout=10)
+    proxy.close()
+    assert received == [alarms[0].alarm_id, alarms[2].alarm_id, alarms[3].alarm_id]
+    [entry] = [json.loads(line) for line in (tmp_path / "alarm-dead-letter-mqtt.jsonl").read_text().splitlines()]
+    assert entry["alarmId"] == poisoned and entry["hook"] == "MQTT" and entry["alarm"] == alarms[1].to_json()
+    assert any(f"keeps failing on alarm {poisoned}" in r.getMessage() for r in caplog.records)
+    assert dispatcher.failed == 1
+
+
 async def test_an_alarm_mqtt_had_not_taken_when_serve_was_killed_arrives_after_the_restart(tmp_path: Path) -> None:
     """The broker is down when the alarm is raised: alarms.jsonl has it, the MQTT hook is still
     retrying when serve is killed. The restart announces nothing alarms.jsonl holds, so the hook's

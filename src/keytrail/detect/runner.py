@@ -28,7 +28,7 @@ from keytrail.detect.hooks import HooksConfig, build_sinks, outbox_paths
 from keytrail.detect.rules import RuleSet
 from keytrail.detect.sinks import AlarmSink, Dispatcher
 from keytrail.detect.sinks.jsonl import read_alarms
-from keytrail.detect.sinks.outbox import Outbox
+from keytrail.detect.sinks.outbox import Outbox, warn_of_stale
 from keytrail.detect.sources import Decoder, ValueBatch, default_decoder, is_avro
 
 if TYPE_CHECKING:
@@ -78,7 +78,9 @@ class DetectorRunner:
         delivered = read_alarms(data_dir / "alarms.jsonl")
         # What alarms.jsonl holds is not announced again: what a hook had not been given of it
         # when the previous run ended (killed, or the hook down) comes from the hook's outbox.
-        outboxes = [Outbox(path) if path is not None else None for path in outbox_paths(data_dir, hooks)]
+        paths = outbox_paths(data_dir, hooks)
+        warn_of_stale(data_dir, [path for path in paths if path is not None])
+        outboxes = [Outbox(path) if path is not None else None for path in paths]
         return cls(Detector(rules, clock), build_sinks(data_dir, hooks), delivered, outboxes)
 
     async def feed(self, records: Iterable[Mapping[str, Any]]) -> list[Alarm]:

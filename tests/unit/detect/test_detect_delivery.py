@@ -17,6 +17,7 @@ from tests.unit.detect.records import T0, denied, key_arn, user
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import ALARM_SCHEMA, decode_alarm, encode_alarm
 from keytrail.detect.engine import Detector
+from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks import Dispatcher
 from keytrail.detect.sinks.jsonl import JsonlSink, read_alarms
@@ -496,3 +497,24 @@ async def test_updates_of_an_alarm_waiting_for_a_hook_that_is_down_take_no_more_
     hook.up = True
     await dispatcher.close(timeout=2)
     assert hook.alarms == [head, updates[-1], second]  # the latest state, in the first one's place
+
+
+async def test_the_outbox_of_a_hook_no_longer_configured_is_warned_of_once_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook removed from the settings (or a detector started without serve's --mqtt) left its
+    outbox unread and unsaid: the alarms it was owed were never sent, and nobody knew."""
+    from keytrail.detect.sinks.outbox import Outbox
+
+    stale, empty = tmp_path / "alarm-outbox-mqtt.jsonl", tmp_path / "alarm-outbox-webhook-0123456789abcdef.jsonl"
+    outbox = Outbox(stale)
+    for alarm in _alarms(2):
+        outbox.queued(alarm)
+    outbox.close()
+    Outbox(empty).close()  # a hook removed with nothing owed
+    with caplog.at_level("WARNING"):
+        runner = DetectorRunner.open(tmp_path, hooks=HooksConfig(kafka="127.0.0.1:1"))  # kafka's is its own
+        await runner.dispatcher.close(timeout=0)
+    [line] = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
+    assert line.startswith(f"{stale} holds 2 alarm(s) owed to hook mqtt, which is no longer configured")
+    assert len(Outbox(stale).owed) == 2  # left as it was: configured again, the hook gets them

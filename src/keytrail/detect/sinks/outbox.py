@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
 from keytrail.owner_only import open_file, replace_whole
 
-__all__ = ["COMPACT_LINES", "Outbox"]
+__all__ = ["COMPACT_LINES", "Outbox", "warn_of_stale"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,24 @@ class Outbox:
         """Keep only what is owed: the file does not carry the previous run's history on."""
         lines = "".join(json.dumps({"queued": a.to_json()}, separators=(",", ":")) + "\n" for a in owed)
         replace_whole(self.path, lines.encode())
+
+
+def warn_of_stale(data_dir: Path, configured: Collection[Path]) -> None:
+    """One warning per outbox in `data_dir` of a hook no longer configured that still holds alarms
+    (what the hook was owed when it was removed, or when the detector last ran with it): no run
+    reads it, and without a word its alarms would never be sent. docs/operations.md says what to do.
+    An empty one, of a hook removed with nothing owed, holds nothing to lose and is passed over."""
+    for path in sorted(set(data_dir.glob("alarm-outbox-*.jsonl")) - set(configured)):
+        try:
+            owed = len(_owed(path))
+        except OSError as exc:  # unreadable (its mode changed by hand): still worth a word
+            log.warning("%s: the outbox of a hook no longer configured, unreadable (%s)", path, exc)
+            continue
+        if owed:
+            log.warning("%s holds %d alarm(s) owed to hook %s, which is no longer configured: they are not sent "
+                        "(configure the hook again to send them at the next start, or move the file away; "
+                        "alarms.jsonl has every alarm)", path, owed, path.name.removeprefix("alarm-outbox-")
+                        .removesuffix(".jsonl"))
 
 
 def _owed(path: Path) -> list[Alarm]:
