@@ -279,3 +279,27 @@ async def test_the_mqtt_password_reaches_the_detector_child_but_no_command_line(
             assert await asyncio.to_thread(server.stop) == 0
     log = server.log.read_text()
     assert "--mqtt names a password on the command line" in log and password not in log
+
+
+@pytest.mark.parametrize("arguments", [(), ("--mqtt", "mqtt://keytrail:old-serve-pw@127.0.0.1:1883")])
+def test_a_detector_child_started_by_an_older_serve_exits_in_one_line_instead_of_waiting(
+    tmp_path: Path, arguments: tuple[str, ...]
+) -> None:
+    """A serve upgraded in place while it runs restarts its detector child from the new code, and
+    an older serve never writes the hooks line on the child's stdin: the child waited for it for
+    good (and one from before that gave the hooks as arguments). Started here as such a serve
+    starts it, with a stdin pipe held open and never written."""
+    child = subprocess.Popen([sys.executable, "-m", "keytrail.cli.sidecar", "detector", str(tmp_path), *arguments],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stdin is not None and child.stderr is not None
+    try:
+        status = child.wait(60)  # its stdin open, as serve holds it (a line of stderr fits the pipe)
+    finally:
+        child.kill()
+        child.stdin.close()
+    [line] = child.stderr.read().decode().splitlines()
+    child.stderr.close()
+    assert status == 1
+    assert "serve older than this keytrail" in line and "restart keytrail serve" in line
+    assert ("--mqtt or --kafka" if arguments else "no line came on its stdin within 5 s") in line
+    assert "old-serve-pw" not in line and not (tmp_path / "alarms.jsonl").exists()

@@ -7,7 +7,9 @@ consumer and the detector, each following the node's embedded event log on the o
 A child stops gracefully (the consumer checkpoints and exports) on SIGTERM or SIGINT, and when
 its stdin reaches end of file: `serve` holds the other end, so even `kill -9` of `serve` leaves no
 orphan. The detector first reads one line there, serve's --mqtt and --kafka as JSON: a password
-in an MQTT URL on its command line was readable by every user of the machine. The detector
+in an MQTT URL on its command line was readable by every user of the machine. With no line
+within HOOKS_LINE_WAIT (a serve older than this keytrail started it), or hooks given as arguments
+(a serve older still), it exits 1 in one line instead of waiting for good. The detector
 writes each alarm it raises or escalates to stdout as one JSON line, which `serve` counts for
 /metrics. One child of each kind per data dir: each holds an exclusive lock,
 and a new one waits while the child of a previous `serve` is still finishing.
@@ -25,12 +27,14 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -57,6 +61,10 @@ ANALYTICS_NICENESS = 10  # added to serve's niceness: 10 gives them about a tent
 # in two A/B runs of serve under wrk -c16 on 2 cores, req/s +1.5 and +1.9 %), its threads no longer
 # waking ≈ 600 times a second. An operator's own POLARS_MAX_THREADS wins.
 CONSUMER_ENVIRONMENT = {"POLARS_MAX_THREADS": "1"}
+# How long the detector child waits for serve's hooks line on its stdin. serve writes it into the
+# pipe as it starts the child, before the child has even imported anything: none by then means a
+# serve that never writes it (`_started_by_an_older_serve`), which the child waited for for good.
+HOOKS_LINE_WAIT = 5.0
 
 
 def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None]) -> list[ChildSpec]:
@@ -98,12 +106,19 @@ def consumer(data_dir: DataDir) -> None:
 def detector(
     data_dir: DataDir,
     config: Annotated[Path | None, typer.Option(help="serve's --config: rules and hooks.")] = None,
+    mqtt: Annotated[str | None, typer.Option(hidden=True)] = None,  # what a serve before 461f484 passed
+    kafka: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """The detector over the embedded event log, alarms also as JSON lines on stdout; serve's
     --mqtt and --kafka come first on stdin, as one JSON line."""
-    line = _first_line(sys.stdin.fileno())
-    if not line:  # serve is gone before it wrote them: nothing to detect for
-        return
+    if mqtt is not None or kafka is not None:
+        _started_by_an_older_serve("it was given --mqtt or --kafka as arguments")
+    line = _first_line(sys.stdin.fileno(), HOOKS_LINE_WAIT)
+    if line is None:
+        _started_by_an_older_serve(f"no line came on its stdin within {HOOKS_LINE_WAIT:g} s")
+    if not line:  # serve is gone before it wrote them (or no serve started it): nothing to detect for
+        log.error("detector child: its stdin ended before serve's hooks line; this child is started by keytrail serve")
+        raise SystemExit(1)
     try:
         mqtt, kafka = _flag_hooks(line)
     except (ValueError, KeyError, TypeError) as exc:
@@ -112,10 +127,29 @@ def detector(
     _run_child("detector", _detect(data_dir, config, mqtt, kafka))
 
 
-def _first_line(fd: int) -> bytes:
-    """The first line written to `fd`, unbuffered: the rest of the pipe is the stop signal's (its end)."""
-    line = b""
-    while not line.endswith(b"\n") and (chunk := os.read(fd, 4096)):
+def _started_by_an_older_serve(sign: str) -> NoReturn:
+    """A serve older than this keytrail (upgraded in place while it ran) started this child: it
+    gives the hooks as arguments, or nothing at all, and never writes them on stdin, where this
+    child waited for them for good. One line says so; serve restarts the child, and says so, until
+    it is restarted itself."""
+    log.error("detector child: %s, as a serve older than this keytrail starts it (upgraded while it ran?): "
+              "restart keytrail serve to run its detector again", sign)
+    raise SystemExit(1)
+
+
+def _first_line(fd: int, wait: float) -> bytes | None:
+    """The first line written to `fd`, unbuffered (the rest of the pipe is the stop signal's: its
+    end); what came before the end of file if it ended first; None if no whole line came within
+    `wait` seconds. serve writes the line as it starts the child, so it is there at once."""
+    line, deadline = b"", time.monotonic() + wait
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return None
+        if not (chunk := os.read(fd, 4096)):
+            break
         line += chunk
     return line
 

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from keytrail.cli.sidecar import detector_lock, hold_lock, sidecars
+from keytrail.cli.sidecar import _first_line, detector_lock, hold_lock, sidecars
 from keytrail.config import ServeSettings
 
 
@@ -49,3 +49,19 @@ async def test_a_held_lock_keeps_the_next_holder_waiting(tmp_path: Path) -> None
     assert await asyncio.wait_for(waiting, 5)
     stopping.set()
     assert not await hold_lock(path, stopping)  # told to stop while waiting: gives up
+
+
+def test_the_detector_childs_hooks_line_is_read_whole_or_its_absence_said() -> None:
+    """A serve that never writes the line (one older than this keytrail, upgraded in place) left
+    the child waiting for it for good: now it gets None after the wait."""
+    read, write = os.pipe()
+    try:
+        assert _first_line(read, 0.1) is None  # nothing written, the pipe still open
+        os.write(write, b'{"mqtt": null, "kafka": null}\n')
+        assert _first_line(read, 0.1) == b'{"mqtt": null, "kafka": null}\n'
+        os.write(write, b'{"mqtt": null,')
+        assert _first_line(read, 0.1) is None  # half a line, no more
+        os.close(write)
+        assert _first_line(read, 5) == b""  # its end: serve gone before writing it
+    finally:
+        os.close(read)
