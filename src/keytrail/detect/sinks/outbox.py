@@ -6,7 +6,7 @@ this file an alarm written to alarms.jsonl but not yet delivered to MQTT, Kafka 
 broker down for a minute, a slow receiver, the drain at close cut off, a kill -9) never reached
 that hook. One JSON line per change: `{"queued": <alarm JSON>}` when the alarm is queued for the
 hook, `{"handled": alarmId, "rank": r, "count": n}` once the hook delivered it or gave up on it (its
-retries spent: logged, and a webhook's dead-letter file holds it). The file is emptied whenever the
+retries spent, or failed on alone: logged, and the hook's dead-letter file holds it). The file is emptied whenever the
 hook's queue is, so it holds what is in flight, not the history; a queue that never empties (a hook
 back from an outage while new alarms keep coming) would let it grow with every alarm, so it is
 rewritten with only what is owed whenever it holds more than twice that (and more than

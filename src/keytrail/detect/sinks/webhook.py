@@ -1,8 +1,8 @@
 """Webhook hook: JSON POST signed with HMAC-SHA256, retried with backoff; an alarm the receiver
 refuses (an answer other than 2xx or those of `UNAVAILABLE`, a 500 among them) is dead-lettered
 after its attempts, while a receiver out of reach (no connection, no answer in time, 408, 429,
-502, 503, 504) is the hook down: the
-dispatcher keeps its alarms until it answers again.
+502, 503, 504) is the hook down: the dispatcher keeps its alarms until it answers again, unless
+it takes the alarms behind one it keeps answering 503 to (the dispatcher then gives that one up).
 
 Receivers check `X-Keytrail-Signature: sha256=<hex>` = HMAC-SHA256(secret, raw body) with a
 constant-time comparison (`verify_signature`).
