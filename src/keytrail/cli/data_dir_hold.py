@@ -23,7 +23,7 @@ __all__ = ["DataDirBusy", "DataDirHold"]
 # (docs/operations.md, "The data directory"). A failed start removes these only: a data dir given
 # as `.` or a home directory also holds what other programs write there meanwhile.
 _MADE_BY_SERVE = ("principals.toml", "root.key", "keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal", "tls",
-                  "audit", "metrics", "alarms.jsonl", "detector.lock", "webhook-dead-letter-*.jsonl",
+                  "audit", "metrics", "alarms.jsonl", "detector.lock", "alarm-dead-letter-*.jsonl",
                   "alarm-outbox-*.jsonl", ".alarm-outbox-*.tmp")
 # SQLite's files beside a database hold its committed writes until a checkpoint, and are shared
 # with whoever else has it open (`keytrail analyze --data-dir`): kept whenever the database was there.

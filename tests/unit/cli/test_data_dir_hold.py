@@ -49,7 +49,7 @@ def test_what_other_programs_made_meanwhile_and_the_sqlite_files_of_a_database_t
     try:
         for name in ("keys.db-wal", "keys.db-shm", "editor.swp", "serve.log"):
             (tmp_path / name).write_text("written meanwhile")
-        for name in ("alarms.jsonl", "webhook-dead-letter-0.jsonl", "detector.lock", "alarm-outbox-mqtt.jsonl"):
+        for name in ("alarms.jsonl", "alarm-dead-letter-kafka.jsonl", "detector.lock", "alarm-outbox-mqtt.jsonl"):
             (tmp_path / name).write_text("made by the start")
         (tmp_path / "metrics").mkdir()
         hold.remove_new(keep=set())
