@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -194,6 +195,40 @@ async def test_an_alarm_a_receiver_answers_503_to_alone_is_dead_lettered_and_the
     assert "HTTP 503" in entry["error"] and alarms[2].alarm_id in entry["error"]
     assert any(poisoned in r.getMessage() and "given up on" in r.getMessage() for r in caplog.records)
     assert dispatcher.failed == 1
+
+
+async def test_an_alarm_a_receiver_hangs_up_on_alone_is_dead_lettered_and_the_others_go_out(tmp_path: Path) -> None:
+    """The webhook form of a broker hanging up on one publish: the receiver closes the connection
+    on that alarm's request, answering nothing (RemoteProtocolError), and answers the others."""
+    from keytrail.detect.sinks import Dispatcher
+
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(3)])
+    poisoned, delivered = alarms[0].alarm_id, []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                alarm_id = json.loads(await reader.readexactly(length))["alarmId"]
+                if alarm_id == poisoned:
+                    break
+                delivered.append(alarm_id)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=1)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=20)
+    server.close()
+    assert delivered == [alarms[1].alarm_id, alarms[2].alarm_id]
+    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert entry["alarmId"] == poisoned and "RemoteProtocolError" in entry["error"]
 
 
 @pytest.mark.parametrize("receiver", [[503] * (2 + 3 + 2 * 4)], indirect=True)

@@ -222,7 +222,10 @@ class Dispatcher:
         letters: _DeadLettering | None = getattr(sink, "dead_letters", None)
         if letters is not None:
             error = f"answered as down while it took alarm {taken.alarm_id}: {exc}"
-            await asyncio.to_thread(letters.add, alarm, error, 2 * attempts + probes)
+            try:
+                await asyncio.to_thread(letters.add, alarm, error, 2 * attempts + probes)
+            except OSError as write_error:  # a full disk: the line above still names it
+                log.error("cannot dead-letter alarm %s of %s (%s)", alarm.alarm_id, name, write_error)
 
     def _went_down(self, index: int, exc: HookDown) -> None:
         if self._down_since[index] is None:

@@ -33,6 +33,11 @@ SIGNATURE_HEADER = "X-Keytrail-Signature"
 # is dead-lettered after its attempts rather than taken for an outage, where it would hold every
 # alarm behind it until the receiver is fixed.
 UNAVAILABLE = frozenset({408, 429, 502, 503, 504})
+# Failures once connected: the receiver hung up on the request, or did not answer it in time, which
+# may be about this alarm alone (the dispatcher then tries the alarms behind it); a connection
+# refused or not made in time is the receiver down for every alarm.
+AFTER_CONNECTING = (httpx.ReadError, httpx.WriteError, httpx.ReadTimeout, httpx.WriteTimeout,
+                    httpx.RemoteProtocolError)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -90,7 +95,7 @@ class WebhookSink:
             ) as response:
                 status = response.status_code
         except httpx.HTTPError as exc:
-            return Failure(f"{type(exc).__name__}: {exc}", down=True)
+            return Failure(f"{type(exc).__name__}: {exc}", down=True, reached=isinstance(exc, AFTER_CONNECTING))
         except TimeoutError:
             return Failure(f"no answer within {self.timeout} s", down=True)
         if 200 <= status < 300:
