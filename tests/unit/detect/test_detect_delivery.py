@@ -416,6 +416,35 @@ async def test_a_hook_really_down_gives_nothing_up_and_keeps_the_order(reached: 
     assert set(hook.tried[:40]) == ({a.alarm_id for a in alarms[:4]} if reached else {alarms[0].alarm_id})
 
 
+async def test_a_hook_gone_out_of_reach_after_taking_the_alarm_behind_gives_the_head_nothing_up() -> None:
+    """The head's second chance found the hook out of reach (its connection refused): that is the
+    hook down, not an alarm it fails on, and the head is not given up."""
+    from keytrail.detect.sinks import HookDown
+
+    head, behind, last = _alarms(3)
+
+    class GoneAfterOne(Choking):
+        refused = 0
+
+        async def deliver(self, alarm: Alarm) -> None:
+            if self.alarms and not self.up:
+                self.refused += 1
+                raise HookDown("connection refused", reached=False)
+            await super().deliver(alarm)
+            if alarm is behind:
+                self.up, self.chokes_on = False, set()  # gone, and fine with the head once back
+
+    hook = GoneAfterOne({head.alarm_id})
+    dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
+    for alarm in (head, behind, last):
+        dispatcher.publish(alarm)
+    while hook.refused < 3:  # the head's second chance, then probes, the hook out of reach
+        await asyncio.sleep(0.01)
+    hook.up = True
+    await dispatcher.close(timeout=5)
+    assert hook.alarms == [behind, head, last] and dispatcher.failed == 0
+
+
 async def test_an_alarm_taken_ahead_is_not_sent_again_but_a_later_state_of_it_is(tmp_path: Path) -> None:
     import dataclasses
 

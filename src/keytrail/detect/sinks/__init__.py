@@ -174,9 +174,10 @@ class Dispatcher:
                 await self.sinks[index].deliver(alarm)
                 break
             except HookDown as exc:
-                if taken is not None:
+                if taken is not None and exc.reached:
                     await self._give_up(index, alarm, exc, taken, probes)
                     return
+                taken = None  # out of reach this time: down after all, for every alarm
                 self._went_down(index, exc)
                 if exc.reached and probes >= self.send_ahead_after and (
                         taken := await self._send_ahead(index, alarm)) is not None:
