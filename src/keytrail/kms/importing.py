@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
@@ -24,14 +25,17 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from keytrail.kms import errors, multiregion, service_events
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeySpec, KeyState, Origin
+from keytrail.kms.pkcs8 import EC_PUBLIC_KEY, pkcs8_algorithm
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
 __all__ = [
     "FINGERPRINT",
+    "IMPORTABLE_SPECS",
     "IMPORT_TOKEN_LIFETIME",
     "ImportParameters",
+    "check_importable",
     "check_material",
     "check_wrapping",
     "expiration_of",
@@ -59,13 +63,16 @@ _OAEP_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {
 FINGERPRINT = "imported_material_id"  # Key.extra: the id of the only material this key accepts
 _TOKEN_MAGIC = b"KTIT\x01"
 _TOKEN_ID_BYTES = 32
-# HMAC material lengths AWS accepts per key spec (bytes): at least the digest size, at most one block.
+# HMAC material lengths AWS accepts per key spec (bytes): at least the digest size, at most 1024
+# bits for every spec ("Requirements for imported key material": HMAC_224 224-1024 bits ...
+# HMAC_512 512-1024 bits); RFC 2104 hashes a key longer than the hash's block first.
 _HMAC_RANGE = {
-    KeySpec.HMAC_224: (28, 64),
-    KeySpec.HMAC_256: (32, 64),
+    KeySpec.HMAC_224: (28, 128),
+    KeySpec.HMAC_256: (32, 128),
     KeySpec.HMAC_384: (48, 128),
     KeySpec.HMAC_512: (64, 128),
 }
+_NAMED_CURVE = 0x06  # ECParameters namedCurve: an OBJECT IDENTIFIER, not a SEQUENCE of parameters
 _RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072, KeySpec.RSA_4096: 4096}
 _CURVES: dict[KeySpec, type[ec.EllipticCurve]] = {
     KeySpec.ECC_NIST_P256: ec.SECP256R1,
@@ -73,6 +80,24 @@ _CURVES: dict[KeySpec, type[ec.EllipticCurve]] = {
     KeySpec.ECC_NIST_P521: ec.SECP521R1,
     KeySpec.ECC_SECG_P256K1: ec.SECP256K1,
 }
+
+
+# The key specs AWS KMS imports material into (developer guide, "Requirements for imported key
+# material"): symmetric, HMAC, RSA, the NIST and secp256k1 curves, and SM2 (China Regions, which
+# keytrail refuses anyway: asymmetric.check_offered_in_region). "Importing ML-DSA keys is not
+# supported"; ECC_NIST_EDWARDS25519 and ML-KEM are not in the list.
+IMPORTABLE_SPECS = frozenset({
+    KeySpec.SYMMETRIC_DEFAULT, *_HMAC_RANGE, *_RSA_BITS, *_CURVES, KeySpec.SM2,
+})
+
+
+def check_importable(spec: KeySpec) -> None:
+    """Refuse a key of EXTERNAL origin whose key spec takes no imported material: it would stay
+    PendingImport for ever (CreateKey; and GetParametersForImport for such a key made before)."""
+    if spec not in IMPORTABLE_SPECS:
+        raise errors.UnsupportedOperationException(
+            f"KeySpec {spec} does not support imported key material (Origin EXTERNAL)."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +117,7 @@ class ImportParameters:
 
 def check_wrapping(algorithm: str, wrapping_spec: str, key_spec: KeySpec) -> None:
     """Refuse wrapping algorithms and specs this service (and AWS outside China) does not offer."""
+    check_importable(key_spec)
     if algorithm not in _OAEP_HASH:
         raise errors.UnsupportedOperationException(f"Wrapping algorithm {algorithm} is not supported.")
     if wrapping_spec not in WRAPPING_KEY_BITS:
@@ -168,9 +194,18 @@ def check_material(key: Key, material: bytes) -> bytes:
 
 
 def _check_private_key(spec: KeySpec, material: bytes) -> bytes:
+    # "Asymmetric key material must be ... in ... PKCS #8 format", of a named curve for ECC
+    # ("ECC keys with explicit parameters are rejected"): `cryptography` alone loads either.
+    algorithm = pkcs8_algorithm(material)
+    if algorithm is None:
+        raise errors.IncorrectKeyMaterialException("The key material is not a PKCS#8 DER private key.")
+    if algorithm.oid == EC_PUBLIC_KEY and algorithm.parameters_tag != _NAMED_CURVE:
+        raise errors.IncorrectKeyMaterialException(
+            "The ECC key material must name its curve: keys with explicit curve parameters are not supported."
+        )
     try:
         private = serialization.load_der_private_key(material, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise errors.IncorrectKeyMaterialException(
             "The key material is not a PKCS#8 DER private key."
         ) from None

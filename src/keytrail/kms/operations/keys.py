@@ -12,6 +12,7 @@ from keytrail.kms import errors, multiregion
 from keytrail.kms.asymmetric import check_offered_in_region
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
+from keytrail.kms.importing import check_importable
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
@@ -76,6 +77,8 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     params, context = call.params, call.context
     spec, usage = _spec_and_usage(params, context.region)
     origin = Origin(params.get("Origin") or "AWS_KMS")
+    if origin is Origin.EXTERNAL:
+        check_importable(spec)  # else a key that stays PendingImport for ever
     tags = validate_tags(params.get("Tags") or [])
     await svc.authorize(call, "kms:CreateKey", None, {
         "kms:KeySpec": spec.value, "kms:KeyUsage": usage.value,
