@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -20,12 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from keytrail.kms import errors, pq
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec, KeyUsage
+from keytrail.kms.secret_cache import SecretCache
 from keytrail.kms.specs import algorithms_for
 
 __all__ = [
-    "CURVES", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_offered_in_region", "check_signing",
-    "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit", "private_key", "public_key_der", "sign",
-    "verify",
+    "CURVES", "PRIVATE_KEYS", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_offered_in_region",
+    "check_signing", "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit", "private_key",
+    "public_key_der", "sign", "verify",
 ]
 
 PrivateKey = Any  # any private key class of `cryptography` that loads from PKCS#8
@@ -109,11 +109,14 @@ def _load(secret: bytes) -> PrivateKey:
     return serialization.load_der_private_key(secret, None, unsafe_skip_rsa_key_validation=True)
 
 
-@lru_cache(maxsize=1024)
+PRIVATE_KEYS: SecretCache[bytes, PrivateKey] = SecretCache(_load, size=1024)
+
+
 def private_key(secret: bytes) -> PrivateKey:
     """The private key object of a KMS key's PKCS#8 secret, cached: parsing an RSA key costs more
-    than signing with it. Only for the service's own keys: what passes through is kept."""
-    return _load(secret)
+    than signing with it. Only for the service's own keys: what passes through is kept, until
+    evicted or its material is deleted (`PRIVATE_KEYS.forget`, kms/material.py)."""
+    return PRIVATE_KEYS[secret]
 
 
 def public_key_der(secret: bytes, *, kept: bool = True) -> bytes:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,10 +33,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keytrail.keyed_hash import KeyedSha256
 from keytrail.kms.errors import InvalidCiphertextException
+from keytrail.kms.secret_cache import SecretCache
 
 __all__ = [
-    "FORMAT_V1", "FORMAT_V2", "FORMAT_V3", "SUBKEY_BLOBS", "TOKEN_SALT", "BlobHeader", "encode_context", "open_blob",
-    "read_header", "seal_blob",
+    "FORMAT_V1", "FORMAT_V2", "FORMAT_V3", "SUBKEY_BLOBS", "TOKEN_SALT", "BlobHeader", "encode_context",
+    "forget_secrets", "holds_secret", "open_blob", "read_header", "seal_blob",
 ]
 
 FORMAT_V1 = 0x01  # GCM under the version's secret, random nonce
@@ -83,10 +84,9 @@ def encode_context(context: Mapping[str, str] | None) -> bytes:
     return b"".join(parts)
 
 
-@lru_cache(maxsize=4096)
-def _aead(secret: bytes) -> AESGCM:
-    # Building an AESGCM object costs about two encryptions: keep one per key version.
-    return AESGCM(secret)
+# Building an AESGCM object costs about two encryptions: keep one per key version (format 1), and
+# one per derived key (format 2, by version secret and salt).
+_AEADS: SecretCache[bytes, AESGCM] = SecretCache(AESGCM, size=4096)
 
 
 @lru_cache(maxsize=4096)
@@ -96,14 +96,19 @@ def blob_header(account: str, key_id: str, material_id: str, form: int = FORMAT_
     return bytes([form]) + account.encode() + bytes([len(key_bytes)]) + key_bytes + bytes.fromhex(material_id)
 
 
-@lru_cache(maxsize=4096)
-def _derivation(secret: bytes) -> KeyedSha256:
+def _new_derivation(secret: bytes) -> KeyedSha256:
     return KeyedSha256.of(secret, _LABEL)
 
 
-@lru_cache(maxsize=4096)
-def _derived(secret: bytes, salt: bytes) -> AESGCM:
-    return AESGCM(_derivation(secret).digest(salt + b"\x01"))
+_DERIVATIONS: SecretCache[bytes, KeyedSha256] = SecretCache(_new_derivation, size=4096)
+
+
+def _new_derived(version: tuple[bytes, bytes]) -> AESGCM:
+    secret, salt = version
+    return AESGCM(_DERIVATIONS[secret].digest(salt + b"\x01"))
+
+
+_DERIVED: SecretCache[tuple[bytes, bytes], AESGCM] = SecretCache(_new_derived, size=4096)
 
 
 @dataclass(slots=True)
@@ -124,9 +129,23 @@ def _sealing(secret: bytes) -> _Sealing:
         if len(_SEALING) >= 4096:  # versions seen: drop them all rather than grow without bound
             _SEALING.clear()
         salt = os.urandom(_SALT)
-        sealing = _SEALING[secret] = _Sealing(salt, _derived(secret, salt), SUBKEY_BLOBS)
+        sealing = _SEALING[secret] = _Sealing(salt, _DERIVED[secret, salt], SUBKEY_BLOBS)
     sealing.left -= 1
     return sealing
+
+
+def forget_secrets(secrets: Collection[bytes]) -> None:
+    """Drop every AES-GCM object, derivation and sealing state made from `secrets` (deleted material)."""
+    _AEADS.forget(secrets)
+    _DERIVATIONS.forget(secrets)
+    _DERIVED.forget(secrets)
+    for secret in secrets:
+        _SEALING.pop(secret, None)
+
+
+def holds_secret(secret: bytes) -> bool:
+    """Whether anything made from `secret` is still cached here."""
+    return secret in _SEALING or _AEADS.holds(secret) or _DERIVATIONS.holds(secret) or _DERIVED.holds(secret)
 
 
 def seal_blob(
@@ -173,7 +192,7 @@ def open_blob(secret: bytes, header: BlobHeader, context: Mapping[str, str] | No
     try:
         if header.format == FORMAT_V2:
             salt, nonce = header.seed[:_SALT], header.seed[_SALT:]
-            return _derived(secret, salt).decrypt(nonce, header.body, additional_data)
-        return _aead(secret).decrypt(header.seed, header.body, additional_data)
+            return _DERIVED[secret, salt].decrypt(nonce, header.body, additional_data)
+        return _AEADS[secret].decrypt(header.seed, header.body, additional_data)
     except InvalidTag:
         raise InvalidCiphertextException("") from None

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from keytrail.kms import errors, multiregion, service_events
 from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.material import forget_deleted
 from keytrail.kms.model import KeySpec, KeyState, Origin
 from keytrail.kms.pkcs8 import EC_PUBLIC_KEY, pkcs8_algorithm
 
@@ -303,6 +304,7 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
                                             material.valid_to or svc.now())
     replicas = await pending_dropped(svc, key, [m.material_id for m in gone if m.pending])
     await svc.store.put_keys([expired, *replicas])
+    forget_deleted(key, [expired])
     expired = await service_events.record_owed(svc, expired)
     await multiregion.announce(svc, replicas)
     return expired

@@ -1,20 +1,22 @@
-"""Making new key material for a key spec. Slow generators (RSA) run off the event loop, on
-threads of their own (`SLOW_GENERATIONS`)."""
+"""Making new key material for a key spec, and forgetting deleted material. Slow generators (RSA)
+run off the event loop, on threads of their own (`SLOW_GENERATIONS`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
-from keytrail.kms.asymmetric import generate_pkcs8
+from keytrail.kms import ciphertext
+from keytrail.kms.asymmetric import PRIVATE_KEYS, generate_pkcs8
 from keytrail.kms.errors import ThrottlingException, UnsupportedOperationException
+from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec
 
-__all__ = ["GENERATORS", "SLOW_GENERATIONS", "SlowGenerations", "generate_secret"]
+__all__ = ["GENERATORS", "SLOW_GENERATIONS", "SlowGenerations", "forget_deleted", "generate_secret", "secret_cached"]
 
 T = TypeVar("T")
 THROTTLED = "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls."
@@ -72,3 +74,22 @@ async def generate_secret(spec: KeySpec) -> bytes:
     if spec in _SLOW:
         return await SLOW_GENERATIONS.run(generator)
     return generator()
+
+
+def forget_deleted(before: Key, after: Iterable[Key] = ()) -> None:
+    """Drop from the process's caches (parsed private keys, AES-GCM objects, derived keys) what was
+    made from the secrets `before` held and none of `after` holds: material deleted, expired, or
+    gone with its key. Called once the deletion is stored, so that the material stays in memory
+    no longer than the call (or tick) deleting it, rather than until 1,024 or 4,096 newer entries
+    push it out. The same material still held elsewhere (a copy of a multi-Region key, another key
+    it was imported into) is made again on its next use."""
+    kept = {m.secret for key in after for m in key.materials}
+    gone = {m.secret for m in before.materials if m.secret and m.secret not in kept}
+    if gone:
+        PRIVATE_KEYS.forget(gone)
+        ciphertext.forget_secrets(gone)
+
+
+def secret_cached(secret: bytes) -> bool:
+    """Whether any cache here still holds something made from `secret`."""
+    return PRIVATE_KEYS.holds(secret) or ciphertext.holds_secret(secret)

@@ -30,6 +30,7 @@ from keytrail.kms.due_work import DueWorkFailures
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.material import forget_deleted
 from keytrail.kms.model import (
     AuditSink,
     AuditUnavailable,
@@ -393,6 +394,7 @@ class KmsService:
         await service_events.record_events(self, key)
         changed = await multiregion.without_replica(self, key)
         await self.store.delete_key(key, changed)
+        forget_deleted(key, changed)  # what a copy still holds (a multi-Region key's) stays cached
         await multiregion.announce(self, changed)
 
     async def run_due(self) -> None:

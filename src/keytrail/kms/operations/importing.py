@@ -28,7 +28,7 @@ from keytrail.kms.importing import (
     without_material,
 )
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.material import SLOW_GENERATIONS
+from keytrail.kms.material import SLOW_GENERATIONS, forget_deleted
 from keytrail.kms.model import KeySpec, KeyState, Origin
 
 if TYPE_CHECKING:
@@ -296,7 +296,9 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
         raise errors.NotFoundException(f"Key material {wanted} does not exist for {key.arn}")
     dropped = [target.material_id] if target is not None and target.pending else []
     replicas = await pending_dropped(svc, key, dropped)
-    await svc.store.put_keys([without_material(key, target.material_id if target else None), *replicas])
+    emptied = without_material(key, target.material_id if target else None)
+    await svc.store.put_keys([emptied, *replicas])
+    forget_deleted(key, [emptied])
     await multiregion.announce(svc, replicas)
     material_id = target.material_id if target else key.extra.get(FINGERPRINT)
     if material_id:
