@@ -113,11 +113,23 @@ class HooksConfig:
             raise ValueError(f"[hooks] mqtt: {problem}")
         if not isinstance(webhooks, list) or not all(isinstance(entry, Mapping) for entry in webhooks):
             raise ValueError("webhooks are [[hooks.webhook]] tables (note the double brackets)")
-        return cls(mqtt, kafka, tuple(_webhook(entry) for entry in webhooks))
+        parsed = tuple(_webhook(entry) for entry in webhooks)
+        _refuse_repeated_urls(parsed)
+        return cls(mqtt, kafka, parsed)
 
     def with_flags(self, mqtt: str | None = None, kafka: str | None = None) -> HooksConfig:
         """Flags win over the settings file."""
         return replace(self, mqtt=mqtt or self.mqtt, kafka=kafka or self.kafka)
+
+
+def _refuse_repeated_urls(webhooks: tuple[WebhookConfig, ...]) -> None:
+    """A hook's outbox and dead-letter file are named by its URL: two [[hooks.webhook]] entries
+    with one URL would share them, and one emptying its outbox would wipe what the other owes."""
+    seen: set[str] = set()
+    for webhook in webhooks:
+        if webhook.url in seen:
+            raise ValueError(f"webhook {shown_url(webhook.url)}: listed twice ([[hooks.webhook]] urls must differ)")
+        seen.add(webhook.url)
 
 
 def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:

@@ -57,10 +57,18 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number of 1"),
     ({"webhook": [{"url": "https://x", "secret": "s", "backoff": "y"}]}, "backoff must be a number"),
     ({"webhook": [{"url": "https://x", "secret": "s", "retries": 3}]}, "unknown setting"),
+    # One URL twice would share one outbox: one hook emptying it would wipe what the other owes.
+    ({"webhook": [{"url": "https://x/a?t=1", "secret": "s"}, {"url": "https://x/a?t=1", "secret": "t"}]},
+     r"^webhook https://x/a: listed twice \(\[\[hooks.webhook\]\] urls must differ\)$"),
 ])
 def test_bad_hook_settings_are_refused_naming_the_setting(hooks: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HooksConfig.from_settings({"hooks": hooks})
+
+
+def test_webhooks_that_differ_only_in_their_query_are_two_hooks() -> None:
+    webhooks = [{"url": "https://x/a?t=1", "secret": "s"}, {"url": "https://x/a?t=2", "secret": "s"}]
+    assert len(HooksConfig.from_settings({"hooks": {"webhook": webhooks}}).webhooks) == 2
 
 
 def test_webhook_without_secret_is_refused() -> None:
