@@ -104,14 +104,22 @@ def readable_avro(
     named in one warning. A value of a known writer whose body is damaged (cut short, another
     producer's bytes behind a copied header) fails the whole container: failing the batch would
     stop its partition for good, as every restart reads the same value again."""
+    try:
+        return avro_frame(values), offsets  # the usual case: one read of the whole batch
+    except _UNDECODABLE:
+        pass
+    # Vetted one by one with fastavro, which raises where polars' reader may panic (and print
+    # Rust's panic text on stderr, once per read, into an operator's terminal or journal).
+    whole = [audit_schema.is_whole_value(value) for value in values]
     frames: list[pl.DataFrame] = []
     kept: list[int] = []
-    skipped: list[int] = []
-    _bisect(values, offsets, frames, kept, skipped)
-    if not skipped:  # the usual case: one read of the whole batch
-        return frames[0], offsets
-    log.warning("%s: skipped %d audit values that cannot be decoded (offsets %s)", partition, len(skipped),
-                ", ".join(map(str, skipped[:10])) + (" …" if len(skipped) > 10 else ""))
+    skipped = [offset for offset, ok in zip(offsets, whole, strict=True) if not ok]
+    vetted = [value for value, ok in zip(values, whole, strict=True) if ok]
+    _bisect(vetted, [offset for offset, ok in zip(offsets, whole, strict=True) if ok], frames, kept, skipped)
+    if skipped:
+        skipped.sort()
+        log.warning("%s: skipped %d audit values that cannot be decoded (offsets %s)", partition, len(skipped),
+                    ", ".join(map(str, skipped[:10])) + (" …" if len(skipped) > 10 else ""))
     return (pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()), kept
 
 
@@ -123,8 +131,8 @@ _UNDECODABLE = (OSError, pl.exceptions.PolarsError, pl.exceptions.PanicException
 
 def _bisect(values: Sequence[bytes], offsets: Sequence[int], frames: list[pl.DataFrame], kept: list[int],
             skipped: list[int]) -> None:
-    """Decode `values` in halves down to the undecodable ones: a few damaged values among thousands
-    cost a few dozen reads, not one read per value."""
+    """Decode `values` (vetted already: one read) in halves down to any that polars still cannot
+    read, so that no disagreement between fastavro and polars can stop a partition."""
     try:
         frames.append(avro_frame(values))
         kept.extend(offsets)
@@ -175,9 +183,22 @@ def read_writer_columns(prefix: bytes, values: Sequence[bytes], columns: Sequenc
     # record's frame header too, so the block is the log's bytes as they are.
     framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
     header, _ = _writers(framing)[prefix]
-    size = sum(map(len, body))
-    container = b"".join([header, avro_long(len(values)), avro_long(size), *body, _SYNC])
-    return pl.read_avro(io.BytesIO(container), columns=list(columns))
+    guard = [bytes(framing), prefix, _ZEROS]  # a last, all-zero record, then its padding
+    size = sum(map(len, body)) + sum(map(len, guard))
+    container = b"".join([header, avro_long(len(values) + 1), avro_long(size), *body, *guard, _SYNC])
+    frame = pl.read_avro(io.BytesIO(container), columns=["_header", *columns])
+    if frame.height != len(values) + 1 or not frame["_header"].bin.ends_with(prefix).all():
+        raise pl.exceptions.ComputeError("an Avro value's body does not end where the next value begins")
+    return frame.slice(0, len(values)).drop("_header")
+
+
+#: Zero bytes are a whole Avro body of any schema (empty strings, first union branch, no items), so
+#: after the values comes a guard record: their writer's prefix in its `_header` field, then zeros.
+#: A value cut short or overlong shifts every read after it, the guard's header included, and the
+#: shift is caught by the header check (not read as an event); a length read in the shifted bytes
+#: that runs past the values lands in the zeros, where polars' reader would panic on a slice past
+#: the block's end (printing Rust's panic text on stderr) and now reports a wrong header.
+_ZEROS = bytes(65536)
 
 
 def _fallback(values: Sequence[bytes]) -> pl.DataFrame:

@@ -382,3 +382,30 @@ async def test_a_value_cut_short_after_its_header_is_skipped_too(
     stats = await Runner(state_dir(tmp_path), ValuesSource(values)).run()
     assert (stats.records, stats.unreadable) == (600, 1)
     _assert_exact(tmp_path, [e for i, e in enumerate(events[:600]) if i != 321])
+
+
+async def test_a_damaged_batch_says_one_warning_and_no_panic_text_and_counts_exact(
+    tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Halving a damaged batch down to its bad values made polars' reader panic again and again,
+    each panic printing Rust's text (and, with RUST_BACKTRACE set, a backtrace) on stderr. Every
+    kind of damage here once did; now one warning names the skipped offsets, nothing else."""
+    from keytrail.audit.schema import encode
+
+    values = [encode(event) for event in events[:1000]]
+    damage = {
+        0: values[0][: len(values[0]) // 2],  # cut short: the next value read as its rest
+        321: values[321][:12],  # cut a few bytes after the header
+        500: values[500] + b"\x00\x01\x02",  # overlong: the next value's reads shift by three bytes
+        998: values[998][:10] + b"\xff" * 40,  # another producer's bytes behind a copied header
+        999: values[999][: len(values[999]) - 7],  # the batch's last value cut short
+    }
+    for position, value in damage.items():
+        values[position] = value
+    stats = await Runner(state_dir(tmp_path), ValuesSource(values, size=1000)).run()
+    assert (stats.records, stats.unreadable) == (1000, len(damage))
+    _assert_exact(tmp_path, [e for i, e in enumerate(events[:1000]) if i not in damage])
+    warnings = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert warnings == ["p0: skipped 5 audit values that cannot be decoded (offsets 0, 321, 500, 998, 999)"]
+    assert "panicked" not in capfd.readouterr().err
