@@ -8,6 +8,7 @@ stopped between a checkpoint and its export (kill -9, a crash) left days out of 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from keytrail.owner_only import make_dirs, reserve
+from keytrail.owner_only import make_dirs, reserve_anew
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
@@ -24,8 +25,8 @@ __all__ = ["export_tables", "stale_days"]
 
 
 def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | None = None) -> list[Path]:
-    """Rewrite the usage tables of `days`, the cost tables whose content they may change (see
-    `_cost_days`), and the last-used table; return the files written."""
+    """Rewrite the usage tables of `days`, the cost tables whose figures they changed (of those
+    they may change, see `_cost_days`), and the last-used table; return the files written."""
     store = MetricsStore(data_dir)
     root = data_dir / "metrics"
     changed = set(days)
@@ -34,10 +35,12 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
         since = datetime.combine(day, time(), UTC)
         written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
     today = store.now().date()  # the data dir's: its dev clock's where one went ahead
+    lifecycle = store.lifecycle()  # every day's storage is priced from it: read once, not once a day
     for day in sorted(_cost_days(root, store, changed, today)):
         since = datetime.combine(day, time(), UTC)
-        cost = store.cost(prices or PriceTable(), since, since + timedelta(days=1))
-        written.append(_write(cost, _table(root, "cost", day)))
+        cost = store.cost(prices or PriceTable(), since, since + timedelta(days=1), lifecycle=lifecycle)
+        if _write_if_changed(cost, path := _table(root, "cost", day)):
+            written.append(path)
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
 
@@ -93,8 +96,49 @@ def _mtime(path: Path) -> int:
 def _write(frame: pl.DataFrame, path: Path) -> Path:
     make_dirs(path.parent)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_parquet(frame, reserve(temp))
+    write_parquet(frame, reserve_anew(temp))
     with temp.open("rb") as handle:
         os.fsync(handle.fileno())
     temp.replace(path)
     return path
+
+
+def _write_if_changed(frame: pl.DataFrame, path: Path) -> bool:
+    """Write `frame` (a small table: a day's cost rows) to `path` unless the file there holds the
+    very bytes it would: an event read late (an older log imported after newer ones) may change the
+    storage of every day after its own, but mostly changes none (a Decrypt, a key already known),
+    and each rewrite costs a file, an fsync and a rename. The bytes are compared, so the tables are
+    those a full rewrite gives."""
+    data = _encoded(frame, path)
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    _replace(path, data)
+    return True
+
+
+def _encoded(frame: pl.DataFrame, path: Path) -> bytes:
+    """The Parquet file of `frame`, as `write_parquet` would write it to `path`."""
+    buffer = io.BytesIO()
+    try:
+        frame.write_parquet(buffer)
+    except pl.exceptions.PolarsError as exc:
+        raise OSError(f"cannot write {path}: {exc}") from None
+    return buffer.getvalue()
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """`path` holds `data` whole or not at all, synced before the rename (temp file + rename)."""
+    make_dirs(path.parent)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(reserve_anew(temp), "r+b") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:  # a full disk: no partial file left beside the table
+        temp.unlink(missing_ok=True)
+        raise
+    temp.replace(path)

@@ -200,11 +200,12 @@ class MetricsStore:
 
     def cost(
         self, prices: PriceTable, since: datetime | None = None, until: datetime | None = None,
-        end: OpenEnd | None = None,
+        end: OpenEnd | None = None, lifecycle: pl.DataFrame | None = None,
     ) -> pl.DataFrame:
         """Cost per key x account over [since, until). Without `until`: up to `end` (default
         `open_end()`): every request counted, key storage billed to the latest event not dated
-        after now."""
+        after now. `lifecycle`: `self.lifecycle()` read already (one export prices many days)."""
+        lifecycle = self.lifecycle() if lifecycle is None else lifecycle
         storage_until = None
         if until is None:
             end = end or self.open_end()
@@ -216,9 +217,8 @@ class MetricsStore:
             # read a few days at a time (a month's minute rows of a large account take hundreds of MB)
             parts: Iterable[pl.DataFrame] = (self.billable_requests(low, high, by_minute=True)
                                              for low, high in self._day_spans(month_start, until))
-            return cost_report(parts, self.lifecycle(), prices, since, until, storage_until)
-        return cost_report(self.billable_requests(since, until), self.lifecycle(), prices, since, until,
-                           storage_until)
+            return cost_report(parts, lifecycle, prices, since, until, storage_until)
+        return cost_report(self.billable_requests(since, until), lifecycle, prices, since, until, storage_until)
 
     def _day_spans(self, since: datetime | None, until: datetime) -> Iterator[tuple[datetime | None, datetime]]:
         """[low, high) spans that cover [since, until) in time order, split at UTC midnights so that

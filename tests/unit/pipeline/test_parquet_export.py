@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -11,6 +12,7 @@ import polars as pl
 
 from keytrail.cli.node import record_dev_clock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.parquet import export_tables
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.sources import RecordsSource
@@ -82,3 +84,47 @@ async def test_a_dev_clock_ahead_has_the_cost_tables_of_the_days_it_moved_throug
     tables = _daily_tables(tmp_path)
     assert sorted(tables) == [made.date() + timedelta(days=n) for n in range(92)]
     assert tables == {day: _answered(tmp_path, day) for day in tables}
+
+
+def _cost_files(data_dir: Path) -> dict[str, tuple[int, bytes]]:
+    """Each cost table's file (inode, bytes): a rewrite renames a new file over it."""
+    return {p.parent.name: (p.stat().st_ino, p.read_bytes())
+            for p in sorted((data_dir / "metrics" / "cost").glob("day=*/cost.parquet"))}
+
+
+def _fully_rewritten(data_dir: Path, copy: Path) -> dict[str, bytes]:
+    """The cost tables an export of every day writes afresh, over a copy of `data_dir`'s state."""
+    shutil.copytree(data_dir, copy)
+    shutil.rmtree(copy / "metrics" / "cost")
+    days = [date.fromisoformat(p.name[4:]) for p in (data_dir / "metrics" / "cost").glob("day=*")]
+    export_tables(copy, days)
+    return {day: data for day, (_, data) in _cost_files(copy).items()}
+
+
+async def test_an_event_read_late_rewrites_only_the_cost_tables_whose_figures_it_changed(tmp_path: Path) -> None:
+    """An older log imported after newer ones had every day's table rewritten from its day on (the
+    export cannot tell beforehand which of them it changes): a year of days per export."""
+    data_dir = tmp_path / "data"
+    uses = [event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(20)]
+    records = [create_key(MONDAY, key_arn(1)), *uses]
+    await _consume(data_dir, records)
+    before = _cost_files(data_dir)
+    assert len(before) == 20
+
+    # A Decrypt of day 3 read late: day 3's requests change, no day's storage.
+    records.append(event("Decrypt", MONDAY + timedelta(days=3, hours=2), key_arn(1), user("bob")))
+    await _consume(data_dir, records)
+    after = _cost_files(data_dir)
+    day3 = f"day={(MONDAY + timedelta(days=3)).date()}"
+    assert [day for day in after if after[day][0] != before[day][0]] == [day3]
+    assert {day: data for day, (_, data) in after.items()} == _fully_rewritten(data_dir, tmp_path / "full1")
+
+    # A key created on day 5 read late: its storage changes every day from day 5 on.
+    records.append(create_key(MONDAY + timedelta(days=5), key_arn(2)))
+    await _consume(data_dir, records)
+    later = _cost_files(data_dir)
+    changed = [day for day in later if later[day][0] != after[day][0]]
+    assert changed == [f"day={(MONDAY + timedelta(days=n)).date()}" for n in range(5, 20)]
+    assert {day: data for day, (_, data) in later.items()} == _fully_rewritten(data_dir, tmp_path / "full2")
+    tables = _daily_tables(data_dir)
+    assert tables == {day: _answered(data_dir, day) for day in tables}
