@@ -3,7 +3,9 @@
 Storage is billed to the key's owner account for customer managed keys while they are not
 pending deletion (a cancelled deletion bills its waiting period after all); each of the first two
 rotations adds one rotation rate; a key-month is the hours of its UTC calendar month. Requests are
-billed to the calling account. Money is `Decimal`, rounded to 10 places per row, summed exactly.
+billed to the calling account. Money is `Decimal`, rounded to 10 places per row, summed exactly;
+a row's storage is rounded where the key's running totals stand at the window's bounds, so the rows
+of adjacent windows add up to the row of the window spanning them.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ _ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-seco
 _ASYMMETRIC_PREFIXES = ("RSA_", "ECC_", "ML_DSA_", "ML_KEM_", "SM2")
 _KEY_PAIR_OPERATIONS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
 _ROW = Decimal("1e-10")
+_NEVER = -(2**62)  # a clock hour before any key
 _MONTH = pl.Datetime("us", "UTC")
 # Symmetric requests per calling account and month in the usage parts already priced (free tier).
 _EARLIER_SCHEMA: dict[str, pl.DataType] = {"accountId": pl.String(), "month": _MONTH, "earlier": pl.Int64()}
@@ -301,21 +304,31 @@ def _storage(
     aws_managed = set(customer.filter(pl.col("keyManager") == "AWS").get_column("keyArn").to_list())
     # A clock hour belongs to the window its start lies in (as a minute's requests do), so
     # consecutive windows never both bill the hour a bound falls inside.
-    first = math.ceil(since.timestamp() / 3600) if since else -(2**62)
+    first = math.ceil(since.timestamp() / 3600) if since else _NEVER
     last = math.ceil(until.timestamp() / 3600)
     shared = _multi_region_rotations(customer)
     for (key_arn,), events in customer.group_by(["keyArn"]):
         if key_arn in aws_managed:
             continue  # AWS managed keys cost nothing to store
         segments = billed_segments(_key_events(str(key_arn), events, shared), prices.billed_rotations)
-        months = rated = Fraction(0)
-        for seg in segments:
-            rate = prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
-            for share in _month_shares(_in_window(seg, first, last), prices.hours_per_month):
-                months += share
-                rated += share * Fraction(rate)
-        if months:
-            yield str(key_arn), str(key_arn).split(":")[4], _decimal(months), _decimal(rated)
+        # Rounded where the key's running totals stand at the window's bounds, not over the window:
+        # windows side by side (the daily cost tables) then add up to the one that spans them, exactly.
+        months_before, rated_before = _running_totals(segments, prices, first)
+        months, rated = _running_totals(segments, prices, last)
+        if months != months_before:
+            yield (str(key_arn), str(key_arn).split(":")[4], _decimal(months) - _decimal(months_before),
+                   _decimal(rated) - _decimal(rated_before))
+
+
+def _running_totals(segments: Iterable[Segment], prices: PriceTable, hour: int) -> tuple[Fraction, Fraction]:
+    """Key-months and their cost (exact) of `segments` billed before the clock hour `hour`."""
+    months = rated = Fraction(0)
+    for seg in segments:
+        rate = prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
+        for share in _month_shares(_in_window(seg, _NEVER, hour), prices.hours_per_month):
+            months += share
+            rated += share * Fraction(rate)
+    return months, rated
 
 
 def _multi_region_rotations(lifecycle: pl.DataFrame) -> dict[str, list[datetime]]:

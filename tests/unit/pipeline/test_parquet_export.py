@@ -128,3 +128,20 @@ async def test_an_event_read_late_rewrites_only_the_cost_tables_whose_figures_it
     assert {day: data for day, (_, data) in later.items()} == _fully_rewritten(data_dir, tmp_path / "full2")
     tables = _daily_tables(data_dir)
     assert tables == {day: _answered(data_dir, day) for day in tables}
+
+
+async def test_the_daily_cost_tables_add_up_to_the_cost_of_their_span_exactly(tmp_path: Path) -> None:
+    """Each day's storage was rounded to 10 places on its own: a day of a 31-day month is
+    0.0322580645 of a key-month, so March's days added up to 0.9999999995, not 1."""
+    created = MONDAY + timedelta(minutes=20)  # 2026-03-02 12:20
+    records = [create_key(created, key_arn(1)), event("RotateKey", MONDAY + timedelta(days=18, hours=-2), key_arn(1)),
+               *(event("Decrypt", MONDAY + timedelta(days=n, hours=3), key_arn(1), user("bob")) for n in range(40))]
+    await _consume(tmp_path, records)
+    tables = [pl.read_parquet(p) for p in sorted((tmp_path / "metrics" / "cost").glob("day=*/cost.parquet"))]
+    assert len(tables) == 40
+    first = datetime.combine(MONDAY.date(), datetime.min.time(), UTC)
+    whole = MetricsStore(tmp_path).cost(PriceTable(), first, first + timedelta(days=40))
+    assert whole.height == 1 and whole["keyMonths"][0] != round(whole["keyMonths"][0], 8)  # no round figure
+    for column in ("keyMonths", "keyCost", "requestCost", "totalCost"):
+        assert sum((t[column].sum() for t in tables), Decimal()) == whole[column][0], column
+    assert [t.schema for t in tables] == [whole.schema] * 40  # the published shape: Decimal(38, 10)
