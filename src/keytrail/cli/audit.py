@@ -11,6 +11,8 @@ import select
 import signal
 import sys
 import time
+import zlib
+from array import array
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -96,16 +98,24 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
 
     _require_log(data_dir)
     followed = _FollowedLog(audit_paths(data_dir)[0])
-    log = followed.log
+    log, shown = followed.log, _ShownRecords()
     offset = max(log.start_offset(), log.end_offset() - lines)
     try:
         while True:
             if followed.replaced():
                 typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
                            "following the new one from its start", err=True)
-                log, offset = followed.log, followed.log.start_offset()
-            for offset_read, event in _events(data_dir, offset, log):
+                log, offset, shown = followed.log, followed.log.start_offset(), _ShownRecords()
+            elif (cut := shown.cut_back(log)) is not None:
+                gone = offset - cut
+                typer.echo(f"keytrail audit tail: the event log was cut back to offset {cut} (a torn tail cut by a "
+                           f"restarted keytrail serve): the {gone} record{'s' * (gone != 1)} shown from there "
+                           "are no longer in it; following the log from there", err=True)
+                log = followed.log = SegmentLog(followed.directory)
+                offset = cut
+            for offset_read, payload, event in _records(data_dir, offset, log):
                 sys.stdout.write(_line(event, fmt) + "\n")
+                shown.add(offset_read, payload)
                 offset = offset_read + 1
             sys.stdout.flush()
             if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
@@ -136,6 +146,67 @@ class _FollowedLog:
             return False
         self.identity, self.log = now, SegmentLog(self.directory)
         return True
+
+
+def _records(data_dir: Path, start: int, log: SegmentLog) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(offset, value, CloudTrail record) of the stored events from `start`, oldest first."""
+    from keytrail.audit.schema import SchemaError, decode_batch
+
+    while records := log.read(start, 2000):
+        try:
+            events = decode_batch([value for _, value in records])
+        except SchemaError as exc:
+            _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
+        yield from ((offset, value, event) for (offset, value), event in zip(records, events, strict=True))
+        start = records[-1][0] + 1
+
+
+class _ShownRecords:
+    """The checksums of the records `tail` printed, from its last read segment on. A writer that
+    opens the log cuts a torn tail in place: a crash of the machine can take records the page cache
+    held, written (and shown) but not yet synced, and no acknowledged call with them. The writer
+    then numbers its new records from the cut on, and the reader's index of the segment points past
+    the file's end, or into the new frames once the file grows again: `tail` waited in silence."""
+
+    def __init__(self) -> None:
+        self.first = 0  # the offset of sums[0]
+        self.sums = array("I")
+        self.checked = -1  # the last record shown when `cut_back` last found the log as shown
+
+    def add(self, offset: int, value: bytes) -> None:
+        if offset != self.first + len(self.sums):  # retention passed records over: start afresh
+            self.first, self.sums = offset, array("I")
+        self.sums.append(zlib.crc32(value))
+
+    def cut_back(self, log: SegmentLog) -> int | None:
+        """The offset the log was cut back to below the records shown, or None while they are still
+        there; what was shown from there on is forgotten. Two records are looked at: the last shown,
+        and the last shown at the previous look (a cut between that look and a read, the file grown
+        again since, may have the read show the new records at their right offsets, the last too)."""
+        bases = log.segment_bases()
+        if bases and bases[-1] > self.first:  # only the last segment is ever cut: keep memory to it
+            del self.sums[: bases[-1] - self.first]
+            self.first = min(bases[-1], self.first + len(self.sums))
+        if not self.sums:
+            return None
+        last = self.first + len(self.sums) - 1
+        if all(self._unchanged(log, offset) for offset in {max(self.checked, self.first), last}):
+            self.checked = last
+            return None
+        kept = 0
+        for offset, value in SegmentLog(log.directory).read(self.first, len(self.sums)):
+            if offset != self.first + kept or zlib.crc32(value) != self.sums[kept]:
+                break
+            kept += 1
+        del self.sums[kept:]
+        self.checked = self.first + kept - 1
+        return self.first + kept
+
+    def _unchanged(self, log: SegmentLog, offset: int) -> bool:
+        found = log.read(offset, 1)  # through the reader's index: the bytes now where the record was
+        if not found or found[0][0] != offset:
+            return True  # deleted by retention, not cut
+        return zlib.crc32(found[0][1]) == self.sums[offset - self.first]
 
 
 def _folder_identity(directory: Path) -> tuple[int, int] | None:

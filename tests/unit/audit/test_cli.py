@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from keytrail.audit.trail import audit_paths
 from keytrail.cli.audit import audit_app
+from keytrail.transport.segment_log import SegmentLog
 from tests.support.audit_records import encrypt_call, fill_trail, rewrite_segment
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
@@ -193,3 +194,59 @@ def test_tail_follows_a_new_trail_started_after_the_old_was_moved_aside(tmp_path
         note = tail.stderr.read()
     assert sorted(followed) == [encrypt_call(i).event_id for i in range(3)]
     assert "the event log's folder was replaced" in note
+
+
+def _frames(segment: Path) -> list[tuple[int, bytes]]:
+    """(file position, payload) of each record of a segment file."""
+    data, frames, position = segment.read_bytes(), [], 0
+    while position < len(data):
+        length = int.from_bytes(data[position : position + 4], "little")
+        frames.append((position, data[position + 8 : position + 8 + length]))
+        position += 8 + length
+    return frames
+
+
+def _cut_back(segment: Path, offset: int) -> None:
+    """Cut the segment back to record `offset`, in place, as a writer opening after a crash cuts a
+    torn tail."""
+    with segment.open("r+b") as handle:
+        handle.truncate(_frames(segment)[offset][0])
+
+
+def _append(log_dir: Path, payloads: list[bytes]) -> None:
+    writer = SegmentLog(log_dir, writable=True)
+    writer.append(payloads)
+    writer.sync()
+    writer.close()
+
+
+def test_tail_following_a_segment_cut_back_shows_each_new_record_once(tmp_path: Path) -> None:
+    """The reader's index of a segment cut back in place pointed past the file's end, or into the
+    new records once the file grew again: `tail` showed nothing more, in silence."""
+    fill_trail(tmp_path, 20)
+    log_dir = audit_paths(tmp_path)[0]
+    segment = sorted(log_dir.glob("*.seg"))[-1]
+    payloads = [payload for _, payload in _frames(segment)]
+    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
+               "-n", "20", "--interval", "0.05"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
+        assert tail.stdout is not None and tail.stderr is not None
+        shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(20)]
+        # Cut back below five records shown, then eight new ones: the file ends past where it did.
+        _cut_back(segment, 15)
+        _append(log_dir, payloads[:8])
+        after_cut = [json.loads(tail.stdout.readline())["eventID"] for _ in range(8)]
+        first_note = tail.stderr.readline()
+        # Cut back again, the file now shorter than what was read; the note says it was noticed.
+        _cut_back(segment, 18)
+        second_note = tail.stderr.readline()
+        _append(log_dir, payloads[10:12])
+        after_second = [json.loads(tail.stdout.readline())["eventID"] for _ in range(2)]
+        tail.terminate()
+        rest = tail.stdout.read()
+    assert shown == [encrypt_call(i).event_id for i in range(20)]
+    assert after_cut == [encrypt_call(i).event_id for i in range(8)]  # offsets 15…22: each once, none before
+    assert after_second == [encrypt_call(i).event_id for i in (10, 11)]
+    assert rest == ""
+    assert "cut back to offset 15" in first_note and "the 5 records shown from there" in first_note
+    assert "cut back to offset 18" in second_note and "the 5 records shown from there" in second_note
