@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import io
@@ -71,10 +70,10 @@ Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one
 
 
 def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore:
+    if not data_dir.is_dir():  # said before polars loads (~0.2 s of a query's start)
+        raise fail(f"no such data directory: {data_dir}", command)
     from keytrail.pipeline.query import MetricsStore
 
-    if not data_dir.is_dir():
-        raise fail(f"no such data directory: {data_dir}", command)
     store = MetricsStore(data_dir)
     if note := uncounted_note(data_dir, store):
         typer.echo(note, err=True)
@@ -85,7 +84,7 @@ def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
     """One line when the event log holds events the metrics state has not counted and no consumer
     is running to count them (after `keytrail audit import` with the node stopped, the queries
     would otherwise answer from nothing, or from an old state, in silence)."""
-    from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
+    from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
 
     directory = event_log_dir(data_dir)
     if not directory.is_dir() or _consumer_running(data_dir):
@@ -295,6 +294,8 @@ def _consume_or_fail(
     settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str],
     metrics: socket.socket | None = None,
 ) -> RunStats:
+    import asyncio  # the consumer's, not the queries' (~0.1 s of `keytrail usage`'s start)
+
     from aiokafka.errors import KafkaError
 
     try:
@@ -306,6 +307,8 @@ def _consume_or_fail(
 async def _consume(
     settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str], metrics: socket.socket | None
 ) -> RunStats:
+    import asyncio
+
     from keytrail.pipeline.consumer import MetricsConsumer
 
     source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None

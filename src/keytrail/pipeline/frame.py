@@ -13,30 +13,11 @@ from typing import Any
 import polars as pl
 
 from keytrail.audit.schema import as_object, as_text, key_arn, principal_arn
+from keytrail.pipeline.lastused import CRYPTO_OPERATIONS
 
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
 log = logging.getLogger(__name__)
-
-#: Operations that count as use of a key (GetKeyLastUsage semantics, plus the ML-KEM pair).
-CRYPTO_OPERATIONS = frozenset(
-    {
-        "Encrypt",
-        "Decrypt",
-        "ReEncrypt",
-        "GenerateDataKey",
-        "GenerateDataKeyWithoutPlaintext",
-        "GenerateDataKeyPair",
-        "GenerateDataKeyPairWithoutPlaintext",
-        "Sign",
-        "Verify",
-        "GenerateMac",
-        "VerifyMac",
-        "DeriveSharedSecret",
-        "Encapsulate",
-        "Decapsulate",
-    }
-)
 
 FRAME_SCHEMA: dict[str, pl.DataType] = {
     "eventID": pl.String(),

@@ -19,8 +19,13 @@ import polars.selectors as cs
 
 from keytrail.clock import data_dir_now
 from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report
-from keytrail.pipeline.frame import CRYPTO_OPERATIONS
-from keytrail.pipeline.lastused import LAST_USED_SCHEMA, last_used_per_key, latest_per_key, merge_last_used
+from keytrail.pipeline.lastused import (
+    CRYPTO_OPERATIONS,
+    LAST_USED_SCHEMA,
+    last_used_per_key,
+    latest_per_key,
+    merge_last_used,
+)
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.usage import (

@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from keytrail.pipeline.runner import Batch
+from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
 from keytrail.transport.frames import Payloads
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource", "SegmentReader"]
-
-SEGMENT_LOG_PARTITION = "segment-log"
 
 
 class SegmentLogSource:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -100,3 +101,15 @@ def test_keytrail_help_lists_the_commands_as_typer_lists_them_loaded(width: int)
         loaded = ctx.make_formatter()
         TyperGroup.format_commands(group, ctx, loaded)  # typer's own: every command loaded, its help shortened
     assert listed.getvalue() == loaded.getvalue() and "root-key" in listed.getvalue()
+
+
+def test_a_usage_query_loads_polars_and_not_the_consumers_modules(tmp_path: Path) -> None:
+    """`keytrail usage` loaded the Avro decoder (fastavro) for one set of operation names, and the
+    consumer's asyncio and runner for the name of a partition; and polars before finding that its
+    data directory does not exist."""
+    loaded = _modules_loaded_by("usage", "--data-dir", str(tmp_path))
+    assert "polars" in loaded and "keytrail.pipeline.query" in loaded  # the query ran
+    unneeded = ("fastavro", "asyncio", "keytrail.pipeline.runner", "keytrail.pipeline.frame", "keytrail.audit")
+    assert {name for name in loaded if name.startswith(unneeded)} == set()
+    missing = _modules_loaded_by("usage", "--data-dir", str(tmp_path / "no-such-dir"))
+    assert "keytrail.cli.metrics" in missing and "polars" not in missing
