@@ -4,11 +4,14 @@ as a traceback, and it leaves the partial file behind."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
-__all__ = ["write_parquet"]
+__all__ = ["sink_parquet", "write_parquet"]
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -16,5 +19,31 @@ def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     try:
         frame.write_parquet(path)
     except pl.exceptions.PolarsError as exc:  # the frame is computed: what fails here is the write
+        path.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {exc}") from None
+
+
+def sink_parquet(parts: Iterable[pl.DataFrame], path: Path) -> None:
+    """`parts` (frames of one schema, in order) written to `path` as one Parquet file, streamed:
+    polars' sink takes them as they come and writes them a row group at a time, so they are never
+    concatenated whole. On failure, as `write_parquet`."""
+    iterator = iter(parts)
+    first = next(iterator, pl.DataFrame())
+
+    def source(columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               _batch: int | None) -> Iterator[pl.DataFrame]:
+        # What polars may push down into a source: a projection, a filter, a row limit.
+        for frame in chain([first], iterator):
+            frame = frame if columns is None else frame.select(columns)
+            frame = frame if predicate is None else frame.filter(predicate)
+            if n_rows is not None:
+                frame, n_rows = frame.head(n_rows), n_rows - min(n_rows, frame.height)
+            yield frame
+            if n_rows == 0:
+                return
+
+    try:
+        register_io_source(source, schema=first.schema).sink_parquet(path)
+    except pl.exceptions.PolarsError as exc:
         path.unlink(missing_ok=True)
         raise OSError(f"cannot write {path}: {exc}") from None

@@ -20,7 +20,7 @@ import polars as pl
 import polars.selectors as cs
 
 from keytrail.owner_only import reserve_anew
-from keytrail.pipeline.files import write_parquet
+from keytrail.pipeline.files import sink_parquet
 from keytrail.reports.lines import csv_lines, json_lines
 
 __all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "write_tabular"]
@@ -72,7 +72,7 @@ def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form:
     if owner_only:
         reserve_anew(temp)
     if form is TabularFormat.parquet:
-        write_parquet(pl.concat(list(parts)), temp)
+        sink_parquet(parts, temp)  # a large report's long form is never whole in memory
     else:
         with temp.open("w", encoding="utf-8") as sink:
             if form is TabularFormat.csv:

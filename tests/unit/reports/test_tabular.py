@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from keytrail.reports.tabular import TabularFormat, long_form, write_tabular
+from keytrail.reports.tabular import TabularFormat, long_form, long_form_parts, write_tabular
 
 WHEN = datetime(2026, 11, 3, 4, 5, 6, tzinfo=UTC)
 TABLES = {
@@ -79,3 +82,29 @@ def test_an_owner_only_report_is_0600_over_a_temporary_file_a_crashed_run_left(t
     write_tabular(long_form(TABLES), out, form, owner_only=True)
     assert (out.stat().st_mode & 0o777, stale.exists()) == (0o600, False)
     assert _read(out, form).height == 5
+
+
+def test_a_parquet_report_is_written_from_its_parts_as_they_come_not_whole(tmp_path: Path) -> None:
+    """The Parquet form concatenated the long form whole (every table's rows, padded with every
+    other table's columns) before writing it; the parts now stream into the file."""
+    alive: set[int] = set()
+    most = 0
+
+    def usage_parts() -> Iterator[pl.DataFrame]:
+        nonlocal most
+        for number in range(30):
+            part = long_form({"usage": pl.DataFrame({"keyArn": [f"k{number}"] * 50_000, "count": range(50_000)})})
+            alive.add(number)
+            weakref.finalize(part, alive.discard, number)
+            most = max(most, len(alive))
+            yield part
+
+    frame = pl.read_parquet(write_tabular(usage_parts(), tmp_path / "report.parquet", TabularFormat.parquet))
+    assert frame.height == 1_500_000 and frame.get_column("keyArn").unique().len() == 30
+    assert frame.get_column("count").sum() == 30 * sum(range(50_000))
+    assert most <= 4  # of 30: taken as the writer goes
+
+
+def test_a_parquet_report_written_in_parts_reads_back_as_the_long_form(tmp_path: Path) -> None:
+    path = write_tabular(long_form_parts(TABLES), tmp_path / "report.parquet", TabularFormat.parquet)
+    assert_frame_equal(pl.read_parquet(path), long_form(TABLES))
