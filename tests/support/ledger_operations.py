@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from keytrail.kms.keys import Key
 from keytrail.kms.store import Alias
-from tests.support.store_documents import ACCOUNT, CKS, GRANT, NOW, OURS, TOKEN
+from tests.support.store_documents import ACCOUNT, CKS, GRANT, NOW, OURS, OWED, TOKEN
 
 __all__ = ["KEY_IDS", "REGIONS", "Op", "RowModel", "operations", "run_operation", "store_rows"]
 
@@ -25,6 +25,7 @@ ALIAS_NAMES = ("alias/a", "alias/b", "alias/c")
 GRANT_IDS = ("g0", "g1")
 TOKEN_IDS = ("t0", "t1", "t2")
 STORE_IDS = ("cks-0", "cks-1")
+EVENT_IDS = ("e0", "e1")
 
 Op = tuple[Any, ...]
 
@@ -46,6 +47,9 @@ def operations(extra: st.SearchStrategy[Op] | None = None) -> st.SearchStrategy[
         st.tuples(st.just("put_import_parameters"), st.sampled_from(TOKEN_IDS), st.integers(0, 5)),
         st.tuples(st.sampled_from(["put_custom_key_store", "delete_custom_key_store"]), _regions,
                   st.sampled_from(STORE_IDS), _text),
+        # The audit records calls owe: written alone, settled, or with a call's write (`owing`).
+        st.tuples(st.sampled_from(["owe_record", "settle_record"]), st.sampled_from(EVENT_IDS)),
+        st.tuples(st.just("put_keys_owing"), st.sampled_from(EVENT_IDS), _keys, _text),
         *([extra] if extra is not None else []),
     )
     return st.lists(one, max_size=25)
@@ -65,6 +69,7 @@ class RowModel:
     grants: set[tuple[str, str, str]] = field(default_factory=set)
     tokens: dict[str, int] = field(default_factory=dict)  # token id -> the day it is valid to
     stores: set[tuple[str, str]] = field(default_factory=set)
+    owed: set[str] = field(default_factory=set)
 
     def expected(self) -> dict[str, set[tuple[str, ...]]]:
         return {
@@ -73,6 +78,7 @@ class RowModel:
             "grants": {(ACCOUNT, *grant) for grant in self.grants},
             "import_parameters": {(token,) for token in self.tokens},
             "custom_key_stores": {(ACCOUNT, *cks) for cks in self.stores},
+            "owed_records": {(event_id,) for event_id in self.owed},
         }
 
 
@@ -123,8 +129,26 @@ async def run_operation(store: Any, model: RowModel, op: Op) -> None:
             model.stores.add((region, store_id))
         else:
             model.stores.discard((region, store_id))
+    elif name in ("owe_record", "settle_record", "put_keys_owing"):
+        await _owed_operation(store, model, op)
     else:
         raise AssertionError(f"unknown operation {op}")
+
+
+async def _owed_operation(store: Any, model: RowModel, op: Op) -> None:
+    name, event_id = op[0], op[1]
+    if name == "owe_record":
+        await store.owe_record(replace(OWED, event_id=event_id))
+        model.owed.add(event_id)
+    elif name == "settle_record":
+        await store.settle_record(event_id)
+        model.owed.discard(event_id)
+    else:
+        async with store.owing(lambda: replace(OWED, event_id=event_id)) as writes:
+            await store.put_keys([_key(op[2], op[3])])
+        assert writes.written, op
+        model.keys.add(op[2])
+        model.owed.add(event_id)
 
 
 def store_rows(fetched: dict[str, list[tuple[str, ...]]]) -> dict[str, set[tuple[str, ...]]]:

@@ -14,6 +14,7 @@ from keytrail.kms.codec import key_to_doc
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.model import CallRecord
 from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
@@ -34,6 +35,8 @@ FORGED = Grant(ACCOUNT, REGION, OURS.key_id, "f0" * 32, "arn:aws:iam::4444555566
                ACCOUNT, NOW, token="t")  # a grant no store wrote: inserted by hand, it must be refused
 TOKEN = ImportParameters("ef" * 16, ACCOUNT, REGION, OURS.key_id, "RSAES_OAEP_SHA_256", "RSA_2048", os.urandom(64),
                          NOW + timedelta(days=1))
+# A record a change owes (kms/owed_records.py): a service event's shape, no caller.
+OWED = CallRecord("e0", "PutKeyPolicy", NOW, REGION, ACCOUNT, None, None, resources=(OURS.arn,))
 CKS = CustomKeyStore(ACCOUNT, REGION, "cks-0123456789abcdef0", "n", "cluster-abcdefghijk", "pem", "kmsuser-pin", NOW)
 
 

@@ -21,10 +21,12 @@ _VARYING = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|\d+")
 
 
 class DueWorkFailures:
-    """What the last tick left for the next, as (key ARN, reason) pairs."""
+    """What the last tick left for the next, as (what, reason) pairs: keys by ARN, by default, or
+    `items` of another kind of work (the audit records changes owe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: str = "scheduled key maintenance", items: str = "key(s)") -> None:
         self._last: frozenset[tuple[str, str]] = frozenset()
+        self._work, self._items = work, items
 
     def tick(self, failed: list[tuple[str, Exception]]) -> None:
         """Log this tick's failures if they differ from the last tick's, or that none are left."""
@@ -32,9 +34,9 @@ class DueWorkFailures:
         if now != self._last and failed:
             arn, first = failed[0]
             expected = isinstance(first, AuditUnavailable | errors.KmsError)  # else a bug: its traceback
-            log.error("scheduled key maintenance: %d key(s) left for the next tick, first %s: %s (said again "
-                      "only once the keys or the reasons change, or they run)",
-                      len(failed), arn, first, exc_info=None if expected else first)
+            log.error("%s: %d %s left for the next tick, first %s: %s (said again only once the %s or the reasons "
+                      "change, or they run)", self._work, len(failed), self._items, arn, first,
+                      self._items.removesuffix("(s)") + "s", exc_info=None if expected else first)
         elif now != self._last:
-            log.warning("scheduled key maintenance: the keys left over from earlier ticks ran")
+            log.warning("%s: the %ss left over from earlier ticks ran", self._work, self._items.removesuffix("(s)"))
         self._last = now

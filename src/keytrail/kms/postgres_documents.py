@@ -13,8 +13,8 @@ from keytrail.kms.store_ledger import Ledger
 from keytrail.kms.store_upgrade import Document, opening_plan
 
 __all__ = [
-    "SCHEMA", "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_STORE", "open_documents",
-    "reauthenticate",
+    "SCHEMA", "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_OWED", "UPSERT_STORE",
+    "open_documents", "reauthenticate",
 ]
 
 SCHEMA = """
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, g
 CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
+CREATE TABLE IF NOT EXISTS kms_owed_records (event_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """ + LEDGER_SCHEMA
 UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
@@ -37,6 +38,8 @@ UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
 UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
     ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
+UPSERT_OWED = """INSERT INTO kms_owed_records VALUES ($1, $2)
+    ON CONFLICT (event_id) DO UPDATE SET doc = EXCLUDED.doc"""
 UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, store_id) DO UPDATE SET doc = EXCLUDED.doc"""
 

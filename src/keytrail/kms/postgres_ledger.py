@@ -74,6 +74,11 @@ class LedgerWriter:
     async def begin(cls, connection: Any, root: RootKey) -> LedgerWriter:
         return cls(connection, root, await read_ledger(connection, root, lock=True))
 
+    @property
+    def changed(self) -> bool:
+        """Whether the transaction wrote or deleted a row so far."""
+        return self._changed
+
     async def current(self, table: DocumentTable, row: Row) -> str | None:
         """The document `row` of `table` holds now (None: no such row)."""
         found: str | None = await self._connection.fetchval(

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any
@@ -39,12 +39,15 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks, second_lock_refused
+from keytrail.kms.model import CallRecord
+from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
 from keytrail.kms.postgres_documents import (
     SCHEMA,
     UPSERT_ALIAS,
     UPSERT_GRANT,
     UPSERT_IMPORT,
     UPSERT_KEY,
+    UPSERT_OWED,
     UPSERT_STORE,
     open_documents,
     reauthenticate,
@@ -57,6 +60,7 @@ from keytrail.kms.resealing import (
     GRANTS,
     IMPORT_PARAMETERS,
     KEYS,
+    OWED_RECORDS,
     DocumentTable,
 )
 from keytrail.kms.sealed_docs import (
@@ -66,7 +70,7 @@ from keytrail.kms.sealed_docs import (
     import_parameters_to_doc,
 )
 from keytrail.kms.sealing import RootKey
-from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store import Alias, Grant, OwedWrites
 from keytrail.kms.store_ledger import LedgerMismatch
 
 __all__ = ["DEFAULT_TIMEOUT", "PostgresStore", "StoreBusy"]
@@ -74,6 +78,10 @@ __all__ = ["DEFAULT_TIMEOUT", "PostgresStore", "StoreBusy"]
 # Seconds a statement, a connection or a key's lock may take: well within a client's patience
 # (botocore reads for 60 s), so a stalled database gets a retryable answer, not a hung call.
 DEFAULT_TIMEOUT = 10.0
+# Seconds a tick leaves a record owed by a call to that call: another node's call in flight records
+# it itself (a tick taking it up then records it twice, with one eventID). Well above a call's
+# longest wait on the store (a statement, a key's lock: DEFAULT_TIMEOUT each).
+OWED_GRACE_SECONDS = 120.0
 # A connection that came back from a query this recently shows the database answers (`ping`).
 PING_RECENT_SECONDS = 1.0
 
@@ -91,12 +99,15 @@ class StoreBusy(Exception):
 class PostgresStore:
     """Keys, aliases, grants, import parameters and custom key stores in PostgreSQL."""
 
+    owed_grace_seconds = OWED_GRACE_SECONDS
+
     def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT,
                  check_every: float = CHECK_EVERY) -> None:
         self._pool = pool
         self._root = root
         self._timeout = timeout
         self._locks = KeyLocks()
+        self._owing = Owing()
         # The connection holding a task's key locks (advisory locks belong to a session); that
         # task's reads and writes go over it, so a lock holder never waits for the pool.
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
@@ -186,16 +197,26 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _ledgered(self) -> AsyncIterator[LedgerWriter]:
-        """A write transaction, with the ledger row locked and written before the commit."""
+        """A write transaction, with the record the task's call owes (`owing`) if it changed a row,
+        and the ledger row locked and written before the commit."""
         # READ COMMITTED whatever the database's default: a write that waited for the ledger's lock
         # reads the rows the write before left (a stricter level fails it: could not serialize).
+        owed = None
         async with self._connection() as connection, connection.transaction(isolation="read_committed"):
             try:
                 writer = await LedgerWriter.begin(connection, self._root)
             except LedgerMismatch as mismatch:  # its row deleted or forged under the running node
                 raise self._ledger.broken(mismatch) from None
             yield writer
+            if writer.changed and (owed := self._owing.record()) is not None:
+                await self._put_owed(writer, owed)
             await writer.commit()
+        if owed is not None:
+            self._owing.written()
+
+    async def _put_owed(self, writer: LedgerWriter, record: CallRecord) -> None:
+        row = (record.event_id,)
+        await writer.put(OWED_RECORDS, row, UPSERT_OWED, (*row, self._doc(OWED_RECORDS, row, record_to_doc(record))))
 
     @asynccontextmanager
     async def key_lock(self, account: str, region: str, key_id: str) -> AsyncIterator[None]:
@@ -384,6 +405,25 @@ class PostgresStore:
         """Every custom key store that verifies, whichever account and Region: a refused one is logged."""
         rows = await self._rows("SELECT account, region, store_id, doc FROM kms_custom_key_stores")
         return [custom_key_store_from_doc(body, self._root) for body in self._verified_bodies(CUSTOM_KEY_STORES, rows)]
+
+    # --- audit records owed (the transactional outbox, kms/owed_records.py) -------------------
+
+    def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
+        return self._owing.owing(record)
+
+    async def owe_record(self, record: CallRecord) -> None:
+        async with self._ledgered() as writer:
+            await self._put_owed(writer, record)
+
+    async def owed_records(self) -> list[CallRecord]:
+        """Every owed record that verifies, oldest first: a refused row is logged (once), never recorded."""
+        rows = await self._rows("SELECT event_id, doc FROM kms_owed_records")
+        records = [record_from_doc(body) for body in self._verified_bodies(OWED_RECORDS, rows)]
+        return sorted(records, key=lambda r: (r.event_time, r.event_id))
+
+    async def settle_record(self, event_id: str) -> None:
+        async with self._ledgered() as writer:
+            await writer.delete_row(OWED_RECORDS, (event_id,))
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document

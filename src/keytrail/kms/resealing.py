@@ -18,7 +18,7 @@ from keytrail.kms.sealed_docs import (
 )
 from keytrail.kms.sealing import RootKey
 
-__all__ = ["DOCUMENT_TABLES", "DocumentTable", "reauthenticated"]
+__all__ = ["DOCUMENT_TABLES", "OWED_RECORDS", "DocumentTable", "reauthenticated"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,10 @@ GRANTS = DocumentTable("grants", ("account", "region", "key_id", "grant_id"), _u
 IMPORT_PARAMETERS = DocumentTable("import_parameters", ("token_id",), _import_parameters, _import_parameters_upgrade)
 CUSTOM_KEY_STORES = DocumentTable("custom_key_stores", ("account", "region", "store_id"), _custom_key_store,
                                   _custom_key_store_upgrade)
-DOCUMENT_TABLES = (KEYS, ALIASES, GRANTS, IMPORT_PARAMETERS, CUSTOM_KEY_STORES)
+# The audit records changes owe (kms/owed_records.py): authenticated and ledgered like the rest, so
+# no record is forged into the trail or a change's record deleted through the store; they seal nothing.
+OWED_RECORDS = DocumentTable("owed_records", ("event_id",), _unchanged, _unchanged)
+DOCUMENT_TABLES = (KEYS, ALIASES, GRANTS, IMPORT_PARAMETERS, CUSTOM_KEY_STORES, OWED_RECORDS)
 
 
 def reauthenticated(table: DocumentTable, row: Row, text: str, old: RootKey, new: RootKey) -> str:

@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from keytrail.clock import Clock
-from keytrail.kms import errors, multiregion, service_events
+from keytrail.kms import errors, multiregion, owed_calls, service_events
 from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.calls import Call, Operation, Response
@@ -45,7 +45,7 @@ from keytrail.kms.model import (
 from keytrail.kms.store import Grant, Store
 from keytrail.kms.uuids import UuidSource
 
-__all__ = ["KmsService", "ServiceDeps"]
+__all__ = ["KmsService", "ServiceDeps", "call_record"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,13 @@ class KmsService:
         self._tick_work_failure: str | None = None  # the reason last logged
         self._due_lock = asyncio.Lock()
         self._due_failures = DueWorkFailures()
+        self._owed_failures = DueWorkFailures("audit records owed by changes", "record(s)")
+        # The event ids of the state-changing calls in flight here, whose owed records a tick leaves
+        # to them, and of those done here whose record the spool refused (kms/owed_calls.py);
+        # `owed_lock`: one pass over the owed records at a time.
+        self.in_flight: set[str] = set()
+        self.left_owed: set[str] = set()
+        self.owed_lock = asyncio.Lock()
         from keytrail.kms.operations import EXTENSIONS
 
         for install in EXTENSIONS:
@@ -126,8 +133,9 @@ class KmsService:
     async def _run(self, name: str, operation: Operation, call: Call) -> Response:
         if not operation.read_only:
             self._require_audit(call)
+            return await owed_calls.run_owing(self, name, operation, call)
         try:
-            response = await self._handle(operation, call)
+            response = await self.handle(operation, call)
         except errors.KmsError as error:
             await self._report(name, operation, call, error)
             raise
@@ -156,7 +164,7 @@ class KmsService:
             return True
         return False
 
-    async def _handle(self, operation: Operation, call: Call) -> Response:
+    async def handle(self, operation: Operation, call: Call) -> Response:
         """Run the handler; a call that changes keys holds the lock of its key until it returns
         (its read-modify-write would otherwise undo a concurrent call's change)."""
         if operation.read_only:
@@ -173,23 +181,7 @@ class KmsService:
             await self._report(name, operation, Call(context, {}), error)
 
     async def _report(self, name: str, operation: Operation, call: Call, error: errors.KmsError | None) -> None:
-        context = call.context
-        record = CallRecord(
-            event_id=self.deps.new_id(),
-            event_name=name,
-            event_time=self.clock.now(),
-            region=context.region,
-            account=context.account,
-            context=context,
-            request_parameters=cloudtrail_parameters(call.params, call.extra_request_parameters),
-            response_elements=call.response_elements if error is None else None,
-            additional_event_data=call.additional_event_data or None,
-            resources=tuple(call.resources),
-            read_only=operation.read_only,
-            error_code=error.code if error else None,
-            error_message=error.message if error else None,
-        )
-        await self.audit(record)
+        await self.audit(call_record(name, operation, call, error, self.deps.new_id(), self.clock.now()))
 
     async def audit(self, record: CallRecord) -> None:
         """Hand `record` to the audit sink; if it cannot be made durable the call fails."""
@@ -205,8 +197,9 @@ class KmsService:
 
     async def internal_call(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> None:
         """Record a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
-        AwsApiCall with a requestID, under KMS's internal identity (ct-synchronize-multi-region-key)."""
-        await self.audit(CallRecord(
+        AwsApiCall with a requestID, under KMS's internal identity (ct-synchronize-multi-region-key).
+        It is owed in the key store until durable (kms/owed_calls.py)."""
+        await owed_calls.owe_and_record(self, CallRecord(
             event_id=self.deps.new_id(), event_name=name, event_time=self.clock.now(), region=key.region,
             account=key.account, context=None, request_parameters=None, response_elements=response_elements,
             resources=(key.arn,), read_only=False, internal_request_id=self.deps.new_id(),
@@ -398,9 +391,10 @@ class KmsService:
         await multiregion.announce(self, changed)
 
     async def run_due(self) -> None:
-        """Apply every due deletion and rotation (the scheduler's tick), then `tick_work`. A key whose
-        due work fails (its audit record refused, a store write failed) is left for the next tick,
-        logged when the keys left over or the reasons change; the keys after it still get theirs."""
+        """Apply every due deletion and rotation (the scheduler's tick), record the audit records
+        still owed by calls' changes, then `tick_work`. A key whose due work fails (its audit record
+        refused, a store write failed) is left for the next tick, and so is an owed record the spool
+        refuses, logged when those left over or the reasons change; the ones after it still run."""
         failed: list[tuple[str, Exception]] = []
         for key in await self.store.all_keys():
             try:
@@ -408,6 +402,7 @@ class KmsService:
             except Exception as exc:
                 failed.append((key.arn, exc))
         self._due_failures.tick(failed)
+        self._owed_failures.tick(await owed_calls.record_owed(self))
         await self._run_tick_work()
 
     async def _run_tick_work(self) -> None:
@@ -458,6 +453,27 @@ def _is_due(key: Key, now: datetime) -> bool:
     deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
     return (deleting or _rotation_due(key, now) or material_expired(key, now)
             or key.state is KeyState.CREATING or service_events.owes(key))
+
+
+def call_record(name: str, operation: Operation, call: Call, error: errors.KmsError | None, event_id: str,
+                event_time: datetime) -> CallRecord:
+    """The audit record of `call` as it stands (`error`: how it failed; no responseElements then)."""
+    context = call.context
+    return CallRecord(
+        event_id=event_id,
+        event_name=name,
+        event_time=event_time,
+        region=context.region,
+        account=context.account,
+        context=context,
+        request_parameters=cloudtrail_parameters(call.params, call.extra_request_parameters),
+        response_elements=call.response_elements if error is None else None,
+        additional_event_data=call.additional_event_data or None,
+        resources=tuple(call.resources),
+        read_only=operation.read_only,
+        error_code=error.code if error else None,
+        error_message=error.message if error else None,
+    )
 
 
 _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})

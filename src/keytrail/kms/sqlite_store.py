@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
@@ -30,12 +30,15 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
+from keytrail.kms.model import CallRecord
+from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
 from keytrail.kms.resealing import (
     ALIASES,
     CUSTOM_KEY_STORES,
     GRANTS,
     IMPORT_PARAMETERS,
     KEYS,
+    OWED_RECORDS,
     DocumentTable,
     reauthenticated,
 )
@@ -47,7 +50,7 @@ from keytrail.kms.sealed_docs import (
 )
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_ledger import LEDGER_SCHEMA, Change, Delete, Put, apply, delete_row, read_store, rewrite
-from keytrail.kms.store import Alias, Grant
+from keytrail.kms.store import Alias, Grant, OwedWrites
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
@@ -67,6 +70,7 @@ CREATE TABLE IF NOT EXISTS grants (account TEXT, region TEXT, key_id TEXT, grant
 CREATE TABLE IF NOT EXISTS import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS custom_key_stores (account TEXT, region TEXT, store_id TEXT, doc TEXT NOT NULL,
     PRIMARY KEY (account, region, store_id));
+CREATE TABLE IF NOT EXISTS owed_records (event_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """ + LEDGER_SCHEMA
 
 Scope = tuple[str, str]
@@ -100,6 +104,8 @@ class KeyStoreUnreadable(OSError):
 class SqliteStore:
     """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key."""
 
+    owed_grace_seconds = 0.0  # the file's only writer: a record owed and not in flight here is abandoned
+
     def __init__(self, path: Path, root: RootKey, *, upgrade: bool = True) -> None:
         """`upgrade=False`: a store of a version before is upgraded in memory only, for a reader
         (`keytrail analyze`) that may run beside a node still of that version: written, the upgrade
@@ -119,6 +125,7 @@ class SqliteStore:
         # one fail; nothing of them is in memory.
         self._refused = RefusedRows()
         self._locks = KeyLocks()
+        self._owing = Owing()
         self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
         self._writable = upgrade  # else the file may not hold the documents and ledger that memory does
         try:
@@ -190,12 +197,22 @@ class SqliteStore:
         return authenticate(self._root, table.name, row, body)
 
     def _write(self, changes: Sequence[Change]) -> None:
+        """Make `changes` in one transaction, with the record the task's call owes (`owing`)."""
         if not self._writable:
             raise OSError(f"the key store {self._path} was opened for reading only")
+        owed = self._owing.record()
+        if owed is not None:
+            changes = [*changes, self._owed_put(owed)]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             ledger = apply(self._db, self._root, self._ledger, changes)
         self._ledger = ledger  # once committed
+        if owed is not None:
+            self._owing.written()
+
+    def _owed_put(self, record: CallRecord) -> Put:
+        row = (record.event_id,)
+        return Put(OWED_RECORDS, row, (*row, self._doc(OWED_RECORDS, row, record_to_doc(record))))
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -371,6 +388,29 @@ class SqliteStore:
     async def all_custom_key_stores(self) -> list[CustomKeyStore]:
         """Every custom key store that verified, whichever account and Region: a refused one is in the log."""
         return [store for stores in self._custom_key_stores.values() for store in stores.values()]
+
+    # --- audit records owed (the transactional outbox, kms/owed_records.py) -------------------
+
+    def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
+        return self._owing.owing(record)
+
+    async def owe_record(self, record: CallRecord) -> None:
+        self._write([self._owed_put(record)])
+
+    async def owed_records(self) -> list[CallRecord]:
+        """Every owed record that verifies, oldest first (read from the file: a tick's read, rare)."""
+        records = []
+        for event_id, doc in self._db.execute("SELECT event_id, doc FROM owed_records").fetchall():
+            try:
+                records.append(record_from_doc(verify(self._root, OWED_RECORDS.name, (event_id,), doc)))
+            except DocumentRefused as refusal:  # logged once (as the store opened, if it was there then)
+                if not self._refused.within(OWED_RECORDS.name, (event_id,)):
+                    refused_call(refusal)
+                    self._refused.add(refusal)
+        return sorted(records, key=lambda r: (r.event_time, r.event_id))
+
+    async def settle_record(self, event_id: str) -> None:
+        self._write([delete_row(OWED_RECORDS, (event_id,))])
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document

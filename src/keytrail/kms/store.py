@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,9 +11,11 @@ from typing import Any, Protocol
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.model import CallRecord
 
 __all__ = [
-    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantStore", "ImportStore", "KeyStore", "Store",
+    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantStore", "ImportStore", "KeyStore",
+    "OwedRecordStore", "OwedWrites", "Store",
 ]
 
 
@@ -109,7 +111,37 @@ class CustomKeyStoreStore(Protocol):
         ...
 
 
-class Store(KeyStore, AliasStore, GrantStore, ImportStore, CustomKeyStoreStore, Protocol):
+@dataclass(slots=True)
+class OwedWrites:
+    """Whether a write carrying the record a call owes was committed (`OwedRecordStore.owing`)."""
+
+    written: bool = False
+
+
+class OwedRecordStore(Protocol):
+    """The audit records changes owe (the transactional outbox; kms/owed_calls.py): a call's record
+    is written in the same transaction as each of its changes, and deleted once the spool took it."""
+
+    # Seconds a tick leaves an owed record to the call that wrote it: 0 where this process is the
+    # store's only writer (its own calls in flight are known), else long enough for another node's.
+    owed_grace_seconds: float
+
+    def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
+        """Within it, every write of this task also writes `record()` (called at each write: the
+        call as it stands) in the same transaction, over the row of its event id."""
+        ...
+    async def owe_record(self, record: CallRecord) -> None:
+        """Write `record` over the owed row of its event id (or as a new one)."""
+        ...
+    async def owed_records(self) -> list[CallRecord]:
+        """Every owed record that verifies, oldest first: a refused row is logged, never recorded."""
+        ...
+    async def settle_record(self, event_id: str) -> None:
+        """Delete the owed row of `event_id`: its record is durable."""
+        ...
+
+
+class Store(KeyStore, AliasStore, GrantStore, ImportStore, CustomKeyStoreStore, OwedRecordStore, Protocol):
     """Everything a node keeps about keys; one implementation per backend (SQLite, PostgreSQL)."""
 
     async def ping(self) -> None:

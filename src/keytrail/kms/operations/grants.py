@@ -137,6 +137,7 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
             raise errors.LimitExceededException(
                 f"{key.arn} already has {GRANTS_PER_KEY} grants, the quota of grants per KMS key.")
         grant = _new_grant(svc, call, key)
+        call.response_elements = {"grantId": grant.grant_id}  # before the write: its owed record names the grant
         await svc.store.put_grant(grant)
         token = grant.token
     else:

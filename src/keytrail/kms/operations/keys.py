@@ -100,10 +100,11 @@ async def create_key(svc: KmsService, call: Call) -> Response:
                             key_arn=arn, call=context, now=svc.now(), key=key)
     svc.check_dry_run(call)  # before the first material: a dry run must make no key in an HSM either
     key = await _with_first_material(svc, call, key)
-    await _save_new_key(svc, key)
+    # Before the write: the record it owes (kms/owed_calls.py) names the key it made.
     call.resource(key.arn)
     metadata = key_metadata(key)
     call.response_elements = {"keyMetadata": camel_metadata(metadata)}
+    await _save_new_key(svc, key)
     return {"KeyMetadata": metadata}
 
 

@@ -138,8 +138,8 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
         cluster_id=params["CloudHsmClusterId"], trust_anchor=params["TrustAnchorCertificate"],
         password=params["KeyStorePassword"], creation_date=svc.now(),
     )
+    call.response_elements = {"customKeyStoreId": store.store_id}  # before the write: its owed record names it
     await svc.store.put_custom_key_store(store)
-    call.response_elements = {"customKeyStoreId": store.store_id}
     return {"CustomKeyStoreId": store.store_id}
 
 

@@ -91,13 +91,14 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     replica = multiregion.replica_of(primary, region, svc.now(), replica_policy, description, tags)
     siblings = [primary, *await multiregion.copies(svc, primary)]
     siblings = [k for k in _with_region(siblings, region) if k.region != region]
+    metadata = key_metadata(replica)
+    # ct-replicate-key: the entry (in the primary's Region) lists only the primary key among its
+    # resources; the replica is named by responseElements, with the policy it was given. Set before
+    # the write: the record it owes (kms/owed_calls.py) names the replica.
+    call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata), "replicaPolicy": replica.policy}
     # One write: a replica its primary does not list would never get the primary's rotations.
     await svc.store.put_keys([replica, *siblings])
     await multiregion.announce(svc, siblings)
-    metadata = key_metadata(replica)
-    # ct-replicate-key: the entry (in the primary's Region) lists only the primary key among its
-    # resources; the replica is named by responseElements, with the policy it was given.
-    call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata), "replicaPolicy": replica.policy}
     return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
             "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in replica.tags]}
 

@@ -1,0 +1,165 @@
+"""The audit record of an API call that changes state, owed in the key store with the change.
+
+The key store and the audit spool are two files: a call that wrote its change and then had its
+record refused (the spool's disk filling between its `ready()` and the write) or was stopped
+between the two (`kill -9`) left a change (a policy, a grant, a key) standing with no record, ever.
+Now every write of such a call carries its record, in the same store transaction, as the call
+stands at that write (kms/owed_records.py); once the call is done its record, under the same
+`eventID` and `requestID`, is made durable and the row deleted. A record the spool refused stays
+owed (with what the call finally did), and the caller is told so in a KMSInternalException naming
+the spool; the node's start and each tick record what is still owed (`record_owed`). A record is
+written twice only if the node stops after the spool took it and before its row was deleted, or a
+tick took up another node's call still in flight, and then with one `eventID`: consumers
+deduplicate on it. Read-only calls (Encrypt, Decrypt, GenerateDataKey, …) write nothing and owe
+nothing: they take the path of before.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.model import CallRecord
+from keytrail.kms.store import OwedWrites
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["OwedCall", "owe_and_record", "record_owed", "run_owing"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OwedCall:
+    """A state-changing call in flight: its record's event id and time are fixed as it starts, so
+    the record written with its changes and the one recorded after are one event."""
+
+    name: str
+    operation: Operation
+    call: Call
+    event_id: str
+    event_time: datetime
+
+    def record(self, error: errors.KmsError | None = None) -> CallRecord:
+        """The call's record as it stands now (`error`: how it failed)."""
+        from keytrail.kms.service import call_record
+
+        return call_record(self.name, self.operation, self.call, error, self.event_id, self.event_time)
+
+
+async def run_owing(svc: KmsService, name: str, operation: Operation, call: Call) -> Response:
+    """Run a state-changing call with its record owed by each of its writes; answer once the record is
+    durable. KMSInternalException naming the spool if it is not (the change, if made, stays owed)."""
+    owed = OwedCall(name, operation, call, svc.deps.new_id(), svc.clock.now())
+    svc.in_flight.add(owed.event_id)
+    try:
+        async with svc.store.owing(owed.record) as writes:
+            try:
+                response = await svc.handle(operation, call)
+            except errors.KmsError as error:
+                failure: errors.KmsError | None = error
+            except Exception:
+                log.exception("internal error in %s (request %s)", name, call.context.request_id)
+                failure = errors.KMSInternalException("An internal error occurred.")
+            else:
+                failure = None
+        await _record(svc, owed.record(failure), writes)
+        if failure is not None:
+            raise failure
+        return response
+    finally:
+        svc.in_flight.discard(owed.event_id)
+
+
+async def _record(svc: KmsService, record: CallRecord, writes: OwedWrites) -> None:
+    """Make the call's `record` durable, then delete the row its writes owed (if they made one)."""
+    if not writes.written:
+        await svc.audit(record)
+        return
+    try:
+        await svc.audit(record)
+    except errors.KmsError:
+        await _keep_owed(svc, record)
+        svc.left_owed.add(record.event_id)  # done: the next tick takes it up, whatever the store's grace
+        raise changed_unrecorded(record) from None
+    await _settle(svc, record)
+
+
+async def _keep_owed(svc: KmsService, record: CallRecord) -> None:
+    """Owe the call's final `record` (its response, its error) in place of the one its last write
+    carried; if the store refuses that too, the one it carried stays owed."""
+    try:
+        await svc.store.owe_record(record)
+    except Exception as exc:
+        log.warning("the final audit record of request %s could not replace the one its change owes (that one is "
+                    "recorded once the spool can write): %s", record.request_id, exc)
+
+
+async def _settle(svc: KmsService, record: CallRecord) -> None:
+    """Delete the owed row of a durable record; if the store refuses, a tick records it again (same
+    eventID) and deletes it then: the call succeeded, and is answered so."""
+    try:
+        await svc.store.settle_record(record.event_id)
+    except Exception as exc:
+        log.warning("audit record %s is durable but stays owed in the key store (recorded again, under the same "
+                    "eventID, by a later tick): %s", record.event_id, exc)
+
+
+async def owe_and_record(svc: KmsService, record: CallRecord) -> None:
+    """Record a call KMS makes itself (SynchronizeMultiRegionKey) after the change it announces was
+    written: owed in the store first, so a record the spool refuses is recorded once it can write."""
+    try:
+        await svc.store.owe_record(record)
+    except Exception as exc:  # the change stands: its record is still made, as before there was an outbox
+        log.warning("audit record %s (%s) could not be owed in the key store first: %s", record.event_id,
+                    record.event_name, exc)
+        await svc.audit(record)
+        return
+    svc.in_flight.add(record.event_id)  # not a tick's to take up meanwhile
+    try:
+        await _record(svc, record, OwedWrites(written=True))
+    finally:
+        svc.in_flight.discard(record.event_id)
+
+
+async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
+    """Record each record the store owes whose call is done, under its own eventID, then delete its
+    row; the records left for the next tick, with why. The node's start and each scheduler tick run
+    this. A call is done if this node's call left its record owed, or (not in flight here) its record
+    is older than the store's grace: where other nodes write the store, one may still be making it
+    durable."""
+    grace = timedelta(seconds=svc.store.owed_grace_seconds)
+    failed: list[tuple[str, Exception]] = []
+    async with svc.owed_lock:  # two passes at once (a tick, a dev clock moved) would record each twice
+        now, owed = svc.clock.now(), await svc.store.owed_records()
+        svc.left_owed &= {record.event_id for record in owed}  # another node's tick may have taken some up
+        for record in owed:
+            if record.event_id in svc.in_flight:
+                continue
+            if record.event_id not in svc.left_owed and now - record.event_time < grace:
+                continue
+            try:  # the sink's own refusal, not `svc.audit`'s answer to a caller
+                await svc.deps.audit.record(record)
+                await svc.store.settle_record(record.event_id)
+            except Exception as exc:
+                failed.append((_named(record), exc))
+            else:
+                svc.left_owed.discard(record.event_id)
+    return failed
+
+
+def _named(record: CallRecord) -> str:
+    return f"{record.event_name} of request {record.request_id} (eventID {record.event_id})"
+
+
+def changed_unrecorded(record: CallRecord) -> errors.KmsError:
+    """What a caller whose change was made but whose record the spool refused gets."""
+    return errors.KMSInternalException(
+        f"The audit spool could not persist the event for request {record.request_id}: what the call changed "
+        "stands, and its event is recorded once the spool can write."
+    )

@@ -1,0 +1,78 @@
+"""The audit record of a state-changing call, owed in the PostgreSQL key store (real server at
+127.0.0.1:5432) with its change: the scenarios of tests/unit/kms/test_owed_calls.py, and the grace
+a tick gives a record another node's call may still be making durable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.postgres_store import OWED_GRACE_SECONDS, PostgresStore
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.store import Store
+from tests.support import owed_calls
+from tests.support.owed_calls import Spool, context, node
+from tests.support.postgres import fetch
+
+pytestmark = pytest.mark.integration
+
+
+def _opener(dsn: str) -> Callable[[], Awaitable[Store]]:
+    root = RootKey(os.urandom(32))
+
+    async def open_store() -> Store:
+        return await PostgresStore.connect(dsn, root)
+
+    return open_store
+
+
+async def test_the_record_is_owed_with_the_change_and_settled_once_durable(dsn: str) -> None:
+    await owed_calls.the_record_is_owed_with_the_change_and_settled_once_durable(_opener(dsn))
+
+
+async def test_a_crash_between_the_write_and_the_record_is_recorded_once_its_grace_is_over(dsn: str) -> None:
+    # Another node may share the store: a restarted node cannot tell a dead call from theirs.
+    await owed_calls.a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start(
+        _opener(dsn), advance=OWED_GRACE_SECONDS)
+
+
+async def test_a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(dsn: str) -> None:
+    await owed_calls.a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(_opener(dsn))
+
+
+async def test_a_refused_record_of_a_call_that_changed_nothing_is_not_owed(dsn: str) -> None:
+    await owed_calls.a_refused_record_of_a_call_that_changed_nothing_is_not_owed(_opener(dsn))
+
+
+async def test_a_tick_leaves_a_call_in_flight_its_record(dsn: str) -> None:
+    await owed_calls.a_tick_leaves_a_call_in_flight_its_record(_opener(dsn))
+
+
+async def test_a_record_another_node_owes_waits_for_its_grace(dsn: str) -> None:
+    # Node A's call wrote its change and is (for all node B knows) about to record it: B's ticks
+    # leave it until the grace is over, then record it once.
+    open_store, clock = _opener(dsn), ManualClock()
+    spool_a, spool_b = Spool(), Spool()
+    store_a, store_b = await open_store(), await open_store()
+    a, b = node(store_a, spool_a, clock), node(store_b, spool_b, clock)
+    arn = str((await a.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+    spool_a.crash_at = {"TagResource"}
+    with pytest.raises(owed_calls.Crash):
+        await a.execute("TagResource", context("req-tag"), {"KeyId": arn, "Tags": [{"TagKey": "t", "TagValue": "v"}]})
+    [(rows,)] = await fetch(dsn, "SELECT count(*) FROM kms_owed_records")
+    assert rows == 1
+    await b.run_due()
+    clock.advance(OWED_GRACE_SECONDS - 1)
+    await b.run_due()
+    assert spool_b.named("TagResource") == []
+    clock.advance(1)
+    await b.run_due()
+    await b.run_due()
+    [record] = spool_b.named("TagResource")
+    assert (record.request_id, record.resources) == ("req-tag", (arn,))
+    assert await store_b.owed_records() == []
+    await store_a.close()
+    await store_b.close()

@@ -1,0 +1,200 @@
+"""The audit records state-changing calls owe in the key store (kms/owed_calls.py), checked the same
+way over each store backend: SQLite in tests/unit/kms/test_owed_calls.py, PostgreSQL in
+tests/integration/keystores/test_postgres_owed_calls.py. Each scenario takes `open_store`, which
+opens the backend's store over the same data each time (a node starting again after a crash)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms import errors
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
+from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.model import AuditUnavailable, CallRecord
+from keytrail.kms.service import KmsService, ServiceDeps
+from keytrail.kms.store import Store
+
+__all__ = [
+    "Crash",
+    "Spool",
+    "a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start",
+    "a_refused_record_of_a_call_that_changed_nothing_is_not_owed",
+    "a_refused_record_of_a_change_is_recorded_once_the_spool_recovers",
+    "a_tick_leaves_a_call_in_flight_its_record",
+    "the_record_is_owed_with_the_change_and_settled_once_durable",
+]
+
+ACCOUNT = "111122223333"
+OpenStore = Callable[[], Awaitable[Store]]
+TIGHT = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
+         '"Principal":{"AWS":"arn:aws:iam::111122223333:user/alice"},"Action":"kms:*","Resource":"*"}]}')
+
+
+class Crash(BaseException):
+    """The node killed (`kill -9`) as the spool was about to make a record durable: nothing after runs."""
+
+
+class Spool:
+    """Allows every call and keeps its records; refuses (`refusing`), or refuses once the records
+    named in `refuse_once` after its `ready()` passed (its disk filling meanwhile), or crashes the
+    node at those in `crash_at`; `during` runs before a record is kept (what a node does meanwhile)."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+        self.refusing = False
+        self.refuse_once: set[str] = set()
+        self.crash_at: set[str] = set()
+        self.during: Callable[[CallRecord], Awaitable[None]] | None = None
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        return AccessDecision(Verdict.ALLOW)
+
+    def ready(self) -> None:
+        if self.refusing:
+            raise AuditUnavailable("the audit spool failed earlier and refuses records: disk full")
+
+    async def record(self, call: CallRecord) -> None:
+        self.ready()
+        if call.event_name in self.crash_at:
+            raise Crash
+        if call.event_name in self.refuse_once:
+            self.refuse_once.discard(call.event_name)
+            raise AuditUnavailable("the audit spool could not write: disk full")
+        if self.during is not None:
+            await self.during(call)
+        self.records.append(call)
+
+    def named(self, name: str) -> list[CallRecord]:
+        return [record for record in self.records if record.event_name == name]
+
+
+def context(request_id: str = "req-1") -> CallContext:
+    principal = Principal(arn=f"arn:aws:iam::{ACCOUNT}:user/alice", account=ACCOUNT, type=IdentityType.IAM_USER,
+                          access_key_id="AKIAALICE000000000001", principal_id="AIDAALICE", user_name="alice")
+    return CallContext(principal=principal, region="us-east-1", request_id=request_id, user_agent="test/1.0")
+
+
+def node(store: Store, spool: Spool, clock: ManualClock) -> KmsService:
+    return KmsService(ServiceDeps(store=store, clock=clock, audit=spool, authorizer=spool))
+
+
+async def _key(service: KmsService) -> str:
+    return str((await service.execute("CreateKey", context("req-create"), {}))["KeyMetadata"]["Arn"])
+
+
+async def _put_policy(service: KmsService, arn: str) -> Any:
+    return await service.execute("PutKeyPolicy", context("req-policy"), {"KeyId": arn, "Policy": TIGHT})
+
+
+async def the_record_is_owed_with_the_change_and_settled_once_durable(open_store: OpenStore) -> None:
+    """As the spool takes the record, the change and the record it owes are both in the store (one
+    transaction); once it is durable, nothing is owed."""
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = await _key(service)
+    seen: list[tuple[str, list[str]]] = []
+
+    async def during(record: CallRecord) -> None:
+        key = await store.get_key(ACCOUNT, "us-east-1", arn.rsplit("/", 1)[1])
+        assert key is not None
+        seen.append((key.policy, [owed.event_id for owed in await store.owed_records()]))
+
+    spool.during = during
+    await _put_policy(service, arn)
+    [record] = spool.named("PutKeyPolicy")
+    assert seen == [(TIGHT, [record.event_id])]
+    assert await store.owed_records() == []
+    await store.close()
+
+
+async def a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start(
+        open_store: OpenStore, *, advance: float = 0.0) -> None:
+    """Killed after its write and before its record: the next start (its first tick) records the
+    call, under the eventID and requestID it had, as it stood at its write; once only. `advance`:
+    seconds the clock moves before that start (a store other nodes share waits its grace)."""
+    store, spool, clock = await open_store(), Spool(), ManualClock()
+    service = node(store, spool, clock)
+    arn = await _key(service)
+    spool.crash_at = {"CreateGrant"}
+    with pytest.raises(Crash):
+        await service.execute("CreateGrant", context("req-grant"), {
+            "KeyId": arn, "GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/reader", "Operations": ["Decrypt"]})
+    await store.close()
+    spool.crash_at = set()
+    clock.advance(advance)
+    store = await open_store()
+    restarted = node(store, spool, clock)
+    [grant] = await store.list_grants(ACCOUNT, "us-east-1", arn.rsplit("/", 1)[1])  # the change stood
+    await restarted.run_due()  # the node's start
+    await restarted.run_due()
+    [record] = spool.named("CreateGrant")
+    assert (record.request_id, record.resources, record.error_code) == ("req-grant", (arn,), None)
+    assert record.response_elements == {"grantId": grant.grant_id}
+    assert record.context is not None and record.context.principal.user_name == "alice"
+    assert await store.owed_records() == []
+    await store.close()
+
+
+async def a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(open_store: OpenStore) -> None:
+    """The spool refuses the record after the change was written: the caller is told so, naming the
+    spool; the change stands; the record is owed and is recorded at the first tick the spool takes
+    it, with its eventID, requestID and response, and only then."""
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = await _key(service)
+    spool.refuse_once = {"DisableKey"}
+    with pytest.raises(errors.KMSInternalException, match="audit spool .* request req-disable: what the call changed "
+                                                         "stands, and its event is recorded once the spool can write"):
+        await service.execute("DisableKey", context("req-disable"), {"KeyId": arn})
+    key = await store.get_key(ACCOUNT, "us-east-1", arn.rsplit("/", 1)[1])
+    assert key is not None and key.state == "Disabled"
+    [owed] = await store.owed_records()
+    spool.refusing = True
+    await service.run_due()
+    assert spool.named("DisableKey") == []
+    spool.refusing = False
+    await service.run_due()
+    await service.run_due()
+    [record] = spool.named("DisableKey")
+    assert (record.event_id, record.request_id, record.error_code) == (owed.event_id, "req-disable", None)
+    assert record.response_elements == {"keyId": arn}
+    assert await store.owed_records() == []
+    await store.close()
+
+
+async def a_refused_record_of_a_call_that_changed_nothing_is_not_owed(open_store: OpenStore) -> None:
+    """A state-changing call refused before it wrote (no such key) owes nothing: its refused record
+    fails it as before, saying the call was not performed."""
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock())
+    missing = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/00000000-0000-4000-8000-000000000000"
+    spool.refuse_once = {"EnableKey"}
+    with pytest.raises(errors.KMSInternalException, match="the call was not performed"):
+        await service.execute("EnableKey", context("req-enable"), {"KeyId": missing})
+    assert await store.owed_records() == []
+    await service.run_due()
+    assert spool.named("EnableKey") == []
+    await store.close()
+
+
+async def a_tick_leaves_a_call_in_flight_its_record(open_store: OpenStore) -> None:
+    """A tick while a call's change is written and its record not yet durable does not take it up:
+    the call records it, once."""
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = await _key(service)
+
+    async def tick(record: CallRecord) -> None:
+        if record.event_name == "PutKeyPolicy":
+            assert [owed.event_id for owed in await store.owed_records()] == [record.event_id]
+            await service.run_due()
+
+    spool.during = tick
+    await _put_policy(service, arn)
+    assert len(spool.named("PutKeyPolicy")) == 1
+    assert await store.owed_records() == []
+    await store.close()

@@ -1,0 +1,110 @@
+"""The audit record of a state-changing call, owed in the SQLite key store with its change
+(kms/owed_calls.py): written in the change's transaction, deleted once durable, and recorded by the
+next start or tick when the spool refused it or the node died in between (the same scenarios run
+over PostgreSQL in tests/integration/keystores/test_postgres_owed_calls.py)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms import errors
+from keytrail.kms.model import CallRecord
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_store import SqliteStore
+from keytrail.kms.store import Store
+from keytrail.kms.store_ledger import LedgerMismatch
+from tests.support import owed_calls
+from tests.support.owed_calls import ACCOUNT, Spool, context, node
+
+
+def _opener(path: Path) -> Callable[[], Awaitable[Store]]:
+    root = RootKey(os.urandom(32))
+
+    async def open_store() -> Store:
+        return SqliteStore(path, root)
+
+    return open_store
+
+
+async def test_the_record_is_owed_with_the_change_and_settled_once_durable(tmp_path: Path) -> None:
+    await owed_calls.the_record_is_owed_with_the_change_and_settled_once_durable(_opener(tmp_path / "keys.db"))
+
+
+async def test_a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start(tmp_path: Path) -> None:
+    await owed_calls.a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start(
+        _opener(tmp_path / "keys.db"))
+
+
+async def test_a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(tmp_path: Path) -> None:
+    await owed_calls.a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(_opener(tmp_path / "keys.db"))
+
+
+async def test_a_refused_record_of_a_call_that_changed_nothing_is_not_owed(tmp_path: Path) -> None:
+    await owed_calls.a_refused_record_of_a_call_that_changed_nothing_is_not_owed(_opener(tmp_path / "keys.db"))
+
+
+async def test_a_tick_leaves_a_call_in_flight_its_record(tmp_path: Path) -> None:
+    await owed_calls.a_tick_leaves_a_call_in_flight_its_record(_opener(tmp_path / "keys.db"))
+
+
+async def test_the_owed_row_is_in_the_file_with_the_change_and_its_ledger(tmp_path: Path) -> None:
+    # Read from keys.db itself while the spool holds the record: the policy and the owed row were
+    # committed together, and the ledger counts the row (a deleted one would be refused at open).
+    path = tmp_path / "keys.db"
+    store, spool = await _opener(path)(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = str((await service.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+    found: list[tuple[str, ...]] = []
+
+    async def read_the_file(record: CallRecord) -> None:
+        with sqlite3.connect(path) as db:
+            found.extend(row for (row,) in db.execute("SELECT event_id FROM owed_records"))
+        db.close()
+
+    spool.during = read_the_file
+    await service.execute("UpdateKeyDescription", context("req-describe"), {"KeyId": arn, "Description": "d"})
+    assert found == [spool.named("UpdateKeyDescription")[0].event_id]
+    await store.close()
+
+
+async def test_an_owed_record_deleted_outside_keytrail_is_refused_as_the_store_opens(tmp_path: Path) -> None:
+    # Deleting the row would have the change stand without its record: the ledger shows it.
+    path, open_store = tmp_path / "keys.db", _opener(tmp_path / "keys.db")
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = str((await service.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+    spool.crash_at = {"ScheduleKeyDeletion"}
+    with pytest.raises(owed_calls.Crash):
+        await service.execute("ScheduleKeyDeletion", context("req-delete"), {"KeyId": arn})
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM owed_records")
+    db.close()
+    with pytest.raises(LedgerMismatch, match="owed_records 0 row"):
+        await open_store()
+
+
+async def test_a_refused_synchronize_multi_region_key_is_recorded_once_the_spool_recovers(tmp_path: Path) -> None:
+    # KMS's own call, recorded after the copies were written: refused, it stays owed too.
+    store, spool = await _opener(tmp_path / "keys.db")(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = str((await service.execute("CreateKey", context(), {"MultiRegion": True}))["KeyMetadata"]["Arn"])
+    spool.refuse_once = {"SynchronizeMultiRegionKey"}
+    with pytest.raises(errors.KMSInternalException, match="what the call changed stands"):
+        await service.execute("ReplicateKey", context("req-replicate"), {"KeyId": arn, "ReplicaRegion": "eu-west-1"})
+    assert await store.get_key(ACCOUNT, "eu-west-1", arn.rsplit("/", 1)[1]) is not None
+    [replicate] = spool.named("ReplicateKey")  # the caller's answer, as it was
+    assert replicate.error_code == "KMSInternalException"
+    assert spool.named("SynchronizeMultiRegionKey") == []
+    [owed] = await store.owed_records()
+    await service.run_due()  # (which also activates the replica: its own SynchronizeMultiRegionKey)
+    [synchronize] = [r for r in spool.named("SynchronizeMultiRegionKey") if r.event_id == owed.event_id]
+    assert synchronize.resources == (arn,) and synchronize.internal_request_id == owed.internal_request_id
+    assert await store.owed_records() == []
+    await store.close()
