@@ -333,7 +333,8 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
             _start_consumers(node)
     # The first pass is the start's last step that can fail, and it fails only before any due work
     # is done (reading the keys): a failed start removes the audit trail it made (serve), which
-    # must then hold no record of a rotation or deletion that was carried out.
+    # must then hold no record of a rotation or deletion that was carried out, nor of a change an
+    # earlier node left owed (recorded after the due work, never failing the pass: kms/owed_calls.py).
     with _part("the first pass of scheduled key maintenance"):
         await node.service.run_due()
     node.background.append(asyncio.create_task(_scheduler(node)))

@@ -108,3 +108,20 @@ async def test_a_refused_synchronize_multi_region_key_is_recorded_once_the_spool
     assert synchronize.resources == (arn,) and synchronize.internal_request_id == owed.internal_request_id
     assert await store.owed_records() == []
     await store.close()
+
+
+async def test_calls_that_only_read_owe_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Encrypt, Decrypt, GenerateDataKey: no owed record, no store write, the path of before.
+    store, spool = await _opener(tmp_path / "keys.db")(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = str((await service.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+
+    def owing(record: Callable[[], CallRecord]) -> None:
+        raise AssertionError("a call that only reads entered the outbox")
+
+    monkeypatch.setattr(store, "owing", owing)
+    blob = (await service.execute("Encrypt", context("req-e"), {"KeyId": arn, "Plaintext": b"x"}))["CiphertextBlob"]
+    await service.execute("Decrypt", context("req-d"), {"CiphertextBlob": blob})
+    await service.execute("GenerateDataKey", context("req-g"), {"KeyId": arn, "KeySpec": "AES_256"})
+    assert [r.event_name for r in spool.records[-3:]] == ["Encrypt", "Decrypt", "GenerateDataKey"]
+    await store.close()
