@@ -198,3 +198,29 @@ async def a_tick_leaves_a_call_in_flight_its_record(open_store: OpenStore) -> No
     assert len(spool.named("PutKeyPolicy")) == 1
     assert await store.owed_records() == []
     await store.close()
+
+
+async def a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(
+        open_store: OpenStore, *, advance: float = 0.0) -> None:
+    """KMS's own SynchronizeMultiRegionKey is owed by the write it announces (ReplicateKey's, which
+    changes the primary): killed before it is durable, the next start records it and the call."""
+    store, spool, clock = await open_store(), Spool(), ManualClock()
+    service = node(store, spool, clock)
+    arn = str((await service.execute("CreateKey", context(), {"MultiRegion": True}))["KeyMetadata"]["Arn"])
+    spool.crash_at = {"SynchronizeMultiRegionKey"}
+    with pytest.raises(Crash):
+        await service.execute("ReplicateKey", context("req-replicate"), {"KeyId": arn, "ReplicaRegion": "eu-west-1"})
+    await store.close()
+    spool.crash_at = set()
+    clock.advance(advance)
+    store = await open_store()
+    restarted = node(store, spool, clock)
+    await restarted.run_due()  # the start (which also activates the replica: its own SynchronizeMultiRegionKey)
+    await restarted.run_due()
+    [synchronize] = [r for r in spool.named("SynchronizeMultiRegionKey") if r.resources == (arn,)]
+    assert synchronize.internal_request_id is not None
+    [replicate] = spool.named("ReplicateKey")
+    assert (replicate.request_id, replicate.error_code) == ("req-replicate", None)
+    assert replicate.response_elements is not None and "replicaKeyMetadata" in replicate.response_elements
+    assert await store.owed_records() == []
+    await store.close()

@@ -10,26 +10,30 @@ makes itself: CloudTrail logs them as AwsApiCall, under its internal identity).
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from keytrail.kms import owed_calls
 from keytrail.kms.keys import Key
-from keytrail.kms.model import KeyState, Origin
+from keytrail.kms.model import CallRecord, KeyState, Origin
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
 __all__ = [
     "activate_replica",
-    "announce",
+    "announced",
     "copies",
     "is_primary",
     "is_replica",
     "key_type",
     "lock_region",
     "move_primary",
+    "put_announced",
     "replica_of",
+    "rotation_copies",
     "save_with_replicas",
     "scheduled_deletion",
     "synchronize",
@@ -94,16 +98,28 @@ async def copies(svc: KmsService, key: Key) -> list[Key]:
 
 async def synchronize(svc: KmsService, keys: list[Key]) -> None:
     """Persist changed shared properties on every copy at once, then record the service events."""
-    await svc.store.put_keys(keys)
-    await announce(svc, keys)
+    await put_announced(svc, keys, keys)
 
 
-async def announce(svc: KmsService, keys: list[Key]) -> None:
-    """Record the `SynchronizeMultiRegionKey` call of each copy changed: an AwsApiCall of KMS's own,
-    with no serviceEventDetails; entries since December 2022 carry the copy's ARN in
-    responseElements.keyId (ct-synchronize-multi-region-key)."""
-    for key in keys:
-        await svc.internal_call("SynchronizeMultiRegionKey", key, response_elements={"keyId": key.arn})
+def _synchronization(svc: KmsService, key: Key) -> CallRecord:
+    """The `SynchronizeMultiRegionKey` record of a changed copy: an AwsApiCall of KMS's own, with no
+    serviceEventDetails; entries since December 2022 carry the copy's ARN in responseElements.keyId
+    (ct-synchronize-multi-region-key)."""
+    return svc.internal_call_record("SynchronizeMultiRegionKey", key, response_elements={"keyId": key.arn})
+
+
+def announced(svc: KmsService, keys: list[Key]) -> AbstractAsyncContextManager[None]:
+    """Within it, the task's writes (the ones that change `keys`) owe each copy's
+    `SynchronizeMultiRegionKey` record in their transaction; after it, the records are made durable
+    (kms/owed_calls.py): a node stopped in between leaves them owed, not lost."""
+    return owed_calls.owed_with_writes(svc, [_synchronization(svc, key) for key in keys])
+
+
+async def put_announced(svc: KmsService, keys: list[Key], changed: list[Key]) -> None:
+    """Store `keys` in one transaction with the `SynchronizeMultiRegionKey` records of the copies
+    `changed` among them, then record those."""
+    async with announced(svc, changed):
+        await svc.store.put_keys(keys)
 
 
 async def activate_replica(svc: KmsService, key: Key) -> Key:
@@ -113,16 +129,18 @@ async def activate_replica(svc: KmsService, key: Key) -> Key:
     return active
 
 
-async def save_with_replicas(svc: KmsService, primary: Key) -> list[Key]:
+async def save_with_replicas(svc: KmsService, primary: Key) -> None:
     """Store `primary` and, in the same transaction, every replica given its materials and
     rotation schedule (a replica left without the new material could not decrypt what the primary
-    encrypts); returns the replicas, for `announce`."""
-    replicas = await _rotation_copies(svc, primary) if is_primary(primary) else []
-    await svc.store.put_keys([primary, *replicas])
-    return replicas
+    encrypts), then record the replicas' `SynchronizeMultiRegionKey`."""
+    replicas = await rotation_copies(svc, primary)
+    await put_announced(svc, [primary, *replicas], replicas)
 
 
-async def _rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
+async def rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
+    """The replicas of `primary` given its materials and rotation schedule (none: not a primary)."""
+    if not is_primary(primary):
+        return []
     return [
         replace(
             replica,

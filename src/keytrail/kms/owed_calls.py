@@ -11,25 +11,30 @@ the spool; the node's start and each tick record what is still owed (`record_owe
 written twice only if the node stops after the spool took it and before its row was deleted, or a
 tick took up another node's call still in flight, and then with one `eventID`: consumers
 deduplicate on it. Read-only calls (Encrypt, Decrypt, GenerateDataKey, …) write nothing and owe
-nothing: they take the path of before.
+nothing: they take the path of before. The SynchronizeMultiRegionKey records KMS makes itself are
+owed the same way by the write that changes the copies they announce (`owed_with_writes`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.model import CallRecord
-from keytrail.kms.store import OwedWrites
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
+    from keytrail.kms.store import OwedWrites
 
-__all__ = ["OwedCall", "owe_and_record", "record_owed", "run_owing"]
+__all__ = ["OwedCall", "changed_unrecorded", "owed_with_writes", "record_owed", "run_owing"]
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +115,32 @@ async def _settle(svc: KmsService, record: CallRecord) -> None:
                     "eventID, by a later tick): %s", record.event_id, exc)
 
 
-async def owe_and_record(svc: KmsService, record: CallRecord) -> None:
-    """Record a call KMS makes itself (SynchronizeMultiRegionKey) after the change it announces was
-    written: owed in the store first, so a record the spool refuses is recorded once it can write."""
+@asynccontextmanager
+async def owed_with_writes(svc: KmsService, records: Sequence[CallRecord]) -> AsyncIterator[None]:
+    """Within it, the task's writes owe `records` too (the SynchronizeMultiRegionKey calls KMS makes
+    for the copies they change), in their transactions; after it, each is recorded and settled."""
+    ids = {record.event_id for record in records}
+    svc.in_flight |= ids  # not a tick's to take up meanwhile
     try:
-        await svc.store.owe_record(record)
-    except Exception as exc:  # the change stands: its record is still made, as before there was an outbox
-        log.warning("audit record %s (%s) could not be owed in the key store first: %s", record.event_id,
-                    record.event_name, exc)
-        await svc.audit(record)
-        return
-    svc.in_flight.add(record.event_id)  # not a tick's to take up meanwhile
-    try:
-        await _record(svc, record, OwedWrites(written=True))
+        async with contextlib.AsyncExitStack() as stack:
+            writes = [await stack.enter_async_context(svc.store.owing(partial(_same, record))) for record in records]
+            try:
+                yield
+            except BaseException:  # after its write, maybe (a service event refused): the next tick records them
+                svc.left_owed |= ids
+                raise
+        for record, written in zip(records, writes, strict=True):
+            try:
+                await _record(svc, record, written)
+            except BaseException:
+                svc.left_owed |= ids  # the ones after it too
+                raise
     finally:
-        svc.in_flight.discard(record.event_id)
+        svc.in_flight -= ids
+
+
+def _same(record: CallRecord) -> CallRecord:
+    return record
 
 
 async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:

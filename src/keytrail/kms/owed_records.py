@@ -90,28 +90,27 @@ class _Owed:
 
 
 class Owing:
-    """The record each task's writes owe (a store's `owing`), for the store's write transactions."""
+    """The records each task's writes owe (a store's `owing`, nested: a call's own, and those of the
+    SynchronizeMultiRegionKey calls its write makes), for the store's write transactions."""
 
     def __init__(self) -> None:
-        self._current: ContextVar[_Owed | None] = ContextVar(f"owing-{id(self)}", default=None)
+        self._current: ContextVar[tuple[_Owed, ...]] = ContextVar(f"owing-{id(self)}", default=())
 
     @asynccontextmanager
     async def owing(self, record: Callable[[], CallRecord]) -> AsyncIterator[OwedWrites]:
         """Within it, each write of this task writes `record()` too, in its transaction."""
         owed = _Owed(record)
-        token = self._current.set(owed)
+        token = self._current.set((*self._current.get(), owed))
         try:
             yield owed.writes
         finally:
             self._current.reset(token)
 
-    def record(self) -> CallRecord | None:
-        """The record this task's write must carry now (None: it owes none)."""
-        owed = self._current.get()
-        return owed.record() if owed is not None else None
+    def records(self) -> list[CallRecord]:
+        """The records this task's write must carry now (none: it owes none)."""
+        return [owed.record() for owed in self._current.get()]
 
     def written(self) -> None:
-        """Note that this task's write committed with its record."""
-        owed = self._current.get()
-        if owed is not None:
+        """Note that this task's write committed with its records."""
+        for owed in self._current.get():
             owed.writes.written = True

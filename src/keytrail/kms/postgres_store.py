@@ -197,21 +197,21 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _ledgered(self) -> AsyncIterator[LedgerWriter]:
-        """A write transaction, with the record the task's call owes (`owing`) if it changed a row,
+        """A write transaction, with the records the task's call owes (`owing`) if it changed a row,
         and the ledger row locked and written before the commit."""
         # READ COMMITTED whatever the database's default: a write that waited for the ledger's lock
         # reads the rows the write before left (a stricter level fails it: could not serialize).
-        owed = None
+        owed: list[CallRecord] = []
         async with self._connection() as connection, connection.transaction(isolation="read_committed"):
             try:
                 writer = await LedgerWriter.begin(connection, self._root)
             except LedgerMismatch as mismatch:  # its row deleted or forged under the running node
                 raise self._ledger.broken(mismatch) from None
             yield writer
-            if writer.changed and (owed := self._owing.record()) is not None:
-                await self._put_owed(writer, owed)
+            for record in (owed := self._owing.records() if writer.changed else []):
+                await self._put_owed(writer, record)
             await writer.commit()
-        if owed is not None:
+        if owed:
             self._owing.written()
 
     async def _put_owed(self, writer: LedgerWriter, record: CallRecord) -> None:

@@ -24,9 +24,10 @@ async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime
     when = at or svc.now()
     material = svc.new_material(await generate_secret(key.key_spec), rotation_type, when)
     rotated = _owing_rotation(svc, key, key.rotated(material, when), material, when)
-    replicas = await multiregion.save_with_replicas(svc, rotated)
-    rotated = await service_events.record_owed(svc, rotated)
-    await multiregion.announce(svc, replicas)
+    replicas = await multiregion.rotation_copies(svc, rotated)
+    async with multiregion.announced(svc, replicas):  # recorded after the RotateKey, as before
+        await svc.store.put_keys([rotated, *replicas])
+        rotated = await service_events.record_owed(svc, rotated)
     return rotated
 
 
@@ -52,9 +53,9 @@ async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
     promoted = _promoted(key, pending.material_id, when)
     rotated = _owing_rotation(svc, key, promoted, promoted.materials[-1], when)  # `rotated` appends it
     copies = [_promoted(r, pending.material_id, when) for r in replicas]
-    await svc.store.put_keys([rotated, *copies])
-    rotated = await service_events.record_owed(svc, rotated)
-    await multiregion.announce(svc, copies)
+    async with multiregion.announced(svc, copies):
+        await svc.store.put_keys([rotated, *copies])
+        rotated = await service_events.record_owed(svc, rotated)
     return rotated
 
 

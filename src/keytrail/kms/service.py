@@ -195,15 +195,15 @@ class KmsService:
             log.exception("audit sink failure (event %s)", record.event_id)
             raise _unaudited(_request_of(record)) from None
 
-    async def internal_call(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> None:
-        """Record a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
+    def internal_call_record(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> CallRecord:
+        """The record of a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
         AwsApiCall with a requestID, under KMS's internal identity (ct-synchronize-multi-region-key).
-        It is owed in the key store until durable (kms/owed_calls.py)."""
-        await owed_calls.owe_and_record(self, CallRecord(
+        It is owed by the write it announces (`multiregion.announced`)."""
+        return CallRecord(
             event_id=self.deps.new_id(), event_name=name, event_time=self.clock.now(), region=key.region,
             account=key.account, context=None, request_parameters=None, response_elements=response_elements,
             resources=(key.arn,), read_only=False, internal_request_id=self.deps.new_id(),
-        ))
+        )
 
     # --- finding keys ------------------------------------------------------------------------
 
@@ -386,9 +386,9 @@ class KmsService:
             await self.store.put_key(key)
         await service_events.record_events(self, key)
         changed = await multiregion.without_replica(self, key)
-        await self.store.delete_key(key, changed)
-        forget_deleted(key, changed)  # what a copy still holds (a multi-Region key's) stays cached
-        await multiregion.announce(self, changed)
+        async with multiregion.announced(self, changed):
+            await self.store.delete_key(key, changed)
+            forget_deleted(key, changed)  # what a copy still holds (a multi-Region key's) stays cached
 
     async def run_due(self) -> None:
         """Apply every due deletion and rotation (the scheduler's tick), record the audit records

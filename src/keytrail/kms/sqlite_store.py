@@ -197,17 +197,16 @@ class SqliteStore:
         return authenticate(self._root, table.name, row, body)
 
     def _write(self, changes: Sequence[Change]) -> None:
-        """Make `changes` in one transaction, with the record the task's call owes (`owing`)."""
+        """Make `changes` in one transaction, with the records the task's call owes (`owing`)."""
         if not self._writable:
             raise OSError(f"the key store {self._path} was opened for reading only")
-        owed = self._owing.record()
-        if owed is not None:
-            changes = [*changes, self._owed_put(owed)]
+        owed = self._owing.records()
+        changes = [*changes, *map(self._owed_put, owed)]
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             ledger = apply(self._db, self._root, self._ledger, changes)
         self._ledger = ledger  # once committed
-        if owed is not None:
+        if owed:
             self._owing.written()
 
     def _owed_put(self, record: CallRecord) -> Put:

@@ -39,6 +39,11 @@ async def test_a_crash_between_the_write_and_the_record_is_recorded_once_its_gra
         _opener(dsn), advance=OWED_GRACE_SECONDS)
 
 
+async def test_a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(dsn: str) -> None:
+    await owed_calls.a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(
+        _opener(dsn), advance=OWED_GRACE_SECONDS)
+
+
 async def test_a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(dsn: str) -> None:
     await owed_calls.a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(_opener(dsn))
 

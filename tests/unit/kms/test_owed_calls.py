@@ -41,6 +41,11 @@ async def test_a_crash_between_the_write_and_the_record_is_recorded_at_the_next_
         _opener(tmp_path / "keys.db"))
 
 
+async def test_a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(tmp_path: Path) -> None:
+    await owed_calls.a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(
+        _opener(tmp_path / "keys.db"))
+
+
 async def test_a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(tmp_path: Path) -> None:
     await owed_calls.a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(_opener(tmp_path / "keys.db"))
 

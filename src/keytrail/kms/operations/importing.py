@@ -283,8 +283,7 @@ async def _save_import(svc: KmsService, key: Key) -> None:
             if not any(m.material_id == pending.material_id for m in other.materials):
                 kept = tuple(m for m in other.materials if not m.pending)  # none left behind
                 replicas.append(replace(other, materials=(*kept, pending.without_secret())))
-    await svc.store.put_keys([key, *replicas])
-    await multiregion.announce(svc, replicas)
+    await multiregion.put_announced(svc, [key, *replicas], replicas)
 
 
 async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
@@ -297,9 +296,8 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
     dropped = [target.material_id] if target is not None and target.pending else []
     replicas = await pending_dropped(svc, key, dropped)
     emptied = without_material(key, target.material_id if target else None)
-    await svc.store.put_keys([emptied, *replicas])
+    await multiregion.put_announced(svc, [emptied, *replicas], replicas)
     forget_deleted(key, [emptied])
-    await multiregion.announce(svc, replicas)
     material_id = target.material_id if target else key.extra.get(FINGERPRINT)
     if material_id:
         call.additional_event_data["keyMaterialId"] = material_id

@@ -97,8 +97,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     # the write: the record it owes (kms/owed_calls.py) names the replica.
     call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata), "replicaPolicy": replica.policy}
     # One write: a replica its primary does not list would never get the primary's rotations.
-    await svc.store.put_keys([replica, *siblings])
-    await multiregion.announce(svc, siblings)
+    await multiregion.put_announced(svc, [replica, *siblings], siblings)
     return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
             "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in replica.tags]}
 

@@ -77,7 +77,7 @@ async def disable_key_rotation(svc: KmsService, call: Call) -> Response:
 
 async def _set_rotation(svc: KmsService, key: Key) -> None:
     """Persist the rotation settings; a multi-Region primary's replicas share them."""
-    await multiregion.announce(svc, await multiregion.save_with_replicas(svc, key))
+    await multiregion.save_with_replicas(svc, key)
 
 
 async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
