@@ -2,14 +2,17 @@
 spool's record (kms/owed_calls.py): the record was written into keys.db with the change, and the
 next `keytrail serve` records it as it starts, under the eventID and requestID it had, into a trail
 that `keytrail audit verify` still passes. The node is killed in this process, at that very point
-(a spool that dies as it is handed the record): a real `kill -9` cannot be timed there."""
+(a spool that dies as it is handed the record): a real `kill -9` cannot be timed there; one under a
+load of state-changing calls checks that wherever it lands, no change stands without its record."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,6 +60,49 @@ def test_a_change_whose_node_died_before_its_record_is_recorded_by_the_next_serv
     with sqlite3.connect(data / "keys.db") as db:
         assert db.execute("SELECT count(*) FROM owed_records").fetchone() == (0,)
     db.close()
+    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(data)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _tag_until_stopped(server: KeytrailServer, key_id: str, answered: list[str], stop: threading.Event) -> None:
+    client = server.client("alice")
+    for n in itertools.count():
+        if stop.is_set():
+            return
+        try:
+            reply = client.tag_resource(KeyId=key_id, Tags=[{"TagKey": "n", "TagValue": str(n)}])
+        except Exception:  # the server died under us: that call got no answer
+            return
+        answered.append(reply["ResponseMetadata"]["RequestId"])
+
+
+def test_kill_9_under_state_changing_load_leaves_no_change_without_its_record(tmp_path: Path) -> None:
+    # Whatever instant the kill lands on (between a write and its record, or not), each key's tag
+    # as the store holds it after the restart is one a TagResource record in the trail set.
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    keys = [server.client("alice").create_key()["KeyMetadata"]["KeyId"] for _ in range(4)]
+    answered: list[str] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=_tag_until_stopped, args=(server, key, answered, stop)) for key in keys]
+    for thread in threads:
+        thread.start()
+    while len(answered) < 200:
+        threading.Event().wait(0.05)
+    server.kill()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    restarted = KeytrailServer(data).start()
+    alice = restarted.client("alice")
+    held = {(key, tag["TagValue"]) for key in keys for tag in alice.list_resource_tags(KeyId=key)["Tags"]}
+    assert restarted.stop() == 0
+    events = [e for _, e in iter_events(data)]
+    tagged = {(e["requestParameters"]["keyId"], e["requestParameters"]["tags"][0]["tagValue"])
+              for e in events if e["eventName"] == "TagResource" and "errorCode" not in e}
+    assert held and held <= tagged
+    assert set(answered) <= {e.get("requestID") for e in events}
     result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(data)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
