@@ -224,3 +224,17 @@ async def a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed
     assert replicate.response_elements is not None and "replicaKeyMetadata" in replicate.response_elements
     assert await store.owed_records() == []
     await store.close()
+
+
+async def a_call_refused_at_its_write_owes_nothing(open_store: OpenStore) -> None:
+    """CreateAlias of a name taken: the store's write changes nothing (the name is checked in its
+    transaction), so nothing is owed; the refusal is recorded as before."""
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = await _key(service)
+    await service.execute("CreateAlias", context("req-alias"), {"AliasName": "alias/taken", "TargetKeyId": arn})
+    with pytest.raises(errors.AlreadyExistsException):
+        await service.execute("CreateAlias", context("req-again"), {"AliasName": "alias/taken", "TargetKeyId": arn})
+    assert [r.error_code for r in spool.named("CreateAlias")] == [None, "AlreadyExistsException"]
+    assert await store.owed_records() == []
+    await store.close()

@@ -52,6 +52,10 @@ async def test_a_refused_record_of_a_call_that_changed_nothing_is_not_owed(dsn: 
     await owed_calls.a_refused_record_of_a_call_that_changed_nothing_is_not_owed(_opener(dsn))
 
 
+async def test_a_call_refused_at_its_write_owes_nothing(dsn: str) -> None:
+    await owed_calls.a_call_refused_at_its_write_owes_nothing(_opener(dsn))
+
+
 async def test_a_tick_leaves_a_call_in_flight_its_record(dsn: str) -> None:
     await owed_calls.a_tick_leaves_a_call_in_flight_its_record(_opener(dsn))
 

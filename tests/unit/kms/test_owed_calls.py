@@ -54,6 +54,10 @@ async def test_a_refused_record_of_a_call_that_changed_nothing_is_not_owed(tmp_p
     await owed_calls.a_refused_record_of_a_call_that_changed_nothing_is_not_owed(_opener(tmp_path / "keys.db"))
 
 
+async def test_a_call_refused_at_its_write_owes_nothing(tmp_path: Path) -> None:
+    await owed_calls.a_call_refused_at_its_write_owes_nothing(_opener(tmp_path / "keys.db"))
+
+
 async def test_a_tick_leaves_a_call_in_flight_its_record(tmp_path: Path) -> None:
     await owed_calls.a_tick_leaves_a_call_in_flight_its_record(_opener(tmp_path / "keys.db"))
 
