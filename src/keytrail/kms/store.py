@@ -128,7 +128,9 @@ class OwedRecordStore(Protocol):
 
     def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
         """Within it, every write of this task also writes `record()` (called at each write: the
-        call as it stands) in the same transaction, over the row of its event id."""
+        call as it stands) in the same transaction, over the row of its event id. Nested, each
+        level's record is written (a call's, and those of the SynchronizeMultiRegionKey calls its
+        write makes)."""
         ...
     async def owe_record(self, record: CallRecord) -> None:
         """Write `record` over the owed row of its event id (or as a new one)."""
