@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from keytrail.kms.context import CallContext, IdentityType, Principal
@@ -25,9 +26,15 @@ __all__ = ["Owing", "record_from_doc", "record_to_doc"]
 
 
 def _json_value(value: Any) -> Any:
+    # What json cannot write (a datetime, an enum) in the form the trail shows it, anything else as
+    # its text: failing here would fail the call's write, and with it the change, for its record's sake.
     if isinstance(value, datetime):
         return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
 
 
 def _principal_doc(principal: Principal) -> dict[str, Any]:

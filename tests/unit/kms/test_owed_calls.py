@@ -8,13 +8,17 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from keytrail.clock import ManualClock
 from keytrail.kms import errors
-from keytrail.kms.model import CallRecord
+from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.model import CallRecord, KeyState
+from keytrail.kms.owed_records import record_from_doc, record_to_doc
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
@@ -134,3 +138,20 @@ async def test_calls_that_only_read_owe_nothing(tmp_path: Path, monkeypatch: pyt
     await service.execute("GenerateDataKey", context("req-g"), {"KeyId": arn, "KeySpec": "AES_256"})
     assert [r.event_name for r in spool.records[-3:]] == ["Encrypt", "Decrypt", "GenerateDataKey"]
     await store.close()
+
+
+def test_an_owed_record_reads_back_as_it_was_written() -> None:
+    # An assumed role over TLS, datetimes and enums among the values: the record recovered after a
+    # crash is the one the call would have recorded (identity policies aside: no record shows them).
+    principal = Principal(arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/app/s", account=ACCOUNT,
+                          type=IdentityType.ASSUMED_ROLE, access_key_id="ASIAAPP0000000000001", principal_id="AROA:s",
+                          role_arn=f"arn:aws:iam::{ACCOUNT}:role/app", session_name="s")
+    call = CallContext(principal=principal, region="eu-west-1", request_id="req-x", source_ip="10.0.0.1",
+                       user_agent="aws-cli/2", secure_transport=True, tls_details={"tlsVersion": "TLSv1.3"})
+    record = CallRecord("e-1", "ScheduleKeyDeletion", datetime(2026, 5, 1, 12, tzinfo=UTC), "eu-west-1", ACCOUNT, call,
+                        {"keyId": "k", "pendingWindowInDays": 7}, {"keyState": KeyState.PENDING_DELETION,
+                                                                  "deletionDate": datetime(2026, 5, 8, tzinfo=UTC)},
+                        additional_event_data={"keyMaterialId": "ab"}, resources=("arn:k",), error_code=None)
+    back = record_from_doc(record_to_doc(record))
+    assert back == replace(record, response_elements={"keyState": "PendingDeletion",
+                                                      "deletionDate": "2026-05-08T00:00:00+00:00"})
