@@ -60,10 +60,10 @@ async def create_alias(svc: KmsService, call: Call) -> Response:
     await svc.authorize_alias(call, "kms:CreateAlias", name)
     await _require_alias_room(svc, key)
     context, now = call.context, svc.now()
+    call.log_key_id(key.arn)  # before the write: the record it owes (kms/owed_calls.py) names the key
     # One step, not a lookup then a write: two calls creating one name at once would both succeed.
     if not await svc.store.add_alias(Alias(context.account, context.region, name, key.key_id, now, now)):
         raise errors.AlreadyExistsException(f"An alias with the name {svc.alias_arn(call, name)} already exists")
-    call.log_key_id(key.arn)
     return {}
 
 
@@ -101,9 +101,9 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
     if key.key_id != alias.key_id:
         await _require_alias_room(svc, key)
     updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
+    call.log_key_id(key.arn)  # the new target; before the write, for the record it owes
     if not await svc.store.update_alias(updated):  # deleted meanwhile: not brought back
         raise errors.NotFoundException(f"Alias {svc.alias_arn(call, alias.name)} is not found.")
-    call.log_key_id(key.arn)  # the new target
     return {}
 
 
@@ -115,9 +115,9 @@ async def delete_alias(svc: KmsService, call: Call) -> Response:
     if key is not None:
         await svc.authorize(call, "kms:DeleteAlias", key)
     await svc.authorize_alias(call, "kms:DeleteAlias", alias.name)
-    await svc.store.delete_alias(alias)
     if key is not None:
-        call.log_key_id(key.arn)
+        call.log_key_id(key.arn)  # before the write, for the record it owes
+    await svc.store.delete_alias(alias)
     return {}
 
 

@@ -171,9 +171,10 @@ async def import_key_material(svc: KmsService, call: Call) -> Response:
         description=params.get("KeyMaterialDescription"),
     )
     imported = _placed(key, material, params)
-    await _save_import(svc, replace(imported, expiration_model=expiration_of(imported)[0]))
+    # Before the write: the record it owes (kms/owed_calls.py) names the material, as the call's does.
     call.additional_event_data["keyMaterialId"] = material.material_id
     call.response_elements = {"keyId": key.arn, "keyMaterialId": material.material_id}
+    await _save_import(svc, replace(imported, expiration_model=expiration_of(imported)[0]))
     return {"KeyId": key.arn, "KeyMaterialId": material.material_id}
 
 
@@ -296,13 +297,13 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
     dropped = [target.material_id] if target is not None and target.pending else []
     replicas = await pending_dropped(svc, key, dropped)
     emptied = without_material(key, target.material_id if target else None)
-    await multiregion.put_announced(svc, [emptied, *replicas], replicas)
-    forget_deleted(key, [emptied])
     material_id = target.material_id if target else key.extra.get(FINGERPRINT)
-    if material_id:
+    if material_id:  # noted before the write: the record it owes (kms/owed_calls.py) names the material
         call.additional_event_data["keyMaterialId"] = material_id
     response: Response = {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
     call.response_elements = {name[:1].lower() + name[1:]: value for name, value in response.items()}
+    await multiregion.put_announced(svc, [emptied, *replicas], replicas)
+    forget_deleted(key, [emptied])
     return response
 
 

@@ -211,11 +211,11 @@ async def schedule_key_deletion(svc: KmsService, call: Call) -> Response:
     if key.state is KeyState.PENDING_REPLICA_DELETION:
         raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
     key = multiregion.scheduled_deletion(key, svc.now(), window)
-    await svc.store.put_key(key)
-    call.response_elements = {
+    call.response_elements = {  # before the write: the record it owes (kms/owed_calls.py) says the same
         "keyId": key.arn, "deletionDate": key.deletion_date.isoformat() if key.deletion_date else None,
         "keyState": key.state.value, "pendingWindowInDays": window,
     }
+    await svc.store.put_key(key)
     response: Response = {"KeyId": key.arn, "KeyState": key.state.value, "PendingWindowInDays": window}
     if key.deletion_date is not None:  # absent while a primary waits for its replicas' deletion
         response["DeletionDate"] = key.deletion_date
@@ -227,8 +227,8 @@ async def cancel_key_deletion(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:CancelKeyDeletion", key)
     if key.state not in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION):
         raise errors.KMSInvalidStateException(f"{key.arn} is not pending deletion.")
+    call.response_elements = {"keyId": key.arn}  # before the write, for the record it owes
     await svc.store.put_key(key.with_state(_state_after_cancelled_deletion(key)))
-    call.response_elements = {"keyId": key.arn}
     return {"KeyId": key.arn}
 
 

@@ -64,8 +64,8 @@ async def enable_key_rotation(svc: KmsService, call: Call) -> Response:
     period = call.params.get("RotationPeriodInDays")
     key = await _rotatable_key(svc, call, "kms:EnableKeyRotation",
                                {"kms:RotationPeriodInDays": period} if period else None)
+    call.log_key_id(key.arn)  # ct-enablekeyrotation; DisableKeyRotation's entries still log null. Before the write
     await _set_rotation(svc, key.with_rotation(True, svc.now(), period))
-    call.log_key_id(key.arn)  # ct-enablekeyrotation; DisableKeyRotation's entries still log null
     return {}
 
 
@@ -101,11 +101,11 @@ async def rotate_key_on_demand(svc: KmsService, call: Call) -> Response:
             "The on-demand rotations limit has been reached for the given keyId. "
             f"No more on-demand rotations can be performed for this key: {key.arn}"
         )
+    call.response_elements = {"keyId": key.arn}  # CloudTrail logs this call's response; before the write (its record)
     if key.origin is Origin.EXTERNAL:
         await rotate_to_imported(svc, key)
     else:
         await rotate_key(svc, key, "ON_DEMAND")
-    call.response_elements = {"keyId": key.arn}  # CloudTrail logs this call's response
     return {"KeyId": key.arn}
 
 

@@ -31,8 +31,8 @@ async def untag_resource(svc: KmsService, call: Call) -> Response:
     names = call.params["TagKeys"]
     await svc.authorize(call, "kms:UntagResource", key, {"aws:TagKeys": list(names)})
     svc.require_not_pending_deletion(key)
+    call.log_key_id(key.arn)  # ct-untagresource; TagResource's entries still log null. Before the write (its record)
     await svc.store.put_key(key.with_tags({k: v for k, v in key.tags if k not in set(names)}))
-    call.log_key_id(key.arn)  # ct-untagresource; TagResource's entries still log null
     return {}
 
 
