@@ -152,13 +152,18 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
     grace = timedelta(seconds=svc.store.owed_grace_seconds)
     failed: list[tuple[str, Exception]] = []
     async with svc.owed_lock:  # two passes at once (a tick, a dev clock moved) would record each twice
+        # The calls in flight as the rows were read, not only when the pass reaches their row: one done
+        # meanwhile (while an earlier record was made durable) has recorded and settled its own, and
+        # its row as read is stale.
+        busy = set(svc.in_flight)
         try:
             now, owed = svc.clock.now(), await svc.store.owed_records()
         except Exception as exc:  # never raised: serve's first pass must not fail after its due work was recorded
             return [("the key store's owed records", exc)]
+        busy |= svc.in_flight
         svc.left_owed &= {record.event_id for record in owed}  # another node's tick may have taken some up
         for record in owed:
-            if record.event_id in svc.in_flight:
+            if record.event_id in busy or record.event_id in svc.in_flight:
                 continue
             if record.event_id not in svc.left_owed and now - record.event_time < grace:
                 continue

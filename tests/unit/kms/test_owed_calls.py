@@ -5,12 +5,14 @@ over PostgreSQL in tests/integration/keystores/test_postgres_owed_calls.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +157,37 @@ def test_an_owed_record_reads_back_as_it_was_written() -> None:
     back = record_from_doc(record_to_doc(record))
     assert back == replace(record, response_elements={"keyState": "PendingDeletion",
                                                       "deletionDate": "2026-05-08T00:00:00+00:00"})
+
+
+async def test_a_tick_does_not_record_again_a_call_done_while_it_recorded_another(tmp_path: Path) -> None:
+    # The tick reads the owed records while a PutKeyPolicy is in flight, its record owed; while the
+    # tick records an older owed record, the call makes its own durable and settles it. The tick
+    # then finds that call no longer in flight: it must not take its (stale) row up a second time.
+    store = await _opener(tmp_path / "keys.db")()
+    spool, clock = Spool(), ManualClock()
+    service = node(store, spool, clock)
+    arn = str((await service.execute("CreateKey", context("req-create"), {}))["KeyMetadata"]["Arn"])
+    spool.refuse_once = {"DisableKey"}
+    with pytest.raises(errors.KMSInternalException):
+        await service.execute("DisableKey", context("req-disable"), {"KeyId": arn})
+    clock.advance(1)
+    blocked, go = asyncio.Event(), asyncio.Event()
+    put: asyncio.Task[Any] | None = None
+
+    async def during(record: CallRecord) -> None:
+        if record.event_name == "PutKeyPolicy" and not go.is_set():
+            blocked.set()
+            await go.wait()
+        elif record.event_name == "DisableKey":  # the tick, at the older record: the call finishes meanwhile
+            go.set()
+            assert put is not None
+            await put
+
+    spool.during = during
+    put = asyncio.create_task(service.execute("PutKeyPolicy", context("req-policy"), {
+        "KeyId": arn, "Policy": owed_calls.TIGHT}))
+    await blocked.wait()
+    await service.run_due()
+    assert [len(spool.named(name)) for name in ("DisableKey", "PutKeyPolicy")] == [1, 1]
+    assert await store.owed_records() == []
+    await store.close()
