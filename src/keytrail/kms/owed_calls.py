@@ -38,6 +38,10 @@ __all__ = ["OwedCall", "changed_unrecorded", "owed_with_writes", "record_owed", 
 
 log = logging.getLogger(__name__)
 
+# The "Region" of the locks a tick holds while it records an owed record (`key_lock_if_free`, with no
+# account: no key's lock is named so).
+_OWED_LOCKS = "owed-records"
+
 
 @dataclass(frozen=True, slots=True)
 class OwedCall:
@@ -167,14 +171,28 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
                 continue
             if record.event_id not in svc.left_owed and now - record.event_time < grace:
                 continue
-            try:  # the sink's own refusal, not `svc.audit`'s answer to a caller
-                await svc.deps.audit.record(record)
-                await svc.store.settle_record(record.event_id)
+            try:
+                taken = await _take_up(svc, record.event_id)
             except Exception as exc:
                 failed.append((_named(record), exc))
             else:
-                svc.left_owed.discard(record.event_id)
+                if taken:
+                    svc.left_owed.discard(record.event_id)
     return failed
+
+
+async def _take_up(svc: KmsService, event_id: str) -> bool:
+    """Record the owed record of `event_id` and settle it, holding its lock, unless another node's tick
+    holds it (False: it is at work on it) or settled it since this tick read it (True, nothing done):
+    the ticks of several nodes sharing a PostgreSQL store would otherwise each record it."""
+    async with svc.store.key_lock_if_free("", _OWED_LOCKS, event_id) as free:
+        if not free:
+            return False
+        record = await svc.store.owed_record(event_id)  # as it is now: maybe settled, or its final form
+        if record is not None:
+            await svc.deps.audit.record(record)  # the sink's own refusal, not `svc.audit`'s answer to a caller
+            await svc.store.settle_record(event_id)
+        return True
 
 
 def _named(record: CallRecord) -> str:

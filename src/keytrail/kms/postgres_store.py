@@ -421,6 +421,10 @@ class PostgresStore:
         records = [record_from_doc(body) for body in self._verified_bodies(OWED_RECORDS, rows)]
         return sorted(records, key=lambda r: (r.event_time, r.event_id))
 
+    async def owed_record(self, event_id: str) -> CallRecord | None:
+        rows = await self._rows("SELECT event_id, doc FROM kms_owed_records WHERE event_id = $1", event_id)
+        return next((record_from_doc(body) for body in self._verified_bodies(OWED_RECORDS, rows)), None)
+
     async def settle_record(self, event_id: str) -> None:
         async with self._ledgered() as writer:
             await writer.delete_row(OWED_RECORDS, (event_id,))

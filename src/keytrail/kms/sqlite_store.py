@@ -398,15 +398,22 @@ class SqliteStore:
 
     async def owed_records(self) -> list[CallRecord]:
         """Every owed record that verifies, oldest first (read from the file: a tick's read, rare)."""
-        records = []
-        for event_id, doc in self._db.execute("SELECT event_id, doc FROM owed_records").fetchall():
-            try:
-                records.append(record_from_doc(verify(self._root, OWED_RECORDS.name, (event_id,), doc)))
-            except DocumentRefused as refusal:  # logged once (as the store opened, if it was there then)
-                if not self._refused.within(OWED_RECORDS.name, (event_id,)):
-                    refused_call(refusal)
-                    self._refused.add(refusal)
+        rows = self._db.execute("SELECT event_id, doc FROM owed_records").fetchall()
+        records = [record for row in rows if (record := self._owed_row(*row)) is not None]
         return sorted(records, key=lambda r: (r.event_time, r.event_id))
+
+    async def owed_record(self, event_id: str) -> CallRecord | None:
+        rows = self._db.execute("SELECT event_id, doc FROM owed_records WHERE event_id = ?", (event_id,)).fetchall()
+        return self._owed_row(*rows[0]) if rows else None
+
+    def _owed_row(self, event_id: str, doc: str) -> CallRecord | None:
+        try:
+            return record_from_doc(verify(self._root, OWED_RECORDS.name, (event_id,), doc))
+        except DocumentRefused as refusal:  # logged once (as the store opened, if it was there then)
+            if not self._refused.within(OWED_RECORDS.name, (event_id,)):
+                refused_call(refusal)
+                self._refused.add(refusal)
+            return None
 
     async def settle_record(self, event_id: str) -> None:
         self._write([delete_row(OWED_RECORDS, (event_id,))])

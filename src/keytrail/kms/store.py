@@ -138,6 +138,9 @@ class OwedRecordStore(Protocol):
     async def owed_records(self) -> list[CallRecord]:
         """Every owed record that verifies, oldest first: a refused row is logged, never recorded."""
         ...
+    async def owed_record(self, event_id: str) -> CallRecord | None:
+        """The owed record of `event_id` as it is now; None if it is settled (or its row is refused)."""
+        ...
     async def settle_record(self, event_id: str) -> None:
         """Delete the owed row of `event_id`: its record is durable."""
         ...

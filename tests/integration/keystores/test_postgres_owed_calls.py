@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from keytrail.clock import ManualClock
+from keytrail.kms.model import CallRecord
 from keytrail.kms.postgres_store import OWED_GRACE_SECONDS, PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Store
@@ -85,3 +86,34 @@ async def test_a_record_another_node_owes_waits_for_its_grace(dsn: str) -> None:
     assert await store_b.owed_records() == []
     await store_a.close()
     await store_b.close()
+
+
+async def test_two_nodes_ticking_at_once_record_an_abandoned_record_once(dsn: str) -> None:
+    # Node A died after its write. Once the grace is over, B's tick takes the record up, and C's tick
+    # runs while B is making it durable: C finds it taken, and leaves it to B.
+    open_store, clock, spool = _opener(dsn), ManualClock(), Spool()
+    store_a = await open_store()
+    a = node(store_a, spool, clock)
+    arn = str((await a.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+    spool.crash_at = {"TagResource"}
+    with pytest.raises(owed_calls.Crash):
+        await a.execute("TagResource", context("req-tag"), {"KeyId": arn, "Tags": [{"TagKey": "t", "TagValue": "v"}]})
+    await store_a.close()
+    spool.crash_at = set()
+    store_b, store_c = await open_store(), await open_store()
+    b, c = node(store_b, spool, clock), node(store_c, spool, clock)
+    clock.advance(OWED_GRACE_SECONDS)
+
+    async def during(record: CallRecord) -> None:
+        if record.event_name == "TagResource":
+            spool.during = None
+            await c.run_due()  # C's tick, while B's holds the record
+
+    spool.during = during
+    await b.run_due()
+    await c.run_due()
+    [record] = spool.named("TagResource")
+    assert record.request_id == "req-tag"
+    assert await store_c.owed_records() == []
+    await store_b.close()
+    await store_c.close()
