@@ -6,6 +6,7 @@ opens the backend's store over the same data each time (a node starting again af
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ __all__ = [
     "a_refused_record_of_a_call_that_changed_nothing_is_not_owed",
     "a_refused_record_of_a_change_is_recorded_once_the_spool_recovers",
     "a_tick_leaves_a_call_in_flight_its_record",
+    "an_owed_record_dated_ahead_of_the_clock_is_recorded",
     "the_record_is_owed_with_the_change_and_settled_once_durable",
 ]
 
@@ -236,5 +238,33 @@ async def a_call_refused_at_its_write_owes_nothing(open_store: OpenStore) -> Non
     with pytest.raises(errors.AlreadyExistsException):
         await service.execute("CreateAlias", context("req-again"), {"AliasName": "alias/taken", "TargetKeyId": arn})
     assert [r.error_code for r in spool.named("CreateAlias")] == [None, "AlreadyExistsException"]
+    assert await store.owed_records() == []
+    await store.close()
+
+
+async def an_owed_record_dated_ahead_of_the_clock_is_recorded(open_store: OpenStore, *, grace: float) -> None:
+    """Killed after its write; the node starts again with its clock an hour behind the record's
+    eventTime (the wall clock set back, or another node's ahead): the record is still recorded, at
+    once where the store has one writer (`grace` 0), else once this node has seen it owed for the grace,
+    not an hour later."""
+    store, spool = await open_store(), Spool()
+    service = node(store, spool, ManualClock(datetime(2026, 5, 1, 13, tzinfo=UTC)))
+    arn = await _key(service)
+    spool.crash_at = {"TagResource"}
+    with pytest.raises(Crash):
+        await service.execute("TagResource", context("req-tag"),
+                              {"KeyId": arn, "Tags": [{"TagKey": "t", "TagValue": "v"}]})
+    await store.close()
+    spool.crash_at = set()
+    store, clock = await open_store(), ManualClock(datetime(2026, 5, 1, 12, tzinfo=UTC))
+    restarted = node(store, spool, clock)
+    await restarted.run_due()
+    if grace:
+        assert spool.named("TagResource") == []
+        clock.advance(grace)
+        await restarted.run_due()
+    await restarted.run_due()
+    [record] = spool.named("TagResource")
+    assert (record.request_id, record.event_time) == ("req-tag", datetime(2026, 5, 1, 13, tzinfo=UTC))
     assert await store.owed_records() == []
     await store.close()

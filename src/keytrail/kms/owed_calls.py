@@ -151,8 +151,8 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
     """Record each record the store owes whose call is done, under its own eventID, then delete its
     row; the records left for the next tick, with why. The node's start and each scheduler tick run
     this. A call is done if this node's call left its record owed, or (not in flight here) its record
-    is older than the store's grace: where other nodes write the store, one may still be making it
-    durable."""
+    is older than the store's grace (`_abandoned`): where other nodes write the store, one may still
+    be making it durable."""
     grace = timedelta(seconds=svc.store.owed_grace_seconds)
     failed: list[tuple[str, Exception]] = []
     async with svc.owed_lock:  # two passes at once (a tick, a dev clock moved) would record each twice
@@ -166,10 +166,9 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
             return [("the key store's owed records", exc)]
         busy |= svc.in_flight
         svc.left_owed &= {record.event_id for record in owed}  # another node's tick may have taken some up
+        svc.owed_seen = {record.event_id: svc.owed_seen.get(record.event_id, now) for record in owed}
         for record in owed:
-            if record.event_id in busy or record.event_id in svc.in_flight:
-                continue
-            if record.event_id not in svc.left_owed and now - record.event_time < grace:
+            if not _done(svc, record, busy, now, grace):
                 continue
             try:
                 taken = await _take_up(svc, record.event_id)
@@ -179,6 +178,19 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
                 if taken:
                     svc.left_owed.discard(record.event_id)
     return failed
+
+
+def _done(svc: KmsService, record: CallRecord, busy: set[str], now: datetime, grace: timedelta) -> bool:
+    """Whether no call is left to make `record` durable: none here had it in flight (`busy`, as the
+    rows were read), and this node's call left it owed, or this node is the store's only writer (no
+    grace), or the record is older than the grace, its age counted from the earlier of its eventTime
+    and this node's first sight of it: an eventTime ahead of this node's clock (the wall clock set
+    back after a crash, another node's ahead of it) must not hold it back for that long."""
+    if record.event_id in busy or record.event_id in svc.in_flight:
+        return False
+    if record.event_id in svc.left_owed:
+        return True
+    return not grace or now - min(record.event_time, svc.owed_seen[record.event_id]) >= grace
 
 
 async def _take_up(svc: KmsService, event_id: str) -> bool:

@@ -117,3 +117,7 @@ async def test_two_nodes_ticking_at_once_record_an_abandoned_record_once(dsn: st
     assert await store_c.owed_records() == []
     await store_b.close()
     await store_c.close()
+
+
+async def test_an_owed_record_dated_ahead_of_the_clock_is_recorded_after_the_grace(dsn: str) -> None:
+    await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(dsn), grace=OWED_GRACE_SECONDS)

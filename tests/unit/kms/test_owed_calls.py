@@ -191,3 +191,7 @@ async def test_a_tick_does_not_record_again_a_call_done_while_it_recorded_anothe
     assert [len(spool.named(name)) for name in ("DisableKey", "PutKeyPolicy")] == [1, 1]
     assert await store.owed_records() == []
     await store.close()
+
+
+async def test_an_owed_record_dated_ahead_of_the_clock_is_recorded_at_once(tmp_path: Path) -> None:
+    await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(tmp_path / "keys.db"), grace=0)
