@@ -33,6 +33,9 @@ class KeyLocks:
     def __init__(self, second_lock_wait: float | None = None) -> None:
         self._locks: WeakValueDictionary[Hashable, asyncio.Lock] = WeakValueDictionary()
         self._held: ContextVar[frozenset[Hashable]] = ContextVar(f"held-{id(self)}", default=frozenset())
+        # Per name, the tasks in `hold` (holding it or waiting for it): a lock just released to a
+        # waiter that has not run yet reads unlocked, and is not free (`hold_if_free`).
+        self._wanted: dict[Hashable, int] = {}
         self._second_lock_wait = SECOND_LOCK_WAIT if second_lock_wait is None else second_lock_wait
 
     def held(self, name: Hashable) -> bool:
@@ -48,15 +51,23 @@ class KeyLocks:
             yield
             return
         lock = self._locks.setdefault(name, asyncio.Lock())  # kept alive by this frame while held
-        await self._acquire(lock, bounded=bool(held))
+        self._wanted[name] = self._wanted.get(name, 0) + 1
         try:
-            token = self._held.set(held | {name})
+            await self._acquire(lock, bounded=bool(held))
             try:
-                yield
+                token = self._held.set(held | {name})
+                try:
+                    yield
+                finally:
+                    self._held.reset(token)
             finally:
-                self._held.reset(token)
+                lock.release()
         finally:
-            lock.release()
+            self._unwanted(name)
+
+    def _unwanted(self, name: Hashable) -> None:
+        if (left := self._wanted.pop(name) - 1) > 0:
+            self._wanted[name] = left
 
     @asynccontextmanager
     async def hold_if_free(self, name: Hashable) -> AsyncIterator[bool]:
@@ -67,10 +78,10 @@ class KeyLocks:
             yield True
             return
         lock = self._locks.setdefault(name, asyncio.Lock())
-        if lock.locked():
+        if lock.locked() or self._wanted.get(name):  # held, or released to a waiter not yet run
             yield False
             return
-        await lock.acquire()  # free, and nothing awaits between the look and this: at once
+        await lock.acquire()  # free, no one waits, and nothing awaits between the look and this: at once
         try:
             token = self._held.set(held | {name})
             try:

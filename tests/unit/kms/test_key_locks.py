@@ -40,3 +40,30 @@ async def test_a_name_the_task_holds_already_is_free_to_it() -> None:
     async with locks.hold("stores"), locks.hold_if_free("stores") as free:
         assert free
     assert not locks.held("stores")
+
+
+
+async def test_a_name_just_released_to_a_waiting_task_is_not_free() -> None:
+    # The holder lets go while another task waits for the name: that task is woken but has not run
+    # yet, so the lock reads unlocked. Trying the name then must answer False at once, not queue
+    # behind the waiter (and its whole Connect) and answer True after it.
+    locks, queued, inside, let_go = KeyLocks(), asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[bool] = []
+
+    async def holder_then_try() -> None:
+        async with locks.hold("stores"):
+            await queued.wait()  # the waiter is in the lock's queue by then
+        async with locks.hold_if_free("stores") as free:  # no await between the release and this try
+            seen.append(free)
+
+    async def waiter() -> None:
+        queued.set()
+        async with locks.hold("stores"):
+            inside.set()
+            await let_go.wait()
+
+    tasks = [asyncio.create_task(holder_then_try()), asyncio.create_task(waiter())]
+    await inside.wait()
+    let_go.set()
+    await asyncio.gather(*tasks)
+    assert seen == [False]
