@@ -30,20 +30,25 @@ def _secret_of(key: bytes | tuple[bytes, ...]) -> bytes:
 class SecretCache(dict[K, V]):
     """`make(key)` kept by `key`: a key version's secret, or a tuple that starts with one."""
 
-    __slots__ = ("_lock", "_make", "_size")
+    __slots__ = ("_forgets", "_lock", "_make", "_size")
     _make: Callable[[K], V]
     _size: int
     _lock: threading.Lock
+    _forgets: int
 
     def __init__(self, make: Callable[[K], V], size: int) -> None:
         super().__init__()
         self._make = make
         self._size = size
         self._lock = threading.Lock()  # insertions and removals; a hit takes none
+        self._forgets = 0  # `forget`s so far: one during a make may have named the entry being made
 
     def __missing__(self, key: K) -> V:
-        value = self._make(key)
+        forgets = self._forgets
+        value = self._make(key)  # outside the lock: RSA parsing is slow, and runs in worker threads
         with self._lock:
+            if self._forgets != forgets:  # material deleted meanwhile may be this entry's: not kept
+                return value
             while len(self) >= self._size:
                 self.pop(next(iter(self)), None)
             self[key] = value
@@ -57,6 +62,7 @@ class SecretCache(dict[K, V]):
         if not secrets:
             return
         with self._lock:
+            self._forgets += 1
             for key in [key for key in self if _secret_of(key) in secrets]:
                 del self[key]
 

@@ -134,3 +134,18 @@ def test_data_key_pair_private_keys_still_bypass_the_cache() -> None:
     secret = _ecc_pkcs8()
     asymmetric.public_key_der(secret, kept=False)
     assert not asymmetric.PRIVATE_KEYS.holds(secret)
+
+
+def test_an_entry_made_while_its_secret_was_forgotten_is_not_kept() -> None:
+    # A Decrypt or Sign in a worker thread makes the entry of material that DeleteImportedKeyMaterial
+    # deletes meanwhile (its forget runs between the make and the insertion): the call gets its value,
+    # and the deleted material is not left cached after its deletion.
+    secret = os.urandom(32)
+
+    def make(key: bytes) -> bytes:
+        cache.forget([secret])  # the deletion, while the entry is being made
+        return key[::-1]
+
+    cache: SecretCache[bytes, bytes] = SecretCache(make, size=8)
+    assert cache[secret] == secret[::-1]
+    assert not cache.holds(secret)
