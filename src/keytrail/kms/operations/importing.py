@@ -15,6 +15,7 @@ from keytrail.kms.importing import (
     MATERIAL_SALT,
     ImportParameters,
     check_material,
+    check_private_key_numbers,
     check_wrapping,
     expiration_of,
     imported_material_id,
@@ -165,6 +166,7 @@ async def import_key_material(svc: KmsService, call: Call) -> Response:
     _, valid_to = _expiration(params, svc.now())
     parameters = await _parameters_for(svc, key, params["ImportToken"])
     secret = check_material(key, unwrap_material(parameters, params["EncryptedKeyMaterial"]))
+    await SLOW_GENERATIONS.run(partial(check_private_key_numbers, key, secret))  # not on the event loop
     key = await _with_import_identity(svc, key)
     material = KeyMaterial(
         material_id=imported_material_id(key, secret), secret=secret, created=svc.now(), valid_to=valid_to,
