@@ -151,7 +151,7 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
     """Record each record the store owes whose call is done, under its own eventID, then delete its
     row; the records left for the next tick, with why. The node's start and each scheduler tick run
     this. A call is done if this node's call left its record owed, or (not in flight here) its record
-    is older than the store's grace (`_abandoned`): where other nodes write the store, one may still
+    is older than the store's grace (`_done`): where other nodes write the store, one may still
     be making it durable."""
     grace = timedelta(seconds=svc.store.owed_grace_seconds)
     failed: list[tuple[str, Exception]] = []
