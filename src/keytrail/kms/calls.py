@@ -47,7 +47,10 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """A KMS operation: its handler and whether CloudTrail marks it readOnly."""
+    """A KMS operation: its handler and whether CloudTrail marks it readOnly. `writes`: one marked
+    readOnly that still writes the key store (GetParametersForImport, its import parameters), whose
+    record is owed with its write as a change's is (kms/owed_calls.py)."""
 
     handler: Handler
     read_only: bool = False
+    writes: bool = False

@@ -132,7 +132,7 @@ class KmsService:
             in_progress.count -= 1
 
     async def _run(self, name: str, operation: Operation, call: Call) -> Response:
-        if not operation.read_only:
+        if not operation.read_only or operation.writes:
             self._require_audit(call)
             return await owed_calls.run_owing(self, name, operation, call)
         try:

@@ -195,3 +195,25 @@ async def test_a_tick_does_not_record_again_a_call_done_while_it_recorded_anothe
 
 async def test_an_owed_record_dated_ahead_of_the_clock_is_recorded_at_once(tmp_path: Path) -> None:
     await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(tmp_path / "keys.db"), grace=0)
+
+
+async def test_get_parameters_for_import_owes_its_record_with_the_parameters_it_stores(tmp_path: Path) -> None:
+    # CloudTrail marks GetParametersForImport readOnly, yet it stores the import token's parameters
+    # (a wrapping key pair for 24 hours): killed between that write and its record, the next start
+    # records the call, as it does a change's.
+    open_store = _opener(tmp_path / "keys.db")
+    store, spool, clock = await open_store(), Spool(), ManualClock()
+    service = node(store, spool, clock)
+    arn = str((await service.execute("CreateKey", context("req-create"), {"Origin": "EXTERNAL"}))["KeyMetadata"]["Arn"])
+    spool.crash_at = {"GetParametersForImport"}
+    with pytest.raises(owed_calls.Crash):
+        await service.execute("GetParametersForImport", context("req-params"), {
+            "KeyId": arn, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"})
+    await store.close()
+    spool.crash_at = set()
+    store = await open_store()
+    await node(store, spool, clock).run_due()
+    [record] = spool.named("GetParametersForImport")
+    assert (record.request_id, record.read_only, record.resources) == ("req-params", True, (arn,))
+    assert await store.owed_records() == []
+    await store.close()

@@ -310,7 +310,7 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
 
 
 OPERATIONS: dict[str, Operation] = {
-    "GetParametersForImport": Operation(get_parameters_for_import, read_only=True),
+    "GetParametersForImport": Operation(get_parameters_for_import, read_only=True, writes=True),
     "ImportKeyMaterial": Operation(import_key_material),
     "DeleteImportedKeyMaterial": Operation(delete_imported_key_material),
 }
