@@ -508,6 +508,20 @@ def test_a_non_ascii_header_value_is_served_sent_as_latin_1_or_utf_8(
         assert status == 200 and "Keys" in body, (encoding, body)
 
 
+def test_a_non_ascii_user_agent_is_recorded_as_its_client_wrote_it(fresh_server: KeytrailServer) -> None:
+    """UTF-8 bytes (the Go and Java SDKs, curl) are recorded as the text they encode, not as
+    mojibake; bytes that are not UTF-8 (botocore's Latin-1) as the Latin-1 characters they are."""
+    sent = [("app/鍵 café", "utf-8"), ("app/café", "latin-1")]
+    for user_agent, encoding in sent:
+        status, body = _send_as(fresh_server, _list_keys_request(fresh_server, **{"User-Agent": user_agent}),
+                                encoding)
+        assert status == 200 and "Keys" in body, body
+    assert fresh_server.stop() == 0
+    recorded = [event["userAgent"] for _, event in iter_events(fresh_server.data_dir)
+                if event.get("eventName") == "ListKeys"]
+    assert recorded == [user_agent for user_agent, _ in sent]
+
+
 def test_key_ops_reject_unknown_policy_name(kms) -> None:
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     assert aws_error(kms.get_key_policy, KeyId=key_id, PolicyName="other")[0] == "NotFoundException"

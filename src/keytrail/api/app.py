@@ -141,7 +141,7 @@ class KmsApp:
         context = CallContext(
             principal=principal, region=region, request_id=request_id,
             source_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
-            user_agent=headers.get("user-agent", "")[:1024],
+            user_agent=_as_written(headers.get("user-agent", ""))[:1024],
             secure_transport=scope.get("scheme") == "https",
             tls_details=_tls_details(scope, headers),
         )
@@ -244,13 +244,26 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
+def _as_written(value: str) -> str:
+    """A header value as its client wrote it, for the audit record: its bytes (read as Latin-1
+    characters, which the signature check needs) decoded as UTF-8 when they are UTF-8, as the Go,
+    Java and Rust SDKs and curl send non-ASCII text, else as read (botocore's http.client sends
+    Latin-1). Read as Latin-1 alone, a User-Agent of `café` was recorded as `cafÃ©`."""
+    if value.isascii():  # every SDK's own User-Agent: no copy
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 def _tls_details(scope: Scope, headers: dict[str, str]) -> dict[str, str] | None:
     """CloudTrail's tlsDetails: the version and cipher suite the connection negotiated (named
     only when the HTTP protocol reports them, never guessed) and the Host header sent."""
     if scope.get("scheme") != "https":
         return None
     session = scope.get("extensions", {}).get(TLS_EXTENSION, {})
-    return {**session, "clientProvidedHostHeader": headers.get("host", "")}
+    return {**session, "clientProvidedHostHeader": _as_written(headers.get("host", ""))}
 
 
 async def _read_body(receive: Receive, limit: int, declared: str | None = None) -> bytes:
