@@ -8,7 +8,7 @@ import gzip
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +25,8 @@ from keytrail.transport.cloudtrail_logs import (
 )
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["EventLogUnreadable", "ImportReport", "ReadReport", "export_cloudtrail", "import_cloudtrail",
-           "iter_cloudtrail_records", "iter_events"]
+__all__ = ["EventLogUnreadable", "ImportReport", "ReadReport", "decoded_in_order", "export_cloudtrail",
+           "import_cloudtrail", "iter_cloudtrail_records", "iter_events"]
 
 _REQUIRED = ("eventID", "eventTime", "eventName")
 # What an account id and a Region look like; anything else (an imported record may hold any string)
@@ -158,8 +158,20 @@ def iter_events(data_dir: Path, start: int = 0, batch: int = 2000,
         records = log.read(offset, batch)
         if not records:
             return
-        yield from zip((o for o, _ in records), decode_batch([v for _, v in records]), strict=True)
+        yield from zip((o for o, _ in records), decoded_in_order([v for _, v in records]), strict=True)
         offset = records[-1][0] + 1
+
+
+def decoded_in_order(values: Sequence[bytes]) -> Iterator[dict[str, Any]]:
+    """The CloudTrail records of `values`, in order; a value that cannot be decoded raises
+    SchemaError after the records before it, so that a reader shows what the log holds up to it."""
+    try:
+        yield from decode_batch(values)  # the usual case: one pass over the batch
+        return
+    except SchemaError:
+        pass
+    for value in values:  # found again one by one, the readable ones before it given first
+        yield from decode_batch([value])
 
 
 # Export holds at most this many records per file and this many files' records at once, so a log

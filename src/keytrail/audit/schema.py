@@ -440,7 +440,12 @@ def flat_rows(values: Sequence[bytes], reader_schema: dict[str, Any] | None = No
             raise SchemaError("not a single-object encoded event of a known schema")
         # Older writers are resolved into the current schema (new fields get their defaults).
         reader = None if fp == current and reader_schema is None else target
-        rows.append(read(io.BytesIO(value[_HEADER:]), writer, reader))  # type: ignore[arg-type]
+        try:
+            rows.append(read(io.BytesIO(value[_HEADER:]), writer, reader))  # type: ignore[arg-type]
+        except Exception as exc:  # a damaged body: EOFError, UnicodeDecodeError, IndexError, … as fastavro meets it
+            # One kind of error for every unreadable value, which callers name in one line (a
+            # record edited with its checksum fixed reached `audit events` as a traceback).
+            raise SchemaError(f"a damaged event body of a known schema ({type(exc).__name__}: {exc})") from None
     return rows
 
 

@@ -150,14 +150,15 @@ class _FollowedLog:
 
 def _records(data_dir: Path, start: int, log: SegmentLog) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
     """(offset, value, CloudTrail record) of the stored events from `start`, oldest first."""
-    from keytrail.audit.schema import SchemaError, decode_batch
+    from keytrail.audit.cloudtrail_files import decoded_in_order
+    from keytrail.audit.schema import SchemaError
 
     while records := log.read(start, 2000):
-        try:
-            events = decode_batch([value for _, value in records])
+        events = decoded_in_order([value for _, value in records])
+        try:  # the records before an unreadable one are shown, then it is named
+            yield from ((offset, value, event) for (offset, value), event in zip(records, events, strict=True))
         except SchemaError as exc:
             _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
-        yield from ((offset, value, event) for (offset, value), event in zip(records, events, strict=True))
         start = records[-1][0] + 1
 
 
@@ -342,6 +343,7 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
     from keytrail.audit.cloudtrail_files import EventLogUnreadable, export_cloudtrail
+    from keytrail.audit.schema import SchemaError
 
     _require_log(data_dir)
     log = _reader(data_dir)
@@ -349,6 +351,8 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
         written = export_cloudtrail(data_dir, out, log)
     except EventLogUnreadable as exc:  # a segment unreadable (permissions, a folder in its place)
         _fail(f"cannot read the event log in {data_dir}: {os_problem(exc.error)}")
+    except SchemaError as exc:  # a record edited (its checksum fixed) or of an unknown schema
+        _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
     except OSError as exc:  # OUT a file, or read-only
         _fail(f"cannot write CloudTrail log files under {out}: {os_problem(exc)}")
     typer.echo(f"wrote {len(written)} CloudTrail log file{'' if len(written) == 1 else 's'} under {out / 'AWSLogs'}")

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,25 @@ def test_tail_without_follow_over_a_damaged_event_log_says_so_and_fails(tmp_path
     result = _keytrail("audit", "tail", "--no-follow", "--data-dir", node)
     assert len(result.stdout.splitlines()) == 2  # what lies before the damage
     _one_line_error(result, f"keytrail audit: the event log in {node} is damaged: ", code=1)
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(lambda value: value[:-40], id="cut-short"),  # fastavro: EOFError, which click took for Ctrl-D
+    pytest.param(lambda value: value[:40] + b"\x80" * 12 + value[52:], id="not-utf-8"),  # UnicodeDecodeError
+])
+def test_audit_commands_over_a_record_edited_with_its_checksum_fixed_say_so_in_one_line(
+        tmp_path: Path, body: Callable[[bytes], bytes]) -> None:
+    """The segment's checksums pass (an attacker with write access fixes them) but the third
+    record's Avro body is damaged: each command names it in one line, not a traceback."""
+    node = tmp_path / "node"
+    fill_trail(node, 6)
+    rewrite_segment(node, lambda records: [*records[:2], body(records[2]), *records[3:]])
+    unreadable = f"keytrail audit: the event log in {node} holds an unreadable record: a damaged event body"
+    for args in (["tail", "--no-follow"], ["events"], ["export", str(tmp_path / "out")]):
+        result = _keytrail("audit", *args, "--data-dir", node)
+        _one_line_error(result, unreadable, code=1)
+        if args[0] != "export":
+            assert len(result.stdout.splitlines()) == 2  # the records before it
 
 
 def test_audit_commands_refuse_a_file_where_the_event_log_folder_belongs(tmp_path: Path) -> None:
