@@ -197,6 +197,28 @@ async def test_an_alarm_a_receiver_answers_503_to_alone_is_dead_lettered_and_the
     assert dispatcher.failed == 1
 
 
+@pytest.mark.parametrize("receiver", [[429, 429, 200, 429]], indirect=True)
+async def test_a_rate_limited_receiver_has_no_alarm_given_up_and_keeps_the_order(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """A rate limiter answers 429 whatever the payload, and lets one request through now and then
+    (the third here), which would then be the alarm behind the head: the head's next try, at once,
+    is limited again, and the head was dead-lettered as an alarm the hook chokes on. A 429 is the
+    hook busy, not reached: the head waits for its turn through, as behind any outage."""
+    from keytrail.detect.sinks import Dispatcher
+
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=0)
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(3)])
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=20)
+    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
+    assert delivered == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
+    assert not (tmp_path / "dead.jsonl").exists()
+
+
 async def test_an_alarm_a_receiver_hangs_up_on_alone_is_dead_lettered_and_the_others_go_out(tmp_path: Path) -> None:
     """The webhook form of a broker hanging up on one publish: the receiver closes the connection
     on that alarm's request, answering nothing (RemoteProtocolError), and answers the others."""

@@ -33,6 +33,11 @@ SIGNATURE_HEADER = "X-Keytrail-Signature"
 # is dead-lettered after its attempts rather than taken for an outage, where it would hold every
 # alarm behind it until the receiver is fixed.
 UNAVAILABLE = frozenset({408, 429, 502, 503, 504})
+# Of those, the answers about the receiver's state alone, never about one payload: a rate limit
+# (429) or a request it tired of waiting for (408). They do not count as the hook reached, so the
+# alarms behind are not tried on them: a rate limiter that let one of those through then answered
+# the head's next try 429, and the head, a good alarm, was given up on as one the hook chokes on.
+NOT_ABOUT_THE_ALARM = frozenset({408, 429})
 # Failures once connected: the receiver hung up on the request, or did not answer it in time, which
 # may be about this alarm alone (the dispatcher then tries the alarms behind it); a connection
 # refused or not made in time is the receiver down for every alarm.
@@ -100,7 +105,7 @@ class WebhookSink:
             return Failure(f"no answer within {self.timeout} s", down=True)
         if 200 <= status < 300:
             return None
-        return Failure(f"HTTP {status}", down=status in UNAVAILABLE, reached=True)
+        return Failure(f"HTTP {status}", down=status in UNAVAILABLE, reached=status not in NOT_ABOUT_THE_ALARM)
 
     async def aclose(self) -> None:
         await self._client.aclose()
