@@ -183,21 +183,27 @@ def read_writer_columns(prefix: bytes, values: Sequence[bytes], columns: Sequenc
     # record's frame header too, so the block is the log's bytes as they are.
     framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
     header, _ = _writers(framing)[prefix]
-    guard = [bytes(framing), prefix, _ZEROS]  # a last, all-zero record, then its padding
-    size = sum(map(len, body)) + sum(map(len, guard))
-    container = b"".join([header, avro_long(len(values) + 1), avro_long(size), *body, *guard, _SYNC])
+    size = sum(map(len, body)) + len(_ZEROS)
+    count = len(values)
+    container = b"".join([header, avro_long(count + 1), avro_long(size), *body, _ZEROS, _SYNC])
     frame = pl.read_avro(io.BytesIO(container), columns=["_header", *columns])
-    if frame.height != len(values) + 1 or not frame["_header"].bin.ends_with(prefix).all():
+    headers = frame["_header"]
+    if (frame.height != count + 1 or not headers.head(count).bin.ends_with(prefix).all()
+            or headers[count] != _ZEROS[: framing + _PREFIX]):
         raise pl.exceptions.ComputeError("an Avro value's body does not end where the next value begins")
-    return frame.slice(0, len(values)).drop("_header")
+    return frame.slice(0, count).drop("_header")
 
 
-#: Zero bytes are a whole Avro body of any schema (empty strings, first union branch, no items), so
-#: after the values comes a guard record: their writer's prefix in its `_header` field, then zeros.
-#: A value cut short or overlong shifts every read after it, the guard's header included, and the
-#: shift is caught by the header check (not read as an event); a length read in the shifted bytes
-#: that runs past the values lands in the zeros, where polars' reader would panic on a slice past
-#: the block's end (printing Rust's panic text on stderr) and now reports a wrong header.
+#: Zero bytes are a whole Avro record of any schema (a `_header` of zeros, empty strings, first
+#: union branch, no items), so after the values comes a guard record of zeros, then its padding.
+#: A value cut short or overlong shifts every read after it, and the shift is caught by the header
+#: check (a value's `_header` ends with the writer's prefix, the guard's is zeros: not read as an
+#: event); a length read in the shifted bytes that runs past the values lands in the zeros, where
+#: polars' reader would panic on a slice past the block's end (printing Rust's panic text on
+#: stderr) and now reports a wrong header. The guard's header differs from any value's: one value
+#: holding two events (a producer's batch) was read as two rows, the guard's place taken by the
+#: batch's last value, which was then dropped as if it were the guard, every row after the two
+#: paired with the offset before its own.
 _ZEROS = bytes(65536)
 
 

@@ -384,6 +384,22 @@ async def test_a_value_cut_short_after_its_header_is_skipped_too(
     _assert_exact(tmp_path, [e for i, e in enumerate(events[:600]) if i != 321])
 
 
+async def test_a_value_holding_two_events_is_skipped_not_read_as_two_rows_shifting_the_rest(
+    tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One value holding two whole events (a producer's batch) was read as two rows and the
+    batch's last value dropped in the guard record's place: its event never counted, and every
+    row after the two paired with the offset before its own."""
+    from keytrail.audit.schema import encode
+
+    values = [encode(event) for event in events[:600]]
+    values[200] = values[200] + encode(events[3000])
+    stats = await Runner(state_dir(tmp_path), ValuesSource(values, size=600)).run()
+    assert (stats.records, stats.unreadable) == (600, 1)
+    _assert_exact(tmp_path, [e for i, e in enumerate(events[:600]) if i != 200])
+    assert "p0: skipped 1 audit values that cannot be decoded (offsets 200)" in caplog.text
+
+
 async def test_a_damaged_batch_says_one_warning_and_no_panic_text_and_counts_exact(
     tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
