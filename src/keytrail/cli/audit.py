@@ -186,8 +186,9 @@ class _ShownRecords:
         again since, may have the read show the new records at their right offsets, the last too)."""
         bases = log.segment_bases()
         if bases and bases[-1] > self.first:  # only the last segment is ever cut: keep memory to it
+            end = self.first + len(self.sums)  # past the last record shown; counted before the trim
             del self.sums[: bases[-1] - self.first]
-            self.first = min(bases[-1], self.first + len(self.sums))
+            self.first = min(bases[-1], end)
         if not self.sums:
             return None
         last = self.first + len(self.sums) - 1

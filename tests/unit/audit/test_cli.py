@@ -250,3 +250,31 @@ def test_tail_following_a_segment_cut_back_shows_each_new_record_once(tmp_path: 
     assert rest == ""
     assert "cut back to offset 15" in first_note and "the 5 records shown from there" in first_note
     assert "cut back to offset 18" in second_note and "the 5 records shown from there" in second_note
+
+
+def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_cut(tmp_path: Path) -> None:
+    """Records shown from a segment, then from the next one the writer rolled to: the checksums
+    kept for the shown records were trimmed to the new segment's but counted from the wrong
+    offset, so the next poll took the log for cut back, said so, and showed records again."""
+    fill_trail(tmp_path, 20)
+    log_dir = audit_paths(tmp_path)[0]
+    payloads = [payload for _, payload in _frames(sorted(log_dir.glob("*.seg"))[-1])]
+    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
+               "-n", "20", "--interval", "0.05"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
+        assert tail.stdout is not None and tail.stderr is not None
+        shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(20)]
+        writer = SegmentLog(log_dir, writable=True)
+        writer.roll()  # offsets 20… in a segment of their own, as a full segment rolls
+        writer.append(payloads[:5])
+        writer.sync()
+        after_roll = [json.loads(tail.stdout.readline())["eventID"] for _ in range(5)]
+        writer.append(payloads[5:7])  # a poll or more later: what follows is shown once, nothing again
+        writer.sync()
+        writer.close()
+        after = [json.loads(tail.stdout.readline())["eventID"] for _ in range(2)]
+        tail.terminate()
+        rest, notes = tail.stdout.read(), tail.stderr.read()
+    assert shown == [encrypt_call(i).event_id for i in range(20)]
+    assert after_roll + after == [encrypt_call(i).event_id for i in range(7)]
+    assert rest == "" and "cut back" not in notes
