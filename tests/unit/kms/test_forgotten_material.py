@@ -10,25 +10,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from keytrail.kms import asymmetric
 from keytrail.kms.material import secret_cached
 from keytrail.kms.secret_cache import SecretCache
 from keytrail.kms.service import KmsService
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.integration.keystores.wrapping import wrap
 from tests.support.allow_all import ACCOUNT, alice, allow_all_service
-
-
-def _wrapped(public_der: bytes, material: bytes) -> bytes:
-    """RSA_AES_KEY_WRAP_SHA_256, as the developer guide's openssl recipe does it."""
-    public = serialization.load_der_public_key(public_der)
-    assert isinstance(public, rsa.RSAPublicKey)
-    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-    aes_key = os.urandom(32)
-    return public.encrypt(aes_key, oaep) + aes_key_wrap_with_padding(aes_key, material)
 
 
 async def _import(service: KmsService, key_id: str, material: bytes, **expiry: Any) -> None:
@@ -36,7 +27,7 @@ async def _import(service: KmsService, key_id: str, material: bytes, **expiry: A
         "KeyId": key_id, "WrappingAlgorithm": "RSA_AES_KEY_WRAP_SHA_256", "WrappingKeySpec": "RSA_2048"})
     await service.execute("ImportKeyMaterial", alice(), {
         "KeyId": key_id, "ImportToken": parameters["ImportToken"],
-        "EncryptedKeyMaterial": _wrapped(parameters["PublicKey"], material),
+        "EncryptedKeyMaterial": wrap(parameters["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", material),
         **(expiry or {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})})
 
 

@@ -6,18 +6,17 @@ the wrong size is refused before it, and the material's own check runs in a work
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keytrail.kms import errors
 from keytrail.kms.service import KmsService
+from tests.integration.keystores.wrapping import wrap
 from tests.support.allow_all import alice, allow_all_service
 
 _load = serialization.load_der_private_key
@@ -28,13 +27,6 @@ def _rsa_pkcs8(bits: int) -> bytes:
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _wrapped(public_der: bytes, material: bytes) -> bytes:
-    public = serialization.load_der_public_key(public_der)
-    assert isinstance(public, rsa.RSAPublicKey)
-    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-    aes_key = os.urandom(32)
-    return public.encrypt(aes_key, oaep) + aes_key_wrap_with_padding(aes_key, material)
-
 
 async def _import(service: KmsService, material: bytes, spec: str) -> None:
     key_id = (await service.execute("CreateKey", alice(), {
@@ -43,7 +35,7 @@ async def _import(service: KmsService, material: bytes, spec: str) -> None:
         "KeyId": key_id, "WrappingAlgorithm": "RSA_AES_KEY_WRAP_SHA_256", "WrappingKeySpec": "RSA_2048"})
     await service.execute("ImportKeyMaterial", alice(), {
         "KeyId": key_id, "ImportToken": parameters["ImportToken"], "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE",
-        "EncryptedKeyMaterial": _wrapped(parameters["PublicKey"], material)})
+        "EncryptedKeyMaterial": wrap(parameters["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", material)})
 
 
 @pytest.fixture

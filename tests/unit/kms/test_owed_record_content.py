@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from keytrail.clock import ManualClock
 from keytrail.kms.model import CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.integration.keystores.wrapping import wrap
 from tests.support.owed_calls import Spool, context, node
 
 
@@ -44,20 +42,13 @@ async def _key(node: _Watched, **params: Any) -> str:
     return str((await node.call("CreateKey", params))["KeyMetadata"]["Arn"])
 
 
-def _wrapped(public_der: bytes, material: bytes) -> bytes:
-    public = serialization.load_der_public_key(public_der)
-    assert isinstance(public, rsa.RSAPublicKey)
-    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-    aes_key = os.urandom(32)
-    return public.encrypt(aes_key, oaep) + aes_key_wrap_with_padding(aes_key, material)
-
 
 async def _import(node: _Watched, arn: str) -> None:
     parameters = await node.call("GetParametersForImport", {
         "KeyId": arn, "WrappingAlgorithm": "RSA_AES_KEY_WRAP_SHA_256", "WrappingKeySpec": "RSA_2048"})
     await node.call("ImportKeyMaterial", {
         "KeyId": arn, "ImportToken": parameters["ImportToken"], "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE",
-        "EncryptedKeyMaterial": _wrapped(parameters["PublicKey"], os.urandom(32))})
+        "EncryptedKeyMaterial": wrap(parameters["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", os.urandom(32))})
 
 
 async def _key_calls(node: _Watched) -> None:
