@@ -27,6 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from keytrail.kms import errors
+from keytrail.kms.call_records import call_record
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.model import CallRecord
 
@@ -56,8 +57,6 @@ class OwedCall:
 
     def record(self, error: errors.KmsError | None = None) -> CallRecord:
         """The call's record as it stands now (`error`: how it failed)."""
-        from keytrail.kms.service import call_record
-
         return call_record(self.name, self.operation, self.call, error, self.event_id, self.event_time)
 
 

@@ -15,22 +15,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from keytrail.clock import Clock
-from keytrail.kms import errors, multiregion, owed_calls, service_events
+from keytrail.kms import errors, multiregion, owed_calls, scheduled_work
 from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
+from keytrail.kms.call_records import call_record
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.due_work import DueWorkFailures
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
-from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.material import forget_deleted
 from keytrail.kms.model import (
     AuditSink,
     AuditUnavailable,
@@ -45,7 +43,7 @@ from keytrail.kms.model import (
 from keytrail.kms.store import Grant, Store
 from keytrail.kms.uuids import UuidSource
 
-__all__ = ["KmsService", "ServiceDeps", "call_record"]
+__all__ = ["KmsService", "ServiceDeps"]
 
 log = logging.getLogger(__name__)
 
@@ -347,80 +345,14 @@ class KmsService:
         )
 
     async def apply_due(self, key: Key) -> Key | None:
-        """Carry out what the clock says is due for `key`: deletion after its waiting period,
-        automatic rotation. Returns the key as it now is, or None once deleted."""
-        now = self.clock.now()
-        if not _is_due(key, now):
-            return key
-        if self._audit_refuses():  # made now, the change would stand without its RotateKey or DeleteKey event
-            raise errors.KMSInternalException(
-                f"The audit spool cannot persist events: what is due for {key.arn} waits until it can.")
-        # The key's lock keeps out calls changing it, here and on other nodes (which would
-        # otherwise apply the same due rotation or deletion again); the due lock, other due work.
-        async with self.key_lock(key.account, key.region, key.key_id), self._due_lock:
-            current = await self.store.get_key(key.account, key.region, key.key_id)
-            if current is None:
-                return None
-            if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
-                await self._delete_due(current, current.deletion_date)
-                return None
-            current = await service_events.record_owed(self, current)  # a change of an earlier tick or call
-            if material_expired(current, now):
-                current = await expire_material(self, current)
-            if current.state is KeyState.CREATING:
-                current = await multiregion.activate_replica(self, current)
-            from keytrail.kms.rotation import rotate_key
-
-            # Once per period the clock passed, each at its due date (a dev clock moved a year
-            # ahead rotates a 90-day key four times, as that year would have).
-            while _rotation_due(current, now):
-                current = await rotate_key(self, current, "AUTOMATIC", current.next_rotation_date)
-            return current
-
-    async def _delete_due(self, key: Key, deletion_date: datetime) -> None:
-        """Delete `key`, its waiting period over. Its `DeleteKey` event (done when the period ended,
-        however late the tick that notices it) is written on the key first and recorded before the
-        row goes: a refused record leaves the key for the next tick, not deleted unrecorded."""
-        if not service_events.owes_event(key, "DeleteKey"):
-            key = service_events.with_event(key, self.deps.new_id(), "DeleteKey", {"keyId": key.key_id},
-                                            deletion_date)
-            await self.store.put_key(key)
-        await service_events.record_events(self, key)
-        changed = await multiregion.without_replica(self, key)
-        async with multiregion.announced(self, changed):
-            await self.store.delete_key(key, changed)
-            forget_deleted(key, changed)  # what a copy still holds (a multi-Region key's) stays cached
+        """Carry out what the clock says is due for `key` (kms/scheduled_work.py): the key as it now
+        is, or None once deleted."""
+        return await scheduled_work.apply_due(self, key)
 
     async def run_due(self) -> None:
-        """Apply every due deletion and rotation (the scheduler's tick), record the audit records
-        still owed by calls' changes, then `tick_work`. A key whose due work fails (its audit record
-        refused, a store write failed) is left for the next tick, and so is an owed record the spool
-        refuses, logged when those left over or the reasons change; the ones after it still run."""
-        failed: list[tuple[str, Exception]] = []
-        for key in await self.store.all_keys():
-            try:
-                await self.apply_due(key)
-            except Exception as exc:
-                failed.append((key.arn, exc))
-        self._due_failures.tick(failed)
-        self._owed_failures.tick(await owed_calls.record_owed(self))
-        await self._run_tick_work()
-
-    async def _run_tick_work(self) -> None:
-        """Run each `tick_work`; a failure is logged when its reason changes, not raised: it comes
-        after the due work was done and recorded, and failing serve's start then had the failed
-        start remove the digests signing those records (cli/serve.py), leaving the trail unusable."""
-        failure = None
-        for work in self.tick_work:
-            try:
-                await work()
-            except Exception as exc:
-                failure = f"{type(exc).__name__}: {exc}"
-                if failure != self._tick_work_failure:
-                    expected = isinstance(exc, errors.KmsError | OSError)  # the key store refusing: no bug
-                    log.error("scheduled upkeep failed (tried again at each tick, said again only when the "
-                              "reason changes): %s", failure, exc_info=None if expected else exc)
-        self._tick_work_failure = failure
+        """The scheduler's tick (kms/scheduled_work.py): every key's due work, the owed records,
+        then `tick_work`."""
+        await scheduled_work.run_due(self)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -440,74 +372,6 @@ def _note_custom_key_store(call: Call, key: Key) -> None:
             "customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id"),
             "backingKeyId": backing, "backingKeys": f'[{{"backingKeyId":"{backing}"}}]',
         })
-
-
-def _rotation_due(key: Key, now: datetime) -> bool:
-    # A multi-Region replica never rotates on its own: its primary's rotation reaches it.
-    return (
-        key.rotation_enabled and key.next_rotation_date is not None and key.next_rotation_date <= now
-        and key.state is KeyState.ENABLED and not multiregion.is_replica(key)
-    )
-
-
-def _is_due(key: Key, now: datetime) -> bool:
-    deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
-    return (deleting or _rotation_due(key, now) or material_expired(key, now)
-            or key.state is KeyState.CREATING or service_events.owes(key))
-
-
-def call_record(name: str, operation: Operation, call: Call, error: errors.KmsError | None, event_id: str,
-                event_time: datetime) -> CallRecord:
-    """The audit record of `call` as it stands (`error`: how it failed; no responseElements then)."""
-    context = call.context
-    return CallRecord(
-        event_id=event_id,
-        event_name=name,
-        event_time=event_time,
-        region=context.region,
-        account=context.account,
-        context=context,
-        request_parameters=cloudtrail_parameters(call.params, call.extra_request_parameters),
-        response_elements=call.response_elements if error is None else None,
-        additional_event_data=call.additional_event_data or None,
-        resources=tuple(call.resources),
-        read_only=operation.read_only,
-        error_code=error.code if error else None,
-        error_message=error.message if error else None,
-    )
-
-
-_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})
-_VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
-
-
-@lru_cache(maxsize=1024)  # names are the botocore model's members (validation drops others)
-def _camel(name: str) -> str:
-    return name[:1].lower() + name[1:]
-
-
-def _cloudtrail_value(name: str, value: Any) -> Any:
-    if type(value) is str or name in _VERBATIM:  # most parameters are strings
-        return value
-    if isinstance(value, dict):
-        return {_camel(k): _cloudtrail_value(k, v) for k, v in value.items()
-                if not isinstance(v, bytes | bytearray)}
-    if isinstance(value, list):
-        return [_cloudtrail_value(name, v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Request parameters as CloudTrail logs them: camelCase names, and no plaintext,
-    ciphertext, signatures, key material or passwords (every blob member is dropped)."""
-    out = {  # strings, most parameters, as they are: no call each
-        _camel(name): value if type(value) is str else _cloudtrail_value(name, value)
-        for name, value in params.items() if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
-    }
-    out.update(extra)
-    return out
 
 
 def _request_of(record: CallRecord) -> str:

@@ -1,0 +1,72 @@
+"""The audit record of an API call as it stands, and its request parameters as CloudTrail logs them.
+
+Built by the service for every call it reports (kms/service.py) and by the owed-calls outbox for
+the record a state-changing call's writes carry (kms/owed_calls.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from keytrail.kms import errors
+from keytrail.kms.calls import Call, Operation
+from keytrail.kms.model import CallRecord
+
+__all__ = ["call_record", "cloudtrail_parameters"]
+
+
+def call_record(name: str, operation: Operation, call: Call, error: errors.KmsError | None, event_id: str,
+                event_time: datetime) -> CallRecord:
+    """The audit record of `call` as it stands (`error`: how it failed; no responseElements then)."""
+    context = call.context
+    return CallRecord(
+        event_id=event_id,
+        event_name=name,
+        event_time=event_time,
+        region=context.region,
+        account=context.account,
+        context=context,
+        request_parameters=cloudtrail_parameters(call.params, call.extra_request_parameters),
+        response_elements=call.response_elements if error is None else None,
+        additional_event_data=call.additional_event_data or None,
+        resources=tuple(call.resources),
+        read_only=operation.read_only,
+        error_code=error.code if error else None,
+        error_message=error.message if error else None,
+    )
+
+
+_SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})
+_VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
+
+
+@lru_cache(maxsize=1024)  # names are the botocore model's members (validation drops others)
+def _camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def _cloudtrail_value(name: str, value: Any) -> Any:
+    if type(value) is str or name in _VERBATIM:  # most parameters are strings
+        return value
+    if isinstance(value, dict):
+        return {_camel(k): _cloudtrail_value(k, v) for k, v in value.items()
+                if not isinstance(v, bytes | bytearray)}
+    if isinstance(value, list):
+        return [_cloudtrail_value(name, v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Request parameters as CloudTrail logs them: camelCase names, and no plaintext,
+    ciphertext, signatures, key material or passwords (every blob member is dropped)."""
+    out = {  # strings, most parameters, as they are: no call each
+        _camel(name): value if type(value) is str else _cloudtrail_value(name, value)
+        for name, value in params.items() if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
+    }
+    out.update(extra)
+    return out

@@ -1,0 +1,118 @@
+"""What the clock makes due, carried out: a key's deletion after its waiting period, its automatic
+rotations, its imported material's expiry, a replica's activation and the events it still owes
+(`apply_due`, as a call finds the key), and the scheduler's tick over every key, the audit records
+calls' changes still owe and the extensions' upkeep (`run_due`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from keytrail.kms import errors, multiregion, owed_calls, service_events
+from keytrail.kms.importing import expire_material, material_expired
+from keytrail.kms.keys import Key
+from keytrail.kms.material import forget_deleted
+from keytrail.kms.model import KeyState
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+
+__all__ = ["apply_due", "run_due"]
+
+log = logging.getLogger(__name__)
+
+
+async def apply_due(svc: KmsService, key: Key) -> Key | None:
+    """Carry out what the clock says is due for `key`: deletion after its waiting period,
+    automatic rotation. Returns the key as it now is, or None once deleted."""
+    now = svc.clock.now()
+    if not _is_due(key, now):
+        return key
+    if svc._audit_refuses():  # made now, the change would stand without its RotateKey or DeleteKey event
+        raise errors.KMSInternalException(
+            f"The audit spool cannot persist events: what is due for {key.arn} waits until it can.")
+    # The key's lock keeps out calls changing it, here and on other nodes (which would
+    # otherwise apply the same due rotation or deletion again); the due lock, other due work.
+    async with svc.key_lock(key.account, key.region, key.key_id), svc._due_lock:
+        current = await svc.store.get_key(key.account, key.region, key.key_id)
+        if current is None:
+            return None
+        if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
+            await _delete_due(svc, current, current.deletion_date)
+            return None
+        current = await service_events.record_owed(svc, current)  # a change of an earlier tick or call
+        if material_expired(current, now):
+            current = await expire_material(svc, current)
+        if current.state is KeyState.CREATING:
+            current = await multiregion.activate_replica(svc, current)
+        from keytrail.kms.rotation import rotate_key
+
+        # Once per period the clock passed, each at its due date (a dev clock moved a year
+        # ahead rotates a 90-day key four times, as that year would have).
+        while _rotation_due(current, now):
+            current = await rotate_key(svc, current, "AUTOMATIC", current.next_rotation_date)
+        return current
+
+
+async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> None:
+    """Delete `key`, its waiting period over. Its `DeleteKey` event (done when the period ended,
+    however late the tick that notices it) is written on the key first and recorded before the
+    row goes: a refused record leaves the key for the next tick, not deleted unrecorded."""
+    if not service_events.owes_event(key, "DeleteKey"):
+        key = service_events.with_event(key, svc.deps.new_id(), "DeleteKey", {"keyId": key.key_id},
+                                        deletion_date)
+        await svc.store.put_key(key)
+    await service_events.record_events(svc, key)
+    changed = await multiregion.without_replica(svc, key)
+    async with multiregion.announced(svc, changed):
+        await svc.store.delete_key(key, changed)
+        forget_deleted(key, changed)  # what a copy still holds (a multi-Region key's) stays cached
+
+
+async def run_due(svc: KmsService) -> None:
+    """Apply every due deletion and rotation (the scheduler's tick), record the audit records
+    still owed by calls' changes, then `tick_work`. A key whose due work fails (its audit record
+    refused, a store write failed) is left for the next tick, and so is an owed record the spool
+    refuses, logged when those left over or the reasons change; the ones after it still run."""
+    failed: list[tuple[str, Exception]] = []
+    for key in await svc.store.all_keys():
+        try:
+            await apply_due(svc, key)
+        except Exception as exc:
+            failed.append((key.arn, exc))
+    svc._due_failures.tick(failed)
+    svc._owed_failures.tick(await owed_calls.record_owed(svc))
+    await _run_tick_work(svc)
+
+
+async def _run_tick_work(svc: KmsService) -> None:
+    """Run each `tick_work`; a failure is logged when its reason changes, not raised: it comes
+    after the due work was done and recorded, and failing serve's start then had the failed
+    start remove the digests signing those records (cli/serve.py), leaving the trail unusable."""
+    failure = None
+    for work in svc.tick_work:
+        try:
+            await work()
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != svc._tick_work_failure:
+                expected = isinstance(exc, errors.KmsError | OSError)  # the key store refusing: no bug
+                log.error("scheduled upkeep failed (tried again at each tick, said again only when the "
+                          "reason changes): %s", failure, exc_info=None if expected else exc)
+    svc._tick_work_failure = failure
+
+
+def _rotation_due(key: Key, now: datetime) -> bool:
+    # A multi-Region replica never rotates on its own: its primary's rotation reaches it.
+    return (
+        key.rotation_enabled and key.next_rotation_date is not None and key.next_rotation_date <= now
+        and key.state is KeyState.ENABLED and not multiregion.is_replica(key)
+    )
+
+
+def _is_due(key: Key, now: datetime) -> bool:
+    deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
+    return (deleting or _rotation_due(key, now) or material_expired(key, now)
+            or key.state is KeyState.CREATING or service_events.owes(key))
