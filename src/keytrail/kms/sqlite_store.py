@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
 from pathlib import Path
 
 from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, authenticate, refused_call, verify
@@ -26,31 +25,24 @@ from keytrail.kms.codec import (
     key_from_doc,
     key_to_doc,
 )
-from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
-from keytrail.kms.model import CallRecord
-from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
+from keytrail.kms.owed_records import Owing
 from keytrail.kms.resealing import (
     ALIASES,
     CUSTOM_KEY_STORES,
     GRANTS,
-    IMPORT_PARAMETERS,
     KEYS,
-    OWED_RECORDS,
     DocumentTable,
     reauthenticated,
 )
-from keytrail.kms.sealed_docs import (
-    custom_key_store_from_doc,
-    custom_key_store_to_doc,
-    import_parameters_from_doc,
-    import_parameters_to_doc,
-)
+from keytrail.kms.sealed_docs import custom_key_store_from_doc
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_ledger import LEDGER_SCHEMA, Change, Delete, Put, apply, delete_row, read_store, rewrite
-from keytrail.kms.store import Alias, Grant, OwedWrites
+from keytrail.kms.sqlite_owed_records import SqliteOwedRecords
+from keytrail.kms.sqlite_sealed_rows import SqliteSealedRows
+from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
@@ -101,8 +93,10 @@ class KeyStoreUnreadable(OSError):
     """keys.db is not a database SQLite can read (an OSError: the CLI reports it in one line)."""
 
 
-class SqliteStore:
-    """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key."""
+class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
+    """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key; its
+    import parameters and custom key stores (SqliteSealedRows) and owed audit records
+    (SqliteOwedRecords) are there too."""
 
     owed_grace_seconds = 0.0  # the file's only writer: a record owed and not in flight here is abandoned
 
@@ -208,10 +202,6 @@ class SqliteStore:
         self._ledger = ledger  # once committed
         if owed:
             self._owing.written()
-
-    def _owed_put(self, record: CallRecord) -> Put:
-        row = (record.event_id,)
-        return Put(OWED_RECORDS, row, (*row, self._doc(OWED_RECORDS, row, record_to_doc(record))))
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -346,77 +336,6 @@ class SqliteStore:
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant of the Region that verified (ListRetirableGrants, across accounts)."""
         return [g for (_, r, _), grants in self._grants.items() if r == region for g in grants.values()]
-
-    # --- import parameters and custom key stores (secrets sealed under the root key) ---------
-
-    async def put_import_parameters(self, parameters: ImportParameters) -> None:
-        # Tokens live 24 hours; rows whose token expired long ago are dropped on the way.
-        stale = (parameters.valid_to - timedelta(days=2)).isoformat()
-        row = (parameters.token_id,)
-        doc = self._doc(IMPORT_PARAMETERS, row, import_parameters_to_doc(parameters, self._root))
-        self._write([Delete(IMPORT_PARAMETERS, "valid_to < ?", (stale,)),
-                     Put(IMPORT_PARAMETERS, row, (*row, parameters.valid_to.isoformat(), doc))])
-
-    async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
-        found = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()
-        if found is None:
-            return None
-        try:
-            body = verify(self._root, IMPORT_PARAMETERS.name, (token_id,), found[0])
-        except DocumentRefused as refusal:
-            raise refused_call(refusal) from None
-        return import_parameters_from_doc(body, self._root)
-
-    async def put_custom_key_store(self, store: CustomKeyStore) -> None:
-        row = (store.account, store.region, store.store_id)
-        self._write([Put(CUSTOM_KEY_STORES, row, (*row, self._doc(CUSTOM_KEY_STORES, row,
-                                                                  custom_key_store_to_doc(store, self._root))))])
-        self._custom_key_stores.setdefault((store.account, store.region), {})[store.store_id] = store
-        self._refused.forget(CUSTOM_KEY_STORES.name, row)
-
-    async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
-        self._write([delete_row(CUSTOM_KEY_STORES, (store.account, store.region, store.store_id))])
-        self._custom_key_stores.get((store.account, store.region), {}).pop(store.store_id, None)
-        self._refused.forget(CUSTOM_KEY_STORES.name, (store.account, store.region, store.store_id))
-
-    async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
-        self._refused.refuse_within(CUSTOM_KEY_STORES.name, (account, region))
-        stores = self._custom_key_stores.get((account, region), {}).values()
-        return sorted(stores, key=lambda s: (s.creation_date, s.store_id))
-
-    async def all_custom_key_stores(self) -> list[CustomKeyStore]:
-        """Every custom key store that verified, whichever account and Region: a refused one is in the log."""
-        return [store for stores in self._custom_key_stores.values() for store in stores.values()]
-
-    # --- audit records owed (the transactional outbox, kms/owed_records.py) -------------------
-
-    def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
-        return self._owing.owing(record)
-
-    async def owe_record(self, record: CallRecord) -> None:
-        self._write([self._owed_put(record)])
-
-    async def owed_records(self) -> list[CallRecord]:
-        """Every owed record that verifies, oldest first (read from the file: a tick's read, rare)."""
-        rows = self._db.execute("SELECT event_id, doc FROM owed_records").fetchall()
-        records = [record for row in rows if (record := self._owed_row(*row)) is not None]
-        return sorted(records, key=lambda r: (r.event_time, r.event_id))
-
-    async def owed_record(self, event_id: str) -> CallRecord | None:
-        rows = self._db.execute("SELECT event_id, doc FROM owed_records WHERE event_id = ?", (event_id,)).fetchall()
-        return self._owed_row(*rows[0]) if rows else None
-
-    def _owed_row(self, event_id: str, doc: str) -> CallRecord | None:
-        try:
-            return record_from_doc(verify(self._root, OWED_RECORDS.name, (event_id,), doc))
-        except DocumentRefused as refusal:  # logged once (as the store opened, if it was there then)
-            if not self._refused.within(OWED_RECORDS.name, (event_id,)):
-                refused_call(refusal)
-                self._refused.add(refusal)
-            return None
-
-    async def settle_record(self, event_id: str) -> None:
-        self._write([delete_row(OWED_RECORDS, (event_id,))])
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document

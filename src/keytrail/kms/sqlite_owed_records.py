@@ -1,0 +1,64 @@
+"""SqliteStore's audit records owed (the transactional outbox, kms/owed_records.py): the
+`owed_records` rows each write carries with the record of the call a task is serving, read back
+from the file by a tick and deleted once the spool took them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, refused_call, verify
+from keytrail.kms.model import CallRecord
+from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
+from keytrail.kms.resealing import OWED_RECORDS, DocumentTable
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_ledger import Change, Put, delete_row
+from keytrail.kms.store import OwedWrites
+
+__all__ = ["SqliteOwedRecords"]
+
+
+class SqliteOwedRecords:
+    """The owed records half of SqliteStore's methods (a mixin of it)."""
+
+    # The store's own (kms/sqlite_store.py), which these methods share.
+    _db: sqlite3.Connection
+    _root: RootKey
+    _refused: RefusedRows
+    _doc: Callable[[DocumentTable, Row, str], str]
+    _write: Callable[[Sequence[Change]], None]
+    _owing: Owing
+
+    def _owed_put(self, record: CallRecord) -> Put:
+        row = (record.event_id,)
+        return Put(OWED_RECORDS, row, (*row, self._doc(OWED_RECORDS, row, record_to_doc(record))))
+
+    def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
+        return self._owing.owing(record)
+
+    async def owe_record(self, record: CallRecord) -> None:
+        self._write([self._owed_put(record)])
+
+    async def owed_records(self) -> list[CallRecord]:
+        """Every owed record that verifies, oldest first (read from the file: a tick's read, rare)."""
+        rows = self._db.execute("SELECT event_id, doc FROM owed_records").fetchall()
+        records = [record for row in rows if (record := self._owed_row(*row)) is not None]
+        return sorted(records, key=lambda r: (r.event_time, r.event_id))
+
+    async def owed_record(self, event_id: str) -> CallRecord | None:
+        rows = self._db.execute("SELECT event_id, doc FROM owed_records WHERE event_id = ?", (event_id,)).fetchall()
+        return self._owed_row(*rows[0]) if rows else None
+
+    def _owed_row(self, event_id: str, doc: str) -> CallRecord | None:
+        try:
+            return record_from_doc(verify(self._root, OWED_RECORDS.name, (event_id,), doc))
+        except DocumentRefused as refusal:  # logged once (as the store opened, if it was there then)
+            if not self._refused.within(OWED_RECORDS.name, (event_id,)):
+                refused_call(refusal)
+                self._refused.add(refusal)
+            return None
+
+    async def settle_record(self, event_id: str) -> None:
+        self._write([delete_row(OWED_RECORDS, (event_id,))])
