@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -35,42 +34,30 @@ from keytrail.kms.codec import (
     key_from_doc,
     key_to_doc,
 )
-from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
-from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks, second_lock_refused
 from keytrail.kms.model import CallRecord
-from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
+from keytrail.kms.owed_records import Owing
 from keytrail.kms.postgres_documents import (
     SCHEMA,
     UPSERT_ALIAS,
     UPSERT_GRANT,
-    UPSERT_IMPORT,
     UPSERT_KEY,
-    UPSERT_OWED,
-    UPSERT_STORE,
     open_documents,
     reauthenticate,
 )
 from keytrail.kms.postgres_ledger import CHECK_EVERY, LedgerWatch, LedgerWriter
+from keytrail.kms.postgres_owed_records import PostgresOwedRecords
+from keytrail.kms.postgres_sealed_rows import PostgresSealedRows
 from keytrail.kms.resealing import (
     ALIASES,
-    CUSTOM_KEY_STORES,
     DOCUMENT_TABLES,
     GRANTS,
-    IMPORT_PARAMETERS,
     KEYS,
-    OWED_RECORDS,
     DocumentTable,
 )
-from keytrail.kms.sealed_docs import (
-    custom_key_store_from_doc,
-    custom_key_store_to_doc,
-    import_parameters_from_doc,
-    import_parameters_to_doc,
-)
 from keytrail.kms.sealing import RootKey
-from keytrail.kms.store import Alias, Grant, OwedWrites
+from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import LedgerMismatch
 
 __all__ = ["DEFAULT_TIMEOUT", "PostgresStore", "StoreBusy"]
@@ -96,8 +83,9 @@ class StoreBusy(Exception):
     """The key store cannot be resealed now: other clients are connected."""
 
 
-class PostgresStore:
-    """Keys, aliases, grants, import parameters and custom key stores in PostgreSQL."""
+class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
+    """Keys, aliases, grants, import parameters and custom key stores (PostgresSealedRows) in
+    PostgreSQL, and the audit records owed by changes (PostgresOwedRecords)."""
 
     owed_grace_seconds = OWED_GRACE_SECONDS
 
@@ -213,10 +201,6 @@ class PostgresStore:
             await writer.commit()
         if owed:
             self._owing.written()
-
-    async def _put_owed(self, writer: LedgerWriter, record: CallRecord) -> None:
-        row = (record.event_id,)
-        await writer.put(OWED_RECORDS, row, UPSERT_OWED, (*row, self._doc(OWED_RECORDS, row, record_to_doc(record))))
 
     @asynccontextmanager
     async def key_lock(self, account: str, region: str, key_id: str) -> AsyncIterator[None]:
@@ -369,65 +353,6 @@ class PostgresStore:
         """Every grant of the Region that verifies (ListRetirableGrants, across accounts)."""
         rows = await self._rows("SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE region=$1", region)
         return [grant_from_doc(body) for body in self._verified_bodies(GRANTS, rows)]
-
-    # --- import parameters and custom key stores ---------------------------------------------
-
-    async def put_import_parameters(self, parameters: ImportParameters) -> None:
-        doc = self._doc(IMPORT_PARAMETERS, (parameters.token_id,), import_parameters_to_doc(parameters, self._root))
-        stale = (parameters.valid_to - timedelta(days=2)).isoformat()  # tokens live 24 hours
-        async with self._ledgered() as writer:
-            await writer.delete(IMPORT_PARAMETERS, "valid_to < $1", (stale,))
-            await writer.put(IMPORT_PARAMETERS, (parameters.token_id,), UPSERT_IMPORT,
-                             (parameters.token_id, parameters.valid_to.isoformat(), doc))
-
-    async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
-        rows = await self._rows("SELECT token_id, doc FROM kms_import_parameters WHERE token_id=$1", token_id)
-        return import_parameters_from_doc(self._body(IMPORT_PARAMETERS, rows[0]), self._root) if rows else None
-
-    async def put_custom_key_store(self, store: CustomKeyStore) -> None:
-        row = (store.account, store.region, store.store_id)
-        doc = self._doc(CUSTOM_KEY_STORES, row, custom_key_store_to_doc(store, self._root))
-        async with self._ledgered() as writer:
-            await writer.put(CUSTOM_KEY_STORES, row, UPSERT_STORE, (*row, store.creation_date.isoformat(), doc))
-
-    async def delete_custom_key_store(self, store: CustomKeyStore) -> None:
-        async with self._ledgered() as writer:
-            await writer.delete_row(CUSTOM_KEY_STORES, (store.account, store.region, store.store_id))
-
-    async def list_custom_key_stores(self, account: str, region: str) -> list[CustomKeyStore]:
-        rows = await self._rows(
-            "SELECT account, region, store_id, doc FROM kms_custom_key_stores WHERE account=$1 AND region=$2 "
-            "ORDER BY created, store_id", account, region,
-        )
-        return [custom_key_store_from_doc(self._body(CUSTOM_KEY_STORES, row), self._root) for row in rows]
-
-    async def all_custom_key_stores(self) -> list[CustomKeyStore]:
-        """Every custom key store that verifies, whichever account and Region: a refused one is logged."""
-        rows = await self._rows("SELECT account, region, store_id, doc FROM kms_custom_key_stores")
-        return [custom_key_store_from_doc(body, self._root) for body in self._verified_bodies(CUSTOM_KEY_STORES, rows)]
-
-    # --- audit records owed (the transactional outbox, kms/owed_records.py) -------------------
-
-    def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
-        return self._owing.owing(record)
-
-    async def owe_record(self, record: CallRecord) -> None:
-        async with self._ledgered() as writer:
-            await self._put_owed(writer, record)
-
-    async def owed_records(self) -> list[CallRecord]:
-        """Every owed record that verifies, oldest first: a refused row is logged (once), never recorded."""
-        rows = await self._rows("SELECT event_id, doc FROM kms_owed_records")
-        records = [record_from_doc(body) for body in self._verified_bodies(OWED_RECORDS, rows)]
-        return sorted(records, key=lambda r: (r.event_time, r.event_id))
-
-    async def owed_record(self, event_id: str) -> CallRecord | None:
-        rows = await self._rows("SELECT event_id, doc FROM kms_owed_records WHERE event_id = $1", event_id)
-        return next((record_from_doc(body) for body in self._verified_bodies(OWED_RECORDS, rows)), None)
-
-    async def settle_record(self, event_id: str) -> None:
-        async with self._ledgered() as writer:
-            await writer.delete_row(OWED_RECORDS, (event_id,))
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document
