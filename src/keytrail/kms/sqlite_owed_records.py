@@ -21,7 +21,7 @@ __all__ = ["SqliteOwedRecords"]
 
 
 class SqliteOwedRecords:
-    """The owed records half of SqliteStore's methods (a mixin of it)."""
+    """The owed records part of SqliteStore's methods (a mixin of it)."""
 
     # The store's own (kms/sqlite_store.py), which these methods share.
     _db: sqlite3.Connection

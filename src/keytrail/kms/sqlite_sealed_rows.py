@@ -21,7 +21,7 @@ __all__ = ["SqliteSealedRows"]
 
 
 class SqliteSealedRows:
-    """The import parameters and custom key stores half of SqliteStore's methods (a mixin of it)."""
+    """The import parameters and custom key stores part of SqliteStore's methods (a mixin of it)."""
 
     # The store's own (kms/sqlite_store.py), which these methods share.
     _db: sqlite3.Connection
