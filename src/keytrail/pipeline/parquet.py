@@ -36,34 +36,67 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
         written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
     today = store.now().date()  # the data dir's: its dev clock's where one went ahead
     lifecycle = store.lifecycle()  # every day's storage is priced from it: read once, not once a day
-    for day in sorted(_cost_days(root, store, changed, today)):
+    table = prices or PriceTable()
+    for day in sorted(_cost_days(root, store, lifecycle, changed, today, table.free_tier_requests > 0)):
         since = datetime.combine(day, time(), UTC)
-        cost = store.cost(prices or PriceTable(), since, since + timedelta(days=1), lifecycle=lifecycle)
+        cost = store.cost(table, since, since + timedelta(days=1), lifecycle=lifecycle)
         if _write_if_changed(cost, path := _table(root, "cost", day)):
             written.append(path)
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
 
 
-def _cost_days(root: Path, store: MetricsStore, changed: set[date], today: date) -> set[date]:
-    """The days whose cost table may no longer say what the state does: a key's storage accrues
-    every day it exists, with or without events, and an event (a CreateKey, a DeleteKey read late)
-    may change the storage of every day after its own. So, besides the changed days, every day of
-    the storage span from the first changed one on, and every day of it that has no table yet (a
-    quiet day, which no event marks as changed: without it, summing the daily tables left out its
-    storage). A day after `today` has no cost table until it comes (the export then writes it as
-    a day without one): its storage has not happened, and would be billed whole."""
-    span = _storage_span(store, today)
-    start = min(changed, default=date.max)
-    days = changed | {day for day in span if day >= start or not _table(root, "cost", day).exists()}
+def _cost_days(
+    root: Path, store: MetricsStore, lifecycle: pl.DataFrame, changed: set[date], today: date, free_tier: bool
+) -> set[date]:
+    """The days whose cost table may no longer say what the state does (or has none yet), no later
+    than `today` (a day after it has no cost table until it comes: its storage has not happened).
+
+    A changed day's requests changed, and with a free tier the requests of the rest of its month
+    (granted in time order). A key's storage up to an hour depends only on its lifecycle events
+    before that hour, so a lifecycle event read late (a CreateKey, a ScheduleKeyDeletion) changes
+    the storage of every day from its own on (a multi-Region key's rotation, its family's; an AWS
+    managed row, which counts from its own time too) and of no day before. A key spec is the key's
+    on every day, though: one read late reprices the key's requests on every day it was called.
+    A quiet day of the storage span that has no table yet is written too (without it, summing the
+    daily tables left out its storage). The changed days' lifecycle rows are not all new ones: the
+    days are a superset, which the byte comparison (`_write_if_changed`) leaves unwritten.
+    """
+    span = _storage_span(store, lifecycle, today)
+    tabled = {date.fromisoformat(p.name.removeprefix("day=")) for p in (root / "cost").glob("day=*")}
+    late = lifecycle.filter(pl.col("eventTime").dt.date().is_in(sorted(changed)))
+    storage_from = late["eventTime"].min()
+    start = storage_from.astimezone(UTC).date() if isinstance(storage_from, datetime) else date.max
+    requests = changed | _days_called(store, late.filter(pl.col("keySpec").is_not_null())["keyArn"].unique())
+    if free_tier:
+        requests |= {later for day in requests for later in _rest_of_month(day)}
+    days = {day for day in requests if day in changed or day in span or day in tabled}
+    days |= {day for day in span if day >= start or day not in tabled}
+    days |= {day for day in tabled if day >= start}
     return {day for day in days if day <= today}
 
 
-def _storage_span(store: MetricsStore, today: date) -> list[date]:
+def _days_called(store: MetricsStore, keys: pl.Series) -> set[date]:
+    """The UTC days on which any of `keys` was called (read only when a key spec came late)."""
+    if keys.is_empty():
+        return set()
+    days = store.usage(["keyArn"], "day").filter(pl.col("keyArn").is_in(keys.to_list()))["windowStart"]
+    return {moment.astimezone(UTC).date() for moment in days}
+
+
+def _rest_of_month(day: date) -> Iterable[date]:
+    """`day` and the days after it in its calendar month."""
+    while True:
+        yield day
+        if (day := day + timedelta(days=1)).day == 1:
+            return
+
+
+def _storage_span(store: MetricsStore, lifecycle: pl.DataFrame, today: date) -> list[date]:
     """The UTC days from the first key creation read (storage is billed for keys seen created) to
     the last event's, and no later than `today`: an event stamped years ahead (a skewed clock, a
     bad record) must not have the export write a table for each day until then."""
-    created = store.lifecycle().filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))["eventTime"].min()
+    created = lifecycle.filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))["eventTime"].min()
     last = store.time_bounds()[1]
     if not isinstance(created, datetime) or last is None:
         return []

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from keytrail.cli.node import record_dev_clock
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
@@ -21,8 +22,9 @@ from tests.unit.detect.records import create_key, event, key_arn, user
 MONDAY = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
 
-async def _consume(data_dir: Path, records: list[dict[str, Any]]) -> None:
-    await MetricsConsumer(ConsumerSettings(data_dir), RecordsSource(records)).run()
+async def _consume(data_dir: Path, records: list[dict[str, Any]], prices: PriceTable | None = None) -> None:
+    settings = ConsumerSettings(data_dir, prices=prices or PriceTable())
+    await MetricsConsumer(settings, RecordsSource(records)).run()
 
 
 def _daily_tables(data_dir: Path) -> dict[date, Decimal]:
@@ -92,12 +94,12 @@ def _cost_files(data_dir: Path) -> dict[str, tuple[int, bytes]]:
             for p in sorted((data_dir / "metrics" / "cost").glob("day=*/cost.parquet"))}
 
 
-def _fully_rewritten(data_dir: Path, copy: Path) -> dict[str, bytes]:
+def _fully_rewritten(data_dir: Path, copy: Path, prices: PriceTable | None = None) -> dict[str, bytes]:
     """The cost tables an export of every day writes afresh, over a copy of `data_dir`'s state."""
     shutil.copytree(data_dir, copy)
     shutil.rmtree(copy / "metrics" / "cost")
     days = [date.fromisoformat(p.name[4:]) for p in (data_dir / "metrics" / "cost").glob("day=*")]
-    export_tables(copy, days)
+    export_tables(copy, days, prices)
     return {day: data for day, (_, data) in _cost_files(copy).items()}
 
 
@@ -128,6 +130,86 @@ async def test_an_event_read_late_rewrites_only_the_cost_tables_whose_figures_it
     assert {day: data for day, (_, data) in later.items()} == _fully_rewritten(data_dir, tmp_path / "full2")
     tables = _daily_tables(data_dir)
     assert tables == {day: _answered(data_dir, day) for day in tables}
+
+
+def _days_priced(monkeypatch: pytest.MonkeyPatch) -> list[date]:
+    """The days an export prices from now on (each one a cost computation over its day)."""
+    priced: list[date] = []
+    cost = MetricsStore.cost
+
+    def spy(store: MetricsStore, prices: PriceTable, since: datetime | None = None, *args: Any, **kw: Any) -> Any:
+        assert since is not None
+        priced.append(since.date())
+        return cost(store, prices, since, *args, **kw)
+
+    monkeypatch.setattr(MetricsStore, "cost", spy)
+    return priced
+
+
+def _day(n: int) -> date:
+    return (MONDAY + timedelta(days=n)).date()
+
+
+async def test_an_event_read_late_prices_only_the_days_whose_figures_it_can_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every day from the late event's on was priced again (years of days for an import of old
+    logs), though a Decrypt changes its own day's requests only and a CreateKey no day before its own."""
+    data_dir = tmp_path / "data"
+    uses = [event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(30)]
+    records = [create_key(MONDAY, key_arn(1)), *uses]
+    await _consume(data_dir, records)
+    priced = _days_priced(monkeypatch)
+
+    records.append(event("Decrypt", MONDAY + timedelta(days=3, hours=2), key_arn(1), user("bob")))
+    await _consume(data_dir, records)
+    assert priced == [_day(3)]
+    assert {day: data for day, (_, data) in _cost_files(data_dir).items()} == _fully_rewritten(
+        data_dir, tmp_path / "full1")
+
+    priced.clear()
+    records.append(create_key(MONDAY + timedelta(days=20, hours=5), key_arn(2)))
+    await _consume(data_dir, records)
+    assert priced == [_day(n) for n in range(20, 30)]
+    assert {day: data for day, (_, data) in _cost_files(data_dir).items()} == _fully_rewritten(
+        data_dir, tmp_path / "full2")
+    tables = _daily_tables(data_dir)
+    assert tables == {day: _answered(data_dir, day) for day in tables}
+
+
+async def test_a_key_spec_read_late_reprices_the_key_s_requests_of_the_days_before_it(tmp_path: Path) -> None:
+    """A key's spec prices its requests on every day (an ECC key's calls cost more than a symmetric
+    key's), so a CreateKey read late changes the request cost of the key's days before its own."""
+    data_dir = tmp_path / "data"
+    records = [create_key(MONDAY, key_arn(1)),
+               *(event("Sign", MONDAY + timedelta(days=n), key_arn(2), user("alice")) for n in range(1, 4)),
+               *(event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(8))]
+    await _consume(data_dir, records)
+    before = _cost_files(data_dir)
+    rsa = create_key(MONDAY + timedelta(days=5), key_arn(2))
+    rsa["requestParameters"] = {**rsa["requestParameters"], "keySpec": "ECC_NIST_P256", "keyUsage": "SIGN_VERIFY"}
+    await _consume(data_dir, [*records, rsa])
+    after = _cost_files(data_dir)
+    assert [day for day in after if after[day][1] != before[day][1]] == [f"day={_day(n)}" for n in (1, 2, 3, 5, 6, 7)]
+    assert {day: data for day, (_, data) in after.items()} == _fully_rewritten(data_dir, tmp_path / "full")
+    tables = _daily_tables(data_dir)
+    assert tables == {day: _answered(data_dir, day) for day in tables}
+
+
+async def test_with_a_free_tier_a_request_read_late_reprices_the_rest_of_its_month(tmp_path: Path) -> None:
+    """The free tier is granted in time order within the calendar month: a request read late takes
+    the free tier of a later day's request (the CreateKey and day 0's Encrypt had two of the three,
+    day 1's Encrypt the last), whose day then costs more."""
+    data_dir = tmp_path / "data"
+    prices = PriceTable(free_tier_requests=3)
+    records = [create_key(MONDAY, key_arn(1)),
+               *(event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(40))]
+    await _consume(data_dir, records, prices)
+    before = _cost_files(data_dir)
+    await _consume(data_dir, [*records, event("Decrypt", MONDAY + timedelta(hours=1), key_arn(1), user("bob"))], prices)
+    after = _cost_files(data_dir)
+    assert [day for day in after if after[day][1] != before[day][1]] == [f"day={_day(n)}" for n in (0, 1)]
+    assert {day: data for day, (_, data) in after.items()} == _fully_rewritten(data_dir, tmp_path / "full", prices)
 
 
 async def test_the_daily_cost_tables_add_up_to_the_cost_of_their_span_exactly(tmp_path: Path) -> None:
