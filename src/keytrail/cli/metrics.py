@@ -32,6 +32,7 @@ from keytrail.cli.console import (
     parse_window,
 )
 from keytrail.owner_only import make_dirs
+from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
 
@@ -69,27 +70,32 @@ Until = Annotated[str | None, typer.Option("--until", help="End (ISO-8601 UTC, e
 Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one object per line) or csv.")]
 
 
-def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore:
-    if not data_dir.is_dir():  # said before polars loads (~0.2 s of a query's start)
+def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore | None:
+    """The metrics state of `data_dir`, or None where nothing was counted yet (a new node): the
+    answer is then empty, given without loading polars (~0.2 s of a query's start), as is an
+    error for a data directory that does not exist."""
+    if not data_dir.is_dir():
         raise fail(f"no such data directory: {data_dir}", command)
-    from keytrail.pipeline.query import MetricsStore
+    if not counted_partitions(data_dir):
+        store = None
+    else:
+        from keytrail.pipeline.query import MetricsStore
 
-    store = MetricsStore(data_dir)
+        store = MetricsStore(data_dir)
     if note := uncounted_note(data_dir, store):
         typer.echo(note, err=True)
     return store
 
 
-def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
-    """One line when the event log holds events the metrics state has not counted and no consumer
-    is running to count them (after `keytrail audit import` with the node stopped, the queries
-    would otherwise answer from nothing, or from an old state, in silence)."""
-    from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
-
+def uncounted_note(data_dir: Path, store: MetricsStore | None) -> str | None:
+    """One line when the event log holds events the metrics state (None: none yet) has not counted
+    and no consumer is running to count them (after `keytrail audit import` with the node stopped,
+    the queries would otherwise answer from nothing, or from an old state, in silence)."""
     directory = event_log_dir(data_dir)
     if not directory.is_dir() or _consumer_running(data_dir):
         return None
-    behind = SegmentLog(directory).end_offset() - store.offsets().get(SEGMENT_LOG_PARTITION, 0)
+    counted = store.offsets().get(SEGMENT_LOG_PARTITION, 0) if store is not None else 0
+    behind = SegmentLog(directory).end_offset() - counted
     if behind <= 0:
         return None
     return (f"note: {behind} events of the event log in {data_dir} are not counted yet and no consumer is "
@@ -98,8 +104,6 @@ def uncounted_note(data_dir: Path, store: MetricsStore) -> str | None:
 
 def _consumer_running(data_dir: Path) -> bool:
     """Whether a consumer (keytrail serve's, or keytrail consume) holds the data dir's lock."""
-    from keytrail.pipeline.query import consumer_lock
-
     return lock_held(consumer_lock(data_dir))
 
 
@@ -129,10 +133,13 @@ def usage(
     low, high = parse_window(since, until, USAGE)
     store = open_store(data_dir, USAGE)
     columns = [_DIMENSIONS[n] for n in names if n in _DIMENSIONS]
-    frame = store.usage(columns, windows[0] if windows else None, low, high)  # type: ignore[arg-type]
     fields = (["windowStart", "windowEnd"] if windows else []) + USAGE_FIELDS
     if output is not OutputFormat.json:  # tables and CSV show only the columns grouped by
-        fields = [f for f in fields if f in frame.columns]
+        fields = [f for f in fields if f in (*columns, "windowStart", "windowEnd", "count", "errorCount")]
+    if store is None:
+        emit_rows([], fields, output)
+        return
+    frame = store.usage(columns, windows[0] if windows else None, low, high)  # type: ignore[arg-type]
     emit(frame, fields, output)
 
 
@@ -146,24 +153,27 @@ def cost(
     output: Format = OutputFormat.table,
 ) -> None:
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
-    import polars as pl
-
-    from keytrail.reports.figures import ahead_note, storage_note
-
     names = parse_by(by, ("key", "account"), COST)
     table = _price_table(prices, free_tier, COST)
     low, high = parse_window(since, until, COST)
     store = open_store(data_dir, COST)
+    keys = [_DIMENSIONS[n] for n in names]
+    fields = COST_FIELDS
+    if output is not OutputFormat.json:  # tables and CSV show only the dimensions grouped by, as usage's do
+        fields = [f for f in COST_FIELDS if f in keys or f not in ("keyArn", "accountId")]
+    if store is None:  # no key to bill, no event dated ahead: no note either
+        emit_rows([], fields, output)
+        return
+    import polars as pl
+
+    from keytrail.reports.figures import ahead_note, storage_note
+
     end = store.open_end() if high is None else None  # --until: billed up to it, whatever now is
     frame = store_frame = store.cost(table, low, high, end)
-    keys = [_DIMENSIONS[n] for n in names]
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(
             pl.col(c).sum() for c in COST_FIELDS if c not in ("keyArn", "accountId")
         )
-    fields = COST_FIELDS
-    if output is not OutputFormat.json:  # tables and CSV show only the dimensions grouped by, as usage's do
-        fields = [f for f in COST_FIELDS if f in keys or f not in ("keyArn", "accountId")]
     emit(frame.sort(keys, nulls_last=True), fields, output)
     if unseen := store.keys_never_created(store_frame):
         typer.echo(storage_note(len(unseen)), err=True)
@@ -191,11 +201,14 @@ def last_used(
     output: Format = OutputFormat.table,
 ) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
-    import polars as pl
-
     names = parse_by(by, ("key", "principal"), LAST_USED)
     low, high = parse_window(since, until, LAST_USED)
     store = open_store(data_dir, LAST_USED)
+    if store is None:
+        emit_rows([], LAST_USED_FIELDS, output)
+        return
+    import polars as pl
+
     if "principal" in names:
         frame = store.last_used(high).rename({"principalArn": "lastUsedPrincipalArn"})
     else:
@@ -236,7 +249,6 @@ def consume(
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""
     from keytrail.cli.sidecar import try_lock
     from keytrail.pipeline.consumer import ConsumerSettings
-    from keytrail.pipeline.query import consumer_lock
 
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, CONSUME)
     settings = ConsumerSettings(
@@ -377,9 +389,11 @@ class Progress:
 
 def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
     """Print `frame` with exactly `fields` (absent ones null) in the chosen format."""
-    from keytrail.reports.tabular import cell_text
+    emit_rows([{name: row.get(name) for name in fields} for row in frame.iter_rows(named=True)], fields, output)
 
-    rows = [{name: row.get(name) for name in fields} for row in frame.iter_rows(named=True)]
+
+def emit_rows(rows: list[dict[str, Any]], fields: list[str], output: OutputFormat) -> None:
+    """Print `rows` (each holding every one of `fields`) in the chosen format."""
     if output is OutputFormat.json:
         for row in rows:
             typer.echo(json_line(row))
@@ -387,7 +401,7 @@ def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(fields)
-        writer.writerows([[cell_text(row[name]) for name in fields] for row in rows])
+        writer.writerows(_cells(rows, fields))
         typer.echo(buffer.getvalue(), nl=False)
     else:
         typer.echo(table(rows, fields))
@@ -410,13 +424,20 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    from keytrail.reports.tabular import cell_text
-
-    cells = [[cell_text(row[name]) for name in fields] for row in rows]
+    cells = _cells(rows, fields)
     widths = [max([len(name), *(len(c[i]) for c in cells)]) for i, name in enumerate(fields)]
     lines = ["  ".join(name.ljust(w) for name, w in zip(fields, widths, strict=True))]
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _cells(rows: list[dict[str, Any]], fields: list[str]) -> list[list[str]]:
+    """Each row's `fields` as text; no rows, no text to render (nor polars loaded, which tabular's does)."""
+    if not rows:
+        return []
+    from keytrail.reports.tabular import cell_text
+
+    return [[cell_text(row[name]) for name in fields] for row in rows]
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,7 @@ from keytrail.pipeline.lastused import (
     latest_per_key,
     merge_last_used,
 )
+from keytrail.pipeline.layout import consumer_lock, counted_partitions, state_dir
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.usage import (
@@ -43,16 +44,6 @@ __all__ = ["MetricsStore", "OpenEnd", "consumer_lock", "state_dir"]
 
 
 SPAN_ROWS = 25_000  # stored minute rows the free tier's cost reads at a time (whole UTC days)
-
-
-def state_dir(data_dir: Path) -> Path:
-    """Where the pipeline keeps its per-partition state files."""
-    return data_dir / "metrics" / "state"
-
-
-def consumer_lock(data_dir: Path) -> Path:
-    """Held by the metrics consumer (serve's child, or keytrail consume) while it owns the state."""
-    return state_dir(data_dir).parent / "consumer.lock"
 
 
 @dataclass(frozen=True)
@@ -81,7 +72,7 @@ class MetricsStore:
 
     @contextmanager
     def _states(self) -> Iterator[list[PartitionState]]:
-        states = [PartitionState(p) for p in sorted(self.directory.glob("*.sqlite"))]
+        states = [PartitionState(p) for p in counted_partitions(self.data_dir)]
         try:
             yield states
         finally:
@@ -89,7 +80,7 @@ class MetricsStore:
                 state.close()
 
     def partitions(self) -> list[str]:
-        return [p.stem for p in sorted(self.directory.glob("*.sqlite"))]
+        return [p.stem for p in counted_partitions(self.data_dir)]
 
     def offsets(self) -> dict[str, int]:
         """Per partition, the first source offset its persisted state does not cover yet."""

@@ -22,14 +22,12 @@ from keytrail.owner_only import reserve
 from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
 from keytrail.pipeline.dedup import SeenIds, no_hashes, pack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
+from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, Shape, UsageFiles
 
 __all__ = ["SEGMENT_LOG_PARTITION", "PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
 
-#: The partition the embedded event log's state is kept as (`segment_source.SegmentLogSource`'s
-#: batches): here for the queries, which need the name and not the source (asyncio, the decoder).
-SEGMENT_LOG_PARTITION = "segment-log"
 # SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
 # error, no permission) leaves the file as it was.
 _DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)

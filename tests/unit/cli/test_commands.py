@@ -103,13 +103,32 @@ def test_keytrail_help_lists_the_commands_as_typer_lists_them_loaded(width: int)
     assert listed.getvalue() == loaded.getvalue() and "root-key" in listed.getvalue()
 
 
+def _counted_nothing_yet(data_dir: Path) -> Path:
+    """`data_dir` with the state of a partition the consumer has counted no event of."""
+    from keytrail.pipeline.query import state_dir
+    from keytrail.pipeline.state import PartitionState
+
+    state_dir(data_dir).mkdir(parents=True)
+    PartitionState(state_dir(data_dir) / "segment-log.sqlite").close()
+    return data_dir
+
+
 def test_a_usage_query_loads_polars_and_not_the_consumers_modules(tmp_path: Path) -> None:
     """`keytrail usage` loaded the Avro decoder (fastavro) for one set of operation names, and the
     consumer's asyncio and runner for the name of a partition; and polars before finding that its
     data directory does not exist."""
-    loaded = _modules_loaded_by("usage", "--data-dir", str(tmp_path))
+    loaded = _modules_loaded_by("usage", "--data-dir", str(_counted_nothing_yet(tmp_path)))
     assert "polars" in loaded and "keytrail.pipeline.query" in loaded  # the query ran
     unneeded = ("fastavro", "asyncio", "keytrail.pipeline.runner", "keytrail.pipeline.frame", "keytrail.audit")
     assert {name for name in loaded if name.startswith(unneeded)} == set()
     missing = _modules_loaded_by("usage", "--data-dir", str(tmp_path / "no-such-dir"))
     assert "keytrail.cli.metrics" in missing and "polars" not in missing
+
+
+@pytest.mark.parametrize("command", ["usage", "cost", "last-used"])
+def test_a_query_of_a_data_dir_that_counted_nothing_yet_loads_no_polars(tmp_path: Path, command: str) -> None:
+    """A new node's data dir (no metrics state yet) had polars loaded (~0.2 s) to answer nothing;
+    the answer is the same (tests/unit/pipeline/test_cli_metrics.py), polars left unloaded."""
+    loaded = _modules_loaded_by(command, "--data-dir", str(tmp_path), "--format", "json")
+    assert "keytrail.cli.metrics" in loaded and "keytrail.pipeline.layout" in loaded  # the command ran
+    assert {name for name in loaded if name.split(".")[0] in HEAVY} == set()

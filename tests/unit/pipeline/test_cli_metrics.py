@@ -198,3 +198,34 @@ def test_cloudtrail_s_own_calls_writing_its_log_files_are_not_billed(tmp_path: P
         assert (row["requests"], row["requestCost"]) == (1, 0 if flags else 0.000003)
     _, out, _ = run("usage", "--data-dir", str(tmp_path), "--by", "principal", "--format", "json")
     assert {r["principalArn"]: r["count"] for r in lines(out)}["cloudtrail.amazonaws.com"] == 1  # still a call
+
+
+_NOTHING_COUNTED_QUERIES = [
+    ["usage"], ["usage", "--by", "key"], ["usage", "--by", "operation,day"], ["usage", "--by", "hour"],
+    ["cost"], ["cost", "--by", "account"], ["cost", "--by", "key", "--free-tier"], ["cost", "--until", "2026-01-01"],
+    ["last-used"], ["last-used", "--by", "key,principal"], ["last-used", "--since", "2026-01-01"],
+]
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+@pytest.mark.parametrize("query", _NOTHING_COUNTED_QUERIES, ids=" ".join)
+def test_a_data_dir_that_counted_nothing_yet_answers_as_an_empty_state_does(
+    tmp_path: Path, query: list[str], fmt: str
+) -> None:
+    """A data dir without metrics state is answered without polars: as one whose state counted
+    nothing, word for word (the same note on stderr where its event log holds uncounted events)."""
+    from keytrail.pipeline.state import PartitionState
+    from keytrail.transport.segment_log import SegmentLog, event_log_dir
+
+    new, empty = tmp_path / "new", tmp_path / "empty"
+    state_dir(empty).mkdir(parents=True)
+    PartitionState(state_dir(empty) / "segment-log.sqlite").close()
+    new.mkdir()
+    assert run(*query, "--data-dir", str(new), "--format", fmt) == run(*query, "--data-dir", str(empty),
+                                                                      "--format", fmt)
+    log = SegmentLog(event_log_dir(new), writable=True)
+    log.append([b"{}"])
+    log.close()
+    code, out, err = run(*query, "--data-dir", str(new), "--format", fmt)
+    assert (code, out) == run(*query, "--data-dir", str(empty), "--format", fmt)[:2]
+    assert err.startswith("note: 1 events of the event log in") and err.count("\n") == 1
