@@ -177,6 +177,31 @@ async def test_an_event_read_late_prices_only_the_days_whose_figures_it_can_chan
     assert tables == {day: _answered(data_dir, day) for day in tables}
 
 
+async def test_lifecycle_events_read_late_leave_the_tables_a_full_rewrite_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion scheduled, then cancelled (its waiting period billed at the cancellation), a
+    rotation and an AWS managed key, each read late: priced from its own day on, never before."""
+    data_dir = tmp_path / "data"
+    records = [create_key(MONDAY, key_arn(1)),
+               *(event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(15))]
+    await _consume(data_dir, records)
+    priced = _days_priced(monkeypatch)
+    late = [(4, event("ScheduleKeyDeletion", MONDAY + timedelta(days=4, hours=3), key_arn(1))),
+            (9, event("CancelKeyDeletion", MONDAY + timedelta(days=9, hours=1), key_arn(1))),
+            (6, event("RotateKey", MONDAY + timedelta(days=6, hours=11, minutes=30), key_arn(1))),
+            (7, create_key(MONDAY + timedelta(days=7), key_arn(3), manager="AWS"))]
+    for n, (day, record) in enumerate(late):
+        priced.clear()
+        records.append(record)
+        await _consume(data_dir, records)
+        assert min(priced) == _day(day)
+        assert {day: data for day, (_, data) in _cost_files(data_dir).items()} == _fully_rewritten(
+            data_dir, tmp_path / f"full{n}")
+    tables = _daily_tables(data_dir)
+    assert tables == {day: _answered(data_dir, day) for day in tables}
+
+
 async def test_a_key_spec_read_late_reprices_the_key_s_requests_of_the_days_before_it(tmp_path: Path) -> None:
     """A key's spec prices its requests on every day (an ECC key's calls cost more than a symmetric
     key's), so a CreateKey read late changes the request cost of the key's days before its own."""
@@ -198,11 +223,11 @@ async def test_a_key_spec_read_late_reprices_the_key_s_requests_of_the_days_befo
 
 async def test_with_a_free_tier_a_request_read_late_reprices_the_rest_of_its_month(tmp_path: Path) -> None:
     """The free tier is granted in time order within the calendar month: a request read late takes
-    the free tier of a later day's request (the CreateKey and day 0's Encrypt had two of the three,
+    the free tier of a later day's request (the CreateKey of the day before and day 0's Encrypt had two of the three,
     day 1's Encrypt the last), whose day then costs more."""
     data_dir = tmp_path / "data"
     prices = PriceTable(free_tier_requests=3)
-    records = [create_key(MONDAY, key_arn(1)),
+    records = [create_key(MONDAY - timedelta(days=1), key_arn(1)),  # no lifecycle event on the late one's day
                *(event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(40))]
     await _consume(data_dir, records, prices)
     before = _cost_files(data_dir)
