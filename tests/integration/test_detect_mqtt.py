@@ -197,7 +197,8 @@ async def test_an_alarm_the_broker_hangs_up_on_alone_is_dead_lettered_and_the_ot
 ) -> None:
     """Every failed MQTT delivery is the broker down, so an alarm the broker (or a proxy before it)
     hung up on each time held the hook, and every later alarm, for good. Once an alarm behind it
-    goes out, it is tried once more, and failing again is dead-lettered; the others arrive."""
+    goes out, it is tried once more, and failing again (after a second one behind it went out
+    too) is dead-lettered; the others arrive."""
     from keytrail.detect.sinks import Dispatcher
 
     port, _ = private_broker

@@ -173,6 +173,7 @@ async def test_an_alarm_a_receiver_answers_503_to_alone_is_dead_lettered_and_the
 ) -> None:
     """A receiver that chokes on one payload with a 503 held that alarm, and every later one, for as
     long as it did: the hook was taken for down. Once the alarm behind it is taken, the head is
+    tried once more and, failing again, the next one behind it is tried; taken too, the head is
     tried once more and, failing again, dead-lettered (findable by its alarmId) with a log line."""
     from keytrail.detect.sinks import Dispatcher
 
@@ -188,13 +189,39 @@ async def test_an_alarm_a_receiver_answers_503_to_alone_is_dead_lettered_and_the
         await dispatcher.close(timeout=20)
     delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
     assert delivered == [alarms[0].alarm_id, alarms[2].alarm_id, alarms[3].alarm_id]  # each once
-    # its two attempts, two probes, the try of the next one, its two attempts once more
-    assert sum(json.loads(body)["alarmId"] == poisoned for body, _, _ in receiver.requests) == 2 + 2 + 2
+    # its two attempts, two probes, the try of the next one, its two attempts once more, the try of
+    # the one after, its two attempts once more
+    assert sum(json.loads(body)["alarmId"] == poisoned for body, _, _ in receiver.requests) == 2 + 2 + 2 + 2
     [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert entry["alarmId"] == poisoned and Alarm.from_json(entry["alarm"]) == alarms[1]
-    assert "HTTP 503" in entry["error"] and alarms[2].alarm_id in entry["error"]
+    assert "HTTP 503" in entry["error"] and alarms[3].alarm_id in entry["error"]
     assert any(poisoned in r.getMessage() and "given up on" in r.getMessage() for r in caplog.records)
     assert dispatcher.failed == 1
+
+
+# The head's two attempts; the one behind taken; the head's two once more; the next behind taken;
+# then every request answered.
+@pytest.mark.parametrize("receiver", [[503, 503, 200, 503, 503, 200]], indirect=True)
+async def test_a_receiver_flapping_in_a_rolling_restart_has_no_good_alarm_dead_lettered(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Behind a load balancer whose instances restart in turn, 503s come and go whatever the
+    payload: the head failed, the alarm behind it got through, and the head's next try hit a
+    restarting instance again. That alone dead-lettered a good alarm; now the head must fail once
+    more after a second alarm behind it was taken, and here it gets through instead: every alarm
+    delivered once, nothing dead-lettered."""
+    from keytrail.detect.sinks import Dispatcher
+
+    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=0)
+    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                                 for i in range(4)])
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=20)
+    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
+    assert delivered == [alarms[i].alarm_id for i in (1, 2, 0, 3)] and dispatcher.failed == 0
+    assert not (tmp_path / "dead.jsonl").exists()
 
 
 @pytest.mark.parametrize("receiver", [[429, 429, 200, 429]], indirect=True)

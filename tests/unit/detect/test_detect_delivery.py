@@ -392,12 +392,63 @@ async def test_an_alarm_a_hook_that_is_up_fails_on_as_down_is_given_up_on_and_th
             dispatcher.publish(alarm)
         await dispatcher.close(timeout=5)
     assert hook.alarms == [alarms[0], alarms[2], alarms[3]] and dispatcher.failed == 1
-    # its attempt, two probes, each followed by a try of the one behind it from the second on,
-    # which goes out; the head once more; then the rest, the one taken ahead not twice
+    # its attempt, two probes, the second followed by a try of the one behind it, which goes out;
+    # the head once more, failing (one strike), the next one behind at once, taken; the head once
+    # more, failing again (the second strike): given up on, and the two taken ahead not sent twice
     ids = [a.alarm_id for a in alarms]
-    assert hook.tried == [ids[0], ids[1], ids[1], ids[1], ids[2], ids[1], ids[3]]
+    assert hook.tried == [ids[0], ids[1], ids[1], ids[1], ids[2], ids[1], ids[3], ids[1]]
     [line] = [r.getMessage() for r in caplog.records if "given up on" in r.getMessage()]
-    assert f"took alarm {ids[2]} but keeps failing on alarm {ids[1]}" in line
+    assert f"took alarm {ids[3]} but keeps failing on alarm {ids[1]}" in line
+
+
+class Flapping(Outage):
+    """A receiver behind a load balancer in a rolling restart: up, but every delivery in `fails`
+    (counted from 1) answered 503, whatever the alarm."""
+
+    def __init__(self, fails: set[int]) -> None:
+        super().__init__()
+        self.up, self.fails = True, fails
+
+    async def deliver(self, alarm: Alarm) -> None:
+        from keytrail.detect.sinks import HookDown
+
+        if self.calls + 1 in self.fails:
+            self.calls += 1
+            self.tried.append(alarm.alarm_id)
+            raise HookDown("HTTP 503", reached=True)
+        await super().deliver(alarm)
+
+
+async def test_a_flapping_receiver_that_fails_the_head_once_after_taking_an_alarm_behind_loses_nothing() -> None:
+    """The head fails its attempt and probes, the alarm behind is taken, the head's next try gets
+    another 503 (the instance it hit restarting): one strike only. The one behind that is taken,
+    and the head's next try gets through: delivered, nothing given up, nothing sent twice."""
+    alarms = _alarms(4)
+    hook = Flapping({1, 2, 3, 5})  # the head's attempt and two probes; the head's try after one taken
+    dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=2)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=5)
+    assert dispatcher.failed == 0
+    assert hook.alarms == [alarms[1], alarms[2], alarms[0], alarms[3]]
+
+
+async def test_a_head_struck_once_with_nothing_more_behind_waits_and_is_given_up_once_another_alarm_comes(
+) -> None:
+    """One alarm behind the head, taken ahead, and the head fails again: one strike, not enough. It
+    waits (probed as when down) until a new alarm comes, which is taken ahead; the head failing
+    once more is then given up on."""
+    head, behind, new = _alarms(3)
+    hook = Choking({head.alarm_id})
+    dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
+    dispatcher.publish(head)
+    dispatcher.publish(behind)
+    while hook.tried.count(head.alarm_id) < 6:  # struck once, then probed: not given up
+        await asyncio.sleep(0.01)
+    assert hook.alarms == [behind] and dispatcher.failed == 0
+    dispatcher.publish(new)
+    await dispatcher.close(timeout=5)
+    assert hook.alarms == [behind, new] and dispatcher.failed == 1
 
 
 @pytest.mark.parametrize("reached", [True, False])
@@ -450,19 +501,46 @@ async def test_an_alarm_taken_ahead_is_not_sent_again_but_a_later_state_of_it_is
 
     from keytrail.detect.sinks.outbox import Outbox
 
-    head, behind = _alarms(2)
+    head, behind, other = _alarms(3)  # two behind the head: it is given up on after both were taken
     hook = Choking({head.alarm_id})
     dispatcher = Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")], pause=(0.01, 0.02),
                             send_ahead_after=0)
-    dispatcher.publish(head)
-    dispatcher.publish(behind)
+    for alarm in (head, behind, other):
+        dispatcher.publish(alarm)
     while behind not in hook.alarms:  # taken ahead of the head
         await asyncio.sleep(0.01)
     later = dataclasses.replace(behind, count=behind.count + 1)
     dispatcher.publish(later)  # the next tick's count, while the first state is still queued
     await dispatcher.close(timeout=5)
-    assert hook.alarms == [behind, later]
+    assert hook.alarms == [behind, other, later] and dispatcher.failed == 1
     assert Outbox(tmp_path / "outbox.jsonl").owed == []  # both handled: nothing owed after a restart
+
+
+async def test_an_alarm_taken_ahead_is_not_owed_to_the_hook_after_a_restart_before_its_turn(
+    tmp_path: Path,
+) -> None:
+    """The node is stopped while the head still holds the hook: the alarm taken ahead of it is
+    recorded as handled in the outbox, so the next start sends the head (still owed) and the one
+    behind the taken one, not the taken one again."""
+    from keytrail.detect.sinks.outbox import Outbox
+
+    head, behind, last = _alarms(3)
+    hook = Choking({head.alarm_id, last.alarm_id})  # the third fails too: the head is struck once only
+    dispatcher = Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")], pause=(0.01, 30.0),
+                            send_ahead_after=0)
+    for alarm in (head, behind, last):
+        dispatcher.publish(alarm)
+    while behind not in hook.alarms or hook.tried.count(head.alarm_id) < 3:  # taken ahead; the head struck
+        await asyncio.sleep(0.01)
+    await dispatcher.close(timeout=0.05)  # the drain cut off: the head and the last still owed
+    assert hook.alarms == [behind] and dispatcher.failed == 0
+    reopened = Outbox(tmp_path / "outbox.jsonl")
+    assert [a.alarm_id for a in reopened.owed] == [head.alarm_id, last.alarm_id]
+    reopened.close()
+    hook = Recorder()
+    restarted = Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")])
+    await restarted.close(timeout=5)
+    assert [a.alarm_id for a in hook.alarms] == [head.alarm_id, last.alarm_id]  # behind: not sent twice
 
 
 async def test_closing_with_a_hook_down_ends_at_the_drain_timeout_and_its_outbox_keeps_the_alarms(
@@ -547,3 +625,88 @@ async def test_the_outbox_of_a_hook_no_longer_configured_is_warned_of_once_at_st
     [line] = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
     assert line.startswith(f"{stale} holds 2 alarm(s) owed to hook mqtt, which is no longer configured")
     assert len(Outbox(stale).owed) == 2  # left as it was: configured again, the hook gets them
+
+
+class FakeProducer:
+    """aiokafka's producer, connected: `start` succeeds (unless `unreachable`) and each record's
+    send future resolves, or raises KafkaTimeoutError for a record in `times_out` (the broker never
+    acknowledging it), as the producer's own delivery timeout does."""
+
+    times_out: set[bytes] = set()
+    unreachable = False
+    sent: list[bytes] = []
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    async def start(self) -> None:
+        from aiokafka.errors import KafkaConnectionError
+
+        if FakeProducer.unreachable:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+
+    async def stop(self) -> None:
+        pass
+
+    async def send_and_wait(self, topic: str, value: bytes, *, key: bytes) -> None:
+        from aiokafka.errors import KafkaTimeoutError
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if value in FakeProducer.times_out:
+            future.set_exception(KafkaTimeoutError())
+        else:
+            future.set_result(None)
+            FakeProducer.sent.append(value)
+        await future
+
+
+@pytest.fixture
+def fake_producer(monkeypatch: pytest.MonkeyPatch) -> type[FakeProducer]:
+    monkeypatch.setattr("keytrail.detect.sinks.kafka.AIOKafkaProducer", FakeProducer)
+    monkeypatch.setattr(FakeProducer, "times_out", set())
+    monkeypatch.setattr(FakeProducer, "sent", [])
+    monkeypatch.setattr(FakeProducer, "unreachable", False)
+    return FakeProducer
+
+
+async def test_a_kafka_record_timing_out_alone_while_the_broker_takes_the_others_is_dead_lettered(
+    fake_producer: type[FakeProducer], tmp_path: Path,
+) -> None:
+    """A record that times out by itself on a connected producer is the Kafka hook down, reached:
+    once the broker took two alarms behind it and it timed out again after each, it is given up
+    on (dead-lettered by alarmId), and the others go out once each, in order."""
+    from keytrail.detect.sinks.kafka import KafkaSink
+
+    alarms = _alarms(4)
+    fake_producer.times_out = {encode_alarm(alarms[1])}
+    sink = KafkaSink("127.0.0.1:9092", attempts=2, backoff=0.001, dead_letter=tmp_path / "dead.jsonl")
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.02), send_ahead_after=1)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=5)
+    assert fake_producer.sent == [encode_alarm(alarms[i]) for i in (0, 2, 3)] and dispatcher.failed == 1
+    [letter] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert letter["alarmId"] == alarms[1].alarm_id and letter["hook"] == "Kafka"
+
+
+@pytest.mark.parametrize("unreachable", [False, True])
+async def test_a_kafka_broker_timing_out_every_record_or_out_of_reach_gives_nothing_up(
+    fake_producer: type[FakeProducer], tmp_path: Path, unreachable: bool,
+) -> None:
+    """Every record timing out (a broker that takes nothing), or no broker at all: the alarms
+    behind the head fail too, so nothing is given up; once the broker is back, all go out in order."""
+    from keytrail.detect.sinks.kafka import KafkaSink
+
+    alarms = _alarms(5)
+    fake_producer.times_out = set() if unreachable else {encode_alarm(a) for a in alarms}
+    fake_producer.unreachable = unreachable
+    sink = KafkaSink("127.0.0.1:9092", attempts=2, backoff=0.001, dead_letter=tmp_path / "dead.jsonl")
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.02), send_ahead_after=0)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    for _ in range(30):  # probes of the head, each (when reached) followed by tries of those behind
+        await asyncio.sleep(0.01)
+    fake_producer.times_out, fake_producer.unreachable = set(), False
+    await dispatcher.close(timeout=5)
+    assert fake_producer.sent == [encode_alarm(a) for a in alarms] and dispatcher.failed == 0
+    assert not (tmp_path / "dead.jsonl").exists()

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 # schedules this is about 15 s after the head was first tried.
 SEND_AHEAD_AFTER = 3
 LOOK_AHEAD = 3
+# The head is given up on once it has failed, with the hook reached, this many times, each time
+# right after the hook took another alarm behind it: one such failure alone is what a receiver
+# flapping behind a load balancer (a rolling restart, every other request a 503) gives a good alarm.
+# With the default schedules a head the hook chokes on is given up on about 30 s after its first try.
+STRIKES = 2
 
 
 class DeliveryError(RuntimeError):
@@ -165,21 +170,29 @@ class Dispatcher:
         From the `send_ahead_after`th probe on, a probe that reached the hook and failed is followed
         by a try of the alarms behind it (`_send_ahead`): if the hook takes one, it is up, and it is
         this alarm it fails on (a receiver answering 503 to that payload, a broker hanging up on
-        it), which would otherwise hold every later alarm for as long as it does. Tried once more
-        and failing again, it is given up on (`_give_up`). A hook really down takes none of them:
-        nothing is given up, and the order is kept."""
-        pause, probes, taken = self.pause[0], 0, None
+        it), which would otherwise hold every later alarm for as long as it does. It is tried once
+        more at once; failing again with the hook reached is a strike, and the next alarm behind is
+        tried at once (no probe's pause: a head the hook chokes on is out of the way `STRIKES`
+        rounds later). At `STRIKES` strikes it is given up on (`_give_up`): one alone is what a
+        receiver flapping in a rolling restart gives a good alarm. A failure out of reach clears
+        the strikes. A hook really down takes none of them: nothing is given up, and the order is
+        kept."""
+        pause, probes, taken, strikes = self.pause[0], 0, None, 0
         while True:
             try:
                 await self.sinks[index].deliver(alarm)
                 break
             except HookDown as exc:
                 if taken is not None and exc.reached:
-                    await self._give_up(index, alarm, exc, taken, probes)
-                    return
-                taken = None  # out of reach this time: down after all, for every alarm
+                    strikes += 1
+                    if strikes >= STRIKES:
+                        await self._give_up(index, alarm, exc, taken, probes, strikes)
+                        return
+                elif not exc.reached:
+                    strikes = 0  # out of reach: down after all, for every alarm; the evidence starts again
+                taken = None
                 self._went_down(index, exc)
-                if exc.reached and probes >= self.send_ahead_after and (
+                if exc.reached and (probes >= self.send_ahead_after or strikes) and (
                         taken := await self._send_ahead(index, alarm)) is not None:
                     continue  # it takes alarms: this one again at once (it may have come back just now)
             except Exception:
@@ -194,7 +207,7 @@ class Dispatcher:
         """Try the first LOOK_AHEAD alarms behind the head (other alarms than the head, in their
         latest state) until the hook takes one: that one (recorded, so that it is passed over when
         its turn comes), or None if the hook failed on each as being down."""
-        latest, ahead = self._latest[index], self._ahead[index]
+        latest, ahead, outbox = self._latest[index], self._ahead[index], self._outboxes[index]
         for queued in self._queues[index].peek(LOOK_AHEAD):
             alarm = latest.get(queued.alarm_id, queued) if latest is not None else queued
             if alarm.alarm_id == head.alarm_id or alarm.alarm_id in ahead:
@@ -207,10 +220,13 @@ class Dispatcher:
                 self.failed += 1
                 log.exception("alarm sink %s failed on %s", type(self.sinks[index]).__name__, alarm.alarm_id)
             ahead[alarm.alarm_id] = _progress(alarm)
+            if outbox is not None:  # taken: a node stopped before its turn must not send it again at the next start
+                outbox.handled(alarm, drained=False)
             return alarm
         return None
 
-    async def _give_up(self, index: int, alarm: Alarm, exc: HookDown, taken: Alarm, probes: int) -> None:
+    async def _give_up(self, index: int, alarm: Alarm, exc: HookDown, taken: Alarm, probes: int,
+                       strikes: int) -> None:
         """The hook took `taken`, behind `alarm`, and still fails on `alarm` as if it were down:
         treat it as refused (dead-lettered where the hook has a dead-letter file), so the alarms
         behind it go out."""
@@ -224,7 +240,7 @@ class Dispatcher:
         if letters is not None:
             error = f"answered as down while it took alarm {taken.alarm_id}: {exc}"
             try:
-                await asyncio.to_thread(letters.add, alarm, error, 2 * attempts + probes)
+                await asyncio.to_thread(letters.add, alarm, error, (1 + strikes) * attempts + probes)
             except OSError as write_error:  # a full disk: the line above still names it
                 log.error("cannot dead-letter alarm %s of %s (%s)", alarm.alarm_id, name, write_error)
 

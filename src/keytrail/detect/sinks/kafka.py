@@ -12,6 +12,7 @@ from aiokafka.errors import (
     InvalidMessageError,
     InvalidTimestampError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
@@ -32,6 +33,14 @@ ALARMS_TOPIC = "keytrail.alarms.v1"
 # alarms wait for it. aiokafka's `retriable` does not tell: a send timing out is not retriable.
 REFUSALS = (CorruptRecordException, InvalidMessageError, InvalidTimestampError, MessageSizeTooLargeError,
             RecordListTooLargeError, RecordTooLargeError)
+# A record that times out on a producer that is started (it reached a broker and has the cluster's
+# metadata) may be about that record alone: the broker, or a proxy before it, never acknowledging
+# it while it takes others. Like a webhook left unanswered once connected, it is the hook down,
+# `reached`: the dispatcher then tries the alarms behind it, and gives it up (dead-lettered) only if
+# the broker takes those and still times out on it. A broker really gone fails the producer's next
+# start (each failed attempt starts afresh), so the head's last attempt is not `reached`, and a
+# broker taking nothing takes no alarm behind either: nothing is given up.
+SEND_TIMEOUTS = (KafkaTimeoutError,)
 
 
 class KafkaSink:
@@ -54,7 +63,8 @@ class KafkaSink:
         value, key = encode_alarm(alarm), (alarm.key_arn or alarm.account_id or alarm.rule).encode()
         failure = await self._attempts.run(lambda: self._send(value, key), alarm.alarm_id)
         if failure is not None and failure.down:
-            raise HookDown(f"Kafka: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered")
+            raise HookDown(f"Kafka: broker out of reach ({failure.reason}); alarm {alarm.alarm_id} not delivered",
+                           reached=failure.reached)
         if failure is not None and self.dead_letters is not None:
             await asyncio.to_thread(self.dead_letters.add, alarm, failure.reason, self.attempts)
         elif failure is not None:
@@ -64,11 +74,16 @@ class KafkaSink:
     async def _send(self, value: bytes, key: bytes) -> Failure | None:
         try:
             producer = await self._start()
+        except (KafkaError, OSError) as exc:  # no broker: out of reach for every alarm
+            await self.aclose()
+            return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS))
+        try:
             await producer.send_and_wait(self.topic, value, key=key)
             return None
         except (KafkaError, OSError) as exc:
             await self.aclose()  # start afresh on the next attempt
-            return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS))
+            return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS),
+                           reached=isinstance(exc, SEND_TIMEOUTS))
 
     async def _start(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -6,10 +6,11 @@ this file an alarm written to alarms.jsonl but not yet delivered to MQTT, Kafka 
 broker down for a minute, a slow receiver, the drain at close cut off, a kill -9) never reached
 that hook. One JSON line per change: `{"queued": <alarm JSON>}` when the alarm is queued for the
 hook, `{"handled": alarmId, "rank": r, "count": n}` once the hook delivered it or gave up on it (its
-retries spent, or failed on alone: logged, and the hook's dead-letter file holds it). The file is emptied whenever the
-hook's queue is, so it holds what is in flight, not the history; a queue that never empties (a hook
-back from an outage while new alarms keep coming) would let it grow with every alarm, so it is
-rewritten with only what is owed whenever it holds more than twice that (and more than
+retries spent, or failed on alone: logged, and the hook's dead-letter file holds it), or took it ahead
+of its turn (behind a head the hook fails on: a restart before its turn must not send it again).
+The file is emptied whenever the hook's queue is, so it holds what is in flight, not the history;
+a queue that never empties (a hook back from an outage while new alarms keep coming) would let it
+grow with every alarm, so it is rewritten with only what is owed whenever it holds more than twice that (and more than
 COMPACT_LINES lines): it stays within about twice the hook's bounded queue. Best effort: a write
 that fails (a full disk) is logged once and delivery goes on from memory.
 """
