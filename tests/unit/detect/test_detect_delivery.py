@@ -443,8 +443,9 @@ async def test_a_head_struck_once_with_nothing_more_behind_waits_and_is_given_up
     dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
     dispatcher.publish(head)
     dispatcher.publish(behind)
-    while hook.tried.count(head.alarm_id) < 6:  # struck once, then probed: not given up
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):  # bounds a regression's hang (the head given up: no more tries)
+        while hook.tried.count(head.alarm_id) < 6:  # struck once, then probed: not given up
+            await asyncio.sleep(0.01)
     assert hook.alarms == [behind] and dispatcher.failed == 0
     dispatcher.publish(new)
     await dispatcher.close(timeout=5)
@@ -530,8 +531,9 @@ async def test_an_alarm_taken_ahead_is_not_owed_to_the_hook_after_a_restart_befo
                             send_ahead_after=0)
     for alarm in (head, behind, last):
         dispatcher.publish(alarm)
-    while behind not in hook.alarms or hook.tried.count(head.alarm_id) < 3:  # taken ahead; the head struck
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):  # bounds a regression's hang
+        while behind not in hook.alarms or hook.tried.count(head.alarm_id) < 3:  # taken ahead; the head struck
+            await asyncio.sleep(0.01)
     await dispatcher.close(timeout=0.05)  # the drain cut off: the head and the last still owed
     assert hook.alarms == [behind] and dispatcher.failed == 0
     reopened = Outbox(tmp_path / "outbox.jsonl")
