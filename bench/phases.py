@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,27 +218,48 @@ def _scale_run(work: Path, kafka: str | None, data_dir: Path, arns: list[str], w
         target.process.stop()
 
 
-def _scale_estimate(count: int, durations: Durations) -> float:
-    """Rough seconds for one key count: filling (≈ 0.25 ms a key), starts, two runs."""
-    return count * 0.00025 + 2 * (durations.warmup + durations.seconds + 2 + count * 0.00005)
+@dataclass
+class _ScaleRates:
+    """Seconds per key of filling and of a server's start, as the counts measured so far showed
+    them (the first guesses are a slow VM's): the next, larger count is run only if it fits."""
+
+    fill: float = 0.001
+    start: float = 0.0002
+
+    def estimate(self, count: int, have: int, runs: int, durations: Durations) -> float:
+        run = durations.warmup + durations.seconds + 2 + count * self.start
+        return (count - have) * self.fill + runs * run
+
+    def learn(self, added: int, fill_seconds: float, count: int, start_seconds: float) -> None:
+        if added >= 1000:  # smaller fills are mostly the store's opening
+            self.fill = fill_seconds / added
+        if count >= 1000:
+            self.start = start_seconds / count
 
 
 def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int], deadline: float) -> list[Any]:
-    """Encrypt throughput and RSS as keys grow; 2 workers at the smallest and largest count."""
+    """Encrypt throughput and RSS as keys grow; 2 workers at the smallest count, and at the largest
+    when there is time for both runs."""
     data_dir, arns, rows = work / "scale-data", list[str](), list[dict[str, Any]]()
+    rates = _ScaleRates()
     for count in sorted(counts):
-        if time.monotonic() + _scale_estimate(count, durations) > deadline:
+        if time.monotonic() + rates.estimate(count, len(arns), 1, durations) > deadline:
             rows.append({"keys": count, "skipped": "skipped: it would not fit in the time budget"})
             continue
         began = time.monotonic()
-        arns += add_keys(data_dir, count - len(arns))
+        added = count - len(arns)
+        arns += add_keys(data_dir, added)
         fill = time.monotonic() - began
-        for workers in (1, 2) if count in (min(counts), max(counts)) else (1,):
+        two_workers = count == min(counts) or (count == max(counts) and time.monotonic() + rates.estimate(
+            count, count, 2, durations) <= deadline)
+        for workers in (1, 2) if two_workers else (1,):
             try:
                 row = _scale_run(work, kafka, data_dir, arns, workers, durations)
             except Exception as exc:  # one missing row; the rest of the run still counts
                 row = {"keys": count, "workers": workers, "error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
             rows.append({**row, "fill_s": round(fill, 1)})
+            if workers == 1 and "startup_s" in row:
+                rates.learn(added, fill, count, row["startup_s"])
     return rows
 
 

@@ -47,10 +47,14 @@ METHOD = """\
   keep-alive connections, in its own process, and measures each latency from the request's
   *scheduled* send time, so time spent waiting for a free connection counts (no coordinated
   omission).
-- **Scale**: keys are added in-process before the server starts (`bench/population.py`:
-  `KmsService.execute("CreateKey")` on the node's SQLite store, same key policy), then `keytrail serve`
+- **Scale**: keys are added in-process before the server starts (`bench/population.py`: the
+  first by `KmsService.execute("CreateKey")` on the node's SQLite store with the same key policy,
+  the others as copies of it with their own ids and freshly generated material, 2,000 to a
+  transaction through the store's `put_keys`), then `keytrail serve`
   starts on that data dir and Encrypt requests cycle over up to 1,000 keys sampled from all of them.
-  One run per row (not interleaved). Two workers: `serve` runs one process, so `bench/workers.py` runs
+  One run per row (not interleaved); a count runs only if the fill and start rates measured at the
+  counts before it say it fits in the time budget. Two workers (at the smallest count, and at the
+  largest when both runs fit): `serve` runs one process, so `bench/workers.py` runs
   N nodes under uvicorn's `--workers` supervisor behind one socket, each built by `build_node` on its
   own copy of the data dir (SQLite has one writer and the audit spool is per node; a real
   multi-worker `serve` needs the PostgreSQL store or one writer process).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -228,3 +229,45 @@ def test_the_audit_target_names_each_audited_server_against_audit_off() -> None:
     assert "| 60 % (" in row and row.endswith("| **missed** (×1.17 short) |")  # judged on everything on
     assert "scale-out API node (`--no-detector`): 65 %" in row
     assert "the default `serve` (embedded log, no Kafka): 75 %" in row
+
+
+def test_scale_fill_makes_distinct_keys_that_the_store_opens_with_their_own_material(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from bench import population
+    from bench.fixtures import KEY_POLICY
+    from bench.population import add_keys
+
+    from keytrail.kms.sealing import RootKey
+    from keytrail.kms.sqlite_store import SqliteStore
+
+    monkeypatch.setattr(population, "BATCH", 4)
+    first = add_keys(tmp_path, 3)
+    more = add_keys(tmp_path, 11)  # a second fill: a new template key, then batches of 4, 4 and 2
+
+    async def opened() -> list[Any]:
+        store = SqliteStore(tmp_path / "keys.db", RootKey.load(tmp_path))
+        try:
+            return await store.list_keys("111122223333", "us-east-1")
+        finally:
+            await store.close()
+
+    keys = asyncio.run(opened())
+    assert sorted(key.arn for key in keys) == sorted(first + more)
+    assert len({key.key_id for key in keys}) == 14
+    secrets = {key.materials[0].secret for key in keys}
+    material_ids = {key.materials[0].material_id for key in keys}
+    assert len(secrets) == len(material_ids) == 14 and all(len(secret) == 32 for secret in secrets)
+    assert all(json.loads(key.policy) == KEY_POLICY and key.enabled for key in keys)
+
+
+def test_scale_runs_a_larger_count_only_when_the_rates_measured_so_far_say_it_fits() -> None:
+    from bench.measure import Durations
+    from bench.phases import _ScaleRates
+
+    rates, durations = _ScaleRates(), Durations(warmup=1.0, seconds=4.0)
+    rates.learn(added=9_900, fill_seconds=9.9, count=10_000, start_seconds=2.0)  # 1 ms and 0.2 ms a key
+    assert rates.estimate(100_000, 10_000, 1, durations) == pytest.approx(90.0 + 7.0 + 20.0)
+    rates.learn(added=99, fill_seconds=5.0, count=100, start_seconds=1.0)  # too few keys to learn from
+    assert (rates.fill, rates.start) == (pytest.approx(0.001), pytest.approx(0.0002))
