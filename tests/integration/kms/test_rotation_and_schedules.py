@@ -171,3 +171,15 @@ def test_listing_rotations_of_an_asymmetric_or_hmac_key_says_why_it_cannot(kms) 
         arn = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["Arn"]
         assert aws_error(kms.list_key_rotations, KeyId=arn)[:2] == (
             "UnsupportedOperationException", f"{arn} key spec is {spec} which is not valid for this operation.")
+
+
+def test_rotation_status_of_an_asymmetric_or_hmac_key_is_false(kms) -> None:
+    # What AWS answers (ansible-collections/community.aws#311 quotes the AWS CLI's
+    # {"KeyRotationEnabled": false}; floci-io/floci#618): automatic rotation is off and cannot be
+    # turned on, rather than UnsupportedOperationException as for imported material.
+    for spec, usage in (("ECC_NIST_P256", "SIGN_VERIFY"), ("HMAC_256", "GENERATE_VERIFY_MAC")):
+        arn = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["Arn"]
+        status = kms.get_key_rotation_status(KeyId=arn)
+        assert status["KeyRotationEnabled"] is False and status["KeyId"] == arn, spec
+        assert "RotationPeriodInDays" not in status and "NextRotationDate" not in status
+        assert aws_error(kms.enable_key_rotation, KeyId=arn)[0] == "UnsupportedOperationException"

@@ -1,5 +1,6 @@
-"""Request checks whose AWS answer was looked up for docs/api-compatibility.md ("Checked against
-AWS"): grant tokens that CreateGrant did not return, and the alias name `alias/`."""
+"""Request checks whose AWS answer was looked up for docs/api-compatibility.md and
+docs/asymmetric-keys.md ("Checked against AWS"): grant tokens that CreateGrant did not return, the
+alias name `alias/`, and the rotation status of asymmetric and HMAC keys."""
 
 from __future__ import annotations
 
@@ -75,3 +76,17 @@ async def test_an_alias_slash_alone_made_before_the_check_can_still_be_deleted(t
     assert (await service.execute("DescribeKey", alice(), {"KeyId": "alias/"}))["KeyMetadata"]["KeyId"] == key_id
     await service.execute("DeleteAlias", alice(), {"AliasName": "alias/"})
     assert (await service.execute("ListAliases", alice(), {}))["Aliases"] == []
+
+
+@pytest.mark.parametrize(("spec", "usage"), [("ECC_NIST_P256", "SIGN_VERIFY"), ("HMAC_256", "GENERATE_VERIFY_MAC")])
+async def test_rotation_status_of_an_asymmetric_or_hmac_key_is_false(tmp_path: Path, spec: str, usage: str) -> None:
+    # AWS answers {"KeyRotationEnabled": false} here (the AWS CLI's output quoted in
+    # ansible-collections/community.aws#311; floci-io/floci#618), while Enable/DisableKeyRotation
+    # refuse these keys: they never rotate automatically, so there is nothing else to report.
+    _, service = allow_all_service(tmp_path)
+    created = await service.execute("CreateKey", alice(), {"KeySpec": spec, "KeyUsage": usage})
+    arn = created["KeyMetadata"]["Arn"]
+    status = await service.execute("GetKeyRotationStatus", alice(), {"KeyId": arn})
+    assert status == {"KeyRotationEnabled": False, "KeyId": arn}
+    with pytest.raises(errors.UnsupportedOperationException):
+        await service.execute("EnableKeyRotation", alice(), {"KeyId": arn})
