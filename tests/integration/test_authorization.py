@@ -84,6 +84,14 @@ def test_default_policy_lets_iam_decide(alice: Any, bob: Any) -> None:
     )
 
 
+def test_a_key_policy_names_a_user_with_the_case_of_its_name(alice: Any, bob: Any) -> None:
+    # IAM, Principal element: "the user name part of the Amazon Resource Name (ARN) is case sensitive".
+    key = new_key(alice, policy(statement(f"arn:aws:iam::{ACCOUNT}:user/Bob", USE)))
+    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    alice.put_key_policy(KeyId=key, PolicyName="default", Policy=policy(statement(BOB, USE)))
+    bob.encrypt(KeyId=key, Plaintext=b"x")
+
+
 def test_key_users_may_use_but_not_administer(alice: Any, bob: Any) -> None:
     key = new_key(alice, policy(statement(BOB, USE, Sid="Allow use of the key")))
     blob = bob.encrypt(KeyId=key, Plaintext=b"secret")["CiphertextBlob"]

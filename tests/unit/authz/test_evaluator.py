@@ -55,6 +55,15 @@ def test_key_policy_naming_the_user_allows_without_iam() -> None:
     assert decide(user("alice"), key(doc(allow(ALICE_ARN, "kms:Encrypt")))).allowed
 
 
+def test_the_user_name_in_a_principal_arn_is_case_sensitive() -> None:
+    # IAM, "AWS JSON policy elements: Principal", IAM user principals: "In a Principal element, the
+    # user name part of the Amazon Resource Name (ARN) is case sensitive."
+    upper = f"arn:aws:iam::{ACCOUNT}:user/Alice"
+    assert not decide(user("alice"), key(doc(allow(upper, "kms:Encrypt")))).allowed
+    assert decide(user("Alice"), key(doc(allow(upper, "kms:Encrypt")))).allowed
+    assert not decide(user("Alice"), key(doc(allow(ALICE_ARN, "kms:Encrypt")))).allowed
+
+
 def test_iam_allow_without_key_policy_delegation_is_resource_based_deny() -> None:
     alice = user("alice", ACCOUNT, allow_all_identity())
     decision = decide(alice, key(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob"))))
