@@ -358,20 +358,31 @@ def test_a_not_principal_deny_spares_a_user_only_with_its_account(alice: Any, bo
             assert message.endswith("with an explicit deny in a resource-based policy")
 
 
-def test_resource_aliases_and_request_alias_conditions(alice: Any, bob: Any) -> None:
-    by_alias = statement(
-        BOB, "kms:Encrypt", Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}
-    )
-    key = new_key(alice, policy(by_alias))
-    assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
-    name = f"alias/finance-{key[-12:]}"
-    alice.create_alias(AliasName=name, TargetKeyId=key)
-    bob.encrypt(KeyId=key, Plaintext=b"x")  # the key now has a matching alias, whatever the KeyId form
+def test_request_alias_condition_in_a_key_policy(alice: Any, bob: Any) -> None:
+    key = new_key(alice)
     named = statement(BOB, "kms:Encrypt", Condition={"StringEquals": {"kms:RequestAlias": f"alias/app-{key[-12:]}"}})
     other = new_key(alice, policy(named))
     alice.create_alias(AliasName=f"alias/app-{key[-12:]}", TargetKeyId=other)
     bob.encrypt(KeyId=f"alias/app-{key[-12:]}", Plaintext=b"x")
     assert error_of(bob.encrypt, KeyId=other, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
+def test_resource_aliases_condition_counts_in_iam_policies_only(tmp_path: Path) -> None:
+    # "AWS KMS condition keys", kms:ResourceAliases: Policy type "IAM policies only". In an IAM
+    # policy it matches the key's aliases whatever the KeyId form; in a key policy it is absent.
+    by_alias = {"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}
+    server, erin = with_user(tmp_path, "erin", {"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*",
+                                                "Condition": by_alias})
+    try:
+        alice, bob = server.client("alice"), server.client("bob")
+        key = new_key(alice, policy(statement(BOB, "kms:Encrypt", Condition=by_alias)))
+        for caller in (erin, bob):
+            assert error_of(caller.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+        alice.create_alias(AliasName=f"alias/finance-{key[-12:]}", TargetKeyId=key)
+        erin.encrypt(KeyId=key, Plaintext=b"x")  # the key now has a matching alias: the IAM policy allows
+        assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+    finally:
+        server.stop()
 
 
 def test_grants_on_ml_kem_keys_allow_encapsulate_and_decapsulate(alice: Any, bob: Any) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from keytrail.clock import Clock, utc_now
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
-from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, RequestContext
+from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, RESOURCE_ALIASES, RequestContext
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.grants import grant_allows, retire_allowed
@@ -97,13 +97,21 @@ def _spared(principals: PrincipalSet, principal: Principal) -> bool:
     return account and role and principal.arn in principals.arns
 
 
+def _key_policy_view(ctx: Callable[[str], Any]) -> Callable[[str], Any]:
+    """The request context as a key policy sees it: without kms:ResourceAliases, whose policy
+    type is "IAM policies only" ("AWS KMS condition keys"; "ABAC for AWS KMS"). Conditions on it
+    then match as IAM's do on any key the request context lacks (conditions.py)."""
+    return lambda name: None if name == RESOURCE_ALIASES else ctx(name)
+
+
 def evaluate_key_policy(policy: Policy, principal: Principal, action: str, resource: str,
                         ctx: RequestContext) -> _KeyPolicyResult:
     """What the key policy says about this caller: explicit deny, direct or account allow."""
     direct = account = False
+    resolve = _key_policy_view(ctx)
     for statement in policy.statements:
         match = _statement_principal(statement, principal)
-        if match is None or not statement.applies_to(action, resource, ctx):
+        if match is None or not statement.applies_to(action, resource, resolve):
             continue
         if not statement.allow:
             return _KeyPolicyResult(deny=True)
@@ -245,7 +253,7 @@ class PolicyAuthorizer:
         identity_reads = self._identity(principal).reads
         if key is None:
             return identity_reads
-        key_reads = self.key_policy(key.policy).reads
+        key_reads = self.key_policy(key.policy).reads - {RESOURCE_ALIASES}  # never read there
         return key_reads | identity_reads if identity_reads else key_reads
 
     @staticmethod

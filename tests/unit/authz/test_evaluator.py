@@ -596,24 +596,47 @@ def test_lockout_check_fails_for_explicit_deny() -> None:
 
 
 def test_reads_names_the_condition_keys_of_key_and_identity_policies() -> None:
-    policy = key(doc(allow(ALICE_ARN, Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/a*"}})))
+    policy = key(doc(allow(ALICE_ARN, Condition={"StringEquals": {"kms:CallerAccount": ACCOUNT}})))
     identity = doc(
         {"Effect": "Allow", "Action": "kms:*", "Resource": "*", "Condition": {"Bool": {"aws:SecureTransport": "true"}}}
     )
     assert authorizer().reads(policy, user("alice", ACCOUNT, identity)) == {
-        "kms:resourcealiases",
+        "kms:calleraccount",
         "aws:securetransport",
     }
     assert authorizer().reads(None, user("alice")) == frozenset()
 
 
-def test_resource_aliases_supplied_by_the_caller_are_matched() -> None:
-    policy = key(doc(allow(ALICE_ARN, Condition={"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/fin*"}})))
-    with_alias = request(user("alice"), "kms:Encrypt", policy)
-    authz = authorizer()
-    assert not authz.authorize(with_alias).allowed
-    aliased = AccessRequest(with_alias.call, "kms:Encrypt", policy, {"kms:ResourceAliases": ["alias/finance"]})
-    assert authz.authorize(aliased).allowed
+def _by_alias(effect: str = "Allow", operator: str = "ForAnyValue:StringLike") -> dict[str, Any]:
+    return {"Effect": effect, "Action": "kms:Encrypt", "Resource": "*",
+            "Condition": {operator: {"kms:ResourceAliases": "alias/fin*"}}}
+
+
+def _aliased(principal: Any, the_key: Any, *aliases: str) -> Any:
+    """The decision on an Encrypt whose key has `aliases` (the service supplies them)."""
+    plain = request(principal, "kms:Encrypt", the_key)
+    aliased = AccessRequest(plain.call, "kms:Encrypt", the_key, {"kms:ResourceAliases": list(aliases)})
+    return authorizer().authorize(aliased)
+
+
+def test_resource_aliases_supplied_by_the_caller_are_matched_in_iam_policies() -> None:
+    alice = user("alice", ACCOUNT, doc(_by_alias()))
+    policy = key(default_policy(ACCOUNT))
+    assert authorizer().reads(policy, alice) == {"kms:resourcealiases"}
+    assert not _aliased(alice, policy).allowed
+    assert _aliased(alice, policy, "alias/finance").allowed
+
+
+def test_resource_aliases_are_not_in_a_key_policys_context() -> None:
+    # "AWS KMS condition keys", kms:ResourceAliases: Policy type "IAM policies only". In a key
+    # policy the key is absent: ForAnyValue never holds, ForAllValues always does.
+    allow_by_alias = key(doc({**_by_alias(), "Principal": {"AWS": ALICE_ARN}}))
+    assert authorizer().reads(allow_by_alias, user("alice")) == frozenset()
+    assert not _aliased(user("alice"), allow_by_alias, "alias/finance").allowed
+    deny_by_alias = key(doc(allow(ALICE_ARN), {**_by_alias("Deny"), "Principal": "*"}))
+    assert _aliased(user("alice"), deny_by_alias, "alias/finance").allowed
+    deny_all = key(doc(allow(ALICE_ARN), {**_by_alias("Deny", "ForAllValues:StringLike"), "Principal": "*"}))
+    assert _aliased(user("alice"), deny_all, "alias/other").verdict is Verdict.EXPLICIT_DENY
 
 
 def test_an_encryption_context_date_beyond_the_calendar_is_denied_not_a_crash() -> None:
