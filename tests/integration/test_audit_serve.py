@@ -25,6 +25,7 @@ from keytrail.audit.trail import audit_paths
 from keytrail.transport.segment_log import event_log_dir
 from tests.support import server as server_support
 from tests.support.audit_records import cut_back_to, sign_again_with_a_new_key
+from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -95,8 +96,7 @@ def test_kill_9_under_load_keeps_every_answered_call(tmp_path: Path) -> None:
     threads = [threading.Thread(target=caller) for _ in range(8)]
     for thread in threads:
         thread.start()
-    while len(answered) < 300:
-        threading.Event().wait(0.05)
+    eventually_blocking(lambda: len(answered) >= 300, timeout=120, what="300 answered Encrypt calls")
     server.kill()
     stop.set()
     for thread in threads:

@@ -23,6 +23,7 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
 from tests.support import server as server_support
 from tests.support.owed_calls import TIGHT, Crash, Spool, context, node
+from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +89,7 @@ def test_kill_9_under_state_changing_load_leaves_no_change_without_its_record(tm
     threads = [threading.Thread(target=_tag_until_stopped, args=(server, key, answered, stop)) for key in keys]
     for thread in threads:
         thread.start()
-    while len(answered) < 200:
-        threading.Event().wait(0.05)
+    eventually_blocking(lambda: len(answered) >= 200, timeout=120, what="200 answered TagResource calls")
     server.kill()
     stop.set()
     for thread in threads:

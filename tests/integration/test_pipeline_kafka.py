@@ -19,6 +19,7 @@ from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from tests.support.http import http_get
 from tests.support.services import free_port, kafka_broker
+from tests.support.waits import eventually
 from tests.unit.detect.records import ACCOUNT, T0, denied, event, key_arn, user
 from tests.unit.pipeline import reference
 
@@ -120,8 +121,8 @@ async def test_consumer_joining_then_one_killed_still_gives_the_exact_result(tmp
     with kafka_broker() as bootstrap:
         await _produce(bootstrap, events)
         first = _consume(bootstrap, tmp_path, idle_seconds=25)
-        while _covered(tmp_path) < 1500 and first.poll() is None:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: _covered(tmp_path) >= 1500 or first.poll() is not None, timeout=120,
+                         what="the first consumer persisting 1500 events' offsets (or exiting)", interval=0.05)
         second = _consume(bootstrap, tmp_path, idle_seconds=25)  # joins: the group rebalances mid-stream
         await asyncio.sleep(3)
         first.kill()  # SIGKILL: its partitions move to the second after the session timeout

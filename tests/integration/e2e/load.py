@@ -8,6 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tests.support.server import KeytrailServer
+from tests.support.waits import eventually_blocking
 
 __all__ = ["Load"]
 
@@ -53,8 +54,7 @@ class Load:
 
     def wait_for(self, count: int) -> None:
         """Block until at least `count` calls were answered in total."""
-        while len(self.answered) < count:
-            threading.Event().wait(0.05)
+        eventually_blocking(lambda: len(self.answered) >= count, timeout=120, what=f"{count} answered calls in all")
 
     def _call(self, number: int) -> None:
         client = self._server.client("alice" if number % 2 else "app")

@@ -30,6 +30,7 @@ from tests.integration.keystores.flaky_token import flaky_logins
 from tests.integration.keystores.test_postgres_store import Node
 from tests.support.postgres import fetch, fetch_value
 from tests.support.softhsm import SoftHsm, open_sessions
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -149,8 +150,8 @@ async def test_a_store_a_dead_node_left_connecting_is_failed_by_another_nodes_ti
                                     TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"])
         faults.hang("C_Login")
         connecting = asyncio.create_task(first("ConnectCustomKeyStore", CustomKeyStoreId=store_id))
-        while faults.logins == 0:  # the first node wrote CONNECTING and waits for the HSM's login
-            await asyncio.sleep(0.01)
+        # the first node wrote CONNECTING and waits for the HSM's login
+        await eventually(lambda: faults.logins > 0, what="the first node's C_Login (held)")
         await second.svc.run_due()
         assert await _state(second, store_id) == ("CONNECTING", None)  # a live node is connecting it
         # The first node dies: its database session ends (as PostgreSQL ends a killed process's).

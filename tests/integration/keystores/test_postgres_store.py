@@ -23,6 +23,7 @@ from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Alias
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -161,8 +162,7 @@ async def test_ping_answers_while_every_pooled_connection_is_busy_with_queries_t
 
     tasks = [asyncio.create_task(busy(index)) for index in range(8)]  # the pool's size
     try:
-        while holding < 8:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: holding >= 8, what="every pooled connection pinned by a key lock")
         await store.ping()  # a pooled connection would wait 2 s, then DependencyTimeoutException
         await asyncio.sleep(1.1)  # nothing came back for a second: the pool is asked, and is full
         with pytest.raises(errors.DependencyTimeoutException):

@@ -14,6 +14,7 @@ import uvicorn
 
 from keytrail.api import http_protocol
 from keytrail.api.http_protocol import HEAD_BYTES, CoalescingHttpToolsProtocol, _CoalescingTransport
+from tests.support.waits import eventually
 
 
 class FakeTransport(asyncio.Transport):
@@ -115,8 +116,7 @@ async def _serve_echo(seen: list[str]) -> tuple[uvicorn.Server, int]:
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, http=_QuickDeadline, log_level="critical", lifespan="off"))
     asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, what="uvicorn listening")
     return server, int(sock.getsockname()[1])
 
 
@@ -232,8 +232,7 @@ async def _serve(app: Any, protocol: type[CoalescingHttpToolsProtocol] = _Counte
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="critical", lifespan="off", **config))
     asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, what="uvicorn listening")
     return server, int(sock.getsockname()[1])
 
 

@@ -18,6 +18,7 @@ from keytrail.audit.spool import FSYNC_BUCKETS, GATHER_YIELDS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.kms.model import CallsInProgress
 from tests.support.audit_records import encrypt_call, fill_trail_async
+from tests.support.waits import eventually
 
 
 def _thread_synced(data_dir: Path) -> AuditSettings:
@@ -226,8 +227,7 @@ class _HeldSync:
         self.real()
 
     async def wait_entered(self) -> None:
-        while not self.entered.is_set():
-            await asyncio.sleep(0.001)
+        await eventually(self.entered.is_set, what="the fsync entered", interval=0.001)
 
 
 async def test_records_queued_during_an_fsync_share_the_next_one(tmp_path: Path,

@@ -21,6 +21,7 @@ from keytrail.cli import http_server
 from keytrail.cli.http_server import HttpServer
 from keytrail.cli.tls import self_signed_certificate
 from keytrail.config import ServeSettings
+from tests.support.waits import eventually
 
 REQUEST = b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n"
 Run = Callable[[Coroutine[Any, Any, None]], None]
@@ -47,8 +48,7 @@ async def _tls_server(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Async
     server = HttpServer(_not_found, settings, {"ssl_certfile": str(cert), "ssl_keyfile": str(key)})
     server.load()
     serving = asyncio.get_running_loop().create_task(server.serve([sock]))
-    while not server._server.started:  # uvicorn's: listening
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server._server.started, what="uvicorn listening")
     try:
         yield sock.getsockname()[1], ssl.create_default_context(cafile=str(cert))
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.waits import eventually
 from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.alarms import Alarm
@@ -260,8 +261,7 @@ async def test_an_alarm_a_hook_had_not_taken_when_the_detector_was_killed_reache
     records = [denied("Decrypt", T0 + timedelta(seconds=i), key_arn(1), user("eve")) for i in range(3)]
     first = _runner(tmp_path, Stuck())  # the broker is down: the hook holds the alarm, retrying
     [raised] = await first.feed(records)
-    while not _lines(tmp_path):  # alarms.jsonl has it: a restart announces it no more
-        await asyncio.sleep(0.01)
+    await eventually(lambda: _lines(tmp_path), what="the alarm in alarms.jsonl")  # a restart announces it no more
     await _killed(first)
     hook = Recorder()
     second = _runner(tmp_path, hook)
@@ -443,9 +443,8 @@ async def test_a_head_struck_once_with_nothing_more_behind_waits_and_is_given_up
     dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
     dispatcher.publish(head)
     dispatcher.publish(behind)
-    async with asyncio.timeout(30):  # bounds a regression's hang (the head given up: no more tries)
-        while hook.tried.count(head.alarm_id) < 6:  # struck once, then probed: not given up
-            await asyncio.sleep(0.01)
+    # struck once, then probed: not given up (a regression giving it up tries it no more: it fails here)
+    await eventually(lambda: hook.tried.count(head.alarm_id) >= 6, what="six tries of the head")
     assert hook.alarms == [behind] and dispatcher.failed == 0
     dispatcher.publish(new)
     await dispatcher.close(timeout=5)
@@ -458,8 +457,8 @@ async def test_a_hook_really_down_gives_nothing_up_and_keeps_the_order(reached: 
     dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
     for alarm in alarms:
         dispatcher.publish(alarm)
-    while hook.calls < 40:  # ten rounds of the head and the three behind it, or forty probes of the head
-        await asyncio.sleep(0.01)
+    # ten rounds of the head and the three behind it, or forty probes of the head
+    await eventually(lambda: hook.calls >= 40, what="forty deliveries tried at the hook that is down")
     hook.up = True
     await dispatcher.close(timeout=5)
     assert hook.alarms == alarms and dispatcher.failed == 0
@@ -490,8 +489,8 @@ async def test_a_hook_gone_out_of_reach_after_taking_the_alarm_behind_gives_the_
     dispatcher = Dispatcher([hook], pause=(0.01, 0.02), send_ahead_after=0)
     for alarm in (head, behind, last):
         dispatcher.publish(alarm)
-    while hook.refused < 3:  # the head's second chance, then probes, the hook out of reach
-        await asyncio.sleep(0.01)
+    # the head's second chance, then probes, the hook out of reach
+    await eventually(lambda: hook.refused >= 3, what="three deliveries refused by the hook gone out of reach")
     hook.up = True
     await dispatcher.close(timeout=5)
     assert hook.alarms == [behind, head, last] and dispatcher.failed == 0
@@ -508,8 +507,7 @@ async def test_an_alarm_taken_ahead_is_not_sent_again_but_a_later_state_of_it_is
                             send_ahead_after=0)
     for alarm in (head, behind, other):
         dispatcher.publish(alarm)
-    while behind not in hook.alarms:  # taken ahead of the head
-        await asyncio.sleep(0.01)
+    await eventually(lambda: behind in hook.alarms, what="the alarm behind the head taken ahead of it")
     later = dataclasses.replace(behind, count=behind.count + 1)
     dispatcher.publish(later)  # the next tick's count, while the first state is still queued
     await dispatcher.close(timeout=5)
@@ -531,9 +529,8 @@ async def test_an_alarm_taken_ahead_is_not_owed_to_the_hook_after_a_restart_befo
                             send_ahead_after=0)
     for alarm in (head, behind, last):
         dispatcher.publish(alarm)
-    async with asyncio.timeout(30):  # bounds a regression's hang
-        while behind not in hook.alarms or hook.tried.count(head.alarm_id) < 3:  # taken ahead; the head struck
-            await asyncio.sleep(0.01)
+    await eventually(lambda: behind in hook.alarms and hook.tried.count(head.alarm_id) >= 3,
+                     what="the alarm behind the head taken ahead of it, and the head struck")
     await dispatcher.close(timeout=0.05)  # the drain cut off: the head and the last still owed
     assert hook.alarms == [behind] and dispatcher.failed == 0
     reopened = Outbox(tmp_path / "outbox.jsonl")
