@@ -10,17 +10,19 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.engine import Detector
-from keytrail.detect.sinks import HookDown
+from keytrail.detect.sinks import SEND_AHEAD_AFTER, AlarmSink, Dispatcher, HookDown
 from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
+from tests.support.services import free_port
 from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
@@ -40,6 +42,10 @@ class Receiver(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    def answered(self, status: int) -> list[str]:
+        """The alarmIds of the requests answered `status`, in the order they came."""
+        return [json.loads(body)["alarmId"] for body, _, answer in self.requests if answer == status]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -69,16 +75,51 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
     server.server_close()
 
 
-def an_alarm() -> Alarm:
-    detector = Detector()
-    detector.process([denied("Decrypt", T0, key_arn(1), user("eve"))])
-    return detector.alarms()[0]
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_receiver(answer: Answer) -> AsyncIterator[str]:
+    """A receiver speaking HTTP by hand (`answer` per connection), for what ThreadingHTTPServer
+    will not do (hang up mid-request, trickle, stream a download): its hook URL."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    finally:
+        server.close()
+
+
+def make_alarms(count: int) -> list[Alarm]:
+    """`count` alarms, each on a key of its own (so each is a new alarm, not a later state of one)."""
+    return Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
+                               for i in range(count)])
+
+
+def webhook(url: str, tmp_path: Path, *, attempts: int = 2, **options: float) -> WebhookSink:
+    """The hook under test: SECRET, dead letters in tmp_path/dead.jsonl, 10 ms first backoff."""
+    return WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=attempts, backoff=0.01, **options)
+
+
+async def dispatched(sink: AlarmSink, alarms: list[Alarm], *, send_ahead_after: int = SEND_AHEAD_AFTER,
+                     timeout: float = 20) -> Dispatcher:
+    """Publish `alarms` through a dispatcher of `sink` alone (probing a hook down every 10 to 50 ms)
+    and close it, draining them (up to `timeout`): the dispatcher, for its counters."""
+    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=send_ahead_after)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    await dispatcher.close(timeout=timeout)
+    return dispatcher
+
+
+def dead_letters(tmp_path: Path) -> list[dict[str, Any]]:
+    """The dead-letter file's entries (none if it was never written)."""
+    path = tmp_path / "dead.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.mark.parametrize("receiver", [[]], indirect=True)
 async def test_post_is_signed_with_hmac_sha256(receiver: Receiver, tmp_path: Path) -> None:
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl")
-    alarm = an_alarm()
+    sink, [alarm] = webhook(receiver.url, tmp_path), make_alarms(1)
     await sink.deliver(alarm)
     await sink.aclose()
     [(body, signature, _)] = receiver.requests
@@ -90,23 +131,22 @@ async def test_post_is_signed_with_hmac_sha256(receiver: Receiver, tmp_path: Pat
 
 @pytest.mark.parametrize("receiver", [[500, 503]], indirect=True)
 async def test_failures_are_retried_until_delivered(receiver: Receiver, tmp_path: Path) -> None:
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=3, backoff=0.01)
-    await sink.deliver(an_alarm())
+    sink = webhook(receiver.url, tmp_path, attempts=3)
+    await sink.deliver(make_alarms(1)[0])
     await sink.aclose()
     assert [status for _, _, status in receiver.requests] == [500, 503, 200]
-    assert not (tmp_path / "dead.jsonl").exists()
+    assert dead_letters(tmp_path) == []
 
 
 @pytest.mark.parametrize("receiver", [[500, 422, 422, 422, 500]], indirect=True)
 async def test_an_alarm_the_receiver_refuses_goes_to_the_dead_letter_file_after_its_attempts(
     receiver: Receiver, tmp_path: Path
 ) -> None:
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=4, backoff=0.01)
-    alarm = an_alarm()
+    sink, [alarm] = webhook(receiver.url, tmp_path, attempts=4), make_alarms(1)
     await sink.deliver(alarm)
     await sink.aclose()
     assert len(receiver.requests) == 4
-    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    [entry] = dead_letters(tmp_path)
     assert entry["error"] == "HTTP 422" and entry["attempts"] == 4  # the last answer: it is up, and refuses
     assert Alarm.from_json(entry["alarm"]) == alarm
 
@@ -115,8 +155,7 @@ async def test_an_alarm_the_receiver_refuses_goes_to_the_dead_letter_file_after_
 async def test_a_receiver_answering_unavailable_is_the_hook_down_and_its_alarm_is_kept_not_dead_lettered(
     receiver: Receiver, tmp_path: Path
 ) -> None:
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=4, backoff=0.01)
-    alarm = an_alarm()
+    sink, [alarm] = webhook(receiver.url, tmp_path, attempts=4), make_alarms(1)
     with pytest.raises(HookDown, match="HTTP 503"):
         await sink.deliver(alarm)
     for status in (502, 504, 429, 408):  # the dispatcher's probes: one request each while it is down
@@ -125,7 +164,7 @@ async def test_a_receiver_answering_unavailable_is_the_hook_down_and_its_alarm_i
     await sink.deliver(alarm)  # 200: back
     await sink.aclose()
     assert [status for _, _, status in receiver.requests] == [503] * 4 + [502, 504, 429, 408, 200]
-    assert not (tmp_path / "dead.jsonl").exists()
+    assert dead_letters(tmp_path) == []
 
 
 @pytest.mark.parametrize("receiver", [[500, 500, 200]], indirect=True)
@@ -134,37 +173,21 @@ async def test_an_alarm_the_receiver_fails_on_is_dead_lettered_and_does_not_hold
 ) -> None:
     # A 500 is the receiver failing on this alarm (a bug of its own), not an outage: taken for one,
     # the alarm would be probed for ever and every later alarm of the hook would wait behind it.
-    from keytrail.detect.sinks import Dispatcher
-
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05))
-    first, second = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                        for i in range(2)])
-    dispatcher.publish(first)
-    dispatcher.publish(second)
-    await dispatcher.close(timeout=10)
-    assert [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200] == [
-        second.alarm_id]
-    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    first, second = make_alarms(2)
+    await dispatched(webhook(receiver.url, tmp_path), [first, second])
+    assert receiver.answered(200) == [second.alarm_id]
+    [entry] = dead_letters(tmp_path)
     assert entry["error"] == "HTTP 500" and Alarm.from_json(entry["alarm"]).alarm_id == first.alarm_id
 
 
 @pytest.mark.parametrize("receiver", [[503] * 6], indirect=True)
 async def test_alarms_wait_out_a_receiver_that_is_down_and_arrive_in_order(receiver: Receiver, tmp_path: Path) -> None:
-    from keytrail.detect.sinks import Dispatcher
-
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
+    alarms = make_alarms(5)
     # Back before the alarms behind the head are tried (the tests below try them).
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=10)
-    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                 for i in range(5)])
-    for alarm in alarms:
-        dispatcher.publish(alarm)
-    await dispatcher.close(timeout=10)
-    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
-    assert delivered == [alarm.alarm_id for alarm in alarms]
+    dispatcher = await dispatched(webhook(receiver.url, tmp_path), alarms, send_ahead_after=10)
+    assert receiver.answered(200) == [alarm.alarm_id for alarm in alarms]
     assert len(receiver.requests) == 6 + 5 and dispatcher.failed == 0  # the first alarm's 2 attempts, 4 probes
-    assert not (tmp_path / "dead.jsonl").exists()
+    assert dead_letters(tmp_path) == []
 
 
 @pytest.mark.parametrize("receiver", [[]], indirect=True)
@@ -175,24 +198,16 @@ async def test_an_alarm_a_receiver_answers_503_to_alone_is_dead_lettered_and_the
     long as it did: the hook was taken for down. Once the alarm behind it is taken, the head is
     tried once more and, failing again, the next one behind it is tried; taken too, the head is
     tried once more and, failing again, dead-lettered (findable by its alarmId) with a log line."""
-    from keytrail.detect.sinks import Dispatcher
-
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=2)
-    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                 for i in range(4)])
+    alarms = make_alarms(4)
     poisoned = alarms[1].alarm_id
     receiver.chokes_on.add(poisoned)
     with caplog.at_level(logging.WARNING):
-        for alarm in alarms:
-            dispatcher.publish(alarm)
-        await dispatcher.close(timeout=20)
-    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
-    assert delivered == [alarms[0].alarm_id, alarms[2].alarm_id, alarms[3].alarm_id]  # each once
+        dispatcher = await dispatched(webhook(receiver.url, tmp_path), alarms, send_ahead_after=2)
+    assert receiver.answered(200) == [alarms[0].alarm_id, alarms[2].alarm_id, alarms[3].alarm_id]  # each once
     # its two attempts, two probes, the try of the next one, its two attempts once more, the try of
     # the one after, its two attempts once more
-    assert sum(json.loads(body)["alarmId"] == poisoned for body, _, _ in receiver.requests) == 2 + 2 + 2 + 2
-    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert receiver.answered(503).count(poisoned) == 2 + 2 + 2 + 2
+    [entry] = dead_letters(tmp_path)
     assert entry["alarmId"] == poisoned and Alarm.from_json(entry["alarm"]) == alarms[1]
     assert "HTTP 503" in entry["error"] and alarms[3].alarm_id in entry["error"]
     assert any(poisoned in r.getMessage() and "given up on" in r.getMessage() for r in caplog.records)
@@ -210,18 +225,10 @@ async def test_a_receiver_flapping_in_a_rolling_restart_has_no_good_alarm_dead_l
     restarting instance again. That alone dead-lettered a good alarm; now the head must fail once
     more after a second alarm behind it was taken, and here it gets through instead: every alarm
     delivered once, nothing dead-lettered."""
-    from keytrail.detect.sinks import Dispatcher
-
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=0)
-    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                 for i in range(4)])
-    for alarm in alarms:
-        dispatcher.publish(alarm)
-    await dispatcher.close(timeout=20)
-    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
-    assert delivered == [alarms[i].alarm_id for i in (1, 2, 0, 3)] and dispatcher.failed == 0
-    assert not (tmp_path / "dead.jsonl").exists()
+    alarms = make_alarms(4)
+    dispatcher = await dispatched(webhook(receiver.url, tmp_path), alarms, send_ahead_after=0)
+    assert receiver.answered(200) == [alarms[i].alarm_id for i in (1, 2, 0, 3)] and dispatcher.failed == 0
+    assert dead_letters(tmp_path) == []
 
 
 @pytest.mark.parametrize("receiver", [[429, 429, 200, 429]], indirect=True)
@@ -232,27 +239,16 @@ async def test_a_rate_limited_receiver_has_no_alarm_given_up_and_keeps_the_order
     (the third here), which would then be the alarm behind the head: the head's next try, at once,
     is limited again, and the head was dead-lettered as an alarm the hook chokes on. A 429 is the
     hook busy, not reached: the head waits for its turn through, as behind any outage."""
-    from keytrail.detect.sinks import Dispatcher
-
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=0)
-    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                 for i in range(3)])
-    for alarm in alarms:
-        dispatcher.publish(alarm)
-    await dispatcher.close(timeout=20)
-    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
-    assert delivered == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
-    assert not (tmp_path / "dead.jsonl").exists()
+    alarms = make_alarms(3)
+    dispatcher = await dispatched(webhook(receiver.url, tmp_path), alarms, send_ahead_after=0)
+    assert receiver.answered(200) == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
+    assert dead_letters(tmp_path) == []
 
 
 async def test_an_alarm_a_receiver_hangs_up_on_alone_is_dead_lettered_and_the_others_go_out(tmp_path: Path) -> None:
     """The webhook form of a broker hanging up on one publish: the receiver closes the connection
     on that alarm's request, answering nothing (RemoteProtocolError), and answers the others."""
-    from keytrail.detect.sinks import Dispatcher
-
-    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                 for i in range(3)])
+    alarms = make_alarms(3)
     poisoned, delivered = alarms[0].alarm_id, []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -267,16 +263,10 @@ async def test_an_alarm_a_receiver_hangs_up_on_alone_is_dead_lettered_and_the_ot
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
-    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=1)
-    for alarm in alarms:
-        dispatcher.publish(alarm)
-    await dispatcher.close(timeout=20)
-    server.close()
+    async with raw_receiver(answer) as url:
+        await dispatched(webhook(url, tmp_path), alarms, send_ahead_after=1)
     assert delivered == [alarms[1].alarm_id, alarms[2].alarm_id]
-    [entry] = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    [entry] = dead_letters(tmp_path)
     assert entry["alarmId"] == poisoned and "RemoteProtocolError" in entry["error"]
 
 
@@ -287,32 +277,19 @@ async def test_a_receiver_answering_503_to_every_alarm_has_none_dead_lettered_an
     """Really down: the alarms behind the head are tried too, each fails as the head does, and
     nothing is given up. The receiver is back at a probe of the head (its 2 attempts and the three
     behind it, then two rounds of a probe and the three behind), so the order is kept."""
-    from keytrail.detect.sinks import Dispatcher
-
-    sink = WebhookSink(receiver.url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    dispatcher = Dispatcher([sink], pause=(0.01, 0.05), send_ahead_after=0)
-    alarms = Detector().process([denied("Decrypt", T0 + timedelta(hours=2 * i), key_arn(i), user("eve"))
-                                 for i in range(5)])
-    for alarm in alarms:
-        dispatcher.publish(alarm)
-    await dispatcher.close(timeout=20)
-    tried = {json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 503}
-    assert tried == {alarm.alarm_id for alarm in alarms[:4]}  # the head and the three behind it
-    delivered = [json.loads(body)["alarmId"] for body, _, status in receiver.requests if status == 200]
-    assert delivered == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
-    assert not (tmp_path / "dead.jsonl").exists()
+    alarms = make_alarms(5)
+    dispatcher = await dispatched(webhook(receiver.url, tmp_path), alarms, send_ahead_after=0)
+    assert set(receiver.answered(503)) == {alarm.alarm_id for alarm in alarms[:4]}  # the head and the three behind it
+    assert receiver.answered(200) == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
+    assert dead_letters(tmp_path) == []
 
 
 async def test_an_unreachable_receiver_is_the_hook_down_not_a_dead_letter(tmp_path: Path) -> None:
-    from tests.support.services import free_port
-
-    sink = WebhookSink(
-        f"http://127.0.0.1:{free_port()}/hook", SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01
-    )
+    sink = webhook(f"http://127.0.0.1:{free_port()}/hook", tmp_path)
     with pytest.raises(HookDown, match="ConnectError"):
-        await sink.deliver(an_alarm())
+        await sink.deliver(make_alarms(1)[0])
     await sink.aclose()
-    assert not (tmp_path / "dead.jsonl").exists()
+    assert dead_letters(tmp_path) == []
 
 
 async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_the_hook_down(tmp_path: Path) -> None:
@@ -327,30 +304,26 @@ async def test_a_receiver_that_answers_a_byte_at_a_time_forever_is_the_hook_down
                 await writer.drain()
                 await asyncio.sleep(0.1)
 
-    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
-    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01, timeout=0.5)
-    async with asyncio.timeout(10):
-        with pytest.raises(HookDown, match="no answer within 0.5 s"):
-            await sink.deliver(an_alarm())
-    await sink.aclose()
-    server.close()
+    async with raw_receiver(trickle) as url:
+        sink = webhook(url, tmp_path, timeout=0.5)
+        async with asyncio.timeout(10):
+            with pytest.raises(HookDown, match="no answer within 0.5 s"):
+                await sink.deliver(make_alarms(1)[0])
+        await sink.aclose()
 
 
 @pytest.mark.parametrize("receiver", [[403, 403]], indirect=True)
 async def test_credentials_in_the_url_stay_out_of_logs_and_the_dead_letter_file(
     receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tests.support.services import free_port
-
     url = receiver.url.replace("http://", "http://hook-user:url-password@") + "?token=query-token"
-    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=2, backoff=0.01)
-    down = WebhookSink(f"http://hook-user:url-password@127.0.0.1:{free_port()}/hook?token=query-token", SECRET,
-                       tmp_path / "dead.jsonl", attempts=1)
+    sink = webhook(url, tmp_path)
+    down = webhook(f"http://hook-user:url-password@127.0.0.1:{free_port()}/hook?token=query-token", tmp_path,
+                   attempts=1)
     with caplog.at_level(logging.WARNING):  # keytrail's level (serve, detect)
-        await sink.deliver(an_alarm())
+        await sink.deliver(make_alarms(1)[0])
         with pytest.raises(HookDown) as raised:
-            await down.deliver(an_alarm())
+            await down.deliver(make_alarms(1)[0])
     await sink.aclose()
     await down.aclose()
     dead_letter = (tmp_path / "dead.jsonl").read_text()
@@ -375,17 +348,14 @@ async def test_a_receiver_answering_with_a_huge_body_costs_the_hook_no_memory(tm
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
-    sink = WebhookSink(url, SECRET, tmp_path / "dead.jsonl", attempts=1)
-    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
-    tracemalloc.start()
-    try:
-        await sink.deliver(alarm)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        await sink.aclose()
-        server.close()
-    assert not (tmp_path / "dead.jsonl").exists()  # delivered: 200
+    async with raw_receiver(answer) as url:
+        sink, [alarm] = webhook(url, tmp_path, attempts=1), make_alarms(1)
+        tracemalloc.start()
+        try:
+            await sink.deliver(alarm)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            await sink.aclose()
+    assert dead_letters(tmp_path) == []  # delivered: 200
     assert peak < 10_000_000, peak
