@@ -128,12 +128,15 @@ def broker_binary() -> str:
 
 
 @contextlib.contextmanager
-def kafka_broker(port: int | None = None) -> Iterator[str]:
-    """Start tansu (memory storage) on a free port; yield its bootstrap address."""
+def kafka_broker(port: int | None = None, advertised_port: int | None = None) -> Iterator[str]:
+    """Start tansu (memory storage) on a free port; yield its bootstrap address. With
+    `advertised_port`, its metadata names that port instead of its own (a proxy before it), so
+    that clients, which connect to the brokers the metadata names, reach it only through there."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
