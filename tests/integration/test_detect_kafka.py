@@ -127,18 +127,16 @@ async def test_a_record_kafka_will_not_take_is_dead_lettered_and_the_alarms_behi
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "aiokafka 0.14 fails a produce request left unanswered with RequestTimedOutError (Kafka error 7: the "
-    "connection's request timeout, the batch expired with it), not the KafkaTimeoutError the unit test's fake "
-    "producer raises; KafkaSink counts only KafkaTimeoutError as the hook reached, so the record is the hook "
-    "out of reach: probed every 0.5 s (10 s each), the alarms behind it never tried"))
 async def test_a_record_the_broker_leaves_unanswered_alone_is_dead_lettered_and_the_alarms_behind_go_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The broker is reachable and takes every record but one, whose produce requests it never
     answers (a proxy before it holds them): that record times out alone, counts as the hook
     reached, and is dead-lettered once the broker took two alarms behind it (docs/detection-rules.md,
-    strikes). One attempt per delivery: each held request costs the producer's 10 s timeout."""
+    strikes). aiokafka fails it with RequestTimedOutError (the fake producer's KafkaTimeoutError
+    alone was taken for the hook reached: this record was the hook out of reach, probed for ever,
+    and the alarms behind it never tried). One attempt per delivery: each held request costs the
+    producer's 10 s timeout."""
     from keytrail.detect.sinks import Dispatcher
     from keytrail.detect.sinks.kafka import KafkaSink
 

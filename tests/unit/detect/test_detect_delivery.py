@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
 from tests.support.waits import eventually
 from tests.unit.detect.records import T0, denied, key_arn, user
 
@@ -628,10 +629,13 @@ async def test_the_outbox_of_a_hook_no_longer_configured_is_warned_of_once_at_st
 
 class FakeProducer:
     """aiokafka's producer, connected: `start` succeeds (unless `unreachable`) and each record's
-    send future resolves, or raises KafkaTimeoutError for a record in `times_out` (the broker never
-    acknowledging it), as the producer's own delivery timeout does."""
+    send future resolves, or raises `timeout` for a record in `times_out` (the broker never
+    acknowledging it): RequestTimedOutError, as aiokafka fails a produce request left unanswered
+    (tests/integration/test_detect_kafka.py has it through a proxy), or KafkaTimeoutError, a batch
+    expiring unsent."""
 
     times_out: set[bytes] = set()
+    timeout: type[Exception] = Exception
     unreachable = False
     sent: list[bytes] = []
 
@@ -648,11 +652,9 @@ class FakeProducer:
         pass
 
     async def send_and_wait(self, topic: str, value: bytes, *, key: bytes) -> None:
-        from aiokafka.errors import KafkaTimeoutError
-
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if value in FakeProducer.times_out:
-            future.set_exception(KafkaTimeoutError())
+            future.set_exception(FakeProducer.timeout())
         else:
             future.set_result(None)
             FakeProducer.sent.append(value)
@@ -665,11 +667,13 @@ def fake_producer(monkeypatch: pytest.MonkeyPatch) -> type[FakeProducer]:
     monkeypatch.setattr(FakeProducer, "times_out", set())
     monkeypatch.setattr(FakeProducer, "sent", [])
     monkeypatch.setattr(FakeProducer, "unreachable", False)
+    monkeypatch.setattr(FakeProducer, "timeout", RequestTimedOutError)
     return FakeProducer
 
 
+@pytest.mark.parametrize("timeout", [RequestTimedOutError, KafkaTimeoutError])
 async def test_a_kafka_record_timing_out_alone_while_the_broker_takes_the_others_is_dead_lettered(
-    fake_producer: type[FakeProducer], tmp_path: Path,
+    fake_producer: type[FakeProducer], tmp_path: Path, timeout: type[Exception],
 ) -> None:
     """A record that times out by itself on a connected producer is the Kafka hook down, reached:
     once the broker took two alarms behind it and it timed out again after each, it is given up
@@ -677,7 +681,7 @@ async def test_a_kafka_record_timing_out_alone_while_the_broker_takes_the_others
     from keytrail.detect.sinks.kafka import KafkaSink
 
     alarms = _alarms(4)
-    fake_producer.times_out = {encode_alarm(alarms[1])}
+    fake_producer.times_out, fake_producer.timeout = {encode_alarm(alarms[1])}, timeout
     sink = KafkaSink("127.0.0.1:9092", attempts=2, backoff=0.001, dead_letter=tmp_path / "dead.jsonl")
     dispatcher = Dispatcher([sink], pause=(0.01, 0.02), send_ahead_after=1)
     for alarm in alarms:

@@ -16,6 +16,7 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
+    RequestTimedOutError,
 )
 
 from keytrail.detect.alarms import Alarm
@@ -39,8 +40,11 @@ REFUSALS = (CorruptRecordException, InvalidMessageError, InvalidTimestampError, 
 # `reached`: the dispatcher then tries the alarms behind it, and gives it up (dead-lettered) only if
 # the broker takes those and still times out on it. A broker really gone fails the producer's next
 # start (each failed attempt starts afresh), so the head's last attempt is not `reached`, and a
-# broker taking nothing takes no alarm behind either: nothing is given up.
-SEND_TIMEOUTS = (KafkaTimeoutError,)
+# broker taking nothing takes no alarm behind either: nothing is given up. A produce request left
+# unanswered fails with RequestTimedOutError (Kafka error 7: aiokafka's request timeout, which the
+# record's batch does not outlive), the same error code a broker answers when the replicas do not
+# acknowledge in time; KafkaTimeoutError is a batch expiring before it was sent (no leader).
+SEND_TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError)
 
 
 class KafkaSink:
