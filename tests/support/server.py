@@ -53,6 +53,11 @@ def write_principals(path: Path, principals: dict[str, PrincipalEntry] = PRINCIP
     return path
 
 
+# How long `start` waits for a healthy server: ≈ 1-3 s on a quiet 2-core machine, but a restart
+# after kill -9 (recovery, the children's catch-up) under a loaded machine took over 30 s.
+START_SECONDS = 90.0
+
+
 class KeytrailServer:
     """A `keytrail serve --dev-clock` subprocess on a free port (`dev_clock=False`: the real clock,
     so the consumer and the detector run as child processes)."""
@@ -78,7 +83,7 @@ class KeytrailServer:
                 *(["--dev-clock"] if self.dev_clock else []), *self.extra]
         self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
                                      preexec_fn=self._limit_open_files if self.open_files else None)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"keytrail serve exited: {self.log.read_text()[-2000:]}")
