@@ -5,32 +5,22 @@ back by a tick (any node's) and deleted once the spool took them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
-from keytrail.kms.authentic_docs import Row
 from keytrail.kms.model import CallRecord
-from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
+from keytrail.kms.owed_records import record_from_doc, record_to_doc
 from keytrail.kms.postgres_documents import UPSERT_OWED
 from keytrail.kms.postgres_ledger import LedgerWriter
-from keytrail.kms.resealing import OWED_RECORDS, DocumentTable
-from keytrail.kms.sealing import RootKey
+from keytrail.kms.postgres_store_base import PostgresStoreBase
+from keytrail.kms.resealing import OWED_RECORDS
 from keytrail.kms.store import OwedWrites
 
 __all__ = ["PostgresOwedRecords"]
 
 
-class PostgresOwedRecords:
+class PostgresOwedRecords(PostgresStoreBase):
     """The owed records part of PostgresStore's methods (a mixin of it)."""
-
-    # The store's own (kms/postgres_store.py), which these methods share.
-    _root: RootKey
-    _doc: Callable[[DocumentTable, Row, str], str]
-    _rows: Callable[..., Awaitable[list[Any]]]
-    _verified_bodies: Callable[[DocumentTable, list[Any]], list[str]]
-    _ledgered: Callable[[], AbstractAsyncContextManager[LedgerWriter]]
-    _owing: Owing
 
     async def _put_owed(self, writer: LedgerWriter, record: CallRecord) -> None:
         row = (record.event_id,)

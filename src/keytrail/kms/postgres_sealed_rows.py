@@ -4,38 +4,25 @@ private key, the key store's password) are sealed under the root key.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
-from typing import Any
 
-from keytrail.kms.authentic_docs import Row
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.postgres_documents import UPSERT_IMPORT, UPSERT_STORE
-from keytrail.kms.postgres_ledger import LedgerWriter
-from keytrail.kms.resealing import CUSTOM_KEY_STORES, IMPORT_PARAMETERS, DocumentTable
+from keytrail.kms.postgres_store_base import PostgresStoreBase
+from keytrail.kms.resealing import CUSTOM_KEY_STORES, IMPORT_PARAMETERS
 from keytrail.kms.sealed_docs import (
     custom_key_store_from_doc,
     custom_key_store_to_doc,
     import_parameters_from_doc,
     import_parameters_to_doc,
 )
-from keytrail.kms.sealing import RootKey
 
 __all__ = ["PostgresSealedRows"]
 
 
-class PostgresSealedRows:
+class PostgresSealedRows(PostgresStoreBase):
     """The import parameters and custom key stores part of PostgresStore's methods (a mixin of it)."""
-
-    # The store's own (kms/postgres_store.py), which these methods share.
-    _root: RootKey
-    _doc: Callable[[DocumentTable, Row, str], str]
-    _rows: Callable[..., Awaitable[list[Any]]]
-    _verified_bodies: Callable[[DocumentTable, list[Any]], list[str]]
-    _ledgered: Callable[[], AbstractAsyncContextManager[LedgerWriter]]
-    _body: Callable[[DocumentTable, Any], str]
 
     async def put_import_parameters(self, parameters: ImportParameters) -> None:
         doc = self._doc(IMPORT_PARAMETERS, (parameters.token_id,), import_parameters_to_doc(parameters, self._root))

@@ -85,7 +85,8 @@ class StoreBusy(Exception):
 
 class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
     """Keys, aliases, grants, import parameters and custom key stores (PostgresSealedRows) in
-    PostgreSQL, and the audit records owed by changes (PostgresOwedRecords)."""
+    PostgreSQL, and the audit records owed by changes (PostgresOwedRecords). What those parts
+    share of it is PostgresStoreBase's."""
 
     owed_grace_seconds = OWED_GRACE_SECONDS
 

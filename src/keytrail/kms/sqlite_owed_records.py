@@ -5,31 +5,22 @@ from the file by a tick and deleted once the spool took them.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, refused_call, verify
 from keytrail.kms.model import CallRecord
-from keytrail.kms.owed_records import Owing, record_from_doc, record_to_doc
-from keytrail.kms.resealing import OWED_RECORDS, DocumentTable
-from keytrail.kms.sealing import RootKey
-from keytrail.kms.sqlite_ledger import Change, Put, delete_row
+from keytrail.kms.owed_records import record_from_doc, record_to_doc
+from keytrail.kms.resealing import OWED_RECORDS
+from keytrail.kms.sqlite_ledger import Put, delete_row
+from keytrail.kms.sqlite_store_base import SqliteStoreBase
 from keytrail.kms.store import OwedWrites
 
 __all__ = ["SqliteOwedRecords"]
 
 
-class SqliteOwedRecords:
+class SqliteOwedRecords(SqliteStoreBase):
     """The owed records part of SqliteStore's methods (a mixin of it)."""
-
-    # The store's own (kms/sqlite_store.py), which these methods share.
-    _db: sqlite3.Connection
-    _root: RootKey
-    _refused: RefusedRows
-    _doc: Callable[[DocumentTable, Row, str], str]
-    _write: Callable[[Sequence[Change]], None]
-    _owing: Owing
 
     def _owed_put(self, record: CallRecord) -> Put:
         row = (record.event_id,)

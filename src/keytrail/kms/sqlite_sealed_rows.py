@@ -5,31 +5,21 @@ from the file as a call needs them, custom key stores from memory, like keys.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, refused_call, verify
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keystores import CustomKeyStore
-from keytrail.kms.resealing import CUSTOM_KEY_STORES, IMPORT_PARAMETERS, DocumentTable
+from keytrail.kms.resealing import CUSTOM_KEY_STORES, IMPORT_PARAMETERS
 from keytrail.kms.sealed_docs import custom_key_store_to_doc, import_parameters_from_doc, import_parameters_to_doc
-from keytrail.kms.sealing import RootKey
-from keytrail.kms.sqlite_ledger import Change, Delete, Put, delete_row
+from keytrail.kms.sqlite_ledger import Delete, Put, delete_row
+from keytrail.kms.sqlite_store_base import SqliteStoreBase
 
 __all__ = ["SqliteSealedRows"]
 
 
-class SqliteSealedRows:
+class SqliteSealedRows(SqliteStoreBase):
     """The import parameters and custom key stores part of SqliteStore's methods (a mixin of it)."""
-
-    # The store's own (kms/sqlite_store.py), which these methods share.
-    _db: sqlite3.Connection
-    _root: RootKey
-    _refused: RefusedRows
-    _doc: Callable[[DocumentTable, Row, str], str]
-    _write: Callable[[Sequence[Change]], None]
-    _custom_key_stores: dict[tuple[str, str], dict[str, CustomKeyStore]]
 
     async def put_import_parameters(self, parameters: ImportParameters) -> None:
         # Tokens live 24 hours; rows whose token expired long ago are dropped on the way.

@@ -26,7 +26,6 @@ from keytrail.kms.codec import (
     key_to_doc,
 )
 from keytrail.kms.keys import Key
-from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.locks import KeyLocks
 from keytrail.kms.owed_records import Owing
 from keytrail.kms.resealing import (
@@ -96,7 +95,7 @@ class KeyStoreUnreadable(OSError):
 class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
     """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key; its
     import parameters and custom key stores (SqliteSealedRows) and owed audit records
-    (SqliteOwedRecords) are there too."""
+    (SqliteOwedRecords) are there too. What those parts share of it is SqliteStoreBase's."""
 
     owed_grace_seconds = 0.0  # the file's only writer: a record owed and not in flight here is abandoned
 
@@ -114,7 +113,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
-        self._custom_key_stores: dict[Scope, dict[str, CustomKeyStore]] = {}
+        self._custom_key_stores = {}
         # Rows whose document did not verify as the store opened, by table: the calls that need
         # one fail; nothing of them is in memory.
         self._refused = RefusedRows()

@@ -1,0 +1,38 @@
+"""What SqliteStore (kms/sqlite_store.py) holds and does for each of its parts: its mixins
+(kms/sqlite_owed_records.py, kms/sqlite_sealed_rows.py) are written against this, not against the
+store, which they would otherwise import in a cycle.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Protocol
+
+from keytrail.kms.authentic_docs import RefusedRows, Row
+from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.owed_records import Owing
+from keytrail.kms.resealing import DocumentTable
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.sqlite_ledger import Change
+
+__all__ = ["SqliteStoreBase"]
+
+
+class SqliteStoreBase(Protocol):
+    """The store's connection, root key, refused rows, owed records and custom key stores in
+    memory, and its two ways to write (SqliteStore sets and defines them)."""
+
+    _db: sqlite3.Connection
+    _root: RootKey
+    _refused: RefusedRows
+    _owing: Owing
+    _custom_key_stores: dict[tuple[str, str], dict[str, CustomKeyStore]]
+
+    def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
+        """The document to write in `row` of `table`: `body` with its MAC."""
+        ...
+
+    def _write(self, changes: Sequence[Change]) -> None:
+        """Make `changes` in one transaction, with the records the task's call owes."""
+        ...
