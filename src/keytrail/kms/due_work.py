@@ -1,17 +1,19 @@
-"""The keys whose due work (rotation, deletion, expiry) failed in the scheduler's last tick, and
-the log line that says so: when they or their reasons change and once when they run again, not
-on every tick. An audit spool that cannot write refuses every tick's records for as long as it
-lasts, and a line a tick (some 120 an hour) would bury the spool's own line that says why."""
+"""What the scheduler (kms/scheduled_work.py) keeps from one tick to the next (DueWork), and the
+keys whose due work (rotation, deletion, expiry) failed in its last tick, and the log line that
+says so: when they or their reasons change and once when they run again, not on every tick. An
+audit spool that cannot write refuses every tick's records for as long as it lasts, and a line a
+tick (some 120 an hour) would bury the spool's own line that says why."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
 from keytrail.kms import errors
 from keytrail.kms.model import AuditUnavailable
 
-__all__ = ["DueWorkFailures"]
+__all__ = ["DueWork", "DueWorkFailures"]
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +42,16 @@ class DueWorkFailures:
         elif now != self._last:
             log.warning("%s: the %ss left over from earlier ticks ran", self._work, self._items.removesuffix("(s)"))
         self._last = now
+
+
+class DueWork:
+    """The scheduler's state, held by the service (`KmsService.due_work`) and kept by
+    kms/scheduled_work.py: `lock`, one key's due work at a time here (the key's lock keeps out
+    the calls changing it); the failures of keys' due work and of owed records the last tick
+    logged; and the reason a failed `tick_work` was last logged for (None: none failed)."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.key_failures = DueWorkFailures()
+        self.owed_failures = DueWorkFailures("audit records owed by changes", "record(s)")
+        self.tick_work_failure: str | None = None

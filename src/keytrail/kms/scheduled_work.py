@@ -30,12 +30,12 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
     now = svc.clock.now()
     if not _is_due(key, now):
         return key
-    if svc._audit_refuses():  # made now, the change would stand without its RotateKey or DeleteKey event
+    if svc.audit_refuses():  # made now, the change would stand without its RotateKey or DeleteKey event
         raise errors.KMSInternalException(
             f"The audit spool cannot persist events: what is due for {key.arn} waits until it can.")
     # The key's lock keeps out calls changing it, here and on other nodes (which would
     # otherwise apply the same due rotation or deletion again); the due lock, other due work.
-    async with svc.key_lock(key.account, key.region, key.key_id), svc._due_lock:
+    async with svc.key_lock(key.account, key.region, key.key_id), svc.due_work.lock:
         current = await svc.store.get_key(key.account, key.region, key.key_id)
         if current is None:
             return None
@@ -82,8 +82,8 @@ async def run_due(svc: KmsService) -> None:
             await apply_due(svc, key)
         except Exception as exc:
             failed.append((key.arn, exc))
-    svc._due_failures.tick(failed)
-    svc._owed_failures.tick(await owed_calls.record_owed(svc))
+    svc.due_work.key_failures.tick(failed)
+    svc.due_work.owed_failures.tick(await owed_calls.record_owed(svc))
     await _run_tick_work(svc)
 
 
@@ -97,11 +97,11 @@ async def _run_tick_work(svc: KmsService) -> None:
             await work()
         except Exception as exc:
             failure = f"{type(exc).__name__}: {exc}"
-            if failure != svc._tick_work_failure:
+            if failure != svc.due_work.tick_work_failure:
                 expected = isinstance(exc, errors.KmsError | OSError)  # the key store refusing: no bug
                 log.error("scheduled upkeep failed (tried again at each tick, said again only when the "
                           "reason changes): %s", failure, exc_info=None if expected else exc)
-    svc._tick_work_failure = failure
+    svc.due_work.tick_work_failure = failure
 
 
 def _rotation_due(key: Key, now: datetime) -> bool:

@@ -26,7 +26,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
-from keytrail.kms.due_work import DueWorkFailures
+from keytrail.kms.due_work import DueWork
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import (
@@ -97,12 +97,9 @@ class KmsService:
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         # Work of each scheduler tick besides the keys' due work (an extension's upkeep: the HSM
         # sessions of stores another node disconnected); one that fails is logged, and runs again
-        # at the next tick (`_run_tick_work`).
+        # at the next tick (kms/scheduled_work.py, which keeps `due_work` between ticks).
         self.tick_work: list[Callable[[], Awaitable[None]]] = []
-        self._tick_work_failure: str | None = None  # the reason last logged
-        self._due_lock = asyncio.Lock()
-        self._due_failures = DueWorkFailures()
-        self._owed_failures = DueWorkFailures("audit records owed by changes", "record(s)")
+        self.due_work = DueWork()
         # The event ids of the state-changing calls in flight here, whose owed records a tick leaves
         # to them, and of those done here whose record the spool refused (kms/owed_calls.py);
         # `owed_lock`: one pass over the owed records at a time.
@@ -150,10 +147,10 @@ class KmsService:
         """Refuse a state change before it is made when the sink already knows it cannot record
         it (an optional `ready()`): made first, it would stand unaudited while the caller is told
         it failed."""
-        if self._audit_refuses():
+        if self.audit_refuses():
             raise _unaudited(call.context.request_id)
 
-    def _audit_refuses(self) -> bool:
+    def audit_refuses(self) -> bool:
         """Whether the sink knows already that it cannot record (it logs the outage, once)."""
         ready = getattr(self.deps.audit, "ready", None)
         try:
