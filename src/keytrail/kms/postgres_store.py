@@ -14,17 +14,12 @@ detected.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
 
-from keytrail.kms import errors
 from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, refused_call, verify
 from keytrail.kms.codec import (
     alias_from_doc,
@@ -35,9 +30,9 @@ from keytrail.kms.codec import (
     key_to_doc,
 )
 from keytrail.kms.keys import Key
-from keytrail.kms.locks import KeyLocks, second_lock_refused
 from keytrail.kms.model import CallRecord
 from keytrail.kms.owed_records import Owing
+from keytrail.kms.postgres_connections import PostgresConnections
 from keytrail.kms.postgres_documents import (
     SCHEMA,
     UPSERT_ALIAS,
@@ -92,17 +87,11 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
 
     def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT,
                  check_every: float = CHECK_EVERY) -> None:
-        self._pool = pool
         self._root = root
-        self._timeout = timeout
-        self._locks = KeyLocks()
         self._owing = Owing()
-        # The connection holding a task's key locks (advisory locks belong to a session); that
-        # task's reads and writes go over it, so a lock holder never waits for the pool.
-        self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
-        self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
         self._reported: set[tuple[str, Row]] = set()  # refused rows whole-store reads have logged
         self._ledger = LedgerWatch(pool, lambda: self._root, check_every)
+        self._connections = PostgresConnections(pool, timeout, self._ledger.refuse_if_broken)
 
     def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
         """The document to write in `row` of `table`: `body` with its MAC."""
@@ -156,32 +145,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         store._ledger.start(timeout)
         return store
 
-    @asynccontextmanager
-    async def _connection(self, *, pin: bool = False) -> AsyncIterator[Any]:
-        """The task's pinned connection, else one from the pool (pinned for the task if `pin`);
-        KMSInternalException once the store no longer matches its ledger."""
-        self._ledger.refuse_if_broken()
-        pinned = self._pinned.get()
-        if pinned is not None:
-            yield pinned
-            self._answered_at = time.monotonic()
-            return
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as connection:
-                token = self._pinned.set(connection) if pin else None
-                try:
-                    yield connection
-                finally:
-                    if token is not None:
-                        self._pinned.reset(token)
-                self._answered_at = time.monotonic()
-        except TimeoutError:  # AWS's retryable answer when a service KMS depends on is slow
-            raise errors.DependencyTimeoutException(
-                f"The key store did not answer within {self._timeout:g} seconds. You can retry the request."
-            ) from None
-
     async def _rows(self, sql: str, *args: Any) -> list[Any]:
-        async with self._connection() as connection:
+        async with self._connections.connection() as connection:
             return list(await connection.fetch(sql, *args))
 
     @asynccontextmanager
@@ -191,7 +156,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         # READ COMMITTED whatever the database's default: a write that waited for the ledger's lock
         # reads the rows the write before left (a stricter level fails it: could not serialize).
         owed: list[CallRecord] = []
-        async with self._connection() as connection, connection.transaction(isolation="read_committed"):
+        async with self._connections.connection() as connection, connection.transaction(isolation="read_committed"):
             try:
                 writer = await LedgerWriter.begin(connection, self._root)
             except LedgerMismatch as mismatch:  # its row deleted or forged under the running node
@@ -203,48 +168,12 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         if owed:
             self._owing.written()
 
-    @asynccontextmanager
-    async def key_lock(self, account: str, region: str, key_id: str) -> AsyncIterator[None]:
-        """This process's lock of the key, then PostgreSQL's advisory lock of it (every node's);
-        a connection returned to the pool drops its advisory locks, should the unlock fail."""
-        name = f"{account}/{region}/{key_id}"
-        if self._locks.held(name):
-            yield
-            return
-        async with self._locks.hold(name), self._connection(pin=True) as connection:
-            try:
-                await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
-            except asyncpg.DeadlockDetectedError:  # nodes' calls each holding the key the other waits for
-                raise second_lock_refused() from None
-            try:
-                yield
-            finally:
-                # If this fails (the database is gone), the lock goes with the session or with
-                # the pool's reset of the connection.
-                with contextlib.suppress(Exception):
-                    await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+    def key_lock(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[None]:
+        # This process's lock, then PostgreSQL's advisory lock: every node's (kms/postgres_connections.py).
+        return self._connections.key_lock(f"{account}/{region}/{key_id}")
 
-    @asynccontextmanager
-    async def key_lock_if_free(self, account: str, region: str, key_id: str) -> AsyncIterator[bool]:
-        """`key_lock` if this process's lock and PostgreSQL's advisory lock are both free now
-        (`pg_try_advisory_lock`); a node that died holding one held it in a session that died with it."""
-        name = f"{account}/{region}/{key_id}"
-        if self._locks.held(name):
-            yield True
-            return
-        async with self._locks.hold_if_free(name) as free:
-            if not free:
-                yield False
-                return
-            async with self._connection(pin=True) as connection:
-                if not await connection.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name):
-                    yield False
-                    return
-                try:
-                    yield True
-                finally:
-                    with contextlib.suppress(Exception):  # else the lock goes with the session, as above
-                        await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+    def key_lock_if_free(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[bool]:
+        return self._connections.key_lock_if_free(f"{account}/{region}/{key_id}")
 
     # --- keys --------------------------------------------------------------------------------
 
@@ -362,7 +291,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         LedgerMismatch if the rows are not the ledger's. StoreBusy while another client is
         connected: a node still running would go on sealing under the old key, and what it wrote
         would open under neither."""
-        async with self._connection() as connection:
+        async with self._connections.connection() as connection:
             async with connection.transaction():
                 await connection.execute(f"LOCK TABLE {_DOCUMENT_NAMES}, kms_ledger, kms_root_key IN EXCLUSIVE MODE")
                 if others := await connection.fetchval(_OTHER_CLIENTS):
@@ -378,7 +307,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
     async def check_ledger(self) -> bool:
         """Check the rows against the ledger now, as every `check_every` seconds: False, and every
         call refused from now on, if they do not match."""
-        return await self._ledger.verify(self._timeout)
+        return await self._ledger.verify(self._connections.timeout)
 
     async def ping(self) -> None:
         """Raise unless the database answers (the health check): it did if a pooled connection
@@ -388,15 +317,12 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         out of rotation for being busy. Once the rows do not match the ledger, it says so."""
         if self._ledger.mismatch is not None:
             raise LedgerMismatch(self._ledger.mismatch.detail)
-        if time.monotonic() - self._answered_at < PING_RECENT_SECONDS:
+        if self._connections.answered_within(PING_RECENT_SECONDS):
             return
-        async with self._connection() as connection:
+        async with self._connections.connection() as connection:
             await connection.fetchval("SELECT 1 FROM kms_keys LIMIT 1")
 
     async def close(self) -> None:
         """Close the pool; a database that does not answer cannot hold up a stopping node."""
         await self._ledger.stop()
-        try:
-            await asyncio.wait_for(self._pool.close(), self._timeout)
-        except TimeoutError:
-            self._pool.terminate()
+        await self._connections.close()

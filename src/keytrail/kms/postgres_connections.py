@@ -1,0 +1,112 @@
+"""PostgresStore's connections (kms/postgres_store.py): its pool, the connection pinned to a task
+that holds key locks, and the keys' locks, this process's and PostgreSQL's advisory ones (every
+node's). The store's documents, ledger and queries are the store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import asyncpg
+
+from keytrail.kms import errors
+from keytrail.kms.locks import KeyLocks, second_lock_refused
+
+__all__ = ["PostgresConnections"]
+
+
+class PostgresConnections:
+    """Connections from `pool`, each wait for one and each statement given up after `timeout`
+    seconds; `refuse_if_broken` raises once the store no longer matches its ledger."""
+
+    def __init__(self, pool: Any, timeout: float, refuse_if_broken: Callable[[], None]) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._refuse_if_broken = refuse_if_broken
+        self._locks = KeyLocks()
+        # The connection holding a task's key locks (advisory locks belong to a session); that
+        # task's reads and writes go over it, so a lock holder never waits for the pool.
+        self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
+        self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
+
+    def answered_within(self, seconds: float) -> bool:
+        """Whether a connection came back from a query without error within the last `seconds`."""
+        return time.monotonic() - self._answered_at < seconds
+
+    @asynccontextmanager
+    async def connection(self, *, pin: bool = False) -> AsyncIterator[Any]:
+        """The task's pinned connection, else one from the pool (pinned for the task if `pin`);
+        KMSInternalException once the store no longer matches its ledger."""
+        self._refuse_if_broken()
+        pinned = self._pinned.get()
+        if pinned is not None:
+            yield pinned
+            self._answered_at = time.monotonic()
+            return
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as connection:
+                token = self._pinned.set(connection) if pin else None
+                try:
+                    yield connection
+                finally:
+                    if token is not None:
+                        self._pinned.reset(token)
+                self._answered_at = time.monotonic()
+        except TimeoutError:  # AWS's retryable answer when a service KMS depends on is slow
+            raise errors.DependencyTimeoutException(
+                f"The key store did not answer within {self.timeout:g} seconds. You can retry the request."
+            ) from None
+
+    @asynccontextmanager
+    async def key_lock(self, name: str) -> AsyncIterator[None]:
+        """This process's lock of the key `name`, then PostgreSQL's advisory lock of it (every
+        node's); a connection returned to the pool drops its advisory locks, should the unlock fail."""
+        if self._locks.held(name):
+            yield
+            return
+        async with self._locks.hold(name), self.connection(pin=True) as connection:
+            try:
+                await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+            except asyncpg.DeadlockDetectedError:  # nodes' calls each holding the key the other waits for
+                raise second_lock_refused() from None
+            try:
+                yield
+            finally:
+                # If this fails (the database is gone), the lock goes with the session or with
+                # the pool's reset of the connection.
+                with contextlib.suppress(Exception):
+                    await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+
+    @asynccontextmanager
+    async def key_lock_if_free(self, name: str) -> AsyncIterator[bool]:
+        """`key_lock` if this process's lock and PostgreSQL's advisory lock are both free now
+        (`pg_try_advisory_lock`); a node that died holding one held it in a session that died with it."""
+        if self._locks.held(name):
+            yield True
+            return
+        async with self._locks.hold_if_free(name) as free:
+            if not free:
+                yield False
+                return
+            async with self.connection(pin=True) as connection:
+                if not await connection.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name):
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    with contextlib.suppress(Exception):  # else the lock goes with the session, as above
+                        await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+
+    async def close(self) -> None:
+        """Close the pool; a database that does not answer cannot hold it up."""
+        try:
+            await asyncio.wait_for(self.pool.close(), self.timeout)
+        except TimeoutError:
+            self.pool.terminate()
