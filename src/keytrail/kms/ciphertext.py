@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from keytrail.keyed_hash import KeyedSha256
 from keytrail.kms.errors import InvalidCiphertextException
-from keytrail.kms.secret_cache import SecretCache
+from keytrail.kms.secret_cache import SecretCache, forgotten_since_read
 
 __all__ = [
     "FORMAT_V1", "FORMAT_V2", "FORMAT_V3", "SUBKEY_BLOBS", "TOKEN_SALT", "BlobHeader", "encode_context",
@@ -130,6 +130,8 @@ def _sealing(secret: bytes) -> _Sealing:
             _SEALING.clear()
         salt = os.urandom(_SALT)
         sealing = _SEALING[secret] = _Sealing(salt, _DERIVED[secret, salt], SUBKEY_BLOBS)
+        if forgotten_since_read():  # after the insertion: a forget either sees it or is seen here
+            _SEALING.pop(secret, None)
     sealing.left -= 1
     return sealing
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from keytrail.clock import Clock
-from keytrail.kms import errors, multiregion, owed_calls, scheduled_work
+from keytrail.kms import errors, multiregion, owed_calls, scheduled_work, secret_cache
 from keytrail.kms.asymmetric import RsaCipher
 from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.call_records import call_record
@@ -122,7 +122,8 @@ class KmsService:
         in_progress = self.deps.in_progress
         in_progress.count += 1
         try:
-            return await self._run(name, operation, Call(context, params))
+            with secret_cache.reading():  # before the call reads a key: its material may be deleted meanwhile
+                return await self._run(name, operation, Call(context, params))
         finally:
             in_progress.count -= 1
 
@@ -349,7 +350,8 @@ class KmsService:
     async def run_due(self) -> None:
         """The scheduler's tick (kms/scheduled_work.py): every key's due work, the owed records,
         then `tick_work`."""
-        await scheduled_work.run_due(self)
+        with secret_cache.reading():
+            await scheduled_work.run_due(self)
 
     def now(self) -> datetime:
         return self.clock.now()

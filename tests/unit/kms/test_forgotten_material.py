@@ -5,21 +5,26 @@ private key (`asymmetric.PRIVATE_KEYS`) and the AES-GCM objects and derived keys
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from keytrail.clock import ManualClock
 from keytrail.kms import asymmetric
+from keytrail.kms.keys import Key
 from keytrail.kms.material import secret_cached
-from keytrail.kms.secret_cache import SecretCache
-from keytrail.kms.service import KmsService
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.secret_cache import SecretCache, reading
+from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from tests.integration.keystores.wrapping import wrap
-from tests.support.allow_all import ACCOUNT, alice, allow_all_service
+from tests.support.allow_all import ACCOUNT, AllowAll, alice, allow_all_service
 
 
 async def _import(service: KmsService, key_id: str, material: bytes, **expiry: Any) -> None:
@@ -140,3 +145,71 @@ def test_an_entry_made_while_its_secret_was_forgotten_is_not_kept() -> None:
     cache: SecretCache[bytes, bytes] = SecretCache(make, size=8)
     assert cache[secret] == secret[::-1]
     assert not cache.holds(secret)
+
+
+def test_an_entry_made_after_a_forget_from_material_read_before_it_is_not_kept() -> None:
+    # The call read its key (its `reading` began), the material was deleted and forgotten, then the
+    # call makes its entry: it gets its value, and the deleted material is not cached after it.
+    cache: SecretCache[bytes, bytes] = SecretCache(lambda secret: secret[::-1], size=8)
+    secret = os.urandom(32)
+    with reading():
+        cache.forget([os.urandom(32)])  # a deletion (of any material) while the call runs
+        assert cache[secret] == secret[::-1]
+        assert not cache.holds(secret)
+    with reading():  # a call that starts after the deletion read its key after it: kept
+        cache[secret]
+        assert cache.holds(secret)
+
+
+def test_a_nested_reading_keeps_the_outer_calls_start() -> None:
+    cache: SecretCache[bytes, bytes] = SecretCache(lambda secret: secret[::-1], size=8)
+    secret = os.urandom(32)
+    with reading():
+        cache.forget([os.urandom(32)])
+        with reading():  # a call the tick makes, handed material the tick read before the forget
+            cache[secret]
+    assert not cache.holds(secret)
+
+
+class _PausingStore(SqliteStore):
+    """Holds the next key read (`pause_next`) after reading it, until `resume` is set: the call that
+    read the key waits there (for an HSM, a lock) while another call runs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, RootKey(os.urandom(32)))
+        self.paused, self.resume = asyncio.Event(), asyncio.Event()
+        self.pause_next = False
+
+    async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
+        key = await super().get_key(account, region, key_id)
+        if self.pause_next:
+            self.pause_next = False
+            self.paused.set()
+            await self.resume.wait()
+        return key
+
+
+@pytest.mark.parametrize(("spec", "call"), [
+    ("SYMMETRIC_DEFAULT", ("Encrypt", {"Plaintext": b"x"})),
+    ("ECC_NIST_P256", ("Sign", {"Message": b"m", "SigningAlgorithm": "ECDSA_SHA_256"})),
+])
+async def test_a_call_that_read_the_material_before_its_deletion_leaves_nothing_cached(
+        tmp_path: Path, spec: str, call: tuple[str, dict[str, Any]]) -> None:
+    # The interleaving, step by step: the call reads the key and waits; DeleteImportedKeyMaterial
+    # deletes the material (and forgets it); the call goes on and makes its entries from the
+    # material it read. It answers (it read the key before the deletion), and caches nothing of it.
+    store = _PausingStore(tmp_path / "keys.db")
+    allow = AllowAll()
+    service = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=allow, authorizer=allow))
+    usage = "ENCRYPT_DECRYPT" if spec == "SYMMETRIC_DEFAULT" else "SIGN_VERIFY"
+    key_id = await _create(service, Origin="EXTERNAL", KeySpec=spec, KeyUsage=usage)
+    await _import(service, key_id, os.urandom(32) if spec == "SYMMETRIC_DEFAULT" else _ecc_pkcs8())
+    secret = await _secret(store, key_id)
+    name, params = call
+    store.pause_next = True
+    reader = asyncio.create_task(service.execute(name, alice(), {"KeyId": key_id, **params}))
+    await store.paused.wait()
+    await service.execute("DeleteImportedKeyMaterial", alice(), {"KeyId": key_id})
+    store.resume.set()
+    assert await reader
+    assert not secret_cached(secret)
