@@ -32,6 +32,9 @@ __all__ = [
 
 ACCOUNT = "111122223333"
 OpenStore = Callable[[], Awaitable[Store]]
+# The store's own clock moving past its grace (a store other nodes share counts it by a clock they
+# all read, not a node's): None where the store has no grace.
+PassGrace = Callable[[], Awaitable[None]] | None
 TIGHT = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
          '"Principal":{"AWS":"arn:aws:iam::111122223333:user/alice"},"Action":"kms:*","Resource":"*"}]}')
 
@@ -114,10 +117,10 @@ async def the_record_is_owed_with_the_change_and_settled_once_durable(open_store
 
 
 async def a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start(
-        open_store: OpenStore, *, advance: float = 0.0) -> None:
+        open_store: OpenStore, *, pass_grace: PassGrace = None) -> None:
     """Killed after its write and before its record: the next start (its first tick) records the
-    call, under the eventID and requestID it had, as it stood at its write; once only. `advance`:
-    seconds the clock moves before that start (a store other nodes share waits its grace)."""
+    call, under the eventID and requestID it had, as it stood at its write; once only (where other
+    nodes share the store, once its grace passed: until then that start leaves it)."""
     store, spool, clock = await open_store(), Spool(), ManualClock()
     service = node(store, spool, clock)
     arn = await _key(service)
@@ -127,11 +130,11 @@ async def a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start
             "KeyId": arn, "GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:role/reader", "Operations": ["Decrypt"]})
     await store.close()
     spool.crash_at = set()
-    clock.advance(advance)
     store = await open_store()
     restarted = node(store, spool, clock)
     [grant] = await store.list_grants(ACCOUNT, "us-east-1", arn.rsplit("/", 1)[1])  # the change stood
     await restarted.run_due()  # the node's start
+    await _grace_passes(restarted, spool, "CreateGrant", pass_grace)
     await restarted.run_due()
     [record] = spool.named("CreateGrant")
     assert (record.request_id, record.resources, record.error_code) == ("req-grant", (arn,), None)
@@ -203,7 +206,7 @@ async def a_tick_leaves_a_call_in_flight_its_record(open_store: OpenStore) -> No
 
 
 async def a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(
-        open_store: OpenStore, *, advance: float = 0.0) -> None:
+        open_store: OpenStore, *, pass_grace: PassGrace = None) -> None:
     """KMS's own SynchronizeMultiRegionKey is owed by the write it announces (ReplicateKey's, which
     changes the primary): killed before it is durable, the next start records it and the call."""
     store, spool, clock = await open_store(), Spool(), ManualClock()
@@ -214,10 +217,10 @@ async def a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed
         await service.execute("ReplicateKey", context("req-replicate"), {"KeyId": arn, "ReplicaRegion": "eu-west-1"})
     await store.close()
     spool.crash_at = set()
-    clock.advance(advance)
     store = await open_store()
     restarted = node(store, spool, clock)
     await restarted.run_due()  # the start (which also activates the replica: its own SynchronizeMultiRegionKey)
+    await _grace_passes(restarted, spool, "ReplicateKey", pass_grace)
     await restarted.run_due()
     [synchronize] = [r for r in spool.named("SynchronizeMultiRegionKey") if r.resources == (arn,)]
     assert synchronize.internal_request_id is not None
@@ -242,11 +245,11 @@ async def a_call_refused_at_its_write_owes_nothing(open_store: OpenStore) -> Non
     await store.close()
 
 
-async def an_owed_record_dated_ahead_of_the_clock_is_recorded(open_store: OpenStore, *, grace: float) -> None:
+async def an_owed_record_dated_ahead_of_the_clock_is_recorded(
+        open_store: OpenStore, *, pass_grace: PassGrace = None) -> None:
     """Killed after its write; the node starts again with its clock an hour behind the record's
     eventTime (the wall clock set back, or another node's ahead): the record is still recorded, at
-    once where the store has one writer (`grace` 0), else once this node has seen it owed for the grace,
-    not an hour later."""
+    once where the store has one writer, else once the store's grace passed, not an hour later."""
     store, spool = await open_store(), Spool()
     service = node(store, spool, ManualClock(datetime(2026, 5, 1, 13, tzinfo=UTC)))
     arn = await _key(service)
@@ -259,12 +262,19 @@ async def an_owed_record_dated_ahead_of_the_clock_is_recorded(open_store: OpenSt
     store, clock = await open_store(), ManualClock(datetime(2026, 5, 1, 12, tzinfo=UTC))
     restarted = node(store, spool, clock)
     await restarted.run_due()
-    if grace:
-        assert spool.named("TagResource") == []
-        clock.advance(grace)
-        await restarted.run_due()
+    await _grace_passes(restarted, spool, "TagResource", pass_grace)
     await restarted.run_due()
     [record] = spool.named("TagResource")
     assert (record.request_id, record.event_time) == ("req-tag", datetime(2026, 5, 1, 13, tzinfo=UTC))
     assert await store.owed_records() == []
     await store.close()
+
+
+async def _grace_passes(service: KmsService, spool: Spool, name: str, pass_grace: PassGrace) -> None:
+    """Where the store has a grace, the record of `name` waits for it (the first tick left it), then
+    the tick after it passed records it."""
+    if pass_grace is None:
+        return
+    assert spool.named(name) == []
+    await pass_grace()
+    await service.run_due()

@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -149,10 +149,9 @@ def _same(record: CallRecord) -> CallRecord:
 async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
     """Record each record the store owes whose call is done, under its own eventID, then delete its
     row; the records left for the next tick, with why. The node's start and each scheduler tick run
-    this. A call is done if this node's call left its record owed, or (not in flight here) its record
-    is older than the store's grace (`_done`): where other nodes write the store, one may still
-    be making it durable."""
-    grace = timedelta(seconds=svc.store.owed_grace_seconds)
+    this. A call is done if this node's call left its record owed, or (not in flight here) its row is
+    past the store's grace (`_done`): where other nodes write the store, one may still be making it
+    durable."""
     failed: list[tuple[str, Exception]] = []
     async with svc.owed_lock:  # two passes at once (a tick, a dev clock moved) would record each twice
         # The calls in flight as the rows were read, not only when the pass reaches their row: one done
@@ -160,14 +159,15 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
         # its row as read is stale.
         busy = set(svc.in_flight)
         try:
-            now, owed = svc.clock.now(), await svc.store.owed_records()
+            owed = await svc.store.owed_records()
+            # After the rows were read: a row written again since is within its grace here, not taken.
+            recent = await svc.store.owed_within_grace()
         except Exception as exc:  # never raised: serve's first pass must not fail after its due work was recorded
             return [("the key store's owed records", exc)]
         busy |= svc.in_flight
         svc.left_owed &= {record.event_id for record in owed}  # another node's tick may have taken some up
-        svc.owed_seen = {record.event_id: svc.owed_seen.get(record.event_id, now) for record in owed}
         for record in owed:
-            if not _done(svc, record, busy, now, grace):
+            if not _done(svc, record.event_id, busy, recent):
                 continue
             try:
                 taken = await _take_up(svc, record.event_id)
@@ -179,17 +179,15 @@ async def record_owed(svc: KmsService) -> list[tuple[str, Exception]]:
     return failed
 
 
-def _done(svc: KmsService, record: CallRecord, busy: set[str], now: datetime, grace: timedelta) -> bool:
-    """Whether no call is left to make `record` durable: none here had it in flight (`busy`, as the
-    rows were read), and this node's call left it owed, or this node is the store's only writer (no
-    grace), or the record is older than the grace, its age counted from the earlier of its eventTime
-    and this node's first sight of it: an eventTime ahead of this node's clock (the wall clock set
-    back after a crash, another node's ahead of it) must not hold it back for that long."""
-    if record.event_id in busy or record.event_id in svc.in_flight:
+def _done(svc: KmsService, event_id: str, busy: set[str], recent: set[str]) -> bool:
+    """Whether no call is left to make the record of `event_id` durable: none here had it in flight
+    (`busy`, as the rows were read), and this node's call left it owed, or its row is past the
+    store's grace (not `recent`). The store counts the grace (`owed_within_grace`), not this node
+    from the record's eventTime by its own clock: a node whose clock was moved ahead (--dev-clock)
+    took up another node's call in flight, and one set back held an abandoned record as long."""
+    if event_id in busy or event_id in svc.in_flight:
         return False
-    if record.event_id in svc.left_owed:
-        return True
-    return not grace or now - min(record.event_time, svc.owed_seen[record.event_id]) >= grace
+    return event_id in svc.left_owed or event_id not in recent
 
 
 async def _take_up(svc: KmsService, event_id: str) -> bool:

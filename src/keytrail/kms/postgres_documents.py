@@ -27,7 +27,14 @@ CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, g
 CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
-CREATE TABLE IF NOT EXISTS kms_owed_records (event_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kms_owed_records (event_id TEXT PRIMARY KEY, doc TEXT NOT NULL,
+    written_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'kms_owed_records' AND column_name = 'written_at') THEN
+        ALTER TABLE kms_owed_records ADD COLUMN written_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """ + LEDGER_SCHEMA
 UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
@@ -38,8 +45,10 @@ UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
 UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
     ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
-UPSERT_OWED = """INSERT INTO kms_owed_records VALUES ($1, $2)
-    ON CONFLICT (event_id) DO UPDATE SET doc = EXCLUDED.doc"""
+# `written_at`: the database's clock, which every node sharing the store reads, whatever each node's
+# own says (a node's --dev-clock moved on): a tick counts an owed row's grace from it.
+UPSERT_OWED = """INSERT INTO kms_owed_records (event_id, doc) VALUES ($1, $2)
+    ON CONFLICT (event_id) DO UPDATE SET doc = EXCLUDED.doc, written_at = clock_timestamp()"""
 UPSERT_STORE = """INSERT INTO kms_custom_key_stores VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, store_id) DO UPDATE SET doc = EXCLUDED.doc"""
 

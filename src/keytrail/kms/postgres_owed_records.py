@@ -1,6 +1,8 @@
 """PostgresStore's audit records owed (the transactional outbox, kms/owed_records.py): the
 `kms_owed_records` rows each write carries with the record of the call a task is serving, read
-back by a tick (any node's) and deleted once the spool took them.
+back by a tick (any node's) and deleted once the spool took them. Each row notes when it was last
+written by the database's clock (`written_at`), from which a tick counts the grace it leaves to the
+call that wrote it: the nodes' own clocks may disagree, or be moved (--dev-clock).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from keytrail.kms.postgres_store_base import PostgresStoreBase
 from keytrail.kms.resealing import OWED_RECORDS
 from keytrail.kms.store import OwedWrites
 
-__all__ = ["PostgresOwedRecords"]
+__all__ = ["OWED_GRACE_SECONDS", "PostgresOwedRecords"]
+
+# Seconds a tick leaves a record owed by a call to that call: another node's call in flight records
+# it itself (a tick taking it up then records it twice, with one eventID). Well above a call's
+# longest wait on the store (a statement, a key's lock: DEFAULT_TIMEOUT each, kms/postgres_store.py).
+OWED_GRACE_SECONDS = 120.0
+# Counted by the database's clock at this statement, from the row's last write (by its clock too).
+_WITHIN_GRACE = """SELECT event_id FROM kms_owed_records
+    WHERE written_at > clock_timestamp() - make_interval(secs => $1)"""
 
 
 class PostgresOwedRecords(PostgresStoreBase):
@@ -42,6 +52,12 @@ class PostgresOwedRecords(PostgresStoreBase):
     async def owed_record(self, event_id: str) -> CallRecord | None:
         rows = await self._rows("SELECT event_id, doc FROM kms_owed_records WHERE event_id = $1", event_id)
         return next((record_from_doc(body) for body in self._verified_bodies(OWED_RECORDS, rows)), None)
+
+    async def owed_within_grace(self) -> set[str]:
+        """The rows written less than OWED_GRACE_SECONDS ago by the database's clock (the one every
+        node shares: a node's own may be moved on, by --dev-clock or by hand)."""
+        rows = await self._rows(_WITHIN_GRACE, OWED_GRACE_SECONDS)
+        return {row[0] for row in rows}
 
     async def settle_record(self, event_id: str) -> None:
         async with self._ledgered() as writer:

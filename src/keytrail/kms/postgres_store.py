@@ -42,7 +42,7 @@ from keytrail.kms.postgres_documents import (
     reauthenticate,
 )
 from keytrail.kms.postgres_ledger import CHECK_EVERY, LedgerWatch, LedgerWriter
-from keytrail.kms.postgres_owed_records import PostgresOwedRecords
+from keytrail.kms.postgres_owed_records import OWED_GRACE_SECONDS, PostgresOwedRecords
 from keytrail.kms.postgres_sealed_rows import PostgresSealedRows
 from keytrail.kms.resealing import (
     ALIASES,
@@ -55,15 +55,11 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import LedgerMismatch
 
-__all__ = ["DEFAULT_TIMEOUT", "PostgresStore", "StoreBusy"]
+__all__ = ["DEFAULT_TIMEOUT", "OWED_GRACE_SECONDS", "PostgresStore", "StoreBusy"]
 
 # Seconds a statement, a connection or a key's lock may take: well within a client's patience
 # (botocore reads for 60 s), so a stalled database gets a retryable answer, not a hung call.
 DEFAULT_TIMEOUT = 10.0
-# Seconds a tick leaves a record owed by a call to that call: another node's call in flight records
-# it itself (a tick taking it up then records it twice, with one eventID). Well above a call's
-# longest wait on the store (a statement, a key's lock: DEFAULT_TIMEOUT each).
-OWED_GRACE_SECONDS = 120.0
 # A connection that came back from a query this recently shows the database answers (`ping`).
 PING_RECENT_SECONDS = 1.0
 
@@ -82,8 +78,6 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
     """Keys, aliases, grants, import parameters and custom key stores (PostgresSealedRows) in
     PostgreSQL, and the audit records owed by changes (PostgresOwedRecords). What those parts
     share of it is PostgresStoreBase's."""
-
-    owed_grace_seconds = OWED_GRACE_SECONDS
 
     def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT,
                  check_every: float = CHECK_EVERY) -> None:

@@ -105,7 +105,6 @@ class KmsService:
         # `owed_lock`: one pass over the owed records at a time.
         self.in_flight: set[str] = set()
         self.left_owed: set[str] = set()
-        self.owed_seen: dict[str, datetime] = {}  # when a tick here first found each owed record
         self.owed_lock = asyncio.Lock()
         from keytrail.kms.operations import EXTENSIONS
 

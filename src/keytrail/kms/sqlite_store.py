@@ -97,7 +97,6 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
     import parameters and custom key stores (SqliteSealedRows) and owed audit records
     (SqliteOwedRecords) are there too. What those parts share of it is SqliteStoreBase's."""
 
-    owed_grace_seconds = 0.0  # the file's only writer: a record owed and not in flight here is abandoned
 
     def __init__(self, path: Path, root: RootKey, *, upgrade: bool = True) -> None:
         """`upgrade=False`: a store of a version before is upgraded in memory only, for a reader

@@ -122,10 +122,6 @@ class OwedRecordStore(Protocol):
     """The audit records changes owe (the transactional outbox; kms/owed_calls.py): a call's record
     is written in the same transaction as each of its changes, and deleted once the spool took it."""
 
-    # Seconds a tick leaves an owed record to the call that wrote it: 0 where this process is the
-    # store's only writer (its own calls in flight are known), else long enough for another node's.
-    owed_grace_seconds: float
-
     def owing(self, record: Callable[[], CallRecord]) -> AbstractAsyncContextManager[OwedWrites]:
         """Within it, every write of this task also writes `record()` (called at each write: the
         call as it stands) in the same transaction, over the row of its event id. Nested, each
@@ -140,6 +136,12 @@ class OwedRecordStore(Protocol):
         ...
     async def owed_record(self, event_id: str) -> CallRecord | None:
         """The owed record of `event_id` as it is now; None if it is settled (or its row is refused)."""
+        ...
+    async def owed_within_grace(self) -> set[str]:
+        """The event ids of the owed rows a tick leaves to the call that wrote them, which may be
+        another node's, still making its record durable: none where this process is the store's
+        only writer (its own calls in flight are known), else those written too recently, by a clock
+        every node sharing the store reads (never a node's own, which may be moved)."""
         ...
     async def settle_record(self, event_id: str) -> None:
         """Delete the owed row of `event_id`: its record is durable."""

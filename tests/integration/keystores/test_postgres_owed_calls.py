@@ -1,22 +1,25 @@
 """The audit record of a state-changing call, owed in the PostgreSQL key store (real server at
 127.0.0.1:5432) with its change: the scenarios of tests/unit/kms/test_owed_calls.py, and the grace
-a tick gives a record another node's call may still be making durable."""
+a tick gives a record another node's call may still be making durable, counted by the database's
+clock (a row's `written_at`): the tests move it on by dating the rows back, never by a node's clock."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import pytest
 
 from keytrail.clock import ManualClock
+from keytrail.kms import errors
 from keytrail.kms.model import CallRecord
 from keytrail.kms.postgres_store import OWED_GRACE_SECONDS, PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Store
 from tests.support import owed_calls
 from tests.support.owed_calls import Spool, context, node
-from tests.support.postgres import fetch
+from tests.support.postgres import fetch, fetch_value
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +33,15 @@ def _opener(dsn: str) -> Callable[[], Awaitable[Store]]:
     return open_store
 
 
+async def _date_back(dsn: str, seconds: float) -> None:
+    """The database's clock moving on by `seconds` for the owed rows: each dated that much earlier."""
+    await fetch(dsn, "UPDATE kms_owed_records SET written_at = written_at - make_interval(secs => $1)", seconds)
+
+
+def _grace_passes(dsn: str) -> Callable[[], Awaitable[None]]:
+    return lambda: _date_back(dsn, OWED_GRACE_SECONDS)
+
+
 async def test_the_record_is_owed_with_the_change_and_settled_once_durable(dsn: str) -> None:
     await owed_calls.the_record_is_owed_with_the_change_and_settled_once_durable(_opener(dsn))
 
@@ -37,12 +49,12 @@ async def test_the_record_is_owed_with_the_change_and_settled_once_durable(dsn: 
 async def test_a_crash_between_the_write_and_the_record_is_recorded_once_its_grace_is_over(dsn: str) -> None:
     # Another node may share the store: a restarted node cannot tell a dead call from theirs.
     await owed_calls.a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start(
-        _opener(dsn), advance=OWED_GRACE_SECONDS)
+        _opener(dsn), pass_grace=_grace_passes(dsn))
 
 
 async def test_a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(dsn: str) -> None:
     await owed_calls.a_crash_before_synchronize_multi_region_key_is_recorded_leaves_it_owed(
-        _opener(dsn), advance=OWED_GRACE_SECONDS)
+        _opener(dsn), pass_grace=_grace_passes(dsn))
 
 
 async def test_a_refused_record_of_a_change_is_recorded_once_the_spool_recovers(dsn: str) -> None:
@@ -63,7 +75,8 @@ async def test_a_tick_leaves_a_call_in_flight_its_record(dsn: str) -> None:
 
 async def test_a_record_another_node_owes_waits_for_its_grace(dsn: str) -> None:
     # Node A's call wrote its change and is (for all node B knows) about to record it: B's ticks
-    # leave it until the grace is over, then record it once.
+    # leave it until the grace is over by the database's clock (B's own moved on changes nothing),
+    # then record it once.
     open_store, clock = _opener(dsn), ManualClock()
     spool_a, spool_b = Spool(), Spool()
     store_a, store_b = await open_store(), await open_store()
@@ -75,10 +88,12 @@ async def test_a_record_another_node_owes_waits_for_its_grace(dsn: str) -> None:
     [(rows,)] = await fetch(dsn, "SELECT count(*) FROM kms_owed_records")
     assert rows == 1
     await b.run_due()
-    clock.advance(OWED_GRACE_SECONDS - 1)
+    clock.advance(OWED_GRACE_SECONDS)  # the nodes' clock: not the grace's
+    await b.run_due()
+    await _date_back(dsn, OWED_GRACE_SECONDS - 5)  # a few seconds left, however slow this test runs
     await b.run_due()
     assert spool_b.named("TagResource") == []
-    clock.advance(1)
+    await _date_back(dsn, 5)
     await b.run_due()
     await b.run_due()
     [record] = spool_b.named("TagResource")
@@ -102,7 +117,7 @@ async def test_two_nodes_ticking_at_once_record_an_abandoned_record_once(dsn: st
     spool.crash_at = set()
     store_b, store_c = await open_store(), await open_store()
     b, c = node(store_b, spool, clock), node(store_c, spool, clock)
-    clock.advance(OWED_GRACE_SECONDS)
+    await _date_back(dsn, OWED_GRACE_SECONDS)
 
     async def during(record: CallRecord) -> None:
         if record.event_name == "TagResource":
@@ -120,4 +135,71 @@ async def test_two_nodes_ticking_at_once_record_an_abandoned_record_once(dsn: st
 
 
 async def test_an_owed_record_dated_ahead_of_the_clock_is_recorded_after_the_grace(dsn: str) -> None:
-    await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(dsn), grace=OWED_GRACE_SECONDS)
+    await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(dsn), pass_grace=_grace_passes(dsn))
+
+
+async def test_a_node_whose_clock_was_moved_ahead_leaves_another_nodes_call_its_record(dsn: str) -> None:
+    # Node B runs with --dev-clock moved an hour ahead. Node A's TagResource wrote its change and is
+    # making its record durable when B ticks: B leaves the record to A (it was written just now by
+    # the database's clock), so the trail has it once. B measured its age from the record's eventTime
+    # by its own clock: an hour, past the grace, and it recorded it too, under the same eventID.
+    open_store, spool, moved = _opener(dsn), Spool(), ManualClock()
+    moved.advance(3600)
+    store_a, store_b = await open_store(), await open_store()
+    a, b = node(store_a, spool, ManualClock()), node(store_b, spool, moved)
+    arn = str((await a.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+
+    async def b_ticks(record: CallRecord) -> None:
+        if record.event_name == "TagResource":
+            spool.during = None
+            await b.run_due()
+
+    spool.during = b_ticks
+    await a.execute("TagResource", context("req-tag"), {"KeyId": arn, "Tags": [{"TagKey": "t", "TagValue": "v"}]})
+    [record] = spool.named("TagResource")
+    assert record.request_id == "req-tag"
+    assert await store_b.owed_records() == []
+    await store_a.close()
+    await store_b.close()
+
+
+async def _refused_disable(store: Store) -> CallRecord:
+    """A DisableKey whose record the spool refused, by a node whose clock is a day ahead: owed."""
+    spool, clock = Spool(), ManualClock()
+    clock.advance(86400)
+    service = node(store, spool, clock)
+    arn = str((await service.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+    spool.refuse_once = {"DisableKey"}
+    with pytest.raises(errors.KMSInternalException):
+        await service.execute("DisableKey", context("req-disable"), {"KeyId": arn})
+    [owed] = await store.owed_records()
+    return owed
+
+
+async def test_an_owed_row_is_dated_by_the_database_and_again_at_each_write(dsn: str) -> None:
+    # The grace counts from the row's last write by the database's clock, whatever the node's says:
+    # a call's later write (its final record, after the spool refused it) starts it again.
+    store = await _opener(dsn)()
+    owed = await _refused_disable(store)
+    age = await fetch_value(dsn, "SELECT clock_timestamp() - written_at FROM kms_owed_records")
+    assert timedelta(0) <= age < timedelta(seconds=OWED_GRACE_SECONDS)
+    assert await store.owed_within_grace() == {owed.event_id}
+    await _date_back(dsn, OWED_GRACE_SECONDS)
+    assert await store.owed_within_grace() == set()
+    await store.owe_record(owed)
+    assert await store.owed_within_grace() == {owed.event_id}
+    await store.close()
+
+
+async def test_a_store_made_before_the_owed_rows_were_dated_gets_the_column(dsn: str) -> None:
+    # A database a node of before made: opening it adds `written_at`, its rows dated as of then
+    # (a record owed then waits its grace from the upgrade, never less), and rows verify as before.
+    open_store = _opener(dsn)
+    store = await open_store()
+    owed = await _refused_disable(store)
+    await fetch(dsn, "ALTER TABLE kms_owed_records DROP COLUMN written_at")
+    await store.close()
+    store = await open_store()
+    assert await store.owed_within_grace() == {owed.event_id}
+    assert await store.owed_records() == [owed]
+    await store.close()

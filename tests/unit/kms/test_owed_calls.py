@@ -194,7 +194,7 @@ async def test_a_tick_does_not_record_again_a_call_done_while_it_recorded_anothe
 
 
 async def test_an_owed_record_dated_ahead_of_the_clock_is_recorded_at_once(tmp_path: Path) -> None:
-    await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(tmp_path / "keys.db"), grace=0)
+    await owed_calls.an_owed_record_dated_ahead_of_the_clock_is_recorded(_opener(tmp_path / "keys.db"))
 
 
 async def test_get_parameters_for_import_owes_its_record_with_the_parameters_it_stores(tmp_path: Path) -> None:
