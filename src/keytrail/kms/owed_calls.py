@@ -12,7 +12,9 @@ written twice only if the node stops after the spool took it and before its row 
 tick took up another node's call still in flight, and then with one `eventID`: consumers
 deduplicate on it. Read-only calls (Encrypt, Decrypt, GenerateDataKey, …) write nothing and owe
 nothing: they take the path of before. The SynchronizeMultiRegionKey records KMS makes itself are
-owed the same way by the write that changes the copies they announce (`owed_with_writes`).
+owed the same way by the write that changes the copies they announce (`owed_with_writes`). A call
+that failed at a COMMIT never answered owes its final record over the row its write may have left,
+and records it from there (`_record_unanswered`): not the error now and the write's row again later.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ async def run_owing(svc: KmsService, name: str, operation: Operation, call: Call
 
 async def _record(svc: KmsService, record: CallRecord, writes: OwedWrites) -> None:
     """Make the call's `record` durable, then delete the row its writes owed (if they made one)."""
+    if not writes.written and writes.sent:
+        await _record_unanswered(svc, record)
+        return
     if not writes.written:
         await svc.audit(record)
         return
@@ -95,6 +100,27 @@ async def _record(svc: KmsService, record: CallRecord, writes: OwedWrites) -> No
         await _keep_owed(svc, record)
         svc.left_owed.add(record.event_id)  # done: the next tick takes it up, whatever the store's grace
         raise changed_unrecorded(record) from None
+    await _settle(svc, record)
+
+
+async def _record_unanswered(svc: KmsService, record: CallRecord) -> None:
+    """The call failed at a write whose COMMIT was sent and never answered (PostgreSQL's connection
+    lost): the change and its owed row, the call as it stood at the write, may stand. Its final
+    `record` (the error it answers) is written over that row, or as a new one, and recorded from
+    there: a tick finds nothing left to record again, under the same eventID, saying otherwise."""
+    try:
+        await svc.store.owe_record(record)
+    except Exception as exc:
+        log.warning("the write of request %s was sent and its commit never answered, and the key store refuses its "
+                    "final audit record (%s): if the write stood, a tick records it again as it stood then, under the "
+                    "same eventID %s, after this record of the error", record.request_id, exc, record.event_id)
+        await svc.audit(record)
+        return
+    try:
+        await svc.audit(record)
+    except errors.KmsError:  # its row holds this record: the next tick records it; the call's own error stands
+        svc.left_owed.add(record.event_id)
+        return
     await _settle(svc, record)
 
 

@@ -117,6 +117,11 @@ class Owing:
         """The records this task's write must carry now (none: it owes none)."""
         return [owed.record() for owed in self._current.get()]
 
+    def sending(self) -> None:
+        """Note that this task's write is committing with its records (its answer may be lost)."""
+        for owed in self._current.get():
+            owed.writes.sent = True
+
     def written(self) -> None:
         """Note that this task's write committed with its records."""
         for owed in self._current.get():

@@ -159,6 +159,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
             for record in (owed := self._owing.records() if writer.changed else []):
                 await self._put_owed(writer, record)
             await writer.commit()
+            if owed:  # the COMMIT goes as the block ends: from here on, its answer may be lost
+                self._owing.sending()
         if owed:
             self._owing.written()
 

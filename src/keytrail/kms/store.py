@@ -113,9 +113,11 @@ class CustomKeyStoreStore(Protocol):
 
 @dataclass(slots=True)
 class OwedWrites:
-    """Whether a write carrying the record a call owes was committed (`OwedRecordStore.owing`)."""
+    """Whether a write carrying the record a call owes was committed (`OwedRecordStore.owing`), or
+    sent to commit (`sent`): a commit whose answer was lost (the connection dropped) may stand."""
 
     written: bool = False
+    sent: bool = False
 
 
 class OwedRecordStore(Protocol):

@@ -5,8 +5,10 @@ clock (a row's `written_at`): the tests move it on by dating the rows back, neve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -203,3 +205,68 @@ async def test_a_store_made_before_the_owed_rows_were_dated_gets_the_column(dsn:
     assert await store.owed_within_grace() == {owed.event_id}
     assert await store.owed_records() == [owed]
     await store.close()
+
+
+# PostgreSQL's answer to COMMIT (CommandComplete, tag "COMMIT"): sent once the transaction committed.
+_COMMITTED = b"C\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class _CommitAnswerLosingProxy:
+    """Forwards TCP to PostgreSQL; once `armed`, hangs up on the first connection whose server sends
+    the answer to a COMMIT, instead of passing it on: the server committed, the client never knows."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.port = 0
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    peer: asyncio.StreamWriter | None = None) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if peer is not None and self.armed and _COMMITTED in data:
+                    self.armed = False
+                    peer.close()
+                    break
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", 5432)
+        await asyncio.gather(self._pipe(reader, server_writer), self._pipe(server_reader, writer, server_writer))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_CommitAnswerLosingProxy]:
+        server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+
+
+async def test_a_commit_whose_answer_is_lost_is_recorded_once_as_answered(dsn: str) -> None:
+    # TagResource's write commits, and the connection drops before its answer: the call fails
+    # (KMSInternalException) though the tag stands. Its record, the error it answered, is written
+    # over the row its write left and recorded from there, once. Before, the error was recorded
+    # and the row kept the call as it stood at its write: a tick recorded that too after the grace,
+    # a second record with the same eventID saying the call succeeded.
+    async with _CommitAnswerLosingProxy().running() as proxy:
+        root, spool = RootKey(os.urandom(32)), Spool()
+        # No ledger checks in the background: their transactions' COMMITs are not the call's.
+        store = await PostgresStore.connect(dsn.replace(":5432/", f":{proxy.port}/"), root, check_every=3600)
+        service = node(store, spool, ManualClock())
+        arn = str((await service.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
+        proxy.armed = True
+        with pytest.raises(errors.KMSInternalException):
+            await service.execute("TagResource", context("req-tag"),
+                                  {"KeyId": arn, "Tags": [{"TagKey": "t", "TagValue": "v"}]})
+        assert not proxy.armed  # the COMMIT's answer was the one lost
+        key = await store.get_key(owed_calls.ACCOUNT, "us-east-1", arn.rsplit("/", 1)[1])
+        assert key is not None and key.tags == (("t", "v"),)  # the change stands
+        await _date_back(dsn, OWED_GRACE_SECONDS)
+        await service.run_due()
+        [record] = spool.named("TagResource")
+        assert (record.request_id, record.error_code) == ("req-tag", "KMSInternalException")
+        assert await store.owed_records() == []
+        await store.close()
