@@ -13,7 +13,7 @@ is full the entry made first goes first, not the one used least recently.
 A `forget` does not only drop what is cached: an entry made after it from material a call read
 before it (a Decrypt that read its key, then awaited, while DeleteImportedKeyMaterial deleted the
 material and forgot it) must not be kept either, or the deleted material would stay cached until
-pushed out. Each call (and tick) notes the forget generation as it starts (`reading`), before it
+pushed out. Each call (and tick) notes the forget generation as it starts (`begin_reads`), before it
 reads a key; an entry is kept only if no cache forgot anything since its call started. A forget
 is rare (a deletion), so the entry a call makes across one is only made again by the next call.
 """
@@ -23,10 +23,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TypeVar
 
-__all__ = ["SecretCache", "forgotten_since_read", "reading"]
+__all__ = ["SecretCache", "begin_reads", "end_reads", "forgotten_since_read", "reading"]
 
 K = TypeVar("K", bytes, tuple[bytes, bytes])
 V = TypeVar("V")
@@ -56,17 +56,28 @@ _FORGETS = _Generation()
 _READ_SINCE: ContextVar[int | None] = ContextVar("secret-reads-since", default=None)
 
 
+def begin_reads() -> Token[int | None]:
+    """From now on, material this task reads from keys is kept cached only if nothing is forgotten
+    meanwhile (a call or a tick, before it reads its keys); `end_reads` with what it returned. Nested
+    (a call a tick makes), the outer one's start counts: what the inner one is handed may have been
+    read before it. Two functions, not only a context manager, for the per-call path (~0.5 µs less)."""
+    outer = _READ_SINCE.get()
+    return _READ_SINCE.set(_FORGETS.value if outer is None else outer)
+
+
+def end_reads(token: Token[int | None]) -> None:
+    """The task's call (or tick) is over: back to what it read under before (`begin_reads`'s token)."""
+    _READ_SINCE.reset(token)
+
+
 @contextmanager
 def reading() -> Iterator[None]:
-    """Within it, material this task reads from keys is kept cached only if nothing is forgotten
-    meanwhile (a call or a tick, entered before it reads its keys). Nested (a call a tick makes),
-    the outer one's start counts: what the inner one is handed may have been read before it."""
-    outer = _READ_SINCE.get()
-    token = _READ_SINCE.set(_FORGETS.value if outer is None else outer)
+    """`begin_reads` to `end_reads` around its block."""
+    token = begin_reads()
     try:
         yield
     finally:
-        _READ_SINCE.reset(token)
+        end_reads(token)
 
 
 def _read_since() -> int:

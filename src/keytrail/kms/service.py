@@ -120,10 +120,11 @@ class KmsService:
             raise errors.UnknownOperationException(f"Operation {name} is not supported.")
         in_progress = self.deps.in_progress
         in_progress.count += 1
+        reads = secret_cache.begin_reads()  # before the call reads a key: its material may be deleted meanwhile
         try:
-            with secret_cache.reading():  # before the call reads a key: its material may be deleted meanwhile
-                return await self._run(name, operation, Call(context, params))
+            return await self._run(name, operation, Call(context, params))
         finally:
+            secret_cache.end_reads(reads)
             in_progress.count -= 1
 
     async def _run(self, name: str, operation: Operation, call: Call) -> Response:
