@@ -25,8 +25,10 @@ __all__ = ["OWED_GRACE_SECONDS", "PostgresOwedRecords"]
 # longest wait on the store (a statement, a key's lock: DEFAULT_TIMEOUT each, kms/postgres_store.py).
 OWED_GRACE_SECONDS = 120.0
 # Counted by the database's clock at this statement, from the row's last write (by its clock too).
+# `written_at` is not authenticated as the row's document is: a row dated ahead of the clock (edited,
+# or the database's clock set back since) is past its grace, or such an edit would hold it back for good.
 _WITHIN_GRACE = """SELECT event_id FROM kms_owed_records
-    WHERE written_at > clock_timestamp() - make_interval(secs => $1)"""
+    WHERE written_at BETWEEN clock_timestamp() - make_interval(secs => $1) AND clock_timestamp()"""
 
 
 class PostgresOwedRecords(PostgresStoreBase):

@@ -195,6 +195,8 @@ async def test_an_owed_row_is_dated_by_the_database_and_again_at_each_write(dsn:
     assert await store.owed_within_grace() == set()
     await store.owe_record(owed)
     assert await store.owed_within_grace() == {owed.event_id}
+    await _dated(dsn, -3600)  # dated an hour ahead (its column edited): not held back for that hour, nor for good
+    assert await store.owed_within_grace() == set()
     await store.close()
 
 
