@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keytrail.audit.schema import SchemaError, decode_batch
+from keytrail.audit.schema import SchemaError, decode_batch, event_id_bytes
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.owner_only import within, write_bytes
 from keytrail.transport.cloudtrail_logs import (
@@ -26,7 +26,7 @@ from keytrail.transport.cloudtrail_logs import (
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = ["EventLogUnreadable", "ImportReport", "ReadReport", "decoded_in_order", "export_cloudtrail",
-           "import_cloudtrail", "iter_cloudtrail_records", "iter_events"]
+           "import_cloudtrail", "iter_cloudtrail_records", "iter_events", "stored_event_ids"]
 
 _REQUIRED = ("eventID", "eventTime", "eventName")
 # What an account id and a Region look like; anything else (an imported record may hold any string)
@@ -46,9 +46,11 @@ class EventLogUnreadable(Exception):
 
 @dataclass(slots=True)
 class ImportReport(ReadReport):
-    """What an import read and stored; `stopped_at`: where the first record it did not import is,
-    when it was asked to stop (SIGTERM, SIGINT) before the end."""
+    """What an import read and stored; `duplicates`: KMS records passed over as their eventID is in
+    the event log already (or earlier in the import); `stopped_at`: where the first record it did
+    not import is, when it was asked to stop (SIGTERM, SIGINT) before the end."""
 
+    duplicates: int = 0
     stopped_at: str | None = None
 
 
@@ -65,14 +67,64 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str],
     report = ImportReport()
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir, imported=True))
     async with trail:
+        # Read once the writer lock is held: nobody else appends while the import runs.
+        seen = stored_event_ids(trail.log.directory)
         chunk: list[tuple[str, dict[str, Any]]] = []
         for located in _importable(paths, report, stop_requested):
+            if not _first_of_its_id(located[1], seen):
+                report.records -= 1
+                report.duplicates += 1
+                continue
             chunk.append(located)
             if len(chunk) >= _IMPORT_CHUNK:
-                await _append_chunk(trail, chunk, report)
+                await _append_chunk(trail, chunk, report, seen)
                 chunk = []
-        await _append_chunk(trail, chunk, report)
+        await _append_chunk(trail, chunk, report, seen)
     return report
+
+
+def stored_event_ids(log_dir: Path) -> set[bytes]:
+    """The eventIDs (UTF-8) of every record in the event log, read from each value's eventID field
+    alone (no record decoded), a segment at a time through a fresh reader, so that only one
+    segment's index is held besides the IDs. A record that cannot be read is passed over: it
+    matches no import (as `audit events` stops at it, `verify` names it)."""
+    ids: set[bytes] = set()
+    bases = SegmentLog(log_dir).segment_bases()
+    for base, end in zip(bases, [*bases[1:], None], strict=True):
+        reader, offset = SegmentLog(log_dir), base
+        while end is None or offset < end:
+            limit = _IMPORT_CHUNK if end is None else min(_IMPORT_CHUNK, end - offset)
+            first, values = reader.read_payloads(offset, limit)
+            if not values or first != offset:  # its end, damage, or deleted by retention meanwhile
+                break
+            ids.update(_event_ids(values))
+            offset = first + len(values)
+    return ids
+
+
+def _event_ids(values: Iterable[bytes]) -> Iterator[bytes]:
+    for value in values:
+        try:
+            yield event_id_bytes(value)
+        except SchemaError:
+            continue
+
+
+def _first_of_its_id(event: dict[str, Any], seen: set[bytes]) -> bool:
+    """Whether no record with the eventID of `event` is in the log or earlier in the import;
+    remembers it. CloudTrail's eventID is unique per event: a second record with it is the same
+    event, from a file imported before, or listed twice (a file and its folder, overlapping syncs)."""
+    key = _id_key(event)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _id_key(event: dict[str, Any]) -> bytes:
+    """The eventID as it is stored (numbers are stored as their text, as `_normalized` does)."""
+    event_id = event["eventID"]
+    return (event_id if isinstance(event_id, str) else str(event_id)).encode("utf-8", "surrogatepass")
 
 
 def _importable(paths: Iterable[Path | str], report: ImportReport,
@@ -99,10 +151,11 @@ def _importable(paths: Iterable[Path | str], report: ImportReport,
 _IMPORT_CHUNK = 2_000
 
 
-async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any]]], report: ReadReport) -> None:
+async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any]]], report: ReadReport,
+                        seen: set[bytes]) -> None:
     """Append many records (with where each is) at once, in order, so they share group commits
     (one fsync per batch instead of one per record); a record that cannot be stored is reported,
-    by file and index, and skipped."""
+    by file and index, and skipped (and its eventID forgotten: a later record with it is stored)."""
     async def store(event: dict[str, Any]) -> int:
         return await trail.append_event(_normalized(event))
 
@@ -111,6 +164,7 @@ async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any
         if isinstance(result, SchemaError | ValueError | TypeError | AttributeError):
             report.records -= 1
             report.problems.append(f"{where} (eventID {event.get('eventID')}): cannot be stored: {result}")
+            seen.discard(_id_key(event))
         elif isinstance(result, BaseException):
             raise result
 

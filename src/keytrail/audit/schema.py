@@ -35,6 +35,7 @@ __all__ = [
     "decode",
     "decode_batch",
     "encode",
+    "event_id_bytes",
     "flat_rows",
     "is_key_arn",
     "is_whole_value",
@@ -352,6 +353,55 @@ def message_key_bytes(data: bytes) -> bytes | None:
             return data[position:position + length]
         position += 1
     return None
+
+
+def event_id_bytes(data: bytes) -> bytes:
+    """The UTF-8 eventID of a value, read from its fourth field without decoding the rest (an
+    import checks every stored record's); SchemaError when `data` is no readable value."""
+    writer = _known_writers().get(data[2:_HEADER]) if data[:2] == MAGIC else None
+    if writer is None:
+        raise SchemaError("not a single-object encoded event of a known schema")
+    if not _event_id_fourth(data[2:_HEADER]):  # a writer laid out otherwise: decoded whole
+        return str(_codec().decode_avro(data)["eventID"]).encode()
+    try:
+        position = _HEADER
+        for _ in range(2):  # keyArn, recipientAccountId: optional strings (0x02: the string branch)
+            position += 1
+            if data[position - 1] == 2:
+                position = _past_string(data, position)
+        position = _past_string(data, position)  # eventVersion
+        length = data[position]  # eventID: its length, one byte for up to 63 bytes (a GUID's 36)
+        position += 1
+        if length > 0x7F:
+            length, position = _read_long(data, position - 1)
+        else:
+            length >>= 1  # zigzag: never odd for a length
+    except IndexError:
+        raise SchemaError("a damaged event body of a known schema (cut short)") from None
+    if length < 0 or position + length > len(data):
+        raise SchemaError("a damaged event body of a known schema (a length past its end)")
+    return data[position:position + length]
+
+
+def _past_string(data: bytes, position: int) -> int:
+    """Where the Avro string at `position` ends."""
+    length = data[position]
+    if length < 0x80:  # the usual case: one byte
+        return position + 1 + (length >> 1)
+    length, position = _read_long(data, position)
+    return position + length
+
+
+_EVENT_ID_LAYOUT = (("keyArn", ["null", "string"]), ("recipientAccountId", ["null", "string"]),
+                    ("eventVersion", "string"), ("eventID", "string"))
+
+
+@lru_cache(maxsize=8)
+def _event_id_fourth(fingerprint_bytes: bytes) -> bool:
+    """Whether the writer of this fingerprint starts with the fields `event_id_bytes` skips (every
+    version so far: the evolution rules only add fields, with keyArn and recipientAccountId first)."""
+    fields = _known_writers()[fingerprint_bytes]["fields"][:4]
+    return tuple((f["name"], f["type"]) for f in fields) == _EVENT_ID_LAYOUT
 
 
 def is_whole_value(data: bytes) -> bool:

@@ -285,7 +285,8 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
         _stopped(report, stop.received)
     digests = f"; {_count(report.digests, 'digest file')} passed over" if report.digests else ""
     typer.echo(f"imported {_count(report.records, 'KMS record')} from {_count(report.files, 'file')}; "
-               f"skipped {_count(report.skipped, 'record')} of other services; "
+               f"skipped {_count(report.skipped, 'record')} of other services and "
+               f"{report.duplicates} already in the event log; "
                f"{_count(len(report.problems), 'problem')}{digests}")
     if report.problems:  # what could be read is imported; a script still learns that some was not
         raise typer.Exit(1)

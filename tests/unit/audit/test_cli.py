@@ -87,6 +87,21 @@ def test_import_and_export(tmp_path: Path) -> None:
     assert out == f"wrote {len(files)} CloudTrail log file{plural} under {tmp_path / 'out' / 'AWSLogs'}\n"
 
 
+def test_an_import_run_again_over_the_same_files_counts_their_records_as_already_in_the_log(
+    tmp_path: Path
+) -> None:
+    node = str(tmp_path / "node")
+    assert _run("import", str(EXAMPLES), "--data-dir", node)[1] == (
+        "imported 9 KMS records from 1 file; skipped 1 record of other services and 0 already in the event log; "
+        "0 problems\n")
+    code, out, err = _run("import", str(EXAMPLES), "--data-dir", node)
+    assert (code, err) == (0, "")
+    assert out == ("imported 0 KMS records from 1 file; skipped 1 record of other services and 9 already in the "
+                   "event log; 0 problems\n")
+    code, out, _ = _run("events", "--data-dir", node)
+    assert code == 0 and len(out.splitlines()) == 9
+
+
 def test_an_export_into_the_data_dir_is_its_owners_alone(tmp_path: Path) -> None:
     # Inside the data dir the log files are what the rest there is: 0600 in 0700 folders, whatever
     # the umask; elsewhere, the umask's mode as any command's output.

@@ -52,10 +52,56 @@ async def test_malformed_files_are_reported_with_file_and_line_and_skipped(tmp_p
     gz = tmp_path / "logs" / "more.json.gz"
     gz.write_bytes(gzip.compress(EXAMPLES.read_bytes()))
     report = await import_cloudtrail(tmp_path / "node", [tmp_path / "logs"])
-    assert report.records == 18 and report.skipped == 2 and report.files == 2
+    # the two readable files hold the same records: the second's are passed over as duplicates
+    assert (report.records, report.duplicates, report.skipped, report.files) == (9, 9, 2, 2)
     assert any("broken.json: line 3" in p for p in report.problems), report.problems
     assert any("notrail.json" in p for p in report.problems)
     assert any("bad.json.gz" in p for p in report.problems)
+
+
+async def test_importing_the_same_file_twice_stores_each_record_once(tmp_path: Path) -> None:
+    first = await import_cloudtrail(tmp_path / "node", [EXAMPLES])
+    again = await import_cloudtrail(tmp_path / "node", [EXAMPLES])
+    assert (first.records, first.duplicates) == (9, 0)
+    assert (again.files, again.records, again.duplicates, again.skipped, again.problems) == (1, 0, 9, 1, [])
+    assert [event for _, event in iter_events(tmp_path / "node")] == _kms_examples()
+    assert verify(tmp_path / "node") == []
+
+
+async def test_a_file_overlapping_the_log_adds_only_its_new_records_in_file_order(tmp_path: Path) -> None:
+    kms = _kms_examples()
+    older, newer = tmp_path / "older.json", tmp_path / "newer.json"
+    older.write_text(json.dumps({"Records": kms[:5]}))
+    newer.write_text(json.dumps({"Records": [kms[7], kms[3], kms[5], kms[4], kms[8], kms[6]]}))
+    await import_cloudtrail(tmp_path / "node", [older])
+    report = await import_cloudtrail(tmp_path / "node", [newer])
+    assert (report.records, report.duplicates) == (4, 2)
+    assert [event for _, event in iter_events(tmp_path / "node")] == [*kms[:5], kms[7], kms[5], kms[8], kms[6]]
+
+
+async def test_records_repeated_within_one_import_or_already_logged_live_are_stored_once(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    await fill_trail_async(node, 5)  # calls the node answered, exported, then imported back
+    export_cloudtrail(node, tmp_path / "out")
+    kms = _kms_examples()
+    repeated = tmp_path / "repeated.json"
+    repeated.write_text(json.dumps({"Records": [kms[0], {**kms[1], "eventID": 12}, kms[0],
+                                                {**kms[2], "eventID": "12"}]}))
+    report = await import_cloudtrail(node, [tmp_path / "out", repeated, EXAMPLES])
+    # the exported five; then kms[0] again and "12" (12 is stored as "12"); then kms[0] a third time
+    assert (report.records, report.duplicates) == (2 + 8, 5 + 2 + 1)
+    events = [event for _, event in iter_events(node)]
+    assert len(events) == 5 + 10 and len({e["eventID"] for e in events}) == len(events)
+
+
+async def test_a_record_that_cannot_be_stored_leaves_its_event_id_free_for_a_later_import(tmp_path: Path) -> None:
+    good = _kms_examples()[0]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"Records": [{**good, "eventTime": "0001-01-01T00:00:00+05:30"}]}))
+    assert (await import_cloudtrail(tmp_path / "node", [path])).records == 0  # out of range in UTC
+    path.write_text(json.dumps({"Records": [good]}))
+    report = await import_cloudtrail(tmp_path / "node", [path])
+    assert (report.records, report.duplicates) == (1, 0)
 
 
 def test_iterator_reads_offline_without_an_event_log(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import fastavro
 import polars as pl
+import pytest
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 import keytrail
@@ -18,9 +19,11 @@ from keytrail.audit.schema import (
     SCHEMA_DIR,
     SCHEMA_PATH,
     EventCodec,
+    SchemaError,
     decode,
     decode_batch,
     encode,
+    event_id_bytes,
     flat_rows,
     load_schema,
     message_key,
@@ -141,3 +144,24 @@ def test_the_package_ships_every_schema_file() -> None:
     shipped = {path.resolve() for pattern in globs for path in package.glob(pattern)}
     schema_files = {path.resolve() for path in repository_schemas.rglob("*.avsc")}
     assert schema_files and schema_files <= shipped
+
+
+def test_event_id_bytes_reads_the_event_id_of_every_writer_version_without_decoding() -> None:
+    from keytrail.audit.schema import MAGIC, _fingerprint, to_avro
+
+    old = load_schema(SCHEMA_DIR / "history" / "cloudtrail_event.v1.avsc")
+    keyless = to_cloudtrail(encrypt_call(7, resources=(), event_name="ListKeys"))  # keyArn null
+    old_value = io.BytesIO()
+    old_value.write(MAGIC + _fingerprint(old))
+    fastavro.schemaless_writer(old_value, old, {k: v for k, v in to_avro(keyless).items()
+                                                if k not in ("keyMaterialId", "invokedBy")})
+    odd = {**to_cloudtrail(encrypt_call(8)), "eventID": "é-not-a-guid", "eventVersion": "1." + "1" * 200}
+    for event, value in ((keyless, old_value.getvalue()), (keyless, encode(keyless)), (odd, encode(odd))):
+        assert event_id_bytes(value) == event["eventID"].encode()
+
+
+def test_event_id_bytes_of_a_damaged_value_is_a_schema_error_not_a_crash() -> None:
+    value = encode(to_cloudtrail(encrypt_call(9)))
+    for damaged in (value[:14], value[:10] + b"\x02\xff\xff\xff\x0f", b"\xc3\x01unknown!", b""):
+        with pytest.raises(SchemaError):
+            event_id_bytes(damaged)

@@ -91,8 +91,9 @@ def test_import_reports_and_skips_a_gzip_file_damaged_inside(tmp_path: Path) -> 
     # What could be read is imported; the exit status tells a script that some could not.
     assert "Traceback" not in result.stderr and result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")
-    assert result.stdout == ("imported 300 KMS records from 1 file; skipped 0 records of other services; "
-                             "1 problem\n")
+    # its 300 records repeat one eventID (one event): stored once
+    assert result.stdout == ("imported 1 KMS record from 1 file; skipped 0 records of other services and 299 already "
+                             "in the event log; 1 problem\n")
 
 
 def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(tmp_path: Path) -> None:
@@ -454,8 +455,8 @@ def test_report_and_import_of_a_trail_bucket_say_nothing_of_its_digest_files(tmp
     assert result.returncode == 0 and "CloudTrail-Digest" not in result.stderr, result.stderr
     result = _keytrail("audit", "import", bucket, "--data-dir", tmp_path / "node")
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert result.stdout == ("imported 9 KMS records from 2 files; skipped 2 records of other services; "
-                             "0 problems; 1 digest file passed over\n")
+    assert result.stdout == ("imported 9 KMS records from 2 files; skipped 2 records of other services and 0 already "
+                             "in the event log; 0 problems; 1 digest file passed over\n")
 
 
 def test_serve_makes_a_new_data_dir_the_owners_only(tmp_path: Path) -> None:
