@@ -307,7 +307,7 @@ def _storage(
     first = math.ceil(since.timestamp() / 3600) if since else _NEVER
     last = math.ceil(until.timestamp() / 3600)
     shared = _multi_region_rotations(customer)
-    for (key_arn,), events in customer.group_by(["keyArn"]):
+    for key_arn, events in _events_by_key(customer).items():
         if key_arn in aws_managed:
             continue  # AWS managed keys cost nothing to store
         segments = billed_segments(_key_events(str(key_arn), events, shared), prices.billed_rotations)
@@ -346,9 +346,19 @@ def _multi_region_id(key_arn: str) -> str:
     return f"{parts[4]}:{parts[5]}"  # account and key/mrk-…: the same in every Region
 
 
-def _key_events(key_arn: str, events: pl.DataFrame, shared: dict[str, list[datetime]]) -> list[tuple[datetime, str]]:
+def _events_by_key(lifecycle: pl.DataFrame) -> dict[str | None, list[tuple[datetime, str]]]:
+    """Each key's (time, event name) pairs, from one pass over the rows: an export prices every
+    day of a long history, and a group_by iterated per day gathered one frame per key each time
+    (most of a first export's time)."""
+    events: dict[str | None, list[tuple[datetime, str]]] = {}
+    for key_arn, when, name in lifecycle.select("keyArn", "eventTime", "eventName").iter_rows():
+        events.setdefault(key_arn, []).append((when, name))
+    return events
+
+
+def _key_events(key_arn: str, own: list[tuple[datetime, str]],
+                shared: dict[str, list[datetime]]) -> list[tuple[datetime, str]]:
     """One key's (time, event name) pairs; a multi-Region key's rotations are its family's."""
-    own = list(zip(events["eventTime"], events["eventName"], strict=True))
     if ":key/mrk-" not in key_arn:
         return own
     rotations = shared.get(_multi_region_id(key_arn), [])
