@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 
 import polars as pl
 
@@ -310,7 +311,7 @@ def _storage(
     for key_arn, events in _events_by_key(customer).items():
         if key_arn in aws_managed:
             continue  # AWS managed keys cost nothing to store
-        segments = billed_segments(_key_events(str(key_arn), events, shared), prices.billed_rotations)
+        segments = tuple(billed_segments(_key_events(str(key_arn), events, shared), prices.billed_rotations))
         # Rounded where the key's running totals stand at the window's bounds, not over the window:
         # windows side by side (the daily cost tables) then add up to the one that spans them, exactly.
         months_before, rated_before = _running_totals(segments, prices, first)
@@ -320,8 +321,11 @@ def _storage(
                    _decimal(rated) - _decimal(rated_before))
 
 
-def _running_totals(segments: Iterable[Segment], prices: PriceTable, hour: int) -> tuple[Fraction, Fraction]:
-    """Key-months and their cost (exact) of `segments` billed before the clock hour `hour`."""
+@lru_cache(maxsize=4096)
+def _running_totals(segments: tuple[Segment, ...], prices: PriceTable, hour: int) -> tuple[Fraction, Fraction]:
+    """Key-months and their cost (exact) of `segments` billed before the clock hour `hour`. Kept
+    for a few thousand keys: an export prices day after day, and a day's start is the day
+    before's end, at which the key's totals (its segments unchanged) were just worked out."""
     months = rated = Fraction(0)
     for seg in segments:
         rate = prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
