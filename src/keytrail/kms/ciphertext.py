@@ -36,8 +36,8 @@ from keytrail.kms.errors import InvalidCiphertextException
 from keytrail.kms.secret_cache import SecretCache, forgotten_since_read
 
 __all__ = [
-    "FORMAT_V1", "FORMAT_V2", "FORMAT_V3", "SUBKEY_BLOBS", "TOKEN_SALT", "BlobHeader", "encode_context",
-    "forget_secrets", "holds_secret", "open_blob", "read_header", "seal_blob",
+    "FORMAT_V1", "FORMAT_V2", "FORMAT_V3", "SUBKEY_BLOBS", "TOKEN_SALT", "BlobHeader", "cached_secrets",
+    "encode_context", "forget_secrets", "holds_secret", "open_blob", "read_header", "seal_blob",
 ]
 
 FORMAT_V1 = 0x01  # GCM under the version's secret, random nonce
@@ -143,6 +143,11 @@ def forget_secrets(secrets: Collection[bytes]) -> None:
     _DERIVED.forget(secrets)
     for secret in secrets:
         _SEALING.pop(secret, None)
+
+
+def cached_secrets() -> set[bytes]:
+    """The secrets anything is cached for here."""
+    return _AEADS.secrets() | _DERIVATIONS.secrets() | _DERIVED.secrets() | set(_SEALING)
 
 
 def holds_secret(secret: bytes) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
@@ -16,7 +16,10 @@ from keytrail.kms.errors import ThrottlingException, UnsupportedOperationExcepti
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeySpec
 
-__all__ = ["GENERATORS", "SLOW_GENERATIONS", "SlowGenerations", "forget_deleted", "generate_secret", "secret_cached"]
+__all__ = [
+    "GENERATORS", "SLOW_GENERATIONS", "SlowGenerations", "cached_secrets", "forget_deleted", "forget_unheld",
+    "generate_secret", "secret_cached",
+]
 
 T = TypeVar("T")
 THROTTLED = "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls."
@@ -85,6 +88,25 @@ def forget_deleted(before: Key, after: Iterable[Key] = ()) -> None:
     it was imported into) is made again on its next use."""
     kept = {m.secret for key in after for m in key.materials}
     gone = {m.secret for m in before.materials if m.secret and m.secret not in kept}
+    if gone:
+        PRIVATE_KEYS.forget(gone)
+        ciphertext.forget_secrets(gone)
+
+
+def cached_secrets() -> set[bytes]:
+    """The secrets any cache here holds something made from (the scheduler's sweep)."""
+    return PRIVATE_KEYS.secrets() | ciphertext.cached_secrets()
+
+
+def forget_unheld(cached: Collection[bytes], keys: Iterable[Key]) -> None:
+    """Drop what was made from those of `cached` (`cached_secrets()` before `keys` were read) that
+    none of `keys`, every key in the store, holds: material deleted by another node sharing the
+    store, which forgets only in its own process (`forget_deleted`). Secrets cached after `keys`
+    were read (a key created meanwhile) are not in `cached`, so not taken for deleted."""
+    if not cached:
+        return
+    held = {m.secret for key in keys for m in key.materials if m.secret in cached}
+    gone = set(cached) - held
     if gone:
         PRIVATE_KEYS.forget(gone)
         ciphertext.forget_secrets(gone)

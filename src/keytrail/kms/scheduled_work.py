@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from keytrail.kms import errors, multiregion, owed_calls, service_events
 from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key
-from keytrail.kms.material import forget_deleted
+from keytrail.kms.material import cached_secrets, forget_deleted, forget_unheld
 from keytrail.kms.model import KeyState
 
 if TYPE_CHECKING:
@@ -77,11 +77,14 @@ async def run_due(svc: KmsService) -> None:
     refused, a store write failed) is left for the next tick, and so is an owed record the spool
     refuses, logged when those left over or the reasons change; the ones after it still run."""
     failed: list[tuple[str, Exception]] = []
-    for key in await svc.store.all_keys():
+    cached = cached_secrets()  # before the keys are read: a key made meanwhile is not among them
+    keys = await svc.store.all_keys()
+    for key in keys:
         try:
             await apply_due(svc, key)
         except Exception as exc:
             failed.append((key.arn, exc))
+    forget_unheld(cached, keys)  # material another node sharing the store deleted
     svc.due_work.key_failures.tick(failed)
     svc.due_work.owed_failures.tick(await owed_calls.record_owed(svc))
     await _run_tick_work(svc)

@@ -128,6 +128,11 @@ class SecretCache(dict[K, V]):
             for key in [key for key in self if _secret_of(key) in secrets]:
                 del self[key]
 
+    def secrets(self) -> set[bytes]:
+        """The secrets entries are kept for (the scheduler's sweep, not the hot path)."""
+        with self._lock:
+            return {_secret_of(key) for key in self}
+
     def holds(self, secret: bytes) -> bool:
         """Whether an entry made from `secret` is kept (for checks and tests, not the hot path)."""
         with self._lock:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from keytrail.clock import ManualClock
 from keytrail.kms import asymmetric
+from keytrail.kms.importing import without_material
 from keytrail.kms.keys import Key
 from keytrail.kms.material import secret_cached
 from keytrail.kms.sealing import RootKey
@@ -213,3 +214,27 @@ async def test_a_call_that_read_the_material_before_its_deletion_leaves_nothing_
     store.resume.set()
     assert await reader
     assert not secret_cached(secret)
+
+
+@pytest.mark.parametrize(("spec", "usage", "material"), [
+    ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", lambda: os.urandom(32)),
+    ("ECC_NIST_P256", "SIGN_VERIFY", _ecc_pkcs8),
+])
+async def test_material_another_node_deleted_is_dropped_at_this_nodes_next_tick(
+        tmp_path: Path, spec: str, usage: str, material: Any) -> None:
+    # Nodes sharing a PostgreSQL store: another one deletes the material (its write, here made on the
+    # store directly) and forgets only its own entries; this one is not told. Its next tick, which
+    # reads every key, drops what it made from a secret no key holds any more.
+    store, service = allow_all_service(tmp_path)
+    key_id = await _create(service, Origin="EXTERNAL", KeySpec=spec, KeyUsage=usage)
+    kept = await _create(service)
+    await _import(service, key_id, material())
+    secret, kept_secret = await _secret(store, key_id), await _secret(store, kept)
+    await _use(service, key_id, spec)
+    await _use(service, kept, "SYMMETRIC_DEFAULT")
+    key = await store.get_key(ACCOUNT, "us-east-1", key_id)
+    assert key is not None
+    await store.put_key(without_material(key))
+    await service.run_due()
+    assert not secret_cached(secret)
+    assert secret_cached(kept_secret)
