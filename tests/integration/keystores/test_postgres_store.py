@@ -18,6 +18,7 @@ from keytrail.kms.authz import OwnAccountAuthorizer
 from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.material import secret_cached
 from keytrail.kms.model import CallRecord
 from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey, SealError
@@ -214,3 +215,23 @@ async def _table_files(dsn: str) -> dict[str, int]:
                 for table in ("kms_keys", "kms_import_parameters", "kms_custom_key_stores")}
     finally:
         await connection.close()
+
+
+async def test_a_key_another_node_deleted_leaves_this_nodes_caches_at_its_next_tick(dsn: str) -> None:
+    # Node B served Encrypt and Decrypt with the key; node A deletes it (its waiting period over) and
+    # forgets only in its own process: B's next tick, reading every key, drops what B made from it.
+    root, clock = RootKey(os.urandom(32)), ManualClock(NOW)
+    store_a, store_b = await PostgresStore.connect(dsn, root), await PostgresStore.connect(dsn, root)
+    b = Node(store_b, clock, "us-east-1")
+    key_id = (await b("CreateKey"))["KeyMetadata"]["KeyId"]
+    blob = (await b("Encrypt", KeyId=key_id, Plaintext=b"x"))["CiphertextBlob"]
+    await b("Decrypt", CiphertextBlob=blob)
+    key = await store_a.get_key(ACCOUNT, "us-east-1", key_id)
+    assert key is not None and key.current_material is not None
+    secret = key.current_material.secret
+    assert secret_cached(secret)
+    await store_a.delete_key(key)  # A's write alone: B's process is not told
+    await b.svc.run_due()
+    assert not secret_cached(secret)
+    await store_a.close()
+    await store_b.close()
