@@ -136,7 +136,7 @@ async def test_a_record_the_broker_leaves_unanswered_alone_is_dead_lettered_and_
     strikes). aiokafka fails it with RequestTimedOutError (the fake producer's KafkaTimeoutError
     alone was taken for the hook reached: this record was the hook out of reach, probed for ever,
     and the alarms behind it never tried). One attempt per delivery: each held request costs the
-    producer's 10 s timeout."""
+    producer's request timeout, shortened here to 2 s."""
     from keytrail.detect.sinks import Dispatcher
     from keytrail.detect.sinks.kafka import KafkaSink
 
@@ -147,6 +147,7 @@ async def test_a_record_the_broker_leaves_unanswered_alone_is_dead_lettered_and_
         async with KafkaProxy(int(direct.rsplit(":", 1)[1]), proxy_port) as proxy:
             proxy.hold_produce(alarms[1].alarm_id.encode())
             sink = KafkaSink(proxy.bootstrap, topic, attempts=1, backoff=0.05, dead_letter=dead_letter)
+            sink.request_timeout_ms = 2_000
             dispatcher = Dispatcher([sink], pause=(0.1, 0.5), send_ahead_after=0)
             with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
                 for alarm in alarms:

@@ -45,6 +45,7 @@ REFUSALS = (CorruptRecordException, InvalidMessageError, InvalidTimestampError, 
 # record's batch does not outlive), the same error code a broker answers when the replicas do not
 # acknowledge in time; KafkaTimeoutError is a batch expiring before it was sent (no leader).
 SEND_TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError)
+REQUEST_TIMEOUT_MS = 10_000
 
 
 class KafkaSink:
@@ -62,6 +63,9 @@ class KafkaSink:
         self.dead_letters = DeadLetters(dead_letter, "Kafka") if dead_letter is not None else None
         self._producer: AIOKafkaProducer | None = None
         self._attempts = Attempts("Kafka", attempts, backoff)
+        # How long the broker has to answer a produce request: past it the record times out alone
+        # (SEND_TIMEOUTS). Tests that hold a request shorten it.
+        self.request_timeout_ms = REQUEST_TIMEOUT_MS
 
     async def deliver(self, alarm: Alarm) -> None:
         value, key = encode_alarm(alarm), (alarm.key_arn or alarm.account_id or alarm.rule).encode()
@@ -95,7 +99,7 @@ class KafkaSink:
                 bootstrap_servers=self.bootstrap,
                 acks="all",
                 enable_idempotence=False,
-                request_timeout_ms=10_000,
+                request_timeout_ms=self.request_timeout_ms,
             )
             try:
                 with quiet_bootstrap():  # the failure is logged once, by `deliver`
