@@ -6,9 +6,8 @@ clock (a row's `written_at`): the tests move it on by dating the rows back, neve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -21,7 +20,7 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Store
 from tests.support import owed_calls
 from tests.support.owed_calls import Spool, context, node
-from tests.support.postgres import fetch, fetch_value
+from tests.support.postgres import PostgresProxy, fetch, fetch_value
 
 pytestmark = pytest.mark.integration
 
@@ -218,38 +217,21 @@ async def test_a_store_made_before_the_owed_rows_were_dated_gets_the_column(dsn:
 _COMMITTED = b"C\x00\x00\x00\x0bCOMMIT\x00"
 
 
-class _CommitAnswerLosingProxy:
+class _CommitAnswerLosingProxy(PostgresProxy):
     """Forwards TCP to PostgreSQL; once `armed`, hangs up on the first connection whose server sends
     the answer to a COMMIT, instead of passing it on: the server committed, the client never knows."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.armed = False
-        self.port = 0
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    peer: asyncio.StreamWriter | None = None) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                if peer is not None and self.armed and _COMMITTED in data:
-                    self.armed = False
-                    peer.close()
-                    break
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", 5432)
-        await asyncio.gather(self._pipe(reader, server_writer), self._pipe(server_reader, writer, server_writer))
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[_CommitAnswerLosingProxy]:
-        server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        try:
-            yield self
-        finally:
-            server.close()
+    async def _forward(self, data: bytes, writer: asyncio.StreamWriter, source: asyncio.StreamWriter,
+                       from_server: bool) -> bool:
+        if from_server and self.armed and _COMMITTED in data:
+            self.armed = False
+            source.close()
+            return False
+        return await super()._forward(data, writer, source, from_server)
 
 
 async def test_a_commit_whose_answer_is_lost_is_recorded_once_as_answered(dsn: str) -> None:

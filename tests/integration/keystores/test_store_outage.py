@@ -5,10 +5,8 @@ until the client gives up (and holding every pooled connection meanwhile)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -18,39 +16,23 @@ from keytrail.kms import errors
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_postgres_store import Node
-from tests.support.postgres import fresh_database
+from tests.support.postgres import PostgresProxy, fresh_database
 
 pytestmark = pytest.mark.integration
 
 
-class _StallingProxy:
+class _StallingProxy(PostgresProxy):
     """Forwards TCP to PostgreSQL until `stall()`; from then on nothing goes through either way."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.stalled = asyncio.Event()
-        self.port = 0
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                if self.stalled.is_set():
-                    await asyncio.Event().wait()  # forever: a silent peer
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", 5432)
-        await asyncio.gather(self._pipe(reader, server_writer), self._pipe(server_reader, writer))
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[_StallingProxy]:
-        server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        try:
-            yield self
-        finally:
-            server.close()
+    async def _forward(self, data: bytes, writer: asyncio.StreamWriter, source: asyncio.StreamWriter,
+                       from_server: bool) -> bool:
+        if self.stalled.is_set():
+            await asyncio.Event().wait()  # forever: a silent peer
+        return await super()._forward(data, writer, source, from_server)
 
 
 @pytest.mark.parametrize("operation", ["DescribeKey", "TagResource"])
