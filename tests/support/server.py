@@ -93,6 +93,8 @@ class KeytrailServer:
                     return self
             except (TimeoutError, OSError):
                 pass
+        self.proc.kill()  # else it outlives the test run, serving on, when it starts after all
+        self.proc.wait()
         raise TimeoutError(f"keytrail serve did not start: {self.log.read_text()[-2000:]}")
 
     def _limit_open_files(self) -> None:
