@@ -98,34 +98,56 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
 
     _require_log(data_dir)
     followed = _FollowedLog(audit_paths(data_dir)[0])
-    log, shown = followed.log, _ShownRecords()
-    offset = max(log.start_offset(), log.end_offset() - lines)
+    # Counted by a reader of its own: the follower's index would cover the records from `offset` on
+    # before it reads them, and read them back as indexed, unchecked, were the file cut meanwhile.
+    counted = SegmentLog(followed.directory)
+    offset, shown = max(counted.start_offset(), counted.end_offset() - lines), _ShownRecords()
     try:
         while True:
             if followed.replaced():
                 typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
                            "following the new one from its start", err=True)
-                log, offset, shown = followed.log, followed.log.start_offset(), _ShownRecords()
-            elif (cut := shown.cut_back(log)) is not None:
-                gone = offset - cut
-                typer.echo(f"keytrail audit tail: the event log was cut back to offset {cut} (a torn tail cut by a "
-                           f"restarted keytrail serve): the {gone} record{'s' * (gone != 1)} shown from there "
-                           "are no longer in it; following the log from there", err=True)
-                log = followed.log = SegmentLog(followed.directory)
-                offset = cut
-            for offset_read, payload, event in _records(data_dir, offset, log):
-                sys.stdout.write(_line(event, fmt) + "\n")
-                shown.add(offset_read, payload)
-                offset = offset_read + 1
+                offset, shown = followed.log.start_offset(), _ShownRecords()
+            offset = _show_new(data_dir, fmt, followed, offset, shown)
             sys.stdout.flush()
             if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
-                _require_whole_log(data_dir, log)
+                _require_whole_log(data_dir, followed.log)
                 return
             if _reader_gone(sys.stdout):  # as a write to it would fail: quietly, exit 1
                 raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
             time.sleep(interval)
     except KeyboardInterrupt:
         return
+
+
+def _show_new(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, shown: _ShownRecords) -> int:
+    """Show the records from `offset` on; the offset after the last shown. A batch read is shown
+    once the log is found, after the read, to hold it still, and the last record shown before it;
+    else the log was cut back: that is said, and the log read afresh from the cut."""
+    while True:
+        records = followed.log.read(offset, 2000)
+        if not shown.still_there(followed.log, offset, records):
+            offset = _follow_from_cut(followed, offset, shown)
+            continue
+        if not records:
+            return offset
+        for offset_read, payload, event in _decoded(data_dir, records):
+            sys.stdout.write(_line(event, fmt) + "\n")
+            shown.add(offset_read, payload)
+        offset = records[-1][0] + 1
+
+
+def _follow_from_cut(followed: _FollowedLog, offset: int, shown: _ShownRecords) -> int:
+    """Say how many records shown the cut took, if any, and read the log afresh (the reader's index
+    of the segment is stale): the offset to follow it from."""
+    cut = shown.cut_back(followed.directory, offset)
+    if cut < offset:
+        gone = offset - cut
+        typer.echo(f"keytrail audit tail: the event log was cut back to offset {cut} (a torn tail cut by a "
+                   f"restarted keytrail serve): the {gone} record{'s' * (gone != 1)} shown from there "
+                   "are no longer in it; following the log from there", err=True)
+    followed.log = SegmentLog(followed.directory)
+    return cut
 
 
 class _FollowedLog:
@@ -148,18 +170,16 @@ class _FollowedLog:
         return True
 
 
-def _records(data_dir: Path, start: int, log: SegmentLog) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    """(offset, value, CloudTrail record) of the stored events from `start`, oldest first."""
+def _decoded(data_dir: Path, records: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """(offset, value, CloudTrail record) of `records`, in order."""
     from keytrail.audit.cloudtrail_files import decoded_in_order
     from keytrail.audit.schema import SchemaError
 
-    while records := log.read(start, 2000):
-        events = decoded_in_order([value for _, value in records])
-        try:  # the records before an unreadable one are shown, then it is named
-            yield from ((offset, value, event) for (offset, value), event in zip(records, events, strict=True))
-        except SchemaError as exc:
-            _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
-        start = records[-1][0] + 1
+    events = decoded_in_order([value for _, value in records])
+    try:  # the records before an unreadable one are shown, then it is named
+        yield from ((offset, value, event) for (offset, value), event in zip(records, events, strict=True))
+    except SchemaError as exc:
+        _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
 
 
 class _ShownRecords:
@@ -167,48 +187,55 @@ class _ShownRecords:
     opens the log cuts a torn tail in place: a crash of the machine can take records the page cache
     held, written (and shown) but not yet synced, and no acknowledged call with them. The writer
     then numbers its new records from the cut on, and the reader's index of the segment points past
-    the file's end, or into the new frames once the file grows again: `tail` waited in silence."""
+    the file's end, or into the new frames once the file grows again: `tail` waited in silence, or
+    (the new records framed as the old were) showed the new records past the old end as if they
+    followed the old ones."""
 
     def __init__(self) -> None:
-        self.first = 0  # the offset of sums[0]
+        self.first = 0  # the offset of sums[0]; sums[-1] is the last record shown, when there is one
         self.sums = array("I")
-        self.checked = -1  # the last record shown when `cut_back` last found the log as shown
 
     def add(self, offset: int, value: bytes) -> None:
         if offset != self.first + len(self.sums):  # retention passed records over: start afresh
             self.first, self.sums = offset, array("I")
         self.sums.append(zlib.crc32(value))
 
-    def cut_back(self, log: SegmentLog) -> int | None:
-        """The offset the log was cut back to below the records shown, or None while they are still
-        there; what was shown from there on is forgotten. Two records are looked at: the last shown,
-        and the last shown at the previous look (a cut between that look and a read, the file grown
-        again since, may have the read show the new records at their right offsets, the last too)."""
-        bases = log.segment_bases()
-        if bases and bases[-1] > self.first:  # only the last segment is ever cut: keep memory to it
-            end = self.first + len(self.sums)  # past the last record shown; counted before the trim
-            del self.sums[: bases[-1] - self.first]
-            self.first = min(bases[-1], end)
+    def still_there(self, log: SegmentLog, offset: int, records: list[tuple[int, bytes]]) -> bool:
+        """Whether the log holds, read again through the reader's index, the last record shown and
+        `records`, just read from `offset` on, as they were. Looked at after the read, not before:
+        a cut (and new records) landing between a look and the read, or between two reads, had
+        the read show the new records past the old end as if they followed, and the next look,
+        at records the cut left or at those new ones, found the log as shown."""
+        self._keep_to_last_segment(log.segment_bases())
+        expected = {found: zlib.crc32(value) for found, value in records}
+        if self.sums:
+            expected[offset - 1] = self.sums[-1]
+        if not expected:
+            return True
+        start = min(expected)
+        again = log.read(start, max(expected) + 1 - start)  # the bytes now where they were read
+        return all(zlib.crc32(value) == expected[found] for found, value in again if found in expected)
+
+    def cut_back(self, directory: Path, offset: int) -> int:
+        """The offset, up to `offset` (the next to show), from which the records shown are no longer
+        in the log, read afresh; what was shown from there on is forgotten."""
         if not self.sums:
-            return None
-        last = self.first + len(self.sums) - 1
-        if all(self._unchanged(log, offset) for offset in {max(self.checked, self.first), last}):
-            self.checked = last
-            return None
-        kept = 0
-        for offset, value in SegmentLog(log.directory).read(self.first, len(self.sums)):
-            if offset != self.first + kept or zlib.crc32(value) != self.sums[kept]:
+            return offset
+        reader = SegmentLog(directory)
+        kept = min(max(reader.start_offset() - self.first, 0), len(self.sums))  # deleted by retention, not cut
+        for found, value in reader.read(self.first + kept, len(self.sums) - kept):
+            if found != self.first + kept or zlib.crc32(value) != self.sums[kept]:
                 break
             kept += 1
         del self.sums[kept:]
-        self.checked = self.first + kept - 1
         return self.first + kept
 
-    def _unchanged(self, log: SegmentLog, offset: int) -> bool:
-        found = log.read(offset, 1)  # through the reader's index: the bytes now where the record was
-        if not found or found[0][0] != offset:
-            return True  # deleted by retention, not cut
-        return zlib.crc32(found[0][1]) == self.sums[offset - self.first]
+    def _keep_to_last_segment(self, bases: list[int]) -> None:
+        """Only the last segment is ever cut: memory is kept to the records shown from it."""
+        if bases and bases[-1] > self.first:
+            end = self.first + len(self.sums)  # past the last record shown; counted before the trim
+            del self.sums[: bases[-1] - self.first]
+            self.first = min(bases[-1], end)
 
 
 def _folder_identity(directory: Path) -> tuple[int, int] | None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from keytrail.audit.trail import audit_paths
+from keytrail.cli import audit as audit_cli
 from keytrail.cli.audit import audit_app
 from keytrail.transport.segment_log import SegmentLog
 from tests.support.audit_records import encrypt_call, fill_trail, rewrite_segment
@@ -293,3 +299,72 @@ def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_c
     assert shown == [encrypt_call(i).event_id for i in range(20)]
     assert after_roll + after == [encrypt_call(i).event_id for i in range(7)]
     assert rest == "" and "cut back" not in notes
+
+
+def _framed(payloads: list[bytes]) -> bytes:
+    return b"".join(len(p).to_bytes(4, "little") + zlib.crc32(p).to_bytes(4, "little") + p for p in payloads)
+
+
+def _tail_with_steps(data_dir: Path, steps: dict[int, Callable[[], None]],
+                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[list[str], str]:
+    """Follow the log with `tail -n 20` (json), running `steps[n]` just before the n-th read of the
+    log any reader makes (from 0), for a few polls after the last step: the eventIDs shown, and
+    stderr."""
+    reads, read = itertools.count(), SegmentLog.read
+
+    def read_after_step(log: SegmentLog, offset: int, max_records: int) -> list[tuple[int, bytes]]:
+        if step := steps.get(next(reads)):
+            step()
+        return read(log, offset, max_records)
+
+    polls = itertools.count()
+
+    def next_poll(_: float) -> None:  # each poll reads at least once: then the steps are all past
+        if next(polls) > max(steps) + 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SegmentLog, "read", read_after_step)
+    monkeypatch.setattr(audit_cli.time, "sleep", next_poll)
+    audit_cli.tail(data_dir, audit_cli.Format.json, lines=20, follow=True, interval=0.05)
+    out, err = capsys.readouterr()
+    return [json.loads(line)["eventID"] for line in out.splitlines()], err
+
+
+def test_tail_shows_each_record_once_wherever_a_cut_and_the_records_after_it_land_between_its_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Cut back to record 15 after the 20 were read, then 8 new records written (in one write, or
+    seen half-written), each step just before any one of tail's reads. The new records are framed
+    as the old, so the reader's index reads them at offsets 20… as if they followed: landing
+    between two reads of one poll (on a loaded machine, the test's cut and append went between the
+    read showing the 20 and the poll's last read) the next poll's look, at record 0 and at the
+    last shown, found the log as shown, and tail waited for good, the cut unsaid; landing between
+    the look and the read, tail showed records 20… then again from the cut."""
+    fill_trail(tmp_path / "filled", 20)
+    filled = sorted(audit_paths(tmp_path / "filled")[0].glob("*.seg"))[-1]
+    new = _framed([payload for _, payload in _frames(filled)][:8])
+    old_ids, new_ids = [encrypt_call(i).event_id for i in range(20)], [encrypt_call(i).event_id for i in range(8)]
+    whole = [(cut, len(new), write, write) for cut in range(1, 9) for write in range(cut, 10)]
+    halves = [(cut, split, first, rest) for split in (len(new) * 7 // 16, len(new) * 13 // 16)
+              for cut in range(1, 6) for first in range(cut, 7) for rest in range(first + 1, 8)]
+    for case, (cut, split, first, rest) in enumerate(whole + halves):
+        data_dir = tmp_path / str(case)
+        shutil.copytree(tmp_path / "filled", data_dir)
+        segment = sorted(audit_paths(data_dir)[0].glob("*.seg"))[-1]
+        steps = {cut: lambda segment=segment: _cut_back(segment, 15)}
+        for step, part in ((first, new[:split]), (rest, new[split:])):  # the writer's one write(2), seen in two
+            steps[step] = lambda before=steps.get(step), part=part, segment=segment: _after(before, segment, part)
+        shown, notes = _tail_with_steps(data_dir, steps, monkeypatch, capsys)
+        monkeypatch.undo()
+        kept = len(shown) - 8  # 15 when the cut came before the 5 records after it were shown
+        where = f"cut before read {cut}, the new records before reads {first} and {rest} (split at {split})"
+        assert shown == old_ids[:kept] + new_ids and kept in (15, 20), where
+        assert notes == ("" if kept == 15 else "keytrail audit tail: the event log was cut back to offset 15 (a torn "
+                         "tail cut by a restarted keytrail serve): the 5 records shown from there are no longer in "
+                         "it; following the log from there\n"), where
+
+
+def _after(before: Callable[[], None] | None, segment: Path, part: bytes) -> None:
+    if before is not None:
+        before()
+    with segment.open("ab") as handle:
+        handle.write(part)
