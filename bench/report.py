@@ -307,7 +307,9 @@ def machine_section(results: dict[str, Any]) -> list[str]:
     built = ", ".join(f"{name}: {'yes' if present else 'no'}" for name, present in results["features"].items())
     load = ", ".join(f"{v:.2f}" for v in machine["load_average"])
     load_end = ", ".join(f"{v:.2f}" for v in machine.get("load_average_end", ()))
-    return [f"- Run {results['started']} on commit `{machine['commit']}`, {results.get('elapsed_s', '?')} s in all.",
+    phases = ", ".join(f"{name} {seconds:g} s" for name, seconds in results.get("phase_seconds", {}).items())
+    return [f"- Run {results['started']} on commit `{machine['commit']}`, {results.get('elapsed_s', '?')} s in all"
+            f"{f' ({phases})' if phases else ''}.",
             f"- {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_gib']} GiB RAM, {machine['os']}, "
             f"Python {machine['python']}; load average (1, 5, 15 min) at start {load}, at the end {load_end or 'n/a'} "
             "(a shared machine: compare ratios).",
@@ -348,7 +350,8 @@ def _same_rate_text(name: str, run: dict[str, Any]) -> str:
 
 def http_section(results: dict[str, Any]) -> list[str]:
     http, method = results.get("http", {}), results["method"]
-    return [f"wrk -t1 -c{method['connections']}, {method['rounds']} interleaved rounds of {method['warmup_s']:g} s "
+    rounds = http.get("rounds", method["rounds"])  # fewer than asked when the time budget was short
+    return [f"wrk -t1 -c{method['connections']}, {rounds} interleaved rounds of {method['warmup_s']:g} s "
             f"warm-up + {method['seconds']:g} s measured, medians; ratios are medians of per-round ratios. "
             "The ceiling is one fixed answer, so every keytrail operation is compared with its Encrypt row. "
             "*server cores* is the CPU the server got during the run: below 1, other processes took its share.",

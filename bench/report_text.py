@@ -40,7 +40,10 @@ METHOD = """\
   core, at most 15 s: *catch-up s*), divided by the run's requests: work the node defers (Kafka
   shipping, consumers, detector) is charged to the requests that caused it, and each measured run
   starts only after the warm-up's deferred work is done. *server cores* is the CPU the server got
-  during the run itself.
+  during the run itself. Five rounds are asked for, but past three a round starts only if it would
+  end within 40 % of the time budget (as long as the one before took), and the pipeline scripts
+  start only within 70 %: on a slow machine five rounds alone took most of the budget and left the
+  scale rows none. The seconds each phase took are on the machine line above.
 - **80 % latency**: wrk is closed-loop (a slow answer delays the next request, which hides queueing)
   and wrk2 is not in Debian, so `bench/openloop.py` sends requests at a fixed rate (80 % of the
   lower of keytrail's median Encrypt req/s from the table and a wrk run just before it) over 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import subprocess
@@ -271,3 +272,40 @@ def test_scale_runs_a_larger_count_only_when_the_rates_measured_so_far_say_it_fi
     assert rates.estimate(100_000, 10_000, 1, durations) == pytest.approx(90.0 + 7.0 + 20.0)
     rates.learn(added=99, fill_seconds=5.0, count=100, start_seconds=1.0)  # too few keys to learn from
     assert (rates.fill, rates.start) == (pytest.approx(0.001), pytest.approx(0.0002))
+
+
+def test_http_table_runs_the_minimum_rounds_past_its_deadline_and_every_round_before_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench import phases
+    from bench.measure import Durations
+
+    class FakeTarget:
+        name, endpoint = "keytrail", "http://127.0.0.1:1"
+    target = FakeTarget()
+    measured: list[int] = []
+    monkeypatch.setattr(phases, "_start_all", lambda *_: collections.defaultdict(lambda: target))
+    monkeypatch.setattr(phases, "_stop_all", lambda _: None)
+    monkeypatch.setattr(phases, "_plan", lambda _: [(target, "Encrypt")])
+    row = {"target": "keytrail", "operation": "Encrypt", "rps": 1.0}
+    monkeypatch.setattr(phases, "measure", lambda *_: measured.append(1) or dict(row))
+    monkeypatch.setattr(phases, "_echo", lambda _: None)
+    monkeypatch.setattr(phases, "group_commits", lambda _: {})
+    monkeypatch.setattr(phases, "open_loop", lambda *_, **__: {})
+    monkeypatch.setattr(phases, "_alarms", lambda *_: {})
+    monkeypatch.setattr(phases, "_audit_bytes", lambda _: {})
+    durations = Durations(warmup=0.0, seconds=0.0)
+
+    late = phases.http_table(tmp_path, None, None, durations, rounds=5, deadline=0.0)
+    assert late["rounds"] == phases.MIN_ROUNDS == len(measured)
+    measured.clear()
+    assert phases.http_table(tmp_path, None, None, durations, rounds=5)["rounds"] == 5 == len(measured)
+
+
+def test_the_machine_line_says_how_long_each_phase_took() -> None:
+    from bench.report import machine_section
+
+    results = {"started": "2026-11-30T12:00:00+00:00", "elapsed_s": 560.2, "features": {"detector": True},
+               "phase_seconds": {"http": 250.0, "scale": 170.5},
+               "machine": {"commit": "abc", "versions": {}, "nproc": 2, "cpu": "x", "memory_gib": 1, "os": "y",
+                           "python": "3.11", "load_average": (0.1, 0.1, 0.1)}}
+    assert "560.2 s in all (http 250 s, scale 170.5 s)." in machine_section(results)[0]
