@@ -35,6 +35,8 @@ class HttpServer:
         # 127.0.0.1: any local client could then write whatever source address it liked into the trail.
         proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
         self._protocol = CoalescingHttpToolsProtocol.limited_to(connection_limit())
+        if settings.audit:  # answers wait on their group commit: see the protocol's module docstring
+            self._protocol = self._protocol.answering_at_once()
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, lifespan="off", log_level="warning",
             access_log=False, timeout_graceful_shutdown=20, server_header=False, http=self._protocol,

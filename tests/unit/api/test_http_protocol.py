@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import socket
+import threading
 from typing import Any
 
 import pytest
@@ -213,6 +214,40 @@ async def test_each_request_on_a_connection_has_the_whole_budget_and_a_large_one
         assert seen == ["whole", "whole"]
     finally:
         server.should_exit = True
+
+
+# --- when an answer leaves ------------------------------------------------------------------------
+
+async def _answer_read_before_the_step_ends(protocol: type[CoalescingHttpToolsProtocol], wait: float) -> bool:
+    """Serve one request whose app, once its answer is sent, holds the loop step for up to `wait`
+    seconds, until a client thread has read the answer: whether the client read it in that time."""
+    received = threading.Event()
+    read_in_step: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+        read_in_step.append(received.wait(wait))  # blocks the loop: this step lasts until then
+
+    def client(port: int) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            if connection.recv(4096).startswith(b"HTTP/1.1 200"):
+                received.set()
+
+    server, port = await _serve(app, protocol)
+    try:
+        await asyncio.to_thread(client, port)
+    finally:
+        server.should_exit = True
+    return read_in_step == [True]
+
+
+async def test_an_answer_is_held_to_the_end_of_its_loop_step_unless_the_protocol_answers_at_once() -> None:
+    assert not await _answer_read_before_the_step_ends(CoalescingHttpToolsProtocol, wait=0.3)
+    assert await _answer_read_before_the_step_ends(CoalescingHttpToolsProtocol.answering_at_once(), wait=10.0)
 
 
 # --- what a connection may hold: time, and requests queued --------------------------------------

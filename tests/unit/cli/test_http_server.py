@@ -129,6 +129,15 @@ def test_the_servers_of_one_process_share_one_client_noise_filter(tmp_path: Path
     assert [type(known) for known in logger.filters].count(ClientNoiseFilter) == 1
 
 
+def test_a_node_with_the_audit_trail_writes_each_answer_at_once_and_one_without_holds_it(tmp_path: Path) -> None:
+    # Audited answers complete when their group commit returns, behind the requests read meanwhile
+    # (api/http_protocol.py says what each choice measured).
+    audited = HttpServer(_not_found, ServeSettings(data_dir=tmp_path), {})
+    unaudited = HttpServer(_not_found, ServeSettings(data_dir=tmp_path, audit=False), {})
+    assert audited._server.config.http.answers_at_once  # type: ignore[union-attr]
+    assert not unaudited._server.config.http.answers_at_once  # type: ignore[union-attr]
+
+
 def test_a_tls_connection_admitted_at_its_accept_is_served_once_its_handshake_ends(
         run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Counted again as its handshake ended, it was closed when connections refused at their accept
