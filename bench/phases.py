@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,16 @@ from bench.fixtures import OPERATIONS
 from bench.measure import Durations, measure
 from bench.population import add_keys
 from bench.procs import SERVING_SYSTEM, SERVING_USER, busy_share, cpu_by_part, cpu_per_request, tree_rss_bytes
-from bench.target_names import AUDIT_OFF, CEILING, EMBEDDED, KEYTRAIL, MOTO, NODE
+from bench.target_names import (
+    AUDIT_OFF,
+    CEILING,
+    EMBEDDED,
+    KEYTRAIL,
+    MOTO,
+    NODE,
+    SATURATED,
+    SATURATING_CONNECTIONS,
+)
 from bench.targets import ROOT, Target, _python_env, start_ceiling, start_keytrail, start_moto
 
 __all__ = ["group_commits", "http_table", "open_loop", "pipeline_scripts", "profile", "scale"]
@@ -27,7 +36,7 @@ __all__ = ["group_commits", "http_table", "open_loop", "pipeline_scripts", "prof
 
 def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
     """One round: each operation on keytrail, then on moto; after Encrypt, the ceiling, audit off, the
-    scale-out node and the default serve."""
+    scale-out node, the default serve, and keytrail and audit off saturated."""
     plan = []
     for operation in OPERATIONS:
         plan.append((targets[KEYTRAIL], operation))
@@ -35,7 +44,7 @@ def _plan(targets: dict[str, Target]) -> list[tuple[Target, str]]:
             plan.append((targets[MOTO], operation))
         if operation == "Encrypt":
             plan += [(targets[CEILING], operation), (targets[AUDIT_OFF], operation), (targets[NODE], operation),
-                     (targets[EMBEDDED], operation)]
+                     (targets[EMBEDDED], operation), (targets[KEYTRAIL], SATURATED), (targets[AUDIT_OFF], SATURATED)]
     return plan
 
 
@@ -93,7 +102,7 @@ def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durat
         while rounds_run < rounds:
             began = time.monotonic()
             for target, operation in _plan(targets):
-                row = measure(target, operation, work, durations)
+                row = _measure_cell(target, operation, work, durations)
                 row["round"] = rounds_run
                 runs.append(row)
                 _echo(row)
@@ -110,6 +119,14 @@ def http_table(work: Path, kafka: str | None, mqtt: str | None, durations: Durat
                 "alarm_latency": alarms, "group_commits": commits}
     finally:
         _stop_all(targets)
+
+
+def _measure_cell(target: Target, operation: str, work: Path, durations: Durations) -> dict[str, Any]:
+    """`measure`, or for `SATURATED` an Encrypt run with `SATURATING_CONNECTIONS`."""
+    if operation != SATURATED:
+        return measure(target, operation, work, durations)
+    row = measure(target, "Encrypt", work, replace(durations, connections=SATURATING_CONNECTIONS))
+    return {**row, "operation": SATURATED, "connections": SATURATING_CONNECTIONS}
 
 
 def group_commits(endpoint: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ from bench.report import (
     consumer_figures,
     cpu_parts_table,
     group_commit_line,
+    http_table,
     open_loop_line,
     ratios,
     splice,
@@ -230,6 +231,23 @@ def test_the_audit_target_names_each_audited_server_against_audit_off() -> None:
     assert "| 60 % (" in row and row.endswith("| **missed** (×1.17 short) |")  # judged on everything on
     assert "scale-out API node (`--no-detector`): 65 %" in row
     assert "the default `serve` (embedded log, no Kafka): 75 %" in row
+
+
+def test_the_audit_target_is_judged_with_both_servers_saturated_and_names_the_table_ratio_too() -> None:
+    def run(target: str, operation: str, round_: int, rps: float, serving_us: float) -> dict[str, Any]:
+        return {"target": target, "operation": operation, "round": round_, "rps": rps, "p50_ms": 1.0,
+                "p99_ms": 2.0, "p999_ms": 3.0, "cpu_parts_us": {SERVING_USER: serving_us}}
+    runs = [run(target, operation, r, rps, us) for r in range(3) for target, operation, rps, us in (
+        ("keytrail", "Encrypt", 600.0, 1400.0), ("keytrail, audit off", "Encrypt", 1000.0, 990.0),
+        ("keytrail", "Encrypt, saturated", 750.0, 1300.0),
+        ("keytrail, audit off", "Encrypt, saturated", 1000.0, 1000.0))]
+    results = {"features": {"audit trail (durable spool)": True}, "method": {"connections": 16},
+               "http": {"runs": runs, "audit_bytes": {"keytrail": 1, "keytrail, audit off": 0}}}
+    row = next(line for line in targets_table(results) if line.startswith("| Audit on"))
+    assert row.startswith("| Audit on ≥ 70 % of audit off (Encrypt) | 75 % (with both saturated by wrk -c64 "
+                          "(serving threads busy 0.97 and 1.00); 60 % under the table's wrk -c16")
+    assert "(busy 0.84 against 0.99)" in row and row.endswith("| **met** |")
+    assert "keytrail · Encrypt, saturated (wrk -c64) | **750**" in "\n".join(http_table(results["http"]))
 
 
 def test_scale_fill_makes_distinct_keys_that_the_store_opens_with_their_own_material(
