@@ -95,7 +95,7 @@ def http_table(http: dict[str, Any]) -> list[str]:
         lines.append(_row(median_cell(_runs(http, EMBEDDED, "Encrypt")),
                           "keytrail, default serve (embedded log, no Kafka) · Encrypt", "", ""))
     for target, label in ((KEYTRAIL, "keytrail"), (AUDIT_OFF, "keytrail, audit off")):
-        if _runs(http, target, SATURATED):
+        if _runs(http, target, SATURATED):  # the other audited servers' saturated runs: in the audit row
             lines.append(_row(median_cell(_runs(http, target, SATURATED)),
                               f"{label} · Encrypt, saturated (wrk -c{SATURATING_CONNECTIONS})", "", ""))
     errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {r.get('error') or r.get('warning')}"
@@ -212,8 +212,7 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
         return ratio, note, False
     others = [(NODE, "the scale-out API node (`--no-detector`)"),
               (EMBEDDED, "the default `serve` (embedded log, no Kafka)")]
-    others_text = "".join(f"; {label}: {share * 100:.0f} %" for target, label in others
-                          if (share := ratios(http, "Encrypt", AUDIT_OFF, mine_target=target)) is not None)
+    others_text = "".join(_other_ratio(http, target, label) for target, label in others)
     spool = f"audit on wrote {audit[KEYTRAIL]:,} bytes of spool; audit off wrote none"
     if saturated is None:
         return ratio, f"{spool}{others_text}", True
@@ -224,6 +223,17 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
                    f"wrk -c{connections}, where each audited answer waits on its group commit and the audited "
                    f"thread idles (busy {_busy_text(http, KEYTRAIL, 'Encrypt')} against "
                    f"{_busy_text(http, AUDIT_OFF, 'Encrypt')}){others_text}; {spool}"), True
+
+
+def _other_ratio(http: dict[str, Any], target: str, label: str) -> str:
+    """"; label: X % saturated, Y % under the table's connections" (or just Y %), "" if not measured."""
+    table = ratios(http, "Encrypt", AUDIT_OFF, mine_target=target)
+    saturated = ratios(http, SATURATED, AUDIT_OFF, mine_target=target)
+    if table is None:
+        return ""
+    if saturated is None:
+        return f"; {label}: {table * 100:.0f} %"
+    return f"; {label}: {saturated * 100:.0f} % saturated, {table * 100:.0f} % under the table's connections"
 
 
 def _busy_text(http: dict[str, Any], target: str, operation: str) -> str:

@@ -95,8 +95,8 @@ LIMITS = """\
   whole topic elsewhere); the default serve row is `serve` as it starts without options (the
   embedded event log, no Kafka: the audit trail issue's own configuration). The audit target is
   judged on *everything on*, the strictest; the other two ratios stand beside it. It is judged
-  with both servers saturated: each round also runs *everything on* and *audit off* under wrk
-  -c64 (the *saturated* rows). Under the table's 16 connections each audited answer waits ~0.5 ms
+  with both servers saturated: each round also runs the four keytrail servers under wrk -c64
+  (*everything on* and *audit off* in the *saturated* rows, the other two in the target's row). Under the table's 16 connections each audited answer waits ~0.5 ms
   for its group commit while the unaudited one does not, so the audited serving thread idles
   (busy ≈ 0.88 against 0.99) and the ratio there measures that wait as much as the calls per
   second the node can serve; with 64 its thread stays ≈ 0.94 busy (128 gave no more). Both

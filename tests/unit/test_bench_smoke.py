@@ -240,13 +240,16 @@ def test_the_audit_target_is_judged_with_both_servers_saturated_and_names_the_ta
     runs = [run(target, operation, r, rps, us) for r in range(3) for target, operation, rps, us in (
         ("keytrail", "Encrypt", 600.0, 1400.0), ("keytrail, audit off", "Encrypt", 1000.0, 990.0),
         ("keytrail", "Encrypt, saturated", 750.0, 1300.0),
-        ("keytrail, audit off", "Encrypt, saturated", 1000.0, 1000.0))]
+        ("keytrail, audit off", "Encrypt, saturated", 1000.0, 1000.0),
+        ("keytrail, default serve", "Encrypt", 650.0, 1400.0),
+        ("keytrail, default serve", "Encrypt, saturated", 720.0, 1300.0))]
     results = {"features": {"audit trail (durable spool)": True}, "method": {"connections": 16},
                "http": {"runs": runs, "audit_bytes": {"keytrail": 1, "keytrail, audit off": 0}}}
     row = next(line for line in targets_table(results) if line.startswith("| Audit on"))
     assert row.startswith("| Audit on ≥ 70 % of audit off (Encrypt) | 75 % (with both saturated by wrk -c64 "
                           "(serving threads busy 0.97 and 1.00); 60 % under the table's wrk -c16")
     assert "(busy 0.84 against 0.99)" in row and row.endswith("| **met** |")
+    assert "the default `serve` (embedded log, no Kafka): 72 % saturated, 65 % under the table's connections" in row
     assert "keytrail · Encrypt, saturated (wrk -c64) | **750**" in "\n".join(http_table(results["http"]))
 
 
