@@ -11,9 +11,10 @@ With a durable audit trail an answer is instead written as soon as it is complet
 (`answering_at_once`): each one completes when its group commit's fsync returns, in the loop pass
 that also starts the requests read meanwhile, and held to the end of that pass it waited behind
 them (~0.7 ms under wrk -c16, its client idle all the while). Written at once, the audited node
-served Encrypt +4.8 % req/s (medians of 6 interleaved rounds). Answers that complete in the pass
-that read their request (audit off) are better held: written one by one, each woke the client
-alone, and the node with audit off served 11 % fewer.
+served Encrypt +0.2 to +4.8 % req/s under wrk -c16 (four runs of 6–8 interleaved rounds), and its
+open-loop p99 at 7,000 req/s was 6.4 against 7.1 ms. Answers that complete in the pass that read
+their request (audit off) are better held: written one by one, each woke the client alone, and the
+node with audit off served 11 % fewer.
 
 A request must also arrive whole within `REQUEST_SECONDS` of its first byte: uvicorn times out idle
 connections between requests, not a client that sends its headers or body a byte now and then,
