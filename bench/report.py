@@ -226,7 +226,8 @@ def _audit_ratio(results: dict[str, Any]) -> tuple[float | None, str, bool]:
 
 
 def _other_ratio(http: dict[str, Any], target: str, label: str) -> str:
-    """"; label: X % saturated, Y % under the table's connections" (or just Y %), "" if not measured."""
+    """The text for `target` in the audit row: its saturated ratio and its table ratio (or only the
+    table's when the run has no saturated pair); empty when it was not measured."""
     table = ratios(http, "Encrypt", AUDIT_OFF, mine_target=target)
     saturated = ratios(http, SATURATED, AUDIT_OFF, mine_target=target)
     if table is None:

@@ -94,14 +94,14 @@ LIMITS = """\
   node row is `serve --no-detector`, as docker-compose runs its API nodes (one detector judges the
   whole topic elsewhere); the default serve row is `serve` as it starts without options (the
   embedded event log, no Kafka: the audit trail issue's own configuration). The audit target is
-  judged on *everything on*, the strictest; the other two ratios stand beside it. It is judged
-  with both servers saturated: each round also runs the four keytrail servers under wrk -c64
-  (*everything on* and *audit off* in the *saturated* rows, the other two in the target's row). Under the table's 16 connections each audited answer waits ~0.5 ms
-  for its group commit while the unaudited one does not, so the audited serving thread idles
-  (busy ≈ 0.88 against 0.99) and the ratio there measures that wait as much as the calls per
-  second the node can serve; with 64 its thread stays ≈ 0.94 busy (128 gave no more). Both
-  ratios are in the target's row. The CPU-by-part
-  table under the HTTP table splits each server's CPU: the difference between the *serving
+  judged on *everything on*, the strictest, with the other two ratios beside it; and with the
+  servers saturated: each round also runs the four keytrail servers under wrk -c64 (*everything
+  on* and *audit off* in the *saturated* rows). Under the table's 16 connections each audited
+  answer waits ~0.5 ms for its group commit while the unaudited one does not, so the audited
+  serving thread idles (busy ≈ 0.88 against 0.99) and the ratio there measures that wait as much
+  as the calls per second the node can serve; with 64 its thread stays ≈ 0.94 busy (128 gave no
+  more). The target's row gives both ratios of each server. The CPU-by-part table under the HTTP
+  table splits each server's CPU: the difference between the *serving
   thread* rows of *everything on* and *audit off* is what the audit record costs the one thread
   that limits req/s; the fsync helper and the children run on the other core. The serving
   thread's req/s is its CPU per call divided into the share of a core it was busy: the rest of

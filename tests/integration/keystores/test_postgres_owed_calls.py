@@ -17,6 +17,7 @@ from keytrail.kms import errors
 from keytrail.kms.model import CallRecord
 from keytrail.kms.postgres_store import OWED_GRACE_SECONDS, PostgresStore
 from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService
 from keytrail.kms.store import Store
 from tests.support import owed_calls
 from tests.support.owed_calls import Spool, context, node
@@ -124,13 +125,7 @@ async def test_two_nodes_ticking_at_once_record_an_abandoned_record_once(dsn: st
     store_b, store_c = await open_store(), await open_store()
     b, c = node(store_b, spool, clock), node(store_c, spool, clock)
     await _date_back(dsn, OWED_GRACE_SECONDS)
-
-    async def during(record: CallRecord) -> None:
-        if record.event_name == "TagResource":
-            spool.during = None
-            await c.run_due()  # C's tick, while B's holds the record
-
-    spool.during = during
+    _ticks_once_while_tagging_is_recorded(spool, c)  # C's tick, while B's holds the record
     await b.run_due()
     await c.run_due()
     [record] = spool.named("TagResource")
@@ -154,19 +149,23 @@ async def test_a_node_whose_clock_was_moved_ahead_leaves_another_nodes_call_its_
     store_a, store_b = await open_store(), await open_store()
     a, b = node(store_a, spool, ManualClock()), node(store_b, spool, moved)
     arn = str((await a.execute("CreateKey", context(), {}))["KeyMetadata"]["Arn"])
-
-    async def b_ticks(record: CallRecord) -> None:
-        if record.event_name == "TagResource":
-            spool.during = None
-            await b.run_due()
-
-    spool.during = b_ticks
+    _ticks_once_while_tagging_is_recorded(spool, b)
     await a.execute("TagResource", context("req-tag"), {"KeyId": arn, "Tags": [{"TagKey": "t", "TagValue": "v"}]})
     [record] = spool.named("TagResource")
     assert record.request_id == "req-tag"
     assert await store_b.owed_records() == []
     await store_a.close()
     await store_b.close()
+
+
+def _ticks_once_while_tagging_is_recorded(spool: Spool, ticking: KmsService) -> None:
+    """`ticking` runs its due work once, while the spool takes a TagResource record."""
+    async def tick(record: CallRecord) -> None:
+        if record.event_name == "TagResource":
+            spool.during = None
+            await ticking.run_due()
+
+    spool.during = tick
 
 
 async def _refused_disable(store: Store) -> CallRecord:
