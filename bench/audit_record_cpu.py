@@ -3,8 +3,8 @@
 `concurrency` coroutines each record realistic Encrypt CallRecords through a real AuditTrail
 (group-committed spool, fsync, hash chain), like the KMS core does after each call; with 16
 callers the groups are as large as under wrk's 16 connections. Reports CPU per record: of the
-process (all threads: loop, spool writer, shipper) plus the spool's fsync helper process, of the
-event-loop thread alone, and of the helper; and records per fsync.
+process (all threads: loop, spool writer) plus the spool's fsync helper process and the shipper
+process, of the event-loop thread alone, and of those two helpers; and records per fsync.
 Run it against two source trees in alternation to compare them (A/B on a noisy machine).
 Usage: python -m bench.audit_record_cpu [records] [concurrency] [--kafka BOOTSTRAP]
 """
@@ -57,7 +57,8 @@ async def measure(records: int, concurrency: int, kafka: str | None) -> dict[str
                     await trail.record(call)
 
             fsyncs = trail.spool.fsyncs
-            helper = [pid] if (pid := trail.spool.fsync_helper_pid) is not None else []
+            # The fsync helper and, with Kafka, the shipper: the processes the trail runs beside it.
+            helper = [pid for pid in (trail.spool.fsync_helper_pid, trail.shipper_pid) if pid is not None]
             start, start_cpu, start_loop = time.perf_counter(), time.process_time(), time.thread_time()
             start_helper = tree_cpu_seconds(helper)
             await asyncio.gather(*(worker(mine) for mine in calls))

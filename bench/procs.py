@@ -103,6 +103,8 @@ def child_label(argv: Sequence[bytes]) -> str:
         return f"{args[args.index('keytrail.cli.sidecar') + 1]} child"
     if "keytrail.audit.syncer" in args:
         return "audit fsync helper"
+    if "keytrail.audit.shipping" in args:
+        return "audit shipper"
     return f"child: {Path(args[0]).name if args else '?'}"
 
 

@@ -85,8 +85,7 @@ LIMITS = """\
   half's fsync runs in the spool's helper process (*audit fsync helper* row: a thread of the
   serving process would wait for the GIL the loop holds); the loop still idles whenever a round
   trip outlasts that work (the *serving thread busy* row), which costs throughput beyond the CPU.
-  The Kafka shipper (one
-  record batch per partition per round) runs in the serving process; the metrics consumer and the
+  The Kafka shipper (one record batch per partition per round), the metrics consumer and the
   detector run as `serve`'s child processes on the other core and read every record back from
   the log. *CPU µs/req* counts the whole process tree, children included, so the audited row's CPU
   is the total cost of a call; its req/s is what the serving process sustains while its children

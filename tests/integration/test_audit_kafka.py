@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -101,28 +103,23 @@ async def test_shipping_resumes_after_restart_from_the_persisted_offset(tmp_path
     assert len(messages) == len(calls)
 
 
-async def test_a_shipper_that_keeps_up_ships_from_memory_and_one_behind_reads_the_log(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    earlier = [encrypt_call(i) for i in range(30)]
-    live = [encrypt_call(100 + i) for i in range(30)]
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:  # before Kafka was configured
-        for call in earlier:
-            await trail.record(call)
+async def test_the_shipper_is_a_process_of_its_own_restarted_when_killed_and_close_ships_the_rest(
+        tmp_path: Path) -> None:
+    calls = [encrypt_call(i) for i in range(70)]
     with kafka_broker() as bootstrap:
         trail = AuditTrail.open(AuditSettings(data_dir=tmp_path, kafka_bootstrap=bootstrap))
         await trail.start()
-        assert trail._shipper is not None
-        reads: list[int] = []
-        real_read = trail._shipper.reader.read
-        monkeypatch.setattr(trail._shipper.reader, "read",
-                            lambda offset, count: (reads.append(offset), real_read(offset, count))[1])
+        await asyncio.gather(*(trail.record(call) for call in calls[:30]))
         assert await trail.flush_shipping(60)
-        assert reads and reads[0] == 0  # the records from before this process: read back from the log
-        reads.clear()
-        await asyncio.gather(*(trail.record(call) for call in live))
-        assert await trail.flush_shipping(60)
-        await trail.close()
-        assert reads == []  # the live ones went from memory
-        messages = await _consume(bootstrap, len(earlier) + len(live))
+        first = trail.shipper_pid
+        assert first is not None and first != os.getpid()
+        os.kill(first, signal.SIGKILL)
+        await asyncio.gather(*(trail.record(call) for call in calls[30:60]))  # answered meanwhile
+        assert await trail.flush_shipping(60)  # by the shipper started in its place
+        assert trail.shipper_pid not in (None, first)
+        await asyncio.gather(*(trail.record(call) for call in calls[60:]))
+        await trail.close()  # not flushed: close gives the shipper the last durable end and time to ship it
+        assert trail.shipped.value == len(calls)
+        messages = await _consume(bootstrap, len(calls))
     delivered = [EventCodec().decode(value)["eventID"] for _, value in messages]
-    assert sorted(delivered) == sorted(call.event_id for call in earlier + live)  # one to one
+    assert sorted(delivered) == sorted(call.event_id for call in calls)  # one to one

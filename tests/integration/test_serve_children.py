@@ -1,5 +1,5 @@
 """`keytrail serve` on the real clock runs the metrics consumer and the detector as supervised
-child processes (cli/children.py, cli/sidecar.py): what they produce is served by the parent,
+child processes (keytrail/children.py, cli/sidecar.py): what they produce is served by the parent,
 a killed child is restarted, and a killed `serve` leaves no child behind."""
 
 from __future__ import annotations

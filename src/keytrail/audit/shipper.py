@@ -1,10 +1,10 @@
 """The shipper: spool records to Kafka topic `keytrail.audit.v1`, at least once.
 
-It ships from the shipped offset (persisted in `<data-dir>/audit/shipped-offset`): records the
-spool made durable lately straight from memory (`RecentRecords`), older ones read back from the
-event log. It sends each record keyed by its key ARN (account id for key-less calls) and advances
-the offset only after the broker acknowledged. When the broker is down, records wait in the spool
-and the shipper retries with backoff until it is back.
+It runs in its own process (audit/shipping.py), reading the event log from the shipped offset
+(persisted in `<data-dir>/audit/shipped-offset`) up to the durable end the serving process tells
+it. It sends each record keyed by its key ARN (account id for key-less calls) and advances the
+offset only after the broker acknowledged. When the broker is down, records wait in the spool and
+the shipper retries with backoff until it is back.
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import write_bytes
 from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import KafkaProducerLink, ensure_topic
-from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.segment_reader import SegmentReader
 
-__all__ = ["AUDIT_TOPIC", "RecentRecords", "ShippedOffset", "Shipper"]
+__all__ = ["AUDIT_TOPIC", "ShippedOffset", "Shipper"]
 
 log = logging.getLogger(__name__)
 AUDIT_TOPIC = "keytrail.audit.v1"
@@ -32,43 +31,9 @@ _BATCH = 2000
 # (an offset write in a worker thread, a produce request per partition and its acknowledgement)
 # that per-commit rounds of a few records would pay hundreds of times a second. The spool, not
 # Kafka, answers calls. Through `serve --kafka` under wrk -c16 (10-12 interleaved rounds each),
-# 0.25 s against 0.05 s gave +12, +6 and +0 % audited Encrypt req/s; with `RecentRecords` too,
-# +10, -4, +1 and +5 %. Records reach Kafka up to that much later.
+# 0.25 s against 0.05 s gave +12, +6 and +0 % audited Encrypt req/s (when the shipper still ran
+# in the serving process). Records reach Kafka up to that much later.
 LINGER_SECONDS = 0.25
-_RECENT_RECORDS = 5 * _BATCH  # kept in memory for the shipper: ≈ 10 MB of Encrypt records (≈ 1 KB each)
-
-
-class RecentRecords:
-    """The records the spool made durable lately, in memory, so that a shipper that keeps up does
-    not read back what was just written (a read in a worker thread and its checksums each round).
-    Bounded: the oldest go first, and a shipper behind them reads the log instead."""
-
-    def __init__(self, limit: int = _RECENT_RECORDS) -> None:
-        self.limit = limit
-        self._chunks: deque[tuple[int, Sequence[bytes]]] = deque()  # (first offset, payloads), in order
-        self._count = 0
-
-    def add(self, first: int, payloads: Sequence[bytes]) -> None:
-        """Records `first`, `first + 1`, … are durable (called in offset order)."""
-        self._chunks.append((first, payloads))
-        self._count += len(payloads)
-        while self._count > self.limit:
-            self._count -= len(self._chunks.popleft()[1])
-
-    def take(self, start: int, limit: int) -> list[tuple[int, bytes]] | None:
-        """Up to `limit` records from offset `start` on, as (offset, payload); None when memory
-        does not hold record `start` (long shipped, dropped, or from before this process)."""
-        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= start:
-            self._count -= len(self._chunks.popleft()[1])  # shipped: no longer needed
-        if not self._chunks or self._chunks[0][0] > start:
-            return None
-        taken: list[tuple[int, bytes]] = []
-        for first, payloads in self._chunks:
-            if len(taken) >= limit or first > start + len(taken):  # full, or a gap (never expected)
-                break
-            skip = start + len(taken) - first
-            taken += enumerate(payloads[skip:skip + limit - len(taken)], first + skip)
-        return taken
 
 
 class ShippedOffset:
@@ -104,13 +69,13 @@ def _read_offset(path: Path) -> int:
 class Shipper:
     """Ships durable records from the event log to Kafka; see the module docstring."""
 
-    def __init__(self, bootstrap: str, reader: SegmentLog, shipped: ShippedOffset, *,
-                 partitions: int, durable_end: Callable[[], int], committed: asyncio.Event,
-                 on_shipped: Callable[[int], None] | None = None, topic: str = AUDIT_TOPIC,
-                 recent: RecentRecords | None = None) -> None:
+    def __init__(self, bootstrap: str, log_dir: Path, shipped: ShippedOffset, *, partitions: int,
+                 durable_end: Callable[[], int], committed: asyncio.Event,
+                 on_shipped: Callable[[int, int], None] | None = None, topic: str = AUDIT_TOPIC) -> None:
+        """`durable_end()`: the offset below which records are durable; `committed` is set when it
+        moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset)."""
         self.bootstrap = bootstrap
-        self.reader = reader
-        self.recent = recent
+        self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
         self.shipped = shipped
         self.partitions = partitions
         self.topic = topic
@@ -161,19 +126,17 @@ class Shipper:
         start, end = self.shipped.value, self._durable_end()
         if start >= end:
             return 0
-        count = min(_BATCH, end - start)
-        batch = self.recent.take(start, count) if self.recent is not None else None
-        if batch is None:
-            batch = await asyncio.to_thread(self.reader.read, start, count)
-            # From an offset retention deleted the log reads on from its first record kept, past
-            # `end` too: records written but not yet durable must not reach Kafka, nor the offset.
-            batch = [record for record in batch if record[0] < end]
-        if not batch:
+        first, values, _ = await asyncio.to_thread(self.reader.read, start, min(_BATCH, end - start))
+        # From an offset retention deleted the log reads on from its first record kept, past `end`
+        # too: records written but not yet durable must not reach Kafka, nor the offset.
+        values = values[:max(0, end - first)]
+        if not values:
             return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
         # no longer has and drops them: `send_batch` raises then, and `run` recreates the topic.
-        await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for _, value in batch])
-        await asyncio.to_thread(self.shipped.advance, batch[-1][0] + 1)
+        await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for value in values])
+        after = first + len(values)
+        await asyncio.to_thread(self.shipped.advance, after)
         if self._on_shipped is not None:
-            self._on_shipped(framed_size(value for _, value in batch))
-        return len(batch)
+            self._on_shipped(after, framed_size(values))
+        return len(values)

@@ -101,9 +101,8 @@ class Spool:
         # The queued batch as two parallel lists: no tuple per record on the hot path.
         self._payloads: list[bytes] = []
         self._waiters: _Waiters = []
-        self.committed = asyncio.Event()  # set after every commit (the shipper waits on it)
-        # Told of each group once it is durable: its first offset and its payloads (the shipper's memory).
-        self.on_durable: Callable[[int, list[bytes]], None] | None = None
+        # Told each time a group is durable (`durable_end` moved): the Kafka shipper's cue.
+        self.on_durable: Callable[[], None] | None = None
         self.durable_end = segments.end_offset()
         self.durable_bytes = 0  # framed bytes made durable since open (the trail's shipping cap)
         self.stats = CommitStats()
@@ -269,7 +268,7 @@ class Spool:
         self._syncing = len(waiters)
 
         def done(error: BaseException | None) -> None:
-            self._synced(waiters, first, payloads, size, error)
+            self._synced(waiters, first, size, error)
 
         if self._helper is not None and not (rolled or digest or self.segments.needs_directory_sync):
             self._sync_in_helper(self._helper, done)
@@ -329,8 +328,7 @@ class Spool:
         self.chain.add(first, payloads)
         return first, self.segments.active_base != active
 
-    def _synced(self, waiters: _Waiters, first: int, payloads: list[bytes], size: int,
-                error: BaseException | None) -> None:
+    def _synced(self, waiters: _Waiters, first: int, size: int, error: BaseException | None) -> None:
         if error is not None:
             self._fail(waiters, error)
             return
@@ -342,11 +340,10 @@ class Spool:
         self.durable_end = first + len(waiters)
         self.durable_bytes += size
         if self.on_durable is not None:
-            self.on_durable(first, payloads)
+            self.on_durable()
         for offset, future in enumerate(waiters, first):
             if not future.done():  # its caller may have been cancelled meanwhile
                 future.set_result(offset)
-        self.committed.set()
 
     def _fail(self, waiters: _Waiters, exc: BaseException) -> None:
         if isinstance(exc, _RecoverableWrite):

@@ -2,7 +2,8 @@
 
 Each call becomes a CloudTrail record, Avro single-object encoded, group-committed to the
 segment log in `<data-dir>/audit/log/` (the embedded event log), hash-chained and periodically
-signed; with a Kafka bootstrap a shipper delivers it to `keytrail.audit.v1` at least once.
+signed; with a Kafka bootstrap a shipper process (audit/shipping.py) delivers it to
+`keytrail.audit.v1` at least once.
 `record` returns only once the record is durable, and raises when it cannot be (the KMS core
 then fails the call with KMSInternalException naming the audit spool).
 """
@@ -10,7 +11,6 @@ then fails the call with KMSInternalException naming the audit spool).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -23,7 +23,8 @@ from typing import Any
 from keytrail.audit.call_encoder import CallEncoder
 from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityPaths
 from keytrail.audit.schema import EventCodec
-from keytrail.audit.shipper import AUDIT_TOPIC, RecentRecords, ShippedOffset, Shipper
+from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
+from keytrail.audit.shipping import ShipperProcess
 from keytrail.audit.spool import Spool, SpoolError
 from keytrail.kms.model import CallRecord, CallsInProgress
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
@@ -90,10 +91,8 @@ class AuditTrail:
         self.shipped = ShippedOffset(log_dir.parent / "shipped-offset")
         # Unshipped bytes: those found on open, plus what the spool made durable, minus what shipped.
         self._unshipped_on_open = self.log.bytes_from(self.shipped.value) if settings.kafka_bootstrap else 0
-        self._shipped_bytes_total = 0
         self._over_cap = False
-        self._shipper: Shipper | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._shipper: ShipperProcess | None = None
 
     @classmethod
     def open(cls, settings: AuditSettings, now: Callable[[], datetime] | None = None,
@@ -110,18 +109,20 @@ class AuditTrail:
         await self.close()
 
     async def start(self) -> None:
-        """Start the spool writer and, with Kafka, the shipper."""
+        """Start the spool writer and, with Kafka, the shipper process."""
         self.spool.start()
         if self.settings.kafka_bootstrap:
-            recent = RecentRecords()
-            self.spool.on_durable = recent.add
-            self._shipper = Shipper(
-                self.settings.kafka_bootstrap, SegmentLog(self.log.directory), self.shipped,
+            self._shipper = ShipperProcess(
+                self.settings.kafka_bootstrap, self.log.directory, self.shipped, topic=self.settings.topic,
                 partitions=self.settings.partitions, durable_end=lambda: self.spool.durable_end,
-                committed=self.spool.committed, on_shipped=self._shipped_bytes, topic=self.settings.topic,
-                recent=recent,
             )
-            self._tasks.append(asyncio.create_task(self._shipper.run(), name="audit-shipper"))
+            self.spool.on_durable = self._shipper.durable
+            self._shipper.start()
+
+    @property
+    def shipper_pid(self) -> int | None:
+        """The shipper process's id, while there is one (benchmarks count its CPU)."""
+        return self._shipper.pid if self._shipper is not None else None
 
     def ready(self) -> None:
         """SpoolError now if `record` is sure to refuse (over the cap, a failed spool): the KMS core
@@ -150,7 +151,8 @@ class AuditTrail:
         """Bytes of the log Kafka has not acknowledged (0 without Kafka)."""
         if not self.settings.kafka_bootstrap:
             return 0
-        return self._unshipped_on_open + self.spool.durable_bytes - self._shipped_bytes_total
+        shipped = self._shipper.shipped_bytes if self._shipper is not None else 0
+        return self._unshipped_on_open + self.spool.durable_bytes - shipped
 
     def _check_cap(self) -> None:
         if not self.settings.kafka_bootstrap:
@@ -187,21 +189,12 @@ class AuditTrail:
         return True
 
     async def close(self, ship_timeout: float = 5.0) -> None:
-        """Commit queued records (final signed digest), give a connected shipper up to
-        `ship_timeout` seconds to deliver them, then stop and release everything."""
+        """Commit queued records (final signed digest), give the shipper up to `ship_timeout`
+        seconds to deliver them while the broker takes them, then stop and release everything."""
         await self.spool.drain()
-        if self._shipper is not None and self._shipper.connected:
-            await self.flush_shipping(ship_timeout)
         if self._shipper is not None:
-            await self._shipper.stop()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await self._shipper.finish(ship_timeout)
         await self.spool.close()
-
-    def _shipped_bytes(self, count: int) -> None:
-        self._shipped_bytes_total += count
 
     def _apply_retention(self) -> None:
         """Writer thread, when a segment closes: delete closed segments past the retention age

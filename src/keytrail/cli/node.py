@@ -25,7 +25,7 @@ from keytrail.api.credentials import CredentialStore
 from keytrail.api.protocol import operation_names
 from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
-from keytrail.cli.children import Child, ChildSpec
+from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import NodeHealth, StoreProbe

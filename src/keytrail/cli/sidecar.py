@@ -1,4 +1,4 @@
-"""The child processes of `keytrail serve` (started and supervised by cli/children.py): the metrics
+"""The child processes of `keytrail serve` (started and supervised by keytrail/children.py): the metrics
 consumer and the detector, each following the node's embedded event log on the other core.
 
     python -m keytrail.cli.sidecar consumer DATA_DIR
@@ -38,7 +38,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from keytrail.cli.children import ChildSpec
+from keytrail.children import ChildSpec
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.tail import detect_live
 from keytrail.clock import SystemClock

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.runner import DetectorRunner, batch_guard
-from keytrail.pipeline.segment_source import SegmentReader
 from keytrail.transport.segment_log import event_log_dir
+from keytrail.transport.segment_reader import SegmentReader
 
 __all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log"]
 

@@ -1,9 +1,10 @@
-"""Supervised child processes of `keytrail serve`: started after the audit trail, restarted with
-a growing pause after an unexpected exit, stopped with SIGTERM (killed after a timeout).
+"""Supervised child processes of `keytrail serve` (the consumer and detector sidecars, the audit
+trail's Kafka shipper): restarted with a growing pause after an unexpected exit, stopped with
+SIGTERM (killed after a timeout).
 
-Each child gets a pipe as stdin that nobody writes: when `serve` dies, even by SIGKILL, the
-kernel closes it and the child sees end of file and exits (cli/sidecar.py). Children run in
-their own session, so a terminal's Ctrl-C reaches `serve` only, which then stops them in order.
+Each child gets a pipe as stdin: when `serve` dies, even by SIGKILL, the kernel closes it and the
+child sees end of file and exits (cli/sidecar.py, audit/shipping.py). Children run in their own
+session, so a terminal's Ctrl-C reaches `serve` only, which then stops them in order.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def without_store_secrets(environment: Mapping[str, str]) -> dict[str, str]:
 class ChildSpec:
     """What to run; `on_line` receives each line of its stdout (else stdout is inherited);
     `environment_defaults` are set for the child unless serve's own environment sets them;
-    `settings` is written to its stdin at each start: what must stay off its command line (every
-    user of the machine can read that) and out of its environment (readable while it is dumpable)."""
+    `settings` (or what it returns, asked at each start) is written to its stdin at each start: what
+    must stay off its command line (every user of the machine can read that) and out of its
+    environment (readable while it is dumpable), or what the child must know as it starts."""
 
     name: str
     argv: tuple[str, ...]
     on_line: Callable[[bytes], None] | None = None
-    settings: bytes | None = None
+    settings: bytes | Callable[[], bytes] | None = None
     environment_defaults: Mapping[str, str] = field(default_factory=dict)
     stop_timeout: float = 15.0
     first_backoff: float = 0.5
@@ -84,7 +86,8 @@ class Child:
             env={**spec.environment_defaults, **without_store_secrets(os.environ)},
         )
         if spec.settings is not None and process.stdin is not None:
-            process.stdin.write(spec.settings)  # the pipe stays open: its end tells the child serve is gone
+            settings = spec.settings() if callable(spec.settings) else spec.settings
+            process.stdin.write(settings)  # the pipe stays open: its end tells the child serve is gone
             with contextlib.suppress(ConnectionError):  # a child that died at once: its exit is handled below
                 await process.stdin.drain()
         if spec.on_line is not None and process.stdout is not None:
@@ -92,17 +95,18 @@ class Child:
                 spec.on_line(line)
         return await process.wait()
 
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL after `stop_timeout`; no restart afterwards."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after `timeout` (default: the spec's `stop_timeout`); no restart afterwards."""
         self._stopping = True
+        timeout = self.spec.stop_timeout if timeout is None else timeout
         process = self.process
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), self.spec.stop_timeout)
+                await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:
-                log.warning("%s child did not stop in %.0f s; killing it", self.spec.name, self.spec.stop_timeout)
+                log.warning("%s child did not stop in %.0f s; killing it", self.spec.name, timeout)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()

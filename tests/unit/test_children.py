@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.cli.children import Child, ChildSpec
+from keytrail.children import Child, ChildSpec
 
 
 def _python(code: str) -> tuple[str, ...]:

@@ -1,0 +1,161 @@
+"""The Kafka shipper's own process: `Shipper` (audit/shipper.py) run beside the serving process.
+
+Shipping costs whoever does it CPU for every record (reading it back, building record batches,
+hearing the acknowledgements) and, every quarter second, thousands of records' worth at once. In
+the serving process that was CPU taken from the calls: through `serve --kafka` under wrk -c64
+(Encrypt, 8 interleaved rounds) the same node without shipping served 5.5 % more. As a child
+process it runs on the other core, as the consumer and the detector do, at their lower priority
+(it has a quarter second of linger to spare; on a busy machine the calls come first).
+
+    python -m keytrail.audit.shipping LOG_DIR SHIPPED_OFFSET_FILE BOOTSTRAP TOPIC PARTITIONS
+
+Protocol, ASCII lines on its pipes. The serving process writes the durable end (the offset below
+which every record is on disk) at the child's start and then as it moves, at most every
+TELL_SECONDS; the shipper ships records up to it and writes back `<shipped offset> <framed bytes>`
+after each batch the broker acknowledged (the offset file is written by then). On SIGTERM, or at
+the end of its stdin (serve gone, even by SIGKILL), it ships what it was told is durable, while
+the broker takes it, and exits; serve kills it after its close's shipping timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from keytrail.audit.shipper import ShippedOffset, Shipper
+from keytrail.children import Child, ChildSpec
+
+__all__ = ["ShipperProcess"]
+
+log = logging.getLogger(__name__)
+
+# How often, at most, the serving process tells the shipper the durable end: a pipe write per
+# group commit would cost hundreds of system calls a second, and the shipper lingers 0.25 s anyway.
+TELL_SECONDS = 0.05
+SHIPPER_NICENESS = 10  # as the consumer and the detector children (cli/sidecar.py)
+STDIN_DRAIN_SECONDS = 1.0
+
+
+class ShipperProcess:
+    """The serving process's end of the shipper: runs it as a supervised child (restarted after an
+    unexpected exit), tells it how far the log is durable, and hears how far Kafka acknowledged:
+    `shipped.value` follows, and `shipped_bytes` counts the framed bytes acknowledged (the trail's cap)."""
+
+    def __init__(self, bootstrap: str, log_dir: Path, shipped: ShippedOffset, *, topic: str, partitions: int,
+                 durable_end: Callable[[], int]) -> None:
+        self.shipped = shipped
+        self.shipped_bytes = 0
+        self._durable_end = durable_end
+        self._timer: asyncio.TimerHandle | None = None
+        argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions))
+        self.child = Child(ChildSpec("audit shipper", argv, on_line=self._heard, settings=self._end_line))
+
+    @property
+    def pid(self) -> int | None:
+        """The shipper process's id while it runs (benchmarks count its CPU)."""
+        process = self.child.process
+        return process.pid if process is not None and process.returncode is None else None
+
+    def start(self) -> None:
+        self.child.start()
+
+    def durable(self) -> None:
+        """The spool made more records durable: the shipper hears of it within TELL_SECONDS."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(TELL_SECONDS, self._tell)
+
+    async def finish(self, timeout: float) -> None:
+        """Tell the shipper the last durable end and stop it: it ships up to there while the broker
+        takes records, for at most `timeout` seconds."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if (stdin := self._stdin()) is not None:
+            stdin.write(self._end_line())
+            stdin.close()  # its end of file, right after that line: the shipper reads both before it stops
+        await self.child.stop(timeout)
+
+    def _tell(self) -> None:
+        self._timer = None
+        if (stdin := self._stdin()) is not None:
+            stdin.write(self._end_line())
+
+    def _stdin(self) -> asyncio.StreamWriter | None:
+        """The running shipper's stdin; None between restarts (the next one is told as it starts)."""
+        process = self.child.process
+        if process is None or process.returncode is not None or process.stdin is None or process.stdin.is_closing():
+            return None
+        return process.stdin
+
+    def _end_line(self) -> bytes:
+        return b"%d\n" % self._durable_end()
+
+    def _heard(self, line: bytes) -> None:
+        """A batch acknowledged: `<shipped offset> <framed bytes>`."""
+        try:
+            offset, size = (int(field) for field in line.split())
+        except ValueError:
+            log.warning("audit shipper: unexpected output %r", line[:200])
+            return
+        if offset > self.shipped.value:  # a restarted shipper may resend what one before it reported
+            self.shipped.value = offset
+            self.shipped_bytes += size
+
+
+async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: str, partitions: int) -> None:
+    """The child: ship what the serving process says is durable until told to stop."""
+    loop = asyncio.get_running_loop()
+    durable_end = 0
+    told = asyncio.Event()
+    stopping = asyncio.Event()
+
+    def hear(line: bytes) -> None:
+        nonlocal durable_end
+        durable_end = max(durable_end, int(line))
+        told.set()
+
+    shipper = Shipper(bootstrap, log_dir, shipped, partitions=partitions, durable_end=lambda: durable_end,
+                      committed=told, on_shipped=_report, topic=topic)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    listening = asyncio.create_task(_listen(hear, stopping))
+    shipping = asyncio.create_task(shipper.run())
+    await stopping.wait()
+    # Stopped by serve, which wrote the last durable end and closed the pipe just before: read on to
+    # its end (a signal from anyone else leaves the pipe open: then only what is there already).
+    await asyncio.wait({listening}, timeout=STDIN_DRAIN_SECONDS)
+    await shipper.stop()  # ships what is durable first, if the broker is there
+    await shipping
+    listening.cancel()
+
+
+async def _listen(hear: Callable[[bytes], None], stopping: asyncio.Event) -> None:
+    """Durable ends from stdin, one per line, until its end of file."""
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        async for line in reader:
+            hear(line)
+    finally:
+        stopping.set()
+
+
+def _report(offset: int, size: int) -> None:
+    with contextlib.suppress(OSError):  # serve is gone: its end of our stdin stops this process
+        os.write(sys.stdout.fileno(), b"%d %d\n" % (offset, size))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_dir, offset_file, bootstrap, topic, partitions = sys.argv[1:6]
+    os.nice(SHIPPER_NICENESS)
+    asyncio.run(_ship(Path(log_dir), ShippedOffset(Path(offset_file)), bootstrap, topic, int(partitions)))
+
+
+if __name__ == "__main__":
+    main()
