@@ -1,6 +1,7 @@
 """`keytrail serve` on the real clock runs the metrics consumer and the detector as supervised
-child processes (keytrail/children.py, cli/sidecar.py): what they produce is served by the parent,
-a killed child is restarted, and a killed `serve` leaves no child behind."""
+child processes (keytrail/children.py, cli/sidecar.py), and with --kafka the audit shipper
+(audit/shipping.py): what they produce is served by the parent, a killed child is restarted, and a
+killed `serve` leaves no child behind."""
 
 from __future__ import annotations
 
@@ -21,11 +22,11 @@ import pytest
 
 from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock, detector_lock
 from keytrail.transport.segment_log import lock_held
-from tests.integration.e2e.support import eventually
+from tests.integration.e2e.support import consume_sync, eventually
 from tests.support.errors import aws_error
 from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
-from tests.support.services import mosquitto
+from tests.support.services import kafka_broker, mosquitto
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +129,36 @@ def test_a_killed_child_is_restarted(server: KeytrailServer) -> None:
     metrics = server.get("/metrics")[1].decode().splitlines()
     assert 'keytrail_child_restarts_total{child="consumer"} 0' in metrics
     assert 'keytrail_child_restarts_total{child="detector"} 1' in metrics
+
+
+def _shipper(pid: int) -> int | None:
+    """The audit shipper among the children of process `pid` (audit/shipping.py)."""
+    return next((child for child, args in child_commands(pid).items() if b"keytrail.audit.shipping" in args), None)
+
+
+def test_the_kafka_shipper_is_a_child_restarted_when_killed_and_nothing_is_lost(tmp_path: Path) -> None:
+    with kafka_broker() as bootstrap:
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap).start()
+        try:
+            assert server.proc is not None
+            serve = server.proc.pid
+            alice = server.client("alice")
+            key = alice.create_key()["KeyMetadata"]["KeyId"]
+            first = eventually(lambda: _shipper(serve), what="the shipper child")
+            niceness = os.getpriority(os.PRIO_PROCESS, serve) + 10
+            eventually(lambda: os.getpriority(os.PRIO_PROCESS, first) == niceness, what="the shipper's lower priority")
+            os.kill(first, signal.SIGKILL)
+            for _ in range(5):  # answered while the shipper is down: their records wait in the log
+                alice.encrypt(KeyId=key, Plaintext=b"x")
+            eventually(lambda: _shipper(serve) not in (None, first), what="a new shipper")
+            assert "audit shipper child exited with status -9; restarting" in server.log.read_text()
+            restarted = 'keytrail_child_restarts_total{child="audit shipper"} 1'
+            assert restarted in server.get("/metrics")[1].decode().splitlines()
+        finally:
+            assert server.stop() == 0
+        messages = consume_sync(bootstrap, "keytrail.audit.v1", lambda got: len({value for _, value in got}) >= 6)
+    # CreateKey and the five Encrypt calls (at least once: a batch the killed shipper had sent may come twice)
+    assert len({value for _, value in messages}) == 6
 
 
 def test_a_detector_restarted_on_a_settings_file_broken_since_says_so_in_one_line(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.audit.shipping import ShipperProcess
 from keytrail.audit.spool import Spool, SpoolError
+from keytrail.children import Child
 from keytrail.kms.model import CallRecord, CallsInProgress
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
@@ -118,6 +119,10 @@ class AuditTrail:
             )
             self.spool.on_durable = self._shipper.durable
             self._shipper.start()
+
+    def children(self) -> list[Child]:
+        """The child processes the trail supervises (the shipper, with Kafka), for /metrics."""
+        return [self._shipper.child] if self._shipper is not None else []
 
     @property
     def shipper_pid(self) -> int | None:

@@ -238,7 +238,8 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
     restarts = render_family(
         "keytrail_child_restarts_total", "counter", "Times serve restarted a child process after it exited on its own.",
-        (({"child": child.spec.name}, child.restarts) for child in node.children))
+        (({"child": child.spec.name}, child.restarts)
+         for child in node.children + (node.audit.children() if node.audit is not None else [])))
     return pipeline_metrics() + keys + alarms + denied + restarts + _audit_commits(node.audit)
 
 
