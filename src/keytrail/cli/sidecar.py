@@ -56,11 +56,13 @@ log = logging.getLogger("keytrail")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 DataDir = Annotated[Path, typer.Argument(help="The node's data directory.")]
 ANALYTICS_NICENESS = 10  # added to serve's niceness: 10 gives them about a tenth of its CPU share
-# polars runs a thread per core; the consumer's batches are small and it shares the node's cores
-# with the server it audits: on one thread it took a fifth less CPU per Encrypt (10 → 8 and 13 → 10 µs
-# in two A/B runs of serve under wrk -c16 on 2 cores, req/s +1.5 and +1.9 %), its threads no longer
-# waking ≈ 600 times a second. An operator's own POLARS_MAX_THREADS wins.
-CONSUMER_ENVIRONMENT = {"POLARS_MAX_THREADS": "1"}
+# polars runs a thread per core; the children's batches are small and they share the node's cores
+# with the server they audit. On one thread the consumer took a fifth less CPU per Encrypt (10 → 8
+# and 13 → 10 µs in two A/B runs of serve under wrk -c16 on 2 cores, req/s +1.5 and +1.9 %), its
+# threads no longer waking ≈ 600 times a second; the detector's one thread gave serve +1.7 % under
+# wrk -c64 (8 rounds), its batch of ≈ 2,500 events still decoded in a few ms of its 0.25 s gather.
+# An operator's own POLARS_MAX_THREADS wins.
+ANALYTICS_ENVIRONMENT = {"POLARS_MAX_THREADS": "1"}
 # How long the detector child waits for serve's hooks line on its stdin. serve writes it into the
 # pipe as it starts the child, before the child has even imported anything: none by then means a
 # serve that never writes it (`_started_by_an_older_serve`), which the child waited for for good.
@@ -71,12 +73,12 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None]) -> l
     """The children `serve` runs for `settings`; `on_alarm(rule, severity)` for each detector alarm."""
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
-    specs = [ChildSpec("consumer", (*command, "consumer", data_dir), environment_defaults=CONSUMER_ENVIRONMENT)]
+    specs = [ChildSpec("consumer", (*command, "consumer", data_dir), environment_defaults=ANALYTICS_ENVIRONMENT)]
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
         hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka}).encode() + b"\n"
         specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm),
-                               settings=hooks))
+                               settings=hooks, environment_defaults=ANALYTICS_ENVIRONMENT))
     return specs
 
 

@@ -17,8 +17,8 @@ def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> Non
     settings = ServeSettings(data_dir=tmp_path, config=tmp_path / "k.toml", mqtt="mqtt://h:1883", kafka="k:9092")
     consumer, detector = sidecars(settings, lambda rule, severity: None)
     assert consumer.argv[-2:] == ("consumer", str(tmp_path)) and consumer.on_line is None
-    assert consumer.environment_defaults == {"POLARS_MAX_THREADS": "1"}  # one polars thread beside the server
-    assert not detector.environment_defaults
+    for child in (consumer, detector):  # one polars thread each beside the server
+        assert child.environment_defaults == {"POLARS_MAX_THREADS": "1"}
     assert detector.argv[-4:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"))
     # on its stdin: a password in the MQTT URL would be readable by every user in its command line
     assert json.loads(detector.settings or b"") == {"mqtt": "mqtt://h:1883", "kafka": "k:9092"}
