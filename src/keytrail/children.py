@@ -17,10 +17,14 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Child", "ChildSpec"]
+__all__ = ["ANALYTICS_NICENESS", "Child", "ChildSpec", "without_store_secrets"]
 
 log = logging.getLogger("keytrail")
 
+
+# Added to serve's niceness by the children that follow the event log (the consumer, the detector,
+# the Kafka shipper): about a tenth of its CPU share; cli/sidecar.py says why.
+ANALYTICS_NICENESS = 10
 
 # What serve alone needs to reach its key store: a child has no use for it, and unlike serve a
 # child is dumpable, its environment readable in /proc by the user's other processes.

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keytrail.audit.shipper import ShippedOffset, Shipper
-from keytrail.children import Child, ChildSpec
+from keytrail.children import ANALYTICS_NICENESS, Child, ChildSpec
 
 __all__ = ["ShipperProcess"]
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 # How often, at most, the serving process tells the shipper the durable end: a pipe write per
 # group commit would cost hundreds of system calls a second, and the shipper lingers 0.25 s anyway.
 TELL_SECONDS = 0.05
-SHIPPER_NICENESS = 10  # as the consumer and the detector children (cli/sidecar.py)
 STDIN_DRAIN_SECONDS = 1.0
 
 
@@ -153,7 +152,7 @@ def _report(offset: int, size: int) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log_dir, offset_file, bootstrap, topic, partitions = sys.argv[1:6]
-    os.nice(SHIPPER_NICENESS)
+    os.nice(ANALYTICS_NICENESS)
     asyncio.run(_ship(Path(log_dir), ShippedOffset(Path(offset_file)), bootstrap, topic, int(partitions)))
 
 

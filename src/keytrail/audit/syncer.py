@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from keytrail.children import without_store_secrets
+
 __all__ = ["SyncHelper", "SyncHelperGone", "Synced"]
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class SyncHelper:
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
             start_new_session=True,  # a terminal's Ctrl-C is for `serve`, which stops it in order
             # Not serve's key store URL and password: it needs neither, and is dumpable.
-            env={name: value for name, value in os.environ.items() if name not in ("KEYTRAIL_STORE", "PGPASSWORD")},
+            env=without_store_secrets(os.environ),
         )
         return cls(process, loop)
 

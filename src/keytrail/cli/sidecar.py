@@ -38,7 +38,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from keytrail.children import ChildSpec
+from keytrail.children import ANALYTICS_NICENESS, ChildSpec
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.tail import detect_live
 from keytrail.clock import SystemClock
@@ -50,12 +50,11 @@ from keytrail.owner_only import open_file
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import consumer_lock
 
-__all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
+__all__ = ["ANALYTICS_NICENESS", "consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
 
 log = logging.getLogger("keytrail")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 DataDir = Annotated[Path, typer.Argument(help="The node's data directory.")]
-ANALYTICS_NICENESS = 10  # added to serve's niceness: 10 gives them about a tenth of its CPU share
 # polars runs a thread per core; the children's batches are small and they share the node's cores
 # with the server they audit. On one thread the consumer took a fifth less CPU per Encrypt (10 → 8
 # and 13 → 10 µs in two A/B runs of serve under wrk -c16 on 2 cores, req/s +1.5 and +1.9 %), its
