@@ -42,7 +42,10 @@ class ChildSpec:
     `environment_defaults` are set for the child unless serve's own environment sets them;
     `settings` (or what it returns, asked at each start) is written to its stdin at each start: what
     must stay off its command line (every user of the machine can read that) and out of its
-    environment (readable while it is dumpable), or what the child must know as it starts."""
+    environment (readable while it is dumpable), or what the child must know as it starts.
+    `stops_at_end_of_input`: the child finishes its work and exits at the end of its stdin, which is
+    how `stop` ends it, with no SIGTERM: one that came while it still imported its modules, before
+    it set its handler, would end it with that work undone (the Kafka shipper's last records)."""
 
     name: str
     argv: tuple[str, ...]
@@ -52,6 +55,7 @@ class ChildSpec:
     stop_timeout: float = 15.0
     first_backoff: float = 0.5
     max_backoff: float = 30.0
+    stops_at_end_of_input: bool = False
 
 
 class Child:
@@ -100,13 +104,18 @@ class Child:
         return await process.wait()
 
     async def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM, then SIGKILL after `timeout` (default: the spec's `stop_timeout`); no restart afterwards."""
+        """SIGTERM (or the end of its stdin: `stops_at_end_of_input`), then SIGKILL after `timeout`
+        (default: the spec's `stop_timeout`); no restart afterwards."""
         self._stopping = True
         timeout = self.spec.stop_timeout if timeout is None else timeout
         process = self.process
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+            if self.spec.stops_at_end_of_input:
+                if process.stdin is not None:
+                    process.stdin.close()
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:

@@ -38,6 +38,22 @@ async def test_stop_terminates_then_kills_a_child_that_ignores_sigterm(tmp_path:
     assert child.process is not None and child.process.returncode == -9
 
 
+async def test_a_child_that_stops_at_the_end_of_its_input_gets_no_sigterm_while_it_starts() -> None:
+    # Still "importing" (no SIGTERM handler yet) when stopped: a SIGTERM would end it, work undone.
+    finishing = "import sys, time; time.sleep(1.0); sys.stdin.read(); print('work done', flush=True)"
+    lines: list[bytes] = []
+    child = Child(ChildSpec("shipper-like", _python(finishing), lines.append, settings=b"", stop_timeout=10,
+                            stops_at_end_of_input=True))
+    child.start()
+    for _ in range(100):
+        if child.process is not None:
+            break
+        await asyncio.sleep(0.01)
+    await child.stop()
+    assert child.process is not None and child.process.returncode == 0
+    assert lines == [b"work done\n"]
+
+
 async def test_a_child_sees_end_of_file_on_stdin_when_the_supervisor_closes_it(tmp_path: Path) -> None:
     ready = asyncio.Event()
     child = Child(ChildSpec("reader", _python("import sys; print('ready', flush=True); sys.stdin.read()"),

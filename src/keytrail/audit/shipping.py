@@ -12,9 +12,10 @@ process it runs on the other core, as the consumer and the detector do, at their
 Protocol, ASCII lines on its pipes. The serving process writes the durable end (the offset below
 which every record is on disk) at the child's start and then as it moves, at most every
 TELL_SECONDS; the shipper ships records up to it and writes back `<shipped offset> <framed bytes>`
-after each batch the broker acknowledged (the offset file is written by then). On SIGTERM, or at
-the end of its stdin (serve gone, even by SIGKILL), it ships what it was told is durable, while
-the broker takes it, and exits; serve kills it after its close's shipping timeout.
+after each batch the broker acknowledged (the offset file is written by then). At the end of its
+stdin (serve stopping it, or gone, even by SIGKILL), or on SIGTERM from anyone else, it ships what
+it was told is durable, while the broker takes it, and exits; serve kills it after its close's
+shipping timeout.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class ShipperProcess:
         self._durable_end = durable_end
         self._timer: asyncio.TimerHandle | None = None
         argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions))
-        self.child = Child(ChildSpec("audit shipper", argv, on_line=self._heard, settings=self._end_line))
+        self.child = Child(ChildSpec("audit shipper", argv, on_line=self._heard, settings=self._end_line,
+                                     stops_at_end_of_input=True))
 
     @property
     def pid(self) -> int | None:
