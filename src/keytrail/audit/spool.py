@@ -289,7 +289,7 @@ class Spool:
             self._fsync_seconds = seconds
             self._finish(done, error)
 
-        helper.sync(self.segments.active_path, self.segments.active_records_end, answered)
+        helper.sync(self.segments.active_path, answered)
 
     def _start_helper(self) -> None:
         self._helper_timer = None

@@ -9,14 +9,6 @@ Opening a writer cuts a torn tail left by a crash; the bytes it cuts are kept be
 (`<segment>.cut-at-<position>-<time>`): a tail that is damage rather than a torn write, with whole
 records after it, stays on disk for `keytrail audit verify` and for whoever investigates.
 
-The active segment may end in zeros: space reserved ahead of its records (`reserve_ahead`, which
-the spool's fsync helper calls), so that a sync flushes records into blocks the file already has
-and the filesystem's journal need not commit a new file length (ext4 on this project's VM, 1,500
-group commits of 4 records: fsync mean 285–330 against 356–463 µs, 2–3 % of them over 0.5 ms
-against 5–27 %; the helper's CPU the same). Records are therefore written at the segment's
-end of records, not appended to the file; the zeros read as no record (a frame of length 0), and
-a closed segment, a closed log and a log opened after a crash are cut to their records.
-
 Readers read in bounded chunks and check each record's CRC32 the first time they read it; they
 never return a record whose checksum fails, nor any after it in its segment. `read_payloads`
 hands a batch on as one bytes object (`Payloads`), not one object per record.
@@ -33,26 +25,18 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from keytrail.owner_only import make_dirs
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
-    "RESERVE_BYTES", "Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "lock_held",
-    "reserve_ahead", "writer_active",
+    "Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "lock_held", "writer_active",
 ]
 
 _SUFFIX = ".seg"
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # readers read this much at a time (more for one larger record)
-# A reader's first read past what it verified: a live reader mostly finds a few new records, or
-# none, before the active segment's reserved zeros (a whole chunk of them, each poll, cost the
-# consumer, detector and shipper a megabyte's copy each time).
-_FIRST_READ = 64 << 10
-# Zeros kept reserved past the active segment's records (see the module docstring), topped up to
-# this when under half is left: one sync in about a thousand records writes the zeros and the
-# file's new length, the others only records into blocks the file has.
-RESERVE_BYTES = 1 << 20
 
 
 def event_log_dir(data_dir: Path) -> Path:
@@ -80,16 +64,6 @@ def lock_held(path: Path) -> bool:
     finally:
         os.close(fd)  # closing releases a lock we may have taken
     return False
-
-
-def reserve_ahead(fd: int, records_end: int) -> None:
-    """Write zeros past `records_end` (the active segment's end of records, `fd` open for writing)
-    so that RESERVE_BYTES follow it, when under half do. Only while no record is being written:
-    the spool's fsync helper calls it before the fsync it was asked for, the loop waiting."""
-    size = os.fstat(fd).st_size
-    if size - records_end < RESERVE_BYTES // 2:
-        start = max(size, records_end)
-        os.pwrite(fd, bytes(records_end + RESERVE_BYTES - start), start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +146,10 @@ class SegmentLog:
     def _publish(self, segment: _Segment, chunks: list[bytes], positions: list[int], size: int) -> None:
         # Write first, then index: a reader in another thread never sees an unwritten record.
         try:
-            self._write(b"".join(chunks), segment.size)
+            self._write(b"".join(chunks))
         except OSError as error:
             try:
-                # Disk full mid-write: no partial frame stays (nor the reserve, which it was past).
-                os.ftruncate(self._fd, segment.size)
+                os.ftruncate(self._fd, segment.size)  # disk full mid-write: no partial frame stays
             except OSError as cut:
                 raise TornWrite(f"{error}; the part written could not be cut off ({cut})") from error
             raise
@@ -194,14 +167,13 @@ class SegmentLog:
     def roll(self) -> _Segment:
         """Close the active segment (syncing it) and start a new one at the end offset."""
         if self._fd >= 0:
-            self._cut_reserve()
             os.fsync(self._fd)
             os.close(self._fd)
             # Forget the closed number before opening: if the open fails (no descriptor left, disk
             # full), the next roll must not fsync and close whatever file then got that number.
             self._fd = -1
         segment = _Segment(self.end_offset(), self.directory / f"{self.end_offset():020d}{_SUFFIX}")
-        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments.append(segment)
         self._dirty_dir = True
         return segment
@@ -210,11 +182,6 @@ class SegmentLog:
     def active_path(self) -> Path:
         """The file appends go to."""
         return self._segments[-1].path
-
-    @property
-    def active_records_end(self) -> int:
-        """Where the active segment's records end (its reserved zeros follow)."""
-        return self._segments[-1].size
 
     @property
     def needs_directory_sync(self) -> bool:
@@ -243,7 +210,6 @@ class SegmentLog:
     def close(self) -> None:
         """Sync and release the files and the writer lock."""
         if self._fd >= 0:
-            self._cut_reserve()
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -251,16 +217,10 @@ class SegmentLog:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def _write(self, data: bytes, position: int) -> None:
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            written = os.pwrite(self._fd, view, position)
-            view, position = view[written:], position + written
-
-    def _cut_reserve(self) -> None:
-        """Cut the active segment to its records: a closed segment keeps no reserved zeros."""
-        if os.fstat(self._fd).st_size > self._segments[-1].size:
-            os.ftruncate(self._fd, self._segments[-1].size)
+            view = view[os.write(self._fd, view):]
 
     def _take_lock(self) -> None:
         self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
@@ -277,14 +237,13 @@ class SegmentLog:
             return
         active = self._segments[-1]
         self._index(active)
-        written = _path_written_end(active.path, active.size)
-        if written > active.size:  # torn tail from a crash: keep it aside, cut it
-            kept = _keep_tail(active, written)
+        if active.path.stat().st_size > active.size:  # torn tail from a crash: keep it aside, cut it
+            kept = _keep_tail(active)
+            os.truncate(active.path, active.size)
             log.warning("event log %s: %d bytes after record offset %d were not whole records (a write "
                         "torn by a crash, or damage); cut, and kept in %s", active.path.name,
-                        written - active.size, active.base + len(active.positions), kept.name)
-        self._fd = os.open(active.path, os.O_WRONLY)
-        self._cut_reserve()  # and the zeros a crash left: reserved space, or a length kept without its data
+                        kept.stat().st_size, active.base + len(active.positions), kept.name)
+        self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
         os.fsync(self._fd)
 
     # --- readers ---------------------------------------------------------------------------------
@@ -313,12 +272,12 @@ class SegmentLog:
                 break
             self._index(segment)
             try:
-                written = _path_written_end(segment.path, segment.size)  # zeros after the records are no damage
+                with_bytes = segment.path.stat().st_size
             except FileNotFoundError:  # retention deleted it meanwhile
                 continue
-            if written > segment.size:
-                offset, unread = segment.base + len(segment.positions), written - segment.size
-                if number == len(self._segments) and _ends_in_one_frame(segment, written):  # a crash's torn write
+            if with_bytes > segment.size:
+                offset, unread = segment.base + len(segment.positions), with_bytes - segment.size
+                if number == len(self._segments) and _ends_in_one_frame(segment, with_bytes):  # a crash's torn write
                     return Damage(f"{segment.path.name}: the {unread} bytes from record offset {offset} to the end are "
                                   "no whole record (a write torn by a crash, cut and kept aside when keytrail serve "
                                   "next opens the log, or damage)", torn_write=True)
@@ -345,8 +304,7 @@ class SegmentLog:
         out = []
         for segment in self._segments:
             stat = segment.path.stat()
-            active = self.writable and segment is self._segments[-1]  # its records, not its reserve
-            out.append((segment.base, segment.size if active else stat.st_size, stat.st_mtime))
+            out.append((segment.base, stat.st_size, stat.st_mtime))
         return out
 
     def start_offset(self) -> int:
@@ -453,7 +411,7 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
     """Extend `segment.positions` over intact frames after its verified size until it holds
     `until`, reading bounded chunks; `keep` gets the verified bytes. Stops at the end of the
     file, at a partial frame (its rest is not written yet) and at a damaged one (for good)."""
-    size = min(_FIRST_READ, _CHUNK)
+    size = _CHUNK
     while len(segment.positions) < until:
         # Chunks, not one read of the whole: a large read is fresh memory each time (page
         # faults), where chunks reuse the same few freed blocks.
@@ -471,17 +429,14 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
 
 def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
     """Every whole frame of a segment file as (payload, intact), read in bounded chunks; ends at
-    a partial frame, at an impossible length, and at a frame failing its checksum with only zeros
-    after it: a write torn by a crash, the rest of its bytes still the reserved zeros."""
+    a partial frame and at an impossible length."""
     position, size = 0, _CHUNK
     while True:
         data = os.pread(fd, size, position)
         used = 0
         for payload, intact in split(data):
-            used += FRAME.size + len(payload)
-            if not intact and _written_end(fd, position + used) == position + used:
-                return
             yield payload, intact
+            used += FRAME.size + len(payload)
         position += used
         if len(data) < size:
             return
@@ -490,44 +445,33 @@ def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
             return
 
 
-def _ends_in_one_frame(segment: _Segment, written: int) -> bool:
-    """Whether the unreadable bytes after the segment's last whole record, up to `written` (zeros
-    after it: a crash kept the file's new length but not its data, or reserved space), are one
-    frame, cut short or failing its checksum: what a crash leaves of an unfinished write."""
+def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
+    """Whether the unreadable bytes after the segment's last whole record are one frame, cut short
+    or failing its checksum, and nothing after it, or only zeros (a crash kept the file's new
+    length but not its data): what a crash leaves of an unfinished write."""
     with segment.path.open("rb") as handle:
         handle.seek(segment.size)
         header = handle.read(FRAME.size)
-    return len(header) < FRAME.size or segment.size + FRAME.size + FRAME.unpack(header)[0] >= written
+        if len(header) < FRAME.size or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size:
+            return True
+        return not header.strip(b"\0") and _only_zeros(handle)
 
 
-def _written_end(fd: int, start: int) -> int:
-    """Where the file's bytes from `start` on stop being other than zeros (`start` if they are
-    all zeros, or none): zeros after a segment's records are no records (see the module
-    docstring). Read in bounded chunks."""
-    end = position = start
-    while chunk := os.pread(fd, _CHUNK, position):
-        if data := chunk.rstrip(b"\0"):
-            end = position + len(data)
-        position += len(chunk)
-    return end
+def _only_zeros(handle: BinaryIO) -> bool:
+    """Whether the rest of the file holds nothing but zero bytes (read in bounded chunks)."""
+    while chunk := handle.read(_CHUNK):
+        if chunk.strip(b"\0"):
+            return False
+    return True
 
 
-def _path_written_end(path: Path, start: int) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return _written_end(fd, start)
-    finally:
-        os.close(fd)
-
-
-def _keep_tail(segment: _Segment, end: int) -> Path:
-    """Copy the bytes from the segment's last whole record to `end` to a file beside it (synced);
-    its path."""
+def _keep_tail(segment: _Segment) -> Path:
+    """Copy what follows the segment's last whole record to a file beside it (synced); its path."""
     kept = segment.path.with_name(f"{segment.path.name}.cut-at-{segment.size}-{time.time_ns()}")
     target_fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # audit bytes: owner only
     with segment.path.open("rb") as source, os.fdopen(target_fd, "wb") as target:
         source.seek(segment.size)
-        while (left := end - source.tell()) > 0 and (chunk := source.read(min(_CHUNK, left))):
+        while chunk := source.read(_CHUNK):
             target.write(chunk)
         target.flush()
         os.fsync(target.fileno())

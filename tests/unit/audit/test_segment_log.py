@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keytrail.transport import segment_log
-from keytrail.transport.segment_log import RESERVE_BYTES, LogLockedError, SegmentLog, reserve_ahead
+from keytrail.transport.segment_log import LogLockedError, SegmentLog
 
 
 def _payloads(count: int, size: int = 40) -> list[bytes]:
@@ -290,81 +290,6 @@ def test_a_zero_filled_tail_is_no_records_and_is_cut(tmp_path: Path) -> None:
     assert reopened.end_offset() == 3
     assert segment.stat().st_size == intact
     assert reopened.append([b"after crash"]) == 3
-
-
-def _reserve(log: SegmentLog) -> Path:
-    """Reserve zeros past the active segment's records, as the spool's fsync helper does; its path."""
-    fd = os.open(log.active_path, os.O_WRONLY)
-    try:
-        reserve_ahead(fd, log.active_records_end)
-    finally:
-        os.close(fd)
-    return log.active_path
-
-
-def test_records_are_written_into_the_reserved_zeros_and_readers_see_only_records(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path, writable=True)
-    log.append(_payloads(3))
-    segment = _reserve(log)
-    assert segment.stat().st_size == log.active_records_end + RESERVE_BYTES
-    log.append(_payloads(5))  # written where the zeros were: the file keeps its length
-    assert segment.stat().st_size == sum(8 + len(p) for p in _payloads(3)) + RESERVE_BYTES
-    _reserve(log)  # over half the reserve is left: nothing to write
-    assert segment.stat().st_size == sum(8 + len(p) for p in _payloads(3)) + RESERVE_BYTES
-    reader = SegmentLog(tmp_path)
-    assert reader.end_offset() == 8 and reader.damage() is None
-    assert [p for _, p in reader.read(0, 100)] == _payloads(3) + _payloads(5)
-    assert [frame.offset for frame in reader.frames()] == list(range(8))
-    log.close()  # a closed segment keeps no zeros
-    assert segment.stat().st_size == sum(8 + len(p) for p in _payloads(3) + _payloads(5))
-
-
-def test_a_segment_closed_by_a_roll_is_cut_to_its_records(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
-    log.append(_payloads(2))
-    first = _reserve(log)
-    log.append(_payloads(8))  # past 200 bytes: the log rolls to a new segment
-    assert log.active_path != first
-    assert first.stat().st_size == sum(8 + len(p) for _, p in SegmentLog(tmp_path).read(0, log.segment_bases()[1]))
-    assert log.segment_info()[-1][1] == log.active_records_end  # the writer counts records, not zeros
-
-
-def _crash_image(source: Path, target: Path) -> Path:
-    """A copy of the log in `source` as a crash of its writer would leave it; its last segment."""
-    target.mkdir()
-    for path in source.glob("*.seg"):
-        (target / path.name).write_bytes(path.read_bytes())
-    return _segment(target)
-
-
-def test_a_crashed_writers_reserved_zeros_are_cut_without_a_word(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    log = SegmentLog(tmp_path / "live", writable=True)
-    log.append(_payloads(4))
-    _reserve(log)
-    segment = _crash_image(tmp_path / "live", tmp_path / "crashed")
-    assert SegmentLog(tmp_path / "crashed").damage() is None
-    reopened = SegmentLog(tmp_path / "crashed", writable=True)
-    assert reopened.end_offset() == 4 and segment.stat().st_size == log.active_records_end
-    assert not list((tmp_path / "crashed").glob("*.cut-at-*")) and "not whole records" not in caplog.text
-
-
-def test_a_write_torn_into_the_reserved_zeros_is_a_torn_write_kept_aside(tmp_path: Path) -> None:
-    log = SegmentLog(tmp_path / "live", writable=True)
-    log.append(_payloads(4))
-    end = log.active_records_end
-    with _reserve(log).open("r+b") as handle:  # the crash came halfway through the next record
-        handle.seek(end)
-        handle.write(b"\x30\x00\x00\x00\x01\x02\x03\x04half-a-record")
-    segment = _crash_image(tmp_path / "live", tmp_path / "crashed")
-    reader = SegmentLog(tmp_path / "crashed")
-    assert reader.end_offset() == 4 and [frame.offset for frame in reader.frames()] == [0, 1, 2, 3]
-    damage = reader.find_damage()
-    assert damage is not None and damage.torn_write and "the 21 bytes from record offset 4" in damage.text
-    SegmentLog(tmp_path / "crashed", writable=True).close()
-    [kept] = (tmp_path / "crashed").glob("*.cut-at-*")
-    assert kept.read_bytes() == b"\x30\x00\x00\x00\x01\x02\x03\x04half-a-record"  # not the zeros after it
-    assert segment.stat().st_size == end
 
 
 def test_an_empty_record_is_refused(tmp_path: Path) -> None:
