@@ -1,6 +1,6 @@
 """Supervised child processes of `keytrail serve` (the consumer and detector sidecars, the audit
 trail's Kafka shipper): restarted with a growing pause after an unexpected exit, stopped with
-SIGTERM (killed after a timeout).
+SIGTERM, or by the end of their stdin (the shipper), and killed after a timeout.
 
 Each child gets a pipe as stdin: when `serve` dies, even by SIGKILL, the kernel closes it and the
 child sees end of file and exits (cli/sidecar.py, audit/shipping.py). Children run in their own
