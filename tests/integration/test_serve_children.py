@@ -20,7 +20,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from keytrail.cli.sidecar import ANALYTICS_NICENESS, consumer_lock, detector_lock
+from keytrail.children import ANALYTICS_NICENESS
+from keytrail.cli.sidecar import consumer_lock, detector_lock
 from keytrail.transport.segment_log import lock_held
 from tests.integration.e2e.support import consume_sync, eventually
 from tests.support.errors import aws_error

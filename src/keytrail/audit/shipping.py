@@ -78,8 +78,7 @@ class ShipperProcess:
             self._timer.cancel()
         if (stdin := self._stdin()) is not None:
             stdin.write(self._end_line())
-            stdin.close()  # its end of file, right after that line: the shipper reads both before it stops
-        await self.child.stop(timeout)
+        await self.child.stop(timeout)  # closes its stdin after that line: the shipper reads both, then stops
 
     def _tell(self) -> None:
         self._timer = None

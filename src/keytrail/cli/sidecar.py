@@ -50,7 +50,7 @@ from keytrail.owner_only import open_file
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import consumer_lock
 
-__all__ = ["ANALYTICS_NICENESS", "consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
+__all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
 
 log = logging.getLogger("keytrail")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
