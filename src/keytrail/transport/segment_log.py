@@ -2,8 +2,9 @@
 
 A segment is `<base offset, 20 digits>.seg`; each record is framed as a 4-byte little-endian
 length, a 4-byte CRC32 of the payload, then the payload. Offsets are consecutive record numbers.
-`append` writes without syncing; `sync` makes everything appended durable (callers batch
-several appends under one sync: group commit). One writer per directory (an exclusive `flock`
+`append` writes without syncing, a batch's first frame header last (readers see all of the
+batch's records or none); `sync` makes everything appended durable (callers batch several appends
+under one sync: group commit). One writer per directory (an exclusive `flock`
 on `LOCK`); any number of readers, in this process or others, see what the writer has flushed.
 Opening a writer cuts a torn tail left by a crash; the bytes it cuts are kept beside the segment
 (`<segment>.cut-at-<position>-<time>`): a tail that is damage rather than a torn write, with whole
@@ -25,7 +26,6 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from keytrail.owner_only import make_dirs
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
@@ -69,7 +69,8 @@ def lock_held(path: Path) -> bool:
 @dataclass(frozen=True, slots=True)
 class Damage:
     """Bytes of the log that are no whole record: `torn_write` when they are one unfinished frame
-    at the very end of the last segment (or zeros), what a crash leaves of a write it interrupted."""
+    at the very end of the last segment, or begin with a header of zeros (a batch whose first
+    header was still to be written), what a crash leaves of a write it interrupted."""
 
     text: str
     torn_write: bool
@@ -145,8 +146,15 @@ class SegmentLog:
 
     def _publish(self, segment: _Segment, chunks: list[bytes], positions: list[int], size: int) -> None:
         # Write first, then index: a reader in another thread never sees an unwritten record.
+        # The first frame's header goes last. Until then readers find a length of 0 there (a hole
+        # in the file), which they take for a record still being written. So when the disk takes
+        # only part of a write, whose bytes are cut off again below, no reader in another process
+        # has read whole frames of it: frames that would be gone, their offsets then given to
+        # other records.
+        data = memoryview(b"".join(chunks))
         try:
-            self._write(b"".join(chunks))
+            self._write_at(data[FRAME.size:], segment.size + FRAME.size)
+            self._write_at(data[:FRAME.size], segment.size)
         except OSError as error:
             try:
                 os.ftruncate(self._fd, segment.size)  # disk full mid-write: no partial frame stays
@@ -173,7 +181,7 @@ class SegmentLog:
             # full), the next roll must not fsync and close whatever file then got that number.
             self._fd = -1
         segment = _Segment(self.end_offset(), self.directory / f"{self.end_offset():020d}{_SUFFIX}")
-        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT, 0o600)  # no O_APPEND: see `_publish`
         self._segments.append(segment)
         self._dirty_dir = True
         return segment
@@ -217,10 +225,10 @@ class SegmentLog:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+    def _write_at(self, data: memoryview, position: int) -> None:
+        while data:
+            written = os.pwrite(self._fd, data, position)
+            data, position = data[written:], position + written
 
     def _take_lock(self) -> None:
         self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
@@ -243,7 +251,7 @@ class SegmentLog:
             log.warning("event log %s: %d bytes after record offset %d were not whole records (a write "
                         "torn by a crash, or damage); cut, and kept in %s", active.path.name,
                         kept.stat().st_size, active.base + len(active.positions), kept.name)
-        self._fd = os.open(active.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(active.path, os.O_WRONLY)
         os.fsync(self._fd)
 
     # --- readers ---------------------------------------------------------------------------------
@@ -447,22 +455,14 @@ def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:
 
 def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
     """Whether the unreadable bytes after the segment's last whole record are one frame, cut short
-    or failing its checksum, and nothing after it, or only zeros (a crash kept the file's new
-    length but not its data): what a crash leaves of an unfinished write."""
+    or failing its checksum, and nothing after it, or start with a header of zeros: what a crash
+    leaves of an unfinished write (the writer writes a batch's first header last, and a crash may
+    keep a file's new length but not its data)."""
     with segment.path.open("rb") as handle:
         handle.seek(segment.size)
         header = handle.read(FRAME.size)
-        if len(header) < FRAME.size or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size:
-            return True
-        return not header.strip(b"\0") and _only_zeros(handle)
-
-
-def _only_zeros(handle: BinaryIO) -> bool:
-    """Whether the rest of the file holds nothing but zero bytes (read in bounded chunks)."""
-    while chunk := handle.read(_CHUNK):
-        if chunk.strip(b"\0"):
-            return False
-    return True
+        return (len(header) < FRAME.size or not header.strip(b"\0")
+                or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size)
 
 
 def _keep_tail(segment: _Segment) -> Path:

@@ -241,6 +241,48 @@ def test_a_partial_frame_is_read_once_its_rest_is_written(tmp_path: Path) -> Non
     assert reader.read(2, 10) == [(2, b"late record")] and reader.end_offset() == 3
 
 
+def test_a_write_the_disk_takes_only_in_part_is_never_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Disk full mid-write: the writer cuts the part written off again and gives its offsets to the
+    # next records. A reader in another process that had read whole frames of that part meanwhile
+    # would have handed on records that never were, and then read the next ones at wrong places.
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(2))
+    log.sync()
+    reader = SegmentLog(tmp_path)
+    seen_mid_write: list[list[int]] = []
+    real_pwrite = os.pwrite
+
+    def most_then_full(fd: int, data: bytes, at: int) -> int:
+        real_pwrite(fd, bytes(data)[: len(data) - 5], at)  # every frame whole but the last
+        seen_mid_write.append([o for o, _ in reader.read(0, 100)])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", most_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        log.append(_payloads(6))
+    monkeypatch.undo()
+    assert seen_mid_write == [[0, 1]]
+    assert log.append([b"after space came back"]) == 2
+    log.sync()
+    assert reader.read(2, 10) == [(2, b"after space came back")] and reader.end_offset() == 3
+    reopened = SegmentLog(tmp_path)
+    assert [p for _, p in reopened.read(0, 10)] == [*_payloads(2), b"after space came back"]
+
+
+def test_a_crash_before_a_batchs_first_header_is_a_torn_write(tmp_path: Path) -> None:
+    segment = _closed_log(tmp_path, 3)
+    intact = segment.stat().st_size
+    body = b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in _payloads(4))
+    with segment.open("ab") as handle:  # the batch written, its first header not yet
+        handle.write(bytes(8) + body[8:])
+    assert SegmentLog(tmp_path).end_offset() == 3
+    damage = SegmentLog(tmp_path).find_damage()
+    assert damage is not None and damage.torn_write
+    reopened = SegmentLog(tmp_path, writable=True)
+    assert segment.stat().st_size == intact
+    assert reopened.append([b"after crash"]) == 3
+
+
 def test_a_reader_moves_past_segments_deleted_by_retention(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
     log.append(_payloads(12))

@@ -88,12 +88,12 @@ async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, m
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
-        real_write = os.write
-        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
+        real_write = os.pwrite
+        monkeypatch.setattr(os, "pwrite", lambda fd, data, at: (_ for _ in ()).throw(OSError(28, "No space left")))
         for i in range(3):
             with pytest.raises(SpoolError, match="No space left"):
                 await trail.record(encrypt_call(10 + i))
-        monkeypatch.setattr(os, "write", real_write)
+        monkeypatch.setattr(os, "pwrite", real_write)
         await trail.record(encrypt_call(2))  # space is back: the spool carries on, no torn frame
     assert [r.message.split(":")[0] for r in caplog.records if r.name == "keytrail.audit.spool"] == [
         "audit spool write failed", "audit spool writes again, after refusing 3 records"]
@@ -110,13 +110,13 @@ async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(
 
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
-        real_write = os.write
+        real_write = os.pwrite
 
-        def half_then_full(fd: int, data: bytes) -> int:
-            real_write(fd, bytes(data)[: len(data) // 2])
+        def half_then_full(fd: int, data: bytes, at: int) -> int:
+            real_write(fd, bytes(data)[: len(data) // 2], at)
             raise OSError(28, "No space left")
 
-        monkeypatch.setattr(os, "write", half_then_full)
+        monkeypatch.setattr(os, "pwrite", half_then_full)
         monkeypatch.setattr(segment_log.os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(5, "I/O")))
         with pytest.raises(SpoolError, match="could not be cut off"):
             await trail.record(encrypt_call(1))
@@ -443,23 +443,23 @@ async def test_problem_tells_the_health_check_why_records_are_refused(tmp_path: 
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
         assert trail.problem() is None
-        real_write = os.write
-        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
+        real_write = os.pwrite
+        monkeypatch.setattr(os, "pwrite", lambda fd, data, at: (_ for _ in ()).throw(OSError(28, "No space left")))
         with pytest.raises(SpoolError):
             await trail.record(encrypt_call(1))
         assert "cannot write" in (trail.problem() or "") and "No space left" in (trail.problem() or "")
         monkeypatch.setattr(spool_module, "REFUSAL_SHOWN_SECONDS", 0.0)  # no call since: maybe space is back
         assert trail.problem() is None
-        monkeypatch.setattr(os, "write", real_write)
+        monkeypatch.setattr(os, "pwrite", real_write)
         await trail.record(encrypt_call(2))
         monkeypatch.undo()
         assert trail.problem() is None
 
-        def half_then_full(fd: int, data: bytes) -> int:
-            real_write(fd, bytes(data)[: len(data) // 2])
+        def half_then_full(fd: int, data: bytes, at: int) -> int:
+            real_write(fd, bytes(data)[: len(data) // 2], at)
             raise OSError(28, "No space left")
 
-        monkeypatch.setattr(os, "write", half_then_full)
+        monkeypatch.setattr(os, "pwrite", half_then_full)
         monkeypatch.setattr(segment_log.os, "ftruncate", lambda fd, size: (_ for _ in ()).throw(OSError(5, "I/O")))
         with pytest.raises(SpoolError):
             await trail.record(encrypt_call(3))
