@@ -7,6 +7,7 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
+from keytrail.kms.identifiers import key_arn
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey
@@ -29,17 +30,17 @@ def _date_in(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _material_binding(key: Key, material_id: str, legacy: bool) -> str:
+def _material_binding(arn: str, material_id: str, legacy: bool) -> str:
     """Where a sealed material version belongs. Since documents carry a MAC (authentic_docs.py) the
     binding also says so: material sealed since cannot pass for an old store's once its document's
     MAC is stripped, which is what keeps a stripped store from being taken for an old one."""
-    return f"{key.arn}#{material_id}" + ("" if legacy else AUTHENTICATED_SEAL)
+    return f"{arn}#{material_id}" + ("" if legacy else AUTHENTICATED_SEAL)
 
 
 def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str, Any]:
     return {
         "material_id": material.material_id,
-        "sealed": root.seal_text(material.secret, _material_binding(key, material.material_id, False), reuse=True),
+        "sealed": root.seal_text(material.secret, _material_binding(key.arn, material.material_id, False), reuse=True),
         "created": _date_out(material.created),
         "rotation_type": material.rotation_type,
         "valid_to": _date_out(material.valid_to),
@@ -50,8 +51,8 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
     }
 
 
-def _material_from_doc(key: Key, doc: dict[str, Any], root: RootKey, legacy: bool) -> KeyMaterial:
-    secret = root.unseal_text(doc["sealed"], _material_binding(key, doc["material_id"], legacy), remember=not legacy)
+def _material_from_doc(arn: str, doc: dict[str, Any], root: RootKey, legacy: bool) -> KeyMaterial:
+    secret = root.unseal_text(doc["sealed"], _material_binding(arn, doc["material_id"], legacy), remember=not legacy)
     return KeyMaterial(
         material_id=doc["material_id"],
         secret=secret,
@@ -91,8 +92,8 @@ def key_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> Key:
             doc[name] = _date_in(doc[name])
     doc["tags"] = tuple((k, v) for k, v in doc["tags"])
     doc["replica_regions"] = tuple(doc["replica_regions"])
-    shell = Key(**doc)
-    return Key(**{**doc, "materials": tuple(_material_from_doc(shell, m, root, legacy) for m in materials)})
+    arn = key_arn(doc["region"], doc["account"], doc["key_id"])  # `Key.arn`, before there is a Key
+    return Key(**doc, materials=tuple(_material_from_doc(arn, m, root, legacy) for m in materials))
 
 
 def alias_to_doc(alias: Alias) -> str:
