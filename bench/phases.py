@@ -248,52 +248,58 @@ def _scale_run(work: Path, kafka: str | None, data_dir: Path, arns: list[str], w
 
 @dataclass
 class _ScaleRates:
-    """Seconds per key of filling, and a server's start as a fixed part (its start with the fewest
-    keys: imports, children) plus seconds per key, as the counts measured so far showed them (the
-    first guesses are a slow VM's): the next, larger count is run only if it fits. Charging the
-    fixed part per key instead overestimated a start at 100,000 keys threefold, and skipped it."""
+    """Seconds per key of filling, and a run's seconds (the server's start, wrk's warm-up and
+    measured run, the catch-up, the stop) as a fixed part, the run with the fewest keys, plus
+    seconds per key, as the counts measured so far showed them: the next, larger count is run only
+    if it fits. (Charging a start's fixed part per key overestimated the start at 100,000 keys
+    threefold and skipped its row on a slow VM; leaving out all but wrk's seconds, the run at
+    100,000 keys was underestimated by a third.)"""
 
-    fill: float = 0.001
-    start: float = 0.0002
-    start_fixed: float = 5.0
+    run_fixed: float  # a first guess until a run is measured
+    fill: float = 0.001  # a slow VM's, until 1,000 keys are filled
+    run_per_key: float = 0.0002
 
-    def estimate(self, count: int, have: int, runs: int, durations: Durations) -> float:
-        run = durations.warmup + durations.seconds + 2 + self.start_fixed + count * self.start
-        return (count - have) * self.fill + runs * run
+    @classmethod
+    def guessed(cls, durations: Durations) -> _ScaleRates:
+        return cls(run_fixed=durations.warmup + durations.seconds + 7.0)  # a start of 5 s, a stop of 2
 
-    def learn(self, added: int, fill_seconds: float, count: int, start_seconds: float) -> None:
+    def estimate(self, count: int, have: int, runs: int) -> float:
+        return (count - have) * self.fill + runs * (self.run_fixed + count * self.run_per_key)
+
+    def learn(self, added: int, fill_seconds: float, count: int, run_seconds: float) -> None:
         if added >= 1000:  # smaller fills are mostly the store's opening
             self.fill = fill_seconds / added
         if count < 1000:
-            self.start_fixed = start_seconds
+            self.run_fixed = run_seconds
         else:
-            self.start = max(start_seconds - self.start_fixed, 0.0) / count
+            self.run_per_key = max(run_seconds - self.run_fixed, 0.0) / count
 
 
 def scale(work: Path, kafka: str | None, durations: Durations, counts: list[int], deadline: float) -> list[Any]:
     """Encrypt throughput and RSS as keys grow; 2 workers at the smallest count, and at the largest
     when there is time for both runs."""
     data_dir, arns, rows = work / "scale-data", list[str](), list[dict[str, Any]]()
-    rates = _ScaleRates()
+    rates = _ScaleRates.guessed(durations)
     for count in sorted(counts):
         runs = 2 if count == min(counts) else 1  # the largest count's second run is decided below
-        if time.monotonic() + rates.estimate(count, len(arns), runs, durations) > deadline:
+        if time.monotonic() + rates.estimate(count, len(arns), runs) > deadline:
             rows.append({"keys": count, "skipped": "skipped: it would not fit in the time budget"})
             continue
         began = time.monotonic()
         added = count - len(arns)
         arns += add_keys(data_dir, added)
         fill = time.monotonic() - began
-        two_workers = count == min(counts) or (count == max(counts) and time.monotonic() + rates.estimate(
-            count, count, 2, durations) <= deadline)
+        two_workers = count == min(counts) or (
+            count == max(counts) and time.monotonic() + rates.estimate(count, count, 2) <= deadline)
         for workers in (1, 2) if two_workers else (1,):
+            run_began = time.monotonic()
             try:
                 row = _scale_run(work, kafka, data_dir, arns, workers, durations)
             except Exception as exc:  # one missing row; the rest of the run still counts
                 row = {"keys": count, "workers": workers, "error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
             rows.append({**row, "fill_s": round(fill, 1)})
             if workers == 1 and "startup_s" in row:
-                rates.learn(added, fill, count, row["startup_s"])
+                rates.learn(added, fill, count, time.monotonic() - run_began)
     return rows
 
 

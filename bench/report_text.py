@@ -55,8 +55,9 @@ METHOD = """\
   the others as copies of it with their own ids and freshly generated material, 2,000 to a
   transaction through the store's `put_keys`), then `keytrail serve`
   starts on that data dir and Encrypt requests cycle over up to 1,000 keys sampled from all of them.
-  One run per row (not interleaved); a count runs only if the fill and start rates measured at the
-  counts before it say it fits in the time budget. Two workers (at the smallest count, and at the
+  One run per row (not interleaved); a count runs only if the counts before it say it fits in the
+  time budget (seconds per key filled, and a run's seconds as those of the fewest keys plus seconds
+  per key). Two workers (at the smallest count, and at the
   largest when both runs fit): `serve` runs one process, so `bench/workers.py` runs
   N nodes under uvicorn's `--workers` supervisor behind one socket, each built by `build_node` on its
   own copy of the data dir (SQLite has one writer and the audit spool is per node; a real

@@ -288,14 +288,14 @@ def test_scale_runs_a_larger_count_only_when_the_rates_measured_so_far_say_it_fi
     from bench.measure import Durations
     from bench.phases import _ScaleRates
 
-    rates, durations = _ScaleRates(), Durations(warmup=1.0, seconds=4.0)
-    rates.learn(added=0, fill_seconds=0.5, count=1, start_seconds=3.0)  # the start's fixed part
-    rates.learn(added=99, fill_seconds=5.0, count=100, start_seconds=3.1)  # too few keys to learn a rate from
-    assert (rates.fill, rates.start, rates.start_fixed) == (pytest.approx(0.001), pytest.approx(0.0002), 3.1)
-    rates.learn(added=9_900, fill_seconds=9.9, count=10_000, start_seconds=5.1)  # 1 ms and 0.2 ms a key
-    # fill 90,000 keys, then one run: wrk's warm-up and run, 2 s of catch-up, the start
-    assert rates.estimate(100_000, 10_000, 1, durations) == pytest.approx(90.0 + 7.0 + 3.1 + 20.0)
-    assert rates.estimate(100_000, 10_000, 2, durations) == pytest.approx(90.0 + 2 * (7.0 + 3.1 + 20.0))
+    rates = _ScaleRates.guessed(Durations(warmup=1.0, seconds=4.0))
+    assert rates.estimate(1, 0, 2) == pytest.approx(0.001 + 2 * (12.0 + 0.0002))  # guesses until measured
+    rates.learn(added=1, fill_seconds=0.5, count=1, run_seconds=10.0)  # a run's fixed part
+    rates.learn(added=99, fill_seconds=5.0, count=100, run_seconds=11.0)  # too few keys to learn a rate from
+    assert (rates.fill, rates.run_per_key, rates.run_fixed) == (pytest.approx(0.001), pytest.approx(0.0002), 11.0)
+    rates.learn(added=9_900, fill_seconds=9.9, count=10_000, run_seconds=13.0)  # 1 ms and 0.2 ms a key
+    assert rates.estimate(100_000, 10_000, 1) == pytest.approx(90.0 + 11.0 + 20.0)
+    assert rates.estimate(100_000, 100_000, 2) == pytest.approx(2 * (11.0 + 20.0))
 
 
 def test_http_table_runs_the_minimum_rounds_past_its_deadline_and_every_round_before_it(
