@@ -69,7 +69,7 @@ def test_serve_refuses_a_broken_config_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[rules.no-such-rule]\nx = 1\n")
     out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"),
-                          "--config", str(config)], capture_output=True, text=True, timeout=60)
+                          "--port", "0", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--config" in out.stderr
 
 
@@ -77,9 +77,9 @@ def test_serve_refuses_a_missing_tls_file_in_one_line_before_creating_anything(t
     data = tmp_path / "d"
     key = tmp_path / "key.pem"
     key.write_text("not used")
-    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--tls-cert",
-                          str(tmp_path / "missing.pem"), "--tls-key", str(key)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0",
+                          "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key)],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == f"keytrail serve: --tls-cert: no such file: {tmp_path / 'missing.pem'}\n"
     assert not (data / "principals.toml").exists()
