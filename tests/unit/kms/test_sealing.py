@@ -117,16 +117,3 @@ def test_new_or_changed_material_is_sealed_anew() -> None:
     rotated = _sealed(key_to_doc(_key(key.key_id, changed.materials[0].secret, os.urandom(32)), root))
     assert rotated[0] == resealed[0] and rotated[1] not in resealed + first
 
-
-def test_keys_read_with_the_same_policy_share_one_copy_of_it() -> None:
-    root = RootKey(os.urandom(32))
-    policy = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
-         "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"}]})
-    other = policy.replace("Enable", "Allow")
-    a, b, c = (key_from_doc(key_to_doc(replace(_key(key_id, os.urandom(32)), policy=text), root), root)
-               for key_id, text in (("1234abcd-12ab-34cd-56ef-1234567890ab", policy),
-                                    ("0987dcba-09fe-87dc-65ba-ab0987654321", policy),
-                                    ("5678abcd-12ab-34cd-56ef-1234567890ab", other)))
-    assert a.policy == b.policy == policy and a.policy is b.policy  # one copy for the many keys of a default policy
-    assert c.policy == other
