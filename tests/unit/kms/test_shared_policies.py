@@ -15,12 +15,12 @@ from tests.support.allow_all import ACCOUNT, alice, allow_all_service
 
 POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
-     "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"}]})
+     "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"}]})
 
 
 def _key(key_id: str, policy: str) -> Key:
     material = KeyMaterial("00" * 32, os.urandom(32), datetime(2026, 1, 1, tzinfo=UTC))
-    return Key("111122223333", "us-east-1", key_id, datetime(2026, 1, 1, tzinfo=UTC), materials=(material,),
+    return Key(ACCOUNT, "us-east-1", key_id, datetime(2026, 1, 1, tzinfo=UTC), materials=(material,),
                policy=policy)
 
 
