@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from keytrail.kms.identifiers import key_arn
-from keytrail.kms.keys import Key, KeyMaterial, shared_policy
+from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey
 from keytrail.kms.store import Alias, Grant
@@ -92,7 +92,6 @@ def key_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> Key:
             doc[name] = _date_in(doc[name])
     doc["tags"] = tuple((k, v) for k, v in doc["tags"])
     doc["replica_regions"] = tuple(doc["replica_regions"])
-    doc["policy"] = shared_policy(doc["policy"])
     arn = key_arn(doc["region"], doc["account"], doc["key_id"])  # `Key.arn`, before there is a Key
     return Key(**doc, materials=tuple(_material_from_doc(arn, m, root, legacy) for m in materials))
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from keytrail.kms import owed_calls
-from keytrail.kms.keys import Key, shared_policy
+from keytrail.kms.keys import Key
 from keytrail.kms.model import CallRecord, KeyState, Origin
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def replica_of(
         primary,
         region=region,
         creation_date=now,
-        policy=shared_policy(policy),
+        policy=policy,
         description=description,
         tags=tags,
         state=KeyState.PENDING_IMPORT if external else KeyState.CREATING,

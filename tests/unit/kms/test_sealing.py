@@ -116,4 +116,3 @@ def test_new_or_changed_material_is_sealed_anew() -> None:
     assert key_from_doc(key_to_doc(changed, root), root).materials == changed.materials
     rotated = _sealed(key_to_doc(_key(key.key_id, changed.materials[0].secret, os.urandom(32)), root))
     assert rotated[0] == resealed[0] and rotated[1] not in resealed + first
-

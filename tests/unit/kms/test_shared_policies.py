@@ -1,4 +1,4 @@
-"""Keys holding the same policy share one copy of its text in memory (`shared_policy`): read from
+"""Keys holding the same policy share one copy of its text in memory (`Key.__post_init__`): read from
 a store, created, given a policy, replicated."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from keytrail.kms.asymmetric import check_offered_in_region
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.importing import check_importable
-from keytrail.kms.keys import Key, shared_policy
+from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
@@ -83,7 +83,7 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:CreateKey", None, {
         "kms:KeySpec": spec.value, "kms:KeyUsage": usage.value,
         "kms:CustomerMasterKeySpec": spec.value, "kms:CustomerMasterKeyUsage": usage.value})
-    policy = shared_policy(params.get("Policy") or default_policy(context.account, partition_of(context.region)))
+    policy = params.get("Policy") or default_policy(context.account, partition_of(context.region))
     multi_region = bool(params.get("MultiRegion"))
     key_id = _new_key_id(svc, multi_region)  # before the checks that need the key's ARN
     arn = key_arn(context.region, context.account, key_id)

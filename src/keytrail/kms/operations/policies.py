@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
-from keytrail.kms.keys import shared_policy
 from keytrail.kms.policy import validate_key_policy
 
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ async def put_key_policy(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:PutKeyPolicy", key)  # kms:BypassPolicyLockoutSafetyCheck: from the request
     validate_key_policy(call.params["Policy"], call.context.principal, bypass=bypass, key_arn=key.arn,
                         call=call.context, now=svc.now(), key=key)
-    await svc.store.put_key(replace(key, policy=shared_policy(call.params["Policy"])))
+    await svc.store.put_key(replace(key, policy=call.params["Policy"]))
     return {}
 
 
