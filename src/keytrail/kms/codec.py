@@ -7,6 +7,8 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
@@ -19,6 +21,8 @@ _ENUMS: dict[str, Any] = {
     "key_spec": KeySpec, "key_usage": KeyUsage, "origin": Origin, "key_manager": KeyManager,
     "state": KeyState,
 }
+# Each enum's members by value: a dict lookup, not the enum's call, for each of a store's keys as it opens.
+_MEMBERS: dict[str, dict[Any, Any]] = {name: {member.value: member for member in enum} for name, enum in _ENUMS.items()}
 _DATES = ("creation_date", "deletion_date", "next_rotation_date", "created", "valid_to", "last_updated_date")
 
 
@@ -83,10 +87,11 @@ def key_to_doc(key: Key, root: RootKey) -> str:
 def key_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> Key:
     """The key a document holds; `legacy`: written before documents carried a MAC (its material
     sealed under the bindings of then)."""
-    doc = json.loads(text)
+    doc = _load(text)
     materials = doc.pop("materials")
-    for name, enum in _ENUMS.items():
-        doc[name] = enum(doc[name])
+    for name, members in _MEMBERS.items():
+        value = doc[name]
+        doc[name] = members.get(value) or _ENUMS[name](value)  # the enum's own error for a value it lacks
     for name in _DATES:
         if name in doc:
             doc[name] = _date_in(doc[name])
@@ -94,6 +99,15 @@ def key_from_doc(text: str, root: RootKey, *, legacy: bool = False) -> Key:
     doc["replica_regions"] = tuple(doc["replica_regions"])
     arn = key_arn(doc["region"], doc["account"], doc["key_id"])  # `Key.arn`, before there is a Key
     return Key(**doc, materials=tuple(_material_from_doc(arn, m, root, legacy) for m in materials))
+
+
+def _load(text: str) -> Any:
+    """A document's JSON: orjson, several times faster as a store of many keys opens; `json` for what
+    orjson refuses and it reads (an escaped lone surrogate, which `json.dumps` writes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def alias_to_doc(alias: Alias) -> str:
@@ -105,7 +119,7 @@ def alias_to_doc(alias: Alias) -> str:
 
 
 def alias_from_doc(text: str) -> Alias:
-    doc = json.loads(text)
+    doc = _load(text)
     for name in _DATES:
         if name in doc:
             doc[name] = _date_in(doc[name])
@@ -119,7 +133,7 @@ def grant_to_doc(grant: Grant) -> str:
 
 
 def grant_from_doc(text: str) -> Grant:
-    doc = json.loads(text)
+    doc = _load(text)
     doc["creation_date"] = _date_in(doc["creation_date"])
     doc["operations"] = tuple(doc["operations"])
     return Grant(**doc)

@@ -31,7 +31,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from keytrail.kms.authentic_docs import Row, authenticate, head, verify
+from keytrail.kms.authentic_docs import Row, authenticate, head, row_binding, verify
 from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import RootKey
 
@@ -54,7 +54,7 @@ class LedgerMismatch(OSError):
 
 
 def _term(root: RootKey, table: str, row: Row, text: str) -> int:
-    entry = json.dumps([table, *row]) + "\n" + head(text)
+    entry = row_binding(table, row) + "\n" + head(text)
     return int.from_bytes(root.ledger_term(entry.encode()), "big")
 
 
