@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import gc
 import json
@@ -345,6 +346,19 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
     # What is alive now (modules, the app, caches) lives as long as the process: out of the cyclic
     # collector's reach, a full collection no longer walks it (one held the loop ~50 ms under load).
     gc.freeze()
+    _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory the start freed back to the system (glibc's `malloc_trim`; elsewhere nothing):
+    reading the key store holds every document at once, and the heap pages they leave between the
+    keys that stay are otherwise kept for good. Measured on 100,000 keys: the store's process went
+    from 388 to 190 MB resident, in 7 ms."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator keeps what it keeps
+        return
+    trim(0)
 
 
 @contextlib.contextmanager
