@@ -53,11 +53,10 @@ class RootKey:
         self._aead = AESGCM(secret)
         self._mac_key = HKDF(SHA256(), 32, salt=None, info=_DOCUMENT_MAC_INFO).derive(secret)
         self._ledger_key = HKDF(SHA256(), 32, salt=None, info=_LEDGER_INFO).derive(secret)
-        # binding -> (keyed digest of the material, its sealed text), for `seal_text` to write an
-        # unchanged value again rather than seal it anew (see there). A keyed digest, not the
-        # material: a deleted key's material must not stay in memory through this table.
-        self._sealed: dict[str, tuple[bytes, str]] = {}
-        self._digest_key = os.urandom(32)
+        # binding -> its sealed text, for `seal_text` to write an unchanged value again rather than
+        # seal it anew (see there). Sealed, not the material: a deleted key's material must not stay
+        # in memory through this table.
+        self._sealed: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return "RootKey(<sealed>)"
@@ -79,14 +78,14 @@ class RootKey:
         each anew would spend a random 96-bit nonce per version per tag or policy change, towards
         the 2^32 seals NIST SP 800-38D allows one AES-GCM key with random nonces. So seals grow with
         material versions, not with writes. (Only for values written again and again: the table
-        keeps an entry per binding for the life of the process.)"""
-        digest = self._digest(material) if reuse else b""
+        keeps an entry per binding for the life of the process.) The value kept is opened to check
+        that it still holds `material`: a write pays that, not each value a store opens."""
         known = self._sealed.get(binding) if reuse else None
-        if known is not None and hmac.compare_digest(known[0], digest):
-            return known[1]
+        if known is not None and hmac.compare_digest(self.unseal(base64.b64decode(known), binding), material):
+            return known
         sealed = base64.b64encode(self.seal(material, binding)).decode()
         if reuse:
-            self._sealed[binding] = (digest, sealed)
+            self._sealed[binding] = sealed
         return sealed
 
     def unseal_text(self, sealed: str, binding: str, *, remember: bool = False) -> bytes:
@@ -98,7 +97,7 @@ class RootKey:
             raise SealError(f"cannot unseal key material for {binding}") from None
         material = self.unseal(raw, binding)
         if remember:
-            self._sealed[binding] = (self._digest(material), sealed)
+            self._sealed[binding] = sealed
         return material
 
     def mac(self, document: bytes) -> bytes:
@@ -110,9 +109,6 @@ class RootKey:
         """HMAC-SHA256 of `entry` under a key derived from the root key for the key store's ledger
         alone (kms/store_ledger.py)."""
         return hmac.digest(self._ledger_key, entry, "sha256")
-
-    def _digest(self, material: bytes) -> bytes:
-        return hmac.digest(self._digest_key, material, "sha256")
 
     @classmethod
     def load(cls, data_dir: Path, *, create: bool = True) -> RootKey:
