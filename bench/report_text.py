@@ -126,9 +126,11 @@ LIMITS = """\
   and the ceiling the same rate: where they too show a tail of tens of ms, this machine's stalls
   set it, and a server with more CPU per request takes longer to drain what queued meanwhile.
 - **Scale**: the SQLite store loads every key into memory at start, so RSS and start time grow
-  with the key count (≈ 4 KB per key with this key policy, and ≈ 0.25 ms of start per key on the
-  AMD VM: the store verifies each key's document and unseals its material as it opens) while the cost
-  per Encrypt barely moves.
+  with the key count (≈ 1.4 KB of objects per key with this key policy, whose text the keys share,
+  and ≈ 0.06 ms of start per key on the Intel VM of the twenty-third session: the store parses each
+  key's document, verifies its MAC and ledger term and unseals its material as it opens; the
+  documents it read are handed back to the system once it started) while the cost per Encrypt
+  barely moves.
   Two workers share two cores with wrk: the second worker adds far less than 2×.
 - **Figures from different runs are not comparable** on this shared VM (the same configuration moved
   14 % in 20 minutes in reference/perf-anchors.md); ratios taken in one run are."""
