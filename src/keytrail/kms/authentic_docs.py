@@ -47,8 +47,8 @@ _LEDGERED = "ledgered\n"
 def row_binding(table: str, row: Row) -> str:
     """`json.dumps([table, *row])`, what a MAC and a ledger term bind a row by: the primary key as a
     JSON array, so no value can shift a boundary between them. Written out directly for the plain
-    ASCII the KMS's own identifiers are (a store of 100,000 keys opens ≈ 0.7 s sooner); anything
-    else goes through `json.dumps`, whose output this must equal byte for byte."""
+    ASCII the KMS's own identifiers are (twice per row as a store opens: its MAC and its ledger
+    term); anything else goes through `json.dumps`, whose output this must equal byte for byte."""
     parts = (table, *row)
     if _JSON_AS_IS.fullmatch("".join(parts)):
         return '["' + '", "'.join(parts) + '"]'
