@@ -5,16 +5,19 @@ enters it, and the ledger row is written before the commit."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from keytrail.kms.authentic_docs import Row
+from keytrail.kms.authentic_docs import HEAD_CHARS, Row
 from keytrail.kms.resealing import DOCUMENT_TABLES, DocumentTable
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store_ledger import Ledger
 from keytrail.kms.store_upgrade import Document
 
-__all__ = ["LEDGER_SCHEMA", "Change", "Delete", "Put", "apply", "delete_row", "read_store", "rewrite"]
+__all__ = [
+    "LEDGER_SCHEMA", "Change", "Delete", "Put", "apply", "delete_row", "each_document", "read_ledger", "read_store",
+    "rewrite",
+]
 
 LEDGER_SCHEMA = "CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
 
@@ -53,13 +56,24 @@ def read_store(db: sqlite3.Connection) -> tuple[list[Document], str | None]:
     meanwhile (serve, while `keytrail analyze` opens the store) cannot show it half a write."""
     with db:
         db.execute("BEGIN")
-        documents = [
-            (table, tuple(found[:-1]), found[-1])
-            for table in DOCUMENT_TABLES
-            for found in db.execute(f"SELECT {', '.join(table.primary_key)}, doc FROM {table.name}")
-        ]
-        ledger = db.execute("SELECT doc FROM ledger WHERE id = 1").fetchone()
-    return documents, None if ledger is None else ledger[0]
+        documents = list(each_document(db))
+        ledger = read_ledger(db)
+    return documents, ledger
+
+
+def read_ledger(db: sqlite3.Connection) -> str | None:
+    """The ledger document, None if there is no ledger row."""
+    found = db.execute("SELECT doc FROM ledger WHERE id = 1").fetchone()
+    return None if found is None else found[0]
+
+
+def each_document(db: sqlite3.Connection, *, heads_only: bool = False) -> Iterator[Document]:
+    """Every document of every table, one at a time; with `heads_only`, only the part a ledger
+    term covers (`head`), cut by SQLite."""
+    doc = f"substr(doc, 1, {HEAD_CHARS})" if heads_only else "doc"
+    for table in DOCUMENT_TABLES:
+        for found in db.execute(f"SELECT {', '.join(table.primary_key)}, {doc} FROM {table.name}"):
+            yield table, tuple(found[:-1]), found[-1]
 
 
 def apply(db: sqlite3.Connection, root: RootKey, ledger: Ledger, changes: Sequence[Change]) -> Ledger:
