@@ -18,7 +18,15 @@ from bench.alarm_latency import alarm_latency
 from bench.fixtures import OPERATIONS
 from bench.measure import Durations, measure
 from bench.population import add_keys
-from bench.procs import SERVING_SYSTEM, SERVING_USER, busy_share, cpu_by_part, cpu_per_request, tree_rss_bytes
+from bench.procs import (
+    SERVING_SYSTEM,
+    SERVING_USER,
+    busy_share,
+    cpu_by_part,
+    cpu_per_request,
+    tree_peak_rss_bytes,
+    tree_rss_bytes,
+)
 from bench.target_names import (
     AUDIT_OFF,
     CEILING,
@@ -237,9 +245,11 @@ def _scale_run(work: Path, kafka: str | None, data_dir: Path, arns: list[str], w
     try:
         startup = time.monotonic() - started
         idle_rss = tree_rss_bytes(target.pids()) / 2**20
+        start_peak = tree_peak_rss_bytes(target.pids()) / 2**20
         target.key_ids = random.Random(7).sample(arns, min(1000, len(arns)))
         row = measure(target, "Encrypt", work, durations)
-        row.update(keys=len(arns), workers=workers, startup_s=round(startup, 2), rss_idle_mb=idle_rss)
+        row.update(keys=len(arns), workers=workers, startup_s=round(startup, 2), rss_idle_mb=idle_rss,
+                   rss_start_peak_mb=start_peak)
         _echo({**row, "operation": f"{len(arns)} keys, {workers}w"})
         return row
     finally:

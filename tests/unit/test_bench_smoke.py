@@ -15,7 +15,15 @@ import pytest
 from bench.measure import median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
-from bench.procs import OTHER_THREADS, SERVING_SYSTEM, SERVING_USER, child_label, cpu_by_part
+from bench.procs import (
+    OTHER_THREADS,
+    SERVING_SYSTEM,
+    SERVING_USER,
+    child_label,
+    cpu_by_part,
+    tree_peak_rss_bytes,
+    tree_rss_bytes,
+)
 from bench.report import (
     BEGIN,
     END,
@@ -25,6 +33,7 @@ from bench.report import (
     http_table,
     open_loop_line,
     ratios,
+    scale_table,
     splice,
     targets_table,
 )
@@ -333,3 +342,22 @@ def test_the_machine_line_says_how_long_each_phase_took() -> None:
                "machine": {"commit": "abc", "versions": {}, "nproc": 2, "cpu": "x", "memory_gib": 1, "os": "y",
                            "python": "3.11", "load_average": (0.1, 0.1, 0.1)}}
     assert "560.2 s in all (http 250 s, scale 170.5 s)." in machine_section(results)[0]
+
+
+def test_the_start_peak_shows_memory_a_process_held_and_gave_back() -> None:
+    # A store read all at once and handed back (serve's start) is gone from the RSS, not from the peak.
+    me = [os.getpid()]
+    held = bytearray(64 << 20)
+    held[::4096] = b"x" * len(held[::4096])  # every page touched: resident
+    del held
+    assert tree_peak_rss_bytes(me) - tree_rss_bytes(me) >= 60 << 20
+    assert tree_peak_rss_bytes([]) == 0
+
+
+def test_the_scale_table_gives_the_start_peak_where_a_run_measured_it() -> None:
+    row = {"keys": 100_000, "workers": 1, "rps": 4397.0, "p99_ms": 8.57, "cpu_us_per_request": 255.0,
+           "rss_idle_mb": 286.0, "rss_mb": 601.0, "startup_s": 6.4}
+    header, _, measured, earlier = scale_table([{**row, "rss_start_peak_mb": 312.4}, row])
+    assert "RSS peak by the start MB" in header
+    assert measured == "| 100,000 | 1 | 4,397 | 8.57 | 255 | 312 | 286 | 601 | 6.4 |"
+    assert earlier == "| 100,000 | 1 | 4,397 | 8.57 | 255 |  | 286 | 601 | 6.4 |"
