@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["SERVE_HTTP_PROTOCOL", "SERVING_SYSTEM", "SERVING_USER", "Process", "busy_share", "cpu_by_part",
@@ -116,21 +116,24 @@ def _user_system(stat: Path) -> tuple[float, float]:
 
 def tree_rss_bytes(pids: Sequence[int]) -> int:
     """Resident memory of these processes (sum of RSS)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-    return total
+    return _summed(pids, lambda pid: int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE)
 
 
 def tree_peak_rss_bytes(pids: Sequence[int]) -> int:
     """The most resident memory each of these processes held in its life so far (VmHWM), summed: a
     start that reads everything at once shows here, though it handed the memory back since."""
+    def peak(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
+    return _summed(pids, peak)
+
+
+def _summed(pids: Sequence[int], bytes_of: Callable[[int], int]) -> int:
+    """`bytes_of` each process, summed; a process gone meanwhile (its /proc file unreadable) counts 0."""
     total = 0
     for pid in pids:
-        with contextlib.suppress(OSError, StopIteration, ValueError):
-            status = Path(f"/proc/{pid}/status").read_text().splitlines()
-            total += int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) * 1024
+        with contextlib.suppress(OSError, IndexError, StopIteration, ValueError):
+            total += bytes_of(pid)
     return total
 
 
