@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -223,6 +224,61 @@ def test_signing_mac_and_key_pair_calls_log_what_cloudtrail_shows(tmp_path: Path
     assert all(events[r]["responseElements"] is None for r in calls)
     text = json.dumps([events[r] for r in calls])
     assert not [s for s in secrets if base64.b64encode(s).decode() in text or s.hex() in text]
+
+
+def test_grant_alias_reencrypt_and_new_key_calls_log_what_cloudtrail_shows(tmp_path: Path) -> None:
+    # ct-reencrypt: both contexts as the caller sent them. ct-creategrant: responseElements.keyId is
+    # the key ARN. ct-retire-grant: by token alone, requestParameters null and the grant in
+    # additionalEventData. ct-createalias / ct-updatealias / ct-deletealias: the alias ARN among the
+    # resources. ct-createkey, ct-replicate-key, ct-schedule-key-deletion: camelCase at every level,
+    # dates as "Aug 10, 2022, 10:38:27 PM".
+    server = KeytrailServer(tmp_path / "data").start()
+    ids: dict[str, str] = {}
+    try:
+        kms = server.client("alice")
+        first, second = (kms.create_key()["KeyMetadata"] for _ in range(2))
+        multi = kms.create_key(MultiRegion=True)
+        ids["CreateKey"] = multi["ResponseMetadata"]["RequestId"]
+        blob = kms.encrypt(KeyId=first["KeyId"], Plaintext=SECRET, EncryptionContext={"Project": "Alpha"})
+        ids["ReEncrypt"] = kms.re_encrypt(
+            CiphertextBlob=blob["CiphertextBlob"], SourceEncryptionContext={"Project": "Alpha"},
+            DestinationKeyId=second["KeyId"], DestinationEncryptionContext={"Level": "3A"},
+        )["ResponseMetadata"]["RequestId"]
+        grant = kms.create_grant(KeyId=first["KeyId"], GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:role/app",
+                                 Operations=["Decrypt"])
+        ids["CreateGrant"] = grant["ResponseMetadata"]["RequestId"]
+        ids["RetireGrant"] = kms.retire_grant(GrantToken=grant["GrantToken"])["ResponseMetadata"]["RequestId"]
+        ids["CreateAlias"] = kms.create_alias(AliasName="alias/ct", TargetKeyId=first["KeyId"])[
+            "ResponseMetadata"]["RequestId"]
+        ids["UpdateAlias"] = kms.update_alias(AliasName="alias/ct", TargetKeyId=second["KeyId"])[
+            "ResponseMetadata"]["RequestId"]
+        ids["DeleteAlias"] = kms.delete_alias(AliasName="alias/ct")["ResponseMetadata"]["RequestId"]
+        ids["ScheduleKeyDeletion"] = kms.schedule_key_deletion(KeyId=second["KeyId"], PendingWindowInDays=7)[
+            "ResponseMetadata"]["RequestId"]
+    finally:
+        assert server.stop() == 0
+    events = {name: _events(tmp_path / "data")[request] for name, request in ids.items()}
+    reencrypt = events["ReEncrypt"]["requestParameters"]
+    assert (reencrypt["sourceEncryptionContext"], reencrypt["destinationEncryptionContext"]) == (
+        {"Project": "Alpha"}, {"Level": "3A"})
+    assert events["CreateGrant"]["responseElements"] == {"grantId": grant["GrantId"], "keyId": first["Arn"]}
+    retired = events["RetireGrant"]
+    assert (retired["requestParameters"], retired["additionalEventData"]) == (None, {"grantId": grant["GrantId"]})
+    alias_arn = first["Arn"].replace(f"key/{first['KeyId']}", "alias/ct")
+    assert {name: [r["ARN"] for r in events[name]["resources"]] for name in ("CreateAlias", "UpdateAlias",
+                                                                              "DeleteAlias")} == {
+        "CreateAlias": [first["Arn"], alias_arn],
+        "UpdateAlias": [alias_arn, first["Arn"], second["Arn"]],
+        "DeleteAlias": [alias_arn, second["Arn"]],
+    }
+    created = events["CreateKey"]["responseElements"]["keyMetadata"]
+    assert created["multiRegionConfiguration"] == {
+        "multiRegionKeyType": "PRIMARY", "replicaKeys": [],
+        "primaryKey": {"arn": multi["KeyMetadata"]["Arn"], "region": "us-east-1"},
+    }
+    date = r"[A-Z][a-z]{2} \d{1,2}, \d{4}, \d{1,2}:\d{2}:\d{2} [AP]M"
+    assert re.fullmatch(date, created["creationDate"])
+    assert re.fullmatch(date, events["ScheduleKeyDeletion"]["responseElements"]["deletionDate"])
 
 
 def _verify_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -138,7 +138,7 @@ async def a_crash_between_the_write_and_the_record_is_recorded_at_the_next_start
     await restarted.run_due()
     [record] = spool.named("CreateGrant")
     assert (record.request_id, record.resources, record.error_code) == ("req-grant", (arn,), None)
-    assert record.response_elements == {"grantId": grant.grant_id}
+    assert record.response_elements == {"grantId": grant.grant_id, "keyId": arn}
     assert record.context is not None and record.context.principal.user_name == "alice"
     assert await store.owed_records() == []
     await store.close()

@@ -24,7 +24,7 @@ from keytrail.audit.records import (
     scrub,
     user_identity,
 )
-from keytrail.audit.schema import EventCodec, SchemaError, avro_long, avro_optional, avro_string
+from keytrail.audit.schema import EventCodec, SchemaError, avro_long, avro_optional, avro_string, is_key_arn
 from keytrail.kms.context import CallContext
 from keytrail.kms.model import CallRecord
 
@@ -142,12 +142,12 @@ class CallEncoder:
         return _remember(self._origins, key, avro_optional(key[0]) + avro_optional(key[1][:_MAX_SHORT]))
 
     def _key_fields(self, arns: tuple[str, ...]) -> tuple[bytes, bytes]:
-        """keyArn and resources."""
+        """keyArn (the first key ARN: an alias operation lists its alias too) and resources."""
         cached = self._resources.get(arns)
         if cached is not None:
             return cached
         listed = _json([resource(arn) for arn in arns]) if arns else _NULL
-        return _remember(self._resources, arns, (avro_optional(arns[0] if arns else None), listed))
+        return _remember(self._resources, arns, (avro_optional(next(filter(is_key_arn, arns), None)), listed))
 
 
 def _remember(cache: dict[K, V], key: K, value: V) -> V:

@@ -7,7 +7,7 @@ the record a state-changing call's writes carry (kms/owed_calls.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -15,7 +15,7 @@ from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation
 from keytrail.kms.model import CallRecord
 
-__all__ = ["call_record", "cloudtrail_parameters"]
+__all__ = ["call_record", "cloudtrail_date", "cloudtrail_parameters", "cloudtrail_values"]
 
 
 def call_record(name: str, operation: Operation, call: Call, error: errors.KmsError | None, event_id: str,
@@ -40,7 +40,9 @@ def call_record(name: str, operation: Operation, call: Call, error: errors.KmsEr
 
 
 _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})
-_VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals"})
+# Maps whose keys are the caller's (encryption contexts): logged as sent, never camel-cased.
+_VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals",
+                       "SourceEncryptionContext", "DestinationEncryptionContext"})
 
 
 @lru_cache(maxsize=1024)  # names are the botocore model's members (validation drops others)
@@ -57,16 +59,37 @@ def _cloudtrail_value(name: str, value: Any) -> Any:
     if isinstance(value, list):
         return [_cloudtrail_value(name, v) for v in value]
     if isinstance(value, datetime):
-        return value.isoformat()
+        return cloudtrail_date(value)
     return value
 
 
-def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def cloudtrail_date(moment: datetime) -> str:
+    """A date inside requestParameters or responseElements as CloudTrail writes KMS's, in UTC:
+    "Aug 10, 2022, 10:38:27 PM" (ct-createkey's creationDate, ct-importkeymaterial's validTo);
+    eventTime alone is ISO 8601. English month names whatever the process's locale."""
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment
+    hour = utc.hour % 12 or 12
+    return (f"{_MONTHS[utc.month - 1]} {utc.day}, {utc.year}, {hour}:{utc.minute:02d}:{utc.second:02d} "
+            f"{'AM' if utc.hour < 12 else 'PM'}")
+
+
+def cloudtrail_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Members of a request or response as CloudTrail logs them: camelCase names at every level
+    (ct-replicate-key's multiRegionConfiguration.primaryKey.arn), CloudTrail's dates, no blobs."""
+    return {_camel(name): _cloudtrail_value(name, value) for name, value in values.items()
+            if not isinstance(value, bytes | bytearray)}
+
+
+def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any] | None:
     """Request parameters as CloudTrail logs them: camelCase names, and no plaintext,
-    ciphertext, signatures, key material or passwords (every blob member is dropped)."""
+    ciphertext, signatures, key material or passwords (every blob member is dropped); null when
+    none is left to log, as CloudTrail writes it (ct-retire-grant: a call by grant token alone)."""
     out = {  # strings, most parameters, as they are: no call each
         _camel(name): value if type(value) is str else _cloudtrail_value(name, value)
         for name, value in params.items() if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
     }
     out.update(extra)
-    return out
+    return out or None

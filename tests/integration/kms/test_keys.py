@@ -32,6 +32,25 @@ def test_multi_region_key_ids_are_mrk_and_32_hex(kms) -> None:
     assert config["ReplicaKeys"] == []
 
 
+def test_custom_key_store_members_without_a_custom_key_store_origin_are_refused(kms) -> None:
+    # Dropped, they left a caller who forgot Origin with a key in keytrail's own store, unawares.
+    store = "cks-1234567890abcdef0"
+    refusals = [
+        (dict(XksKeyId="abc"), "XksKeyId is valid only when Origin is EXTERNAL_KEY_STORE, not AWS_KMS."),
+        (dict(CustomKeyStoreId=store),
+         "CustomKeyStoreId is valid only when Origin is AWS_CLOUDHSM or EXTERNAL_KEY_STORE, not AWS_KMS."),
+        (dict(CustomKeyStoreId=store, Origin="EXTERNAL"),
+         "CustomKeyStoreId is valid only when Origin is AWS_CLOUDHSM or EXTERNAL_KEY_STORE, not EXTERNAL."),
+    ]
+    def key_count() -> int:
+        return sum(len(page["Keys"]) for page in kms.get_paginator("list_keys").paginate())
+
+    before = key_count()
+    for params, message in refusals:
+        assert aws_error(kms.create_key, **params) == ("ValidationException", message, 400)
+    assert key_count() == before
+
+
 def test_describe_unknown_key_names_its_arn(kms) -> None:
     key_id = str(uuid.uuid4())
     code, message, status = aws_error(kms.describe_key, KeyId=key_id)

@@ -8,7 +8,7 @@ import pytest
 
 from keytrail.audit.call_encoder import CallEncoder
 from keytrail.audit.records import to_cloudtrail
-from keytrail.audit.schema import EventCodec, SchemaError, decode, encode
+from keytrail.audit.schema import EventCodec, SchemaError, decode, encode, flat_rows
 from keytrail.kms.model import CallRecord
 from tests.support.audit_records import ACCOUNT, ALICE, APP, KEY_ARN, ROOT, T0, encrypt_call
 
@@ -29,6 +29,9 @@ def _cases() -> list[CallRecord]:
                                             "encryptionContext": "odd"}),
         encrypt_call(7, response_elements={"keyMetadata": {"keyId": "k", "enabled": True}}, read_only=False),
         encrypt_call(8, resources=(KEY_ARN, KEY_ARN.replace("1234abcd", "5678efab"))),
+        # An alias operation lists its alias ARN too, first for DeleteAlias: keyArn is the key's.
+        encrypt_call(9, resources=(KEY_ARN.replace("key/1234abcd-12ab-34cd-56ef-1234567890ab", "alias/app"), KEY_ARN),
+                     event_name="DeleteAlias", read_only=False),
         replace(plain, context=replace(plain.context, tls_details=TLS, user_agent="u" * 2000)),
         replace(plain, event_time=T0.replace(microsecond=987_654)),
         CallRecord(event_id="rot", event_name="RotateKey", event_time=T0, region="us-east-1", account=ACCOUNT,
@@ -47,6 +50,7 @@ def test_fast_path_is_byte_identical_to_the_cloudtrail_path(call: CallRecord) ->
         value = encoder.encode(call)
         assert value == encode(to_cloudtrail(call))
         assert decode(value) == to_cloudtrail(call)
+    assert flat_rows([encoder.encode(call)])[0]["keyArn"] == next((a for a in call.resources if ":key/" in a), None)
 
 
 def test_one_encoder_writes_each_calls_own_session_time_account_and_keys() -> None:

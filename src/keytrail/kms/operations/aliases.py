@@ -57,6 +57,7 @@ async def create_alias(svc: KmsService, call: Call) -> Response:
     name = call.params["AliasName"]
     _check_new_name(name)
     key = await _alias_target(svc, call, "kms:CreateAlias")
+    call.resource(svc.alias_arn(call, name))  # after the key, as CloudTrail lists them (ct-createalias)
     await svc.authorize_alias(call, "kms:CreateAlias", name)
     await _require_alias_room(svc, key)
     context, now = call.context, svc.now()
@@ -87,6 +88,10 @@ def _kind(key: Key) -> tuple[str, str]:
 
 async def update_alias(svc: KmsService, call: Call) -> Response:
     alias = await _existing_alias(svc, call)
+    # The alias first, as CloudTrail lists it (ct-updatealias: the alias, then the new target). The key
+    # it leaves follows, before the new target: its authorization is checked too, and its history
+    # should show the alias going.
+    call.resource(svc.alias_arn(call, alias.name))
     current = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
     if current is not None:
         call.resource(current.arn)
@@ -109,10 +114,10 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
 
 async def delete_alias(svc: KmsService, call: Call) -> Response:
     alias = await _existing_alias(svc, call)
+    call.resource(svc.alias_arn(call, alias.name))  # the alias first, as CloudTrail lists it (ct-deletealias)
     key = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
     if key is not None:
         call.resource(key.arn)
-    if key is not None:
         await svc.authorize(call, "kms:DeleteAlias", key)
     await svc.authorize_alias(call, "kms:DeleteAlias", alias.name)
     if key is not None:

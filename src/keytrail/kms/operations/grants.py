@@ -137,13 +137,19 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
             raise errors.LimitExceededException(
                 f"{key.arn} already has {GRANTS_PER_KEY} grants, the quota of grants per KMS key.")
         grant = _new_grant(svc, call, key)
-        call.response_elements = {"grantId": grant.grant_id}  # before the write: its owed record names the grant
+        call.response_elements = _created(grant, key)  # before the write: its owed record names the grant
         await svc.store.put_grant(grant)
         token = grant.token
     else:
         token = make_grant_token(grant, svc.deps.random_bytes(16))  # a fresh token, the same grant
-    call.response_elements = {"grantId": grant.grant_id}
+    call.response_elements = _created(grant, key)
     return {"GrantToken": token, "GrantId": grant.grant_id}
+
+
+def _created(grant: Grant, key: Key) -> dict[str, str]:
+    """CreateGrant's responseElements: the grant, and the key ARN CloudTrail entries carry since
+    December 2022 though the response does not (ct-creategrant)."""
+    return {"grantId": grant.grant_id, "keyId": key.arn}
 
 
 def _existing_by_name(grants: list[Grant], params: dict[str, Any]) -> Grant | None:
@@ -227,6 +233,9 @@ async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
         account, region, key_id, grant_id = named
         if params.get("GrantId") and params["GrantId"] != grant_id:
             raise errors.InvalidGrantIdException("The grant ID does not match the grant token.")
+        # The grant a token names, which the token itself (never logged) no longer tells: CloudTrail
+        # logs it as additionalEventData.grantId (ct-retire-grant).
+        call.additional_event_data["grantId"] = grant_id
         key = await svc.find_key_by_id(account, region, key_id)
         if key is None:
             raise errors.NotFoundException("The grant token refers to a key that does not exist.")

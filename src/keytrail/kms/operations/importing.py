@@ -8,6 +8,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
+from keytrail.kms.call_records import cloudtrail_values
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.importing import (
     FINGERPRINT,
@@ -303,7 +304,7 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
     if material_id:  # noted before the write: the record it owes (kms/owed_calls.py) names the material
         call.additional_event_data["keyMaterialId"] = material_id
     response: Response = {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
-    call.response_elements = {name[:1].lower() + name[1:]: value for name, value in response.items()}
+    call.response_elements = cloudtrail_values(response)
     await multiregion.put_announced(svc, [emptied, *replicas], replicas)
     forget_deleted(key, [emptied])
     return response

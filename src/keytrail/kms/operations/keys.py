@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
 from keytrail.kms.asymmetric import check_offered_in_region
+from keytrail.kms.call_records import cloudtrail_date, cloudtrail_values
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.importing import check_importable
@@ -36,12 +37,9 @@ BOTH_SPECS = ("You cannot specify KeySpec and CustomerMasterKeySpec in the same 
 
 
 def camel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """KeyMetadata as CloudTrail's responseElements show it (camelCase, ISO dates)."""
-    out: dict[str, Any] = {}
-    for name, value in meta.items():
-        camel = "aWSAccountId" if name == "AWSAccountId" else name[:1].lower() + name[1:]
-        out[camel] = value.isoformat() if hasattr(value, "isoformat") else value
-    return out
+    """KeyMetadata as CloudTrail's responseElements show it: camelCase at every level
+    (`aWSAccountId`, as ct-createkey has it), dates as CloudTrail writes them."""
+    return cloudtrail_values(meta)
 
 
 def _spec_and_usage(params: dict[str, Any], region: str) -> tuple[KeySpec, KeyUsage]:
@@ -67,6 +65,22 @@ def _usage_refusal(spec: KeySpec, usage: KeyUsage) -> str:
     return f"KeyUsage {usage} is not compatible with KeySpec {spec}"
 
 
+def _check_store_members(params: dict[str, Any], origin: Origin) -> None:
+    """CustomKeyStoreId and XksKeyId say which custom key store a key is made in; with an Origin
+    that is no custom key store they were dropped, and a caller who left Origin out got a key in
+    keytrail's own store without a word. CreateKey's reference: XksKeyId "is not valid for KMS keys
+    with any other Origin value" than EXTERNAL_KEY_STORE; CustomKeyStoreId goes with AWS_CLOUDHSM or
+    EXTERNAL_KEY_STORE. AWS's error code for it is not documented: a ValidationException here."""
+    if params.get("XksKeyId") is not None and origin is not Origin.EXTERNAL_KEY_STORE:
+        raise errors.ValidationException(f"XksKeyId is valid only when Origin is EXTERNAL_KEY_STORE, not {origin}.")
+    if params.get("CustomKeyStoreId") is not None and origin not in _CUSTOM_STORE_ORIGINS:
+        raise errors.ValidationException(
+            f"CustomKeyStoreId is valid only when Origin is AWS_CLOUDHSM or EXTERNAL_KEY_STORE, not {origin}.")
+
+
+_CUSTOM_STORE_ORIGINS = frozenset({Origin.AWS_CLOUDHSM, Origin.EXTERNAL_KEY_STORE})
+
+
 def _new_key_id(svc: KmsService, multi_region: bool) -> str:
     if multi_region:
         return "mrk-" + svc.deps.random_bytes(16).hex()
@@ -77,6 +91,7 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     params, context = call.params, call.context
     spec, usage = _spec_and_usage(params, context.region)
     origin = Origin(params.get("Origin") or "AWS_KMS")
+    _check_store_members(params, origin)
     if origin is Origin.EXTERNAL:
         check_importable(spec)  # else a key that stays PendingImport for ever
     tags = validate_tags(params.get("Tags") or [])
@@ -212,7 +227,7 @@ async def schedule_key_deletion(svc: KmsService, call: Call) -> Response:
         raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
     key = multiregion.scheduled_deletion(key, svc.now(), window)
     call.response_elements = {  # before the write: the record it owes (kms/owed_calls.py) says the same
-        "keyId": key.arn, "deletionDate": key.deletion_date.isoformat() if key.deletion_date else None,
+        "keyId": key.arn, "deletionDate": cloudtrail_date(key.deletion_date) if key.deletion_date else None,
         "keyState": key.state.value, "pendingWindowInDays": window,
     }
     await svc.store.put_key(key)
