@@ -20,16 +20,31 @@ FILE_MODE = 0o600
 def make_dirs(path: Path) -> None:
     """`mkdir -p path`, each folder it creates 0700 (`Path.mkdir(parents=True)` gives the parents
     it creates the umask's mode, whatever `mode` says)."""
+    missing: list[Path] = []  # the folders to make, innermost first
+    while not _made(path):
+        if path.parent == path:
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        # Made once its parent is: one that still cannot be (its parent is procfs, or was removed
+        # meanwhile) raises here, once, where retrying from the top recursed without end.
+        _made(folder, parent_made=True)
+
+
+def _made(path: Path, *, parent_made: bool = False) -> bool:
+    """Whether `path` is a folder now, made here 0700 if it was missing; False when its parent is
+    missing too (unless `parent_made`, when that is an error)."""
     try:
         path.mkdir(mode=DIR_MODE)
     except FileNotFoundError:
-        if path.parent == path:
+        if parent_made:
             raise
-        make_dirs(path.parent)
-        make_dirs(path)
+        return False
     except FileExistsError:  # made meanwhile by another process is as good as made here
         if not path.is_dir():
             raise
+    return True
 
 
 def open_file(path: Path, flags: int) -> int:

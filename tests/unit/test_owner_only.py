@@ -36,6 +36,14 @@ def test_make_dirs_over_a_file_fails_as_mkdir_does(tmp_path: Path) -> None:
         make_dirs(tmp_path / "file")
 
 
+def test_make_dirs_under_a_folder_that_takes_no_new_folder_fails_once(tmp_path: Path) -> None:
+    # procfs answers ENOENT to mkdir under a folder that is there: retrying from the parent, which
+    # exists, recursed until RecursionError, ≈ 9,000 lines of traceback from `serve --data-dir`.
+    with pytest.raises(FileNotFoundError) as raised:
+        make_dirs(Path("/proc/keytrail-nope/data"))
+    assert raised.value.filename == "/proc/keytrail-nope"
+
+
 def test_files_are_0600_and_reserve_keeps_what_is_there(tmp_path: Path) -> None:
     write_bytes(tmp_path / "d" / "written", b"data")
     os.close(open_file(tmp_path / "d" / "opened", os.O_WRONLY))
