@@ -130,7 +130,10 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     from keytrail.detect.sources import gc_paused, read_cloudtrail_events
 
     detector = Detector(rules)
-    events, _ = read_cloudtrail_events(paths)
+    events, unreadable = read_cloudtrail_events(paths)
+    if unreadable:  # as consume and report say it: a denied call in such a record raises no alarm
+        typer.echo(f"note: skipped {unreadable} CloudTrail records that cannot be read (a KMS record without a "
+                   "readable eventTime, eventName or userIdentity, or no JSON object)", err=True)
     with gc_paused():  # a batch job over acyclic records: no need for the cyclic collector
         detector.process_events(events)
     detector.tick(as_of)
@@ -367,6 +370,9 @@ def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
         raise BadInput(f"{path}: not valid TOML (not UTF-8 text)") from None
     except OSError as exc:  # named as the TOML errors are, not as Python's repr of the error
         raise BadInput(f"{path}: {exc.strerror or exc}") from None
+    if unknown := set(doc) - {"rules", "hooks"}:  # a misspelt [rule.…] table left its rule as it was
+        raise BadInput(f"{path}: unknown table(s) or setting(s) {', '.join(sorted(unknown))} "
+                       "(a settings file holds [rules.<id>] and [hooks])")
     hooks = HooksConfig.from_settings(doc)
     # Checked as --kafka is: a typo would otherwise only show as failed deliveries of the first alarms.
     if problem := bootstrap_problem(hooks.kafka, "[hooks] kafka"):

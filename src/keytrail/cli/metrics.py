@@ -108,7 +108,9 @@ def _consumer_running(data_dir: Path) -> bool:
 
 
 def parse_by(value: str, allowed: tuple[str, ...], command: str = "keytrail") -> list[str]:
-    names = [part.strip() for part in value.split(",") if part.strip()]
+    """The groupings of a `--by` list, each once in the order first named (`key,key` grouped the
+    usage table by one column twice, which polars refused as the state being unreadable)."""
+    names = list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     bad = [name for name in names if name not in allowed]
     if bad or not names:
         raise fail(f"--by: unknown {', '.join(bad) or 'grouping'} (choose from {', '.join(allowed)})", command)

@@ -38,14 +38,23 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# The longest window a rule takes: a century. Longer ones (or inf) overflowed the time arithmetic,
+# which stopped `detect` with a traceback and left `serve`'s detector failing every batch.
+MAX_WINDOW = timedelta(days=36_500)
+
+
 def parse_duration(value: str | float) -> timedelta:
-    """`"90d"`, `"10m"`, `"1h"`, `"30s"`, or a number of seconds."""
+    """`"90d"`, `"10m"`, `"1h"`, `"30s"`, or a number of seconds: more than 0, at most MAX_WINDOW
+    (ValueError otherwise)."""
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    match = _DURATION.match(value)
-    if not match:
+        seconds = float(value)
+    elif match := _DURATION.match(value):
+        seconds = float(match[1]) * _UNITS[match[2]]
+    else:
         raise ValueError(f"bad duration {value!r} (use e.g. 30s, 10m, 1h, 90d)")
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    if not 0 < seconds <= MAX_WINDOW.total_seconds():  # also refuses nan
+        raise ValueError(f"bad duration {value!r}: more than 0 and at most {MAX_WINDOW.days} days")
+    return timedelta(seconds=seconds)
 
 
 class RuleError(ValueError):
@@ -235,15 +244,23 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The largest count a parameter takes, by the unit its name ends in: time spans up to a century (a
+# larger one overflowed the date arithmetic, failing every detector batch), anything else 10⁹.
+_MOST = {"days": 36_500, "minutes": 36_500 * 1_440}
+_MOST_COUNT = 1_000_000_000
+
+
 def _parameter(rule_id: str, name: str, value: Any, default: Any) -> Any:
     """`value` if it is of the kind the parameter's default is (flag, count, amount, list of
     strings) and not negative; else RuleError naming the rule, the parameter and what it takes."""
     if isinstance(default, bool):
         ok, kind = isinstance(value, bool), "true or false"
     elif isinstance(default, int):
-        ok, kind = _is_count(value) and value >= 0, "a whole number of 0 or more"
+        most = _MOST.get(name.rsplit("_", 1)[-1], _MOST_COUNT)
+        ok, kind = _is_count(value) and 0 <= value <= most, f"a whole number from 0 to {most:,}"
     elif isinstance(default, float):
-        ok, kind = (_is_count(value) or isinstance(value, float)) and value >= 0, "a number of 0 or more"
+        ok = (_is_count(value) or isinstance(value, float)) and 0 <= value <= _MOST_COUNT  # not inf or nan
+        kind = f"a number from 0 to {_MOST_COUNT:,}"
     else:
         ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
     if not ok:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from keytrail.detect.events import KmsEvent, read_kms_event
+from keytrail.detect.events import KMS_SOURCE, KmsEvent, read_kms_event
 from keytrail.transport.cloudtrail_logs import LogFileProblem, iter_log_files, read_log_file
 
 __all__ = [
@@ -63,22 +63,24 @@ def gc_paused() -> Iterator[None]:
 
 def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
     """The KMS events of CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or
-    folders) in eventTime order, and how many records were skipped (other services, unreadable).
+    folders) in eventTime order, and how many records could not be read (a KMS record without a
+    readable eventTime or eventName or with a userIdentity that is no object, or no JSON object at
+    all); other services' records are passed over uncounted.
     Files are read as the pipeline and `audit import` read them (`transport.cloudtrail_logs`):
     digest files are passed over; a file that is no CloudTrail log raises LogFileProblem (a
     ValueError) naming it, for detection over part of the input would misjudge the rest.
     Each file's dicts are dropped once read, to keep memory low."""
     events: list[KmsEvent] = []
-    skipped = 0
+    unreadable = 0
     with gc_paused():
         for path in iter_log_files(paths, _unlisted):
             records = read_log_file(path)
             if records is not None:  # None: a digest file (log file integrity validation)
-                skipped += _read_events(records, events)
+                unreadable += _read_events(records, events)
     # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
     # which for keytrail's own export is the log's, the order the live detector judged them in.
     events.sort(key=lambda e: e.event_time)
-    return events, skipped
+    return events, unreadable
 
 
 def _unlisted(problem: str) -> None:
@@ -87,19 +89,22 @@ def _unlisted(problem: str) -> None:
 
 
 def _read_events(records: list[Any], events: list[KmsEvent]) -> int:
-    """Append the KMS events of one file's records; returns the number of records skipped."""
-    skipped = 0
+    """Append the KMS events of one file's records; returns the number of records unreadable."""
+    unreadable = 0
     for record in records:
+        if not isinstance(record, dict):  # no JSON object: as unreadable as a record with a bad field
+            unreadable += 1
+            continue
+        if record.get("eventSource") != KMS_SOURCE:  # another service's, or an Insights event: as consume skips it
+            continue
         try:
-            # A record that is no JSON object is as unreadable as one with a bad field: skipped.
-            event = read_kms_event(record) if isinstance(record, dict) else None
+            event = read_kms_event(record)
         except ValueError:
-            event = None
-        if event is None:
-            skipped += 1
-        else:
+            unreadable += 1
+            continue
+        if event is not None:  # None: another service's record
             events.append(event)
-    return skipped
+    return unreadable
 
 
 def is_avro(value: bytes) -> bool:

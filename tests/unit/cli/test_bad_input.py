@@ -72,7 +72,21 @@ def test_detect_skips_records_that_are_no_json_object(tmp_path: Path) -> None:
     log = tmp_path / "odd.json"
     log.write_text(json.dumps({"Records": [1, "x", None, [], {"eventSource": 5}]}))
     result = _keytrail("detect", "--cloudtrail", log, "--format", "json")
-    assert result.returncode == 0 and result.stderr == "" and result.stdout == ""
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr.startswith("note: skipped 4 CloudTrail records that cannot be read")
+
+
+def test_detect_says_how_many_kms_records_it_could_not_read(tmp_path: Path) -> None:
+    # A denied Decrypt whose eventTime or userIdentity cannot be read raises no alarm: skipped in
+    # silence, the detector hid it (consume and report said so already).
+    denied = json.loads(gzip.decompress(_cloudtrail_gzip(tmp_path / "a.json.gz").read_bytes()))["Records"][0]
+    log = tmp_path / "odd.json"
+    log.write_text(json.dumps({"Records": [{**denied, "eventTime": "yesterday"}, {**denied, "userIdentity": "eve"},
+                                           {"eventSource": "s3.amazonaws.com", "eventName": "GetObject"}]}))
+    result = _keytrail("detect", "--cloudtrail", log, "--format", "json")
+    assert (result.returncode, result.stdout) == (0, "")
+    assert result.stderr == ("note: skipped 2 CloudTrail records that cannot be read (a KMS record without a "
+                             "readable eventTime, eventName or userIdentity, or no JSON object)\n")
 
 
 def test_detect_skips_a_folder_named_like_a_log_file(tmp_path: Path) -> None:
@@ -298,6 +312,30 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
     log = _cloudtrail_gzip(tmp_path / "a.json.gz")
     result = _keytrail("detect", "--cloudtrail", log, "--config", binary)
     _one_line_error(result, f"keytrail detect: {binary}: not valid TOML (not UTF-8 text)")
+
+
+def test_a_misspelt_table_in_a_settings_file_is_refused_not_ignored(tmp_path: Path) -> None:
+    # `[rule.permissive-key]` for `[rules.permissive-key]` left the rule enabled, without a word.
+    config = tmp_path / "typo.toml"
+    config.write_text("[rule.permissive-key]\nenabled = false\n")
+    result = _keytrail("detect", "--cloudtrail", _cloudtrail_gzip(tmp_path / "a.json.gz"), "--config", config)
+    _one_line_error(result, f"keytrail detect: {config}: unknown table(s) or setting(s) rule "
+                            "(a settings file holds [rules.<id>] and [hooks])")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", config)
+    _one_line_error(result, f"keytrail serve: --config: {config}: unknown table(s) or setting(s) rule")
+
+
+def test_a_grouping_named_twice_groups_once(tmp_path: Path) -> None:
+    # `usage --by key,key` grouped by one column twice: polars refused, and the message blamed the
+    # metrics state and told the operator to rebuild it.
+    node = tmp_path / "node"
+    consumed = _keytrail("consume", "--cloudtrail", _cloudtrail_gzip(tmp_path / "a.json.gz"), "--data-dir", node)
+    assert consumed.returncode == 0, consumed.stderr
+    for command in ("usage", "cost", "last-used"):
+        once = _keytrail(command, "--data-dir", node, "--by", "key", "--format", "json")
+        twice = _keytrail(command, "--data-dir", node, "--by", "key,key", "--format", "json")
+        assert (twice.returncode, twice.stderr, twice.stdout) == (0, once.stderr, once.stdout)
+        assert KEY_ARN in once.stdout
 
 
 def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Path) -> None:

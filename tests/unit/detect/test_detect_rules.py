@@ -59,7 +59,19 @@ enabled = false
         ("[rules]\nunused-key = 5", r"\[rules.unused-key\] must be a table"),
         ("[rules.unused-key]\nparameters = 5", "parameters must be a table"),
         ('[rules.unused-key]\nparameters = { unused_days = "x" }', "unused_days must be a whole number"),
-        ("[rules.unused-key]\nparameters = { unused_days = -5 }", "unused_days must be a whole number of 0 or more"),
+        ("[rules.unused-key]\nparameters = { unused_days = -5 }", "unused_days must be a whole number from 0 to"),
+        # Past a century a window or a span of days overflowed the time arithmetic: a traceback from
+        # `detect`, and `serve`'s detector failing every batch.
+        ("[rules.unused-key]\nparameters = { unused_days = 99999999999999999 }", "from 0 to 36,500, not 9999"),
+        ("[rules.usage-spike]\nparameters = { min_history_minutes = 100000000 }", "from 0 to 52,560,000"),
+        ("[rules.usage-spike]\nparameters = { min_calls = 10000000000 }", "from 0 to 1,000,000,000"),
+        ("[rules.usage-spike]\nparameters = { factor = inf }", "factor must be a number from 0 to"),
+        ("[rules.usage-spike]\nparameters = { factor = nan }", "factor must be a number from 0 to"),
+        ('[rules.unauthorized-decrypt]\nwindow = "99999999999999d"', "at most 36500 days"),
+        ("[rules.unauthorized-decrypt]\nwindow = inf", "at most 36500 days"),
+        ("[rules.unauthorized-decrypt]\nwindow = nan", "more than 0"),
+        ("[rules.unauthorized-decrypt]\nwindow = -3600", "more than 0"),  # "-1h" was refused, -3600 taken
+        ("[rules.unauthorized-decrypt]\nwindow = 0", "more than 0"),
         ("[rules.unused-key]\nparameters = { include_unknown_manager = 1 }", "must be true or false"),
         ('[rules.usage-spike]\nparameters = { factor = "x" }', "factor must be a number"),
         ('[rules.permissive-key]\nparameters = { trusted_accounts = "x" }', "must be a list of strings"),
