@@ -25,6 +25,7 @@ __all__ = [
     "constraints_at_least_as_strict",
     "constraints_hold",
     "grant_allows",
+    "grant_token_matches",
     "grantee_matches",
     "make_grant_token",
     "parse_grant_token",
@@ -154,13 +155,43 @@ def grant_allows(
 
 
 def make_grant_token(grant: Grant, nonce: bytes) -> str:
-    """An opaque token naming the grant; each CreateGrant call gets a different one."""
-    body = f"{grant.account}:{grant.region}:{grant.key_id}:{grant.grant_id}".encode()
-    return _TOKEN_PREFIX + base64.urlsafe_b64encode(body + b":" + nonce).decode().rstrip("=")
+    """An opaque token naming the grant: its first (`grant.token`, kept with the grant) when `grant`
+    has none yet, else another one for it (a retry of CreateGrant by name: each call gets a
+    different token), whose tag, keyed by the first, proves it was made here."""
+    proof = nonce + _tag(grant.token, nonce) if grant.token else nonce
+    body = f"{grant.account}:{grant.region}:{grant.key_id}:{grant.grant_id}:".encode() + proof
+    return _TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
 
 
 def parse_grant_token(token: str) -> tuple[str, str, str, str] | None:
-    """(account, region, key id, grant id) of a token this service issued, else None."""
+    """(account, region, key id, grant id) a token in this service's form names, else None: what
+    it claims, which `grant_token_matches` checks against the grant."""
+    parsed = _parts(token)
+    return parsed[0] if parsed else None
+
+
+def grant_token_matches(token: str, grant: Grant) -> bool:
+    """Whether CreateGrant returned `token` for `grant`: its first token, or another with a tag the
+    first keys. A token made up (or cut, or changed) in the right form names a grant, nothing more."""
+    if grant.token and hmac.compare_digest(token.encode(), grant.token.encode()):
+        return True
+    parsed = _parts(token)
+    if parsed is None or parsed[0][3] != grant.grant_id or not grant.token:
+        return False
+    proof = parsed[1]
+    nonce, tag = proof[:_NONCE_BYTES], proof[_NONCE_BYTES:]
+    return len(tag) == _TAG_BYTES and hmac.compare_digest(tag, _tag(grant.token, nonce))
+
+
+_NONCE_BYTES = _TAG_BYTES = 16
+
+
+def _tag(first_token: str, nonce: bytes) -> bytes:
+    return hmac.digest(first_token.encode(), b"keytrail grant token\0" + nonce, "sha256")[:_TAG_BYTES]
+
+
+def _parts(token: str) -> tuple[tuple[str, str, str, str], bytes] | None:
+    """((account, region, key id, grant id), the bytes after them) of a token in this form."""
     if not token.startswith(_TOKEN_PREFIX):
         return None
     raw = token[len(_TOKEN_PREFIX):]
@@ -175,7 +206,7 @@ def parse_grant_token(token: str) -> tuple[str, str, str, str] | None:
         account, region, key_id, grant_id = (p.decode() for p in parts[:4])
     except UnicodeDecodeError:
         return None
-    return account, region, key_id, grant_id
+    return (account, region, key_id, grant_id), parts[4]
 
 
 def grant_view(key: Key, grant: Grant) -> dict[str, Any]:

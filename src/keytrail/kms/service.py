@@ -27,6 +27,7 @@ from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.due_work import DueWork
+from keytrail.kms.grants import grant_token_matches, parse_grant_token
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import (
@@ -164,11 +165,27 @@ class KmsService:
     async def handle(self, operation: Operation, call: Call) -> Response:
         """Run the handler; a call that changes keys holds the lock of its key until it returns
         (its read-modify-write would otherwise undo a concurrent call's change)."""
+        if tokens := call.params.get("GrantTokens"):
+            await self._check_grant_tokens(tokens)
         if operation.read_only:
             return await operation.handler(self, call)
         async with contextlib.AsyncExitStack() as held:
             call.held = held
             return await operation.handler(self, call)
+
+    async def _check_grant_tokens(self, tokens: Any) -> None:
+        """InvalidGrantTokenException unless CreateGrant returned each of `tokens` for a grant that
+        is still there ("the specified grant token is not valid": the API reference of every
+        operation that takes GrantTokens). Grants here take effect at once, so a token adds no
+        permission; a made-up one in the right form was taken as if it were real."""
+        for token in tokens if isinstance(tokens, list) else [tokens]:
+            named = parse_grant_token(token) if isinstance(token, str) else None
+            if named is None:
+                raise errors.InvalidGrantTokenException("The grant token is invalid.")
+            account, region, key_id, grant_id = named
+            grants = await self.store.list_grants(account, region, key_id)
+            if not any(g.grant_id == grant_id and grant_token_matches(token, g) for g in grants):
+                raise errors.InvalidGrantTokenException("The grant token is invalid.")
 
     async def record_rejected(self, name: str, context: CallContext, error: errors.KmsError) -> None:
         """Record a call refused before it reached its handler (a request that fails validation):

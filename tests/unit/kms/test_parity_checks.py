@@ -4,7 +4,10 @@ alias name `alias/`, and the rotation status of asymmetric and HMAC keys."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,17 +39,46 @@ async def test_a_grant_token_create_grant_did_not_return_is_invalid(tmp_path: Pa
     assert (await service.execute("ListGrants", alice(), {"KeyId": key}))["Grants"] == []
 
 
-async def test_grant_tokens_create_grant_returned_are_accepted_even_once_retired(tmp_path: Path) -> None:
+def _forged(token: str, change: Callable[[bytes], bytes]) -> str:
+    """`token` with its decoded bytes changed by `change`, encoded again in the same form."""
+    raw = token.removeprefix("ktg1")
+    body = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    return "ktg1" + base64.urlsafe_b64encode(change(body)).decode().rstrip("=")
+
+
+async def test_grant_tokens_are_checked_against_the_grant_they_name(tmp_path: Path) -> None:
     _, service = allow_all_service(tmp_path)
     key = await _key(service)
-    grant = await service.execute(
-        "CreateGrant", alice(), {"KeyId": key, "GranteePrincipal": BOB, "Operations": ["Encrypt"]}
-    )
-    request = {"KeyId": key, "Plaintext": b"x", "GrantTokens": [grant["GrantToken"]]}
-    assert (await service.execute("Encrypt", alice(), request))["KeyId"] == key
-    await service.execute("RetireGrant", alice(), {"GrantToken": grant["GrantToken"]})
-    # AWS documents no answer for the token of a retired grant: it names nothing, and allows nothing.
-    assert (await service.execute("Encrypt", alice(), request))["KeyId"] == key
+    create = {"KeyId": key, "GranteePrincipal": BOB, "Operations": ["Encrypt"], "Name": "reader"}
+    first = await service.execute("CreateGrant", alice(), create)
+    again = await service.execute("CreateGrant", alice(), create)  # a retry by name: the same grant, a new token
+    assert again["GrantId"] == first["GrantId"] and again["GrantToken"] != first["GrantToken"]
+
+    def encrypt(token: str) -> Any:
+        return service.execute("Encrypt", alice(), {"KeyId": key, "Plaintext": b"x", "GrantTokens": [token]})
+
+    for token in (first["GrantToken"], again["GrantToken"]):
+        assert (await encrypt(token))["KeyId"] == key
+    # In the right form, naming the grant or one never made, each was taken as if CreateGrant had
+    # returned it (docs/api-compatibility.md said otherwise).
+    made_up = [
+        _forged(again["GrantToken"], lambda body: body[:-1] + bytes([body[-1] ^ 1])),  # its tag changed
+        _forged(again["GrantToken"], lambda body: body[:-16]),  # its tag cut off
+        _forged(first["GrantToken"], lambda body: body + b"\0"),  # a byte more
+        _forged(first["GrantToken"], lambda body: body.replace(first["GrantId"].encode(), b"f" * 64)),
+        again["GrantToken"][:-5],
+    ]
+    for token in made_up:
+        with pytest.raises(errors.InvalidGrantTokenException):
+            await encrypt(token)
+        with pytest.raises((errors.InvalidGrantTokenException, errors.NotFoundException)):
+            await service.execute("RetireGrant", alice(), {"GrantToken": token})
+    assert [g["GrantId"] for g in (await service.execute("ListGrants", alice(), {"KeyId": key}))["Grants"]] == [
+        first["GrantId"]]
+    await service.execute("RetireGrant", alice(), {"GrantToken": again["GrantToken"]})
+    # The token of a retired grant names no grant any more (AWS documents no answer for it).
+    with pytest.raises(errors.InvalidGrantTokenException):
+        await encrypt(first["GrantToken"])
 
 
 async def test_alias_slash_alone_is_no_alias_name(tmp_path: Path) -> None:

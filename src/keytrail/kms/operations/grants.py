@@ -17,6 +17,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.grants import (
     allowed_operations,
+    grant_token_matches,
     grant_view,
     make_grant_token,
     parse_grant_token,
@@ -240,12 +241,14 @@ async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
         if key is None:
             raise errors.NotFoundException("The grant token refers to a key that does not exist.")
         call.resource(key.arn)
-    elif params.get("KeyId") and params.get("GrantId"):
+        grant = await _find_grant(svc, key, grant_id)
+        if not grant_token_matches(params["GrantToken"], grant):  # made up, cut or changed
+            raise errors.InvalidGrantTokenException("The grant token is invalid.")
+        return key, grant
+    if params.get("KeyId") and params.get("GrantId"):
         key = await svc.find_key(call, params["KeyId"], allow_alias=False)
-        grant_id = params["GrantId"]
-    else:
-        raise errors.ValidationException("Grant token OR (grant ID, key ID) must be specified")
-    return key, await _find_grant(svc, key, grant_id)
+        return key, await _find_grant(svc, key, params["GrantId"])
+    raise errors.ValidationException("Grant token OR (grant ID, key ID) must be specified")
 
 
 def _require_grant_id(grant_id: str) -> None:
