@@ -30,7 +30,8 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
-    "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "signing_key", "verify",
+    "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "signed_end", "signing_key",
+    "verify",
     "write_retention_floor",
 ]
 
@@ -162,6 +163,17 @@ def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
             digest = None
         out.append((path, digest if isinstance(digest, dict) else {}))
     return out
+
+
+def signed_end(paths: IntegrityPaths) -> int | None:
+    """The end offset the newest digest says it signs, unverified (`verify` checks signatures):
+    a log that ends before it lost signed records. None without a readable newest digest."""
+    newest = max(paths.digests.glob("*.json"), default=None)
+    try:
+        end = json.loads(newest.read_bytes()).get("endOffset") if newest is not None else None
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return end if isinstance(end, int) and not isinstance(end, bool) else None
 
 
 def verify_signature(public_key: Ed25519PublicKey, digest: dict[str, Any]) -> bool:

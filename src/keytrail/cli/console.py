@@ -170,11 +170,23 @@ def event_log_damage(data_dir: Path, log: SegmentLog | None = None) -> str | Non
     """Why reading the node's event log stopped short of what its files hold, if it did: commands
     that read it whole say so and exit non-zero rather than answer from part of it in silence.
     `log`: the reader that just read it (its segments are checked already: no second pass)."""
+    from keytrail.audit.integrity import IntegrityPaths, signed_end
+
     directory = event_log_dir(data_dir)
     if log is None and not directory.is_dir():
         return None
-    damage = (log or SegmentLog(directory)).damage()
-    return f"the event log in {data_dir} is damaged: {damage} (keytrail audit verify tells more)" if damage else None
+    log = log or SegmentLog(directory)
+    if damage := log.damage():
+        return f"the event log in {data_dir} is damaged: {damage} (keytrail audit verify tells more)"
+    # A log whose last segments are gone whole reads as a shorter log: its digests still sign them.
+    # Its end is read after the digest (a reader's `end_offset` looks again): a running node writes a
+    # digest only once the records it signs are durable, so records added since `log` read cannot
+    # look gone.
+    signed = signed_end(IntegrityPaths(directory.parent / "integrity"))
+    if signed is not None and (end := log.end_offset()) < signed:
+        return (f"the event log in {data_dir} ends at record {end} but its digests sign records up to "
+                f"{signed}: signed records are gone (keytrail audit verify tells more)")
+    return None
 
 
 def parse_time(value: str | None, option: str, command: str = "keytrail") -> datetime | None:

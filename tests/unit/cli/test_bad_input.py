@@ -149,6 +149,21 @@ def test_tail_without_follow_over_a_damaged_event_log_says_so_and_fails(tmp_path
     _one_line_error(result, f"keytrail audit: the event log in {node} is damaged: ", code=1)
 
 
+def test_readers_of_an_event_log_whose_segment_is_gone_whole_say_so_and_fail(tmp_path: Path) -> None:
+    # With its only segment deleted the log read as empty: `audit events` printed nothing and
+    # `report` wrote an empty report, both exiting 0; its digests still sign the 6 records.
+    node = tmp_path / "node"
+    fill_trail(node, 6)
+    for segment in event_log_dir(node).glob("*.seg"):
+        segment.unlink()
+    gone = f"the event log in {node} ends at record 0 but its digests sign records up to 6: signed records are gone"
+    for args in (["events"], ["tail", "--no-follow"], ["export", str(tmp_path / "out")]):
+        result = _keytrail("audit", *args, "--data-dir", node)
+        assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith(f"keytrail audit: {gone}")
+    result = _keytrail("report", "--data-dir", node, "--out", tmp_path / "r.html")
+    assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith(f"keytrail report: {gone}")
+
+
 @pytest.mark.parametrize("body", [
     pytest.param(lambda value: value[:-40], id="cut-short"),  # fastavro: EOFError, which click took for Ctrl-D
     pytest.param(lambda value: value[:40] + b"\x80" * 12 + value[52:], id="not-utf-8"),  # UnicodeDecodeError
