@@ -138,11 +138,14 @@ async def _store_with_a_forged_grant(data: Path) -> None:
 @pytest.mark.parametrize(("content", "complaint"), [
     (b"short", "holds 5 bytes, not 32: make it with head -c 32 /dev/urandom > FILE: nothing was changed"),
     (None, "--new-key: no such file: "),
+    ("folder", "--new-key: not a regular file: "),  # it said "no such file" of a folder there
 ])
 def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
-        tmp_path: Path, content: bytes | None, complaint: str) -> None:
+        tmp_path: Path, content: bytes | str | None, complaint: str) -> None:
     new = tmp_path / "new.key"
-    if content is not None:
+    if content == "folder":
+        new.mkdir()
+    elif isinstance(content, bytes):
         new.write_bytes(content)
         new.chmod(0o600)
     result = _rotate("--data-dir", tmp_path / "data", "--new-key", new)

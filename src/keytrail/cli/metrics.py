@@ -75,7 +75,7 @@ def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore | None
     answer is then empty, given without loading polars (~0.2 s of a query's start), as is an
     error for a data directory that does not exist."""
     if not data_dir.is_dir():
-        raise fail(f"no such data directory: {data_dir}", command)
+        raise fail(f"{'not a folder' if data_dir.exists() else 'no such data directory'}: {data_dir}", command)
     if not counted_partitions(data_dir):
         store = None
     else:

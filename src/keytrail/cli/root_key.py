@@ -76,7 +76,7 @@ def rotate(
 
 def _new_secret(path: Path) -> bytes:
     if not path.is_file():
-        raise _Refused(f"--new-key: no such file: {path}")
+        raise _Refused(f"--new-key: {'not a regular file' if path.exists() else 'no such file'}: {path}")
     RootKey.from_file(path, "make it with head -c 32 /dev/urandom > FILE")  # the size, and a warning if shared
     return path.read_bytes()
 

@@ -120,6 +120,9 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(data_dir: Path, args: list[st
 def test_missing_data_dir_is_an_error(tmp_path: Path) -> None:
     code, _, err = run("usage", "--data-dir", str(tmp_path / "nope"))
     assert code != 0 and err == f"keytrail usage: no such data directory: {tmp_path / 'nope'}\n"
+    (tmp_path / "file").write_text("x")  # it said "no such data directory" of a file there too
+    code, _, err = run("usage", "--data-dir", str(tmp_path / "file"))
+    assert code != 0 and err == f"keytrail usage: not a folder: {tmp_path / 'file'}\n"
 
 
 def test_consuming_a_damaged_log_counts_what_precedes_it_and_fails(tmp_path: Path) -> None:
