@@ -227,7 +227,7 @@ def test_signing_mac_and_key_pair_calls_log_what_cloudtrail_shows(tmp_path: Path
 
 
 def test_grant_alias_reencrypt_and_new_key_calls_log_what_cloudtrail_shows(tmp_path: Path) -> None:
-    # ct-reencrypt: both contexts as the caller sent them. ct-creategrant: responseElements.keyId is
+    # ct-reencrypt: both contexts as the caller sent them, both algorithms. ct-creategrant: responseElements.keyId is
     # the key ARN. ct-retire-grant: by token alone, requestParameters null and the grant in
     # additionalEventData. ct-createalias / ct-updatealias / ct-deletealias: the alias ARN among the
     # resources. ct-createkey, ct-replicate-key, ct-schedule-key-deletion: camelCase at every level,
@@ -261,6 +261,9 @@ def test_grant_alias_reencrypt_and_new_key_calls_log_what_cloudtrail_shows(tmp_p
     reencrypt = events["ReEncrypt"]["requestParameters"]
     assert (reencrypt["sourceEncryptionContext"], reencrypt["destinationEncryptionContext"]) == (
         {"Project": "Alpha"}, {"Level": "3A"})
+    # Not named by the caller, logged all the same (ct-reencrypt), as Decrypt's encryptionAlgorithm.
+    assert (reencrypt["sourceEncryptionAlgorithm"], reencrypt["destinationEncryptionAlgorithm"]) == (
+        "SYMMETRIC_DEFAULT", "SYMMETRIC_DEFAULT")
     assert events["CreateGrant"]["responseElements"] == {"grantId": grant["GrantId"], "keyId": first["Arn"]}
     retired = events["RetireGrant"]
     assert (retired["requestParameters"], retired["additionalEventData"]) == (None, {"grantId": grant["GrantId"]})

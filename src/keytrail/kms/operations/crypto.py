@@ -163,6 +163,9 @@ async def re_encrypt(svc: KmsService, call: Call) -> Response:
     svc.require_usage(destination, "ReEncrypt", KeyUsage.ENCRYPT_DECRYPT)
     algorithm = params.get("DestinationEncryptionAlgorithm", SYMMETRIC_DEFAULT)
     _check_algorithm(destination, algorithm)
+    # Logged whether or not the caller named them, as Decrypt's (ct-reencrypt's 1.11 example).
+    call.extra_request_parameters.update(
+        sourceEncryptionAlgorithm=source_algorithm, destinationEncryptionAlgorithm=algorithm)
     svc.check_dry_run(call)
     blob, material_id = await svc.cipher_for(destination).encrypt(
         destination, plaintext, params.get("DestinationEncryptionContext"), algorithm)
