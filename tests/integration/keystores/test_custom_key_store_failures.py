@@ -11,6 +11,7 @@ deletes a token, SoftHSM2 in this process fails every token lookup (see test_cus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -249,6 +250,17 @@ async def test_a_password_the_token_refused_is_not_tried_again_until_the_store_i
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
 
 
+async def _created_on_a_loaded_machine_too(svc: KmsService, store_id: str) -> str:
+    """A CreateKey in the store once its session was dropped: logging in to the token again can
+    outlast TIMEOUT on a loaded machine (CI's, with other tests beside it), so it is tried again."""
+    for _ in range(5):
+        with contextlib.suppress(errors.CustomKeyStoreInvalidStateException):
+            return str((await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))[
+                "KeyMetadata"]["KeyId"])
+        await asyncio.sleep(TIMEOUT)
+    return str((await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"])
+
+
 async def test_a_backing_key_the_hsm_makes_after_create_key_gave_up_is_removed(
     impatient: KmsService, hsm: SoftHsm, faults: Faults, clusters: Iterator[str], trust_anchor: str,
     caplog: pytest.LogCaptureFixture,
@@ -267,6 +279,10 @@ async def test_a_backing_key_the_hsm_makes_after_create_key_gave_up_is_removed(
         if "made after CreateKey gave up on the HSM, was removed" in caplog.text:
             break
         await asyncio.sleep(TIMEOUT / 10)
-    made = (await call(svc, "CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+    made = await _created_on_a_loaded_machine_too(svc, store_id)
+    for _ in range(50):  # a generation that timed out on a loaded machine removes its key meanwhile
+        if token_keys(hsm.module, cluster) == {key_id, made}:
+            break
+        await asyncio.sleep(TIMEOUT / 10)
     assert token_keys(hsm.module, cluster) == {key_id, made}
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
