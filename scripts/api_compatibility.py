@@ -92,6 +92,15 @@ HMAC and post-quantum operations are checked in docs/asymmetric-keys.md ("Checke
 # (request, what AWS does and where that is written, what keytrail does)
 CHECKED = [
     (
+        "`CreateKey` with `XksKeyId`, or `CustomKeyStoreId`, and an `Origin` that is no custom key store (or none)",
+        "The CreateKey reference: `XksKeyId` \"is not valid for KMS keys with any other Origin value\" than "
+        "`EXTERNAL_KEY_STORE`; `CustomKeyStoreId` goes with `Origin` `AWS_CLOUDHSM` or `EXTERNAL_KEY_STORE`. "
+        "The error code is not documented.",
+        "`ValidationException`, e.g. `CustomKeyStoreId is valid only when Origin is AWS_CLOUDHSM or "
+        "EXTERNAL_KEY_STORE, not AWS_KMS.`, and no key is made (they used to be dropped, and a caller who left "
+        "`Origin` out got a key in keytrail's own store).",
+    ),
+    (
         "`GrantTokens` with more than 10 tokens, an empty token, or one over 8,192 characters",
         "`ValidationException` with the model's constraint message (`GrantTokenList` 0..10, `GrantTokenType` "
         "1..8192), e.g. `1 validation error detected: Value at 'grantTokens' failed to satisfy constraint: "
@@ -104,8 +113,10 @@ CHECKED = [
         "valid\", in the errors of every operation that takes `GrantTokens` (API reference). The message AWS "
         "sends is not documented.",
         "`InvalidGrantTokenException` `The grant token is invalid.` for any token `CreateGrant` did not return "
-        "(it used to be ignored). The token of a retired grant is accepted and grants nothing: AWS documents "
-        "no answer for it.",
+        "(it used to be ignored), each checked against the grant it names: its first token, kept with the "
+        "grant, or another made for a retry by `Name`, whose tag the first keys; one in keytrail's form but "
+        "made up, cut or changed is refused too (it used to be taken). The token of a retired grant names no "
+        "grant and is refused the same way: AWS documents no answer for it.",
     ),
     (
         "`RetireGrant` with a `GrantToken` and a `KeyId` of another key, or a `GrantId` of another grant",
