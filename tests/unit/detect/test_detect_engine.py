@@ -263,8 +263,34 @@ def test_usage_spike_carries_baseline_and_observed_rate() -> None:
     [alarm] = detector.alarms()
     assert alarm.rule == "usage-spike" and alarm.principal_arn == APP_ARN
     assert float(alarm.details["baselineAverage"]) == 5.0
-    assert int(alarm.details["observedRate"]) == 100  # the minute crossed 10x baseline (and min_calls)
     assert alarm.details["baselineDurationMinutes"] == "120"
+    # The minute crossed 10x baseline at 100 calls (MEDIUM), then went on to 50x at 250: HIGH.
+    assert (alarm.severity, alarm.count, int(alarm.details["observedRate"])) == ("HIGH", 2, 250)
+
+
+def test_usage_spike_of_a_busy_pair_reaches_high_within_its_minute() -> None:
+    # Judged only at the call that crossed factor x baseline, a pair whose baseline was over
+    # min_calls / high_factor (2 a minute) stayed MEDIUM however large the surge.
+    detector = Detector()
+    records = steady_traffic(KEY, APP, T0, minutes=120, per_minute=5)
+    burst_start = T0 + timedelta(minutes=120)
+    records += [event("Decrypt", burst_start + timedelta(milliseconds=100 * i), KEY, APP) for i in range(200)]
+    detector.process(records)
+    [alarm] = detector.alarms()
+    assert (alarm.severity, alarm.count, alarm.details["observedRate"]) == ("MEDIUM", 1, "100")  # not yet 250
+    detector.process([event("Decrypt", burst_start + timedelta(seconds=20, milliseconds=100 * i), KEY, APP)
+                      for i in range(50)])
+    [alarm] = detector.alarms()
+    assert (alarm.severity, alarm.count, alarm.details["observedRate"]) == ("HIGH", 2, "250")
+
+
+def test_usage_spike_with_no_history_required_fires_without_dividing_by_none() -> None:
+    # min_history_minutes 0 let a pair's first minute reach the baseline of 0 minutes of history.
+    detector = Detector(RuleSet().override({"usage-spike": {"parameters": {"min_history_minutes": 0}}}))
+    detector.process([event("Decrypt", T0 + timedelta(milliseconds=100 * i), KEY, APP) for i in range(100)])
+    [alarm] = detector.alarms()
+    assert (alarm.rule, alarm.details["baselineAverage"], alarm.details["baselineDurationMinutes"]) == (
+        "usage-spike", "0.0000", "0")
 
 
 def test_repeated_event_ids_are_processed_once() -> None:

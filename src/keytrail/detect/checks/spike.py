@@ -30,6 +30,9 @@ class _Rate:
     total: int = 0  # calls in `past`
     past: deque[tuple[int, int]] = field(default_factory=deque)
     fired_minute: int = -1
+    # The count at which the minute that fired below HIGH becomes HIGH (None: it fired HIGH already,
+    # or not at all): the minute's later calls are watched for it, not only the call that fired.
+    high_at: float | None = None
 
     def roll(self, minute: int, horizon: int) -> None:
         """Move on to a later `minute`, dropping counts older than `horizon` minutes."""
@@ -42,7 +45,8 @@ class _Rate:
 
 
 class UsageSpike:
-    """Fires once per spiking minute, when the count crosses `factor` x baseline (and `min_calls`)."""
+    """Fires once per spiking minute, when the count crosses `factor` x baseline (and `min_calls`),
+    and once more, HIGH, if that minute's count goes on to reach `high_factor` x baseline."""
 
     rule_id = "usage-spike"
     event_names = None
@@ -59,6 +63,7 @@ class UsageSpike:
         self._min_history = int(rule.param("min_history_minutes"))
         self._min_calls = int(rule.param("min_calls"))
         self._factor = float(rule.param("factor"))
+        self._high_factor = float(rule.param("high_factor"))
         self._last_minute = (datetime.min, 0)  # the last event time seen and its minute
 
     def observe(self, event: KmsEvent) -> list[Finding]:
@@ -73,8 +78,10 @@ class UsageSpike:
         if minute > rate.minute:  # late events count in the current minute
             rate.roll(minute, self._horizon)
         rate.count += 1
-        if rate.count < self._min_calls or rate.fired_minute == rate.minute:
+        if rate.count < self._min_calls:
             return []
+        if rate.fired_minute == rate.minute:
+            return self._escalate(event, rate) if rate.high_at is not None and rate.count >= rate.high_at else []
         return self._judge(event, rate)
 
     def pairs(self) -> int:
@@ -101,20 +108,35 @@ class UsageSpike:
         return self._last_minute[1]
 
     def _judge(self, event: KmsEvent, rate: _Rate) -> list[Finding]:
-        history = min(rate.minute - rate.first_minute, self._horizon)
+        history, baseline = self._baseline(rate)
         if history < self._min_history:
             return []
-        baseline = rate.total / history
         if rate.count < self._factor * baseline:
             return []
         rate.fired_minute = rate.minute
+        high_at = self._high_factor * baseline
+        rate.high_at = None if rate.count >= high_at else high_at
         return [self._finding(event, baseline, rate.count, history)]
+
+    def _escalate(self, event: KmsEvent, rate: _Rate) -> list[Finding]:
+        """The minute that fired goes on to HIGH: judged only at the call that crossed `factor` x
+        baseline, a surge of any size stayed MEDIUM for a pair whose baseline was over
+        `min_calls` / `high_factor` (2 calls a minute by default)."""
+        rate.high_at = None
+        history, baseline = self._baseline(rate)
+        return [self._finding(event, baseline, rate.count, history)]
+
+    def _baseline(self, rate: _Rate) -> tuple[int, float]:
+        """(minutes of history, average calls per minute over them): none yet with
+        `min_history_minutes` 0, which a pair's first minute divided by."""
+        history = min(rate.minute - rate.first_minute, self._horizon)
+        return history, rate.total / history if history else 0.0
 
     def tick(self, now: datetime) -> list[Finding]:
         return []
 
     def _finding(self, event: KmsEvent, baseline: float, observed: int, history: int) -> Finding:
-        high = observed >= float(self.rule.param("high_factor")) * baseline
+        high = observed >= self._high_factor * baseline
         return Finding.on_event(
             self.rule_id,
             event,
