@@ -41,6 +41,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("html")
     keys = [key_arn(f"h{n}") for n in range(5)]
     events = [record("CreateKey", START, key) for key in keys]
+    # A service event: in the usage table, and no request (the requests card said it was).
+    rotation = record("RotateKey", START + timedelta(hours=1), keys[0])
+    rotation.update(userIdentity={"accountId": keys[0].split(":")[4], "invokedBy": "AWS Internal"},
+                    eventType="AwsServiceEvent", requestParameters=None)
+    events.append(rotation)
     for minute in range(0, 8 * 60, 3):
         when = START + timedelta(minutes=minute)
         events.append(record("Decrypt", when, keys[minute % 3], user_arn(("alice", "app", "etl")[minute % 2])))
@@ -113,6 +118,33 @@ def test_html_cost_table_shows_the_cost_query(report: tuple[Path, Path]) -> None
     expected = {(r["keyArn"], r["accountId"], f"{r['requests']:,}", _usd(r["totalCost"])) for r in rows}
     shown = {(row[0], row[1], row[4], row[6]) for row in html_tables(html)["cost"]}
     assert shown == expected
+
+
+class _Cards(HTMLParser):
+    """The report's headline figures: {name: value as shown}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: dict[str, str] = {}
+        self._figure: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "div" and (figure := dict(attrs).get("data-figure")):
+            self._figure = figure
+
+    def handle_data(self, data: str) -> None:
+        if self._figure is not None and data.strip():
+            self.figures[self._figure], self._figure = data.strip(), None
+
+
+def test_html_requests_card_counts_what_the_cost_query_bills(report: tuple[Path, Path]) -> None:
+    # It summed the usage rows, whose RotateKey service event (and the like) is no request.
+    html, data_dir = report
+    cards = _Cards()
+    cards.feed(html.read_text())
+    billed = sum(r["requests"] for r in _json(keytrail("cost", "--data-dir", str(data_dir), "--format", "json")))
+    calls = sum(r["count"] for r in _json(keytrail("usage", "--data-dir", str(data_dir), "--format", "json")))
+    assert cards.figures["requests"] == f"{billed:,}" and billed == calls - 1
 
 
 def test_html_has_no_network_references(report: tuple[Path, Path]) -> None:

@@ -74,7 +74,9 @@ def _cards(data: ReportData) -> str:
     cards = [
         ("events", f"{data.events:,}"), ("keys", f"{keys:,}"),
         ("principals", f"{data.usage.get_column('principalArn').n_unique():,}"),
-        ("requests", f"{int(data.usage.get_column('count').sum() or 0):,}"),
+        # As `keytrail cost` bills them: service events (RotateKey, DeleteKey) and CloudTrail's own
+        # calls are in the usage rows but are no requests (docs/metrics.md).
+        ("requests", f"{int(_sum(data.cost, 'requests')):,}"),
         ("denied calls", f"{int(data.denied.get_column('count').sum() or 0):,}"),
         ("unused keys", f"{int(data.last_used.get_column('unused').sum() or 0):,}"),
         ("alarms", f"{data.alarms.height:,}"),
