@@ -179,6 +179,28 @@ def test_a_cross_account_call_logged_to_both_accounts_counts_once(tmp_path: Path
         assert [(c["keyArn"], c["accountId"], c["requests"]) for c in cost] == [(ENCRYPT_KEY, caller, 1)], source
 
 
+def test_a_corrected_copy_of_an_event_counts_once_from_files_and_through_the_event_log(tmp_path: Path) -> None:
+    # The copy (addendum reason UPDATED_DATA, a new eventID naming the original) was counted as a
+    # call of its own: a RotateKey copy billed one rotation more. Through an import the addendum
+    # rides in the event log's otherFields (the Avro path); from the files it is read directly.
+    from tests.unit.pipeline.test_cli_metrics import corrected_copies
+    from tests.unit.reports.records import key_arn
+
+    key = key_arn("corrected")
+    logs = tmp_path / "AWSLogs"
+    logs.mkdir()
+    (logs / "a.json").write_text(json.dumps({"Records": corrected_copies(key)}))
+    imported = tmp_path / "imported"
+    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir",
+                             str(imported)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for data, source in ((tmp_path / "files", ["--cloudtrail", str(logs)]), (imported, ["--no-follow"])):
+        assert cli("consume", "--data-dir", str(data), *source).returncode == 0
+        cost = [json.loads(x) for x in cli("cost", "--data-dir", str(data), "--since", "2026-10-01", "--until",
+                                           "2026-11-01", "--format", "json").stdout.splitlines()]
+        assert [(c["keyCost"], c["requests"]) for c in cost] == [(round((240 + 504 * 2) / 744, 10), 2)], source
+
+
 def test_consuming_the_same_folder_again_reads_only_its_new_files(tmp_path: Path) -> None:
     # Repeats are dropped by eventID only among a partition's recent ones (at most 1,000,000): a
     # bucket consumed again must not rely on them, its files already counted are passed over.

@@ -95,10 +95,14 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
     the rows that need them (a null string is never parsed). `offsets` as in frame_from_records.
     """
     name = pl.col("eventName")
-    typed = [pl.col(c) for c in ("eventID", "keyArn", "accountId", "recipientAccountId", "awsRegion")]
+    typed = [pl.col(c) for c in ("keyArn", "accountId", "recipientAccountId", "awsRegion")]
     typed += [pl.col(c) for c in ("eventType", "requestID")]
+    other = pl.col("otherFields")  # what CloudTrail files brought that the schema has no column for
+    corrected = other.str.json_path_match("$.addendum.reason") == "UPDATED_DATA"  # as `_event_identity`
     return (
         avro.select(
+            pl.coalesce(pl.when(corrected).then(other.str.json_path_match("$.addendum.originalEventID")),
+                        "eventID").alias("eventID"),
             *typed,
             pl.col("otherFields").str.json_path_match("$.sharedEventID").alias("sharedEventID"),
             name,
@@ -273,8 +277,22 @@ def _algorithm(record: Mapping[str, Any]) -> str | None:
     return _param(param)(record) if param else None
 
 
+def _event_identity(record: Mapping[str, Any]) -> str | None:
+    """The eventID the record is counted under: a corrected copy (addendum reason UPDATED_DATA)
+    comes as a record of its own with a new eventID and names the original, the same call, whose
+    id it is counted under, so that one of the two counts (audit-anchors §1.1: "Consumers must
+    allow a late or corrected duplicate of an event")."""
+    addendum = record.get("addendum")
+    if type(addendum) is dict and addendum.get("reason") == "UPDATED_DATA":
+        original = addendum.get("originalEventID")
+        if type(original) is str and original:
+            return original
+    event_id = record.get("eventID")
+    return event_id if type(event_id) is str else None
+
+
 _GETTERS: dict[str, Any] = {
-    "eventID": _field("eventID"),
+    "eventID": _event_identity,
     "sharedEventID": _field("sharedEventID"),
     "eventTime": _event_time,
     "eventName": _field("eventName"),

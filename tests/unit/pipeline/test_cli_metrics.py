@@ -203,6 +203,37 @@ def test_cloudtrail_s_own_calls_writing_its_log_files_are_not_billed(tmp_path: P
     assert {r["principalArn"]: r["count"] for r in lines(out)}["cloudtrail.amazonaws.com"] == 1  # still a call
 
 
+def _corrected(original: dict[str, object], event_id: str) -> dict[str, object]:
+    """CloudTrail's corrected copy of `original`: a record of its own, with a new eventID, that names
+    the original in its addendum (audit-anchors.md §1.1)."""
+    return {**original, "eventID": event_id, "addendum": {
+        "reason": "UPDATED_DATA", "updatedFields": "responseElements", "originalEventID": original["eventID"],
+        "originalRequestID": original["requestID"]}}
+
+
+def corrected_copies(key: str) -> list[dict[str, object]]:
+    """A key made Oct 1, rotated Oct 11 and used Oct 12, then corrected copies of both."""
+    oct_ = datetime(2026, 10, 1, tzinfo=UTC)
+    rotation = record("RotateKey", oct_ + timedelta(days=10), key)
+    use = record("Decrypt", oct_ + timedelta(days=11), key)
+    return [record("CreateKey", oct_, key), rotation, use,
+            _corrected(rotation, "00000000-0000-4000-8000-00000000c0a1"),
+            _corrected(use, "00000000-0000-4000-8000-00000000c0a2")]
+
+
+def test_a_corrected_copy_of_an_event_counts_once(tmp_path: Path) -> None:
+    # Counted under its own new eventID, the copy of a RotateKey billed the key a rotation more
+    # (+$1 a key-month) and the copy of a Decrypt a request more.
+    key = key_arn("corrected")
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(corrected_copies(key))).run())
+    _, out, _ = run("cost", "--data-dir", str(tmp_path), "--since", "2026-10-01", "--until", "2026-11-01",
+                    "--format", "json")
+    [row] = lines(out)
+    assert (row["keyCost"], row["requests"]) == (round((240 * 1 + 504 * 2) / 744, 10), 2)
+    _, out, _ = run("usage", "--data-dir", str(tmp_path), "--by", "operation", "--format", "json")
+    assert {r["eventName"]: r["count"] for r in lines(out)} == {"CreateKey": 1, "RotateKey": 1, "Decrypt": 1}
+
+
 _NOTHING_COUNTED_QUERIES = [
     ["usage"], ["usage", "--by", "key"], ["usage", "--by", "operation,day"], ["usage", "--by", "hour"],
     ["cost"], ["cost", "--by", "account"], ["cost", "--by", "key", "--free-tier"], ["cost", "--until", "2026-01-01"],
