@@ -201,6 +201,24 @@ def test_a_corrected_copy_of_an_event_counts_once_from_files_and_through_the_eve
         assert [(c["keyCost"], c["requests"]) for c in cost] == [(round((240 + 504 * 2) / 744, 10), 2)], source
 
 
+def test_consuming_by_a_second_route_says_an_event_may_count_twice(tmp_path: Path) -> None:
+    # Duplicates are known per route: the files imported and consumed through the event log, then
+    # the same files by --cloudtrail, counted every call twice without a word.
+    logs = tmp_path / "AWSLogs"
+    logs.mkdir()
+    (logs / "a.json").write_text(json.dumps({"Records": [E1]}))
+    data = tmp_path / "data"
+    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first = cli("consume", "--data-dir", str(data), "--no-follow")
+    assert first.returncode == 0 and "note:" not in first.stderr
+    second = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
+    assert second.returncode == 0 and second.stderr.splitlines()[-1] == (
+        f"note: {data} counts events from the embedded event log as well as from CloudTrail files; duplicates are "
+        "known per route, so an event that came by both is counted twice: feed each log by one route")
+
+
 def test_consuming_the_same_folder_again_reads_only_its_new_files(tmp_path: Path) -> None:
     # Repeats are dropped by eventID only among a partition's recent ones (at most 1,000,000): a
     # bucket consumed again must not rely on them, its files already counted are passed over.

@@ -32,7 +32,7 @@ from keytrail.cli.console import (
     parse_window,
 )
 from keytrail.owner_only import make_dirs
-from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
+from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
 from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
 
@@ -287,11 +287,30 @@ def consume(
         + (f", {stats.network} network activity events" if stats.network else ""),
         err=True,
     )
+    _note_other_routes(data_dir, _CLOUDTRAIL_ROUTE if cloudtrail else _KAFKA_ROUTE if kafka else _LOG_ROUTE)
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
         raise fail(f"{problem}; the figures cover the records before it", CONSUME, code=1)
     if problems:  # what could be read is counted; a script still learns that some was not
         raise fail(f"{len(problems)} problem{'' if len(problems) == 1 else 's'} in the CloudTrail log files "
                    "(above): the figures leave out what could not be read", CONSUME, code=1)
+
+
+_CLOUDTRAIL_ROUTE, _LOG_ROUTE, _KAFKA_ROUTE = "CloudTrail files", "the embedded event log", "Kafka"
+
+
+def _route(partition: str) -> str:
+    """How the events of a counted partition came in (its state file's name)."""
+    return {CLOUDTRAIL_PARTITION: _CLOUDTRAIL_ROUTE, SEGMENT_LOG_PARTITION: _LOG_ROUTE}.get(partition, _KAFKA_ROUTE)
+
+
+def _note_other_routes(data_dir: Path, mine: str) -> None:
+    """Duplicates are known per route (each keeps the eventIDs it counted): the same log fed by two
+    routes, an `audit import` consumed and the same files by --cloudtrail, say, counts twice."""
+    others = sorted({_route(path.stem) for path in counted_partitions(data_dir)} - {mine})
+    if others:
+        typer.echo(f"note: {data_dir} counts events from {' and '.join(others)} as well as from {mine}; "
+                   "duplicates are known per route, so an event that came by both is counted twice: feed each "
+                   "log by one route", err=True)
 
 
 def _metrics_socket(host: str, port: int) -> socket.socket:

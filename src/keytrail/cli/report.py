@@ -161,6 +161,7 @@ def _collect_files(paths: list[Path], options: ReportOptions, progress: bool | N
 def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> Source:
     """The records of the CloudTrail log files; each problem reading them is said on stderr and
     added to `unreadable`, so that the report, written from the rest, exits 1 as `consume` does."""
+    from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
@@ -171,7 +172,7 @@ def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> So
             yield from iter_cloudtrail_records([path], on_problem=lambda text: _name_problem(text, unreadable))
             bar.update(done, len(files))
 
-    return RecordsSource(records(), partition="cloudtrail-files")
+    return RecordsSource(records(), partition=CLOUDTRAIL_PARTITION)
 
 
 def _name_problem(text: str, unreadable: list[str]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SEGMENT_LOG_PARTITION", "consumer_lock", "counted_partitions", "state_dir"]
+__all__ = ["CLOUDTRAIL_PARTITION", "SEGMENT_LOG_PARTITION", "consumer_lock", "counted_partitions", "state_dir"]
 
 #: The partition the embedded event log's state is kept as (`segment_source.SegmentLogSource`'s
 #: batches): here for the queries, which need the name and not the source (asyncio, the decoder).
 SEGMENT_LOG_PARTITION = "segment-log"
+#: The partition CloudTrail log files are counted as (`consume --cloudtrail`, `report --cloudtrail`).
+CLOUDTRAIL_PARTITION = "cloudtrail-files"
 
 
 def state_dir(data_dir: Path) -> Path:

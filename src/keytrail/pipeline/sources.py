@@ -8,6 +8,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
 from keytrail.pipeline.runner import Batch, state_file
 from keytrail.pipeline.state import PartitionState
 from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records
@@ -66,7 +67,7 @@ class CloudTrailFilesSource:
         files: Sequence[Path],
         state_dir: Path,
         *,
-        partition: str = "cloudtrail-files",
+        partition: str = CLOUDTRAIL_PARTITION,
         max_records: int = 10_000,
         on_problem: Callable[[str], None] | None = None,
         progress: Callable[[int], None] | None = None,
