@@ -606,6 +606,32 @@ async def test_updates_of_an_alarm_waiting_for_a_hook_that_is_down_take_no_more_
     assert hook.alarms == [head, updates[-1], second]  # the latest state, in the first one's place
 
 
+async def test_the_head_a_hook_that_was_down_gets_is_its_latest_state_once(tmp_path: Path) -> None:
+    """Updates of the alarm the worker held, probing the hook with it, were queued behind: the hook
+    back got the head in the state it was taken in, then again in its latest (docs: each waiting
+    alarm once, in its latest state)."""
+    import dataclasses
+
+    from keytrail.detect.sinks.outbox import Outbox
+
+    hook, path = Outage(), tmp_path / "outbox.jsonl"
+    head, other = _alarms(2)
+    dispatcher = Dispatcher([hook], outboxes=[Outbox(path)], pause=(0.01, 0.02))
+    dispatcher.publish(head)
+    await asyncio.sleep(0.05)  # the worker holds it, probing
+    updates = [dataclasses.replace(head, count=count) for count in (2, 3)]
+    for update in updates:
+        dispatcher.publish(update)
+    dispatcher.publish(other)
+    await asyncio.sleep(0.05)
+    hook.up = True
+    await asyncio.sleep(0.1)
+    dispatcher.publish(later := dataclasses.replace(head, count=4))  # after it went out: sent as ever
+    await dispatcher.close(timeout=2)
+    assert hook.alarms == [updates[-1], other, later]
+    assert Outbox(path).owed == []
+
+
 async def test_the_outbox_of_a_hook_no_longer_configured_is_warned_of_once_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

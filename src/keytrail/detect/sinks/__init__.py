@@ -179,6 +179,7 @@ class Dispatcher:
         kept."""
         pause, probes, taken, strikes = self.pause[0], 0, None, 0
         while True:
+            alarm = self._newest(index, alarm)
             try:
                 await self.sinks[index].deliver(alarm)
                 break
@@ -202,6 +203,18 @@ class Dispatcher:
             pause = min(pause * 2, self.pause[1])
             probes += 1
         self._came_back(index)
+
+    def _newest(self, index: int, head: Alarm) -> Alarm:
+        """The head in its latest state: one queued while the hook was down (a tick's count, an
+        escalation) goes out in its place, and its own turn is passed over unless a later state
+        comes meanwhile. Probed with the state it was taken in, the head reached a hook that came
+        back stale, and again in its latest state at that one's turn."""
+        latest = self._latest[index]
+        newer = latest.get(head.alarm_id) if latest is not None else None
+        if newer is None or _progress(newer) <= _progress(head):
+            return head
+        self._ahead[index][head.alarm_id] = _progress(newer)  # as an alarm taken ahead of its turn
+        return newer
 
     async def _send_ahead(self, index: int, head: Alarm) -> Alarm | None:
         """Try the first LOOK_AHEAD alarms behind the head (other alarms than the head, in their
