@@ -423,7 +423,10 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
     while len(segment.positions) < until:
         # Chunks, not one read of the whole: a large read is fresh memory each time (page
         # faults), where chunks reuse the same few freed blocks.
-        data = os.pread(fd, size, segment.size)
+        try:
+            data = os.pread(fd, size, segment.size)
+        except OSError as exc:  # named: pread's error has no file name ("Is a directory" alone)
+            raise type(exc)(exc.errno, exc.strerror, str(segment.path)) from None
         verified = verified_prefix(data, segment.size, until - len(segment.positions), segment.positions)
         if verified and keep is not None:
             keep.append(memoryview(data)[:verified])

@@ -183,6 +183,18 @@ def test_audit_commands_over_a_record_edited_with_its_checksum_fixed_say_so_in_o
             assert len(result.stdout.splitlines()) == 2  # the records before it
 
 
+def test_a_folder_where_a_segment_belongs_is_named(tmp_path: Path) -> None:
+    # pread's error carries no file name: each command said "Is a directory" and nothing more.
+    node = tmp_path / "node"
+    fill_trail(node, 3)
+    [segment] = event_log_dir(node).glob("*.seg")
+    segment.unlink()
+    segment.mkdir()
+    for args in (["audit", "events"], ["audit", "verify"]):
+        result = _keytrail(*args, "--data-dir", node)
+        assert result.returncode != 0 and result.stderr.strip().endswith(f"Is a directory: {segment}"), result.stderr
+
+
 def test_audit_commands_refuse_a_file_where_the_event_log_folder_belongs(tmp_path: Path) -> None:
     (tmp_path / "audit").mkdir()
     (tmp_path / "audit" / "log").write_text("not a folder")
