@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,14 +85,28 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
     return Verdict(problems + found, _reach(key, log, valid) + notes + silent_spans(valid))
 
 
+def _why_no_digest(folder: Path) -> str:
+    """Why a folder shows no digest: each reason asks for another repair (restore the files, the
+    folder, or its permissions), where all were told "the digests were deleted"."""
+    if folder.exists() and not folder.is_dir():
+        return "it is not a folder (the digests were replaced)"
+    try:
+        next(os.scandir(folder), None)
+    except FileNotFoundError:
+        return "the folder is gone (the digests were deleted)"
+    except OSError as exc:
+        return f"it cannot be listed ({exc.strerror})"
+    return "the digests were deleted"
+
+
 def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, expected: list[bytes],
                newest: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The log's records against the stored hashes and what the digests say: (problems, notes)."""
     problems: list[str] = []
     if not any(paths.digests.glob("*.json")) and (expected or log.end_offset() > 0):
         # A trail signs its genesis digest before its first record (ChainWriter.begin).
-        problems.append(f"no signed digest in {paths.digests}: the digests were deleted, and no signature "
-                        f"covers the records up to offset {max(len(expected), log.end_offset())}")
+        problems.append(f"no signed digest in {paths.digests}: {_why_no_digest(paths.digests)}, and no "
+                        f"signature covers the records up to offset {max(len(expected), log.end_offset())}")
     floor, unsigned = read_retention_floor(paths, key)
     problems += [unsigned] if unsigned else []
     if newest.get("final") and log.end_offset() > int(newest["endOffset"]):

@@ -293,7 +293,12 @@ def test_a_trail_whose_digests_were_all_deleted_is_named_and_not_signed_again(da
 
     _, paths = audit_paths(data_dir)
     shutil.rmtree(paths.digests)  # with them, every signature over records an attacker may have edited
-    assert any(p.startswith(f"no signed digest in {paths.digests}: the digests were deleted") for p in verify(data_dir))
+    assert any(p.startswith(f"no signed digest in {paths.digests}: the folder is gone (the digests were deleted)")
+               for p in verify(data_dir))
+    paths.digests.write_text("x")  # a file where the folder was: said so, not "deleted"
+    assert any(p.startswith(f"no signed digest in {paths.digests}: it is not a folder (the digests were replaced)")
+               for p in verify(data_dir))
+    paths.digests.unlink()
     with pytest.raises(IntegrityFileUnusable, match="holds records up to offset 20 but its signed digests are gone"):
         AuditTrail.open(AuditSettings(data_dir=data_dir))  # a new chain would vouch for the log as it is now
     shutil.rmtree(paths.root)  # the key too: a new key would sign the records afresh
