@@ -43,8 +43,10 @@ UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, name) DO UPDATE SET key_id = EXCLUDED.key_id, doc = EXCLUDED.doc"""
 UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
+# valid_to too: left as first written, a token written again with a later one was deleted as stale
+# by the next put, two days after its first valid_to (the ledger property test found it).
 UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
-    ON CONFLICT (token_id) DO UPDATE SET doc = EXCLUDED.doc"""
+    ON CONFLICT (token_id) DO UPDATE SET valid_to = EXCLUDED.valid_to, doc = EXCLUDED.doc"""
 # `written_at`: the database's clock, which every node sharing the store reads, whatever each node's
 # own says (a node's --dev-clock moved on): a tick counts an owed row's grace from it.
 UPSERT_OWED = """INSERT INTO kms_owed_records (event_id, doc) VALUES ($1, $2)
