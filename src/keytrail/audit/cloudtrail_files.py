@@ -32,7 +32,9 @@ _REQUIRED = ("eventID", "eventTime", "eventName")
 # What an account id and a Region look like; anything else (an imported record may hold any string)
 # never becomes part of an export's path: it could climb out of the folder or be too long a name.
 _ACCOUNT_ID = re.compile(r"\d{12}")
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+# `eusc-de-east-1` (the European Sovereign Cloud) begins with four letters: two only, and its
+# records were filed under us-east-1 with that Region's.
+_REGION = re.compile(r"[a-z]{2,8}(-[a-z]+){1,4}-\d{1,2}")
 
 
 class EventLogUnreadable(Exception):

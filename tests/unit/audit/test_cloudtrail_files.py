@@ -180,6 +180,7 @@ async def test_export_paths_never_take_odd_accounts_or_regions_from_imported_rec
         {**base, "eventID": "climbs", "awsRegion": "../../../escaped", "recipientAccountId": "../up"},
         {**base, "eventID": "long", "awsRegion": "🔑" * 100, "recipientAccountId": 5},
         {**base, "eventID": "fine", "awsRegion": "eu-central-1", "recipientAccountId": "444455556666"},
+        {**base, "eventID": "sovereign", "awsRegion": "eusc-de-east-1", "recipientAccountId": "444455556666"},
     ]
     path = tmp_path / "odd.json"
     path.write_text(json.dumps({"Records": odd}))
@@ -187,10 +188,11 @@ async def test_export_paths_never_take_odd_accounts_or_regions_from_imported_rec
     written = export_cloudtrail(tmp_path / "node", tmp_path / "out")
     folders = {str(p.relative_to(tmp_path / "out").parent.parent.parent.parent) for p in written}
     # the odd ones fall back to their caller's account and to us-east-1
-    assert folders == {"AWSLogs/444455556666/CloudTrail/eu-central-1", "AWSLogs/111122223333/CloudTrail/us-east-1"}
+    assert folders == {"AWSLogs/444455556666/CloudTrail/eu-central-1", "AWSLogs/111122223333/CloudTrail/us-east-1",
+                       "AWSLogs/444455556666/CloudTrail/eusc-de-east-1"}  # was filed under us-east-1
     assert not (tmp_path / "escaped").exists()
     copy = await import_cloudtrail(tmp_path / "copy", [tmp_path / "out"])
-    assert copy.records == 3 and copy.problems == []
+    assert copy.records == 4 and copy.problems == []
     stored = {e["eventID"]: e for _, e in iter_events(tmp_path / "copy")}
     assert stored["climbs"]["awsRegion"] == "../../../escaped"  # the record itself is kept as it came
 
