@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,47 @@ def test_dashboard_totals_do_not_count_the_nodes_calls_a_second_time_from_the_co
     job = _consumer_job()
     queries = _queries_of("keytrail_kms_requests_total") + _queries_of("keytrail_kms_denied_requests_total")
     assert queries and all(f'job!="{job}"' in query for query in queries), queries
+
+
+def _panel_query(title: str) -> str:
+    [query] = [expr for panel, _, _, queries, _, _ in dashboards_build().PANELS if panel == title
+               for expr, _ in queries]
+    return query
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+def test_the_denial_panels_count_a_series_first_value_as_prometheus_evaluates_them(tmp_path: Path) -> None:
+    """A series made at its first event, at 1 (a denial by a new principal), was no increase to
+    Prometheus: "Denied calls by principal" showed 0 for a principal denied once, 1.25 for one denied
+    twice. The panels' queries, evaluated by Prometheus's own rule engine (`promtool test rules`)."""
+    rules = {"groups": [{"name": "panels", "rules": [
+        {"record": "by_principal", "expr": _panel_query("Denied calls by principal")},
+        {"record": "denied_1h", "expr": _panel_query("Denied calls (1h)")}]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    denied = 'keytrail_kms_denied_by_principal_total{{principal="{}",operation="Decrypt"}}'
+    per_operation = 'keytrail_kms_denied_requests_total{{job="keytrail-1",operation="{}"}}'
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            # A sample a minute from 0m to 20m: there all along; first denied at 10m (once, twice).
+            {"series": denied.format("old"), "values": " ".join(["5"] * 10 + ["6"] * 11)},
+            {"series": denied.format("once"), "values": " ".join(["_"] * 10 + ["1"] * 11)},
+            {"series": denied.format("twice"), "values": " ".join(["_"] * 10 + ["1"] + ["2"] * 10)},
+            {"series": per_operation.format("Decrypt"), "values": " ".join(["_"] * 10 + ["1"] * 11)},
+        ],
+        "promql_expr_test": [
+            {"expr": "by_principal", "eval_time": "12m", "exp_samples": [
+                {"labels": f'by_principal{{principal="{who}"}}', "value": value}
+                for who, value in (("old", 1), ("once", 1), ("twice", 2))]},
+            {"expr": "by_principal", "eval_time": "17m", "exp_samples": [  # their window passed: 0 each
+                {"labels": f'by_principal{{principal="{who}"}}', "value": 0} for who in ("old", "once", "twice")]},
+            {"expr": "denied_1h", "eval_time": "12m", "exp_samples": [{"labels": "denied_1h", "value": 1}]},
+        ],
+    }]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_cost_panels_take_the_systems_cost_from_the_standalone_consumer_not_a_sum_over_the_nodes() -> None:
