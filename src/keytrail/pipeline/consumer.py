@@ -124,4 +124,4 @@ class MetricsConsumer:
 
     def render_prometheus(self, spool_depth: int | None = None) -> str:
         """The /metrics body, with this consumer's lag (see MetricsExposition)."""
-        return self.exposition.render(self.runner.stats.lag, spool_depth)
+        return self.exposition.render(self.runner.lag(), spool_depth)

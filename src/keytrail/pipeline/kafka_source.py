@@ -32,13 +32,17 @@ class _SeekToState(ConsumerRebalanceListener):  # type: ignore[misc]
         self.consumer = consumer
         self.start_at = start_at
         self.assigned: set[TopicPartition] = set()
+        self.next: dict[TopicPartition, int] = {}  # the offset each assigned partition is read from next
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.assigned -= set(revoked)
+        for tp in revoked:
+            self.next.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         for tp in assigned:
-            self.consumer.seek(tp, self.start_at(_partition_name(tp)))
+            self.next[tp] = self.start_at(_partition_name(tp))
+            self.consumer.seek(tp, self.next[tp])
         self.assigned |= set(assigned)
 
 
@@ -96,6 +100,8 @@ class KafkaSource:
                 continue
             last_data = time.monotonic()
             for tp, messages in data.items():
+                if self.listener is not None and messages:
+                    self.listener.next[tp] = messages[-1].offset + 1
                 events = _audit_events(_partition_name(tp), messages)
                 if events:
                     yield Batch(
@@ -104,6 +110,17 @@ class KafkaSource:
                         values=[m.value for m in events],
                         source_end=consumer.highwater(tp),
                     )
+
+    def lag(self) -> dict[str, int]:
+        """Records not yet read, per assigned partition whose end the broker told (each fetch
+        answer carries it, records or none): every partition read, not only those that brought a
+        batch since the start, and a current figure, not the last batch's."""
+        consumer, listener = self._consumer, self.listener
+        if consumer is None or listener is None:
+            return {}
+        ends = {tp: consumer.highwater(tp) for tp in listener.assigned}
+        return {_partition_name(tp): max(0, end - listener.next.get(tp, end))
+                for tp, end in ends.items() if end is not None}
 
     async def rewind(self, partition: str, offset: int) -> None:
         if self._consumer is None:

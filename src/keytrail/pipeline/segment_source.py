@@ -40,12 +40,14 @@ class SegmentLogSource:
         self.gather_seconds = poll_seconds if gather_seconds is None else gather_seconds
         self.stop = stop or asyncio.Event()
         self._offset = 0
+        self._end: int | None = None  # the log's end at the last read
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         reader = SegmentReader(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
         while not self.stop.is_set():
             first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
+            self._end = end
             if not values:
                 if not self.follow:
                     return
@@ -63,6 +65,10 @@ class SegmentLogSource:
         # Ends early on stop: shutting down need not wait out a gather.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
+
+    def lag(self) -> dict[str, int]:
+        """Records not yet read, as of the last read (the log polled while idle, too)."""
+        return {} if self._end is None else {SEGMENT_LOG_PARTITION: max(0, self._end - self._offset)}
 
     async def commit(self, batch: Batch) -> None:
         return None

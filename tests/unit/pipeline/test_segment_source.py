@@ -127,3 +127,22 @@ async def test_stopping_a_following_source_ends_it_without_waiting_out_the_gathe
         return offsets
 
     assert await asyncio.wait_for(read_until_stopped(), timeout=30) == [0, 1]
+
+
+async def test_its_lag_is_known_from_its_first_read_when_nothing_is_left_to_read(tmp_path: Path) -> None:
+    # A consumer restarted caught up had no lag figure until a batch came: a blank panel.
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_records(0, 10))
+    log.sync()
+    source = SegmentLogSource(tmp_path)
+    assert source.lag() == {}  # nothing read yet: no figure rather than a made-up 0
+    assert await _batches_of(source, start=10) == []
+    assert source.lag() == {SEGMENT_LOG_PARTITION: 0}
+    log.append(_records(10, 13))  # written after its last read: lag as of that read until it reads again
+    log.close()
+    assert [b.offsets for b in await _batches_of(source, start=5)] == [range(5, 13)]
+    assert source.lag() == {SEGMENT_LOG_PARTITION: 0}
+
+
+async def _batches_of(source: SegmentLogSource, start: int) -> list[Batch]:
+    return [batch async for batch in source.batches(lambda partition: start)]
