@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,15 +169,27 @@ def test_a_cross_account_call_logged_to_both_accounts_counts_once(tmp_path: Path
         (logs / account).mkdir(parents=True)
         record = dict(copy, eventID=event_id, recipientAccountId=account)
         (logs / account / "a.json").write_text(json.dumps({"Records": [record]}))
-    # Straight from the files, and through the event log (the Avro path) after an import.
+    for route, cost in _cost_by_each_route(tmp_path, logs):
+        assert [(c["keyArn"], c["accountId"], c["requests"]) for c in cost] == [(ENCRYPT_KEY, caller, 1)], route
+
+
+def _cost_by_each_route(tmp_path: Path, logs: Path, *query: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(route, `cost --format json` rows) of the files consumed straight, and through the event log
+    (the Avro path) after an import, each into a data dir of its own."""
     imported = tmp_path / "imported"
-    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir",
-                             str(imported)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    _import(logs, imported)
+    rows = []
     for data, source in ((tmp_path / "files", ["--cloudtrail", str(logs)]), (imported, ["--no-follow"])):
         assert cli("consume", "--data-dir", str(data), *source).returncode == 0
-        cost = [json.loads(x) for x in cli("cost", "--data-dir", str(data), "--format", "json").stdout.splitlines()]
-        assert [(c["keyArn"], c["accountId"], c["requests"]) for c in cost] == [(ENCRYPT_KEY, caller, 1)], source
+        cost = cli("cost", "--data-dir", str(data), *query, "--format", "json").stdout.splitlines()
+        rows.append((source[0], [json.loads(line) for line in cost]))
+    return rows
+
+
+def _import(logs: Path, data_dir: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir",
+                             str(data_dir)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_corrected_copy_of_an_event_counts_once_from_files_and_through_the_event_log(tmp_path: Path) -> None:
@@ -190,15 +203,8 @@ def test_a_corrected_copy_of_an_event_counts_once_from_files_and_through_the_eve
     logs = tmp_path / "AWSLogs"
     logs.mkdir()
     (logs / "a.json").write_text(json.dumps({"Records": corrected_copies(key)}))
-    imported = tmp_path / "imported"
-    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir",
-                             str(imported)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    for data, source in ((tmp_path / "files", ["--cloudtrail", str(logs)]), (imported, ["--no-follow"])):
-        assert cli("consume", "--data-dir", str(data), *source).returncode == 0
-        cost = [json.loads(x) for x in cli("cost", "--data-dir", str(data), "--since", "2026-10-01", "--until",
-                                           "2026-11-01", "--format", "json").stdout.splitlines()]
-        assert [(c["keyCost"], c["requests"]) for c in cost] == [(round((240 + 504 * 2) / 744, 10), 2)], source
+    for route, cost in _cost_by_each_route(tmp_path, logs, "--since", "2026-10-01", "--until", "2026-11-01"):
+        assert [(c["keyCost"], c["requests"]) for c in cost] == [(round((240 + 504 * 2) / 744, 10), 2)], route
 
 
 def test_consuming_by_a_second_route_says_an_event_may_count_twice(tmp_path: Path) -> None:
@@ -208,9 +214,7 @@ def test_consuming_by_a_second_route_says_an_event_may_count_twice(tmp_path: Pat
     logs.mkdir()
     (logs / "a.json").write_text(json.dumps({"Records": [E1]}))
     data = tmp_path / "data"
-    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(logs), "--data-dir", str(data)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    _import(logs, data)
     first = cli("consume", "--data-dir", str(data), "--no-follow")
     assert first.returncode == 0 and "note:" not in first.stderr
     second = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))

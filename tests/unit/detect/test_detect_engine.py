@@ -279,13 +279,20 @@ def test_disabling_a_key_unused_for_more_than_30_days_is_fine() -> None:
     assert detector.alarms() == []
 
 
-def test_usage_spike_carries_baseline_and_observed_rate() -> None:
+def _spiking(calls: int) -> Detector:
+    """A detector that saw 2 hours of 5 calls a minute, then `calls` calls at 10 a second."""
     detector = Detector()
     records = steady_traffic(KEY, APP, T0, minutes=120, per_minute=5)
-    burst_start = T0 + timedelta(minutes=120)
-    records += [event("Decrypt", burst_start + timedelta(milliseconds=100 * i), KEY, APP) for i in range(400)]
+    records += [event("Decrypt", BURST + timedelta(milliseconds=100 * i), KEY, APP) for i in range(calls)]
     detector.process(records)
-    [alarm] = detector.alarms()
+    return detector
+
+
+BURST = T0 + timedelta(minutes=120)
+
+
+def test_usage_spike_carries_baseline_and_observed_rate() -> None:
+    [alarm] = _spiking(400).alarms()
     assert alarm.rule == "usage-spike" and alarm.principal_arn == APP_ARN
     assert float(alarm.details["baselineAverage"]) == 5.0
     assert alarm.details["baselineDurationMinutes"] == "120"
@@ -296,14 +303,10 @@ def test_usage_spike_carries_baseline_and_observed_rate() -> None:
 def test_usage_spike_of_a_busy_pair_reaches_high_within_its_minute() -> None:
     # Judged only at the call that crossed factor x baseline, a pair whose baseline was over
     # min_calls / high_factor (2 a minute) stayed MEDIUM however large the surge.
-    detector = Detector()
-    records = steady_traffic(KEY, APP, T0, minutes=120, per_minute=5)
-    burst_start = T0 + timedelta(minutes=120)
-    records += [event("Decrypt", burst_start + timedelta(milliseconds=100 * i), KEY, APP) for i in range(200)]
-    detector.process(records)
+    detector = _spiking(200)
     [alarm] = detector.alarms()
     assert (alarm.severity, alarm.count, alarm.details["observedRate"]) == ("MEDIUM", 1, "100")  # not yet 250
-    detector.process([event("Decrypt", burst_start + timedelta(seconds=20, milliseconds=100 * i), KEY, APP)
+    detector.process([event("Decrypt", BURST + timedelta(seconds=20, milliseconds=100 * i), KEY, APP)
                       for i in range(50)])
     [alarm] = detector.alarms()
     assert (alarm.severity, alarm.count, alarm.details["observedRate"]) == ("HIGH", 2, "250")
