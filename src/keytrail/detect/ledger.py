@@ -13,7 +13,7 @@ from datetime import datetime
 
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["STATE_CHANGES", "UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
+__all__ = ["UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
 
 # How many keys never seen to exist (named only by failed calls) are remembered, the least
 # recently named let go first: anyone may send denied calls naming random key ARNs, and a
@@ -21,7 +21,7 @@ __all__ = ["STATE_CHANGES", "UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
 # this many other such ARNs came between its last failed call and its first successful one.
 UNCONFIRMED_KEYS = 50_000
 
-STATE_CHANGES = {
+_STATE_CHANGES = {
     "DisableKey": "Disabled",
     "EnableKey": "Enabled",
     "ScheduleKeyDeletion": "PendingDeletion",
@@ -115,7 +115,7 @@ class KeyLedger:
             record.state = str(metadata.get("keyState") or "Enabled")
         elif name == "RotateKey":  # also logged after each RotateKeyOnDemand call (ct-rotatekeyondemand): count one
             record.rotations += 1
-        elif name in STATE_CHANGES:
-            record.state = STATE_CHANGES[name]
+        elif name in _STATE_CHANGES:
+            record.state = _STATE_CHANGES[name]
         elif name == "ImportKeyMaterial" and record.state == "PendingImport":
             record.state = "Enabled"

@@ -132,31 +132,6 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
     assert [a.key_arn for a in detector.tick()] == [used]
 
 
-def test_an_idle_spell_that_ended_before_the_tick_is_raised_as_the_live_detector_raises_it() -> None:
-    # Offline, `detect --cloudtrail` ticks once, after the last event: a key idle for 100 days and
-    # then used again was never alarmed, where the live detector (ticking as time went by) had.
-    used_again, disabled = key_arn(1), key_arn(2)
-    records = [create_key(T0, used_again), create_key(T0, disabled),
-               event("DisableKey", T0 + timedelta(days=95), disabled),  # a state change ends a spell too
-               event("Decrypt", T0 + timedelta(days=100), used_again, APP),
-               event("Decrypt", T0 + timedelta(days=120), key_arn(3), APP)]
-    offline = Detector()
-    offline.process(records)
-    offline.tick()
-    clock = ManualClock(T0)
-    live = Detector(clock=clock)
-    for record in records:  # the live detector ticks as time goes by, before each event here
-        clock.advance((datetime.fromisoformat(record["eventTime"].replace("Z", "+00:00")) - clock.now())
-                      .total_seconds())
-        live.tick()
-        live.process([record])
-    live.tick()
-    alarms = sorted((a.alarm_id, a.key_arn, a.first_seen) for a in offline.alarms() if a.rule == "unused-key")
-    assert alarms == sorted((a.alarm_id, a.key_arn, a.first_seen) for a in live.alarms() if a.rule == "unused-key")
-    assert sorted(key for _, key, _ in alarms) == sorted([used_again, disabled])
-    assert {first_seen for _, _, first_seen in alarms} == {T0 + timedelta(days=90)}
-
-
 def rotate_on_demand(at: datetime, key: str) -> list[dict[str, Any]]:
     """What CloudTrail logs for one on-demand rotation: the caller's RotateKeyOnDemand, then KMS's
     RotateKey service event (ct-rotatekeyondemand, ct-rotatekey)."""

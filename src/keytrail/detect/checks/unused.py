@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import Finding, format_time
 from keytrail.detect.checks import arn_region_account
-from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
-from keytrail.detect.ledger import STATE_CHANGES, KeyLedger, KeyRecord
+from keytrail.detect.events import KmsEvent
+from keytrail.detect.ledger import KeyLedger, KeyRecord
 from keytrail.detect.rules import Rule
 
 __all__ = ["UnusedKey"]
@@ -20,42 +20,28 @@ _RECOMMENDATION = (
 
 
 class UnusedKey:
-    """Raised once per key and idle spell; using the key again starts a new spell.
-
-    Judged on the ledger in `tick`, and by the events that end a spell (a use, a state change),
-    just before the ledger takes them: a spell that passed the limit and ended between two ticks
-    is raised all the same, as of the moment it passed it. Offline, `detect --cloudtrail` ticks
-    once, after the last event: without this it missed every spell that had ended by then, which
-    the live detector, ticking as time went by, had raised."""
+    """Raised once per key and idle spell; using the key again starts a new spell."""
 
     rule_id = "unused-key"
-    event_names = frozenset(CRYPTO_OPERATIONS | STATE_CHANGES.keys())
+    event_names = frozenset[str]()  # judged on the ledger, in `tick`
 
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger
         self._raised: dict[str, datetime] = {}  # key ARN -> the idle-since time already alarmed
-        self._limit = timedelta(days=float(rule.param("unused_days")))
 
     def observe(self, event: KmsEvent) -> list[Finding]:
-        if not event.succeeded:
-            return []
-        findings = []
-        for key_arn in event.key_arns:
-            record = self.ledger.get(key_arn)
-            if record is not None and (finding := self._judge(record, event.event_time)) is not None:
-                findings.append(finding)
-        return findings
+        return []
 
     def tick(self, now: datetime) -> list[Finding]:
-        return [finding for record in self.ledger if (finding := self._judge(record, now)) is not None]
-
-    def _judge(self, record: KeyRecord, now: datetime) -> Finding | None:
-        """The alarm of the key's idle spell as of `now`, once it passed the limit (once a spell)."""
-        since = self._idle_since(record)
-        if since is None or now - since < self._limit or self._raised.get(record.key_arn) == since:
-            return None
-        self._raised[record.key_arn] = since
-        return self._finding(record, since, since + self._limit)
+        limit = timedelta(days=float(self.rule.param("unused_days")))
+        findings = []
+        for record in self.ledger:
+            since = self._idle_since(record)
+            if since is None or now - since < limit or self._raised.get(record.key_arn) == since:
+                continue
+            self._raised[record.key_arn] = since
+            findings.append(self._finding(record, since, since + limit))
+        return findings
 
     def _idle_since(self, record: KeyRecord) -> datetime | None:
         if not record.confirmed or record.state != "Enabled" or record.key_manager == "AWS":
