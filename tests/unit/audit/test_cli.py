@@ -198,7 +198,8 @@ def test_an_export_stopped_by_a_log_it_cannot_read_says_so_not_that_it_cannot_wr
     segment.unlink()
     segment.mkdir()  # read as a segment, it fails with EISDIR, as one of mode 000 with EACCES
     code, _, err = _run("export", str(tmp_path / "out"), "--data-dir", str(tmp_path / "node"))
-    assert (code, err) == (1, f"keytrail audit: cannot read the event log in {tmp_path / 'node'}: Is a directory\n")
+    assert (code, err) == (1, f"keytrail audit: cannot read the event log in {tmp_path / 'node'}: "
+                              f"Is a directory: {segment}\n")  # the segment named
 
 
 def test_tail_follows_a_new_trail_started_after_the_old_was_moved_aside(tmp_path: Path) -> None:
