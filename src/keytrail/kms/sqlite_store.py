@@ -11,11 +11,13 @@ older copy of itself, its ledger included, is a backup restored, and is not dete
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from keytrail.kms import errors
 from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, authenticate, refused_call, verify
 from keytrail.kms.codec import (
     alias_from_doc,
@@ -58,6 +60,8 @@ from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
+
+log = logging.getLogger(__name__)
 # SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
 # error, no permission) leaves the file as it was.
 _DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -131,6 +135,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._owing = Owing()
         self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
         self._writable = upgrade  # else the file may not hold the documents and ledger that memory does
+        self._write_failing = False  # the last write failed: its outage is logged, once
         try:
             self._open(upgrade)
         except sqlite3.DatabaseError as exc:
@@ -233,12 +238,26 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             raise OSError(f"the key store {self._path} was opened for reading only")
         owed = self._owing.records()
         changes = [*changes, *map(self._owed_put, owed)]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            ledger = apply(self._db, self._root, self._ledger, changes)
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                ledger = apply(self._db, self._root, self._ledger, changes)
+        except sqlite3.OperationalError as exc:  # the disk full, an I/O error: rolled back, nothing changed
+            raise self._unwritable(exc) from None
+        if self._write_failing:
+            log.warning("the key store %s writes again", self._path)
+            self._write_failing = False
         self._ledger = ledger  # once committed
         if owed:
             self._owing.written()
+
+    def _unwritable(self, exc: sqlite3.OperationalError) -> errors.KmsError:
+        """The call's error for a write SQLite refused, logged once an outage: as an internal
+        error each one logged a whole traceback, every call of a full disk's minutes."""
+        if not self._write_failing:
+            log.error("the key store %s cannot write (%s): calls that change keys fail until it can", self._path, exc)
+            self._write_failing = True
+        return errors.KMSInternalException(f"The key store could not write the change: {exc}.")
 
     # --- keys --------------------------------------------------------------------------------
 
