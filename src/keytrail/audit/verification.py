@@ -91,7 +91,8 @@ def _why_no_digest(folder: Path) -> str:
     if folder.exists() and not folder.is_dir():
         return "it is not a folder (the digests were replaced)"
     try:
-        next(os.scandir(folder), None)
+        with os.scandir(folder) as entries:
+            next(entries, None)
     except FileNotFoundError:
         return "the folder is gone (the digests were deleted)"
     except OSError as exc:

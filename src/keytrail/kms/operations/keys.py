@@ -27,19 +27,13 @@ from keytrail.kms.tags import validate_tags
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService, OriginDiscarder
 
-__all__ = ["OPERATIONS", "camel_metadata"]
+__all__ = ["OPERATIONS"]
 
 log = logging.getLogger(__name__)
 
 KEY_USAGE_REQUIRED = "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."
 BOTH_SPECS = ("You cannot specify KeySpec and CustomerMasterKeySpec in the same request. "
               "CustomerMasterKeySpec is deprecated.")
-
-
-def camel_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """KeyMetadata as CloudTrail's responseElements show it: camelCase at every level
-    (`aWSAccountId`, as ct-createkey has it), dates as CloudTrail writes them."""
-    return cloudtrail_values(meta)
 
 
 def _spec_and_usage(params: dict[str, Any], region: str) -> tuple[KeySpec, KeyUsage]:
@@ -118,7 +112,7 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     # Before the write: the record it owes (kms/owed_calls.py) names the key it made.
     call.resource(key.arn)
     metadata = key_metadata(key)
-    call.response_elements = {"keyMetadata": camel_metadata(metadata)}
+    call.response_elements = {"keyMetadata": cloudtrail_values(metadata)}  # camelCase at every level, as CloudTrail
     await _save_new_key(svc, key)
     return {"KeyMetadata": metadata}
 

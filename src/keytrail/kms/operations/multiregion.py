@@ -6,12 +6,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
+from keytrail.kms.call_records import cloudtrail_values
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.keys import Key
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeyState
-from keytrail.kms.operations.keys import camel_metadata
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.tags import validate_tags
@@ -95,7 +95,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     # ct-replicate-key: the entry (in the primary's Region) lists only the primary key among its
     # resources; the replica is named by responseElements, with the policy it was given. Set before
     # the write: the record it owes (kms/owed_calls.py) names the replica.
-    call.response_elements = {"replicaKeyMetadata": camel_metadata(metadata), "replicaPolicy": replica.policy}
+    call.response_elements = {"replicaKeyMetadata": cloudtrail_values(metadata), "replicaPolicy": replica.policy}
     # One write: a replica its primary does not list would never get the primary's rotations.
     await multiregion.put_announced(svc, [replica, *siblings], siblings)
     return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
