@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -29,7 +29,9 @@ class PostgresConnections:
         self.pool = pool
         self.timeout = timeout
         self._refuse_if_broken = refuse_if_broken
-        self._locks = KeyLocks()
+        # A call waiting for a key's lock behind calls that each wait for a database that stopped
+        # answering gives up after the timeout too, not after the sum of theirs.
+        self._locks = KeyLocks(first_lock_wait=(timeout, self._timed_out))
         # The connection holding a task's key locks (advisory locks belong to a session); that
         # task's reads and writes go over it, so a lock holder never waits for the pool.
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
@@ -40,48 +42,55 @@ class PostgresConnections:
         return time.monotonic() - self._answered_at < seconds
 
     @asynccontextmanager
-    async def connection(self, *, pin: bool = False) -> AsyncIterator[Any]:
-        """The task's pinned connection, else one from the pool (pinned for the task if `pin`);
-        KMSInternalException once the store no longer matches its ledger."""
+    async def connection(self, *, pin: bool = False, wait: float | None = None) -> AsyncIterator[Any]:
+        """The task's pinned connection, else one from the pool (pinned for the task if `pin`) within
+        `wait` seconds (the timeout by default); KMSInternalException once the store no longer
+        matches its ledger."""
         self._refuse_if_broken()
         pinned = self._pinned.get()
         if pinned is not None:
-            yield pinned
+            with _dropped_on_timeout(pinned):
+                yield pinned
             self._answered_at = time.monotonic()
             return
         try:
-            async with self.pool.acquire(timeout=self.timeout) as connection:
+            async with self.pool.acquire(timeout=self.timeout if wait is None else wait) as connection:
                 token = self._pinned.set(connection) if pin else None
                 try:
-                    yield connection
+                    with _dropped_on_timeout(connection):
+                        yield connection
                 finally:
                     if token is not None:
                         self._pinned.reset(token)
                 self._answered_at = time.monotonic()
-        except TimeoutError:  # AWS's retryable answer when a service KMS depends on is slow
-            raise errors.DependencyTimeoutException(
-                f"The key store did not answer within {self.timeout:g} seconds. You can retry the request."
-            ) from None
+        except TimeoutError:
+            raise self._timed_out() from None
+
+    def _timed_out(self) -> errors.KmsError:
+        """AWS's retryable answer when a service KMS depends on is slow."""
+        return errors.DependencyTimeoutException(
+            f"The key store did not answer within {self.timeout:g} seconds. You can retry the request.")
 
     @asynccontextmanager
     async def key_lock(self, name: str) -> AsyncIterator[None]:
         """This process's lock of the key `name`, then PostgreSQL's advisory lock of it (every
-        node's); a connection returned to the pool drops its advisory locks, should the unlock fail."""
+        node's); a connection returned to the pool drops its advisory locks, should the unlock fail.
+        Taking all three waits the timeout at most, in all: calls queued on one key behind a
+        database that stopped answering do not wait out each other's timeouts."""
         if self._locks.held(name):
             yield
             return
-        async with self._locks.hold(name), self.connection(pin=True) as connection:
+        deadline = time.monotonic() + self.timeout
+        async with self._locks.hold(name), self.connection(pin=True, wait=_left(deadline)) as connection:
             try:
-                await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name)
+                await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", name,
+                                         timeout=_left(deadline))
             except asyncpg.DeadlockDetectedError:  # nodes' calls each holding the key the other waits for
                 raise second_lock_refused() from None
             try:
                 yield
             finally:
-                # If this fails (the database is gone), the lock goes with the session or with
-                # the pool's reset of the connection.
-                with contextlib.suppress(Exception):
-                    await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+                await _unlock(connection, name)
 
     @asynccontextmanager
     async def key_lock_if_free(self, name: str) -> AsyncIterator[bool]:
@@ -101,8 +110,7 @@ class PostgresConnections:
                 try:
                     yield True
                 finally:
-                    with contextlib.suppress(Exception):  # else the lock goes with the session, as above
-                        await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)
+                    await _unlock(connection, name)
 
     async def close(self) -> None:
         """Close the pool; a database that does not answer cannot hold it up."""
@@ -110,3 +118,42 @@ class PostgresConnections:
             await asyncio.wait_for(self.pool.close(), self.timeout)
         except TimeoutError:
             self.pool.terminate()
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline` (monotonic); at or below 0 once it passed, which asyncpg's waits
+    for a connection or a statement take as timed out at once."""
+    return deadline - time.monotonic()
+
+
+@contextlib.contextmanager
+def _dropped_on_timeout(connection: Any) -> Iterator[None]:
+    """Drop `connection` at once when a statement on it timed out (the database stopped answering).
+    Handed back as it is, the pool would first wait for asyncpg's cancel of the statement and then
+    for a reset, and a key lock's holder for its unlock, a timeout each, before the caller heard;
+    the session's advisory locks go with it."""
+    try:
+        yield
+    except TimeoutError:
+        if _open(connection):  # not yet dropped by a use nested in this one
+            connection.terminate()
+        raise
+
+
+def _open(connection: Any) -> bool:
+    """Whether `connection` is open: once dropped, the pool takes it back and its proxy refuses
+    every call, `is_closed` too."""
+    try:
+        return not connection.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+async def _unlock(connection: Any, name: str) -> None:
+    """Release the advisory lock of `name`. If that fails (the database is gone), or the connection
+    was dropped after a statement timed out, the lock goes with the session or with the pool's
+    reset of the connection; a call that timed out does not wait a further timeout here."""
+    if not _open(connection):
+        return
+    with contextlib.suppress(Exception):
+        await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", name)

@@ -37,15 +37,46 @@ class _StallingProxy(PostgresProxy):
 
 @pytest.mark.parametrize("operation", ["DescribeKey", "TagResource"])
 async def test_a_database_that_stops_answering_gives_dependency_timeout(operation: str) -> None:
+    # 20 calls at once, more than the pool's 8 connections, all on one key: each ends within about
+    # one timeout. Before, a timed-out statement's connection went back through asyncpg's cancel
+    # and the pool's reset (a timeout each), and TagResource calls queued on the key's lock waited
+    # out each other's timeouts (the 20th after 20 s).
+    timeout = 2.0
     async with fresh_database() as dsn, _StallingProxy().running() as proxy:
         via_proxy = dsn.replace(":5432/", f":{proxy.port}/")
-        store = await PostgresStore.connect(via_proxy, RootKey(os.urandom(32)), timeout=1.0)
+        store = await PostgresStore.connect(via_proxy, RootKey(os.urandom(32)), timeout=timeout)
         node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
         key_id = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
         proxy.stalled.set()
         params = {"Tags": [{"TagKey": "k", "TagValue": "v"}]} if operation == "TagResource" else {}
+
+        async def call() -> float:
+            started = time.monotonic()
+            with pytest.raises(errors.DependencyTimeoutException, match=f"within {timeout:g} seconds"):
+                await asyncio.wait_for(node(operation, KeyId=key_id, **params), timeout=60)
+            return time.monotonic() - started
+
+        waits = await asyncio.gather(*(call() for _ in range(20)))
+        assert max(waits) < 1.75 * timeout, sorted(waits)
         started = time.monotonic()
-        with pytest.raises(errors.DependencyTimeoutException):
-            await asyncio.wait_for(node(operation, KeyId=key_id, **params), timeout=30)
-        assert time.monotonic() - started < 10
         await store.close()  # bounded too: a stopping node does not hang on the database
+        assert time.monotonic() - started < timeout
+
+
+async def test_a_statement_timing_out_under_a_key_lock_ends_within_one_timeout() -> None:
+    # The database stops answering after the key's advisory lock was taken: the statement's timeout
+    # ends the call, without a further wait for the unlock and the connection's return to the pool.
+    timeout = 2.0
+    async with fresh_database() as dsn, _StallingProxy().running() as proxy:
+        via_proxy = dsn.replace(":5432/", f":{proxy.port}/")
+        store = await PostgresStore.connect(via_proxy, RootKey(os.urandom(32)), timeout=timeout)
+        connections = store._connections
+        started = 0.0
+        with pytest.raises(errors.DependencyTimeoutException):
+            async with connections.key_lock("a/b/key"):
+                proxy.stalled.set()
+                started = time.monotonic()
+                async with connections.connection() as connection:
+                    await connection.fetchval("SELECT 1")
+        assert time.monotonic() - started < 1.75 * timeout
+        await store.close()

@@ -1,10 +1,15 @@
 """KeyLocks.hold_if_free: what the HSM's upkeep tries before it settles a custom key store, so that it
-neither waits on a Connect or Disconnect at work nor settles a store one is changing."""
+neither waits on a Connect or Disconnect at work nor settles a store one is changing; and the bounded
+wait for a first lock, which the PostgreSQL store uses so that calls queued on a key do not wait out
+each other's database timeouts."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from keytrail.kms import errors
 from keytrail.kms.locks import KeyLocks
 
 
@@ -42,7 +47,6 @@ async def test_a_name_the_task_holds_already_is_free_to_it() -> None:
     assert not locks.held("stores")
 
 
-
 async def test_a_name_just_released_to_a_waiting_task_is_not_free() -> None:
     # The holder lets go while another task waits for the name: that task is woken but has not run
     # yet, so the lock reads unlocked. Trying the name then must answer False at once, not queue
@@ -67,3 +71,49 @@ async def test_a_name_just_released_to_a_waiting_task_is_not_free() -> None:
     let_go.set()
     await asyncio.gather(*tasks)
     assert seen == [False]
+
+
+async def test_a_bounded_first_wait_gives_the_store_s_error_and_leaves_the_name_usable() -> None:
+    def timed_out() -> errors.KmsError:
+        return errors.DependencyTimeoutException("The key store did not answer within 0.05 seconds.")
+
+    locks, holding, done = KeyLocks(first_lock_wait=(0.05, timed_out)), asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with locks.hold("key"):
+            holding.set()
+            await done.wait()
+
+    task = asyncio.create_task(holder())
+    await holding.wait()
+    with pytest.raises(errors.DependencyTimeoutException, match="0.05 seconds"):
+        async with locks.hold("key"):
+            pass
+    assert not locks.held("key")
+    done.set()
+    await task
+    async with locks.hold_if_free("key") as free:  # the refused waiter left nothing queued
+        assert free
+
+
+async def test_without_a_bound_a_first_wait_lasts_as_long_as_the_holder() -> None:
+    locks, holding, done = KeyLocks(), asyncio.Event(), asyncio.Event()
+    entered: list[str] = []
+
+    async def holder() -> None:
+        async with locks.hold("key"):
+            holding.set()
+            await done.wait()
+
+    async def waiter() -> None:
+        async with locks.hold("key"):
+            entered.append("waiter")
+
+    task = asyncio.create_task(holder())
+    await holding.wait()
+    waiting = asyncio.create_task(waiter())
+    await asyncio.sleep(0.1)
+    assert entered == []
+    done.set()
+    await asyncio.gather(task, waiting)
+    assert entered == ["waiter"]
