@@ -13,6 +13,20 @@ from keytrail.kms import errors
 from keytrail.kms.locks import KeyLocks
 
 
+async def _held_until(locks: KeyLocks, name: str, done: asyncio.Event) -> asyncio.Task[None]:
+    """A task that holds `name` until `done` is set, once it holds it."""
+    holding = asyncio.Event()
+
+    async def holder() -> None:
+        async with locks.hold(name):
+            holding.set()
+            await done.wait()
+
+    task = asyncio.create_task(holder())
+    await holding.wait()
+    return task
+
+
 async def test_a_free_name_is_held_until_exit_and_freed_after() -> None:
     locks = KeyLocks()
     async with locks.hold_if_free("stores") as free:
@@ -23,15 +37,9 @@ async def test_a_free_name_is_held_until_exit_and_freed_after() -> None:
 
 
 async def test_a_name_another_task_holds_is_not_free_and_nothing_waits() -> None:
-    locks, holding, done = KeyLocks(), asyncio.Event(), asyncio.Event()
+    locks, done = KeyLocks(), asyncio.Event()
 
-    async def holder() -> None:
-        async with locks.hold("stores"):
-            holding.set()
-            await done.wait()
-
-    task = asyncio.create_task(holder())
-    await holding.wait()
+    task = await _held_until(locks, "stores", done)
     async with locks.hold_if_free("stores") as free:
         assert not free and not locks.held("stores")
     done.set()
@@ -77,15 +85,9 @@ async def test_a_bounded_first_wait_gives_the_store_s_error_and_leaves_the_name_
     def timed_out() -> errors.KmsError:
         return errors.DependencyTimeoutException("The key store did not answer within 0.05 seconds.")
 
-    locks, holding, done = KeyLocks(first_lock_wait=(0.05, timed_out)), asyncio.Event(), asyncio.Event()
+    locks, done = KeyLocks(first_lock_wait=(0.05, timed_out)), asyncio.Event()
 
-    async def holder() -> None:
-        async with locks.hold("key"):
-            holding.set()
-            await done.wait()
-
-    task = asyncio.create_task(holder())
-    await holding.wait()
+    task = await _held_until(locks, "key", done)
     with pytest.raises(errors.DependencyTimeoutException, match="0.05 seconds"):
         async with locks.hold("key"):
             pass
@@ -97,20 +99,14 @@ async def test_a_bounded_first_wait_gives_the_store_s_error_and_leaves_the_name_
 
 
 async def test_without_a_bound_a_first_wait_lasts_as_long_as_the_holder() -> None:
-    locks, holding, done = KeyLocks(), asyncio.Event(), asyncio.Event()
+    locks, done = KeyLocks(), asyncio.Event()
     entered: list[str] = []
-
-    async def holder() -> None:
-        async with locks.hold("key"):
-            holding.set()
-            await done.wait()
 
     async def waiter() -> None:
         async with locks.hold("key"):
             entered.append("waiter")
 
-    task = asyncio.create_task(holder())
-    await holding.wait()
+    task = await _held_until(locks, "key", done)
     waiting = asyncio.create_task(waiter())
     await asyncio.sleep(0.1)
     assert entered == []
