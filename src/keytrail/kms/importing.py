@@ -129,6 +129,13 @@ def check_wrapping(algorithm: str, wrapping_spec: str, key_spec: KeySpec) -> Non
         raise errors.ValidationException(
             f"Wrapping algorithm {algorithm} is not valid for importing key material of key spec {key_spec}."
         )
+    if key_spec is KeySpec.ECC_NIST_P521 and wrapping_spec == "RSA_2048" and algorithm.startswith("RSAES_OAEP"):
+        # GetParametersForImport (WrappingAlgorithm): "You cannot use the RSAES_OAEP_SHA_* wrapping
+        # algorithm with the RSA_2048 wrapping key spec to wrap ECC_NIST_P521 key material".
+        raise errors.ValidationException(
+            f"Wrapping algorithm {algorithm} with wrapping key spec {wrapping_spec} is not valid for importing "
+            f"key material of key spec {key_spec}: use an RSA_AES_KEY_WRAP algorithm or a longer wrapping key."
+        )
 
 
 def new_wrapping_key(wrapping_spec: str) -> bytes:

@@ -244,6 +244,18 @@ def test_ecc_key_of_another_curve_is_incorrect_material(kms: Any) -> None:
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
 
 
+@pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"])
+def test_p521_material_is_not_wrapped_directly_under_an_rsa_2048_key(kms: Any, algorithm: str) -> None:
+    # GetParametersForImport (WrappingAlgorithm): "You cannot use the RSAES_OAEP_SHA_* wrapping
+    # algorithm with the RSA_2048 wrapping key spec to wrap ECC_NIST_P521 key material".
+    key_id = _external_key(kms, KeySpec="ECC_NIST_P521", KeyUsage="SIGN_VERIFY")
+    with pytest.raises(ClientError) as excinfo:
+        kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm=algorithm, WrappingKeySpec="RSA_2048")
+    assert _error(excinfo)[0] == "ValidationException"
+    _import(kms, key_id, _pkcs8(ec.generate_private_key(ec.SECP521R1())), algorithm, "RSA_3072")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
 def test_material_expires_with_the_clock_and_comes_back_on_reimport(fresh_server: KeytrailServer) -> None:
     kms = fresh_server.client("alice")
     key_id = _external_key(kms)
