@@ -237,6 +237,27 @@ def test_key_states_refusing_replication_or_a_new_primary_are_named_in_awss_word
     assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(PRIMARY, key_id)} is pending replica deletion.")
 
 
+@pytest.mark.parametrize("pending", [PRIMARY, REPLICA])
+def test_update_primary_region_refuses_a_copy_pending_import(server: KeytrailServer, pending: str) -> None:
+    # "Both the primary key and the replica key must be in the Enabled key state when the operation
+    # starts" (multi-region-update): a replica not yet given the imported material, or a primary
+    # whose material was deleted, is PendingImport.
+    kms = server.client("alice", PRIMARY)
+    key_id = kms.create_key(Origin="EXTERNAL", MultiRegion=True)["KeyMetadata"]["KeyId"]
+    material = os.urandom(32)
+    _import(kms, key_id, material)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    if pending == PRIMARY:
+        _import(server.client("alice", REPLICA), key_id, material)
+        kms.delete_imported_key_material(KeyId=key_id)
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_primary_region(KeyId=key_id, PrimaryRegion=REPLICA)
+    assert _error(excinfo) == ("KMSInvalidStateException", f"{_arn(pending, key_id)} is pending import.")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["MultiRegionConfiguration"]["MultiRegionKeyType"] == (
+        "PRIMARY"
+    )
+
+
 def test_update_primary_region_to_a_region_without_replica_is_not_found(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     with pytest.raises(ClientError) as excinfo:

@@ -127,9 +127,12 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
         _conditions(replica, **{"kms:PrimaryRegion": region}),
     )
     for copy in (key, replica):
-        if copy.state is KeyState.DISABLED:  # AWS: both keys must be Enabled when it starts
+        # "Both the primary key and the replica key must be in the Enabled key state when the
+        # operation starts" (multi-region-update): a copy still PendingImport (its imported material
+        # not yet there, deleted or expired) cannot become, or hand over, the primary either.
+        if copy.state is KeyState.DISABLED:
             raise errors.DisabledException(f"{copy.arn} is disabled.")
-        if copy.state in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION, KeyState.CREATING):
+        if copy.state is not KeyState.ENABLED:
             raise svc.invalid_state(copy)
     call.resource(replica.arn)
     await multiregion.move_primary(svc, key, region)
