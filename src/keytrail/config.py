@@ -32,6 +32,8 @@ class ServeSettings:
     max_body_bytes: int = 256 * 1024
     scheduler_interval_seconds: float = 30.0  # due rotations and deletions, the HSM upkeep (--scheduler-interval)
     digest_interval_seconds: float = 3600.0  # an idle node signs an audit digest this often
+    retention_hours: float | None = None  # closed event log segments older than this are deleted (None: keep)
+    retention_bytes: int | None = None  # closed segments beyond this many bytes of log are deleted (None: keep)
 
     @property
     def scheme(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from keytrail.audit.integrity import load_digests, verify
 from keytrail.audit.trail import audit_paths
 from keytrail.transport.segment_log import event_log_dir
 from tests.support import server as server_support
-from tests.support.audit_records import cut_back_to, sign_again_with_a_new_key
+from tests.support.audit_records import cut_back_to, fill_trail, sign_again_with_a_new_key
 from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
@@ -386,3 +387,21 @@ def test_an_idle_node_signs_a_digest_each_digest_interval(tmp_path: Path) -> Non
     assert len(idle) >= 2, digests
     assert all((d["startOffset"], d["endOffset"], d["intervalSeconds"]) == (0, 0, 1) for d in digests)
     assert verify(tmp_path / "data") == []
+
+
+def test_serve_deletes_closed_segments_past_its_retention_age(tmp_path: Path) -> None:
+    """`--retention-hours` reaches the audit trail: an idle node's digest timer deletes the closed
+    segments older than that, and what is left still verifies."""
+    data = tmp_path / "data"
+    fill_trail(data, 30, segment_bytes=2000)  # several closed segments, made by an earlier run
+    closed = sorted(event_log_dir(data).glob("*.seg"))[:-1]
+    assert len(closed) >= 2
+    for segment in closed:  # two days old
+        os.utime(segment, (time.time() - 172800, time.time() - 172800))
+    server = KeytrailServer(data, "--retention-hours", "24", "--digest-interval", "1", dev_clock=False).start()
+    try:
+        eventually_blocking(lambda: not any(segment.exists() for segment in closed), what="old segments deleted")
+    finally:
+        assert server.stop() == 0
+    assert verify(data) == []
+    assert _verify_cli(data).returncode == 0

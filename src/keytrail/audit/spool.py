@@ -430,14 +430,15 @@ class Spool:
                 return
 
     def _sync(self, rolled: bool, digest: bool, now: datetime) -> None:
-        """One fsync for the batch; a digest when a segment closed or the hour is up."""
+        """One fsync for the batch; a digest when a segment closed or the hour is up, then the
+        maintenance (retention) at either."""
         started = time.perf_counter()
         self.segments.sync()
         self._fsync_seconds = time.perf_counter() - started  # read by `_synced`, queued after this job
         if digest:
             self._digest_after_sync(now)
-        if rolled and self._maintenance is not None:
-            self._maintenance()
+        if rolled or digest:
+            self._maintain()
 
     def _digest_after_sync(self, now: datetime) -> None:
         """The batch is durable by now: a digest that cannot be written (no file descriptor or no
@@ -450,6 +451,18 @@ class Spool:
 
     def _periodic_digest(self) -> None:
         self.chain.write_digest(self._now(), empty=True)
+        self._maintain()
+
+    def _maintain(self) -> None:
+        """Writer thread: the maintenance (retention) each digest interval and at each segment
+        closed, so that an age limit holds on a quiet node too, whose segment may stay open for
+        weeks. The records are durable by now: a failure is logged and tried again at the next."""
+        if self._maintenance is None:
+            return
+        try:
+            self._maintenance()
+        except OSError as exc:
+            log.error("audit log retention failed: %s; it is tried again at the next digest", exc)
 
     def _closing_digest(self) -> None:
         self.chain.write_final_digest(self._now())

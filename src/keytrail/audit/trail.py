@@ -202,8 +202,9 @@ class AuditTrail:
         await self.spool.close()
 
     def _apply_retention(self) -> None:
-        """Writer thread, when a segment closes: delete closed segments past the retention age
-        or size, never one holding records Kafka has not acknowledged; note the floor for `verify`."""
+        """Writer thread, when a segment closes and at each digest: delete closed segments past the
+        retention age or size, never one holding records Kafka has not acknowledged; note the floor
+        for `verify`."""
         settings = self.settings
         if settings.retention_hours is None and settings.retention_bytes is None:
             return

@@ -185,6 +185,14 @@ def serve(
         "--scheduler-interval", metavar="SECONDS", callback=number_in_range(1, 3600),
         help="How often the node runs its scheduled work, 1 to 3600: due rotations and deletions, and the "
              "HSM upkeep of custom key stores (docs/custom-key-stores.md).")] = 30.0,
+    retention_hours: Annotated[float | None, typer.Option(
+        "--retention-hours", metavar="HOURS", callback=number_in_range(1, 876_000),
+        help="Delete closed event log segments older than this, 1 to 876000 (default: keep every record); "
+             "never records Kafka has not acknowledged. Checked each digest interval and as a segment closes.")] = None,
+    retention_bytes: Annotated[int | None, typer.Option(
+        "--retention-bytes", metavar="BYTES", min=1,
+        help="Delete the oldest closed event log segments while the log is larger than this (default: keep "
+             "every record); never records Kafka has not acknowledged.")] = None,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
         help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
@@ -206,6 +214,7 @@ def serve(
             mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
             tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
             digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
+            retention_hours=retention_hours, retention_bytes=retention_bytes,
         ), sockets)
     finally:
         for sock in sockets:

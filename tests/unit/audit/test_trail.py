@@ -210,6 +210,41 @@ async def test_retention_by_age_deletes_old_closed_segments(tmp_path: Path) -> N
     assert verify(tmp_path) == []
 
 
+async def test_retention_by_age_runs_at_each_digest_on_a_quiet_node(tmp_path: Path) -> None:
+    # No segment closes after the old ones aged: the digest interval's timer applies retention.
+    from keytrail.audit.integrity import verify
+
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_hours=24, digest_interval_s=0.2)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(20):
+            await trail.record(encrypt_call(i))
+        closed = sorted(trail.log.directory.glob("*.seg"))[:-1]
+        assert closed
+        for segment in closed:  # two days old
+            os.utime(segment, (segment.stat().st_atime - 172800, segment.stat().st_mtime - 172800))
+        end = trail.log.end_offset()
+        await eventually(lambda: not any(segment.exists() for segment in closed), what="the aged segments deleted")
+        assert trail.log.end_offset() == end  # no record was written meanwhile
+        assert trail.log.start_offset() > 0
+    assert verify(tmp_path) == []
+
+
+async def test_retention_that_cannot_delete_is_logged_and_the_spool_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from keytrail.transport.segment_log import SegmentLog
+
+    def refused(self: SegmentLog, offset: int) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(SegmentLog, "delete_before", refused)
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=1)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(40):  # segments close, retention fails each time
+            await trail.record(encrypt_call(i))
+        assert trail.problem() is None
+    assert "audit log retention failed: [Errno 13] Permission denied" in caplog.text
+
+
 class _HeldSync:
     """Replaces `SegmentLog.sync`: the first fsync waits (in the writer thread) until released,
     then succeeds or raises `error`; later ones pass straight through."""

@@ -275,6 +275,17 @@ def test_serve_refuses_a_digest_interval_that_is_no_positive_number(tmp_path: Pa
     assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.parametrize(("option", "value", "complaint"), [
+    ("--retention-hours", "0", "must be at least 1"), ("--retention-hours", "nan", "not a number"),
+    ("--retention-hours", "900000", "must be at most 876000"), ("--retention-bytes", "0", "greater than or equal to 1"),
+    ("--retention-bytes", "1.5", "a valid integer"),
+])
+def test_serve_refuses_a_retention_out_of_range(tmp_path: Path, option: str, value: str, complaint: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", option, value)
+    assert complaint in _one_line_error(result, f"keytrail serve: Invalid value for '{option}': ")
+    assert not (tmp_path / "node").exists()
+
+
 @pytest.mark.parametrize(("interval", "complaint"), [
     ("0.5", "must be at least 1"), ("-1", "must be at least 1"), ("soon", "a valid number"),
     ("3601", "must be at most 3600"), ("nan", "not a number"), ("-inf", "not a finite number"),
