@@ -31,9 +31,16 @@ def page(
         start = _start_after(ordered, marker, position)
     chunk = ordered[start : start + limit]
     if start + limit < len(ordered):
-        last = json.dumps(position(chunk[-1]), separators=(",", ":"))
-        return chunk, {"Truncated": True, "NextMarker": base64.urlsafe_b64encode(last.encode()).decode()}
+        return chunk, {"Truncated": True, "NextMarker": _marker(position(chunk[-1]))}
     return chunk, {"Truncated": False}
+
+
+def _marker(last: Position) -> str:
+    """The marker of a page ending at `last`, as UTF-8 rather than ASCII escapes: a tag key of
+    128 letters of any script then stays within MarkerType's 1,024 characters (as `\\uXXXX`
+    escapes, 128 CJK letters made a marker of 1,032 that the next page's call was refused for)."""
+    text = json.dumps(last, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 def _start_after(ordered: Sequence[T], marker: str, position: Callable[[T], Position]) -> int:

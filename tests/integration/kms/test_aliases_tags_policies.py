@@ -72,6 +72,16 @@ def test_tags_round_trip_and_rules(server: KeytrailServer) -> None:
     assert code == "ValidationException" and "at 'tags.1.member.tagKey'" in message
 
 
+def test_tags_of_128_non_latin_letters_page_one_by_one(kms) -> None:
+    # MarkerType is 1..1024 characters: each page's NextMarker must be one the next call may send
+    # (it held the tag key as \uXXXX escapes, 1,032 characters, and the second page was refused).
+    keys = sorted(letter * 128 for letter in "名値鍵")
+    key_id = kms.create_key(Tags=[{"TagKey": k, "TagValue": "v"} for k in keys])["KeyMetadata"]["KeyId"]
+    pages = list(kms.get_paginator("list_resource_tags").paginate(KeyId=key_id, PaginationConfig={"PageSize": 1}))
+    assert [t["TagKey"] for p in pages for t in p["Tags"]] == keys
+    assert all(len(p.get("NextMarker", "")) <= 1024 for p in pages)
+
+
 def test_default_policy_and_round_trip(kms) -> None:
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     assert kms.list_key_policies(KeyId=key_id)["PolicyNames"] == ["default"]
