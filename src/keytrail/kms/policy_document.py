@@ -27,6 +27,7 @@ __all__ = [
     "check_principal_wildcards",
     "check_set_operators",
     "compile_policy",
+    "is_aws_principal",
     "parse_policy",
     "validate_policy",
 ]
@@ -47,6 +48,12 @@ _IAM_ARN = re.compile(
     re.ASCII,
 )
 _ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
+
+
+def is_aws_principal(name: str) -> bool:
+    """An AWS principal as a key policy names one: an account id, or the ARN of an account root,
+    IAM user or role, federated user or assumed-role session (never a group, nor a wildcard)."""
+    return bool(_ACCOUNT.fullmatch(name) or _IAM_ARN.fullmatch(name))
 
 
 def _malformed(message: str) -> KmsError:
@@ -155,7 +162,7 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
         raise _malformed(f"Policy {where} contains a statement with one or more invalid principals.")
     for kind_name, names in value.items():
         for name in _strings(names, where, f"{present[0]}.{kind_name}"):
-            if kind_name == "AWS" and not (name == "*" or _ACCOUNT.fullmatch(name) or _IAM_ARN.fullmatch(name)):
+            if kind_name == "AWS" and not (name == "*" or is_aws_principal(name)):
                 raise _malformed(
                     f"Policy {where} contains a statement with one or more invalid principals: {name!r}."
                 )

@@ -79,3 +79,18 @@ def test_grant_tokens_that_are_not_grant_tokens_are_refused(server: KeytrailServ
     assert (code, message, status) == ("InvalidGrantTokenException", "The grant token is invalid.", 400)
     token = kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt"])["GrantToken"]
     assert kms.encrypt(KeyId=key_id, Plaintext=b"x", GrantTokens=[token] * 10)["KeyId"].endswith(key_id)
+
+
+def test_a_grantee_or_retiring_principal_that_names_no_principal_is_invalid_arn(kms) -> None:
+    # AWS resolves both principals of a grant and refuses one that names none: InvalidArnException
+    # "ARN does not refer to a valid principal: <arn>", as callers of CreateGrant quote it.
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    for bad in ("not-an-arn", f"arn:aws:iam::{ACCOUNT}:group/admins", "arn:aws:s3:::bucket"):
+        for principals in ({"GranteePrincipal": bad}, {"GranteePrincipal": BOB, "RetiringPrincipal": bad}):
+            code, message, status = aws_error(kms.create_grant, KeyId=key_id, Operations=["Decrypt"], **principals)
+            assert (code, message, status) == ("InvalidArnException",
+                                               f"ARN does not refer to a valid principal: {bad}", 400)
+    assert kms.list_grants(KeyId=key_id)["Grants"] == []
+    role_session = f"arn:aws:sts::{ACCOUNT}:assumed-role/app/app-session"
+    for good in (BOB, f"arn:aws:iam::{ACCOUNT}:root", ACCOUNT, role_session, "ec2.us-east-1.amazonaws.com"):
+        assert kms.create_grant(KeyId=key_id, GranteePrincipal=good, RetiringPrincipal=BOB, Operations=["Decrypt"])

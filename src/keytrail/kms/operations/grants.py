@@ -27,6 +27,7 @@ from keytrail.kms.identifiers import KeyRefError, parse_key_ref
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyState
 from keytrail.kms.paging import page
+from keytrail.kms.policy_document import is_aws_principal
 from keytrail.kms.store import Grant
 
 if TYPE_CHECKING:
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["OPERATIONS"]
 
 _GRANT_ID = re.compile(r"[0-9a-f]{64}")  # with fullmatch: `$` also matches before a final newline
+# A service principal named in GranteePrincipal, as grants AWS services make for themselves
+# name one (`ec2.us-east-1.amazonaws.com`): no service calls here, so such a grant allows nothing.
+_SERVICE_PRINCIPAL = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.amazonaws\.com(\.cn)?", re.ASCII)
 _CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
 # CreateGrant, Constraints: "up to 8 encryption context pairs", "cannot exceed 384 characters".
 _MAX_CONSTRAINT_PAIRS = 8
@@ -73,6 +77,17 @@ def _check_constraint_size(name: str, pairs: dict[str, str]) -> None:
             f"{name} can include up to {_MAX_CONSTRAINT_PAIRS} encryption context pairs, and no value "
             f"can exceed {_MAX_CONSTRAINT_VALUE} characters."
         )
+
+
+def _require_principals(params: dict[str, Any]) -> None:
+    """A grantee or retiring principal must name an AWS principal. AWS resolves both and refuses
+    one that names none with InvalidArnException "ARN does not refer to a valid principal: <arn>"
+    (its words, as callers of CreateGrant quote them); a grant to a group, a bucket or a typo
+    would otherwise be kept and listed, yet allow no caller anything."""
+    for name in ("GranteePrincipal", "RetiringPrincipal"):
+        value = params.get(name)
+        if value is not None and not (is_aws_principal(value) or _SERVICE_PRINCIPAL.fullmatch(value)):
+            raise errors.InvalidArnException(f"ARN does not refer to a valid principal: {value}")
 
 
 def _require_one_of(params: dict[str, Any], principal: str, service_principal: str, verb: str) -> None:
@@ -129,6 +144,7 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
     _require_grantable(svc, key)
+    _require_principals(params)
     _check_request(key, params["Operations"], params.get("Constraints") or {})
     svc.check_dry_run(call)
     grants = await svc.store.list_grants(key.account, key.region, key.key_id)
