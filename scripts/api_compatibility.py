@@ -145,6 +145,15 @@ CHECKED = [
         "ARN> is not found.`",
     ),
     (
+        "`AliasName` with a colon (`alias/Service:Test`)",
+        "The API reference: an alias name \"can contain only alphanumeric characters, forward slashes (/), "
+        "underscores (_), and dashes (-)\"; the model's pattern `^[a-zA-Z0-9:/_-]+$` takes `:` too (alias ARNs "
+        "share the shape). AWS answers `CreateAlias` with `ValidationException` `alias/Service:Test contains "
+        "invalid characters for an alias` (quoted in hashicorp/terraform-provider-aws#12891).",
+        "`CreateAlias`: that `ValidationException` (it used to create the alias). `UpdateAlias`, `DeleteAlias` "
+        "and `KeyId` find no such alias: `NotFoundException`.",
+    ),
+    (
         "`ImportKeyMaterial` into an `Enabled`, `Disabled` or `PendingImport` key",
         "Key state table (\"Key states of AWS KMS keys\"): `PendingImport` succeeds; `Enabled` and `Disabled` "
         "succeed if the key has imported material, else `UnsupportedOperationException` (note 9); "

@@ -53,6 +53,16 @@ def test_alias_slash_alone_is_refused_and_names_no_alias(kms) -> None:
     assert aws_error(kms.delete_alias, AliasName="alias/")[:2] == missing
 
 
+def test_alias_name_with_a_colon_is_refused(kms) -> None:
+    # The model's pattern takes ':' (alias ARNs share it); AWS answers CreateAlias
+    # "alias/Service:Test" with this ValidationException (hashicorp/terraform-provider-aws#12891).
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    name = f"alias/t-{uuid.uuid4().hex[:8]}:x"
+    code, message, status = aws_error(kms.create_alias, AliasName=name, TargetKeyId=key_id)
+    assert (code, message, status) == ("ValidationException", f"{name} contains invalid characters for an alias", 400)
+    assert kms.list_aliases(KeyId=key_id)["Aliases"] == []
+    assert aws_error(kms.describe_key, KeyId=name)[0] == "NotFoundException"
+
 def test_tags_round_trip_and_rules(server: KeytrailServer) -> None:
     kms = server.client(parameter_validation=False)
     key_id = kms.create_key(Tags=[{"TagKey": "team", "TagValue": "a"}])["KeyMetadata"]["KeyId"]

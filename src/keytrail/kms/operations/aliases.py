@@ -36,6 +36,11 @@ def _check_new_name(name: str) -> None:
     _check_name(name)
     if name == "alias/":
         raise errors.InvalidAliasNameException('Alias must include a name after the prefix "alias/".')
+    if ":" in name:
+        # The model's pattern takes a colon (alias ARNs share the shape); an alias name "can contain
+        # only alphanumeric characters, forward slashes (/), underscores (_), and dashes (-)" (API
+        # reference), and AWS refuses one with a colon in these words (hashicorp/terraform-provider-aws#12891).
+        raise errors.ValidationException(f"{name} contains invalid characters for an alias")
 
 
 async def _alias_target(svc: KmsService, call: Call, action: str) -> Key:
