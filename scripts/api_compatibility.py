@@ -134,6 +134,20 @@ CHECKED = [
         "Unchanged: the grant is created and allows nothing.",
     ),
     (
+        "An alias name or alias ARN as the `KeyId` of an operation that takes a key id or key ARN only "
+        "(`GetKeyPolicy`, `PutKeyPolicy`, `ListKeyPolicies`, `TagResource`, `UntagResource`, `ListResourceTags`, "
+        "`CreateGrant`, `ListGrants`, `RevokeGrant`, `RetireGrant`, `ListAliases`, `EnableKey`, `DisableKey`, "
+        "and the rotation, deletion, import and multi-Region operations)",
+        "`InvalidArnException` `Key Aliases are not supported for this operation.`, as AWS answers CreateGrant "
+        "(boto/boto#3202; Lambda relays it as \"KMS Exception: InvalidArnException KMS Message: Key Aliases are "
+        "not supported for this operation.\") and GetKeyPolicy and ListResourceTags (as their callers quote "
+        "it); every one of these operations lists `InvalidArnException` in the model. `CreateAlias` and "
+        "`UpdateAlias`, whose `TargetKeyId` takes a key id or key ARN too, list none.",
+        "That `InvalidArnException`, whether or not the alias exists (it used to be `NotFoundException` "
+        "`Invalid keyId '<alias>'` for all but `CreateGrant`). `TargetKeyId` of `CreateAlias` and "
+        "`UpdateAlias`: `NotFoundException` `Invalid keyId '<alias>'` (unchanged).",
+    ),
+    (
         "`AliasName` `alias/` alone",
         "The API reference: the name \"must begin with `alias/` followed by a name, such as "
         "`alias/ExampleAlias`\"; the model's pattern `^[a-zA-Z0-9:/_-]+$` lets it through. AWS's "

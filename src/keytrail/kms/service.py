@@ -57,6 +57,10 @@ _NOT_USABLE = {
     KeyState.UPDATING: "is updating.",
 }
 DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is set."
+# What AWS answers an operation that takes a key id or key ARN only when it is given an alias name
+# or alias ARN, with InvalidArnException, which every such operation lists (as quoted from AWS for
+# CreateGrant in boto/boto#3202, and for GetKeyPolicy and ListResourceTags by their callers).
+KEY_ALIASES_UNSUPPORTED = "Key Aliases are not supported for this operation."
 
 
 OriginCreator = Callable[["KmsService", Call, Key], Awaitable[Key]]
@@ -222,7 +226,9 @@ class KmsService:
     # --- finding keys ------------------------------------------------------------------------
 
     async def find_key(self, call: Call, raw: str, *, allow_alias: bool = True) -> Key:
-        """The key a KeyId parameter names, with AWS's NotFoundException messages."""
+        """The key a KeyId parameter names, with AWS's NotFoundException messages; an alias where
+        only a key id or key ARN is taken (`allow_alias=False`) is InvalidArnException, whether
+        or not the alias exists."""
         context = call.context
         try:
             ref = parse_key_ref(raw, account=context.account, region=context.region)
@@ -230,7 +236,7 @@ class KmsService:
             raise errors.NotFoundException(str(exc)) from None
         if ref.is_alias:
             if not allow_alias:
-                raise errors.NotFoundException(f"Invalid keyId '{raw}'")
+                raise errors.InvalidArnException(KEY_ALIASES_UNSUPPORTED)
             alias = await self.store.get_alias(ref.account, ref.region, ref.name)
             if alias is None:
                 raise errors.NotFoundException(f"Alias {ref.arn} is not found.")

@@ -38,7 +38,36 @@ def test_alias_rules(kms) -> None:
     code, message, _ = aws_error(kms.create_alias, AliasName=name, TargetKeyId=key_id)
     assert (code, message) == ("AlreadyExistsException",
                                f"An alias with the name arn:aws:kms:us-east-1:{ACCOUNT}:{name} already exists")
-    assert aws_error(kms.enable_key_rotation, KeyId=name)[0] == "NotFoundException"
+    assert aws_error(kms.enable_key_rotation, KeyId=name)[:2] == (
+        "InvalidArnException", "Key Aliases are not supported for this operation.")
+
+
+def test_operations_on_a_key_id_or_key_arn_only_refuse_an_alias_with_invalid_arn(kms) -> None:
+    # AWS: "InvalidArnException ... Key Aliases are not supported for this operation." (GetKeyPolicy
+    # and ListResourceTags as their callers quote it, CreateGrant in boto/boto#3202), whether or not
+    # the alias exists; every such operation lists InvalidArnException in the model.
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    name = _name()
+    kms.create_alias(AliasName=name, TargetKeyId=key_id)
+    grant_id = kms.create_grant(KeyId=key_id, GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:user/bob",
+                                Operations=["Decrypt"])["GrantId"]
+    calls = [
+        (kms.get_key_policy, {"PolicyName": "default"}), (kms.list_key_policies, {}),
+        (kms.put_key_policy, {"PolicyName": "default", "Policy": kms.get_key_policy(KeyId=key_id)["Policy"]}),
+        (kms.list_resource_tags, {}), (kms.tag_resource, {"Tags": [{"TagKey": "a", "TagValue": "b"}]}),
+        (kms.untag_resource, {"TagKeys": ["a"]}), (kms.list_grants, {}), (kms.list_aliases, {}),
+        (kms.revoke_grant, {"GrantId": grant_id}), (kms.retire_grant, {"GrantId": grant_id}),
+        (kms.disable_key, {}), (kms.get_key_rotation_status, {}),
+    ]
+    for alias in (name, f"arn:aws:kms:us-east-1:{ACCOUNT}:{name}", "alias/never-made"):
+        for call, params in calls:
+            assert aws_error(call, KeyId=alias, **params) == (
+                "InvalidArnException", "Key Aliases are not supported for this operation.", 400), call
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["Enabled"]
+    assert [g["GrantId"] for g in kms.list_grants(KeyId=key_id)["Grants"]] == [grant_id]
+    # CreateAlias and UpdateAlias list no InvalidArnException: an alias as TargetKeyId names no key.
+    assert aws_error(kms.create_alias, AliasName=_name(), TargetKeyId=name)[:2] == (
+        "NotFoundException", f"Invalid keyId '{name}'")
 
 
 def test_alias_slash_alone_is_refused_and_names_no_alias(kms) -> None:

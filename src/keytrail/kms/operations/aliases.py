@@ -44,7 +44,13 @@ def _check_new_name(name: str) -> None:
 
 
 async def _alias_target(svc: KmsService, call: Call, action: str) -> Key:
-    key = await svc.find_key(call, call.params["TargetKeyId"], allow_alias=False)
+    target = call.params["TargetKeyId"]
+    try:
+        key = await svc.find_key(call, target, allow_alias=False)
+    except errors.InvalidArnException:
+        # CreateAlias and UpdateAlias, unlike the other operations that take a key id or key ARN
+        # only, list no InvalidArnException: an alias as TargetKeyId names no key.
+        raise errors.NotFoundException(f"Invalid keyId '{target}'") from None
     await svc.authorize(call, action, key)
     svc.require_not_pending_deletion(key)
     return key

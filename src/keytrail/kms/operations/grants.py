@@ -23,7 +23,6 @@ from keytrail.kms.grants import (
     parse_grant_token,
     supports_constraints,
 )
-from keytrail.kms.identifiers import KeyRefError, parse_key_ref
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyState
 from keytrail.kms.paging import page
@@ -108,19 +107,6 @@ def _same_request(grant: Grant, params: dict[str, Any]) -> bool:
     )
 
 
-def _refuse_alias(call: Call, raw: str) -> None:
-    """CreateGrant names its key by id or key ARN only; AWS answers an alias name or alias ARN
-    with InvalidArnException "Key Aliases are not supported for this operation." (the error
-    quoted from AWS in boto/boto#3202 and hashicorp/terraform#20813), not NotFoundException."""
-    context = call.context
-    try:
-        named_alias = parse_key_ref(raw, account=context.account, region=context.region).is_alias
-    except KeyRefError:
-        return  # a malformed id: find_key answers it with AWS's NotFoundException
-    if named_alias:
-        raise errors.InvalidArnException("Key Aliases are not supported for this operation.")
-
-
 def _require_grantable(svc: KmsService, key: Key) -> None:
     """CreateGrant's column of "Key states of AWS KMS keys": a disabled key is DisabledException,
     a key pending import or deletion KMSInvalidStateException (an unavailable key takes grants)."""
@@ -140,7 +126,6 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
         raise errors.UnsupportedOperationException(
             "RetiringServicePrincipal is not supported: no AWS service principal calls keytrail."
         )
-    _refuse_alias(call, params["KeyId"])
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
     _require_grantable(svc, key)
