@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+from botocore.exceptions import ClientError
+
+from keytrail.audit.cloudtrail_files import iter_events
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
@@ -158,3 +163,33 @@ def test_decrypt_dry_run_ignoring_the_ciphertext_checks_only_the_key(server: Key
     kms.disable_key(KeyId=key["KeyId"])
     assert aws_error(kms.decrypt, KeyId=key["KeyId"], CiphertextBlob=b"x", **ignore)[:2] == (
         "DisabledException", f"{key['Arn']} is disabled.")
+
+
+def _failed_call_event(server: KeytrailServer, call: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+    """The one audit record of a boto3 call that fails, matched on its request id."""
+    with pytest.raises(ClientError) as info:
+        call(**kwargs)
+    request_id = info.value.response["ResponseMetadata"]["RequestId"]
+    events = [e for _, e in iter_events(server.data_dir) if e.get("requestID") == request_id]
+    assert len(events) == 1
+    assert events[0]["errorCode"] == info.value.response["Error"]["Code"]
+    return events[0]
+
+
+def test_failed_decrypt_records_the_encryption_algorithm(server: KeytrailServer, kms, key) -> None:
+    """ct-decrypt: a Decrypt record "always includes the encryptionAlgorithm" even when the request
+    left it out, its failure example (IncorrectKeyException) included."""
+    other = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"a": "1"})["CiphertextBlob"]
+    failures: list[dict[str, Any]] = [
+        {"CiphertextBlob": blob, "KeyId": other, "EncryptionContext": {"a": "1"}},  # IncorrectKeyException
+        {"CiphertextBlob": blob},  # InvalidCiphertextException: context left out
+        {"CiphertextBlob": b"garbage"},  # InvalidCiphertextException: no key at all
+    ]
+    for kwargs in failures:
+        event = _failed_call_event(server, kms.decrypt, **kwargs)
+        assert event["requestParameters"]["encryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+    kms.disable_key(KeyId=key["KeyId"])
+    event = _failed_call_event(server, kms.decrypt, CiphertextBlob=blob, EncryptionContext={"a": "1"})
+    assert (event["errorCode"], event["requestParameters"]) == (
+        "DisabledException", {"encryptionContext": {"a": "1"}, "encryptionAlgorithm": "SYMMETRIC_DEFAULT"})

@@ -132,18 +132,18 @@ async def _test_decrypt_permission(svc: KmsService, call: Call) -> None:
     if params.get("KeyId") is None:
         raise errors.ValidationException("KeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
     key = await _encrypting_key(svc, call, params["KeyId"], "kms:Decrypt")
-    algorithm = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
-    _check_algorithm(key, algorithm)
-    call.extra_request_parameters["encryptionAlgorithm"] = algorithm
+    _check_algorithm(key, params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT))
     svc.check_dry_run(call)
 
 
 async def decrypt(svc: KmsService, call: Call) -> Response:
+    # Logged on every Decrypt record, failed ones included, whether or not the caller named it
+    # (ct-decrypt: "always includes the encryptionAlgorithm", its IncorrectKeyException example).
+    call.extra_request_parameters["encryptionAlgorithm"] = call.params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
     refuse_recipient(call.params)
     if _ignores_ciphertext(call.params):
         await _test_decrypt_permission(svc, call)
     key, plaintext, algorithm, material_id = await _decrypt(svc, call, "kms:Decrypt")
-    call.extra_request_parameters["encryptionAlgorithm"] = algorithm
     svc.check_dry_run(call)
     _note_material(call, material_id)
     response: Response = {"KeyId": key.arn, "Plaintext": plaintext, "EncryptionAlgorithm": algorithm}
