@@ -16,6 +16,7 @@ NOTES = {
     "Encapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
     "Decapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
     "Decrypt": "DryRunModifiers IGNORE_CIPHERTEXT checks the named key only; Recipient refused",
+    "ReEncrypt": "DryRunModifiers IGNORE_CIPHERTEXT checks SourceKeyId and DestinationKeyId only",
     "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store key, as in AWS",
     "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store "
                                            "key, as in AWS",

@@ -193,3 +193,24 @@ def test_failed_decrypt_records_the_encryption_algorithm(server: KeytrailServer,
     event = _failed_call_event(server, kms.decrypt, CiphertextBlob=blob, EncryptionContext={"a": "1"})
     assert (event["errorCode"], event["requestParameters"]) == (
         "DisabledException", {"encryptionContext": {"a": "1"}, "encryptionAlgorithm": "SYMMETRIC_DEFAULT"})
+
+
+def test_re_encrypt_dry_run_ignoring_the_ciphertext_checks_both_keys(server: KeytrailServer, kms, key) -> None:
+    """ReEncrypt takes DryRunModifiers IGNORE_CIPHERTEXT as Decrypt does (the model's ReEncrypt docs):
+    both keys are checked (who may use them, usage, state), the ciphertext is not read."""
+    destination = kms.create_key()["KeyMetadata"]
+    ignore = {"DryRun": True, "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
+    keys = {"SourceKeyId": key["KeyId"], "DestinationKeyId": destination["KeyId"]}
+    assert aws_error(kms.re_encrypt, CiphertextBlob=b"not a ciphertext", **keys, **ignore) == _DRY_RUN
+    assert aws_error(kms.re_encrypt, CiphertextBlob=b"not a ciphertext", **keys,
+                     DryRun=True)[0] == "InvalidCiphertextException"
+    assert aws_error(kms.re_encrypt, CiphertextBlob=b"x", DestinationKeyId=destination["KeyId"], **ignore)[:2] == (
+        "ValidationException", "SourceKeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
+    assert aws_error(server.client("bob").re_encrypt, CiphertextBlob=b"x", SourceKeyId=key["Arn"],
+                     DestinationKeyId=destination["Arn"], **ignore)[0] == "AccessDeniedException"
+    mac = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]
+    assert aws_error(kms.re_encrypt, CiphertextBlob=b"x", SourceKeyId=key["KeyId"], DestinationKeyId=mac["KeyId"],
+                     **ignore)[0] == "InvalidKeyUsageException"
+    kms.disable_key(KeyId=destination["KeyId"])
+    assert aws_error(kms.re_encrypt, CiphertextBlob=b"x", **keys, **ignore)[:2] == (
+        "DisabledException", f"{destination['Arn']} is disabled.")

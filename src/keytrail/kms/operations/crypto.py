@@ -152,20 +152,52 @@ async def decrypt(svc: KmsService, call: Call) -> Response:
     return response
 
 
-async def re_encrypt(svc: KmsService, call: Call) -> Response:
+async def _destination_key(svc: KmsService, call: Call, source: Key) -> tuple[Key, str]:
+    """ReEncrypt's destination key and algorithm, checked as AWS checks them once the source is known."""
     params = call.params
-    source, plaintext, source_algorithm, source_material = await _decrypt(
-        svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
-        algorithm_member="SourceEncryptionAlgorithm")
     destination = await svc.find_key(call, params["DestinationKeyId"])
     await svc.authorize(call, "kms:ReEncryptTo", destination, {_SAME_KEY: destination.arn == source.arn})
     svc.require_usable(destination)
     svc.require_usage(destination, "ReEncrypt", KeyUsage.ENCRYPT_DECRYPT)
     algorithm = params.get("DestinationEncryptionAlgorithm", SYMMETRIC_DEFAULT)
     _check_algorithm(destination, algorithm)
+    return destination, algorithm
+
+
+def _note_re_encrypt_algorithms(call: Call, source_algorithm: str, algorithm: str) -> None:
     # Logged whether or not the caller named them, as Decrypt's (ct-reencrypt's 1.11 example).
     call.extra_request_parameters.update(
         sourceEncryptionAlgorithm=source_algorithm, destinationEncryptionAlgorithm=algorithm)
+
+
+async def _test_re_encrypt_permission(svc: KmsService, call: Call) -> None:
+    """ReEncrypt's DryRun with DryRunModifiers IGNORE_CIPHERTEXT ("Testing your permissions"):
+    SourceKeyId and DestinationKeyId are checked as a ReEncrypt between them would check them, the
+    ciphertext is not read at all. It always raises: a key's error, or DryRunOperationException."""
+    params = call.params
+    if params.get("SourceKeyId") is None:
+        raise errors.ValidationException("SourceKeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
+    source = await svc.find_key(call, params["SourceKeyId"])
+    same_key = await _names_key(svc, call, params["DestinationKeyId"], source)
+    await svc.authorize(call, "kms:ReEncryptFrom", source, {_SAME_KEY: same_key})
+    svc.require_usable(source)
+    svc.require_usage(source, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
+    source_algorithm = params.get("SourceEncryptionAlgorithm", SYMMETRIC_DEFAULT)
+    _check_algorithm(source, source_algorithm)
+    _, algorithm = await _destination_key(svc, call, source)
+    _note_re_encrypt_algorithms(call, source_algorithm, algorithm)
+    svc.check_dry_run(call)
+
+
+async def re_encrypt(svc: KmsService, call: Call) -> Response:
+    params = call.params
+    if _ignores_ciphertext(params):
+        await _test_re_encrypt_permission(svc, call)
+    source, plaintext, source_algorithm, source_material = await _decrypt(
+        svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
+        algorithm_member="SourceEncryptionAlgorithm")
+    destination, algorithm = await _destination_key(svc, call, source)
+    _note_re_encrypt_algorithms(call, source_algorithm, algorithm)
     svc.check_dry_run(call)
     blob, material_id = await svc.cipher_for(destination).encrypt(
         destination, plaintext, params.get("DestinationEncryptionContext"), algorithm)
