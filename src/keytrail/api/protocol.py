@@ -29,12 +29,15 @@ _MAX_ERRORS_SHOWN = 10
 _JSON_SCALARS = frozenset({str, int, float, bool})
 # Members the service cannot do without that the current model no longer marks required: absent,
 # they get the model's "Member must not be null" error instead of reaching the handler.
-_SERVICE_REQUIRED = {
+_SERVICE_REQUIRED: dict[str, tuple[str, ...]] = {
     "Decrypt": ("CiphertextBlob",),
     "ReEncrypt": ("CiphertextBlob",),
     "CreateGrant": ("GranteePrincipal",),
     "ListRetirableGrants": ("RetiringPrincipal",),
 }
+# CiphertextBlob is "required in all cases except when DryRun is true and DryRunModifiers is set to
+# IGNORE_CIPHERTEXT" (the model's Decrypt and ReEncrypt member docs): a test of permissions alone.
+_CIPHERTEXT_OPTIONAL_IN_DRY_RUN = frozenset({"Decrypt", "ReEncrypt"})
 
 
 @cache
@@ -215,18 +218,28 @@ def compile_shape(shape: Shape) -> Check:
 
 
 @cache
-def _input_check(operation: str) -> Check:
+def _input_check(operation: str, ciphertext_optional: bool = False) -> Check:
     shape = service_model().operation_model(operation).input_shape
     if shape is None:
         return lambda value, path, errors: {}
-    return _structure_check(shape, _SERVICE_REQUIRED.get(operation, ()))  # type: ignore[arg-type]
+    required = _SERVICE_REQUIRED.get(operation, ())
+    if ciphertext_optional:
+        required = tuple(name for name in required if name != "CiphertextBlob")
+    return _structure_check(shape, required)  # type: ignore[arg-type]
+
+
+def _ignores_ciphertext(operation: str, body: Any) -> bool:
+    if operation not in _CIPHERTEXT_OPTIONAL_IN_DRY_RUN or not isinstance(body, dict):
+        return False
+    modifiers = body.get("DryRunModifiers")
+    return body.get("DryRun") is True and isinstance(modifiers, list) and "IGNORE_CIPHERTEXT" in modifiers
 
 
 def decode_request(operation: str, body: Any) -> dict[str, Any]:
     """Request parameters with blobs and timestamps decoded; ValidationException listing every
     constraint the request breaks, as AWS words it."""
     errors: list[str] = []
-    params: dict[str, Any] = _input_check(operation)(body, "", errors)
+    params: dict[str, Any] = _input_check(operation, _ignores_ciphertext(operation, body))(body, "", errors)
     if errors:
         count = len(errors)
         noun = "error" if count == 1 else "errors"

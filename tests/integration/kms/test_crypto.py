@@ -214,3 +214,17 @@ def test_re_encrypt_dry_run_ignoring_the_ciphertext_checks_both_keys(server: Key
     kms.disable_key(KeyId=destination["KeyId"])
     assert aws_error(kms.re_encrypt, CiphertextBlob=b"x", **keys, **ignore)[:2] == (
         "DisabledException", f"{destination['Arn']} is disabled.")
+
+
+def test_dry_run_ignoring_the_ciphertext_needs_no_ciphertext(server: KeytrailServer, kms, key) -> None:
+    """CiphertextBlob is 'required in all cases except when DryRun is true and DryRunModifiers is
+    set to IGNORE_CIPHERTEXT' (the model's Decrypt and ReEncrypt docs)."""
+    destination = kms.create_key()["KeyMetadata"]["KeyId"]
+    ignore = {"DryRun": True, "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
+    assert aws_error(kms.decrypt, KeyId=key["KeyId"], **ignore) == _DRY_RUN
+    assert aws_error(kms.re_encrypt, SourceKeyId=key["KeyId"], DestinationKeyId=destination, **ignore) == _DRY_RUN
+    null_blob = ("ValidationException", "1 validation error detected: Value null at 'ciphertextBlob' failed to "
+                 "satisfy constraint: Member must not be null", 400)
+    assert aws_error(kms.decrypt, KeyId=key["KeyId"], DryRun=True) == null_blob
+    assert aws_error(kms.decrypt, KeyId=key["KeyId"], DryRunModifiers=["IGNORE_CIPHERTEXT"]) == null_blob
+    assert aws_error(kms.re_encrypt, SourceKeyId=key["KeyId"], DestinationKeyId=destination, DryRun=True) == null_blob
