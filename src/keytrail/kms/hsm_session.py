@@ -56,7 +56,8 @@ class TokenSession:
 
     def destroy_key(self, object_id: bytes) -> None:
         """Remove a backing key from the token (KeyObjects.destroy): one made for a KMS key that was
-        never saved. Only a key no blob was sealed under: no derived key of it is kept."""
+        never saved, or that of a deleted KMS key. Derived keys of it this session keeps stay until
+        evicted or the session ends, and open nothing: every seal and open asks for the backing key."""
         with self._lock, self._key_of_the_login(object_id):
             self._keys.destroy(object_id)
 

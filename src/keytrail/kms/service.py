@@ -67,6 +67,10 @@ OriginCreator = Callable[["KmsService", Call, Key], Awaitable[Key]]
 # Removes what an OriginCreator made outside the key store (a key in an HSM) for a key that was
 # then never saved; it logs what it could not remove and raises nothing.
 OriginDiscarder = Callable[["KmsService", Key], Awaitable[None]]
+# Removes what a key's origin holds outside the key store once the key itself is deleted (its waiting
+# period over): AWS makes a best effort to delete a CloudHSM key store key's material from its
+# cluster. Same shape and promise as OriginDiscarder: it logs what it could not remove, raises nothing.
+OriginDeleter = OriginDiscarder
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class KmsService:
         # encrypts (RSA keys and HSM-backed keys register their own ciphers).
         self.origin_creators: dict[Origin, OriginCreator] = {}
         self.origin_discarders: dict[Origin, OriginDiscarder] = {}
+        self.origin_deleters: dict[Origin, OriginDeleter] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         # Work of each scheduler tick besides the keys' due work (an extension's upkeep: the HSM
         # sessions of stores another node disconnected); one that fails is logged, and runs again

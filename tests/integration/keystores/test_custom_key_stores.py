@@ -309,6 +309,42 @@ def test_delete_store_only_when_disconnected(kms: Any, trust_anchor: str, cluste
     assert _error(excinfo) == "CustomKeyStoreNotFoundException"
 
 
+def _token_labels(hsm: SoftHsm, cluster: str) -> set[str]:
+    """The labels (KMS key ids) of the token's backing keys, as its logged-in user sees them."""
+    from pkcs11 import Attribute, ObjectClass
+
+    with _token_session(hsm, cluster) as session:
+        found = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: True})
+        return {str(key.label) for key in found}
+
+
+def test_a_deleted_hsm_key_leaves_no_backing_key_in_a_connected_store(
+    hsm: SoftHsm, hsm_server: KeytrailServer, kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # AWS, "Scheduling deletion of KMS keys from an AWS CloudHSM key store": when the waiting period
+    # expires, KMS makes a best effort to delete the key material from the cluster; one it cannot
+    # delete (the store disconnected) is left for you to delete.
+    cluster = next(clusters)
+    store_id = _connected_store(kms, trust_anchor, cluster)
+    kept, deleted = _hsm_key(kms, store_id)["KeyId"], _hsm_key(kms, store_id)["KeyId"]
+    kms.schedule_key_deletion(KeyId=deleted, PendingWindowInDays=7)
+    assert _token_labels(hsm, cluster) == {kept, deleted}  # CancelKeyDeletion would give it back whole
+    hsm_server.advance(8 * 86400)
+    with pytest.raises(ClientError) as excinfo:
+        kms.describe_key(KeyId=deleted)
+    assert _error(excinfo) == "NotFoundException"
+    assert _token_labels(hsm, cluster) == {kept}
+    kms.schedule_key_deletion(KeyId=kept, PendingWindowInDays=7)
+    kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    hsm_server.advance(8 * 86400)
+    with pytest.raises(ClientError) as excinfo:
+        kms.describe_key(KeyId=kept)
+    assert _error(excinfo) == "NotFoundException"
+    assert _token_labels(hsm, cluster) == {kept}
+    assert f"(label {kept}) was the backing key of a deleted KMS key" in hsm_server.log.read_text()
+    kms.delete_custom_key_store(CustomKeyStoreId=store_id)
+
+
 def test_hsm_keys_are_single_region_symmetric_and_make_no_data_key_pairs(
     kms: Any, trust_anchor: str, clusters: Iterator[str]
 ) -> None:

@@ -5,6 +5,7 @@ share: the lookups of a call's stores, their lock, and the availability of a sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -25,8 +26,8 @@ from keytrail.kms.model import KeySpec, KeyState
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["STORES_LOCK", "connections_of", "create_hsm_key", "discard_hsm_key", "find_store", "keys_in",
-           "note_backing_key", "random_from_store", "set_availability", "stores_of"]
+__all__ = ["STORES_LOCK", "connections_of", "create_hsm_key", "delete_hsm_key", "discard_hsm_key", "find_store",
+           "keys_in", "note_backing_key", "random_from_store", "set_availability", "stores_of"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -131,17 +132,42 @@ async def discard_hsm_key(svc: KmsService, key: Key) -> None:
     await _remove_backing_key(svc, store, material.handle, key.key_id)
 
 
-async def _remove_backing_key(svc: KmsService, store: CustomKeyStore | None, backing_id: str, label: str) -> None:
+async def delete_hsm_key(svc: KmsService, key: Key) -> None:
+    """Remove from the token the backing key of a key deleted at the end of its waiting period: AWS
+    makes a best effort to delete the key material from the cluster ("Scheduling deletion of KMS keys
+    from an AWS CloudHSM key store"). A store not connected, or an HSM that fails, leaves it there,
+    with an error line naming it, for an operator to remove, as AWS leaves its orphaned key material."""
+    store_id = key.custom_key_store_id
+    if store_id is None:
+        return
+    stores = await svc.store.list_custom_key_stores(key.account, key.region)
+    store = next((s for s in stores if s.store_id == store_id), None)
+    for material in key.materials:
+        if material.handle is not None:
+            await _remove_backing_key(svc, store, material.handle, key.key_id, "the backing key of a deleted KMS key",
+                                      logging.INFO)
+
+
+async def _remove_backing_key(
+    svc: KmsService, store: CustomKeyStore | None, backing_id: str, label: str,
+    whose: str = "made for a key that was not saved", level: int = logging.WARNING,
+) -> None:
     store_id = store.store_id if store is not None else "(deleted)"
     unusable = errors.CustomKeyStoreInvalidStateException(f"Custom key store {store_id} cannot use its HSM.")
     try:
-        await connections_of(svc).run(store, unusable, lambda s: s.destroy_key(bytes.fromhex(backing_id)))
+        await connections_of(svc).run(store, unusable, lambda s: _destroy(s, bytes.fromhex(backing_id)))
     except errors.KmsError:
-        log.error("custom key store %s: HSM key object %s (label %s) was made for a key that was not saved, and "
-                  "the HSM did not remove it: remove it from the token", store_id, backing_id, label)
+        log.error("custom key store %s: HSM key object %s (label %s) was %s, and the HSM did not remove it: "
+                  "remove it from the token", store_id, backing_id, label, whose)
         return
-    log.warning("custom key store %s: HSM key object %s, made for a key that was not saved, was removed",
-                store_id, backing_id)
+    log.log(level, "custom key store %s: HSM key object %s, %s, was removed", store_id, backing_id, whose)
+
+
+def _destroy(session: TokenSession, object_id: bytes) -> None:
+    """C_DestroyObject of a backing key; one the token no longer holds (removed with the HSM's own
+    tools) is as good as removed."""
+    with contextlib.suppress(p11.NoSuchKey):
+        session.destroy_key(object_id)
 
 
 async def _in_store(svc: KmsService, store: CustomKeyStore, work: Callable[[TokenSession], _T], seen: int) -> _T:

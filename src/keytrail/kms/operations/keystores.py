@@ -28,6 +28,7 @@ from keytrail.kms.operations.hsm_keys import (
     STORES_LOCK,
     connections_of,
     create_hsm_key,
+    delete_hsm_key,
     discard_hsm_key,
     find_store,
     keys_in,
@@ -47,13 +48,14 @@ MAX_CUSTOM_KEY_STORES = 10
 
 
 def install(svc: KmsService) -> None:
-    """Register the HSM cipher, the AWS_CLOUDHSM key creator and discarder with a service, and the
+    """Register the HSM cipher, the AWS_CLOUDHSM key creator, discarder and deleter with a service, and the
     HSM's upkeep with its scheduler tick (operations/hsm_upkeep.py)."""
     connections = HsmConnections()
     svc.ciphers["hsm"] = HsmCipher(connections, svc.store)
     svc.tick_work.append(upkeep(svc, connections))
     svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
     svc.origin_discarders[Origin.AWS_CLOUDHSM] = discard_hsm_key
+    svc.origin_deleters[Origin.AWS_CLOUDHSM] = delete_hsm_key
 
 
 def _invalid_state(store: CustomKeyStore, operation: str) -> errors.KmsError:
