@@ -47,7 +47,9 @@ def key_metadata(key: Key) -> dict[str, Any]:
     if key.multi_region:
         meta["MultiRegionConfiguration"] = _multi_region_configuration(key)
     symmetric = key.key_spec is KeySpec.SYMMETRIC_DEFAULT and key.key_usage is KeyUsage.ENCRYPT_DECRYPT
-    if symmetric and key.current_material is not None:
+    # KeyMetadata: present for the origins whose keys rotate, AWS_KMS and EXTERNAL; never for a key in
+    # a CloudHSM key store, whose one backing key never rotates.
+    if symmetric and key.origin in (Origin.AWS_KMS, Origin.EXTERNAL) and key.current_material is not None:
         meta["CurrentKeyMaterialId"] = key.current_material.material_id
     return meta
 

@@ -147,6 +147,10 @@ def test_key_is_generated_in_the_hsm_and_never_extractable(
         cluster,
     )
     assert meta["KeyState"] == "Enabled"
+    # CurrentKeyMaterialId "is present for symmetric encryption keys with AWS_KMS origin and
+    # single-Region, symmetric encryption keys with EXTERNAL origin", the keys that rotate.
+    assert "CurrentKeyMaterialId" not in meta
+    assert "CurrentKeyMaterialId" not in kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]
     assert _token_key(hsm, cluster, meta["KeyId"]) == {
         "extractable": False,
         "sensitive": True,
