@@ -198,11 +198,17 @@ def test_disconnected_store_makes_keys_unavailable_until_reconnected(
     kms: Any, trust_anchor: str, clusters: Iterator[str]
 ) -> None:
     store_id = _connected_store(kms, trust_anchor, next(clusters))
-    key_id = _hsm_key(kms, store_id)["KeyId"]
+    key_id, cancelled = _hsm_key(kms, store_id)["KeyId"], _hsm_key(kms, store_id)["KeyId"]
     blob = kms.encrypt(KeyId=key_id, Plaintext=b"kept")["CiphertextBlob"]
     kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
     assert _state(kms, store_id)["ConnectionState"] == "DISCONNECTED"
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Unavailable"
+    # Pending deletion stays so while disconnected; a deletion cancelled then leaves the key Unavailable
+    # (Disabled once the store is connected again), not Disabled, which EnableKey would make Enabled.
+    kms.schedule_key_deletion(KeyId=cancelled, PendingWindowInDays=7)
+    kms.cancel_key_deletion(KeyId=cancelled)
+    kms.enable_key(KeyId=cancelled)
+    assert kms.describe_key(KeyId=cancelled)["KeyMetadata"]["KeyState"] == "Unavailable"
     for call in (lambda: kms.encrypt(KeyId=key_id, Plaintext=b"x"), lambda: kms.decrypt(CiphertextBlob=blob)):
         with pytest.raises(ClientError) as excinfo:
             call()
@@ -213,6 +219,7 @@ def test_disconnected_store_makes_keys_unavailable_until_reconnected(
     kms.connect_custom_key_store(CustomKeyStoreId=store_id)
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "Enabled"
     assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"kept"
+    assert kms.describe_key(KeyId=cancelled)["KeyMetadata"]["KeyState"] == "Enabled"
 
 
 def test_wrong_password_fails_until_updated_while_disconnected(

@@ -20,14 +20,15 @@ from keytrail.kms.calls import Call
 from keytrail.kms.hsm import HsmCipher, HsmConnections, TokenSession
 from keytrail.kms.hsm_failures import error_name
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.keystores import CustomKeyStore
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 from keytrail.kms.model import KeySpec, KeyState
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["STORES_LOCK", "connections_of", "create_hsm_key", "delete_hsm_key", "discard_hsm_key", "find_store",
-           "keys_in", "note_backing_key", "random_from_store", "set_availability", "stores_of"]
+__all__ = ["STORES_LOCK", "as_its_store_leaves_it", "connections_of", "create_hsm_key", "delete_hsm_key",
+           "discard_hsm_key", "find_store", "keys_in", "note_backing_key", "random_from_store", "set_availability",
+           "stores_of"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -211,6 +212,21 @@ async def set_availability(svc: KmsService, store: CustomKeyStore, *, available:
             changed = _with_availability(key, available) if key is not None else None
             if changed is not None:
                 await svc.store.put_key(changed)
+
+
+async def as_its_store_leaves_it(svc: KmsService, key: Key) -> Key:
+    """`key`, given a state of its own while in a custom key store that is not CONNECTED (CancelKeyDeletion
+    makes it Disabled): Unavailable, that state kept for the reconnect, as the store's other keys. AWS:
+    keys of a disconnected key store are Unavailable unless pending deletion. Called under the key's
+    lock, which `set_availability` takes too: a Connect or Disconnect that already passed the key
+    wrote the store's new state first."""
+    if key.custom_key_store_id is None:
+        return key
+    stores = await svc.store.list_custom_key_stores(key.account, key.region)
+    store = next((s for s in stores if s.store_id == key.custom_key_store_id), None)
+    if store is not None and store.state is ConnectionState.CONNECTED:
+        return key
+    return _with_availability(key, available=False) or key
 
 
 def _with_availability(key: Key, available: bool) -> Key | None:

@@ -18,6 +18,7 @@ from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
+from keytrail.kms.operations.hsm_keys import as_its_store_leaves_it
 from keytrail.kms.paging import page
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
@@ -237,7 +238,8 @@ async def cancel_key_deletion(svc: KmsService, call: Call) -> Response:
     if key.state not in (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION):
         raise errors.KMSInvalidStateException(f"{key.arn} is not pending deletion.")
     call.response_elements = {"keyId": key.arn}  # before the write, for the record it owes
-    await svc.store.put_key(key.with_state(_state_after_cancelled_deletion(key)))
+    cancelled = key.with_state(_state_after_cancelled_deletion(key))
+    await svc.store.put_key(await as_its_store_leaves_it(svc, cancelled))  # Unavailable in a disconnected store
     return {"KeyId": key.arn}
 
 
