@@ -34,6 +34,11 @@ class ServeSettings:
     digest_interval_seconds: float = 3600.0  # an idle node signs an audit digest this often
     retention_hours: float | None = None  # closed event log segments older than this are deleted (None: keep)
     retention_bytes: int | None = None  # closed segments beyond this many bytes of log are deleted (None: keep)
+    # With --kafka: the audit topic's shape if the shipper creates it, and the bytes of audit log Kafka
+    # may lag behind before calls are refused (shipping stuck: no crypto without audit).
+    kafka_partitions: int = 3
+    kafka_replication_factor: int = 1
+    max_unshipped_bytes: int = 1 << 30
 
     @property
     def scheme(self) -> str:

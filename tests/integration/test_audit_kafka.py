@@ -10,13 +10,17 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from botocore.exceptions import ClientError
 
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import SCHEMA_PATH, EventCodec, load_schema
 from keytrail.audit.shipper import AUDIT_TOPIC
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, encrypt_call
+from tests.support.server import KeytrailServer
 from tests.support.services import free_port, kafka_broker
+from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +127,54 @@ async def test_the_shipper_is_a_process_of_its_own_restarted_when_killed_and_clo
         messages = await _consume(bootstrap, len(calls))
     delivered = [EventCodec().decode(value)["eventID"] for _, value in messages]
     assert sorted(delivered) == sorted(call.event_id for call in calls)  # one to one
+
+
+async def _replicas_by_partition(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition of `topic` and how many brokers keep it (none while it does not exist: asked
+    for by name first, a missing topic would be created by the broker, with its own defaults)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return {}
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {part["partition"]: len(part["replicas"]) for part in described["partitions"]}
+
+
+def test_serve_creates_the_audit_topic_with_the_partitions_and_replicas_it_is_given(tmp_path: Path) -> None:
+    """`serve --kafka-partitions --kafka-replication-factor` shape the topic the shipper creates when it
+    is missing (tansu keeps every replica on its one broker, and says how many there are)."""
+    with kafka_broker() as bootstrap:
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--kafka-partitions", "5",
+                                "--kafka-replication-factor", "2").start()
+        try:
+            server.client("alice").create_key()
+            eventually_blocking(lambda: asyncio.run(_replicas_by_partition(bootstrap, AUDIT_TOPIC)),
+                                what="the audit topic created")
+            assert asyncio.run(_replicas_by_partition(bootstrap, AUDIT_TOPIC)) == {p: 2 for p in range(5)}
+        finally:
+            assert server.stop() == 0
+
+
+def test_serve_refuses_calls_once_kafka_lags_by_its_max_unshipped_bytes(tmp_path: Path) -> None:
+    """`serve --max-unshipped-bytes`: with the broker gone, calls go on until that much audit log waits
+    to be shipped, then fail with KMSInternalException naming the spool's cap (no crypto without audit)."""
+    server = KeytrailServer(tmp_path / "data", "--kafka", f"127.0.0.1:{free_port()}",
+                            "--max-unshipped-bytes", str(1 << 20)).start()
+    try:
+        kms = server.client("alice")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        answered = 0
+        with pytest.raises(ClientError) as refused:
+            for _ in range(5000):  # a record is ≈ 1.5 KB: the cap is reached long before
+                kms.encrypt(KeyId=key_id, Plaintext=b"x")
+                answered += 1
+        error = refused.value.response["Error"]
+        assert error["Code"] == "KMSInternalException" and "audit spool" in error["Message"], error
+        assert 300 < answered < 2000  # the cap, not the default 1 GiB, and not at once
+        status, body = server.get("/_keytrail/health")
+        assert status == 503 and f"over its cap of {1 << 20} bytes" in json.loads(body)["audit"], body
+    finally:
+        server.stop()

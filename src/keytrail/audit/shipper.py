@@ -70,7 +70,7 @@ class Shipper:
     """Ships durable records from the event log to Kafka; see the module docstring."""
 
     def __init__(self, bootstrap: str, log_dir: Path, shipped: ShippedOffset, *, partitions: int,
-                 durable_end: Callable[[], int], committed: asyncio.Event,
+                 durable_end: Callable[[], int], committed: asyncio.Event, replication_factor: int = 1,
                  on_shipped: Callable[[int, int], None] | None = None, topic: str = AUDIT_TOPIC) -> None:
         """`durable_end()`: the offset below which records are durable; `committed` is set when it
         moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset)."""
@@ -78,6 +78,7 @@ class Shipper:
         self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
         self.shipped = shipped
         self.partitions = partitions
+        self.replication_factor = replication_factor  # of the topic, if the shipper creates it
         self.topic = topic
         self._durable_end = durable_end
         self._committed = committed
@@ -91,7 +92,7 @@ class Shipper:
         delay = 0.2
         while not self._stop.is_set():
             try:
-                await ensure_topic(self.bootstrap, self.topic, self.partitions)
+                await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor)
                 async with KafkaProducerLink(self.bootstrap) as link:
                     self.connected, delay = True, 0.2
                     await self._ship_forever(link)

@@ -48,12 +48,13 @@ class ShipperProcess:
     `shipped.value` follows, and `shipped_bytes` counts the framed bytes acknowledged (the trail's cap)."""
 
     def __init__(self, bootstrap: str, log_dir: Path, shipped: ShippedOffset, *, topic: str, partitions: int,
-                 durable_end: Callable[[], int]) -> None:
+                 durable_end: Callable[[], int], replication_factor: int = 1) -> None:
         self.shipped = shipped
         self.shipped_bytes = 0
         self._durable_end = durable_end
         self._timer: asyncio.TimerHandle | None = None
-        argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions))
+        argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions),
+                str(replication_factor))
         self.child = Child(ChildSpec("audit shipper", argv, on_line=self._heard, settings=self._end_line,
                                      stops_at_end_of_input=True))
 
@@ -107,7 +108,8 @@ class ShipperProcess:
             self.shipped_bytes += size
 
 
-async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: str, partitions: int) -> None:
+async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: str, partitions: int,
+                replication_factor: int) -> None:
     """The child: ship what the serving process says is durable until told to stop."""
     loop = asyncio.get_running_loop()
     durable_end = 0
@@ -120,7 +122,7 @@ async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: st
         told.set()
 
     shipper = Shipper(bootstrap, log_dir, shipped, partitions=partitions, durable_end=lambda: durable_end,
-                      committed=told, on_shipped=_report, topic=topic)
+                      committed=told, on_shipped=_report, topic=topic, replication_factor=replication_factor)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     listening = asyncio.create_task(_listen(hear, stopping))
@@ -152,9 +154,10 @@ def _report(offset: int, size: int) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log_dir, offset_file, bootstrap, topic, partitions = sys.argv[1:6]
+    log_dir, offset_file, bootstrap, topic, partitions, replication_factor = sys.argv[1:7]
     os.nice(ANALYTICS_NICENESS)
-    asyncio.run(_ship(Path(log_dir), ShippedOffset(Path(offset_file)), bootstrap, topic, int(partitions)))
+    asyncio.run(_ship(Path(log_dir), ShippedOffset(Path(offset_file)), bootstrap, topic, int(partitions),
+                      int(replication_factor)))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ class AuditSettings:
 
     data_dir: Path
     kafka_bootstrap: str | None = None
-    partitions: int = 3
+    partitions: int = 3  # of the topic, if the shipper creates it
+    replication_factor: int = 1  # likewise
     max_unshipped_bytes: int = 1 << 30
     segment_bytes: int = 64 << 20
     retention_hours: float | None = None
@@ -115,7 +116,8 @@ class AuditTrail:
         if self.settings.kafka_bootstrap:
             self._shipper = ShipperProcess(
                 self.settings.kafka_bootstrap, self.log.directory, self.shipped, topic=self.settings.topic,
-                partitions=self.settings.partitions, durable_end=lambda: self.spool.durable_end,
+                partitions=self.settings.partitions, replication_factor=self.settings.replication_factor,
+                durable_end=lambda: self.spool.durable_end,
             )
             self.spool.on_durable = self._shipper.durable
             self._shipper.start()

@@ -167,7 +167,10 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore, stor
         audit = AuditTrail.open(AuditSettings(data_dir=settings.data_dir, kafka_bootstrap=settings.kafka,
                                               digest_interval_s=settings.digest_interval_seconds,
                                               retention_hours=settings.retention_hours,
-                                              retention_bytes=settings.retention_bytes),
+                                              retention_bytes=settings.retention_bytes,
+                                              partitions=settings.kafka_partitions,
+                                              replication_factor=settings.kafka_replication_factor,
+                                              max_unshipped_bytes=settings.max_unshipped_bytes),
                                 now=clock.now, in_progress=in_progress)
     try:
         node = _assemble(settings, credentials, store, clock, audit, in_progress)

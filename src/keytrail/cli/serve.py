@@ -193,6 +193,18 @@ def serve(
         "--retention-bytes", metavar="BYTES", min=1,
         help="Delete the oldest closed event log segments while the log is larger than this (default: keep "
              "every record); never records Kafka has not acknowledged.")] = None,
+    kafka_partitions: Annotated[int | None, typer.Option(
+        "--kafka-partitions", metavar="N", min=1, max=10_000,
+        help="Partitions of the audit topic, if serve creates it (it does when it is missing) (default: 3). "
+             "With --kafka.")] = None,
+    kafka_replication_factor: Annotated[int | None, typer.Option(
+        "--kafka-replication-factor", metavar="N", min=1, max=100,
+        help="Brokers each partition of the audit topic is kept on, if serve creates it (default: 1; "
+             "3 on a production cluster). With --kafka.")] = None,
+    max_unshipped_bytes: Annotated[int | None, typer.Option(
+        "--max-unshipped-bytes", metavar="BYTES", min=1 << 20,
+        help="Audit log Kafka may lag behind (broker down) before KMS calls are refused, at least 1 MiB "
+             "(default: 1 GiB). With --kafka.")] = None,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
         help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
@@ -202,7 +214,9 @@ def serve(
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     no_core_dumps()
-    if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
+    kafka_options = {"--kafka-partitions": kafka_partitions, "--kafka-replication-factor": kafka_replication_factor,
+                     "--max-unshipped-bytes": max_unshipped_bytes}
+    if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt) or _without_kafka(kafka, kafka_options):
         raise _fail(problem)
     sockets = _listening(host, port)
     try:
@@ -215,10 +229,26 @@ def serve(
             tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
             digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
             retention_hours=retention_hours, retention_bytes=retention_bytes,
+            **_given({"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
+                      "max_unshipped_bytes": max_unshipped_bytes}),
         ), sockets)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | None:
+    """Why options that shape the Kafka shipping are refused: given without --kafka, they would be
+    ignored, and the operator would believe the topic or the cap set."""
+    given = [name for name, value in options.items() if value is not None]
+    if kafka or not given:
+        return None
+    return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --kafka"
+
+
+def _given(options: dict[str, int | None]) -> dict[str, int]:
+    """The options given, for ServeSettings: the others keep its defaults."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:

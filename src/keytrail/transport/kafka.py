@@ -44,14 +44,15 @@ def quiet_bootstrap() -> Iterator[None]:
         logger.setLevel(level)
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int, *, timeout_ms: int = 10_000) -> None:
-    """Create `topic` with `partitions` unless it exists."""
+async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_factor: int = 1, *,
+                       timeout_ms: int = 10_000) -> None:
+    """Create `topic` with `partitions`, each on `replication_factor` brokers, unless it exists."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
     await admin.start()
     try:
         if topic in await admin.list_topics():
             return
-        response = await admin.create_topics([NewTopic(topic, partitions, 1)])
+        response = await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
         for name, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_EXISTS):
                 raise RuntimeError(f"cannot create Kafka topic {name}: error {code} {rest}")

@@ -286,6 +286,20 @@ def test_serve_refuses_a_retention_out_of_range(tmp_path: Path, option: str, val
     assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.parametrize(("options", "complaint"), [
+    (("--kafka-partitions", "5"), "keytrail serve: --kafka-partitions needs --kafka"),
+    (("--max-unshipped-bytes", "2000000", "--kafka-replication-factor", "3"),
+     "keytrail serve: --kafka-replication-factor, --max-unshipped-bytes need --kafka"),
+    (("--kafka", "127.0.0.1:9092", "--kafka-partitions", "0"), "Invalid value for '--kafka-partitions'"),
+    (("--kafka", "127.0.0.1:9092", "--max-unshipped-bytes", "1000"), "greater than or equal to 1048576"),
+])
+def test_serve_refuses_kafka_shipping_options_it_cannot_honour(tmp_path: Path, options: tuple[str, ...],
+                                                              complaint: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", *options)
+    assert complaint in _one_line_error(result, "keytrail serve: ")
+    assert not (tmp_path / "node").exists()
+
+
 @pytest.mark.parametrize(("interval", "complaint"), [
     ("0.5", "must be at least 1"), ("-1", "must be at least 1"), ("soon", "a valid number"),
     ("3601", "must be at most 3600"), ("nan", "not a number"), ("-inf", "not a finite number"),
