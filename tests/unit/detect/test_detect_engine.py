@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from tests.unit.detect.records import (
     ACCOUNT,
     T0,
@@ -246,6 +247,32 @@ def test_schedule_deletion_of_recently_used_key_and_use_while_pending() -> None:
     assert (stop.rule, stop.severity, stop.principal_arn) == ("key-deletion-in-use", "CRITICAL", admin["arn"])
     assert stop.details["lastUsedBy"] == APP_ARN and stop.details["pendingWindowInDays"] == "7"
     assert (use.principal_arn, use.severity, use.details["keyState"]) == (APP_ARN, "HIGH", "pending deletion")
+
+
+# A caller relying on ScheduleKeyDeletion's default waiting period sends no pendingWindowInDays: the
+# response carries it (keytrail's records do), and a record with neither was scheduled for AWS's 30.
+@pytest.mark.parametrize(("response", "window"), [({"pendingWindowInDays": 30}, "30"), ({}, "30"),
+                                                  ({"pendingWindowInDays": 12}, "12")])
+def test_the_pending_window_of_a_deletion_scheduled_with_the_default_is_in_the_details(
+        response: dict[str, Any], window: str) -> None:
+    detector = Detector()
+    detector.process([
+        create_key(T0, KEY),
+        event("Decrypt", T0 + timedelta(days=3), KEY, APP),
+        event("ScheduleKeyDeletion", T0 + timedelta(days=10), KEY, user("admin"), params={"keyId": KEY},
+              response={"keyId": KEY, "keyState": "PendingDeletion", **response}),
+    ])
+    [stop] = detector.alarms()
+    assert (stop.rule, stop.details["operation"]) == ("key-deletion-in-use", "ScheduleKeyDeletion")
+    assert stop.details["pendingWindowInDays"] == window
+
+
+def test_a_disabled_key_in_use_has_no_pending_window() -> None:
+    detector = Detector()
+    detector.process([create_key(T0, KEY), event("Decrypt", T0 + timedelta(days=3), KEY, APP),
+                      event("DisableKey", T0 + timedelta(days=4), KEY, user("admin"), params={"keyId": KEY})])
+    [stop] = detector.alarms()
+    assert stop.details["operation"] == "DisableKey" and "pendingWindowInDays" not in stop.details
 
 
 def test_disabling_a_key_unused_for_more_than_30_days_is_fine() -> None:

@@ -23,6 +23,20 @@ _USE_RECOMMENDATION = (
 )
 
 
+# ScheduleKeyDeletion's waiting period when the request names none (API_ScheduleKeyDeletion).
+_DEFAULT_PENDING_WINDOW_DAYS = 30
+
+
+def _pending_window(event: KmsEvent) -> str:
+    """The days before the key is deleted: the request's, else the response's (a caller relying on
+    the default sends none; the API's response carries it), else AWS's default of 30."""
+    for elements in (event.request_parameters, event.response_elements):
+        window = elements.get("pendingWindowInDays")
+        if window is not None:
+            return str(window)
+    return str(_DEFAULT_PENDING_WINDOW_DAYS)
+
+
 class KeyDeletionInUse:
     """ScheduleKeyDeletion/DisableKey within `recent_days` of a use; any use attempt afterwards."""
 
@@ -53,9 +67,8 @@ class KeyDeletionInUse:
             "lastUsedBy": record.last_used_by or "",
             "lastUsedEventId": record.last_used_event_id or "",
         }
-        window = event.request_parameters.get("pendingWindowInDays")
-        if window is not None:
-            details["pendingWindowInDays"] = str(window)
+        if event.event_name == "ScheduleKeyDeletion":
+            details["pendingWindowInDays"] = _pending_window(event)
         return [
             self._finding(
                 event,
