@@ -224,14 +224,25 @@ def _apply(rule: Rule, table: Mapping[str, Any]) -> Rule:
     try:
         return replace(
             rule,
-            severity=Severity(table.get("severity", rule.severity)),
+            severity=_severity(table.get("severity", rule.severity), "severity"),
             window=window if isinstance(window, timedelta) else parse_duration(window),
-            thresholds=MappingProxyType({Severity(k): v for k, v in thresholds.items()}),
+            thresholds=MappingProxyType(
+                {_severity(k, "thresholds keys"): v for k, v in thresholds.items()}
+            ),
             parameters=MappingProxyType(params),
             enabled=enabled,
         )
     except ValueError as exc:
         raise RuleError(f"rule {rule.id}: {exc}") from None
+
+
+def _severity(value: Any, what: str) -> Severity:
+    """`value` as a Severity, else a ValueError (prefixed with the rule by `_apply`) naming the
+    setting and the four levels: the enum's own "'SEVERE' is not a valid Severity" names neither."""
+    if isinstance(value, str) and value in Severity.__members__:
+        return Severity(value)
+    levels = ", ".join(Severity.__members__)
+    raise ValueError(f"{what} must be one of {levels}, not {value!r}")
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:

@@ -52,6 +52,12 @@ enabled = false
         ('[rules.no-such-rule]\nseverity = "LOW"', "unknown rule"),
         ("[rules.unused-key]\nparameters = { unused_dayz = 3 }", "unknown parameter"),
         ('[rules.unused-key]\nseverity = "SEVERE"', "SEVERE"),
+        # The enum's "'SEVERE' is not a valid Severity" named neither the setting nor what it takes.
+        ('[rules.unused-key]\nseverity = "high"',
+         "rule unused-key: severity must be one of LOW, MEDIUM, HIGH, CRITICAL, not 'high'"),
+        ("[rules.unused-key]\nseverity = 3", "severity must be one of LOW, MEDIUM, HIGH, CRITICAL, not 3"),
+        ("[rules.unauthorized-decrypt]\nthresholds = { URGENT = 5 }",
+         "thresholds keys must be one of LOW, MEDIUM, HIGH, CRITICAL, not 'URGENT'"),
         ('[rules.unused-key]\nwindow = "soon"', "bad duration"),
         ('[rules.unused-key]\ncolour = "red"', "unknown setting"),
         ("[rules", "cannot read"),
