@@ -219,6 +219,11 @@ class AlarmBook:
         entry.severity = Severity.highest(entry.severity, rule.severity_for(entry.count, entry.floor))
         if finding.event_id and len(entry.event_ids) < MAX_EVENT_IDS:
             entry.event_ids.append(finding.event_id)
+        if _milder(finding, entry.finding):
+            # The alarm keeps telling why it is as severe as it is: a HIGH grant to an outside role
+            # followed by a MEDIUM whole-account grant on the same key stays HIGH, and must not then
+            # read as the MEDIUM one alone. The milder finding counts, and its event is listed.
+            return
         entry.details.update(finding.details)
         entry.finding = finding
 
@@ -241,6 +246,12 @@ class AlarmBook:
             recommendation=latest.recommendation,
             details=MappingProxyType(dict(entry.details)),
         )
+
+
+def _milder(finding: Finding, told: Finding) -> bool:
+    """Whether `finding` states a lower severity than the finding the alarm tells of (findings
+    that state none take the rule's, and always update the alarm's summary and details)."""
+    return finding.severity is not None and told.severity is not None and finding.severity.rank < told.severity.rank
 
 
 def alarm_id_for(finding: Finding) -> str:
