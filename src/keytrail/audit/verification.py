@@ -295,11 +295,24 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: 
         problems.append(f"records at offsets {floor}..{start - 1} are missing "
                         "(segment files deleted outside retention)")
     if live:  # a running node appends records just before it hashes them: not insertions
-        actual = actual[: max(0, len(expected) - start)]
+        actual = actual[:_hashed_end(expected[start:], actual)]
     findings = _diff(expected[start:], actual, start)
     ids = _event_ids(log, start, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings]
+
+
+def _hashed_end(expected: list[bytes], actual: list[bytes]) -> int:
+    """How many of a running node's records its stored hashes reach: up to the newest hashed record
+    where it now is. Cut at as many records as hashes, a log with a record removed (or inserted)
+    before it had the first record not yet hashed (or the newest hashed) named inserted (or missing).
+    Its last place, not its first: a copy put before it must not hide the records between them."""
+    if expected:
+        newest = expected[-1]
+        for index in range(len(actual) - 1, -1, -1):
+            if actual[index] == newest:
+                return index + 1
+    return len(expected)  # the newest hashed record altered or gone: the diff names it
 
 
 # A finding: a message with an `{event}` placeholder and the index (from the log's first record) of the

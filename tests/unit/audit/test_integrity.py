@@ -191,6 +191,29 @@ async def test_verify_on_a_live_node_is_clean(tmp_path: Path) -> None:
         assert verify(tmp_path) == []  # records after the last digest, hashes not yet synced
 
 
+def _insert_a_copy_at_5(records: list[bytes]) -> list[bytes]:
+    return [*records[:5], encode(decode(records[5]) | {"eventID": "copy"}), *records[5:]]
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    (lambda records: records[:5] + records[6:], "record at offset 5 is missing"),
+    (_insert_a_copy_at_5, "record copy at offset 5 was inserted (not in the hash chain)"),
+])
+async def test_verify_on_a_live_node_names_the_record_removed_or_inserted_and_no_other(
+        tmp_path: Path, edit: object, named: str) -> None:
+    # A running node hashes its newest records a little later: with a record removed before them,
+    # the first of those was named inserted, and with one inserted, the newest hashed one missing.
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from tests.support.audit_records import encrypt_call
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        for i in range(300):  # more than the hashes the node holds back in its write buffer
+            await trail.record(encrypt_call(i))
+        assert 0 < audit_paths(tmp_path)[1].hashes.stat().st_size // 32 < 300
+        rewrite_segment(tmp_path, edit)
+        assert verify(tmp_path) == [named]
+
+
 @pytest.mark.parametrize("left", [b"", b"\x00garbage\xff"])
 def test_a_signing_key_or_newest_digest_that_cannot_be_read_stops_the_trail_in_one_line(
         data_dir: Path, left: bytes) -> None:
