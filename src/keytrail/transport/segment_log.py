@@ -275,6 +275,7 @@ class SegmentLog:
         """`damage`, telling a crash's torn last write from damage with whole records after it."""
         self.refresh()
         writing = writer_active(self.directory)
+        gap: str | None = None
         for number, segment in enumerate(self._segments, 1):
             if number == len(self._segments) and writing:
                 break
@@ -291,7 +292,9 @@ class SegmentLog:
                                   "next opens the log, or damage)", torn_write=True)
                 return Damage(f"{segment.path.name}: the record at offset {offset} is damaged; the {unread} bytes "
                               "from there to the segment's end cannot be read", torn_write=False)
-        return None
+            if number < len(self._segments) and gap is None:
+                gap = _gap(segment, self._segments[number])
+        return Damage(gap, torn_write=False) if gap else None  # bytes that are no record are named first
 
     def segment_bases(self) -> list[int]:
         """The base offset of every retained segment, oldest first."""
@@ -408,6 +411,22 @@ class SegmentLog:
 
 
 _NO_PAYLOADS = Payloads(b"", [], [])
+
+
+def _gap(closed: _Segment, following: _Segment) -> str | None:
+    """Why `following` does not take up where `closed` (whole, indexed) ends, if it does not. A
+    reader stops at the gap: without it named, commands that read the log whole answered from the
+    segments before it in silence (retention deletes only the oldest segments, never between)."""
+    end = closed.base + len(closed.positions)
+    if following.base > end:
+        return (f"{following.path.name} starts at record offset {following.base} but {closed.path.name} ends at "
+                f"{end}: the records at offsets {end}..{following.base - 1} are missing (a segment file deleted, "
+                "emptied or renamed), and readers stop there")
+    if following.base < end:
+        return (f"{following.path.name} starts at record offset {following.base} but {closed.path.name} ends at "
+                f"{end}: the records at offsets {following.base}..{end - 1} are in both (a segment file renamed or "
+                "written into)")
+    return None
 
 
 def _position(segment: _Segment, index: int) -> int:

@@ -177,6 +177,26 @@ def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path) -> None:
     assert code == 1 and "is damaged" in err
 
 
+@pytest.mark.parametrize("remove", ["delete", "empty", "rename"])
+def test_reading_a_log_with_a_segment_gone_between_others_says_so_and_fails(tmp_path: Path, remove: str) -> None:
+    # Readers stop where the records of a segment are missing: events, export and tail printed the
+    # segments before it and exited 0, as if the log ended there.
+    fill_trail(tmp_path, 60, segment_bytes=2000)
+    second = sorted(audit_paths(tmp_path)[0].glob("*.seg"))[1]
+    if remove == "delete":
+        second.unlink()
+    elif remove == "empty":
+        second.write_bytes(b"")
+    else:  # one record later: nothing is lost from the files, but readers stop at the first
+        second.rename(second.with_name(f"{int(second.stem) + 1:020d}.seg"))
+    start = int(second.stem)
+    for command in (["events"], ["export", str(tmp_path / "out")], ["tail", "--no-follow", "-n", "100"]):
+        code, _, err = _run(*command, "--data-dir", str(tmp_path))
+        assert code == 1 and len(err.strip().splitlines()) == 1, (command, err)
+        assert f"the records at offsets {start}.." in err and "are missing" in err, (command, err)
+    assert _run("events", "--data-dir", str(tmp_path))[1].count("\n") == start  # those before the gap
+
+
 def test_tail_following_an_idle_log_ends_quietly_once_its_reader_is_gone(tmp_path: Path) -> None:
     fill_trail(tmp_path, 2)
     command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",

@@ -275,6 +275,17 @@ def test_a_forged_retention_floor_does_not_excuse_the_oldest_segments_deleted(tm
         in problems, problems
 
 
+def test_a_segment_renamed_to_start_later_is_named_though_every_record_is_still_there(tmp_path: Path) -> None:
+    # Readers stop at the offset it no longer starts at: the records after it are hidden from them.
+    fill_trail(tmp_path, 60, segment_bytes=2000)
+    second = sorted(audit_paths(tmp_path)[0].glob("*.seg"))[1]
+    later = second.with_name(f"{int(second.stem) + 1:020d}.seg")
+    second.rename(later)
+    problems = verify(tmp_path)
+    assert any(p.startswith(f"{later.name} starts at record offset {int(second.stem) + 1} but ") for p in problems), \
+        problems
+
+
 @pytest.mark.parametrize("kept", [0, 3])
 def test_a_hash_store_cut_short_is_rebuilt_from_the_log_without_breaking_the_chain(tmp_path: Path, kept: int) -> None:
     fill_trail(tmp_path, 5)  # a digest signs offsets 0..4
