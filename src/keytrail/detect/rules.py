@@ -13,6 +13,7 @@ TOML format (docs/detection-rules.md):
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -226,14 +227,23 @@ def _apply(rule: Rule, table: Mapping[str, Any]) -> Rule:
             rule,
             severity=_severity(table.get("severity", rule.severity), "severity"),
             window=window if isinstance(window, timedelta) else parse_duration(window),
-            thresholds=MappingProxyType(
-                {_severity(k, "thresholds keys"): v for k, v in thresholds.items()}
-            ),
+            thresholds=_rising({_severity(k, "thresholds keys"): v for k, v in thresholds.items()}),
             parameters=MappingProxyType(params),
             enabled=enabled,
         )
     except ValueError as exc:
         raise RuleError(f"rule {rule.id}: {exc}") from None
+
+
+def _rising(thresholds: dict[Severity, int]) -> Mapping[Severity, int]:
+    """`thresholds`, whose counts must not fall as the severity rises, else a ValueError: with
+    `{ HIGH = 50, CRITICAL = 10 }` an alarm would be CRITICAL at 10 and never HIGH at all."""
+    ordered = sorted(thresholds.items(), key=lambda item: item[0].rank)
+    for (lower, at_lower), (higher, at_higher) in itertools.pairwise(ordered):
+        if at_higher < at_lower:
+            raise ValueError(f"thresholds must not fall as the severity rises: {higher} at {at_higher} is "
+                             f"below {lower} at {at_lower}")
+    return MappingProxyType(thresholds)
 
 
 def _severity(value: Any, what: str) -> Severity:

@@ -58,6 +58,10 @@ enabled = false
         ("[rules.unused-key]\nseverity = 3", "severity must be one of LOW, MEDIUM, HIGH, CRITICAL, not 3"),
         ("[rules.unauthorized-decrypt]\nthresholds = { URGENT = 5 }",
          "thresholds keys must be one of LOW, MEDIUM, HIGH, CRITICAL, not 'URGENT'"),
+        # CRITICAL at 10 would have an alarm skip HIGH altogether.
+        ("[rules.unauthorized-decrypt]\nthresholds = { HIGH = 50, CRITICAL = 10 }",
+         "rule unauthorized-decrypt: thresholds must not fall as the severity rises: "
+         "CRITICAL at 10 is below HIGH at 50"),
         ('[rules.unused-key]\nwindow = "soon"', "bad duration"),
         ('[rules.unused-key]\ncolour = "red"', "unknown setting"),
         ("[rules", "cannot read"),
