@@ -2,8 +2,9 @@
 
 Written from the merged state of every partition (temp file + rename), so a reader never sees
 a half-written table and concurrent consumers converge on the same content. A consumer that
-stopped between a checkpoint and its export (kill -9, a crash) left days out of date: on start,
-`stale_days` finds them by the state's usage files written after the day's table.
+stopped between a checkpoint and the end of its export (kill -9, a crash) left days out of date:
+on start, `stale_days` finds them by the state's usage files written after the day's table (the
+usage tables are written last for that reason).
 """
 
 from __future__ import annotations
@@ -31,17 +32,21 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
     root = data_dir / "metrics"
     changed = set(days)
     written = []
-    for day in sorted(changed):
-        since = datetime.combine(day, time(), UTC)
-        written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
     today = store.now().date()  # the data dir's: its dev clock's where one went ahead
     lifecycle = store.lifecycle()  # every day's storage is priced from it: read once, not once a day
     table = prices or PriceTable()
+    # The cost tables before the usage tables: an export cut short (killed, or a stop that would not
+    # wait) leaves its changed days' usage tables older than their state, so `stale_days` hands them
+    # to the next export, which prices every day they change again. Written first, the usage tables
+    # would hide the cost tables left unwritten (a late CreateKey's storage from its day on).
     for day in sorted(_cost_days(root, store, lifecycle, changed, today, table.free_tier_requests > 0)):
         since = datetime.combine(day, time(), UTC)
         cost = store.cost(table, since, since + timedelta(days=1), lifecycle=lifecycle)
         if _write_if_changed(cost, path := _table(root, "cost", day)):
             written.append(path)
+    for day in sorted(changed):
+        since = datetime.combine(day, time(), UTC)
+        written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
 

@@ -132,6 +132,41 @@ async def test_an_event_read_late_rewrites_only_the_cost_tables_whose_figures_it
     assert tables == {day: _answered(data_dir, day) for day in tables}
 
 
+class _Killed(Exception):
+    """Stands for the consumer killed in the middle of an export."""
+
+
+async def test_an_export_cut_short_is_finished_by_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late CreateKey changes the storage of every day from its own on; the export that prices
+    them is cut short after three tables. The next run, with nothing new to read, still writes what a
+    full export writes (before, the changed day's usage table was written first, read as up to date,
+    and the rest of the cost tables stayed without the new key)."""
+    from keytrail.pipeline import parquet
+
+    data_dir = tmp_path / "data"
+    records = [create_key(MONDAY, key_arn(1)),
+               *(event("Encrypt", MONDAY + timedelta(days=n), key_arn(1), user("alice")) for n in range(20))]
+    await _consume(data_dir, records)
+    records.append(create_key(MONDAY + timedelta(days=5), key_arn(2)))
+    real_write, writes = parquet._write_if_changed, []
+
+    def killed_after_three(frame: pl.DataFrame, path: Path) -> bool:
+        if len(writes) == 3:
+            raise _Killed
+        writes.append(path)
+        return real_write(frame, path)
+
+    monkeypatch.setattr(parquet, "_write_if_changed", killed_after_three)
+    with pytest.raises(_Killed):
+        await _consume(data_dir, records)
+    monkeypatch.setattr(parquet, "_write_if_changed", real_write)
+    await _consume(data_dir, records)  # every record counted already: only the export's own work
+    assert {day: data for day, (_, data) in _cost_files(data_dir).items()} == _fully_rewritten(
+        data_dir, tmp_path / "full")
+    tables = _daily_tables(data_dir)
+    assert tables == {day: _answered(data_dir, day) for day in tables}
+
+
 def _days_priced(monkeypatch: pytest.MonkeyPatch) -> list[date]:
     """The days an export prices from now on (each one a cost computation over its day)."""
     priced: list[date] = []
