@@ -19,6 +19,7 @@ import botocore.session
 from botocore.model import ListShape, MapShape, ServiceModel, Shape, StructureShape
 
 from keytrail.kms.errors import SerializationException, ValidationException
+from keytrail.kms.operations.crypto import ignores_ciphertext
 
 __all__ = ["decode_request", "encode_value", "operation_names", "service_model"]
 
@@ -229,10 +230,7 @@ def _input_check(operation: str, ciphertext_optional: bool = False) -> Check:
 
 
 def _ignores_ciphertext(operation: str, body: Any) -> bool:
-    if operation not in _CIPHERTEXT_OPTIONAL_IN_DRY_RUN or not isinstance(body, dict):
-        return False
-    modifiers = body.get("DryRunModifiers")
-    return body.get("DryRun") is True and isinstance(modifiers, list) and "IGNORE_CIPHERTEXT" in modifiers
+    return operation in _CIPHERTEXT_OPTIONAL_IN_DRY_RUN and isinstance(body, dict) and ignores_ciphertext(body)
 
 
 def decode_request(operation: str, body: Any) -> dict[str, Any]:

@@ -214,9 +214,9 @@ def serve(
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     no_core_dumps()
-    kafka_options = {"--kafka-partitions": kafka_partitions, "--kafka-replication-factor": kafka_replication_factor,
-                     "--max-unshipped-bytes": max_unshipped_bytes}
-    if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt) or _without_kafka(kafka, kafka_options):
+    kafka_shipping = {"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
+                      "max_unshipped_bytes": max_unshipped_bytes}  # ServeSettings' names, the flags' too
+    if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt) or _without_kafka(kafka, kafka_shipping):
         raise _fail(problem)
     sockets = _listening(host, port)
     try:
@@ -229,8 +229,7 @@ def serve(
             tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
             digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
             retention_hours=retention_hours, retention_bytes=retention_bytes,
-            **_given({"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
-                      "max_unshipped_bytes": max_unshipped_bytes}),
+            **_given(kafka_shipping),
         ), sockets)
     finally:
         for sock in sockets:
@@ -240,7 +239,7 @@ def serve(
 def _without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | None:
     """Why options that shape the Kafka shipping are refused: given without --kafka, they would be
     ignored, and the operator would believe the topic or the cap set."""
-    given = [name for name, value in options.items() if value is not None]
+    given = ["--" + name.replace("_", "-") for name in _given(options)]
     if kafka or not given:
         return None
     return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --kafka"

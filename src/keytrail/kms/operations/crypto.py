@@ -3,6 +3,7 @@ GenerateRandom. Every one checks key state and usage and asks the authorization 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors
@@ -108,20 +109,29 @@ async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str
     params = call.params
     algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
     key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member), algorithm)
-    conditions = None
-    if action == "kms:ReEncryptFrom":
-        conditions = {_SAME_KEY: await _names_key(svc, call, params["DestinationKeyId"], key)}
-    await svc.authorize(call, action, key, conditions)
-    svc.require_usable(key)
-    svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
-    _check_algorithm(key, algorithm)
+    await _check_decrypting_key(svc, call, key, action, algorithm)
     plaintext, material_id = await svc.cipher_for(key).decrypt(
         key, params[blob_member], params.get(context_member), algorithm)
     return key, plaintext, algorithm, material_id
 
 
-def _ignores_ciphertext(params: dict[str, Any]) -> bool:
-    return bool(params.get("DryRun")) and "IGNORE_CIPHERTEXT" in (params.get("DryRunModifiers") or [])
+async def _check_decrypting_key(svc: KmsService, call: Call, key: Key, action: str, algorithm: str) -> None:
+    """The checks of the key that decrypts (Decrypt's, ReEncrypt's source), in AWS's order:
+    authorization (ReEncryptFrom with whether the destination is the same key), state, usage, algorithm."""
+    conditions = None
+    if action == "kms:ReEncryptFrom":
+        conditions = {_SAME_KEY: await _names_key(svc, call, call.params["DestinationKeyId"], key)}
+    await svc.authorize(call, action, key, conditions)
+    svc.require_usable(key)
+    svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
+    _check_algorithm(key, algorithm)
+
+
+def ignores_ciphertext(params: Mapping[str, Any]) -> bool:
+    """A DryRun with DryRunModifiers IGNORE_CIPHERTEXT: a test of permissions alone, which reads no
+    ciphertext (and needs none: api/protocol.py). `params` may be the request body as sent."""
+    modifiers = params.get("DryRunModifiers")
+    return params.get("DryRun") is True and isinstance(modifiers, list) and "IGNORE_CIPHERTEXT" in modifiers
 
 
 async def _test_decrypt_permission(svc: KmsService, call: Call) -> None:
@@ -131,8 +141,8 @@ async def _test_decrypt_permission(svc: KmsService, call: Call) -> None:
     params = call.params
     if params.get("KeyId") is None:
         raise errors.ValidationException("KeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
-    key = await _encrypting_key(svc, call, params["KeyId"], "kms:Decrypt")
-    _check_algorithm(key, params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT))
+    key = await svc.find_key(call, params["KeyId"])
+    await _check_decrypting_key(svc, call, key, "kms:Decrypt", params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT))
     svc.check_dry_run(call)
 
 
@@ -141,7 +151,7 @@ async def decrypt(svc: KmsService, call: Call) -> Response:
     # (ct-decrypt: "always includes the encryptionAlgorithm", its IncorrectKeyException example).
     call.extra_request_parameters["encryptionAlgorithm"] = call.params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
     refuse_recipient(call.params)
-    if _ignores_ciphertext(call.params):
+    if ignores_ciphertext(call.params):
         await _test_decrypt_permission(svc, call)
     key, plaintext, algorithm, material_id = await _decrypt(svc, call, "kms:Decrypt")
     svc.check_dry_run(call)
@@ -178,12 +188,8 @@ async def _test_re_encrypt_permission(svc: KmsService, call: Call) -> None:
     if params.get("SourceKeyId") is None:
         raise errors.ValidationException("SourceKeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
     source = await svc.find_key(call, params["SourceKeyId"])
-    same_key = await _names_key(svc, call, params["DestinationKeyId"], source)
-    await svc.authorize(call, "kms:ReEncryptFrom", source, {_SAME_KEY: same_key})
-    svc.require_usable(source)
-    svc.require_usage(source, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
     source_algorithm = params.get("SourceEncryptionAlgorithm", SYMMETRIC_DEFAULT)
-    _check_algorithm(source, source_algorithm)
+    await _check_decrypting_key(svc, call, source, "kms:ReEncryptFrom", source_algorithm)
     _, algorithm = await _destination_key(svc, call, source)
     _note_re_encrypt_algorithms(call, source_algorithm, algorithm)
     svc.check_dry_run(call)
@@ -191,7 +197,7 @@ async def _test_re_encrypt_permission(svc: KmsService, call: Call) -> None:
 
 async def re_encrypt(svc: KmsService, call: Call) -> Response:
     params = call.params
-    if _ignores_ciphertext(params):
+    if ignores_ciphertext(params):
         await _test_re_encrypt_permission(svc, call)
     source, plaintext, source_algorithm, source_material = await _decrypt(
         svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",

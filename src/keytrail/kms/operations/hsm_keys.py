@@ -128,9 +128,13 @@ async def discard_hsm_key(svc: KmsService, key: Key) -> None:
     material, store_id = key.current_material, key.custom_key_store_id
     if material is None or material.handle is None or store_id is None:
         return
+    await _remove_backing_key(svc, await _store_of(svc, key), material.handle, key.key_id)
+
+
+async def _store_of(svc: KmsService, key: Key) -> CustomKeyStore | None:
+    """The custom key store `key` is in, None if it is gone (or the key is in none)."""
     stores = await svc.store.list_custom_key_stores(key.account, key.region)
-    store = next((s for s in stores if s.store_id == store_id), None)
-    await _remove_backing_key(svc, store, material.handle, key.key_id)
+    return next((s for s in stores if s.store_id == key.custom_key_store_id), None)
 
 
 async def delete_hsm_key(svc: KmsService, key: Key) -> None:
@@ -138,11 +142,9 @@ async def delete_hsm_key(svc: KmsService, key: Key) -> None:
     makes a best effort to delete the key material from the cluster ("Scheduling deletion of KMS keys
     from an AWS CloudHSM key store"). A store not connected, or an HSM that fails, leaves it there,
     with an error line naming it, for an operator to remove, as AWS leaves its orphaned key material."""
-    store_id = key.custom_key_store_id
-    if store_id is None:
+    if key.custom_key_store_id is None:
         return
-    stores = await svc.store.list_custom_key_stores(key.account, key.region)
-    store = next((s for s in stores if s.store_id == store_id), None)
+    store = await _store_of(svc, key)
     for material in key.materials:
         if material.handle is not None:
             await _remove_backing_key(svc, store, material.handle, key.key_id, "the backing key of a deleted KMS key",
@@ -222,8 +224,7 @@ async def as_its_store_leaves_it(svc: KmsService, key: Key) -> Key:
     wrote the store's new state first."""
     if key.custom_key_store_id is None:
         return key
-    stores = await svc.store.list_custom_key_stores(key.account, key.region)
-    store = next((s for s in stores if s.store_id == key.custom_key_store_id), None)
+    store = await _store_of(svc, key)
     if store is not None and store.state is ConnectionState.CONNECTED:
         return key
     return _with_availability(key, available=False) or key
