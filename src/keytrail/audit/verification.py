@@ -110,13 +110,9 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
                         f"signature covers the records up to offset {max(len(expected), log.end_offset())}")
     floor, unsigned = read_retention_floor(paths, key)
     problems += [unsigned] if unsigned else []
-    if newest.get("final") and log.end_offset() > int(newest["endOffset"]):
-        problems.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} were inserted after the "
-                        f"final digest {int(newest['sequence']):010d}.json, signed when keytrail last stopped cleanly "
-                        "(no node wrote them)")
     live = writer_active(log.directory)
     expected, notes = _unsigned_tail(log, expected, newest, live=live)
-    problems += _check_records(log, expected, floor, live=live)
+    problems += _check_records(log, expected, floor, live=live, final=newest if newest.get("final") else None)
     if damage := log.find_damage():  # bytes that are no whole record: a damaged frame, or junk written in
         if damage.torn_write:  # records it cut short that were signed or hashed are named missing above
             notes.append(f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk")
@@ -281,7 +277,10 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
     return problems
 
 
-def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: bool) -> list[str]:
+def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: bool,
+                   final: dict[str, Any] | None) -> list[str]:
+    """The records against their stored hashes. `final`: the newest digest when a clean stop
+    signed it (every record after it was added while no node ran)."""
     problems: list[str] = []
     actual: list[bytes] = []
     for frame in log.frames():  # hashes only: payloads are re-read for the few records named
@@ -297,9 +296,22 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: 
     if live:  # a running node appends records just before it hashes them: not insertions
         actual = actual[:_hashed_end(expected[start:], actual)]
     findings = _diff(expected[start:], actual, start)
+    if final is not None:
+        problems += _after_final_digest(final, expected[start:], actual, start)
     ids = _event_ids(log, start, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings]
+
+
+def _after_final_digest(final: dict[str, Any], expected: list[bytes], actual: list[bytes], start: int) -> list[str]:
+    """Records past a clean stop's final digest, when every record it signed stands where it was
+    signed: a record inserted among them pushes the last along, and is named where it is."""
+    signed_end = int(final["endOffset"])
+    end, signed = start + len(actual), max(0, signed_end - start)
+    if end <= signed_end or actual[:signed] != expected[:signed]:
+        return []
+    return [f"records at offsets {signed_end}..{end - 1} were inserted after the final digest "
+            f"{int(final['sequence']):010d}.json, signed when keytrail last stopped cleanly (no node wrote them)"]
 
 
 def _hashed_end(expected: list[bytes], actual: list[bytes]) -> int:

@@ -60,8 +60,7 @@ def test_altered_record_with_stale_checksum_is_named(data_dir: Path) -> None:
 def test_reordered_records_are_named(data_dir: Path) -> None:
     rewrite_segment(data_dir, lambda r: [*r[:3], r[4], r[3], *r[5:]])
     problems = verify(data_dir)
-    assert any("reordered" in p for p in problems), problems
-    assert not any("altered" in p or "missing" in p for p in problems), problems
+    assert len(problems) == 1 and "reordered" in problems[0], problems
 
 
 def test_inserted_record_is_named(data_dir: Path) -> None:
@@ -71,8 +70,8 @@ def test_inserted_record_is_named(data_dir: Path) -> None:
         return [*records[:3], encode(forged), *records[3:]]
 
     rewrite_segment(data_dir, insert)
-    problems = verify(data_dir)
-    assert any("forged-event at offset 3 was inserted" in p for p in problems), problems
+    # Named once, where it is: the signed records it pushed along are not "inserted after" anything.
+    assert verify(data_dir) == ["record forged-event at offset 3 was inserted (not in the hash chain)"]
 
 
 def test_bytes_that_are_no_record_are_named(data_dir: Path) -> None:
