@@ -36,6 +36,7 @@ __all__ = [
     "cost_report",
     "lifecycle_events",
     "price_classes",
+    "priced",
     "request_counts",
 ]
 
@@ -68,8 +69,10 @@ _NEVER = -(2**62)  # a clock hour before any key
 _MONTH = pl.Datetime("us", "UTC")
 # Symmetric requests per calling account and month in the usage parts already priced (free tier).
 _EARLIER_SCHEMA: dict[str, pl.DataType] = {"accountId": pl.String(), "month": _MONTH, "earlier": pl.Int64()}
+_COUNTED_BY = ["keyArn", "accountId", "priceClass"]
 _COUNTS_SCHEMA: dict[str, pl.DataType] = {"keyArn": pl.String(), "accountId": pl.String(), "priceClass": pl.String(),
                                           "requests": pl.Int64(), "billed": pl.Int64()}
+_DAY_COUNTS_SCHEMA: dict[str, pl.DataType] = {"day": pl.Date(), **_COUNTS_SCHEMA}
 
 LIFECYCLE_SCHEMA: dict[str, pl.DataType] = {
     "keyArn": pl.String(),
@@ -225,9 +228,11 @@ def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFra
 
 
 def request_counts(
-    usage: pl.DataFrame | Iterable[pl.DataFrame], lifecycle: pl.DataFrame, free_tier: int, since: datetime | None
+    usage: pl.DataFrame | Iterable[pl.DataFrame], lifecycle: pl.DataFrame, free_tier: int, since: datetime | None,
+    *, by_day: bool = False,
 ) -> pl.DataFrame:
-    """Billable requests per key x calling account x price class, with free-tier requests removed.
+    """Billable requests per key x calling account x price class, with free-tier requests removed;
+    `by_day`: per UTC day too (a `day` column first; usage by minute).
 
     The free tier is per calling account and calendar month, for symmetric-class requests,
     granted in time order (then by key ARN): pass usage from the start of `since`'s month. Usage
@@ -236,19 +241,21 @@ def request_counts(
     parts before it left it.
     """
     parts = [usage] if isinstance(usage, pl.DataFrame) else usage
+    by, schema = (["day", *_COUNTED_BY], _DAY_COUNTS_SCHEMA) if by_day else (_COUNTED_BY, _COUNTS_SCHEMA)
     earlier = pl.DataFrame(schema=_EARLIER_SCHEMA)
-    counts = [pl.DataFrame(schema=_COUNTS_SCHEMA)]
+    counts = [pl.DataFrame(schema=schema)]
     for part in parts:
         rows = classed_requests(part, lifecycle).with_columns(free=pl.lit(0, pl.Int64))
         if free_tier > 0:
             rows, earlier = _apply_free_tier(rows, free_tier, earlier)
         if since is not None:
             rows = rows.filter(pl.col("minute") >= since)
-        counts.append(rows.group_by(["keyArn", "accountId", "priceClass"]).agg(
+        if by_day:
+            rows = rows.with_columns(day=pl.col("minute").dt.date())
+        counts.append(rows.group_by(by).agg(
             requests=pl.col("count").sum(), billed=(pl.col("count") - pl.col("free")).sum()
-        ).cast(pl.Schema(_COUNTS_SCHEMA)))
-    return pl.concat(counts).group_by(["keyArn", "accountId", "priceClass"]).agg(
-        pl.col("requests").sum(), pl.col("billed").sum())
+        ).cast(pl.Schema(schema)))
+    return pl.concat(counts).group_by(by).agg(pl.col("requests").sum(), pl.col("billed").sum())
 
 
 def _apply_free_tier(
@@ -282,14 +289,22 @@ def cost_report(
     """Cost per key x account over [since, until): storage to the owner (up to `storage_until`
     when given: no later than now, where events are dated ahead), requests to the caller.
     `usage` may come in parts in time order (see `request_counts`)."""
-    totals: dict[tuple[str, str], list[Decimal | int]] = {}
-    for key_arn, owner, months, cost in _storage(lifecycle, prices, since, min(until, storage_until or until)):
-        totals.setdefault((key_arn, owner), [Decimal(0), Decimal(0), 0, Decimal(0)])[:2] = [months, cost]
     parts = [usage] if isinstance(usage, pl.DataFrame) else usage
     counts = request_counts(
         (part.filter(pl.col("minute") < until) for part in parts), lifecycle, prices.free_tier_requests, since
     )
-    for key_arn, account, price_class, requests, billed in counts.iter_rows():
+    return priced(counts, lifecycle, prices, since, min(until, storage_until or until))
+
+
+def priced(counts: pl.DataFrame, lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None,
+           storage_until: datetime) -> pl.DataFrame:
+    """The cost frame of a window: `counts` (its `request_counts`) priced, and the storage of the
+    keys over [since, storage_until)."""
+    totals: dict[tuple[str, str], list[Decimal | int]] = {}
+    for key_arn, owner, months, cost in _storage(lifecycle, prices, since, storage_until):
+        totals.setdefault((key_arn, owner), [Decimal(0), Decimal(0), 0, Decimal(0)])[:2] = [months, cost]
+    rows = counts.select(*_COUNTED_BY, "requests", "billed")  # a day's counts carry their `day` too
+    for key_arn, account, price_class, requests, billed in rows.iter_rows():
         row = totals.setdefault((key_arn or "", account or ""), [Decimal(0), Decimal(0), 0, Decimal(0)])
         row[2] = int(row[2]) + requests
         row[3] = Decimal(row[3]) + billed * prices.per_request(price_class)  # exact: rounded once below

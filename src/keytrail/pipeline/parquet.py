@@ -39,9 +39,8 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
     # wait) leaves its changed days' usage tables older than their state, so `stale_days` hands them
     # to the next export, which prices every day they change again. Written first, the usage tables
     # would hide the cost tables left unwritten (a late CreateKey's storage from its day on).
-    for day in sorted(_cost_days(root, store, lifecycle, changed, today, table.free_tier_requests > 0)):
-        since = datetime.combine(day, time(), UTC)
-        cost = store.cost(table, since, since + timedelta(days=1), lifecycle=lifecycle)
+    cost_days = _cost_days(root, store, lifecycle, changed, today, table.free_tier_requests > 0)
+    for day, cost in store.daily_costs(table, cost_days, lifecycle):
         if _write_if_changed(cost, path := _table(root, "cost", day)):
             written.append(path)
     for day in sorted(changed):

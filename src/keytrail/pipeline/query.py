@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import polars as pl
 import polars.selectors as cs
 
 from keytrail.clock import data_dir_now
-from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report
+from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report, priced, request_counts
 from keytrail.pipeline.lastused import (
     CRYPTO_OPERATIONS,
     LAST_USED_SCHEMA,
@@ -43,6 +43,7 @@ from keytrail.pipeline.usage import (
 __all__ = ["MetricsStore", "OpenEnd", "consumer_lock", "state_dir"]
 
 
+_DAY = timedelta(days=1)
 SPAN_ROWS = 25_000  # stored minute rows the free tier's cost reads at a time (whole UTC days)
 
 
@@ -216,6 +217,25 @@ class MetricsStore:
             return cost_report(parts, lifecycle, prices, since, until, storage_until)
         return cost_report(self.billable_requests(since, until), lifecycle, prices, since, until, storage_until)
 
+    def daily_costs(self, prices: PriceTable, days: Iterable[date],
+                    lifecycle: pl.DataFrame | None = None) -> Iterator[tuple[date, pl.DataFrame]]:
+        """(day, `cost` of that UTC day) for each of `days`, in order, reading the usage of a run
+        of them at once: a first export after importing years of CloudTrail history prices every
+        day since, and read a day at a time (its month's so far, for the free tier) that took
+        ≈ 10 ms a day, three times what the run takes with the day's storage and table."""
+        lifecycle = self.lifecycle() if lifecycle is None else lifecycle
+        for run in _runs(sorted(set(days)), by_month=prices.free_tier_requests > 0):
+            first = datetime.combine(run[0], time(), UTC)
+            until = datetime.combine(run[-1], time(), UTC) + _DAY
+            start = first.replace(day=1) if prices.free_tier_requests else first  # the free tier's month
+            parts = (self.billable_requests(low, high, by_minute=True) for low, high in self._day_spans(start, until))
+            counts = request_counts(parts, lifecycle, prices.free_tier_requests, first, by_day=True)
+            by_day = counts.partition_by("day", as_dict=True)
+            for day in run:
+                since = datetime.combine(day, time(), UTC)
+                rows = by_day.get((day,), counts.clear())
+                yield day, priced(rows, lifecycle, prices, since, since + _DAY)
+
     def _day_spans(self, since: datetime | None, until: datetime) -> Iterator[tuple[datetime | None, datetime]]:
         """[low, high) spans that cover [since, until) in time order, split at UTC midnights so that
         each holds about SPAN_ROWS stored minute rows (one day however many it has)."""
@@ -282,6 +302,20 @@ class MetricsStore:
                 for name, code, count in state.outcomes():
                     totals[(name, code)] = totals.get((name, code), 0) + count
         return totals
+
+
+def _runs(days: list[date], *, by_month: bool) -> Iterator[list[date]]:
+    """Sorted `days` in runs priced together: each calendar month's (`by_month`: the free tier
+    reads its month from the start anyway), else each stretch of consecutive days."""
+    run: list[date] = []
+    for day in days:
+        if run and (day.month != run[-1].month or day.year != run[-1].year
+                    or (not by_month and day != run[-1] + _DAY)):
+            yield run
+            run = []
+        run.append(day)
+    if run:
+        yield run
 
 
 def _billable(rows: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:

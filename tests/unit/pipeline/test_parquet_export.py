@@ -170,14 +170,14 @@ async def test_an_export_cut_short_is_finished_by_the_next_one(tmp_path: Path, m
 def _days_priced(monkeypatch: pytest.MonkeyPatch) -> list[date]:
     """The days an export prices from now on (each one a cost computation over its day)."""
     priced: list[date] = []
-    cost = MetricsStore.cost
+    daily_costs = MetricsStore.daily_costs
 
-    def spy(store: MetricsStore, prices: PriceTable, since: datetime | None = None, *args: Any, **kw: Any) -> Any:
-        assert since is not None
-        priced.append(since.date())
-        return cost(store, prices, since, *args, **kw)
+    def spy(store: MetricsStore, prices: PriceTable, days: Any, *args: Any, **kw: Any) -> Any:
+        for day, cost in daily_costs(store, prices, days, *args, **kw):
+            priced.append(day)
+            yield day, cost
 
-    monkeypatch.setattr(MetricsStore, "cost", spy)
+    monkeypatch.setattr(MetricsStore, "daily_costs", spy)
     return priced
 
 
@@ -287,3 +287,34 @@ async def test_the_daily_cost_tables_add_up_to_the_cost_of_their_span_exactly(tm
     for column in ("keyMonths", "keyCost", "requestCost", "totalCost"):
         assert sum((t[column].sum() for t in tables), Decimal()) == whole[column][0], column
     assert [t.schema for t in tables] == [whole.schema] * 40  # the published shape: Decimal(38, 10)
+
+
+@pytest.mark.parametrize("free_tier", [0, 5])
+async def test_the_days_priced_together_are_each_the_cost_of_their_day(tmp_path: Path, free_tier: int) -> None:
+    """An export prices a run of days from one read of their usage (a month at a time with a free
+    tier); each day's table is, frame for frame, the cost of that day alone: across a month's end,
+    on days apart, and with a key scheduled for deletion, cancelled, rotated and a second account."""
+    prices = PriceTable(free_tier_requests=free_tier)
+    end_of_march = datetime(2026, 3, 29, 9, tzinfo=UTC)
+    records = [
+        create_key(end_of_march - timedelta(days=2), key_arn(1)),
+        create_key(end_of_march + timedelta(hours=5), key_arn(2, "222233334444")),
+        event("ScheduleKeyDeletion", end_of_march + timedelta(days=1), key_arn(1), user("alice")),
+        event("CancelKeyDeletion", end_of_march + timedelta(days=3, hours=2), key_arn(1), user("alice")),
+        event("RotateKey", end_of_march + timedelta(days=4), key_arn(1)),
+        *(event("Encrypt", end_of_march + timedelta(days=n // 3, hours=n % 3), key_arn(1 + n % 2), user("bob"))
+          for n in range(24)),
+        *(event("Decrypt", end_of_march + timedelta(days=n), key_arn(2, "222233334444"), user("carol", "222233334444"))
+          for n in (0, 1, 5)),
+    ]
+    await _consume(tmp_path, records, prices)
+    store = MetricsStore(tmp_path)
+    # Each month's run starts after days with requests (the free tier counts them), and has a gap.
+    days = [end_of_march.date() + timedelta(days=n) for n in (1, 2, 5, 7)]
+    priced = list(store.daily_costs(prices, reversed(days)))
+    assert [day for day, _ in priced] == days
+    for day, cost in priced:
+        since = datetime.combine(day, datetime.min.time(), UTC)
+        alone = store.cost(prices, since, since + timedelta(days=1))
+        assert cost.equals(alone), (day, cost, alone)
+    assert sum(cost["requests"].sum() for _, cost in priced) > 0
