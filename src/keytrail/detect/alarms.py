@@ -24,6 +24,12 @@ __all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Finding", "format_time"]
 
 MAX_EVENT_IDS = 20  # the first events of an alarm are evidence enough; the count says the rest
 
+#: Details that list every distinct value the alarm's findings gave (comma-separated, the first
+#: MAX_GATHERED), not the latest finding's alone: an alarm folding 40 denied calls must still
+#: name each address and access key they came from, which is what the responder acts on.
+GATHERED_DETAILS = ("sourceIPAddresses", "accessKeyIds")
+MAX_GATHERED = 10
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -219,13 +225,14 @@ class AlarmBook:
         entry.severity = Severity.highest(entry.severity, rule.severity_for(entry.count, entry.floor))
         if finding.event_id and len(entry.event_ids) < MAX_EVENT_IDS:
             entry.event_ids.append(finding.event_id)
-        if _milder(finding, entry.finding):
-            # The alarm keeps telling why it is as severe as it is: a HIGH grant to an outside role
-            # followed by a MEDIUM whole-account grant on the same key stays HIGH, and must not then
-            # read as the MEDIUM one alone. The milder finding counts, and its event is listed.
-            return
-        entry.details.update(finding.details)
-        entry.finding = finding
+        gathered = _gathered(entry.details, finding.details)
+        # A milder finding leaves the alarm telling why it is as severe as it is: a HIGH grant to an
+        # outside role followed by a MEDIUM whole-account grant on the same key stays HIGH, and must
+        # not then read as the MEDIUM one alone. It counts, its event is listed, its origin gathered.
+        if not _milder(finding, entry.finding):
+            entry.details.update(finding.details)
+            entry.finding = finding
+        entry.details.update(gathered)
 
     @staticmethod
     def _snapshot(entry: _Open) -> Alarm:
@@ -246,6 +253,19 @@ class AlarmBook:
             recommendation=latest.recommendation,
             details=MappingProxyType(dict(entry.details)),
         )
+
+
+def _gathered(details: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
+    """The GATHERED_DETAILS of an alarm's `details` with those of a new finding added."""
+    gathered = {}
+    for name in GATHERED_DETAILS:
+        values = details[name].split(",") if details.get(name) else []
+        for value in new[name].split(",") if new.get(name) else []:
+            if value not in values and len(values) < MAX_GATHERED:
+                values.append(value)
+        if values:
+            gathered[name] = ",".join(values)
+    return gathered
 
 
 def _milder(finding: Finding, told: Finding) -> bool:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 #: The Avro fields `read_kms_event` looks at (every schema version has them).
 EVENT_FIELDS = ("eventID", "eventTime", "eventSource", "eventName", "awsRegion", "errorCode", "errorMessage",
-                "userIdentity", "resources", "requestParameters", "responseElements")
+                "userIdentity", "resources", "requestParameters", "responseElements", "sourceIPAddress",
+                "accessKeyId")
 _HEADER = 10  # C3 01 + the writer schema's 8-byte fingerprint
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -74,7 +75,8 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
 
 # One value's EVENT_FIELDS, in that order (eventTime in epoch ms): a plain tuple, as zip makes it,
 # unpacked in `_event` (a named tuple per row cost ~0.5 µs an event).
-AvroRow = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None]
+AvroRow = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None,
+                str | None, str | None]
 _SOURCE, _EVENT_ID = 2, 0
 
 
@@ -94,7 +96,7 @@ def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
 
 def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
-     user_identity, resources, request_parameters, response_elements) = row
+     user_identity, resources, request_parameters, response_elements, source_ip, access_key_id) = row
     principal, account, identity_type, invoked_by = _caller(user_identity)
     request, response = _object(request_parameters), _object(response_elements)
     return KmsEvent(
@@ -111,6 +113,8 @@ def _event(row: AvroRow) -> KmsEvent:
         error_message=error_message,
         request_parameters=request,
         response_elements=response,
+        source_ip=source_ip or None,
+        access_key_id=access_key_id or None,
     )
 
 

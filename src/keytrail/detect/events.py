@@ -66,6 +66,9 @@ class KmsEvent(NamedTuple):
     error_message: str | None
     request_parameters: Mapping[str, Any]
     response_elements: Mapping[str, Any]
+    # Where a call came from, for the alarms that send someone looking for the caller.
+    source_ip: str | None = None
+    access_key_id: str | None = None
 
     @property
     def key_arn(self) -> str | None:
@@ -122,6 +125,8 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         error_message=text(record.get("errorMessage")),
         request_parameters=request,
         response_elements=response,
+        source_ip=text(record.get("sourceIPAddress")),
+        access_key_id=text(identity.get("accessKeyId")),
     )
 
 

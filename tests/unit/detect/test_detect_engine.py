@@ -49,6 +49,20 @@ def test_denied_decrypt_raises_one_alarm_per_principal_and_key_escalating_with_c
     assert [a.severity for a in announced] == ["HIGH"]  # announced once, not per attempt
 
 
+def test_denied_decrypt_alarm_names_every_source_address_and_access_key_it_folds() -> None:
+    """The alarm sends the responder after the caller's credentials; it named neither where the
+    denied calls came from nor with which access key, so the trail had to be searched again."""
+    detector = Detector()
+    attempts = [denied("Decrypt", T0 + timedelta(seconds=i), KEY, MALLORY) for i in range(4)]
+    attempts[1]["sourceIPAddress"] = attempts[3]["sourceIPAddress"] = "203.0.113.7"
+    attempts[2]["userIdentity"] = {**MALLORY, "accessKeyId": "AKIASECONDKEY"}
+    detector.process(attempts)
+    [alarm] = detector.alarms()
+    assert alarm.details["sourceIPAddresses"] == "192.0.2.0,203.0.113.7"
+    assert alarm.details["accessKeyIds"] == "AKIAEXAMPLE,AKIASECONDKEY"
+    assert "sourceIPAddresses" in alarm.recommendation
+
+
 def test_known_principal_denied_starts_medium_and_escalates() -> None:
     detector = Detector()
     detector.process([event("Decrypt", T0, KEY, APP)])

@@ -16,7 +16,8 @@ __all__ = ["UnauthorizedDecrypt"]
 
 _RECOMMENDATION = (
     "Check whether {principal} should use this key. If not, find where its credentials are used "
-    "(sourceIPAddress, userAgent) and rotate them; if it should, grant access in the {policy} policy."
+    "(details.sourceIPAddresses and accessKeyIds; the events' userAgent) and rotate them; if it "
+    "should, grant access in the {policy} policy."
 )
 
 
@@ -65,6 +66,11 @@ class UnauthorizedDecrypt:
             details["crossAccount"] = "true"
         if new:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
+        # Where to look: the recommendation sends the responder after the caller's credentials.
+        if event.source_ip:
+            details["sourceIPAddresses"] = event.source_ip.replace(",", " ")
+        if event.access_key_id:
+            details["accessKeyIds"] = event.access_key_id.replace(",", " ")
         who = event.principal_arn or "an unknown principal"
         return Finding.on_event(
             self.rule_id,
