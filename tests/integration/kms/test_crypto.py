@@ -195,6 +195,24 @@ def test_failed_decrypt_records_the_encryption_algorithm(server: KeytrailServer,
         "DisabledException", {"encryptionContext": {"a": "1"}, "encryptionAlgorithm": "SYMMETRIC_DEFAULT"})
 
 
+def test_failed_re_encrypt_records_both_encryption_algorithms(server: KeytrailServer, kms, key) -> None:
+    """ct-reencrypt logs sourceEncryptionAlgorithm and destinationEncryptionAlgorithm whether or not
+    the caller named them; a failed ReEncrypt's record left them out (a denied Decrypt's has its
+    encryptionAlgorithm), so the trail told a refused ReEncrypt's request other than it was."""
+    other = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"a": "1"})["CiphertextBlob"]
+    kms.disable_key(KeyId=other)
+    failures: list[dict[str, Any]] = [
+        {"CiphertextBlob": blob, "SourceEncryptionContext": {"a": "1"}, "DestinationKeyId": other},  # Disabled
+        {"CiphertextBlob": blob, "DestinationKeyId": key["KeyId"]},  # InvalidCiphertextException
+    ]
+    for kwargs in failures:
+        event = _failed_call_event(server, kms.re_encrypt, **kwargs)
+        algorithms = {name: event["requestParameters"].get(name)
+                      for name in ("sourceEncryptionAlgorithm", "destinationEncryptionAlgorithm")}
+        assert algorithms == dict.fromkeys(algorithms, "SYMMETRIC_DEFAULT")
+
+
 def test_re_encrypt_dry_run_ignoring_the_ciphertext_checks_both_keys(server: KeytrailServer, kms, key) -> None:
     """ReEncrypt takes DryRunModifiers IGNORE_CIPHERTEXT as Decrypt does (the model's ReEncrypt docs):
     both keys are checked (who may use them, usage, state), the ciphertext is not read."""

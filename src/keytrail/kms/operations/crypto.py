@@ -174,10 +174,14 @@ async def _destination_key(svc: KmsService, call: Call, source: Key) -> tuple[Ke
     return destination, algorithm
 
 
-def _note_re_encrypt_algorithms(call: Call, source_algorithm: str, algorithm: str) -> None:
-    # Logged whether or not the caller named them, as Decrypt's (ct-reencrypt's 1.11 example).
+def _note_re_encrypt_algorithms(call: Call) -> None:
+    # Logged whether or not the caller named them (ct-reencrypt's 1.11 example), and on failed calls
+    # too, as Decrypt's encryptionAlgorithm is: noted before any check, so that a denied ReEncrypt's
+    # record has them as a denied Decrypt's has its own.
+    params = call.params
     call.extra_request_parameters.update(
-        sourceEncryptionAlgorithm=source_algorithm, destinationEncryptionAlgorithm=algorithm)
+        sourceEncryptionAlgorithm=params.get("SourceEncryptionAlgorithm", SYMMETRIC_DEFAULT),
+        destinationEncryptionAlgorithm=params.get("DestinationEncryptionAlgorithm", SYMMETRIC_DEFAULT))
 
 
 async def _test_re_encrypt_permission(svc: KmsService, call: Call) -> None:
@@ -190,20 +194,19 @@ async def _test_re_encrypt_permission(svc: KmsService, call: Call) -> None:
     source = await svc.find_key(call, params["SourceKeyId"])
     source_algorithm = params.get("SourceEncryptionAlgorithm", SYMMETRIC_DEFAULT)
     await _check_decrypting_key(svc, call, source, "kms:ReEncryptFrom", source_algorithm)
-    _, algorithm = await _destination_key(svc, call, source)
-    _note_re_encrypt_algorithms(call, source_algorithm, algorithm)
+    await _destination_key(svc, call, source)
     svc.check_dry_run(call)
 
 
 async def re_encrypt(svc: KmsService, call: Call) -> Response:
     params = call.params
+    _note_re_encrypt_algorithms(call)
     if ignores_ciphertext(params):
         await _test_re_encrypt_permission(svc, call)
     source, plaintext, source_algorithm, source_material = await _decrypt(
         svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
         algorithm_member="SourceEncryptionAlgorithm")
     destination, algorithm = await _destination_key(svc, call, source)
-    _note_re_encrypt_algorithms(call, source_algorithm, algorithm)
     svc.check_dry_run(call)
     blob, material_id = await svc.cipher_for(destination).encrypt(
         destination, plaintext, params.get("DestinationEncryptionContext"), algorithm)
