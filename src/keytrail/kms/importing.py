@@ -14,7 +14,7 @@ import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -49,6 +49,7 @@ __all__ = [
     "public_key_of",
     "token_bytes",
     "token_id_of",
+    "token_valid_to",
     "unwrap_material",
     "with_material_salt",
     "without_material",
@@ -63,8 +64,10 @@ _OAEP_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "RSA_AES_KEY_WRAP_SHA_256": hashes.SHA256,
 }
 FINGERPRINT = "imported_material_id"  # Key.extra: the id of the only material this key accepts
-_TOKEN_MAGIC = b"KTIT\x01"
+_TOKEN_MAGIC = b"KTIT\x02"  # the token id, then its ValidTo (epoch milliseconds, 8 bytes big-endian)
+_TOKEN_MAGIC_V1 = b"KTIT\x01"  # the token id alone (tokens made before they carried their ValidTo)
 _TOKEN_ID_BYTES = 32
+_VALID_TO_BYTES = 8
 # HMAC material lengths AWS accepts per key spec (bytes): at least the digest size, at most 1024
 # bits for every spec ("Requirements for imported key material": HMAC_224 224-1024 bits ...
 # HMAC_512 512-1024 bits); RFC 2104 hashes a key longer than the hash's block first.
@@ -163,15 +166,34 @@ def public_key_of(private_der: bytes) -> bytes:
     )
 
 
-def token_bytes(token_id: str) -> bytes:
-    """The opaque ImportToken handed to the caller: it only names the stored parameters."""
-    return _TOKEN_MAGIC + bytes.fromhex(token_id)
+def token_bytes(token_id: str, valid_to: datetime) -> bytes:
+    """The opaque ImportToken handed to the caller: it names the stored parameters and carries
+    their ValidTo, so a token is still told expired once its parameters are purged."""
+    millis = int(valid_to.timestamp() * 1000)
+    return _TOKEN_MAGIC + bytes.fromhex(token_id) + millis.to_bytes(_VALID_TO_BYTES, "big")
+
+
+def _token_parts(token: bytes) -> tuple[bytes, bytes]:
+    """The token id and ValidTo bytes (empty for a first-format token), or InvalidImportToken."""
+    for magic, tail in ((_TOKEN_MAGIC, _VALID_TO_BYTES), (_TOKEN_MAGIC_V1, 0)):
+        if token.startswith(magic) and len(token) == len(magic) + _TOKEN_ID_BYTES + tail:
+            body = token[len(magic) :]
+            return body[:_TOKEN_ID_BYTES], body[_TOKEN_ID_BYTES:]
+    raise errors.InvalidImportTokenException("The import token is invalid.")
 
 
 def token_id_of(token: bytes) -> str:
-    if not token.startswith(_TOKEN_MAGIC) or len(token) != len(_TOKEN_MAGIC) + _TOKEN_ID_BYTES:
-        raise errors.InvalidImportTokenException("The import token is invalid.")
-    return token[len(_TOKEN_MAGIC) :].hex()
+    return _token_parts(token)[0].hex()
+
+
+def token_valid_to(token: bytes) -> datetime | None:
+    """The ValidTo the token carries (None for a token made before tokens carried it). Not
+    authenticated: it only tells an expired token from an unknown one once the store has
+    purged the parameters the token names (the store keeps them a day past their ValidTo)."""
+    millis = _token_parts(token)[1]
+    if not millis:
+        return None
+    return datetime.fromtimestamp(int.from_bytes(millis, "big") / 1000, tz=UTC)
 
 
 def unwrap_material(parameters: ImportParameters, encrypted: bytes) -> bytes:

@@ -293,6 +293,25 @@ def test_import_token_expires_after_24_hours(fresh_server: KeytrailServer) -> No
     assert _error(excinfo)[0] == "ExpiredImportTokenException"
 
 
+def test_import_token_stays_expired_after_its_parameters_are_purged(fresh_server: KeytrailServer) -> None:
+    kms = fresh_server.client("alice")
+    key_id = _external_key(kms)
+    params = kms.get_parameters_for_import(
+        KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    fresh_server.advance(3 * 86400)
+    # The next GetParametersForImport purges parameters that expired over a day ago.
+    kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
+    with pytest.raises(ClientError) as excinfo:
+        kms.import_key_material(
+            KeyId=key_id,
+            ImportToken=params["ImportToken"],
+            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+    assert _error(excinfo) == ("ExpiredImportTokenException", "The import token has expired.")
+
+
 def test_imported_bytes_never_reach_the_store_file(fresh_server: KeytrailServer) -> None:
     kms = fresh_server.client("alice")
     material = os.urandom(32)

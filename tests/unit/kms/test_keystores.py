@@ -23,6 +23,7 @@ from keytrail.kms.importing import (
     imported_material_id,
     token_bytes,
     token_id_of,
+    token_valid_to,
     with_material_salt,
 )
 from keytrail.kms.keys import Key
@@ -74,10 +75,19 @@ async def test_store_rows_keep_their_secrets_sealed(tmp_path: Path) -> None:
 
 def test_import_token_names_only_its_parameters() -> None:
     token_id = os.urandom(32).hex()
-    assert token_id_of(token_bytes(token_id)) == token_id
+    assert token_id_of(token_bytes(token_id, NOW)) == token_id
     for bad in (b"", b"KTIT\x01" + b"x" * 5, b"other" + bytes(32)):
         with pytest.raises(errors.InvalidImportTokenException):
             token_id_of(bad)
+
+
+def test_import_token_carries_its_valid_to_and_first_format_tokens_still_read() -> None:
+    token_id, valid_to = os.urandom(32).hex(), NOW + timedelta(hours=24, microseconds=1500)
+    assert token_valid_to(token_bytes(token_id, valid_to)) == NOW + timedelta(hours=24, milliseconds=1)
+    first_format = b"KTIT\x01" + bytes.fromhex(token_id)  # made before tokens carried ValidTo
+    assert (token_id_of(first_format), token_valid_to(first_format)) == (token_id, None)
+    with pytest.raises(errors.InvalidImportTokenException):
+        token_id_of(first_format + bytes(8))
 
 
 def test_material_checks_follow_the_key_spec() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from keytrail.kms import errors, multiregion
 from keytrail.kms.call_records import cloudtrail_values
@@ -25,6 +25,7 @@ from keytrail.kms.importing import (
     public_key_of,
     token_bytes,
     token_id_of,
+    token_valid_to,
     unwrap_material,
     with_material_salt,
     without_material,
@@ -92,7 +93,7 @@ async def get_parameters_for_import(svc: KmsService, call: Call) -> Response:
     await svc.store.put_import_parameters(parameters)
     return {
         "KeyId": key.arn,
-        "ImportToken": token_bytes(parameters.token_id),
+        "ImportToken": token_bytes(parameters.token_id, parameters.valid_to),
         "PublicKey": public_key_of(private),
         "ParametersValidTo": parameters.valid_to,
     }
@@ -124,15 +125,23 @@ def _expiration(params: dict[str, Any], now: datetime) -> tuple[str, datetime | 
 
 async def _parameters_for(svc: KmsService, key: Key, token: bytes) -> ImportParameters:
     parameters = await svc.store.get_import_parameters(token_id_of(token))
-    if parameters is None or (parameters.account, parameters.region, parameters.key_id) != (
-        key.account,
-        key.region,
-        key.key_id,
-    ):
+    if parameters is None:
+        _refuse_unknown_token(svc, token)
+    if (parameters.account, parameters.region, parameters.key_id) != (key.account, key.region, key.key_id):
         raise errors.InvalidImportTokenException("The import token is invalid for this key.")
     if parameters.valid_to <= svc.now():
         raise errors.ExpiredImportTokenException("The import token has expired.")
     return parameters
+
+
+def _refuse_unknown_token(svc: KmsService, token: bytes) -> NoReturn:
+    """A token naming no stored parameters: expired if its own ValidTo has passed (the store
+    purges parameters a day after they expire, AWS's token says when it expires whatever its
+    age), else invalid."""
+    valid_to = token_valid_to(token)
+    if valid_to is not None and valid_to <= svc.now():
+        raise errors.ExpiredImportTokenException("The import token has expired.")
+    raise errors.InvalidImportTokenException("The import token is invalid for this key.")
 
 
 def _conditions(params: dict[str, Any]) -> dict[str, Any]:
