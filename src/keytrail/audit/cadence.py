@@ -37,9 +37,13 @@ def slack(interval: float) -> float:
     return max(MIN_SLACK_SECONDS, interval / 4)
 
 
-def silent_spans(digests: list[dict[str, Any]]) -> list[str]:
+def silent_spans(digests: list[dict[str, Any]], dev_clock_ahead: float = 0.0) -> list[str]:
     """A note for each span between consecutive valid `digests` longer than the earlier one's
-    interval (plus slack) that no clean stop explains."""
+    interval (plus slack) that no clean stop explains. `dev_clock_ahead`: how far the data dir's
+    dev clock (`serve --dev-clock`) went ahead of the wall clock: moving it forward leaves such a
+    span too, which is then no sign of a crash."""
+    moved = (f" (this data dir's dev clock, `serve --dev-clock`, went {_duration(dev_clock_ahead)} ahead: moving it "
+             "forward leaves such a span)") if dev_clock_ahead > 0 else ""
     notes = []
     for earlier, later in itertools.pairwise(digests):
         allowed = _allowed_silence(earlier)
@@ -47,8 +51,8 @@ def silent_spans(digests: list[dict[str, Any]]) -> list[str]:
         if allowed is not None and silence > allowed:
             notes.append(f"no digest from {_named(earlier)} to {_named(later)} ({_duration(silence)}; the node signs "
                          f"one every {_duration(earlier['intervalSeconds'])}) and no clean stop between: the node was "
-                         "down after a crash or hung, or the digests and records of that time were removed and a node "
-                         "started again on what was left (check with --digests)")
+                         f"down after a crash or hung{moved}, or the digests and records of that time were removed and "
+                         "a node started again on what was left (check with --digests)")
     return notes
 
 

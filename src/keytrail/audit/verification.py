@@ -33,6 +33,7 @@ from keytrail.audit.integrity import (
 )
 from keytrail.audit.schema import SchemaError, decode
 from keytrail.audit.shipper import ShippedOffset
+from keytrail.clock import dev_clock_ahead
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
 __all__ = ["OffNode", "Verdict", "check", "verify"]
@@ -82,7 +83,7 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
     log = SegmentLog(log_dir)
     found, notes = _check_log(paths, key, log, expected, valid[-1] if valid else {})
     found += late_records(log, valid[-1]) if valid else []
-    return Verdict(problems + found, _reach(key, log, valid) + notes + silent_spans(valid))
+    return Verdict(problems + found, _reach(key, log, valid) + notes + silent_spans(valid, dev_clock_ahead(data_dir)))
 
 
 def _why_no_digest(folder: Path) -> str:

@@ -20,7 +20,7 @@ from keytrail.detect.severity import Severity
 if TYPE_CHECKING:
     from keytrail.detect.events import KmsEvent
 
-__all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Finding", "format_time"]
+__all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Finding", "caller_origin", "format_time"]
 
 MAX_EVENT_IDS = 20  # the first events of an alarm are evidence enough; the count says the rest
 
@@ -29,6 +29,17 @@ MAX_EVENT_IDS = 20  # the first events of an alarm are evidence enough; the coun
 #: name each address and access key they came from, which is what the responder acts on.
 GATHERED_DETAILS = ("sourceIPAddresses", "accessKeyIds")
 MAX_GATHERED = 10
+
+
+def caller_origin(event: KmsEvent) -> dict[str, str]:
+    """The GATHERED_DETAILS of one call, for the rules that send the responder after the caller:
+    where it came from and with which access key (commas would split a value in two)."""
+    origin = {}
+    if event.source_ip:
+        origin["sourceIPAddresses"] = event.source_ip.replace(",", " ")
+    if event.access_key_id:
+        origin["accessKeyIds"] = event.access_key_id.replace(",", " ")
+    return origin
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,22 @@ async def test_a_node_down_for_hours_without_a_clean_stop_is_noted(tmp_path: Pat
             "(check with --digests)") in verdict.notes
 
 
+async def test_a_span_without_digests_in_a_data_dir_whose_dev_clock_moved_says_so(tmp_path: Path) -> None:
+    """`serve --dev-clock` moved 5 hours forward leaves the same span as a 5-hour outage: the note
+    named only a crash, a hang or removed digests, and sent the developer looking for one."""
+    from keytrail.cli.node import record_dev_clock
+    from keytrail.clock import utc_now
+
+    clock = Clock()
+    await _session(tmp_path, clock, range(5), crash=True)
+    clock.at = T0 + timedelta(hours=5)
+    await _session(tmp_path, clock, range(5, 10))
+    record_dev_clock(tmp_path, utc_now() + timedelta(hours=5))
+    [span] = [note for note in check(tmp_path).notes if note.startswith("no digest from")]
+    assert "the node was down after a crash or hung (this data dir's dev clock, `serve --dev-clock`, went 5.0 h " \
+           "ahead: moving it forward leaves such a span), or the digests" in span, span
+
+
 async def test_a_clean_stop_explains_hours_without_digests(tmp_path: Path) -> None:
     clock = Clock()
     await _session(tmp_path, clock, range(5))

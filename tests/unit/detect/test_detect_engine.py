@@ -261,6 +261,8 @@ def test_schedule_deletion_of_recently_used_key_and_use_while_pending() -> None:
     assert (stop.rule, stop.severity, stop.principal_arn) == ("key-deletion-in-use", "CRITICAL", admin["arn"])
     assert stop.details["lastUsedBy"] == APP_ARN and stop.details["pendingWindowInDays"] == "7"
     assert (use.principal_arn, use.severity, use.details["keyState"]) == (APP_ARN, "HIGH", "pending deletion")
+    # "find the caller": where the call came from and with which credentials
+    assert (use.details["sourceIPAddresses"], use.details["accessKeyIds"]) == ("192.0.2.0", "ASIAEXAMPLE")
 
 
 # A caller relying on ScheduleKeyDeletion's default waiting period sends no pendingWindowInDays: the

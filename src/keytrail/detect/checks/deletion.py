@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from keytrail.detect.alarms import Finding, format_time
+from keytrail.detect.alarms import Finding, caller_origin, format_time
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import Rule
@@ -101,7 +101,8 @@ class KeyDeletionInUse:
                 f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on "
                 f"{event.key_arn}, which is {what}",
                 _USE_RECOMMENDATION,
-                {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or ""},
+                {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or "",
+                 **caller_origin(event)},  # the recommendation: find the caller
             )
         ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from fnmatch import fnmatchcase
 
-from keytrail.detect.alarms import Finding
+from keytrail.detect.alarms import Finding, caller_origin
 from keytrail.detect.checks import arn_region_account
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
@@ -66,11 +66,7 @@ class UnauthorizedDecrypt:
             details["crossAccount"] = "true"
         if new:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
-        # Where to look: the recommendation sends the responder after the caller's credentials.
-        if event.source_ip:
-            details["sourceIPAddresses"] = event.source_ip.replace(",", " ")
-        if event.access_key_id:
-            details["accessKeyIds"] = event.access_key_id.replace(",", " ")
+        details |= caller_origin(event)  # the recommendation sends the responder after the credentials
         who = event.principal_arn or "an unknown principal"
         return Finding.on_event(
             self.rule_id,
