@@ -8,6 +8,7 @@ answered call's record; `audit verify` is clean afterwards.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import re
@@ -405,3 +406,46 @@ def test_serve_deletes_closed_segments_past_its_retention_age(tmp_path: Path) ->
         assert server.stop() == 0
     assert verify(data) == []
     assert _verify_cli(data).returncode == 0
+
+
+def _keytrail(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_cross_account_call_is_logged_for_the_caller_and_exported_to_the_key_owner_too(tmp_path: Path) -> None:
+    """AWS logs a call on another account's key in both accounts, linked by sharedEventID, and a
+    denied one in the caller's only: the event log keeps one event per call (the caller's copy),
+    the export adds the owner's, and an import of the export stores each call once."""
+    data, other = tmp_path / "data", server_support.OTHER_ACCOUNT
+    server = KeytrailServer(data).start()
+    try:
+        alice, carol = server.client("alice"), server.client("carol")
+        statements = [{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*",
+                       "Resource": "*"},
+                      {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{other}:root"}, "Action": "kms:Encrypt",
+                       "Resource": "*"}]
+        key = alice.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": statements}))
+        shared = carol.encrypt(KeyId=key["KeyMetadata"]["Arn"], Plaintext=b"x")["ResponseMetadata"]["RequestId"]
+        with pytest.raises(ClientError) as denied:
+            carol.generate_data_key(KeyId=key["KeyMetadata"]["Arn"], KeySpec="AES_256")
+        refused = denied.value.response["ResponseMetadata"]["RequestId"]
+    finally:
+        assert server.stop() == 0
+    events = _events(data)
+    call = events[shared]
+    assert (call["recipientAccountId"], call["userIdentity"]["accountId"]) == (other, other)
+    assert "sharedEventID" in call and "sharedEventID" not in events[refused]  # AWS: denied, caller's only
+    printed = [json.loads(line) for line in _keytrail("audit", "events", "--data-dir", str(data)).stdout.splitlines()]
+    assert [e["sharedEventID"] for e in printed if e.get("requestID") == shared] == [call["sharedEventID"]]
+
+    out = tmp_path / "out"
+    assert _keytrail("audit", "export", "--format", "cloudtrail", "--data-dir", str(data), str(out)).returncode == 0
+    owners = [record for path in (out / "AWSLogs" / ACCOUNT).rglob("*.json.gz")
+              for record in json.loads(gzip.decompress(path.read_bytes()))["Records"]
+              if record.get("sharedEventID") == call["sharedEventID"]]
+    assert [(e["recipientAccountId"], e["requestID"]) for e in owners] == [(ACCOUNT, shared)]
+    assert owners[0]["eventID"] != call["eventID"]
+    imported = _keytrail("audit", "import", "--data-dir", str(tmp_path / "copy"), str(out))
+    assert imported.returncode == 0, imported.stderr
+    assert sorted(e["eventID"] for _, e in iter_events(tmp_path / "copy")) == \
+        sorted(e["eventID"] for _, e in iter_events(data))

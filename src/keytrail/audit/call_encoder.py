@@ -101,7 +101,7 @@ class CallEncoder:
             caller.identity, _json(parameters), _json(scrub(call.response_elements)), _json(extra),
             _json(call.service_event_details), resources,
             _json(context.tls_details) if context and context.tls_details else _NULL,
-            _NULL,  # otherFields: only records imported from CloudTrail files carry any
+            _shared(call.shared_event_id),
             optional(extra.get("keyMaterialId")) if extra else _NULL, caller.invoked_by,
         ))
 
@@ -184,6 +184,11 @@ def _pairs(parameters: dict[str, Any] | None) -> bytes:
         parts += (avro_string(str(name)), avro_string(str(value)))
     parts.append(_NULL)
     return b"".join(parts)
+
+
+def _shared(shared_event_id: str | None) -> bytes:
+    """otherFields: a cross-account call's sharedEventID; other fields only imported records carry."""
+    return _NULL if shared_event_id is None else _json({"sharedEventID": shared_event_id})
 
 
 def _json(value: Any) -> bytes:

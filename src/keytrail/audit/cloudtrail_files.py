@@ -17,6 +17,7 @@ from typing import Any
 from keytrail.audit.schema import SchemaError, decode_batch, event_id_bytes
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.owner_only import within, write_bytes
+from keytrail.shared_events import owner_copies
 from keytrail.transport.cloudtrail_logs import (
     ReadReport,
     iter_cloudtrail_records,
@@ -272,6 +273,7 @@ def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[dict[s
     try:
         for _, event in iter_events(data_dir, log=log):
             yield event
+            yield from owner_copies(event)  # as AWS logs a cross-account call in the key owner's account too
     except OSError as exc:
         raise EventLogUnreadable(exc) from exc
 

@@ -68,6 +68,8 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     event["eventType"] = record.event_type
     event["managementEvent"] = True
     event["recipientAccountId"] = record.account
+    if record.shared_event_id is not None:  # the caller's copy of a cross-account call
+        event["sharedEventID"] = record.shared_event_id
     if record.service_event_details is not None:
         event["serviceEventDetails"] = record.service_event_details
     event["eventCategory"] = "Management"

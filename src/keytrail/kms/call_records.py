@@ -14,6 +14,7 @@ from typing import Any
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation
 from keytrail.kms.model import CallRecord
+from keytrail.shared_events import crosses_accounts, shared_event_id
 
 __all__ = ["call_record", "cloudtrail_date", "cloudtrail_parameters", "cloudtrail_values"]
 
@@ -22,6 +23,8 @@ def call_record(name: str, operation: Operation, call: Call, error: errors.KmsEr
                 event_time: datetime) -> CallRecord:
     """The audit record of `call` as it stands (`error`: how it failed; no responseElements then)."""
     context = call.context
+    error_code = error.code if error else None
+    resources = tuple(call.resources)
     return CallRecord(
         event_id=event_id,
         event_name=name,
@@ -32,10 +35,11 @@ def call_record(name: str, operation: Operation, call: Call, error: errors.KmsEr
         request_parameters=cloudtrail_parameters(call.params, call.extra_request_parameters),
         response_elements=call.response_elements if error is None else None,
         additional_event_data=call.additional_event_data or None,
-        resources=tuple(call.resources),
+        resources=resources,
         read_only=operation.read_only,
-        error_code=error.code if error else None,
+        error_code=error_code,
         error_message=error.message if error else None,
+        shared_event_id=shared_event_id(event_id) if crosses_accounts(context.account, resources, error_code) else None,
     )
 
 

@@ -108,6 +108,7 @@ class CallRecord:
     error_code: str | None = None
     error_message: str | None = None
     internal_request_id: str | None = None
+    shared_event_id: str | None = None  # a cross-account call's (keytrail/shared_events.py)
 
     @property
     def event_type(self) -> str:

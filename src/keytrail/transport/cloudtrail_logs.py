@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from keytrail.shared_events import as_caller_copy
+
 __all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_located_records",
            "iter_log_files", "read_log_file"]
 
@@ -81,7 +83,8 @@ def is_digest(document: Any) -> bool:
 
 def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     """The records of one CloudTrail log file, None for a digest file; LogFileProblem when it is
-    neither."""
+    neither. A key owner's copy of a cross-account call that keytrail exported is read as the
+    caller's copy it was made from (keytrail/shared_events.py): every reader counts the call once."""
     try:
         text = _utf8(path, _read_bounded(path))
         document = json.loads(text, parse_constant=_no_constant)
@@ -105,7 +108,7 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     records = document.get("Records") if isinstance(document, dict) else None
     if not isinstance(records, list):
         raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
-    return records
+    return [as_caller_copy(record) if isinstance(record, dict) else record for record in records]
 
 
 class _NotJson(ValueError):

@@ -384,3 +384,32 @@ async def test_nan_and_infinity_are_no_json_the_file_is_reported_not_imported_al
     report = await import_cloudtrail(tmp_path / "node", [odd, EXAMPLES])
     assert [event for _, event in iter_events(tmp_path / "node")] == _kms_examples()
     assert report.problems == [f"{odd}: line 3: not valid JSON ({constant} is not a JSON value)"]
+
+
+async def test_a_cross_account_call_exports_to_both_accounts_and_reads_back_once(tmp_path: Path) -> None:
+    """AWS logs a KMS call on another account's key in the key owner's account too: an export
+    filed it under the caller's account alone, so the owner's folder missed others' use of its
+    keys. The owner's copy is read back as the call it copies: imported, counted, once."""
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from keytrail.shared_events import shared_event_id
+    from tests.support.audit_records import KEY_ARN, encrypt_call
+
+    owner, event_id = "444455556666", "6a1f7c9e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
+    source = tmp_path / "source"
+    async with AuditTrail.open(AuditSettings(data_dir=source)) as trail:
+        await trail.record(encrypt_call(1))
+        await trail.record(encrypt_call(2, resources=(KEY_ARN.replace(ACCOUNT, owner),), event_id=event_id,
+                                        shared_event_id=shared_event_id(event_id)))
+    written = export_cloudtrail(source, tmp_path / "out")
+    by_account = {p.relative_to(tmp_path / "out").parts[1]: json.loads(gzip.decompress(p.read_bytes()))["Records"]
+                  for p in written}
+    [owners] = by_account[owner]
+    assert [e["eventID"] for e in by_account[ACCOUNT]][1] == event_id
+    assert (owners["recipientAccountId"], owners["sharedEventID"]) == (owner, shared_event_id(event_id))
+    assert owners["eventID"] != event_id
+    copy = tmp_path / "copy"
+    report = await import_cloudtrail(copy, [tmp_path / "out"])
+    assert (report.records, report.duplicates) == (2, 1)  # the owner's copy is the call already read
+    assert [e for _, e in iter_events(copy)] == [e for _, e in iter_events(source)]
+    read = [e["eventID"] for e in iter_cloudtrail_records([tmp_path / "out"])]  # report, consume, detect
+    assert sorted(read) == sorted([e["eventID"] for _, e in iter_events(source)] + [event_id])  # one call twice
