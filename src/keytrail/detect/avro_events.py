@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from keytrail.detect.events import KMS_SOURCE, KmsEvent, caller, key_arns
+from keytrail.detect.events import KMS_SOURCE, KmsEvent, caller, key_arns, text
 from keytrail.pipeline.decode import known_writer, read_writer_columns
 
 __all__ = ["EVENT_FIELDS", "AvroRow", "avro_events", "avro_rows", "events_of"]
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: The Avro fields `read_kms_event` looks at (every schema version has them).
 EVENT_FIELDS = ("eventID", "eventTime", "eventSource", "eventName", "awsRegion", "errorCode", "errorMessage",
                 "userIdentity", "resources", "requestParameters", "responseElements", "sourceIPAddress",
-                "accessKeyId")
+                "accessKeyId", "otherFields")
 _HEADER = 10  # C3 01 + the writer schema's 8-byte fingerprint
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -76,7 +76,7 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
 # One value's EVENT_FIELDS, in that order (eventTime in epoch ms): a plain tuple, as zip makes it,
 # unpacked in `_event` (a named tuple per row cost ~0.5 µs an event).
 AvroRow = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None,
-                str | None, str | None]
+                str | None, str | None, str | None]
 _SOURCE, _EVENT_ID = 2, 0
 
 
@@ -96,7 +96,7 @@ def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
 
 def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
-     user_identity, resources, request_parameters, response_elements, source_ip, access_key_id) = row
+     user_identity, resources, request_parameters, response_elements, source_ip, access_key_id, other_fields) = row
     principal, account, identity_type, invoked_by = _caller(user_identity)
     request, response = _object(request_parameters), _object(response_elements)
     return KmsEvent(
@@ -115,6 +115,7 @@ def _event(row: AvroRow) -> KmsEvent:
         response_elements=response,
         source_ip=source_ip or None,
         access_key_id=access_key_id or None,
+        shared_event_id=text(_object(other_fields).get("sharedEventID")) if other_fields else None,
     )
 
 

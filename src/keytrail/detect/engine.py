@@ -124,12 +124,14 @@ class Detector:
                 yield event
 
     def _repeated(self, event: KmsEvent) -> bool:
-        # At-least-once delivery: the same eventID may come twice; process it once.
-        if not event.event_id:
+        # At-least-once delivery: the same eventID may come twice; process it once. And an
+        # organization trail holds a cross-account call in both accounts: one call (sharedEventID).
+        call = event.call_id
+        if not call:
             return False
-        if event.event_id in self._seen:
+        if call in self._seen:
             return True
-        self._seen[event.event_id] = None
+        self._seen[call] = None
         if len(self._seen) > _SEEN_EVENT_IDS:
             self._seen.popitem(last=False)
         return False

@@ -69,6 +69,14 @@ class KmsEvent(NamedTuple):
     # Where a call came from, for the alarms that send someone looking for the caller.
     source_ip: str | None = None
     access_key_id: str | None = None
+    # CloudTrail's sharedEventID: an organization trail holds a cross-account call twice (the
+    # caller's account's copy and the key owner's, each with its own eventID), which is one call.
+    shared_event_id: str | None = None
+
+    @property
+    def call_id(self) -> str:
+        """What tells one call from another: its sharedEventID, else its eventID."""
+        return self.shared_event_id or self.event_id
 
     @property
     def key_arn(self) -> str | None:
@@ -127,6 +135,7 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         response_elements=response,
         source_ip=text(record.get("sourceIPAddress")),
         access_key_id=text(identity.get("accessKeyId")),
+        shared_event_id=text(record.get("sharedEventID")),
     )
 
 

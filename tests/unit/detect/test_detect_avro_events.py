@@ -46,6 +46,12 @@ async def test_events_equal_those_of_the_decoded_records_for_every_rule_and_iden
     assert events == _expected(values)
 
 
+async def test_a_cross_account_calls_shared_event_id_is_read_from_other_fields() -> None:
+    call = {**event("Decrypt", T0, key_arn(1), user("app")), "sharedEventID": "one-call", "vpcEndpointId": "v"}
+    [read] = await _read([encode(call)])
+    assert read.shared_event_id == "one-call" and [read] == _expected([encode(call)])
+
+
 async def test_mixed_schema_versions_keep_their_order() -> None:
     records = mixed_scenario()[:30]
     values = [_v1_value(r) if i % 7 < 3 else encode(r) for i, r in enumerate(records)]

@@ -401,3 +401,18 @@ def test_offline_detection_lists_every_window_of_a_slot() -> None:
     detector.process([denied("Decrypt", T0 + timedelta(hours=h), KEY, MALLORY) for h in (0, 2, 4)])
     detector.tick()
     assert len(detector.alarms()) == 3
+
+
+def test_both_accounts_copies_of_a_cross_account_call_count_once() -> None:
+    """An organization trail holds a call on another account's key twice, in the caller's account
+    and in the key owner's, each with its own eventID and one sharedEventID: the detector counted
+    two calls (an alarm's count doubled), where the consumers count one."""
+    admin = user("admin")
+    attempt = event("Decrypt", T0 + timedelta(days=11), KEY, APP, error="KMSInvalidStateException",
+                    message=f"{KEY} is pending deletion.")
+    copies = [{**attempt, "eventID": f"copy-{n}", "sharedEventID": "one-call"} for n in range(2)]
+    detector = Detector()
+    detector.process([create_key(T0, KEY), event("ScheduleKeyDeletion", T0 + timedelta(days=10), KEY, admin),
+                      *copies, {**attempt, "eventID": "another-call"}])
+    [use] = [alarm for alarm in detector.alarms() if alarm.principal_arn == APP_ARN]
+    assert use.count == 2 and set(use.event_ids) == {"copy-0", "another-call"}
