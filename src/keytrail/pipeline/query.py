@@ -221,8 +221,8 @@ class MetricsStore:
                     lifecycle: pl.DataFrame | None = None) -> Iterator[tuple[date, pl.DataFrame]]:
         """(day, `cost` of that UTC day) for each of `days`, in order, reading the usage of a run
         of them at once: a first export after importing years of CloudTrail history prices every
-        day since, and read a day at a time (its month's so far, for the free tier) that took
-        ≈ 10 ms a day, three times what the run takes with the day's storage and table."""
+        day since. Read a day at a time (with a free tier, its month so far each time), that took
+        ≈ 10 ms a day; priced in runs, a third of that, each day's storage and table included."""
         lifecycle = self.lifecycle() if lifecycle is None else lifecycle
         for run in _runs(sorted(set(days)), by_month=prices.free_tier_requests > 0):
             first = datetime.combine(run[0], time(), UTC)
