@@ -40,9 +40,9 @@ def crosses_accounts(caller_account: str, resources: Iterable[str], error_code: 
 def owner_copies(event: dict[str, Any]) -> list[dict[str, Any]]:
     """The key owners' copies of a cross-account call keytrail logged (`event`, the caller's copy);
     none for any other record."""
-    event_id, caller = event.get("eventID"), event.get("recipientAccountId")
-    if not isinstance(event_id, str) or event.get("sharedEventID") != shared_event_id(event_id):
-        return []
+    event_id, caller, shared = event.get("eventID"), event.get("recipientAccountId"), event.get("sharedEventID")
+    if shared is None or not isinstance(event_id, str) or shared != shared_event_id(event_id):
+        return []  # most records: one account's call
     owners = sorted({str(r.get("accountId")) for r in event.get("resources") or ()
                      if isinstance(r, dict) and r.get("accountId") not in (None, "", caller)})
     return [{**event, "eventID": _masked(event_id, owner), "recipientAccountId": owner} for owner in owners]
