@@ -34,7 +34,13 @@ def shared_event_id(event_id: str) -> str:
 def crosses_accounts(caller_account: str, resources: Iterable[str], error_code: str | None) -> bool:
     """Whether AWS logs the call in a key owner's account too: a key of `resources` (ARNs) is in
     another account than the caller's, and the call was not denied."""
-    return error_code != _ACCESS_DENIED and any(_arn_account(arn) not in ("", caller_account) for arn in resources)
+    if error_code == _ACCESS_DENIED:
+        return False
+    for arn in resources:  # a loop, not any(): every call asks (≈ 0.3 µs against 0.6)
+        account = _arn_account(arn)
+        if account and account != caller_account:
+            return True
+    return False
 
 
 def owner_copies(event: dict[str, Any]) -> list[dict[str, Any]]:
