@@ -162,19 +162,24 @@ def test_reimport_into_a_disabled_or_enabled_key_keeps_its_state(kms: Any) -> No
     assert (meta["KeyState"], meta["Enabled"]) == ("Enabled", True)
 
 
+def _import_error(kms: Any, key_id: str, params: dict[str, Any]) -> tuple[str, str]:
+    """The error of importing fresh material into `key_id` with the import parameters `params`."""
+    with pytest.raises(ClientError) as excinfo:
+        kms.import_key_material(
+            KeyId=key_id,
+            ImportToken=params["ImportToken"],
+            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+    return _error(excinfo)
+
+
 def test_import_token_of_another_key_is_invalid(kms: Any) -> None:
     key_a, key_b = _external_key(kms), _external_key(kms)
     params = kms.get_parameters_for_import(
         KeyId=key_a, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
     )
-    with pytest.raises(ClientError) as excinfo:
-        kms.import_key_material(
-            KeyId=key_b,
-            ImportToken=params["ImportToken"],
-            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
-            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
-        )
-    assert _error(excinfo)[0] == "InvalidImportTokenException"
+    assert _import_error(kms, key_b, params)[0] == "InvalidImportTokenException"
 
 
 def test_material_wrapped_under_another_key_is_invalid_ciphertext(kms: Any) -> None:
@@ -283,14 +288,7 @@ def test_import_token_expires_after_24_hours(fresh_server: KeytrailServer) -> No
     )
     assert params["ParametersValidTo"] - _server_now(fresh_server) <= timedelta(hours=24)
     fresh_server.advance(24 * 3600 + 1)
-    with pytest.raises(ClientError) as excinfo:
-        kms.import_key_material(
-            KeyId=key_id,
-            ImportToken=params["ImportToken"],
-            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
-            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
-        )
-    assert _error(excinfo)[0] == "ExpiredImportTokenException"
+    assert _import_error(kms, key_id, params)[0] == "ExpiredImportTokenException"
 
 
 def test_import_token_stays_expired_after_its_parameters_are_purged(fresh_server: KeytrailServer) -> None:
@@ -302,14 +300,7 @@ def test_import_token_stays_expired_after_its_parameters_are_purged(fresh_server
     fresh_server.advance(3 * 86400)
     # The next GetParametersForImport purges parameters that expired over a day ago.
     kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
-    with pytest.raises(ClientError) as excinfo:
-        kms.import_key_material(
-            KeyId=key_id,
-            ImportToken=params["ImportToken"],
-            EncryptedKeyMaterial=wrap(params["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
-            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
-        )
-    assert _error(excinfo) == ("ExpiredImportTokenException", "The import token has expired.")
+    assert _import_error(kms, key_id, params) == ("ExpiredImportTokenException", "The import token has expired.")
 
 
 def test_imported_bytes_never_reach_the_store_file(fresh_server: KeytrailServer) -> None:
