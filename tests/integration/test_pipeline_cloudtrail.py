@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.processes import interruptible
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +159,31 @@ def test_importing_the_same_files_again_counts_nothing_twice(tmp_path: Path) -> 
 def test_missing_cloudtrail_path_is_one_line_and_non_zero(tmp_path: Path) -> None:
     result = cli("consume", "--data-dir", str(tmp_path), "--cloudtrail", str(tmp_path / "missing"))
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_consuming_log_files_and_the_next_run_counts_the_rest_once(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    logs, data, files, per_file = tmp_path / "logs", tmp_path / "data", 30, 4000
+    logs.mkdir()
+    for f in range(files):  # enough that the run is still reading when the signal comes
+        records = [dict(E1, eventID=f"event-{f}-{i}") for i in range(per_file)]
+        (logs / f"{f:03d}.json").write_text(json.dumps({"Records": records}))
+    consumer = subprocess.Popen([sys.executable, "-m", "keytrail.cli.metrics", "consume", "--data-dir", str(data),
+                                 "--cloudtrail", str(logs)], stderr=subprocess.PIPE, text=True,
+                                preexec_fn=interruptible)
+    deadline = time.monotonic() + 60
+    while not (data / "metrics" / "state").is_dir() and time.monotonic() < deadline:  # its handlers are set
+        time.sleep(0.01)
+    consumer.send_signal(sig)
+    _, stderr = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, stderr
+    stopped = int(stderr.split("consumed ")[1].split(" ")[0])
+    assert stopped < files * per_file  # before, it read every file to the end whatever the signal
+    assert cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs)).returncode == 0
+    usage = cli("usage", "--data-dir", str(data), "--by", "operation", "--format", "json").stdout.splitlines()
+    assert [json.loads(u)["count"] for u in usage] == [files * per_file]
 
 
 def test_a_cross_account_call_logged_to_both_accounts_counts_once(tmp_path: Path) -> None:

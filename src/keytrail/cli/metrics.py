@@ -346,9 +346,15 @@ async def _consume(
 
     source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None
     consumer = MetricsConsumer(settings, source)
+
+    def stop() -> None:  # the files source is the CLI's, not the consumer's: it has a stop of its own
+        consumer.stop()
+        if source is not None:
+            source.stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, consumer.stop)
+        loop.add_signal_handler(signum, stop)
     async with _serving_metrics(metrics, consumer):
         return await consumer.run()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from itertools import islice
@@ -60,6 +61,7 @@ class CloudTrailFilesSource:
     dropped by eventID too, but a partition remembers only its recent eventIDs, far fewer than a
     bucket holds. A file whose listing a crash lost is read again; its records, the last counted,
     are among the remembered ones. A file that cannot be read is never listed: the next run says so again.
+    Once `stop` is set it reads no further file: the records read so far are its last batch.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class CloudTrailFilesSource:
         max_records: int = 10_000,
         on_problem: Callable[[str], None] | None = None,
         progress: Callable[[int], None] | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.files = files
         self.state_file = state_file(state_dir, partition)
@@ -78,6 +81,7 @@ class CloudTrailFilesSource:
         self.max_records = max_records
         self.on_problem = on_problem
         self.progress = progress
+        self.stop = stop or asyncio.Event()
         self._ends: list[tuple[int, str]] = []  # (offset after a file's last record, its name), in order
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
@@ -85,6 +89,8 @@ class CloudTrailFilesSource:
         counted = self._state(PartitionState.counted_files)
         chunk: list[Mapping[str, Any]] = []
         for path in self.files:
+            if self.stop.is_set():  # SIGTERM/SIGINT: a history of years would otherwise be read to its end
+                break
             name = _identity(path)
             if name is None or name not in counted:
                 report = ReadReport()

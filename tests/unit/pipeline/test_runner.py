@@ -285,6 +285,25 @@ async def _no_commit(batch: Batch) -> None:
     return None
 
 
+async def test_a_stopped_log_file_source_reads_no_further_file_and_the_next_run_counts_the_rest_once(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    import asyncio
+
+    from keytrail.pipeline.sources import CloudTrailFilesSource
+
+    unique = list({e["eventID"]: e for e in events}.values())[:2000]
+    files, states = _log_files(tmp_path / "logs", unique, 200), state_dir(tmp_path)
+    stop = asyncio.Event()
+    # SIGTERM/SIGINT set `stop` (keytrail consume --cloudtrail) once the first file is read.
+    source = CloudTrailFilesSource(files, states, max_records=250, stop=stop, progress=lambda _: stop.set())
+    stopped = await Runner(states, source).run()
+    assert stopped.records == 200  # the file it had read, not the other nine
+    rest = await Runner(states, CloudTrailFilesSource(files, states, max_records=250)).run()
+    assert (rest.records, rest.duplicates) == (1800, 0)
+    _assert_usage(tmp_path, unique)
+
+
 async def test_network_activity_events_of_a_vpc_endpoint_are_not_counted_as_requests(tmp_path: Path) -> None:
     from tests.unit.reports.records import key_arn, record
 
