@@ -68,6 +68,8 @@ def report(
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
+    if out.is_dir():  # said now, not after reading a history of years only to fail writing it
+        raise report_fail(f"--out: {out} is a folder: name the file to write")
     form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
     if table is not None and (form is ReportFormat.html or table not in TABLES):
         raise report_fail(f"--table: one of {', '.join(TABLES)}, with --format csv, json or parquet")

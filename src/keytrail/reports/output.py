@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keytrail.owner_only import make_dirs, reserve_anew
+from keytrail.owner_only import make_dirs
 from keytrail.reports.collect import ReportData
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.html import render_html
-from keytrail.reports.tabular import TabularFormat, long_form_parts, write_tabular
+from keytrail.reports.tabular import TabularFormat, long_form_parts, replacing, write_tabular
 
 __all__ = ["TABLES", "ReportFormat", "write_report"]
 
@@ -23,11 +23,9 @@ def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | N
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
     if form is ReportFormat.html:
-        temp = out.with_name(f".{out.name}.tmp")
-        if owner_only:
-            reserve_anew(temp)
-        temp.write_text(render_html(data), encoding="utf-8")
-        temp.replace(out)
+        page = render_html(data)
+        with replacing(out, owner_only=owner_only) as temp:
+            temp.write_text(page, encoding="utf-8")
         return out
     columns_of = {name: frame.columns for name, frame in data.tables().items()}
     return write_tabular(long_form_parts(data.tables(), table), out, TabularFormat(form.value), columns_of,

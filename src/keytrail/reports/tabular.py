@@ -7,6 +7,7 @@ alarms) and that table's columns; the other columns are empty. Read one table ba
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from keytrail.owner_only import reserve_anew
 from keytrail.pipeline.files import sink_parquet
 from keytrail.reports.lines import csv_lines, json_lines
 
-__all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "write_tabular"]
+__all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "replacing", "write_tabular"]
 
 
 class TabularFormat(StrEnum):
@@ -68,19 +69,32 @@ def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form:
     file, then rename). `columns_of`: each table's own columns, which JSON lines write even when
     null (a reader then finds every column of a table). `owner_only`: 0600 (`out` is in a data dir)."""
     parts = [frame] if isinstance(frame, pl.DataFrame) else frame
+    with replacing(out, owner_only=owner_only) as temp:
+        if form is TabularFormat.parquet:
+            sink_parquet(parts, temp)  # a large report's long form is never whole in memory
+        else:
+            with temp.open("w", encoding="utf-8") as sink:
+                if form is TabularFormat.csv:
+                    _csv(parts, sink)
+                else:
+                    _json_lines(parts, columns_of or {}, sink)
+    return out
+
+
+@contextlib.contextmanager
+def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
+    """A temporary file beside `out` to write, renamed to `out` once written. Removed when the
+    writing or the rename fails (a full disk, `out` a folder, Ctrl-C): a report of gigabytes must
+    not leave a hidden copy of itself behind. `owner_only`: 0600."""
     temp = out.with_name(f".{out.name}.tmp")
     if owner_only:
         reserve_anew(temp)
-    if form is TabularFormat.parquet:
-        sink_parquet(parts, temp)  # a large report's long form is never whole in memory
-    else:
-        with temp.open("w", encoding="utf-8") as sink:
-            if form is TabularFormat.csv:
-                _csv(parts, sink)
-            else:
-                _json_lines(parts, columns_of or {}, sink)
-    temp.replace(out)
-    return out
+    try:
+        yield temp
+        temp.replace(out)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _csv(parts: Iterable[pl.DataFrame], sink: TextIO) -> None:

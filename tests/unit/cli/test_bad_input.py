@@ -125,6 +125,14 @@ def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(t
     assert {row["alarmId"]: row.get("summary") for row in rows} == {"a": None, "b": '{"x": 1}'}
 
 
+def test_report_to_a_folder_is_refused_before_reading_and_leaves_nothing(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 3)
+    (tmp_path / "out").mkdir()
+    result = _keytrail("report", "--data-dir", tmp_path / "node", "--out", tmp_path / "out")
+    _one_line_error(result, f"keytrail report: --out: {tmp_path / 'out'} is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node", "out"]  # no hidden .out.tmp beside it
+
+
 def _damaged_trail(data_dir: Path) -> Path:
     """A trail of 6 events whose third record's bytes no longer match their checksum."""
     fill_trail(data_dir, 6)

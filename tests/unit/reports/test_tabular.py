@@ -84,6 +84,23 @@ def test_an_owner_only_report_is_0600_over_a_temporary_file_a_crashed_run_left(t
     assert _read(out, form).height == 5
 
 
+@pytest.mark.parametrize("form", list(TabularFormat))
+def test_a_report_that_cannot_be_written_whole_leaves_no_temporary_file(tmp_path: Path, form: TabularFormat) -> None:
+    """The hidden `.<out>.tmp` stayed behind, as large as the report, when writing it failed."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError):  # the rename onto a folder fails
+        write_tabular(long_form(TABLES), folder, form)
+
+    def interrupted() -> Iterator[pl.DataFrame]:  # Ctrl-C halfway through the parts
+        yield long_form(TABLES, "usage")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_tabular(interrupted(), tmp_path / f"report.{form.value}", form)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_a_parquet_report_is_written_from_its_parts_as_they_come_not_whole(tmp_path: Path) -> None:
     """The Parquet form concatenated the long form whole (every table's rows, padded with every
     other table's columns) before writing it; the parts now stream into the file."""
