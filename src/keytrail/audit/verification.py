@@ -36,7 +36,7 @@ from keytrail.audit.shipper import ShippedOffset
 from keytrail.clock import dev_clock_ahead
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
-__all__ = ["OffNode", "Verdict", "check", "verify"]
+__all__ = ["OffNode", "Verdict", "check", "public_key_problem", "verify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +220,24 @@ def _check_shipped(log: SegmentLog) -> list[str]:
             f"({log.directory.parent / 'shipped-offset'}) but the log ends before them"]
 
 
+def public_key_problem(path: Path) -> str | None:
+    """Why `path` cannot be the `--public-key` copy (None when it can): the caller's mistake, said
+    before the trail is read rather than as a problem of the trail."""
+    return _load_public_key(path, "--public-key")[1]
+
+
 def _load_public_key(path: Path, what: str) -> tuple[Ed25519PublicKey | None, str | None]:
     try:
-        public = serialization.load_pem_public_key(path.read_bytes())
+        pem = path.read_bytes()
+        public = serialization.load_pem_public_key(pem)
     except FileNotFoundError:
         return None, f"{what} {path} is missing: cannot verify digests"
-    except (ValueError, OSError) as exc:
-        return None, f"{what} {path} cannot be read ({str(exc).splitlines()[0]}): cannot verify digests"
+    except OSError as exc:
+        return None, f"{what} {path} cannot be read ({exc.strerror or exc}): cannot verify digests"
+    except ValueError:  # cryptography's words name its FAQ, not the file the operator gave
+        why = "a private key, not the public signing-key.pub.pem" if b"PRIVATE KEY-----" in pem else \
+            "not a PEM public key"
+        return None, f"{what} {path} cannot be read ({why}): cannot verify digests"
     if not isinstance(public, Ed25519PublicKey):
         return None, f"{what} {path} is not an Ed25519 public key"
     return public, None

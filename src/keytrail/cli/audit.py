@@ -270,7 +270,7 @@ def verify(data_dir: Path = DataDir,
                help="A copy of the node's audit/integrity/digests/ kept off the node: each must still be on the "
                     "node, unchanged (without it, a trail cut back with its newest digests passes).")) -> None:
     """Check the event log against its hash chain and signed digests; exit 1 naming each problem."""
-    from keytrail.audit.verification import OffNode
+    from keytrail.audit.verification import OffNode, public_key_problem
     from keytrail.audit.verification import check as check_trail
 
     _require_log(data_dir)  # a mistyped --data-dir is a usage error, said as its sibling commands say it
@@ -278,6 +278,8 @@ def verify(data_dir: Path = DataDir,
         _fail(f"--digests: {digests} is not a folder")
     if public_key is not None and not public_key.is_file():
         _fail(f"--public-key: {public_key} is not a file")
+    if public_key is not None and (problem := public_key_problem(public_key)):
+        _fail(problem)
     verdict = check_trail(data_dir, OffNode(public_key, digests))
     for problem in verdict.problems:
         typer.echo(problem)

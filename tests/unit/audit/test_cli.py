@@ -71,6 +71,20 @@ def test_verify_with_a_public_key_that_is_no_file_says_so_as_digests_does(tmp_pa
     assert err == f"keytrail audit: --public-key: {tmp_path / 'missing'} is not a file\n"
 
 
+def test_verify_with_a_public_key_file_that_is_no_public_key_says_so_in_one_line(tmp_path: Path) -> None:
+    # It was printed as a problem of the trail, on stdout, in cryptography's words (a link to its FAQ).
+    fill_trail(tmp_path / "node", 1)
+    private, text = audit_paths(tmp_path / "node")[1].private_key, tmp_path / "notes.txt"
+    text.write_text("not a key\n")
+    code, out, err = _run("verify", "--data-dir", str(tmp_path / "node"), "--public-key", str(text))
+    assert (code, out, err) == (1, "", f"keytrail audit: --public-key {text} cannot be read (not a PEM public "
+                                      "key): cannot verify digests\n")
+    code, out, err = _run("verify", "--data-dir", str(tmp_path / "node"), "--public-key", str(private))
+    assert (code, out) == (1, "")
+    assert err == f"keytrail audit: --public-key {private} cannot be read (a private key, not the public " \
+                  "signing-key.pub.pem): cannot verify digests\n"
+
+
 def test_verify_with_digests_that_are_no_folder_says_so_in_one_line(tmp_path: Path) -> None:
     fill_trail(tmp_path / "node", 1)
     (tmp_path / "file").write_text("")
