@@ -57,7 +57,8 @@ def report(
     alarms: Annotated[Path | None, typer.Option(help="Alarms JSON lines; default <data-dir>/alarms.jsonl.")] = None,
     prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
     free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
-    unused_days: Annotated[int, typer.Option(help="Highlight keys unused for this many days.", min=1)] = 30,
+    unused_days: Annotated[int, typer.Option(
+        help="Highlight keys unused for this many days.", min=1, max=36_500)] = 30,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal).")] = None,
 ) -> None:

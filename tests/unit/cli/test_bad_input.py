@@ -133,6 +133,33 @@ def test_report_to_a_folder_is_refused_before_reading_and_leaves_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node", "out"]  # no hidden .out.tmp beside it
 
 
+@pytest.mark.parametrize("command", ["usage", "cost", "last-used"])
+@pytest.mark.parametrize(("option", "message"), [
+    # Both overflowed Python's datetime: a traceback rather than a line.
+    (("--until", "0001-01-01"), "--until 0001-01-01 is not after 1000-01-01: no event is that old"),
+    (("--since", "0001-01-01T00:00:00+01:00"), "--since: '0001-01-01T00:00:00+01:00' is out of range in UTC"),
+])
+def test_a_time_bound_beyond_the_calendar_is_one_line(tmp_path: Path, command: str, option: tuple[str, str],
+                                                      message: str) -> None:
+    result = _keytrail(command, "--data-dir", tmp_path, *option)
+    assert _one_line_error(result, f"keytrail {command}: ") == f"keytrail {command}: {message}\n"
+
+
+def test_a_since_of_year_one_is_no_bound(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 3)
+    assert _keytrail("consume", "--no-follow", "--data-dir", tmp_path / "node").returncode == 0
+    result = _keytrail("usage", "--data-dir", tmp_path / "node", "--since", "0001-01-01", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["count"] for line in result.stdout.splitlines()] == [3]
+
+
+def test_report_refuses_unused_days_its_arithmetic_cannot_reach(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 1)
+    result = _keytrail("report", "--data-dir", tmp_path / "node", "--out", tmp_path / "r.html",
+                       "--unused-days", "1000000000")
+    _one_line_error(result, "keytrail report: Invalid value for '--unused-days'")
+
+
 def _damaged_trail(data_dir: Path) -> Path:
     """A trail of 6 events whose third record's bytes no longer match their checksum."""
     fill_trail(data_dir, 6)
