@@ -171,6 +171,9 @@ def cost(
     from keytrail.reports.figures import ahead_note, storage_note
 
     end = store.open_end() if high is None else None  # --until: billed up to it, whatever now is
+    if end is not None and low is not None and low >= end.storage:  # as `report` refuses it
+        raise fail(f"--since {since} is not before --until, by default one second after the last event not dated "
+                   f"after now ({end.storage:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until", COST)
     frame = store_frame = store.cost(table, low, high, end)
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(

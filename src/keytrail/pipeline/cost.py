@@ -322,6 +322,8 @@ def _storage(
     # consecutive windows never both bill the hour a bound falls inside.
     first = math.ceil(since.timestamp() / 3600) if since else _NEVER
     last = math.ceil(until.timestamp() / 3600)
+    if first > last:  # a window that ends before it starts stores nothing (it billed a negative amount)
+        return
     shared = _multi_region_rotations(customer)
     for key_arn, events in _events_by_key(customer).items():
         if key_arn in aws_managed:

@@ -160,6 +160,14 @@ def test_report_refuses_unused_days_its_arithmetic_cannot_reach(tmp_path: Path) 
     _one_line_error(result, "keytrail report: Invalid value for '--unused-days'")
 
 
+def test_cost_since_after_the_last_event_is_refused_not_billed_negative(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 3)  # Encrypt calls of 2026-11-28 12:00
+    assert _keytrail("consume", "--no-follow", "--data-dir", tmp_path / "node").returncode == 0
+    result = _keytrail("cost", "--data-dir", tmp_path / "node", "--since", "2026-12-01")
+    _one_line_error(result, "keytrail cost: --since 2026-12-01 is not before --until, by default one second after "
+                            "the last event not dated after now (2026-11-28T12:00:03Z)")
+
+
 def _damaged_trail(data_dir: Path) -> Path:
     """A trail of 6 events whose third record's bytes no longer match their checksum."""
     fill_trail(data_dir, 6)

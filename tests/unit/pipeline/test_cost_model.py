@@ -171,6 +171,13 @@ def test_adjacent_windows_split_inside_an_hour_bill_that_hour_once() -> None:
     assert whole.get_column("keyMonths").sum() == 1  # a whole month is one key-month
 
 
+def test_a_window_that_ends_before_it_starts_stores_nothing() -> None:
+    # `keytrail cost --since` past the last event ended its window before its start, and billed
+    # the key's storage of the hours between as a negative amount.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"))
+    assert cost_report(_usage(), lifecycle, PriceTable(), NOV1, OCT1 + timedelta(days=5)).is_empty()
+
+
 def test_a_row_s_request_cost_is_rounded_once_over_its_price_classes() -> None:
     # Two classes of 0.00000000005 USD each make 0.0000000001 USD; rounding each class first
     # (half to even) made 0 of both.
