@@ -237,6 +237,8 @@ def analyze(
 
     try:
         rules, _ = detector_settings(config)
+        if inventory is not None and data_dir is not None:  # one would be passed over in silence
+            raise BadInput("--inventory and --data-dir name two sets of keys: give one")
         if inventory is not None:
             if problem := missing_paths([inventory], "--inventory"):
                 raise BadInput(problem)

@@ -618,6 +618,15 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
         assert _one_line_error(_keytrail(*args), complaint) == complaint + "\n"
 
 
+def test_analyze_refuses_an_inventory_with_a_data_dir_rather_than_pass_the_node_over(tmp_path: Path) -> None:
+    # The inventory was analyzed and the node's keys and principals left out, saying nothing.
+    inventory = tmp_path / "keys.json"
+    inventory.write_text(json.dumps([{"KeyArn": KEY_ARN}]))
+    result = _keytrail("analyze", "--inventory", inventory, "--data-dir", tmp_path)
+    assert _one_line_error(result, "keytrail analyze: ") == \
+        "keytrail analyze: --inventory and --data-dir name two sets of keys: give one\n"
+
+
 def test_analyze_names_an_inventory_that_is_not_json(tmp_path: Path) -> None:
     inventory = tmp_path / "keys.json"
     inventory.write_text("[")
