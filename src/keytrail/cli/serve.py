@@ -216,7 +216,8 @@ def serve(
     no_core_dumps()
     kafka_shipping = {"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
                       "max_unshipped_bytes": max_unshipped_bytes}  # ServeSettings' names, the flags' too
-    if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt) or _without_kafka(kafka, kafka_shipping):
+    if problem := (bootstrap_problem(kafka) or mqtt_problem(mqtt) or _without_kafka(kafka, kafka_shipping)
+                   or _without_detector(detector, mqtt=mqtt, config=config)):
         raise _fail(problem)
     sockets = _listening(host, port)
     try:
@@ -243,6 +244,17 @@ def _without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | N
     if kafka or not given:
         return None
     return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --kafka"
+
+
+def _without_detector(detector: bool, **options: object) -> str | None:
+    """Why options only the detector reads (its alarm hooks, its rules) are refused with
+    --no-detector: no alarm would ever reach the MQTT broker or the webhooks they name."""
+    given = ["--" + name for name, value in options.items() if value is not None]
+    if detector or not given:
+        return None
+    one = len(given) == 1
+    return (f"{', '.join(given)} {'is' if one else 'are'} read only by the detector, which --no-detector turns off: "
+            f"give {'it' if one else 'them'} to `keytrail detect --kafka` instead")
 
 
 def _given(options: dict[str, int | None]) -> dict[str, int]:

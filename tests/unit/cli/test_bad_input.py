@@ -307,6 +307,19 @@ def test_numeric_options_refuse_values_that_make_no_sense(tmp_path: Path, comman
     assert f"': {complaint} (see --help)" in line and result.stdout == ""
 
 
+@pytest.mark.parametrize(("options", "complaint"), [
+    (("--mqtt", "mqtt://127.0.0.1:1883"), "--mqtt is read only by the detector, which --no-detector turns off: give "
+                                          "it to `keytrail detect --kafka` instead"),
+    (("--mqtt", "mqtt://127.0.0.1:1883", "--config", "rules.toml"), "--mqtt, --config are read only by the detector"),
+])
+def test_serve_refuses_detector_options_with_no_detector(tmp_path: Path, options: tuple[str, ...],
+                                                         complaint: str) -> None:
+    # They were accepted and ignored: no alarm ever reached the broker or the webhooks they named.
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--no-detector", *options)
+    assert complaint in _one_line_error(result, "keytrail serve: ")
+    assert not (tmp_path / "node").exists()
+
+
 @pytest.mark.parametrize(("interval", "complaint"), [
     ("0", "must be at least 1"), ("-5", "must be at least 1"), ("abc", "a valid number"),
     ("100000", "must be at most 86400"), ("nan", "not a number"), ("inf", "not a finite number"),
