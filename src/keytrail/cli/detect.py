@@ -106,10 +106,14 @@ def detect(
         if cloudtrail:
             if metrics_port is not None:  # the run ends once it has printed: nothing would scrape it
                 raise BadInput("--metrics-port goes with --kafka (a live detector), not --cloudtrail")
+            if mqtt is not None:  # offline alarms are printed: none would reach the broker
+                raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
             if problem := missing_paths(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
             _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
+            if as_of is not None:  # live time rules tick as of the events read, never as of a given time
+                raise BadInput("--as-of goes with --cloudtrail (offline), not --kafka")
             if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
                 raise BadInput(problem)
             if warning := mqtt_password_warning(mqtt):

@@ -268,6 +268,8 @@ def consume(
     )
     if kafka and cloudtrail:  # one source per run: either alone would silently win
         raise fail("--kafka and --cloudtrail name two sources: give one", CONSUME)
+    if exit_when_idle is not None and not kafka:  # the embedded log's follower would never stop by it
+        raise fail("--exit-when-idle goes with --kafka; on the embedded log, --no-follow stops at its end", CONSUME)
     if problem := bootstrap_problem(kafka) or (cloudtrail and missing_paths(cloudtrail, "--cloudtrail")):
         raise fail(problem, CONSUME)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir

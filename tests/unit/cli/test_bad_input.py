@@ -631,6 +631,23 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
         assert _one_line_error(_keytrail(*args), complaint) == complaint + "\n"
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    # Each was accepted and ignored: alarms never published, a consumer of the embedded log that
+    # never stopped, time rules not run as of the time asked.
+    (["detect", "--cloudtrail", "{logs}", "--mqtt", "mqtt://127.0.0.1:1883"],
+     "keytrail detect: --mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms"),
+    (["detect", "--kafka", "127.0.0.1:9", "--as-of", "2026-01-01", "--data-dir", "{tmp}"],
+     "keytrail detect: --as-of goes with --cloudtrail (offline), not --kafka"),
+    (["consume", "--data-dir", "{tmp}", "--exit-when-idle", "2"],
+     "keytrail consume: --exit-when-idle goes with --kafka; on the embedded log, --no-follow stops at its end"),
+])
+def test_an_option_of_the_other_mode_is_refused_not_ignored(tmp_path: Path, args: list[str], message: str) -> None:
+    logs = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    fill_trail(tmp_path, 1)
+    result = _keytrail(*(a.format(logs=logs, tmp=tmp_path) for a in args))
+    assert _one_line_error(result, message) == message + "\n"
+
+
 def test_analyze_refuses_an_inventory_with_a_data_dir_rather_than_pass_the_node_over(tmp_path: Path) -> None:
     # The inventory was analyzed and the node's keys and principals left out, saying nothing.
     inventory = tmp_path / "keys.json"
