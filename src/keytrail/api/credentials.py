@@ -35,6 +35,7 @@ _IAM_ARN = re.compile(
 )
 # IAM's RoleSessionName characters: the session name becomes part of the caller's ARN.
 _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
+_FIELDS = ("arn", "access_key_id", "secret_access_key", "policies", "session_name")
 DEV_ACCOUNT = "000000000000"
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def load_principals(path: Path) -> dict[str, Credential]:
     credentials: dict[str, Credential] = {}
     for index, entry in enumerate(entries, 1):
         where = f"{path}: principal #{index}"
+        if unknown := sorted(set(entry) - set(_FIELDS)):  # a misspelt `policies` would drop them unsaid
+            raise PrincipalsFileError(f"{where}: unknown field {unknown[0]!r} (a principal has {', '.join(_FIELDS)})")
         for name in ("arn", "access_key_id", "secret_access_key"):
             if entry.get(name) is None:
                 raise PrincipalsFileError(f"{where}: '{name}' is required")

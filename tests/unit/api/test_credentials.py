@@ -50,6 +50,9 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE.replace("user/alice", "role/app") + 'session_name = "sessión"\n', "'session_name' must be"),
     (ALICE.replace("user/alice", "role/app") + 'session_name = "a/b"\n', "'session_name' must be"),
     (ALICE.replace("user/alice", "role/app") + "session_name = 5\n", "'session_name' must be"),
+    # A misspelt field was passed over: `polices` left alice without her identity policies, unsaid.
+    (ALICE + "polices = ['" + ALLOW + "']\n", "principal #1: unknown field 'polices' (a principal has arn, "
+                                             "access_key_id, secret_access_key, policies, session_name)"),
     (ALICE + "policies = [5]\n", "principal #1: 'policies' must be a list of JSON policy strings"),
     (ALICE + f"policies = '''{ALLOW}'''\n", "'policies' must be a list"),
     (ALICE + "policies = ['{nope']\n", "principal #1: policy 1: The policy is not valid JSON"),
