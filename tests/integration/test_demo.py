@@ -171,7 +171,9 @@ def _processes_naming(text: str) -> list[int]:
     return found
 
 
-def test_ctrl_c_stops_the_server_and_leaves_no_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_the_server_and_leaves_no_process(tmp_path: Path, signum: int, status: int) -> None:
+    """Exit 128 + the signal, as a shell reports it: SIGTERM exited 130, as if Ctrl-C had."""
     data_dir = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "keytrail", "demo", "--data-dir", str(data_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
@@ -179,8 +181,8 @@ def test_ctrl_c_stops_the_server_and_leaves_no_process(tmp_path: Path) -> None:
     while not (data_dir / "keys.db").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # the server has opened its key store: it is running
     assert (data_dir / "keys.db").exists(), "the demo's server never started"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == status, stderr
     assert stderr.strip().splitlines()[-1] == "keytrail demo: interrupted; the server was stopped"
     assert [pid for pid in _processes_naming(str(data_dir)) if pid != os.getpid()] == []

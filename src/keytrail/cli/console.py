@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import resource
+import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -68,6 +71,30 @@ def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
     typer.echo(f"{command}: {message}", err=True)
     return typer.Exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (see `terminate_as_interrupt`)."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (as `Terminated`), so that the command's cleanup runs (a
+    server stopped, a half-written file removed) where the default action would kill it there."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_status(error: KeyboardInterrupt) -> int:
+    """The exit status of a command stopped by a signal, as a shell reports it: 143 (128 +
+    SIGTERM) for `Terminated`, else 130 (128 + SIGINT, Ctrl-C)."""
+    return 128 + (signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT)
 
 
 def os_problem(error: OSError) -> str:

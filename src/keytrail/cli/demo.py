@@ -3,7 +3,6 @@ and show what keytrail made of it (alarms, usage, cost, an HTML report)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,9 +12,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -148,13 +146,13 @@ def demo(
     chosen = _port(port)
     directory = _data_dir(data_dir)
     try:
-        with _sigterm_interrupts():
+        with console.terminate_as_interrupt():  # the `finally` that stops the server runs
             story = _play(directory, chosen)
             summary = summarize(story, write_html_report(directory))
     except (DemoError, OSError) as error:  # OSError: the server stopped answering
         raise fail(str(error), 1) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; the server was stopped", 130) from None
+    except KeyboardInterrupt as interrupt:
+        raise fail("interrupted; the server was stopped", console.interrupted_status(interrupt)) from None
     typer.echo(render_json(summary) if output == "json" else render_text(summary))
 
 
@@ -207,19 +205,6 @@ def _data_dir(path: Path | None) -> Path:
     except OSError as error:  # under a file, or in a folder it may not write: said as serve says it
         raise fail(f"--data-dir: cannot create {path}: {error.strerror or error}") from None
     return path.resolve()
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the `finally` that stops the server runs."""
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,12 +14,15 @@ from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
     CLOUDTRAIL_METAVAR,
+    Terminated,
     cloudtrail_paths,
     event_log_damage,
     fail,
+    interrupted_status,
     missing_paths,
     os_problem,
     parse_window,
+    terminate_as_interrupt,
 )
 from keytrail.owner_only import within
 from keytrail.pipeline.prices import PriceTable, load_price_table
@@ -64,7 +67,6 @@ def report(
 ) -> None:
     """Write a usage, cost, last-used, denied-calls and alarms report (HTML, CSV, JSON lines or Parquet)."""
     from keytrail.reports.collect import ReportOptions, collect_event_log
-    from keytrail.reports.output import write_report
 
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     if data_dir is not None and cloudtrail:
@@ -83,14 +85,15 @@ def report(
     if alarms is not None and not alarms.is_file():
         raise report_fail(f"--alarms: no such file: {alarms}")
     unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
-    data = (collect_event_log(log, options, progress) if log
-            else _collect_files(cloudtrail or [], options, progress, unreadable))
-    _require_period(since, low, high, data.as_of)
     try:
-        written = write_report(data, out, form, table,
-                               owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
-    except OSError as error:
-        raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
+        with terminate_as_interrupt():  # a SIGTERM while writing removes the half-written file, as Ctrl-C does
+            data = (collect_event_log(log, options, progress) if log
+                    else _collect_files(cloudtrail or [], options, progress, unreadable))
+            _require_period(since, low, high, data.as_of)
+            written = _write(data, out, form, table,
+                             owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
+    except Terminated as stopped:
+        raise report_fail("stopped (SIGTERM): no report written", code=interrupted_status(stopped)) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
                f"{data.alarms.height:,} alarms)", err=True)
     if data.open_end is not None and data.open_end.late:
@@ -102,6 +105,15 @@ def report(
                           "files (above): the report leaves out what could not be read", code=1)
     if not cloudtrail:
         _require_whole_log(data_dir or Path("keytrail-data"))
+
+
+def _write(data: ReportData, out: Path, form: ReportFormat, table: str | None, *, owner_only: bool) -> Path:
+    from keytrail.reports.output import write_report
+
+    try:
+        return write_report(data, out, form, table, owner_only=owner_only)
+    except OSError as error:
+        raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
 
 
 def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None) -> None:

@@ -125,3 +125,34 @@ def test_a_parquet_report_is_written_from_its_parts_as_they_come_not_whole(tmp_p
 def test_a_parquet_report_written_in_parts_reads_back_as_the_long_form(tmp_path: Path) -> None:
     path = write_tabular(long_form_parts(TABLES), tmp_path / "report.parquet", TabularFormat.parquet)
     assert_frame_equal(pl.read_parquet(path), long_form(TABLES))
+
+
+def test_keytrail_report_stopped_by_sigterm_while_writing_leaves_nothing_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM's default action killed `keytrail report` where it was: the report's hidden
+    temporary file stayed behind, and nothing was said. It now unwinds as Ctrl-C does. (A process
+    of its own: a test runner that received the SIGTERM would die of it.)"""
+    import json
+    import subprocess
+    import sys
+
+    from tests.unit.reports.records import key_arn, record
+
+    trail, out = tmp_path / "trail.json", tmp_path / "report.csv"
+    trail.write_text(json.dumps({"Records": [record("CreateKey", WHEN, key_arn("k")),
+                                             record("Encrypt", WHEN, key_arn("k"))]}))
+    killed_halfway = f"""
+import os, signal, sys
+from keytrail.reports import tabular
+write_csv = tabular._csv
+def halfway(parts, sink):
+    write_csv(parts, sink)
+    os.kill(os.getpid(), signal.SIGTERM)  # `kill <pid>` while the file is being written
+tabular._csv = halfway
+from keytrail.cli import main
+sys.argv = ["keytrail", "report", "--cloudtrail", {str(trail)!r}, "--out", {str(out)!r}]
+main()
+"""
+    result = subprocess.run([sys.executable, "-c", killed_halfway], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip() == "keytrail report: stopped (SIGTERM): no report written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trail.json"]
