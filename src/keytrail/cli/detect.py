@@ -100,7 +100,7 @@ def detect(
 
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail detect")
     try:
-        rules, hooks = detector_settings(config)
+        rules, hooks = detector_settings(config, delivering=bool(kafka))  # offline, alarms are printed
         if cloudtrail and kafka:  # one source per run, as consume has it: either alone would silently win
             raise BadInput("--kafka and --cloudtrail name two sources: give one")
         if cloudtrail:
@@ -240,7 +240,7 @@ def analyze(
     from keytrail.kms.sealing import SealError
 
     try:
-        rules, _ = detector_settings(config)
+        rules, _ = detector_settings(config, delivering=False)
         if inventory is not None and data_dir is not None:  # one would be passed over in silence
             raise BadInput("--inventory and --data-dir name two sets of keys: give one")
         if inventory is not None:
@@ -361,8 +361,9 @@ def analyze_keys(
     return analyze_inventory(items, rules=rules, identities=identities)
 
 
-def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
-    """Rules (`[rules.<id>]`) and hooks (`[hooks]`) from a settings file (docs/detection-rules.md)."""
+def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[RuleSet, HooksConfig]:
+    """Rules (`[rules.<id>]`) and hooks (`[hooks]`) from a settings file (docs/detection-rules.md);
+    `delivering`: False for a command that sends no alarm (see HooksConfig.from_settings)."""
     from keytrail.detect import RuleSet
     from keytrail.detect.hooks import HooksConfig
 
@@ -379,7 +380,7 @@ def detector_settings(path: Path | None) -> tuple[RuleSet, HooksConfig]:
     if unknown := set(doc) - {"rules", "hooks"}:  # a misspelt [rule.…] table left its rule as it was
         raise BadInput(f"{path}: unknown table(s) or setting(s) {', '.join(sorted(unknown))} "
                        "(a settings file holds [rules.<id>] and [hooks])")
-    hooks = HooksConfig.from_settings(doc)
+    hooks = HooksConfig.from_settings(doc, delivering=delivering)
     # Checked as --kafka is: a typo would otherwise only show as failed deliveries of the first alarms.
     if problem := bootstrap_problem(hooks.kafka, "[hooks] kafka"):
         raise BadInput(problem)

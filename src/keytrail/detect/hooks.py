@@ -97,8 +97,11 @@ class HooksConfig:
     webhooks: tuple[WebhookConfig, ...] = ()
 
     @classmethod
-    def from_settings(cls, doc: Mapping[str, Any]) -> HooksConfig:
-        """Read the `[hooks]` table of a parsed settings file (ValueError naming what is wrong)."""
+    def from_settings(cls, doc: Mapping[str, Any], *, delivering: bool = True) -> HooksConfig:
+        """Read the `[hooks]` table of a parsed settings file (ValueError naming what is wrong).
+        `delivering`: the hooks will send alarms, so a webhook's `secret_env` must name a variable
+        set here; a command that sends none (`analyze`, offline `detect`) checks the table alone,
+        so that one settings file serves every command wherever it runs."""
         table = doc.get("hooks", {})
         if not isinstance(table, Mapping):
             raise ValueError("[hooks] must be a table")
@@ -113,7 +116,7 @@ class HooksConfig:
             raise ValueError(f"[hooks] mqtt: {problem}")
         if not isinstance(webhooks, list) or not all(isinstance(entry, Mapping) for entry in webhooks):
             raise ValueError("webhooks are [[hooks.webhook]] tables (note the double brackets)")
-        parsed = tuple(_webhook(entry) for entry in webhooks)
+        parsed = tuple(_webhook(entry, delivering) for entry in webhooks)
         _refuse_repeated_urls(parsed)
         return cls(mqtt, kafka, parsed)
 
@@ -132,7 +135,7 @@ def _refuse_repeated_urls(webhooks: tuple[WebhookConfig, ...]) -> None:
         seen.add(webhook.url)
 
 
-def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
+def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
         shown = redacted(url, query=False) if isinstance(url, str) else url
@@ -147,17 +150,17 @@ def _webhook(entry: Mapping[str, Any]) -> WebhookConfig:
     if not isinstance(secret, str | None) or not isinstance(secret_env, str | None):
         raise ValueError(f"webhook {shown}: secret and secret_env are strings")
     if secret is None and secret_env is not None:
-        secret = os.environ.get(secret_env)
-        if not secret:  # the file is right; the environment `serve` was started in is not
+        secret = os.environ.get(secret_env) if delivering else ""
+        if not secret and delivering:  # the file is right; the environment `serve` was started in is not
             raise ValueError(f"webhook {shown}: secret_env names ${secret_env}, which is not set or empty")
-    if not secret:
+    elif not secret:
         raise ValueError(f"webhook {shown}: set secret or secret_env (an HMAC key is required)")
     attempts, backoff = entry.get("attempts", 5), entry.get("backoff", 0.5)
     if not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1):
         raise ValueError(f"webhook {shown}: attempts must be a whole number of 1 or more, not {attempts!r}")
     if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0):
         raise ValueError(f"webhook {shown}: backoff must be a number of seconds, not {backoff!r}")
-    return WebhookConfig(url, secret.encode(), attempts, float(backoff))
+    return WebhookConfig(url, (secret or "").encode(), attempts, float(backoff))  # "": not delivering
 
 
 def hook_names(hooks: HooksConfig) -> list[str]:

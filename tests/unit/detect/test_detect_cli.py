@@ -218,3 +218,22 @@ def test_detect_kafka_is_refused_on_a_data_dir_whose_detector_runs(app: typer.Ty
         os.close(fd)
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert f"a detector is already running on --data-dir {tmp_path}" in result.output
+
+
+def test_offline_detect_and_analyze_read_a_settings_file_whose_webhook_secret_is_not_set_here(
+        app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """They send no alarm, yet refused the settings file the live detector runs with wherever its
+    webhook's $VARIABLE was unset; the live detector still refuses it (it would sign with nothing)."""
+    monkeypatch.delenv("KEYTRAIL_TEST_HOOK_SECRET", raising=False)
+    settings = tmp_path / "detect.toml"
+    settings.write_text('[[hooks.webhook]]\nurl = "https://hooks.example/kms"\n'
+                        'secret_env = "KEYTRAIL_TEST_HOOK_SECRET"\n')
+    trail = write_log(tmp_path / "trail.json", [denied("Decrypt", T0, key_arn(1), user("eve"))])
+    offline = runner.invoke(app, ["detect", "--cloudtrail", str(trail), "--config", str(settings), "--format", "json"])
+    assert offline.exit_code == 0 and json.loads(offline.output)["rule"] == "unauthorized-decrypt", offline.output
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text("[]")  # no key: the settings are what is read
+    analyzed = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--config", str(settings)])
+    assert analyzed.exit_code == 0, analyzed.output
+    live = runner.invoke(app, ["detect", "--kafka", "127.0.0.1:1", "--config", str(settings)])
+    assert live.exit_code == 2 and "secret_env names $KEYTRAIL_TEST_HOOK_SECRET" in live.output

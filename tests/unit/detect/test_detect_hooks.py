@@ -84,6 +84,18 @@ def test_webhook_whose_secret_env_is_unset_names_the_variable(monkeypatch: pytes
         HooksConfig.from_settings({"hooks": {"webhook": [{"url": "https://x", "secret_env": "DETECT_TEST_SECRET"}]}})
 
 
+def test_a_command_that_sends_no_alarm_reads_a_webhook_whose_secret_env_is_unset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """analyze and offline detect send no alarm: one settings file, shared with the live detector,
+    was refused by them wherever its webhook's variable was not set."""
+    monkeypatch.delenv("DETECT_TEST_SECRET", raising=False)
+    table = {"hooks": {"webhook": [{"url": "https://x", "secret_env": "DETECT_TEST_SECRET"}]}}
+    [webhook] = HooksConfig.from_settings(table, delivering=False).webhooks
+    assert webhook.url == "https://x"
+    with pytest.raises(ValueError, match="secret"):  # a webhook with no secret at all is still refused
+        HooksConfig.from_settings({"hooks": {"webhook": [{"url": "https://x"}]}}, delivering=False)
+
+
 async def test_build_sinks_always_includes_alarms_jsonl(tmp_path: Path) -> None:
     hooks = HooksConfig.from_settings(tomllib.loads(SETTINGS.replace("secret_env", "secret")))
     sinks = build_sinks(tmp_path, hooks.with_flags(kafka="127.0.0.1:9092"))
