@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import typer
 
-from keytrail.cli.console import event_log_damage, fail, missing_paths, number_in_range, os_problem
+from keytrail.cli.console import (
+    event_log_damage,
+    fail,
+    interrupted_status,
+    missing_paths,
+    number_in_range,
+    os_problem,
+    terminate_as_interrupt,
+)
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 
 # The event schema, the CloudTrail files and the verifier (fastavro, aiokafka, cryptography) load in
@@ -46,9 +54,9 @@ class ExportFormat(StrEnum):
     cloudtrail = "cloudtrail"
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr naming the command group, exit 1 (as `verify` exits on a problem)."""
-    raise fail(message, "keytrail audit", 1)
+    raise fail(message, "keytrail audit", code)
 
 
 def _line(event: dict[str, Any], fmt: Format) -> str:
@@ -379,7 +387,11 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
     _require_log(data_dir)
     log = _reader(data_dir)
     try:
-        written = export_cloudtrail(data_dir, out, log)
+        with terminate_as_interrupt():
+            written = export_cloudtrail(data_dir, out, log)
+    except KeyboardInterrupt as stopped:  # Ctrl-C or SIGTERM: files of part of the log are there
+        _fail(f"export stopped before the end: {out / 'AWSLogs'} holds part of the event log (export again into an "
+              "empty folder: files written twice would list their records twice)", interrupted_status(stopped))
     except EventLogUnreadable as exc:  # a segment unreadable (permissions, a folder in its place)
         _fail(f"cannot read the event log in {data_dir}: {os_problem(exc.error)}")
     except SchemaError as exc:  # a record edited (its checksum fixed) or of an unknown schema

@@ -403,3 +403,32 @@ def _after(before: Callable[[], None] | None, segment: Path, part: bytes) -> Non
         before()
     with segment.open("ab") as handle:
         handle.write(part)
+
+
+@pytest.mark.parametrize(("signame", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_export_stopped_by_a_signal_says_what_it_left_in_one_line(tmp_path: Path, signame: str,
+                                                                    status: int) -> None:
+    """Stopped halfway, export exited 130 without a word (and 143's SIGTERM killed it where it was),
+    though the folder then holds part of the log, which a second export beside it would double."""
+    fill_trail(tmp_path / "node", 5)
+    out = tmp_path / "out"
+    stopped_halfway = f"""
+import os, signal, sys
+from keytrail.audit import cloudtrail_files
+write = cloudtrail_files._write_log_file
+def write_then_stop(*args, **kwargs):
+    path = write(*args, **kwargs)
+    os.kill(os.getpid(), signal.{signame})  # Ctrl-C, or `kill <pid>`, after the first file
+    return path
+cloudtrail_files._write_log_file = write_then_stop
+cloudtrail_files.EXPORT_FILE_RECORDS = 2
+from keytrail.cli import main
+sys.argv = ["keytrail", "audit", "export", "--data-dir", {str(tmp_path / "node")!r}, {str(out)!r}]
+main()
+"""
+    result = subprocess.run([sys.executable, "-c", stopped_halfway], capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    assert result.stderr.strip() == (
+        f"keytrail audit: export stopped before the end: {out / 'AWSLogs'} holds part of the event log (export "
+        "again into an empty folder: files written twice would list their records twice)")
+    assert len(list(out.rglob("*.json.gz"))) == 1
