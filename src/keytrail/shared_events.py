@@ -51,7 +51,10 @@ def owner_copies(event: dict[str, Any]) -> list[dict[str, Any]]:
         return []  # most records: one account's call
     owners = sorted({str(r.get("accountId")) for r in event.get("resources") or ()
                      if isinstance(r, dict) and r.get("accountId") not in (None, "", caller)})
-    return [{**event, "eventID": _masked(event_id, owner), "recipientAccountId": owner} for owner in owners]
+    try:
+        return [{**event, "eventID": _masked(event_id, owner), "recipientAccountId": owner} for owner in owners]
+    except ValueError:  # an eventID that is no GUID (keytrail's are): its copies could not be told apart
+        return []
 
 
 def as_caller_copy(event: dict[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,8 @@ def test_copies_aws_wrote_and_records_of_one_account_are_left_as_they_are() -> N
     same_account = {k: v for k, v in caller.items() if k != "sharedEventID"}
     assert owner_copies(same_account) == [] and as_caller_copy(same_account) is same_account
     assert as_caller_copy({**caller, "eventID": "not-a-guid", "recipientAccountId": OWNER})["eventID"] == "not-a-guid"
+    odd = {**caller, "eventID": "not-a-guid", "sharedEventID": shared_event_id("not-a-guid")}
+    assert owner_copies(odd) == []  # an export goes on rather than fail on it
 
 
 def test_a_log_file_reader_reads_an_owner_copy_as_the_call(tmp_path: Path) -> None:
