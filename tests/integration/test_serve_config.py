@@ -486,3 +486,27 @@ def test_sigterm_while_the_node_starts_stops_it_once_started(tmp_path: Path) -> 
     assert (code, err) == (0, ""), err
     assert out.startswith(f"Created {data / 'principals.toml'} with an admin user")
     assert (data / "principals.toml").exists()
+
+
+def test_a_first_start_whose_stdout_is_gone_removes_what_it_made_and_says_so(tmp_path: Path) -> None:
+    """`keytrail serve | head -0` (or stdout on a full disk): the admin user's credentials and the
+    audit key's fingerprint were printed nowhere, and the data dir kept what the start made, so the
+    next start took it for its own and printed neither either."""
+    data = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader is gone before anything is printed
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert err == ("keytrail serve: could not print what this start made to stdout (Broken pipe), so it was removed: "
+                   "start again with stdout where you can read it\n")
+    assert not (data / "principals.toml").exists() and not any(data.iterdir())
+    again = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert again.stdout is not None
+        assert again.stdout.readline().startswith(f"Created {data / 'principals.toml'} with an admin user")
+    finally:
+        again.terminate()
+        again.communicate(timeout=60)

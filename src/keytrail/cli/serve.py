@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,10 +373,15 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
                 server.request_stop()
             await _started(built, server, settings, hold)
             try:
-                _announce(built, settings)
-                await server.serve(sockets)
+                unannounced = _announce(built, settings)
+                if unannounced is None:
+                    await server.serve(sockets)
             finally:
                 await stop_node(built.node)
+    if unannounced is not None:  # the credentials and the fingerprint were printed nowhere
+        _remove_what_the_start_made(settings, hold, built.admin, built.new_trail)
+        raise _fail(f"could not print what this start made to stdout ({os_problem(unannounced)}), so it was removed: "
+                    "start again with stdout where you can read it")
 
 
 class _StopAsked:
@@ -474,15 +480,26 @@ class _Built:
     new_certificate: bool
 
 
-def _announce(built: _Built, settings: ServeSettings) -> None:
+def _announce(built: _Built, settings: ServeSettings) -> OSError | None:
+    """Print what this start made; the OSError when stdout could not take it (a pipe whose reader is
+    gone, a full disk). The start then stops and removes what it made, as a failed start does: the
+    next start would take the principals file and signing key for its own and announce neither, so
+    the admin's credentials and the key's fingerprint would be shown nowhere, ever."""
     from keytrail.audit.trail import audit_paths
 
-    if built.new_certificate:
-        _print_dev_certificate(Path(built.tls["ssl_certfile"]), settings)
-    if built.admin is not None:
-        _print_new_admin(built.admin, settings)
-    if built.new_trail:
-        _print_public_key(audit_paths(settings.data_dir)[1], settings.data_dir)
+    try:
+        if built.new_certificate:
+            _print_dev_certificate(Path(built.tls["ssl_certfile"]), settings)
+        if built.admin is not None:
+            _print_new_admin(built.admin, settings)
+        if built.new_trail:
+            _print_public_key(audit_paths(settings.data_dir)[1], settings.data_dir)
+        sys.stdout.flush()
+    except OSError as error:
+        # What stays buffered would fail again as the interpreter exits, as a second message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return error
+    return None
 
 
 async def _built_node(settings: ServeSettings, hold: DataDirHold) -> _Built:
