@@ -55,7 +55,8 @@ class ExportFormat(StrEnum):
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr naming the command group, exit 1 (as `verify` exits on a problem)."""
+    """One line on stderr naming the command group; exit 1 (as `verify` exits on a problem) unless
+    `code` says otherwise (130 or 143: stopped by a signal)."""
     raise fail(message, "keytrail audit", code)
 
 
