@@ -96,6 +96,8 @@ def report(
         raise report_fail("stopped (SIGTERM): no report written", code=interrupted_status(stopped)) from None
     typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
                f"{data.alarms.height:,} alarms)", err=True)
+    if data.alarms_note is not None:
+        typer.echo(f"note: {data.alarms_note}", err=True)
     if data.open_end is not None and data.open_end.late:
         from keytrail.reports.figures import ahead_note
 

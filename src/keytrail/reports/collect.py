@@ -24,7 +24,7 @@ from keytrail.pipeline.cost import COST_SCHEMA
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
-from keytrail.reports.alarms import alarms_frame, read_alarms
+from keytrail.reports.alarms import alarms_frame, read_alarm_lines
 from keytrail.reports.denied import DeniedTally
 from keytrail.reports.figures import (
     USAGE_FIELDS,
@@ -76,6 +76,7 @@ class ReportData:
     last_used: pl.DataFrame
     denied: pl.DataFrame
     alarms: pl.DataFrame
+    alarms_note: str | None = None  # why `alarms` may lack some (its file unreadable in part)
     keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
     open_end: OpenEnd | None = None  # where the period ends without --until; its `late`: events dated after now
 
@@ -184,12 +185,13 @@ def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, e
     over_time = store.usage(["keyArn", "principalArn"], window, since, until,  # type: ignore[arg-type]
                             categories=True)
     cost = store.cost(options.prices, since, until, end) if as_of else _empty_cost()
+    alarms, alarms_note = _alarms(options)
     return ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of),
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
-        denied=denied, alarms=_alarms(options), keys_not_created=len(store.keys_never_created(cost)),
+        denied=denied, alarms=alarms, alarms_note=alarms_note, keys_not_created=len(store.keys_never_created(cost)),
         open_end=end,
     )
 
@@ -205,7 +207,18 @@ def _empty_cost() -> pl.DataFrame:
 
 
 
-def _alarms(options: ReportOptions) -> pl.DataFrame:
+def _alarms(options: ReportOptions) -> tuple[pl.DataFrame, str | None]:
+    """The alarms of the period, and a note when what should hold them could not be read whole:
+    "no alarms" would read as a quiet period."""
     path = options.alarms
-    found: list[dict[str, Any]] = read_alarms(path) if path is not None and path.is_file() else []
-    return alarms_frame(found, options.since, options.until)
+    found: list[dict[str, Any]] = []
+    note = None
+    if path is not None and path.exists() and not path.is_file():
+        note = f"{path} is not a file: the report shows no alarm"
+    elif path is not None and path.is_file():
+        found, unreadable = read_alarm_lines(path)
+        if unreadable:
+            lines = f"{unreadable:,} line{'' if unreadable == 1 else 's'}"
+            note = f"{lines} of {path} {'is' if unreadable == 1 else 'are'} no alarm (damaged, or not keytrail's): " \
+                   "left out of the report"
+    return alarms_frame(found, options.since, options.until), note

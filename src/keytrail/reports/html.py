@@ -52,7 +52,7 @@ def render_html(data: ReportData) -> str:
     body = [
         _header(data), _cards(data), "<h2>Usage over time</h2>", *_usage_charts(data),
         "<h2>Cost</h2>", *_cost(data), "<h2>Last used</h2>", _last_used(data.last_used, data),
-        "<h2>Denied calls</h2>", _denied(data.denied), "<h2>Alarms</h2>", _alarms(data.alarms),
+        "<h2>Denied calls</h2>", _denied(data.denied), "<h2>Alarms</h2>", _alarms(data.alarms, data.alarms_note),
         "<h2>Usage by key, principal and operation</h2>", _usage_table(data.usage),
     ]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -180,9 +180,10 @@ def _denied(frame: pl.DataFrame) -> str:
                           ("firstDenied", "First", _time), ("lastDenied", "Last", _time)], table_id="denied")
 
 
-def _alarms(frame: pl.DataFrame) -> str:
+def _alarms(frame: pl.DataFrame, note: str | None = None) -> str:
+    warning = f'<p class="note">Note: {escape(note)}.</p>' if note else ""
     if frame.height == 0:
-        return '<p class="note">No alarms (none recorded in alarms.jsonl for this period).</p>'
+        return warning or '<p class="note">No alarms (none recorded in alarms.jsonl for this period).</p>'
     per_rule = frame.group_by("rule").agg(pl.len().alias("alarms")).sort(["alarms", "rule"], descending=[True, False])
     chart = bar_chart([Bar(str(rule), float(count)) for rule, count in per_rule.iter_rows()],
                       title="Alarms by rule", unit=lambda value: f"{value:,.0f}")
@@ -190,7 +191,7 @@ def _alarms(frame: pl.DataFrame) -> str:
         ("severity", "Severity", _severity), ("rule", "Rule", str), ("summary", "Summary", str),
         ("keyArn", "Key", _code), ("principalArn", "Principal", _code), ("count", "Count", _int),
         ("lastSeen", "Last seen", _time), ("recommendation", "Recommendation", str)]
-    return chart + _table(frame, columns, table_id="alarms")
+    return warning + chart + _table(frame, columns, table_id="alarms")
 
 
 def _usage_table(frame: pl.DataFrame) -> str:

@@ -36,3 +36,37 @@ def test_alarms_sort_most_severe_first_and_filter_by_period() -> None:
     assert frame.get_column("eventIds")[0] == "e1 e2"
     within = alarms_frame(alarms, since=datetime(2026, 11, 2, tzinfo=UTC), until=datetime(2026, 11, 5, 12, tzinfo=UTC))
     assert sorted(within.get_column("alarmId").to_list()) == ["a2", "a3"]
+
+
+def test_keytrail_report_says_when_its_alarms_could_not_be_read_whole(tmp_path: Path) -> None:
+    """A report whose alarms file was a folder, or held only damaged lines, said "No alarms": a
+    quiet period to whoever reads it."""
+    from html import escape
+
+    import typer
+    from typer.testing import CliRunner
+
+    from keytrail.cli.report import register
+    from tests.unit.reports.records import key_arn, record
+
+    trail = tmp_path / "trail.json"
+    trail.write_text(json.dumps({"Records": [record("CreateKey", datetime(2026, 11, 1, tzinfo=UTC), key_arn("k"))]}))
+    alarms = tmp_path / "alarms.jsonl"
+    good = _alarm("a1", "unused-key", "LOW", "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z")
+    alarms.write_text(json.dumps(good) + "\n{\"alarmId\": \"a2\", \"rule\n\n[1, 2]\n")
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["--cloudtrail", str(trail), "--alarms", str(alarms), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    note = f"2 lines of {alarms} are no alarm (damaged, or not keytrail's): left out of the report"
+    assert f"note: {note}" in result.stderr.splitlines()
+    page = out.read_text()
+    assert f"Note: {escape(note)}." in page and "unused-key on k" in page
+
+    folder = tmp_path / "data" / "alarms.jsonl"  # the default alarms file of a data dir, a folder
+    folder.mkdir(parents=True)
+    from keytrail.reports.collect import ReportOptions, _alarms
+
+    frame, why = _alarms(ReportOptions(alarms=folder))
+    assert (frame.height, why) == (0, f"{folder} is not a file: the report shows no alarm")
