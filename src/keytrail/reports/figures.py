@@ -114,6 +114,8 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
     frame = last_used.select(LAST_USED_FIELDS)
     if as_of is None:
         unused = pl.col("lastUsedTime").is_null()
+    elif as_of - datetime.min.replace(tzinfo=as_of.tzinfo) < timedelta(days=unused_days):
+        unused = pl.lit(False)  # the limit lies before year 1: nothing has been idle that long
     else:
         limit = as_of - timedelta(days=unused_days)
         frame = frame.join(_made(lifecycle), on="keyArn", how="left")

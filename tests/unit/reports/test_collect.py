@@ -162,6 +162,16 @@ def test_a_report_as_of_the_last_representable_month_projects_it() -> None:
     assert row["month"] == "9999-12" and row["projectedKeyCost"] == 1
 
 
+def test_a_report_as_of_the_calendar_s_first_days_marks_unused_keys() -> None:
+    # `keytrail report` over a record dated 0001-01-01 stopped with "date value out of range":
+    # the unused-key limit, `--unused-days` before the as-of time, lies before year 1.
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    options = ReportOptions(until=first + timedelta(days=1), alarms=Path(__file__).with_name("none"))
+    made = {**record("CreateKey", first, BUSY), "eventTime": "0001-01-01T00:00:00Z"}  # strftime writes "1-01-01"
+    data = collect_sync(RecordsSource([made]), options)
+    assert data.last_used["unused"].to_list() == [False]  # made a day ago: no key to delete yet
+
+
 def test_html_is_self_contained_and_highlights_unused_keys(data: Any) -> None:
     page = render_html(data)
     assert not re.search(r"<script|<link|<img|@import|url\(", page)
