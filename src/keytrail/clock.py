@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "data_dir_now", "dev_clock_ahead", "utc_now"]
+__all__ = [
+    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "data_dir_now", "dev_clock_ahead", "shifted", "utc_now"
+]
 
 #: In a data dir: how far `serve --dev-clock` has moved ahead of the wall clock, `{"aheadSeconds": N}`
 #: (written by cli/node.py), so that what reads the data dir later knows the node's now.
@@ -81,3 +83,13 @@ def dev_clock_ahead(data_dir: Path) -> float:
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
     return float(ahead) if isinstance(ahead, int | float) and 0 < ahead < 1e12 else 0.0
+
+
+def shifted(moment: datetime, delta: timedelta) -> datetime:
+    """`moment + delta`, held at the calendar's ends (year 1, year 9999): CloudTrail records may be
+    dated at either end, and a window or a bound reaching past it is no error of the reader's."""
+    try:
+        return moment + delta
+    except OverflowError:
+        end = datetime.max if delta > timedelta(0) else datetime.min
+        return end.replace(tzinfo=moment.tzinfo)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from keytrail.clock import shifted
 from keytrail.owner_only import make_dirs, reserve_anew
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
@@ -45,7 +46,8 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
             written.append(path)
     for day in sorted(changed):
         since = datetime.combine(day, time(), UTC)
-        written.append(_write(store.usage_minutes(since, since + timedelta(days=1)), _table(root, "usage", day)))
+        until = shifted(since, timedelta(days=1))  # 9999-12-31 has no next day
+        written.append(_write(store.usage_minutes(since, until), _table(root, "usage", day)))
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
 

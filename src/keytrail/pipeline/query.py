@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 import polars.selectors as cs
 
-from keytrail.clock import data_dir_now
+from keytrail.clock import data_dir_now, shifted
 from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report, priced, request_counts
 from keytrail.pipeline.lastused import (
     CRYPTO_OPERATIONS,
@@ -168,7 +168,7 @@ class MetricsStore:
         """Where `cost` ends without `until` (see OpenEnd), as of `now` (default: `self.now()`)."""
         now = now or self.now()
         latest = self.time_bounds()[1]
-        requests = (latest or now).replace(microsecond=0) + timedelta(seconds=1)  # empty: nothing to bill
+        requests = shifted((latest or now).replace(microsecond=0), timedelta(seconds=1))  # empty: nothing to bill
         if latest is None or latest <= now:
             return OpenEnd(requests, requests, now, 0, latest)
         # Whole minutes, as usage is kept: an event of now's own minute is not counted as ahead; the

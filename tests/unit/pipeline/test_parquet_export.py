@@ -77,6 +77,17 @@ async def test_an_event_stamped_years_ahead_adds_no_table_for_each_day_until_the
     assert (tmp_path / "metrics" / "usage" / f"day={skewed.date()}" / "usage.parquet").is_file()
 
 
+async def test_an_event_on_the_calendar_s_last_day_is_exported_and_priced(tmp_path: Path) -> None:
+    # A record dated 9999-12-31 (a bad imported record) stopped the consumer's export and every
+    # later `keytrail cost` with "OverflowError: date value out of range": its day's end, and the
+    # second after the last event, lie past the calendar.
+    last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    await _consume(tmp_path, [create_key(MONDAY, key_arn(1)), event("Encrypt", last, key_arn(1), user("alice"))])
+    assert (tmp_path / "metrics" / "usage" / f"day={last.date()}" / "usage.parquet").is_file()
+    cost = MetricsStore(tmp_path).cost(PriceTable(), None, None)
+    assert cost["requests"].sum() == 2
+
+
 async def test_a_dev_clock_ahead_has_the_cost_tables_of_the_days_it_moved_through(tmp_path: Path) -> None:
     # serve --dev-clock moved 91 days (the demo): its days are the data dir's, quiet ones included.
     made = datetime.now(UTC).replace(microsecond=0)
