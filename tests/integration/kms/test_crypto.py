@@ -176,6 +176,20 @@ def _failed_call_event(server: KeytrailServer, call: Callable[..., Any], **kwarg
     return events[0]
 
 
+def test_encrypt_records_the_encryption_algorithm_it_used(server: KeytrailServer, kms, key) -> None:
+    """ct-encrypt's examples log encryptionAlgorithm SYMMETRIC_DEFAULT; a record of an Encrypt that
+    left it out (boto3's usual call) had none, where Decrypt's and ReEncrypt's always have it."""
+    reply = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p")
+    request_id = reply["ResponseMetadata"]["RequestId"]
+    [event] = [e for _, e in iter_events(server.data_dir) if e.get("requestID") == request_id]
+    assert event["requestParameters"] == {"keyId": key["KeyId"], "encryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+    kms.disable_key(KeyId=key["KeyId"])
+    failed = _failed_call_event(server, kms.encrypt, KeyId=key["KeyId"], Plaintext=b"p")
+    assert (failed["errorCode"], failed["requestParameters"]["encryptionAlgorithm"]) == (
+        "DisabledException", "SYMMETRIC_DEFAULT")
+    kms.enable_key(KeyId=key["KeyId"])
+
+
 def test_failed_decrypt_records_the_encryption_algorithm(server: KeytrailServer, kms, key) -> None:
     """ct-decrypt: a Decrypt record "always includes the encryptionAlgorithm" even when the request
     left it out, its failure example (IncorrectKeyException) included."""

@@ -55,8 +55,11 @@ def _check_algorithm(key: Key, algorithm: str) -> None:
 
 async def encrypt(svc: KmsService, call: Call) -> Response:
     params = call.params
+    # Logged whether or not the caller named it, failed calls too, as Decrypt's (ct-encrypt's
+    # examples, 2022 and 2025, show SYMMETRIC_DEFAULT; ct-decrypt: "always includes").
+    algorithm = call.extra_request_parameters["encryptionAlgorithm"] = params.get("EncryptionAlgorithm",
+                                                                                  SYMMETRIC_DEFAULT)
     key = await _encrypting_key(svc, call, params["KeyId"], "kms:Encrypt")
-    algorithm = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
     _check_algorithm(key, algorithm)
     svc.check_dry_run(call)
     blob, material_id = await svc.cipher_for(key).encrypt(
