@@ -600,3 +600,23 @@ def test_connections_past_the_open_files_limit_less_those_kept_are_closed_and_ca
             connection.close()
         assert server.stop() == 0
     assert "refusing new connections: 44 are open" in server.log.read_text()
+
+
+def test_an_endpoint_url_with_a_path_gets_an_aws_error_naming_where_calls_go(server: KeytrailServer) -> None:
+    """AWS_ENDPOINT_URL_KMS=http://host:port/kms sends calls to POST /kms: the answer was a bare
+    404 "Not Found" with no request id (the CLI printed "An error occurred (404)")."""
+    import boto3
+    from botocore.config import Config
+
+    from tests.support.server import PRINCIPALS
+
+    _, key, secret, _, _ = PRINCIPALS["alice"]
+    kms = boto3.client("kms", endpoint_url=server.endpoint + "/kms", region_name="us-east-1",
+                       aws_access_key_id=key, aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+    with pytest.raises(ClientError) as info:
+        kms.list_keys()
+    error = info.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == ("UnknownOperationException", 404)
+    assert error["Error"]["Message"] == ("POST /kms is no keytrail endpoint: KMS calls are POST / (an endpoint URL "
+                                         "without a path)")
+    assert error["ResponseMetadata"]["RequestId"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,7 +110,17 @@ class KmsApp:
         elif method == "POST" and path == "/_keytrail/clock/advance" and self._clock_allowed(scope):
             await self._advance_clock(receive, send)
         else:
-            await _respond(send, 404, b'{"message":"Not Found"}', b"application/json")
+            await self._not_found(method, path, send)
+
+    async def _not_found(self, method: str, path: str, send: Send) -> None:
+        """An AWS error with its request id, as every answer has, naming where KMS calls go: an SDK
+        whose endpoint URL has a path (`…:4599/kms`) sends its calls to `POST /kms`, and a bare
+        "Not Found" left the user guessing."""
+        request_id = str(uuid.uuid4())  # no KMS call: none of the service's ids
+        error = errors.UnknownOperationException(
+            f"{method} {path[:200]} is no keytrail endpoint: KMS calls are POST / (an endpoint URL without a path)")
+        extra = [(b"x-amzn-requestid", request_id.encode()), (b"x-amzn-errortype", error.code.encode())]
+        await _respond(send, 404, _error_body(error), _JSON, extra)
 
     # --- KMS calls ---------------------------------------------------------------------------
 
