@@ -93,6 +93,16 @@ HMAC and post-quantum operations are checked in docs/asymmetric-keys.md ("Checke
 # (request, what AWS does and where that is written, what keytrail does)
 CHECKED = [
     (
+        "`ListAliases`, and a `KeyId` of `alias/aws/<service>`",
+        "The ListAliases reference: the response \"might include several aliases that do not have a "
+        "TargetKeyId field\", the aliases AWS predefines for AWS managed keys (`alias/aws/s3`, …), whose keys "
+        "AWS services create when first used.",
+        "No AWS managed keys: no AWS service calls keytrail to create one. `ListAliases` lists the caller's "
+        "aliases only, an `alias/aws/…` `KeyId` is `NotFoundException` as any unknown alias, and `CreateAlias` "
+        "refuses the prefix (`InvalidAliasNameException`), as AWS does. Records imported from AWS that name AWS "
+        "managed keys are priced as AWS prices them (no storage cost).",
+    ),
+    (
         "`CreateKey` with `XksKeyId`, or `CustomKeyStoreId`, and an `Origin` that is no custom key store (or none)",
         "The CreateKey reference: `XksKeyId` \"is not valid for KMS keys with any other Origin value\" than "
         "`EXTERNAL_KEY_STORE`; `CustomKeyStoreId` goes with `Origin` `AWS_CLOUDHSM` or `EXTERNAL_KEY_STORE`. "
