@@ -20,6 +20,7 @@ from keytrail.cli import audit as audit_cli
 from keytrail.cli.audit import audit_app
 from keytrail.transport.segment_log import SegmentLog
 from tests.support.audit_records import encrypt_call, fill_trail, rewrite_segment
+from tests.support.processes import interruptible
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
 runner = CliRunner()
@@ -426,7 +427,8 @@ from keytrail.cli import main
 sys.argv = ["keytrail", "audit", "export", "--data-dir", {str(tmp_path / "node")!r}, {str(out)!r}]
 main()
 """
-    result = subprocess.run([sys.executable, "-c", stopped_halfway], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", stopped_halfway], capture_output=True, text=True, timeout=120,
+                            preexec_fn=interruptible)
     assert result.returncode == status, result.stderr
     assert result.stderr.strip() == (
         f"keytrail audit: export stopped before the end: {out / 'AWSLogs'} holds part of the event log (export "
