@@ -235,6 +235,14 @@ def parse_time(value: str | None, option: str, command: str = "keytrail") -> dat
         raise fail(f"{option}: {value!r} is out of range in UTC", command) from None
 
 
+def since_after_default_end(since: str, end: datetime) -> str:
+    """Why a --since is refused when no --until is given and it is not before the default end (a
+    second after the last event not dated after now): the period would end before it starts, with
+    nothing in it, as if nothing had happened (`report`, `cost`)."""
+    return (f"--since {since} is not before --until, by default one second after the last event not dated after "
+            f"now ({end:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until")
+
+
 def parse_window(since: str | None, until: str | None,
                  command: str = "keytrail") -> tuple[datetime | None, datetime | None]:
     """`--since` and `--until`; refused when the window is empty (since not before until): an

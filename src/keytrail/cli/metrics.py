@@ -30,6 +30,7 @@ from keytrail.cli.console import (
     number_in_range,
     os_problem,
     parse_window,
+    since_after_default_end,
 )
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
@@ -172,8 +173,7 @@ def cost(
 
     end = store.open_end() if high is None else None  # --until: billed up to it, whatever now is
     if end is not None and low is not None and low >= end.storage:  # as `report` refuses it
-        raise fail(f"--since {since} is not before --until, by default one second after the last event not dated "
-                   f"after now ({end.storage:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until", COST)
+        raise fail(since_after_default_end(str(since), end.storage), COST)
     frame = store_frame = store.cost(table, low, high, end)
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(

@@ -22,6 +22,7 @@ from keytrail.cli.console import (
     missing_paths,
     os_problem,
     parse_window,
+    since_after_default_end,
     terminate_as_interrupt,
 )
 from keytrail.owner_only import within
@@ -119,12 +120,10 @@ def _write(data: ReportData, out: Path, form: ReportFormat, table: str | None, *
 
 
 def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None) -> None:
-    """An explicit --until before --since is refused as the options are read; the default one (a
-    second after the last event not dated after now) is known only now: a --since after it would
-    print a period that ends before it starts, with nothing in it, as if nothing had happened."""
+    """An explicit --until before --since is refused as the options are read; the default one is
+    known only now (`since_after_default_end`)."""
     if low is not None and high is None and as_of is not None and low >= as_of:
-        raise report_fail(f"--since {since} is not before --until, by default one second after the last event "
-                          f"not dated after now ({as_of:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until")
+        raise report_fail(since_after_default_end(str(since), as_of))
 
 
 def _require_whole_log(data_dir: Path) -> None:

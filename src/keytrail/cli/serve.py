@@ -10,11 +10,11 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from keytrail.cli.node import Node
 
 __all__ = ["register"]
+
+V = TypeVar("V")
 
 log = logging.getLogger("keytrail")
 
@@ -241,7 +243,7 @@ def serve(
 def _without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | None:
     """Why options that shape the Kafka shipping are refused: given without --kafka, they would be
     ignored, and the operator would believe the topic or the cap set."""
-    given = ["--" + name.replace("_", "-") for name in _given(options)]
+    given = _flags(options)
     if kafka or not given:
         return None
     return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --kafka"
@@ -250,7 +252,7 @@ def _without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | N
 def _without_detector(detector: bool, **options: object) -> str | None:
     """Why options only the detector reads (its alarm hooks, its rules) are refused with
     --no-detector: no alarm would ever reach the MQTT broker or the webhooks they name."""
-    given = ["--" + name for name, value in options.items() if value is not None]
+    given = _flags(options)
     if detector or not given:
         return None
     one = len(given) == 1
@@ -258,7 +260,12 @@ def _without_detector(detector: bool, **options: object) -> str | None:
             f"give {'it' if one else 'them'} to `keytrail detect --kafka` instead")
 
 
-def _given(options: dict[str, int | None]) -> dict[str, int]:
+def _flags(options: Mapping[str, object]) -> list[str]:
+    """The flags of the options given (`kafka_partitions` → `--kafka-partitions`)."""
+    return ["--" + name.replace("_", "-") for name in _given(options)]
+
+
+def _given(options: Mapping[str, V | None]) -> dict[str, V]:
     """The options given, for ServeSettings: the others keep its defaults."""
     return {name: value for name, value in options.items() if value is not None}
 
@@ -497,7 +504,9 @@ def _announce(built: _Built, settings: ServeSettings) -> OSError | None:
         sys.stdout.flush()
     except OSError as error:
         # What stays buffered would fail again as the interpreter exits, as a second message.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return error
     return None
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["ALARMS_SCHEMA", "SEVERITY_ORDER", "alarms_frame", "read_alarm_lines", "read_alarms"]
+__all__ = ["ALARMS_SCHEMA", "SEVERITY_ORDER", "alarms_frame", "read_alarm_lines"]
 
 SEVERITY_ORDER = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
 ALARMS_SCHEMA: dict[str, pl.DataType] = {
@@ -21,14 +21,10 @@ ALARMS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def read_alarms(path: Path) -> list[dict[str, Any]]:
-    """Alarm objects of a JSON-lines file; a later line for the same alarmId replaces the earlier
-    (the detector appends updates and escalations). Blank and unreadable lines are skipped."""
-    return read_alarm_lines(path)[0]
-
-
 def read_alarm_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """`read_alarms`, and how many lines that are not blank were no alarm."""
+    """Alarm objects of a JSON-lines file, and how many lines that are not blank were no alarm; a
+    later line for the same alarmId replaces the earlier (the detector appends updates and
+    escalations)."""
     latest: dict[str, dict[str, Any]] = {}
     unreadable = 0
     with path.open("rb") as handle:  # bytes: a line that is no UTF-8 is one more unreadable line

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from keytrail.reports.alarms import alarms_frame, read_alarms
+from keytrail.reports.alarms import alarms_frame, read_alarm_lines
 
 
 def _alarm(alarm_id: str, rule: str, severity: str, first: str, last: str, count: int = 1) -> dict[str, object]:
@@ -22,7 +22,7 @@ def test_a_later_line_for_the_same_alarm_replaces_the_earlier(tmp_path: Path) ->
              _alarm("a2", "unused-key", "LOW", "2026-11-02T00:00:00Z", "2026-11-02T00:00:00Z"),
              _alarm("a1", "unauthorized-decrypt", "HIGH", "2026-11-01T00:00:00Z", "2026-11-01T01:00:00Z", 7)]
     path.write_text("\n".join(json.dumps(a) for a in lines) + "\nnot json\n\n")
-    alarms = read_alarms(path)
+    alarms, _ = read_alarm_lines(path)
     assert sorted((a["alarmId"], a["severity"], a["count"]) for a in alarms) == [("a1", "HIGH", 7),
                                                                                  ("a2", "LOW", 1)]
 
