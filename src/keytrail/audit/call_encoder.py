@@ -117,7 +117,7 @@ class CallEncoder:
 
     def _caller(self, call: CallRecord, seconds: int) -> _Caller:
         principal = call.context.principal if call.context else None
-        key: tuple[Any, ...] = (call.account,)
+        key: tuple[Any, ...] = (call.account, call.invoked_by)
         if principal is not None:
             key += (principal.type, principal.arn, principal.principal_id, principal.account,
                     principal.access_key_id, principal.user_name, principal.role_arn)

@@ -116,6 +116,8 @@ def user_identity(record: CallRecord) -> dict[str, Any]:
         identity["sessionContext"] = _session_context(principal, record.event_time)
     elif principal.user_name:
         identity["userName"] = principal.user_name
+    if record.invoked_by is not None:
+        identity["invokedBy"] = record.invoked_by
     return identity
 
 

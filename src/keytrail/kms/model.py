@@ -109,6 +109,9 @@ class CallRecord:
     error_message: str | None = None
     internal_request_id: str | None = None
     shared_event_id: str | None = None  # a cross-account call's (keytrail/shared_events.py)
+    # userIdentity.invokedBy of a caller's record that KMS itself writes for the call in another
+    # Region (UpdatePrimaryRegion's entry in the new primary's Region: "kms.amazonaws.com").
+    invoked_by: str | None = None
 
     @property
     def event_type(self) -> str:

@@ -61,7 +61,8 @@ def record_to_doc(record: CallRecord) -> str:
         "additional_event_data": record.additional_event_data,
         "service_event_details": record.service_event_details, "resources": list(record.resources),
         "read_only": record.read_only, "error_code": record.error_code, "error_message": record.error_message,
-        "internal_request_id": record.internal_request_id,
+        "internal_request_id": record.internal_request_id, "shared_event_id": record.shared_event_id,
+        "invoked_by": record.invoked_by,
     }, default=_json_value, sort_keys=True)
 
 
@@ -84,6 +85,8 @@ def record_from_doc(body: str) -> CallRecord:
         additional_event_data=doc["additional_event_data"], service_event_details=doc["service_event_details"],
         resources=tuple(doc["resources"]), read_only=doc["read_only"], error_code=doc["error_code"],
         error_message=doc["error_message"], internal_request_id=doc["internal_request_id"],
+        # Absent from the rows of versions before these fields: their records had neither.
+        shared_event_id=doc.get("shared_event_id"), invoked_by=doc.get("invoked_by"),
     )
 
 

@@ -139,6 +139,20 @@ async def test_multi_region_conditions_and_synchronize_events(
     assert "serviceEventDetails" not in logged
     await call("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
     assert recorder.conditions("kms:UpdatePrimaryRegion")["kms:PrimaryRegion"] == "eu-west-1"
+    # ct-update-primary-region: two entries, one in each Region, for the one request.
+    entries = {e.region: to_cloudtrail(e) for e in recorder.events("UpdatePrimaryRegion")}
+    old_primary, new_primary = (f"arn:aws:kms:{r}:{ACCOUNT}:key/{key_id}" for r in ("us-east-1", "eu-west-1"))
+    called, echoed = entries["us-east-1"], entries["eu-west-1"]
+    assert [r["ARN"] for r in called["resources"]] == [old_primary]
+    assert called["responseElements"] == {"keyId": old_primary}
+    assert called["requestParameters"] == {"keyId": key_id, "primaryRegion": "eu-west-1"}
+    assert "invokedBy" not in called["userIdentity"]
+    # The new primary's entry: the caller invoked by KMS, the key by its ARN there, no resources.
+    assert echoed["userIdentity"] == {**called["userIdentity"], "invokedBy": "kms.amazonaws.com"}
+    assert echoed["requestParameters"] == {"keyId": new_primary, "primaryRegion": "eu-west-1"}
+    assert (echoed["responseElements"], "resources" in echoed) == ({"keyId": new_primary}, False)
+    assert echoed["requestID"] == called["requestID"] and echoed["eventID"] != called["eventID"]
+    assert (echoed["eventType"], echoed["sourceIPAddress"]) == ("AwsApiCall", called["sourceIPAddress"])
 
 
 async def test_custom_key_store_calls_name_store_and_backing_key(

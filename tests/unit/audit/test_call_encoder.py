@@ -36,6 +36,9 @@ def _cases() -> list[CallRecord]:
         replace(plain, event_time=T0.replace(microsecond=987_654)),
         # The caller's copy of a cross-account call: its sharedEventID goes in otherFields.
         replace(plain, shared_event_id="5b0a8b27-1f4e-5c3a-9d1e-0a1b2c3d4e5f"),
+        # The entry KMS writes for a caller's call in another Region (UpdatePrimaryRegion's).
+        replace(plain, invoked_by="kms.amazonaws.com"),
+        replace(encrypt_call(10, APP), invoked_by="kms.amazonaws.com"),
         CallRecord(event_id="rot", event_name="RotateKey", event_time=T0, region="us-east-1", account=ACCOUNT,
                    context=None, request_parameters=None, resources=(KEY_ARN,),
                    service_event_details={"rotationType": "AUTOMATIC", "keyOrigin": "AWS_KMS"}),

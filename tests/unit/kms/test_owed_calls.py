@@ -6,6 +6,7 @@ over PostgreSQL in tests/integration/keystores/test_postgres_owed_calls.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -153,10 +154,20 @@ def test_an_owed_record_reads_back_as_it_was_written() -> None:
     record = CallRecord("e-1", "ScheduleKeyDeletion", datetime(2026, 5, 1, 12, tzinfo=UTC), "eu-west-1", ACCOUNT, call,
                         {"keyId": "k", "pendingWindowInDays": 7}, {"keyState": KeyState.PENDING_DELETION,
                                                                   "deletionDate": datetime(2026, 5, 8, tzinfo=UTC)},
-                        additional_event_data={"keyMaterialId": "ab"}, resources=("arn:k",), error_code=None)
+                        additional_event_data={"keyMaterialId": "ab"}, resources=("arn:k",), error_code=None,
+                        shared_event_id="5b0a8b27-1f4e-5c3a-9d1e-0a1b2c3d4e5f", invoked_by="kms.amazonaws.com")
     back = record_from_doc(record_to_doc(record))
     assert back == replace(record, response_elements={"keyState": "PendingDeletion",
                                                       "deletionDate": "2026-05-08T00:00:00+00:00"})
+
+
+def test_an_owed_row_of_an_earlier_version_reads_back_without_the_fields_it_lacked() -> None:
+    # Rows written before sharedEventID and invokedBy were kept: recovered after an upgrade, not refused.
+    record = CallRecord("e-2", "DisableKey", datetime(2026, 5, 1, 12, tzinfo=UTC), "eu-west-1", ACCOUNT, None,
+                        {"keyId": "k"}, resources=("arn:k",))
+    earlier = {name: value for name, value in json.loads(record_to_doc(record)).items()
+               if name not in ("shared_event_id", "invoked_by")}
+    assert record_from_doc(json.dumps(earlier)) == record
 
 
 async def test_a_tick_does_not_record_again_a_call_done_while_it_recorded_another(tmp_path: Path) -> None:

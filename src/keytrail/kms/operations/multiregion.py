@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from keytrail.kms import errors, multiregion
+from keytrail.kms import errors, multiregion, owed_calls
 from keytrail.kms.call_records import cloudtrail_values
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.keys import Key
 from keytrail.kms.metadata import key_metadata
-from keytrail.kms.model import KeyState
+from keytrail.kms.model import CallRecord, KeyState
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.tags import validate_tags
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
 __all__ = ["OPERATIONS"]
+
+# userIdentity.invokedBy of the entry KMS writes in the new primary's Region (ct-update-primary-region).
+KMS_SERVICE = "kms.amazonaws.com"
 
 
 def _conditions(key: Key, **extra: str) -> dict[str, Any]:
@@ -134,9 +137,25 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
             raise errors.DisabledException(f"{copy.arn} is disabled.")
         if copy.state is not KeyState.ENABLED:
             raise svc.invalid_state(copy)
-    call.resource(replica.arn)
-    await multiregion.move_primary(svc, key, region)
+    # ct-update-primary-region: two entries. This call's, in its own Region, names the old primary
+    # (resources, and responseElements.keyId as entries since December 2022 do); KMS writes the
+    # other in the new primary's Region. Both are owed by the write that moves the primary.
+    call.log_key_id(key.arn)
+    async with owed_calls.owed_with_writes(svc, [_entry_in_new_primary_region(svc, call, replica)]):
+        await multiregion.move_primary(svc, key, region)
     return {}
+
+
+def _entry_in_new_primary_region(svc: KmsService, call: Call, replica: Key) -> CallRecord:
+    """UpdatePrimaryRegion's entry in the Region of the replica that becomes the primary: the
+    caller's identity, invoked by KMS, the same requestID, the key named by its ARN in that Region,
+    and no resources (AWS's example lists none and "doesn't identify the previous primary Region")."""
+    return CallRecord(
+        event_id=svc.deps.new_id(), event_name="UpdatePrimaryRegion", event_time=svc.now(), region=replica.region,
+        account=replica.account, context=call.context,
+        request_parameters={"keyId": replica.arn, "primaryRegion": replica.region},
+        response_elements={"keyId": replica.arn}, invoked_by=KMS_SERVICE,
+    )
 
 
 OPERATIONS: dict[str, Operation] = {
