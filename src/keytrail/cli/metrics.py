@@ -82,7 +82,7 @@ def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore | None
     else:
         from keytrail.pipeline.query import MetricsStore
 
-        store = MetricsStore(data_dir)
+        store = MetricsStore(data_dir, read_only=True)
     if note := uncounted_note(data_dir, store):
         typer.echo(note, err=True)
     return store

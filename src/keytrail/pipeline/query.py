@@ -63,9 +63,14 @@ class OpenEnd:
 class MetricsStore:
     """Read-only view of all partition states under `<data-dir>/metrics/state/`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, read_only: bool = False) -> None:
+        """`read_only`: for the query commands, which must read a data dir they cannot write (a
+        read-only copy) and write none: the state files are opened read-only. The node's own
+        queries open them as its consumer does: a read-only connection would leave SQLite's -wal and
+        -shm files behind where it closes last, at a clean stop too."""
         self.data_dir = data_dir
         self.directory = state_dir(data_dir)
+        self.read_only = read_only
 
     def now(self) -> datetime:
         """Now for these events: the wall clock, or the data dir's dev clock where it went ahead."""
@@ -73,7 +78,7 @@ class MetricsStore:
 
     @contextmanager
     def _states(self) -> Iterator[list[PartitionState]]:
-        states = [PartitionState(p) for p in counted_partitions(self.data_dir)]
+        states = [PartitionState(p, read_only=self.read_only) for p in counted_partitions(self.data_dir)]
         try:
             yield states
         finally:

@@ -25,6 +25,7 @@ from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, Shape, UsageFiles
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty
 
 __all__ = ["SEGMENT_LOG_PARTITION", "PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
 
@@ -84,6 +85,14 @@ class StateFileDamaged(OSError):
                          "keytrail consume rebuilds it from the start of its source")
 
 
+def _open_error(path: Path, exc: sqlite3.DatabaseError) -> OSError:
+    """What keeps the state file at `path` from opening: damage, or (a full disk, say) not, when
+    the file is fine and moving it aside would lose it."""
+    if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
+        return OSError(f"cannot open the metrics state file {path}: {exc}")
+    return StateFileDamaged(path, exc)
+
+
 class PartitionState:
     """The state file of one partition; see the module docstring.
 
@@ -92,29 +101,36 @@ class PartitionState:
     disk does not move either, so a crash only loses work that will be read again.
     """
 
-    def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000, owner: bool = False) -> None:
-        reserve(path)  # owner only, and its -wal and -shm files with it
+    def __init__(self, path: Path, *, dedup_capacity: int = 1_000_000, owner: bool = False,
+                 read_only: bool = False) -> None:
+        """`read_only`: for queries, which must work on a data dir they cannot write (and never
+        write one they can): the file is opened read-only, and neither created nor upgraded."""
         self.path = path
         self.dedup_capacity = dedup_capacity
         self.owner = owner  # only an owner stages and flushes, and needs the eventIDs in memory
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        except sqlite3.Error as exc:  # a directory in its place, say
-            raise OSError(f"cannot open the metrics state file {path}: {exc}") from None
+            self._db = connect_read_only(path) if read_only else self._connect_writable(path)
+        except sqlite3.DatabaseError as exc:  # a directory in its place, or (read-only, as it reads) not a database
+            raise _open_error(path, exc) from None
         try:
-            self._db.executescript(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
-            )
-            self._add_log_offset()
+            if read_only:
+                missing_tables_as_empty(self._db, _SCHEMA + MANIFEST_SCHEMA)
+            else:
+                self._db.executescript(
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
+                )
+                self._add_log_offset()
             self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
             self._pending: list[StateUpdate] = []
             self._load()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            # Not damage (a full disk, say): the file is fine: moving it aside would lose it.
-            if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
-                raise OSError(f"cannot open the metrics state file {path}: {exc}") from None
-            raise StateFileDamaged(path, exc) from None
+            raise _open_error(path, exc) from None
+
+    @staticmethod
+    def _connect_writable(path: Path) -> sqlite3.Connection:
+        reserve(path)  # owner only, and its -wal and -shm files with it
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
 
     def _load(self) -> None:
         self._pending.clear()

@@ -1,0 +1,58 @@
+"""SQLite files opened by readers only (queries, `keytrail analyze`), which must work on a data dir
+they cannot write: evidence on a read-only mount, a backup restored read-only, another user's node.
+
+A WAL database is read through its -wal and -shm files, and SQLite creates them when they are
+missing, which a read-only folder refuses ("unable to open database file"). As SQLite's "WAL-mode
+File Format" page (section "Read-Only Databases") documents, such a file can still be read when
+opened `immutable=1`; but an immutable connection neither takes locks nor reads the -wal file, so
+it is used only where the -wal holds nothing (a node stopped cleanly removes it, and a node that
+has the file open keeps it): changes still in a -wal are never skipped in silence.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote
+
+__all__ = ["connect_read_only", "missing_tables_as_empty"]
+
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that reads `path` and never writes it nor creates a file beside it where it
+    cannot: sqlite3.Error when SQLite cannot read the file, OSError when it could read it only
+    without changes a -wal file holds."""
+    db = _connect(path, "mode=ro")
+    try:
+        db.execute("PRAGMA schema_version")  # the first read opens (or creates) the -wal and -shm files
+        return db
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_CANTOPEN or not path.is_file():
+            raise
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise OSError(
+            f"{wal} holds changes not yet in {path.name}, and SQLite can read them only with "
+            f"{path.name}-shm, which it cannot create in this read-only folder: copy the data dir "
+            "somewhere writable and read that copy")
+    return _connect(path, "immutable=1")
+
+
+def _connect(path: Path, parameters: str) -> sqlite3.Connection:
+    uri = f"file:{quote(str(path.absolute()))}?{parameters}"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+
+
+def missing_tables_as_empty(db: sqlite3.Connection, schema: str) -> None:
+    """Give a read-only connection each table of `schema` (`CREATE TABLE IF NOT EXISTS` statements)
+    that its file lacks as an empty TEMP table: a file its writer is still creating, or one of a
+    version before that table, then reads as holding no rows there, as it does, instead of failing."""
+    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for statement in schema.split(";"):
+        table = _TABLE.search(statement)
+        if table and table.group(1) not in present:
+            db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))

@@ -1,0 +1,75 @@
+"""SQLite files read where nothing may be written: keytrail.read_only_db."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty
+from tests.support.mounts import read_only_view
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS kept (x); CREATE TABLE IF NOT EXISTS added_later (y);"
+
+
+def _wal_database(path: Path, *, left_in_wal: bool) -> None:
+    """A WAL database holding one row: closed cleanly (no -wal left), or by a process that died
+    (its row only in the -wal file)."""
+    script = (f"import os, sqlite3; db = sqlite3.connect({str(path)!r}, isolation_level=None); "
+              "db.execute('PRAGMA journal_mode=WAL'); db.execute('CREATE TABLE kept (x)'); "
+              "db.execute('INSERT INTO kept VALUES (1)'); " + ("os._exit(0)" if left_in_wal else "db.close()"))
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def test_a_database_closed_cleanly_is_read_on_a_read_only_mount(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    _wal_database(tmp_path / "data" / "a.db", left_in_wal=False)
+    with read_only_view(tmp_path / "data", tmp_path / "view") as view:
+        db = connect_read_only(view / "a.db")  # SQLite cannot create a.db-shm here
+        assert db.execute("SELECT x FROM kept").fetchall() == [(1,)]
+        db.close()
+    assert _names(tmp_path / "data") == ["a.db"]
+
+
+def test_rows_left_in_the_wal_are_read_through_the_shm_left_beside_it(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    _wal_database(tmp_path / "data" / "a.db", left_in_wal=True)
+    with read_only_view(tmp_path / "data", tmp_path / "view") as view:
+        db = connect_read_only(view / "a.db")
+        assert db.execute("SELECT x FROM kept").fetchall() == [(1,)]
+        db.close()
+
+
+def test_rows_left_in_a_wal_without_its_shm_are_refused_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    _wal_database(tmp_path / "data" / "a.db", left_in_wal=True)
+    (tmp_path / "data" / "a.db-shm").unlink()  # a copy that left it out
+    with read_only_view(tmp_path / "data", tmp_path / "view") as view, pytest.raises(OSError) as refused:
+        connect_read_only(view / "a.db")
+    assert f"{tmp_path / 'view' / 'a.db-wal'} holds changes not yet in a.db" in str(refused.value)
+    assert "copy the data dir somewhere writable" in str(refused.value)
+
+
+def test_a_table_the_file_lacks_reads_as_empty_and_the_file_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE kept (x)")
+        db.execute("INSERT INTO kept VALUES (1)")
+    db.close()
+    before = path.read_bytes()
+    db = connect_read_only(path)
+    missing_tables_as_empty(db, _SCHEMA)
+    assert db.execute("SELECT x FROM kept").fetchall() == [(1,)]
+    assert db.execute("SELECT y FROM added_later").fetchall() == []
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db.execute("INSERT INTO kept VALUES (2)")
+    db.close()
+    assert path.read_bytes() == before and _names(tmp_path) == ["a.db"]
