@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from keytrail.pipeline.query import MetricsStore
 from tests.support.mounts import read_only_view
-from tests.support.server import KeytrailServer
+from tests.support.server import ACCOUNT, KeytrailServer
 from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
@@ -146,10 +146,22 @@ def test_metrics_and_report_read_a_read_only_data_dir(stopped: Session, tmp_path
     assert "Decrypt" in (tmp_path / "report.html").read_text()
 
 
+def test_analyze_reads_the_key_store_of_a_read_only_data_dir(stopped: Session) -> None:
+    alarms = json_lines(keytrail("analyze", "--data-dir", stopped.data_dir, "--principals", stopped.principals,
+                                 "--format", "json").stdout)
+    assert ("rotation-disabled", stopped.key_arn) in [(a["rule"], a["keyArn"]) for a in alarms]
+    # alice's identity policy allows kms:* on every key
+    assert ("permissive-key", f"arn:aws:iam::{ACCOUNT}:user/alice") in [(a["rule"], a["principalArn"]) for a in alarms]
+
+
 def test_sqlite_readers_take_the_changes_a_killed_node_left_in_its_wal_files(killed: Session) -> None:
     assert list(killed.data_dir.rglob("keys.db-wal")) and list(killed.data_dir.rglob("*.sqlite-wal"))
-    [last] = json_lines(keytrail("last-used", "--data-dir", killed.data_dir, "--format", "json").stdout)
+    last_used, analyzed = together(
+        ["last-used", "--data-dir", killed.data_dir, "--format", "json"],
+        ["analyze", "--data-dir", killed.data_dir, "--principals", killed.principals, "--format", "json"])
+    [last] = json_lines(last_used.stdout)
     assert (last["keyArn"], last["lastUsedOperation"]) == (killed.key_arn, "Decrypt")
+    assert ("rotation-disabled", killed.key_arn) in [(a["rule"], a["keyArn"]) for a in json_lines(analyzed.stdout)]
 
 
 def test_a_command_that_must_write_says_so_in_one_line(stopped: Session) -> None:

@@ -58,6 +58,7 @@ from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
 
@@ -90,6 +91,11 @@ def _owner_only(path: Path) -> None:
             file.chmod(0o600)
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    make_dirs(path.parent)
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
 def _drops_material(before: Key | None, after: Key) -> bool:
     """Whether writing `after` over `before` deletes a material version's secret."""
     if before is None:
@@ -107,6 +113,14 @@ class KeyStoreUnreadable(OSError):
     """keys.db is not a database SQLite can read (an OSError: the CLI reports it in one line)."""
 
 
+def _open_error(path: Path, exc: sqlite3.Error) -> OSError:
+    """What keeps keys.db from opening: damage, or (a full disk, say) not, when restoring a backup
+    over the file would lose keys."""
+    if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
+        return OSError(f"cannot open the key store {path}: {exc}")
+    return KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup")
+
+
 class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
     """Keys, aliases and grants in `<data-dir>/keys.db`, material sealed under the root key; its
     import parameters and custom key stores (SqliteSealedRows) and owed audit records
@@ -117,12 +131,12 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         """`upgrade=False`: a store of a version before is upgraded in memory only, for a reader
         (`keytrail analyze`) that may run beside a node still of that version: written, the upgrade
         would give the file a ledger that the node's next writes leave behind, and the new version
-        would refuse the store at its start."""
-        make_dirs(path.parent)
+        would refuse the store at its start. Nor is the file written at all, or created: it is
+        opened read-only, so the reader works on a data dir it cannot write (a read-only copy)."""
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:  # a directory in its place, say
-            raise OSError(f"cannot open the key store {path}: {exc}") from None
+            self._db = _connect(path) if upgrade else connect_read_only(path)
+        except sqlite3.Error as exc:  # a directory in its place, or (read-only, as it reads) not a database
+            raise _open_error(path, exc) from None
         self._path, self._root = path, root
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
@@ -140,10 +154,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             self._open(upgrade)
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            # Not damage (a full disk, say): restoring a backup over the file would lose keys.
-            if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
-                raise OSError(f"cannot open the key store {path}: {exc}") from None
-            raise KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup") from None
+            raise _open_error(path, exc) from None
         except LedgerMismatch as exc:
             self._db.close()
             raise LedgerMismatch(f"{exc.detail}. {path} was changed outside keytrail: restore the whole file from a "
@@ -156,15 +167,21 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             raise
 
     def _open(self, upgrade: bool) -> None:
-        _owner_only(self._path)  # before the journal mode: SQLite makes -wal and -shm with the file's mode
+        if upgrade:
+            self._prepare_for_writing()
+        else:  # a store of a version before lacks tables of this one: they read as empty
+            missing_tables_as_empty(self._db, _SCHEMA)
         self._file = _file_identity(self._path)
+        self._load(upgrade)
+
+    def _prepare_for_writing(self) -> None:
+        _owner_only(self._path)  # before the journal mode: SQLite makes -wal and -shm with the file's mode
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         # Deleted or changed rows are zeroed, not left in freed space: a deleted key's sealed
         # material must not stay where the root key still opens it.
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
-        self._load(upgrade)
 
     def _load(self, upgrade: bool) -> None:
         if self._load_ledgered():
