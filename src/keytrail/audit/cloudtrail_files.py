@@ -29,7 +29,6 @@ from keytrail.transport.segment_log import SegmentLog
 __all__ = ["EventLogUnreadable", "ImportReport", "ReadReport", "decoded_in_order", "export_cloudtrail",
            "import_cloudtrail", "iter_cloudtrail_records", "iter_events", "stored_event_ids"]
 
-_REQUIRED = ("eventID", "eventTime", "eventName")
 # What an account id and a Region look like; anything else (an imported record may hold any string)
 # never becomes part of an export's path: it could climb out of the folder or be too long a name.
 _ACCOUNT_ID = re.compile(r"\d{12}")
@@ -64,7 +63,8 @@ def _never() -> bool:
 async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str],
                             stop_requested: Callable[[], bool] = _never) -> ImportReport:
     """Append the KMS records of CloudTrail log files to the node's event log (hash-chained and
-    signed like live events). Records lacking eventID/eventTime/eventName are reported, skipped.
+    signed like live events). Records that cannot be read (`transport.cloudtrail_records`) are
+    reported, skipped.
     Once `stop_requested()`, the records read so far are stored, whole, and no more are read;
     closing the trail then signs the final digest, as at the end."""
     report = ImportReport()
@@ -125,16 +125,15 @@ def _first_of_its_id(event: dict[str, Any], seen: set[bytes]) -> bool:
 
 
 def _id_key(event: dict[str, Any]) -> bytes:
-    """The eventID as it is stored (numbers are stored as their text, as `_normalized` does)."""
-    event_id = event["eventID"]
-    return (event_id if isinstance(event_id, str) else str(event_id)).encode("utf-8", "surrogatepass")
+    """The eventID as it is stored (a number in a file is read as its text: normalized_record)."""
+    return str(event["eventID"]).encode("utf-8", "surrogatepass")
 
 
 def _importable(paths: Iterable[Path | str], report: ImportReport,
                 stop_requested: Callable[[], bool]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The KMS records of `paths` (with where each is) that name what a record must (the others are
-    reported), until `stop_requested()`: checked at each record and each file, as a bucket's files
-    may hold none of KMS for a long while."""
+    """The readable KMS records of `paths` (with where each is; the others are reported, as every
+    reader of CloudTrail files reports them), until `stop_requested()`: checked at each record and
+    each file, as a bucket's files may hold none of KMS for a long while."""
     for path in iter_log_files(paths, report.problems.append):
         if stop_requested():
             report.stopped_at = str(path)
@@ -144,11 +143,7 @@ def _importable(paths: Iterable[Path | str], report: ImportReport,
                 report.records -= 1  # counted as read, not stored
                 report.stopped_at = where
                 return
-            if missing := [name for name in _REQUIRED if not event.get(name)]:
-                report.records -= 1
-                report.problems.append(f"{where}: missing {', '.join(missing)}")
-            else:
-                yield where, event
+            yield where, event
 
 
 _IMPORT_CHUNK = 2_000
@@ -160,7 +155,7 @@ async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any
     (one fsync per batch instead of one per record); a record that cannot be stored is reported,
     by file and index, and skipped (and its eventID forgotten: a later record with it is stored)."""
     async def store(event: dict[str, Any]) -> int:
-        return await trail.append_event(_normalized(event))
+        return await trail.append_event(event)  # normalized as it was read
 
     results = await asyncio.gather(*(store(e) for _, e in events), return_exceptions=True)
     for (where, event), result in zip(events, results, strict=True):
@@ -170,25 +165,6 @@ async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any
             seen.discard(_id_key(event))
         elif isinstance(result, BaseException):
             raise result
-
-
-_BOOLEANS = ("readOnly", "managementEvent")
-_STRINGS = ("eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType", "eventCategory",
-            "sourceIPAddress", "userAgent", "errorCode", "errorMessage", "requestID", "recipientAccountId")
-
-
-def _normalized(event: dict[str, Any]) -> dict[str, Any]:
-    """Coerce the typed scalar fields of a foreign record (`"true"` → true, numbers → strings)."""
-    fixed = dict(event)
-    for name in _BOOLEANS:
-        if isinstance(fixed.get(name), str):
-            fixed[name] = fixed[name].lower() == "true"
-    for name in _STRINGS:
-        if fixed.get(name) is not None and not isinstance(fixed[name], str):
-            fixed[name] = str(fixed[name])
-    if not isinstance(fixed.get("userIdentity"), dict | None):
-        raise ValueError("userIdentity is not an object")
-    return fixed
 
 
 def _account_and_region(event: dict[str, Any]) -> tuple[str, str]:

@@ -22,6 +22,8 @@ import fastavro
 import orjson
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from keytrail.transport.cloudtrail_records import utc_event_time
+
 __all__ = [
     "SCHEMA_DIR",
     "SCHEMA_PATH",
@@ -316,16 +318,10 @@ def _parse_time(value: Any) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if not value:
         raise SchemaError("eventTime is missing")
-    try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
-        raise SchemaError(f"eventTime {str(value)[:40]!r} is not an ISO 8601 time") from None
-    # No offset reads as UTC (CloudTrail's zone), as the pipeline reads it: astimezone would take
-    # the importing machine's local zone.
-    try:
-        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+05:30 is a time before year 1 in UTC
-        raise SchemaError(f"eventTime {str(value)[:40]!r} is out of range in UTC") from None
+    try:  # as every reader of CloudTrail files reads it (transport.cloudtrail_records)
+        return utc_event_time(value)
+    except ValueError as exc:
+        raise SchemaError(str(exc)) from None
 
 
 def _format_time(moment: datetime) -> str:

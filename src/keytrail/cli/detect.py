@@ -134,10 +134,12 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     from keytrail.detect.sources import gc_paused, read_cloudtrail_events
 
     detector = Detector(rules)
-    events, unreadable = read_cloudtrail_events(paths)
-    if unreadable:  # as consume and report say it: a denied call in such a record raises no alarm
-        typer.echo(f"note: skipped {unreadable} CloudTrail records that cannot be read (a KMS record without a "
-                   "readable eventTime, eventName or userIdentity, or no JSON object)", err=True)
+    events, problems = read_cloudtrail_events(paths)
+    for problem in problems:  # as import, consume and report say them: a denied call in one raises no alarm
+        typer.echo(f"skipped: {problem}", err=True)
+    if problems:
+        typer.echo(f"note: skipped {len(problems)} CloudTrail record{'' if len(problems) == 1 else 's'} that "
+                   "cannot be read (above)", err=True)
     with gc_paused():  # a batch job over acyclic records: no need for the cyclic collector
         detector.process_events(events)
     detector.tick(as_of)

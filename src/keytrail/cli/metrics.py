@@ -382,7 +382,7 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: lis
 
     def problem(text: str) -> None:
         problems.append(text)
-        typer.echo(text, err=True)
+        typer.echo(f"skipped: {text}", err=True)  # worded as audit import, report and detect say it
 
     files = list(iter_log_files(paths, problem))
     bar = Progress(len(files), "files")

@@ -192,7 +192,7 @@ def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> So
 
 
 def _name_problem(text: str, unreadable: list[str]) -> None:
-    typer.echo(text, err=True)
+    typer.echo(f"skipped: {text}", err=True)  # worded as audit import, consume and detect say it
     unreadable.append(text)
 
 

@@ -19,8 +19,14 @@ from typing import Any
 
 import orjson
 
-from keytrail.detect.events import KMS_SOURCE, KmsEvent, read_kms_event
-from keytrail.transport.cloudtrail_logs import LogFileProblem, iter_log_files, read_log_file
+from keytrail.detect.events import KmsEvent, read_event
+from keytrail.transport.cloudtrail_logs import (
+    LogFileProblem,
+    ReadReport,
+    iter_log_files,
+    read_log_file,
+    readable_records,
+)
 
 __all__ = [
     "AUDIT_TOPIC",
@@ -61,50 +67,31 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], int]:
+def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], list[str]]:
     """The KMS events of CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or
-    folders) in eventTime order, and how many records could not be read (a KMS record without a
-    readable eventTime or eventName or with a userIdentity that is no object, or no JSON object at
-    all); other services' records are passed over uncounted.
-    Files are read as the pipeline and `audit import` read them (`transport.cloudtrail_logs`):
-    digest files are passed over; a file that is no CloudTrail log raises LogFileProblem (a
+    folders) in eventTime order, and the problems of the records that could not be read, each
+    naming its file and record: the records every other reader of the files refuses too
+    (`transport.cloudtrail_records`); other services' records are passed over uncounted.
+    Digest files are passed over; a file that is no CloudTrail log raises LogFileProblem (a
     ValueError) naming it, for detection over part of the input would misjudge the rest.
     Each file's dicts are dropped once read, to keep memory low."""
     events: list[KmsEvent] = []
-    unreadable = 0
+    problems: list[str] = []
+    report = ReadReport()
     with gc_paused():
         for path in iter_log_files(paths, _unlisted):
             records = read_log_file(path)
             if records is not None:  # None: a digest file (log file integrity validation)
-                unreadable += _read_events(records, events)
+                events += (read_event(record) for _, record in readable_records(path, records, report, problems.append))
     # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
     # which for keytrail's own export is the log's, the order the live detector judged them in.
     events.sort(key=lambda e: e.event_time)
-    return events, unreadable
+    return events, problems
 
 
 def _unlisted(problem: str) -> None:
     """A folder that cannot be listed is input not read, as a file that is no log: detection stops."""
     raise LogFileProblem(problem)
-
-
-def _read_events(records: list[Any], events: list[KmsEvent]) -> int:
-    """Append the KMS events of one file's records; returns the number of records unreadable."""
-    unreadable = 0
-    for record in records:
-        if not isinstance(record, dict):  # no JSON object: as unreadable as a record with a bad field
-            unreadable += 1
-            continue
-        if record.get("eventSource") != KMS_SOURCE:  # another service's, or an Insights event: as consume skips it
-            continue
-        try:
-            event = read_kms_event(record)
-        except ValueError:
-            unreadable += 1
-            continue
-        if event is not None:  # None: another service's record
-            events.append(event)
-    return unreadable
 
 
 def is_avro(value: bytes) -> bool:

@@ -1,7 +1,8 @@
 """Reading AWS CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or folders).
 
-The pipeline, the detector and `keytrail audit import` read real AWS history through here.
-A malformed file is reported (file name and line) and skipped; it never stops the reading.
+The pipeline, the detector and `keytrail audit import` read real AWS history through here, and
+keep the same records (`cloudtrail_records`). A malformed file or record is reported (file name
+and line, or record index) and skipped; it never stops the reading.
 A digest file (log file integrity validation, `CloudTrail-Digest/`, next to the logs in every
 bucket with validation on) holds no records: it is counted and passed over, not reported.
 """
@@ -21,9 +22,10 @@ from typing import Any
 import orjson
 
 from keytrail.shared_events import as_caller_copy
+from keytrail.transport.cloudtrail_records import normalized_record, record_problem
 
 __all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_located_records",
-           "iter_log_files", "read_log_file"]
+           "iter_log_files", "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -166,20 +168,17 @@ _READ_CHUNK = 1 << 20
 
 
 def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport | None = None,
-                            on_problem: Callable[[str], None] | None = None,
-                            kms_only: bool = True) -> Iterator[dict[str, Any]]:
-    """KMS records (all records with `kms_only=False`) of the CloudTrail log files under `paths`,
-    file by file; other services' records are counted in `report.skipped`; every problem (a file,
-    a record that is no object) goes to `report.problems` and to `on_problem`."""
-    for _, record in iter_located_records(paths, report=report, on_problem=on_problem, kms_only=kms_only):
+                            on_problem: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The readable KMS records (`cloudtrail_records.record_problem`) of the CloudTrail log files
+    under `paths`, file by file; other services' records are counted in `report.skipped`; every
+    problem (a file, a record that cannot be read) goes to `report.problems` and to `on_problem`."""
+    for _, record in iter_located_records(paths, report=report, on_problem=on_problem):
         yield record
 
 
 def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | None = None,
-                         on_problem: Callable[[str], None] | None = None,
-                         kms_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
-    """As iter_cloudtrail_records, each record with where it is (`<file>: record <index>`), for
-    problems found in it later."""
+                         on_problem: Callable[[str], None] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """As iter_cloudtrail_records, each record with where it is (`<file>: record <index>`)."""
     report = report if report is not None else ReadReport()
 
     def problem(text: str) -> None:
@@ -197,11 +196,28 @@ def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | No
             report.digests += 1
             continue
         report.files += 1
-        for index, record in enumerate(records):
-            if not isinstance(record, dict):  # malformed, not another service's record
-                problem(f"{path}: record {index}: not a JSON object")
-            elif kms_only and record.get("eventSource") != KMS_SOURCE:
-                report.skipped += 1
-            else:
-                report.records += 1
-                yield f"{path}: record {index}", record
+        yield from readable_records(path, records, report, problem)
+
+
+def readable_records(path: Path, records: list[Any], report: ReadReport,
+                     problem: Callable[[str], None]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The readable KMS records of one file's `records` (read_log_file), normalized, with where
+    each is; other services' counted in `report.skipped`, the rest said to `problem`
+    (`<file>: record <index> (eventID <id>): <why>`)."""
+    for index, record in enumerate(records):
+        where = f"{path}: record {index}"
+        if not isinstance(record, dict):  # malformed, not another service's record
+            problem(f"{where}: not a JSON object")
+        elif record.get("eventSource") != KMS_SOURCE:
+            report.skipped += 1
+        elif why := record_problem(record := normalized_record(record)):
+            problem(f"{where}{_id_of(record)}: {why}")
+        else:
+            report.records += 1
+            yield where, record
+
+
+def _id_of(record: dict[str, Any]) -> str:
+    """` (eventID <id>)` when the record names one that can be shown, to find it by."""
+    event_id = record.get("eventID")
+    return f" (eventID {event_id})" if isinstance(event_id, str) and event_id.isprintable() and event_id else ""

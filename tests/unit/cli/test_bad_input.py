@@ -73,20 +73,23 @@ def test_detect_skips_records_that_are_no_json_object(tmp_path: Path) -> None:
     log.write_text(json.dumps({"Records": [1, "x", None, [], {"eventSource": 5}]}))
     result = _keytrail("detect", "--cloudtrail", log, "--format", "json")
     assert (result.returncode, result.stdout) == (0, "")
-    assert result.stderr.startswith("note: skipped 4 CloudTrail records that cannot be read")
+    assert result.stderr.splitlines() == [*(f"skipped: {log}: record {index}: not a JSON object" for index in range(4)),
+                                          "note: skipped 4 CloudTrail records that cannot be read (above)"]
 
 
 def test_detect_says_how_many_kms_records_it_could_not_read(tmp_path: Path) -> None:
     # A denied Decrypt whose eventTime or userIdentity cannot be read raises no alarm: skipped in
-    # silence, the detector hid it (consume and report said so already).
+    # silence, the detector hid it (consume and report said so already, in these same lines).
     denied = json.loads(gzip.decompress(_cloudtrail_gzip(tmp_path / "a.json.gz").read_bytes()))["Records"][0]
     log = tmp_path / "odd.json"
     log.write_text(json.dumps({"Records": [{**denied, "eventTime": "yesterday"}, {**denied, "userIdentity": "eve"},
                                            {"eventSource": "s3.amazonaws.com", "eventName": "GetObject"}]}))
     result = _keytrail("detect", "--cloudtrail", log, "--format", "json")
     assert (result.returncode, result.stdout) == (0, "")
-    assert result.stderr == ("note: skipped 2 CloudTrail records that cannot be read (a KMS record without a "
-                             "readable eventTime, eventName or userIdentity, or no JSON object)\n")
+    assert result.stderr == (f"skipped: {log}: record 0 (eventID {denied['eventID']}): eventTime 'yesterday' is not "
+                             "an ISO 8601 time\n"
+                             f"skipped: {log}: record 1 (eventID {denied['eventID']}): userIdentity is not an object\n"
+                             "note: skipped 2 CloudTrail records that cannot be read (above)\n")
 
 
 def test_detect_skips_a_folder_named_like_a_log_file(tmp_path: Path) -> None:
@@ -730,7 +733,7 @@ def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp
     result = _keytrail("report", "--cloudtrail", tmp_path / "logs", "--out", out)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     [problem, wrote, error] = result.stderr.splitlines()
-    assert problem.startswith(f"{tmp_path / 'logs' / 'b.json.gz'}: cannot read")
+    assert problem.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")  # as every reader says it
     assert wrote.startswith(f"wrote {out} (json: 1 events")  # 300 records of one eventID
     assert error == ("keytrail report: 1 problem in the CloudTrail log files (above): the report leaves out what "
                      "could not be read")

@@ -1,0 +1,76 @@
+"""What a readable KMS record of a CloudTrail log file is: the one decision every reader of those
+files takes (`audit import`, `consume --cloudtrail`, `report`, `detect --cloudtrail`), so that the
+same files give the same counts and the same problems whichever path reads them.
+
+A record is first coerced as a foreign record may need (`"true"` → true, numbers in CloudTrail's
+string fields → their text), then it is readable when it names its eventID, eventTime (ISO 8601,
+in range in UTC) and eventName, its userIdentity (if any) is an object, and the event log can
+store it as it is (no integer wider than 64 bits, no lone surrogate, no nesting deeper than 254).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+__all__ = ["normalized_record", "record_problem", "utc_event_time"]
+
+_BOOLEANS = ("readOnly", "managementEvent")
+_STRINGS = ("eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType", "eventCategory",
+            "sourceIPAddress", "userAgent", "errorCode", "errorMessage", "requestID", "recipientAccountId")
+_REQUIRED = ("eventID", "eventTime", "eventName")
+
+
+def normalized_record(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with its typed scalar fields coerced as CloudTrail writes them (`"true"` → true,
+    numbers → strings); the record itself when nothing needs it (the usual case: no copy)."""
+    get = record.get  # this runs for every record of every file: one look at each field
+    if all(type(get(name)) in _TEXT_OR_NONE for name in _STRINGS) and all(
+            type(get(name)) is not str for name in _BOOLEANS):
+        return record
+    fixed = dict(record)
+    for name in _BOOLEANS:
+        if isinstance(fixed.get(name), str):
+            fixed[name] = fixed[name].lower() == "true"
+    for name in _STRINGS:
+        if fixed.get(name) is not None and not isinstance(fixed[name], str):
+            fixed[name] = str(fixed[name])
+    return fixed
+
+
+_TEXT_OR_NONE = (str, type(None))
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a (normalized) KMS record cannot be read, None when it can: every reader refuses the same
+    records, with the same words."""
+    if missing := [name for name in _REQUIRED if not record.get(name)]:
+        return f"missing {', '.join(missing)}"
+    try:
+        utc_event_time(record["eventTime"])
+    except ValueError as exc:
+        return str(exc)
+    if not isinstance(record.get("userIdentity"), dict | None):
+        return "userIdentity is not an object"
+    try:  # what the event log stores it with: the test of whether it can be stored as it came
+        orjson.dumps(record)
+    except orjson.JSONEncodeError as exc:
+        return f"cannot be stored: {exc}"
+    return None
+
+
+def utc_event_time(value: Any) -> datetime:
+    """A record's eventTime as an aware UTC datetime (no offset reads as UTC, CloudTrail's zone);
+    ValueError naming what is wrong."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"eventTime {str(value)[:40]!r} is not an ISO 8601 time")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"eventTime {value[:40]!r} is not an ISO 8601 time") from None
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+05:30 is a time before year 1 in UTC
+        raise ValueError(f"eventTime {value[:40]!r} is out of range in UTC") from None
