@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from keytrail.transport.cloudtrail_records import normalized_record, record_problem, utc_event_time
+from keytrail.transport.cloudtrail_records import (
+    normalized_record,
+    original_event_id,
+    record_problem,
+    utc_event_time,
+)
 
 _RECORD: dict[str, Any] = {
     "eventVersion": "1.11", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt",
@@ -75,3 +80,11 @@ def test_what_the_event_log_stores_is_readable(record: dict[str, Any]) -> None:
 def test_event_time_is_utc() -> None:
     assert utc_event_time("2026-01-05T13:00:00+01:00") == datetime(2026, 1, 5, 12, tzinfo=UTC)
     assert utc_event_time("2026-01-05T12:00:00") == datetime(2026, 1, 5, 12, tzinfo=UTC)
+
+
+def test_a_corrected_copy_names_the_call_it_repeats() -> None:
+    corrected = _with(eventID="e-1", addendum={"reason": "UPDATED_DATA", "originalEventID": "e-0"})
+    assert original_event_id(corrected) == "e-0"
+    assert original_event_id(_with(addendum={"reason": "DELIVERY_DELAY"})) is None  # late, not a copy
+    assert original_event_id(_with(addendum={"reason": "UPDATED_DATA", "originalEventID": 7})) is None
+    assert original_event_id(_RECORD) is None

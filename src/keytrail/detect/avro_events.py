@@ -25,6 +25,7 @@ import polars as pl
 
 from keytrail.detect.events import KMS_SOURCE, KmsEvent, caller, key_arns, text
 from keytrail.pipeline.decode import known_writer, read_writer_columns
+from keytrail.transport.cloudtrail_records import original_event_id
 
 __all__ = ["EVENT_FIELDS", "AvroRow", "avro_events", "avro_rows", "events_of"]
 
@@ -98,7 +99,7 @@ def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
      user_identity, resources, request_parameters, response_elements, source_ip, access_key_id, other_fields) = row
     principal, account, identity_type, invoked_by = _caller(user_identity)
-    request, response = _object(request_parameters), _object(response_elements)
+    request, response, others = _object(request_parameters), _object(response_elements), _object(other_fields)
     return KmsEvent(
         event_id=event_id,
         event_time=_time(epoch_ms),
@@ -115,7 +116,8 @@ def _event(row: AvroRow) -> KmsEvent:
         response_elements=response,
         source_ip=source_ip or None,
         access_key_id=access_key_id or None,
-        shared_event_id=text(_object(other_fields).get("sharedEventID")) if other_fields else None,
+        shared_event_id=text(others.get("sharedEventID")),
+        original_event_id=original_event_id(others),  # an imported corrected copy
     )
 
 

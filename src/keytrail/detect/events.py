@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from keytrail.audit.schema import is_key_arn, principal_arn
 from keytrail.audit.schema import key_arns as resource_key_arns
+from keytrail.transport.cloudtrail_records import original_event_id
 
 __all__ = [
     "CRYPTO_OPERATIONS",
@@ -72,11 +73,14 @@ class KmsEvent(NamedTuple):
     # CloudTrail's sharedEventID: an organization trail holds a cross-account call twice (the
     # caller's account's copy and the key owner's, each with its own eventID), which is one call.
     shared_event_id: str | None = None
+    # A corrected copy's original (addendum reason UPDATED_DATA): the same call, logged again.
+    original_event_id: str | None = None
 
     @property
     def call_id(self) -> str:
-        """What tells one call from another: its sharedEventID, else its eventID."""
-        return self.shared_event_id or self.event_id
+        """What tells one call from another, as the pipeline tells them: its sharedEventID, else
+        the eventID of the record it corrects, else its eventID."""
+        return self.shared_event_id or self.original_event_id or self.event_id
 
     @property
     def key_arn(self) -> str | None:
@@ -136,6 +140,7 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         source_ip=text(record.get("sourceIPAddress")),
         access_key_id=text(identity.get("accessKeyId")),
         shared_event_id=text(record.get("sharedEventID")),
+        original_event_id=original_event_id(record),
     )
 
 

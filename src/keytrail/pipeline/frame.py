@@ -14,6 +14,7 @@ import polars as pl
 
 from keytrail.audit.schema import as_object, as_text, key_arn, principal_arn
 from keytrail.pipeline.lastused import CRYPTO_OPERATIONS
+from keytrail.transport.cloudtrail_records import original_event_id
 
 __all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
 
@@ -278,17 +279,10 @@ def _algorithm(record: Mapping[str, Any]) -> str | None:
 
 
 def _event_identity(record: Mapping[str, Any]) -> str | None:
-    """The eventID the record is counted under: a corrected copy (addendum reason UPDATED_DATA)
-    comes as a record of its own with a new eventID and names the original, the same call, whose
-    id it is counted under, so that one of the two counts (audit-anchors §1.1: "Consumers must
-    allow a late or corrected duplicate of an event")."""
-    addendum = record.get("addendum")
-    if type(addendum) is dict and addendum.get("reason") == "UPDATED_DATA":
-        original = addendum.get("originalEventID")
-        if type(original) is str and original:
-            return original
+    """The eventID the record is counted under: a corrected copy's is its original's
+    (cloudtrail_records.original_event_id), so that one of the two counts."""
     event_id = record.get("eventID")
-    return event_id if type(event_id) is str else None
+    return original_event_id(record) or (event_id if type(event_id) is str else None)
 
 
 _GETTERS: dict[str, Any] = {

@@ -10,12 +10,13 @@ store it as it is (no integer wider than 64 bits, no lone surrogate, no nesting 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["normalized_record", "record_problem", "utc_event_time"]
+__all__ = ["normalized_record", "original_event_id", "record_problem", "utc_event_time"]
 
 _BOOLEANS = ("readOnly", "managementEvent")
 _STRINGS = ("eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType", "eventCategory",
@@ -74,3 +75,16 @@ def utc_event_time(value: Any) -> datetime:
         return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except OverflowError:  # 0001-01-01T00:00:00+05:30 is a time before year 1 in UTC
         raise ValueError(f"eventTime {value[:40]!r} is out of range in UTC") from None
+
+
+def original_event_id(record: Mapping[str, Any]) -> str | None:
+    """The eventID of the call a corrected copy repeats (addendum reason UPDATED_DATA: a record of
+    its own, with a new eventID, naming the original), None for any other record. Every reader
+    counts the two as one call (audit-anchors §1.1: "Consumers must allow a late or corrected
+    duplicate of an event")."""
+    addendum = record.get("addendum")
+    if type(addendum) is dict and addendum.get("reason") == "UPDATED_DATA":
+        original = addendum.get("originalEventID")
+        if type(original) is str and original:
+            return original
+    return None

@@ -66,7 +66,8 @@ def edge_records(tmp_path: Path) -> tuple[Path, list[str]]:
         _denied_decrypt(11, 11, recipientAccountId=int(ACCOUNT), readOnly="true"),  # coerced: readable
         _denied_decrypt("e-12", 12),
     ])
-    _log(logs, "b", [_denied_decrypt("e-0", 0), _denied_decrypt("e-13", 13)])  # e-0 again: one call
+    corrected = _denied_decrypt("e-14", 13, addendum={"reason": "UPDATED_DATA", "originalEventID": "e-13"})
+    _log(logs, "b", [_denied_decrypt("e-0", 0), _denied_decrypt("e-13", 13), corrected])  # e-0 again, e-13 corrected
     _log(logs, "c", [])
     skipped = [f"skipped: {first}: record {index}{why}" for index, why in [
         (1, " (eventID e-1): cannot be stored: Integer exceeds 64-bit range"),
@@ -82,7 +83,8 @@ def edge_records(tmp_path: Path) -> tuple[Path, list[str]]:
     return logs, skipped
 
 
-#: The readable KMS records of `edge_records`: e-0 (twice), 11, e-12, e-13: four calls, all denied.
+#: The readable KMS records of `edge_records`: e-0 (twice), 11, e-12, e-13 and its corrected copy
+#: e-14: six records, four calls, all denied.
 CALLS = 4
 
 
@@ -104,15 +106,17 @@ def test_every_path_keeps_the_same_records_and_says_the_same_skipped_lines(
 
     imported = _keytrail("audit", "import", "--data-dir", tmp_path / "imported", logs)
     assert imported.returncode == 1 and _skipped(imported.stderr) == skipped
-    assert imported.stdout.strip() == (f"imported {CALLS} KMS records from 3 files; skipped 2 records of other "
+    # the corrected copy is a record of its own (a new eventID): stored, and counted once with e-13
+    assert imported.stdout.strip() == (f"imported {CALLS + 1} KMS records from 3 files; skipped 2 records of other "
                                        f"services and 1 already in the event log; {len(skipped)} problems")
     from_log = _keytrail("consume", "--data-dir", tmp_path / "imported", "--no-follow")
-    assert from_log.returncode == 0 and f"consumed {CALLS} records: {CALLS} counted" in from_log.stderr
+    assert from_log.returncode == 0
+    assert f"consumed {CALLS + 1} records: {CALLS} counted, 1 duplicates, 0 already counted\n" in from_log.stderr
     assert _usage(tmp_path / "imported") == expected_usage
 
     consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", logs)
     assert consumed.returncode == 1 and _skipped(consumed.stderr) == skipped
-    assert f"consumed {CALLS + 1} records: {CALLS} counted, 1 duplicates, 0 already counted\n" in consumed.stderr
+    assert f"consumed {CALLS + 2} records: {CALLS} counted, 2 duplicates, 0 already counted\n" in consumed.stderr
     assert _usage(tmp_path / "consumed") == expected_usage
 
     report = _keytrail("report", "--cloudtrail", logs, "--out", tmp_path / "r.json", "--no-progress")
