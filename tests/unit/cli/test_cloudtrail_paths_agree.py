@@ -92,10 +92,15 @@ def _skipped(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("skipped: ")]
 
 
-def _usage(data_dir: Path) -> list[dict[str, Any]]:
-    result = _keytrail("usage", "--data-dir", data_dir, "--format", "json")
+def _figures(command: str, data_dir: Path) -> list[dict[str, Any]]:
+    result = _keytrail(command, "--data-dir", data_dir, "--format", "json")
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _table(report: Path, name: str) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "table"} for row in rows if row["table"] == name]
 
 
 def test_every_path_keeps_the_same_records_and_says_the_same_skipped_lines(
@@ -112,17 +117,20 @@ def test_every_path_keeps_the_same_records_and_says_the_same_skipped_lines(
     from_log = _keytrail("consume", "--data-dir", tmp_path / "imported", "--no-follow")
     assert from_log.returncode == 0
     assert f"consumed {CALLS + 1} records: {CALLS} counted, 1 duplicates, 0 already counted\n" in from_log.stderr
-    assert _usage(tmp_path / "imported") == expected_usage
+    assert _figures("usage", tmp_path / "imported") == expected_usage
+    expected_cost = _figures("cost", tmp_path / "imported")
+    assert [row["requests"] for row in expected_cost] == [CALLS]
 
     consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", logs)
     assert consumed.returncode == 1 and _skipped(consumed.stderr) == skipped
     assert f"consumed {CALLS + 2} records: {CALLS} counted, 2 duplicates, 0 already counted\n" in consumed.stderr
-    assert _usage(tmp_path / "consumed") == expected_usage
+    assert _figures("usage", tmp_path / "consumed") == expected_usage
+    assert _figures("cost", tmp_path / "consumed") == expected_cost
 
     report = _keytrail("report", "--cloudtrail", logs, "--out", tmp_path / "r.json", "--no-progress")
     assert report.returncode == 1 and _skipped(report.stderr) == skipped
-    rows = [json.loads(line) for line in (tmp_path / "r.json").read_text().splitlines()]
-    assert [{k: v for k, v in row.items() if k != "table"} for row in rows if row["table"] == "usage"] == expected_usage
+    assert _table(tmp_path / "r.json", "usage") == expected_usage
+    assert _table(tmp_path / "r.json", "cost") == expected_cost
 
     detected = _keytrail("detect", "--cloudtrail", logs, "--format", "json")
     assert detected.returncode == 0 and _skipped(detected.stderr) == skipped
