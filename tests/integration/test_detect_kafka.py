@@ -205,6 +205,29 @@ async def test_standalone_detect_reads_the_audit_topic(bootstrap: str, tmp_path:
     assert returncode == 0  # SIGTERM: hooks drained, clean exit
 
 
+async def test_standalone_detect_publishes_its_alarms_to_the_alarms_topic(bootstrap: str, tmp_path: Path) -> None:
+    """As serve's detector does with serve's --kafka (contract: keytrail.alarms.v1 with --kafka):
+    where the nodes run --no-detector (docker-compose.yml), this detector is the only one."""
+    from keytrail.audit.schema import encode
+
+    key = key_arn(23)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await producer.send_and_wait(AUDIT, encode(denied("Decrypt", T0, key, user("oscar"))), key=key.encode())
+    await producer.stop()
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                             str(tmp_path), "--tick-every", "0.5"])
+    try:
+        async with asyncio.timeout(60):
+            while _latest(tmp_path / "alarms.jsonl", key) == 0:
+                await asyncio.sleep(0.2)
+        mine = await _alarms_published_on(bootstrap, key)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert [alarm.rule for alarm in mine] == ["unauthorized-decrypt"]
+
+
 async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: str, tmp_path: Path) -> None:
     """docker-compose's nodes run --no-detector: Prometheus reads the alarm counters here."""
     from keytrail.audit.schema import encode
@@ -240,6 +263,21 @@ async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: s
 def _alarm_samples(text: str) -> dict[tuple[str, str], float]:
     pattern = re.compile(r'^keytrail_alarms_total\{rule="([^"]+)",severity="(\w+)"\} (\S+)$')
     return {(m[1], m[2]): float(m[3]) for m in map(pattern.match, text.splitlines()) if m}
+
+
+async def _alarms_published_on(bootstrap: str, key: str, timeout: float = 15.0) -> list[Any]:
+    """The alarms on `key` in the alarms topic, once there is one (the topic holds other tests' too)."""
+    consumer = AIOKafkaConsumer(ALARMS_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        mine: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not mine and asyncio.get_running_loop().time() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                mine += [decode_alarm(m.value) for m in messages if m.key == key.encode()]
+        return mine
+    finally:
+        await consumer.stop()
 
 
 def _latest(path: Path, key: str) -> int:

@@ -120,7 +120,10 @@ def detect(
                 typer.echo(f"keytrail detect: warning: {warning}", err=True)
             _hold_detector_lock(data_dir)
             metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
-            _run_live_or_fail(kafka, data_dir, rules, hooks.with_flags(mqtt=mqtt), tick_every, metrics)
+            # the alarms go to keytrail.alarms.v1 on the cluster it reads, as serve's detector sends
+            # them on serve's --kafka: where the nodes run --no-detector, no one else would
+            live_hooks = hooks.with_flags(mqtt=mqtt, kafka=kafka)
+            _run_live_or_fail(kafka, data_dir, rules, live_hooks, tick_every, metrics)
         else:
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
     except (BadInput, RuleError, ValueError, OSError) as exc:
