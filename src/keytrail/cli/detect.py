@@ -143,6 +143,8 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     if problems:
         typer.echo(f"note: skipped {len(problems)} CloudTrail record{'' if len(problems) == 1 else 's'} that "
                    "cannot be read (above)", err=True)
+    if not events and not problems:  # no output must not read as a quiet period: the files held no KMS record
+        typer.echo("note: the CloudTrail files given hold no KMS record: no alarm could be raised", err=True)
     with gc_paused():  # a batch job over acyclic records: no need for the cyclic collector
         detector.process_events(events)
     detector.tick(as_of)

@@ -62,6 +62,17 @@ def test_offline_time_rules_use_as_of_or_the_last_event(app: typer.Typer, tmp_pa
     assert early.exit_code == 0 and early.output == ""
 
 
+def test_offline_detect_over_files_with_no_kms_record_says_so(app: typer.Typer, tmp_path: Path) -> None:
+    """An empty folder (a wrong prefix of a trail bucket) printed nothing, as a quiet period does."""
+    (tmp_path / "AWSLogs").mkdir()
+    s3_call = {"eventSource": "s3.amazonaws.com", "eventName": "GetObject", "eventTime": "2026-01-05T12:00:00Z"}
+    other = write_log(tmp_path / "s3.json", [s3_call])
+    for path in (tmp_path / "AWSLogs", other):
+        result = runner.invoke(app, ["detect", "--cloudtrail", str(path), "--format", "json"])
+        assert result.exit_code == 0 and result.stdout == ""
+        assert result.stderr == "note: the CloudTrail files given hold no KMS record: no alarm could be raised\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
