@@ -142,7 +142,7 @@ def test_metrics_and_report_read_a_read_only_data_dir(stopped: Session, tmp_path
     assert key_cost["keyArn"] == stopped.key_arn and key_cost["requests"] == 4 and float(key_cost["totalCost"]) > 0
     [last] = json_lines(last_used.stdout)
     assert (last["keyArn"], last["lastUsedOperation"]) == (stopped.key_arn, "Decrypt")
-    assert report.stderr.startswith(f"wrote {tmp_path / 'report.html'} (html: 4 events, 1 keys, 1 alarms)")
+    assert report.stderr.startswith(f"wrote {tmp_path / 'report.html'} (html: 4 events, 1 key, 1 alarm)")
     assert "Decrypt" in (tmp_path / "report.html").read_text()
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 import typer
 
 from keytrail.cli.console import (
+    counted,
     event_log_damage,
     fail,
     interrupted_status,
@@ -399,7 +400,7 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
         _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
     except OSError as exc:  # OUT a file, or read-only
         _fail(f"cannot write CloudTrail log files under {out}: {os_problem(exc)}")
-    typer.echo(f"wrote {len(written)} CloudTrail log file{'' if len(written) == 1 else 's'} under {out / 'AWSLogs'}")
+    typer.echo(f"wrote {counted(len(written), 'CloudTrail log file')} under {out / 'AWSLogs'}")
     _require_whole_log(data_dir, log)
 
 

@@ -22,6 +22,7 @@ from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
+           "counted",
            "fail", "listen_probe", "listening_sockets", "missing_paths", "mqtt_password_warning", "mqtt_problem",
            "no_core_dumps", "number_in_range", "os_problem", "parse_time", "url_password"]
 
@@ -65,6 +66,11 @@ def number_in_range(low: float, high: float | None = None, *,
         return value
 
     return check
+
+
+def counted(count: int, noun: str) -> str:
+    """`count` and `noun`, plural unless one: "1 key", "1,204 keys", "0 alarms"."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def fail(message: str, command: str = "keytrail", code: int = 2) -> typer.Exit:

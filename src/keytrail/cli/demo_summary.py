@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 
+from keytrail.cli.console import counted
 from keytrail.detect.severity import Severity
 from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.pipeline.consumer import event_log_dir
@@ -96,8 +97,9 @@ def render_json(summary: dict[str, Any]) -> str:
 def render_text(summary: dict[str, Any]) -> str:
     """A few screens a person reads top to bottom."""
     names = {arn: f"alias/{alias}" for alias, arn in summary["keys"].items()}
-    lines = [f"keytrail demo: {len(summary['keys'])} keys, {len(summary['principals'])} principals, "
-             f"{summary['calls']} KMS calls over {summary['simulatedDays']} simulated days", ""]
+    cast = f"{counted(len(summary['keys']), 'key')}, {counted(len(summary['principals']), 'principal')}"
+    lines = [f"keytrail demo: {cast}, {counted(summary['calls'], 'KMS call')} over {summary['simulatedDays']} "
+             "simulated days", ""]
     lines += _alarm_lines(summary["alarms"], names)
     lines += _usage_lines(summary["usage"], names)
     lines += _cost_lines(summary["cost"], names)

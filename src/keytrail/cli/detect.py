@@ -23,6 +23,7 @@ from keytrail.cli.console import (
     CLOUDTRAIL_METAVAR,
     bootstrap_problem,
     cloudtrail_paths,
+    counted,
     missing_paths,
     mqtt_password_warning,
     mqtt_problem,
@@ -141,7 +142,7 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     for problem in problems:  # as import, consume and report say them: a denied call in one raises no alarm
         typer.echo(f"skipped: {problem}", err=True)
     if problems:
-        typer.echo(f"note: skipped {len(problems)} CloudTrail record{'' if len(problems) == 1 else 's'} that "
+        typer.echo(f"note: skipped {counted(len(problems), 'CloudTrail record')} that "
                    "cannot be read (above)", err=True)
     if not events and not problems:  # no output must not read as a quiet period: the files held no KMS record
         typer.echo("note: the CloudTrail files given hold no KMS record: no alarm could be raised", err=True)

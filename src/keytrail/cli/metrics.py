@@ -24,6 +24,7 @@ from keytrail.cli.console import (
     CLOUDTRAIL_METAVAR,
     bootstrap_problem,
     cloudtrail_paths,
+    counted,
     event_log_damage,
     fail,
     missing_paths,
@@ -95,12 +96,13 @@ def uncounted_note(data_dir: Path, store: MetricsStore | None) -> str | None:
     directory = event_log_dir(data_dir)
     if not directory.is_dir() or _consumer_running(data_dir):
         return None
-    counted = store.offsets().get(SEGMENT_LOG_PARTITION, 0) if store is not None else 0
-    behind = SegmentLog(directory).end_offset() - counted
+    consumed = store.offsets().get(SEGMENT_LOG_PARTITION, 0) if store is not None else 0
+    behind = SegmentLog(directory).end_offset() - consumed
     if behind <= 0:
         return None
-    return (f"note: {behind} events of the event log in {data_dir} are not counted yet and no consumer is "
-            f"running: run `keytrail consume --data-dir {data_dir} --no-follow` (or keytrail serve) first")
+    verb = "is" if behind == 1 else "are"
+    return (f"note: {counted(behind, 'event')} of the event log in {data_dir} {verb} not counted yet and no "
+            f"consumer is running: run `keytrail consume --data-dir {data_dir} --no-follow` (or keytrail serve) first")
 
 
 def _consumer_running(data_dir: Path) -> bool:
@@ -296,7 +298,7 @@ def consume(
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
         raise fail(f"{problem}; the figures cover the records before it", CONSUME, code=1)
     if problems:  # what could be read is counted; a script still learns that some was not
-        raise fail(f"{len(problems)} problem{'' if len(problems) == 1 else 's'} in the CloudTrail log files "
+        raise fail(f"{counted(len(problems), 'problem')} in the CloudTrail log files "
                    "(above): the figures leave out what could not be read", CONSUME, code=1)
 
 

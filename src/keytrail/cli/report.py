@@ -16,6 +16,7 @@ from keytrail.cli.console import (
     CLOUDTRAIL_METAVAR,
     Terminated,
     cloudtrail_paths,
+    counted,
     event_log_damage,
     fail,
     interrupted_status,
@@ -95,8 +96,8 @@ def report(
                              owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
     except Terminated as stopped:
         raise report_fail("stopped (SIGTERM): no report written", code=interrupted_status(stopped)) from None
-    typer.echo(f"wrote {written} ({form.value}: {data.events:,} events, {data.last_used.height:,} keys, "
-               f"{data.alarms.height:,} alarms)", err=True)
+    typer.echo(f"wrote {written} ({form.value}: {counted(data.events, 'event')}, "
+               f"{counted(data.last_used.height, 'key')}, {counted(data.alarms.height, 'alarm')})", err=True)
     if data.alarms_note is not None:
         typer.echo(f"note: {data.alarms_note}", err=True)
     if data.open_end is not None and data.open_end.late:
@@ -104,7 +105,7 @@ def report(
 
         typer.echo(ahead_note(data.open_end), err=True)
     if unreadable:
-        raise report_fail(f"{len(unreadable)} problem{'' if len(unreadable) == 1 else 's'} in the CloudTrail log "
+        raise report_fail(f"{counted(len(unreadable), 'problem')} in the CloudTrail log "
                           "files (above): the report leaves out what could not be read", code=1)
     if not cloudtrail:
         _require_whole_log(data_dir or Path("keytrail-data"))

@@ -734,7 +734,7 @@ def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     [problem, wrote, error] = result.stderr.splitlines()
     assert problem.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")  # as every reader says it
-    assert wrote.startswith(f"wrote {out} (json: 1 events")  # 300 records of one eventID
+    assert wrote.startswith(f"wrote {out} (json: 1 event,")  # 300 records of one eventID
     assert error == ("keytrail report: 1 problem in the CloudTrail log files (above): the report leaves out what "
                      "could not be read")
 

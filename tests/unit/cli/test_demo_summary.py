@@ -16,7 +16,7 @@ def test_usage_table_counts_events_so_a_service_event_beside_the_calls_adds_up()
         "cost": {"totalCost": "0.000006", "byKey": []},
     }
     lines = render_text(summary).splitlines()
-    assert lines[0] == "keytrail demo: 1 keys, 1 principals, 2 KMS calls over 30 simulated days"
+    assert lines[0] == "keytrail demo: 1 key, 1 principal, 2 KMS calls over 30 simulated days"
     title = lines.index("Usage per key (keytrail usage: the KMS calls, and the service's own RotateKey and DeleteKey "
                         "events)")
     assert lines[title + 1].split() == ["key", "events", "errors"]

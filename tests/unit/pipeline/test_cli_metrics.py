@@ -262,4 +262,4 @@ def test_a_data_dir_that_counted_nothing_yet_answers_as_an_empty_state_does(
     log.close()
     code, out, err = run(*query, "--data-dir", str(new), "--format", fmt)
     assert (code, out) == run(*query, "--data-dir", str(empty), "--format", fmt)[:2]
-    assert err.startswith("note: 1 events of the event log in") and err.count("\n") == 1
+    assert err.startswith("note: 1 event of the event log in") and err.count("\n") == 1
