@@ -248,3 +248,20 @@ async def test_delete_imported_key_material_logs_key_and_material(
     assert recorder.events("DeleteImportedKeyMaterial")[-1].response_elements == {
         "keyId": imported["KeyId"], "keyMaterialId": imported["KeyMaterialId"]
     }
+
+
+async def test_schedule_key_deletion_of_a_primary_with_replicas_omits_deletion_date(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    # ct-schedule-key-deletion: for a multi-Region primary with replicas, responseElements holds
+    # keyId, keyState PendingReplicaDeletion and pendingWindowInDays; the deletionDate field is omitted.
+    call, recorder, _ = service
+    key_id = (await call("CreateKey", MultiRegion=True))["KeyMetadata"]["KeyId"]
+    await call("ReplicateKey", KeyId=key_id, ReplicaRegion="eu-west-1")
+    await call.svc.run_due()  # the replica leaves Creating
+    await call("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=30)
+    record = to_cloudtrail(recorder.events("ScheduleKeyDeletion")[-1])
+    assert record["responseElements"] == {
+        "keyId": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}", "keyState": "PendingReplicaDeletion",
+        "pendingWindowInDays": 30,
+    }

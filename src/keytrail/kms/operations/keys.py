@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
 from keytrail.kms.asymmetric import check_offered_in_region
-from keytrail.kms.call_records import cloudtrail_date, cloudtrail_values
+from keytrail.kms.call_records import cloudtrail_values
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.importing import check_importable
@@ -221,14 +221,13 @@ async def schedule_key_deletion(svc: KmsService, call: Call) -> Response:
     if key.state is KeyState.PENDING_REPLICA_DELETION:
         raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
     key = multiregion.scheduled_deletion(key, svc.now(), window)
-    call.response_elements = {  # before the write: the record it owes (kms/owed_calls.py) says the same
-        "keyId": key.arn, "deletionDate": cloudtrail_date(key.deletion_date) if key.deletion_date else None,
-        "keyState": key.state.value, "pendingWindowInDays": window,
-    }
-    await svc.store.put_key(key)
     response: Response = {"KeyId": key.arn, "KeyState": key.state.value, "PendingWindowInDays": window}
     if key.deletion_date is not None:  # absent while a primary waits for its replicas' deletion
         response["DeletionDate"] = key.deletion_date
+    # The response as CloudTrail logs it, so deletionDate is left out with it (ct-schedule-key-deletion);
+    # set before the write: the record it owes (kms/owed_calls.py) says the same.
+    call.response_elements = cloudtrail_values(response)
+    await svc.store.put_key(key)
     return response
 
 
