@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["owes", "owes_event", "record_events", "record_owed", "with_event"]
 
 UNRECORDED = "unrecorded_service_events"  # Key.extra: JSON dicts, oldest first
+# CloudTrail entries since December 2022 name the deleted key's ARN in responseElements.keyId,
+# though no caller gets a response (ct-delete-key); RotateKey's and DeleteExpiredKeyMaterial's stay null.
+_LOGS_KEY_ARN = frozenset({"DeleteKey"})
 
 
 def with_event(key: Key, event_id: str, name: str, details: dict[str, Any], at: datetime) -> Key:
@@ -50,6 +53,7 @@ async def record_events(svc: KmsService, key: Key) -> None:
             event_id=event["id"], event_name=event["name"], event_time=datetime.fromisoformat(event["time"]),
             region=key.region, account=key.account, context=None, request_parameters=None,
             service_event_details=event["details"], resources=(key.arn,), read_only=False,
+            response_elements={"keyId": key.arn} if event["name"] in _LOGS_KEY_ARN else None,
         ))
 
 

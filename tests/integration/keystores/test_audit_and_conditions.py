@@ -208,6 +208,8 @@ async def test_delete_key_service_event_names_the_key_by_its_id(
     assert (record["eventType"], record["readOnly"], record["managementEvent"]) == ("AwsServiceEvent", False, True)
     assert record["resources"] == [{"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": arn}]
     assert "requestID" not in record and record["requestParameters"] is None
+    # ct-delete-key: entries since December 2022 carry the key ARN in responseElements.keyId.
+    assert record["responseElements"] == {"keyId": arn}
 
 
 async def test_rotate_key_on_demand_logs_its_key_in_response_elements(
