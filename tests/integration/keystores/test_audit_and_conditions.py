@@ -267,3 +267,28 @@ async def test_schedule_key_deletion_of_a_primary_with_replicas_omits_deletion_d
         "keyId": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}", "keyState": "PendingReplicaDeletion",
         "pendingWindowInDays": 30,
     }
+
+
+async def test_custom_key_store_calls_name_the_store_in_additional_event_data(
+    service: tuple[Caller, Recorder, ManualClock],
+    hsm: SoftHsm,
+    clusters: Iterator[str],
+    trust_anchor: str,
+) -> None:
+    # ct-connect-keystore, ct-disconnect-keystore, ct-update-keystore, ct-delete-keystore: the request
+    # gives the store's id only, and additionalEventData names the store and its cluster.
+    call, recorder, _ = service
+    cluster = next(clusters)
+    store_id = (await call("CreateCustomKeyStore", CustomKeyStoreName="ExampleKeyStore", CloudHsmClusterId=cluster,
+                           TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+    await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call("UpdateCustomKeyStore", CustomKeyStoreId=store_id, NewCustomKeyStoreName="Renamed")
+    await call("DeleteCustomKeyStore", CustomKeyStoreId=store_id)
+    named = {"customKeyStoreName": "ExampleKeyStore", "clusterId": cluster}
+    for name, data in [("ConnectCustomKeyStore", named), ("DisconnectCustomKeyStore", named),
+                       ("UpdateCustomKeyStore", {**named, "customKeyStoreName": "Renamed"}),
+                       ("DeleteCustomKeyStore", {**named, "customKeyStoreName": "Renamed"})]:
+        record = to_cloudtrail(recorder.events(name)[-1])
+        assert (record["requestParameters"]["customKeyStoreId"], record["additionalEventData"]) == (store_id, data)
+        assert (record["responseElements"], "resources" in record) == (None, False)

@@ -119,6 +119,12 @@ def _require_cloudhsm_parameters(params: dict[str, Any]) -> None:
         raise errors.ValidationException(f"{', '.join(missing)} must be specified for an AWS_CLOUDHSM key store.")
 
 
+def _name_store(call: Call, store: CustomKeyStore) -> None:
+    # CloudTrail names the store the call acts on, though the request gives only its id
+    # (ct-connect-keystore, ct-disconnect-keystore, ct-update-keystore, ct-delete-keystore).
+    call.additional_event_data.update({"customKeyStoreName": store.name, "clusterId": store.cluster_id})
+
+
 def _require_new_name(stores: list[CustomKeyStore], name: str) -> None:
     if any(s.name == name for s in stores):
         raise errors.CustomKeyStoreNameInUseException(f"A custom key store with the name {name} already exists.")
@@ -147,6 +153,7 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
+    _name_store(call, store)
     await svc.authorize(call, "kms:ConnectCustomKeyStore", None)
     if store.state in (ConnectionState.DISCONNECTING, ConnectionState.FAILED):
         raise _invalid_state(store, "ConnectCustomKeyStore")
@@ -183,6 +190,7 @@ async def _require_token_not_held(svc: KmsService, store: CustomKeyStore) -> Non
 
 async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
+    _name_store(call, store)
     await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)
     # As AWS: refused on DISCONNECTED and DISCONNECTING, valid in every other state. A store a crash
     # left DISCONNECTING is settled by the HSM's upkeep (operations/hsm_upkeep.py), not by this call.
@@ -215,6 +223,7 @@ async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
 async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     params = call.params
     store = await find_store(svc, call, params["CustomKeyStoreId"])
+    _name_store(call, store)
     await svc.authorize(call, "kms:UpdateCustomKeyStore", None)
     changes_connection = "KeyStorePassword" in params or "CloudHsmClusterId" in params
     if changes_connection and store.state is not ConnectionState.DISCONNECTED:
@@ -228,14 +237,15 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
         # a related cluster another store uses is CreateCustomKeyStore's InUse, not in Update's model.
         await _checked_cluster(svc, cluster, store.trust_anchor)
         await _require_cluster_free(svc, cluster, besides=store.store_id)
-    await svc.store.put_custom_key_store(
-        replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
-    )
+    updated = replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
+    _name_store(call, updated)  # as the call leaves it: ct-update-keystore names the new cluster
+    await svc.store.put_custom_key_store(updated)
     return {}
 
 
 async def delete_custom_key_store(svc: KmsService, call: Call) -> Response:
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
+    _name_store(call, store)
     await svc.authorize(call, "kms:DeleteCustomKeyStore", None)
     if store.state is not ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "DeleteCustomKeyStore")
