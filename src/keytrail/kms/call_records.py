@@ -44,6 +44,11 @@ def call_record(name: str, operation: Operation, call: Call, error: errors.KmsEr
 
 
 _SECRET_PARAMETERS = frozenset({"KeyStorePassword", "XksProxyAuthenticationCredential", "GrantToken", "GrantTokens"})
+# Not secret, yet not logged: CreateCustomKeyStore's entry holds the store's name and cluster only
+# (ct-create-keystore).
+_NOT_LOGGED = _SECRET_PARAMETERS | {"TrustAnchorCertificate"}
+# Request parameters CloudTrail logs under a name of its own (ct-create-keystore, ct-update-keystore).
+_LOGGED_AS = {"CloudHsmClusterId": "clusterId"}
 # Maps whose keys are the caller's (encryption contexts): logged as sent, never camel-cased.
 _VERBATIM = frozenset({"EncryptionContext", "EncryptionContextSubset", "EncryptionContextEquals",
                        "SourceEncryptionContext", "DestinationEncryptionContext"})
@@ -88,12 +93,12 @@ def cloudtrail_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cloudtrail_parameters(params: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Request parameters as CloudTrail logs them: camelCase names, and no plaintext,
-    ciphertext, signatures, key material or passwords (every blob member is dropped); null when
+    """Request parameters as CloudTrail logs them: camelCase names (or CloudTrail's own), and no
+    plaintext, ciphertext, signatures, key material or passwords (every blob member is dropped); null when
     none is left to log, as CloudTrail writes it (ct-retire-grant: a call by grant token alone)."""
     out = {  # strings, most parameters, as they are: no call each
-        _camel(name): value if type(value) is str else _cloudtrail_value(name, value)
-        for name, value in params.items() if not isinstance(value, bytes | bytearray) and name not in _SECRET_PARAMETERS
+        _LOGGED_AS.get(name) or _camel(name): value if type(value) is str else _cloudtrail_value(name, value)
+        for name, value in params.items() if not isinstance(value, bytes | bytearray) and name not in _NOT_LOGGED
     }
     out.update(extra)
     return out or None

@@ -285,6 +285,9 @@ async def test_custom_key_store_calls_name_the_store_in_additional_event_data(
     await call("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
     await call("UpdateCustomKeyStore", CustomKeyStoreId=store_id, NewCustomKeyStoreName="Renamed")
     await call("DeleteCustomKeyStore", CustomKeyStoreId=store_id)
+    # ct-create-keystore: the request logged as {customKeyStoreName, clusterId}; no trust anchor, no password.
+    created = to_cloudtrail(recorder.events("CreateCustomKeyStore")[-1])
+    assert created["requestParameters"] == {"customKeyStoreName": "ExampleKeyStore", "clusterId": cluster}
     named = {"customKeyStoreName": "ExampleKeyStore", "clusterId": cluster}
     for name, data in [("ConnectCustomKeyStore", named), ("DisconnectCustomKeyStore", named),
                        ("UpdateCustomKeyStore", {**named, "customKeyStoreName": "Renamed"}),
