@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors
+
+if TYPE_CHECKING:
+    from keytrail.kms.keys import Key
 
 __all__ = [
     "CloudHsmClusterInUseException",
@@ -27,8 +30,18 @@ __all__ = [
     "CustomKeyStore",
     "IncorrectTrustAnchorException",
     "custom_key_store_entry",
+    "key_store_event_data",
     "new_custom_key_store_id",
 ]
+
+
+def key_store_event_data(key: Key) -> dict[str, str]:
+    """What CloudTrail's additionalEventData says of a key in an AWS CloudHSM key store: the store,
+    its cluster and the key's backing key (ct-schedule-key-deletion, ct-delete-key); {} for other keys."""
+    if not (key.custom_key_store_id and key.current_material and key.current_material.handle):
+        return {}
+    return {"customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id", ""),
+            "backingKeys": f'[{{"backingKeyId":"{key.current_material.handle}"}}]'}
 
 
 class CloudHsmClusterNotFoundException(errors.KmsError):

@@ -295,3 +295,23 @@ async def test_custom_key_store_calls_name_the_store_in_additional_event_data(
         record = to_cloudtrail(recorder.events(name)[-1])
         assert (record["requestParameters"]["customKeyStoreId"], record["additionalEventData"]) == (store_id, data)
         assert (record["responseElements"], "resources" in record) == (None, False)
+
+
+async def test_deleting_a_key_in_a_custom_key_store_names_store_and_backing_key(
+    service: tuple[Caller, Recorder, ManualClock],
+    hsm: SoftHsm,
+    clusters: Iterator[str],
+    trust_anchor: str,
+) -> None:
+    # ct-schedule-key-deletion (a key in an AWS CloudHSM key store): additionalEventData names the
+    # store, its cluster and the key's backing keys.
+    call, recorder, _ = service
+    cluster = next(clusters)
+    store_id = (await call("CreateCustomKeyStore", CustomKeyStoreName="audit", CloudHsmClusterId=cluster,
+                           TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+    await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
+    backing = (recorder.events("CreateKey")[-1].additional_event_data or {})["backingKeyId"]
+    await call("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    named = {"customKeyStoreId": store_id, "clusterId": cluster, "backingKeys": f'[{{"backingKeyId":"{backing}"}}]'}
+    assert to_cloudtrail(recorder.events("ScheduleKeyDeletion")[-1])["additionalEventData"] == named

@@ -15,6 +15,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.importing import check_importable
 from keytrail.kms.keys import Key
+from keytrail.kms.keystores import key_store_event_data
 from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
@@ -220,6 +221,7 @@ async def schedule_key_deletion(svc: KmsService, call: Call) -> Response:
     svc.require_not_pending_deletion(key)
     if key.state is KeyState.PENDING_REPLICA_DELETION:
         raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
+    call.additional_event_data.update(key_store_event_data(key))  # a key in a CloudHSM key store
     key = multiregion.scheduled_deletion(key, svc.now(), window)
     response: Response = {"KeyId": key.arn, "KeyState": key.state.value, "PendingWindowInDays": window}
     if key.deletion_date is not None:  # absent while a primary waits for its replicas' deletion
