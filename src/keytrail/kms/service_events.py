@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms.keys import Key
+from keytrail.kms.keystores import key_store_event_data
 from keytrail.kms.model import CallRecord
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ __all__ = ["owes", "owes_event", "record_events", "record_owed", "with_event"]
 UNRECORDED = "unrecorded_service_events"  # Key.extra: JSON dicts, oldest first
 # CloudTrail entries since December 2022 name the deleted key's ARN in responseElements.keyId,
 # though no caller gets a response (ct-delete-key); RotateKey's and DeleteExpiredKeyMaterial's stay null.
-_LOGS_KEY_ARN = frozenset({"DeleteKey"})
+# The deletion of a key in a custom key store names the store and the key's backing keys (ct-delete-key).
+_NAMES_DELETED_KEY = frozenset({"DeleteKey"})
 
 
 def with_event(key: Key, event_id: str, name: str, details: dict[str, Any], at: datetime) -> Key:
@@ -49,11 +51,13 @@ def owes_event(key: Key, name: str) -> bool:
 async def record_events(svc: KmsService, key: Key) -> None:
     """Record each event `key` owes, under the id it was given when the change was written."""
     for event in key.extra.get(UNRECORDED, []):
+        deletion = event["name"] in _NAMES_DELETED_KEY
         await svc.audit(CallRecord(
             event_id=event["id"], event_name=event["name"], event_time=datetime.fromisoformat(event["time"]),
             region=key.region, account=key.account, context=None, request_parameters=None,
             service_event_details=event["details"], resources=(key.arn,), read_only=False,
-            response_elements={"keyId": key.arn} if event["name"] in _LOGS_KEY_ARN else None,
+            response_elements={"keyId": key.arn} if deletion else None,
+            additional_event_data=(key_store_event_data(key) or None) if deletion else None,
         ))
 
 
