@@ -163,20 +163,10 @@ async def test_custom_key_store_calls_name_store_and_backing_key(
 ) -> None:
     call, recorder, _ = service
     cluster = next(clusters)
-    store_id = (
-        await call(
-            "CreateCustomKeyStore",
-            CustomKeyStoreName="audit",
-            CloudHsmClusterId=cluster,
-            TrustAnchorCertificate=trust_anchor,
-            KeyStorePassword=PIN,
-        )
-    )["CustomKeyStoreId"]
+    store_id = await _key_store(call, cluster, trust_anchor, "audit")
     assert "keyStorePassword" not in (recorder.events("CreateCustomKeyStore")[-1].request_parameters or {})
     await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
-    key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"][
-        "KeyId"
-    ]
+    key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
     created = recorder.events("CreateKey")[-1].additional_event_data or {}
     blob = (await call("Encrypt", KeyId=key_id, Plaintext=b"x"))["CiphertextBlob"]
     await call("Decrypt", CiphertextBlob=blob)  # no KeyId: the key comes from the blob
@@ -279,8 +269,7 @@ async def test_custom_key_store_calls_name_the_store_in_additional_event_data(
     # gives the store's id only, and additionalEventData names the store and its cluster.
     call, recorder, _ = service
     cluster = next(clusters)
-    store_id = (await call("CreateCustomKeyStore", CustomKeyStoreName="ExampleKeyStore", CloudHsmClusterId=cluster,
-                           TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+    store_id = await _key_store(call, cluster, trust_anchor, "ExampleKeyStore")
     await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     await call("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
     await call("UpdateCustomKeyStore", CustomKeyStoreId=store_id, NewCustomKeyStoreName="Renamed")
@@ -307,8 +296,7 @@ async def test_deleting_a_key_in_a_custom_key_store_names_store_and_backing_key(
     # store, its cluster and the key's backing keys.
     call, recorder, clock = service
     cluster = next(clusters)
-    store_id = (await call("CreateCustomKeyStore", CustomKeyStoreName="audit", CloudHsmClusterId=cluster,
-                           TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN))["CustomKeyStoreId"]
+    store_id = await _key_store(call, cluster, trust_anchor, "audit")
     await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
     backing = (recorder.events("CreateKey")[-1].additional_event_data or {})["backingKeyId"]
@@ -320,3 +308,10 @@ async def test_deleting_a_key_in_a_custom_key_store_names_store_and_backing_key(
     clock.advance(8 * 86400)
     await call.svc.run_due()
     assert to_cloudtrail(recorder.events("DeleteKey")[-1])["additionalEventData"] == named
+
+
+async def _key_store(call: Caller, cluster: str, trust_anchor: str, name: str) -> str:
+    """A new AWS CloudHSM key store over `cluster` (SoftHSM), not yet connected: its id."""
+    created = await call("CreateCustomKeyStore", CustomKeyStoreName=name, CloudHsmClusterId=cluster,
+                         TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN)
+    return str(created["CustomKeyStoreId"])
