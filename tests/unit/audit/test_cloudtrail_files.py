@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import gzip
 import json
 import os
@@ -413,3 +414,30 @@ async def test_a_cross_account_call_exports_to_both_accounts_and_reads_back_once
     assert [e for _, e in iter_events(copy)] == [e for _, e in iter_events(source)]
     read = [e["eventID"] for e in iter_cloudtrail_records([tmp_path / "out"])]  # report, consume, detect
     assert sorted(read) == sorted([e["eventID"] for _, e in iter_events(source)] + [event_id])  # one call twice
+
+
+def test_the_collector_is_paused_while_a_file_is_parsed_and_left_as_found(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parse of a file builds a tree with no cycle: the collector is off during it (it would
+    walk the containers built so far again and again), then as it was, even after a bad file."""
+    enabled_while_parsing: list[bool] = []
+    loads, examples = json.loads, _kms_examples()
+
+    def spied(text: str, **options: object) -> object:
+        enabled_while_parsing.append(gc.isenabled())
+        return loads(text, **options)  # type: ignore[arg-type]
+
+    (tmp_path / "good.json").write_text(json.dumps({"Records": examples}))
+    (tmp_path / "bad.json").write_text('{"Records": [NaN]}')
+    monkeypatch.setattr(json, "loads", spied)  # the module cloudtrail_logs parses with
+    try:
+        assert cloudtrail_logs.read_log_file(tmp_path / "good.json") == examples
+        with pytest.raises(cloudtrail_logs.LogFileProblem):
+            cloudtrail_logs.read_log_file(tmp_path / "bad.json")
+        assert gc.isenabled()
+        gc.disable()  # a caller's choice, kept
+        cloudtrail_logs.read_log_file(tmp_path / "good.json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert enabled_while_parsing == [False, False, False]
