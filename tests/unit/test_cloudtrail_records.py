@@ -4,14 +4,17 @@ file is, which every reader of those files takes."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from keytrail.transport import cloudtrail_logs
 from keytrail.transport.cloudtrail_records import (
     normalized_record,
     original_event_id,
     record_problem,
+    storable_together,
     utc_event_time,
 )
 
@@ -88,3 +91,77 @@ def test_a_corrected_copy_names_the_call_it_repeats() -> None:
     assert original_event_id(_with(addendum={"reason": "DELIVERY_DELAY"})) is None  # late, not a copy
     assert original_event_id(_with(addendum={"reason": "UPDATED_DATA", "originalEventID": 7})) is None
     assert original_event_id(_RECORD) is None
+
+
+def _file_text(records: list[str]) -> str:
+    return '{"Records": [' + ", ".join(records) + "]}"
+
+
+_KMS = '"eventSource": "kms.amazonaws.com", "eventName": "Decrypt", "eventTime": "2026-01-05T12:00:00Z"'
+#: Records as a log file holds them (JSON text: the escapes and numbers as they come), normal ones
+#: and every edge of the storability test, KMS and another service's.
+_EDGE_RECORDS = [
+    *(f'{{"eventID": "n-{i}", {_KMS}, "requestParameters": {{"n": {2**64 - 1}, "m": {-(2**63)}}}}}' for i in range(5)),
+    f'{{"eventID": "big", {_KMS}, "requestParameters": {{"n": {2**64}}}}}',
+    f'{{"eventID": "small", {_KMS}, "requestParameters": {{"n": {-(2**63) - 1}}}}}',
+    f'{{"eventID": "lone", {_KMS}, "userAgent": "cli\\udc80"}}',
+    f'{{"eventID": "lone-key", {_KMS}, "requestParameters": {{"\\ud800": 1}}}}',
+    f'{{"eventID": "pair", {_KMS}, "userAgent": "cli \\ud83d\\ude00"}}',
+    f'{{"eventID": "deep", {_KMS}, "additionalEventData": {"[" * 300 + "]" * 300}}}',
+    # the deepest a record can be stored alone: one level too deep once inside a list
+    f'{{"eventID": "deepest", {_KMS}, "additionalEventData": {"[" * 252 + "]" * 252}}}',
+    f'{{"eventID": {2**70}, {_KMS}}}',  # too wide as it came, stored as the text it is coerced to
+    f'{{"eventID": "e", "eventSource": "kms.amazonaws.com", "eventName": {2**70}, "eventTime": "2026-01-05T12:00:00"}}',
+    f'{{"eventID": "s3", "eventSource": "s3.amazonaws.com", "n": {2**64}}}',  # another service's: skipped
+    '{"eventID": "no-time", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt", "x": "\\udc80"}',
+    *(f'{{"eventID": "m-{i}", {_KMS}}}' for i in range(6)),
+]
+
+
+def _read(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str], int]:
+    report = cloudtrail_logs.ReadReport()
+    kept = list(cloudtrail_logs.iter_located_records([path], report=report))
+    return kept, report.problems, report.skipped
+
+
+def test_records_checked_together_are_decided_as_each_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """readable_records tests the storability of a file's records a chunk at a time (one
+    orjson.dumps), each record alone only in a chunk that fails: the same records kept, the same
+    problems in the same words as when every record is tested alone."""
+    path = tmp_path / "edges.json"
+    path.write_text(_file_text(_EDGE_RECORDS))
+    monkeypatch.setattr(cloudtrail_logs, "_CHECKED_TOGETHER", 5)  # chunks of 5: some clean, some not
+    decided: list[bool] = []
+
+    def spied(records: list[Any]) -> bool:
+        decided.append(storable_together(records))
+        return decided[-1]
+
+    monkeypatch.setattr(cloudtrail_logs, "storable_together", spied)
+    together = _read(path)
+    monkeypatch.setattr(cloudtrail_logs, "storable_together", lambda records: False)
+    alone = _read(path)
+
+    assert together == alone
+    assert decided == [True, False, False, False, True]  # the fast path taken where it may be
+    kept, problems, skipped = together
+    assert [record["eventID"] for _, record in kept] == [
+        *(f"n-{i}" for i in range(5)), "pair", "deepest", str(2**70), "e", *(f"m-{i}" for i in range(6))]
+    assert problems == [
+        f"{path}: record 5 (eventID big): cannot be stored: Integer exceeds 64-bit range",
+        f"{path}: record 6 (eventID small): cannot be stored: Integer exceeds 64-bit range",
+        f"{path}: record 7 (eventID lone): cannot be stored: str is not valid UTF-8: surrogates not allowed",
+        f"{path}: record 8 (eventID lone-key): cannot be stored: str is not valid UTF-8: surrogates not allowed",
+        f"{path}: record 10 (eventID deep): cannot be stored: Recursion limit reached",
+        f"{path}: record 15 (eventID no-time): missing eventTime",
+    ]
+    assert skipped == 1
+
+
+def test_a_list_is_storable_together_only_when_each_record_is() -> None:
+    assert storable_together([_RECORD, _with(requestParameters={"n": 2**64 - 1})])
+    assert not storable_together([_RECORD, _with(requestParameters={"n": 2**64})])
+    assert not storable_together([_RECORD, _with(userAgent="cli\udc80")])
+    deepest = _with(additionalEventData=_nested(252))
+    assert record_problem(deepest) is None and not storable_together([deepest])  # tested alone, then
+    assert storable_together([])

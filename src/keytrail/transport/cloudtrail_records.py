@@ -10,13 +10,13 @@ store it as it is (no integer wider than 64 bits, no lone surrogate, no nesting 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-__all__ = ["normalized_record", "original_event_id", "record_problem", "utc_event_time"]
+__all__ = ["normalized_record", "original_event_id", "record_problem", "storable_together", "utc_event_time"]
 
 _BOOLEANS = ("readOnly", "managementEvent")
 _STRINGS = ("eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType", "eventCategory",
@@ -44,9 +44,10 @@ def normalized_record(record: dict[str, Any]) -> dict[str, Any]:
 _TEXT_OR_NONE = (str, type(None))
 
 
-def record_problem(record: dict[str, Any]) -> str | None:
+def record_problem(record: dict[str, Any], *, storable: bool = False) -> str | None:
     """Why a (normalized) KMS record cannot be read, None when it can: every reader refuses the same
-    records, with the same words."""
+    records, with the same words. `storable`: the record is known to be storable
+    (`storable_together` said so of records holding it), so its costliest test is not repeated."""
     if missing := [name for name in _REQUIRED if not record.get(name)]:
         return f"missing {', '.join(missing)}"
     try:
@@ -55,11 +56,27 @@ def record_problem(record: dict[str, Any]) -> str | None:
         return str(exc)
     if not isinstance(record.get("userIdentity"), dict | None):
         return "userIdentity is not an object"
+    if storable:
+        return None
     try:  # what the event log stores it with: the test of whether it can be stored as it came
         orjson.dumps(record)
     except orjson.JSONEncodeError as exc:
         return f"cannot be stored: {exc}"
     return None
+
+
+def storable_together(records: Sequence[Any]) -> bool:
+    """Whether the event log can store every one of `records` as it is, found by one orjson.dumps of
+    them all instead of one per record (≈0.5 µs a record less, of the ≈3.7 µs readable_records took).
+    It decides as record_problem's own test would: a record inside the list nests one level
+    deeper than alone, and normalized_record only puts text or booleans in place of values, so
+    each record of a storable list is storable, normalized or not. False only says that some
+    record may not be: record_problem then tests each."""
+    try:
+        orjson.dumps(records)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 def utc_event_time(value: Any) -> datetime:
