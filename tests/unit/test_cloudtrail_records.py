@@ -51,6 +51,21 @@ def test_numbers_and_string_booleans_are_coerced_as_cloudtrail_types_them() -> N
     assert record_problem(fixed) is None
 
 
+@pytest.mark.parametrize("name", ["eventVersion", "eventID", "eventSource", "eventName", "awsRegion", "eventType",
+                                  "eventCategory", "sourceIPAddress", "userAgent", "errorCode", "errorMessage",
+                                  "requestID", "recipientAccountId"])
+def test_every_string_field_is_looked_at(name: str) -> None:
+    record = _with(**{name: 7})
+    fixed = normalized_record(record)
+    assert fixed is not record and fixed[name] == "7" and record[name] == 7  # a copy: the record as it came
+
+
+@pytest.mark.parametrize("name", ["readOnly", "managementEvent"])
+def test_every_boolean_field_is_looked_at(name: str) -> None:
+    assert normalized_record(_with(**{name: "True"}))[name] is True
+    assert normalized_record(_with(**{name: False}))[name] is False
+
+
 @pytest.mark.parametrize(("record", "problem"), [
     (_with(eventTime=...), "missing eventTime"),
     (_with(eventName=""), "missing eventName"),
