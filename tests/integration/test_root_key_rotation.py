@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -177,3 +178,53 @@ def test_a_shared_store_is_resealed_and_a_node_with_the_old_key_is_refused(
             assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"shared"
         finally:
             assert server.stop() == 0
+
+
+_KILLED_AT = """
+import os, sys
+from keytrail.cli import main, root_key
+from keytrail.kms.sqlite_store import SqliteStore
+def killed(*args, **kwargs):
+    os._exit(137)
+if sys.argv[1] == "before root.key":
+    root_key.write_root_key_file = killed
+else:  # after the commit, before the WAL is emptied into keys.db
+    SqliteStore._flush_freed = killed
+sys.argv = ["keytrail", "root-key", "rotate", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("killed_at", ["before root.key", "before the WAL is emptied"])
+def test_a_rotation_killed_after_its_commit_is_finished_by_running_it_again(tmp_path: Path, killed_at: str) -> None:
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    kms = server.client()
+    blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["Arn"], Plaintext=b"before")["CiphertextBlob"]
+    assert server.stop() == 0
+    sealed_before = _sealed_materials(data / "keys.db")
+    new = _new_key(tmp_path / "new.key")
+    args = ["--data-dir", str(data), "--new-key", str(new)]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT, killed_at, *args], capture_output=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    assert (data / "root.key").read_bytes() != new.read_bytes()
+
+    again = _rotate(*args)
+    assert (again.returncode, again.stderr) == (0, ""), again.stderr
+    assert again.stdout.splitlines()[0] == ("the key store was already sealed under the new root key (a rotation "
+                                            "stopped before it finished): nothing to reseal")
+    assert (data / "root.key").read_bytes() == new.read_bytes()
+    raw = b"".join(path.read_bytes() for path in data.iterdir() if path.name.startswith("keys.db"))
+    assert [value for value in sealed_before if value in raw] == []  # nothing the old key opens
+    server.start()
+    try:
+        assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"before"
+    finally:
+        assert server.stop() == 0
+
+
+def _sealed_materials(path: Path) -> list[bytes]:
+    with sqlite3.connect(path) as db:
+        docs = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM keys")]
+    db.close()
+    return [material["sealed"].encode() for doc in docs for material in doc["materials"]]

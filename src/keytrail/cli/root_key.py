@@ -7,9 +7,9 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
@@ -28,6 +28,14 @@ root_key_app = typer.Typer(help="The root key that seals all key material (docs/
 
 class _Refused(Exception):
     """The rotation cannot start; the message says why."""
+
+
+class _Resealable(Protocol):
+    """What the rotation needs of a key store (SqliteStore, PostgresStore)."""
+
+    async def reseal(self, new: RootKey) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 @root_key_app.command()
@@ -70,7 +78,11 @@ def rotate(
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # RootKeyUnusable is an OSError
         reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise fail(f"{reason}: nothing was changed", COMMAND) from None
-    typer.echo(f"resealed and re-authenticated {count} document(s) of the key store under the new root key")
+    if count is None:
+        typer.echo("the key store was already sealed under the new root key (a rotation stopped before it "
+                   "finished): nothing to reseal")
+    else:
+        typer.echo(f"resealed and re-authenticated {count} document(s) of the key store under the new root key")
     typer.echo(_next_step(data_dir, new_key, secret))
 
 
@@ -81,7 +93,8 @@ def _new_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
-async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int:
+async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int | None:
+    """The number of documents resealed; None if the store already was under `new`."""
     from keytrail.kms.postgres_store import PostgresStore
     from keytrail.kms.sqlite_store import SqliteStore
 
@@ -89,19 +102,39 @@ async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int:
     if url is not None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise _Refused(f"--store must be a postgresql:// URL, got {url.split('@')[-1]!r}")
-        shared = await PostgresStore.connect(url, old)
-        try:
-            return await shared.reseal(new)
-        finally:
-            await shared.close()
+        return await _reseal_store(lambda root: PostgresStore.connect(url, root), old, new)
     if not (data_dir / "keys.db").exists():
         raise _Refused(f"{data_dir} holds no key store (keys.db)")
+    async def open_local(root: RootKey) -> SqliteStore:
+        return SqliteStore(data_dir / "keys.db", root)  # unseals every key: a wrong root key stops here
+
     with _serve_stopped(data_dir):
-        local = SqliteStore(data_dir / "keys.db", old)  # unseals every key: a wrong root key stops here
-        try:
-            return await local.reseal(new)
-        finally:
-            await local.close()
+        return await _reseal_store(open_local, old, new)
+
+
+async def _reseal_store(open_store: Callable[[RootKey], Awaitable[_Resealable]], old: RootKey,
+                        new: RootKey) -> int | None:
+    """Reseal the store under `new`; None if `new` already opens it and `old` does not: a rotation
+    killed after its commit, before root.key was replaced, is finished by running it again."""
+    try:
+        store = await open_store(old)
+    except SealError:
+        if not await _opens(open_store, new):
+            raise
+        return None
+    try:
+        return await store.reseal(new)
+    finally:
+        await store.close()
+
+
+async def _opens(open_store: Callable[[RootKey], Awaitable[_Resealable]], root: RootKey) -> bool:
+    try:
+        store = await open_store(root)
+    except SealError:
+        return False
+    await store.close()  # SQLite empties its WAL into keys.db here, as reseal's flush would have
+    return True
 
 
 @contextlib.contextmanager
