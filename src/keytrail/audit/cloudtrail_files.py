@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
+import os
 import re
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 from keytrail.audit.schema import SchemaError, decode_batch, event_id_bytes
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
-from keytrail.owner_only import within, write_bytes
+from keytrail.owner_only import replace_whole, within
 from keytrail.shared_events import owner_copies
 from keytrail.transport.cloudtrail_logs import (
     ReadReport,
@@ -260,12 +261,20 @@ def _write_log_file(out: Path, key: _FileKey, events: list[dict[str, Any]], sequ
     `sequence`, so the files of one hour sort (and import) in the order they were written."""
     account, region, hour = key
     folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
-    unique = f"{sequence:08x}{uuid.uuid4().hex[:8]}"
+    text = json.dumps({"Records": events}).encode()
+    # Named by its place and its records, not at random: an export run again over the same log into
+    # the folder a killed one left writes the same files over those, not a second copy beside them.
+    unique = f"{sequence:08x}{hashlib.sha256(text).hexdigest()[:8]}"
     path = folder / f"{account}_CloudTrail_{region}_{hour}_{unique}.json.gz"
-    data = gzip.compress(json.dumps({"Records": events}).encode())
+    data = gzip.compress(text)
     if owner_only:
-        write_bytes(path, data)  # its folders made 0700 first
+        replace_whole(path, data)  # its folders made 0700 first
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        temp = folder / f".{path.name}.{os.getpid()}.tmp"  # whole or not at all: killed, no torn file
+        try:
+            temp.write_bytes(data)
+            temp.replace(path)
+        finally:
+            temp.unlink(missing_ok=True)  # a full disk: not left behind
     return path

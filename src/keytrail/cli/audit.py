@@ -392,8 +392,8 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
         with terminate_as_interrupt():
             written = export_cloudtrail(data_dir, out, log)
     except KeyboardInterrupt as stopped:  # Ctrl-C or SIGTERM: files of part of the log are there
-        _fail(f"export stopped before the end: {out / 'AWSLogs'} holds part of the event log (export again into an "
-              "empty folder: files written twice would list their records twice)", interrupted_status(stopped))
+        _fail(f"export stopped before the end: {out / 'AWSLogs'} holds part of the event log (run the same "
+              "export again to finish it: it writes the same files over these)", interrupted_status(stopped))
     except EventLogUnreadable as exc:  # a segment unreadable (permissions, a folder in its place)
         _fail(f"cannot read the event log in {data_dir}: {os_problem(exc.error)}")
     except SchemaError as exc:  # a record edited (its checksum fixed) or of an unknown schema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from typer.testing import CliRunner
@@ -431,6 +433,39 @@ main()
                             preexec_fn=interruptible)
     assert result.returncode == status, result.stderr
     assert result.stderr.strip() == (
-        f"keytrail audit: export stopped before the end: {out / 'AWSLogs'} holds part of the event log (export "
-        "again into an empty folder: files written twice would list their records twice)")
+        f"keytrail audit: export stopped before the end: {out / 'AWSLogs'} holds part of the event log (run the same "
+        "export again to finish it: it writes the same files over these)")
     assert len(list(out.rglob("*.json.gz"))) == 1
+
+
+def test_an_export_killed_halfway_is_finished_by_running_it_again_into_the_same_folder(tmp_path: Path) -> None:
+    """The second export wrote all files again beside the first one's: every record they held twice."""
+    fill_trail(tmp_path / "node", 9)
+    out, whole = tmp_path / "out", tmp_path / "whole"
+    killed_halfway = f"""
+import os, sys
+from keytrail.audit import cloudtrail_files
+write = cloudtrail_files._write_log_file
+def write_then_die(*args, **kwargs):
+    path = write(*args, **kwargs)
+    if kwargs["sequence"] == 1:
+        os._exit(137)  # kill -9 after the second file
+    return path
+cloudtrail_files._write_log_file = write_then_die
+cloudtrail_files.EXPORT_FILE_RECORDS = 2
+from keytrail.cli import main
+sys.argv = ["keytrail", "audit", "export", "--data-dir", {str(tmp_path / "node")!r}, {str(out)!r}]
+main()
+"""
+    killed = subprocess.run([sys.executable, "-c", killed_halfway], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137 and len(list(out.rglob("*.json.gz"))) == 2, killed.stderr
+    with patch("keytrail.audit.cloudtrail_files.EXPORT_FILE_RECORDS", 2):
+        assert _run("export", str(out), "--data-dir", str(tmp_path / "node"))[0] == 0
+        assert _run("export", str(whole), "--data-dir", str(tmp_path / "node"))[0] == 0
+    assert _exported(out) == _exported(whole) and len(_exported(whole)) == 5
+
+
+def _exported(out: Path) -> dict[str, list[str]]:
+    """Each file's name (under AWSLogs) and the eventIDs it holds."""
+    return {str(path.relative_to(out)): [record["eventID"] for record in json.loads(gzip.decompress(
+        path.read_bytes()))["Records"]] for path in sorted(out.rglob("*")) if path.is_file()}
