@@ -7,11 +7,14 @@ reported by `keytrail report` from the data dir and straight from the CloudTrail
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +23,8 @@ from typing import Any
 import polars as pl
 import pytest
 
+from tests.support.audit_records import fill_trail
+from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 from tests.unit.reports.commands import cli_commands
 from tests.unit.reports.records import key_arn, record, user_arn
@@ -249,3 +254,55 @@ def test_a_report_written_into_the_data_dir_is_its_owners_alone(data_dir: Path, 
         assert (mode(tmp_path / "elsewhere" / "r.html"), mode(tmp_path / "elsewhere")) == (0o644, 0o755)
     finally:
         os.umask(previous)
+
+
+_STUCK_CHILD = """
+import sys
+from keytrail.reports import collect
+import stuck_child
+collect._consume_event_log = stuck_child.consume  # the child, spawned, imports it by this name
+from keytrail.cli import main
+sys.argv = ["keytrail", "report", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_consuming_child_of_a_report_killed_with_kill_9_does_not_outlive_it(tmp_path: Path) -> None:
+    """It went on for good: blocked sending its result to nobody, holding its scratch state."""
+    fill_trail(tmp_path / "node", 3)
+    (tmp_path / "stuck_child.py").write_text("import time\n\ndef consume(*args):\n    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    report = subprocess.Popen([sys.executable, "-c", _STUCK_CHILD, "--data-dir", str(tmp_path / "node"),
+                               "--out", str(tmp_path / "r.json"), "--format", "json"], env=env)
+    consumer = _spawned_child(report.pid)
+    try:
+        time.sleep(1)  # its initializer has run
+        report.kill()
+        report.wait(30)
+        assert _gone_within(consumer, seconds=10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(consumer, signal.SIGKILL)
+
+
+def _spawned_child(pid: int) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child, argv in child_commands(pid).items():
+            if any(b"spawn_main" in arg for arg in argv):
+                return child
+        time.sleep(0.05)
+    raise AssertionError("the report started no consuming child")
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # dead, not yet reaped by init
+            return True
+        time.sleep(0.05)
+    return False

@@ -8,7 +8,12 @@ from the same decoded batches on the way through (each batch is decoded once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -141,9 +146,23 @@ def collect_event_log(log: Path, options: ReportOptions, progress: bool | None =
     of the two phases, not their sum. `progress`: a bar on stderr (None: when it is a terminal)."""
     spawn = multiprocessing.get_context("spawn")  # a fork of a process that ran polars may deadlock
     with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as child:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_die_with,
+                                 initargs=(os.getpid(),)) as child:
             counted, denied = child.submit(_consume_event_log, log, Path(scratch), options, progress).result()
         return _tables(MetricsStore(Path(scratch)), denied, options, counted)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """In the child, first: killed when the report is (kill -9 too), not left running, and then
+    blocked for ever sending a result nobody reads, its scratch state held."""
+    if sys.platform == "linux":
+        with contextlib.suppress(AttributeError, OSError):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the report died before the line above
+        os._exit(1)
 
 
 def _consume_event_log(log: Path, scratch: Path, options: ReportOptions,
