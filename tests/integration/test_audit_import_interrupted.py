@@ -19,6 +19,7 @@ from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import IMPORT_ORIGIN, load_digests
 from keytrail.audit.trail import audit_paths
 from keytrail.transport.segment_log import SegmentLog
+from tests.integration.test_disk_full import _fill, small_disk  # noqa: F401  (a fixture)
 from tests.support.audit_records import fill_trail
 from tests.support.processes import interruptible
 from tests.support.server import KeytrailServer
@@ -134,3 +135,24 @@ def test_an_import_started_with_sigint_ignored_keeps_ignoring_it(tmp_path: Path)
     importer.wait(30)
     assert importer.stderr is not None
     assert importer.returncode == 128 + signal.SIGTERM, importer.stderr.read()
+
+
+def test_an_import_stopped_by_a_full_disk_says_so_in_one_line_and_a_rerun_finishes_it(
+        small_disk: Path, tmp_path: Path) -> None:  # noqa: F811
+    """It ended in a SpoolError traceback (after the spool's own log line)."""
+    data, source = small_disk / "data", _cloudtrail_file(tmp_path / "big.json", 3_000)  # ~3 MB stored
+    fill_trail(data, SERVED)
+    filler = _fill(small_disk, leave=512 * 1024)
+    full = subprocess.run(_keytrail("audit", "import", str(source), "--data-dir", str(data)),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert full.returncode == 1 and len(full.stderr.splitlines()) == 1, full.stderr
+    assert full.stderr.startswith(f"keytrail audit: cannot store records in the event log in {data} (") and (
+        "No space left on device" in full.stderr and "run the same import again once it can write" in full.stderr)
+    filler.unlink()
+    again = subprocess.run(_keytrail("audit", "import", str(source), "--data-dir", str(data)),
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    stored = [event["eventID"] for _, event in iter_events(data, SERVED)]
+    assert stored == [f"imported-{i}" for i in range(3_000)]
+    verify = _verify(data)
+    assert verify.returncode == 0, verify.stdout

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import logging
 import os
 import select
 import signal
@@ -307,17 +308,23 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
 
     SIGTERM or Ctrl-C stops it cleanly: the records read so far are stored and signed, the count
     printed, and it exits 143 or 130."""
+    from keytrail.audit import spool
     from keytrail.audit.cloudtrail_files import import_cloudtrail
+    from keytrail.kms.model import AuditUnavailable
 
     if problem := missing_paths(paths):
         _fail(problem)
-    with _stop_on_signal() as stop:
+    # A write that fails (a full disk) is this command's one line below, not also the spool's log line.
+    with _stop_on_signal() as stop, _unlogged(spool.__name__):
         try:
             report = asyncio.run(import_cloudtrail(data_dir, paths, stop.requested))
         except LogLockedError as exc:
             _fail(f"{exc} (stop `keytrail serve` first)")
         except OSError as exc:  # --data-dir a file, or read-only
             _fail(f"--data-dir: cannot write the event log in {data_dir}: {os_problem(exc)}")
+        except AuditUnavailable as exc:  # a full disk midway: what was stored stays, and is passed over next time
+            _fail(f"cannot store records in the event log in {data_dir} ({exc}): run the same import again once it "
+                  "can write; the records it imported are then passed over as already in the event log")
     for problem in report.problems:
         typer.echo(f"skipped: {problem}", err=True)
     if report.stopped_at is not None and stop.received is not None:
@@ -329,6 +336,17 @@ def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files o
                f"{_count(len(report.problems), 'problem')}{digests}")
     if report.problems:  # what could be read is imported; a script still learns that some was not
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _unlogged(logger: str) -> Iterator[None]:
+    """Silence `logger` meanwhile (and only meanwhile: the CLI also runs inside other processes)."""
+    level = logging.getLogger(logger).level
+    logging.getLogger(logger).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).setLevel(level)
 
 
 class _StopSignal:
