@@ -228,3 +228,55 @@ def _sealed_materials(path: Path) -> list[bytes]:
         docs = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM keys")]
     db.close()
     return [material["sealed"].encode() for doc in docs for material in doc["materials"]]
+
+
+_DISK_FULL_AT = """
+import errno, sqlite3, sys
+from keytrail.cli import main, root_key
+from keytrail.kms import sqlite_store
+def store_full(*args):
+    raise sqlite3.OperationalError("database or disk is full")
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+if sys.argv[1] == "the key store":
+    sqlite_store.rewrite = store_full
+else:
+    root_key.write_root_key_file = disk_full
+sys.argv = ["keytrail", "root-key", "rotate", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.parametrize(("full_at", "complaint"), [
+    ("the key store", "cannot write the key store (database or disk is full): make room and run the same command "
+                      "again to finish the rotation"),
+    ("root.key", "the key store is sealed under the new root key, but {data}/root.key still holds the old one: "
+                 "cannot replace it (No space left on device): make room and run the same command again"),
+])
+def test_a_full_disk_stops_the_rotation_in_one_line_and_running_it_again_finishes_it(
+        tmp_path: Path, full_at: str, complaint: str) -> None:
+    # It ended in a traceback (sqlite3.OperationalError, or an OSError once the store was resealed).
+    data = tmp_path / "data"
+    asyncio.run(_store_with_a_key(data))
+    new = _new_key(tmp_path / "new.key")
+    args = ["--data-dir", str(data), "--new-key", str(new)]
+    full = subprocess.run([sys.executable, "-c", _DISK_FULL_AT, full_at, *args], capture_output=True, text=True,
+                          timeout=120)
+    assert (full.returncode, full.stderr) == (2, f"keytrail root-key rotate: {complaint.format(data=data)}\n")
+    assert _rotate(*args).returncode == 0
+    assert (data / "root.key").read_bytes() == new.read_bytes()
+    assert asyncio.run(_key_under(data, RootKey(new.read_bytes()))) == KEY
+
+
+async def _store_with_a_key(data: Path) -> None:
+    store = SqliteStore(data / "keys.db", RootKey.load(data))
+    await store.put_key(KEY)
+    await store.close()
+
+
+async def _key_under(data: Path, root: RootKey) -> Key | None:
+    store = SqliteStore(data / "keys.db", root)
+    try:
+        return await store.get_key(KEY.account, KEY.region, KEY.key_id)
+    finally:
+        await store.close()

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -78,12 +79,20 @@ def rotate(
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # RootKeyUnusable is an OSError
         reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise fail(f"{reason}: nothing was changed", COMMAND) from None
+    except sqlite3.Error as exc:  # a full disk: the transaction rolled back, or its flush failed after it
+        raise fail(f"cannot write the key store ({exc}): make room and run the same command again to finish the "
+                   "rotation", COMMAND) from None
     if count is None:
         typer.echo("the key store was already sealed under the new root key (a rotation stopped before it "
                    "finished): nothing to reseal")
     else:
         typer.echo(f"resealed and re-authenticated {count} document(s) of the key store under the new root key")
-    typer.echo(_next_step(data_dir, new_key, secret))
+    try:
+        typer.echo(_next_step(data_dir, new_key, secret))
+    except OSError as exc:  # after the commit: the store opens under the new root key only
+        raise fail(f"the key store is sealed under the new root key, but {data_dir / 'root.key'} still holds the old "
+                   f"one: cannot replace it ({os_problem(exc)}): make room and run the same command again",
+                   COMMAND) from None
 
 
 def _new_secret(path: Path) -> bytes:
