@@ -359,3 +359,32 @@ async def test_a_receiver_answering_with_a_huge_body_costs_the_hook_no_memory(tm
             await sink.aclose()
     assert dead_letters(tmp_path) == []  # delivered: 200
     assert peak < 10_000_000, peak
+
+
+async def test_an_alarm_a_receiver_never_answers_alone_is_dead_lettered_and_the_others_go_out(tmp_path: Path) -> None:
+    """A receiver that accepts the request of one alarm and never answers it (stuck on that payload),
+    and answers the others: left unanswered once connected, the hook was reached, so the alarms
+    behind are tried and the head given up on. The webhook's own deadline ended the request before
+    httpx's read timeout did, and was taken for a receiver out of reach: that one alarm then held
+    every later one for as long as the receiver stayed stuck."""
+    alarms = make_alarms(3)
+    stuck, delivered = alarms[0].alarm_id, []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                alarm_id = json.loads(await reader.readexactly(length))["alarmId"]
+                if alarm_id == stuck:
+                    await reader.read()  # never answers: waits for the client to give up
+                    break
+                delivered.append(alarm_id)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    async with raw_receiver(answer) as url:
+        await dispatched(webhook(url, tmp_path, timeout=0.2), alarms, send_ahead_after=1, timeout=8)
+    assert delivered == [alarms[1].alarm_id, alarms[2].alarm_id]
+    [entry] = dead_letters(tmp_path)
+    assert entry["alarmId"] == stuck

@@ -55,6 +55,16 @@ def verify_signature(secret: bytes, body: bytes, header: str | None) -> bool:
     return header is not None and hmac.compare_digest(sign(secret, body).encode(), header.encode())
 
 
+class _Connected:
+    """Whether a request got as far as being sent on a connection (httpx's `trace` extension)."""
+
+    def __init__(self) -> None:
+        self.sending = False
+
+    async def trace(self, event: str, info: dict[str, object]) -> None:
+        self.sending = self.sending or event.endswith("send_request_headers.started")
+
+
 class WebhookSink:
     """POSTs each alarm; an alarm refused `attempts` times goes to the dead-letter file, and a
     receiver out of reach raises `HookDown` (the alarm waits, see the module docstring)."""
@@ -91,18 +101,22 @@ class WebhookSink:
             await asyncio.to_thread(self.dead_letters.add, alarm, failure.reason, self.attempts)
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> Failure | None:
+        connected = _Connected()
         try:
             # httpx's timeout bounds each read: a receiver trickling bytes would hold the hook
             # (and every alarm queued behind this one) forever. The answer's body is never read:
             # only the status counts, and a URL answering with a download took its size in memory.
             async with asyncio.timeout(self.timeout), self._client.stream(
-                "POST", self.url, content=body, headers=headers
+                "POST", self.url, content=body, headers=headers, extensions={"trace": connected.trace}
             ) as response:
                 status = response.status_code
         except httpx.HTTPError as exc:
             return Failure(f"{type(exc).__name__}: {exc}", down=True, reached=isinstance(exc, AFTER_CONNECTING))
         except TimeoutError:
-            return Failure(f"no answer within {self.timeout} s", down=True)
+            # This deadline, started before httpx's read timeout, is what ends a request left
+            # unanswered: once the request was being sent, the receiver was reached (it may be
+            # stuck on this payload alone), as when httpx's ReadTimeout ends it.
+            return Failure(f"no answer within {self.timeout} s", down=True, reached=connected.sending)
         if 200 <= status < 300:
             return None
         return Failure(f"HTTP {status}", down=status in UNAVAILABLE, reached=status not in NOT_ABOUT_THE_ALARM)
