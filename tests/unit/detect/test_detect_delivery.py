@@ -632,6 +632,42 @@ async def test_the_head_a_hook_that_was_down_gets_is_its_latest_state_once(tmp_p
     assert Outbox(path).owed == []
 
 
+class StuckOn(Outage):
+    """Down until `up` is set; then takes every alarm but those of `stuck`, on which it hangs."""
+
+    def __init__(self, stuck: set[str]) -> None:
+        super().__init__()
+        self.stuck = stuck
+
+    async def deliver(self, alarm: Alarm) -> None:
+        if self.up and alarm.alarm_id in self.stuck:
+            await asyncio.Event().wait()
+        await super().deliver(alarm)
+
+
+async def test_the_latest_state_a_hook_back_got_as_its_head_is_not_owed_to_it_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The hook back from an outage got the head in its latest state (queued behind another alarm);
+    the node stopped before that state's turn (the drain cut off on the other one). The outbox said
+    only the head's first state was handled, so the next start sent the latest state again."""
+    import dataclasses
+
+    from keytrail.detect.sinks.outbox import Outbox
+
+    head, other = _alarms(2)
+    hook, path = StuckOn({other.alarm_id}), tmp_path / "outbox.jsonl"
+    dispatcher = Dispatcher([hook], outboxes=[Outbox(path)], pause=(0.01, 0.02))
+    dispatcher.publish(head)
+    await asyncio.sleep(0.05)  # the worker holds it, probing
+    dispatcher.publish(other)
+    dispatcher.publish(update := dataclasses.replace(head, count=2))  # a tick's count, queued behind the other
+    hook.up = True
+    await eventually(lambda: hook.alarms == [update], what="the head delivered in its latest state")
+    await dispatcher.close(timeout=0.1)  # stuck on the other: the drain cut off before the update's turn
+    assert [(a.alarm_id, a.count) for a in Outbox(path).owed] == [(other.alarm_id, other.count)]
+
+
 async def test_the_outbox_of_a_hook_no_longer_configured_is_warned_of_once_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -146,9 +146,10 @@ class Dispatcher:
             if (latest := self._latest[index]) is not None:
                 alarm = latest.pop(alarm.alarm_id, alarm)
             self._in_delivery[index] = True
+            done = alarm  # the state the hook is done with: a later one if it went out in this one's place
             try:
                 if not self._taken_ahead(index, alarm):
-                    await self._deliver(index, alarm)
+                    done = await self._deliver(index, alarm)
             except Exception:  # a hook must never take the detector down
                 self.failed += 1
                 log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
@@ -157,15 +158,16 @@ class Dispatcher:
                 queue.task_done()
             # Not when cancelled mid-delivery (the close's drain cut off): still owed, sent at the next start.
             if outbox is not None:
-                outbox.handled(alarm, drained=queue.empty())
+                outbox.handled(done, drained=queue.empty())
 
     def _taken_ahead(self, index: int, alarm: Alarm) -> bool:
         """Whether the hook took this state of the alarm (or a later one) ahead of its turn."""
         sent = self._ahead[index].pop(alarm.alarm_id, None)
         return sent is not None and _progress(alarm) <= sent
 
-    async def _deliver(self, index: int, alarm: Alarm) -> None:
-        """Deliver the alarm, or let the hook give up on it; while the hook is down, probe it with
+    async def _deliver(self, index: int, alarm: Alarm) -> Alarm:
+        """Deliver the alarm, or let the hook give up on it, in its latest state (`_newest`): the
+        state it is done with, which the outbox records as handled. While the hook is down, probe it with
         this alarm after a pause growing to `pause[1]`: the alarms behind it wait their turn in order.
         From the `send_ahead_after`th probe on, a probe that reached the hook and failed is followed
         by a try of the alarms behind it (`_send_ahead`): if the hook takes one, it is up, and it is
@@ -188,7 +190,7 @@ class Dispatcher:
                     strikes += 1
                     if strikes >= STRIKES:
                         await self._give_up(index, alarm, exc, taken, probes, strikes)
-                        return
+                        return alarm
                 elif not exc.reached:
                     strikes = 0  # out of reach: down after all, for every alarm; the evidence starts again
                 taken = None
@@ -203,6 +205,7 @@ class Dispatcher:
             pause = min(pause * 2, self.pause[1])
             probes += 1
         self._came_back(index)
+        return alarm
 
     def _newest(self, index: int, head: Alarm) -> Alarm:
         """The head in its latest state: one queued while the hook was down (a tick's count, an
