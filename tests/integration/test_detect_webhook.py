@@ -167,6 +167,26 @@ async def test_a_receiver_answering_unavailable_is_the_hook_down_and_its_alarm_i
     assert dead_letters(tmp_path) == []
 
 
+@pytest.mark.parametrize("receiver", [[521, 521, 522, 523, 524]], indirect=True)
+async def test_a_receiver_whose_cdn_cannot_reach_it_is_the_hook_down_and_its_alarm_is_kept(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    """Behind Cloudflare (and CDNs answering as it does), a receiver restarting or out of reach is
+    answered for with 521 (refused), 522 (connection timed out), 523 (unreachable) or 524 (no answer
+    in time): the 502 and 504 of that proxy. Taken for refusals, every alarm of the outage was
+    dead-lettered after its attempts and never sent once the receiver was back."""
+    sink, [alarm] = webhook(receiver.url, tmp_path), make_alarms(1)
+    with pytest.raises(HookDown, match="HTTP 521"):
+        await sink.deliver(alarm)
+    for status in (522, 523, 524):  # the dispatcher's probes: one request each while it is down
+        with pytest.raises(HookDown, match=f"HTTP {status}"):
+            await sink.deliver(alarm)
+    await sink.deliver(alarm)  # 200: back
+    await sink.aclose()
+    assert [status for _, _, status in receiver.requests] == [521, 521, 522, 523, 524, 200]
+    assert dead_letters(tmp_path) == []
+
+
 @pytest.mark.parametrize("receiver", [[500, 500, 200]], indirect=True)
 async def test_an_alarm_the_receiver_fails_on_is_dead_lettered_and_does_not_hold_the_next(
     receiver: Receiver, tmp_path: Path

@@ -1,7 +1,7 @@
 """Webhook hook: JSON POST signed with HMAC-SHA256, retried with backoff; an alarm the receiver
 refuses (an answer other than 2xx or those of `UNAVAILABLE`, a 500 among them) is dead-lettered
 after its attempts, while a receiver out of reach (no connection, no answer in time, 408, 429,
-502, 503, 504) is the hook down: the dispatcher keeps its alarms until it answers again, unless
+502, 503, 504, a CDN's 521-524) is the hook down: the dispatcher keeps its alarms until it answers again, unless
 it takes the alarms behind one it keeps answering 503 to (the dispatcher then gives that one up).
 
 Receivers check `X-Keytrail-Signature: sha256=<hex>` = HMAC-SHA256(secret, raw body) with a
@@ -28,16 +28,18 @@ __all__ = ["SIGNATURE_HEADER", "WebhookSink", "sign", "verify_signature"]
 
 SIGNATURE_HEADER = "X-Keytrail-Signature"
 # Answers that say the receiver cannot take anything now, not that it refuses this alarm: a proxy
-# without its receiver (502, 504), one unavailable or overloaded (503, 429), a request timeout. Any
-# other answer, a 500 among them, is about this alarm: an alarm the receiver fails on (its bug, say)
-# is dead-lettered after its attempts rather than taken for an outage, where it would hold every
-# alarm behind it until the receiver is fixed.
-UNAVAILABLE = frozenset({408, 429, 502, 503, 504})
+# without its receiver (502, 504, and the same said by Cloudflare and CDNs answering as it does: 521
+# refused, 522 connection timed out, 523 unreachable, 524 no answer in time), one unavailable or
+# overloaded (503, 429), a request timeout. Any other answer, a 500 among them, is about this
+# alarm: an alarm the receiver fails on (its bug, say) is dead-lettered after its attempts rather
+# than taken for an outage, where it would hold every alarm behind it until the receiver is fixed.
+UNAVAILABLE = frozenset({408, 429, 502, 503, 504, 521, 522, 523, 524})
 # Of those, the answers about the receiver's state alone, never about one payload: a rate limit
 # (429) or a request it tired of waiting for (408). They do not count as the hook reached, so the
 # alarms behind are not tried on them: a rate limiter that let one of those through then answered
-# the head's next try 429, and the head, a good alarm, was given up on as one the hook chokes on.
-NOT_ABOUT_THE_ALARM = frozenset({408, 429})
+# the head's next try 429, and the head, a good alarm, was given up on as one the hook chokes on. A
+# CDN that could not connect to the receiver (521, 522, 523) never sent it the alarm either.
+NOT_ABOUT_THE_ALARM = frozenset({408, 429, 521, 522, 523})
 # Failures once connected: the receiver hung up on the request, or did not answer it in time, which
 # may be about this alarm alone (the dispatcher then tries the alarms behind it); a connection
 # refused or not made in time is the receiver down for every alarm.
