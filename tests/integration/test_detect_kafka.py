@@ -373,3 +373,90 @@ async def test_standalone_detect_judges_time_rules_only_once_every_partition_is_
             assert proc.wait(10) == 0
     alarms = [json.loads(line) for line in (tmp_path / "alarms.jsonl").read_text().splitlines()]
     assert [a["rule"] for a in alarms] == ["unauthorized-decrypt"]
+
+
+async def test_standalone_detect_owes_each_hook_its_alarm_once_across_kill_and_restarts(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """The on-call's guarantee, with real parts: the alarm is raised while the webhook refuses
+    connections and the MQTT broker is out of reach; the detector is killed (-9). Started again
+    with both back, it sends each of them the alarm once, from their outboxes; started once more,
+    nothing. Every hook carries the same document as alarms.jsonl (Kafka's in Avro), and the
+    webhook's signature verifies."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import aiomqtt
+
+    from keytrail.audit.schema import encode
+    from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, verify_signature
+    from tests.support.services import mosquitto
+
+    key, webhook_port, posts = key_arn(31), free_port(), []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if json.loads(body)["keyArn"] == key:  # the audit topic holds the other tests' records too
+                posts.append((body, self.headers[SIGNATURE_HEADER]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def detect(mqtt: str) -> subprocess.Popen[bytes]:
+        settings = tmp_path / f"settings-{free_port()}.toml"
+        settings.write_text(f'[hooks]\nmqtt = "{mqtt}"\n[[hooks.webhook]]\n'
+                            f'url = "http://127.0.0.1:{webhook_port}/hook"\nsecret = "s3cret"\n')
+        return subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                                 str(tmp_path / "data"), "--config", str(settings), "--tick-every", "0.5"])
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await producer.send_and_wait(AUDIT, encode(denied("Decrypt", T0, key, user("quinn"))), key=key.encode())
+    await producer.stop()
+    jsonl = tmp_path / "data" / "alarms.jsonl"
+    first = detect(f"mqtt://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        async with asyncio.timeout(60):
+            while _latest(jsonl, key) == 0:
+                await asyncio.sleep(0.2)
+    finally:
+        first.kill()
+        first.wait(10)
+    receiver = ThreadingHTTPServer(("127.0.0.1", webhook_port), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    mqtt: list[bytes] = []
+    try:
+        async with aiomqtt.Client("127.0.0.1", 1883) as subscriber:
+            await subscriber.subscribe("keytrail/alarms/#", qos=1)
+
+            async def collect() -> None:
+                async for message in subscriber.messages:
+                    if json.loads(message.payload)["keyArn"] == key:  # type: ignore[arg-type]
+                        mqtt.append(message.payload)  # type: ignore[arg-type]
+
+            collecting = asyncio.create_task(collect())
+            outbox = tmp_path / "data" / "alarm-outbox-mqtt.jsonl"
+            for _ in range(2):  # back with both hooks up, then once more
+                started = outbox.stat().st_mtime_ns
+                proc = detect(mosquitto())
+                try:
+                    async with asyncio.timeout(60):
+                        while not (posts and mqtt and outbox.stat().st_mtime_ns != started):  # rewritten at start
+                            await asyncio.sleep(0.2)
+                    await asyncio.sleep(3)  # time for a second copy to come, if one would
+                finally:
+                    proc.terminate()
+                    assert proc.wait(20) == 0
+            collecting.cancel()
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    [line] = [alarm for alarm in map(json.loads, jsonl.read_text().splitlines()) if alarm["keyArn"] == key]
+    [kafka] = await _alarms_published_on(bootstrap, key)
+    [(body, signature)], [payload] = posts, mqtt
+    assert json.loads(body) == json.loads(payload) == kafka.to_json() == line
+    assert verify_signature(b"s3cret", body, signature)
