@@ -11,6 +11,7 @@ module comes from `$KEYTRAIL_PKCS11_MODULE` (docs/custom-key-stores.md).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +30,8 @@ __all__ = [
     "ConnectionState",
     "CustomKeyStore",
     "IncorrectTrustAnchorException",
+    "backing_key",
+    "backing_keys",
     "custom_key_store_entry",
     "key_store_event_data",
     "new_custom_key_store_id",
@@ -38,10 +41,22 @@ __all__ = [
 def key_store_event_data(key: Key) -> dict[str, str]:
     """What CloudTrail's additionalEventData says of a key in an AWS CloudHSM key store: the store,
     its cluster and the key's backing key (ct-schedule-key-deletion, ct-delete-key); {} for other keys."""
-    if not (key.custom_key_store_id and key.current_material and key.current_material.handle):
+    backing = backing_key(key)
+    if backing is None or key.custom_key_store_id is None:
         return {}
     return {"customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id", ""),
-            "backingKeys": f'[{{"backingKeyId":"{key.current_material.handle}"}}]'}
+            "backingKeys": backing_keys(backing)}
+
+
+def backing_key(key: Key) -> str | None:
+    """The HSM key behind the current material of a key in a custom key store; None for other keys."""
+    material = key.current_material
+    return material.handle if key.custom_key_store_id and material is not None and material.handle else None
+
+
+def backing_keys(backing_id: str) -> str:
+    """additionalEventData.backingKeys as CloudTrail writes it: a JSON list inside a string."""
+    return json.dumps([{"backingKeyId": backing_id}], separators=(",", ":"))
 
 
 class CloudHsmClusterNotFoundException(errors.KmsError):

@@ -30,6 +30,7 @@ from keytrail.kms.due_work import DueWork
 from keytrail.kms.grants import grant_token_matches, parse_grant_token
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
+from keytrail.kms.keystores import backing_key, key_store_event_data
 from keytrail.kms.model import (
     AuditSink,
     AuditUnavailable,
@@ -393,12 +394,8 @@ _CRYPTO_ACTIONS = frozenset({
 
 def _note_custom_key_store(call: Call, key: Key) -> None:
     # CloudTrail names the custom key store and the HSM backing key of calls on such keys.
-    if key.custom_key_store_id and key.current_material and key.current_material.handle:
-        backing = key.current_material.handle
-        call.additional_event_data.update({
-            "customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id"),
-            "backingKeyId": backing, "backingKeys": f'[{{"backingKeyId":"{backing}"}}]',
-        })
+    if (backing := backing_key(key)) is not None:
+        call.additional_event_data.update(key_store_event_data(key), backingKeyId=backing)
 
 
 def _request_of(record: CallRecord) -> str:

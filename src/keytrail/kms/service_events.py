@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["owes", "owes_event", "record_events", "record_owed", "with_event"]
 
 UNRECORDED = "unrecorded_service_events"  # Key.extra: JSON dicts, oldest first
-# CloudTrail entries since December 2022 name the deleted key's ARN in responseElements.keyId,
-# though no caller gets a response (ct-delete-key); RotateKey's and DeleteExpiredKeyMaterial's stay null.
-# The deletion of a key in a custom key store names the store and the key's backing keys (ct-delete-key).
-_NAMES_DELETED_KEY = frozenset({"DeleteKey"})
 
 
 def with_event(key: Key, event_id: str, name: str, details: dict[str, Any], at: datetime) -> Key:
@@ -51,7 +47,11 @@ def owes_event(key: Key, name: str) -> bool:
 async def record_events(svc: KmsService, key: Key) -> None:
     """Record each event `key` owes, under the id it was given when the change was written."""
     for event in key.extra.get(UNRECORDED, []):
-        deletion = event["name"] in _NAMES_DELETED_KEY
+        # ct-delete-key: entries since December 2022 name the deleted key's ARN in
+        # responseElements.keyId, though no caller gets a response, and the deletion of a key in a
+        # custom key store names the store and its backing keys; RotateKey's and
+        # DeleteExpiredKeyMaterial's responseElements stay null.
+        deletion = event["name"] == "DeleteKey"
         await svc.audit(CallRecord(
             event_id=event["id"], event_name=event["name"], event_time=datetime.fromisoformat(event["time"]),
             region=key.region, account=key.account, context=None, request_parameters=None,

@@ -6,7 +6,6 @@ share: the lookups of a call's stores, their lock, and the availability of a sto
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from keytrail.kms.calls import Call
 from keytrail.kms.hsm import HsmCipher, HsmConnections, TokenSession
 from keytrail.kms.hsm_failures import error_name
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.keystores import ConnectionState, CustomKeyStore
+from keytrail.kms.keystores import ConnectionState, CustomKeyStore, backing_keys
 from keytrail.kms.model import KeySpec, KeyState
 
 if TYPE_CHECKING:
@@ -200,7 +199,7 @@ def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None
             "customKeyStoreId": store.store_id,
             "clusterId": store.cluster_id,
             "backingKeyId": backing_id,
-            "backingKeys": json.dumps([{"backingKeyId": backing_id}], separators=(",", ":")),
+            "backingKeys": backing_keys(backing_id),
         }
     )
 
