@@ -460,3 +460,33 @@ async def test_standalone_detect_owes_each_hook_its_alarm_once_across_kill_and_r
     [(body, signature)], [payload] = posts, mqtt
     assert json.loads(body) == json.loads(payload) == kafka.to_json() == line
     assert verify_signature(b"s3cret", body, signature)
+
+
+async def test_standalone_detect_with_its_broker_gone_writes_each_aiokafka_line_once(tmp_path: Path) -> None:
+    """aiokafka logs some 40 lines a second while the broker is down (each failed connect, metadata
+    refresh and fetch): `detect --kafka` writes each distinct one once, then leaves them out for a minute."""
+    key, errors, alarms = key_arn(7), tmp_path / "stderr.log", tmp_path / "data" / "alarms.jsonl"
+    encode = audit_encoder("avro")
+    with kafka_broker() as bootstrap, errors.open("w") as stderr:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        for record in [denied("Decrypt", T0, key, user("mallory")) for _ in range(3)]:
+            await producer.send_and_wait(AUDIT, encode(record), key=key.encode())
+        await producer.stop()
+        proc = subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                                 str(alarms.parent), "--tick-every", "0.5"], stderr=stderr)
+        async with asyncio.timeout(60):  # the alarm raised: detect reads the topic
+            while _latest(alarms, key) != 3:
+                assert proc.poll() is None, errors.read_text()
+                await asyncio.sleep(0.2)
+    try:
+        async with asyncio.timeout(30):
+            while "Unable connect to node" not in errors.read_text():
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(3)  # unthinned: over a hundred lines
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    lines = errors.read_text().splitlines()
+    assert 1 <= sum("Unable connect to node" in line for line in lines) <= 2, lines
+    assert len(lines) < 20, lines

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from keytrail.audit.shipper import ShippedOffset, Shipper
 from keytrail.children import ANALYTICS_NICENESS, Child, ChildSpec
+from keytrail.log_lines import log_to_stderr
 
 __all__ = ["ShipperProcess"]
 
@@ -153,7 +154,7 @@ def _report(offset: int, size: int) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     log_dir, offset_file, bootstrap, topic, partitions, replication_factor = sys.argv[1:7]
     os.nice(ANALYTICS_NICENESS)
     asyncio.run(_ship(Path(log_dir), ShippedOffset(Path(offset_file)), bootstrap, topic, int(partitions),

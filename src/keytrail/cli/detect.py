@@ -178,6 +178,9 @@ def _run_live_or_fail(
 ) -> None:
     from aiokafka.errors import KafkaError
 
+    from keytrail.log_lines import BARE_FORMAT, log_to_stderr
+
+    log_to_stderr(BARE_FORMAT)  # aiokafka's lines while the broker is down would bury keytrail's own
     try:
         asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every, metrics))
     except KafkaError as exc:  # the broker out of reach at start: nothing to retry from yet

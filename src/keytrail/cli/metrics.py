@@ -338,6 +338,9 @@ def _consume_or_fail(
 
     from aiokafka.errors import KafkaError
 
+    from keytrail.log_lines import BARE_FORMAT, log_to_stderr
+
+    log_to_stderr(BARE_FORMAT)  # aiokafka's lines while the broker is down would bury keytrail's own
     try:
         return asyncio.run(_consume(settings, cloudtrail, problems, metrics))
     except KafkaError as exc:  # the broker out of reach at start: nothing consumed, nothing to save

@@ -30,6 +30,7 @@ from keytrail.cli.console import (
     url_password,
 )
 from keytrail.config import STORE_ENV, ServeSettings
+from keytrail.log_lines import log_to_stderr
 from keytrail.owner_only import make_dirs
 from keytrail.transport.segment_log import LogLockedError
 
@@ -215,7 +216,7 @@ def serve(
                                         help="Benchmarks only: serve without the audit trail.")] = True,
 ) -> None:
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     no_core_dumps()
     kafka_shipping = {"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
                       "max_unshipped_bytes": max_unshipped_bytes}  # ServeSettings' names, the flags' too

@@ -46,6 +46,7 @@ from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
+from keytrail.log_lines import log_to_stderr
 from keytrail.owner_only import open_file
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.query import consumer_lock
@@ -254,5 +255,5 @@ async def hold_lock(path: Path, stopping: asyncio.Event) -> bool:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     app()

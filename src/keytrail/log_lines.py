@@ -1,0 +1,85 @@
+"""Where every keytrail process writes its log lines (stderr), and aiokafka's retries thinned there.
+
+While a Kafka broker is down, aiokafka logs each failed connect, metadata refresh, fetch and
+heartbeat, a line each, some 40 to 70 a second: an operator reading the log during the outage
+could not find keytrail's own line saying what is down and what waits. Every process that runs
+aiokafka (serve's audit shipper and detector children, `detect --kafka`, `consume --kafka`) sets
+its logging up here, so that each distinct aiokafka line is written once, then at most once a
+minute with the count of those left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["BARE_FORMAT", "LOG_FORMAT", "RepeatedKafkaLineFilter", "log_to_stderr"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # serve and its children
+BARE_FORMAT = "%(message)s"  # what Python writes by itself (its last-resort handler): detect's and consume's
+REPEAT_SECONDS = 60.0
+_MOST_REMEMBERED = 256  # distinct lines; more is not an outage repeating itself but varied text
+
+
+def log_to_stderr(fmt: str = LOG_FORMAT) -> None:
+    """Warnings and errors to stderr in `fmt` (unless logging is set up already), each repeated
+    aiokafka line thinned to one a minute (RepeatedKafkaLineFilter)."""
+    logging.basicConfig(level=logging.WARNING, format=fmt)
+    for handler in logging.getLogger().handlers:
+        RepeatedKafkaLineFilter.attach(handler)
+
+
+@dataclass
+class _Seen:
+    written_at: float  # when the line was last let through
+    left_out: int = 0  # like it since
+
+
+class RepeatedKafkaLineFilter(logging.Filter):
+    """Lets the first of each distinct aiokafka message through, then at most one per `seconds`,
+    that one saying how many like it were left out. Other loggers' records pass untouched.
+
+    On a handler, not on the "aiokafka" logger: a logger's filters see only the records logged on
+    that logger itself, and aiokafka logs on one per module (aiokafka.conn, aiokafka.client, …)."""
+
+    def __init__(self, seconds: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}
+        self._lock = threading.Lock()  # a handler filters outside its own lock
+
+    @classmethod
+    def attach(cls, handler: logging.Handler) -> None:
+        """Filter `handler`'s records, once however often a process sets its logging up."""
+        if not any(isinstance(known, cls) for known in handler.filters):
+            handler.addFilter(cls())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "aiokafka" and not record.name.startswith("aiokafka."):
+            return True
+        message = record.getMessage()
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(message)
+            if seen is not None and now - seen.written_at < self.seconds:
+                seen.left_out += 1
+                return False
+            self._forget_old(now)
+            self._seen[message] = _Seen(now)
+        if seen is not None and seen.left_out:
+            record.msg, record.args = self._with_count(message, seen, now), None
+        return True
+
+    def _with_count(self, message: str, seen: _Seen, now: float) -> str:
+        return f"{message} (and {seen.left_out:,} more like it in the last {now - seen.written_at:.0f} s)"
+
+    def _forget_old(self, now: float) -> None:
+        """Bound the memory when aiokafka's lines vary (a node id, an address each): forget lines
+        last let through over `seconds` ago (whose next one would pass anyway; their counts of
+        lines left out are lost with them)."""
+        if len(self._seen) >= _MOST_REMEMBERED:
+            self._seen = {text: seen for text, seen in self._seen.items() if now - seen.written_at < self.seconds}

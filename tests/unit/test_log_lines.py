@@ -1,0 +1,76 @@
+"""Repeated aiokafka lines are thinned; every other log line passes as it was."""
+
+from __future__ import annotations
+
+import logging
+
+from keytrail.log_lines import RepeatedKafkaLineFilter
+
+REFUSED = 'Unable connect to "127.0.0.1:9092": [Errno 111] Connect call failed'
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args or None, None)
+
+
+def passed(thinning: RepeatedKafkaLineFilter, name: str, msg: str, *args: object) -> str | None:
+    """The message written, or None if the record was left out."""
+    line = record(name, msg, *args)
+    return line.getMessage() if thinning.filter(line) else None
+
+
+def test_a_repeated_aiokafka_line_is_written_once_then_once_a_minute_with_the_count_left_out() -> None:
+    clock = FakeClock()
+    thinning = RepeatedKafkaLineFilter(60.0, clock)
+    assert passed(thinning, "aiokafka", 'Unable connect to "%s": %s', "127.0.0.1:9092",
+                  "[Errno 111] Connect call failed") == REFUSED
+    for _ in range(2341):
+        clock.now += 0.025
+        assert passed(thinning, "aiokafka", REFUSED) is None
+    clock.now = 1060.0
+    assert passed(thinning, "aiokafka", REFUSED) == f"{REFUSED} (and 2,341 more like it in the last 60 s)"
+    clock.now += 1
+    assert passed(thinning, "aiokafka", REFUSED) is None
+
+
+def test_a_line_that_comes_again_only_after_the_interval_is_written_without_a_count() -> None:
+    clock = FakeClock()
+    thinning = RepeatedKafkaLineFilter(60.0, clock)
+    assert passed(thinning, "aiokafka", REFUSED) == REFUSED
+    clock.now += 61
+    assert passed(thinning, "aiokafka", REFUSED) == REFUSED
+
+
+def test_distinct_aiokafka_lines_are_thinned_each_on_its_own() -> None:
+    clock = FakeClock()
+    thinning = RepeatedKafkaLineFilter(60.0, clock)
+    metadata = "Unable to update metadata from [111]"
+    assert passed(thinning, "aiokafka", REFUSED) == REFUSED
+    assert passed(thinning, "aiokafka.client", metadata) == metadata  # aiokafka's modules log on their own loggers
+    assert passed(thinning, "aiokafka.conn", REFUSED) is None
+    assert passed(thinning, "aiokafka.client", metadata) is None
+
+
+def test_other_loggers_lines_pass_untouched_however_often_they_repeat() -> None:
+    thinning = RepeatedKafkaLineFilter(60.0, FakeClock())
+    down = "alarm hook kafka is down (%s): its alarms wait in its queue"
+    for _ in range(3):
+        line = record("keytrail.detect.sinks", down, "KafkaConnectionError")
+        assert thinning.filter(line)
+        assert (line.msg, line.args) == (down, ("KafkaConnectionError",))
+        assert passed(thinning, "aiokafkaesque", REFUSED) == REFUSED  # a name that only starts alike
+
+
+def test_the_filter_is_attached_to_a_handler_once() -> None:
+    handler = logging.NullHandler()
+    RepeatedKafkaLineFilter.attach(handler)
+    RepeatedKafkaLineFilter.attach(handler)
+    assert sum(isinstance(known, RepeatedKafkaLineFilter) for known in handler.filters) == 1
