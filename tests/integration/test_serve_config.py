@@ -7,10 +7,12 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -377,6 +379,7 @@ def test_a_start_refused_for_an_audit_trail_another_program_holds_leaves_that_tr
 # `keytrail serve` on a file system where its data dir cannot be locked, whose node fails to start.
 _UNLOCKED_START_FAILS = """
 import os
+import signal
 from keytrail.cli.data_dir_hold import DataDirHold
 DataDirHold.take = classmethod(lambda cls, data: cls(data, os.open(data, os.O_RDONLY), exclusive=False))
 import keytrail.cli.node as node
@@ -510,3 +513,67 @@ def test_a_first_start_whose_stdout_is_gone_removes_what_it_made_and_says_so(tmp
     finally:
         again.terminate()
         again.communicate(timeout=60)
+
+
+# `keytrail serve` killed (kill -9) just as it is about to print the new admin user's credentials.
+_KILLED_BEFORE_IT_PRINTS = """
+import os, signal
+import keytrail.cli.serve as serve
+serve._print_new_admin = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+from keytrail.cli import main
+main()
+"""
+
+
+def _served_once(data: Path, *args: str) -> tuple[int, str, str]:
+    """Start serve on `data`, stop it (SIGTERM) once it answers its health check: its exit status,
+    stdout and stderr."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", str(port),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _health_once_started(proc, port) == 200
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
+def test_a_first_start_killed_before_it_prints_what_it_made_has_the_next_start_print_it(tmp_path: Path) -> None:
+    # The next start took the principals file and signing key for existing ones: the admin user's
+    # credentials and the key's fingerprint were printed by no start, ever.
+    data = tmp_path / "d"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_IT_PRINTS, "serve", "--data-dir", str(data),
+                             "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert (killed.returncode, killed.stdout) == (-signal.SIGKILL, ""), killed.stderr
+    admin = tomllib.loads((data / "principals.toml").read_text())["principal"][0]
+    public = data / "audit" / "integrity" / "signing-key.pub.pem"
+
+    code, out, err = _served_once(data)
+    assert (code, err) == (0, ""), err
+    created, export, signing_key = out.splitlines()
+    assert created == f"Created {data / 'principals.toml'} with an admin user. To use it:"
+    assert export.startswith(f"export AWS_ACCESS_KEY_ID={admin['access_key_id']} "
+                             f"AWS_SECRET_ACCESS_KEY={admin['secret_access_key']} AWS_ENDPOINT_URL_KMS=http://")
+    assert signing_key.startswith(f"Created the audit signing key; its public key {public} has the SHA-256 "
+                                  "fingerprint ")
+
+    assert _served_once(data) == (0, "", "")  # printed once: the third start has nothing to announce
+    assert not (data / "unannounced").exists()
+
+
+def test_a_start_naming_its_principals_file_prints_not_the_one_a_killed_start_made(tmp_path: Path) -> None:
+    # The named file is never announced, nor the data dir's while unused: the start that uses it does.
+    data, named = tmp_path / "d", tmp_path / "named.toml"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_IT_PRINTS, "serve", "--data-dir", str(data),
+                             "--port", "0"], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    named.write_text((data / "principals.toml").read_text())
+    named.chmod(0o600)
+    code, out, err = _served_once(data, "--principals", str(named))
+    assert (code, err) == (0, ""), err
+    assert out.startswith("Created the audit signing key;") and "AWS_SECRET_ACCESS_KEY" not in out
+    code, out, err = _served_once(data)
+    assert (code, err) == (0, ""), err
+    assert out.startswith(f"Created {data / 'principals.toml'} with an admin user") and "signing key" not in out

@@ -25,7 +25,8 @@ from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
 from keytrail.owner_only import open_file
 
-__all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "write_admin_principals"]
+__all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "read_admin_principals",
+           "write_admin_principals"]
 
 # ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
 # Any partition: a caller's ARNs follow the partition of the Region it calls (see `_authenticate`
@@ -169,15 +170,34 @@ def write_admin_principals(path: Path, account: str = "111122223333") -> tuple[s
     """Create a principals file (mode 0600) with one admin user; return its key pair."""
     access_key = "AKIA" + secrets.token_hex(8).upper()
     secret = secrets.token_urlsafe(30)
+    fd = open_file(path, os.O_WRONLY | os.O_EXCL)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_admin_principals(access_key, secret, account))
+    return access_key, secret
+
+
+def read_admin_principals(path: Path, account: str = "111122223333") -> tuple[str, str] | None:
+    """The key pair of a principals file exactly as `write_admin_principals` wrote it; None for any
+    other file (edited, written by hand, unreadable): its secret is not keytrail's to print."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = _ADMIN_KEYS.search(text)
+    if found is None or text != _admin_principals(found[1], found[2], account):
+        return None
+    return found[1], found[2]
+
+
+_ADMIN_KEYS = re.compile(r'^access_key_id = "(AKIA[0-9A-F]{16})"\nsecret_access_key = "([A-Za-z0-9_-]{40})"$', re.M)
+
+
+def _admin_principals(access_key: str, secret: str, account: str) -> str:
     policy = json.dumps({"Version": "2012-10-17",
                          "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]})
-    text = (
+    return (
         "# keytrail principals: see docs/principals.md\n[[principal]]\n"
         f'arn = "arn:aws:iam::{account}:user/admin"\n'
         f'access_key_id = "{access_key}"\nsecret_access_key = "{secret}"\n'
         f"policies = ['''{policy}''']\n"
     )
-    fd = open_file(path, os.O_WRONLY | os.O_EXCL)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    return access_key, secret

@@ -29,6 +29,7 @@ from keytrail.cli.console import (
     os_problem,
     url_password,
 )
+from keytrail.cli.pending_announcement import PRINCIPALS, SIGNING_KEY, PendingAnnouncement
 from keytrail.config import STORE_ENV, ServeSettings
 from keytrail.log_lines import log_to_stderr
 from keytrail.owner_only import make_dirs
@@ -61,9 +62,10 @@ class _NewAdmin:
     secret: str
 
 
-def _new_admin(settings: ServeSettings) -> _NewAdmin | None:
-    """Create <data-dir>/principals.toml with an admin user unless a principals file is named or there."""
-    from keytrail.api.credentials import write_admin_principals
+def _new_admin(settings: ServeSettings, pending: frozenset[str]) -> _NewAdmin | None:
+    """Create <data-dir>/principals.toml with an admin user unless a principals file is named or
+    there; the admin of the one there if a start made it and was killed before printing it."""
+    from keytrail.api.credentials import read_admin_principals, write_admin_principals
 
     path = settings.principals
     if path is None:
@@ -73,9 +75,33 @@ def _new_admin(settings: ServeSettings) -> _NewAdmin | None:
                 return _NewAdmin(path, *write_admin_principals(path))
             except OSError as error:  # a read-only data dir, say
                 raise _fail(f"cannot create {path}: {error.strerror or error}") from None
+        if PRINCIPALS in pending and (keys := read_admin_principals(path)):  # else edited: not keytrail's to print
+            return _NewAdmin(path, *keys)
     elif not path.exists():
         raise _fail(f"principals file {path} does not exist")
     return None
+
+
+def _to_make(settings: ServeSettings, new_trail: bool) -> set[str]:
+    """What this start will make and announce: noted before it is made (PendingAnnouncement)."""
+    new_principals = settings.principals is None and not (settings.data_dir / "principals.toml").exists()
+    return {item for item, made in ((PRINCIPALS, new_principals), (SIGNING_KEY, new_trail)) if made}
+
+
+def _noted(settings: ServeSettings, new_trail: bool) -> frozenset[str]:
+    """Note what this start will make before it makes it; what is noted now, a killed start's too."""
+    pending = PendingAnnouncement(settings.data_dir)
+    try:
+        return pending.note(_to_make(settings, new_trail))
+    except OSError as error:  # a read-only data dir, say
+        raise _fail(f"cannot create {pending.path}: {error.strerror or error}") from None
+
+
+def _still_pending(settings: ServeSettings, pending: frozenset[str]) -> set[str]:
+    """What a start killed before printing it made and this start could not print: the data dir's
+    principals file while another is named, the signing key without the audit trail."""
+    unused = ((PRINCIPALS, settings.principals is not None), (SIGNING_KEY, not settings.audit))
+    return {item for item, not_printed in unused if not_printed and item in pending}
 
 
 def _credentials(settings: ServeSettings, path: Path) -> CredentialStore:
@@ -383,6 +409,7 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
             try:
                 unannounced = _announce(built, settings)
                 if unannounced is None:
+                    _announced(built, settings)
                     await server.serve(sockets)
             finally:
                 await stop_node(built.node)
@@ -486,6 +513,7 @@ class _Built:
     admin: _NewAdmin | None
     new_trail: bool
     new_certificate: bool
+    pending: frozenset[str]  # noted in the data dir until announced (PendingAnnouncement)
 
 
 def _announce(built: _Built, settings: ServeSettings) -> OSError | None:
@@ -512,6 +540,17 @@ def _announce(built: _Built, settings: ServeSettings) -> OSError | None:
     return None
 
 
+def _announced(built: _Built, settings: ServeSettings) -> None:
+    """What `_announce` printed is pending no more; the next start would print it again if the
+    note cannot be cleared, which only repeats it to the operator."""
+    if not built.pending:
+        return
+    try:
+        PendingAnnouncement(settings.data_dir).keep_only(_still_pending(settings, built.pending))
+    except OSError as error:
+        log.warning("cannot update %s: %s", PendingAnnouncement(settings.data_dir).path, os_problem(error))
+
+
 async def _built_node(settings: ServeSettings, hold: DataDirHold) -> _Built:
     """The node, built but not started. The key store opens first, and a build that fails after
     that leaves the data dir as a failed start does (`_remove_what_the_start_made`): a principals
@@ -526,15 +565,17 @@ async def _built_node(settings: ServeSettings, hold: DataDirHold) -> _Built:
     admin = None
     new_trail = settings.audit and not audit_paths(settings.data_dir)[1].private_key.exists()
     try:
+        pending = _noted(settings, new_trail)
+        new_trail = settings.audit and (new_trail or SIGNING_KEY in pending)
         tls, new_certificate = _tls(settings)
-        admin = _new_admin(settings)
+        admin = _new_admin(settings, pending)
         credentials = _credentials(settings, settings.principals or settings.data_dir / "principals.toml")
         node = await build_node(settings, credentials, store, lifespan=False)
     except BaseException as exc:
         await store.close()
         _remove_what_the_start_made(settings, hold, admin, new_trail, exc)
         raise
-    return _Built(node, tls, admin, new_trail, new_certificate)
+    return _Built(node, tls, admin, new_trail, new_certificate, pending)
 
 
 def register(app: typer.Typer) -> None:

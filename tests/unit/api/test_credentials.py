@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.api.credentials import CredentialStore, PrincipalsFileError, load_principals
+from keytrail.api.credentials import (
+    CredentialStore,
+    PrincipalsFileError,
+    load_principals,
+    read_admin_principals,
+    write_admin_principals,
+)
 from keytrail.kms.context import IdentityType
 
 ALICE = '''[[principal]]
@@ -85,3 +91,16 @@ def test_a_principals_file_other_users_can_read_is_warned_about(
     assert [record.getMessage() for record in caplog.records] == [
         f"the principals file {path} can be read by other users (mode 0644): chmod 600 it"]
     assert "alice-secret" not in caplog.text
+
+
+def test_the_admin_key_pair_is_read_back_only_from_a_file_as_keytrail_wrote_it(tmp_path: Path) -> None:
+    # A start killed before printing the admin user's credentials has the next start print them:
+    # never the secret of a file edited since, or written by someone else.
+    path = tmp_path / "principals.toml"
+    keys = write_admin_principals(path)
+    assert read_admin_principals(path) == keys
+    path.write_text(path.read_text().replace("user/admin", "user/ops"))
+    assert read_admin_principals(path) is None
+    path.write_text(ALICE)
+    assert read_admin_principals(path) is None
+    assert read_admin_principals(tmp_path / "missing.toml") is None

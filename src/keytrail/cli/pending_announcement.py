@@ -1,0 +1,64 @@
+"""What a start of `keytrail serve` made that no start has printed yet: the admin user of the
+principals file it created, the audit signing key. A start killed (kill -9, the machine off)
+between making them and printing them left them for the next start to take as existing ones,
+and no start ever printed the admin's credentials or the key's fingerprint. Noted durably in the
+data dir before they are made, cleared once they are printed, the next start prints them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from keytrail.owner_only import open_file
+
+__all__ = ["NAME", "PRINCIPALS", "SIGNING_KEY", "PendingAnnouncement"]
+
+NAME = "unannounced"  # in the data dir
+PRINCIPALS = "principals.toml"
+SIGNING_KEY = "audit signing key"
+_ITEMS = frozenset({PRINCIPALS, SIGNING_KEY})
+
+
+class PendingAnnouncement:
+    """The data dir's note of what was made and not printed yet (no file: nothing)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / NAME
+
+    def items(self) -> frozenset[str]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return frozenset()
+        return frozenset(text.splitlines()) & _ITEMS
+
+    def note(self, made: set[str]) -> frozenset[str]:
+        """Note `made`, before it is made, beside what was noted already; all that is noted now."""
+        noted = self.items()
+        if not made <= noted:
+            noted |= made
+            _write_durably(self.path, "".join(f"{item}\n" for item in sorted(noted)).encode())
+        return noted
+
+    def keep_only(self, items: set[str]) -> None:
+        """What was printed is no longer pending: keep `items` noted, remove the note if none."""
+        if items:
+            _write_durably(self.path, "".join(f"{item}\n" for item in sorted(items)).encode())
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """`path` holds `data` (0600), whole, and survives a crash: renamed over it, fsynced with its folder."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.unlink(missing_ok=True)  # left by a start killed while writing it
+    with os.fdopen(open_file(temp, os.O_WRONLY | os.O_EXCL), "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temp.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
