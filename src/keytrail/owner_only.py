@@ -71,18 +71,33 @@ def reserve_anew(path: Path) -> Path:
     return reserve(path)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """`path.write_bytes(data)` with the file 0600."""
+def write_bytes(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """`path.write_bytes(data)` with the file 0600; `durable`: on disk (fsync) when it returns."""
     with os.fdopen(open_file(path, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
         handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
-def replace_whole(path: Path, data: bytes) -> None:
+def replace_whole(path: Path, data: bytes, *, durable: bool = False) -> None:
     """Make `path` hold `data`, 0600, whole or not at all: written to a temporary file beside it and
-    renamed over it, so a reader, or the next start after a crash, sees the old content or the new."""
+    renamed over it, so a reader, or the next start after a crash, sees the old content or the new.
+    `durable`: the new content survives a power cut once this returns (file and folder fsynced)."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_bytes(reserve_anew(temp), data)
+    write_bytes(reserve_anew(temp), data, durable=durable)
     temp.replace(path)
+    if durable:
+        sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync `folder`: the names created, renamed or removed in it are on disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def within(path: Path, data_dir: Path) -> bool:

@@ -24,7 +24,7 @@ __all__ = ["DataDirBusy", "DataDirHold"]
 # as `.` or a home directory also holds what other programs write there meanwhile.
 _MADE_BY_SERVE = ("principals.toml", "root.key", "keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal", "tls",
                   "audit", "metrics", "alarms.jsonl", "detector.lock", "alarm-dead-letter-*.jsonl",
-                  "alarm-outbox-*.jsonl", ".alarm-outbox-*.tmp", "unannounced", ".unannounced.tmp")
+                  "alarm-outbox-*.jsonl", ".alarm-outbox-*.tmp", "unannounced", ".unannounced.*.tmp")
 # SQLite's files beside a database hold its committed writes until a checkpoint, and are shared
 # with whoever else has it open (`keytrail analyze --data-dir`): kept whenever the database was there.
 _SQLITE_SIDECARS = ("-wal", "-shm", "-journal")

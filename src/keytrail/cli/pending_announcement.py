@@ -6,10 +6,9 @@ data dir before they are made, cleared once they are printed, the next start pri
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from keytrail.owner_only import open_file
+from keytrail.owner_only import replace_whole
 
 __all__ = ["NAME", "PRINCIPALS", "SIGNING_KEY", "PendingAnnouncement"]
 
@@ -37,28 +36,15 @@ class PendingAnnouncement:
         noted = self.items()
         if not made <= noted:
             noted |= made
-            _write_durably(self.path, "".join(f"{item}\n" for item in sorted(noted)).encode())
+            self._write(noted)
         return noted
 
     def keep_only(self, items: set[str]) -> None:
         """What was printed is no longer pending: keep `items` noted, remove the note if none."""
         if items:
-            _write_durably(self.path, "".join(f"{item}\n" for item in sorted(items)).encode())
+            self._write(items)
         else:
             self.path.unlink(missing_ok=True)
 
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """`path` holds `data` (0600), whole, and survives a crash: renamed over it, fsynced with its folder."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.unlink(missing_ok=True)  # left by a start killed while writing it
-    with os.fdopen(open_file(temp, os.O_WRONLY | os.O_EXCL), "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temp.replace(path)
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    def _write(self, items: set[str] | frozenset[str]) -> None:
+        replace_whole(self.path, "".join(f"{item}\n" for item in sorted(items)).encode(), durable=True)

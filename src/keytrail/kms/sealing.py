@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keytrail.owner_only import make_dirs
+from keytrail.owner_only import make_dirs, sync_folder
 
 __all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
 
@@ -161,11 +161,7 @@ def write_root_key_file(path: Path, secret: bytes, *, replace: bool = False) -> 
     finally:
         with contextlib.suppress(FileNotFoundError):  # replaced: it is `path` now
             os.unlink(temp)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_folder(path.parent)
 
 
 def _warn_if_shared(path: Path) -> None:
