@@ -237,6 +237,46 @@ async def test_standalone_consume_serves_its_requests_cost_and_lag_at_metrics(tm
             assert sum(MetricsStore(again).outcomes().values()) == len(events)  # counted once, in the first run
 
 
+@pytest.mark.parametrize("joined", [True, False], ids=["after-joining", "while-joining"])
+async def test_consume_stops_on_sigterm_with_the_broker_gone(tmp_path: Path, joined: bool) -> None:
+    """A consumer told to stop while the broker is down hung until the broker came back (aiokafka
+    looks for the group's coordinator for ever, to finish joining or to leave), or, once joined,
+    exited 1 with a traceback (aiokafka's stop re-raises the cancellation of a retrying fetch)."""
+    events = [event("Decrypt", T0 + timedelta(seconds=n), key_arn(3)) for n in range(4)]
+    port = free_port()
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events, partitions=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap, "--data-dir", str(tmp_path),
+             "--group", "metrics-gone", "--metrics-port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        # /metrics answers once the consumer runs, its SIGTERM handler set; joining takes tansu ~5 s.
+        await eventually(lambda: _metrics_answer(port) or proc.poll() is not None, timeout=60,
+                         what="the consumer's /metrics (or its exit)", interval=0.1)
+        if joined:
+            await eventually(lambda: _covered(tmp_path) == len(events) or proc.poll() is not None, timeout=60,
+                             what="the consumer persisting the events' offsets (or exiting)", interval=0.1)
+    proc.terminate()  # the broker is gone
+    try:
+        returncode = await asyncio.to_thread(proc.wait, 30)
+    finally:
+        proc.kill()
+    stderr = proc.communicate()[1].decode()
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1].startswith(f"consumed {len(events) if joined else 0} records"), stderr
+    if joined:
+        assert sum(MetricsStore(tmp_path).outcomes().values()) == len(events)
+
+
+def _metrics_answer(port: int) -> bool:
+    try:
+        return http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
 async def _metrics_text(port: int) -> str:
     try:
         return (await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics"))[2]

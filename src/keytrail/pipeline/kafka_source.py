@@ -9,9 +9,10 @@ partitions; their state files together give the single-consumer result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -24,6 +25,9 @@ from keytrail.transport.kafka import quiet_bootstrap
 __all__ = ["AUDIT_TOPIC", "KafkaSource"]
 
 AUDIT_TOPIC = "keytrail.audit.v1"
+# Leaving the group tells the others to take this consumer's partitions now rather than after its
+# session timeout; with the broker out of reach aiokafka would try for ever, and a stop must end.
+LEAVE_GROUP_SECONDS = 3.0
 log = logging.getLogger(__name__)
 
 
@@ -82,13 +86,30 @@ class KafkaSource:
         )
         self._consumer, self.listener = consumer, _SeekToState(consumer, start_at)
         consumer.subscribe([self.topic], listener=self.listener)
+        started = False
         try:
             with quiet_bootstrap():  # inside the try: a broker out of reach still closes what start opened
-                await consumer.start()
-            async for batch in self._poll(consumer):
-                yield batch
+                started = await self._unless_stopped(consumer.start())
+            if started:
+                async for batch in self._poll(consumer):
+                    yield batch
         finally:
-            await consumer.stop()
+            await _close(consumer, self.group_id, joined=started)
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> bool:
+        """Await `work` unless `stop` is set first, which cancels it: a stop while the consumer
+        starts (a broker gone quiet, a topic still being created) ends the run at once."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return not task.cancelled() and task.result() is None
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> AsyncIterator[Batch]:
         last_data = time.monotonic()
@@ -140,6 +161,24 @@ class KafkaSource:
             log.info(
                 "group commit of %s skipped (%s); the state file holds the offset", batch.partition, error
             )
+
+
+async def _close(consumer: AIOKafkaConsumer, group_id: str, *, joined: bool) -> None:
+    """Stop `consumer`, leaving its group if it joined; for LEAVE_GROUP_SECONDS at most."""
+    try:
+        await asyncio.wait_for(consumer.stop(), LEAVE_GROUP_SECONDS)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+        # aiokafka's fetcher cancels a fetch still retrying against a broker gone, then re-raises
+        # that cancellation from stop() (aio-libs/aiokafka#647, #983) before the client is closed.
+        await consumer._client.close()
+    except (TimeoutError, KafkaError) as error:
+        if joined:
+            log.warning("stopped without leaving consumer group %s (%s): its other members take over "
+                        "this consumer's partitions after the group's session timeout", group_id,
+                        type(error).__name__)
 
 
 def _audit_events(partition: str, messages: list[Any]) -> list[Any]:
