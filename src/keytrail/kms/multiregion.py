@@ -10,6 +10,7 @@ makes itself: CloudTrail logs them as AwsApiCall, under its internal identity).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -108,17 +109,18 @@ def _synchronization(svc: KmsService, key: Key) -> CallRecord:
     return svc.internal_call_record("SynchronizeMultiRegionKey", key, response_elements={"keyId": key.arn})
 
 
-def announced(svc: KmsService, keys: list[Key]) -> AbstractAsyncContextManager[None]:
+def announced(svc: KmsService, keys: list[Key], first: Sequence[CallRecord] = ()) -> AbstractAsyncContextManager[None]:
     """Within it, the task's writes (the ones that change `keys`) owe each copy's
-    `SynchronizeMultiRegionKey` record in their transaction; after it, the records are made durable
-    (kms/owed_calls.py): a node stopped in between leaves them owed, not lost."""
-    return owed_calls.owed_with_writes(svc, [_synchronization(svc, key) for key in keys])
+    `SynchronizeMultiRegionKey` record in their transaction, after the records `first`; after it,
+    the records are made durable (kms/owed_calls.py): a node stopped in between leaves them owed,
+    not lost."""
+    return owed_calls.owed_with_writes(svc, [*first, *(_synchronization(svc, key) for key in keys)])
 
 
-async def put_announced(svc: KmsService, keys: list[Key], changed: list[Key]) -> None:
-    """Store `keys` in one transaction with the `SynchronizeMultiRegionKey` records of the copies
-    `changed` among them, then record those."""
-    async with announced(svc, changed):
+async def put_announced(svc: KmsService, keys: list[Key], changed: list[Key], first: Sequence[CallRecord] = ()) -> None:
+    """Store `keys` in one transaction with the records `first` and the `SynchronizeMultiRegionKey`
+    records of the copies `changed` among them, then record those."""
+    async with announced(svc, changed, first):
         await svc.store.put_keys(keys)
 
 

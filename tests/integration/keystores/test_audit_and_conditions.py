@@ -125,6 +125,21 @@ async def test_multi_region_conditions_and_synchronize_events(
     response = replicate.response_elements or {}
     assert response["replicaKeyMetadata"]["arn"] == f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}"
     assert json.loads(response["replicaPolicy"])["Statement"][0]["Sid"] == "Enable IAM User Permissions"
+    # "A ReplicateKey request results in a ReplicateKey operation and a CreateKey operation": KMS
+    # writes the CreateKey in the replica's Region, for the caller, the replica named there.
+    created = [to_cloudtrail(e) for e in recorder.events("CreateKey") if e.region == "eu-west-1"]
+    called = to_cloudtrail(replicate)
+    assert len(created) == 1
+    assert created[0]["userIdentity"] == {**called["userIdentity"], "invokedBy": "kms.amazonaws.com"}
+    assert [r["ARN"] for r in created[0]["resources"]] == [response["replicaKeyMetadata"]["arn"]]
+    assert created[0]["responseElements"] == {"keyMetadata": response["replicaKeyMetadata"]}
+    assert created[0]["requestParameters"] == {
+        "description": "", "origin": "AWS_KMS", "bypassPolicyLockoutSafetyCheck": False,
+        "customerMasterKeySpec": "SYMMETRIC_DEFAULT", "keySpec": "SYMMETRIC_DEFAULT", "keyUsage": "ENCRYPT_DECRYPT",
+        "multiRegion": True,
+    }
+    assert created[0]["requestID"] == called["requestID"] and created[0]["eventID"] != called["eventID"]
+    assert (created[0]["readOnly"], created[0]["recipientAccountId"]) == (False, ACCOUNT)
     await call.svc.run_due()  # the replica leaves Creating
     synced = {(r.region, r.resources) for r in recorder.events("SynchronizeMultiRegionKey")}
     assert ("eu-west-1", (f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/{key_id}",)) in synced

@@ -118,6 +118,8 @@ async def test_a_refused_synchronize_multi_region_key_is_recorded_once_the_spool
     [replicate] = spool.named("ReplicateKey")  # the caller's answer, as it was
     assert replicate.error_code == "KMSInternalException"
     assert spool.named("SynchronizeMultiRegionKey") == []
+    # Owed by the same write and recorded before it: the CreateKey KMS writes in the replica's Region.
+    assert [r.region for r in spool.named("CreateKey")] == ["us-east-1", "eu-west-1"]
     [owed] = await store.owed_records()
     await service.run_due()  # (which also activates the replica: its own SynchronizeMultiRegionKey)
     [synchronize] = [r for r in spool.named("SynchronizeMultiRegionKey") if r.event_id == owed.event_id]

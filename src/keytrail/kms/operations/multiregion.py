@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["OPERATIONS"]
 
-# userIdentity.invokedBy of the entry KMS writes in the new primary's Region (ct-update-primary-region).
+# userIdentity.invokedBy of the entries KMS writes in another Region for the caller: ReplicateKey's
+# CreateKey in the replica's, UpdatePrimaryRegion's in the new primary's (ct-update-primary-region).
 KMS_SERVICE = "kms.amazonaws.com"
 
 
@@ -99,10 +100,31 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     # resources; the replica is named by responseElements, with the policy it was given. Set before
     # the write: the record it owes (kms/owed_calls.py) names the replica.
     call.response_elements = {"replicaKeyMetadata": cloudtrail_values(metadata), "replicaPolicy": replica.policy}
-    # One write: a replica its primary does not list would never get the primary's rotations.
-    await multiregion.put_announced(svc, [replica, *siblings], siblings)
+    # One write: a replica its primary does not list would never get the primary's rotations. It owes
+    # the CreateKey entry KMS writes in the replica's Region too (ct-replicate-key: "a ReplicateKey
+    # operation and a CreateKey operation").
+    created = _entry_in_replica_region(svc, call, replica, metadata)
+    await multiregion.put_announced(svc, [replica, *siblings], siblings, first=[created])
     return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
             "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in replica.tags]}
+
+
+def _entry_in_replica_region(svc: KmsService, call: Call, replica: Key, metadata: dict[str, Any]) -> CallRecord:
+    """ReplicateKey's CreateKey, in the replica's Region: the caller's identity invoked by KMS (as
+    UpdatePrimaryRegion's entry in the new primary's Region), the same requestID, the replica's
+    properties as a CreateKey entry logs them (ct-createkey) and its metadata as the response."""
+    spec = str(replica.key_spec)
+    parameters = {
+        "description": replica.description, "origin": str(replica.origin),
+        "bypassPolicyLockoutSafetyCheck": bool(call.params.get("BypassPolicyLockoutSafetyCheck")),
+        "customerMasterKeySpec": spec, "keySpec": spec, "keyUsage": str(replica.key_usage), "multiRegion": True,
+    }
+    return CallRecord(
+        event_id=svc.deps.new_id(), event_name="CreateKey", event_time=svc.now(), region=replica.region,
+        account=replica.account, context=call.context, request_parameters=parameters,
+        response_elements={"keyMetadata": cloudtrail_values(metadata)}, resources=(replica.arn,),
+        invoked_by=KMS_SERVICE,
+    )
 
 
 def _with_region(keys: list[Key], region: str) -> list[Key]:
