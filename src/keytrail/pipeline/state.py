@@ -112,9 +112,12 @@ class PartitionState:
             self._db = connect_read_only(path) if read_only else self._connect_writable(path)
         except sqlite3.DatabaseError as exc:  # a directory in its place, or (read-only, as it reads) not a database
             raise _open_error(path, exc) from None
+        self._last_used_columns = ", ".join(LAST_USED_SCHEMA)
         try:
             if read_only:
                 missing_tables_as_empty(self._db, _SCHEMA + MANIFEST_SCHEMA)
+                if not self._has_log_offset():  # a file from before it, which only its owner upgrades
+                    self._last_used_columns = self._last_used_columns.replace("logOffset", "-1 AS logOffset")
             else:
                 self._db.executescript(
                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
@@ -264,7 +267,7 @@ class PartitionState:
     def last_used_parts(self, key_arn: str | None = None) -> Iterator[pl.DataFrame]:
         """`last_used`'s rows a slice at a time: as Python tuples, a large account's key x principal
         pairs (hundreds of thousands) take several times the memory of their frame."""
-        select = f"SELECT {', '.join(LAST_USED_SCHEMA)} FROM last_used"
+        select = f"SELECT {self._last_used_columns} FROM last_used"
         cursor = (self._db.execute(select) if key_arn is None
                   else self._db.execute(f"{select} WHERE keyArn = ?", (key_arn,)))
         while rows := cursor.fetchmany(_READ_ROWS):

@@ -88,6 +88,25 @@ def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Pat
     assert _last(path) == ("Decrypt", "0000")
 
 
+def test_a_state_file_from_before_log_offsets_is_read_as_it_is_by_a_query(tmp_path: Path) -> None:
+    path = tmp_path / "p0.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(_OLD_LAST_USED)
+        db.execute("INSERT INTO last_used VALUES (?,?,?,?,?,?)",
+                   (KEY, ALICE, int(NOON.timestamp() * 1_000_000), "Encrypt", "ffff", "request-ffff"))
+    db.close()
+    state = PartitionState(path, read_only=True)  # a query never upgrades: its rows sort first, as upgraded ones
+    try:
+        assert state.last_used(KEY).row(0, named=True) == {
+            "keyArn": KEY, "principalArn": ALICE, "lastUsedTime": NOON, "lastUsedOperation": "Encrypt",
+            "eventId": "ffff", "requestId": "request-ffff", "logOffset": -1}
+    finally:
+        state.close()
+    with sqlite3.connect(path) as db:
+        assert "logOffset" not in [row[1] for row in db.execute("PRAGMA table_info(last_used)")]
+    db.close()
+
+
 def test_a_state_file_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path) -> None:
     path = state_dir(tmp_path) / "segment-log.sqlite"
     path.mkdir(parents=True)  # SQLite cannot open it; nothing says the state is lost
