@@ -10,6 +10,7 @@ of adjacent windows add up to the row of the window spanning them.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import math
 from collections.abc import Iterable
@@ -140,6 +141,10 @@ class Segment:
     charged_hour: int | None = None
 
 
+def _billing_order(event: tuple[datetime, str]) -> tuple[datetime, int]:
+    return event[0], _ORDER[event[1]]  # same-second events in lifecycle order
+
+
 def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: int) -> list[Segment]:
     """Billable hour runs of one key from its lifecycle events (time order not required).
 
@@ -151,7 +156,7 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
     pending_since: float | None = None
     rotations = 0
     segments: list[Segment] = []
-    for when, name in sorted(events, key=lambda item: (item[0], _ORDER[item[1]])):
+    for when, name in sorted(events, key=_billing_order):
         now = when.timestamp()
         if name in ("CreateKey", "ReplicateKey", "CancelKeyDeletion") and open_since is None:
             if name == "CancelKeyDeletion" and pending_since is not None:
@@ -296,12 +301,13 @@ def cost_report(
     return priced(counts, lifecycle, prices, since, min(until, storage_until or until))
 
 
-def priced(counts: pl.DataFrame, lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None,
-           storage_until: datetime) -> pl.DataFrame:
+def priced(counts: pl.DataFrame, lifecycle: pl.DataFrame | KeyLifecycles, prices: PriceTable,
+           since: datetime | None, storage_until: datetime) -> pl.DataFrame:
     """The cost frame of a window: `counts` (its `request_counts`) priced, and the storage of the
-    keys over [since, storage_until)."""
+    keys over [since, storage_until) (`lifecycle`: prepared once, for windows priced one by one)."""
+    lifecycles = lifecycle if isinstance(lifecycle, KeyLifecycles) else KeyLifecycles(lifecycle)
     totals: dict[tuple[str, str], list[Decimal | int]] = {}
-    for key_arn, owner, months, cost in _storage(lifecycle, prices, since, storage_until):
+    for key_arn, owner, months, cost in lifecycles.storage(prices, since, storage_until):
         totals.setdefault((key_arn, owner), [Decimal(0), Decimal(0), 0, Decimal(0)])[:2] = [months, cost]
     rows = counts.select(*_COUNTED_BY, "requests", "billed")  # a day's counts carry their `day` too
     for key_arn, account, price_class, requests, billed in rows.iter_rows():
@@ -313,29 +319,56 @@ def priced(counts: pl.DataFrame, lifecycle: pl.DataFrame, prices: PriceTable, si
     return _cost_frame(totals)
 
 
-def _storage(
-    lifecycle: pl.DataFrame, prices: PriceTable, since: datetime | None, until: datetime
-) -> Iterable[tuple[str, str, Decimal, Decimal]]:
-    customer = lifecycle.filter((pl.col("eventTime") < until) & pl.col("eventName").is_in(LIFECYCLE_EVENTS))
-    aws_managed = set(customer.filter(pl.col("keyManager") == "AWS").get_column("keyArn").to_list())
-    # A clock hour belongs to the window its start lies in (as a minute's requests do), so
-    # consecutive windows never both bill the hour a bound falls inside.
-    first = math.ceil(since.timestamp() / 3600) if since else _NEVER
-    last = math.ceil(until.timestamp() / 3600)
-    if first > last:  # a window that ends before it starts stores nothing (it billed a negative amount)
-        return
-    shared = _multi_region_rotations(customer)
-    for key_arn, events in _events_by_key(customer).items():
-        if key_arn in aws_managed:
-            continue  # AWS managed keys cost nothing to store
-        segments = tuple(billed_segments(_key_events(str(key_arn), events, shared), prices.billed_rotations))
-        # Rounded where the key's running totals stand at the window's bounds, not over the window:
-        # windows side by side (the daily cost tables) then add up to the one that spans them, exactly.
-        months_before, rated_before = _running_totals(segments, prices, first)
-        months, rated = _running_totals(segments, prices, last)
-        if months != months_before:
-            yield (str(key_arn), str(key_arn).split(":")[4], _decimal(months) - _decimal(months_before),
-                   _decimal(rated) - _decimal(rated_before))
+class KeyLifecycles:
+    """Each key's lifecycle events in billing order, read once from the lifecycle frame: an export
+    prices every day of a long history, and working them out again for each day (a filter of the
+    whole frame, the multi-Region rotations, a pass per key) took a quarter of a first export."""
+
+    def __init__(self, lifecycle: pl.DataFrame) -> None:
+        customer = lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))
+        shared = _multi_region_rotations(customer)
+        self._events = {
+            str(key_arn): sorted(_key_events(str(key_arn), events, shared), key=_billing_order)
+            for key_arn, events in _events_by_key(customer).items()
+        }
+        self._times = {key_arn: [when for when, _ in events] for key_arn, events in self._events.items()}
+        # AWS managed keys cost nothing to store, from the first event that says so.
+        aws = customer.filter(pl.col("keyManager") == "AWS").group_by("keyArn").agg(pl.col("eventTime").min())
+        self._aws_managed_since: dict[str, datetime] = dict(aws.iter_rows())
+        self._segments: dict[tuple[str, int, int], tuple[Segment, ...]] = {}
+
+    def storage(self, prices: PriceTable, since: datetime | None,
+                until: datetime) -> Iterable[tuple[str, str, Decimal, Decimal]]:
+        """(key ARN, owner account, key-months, cost) of each key stored over [since, until), from
+        its lifecycle events before `until` (a later cancelled deletion bills its waiting period
+        in the window it falls in, not before)."""
+        # A clock hour belongs to the window its start lies in (as a minute's requests do), so
+        # consecutive windows never both bill the hour a bound falls inside.
+        first = math.ceil(since.timestamp() / 3600) if since else _NEVER
+        last = math.ceil(until.timestamp() / 3600)
+        if first > last:  # a window that ends before it starts stores nothing (it billed a negative amount)
+            return
+        for key_arn, times in self._times.items():
+            known = bisect.bisect_left(times, until)
+            aws_since = self._aws_managed_since.get(key_arn)
+            if known == 0 or (aws_since is not None and aws_since < until):
+                continue
+            segments = self._billed(key_arn, known, prices.billed_rotations)
+            # Rounded where the key's running totals stand at the window's bounds, not over the window:
+            # windows side by side (the daily cost tables) then add up to the one that spans them, exactly.
+            months_before, rated_before = _running_totals(segments, prices, first)
+            months, rated = _running_totals(segments, prices, last)
+            if months != months_before:
+                yield (key_arn, key_arn.split(":")[4], _decimal(months) - _decimal(months_before),
+                       _decimal(rated) - _decimal(rated_before))
+
+    def _billed(self, key_arn: str, known: int, billed_rotations: int) -> tuple[Segment, ...]:
+        """The billed segments of the key's first `known` events (the same for every day until
+        its next event)."""
+        cached = (key_arn, known, billed_rotations)
+        if cached not in self._segments:
+            self._segments[cached] = tuple(billed_segments(self._events[key_arn][:known], billed_rotations))
+        return self._segments[cached]
 
 
 @lru_cache(maxsize=4096)

@@ -18,7 +18,7 @@ import polars as pl
 import polars.selectors as cs
 
 from keytrail.clock import data_dir_now, shifted
-from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, cost_report, priced, request_counts
+from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, KeyLifecycles, cost_report, priced, request_counts
 from keytrail.pipeline.lastused import (
     CRYPTO_OPERATIONS,
     LAST_USED_SCHEMA,
@@ -229,6 +229,7 @@ class MetricsStore:
         day since. Read a day at a time (with a free tier, its month so far each time), that took
         ≈ 10 ms a day; priced in runs, a third of that, each day's storage and table included."""
         lifecycle = self.lifecycle() if lifecycle is None else lifecycle
+        lifecycles = KeyLifecycles(lifecycle)  # every day's storage is priced from it
         for run in _runs(sorted(set(days)), by_month=prices.free_tier_requests > 0):
             first = datetime.combine(run[0], time(), UTC)
             until = datetime.combine(run[-1], time(), UTC) + _DAY
@@ -239,7 +240,7 @@ class MetricsStore:
             for day in run:
                 since = datetime.combine(day, time(), UTC)
                 rows = by_day.get((day,), counts.clear())
-                yield day, priced(rows, lifecycle, prices, since, since + _DAY)
+                yield day, priced(rows, lifecycles, prices, since, since + _DAY)
 
     def _day_spans(self, since: datetime | None, until: datetime) -> Iterator[tuple[datetime | None, datetime]]:
         """[low, high) spans that cover [since, until) in time order, split at UTC midnights so that
