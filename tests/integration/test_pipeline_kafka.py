@@ -191,11 +191,7 @@ async def test_standalone_consume_serves_its_requests_cost_and_lag_at_metrics(tm
     events.append(denied("Decrypt", T0 + timedelta(seconds=9), key, user("eve")))
     with kafka_broker() as bootstrap:
         await _produce(bootstrap, events, partitions=2)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap, "--data-dir", str(tmp_path),
-             "--group", "metrics-scrape", "--metrics-port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        proc = _consume_with_metrics(bootstrap, tmp_path, "metrics-scrape", port)
         try:
             async with asyncio.timeout(60):  # scraped once counted: the cost is computed at most once a minute
                 while sum(MetricsStore(tmp_path).outcomes().values()) < len(events):
@@ -221,11 +217,7 @@ async def test_standalone_consume_serves_its_requests_cost_and_lag_at_metrics(tm
         await _produce(bootstrap, events, partitions=2)
         again = tmp_path / "again"
         for run in range(2):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap, "--data-dir", str(again),
-                 "--group", f"metrics-scrape-{run}", "--metrics-port", str(port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )
+            proc = _consume_with_metrics(bootstrap, again, f"metrics-scrape-{run}", port)
             try:
                 async with asyncio.timeout(60):
                     while len(lag := _lag(_samples(await _metrics_text(port)))) < 2 or any(lag.values()):
@@ -246,11 +238,7 @@ async def test_consume_stops_on_sigterm_with_the_broker_gone(tmp_path: Path, joi
     port = free_port()
     with kafka_broker() as bootstrap:
         await _produce(bootstrap, events, partitions=1)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap, "--data-dir", str(tmp_path),
-             "--group", "metrics-gone", "--metrics-port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        proc = _consume_with_metrics(bootstrap, tmp_path, "metrics-gone", port)
         # /metrics answers once the consumer runs, its SIGTERM handler set; joining takes tansu ~5 s.
         await eventually(lambda: _metrics_answer(port) or proc.poll() is not None, timeout=60,
                          what="the consumer's /metrics (or its exit)", interval=0.1)
@@ -268,6 +256,15 @@ async def test_consume_stops_on_sigterm_with_the_broker_gone(tmp_path: Path, joi
     assert stderr.splitlines()[-1].startswith(f"consumed {len(events) if joined else 0} records"), stderr
     if joined:
         assert sum(MetricsStore(tmp_path).outcomes().values()) == len(events)
+
+
+def _consume_with_metrics(bootstrap: str, data_dir: Path, group: str, port: int) -> subprocess.Popen[bytes]:
+    """`keytrail consume --kafka` as docker-compose runs it, serving /metrics on `port`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap, "--data-dir", str(data_dir),
+         "--group", group, "--metrics-port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
 
 
 def _metrics_answer(port: int) -> bool:

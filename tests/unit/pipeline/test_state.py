@@ -74,12 +74,18 @@ def test_last_used_of_one_key_is_that_key_s_rows_of_the_whole_table(tmp_path: Pa
         state.close()
 
 
-def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "p0.sqlite"
+def _state_file_from_before_log_offsets(path: Path) -> Path:
+    """A state file whose last_used table has no logOffset, holding ALICE's Encrypt of KEY at NOON."""
     with sqlite3.connect(path) as db:
         db.execute(_OLD_LAST_USED)
         db.execute("INSERT INTO last_used VALUES (?,?,?,?,?,?)",
                    (KEY, ALICE, int(NOON.timestamp() * 1_000_000), "Encrypt", "ffff", "request-ffff"))
+    db.close()
+    return path
+
+
+def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = _state_file_from_before_log_offsets(tmp_path / "p0.sqlite")
     assert _last(path) == ("Encrypt", "ffff")  # readable as before
     state = PartitionState(path, owner=True)
     state.stage(_use("Decrypt", "0000", 0), 1)  # the first record read after the upgrade
@@ -89,12 +95,7 @@ def test_a_state_file_from_before_log_offsets_is_upgraded_in_place(tmp_path: Pat
 
 
 def test_a_state_file_from_before_log_offsets_is_read_as_it_is_by_a_query(tmp_path: Path) -> None:
-    path = tmp_path / "p0.sqlite"
-    with sqlite3.connect(path) as db:
-        db.execute(_OLD_LAST_USED)
-        db.execute("INSERT INTO last_used VALUES (?,?,?,?,?,?)",
-                   (KEY, ALICE, int(NOON.timestamp() * 1_000_000), "Encrypt", "ffff", "request-ffff"))
-    db.close()
+    path = _state_file_from_before_log_offsets(tmp_path / "p0.sqlite")
     state = PartitionState(path, read_only=True)  # a query never upgrades: its rows sort first, as upgraded ones
     try:
         assert state.last_used(KEY).row(0, named=True) == {
