@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,25 @@ class Caller:
         principal = Principal.account_root(ACCOUNT, "AKIAROOT000000000001")
         context = CallContext(principal, region, request_id=os.urandom(8).hex())
         return await self.svc.execute(operation, context, params)
+
+
+KeyStoreMaker = Callable[[str], Awaitable[tuple[str, str]]]
+
+
+@pytest.fixture
+def new_key_store(service: tuple[Caller, Recorder, ManualClock], hsm: SoftHsm, clusters: Iterator[str],
+                  trust_anchor: str) -> KeyStoreMaker:
+    """Makes an AWS CloudHSM key store named so over a cluster of its own (SoftHSM), not yet
+    connected: (its id, the cluster)."""
+    call = service[0]
+
+    async def make(name: str) -> tuple[str, str]:
+        cluster = next(clusters)
+        created = await call("CreateCustomKeyStore", CustomKeyStoreName=name, CloudHsmClusterId=cluster,
+                             TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN)
+        return str(created["CustomKeyStoreId"]), cluster
+
+    return make
 
 
 @pytest.fixture
@@ -171,14 +190,10 @@ async def test_multi_region_conditions_and_synchronize_events(
 
 
 async def test_custom_key_store_calls_name_store_and_backing_key(
-    service: tuple[Caller, Recorder, ManualClock],
-    hsm: SoftHsm,
-    clusters: Iterator[str],
-    trust_anchor: str,
+    service: tuple[Caller, Recorder, ManualClock], new_key_store: KeyStoreMaker
 ) -> None:
     call, recorder, _ = service
-    cluster = next(clusters)
-    store_id = await _key_store(call, cluster, trust_anchor, "audit")
+    store_id, cluster = await new_key_store("audit")
     assert "keyStorePassword" not in (recorder.events("CreateCustomKeyStore")[-1].request_parameters or {})
     await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
@@ -275,16 +290,12 @@ async def test_schedule_key_deletion_of_a_primary_with_replicas_omits_deletion_d
 
 
 async def test_custom_key_store_calls_name_the_store_in_additional_event_data(
-    service: tuple[Caller, Recorder, ManualClock],
-    hsm: SoftHsm,
-    clusters: Iterator[str],
-    trust_anchor: str,
+    service: tuple[Caller, Recorder, ManualClock], new_key_store: KeyStoreMaker
 ) -> None:
     # ct-connect-keystore, ct-disconnect-keystore, ct-update-keystore, ct-delete-keystore: the request
     # gives the store's id only, and additionalEventData names the store and its cluster.
     call, recorder, _ = service
-    cluster = next(clusters)
-    store_id = await _key_store(call, cluster, trust_anchor, "ExampleKeyStore")
+    store_id, cluster = await new_key_store("ExampleKeyStore")
     await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     await call("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
     await call("UpdateCustomKeyStore", CustomKeyStoreId=store_id, NewCustomKeyStoreName="Renamed")
@@ -302,16 +313,12 @@ async def test_custom_key_store_calls_name_the_store_in_additional_event_data(
 
 
 async def test_deleting_a_key_in_a_custom_key_store_names_store_and_backing_key(
-    service: tuple[Caller, Recorder, ManualClock],
-    hsm: SoftHsm,
-    clusters: Iterator[str],
-    trust_anchor: str,
+    service: tuple[Caller, Recorder, ManualClock], new_key_store: KeyStoreMaker
 ) -> None:
     # ct-schedule-key-deletion (a key in an AWS CloudHSM key store): additionalEventData names the
     # store, its cluster and the key's backing keys.
     call, recorder, clock = service
-    cluster = next(clusters)
-    store_id = await _key_store(call, cluster, trust_anchor, "audit")
+    store_id, cluster = await new_key_store("audit")
     await call("ConnectCustomKeyStore", CustomKeyStoreId=store_id)
     key_id = (await call("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))["KeyMetadata"]["KeyId"]
     backing = (recorder.events("CreateKey")[-1].additional_event_data or {})["backingKeyId"]
@@ -323,10 +330,3 @@ async def test_deleting_a_key_in_a_custom_key_store_names_store_and_backing_key(
     clock.advance(8 * 86400)
     await call.svc.run_due()
     assert to_cloudtrail(recorder.events("DeleteKey")[-1])["additionalEventData"] == named
-
-
-async def _key_store(call: Caller, cluster: str, trust_anchor: str, name: str) -> str:
-    """A new AWS CloudHSM key store over `cluster` (SoftHSM), not yet connected: its id."""
-    created = await call("CreateCustomKeyStore", CustomKeyStoreName=name, CloudHsmClusterId=cluster,
-                         TrustAnchorCertificate=trust_anchor, KeyStorePassword=PIN)
-    return str(created["CustomKeyStoreId"])
