@@ -109,7 +109,10 @@ class KafkaSource:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        return not task.cancelled() and task.result() is None
+        if task.cancelled():
+            return False
+        task.result()  # what start raised (a broker out of reach) is the caller's to tell
+        return True
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> AsyncIterator[Batch]:
         last_data = time.monotonic()
