@@ -81,7 +81,7 @@ def bench_files(n: int, per_file: int = 50_000) -> None:
                 gzip.compress(json.dumps({"Records": chunk}).encode(), 1)
             )
         started = time.perf_counter()
-        alarms = run_offline([Path(tmp)], RuleSet(), None)
+        alarms = run_offline([Path(tmp)], RuleSet(), None).alarms
         total = time.perf_counter() - started
     print(
         f"offline (.json.gz files): {n:,} events in {total:.2f} s -> {n / total:,.0f} events/s "

@@ -11,6 +11,7 @@ import tomllib
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -111,7 +112,7 @@ def detect(
                 raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
             if problem := missing_paths(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
-            _print(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
+            _print_offline(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:
             if as_of is not None:  # live time rules tick as of the events read, never as of a given time
                 raise BadInput("--as-of goes with --cloudtrail (offline), not --kafka")
@@ -132,7 +133,16 @@ def detect(
         raise typer.Exit(2) from None
 
 
-def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -> list[Alarm]:
+@dataclass(frozen=True)
+class OfflineRun:
+    """What `detect --cloudtrail` found: every alarm, over how many KMS records, judged as of when."""
+
+    alarms: list[Alarm]
+    records: int
+    as_of: datetime | None
+
+
+def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -> OfflineRun:
     """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`."""
     from keytrail.detect import Detector
     from keytrail.detect.sources import gc_paused, read_cloudtrail_events
@@ -149,7 +159,7 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
     with gc_paused():  # a batch job over acyclic records: no need for the cyclic collector
         detector.process_events(events)
     detector.tick(as_of)
-    return detector.alarms()
+    return OfflineRun(detector.alarms(), len(events), detector.moment(as_of))
 
 
 def _hold_detector_lock(data_dir: Path) -> None:
@@ -414,3 +424,12 @@ def _print(alarms: list[Alarm], fmt: str) -> None:
             typer.echo(json.dumps(alarm.to_json(), separators=(",", ":")))
         else:
             typer.echo(f"{alarm.severity.value:<8} {alarm.rule:<20} {alarm.count:>6}  {alarm.summary}")
+
+
+def _print_offline(run: OfflineRun, fmt: str) -> None:
+    """The alarms; under the table, for a reader, what they were judged over: an empty table must
+    not look like a run that read nothing (one that did is told on stderr)."""
+    _print(run.alarms, fmt)
+    if fmt == "table" and run.records:
+        as_of = f", as of {run.as_of.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}" if run.as_of else ""
+        typer.echo(f"{counted(len(run.alarms), 'alarm')} over {counted(run.records, 'KMS record')}{as_of}")

@@ -62,6 +62,19 @@ def test_offline_time_rules_use_as_of_or_the_last_event(app: typer.Typer, tmp_pa
     assert early.exit_code == 0 and early.output == ""
 
 
+def test_offline_table_ends_with_what_the_alarms_were_judged_over(app: typer.Typer, tmp_path: Path) -> None:
+    """A table with no row read as a run that did nothing: its last line counts alarms and records."""
+    log = write_log(tmp_path / "log.json", [denied("Decrypt", T0 + timedelta(seconds=n), key_arn(1), user("eve"))
+                                            for n in range(2)])
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--as-of", "2026-01-05T14:00:00+02:00"])
+    assert result.exit_code == 0, result.output
+    *rows, summary = result.stdout.splitlines()
+    assert [row.split()[:3] for row in rows] == [["HIGH", "unauthorized-decrypt", "2"]]
+    assert summary == "1 alarm over 2 KMS records, as of 2026-01-05T12:00:00Z"
+    as_json = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--format", "json"])
+    assert [json.loads(line)["rule"] for line in as_json.stdout.splitlines()] == ["unauthorized-decrypt"]
+
+
 def test_offline_detect_over_files_with_no_kms_record_says_so(app: typer.Typer, tmp_path: Path) -> None:
     """An empty folder (a wrong prefix of a trail bucket) printed nothing, as a quiet period does."""
     (tmp_path / "AWSLogs").mkdir()
@@ -107,7 +120,7 @@ def test_rules_from_config_file(app: typer.Typer, tmp_path: Path) -> None:
     config = tmp_path / "keytrail.toml"
     config.write_text('[rules.unauthorized-decrypt]\nparameters = { allow_principals = ["*:user/eve"] }\n')
     result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--config", str(config)])
-    assert result.exit_code == 0 and result.output == ""
+    assert result.exit_code == 0 and result.output == "0 alarms over 1 KMS record, as of 2026-01-05T12:00:00Z\n"
     config.write_text('[rules.unauthorized-decrypt]\nwindow = "forever"\n')
     result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--config", str(config)])
     assert result.exit_code == 2 and "bad duration" in result.output
