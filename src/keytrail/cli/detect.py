@@ -273,7 +273,12 @@ def analyze(
             items = asyncio.run(_store_inventory(data_dir))
             principals = principals or _node_principals(data_dir)
         identities = read_identities(principals) if principals else []
-        _print(analyze_keys(items, rules, identities), fmt)
+        alarms = analyze_keys(items, rules, identities)
+        _print(alarms, fmt)
+        if fmt == "table":  # as detect --cloudtrail's: no row is not a run that checked nothing
+            principals_checked = f" and {counted(len(identities), 'principal')}" if identities else ""
+            checked = counted(len(items), "key") + principals_checked
+            typer.echo(f"{counted(len(alarms), 'alarm')} over {checked}")
         if inventory is not None and rules.enabled("rotation-disabled"):
             _note_unknown_rotation(items, inventory)
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:

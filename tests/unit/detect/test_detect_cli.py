@@ -162,6 +162,7 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     settings.write_text("[rules.rotation-disabled]\nenabled = false\n")
     quiet = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--config", str(settings)])
     assert quiet.exit_code == 0 and quiet.stderr == ""  # the rule is off: nothing went unchecked
+    assert quiet.stdout.splitlines()[-1] == "2 alarms over 3 keys"  # the table's last line
 
 
 @pytest.mark.parametrize(("inventory", "message"), [
@@ -214,6 +215,8 @@ def test_analyze_inventory_with_principals_checks_their_identity_policies(app: t
     assert (alarm["principalArn"], alarm["keyArn"], alarm["accountId"]) == (f"arn:aws:iam::{ACCOUNT}:role/reader",
                                                                             None, ACCOUNT)
     assert alarm["details"]["source"] == 'policy 2 statement "ReadAll"'
+    table = runner.invoke(app, ["analyze", "--inventory", str(inventory), "--principals", str(principals)])
+    assert table.stdout.splitlines()[-1] == "1 alarm over 1 key and 3 principals"
 
 
 @pytest.mark.parametrize("command", ["detect", "analyze"])
