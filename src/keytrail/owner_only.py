@@ -85,8 +85,12 @@ def replace_whole(path: Path, data: bytes, *, durable: bool = False) -> None:
     renamed over it, so a reader, or the next start after a crash, sees the old content or the new.
     `durable`: the new content survives a power cut once this returns (file and folder fsynced)."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_bytes(reserve_anew(temp), data, durable=durable)
-    temp.replace(path)
+    try:
+        write_bytes(reserve_anew(temp), data, durable=durable)
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk: the part written is not left to hold its space
+        raise
     if durable:
         sync_folder(path.parent)
 

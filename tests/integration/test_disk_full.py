@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -167,3 +168,20 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("inside_data_dir", [True, False], ids=["owner-only", "elsewhere"])
+def test_an_export_onto_a_full_disk_leaves_no_partial_file_behind(small_disk: Path, tmp_path: Path,
+                                                                   inside_data_dir: bool) -> None:
+    """Into the data dir (owner-only files) the export's temporary file, written as far as the disk
+    allowed, stayed after the one-line failure, holding what little space the disk had."""
+    from tests.support.audit_records import fill_trail
+
+    data = small_disk / "node" if inside_data_dir else tmp_path / "node"
+    fill_trail(data, 200)
+    out = data / "export" if inside_data_dir else small_disk / "export"
+    _fill(small_disk, 0)
+    export = subprocess.run([sys.executable, "-m", "keytrail", "audit", "export", "--data-dir", str(data), str(out)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert export.returncode == 1 and "No space left on device" in export.stderr, export.stderr
+    assert [p.name for p in out.rglob("*") if p.is_file()] == []
