@@ -155,15 +155,16 @@ async def rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
     ]
 
 
-async def move_primary(svc: KmsService, primary: Key, new_region: str) -> None:
-    """UpdatePrimaryRegion: `new_region`'s replica becomes the primary, the old primary a replica."""
+async def move_primary(svc: KmsService, primary: Key, new_region: str, first: Sequence[CallRecord] = ()) -> None:
+    """UpdatePrimaryRegion: `new_region`'s replica becomes the primary, the old primary a replica;
+    the write owes the records `first` before each copy's `SynchronizeMultiRegionKey`."""
     regions = [primary.region, *primary.replica_regions]
     replicas = tuple(r for r in regions if r != new_region)
     changed = [
         replace(k, primary_region=new_region, replica_regions=replicas)
         for k in [primary, *await copies(svc, primary)]
     ]
-    await synchronize(svc, changed)
+    await put_announced(svc, changed, changed, first)
 
 
 def scheduled_deletion(key: Key, now: datetime, window_days: int) -> Key:

@@ -187,6 +187,11 @@ async def test_multi_region_conditions_and_synchronize_events(
     assert (echoed["responseElements"], "resources" in echoed) == ({"keyId": new_primary}, False)
     assert echoed["requestID"] == called["requestID"] and echoed["eventID"] != called["eventID"]
     assert (echoed["eventType"], echoed["sourceIPAddress"]) == ("AwsApiCall", called["sourceIPAddress"])
+    # KMS's entry for the caller comes before its own SynchronizeMultiRegionKey calls (as
+    # ReplicateKey's CreateKey does), and the call's own record after what its write owed.
+    moved = [(r.event_name, r.region) for r in recorder.records[-4:]]
+    assert moved == [("UpdatePrimaryRegion", "eu-west-1"), ("SynchronizeMultiRegionKey", "us-east-1"),
+                     ("SynchronizeMultiRegionKey", "eu-west-1"), ("UpdatePrimaryRegion", "us-east-1")], moved
 
 
 async def test_custom_key_store_calls_name_store_and_backing_key(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from keytrail.kms import errors, multiregion, owed_calls
+from keytrail.kms import errors, multiregion
 from keytrail.kms.call_records import cloudtrail_values
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import key_arn
@@ -163,8 +163,7 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
     # (resources, and responseElements.keyId as entries since December 2022 do); KMS writes the
     # other in the new primary's Region. Both are owed by the write that moves the primary.
     call.log_key_id(key.arn)
-    async with owed_calls.owed_with_writes(svc, [_entry_in_new_primary_region(svc, call, replica)]):
-        await multiregion.move_primary(svc, key, region)
+    await multiregion.move_primary(svc, key, region, first=[_entry_in_new_primary_region(svc, call, replica)])
     return {}
 
 
