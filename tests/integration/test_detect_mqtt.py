@@ -290,3 +290,35 @@ async def test_a_broker_that_never_answers_the_connect_costs_no_socket_or_task_p
     await sink.aclose()
     server.close()
     await server.wait_closed()
+
+
+async def test_a_stop_while_waiting_for_a_connack_leaves_no_error_in_the_event_loop() -> None:
+    """The hooks' drain cut off by a stop cancels a delivery that waits for a hung broker's CONNACK:
+    aiomqtt's disconnect callback then read the cancelled wait and raised CancelledError in the
+    event loop, a traceback on stderr as `serve --mqtt` ended."""
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # never answers; lets go once the client closes its end
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    sink = MqttSink(f"mqtt://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout=30)
+    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    loop, errors = asyncio.get_running_loop(), []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        delivery = asyncio.create_task(sink.deliver(alarm))
+        await asyncio.wait_for(accepted.wait(), 10)
+        await asyncio.sleep(0.2)  # the CONNECT is sent: the sink waits for the CONNACK
+        delivery.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await delivery
+        await sink.aclose()
+        await asyncio.sleep(0.5)  # the DISCONNECT is written, the socket closed
+    finally:
+        loop.set_exception_handler(None)
+        server.close()
+        await server.wait_closed()
+    assert errors == []

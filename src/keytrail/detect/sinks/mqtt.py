@@ -112,9 +112,15 @@ async def _abandon(client: aiomqtt.Client) -> None:
     times out: each attempt kept one more of each, so a broker down like this for hours ran the
     detector out of file descriptors. A refused connect opened no socket and needs nothing.
     `__aexit__` sends DISCONNECT and closes the socket once it is written, then waits for an
-    acknowledgement that a connection never accepted cannot bring: that wait is cut short."""
+    acknowledgement that a connection never accepted cannot bring: that wait is cut short. Also
+    when the wait for the CONNACK was cancelled rather than timed out."""
     if client._client.socket() is None:  # the paho client aiomqtt wraps: no socket, nothing to close
         return
+    if client._connected.cancelled():
+        # A stop cancelled the wait for the CONNACK (the hooks' drain cut off): aiomqtt renews this
+        # future after a timed-out wait only, and its disconnect callback, reading the cancelled
+        # one, raised CancelledError in the event loop (a traceback on stderr).
+        client._connected = asyncio.get_running_loop().create_future()
     with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
         async with asyncio.timeout(0.1):
             await client.__aexit__(None, None, None)
