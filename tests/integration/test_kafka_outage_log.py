@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.server import KeytrailServer
-from tests.support.services import free_port
+from tests.support.services import free_port, kafka_broker
+from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -30,3 +33,39 @@ def test_serve_with_its_broker_down_logs_aiokafka_s_repeated_line_once_and_keeps
     log = server.log.read_text()
     assert len(PAUSED_LINE.findall(log)) >= 4, log  # four attempts: four aiokafka lines, unthinned
     assert len(AIOKAFKA_LINE.findall(log)) == 1, log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_serve_stops_without_waiting_for_a_broker_that_never_answers(tmp_path: Path, sig: int) -> None:
+    """A broker that takes connections and never answers (hung, or a proxy with nothing behind it)
+    held the audit shipper's connection attempt (10 s) past serve's stop, which killed it after
+    5 s with a warning. Now shipping ends before that, saying which records wait in the log."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # never accepted: the kernel's backlog completes the connects
+        bootstrap = f"127.0.0.1:{hung.getsockname()[1]}"
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--no-detector").start()
+        try:
+            server.client().create_key()
+        finally:
+            assert server.stop(sig) == 0
+    log = server.log.read_text()
+    assert "did not stop" not in log and "Traceback" not in log, log
+    assert re.search(r"audit shipping to \S+ stopped after 3 s with records 0 to \d+ not acknowledged", log), log
+
+
+def test_serve_stopped_while_a_batch_waits_for_a_broker_gone_logs_no_traceback(tmp_path: Path) -> None:
+    """The shipper's stop ends a batch that aiokafka still retries against a broker gone since:
+    when the producer then failed it, asyncio logged its exception, never retrieved, with a traceback."""
+    with kafka_broker() as bootstrap:
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--no-detector").start()
+        kms = server.client()
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        shipped = tmp_path / "data" / "audit" / "shipped-offset"
+        eventually_blocking(shipped.exists, what="the first batch shipped")
+    try:  # the broker is gone: the next batch is retried until its request times out (10 s)
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+        eventually_blocking(lambda: "Got error produce response" in server.log.read_text(), what="the batch retried")
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log and "never retrieved" not in log, log
+    assert "stopped after 3 s with records" in log, log

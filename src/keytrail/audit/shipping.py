@@ -14,8 +14,8 @@ which every record is on disk) at the child's start and then as it moves, at mos
 TELL_SECONDS; the shipper ships records up to it and writes back `<shipped offset> <framed bytes>`
 after each batch the broker acknowledged (the offset file is written by then). At the end of its
 stdin (serve stopping it, or gone, even by SIGKILL), or on SIGTERM from anyone else, it ships what
-it was told is durable, while the broker takes it, and exits; serve kills it after its close's
-shipping timeout.
+it was told is durable, while the broker takes it, for STOP_SECONDS at most, and exits; serve kills
+it after its close's shipping timeout.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 # How often, at most, the serving process tells the shipper the durable end: a pipe write per
 # group commit would cost hundreds of system calls a second, and the shipper lingers 0.25 s anyway.
 TELL_SECONDS = 0.05
+# How long a stop lets shipping go on (the last records, while the broker takes them): less than
+# serve waits for this process (AuditTrail.close's `ship_timeout`, 5 s; a second or two left for
+# the exit), which would then kill it with a warning. A broker that accepts connections and never
+# answers holds a connection attempt, or a batch, for its 10 s request timeout.
+STOP_SECONDS = 3.0
 STDIN_DRAIN_SECONDS = 1.0
 
 
@@ -133,7 +138,13 @@ async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: st
     # its end (a signal from anyone else leaves the pipe open: then only what is there already).
     await asyncio.wait({listening}, timeout=STDIN_DRAIN_SECONDS)
     await shipper.stop()  # ships what is durable first, if the broker is there
-    await shipping
+    try:
+        await asyncio.wait_for(shipping, STOP_SECONDS)
+    except TimeoutError:  # a broker out of reach or not answering: shipping ends, the records stay
+        if shipper.shipped.value < durable_end:
+            log.warning("audit shipping to %s stopped after %g s with records %d to %d not acknowledged: they wait "
+                        "in the event log and go out at the next start", bootstrap, STOP_SECONDS,
+                        shipper.shipped.value, durable_end - 1)
     listening.cancel()
 
 
