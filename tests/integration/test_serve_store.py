@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -271,3 +272,19 @@ def test_a_failed_start_on_a_new_postgresql_store_keeps_only_the_root_key_it_is_
         assert server.client("alice").create_key()["KeyMetadata"]["Enabled"]
     finally:
         assert server.stop() == 0
+
+
+def test_a_database_that_never_answers_stops_serve_starting_in_one_line_that_says_so(tmp_path: Path) -> None:
+    # A hung server (or a proxy with nothing behind it) takes the connection and never answers:
+    # the line ended in "cannot open the key store at HOST/DB: ", the TimeoutError's empty text.
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # never accepted: the kernel's backlog completes the connects
+        where = f"127.0.0.1:{hung.getsockname()[1]}/keytrail"
+        result = subprocess.run(
+            [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0",
+             "--store", f"postgresql://postgres@{where}"],
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"keytrail serve: cannot open the key store at {where}: the database did not answer within 10 s")
+    assert "Traceback" not in result.stderr

@@ -108,7 +108,15 @@ def _unavailable_unless_opened(url: str) -> Iterator[None]:
     except LedgerMismatch as exc:  # an OSError too: open_store tells it apart
         raise _LedgerRefused(f"cannot open the key store at {where}: {exc}") from None
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # ValueError: a URL asyncpg cannot parse
-        raise StoreUnavailable(f"cannot open the key store at {where}: {without_password(str(exc), url)}") from None
+        raise StoreUnavailable(f"cannot open the key store at {where}: {_problem(exc, url)}") from None
+
+
+def _problem(exc: Exception, url: str) -> str:
+    """Why the store did not open, in words: a database that takes the connection and never
+    answers raises a TimeoutError whose text is empty."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"the database did not answer within {DEFAULT_TIMEOUT:g} s"
+    return without_password(str(exc) or type(exc).__name__, url)
 
 
 def without_password(text: str, url: str | None) -> str:
