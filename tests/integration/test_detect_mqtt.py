@@ -322,3 +322,24 @@ async def test_a_stop_while_waiting_for_a_connack_leaves_no_error_in_the_event_l
         server.close()
         await server.wait_closed()
     assert errors == []
+
+
+async def test_a_close_during_an_outage_keeps_the_alarms_in_the_outbox_without_waiting_out_the_drain(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A hook known down, probed every few seconds at most, held every stop of serve and detect
+    for the whole drain (10 s), though what it is owed waits in its outbox for the next start."""
+    from keytrail.detect.sinks import Dispatcher
+    from keytrail.detect.sinks.outbox import Outbox
+
+    sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}", attempts=1, backoff=0)  # nothing listens there
+    outbox = tmp_path / "alarm-outbox-mqtt.jsonl"
+    dispatcher = Dispatcher([sink], outboxes=[Outbox(outbox)], pause=(60.0, 60.0))
+    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        dispatcher.publish(alarm)
+        while "MqttSink is down" not in caplog.text:
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(dispatcher.close(timeout=3600), 60)  # the drain's full hour: a hang
+    assert "1 alarm(s) not delivered when the hooks closed" in caplog.text
+    assert "MqttSink (down; kept for the next start) 1" in caplog.text
+    assert alarm.alarm_id in outbox.read_text()

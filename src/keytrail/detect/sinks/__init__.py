@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.sinks.attempts import Attempts, Failure, retry_waits
@@ -100,6 +100,7 @@ class Dispatcher:
         self._latest: list[dict[str, Alarm] | None] = [{} if box is not None else None for box in self._outboxes]
         self._in_delivery = [False] * len(self.sinks)
         self._down_since: list[float | None] = [None] * len(self.sinks)
+        self._down = [asyncio.Event() for _ in self.sinks]  # set while the hook is down (`_down_since`)
         self._dropping = [0] * len(self.sinks)  # drops of the current overflow, logged when it ends
         for index, outbox in enumerate(self._outboxes):
             for alarm in outbox.owed if outbox is not None else ():
@@ -247,6 +248,7 @@ class Dispatcher:
         treat it as refused (dead-lettered where the hook has a dead-letter file), so the alarms
         behind it go out."""
         sink, self._down_since[index] = self.sinks[index], None  # it is up: it takes other alarms
+        self._down[index].clear()
         name, attempts = type(sink).__name__, getattr(sink, "attempts", 1)
         self.failed += 1
         log.error("alarm hook %s took alarm %s but keeps failing on alarm %s as if it were down (%s): alarm %s is "
@@ -263,6 +265,7 @@ class Dispatcher:
     def _went_down(self, index: int, exc: HookDown) -> None:
         if self._down_since[index] is None:
             self._down_since[index] = asyncio.get_running_loop().time()
+            self._down[index].set()
             log.error("alarm hook %s is down (%s): its alarms wait in its queue (%d of at most %d)%s and go out "
                       "in order once it is back; probing it every %g s at most", type(self.sinks[index]).__name__,
                       exc, self._queues[index].qsize() + 1, self._queues[index].maxsize,
@@ -270,6 +273,7 @@ class Dispatcher:
 
     def _came_back(self, index: int) -> None:
         since, self._down_since[index] = self._down_since[index], None
+        self._down[index].clear()
         if since is not None:
             log.warning("alarm hook %s is back after %.0f s down; %d alarm(s) waiting",
                         type(self.sinks[index]).__name__, asyncio.get_running_loop().time() - since,
@@ -277,9 +281,10 @@ class Dispatcher:
 
     async def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to `timeout`), then stop the workers and close the sinks."""
+        started = asyncio.get_running_loop().time()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
-        self._log_undelivered(timeout)
+            await asyncio.wait_for(asyncio.gather(*(self._drained(i) for i in range(len(self.sinks)))), timeout)
+        self._log_undelivered(asyncio.get_running_loop().time() - started)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -294,7 +299,20 @@ class Dispatcher:
                 except Exception:
                     log.exception("closing alarm sink %s failed", type(sink).__name__)
 
-    def _log_undelivered(self, timeout: float) -> None:
+    async def _drained(self, index: int) -> None:
+        """Until the hook took what is queued for it, or, if it keeps its alarms in an outbox, is down:
+        probed every few seconds at most, a hook in an outage would only hold the stop for the
+        whole drain, and what it is owed goes out at the next start anyway."""
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._queues[index].join())]
+        if self._outboxes[index] is not None:
+            waits.append(asyncio.ensure_future(self._down[index].wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    def _log_undelivered(self, waited: float) -> None:
         """One line counting, per hook, the alarms the drain left (queued, or in a delivery that
         is cut off): closing drops them, or a hook's outbox keeps them for the next start, and
         either must not go unsaid."""
@@ -305,7 +323,7 @@ class Dispatcher:
         ]
         if lost := [f"{name} {count}" for name, count in left if count]:
             total = sum(count for _, count in left)
-            log.warning("%d alarm(s) not delivered when the hooks closed after %gs: %s", total, timeout,
+            log.warning("%d alarm(s) not delivered when the hooks closed after %.0fs: %s", total, waited,
                         ", ".join(lost))
 
 
