@@ -74,7 +74,7 @@ class Child:
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = self.spec.first_backoff
-        while True:
+        while not self._stopping:  # stopped before its first run (a failed start): none
             started = loop.time()
             code = await self._run_once()
             if self._stopping:
@@ -93,11 +93,28 @@ class Child:
             stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=True,
             env={**spec.environment_defaults, **without_store_secrets(os.environ)},
         )
+        try:
+            return await self._follow(process)
+        except asyncio.CancelledError:
+            # Cancelled by `stop` after its wait (this process was spawned while stop ran, and it
+            # found none to end): a child must not outlive its supervisor, writing on into a data
+            # dir a failed start is cleaning. Else its pipe stayed open until serve exited.
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            raise
+
+    async def _follow(self, process: asyncio.subprocess.Process) -> int:
+        """Give the running child its settings, read its lines, and wait for its exit."""
+        spec = self.spec
         if spec.settings is not None and process.stdin is not None:
             settings = spec.settings() if callable(spec.settings) else spec.settings
             process.stdin.write(settings)  # the pipe stays open: its end tells the child serve is gone
             with contextlib.suppress(ConnectionError):  # a child that died at once: its exit is handled below
                 await process.stdin.drain()
+        if self._stopping:  # a stop came while it was spawned, and found no process: ask it to end now
+            self._ask_to_stop(process)
         if spec.on_line is not None and process.stdout is not None:
             async for line in process.stdout:
                 spec.on_line(line)
@@ -110,12 +127,7 @@ class Child:
         timeout = self.spec.stop_timeout if timeout is None else timeout
         process = self.process
         if process is not None and process.returncode is None:
-            if self.spec.stops_at_end_of_input:
-                if process.stdin is not None:
-                    process.stdin.close()
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
+            self._ask_to_stop(process)
             try:
                 await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:
@@ -124,7 +136,17 @@ class Child:
                     process.kill()
                 await process.wait()
         if self._task is not None:
-            # Let it read the child's last lines; it is only still waiting if it was between runs.
+            # Let it read the child's last lines (or end one it was spawning); it is only still
+            # waiting if it was between runs, or its child did not end in that second (then killed).
             await asyncio.wait({self._task}, timeout=1.0)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def _ask_to_stop(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM, or the end of its stdin for a child that stops at the end of its input."""
+        if self.spec.stops_at_end_of_input:
+            if process.stdin is not None:
+                process.stdin.close()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)

@@ -81,3 +81,23 @@ async def test_a_child_gets_its_environment_defaults_unless_serves_environment_s
         await asyncio.sleep(0.05)
     await child.stop()
     assert lines[0] == b"by the operator|default\n"
+
+
+_LINGERING = "import pathlib, sys, time; time.sleep(0.3); pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3], ids=lambda n: f"stopped-{n}-ticks-after-start")
+async def test_a_child_stopped_as_it_starts_does_not_outlive_the_stop(tmp_path: Path, ticks: int) -> None:
+    """A failed serve start stops its children a moment after starting them: one spawned while the
+    stop ran (stop found no process to end) went on, writing into the data dir the start then
+    cleaned, until serve exited and its stdin closed."""
+    marker = tmp_path / "ran"
+    child = Child(ChildSpec("lingering", (*_python(_LINGERING), str(marker)), settings=b"", stop_timeout=5))
+    child.start()
+    for _ in range(ticks):  # the supervisor not yet run, or spawning the process
+        await asyncio.sleep(0)
+    await child.stop()
+    assert child.process is None or child.process.returncode is not None
+    written = marker.exists()
+    await asyncio.sleep(0.6)
+    assert marker.exists() == written  # nothing of it ran after the stop
