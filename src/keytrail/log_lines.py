@@ -1,11 +1,12 @@
-"""Where every keytrail process writes its log lines (stderr), and aiokafka's retries thinned there.
+"""Where every keytrail process writes its log lines (stderr), and its drivers' retries thinned there.
 
 While a Kafka broker is down, aiokafka logs each failed connect, metadata refresh, fetch and
-heartbeat, a line each, some 40 to 70 a second: an operator reading the log during the outage
+heartbeat, a line each, some 40 to 70 a second; while PostgreSQL is, asyncpg logs each failed
+attempt to refill its pool, with a traceback. An operator reading the log during the outage
 could not find keytrail's own line saying what is down and what waits. Every process that runs
-aiokafka (serve's audit shipper and detector children, `detect --kafka`, `consume --kafka`) sets
-its logging up here, so that each distinct aiokafka line is written once, then at most once a
-minute with the count of those left out.
+them (serve and its children, `detect --kafka`, `consume --kafka`) sets its logging up here, so
+that each distinct line of theirs is written once, in one line, then at most once a minute with
+the count of those left out.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BARE_FORMAT", "LOG_FORMAT", "RepeatedKafkaLineFilter", "log_to_stderr"]
+__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "RepeatedDriverLineFilter", "log_to_stderr"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # serve and its children
 BARE_FORMAT = "%(message)s"  # what Python writes by itself (its last-resort handler): detect's and consume's
 REPEAT_SECONDS = 60.0
+THINNED_LOGGERS = ("aiokafka", "asyncpg")  # and their modules' loggers (aiokafka.conn, asyncpg.pool, …)
 _MOST_REMEMBERED = 256  # distinct lines; more is not an outage repeating itself but varied text
 
 
 def log_to_stderr(fmt: str = LOG_FORMAT) -> None:
     """Warnings and errors to stderr in `fmt` (unless logging is set up already), each repeated
-    aiokafka line thinned to one a minute (RepeatedKafkaLineFilter)."""
+    driver line thinned to one a minute (RepeatedDriverLineFilter)."""
     logging.basicConfig(level=logging.WARNING, format=fmt)
     for handler in logging.getLogger().handlers:
-        RepeatedKafkaLineFilter.attach(handler)
+        RepeatedDriverLineFilter.attach(handler)
 
 
 @dataclass
@@ -38,12 +40,14 @@ class _Seen:
     left_out: int = 0  # like it since
 
 
-class RepeatedKafkaLineFilter(logging.Filter):
-    """Lets the first of each distinct aiokafka message through, then at most one per `seconds`,
-    that one saying how many like it were left out. Other loggers' records pass untouched.
+class RepeatedDriverLineFilter(logging.Filter):
+    """Lets the first of each distinct message of the THINNED_LOGGERS through, then at most one per
+    `seconds`, that one saying how many like it were left out; the traceback of one that has one
+    (an outage its driver retries, not a bug of keytrail's) folded into its line. Other loggers'
+    records pass untouched.
 
-    On a handler, not on the "aiokafka" logger: a logger's filters see only the records logged on
-    that logger itself, and aiokafka logs on one per module (aiokafka.conn, aiokafka.client, …)."""
+    On a handler, not on the drivers' loggers: a logger's filters see only the records logged on
+    that logger itself, and the drivers log on one per module (aiokafka.conn, asyncpg.pool, …)."""
 
     def __init__(self, seconds: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -59,9 +63,9 @@ class RepeatedKafkaLineFilter(logging.Filter):
             handler.addFilter(cls())
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "aiokafka" and not record.name.startswith("aiokafka."):
+        if record.name.partition(".")[0] not in THINNED_LOGGERS:
             return True
-        message = record.getMessage()
+        message = _one_line(record)
         now = self._clock()
         with self._lock:
             seen = self._seen.get(message)
@@ -70,16 +74,28 @@ class RepeatedKafkaLineFilter(logging.Filter):
                 return False
             self._forget_old(now)
             self._seen[message] = _Seen(now)
+        record.msg, record.args = message, None
         if seen is not None and seen.left_out:
-            record.msg, record.args = self._with_count(message, seen, now), None
+            record.msg = self._with_count(message, seen, now)
         return True
 
     def _with_count(self, message: str, seen: _Seen, now: float) -> str:
         return f"{message} (and {seen.left_out:,} more like it in the last {now - seen.written_at:.0f} s)"
 
     def _forget_old(self, now: float) -> None:
-        """Bound the memory when aiokafka's lines vary (a node id, an address each): forget lines
+        """Bound the memory when the drivers' lines vary (a node id, an address each): forget lines
         last let through over `seconds` ago (whose next one would pass anyway; their counts of
         lines left out are lost with them)."""
         if len(self._seen) >= _MOST_REMEMBERED:
             self._seen = {text: seen for text, seen in self._seen.items() if now - seen.written_at < self.seconds}
+
+
+def _one_line(record: logging.LogRecord) -> str:
+    """The record's message, with the exception it carries (if any) as its last words instead of
+    a traceback; the record loses its traceback."""
+    message = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        message = f"{message}: {type(error).__name__}: {' '.join(str(error).split())}"
+        record.exc_info, record.exc_text = None, None
+    return message

@@ -61,8 +61,11 @@ def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer
     try:
         alice = server.client("alice")
         key = alice.create_key()["KeyMetadata"]["KeyId"]
+        before = len(server.log.read_text())
         relay.cut()
-        assert aws_error(alice.encrypt, KeyId=key, Plaintext=b"x")[0] == "KMSInternalException"
+        for _ in range(3):  # each retried by boto3: a dozen failed calls
+            assert aws_error(alice.encrypt, KeyId=key, Plaintext=b"x")[0] == "KMSInternalException"
+        assert aws_error(alice.create_key)[0] == "KMSInternalException"  # a write too
         status, body = server.get("/metrics")
         assert status == 200, body[-500:]
         assert "keytrail_audit_committed_records_total" in body.decode()
@@ -72,6 +75,11 @@ def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer
     finally:
         relay.cut()
         assert server.stop() == 0
+    # The outage said once, and its end, in lines of their own: a traceback per call flooded the log.
+    outage = server.log.read_text()[before:]
+    assert "Traceback" not in outage, outage[-3000:]
+    assert outage.count("the key store is out of reach") == 1, outage[-3000:]
+    assert "the key store answers again, after" in outage
 
 
 def test_metrics_answer_while_the_key_store_hangs(tmp_path: Path, database: str) -> None:

@@ -1,10 +1,11 @@
-"""Repeated aiokafka lines are thinned; every other log line passes as it was."""
+"""Repeated aiokafka and asyncpg lines are thinned; every other log line passes as it was."""
 
 from __future__ import annotations
 
 import logging
+import sys
 
-from keytrail.log_lines import RepeatedKafkaLineFilter
+from keytrail.log_lines import RepeatedDriverLineFilter
 
 REFUSED = 'Unable connect to "127.0.0.1:9092": [Errno 111] Connect call failed'
 
@@ -21,7 +22,7 @@ def record(name: str, msg: str, *args: object) -> logging.LogRecord:
     return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args or None, None)
 
 
-def passed(thinning: RepeatedKafkaLineFilter, name: str, msg: str, *args: object) -> str | None:
+def passed(thinning: RepeatedDriverLineFilter, name: str, msg: str, *args: object) -> str | None:
     """The message written, or None if the record was left out."""
     line = record(name, msg, *args)
     return line.getMessage() if thinning.filter(line) else None
@@ -29,7 +30,7 @@ def passed(thinning: RepeatedKafkaLineFilter, name: str, msg: str, *args: object
 
 def test_a_repeated_aiokafka_line_is_written_once_then_once_a_minute_with_the_count_left_out() -> None:
     clock = FakeClock()
-    thinning = RepeatedKafkaLineFilter(60.0, clock)
+    thinning = RepeatedDriverLineFilter(60.0, clock)
     assert passed(thinning, "aiokafka", 'Unable connect to "%s": %s', "127.0.0.1:9092",
                   "[Errno 111] Connect call failed") == REFUSED
     for _ in range(2341):
@@ -43,7 +44,7 @@ def test_a_repeated_aiokafka_line_is_written_once_then_once_a_minute_with_the_co
 
 def test_a_line_that_comes_again_only_after_the_interval_is_written_without_a_count() -> None:
     clock = FakeClock()
-    thinning = RepeatedKafkaLineFilter(60.0, clock)
+    thinning = RepeatedDriverLineFilter(60.0, clock)
     assert passed(thinning, "aiokafka", REFUSED) == REFUSED
     clock.now += 61
     assert passed(thinning, "aiokafka", REFUSED) == REFUSED
@@ -51,7 +52,7 @@ def test_a_line_that_comes_again_only_after_the_interval_is_written_without_a_co
 
 def test_distinct_aiokafka_lines_are_thinned_each_on_its_own() -> None:
     clock = FakeClock()
-    thinning = RepeatedKafkaLineFilter(60.0, clock)
+    thinning = RepeatedDriverLineFilter(60.0, clock)
     metadata = "Unable to update metadata from [111]"
     assert passed(thinning, "aiokafka", REFUSED) == REFUSED
     assert passed(thinning, "aiokafka.client", metadata) == metadata  # aiokafka's modules log on their own loggers
@@ -60,7 +61,7 @@ def test_distinct_aiokafka_lines_are_thinned_each_on_its_own() -> None:
 
 
 def test_other_loggers_lines_pass_untouched_however_often_they_repeat() -> None:
-    thinning = RepeatedKafkaLineFilter(60.0, FakeClock())
+    thinning = RepeatedDriverLineFilter(60.0, FakeClock())
     down = "alarm hook kafka is down (%s): its alarms wait in its queue"
     for _ in range(3):
         line = record("keytrail.detect.sinks", down, "KafkaConnectionError")
@@ -71,6 +72,31 @@ def test_other_loggers_lines_pass_untouched_however_often_they_repeat() -> None:
 
 def test_the_filter_is_attached_to_a_handler_once() -> None:
     handler = logging.NullHandler()
-    RepeatedKafkaLineFilter.attach(handler)
-    RepeatedKafkaLineFilter.attach(handler)
-    assert sum(isinstance(known, RepeatedKafkaLineFilter) for known in handler.filters) == 1
+    RepeatedDriverLineFilter.attach(handler)
+    RepeatedDriverLineFilter.attach(handler)
+    assert sum(isinstance(known, RepeatedDriverLineFilter) for known in handler.filters) == 1
+
+
+def test_asyncpg_retries_are_thinned_too_and_their_tracebacks_folded_into_one_line() -> None:
+    clock = FakeClock()
+    thinning = RepeatedDriverLineFilter(60.0, clock)
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except ConnectionRefusedError:
+        line = logging.LogRecord("asyncpg.pool", logging.WARNING, __file__, 1,
+                                 "Failed to restore the pool connection floor; retrying", None, sys.exc_info())
+    assert thinning.filter(line)
+    assert line.getMessage() == ("Failed to restore the pool connection floor; retrying: "
+                                 "ConnectionRefusedError: [Errno 111] Connection refused")
+    assert line.exc_info is None and line.exc_text is None  # no traceback under it
+    text = logging.Formatter("%(message)s").format(line)
+    assert "\n" not in text
+    clock.now += 1
+    assert passed(thinning, "asyncpg.pool", line.getMessage()) is None
+    # keytrail's own lines keep theirs: an error of keytrail's needs its traceback
+    try:
+        raise ValueError("a bug")
+    except ValueError:
+        own = logging.LogRecord("keytrail.kms.service", logging.ERROR, __file__, 1, "internal error", None,
+                                sys.exc_info())
+    assert thinning.filter(own) and own.exc_info is not None

@@ -54,6 +54,8 @@ class StoreProbe:
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, KmsError) and error.__cause__ is not None:  # the driver's words: what is out of reach
+        error = error.__cause__
     text = error.message if isinstance(error, KmsError) else str(error) or type(error).__name__
     return " ".join(text.split())[:300]  # one line, whatever the driver's message holds
 

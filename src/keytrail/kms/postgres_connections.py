@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,20 @@ from keytrail.kms import errors
 from keytrail.kms.locks import KeyLocks, second_lock_refused
 
 __all__ = ["PostgresConnections"]
+
+log = logging.getLogger(__name__)
+
+# The server shutting down or not taking connections yet (SQLSTATE class 08, 57P01 to 57P03).
+_SERVER_AWAY = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                asyncpg.CannotConnectNowError)
+
+
+def _out_of_reach(exc: BaseException) -> bool:
+    """Whether `exc` says the database is out of reach: a connection refused, reset or closed
+    under a statement, a name that does not resolve (the socket's OSErrors, not keytrail's own,
+    such as LedgerMismatch), or the server away."""
+    socket_error = isinstance(exc, OSError) and not type(exc).__module__.startswith("keytrail")
+    return socket_error or isinstance(exc, _SERVER_AWAY)
 
 
 class PostgresConnections:
@@ -36,6 +51,7 @@ class PostgresConnections:
         # task's reads and writes go over it, so a lock holder never waits for the pool.
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
+        self._unreachable_since: float | None = None  # monotonic time an outage began (logged once), while it lasts
 
     def answered_within(self, seconds: float) -> bool:
         """Whether a connection came back from a query without error within the last `seconds`."""
@@ -48,23 +64,42 @@ class PostgresConnections:
         matches its ledger."""
         self._refuse_if_broken()
         pinned = self._pinned.get()
-        if pinned is not None:
-            with _dropped_on_timeout(pinned):
-                yield pinned
-            self._answered_at = time.monotonic()
-            return
         try:
-            async with self.pool.acquire(timeout=self.timeout if wait is None else wait) as connection:
-                token = self._pinned.set(connection) if pin else None
-                try:
-                    with _dropped_on_timeout(connection):
-                        yield connection
-                finally:
-                    if token is not None:
-                        self._pinned.reset(token)
-                self._answered_at = time.monotonic()
+            if pinned is not None:
+                with _dropped_on_timeout(pinned):
+                    yield pinned
+            else:
+                async with self.pool.acquire(timeout=self.timeout if wait is None else wait) as connection:
+                    token = self._pinned.set(connection) if pin else None
+                    try:
+                        with _dropped_on_timeout(connection):
+                            yield connection
+                    finally:
+                        if token is not None:
+                            self._pinned.reset(token)
         except TimeoutError:
             raise self._timed_out() from None
+        except (OSError, *_SERVER_AWAY) as exc:
+            if not _out_of_reach(exc):
+                raise
+            raise self._unreachable(exc) from exc
+        self._answered()
+
+    def _unreachable(self, exc: BaseException) -> errors.KmsError:
+        """AWS's retryable internal error for a call the database could not serve; the outage
+        logged once, where a traceback per call flooded the log (and the disk the spool is on)."""
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.error("the key store is out of reach (%s): calls fail with KMSInternalException until it answers again",
+                      " ".join((str(exc) or type(exc).__name__).split()))
+        return errors.KMSInternalException(
+            "The request was rejected because an internal exception occurred. The request can be retried.")
+
+    def _answered(self) -> None:
+        self._answered_at = now = time.monotonic()
+        if self._unreachable_since is not None:
+            log.warning("the key store answers again, after %.0f s out of reach", now - self._unreachable_since)
+            self._unreachable_since = None
 
     def _timed_out(self) -> errors.KmsError:
         """AWS's retryable answer when a service KMS depends on is slow."""
