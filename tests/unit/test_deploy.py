@@ -59,6 +59,15 @@ def test_compose_runs_the_whole_topology() -> None:
     assert sorted(commands) == ["consume", "detect", "serve", "serve"]
 
 
+def test_keytrail_services_get_longer_than_their_own_stop_takes_before_docker_kills_them() -> None:
+    """Docker's default is 10 s, then SIGKILL: a node stopping while a dependency is away (its
+    children's 15 s, the hooks' 10 s drain) was killed before its closing digest."""
+    services = compose()["services"]
+    for name in keytrail_services():
+        grace = str(services[name].get("stop_grace_period", "10s"))
+        assert grace.endswith("s") and int(grace[:-1]) >= 20, f"{name}: stop_grace_period {grace}"
+
+
 def test_kafka_keeps_its_log_on_its_volume() -> None:
     """The apache/kafka image writes its log to /tmp/kraft-combined-logs unless KAFKA_LOG_DIRS says
     otherwise: the audit topic and the consumers' committed offsets would then live in the
