@@ -104,7 +104,7 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
          follow: bool = typer.Option(True, "--follow/--no-follow"),
          interval: float = typer.Option(0.2, "--interval", callback=number_in_range(0, above=True),
                                         help="Seconds between polls.")) -> None:
-    """Show the last events and follow new ones as they are written (Ctrl-C stops)."""
+    """Show the last events and follow new ones as they are written (Ctrl-C or SIGTERM stops)."""
     from keytrail.audit.trail import audit_paths
 
     _require_log(data_dir)
@@ -114,21 +114,28 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
     counted = SegmentLog(followed.directory)
     offset, shown = max(counted.start_offset(), counted.end_offset() - lines), _ShownRecords()
     try:
-        while True:
-            if followed.replaced():
-                typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
-                           "following the new one from its start", err=True)
-                offset, shown = followed.log.start_offset(), _ShownRecords()
-            offset = _show_new(data_dir, fmt, followed, offset, shown)
-            sys.stdout.flush()
-            if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
-                _require_whole_log(data_dir, followed.log)
-                return
-            if _reader_gone(sys.stdout):  # as a write to it would fail: quietly, exit 1
-                raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-            time.sleep(interval)
+        with terminate_as_interrupt():  # SIGTERM (a supervisor's stop) ends it as Ctrl-C does: exit 0
+            _follow(data_dir, fmt, followed, offset, shown, follow, interval)
     except KeyboardInterrupt:
         return
+
+
+def _follow(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, shown: _ShownRecords, follow: bool,
+            interval: float) -> None:
+    """Show what is new every `interval` seconds (once, unless `follow`)."""
+    while True:
+        if followed.replaced():
+            typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
+                       "following the new one from its start", err=True)
+            offset, shown = followed.log.start_offset(), _ShownRecords()
+        offset = _show_new(data_dir, fmt, followed, offset, shown)
+        sys.stdout.flush()
+        if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
+            _require_whole_log(data_dir, followed.log)
+            return
+        if _reader_gone(sys.stdout):  # as a write to it would fail: quietly, exit 1
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        time.sleep(interval)
 
 
 def _show_new(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, shown: _ShownRecords) -> int:

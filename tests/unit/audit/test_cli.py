@@ -167,7 +167,8 @@ def test_tail_follows_new_events(tmp_path: Path) -> None:
         first = [json.loads(tail.stdout.readline()) for _ in range(2)]
         fill_trail(tmp_path, 1)  # a new session appends one more event (same ids, new offset)
         followed = json.loads(tail.stdout.readline())
-        tail.terminate()
+        tail.terminate()  # stopped as Ctrl-C stops it: exit 0 (was the default action's 143)
+        assert tail.wait(30) == 0
     assert {e["eventName"] for e in first} == {"Encrypt"}
     assert followed["eventID"] == encrypt_call(0).event_id
 
