@@ -273,12 +273,8 @@ def analyze(
             items = asyncio.run(_store_inventory(data_dir))
             principals = principals or _node_principals(data_dir)
         identities = read_identities(principals) if principals else []
-        alarms = analyze_keys(items, rules, identities)
-        _print(alarms, fmt)
-        if fmt == "table":  # as detect --cloudtrail's: no row is not a run that checked nothing
-            principals_checked = f" and {counted(len(identities), 'principal')}" if identities else ""
-            checked = counted(len(items), "key") + principals_checked
-            typer.echo(f"{counted(len(alarms), 'alarm')} over {checked}")
+        principals_checked = f" and {counted(len(identities), 'principal')}" if identities else ""
+        _print(analyze_keys(items, rules, identities), fmt, over=counted(len(items), "key") + principals_checked)
         if inventory is not None and rules.enabled("rotation-disabled"):
             _note_unknown_rotation(items, inventory)
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
@@ -421,7 +417,9 @@ def _time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _print(alarms: list[Alarm], fmt: str) -> None:
+def _print(alarms: list[Alarm], fmt: str, over: str | None) -> None:
+    """The alarms; under the table, for a reader, what they were judged `over`: an empty table must
+    not look like a run that checked nothing."""
     if fmt not in ("json", "table"):
         raise BadInput(f"--format {fmt!r}: use table or json")
     for alarm in alarms:
@@ -429,12 +427,11 @@ def _print(alarms: list[Alarm], fmt: str) -> None:
             typer.echo(json.dumps(alarm.to_json(), separators=(",", ":")))
         else:
             typer.echo(f"{alarm.severity.value:<8} {alarm.rule:<20} {alarm.count:>6}  {alarm.summary}")
+    if fmt == "table" and over is not None:
+        typer.echo(f"{counted(len(alarms), 'alarm')} over {over}")
 
 
 def _print_offline(run: OfflineRun, fmt: str) -> None:
-    """The alarms; under the table, for a reader, what they were judged over: an empty table must
-    not look like a run that read nothing (one that did is told on stderr)."""
-    _print(run.alarms, fmt)
-    if fmt == "table" and run.records:
-        as_of = f", as of {run.as_of.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}" if run.as_of else ""
-        typer.echo(f"{counted(len(run.alarms), 'alarm')} over {counted(run.records, 'KMS record')}{as_of}")
+    """`detect --cloudtrail`'s alarms, judged over its KMS records as of when (none read is told on stderr)."""
+    as_of = f", as of {run.as_of.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}" if run.as_of else ""
+    _print(run.alarms, fmt, over=f"{counted(run.records, 'KMS record')}{as_of}" if run.records else None)

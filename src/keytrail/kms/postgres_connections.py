@@ -23,17 +23,11 @@ __all__ = ["PostgresConnections"]
 
 log = logging.getLogger(__name__)
 
-# The server shutting down or not taking connections yet (SQLSTATE class 08, 57P01 to 57P03).
-_SERVER_AWAY = (asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-                asyncpg.CannotConnectNowError)
-
-
-def _out_of_reach(exc: BaseException) -> bool:
-    """Whether `exc` says the database is out of reach: a connection refused, reset or closed
-    under a statement, a name that does not resolve (the socket's OSErrors, not keytrail's own,
-    such as LedgerMismatch), or the server away."""
-    socket_error = isinstance(exc, OSError) and not type(exc).__module__.startswith("keytrail")
-    return socket_error or isinstance(exc, _SERVER_AWAY)
+# The database out of reach: the socket's errors (a connection refused, reset or closed under a
+# statement, a name that does not resolve), or the server shutting down or not taking connections
+# yet (SQLSTATE class 08, 57P01 to 57P03).
+_OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                 asyncpg.CannotConnectNowError)
 
 
 class PostgresConnections:
@@ -79,8 +73,8 @@ class PostgresConnections:
                             self._pinned.reset(token)
         except TimeoutError:
             raise self._timed_out() from None
-        except (OSError, *_SERVER_AWAY) as exc:
-            if not _out_of_reach(exc):
+        except _OUT_OF_REACH as exc:
+            if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
             raise self._unreachable(exc) from exc
         self._answered()
