@@ -46,16 +46,17 @@ def encrypt_call(index: int, principal: Principal = ALICE, **changes: object) ->
     return CallRecord(**values)  # type: ignore[arg-type]
 
 
-async def fill_trail_async(data_dir: Path, count: int, **settings: object) -> None:
-    """Record `count` Encrypt calls through a real AuditTrail, then close it (final digest)."""
+async def fill_trail_async(data_dir: Path, count: int, *, first: int = 0, **settings: object) -> None:
+    """Record `count` Encrypt calls, numbered from `first`, through a real AuditTrail, then close it
+    (final digest)."""
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir, **settings))  # type: ignore[arg-type]
     async with trail:
-        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(count)))
+        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(first, first + count)))
 
 
-def fill_trail(data_dir: Path, count: int, **settings: object) -> None:
+def fill_trail(data_dir: Path, count: int, *, first: int = 0, **settings: object) -> None:
     """`fill_trail_async` for synchronous tests."""
-    asyncio.run(fill_trail_async(data_dir, count, **settings))
+    asyncio.run(fill_trail_async(data_dir, count, first=first, **settings))
 
 
 def rewrite_segment(data_dir: Path, edit: object, *, fix_checksums: bool = True) -> None:

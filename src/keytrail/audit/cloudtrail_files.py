@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -221,52 +220,60 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     """Write the event log as CloudTrail log files, per account, Region and hour: a file is
     written when it holds EXPORT_FILE_RECORDS records, or when more than EXPORT_OPEN_FILES are
     filling (the one that started first goes), the rest at the end. Into the data dir itself they
-    are owner-only as the rest there; elsewhere they take the umask's mode."""
+    are owner-only as the rest there; elsewhere they take the umask's mode.
+
+    A file is named by the log offset of its first record, and which records a file holds depends
+    only on the log up to them: an export run again into the same folder, after a killed one or
+    after the log grew, writes each file over the one it replaces (the same, or the same records
+    and those since), never a second copy of a record beside the first."""
     owner_only = within(out, data_dir)
-    filling: dict[_FileKey, list[dict[str, Any]]] = {}  # in the order they started
+    filling: dict[_FileKey, _FillingFile] = {}  # in the order they started
     written: list[Path] = []
 
-    def write(key: _FileKey, events: list[dict[str, Any]]) -> None:
-        written.append(_write_log_file(out, key, events, sequence=len(written), owner_only=owner_only))
+    def write(key: _FileKey, file: _FillingFile) -> None:
+        written.append(_write_log_file(out, key, file, owner_only=owner_only))
 
-    for event in _events_to_export(data_dir, log):
+    for offset, event in _events_to_export(data_dir, log):
         moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
         key = (*_account_and_region(event), f"{moment.year:04d}" + moment.strftime("%m%dT%H00Z"))  # %Y: "1"
-        events = filling.setdefault(key, [])
-        events.append(event)
-        if len(events) >= EXPORT_FILE_RECORDS:
+        file = filling.setdefault(key, _FillingFile(offset))
+        file.events.append(event)
+        if len(file.events) >= EXPORT_FILE_RECORDS:
             write(key, filling.pop(key))
         elif len(filling) > EXPORT_OPEN_FILES:
             first = next(iter(filling))
             write(first, filling.pop(first))
-    for key, events in sorted(filling.items()):
-        write(key, events)
+    for key in sorted(filling):
+        write(key, filling[key])
     return written
 
 
-def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[dict[str, Any]]:
-    """The stored events, an OSError reading them raised as EventLogUnreadable (the export's own
-    writes fail with OSError too, and the two call for different remedies)."""
+@dataclass(slots=True)
+class _FillingFile:
+    first_offset: int  # the log offset of its first record: its name
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, record) of each stored event and of its copies for other accounts, an OSError
+    reading them raised as EventLogUnreadable (the export's own writes fail with OSError too, and
+    the two call for different remedies)."""
     try:
-        for _, event in iter_events(data_dir, log=log):
-            yield event
-            yield from owner_copies(event)  # as AWS logs a cross-account call in the key owner's account too
+        for offset, event in iter_events(data_dir, log=log):
+            yield offset, event
+            for copy in owner_copies(event):  # as AWS logs a cross-account call in the key owner's account too
+                yield offset, copy  # in another account's folder: the offset names one file there too
     except OSError as exc:
         raise EventLogUnreadable(exc) from exc
 
 
-def _write_log_file(out: Path, key: _FileKey, events: list[dict[str, Any]], sequence: int, *,
-                    owner_only: bool = False) -> Path:
-    """One log file, named as CloudTrail names them; its 16-character unique part starts with
-    `sequence`, so the files of one hour sort (and import) in the order they were written."""
+def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only: bool = False) -> Path:
+    """One log file, named as CloudTrail names them; its 16-character unique part is the log offset
+    of its first record, so the files of one hour sort (and import) in log order."""
     account, region, hour = key
     folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
-    text = json.dumps({"Records": events}).encode()
-    # Named by its place and its records, not at random: an export run again over the same log into
-    # the folder a killed one left writes the same files over those, not a second copy beside them.
-    unique = f"{sequence:08x}{hashlib.sha256(text).hexdigest()[:8]}"
-    path = folder / f"{account}_CloudTrail_{region}_{hour}_{unique}.json.gz"
-    data = gzip.compress(text)
+    path = folder / f"{account}_CloudTrail_{region}_{hour}_{file.first_offset:016x}.json.gz"
+    data = gzip.compress(json.dumps({"Records": file.events}).encode())
     if owner_only:
         replace_whole(path, data)  # its folders made 0700 first
     else:

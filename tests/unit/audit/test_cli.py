@@ -446,12 +446,12 @@ def test_an_export_killed_halfway_is_finished_by_running_it_again_into_the_same_
     killed_halfway = f"""
 import os, sys
 from keytrail.audit import cloudtrail_files
-write = cloudtrail_files._write_log_file
+write, written = cloudtrail_files._write_log_file, []
 def write_then_die(*args, **kwargs):
-    path = write(*args, **kwargs)
-    if kwargs["sequence"] == 1:
+    written.append(write(*args, **kwargs))
+    if len(written) == 2:
         os._exit(137)  # kill -9 after the second file
-    return path
+    return written[-1]
 cloudtrail_files._write_log_file = write_then_die
 cloudtrail_files.EXPORT_FILE_RECORDS = 2
 from keytrail.cli import main
@@ -464,6 +464,22 @@ main()
         assert _run("export", str(out), "--data-dir", str(tmp_path / "node"))[0] == 0
         assert _run("export", str(whole), "--data-dir", str(tmp_path / "node"))[0] == 0
     assert _exported(out) == _exported(whole) and len(_exported(whole)) == 5
+
+
+def test_an_export_run_again_after_the_log_grew_replaces_its_files_never_doubles_a_record(tmp_path: Path) -> None:
+    """A periodic export into one folder (for Athena, say): the first run's last file of an hour
+    was written again, under a new name, with the records since, beside the one it replaced."""
+    node, out, whole = tmp_path / "node", tmp_path / "out", tmp_path / "whole"
+    fill_trail(node, 3)
+    assert _run("export", str(out), "--data-dir", str(node))[0] == 0
+    before = _exported(out)
+    fill_trail(node, 4, first=3)  # the same account, Region and hour: the first run's file grows
+    assert _run("export", str(out), "--data-dir", str(node))[0] == 0
+    assert _run("export", str(whole), "--data-dir", str(node))[0] == 0
+    after = _exported(out)
+    assert after == _exported(whole) and before.keys() <= after.keys()
+    every_record = [event_id for ids in after.values() for event_id in ids]
+    assert len(every_record) == len(set(every_record)) == 7
 
 
 def _exported(out: Path) -> dict[str, list[str]]:
