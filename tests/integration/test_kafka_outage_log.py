@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.support.server import KeytrailServer
 from tests.support.services import free_port, kafka_broker
@@ -50,6 +51,33 @@ def test_serve_stops_without_waiting_for_a_broker_that_never_answers(tmp_path: P
     log = server.log.read_text()
     assert "did not stop" not in log and "Traceback" not in log, log
     assert re.search(r"audit shipping to \S+ stopped after 3 s with records 0 to \d+ not acknowledged", log), log
+
+
+def test_serve_stops_in_one_stop_time_with_an_alarm_waiting_for_a_broker_that_never_answers(tmp_path: Path) -> None:
+    """The detector's Kafka hook, still inside its first delivery (not yet known to be down), held
+    the close's drain for its whole 10 s, and the shipper's 3 s came after that: 13.5 s in all.
+    Now the drain ends once the hook has taken nothing for 3 s (its outbox keeps the alarm), and the
+    detector and the shipper stop side by side."""
+    with socket.create_server(("127.0.0.1", 0)) as hung:  # never accepted: the kernel's backlog completes the connects
+        bootstrap = f"127.0.0.1:{hung.getsockname()[1]}"
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, dev_clock=False).start()
+        try:
+            kms = server.client()
+            blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+            with pytest.raises(ClientError, match="AccessDeniedException"):
+                server.client("bob").decrypt(CiphertextBlob=blob)  # an unauthorized decrypt: an alarm
+            outbox = tmp_path / "data" / "alarm-outbox-kafka.jsonl"
+            eventually_blocking(lambda: outbox.exists() and outbox.stat().st_size > 0, what="the alarm it is owed")
+        finally:
+            started = time.monotonic()
+            assert server.stop() == 0
+            stopped_in = time.monotonic() - started
+    log = server.log.read_text()
+    assert "did not stop" not in log and "Traceback" not in log, log
+    assert re.search(r"alarm\(s\) not delivered when the hooks closed after 3s: KafkaSink \(kept for the next start\)",
+                     log), log
+    assert "stopped after 3 s with records" in log, log
+    assert stopped_in < 10, stopped_in  # the drain's whole time alone was 10 s
 
 
 def test_serve_stopped_while_a_batch_waits_for_a_broker_gone_logs_no_traceback(tmp_path: Path) -> None:

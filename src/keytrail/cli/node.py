@@ -323,9 +323,10 @@ async def start_node(node: Node) -> None:
 
 
 async def stop_node(node: Node, *, quiet: bool = False) -> None:
-    """Stop the node: children, consumer, background tasks, detector, audit trail (its final
-    digest), then the key store; a part that fails to stop is logged (unless `quiet`: a failed
-    start, whose own failure is the one to report) and the rest still stop."""
+    """Stop the node: background tasks; children, consumer, detector and audit shipping side by
+    side; the audit trail (its final digest); then the key store. A part that fails to stop is
+    logged (unless `quiet`: a failed start, whose own failure is the one to report) and the rest
+    still stop."""
     await _stop(node, quiet=quiet)
 
 
@@ -490,26 +491,38 @@ async def _scheduler(node: Node) -> None:
 
 
 async def _stop(node: Node, *, quiet: bool) -> None:
-    """Stop each part in turn, the next one also when one fails (logged unless `quiet`)."""
-    for name, stop in _stop_steps(node):
+    """Stop each stage's parts side by side, stage after stage; a part that fails is logged
+    (unless `quiet`) and the rest still stop."""
+
+    async def stop_part(name: str, stop: Callable[[], Awaitable[object]]) -> None:
         try:
             await stop()
         except Exception as exc:
             if not quiet:
                 log.error("stopping the node: %s: %s", name, _reason(exc))
 
+    for stage in _stop_stages(node):
+        await asyncio.gather(*(stop_part(name, stop) for name, stop in stage))
 
-def _stop_steps(node: Node) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
-    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-        ("child processes", lambda: asyncio.gather(*(child.stop() for child in node.children))),
-        ("metrics consumer", lambda: _stop_consumer(node)),
-        ("background tasks", lambda: _cancel(node.background)),
-    ]
+
+_Part = tuple[str, Callable[[], Awaitable[object]]]
+
+
+def _stop_stages(node: Node) -> list[list[_Part]]:
+    """The background tasks first, so that what they audit is in the log before shipping stops.
+    Then what reads the log (children, consumer, detector) and the shipper stop side by side, each
+    bounded by its own stop time: a broker or hook that never answers costs the stop one of those
+    times, not their sum. Then the audit trail (its final digest) and the key store."""
+    readers: list[_Part] = [(f"{child.spec.name} child", child.stop) for child in node.children]
+    readers.append(("metrics consumer", lambda: _stop_consumer(node)))
     if node.detector is not None:
-        steps.append(("detector", node.detector.close))
+        readers.append(("detector", node.detector.close))
     if node.audit is not None:
-        steps.append(("audit trail", node.audit.close))
-    return [*steps, ("key store", node.service.store.close)]
+        readers.append(("audit shipping", node.audit.stop_shipping))
+    stages: list[list[_Part]] = [[("background tasks", lambda: _cancel(node.background))], readers]
+    if node.audit is not None:
+        stages.append([("audit trail", node.audit.close)])
+    return [*stages, [("key store", node.service.store.close)]]
 
 
 async def _stop_consumer(node: Node) -> None:

@@ -563,6 +563,43 @@ async def test_closing_with_a_hook_down_ends_at_the_drain_timeout_and_its_outbox
     assert hook.alarms == alarms
 
 
+class Slow:
+    """A hook that is up and takes each alarm after `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.alarms: list[Alarm] = []
+
+    async def deliver(self, alarm: Alarm) -> None:
+        await asyncio.sleep(self.seconds)
+        self.alarms.append(alarm)
+
+
+async def test_closing_ends_the_drain_of_a_hook_that_takes_nothing_and_its_outbox_keeps_the_alarms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that takes the connection and never answers: the hook's first delivery is still
+    inside its attempts, so it is not known to be down, and `serve`'s stop waited the whole drain."""
+    from keytrail.detect import sinks
+    from keytrail.detect.sinks.outbox import Outbox
+
+    monkeypatch.setattr(sinks, "DRAIN_STALLED_SECONDS", 0.2)
+    alarms, slow = _alarms(6), Slow(0.05)
+    outboxes = [Outbox(tmp_path / "stuck.jsonl"), Outbox(tmp_path / "slow.jsonl")]
+    dispatcher = Dispatcher([Stuck(), slow], outboxes=outboxes)
+    for alarm in alarms:
+        dispatcher.publish(alarm)
+    started = asyncio.get_running_loop().time()
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        await dispatcher.close(timeout=10)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert slow.alarms == alarms  # 0.3 s in all, past the stall time: a hook taking alarms is waited for
+    assert "Stuck (kept for the next start) 6" in caplog.text and "Slow" not in caplog.text
+    hook = Recorder()
+    await Dispatcher([hook], outboxes=[Outbox(tmp_path / "stuck.jsonl")]).close()
+    assert hook.alarms == alarms
+
+
 def test_an_outbox_whose_queue_never_empties_stays_bounded(tmp_path: Path) -> None:
     """Emptied only when the hook's queue is: a hook back from an outage while alarms keep coming
     never drains, and the file took a line for every alarm queued and handled since."""

@@ -32,6 +32,11 @@ LOOK_AHEAD = 3
 # flapping behind a load balancer (a rolling restart, every other request a 503) gives a good alarm.
 # With the default schedules a head the hook chokes on is given up on about 30 s after its first try.
 STRIKES = 2
+# The close's drain stops waiting for a hook that keeps its alarms in an outbox once it has taken
+# none for this long: one that is not yet known to be down (its first delivery still inside its
+# attempts against a broker that never answers) would otherwise hold the stop for the whole drain,
+# and what it is owed goes out at the next start. A hook that is up takes an alarm in far less.
+DRAIN_STALLED_SECONDS = 3.0
 
 
 class DeliveryError(RuntimeError):
@@ -99,6 +104,7 @@ class Dispatcher:
         # Of a hook with an outbox, the latest state of each alarm in its queue, delivered in its place.
         self._latest: list[dict[str, Alarm] | None] = [{} if box is not None else None for box in self._outboxes]
         self._in_delivery = [False] * len(self.sinks)
+        self._handled = [0] * len(self.sinks)  # alarms each hook is done with: a drain that sees none stalls
         self._down_since: list[float | None] = [None] * len(self.sinks)
         self._down = [asyncio.Event() for _ in self.sinks]  # set while the hook is down (`_down_since`)
         self._dropping = [0] * len(self.sinks)  # drops of the current overflow, logged when it ends
@@ -156,6 +162,7 @@ class Dispatcher:
                 log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
             finally:
                 self._in_delivery[index] = False
+                self._handled[index] += 1
                 queue.task_done()
             # Not when cancelled mid-delivery (the close's drain cut off): still owed, sent at the next start.
             if outbox is not None:
@@ -300,14 +307,21 @@ class Dispatcher:
                     log.exception("closing alarm sink %s failed", type(sink).__name__)
 
     async def _drained(self, index: int) -> None:
-        """Until the hook took what is queued for it, or, if it keeps its alarms in an outbox, is down:
-        probed every few seconds at most, a hook in an outage would only hold the stop for the
-        whole drain, and what it is owed goes out at the next start anyway."""
+        """Until the hook took what is queued for it, or, if it keeps its alarms in an outbox, is down
+        or has taken none for DRAIN_STALLED_SECONDS: probed every few seconds at most, a hook in an
+        outage would only hold the stop for the whole drain, and what it is owed goes out at the
+        next start anyway."""
+        kept = self._outboxes[index] is not None
         waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._queues[index].join())]
-        if self._outboxes[index] is not None:
+        if kept:
             waits.append(asyncio.ensure_future(self._down[index].wait()))
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            handled = self._handled[index]
+            while not (await asyncio.wait(waits, timeout=DRAIN_STALLED_SECONDS if kept else None,
+                                          return_when=asyncio.FIRST_COMPLETED))[0]:
+                if self._handled[index] == handled:
+                    return  # stalled
+                handled = self._handled[index]
         finally:
             for wait in waits:
                 wait.cancel()
