@@ -195,18 +195,18 @@ class AuditTrail:
             await asyncio.sleep(0.02)
         return True
 
-    async def stop_shipping(self, timeout: float = 5.0) -> None:
-        """Give the shipper up to `timeout` seconds to deliver the durable records while the broker
-        takes them, then stop it; records made durable later wait in the log for the next start.
-        A node stops it beside its other children rather than after them (`close` does it too)."""
+    async def finish(self, ship_timeout: float = 5.0) -> None:
+        """Stop taking records and commit the queued ones (`spool.drain`: the final signed digest),
+        give the shipper up to `ship_timeout` seconds to deliver them while the broker takes them,
+        then stop it. A node does this beside stopping its other children, not after them; `close`
+        does it too."""
+        await self.spool.drain()
         if self._shipper is not None:
-            await self._shipper.finish(timeout)
+            await self._shipper.finish(ship_timeout)
 
     async def close(self, ship_timeout: float = 5.0) -> None:
-        """Commit queued records (final signed digest), stop shipping (`stop_shipping`), then
-        release everything."""
-        await self.spool.drain()
-        await self.stop_shipping(ship_timeout)
+        """`finish`, then release everything."""
+        await self.finish(ship_timeout)
         await self.spool.close()
 
     def _apply_retention(self) -> None:

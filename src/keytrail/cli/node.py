@@ -323,10 +323,10 @@ async def start_node(node: Node) -> None:
 
 
 async def stop_node(node: Node, *, quiet: bool = False) -> None:
-    """Stop the node: background tasks; children, consumer, detector and audit shipping side by
-    side; the audit trail (its final digest); then the key store. A part that fails to stop is
-    logged (unless `quiet`: a failed start, whose own failure is the one to report) and the rest
-    still stop."""
+    """Stop the node: background tasks; children, consumer, detector and the audit trail's last
+    records (its final digest) and shipping side by side; the audit trail's files; then the key
+    store. A part that fails to stop is logged (unless `quiet`: a failed start, whose own failure
+    is the one to report) and the rest still stop."""
     await _stop(node, quiet=quiet)
 
 
@@ -509,16 +509,17 @@ _Part = tuple[str, Callable[[], Awaitable[object]]]
 
 
 def _stop_stages(node: Node) -> list[list[_Part]]:
-    """The background tasks first, so that what they audit is in the log before shipping stops.
-    Then what reads the log (children, consumer, detector) and the shipper stop side by side, each
-    bounded by its own stop time: a broker or hook that never answers costs the stop one of those
-    times, not their sum. Then the audit trail (its final digest) and the key store."""
+    """The background tasks first, so that what they audit is in the log before it takes no more.
+    Then what reads the log (children, consumer, detector) and the audit trail's finish (its last
+    records, the final digest, shipping) side by side, each bounded by its own stop time: a broker
+    or hook that never answers costs the stop one of those times, not their sum. Then the audit
+    trail's files and the key store."""
     readers: list[_Part] = [(f"{child.spec.name} child", child.stop) for child in node.children]
     readers.append(("metrics consumer", lambda: _stop_consumer(node)))
     if node.detector is not None:
         readers.append(("detector", node.detector.close))
     if node.audit is not None:
-        readers.append(("audit shipping", node.audit.stop_shipping))
+        readers.append(("audit trail's last records and shipping", node.audit.finish))
     stages: list[list[_Part]] = [[("background tasks", lambda: _cancel(node.background))], readers]
     if node.audit is not None:
         stages.append([("audit trail", node.audit.close)])
