@@ -407,7 +407,8 @@ def _count(number: int, noun: str) -> str:
 def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… into."),
            fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format"),
            data_dir: Path = DataDir) -> None:
-    """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD)."""
+    """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD).
+    Run again into the same folder, it writes the files over, with the records since: none twice."""
     from keytrail.audit.cloudtrail_files import EventLogUnreadable, export_cloudtrail
     from keytrail.audit.schema import SchemaError
 
