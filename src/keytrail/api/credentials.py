@@ -83,6 +83,9 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
     if not match:
         raise PrincipalsFileError(f"{where}: 'arn' must be an IAM root, user or role ARN, got {arn!r}")
     partition, account, resource = match.groups()
+    if "session_name" in entry and not resource.startswith("role/"):
+        # Only a role's caller acts as a session; on a user or root the name would be dropped unsaid.
+        raise PrincipalsFileError(f"{where}: 'session_name' is for roles only; {arn} is not a role")
     common = {"account": account, "access_key_id": entry["access_key_id"], "policies": _policies(entry, where)}
     if resource == "root":
         return Principal(arn=arn, type=IdentityType.ROOT, principal_id=account, **common)
@@ -90,7 +93,7 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
     if kind == "user":
         return Principal(arn=arn, type=IdentityType.IAM_USER, principal_id=_principal_id("AIDA", arn),
                          user_name=name.rsplit("/", 1)[-1], **common)
-    session = entry.get("session_name") or "keytrail-session"
+    session = entry.get("session_name", "keytrail-session")  # "" or 0 is a mistake, not the default
     if not isinstance(session, str) or not _SESSION_NAME.fullmatch(session):
         raise PrincipalsFileError(f"{where}: 'session_name' must be 1 to 64 letters, digits and +=,.@- "
                                   f"(an IAM role session name), got {session!r}")

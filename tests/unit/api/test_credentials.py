@@ -56,6 +56,13 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE.replace("user/alice", "role/app") + 'session_name = "sessión"\n', "'session_name' must be"),
     (ALICE.replace("user/alice", "role/app") + 'session_name = "a/b"\n', "'session_name' must be"),
     (ALICE.replace("user/alice", "role/app") + "session_name = 5\n", "'session_name' must be"),
+    # An empty or false session name was taken as "keytrail-session", and one on a user or root was
+    # dropped: both without a word, though the name is the caller's identity.
+    (ALICE.replace("user/alice", "role/app") + 'session_name = ""\n', "'session_name' must be"),
+    (ALICE.replace("user/alice", "role/app") + "session_name = false\n", "'session_name' must be"),
+    (ALICE + 'session_name = "s"\n', "principal #1: 'session_name' is for roles only; "
+                                      "arn:aws:iam::111122223333:user/alice is not a role"),
+    (ALICE.replace("user/alice", "root") + 'session_name = "s"\n', "'session_name' is for roles only"),
     # A misspelt field was passed over: `polices` left alice without her identity policies, unsaid.
     (ALICE + "polices = ['" + ALLOW + "']\n", "principal #1: unknown field 'polices' (a principal has arn, "
                                              "access_key_id, secret_access_key, policies, session_name)"),
