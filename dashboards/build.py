@@ -20,6 +20,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "keytrail_kms_denied_requests_total": ("counter", ("operation",), "calls denied by authorization"),
     "keytrail_kms_denied_by_principal_total": ("counter", ("operation", "principal"),
                                                "calls denied by authorization, per principal"),
+    "keytrail_kms_unauthenticated_total": ("counter", ("code",),
+                                           "requests refused before authentication, by error code"),
     "keytrail_alarms_total": ("counter", ("rule", "severity"), "alarms raised by the detector"),
     "keytrail_kms_cost_usd": ("gauge", ("account",), "cost accrued since tracking start, USD"),
     "keytrail_audit_spool_depth": ("gauge", (), "audit records in the spool not yet shipped"),
@@ -103,6 +105,10 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
     ("Audit records per group commit", "timeseries", "short",
      [("sum by (instance) (rate(keytrail_audit_committed_records_total[5m])) / "
        "sum by (instance) (rate(keytrail_audit_fsync_seconds_count[5m]))", "{{instance}}")], 12, 8),
+    # No audit record can name these callers: a secret being guessed, or a client's clock past the window.
+    ("Refused before authentication", "timeseries", "short",
+     [(f"sum by (instance, code) ({increase('keytrail_kms_unauthenticated_total', '5m')})",
+       "{{instance}} {{code}}")], 12, 8),
 ]
 
 

@@ -89,6 +89,27 @@ def test_unknown_access_key_is_unrecognized_client(server: KeytrailServer) -> No
     assert status == 400 and body["__type"] == "UnrecognizedClientException"
 
 
+def test_requests_refused_before_authentication_are_counted_and_logged_not_recorded(
+    fresh_server: KeytrailServer,
+) -> None:
+    """They left no trace at all: no audit record (there is no caller to name), and neither a log
+    line nor a metric, so a caller guessing secrets went unseen."""
+    for _ in range(3):
+        assert _raw(fresh_server, b"{}", secret="guessed")[2]["__type"] == "InvalidSignatureException"
+    assert _raw(fresh_server, b"{}", key="AKIANOBODY0000000000")[2]["__type"] == "UnrecognizedClientException"
+    fresh_server.client().list_keys()  # one call by a caller, recorded
+    status, metrics = fresh_server.get("/metrics")
+    assert status == 200
+    assert 'keytrail_kms_unauthenticated_total{code="InvalidSignatureException"} 3' in metrics.decode()
+    assert 'keytrail_kms_unauthenticated_total{code="UnrecognizedClientException"} 1' in metrics.decode()
+    assert fresh_server.stop() == 0
+    lines = [line for line in fresh_server.log.read_text().splitlines() if "before authentication" in line]
+    assert len(lines) == 2, lines  # the first of each code from this address; the next ones in a minute's count
+    assert "(InvalidSignatureException, access key AKIAALICE000000000001): The request signature" in lines[0]
+    assert "guessed" not in fresh_server.log.read_text()
+    assert [e["eventName"] for _, e in iter_events(fresh_server.data_dir)] == ["ListKeys"]
+
+
 def test_missing_authorization_is_missing_token(server: KeytrailServer) -> None:
     status, headers, body = _raw(server, b"{}", sign=False)
     assert body["__type"] == "MissingAuthenticationTokenException" and status == 403

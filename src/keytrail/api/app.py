@@ -18,6 +18,7 @@ import orjson
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.http_protocol import TLS_EXTENSION
 from keytrail.api.protocol import decode_request, encode_value, operation_names
+from keytrail.api.refused_requests import RefusedRequests
 from keytrail.api.sigv4 import UnrecognizedClientException, parse_authorization, verify_signature
 from keytrail.clock import ManualClock, utc_now
 from keytrail.kms import errors
@@ -79,6 +80,10 @@ def _is_loopback(host: str) -> bool:
     return (mapped or address).is_loopback
 
 
+def _source_ip(scope: Scope) -> str:
+    return (scope.get("client") or ("127.0.0.1", 0))[0]
+
+
 def _error_body(error: errors.KmsError) -> bytes:
     return orjson.dumps({"__type": error.code, "message": error.message})
 
@@ -90,6 +95,7 @@ class KmsApp:
         self.service = service
         self.credentials = credentials
         self.settings = settings
+        self.refused = RefusedRequests()  # before authentication: no caller to record, counted and logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -151,7 +157,7 @@ class KmsApp:
         operation = _operation(headers.get("x-amz-target", ""), self.service)
         context = CallContext(
             principal=principal, region=region, request_id=request_id,
-            source_ip=(scope.get("client") or ("127.0.0.1", 0))[0],
+            source_ip=_source_ip(scope),
             user_agent=_as_written(headers.get("user-agent", ""))[:1024],
             secure_transport=scope.get("scheme") == "https",
             tls_details=_tls_details(scope, headers),
@@ -164,6 +170,13 @@ class KmsApp:
         return await self.service.execute(operation, context, params)
 
     def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[Principal, str]:
+        try:
+            return self._authenticated(scope, headers, body)
+        except errors.KmsError as error:
+            self.refused.refused(error, _source_ip(scope), headers.get("authorization"))
+            raise
+
+    def _authenticated(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[Principal, str]:
         signed = parse_authorization(headers.get("authorization"))
         credential = self.credentials.lookup(signed.access_key_id)
         if credential is None:

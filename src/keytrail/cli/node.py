@@ -242,11 +242,15 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
+    refused = render_family(
+        "keytrail_kms_unauthenticated_total", "counter",
+        "KMS requests refused before authentication (unknown access key, bad signature), by error code.",
+        (({"code": code}, n) for code, n in sorted(node.app.refused.counts.items())))
     restarts = render_family(
         "keytrail_child_restarts_total", "counter", "Times serve restarted a child process after it exited on its own.",
         (({"child": child.spec.name}, child.restarts)
          for child in node.children + (node.audit.children() if node.audit is not None else [])))
-    return pipeline_metrics() + keys + alarms + denied + restarts + _audit_commits(node.audit)
+    return pipeline_metrics() + keys + alarms + denied + refused + restarts + _audit_commits(node.audit)
 
 
 async def _key_inventory(node: Node) -> str:

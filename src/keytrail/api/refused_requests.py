@@ -1,0 +1,63 @@
+"""Requests refused before there is a caller: an unknown access key, a signature that does not
+verify, an Authorization header missing or malformed.
+
+They get no audit record: the trail records calls by an identity, as CloudTrail does, and here
+the identity is what could not be established (a record would name whoever the request claims to
+be). Unseen, though, a caller guessing secrets, or a client whose clock drifted past the 5-minute
+window, would leave no trace at all. So they are counted by error code for /metrics and logged,
+thinned: the first refusal of a code from an address at once, then at most one line a minute for
+that pair, saying how many were refused since its last line. A flood from many addresses cannot
+grow the memory this takes past MAX_SOURCES pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from keytrail.kms.errors import KmsError
+
+__all__ = ["LOG_EVERY_SECONDS", "MAX_SOURCES", "RefusedRequests"]
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_SECONDS = 60.0
+MAX_SOURCES = 10_000
+
+# The access key a request names, when it names one that looks like an access key: the rest of
+# the header is the sender's own text, and is not written to the log.
+_ACCESS_KEY = re.compile(r"Credential=([A-Z0-9]{16,128})/")
+
+
+class RefusedRequests:
+    """The counts by error code (`counts`, for /metrics) and the thinned log lines."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.counts: Counter[str] = Counter()
+        self._clock = clock
+        self._quiet_until: dict[tuple[str, str], float] = {}  # (address, code): when its next line may go
+        self._unsaid: Counter[tuple[str, str]] = Counter()  # refusals since the pair's last line
+
+    def refused(self, error: KmsError, source_ip: str, authorization: str | None) -> None:
+        self.counts[error.code] += 1
+        pair, now = (source_ip, error.code), self._clock()
+        if now < self._quiet_until.get(pair, 0.0):
+            self._unsaid[pair] += 1
+            return
+        if len(self._quiet_until) >= MAX_SOURCES:
+            self._quiet_until.clear()
+            self._unsaid.clear()
+        self._quiet_until[pair] = now + LOG_EVERY_SECONDS
+        since = self._unsaid.pop(pair, 0)
+        named = _ACCESS_KEY.search(authorization or "")
+        log.warning("refused a request from %s before authentication (%s, access key %s): %s%s", source_ip,
+                    error.code, named.group(1) if named else "none readable", _printable(error.message),
+                    f" ({since} more from there since its last line)" if since else "")
+
+
+def _printable(text: str) -> str:
+    """The message as one line: it quotes parts of the sender's header, which may hold any character."""
+    return "".join(c if c.isprintable() else "?" for c in text[:400])
