@@ -128,6 +128,8 @@ def detect(
             _run_live_or_fail(kafka, data_dir, rules, live_hooks, tick_every, metrics)
         else:
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
+    except BrokenPipeError:  # what reads the alarms is gone (`| head -1`): quietly, exit 1, as click ends it
+        raise
     except (BadInput, RuleError, ValueError, OSError) as exc:
         typer.echo(f"keytrail detect: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -277,6 +279,8 @@ def analyze(
         _print(analyze_keys(items, rules, identities), fmt, over=counted(len(items), "key") + principals_checked)
         if inventory is not None and rules.enabled("rotation-disabled"):
             _note_unknown_rotation(items, inventory)
+    except BrokenPipeError:  # as in `detect`: a closed output pipe is no bad input
+        raise
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -264,3 +267,30 @@ def test_offline_detect_and_analyze_read_a_settings_file_whose_webhook_secret_is
     assert analyzed.exit_code == 0, analyzed.output
     live = runner.invoke(app, ["detect", "--kafka", "127.0.0.1:1", "--config", str(settings)])
     assert live.exit_code == 2 and "secret_env names $KEYTRAIL_TEST_HOOK_SECRET" in live.output
+
+
+def _keytrail_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """keytrail with its stdout a pipe nobody reads any more (`keytrail … | head -1` once head is gone)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "keytrail", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", ["detect", "analyze"])
+def test_output_whose_reader_is_gone_ends_quietly_with_exit_1(command: str, tmp_path: Path) -> None:
+    """As every other command ends: the closed pipe was said as a bad input, `[Errno 32] Broken pipe`
+    and exit 2, which a script reads as its own mistake."""
+    if command == "detect":
+        trail = write_log(tmp_path / "trail.json", [denied("Decrypt", T0, key_arn(1), user("eve"))])
+        args = ["detect", "--cloudtrail", str(trail), "--format", "json"]
+    else:
+        inventory = tmp_path / "keys.json"
+        inventory.write_text(json.dumps([{"KeyArn": key_arn(1), "Policy": policy_doc(
+            {"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}), "Grants": []}]))
+        args = ["analyze", "--inventory", str(inventory), "--format", "json"]
+    result = _keytrail_into_a_closed_pipe(*args)
+    assert (result.returncode, result.stderr) == (1, "")
