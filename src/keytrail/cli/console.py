@@ -241,12 +241,15 @@ def parse_time(value: str | None, option: str, command: str = "keytrail") -> dat
         raise fail(f"{option}: {value!r} is out of range in UTC", command) from None
 
 
-def since_after_default_end(since: str, end: datetime) -> str:
+def since_after_default_end(since: str, end: datetime, late: int = 0) -> str:
     """Why a --since is refused when no --until is given and it is not before the default end (a
-    second after the last event not dated after now): the period would end before it starts, with
-    nothing in it, as if nothing had happened (`report`, `cost`)."""
-    return (f"--since {since} is not before --until, by default one second after the last event not dated after "
-            f"now ({end:%Y-%m-%dT%H:%M:%SZ}): give an earlier --since, or an --until")
+    second after the last event, or, with `late` events dated after now, the minute after the last
+    one not dated after it, as usage is kept): the period would end before it starts, with nothing
+    in it, as if nothing had happened (`report`, `cost`)."""
+    where = (f"the minute after the last event not dated after now ({end:%Y-%m-%dT%H:%M:%SZ}; "
+             f"{counted(late, 'event')} {'is' if late == 1 else 'are'} dated after now)" if late else
+             f"one second after the last event not dated after now ({end:%Y-%m-%dT%H:%M:%SZ})")
+    return f"--since {since} is not before --until, by default {where}: give an earlier --since, or an --until"
 
 
 def parse_window(since: str | None, until: str | None,

@@ -175,7 +175,7 @@ def cost(
 
     end = store.open_end() if high is None else None  # --until: billed up to it, whatever now is
     if end is not None and low is not None and low >= end.storage:  # as `report` refuses it
-        raise fail(since_after_default_end(str(since), end.storage), COST)
+        raise fail(since_after_default_end(str(since), end.storage, end.late), COST)
     frame = store_frame = store.cost(table, low, high, end)
     if len(keys) < 2:
         frame = frame.group_by(keys).agg(

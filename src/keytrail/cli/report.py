@@ -91,7 +91,7 @@ def report(
         with terminate_as_interrupt():  # a SIGTERM while writing removes the half-written file, as Ctrl-C does
             data = (collect_event_log(log, options, progress) if log
                     else _collect_files(cloudtrail or [], options, progress, unreadable))
-            _require_period(since, low, high, data.as_of)
+            _require_period(since, low, high, data.as_of, data.open_end.late if data.open_end else 0)
             written = _write(data, out, form, table,
                              owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
     except Terminated as stopped:
@@ -120,11 +120,12 @@ def _write(data: ReportData, out: Path, form: ReportFormat, table: str | None, *
         raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
 
 
-def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None) -> None:
+def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None,
+                    late: int) -> None:
     """An explicit --until before --since is refused as the options are read; the default one is
-    known only now (`since_after_default_end`)."""
+    known only now (`since_after_default_end`; `late`: events dated after now, which move it)."""
     if low is not None and high is None and as_of is not None and low >= as_of:
-        raise report_fail(since_after_default_end(str(since), as_of))
+        raise report_fail(since_after_default_end(str(since), as_of, late))
 
 
 def _require_whole_log(data_dir: Path) -> None:

@@ -171,6 +171,25 @@ def test_cost_since_after_the_last_event_is_refused_not_billed_negative(tmp_path
                             "the last event not dated after now (2026-11-28T12:00:03Z)")
 
 
+@pytest.mark.parametrize("command", ["cost", "report"])
+def test_since_after_the_default_end_names_it_as_it_is_with_an_event_dated_ahead(command: str, tmp_path: Path) -> None:
+    """With an event dated after now, key storage ends the minute after the last event not dated
+    after it, not a second after: the line said "one second after" and named 12:01:00."""
+    (tmp_path / "logs").mkdir()
+    record = json.loads(gzip.decompress(_cloudtrail_gzip(tmp_path / "logs" / "a.json.gz").read_bytes()))["Records"][0]
+    ahead = {**record, "eventID": "e-2099", "eventTime": "2099-01-01T00:00:00Z"}
+    (tmp_path / "logs" / "b.json").write_text(json.dumps({"Records": [ahead]}))
+    if command == "cost":
+        assert _keytrail("consume", "--cloudtrail", tmp_path / "logs", "--data-dir", tmp_path / "node").returncode == 0
+        result = _keytrail("cost", "--data-dir", tmp_path / "node", "--since", "2026-01-05T12:30:00")
+    else:
+        result = _keytrail("report", "--cloudtrail", tmp_path / "logs", "--since", "2026-01-05T12:30:00",
+                           "--out", tmp_path / "r.html")
+    _one_line_error(result, f"keytrail {command}: --since 2026-01-05T12:30:00 is not before --until, by default the "
+                            "minute after the last event not dated after now (2026-01-05T12:01:00Z; 1 event is "
+                            "dated after now): give an earlier --since, or an --until")
+
+
 def _damaged_trail(data_dir: Path) -> Path:
     """A trail of 6 events whose third record's bytes no longer match their checksum."""
     fill_trail(data_dir, 6)
