@@ -78,11 +78,13 @@ def _require_primary(key: Key) -> None:
 
 def _owing_rotation(svc: KmsService, before: Key, after: Key, current: KeyMaterial, when: datetime) -> Key:
     """`after` owing its `RotateKey` service event (ct-rotatekey): which material was current,
-    which is now. Written with the rotation, so a refused record or a crash cannot lose it."""
+    which is now, and the key (its id, last, as AWS's entries name it). Written with the rotation,
+    so a refused record or a crash cannot lose it."""
     previous = before.current_material
     return service_events.with_event(after, svc.deps.new_id(), "RotateKey", {
         "rotationType": current.rotation_type,
         "keyOrigin": before.origin.value,
         "previousKeyMaterialId": previous.material_id if previous else None,
         "currentKeyMaterialId": current.material_id,
+        "keyId": before.key_id,
     }, when)

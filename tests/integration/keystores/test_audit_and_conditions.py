@@ -255,6 +255,22 @@ async def test_rotate_key_on_demand_logs_its_key_in_response_elements(
     assert rotation.service_event_details["rotationType"] == "ON_DEMAND"
 
 
+async def test_rotate_key_service_event_names_the_key_by_its_id(
+    service: tuple[Caller, Recorder, ManualClock],
+) -> None:
+    # ct-rotatekey (eventVersion 1.11): serviceEventDetails {rotationType, keyOrigin,
+    # previousKeyMaterialId, currentKeyMaterialId, keyId}, keyId the key id (so in every older
+    # example too); the record named the materials but not the key.
+    call, recorder, _ = service
+    key_id = (await call("CreateKey"))["KeyMetadata"]["KeyId"]
+    await call("RotateKeyOnDemand", KeyId=key_id)
+    [rotation] = recorder.events("RotateKey")
+    details = to_cloudtrail(rotation)["serviceEventDetails"]
+    assert list(details) == ["rotationType", "keyOrigin", "previousKeyMaterialId", "currentKeyMaterialId", "keyId"]
+    assert (details["rotationType"], details["keyOrigin"], details["keyId"]) == ("ON_DEMAND", "AWS_KMS", key_id)
+    assert details["previousKeyMaterialId"] != details["currentKeyMaterialId"]
+
+
 async def test_delete_imported_key_material_logs_key_and_material(
     service: tuple[Caller, Recorder, ManualClock],
 ) -> None:

@@ -385,7 +385,7 @@ def test_audit_names_the_imported_materials_of_a_rotation(fresh_server: Keytrail
     assert rotated["eventType"] == "AwsServiceEvent"
     assert rotated["serviceEventDetails"] == {
         "rotationType": "ON_DEMAND", "keyOrigin": "EXTERNAL",
-        "previousKeyMaterialId": first_id, "currentKeyMaterialId": second_id,
+        "previousKeyMaterialId": first_id, "currentKeyMaterialId": second_id, "keyId": key_id,
     }
     [deleted] = [e for e in events if e["eventName"] == "DeleteImportedKeyMaterial"]
     assert deleted["requestParameters"]["keyMaterialId"] == first_id
