@@ -171,7 +171,8 @@ def _error(call: CallRecord) -> bytes:
     """errorCode, errorMessage."""
     if call.error_code is None:
         return _NULL + _NULL
-    return avro_optional(error_code(call.error_code)) + avro_optional((call.error_message or "")[:_MAX_SHORT])
+    message = call.error_message[:_MAX_SHORT] if call.error_message else None  # as `to_cloudtrail`
+    return avro_optional(error_code(call.error_code)) + avro_optional(message)
 
 
 def _pairs(parameters: dict[str, Any] | None) -> bytes:

@@ -54,7 +54,8 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     event.update(_origin(record.context))
     if record.error_code is not None:
         event["errorCode"] = error_code(record.error_code)
-        event["errorMessage"] = (record.error_message or "")[:_MAX_SHORT]
+        if record.error_message:  # none for a message-less error (InvalidCiphertextException), as CloudTrail
+            event["errorMessage"] = record.error_message[:_MAX_SHORT]
     event["requestParameters"] = scrub(record.request_parameters)
     event["responseElements"] = scrub(record.response_elements)
     if record.additional_event_data:

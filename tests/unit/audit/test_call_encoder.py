@@ -23,6 +23,7 @@ def _cases() -> list[CallRecord]:
         encrypt_call(2, APP),
         encrypt_call(3, ROOT),
         encrypt_call(4, error_code="AccessDeniedException", error_message="User: x is not authorized"),
+        encrypt_call(11, event_name="Decrypt", error_code="InvalidCiphertextException", error_message=""),
         encrypt_call(5, resources=(), event_name="ListKeys", request_parameters={},
                      additional_event_data=None),
         encrypt_call(6, request_parameters={"keyId": "k", "plaintext": "c2VjcmV0",

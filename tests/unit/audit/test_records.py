@@ -74,6 +74,17 @@ def test_denied_call_carries_error_code_and_message() -> None:
     assert other["errorCode"] == "NotFoundException"
 
 
+def test_an_error_without_a_message_has_no_error_message() -> None:
+    """KMS answers InvalidCiphertextException (and KMSInvalidSignatureException, KMSInvalidMacException)
+    without a message; CloudTrail then writes errorCode alone, with no empty errorMessage (the
+    Decrypt record in GHSA-wqgp-vphw-hphf)."""
+    for message in ("", None):
+        event = to_cloudtrail(encrypt_call(8, event_name="Decrypt", error_code="InvalidCiphertextException",
+                                           error_message=message))
+        assert event["errorCode"] == "InvalidCiphertextException"
+        assert "errorMessage" not in event
+
+
 def test_tls_details_appear_under_tls() -> None:
     from dataclasses import replace
 
