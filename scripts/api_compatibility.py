@@ -203,6 +203,19 @@ CHECKED = [
         "reference's.",
     ),
     (
+        "A `Marker` from another listing: another operation's, another key's (`ListGrants`, "
+        "`ListResourceTags`, `ListKeyRotations`, `ListAliases` with `KeyId`), another Region's",
+        "The model: `NextMarker` is \"the value to use for the `Marker` parameter in a subsequent request\", "
+        "and `InvalidMarkerException` \"the marker that specifies where pagination should next begin is not "
+        "valid\"; `ListResourceTags`: \"Do not assume or infer any information from this value\". AWS's "
+        "answer to a marker of another listing is not documented.",
+        "keytrail's choice on that ground: `InvalidMarkerException` `The marker is not valid.` A marker names "
+        "its listing; it used to be taken as a position in any listing of the same shape (a `ListKeys` "
+        "marker in `ListGrants`, key A's in key B's), answering a short or empty last page with `Truncated` "
+        "false. `ListKeyPolicies` (one policy; the model lists no `InvalidMarkerException` for it) reads no "
+        "marker.",
+    ),
+    (
         "`DisconnectCustomKeyStore` on a `DISCONNECTING` store; `ConnectCustomKeyStore` on a `CONNECTING` one",
         "`CustomKeyStoreInvalidStateException` when \"You requested the DisconnectCustomKeyStore operation on a "
         "custom key store with a ConnectionState of DISCONNECTING or DISCONNECTED. This operation is valid for "

@@ -94,6 +94,39 @@ def test_list_keys_pages_with_limit_and_marker(server: KeytrailServer) -> None:
     assert code == "InvalidMarkerException"
 
 
+def test_a_marker_is_good_for_its_own_listing_only(server: KeytrailServer) -> None:
+    # Positions of different listings share a shape (a date and an id; a name): a marker handed
+    # to another listing was taken as a position in it, and answered an empty or short last page
+    # with Truncated false. AWS's markers are opaque, each the way on through its own listing.
+    kms, other_region = server.client(region="ap-northeast-3"), server.client(region="ca-west-1")
+    first, second = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
+    other_region.create_key()
+    for key_id in (first, second):
+        for name in ("a", "b"):
+            kms.create_grant(KeyId=key_id, GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:user/bob",
+                             Operations=["Decrypt"], Name=name)
+            kms.create_alias(AliasName=f"alias/{name}-{key_id}", TargetKeyId=key_id)
+        kms.tag_resource(KeyId=key_id, Tags=[{"TagKey": "a", "TagValue": "1"}, {"TagKey": "b", "TagValue": "2"}])
+    keys_marker = kms.list_keys(Limit=1)["NextMarker"]
+    grants_marker = kms.list_grants(KeyId=first, Limit=1)["NextMarker"]
+    tags_marker = kms.list_resource_tags(KeyId=first, Limit=1)["NextMarker"]
+    aliases_marker = kms.list_aliases(KeyId=first, Limit=1)["NextMarker"]
+    foreign = [
+        (kms.list_grants, {"KeyId": second, "Marker": grants_marker}),
+        (kms.list_grants, {"KeyId": first, "Marker": keys_marker}),
+        (kms.list_keys, {"Marker": grants_marker}),
+        (other_region.list_keys, {"Marker": keys_marker}),
+        (kms.list_aliases, {"Marker": tags_marker}),
+        (kms.list_aliases, {"KeyId": second, "Marker": aliases_marker}),
+        (kms.list_resource_tags, {"KeyId": second, "Marker": tags_marker}),
+        (kms.list_key_rotations, {"KeyId": first, "Marker": grants_marker}),
+    ]
+    for call, params in foreign:
+        assert aws_error(call, **params)[:2] == ("InvalidMarkerException", "The marker is not valid."), params
+    rest = kms.list_grants(KeyId=first, Marker=grants_marker)
+    assert [g["Name"] for g in rest["Grants"]] == ["b"] and rest["Truncated"] is False
+
+
 def test_disabled_key_refuses_crypto_until_enabled(kms) -> None:
     arn = kms.create_key()["KeyMetadata"]["Arn"]
     kms.disable_key(KeyId=arn)

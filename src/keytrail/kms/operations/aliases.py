@@ -148,7 +148,8 @@ async def list_aliases(svc: KmsService, call: Call) -> Response:
         aliases = [a for a in aliases if a.key_id == key.key_id]
     # An IAM-only permission on "*", even with a KeyId: the key policy plays no part.
     await svc.authorize(call, "kms:ListAliases", None)
-    chunk, paging = page(aliases, call.params, lambda a: (a.name,), default_limit=50)  # ListAliases' default
+    listing = f"ListAliases {context.account} {context.region} {key.arn if key else '*'}"
+    chunk, paging = page(aliases, call.params, lambda a: (a.name,), listing, default_limit=50)  # ListAliases' default
     entries = [{
         "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
         "CreationDate": a.creation_date, "LastUpdatedDate": a.last_updated_date,

@@ -190,12 +190,12 @@ async def list_grants(svc: KmsService, call: Call) -> Response:
     if params.get("GranteePrincipal"):
         grants = [g for g in grants if g.grantee_principal == params["GranteePrincipal"]]
     grants = sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
-    chunk, paging = _page(grants, params)
+    chunk, paging = _page(grants, params, f"ListGrants {key.arn}")
     return {"Grants": [grant_view(key, g) for g in chunk], **paging}
 
 
-def _page(grants: list[Grant], params: dict[str, Any]) -> tuple[Sequence[Grant], dict[str, Any]]:
-    return page(grants, params, lambda g: (g.creation_date.timestamp(), g.grant_id), default_limit=50)
+def _page(grants: list[Grant], params: dict[str, Any], listing: str) -> tuple[Sequence[Grant], dict[str, Any]]:
+    return page(grants, params, lambda g: (g.creation_date.timestamp(), g.grant_id), listing, default_limit=50)
 
 
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
@@ -210,7 +210,7 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     grants = [g for g in await svc.store.all_grants(context.region)
               if g.retiring_principal == retiring and (own_principal or g.account == context.account)]
     grants.sort(key=lambda g: (g.creation_date, g.grant_id))
-    chunk, paging = _page(grants, params)
+    chunk, paging = _page(grants, params, f"ListRetirableGrants {context.account} {context.region} {retiring}")
     views = []
     for grant in chunk:
         key = await svc.find_key_by_id(grant.account, grant.region, grant.key_id)

@@ -171,7 +171,9 @@ async def list_keys(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:ListKeys", None)
     keys = await svc.store.list_keys(call.context.account, call.context.region)
     # ListKeys: Limit may be up to 1000, but without one a page holds 100 keys.
-    chunk, paging = page(keys, call.params, lambda k: (k.creation_date.timestamp(), k.key_id), default_limit=100)
+    listing = f"ListKeys {call.context.account} {call.context.region}"
+    chunk, paging = page(keys, call.params, lambda k: (k.creation_date.timestamp(), k.key_id), listing,
+                         default_limit=100)
     return {"Keys": [{"KeyId": k.key_id, "KeyArn": k.arn} for k in chunk], **paging}
 
 

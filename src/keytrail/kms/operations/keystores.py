@@ -216,7 +216,8 @@ async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
         ]
         if not stores:
             raise errors.CustomKeyStoreNotFoundException("The specified custom key store does not exist.")
-    chunk, paging = page(stores, params, lambda s: (s.creation_date.timestamp(), s.store_id))
+    listing = f"DescribeCustomKeyStores {call.context.account} {call.context.region}"
+    chunk, paging = page(stores, params, lambda s: (s.creation_date.timestamp(), s.store_id), listing)
     return {"CustomKeyStores": [custom_key_store_entry(s) for s in chunk], **paging}
 
 

@@ -119,7 +119,8 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
     # first key material and any imported key material pending rotation".
     every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
     materials = [m for m in key.materials if every or m.rotation_type is not None]
-    chunk, paging = page(materials, call.params, lambda m: (m.created.timestamp(), m.material_id))
+    chunk, paging = page(materials, call.params, lambda m: (m.created.timestamp(), m.material_id),
+                         f"ListKeyRotations {key.arn}")
     partial = await _not_imported_everywhere(svc, key)
     entries = []
     for material in chunk:

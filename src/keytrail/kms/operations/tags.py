@@ -39,7 +39,7 @@ async def untag_resource(svc: KmsService, call: Call) -> Response:
 async def list_resource_tags(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:ListResourceTags", key)
-    chunk, paging = page(key.tags, call.params, lambda t: (t[0],), default_limit=50)
+    chunk, paging = page(key.tags, call.params, lambda t: (t[0],), f"ListResourceTags {key.arn}", default_limit=50)
     return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in chunk], **paging}
 
 
