@@ -15,6 +15,7 @@ __all__ = [
     "CustomKeyStoreInvalidStateException",
     "CustomKeyStoreNameInUseException",
     "CustomKeyStoreNotFoundException",
+    "DependencyTimeoutException",
     "DisabledException",
     "DryRunOperationException",
     "ExpiredImportTokenException",
