@@ -6,16 +6,9 @@ import logging
 import sys
 
 from keytrail.log_lines import RepeatedDriverLineFilter
+from tests.support.clocks import SteppedClock
 
 REFUSED = 'Unable connect to "127.0.0.1:9092": [Errno 111] Connect call failed'
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def record(name: str, msg: str, *args: object) -> logging.LogRecord:
@@ -29,7 +22,7 @@ def passed(thinning: RepeatedDriverLineFilter, name: str, msg: str, *args: objec
 
 
 def test_a_repeated_aiokafka_line_is_written_once_then_once_a_minute_with_the_count_left_out() -> None:
-    clock = FakeClock()
+    clock = SteppedClock()
     thinning = RepeatedDriverLineFilter(60.0, clock)
     assert passed(thinning, "aiokafka", 'Unable connect to "%s": %s', "127.0.0.1:9092",
                   "[Errno 111] Connect call failed") == REFUSED
@@ -43,7 +36,7 @@ def test_a_repeated_aiokafka_line_is_written_once_then_once_a_minute_with_the_co
 
 
 def test_a_line_that_comes_again_only_after_the_interval_is_written_without_a_count() -> None:
-    clock = FakeClock()
+    clock = SteppedClock()
     thinning = RepeatedDriverLineFilter(60.0, clock)
     assert passed(thinning, "aiokafka", REFUSED) == REFUSED
     clock.now += 61
@@ -51,7 +44,7 @@ def test_a_line_that_comes_again_only_after_the_interval_is_written_without_a_co
 
 
 def test_distinct_aiokafka_lines_are_thinned_each_on_its_own() -> None:
-    clock = FakeClock()
+    clock = SteppedClock()
     thinning = RepeatedDriverLineFilter(60.0, clock)
     metadata = "Unable to update metadata from [111]"
     assert passed(thinning, "aiokafka", REFUSED) == REFUSED
@@ -61,7 +54,7 @@ def test_distinct_aiokafka_lines_are_thinned_each_on_its_own() -> None:
 
 
 def test_other_loggers_lines_pass_untouched_however_often_they_repeat() -> None:
-    thinning = RepeatedDriverLineFilter(60.0, FakeClock())
+    thinning = RepeatedDriverLineFilter(60.0, SteppedClock())
     down = "alarm hook kafka is down (%s): its alarms wait in its queue"
     for _ in range(3):
         line = record("keytrail.detect.sinks", down, "KafkaConnectionError")
@@ -78,7 +71,7 @@ def test_the_filter_is_attached_to_a_handler_once() -> None:
 
 
 def test_asyncpg_retries_are_thinned_too_and_their_tracebacks_folded_into_one_line() -> None:
-    clock = FakeClock()
+    clock = SteppedClock()
     thinning = RepeatedDriverLineFilter(60.0, clock)
     try:
         raise ConnectionRefusedError(111, "Connection refused")

@@ -9,16 +9,9 @@ import pytest
 from keytrail.api import refused_requests
 from keytrail.api.refused_requests import LOG_EVERY_SECONDS, RefusedRequests
 from keytrail.api.sigv4 import InvalidSignatureException, UnrecognizedClientException
+from tests.support.clocks import SteppedClock
 
 SIGNED = "AWS4-HMAC-SHA256 Credential=AKIAALICE000000000001/20261202/us-east-1/kms/aws4_request, SignedHeaders=host"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -28,7 +21,7 @@ def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_the_first_refusal_of_a_code_from_an_address_is_logged_the_next_ones_counted_on_its_next_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock, bad = Clock(), InvalidSignatureException("The request signature we calculated does not match")
+    clock, bad = SteppedClock(), InvalidSignatureException("The request signature we calculated does not match")
     refused = RefusedRequests(clock)
     with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
         for _ in range(5):
@@ -56,7 +49,7 @@ def test_the_header_s_own_text_goes_to_the_log_as_one_line_and_never_whole(caplo
     """The message quotes the sender's header; an access key that does not look like one is not written."""
     error = InvalidSignatureException("Date must be in ISO-8601 'basic format'. Got 'x\x1b[2J\u2028forged line'.")
     with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
-        RefusedRequests(Clock()).refused(error, "192.0.2.7", "AWS4-HMAC-SHA256 Credential=not/a/key/at/all")
+        RefusedRequests(SteppedClock()).refused(error, "192.0.2.7", "AWS4-HMAC-SHA256 Credential=not/a/key/at/all")
     [line] = _lines(caplog)
     assert "access key none readable" in line and "Got 'x?[2J?forged line'." in line
 
@@ -65,7 +58,7 @@ def test_addresses_past_the_bound_start_the_thinning_afresh_rather_than_grow_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(refused_requests, "MAX_SOURCES", 3)
-    refused, bad = RefusedRequests(Clock()), InvalidSignatureException("no")
+    refused, bad = RefusedRequests(SteppedClock()), InvalidSignatureException("no")
     with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
         for address in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.1"):
             refused.refused(bad, address, None)
