@@ -229,7 +229,11 @@ def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFra
         .group_by("keyArn")
         .agg(pl.col("keySpec").first())
     )
-    return price_classes(usage.filter(BILLABLE), specs)
+    # AWS charges nothing for creating an AWS managed key (the service makes it on the account's
+    # first use), only for using it: its CreateKey is no billed request.
+    aws_managed = lifecycle.filter((pl.col("eventName") == "CreateKey") & (pl.col("keyManager") == "AWS"))
+    created_by_aws = (pl.col("eventName") == "CreateKey") & pl.col("keyArn").is_in(aws_managed["keyArn"].implode())
+    return price_classes(usage.filter(BILLABLE & ~created_by_aws.fill_null(False)), specs)
 
 
 def request_counts(

@@ -82,6 +82,15 @@ def test_aws_managed_keys_cost_nothing_to_store() -> None:
     assert report["keyCost"].item() == 0 and report["requestCost"].item() == Decimal("0.03")
 
 
+def test_the_creation_of_an_aws_managed_key_is_not_billed_as_a_request() -> None:
+    # AWS KMS pricing: "You are not charged for ... creation and storage of AWS managed or AWS
+    # owned KMS keys" (the service creates them on the account's first use); their use is billed.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT")).with_columns(keyManager=pl.lit("AWS"))
+    usage = _usage(("CreateKey", "111122223333", 1, None), ("Encrypt", "111122223333", 10_000, None))
+    row = cost_report(usage, lifecycle, PriceTable(), OCT1, NOV1).row(0, named=True)
+    assert (row["requests"], row["requestCost"]) == (10_000, Decimal("0.03"))
+
+
 @pytest.mark.parametrize(
     ("spec", "operation", "pair", "expected"),
     [
