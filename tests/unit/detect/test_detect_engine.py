@@ -180,6 +180,28 @@ def test_unused_key_skips_disabled_aws_managed_and_only_denied_keys() -> None:
     assert detector.tick(T0 + timedelta(days=400)) == []
 
 
+def replica_created(at: datetime, replica: str) -> list[dict[str, Any]]:
+    """What the replica's Region logs for a ReplicateKey (docs/multi-region-keys.md): the replica's
+    CreateKey, in `Creating`, then KMS's SynchronizeMultiRegionKey when it leaves `Creating`."""
+    creating = create_key(at, replica)
+    creating["responseElements"]["keyMetadata"].update(keyState="Creating", enabled=False)
+    sync = event("SynchronizeMultiRegionKey", at + timedelta(seconds=30), replica,
+                 {"accountId": ACCOUNT, "invokedBy": "AWS Internal"}, params={}, response={"keyId": replica})
+    sync["requestParameters"] = None
+    return [creating, sync]
+
+
+def test_unused_key_judges_a_replica_once_it_has_left_creating() -> None:
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    replica = key_arn(7).replace("key/", "key/mrk-")
+    detector.process(replica_created(T0, replica))
+    clock.advance(timedelta(days=91).total_seconds())
+    [alarm] = detector.tick()  # a replica costs $1/month as any key (audit-anchors §3.1)
+    assert alarm.rule == "unused-key" and alarm.key_arn == replica
+    assert alarm.details["basis"] == "creationDate"
+
+
 def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     detector = Detector()
     policy = policy_doc(
