@@ -180,6 +180,45 @@ def test_unused_key_skips_disabled_aws_managed_and_only_denied_keys() -> None:
     assert detector.tick(T0 + timedelta(days=400)) == []
 
 
+def re_encrypt_failing_on_destination(at: datetime, source: str, destination: str, identity: dict[str, Any],
+                                      error: str, message: str) -> dict[str, Any]:
+    """A ReEncrypt refused on its destination key: CloudTrail lists the source key first."""
+    record = event("ReEncrypt", at, source, identity, error=error, message=message,
+                   params={"destinationKeyId": destination})
+    record["resources"].append({"accountId": ACCOUNT, "type": "AWS::KMS::Key", "ARN": destination})
+    return record
+
+
+def test_re_encrypt_denied_on_its_destination_alarms_on_the_destination_key() -> None:
+    source, destination = key_arn(1), key_arn(2)
+    detector = Detector()
+    message = (f"User: {APP_ARN} is not authorized to perform: kms:ReEncryptTo on resource: {destination} "
+               "because no resource-based policy allows the kms:ReEncryptTo action")
+    detector.process([
+        event("Encrypt", T0, source, APP),  # the caller uses the source key: new on the destination only
+        event("Encrypt", T0, destination, MALLORY),
+        re_encrypt_failing_on_destination(T0 + timedelta(seconds=1), source, destination, APP, "AccessDenied",
+                                          message),
+    ])
+    [alarm] = by_rule(detector.alarms(), "unauthorized-decrypt")
+    assert alarm.key_arn == destination and destination in alarm.summary
+    assert alarm.details["newPrincipalOnKey"] == "true" and alarm.severity == "HIGH"
+
+
+def test_re_encrypt_to_a_disabled_destination_alarms_on_the_destination_key() -> None:
+    source, destination = key_arn(1), key_arn(2)
+    detector = Detector()
+    detector.process([
+        create_key(T0, source),
+        create_key(T0, destination),
+        event("DisableKey", T0, destination),
+        re_encrypt_failing_on_destination(T0 + timedelta(seconds=1), source, destination, APP,
+                                          "DisabledException", f"{destination} is disabled."),
+    ])
+    [alarm] = by_rule(detector.alarms(), "key-deletion-in-use")
+    assert alarm.key_arn == destination and alarm.details["keyState"] == "disabled"
+
+
 def replica_created(at: datetime, replica: str) -> list[dict[str, Any]]:
     """What the replica's Region logs for a ReplicateKey (docs/multi-region-keys.md): the replica's
     CreateKey, in `Creating`, then KMS's SynchronizeMultiRegionKey when it leaves `Creating`."""

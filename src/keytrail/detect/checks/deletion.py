@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import Finding, caller_origin, format_time
+from keytrail.detect.checks import failed_key
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import Rule
@@ -81,7 +83,8 @@ class KeyDeletionInUse:
         ]
 
     def _attempt(self, event: KmsEvent) -> list[Finding]:
-        record = self.ledger.get(event.key_arn)
+        key = failed_key(event)  # a ReEncrypt may fail on its destination
+        record = self.ledger.get(key)
         message = (event.error_message or "").lower()
         pending = "pending deletion" in message or (
             event.error_code == "KMSInvalidStateException"
@@ -94,17 +97,15 @@ class KeyDeletionInUse:
             what, severity = "disabled", Severity.MEDIUM
         else:
             return []
-        return [
-            self._finding(
-                event,
-                severity,
-                f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on "
-                f"{event.key_arn}, which is {what}",
-                _USE_RECOMMENDATION,
-                {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or "",
-                 **caller_origin(event)},  # the recommendation: find the caller
-            )
-        ]
+        finding = self._finding(
+            event,
+            severity,
+            f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on {key}, which is {what}",
+            _USE_RECOMMENDATION,
+            {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or "",
+             **caller_origin(event)},  # the recommendation: find the caller
+        )
+        return [replace(finding, key_arn=key)]
 
     def _finding(self, event: KmsEvent, severity: Severity | None, summary: str, recommendation: str,
                  details: dict[str, str]) -> Finding:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from fnmatch import fnmatchcase
 
 from keytrail.detect.alarms import Finding, caller_origin
-from keytrail.detect.checks import arn_region_account
+from keytrail.detect.checks import arn_region_account, failed_key
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
@@ -53,7 +54,8 @@ class UnauthorizedDecrypt:
 
     def _finding(self, event: KmsEvent) -> Finding:
         reason = parse_deny_reason(event.error_message)
-        new = not self.ledger.has_used(event.key_arn, event.principal_arn)
+        key = failed_key(event)  # a ReEncrypt may be refused on its destination
+        new = not self.ledger.has_used(key, event.principal_arn)
         bump = int(self.rule.param("new_principal_bump"))
         details = {
             "denyType": reason.kind,
@@ -61,19 +63,20 @@ class UnauthorizedDecrypt:
             "eventName": event.event_name,
             "errorCode": event.error_code or "",
         }
-        key_account = arn_region_account(event.key_arn)[1]
+        key_account = arn_region_account(key)[1]
         if event.account_id and key_account and event.account_id != key_account:
             details["crossAccount"] = "true"
         if new:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
         details |= caller_origin(event)  # the recommendation sends the responder after the credentials
         who = event.principal_arn or "an unknown principal"
-        return Finding.on_event(
+        finding = Finding.on_event(
             self.rule_id,
             event,
             severity=self.rule.severity.bump(bump) if new and bump else None,
-            summary=f"{who} was denied {event.event_name} on {event.key_arn or 'a key'} "
+            summary=f"{who} was denied {event.event_name} on {key or 'a key'} "
             f"({reason.kind} deny, {reason.policy_type or 'unknown'} policy)",
             recommendation=_RECOMMENDATION.format(principal=who, policy=reason.policy_type or "key"),
             details=details,
         )
+        return replace(finding, key_arn=key)
