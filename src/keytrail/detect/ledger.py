@@ -43,6 +43,7 @@ class KeyRecord:
     last_used: datetime | None = None
     last_used_event_id: str | None = None
     last_used_by: str | None = None
+    imported: datetime | None = None  # when a key created without material (PendingImport) got it
     rotations: int = 0
     principals: set[str] = field(default_factory=set)
     confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
@@ -119,6 +120,8 @@ class KeyLedger:
             record.state = _STATE_CHANGES[name]
         elif name == "ImportKeyMaterial" and record.state == "PendingImport":
             record.state = "Enabled"
+            if record.imported is None:
+                record.imported = event.event_time
         elif name == "SynchronizeMultiRegionKey" and record.state == "Creating":
             # A replica's CreateKey says Creating; KMS logs this when it leaves that state for
             # Enabled (docs/multi-region-keys.md). Left Creating, a replica was never judged unused.

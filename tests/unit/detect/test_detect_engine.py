@@ -241,6 +241,21 @@ def test_unused_key_judges_a_replica_once_it_has_left_creating() -> None:
     assert alarm.details["basis"] == "creationDate"
 
 
+def test_unused_key_counts_a_key_of_imported_material_idle_from_its_import() -> None:
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    pending = create_key(T0, KEY)
+    pending["responseElements"]["keyMetadata"].update(keyState="PendingImport", enabled=False, origin="EXTERNAL")
+    imported = T0 + timedelta(days=120)  # no use was possible before: the key had no material
+    detector.process([pending, event("ImportKeyMaterial", imported, KEY, params={"keyId": KEY})])
+    clock.advance(timedelta(days=120, hours=1).total_seconds())
+    assert detector.tick() == []
+    clock.advance(timedelta(days=90).total_seconds())
+    [alarm] = detector.tick()
+    assert alarm.first_seen == imported + timedelta(days=90)
+    assert alarm.details["basis"] == "importDate" and alarm.details["idleSince"] == "2026-05-05T12:00:00Z"
+
+
 def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     detector = Detector()
     policy = policy_doc(

@@ -48,7 +48,9 @@ class UnusedKey:
             return None  # AWS managed keys cost nothing to keep; disabled keys are already parked
         if record.key_manager is None and not self.rule.param("include_unknown_manager"):
             return None
-        return record.last_used or record.created or record.first_seen
+        # A key created without material could not be used before its import: idle from then, not
+        # from its creation (its first import raised the alarm at once, idle since creation).
+        return record.last_used or record.imported or record.created or record.first_seen
 
     def monthly_cost(self, record: KeyRecord) -> float:
         """$1/key-month plus $1 for each of the first two rotations (audit-anchors §3.1)."""
@@ -62,6 +64,8 @@ class UnusedKey:
         cost = self.monthly_cost(record)
         if record.last_used is not None:
             basis, used = "lastUsed", f"last used {format_time(record.last_used)}"
+        elif record.imported is not None:
+            basis, used = "importDate", f"never used since its key material was imported {format_time(since)}"
         else:
             basis = "creationDate" if record.created else "firstSeen"
             used = "never used" if record.created else "no use seen since " + format_time(since)
