@@ -67,14 +67,15 @@ def webhook_url_problem(url: str) -> str | None:
 
 
 def shown_url(url: str) -> str:
-    """The URL without its user info and query, where receivers' credentials and tokens go: what
-    logs and the dead-letter file may say of a hook."""
+    """What logs and the dead-letter file may say of a hook: its scheme, host and port, and `/…`
+    for a path. Receivers' credentials and tokens go in the user info, the query, and the path
+    too (Slack's `/services/T…/B…/<token>`, Discord's `/api/webhooks/<id>/<token>`, Teams')."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     with contextlib.suppress(ValueError):  # a port out of range: httpx refuses the URL anyway
         netloc += f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urlunsplit((parts.scheme, netloc, "/…" if parts.path.strip("/") else "", "", ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem, outbox_paths
+from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem, outbox_paths, shown_url
 from keytrail.detect.sinks import retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
@@ -59,7 +59,7 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"webhook": [{"url": "https://x", "secret": "s", "retries": 3}]}, "unknown setting"),
     # One URL twice would share one outbox: one hook emptying it would wipe what the other owes.
     ({"webhook": [{"url": "https://x/a?t=1", "secret": "s"}, {"url": "https://x/a?t=1", "secret": "t"}]},
-     r"^webhook https://x/a: listed twice \(\[\[hooks.webhook\]\] urls must differ\)$"),
+     r"^webhook https://x/…: listed twice \(\[\[hooks.webhook\]\] urls must differ\)$"),
 ])
 def test_bad_hook_settings_are_refused_naming_the_setting(hooks: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -124,13 +124,17 @@ def test_mqtt_urls_with_a_host_and_at_most_a_port_are_accepted(url: str) -> None
     assert mqtt_url_problem(url) is None
 
 
-def test_webhook_credentials_in_the_url_stay_out_of_errors_and_repr() -> None:
-    url = "https://hook-user:url-password@alerts.example.com:8443/keytrail?token=query-token"
-    with pytest.raises(ValueError, match="alerts.example.com:8443/keytrail") as refused:
+@pytest.mark.parametrize("url", [
+    "https://hook-user:url-password@alerts.example.com:8443/keytrail?token=query-token",
+    # Slack's, Discord's and Teams' incoming webhooks carry their token in the path: it was logged.
+    "https://alerts.example.com:8443/services/T000/B000/path-token",
+])
+def test_webhook_credentials_in_the_url_stay_out_of_errors_logs_and_repr(url: str) -> None:
+    with pytest.raises(ValueError, match="webhook https://alerts.example.com:8443/…: attempts") as refused:
         HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "attempts": 0, "secret": "s"}]}})
     [config] = HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "secret": "s"}]}}).webhooks
-    for secret in ("url-password", "query-token"):
-        assert secret not in str(refused.value) and secret not in repr(config)
+    for secret in ("url-password", "query-token", "keytrail", "path-token"):
+        assert secret not in str(refused.value) and secret not in repr(config) and secret not in shown_url(url)
 
 
 def test_a_webhook_password_with_an_unencoded_hash_is_refused_not_sent_to_the_user_name_as_host() -> None:
