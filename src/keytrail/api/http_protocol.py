@@ -69,6 +69,8 @@ TLS_EXTENSION = "keytrail.tls"  # {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_
 REQUEST_SECONDS = 60.0
 # An SDK's KMS request has a URL of one byte and about ten headers of some 2 KB in all.
 HEAD_BYTES = 64 * 1024
+# The longest URL httptools.parse_url splits (its offsets are 16 bits); uvicorn parses each one.
+_PARSED_URL_BYTES = 0xFFFF
 # The most of a refused body read and thrown away so that its client gets the answer: a fraction
 # of a second of one core on loopback; past it the connection is closed, and may be reset.
 DRAIN_BYTES = 64 * 1024 * 1024
@@ -298,8 +300,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser cannot read: answered as every other bad request is, in AWS
-        JSON (uvicorn answers plain text), and the connection closed."""
-        self._refuse_next(_MALFORMED)
+        JSON (uvicorn answers plain text), and the connection closed. A URL too long for httptools
+        to split (`_PARSED_URL_BYTES`) is a head past `HEAD_BYTES` that came in one read, so not
+        counted while arriving: refused as the too large head it is, not as unreadable HTTP."""
+        too_long = len(getattr(self, "url", b"")) > _PARSED_URL_BYTES  # set at each request's first byte
+        self._refuse_next(_HEAD_TOO_LARGE if too_long else _MALFORMED)
 
     def _refuse_next(self, answer: bytes) -> None:
         """Answer a request that will not be carried out with `answer` and close the connection;

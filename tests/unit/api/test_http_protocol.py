@@ -359,6 +359,17 @@ def test_the_connection_limit_keeps_descriptors_for_the_node(monkeypatch: pytest
     assert http_protocol.connection_limit() == 16
 
 
+async def test_a_url_too_long_for_the_parser_arriving_in_one_read_gets_431_not_400() -> None:
+    """httptools cannot split a URL past 65,535 bytes: a head holding one, if it came in one read
+    (not counted against HEAD_BYTES while arriving), was answered as unreadable HTTP."""
+    server, port = await _serve(_not_found)
+    try:
+        answer = await _exchange(port, b"POST /" + b"a" * 70_000 + b" HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in answer
+    finally:
+        server.should_exit = True
+
+
 async def test_a_request_the_parser_cannot_read_gets_an_aws_json_400_and_the_connection_closes() -> None:
     server, port = await _serve(_not_found)
     try:
