@@ -247,7 +247,8 @@ class KmsApp:
 def _operation(target: str, service: KmsService) -> str:
     name = target.removeprefix(_TARGET_PREFIX)
     if not target.startswith(_TARGET_PREFIX) or name not in operation_names() or name not in service.operations:
-        raise errors.UnknownOperationException(f"The operation {target!r} is not supported.")
+        # Named as its client wrote it: the header's bytes were read as Latin-1 (see `_as_written`).
+        raise errors.UnknownOperationException(f"The operation {_as_written(target)!r} is not supported.")
     return name
 
 

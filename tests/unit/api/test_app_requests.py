@@ -167,3 +167,14 @@ async def test_a_secret_changed_or_removed_in_the_principals_file_never_verifies
     status, body = await _signed_call(app, "new-secret")
     assert (status, body) == (400, {"__type": "UnrecognizedClientException",
                                     "message": "The security token included in the request is invalid."})
+
+
+async def test_an_unknown_operation_is_named_as_its_client_wrote_it(
+    parts: tuple[KmsApp, SqliteStore, AllowAndRecord],
+) -> None:
+    """Read as Latin-1 alone, a target sent in UTF-8 came back in the error as mojibake (`Ã©`)."""
+    app, _, _ = parts
+    sent = await _call(app, "ListKeysé", [{"type": "http.request", "body": b"{}"}])
+    assert sent[0]["status"] == 400
+    assert orjson.loads(sent[1]["body"]) == {"__type": "UnknownOperationException",
+                                             "message": "The operation 'TrentService.ListKeysé' is not supported."}
