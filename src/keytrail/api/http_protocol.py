@@ -52,6 +52,7 @@ import asyncio
 import logging
 import resource
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -127,7 +128,15 @@ def _last_answer(status: bytes, code: str, message: str) -> bytes:
     when the app never gets the request."""
     body = orjson.dumps({"__type": code, "message": message})
     return (b"HTTP/1.1 %s\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n%s" % (status, len(body), body))
+            b"x-amzn-errortype: %s\r\nconnection: close\r\n\r\n%s" % (status, len(body), code.encode(), body))
+
+
+def _stamped(answer: bytes) -> bytes:
+    """`answer` with a request id of its own, as the app's answers have: an SDK shows it with the
+    error, and a question about a refused call starts from it. Added as it is sent, not built into
+    the answers above: each refusal needs its own."""
+    status, _, rest = answer.partition(b"\r\n")
+    return b"%s\r\nx-amzn-requestid: %s\r\n%s" % (status, str(uuid.uuid4()).encode(), rest)
 
 
 _HEAD_TOO_LARGE = _last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
@@ -316,7 +325,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         elif cycle is None or cycle.more_body or cycle.response_complete:
             # None runs before it (a task waiting for the refused request's body is told the client is gone).
             if not self.transport.is_closing():
-                self.transport.write(answer)
+                self.transport.write(_stamped(answer))
             self.transport.close()
             return
         self._last = self._last or answer
@@ -420,7 +429,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.flow.pause_reading()
             return
         if self._arriving and (self.cycle is None or not self.cycle.response_started):
-            self.transport.write(_STOPPING)
+            self.transport.write(_stamped(_STOPPING))
             self.transport.close()  # a request task waiting for the body is told the client is gone
             return
         super().shutdown()
@@ -463,5 +472,5 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_next(_OVERDUE)
             return
         if self.cycle is None or not self.cycle.response_started:  # the app may have answered already
-            self.transport.write(_OVERDUE)
+            self.transport.write(_stamped(_OVERDUE))
         self.transport.close()  # a request task waiting for the body is told the client is gone

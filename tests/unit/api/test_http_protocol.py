@@ -383,6 +383,23 @@ async def test_a_request_the_parser_cannot_read_gets_an_aws_json_400_and_the_con
         server.should_exit = True
 
 
+async def test_the_protocols_own_refusals_carry_a_request_id_of_their_own_and_the_error_type() -> None:
+    """As the app's answers do: an SDK shows the id and reads the type, and a support question
+    starts from the id."""
+    server, port = await _serve_echo([])
+    try:
+        answers = [await _exchange(port, b"\x00\x01\xff\r\n\r\n"), await _exchange(port, b"\x00\x01\xff\r\n\r\n"),
+                   await _exchange(port, HEAD)]  # the last one's headers never end: 408
+        heads = [answer.partition(b"\r\n\r\n")[0].split(b"\r\n") for answer in answers]
+        ids = [line for head in heads for line in head if line.startswith(b"x-amzn-requestid: ")]
+        assert len(set(ids)) == 3
+        assert [head[0][:12] for head in heads] == [b"HTTP/1.1 400", b"HTTP/1.1 400", b"HTTP/1.1 408"]
+        assert b"x-amzn-errortype: SerializationException" in heads[0]
+        assert b"x-amzn-errortype: RequestTimeoutException" in heads[2]
+    finally:
+        server.should_exit = True
+
+
 async def test_a_client_that_takes_none_of_a_large_answer_is_dropped_after_the_deadline() -> None:
     async def large(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
