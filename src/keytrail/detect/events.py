@@ -88,6 +88,16 @@ class KmsEvent(NamedTuple):
         return self.key_arns[0] if self.key_arns else None
 
     @property
+    def judged_key_arn(self) -> str | None:
+        """The key an alarm on this event is about: of a failed call, the first of its keys its
+        errorMessage names (`… on resource: <ARN> because …`, `<ARN> is disabled.`), else
+        `key_arn`. A ReEncrypt lists its source key first, and one refused on its destination must
+        be told of that key, not the source the caller may use (where its policy or state would be
+        checked in vain)."""
+        message = self.error_message or ""
+        return next((arn for arn in self.key_arns if arn in message), self.key_arn)
+
+    @property
     def succeeded(self) -> bool:
         return self.error_code is None
 

@@ -9,7 +9,7 @@ from typing import Protocol
 from keytrail.detect.alarms import Finding
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["Check", "arn_region_account", "failed_key"]
+__all__ = ["Check", "arn_region_account"]
 
 
 class Check(Protocol):
@@ -30,12 +30,3 @@ def arn_region_account(arn: str | None) -> tuple[str | None, str | None]:
     """(region, account) of a key ARN `arn:aws:kms:<region>:<account>:key/<id>`."""
     parts = (arn or "").split(":")
     return (parts[3] or None, parts[4] or None) if len(parts) >= 6 else (None, None)
-
-
-def failed_key(event: KmsEvent) -> str | None:
-    """The key a failed call failed on: of the keys it names, the first its errorMessage names
-    (`… on resource: <ARN> because …`, `<ARN> is disabled.`), else the first. A ReEncrypt lists
-    its source key first, and one refused on its destination must be told of that key, not the
-    source the caller may use (where its policy or state would be checked in vain)."""
-    message = event.error_message or ""
-    return next((arn for arn in event.key_arns if arn in message), event.key_arn)

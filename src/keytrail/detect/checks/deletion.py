@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import Finding, caller_origin, format_time
-from keytrail.detect.checks import failed_key
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import Rule
@@ -83,7 +81,7 @@ class KeyDeletionInUse:
         ]
 
     def _attempt(self, event: KmsEvent) -> list[Finding]:
-        key = failed_key(event)  # a ReEncrypt may fail on its destination
+        key = event.judged_key_arn  # a ReEncrypt may fail on its destination
         record = self.ledger.get(key)
         message = (event.error_message or "").lower()
         pending = "pending deletion" in message or (
@@ -97,17 +95,19 @@ class KeyDeletionInUse:
             what, severity = "disabled", Severity.MEDIUM
         else:
             return []
-        finding = self._finding(
-            event,
-            severity,
-            f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on {key}, which is {what}",
-            _USE_RECOMMENDATION,
-            {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or "",
-             **caller_origin(event)},  # the recommendation: find the caller
-        )
-        return [replace(finding, key_arn=key)]
+        return [
+            self._finding(
+                event,
+                severity,
+                f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on {key}, which is {what}",
+                _USE_RECOMMENDATION,
+                {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or "",
+                 **caller_origin(event)},  # the recommendation: find the caller
+                key_arn=key,
+            )
+        ]
 
     def _finding(self, event: KmsEvent, severity: Severity | None, summary: str, recommendation: str,
-                 details: dict[str, str]) -> Finding:
+                 details: dict[str, str], key_arn: str | None = None) -> Finding:
         return Finding.on_event(self.rule_id, event, severity=severity, summary=summary,
-                                recommendation=recommendation, details=details)
+                                recommendation=recommendation, details=details, key_arn=key_arn)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from fnmatch import fnmatchcase
 
 from keytrail.detect.alarms import Finding, caller_origin
-from keytrail.detect.checks import arn_region_account, failed_key
+from keytrail.detect.checks import arn_region_account
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
@@ -54,7 +53,7 @@ class UnauthorizedDecrypt:
 
     def _finding(self, event: KmsEvent) -> Finding:
         reason = parse_deny_reason(event.error_message)
-        key = failed_key(event)  # a ReEncrypt may be refused on its destination
+        key = event.judged_key_arn  # a ReEncrypt may be refused on its destination
         new = not self.ledger.has_used(key, event.principal_arn)
         bump = int(self.rule.param("new_principal_bump"))
         details = {
@@ -70,7 +69,7 @@ class UnauthorizedDecrypt:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
         details |= caller_origin(event)  # the recommendation sends the responder after the credentials
         who = event.principal_arn or "an unknown principal"
-        finding = Finding.on_event(
+        return Finding.on_event(
             self.rule_id,
             event,
             severity=self.rule.severity.bump(bump) if new and bump else None,
@@ -78,5 +77,5 @@ class UnauthorizedDecrypt:
             f"({reason.kind} deny, {reason.policy_type or 'unknown'} policy)",
             recommendation=_RECOMMENDATION.format(principal=who, policy=reason.policy_type or "key"),
             details=details,
+            key_arn=key,
         )
-        return replace(finding, key_arn=key)
