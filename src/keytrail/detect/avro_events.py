@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: The Avro fields `read_kms_event` looks at (every schema version has them).
 EVENT_FIELDS = ("eventID", "eventTime", "eventSource", "eventName", "awsRegion", "errorCode", "errorMessage",
                 "userIdentity", "resources", "requestParameters", "responseElements", "sourceIPAddress",
-                "accessKeyId", "otherFields")
+                "accessKeyId", "otherFields", "serviceEventDetails")
 _HEADER = 10  # C3 01 + the writer schema's 8-byte fingerprint
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -77,7 +77,7 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
 # One value's EVENT_FIELDS, in that order (eventTime in epoch ms): a plain tuple, as zip makes it,
 # unpacked in `_event` (a named tuple per row cost ~0.5 µs an event).
 AvroRow = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None,
-                str | None, str | None, str | None]
+                str | None, str | None, str | None, str | None]
 _SOURCE, _EVENT_ID = 2, 0
 
 
@@ -97,7 +97,8 @@ def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
 
 def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
-     user_identity, resources, request_parameters, response_elements, source_ip, access_key_id, other_fields) = row
+     user_identity, resources, request_parameters, response_elements, source_ip, access_key_id, other_fields,
+     service_event_details) = row
     principal, account, identity_type, invoked_by = _caller(user_identity)
     request, response, others = _object(request_parameters), _object(response_elements), _object(other_fields)
     return KmsEvent(
@@ -118,6 +119,7 @@ def _event(row: AvroRow) -> KmsEvent:
         access_key_id=access_key_id or None,
         shared_event_id=text(others.get("sharedEventID")),
         original_event_id=original_event_id(others),  # an imported corrected copy
+        service_event_details=_object(service_event_details),
     )
 
 

@@ -75,6 +75,8 @@ class KmsEvent(NamedTuple):
     shared_event_id: str | None = None
     # A corrected copy's original (addendum reason UPDATED_DATA): the same call, logged again.
     original_event_id: str | None = None
+    # What KMS did on its own (an AwsServiceEvent): DeleteExpiredKeyMaterial names the material here.
+    service_event_details: Mapping[str, Any] = MappingProxyType({})
 
     @property
     def call_id(self) -> str:
@@ -151,6 +153,7 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         access_key_id=text(identity.get("accessKeyId")),
         shared_event_id=text(record.get("sharedEventID")),
         original_event_id=original_event_id(record),
+        service_event_details=_mapping(record.get("serviceEventDetails")),
     )
 
 

@@ -7,9 +7,10 @@ was the key used recently?); the engine updates it after every rule has looked.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from keytrail.detect.events import KmsEvent
 
@@ -44,6 +45,11 @@ class KeyRecord:
     last_used_event_id: str | None = None
     last_used_by: str | None = None
     imported: datetime | None = None  # when a key created without material (PendingImport) got it
+    # Imported key material (kms/importing.py): new material waits for an on-demand rotation
+    # without being the key's; material deleted or expired leaves the key PendingImport until
+    # each such material is imported again.
+    pending_material: str | None = None
+    missing_materials: set[str] = field(default_factory=set)
     rotations: int = 0
     principals: set[str] = field(default_factory=set)
     confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
@@ -116,13 +122,50 @@ class KeyLedger:
             record.state = str(metadata.get("keyState") or "Enabled")
         elif name == "RotateKey":  # also logged after each RotateKeyOnDemand call (ct-rotatekeyondemand): count one
             record.rotations += 1
+            record.pending_material = None  # an on-demand rotation makes it the key's current material
         elif name in _STATE_CHANGES:
             record.state = _STATE_CHANGES[name]
-        elif name == "ImportKeyMaterial" and record.state == "PendingImport":
-            record.state = "Enabled"
-            if record.imported is None:
-                record.imported = event.event_time
+        elif name == "ImportKeyMaterial":
+            _material_imported(record, event)
+        elif name == "DeleteImportedKeyMaterial":
+            _material_gone(record, _material_id(event.response_elements))
+        elif name == "DeleteExpiredKeyMaterial":
+            _material_gone(record, _material_id(event.service_event_details))
         elif name == "SynchronizeMultiRegionKey" and record.state == "Creating":
             # A replica's CreateKey says Creating; KMS logs this when it leaves that state for
             # Enabled (docs/multi-region-keys.md). Left Creating, a replica was never judged unused.
             record.state = "Enabled"
+
+
+def _material_id(elements: Mapping[str, Any]) -> str | None:
+    material = elements.get("keyMaterialId")
+    return material if isinstance(material, str) and material else None
+
+
+def _material_imported(record: KeyRecord, event: KmsEvent) -> None:
+    """A key waiting for material is Enabled once it holds all of it again; new material imported
+    into a key that has some (ImportType NEW_KEY_MATERIAL) only waits for a rotation."""
+    material = _material_id(event.response_elements)
+    if record.state == "PendingImport":
+        if material is None:  # a record that does not say which: take it for all that was missing
+            record.missing_materials.clear()
+        else:
+            record.missing_materials.discard(material)
+        if not record.missing_materials:
+            record.state = "Enabled"
+            if record.imported is None:
+                record.imported = event.event_time
+    elif event.request_parameters.get("importType") == "NEW_KEY_MATERIAL":
+        record.pending_material = material
+
+
+def _material_gone(record: KeyRecord, material: str | None) -> None:
+    """Deleted or expired material: the key is PendingImport until it is imported again, unless it
+    was material pending rotation, never the key's (or the key is being deleted anyway)."""
+    if material is not None and material == record.pending_material:
+        record.pending_material = None
+        return
+    if material is not None:
+        record.missing_materials.add(material)
+    if record.state != "PendingDeletion":
+        record.state = "PendingImport"

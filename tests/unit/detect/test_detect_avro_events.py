@@ -99,3 +99,12 @@ async def test_request_parameters_that_are_not_json_read_as_empty_with_a_warning
     [expected] = _expected([good])
     assert read._replace(request_parameters={}) == expected._replace(request_parameters={})
     assert "unreadable JSON object" in caplog.text and "{not json" not in caplog.text
+
+
+async def test_service_event_details_are_read_for_the_rules() -> None:
+    """DeleteExpiredKeyMaterial names the material only in serviceEventDetails."""
+    expired = {**event("DeleteExpiredKeyMaterial", T0, key_arn(1), {"accountId": "111122223333"}),
+               "eventType": "AwsServiceEvent", "serviceEventDetails": {"keyId": "k", "keyMaterialId": "m" * 64}}
+    [read] = await _read([encode(expired)])
+    assert read.service_event_details == {"keyId": "k", "keyMaterialId": "m" * 64}
+    assert [read] == _expected([encode(expired)])

@@ -256,6 +256,76 @@ def test_unused_key_counts_a_key_of_imported_material_idle_from_its_import() -> 
     assert alarm.details["basis"] == "importDate" and alarm.details["idleSince"] == "2026-05-05T12:00:00Z"
 
 
+MATERIAL, NEW_MATERIAL = "a" * 64, "b" * 64
+
+
+def material_expired(at: datetime, key: str, material: str) -> dict[str, Any]:
+    """KMS's own record of imported material reaching its ValidTo (an AwsServiceEvent)."""
+    expired = event("DeleteExpiredKeyMaterial", at, key, {"accountId": ACCOUNT, "invokedBy": "kms.amazonaws.com"})
+    expired.update(requestParameters=None, eventType="AwsServiceEvent",
+                   serviceEventDetails={"keyId": key.rsplit("/", 1)[1], "keyMaterialId": material})
+    return expired
+
+
+def key_with_imported_material(at: datetime) -> list[dict[str, Any]]:
+    pending = create_key(at, KEY)
+    pending["responseElements"]["keyMetadata"].update(keyState="PendingImport", enabled=False, origin="EXTERNAL")
+    imported = event("ImportKeyMaterial", at, KEY, params={"keyId": KEY},
+                     response={"keyId": KEY, "keyMaterialId": MATERIAL})
+    return [pending, imported]
+
+
+@pytest.mark.parametrize("gone", ["deleted", "expired"])
+def test_unused_key_leaves_a_key_whose_material_went_until_it_is_imported_again(gone: str) -> None:
+    """Deleted or expired material leaves the key PendingImport (nothing can use it): the ledger
+    kept it Enabled and the unused-key alarm told the owner to delete a key no one could use."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    removal = (event("DeleteImportedKeyMaterial", T0, KEY, params={"keyId": KEY},
+                     response={"keyId": KEY, "keyMaterialId": MATERIAL})
+               if gone == "deleted" else material_expired(T0, KEY, MATERIAL))
+    detector.process([*key_with_imported_material(T0), removal])
+    clock.advance(timedelta(days=91).total_seconds())
+    assert detector.tick() == []
+    again = event("ImportKeyMaterial", clock.now(), KEY, params={"keyId": KEY, "importType": "EXISTING_KEY_MATERIAL"},
+                  response={"keyId": KEY, "keyMaterialId": MATERIAL})
+    detector.process([again])
+    [alarm] = detector.tick()  # usable again, and idle since its first import
+    assert alarm.rule == "unused-key" and alarm.details["basis"] == "importDate"
+
+
+def test_unused_key_still_judges_a_key_whose_material_pending_rotation_was_deleted() -> None:
+    """New material waits for an on-demand rotation; deleting it leaves the key as it was."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    new = event("ImportKeyMaterial", T0, KEY, params={"keyId": KEY, "importType": "NEW_KEY_MATERIAL"},
+                response={"keyId": KEY, "keyMaterialId": NEW_MATERIAL})
+    deleted = event("DeleteImportedKeyMaterial", T0, KEY, params={"keyId": KEY, "keyMaterialId": NEW_MATERIAL},
+                    response={"keyId": KEY, "keyMaterialId": NEW_MATERIAL})
+    detector.process([*key_with_imported_material(T0), new, deleted])
+    clock.advance(timedelta(days=91).total_seconds())
+    [alarm] = detector.tick()
+    assert alarm.rule == "unused-key" and alarm.key_arn == KEY
+
+
+def test_unused_key_waits_for_every_missing_material_of_a_rotated_imported_key() -> None:
+    """A key that rotated into new imported material needs each of its materials back."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    new = event("ImportKeyMaterial", T0, KEY, params={"keyId": KEY, "importType": "NEW_KEY_MATERIAL"},
+                response={"keyId": KEY, "keyMaterialId": NEW_MATERIAL})
+    rotated = event("RotateKey", T0, KEY, {"accountId": ACCOUNT, "invokedBy": "kms.amazonaws.com"}, params={})
+    detector.process([*key_with_imported_material(T0), new, rotated,
+                      material_expired(T0, KEY, MATERIAL), material_expired(T0, KEY, NEW_MATERIAL)])
+    clock.advance(timedelta(days=91).total_seconds())
+    back = [event("ImportKeyMaterial", clock.now(), KEY, params={"keyId": KEY},
+                  response={"keyId": KEY, "keyMaterialId": material}) for material in (NEW_MATERIAL, MATERIAL)]
+    detector.process(back[:1])
+    assert detector.tick() == []  # still missing the first material: PendingImport
+    detector.process(back[1:])
+    assert [alarm.rule for alarm in detector.tick()] == ["unused-key"]
+
+
 def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     detector = Detector()
     policy = policy_doc(
