@@ -257,5 +257,5 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return binascii.b2a_base64(value, newline=False).decode()  # base64.b64encode, without its wrapper
     if isinstance(value, datetime):
-        return value.timestamp()
+        return round(value.timestamp(), 3)  # epoch seconds to the millisecond, as AWS answers
     return value

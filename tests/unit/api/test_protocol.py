@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -62,6 +62,13 @@ def test_timestamps_decode_and_encode_as_epoch_seconds() -> None:
     assert isinstance(params["ValidTo"], datetime)
     assert encode_value({"When": params["ValidTo"], "Blob": b"\x00", "Gone": None}) == {
         "When": 1556582400.0, "Blob": "AA=="}
+
+
+def test_timestamps_are_answered_to_the_millisecond_as_aws_answers() -> None:
+    """Smithy's epoch-seconds carry "optional millisecond precision" and AWS answers so
+    (`"CreationDate": 1.713456789123E9`); a microsecond fraction is more than a strict parser takes."""
+    created = datetime(2026, 12, 2, 7, 30, 15, 123_456, tzinfo=UTC)
+    assert encode_value({"CreationDate": created}) == {"CreationDate": 1796196615.123}
 
 
 @pytest.mark.parametrize("text", ["aGk", "aG k=", "aGk=\n", "aGé=", "a*k="])
