@@ -31,7 +31,7 @@ class Bar:
 
 
 def short_arn(arn: str | None) -> str:
-    """A readable name for an ARN: `key/1234abcd…`, `111122223333:user/alice`."""
+    """A readable name for an ARN: `key/1234abcd…`, `eu-west-1:key/mrk-1234…`, `111122223333:user/alice`."""
     if not arn:
         return "(none)"
     parts = arn.split(":", 5)
@@ -40,7 +40,11 @@ def short_arn(arn: str | None) -> str:
     resource = parts[5]
     if resource.startswith("key/") and len(resource) > 16:
         resource = resource[:12] + "…"
-    return f"{parts[4]}:{resource}" if parts[2] in ("iam", "sts") else resource
+    if parts[2] in ("iam", "sts"):
+        return f"{parts[4]}:{resource}"
+    # A multi-Region key's copies share its id, each Region's a key of its own (billed as one):
+    # without the Region, the primary and its replicas read as one key drawn several times.
+    return f"{parts[3]}:{resource}" if resource.startswith("key/mrk-") else resource
 
 
 def nice_max(value: float) -> float:

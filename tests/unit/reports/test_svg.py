@@ -20,6 +20,8 @@ def test_nice_max_rounds_up_to_a_readable_axis_top(value: float, expected: float
 
 @pytest.mark.parametrize(("arn", "short"), [
     ("arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab", "key/1234abcd…"),
+    ("arn:aws:kms:us-east-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab", "us-east-1:key/mrk-1234…"),
+    ("arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab", "eu-west-1:key/mrk-1234…"),
     ("arn:aws:iam::111122223333:user/alice", "111122223333:user/alice"),
     ("arn:aws:sts::111122223333:assumed-role/app/s", "111122223333:assumed-role/app/s"),
     ("AWS Internal", "AWS Internal"), (None, "(none)"),
