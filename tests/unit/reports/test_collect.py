@@ -236,6 +236,25 @@ def test_html_says_when_keys_in_the_cost_table_were_never_seen_created(data: Any
     assert "1 key in these figures was not created in the events" in render_html(uncreated)
 
 
+def _card(page: str, figure: str) -> str:
+    found = re.search(rf'data-figure="{figure}"><b>([^<]*)</b>', page)
+    assert found, f"no {figure} card"
+    return found.group(1)
+
+
+def test_html_events_card_counts_the_events_of_the_period_not_of_the_input() -> None:
+    # All of the input is before the period: its 107 events are none of the period's.
+    alarms = Path(__file__).with_name("no-such-alarms.jsonl")
+    later = collect_sync(RecordsSource(_stream()), ReportOptions(since=AS_OF, until=AS_OF + timedelta(days=1),
+                                                                 alarms=alarms))
+    page = render_html(later)
+    assert (_card(page, "events"), _card(page, "requests")) == ("0", "0")
+
+
+def test_html_events_card_counts_every_event_of_the_period(data: Any) -> None:
+    assert _card(render_html(data), "events") == f"{data.events:,}"
+
+
 def _synthetic(count: int) -> list[dict[str, Any]]:
     """A busy stream: denied calls, late events, duplicates and lifecycle events among the calls."""
     settings = SyntheticSettings(keys=40, principals=15, accounts=3, start=NOV, seconds_per_event=30,
