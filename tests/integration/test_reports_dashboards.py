@@ -47,6 +47,24 @@ def test_every_dashboard_metric_is_exported_by_the_server(fresh_server: Keytrail
     assert missing == [], f"dashboards query metrics the server does not export: {', '.join(missing)}"
     wrong = {name: families[name] for name, (kind, _, _) in build.METRICS.items() if families[name] != kind}
     assert wrong == {}, f"metric types differ from dashboards/build.py METRICS: {wrong}"
+    labels = exported_labels(body.decode())
+    differ = {name: sorted(labels[name]) for name, (_, names, _) in build.METRICS.items()
+              if name in labels and labels[name] != set(names)}
+    assert differ == {}, f"labels differ from dashboards/build.py METRICS (which the panels read): {differ}"
+
+
+def exported_labels(text: str) -> dict[str, set[str]]:
+    """Metric family → the label names of its series (a histogram's by its _bucket series, `le`)."""
+    labels: dict[str, set[str]] = {}
+    for series, body in re.findall(r"^([a-z_:][a-z0-9_:]*)\{([^}]*)\} ", text, flags=re.M):
+        family = re.sub(r"_(bucket|sum|count)$", "", series) if series.endswith("_bucket") else series
+        labels.setdefault(family, set()).update(re.findall(r'(\w+)="', body))
+    return labels
+
+
+def test_exported_labels_read_each_family_s_label_names() -> None:
+    text = 'a_total{op="x",outcome="y"} 1\nh_bucket{le="0.1"} 2\nh_count 2\nb 1\n'
+    assert exported_labels(text) == {"a_total": {"op", "outcome"}, "h": {"le"}}
 
 
 def test_every_exported_metric_is_documented(fresh_server: KeytrailServer) -> None:

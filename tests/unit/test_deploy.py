@@ -299,6 +299,38 @@ def test_every_panel_queries_only_listed_metrics_and_every_listed_metric_is_used
     assert used == set(build.METRICS)
 
 
+# Labels Prometheus adds to every scraped series (the target's), and a histogram bucket's bound.
+_TARGET_LABELS = {"job", "instance", "le"}
+
+
+def _labels_used(expr: str, legend: str) -> set[str]:
+    """The label names a panel query groups or joins by, filters on, or shows in its legend."""
+    grouped = {name.strip() for names in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr)
+               for name in names.split(",") if name.strip()}
+    selected = {name for selector in re.findall(r"\b(?:keytrail_[a-z0-9_]+|up)\{([^}]*)\}", expr)
+                for name in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)}
+    return grouped | selected | set(re.findall(r"\{\{(\w+)\}\}", legend))
+
+
+def test_labels_used_reads_grouping_selectors_and_legend() -> None:
+    expr = 'sum by (instance, code) (rate(keytrail_x_total{job!="a",outcome!="success"}[5m])) unless on() up'
+    assert _labels_used(expr, "{{code}} {{principal}}") == {"instance", "code", "job", "outcome", "principal"}
+
+
+def test_every_panel_reads_only_labels_its_metrics_carry() -> None:
+    """A panel grouping by, filtering on or naming a label its metrics lack draws one unlabelled
+    line, or none, with no error anywhere: METRICS (whose labels the server's are checked against,
+    tests/integration/test_reports_dashboards.py) lists every label each family carries."""
+    build = dashboards_build()
+    wrong = {}
+    for _, _, _, queries, _, _ in build.PANELS:
+        for expr, legend in queries:
+            carried = set().union(*(build.METRICS[name][1] for name in build.metric_names(expr)))
+            if extra := _labels_used(expr, legend) - carried - _TARGET_LABELS:
+                wrong[expr] = sorted(extra)
+    assert wrong == {}
+
+
 def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Metric name → (type, labels) from the table of docs/metrics.md, "Prometheus (`GET /metrics`)"."""
     section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
