@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -176,6 +177,51 @@ def test_html_report_renders_in_headless_chromium(report: tuple[Path, Path], tmp
     colours = {p[:3] for p in pixels}
     assert len(colours) > 20, "screenshot has too few colours for charts and tables"
     assert (0x2F, 0x6D, 0xB5) in colours, "no chart drawn: the bars' fill colour (svg.PALETTE[0]) is missing"
+
+
+# A role ARN has no hyphen to wrap at: as one word it set the width of every column it is in.
+LONG_ROLE = "arn:aws:iam::111122223333:role/DataPlatformNightlyIngestionServiceRole"
+
+
+def _alarm(key: str, when: datetime) -> dict[str, Any]:
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"alarmId": "3d70a8f2-8263-6f2a-9001-cb00534f5272", "rule": "unauthorized-decrypt", "severity": "HIGH",
+            "keyArn": key, "principalArn": LONG_ROLE, "accountId": "111122223333", "region": "us-east-1",
+            "firstSeen": stamp, "lastSeen": stamp, "count": 1, "eventIds": ["00000000-0000-4000-8000-000000000001"],
+            "summary": f"{LONG_ROLE} was denied Decrypt on {key} (implicit deny, identity-based policy)",
+            "recommendation": f"Check whether {LONG_ROLE} should use this key. If not, find where its "
+                              "credentials are used and rotate them; if it should, grant it in the key policy.",
+            "details": {}}
+
+
+def page_width(html: Path, tmp_path: Path, window: int) -> int:
+    """The width the page lays out to in headless Chromium at `window` pixels (a script added to a
+    copy: the report itself has none)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.read_text().replace(
+        "</body>", '<script>document.body.dataset.width = document.documentElement.scrollWidth</script></body>'))
+    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={window},1000",
+            "--virtual-time-budget=2000", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom", probe.resolve().as_uri()]
+    dom = subprocess.run(args, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'data-width="(\d+)"', dom)
+    assert found, dom[-2000:]
+    return int(found.group(1))
+
+
+def test_html_report_fits_its_page_width_however_long_the_arns(tmp_path: Path) -> None:
+    """The alarms table set a role ARN, unbroken, in three of its columns: 1,272 px on a page
+    of 1,100, cut off at the right on a laptop's screen and on paper."""
+    key = key_arn("1234abcd-12ab-34cd-56ef-1234567890ab")
+    events = [record("CreateKey", START, key), record("Decrypt", START + timedelta(minutes=5), key, LONG_ROLE,
+                                                      error="AccessDenied")]
+    (tmp_path / "trail.json").write_text(json.dumps({"Records": events}))
+    (tmp_path / "alarms.jsonl").write_text(json.dumps(_alarm(key, START + timedelta(minutes=5))) + "\n")
+    html = tmp_path / "report.html"
+    keytrail("report", "--cloudtrail", str(tmp_path / "trail.json"), "--alarms", str(tmp_path / "alarms.jsonl"),
+             "--out", str(html))
+    assert LONG_ROLE in html.read_text()
+    assert page_width(html, tmp_path, 1300) <= 1300
 
 
 def read_png(data: bytes) -> tuple[int, int, list[tuple[int, ...]]]:

@@ -20,6 +20,10 @@ __all__ = ["MAX_ROWS", "money", "render_html"]
 MAX_ROWS = 500  # per table; the CSV, JSON and Parquet forms carry every row
 _SERIES = 8  # lines per chart; the rest are summed into "other"
 _STEP = {"minute": "1m", "hour": "1h", "day": "1d"}
+# The alarms table has its column widths set and wraps anywhere: it holds the caller's ARN in
+# three columns (principal, summary, recommendation), and a role's ARN has no hyphen to wrap at,
+# so laid out by its words the table ran hundreds of pixels past the page, cut off on screen and
+# on paper. The other tables hold an ARN once and fit laid out by their words.
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1100px;color:#1d2733}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde3ea}
@@ -33,6 +37,9 @@ tr.unused td{background:#fff3cd}.badge{background:#c0392b;color:#fff;border-radi
 .sev-CRITICAL{color:#fff;background:#8e1b10}.sev-HIGH{color:#fff;background:#c0392b}
 .sev-MEDIUM{background:#f0ad4e}.sev-LOW{background:#d9edf7}.note{color:#5b6673;font-size:12px}
 code{font-size:11px}svg{max-width:100%;height:auto;display:block;margin:8px 0}
+#alarms{table-layout:fixed}#alarms td{overflow-wrap:anywhere}#alarms th:nth-child(1){width:74px}
+#alarms th:nth-child(2){width:104px}#alarms th:nth-child(4),#alarms th:nth-child(5){width:16%}
+#alarms th:nth-child(6){width:48px}#alarms th:nth-child(7){width:88px}
 """
 
 
