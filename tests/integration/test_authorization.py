@@ -578,3 +578,14 @@ def test_create_key_with_tags_needs_tag_resource_in_iam(tmp_path: Path) -> None:
         assert message.endswith("with an explicit deny in an identity-based policy")
     finally:
         server.stop()
+
+
+def test_policy_name_condition_sees_the_default_policy_name(alice: Any, bob: Any) -> None:
+    # PutKeyPolicy and GetKeyPolicy: "If the request doesn't include PolicyName, the value of
+    # kms:PolicyName is default" (API reference).
+    only_default = {"StringEquals": {"kms:PolicyName": "default"}}
+    key = new_key(alice, policy(statement(BOB, ["kms:GetKeyPolicy", "kms:PutKeyPolicy"], Condition=only_default)))
+    assert json.loads(bob.get_key_policy(KeyId=key)["Policy"])["Statement"][1]["Principal"]["AWS"] == BOB
+    assert bob.get_key_policy(KeyId=key, PolicyName="default")["PolicyName"] == "default"
+    # The lockout check asks about a later PutKeyPolicy, whose kms:PolicyName is "default" too.
+    bob.put_key_policy(KeyId=key, Policy=policy(statement(BOB, "kms:PutKeyPolicy", Condition=only_default)))

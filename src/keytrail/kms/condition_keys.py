@@ -76,6 +76,10 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
         # Absent when the request leaves it out: AWS's own example allows PutKeyPolicy "only when
         # the request does not include the BypassPolicyLockoutSafetyCheck parameter" with Null.
         out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params["BypassPolicyLockoutSafetyCheck"])
+    if name in ("GetKeyPolicy", "PutKeyPolicy"):
+        # "If the request doesn't include PolicyName, the value of kms:PolicyName is default" (API
+        # reference, GetKeyPolicy and PutKeyPolicy): a condition on it must see the default too.
+        out["kms:PolicyName"] = params.get("PolicyName") or "default"
     if name == "CreateKey":
         _create_key(params, out)
     # "This type of condition works even when the parameter doesn't appear in the request, such as

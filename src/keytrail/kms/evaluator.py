@@ -17,7 +17,13 @@ from typing import Any
 
 from keytrail.clock import Clock, utc_now
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
-from keytrail.kms.condition_keys import ENCRYPTION_CONTEXT, GRANT_CONSTRAINTS, RESOURCE_ALIASES, RequestContext
+from keytrail.kms.condition_keys import (
+    ENCRYPTION_CONTEXT,
+    GRANT_CONSTRAINTS,
+    RESOURCE_ALIASES,
+    RequestContext,
+    request_conditions,
+)
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.grants import grant_allows, retire_allowed
@@ -361,7 +367,10 @@ def check_lockout(
         return
     policy = compile_policy(policy_doc, "key")
     call = call or CallContext(principal=principal, region="", request_id="")
-    ctx = RequestContext(call, key, {}, (lambda: now) if now else utc_now)
+    # The request context of that later PutKeyPolicy: its keys with no parameter given (kms:PolicyName
+    # is "default"; kms:BypassPolicyLockoutSafetyCheck absent), not an empty context.
+    later = request_conditions("PutKeyPolicy", {})
+    ctx = RequestContext(call, key, later, (lambda: now) if now else utc_now)
     kp = evaluate_key_policy(policy, principal, "kms:PutKeyPolicy", resource, ctx)
     identity = tuple(compile_policy(doc, "identity") for doc in principal.policies)
     verdict = evaluate_identity(identity, "kms:PutKeyPolicy", resource, ctx)

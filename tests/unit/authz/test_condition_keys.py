@@ -113,6 +113,11 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
         ),
         ("PutKeyPolicy", {"BypassPolicyLockoutSafetyCheck": True}, {"kms:BypassPolicyLockoutSafetyCheck": True}),
         ("PutKeyPolicy", {"BypassPolicyLockoutSafetyCheck": False}, {"kms:BypassPolicyLockoutSafetyCheck": False}),
+        # kms:PolicyName: "If the request doesn't include PolicyName, the value of kms:PolicyName is default".
+        ("GetKeyPolicy", {}, {"kms:PolicyName": "default"}),
+        ("PutKeyPolicy", {"PolicyName": "default"}, {"kms:PolicyName": "default"}),
+        ("PutKeyPolicy", {}, {"kms:PolicyName": "default"}),
+        ("ListKeyPolicies", {}, {"kms:PolicyName": None}),
         ("TagResource", {"Tags": [{"TagKey": "a", "TagValue": "b"}]}, {"aws:RequestTag/a": "b", "aws:TagKeys": ["a"]}),
         ("UntagResource", {"TagKeys": ["a"]}, {"aws:TagKeys": ["a"]}),
         ("EnableKeyRotation", {"RotationPeriodInDays": 90}, {"kms:RotationPeriodInDays": 90}),

@@ -589,6 +589,15 @@ def test_lockout_check_can_be_bypassed() -> None:
     check_lockout(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob")), user("alice"), bypass=True)
 
 
+def test_lockout_check_asks_about_a_put_key_policy_whose_policy_name_is_default() -> None:
+    # A later PutKeyPolicy without PolicyName has kms:PolicyName "default" (API reference, PutKeyPolicy).
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy", "Resource": "*",
+            "Condition": {"StringNotEquals": {"kms:PolicyName": "default"}}}
+    check_lockout(doc(allow(ALICE_ARN), deny), user("alice"))
+    only_default = allow(ALICE_ARN, "kms:PutKeyPolicy", Condition={"StringEquals": {"kms:PolicyName": "default"}})
+    check_lockout(doc(only_default), user("alice"))
+
+
 def test_lockout_check_fails_for_explicit_deny() -> None:
     deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy", "Resource": "*"}
     with pytest.raises(MalformedPolicyDocumentException):
