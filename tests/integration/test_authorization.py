@@ -424,6 +424,19 @@ def test_retirable_grants_include_other_accounts_keys(server: KeytrailServer, al
     assert [g for g in listed if g["KeyId"] == key] == []
 
 
+def test_grant_to_a_bare_account_id_is_a_grant_to_that_account(server: KeytrailServer, alice: Any) -> None:
+    # CreateGrant takes an account id, as a key policy does: its root, and its principals whom IAM
+    # allows, use the grant; the account as retiring principal retires it.
+    carol, other_root = server.client("carol"), server.client("other-root")
+    key = new_key(alice)
+    grant = alice.create_grant(KeyId=key, GranteePrincipal=OTHER_ACCOUNT, RetiringPrincipal=OTHER_ACCOUNT,
+                               Operations=["Encrypt"])
+    carol.encrypt(KeyId=key, Plaintext=b"x")
+    other_root.encrypt(KeyId=key, Plaintext=b"x")
+    other_root.retire_grant(KeyId=key, GrantId=grant["GrantId"])
+    assert error_of(carol.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+
+
 def test_grant_with_both_encryption_context_constraints_is_refused(alice: Any) -> None:
     # AWS answers such a request "ValidationException: More than one constraint supplied"
     # (aws/aws-sdk-java#328, and the guard terraform-provider-aws keeps for it).

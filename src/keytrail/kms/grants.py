@@ -75,11 +75,13 @@ def principal_named(name: str, principal: Principal) -> bool:
 
 
 def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -> bool:
-    """A grant to an account root lets that account's principals use it when IAM allows them."""
+    """A grant to an account lets its root, and its principals whom IAM allows, use it. CreateGrant
+    takes the account as its root's ARN or as its bare id (as a key policy may name it), and a
+    grant it accepted must name someone."""
     if principal_named(grantee, principal):
         return True
-    root = principal.root_arn
-    return grantee == root and (identity_allows or principal.type is IdentityType.ROOT)
+    names_account = grantee in (principal.root_arn, principal.account)
+    return names_account and (identity_allows or principal.type is IdentityType.ROOT)
 
 
 def retire_allowed(grant: Grant, principal: Principal, identity_allows: bool) -> bool:

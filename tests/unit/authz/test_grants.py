@@ -11,10 +11,11 @@ from keytrail.kms.grants import (
     grantee_matches,
     make_grant_token,
     parse_grant_token,
+    retire_allowed,
 )
 from keytrail.kms.model import KeySpec, KeyUsage
 
-from .support import ACCOUNT, KEY_ID, REGION, grant, key, role, root, user
+from .support import ACCOUNT, KEY_ID, OTHER, REGION, grant, key, role, root, user
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,17 @@ def test_grantee_matching() -> None:
     assert grantee_matches(account_grant, root(), False)
     assert grantee_matches(account_grant, user("alice"), True)
     assert not grantee_matches(account_grant, user("alice"), False)
+
+
+def test_a_grant_to_a_bare_account_id_is_a_grant_to_that_account() -> None:
+    # CreateGrant accepts an account id as GranteePrincipal or RetiringPrincipal, as key policies take one.
+    assert grantee_matches(ACCOUNT, root(), False)
+    assert grantee_matches(ACCOUNT, user("alice"), True)
+    assert grantee_matches(ACCOUNT, role("app"), True)
+    assert not grantee_matches(ACCOUNT, user("alice"), False)
+    assert not grantee_matches(ACCOUNT, root(OTHER), False)
+    retirable = grant(f"arn:aws:iam::{OTHER}:user/carol", "Decrypt", retiring=OTHER)
+    assert retire_allowed(retirable, root(OTHER), False)  # not the grant's account: its retiring principal
 
 
 def test_tokens_name_their_grant_and_differ_per_call() -> None:
