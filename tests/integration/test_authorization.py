@@ -602,3 +602,13 @@ def test_policy_name_condition_sees_the_default_policy_name(alice: Any, bob: Any
     assert bob.get_key_policy(KeyId=key, PolicyName="default")["PolicyName"] == "default"
     # The lockout check asks about a later PutKeyPolicy, whose kms:PolicyName is "default" too.
     bob.put_key_policy(KeyId=key, Policy=policy(statement(BOB, "kms:PutKeyPolicy", Condition=only_default)))
+
+
+def test_put_key_policy_named_aws_ram_is_refused_after_authorization(alice: Any, bob: Any) -> None:
+    # PutKeyPolicy: "If you specify AWS_RAM, the request fails with a ValidationException, or with an
+    # AccessDeniedException if you don't have permission to call PutKeyPolicy with that policy name."
+    key = new_key(alice)
+    assert error_of(alice.put_key_policy, KeyId=key, PolicyName="AWS_RAM", Policy=policy()) == (
+        "ValidationException", "The AWS_RAM policy can only be managed by the RAM service.")
+    code, message = error_of(bob.put_key_policy, KeyId=key, PolicyName="AWS_RAM", Policy=policy())
+    assert code == "AccessDeniedException" and "kms:PutKeyPolicy" in message

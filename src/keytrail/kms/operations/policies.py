@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["OPERATIONS"]
 
+# The key policy Resource Access Manager keeps for a key shared through RAM (never here).
+_RAM_POLICY = "AWS_RAM"
+
 
 def _policy_name(call: Call) -> str:
     name = call.params.get("PolicyName") or "default"
@@ -31,10 +34,16 @@ async def get_key_policy(svc: KmsService, call: Call) -> Response:
 
 async def put_key_policy(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
-    _policy_name(call)
     bypass = bool(call.params.get("BypassPolicyLockoutSafetyCheck"))
     # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included.
-    await svc.authorize(call, "kms:PutKeyPolicy", key)  # kms:BypassPolicyLockoutSafetyCheck: from the request
+    # kms:PolicyName and kms:BypassPolicyLockoutSafetyCheck come from the request.
+    await svc.authorize(call, "kms:PutKeyPolicy", key)
+    if call.params.get("PolicyName") == _RAM_POLICY:
+        # "If you specify AWS_RAM, the request fails with a ValidationException, or with an
+        # AccessDeniedException if you don't have permission to call PutKeyPolicy with that policy
+        # name" (API reference, PutKeyPolicy): authorization comes first.
+        raise errors.ValidationException("The AWS_RAM policy can only be managed by the RAM service.")
+    _policy_name(call)
     validate_key_policy(call.params["Policy"], call.context.principal, bypass=bypass, key_arn=key.arn,
                         call=call.context, now=svc.now(), key=key)
     await svc.store.put_key(replace(key, policy=call.params["Policy"]))
