@@ -612,3 +612,15 @@ def test_put_key_policy_named_aws_ram_is_refused_after_authorization(alice: Any,
         "ValidationException", "The AWS_RAM policy can only be managed by the RAM service.")
     code, message = error_of(bob.put_key_policy, KeyId=key, PolicyName="AWS_RAM", Policy=policy())
     assert code == "AccessDeniedException" and "kms:PutKeyPolicy" in message
+
+
+def test_a_resource_tag_deny_is_not_dodged_by_a_twin_tag_in_another_case(alice: Any, bob: Any) -> None:
+    # Tag keys are case sensitive, a condition key's name is not: `team=public` tagged before
+    # `Team=secret` must not hide the tag a Deny names.
+    deny = statement(BOB, "kms:Encrypt", "Deny", Condition={"StringEquals": {"aws:ResourceTag/Team": "secret"}})
+    key = new_key(alice, policy(statement(BOB, "kms:Encrypt"), deny))
+    twins = [{"TagKey": "team", "TagValue": "public"}, {"TagKey": "Team", "TagValue": "secret"}]
+    alice.tag_resource(KeyId=key, Tags=twins)
+    code, message = error_of(bob.encrypt, KeyId=key, Plaintext=b"x")
+    assert code == "AccessDeniedException"
+    assert message.endswith("with an explicit deny in a resource-based policy")

@@ -264,9 +264,18 @@ class RequestContext:
         if derive is not None:
             return derive(self)
         if name.startswith("aws:resourcetag/") and self.key is not None:
-            wanted = name[len("aws:resourcetag/"):]
-            return next((v for k, v in self.key.tags if k.lower() == wanted), None)
+            return _resource_tag(self.key, name[len("aws:resourcetag/"):])
         return None
+
+
+def _resource_tag(key: Key, wanted: str) -> Any:
+    """aws:ResourceTag/<wanted> (lowercase). Tag keys are case sensitive, so a key may carry `Team`
+    and `team`, while the condition key's name is not: it then holds both values, as a request's
+    twin context keys do, so a Deny on `Team=secret` is not dodged by tagging `team=public` too."""
+    values = [value for tag, value in key.tags if tag.lower() == wanted]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
 
 
 def _listed(value: Any) -> list[Any]:

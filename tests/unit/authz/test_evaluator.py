@@ -664,6 +664,15 @@ def test_a_deny_on_a_context_key_holds_when_its_twin_in_another_case_is_added(co
     assert decide(user("bob"), policy, "kms:Encrypt", {"EncryptionContext": context}).verdict is Verdict.EXPLICIT_DENY
 
 
+@pytest.mark.parametrize("tags", [(("Team", "secret"), ("team", "public")), (("team", "public"), ("Team", "secret"))])
+def test_a_deny_on_a_resource_tag_holds_when_its_twin_in_another_case_is_added(tags: Any) -> None:
+    # Tag keys are case sensitive, the name of aws:ResourceTag/<key> is not: both values count.
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt", "Resource": "*",
+            "Condition": {"StringEquals": {"aws:ResourceTag/Team": "secret"}}}
+    assert decide(user("bob"), key(doc(allow("*"), deny), tags=(("Team", "public"),))).allowed
+    assert decide(user("bob"), key(doc(allow("*"), deny), tags=tags)).verdict is Verdict.EXPLICIT_DENY
+
+
 def _retire(principal: Any, the_key: Any, the_grant: Any) -> Any:
     return authorizer().authorize(request(principal, "kms:RetireGrant", the_key, grants=(the_grant,)))
 
