@@ -624,3 +624,17 @@ def test_a_resource_tag_deny_is_not_dodged_by_a_twin_tag_in_another_case(alice: 
     code, message = error_of(bob.encrypt, KeyId=key, Plaintext=b"x")
     assert code == "AccessDeniedException"
     assert message.endswith("with an explicit deny in a resource-based policy")
+
+
+def test_an_mfa_deny_refuses_role_sessions_not_long_term_keys(server: KeytrailServer, alice: Any) -> None:
+    # aws:MultiFactorAuthPresent "is present only in requests that are signed using temporary security
+    # credentials" (an assumed-role session's: false without MFA); absent for an IAM user's access keys,
+    # so `Bool: false` does not match them (the AWS knowledge-center example's point).
+    no_mfa = {"Effect": "Deny", "Principal": "*", "Action": "kms:*", "Resource": "*",
+              "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "false"}}}
+    key = new_key(alice, policy(no_mfa))
+    alice.encrypt(KeyId=key, Plaintext=b"x")
+    code, message = error_of(server.client("app").encrypt, KeyId=key, Plaintext=b"x")
+    assert code == "AccessDeniedException"
+    assert message == (f"User: arn:aws:sts::{ACCOUNT}:assumed-role/app/app-session is not authorized to perform: "
+                       f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based policy")

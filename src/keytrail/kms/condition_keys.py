@@ -198,6 +198,10 @@ _DERIVED: dict[str, Derive] = {
     # `Bool: false` on them, as data-perimeter Deny statements write it, holds for direct callers.
     "aws:principalisawsservice": lambda ctx: False,
     "aws:viaawsservice": lambda ctx: False,
+    # "Key is present only in requests that are signed using temporary security credentials": an
+    # assumed-role session's, false (no MFA here, as its audit record's mfaAuthenticated says), so
+    # a Deny on `Bool: false` refuses sessions, while an IAM user's long-term keys leave it absent.
+    "aws:multifactorauthpresent": lambda ctx: _session_mfa(ctx.call.principal.type),
     "aws:resourceaccount": _key_value(lambda key: key.account),
     "kms:keyspec": _key_value(lambda key: str(key.key_spec)),
     "kms:customermasterkeyspec": _key_value(lambda key: str(key.key_spec)),
@@ -209,6 +213,10 @@ _DERIVED: dict[str, Derive] = {
     # single-Region key (a Deny on REPLICA must not be dodged by calling Decrypt, not ReplicateKey).
     "kms:multiregionkeytype": _key_value(lambda key: _multi_region_key_type(key)),
 }
+
+
+def _session_mfa(identity: IdentityType) -> bool | None:
+    return False if identity is IdentityType.ASSUMED_ROLE else None
 
 
 def _multi_region_key_type(key: Key) -> str | None:

@@ -188,6 +188,10 @@ TAGGED = key(
         (user("alice"), "kms:viaservice", None),
         (user("alice"), "aws:principalisawsservice", False),
         (role("app"), "aws:viaawsservice", False),
+        # Present only for temporary credentials (an assumed-role session), and false: no MFA here.
+        (role("app"), "aws:multifactorauthpresent", False),
+        (user("alice"), "aws:multifactorauthpresent", None),
+        (root(), "aws:multifactorauthpresent", None),
     ],
 )
 def test_derived_keys(principal: Any, name: str, expected: Any) -> None:
