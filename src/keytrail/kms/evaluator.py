@@ -329,7 +329,10 @@ class PolicyAuthorizer:
         iam_allows = verdict is Verdict.ALLOW or principal.type is IdentityType.ROOT
         if any(retire_allowed(grant, principal, iam_allows) for grant in request.grants):
             return AccessDecision(Verdict.ALLOW)
-        return AccessDecision(Verdict.IMPLICIT_DENY, IDENTITY)
+        # As for every other action, the message names what did not allow: an IAM policy that
+        # allows kms:RetireGrant (of another account, or with no account rule to give it effect)
+        # is not what refused, the grant is.
+        return AccessDecision(Verdict.IMPLICIT_DENY, RESOURCE if iam_allows else IDENTITY)
 
     @staticmethod
     def _policies_allow(request: AccessRequest, kp: _KeyPolicyResult, iam_allows: bool) -> bool:

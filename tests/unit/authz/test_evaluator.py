@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keytrail.clock import ManualClock
-from keytrail.kms.authz import AccessRequest, Verdict, denial_message
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict, denial_message
 from keytrail.kms.errors import InvalidGrantTokenException, MalformedPolicyDocumentException
 from keytrail.kms.evaluator import LOCKOUT_MESSAGE, PolicyAuthorizer, check_lockout
 from keytrail.kms.policy import default_policy
@@ -706,6 +706,14 @@ def test_a_retiring_account_delegates_to_its_iam_principals() -> None:
     assert _retire(user("carol", OTHER, allow_all_identity()), the_key, the_grant).allowed
     assert not _retire(user("dave", OTHER), the_key, the_grant).allowed
     assert _retire(root(OTHER), the_key, the_grant).allowed
+
+
+def test_a_retire_grant_refusal_names_the_policy_type_that_did_not_allow() -> None:
+    the_key = key(default_policy(ACCOUNT))
+    the_grant = grant(f"arn:aws:iam::{ACCOUNT}:user/bob", "Decrypt")
+    carol = user("carol", OTHER, allow_all_identity())  # her IAM allows kms:RetireGrant: the grant refuses
+    assert _retire(carol, the_key, the_grant) == AccessDecision(Verdict.IMPLICIT_DENY, "resource-based")
+    assert _retire(user("dave", OTHER), the_key, the_grant) == AccessDecision(Verdict.IMPLICIT_DENY, "identity-based")
 
 
 def test_the_grantee_may_retire_only_when_the_grant_includes_retire_grant() -> None:
