@@ -60,13 +60,13 @@ class PostgresConnections:
         pinned = self._pinned.get()
         try:
             if pinned is not None:
-                with _dropped_on_timeout(pinned):
+                with _dropped_on_timeout(pinned), _lost_as_reset(pinned):
                     yield pinned
             else:
                 async with self.pool.acquire(timeout=self.timeout if wait is None else wait) as connection:
                     token = self._pinned.set(connection) if pin else None
                     try:
-                        with _dropped_on_timeout(connection):
+                        with _dropped_on_timeout(connection), _lost_as_reset(connection):
                             yield connection
                     finally:
                         if token is not None:
@@ -167,6 +167,21 @@ def _dropped_on_timeout(connection: Any) -> Iterator[None]:
         if _open(connection):  # not yet dropped by a use nested in this one
             connection.terminate()
         raise
+
+
+@contextlib.contextmanager
+def _lost_as_reset(connection: Any) -> Iterator[None]:
+    """The database's side of `connection` lost under a statement, as the outage it is. asyncpg
+    raises the lost connection's error only from the statement it broke: what runs after it on the
+    closed connection (the transaction's ROLLBACK or COMMIT) raises InterfaceError or
+    InternalClientError in its place, which read as bugs (a traceback a call, "An internal error
+    occurred.") where every other call heard the retryable outage answer."""
+    try:
+        yield
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        if _open(connection):  # the connection is fine: a misuse of it, not the database gone
+            raise
+        raise ConnectionResetError(f"the connection to the key store was lost ({exc})") from exc
 
 
 def _open(connection: Any) -> bool:

@@ -80,3 +80,51 @@ async def test_a_statement_timing_out_under_a_key_lock_ends_within_one_timeout()
                     await connection.fetchval("SELECT 1")
         assert time.monotonic() - started < 1.75 * timeout
         await store.close()
+
+
+class _CuttingProxy(PostgresProxy):
+    """Forwards TCP to PostgreSQL, but once `armed` closes the connection instead of passing on the
+    client's message `later` messages after the first one that holds `marker` (0: that one), once."""
+
+    def __init__(self, marker: bytes, later: int = 0) -> None:
+        super().__init__()
+        self.marker, self.later = marker, later
+        self.armed = self.cut = False
+        self._left: int | None = None  # messages still to pass once the marker went by
+
+    async def _forward(self, data: bytes, writer: asyncio.StreamWriter, source: asyncio.StreamWriter,
+                       from_server: bool) -> bool:
+        if self.armed and not from_server and not self.cut:
+            if self._left is None and self.marker in data:
+                self._left = self.later
+            if self._left == 0:
+                self.cut = True
+                writer.close()
+                source.close()
+                return False
+            if self._left is not None:
+                self._left -= 1
+        return await super()._forward(data, writer, source, from_server)
+
+
+async def _node_through(proxy: _CuttingProxy, dsn: str) -> tuple[PostgresStore, Node]:
+    """A node over `proxy`, armed once the node connected (which writes the schema)."""
+    store = await PostgresStore.connect(dsn.replace(":5432/", f":{proxy.port}/"), RootKey(os.urandom(32)), timeout=3)
+    proxy.armed = True
+    return store, Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
+
+
+async def test_a_connection_lost_inside_a_write_fails_the_call_as_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    # The connection drops after BEGIN: asyncpg then raises, in place of the lost connection's
+    # error, its InterfaceError of a transaction that cannot roll back on a closed connection (or an
+    # InternalClientError). Those were taken for bugs: a traceback per call in flight as PostgreSQL
+    # went away, and "An internal error occurred." in place of the retryable outage answer.
+    async with fresh_database() as dsn, _CuttingProxy(b"BEGIN", later=1).running() as proxy:
+        store, node = await _node_through(proxy, dsn)
+        with pytest.raises(errors.KMSInternalException, match="can be retried"):
+            await node("CreateKey")
+        assert "out of reach" in caplog.text
+        assert "Traceback" not in caplog.text and "internal error" not in caplog.text, caplog.text
+        assert (await node("ListKeys"))["Keys"] == []
+        await store.close()
+
