@@ -63,14 +63,15 @@ class PostgresConnections:
                 with _dropped_on_timeout(pinned), _lost_as_reset(pinned):
                     yield pinned
             else:
-                async with self.pool.acquire(timeout=self.timeout if wait is None else wait) as connection:
-                    token = self._pinned.set(connection) if pin else None
-                    try:
-                        with _dropped_on_timeout(connection), _lost_as_reset(connection):
-                            yield connection
-                    finally:
-                        if token is not None:
-                            self._pinned.reset(token)
+                connection = await self.pool.acquire(timeout=self.timeout if wait is None else wait)
+                token = self._pinned.set(connection) if pin else None
+                try:
+                    with _dropped_on_timeout(connection), _lost_as_reset(connection):
+                        yield connection
+                finally:
+                    if token is not None:
+                        self._pinned.reset(token)
+                    await _release(self.pool, connection)
         except TimeoutError:
             raise self._timed_out() from None
         except _OUT_OF_REACH as exc:
@@ -182,6 +183,17 @@ def _lost_as_reset(connection: Any) -> Iterator[None]:
         if _open(connection):  # the connection is fine: a misuse of it, not the database gone
             raise
         raise ConnectionResetError(f"the connection to the key store was lost ({exc})") from exc
+
+
+async def _release(pool: Any, connection: Any) -> None:
+    """Hand `connection` back to `pool`. The work on it is over by then (committed or rolled back),
+    so a reset that fails (the database gone since) must not fail the call: asyncpg drops the
+    connection and frees its place. Raised, it turned a CreateKey that stood into an error, which
+    its client retried into a second key, and its audit record into a failure."""
+    try:
+        await pool.release(connection)
+    except Exception as exc:
+        log.debug("a key store connection could not be reset for reuse and was dropped: %s", exc)
 
 
 def _open(connection: Any) -> bool:

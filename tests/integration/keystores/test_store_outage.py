@@ -128,3 +128,15 @@ async def test_a_connection_lost_inside_a_write_fails_the_call_as_an_outage(capl
         assert (await node("ListKeys"))["Keys"] == []
         await store.close()
 
+
+async def test_a_connection_lost_as_the_pool_takes_it_back_fails_no_call() -> None:
+    # The write committed, then the pool's reset of the connection (ending its session's locks and
+    # settings) found it gone. The call failed, though its change stood: a client retrying the
+    # CreateKey it was told failed made a second key, and its audit record said it failed.
+    async with fresh_database() as dsn, _CuttingProxy(b"pg_advisory_unlock_all").running() as proxy:
+        store, node = await _node_through(proxy, dsn)
+        created = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
+        assert proxy.cut
+        assert [key["KeyId"] for key in (await node("ListKeys"))["Keys"]] == [created]
+        assert [record.error_code for record in node.svc.deps.audit.records] == [None, None]
+        await store.close()
