@@ -19,7 +19,7 @@ import asyncpg
 from keytrail.kms import errors
 from keytrail.kms.locks import KeyLocks, second_lock_refused
 
-__all__ = ["PostgresConnections"]
+__all__ = ["PostgresConnections", "session_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,32 @@ log = logging.getLogger(__name__)
 # yet (SQLSTATE class 08, 57P01 to 57P03).
 _OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
                  asyncpg.CannotConnectNowError)
+
+
+# How many timeouts a session of the store may sit in a transaction without a statement before
+# PostgreSQL ends it. Between a write's statements a node only computes (milliseconds): a session
+# idle that long belongs to a node gone silent (a partition, a machine lost), and it holds the
+# ledger's row lock, which every write of every node takes.
+IDLE_IN_TRANSACTION_TIMEOUTS = 6
+# Unanswered TCP keepalive probes after which PostgreSQL takes a node's session for dead.
+KEEPALIVE_PROBES = 3
+
+
+def session_settings(timeout: float) -> dict[str, str]:
+    """PostgreSQL's settings for each session of the store (the pool's `server_settings`: sent as the
+    session starts, they outlast the pool's RESET ALL). A node that vanished kept its session, its
+    key's advisory lock and its transaction's row locks until the server's TCP keepalive gave up, two
+    hours and more by Linux's defaults, and every other node's writes waited on them meanwhile: now
+    an idle transaction ends after IDLE_IN_TRANSACTION_TIMEOUTS timeouts, and a silent peer is
+    found out within about two timeouts of going quiet (ignored over a Unix socket, which has no
+    peer to lose)."""
+    seconds = max(1, round(timeout))
+    return {
+        "idle_in_transaction_session_timeout": str(round(IDLE_IN_TRANSACTION_TIMEOUTS * timeout * 1000)),  # ms
+        "tcp_keepalives_idle": str(seconds),
+        "tcp_keepalives_interval": str(max(1, seconds // KEEPALIVE_PROBES)),
+        "tcp_keepalives_count": str(KEEPALIVE_PROBES),
+    }
 
 
 class PostgresConnections:

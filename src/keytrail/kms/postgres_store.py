@@ -32,7 +32,7 @@ from keytrail.kms.codec import (
 from keytrail.kms.keys import Key
 from keytrail.kms.model import CallRecord
 from keytrail.kms.owed_records import Owing
-from keytrail.kms.postgres_connections import PostgresConnections
+from keytrail.kms.postgres_connections import PostgresConnections, session_settings
 from keytrail.kms.postgres_documents import (
     SCHEMA,
     UPSERT_ALIAS,
@@ -122,7 +122,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         key and the rows against the ledger (LedgerMismatch), then every `check_every` seconds.
         Connecting, each statement and each wait for a pooled connection give up after `timeout`
         seconds."""
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=timeout, command_timeout=timeout)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8, timeout=timeout, command_timeout=timeout,
+                                         server_settings=session_settings(timeout))
         try:
             async with pool.acquire(timeout=timeout) as connection, connection.transaction(isolation="read_committed"):
                 # Nodes starting together on an empty database (docker compose up) would race on

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 
 import pytest
@@ -83,12 +84,13 @@ async def test_a_statement_timing_out_under_a_key_lock_ends_within_one_timeout()
 
 
 class _CuttingProxy(PostgresProxy):
-    """Forwards TCP to PostgreSQL, but once `armed` closes the connection instead of passing on the
-    client's message `later` messages after the first one that holds `marker` (0: that one), once."""
+    """Forwards TCP to PostgreSQL, but once `armed`, at the client's message `later` messages after
+    the first one that holds `marker` (0: that one), closes the connection, or (`silent`) passes
+    nothing more from the client, as a network partition does: the database's end stays open."""
 
-    def __init__(self, marker: bytes, later: int = 0) -> None:
+    def __init__(self, marker: bytes, later: int = 0, silent: bool = False) -> None:
         super().__init__()
-        self.marker, self.later = marker, later
+        self.marker, self.later, self.silent = marker, later, silent
         self.armed = self.cut = False
         self._left: int | None = None  # messages still to pass once the marker went by
 
@@ -99,6 +101,8 @@ class _CuttingProxy(PostgresProxy):
                 self._left = self.later
             if self._left == 0:
                 self.cut = True
+                if self.silent:
+                    await asyncio.Event().wait()  # forever
                 writer.close()
                 source.close()
                 return False
@@ -107,9 +111,11 @@ class _CuttingProxy(PostgresProxy):
         return await super()._forward(data, writer, source, from_server)
 
 
-async def _node_through(proxy: _CuttingProxy, dsn: str) -> tuple[PostgresStore, Node]:
+async def _node_through(proxy: _CuttingProxy, dsn: str, root: RootKey | None = None,
+                        timeout: float = 3.0) -> tuple[PostgresStore, Node]:
     """A node over `proxy`, armed once the node connected (which writes the schema)."""
-    store = await PostgresStore.connect(dsn.replace(":5432/", f":{proxy.port}/"), RootKey(os.urandom(32)), timeout=3)
+    store = await PostgresStore.connect(dsn.replace(":5432/", f":{proxy.port}/"), root or RootKey(os.urandom(32)),
+                                        timeout=timeout)
     proxy.armed = True
     return store, Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
 
@@ -139,4 +145,48 @@ async def test_a_connection_lost_as_the_pool_takes_it_back_fails_no_call() -> No
         assert proxy.cut
         assert [key["KeyId"] for key in (await node("ListKeys"))["Keys"]] == [created]
         assert [record.error_code for record in node.svc.deps.audit.records] == [None, None]
+        await store.close()
+
+
+async def test_a_node_cut_off_inside_a_write_holds_up_the_other_nodes_writes_for_a_while_only() -> None:
+    # Node A goes silent (a partition, a machine gone) after its write took the ledger's row lock,
+    # which every write of every node takes. PostgreSQL kept A's session, idle in its transaction,
+    # until its TCP keepalive gave up (two hours and more by Linux's defaults): every write of every
+    # node failed meanwhile. Now the database ends a session idle in a transaction after a few
+    # timeouts, its locks with it.
+    timeout, root = 1.0, RootKey(os.urandom(32))
+    async with fresh_database() as dsn, _CuttingProxy(b"BEGIN", later=2, silent=True).running() as proxy:
+        store_a, node_a = await _node_through(proxy, dsn, root, timeout)
+        store_b = await PostgresStore.connect(dsn, root, timeout=timeout)
+        node_b = Node(store_b, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
+        tags = {"Tags": [{"TagKey": "k", "TagValue": "v"}]}
+        key_id = (await node_b("CreateKey"))["KeyMetadata"]["KeyId"]
+        with pytest.raises(errors.DependencyTimeoutException):
+            await node_a("TagResource", KeyId=key_id, **tags)
+        assert proxy.cut
+        started = time.monotonic()
+        while not await _answers(node_b("TagResource", KeyId=key_id, **tags)):
+            assert time.monotonic() - started < 12 * timeout, "node B's writes are still held up"
+        await store_b.close()
+        await store_a.close()
+
+
+async def _answers(call: Awaitable[object]) -> bool:
+    """Whether `call` answers, rather than time out on a lock."""
+    try:
+        await call
+    except errors.DependencyTimeoutException:
+        return False
+    return True
+
+
+async def test_the_database_finds_out_a_silent_node_within_about_two_timeouts() -> None:
+    # A node gone silent outside a transaction still held its key's advisory lock in its session,
+    # kept until TCP keepalive gave up, by Linux's defaults after 2 h 11 min.
+    async with fresh_database() as dsn:
+        store = await PostgresStore.connect(dsn, RootKey(os.urandom(32)), timeout=10)
+        async with store._connections.connection() as connection:
+            idle, interval, count = [int(await connection.fetchval(f"SHOW tcp_keepalives_{name}"))
+                                     for name in ("idle", "interval", "count")]
+        assert idle + interval * count <= 20
         await store.close()
