@@ -63,6 +63,12 @@ BILLABLE = ~pl.col("eventName").is_in(list(SERVICE_EVENTS)) & ~pl.col("principal
 #: The lifecycle row of a key's family seen in its calls (no event of its own: it only prices).
 KEY_SPEC_SEEN = "KeySpecSeen"
 _ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second tie order
+#: A key's storage is billed to the account its ARN names (`arn:<partition>:kms:<region>:<account>:key/<id>`).
+#: An imported record may name a key otherwise (`key/<id>` in its resources, a ReplicateKey whose
+#: replicaKeyMetadata.arn is no ARN): such a key has no owner to bill, and its events stay out of
+#: storage, not taken apart for an account they do not hold (an IndexError that stopped every
+#: cost query, report and consumer of the event log that held them, for good).
+_NAMES_ITS_OWNER = pl.col("keyArn").str.contains(r"^arn:[^:]+:kms:[^:]*:[^:]+:key/.").fill_null(False)
 _ASYMMETRIC_PREFIXES = ("RSA_", "ECC_", "ML_DSA_", "ML_KEM_", "SM2")
 _KEY_PAIR_OPERATIONS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
 _ROW = Decimal("1e-10")
@@ -329,7 +335,7 @@ class KeyLifecycles:
     whole frame, the multi-Region rotations, a pass per key) took a quarter of a first export."""
 
     def __init__(self, lifecycle: pl.DataFrame) -> None:
-        customer = lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))
+        customer = lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS) & _NAMES_ITS_OWNER)
         shared = _multi_region_rotations(customer)
         self._events = {
             str(key_arn): sorted(_key_events(str(key_arn), events, shared), key=_billing_order)

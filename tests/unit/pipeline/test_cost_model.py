@@ -376,3 +376,19 @@ def test_a_keys_lifecycle_split_over_two_nodes_logs_is_stored_twice_in_the_sum_o
     whole = key_months(created, scheduled, cancelled)
     assert whole == Decimal("0.9865591398")  # Oct 1 10:00 to the month's end: 734 of 744 hours
     assert key_months(created) + key_months(scheduled, cancelled) > whole + Decimal("0.5")
+
+
+def test_a_key_named_without_an_owner_account_is_left_out_of_storage_not_a_crash() -> None:
+    # An imported CloudTrail record may name its key `key/<id>` in resources, or a ReplicateKey a
+    # replica ARN that is no ARN: `cost`, `report` and `consume` stopped on an IndexError at every
+    # run over an event log holding one. Such keys have no owner to bill; their requests still count.
+    bare = record("CreateKey", datetime(2026, 10, 5, 12, tzinfo=UTC), KEY)
+    bare["resources"] = [{"ARN": "key/1234abcd-12ab-34cd-56ef-1234567890ab", "accountId": "111122223333"}]
+    replicate = record("ReplicateKey", datetime(2026, 10, 5, 13, tzinfo=UTC), KEY)
+    replicate["responseElements"] = {"replicaKeyMetadata": {"arn": "mrk-1234abcd12ab34cd56ef1234567890ab"}}
+    frame = frame_from_records([bare, replicate, record("CreateKey", datetime(2026, 10, 5, 12, tzinfo=UTC), KEY)])
+    report = cost_report(usage_minutes(frame), lifecycle_events(frame), PriceTable(), OCT1, NOV1)
+    rows = {r["keyArn"]: r for r in report.iter_rows(named=True)}
+    assert rows[KEY]["keyMonths"] == Decimal("0.8548387097")  # Oct 5 12:00 to Nov 1: 636 of 744 hours
+    assert rows["key/1234abcd-12ab-34cd-56ef-1234567890ab"]["keyMonths"] == 0
+    assert rows["key/1234abcd-12ab-34cd-56ef-1234567890ab"]["requests"] == 1
