@@ -144,14 +144,19 @@ def _no_constant(name: str) -> Any:
 
 
 def _utf8(path: Path, data: bytearray) -> str:
-    """The text of a log file (JSON is UTF-8, RFC 8259); LogFileProblem naming the line and byte
-    position of the first byte that is not."""
+    """The text of a log file (JSON is UTF-8, RFC 8259), without the byte order mark an editor or
+    PowerShell (`Out-File -Encoding utf8`) puts first: RFC 8259 §8.1 lets a parser pass it over,
+    and Python's json refuses the whole file for it; LogFileProblem naming the line and byte
+    position of the first byte that is not UTF-8."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix(_BOM)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise LogFileProblem(f"{path}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at position "
                              f"{exc.start}: {exc.reason})") from None
+
+
+_BOM = "\ufeff"
 
 
 def _line_of(text: str, *complaints: str) -> str:

@@ -375,6 +375,18 @@ def test_bytes_that_are_not_utf8_are_a_problem_naming_their_line(tmp_path: Path)
     assert report.problems == [f"{latin}: line 3: not UTF-8 (byte 0xe9 at position 69: invalid continuation byte)"]
 
 
+def test_a_byte_order_mark_before_the_document_is_passed_over(tmp_path: Path) -> None:
+    # A log file saved by Windows PowerShell (`Out-File -Encoding utf8`) or an editor begins with
+    # EF BB BF: it was refused whole, "Unexpected UTF-8 BOM", its records not imported.
+    marked = tmp_path / "marked.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + EXAMPLES.read_bytes())
+    zipped = tmp_path / "marked.json.gz"
+    zipped.write_bytes(gzip.compress(marked.read_bytes()))
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([marked, zipped], report=report)) == _kms_examples() * 2
+    assert report.problems == []
+
+
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 async def test_nan_and_infinity_are_no_json_the_file_is_reported_not_imported_altered(
     tmp_path: Path, constant: str
