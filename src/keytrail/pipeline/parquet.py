@@ -98,15 +98,22 @@ def _rest_of_month(day: date) -> Iterable[date]:
             return
 
 
+#: The day AWS KMS opened (re:Invent, 2014-11-12): no key of it was made before.
+KMS_LAUNCH_DAY = date(2014, 11, 12)
+
+
 def _storage_span(store: MetricsStore, lifecycle: pl.DataFrame, today: date) -> list[date]:
     """The UTC days from the first key creation read (storage is billed for keys seen created) to
-    the last event's, and no later than `today`: an event stamped years ahead (a skewed clock, a
-    bad record) must not have the export write a table for each day until then."""
+    the last event's, no earlier than the day AWS KMS opened and no later than `today`: an event
+    stamped years ahead (a skewed clock, a bad record) must not have the export write a table for
+    each day until then, nor one stamped before KMS existed (a CreateKey of 0001-01-01 or of the
+    Unix epoch, from a tool that lost its time) a table for each day since: 739,000 tables, an hour
+    of a `consume` that a SIGTERM does not cut short. Such a record's own day keeps its tables."""
     created = lifecycle.filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))["eventTime"].min()
     last = store.time_bounds()[1]
     if not isinstance(created, datetime) or last is None:
         return []
-    first = created.astimezone(UTC).date()
+    first = max(created.astimezone(UTC).date(), KMS_LAUNCH_DAY)
     end = min(last.astimezone(UTC).date(), today)
     return [first + timedelta(days=n) for n in range((end - first).days + 1)]
 

@@ -77,6 +77,15 @@ async def test_an_event_stamped_years_ahead_adds_no_table_for_each_day_until_the
     assert (tmp_path / "metrics" / "usage" / f"day={skewed.date()}" / "usage.parquet").is_file()
 
 
+async def test_a_key_created_before_kms_existed_adds_no_table_for_each_day_since(tmp_path: Path) -> None:
+    # One imported CreateKey dated 0001-01-01 (or the Unix epoch) before a year of real history had
+    # `consume` write a cost table for each of the 739,000 days since: an hour, deaf to SIGTERM.
+    made, used = datetime(1, 1, 1, tzinfo=UTC), datetime(2014, 11, 14, 12, tzinfo=UTC)
+    ancient = {**create_key(made, key_arn(1)), "eventTime": "0001-01-01T00:00:00Z"}  # strftime: "1-01-01"
+    await _consume(tmp_path, [ancient, event("Encrypt", used, key_arn(1), user("alice"))])
+    assert sorted(_daily_tables(tmp_path)) == [made.date(), *(date(2014, 11, 12 + n) for n in range(3))]
+
+
 async def test_an_event_on_the_calendar_s_last_day_is_exported_and_priced(tmp_path: Path) -> None:
     # A record dated 9999-12-31 (a bad imported record) stopped the consumer's export and every
     # later `keytrail cost` with "OverflowError: date value out of range": its day's end, and the
