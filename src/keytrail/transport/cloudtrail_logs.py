@@ -1,4 +1,5 @@
-"""Reading AWS CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or folders).
+"""Reading AWS CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or folders), and
+the output of `aws cloudtrail lookup-events` (`{"Events": [{"CloudTrailEvent": "<record>"}, ...]}`).
 
 The pipeline, the detector and `keytrail audit import` read real AWS history through here, and
 keep the same records (`cloudtrail_records`). A malformed file or record is reported (file name
@@ -26,8 +27,8 @@ import orjson
 from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
 
-__all__ = ["LogFileProblem", "ReadReport", "is_digest", "iter_cloudtrail_records", "iter_located_records",
-           "iter_log_files", "read_log_file", "readable_records"]
+__all__ = ["LogFileProblem", "ReadReport", "is_digest", "is_lookup_output", "iter_cloudtrail_records",
+           "iter_located_records", "iter_log_files", "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -111,9 +112,31 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     if is_digest(document):
         return None
     records = document.get("Records") if isinstance(document, dict) else None
+    if records is None and is_lookup_output(document):
+        records = [_lookup_record(event) for event in document["Events"]]
     if not isinstance(records, list):
         raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
     return [as_caller_copy(record) if isinstance(record, dict) else record for record in records]
+
+
+def is_lookup_output(document: Any) -> bool:
+    """Whether a parsed file is what `aws cloudtrail lookup-events` (LookupEvents: the 90 days of
+    event history, no trail needed) prints: `{"Events": [{"EventId", …, "CloudTrailEvent": "<the
+    record as a JSON string>"}]}`, its records the same as a trail's log files hold."""
+    events = document.get("Events") if isinstance(document, dict) else None
+    return isinstance(events, list) and all(isinstance(e, dict) and "CloudTrailEvent" in e for e in events)
+
+
+def _lookup_record(event: dict[str, Any]) -> Any:
+    """The CloudTrail record a LookupEvents entry carries as text; what it carries otherwise (not
+    a string, not JSON) as it is, which the reader then reports as no JSON object, by its index."""
+    text = event["CloudTrailEvent"]
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # JSONDecodeError, NaN, an integer past 4,300 digits
+        return text
 
 
 @contextmanager

@@ -375,6 +375,23 @@ def test_bytes_that_are_not_utf8_are_a_problem_naming_their_line(tmp_path: Path)
     assert report.problems == [f"{latin}: line 3: not UTF-8 (byte 0xe9 at position 69: invalid continuation byte)"]
 
 
+async def test_the_output_of_aws_cloudtrail_lookup_events_is_imported_as_its_records(tmp_path: Path) -> None:
+    # The 90 days of event history need no trail: `aws cloudtrail lookup-events --lookup-attributes
+    # AttributeKey=EventSource,AttributeValue=kms.amazonaws.com > history.json` prints each record as
+    # a JSON string in Events[].CloudTrailEvent. It was refused whole: no "Records" array.
+    examples = _kms_examples()
+    events = [{"EventId": r["eventID"], "EventName": r["eventName"], "ReadOnly": "true",
+               "EventTime": "2025-05-20T20:46:16+00:00", "EventSource": "kms.amazonaws.com",
+               "Resources": [], "CloudTrailEvent": json.dumps(r)} for r in examples]
+    events.append({"EventId": "cut", "CloudTrailEvent": '{"eventID": "cut", '})  # not JSON: that entry alone
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps({"Events": events}, indent=4))
+    report = await import_cloudtrail(tmp_path / "node", [history])
+    assert [e for _, e in iter_events(tmp_path / "node")] == examples  # faithful, as from a trail's file
+    assert report.records == len(examples)
+    assert report.problems == [f"{history}: record {len(examples)}: not a JSON object"]
+
+
 def test_a_byte_order_mark_before_the_document_is_passed_over(tmp_path: Path) -> None:
     # A log file saved by Windows PowerShell (`Out-File -Encoding utf8`) or an editor begins with
     # EF BB BF: it was refused whole, "Unexpected UTF-8 BOM", its records not imported.
