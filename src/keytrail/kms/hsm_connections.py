@@ -36,6 +36,7 @@ class HsmConnections:
         self._lock = asyncio.Lock()
         self._thread = thread or HsmThread()
         self._refused = RefusedLogins()
+        self._failed_logins: dict[str, str] = {}  # per store: the code of the failed login last logged
         self.shared = SharedTokens()  # the stores found sharing a token, said once in the log
 
     async def connect(self, store: CustomKeyStore) -> None:
@@ -59,6 +60,7 @@ class HsmConnections:
             self._refused.note(store.store_id, store.password, error)
             raise
         self._refused.forget(store.store_id)
+        self._failed_logins.pop(store.store_id, None)
         self._sessions[store.store_id] = session
         self._tokens[store.store_id] = token_label(store.cluster_id)
         return session
@@ -144,7 +146,23 @@ class HsmConnections:
             if seen is not None and seen != self.disconnects(store.store_id):
                 # A login now would leave a session, and the token's login, on a store disconnected.
                 raise HsmError("INTERNAL_ERROR", "the store was disconnected")
-            return await self._open(store)
+            try:
+                return await self._open(store)
+            except HsmError as error:
+                self._say_failed_login(store.store_id, error)
+                raise
+
+    def _say_failed_login(self, store_id: str, error: HsmError) -> None:
+        """Log why a CONNECTED store's calls fail when its token refuses the login they need (its PIN
+        changed under it, the token gone): the caller only gets the store's AWS error, and
+        DescribeCustomKeyStores still says CONNECTED. Once per store and cause until a login succeeds,
+        since every call of the store meets it."""
+        if self._failed_logins.get(store_id) == error.code:
+            return
+        self._failed_logins[store_id] = error.code
+        log.warning("custom key store %s: the login to its token failed (%s); its calls fail until a login "
+                    "succeeds (a PIN changed on the token: disconnect the store, UpdateCustomKeyStore "
+                    "KeyStorePassword, connect it again)", store_id, error)
 
     async def session_or(
         self, store: CustomKeyStore | None, unusable: errors.KmsError, seen: int | None = None

@@ -250,6 +250,30 @@ async def test_a_password_the_token_refused_is_not_tried_again_until_the_store_i
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
 
 
+async def test_a_login_the_token_refuses_on_a_call_is_said_once_in_the_log(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store stays CONNECTED and its calls answer only the store's AWS error: without this line
+    # nothing told the operator that the token refused the sealed PIN (changed under keytrail).
+    cluster = next(clusters)
+    store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
+    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
+    with token.open(rw=True) as shared:  # shares the service's login
+        shared.set_pin(PIN, "changed-by-the-hsm-admin")
+    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))  # a restart
+    with caplog.at_level(logging.WARNING, logger="keytrail"):
+        for _ in range(3):
+            with pytest.raises(errors.KMSInvalidStateException):
+                await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET)
+    said = [r.getMessage() for r in caplog.records if "login to its token failed" in r.getMessage()]
+    assert len(said) == 1
+    assert store_id in said[0] and "INVALID_CREDENTIALS" in said[0]
+    assert PIN not in caplog.text and "changed-by-the-hsm-admin" not in caplog.text
+    with token.open(rw=True, user_pin="changed-by-the-hsm-admin") as admin:  # the PIN is put back
+        admin.set_pin("changed-by-the-hsm-admin", PIN)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
 async def _created_on_a_loaded_machine_too(svc: KmsService, store_id: str) -> str:
     """A CreateKey in the store once its session was dropped: logging in to the token again can
     outlast TIMEOUT on a loaded machine (CI's, with other tests beside it), so it is tried again."""
