@@ -5,6 +5,7 @@ token's key itself, where the token cannot derive them."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from keytrail.kms.hsm_module import MODULE_CALLS, log_in, log_out, logged_in
 __all__ = ["TokenSession", "open_session"]
 
 _NONCE = 12
+log = logging.getLogger("keytrail.kms.hsm")
 
 
 def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
@@ -48,6 +50,7 @@ class TokenSession:
         # Keys whose derivation the token refused while sealing: their blobs here are format 1 from
         # then on, but their format 3 blobs still open (the refusal may have been the token's memory).
         self._sealing_refused: set[bytes] = set()
+        self._missing: set[bytes] = set()  # backing keys this session found missing, said in the log
 
     def generate_key(self, object_id: bytes, label: str) -> None:
         """A new backing key in the token (KeyObjects.generate)."""
@@ -76,11 +79,25 @@ class TokenSession:
                 raise p11.UserNotLoggedIn() from None
             raise
 
+    @contextlib.contextmanager
+    def _said_if_missing(self, object_id: bytes) -> Iterator[None]:
+        """Log, once per session and key, a backing key the token no longer holds: the caller gets
+        only KMSInvalidStateException and the store stays CONNECTED, so without this line nothing
+        tells the operator which key object went (deleted with the HSM's tools, the token removed)."""
+        try:
+            yield
+        except p11.NoSuchKey:
+            if object_id not in self._missing:
+                self._missing.add(object_id)
+                log.warning("HSM key object %s: the token holds no such key; calls on its KMS key answer "
+                            "KMSInvalidStateException until it is back (docs/custom-key-stores.md)", object_id.hex())
+            raise
+
     def seal(self, object_id: bytes, header: Callable[[int], bytes], plaintext: bytes, context: bytes) -> bytes:
         """The whole blob of `plaintext`: format 3 if this key derives, else format 1. `header` gives
         the blob header of a format; `context` is the encoded encryption context."""
         nonce = os.urandom(_NONCE)
-        with self._lock, self._key_of_the_login(object_id):
+        with self._lock, self._said_if_missing(object_id), self._key_of_the_login(object_id):
             self._keys.narrow(object_id)
             sealing = self._sealing_key(object_id)
             if sealing is None:
@@ -96,7 +113,7 @@ class TokenSession:
     def open(self, object_id: bytes, blob: BlobHeader, context: bytes) -> bytes:
         """The plaintext of a parsed format 1 or 3 blob; InvalidCiphertextException if it fails
         authentication, NoSuchKey if the token no longer holds the key, else the PKCS11Error."""
-        with self._lock, self._key_of_the_login(object_id):
+        with self._lock, self._said_if_missing(object_id), self._key_of_the_login(object_id):
             self._keys.narrow(object_id)
             if blob.format == FORMAT_V3:
                 salt, nonce = blob.seed[:TOKEN_SALT], blob.seed[TOKEN_SALT:]
