@@ -4,8 +4,10 @@ calls, and finding and logging in to the token a store's CloudHsmClusterId names
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import hmac
+import logging
 import os
 import threading
 from typing import Any
@@ -18,8 +20,8 @@ from keytrail.kms.hsm_derivation import DERIVATION
 from keytrail.kms.hsm_login import Logins
 
 __all__ = [
-    "MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "RefusedLogins", "find_token", "log_in", "log_out",
-    "logged_in", "module_path", "token_label",
+    "MODULE_CALLS", "MODULE_ENV", "TOKENS_ENV", "HsmError", "ModuleNotLoaded", "RefusedLogins", "find_token", "log_in",
+    "log_out", "logged_in", "module_path", "token_label",
 ]
 
 MODULE_ENV = "KEYTRAIL_PKCS11_MODULE"
@@ -35,6 +37,8 @@ _ERROR_CODES: dict[type[Exception], str] = {
 }
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
 _logins: dict[str, Logins] = {}
+_unloadable: set[str] = set()  # module paths whose load failed, said once in the log
+log = logging.getLogger("keytrail.kms.hsm")
 # python-pkcs11 initialises a module with C_Initialize(NULL): a promise that no two threads call it
 # at once (PKCS#11 v2.40 §5.4), on which SoftHSM2 turns its own locks off; and it lets go of the GIL
 # in each call. Calls of two sessions (two stores) from two worker threads crashed the process, so
@@ -48,6 +52,14 @@ class HsmError(Exception):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
+
+
+class ModuleNotLoaded(HsmError):
+    """KEYTRAIL_PKCS11_MODULE names no shared library that loads: the node's configuration is wrong,
+    not the HSM, so no retry can help (CloudHsmClusterInvalidConfigurationException, as for no module)."""
+
+    def __init__(self) -> None:
+        super().__init__("INTERNAL_ERROR", f"the PKCS#11 module ({MODULE_ENV}) cannot be loaded")
 
 
 def module_path() -> str | None:
@@ -68,8 +80,22 @@ def token_label(cluster_id: str) -> str:
 def _library(path: str) -> Any:
     with MODULE_CALLS:
         if path not in _libraries:
+            _require_loadable(path)
             _libraries[path] = pkcs11.lib(path)
         return _libraries[path]
+
+
+def _require_loadable(path: str) -> None:
+    """ModuleNotLoaded if the dynamic loader cannot load `path`, with its reason in the log once per
+    path: python-pkcs11 answers that with a bare PKCS11Error, which read as the HSM failing now
+    (CloudHsmClusterNotActiveException) and told the operator nothing of a wrong path or library."""
+    try:
+        ctypes.CDLL(path)
+    except OSError as exc:
+        if path not in _unloadable:
+            _unloadable.add(path)
+            log.error("%s=%s cannot be loaded: %s", MODULE_ENV, path, exc)
+        raise ModuleNotLoaded() from None
 
 
 def _logins_of(path: str) -> Logins:

@@ -78,7 +78,7 @@ class CloudHsmClusterInUseException(errors.KmsError):
 
 
 class CloudHsmClusterInvalidConfigurationException(errors.KmsError):
-    """AWS `CloudHsmClusterInvalidConfigurationException`: no PKCS#11 module is configured."""
+    """AWS `CloudHsmClusterInvalidConfigurationException`: no PKCS#11 module is configured, or it does not load."""
 
     code = "CloudHsmClusterInvalidConfigurationException"
 

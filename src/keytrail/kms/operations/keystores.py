@@ -11,7 +11,7 @@ from cryptography import x509
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Handler, Operation, Response
 from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, module_path
-from keytrail.kms.hsm_module import token_label
+from keytrail.kms.hsm_module import ModuleNotLoaded, token_label
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
     CloudHsmClusterInvalidConfigurationException,
@@ -79,6 +79,10 @@ def _check_cluster(cluster_id: str, trust_anchor: str) -> None:
         )
     try:
         found = find_token(path, cluster_id)
+    except ModuleNotLoaded:
+        raise CloudHsmClusterInvalidConfigurationException(
+            f"The PKCS#11 module ({MODULE_ENV}) cannot be loaded: see the server's log."
+        ) from None
     except HsmError as exc:
         raise CloudHsmClusterNotActiveException(f"The HSM cannot list its tokens now ({exc.code}).") from None
     if not found:
