@@ -19,16 +19,14 @@ __all__ = ["holds_imported", "rotate_key", "rotate_to_imported"]
 async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime | None = None) -> Key:
     """Add new material and its `RotateKey` service event (compute, persist), then record it; a
     multi-Region primary's new material reaches its replicas in the same write. `at` is when
-    the rotation happens: now, or the due date of a scheduled one the clock has passed."""
+    the rotation happens: now, or the due date of a scheduled one the clock has passed. An
+    ON_DEMAND rotation is a call's own change (`_write_and_announce`)."""
     _require_primary(key)
     when = at or svc.now()
     material = svc.new_material(await generate_secret(key.key_spec), rotation_type, when)
     rotated = _owing_rotation(svc, key, key.rotated(material, when), material, when)
     replicas = await multiregion.rotation_copies(svc, rotated)
-    async with multiregion.announced(svc, replicas):  # recorded after the RotateKey, as before
-        await svc.store.put_keys([rotated, *replicas])
-        rotated = await service_events.record_owed(svc, rotated)
-    return rotated
+    return await _write_and_announce(svc, rotated, replicas, by_call=rotation_type == "ON_DEMAND")
 
 
 async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
@@ -53,9 +51,27 @@ async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
     promoted = _promoted(key, pending.material_id, when)
     rotated = _owing_rotation(svc, key, promoted, promoted.materials[-1], when)  # `rotated` appends it
     copies = [_promoted(r, pending.material_id, when) for r in replicas]
-    async with multiregion.announced(svc, copies):
-        await svc.store.put_keys([rotated, *copies])
-        rotated = await service_events.record_owed(svc, rotated)
+    return await _write_and_announce(svc, rotated, copies, by_call=True)
+
+
+async def _write_and_announce(svc: KmsService, rotated: Key, copies: list[Key], *, by_call: bool) -> Key:
+    """Write the rotation with its copies, then record its `RotateKey` event (and after it the
+    copies' SynchronizeMultiRegionKey records); the key as stored.
+
+    For a call's own rotation (`by_call`: RotateKeyOnDemand) a record the spool refuses once the
+    write is done does not fail the call: the rotation stands, the key still owes its event (the
+    next tick, or call finding the key, records it) and the call's own record, owed by the same
+    write, tells the caller. Failing it had that record say "the call was not performed", naming
+    the RotateKey's event id as the request, over a rotation that stood."""
+    written = False
+    try:
+        async with multiregion.announced(svc, copies):  # recorded after the RotateKey, as before
+            await svc.store.put_keys([rotated, *copies])
+            written = True
+            rotated = await service_events.record_owed(svc, rotated)
+    except errors.KmsError:
+        if not (by_call and written):
+            raise
     return rotated
 
 

@@ -230,3 +230,25 @@ async def test_get_parameters_for_import_owes_its_record_with_the_parameters_it_
     assert (record.request_id, record.read_only, record.resources) == ("req-params", True, (arn,))
     assert await store.owed_records() == []
     await store.close()
+
+
+async def test_a_refused_rotate_key_event_leaves_rotate_key_on_demand_recorded_as_done(tmp_path: Path) -> None:
+    """The spool refusing the RotateKey service event after the rotation was written failed the
+    RotateKeyOnDemand call, and its record said "the call was not performed" (naming the RotateKey's
+    event id as the request) though the key had rotated. The call now succeeds with its record, and
+    the RotateKey it still owes is recorded by the next tick."""
+    store, spool = await _opener(tmp_path / "keys.db")(), Spool()
+    service = node(store, spool, ManualClock())
+    arn = (await service.execute("CreateKey", context("req-create"), {}))["KeyMetadata"]["Arn"]
+    spool.refuse_once = {"RotateKey"}
+    assert await service.execute("RotateKeyOnDemand", context("req-rotate"), {"KeyId": arn}) == {"KeyId": arn}
+    [record] = spool.named("RotateKeyOnDemand")
+    assert (record.request_id, record.error_code, record.error_message) == ("req-rotate", None, None)
+    key = await store.get_key(ACCOUNT, "us-east-1", arn.rsplit("/", 1)[1])
+    assert key is not None and len(key.materials) == 2
+    assert spool.named("RotateKey") == []
+    await service.run_due()
+    [rotated] = spool.named("RotateKey")
+    assert rotated.service_event_details is not None and rotated.service_event_details["rotationType"] == "ON_DEMAND"
+    assert await store.owed_records() == []
+    await store.close()
