@@ -527,7 +527,7 @@ main()
 
 def _served_once(data: Path, *args: str) -> tuple[int, str, str]:
     """Start serve on `data`, stop it (SIGTERM) once it answers its health check: its exit status,
-    stdout and stderr."""
+    what it announced on stdout before the line every start ends it with (checked), and stderr."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", str(port),
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -537,7 +537,16 @@ def _served_once(data: Path, *args: str) -> tuple[int, str, str]:
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    return proc.returncode, out, err
+    listening = f"keytrail serve: listening on http://127.0.0.1:{port}, data dir {data.absolute()}\n"
+    assert out.endswith(listening), out
+    return proc.returncode, out.removesuffix(listening), err
+
+
+def test_every_start_says_where_it_listens_and_which_data_dir_it_serves(tmp_path: Path) -> None:
+    # A restart printed nothing at all: no sign that the node was up, on which address, over which data dir.
+    data = tmp_path / "d"
+    assert _served_once(data)[0] == 0  # the first start: what it made, then the line (checked)
+    assert _served_once(data) == (0, "", "")  # a restart: the line alone
 
 
 def test_a_first_start_killed_before_it_prints_what_it_made_has_the_next_start_print_it(tmp_path: Path) -> None:

@@ -410,6 +410,7 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
                 unannounced = _announce(built, settings)
                 if unannounced is None:
                     _announced(built, settings)
+                    _print_listening(sockets, settings)
                     await server.serve(sockets)
             finally:
                 await stop_node(built.node)
@@ -532,12 +533,35 @@ def _announce(built: _Built, settings: ServeSettings) -> OSError | None:
             _print_public_key(audit_paths(settings.data_dir)[1], settings.data_dir)
         sys.stdout.flush()
     except OSError as error:
-        # What stays buffered would fail again as the interpreter exits, as a second message.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _stdout_to_devnull()
         return error
     return None
+
+
+def _print_listening(sockets: list[socket.socket], settings: ServeSettings) -> None:
+    """Say, on every start, where the node listens and which data dir it serves: a restart
+    announces nothing else, so the operator (or a supervisor's log) had no sign that it was up,
+    on which address, or over which data dir. A stdout no one reads is no reason not to serve."""
+    addresses = " and ".join(f"{settings.scheme}://{_address(sock)}" for sock in sockets)
+    try:
+        typer.echo(f"keytrail serve: listening on {addresses}, data dir {settings.data_dir.absolute()}")
+        sys.stdout.flush()
+    except OSError:
+        _stdout_to_devnull()
+
+
+def _address(sock: socket.socket) -> str:
+    """HOST:PORT a socket is bound to, an IPv6 address in brackets (RFC 3986)."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def _stdout_to_devnull() -> None:
+    """After a write to stdout failed: what stays buffered would fail again as the interpreter
+    exits, as a second message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _announced(built: _Built, settings: ServeSettings) -> None:
