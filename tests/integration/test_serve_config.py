@@ -515,6 +515,33 @@ def test_a_first_start_whose_stdout_is_gone_removes_what_it_made_and_says_so(tmp
         again.communicate(timeout=60)
 
 
+def _close_stdout() -> None:
+    os.close(1)  # `keytrail serve >&-`
+
+
+def test_serve_with_stdout_closed_serves_or_refuses_in_one_line(tmp_path: Path) -> None:
+    """Started with stdout closed, serve died of a traceback (uvicorn's logging setup read
+    sys.stdout, which Python made None). A first start now refuses as for a stdout whose reader
+    is gone; a restart, with nothing to announce, serves."""
+    data = tmp_path / "d"
+    first = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", "0"],
+                           stderr=subprocess.PIPE, text=True, preexec_fn=_close_stdout, timeout=60)
+    assert first.returncode == 2, first.stderr
+    assert first.stderr == ("keytrail serve: could not print what this start made to stdout (Bad file descriptor), "
+                            "so it was removed: start again with stdout where you can read it\n")
+    assert _served_once(data)[0] == 0  # announced where it can be read
+    port = free_port()
+    again = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", str(port)],
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_close_stdout)
+    try:
+        assert _health_once_started(again, port) == 200
+        again.terminate()
+        _, err = again.communicate(timeout=60)
+    finally:
+        again.kill()
+    assert (again.returncode, err) == (0, "")
+
+
 # `keytrail serve` killed (kill -9) just as it is about to print the new admin user's credentials.
 _KILLED_BEFORE_IT_PRINTS = """
 import os, signal

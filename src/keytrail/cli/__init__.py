@@ -6,6 +6,8 @@ runs (commands.py says why); this module only assembles them.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 
 import typer
@@ -33,6 +35,7 @@ def _root() -> None:
 def main() -> None:
     """The console entry point. Every error is one line on stderr and a non-zero exit: a usage
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
+    _fill_closed_standard_streams()
     try:
         code = app(standalone_mode=False, prog_name="keytrail")
     except KeyboardInterrupt:  # Ctrl-C before typer's main; in it (a command loading or running) typer exits 130
@@ -66,3 +69,22 @@ def _command_path(args: list[str]) -> str:
             break
         words.append(arg)
     return " ".join(words)
+
+
+def _fill_closed_standard_streams() -> None:
+    """A standard stream the caller closed (`keytrail serve >&-`) gets /dev/null, opened read-only.
+    Closed, Python made sys.stdout None, on which uvicorn's logging setup failed with a traceback,
+    and the next file opened (the key store, a segment) took the free descriptor, for the children
+    and any write to it to scribble on. Read-only, a write still fails (EBADF) as on a closed
+    stream: serve does not take the credentials it makes for printed."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        opened = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: `fd` itself
+        if opened != fd:
+            os.dup2(opened, fd)
+            os.close(opened)
+        setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, mode, closefd=False), line_buffering=fd == 2))
