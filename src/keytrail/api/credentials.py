@@ -108,7 +108,9 @@ def load_principals(path: Path) -> dict[str, Credential]:
     """Parse a principals file into credentials by access key id."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:  # its reason alone: str(exc) is Python's "[Errno 21] Is a directory: '…'"
+        raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
         raise PrincipalsFileError(f"{path}: {exc}") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named
         raise PrincipalsFileError(f"{path}: not a TOML principals file (not UTF-8 text)") from None

@@ -298,6 +298,8 @@ def _json_file(path: Path, option: str) -> Any:
     """The parsed JSON of a file an option names; BadInput naming both when it is not JSON."""
     try:
         return json.loads(path.read_bytes())
+    except OSError as exc:  # a folder, an unreadable file: its reason, not Python's "[Errno 21] …"
+        raise BadInput(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
     except ValueError as exc:  # JSONDecodeError, or bytes that are no UTF-8/16/32 text
         raise BadInput(f"{option} {path}: not valid JSON ({exc})") from None
 

@@ -80,6 +80,13 @@ def test_mistakes_are_one_line_errors_naming_the_entry(tmp_path: Path, text: str
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_principals_file_that_cannot_be_read_is_named_without_python_error_text(tmp_path: Path) -> None:
+    # It said "<path>: [Errno 21] Is a directory: '<path>'".
+    with pytest.raises(PrincipalsFileError) as info:
+        load_principals(tmp_path)
+    assert str(info.value) == f"{tmp_path}: cannot read the principals file: Is a directory"
+
+
 def test_dev_credentials_take_an_account_from_ascii_digits_only() -> None:
     store = CredentialStore(None, dev_credentials=True)
     assert store.lookup("444455556666").principal.account == "444455556666"  # type: ignore[union-attr]

@@ -679,6 +679,18 @@ def test_analyze_refuses_an_inventory_with_a_data_dir_rather_than_pass_the_node_
         "keytrail analyze: --inventory and --data-dir name two sets of keys: give one\n"
 
 
+def test_analyze_names_an_inventory_or_principals_file_that_is_a_folder_without_python_error_text(
+        tmp_path: Path) -> None:
+    # Each said "keytrail analyze: [Errno 21] Is a directory: '<path>'", naming neither option nor file.
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text("[]")
+    line = _one_line_error(_keytrail("analyze", "--inventory", tmp_path), "keytrail analyze: ")
+    assert line == f"keytrail analyze: --inventory {tmp_path}: cannot read it: Is a directory\n"
+    line = _one_line_error(_keytrail("analyze", "--inventory", inventory, "--principals", tmp_path),
+                           "keytrail analyze: ")
+    assert line == f"keytrail analyze: {tmp_path}: cannot read the principals file: Is a directory\n"
+
+
 def test_analyze_names_an_inventory_that_is_not_json(tmp_path: Path) -> None:
     inventory = tmp_path / "keys.json"
     inventory.write_text("[")
