@@ -23,7 +23,8 @@ from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
            "counted",
-           "fail", "listen_probe", "listening_sockets", "missing_paths", "mqtt_password_warning", "mqtt_problem",
+           "fail", "listen_probe", "listen_problem", "listening_sockets", "missing_paths", "mqtt_password_warning",
+           "mqtt_problem",
            "no_core_dumps", "number_in_range", "os_problem", "parse_time", "url_password"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
@@ -108,9 +109,19 @@ def os_problem(error: OSError) -> str:
     return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
 
 
+def listen_problem(error: OSError | UnicodeError) -> str:
+    """Why host:port cannot be listened on, for "cannot listen on HOST:PORT (…)". A host no DNS
+    name can be (`a..b`, a label over 63 characters) fails in Python's IDNA codec, as a
+    UnicodeError whose text names the codec, not the host."""
+    if isinstance(error, UnicodeError):
+        return "not a valid host name"
+    return f"{error.strerror or error}"
+
+
 def listen_probe(host: str, port: int) -> int:
     """Bind host:port as the server will (SO_REUSEADDR, as uvicorn does) and let go; the port bound
-    (a free one for 0). Raises OSError, socket.gaierror for an unknown host, when it cannot."""
+    (a free one for 0). Raises OSError, socket.gaierror for an unknown host, or UnicodeError for a
+    host that is no valid name, when it cannot."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
     with socket.socket(family, kind, proto) as probe:
@@ -124,7 +135,7 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
     ::1), opened as uvicorn would (SO_REUSEADDR; an IPv6 one for IPv6 only), for the server to serve
     on: held from the start, the port cannot be taken while the node is built. For port 0, the free
     port of the first address, on every address. Raises OSError (socket.gaierror for an unknown
-    host) with none left open."""
+    host) or UnicodeError (a host that is no valid name) with none left open."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from keytrail.cli.console import listen_problem
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 
@@ -46,11 +47,12 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 def metrics_socket(host: str, port: int) -> socket.socket:
     """`listen_socket` for `--metrics-host`/`--metrics-port`; ValueError with the command's one-line
-    complaint when it cannot be bound (a port in use, an unknown host: socket.gaierror is an OSError)."""
+    complaint when it cannot be bound (a port in use, an unknown host: socket.gaierror is an OSError;
+    a host that is no valid name)."""
     try:
         return listen_socket(host, port)
-    except OSError as exc:
-        raise ValueError(f"--metrics-port: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"--metrics-port: cannot listen on {host}:{port} ({listen_problem(exc)})") from None
 
 
 class _Exposition:

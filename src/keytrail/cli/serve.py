@@ -21,6 +21,7 @@ import typer
 from keytrail.cli.console import (
     bootstrap_problem,
     fail,
+    listen_problem,
     listening_sockets,
     mqtt_password_warning,
     mqtt_problem,
@@ -358,8 +359,8 @@ def _listening(host: str, port: int) -> list[socket.socket]:
     the new admin user is the one served on, not ':0'. Connections made meanwhile wait."""
     try:
         return listening_sockets(host, port)
-    except OSError as error:  # socket.gaierror (an unknown --host) is one
-        raise _fail(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    except (OSError, UnicodeError) as error:  # socket.gaierror (an unknown --host) is an OSError
+        raise _fail(f"cannot listen on {host}:{port} ({listen_problem(error)})") from None
 
 
 def _off_loopback(sockets: list[socket.socket]) -> str | None:

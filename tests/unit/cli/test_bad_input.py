@@ -517,6 +517,19 @@ def test_serve_refuses_a_host_it_cannot_listen_on(tmp_path: Path) -> None:
     _one_line_error(result, "keytrail serve: cannot listen on nohost.invalid:0 (")
 
 
+@pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"])
+def test_a_host_that_is_no_valid_name_is_one_line_naming_it(tmp_path: Path, host: str) -> None:
+    # Python's IDNA codec refuses it with a UnicodeError: serve died of a traceback, and the
+    # metrics endpoints said "encoding with 'idna' codec failed (…)", naming neither option nor host.
+    line = _one_line_error(_keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--host", host),
+                           "keytrail serve: ")
+    assert line == f"keytrail serve: cannot listen on {host}:0 (not a valid host name)\n"
+    assert not (tmp_path / "node").exists()
+    line = _one_line_error(_keytrail("consume", "--data-dir", tmp_path, "--metrics-port", "20000",
+                                     "--metrics-host", host), "keytrail consume: ")
+    assert line == f"keytrail consume: --metrics-port: cannot listen on {host}:20000 (not a valid host name)\n"
+
+
 def test_serve_refuses_a_file_as_its_data_dir(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = _keytrail("serve", "--data-dir", tmp_path / "file", "--port", "0")
