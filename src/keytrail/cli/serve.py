@@ -144,8 +144,8 @@ def _check_tls(settings: ServeSettings) -> None:
     if not (settings.tls_cert and settings.tls_key):
         raise _fail("--tls-cert and --tls-key go together")
     for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
-        if not path.is_file():
-            raise _fail(f"{option}: no such file: {path}")
+        if not path.is_file():  # a folder named is there: "no such file" sent the operator looking for it
+            raise _fail(f"{option}: {'not a file' if path.exists() else 'no such file'}: {path}")
     if problem := _tls_problem(settings.tls_cert, settings.tls_key):
         raise _fail(problem)
 

@@ -530,6 +530,14 @@ def test_a_host_that_is_no_valid_name_is_one_line_naming_it(tmp_path: Path, host
     assert line == f"keytrail consume: --metrics-port: cannot listen on {host}:20000 (not a valid host name)\n"
 
 
+def test_serve_names_a_folder_given_as_a_tls_file_as_no_file(tmp_path: Path) -> None:
+    # It said "no such file" of a folder that is there.
+    (tmp_path / "cert.pem").write_text("x")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--tls-cert", tmp_path / "cert.pem",
+                       "--tls-key", tmp_path)
+    assert _one_line_error(result, "keytrail serve: ") == f"keytrail serve: --tls-key: not a file: {tmp_path}\n"
+
+
 def test_serve_refuses_a_file_as_its_data_dir(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = _keytrail("serve", "--data-dir", tmp_path / "file", "--port", "0")
