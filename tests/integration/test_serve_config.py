@@ -143,7 +143,7 @@ def test_serve_without_detector_records_the_call_but_raises_no_alarm(tmp_path: P
 
 
 @pytest.mark.parametrize(("blocked", "message"), [
-    ("root.key", "Is a directory: {path}"),
+    ("root.key", "cannot read the root key file {path}: Is a directory"),
     ("keys.db", "cannot open the key store {path}"),
 ])
 def test_a_data_dir_serve_cannot_open_is_refused_in_one_line(tmp_path: Path, blocked: str, message: str) -> None:

@@ -134,7 +134,10 @@ class RootKey:
     @classmethod
     def from_file(cls, path: Path, remedy: str) -> RootKey:
         """The root key a file holds (RootKeyUnusable, saying `remedy`, unless it is 32 bytes)."""
-        secret = path.read_bytes()
+        try:
+            secret = path.read_bytes()
+        except OSError as error:  # a folder, an unreadable file: said as the root key file's, not bare "Is a directory"
+            raise RootKeyUnusable(f"cannot read the root key file {path}: {error.strerror or error}") from None
         _warn_if_shared(path)
         if len(secret) != 32:
             raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: {remedy}")

@@ -61,3 +61,12 @@ def test_a_root_key_file_other_users_can_read_is_warned_about(
     RootKey.load(tmp_path)
     assert [record.getMessage() for record in caplog.records] == [
         f"the root key file {tmp_path / 'root.key'} can be read by other users (mode 0640): chmod 600 (or 400) it"]
+
+
+def test_a_root_key_file_that_cannot_be_read_is_named_as_the_root_key_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve said only "Is a directory: <path>", not what the path was meant to be.
+    monkeypatch.setenv(sealing.ROOT_KEY_FILE_ENV, str(tmp_path))
+    with pytest.raises(sealing.RootKeyUnusable) as info:
+        RootKey.load(tmp_path / "data")
+    assert str(info.value) == f"cannot read the root key file {tmp_path}: Is a directory"
