@@ -115,7 +115,9 @@ class KeytrailServer:
         _, key, secret, _, _ = PRINCIPALS[who]
         return boto3.client(
             service, endpoint_url=self.endpoint, region_name=region, aws_access_key_id=key,
-            aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}, **config),
+            # No retry: botocore's `max_attempts` counts retries, and a retried 500 or reset would
+            # hide from a test what the server answered the first time.
+            aws_secret_access_key=secret, config=Config(retries={"total_max_attempts": 1}, **config),
         )
 
     def get(self, path: str) -> tuple[int, bytes]:
