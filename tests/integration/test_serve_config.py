@@ -530,16 +530,8 @@ def test_serve_with_stdout_closed_serves_or_refuses_in_one_line(tmp_path: Path) 
     assert first.stderr == ("keytrail serve: could not print what this start made to stdout (Bad file descriptor), "
                             "so it was removed: start again with stdout where you can read it\n")
     assert _served_once(data)[0] == 0  # announced where it can be read
-    port = free_port()
-    again = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", str(port)],
-                             stderr=subprocess.PIPE, text=True, preexec_fn=_close_stdout)
-    try:
-        assert _health_once_started(again, port) == 200
-        again.terminate()
-        _, err = again.communicate(timeout=60)
-    finally:
-        again.kill()
-    assert (again.returncode, err) == (0, "")
+    returncode, _, err = _stopped_once_healthy(data, free_port(), preexec_fn=_close_stdout)
+    assert (returncode, err) == (0, "")
 
 
 # `keytrail serve` killed (kill -9) just as it is about to print the new admin user's credentials.
@@ -556,17 +548,24 @@ def _served_once(data: Path, *args: str) -> tuple[int, str, str]:
     """Start serve on `data`, stop it (SIGTERM) once it answers its health check: its exit status,
     what it announced on stdout before the line every start ends it with (checked), and stderr."""
     port = free_port()
+    returncode, out, err = _stopped_once_healthy(data, port, *args, stdout=subprocess.PIPE)
+    listening = f"keytrail serve: listening on http://127.0.0.1:{port}, data dir {data.absolute()}\n"
+    assert out.endswith(listening), out
+    return returncode, out.removesuffix(listening), err
+
+
+def _stopped_once_healthy(data: Path, port: int, *args: str, **popen: Any) -> tuple[int, str, str]:
+    """Run serve on `data` and `port` until it answers its health check, then SIGTERM: its exit
+    status, stdout (empty unless `popen` pipes it) and stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", str(port),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *args], stderr=subprocess.PIPE, text=True, **popen)
     try:
         assert _health_once_started(proc, port) == 200
         proc.terminate()
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    listening = f"keytrail serve: listening on http://127.0.0.1:{port}, data dir {data.absolute()}\n"
-    assert out.endswith(listening), out
-    return proc.returncode, out.removesuffix(listening), err
+    return proc.returncode, out or "", err
 
 
 def test_every_start_says_where_it_listens_and_which_data_dir_it_serves(tmp_path: Path) -> None:

@@ -222,6 +222,24 @@ async def test_a_login_the_hsm_answers_too_late_fails_the_connection_and_is_clos
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
 
 
+CHANGED_PIN = "changed-by-the-hsm-admin"
+
+
+async def pin_changed_under(svc: KmsService, hsm: SoftHsm, cluster: str, store_id: str) -> Any:
+    """The cluster's token with its PIN changed by the HSM's admin, and the store's session dropped
+    (as a restart would): the store's next call must log in with the PIN it holds."""
+    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
+    with token.open(rw=True) as shared:  # shares the service's login
+        shared.set_pin(PIN, CHANGED_PIN)
+    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))
+    return token
+
+
+def put_pin_back(token: Any) -> None:
+    with token.open(rw=True, user_pin=CHANGED_PIN) as admin:
+        admin.set_pin(CHANGED_PIN, PIN)
+
+
 async def test_a_password_the_token_refused_is_not_tried_again_until_the_store_is_connected_again(
     svc: KmsService, hsm: SoftHsm, faults: Faults, clusters: Iterator[str], trust_anchor: str
 ) -> None:
@@ -229,17 +247,13 @@ async def test_a_password_the_token_refused_is_not_tried_again_until_the_store_i
     # a store whose token's PIN changed under it must not try its password on every call.
     cluster = next(clusters)
     store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
-    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
-    with token.open(rw=True) as shared:  # shares the service's login
-        shared.set_pin(PIN, "changed-by-the-hsm-admin")
-    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))  # a restart
+    token = await pin_changed_under(svc, hsm, cluster, store_id)
     tried = faults.logins
     for _ in range(3):
         with pytest.raises(errors.KMSInvalidStateException):
             await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET)
     assert faults.logins == tried + 1
-    with token.open(rw=True, user_pin="changed-by-the-hsm-admin") as admin:  # the PIN is put back
-        admin.set_pin("changed-by-the-hsm-admin", PIN)
+    put_pin_back(token)
     with pytest.raises(errors.KMSInvalidStateException):  # not tried until the store is connected again
         await call(svc, "Encrypt", KeyId=key_id, Plaintext=SECRET)
     assert faults.logins == tried + 1
@@ -257,10 +271,7 @@ async def test_a_login_the_token_refuses_on_a_call_is_said_once_in_the_log(
     # nothing told the operator that the token refused the sealed PIN (changed under keytrail).
     cluster = next(clusters)
     store_id, key_id = await hsm_key(svc, cluster, trust_anchor)
-    token = pkcs11.lib(hsm.module).get_token(token_label=cluster)
-    with token.open(rw=True) as shared:  # shares the service's login
-        shared.set_pin(PIN, "changed-by-the-hsm-admin")
-    await cast(HsmCipher, svc.ciphers["hsm"]).connections.drop(await live_session(svc, store_id))  # a restart
+    token = await pin_changed_under(svc, hsm, cluster, store_id)
     with caplog.at_level(logging.WARNING, logger="keytrail"):
         for _ in range(3):
             with pytest.raises(errors.KMSInvalidStateException):
@@ -268,9 +279,8 @@ async def test_a_login_the_token_refuses_on_a_call_is_said_once_in_the_log(
     said = [r.getMessage() for r in caplog.records if "login to its token failed" in r.getMessage()]
     assert len(said) == 1
     assert store_id in said[0] and "INVALID_CREDENTIALS" in said[0]
-    assert PIN not in caplog.text and "changed-by-the-hsm-admin" not in caplog.text
-    with token.open(rw=True, user_pin="changed-by-the-hsm-admin") as admin:  # the PIN is put back
-        admin.set_pin("changed-by-the-hsm-admin", PIN)
+    assert PIN not in caplog.text and CHANGED_PIN not in caplog.text
+    put_pin_back(token)
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
 
 
