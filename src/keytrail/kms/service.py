@@ -57,6 +57,7 @@ _NOT_USABLE = {
     KeyState.UNAVAILABLE: "is unavailable.",
     KeyState.UPDATING: "is updating.",
 }
+_SCHEDULED_FOR_DELETION = frozenset({KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION})
 DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is set."
 # What AWS answers an operation that takes a key id or key ARN only when it is given an alias name
 # or alias ARN, with InvalidArnException, which every such operation lists (as quoted from AWS for
@@ -293,8 +294,12 @@ class KmsService:
 
     @staticmethod
     def require_not_pending_deletion(key: Key) -> None:
-        if key.state is KeyState.PENDING_DELETION:
-            raise errors.KMSInvalidStateException(f"{key.arn} is pending deletion.")
+        """KMSInvalidStateException for a key scheduled for deletion: PendingDeletion, or a
+        multi-Region primary waiting for its replicas' deletion (PendingReplicaDeletion, "scheduled
+        for deletion" in KeyMetadata's words), which must not take new tags, aliases or grants
+        either: each refused in the words of its state."""
+        if key.state in _SCHEDULED_FOR_DELETION:
+            raise errors.KMSInvalidStateException(f"{key.arn} {_NOT_USABLE[key.state]}")
 
     @staticmethod
     def require_usage(key: Key, operation: str, *usages: KeyUsage) -> None:

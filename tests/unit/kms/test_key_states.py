@@ -41,3 +41,44 @@ async def test_rotation_status_of_a_key_in_a_custom_key_store_names_its_origin(t
     with pytest.raises(errors.UnsupportedOperationException) as caught:
         await service.execute("GetKeyRotationStatus", alice(), {"KeyId": key_id})
     assert caught.value.message == f"{key.arn} origin is AWS_CLOUDHSM which is not valid for this operation."
+
+
+# A multi-Region primary scheduled for deletion while it still has replicas waits in
+# PendingReplicaDeletion: it is scheduled for deletion (KeyMetadata.PendingDeletionWindowInDays),
+# so the management calls a key pending deletion refuses are refused to it too, in its own words.
+_REFUSED_WHILE_DELETING = {
+    "TagResource": {"Tags": [{"TagKey": "team", "TagValue": "a"}]},
+    "UntagResource": {"TagKeys": ["team"]},
+    "UpdateKeyDescription": {"Description": "doomed"},
+    "CreateGrant": {"GranteePrincipal": f"arn:aws:iam::{ACCOUNT}:user/bob", "Operations": ["Decrypt"]},
+}
+
+
+@pytest.mark.parametrize("operation", sorted(_REFUSED_WHILE_DELETING))
+async def test_a_primary_pending_replica_deletion_refuses_what_a_key_pending_deletion_refuses(
+    tmp_path: Path, operation: str,
+) -> None:
+    store, service = allow_all_service(tmp_path)
+    key_id = (await service.execute("CreateKey", alice(), {"MultiRegion": True}))["KeyMetadata"]["KeyId"]
+    await service.execute("ReplicateKey", alice(), {"KeyId": key_id, "ReplicaRegion": "eu-west-1"})
+    scheduled = await service.execute("ScheduleKeyDeletion", alice(), {"KeyId": key_id, "PendingWindowInDays": 7})
+    assert scheduled["KeyState"] == "PendingReplicaDeletion"
+    before = await store.get_key(ACCOUNT, "us-east-1", key_id)
+    with pytest.raises(errors.KMSInvalidStateException) as caught:
+        await service.execute(operation, alice(), {"KeyId": key_id, **_REFUSED_WHILE_DELETING[operation]})
+    assert before is not None and caught.value.message == f"{before.arn} is pending replica deletion."
+    assert await store.get_key(ACCOUNT, "us-east-1", key_id) == before
+
+
+@pytest.mark.parametrize("operation", ["CreateAlias", "UpdateAlias"])
+async def test_an_alias_cannot_name_a_primary_pending_replica_deletion(tmp_path: Path, operation: str) -> None:
+    _, service = allow_all_service(tmp_path)
+    key_id = (await service.execute("CreateKey", alice(), {"MultiRegion": True}))["KeyMetadata"]["KeyId"]
+    other = (await service.execute("CreateKey", alice(), {}))["KeyMetadata"]["KeyId"]
+    await service.execute("CreateAlias", alice(), {"AliasName": "alias/app", "TargetKeyId": other})
+    await service.execute("ReplicateKey", alice(), {"KeyId": key_id, "ReplicaRegion": "eu-west-1"})
+    await service.execute("ScheduleKeyDeletion", alice(), {"KeyId": key_id, "PendingWindowInDays": 7})
+    name = "alias/new" if operation == "CreateAlias" else "alias/app"
+    with pytest.raises(errors.KMSInvalidStateException) as caught:
+        await service.execute(operation, alice(), {"AliasName": name, "TargetKeyId": key_id})
+    assert caught.value.message.endswith(f"key/{key_id} is pending replica deletion.")

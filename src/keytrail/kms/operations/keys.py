@@ -220,9 +220,7 @@ async def schedule_key_deletion(svc: KmsService, call: Call) -> Response:
             f"1 validation error detected: Value '{window}' at 'pendingWindowInDays' failed to satisfy "
             "constraint: Member must have value between 7 and 30"
         )
-    svc.require_not_pending_deletion(key)
-    if key.state is KeyState.PENDING_REPLICA_DELETION:
-        raise errors.KMSInvalidStateException(f"{key.arn} is pending replica deletion.")
+    svc.require_not_pending_deletion(key)  # PendingReplicaDeletion too: scheduled already
     call.additional_event_data.update(key_store_event_data(key))  # a key in a CloudHSM key store
     key = multiregion.scheduled_deletion(key, svc.now(), window)
     response: Response = {"KeyId": key.arn, "KeyState": key.state.value, "PendingWindowInDays": window}
