@@ -411,6 +411,19 @@ def test_schedule_deletion_of_recently_used_key_and_use_while_pending() -> None:
     assert (use.details["sourceIPAddresses"], use.details["accessKeyIds"]) == ("192.0.2.0", "ASIAEXAMPLE")
 
 
+# A multi-Region primary scheduled for deletion while replicas remain is PendingReplicaDeletion, and
+# refuses its users in those words (docs/multi-region-keys.md): still a key on its way to deletion,
+# whether or not the events read hold its ScheduleKeyDeletion (a trail or window that starts later).
+def test_use_of_a_primary_pending_replica_deletion_is_a_use_of_a_doomed_key() -> None:
+    detector = Detector()
+    detector.process([
+        event("Encrypt", T0, KEY, APP, error="KMSInvalidStateException",
+              message=f"{KEY} is pending replica deletion."),
+    ])
+    [use] = detector.alarms()
+    assert (use.rule, use.severity, use.details["keyState"]) == ("key-deletion-in-use", "HIGH", "pending deletion")
+
+
 # A caller relying on ScheduleKeyDeletion's default waiting period sends no pendingWindowInDays: the
 # response carries it (keytrail's records do), and a record with neither was scheduled for AWS's 30.
 @pytest.mark.parametrize(("response", "window"), [({"pendingWindowInDays": 30}, "30"), ({}, "30"),

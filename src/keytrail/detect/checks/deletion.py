@@ -37,6 +37,18 @@ def _pending_window(event: KmsEvent) -> str:
     return str(_DEFAULT_PENDING_WINDOW_DAYS)
 
 
+# How KMS refuses a key on its way to deletion: "<ARN> is pending deletion.", and for a multi-Region
+# primary scheduled for deletion while replicas remain (PendingReplicaDeletion, deleted once they
+# are) "<ARN> is pending replica deletion.", which the first phrase does not match.
+_PENDING_DELETION_PHRASES = ("pending deletion", "pending replica deletion")
+
+
+def _names_pending_deletion(message: str | None) -> bool:
+    """Whether an error message says the key is scheduled for deletion, in either state's words."""
+    lowered = (message or "").lower()
+    return any(phrase in lowered for phrase in _PENDING_DELETION_PHRASES)
+
+
 class KeyDeletionInUse:
     """ScheduleKeyDeletion/DisableKey within `recent_days` of a use; any use attempt afterwards."""
 
@@ -83,8 +95,7 @@ class KeyDeletionInUse:
     def _attempt(self, event: KmsEvent) -> list[Finding]:
         key = event.judged_key_arn  # a ReEncrypt may fail on its destination
         record = self.ledger.get(key)
-        message = (event.error_message or "").lower()
-        pending = "pending deletion" in message or (
+        pending = _names_pending_deletion(event.error_message) or (
             event.error_code == "KMSInvalidStateException"
             and record is not None
             and record.state == "PendingDeletion"
