@@ -63,7 +63,8 @@ def key_type(key: Key) -> str:
 def replica_of(
     primary: Key, region: str, now: datetime, policy: str, description: str, tags: tuple[tuple[str, str], ...]
 ) -> Key:
-    """A new replica: same id, spec, usage, origin and material; its own policy, description and
+    """A new replica: same id, spec, usage, origin, material and rotations (the on-demand ones count
+    towards its limit too: they are in its ListKeyRotations); its own policy, description and
     tags. It is `Creating` until the next scheduler tick, or PendingImport when the primary's
     material is imported (AWS requires importing the same material into each replica): it then
     names each material of the primary, to import, in the primary's order."""
@@ -80,7 +81,6 @@ def replica_of(
         expiration_model=None,
         deletion_date=None,
         pending_window_days=None,
-        on_demand_rotations=0,
         replica_regions=(*primary.replica_regions, region),
     )
 
@@ -140,7 +140,9 @@ async def save_with_replicas(svc: KmsService, primary: Key) -> None:
 
 
 async def rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
-    """The replicas of `primary` given its materials and rotation schedule (none: not a primary)."""
+    """The replicas of `primary` given its materials, rotation schedule and count of on-demand
+    rotations (none: not a primary). The count is shared as the rotations are: a replica made
+    primary (UpdatePrimaryRegion) must not start the limit of on-demand rotations afresh."""
     if not is_primary(primary):
         return []
     return [
@@ -150,6 +152,7 @@ async def rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
             rotation_enabled=primary.rotation_enabled,
             rotation_period_days=primary.rotation_period_days,
             next_rotation_date=primary.next_rotation_date,
+            on_demand_rotations=primary.on_demand_rotations,
         )
         for replica in await copies(svc, primary)
     ]

@@ -9,6 +9,7 @@ import pytest
 
 from keytrail.kms import errors
 from keytrail.kms.model import KeyState, Origin
+from keytrail.kms.operations.rotation import MAX_ON_DEMAND_ROTATIONS
 from tests.support.allow_all import ACCOUNT, alice, allow_all_service
 
 
@@ -82,3 +83,24 @@ async def test_an_alias_cannot_name_a_primary_pending_replica_deletion(tmp_path:
     with pytest.raises(errors.KMSInvalidStateException) as caught:
         await service.execute(operation, alice(), {"AliasName": name, "TargetKeyId": key_id})
     assert caught.value.message.endswith(f"key/{key_id} is pending replica deletion.")
+
+
+async def test_on_demand_rotations_of_a_multi_region_key_count_in_every_copy(tmp_path: Path) -> None:
+    # On-demand rotation is performed on the primary and its material reaches every replica, whose
+    # ListKeyRotations then lists it as theirs: the limit counts them wherever the primary moves
+    # (UpdatePrimaryRegion), for replicas made before and after those rotations alike.
+    _, service = allow_all_service(tmp_path)
+    key_id = (await service.execute("CreateKey", alice(), {"MultiRegion": True}))["KeyMetadata"]["KeyId"]
+    await service.execute("ReplicateKey", alice(), {"KeyId": key_id, "ReplicaRegion": "eu-west-1"})
+    for _ in range(MAX_ON_DEMAND_ROTATIONS):
+        await service.execute("RotateKeyOnDemand", alice(), {"KeyId": key_id})
+    await service.execute("ReplicateKey", alice(), {"KeyId": key_id, "ReplicaRegion": "ap-southeast-2"})
+    primary = "us-east-1"
+    for region in ("eu-west-1", "ap-southeast-2"):
+        in_region = replace(alice(), region=region)
+        await service.execute("DescribeKey", in_region, {"KeyId": key_id})  # the replica leaves Creating
+        await service.execute("UpdatePrimaryRegion", replace(alice(), region=primary),
+                              {"KeyId": key_id, "PrimaryRegion": region})
+        primary = region
+        with pytest.raises(errors.LimitExceededException):
+            await service.execute("RotateKeyOnDemand", in_region, {"KeyId": key_id})
