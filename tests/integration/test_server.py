@@ -633,7 +633,8 @@ def test_an_endpoint_url_with_a_path_gets_an_aws_error_naming_where_calls_go(ser
 
     _, key, secret, _, _ = PRINCIPALS["alice"]
     kms = boto3.client("kms", endpoint_url=server.endpoint + "/kms", region_name="us-east-1",
-                       aws_access_key_id=key, aws_secret_access_key=secret, config=Config(retries={"total_max_attempts": 1}))
+                       aws_access_key_id=key, aws_secret_access_key=secret,
+                       config=Config(retries={"total_max_attempts": 1}))
     with pytest.raises(ClientError) as info:
         kms.list_keys()
     error = info.value.response
