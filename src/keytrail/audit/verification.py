@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from keytrail.audit.cadence import late_records, silent_spans
+from keytrail.audit.digest_shape import shape_problem
 from keytrail.audit.integrity import (
     GENESIS,
     HASH_SIZE,
@@ -79,7 +80,8 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
         problems += _check_kept_digests(paths, kept.digests)
     expected = _stored_hashes(paths)
     problems += _check_digests(paths, key, expected)
-    valid = [digest for _, digest in load_digests(paths) if digest and verify_signature(key, digest)]
+    valid = [digest for _, digest in load_digests(paths)
+             if digest and verify_signature(key, digest) and shape_problem(digest) is None]
     log = SegmentLog(log_dir)
     found, notes = _check_log(paths, key, log, expected, valid[-1] if valid else {})
     found += late_records(log, valid[-1]) if valid else []
@@ -257,6 +259,10 @@ def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list
         if not digest or not verify_signature(public, digest):
             problems.append(f"digest {name}: signature invalid (digest altered or not ours)")
             previous = digest or previous
+            continue
+        if why := shape_problem(digest):  # signed by whoever holds the key, which the data dir keeps
+            problems.append(f"digest {name}: signed, but not as keytrail writes a digest: {why}")
+            previous = digest
             continue
         problems += _check_link(name, index, digest, previous)
         if digest.get("publicKeyFingerprint") != fingerprint(public):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.audit.integrity import signing_key, verify, write_retention_floor
+from keytrail.audit.integrity import canonical, signing_key, verify, write_retention_floor
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import audit_paths
 from tests.support.audit_records import cut_back_to, fill_trail, rewrite_segment, sign_again_with_a_new_key
@@ -509,3 +509,19 @@ def test_reordered_records_are_named_in_offset_order(data_dir: Path) -> None:
     problems = verify(data_dir)
     offsets = [int(p.split(" at offset ")[1].split()[0]) for p in problems]
     assert len(problems) == 5 and offsets == sorted(offsets), problems
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("chainHead", "not hex"), ("chainHead", None), ("digestEndTime", "yesterday"), ("startOffset", "0"),
+    ("sequence", None), ("endOffset", True), ("intervalSeconds", "hourly"), ("final", "yes"),
+])
+def test_a_digest_signed_with_the_data_dirs_key_but_malformed_is_a_problem_not_a_crash(
+        data_dir: Path, field: str, value: object) -> None:
+    # The signing key is in the data dir: whoever can write it can sign any JSON object.
+    _, paths = audit_paths(data_dir)
+    newest = sorted(paths.digests.glob("*.json"))[-1]
+    body = {k: v for k, v in json.loads(newest.read_bytes()).items() if k != "signature"} | {field: value}
+    newest.write_bytes(canonical({**body, "signature": signing_key(paths).sign(canonical(body)).hex()}))
+    problems = verify(data_dir)
+    assert any(p.startswith(f"digest {newest.name}: signed, but not as keytrail writes a digest: {field} ")
+               for p in problems), problems
