@@ -30,8 +30,8 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
-    "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "signed_end", "signing_key",
-    "verify",
+    "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "read_small", "signed_end",
+    "signing_key", "verify",
     "write_retention_floor",
 ]
 
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 GENESIS = bytes(32)
 HASH_SIZE = 32
+# keytrail writes its digests, floor and public key in under 1 KB each.
+SMALL_FILE_BYTES = 1 << 20
 # The origin the digests of `keytrail audit import` name (signed, so whoever imports cannot pass
 # the records off as calls the node answered).
 IMPORT_ORIGIN = "audit import"
@@ -130,7 +132,7 @@ def write_retention_floor(paths: IntegrityPaths, offset: int, key: Ed25519Privat
 def read_retention_floor(paths: IntegrityPaths, public_key: Ed25519PublicKey) -> tuple[int, str | None]:
     """The signed retention floor (0 when there is none), and why a floor file excuses nothing."""
     try:
-        floor = json.loads(paths.retention_floor.read_bytes())
+        floor = json.loads(read_small(paths.retention_floor))
     except FileNotFoundError:
         return 0, None
     except (OSError, ValueError, RecursionError):
@@ -140,6 +142,17 @@ def read_retention_floor(paths: IntegrityPaths, public_key: Ed25519PublicKey) ->
         return offset, None
     return 0, (f"retention floor {paths.retention_floor} is not signed by the trail's key (edited, or written by a "
                "keytrail before floors were signed): it excuses no deleted record")
+
+
+def read_small(path: Path) -> bytes:
+    """A digest, the retention floor or a public key, refused (ValueError) past SMALL_FILE_BYTES:
+    whoever can write the data dir can grow one to gigabytes (sparse, a few bytes on disk), which
+    read whole would take all the memory `verify` or `serve` has."""
+    with path.open("rb") as file:
+        data = file.read(SMALL_FILE_BYTES + 1)
+    if len(data) > SMALL_FILE_BYTES:
+        raise ValueError(f"{path} is larger than {SMALL_FILE_BYTES} bytes, which no keytrail integrity file is")
+    return data
 
 
 def chain_step(chain: bytes, record_hash: bytes) -> bytes:
@@ -158,7 +171,7 @@ def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
     out: list[tuple[Path, dict[str, Any]]] = []
     for path in sorted(paths.digests.glob("*.json")):
         try:
-            digest = json.loads(path.read_bytes())
+            digest = json.loads(read_small(path))
         except (ValueError, RecursionError):
             digest = None
         out.append((path, digest if isinstance(digest, dict) else {}))
@@ -170,7 +183,7 @@ def signed_end(paths: IntegrityPaths) -> int | None:
     a log that ends before it lost signed records. None without a readable newest digest."""
     newest = max(paths.digests.glob("*.json"), default=None)
     try:
-        end = json.loads(newest.read_bytes()).get("endOffset") if newest is not None else None
+        end = json.loads(read_small(newest)).get("endOffset") if newest is not None else None
     except (OSError, ValueError, RecursionError, AttributeError):
         return None
     return end if isinstance(end, int) and not isinstance(end, bool) else None
@@ -314,7 +327,7 @@ class ChainWriter:
         paths = sorted(self.paths.digests.glob("*.json"))
         if paths:  # only the newest one matters to the writer (`verify` reads them all)
             try:
-                last = json.loads(paths[-1].read_bytes())
+                last = json.loads(read_small(paths[-1]))
                 self._accept(last)
                 self._chain = bytes.fromhex(str(last["chainHead"]))
             except (ValueError, KeyError, TypeError, RecursionError) as exc:

@@ -9,6 +9,7 @@ last the digests' cadence (audit/cadence.py: a digest each interval while the no
 from __future__ import annotations
 
 import difflib
+import filecmp
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from keytrail.audit.integrity import (
     fingerprint,
     load_digests,
     read_retention_floor,
+    read_small,
     verify_signature,
 )
 from keytrail.audit.schema import SchemaError, decode
@@ -199,7 +201,7 @@ def _check_kept_digests(paths: IntegrityPaths, kept: Path) -> list[str]:
     for copy in copies:
         on_node = paths.digests / copy.name
         try:
-            same = on_node.read_bytes() == copy.read_bytes()
+            same = filecmp.cmp(on_node, copy, shallow=False)  # in chunks: either may have been grown huge
         except FileNotFoundError:
             problems.append(f"digest {copy.name}, kept off the node, is gone from {paths.digests}: the trail was cut "
                             "back (the records it signed are named missing when their hashes remain)")
@@ -229,8 +231,9 @@ def public_key_problem(path: Path) -> str | None:
 
 
 def _load_public_key(path: Path, what: str) -> tuple[Ed25519PublicKey | None, str | None]:
+    pem = b""
     try:
-        pem = path.read_bytes()
+        pem = read_small(path)
         public = serialization.load_pem_public_key(pem)
     except FileNotFoundError:
         return None, f"{what} {path} is missing: cannot verify digests"

@@ -535,3 +535,29 @@ def test_a_hash_store_grown_far_past_the_log_is_named_in_one_line_and_not_read_w
     assert verify(data_dir) == [
         f"{paths.hashes} holds 200000 record hashes, though the log and the signed digests end at offset 20: "
         "hashes written in (a crash leaves at most a few thousand past the end); those past the end are not read"]
+
+
+def test_a_digest_grown_huge_is_named_without_being_read_into_memory(data_dir: Path, tmp_path: Path) -> None:
+    import tracemalloc
+
+    _, paths = audit_paths(data_dir)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    first = sorted(paths.digests.glob("*.json"))[0]
+    (kept / first.name).write_bytes(first.read_bytes())
+    os.truncate(first, 256 << 20)  # sparse: a few bytes on disk, 256 MiB to whoever reads it whole
+    tracemalloc.start()
+    try:
+        problems = verify_against_copies(data_dir, kept)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"digest {first.name}: signature invalid (digest altered or not ours)" in problems, problems
+    assert f"digest {first.name} differs from its copy kept off the node (digest replaced)" in problems, problems
+    assert peak < 32 << 20, peak
+
+
+def verify_against_copies(data_dir: Path, digests: Path) -> list[str]:
+    from keytrail.audit.verification import OffNode, check
+
+    return check(data_dir, OffNode(digests=digests)).problems
