@@ -7,7 +7,8 @@ stops cleanly. So, from the digests and records alone, with no clock of its own:
 - two digests further apart than the interval (plus slack) with no clean stop between: the node
   was down after a crash, or hung, or what it signed meanwhile was removed and a node started on
   what was left (a note: a crash and a long outage look the same);
-- a record in the log written later than the newest digest's interval (plus slack) after it: the
+- a record in the log written later than the newest digest's interval (plus slack) after it (by
+  its own eventTime, which whoever removed the digests could set back too: `--digests` is sure): the
   node was running then, so the digests it signed since were removed (a problem: the records they
   signed are now unsigned and could have been edited with their hashes).
 
@@ -57,20 +58,35 @@ def silent_spans(digests: list[dict[str, Any]], dev_clock_ahead: float = 0.0) ->
 
 
 def late_records(log: SegmentLog, newest: dict[str, Any]) -> list[str]:
-    """A problem when the log's last record was written longer after the `newest` digest than
-    that digest's interval (plus slack): the node then running signed digests that are gone."""
+    """A problem when a record after the `newest` digest was written longer after it than that
+    digest's interval (plus slack): the node then running signed digests that are gone."""
     allowed, end = _allowed_silence(newest), log.end_offset()
     if allowed is None or newest.get("origin") == IMPORT_ORIGIN or end <= int(newest["endOffset"]):
         return []  # an import's records carry AWS's event times, not the node's
-    last = _event_of(log, end - 1)
-    written = _event_time(last)
-    if written is None or (written - _signed_at(newest)).total_seconds() <= allowed:
+    latest = _latest_record(log, int(newest["endOffset"]))
+    if latest is None or (latest[2] - _signed_at(newest)).total_seconds() <= allowed:
         return []
-    return [f"record {last.get('eventID')} at offset {end - 1} was written at {written:%Y-%m-%dT%H:%M:%SZ}, "
+    offset, event, written = latest
+    return [f"record {event.get('eventID')} at offset {offset} was written at {written:%Y-%m-%dT%H:%M:%SZ}, "
             f"{_duration((written - _signed_at(newest)).total_seconds())} after the newest digest {_named(newest)}, "
             f"though a running node signs one every {_duration(newest['intervalSeconds'])}: the digests signed since "
             f"were removed, and the records at offsets {newest['endOffset']}..{end - 1} are unsigned (they may have "
             "been altered or removed with their hashes)"]
+
+
+def _latest_record(log: SegmentLog, start: int) -> tuple[int, dict[str, Any], datetime] | None:
+    """The record from `start` on with the latest eventTime: its offset, event and time. Every one,
+    not the last alone: these records are unsigned, and whoever removed the digests since could
+    set the last one's time back and leave the others as they were."""
+    latest: tuple[int, dict[str, Any], datetime] | None = None
+    while batch := log.read(start, 4096):
+        for offset, payload in batch:
+            event = _decoded(payload)
+            written = _event_time(event)
+            if written is not None and (latest is None or written >= latest[2]):
+                latest = (offset, event, written)
+        start = batch[-1][0] + 1
+    return latest
 
 
 def _allowed_silence(digest: dict[str, Any]) -> float | None:
@@ -90,10 +106,9 @@ def _named(digest: dict[str, Any]) -> str:
     return f"{int(digest['sequence']):010d}.json of {digest['digestEndTime']}"
 
 
-def _event_of(log: SegmentLog, offset: int) -> dict[str, Any]:
-    records = log.read(offset, 1)
+def _decoded(payload: bytes) -> dict[str, Any]:
     try:
-        return decode(records[0][1]) if records else {}
+        return decode(payload)
     except (SchemaError, ValueError, EOFError, IndexError, KeyError):
         return {}
 

@@ -5,6 +5,7 @@ removed while records written after them were kept."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,10 +14,11 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from keytrail.audit.integrity import load_digests
+from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.audit.verification import check
 from keytrail.cli.audit import audit_app
-from tests.support.audit_records import T0, encrypt_call
+from tests.support.audit_records import T0, encrypt_call, rewrite_segment
 
 
 @dataclass
@@ -121,3 +123,30 @@ async def test_a_clock_set_back_starts_the_cadence_again_rather_than_wait_for_it
         assert chain.seconds_until_due(T0 + timedelta(minutes=20)) == 40 * 60
         assert chain.digest_due(T0 + timedelta(hours=1))
         assert chain.digest_due(T0 - timedelta(days=1))  # not a day and an hour of silence
+
+
+async def test_digests_removed_are_named_though_the_last_records_time_was_set_back(tmp_path: Path) -> None:
+    await _session(tmp_path, Clock(), range(3), every=timedelta(hours=1))  # a digest with each hour's call
+    digests = audit_paths(tmp_path)[1].digests
+    for signing_the_calls in sorted(digests.glob("*.json"))[1:]:  # only the genesis digest of 12:00 is left
+        signing_the_calls.unlink()
+
+    def back_date_the_last(records: list[bytes]) -> list[bytes]:  # unsigned now: its hash is rewritten too
+        event = decode(records[-1])
+        event["eventTime"] = "2026-11-28T12:30:00Z"
+        return [*records[:-1], encode(event)]
+
+    rewrite_segment(tmp_path, back_date_the_last)
+    _, paths = audit_paths(tmp_path)
+    stored = paths.hashes.read_bytes()
+    paths.hashes.write_bytes(stored[:-32] + hashlib.sha256(_last_payload(tmp_path)).digest())
+    problems = check(tmp_path).problems
+    assert len(problems) == 1 and problems[0].startswith(
+        f"record {encrypt_call(1).event_id} at offset 1 was written at 2026-11-28T14:00:00Z, 2.0 h after"), problems
+
+
+def _last_payload(data_dir: Path) -> bytes:
+    from keytrail.transport.segment_log import SegmentLog
+
+    log = SegmentLog(audit_paths(data_dir)[0])
+    return log.read(log.end_offset() - 1, 1)[0][1]
