@@ -399,10 +399,16 @@ class ChainWriter:
             if batch and batch[0][0] == self._end:
                 hashes = [hashlib.sha256(payload).digest() for _, payload in batch]
             else:  # gone from the log too: a placeholder keeps each later hash at its offset
-                gap = (batch[0][0] if batch else self._covered) - self._end
+                gap = (batch[0][0] if batch else _next_segment(log, self._end, self._covered)) - self._end
                 hashes = [bytes(HASH_SIZE)] * min(gap, self._covered - self._end)
             self._hashes.write(b"".join(hashes))
             self._end += len(hashes)
+
+
+def _next_segment(log: SegmentLog, offset: int, covered: int) -> int:
+    """Where the log's records go on after `offset`, which it lacks (a segment deleted or damaged
+    before it): readers stop at such a gap, but the records after it are still there to hash."""
+    return min((base for base in log.segment_bases() if offset < base < covered), default=covered)
 
 
 def _digest_hash(digest: dict[str, Any] | None) -> str | None:
