@@ -117,7 +117,17 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
     problems += [unsigned] if unsigned else []
     live = writer_active(log.directory)
     expected, notes = _unsigned_tail(log, expected, newest, live=live)
-    problems += _check_records(log, expected, floor, live=live, final=newest if newest.get("final") else None)
+    # The hash store is buffered: a crashed writer (killed, out of memory, power lost) took the
+    # hashes of its newest records with it, and hashes them from the log when it next opens it.
+    # Never those a digest signs: the hash store is synced before each digest.
+    crashed = not live and bool(newest) and not newest.get("final") and len(expected) >= newest["endOffset"]
+    found, unhashed = _check_records(log, expected, floor, unhashed_tail=live or crashed,
+                                     final=newest if newest.get("final") else None)
+    problems += found
+    if crashed and unhashed < log.end_offset():
+        notes.append(f"records at offsets {unhashed}..{log.end_offset() - 1} have no stored hash, and no digest signs "
+                     "them: written just before the writer crashed (it hashes and signs them when the log next opens), "
+                     "or added since; verify cannot tell which")
     if damage := log.find_damage():  # bytes that are no whole record: a damaged frame, or junk written in
         if damage.torn_write:  # records it cut short that were signed or hashed are named missing above
             notes.append(f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk")
@@ -317,10 +327,12 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
     return problems
 
 
-def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: bool,
-                   final: dict[str, Any] | None) -> list[str]:
-    """The records against their stored hashes. `final`: the newest digest when a clean stop
-    signed it (every record after it was added while no node ran)."""
+def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhashed_tail: bool,
+                   final: dict[str, Any] | None) -> tuple[list[str], int]:
+    """The records against their stored hashes, and the offset from which records are not checked.
+    `unhashed_tail`: the newest records may not be hashed yet (a running node, or one that crashed).
+    `final`: the newest digest when a clean stop signed it (every record after it was added while
+    no node ran)."""
     problems: list[str] = []
     actual: list[bytes] = []
     for frame in log.frames():  # hashes only: payloads are re-read for the few records named
@@ -333,14 +345,14 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, live: 
     if start > floor and expected:
         problems.append(f"records at offsets {floor}..{start - 1} are missing "
                         "(segment files deleted outside retention)")
-    if live:  # a running node appends records just before it hashes them: not insertions
+    if unhashed_tail:  # a writer appends records just before it hashes them: not insertions
         actual = actual[:_hashed_end(expected[start:], actual)]
     findings = _diff(expected[start:], actual, start)
     if final is not None:
         problems += _after_final_digest(final, expected[start:], actual, start)
     ids = _event_ids(log, start, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
-                       for text, index in findings]
+                       for text, index in findings], start + len(actual)
 
 
 def _after_final_digest(final: dict[str, Any], expected: list[bytes], actual: list[bytes], start: int) -> list[str]:

@@ -564,3 +564,31 @@ def verify_against_copies(data_dir: Path, digests: Path) -> list[str]:
     from keytrail.audit.verification import OffNode, check
 
     return check(data_dir, OffNode(digests=digests)).problems
+
+
+def test_records_whose_hashes_a_crash_took_with_it_are_noted_not_named_inserted(tmp_path: Path) -> None:
+    from keytrail.audit.verification import check
+
+    fill_trail(tmp_path, 5)
+    fill_trail(tmp_path, 5, first=5)  # opens with a digest signing 0..4, adds 5..9
+    _, paths = audit_paths(tmp_path)
+    # As after kill -9: no final digest, and the hashes of 5..9 were still in the writer's buffer.
+    sorted(paths.digests.glob("*.json"))[-1].unlink()
+    with paths.hashes.open("r+b") as hashes:
+        hashes.truncate(32 * 5)
+    verdict = check(tmp_path)
+    assert verdict.problems == [], verdict.problems
+    assert "records at offsets 5..9 have no stored hash, and no digest signs them: written just before the writer " \
+           "crashed (it hashes and signs them when the log next opens), or added since; verify cannot tell " \
+           "which" in verdict.notes, verdict.notes
+
+
+def test_a_record_inserted_before_a_crashed_writers_newest_hashed_one_is_still_named(tmp_path: Path) -> None:
+    fill_trail(tmp_path, 5)
+    fill_trail(tmp_path, 5, first=5)
+    _, paths = audit_paths(tmp_path)
+    sorted(paths.digests.glob("*.json"))[-1].unlink()
+    with paths.hashes.open("r+b") as hashes:
+        hashes.truncate(32 * 8)  # 8 and 9 unhashed
+    rewrite_segment(tmp_path, _insert_a_copy_at_5)
+    assert any("offset 5 was inserted" in p for p in verify(tmp_path))
