@@ -30,9 +30,8 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
-    "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "read_small", "signed_end",
-    "signing_key", "verify",
-    "write_retention_floor",
+    "digest_file_name", "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "read_small",
+    "signed_end", "signing_key", "verify", "write_retention_floor",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +162,11 @@ def chain_step(chain: bytes, record_hash: bytes) -> bytes:
 def canonical(document: dict[str, Any]) -> bytes:
     """The bytes a digest signature covers (sorted keys, no whitespace)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def digest_file_name(sequence: int) -> str:
+    """Digests sort by name in sequence order."""
+    return f"{sequence:010d}.json"
 
 
 def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
@@ -303,7 +307,7 @@ class ChainWriter:
             **({"origin": self.origin} if self.origin else {}), **({"final": True} if final else {}),
         }
         digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
-        _write_atomic(self.paths.digests / f"{self._sequence:010d}.json", canonical(digest))
+        _write_atomic(self.paths.digests / digest_file_name(self._sequence), canonical(digest))
         self._accept(digest)
         return digest
 

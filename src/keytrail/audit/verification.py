@@ -8,7 +8,6 @@ last the digests' cadence (audit/cadence.py: a digest each interval while the no
 
 from __future__ import annotations
 
-import difflib
 import filecmp
 import hashlib
 import os
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from keytrail.audit.cadence import late_records, silent_spans
 from keytrail.audit.digest_shape import shape_problem
+from keytrail.audit.hash_diff import diff_hashes
 from keytrail.audit.integrity import (
     GENESIS,
     HASH_SIZE,
@@ -28,6 +28,7 @@ from keytrail.audit.integrity import (
     IntegrityPaths,
     canonical,
     chain_step,
+    digest_file_name,
     fingerprint,
     load_digests,
     read_retention_floor,
@@ -321,6 +322,9 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
     if int(digest.get("sequence", -1)) != index:
         problems.append(f"digest {name}: sequence {digest.get('sequence')} where {index} was expected "
                         "(a digest is missing or was inserted)")
+    if name != digest_file_name(int(digest.get("sequence", -1))):  # the name is not signed: renamed
+        problems.append(f"digest {name}: signs sequence {digest.get('sequence')}, which is not its file name's "
+                        "(the file was renamed)")
     want = None if previous is None else hashlib.sha256(canonical(previous)).hexdigest()
     if digest.get("previousDigestHash") != want:
         problems.append(f"digest {name}: does not name the previous digest (digest chain broken)")
@@ -347,7 +351,7 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhash
                         "(segment files deleted outside retention)")
     if unhashed_tail:  # a writer appends records just before it hashes them: not insertions
         actual = actual[:_hashed_end(expected[start:], actual)]
-    findings = _diff(expected[start:], actual, start)
+    findings = diff_hashes(expected[start:], actual, start)
     if final is not None:
         problems += _after_final_digest(final, expected[start:], actual, start)
     ids = _event_ids(log, start, {index for _, index in findings if index is not None})
@@ -377,70 +381,6 @@ def _hashed_end(expected: list[bytes], actual: list[bytes]) -> int:
             if actual[index] == newest:
                 return index + 1
     return len(expected)  # the newest hashed record altered or gone: the diff names it
-
-
-# A finding: a message with an `{event}` placeholder and the index (from the log's first record) of the
-# stored record whose eventID fills it (None when the record is gone).
-Finding = tuple[str, int | None]
-
-
-def _diff(expected: list[bytes], actual: list[bytes], base: int) -> list[Finding]:
-    """Name each difference between the hashes that should be there and those that are."""
-    head = 0
-    while head < min(len(expected), len(actual)) and expected[head] == actual[head]:
-        head += 1
-    if head == len(expected) == len(actual):
-        return []
-    matcher = difflib.SequenceMatcher(None, expected[head:], actual[head:], autojunk=False)
-    removed: list[int] = []
-    added: list[int] = []
-    replaced: list[tuple[list[int], list[int]]] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
-        gone = [head + i for i in range(i1, i2)]
-        new = [head + j for j in range(j1, j2)]
-        removed += gone
-        added += new
-        if tag == "replace":
-            replaced.append((gone, new))
-    return _classify(_moves(expected, actual, removed, added), removed, added, replaced, base)
-
-
-def _moves(expected: list[bytes], actual: list[bytes], removed: list[int], added: list[int]) -> dict[int, int]:
-    """Each added position whose record was removed from another: {actual index: expected index}.
-    Matched by position, not by hash alone: the hash store may hold one hash at many offsets (the
-    zero placeholders of records gone from the log before the hash store was rebuilt)."""
-    sources: dict[bytes, list[int]] = {}
-    for i in reversed(removed):
-        sources.setdefault(expected[i], []).append(i)
-    moves: dict[int, int] = {}
-    for j in added:
-        if candidates := sources.get(actual[j]):
-            moves[j] = candidates.pop()
-    return moves
-
-
-def _classify(moves: dict[int, int], removed: list[int], added: list[int],
-              replaced: list[tuple[list[int], list[int]]], base: int) -> list[Finding]:
-    """Findings in offset order within each kind, so that two runs over one log say the same."""
-    moved_from = set(moves.values())
-    findings: list[Finding] = [
-        (f"record {{event}} at offset {base + j} is out of order (was at offset {base + i}: reordered)", j)
-        for j, i in sorted(moves.items())]
-    altered_old: set[int] = set()
-    altered_new: set[int] = set()
-    for gone, new in replaced:
-        pairs = zip([i for i in gone if i not in moved_from], [j for j in new if j not in moves], strict=False)
-        for i, j in pairs:
-            altered_old.add(i)
-            altered_new.add(j)
-            findings.append((f"record {{event}} at offset {base + j} was altered", j))
-    findings += [(f"record at offset {base + i} is missing", None) for i in removed
-                 if i not in moved_from and i not in altered_old]
-    findings += [(f"record {{event}} at offset {base + j} was inserted (not in the hash chain)", j)
-                 for j in added if j not in moves and j not in altered_new]
-    return findings
 
 
 def _event_ids(log: SegmentLog, floor: int, indexes: set[int]) -> dict[int, str]:

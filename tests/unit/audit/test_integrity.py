@@ -123,6 +123,16 @@ def test_hashes_of_records_a_crash_kept_off_the_disk_are_no_missing_records(tmp_
                                "stops: the writer crashed") for note in verdict.notes), verdict.notes
 
 
+def test_a_digest_file_renamed_is_named(data_dir: Path) -> None:
+    """A digest's file name is not signed: renamed (its place in the name order kept), it passed."""
+    _, paths = audit_paths(data_dir)
+    newest = sorted(paths.digests.glob("*.json"))[-1]
+    renamed = newest.with_name(f"{int(newest.stem) + 6:010d}.json")
+    newest.rename(renamed)
+    assert verify(data_dir) == [f"digest {renamed.name}: signs sequence {int(newest.stem)}, which is not its file "
+                                "name's (the file was renamed)"]
+
+
 def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
     log_dir, _ = audit_paths(data_dir)
     (log_dir / "backup.seg").write_bytes(b"anything")
