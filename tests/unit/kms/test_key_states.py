@@ -71,6 +71,20 @@ async def test_a_primary_pending_replica_deletion_refuses_what_a_key_pending_del
     assert await store.get_key(ACCOUNT, "us-east-1", key_id) == before
 
 
+async def test_a_primary_pending_replica_deletion_reports_its_rotation_off_until_cancelled(tmp_path: Path) -> None:
+    """It never rotates while it waits (only Enabled keys do): its status said true, with a date."""
+    _, service = allow_all_service(tmp_path)
+    key_id = (await service.execute("CreateKey", alice(), {"MultiRegion": True}))["KeyMetadata"]["KeyId"]
+    await service.execute("EnableKeyRotation", alice(), {"KeyId": key_id})
+    await service.execute("ReplicateKey", alice(), {"KeyId": key_id, "ReplicaRegion": "eu-west-1"})
+    await service.execute("ScheduleKeyDeletion", alice(), {"KeyId": key_id, "PendingWindowInDays": 7})
+    status = await service.execute("GetKeyRotationStatus", alice(), {"KeyId": key_id})
+    assert status["KeyRotationEnabled"] is False and "NextRotationDate" not in status
+    await service.execute("CancelKeyDeletion", alice(), {"KeyId": key_id})
+    status = await service.execute("GetKeyRotationStatus", alice(), {"KeyId": key_id})
+    assert status["KeyRotationEnabled"] is True
+
+
 @pytest.mark.parametrize("operation", ["CreateAlias", "UpdateAlias"])
 async def test_an_alias_cannot_name_a_primary_pending_replica_deletion(tmp_path: Path, operation: str) -> None:
     _, service = allow_all_service(tmp_path)

@@ -80,13 +80,17 @@ async def _set_rotation(svc: KmsService, key: Key) -> None:
     await multiregion.save_with_replicas(svc, key)
 
 
+_SCHEDULED_FOR_DELETION = (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION)
+
+
 async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:GetKeyRotationStatus", key)
     _require_generated_material(key)
-    # GetKeyRotationStatus: a key pending deletion reports false; cancelling the deletion
-    # brings back the status it had (kept on the key, so nothing is lost meanwhile).
-    enabled = key.rotation_enabled and key.state is not KeyState.PENDING_DELETION
+    # GetKeyRotationStatus: a key pending deletion reports false (a primary waiting for its
+    # replicas' deletion is one too: it will not rotate); cancelling the deletion brings back the
+    # status it had (kept on the key, so nothing is lost meanwhile).
+    enabled = key.rotation_enabled and key.state not in _SCHEDULED_FOR_DELETION
     response: Response = {"KeyRotationEnabled": enabled, "KeyId": key.arn}
     if enabled:
         response["RotationPeriodInDays"] = key.rotation_period_days
