@@ -353,7 +353,7 @@ async def expire_material(svc: KmsService, key: Key) -> Key:
         expired = service_events.with_event(expired, svc.deps.new_id(), "DeleteExpiredKeyMaterial", details,
                                             material.valid_to or svc.now())
     replicas = await pending_dropped(svc, key, [m.material_id for m in gone if m.pending])
-    async with multiregion.announced(svc, replicas):
+    async with multiregion.announced(svc, replicas, by_call=False):
         await svc.store.put_keys([expired, *replicas])
         forget_deleted(key, [expired])
         expired = await service_events.record_owed(svc, expired)

@@ -98,8 +98,9 @@ async def copies(svc: KmsService, key: Key) -> list[Key]:
 
 
 async def synchronize(svc: KmsService, keys: list[Key]) -> None:
-    """Persist changed shared properties on every copy at once, then record the service events."""
-    await put_announced(svc, keys, keys)
+    """Persist changed shared properties on every copy at once (due work), then record the service
+    events."""
+    await put_announced(svc, keys, keys, by_call=False)
 
 
 def _synchronization(svc: KmsService, key: Key) -> CallRecord:
@@ -109,18 +110,23 @@ def _synchronization(svc: KmsService, key: Key) -> CallRecord:
     return svc.internal_call_record("SynchronizeMultiRegionKey", key, response_elements={"keyId": key.arn})
 
 
-def announced(svc: KmsService, keys: list[Key], first: Sequence[CallRecord] = ()) -> AbstractAsyncContextManager[None]:
+def announced(
+    svc: KmsService, keys: list[Key], first: Sequence[CallRecord] = (), *, by_call: bool,
+) -> AbstractAsyncContextManager[owed_calls.Written]:
     """Within it, the task's writes (the ones that change `keys`) owe each copy's
     `SynchronizeMultiRegionKey` record in their transaction, after the records `first`; after it,
     the records are made durable (kms/owed_calls.py): a node stopped in between leaves them owed,
-    not lost."""
-    return owed_calls.owed_with_writes(svc, [*first, *(_synchronization(svc, key) for key in keys)])
+    not lost. `by_call`: the writes are the change of the call being served, which a record refused
+    once they are done does not fail (`owed_calls.owed_with_writes`)."""
+    return owed_calls.owed_with_writes(svc, [*first, *(_synchronization(svc, key) for key in keys)], by_call=by_call)
 
 
-async def put_announced(svc: KmsService, keys: list[Key], changed: list[Key], first: Sequence[CallRecord] = ()) -> None:
+async def put_announced(
+    svc: KmsService, keys: list[Key], changed: list[Key], first: Sequence[CallRecord] = (), *, by_call: bool,
+) -> None:
     """Store `keys` in one transaction with the records `first` and the `SynchronizeMultiRegionKey`
-    records of the copies `changed` among them, then record those."""
-    async with announced(svc, changed, first):
+    records of the copies `changed` among them, then record those (`by_call`: see `announced`)."""
+    async with announced(svc, changed, first, by_call=by_call):
         await svc.store.put_keys(keys)
 
 
@@ -134,9 +140,10 @@ async def activate_replica(svc: KmsService, key: Key) -> Key:
 async def save_with_replicas(svc: KmsService, primary: Key) -> None:
     """Store `primary` and, in the same transaction, every replica given its materials and
     rotation schedule (a replica left without the new material could not decrypt what the primary
-    encrypts), then record the replicas' `SynchronizeMultiRegionKey`."""
+    encrypts), then record the replicas' `SynchronizeMultiRegionKey`: EnableKeyRotation's and
+    DisableKeyRotation's change."""
     replicas = await rotation_copies(svc, primary)
-    await put_announced(svc, [primary, *replicas], replicas)
+    await put_announced(svc, [primary, *replicas], replicas, by_call=True)
 
 
 async def rotation_copies(svc: KmsService, primary: Key) -> list[Key]:
@@ -167,7 +174,7 @@ async def move_primary(svc: KmsService, primary: Key, new_region: str, first: Se
         replace(k, primary_region=new_region, replica_regions=replicas)
         for k in [primary, *await copies(svc, primary)]
     ]
-    await put_announced(svc, changed, changed, first)
+    await put_announced(svc, changed, changed, first, by_call=True)
 
 
 def scheduled_deletion(key: Key, now: datetime, window_days: int) -> Key:

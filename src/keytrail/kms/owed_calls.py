@@ -12,9 +12,11 @@ written twice only if the node stops after the spool took it and before its row 
 tick took up another node's call still in flight, and then with one `eventID`: consumers
 deduplicate on it. Read-only calls (Encrypt, Decrypt, GenerateDataKey, …) write nothing and owe
 nothing: they take the path of before. The SynchronizeMultiRegionKey records KMS makes itself are
-owed the same way by the write that changes the copies they announce (`owed_with_writes`). A call
-that failed at a COMMIT never answered owes its final record over the row its write may have left,
-and records it from there (`_record_unanswered`): not the error now and the write's row again later.
+owed the same way by the write that changes the copies they announce (`owed_with_writes`): one the
+spool refuses after a call's own write stays owed without failing the call, whose own record answers.
+A call that failed at a COMMIT never answered owes its final record over the row its write may have
+left, and records it from there (`_record_unanswered`): not the error now and the write's row again
+later.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
     from keytrail.kms.store import OwedWrites
 
-__all__ = ["OwedCall", "changed_unrecorded", "owed_with_writes", "record_owed", "run_owing"]
+__all__ = ["OwedCall", "Written", "changed_unrecorded", "owed_with_writes", "record_owed", "run_owing"]
 
 log = logging.getLogger(__name__)
 
@@ -144,28 +146,54 @@ async def _settle(svc: KmsService, record: CallRecord) -> None:
                     "eventID, by a later tick): %s", record.event_id, exc)
 
 
+@dataclass(slots=True)
+class Written:
+    """Whether the writes of an `owed_with_writes` block are done: its end says so, or the block
+    itself where it records more after them (a rotation its `RotateKey` event)."""
+
+    done: bool = False
+
+
 @asynccontextmanager
-async def owed_with_writes(svc: KmsService, records: Sequence[CallRecord]) -> AsyncIterator[None]:
+async def owed_with_writes(svc: KmsService, records: Sequence[CallRecord], *, by_call: bool) -> AsyncIterator[Written]:
     """Within it, the task's writes owe `records` too (the SynchronizeMultiRegionKey calls KMS makes
-    for the copies they change), in their transactions; after it, each is recorded and settled."""
+    for the copies they change), in their transactions; after it, each is recorded and settled.
+
+    `by_call`: the writes are the change of the call being served, not due work. Once they are done
+    a record the spool refuses does not fail the call: it stays owed (the next tick records it, under
+    its eventID) and the call's own record, owed by the same write, decides the answer (success, or
+    "what the call changed stands"). Failing it had the caller told, and the trail say, that the call
+    failed or was not performed over a change that stood. Due work still fails: the tick logs it."""
     ids = {record.event_id for record in records}
     svc.in_flight |= ids  # not a tick's to take up meanwhile
+    written = Written()
     try:
         async with contextlib.AsyncExitStack() as stack:
             writes = [await stack.enter_async_context(svc.store.owing(partial(_same, record))) for record in records]
             try:
-                yield
-            except BaseException:  # after its write, maybe (a service event refused): the next tick records them
+                yield written
+            except BaseException as exc:  # after its write, maybe (a service event refused): the next tick records them
                 svc.left_owed |= ids
-                raise
-        for record, written in zip(records, writes, strict=True):
+                if not _stands(by_call, written.done, exc):
+                    raise
+                return
+        written.done = True
+        for record, owed in zip(records, writes, strict=True):
             try:
-                await _record(svc, record, written)
-            except BaseException:
+                await _record(svc, record, owed)
+            except BaseException as exc:
                 svc.left_owed |= ids  # the ones after it too
-                raise
+                if not _stands(by_call, owed.written, exc):
+                    raise
+                return
     finally:
         svc.in_flight -= ids
+
+
+def _stands(by_call: bool, written: bool, exc: BaseException) -> bool:
+    """Whether a call goes on after `exc`: its change is `written`, with the record the spool refused
+    (or any other KmsError after the write) owed in the store."""
+    return by_call and written and isinstance(exc, errors.KmsError)
 
 
 def _same(record: CallRecord) -> CallRecord:

@@ -56,22 +56,13 @@ async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
 
 async def _write_and_announce(svc: KmsService, rotated: Key, copies: list[Key], *, by_call: bool) -> Key:
     """Write the rotation with its copies, then record its `RotateKey` event (and after it the
-    copies' SynchronizeMultiRegionKey records); the key as stored.
-
-    For a call's own rotation (`by_call`: RotateKeyOnDemand) a record the spool refuses once the
-    write is done does not fail the call: the rotation stands, the key still owes its event (the
-    next tick, or call finding the key, records it) and the call's own record, owed by the same
-    write, tells the caller. Failing it had that record say "the call was not performed", naming
-    the RotateKey's event id as the request, over a rotation that stood."""
-    written = False
-    try:
-        async with multiregion.announced(svc, copies):  # recorded after the RotateKey, as before
-            await svc.store.put_keys([rotated, *copies])
-            written = True
-            rotated = await service_events.record_owed(svc, rotated)
-    except errors.KmsError:
-        if not (by_call and written):
-            raise
+    copies' SynchronizeMultiRegionKey records); the key as stored. A call's own rotation
+    (`by_call`: RotateKeyOnDemand) stands once written, whichever of them the spool refuses: the
+    key still owes its event, for the next tick or call finding the key (kms/owed_calls.py)."""
+    async with multiregion.announced(svc, copies, by_call=by_call) as written:  # after the RotateKey, as before
+        await svc.store.put_keys([rotated, *copies])
+        written.done = True
+        rotated = await service_events.record_owed(svc, rotated)
     return rotated
 
 

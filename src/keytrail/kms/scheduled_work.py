@@ -66,7 +66,7 @@ async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> Non
         await svc.store.put_key(key)
     await service_events.record_events(svc, key)
     changed = await multiregion.without_replica(svc, key)
-    async with multiregion.announced(svc, changed):
+    async with multiregion.announced(svc, changed, by_call=False):
         await svc.store.delete_key(key, changed)
         forget_deleted(key, changed)  # what a copy still holds (a multi-Region key's) stays cached
     delete = svc.origin_deleters.get(key.origin)

@@ -89,12 +89,15 @@ async def test_a_replica_deletion_cut_short_still_starts_the_primarys_waiting_pe
 
 
 async def test_a_primary_region_update_cut_short_leaves_one_primary(open_store: StoreFactory) -> None:
-    _store, _clock, east, west, key_id = await replicated_key(open_store)
+    store, _clock, east, west, key_id = await replicated_key(open_store)
     sink = east.svc.deps.audit
     sink.record = _RefusingSink("SynchronizeMultiRegionKey").record  # type: ignore[method-assign]
-    with pytest.raises(errors.KMSInternalException):
-        await east("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
+    # The move was written: the call stands, its copies' SynchronizeMultiRegionKey records owed.
+    await east("UpdatePrimaryRegion", KeyId=key_id, PrimaryRegion="eu-west-1")
+    assert {r.event_name for r in await store.owed_records()} == {"SynchronizeMultiRegionKey"}
     del sink.record
+    await east.svc.run_due()
+    assert await store.owed_records() == []
     primaries = {
         (await node("DescribeKey", KeyId=key_id))["KeyMetadata"]["MultiRegionConfiguration"]["PrimaryKey"]["Region"]
         for node in (east, west)

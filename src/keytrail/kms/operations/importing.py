@@ -296,7 +296,7 @@ async def _save_import(svc: KmsService, key: Key) -> None:
             if not any(m.material_id == pending.material_id for m in other.materials):
                 kept = tuple(m for m in other.materials if not m.pending)  # none left behind
                 replicas.append(replace(other, materials=(*kept, pending.without_secret())))
-    await multiregion.put_announced(svc, [key, *replicas], replicas)
+    await multiregion.put_announced(svc, [key, *replicas], replicas, by_call=True)
 
 
 async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
@@ -314,7 +314,7 @@ async def delete_imported_key_material(svc: KmsService, call: Call) -> Response:
         call.additional_event_data["keyMaterialId"] = material_id
     response: Response = {"KeyId": key.arn, **({"KeyMaterialId": material_id} if material_id else {})}
     call.response_elements = cloudtrail_values(response)
-    await multiregion.put_announced(svc, [emptied, *replicas], replicas)
+    await multiregion.put_announced(svc, [emptied, *replicas], replicas, by_call=True)
     forget_deleted(key, [emptied])
     return response
 

@@ -104,7 +104,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     # the CreateKey entry KMS writes in the replica's Region too (ct-replicate-key: "a ReplicateKey
     # operation and a CreateKey operation").
     created = _entry_in_replica_region(svc, call, replica, metadata)
-    await multiregion.put_announced(svc, [replica, *siblings], siblings, first=[created])
+    await multiregion.put_announced(svc, [replica, *siblings], siblings, first=[created], by_call=True)
     return {"ReplicaKeyMetadata": metadata, "ReplicaPolicy": replica.policy,
             "ReplicaTags": [{"TagKey": k, "TagValue": v} for k, v in replica.tags]}
 
