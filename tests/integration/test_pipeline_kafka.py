@@ -292,3 +292,25 @@ def _samples(text: str) -> dict[str, float]:
             for line in text.splitlines() if line and not line.startswith("#")}
 
 
+
+
+async def test_a_partition_whose_log_began_again_is_read_from_its_start_not_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that came back empty (memory storage, lost disks) or a topic deleted and created
+    again holds offsets from 0 again, below what the consumer's state covers: aiokafka went back to
+    the partition's start and the runner skipped every record there as counted already, silently.
+    Now the consumer says the log began again and counts them (repeats dropped by eventID)."""
+    events = list(generate_events(300, SETTINGS, seed=27))
+    port = free_port()
+    with kafka_broker(port) as bootstrap:
+        await _produce(bootstrap, events[:200], partitions=1)
+        source = KafkaSource(bootstrap, group_id="metrics-reset", idle_seconds=4.0)
+        await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+    with kafka_broker(port) as bootstrap:  # back empty: offsets 0-149 again, the state covers 0-199
+        await _produce(bootstrap, events[190:], partitions=1)  # ten shipped again, as the shipper does
+        source = KafkaSource(bootstrap, group_id="metrics-reset", idle_seconds=4.0)
+        stats = await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+    assert stats.records == 110 and stats.redelivered == 0  # none skipped as counted already
+    assert caplog.text.count("keytrail.audit.v1-0 ends at offset 110, below where this consumer reads (200)") == 1
+    _exact(tmp_path, events)

@@ -116,16 +116,17 @@ class KafkaSource:
 
     async def _poll(self, consumer: AIOKafkaConsumer) -> AsyncIterator[Batch]:
         last_data = time.monotonic()
+        began_again: set[TopicPartition] = set()  # read from their start again, until a batch says so
         while not self.stop.is_set():
             data = await consumer.getmany(timeout_ms=300, max_records=self.max_records)
+            began_again |= self._read_up_to(data)
+            began_again |= await self._ended_below_reading(consumer)
             if not data:
                 if self.idle_seconds is not None and time.monotonic() - last_data > self.idle_seconds:
                     return
                 continue
             last_data = time.monotonic()
             for tp, messages in data.items():
-                if self.listener is not None and messages:
-                    self.listener.next[tp] = messages[-1].offset + 1
                 events = _audit_events(_partition_name(tp), messages)
                 if events:
                     yield Batch(
@@ -133,7 +134,43 @@ class KafkaSource:
                         [m.offset for m in events],
                         values=[m.value for m in events],
                         source_end=consumer.highwater(tp),
+                        began_again=tp in began_again,
                     )
+                    began_again.discard(tp)
+
+    def _read_up_to(self, data: dict[TopicPartition, list[Any]]) -> set[TopicPartition]:
+        """Note where each partition of a fetch is read up to; return those it went back in (a Kafka
+        broker answered out of range, and aiokafka went back to the partition's start)."""
+        went_back = set()
+        for tp, messages in data.items():
+            if messages and self._went_back(tp, messages[0].offset):
+                went_back.add(tp)
+            if self.listener is not None and messages:
+                self.listener.next[tp] = messages[-1].offset + 1
+        return went_back
+
+    async def _ended_below_reading(self, consumer: AIOKafkaConsumer) -> set[TopicPartition]:
+        """The assigned partitions whose log now ends below where this consumer reads (tansu answers
+        such a fetch with no records, not out of range): read again from their start."""
+        listener = self.listener
+        if listener is None:
+            return set()
+        short = {tp: end for tp in listener.assigned
+                 if (end := consumer.highwater(tp)) is not None and end < listener.next.get(tp, 0)}
+        for tp, end in short.items():
+            _began_again(tp, f"ends at offset {end}", listener.next[tp])
+            await consumer.seek_to_beginning(tp)
+            listener.next[tp] = await consumer.position(tp)
+        return set(short)
+
+    def _went_back(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether `offset` is below where `tp` is read (a Kafka broker answered out of range, and
+        aiokafka went back to the start of the partition): its log began again."""
+        expected = self.listener.next.get(tp) if self.listener is not None else None
+        if expected is None or offset >= expected:
+            return False
+        _began_again(tp, f"began again at offset {offset}", expected)
+        return True
 
     def lag(self) -> dict[str, int]:
         """Records not yet read, per assigned partition whose end the broker told (each fetch
@@ -153,6 +190,8 @@ class KafkaSource:
         tp = TopicPartition(topic, int(number))
         if tp in self._consumer.assignment():
             self._consumer.seek(tp, offset)
+            if self.listener is not None:  # going back on purpose: not a log that began again
+                self.listener.next[tp] = offset
 
     async def commit(self, batch: Batch) -> None:
         if self._consumer is None:
@@ -182,6 +221,15 @@ async def _close(consumer: AIOKafkaConsumer, group_id: str, *, joined: bool) -> 
             log.warning("stopped without leaving consumer group %s (%s): its other members take over "
                         "this consumer's partitions after the group's session timeout", group_id,
                         type(error).__name__)
+
+
+def _began_again(tp: TopicPartition, what: str, reading: int) -> None:
+    """Say that `tp`'s log began again (a broker that restarted empty or lost its disk, the topic
+    deleted and created anew): what the state counted below `reading` is gone from Kafka, and the
+    records there now are new ones (or ones the shipper sent again, which the runner drops by
+    eventID), to be counted, not skipped as counted already."""
+    log.warning("%s %s, below where this consumer reads (%d): the topic was created anew or its broker lost "
+                "the log; reading it from its start, repeats dropped by eventID", _partition_name(tp), what, reading)
 
 
 def _audit_events(partition: str, messages: list[Any]) -> list[Any]:

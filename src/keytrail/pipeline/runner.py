@@ -37,7 +37,9 @@ class Batch:
     """Records of one source partition with their offsets (ascending).
 
     Exactly one of `values` (Avro single-object encoded) or `records` (CloudTrail dicts) is set.
-    `source_end` is the partition's end offset when known (for consumer lag).
+    `source_end` is the partition's end offset when known (for consumer lag). `began_again`: the
+    partition's log began again before this batch (a broker that lost it, a topic created anew), so
+    the offsets the state covers name other records: none of the batch is skipped as counted.
     """
 
     partition: str
@@ -45,6 +47,7 @@ class Batch:
     values: Sequence[bytes] = ()
     records: Sequence[Mapping[str, Any]] = ()
     source_end: int | None = None
+    began_again: bool = False
 
     @property
     def end(self) -> int:
@@ -214,7 +217,7 @@ class Runner:
         state = self.state(batch.partition)
         if not self._accepts(batch, state):
             return 0
-        covered = state.next_offset
+        covered = batch.offsets[0] if batch.began_again else state.next_offset
         skip = sum(1 for offset in batch.offsets if offset < covered)
         counted = unreadable = network = 0
         if skip < len(batch.offsets):
