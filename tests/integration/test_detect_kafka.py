@@ -490,3 +490,43 @@ async def test_standalone_detect_with_its_broker_gone_writes_each_aiokafka_line_
     lines = errors.read_text().splitlines()
     assert 1 <= sum("Unable connect to node" in line for line in lines) <= 2, lines
     assert len(lines) < 20, lines
+
+
+async def test_standalone_detect_reads_on_once_the_broker_comes_back_empty(tmp_path: Path) -> None:
+    """A broker that restarted empty (memory storage, a lost disk) or the topic created anew holds
+    offsets from 0 again, below where the detector read: tansu answers those fetches with no record,
+    and the detector waited there, silently, raising nothing on the calls shipped since. Now it says
+    the log began again and reads it from its start."""
+    from keytrail.audit.schema import encode
+
+    port, first, second = free_port(), key_arn(31), key_arn(32)
+
+    async def produce(bootstrap: str, key: str, count: int) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        for n in range(count):
+            record = denied("Decrypt", T0 + timedelta(seconds=n), key, user(f"trudy{key[-2:]}"))
+            await producer.send_and_wait(AUDIT, encode(record), key=b"one partition")
+        await producer.stop()
+
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with kafka_broker(port) as bootstrap:
+            await produce(bootstrap, first, 6)
+            proc = subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                                     str(tmp_path), "--tick-every", "0.5"], stderr=subprocess.PIPE)
+            async with asyncio.timeout(60):
+                while _latest(tmp_path / "alarms.jsonl", first) != 6:
+                    await asyncio.sleep(0.2)
+        with kafka_broker(port):  # the same address, back empty
+            await produce(bootstrap, second, 2)  # offsets 0-1, below the 6 read
+            async with asyncio.timeout(60):
+                while _latest(tmp_path / "alarms.jsonl", second) != 2:
+                    assert proc.poll() is None
+                    await asyncio.sleep(0.2)
+    finally:
+        if proc is not None:
+            proc.terminate()
+    stderr = proc.communicate(timeout=10)[1].decode()
+    assert re.search(r"audit\.v1-\d ends at offset [0-2], below where this detector reads \(6\)", stderr), stderr
+    assert "Traceback" not in stderr
