@@ -13,16 +13,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import write_bytes
 from keytrail.transport.frames import framed_size
-from keytrail.transport.kafka import KafkaProducerLink, ensure_topic
+from keytrail.transport.kafka import KafkaProducerLink, RecordsTooLarge, ensure_topic
 from keytrail.transport.segment_reader import SegmentReader
 
-__all__ = ["AUDIT_TOPIC", "ShippedOffset", "Shipper"]
+__all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
 
 log = logging.getLogger(__name__)
 AUDIT_TOPIC = "keytrail.audit.v1"
@@ -34,6 +34,23 @@ _BATCH = 2000
 # 0.25 s against 0.05 s gave +12, +6 and +0 % audited Encrypt req/s (when the shipper still ran
 # in the serving process). Records reach Kafka up to that much later.
 LINGER_SECONDS = 0.25
+
+
+class RecordTooLargeForBroker(RuntimeError):
+    """The broker refuses a record as larger than its topic takes: shipping cannot pass it until
+    the topic's max.message.bytes is raised (it retries, keeping every record)."""
+
+
+def _too_large(error: Exception, first: int, values: Sequence[bytes]) -> RecordTooLargeForBroker:
+    """Name the batch's largest record and what lets it through: a record refused for its size is
+    refused at every retry, so shipping stops there for good (an imported CloudTrail record of
+    several MB does it on a Kafka broker's default 1 MiB), while the log says only 'paused'."""
+    size, index = max((len(value), index) for index, value in enumerate(values))
+    return RecordTooLargeForBroker(
+        f"the broker refuses a record as too large ({error}): the largest of offsets {first} to "
+        f"{first + len(values) - 1} is offset {first + index}, {size} bytes. Shipping retries it and goes no "
+        f"further until the topic's max.message.bytes (and the broker's message.max.bytes) take it; the records "
+        f"wait in the event log")
 
 
 class ShippedOffset:
@@ -96,6 +113,8 @@ class Shipper:
                 async with KafkaProducerLink(self.bootstrap) as link:
                     self.connected, delay = True, 0.2
                     await self._ship_forever(link)
+            except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
+                log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
             except Exception as exc:  # broker down or unreachable: keep the records, retry
                 log.warning("audit shipping to %s paused: %s", self.bootstrap, exc)
             self.connected = False
@@ -135,7 +154,10 @@ class Shipper:
             return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
         # no longer has and drops them: `send_batch` raises then, and `run` recreates the topic.
-        await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for value in values])
+        try:
+            await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for value in values])
+        except RecordsTooLarge as error:
+            raise _too_large(error, first, values) from error
         after = first + len(values)
         await asyncio.to_thread(self.shipped.advance, after)
         if self._on_shipped is not None:

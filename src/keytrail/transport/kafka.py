@@ -15,10 +15,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-__all__ = ["BrokerLostRecords", "KafkaProducerLink", "ensure_topic", "partition_for", "quiet_bootstrap"]
+__all__ = ["BrokerLostRecords", "KafkaProducerLink", "RecordsTooLarge", "ensure_topic", "partition_for",
+           "quiet_bootstrap"]
 
 _TOPIC_EXISTS = 36
 _YIELD_EVERY = 500  # records appended to batches between yields to the serving loop (~0.4 ms)
@@ -31,6 +33,11 @@ Message = tuple[bytes | None, bytes]
 class BrokerLostRecords(RuntimeError):
     """The broker acknowledged records it cannot have kept: an offset went back, or the topic
     or partition is gone (a memory-storage broker that restarted empty)."""
+
+
+class RecordsTooLarge(RuntimeError):
+    """The broker refused a batch as larger than the topic takes (its max.message.bytes): refused
+    again at every retry, unlike a broker out of reach."""
 
 
 @contextlib.contextmanager
@@ -112,7 +119,10 @@ class KafkaProducerLink:
         """Send (key, value) messages, in order within each partition; return once all are
         acknowledged and the acknowledgements are plausible, else raise."""
         batches = await self._build(topic, messages)
-        acks = await asyncio.gather(*(self._send_partition(topic, p, builders) for p, builders in batches.items()))
+        try:
+            acks = await asyncio.gather(*(self._send_partition(topic, p, builders) for p, builders in batches.items()))
+        except (MessageSizeTooLargeError, RecordListTooLargeError) as error:
+            raise RecordsTooLarge(type(error).__name__) from error
         await self._check_acks(topic, dict(zip(batches, acks, strict=True)))
 
     async def _build(self, topic: str, messages: Sequence[Message]) -> dict[int, list[BatchBuilder]]:

@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from keytrail.audit.shipper import ShippedOffset, Shipper
-from keytrail.transport.kafka import KafkaProducerLink
+from keytrail.transport.kafka import KafkaProducerLink, RecordsTooLarge
 from keytrail.transport.segment_log import SegmentLog
 
 # A payload whose first field (keyArn, a string in branch 2 of its union) message_key_bytes reads.
@@ -45,3 +47,54 @@ async def test_shipping_from_an_offset_retention_deleted_stops_at_the_durable_en
         pass
     assert [value for _, value in link.sent] == [_payload(offset) for offset in range(start, 30)]
     assert shipped.value == 30
+
+
+class _RefusingLink(_Link):
+    """Stands for a broker whose topic takes records of at most `limit` bytes (max.message.bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    async def send_batch(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        if any(len(value) > self.limit for _, value in messages):
+            raise RecordsTooLarge("MessageSizeTooLargeError")
+        await super().send_batch(topic, messages)
+
+    async def __aenter__(self) -> _RefusingLink:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def test_a_record_the_broker_refuses_as_too_large_is_named_in_an_error_and_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An imported CloudTrail record of several MB is refused by a Kafka broker (1 MiB by default) at
+    every retry: shipping went no further, logging 'paused: [Error 10] MessageSizeTooLargeError' as
+    for a broker briefly down. Now an error names the record, its size and the topic setting."""
+    log = SegmentLog(tmp_path / "log", writable=True)
+    log.append([_payload(0), _payload(1) + b"x" * 5000, _payload(2)])
+    log.sync()
+    link = _RefusingLink(limit=1000)
+
+    async def no_topic(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
+    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
+    shipped = ShippedOffset(tmp_path / "shipped-offset")
+    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: 3,
+                      committed=asyncio.Event())
+    running = asyncio.create_task(shipper.run())
+    await asyncio.sleep(0.5)  # a try and a retry
+    await shipper.stop()
+    await asyncio.wait_for(running, 5)
+    assert shipped.value == 0 and link.sent == []  # kept, not skipped: raising the topic's limit ships it
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) >= 2, caplog.text
+    assert errors[0] == (
+        "audit shipping to broker:9092 is stuck: the broker refuses a record as too large (MessageSizeTooLargeError): "
+        f"the largest of offsets 0 to 2 is offset 1, {len(_payload(1)) + 5000} bytes. Shipping retries it and goes "
+        "no further until the topic's max.message.bytes (and the broker's message.max.bytes) take it; the records "
+        "wait in the event log")
