@@ -19,7 +19,7 @@ from pathlib import Path
 from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import write_bytes
 from keytrail.transport.frames import framed_size
-from keytrail.transport.kafka import KafkaProducerLink, RecordsTooLarge, ensure_topic
+from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge, ensure_topic
 from keytrail.transport.segment_reader import SegmentReader
 
 __all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
@@ -115,6 +115,11 @@ class Shipper:
                     await self._ship_forever(link)
             except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
                 log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
+            except BrokerLostRecords as exc:  # shipping goes on; what the broker lost is not sent again
+                log.error("audit shipping to %s: %s. Records this node shipped before offset %d may be gone from "
+                          "Kafka; to send them again, stop serve and write the first offset to resend into %s "
+                          "(consumers drop repeats by eventID)", self.bootstrap, exc, self.shipped.value,
+                          self.shipped.path)
             except Exception as exc:  # broker down or unreachable: keep the records, retry
                 log.warning("audit shipping to %s paused: %s", self.bootstrap, exc)
             self.connected = False

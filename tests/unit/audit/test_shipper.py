@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from keytrail.audit.shipper import ShippedOffset, Shipper
-from keytrail.transport.kafka import KafkaProducerLink, RecordsTooLarge
+from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge
 from keytrail.transport.segment_log import SegmentLog
 
 # A payload whose first field (keyArn, a string in branch 2 of its union) message_key_bytes reads.
@@ -98,3 +98,45 @@ async def test_a_record_the_broker_refuses_as_too_large_is_named_in_an_error_and
         f"the largest of offsets 0 to 2 is offset 1, {len(_payload(1)) + 5000} bytes. Shipping retries it and goes "
         "no further until the topic's max.message.bytes (and the broker's message.max.bytes) take it; the records "
         "wait in the event log")
+
+
+class _ForgetfulLink(_RefusingLink):
+    """Stands for a broker that came back empty: it acknowledges at offset 0 again, once."""
+
+    async def send_batch(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        if not self.sent:
+            self.sent.append((None, b""))
+            raise BrokerLostRecords(f"{topic}[0] acknowledged at offset 0, expected 2 or more: the broker lost records")
+        await super().send_batch(topic, messages)
+
+
+async def test_a_broker_that_lost_records_is_an_error_saying_how_to_send_them_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The records shipped before are gone from Kafka and never sent again: the log said only
+    'paused: … the broker lost records', as for a broker briefly down, and not how to resend them."""
+    log = SegmentLog(tmp_path / "log", writable=True)
+    log.append([_payload(offset) for offset in range(4)])
+    log.sync()
+    link = _ForgetfulLink(limit=1 << 20)
+
+    async def no_topic(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
+    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
+    shipped = ShippedOffset(tmp_path / "shipped-offset")
+    shipped.advance(2)  # acknowledged before the broker restarted
+    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: 4,
+                      committed=asyncio.Event())
+    running = asyncio.create_task(shipper.run())
+    while shipped.value < 4:
+        await asyncio.sleep(0.05)
+    await shipper.stop()
+    await asyncio.wait_for(running, 5)
+    assert [value for _, value in link.sent[1:]] == [_payload(2), _payload(3)]  # shipping went on
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error == (
+        "audit shipping to broker:9092: keytrail.audit.v1[0] acknowledged at offset 0, expected 2 or more: the "
+        "broker lost records. Records this node shipped before offset 2 may be gone from Kafka; to send them "
+        f"again, stop serve and write the first offset to resend into {tmp_path / 'shipped-offset'} (consumers "
+        "drop repeats by eventID)")
