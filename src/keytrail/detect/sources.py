@@ -131,7 +131,7 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
     """
     from aiokafka import AIOKafkaConsumer
 
-    from keytrail.transport.kafka import quiet_bootstrap
+    from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
 
     consumer = AIOKafkaConsumer(
         topic,
@@ -147,29 +147,13 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
             values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
-            began_again = await _read_again_where_log_ended_below(consumer)
+            reading = {part: await consumer.position(part) for part in consumer.assignment()}
+            began_again = await read_again_where_log_ended_below(consumer, reading, "detector")
             behind = {part: end for part, end in behind.items()
                       if part not in began_again and await consumer.position(part) < end}
             yield ValueBatch(values, _offsets(topic, fetched), caught_up=not behind)
     finally:
         await consumer.stop()
-
-
-async def _read_again_where_log_ended_below(consumer: Any) -> set[Any]:
-    """The partitions whose log now ends below where the detector reads, sent back to their start.
-    Their log began again (a broker that restarted empty or lost its disk, the topic created anew):
-    tansu answers a fetch past the end with no records, not out of range, and the detector would
-    wait there, blind to every call until the topic grew past its old end."""
-    short = set()
-    for part in consumer.assignment():
-        end, reading = consumer.highwater(part), await consumer.position(part)
-        if end is not None and end < reading:
-            log.warning("%s-%d ends at offset %d, below where this detector reads (%d): the topic was created "
-                        "anew or its broker lost the log; reading it from its start", part.topic, part.partition,
-                        end, reading)
-            await consumer.seek_to_beginning(part)
-            short.add(part)
-    return short
 
 
 async def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:

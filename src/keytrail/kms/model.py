@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from keytrail.kms.context import CallContext
 
 __all__ = [
+    "SCHEDULED_FOR_DELETION",
     "AuditSink",
     "CallRecord",
     "KeyLastUsage",
@@ -36,6 +37,11 @@ class KeyState(StrEnum):
     PENDING_REPLICA_DELETION = "PendingReplicaDeletion"
     UNAVAILABLE = "Unavailable"
     UPDATING = "Updating"
+
+
+# A key scheduled for deletion: PendingDeletion, or a multi-Region primary waiting for its
+# replicas' deletion first (PendingReplicaDeletion).
+SCHEDULED_FOR_DELETION = frozenset({KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION})
 
 
 class KeyUsage(StrEnum):

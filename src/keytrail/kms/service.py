@@ -32,6 +32,7 @@ from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import backing_key, key_store_event_data
 from keytrail.kms.model import (
+    SCHEDULED_FOR_DELETION,
     AuditSink,
     AuditUnavailable,
     CallRecord,
@@ -57,7 +58,6 @@ _NOT_USABLE = {
     KeyState.UNAVAILABLE: "is unavailable.",
     KeyState.UPDATING: "is updating.",
 }
-_SCHEDULED_FOR_DELETION = frozenset({KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION})
 DRY_RUN_MESSAGE = "The request would have succeeded, but the DryRun option is set."
 # What AWS answers an operation that takes a key id or key ARN only when it is given an alias name
 # or alias ARN, with InvalidArnException, which every such operation lists (as quoted from AWS for
@@ -298,7 +298,7 @@ class KmsService:
         multi-Region primary waiting for its replicas' deletion (PendingReplicaDeletion, "scheduled
         for deletion" in KeyMetadata's words), which must not take new tags, aliases or grants
         either: each refused in the words of its state."""
-        if key.state in _SCHEDULED_FOR_DELETION:
+        if key.state in SCHEDULED_FOR_DELETION:
             raise errors.KMSInvalidStateException(f"{key.arn} {_NOT_USABLE[key.state]}")
 
     @staticmethod

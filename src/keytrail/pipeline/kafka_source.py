@@ -20,7 +20,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from keytrail.pipeline.decode import known_writer
 from keytrail.pipeline.runner import Batch
-from keytrail.transport.kafka import quiet_bootstrap
+from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
 
 __all__ = ["AUDIT_TOPIC", "KafkaSource"]
 
@@ -155,11 +155,9 @@ class KafkaSource:
         listener = self.listener
         if listener is None:
             return set()
-        short = {tp: end for tp in listener.assigned
-                 if (end := consumer.highwater(tp)) is not None and end < listener.next.get(tp, 0)}
-        for tp, end in short.items():
-            _began_again(tp, f"ends at offset {end}", listener.next[tp])
-            await consumer.seek_to_beginning(tp)
+        reading = {tp: listener.next.get(tp, 0) for tp in listener.assigned}
+        short = await read_again_where_log_ended_below(consumer, reading, "consumer")
+        for tp in short:
             listener.next[tp] = await consumer.position(tp)
         return set(short)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +20,9 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 __all__ = ["BrokerLostRecords", "KafkaProducerLink", "RecordsTooLarge", "ensure_topic", "partition_for",
-           "quiet_bootstrap"]
+           "quiet_bootstrap", "read_again_where_log_ended_below"]
+
+log = logging.getLogger(__name__)
 
 _TOPIC_EXISTS = 36
 _YIELD_EVERY = 500  # records appended to batches between yields to the serving loop (~0.4 ms)
@@ -192,3 +194,18 @@ class KafkaProducerLink:
         missing = set(partitions) - (cluster.partitions_for_topic(topic) or set())
         if missing:
             raise BrokerLostRecords(f"{topic} partitions {sorted(missing)} are missing on the broker")
+
+
+async def read_again_where_log_ended_below(consumer: Any, reading: Mapping[Any, int], reader: str) -> dict[Any, int]:
+    """The partitions whose log now ends below where `reader` reads them (`reading`), each sent back
+    to its start, with where it ends. Their log began again (a broker that restarted empty or lost
+    its disk, the topic created anew): tansu answers a fetch past the end with no records, not out
+    of range, and the reader would wait there, blind to every call until the topic grew past its
+    old end."""
+    short = {part: end for part, at in reading.items() if (end := consumer.highwater(part)) is not None and end < at}
+    for part, end in short.items():
+        log.warning("%s-%d ends at offset %d, below where this %s reads (%d): the topic was created anew or its "
+                    "broker lost the log; reading it from its start",
+                    part.topic, part.partition, end, reader, reading[part])
+        await consumer.seek_to_beginning(part)
+    return short

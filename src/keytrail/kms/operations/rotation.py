@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from keytrail.kms import errors, multiregion
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.model import KeySpec, KeyState, Origin
+from keytrail.kms.model import SCHEDULED_FOR_DELETION, KeySpec, Origin
 from keytrail.kms.paging import page
 from keytrail.kms.rotation import holds_imported, rotate_key, rotate_to_imported
 
@@ -80,9 +80,6 @@ async def _set_rotation(svc: KmsService, key: Key) -> None:
     await multiregion.save_with_replicas(svc, key)
 
 
-_SCHEDULED_FOR_DELETION = (KeyState.PENDING_DELETION, KeyState.PENDING_REPLICA_DELETION)
-
-
 async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:GetKeyRotationStatus", key)
@@ -90,7 +87,7 @@ async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
     # GetKeyRotationStatus: a key pending deletion reports false (a primary waiting for its
     # replicas' deletion is one too: it will not rotate); cancelling the deletion brings back the
     # status it had (kept on the key, so nothing is lost meanwhile).
-    enabled = key.rotation_enabled and key.state not in _SCHEDULED_FOR_DELETION
+    enabled = key.rotation_enabled and key.state not in SCHEDULED_FOR_DELETION
     response: Response = {"KeyRotationEnabled": enabled, "KeyId": key.arn}
     if enabled:
         response["RotationPeriodInDays"] = key.rotation_period_days
