@@ -59,9 +59,11 @@ async def _alias_target(svc: KmsService, call: Call, action: str) -> Key:
 async def _require_alias_room(svc: KmsService, key: Key) -> None:
     """LimitExceededException when `key` has as many aliases as a key may have (its lock is held)."""
     aliases = await svc.store.list_aliases(key.account, key.region)
-    if sum(1 for alias in aliases if alias.key_id == key.key_id) >= ALIASES_PER_KEY:
+    usage = sum(1 for alias in aliases if alias.key_id == key.key_id)
+    if usage >= ALIASES_PER_KEY:
+        # AWS's words, as a CreateAlias refused on AWS logged them (scylladb/scylla-cluster-tests#7611).
         raise errors.LimitExceededException(
-            f"{key.arn} already has {ALIASES_PER_KEY} aliases, the quota of aliases per KMS key.")
+            f"Aliases per key quota for this account in this region is {ALIASES_PER_KEY}, current usage is {usage}.")
 
 
 async def create_alias(svc: KmsService, call: Call) -> Response:
