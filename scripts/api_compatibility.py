@@ -25,7 +25,10 @@ NOTES = {
                          "symmetric keys (docs/imported-key-material.md)",
     "RotateKeyOnDemand": "imported keys rotate to material imported with NEW_KEY_MATERIAL "
                          "(docs/imported-key-material.md)",
-    "ReplicateKey": "within the primary's partition only (Regions and partitions below)",
+    "CreateKey": "at most 100,000 keys per account and Region, every key state (LimitExceededException), "
+                 "AWS's default quota",
+    "ReplicateKey": "within the primary's partition only (Regions and partitions below); the replica counts "
+                    "toward its Region's 100,000 keys",
     "CreateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",
     "UpdateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",
     "CreateGrant": "at most 50,000 grants per key (LimitExceededException), AWS's default quota; "

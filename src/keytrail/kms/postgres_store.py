@@ -208,6 +208,10 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         )
         return [key_from_doc(self._body(KEYS, row), self._root) for row in rows]
 
+    async def count_keys(self, account: str, region: str) -> int:
+        rows = await self._rows("SELECT count(*) FROM kms_keys WHERE account=$1 AND region=$2", account, region)
+        return int(rows[0][0])
+
     async def all_keys(self) -> list[Key]:
         """Every key that verifies (the scheduler's, the inventory's): a refused one is logged."""
         rows = await self._rows("SELECT account, region, key_id, doc FROM kms_keys")

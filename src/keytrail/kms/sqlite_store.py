@@ -339,6 +339,9 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._refused.refuse_within(KEYS.name, (account, region))
         return sorted(self._keys.get((account, region), {}).values(), key=lambda k: (k.creation_date, k.key_id))
 
+    async def count_keys(self, account: str, region: str) -> int:
+        return len(self._keys.get((account, region), {}))
+
     async def all_keys(self) -> list[Key]:
         """Every key that verified (the scheduler's, the inventory's): a refused one is in the log."""
         return [key for keys in self._keys.values() for key in keys.values()]

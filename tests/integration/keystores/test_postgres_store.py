@@ -235,3 +235,18 @@ async def test_a_key_another_node_deleted_leaves_this_nodes_caches_at_its_next_t
     assert not secret_cached(secret)
     await store_a.close()
     await store_b.close()
+
+
+async def test_keys_are_counted_per_account_and_region_across_nodes_for_the_keys_quota(dsn: str) -> None:
+    root, clock = RootKey(os.urandom(32)), ManualClock()
+    east = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    also_east = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")  # another node
+    elsewhere = [Node(east.store, clock, "eu-west-1"), Node(east.store, clock, "us-east-1", account="444455556666")]
+    for node in (east, also_east, east, *elsewhere):
+        await node("CreateKey")
+    doomed = (await east("CreateKey"))["KeyMetadata"]["KeyId"]
+    await also_east("ScheduleKeyDeletion", KeyId=doomed, PendingWindowInDays=7)
+    assert [await node.store.count_keys(node.account, node.region) for node in (east, also_east, *elsewhere)] == [
+        4, 4, 1, 1]
+    for node in (east, also_east):
+        await node.store.close()

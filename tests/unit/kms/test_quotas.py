@@ -1,5 +1,5 @@
-"""AWS KMS resource quotas that bound what one caller can make a node hold: aliases and grants
-per key ("Resource quotas" in the AWS KMS developer guide)."""
+"""AWS KMS resource quotas that bound what one caller can make a node hold: keys per Region,
+aliases and grants per key ("Resource quotas" in the AWS KMS developer guide)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from keytrail.kms import errors
-from keytrail.kms.operations import aliases, grants
+from keytrail.kms.context import CallContext
+from keytrail.kms.operations import aliases, grants, keys
 from keytrail.kms.service import KmsService
 from tests.support.allow_all import ACCOUNT, alice, allow_all_service
 
@@ -53,3 +54,34 @@ async def test_a_key_takes_grants_up_to_its_quota_and_a_named_retry_still_answer
     assert again["GrantId"] == named
     await service.execute("RevokeGrant", alice(), {"KeyId": key, "GrantId": named})
     await service.execute("CreateGrant", alice(), request)
+
+
+
+def _in(region: str) -> CallContext:
+    return CallContext(alice().principal, region, "req-2")
+
+
+async def test_a_region_takes_keys_up_to_its_quota_counting_keys_pending_deletion_and_replicas(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keys, "KEYS_PER_REGION", 3)  # AWS's 100,000, scaled down
+    _, service = allow_all_service(tmp_path)
+    full = "Key quota for this account in this region is 3 but the current usage is 3."  # AWS's words
+    primary = (await service.execute("CreateKey", alice(), {"MultiRegion": True}))["KeyMetadata"]["Arn"]
+    doomed = await _key(service)
+    await service.execute("ScheduleKeyDeletion", alice(), {"KeyId": doomed, "PendingWindowInDays": 7})
+    await _key(service)
+    with pytest.raises(errors.LimitExceededException) as caught:  # a key pending deletion counts
+        await service.execute("CreateKey", alice(), {})
+    assert caught.value.message == full
+    for _ in range(2):
+        await service.execute("CreateKey", _in("us-west-2"), {})
+    await service.execute("ReplicateKey", alice(), {"KeyId": primary, "ReplicaRegion": "us-west-2"})
+    with pytest.raises(errors.LimitExceededException) as caught:  # and so does a replica
+        await service.execute("CreateKey", _in("us-west-2"), {})
+    assert caught.value.message == full
+    for _ in range(3):
+        await service.execute("CreateKey", _in("eu-west-1"), {})
+    with pytest.raises(errors.LimitExceededException) as caught:  # a replica needs room in its Region
+        await service.execute("ReplicateKey", alice(), {"KeyId": primary, "ReplicaRegion": "eu-west-1"})
+    assert caught.value.message == full
+    await service.execute("CreateKey", _in("ap-south-1"), {})  # each Region has a quota of its own

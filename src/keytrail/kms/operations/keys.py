@@ -29,7 +29,7 @@ from keytrail.kms.tags import validate_tags
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService, OriginDiscarder
 
-__all__ = ["OPERATIONS"]
+__all__ = ["KEYS_PER_REGION", "OPERATIONS", "require_key_room"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,21 @@ def _check_store_members(params: dict[str, Any], origin: Origin) -> None:
 
 
 _CUSTOM_STORE_ORIGINS = frozenset({Origin.AWS_CLOUDHSM, Origin.EXTERNAL_KEY_STORE})
+# "AWS KMS keys: 100,000" customer managed keys in each Region of an account, whatever their
+# spec or state (AWS KMS resource quotas): without it one caller could make keys without end,
+# each held in memory by every node and listed by every ListKeys.
+KEYS_PER_REGION = 100_000
+
+
+async def require_key_room(svc: KmsService, account: str, region: str) -> None:
+    """LimitExceededException when the account has as many keys in `region` as it may. Calls made
+    at once may each see room for one more, as AWS's own count can lag (its quotas are eventually
+    consistent): the quota bounds what a node holds, give or take the calls in flight."""
+    usage = await svc.store.count_keys(account, region)
+    if usage >= KEYS_PER_REGION:
+        # AWS's words, as a CreateKey refused on AWS logged them (convox/rack#347)
+        raise errors.LimitExceededException(
+            f"Key quota for this account in this region is {KEYS_PER_REGION} but the current usage is {usage}.")
 
 
 def _new_key_id(svc: KmsService, multi_region: bool) -> str:
@@ -109,6 +124,7 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     if "Policy" in params:  # checked for the key as it will be (its tags, spec …), as a later PutKeyPolicy sees it
         validate_key_policy(policy, context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
                             key_arn=arn, call=context, now=svc.now(), key=key)
+    await require_key_room(svc, context.account, context.region)
     svc.check_dry_run(call)  # before the first material: a dry run must make no key in an HSM either
     key = await _with_first_material(svc, call, key)
     # Before the write: the record it owes (kms/owed_calls.py) names the key it made.

@@ -12,6 +12,7 @@ from keytrail.kms.identifiers import key_arn
 from keytrail.kms.keys import Key
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import CallRecord, KeyState
+from keytrail.kms.operations.keys import require_key_room
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.tags import validate_tags
@@ -90,6 +91,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     if region == primary.region or region in primary.replica_regions:
         raise errors.AlreadyExistsException(f"Key '{key_arn(region, primary.account, primary.key_id)}' already exists")
     tags = tuple(validate_tags(params.get("Tags") or []).items())
+    await require_key_room(svc, primary.account, region)  # the replica is a key of its Region
     description = params.get("Description", "")  # not a shared property: AWS defaults it to empty
     replica_policy = _replica_policy(svc, call, primary, region)
     replica = multiregion.replica_of(primary, region, svc.now(), replica_policy, description, tags)
