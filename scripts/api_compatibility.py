@@ -130,7 +130,9 @@ CHECKED = [
         "(it used to be ignored), each checked against the grant it names: its first token, kept with the "
         "grant, or another made for a retry by `Name`, whose tag the first keys; one in keytrail's form but "
         "made up, cut or changed is refused too (it used to be taken). The token of a retired grant names no "
-        "grant and is refused the same way: AWS documents no answer for it.",
+        "grant and is refused the same way: AWS documents no answer for it. So is a token of another "
+        "Region's grant, in `GrantTokens` and in `RetireGrant`: grants are Regional, as their keys "
+        "(`RetireGrant` in one Region used to retire another Region's grant by its token).",
     ),
     (
         "`RetireGrant` with a `GrantToken` and a `KeyId` of another key, or a `GrantId` of another grant",

@@ -177,21 +177,22 @@ class KmsService:
         """Run the handler; a call that changes keys holds the lock of its key until it returns
         (its read-modify-write would otherwise undo a concurrent call's change)."""
         if tokens := call.params.get("GrantTokens"):
-            await self._check_grant_tokens(tokens)
+            await self._check_grant_tokens(tokens, call.context.region)
         if operation.read_only:
             return await operation.handler(self, call)
         async with contextlib.AsyncExitStack() as held:
             call.held = held
             return await operation.handler(self, call)
 
-    async def _check_grant_tokens(self, tokens: Any) -> None:
+    async def _check_grant_tokens(self, tokens: Any, region: str) -> None:
         """InvalidGrantTokenException unless CreateGrant returned each of `tokens` for a grant that
         is still there ("the specified grant token is not valid": the API reference of every
-        operation that takes GrantTokens). Grants here take effect at once, so a token adds no
-        permission; a made-up one in the right form was taken as if it were real."""
+        operation that takes GrantTokens) in this call's Region: grants are Regional, as their
+        keys. Grants here take effect at once, so a token adds no permission; a made-up one in the
+        right form was taken as if it were real."""
         for token in tokens if isinstance(tokens, list) else [tokens]:
             named = parse_grant_token(token) if isinstance(token, str) else None
-            if named is None:
+            if named is None or named[1] != region:
                 raise errors.InvalidGrantTokenException("The grant token is invalid.")
             account, region, key_id, grant_id = named
             grants = await self.store.list_grants(account, region, key_id)

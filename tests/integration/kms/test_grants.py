@@ -94,3 +94,19 @@ def test_a_grantee_or_retiring_principal_that_names_no_principal_is_invalid_arn(
     role_session = f"arn:aws:sts::{ACCOUNT}:assumed-role/app/app-session"
     for good in (BOB, f"arn:aws:iam::{ACCOUNT}:root", ACCOUNT, role_session, "ec2.us-east-1.amazonaws.com"):
         assert kms.create_grant(KeyId=key_id, GranteePrincipal=good, RetiringPrincipal=BOB, Operations=["Decrypt"])
+
+
+def test_a_grant_token_is_refused_outside_the_region_of_its_grant(server: KeytrailServer) -> None:
+    # KMS keys and their grants are Regional: a token names a grant of the Region it was issued in,
+    # and a call in another Region neither retires that grant (it used to, recorded in the wrong
+    # Region's trail) nor takes the token as valid.
+    east, west = server.client(), server.client(region="us-west-2")
+    key_id = east.create_key()["KeyMetadata"]["KeyId"]
+    token = east.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt", "RetireGrant"])["GrantToken"]
+    west_key = west.create_key()["KeyMetadata"]["KeyId"]
+    refused = ("InvalidGrantTokenException", "The grant token is invalid.", 400)
+    assert aws_error(west.retire_grant, GrantToken=token) == refused
+    assert aws_error(west.encrypt, KeyId=west_key, Plaintext=b"x", GrantTokens=[token]) == refused
+    assert len(east.list_grants(KeyId=key_id)["Grants"]) == 1
+    east.retire_grant(GrantToken=token)
+    assert east.list_grants(KeyId=key_id)["Grants"] == []

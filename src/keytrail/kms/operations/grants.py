@@ -230,7 +230,7 @@ async def _grant_named(svc: KmsService, call: Call) -> tuple[Key, Grant]:
     params = call.params
     if params.get("GrantToken"):
         named = parse_grant_token(params["GrantToken"])
-        if named is None:
+        if named is None or named[1] != call.context.region:  # grants are Regional, as their keys
             raise errors.InvalidGrantTokenException("The grant token is invalid.")
         account, region, key_id, grant_id = named
         if params.get("GrantId") and params["GrantId"] != grant_id:
