@@ -193,7 +193,10 @@ def token_valid_to(token: bytes) -> datetime | None:
     millis = _token_parts(token)[1]
     if not millis:
         return None
-    return datetime.fromtimestamp(int.from_bytes(millis, "big") / 1000, tz=UTC)
+    try:  # a forged token can carry any 8 bytes: past year 9999 it is no token this service made
+        return datetime.fromtimestamp(int.from_bytes(millis, "big") / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        raise errors.InvalidImportTokenException("The import token is invalid.") from None
 
 
 def unwrap_material(parameters: ImportParameters, encrypted: bytes) -> bytes:

@@ -182,6 +182,21 @@ def test_import_token_of_another_key_is_invalid(kms: Any) -> None:
     assert _import_error(kms, key_b, params)[0] == "InvalidImportTokenException"
 
 
+@pytest.mark.parametrize("valid_to", [b"\xff" * 8, (2**63 - 1).to_bytes(8, "big")])
+def test_forged_token_with_a_valid_to_past_year_9999_is_invalid(kms: Any, valid_to: bytes) -> None:
+    """A token names its parameters and carries its ValidTo: one whose ValidTo is no date (a forged
+    or corrupted token) was a KMSInternalException (500) once its parameters were not found."""
+    key_id = _external_key(kms)
+    params = kms.get_parameters_for_import(
+        KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    forged = params["ImportToken"][:5] + os.urandom(32) + valid_to  # format and length of a real token
+    assert len(forged) == len(params["ImportToken"])
+    assert _import_error(kms, key_id, {**params, "ImportToken": forged}) == (
+        "InvalidImportTokenException", "The import token is invalid."
+    )
+
+
 def test_material_wrapped_under_another_key_is_invalid_ciphertext(kms: Any) -> None:
     key_id = _external_key(kms)
     params = kms.get_parameters_for_import(
