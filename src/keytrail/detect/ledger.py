@@ -26,7 +26,6 @@ _STATE_CHANGES = {
     "DisableKey": "Disabled",
     "EnableKey": "Enabled",
     "ScheduleKeyDeletion": "PendingDeletion",
-    "CancelKeyDeletion": "Disabled",
     "DeleteKey": "Deleted",
 }
 
@@ -50,6 +49,7 @@ class KeyRecord:
     # each such material is imported again.
     pending_material: str | None = None
     missing_materials: set[str] = field(default_factory=set)
+    awaits_first_material: bool = False  # created PendingImport, no import seen since
     rotations: int = 0
     principals: set[str] = field(default_factory=set)
     confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
@@ -120,11 +120,18 @@ class KeyLedger:
             record.created, record.created_event_id = event.event_time, event.event_id
             record.key_manager = str(metadata.get("keyManager") or "CUSTOMER")
             record.state = str(metadata.get("keyState") or "Enabled")
+            record.awaits_first_material = record.state == "PendingImport"
         elif name == "RotateKey":  # also logged after each RotateKeyOnDemand call (ct-rotatekeyondemand): count one
             record.rotations += 1
             record.pending_material = None  # an on-demand rotation makes it the key's current material
         elif name in _STATE_CHANGES:
             record.state = _STATE_CHANGES[name]
+        elif name == "CancelKeyDeletion":
+            # KMS leaves a key Disabled, but one of EXTERNAL origin without all its material
+            # (never imported, deleted or expired) PendingImport (kms/operations/keys.py): taken
+            # for Disabled, its later import left it Disabled here, never judged unused.
+            waiting = record.awaits_first_material or record.missing_materials
+            record.state = "PendingImport" if waiting else "Disabled"
         elif name == "ImportKeyMaterial":
             _material_imported(record, event)
         elif name == "DeleteImportedKeyMaterial":
@@ -146,6 +153,7 @@ def _material_imported(record: KeyRecord, event: KmsEvent) -> None:
     """A key waiting for material is Enabled once it holds all of it again; new material imported
     into a key that has some (ImportType NEW_KEY_MATERIAL) only waits for a rotation."""
     material = _material_id(event.response_elements)
+    record.awaits_first_material = False
     if record.state == "PendingImport":
         if material is None:  # a record that does not say which: take it for all that was missing
             record.missing_materials.clear()

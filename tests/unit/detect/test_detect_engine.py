@@ -326,6 +326,30 @@ def test_unused_key_waits_for_every_missing_material_of_a_rotated_imported_key()
     assert [alarm.rule for alarm in detector.tick()] == ["unused-key"]
 
 
+@pytest.mark.parametrize("material", ["never imported", "deleted"])
+def test_unused_key_judges_a_key_imported_after_its_deletion_was_cancelled(material: str) -> None:
+    """CancelKeyDeletion leaves a key without its material PendingImport, not Disabled: the ledger
+    took it for Disabled, kept it so after the import that enabled it, and never judged it."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    history = key_with_imported_material(T0)
+    if material == "never imported":
+        history = history[:1]
+    else:
+        history.append(event("DeleteImportedKeyMaterial", T0, KEY, params={"keyId": KEY},
+                             response={"keyId": KEY, "keyMaterialId": MATERIAL}))
+    scheduled = event("ScheduleKeyDeletion", T0, KEY, params={"keyId": KEY, "pendingWindowInDays": 7},
+                      response={"keyId": KEY, "keyState": "PendingDeletion"})
+    cancelled = event("CancelKeyDeletion", T0 + timedelta(days=1), KEY, params={"keyId": KEY},
+                      response={"keyId": KEY})
+    imported = event("ImportKeyMaterial", T0 + timedelta(days=2), KEY, params={"keyId": KEY},
+                     response={"keyId": KEY, "keyMaterialId": MATERIAL})
+    detector.process([*history, scheduled, cancelled, imported])
+    clock.advance(timedelta(days=93).total_seconds())
+    [alarm] = detector.tick()  # Enabled since its import (KMS: PendingImport, then Enabled)
+    assert alarm.rule == "unused-key" and alarm.key_arn == KEY
+
+
 def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     detector = Detector()
     policy = policy_doc(
