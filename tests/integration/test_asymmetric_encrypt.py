@@ -229,3 +229,31 @@ def test_rsa_keys_in_disabled_and_pending_deletion_state(kms) -> None:
     assert error_of(
         kms.encrypt, KeyId=meta["KeyId"], Plaintext=b"x", EncryptionAlgorithm="RSAES_OAEP_SHA_1"
     ) == ("KMSInvalidStateException", f"{meta['Arn']} is pending deletion.")
+
+
+def test_dry_run_encrypt_under_rsa_refuses_what_the_call_would_refuse(kms, rsa_keys) -> None:
+    meta = rsa_keys["RSA_2048"]
+    too_long = {"KeyId": meta["KeyId"], "Plaintext": b"p" * 191, "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"}
+    with_context = {"KeyId": meta["KeyId"], "Plaintext": b"p", "EncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                    "EncryptionContext": {"purpose": "test"}}
+    for request in (too_long, with_context):
+        assert error_of(kms.encrypt, DryRun=True, **request) == error_of(kms.encrypt, **request)
+    assert error_of(kms.encrypt, DryRun=True, **too_long) == (
+        "ValidationException",
+        "Algorithm RSAES_OAEP_SHA_256 and key spec RSA_2048 cannot encrypt data larger than 190 bytes.")
+
+
+def test_dry_run_re_encrypt_to_rsa_refuses_what_the_call_would_refuse(kms, rsa_keys) -> None:
+    meta = rsa_keys["RSA_2048"]
+    source = kms.create_key()["KeyMetadata"]
+    blob = kms.encrypt(KeyId=source["KeyId"], Plaintext=b"p" * 191)["CiphertextBlob"]
+    too_long = {"CiphertextBlob": blob, "DestinationKeyId": meta["KeyId"],
+                "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}
+    small = kms.encrypt(KeyId=source["KeyId"], Plaintext=b"p")["CiphertextBlob"]
+    with_context = {**too_long, "CiphertextBlob": small, "DestinationEncryptionContext": {"purpose": "test"}}
+    for request in (too_long, with_context):
+        assert error_of(kms.re_encrypt, DryRun=True, **request) == error_of(kms.re_encrypt, **request)
+    assert error_of(kms.re_encrypt, DryRun=True, **with_context) == (
+        "ValidationException", "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
+    ignoring = {**with_context, "SourceKeyId": source["KeyId"], "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
+    assert error_of(kms.re_encrypt, DryRun=True, **ignoring) == error_of(kms.re_encrypt, DryRun=True, **with_context)

@@ -23,9 +23,9 @@ from keytrail.kms.secret_cache import SecretCache
 from keytrail.kms.specs import algorithms_for
 
 __all__ = [
-    "CURVES", "PRIVATE_KEYS", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_offered_in_region",
-    "check_signing", "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit", "private_key",
-    "public_key_der", "sign", "verify",
+    "CURVES", "PRIVATE_KEYS", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_encryptable",
+    "check_offered_in_region", "check_signing", "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit",
+    "private_key", "public_key_der", "sign", "verify",
 ]
 
 PrivateKey = Any  # any private key class of `cryptography` that loads from PKCS#8
@@ -248,6 +248,22 @@ def _check_rsa_use(key: Key, algorithm: str, context: Mapping[str, str] | None) 
             "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
 
 
+def check_encryptable(key: Key, size: int, context: Mapping[str, str] | None, algorithm: str) -> None:
+    """The refusals of encrypting `size` bytes under an RSA key (OAEP limit, encryption context),
+    raised before anything is encrypted, so that a DryRun, which stops short of that, answers them
+    too ("Testing your permissions": DryRun verifies "that AWS KMS API calls will succeed")."""
+    if key.key_spec in RSA_BITS:
+        _check_rsa_use(key, algorithm, context)
+        _check_oaep_size(key, size, algorithm)
+
+
+def _check_oaep_size(key: Key, size: int, algorithm: str) -> None:
+    limit = oaep_limit(key.key_spec, algorithm)
+    if size > limit:
+        raise errors.ValidationException(f"Algorithm {algorithm} and key spec {key.key_spec} "
+                                         f"cannot encrypt data larger than {limit} bytes.")
+
+
 class RsaCipher:
     """ENCRYPT_DECRYPT RSA keys: plain RSAES-OAEP ciphertext, so anyone holding the public key
     (GetPublicKey) can make ciphertext that Decrypt opens."""
@@ -255,10 +271,7 @@ class RsaCipher:
     async def encrypt(self, key: Key, plaintext: bytes, context: Mapping[str, str] | None,
                       algorithm: str) -> tuple[bytes, str | None]:
         _check_rsa_use(key, algorithm, context)
-        limit = oaep_limit(key.key_spec, algorithm)
-        if len(plaintext) > limit:
-            raise errors.ValidationException(f"Algorithm {algorithm} and key spec {key.key_spec} "
-                                             f"cannot encrypt data larger than {limit} bytes.")
+        _check_oaep_size(key, len(plaintext), algorithm)
         public = private_key(key_secret(key)).public_key()
         return bytes(public.encrypt(plaintext, _oaep(algorithm))), None
 
