@@ -95,6 +95,10 @@ def test_rsa_decrypt_dry_run_ignoring_the_ciphertext_checks_the_key_and_algorith
     assert error_of(kms.decrypt, **ignore) == (
         "InvalidKeyUsageException",
         "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.")
+    # As the call without DryRun answers, whatever the ciphertext.
+    assert error_of(kms.decrypt, EncryptionAlgorithm="RSAES_OAEP_SHA_256", EncryptionContext={"purpose": "test"},
+                    **ignore) == (
+        "ValidationException", "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
 
 
 def test_re_encrypt_from_rsa_and_to_a_signing_key(kms, rsa_keys) -> None:
@@ -257,3 +261,7 @@ def test_dry_run_re_encrypt_to_rsa_refuses_what_the_call_would_refuse(kms, rsa_k
         "ValidationException", "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
     ignoring = {**with_context, "SourceKeyId": source["KeyId"], "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}
     assert error_of(kms.re_encrypt, DryRun=True, **ignoring) == error_of(kms.re_encrypt, DryRun=True, **with_context)
+    from_rsa = {"CiphertextBlob": b"x", "SourceKeyId": meta["KeyId"], "SourceEncryptionAlgorithm": "RSAES_OAEP_SHA_1",
+                "SourceEncryptionContext": {"purpose": "test"}, "DestinationKeyId": source["KeyId"]}
+    assert error_of(kms.re_encrypt, DryRun=True, DryRunModifiers=["IGNORE_CIPHERTEXT"], **from_rsa) == (
+        error_of(kms.re_encrypt, **from_rsa))

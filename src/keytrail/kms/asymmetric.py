@@ -23,8 +23,8 @@ from keytrail.kms.secret_cache import SecretCache
 from keytrail.kms.specs import algorithms_for
 
 __all__ = [
-    "CURVES", "PRIVATE_KEYS", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_encryptable",
-    "check_offered_in_region", "check_signing", "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit",
+    "CURVES", "PRIVATE_KEYS", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_offered_in_region",
+    "check_rsa_request", "check_signing", "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit",
     "private_key", "public_key_der", "sign", "verify",
 ]
 
@@ -248,10 +248,11 @@ def _check_rsa_use(key: Key, algorithm: str, context: Mapping[str, str] | None) 
             "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.")
 
 
-def check_encryptable(key: Key, size: int, context: Mapping[str, str] | None, algorithm: str) -> None:
-    """The refusals of encrypting `size` bytes under an RSA key (OAEP limit, encryption context),
-    raised before anything is encrypted, so that a DryRun, which stops short of that, answers them
-    too ("Testing your permissions": DryRun verifies "that AWS KMS API calls will succeed")."""
+def check_rsa_request(key: Key, context: Mapping[str, str] | None, algorithm: str, size: int = 0) -> None:
+    """The refusals of encrypting `size` bytes under, or decrypting with, an RSA key that need no
+    crypto (encryption context, OAEP limit), raised before any, so that a DryRun, which stops short
+    of it, answers them too ("Testing your permissions": DryRun verifies "that AWS KMS API calls
+    will succeed"). Other keys pass."""
     if key.key_spec in RSA_BITS:
         _check_rsa_use(key, algorithm, context)
         _check_oaep_size(key, size, algorithm)

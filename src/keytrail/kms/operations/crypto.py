@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors
-from keytrail.kms.asymmetric import check_encryptable
+from keytrail.kms.asymmetric import check_rsa_request
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.ciphertext import read_header
 from keytrail.kms.identifiers import KeyRefError, parse_key_ref
@@ -62,7 +62,7 @@ async def encrypt(svc: KmsService, call: Call) -> Response:
                                                                                   SYMMETRIC_DEFAULT)
     key = await _encrypting_key(svc, call, params["KeyId"], "kms:Encrypt")
     _check_algorithm(key, algorithm)
-    check_encryptable(key, len(params["Plaintext"]), params.get("EncryptionContext"), algorithm)
+    check_rsa_request(key, params.get("EncryptionContext"), algorithm, len(params["Plaintext"]))
     svc.check_dry_run(call)
     blob, material_id = await svc.cipher_for(key).encrypt(
         key, params["Plaintext"], params.get("EncryptionContext"), algorithm)
@@ -147,7 +147,9 @@ async def _test_decrypt_permission(svc: KmsService, call: Call) -> None:
     if params.get("KeyId") is None:
         raise errors.ValidationException("KeyId is required when DryRunModifiers includes IGNORE_CIPHERTEXT.")
     key = await svc.find_key(call, params["KeyId"])
-    await _check_decrypting_key(svc, call, key, "kms:Decrypt", params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT))
+    algorithm = params.get("EncryptionAlgorithm", SYMMETRIC_DEFAULT)
+    await _check_decrypting_key(svc, call, key, "kms:Decrypt", algorithm)
+    check_rsa_request(key, params.get("EncryptionContext"), algorithm)
     svc.check_dry_run(call)
 
 
@@ -200,8 +202,9 @@ async def _test_re_encrypt_permission(svc: KmsService, call: Call) -> None:
     source_algorithm = params.get("SourceEncryptionAlgorithm", SYMMETRIC_DEFAULT)
     await _check_decrypting_key(svc, call, source, "kms:ReEncryptFrom", source_algorithm)
     destination, algorithm = await _destination_key(svc, call, source)
-    # The plaintext is not known here, its size is not checked; the destination context is.
-    check_encryptable(destination, 0, params.get("DestinationEncryptionContext"), algorithm)
+    # The plaintext is not known here, its size is not checked; the contexts are.
+    check_rsa_request(source, params.get("SourceEncryptionContext"), source_algorithm)
+    check_rsa_request(destination, params.get("DestinationEncryptionContext"), algorithm)
     svc.check_dry_run(call)
 
 
@@ -214,7 +217,7 @@ async def re_encrypt(svc: KmsService, call: Call) -> Response:
         svc, call, "kms:ReEncryptFrom", key_member="SourceKeyId", context_member="SourceEncryptionContext",
         algorithm_member="SourceEncryptionAlgorithm")
     destination, algorithm = await _destination_key(svc, call, source)
-    check_encryptable(destination, len(plaintext), params.get("DestinationEncryptionContext"), algorithm)
+    check_rsa_request(destination, params.get("DestinationEncryptionContext"), algorithm, len(plaintext))
     svc.check_dry_run(call)
     blob, material_id = await svc.cipher_for(destination).encrypt(
         destination, plaintext, params.get("DestinationEncryptionContext"), algorithm)
