@@ -404,6 +404,29 @@ def test_generate_random_in_a_custom_key_store(kms: Any, trust_anchor: str, clus
     assert len(first) == len(second) == 1024 and first != second
 
 
+def test_a_caller_denied_store_actions_is_denied_whatever_the_store_id(
+    hsm_server: KeytrailServer, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # IAM-only actions (resource "*"): AWS authorizes them before looking at the id, so bob, whom no
+    # policy allows them, is denied alike for a store of his account and an id no store has. They
+    # answered CustomKeyStoreNotFoundException for the second: which ids exist, to a denied caller.
+    region = "ap-southeast-2"  # a Region of its own: 10 stores per Region
+    store_id = _store(hsm_server.client("alice", region=region), trust_anchor, next(clusters))
+    bob = hsm_server.client("bob", region=region)
+    calls = {
+        "ConnectCustomKeyStore": lambda i: bob.connect_custom_key_store(CustomKeyStoreId=i),
+        "DisconnectCustomKeyStore": lambda i: bob.disconnect_custom_key_store(CustomKeyStoreId=i),
+        "UpdateCustomKeyStore": lambda i: bob.update_custom_key_store(CustomKeyStoreId=i, NewCustomKeyStoreName="x"),
+        "DeleteCustomKeyStore": lambda i: bob.delete_custom_key_store(CustomKeyStoreId=i),
+    }
+    for operation, request in calls.items():
+        for candidate in (store_id, "cks-0123456789abcdef0"):
+            with pytest.raises(ClientError) as excinfo:
+                request(candidate)
+            assert _error(excinfo) == "AccessDeniedException", (operation, candidate)
+            assert f"kms:{operation} on resource: *" in excinfo.value.response["Error"]["Message"]
+
+
 def test_hsm_that_refuses_login_answers_aws_errors(
     hsm_server: KeytrailServer, hsm: SoftHsm, trust_anchor: str, clusters: Iterator[str]
 ) -> None:

@@ -156,9 +156,11 @@ async def create_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 
 async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
+    # Authorized before the store is looked up, as AWS authorizes these IAM-only actions (resource "*")
+    # whatever the id: a caller denied them learns nothing of which stores exist.
+    await svc.authorize(call, "kms:ConnectCustomKeyStore", None)
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     _name_store(call, store)
-    await svc.authorize(call, "kms:ConnectCustomKeyStore", None)
     if store.state in (ConnectionState.DISCONNECTING, ConnectionState.FAILED):
         raise _invalid_state(store, "ConnectCustomKeyStore")
     if store.state is ConnectionState.CONNECTED:
@@ -193,9 +195,9 @@ async def _require_token_not_held(svc: KmsService, store: CustomKeyStore) -> Non
 
 
 async def disconnect_custom_key_store(svc: KmsService, call: Call) -> Response:
+    await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)  # before the lookup, as Connect
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     _name_store(call, store)
-    await svc.authorize(call, "kms:DisconnectCustomKeyStore", None)
     # As AWS: refused on DISCONNECTED and DISCONNECTING, valid in every other state. A store a crash
     # left DISCONNECTING is settled by the HSM's upkeep (operations/hsm_upkeep.py), not by this call.
     if store.state in (ConnectionState.DISCONNECTED, ConnectionState.DISCONNECTING):
@@ -227,9 +229,9 @@ async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
 
 async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     params = call.params
+    await svc.authorize(call, "kms:UpdateCustomKeyStore", None)  # before the lookup, as Connect
     store = await find_store(svc, call, params["CustomKeyStoreId"])
     _name_store(call, store)
-    await svc.authorize(call, "kms:UpdateCustomKeyStore", None)
     changes_connection = "KeyStorePassword" in params or "CloudHsmClusterId" in params
     if changes_connection and store.state is not ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "UpdateCustomKeyStore")
@@ -249,9 +251,9 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
 
 
 async def delete_custom_key_store(svc: KmsService, call: Call) -> Response:
+    await svc.authorize(call, "kms:DeleteCustomKeyStore", None)  # before the lookup, as Connect
     store = await find_store(svc, call, call.params["CustomKeyStoreId"])
     _name_store(call, store)
-    await svc.authorize(call, "kms:DeleteCustomKeyStore", None)
     if store.state is not ConnectionState.DISCONNECTED:
         raise _invalid_state(store, "DeleteCustomKeyStore")
     if await keys_in(svc, store):
