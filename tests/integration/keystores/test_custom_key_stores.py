@@ -241,6 +241,28 @@ def test_wrong_password_fails_until_updated_while_disconnected(
     assert _state(kms, store_id)["ConnectionState"] == "CONNECTED"
 
 
+def test_a_failed_store_is_renamed_only_once_disconnected(
+    hsm_server: KeytrailServer, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # The API reference: the name of a CloudHSM key store can be updated "when it is in the CONNECTED
+    # or DISCONNECTED state"; in any other, UpdateCustomKeyStore is CustomKeyStoreInvalidStateException.
+    # A FAILED store was renamed all the same.
+    kms = hsm_server.client("alice", region="ca-central-1")  # a Region of its own: 10 stores per Region
+    store_id = _store(kms, trust_anchor, next(clusters), password="not-the-pin")
+    kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+    name = _state(kms, store_id)["CustomKeyStoreName"]
+    with pytest.raises(ClientError) as excinfo:
+        kms.update_custom_key_store(CustomKeyStoreId=store_id, NewCustomKeyStoreName=name + "-renamed")
+    assert (_error(excinfo), excinfo.value.response["Error"]["Message"]) == (
+        "CustomKeyStoreInvalidStateException",
+        f"UpdateCustomKeyStore is not valid for custom key store {store_id} in ConnectionState FAILED.",
+    )
+    assert _state(kms, store_id)["CustomKeyStoreName"] == name
+    kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+    kms.update_custom_key_store(CustomKeyStoreId=store_id, NewCustomKeyStoreName=name + "-renamed")
+    assert _state(kms, store_id)["CustomKeyStoreName"] == name + "-renamed"
+
+
 def test_store_names_clusters_and_anchors_are_checked(
     kms: Any, trust_anchor: str, clusters: Iterator[str]
 ) -> None:

@@ -227,13 +227,19 @@ async def describe_custom_key_stores(svc: KmsService, call: Call) -> Response:
     return {"CustomKeyStores": [custom_key_store_entry(s) for s in chunk], **paging}
 
 
+def _updatable(store: CustomKeyStore, *, renames_only: bool) -> bool:
+    """UpdateCustomKeyStore needs a DISCONNECTED store, or a CONNECTED one for its name alone (the API
+    reference: the name "when it is in the CONNECTED or DISCONNECTED state"); never one CONNECTING,
+    DISCONNECTING or FAILED (CustomKeyStoreInvalidStateException's text)."""
+    return store.state is ConnectionState.DISCONNECTED or (renames_only and store.state is ConnectionState.CONNECTED)
+
+
 async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     params = call.params
     await svc.authorize(call, "kms:UpdateCustomKeyStore", None)  # before the lookup, as Connect
     store = await find_store(svc, call, params["CustomKeyStoreId"])
     _name_store(call, store)
-    changes_connection = "KeyStorePassword" in params or "CloudHsmClusterId" in params
-    if changes_connection and store.state is not ConnectionState.DISCONNECTED:
+    if not _updatable(store, renames_only=not ("KeyStorePassword" in params or "CloudHsmClusterId" in params)):
         raise _invalid_state(store, "UpdateCustomKeyStore")
     name = params.get("NewCustomKeyStoreName", store.name)
     if name != store.name:
