@@ -114,6 +114,8 @@ def load_principals(path: Path) -> dict[str, Credential]:
         raise PrincipalsFileError(f"{path}: {exc}") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named
         raise PrincipalsFileError(f"{path}: not a TOML principals file (not UTF-8 text)") from None
+    except RecursionError:  # tomllib recurses per level: arrays or inline tables some hundreds deep
+        raise PrincipalsFileError(f"{path}: not a TOML principals file (values nested too deeply)") from None
     unknown = sorted(set(data) - {"principal"})
     if unknown:
         raise PrincipalsFileError(f"{path}: unknown entry {unknown[0]!r}: principals are [[principal]] tables")

@@ -42,6 +42,10 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("x = [", "Invalid value"),
+    # tomllib recurses per level: arrays or tables a few hundred deep raised RecursionError, a
+    # traceback (exit 1) from `serve` and an unhandled error in the SIGHUP reload.
+    ("x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("x = " + "{a = " * 2000 + "1" + "}" * 2000 + "\n", "nested too deeply"),
     ('[principals.alice]\narn = "a"\n', "unknown entry 'principals'"),
     (ALICE.replace("[[principal]]", "[principal]"), "note the double brackets"),
     ('principal = ["alice"]\n', "note the double brackets"),
