@@ -123,6 +123,7 @@ def load_principals(path: Path) -> dict[str, Credential]:
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PrincipalsFileError(f"{path}: principals are [[principal]] tables (note the double brackets)")
     credentials: dict[str, Credential] = {}
+    first_of: dict[str, tuple[int, Principal]] = {}  # each identity's first entry, by the ARN policies name
     for index, entry in enumerate(entries, 1):
         where = f"{path}: principal #{index}"
         if unknown := sorted(set(entry) - set(_FIELDS)):  # a misspelt `policies` would drop them unsaid
@@ -134,8 +135,21 @@ def load_principals(path: Path) -> dict[str, Credential]:
                 raise PrincipalsFileError(f"{where}: '{name}' must be a non-empty string")
         if entry["access_key_id"] in credentials:
             raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
-        credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], _principal(entry, where))
+        principal = _principal(entry, where)
+        _check_same_policies(principal, index, first_of.setdefault(principal.policy_arn, (index, principal)), where)
+        credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], principal)
     return credentials
+
+
+def _check_same_policies(principal: Principal, index: int, first: tuple[int, Principal], where: str) -> None:
+    """An identity with two access keys (a user rotating its key, a role's sessions) has one set of
+    identity policies in IAM, whichever key signs: entries that differ would make a call's
+    permissions depend on the key it was signed with, and a copied entry that lost its policies
+    would leave the new key denied without a word on load."""
+    first_index, first_principal = first
+    if first_index != index and principal.policies != first_principal.policies:
+        raise PrincipalsFileError(f"{where}: {principal.policy_arn} has other policies in principal #{first_index}; "
+                                  "an identity's policies are the same whichever access key signs")
 
 
 class CredentialStore:

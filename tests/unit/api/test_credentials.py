@@ -84,6 +84,25 @@ def test_mistakes_are_one_line_errors_naming_the_entry(tmp_path: Path, text: str
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_an_identity_with_two_access_keys_has_one_set_of_policies(tmp_path: Path) -> None:
+    # A user rotating its key holds two (IAM allows two), and its permissions do not depend on
+    # which signs. Entries that differed loaded: the copy without `policies` was denied everything.
+    second = ALICE.replace("000000000001", "000000000002").replace("alice-secret", "alice-secret-2")
+    with_policy = f"policies = ['''{ALLOW}''']\n"
+    loaded = _load(tmp_path, ALICE + with_policy + second + with_policy)
+    assert isinstance(loaded, dict)
+    first, second_key = (loaded[f"AKIAALICE00000000000{n}"].principal for n in (1, 2))
+    assert (first.arn, first.policies) == (second_key.arn, second_key.policies) and first.policies
+    with pytest.raises(PrincipalsFileError) as info:
+        _load(tmp_path, ALICE + with_policy + second)
+    assert str(info.value).endswith("principal #2: arn:aws:iam::111122223333:user/alice has other policies in "
+                                    "principal #1; an identity's policies are the same whichever access key signs")
+    role = ALICE.replace("user/alice", "role/app")
+    sessions = role + 'session_name = "a"\n' + with_policy + second.replace("user/alice", "role/app")
+    with pytest.raises(PrincipalsFileError, match="arn:aws:iam::111122223333:role/app has other policies"):
+        _load(tmp_path, sessions + 'session_name = "b"\n')
+
+
 def test_a_principals_file_that_cannot_be_read_is_named_without_python_error_text(tmp_path: Path) -> None:
     # It said "<path>: [Errno 21] Is a directory: '<path>'".
     with pytest.raises(PrincipalsFileError) as info:
