@@ -36,6 +36,11 @@ _IAM_ARN = re.compile(
 )
 # IAM's RoleSessionName characters: the session name becomes part of the caller's ARN.
 _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
+# What a SigV4 Credential can name: printable ASCII less blanks (between the Authorization header's
+# parameters), commas (after them) and slashes (between the scope's parts); IAM's ids are ASCII, and
+# clients send other characters in different charsets. An id with any of them, a blank pasted at
+# its end say, would load and never authenticate.
+_ACCESS_KEY_ID = re.compile(r"(?:(?![,/])[!-~])+")  # `!-~`: printable ASCII, blank excluded
 _FIELDS = ("arn", "access_key_id", "secret_access_key", "policies", "session_name")
 DEV_ACCOUNT = "000000000000"
 log = logging.getLogger(__name__)
@@ -133,6 +138,10 @@ def load_principals(path: Path) -> dict[str, Credential]:
                 raise PrincipalsFileError(f"{where}: '{name}' is required")
             if not isinstance(entry[name], str) or not entry[name]:  # present: "required" would mislead
                 raise PrincipalsFileError(f"{where}: '{name}' must be a non-empty string")
+        if not _ACCESS_KEY_ID.fullmatch(entry["access_key_id"]):
+            raise PrincipalsFileError(f"{where}: 'access_key_id' cannot hold blanks, commas, slashes or characters "
+                                      f"other than ASCII (an Authorization header could not name it), "
+                                      f"got {entry['access_key_id']!r}")
         if entry["access_key_id"] in credentials:
             raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
         principal = _principal(entry, where)

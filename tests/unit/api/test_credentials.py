@@ -52,6 +52,12 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE.replace('"alice-secret"', "5"), "principal #1: 'secret_access_key' must be a non-empty string"),
     (ALICE.replace('"alice-secret"', '""'), "principal #1: 'secret_access_key' must be a non-empty string"),
     (ALICE.replace('secret_access_key = "alice-secret"', ""), "principal #1: 'secret_access_key' is required"),
+    # An access key id no Authorization header can name loaded, and every call with it was refused
+    # as an unknown key ("The security token included in the request is invalid.").
+    (ALICE.replace("000000000001", "000000000001 "), "principal #1: 'access_key_id' cannot hold blanks"),
+    (ALICE.replace("AKIAALICE", "AKIA/ALICE"), "'access_key_id' cannot hold blanks, commas, slashes"),
+    (ALICE.replace("AKIAALICE", "AKIA,ALICE"), "'access_key_id' cannot hold blanks, commas, slashes"),
+    (ALICE.replace("AKIAALICE", "AKIAÄLICE"), "'access_key_id' cannot hold blanks, commas, slashes"),
     (ALICE.replace("user/alice", "user/alice\\n"), "must be an IAM root, user or role ARN"),
     (ALICE.replace("user/alice", "user/bób"), "must be an IAM root, user or role ARN"),
     (ALICE.replace("111122223333", "١١١١٢٢٢٢٣٣٣٣"), "must be an IAM root, user or role ARN"),
