@@ -183,17 +183,10 @@ class AlarmBook:
         """Whether the book still has this alarm (open, or its latest state not yet announced)."""
         return alarm_id in self._all
 
-    def is_open(self, rule: str, key_arn: str | None, principal_arn: str | None) -> bool:
-        return (rule, key_arn, principal_arn) in self._open
-
-    def resolve(self, rule: str, key_arn: str | None, principal_arn: str | None) -> None:
-        """Forget the open alarm for this slot: the next finding raises a new alarm."""
-        self._open.pop((rule, key_arn, principal_arn), None)
-
     def forget_closed(self, now: datetime) -> int:
         """Drop alarms whose window has passed and whose latest state was announced (a long-running
         detector keeps only open alarms); returns how many were dropped. That includes alarms no
-        longer open: superseded by a new window of their slot, or resolved; nothing updates them
+        longer open, superseded by a new window of their slot: nothing updates them
         again, and `pending()` needs them only until their latest state is announced."""
         for slot, entry in list(self._open.items()):
             if now - entry.last_seen > self._rules[slot[0]].window and entry.alarm_id not in self._changed:

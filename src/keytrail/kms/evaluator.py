@@ -237,9 +237,6 @@ class PolicyAuthorizer:
             self._key_policy_chars += len(text)
         return entry
 
-    def identity_policies(self, principal: Principal) -> tuple[Policy, ...]:
-        return self._identity(principal).policies
-
     def _identity(self, principal: Principal) -> _Identity:
         entry = self._identities.get(id(principal.policies))
         if entry is not None and entry.documents is principal.policies:

@@ -29,13 +29,11 @@ class UnauthorizedDecrypt:
 
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger
-        self.suppressed = 0
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         if not event.is_crypto or event.error_code not in DENIED_CODES:
             return []
         if self._suppressed(event):
-            self.suppressed += 1
             return []
         return [self._finding(event)]
 

@@ -61,10 +61,6 @@ class AlarmSink(Protocol):
     async def deliver(self, alarm: Alarm) -> None: ...
 
 
-class _Closable(Protocol):
-    async def aclose(self) -> None: ...
-
-
 class _DeadLettering(Protocol):
     def add(self, alarm: Alarm, error: str, attempts: int) -> None: ...
 
