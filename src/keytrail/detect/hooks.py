@@ -136,6 +136,9 @@ def _refuse_repeated_urls(webhooks: tuple[WebhookConfig, ...]) -> None:
         seen.add(webhook.url)
 
 
+MAX_BACKOFF = 3600.0  # a webhook's first wait between attempts, in seconds
+
+
 def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
@@ -159,8 +162,11 @@ def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     attempts, backoff = entry.get("attempts", 5), entry.get("backoff", 0.5)
     if not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1):
         raise ValueError(f"webhook {shown}: attempts must be a whole number of 1 or more, not {attempts!r}")
-    if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and backoff >= 0):
-        raise ValueError(f"webhook {shown}: backoff must be a number of seconds, not {backoff!r}")
+    # Finite and bounded: the first wait is `backoff` itself (TOML's `inf` slept forever, holding
+    # the hook and every alarm behind the one it retried).
+    if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and 0 <= backoff <= MAX_BACKOFF):
+        raise ValueError(f"webhook {shown}: backoff must be a number of seconds from 0 to {MAX_BACKOFF:g}, "
+                         f"not {backoff!r}")
     return WebhookConfig(url, (secret or "").encode(), attempts, float(backoff))  # "": not delivering
 
 

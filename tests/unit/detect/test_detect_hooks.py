@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem, outbox_paths, shown_url
-from keytrail.detect.sinks import retry_waits
+from keytrail.detect.sinks import Attempts, Failure, retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
 from keytrail.detect.sinks.mqtt import MqttSink
@@ -56,6 +56,9 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"webhook": [{"url": "https://x", "secret_env": 5}]}, "are strings"),
     ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number of 1"),
     ({"webhook": [{"url": "https://x", "secret": "s", "backoff": "y"}]}, "backoff must be a number"),
+    # TOML's inf: the first wait between attempts slept forever, holding every alarm behind.
+    ({"webhook": [{"url": "https://x", "secret": "s", "backoff": float("inf")}]}, "backoff must be a number"),
+    ({"webhook": [{"url": "https://x", "secret": "s", "backoff": 3601}]}, "seconds from 0 to 3600"),
     ({"webhook": [{"url": "https://x", "secret": "s", "retries": 3}]}, "unknown setting"),
     # One URL twice would share one outbox: one hook emptying it would wipe what the other owes.
     ({"webhook": [{"url": "https://x/a?t=1", "secret": "s"}, {"url": "https://x/a?t=1", "secret": "t"}]},
@@ -145,8 +148,33 @@ def test_a_webhook_password_with_an_unencoded_hash_is_refused_not_sent_to_the_us
 
 
 def test_the_hooks_retry_schedule_waits_between_attempts_and_gives_up_at_the_last() -> None:
-    assert retry_waits(5, 0.5) == [0.5, 1.0, 2.0, 4.0, None]
-    assert retry_waits(1, 0.5) == [None]
+    assert list(retry_waits(5, 0.5)) == [0.5, 1.0, 2.0, 4.0, None]
+    assert list(retry_waits(1, 0.5)) == [None]
+
+
+def test_the_retry_schedule_of_many_attempts_stops_doubling_at_30_s() -> None:
+    """Doubled without a bound, `attempts = 20` held a refused alarm, and the hook with it, for
+    three days (0.5 s × 2¹⁹ before the last attempt alone)."""
+    waits = list(retry_waits(20, 0.5))
+    assert waits[:7] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0] and set(waits[6:-1]) == {30.0} and waits[-1] is None
+    assert list(retry_waits(3, 60.0)) == [60.0, 60.0, None]  # a backoff longer than 30 s is kept, not doubled
+
+
+async def test_a_delivery_of_over_a_thousand_attempts_ends_refused_not_in_an_overflow() -> None:
+    """From 1,025 attempts the doubled wait no longer fit a float: the OverflowError at the
+    first alarm lost it for the hook (neither delivered nor dead-lettered), and every one after."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def refused() -> Failure:
+        return Failure("HTTP 400", down=False, reached=True)
+
+    attempts = Attempts("webhook https://x", 2_000, 0.5, sleep)
+    failure = await attempts.run(refused, "alarm-1")
+    assert failure is not None and failure.reason == "HTTP 400"
+    assert len(slept) == 1_999 and max(slept) == 30.0
 
 
 def test_a_webhook_signature_header_that_is_not_ascii_is_refused_not_a_crash() -> None:

@@ -14,19 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Attempts", "Failure", "retry_waits"]
+__all__ = ["LONGEST_WAIT", "Attempts", "Failure", "retry_waits"]
 
 log = logging.getLogger("keytrail.detect.sinks")
 
 
-def retry_waits(attempts: int, backoff: float) -> list[float | None]:
+# The longest wait between two attempts of one delivery (unless `backoff` itself is longer), as the
+# dispatcher's probes of a hook that is down wait 30 s at most. Doubled without a bound, a webhook
+# given `attempts = 20` held an alarm its receiver refused (a 4xx), and every alarm behind it, for
+# three days; from 1,025 attempts the wait was too large for a float, and the OverflowError lost
+# every alarm for that hook, neither delivered nor dead-lettered.
+LONGEST_WAIT = 30.0
+
+
+def retry_waits(attempts: int, backoff: float) -> Iterator[float | None]:
     """The hooks' retry schedule: what to wait after each failed attempt of a delivery tried
-    `attempts` times, `backoff` doubled each time (0.5, 1, 2, 4 s by default), and None after
-    the last, which ends the delivery at once (waiting then would only hold the alarms queued behind)."""
-    return [backoff * 2 ** (attempt - 1) if attempt < attempts else None for attempt in range(1, attempts + 1)]
+    `attempts` times, `backoff` doubled each time (0.5, 1, 2, 4 s by default) up to LONGEST_WAIT
+    (or `backoff`, if longer), and None after the last, which ends the delivery at once (waiting
+    then would only hold the alarms queued behind). Lazy: `attempts` may be any whole number."""
+    wait, longest = backoff, max(backoff, LONGEST_WAIT)
+    for _ in range(attempts - 1):
+        yield wait
+        wait = min(wait * 2, longest)
+    yield None
 
 
 @dataclass(frozen=True, slots=True)
