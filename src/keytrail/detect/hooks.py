@@ -62,8 +62,19 @@ def _mqtt_url_for(address: str) -> str | None:
 
 
 def webhook_url_problem(url: str) -> str | None:
-    """None for an http:// or https:// URL with a host and a usable port, else what is wrong with it."""
-    return url_problem(url, ("http", "https"))
+    """None for an http:// or https:// URL with a host and a usable port that the webhook's HTTP
+    client can send to, else what is wrong with it. A URL httpx refuses (a control character such
+    as a tab or newline, over 65,536 characters) raised httpx.InvalidURL, no HTTPError, at every
+    delivery: each alarm was lost for that hook, neither delivered, kept nor dead-lettered."""
+    if problem := url_problem(url, ("http", "https")):
+        return problem
+    import httpx  # here: the settings are read by commands that never send to a webhook
+
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:  # its words name a character and its position, never the URL's parts
+        return f"not a URL an HTTP client can send to ({exc})"
+    return None
 
 
 def shown_url(url: str) -> str:

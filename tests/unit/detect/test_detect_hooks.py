@@ -53,6 +53,10 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"webhook": [{"url": "https://alerts:99999/k", "secret": "s"}]}, "url: the port '99999' is not a number from 1"),
     ({"webhook": [{"url": "https://alerts:abc/k", "secret": "s"}]}, "url: the port 'abc' is not a number from 1"),
     ({"webhook": [{"url": "https://alerts example/k", "secret": "s"}]}, "'alerts example' is not a host name"),
+    # httpx refuses these at every delivery (InvalidURL, no HTTPError): each alarm was lost for the hook.
+    ({"webhook": [{"url": "https://alerts/k\t", "secret": "s"}]}, r"url: not a URL an HTTP client can send to \(Inv"),
+    ({"webhook": [{"url": "https://alerts/k\n", "secret": "s"}]}, "url: not a URL an HTTP client can send to"),
+    ({"webhook": [{"url": "https://alerts/" + "k" * 70_000, "secret": "s"}]}, r"send to \(URL too long\)"),
     ({"webhook": [{"url": "https://x", "secret_env": 5}]}, "are strings"),
     ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number of 1"),
     ({"webhook": [{"url": "https://x", "secret": "s", "backoff": "y"}]}, "backoff must be a number"),
