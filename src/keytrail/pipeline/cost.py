@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
     pending_since: float | None = None
     rotations = 0
     segments: list[Segment] = []
-    for when, name in sorted(events, key=_billing_order):
+    for when, name in _as_they_happened(sorted(events, key=_billing_order)):
         now = when.timestamp()
         if name in ("CreateKey", "ReplicateKey", "CancelKeyDeletion") and open_since is None:
             if name == "CancelKeyDeletion" and pending_since is not None:
@@ -185,6 +186,37 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
     if open_since is not None:
         _close(segments, open_since, math.inf, min(rotations, billed_rotations))
     return segments
+
+
+def _as_they_happened(events: list[tuple[datetime, str]]) -> list[tuple[datetime, str]]:
+    """`events` (in billing order) with the deletions of one second in the only order AWS allows.
+
+    CloudTrail times have whole seconds, so a script that schedules a deletion, cancels it and
+    schedules it again ties all three: in lifecycle order the cancel came last, and the key, pending
+    deletion, was billed until it was deleted (or for ever, in a forecast). AWS refuses to schedule
+    the deletion of a key already pending it, and to cancel (or carry out) that of a key not pending:
+    within a second, the event the key's state allows comes first.
+    """
+    ordered: list[tuple[datetime, str]] = []
+    pending = False
+    for _, tied in itertools.groupby(events, key=lambda event: event[0]):
+        group = list(tied)
+        while group:
+            event = next((e for e in group if _allowed(e[1], pending)), group[0])
+            group.remove(event)
+            ordered.append(event)
+            pending = event[1] == "ScheduleKeyDeletion" or (pending and event[1] not in _ENDS_PENDING)
+    return ordered
+
+
+_ENDS_PENDING = frozenset({"CreateKey", "ReplicateKey", "CancelKeyDeletion", "DeleteKey"})
+
+
+def _allowed(name: str, pending: bool) -> bool:
+    """Whether AWS takes `name` on a key that is (or is not) pending deletion."""
+    if name == "ScheduleKeyDeletion":
+        return not pending
+    return pending if name in ("CancelKeyDeletion", "DeleteKey") else True
 
 
 def _close(segments: list[Segment], start: float, end: float, rotations: int) -> None:

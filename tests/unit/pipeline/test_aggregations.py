@@ -148,6 +148,25 @@ def test_a_cancelled_waiting_period_is_billed_after_all_and_a_completed_one_is_n
     assert [s.charged_hour for s in segments] == [None, segments[2].start_hour, None]
 
 
+def test_a_deletion_scheduled_again_in_the_second_it_was_cancelled_stops_the_billing() -> None:
+    # CloudTrail times have whole seconds: schedule, cancel and schedule again in one second tie, and
+    # in lifecycle order (schedule before cancel) the key, pending deletion, was billed for ever.
+    # AWS cancels only a pending deletion and schedules only one not pending: that fixes the order.
+    events = [
+        (_t(0), "CreateKey"),
+        (_t(2, 30), "ScheduleKeyDeletion"),
+        (_t(2, 30), "CancelKeyDeletion"),
+        (_t(2, 30), "ScheduleKeyDeletion"),
+    ]
+    assert [(s.start_hour % 24, s.end_hour % 24) for s in billed_segments(events, 2)] == [(0, 2), (2, 3)]
+    # Pending since an earlier second, cancelled and scheduled again in one: pending still.
+    events = [(_t(0), "CreateKey"), (_t(1, 30), "ScheduleKeyDeletion"), (_t(5, 30), "CancelKeyDeletion"),
+              (_t(5, 30), "ScheduleKeyDeletion")]
+    segments = billed_segments(events, 2)
+    assert [(s.start_hour % 24, s.end_hour % 24) for s in segments] == [(0, 2), (2, 5), (5, 6)]
+    assert segments[1].charged_hour == segments[2].start_hour  # the cancelled waiting period
+
+
 def test_records_of_odd_shapes_read_as_nulls_and_those_without_time_or_name_are_left_out() -> None:
     [good] = list(generate_events(1, SETTINGS, seed=5))
     odd = [
