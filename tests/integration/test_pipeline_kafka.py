@@ -25,7 +25,7 @@ from tests.unit.pipeline import reference
 
 pytestmark = pytest.mark.integration
 
-from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from keytrail.pipeline.kafka_source import AUDIT_TOPIC, KafkaSource  # noqa: E402
@@ -161,6 +161,31 @@ async def test_messages_that_are_not_audit_events_are_skipped_not_fatal(tmp_path
     assert stats.records == len(events)
     assert "skipped 3 messages that are not keytrail audit events (offsets 150, 151, 152)" in caplog.text
     _exact(tmp_path, events)
+
+
+async def test_a_member_idle_without_a_partition_says_so_rather_than_caught_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # --exit-when-idle: a member that the group gives no partition (another member holds the only
+    # one) read nothing and said only "consumed 0 records", as a member that had caught up does.
+    events = list(generate_events(50, SETTINGS, seed=27))
+    with kafka_broker() as bootstrap:
+        await _produce(bootstrap, events, partitions=1)
+        # Its member id sorts first ("a-holder-…" before aiokafka's "aiokafka-…"), so the group's
+        # round robin gives it the one partition.
+        holder = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="metrics-idle", client_id="a-holder",
+                                  enable_auto_commit=False)
+        holder.subscribe([AUDIT_TOPIC])
+        await holder.start()
+        try:
+            await eventually(lambda: bool(holder.assignment()), what="the first member's partition", timeout=30)
+            source = KafkaSource(bootstrap, group_id="metrics-idle", idle_seconds=2.0)
+            stats = await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+        finally:
+            await holder.stop()
+    assert stats.records == 0
+    assert (f"stopped after 2 idle seconds holding no partition of {AUDIT_TOPIC}: the group metrics-idle gave "
+            "them to other members") in caplog.text
 
 
 async def test_an_audit_event_with_a_damaged_body_is_skipped_and_the_partition_read_on(

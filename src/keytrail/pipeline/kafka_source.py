@@ -123,6 +123,7 @@ class KafkaSource:
             began_again |= await self._ended_below_reading(consumer)
             if not data:
                 if self.idle_seconds is not None and time.monotonic() - last_data > self.idle_seconds:
+                    self._say_if_unassigned()
                     return
                 continue
             last_data = time.monotonic()
@@ -137,6 +138,16 @@ class KafkaSource:
                         began_again=tp in began_again,
                     )
                     began_again.discard(tp)
+
+    def _say_if_unassigned(self) -> None:
+        """Idle without a partition is not caught up: "consumed 0 records" alone read as if it were.
+        The group gave every partition to other members, or had not yet moved those of a member that
+        died (it holds them until its session times out)."""
+        if self.listener is None or self.listener.assigned:
+            return
+        log.warning("stopped after %g idle seconds holding no partition of %s: the group %s gave them to other "
+                    "members, or had not yet taken them from a member that stopped (its session times out in "
+                    "about 10 s); run again to read what they hold", self.idle_seconds, self.topic, self.group_id)
 
     def _read_up_to(self, data: dict[TopicPartition, list[Any]]) -> set[TopicPartition]:
         """Note where each partition of a fetch is read up to; return those it went back in (a Kafka
