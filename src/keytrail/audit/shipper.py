@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,6 +35,43 @@ _BATCH = 2000
 # 0.25 s against 0.05 s gave +12, +6 and +0 % audited Encrypt req/s (when the shipper still ran
 # in the serving process). Records reach Kafka up to that much later.
 LINGER_SECONDS = 0.25
+
+
+# While a broker is down the shipper retries every 5 s: a warning at each retry wrote 720 lines an
+# hour of one outage. It says so once, then once a minute while it lasts, as the drivers' lines
+# are thinned (log_lines.py), and once when shipping resumes.
+PAUSE_REPEAT_SECONDS = 60.0
+
+
+class _Pause:
+    """The log lines of one outage of the broker: when it starts, at most one a minute while it
+    lasts (at once when its reason changes), and when shipping resumes."""
+
+    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bootstrap = bootstrap
+        self._clock = clock
+        self._since: float | None = None  # when the outage began
+        self._said = (0.0, "")  # when its last line was written, and the reason it gave
+        self._retries = 0  # failed retries since that line
+
+    def failed(self, exc: Exception) -> None:
+        now, reason = self._clock(), str(exc)
+        if self._since is None:
+            self._since = now
+            log.warning("audit shipping to %s paused: %s", self.bootstrap, reason)
+        elif reason != self._said[1] or now - self._said[0] >= PAUSE_REPEAT_SECONDS:
+            log.warning("audit shipping to %s paused for %.0f s (%d retries since the last line): %s",
+                        self.bootstrap, now - self._since, self._retries + 1, reason)
+        else:
+            self._retries += 1
+            return
+        self._said, self._retries = (now, reason), 0
+
+    def ended(self) -> None:
+        if self._since is not None:
+            log.warning("audit shipping to %s resumed after %.0f s paused", self.bootstrap,
+                        self._clock() - self._since)
+            self._since = None
 
 
 class RecordTooLargeForBroker(RuntimeError):
@@ -107,11 +145,13 @@ class Shipper:
     async def run(self) -> None:
         """Ship until `stop`; reconnect with backoff whenever the broker fails."""
         delay = 0.2
+        pause = _Pause(self.bootstrap)
         while not self._stop.is_set():
             try:
                 await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor)
                 async with KafkaProducerLink(self.bootstrap) as link:
                     self.connected, delay = True, 0.2
+                    pause.ended()
                     await self._ship_forever(link)
             except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
                 log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
@@ -121,7 +161,7 @@ class Shipper:
                           "(consumers drop repeats by eventID)", self.bootstrap, exc, self.shipped.value,
                           self.shipped.path)
             except Exception as exc:  # broker down or unreachable: keep the records, retry
-                log.warning("audit shipping to %s paused: %s", self.bootstrap, exc)
+                pause.failed(exc)
             self.connected = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from keytrail.audit.shipper import ShippedOffset, Shipper
+from keytrail.audit.shipper import ShippedOffset, Shipper, _Pause
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge
 from keytrail.transport.segment_log import SegmentLog
 
@@ -140,3 +141,65 @@ async def test_a_broker_that_lost_records_is_an_error_saying_how_to_send_them_ag
         "broker lost records. Records this node shipped before offset 2 may be gone from Kafka; to send them "
         f"again, stop serve and write the first offset to resend into {tmp_path / 'shipped-offset'} (consumers "
         "drop repeats by eventID)")
+
+
+class _DownLink(_Link):
+    """Stands for a broker that refuses `failures` connections (down), then takes records."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def __aenter__(self) -> _DownLink:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+async def test_a_broker_down_is_one_warning_while_it_lasts_and_one_when_shipping_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Retried every 0.2, 0.4, … 5 s, each failed retry wrote its own 'paused' warning: 720 lines
+    an hour of one outage. Now the outage is one line (again at most once a minute while it lasts)
+    and its end another."""
+    log = SegmentLog(tmp_path / "log", writable=True)
+    log.append([_payload(0)])
+    log.sync()
+    link = _DownLink(failures=3)
+
+    async def no_topic(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
+    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
+    shipped = ShippedOffset(tmp_path / "shipped-offset")
+    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: 1,
+                      committed=asyncio.Event())
+    running = asyncio.create_task(shipper.run())
+    while shipped.value < 1:
+        await asyncio.sleep(0.05)
+    await shipper.stop()
+    await asyncio.wait_for(running, 5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "keytrail.audit.shipper"]
+    assert len(lines) == 2, lines  # three failed retries, one line
+    assert lines[0] == "audit shipping to broker:9092 paused: [Errno 111] Connect call failed"
+    assert re.fullmatch(r"audit shipping to broker:9092 resumed after \d+ s paused", lines[1]), lines
+
+
+def test_a_long_outage_is_said_again_once_a_minute_with_the_retries_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    pause = _Pause("broker:9092", clock=lambda: now[0])
+    for _ in range(13):  # a retry every 5 s for a minute and more
+        pause.failed(ConnectionRefusedError(111, "Connect call failed"))
+        now[0] += 5
+    pause.failed(OSError("No route to host"))  # another reason: said at once
+    assert [r.getMessage() for r in caplog.records] == [
+        "audit shipping to broker:9092 paused: [Errno 111] Connect call failed",
+        "audit shipping to broker:9092 paused for 60 s (12 retries since the last line): "
+        "[Errno 111] Connect call failed",
+        "audit shipping to broker:9092 paused for 65 s (1 retries since the last line): No route to host",
+    ]
