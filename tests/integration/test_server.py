@@ -56,6 +56,23 @@ def test_health_answers_200(server: KeytrailServer) -> None:
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 
+@pytest.mark.parametrize("path", ["/_keytrail/health", "/metrics"])
+def test_head_answers_as_get_without_a_body(server: KeytrailServer, path: str) -> None:
+    """An uptime monitor or load balancer probing with HEAD got 404 'HEAD /_keytrail/health is no
+    keytrail endpoint' from a healthy node; HEAD answers as GET does (RFC 9110), with no body."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("HEAD", path)
+        head = connection.getresponse()
+        assert (head.status, head.read()) == (200, b"")
+        connection.request("GET", path)
+        get = connection.getresponse()
+        assert (get.status, get.getheader("content-type")) == (200, head.getheader("content-type"))
+        get.read()
+    finally:
+        connection.close()
+
+
 def test_health_is_unhealthy_once_the_key_store_file_is_deleted_under_the_node(
         fresh_server: KeytrailServer) -> None:
     """Its writes would go on into the deleted file, where no restart reads them."""

@@ -37,6 +37,7 @@ Hook = Callable[[], Awaitable[None]]
 
 _JSON = b"application/x-amz-json-1.1"
 _TARGET_PREFIX = "TrentService."
+_READS = frozenset({"GET", "HEAD"})  # the methods of the health and metrics endpoints
 _MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
 _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
                                  "message": f'Body must be {{"seconds": N}} with 0 <= N <= {_MAX_ADVANCE} (100 years)'})
@@ -106,11 +107,13 @@ class KmsApp:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path == "/":
             await self._kms(scope, receive, send)
-        elif method == "GET" and path == "/_keytrail/health":
+        # HEAD as GET (RFC 9110 §9.3.2; the server sends no body): uptime monitors and some load
+        # balancers probe with HEAD, and a 404 took a healthy node out of their rotation.
+        elif method in _READS and path == "/_keytrail/health":
             body = {"status": "ok", **(await self.settings.health() if self.settings.health else {})}
             status = 200 if body["status"] == "ok" else 503  # a load balancer's cue to send calls elsewhere
             await _respond(send, status, orjson.dumps(body), b"application/json")
-        elif method == "GET" and path == "/metrics" and self.settings.metrics:
+        elif method in _READS and path == "/metrics" and self.settings.metrics:
             text = (await self.settings.metrics()).encode()
             await _respond(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
         elif method == "POST" and path == "/_keytrail/clock/advance" and self._clock_allowed(scope):
