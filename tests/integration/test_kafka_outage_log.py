@@ -50,7 +50,9 @@ def test_serve_stops_without_waiting_for_a_broker_that_never_answers(tmp_path: P
             assert server.stop(sig) == 0
     log = server.log.read_text()
     assert "did not stop" not in log and "Traceback" not in log, log
-    assert re.search(r"audit shipping to \S+ stopped after 3 s with records 0 to \d+ not acknowledged", log), log
+    # The shipper child's line under its module's name: as `python -m`, it read 'WARNING __main__: …'.
+    assert re.search(r" WARNING keytrail\.audit\.shipping: audit shipping to \S+ stopped after 3 s with records 0 to "
+                     r"\d+ not acknowledged", log), log
 
 
 def test_serve_stops_in_one_stop_time_with_an_alarm_waiting_for_a_broker_that_never_answers(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ from keytrail.log_lines import log_to_stderr
 
 __all__ = ["ShipperProcess"]
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as `python -m keytrail.audit.shipping`, the child's lines read '__main__'.
+log = logging.getLogger("keytrail.audit.shipping")
 
 # How often, at most, the serving process tells the shipper the durable end: a pipe write per
 # group commit would cost hundreds of system calls a second, and the shipper lingers 0.25 s anyway.
