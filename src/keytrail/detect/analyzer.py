@@ -125,7 +125,7 @@ class _StatementCheck:
         if (
             self._allows("kms:creategrant")
             and self._broad(principal)
-            and not self.pinning.grant_for_aws_resource
+            and not (self.pinning.grant_for_aws_resource or self.pinning.via_service)
         ):
             found.append(
                 self._finding(

@@ -38,6 +38,9 @@ class Pinning:
     org_ids: frozenset[str] = field(default_factory=frozenset)
     arns: frozenset[str] = field(default_factory=frozenset)
     grant_for_aws_resource: bool = False
+    # kms:ViaService to named services: only those services call, on a caller's behalf (the AWS
+    # managed key pattern), so a CreateGrant it allows is made by the service for its resource.
+    via_service: bool = False
 
     @property
     def pinned(self) -> bool:
@@ -52,7 +55,7 @@ def read_pinning(condition: Any) -> Pinning:
     accounts: set[str] = set()
     orgs: set[str] = set()
     arns: set[str] = set()
-    grant_for_resource = False
+    grant_for_resource = via_service = False
     for operator, keys in (condition or {}).items():
         if not isinstance(keys, Mapping) or not _restricting(operator):
             if isinstance(keys, Mapping) and operator.lower() == "bool":
@@ -71,7 +74,9 @@ def read_pinning(condition: Any) -> Pinning:
                 orgs.update(v.split("/", 1)[0] for v in concrete)
             elif name in _ARN_KEYS:
                 arns.update(concrete)
-    return Pinning(frozenset(accounts), frozenset(orgs), frozenset(arns), grant_for_resource)
+            elif name == "kms:viaservice":
+                via_service = True
+    return Pinning(frozenset(accounts), frozenset(orgs), frozenset(arns), grant_for_resource, via_service)
 
 
 def _restricting(operator: str) -> bool:

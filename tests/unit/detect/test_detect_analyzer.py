@@ -184,8 +184,44 @@ def test_admin_statements(statement: dict[str, Any], expected: list[str]) -> Non
         ),
         (allow({"AWS": "222233334444"}, "kms:Create*"), ["broad-create-grant"]),
         (allow({"AWS": f"arn:aws:iam::{ACCOUNT}:role/app"}, "kms:CreateGrant"), []),
+        # an AWS managed key's policy (aws/ebs): only EBS may create the grant, for its volume
+        (
+            allow(
+                {"AWS": "*"},
+                ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:CreateGrant"],
+                {"StringEquals": {"kms:CallerAccount": ACCOUNT, "kms:ViaService": "ec2.us-east-1.amazonaws.com"}},
+            ),
+            [],
+        ),
+        (
+            allow(
+                "*",
+                "kms:CreateGrant",
+                {"StringEquals": {"kms:CallerAccount": ACCOUNT}, "StringLike": {"kms:ViaService": "*"}},
+            ),
+            ["broad-create-grant"],
+        ),
+        (
+            allow(
+                "*",
+                "kms:CreateGrant",
+                {
+                    "StringEquals": {"kms:CallerAccount": ACCOUNT},
+                    "StringEqualsIfExists": {"kms:ViaService": "ec2.us-east-1.amazonaws.com"},
+                },
+            ),
+            ["broad-create-grant"],
+        ),
     ],
-    ids=["star-in-account", "for-aws-resource", "trusted-whole-account", "named-role"],
+    ids=[
+        "star-in-account",
+        "for-aws-resource",
+        "trusted-whole-account",
+        "named-role",
+        "aws-managed-key-via-service",
+        "any-via-service",
+        "via-service-if-exists",
+    ],
 )
 def test_create_grant_to_broad_grantees(statement: dict[str, Any], expected: list[str]) -> None:
     assert codes(statement) == expected
