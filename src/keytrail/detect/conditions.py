@@ -1,4 +1,4 @@
-"""Which policy conditions really pin a statement to an account, organization or source.
+"""Which policy conditions really pin a statement to an account, organization, source or network.
 
 A condition restricts only when an outsider cannot satisfy it: an equality (or wildcard-free
 `Like`) operator, not `…IfExists` (absent keys pass), with concrete values (no `*`, `?` or policy
@@ -19,11 +19,17 @@ _EQUALITY_OPERATORS = frozenset(
 )
 # Not aws:ResourceAccount: in a key policy the resource is the key, so it is always the key's own
 # account, whoever calls; equal to it, the condition lets everyone through.
-_ACCOUNT_KEYS = frozenset({"kms:calleraccount", "aws:sourceaccount", "aws:principalaccount"})
+_ACCOUNT_KEYS = frozenset(
+    {"kms:calleraccount", "aws:sourceaccount", "aws:sourceowner", "aws:principalaccount"}
+)
 _ORG_KEYS = frozenset(
     {"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"}
 )
 _ARN_KEYS = frozenset({"aws:sourcearn", "aws:principalarn"})
+# A named VPC or VPC endpoint: only calls through the key owner's network match, which S3's "public"
+# test, Prowler and Access Analyzer (a VPC finding, not a public one) all take as not public. The
+# condition names no account, so it is not judged against the trusted ones either.
+_NETWORK_KEYS = frozenset({"aws:sourcevpc", "aws:sourcevpce"})
 # Keys every KMS request carries. `ForAllValues:` is true when the request lacks its key (IAM
 # "Condition operators"; kms/conditions.py evaluates it so), so it pins only these: a direct
 # caller has no aws:SourceAccount, an account outside any organization no aws:PrincipalOrgID.
@@ -37,6 +43,7 @@ class Pinning:
     accounts: frozenset[str] = field(default_factory=frozenset)
     org_ids: frozenset[str] = field(default_factory=frozenset)
     arns: frozenset[str] = field(default_factory=frozenset)
+    networks: frozenset[str] = field(default_factory=frozenset)
     grant_for_aws_resource: bool = False
     # kms:ViaService to named services: only those services call, on a caller's behalf (the AWS
     # managed key pattern), so a CreateGrant it allows is made by the service for its resource.
@@ -44,7 +51,7 @@ class Pinning:
 
     @property
     def pinned(self) -> bool:
-        return bool(self.accounts or self.org_ids or self.arns)
+        return bool(self.accounts or self.org_ids or self.arns or self.networks)
 
 
 def read_pinning(condition: Any) -> Pinning:
@@ -55,6 +62,7 @@ def read_pinning(condition: Any) -> Pinning:
     accounts: set[str] = set()
     orgs: set[str] = set()
     arns: set[str] = set()
+    networks: set[str] = set()
     grant_for_resource = via_service = False
     for operator, keys in (condition or {}).items():
         if not isinstance(keys, Mapping) or not _restricting(operator):
@@ -74,9 +82,13 @@ def read_pinning(condition: Any) -> Pinning:
                 orgs.update(v.split("/", 1)[0] for v in concrete)
             elif name in _ARN_KEYS:
                 arns.update(concrete)
+            elif name in _NETWORK_KEYS:
+                networks.update(concrete)
             elif name == "kms:viaservice":
                 via_service = True
-    return Pinning(frozenset(accounts), frozenset(orgs), frozenset(arns), grant_for_resource, via_service)
+    return Pinning(
+        frozenset(accounts), frozenset(orgs), frozenset(arns), frozenset(networks), grant_for_resource, via_service
+    )
 
 
 def _restricting(operator: str) -> bool:

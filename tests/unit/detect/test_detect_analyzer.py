@@ -72,6 +72,9 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         # outside any organization no aws:PrincipalOrgID
         (allow("*", condition={"ForAllValues:StringEquals": {"aws:SourceAccount": ACCOUNT}}), ["public"]),
         (allow("*", condition={"ForAllValues:StringEquals": {"aws:PrincipalOrgID": "o-trusted123"}}), ["public"]),
+        # a call from outside any VPC has no aws:SourceVpce: IfExists lets it through
+        (allow("*", condition={"StringEqualsIfExists": {"aws:SourceVpce": "vpce-1a2b3c4d"}}), ["public"]),
+        (allow("*", condition={"StringLike": {"aws:SourceVpc": "vpc-*"}}), ["public"]),
     ],
     ids=[
         "star",
@@ -86,6 +89,8 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         "resource-account",
         "for-all-values-source-account",
         "for-all-values-org-id",
+        "vpc-endpoint-if-exists",
+        "wildcard-vpc",
     ],
 )
 def test_public_statements_are_flagged(statement: dict[str, Any], expected: list[str]) -> None:
@@ -104,6 +109,9 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         {"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-trusted123/r-ab12/ou-ab12-11111111/"}},
         {"StringEquals": {"kms:CallerAccount": ACCOUNT, "kms:ViaService": "ec2.us-east-1.amazonaws.com"}},
         {"ForAllValues:StringEquals": {"kms:CallerAccount": ACCOUNT}},
+        {"StringEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}},
+        {"StringEquals": {"aws:SourceVpc": ["vpc-111bbb22", "vpc-333ccc44"]}},
+        {"StringEquals": {"aws:SourceOwner": ACCOUNT}},
     ],
     ids=[
         "caller-account",
@@ -115,6 +123,9 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         "org-paths",
         "caller-account-and-via-service",
         "for-all-values-caller-account",
+        "vpc-endpoint",
+        "vpc",
+        "source-owner",
     ],
 )
 def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]) -> None:
