@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from keytrail.detect.conditions import Pinning, arn_account, as_list, read_pinning
+from keytrail.detect.conditions import Pinning, arn_account, as_list, read_perimeter, read_pinning
 from keytrail.detect.severity import Severity
 
 __all__ = [
@@ -91,20 +91,48 @@ def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[Pol
     doc = json.loads(policy) if isinstance(policy, str) else policy
     if not isinstance(doc, Mapping):
         raise ValueError("a key policy is a JSON object")
+    statements = as_list(doc.get("Statement"))
+    perimeter = _deny_perimeter(statements)
     findings: list[PolicyFinding] = []
-    for index, statement in enumerate(as_list(doc.get("Statement"))):
+    for index, statement in enumerate(statements):
         if isinstance(statement, Mapping) and statement.get("Effect") == "Allow":
-            findings += _StatementCheck(statement, index, zone).run()
+            findings += _StatementCheck(statement, index, zone, perimeter).run()
     return findings
+
+
+def _deny_perimeter(statements: Iterable[Any]) -> Pinning:
+    """What a Deny of every action to everyone, unless a condition holds, leaves of any `"*"` Allow
+    (`StringNotEquals aws:PrincipalOrgID`: Access Analyzer weighs Deny statements too); not pinned
+    when the policy has no such Deny."""
+    for statement in statements:
+        if (
+            isinstance(statement, Mapping)
+            and statement.get("Effect") == "Deny"
+            and "NotPrincipal" not in statement
+            and "NotAction" not in statement
+            and _aws_principals(statement.get("Principal")) == ["*"]
+            and {"*", "kms:*"} & {str(a).lower() for a in as_list(statement.get("Action"))}
+            and (perimeter := read_perimeter(statement.get("Condition"))).pinned
+        ):
+            return perimeter
+    return Pinning()
 
 
 class _StatementCheck:
     """The checks of one Allow statement."""
 
-    def __init__(self, statement: Mapping[str, Any], index: int, zone: TrustZone) -> None:
+    def __init__(
+        self, statement: Mapping[str, Any], index: int, zone: TrustZone, perimeter: Pinning = Pinning()
+    ) -> None:
         self.statement, self.index, self.zone = statement, index, zone
         self.sid = statement.get("Sid") or None
         self.pinning = read_pinning(statement.get("Condition"))
+        if not self.pinning.pinned and perimeter.pinned:  # pinned by the policy's Deny instead
+            self.pinning = replace(
+                perimeter,
+                grant_for_aws_resource=self.pinning.grant_for_aws_resource,
+                via_service=self.pinning.via_service,
+            )
 
     def run(self) -> list[PolicyFinding]:
         if "NotPrincipal" in self.statement:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Pinning", "arn_account", "as_list", "read_pinning"]
+__all__ = ["Pinning", "arn_account", "as_list", "read_perimeter", "read_pinning"]
 
 _EQUALITY_OPERATORS = frozenset(
     {"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike"}
@@ -88,6 +88,53 @@ def read_pinning(condition: Any) -> Pinning:
                 via_service = True
     return Pinning(
         frozenset(accounts), frozenset(orgs), frozenset(arns), frozenset(networks), grant_for_resource, via_service
+    )
+
+
+# A Deny to everyone unless a condition holds (the data-perimeter pattern). A negated operator is
+# true when the request lacks its key, so `StringNotEquals[IfExists] aws:PrincipalOrgID o-x` denies
+# every caller outside o-x, with the key or without it: what it leaves is what the positive pins.
+_NEGATED_OPERATORS = {
+    "stringnotequals": "StringEquals",
+    "stringnotequalsignorecase": "StringEqualsIgnoreCase",
+    "stringnotlike": "StringLike",
+    "arnnotequals": "ArnEquals",
+    "arnnotlike": "ArnLike",
+}
+
+
+def read_perimeter(condition: Any) -> Pinning:
+    """What a Deny statement to everyone leaves allowed, as a pinning; not pinned when anyone may
+    get past it. The Deny applies only when all its conditions hold, so what is left is the union of
+    what each negated condition pins; a condition an outsider can make false (any other key or
+    operator) leaves anyone through, except `aws:PrincipalIsAWSService` false (AWS services only)."""
+    if not isinstance(condition, Mapping) or not condition:
+        return Pinning()
+    left: list[Pinning] = []
+    for operator, keys in condition.items():
+        name = str(operator).lower().removesuffix("ifexists")
+        if name == "bool" and isinstance(keys, Mapping) and _only_service_exemption(keys):
+            continue
+        positive = _NEGATED_OPERATORS.get(name)
+        if positive is None or not isinstance(keys, Mapping) or not keys:
+            return Pinning()
+        for key, values in keys.items():
+            pinning = read_pinning({positive: {key: values}})
+            if not pinning.pinned:
+                return Pinning()
+            left.append(pinning)
+    return Pinning(
+        frozenset().union(*(p.accounts for p in left)),
+        frozenset().union(*(p.org_ids for p in left)),
+        frozenset().union(*(p.arns for p in left)),
+        frozenset().union(*(p.networks for p in left)),
+    )
+
+
+def _only_service_exemption(keys: Mapping[str, Any]) -> bool:
+    return len(keys) == 1 and all(
+        k.lower() == "aws:principalisawsservice" and [str(v).lower() for v in as_list(v)] == ["false"]
+        for k, v in keys.items()
     )
 
 

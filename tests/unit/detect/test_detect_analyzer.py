@@ -175,6 +175,66 @@ def test_admin_statements(statement: dict[str, Any], expected: list[str]) -> Non
     assert codes(statement) == expected
 
 
+def deny_unless(condition: dict[str, Any], action: Any = "kms:*", principal: Any = "*") -> dict[str, Any]:
+    return {"Effect": "Deny", "Principal": principal, "Action": action, "Resource": "*", "Condition": condition}
+
+
+@pytest.mark.parametrize(
+    ("deny", "expected"),
+    [
+        # the data-perimeter pattern: everyone outside the organization (or account) is denied
+        (deny_unless({"StringNotEquals": {"aws:PrincipalOrgID": "o-trusted123"}}), []),
+        (deny_unless({"StringNotEqualsIfExists": {"aws:PrincipalOrgID": "o-trusted123"}}, "*", {"AWS": "*"}), []),
+        (
+            deny_unless(
+                {
+                    "StringNotEqualsIfExists": {"aws:PrincipalOrgID": "o-trusted123"},
+                    "BoolIfExists": {"aws:PrincipalIsAWSService": "false"},
+                }
+            ),
+            [],
+        ),
+        (deny_unless({"StringNotEquals": {"kms:CallerAccount": FOREIGN}}), ["external-account"]),
+        # what does not carve: a Deny of some actions, a wildcard or variable value, a positive
+        # operator, a condition an outsider can make false, one key of two that does not pin
+        (deny_unless({"StringNotEquals": {"aws:PrincipalOrgID": "o-trusted123"}}, "kms:Encrypt"), ["public"]),
+        (deny_unless({"StringNotLike": {"aws:PrincipalOrgID": "o-*"}}), ["public"]),
+        (deny_unless({"StringEquals": {"aws:PrincipalOrgID": "o-other"}}), ["public"]),
+        (
+            deny_unless(
+                {
+                    "StringNotEquals": {"aws:PrincipalOrgID": "o-trusted123"},
+                    "IpAddress": {"aws:SourceIp": "203.0.113.0/24"},
+                }
+            ),
+            ["public"],
+        ),
+        (
+            deny_unless({"StringNotEquals": {"aws:PrincipalOrgID": "o-trusted123", "kms:ViaService": "s3.x"}}),
+            ["public"],
+        ),
+        (
+            deny_unless({"StringNotEquals": {"aws:PrincipalOrgID": "o-trusted123"}}, principal={"AWS": FOREIGN}),
+            ["public"],
+        ),
+    ],
+    ids=[
+        "outside-org",
+        "outside-org-if-exists",
+        "outside-org-but-services",
+        "outside-foreign-account",
+        "some-actions-only",
+        "wildcard-org",
+        "positive-operator",
+        "outsider-escapes-by-ip",
+        "non-pinning-key",
+        "deny-to-one-account",
+    ],
+)
+def test_deny_to_everyone_outside_a_perimeter_pins_a_star_allow(deny: dict[str, Any], expected: list[str]) -> None:
+    assert codes(allow("*", "kms:Decrypt"), deny) == expected
+
+
 @pytest.mark.parametrize(
     ("statement", "expected"),
     [
