@@ -175,12 +175,29 @@ class _StatementCheck:
                     "principal * without a condition pinning it to an account, org or source",
                 )
             ]
-        return [
+        found = [
             self._finding(
                 "external-account", Severity.HIGH, principal, f"principal * pinned to an untrusted {what}"
             )
             for what in self._untrusted_pins(self.pinning)
         ]
+        if self._allows_everything() and not self._pinned_to_admins():
+            found.append(
+                self._finding(
+                    "non-admin-full-access",
+                    Severity.HIGH,
+                    principal,
+                    "kms:* for principal * (every principal its conditions let in), not only administrators",
+                )
+            )
+        return found
+
+    def _pinned_to_admins(self) -> bool:
+        """Whether a pinned `"*"` reaches administrators only: named by aws:PrincipalArn (or
+        aws:SourceArn) each of them one, or let in only through a named AWS service (kms:ViaService,
+        which calls no administrative operation)."""
+        arns = self.pinning.arns
+        return self.pinning.via_service or (bool(arns) and all(self.zone.is_admin(a) for a in arns))
 
     def _named(self, principal: str) -> list[PolicyFinding]:
         account = arn_account(principal)

@@ -175,6 +175,39 @@ def test_admin_statements(statement: dict[str, Any], expected: list[str]) -> Non
     assert codes(statement) == expected
 
 
+IN_ACCOUNT = {"StringEquals": {"kms:CallerAccount": ACCOUNT}}
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        # every principal of the account may change the policy or delete the key, as one app role may
+        (
+            {"Effect": "Allow", "Principal": "*", "NotAction": "kms:CreateGrant", "Resource": "*"}
+            | {"Condition": IN_ACCOUNT},
+            ["non-admin-full-access"],
+        ),
+        (allow("*", "kms:*", IN_ACCOUNT), ["non-admin-full-access", "broad-create-grant"]),
+        (
+            allow("*", "*", {"StringEquals": {"aws:PrincipalOrgID": "o-trusted123"}}),
+            ["non-admin-full-access", "broad-create-grant"],
+        ),
+        (
+            allow("*", "kms:*", {"ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin-ops"}}),
+            ["broad-create-grant"],
+        ),
+        (
+            allow("*", "kms:*", {"StringEquals": {"kms:CallerAccount": ACCOUNT, "kms:ViaService": "s3.x"}}),
+            [],
+        ),
+        (allow("*", ["kms:Decrypt", "kms:Encrypt"], IN_ACCOUNT), []),
+    ],
+    ids=["account-not-action", "account-kms-star", "org-star", "admin-arn", "via-service", "key-user-actions"],
+)
+def test_full_access_for_a_pinned_star(statement: dict[str, Any], expected: list[str]) -> None:
+    assert codes(statement) == expected
+
+
 def deny_unless(condition: dict[str, Any], action: Any = "kms:*", principal: Any = "*") -> dict[str, Any]:
     return {"Effect": "Deny", "Principal": principal, "Action": action, "Resource": "*", "Condition": condition}
 
