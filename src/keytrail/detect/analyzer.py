@@ -234,9 +234,11 @@ class _StatementCheck:
         return accounts + orgs + arns
 
     def _broad(self, principal: str) -> bool:
+        if principal == "*":  # unless pinned to named principals or resources (ARNs, no wildcard)
+            return not self.pinning.arns
         account = arn_account(principal)
         whole_account = principal == account or principal.endswith(":root")
-        return principal == "*" or (whole_account and account != self.zone.key_account)
+        return whole_account and account != self.zone.key_account
 
     def _allows(self, action: str) -> bool:
         if "NotAction" in self.statement:

@@ -194,7 +194,7 @@ IN_ACCOUNT = {"StringEquals": {"kms:CallerAccount": ACCOUNT}}
         ),
         (
             allow("*", "kms:*", {"ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin-ops"}}),
-            ["broad-create-grant"],
+            [],
         ),
         (
             allow("*", "kms:*", {"StringEquals": {"kms:CallerAccount": ACCOUNT, "kms:ViaService": "s3.x"}}),
@@ -316,6 +316,8 @@ def test_deny_to_everyone_outside_a_perimeter_pins_a_star_allow(deny: dict[str, 
             ),
             ["broad-create-grant"],
         ),
+        (allow("*", "kms:CreateGrant", {"ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/a"}}), []),
+        (allow("*", "kms:CreateGrant", {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:*"}}), ["public"]),
     ],
     ids=[
         "star-in-account",
@@ -325,6 +327,8 @@ def test_deny_to_everyone_outside_a_perimeter_pins_a_star_allow(deny: dict[str, 
         "aws-managed-key-via-service",
         "any-via-service",
         "via-service-if-exists",
+        "star-pinned-to-one-role",
+        "star-pinned-to-any-role",
     ],
 )
 def test_create_grant_to_broad_grantees(statement: dict[str, Any], expected: list[str]) -> None:
