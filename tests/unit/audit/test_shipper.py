@@ -69,25 +69,35 @@ class _RefusingLink(_Link):
         return None
 
 
-async def test_a_record_the_broker_refuses_as_too_large_is_named_in_an_error_and_kept(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """An imported CloudTrail record of several MB is refused by a Kafka broker (1 MiB by default) at
-    every retry: shipping went no further, logging 'paused: [Error 10] MessageSizeTooLargeError' as
-    for a broker briefly down. Now an error names the record, its size and the topic setting."""
-    log = SegmentLog(tmp_path / "log", writable=True)
-    log.append([_payload(0), _payload(1) + b"x" * 5000, _payload(2)])
-    log.sync()
-    link = _RefusingLink(limit=1000)
+def _start_shipping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link: object, payloads: list[bytes],
+                    shipped_before: int = 0) -> tuple[Shipper, ShippedOffset, asyncio.Task[None]]:
+    """A shipper at work on a log of `payloads`, all durable, sending through `link` (the topic
+    taken as there), `shipped_before` of them acknowledged earlier."""
 
     async def no_topic(*args: object, **kwargs: object) -> None:
         return None
 
     monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
     monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
+    log = SegmentLog(tmp_path / "log", writable=True)
+    log.append(payloads)
+    log.sync()
     shipped = ShippedOffset(tmp_path / "shipped-offset")
-    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: 3,
+    if shipped_before:
+        shipped.advance(shipped_before)
+    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: len(payloads),
                       committed=asyncio.Event())
-    running = asyncio.create_task(shipper.run())
+    return shipper, shipped, asyncio.create_task(shipper.run())
+
+
+async def test_a_record_the_broker_refuses_as_too_large_is_named_in_an_error_and_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An imported CloudTrail record of several MB is refused by a Kafka broker (1 MiB by default) at
+    every retry: shipping went no further, logging 'paused: [Error 10] MessageSizeTooLargeError' as
+    for a broker briefly down. Now an error names the record, its size and the topic setting."""
+    link = _RefusingLink(limit=1000)
+    payloads = [_payload(0), _payload(1) + b"x" * 5000, _payload(2)]
+    shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, payloads)
     await asyncio.sleep(0.5)  # a try and a retry
     await shipper.stop()
     await asyncio.wait_for(running, 5)
@@ -115,21 +125,9 @@ async def test_a_broker_that_lost_records_is_an_error_saying_how_to_send_them_ag
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The records shipped before are gone from Kafka and never sent again: the log said only
     'paused: … the broker lost records', as for a broker briefly down, and not how to resend them."""
-    log = SegmentLog(tmp_path / "log", writable=True)
-    log.append([_payload(offset) for offset in range(4)])
-    log.sync()
     link = _ForgetfulLink(limit=1 << 20)
-
-    async def no_topic(*args: object, **kwargs: object) -> None:
-        return None
-
-    monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
-    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
-    shipped = ShippedOffset(tmp_path / "shipped-offset")
-    shipped.advance(2)  # acknowledged before the broker restarted
-    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: 4,
-                      committed=asyncio.Event())
-    running = asyncio.create_task(shipper.run())
+    payloads = [_payload(offset) for offset in range(4)]  # 2 acknowledged before the broker restarted
+    shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, payloads, shipped_before=2)
     while shipped.value < 4:
         await asyncio.sleep(0.05)
     await shipper.stop()
@@ -165,20 +163,8 @@ async def test_a_broker_down_is_one_warning_while_it_lasts_and_one_when_shipping
     """Retried every 0.2, 0.4, … 5 s, each failed retry wrote its own 'paused' warning: 720 lines
     an hour of one outage. Now the outage is one line (again at most once a minute while it lasts)
     and its end another."""
-    log = SegmentLog(tmp_path / "log", writable=True)
-    log.append([_payload(0)])
-    log.sync()
     link = _DownLink(failures=3)
-
-    async def no_topic(*args: object, **kwargs: object) -> None:
-        return None
-
-    monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
-    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
-    shipped = ShippedOffset(tmp_path / "shipped-offset")
-    shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: 1,
-                      committed=asyncio.Event())
-    running = asyncio.create_task(shipper.run())
+    shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, [_payload(0)])
     while shipped.value < 1:
         await asyncio.sleep(0.05)
     await shipper.stop()
