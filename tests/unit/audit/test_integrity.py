@@ -307,11 +307,11 @@ def test_a_hash_store_cut_short_is_rebuilt_from_the_log_without_breaking_the_cha
 
 def test_hashes_lost_with_records_retention_deleted_are_reported_and_later_digests_still_verify(
         tmp_path: Path) -> None:
-    fill_trail(tmp_path, 60, segment_bytes=2000, retention_bytes=5000)
+    fill_trail(tmp_path, 60, segment_bytes=2000, retention_bytes=5000, reader_grace_s=0)
     _, paths = audit_paths(tmp_path)
     signed = len(list(paths.digests.glob("*.json")))
     paths.hashes.write_bytes(b"")  # the hashes of records no longer in the log cannot come back
-    fill_trail(tmp_path, 5, segment_bytes=2000, retention_bytes=5000)
+    fill_trail(tmp_path, 5, segment_bytes=2000, retention_bytes=5000, reader_grace_s=0)
     problems = verify(tmp_path)
     assert problems and all("do not match the signed chain" in p for p in problems), problems
     assert not any(f"{signed:010d}.json" in p for p in problems), problems  # the new records' digest

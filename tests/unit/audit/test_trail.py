@@ -182,13 +182,33 @@ async def test_idle_node_writes_its_periodic_digest(tmp_path: Path) -> None:
 
 
 async def test_retention_deletes_old_segments(tmp_path: Path) -> None:
-    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000)
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000, reader_grace_s=0)
     async with AuditTrail.open(settings) as trail:
         for i in range(60):
             await trail.record(encrypt_call(i))
         assert trail.log.start_offset() > 0
     from keytrail.audit.integrity import verify
 
+    assert verify(tmp_path) == []
+
+
+async def test_retention_leaves_a_segment_to_the_node_s_readers_for_a_minute_after_it_closed(tmp_path: Path) -> None:
+    # A byte budget below one segment deleted each segment as it closed, before the node's
+    # consumer child had read its last records (never counted in usage, cost or /metrics).
+    from keytrail.audit.integrity import verify
+
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=1, digest_interval_s=0.2)
+    async with AuditTrail.open(settings) as trail:
+        for i in range(20):
+            await trail.record(encrypt_call(i))
+        closed = sorted(trail.log.directory.glob("*.seg"))[:-1]
+        assert closed and trail.log.start_offset() == 0  # all kept: closed under a minute ago
+        await asyncio.sleep(0.5)  # digests meanwhile: retention ran again, and kept them
+        assert all(segment.exists() for segment in closed)
+        for segment in closed:  # as if closed two minutes ago
+            os.utime(segment, (segment.stat().st_atime - 120, segment.stat().st_mtime - 120))
+        await eventually(lambda: not any(segment.exists() for segment in closed), what="the segments deleted")
+        assert trail.log.start_offset() > 0
     assert verify(tmp_path) == []
 
 
@@ -237,7 +257,7 @@ async def test_retention_that_cannot_delete_is_logged_and_the_spool_goes_on(
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
     monkeypatch.setattr(SegmentLog, "delete_before", refused)
-    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=1)
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=1, reader_grace_s=0)
     async with AuditTrail.open(settings) as trail:
         for i in range(40):  # segments close, retention fails each time
             await trail.record(encrypt_call(i))
@@ -423,7 +443,8 @@ class _Crash(BaseException):
 
 def _retaining(data_dir: Path) -> AuditSettings:
     """Small segments and a byte budget, so that retention deletes some within a few dozen calls."""
-    return AuditSettings(data_dir=data_dir, segment_bytes=2000, retention_bytes=5000, fsync_helper=False)
+    return AuditSettings(data_dir=data_dir, segment_bytes=2000, retention_bytes=5000, fsync_helper=False,
+                         reader_grace_s=0)
 
 
 async def _record_until_refused(trail: AuditTrail, calls: int = 60) -> None:
