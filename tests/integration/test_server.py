@@ -19,7 +19,7 @@ from unittest import mock
 
 import boto3
 import pytest
-from botocore.auth import SigV4Auth
+from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
@@ -131,6 +131,21 @@ def test_missing_authorization_is_missing_token(server: KeytrailServer) -> None:
     status, headers, body = _raw(server, b"{}", sign=False)
     assert body["__type"] == "MissingAuthenticationTokenException" and status == 403
     assert "x-amzn-RequestId" in headers or "x-amzn-requestid" in headers
+
+
+def test_a_request_signed_in_its_query_string_is_refused_as_unsigned(server: KeytrailServer) -> None:
+    # docs/principals.md: only the Authorization header carries a signature (no presigned URLs,
+    # whose credentials end up in logs and stay replayable for days).
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=b"{}", headers={
+        "X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4QueryAuth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    assert "X-Amz-Signature=" in prepared.url and "Authorization" not in prepared.headers
+    raw = urllib.request.Request(prepared.url, data=b"{}", headers=dict(prepared.headers), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(raw, timeout=10)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read())["__type"] == "MissingAuthenticationTokenException"
 
 
 def test_expired_signature_is_refused(server: KeytrailServer) -> None:
