@@ -16,7 +16,8 @@ def validate_tags(tags: Sequence[Mapping[str, str]], existing: Mapping[str, str]
     keys = [tag["TagKey"] for tag in tags]
     if len(set(keys)) != len(keys):
         raise TagException("Duplicate tag keys")
-    if any(key.startswith("aws:") for key in keys):
+    # In any case: AWS reserves "aws:", "AWS:" and every mix of the two (tagging best practices).
+    if any(key[:4].lower() == "aws:" for key in keys):
         raise TagException("Tags beginning with aws: are reserved")
     merged = dict(existing or {})
     merged.update({tag["TagKey"]: tag["TagValue"] for tag in tags})

@@ -104,9 +104,10 @@ def test_tags_round_trip_and_rules(server: KeytrailServer) -> None:
     assert aws_error(kms.tag_resource, KeyId=key_id, Tags=duplicate)[:2] == ("TagException", "Duplicate tag keys")
     many = [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)]
     assert aws_error(kms.tag_resource, KeyId=key_id, Tags=many)[:2] == ("TagException", "Too many tags")
-    reserved = [{"TagKey": "aws:x", "TagValue": "v"}]
-    assert aws_error(kms.tag_resource, KeyId=key_id, Tags=reserved)[:2] == (
-        "TagException", "Tags beginning with aws: are reserved")
+    for prefix in ("aws:", "AWS:", "Aws:"):  # reserved in any case
+        reserved = [{"TagKey": f"{prefix}x", "TagValue": "v"}]
+        assert aws_error(kms.tag_resource, KeyId=key_id, Tags=reserved)[:2] == (
+            "TagException", "Tags beginning with aws: are reserved")
     code, message, _ = aws_error(kms.tag_resource, KeyId=key_id, Tags=[{"TagKey": "k" * 129, "TagValue": "v"}])
     assert code == "ValidationException" and "at 'tags.1.member.tagKey'" in message
 
