@@ -171,11 +171,19 @@ class CredentialStore:
         self._credentials = load_principals(path) if path else {}
         if path:
             _warn_if_shared(path)
+            self._warn_if_empty()
 
     def reload(self) -> None:
         """Re-read the principals file (SIGHUP); a broken file keeps the old credentials."""
         if self.path:
             self._credentials = load_principals(self.path)
+            self._warn_if_empty()
+
+    def _warn_if_empty(self) -> None:
+        """A file that names nobody parses, and every call is then refused as an unknown key."""
+        if not self._credentials and not self.dev_credentials:
+            log.warning("the principals file %s names no principal: every call will be refused "
+                        "(UnrecognizedClientException) until it has a [[principal]] entry and is reloaded", self.path)
 
     def lookup(self, access_key_id: str) -> Credential | None:
         credential = self._credentials.get(access_key_id)

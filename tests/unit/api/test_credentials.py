@@ -136,6 +136,22 @@ def test_a_principals_file_other_users_can_read_is_warned_about(
     assert "alice-secret" not in caplog.text
 
 
+def test_a_principals_file_that_names_nobody_is_warned_about_at_start_and_reload(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # It parsed, and the node started where no call could be made, without a word.
+    path = tmp_path / "principals.toml"
+    path.write_text("# everyone removed\n")
+    path.chmod(0o600)
+    store = CredentialStore(path)
+    path.write_text(ALICE)
+    store.reload()
+    path.write_text("")
+    store.reload()
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the principals file {path} names no principal: every call will be refused "
+        "(UnrecognizedClientException) until it has a [[principal]] entry and is reloaded"] * 2
+
+
 def test_the_admin_key_pair_is_read_back_only_from_a_file_as_keytrail_wrote_it(tmp_path: Path) -> None:
     # A start killed before printing the admin user's credentials has the next start print them:
     # never the secret of a file edited since, or written by someone else.
