@@ -36,6 +36,9 @@ _SERVICE_REQUIRED: dict[str, tuple[str, ...]] = {
     "CreateGrant": ("GranteePrincipal",),
     "ListRetirableGrants": ("RetiringPrincipal",),
 }
+# A member's twin for AWS service principals, which the model lets stand in its place: the handler
+# refuses it in its own words (no AWS service calls keytrail), not as the member missing.
+_SERVICE_TWIN = {"GranteePrincipal": "GranteeServicePrincipal", "RetiringPrincipal": "RetiringServicePrincipal"}
 # CiphertextBlob is "required in all cases except when DryRun is true and DryRunModifiers is set to
 # IGNORE_CIPHERTEXT" (the model's Decrypt and ReEncrypt member docs): a test of permissions alone.
 _CIPHERTEXT_OPTIONAL_IN_DRY_RUN = frozenset({"Decrypt", "ReEncrypt"})
@@ -183,7 +186,7 @@ def _structure_check(shape: StructureShape, also_required: tuple[str, ...] = ())
             raise SerializationException(f"Expected an object at '{path or 'body'}'")
         out: dict[str, Any] = {}
         for name in required:
-            if value.get(name) is None:
+            if value.get(name) is None and value.get(_SERVICE_TWIN.get(name, name)) is None:
                 where = f"{path}.{_camel(name)}" if path else _camel(name)
                 errors.append(f"Value null at '{where}' failed to satisfy constraint: Member must not be null")
         for name, item in value.items():

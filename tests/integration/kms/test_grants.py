@@ -57,6 +57,21 @@ def test_a_principal_and_a_service_principal_together_are_refused(kms) -> None:
     assert kms.list_grants(KeyId=key_id)["Grants"] == []
 
 
+def test_a_service_principal_standing_alone_is_unsupported_not_a_missing_member(kms) -> None:
+    # The model lets GranteeServicePrincipal (RetiringServicePrincipal) stand in for GranteePrincipal
+    # (RetiringPrincipal); it was refused as "Value null at 'granteePrincipal'", as if forgotten.
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    unsupported = ("UnsupportedOperationException", "{} is not supported: no AWS service principal calls keytrail.")
+    code, message, _ = aws_error(kms.create_grant, KeyId=key_id, GranteeServicePrincipal="rds.amazonaws.com",
+                                 Operations=["Decrypt"])
+    assert (code, message) == (unsupported[0], unsupported[1].format("GranteeServicePrincipal"))
+    code, message, _ = aws_error(kms.list_retirable_grants, RetiringServicePrincipal="rds.amazonaws.com")
+    assert (code, message) == (unsupported[0], unsupported[1].format("RetiringServicePrincipal"))
+    code, message, _ = aws_error(kms.create_grant, KeyId=key_id, Operations=["Decrypt"])  # neither: still missing
+    assert code == "ValidationException" and "Value null at 'granteePrincipal'" in message
+    assert kms.list_grants(KeyId=key_id)["Grants"] == []
+
+
 def test_list_grants_by_grantee_service_principal_lists_no_grant_of_a_principal(kms) -> None:
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Decrypt"])

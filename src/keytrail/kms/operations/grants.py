@@ -98,6 +98,12 @@ def _require_one_of(params: dict[str, Any], principal: str, service_principal: s
         )
 
 
+def _refuse_service_principal(params: dict[str, Any], member: str) -> None:
+    if params.get(member) is not None:
+        raise errors.UnsupportedOperationException(
+            f"{member} is not supported: no AWS service principal calls keytrail.")
+
+
 def _same_request(grant: Grant, params: dict[str, Any]) -> bool:
     return (
         grant.grantee_principal == params["GranteePrincipal"]
@@ -121,11 +127,9 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     params = call.params
     _require_one_of(params, "GranteePrincipal", "GranteeServicePrincipal", "must")
     _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "can")
-    if params.get("RetiringServicePrincipal") is not None:
-        # Dropped, the grant would look retirable by a service that can never call here.
-        raise errors.UnsupportedOperationException(
-            "RetiringServicePrincipal is not supported: no AWS service principal calls keytrail."
-        )
+    # Dropped, the grant would look usable or retirable by a service that can never call here.
+    _refuse_service_principal(params, "GranteeServicePrincipal")
+    _refuse_service_principal(params, "RetiringServicePrincipal")
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
     _require_grantable(svc, key)
@@ -201,6 +205,7 @@ def _page(grants: list[Grant], params: dict[str, Any], listing: str) -> tuple[Se
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     params = call.params
     _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "must")
+    _refuse_service_principal(params, "RetiringServicePrincipal")
     context, retiring = call.context, params["RetiringPrincipal"]
     # "The authorized resource in ListRetirableGrants calls is the retiring principal specified in
     # the request" (API reference): an IAM policy scoped to (or denying) that principal decides.
