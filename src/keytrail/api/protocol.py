@@ -123,14 +123,23 @@ def _blob_check(shape: Shape) -> Check:
     return check
 
 
+#: What AWS's JSON reader can hold in each integral type (Java's int and long): a number past them is
+#: no value of the member, not one to echo in a range error (a JSON integer past 64 bits is read as
+#: a float here, and was echoed as another number: 10**30 as 1000000000000000019884624838656).
+_INTEGRAL_BITS = {"integer": 32, "long": 64}
+
+
 def _number_check(shape: Shape) -> Check:
-    integral = shape.type_name in ("integer", "long")
+    bits = _INTEGRAL_BITS.get(shape.type_name)
     meta = shape.metadata
 
     def check(value: Any, path: str, errors: list[str]) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or (integral and value != int(value)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (bits and value != int(value)):
             raise SerializationException(f"Expected a number at '{path}'")
-        value = int(value) if integral else value
+        if bits:
+            value = int(value)
+            if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+                raise SerializationException(f"Number out of range of a {bits}-bit integer at '{path}'")
         if "min" in meta and value < meta["min"]:
             errors.append(f"Value '{value}' at '{path}' failed to satisfy constraint: "
                           f"Member must have value greater than or equal to {meta['min']}")

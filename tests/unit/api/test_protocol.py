@@ -110,3 +110,20 @@ def test_pattern_classes_match_ascii_only_as_the_model_means_them(operation: str
     with pytest.raises(ValidationException, match=f"at '{member}' failed to satisfy constraint: Member must "
                                                   "satisfy regular expression pattern"):
         decode_request(operation, params)
+
+
+@pytest.mark.parametrize(("operation", "params", "bits"), [
+    ("GenerateDataKey", {"KeyId": "k", "NumberOfBytes": float(10**30)}, 32),  # orjson's reading of 10**30
+    ("GenerateDataKey", {"KeyId": "k", "NumberOfBytes": 2**31}, 32),
+    ("GenerateDataKey", {"KeyId": "k", "NumberOfBytes": 1e308}, 32),
+    ("ScheduleKeyDeletion", {"KeyId": "k", "PendingWindowInDays": -(2**31) - 1}, 32),
+])
+def test_integers_past_what_their_type_holds_are_serialization_errors_not_echoed(
+        operation: str, params: dict[str, object], bits: int) -> None:
+    # A JSON integer past 64 bits is read as a float, and was echoed in the range error as another
+    # number (10**30 as 1000000000000000019884624838656): AWS's reader holds no such value at all.
+    with pytest.raises(SerializationException, match=f"out of range of a {bits}-bit integer at '"):
+        decode_request(operation, params)
+    in_range = {**params, next(iter(set(params) - {"KeyId"})): 2**31 - 1}
+    with pytest.raises(ValidationException, match="less than or equal to"):  # in range: the model's bound
+        decode_request(operation, in_range)
