@@ -7,7 +7,9 @@ be). Unseen, though, a caller guessing secrets, or a client whose clock drifted 
 window, would leave no trace at all. So they are counted by error code for /metrics and logged,
 thinned: the first refusal of a code from an address at once, then at most one line a minute for
 that pair, saying how many were refused since its last line. A flood from many addresses cannot
-grow the memory this takes past MAX_SOURCES pairs.
+grow the memory this takes past MAX_SOURCES pairs, nor the log past MAX_LINES lines a minute: a
+sender rotating its source address (an IPv6 host has a /64 of them) would otherwise write one
+line per request, as fast as it sends.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from collections.abc import Callable
 
 from keytrail.kms.errors import KmsError
 
-__all__ = ["LOG_EVERY_SECONDS", "MAX_SOURCES", "RefusedRequests"]
+__all__ = ["LOG_EVERY_SECONDS", "MAX_LINES", "MAX_SOURCES", "RefusedRequests"]
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_SECONDS = 60.0
 MAX_SOURCES = 10_000
+MAX_LINES = 100  # lines of first refusals from an address, in all, per LOG_EVERY_SECONDS
 
 # The access key a request names, when it names one that looks like an access key: the rest of
 # the header is the sender's own text, and is not written to the log.
@@ -40,12 +43,20 @@ class RefusedRequests:
         self._clock = clock
         self._quiet_until: dict[tuple[str, str], float] = {}  # (address, code): when its next line may go
         self._unsaid: Counter[tuple[str, str]] = Counter()  # refusals since the pair's last line
+        self._window = (-LOG_EVERY_SECONDS, 0)  # (when the current minute of lines began, lines in it)
+        self._beyond: Counter[str] = Counter()  # by code: first refusals past MAX_LINES, not yet said
+        self._beyond_from: set[str] = set()  # their addresses (at most MAX_SOURCES counted)
 
     def refused(self, error: KmsError, source_ip: str, authorization: str | None) -> None:
         self.counts[error.code] += 1
         pair, now = (source_ip, error.code), self._clock()
         if now < self._quiet_until.get(pair, 0.0):
             self._unsaid[pair] += 1
+            return
+        if not self._may_log(now):
+            self._beyond[error.code] += 1
+            if len(self._beyond_from) < MAX_SOURCES:
+                self._beyond_from.add(source_ip)
             return
         if len(self._quiet_until) >= MAX_SOURCES:
             self._quiet_until.clear()
@@ -56,6 +67,28 @@ class RefusedRequests:
         log.warning("refused a request from %s before authentication (%s, access key %s): %s%s", source_ip,
                     error.code, named.group(1) if named else "none readable", _printable(error.message),
                     f" ({since} more from there since its last line)" if since else "")
+
+
+    def _may_log(self, now: float) -> bool:
+        """Whether this minute's lines are fewer than MAX_LINES; the first line of a new minute
+        first says what the last one left out."""
+        started, lines = self._window
+        if now - started >= LOG_EVERY_SECONDS:
+            self._say_beyond()
+            started, lines = now, 0
+        self._window = (started, lines + 1)
+        return lines < MAX_LINES
+
+    def _say_beyond(self) -> None:
+        if not self._beyond:
+            return
+        codes = ", ".join(f"{code} {count}" for code, count in sorted(self._beyond.items()))
+        addresses = len(self._beyond_from)
+        log.warning("refused %d more requests before authentication from %s%d addresses without a line each "
+                    "(over %d lines a minute): %s", sum(self._beyond.values()),
+                    "at least " if addresses >= MAX_SOURCES else "", addresses, MAX_LINES, codes)
+        self._beyond.clear()
+        self._beyond_from.clear()
 
 
 def _printable(text: str) -> str:

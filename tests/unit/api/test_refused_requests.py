@@ -64,3 +64,25 @@ def test_addresses_past_the_bound_start_the_thinning_afresh_rather_than_grow_it(
             refused.refused(bad, address, None)
     assert len(refused._quiet_until) <= 3
     assert len(_lines(caplog)) == 5  # 192.0.2.1 again after the reset: logged, not counted away
+
+
+def test_a_flood_from_ever_new_addresses_writes_at_most_max_lines_a_minute_and_then_one_line_of_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sender rotating its source address (an IPv6 /64) made every refusal a first one: a line each."""
+    clock, bad = SteppedClock(), InvalidSignatureException("no")
+    refused = RefusedRequests(clock)
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        for n in range(5_000):
+            refused.refused(bad, f"2001:db8::{n:x}", SIGNED)
+        refused.refused(UnrecognizedClientException("unknown"), "2001:db8::1:0", None)
+        assert len(_lines(caplog)) == refused_requests.MAX_LINES
+        clock.now += LOG_EVERY_SECONDS
+        refused.refused(bad, "192.0.2.7", SIGNED)
+    lines = _lines(caplog)
+    assert refused.counts == {"InvalidSignatureException": 5_001, "UnrecognizedClientException": 1}
+    assert len(lines) == refused_requests.MAX_LINES + 2
+    assert lines[-2] == ("refused 4901 more requests before authentication from 4901 addresses without a line each "
+                         f"(over {refused_requests.MAX_LINES} lines a minute): InvalidSignatureException 4900, "
+                         "UnrecognizedClientException 1")
+    assert lines[-1].startswith("refused a request from 192.0.2.7 before authentication")
