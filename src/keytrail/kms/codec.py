@@ -15,7 +15,8 @@ from keytrail.kms.model import KeyManager, KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey
 from keytrail.kms.store import Alias, Grant
 
-__all__ = ["alias_from_doc", "alias_to_doc", "grant_from_doc", "grant_to_doc", "key_from_doc", "key_to_doc"]
+__all__ = ["alias_from_doc", "alias_to_doc", "forget_sealed", "grant_from_doc", "grant_to_doc", "key_from_doc",
+           "key_to_doc"]
 
 _ENUMS: dict[str, Any] = {
     "key_spec": KeySpec, "key_usage": KeyUsage, "origin": Origin, "key_manager": KeyManager,
@@ -53,6 +54,11 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
         "imported": material.imported,
         "description": material.description,
     }
+
+
+def forget_sealed(key: Key, root: RootKey) -> None:
+    """Let `root` drop the sealed values it keeps for writing `key`'s material again: it is deleted."""
+    root.forget(*(_material_binding(key.arn, material.material_id, False) for material in key.materials))
 
 
 def _material_from_doc(arn: str, doc: dict[str, Any], root: RootKey, legacy: bool) -> KeyMaterial:

@@ -24,6 +24,7 @@ from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, refu
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
+    forget_sealed,
     grant_from_doc,
     grant_to_doc,
     key_from_doc,
@@ -200,6 +201,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
             for table in (KEYS, ALIASES, GRANTS):
                 await writer.delete(table, _OF_KEY, scope)
             await self._puts(writer, changed)
+        forget_sealed(key, self._root)
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
         rows = await self._rows(

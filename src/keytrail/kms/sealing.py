@@ -78,8 +78,9 @@ class RootKey:
         each anew would spend a random 96-bit nonce per version per tag or policy change, towards
         the 2^32 seals NIST SP 800-38D allows one AES-GCM key with random nonces. So seals grow with
         material versions, not with writes. (Only for values written again and again: the table
-        keeps an entry per binding for the life of the process.) The value kept is opened to check
-        that it still holds `material`: a write pays that, not each value a store opens."""
+        keeps an entry per binding until the store deletes its key, `forget`.) The value kept is
+        opened to check that it still holds `material`: a write pays that, not each value a store
+        opens."""
         known = self._sealed.get(binding) if reuse else None
         if known is not None and hmac.compare_digest(self.unseal(base64.b64decode(known), binding), material):
             return known
@@ -87,6 +88,14 @@ class RootKey:
         if reuse:
             self._sealed[binding] = sealed
         return sealed
+
+    def forget(self, *bindings: str) -> None:
+        """Drop what `seal_text(..., reuse=True)` keeps of `bindings` (a deleted key's material
+        versions): the table is otherwise kept for the life of the process, and a node that
+        creates and deletes keys for months would hold every deleted one's sealed material,
+        which the root key beside it still opens."""
+        for binding in bindings:
+            self._sealed.pop(binding, None)
 
     def unseal_text(self, sealed: str, binding: str, *, remember: bool = False) -> bytes:
         """`unseal` of `seal_text`; text that is not base64 is a damaged value too (SealError).

@@ -22,6 +22,7 @@ from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, authe
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
+    forget_sealed,
     grant_from_doc,
     grant_to_doc,
     key_from_doc,
@@ -317,6 +318,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
             del aliases[name]
         self._grants.pop(scope, None)
+        forget_sealed(key, self._root)
         self._refused.forget(KEYS.name, scope)
         self._refused.forget(GRANTS.name, *self._refused.within(GRANTS.name, scope))
         self._forget_refused_aliases(key.account, key.region)

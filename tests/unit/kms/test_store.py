@@ -113,3 +113,24 @@ def _sealed(directory: Path) -> list[bytes]:
     with sqlite3.connect(directory / "keys.db") as db:
         docs = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM keys ORDER BY key_id DESC")]
     return [material["sealed"].encode() for doc in docs for material in doc["materials"]]
+
+
+async def test_a_deleted_keys_sealed_material_does_not_stay_in_the_root_keys_table(tmp_path: Path) -> None:
+    """The root key keeps each material's sealed text to write it again unchanged; a deleted key's
+    stayed there for the life of the process, so a node creating and deleting keys grew for good."""
+    root = RootKey(os.urandom(32))
+    store = SqliteStore(tmp_path / "keys.db", root)
+    key = _key(os.urandom(32))
+    await store.put_key(key)
+    first = _sealed(tmp_path)
+    await store.put_key(replace(key, description="again"))
+    assert _sealed(tmp_path) == first  # kept while the key lives: written again as it was
+    await store.delete_key(key)
+    await store.put_key(key)  # the same id and material, as a restore would bring back
+    assert _sealed(tmp_path) != first  # sealed anew: nothing of the deleted key was held
+    for n in range(200):
+        many = replace(_key(os.urandom(32)), key_id=f"{n:08d}-12ab-34cd-56ef-1234567890ab")
+        await store.put_key(many)
+        await store.delete_key(many)
+    assert len(root._sealed) == 1  # the live key's alone, however many were created and deleted
+    await store.close()
