@@ -21,6 +21,9 @@ __all__ = ["UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
 # long-running detector must not keep each of them for good. A real key is only affected when
 # this many other such ARNs came between its last failed call and its first successful one.
 UNCONFIRMED_KEYS = 50_000
+# How many deleted keys are remembered as deleted (their records dropped), the least recently
+# deleted let go first: enough for an event of one that arrives late (a Kafka partition behind).
+DELETED_KEYS = 50_000
 
 _STATE_CHANGES = {
     "DisableKey": "Disabled",
@@ -58,12 +61,17 @@ class KeyRecord:
 class KeyLedger:
     """Per-key records of the keys seen to exist (a successful call named them), updated from
     every event; of the others only when they were first named, and only the latest
-    UNCONFIRMED_KEYS of them."""
+    UNCONFIRMED_KEYS of them. A key's record goes with its DeleteKey: kept, a node that creates and
+    deletes keys for months held every deleted one (and the checks' state of it) for good."""
 
-    def __init__(self, unconfirmed_limit: int = UNCONFIRMED_KEYS) -> None:
+    def __init__(self, unconfirmed_limit: int = UNCONFIRMED_KEYS, deleted_limit: int = DELETED_KEYS) -> None:
         self._keys: dict[str, KeyRecord] = {}
         self._unconfirmed: OrderedDict[str, datetime] = OrderedDict()  # key ARN -> first seen
         self._unconfirmed_limit = unconfirmed_limit
+        # The latest deleted keys: a late event of one must not bring back its record (Enabled,
+        # say, which `unused-key` would then raise on a key that no longer exists).
+        self._deleted: OrderedDict[str, None] = OrderedDict()
+        self._deleted_limit = deleted_limit
 
     def get(self, key_arn: str | None) -> KeyRecord | None:
         """The key's record; None for a key no successful call named (nothing known of it)."""
@@ -91,11 +99,21 @@ class KeyLedger:
             if record is not None:
                 if event.succeeded:
                     self._apply(record, event)
+                    if record.state == "Deleted":
+                        self._forget_deleted(key_arn)
+            elif key_arn in self._deleted:
+                continue  # a late event of a key deleted since
             elif event.succeeded:  # seen to exist: first seen when it was first named at all
                 first_seen = self._unconfirmed.pop(key_arn, event.event_time)
                 self._apply(self._keys.setdefault(key_arn, KeyRecord(key_arn, first_seen)), event)
             else:
                 self._named_by_failure(key_arn, event.event_time)
+
+    def _forget_deleted(self, key_arn: str) -> None:
+        del self._keys[key_arn]
+        self._deleted[key_arn] = None
+        if len(self._deleted) > self._deleted_limit:
+            self._deleted.popitem(last=False)
 
     def _named_by_failure(self, key_arn: str, time: datetime) -> None:
         if key_arn in self._unconfirmed:

@@ -54,6 +54,9 @@ class UsageSpike:
     def __init__(self, rule: Rule, ledger: KeyLedger, unconfirmed_limit: int = UNCONFIRMED_KEYS) -> None:
         self.rule, self.ledger = rule, ledger
         self._rates: dict[tuple[str, str], _Rate] = {}  # pairs of keys seen to exist
+        # Key ARN -> the principals of its pairs in `_rates`: a key's DeleteKey drops them, which a
+        # node creating and deleting keys otherwise kept for good (some 600 bytes a pair).
+        self._principals: dict[str, list[str]] = {}
         # Pairs of keys no successful call named yet (denied probes of random ARNs, say): only the
         # latest `unconfirmed_limit`, as the ledger keeps those keys, so that they cannot grow the
         # detector without bound; a pair moves to `_rates` once its key is seen to exist.
@@ -70,7 +73,9 @@ class UsageSpike:
         # Every event of the stream passes here: the common case (same pair, same minute, under
         # min_calls) is kept to a lookup and two comparisons.
         key_arn, principal = event.key_arn, event.principal_arn
-        if key_arn is None or principal is None:
+        if key_arn is None or principal is None or event.event_name == "DeleteKey":
+            if key_arn is not None and event.event_name == "DeleteKey":  # KMS's own event, when the wait ends
+                self._forget(key_arn)
             return []
         pair = (key_arn, principal)
         minute = self._minute(event.event_time)
@@ -94,11 +99,16 @@ class UsageSpike:
         rate = self._probes.pop(pair, None) or _Rate(minute, minute)
         if self.ledger.exists(pair[0]):
             self._rates[pair] = rate
+            self._principals.setdefault(pair[0], []).append(pair[1])
         else:
             self._probes[pair] = rate  # the most recent last
             if len(self._probes) > self._probes_limit:
                 self._probes.popitem(last=False)
         return rate
+
+    def _forget(self, key_arn: str) -> None:
+        for principal in self._principals.pop(key_arn, ()):
+            del self._rates[key_arn, principal]
 
     def _minute(self, moment: datetime) -> int:
         # CloudTrail times are whole seconds, so consecutive events mostly share one: its minute

@@ -35,6 +35,8 @@ class UnusedKey:
     def tick(self, now: datetime) -> list[Finding]:
         limit = timedelta(days=float(self.rule.param("unused_days")))
         findings = []
+        if len(self._raised) > len(self.ledger):  # keys deleted since they were raised on: bounded by the ledger
+            self._raised = {arn: since for arn, since in self._raised.items() if self.ledger.get(arn) is not None}
         for record in self.ledger:
             since = self._idle_since(record)
             if since is None or now - since < limit or self._raised.get(record.key_arn) == since:
