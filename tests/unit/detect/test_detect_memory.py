@@ -3,6 +3,8 @@ alarms of real keys are what they were."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,3 +100,22 @@ def test_a_late_event_of_a_deleted_key_does_not_bring_it_back_as_an_unused_key()
                       _deleted(T0 + timedelta(days=8), key), event("Encrypt", T0 + timedelta(hours=1), key)])
     assert detector.ledger.get(key) is None
     assert [a for a in detector.tick(T0 + timedelta(days=120)) if a.rule == "unused-key"] == []
+
+
+def test_a_key_x_principal_pair_seen_in_one_minute_costs_the_detector_a_few_hundred_bytes() -> None:
+    """Each pair's usage-spike rate held an empty deque of its past minutes from its first call
+    (760 bytes): many callers of many keys grew the detector by some 1 KB a pair."""
+    detector, callers = Detector(), [role(f"app{n}") for n in range(50)]
+    keys = [key_arn(n) for n in range(200)]
+    detector.process([create_key(T0, key) for key in keys])
+    calls = [event("Encrypt", T0 + timedelta(seconds=1), key, who) for key in keys for who in callers]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        detector.process(calls)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / len(calls) < 500  # its eventID remembered for duplicates, its rate, its ledger entry

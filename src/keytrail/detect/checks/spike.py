@@ -8,7 +8,7 @@ if shorter); the alarm carries the baseline and the observed rate.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from keytrail.detect.alarms import Finding
@@ -28,7 +28,10 @@ class _Rate:
     minute: int
     count: int = 0
     total: int = 0  # calls in `past`
-    past: deque[tuple[int, int]] = field(default_factory=deque)
+    # (minute, count) of the earlier minutes with calls; None until the pair's second minute: an
+    # empty deque is 760 bytes, most of a pair's memory, and most pairs of many keys x principals
+    # are seen in one minute only.
+    past: deque[tuple[int, int]] | None = None
     fired_minute: int = -1
     # The count at which the minute that fired below HIGH becomes HIGH (None: it fired HIGH already,
     # or not at all): the minute's later calls are watched for it, not only the call that fired.
@@ -36,12 +39,17 @@ class _Rate:
 
     def roll(self, minute: int, horizon: int) -> None:
         """Move on to a later `minute`, dropping counts older than `horizon` minutes."""
+        past = self.past
         if self.count:
-            self.past.append((self.minute, self.count))
+            if past is None:
+                past = self.past = deque()
+            past.append((self.minute, self.count))
             self.total += self.count
         self.minute, self.count = minute, 0
-        while self.past and self.past[0][0] < minute - horizon:
-            self.total -= self.past.popleft()[1]
+        while past and past[0][0] < minute - horizon:
+            self.total -= past.popleft()[1]
+        if past is not None and not past:  # all older than the horizon: as light as a new pair again
+            self.past = None
 
 
 class UsageSpike:
