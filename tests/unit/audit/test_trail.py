@@ -181,6 +181,19 @@ async def test_idle_node_writes_its_periodic_digest(tmp_path: Path) -> None:
         assert len(signing_the_record()) == 1
 
 
+async def _closed_segments_after_calls(trail: AuditTrail, calls: int = 20) -> list[Path]:
+    """The closed segments once `calls` records are durable (with 2,000-byte segments, several)."""
+    for i in range(calls):
+        await trail.record(encrypt_call(i))
+    return sorted(trail.log.directory.glob("*.seg"))[:-1]
+
+
+def _backdate(segments: list[Path], seconds: int) -> None:
+    """As if each segment had last been written `seconds` earlier."""
+    for segment in segments:
+        os.utime(segment, (segment.stat().st_atime - seconds, segment.stat().st_mtime - seconds))
+
+
 async def test_retention_deletes_old_segments(tmp_path: Path) -> None:
     settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=5000, reader_grace_s=0)
     async with AuditTrail.open(settings) as trail:
@@ -199,14 +212,11 @@ async def test_retention_leaves_a_segment_to_the_node_s_readers_for_a_minute_aft
 
     settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_bytes=1, digest_interval_s=0.2)
     async with AuditTrail.open(settings) as trail:
-        for i in range(20):
-            await trail.record(encrypt_call(i))
-        closed = sorted(trail.log.directory.glob("*.seg"))[:-1]
+        closed = await _closed_segments_after_calls(trail)
         assert closed and trail.log.start_offset() == 0  # all kept: closed under a minute ago
         await asyncio.sleep(0.5)  # digests meanwhile: retention ran again, and kept them
         assert all(segment.exists() for segment in closed)
-        for segment in closed:  # as if closed two minutes ago
-            os.utime(segment, (segment.stat().st_atime - 120, segment.stat().st_mtime - 120))
+        _backdate(closed, 120)  # as if closed two minutes ago
         await eventually(lambda: not any(segment.exists() for segment in closed), what="the segments deleted")
         assert trail.log.start_offset() > 0
     assert verify(tmp_path) == []
@@ -220,8 +230,7 @@ async def test_retention_by_age_deletes_old_closed_segments(tmp_path: Path) -> N
         for i in range(20):
             await trail.record(encrypt_call(i))
         old_segments = sorted(trail.log.directory.glob("*.seg"))
-        for segment in old_segments:  # two days old
-            os.utime(segment, (segment.stat().st_atime - 172800, segment.stat().st_mtime - 172800))
+        _backdate(old_segments, 172800)  # two days old
         kept_from = trail.log.end_offset()
         for i in range(20, 40):  # the next segment roll applies retention
             await trail.record(encrypt_call(i))
@@ -236,12 +245,9 @@ async def test_retention_by_age_runs_at_each_digest_on_a_quiet_node(tmp_path: Pa
 
     settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_hours=24, digest_interval_s=0.2)
     async with AuditTrail.open(settings) as trail:
-        for i in range(20):
-            await trail.record(encrypt_call(i))
-        closed = sorted(trail.log.directory.glob("*.seg"))[:-1]
+        closed = await _closed_segments_after_calls(trail)
         assert closed
-        for segment in closed:  # two days old
-            os.utime(segment, (segment.stat().st_atime - 172800, segment.stat().st_mtime - 172800))
+        _backdate(closed, 172800)  # two days old
         end = trail.log.end_offset()
         await eventually(lambda: not any(segment.exists() for segment in closed), what="the aged segments deleted")
         assert trail.log.end_offset() == end  # no record was written meanwhile
