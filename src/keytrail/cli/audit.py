@@ -68,7 +68,17 @@ def _line(event: dict[str, Any], fmt: Format) -> str:
     identity = event.get("userIdentity") or {}
     who = identity.get("arn") or identity.get("invokedBy") or "-"
     outcome = event.get("errorCode") or "OK"
-    return f"{event.get('eventTime')} {event.get('eventName')!s:<22} {outcome:<24} {who} {_resource_arns(event)}"
+    return _printable(f"{event.get('eventTime')} {event.get('eventName')!s:<22} {outcome:<24} {who} "
+                      f"{_resource_arns(event)}")
+
+
+def _printable(text: str) -> str:
+    """`text` with each character a terminal would act on, rather than show, escaped (`\\n`, `\\x1b`,
+    `\\u202e`): an imported record's fields hold anything, and a newline or escape sequence in one
+    forged lines of the trail, or rewrote those on the on-call engineer's screen (CWE-117)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _resource_arns(event: dict[str, Any]) -> str:

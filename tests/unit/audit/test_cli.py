@@ -185,6 +185,24 @@ def test_events_as_text_read_records_whatever_their_resources_hold(tmp_path: Pat
     assert [line.split()[-1] for line in out.splitlines()] == ["-", "arn:aws:kms:k", "-", "-"]
 
 
+def test_text_lines_escape_control_characters_so_a_record_cannot_forge_lines_or_drive_the_terminal(
+        tmp_path: Path) -> None:
+    record = json.loads(EXAMPLES.read_text())["Records"][0]
+    forged = "2026-11-01T10:00:04Z Decrypt OK arn:aws:iam::444455556666:user/forged -"
+    odd = {**record, "eventID": "r0", "eventName": f"Decrypt\n{forged}",
+           "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::444455556666:user/m\x1b[2K\rX\u202e"}}
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"Records": [odd]}))
+    assert _run("import", str(path), "--data-dir", str(tmp_path / "node"))[0] == 0
+    for command in ("events", "tail"):
+        extra = ("--no-follow",) if command == "tail" else ()
+        code, out, _ = _run(command, "--data-dir", str(tmp_path / "node"), "--format", "text", *extra)
+        assert code == 0
+        assert len(out.splitlines()) == 1  # the newline in eventName forged no second line
+        assert "\\n2026-11-01T10:00:04Z" in out and "user/m\\x1b[2K\\rX\\u202e" in out
+        assert out.removesuffix("\n").isprintable()
+
+
 def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path) -> None:
     fill_trail(tmp_path, 6)
     rewrite_segment(tmp_path, lambda r: [*r[:2], r[2][:-1] + b"!", *r[3:]], fix_checksums=False)
