@@ -66,7 +66,8 @@ def _line(event: dict[str, Any], fmt: Format) -> str:
     if fmt is Format.json:
         return json.dumps(event, separators=(",", ":"))
     identity = event.get("userIdentity") or {}
-    who = identity.get("arn") or identity.get("invokedBy") or "-"
+    # CloudTrail names a caller of another account (`AWSAccount`, the key owner's copy) by account alone.
+    who = identity.get("arn") or identity.get("invokedBy") or identity.get("accountId") or "-"
     outcome = event.get("errorCode") or "OK"
     return _printable(f"{event.get('eventTime')} {event.get('eventName')!s:<22} {outcome:<24} {who} "
                       f"{_resource_arns(event)}")

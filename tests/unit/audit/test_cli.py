@@ -203,6 +203,18 @@ def test_text_lines_escape_control_characters_so_a_record_cannot_forge_lines_or_
         assert out.removesuffix("\n").isprintable()
 
 
+def test_text_lines_name_the_account_of_a_caller_cloudtrail_gives_no_arn(tmp_path: Path) -> None:
+    record = json.loads(EXAMPLES.read_text())["Records"][0]
+    # A key owner's copy of a call from another account: CloudTrail names the caller's account alone.
+    other = {"type": "AWSAccount", "principalId": "AIDAEXAMPLE", "accountId": "777788889999"}
+    path = tmp_path / "cross.json"
+    path.write_text(json.dumps({"Records": [{**record, "eventID": "r0", "userIdentity": other}]}))
+    assert _run("import", str(path), "--data-dir", str(tmp_path / "node"))[0] == 0
+    code, out, _ = _run("events", "--data-dir", str(tmp_path / "node"), "--format", "text")
+    assert code == 0
+    assert out.split()[3] == "777788889999"
+
+
 def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path) -> None:
     fill_trail(tmp_path, 6)
     rewrite_segment(tmp_path, lambda r: [*r[:2], r[2][:-1] + b"!", *r[3:]], fix_checksums=False)
