@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey
 from keytrail.kms.store import Alias, Grant
 
 __all__ = ["alias_from_doc", "alias_to_doc", "forget_sealed", "grant_from_doc", "grant_to_doc", "key_from_doc",
-           "key_to_doc"]
+           "key_to_doc", "retain_sealed"]
 
 _ENUMS: dict[str, Any] = {
     "key_spec": KeySpec, "key_usage": KeyUsage, "origin": Origin, "key_manager": KeyManager,
@@ -54,6 +55,12 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
         "imported": material.imported,
         "description": material.description,
     }
+
+
+def retain_sealed(keys: Iterable[Key], root: RootKey) -> None:
+    """Let `root` keep, of the sealed values it keeps for writing material again, those of `keys`
+    alone: every key of a store other nodes share, some deleted by them since `root` kept theirs."""
+    root.retain({_material_binding(key.arn, material.material_id, False) for key in keys for material in key.materials})
 
 
 def forget_sealed(key: Key, root: RootKey) -> None:

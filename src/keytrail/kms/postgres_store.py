@@ -29,6 +29,7 @@ from keytrail.kms.codec import (
     grant_to_doc,
     key_from_doc,
     key_to_doc,
+    retain_sealed,
 )
 from keytrail.kms.keys import Key
 from keytrail.kms.model import CallRecord
@@ -217,7 +218,11 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
     async def all_keys(self) -> list[Key]:
         """Every key that verifies (the scheduler's, the inventory's): a refused one is logged."""
         rows = await self._rows("SELECT account, region, key_id, doc FROM kms_keys")
-        return [key_from_doc(body, self._root) for body in self._verified_bodies(KEYS, rows)]
+        keys = [key_from_doc(body, self._root) for body in self._verified_bodies(KEYS, rows)]
+        # Keys other nodes deleted leave this process's table of sealed values here (the scheduler's
+        # tick reads every key). One this node writes meanwhile loses its entry: sealed anew next time.
+        retain_sealed(keys, self._root)
+        return keys
 
     # --- aliases -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -95,6 +96,12 @@ class RootKey:
         creates and deletes keys for months would hold every deleted one's sealed material,
         which the root key beside it still opens."""
         for binding in bindings:
+            self._sealed.pop(binding, None)
+
+    def retain(self, bindings: Collection[str]) -> None:
+        """Keep of the table only `bindings` (every key a shared store holds): a key another node
+        deleted is forgotten only in that node's process (`forget`), and stayed in this one's."""
+        for binding in set(self._sealed) - set(bindings):
             self._sealed.pop(binding, None)
 
     def unseal_text(self, sealed: str, binding: str, *, remember: bool = False) -> bytes:

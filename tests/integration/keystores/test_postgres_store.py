@@ -237,6 +237,25 @@ async def test_a_key_another_node_deleted_leaves_this_nodes_caches_at_its_next_t
     await store_b.close()
 
 
+async def test_a_key_another_node_deleted_leaves_this_nodes_table_of_sealed_values_at_its_next_tick(
+        dsn: str) -> None:
+    # Each node's root key keeps every key's sealed values to write them again unchanged; a key
+    # another node deleted stayed in this node's table (and its sealed material) until it restarted.
+    secret, clock = os.urandom(32), ManualClock(NOW)
+    root_a, root_b = RootKey(secret), RootKey(secret)  # one root key, one instance in each node's process
+    store_a, store_b = await PostgresStore.connect(dsn, root_a), await PostgresStore.connect(dsn, root_b)
+    b = Node(store_b, clock, "us-east-1")
+    kept, doomed = [(await b("CreateKey"))["KeyMetadata"]["KeyId"] for _ in range(2)]
+    assert len(root_b._sealed) == 2
+    key = await store_a.get_key(ACCOUNT, "us-east-1", doomed)
+    assert key is not None
+    await store_a.delete_key(key)  # A's write alone: B's process is not told
+    await b.svc.run_due()
+    assert root_b._sealed and all(kept in binding for binding in root_b._sealed)  # the live key's alone
+    await store_a.close()
+    await store_b.close()
+
+
 async def test_keys_are_counted_per_account_and_region_across_nodes_for_the_keys_quota(dsn: str) -> None:
     root, clock = RootKey(os.urandom(32)), ManualClock()
     east = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
