@@ -60,12 +60,17 @@ def _material_to_doc(key: Key, material: KeyMaterial, root: RootKey) -> dict[str
 def retain_sealed(keys: Iterable[Key], root: RootKey) -> None:
     """Let `root` keep, of the sealed values it keeps for writing material again, those of `keys`
     alone: every key of a store other nodes share, some deleted by them since `root` kept theirs."""
-    root.retain({_material_binding(key.arn, material.material_id, False) for key in keys for material in key.materials})
+    root.retain({binding for key in keys for binding in _sealed_bindings(key)})
 
 
 def forget_sealed(key: Key, root: RootKey) -> None:
     """Let `root` drop the sealed values it keeps for writing `key`'s material again: it is deleted."""
-    root.forget(*(_material_binding(key.arn, material.material_id, False) for material in key.materials))
+    root.forget(*_sealed_bindings(key))
+
+
+def _sealed_bindings(key: Key) -> list[str]:
+    """The bindings `_material_to_doc` seals `key`'s material versions under."""
+    return [_material_binding(key.arn, material.material_id, False) for material in key.materials]
 
 
 def _material_from_doc(arn: str, doc: dict[str, Any], root: RootKey, legacy: bool) -> KeyMaterial:
