@@ -6,7 +6,8 @@ the identity is what could not be established (a record would name whoever the r
 be). Unseen, though, a caller guessing secrets, or a client whose clock drifted past the 5-minute
 window, would leave no trace at all. So they are counted by error code for /metrics and logged,
 thinned: the first refusal of a code from an address at once, then at most one line a minute for
-that pair, saying how many were refused since its last line. A flood from many addresses cannot
+that pair, saying how many were refused since its last line (said by `say_overdue`, which the
+node calls every few seconds, when no later refusal comes to say it). A flood from many addresses cannot
 grow the memory this takes past MAX_SOURCES pairs, nor the log past MAX_LINES lines a minute: a
 sender rotating its source address (an IPv6 host has a /64 of them) would otherwise write one
 line per request, as fast as it sends.
@@ -54,9 +55,7 @@ class RefusedRequests:
             self._unsaid[pair] += 1
             return
         if not self._may_log(now):
-            self._beyond[error.code] += 1
-            if len(self._beyond_from) < MAX_SOURCES:
-                self._beyond_from.add(source_ip)
+            self._hold_back(pair, 1)
             return
         if len(self._quiet_until) >= MAX_SOURCES:
             self._quiet_until.clear()
@@ -68,6 +67,37 @@ class RefusedRequests:
                     error.code, named.group(1) if named else "none readable", _printable(error.message),
                     f" ({since} more from there since its last line)" if since else "")
 
+    def say_overdue(self) -> None:
+        """Say what the thinning held back once its minute is over, when no later refusal came to
+        say it: a flood that stopped kept its count (and the summary of addresses past MAX_LINES)
+        to itself until the next refusal, which may never come. Pairs whose minute is over and
+        that have nothing unsaid are forgotten, so the next refusal from them is a first again."""
+        now = self._clock()
+        for pair in [pair for pair, until in self._quiet_until.items() if until <= now]:
+            del self._quiet_until[pair]
+            if since := self._unsaid.pop(pair, 0):
+                self._say_unsaid(pair, since, now)
+        started, _ = self._window
+        if now - started >= LOG_EVERY_SECONDS and self._beyond:
+            self._say_beyond()
+            self._window = (now, 0)
+
+    def _say_unsaid(self, pair: tuple[str, str], since: int, now: float) -> None:
+        """One line for a pair's refusals since its last line, within this minute's MAX_LINES;
+        past them, they join the minute's summary."""
+        if not self._may_log(now):
+            self._hold_back(pair, since)
+            return
+        self._quiet_until[pair] = now + LOG_EVERY_SECONDS
+        log.warning("refused %d more requests from %s before authentication (%s) since its last line",
+                    since, *pair)
+
+    def _hold_back(self, pair: tuple[str, str], refusals: int) -> None:
+        """Count refusals past this minute's MAX_LINES for its summary line."""
+        source_ip, code = pair
+        self._beyond[code] += refusals
+        if len(self._beyond_from) < MAX_SOURCES:
+            self._beyond_from.add(source_ip)
 
     def _may_log(self, now: float) -> bool:
         """Whether this minute's lines are fewer than MAX_LINES; the first line of a new minute

@@ -121,6 +121,9 @@ def _authorizer(clock: Clock) -> Authorizer:
     return PolicyAuthorizer(clock)
 
 
+# How often the thinned log of refused requests says what a minute over held back.
+REFUSALS_SAID_EVERY_SECONDS = 5.0
+
 # How long /metrics waits for the key inventory: well inside Prometheus's 10 s scrape timeout.
 KEY_INVENTORY_SECONDS = 2.0
 # What a key store raises when its database is gone or unwritable (asyncpg's lost connection is an
@@ -350,6 +353,7 @@ async def _start(node: Node, credentials: CredentialStore) -> None:
     with _part("the first pass of scheduled key maintenance"):
         await node.service.run_due()
     node.background.append(asyncio.create_task(_scheduler(node)))
+    node.background.append(asyncio.create_task(_say_overdue_refusals(node.app)))
     # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
     # falls on the first request; loaded before the freeze below, it is also out of the gc's reach.
     operation_names()
@@ -473,6 +477,14 @@ class _StoreRefusal:
         if self.reason is not None:
             log.warning("scheduled key maintenance runs again (the key store answers)")
         self.reason = None
+
+
+async def _say_overdue_refusals(app: KmsApp) -> None:
+    """Let the log of requests refused before authentication say, within seconds of its minute's
+    end, what it held back, rather than at a next refusal that may never come."""
+    while True:
+        await asyncio.sleep(REFUSALS_SAID_EVERY_SECONDS)
+        app.refused.say_overdue()
 
 
 async def _scheduler(node: Node) -> None:

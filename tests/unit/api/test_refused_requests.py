@@ -86,3 +86,65 @@ def test_a_flood_from_ever_new_addresses_writes_at_most_max_lines_a_minute_and_t
                          f"(over {refused_requests.MAX_LINES} lines a minute): InvalidSignatureException 4900, "
                          "UnrecognizedClientException 1")
     assert lines[-1].startswith("refused a request from 192.0.2.7 before authentication")
+
+
+def test_a_flood_that_stops_has_its_count_said_once_its_minute_is_over_without_a_next_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The count since a pair's last line was said only by its next refusal, which may never come."""
+    clock, bad = SteppedClock(), InvalidSignatureException("no")
+    refused = RefusedRequests(clock)
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        for _ in range(5):
+            refused.refused(bad, "192.0.2.7", SIGNED)
+        refused.refused(bad, "198.51.100.1", SIGNED)
+        refused.say_overdue()  # within the minute: nothing yet
+        assert len(_lines(caplog)) == 2
+        clock.now += LOG_EVERY_SECONDS
+        refused.say_overdue()
+        refused.say_overdue()  # said once
+    assert _lines(caplog)[2:] == [
+        "refused 4 more requests from 192.0.2.7 before authentication (InvalidSignatureException) since its last line",
+    ]
+    assert refused._quiet_until.keys() == {("192.0.2.7", "InvalidSignatureException")}  # one line a minute still
+    assert not refused._unsaid
+
+
+def test_the_summary_of_a_minute_past_max_lines_is_said_once_it_is_over_without_a_next_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, bad = SteppedClock(), InvalidSignatureException("no")
+    refused = RefusedRequests(clock)
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        for n in range(refused_requests.MAX_LINES + 7):
+            refused.refused(bad, f"2001:db8::{n:x}", SIGNED)
+        clock.now += LOG_EVERY_SECONDS
+        refused.say_overdue()
+    lines = _lines(caplog)
+    assert len(lines) == refused_requests.MAX_LINES + 1
+    assert lines[-1] == ("refused 7 more requests before authentication from 7 addresses without a line each "
+                         f"(over {refused_requests.MAX_LINES} lines a minute): InvalidSignatureException 7")
+    assert not refused._quiet_until  # nothing unsaid: forgotten, a next refusal from them is a first
+
+
+def test_overdue_counts_past_the_minute_s_lines_join_its_summary(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(refused_requests, "MAX_LINES", 2)
+    clock, bad = SteppedClock(), InvalidSignatureException("no")
+    refused = RefusedRequests(clock)
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        for address in ("192.0.2.1", "192.0.2.2"):
+            refused.refused(bad, address, SIGNED)
+            refused.refused(bad, address, SIGNED)
+        clock.now += LOG_EVERY_SECONDS
+        refused.refused(bad, "192.0.2.3", SIGNED)  # the new minute's two lines
+        refused.refused(bad, "192.0.2.4", SIGNED)
+        refused.say_overdue()  # no line left in this minute for the first two addresses' counts
+        assert len(_lines(caplog)) == 4
+        clock.now += LOG_EVERY_SECONDS
+        refused.say_overdue()
+    assert _lines(caplog)[4:] == [
+        "refused 2 more requests before authentication from 2 addresses without a line each "
+        "(over 2 lines a minute): InvalidSignatureException 2",
+    ]

@@ -1,5 +1,7 @@
 """The node's scheduler: a key store refusing its ticks is said in the log when the refusal starts,
-changes and ends, not on every tick (the PostgreSQL store's refusal itself: test_postgres_ledger)."""
+changes and ends, not on every tick (the PostgreSQL store's refusal itself: test_postgres_ledger);
+and the log of requests refused before authentication is told every few seconds to say what it held
+back."""
 
 from __future__ import annotations
 
@@ -10,8 +12,13 @@ from typing import cast
 
 import pytest
 
-from keytrail.cli.node import Node, _scheduler
+import keytrail.cli.node as node_module
+from keytrail.api.app import KmsApp
+from keytrail.api.refused_requests import LOG_EVERY_SECONDS, RefusedRequests
+from keytrail.api.sigv4 import InvalidSignatureException
+from keytrail.cli.node import Node, _say_overdue_refusals, _scheduler
 from keytrail.kms import errors
+from tests.support.clocks import SteppedClock
 
 TIMEOUT = errors.DependencyTimeoutException("The key store did not answer within 5 seconds.")
 REFUSED = errors.KMSInternalException("The request was rejected because an internal exception occurred.")
@@ -68,3 +75,25 @@ async def test_a_database_that_refuses_connections_is_logged_once_not_with_a_tra
         "only once it runs, or fails otherwise)",
         "WARNING scheduled key maintenance runs again (the key store answers)"]
     assert all(record.exc_info is None for record in caplog.records)
+
+
+async def test_the_node_says_overdue_refusals_without_waiting_for_a_next_refusal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = SteppedClock()
+    refused = RefusedRequests(clock)
+    for _ in range(3):
+        refused.refused(InvalidSignatureException("no"), "192.0.2.7", None)
+    clock.now += LOG_EVERY_SECONDS
+    monkeypatch.setattr(node_module, "REFUSALS_SAID_EVERY_SECONDS", 0.001)
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        ticks = asyncio.create_task(_say_overdue_refusals(cast(KmsApp, SimpleNamespace(refused=refused))))
+        try:
+            for _ in range(500):
+                if len(caplog.records) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            ticks.cancel()
+    assert caplog.records[-1].getMessage() == (
+        "refused 2 more requests from 192.0.2.7 before authentication (InvalidSignatureException) since its last line")
