@@ -216,10 +216,10 @@ class KmsService:
         except errors.KmsError:
             raise
         except AuditUnavailable:  # the sink logs the outage, once (not a line per refused call)
-            raise _unaudited(_request_of(record)) from None
+            raise _unrecorded(record) from None
         except Exception:
             log.exception("audit sink failure (event %s)", record.event_id)
-            raise _unaudited(_request_of(record)) from None
+            raise _unrecorded(record) from None
 
     def internal_call_record(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> CallRecord:
         """The record of a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
@@ -404,12 +404,19 @@ def _note_custom_key_store(call: Call, key: Key) -> None:
         call.additional_event_data.update(key_store_event_data(key), backingKeyId=backing)
 
 
-def _request_of(record: CallRecord) -> str:
-    # The request id, the one the caller got (x-amzn-RequestId); a service event has only its event id.
-    return record.context.request_id if record.context is not None else record.event_id
-
-
 def _unaudited(request: str) -> errors.KmsError:
     return errors.KMSInternalException(
         f"The audit spool could not persist the event for request {request}: the call was not performed."
+    )
+
+
+def _unrecorded(record: CallRecord) -> errors.KmsError:
+    """The error for `record` refused by the audit sink. A caller's record names its request (the id
+    the caller got); a service event (a due RotateKey or DeleteKey, met inside a caller's call or a
+    tick) names what it records: its event id was named as a request id no caller ever had."""
+    if record.context is not None:
+        return _unaudited(record.context.request_id)
+    return errors.KMSInternalException(
+        f"The audit spool could not persist the {record.event_name} event of {', '.join(record.resources)}: "
+        "it is recorded once the spool can."
     )

@@ -14,6 +14,7 @@ import pytest
 from keytrail.clock import ManualClock
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.errors import KMSInternalException
 from keytrail.kms.model import AuditUnavailable, CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
@@ -192,3 +193,21 @@ async def test_an_expiry_whose_event_was_refused_after_its_write_is_recorded_by_
     assert len(expired) == 1
     meta = (await service.execute("DescribeKey", _context(), {"KeyId": arn}))["KeyMetadata"]
     assert meta["KeyState"] == "PendingImport" and imported["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
+
+
+async def test_a_call_meeting_due_work_whose_event_is_refused_is_told_which_event_not_a_request_it_never_made(
+        tmp_path: Path) -> None:
+    # The error named the RotateKey event's id as "request …": an id the caller never had.
+    spool, clock = _SpoolThatFailsOnce("RotateKey"), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    arn = str((await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"])
+    await service.execute("EnableKeyRotation", _context(), {"KeyId": arn, "RotationPeriodInDays": 90})
+    clock.advance(91 * DAY)
+    with pytest.raises(KMSInternalException) as refused:
+        await service.execute("Encrypt", _context(), {"KeyId": arn, "Plaintext": b"x"})
+    assert refused.value.message == (
+        f"The audit spool could not persist the RotateKey event of {arn}: it is recorded once the spool can.")
+    await service.execute("Encrypt", _context(), {"KeyId": arn, "Plaintext": b"x"})
+    # The refused call's own record (it failed), then the rotation, recorded by the next call that met it.
+    assert [name for name, _ in spool.events[2:]] == ["Encrypt", "RotateKey", "Encrypt"]
