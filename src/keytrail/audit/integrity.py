@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keytrail.owner_only import make_dirs, open_file, reserve
+from keytrail.owner_only import make_dirs, open_file, reserve, sync_folder
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
@@ -429,11 +429,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_folder(path.parent)
 
 
 def verify(data_dir: Path, public_key: Path | None = None) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from keytrail.owner_only import make_dirs, reserve
+from keytrail.owner_only import make_dirs, reserve, sync_folder
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
@@ -168,8 +168,4 @@ def _durable_write(frame: pl.DataFrame, path: Path) -> None:
     with temp.open("rb") as handle:
         os.fsync(handle.fileno())
     temp.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_folder(path.parent)

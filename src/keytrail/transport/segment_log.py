@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keytrail.owner_only import make_dirs
+from keytrail.owner_only import make_dirs, sync_folder
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
@@ -169,7 +169,7 @@ class SegmentLog:
         when a segment was created)."""
         os.fsync(self._fd)
         if self._dirty_dir:
-            _fsync_dir(self.directory)
+            sync_folder(self.directory)
             self._dirty_dir = False
 
     def roll(self) -> _Segment:
@@ -497,7 +497,7 @@ def _keep_tail(segment: _Segment) -> Path:
             target.write(chunk)
         target.flush()
         os.fsync(target.fileno())
-    _fsync_dir(segment.path.parent)
+    sync_folder(segment.path.parent)
     return kept
 
 
@@ -511,12 +511,4 @@ def _create_directory(directory: Path) -> None:
         path = path.parent
     make_dirs(directory)
     for created in reversed(missing):
-        _fsync_dir(created.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        sync_folder(created.parent)

@@ -369,7 +369,7 @@ def test_a_segment_that_could_not_be_created_is_created_by_the_next_append(
 
 def test_a_new_log_folder_is_made_durable_in_its_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[Path] = []
-    monkeypatch.setattr(segment_log, "_fsync_dir", synced.append)
+    monkeypatch.setattr(segment_log, "sync_folder", synced.append)
     SegmentLog(tmp_path / "audit" / "log", writable=True).close()
     assert synced == [tmp_path, tmp_path / "audit"]  # each folder created, in the folder above it
     synced.clear()
