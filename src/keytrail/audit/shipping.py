@@ -7,7 +7,7 @@ the serving process that was CPU taken from the calls: through `serve --kafka` u
 process it runs on the other core, as the consumer and the detector do, at their lower priority
 (it has a quarter second of linger to spare; on a busy machine the calls come first).
 
-    python -m keytrail.audit.shipping LOG_DIR SHIPPED_OFFSET_FILE BOOTSTRAP TOPIC PARTITIONS
+    python -m keytrail.audit.shipping LOG_DIR SHIPPED_OFFSET_FILE BOOTSTRAP TOPIC PARTITIONS REPLICATION_FACTOR
 
 Protocol, ASCII lines on its pipes. The serving process writes the durable end (the offset below
 which every record is on disk) at the child's start and then as it moves, at most every
