@@ -30,8 +30,8 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
-    "digest_file_name", "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor", "read_small",
-    "signed_end", "signing_key", "verify", "write_retention_floor",
+    "digest_file_name", "digest_hash", "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor",
+    "read_small", "signed_end", "signing_key", "verify", "write_retention_floor",
 ]
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ class ChainWriter:
             "digestVersion": 1, "sequence": self._sequence, "startOffset": self._covered,
             "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519", "intervalSeconds": self.interval,
-            "previousDigestHash": _digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
+            "previousDigestHash": digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
             **({"origin": self.origin} if self.origin else {}), **({"final": True} if final else {}),
         }
         digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
@@ -415,7 +415,8 @@ def _next_segment(log: SegmentLog, offset: int, covered: int) -> int:
     return min((base for base in log.segment_bases() if offset < base < covered), default=covered)
 
 
-def _digest_hash(digest: dict[str, Any] | None) -> str | None:
+def digest_hash(digest: dict[str, Any] | None) -> str | None:
+    """The hash by which the next digest names `digest` (`previousDigestHash`; None: no previous)."""
     return None if digest is None else hashlib.sha256(canonical(digest)).hexdigest()
 
 

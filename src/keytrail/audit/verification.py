@@ -26,9 +26,9 @@ from keytrail.audit.integrity import (
     HASH_SIZE,
     IMPORT_ORIGIN,
     IntegrityPaths,
-    canonical,
     chain_step,
     digest_file_name,
+    digest_hash,
     fingerprint,
     load_digests,
     read_retention_floor,
@@ -325,8 +325,7 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
     if name != digest_file_name(int(digest.get("sequence", -1))):  # the name is not signed: renamed
         problems.append(f"digest {name}: signs sequence {digest.get('sequence')}, which is not its file name's "
                         "(the file was renamed)")
-    want = None if previous is None else hashlib.sha256(canonical(previous)).hexdigest()
-    if digest.get("previousDigestHash") != want:
+    if digest.get("previousDigestHash") != digest_hash(previous):
         problems.append(f"digest {name}: does not name the previous digest (digest chain broken)")
     return problems
 
