@@ -382,13 +382,14 @@ def _hashed_end(expected: list[bytes], actual: list[bytes]) -> int:
     return len(expected)  # the newest hashed record altered or gone: the diff names it
 
 
-def _event_ids(log: SegmentLog, floor: int, indexes: set[int]) -> dict[int, str]:
-    """The eventID of the stored records at `indexes` (positions counted from `floor`)."""
+def _event_ids(log: SegmentLog, start: int, indexes: set[int]) -> dict[int, str]:
+    """The eventID of the stored records at `indexes` (positions counted from `start`, the log's
+    first offset)."""
     if not indexes:
         return {}
     found: dict[int, str] = {}
     for frame in log.frames():
-        index = frame.offset - floor
+        index = frame.offset - start
         if index in indexes:
             found[index] = _event_id(frame.payload)
     return found
