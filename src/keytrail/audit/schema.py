@@ -448,11 +448,7 @@ def _container(writer: dict[str, Any], bodies: Sequence[bytes]) -> bytes:
 
 
 def _write_long(out: io.BytesIO, value: int) -> None:
-    value = (value << 1) ^ (value >> 63)
-    while value > 0x7F:
-        out.write(bytes(((value & 0x7F) | 0x80,)))
-        value >>= 7
-    out.write(bytes((value,)))
+    out.write(avro_long(value))
 
 
 def _write_bytes(out: io.BytesIO, value: bytes) -> None:
