@@ -233,7 +233,7 @@ class Runner:
         # Committing needs the partition and offsets only: the records need not wait for it.
         self._uncommitted[batch.partition] = replace(batch, values=(), records=())
         self._staged += len(batch.offsets)
-        self._record(batch, skip, counted, unreadable + network, network)
+        self._record(batch, skip, counted, unreadable, network)
         return counted
 
     def _accepts(self, batch: Batch, state: PartitionState) -> bool:
@@ -264,15 +264,15 @@ class Runner:
         if self.after_checkpoint is not None:
             await self._in_worker(self.after_checkpoint)
 
-    def _record(self, batch: Batch, skipped: int, counted: int, uncounted: int, network: int) -> None:
+    def _record(self, batch: Batch, skipped: int, counted: int, unreadable: int, network: int) -> None:
         stats = self.stats
         stats.batches += 1
         stats.records += len(batch.offsets)
         stats.redelivered += skipped
         stats.counted += counted
-        stats.unreadable += uncounted - network
+        stats.unreadable += unreadable
         stats.network += network
-        stats.duplicates += len(batch.offsets) - skipped - counted - uncounted
+        stats.duplicates += len(batch.offsets) - skipped - counted - unreadable - network
         if batch.source_end is not None:
             stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
 
