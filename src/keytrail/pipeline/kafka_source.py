@@ -54,6 +54,12 @@ def _partition_name(tp: TopicPartition) -> str:
     return f"{tp.topic}-{tp.partition}"
 
 
+def _topic_partition(name: str) -> TopicPartition:
+    """The partition `_partition_name` gave `name`."""
+    topic, _, number = name.rpartition("-")
+    return TopicPartition(topic, int(number))
+
+
 class KafkaSource:
     """Batches from a consumer group (`group_id`: one group per consumer kind)."""
 
@@ -195,8 +201,7 @@ class KafkaSource:
     async def rewind(self, partition: str, offset: int) -> None:
         if self._consumer is None:
             return
-        topic, _, number = partition.rpartition("-")
-        tp = TopicPartition(topic, int(number))
+        tp = _topic_partition(partition)
         if tp in self._consumer.assignment():
             self._consumer.seek(tp, offset)
             if self.listener is not None:  # going back on purpose: not a log that began again
@@ -205,9 +210,8 @@ class KafkaSource:
     async def commit(self, batch: Batch) -> None:
         if self._consumer is None:
             return
-        topic, _, partition = batch.partition.rpartition("-")
         try:
-            await self._consumer.commit({TopicPartition(topic, int(partition)): batch.end})
+            await self._consumer.commit({_topic_partition(batch.partition): batch.end})
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
             log.info(
                 "group commit of %s skipped (%s); the state file holds the offset", batch.partition, error
