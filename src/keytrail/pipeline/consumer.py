@@ -13,13 +13,9 @@ from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition
 from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner, RunStats, Source
+from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["ConsumerSettings", "MetricsConsumer", "event_log_dir"]
-
-
-def event_log_dir(data_dir: Path) -> Path:
-    """The embedded event log the audit trail writes (`<data-dir>/audit/log`)."""
-    return data_dir / "audit" / "log"
 
 
 @dataclass(frozen=True)
