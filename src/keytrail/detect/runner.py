@@ -1,5 +1,5 @@
-"""The detector as a running service: feed events, tick, close. Used in-process by `keytrail serve`
-and by the standalone `keytrail detect --kafka`.
+"""The detector as a running service: feed events, tick, close. Used by `keytrail serve`'s detector
+child (cli/sidecar.py; in-process with --dev-clock) and by the standalone `keytrail detect --kafka`.
 
     runner = DetectorRunner.open(data_dir, hooks=HooksConfig(mqtt="mqtt://127.0.0.1:1883"), clock=clock)
     await runner.feed(records)      # CloudTrail dicts, in order

@@ -1,4 +1,5 @@
-"""The metrics consumer as one object: `keytrail serve` runs it in-process, `keytrail consume` alone."""
+"""The metrics consumer as one object: `keytrail serve` runs it in its consumer child (cli/sidecar.py;
+in-process with --dev-clock), `keytrail consume` alone."""
 
 from __future__ import annotations
 
