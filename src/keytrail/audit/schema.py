@@ -48,6 +48,7 @@ __all__ = [
     "message_key_bytes",
     "principal_arn",
     "to_polars",
+    "writer_schema_paths",
 ]
 
 # The package's schemas/ (a link to the repository's schemas/ in a checkout, a copy in a wheel).
@@ -87,11 +88,15 @@ def _fingerprint(schema: dict[str, Any]) -> bytes:
     return struct.pack("<Q", digest)
 
 
+def writer_schema_paths() -> list[Path]:
+    """Every schema version we may meet as writer: the current file and schemas/history/."""
+    return [SCHEMA_PATH, *sorted((SCHEMA_DIR / "history").glob("*.avsc"))]
+
+
 @lru_cache(maxsize=1)
 def _known_writers() -> dict[bytes, dict[str, Any]]:
-    """Every schema version we may meet as writer: the current file and schemas/history/."""
-    paths = [SCHEMA_PATH, *sorted((SCHEMA_DIR / "history").glob("*.avsc"))]
-    return {_fingerprint(schema): schema for schema in map(load_schema, paths)}
+    """The schemas of `writer_schema_paths`, by fingerprint."""
+    return {_fingerprint(schema): schema for schema in map(load_schema, writer_schema_paths())}
 
 
 class EventCodec:

@@ -61,8 +61,7 @@ _SYNC = b"keytrail-pipeline"[:16]
 def _writers(framing: int = 0) -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
     """single-object prefix → (container header, projected columns) for every known schema
     version, for values each preceded by `framing` bytes that the container skips."""
-    paths = [audit_schema.SCHEMA_PATH, *sorted((audit_schema.SCHEMA_DIR / "history").glob("*.avsc"))]
-    return dict(_writer(path, framing) for path in paths)
+    return dict(_writer(path, framing) for path in audit_schema.writer_schema_paths())
 
 
 def _writer(path: Path, framing: int) -> tuple[bytes, tuple[bytes, tuple[str, ...]]]:
@@ -214,8 +213,6 @@ def _fallback(values: Sequence[bytes]) -> pl.DataFrame:
 def _complete(frame: pl.DataFrame) -> pl.DataFrame:
     missing = [pl.lit(None, pl.String).alias(c) for c in AVRO_COLUMNS if c not in frame.columns]
     return frame.with_columns(missing).select(AVRO_COLUMNS) if missing else frame.select(AVRO_COLUMNS)
-
-
 
 
 def _bytes(data: bytes) -> bytes:
