@@ -15,7 +15,6 @@ import polars as pl
 
 __all__ = [
     "CRYPTO_OPERATIONS", "LAST_USED_SCHEMA", "last_used", "last_used_per_key", "latest_per_key", "merge_last_used",
-    "tracking_window",
 ]
 
 # Here, not in frame.py with the decoding (the Avro schema, fastavro), for the queries that need
@@ -96,12 +95,6 @@ def last_used_per_key(per_principal: pl.DataFrame) -> pl.DataFrame:
     """
     latest = _latest(per_principal, ["keyArn"]).drop("logOffset")
     return latest.rename({"principalArn": "lastUsedPrincipalArn"})
-
-
-def tracking_window(frame: pl.DataFrame) -> tuple[object, object]:
-    """(earliest, latest) eventTime in `frame`: tracking starts with the first event seen."""
-    times = frame.get_column("eventTime")
-    return times.min(), times.max()
 
 
 def _latest(rows: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
