@@ -90,7 +90,7 @@ def frame_from_records(
 
 
 def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) -> pl.DataFrame:
-    """Build the fixed-schema frame from the Avro records frame of `keytrail.audit.schema.to_polars`.
+    """Build the fixed-schema frame from the Avro columns frame of `decode.avro_frame` (AVRO_COLUMNS).
 
     The typed Avro columns carry over; the few values inside JSON strings are parsed only on
     the rows that need them (a null string is never parsed). `offsets` as in frame_from_records.
