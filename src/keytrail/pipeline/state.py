@@ -66,7 +66,7 @@ class StaleBatchError(RuntimeError):
 
 @dataclass(frozen=True)
 class StateUpdate:
-    """What one batch adds: aggregates of its new events and those events' IDs by hour."""
+    """What one batch adds: aggregates of its new events, their eventID hashes and their time span."""
 
     usage: pl.DataFrame
     last_used: pl.DataFrame
