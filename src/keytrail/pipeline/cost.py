@@ -421,7 +421,7 @@ def _running_totals(segments: tuple[Segment, ...], prices: PriceTable, hour: int
     months = rated = Fraction(0)
     for seg in segments:
         rate = prices.key_month + min(seg.rotations, prices.billed_rotations) * prices.rotation_month
-        for share in _month_shares(_in_window(seg, _NEVER, hour), prices.hours_per_month):
+        for share in _month_shares(_hours_before(seg, hour), prices.hours_per_month):
             months += share
             rated += share * Fraction(rate)
     return months, rated
@@ -461,11 +461,12 @@ def _key_events(key_arn: str, own: list[tuple[datetime, str]],
     return [(when, name) for when, name in own if name != "RotateKey"] + [(when, "RotateKey") for when in rotations]
 
 
-def _in_window(seg: Segment, first: int, last: int) -> tuple[int, int]:
-    """The hours of `seg` that the window [first, last) bills (restored hours: all or none)."""
+def _hours_before(seg: Segment, hour: int) -> tuple[int, int]:
+    """The hours of `seg` billed before the clock hour `hour` (restored hours: all, once the hour
+    that charges them is before it, or none)."""
     if seg.charged_hour is not None:
-        return (seg.start_hour, seg.end_hour) if first <= seg.charged_hour < last else (0, 0)
-    return max(seg.start_hour, first), min(seg.end_hour, last)
+        return (seg.start_hour, seg.end_hour) if seg.charged_hour < hour else (0, 0)
+    return seg.start_hour, min(seg.end_hour, hour)
 
 
 def _month_shares(hours: tuple[int, int], hours_per_month: int) -> Iterable[Fraction]:
