@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from keytrail.clock import Clock
 from keytrail.detect.alarms import Alarm
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["CHUNK", "DetectorRunner", "batch_guard"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Events processed between yields to the event loop: read from Avro rows and judged, ~8-15 µs each
 # under load, so a chunk holds the serving loop for well under a millisecond however big the batch.
@@ -85,18 +86,18 @@ class DetectorRunner:
 
     async def feed(self, records: Iterable[Mapping[str, Any]]) -> list[Alarm]:
         """Process CloudTrail records; returns (and delivers) the alarms raised or escalated."""
-        batch = list(records)
-        announced: list[Alarm] = []
-        for start in range(0, len(batch), CHUNK):
-            announced += self._publish(self.detector.process(batch[start : start + CHUNK]))
-            await asyncio.sleep(0)
-        return announced
+        return await self._in_chunks(list(records), self.detector.process)
 
     async def feed_events(self, events: Sequence[KmsEvent]) -> list[Alarm]:
         """`feed` for events already read; returns (and delivers) the alarms raised or escalated."""
+        return await self._in_chunks(events, self.detector.process_events)
+
+    async def _in_chunks(self, items: Sequence[T], judge: Callable[[Sequence[T]], list[Alarm]]) -> list[Alarm]:
+        """`judge` over `items` a CHUNK at a time, yielding to the loop between chunks; what it
+        raised or escalated, delivered."""
         announced: list[Alarm] = []
-        for start in range(0, len(events), CHUNK):
-            announced += self._publish(self.detector.process_events(events[start : start + CHUNK]))
+        for start in range(0, len(items), CHUNK):
+            announced += self._publish(judge(items[start : start + CHUNK]))
             await asyncio.sleep(0)
         return announced
 
@@ -161,11 +162,7 @@ class DetectorRunner:
         """The events of rows a CHUNK at a time: building them holds the loop ~2 µs each."""
         from keytrail.detect.avro_events import events_of
 
-        announced: list[Alarm] = []
-        for start in range(0, len(rows), CHUNK):
-            announced += self._publish(self.detector.process_events(events_of(rows[start : start + CHUNK])))
-            await asyncio.sleep(0)
-        return announced
+        return await self._in_chunks(rows, lambda chunk: self.detector.process_events(events_of(chunk)))
 
     async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0,
                   announce: Callable[[list[Alarm]], None] | None = None) -> None:
