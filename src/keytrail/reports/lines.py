@@ -16,14 +16,15 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-__all__ = ["csv_lines", "json_lines"]
+__all__ = ["TIME_FORMAT", "csv_lines", "json_lines"]
 
 _INTEGERS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 # Characters json.dumps (ensure_ascii) writes as they are: printable ASCII but `"` and `\`.
 _JSON_ESCAPED = r'[^\x20\x21\x23-\x5b\x5d-\x7e]'
 # Characters that make the csv module quote a field (delimiter, quote, line ends).
 _CSV_QUOTED = r'[,"\r\n]'
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # tabular.cell_text's
+#: A time's cell text (`tabular.cell_text` writes it too): UTC, whole seconds, `Z`.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
@@ -72,7 +73,7 @@ def _text(column: pl.Series, unsafe: str, *, quote: bool) -> pl.Expr | None:
     if dtype == pl.String and not column.str.contains(unsafe).any():
         return pl.lit('"') + value + pl.lit('"') if quote else value
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None and _in_range(column):
-        text = value.dt.convert_time_zone("UTC").dt.strftime(_TIME_FORMAT)
+        text = value.dt.convert_time_zone("UTC").dt.strftime(TIME_FORMAT)
         return pl.lit('"') + text + pl.lit('"') if quote else text
     return None
 

@@ -22,7 +22,7 @@ import polars.selectors as cs
 
 from keytrail.owner_only import reserve_anew
 from keytrail.pipeline.files import sink_parquet
-from keytrail.reports.lines import csv_lines, json_lines
+from keytrail.reports.lines import TIME_FORMAT, csv_lines, json_lines
 
 __all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "replacing", "write_tabular"]
 
@@ -148,7 +148,7 @@ def cell_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return value.astimezone(UTC).strftime(TIME_FORMAT)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
