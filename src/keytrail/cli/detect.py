@@ -147,7 +147,8 @@ class OfflineRun:
 def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -> OfflineRun:
     """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`."""
     from keytrail.detect import Detector
-    from keytrail.detect.sources import gc_paused, read_cloudtrail_events
+    from keytrail.detect.sources import read_cloudtrail_events
+    from keytrail.transport.cloudtrail_logs import collector_paused
 
     detector = Detector(rules)
     events, problems = read_cloudtrail_events(paths)
@@ -158,7 +159,7 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
                    "cannot be read (above)", err=True)
     if not events and not problems:  # no output must not read as a quiet period: the files held no KMS record
         typer.echo("note: the CloudTrail files given hold no KMS record: no alarm could be raised", err=True)
-    with gc_paused():  # a batch job over acyclic records: no need for the cyclic collector
+    with collector_paused():  # a batch job over acyclic records: no need for the cyclic collector
         detector.process_events(events)
     detector.tick(as_of)
     return OfflineRun(detector.alarms(), len(events), detector.moment(as_of))

@@ -27,8 +27,8 @@ import orjson
 from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
 
-__all__ = ["LogFileProblem", "ReadReport", "is_digest", "is_lookup_output", "iter_cloudtrail_records",
-           "iter_located_records", "iter_log_files", "read_log_file", "readable_records"]
+__all__ = ["LogFileProblem", "ReadReport", "collector_paused", "is_digest", "is_lookup_output",
+           "iter_cloudtrail_records", "iter_located_records", "iter_log_files", "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -92,7 +92,7 @@ def read_log_file(path: Path) -> list[dict[str, Any]] | None:
     caller's copy it was made from (keytrail/shared_events.py): every reader counts the call once."""
     try:
         text = _utf8(path, _read_bounded(path))
-        with _collector_paused():
+        with collector_paused():
             document = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
@@ -140,7 +140,7 @@ def _lookup_record(event: dict[str, Any]) -> Any:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused (when on) while a document is parsed: the parse
     builds a tree, with no cycle to find, yet its hundreds of thousands of new containers set
     the collector off again and again, each pass walking what is built so far (a third of the
