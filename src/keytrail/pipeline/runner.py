@@ -215,7 +215,7 @@ class Runner:
     def process(self, batch: Batch) -> int:
         """Stage what `batch` adds; return how many events it counted."""
         state = self.state(batch.partition)
-        if not self._accepts(batch, state):
+        if not self._accepts(batch):
             return 0
         covered = batch.offsets[0] if batch.began_again else state.next_offset
         skip = sum(1 for offset in batch.offsets if offset < covered)
@@ -236,7 +236,7 @@ class Runner:
         self._record(batch, skip, counted, unreadable, network)
         return counted
 
-    def _accepts(self, batch: Batch, state: PartitionState) -> bool:
+    def _accepts(self, batch: Batch) -> bool:
         # After a rewind, batches read ahead from beyond the rewind point are dropped: the
         # source delivers them again from the rewound offset.
         target = self._rewound.get(batch.partition)
