@@ -1,13 +1,13 @@
 """An alarm's attempts at a hook, and what tells a hook that is down from one that refuses an alarm.
 
-A hook that answers and refuses an alarm (a webhook's 4xx, a record Kafka will not take) is given
-up on after the alarm's attempts. A hook out of reach (connection refused, a timeout, no broker,
-a webhook's 502, 503 or 504) is another matter: every alarm behind the head one would most likely
-fail the same way, so the delivery ends `down` and the dispatcher waits for the hook to come back,
-keeping the alarms queued (unless the hook, reached, takes the alarms behind: see the dispatcher's
-`_deliver`). While a
-hook is known down, a delivery is one attempt, the dispatcher's probe, logged by the dispatcher
-(once when the hook goes down, once when it is back) rather than once per attempt.
+A hook that answers and refuses an alarm (a webhook's 4xx but 408 and 429, a record Kafka will
+not take) is given up on after the alarm's attempts. A hook out of reach (connection refused, a
+timeout, no broker, a webhook's 408, 429, 502, 503, 504 or a CDN's 521-524: `webhook.UNAVAILABLE`)
+is another matter: every alarm behind the head one would most likely fail the same way, so the
+delivery ends `down` and the dispatcher waits for the hook to come back, keeping the alarms queued
+(unless the hook, reached, takes the alarms behind: see the dispatcher's `_deliver`). While a hook
+is known down, a delivery is one attempt, the dispatcher's probe, logged by the dispatcher (once
+when the hook goes down, once when it is back) rather than once per attempt.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """`<data-dir>/alarm-dead-letter-<hook>.jsonl`: the alarms a hook gave up on, one JSON object a line.
 
-An alarm lands here when its hook refused it (a webhook's 4xx or 500, a record Kafka will not
-take) after its attempts, or when the hook took the alarms behind it but kept answering this one
-as if it were down (a receiver that chokes on that payload with a 503, a broker that hangs up on
-it): see the dispatcher (`sinks/__init__.py`). The file is named by the hook as its outbox is
-(`mqtt`, `kafka`, `webhook-<URL digest>`), so reordering or removing webhooks never mixes one
-receiver's dead letters with another's, and each entry starts with the alarm's `alarmId` and
-`count` (an alarm's id and count name one state of it), so `grep <alarmId>` finds it:
+An alarm lands here when its hook refused it (a webhook's 4xx but 408 and 429, or its 500, a record
+Kafka will not take) after its attempts, or when the hook took the alarms behind it but kept
+answering this one as if it were down (a receiver that chokes on that payload with a 503, a broker
+that hangs up on it): see the dispatcher (`sinks/__init__.py`). The file is named by the hook as
+its outbox is (`mqtt`, `kafka`, `webhook-<URL digest>`), so reordering or removing webhooks never
+mixes one receiver's dead letters with another's, and each entry starts with the alarm's `alarmId`
+and `count` (an alarm's id and count name one state of it), so `grep <alarmId>` finds it:
 
     {"alarmId": "…", "count": 3, "hook": "https://alerts.example.com/keytrail", "error": "HTTP 422",
      "attempts": 5, "failedAt": "2026-…Z", "alarm": {…the alarm's JSON…}}
