@@ -174,12 +174,7 @@ class SegmentLog:
 
     def roll(self) -> _Segment:
         """Close the active segment (syncing it) and start a new one at the end offset."""
-        if self._fd >= 0:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            # Forget the closed number before opening: if the open fails (no descriptor left, disk
-            # full), the next roll must not fsync and close whatever file then got that number.
-            self._fd = -1
+        self._close_active()
         segment = _Segment(self.end_offset(), self.directory / f"{self.end_offset():020d}{_SUFFIX}")
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT, 0o600)  # no O_APPEND: see `_publish`
         self._segments.append(segment)
@@ -217,13 +212,19 @@ class SegmentLog:
 
     def close(self) -> None:
         """Sync and release the files and the writer lock."""
-        if self._fd >= 0:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        self._close_active()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    def _close_active(self) -> None:
+        """Sync and close the active segment's descriptor, if open."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            # Forget the closed number before a new open: if that fails (no descriptor left, disk
+            # full), the next roll or close must not fsync and close whatever file then got it.
+            self._fd = -1
 
     def _write_at(self, data: memoryview, position: int) -> None:
         while data:
