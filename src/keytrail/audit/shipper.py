@@ -22,11 +22,11 @@ from keytrail.owner_only import write_bytes
 from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge, ensure_topic
 from keytrail.transport.segment_reader import SegmentReader
+from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
 
 log = logging.getLogger(__name__)
-AUDIT_TOPIC = "keytrail.audit.v1"
 _BATCH = 2000
 # Pause after a partial round so the next one carries more records: each round has a fixed cost
 # (an offset write in a worker thread, a produce request per partition and its acknowledgement)

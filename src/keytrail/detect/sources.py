@@ -26,6 +26,7 @@ from keytrail.transport.cloudtrail_logs import (
     read_log_file,
     readable_records,
 )
+from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = [
     "AUDIT_TOPIC",
@@ -39,7 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AUDIT_TOPIC = "keytrail.audit.v1"
 AVRO_MAGIC = b"\xc3\x01"  # Avro single-object encoding
 Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
 

@@ -21,10 +21,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from keytrail.pipeline.decode import known_writer
 from keytrail.pipeline.runner import Batch
 from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
+from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = ["AUDIT_TOPIC", "KafkaSource"]
 
-AUDIT_TOPIC = "keytrail.audit.v1"
 # Leaving the group tells the others to take this consumer's partitions now rather than after its
 # session timeout; with the broker out of reach aiokafka would try for ever, and a stop must end.
 LEAVE_GROUP_SECONDS = 3.0
