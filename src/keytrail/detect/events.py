@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from keytrail.audit.schema import is_key_arn, principal_arn
 from keytrail.audit.schema import key_arns as resource_key_arns
+from keytrail.kms.key_use import CRYPTO_OPERATIONS
 from keytrail.transport.cloudtrail_records import original_event_id
 
 __all__ = [
@@ -28,25 +29,6 @@ __all__ = [
     "read_kms_event",
     "text",
 ]
-
-# Cryptographic operations, as GetKeyLastUsage tracks them (audit-anchors §2.5).
-CRYPTO_OPERATIONS = frozenset(
-    {
-        "Decrypt",
-        "Encrypt",
-        "GenerateDataKey",
-        "GenerateDataKeyWithoutPlaintext",
-        "GenerateDataKeyPair",
-        "GenerateDataKeyPairWithoutPlaintext",
-        "ReEncrypt",
-        "Sign",
-        "Verify",
-        "GenerateMac",
-        "VerifyMac",
-        "DeriveSharedSecret",
-        "Decapsulate",
-    }
-)
 
 
 class KmsEvent(NamedTuple):

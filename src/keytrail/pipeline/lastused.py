@@ -13,31 +13,11 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from keytrail.kms.key_use import CRYPTO_OPERATIONS
+
 __all__ = [
     "CRYPTO_OPERATIONS", "LAST_USED_SCHEMA", "last_used", "last_used_per_key", "latest_per_key", "merge_last_used",
 ]
-
-# Here, not in frame.py with the decoding (the Avro schema, fastavro), for the queries that need
-# only this: `keytrail usage` loaded fastavro for it.
-#: Operations that count as use of a key (GetKeyLastUsage semantics, plus the ML-KEM pair).
-CRYPTO_OPERATIONS = frozenset(
-    {
-        "Encrypt",
-        "Decrypt",
-        "ReEncrypt",
-        "GenerateDataKey",
-        "GenerateDataKeyWithoutPlaintext",
-        "GenerateDataKeyPair",
-        "GenerateDataKeyPairWithoutPlaintext",
-        "Sign",
-        "Verify",
-        "GenerateMac",
-        "VerifyMac",
-        "DeriveSharedSecret",
-        "Encapsulate",
-        "Decapsulate",
-    }
-)
 
 LAST_USED_SCHEMA: dict[str, pl.DataType] = {
     "keyArn": pl.String(),

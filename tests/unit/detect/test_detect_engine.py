@@ -147,6 +147,18 @@ def test_unused_key_fires_after_n_days_with_cost_and_advice() -> None:
     assert [a.key_arn for a in detector.tick()] == [used]
 
 
+@pytest.mark.parametrize("operation", ["Encapsulate", "Decapsulate"])
+def test_an_ml_kem_key_used_by_either_half_of_the_pair_is_not_unused(operation: str) -> None:
+    """The detector counted Decapsulate only: a key Encapsulated daily was "never used; deleting it
+    would save $1.00/month" while `last-used` named its Encapsulate of the day before."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    detector.process([create_key(T0, KEY), *(event(operation, T0 + timedelta(days=day), KEY, APP)
+                                             for day in range(1, 100))])
+    clock.advance(timedelta(days=100).total_seconds())
+    assert detector.tick() == []
+
+
 def rotate_on_demand(at: datetime, key: str) -> list[dict[str, Any]]:
     """What CloudTrail logs for one on-demand rotation: the caller's RotateKeyOnDemand, then KMS's
     RotateKey service event (ct-rotatekeyondemand, ct-rotatekey)."""
