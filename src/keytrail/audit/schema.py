@@ -118,7 +118,10 @@ class EventCodec:
         reader: dict[str, Any] | None = self.reader
         if reader is None and data[2:_HEADER] != self.header[2:]:
             reader = self.writer  # resolve an older writer version into the current schema
-        record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer, reader)
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER:]), writer, reader)
+        except Exception as exc:  # a damaged body (`audit verify` met a value's OverflowError as a traceback)
+            raise _damaged(exc) from None
         if not isinstance(record, dict):
             raise SchemaError("the value is not an Avro record")
         return record
@@ -489,11 +492,16 @@ def flat_rows(values: Sequence[bytes], reader_schema: dict[str, Any] | None = No
         reader = None if fp == current and reader_schema is None else target
         try:
             rows.append(read(io.BytesIO(value[_HEADER:]), writer, reader))  # type: ignore[arg-type]
-        except Exception as exc:  # a damaged body: EOFError, UnicodeDecodeError, IndexError, … as fastavro meets it
-            # One kind of error for every unreadable value, which callers name in one line (a
-            # record edited with its checksum fixed reached `audit events` as a traceback).
-            raise SchemaError(f"a damaged event body of a known schema ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:
+            raise _damaged(exc) from None
     return rows
+
+
+def _damaged(exc: Exception) -> SchemaError:
+    """A value whose body fastavro could not read (EOFError, UnicodeDecodeError, IndexError,
+    OverflowError, … as it meets the damage) as the one kind of error callers name in one line: a
+    record edited with its checksum fixed reached `audit events` as a traceback."""
+    return SchemaError(f"a damaged event body of a known schema ({type(exc).__name__}: {exc})")
 
 
 def decode_batch(values: Sequence[bytes]) -> list[dict[str, Any]]:

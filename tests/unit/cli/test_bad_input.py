@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from keytrail.audit.schema import avro_long, decode
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail, rewrite_segment
 from tests.support.processes import interruptible
@@ -232,6 +234,7 @@ def test_readers_of_an_event_log_whose_segment_is_gone_whole_say_so_and_fail(tmp
 @pytest.mark.parametrize("body", [
     pytest.param(lambda value: value[:-40], id="cut-short"),  # fastavro: EOFError, which click took for Ctrl-D
     pytest.param(lambda value: value[:40] + b"\x80" * 12 + value[52:], id="not-utf-8"),  # UnicodeDecodeError
+    pytest.param(lambda value: _event_time_moved(value, 2**62), id="time-out-of-range"),  # OverflowError
 ])
 def test_audit_commands_over_a_record_edited_with_its_checksum_fixed_say_so_in_one_line(
         tmp_path: Path, body: Callable[[bytes], bytes]) -> None:
@@ -246,6 +249,17 @@ def test_audit_commands_over_a_record_edited_with_its_checksum_fixed_say_so_in_o
         _one_line_error(result, unreadable, code=1)
         if args[0] != "export":
             assert len(result.stdout.splitlines()) == 2  # the records before it
+    verified = _keytrail("audit", "verify", "--data-dir", node)  # an OverflowError was its traceback
+    assert (verified.returncode, verified.stderr) == (1, "")
+    assert verified.stdout.splitlines()[0] == "record (undecodable) at offset 2 was altered"
+
+
+def _event_time_moved(value: bytes, millis: int) -> bytes:
+    """`value` with its eventTime's Avro long replaced by `millis`."""
+    event_time = datetime.fromisoformat(decode(value)["eventTime"])
+    written = avro_long(int(event_time.timestamp() * 1000))
+    assert value.count(written) == 1
+    return value.replace(written, avro_long(millis))
 
 
 def test_a_folder_where_a_segment_belongs_is_named(tmp_path: Path) -> None:
