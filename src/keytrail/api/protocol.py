@@ -59,7 +59,7 @@ def _camel(name: str) -> str:
 
 
 # Shapes whose values a message never repeats although the model does not mark them sensitive: a
-# grant token is a credential (the audit record leaves GrantToken(s) out, kms/service.py), and a
+# grant token is a credential (the audit record leaves GrantToken(s) out, kms/call_records.py), and a
 # malformed one may be a real token with a character too many.
 _SECRET_SHAPES = frozenset({"GrantTokenType"})
 
