@@ -32,7 +32,8 @@ _LOGIN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes
 _LOGOUT = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong)
 _CKS_USER_FUNCTIONS = frozenset({1, 3})  # CKS_RO_USER_FUNCTIONS, CKS_RW_USER_FUNCTIONS (v2.40 §5.6.1)
 # The codes PKCS#11 lists for C_Login and C_Logout, as python-pkcs11 names them, so that the rest of
-# keytrail reads these failures as it reads python-pkcs11's (hsm_module's ConnectionErrorCodes).
+# keytrail reads these failures as it reads python-pkcs11's (hsm_module's `_ERROR_CODES`, which map
+# them to AWS's ConnectionErrorCode values).
 _ERRORS: dict[int, type[p11.PKCS11Error]] = {
     0x02: p11.HostMemory, 0x05: p11.GeneralError, 0x06: p11.FunctionFailed, 0x07: p11.ArgumentsBad,
     0x30: p11.DeviceError, 0x31: p11.DeviceMemory, 0x32: p11.DeviceRemoved, 0x50: p11.FunctionCancelled,
