@@ -313,12 +313,10 @@ def verify_signature(
     _check_amz_headers_signed(signed, headers)
     _check_scope_date(signed, amz_date)
     canonical = _canonical_request(method, path, query, headers, signed, body)
-    to_sign = "\n".join((_ALGORITHM, amz_date, signed.scope, hashlib.sha256(canonical.encode()).hexdigest()))
-    expected = keys[signed.date, signed.region, signed.service].hexdigest(to_sign.encode())
     # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500),
     # and the header is whatever the client sent.
     given = signed.signature.encode()
-    if hmac.compare_digest(expected.encode(), given):
+    if hmac.compare_digest(_signature(keys, signed, amz_date, canonical.encode()), given):
         return
     # A header value with bytes over 0x7F is signed one of two ways (`_as_sent`); only then, and
     # only once the first has failed, is the second computed.
