@@ -111,6 +111,21 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
 
 def load_principals(path: Path) -> dict[str, Credential]:
     """Parse a principals file into credentials by access key id."""
+    credentials: dict[str, Credential] = {}
+    first_of: dict[str, tuple[int, Principal]] = {}  # each identity's first entry, by the ARN policies name
+    for index, entry in enumerate(_entries(path), 1):
+        where = f"{path}: principal #{index}"
+        _check_fields(entry, where)
+        if entry["access_key_id"] in credentials:
+            raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
+        principal = _principal(entry, where)
+        _check_same_policies(principal, index, first_of.setdefault(principal.policy_arn, (index, principal)), where)
+        credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], principal)
+    return credentials
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The file's [[principal]] tables; PrincipalsFileError if it cannot be read as a principals file."""
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:  # its reason alone: str(exc) is Python's "[Errno 21] Is a directory: '…'"
@@ -127,27 +142,22 @@ def load_principals(path: Path) -> dict[str, Credential]:
     entries = data.get("principal", [])
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PrincipalsFileError(f"{path}: principals are [[principal]] tables (note the double brackets)")
-    credentials: dict[str, Credential] = {}
-    first_of: dict[str, tuple[int, Principal]] = {}  # each identity's first entry, by the ARN policies name
-    for index, entry in enumerate(entries, 1):
-        where = f"{path}: principal #{index}"
-        if unknown := sorted(set(entry) - set(_FIELDS)):  # a misspelt `policies` would drop them unsaid
-            raise PrincipalsFileError(f"{where}: unknown field {unknown[0]!r} (a principal has {', '.join(_FIELDS)})")
-        for name in ("arn", "access_key_id", "secret_access_key"):
-            if entry.get(name) is None:
-                raise PrincipalsFileError(f"{where}: '{name}' is required")
-            if not isinstance(entry[name], str) or not entry[name]:  # present: "required" would mislead
-                raise PrincipalsFileError(f"{where}: '{name}' must be a non-empty string")
-        if not _ACCESS_KEY_ID.fullmatch(entry["access_key_id"]):
-            raise PrincipalsFileError(f"{where}: 'access_key_id' cannot hold blanks, commas, slashes or characters "
-                                      f"other than ASCII (an Authorization header could not name it), "
-                                      f"got {entry['access_key_id']!r}")
-        if entry["access_key_id"] in credentials:
-            raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
-        principal = _principal(entry, where)
-        _check_same_policies(principal, index, first_of.setdefault(principal.policy_arn, (index, principal)), where)
-        credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], principal)
-    return credentials
+    return entries
+
+
+def _check_fields(entry: dict[str, Any], where: str) -> None:
+    """Refuse an entry with a field unknown, missing or empty, or an access key id no request can name."""
+    if unknown := sorted(set(entry) - set(_FIELDS)):  # a misspelt `policies` would drop them unsaid
+        raise PrincipalsFileError(f"{where}: unknown field {unknown[0]!r} (a principal has {', '.join(_FIELDS)})")
+    for name in ("arn", "access_key_id", "secret_access_key"):
+        if entry.get(name) is None:
+            raise PrincipalsFileError(f"{where}: '{name}' is required")
+        if not isinstance(entry[name], str) or not entry[name]:  # present: "required" would mislead
+            raise PrincipalsFileError(f"{where}: '{name}' must be a non-empty string")
+    if not _ACCESS_KEY_ID.fullmatch(entry["access_key_id"]):
+        raise PrincipalsFileError(f"{where}: 'access_key_id' cannot hold blanks, commas, slashes or characters "
+                                  f"other than ASCII (an Authorization header could not name it), "
+                                  f"got {entry['access_key_id']!r}")
 
 
 def _check_same_policies(principal: Principal, index: int, first: tuple[int, Principal], where: str) -> None:
