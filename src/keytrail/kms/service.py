@@ -194,7 +194,7 @@ class KmsService:
             named = parse_grant_token(token) if isinstance(token, str) else None
             if named is None or named[1] != region:
                 raise errors.InvalidGrantTokenException("The grant token is invalid.")
-            account, region, key_id, grant_id = named
+            account, _, key_id, grant_id = named  # the Region: this call's, checked above
             grants = await self.store.list_grants(account, region, key_id)
             if not any(g.grant_id == grant_id and grant_token_matches(token, g) for g in grants):
                 raise errors.InvalidGrantTokenException("The grant token is invalid.")
