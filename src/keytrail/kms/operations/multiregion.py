@@ -73,19 +73,24 @@ def _replica_policy(svc: KmsService, call: Call, primary: Key, region: str) -> s
     return str(params["Policy"])
 
 
+async def _authorize_in_replica_region(svc: KmsService, call: Call, primary: Key, region: str) -> None:
+    """What AWS also asks of ReplicateKey in the replica's Region, where IAM policies decide:
+    kms:CreateKey, for the key it creates (a multi-Region replica of the primary's spec, usage and
+    origin), and kms:TagResource for the Tags parameter."""
+    in_replica_region = Call(replace(call.context, region=region), call.params)
+    await svc.authorize(in_replica_region, "kms:CreateKey", None, _replica_conditions(primary))
+    if call.params.get("Tags"):
+        await svc.authorize_identity(in_replica_region, "kms:TagResource",
+                                     key_arn(region, primary.account, primary.key_id))
+
+
 async def replicate_key(svc: KmsService, call: Call) -> Response:
     params = call.params
     primary = await svc.find_key(call, params["KeyId"], allow_alias=False)
     region = params["ReplicaRegion"]
     await svc.authorize(call, "kms:ReplicateKey", primary, _conditions(primary, **{"kms:ReplicaRegion": region}))
     _require_same_partition(primary, region)
-    # AWS also asks for kms:CreateKey in the replica's Region (an IAM policy decides it), for the
-    # key it creates: a multi-Region replica of the primary's spec, usage and origin.
-    in_replica_region = Call(replace(call.context, region=region), call.params)
-    await svc.authorize(in_replica_region, "kms:CreateKey", None, _replica_conditions(primary))
-    if params.get("Tags"):  # and kms:TagResource there, for the Tags parameter (IAM policy)
-        await svc.authorize_identity(in_replica_region, "kms:TagResource",
-                                     key_arn(region, primary.account, primary.key_id))
+    await _authorize_in_replica_region(svc, call, primary, region)
     _require_primary(primary)
     _require_replicable_state(svc, primary)
     if region == primary.region or region in primary.replica_regions:
