@@ -1,5 +1,6 @@
-"""Symmetric cryptography: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
-GenerateRandom. Every one checks key state and usage and asks the authorization point."""
+"""Encryption: Encrypt, Decrypt and ReEncrypt (under symmetric keys, and RSA keys with an RSAES
+algorithm), GenerateDataKey(WithoutPlaintext), GenerateRandom. Every one that uses a key checks its
+state and usage; every one asks the authorization point."""
 
 from __future__ import annotations
 
