@@ -109,15 +109,17 @@ async def _names_key(svc: KmsService, call: Call, raw: str, key: Key) -> bool:
     return (ref.account, ref.region, key_id) == (key.account, key.region, key.key_id)
 
 
-async def _decrypt(svc: KmsService, call: Call, action: str, *, blob_member: str = "CiphertextBlob",
-                   key_member: str = "KeyId", context_member: str = "EncryptionContext",
+async def _decrypt(svc: KmsService, call: Call, action: str, *, key_member: str = "KeyId",
+                   context_member: str = "EncryptionContext",
                    algorithm_member: str = "EncryptionAlgorithm") -> tuple[Key, bytes, str, str | None]:
+    """Decrypt's CiphertextBlob, or ReEncrypt's with its Source* members named: the key, the
+    plaintext, the algorithm and the material id."""
     params = call.params
     algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
-    key = await _key_of_blob(svc, call, params[blob_member], params.get(key_member), algorithm)
+    key = await _key_of_blob(svc, call, params["CiphertextBlob"], params.get(key_member), algorithm)
     await _check_decrypting_key(svc, call, key, action, algorithm)
     plaintext, material_id = await svc.cipher_for(key).decrypt(
-        key, params[blob_member], params.get(context_member), algorithm)
+        key, params["CiphertextBlob"], params.get(context_member), algorithm)
     return key, plaintext, algorithm, material_id
 
 
