@@ -1,7 +1,9 @@
 """Grants: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant.
 
 Follows "Grants in AWS KMS" and the API reference of each operation. A grant is usable as soon as
-CreateGrant returns (this node's store is consistent), so a GrantToken only has to be well formed.
+CreateGrant returns (this node's store is consistent), so a GrantToken adds no permission; it must
+still be one CreateGrant returned for a grant of this Region that is still there
+(`KmsService._check_grant_tokens`, and `_grant_named` for RetireGrant's).
 """
 
 from __future__ import annotations
