@@ -324,10 +324,7 @@ class KmsService:
             values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
         if key is not None and action in _CRYPTO_ACTIONS:
             _note_custom_key_store(call, key)
-        request = AccessRequest(call.context, action, key, values, grants)
-        decision = self.deps.authorizer.authorize(request)
-        if not decision.allowed:
-            raise errors.AccessDeniedException(denial_message(request, decision))
+        self.require_allowed(AccessRequest(call.context, action, key, values, grants))
 
     async def authorize_alias(self, call: Call, action: str, name: str) -> None:
         """The alias half of CreateAlias, UpdateAlias and DeleteAlias: only IAM policies decide,
@@ -340,7 +337,10 @@ class KmsService:
         ARN a new key will have (kms:TagResource for CreateKey's and ReplicateKey's Tags), or the
         retiring principal of ListRetirableGrants."""
         values = request_conditions(action, call.params)
-        request = AccessRequest(call.context, action, None, values, resource=resource)
+        self.require_allowed(AccessRequest(call.context, action, None, values, resource=resource))
+
+    def require_allowed(self, request: AccessRequest) -> None:
+        """AccessDeniedException, in AWS's words, unless the authorizer allows `request`."""
         decision = self.deps.authorizer.authorize(request)
         if not decision.allowed:
             raise errors.AccessDeniedException(denial_message(request, decision))

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors
-from keytrail.kms.authz import AccessRequest, denial_message
+from keytrail.kms.authz import AccessRequest
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.grants import (
@@ -278,10 +278,7 @@ def _check_may_retire(svc: KmsService, call: Call, key: Key, grant: Grant) -> No
     and the caller's IAM policies; only the grant being retired is passed, so another grant's
     RetireGrant operation cannot retire this one."""
     conditions = request_conditions("RetireGrant", call.params)
-    request = AccessRequest(call.context, "kms:RetireGrant", key, conditions, (grant,))
-    decision = svc.deps.authorizer.authorize(request)
-    if not decision.allowed:
-        raise errors.AccessDeniedException(denial_message(request, decision))
+    svc.require_allowed(AccessRequest(call.context, "kms:RetireGrant", key, conditions, (grant,)))
 
 
 async def retire_grant(svc: KmsService, call: Call) -> Response:
