@@ -246,8 +246,9 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
         _require_new_name(await stores_of(svc, call), name)
     cluster = params.get("CloudHsmClusterId", store.cluster_id)
     if cluster != store.cluster_id:
-        # Unrelated first (CloudHsmClusterNotRelatedException, Update's modelled error), then taken:
-        # a related cluster another store uses is CreateCustomKeyStore's InUse, not in Update's model.
+        # The new token is checked first (it exists and answers), then whether another store has it:
+        # that is CreateCustomKeyStore's InUse, not in Update's model. Whether it is related to the
+        # store's own (Update's CloudHsmClusterNotRelatedException) is not checked.
         await _checked_cluster(svc, cluster, store.trust_anchor)
         await _require_cluster_free(svc, cluster, besides=store.store_id)
     updated = replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
