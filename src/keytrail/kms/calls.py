@@ -41,7 +41,8 @@ class Call:
     def log_key_id(self, arn: str) -> None:
         """Log the affected key's ARN as `responseElements.keyId`: CloudTrail entries recorded
         since December 2022 carry it for EnableKey, DisableKey, Create/Update/DeleteAlias,
-        UntagResource, EnableKeyRotation and the import calls, though their responses do not."""
+        UntagResource, EnableKeyRotation, UpdatePrimaryRegion and the import calls (which set it
+        with their other response elements), though their responses do not."""
         self.response_elements = {**(self.response_elements or {}), "keyId": arn}
 
 
