@@ -98,8 +98,8 @@ async def copies(svc: KmsService, key: Key) -> list[Key]:
 
 
 async def synchronize(svc: KmsService, keys: list[Key]) -> None:
-    """Persist changed shared properties on every copy at once (due work), then record the service
-    events."""
+    """Persist changed shared properties on every copy at once (due work), then record each copy's
+    `SynchronizeMultiRegionKey` call."""
     await put_announced(svc, keys, keys, by_call=False)
 
 
