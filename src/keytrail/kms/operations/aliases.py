@@ -90,6 +90,16 @@ async def _existing_alias(svc: KmsService, call: Call) -> Alias:
     return alias
 
 
+async def _current_target(svc: KmsService, call: Call, alias: Alias, action: str) -> Key | None:
+    """The key `alias` points to now, named in the call's resources and authorized for `action`
+    (the alias leaves it); None if that key is gone."""
+    key = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
+    if key is not None:
+        call.resource(key.arn)
+        await svc.authorize(call, action, key)
+    return key
+
+
 def _kind(key: Key) -> tuple[str, str]:
     """What UpdateAlias keeps: "The current and new KMS key must be the same type (both symmetric
     or both asymmetric or both HMAC), and they must have the same key usage" (API reference), so an
@@ -105,10 +115,7 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
     # it leaves follows, before the new target: its authorization is checked too, and its history
     # should show the alias going.
     call.resource(svc.alias_arn(call, alias.name))
-    current = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
-    if current is not None:
-        call.resource(current.arn)
-        await svc.authorize(call, "kms:UpdateAlias", current)
+    current = await _current_target(svc, call, alias, "kms:UpdateAlias")
     key = await _alias_target(svc, call, "kms:UpdateAlias")
     await svc.authorize_alias(call, "kms:UpdateAlias", alias.name)
     if current is not None and _kind(current) != _kind(key):
@@ -128,10 +135,7 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
 async def delete_alias(svc: KmsService, call: Call) -> Response:
     alias = await _existing_alias(svc, call)
     call.resource(svc.alias_arn(call, alias.name))  # the alias first, as CloudTrail lists it (ct-deletealias)
-    key = await svc.find_key_by_id(alias.account, alias.region, alias.key_id)
-    if key is not None:
-        call.resource(key.arn)
-        await svc.authorize(call, "kms:DeleteAlias", key)
+    key = await _current_target(svc, call, alias, "kms:DeleteAlias")
     await svc.authorize_alias(call, "kms:DeleteAlias", alias.name)
     if key is not None:
         call.log_key_id(key.arn)  # before the write, for the record it owes
