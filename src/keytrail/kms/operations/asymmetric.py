@@ -13,22 +13,13 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.material import generate_secret
 from keytrail.kms.model import KeySpec, KeyUsage
-from keytrail.kms.operations.crypto import SYMMETRIC_DEFAULT, refuse_recipient
+from keytrail.kms.operations.crypto import SYMMETRIC_DEFAULT, refuse_recipient, usable_key
 from keytrail.kms.specs import algorithms_for
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["OPERATIONS", "usable_key"]
-
-async def usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
-                     conditions: dict[str, Any] | None = None) -> Key:
-    """The KeyId's key once authorized, usable in its state and of `usage`."""
-    key = await svc.find_key(call, call.params["KeyId"])
-    await svc.authorize(call, action, key, conditions)
-    svc.require_usable(key)
-    svc.require_usage(key, action.removeprefix("kms:"), usage)
-    return key
+__all__ = ["OPERATIONS"]
 
 
 async def _signing_request(svc: KmsService, call: Call, action: str) -> tuple[Key, str, str]:

@@ -19,7 +19,7 @@ from keytrail.kms.operations.hsm_keys import random_from_store
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["OPERATIONS", "refuse_recipient"]
+__all__ = ["OPERATIONS", "refuse_recipient", "usable_key"]
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 INCORRECT_KEY = "The key ID in the request does not identify a CMK that can perform this operation."
@@ -41,11 +41,13 @@ def refuse_recipient(params: dict[str, Any]) -> None:
         raise errors.UnsupportedOperationException(_NO_RECIPIENT)
 
 
-async def _encrypting_key(svc: KmsService, call: Call, key_id: str, action: str) -> Key:
-    key = await svc.find_key(call, key_id)
-    await svc.authorize(call, action, key)
+async def usable_key(svc: KmsService, call: Call, action: str, usage: KeyUsage,
+                     conditions: dict[str, Any] | None = None) -> Key:
+    """The KeyId's key once authorized, usable in its state and of `usage`."""
+    key = await svc.find_key(call, call.params["KeyId"])
+    await svc.authorize(call, action, key, conditions)
     svc.require_usable(key)
-    svc.require_usage(key, action.removeprefix("kms:"), KeyUsage.ENCRYPT_DECRYPT)
+    svc.require_usage(key, action.removeprefix("kms:"), usage)
     return key
 
 
@@ -61,7 +63,7 @@ async def encrypt(svc: KmsService, call: Call) -> Response:
     # examples, 2022 and 2025, show SYMMETRIC_DEFAULT; ct-decrypt: "always includes").
     algorithm = call.extra_request_parameters["encryptionAlgorithm"] = params.get("EncryptionAlgorithm",
                                                                                   SYMMETRIC_DEFAULT)
-    key = await _encrypting_key(svc, call, params["KeyId"], "kms:Encrypt")
+    key = await usable_key(svc, call, "kms:Encrypt", KeyUsage.ENCRYPT_DECRYPT)
     _check_algorithm(key, algorithm)
     check_rsa_request(key, params.get("EncryptionContext"), algorithm, len(params["Plaintext"]))
     svc.check_dry_run(call)
@@ -244,7 +246,7 @@ def _data_key_size(params: dict[str, Any]) -> int:
 async def _generate_data_key(svc: KmsService, call: Call, action: str) -> tuple[Response, bytes]:
     params = call.params
     size = _data_key_size(params)
-    key = await _encrypting_key(svc, call, params["KeyId"], action)
+    key = await usable_key(svc, call, action, KeyUsage.ENCRYPT_DECRYPT)
     _check_algorithm(key, SYMMETRIC_DEFAULT)
     svc.check_dry_run(call)
     plaintext = svc.deps.random_bytes(size)

@@ -9,7 +9,7 @@ from keytrail.kms.asymmetric import key_secret
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyUsage
-from keytrail.kms.operations.asymmetric import usable_key
+from keytrail.kms.operations.crypto import usable_key
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
