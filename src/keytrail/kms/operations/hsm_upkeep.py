@@ -55,7 +55,7 @@ def upkeep(svc: KmsService, connections: HsmConnections) -> Callable[[], Awaitab
             connections.shared.report(stores)
             started = True
         changed = [await _settle_left_over(svc, s) for s in stores if s.state in _TRANSITIONAL]
-        changed += [await _fail_second(svc, kept, extra) for kept, extra in connected_after_another(stores)]
+        changed += [await _fail_second(svc, extra) for _, extra in connected_after_another(stores)]
         if any(changed):
             stores = await svc.store.all_custom_key_stores()
         await connections.close_unconnected(stores)
@@ -87,11 +87,11 @@ async def _settle_left_over(svc: KmsService, store: CustomKeyStore) -> bool:
         return True
 
 
-async def _fail_second(svc: KmsService, kept: CustomKeyStore, extra: CustomKeyStore) -> bool:
-    """Move `extra`, CONNECTED on the token of `kept` (connected, and created before it), to FAILED
-    with SHARED_TOKEN_ERROR, its keys Unavailable: one login of the token cannot serve both, and
-    whichever store's call came first on a node took it, failing the other's calls there. Checked
-    again under `extra`'s lock; whether it changed."""
+async def _fail_second(svc: KmsService, extra: CustomKeyStore) -> bool:
+    """Move `extra`, CONNECTED on the token of another store (connected, and created before it), to
+    FAILED with SHARED_TOKEN_ERROR, its keys Unavailable: one login of the token cannot serve both,
+    and whichever store's call came first on a node took it, failing the other's calls there.
+    Checked again, and the other store found again, under `extra`'s lock; whether it changed."""
     async with svc.store.key_lock_if_free(extra.account, extra.region, STORES_LOCK) as free:
         pairs = connected_after_another(await svc.store.all_custom_key_stores()) if free else []
         found = next(((first, second) for first, second in pairs if second.store_id == extra.store_id), None)
