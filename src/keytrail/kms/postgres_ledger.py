@@ -40,8 +40,9 @@ LEDGER_SCHEMA = "CREATE TABLE IF NOT EXISTS kms_ledger (id INTEGER PRIMARY KEY, 
 CHECK_EVERY = 60.0
 
 
-def _key_columns(table: DocumentTable, first: int = 1) -> str:
-    return " AND ".join(f"{column}=${n}" for n, column in enumerate(table.primary_key, first))
+def _key_columns(table: DocumentTable) -> str:
+    """The WHERE clause naming a row by its primary key, as parameters $1, $2, …"""
+    return " AND ".join(f"{column}=${n}" for n, column in enumerate(table.primary_key, 1))
 
 
 async def read_ledger(connection: Any, root: RootKey, *, lock: bool = False) -> Ledger:
