@@ -50,7 +50,6 @@ class KeyRef:
     """A caller's way of naming a key, resolved to account, region and id or alias name."""
 
     kind: RefKind
-    raw: str
     account: str
     region: str
     name: str  # key id, or alias name (`alias/...`)
@@ -83,7 +82,7 @@ def parse_key_ref(raw: str, *, account: str, region: str) -> KeyRef:
 @lru_cache(maxsize=4096)  # callers name the same keys call after call; the regexes cost ~1.5 µs
 def _parse_key_ref(raw: str, account: str, region: str) -> KeyRef:
     if raw.startswith("alias/"):
-        return KeyRef(RefKind.ALIAS_NAME, raw, account, region, raw)
+        return KeyRef(RefKind.ALIAS_NAME, account, region, raw)
     match = _ARN.fullmatch(raw)  # fullmatch: `$` alone also matches before a trailing newline
     if match:
         partition, arn_region, arn_account, kind, rest = match.groups()
@@ -92,12 +91,12 @@ def _parse_key_ref(raw: str, account: str, region: str) -> KeyRef:
         if arn_region != region:
             raise KeyRefError(f"Invalid arn {arn_region}")
         if kind == "alias":
-            return KeyRef(RefKind.ALIAS_ARN, raw, arn_account, region, f"alias/{rest}")
+            return KeyRef(RefKind.ALIAS_ARN, arn_account, region, f"alias/{rest}")
         if not is_key_id(rest):
             raise KeyRefError(f"Invalid keyId '{raw}'")
-        return KeyRef(RefKind.KEY_ARN, raw, arn_account, region, rest)
+        return KeyRef(RefKind.KEY_ARN, arn_account, region, rest)
     if raw.startswith("arn:"):
         raise KeyRefError(f"Invalid arn {raw}")
     if not is_key_id(raw):
         raise KeyRefError(f"Invalid keyId '{raw}'")
-    return KeyRef(RefKind.KEY_ID, raw, account, region, raw)
+    return KeyRef(RefKind.KEY_ID, account, region, raw)
