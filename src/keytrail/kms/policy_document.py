@@ -262,11 +262,11 @@ def _validate_condition(block: Any, where: str) -> None:
 @dataclass(frozen=True, slots=True)
 class PrincipalSet:
     """The principals a statement names. `arns` holds IAM ARNs and bare account ids (the account's
-    root in the caller's partition)."""
+    root in the caller's partition). Service principals are not kept: no AWS service calls keytrail,
+    so a statement naming only services matches no caller."""
 
     anyone: bool = False
     arns: frozenset[str] = frozenset()
-    services: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,8 +308,7 @@ def _principals(value: Any) -> PrincipalSet:
     aws = [str(v) for v in _list(value.get("AWS", []))]
     # A bare account id stays bare: it names the account's root in the partition of the key's Region.
     arns = frozenset(a for a in aws if a != "*")
-    services = frozenset(str(v) for v in _list(value.get("Service", [])))
-    return PrincipalSet(anyone="*" in aws, arns=arns, services=services)
+    return PrincipalSet(anyone="*" in aws, arns=arns)
 
 
 def _literal(value: Any) -> Any:
