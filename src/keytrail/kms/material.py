@@ -62,8 +62,9 @@ GENERATORS: dict[KeySpec, Callable[[], bytes]] = {
     KeySpec.SYMMETRIC_DEFAULT: _random(32),
     **{spec: _random(size) for spec, size in _HMAC_BYTES.items()},
 }
-# Asymmetric keys (RSA, ECC, Ed25519, ML-DSA, ML-KEM): a PKCS#8 DER private key. SM2 is absent
-# (China Regions only); ML_KEM_512 refuses with its reason (pq.py).
+# Asymmetric keys (RSA, ECC, Ed25519, ML-DSA, ML-KEM): a PKCS#8 DER private key. SM2 is absent:
+# keytrail has none in any Region (`cryptography` offers none; asymmetric.check_offered_in_region);
+# ML_KEM_512 refuses with its reason (pq.py).
 GENERATORS.update({spec: partial(generate_pkcs8, spec) for spec in KeySpec
                    if spec not in GENERATORS and spec is not KeySpec.SM2})
 _SLOW = frozenset({KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.RSA_4096})
