@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 async def apply_due(svc: KmsService, key: Key) -> Key | None:
-    """Carry out what the clock says is due for `key`: deletion after its waiting period,
-    automatic rotation. Returns the key as it now is, or None once deleted."""
+    """Carry out what the clock says is due for `key`: deletion after its waiting period, the
+    service events an earlier change still owes, its imported material's expiry, a replica's
+    activation, automatic rotations. Returns the key as it now is, or None once deleted."""
     now = svc.clock.now()
     if not _is_due(key, now):
         return key
