@@ -40,8 +40,8 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
         current = await svc.store.get_key(key.account, key.region, key.key_id)
         if current is None:
             return None
-        if current.state is KeyState.PENDING_DELETION and current.deletion_date and current.deletion_date <= now:
-            await _delete_due(svc, current, current.deletion_date)
+        if (deletion_date := _deletion_due(current, now)) is not None:
+            await _delete_due(svc, current, deletion_date)
             return None
         current = await service_events.record_owed(svc, current)  # a change of an earlier tick or call
         if material_expired(current, now):
@@ -119,7 +119,13 @@ def _rotation_due(key: Key, now: datetime) -> bool:
     )
 
 
+def _deletion_due(key: Key, now: datetime) -> datetime | None:
+    """The key's deletion date once its waiting period is over; None while it is not."""
+    if key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now:
+        return key.deletion_date
+    return None
+
+
 def _is_due(key: Key, now: datetime) -> bool:
-    deleting = key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now
-    return (deleting or _rotation_due(key, now) or material_expired(key, now)
+    return (_deletion_due(key, now) is not None or _rotation_due(key, now) or material_expired(key, now)
             or key.state is KeyState.CREATING or service_events.owes(key))
