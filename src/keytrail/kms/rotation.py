@@ -13,7 +13,7 @@ from keytrail.kms.material import generate_secret
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["holds_imported", "rotate_key", "rotate_to_imported"]
+__all__ = ["holds_imported", "require_primary_or_single_region", "rotate_key", "rotate_to_imported"]
 
 
 async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime | None = None) -> Key:
@@ -21,7 +21,7 @@ async def rotate_key(svc: KmsService, key: Key, rotation_type: str, at: datetime
     multi-Region primary's new material reaches its replicas in the same write. `at` is when
     the rotation happens: now, or the due date of a scheduled one the clock has passed. An
     ON_DEMAND rotation is a call's own change (`_write_and_announce`)."""
-    _require_primary(key)
+    require_primary_or_single_region(key)
     when = at or svc.now()
     material = svc.new_material(await generate_secret(key.key_spec), rotation_type, when)
     rotated = _owing_rotation(svc, key, key.rotated(material, when), material, when)
@@ -33,7 +33,7 @@ async def rotate_to_imported(svc: KmsService, key: Key) -> Key:
     """RotateKeyOnDemand of a key of imported material: the material imported with ImportType
     NEW_KEY_MATERIAL (PENDING_ROTATION) becomes current; the one before it keeps decrypting. A
     multi-Region primary rotates once every replica holds that material too, and they with it."""
-    _require_primary(key)
+    require_primary_or_single_region(key)
     pending = key.pending_material
     if pending is None:
         raise errors.UnsupportedOperationException(
@@ -78,7 +78,11 @@ def _promoted(key: Key, material_id: str, when: datetime) -> Key:
     return replace(key, materials=tuple(m for m in key.materials if m is not pending)).rotated(current, when)
 
 
-def _require_primary(key: Key) -> None:
+def require_primary_or_single_region(key: Key) -> None:
+    """Multi-Region keys share their rotation: "To enable or disable automatic rotation of a set of
+    related multi-Region keys, set the property on the primary key" (EnableKeyRotation), and
+    on-demand rotation is invoked "on the primary Region key" (RotateKeyOnDemand). A replica's own
+    setting would never reach the primary and be overwritten by the primary's next change."""
     if multiregion.is_replica(key):
         raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
 

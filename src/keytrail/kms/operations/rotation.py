@@ -9,7 +9,7 @@ from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.model import SCHEDULED_FOR_DELETION, KeySpec, Origin
 from keytrail.kms.paging import page
-from keytrail.kms.rotation import holds_imported, rotate_key, rotate_to_imported
+from keytrail.kms.rotation import holds_imported, require_primary_or_single_region, rotate_key, rotate_to_imported
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -33,20 +33,11 @@ async def _rotatable_key(
         raise errors.UnsupportedOperationException("")  # AWS's answer has no message (kms-anchors §24)
     if key.custom_key_store_id:  # never rotated, on demand either: answered as GetKeyRotationStatus does
         _require_generated_material(key)
-    _require_primary_or_single_region(key)
+    require_primary_or_single_region(key)
     if not imported:
         _require_generated_material(key)
     svc.require_usable(key)
     return key
-
-
-def _require_primary_or_single_region(key: Key) -> None:
-    # Multi-Region keys share their rotation: "To enable or disable automatic rotation of a set of
-    # related multi-Region keys, set the property on the primary key" (EnableKeyRotation), and
-    # on-demand rotation is invoked "on the primary Region key" (RotateKeyOnDemand). A replica's
-    # own setting would never reach the primary and be overwritten by the primary's next change.
-    if multiregion.is_replica(key):
-        raise errors.UnsupportedOperationException(f"{key.arn} is not a multi-region primary key.")
 
 
 def _require_generated_material(key: Key) -> None:
