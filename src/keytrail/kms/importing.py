@@ -2,9 +2,10 @@
 
 AWS KMS developer guide, "Importing key material": the caller wraps its material under a
 wrapping public key from GetParametersForImport and sends it back with the import token within
-24 hours. A key accepts only the material it first received (IncorrectKeyMaterialException),
-so the key material id is derived from the key id and the material: re-imported material gets
-the same id and old ciphertexts decrypt again.
+24 hours. A key takes again only material it holds or held (IncorrectKeyMaterialException
+otherwise), and new material only for an on-demand rotation (ImportType NEW_KEY_MATERIAL), so the
+key material id is derived from the material under the key's own salt (`imported_material_id`):
+re-imported material gets the same id and old ciphertexts decrypt again.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ _OAEP_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "RSA_AES_KEY_WRAP_SHA_1": hashes.SHA1,
     "RSA_AES_KEY_WRAP_SHA_256": hashes.SHA256,
 }
-FINGERPRINT = "imported_material_id"  # Key.extra: the id of the only material this key accepts
+FINGERPRINT = "imported_material_id"  # Key.extra: the id of the first material this key accepted
 _TOKEN_MAGIC = b"KTIT\x02"  # the token id, then its ValidTo (epoch milliseconds, 8 bytes big-endian)
 _TOKEN_MAGIC_V1 = b"KTIT\x01"  # the token id alone (tokens made before they carried their ValidTo)
 _TOKEN_ID_BYTES = 32
