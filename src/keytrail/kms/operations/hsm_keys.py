@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STORES_LOCK", "as_its_store_leaves_it", "connections_of", "create_hsm_key", "delete_hsm_key",
            "discard_hsm_key", "find_store", "keys_in", "note_backing_key", "random_from_store", "set_availability",
-           "stores_of"]
+           "store_named", "stores_of"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -47,9 +47,15 @@ async def stores_of(svc: KmsService, call: Call) -> list[CustomKeyStore]:
     return await svc.store.list_custom_key_stores(call.context.account, call.context.region)
 
 
+async def store_named(svc: KmsService, account: str, region: str, store_id: str | None) -> CustomKeyStore | None:
+    """The account's store `store_id` in the Region as the key store holds it now; None if there is none."""
+    stores = await svc.store.list_custom_key_stores(account, region)
+    return next((s for s in stores if s.store_id == store_id), None)
+
+
 async def find_store(svc: KmsService, call: Call, store_id: str) -> CustomKeyStore:
     """The call's account's store `store_id` in its Region; CustomKeyStoreNotFoundException if none."""
-    found = next((s for s in await stores_of(svc, call) if s.store_id == store_id), None)
+    found = await store_named(svc, call.context.account, call.context.region, store_id)
     if found is None:
         raise errors.CustomKeyStoreNotFoundException(f"Custom key store {store_id} does not exist.")
     return found
@@ -132,8 +138,7 @@ async def discard_hsm_key(svc: KmsService, key: Key) -> None:
 
 async def _store_of(svc: KmsService, key: Key) -> CustomKeyStore | None:
     """The custom key store `key` is in, None if it is gone (or the key is in none)."""
-    stores = await svc.store.list_custom_key_stores(key.account, key.region)
-    return next((s for s in stores if s.store_id == key.custom_key_store_id), None)
+    return await store_named(svc, key.account, key.region, key.custom_key_store_id)
 
 
 async def delete_hsm_key(svc: KmsService, key: Key) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from keytrail.kms.hsm import HsmConnections
 from keytrail.kms.hsm_module import token_label
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
-from keytrail.kms.operations.hsm_keys import STORES_LOCK, set_availability
+from keytrail.kms.operations.hsm_keys import STORES_LOCK, set_availability, store_named
 from keytrail.kms.shared_tokens import connected_after_another
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ async def _settle_left_over(svc: KmsService, store: CustomKeyStore) -> bool:
     (the disconnect finished: its keys Unavailable, DISCONNECTED); whether it changed. The dead
     node's sessions went with its process, the others' close at this tick (`close_unconnected`)."""
     async with svc.store.key_lock_if_free(store.account, store.region, STORES_LOCK) as free:
-        current = await _current(svc, store) if free else None
+        current = await store_named(svc, store.account, store.region, store.store_id) if free else None
         if current is None or current.state not in _TRANSITIONAL:
             return False  # a live node is at work on it (the lock is taken), or it is settled already
         # Keys of a store that is not connected are Unavailable: a disconnect that stopped half way
@@ -107,9 +107,3 @@ async def _fail_second(svc: KmsService, extra: CustomKeyStore) -> bool:
                   current.store_id, current.account, current.region, token_label(current.cluster_id),
                   kept.store_id, current.store_id, SHARED_TOKEN_ERROR)
         return True
-
-
-async def _current(svc: KmsService, store: CustomKeyStore) -> CustomKeyStore | None:
-    """The store as the key store holds it now; None if it was deleted."""
-    stores = await svc.store.list_custom_key_stores(store.account, store.region)
-    return next((s for s in stores if s.store_id == store.store_id), None)
