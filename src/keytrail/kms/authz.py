@@ -30,8 +30,9 @@ class AccessRequest:
     """One question: may this caller perform `action` (e.g. `kms:Decrypt`) on `key`?
 
     `conditions` holds the request's condition-key values (`kms:EncryptionContext:dept`,
-    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants plus those named by GrantTokens,
-    except for `kms:RetireGrant`, where `grants` holds the one grant to retire.
+    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants (a GrantToken adds none: its grant
+    takes effect as CreateGrant returns), except for `kms:RetireGrant`, where `grants` holds the one
+    grant to retire.
     """
 
     call: CallContext
@@ -40,7 +41,8 @@ class AccessRequest:
     conditions: Mapping[str, Any] = field(default_factory=dict)
     grants: Sequence[Grant] = ()
     # Without a key: the resource identity policies are matched against (an alias ARN for the
-    # alias half of CreateAlias/UpdateAlias/DeleteAlias), else "*".
+    # alias half of CreateAlias/UpdateAlias/DeleteAlias, the ARN a new key will have for its Tags,
+    # the retiring principal of ListRetirableGrants: `KmsService.authorize_identity`), else "*".
     resource: str | None = None
 
     @property
