@@ -91,12 +91,12 @@ class KeySpec(StrEnum):
 class CallRecord:
     """What happened in one KMS call or one service-initiated action, as the audit trail needs it.
 
-    `context` is None for service events (scheduled `RotateKey`, `DeleteKey`), which CloudTrail
-    records with a KMS-internal identity and no requestID, and for the calls KMS makes itself
-    (`SynchronizeMultiRegionKey`), which it records with that identity as `AwsApiCall`s that do have
-    a requestID: `internal_request_id`. `request_parameters` uses CloudTrail's
-    camelCase names and never holds secrets. `resources` are resolved key ARNs (ReEncrypt: source
-    key first, then destination key).
+    `context` is None for service events (`RotateKey`, scheduled or on demand, `DeleteKey`,
+    `DeleteExpiredKeyMaterial`), which CloudTrail records with a KMS-internal identity and no
+    requestID, and for the calls KMS makes itself (`SynchronizeMultiRegionKey`), which it records
+    with that identity as `AwsApiCall`s that do have a requestID: `internal_request_id`.
+    `request_parameters` uses CloudTrail's camelCase names and never holds secrets. `resources` are
+    resolved key ARNs (ReEncrypt: source key first, then destination key).
     """
 
     event_id: str
@@ -116,7 +116,8 @@ class CallRecord:
     internal_request_id: str | None = None
     shared_event_id: str | None = None  # a cross-account call's (keytrail/shared_events.py)
     # userIdentity.invokedBy of a caller's record that KMS itself writes for the call in another
-    # Region (UpdatePrimaryRegion's entry in the new primary's Region: "kms.amazonaws.com").
+    # Region (ReplicateKey's CreateKey in the replica's Region, UpdatePrimaryRegion's entry in the
+    # new primary's Region: "kms.amazonaws.com").
     invoked_by: str | None = None
 
     @property
