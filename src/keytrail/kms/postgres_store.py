@@ -243,22 +243,36 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
     async def add_alias(self, alias: Alias) -> bool:
         return await self._write_alias(alias, False)
 
-    async def update_alias(self, alias: Alias) -> bool:
-        return await self._write_alias(alias, True)
+    async def update_alias(self, alias: Alias, *, was: Alias | None = None) -> bool:
+        return await self._write_alias(alias, True, was)
 
-    async def _write_alias(self, alias: Alias, existing: bool | None) -> bool:
-        """Write the alias if its row exists (`existing` True), does not (False), or either (None):
-        under the ledger's lock, which every node's writes take, no other write comes in between."""
+    async def _write_alias(self, alias: Alias, existing: bool | None, was: Alias | None = None) -> bool:
+        """Write the alias if its row exists (`existing` True; and holds `was`, if given), does not
+        (False), or either (None): under the ledger's lock, which every node's writes take, no other
+        write comes in between."""
         row = (alias.account, alias.region, alias.name)
         async with self._ledgered() as writer:
-            if existing is not None and (await writer.current(ALIASES, row) is not None) != existing:
-                return False
+            if existing is not None:
+                stored = await self._stored_alias(writer, row)
+                if (stored is not None) != existing or (was is not None and stored != was):
+                    return False
             await writer.put(ALIASES, row, UPSERT_ALIAS, self._alias_columns(alias))
         return True
 
-    async def delete_alias(self, alias: Alias) -> None:
+    async def delete_alias(self, alias: Alias, *, if_unchanged: bool = False) -> bool:
+        row = (alias.account, alias.region, alias.name)
         async with self._ledgered() as writer:
-            await writer.delete_row(ALIASES, (alias.account, alias.region, alias.name))
+            if if_unchanged and await self._stored_alias(writer, row) != alias:
+                return False
+            await writer.delete_row(ALIASES, row)
+        return True
+
+    async def _stored_alias(self, writer: LedgerWriter, row: Row) -> Alias | None:
+        """The alias `row` holds within the writer's transaction (None: no such row)."""
+        doc = await writer.current(ALIASES, row)
+        if doc is None:
+            return None
+        return alias_from_doc(self._body(ALIASES, dict(zip(ALIASES.primary_key, row, strict=True), doc=doc)))
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
         rows = await self._rows(

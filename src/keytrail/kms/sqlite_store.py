@@ -376,16 +376,20 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         await self.put_alias(alias)  # nothing awaits in between: no other call can take the name
         return True
 
-    async def update_alias(self, alias: Alias) -> bool:
-        if alias.name not in self._aliases.get((alias.account, alias.region), {}):
+    async def update_alias(self, alias: Alias, *, was: Alias | None = None) -> bool:
+        stored = self._aliases.get((alias.account, alias.region), {}).get(alias.name)
+        if stored is None or (was is not None and stored != was):
             return False
-        await self.put_alias(alias)
+        await self.put_alias(alias)  # nothing awaits in between: no other call can change it
         return True
 
-    async def delete_alias(self, alias: Alias) -> None:
+    async def delete_alias(self, alias: Alias, *, if_unchanged: bool = False) -> bool:
+        if if_unchanged and self._aliases.get((alias.account, alias.region), {}).get(alias.name) != alias:
+            return False
         self._write([delete_row(ALIASES, (alias.account, alias.region, alias.name))])
         self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
         self._refused.forget(ALIASES.name, (alias.account, alias.region, alias.name))
+        return True
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
         self._refused.refuse_within(ALIASES.name, (account, region))

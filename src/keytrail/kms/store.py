@@ -79,10 +79,14 @@ class AliasStore(Protocol):
     async def add_alias(self, alias: Alias) -> bool:
         """Store a new alias; False, changing nothing, when its name is taken (on any node)."""
         ...
-    async def update_alias(self, alias: Alias) -> bool:
-        """Store an alias over the one of its name; False, changing nothing, when there is none."""
+    async def update_alias(self, alias: Alias, *, was: Alias | None = None) -> bool:
+        """Store an alias over the one of its name; False, changing nothing, when there is none, or
+        (`was` given) when the one there is no longer `was`: another call changed it since it was read."""
         ...
-    async def delete_alias(self, alias: Alias) -> None: ...
+    async def delete_alias(self, alias: Alias, *, if_unchanged: bool = False) -> bool:
+        """Delete the alias of its name; with `if_unchanged`, only while it is `alias` as read
+        (False, changing nothing, once another call changed or deleted it)."""
+        ...
     async def list_aliases(self, account: str, region: str) -> list[Alias]: ...
 
 

@@ -176,6 +176,40 @@ async def test_an_alias_deleted_while_it_is_updated_stays_deleted(open_store: St
         assert left == [] and (updated == {} or isinstance(updated, errors.NotFoundException)), (updated, left)
 
 
+async def test_an_update_waiting_for_its_target_is_checked_against_the_alias_as_it_writes_it(
+        open_store: StoreFactory) -> None:
+    # Its target's lock held by another call, UpdateAlias waits having read the alias on a symmetric
+    # key; meanwhile the alias is deleted and made again for an HMAC key. Written over it, the update
+    # put a symmetric key after an HMAC one, which no UpdateAlias may do.
+    node = Node(await open_store(), ManualClock(NOW), "us-east-1")
+    first, target = [(await node("CreateKey"))["KeyMetadata"]["KeyId"] for _ in range(2)]
+    hmac = (await node("CreateKey", KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC"))["KeyMetadata"]["KeyId"]
+    await node("CreateAlias", AliasName="alias/app", TargetKeyId=first)
+    holding, done = asyncio.Event(), asyncio.Event()
+
+    async def changing_target() -> None:
+        async with node.svc.key_lock(ACCOUNT, "us-east-1", target):
+            holding.set()
+            await done.wait()
+
+    holder = asyncio.create_task(changing_target())
+    await holding.wait()
+    update = asyncio.create_task(node("UpdateAlias", AliasName="alias/app", TargetKeyId=target))
+    read = await node.store.get_alias(ACCOUNT, "us-east-1", "alias/app")
+    for _ in range(50):  # until it waits for the target's lock
+        await asyncio.sleep(0.01)
+    await node("DeleteAlias", AliasName="alias/app")
+    await node("CreateAlias", AliasName="alias/app", TargetKeyId=hmac)
+    done.set()
+    await holder
+    with pytest.raises(errors.ValidationException, match="must be the same type"):
+        await update
+    [alias] = [a for a in (await node("ListAliases"))["Aliases"] if a["AliasName"] == "alias/app"]
+    assert alias["TargetKeyId"] == hmac
+    assert read is not None and not await node.store.delete_alias(read, if_unchanged=True)  # read before: stale
+    assert (await node("ListAliases", KeyId=hmac))["Aliases"]
+
+
 async def test_tagging_a_key_while_its_custom_key_store_disconnects_keeps_both(open_store: StoreFactory) -> None:
     store = await open_store()
     node = Node(store, ManualClock(NOW), "us-east-1")

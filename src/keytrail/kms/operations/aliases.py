@@ -17,6 +17,9 @@ __all__ = ["OPERATIONS"]
 # "Aliases per KMS key" (AWS KMS resource quotas): without it one caller could give a key aliases
 # without end, each kept in memory and listed by every ListAliases and kms:ResourceAliases check.
 ALIASES_PER_KEY = 50
+# How often UpdateAlias and DeleteAlias read the alias again when another call changed it between
+# their read and their write: once is the rule, a second time rare (calls on one alias at once).
+_ALIAS_READS = 3
 PREFIX_REQUIRED = ('Alias must start with the prefix "alias/". Please see '
                    "https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html")
 
@@ -110,6 +113,16 @@ def _kind(key: Key) -> tuple[str, str]:
 
 
 async def update_alias(svc: KmsService, call: Call) -> Response:
+    for _ in range(_ALIAS_READS):
+        if await _update_as_read(svc, call):
+            return {}
+    raise _alias_kept_changing(svc, call)
+
+
+async def _update_as_read(svc: KmsService, call: Call) -> bool:
+    """UpdateAlias on the alias as it reads now; False, changing nothing, when another call changed
+    the alias after it was read (its checks were made on a target it no longer has)."""
+    call.resources.clear()  # of an earlier read: the alias may have left that key since
     alias = await _existing_alias(svc, call)
     # The alias first, as CloudTrail lists it (ct-updatealias: the alias, then the new target). The key
     # it leaves follows, before the new target: its authorization is checked too, and its history
@@ -127,20 +140,42 @@ async def update_alias(svc: KmsService, call: Call) -> Response:
         await _require_alias_room(svc, key)
     updated = Alias(alias.account, alias.region, alias.name, key.key_id, alias.creation_date, svc.now())
     call.log_key_id(key.arn)  # the new target; before the write, for the record it owes
-    if not await svc.store.update_alias(updated):  # deleted meanwhile: not brought back
+    # Only over the alias as read: the wait for the new target's lock lets other calls (other nodes
+    # too) delete the alias and make it again for a key of another type, or move it to a key this
+    # caller may not take it from, and a write over whatever was there undid their change unchecked.
+    if await svc.store.update_alias(updated, was=alias):
+        return True
+    if await svc.store.get_alias(alias.account, alias.region, alias.name) is None:  # deleted: not brought back
         raise errors.NotFoundException(f"Alias {svc.alias_arn(call, alias.name)} is not found.")
-    return {}
+    return False
 
 
 async def delete_alias(svc: KmsService, call: Call) -> Response:
+    for _ in range(_ALIAS_READS):
+        if await _delete_as_read(svc, call):
+            return {}
+    raise _alias_kept_changing(svc, call)
+
+
+async def _delete_as_read(svc: KmsService, call: Call) -> bool:
+    """DeleteAlias of the alias as it reads now; False, deleting nothing, when another call changed
+    it after it was read (the caller's permission was checked on a key it no longer names)."""
+    call.resources.clear()
     alias = await _existing_alias(svc, call)
     call.resource(svc.alias_arn(call, alias.name))  # the alias first, as CloudTrail lists it (ct-deletealias)
     key = await _current_target(svc, call, alias, "kms:DeleteAlias")
     await svc.authorize_alias(call, "kms:DeleteAlias", alias.name)
     if key is not None:
         call.log_key_id(key.arn)  # before the write, for the record it owes
-    await svc.store.delete_alias(alias)
-    return {}
+    return await svc.store.delete_alias(alias, if_unchanged=True)
+
+
+def _alias_kept_changing(svc: KmsService, call: Call) -> errors.KmsError:
+    """What a call gets when the alias changed under it at each of its reads: retryable, as
+    KMSInternalException is for AWS SDKs (kms/locks.py, `second_lock_refused`)."""
+    return errors.KMSInternalException(
+        f"Alias {svc.alias_arn(call, call.params['AliasName'])} was changed by other requests while this one ran. "
+        "You can retry the request.")
 
 
 async def list_aliases(svc: KmsService, call: Call) -> Response:
