@@ -93,8 +93,8 @@ class LedgerWriter:
         self._ledger.replace(self._root, table.name, row, old, args[-1])
         self._changed = True
 
-    async def delete(self, table: DocumentTable, where: str, args: tuple[Any, ...]) -> None:
-        """Delete the rows of `table` that `where` (SQL with $1… for `args`) selects."""
+    async def delete(self, table: DocumentTable, where: str, args: tuple[Any, ...]) -> int:
+        """Delete the rows of `table` that `where` (SQL with $1… for `args`) selects: how many."""
         columns = ", ".join(table.primary_key)
         deleted = await self._connection.fetch(f"DELETE FROM kms_{table.name} WHERE {where} RETURNING {columns}, doc",
                                                *args)
@@ -102,9 +102,11 @@ class LedgerWriter:
             self._ledger.remove(self._root, table.name, tuple(found[column] for column in table.primary_key),
                                 found["doc"])
             self._changed = True
+        return len(deleted)
 
-    async def delete_row(self, table: DocumentTable, row: Row) -> None:
-        await self.delete(table, _key_columns(table), row)
+    async def delete_row(self, table: DocumentTable, row: Row) -> bool:
+        """Delete `row` of `table`: whether it was there."""
+        return await self.delete(table, _key_columns(table), row) > 0
 
     async def commit(self) -> None:
         """Write the ledger row (before the transaction commits)."""

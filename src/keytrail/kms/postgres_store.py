@@ -289,9 +289,9 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         async with self._ledgered() as writer:
             await writer.put(GRANTS, row, UPSERT_GRANT, args)
 
-    async def delete_grant(self, grant: Grant) -> None:
+    async def delete_grant(self, grant: Grant) -> bool:
         async with self._ledgered() as writer:
-            await writer.delete_row(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))
+            return await writer.delete_row(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         rows = await self._rows(

@@ -403,10 +403,14 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
         self._refused.forget(GRANTS.name, row)
 
-    async def delete_grant(self, grant: Grant) -> None:
-        self._write([delete_row(GRANTS, (grant.account, grant.region, grant.key_id, grant.grant_id))])
-        self._grants.get((grant.account, grant.region, grant.key_id), {}).pop(grant.grant_id, None)
-        self._refused.forget(GRANTS.name, (grant.account, grant.region, grant.key_id, grant.grant_id))
+    async def delete_grant(self, grant: Grant) -> bool:
+        row = (grant.account, grant.region, grant.key_id, grant.grant_id)
+        if grant.grant_id not in self._grants.get(row[:3], {}) and not self._refused.within(GRANTS.name, row):
+            return False
+        self._write([delete_row(GRANTS, row)])
+        self._grants.get(row[:3], {}).pop(grant.grant_id, None)
+        self._refused.forget(GRANTS.name, row)
+        return True
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         self._refused.refuse_within(GRANTS.name, (account, region, key_id))  # a forged grant must not just go unseen

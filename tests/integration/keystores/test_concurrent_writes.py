@@ -147,6 +147,26 @@ async def test_one_grant_name_made_twice_at_once_is_one_grant(open_store: StoreF
     assert len((await node("ListGrants", KeyId=key_id))["Grants"]) == 1
 
 
+async def test_a_grant_retired_and_revoked_at_once_by_two_nodes_is_removed_by_one_call(dsn: str) -> None:
+    # RetireGrant holds no key's lock: two calls that found the grant each deleted it, and each was
+    # answered (and logged) as the one that did; the later ones find it gone, as one after the other.
+    first, second, _ = await _two_nodes(dsn)
+    key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
+    retiring = f"arn:aws:iam::{ACCOUNT}:root"
+    for _ in range(10):
+        grant = await first("CreateGrant", KeyId=key_id, GranteePrincipal=retiring, RetiringPrincipal=retiring,
+                            Operations=["Decrypt"])
+        answers = await asyncio.gather(
+            first("RetireGrant", GrantToken=grant["GrantToken"]), second("RetireGrant", GrantToken=grant["GrantToken"]),
+            second("RevokeGrant", KeyId=key_id, GrantId=grant["GrantId"]), return_exceptions=True,
+        )
+        assert answers.count({}) == 1, answers
+        assert all(isinstance(a, errors.NotFoundException) for a in answers if a != {}), answers
+    assert (await second("ListGrants", KeyId=key_id))["Grants"] == []
+    await first.store.close()
+    await second.store.close()
+
+
 async def test_one_alias_name_created_twice_at_once_is_created_once(open_store: StoreFactory) -> None:
     node = Node(await open_store(), ManualClock(NOW), "us-east-1")
     keys = [(await node("CreateKey"))["KeyMetadata"]["KeyId"] for _ in range(2)]

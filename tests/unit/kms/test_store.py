@@ -45,6 +45,19 @@ async def test_keys_aliases_grants_survive_reopen(tmp_path: Path) -> None:
     assert await reopened.list_grants(key.account, key.region, key.key_id) == []
 
 
+async def test_deleting_a_grant_tells_whether_it_was_there(tmp_path: Path) -> None:
+    # RetireGrant and RevokeGrant answer NotFoundException when another call deleted the grant first.
+    store, key = SqliteStore(tmp_path / "keys.db", ROOT), _key(os.urandom(32))
+    grant = Grant(key.account, key.region, key.key_id, "g" * 64, "arn:aws:iam::1:user/x", ("Decrypt",), key.account,
+                  NOW, token="t")
+    await store.put_key(key)
+    await store.put_grant(grant)
+    assert await store.delete_grant(grant)
+    assert not await store.delete_grant(grant)
+    assert await store.list_grants(key.account, key.region, key.key_id) == []
+    await store.close()
+
+
 async def test_material_never_reaches_the_file_in_clear(tmp_path: Path) -> None:
     secret = os.urandom(32)
     store = SqliteStore(tmp_path / "keys.db", ROOT)

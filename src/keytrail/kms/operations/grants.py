@@ -285,7 +285,7 @@ async def retire_grant(svc: KmsService, call: Call) -> Response:
     key, grant = await _grant_named(svc, call)
     _check_may_retire(svc, call, key, grant)
     svc.check_dry_run(call)
-    await svc.store.delete_grant(grant)
+    await _delete(svc, grant)
     return {}
 
 
@@ -295,8 +295,17 @@ async def revoke_grant(svc: KmsService, call: Call) -> Response:
     await svc.authorize(call, "kms:RevokeGrant", key, request_conditions("RevokeGrant", params))
     grant = await _find_grant(svc, key, params["GrantId"])
     svc.check_dry_run(call)
-    await svc.store.delete_grant(grant)
+    await _delete(svc, grant)
     return {}
+
+
+async def _delete(svc: KmsService, grant: Grant) -> None:
+    """Delete `grant`; NotFoundException if another call retired or revoked it since it was found.
+    RetireGrant holds no key's lock (its token names the key), and the PostgreSQL store is awaited
+    between the finding and the deleting: calls that found one grant at once (on nodes sharing the
+    store) each deleted it, and were each answered and logged as the one that did."""
+    if not await svc.store.delete_grant(grant):
+        raise errors.NotFoundException(f"Grant ID {grant.grant_id} not found")
 
 
 OPERATIONS: dict[str, Operation] = {
