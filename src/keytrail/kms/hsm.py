@@ -28,9 +28,9 @@ from __future__ import annotations
 from keytrail.kms.hsm_cipher import HsmCipher
 from keytrail.kms.hsm_connections import HsmConnections
 from keytrail.kms.hsm_module import MODULE_ENV, TOKENS_ENV, HsmError, find_token, module_path, token_label
-from keytrail.kms.hsm_session import TokenSession, open_session
+from keytrail.kms.hsm_session import TokenSession, missing_keys, open_session
 
 __all__ = [
     "MODULE_ENV", "TOKENS_ENV", "HsmCipher", "HsmConnections", "HsmError", "TokenSession", "find_token",
-    "module_path", "open_session", "token_label",
+    "missing_keys", "module_path", "open_session", "token_label",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pkcs11 import Mechanism
@@ -21,7 +21,7 @@ from keytrail.kms.hsm_failures import BLOB_REFUSED, refused, warn_format_1
 from keytrail.kms.hsm_key_objects import KeyObjects
 from keytrail.kms.hsm_module import MODULE_CALLS, log_in, log_out, logged_in
 
-__all__ = ["TokenSession", "open_session"]
+__all__ = ["TokenSession", "missing_keys", "open_session"]
 
 _NONCE = 12
 log = logging.getLogger("keytrail.kms.hsm")
@@ -31,6 +31,17 @@ def open_session(path: str, cluster_id: str, pin: str) -> TokenSession:
     """Log in to the cluster's token as its user (CKU_USER) in a read-write session."""
     session, derives = log_in(path, cluster_id, pin)
     return TokenSession(session, derives=derives, module=path)
+
+
+def missing_keys(path: str, cluster_id: str, pin: str, object_ids: Iterable[bytes]) -> list[bytes]:
+    """The backing keys among `object_ids` that the cluster's token does not hold, as its user sees
+    them in a session of this call's own, logged out before it returns. HsmError if the token refuses
+    the login; the PKCS11Error of a lookup it fails."""
+    session = open_session(path, cluster_id, pin)
+    try:
+        return [object_id for object_id in object_ids if not session.holds(object_id)]
+    finally:
+        session.discard()  # the lookups' answer is the one that counts
 
 
 class TokenSession:
@@ -56,6 +67,17 @@ class TokenSession:
         """A new backing key in the token (KeyObjects.generate)."""
         with self._lock:
             self._keys.generate(object_id, label)
+
+    def holds(self, object_id: bytes) -> bool:
+        """Whether the token holds the backing key `object_id` (KeyObjects.get); UserNotLoggedIn, not
+        False, if the session lost its login meanwhile and so sees no private key at all."""
+        with self._lock:
+            try:
+                with self._key_of_the_login(object_id):
+                    self._keys.get(object_id)
+            except p11.NoSuchKey:
+                return False
+        return True
 
     def destroy_key(self, object_id: bytes) -> None:
         """Remove a backing key from the token (KeyObjects.destroy): one made for a KMS key that was

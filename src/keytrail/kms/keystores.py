@@ -27,6 +27,7 @@ __all__ = [
     "CloudHsmClusterInvalidConfigurationException",
     "CloudHsmClusterNotActiveException",
     "CloudHsmClusterNotFoundException",
+    "CloudHsmClusterNotRelatedException",
     "ConnectionState",
     "CustomKeyStore",
     "IncorrectTrustAnchorException",
@@ -75,6 +76,13 @@ class CloudHsmClusterInUseException(errors.KmsError):
     """AWS `CloudHsmClusterInUseException`: a cluster (token) backs one custom key store only."""
 
     code = "CloudHsmClusterInUseException"
+
+
+class CloudHsmClusterNotRelatedException(errors.KmsError):
+    """AWS `CloudHsmClusterNotRelatedException`: UpdateCustomKeyStore names a token that lacks a backing
+    key of the store's KMS keys (AWS: a cluster that does not share the original's backup history)."""
+
+    code = "CloudHsmClusterNotRelatedException"
 
 
 class CloudHsmClusterInvalidConfigurationException(errors.KmsError):

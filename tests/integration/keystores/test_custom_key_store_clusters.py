@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from keytrail.kms.hsm import TOKENS_ENV
-from keytrail.kms.keystores import CloudHsmClusterInUseException
+from keytrail.kms.keystores import CloudHsmClusterInUseException, CloudHsmClusterNotRelatedException
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
-from tests.integration.keystores.in_process import call, service
-from tests.support.softhsm import SoftHsm
+from tests.integration.keystores.in_process import call, hsm_key, service
+from tests.support.softhsm import SoftHsm, open_sessions
 
 pytestmark = pytest.mark.integration
 
@@ -50,3 +50,56 @@ async def test_two_cluster_ids_naming_one_token_are_one_cluster(
     await call(svc, "UpdateCustomKeyStore", CustomKeyStoreId=moved, CloudHsmClusterId="cluster-mappedtokenaaaa")
     [entry] = (await call(svc, "DescribeCustomKeyStores", CustomKeyStoreId=moved))["CustomKeyStores"]
     assert entry["CloudHsmClusterId"] == "cluster-mappedtokenaaaa"
+
+
+NOT_RELATED = (
+    "The request was rejected because the specified CloudHSM cluster has a different cluster certificate than the "
+    "original cluster. You cannot use the operation to specify an unrelated cluster for an CloudHSM key store."
+)
+
+
+async def _state(svc: KmsService, store_id: str) -> dict[str, str]:
+    [entry] = (await call(svc, "DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+    return {name: entry.get(name, "") for name in ("CloudHsmClusterId", "ConnectionState", "ConnectionErrorCode")}
+
+
+async def test_a_store_with_keys_is_not_moved_to_a_token_without_their_backing_keys(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # Moved, the store connected to the other token, and every Encrypt and Decrypt of its keys
+    # answered KMSInvalidStateException: that token holds none of their backing keys.
+    old, unrelated = next(clusters), next(clusters)
+    store_id, key_id = await hsm_key(svc, old, trust_anchor)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    with pytest.raises(CloudHsmClusterNotRelatedException) as excinfo:
+        await call(svc, "UpdateCustomKeyStore", CustomKeyStoreId=store_id, CloudHsmClusterId=unrelated)
+    assert excinfo.value.message == NOT_RELATED
+    assert (await _state(svc, store_id))["CloudHsmClusterId"] == old
+    assert open_sessions(hsm.module, unrelated) == 0  # the check's login ended with it
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    blob = (await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"still on its token"))["CiphertextBlob"]
+    assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == b"still on its token"
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    # A store without keys moves to any free token: the refused one, which the check left logged out.
+    keyless = await _create(svc, "keyless", next(clusters), trust_anchor)
+    await call(svc, "UpdateCustomKeyStore", CustomKeyStoreId=keyless, CloudHsmClusterId=unrelated)
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=keyless)
+    assert await _state(svc, keyless) == {"CloudHsmClusterId": unrelated, "ConnectionState": "CONNECTED",
+                                          "ConnectionErrorCode": ""}
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=keyless)
+
+
+async def test_a_token_that_refuses_the_login_is_not_checked_and_connect_says_why(
+    svc: KmsService, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # UpdateCustomKeyStore has no error for a password the token refuses: ConnectCustomKeyStore has one.
+    old, other = next(clusters), next(clusters)
+    store_id, _ = await hsm_key(svc, old, trust_anchor)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call(svc, "UpdateCustomKeyStore", CustomKeyStoreId=store_id, CloudHsmClusterId=other,
+               KeyStorePassword="not-the-pin")
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert await _state(svc, store_id) == {"CloudHsmClusterId": other, "ConnectionState": "FAILED",
+                                           "ConnectionErrorCode": "INVALID_CREDENTIALS"}
+    assert open_sessions(hsm.module, other) == 0
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)

@@ -26,11 +26,12 @@ from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3
 from keytrail.kms.hsm import HsmCipher
 from keytrail.kms.hsm_thread import TIMEOUT_ENV
+from keytrail.kms.keystores import CloudHsmClusterNotActiveException, CloudHsmClusterNotRelatedException
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
 from tests.integration.keystores.flaky_token import Faults, flaky_logins
 from tests.integration.keystores.in_process import call, hsm_key, live_session, service
-from tests.support.softhsm import SoftHsm, token_keys
+from tests.support.softhsm import SoftHsm, open_sessions, token_keys
 
 pytestmark = pytest.mark.integration
 
@@ -320,3 +321,38 @@ async def test_a_backing_key_the_hsm_makes_after_create_key_gave_up_is_removed(
         await asyncio.sleep(TIMEOUT / 10)
     assert token_keys(hsm.module, cluster) == {key_id, made}
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_an_hsm_that_fails_the_check_of_a_new_cluster_s_keys_answers_cluster_not_active(
+    impatient: KmsService, hsm: SoftHsm, faults: Faults, clusters: Iterator[str], trust_anchor: str
+) -> None:
+    # UpdateCustomKeyStore logs in to the new token to look for the store's backing keys: a token
+    # that does not answer the login in time, or fails a lookup, cannot be told related or not.
+    svc, other = impatient, next(clusters)
+    store_id, _ = await hsm_key(svc, next(clusters), trust_anchor)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    move = {"CustomKeyStoreId": store_id, "CloudHsmClusterId": other}
+    faults.hang("C_Login")
+    try:
+        with pytest.raises(CloudHsmClusterNotActiveException, match="did not answer in time"):
+            await call(svc, "UpdateCustomKeyStore", **move)
+    finally:
+        faults.hold.set()
+    for _ in range(50):  # NotActive at once while the login given up on holds the PKCS#11 thread
+        try:
+            await call(svc, "UpdateCustomKeyStore", **move)
+        except CloudHsmClusterNotActiveException:
+            await asyncio.sleep(TIMEOUT / 10)
+        except CloudHsmClusterNotRelatedException:
+            break
+    else:
+        pytest.fail("the PKCS#11 thread was still held by the login the HSM answered late")
+    assert open_sessions(hsm.module, other) == 0  # the login that ended after all was logged out
+    faults.fail("C_FindObjects", p11.GeneralError())
+    with pytest.raises(CloudHsmClusterNotActiveException, match=r"\(GeneralError\)"):
+        await call(svc, "UpdateCustomKeyStore", **move)
+    assert open_sessions(hsm.module, other) == 0
+    with pytest.raises(CloudHsmClusterNotRelatedException):  # the token answers again
+        await call(svc, "UpdateCustomKeyStore", **move)
+    [store] = (await call(svc, "DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+    assert store["CloudHsmClusterId"] != other

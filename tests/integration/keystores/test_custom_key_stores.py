@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, FORMAT_V3
 from tests.integration.keystores.conftest import PIN
 from tests.support.server import KeytrailServer
-from tests.support.softhsm import SoftHsm, softhsm_token
+from tests.support.softhsm import SoftHsm, copy_token, softhsm_token
 
 pytestmark = pytest.mark.integration
 
@@ -513,5 +513,54 @@ def test_hsm_token_removed_under_a_live_session_answers_aws_errors(
         with pytest.raises(ClientError) as excinfo:
             _store(kms, trust_anchor, other)
         assert _error(excinfo) == "CloudHsmClusterNotActiveException"
+    finally:
+        server.stop()
+
+
+NOT_RELATED = (
+    "The request was rejected because the specified CloudHSM cluster has a different cluster certificate than the "
+    "original cluster. You cannot use the operation to specify an unrelated cluster for an CloudHSM key store."
+)
+
+
+def test_a_store_with_keys_moves_only_to_a_copy_of_its_token(
+    hsm: SoftHsm, trust_anchor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # AWS takes only a related cluster (one sharing the original's backup history): here a token
+    # that holds the store's backing keys, as a copy of its token does. Another token answered {},
+    # and once connected every Encrypt and Decrypt of the store's keys was KMSInvalidStateException.
+    # Its own token directory and server: SoftHSM2 sees a copied token only in a process started after.
+    original, copy, unrelated = "cluster-keytrailorig", "cluster-keytrailcopy", "cluster-keytrailelse"
+    tokens = [softhsm_token(tmp_path / "softhsm", label, PIN, hsm.module) for label in (original, unrelated)]
+    monkeypatch.setenv("SOFTHSM2_CONF", str(tokens[0].conf))  # for the server; this process never reads it
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client("alice")
+        store_id = _connected_store(kms, trust_anchor, original)
+        key_id = _hsm_key(kms, store_id)["KeyId"]
+        blob = kms.encrypt(KeyId=key_id, Plaintext=b"made on the original")["CiphertextBlob"]
+        kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+        server.stop()
+        copy_token(tokens[0], original, copy)  # the HSM restored from a backup of the original
+        server.start()
+        with pytest.raises(ClientError) as excinfo:
+            kms.update_custom_key_store(CustomKeyStoreId=store_id, CloudHsmClusterId=unrelated)
+        assert (_error(excinfo), excinfo.value.response["Error"]["Message"]) == (
+            "CloudHsmClusterNotRelatedException", NOT_RELATED
+        )
+        assert _state(kms, store_id)["CloudHsmClusterId"] == original
+        kms.update_custom_key_store(CustomKeyStoreId=store_id, CloudHsmClusterId=copy)
+        kms.connect_custom_key_store(CustomKeyStoreId=store_id)
+        assert (_state(kms, store_id)["CloudHsmClusterId"], _state(kms, store_id)["ConnectionState"]) == (
+            copy, "CONNECTED"
+        )
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"made on the original"
+        again = kms.encrypt(KeyId=key_id, Plaintext=b"made on the copy")["CiphertextBlob"]
+        assert kms.decrypt(CiphertextBlob=again)["Plaintext"] == b"made on the copy"
+        kms.disconnect_custom_key_store(CustomKeyStoreId=store_id)
+        # A store without keys moves to any free token: the original, which holds none of its keys.
+        keyless = _store(kms, trust_anchor, unrelated)
+        kms.update_custom_key_store(CustomKeyStoreId=keyless, CloudHsmClusterId=original)
+        assert _state(kms, keyless)["CloudHsmClusterId"] == original
     finally:
         server.stop()

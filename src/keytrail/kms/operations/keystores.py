@@ -3,20 +3,24 @@ part of a service (`install`); CreateKey with Origin AWS_CLOUDHSM is in operatio
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Handler, Operation, Response
-from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, module_path
+from keytrail.kms.hsm import MODULE_ENV, HsmCipher, HsmConnections, HsmError, find_token, missing_keys, module_path
+from keytrail.kms.hsm_failures import error_name
 from keytrail.kms.hsm_module import ModuleNotLoaded, token_label
 from keytrail.kms.keystores import (
     CloudHsmClusterInUseException,
     CloudHsmClusterInvalidConfigurationException,
     CloudHsmClusterNotActiveException,
     CloudHsmClusterNotFoundException,
+    CloudHsmClusterNotRelatedException,
     ConnectionState,
     CustomKeyStore,
     IncorrectTrustAnchorException,
@@ -40,11 +44,18 @@ from keytrail.kms.paging import page
 from keytrail.kms.shared_tokens import holding_the_token
 
 if TYPE_CHECKING:
+    from keytrail.kms.keys import Key
     from keytrail.kms.service import KmsService
 
 __all__ = ["OPERATIONS", "install"]
 
 MAX_CUSTOM_KEY_STORES = 10
+# CloudHsmClusterNotRelatedException's text in the KMS API reference.
+NOT_RELATED = (
+    "The request was rejected because the specified CloudHSM cluster has a different cluster certificate than the "
+    "original cluster. You cannot use the operation to specify an unrelated cluster for an CloudHSM key store."
+)
+log = logging.getLogger(__name__)
 
 
 def install(svc: KmsService) -> None:
@@ -97,6 +108,53 @@ async def _checked_cluster(svc: KmsService, cluster_id: str, trust_anchor: str) 
         raise CloudHsmClusterNotActiveException(
             "The HSM cannot list its tokens now (it did not answer in time)."
         ) from None
+
+
+def _backing_key_ids(keys: list[Key]) -> list[bytes]:
+    """The token objects behind the keys: one per key material (a key in a CloudHSM key store never
+    rotates, but each material it holds names its own object)."""
+    return [bytes.fromhex(m.handle) for key in keys for m in key.materials if m.handle is not None]
+
+
+def _missing_backing_keys(store: CustomKeyStore, cluster_id: str, password: str, object_ids: list[bytes]) -> bool:
+    """Whether the cluster's token lacks any of `object_ids`, as the store's user sees it (kms/hsm_session.py's
+    `missing_keys`). A login the token refuses (a wrong or locked password) tells nothing of its keys, and
+    UpdateCustomKeyStore has no error for it: False, with a warning, and ConnectCustomKeyStore reports
+    the login (ConnectionErrorCode). A lookup the token fails is CloudHsmClusterNotActiveException."""
+    path = module_path()
+    if path is None:  # _check_cluster refused the call already
+        return False
+    try:
+        return bool(missing_keys(path, cluster_id, password, object_ids))
+    except HsmError as exc:
+        log.warning("custom key store %s: the token of %s refused the login (%s), so whether it holds the store's "
+                    "keys was not checked; ConnectCustomKeyStore will say the same", store.store_id, cluster_id, exc)
+        return False
+    except p11.PKCS11Error as exc:
+        raise CloudHsmClusterNotActiveException(
+            f"The HSM cannot look up the custom key store's keys now ({error_name(exc)})."
+        ) from None
+
+
+async def _require_related(svc: KmsService, store: CustomKeyStore, cluster_id: str, password: str) -> None:
+    """CloudHsmClusterNotRelatedException unless the new token holds the backing key of every material of
+    the store's KMS keys. AWS takes only a cluster that shares the original's backup history, so holds
+    the same keys; a token has no cluster certificate, but a copy of it (its backup restored) holds the
+    same objects, and any other token would leave every key of the store unusable once connected. A
+    store without keys may move to any free token; a cluster id of the store's own token
+    (KEYTRAIL_PKCS11_TOKENS) is its own cluster. Called once no other store has the token, whose login
+    this check takes and ends (on the PKCS#11 thread, as `_checked_cluster`)."""
+    object_ids = _backing_key_ids(await keys_in(svc, store))
+    if not object_ids or token_label(cluster_id) == token_label(store.cluster_id):
+        return
+    try:
+        missing = await connections_of(svc).call(lambda: _missing_backing_keys(store, cluster_id, password, object_ids))
+    except TimeoutError:
+        raise CloudHsmClusterNotActiveException(
+            "The HSM cannot look up the custom key store's keys now (it did not answer in time)."
+        ) from None
+    if missing:
+        raise CloudHsmClusterNotRelatedException(NOT_RELATED)
 
 
 async def _require_cluster_free(svc: KmsService, cluster_id: str, besides: str | None = None) -> None:
@@ -245,13 +303,15 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     if name != store.name:
         _require_new_name(await stores_of(svc, call), name)
     cluster = params.get("CloudHsmClusterId", store.cluster_id)
+    password = params.get("KeyStorePassword", store.password)
     if cluster != store.cluster_id:
-        # The new token is checked first (it exists and answers), then whether another store has it:
-        # that is CreateCustomKeyStore's InUse, not in Update's model. Whether it is related to the
-        # store's own (Update's CloudHsmClusterNotRelatedException) is not checked.
+        # The new token is checked first (it exists and answers), then whether another store has it
+        # (CreateCustomKeyStore's InUse, not in Update's model), then whether it is related to the
+        # store's own: last, as it logs in to the token, which no other store's login may then hold.
         await _checked_cluster(svc, cluster, store.trust_anchor)
         await _require_cluster_free(svc, cluster, besides=store.store_id)
-    updated = replace(store, name=name, cluster_id=cluster, password=params.get("KeyStorePassword", store.password))
+        await _require_related(svc, store, cluster, password)
+    updated = replace(store, name=name, cluster_id=cluster, password=password)
     _name_store(call, updated)  # as the call leaves it: ct-update-keystore names the new cluster
     await svc.store.put_custom_key_store(updated)
     return {}
