@@ -1,8 +1,10 @@
 """SQLite files opened by readers only (queries, `keytrail analyze`), which must work on a data dir
-they cannot write: evidence on a read-only mount, a backup restored read-only, another user's node.
+they cannot write: evidence on a read-only mount, a backup restored read-only, another user's node,
+a node whose disk is full.
 
 A WAL database is read through its -wal and -shm files, and SQLite creates them when they are
-missing, which a read-only folder refuses ("unable to open database file"). As SQLite's "WAL-mode
+missing, which a read-only folder refuses ("unable to open database file") and a full disk too
+(the -shm file is made but cannot be given its size: "disk I/O error"). As SQLite's "WAL-mode
 File Format" page (section "Read-Only Databases") documents, such a file can still be read when
 opened `immutable=1`; but an immutable connection neither takes locks nor reads the -wal file, so
 it is used only where the -wal holds nothing (a node stopped cleanly removes it, and a node that
@@ -31,15 +33,22 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.OperationalError as exc:
         db.close()
-        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_CANTOPEN or not path.is_file():
+        if not _shm_refused(exc) or not path.is_file():
             raise
     wal = path.with_name(path.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
         raise OSError(
             f"{wal} holds changes not yet in {path.name}, and SQLite can read them only with "
-            f"{path.name}-shm, which it cannot create in this read-only folder: copy the data dir "
-            "somewhere writable and read that copy")
+            f"{path.name}-shm, which it cannot create here (a read-only folder, or a full disk): copy the "
+            "data dir somewhere writable and read that copy")
     return _connect(path, "immutable=1")
+
+
+def _shm_refused(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed for want of a -shm file it could make: a folder it may not create it in,
+    or a disk without the space to size it."""
+    code = exc.sqlite_errorcode
+    return code & 0xFF == sqlite3.SQLITE_CANTOPEN or code == sqlite3.SQLITE_IOERR_SHMSIZE
 
 
 def _connect(path: Path, parameters: str) -> sqlite3.Connection:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from keytrail.read_only_db import connect_read_only, missing_tables_as_empty
-from tests.support.mounts import read_only_view
+from tests.support.mounts import filled, read_only_view, small_filesystem
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS kept (x); CREATE TABLE IF NOT EXISTS added_later (y);"
 
@@ -73,3 +73,14 @@ def test_a_table_the_file_lacks_reads_as_empty_and_the_file_is_not_written(tmp_p
         db.execute("INSERT INTO kept VALUES (2)")
     db.close()
     assert path.read_bytes() == before and _names(tmp_path) == ["a.db"]
+
+
+def test_a_database_closed_cleanly_is_read_on_a_full_disk(tmp_path: Path) -> None:
+    # SQLite made a.db-shm but could not give it its size ("disk I/O error"): `keytrail usage`,
+    # `cost`, `last-used` and `analyze` failed on the data dir of a node stopped by a full disk.
+    with small_filesystem(tmp_path / "disk") as disk:
+        _wal_database(disk / "a.db", left_in_wal=False)
+        filled(disk)
+        db = connect_read_only(disk / "a.db")
+        assert db.execute("SELECT x FROM kept").fetchall() == [(1,)]
+        db.close()
