@@ -12,6 +12,7 @@ the digest chain; docs/audit-events.md says what it cannot see without copies ke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,6 +41,9 @@ GENESIS = bytes(32)
 HASH_SIZE = 32
 # keytrail writes its digests, floor and public key in under 1 KB each.
 SMALL_FILE_BYTES = 1 << 20
+# The hashes the chain writer keeps before writing them to the sidecar (about a hundred records'):
+# a system call fewer per group commit.
+_UNSTORED_BYTES = 4096
 # The origin the digests of `keytrail audit import` name (signed, so whoever imports cannot pass
 # the records off as calls the node answered).
 IMPORT_ORIGIN = "audit import"
@@ -229,6 +233,8 @@ class ChainWriter:
         self._key = signing_key(paths)
         make_dirs(paths.digests)
         self._hashes = open(reserve(paths.hashes), "r+b")  # noqa: SIM115
+        self._unstored = bytearray()  # hashes chained but not yet written to the sidecar
+        self._stored = 0  # the sidecar's bytes that hold hashes: where the unstored go
         self._recover(log)
         self._last_time: datetime | None = None
 
@@ -246,13 +252,19 @@ class ChainWriter:
         chain = self._chain
         for record_hash in hashes:
             chain = chain_step(chain, record_hash)
-        # Buffered: written when the file's buffer fills (a few KB, about a hundred records) and at
-        # each digest, not with each group commit: a system call fewer per group. Never fsynced:
-        # rebuilt from the log after a crash. A live `verify` checks the records whose hashes are
-        # written (it stops where they stop).
-        self._hashes.write(b"".join(hashes))
+        # Kept until a few KB are (about a hundred records) and at each digest, not written with
+        # each group commit: a system call fewer per group. Never fsynced: rebuilt from the log
+        # after a crash. A live `verify` checks the records whose hashes are written (it stops
+        # where they stop).
         self._chain = chain
         self._end += len(hashes)
+        self._unstored += b"".join(hashes)
+        if len(self._unstored) >= _UNSTORED_BYTES:
+            # The records are in the log already: a sidecar the disk has no room for (it is full)
+            # must not fail their calls, nor every later one. Kept, the hashes go with the next
+            # write that works; a digest, which needs them on disk, fails until then (logged).
+            with contextlib.suppress(OSError):
+                self._store()
 
     def digest_due(self, now: datetime) -> bool:
         """True when an hour (the interval) has passed since the last digest, records waiting or
@@ -297,7 +309,7 @@ class ChainWriter:
         self._last_time = now
         if self._end == self._covered and not empty:
             return None
-        self._hashes.flush()
+        self._store()
         os.fsync(self._hashes.fileno())
         body = {
             "digestVersion": 1, "sequence": self._sequence, "startOffset": self._covered,
@@ -316,8 +328,18 @@ class ChainWriter:
         write_retention_floor(self.paths, offset, self._key)
 
     def close(self) -> None:
-        """Release the sidecar file."""
+        """Release the sidecar file (hashes it has no room for are made again from the log at the next open)."""
+        with contextlib.suppress(OSError):
+            self._store()
         self._hashes.close()
+
+    def _store(self) -> None:
+        """Write the hashes not yet in the sidecar, at their place in it (OSError, keeping those the
+        disk did not take, when it cannot)."""
+        while self._unstored:
+            written = os.pwrite(self._hashes.fileno(), self._unstored, self._stored)
+            del self._unstored[:written]
+            self._stored += written
 
     def _fingerprint(self) -> str:
         return fingerprint(self._key.public_key())
@@ -387,7 +409,7 @@ class ChainWriter:
         covered_hashes = self._hashes.read()
         for index in range(0, len(covered_hashes), HASH_SIZE):
             self._chain = chain_step(self._chain, covered_hashes[index:index + HASH_SIZE])
-        self._hashes.seek(0, os.SEEK_END)
+        self._stored = self._end * HASH_SIZE  # `add` writes on from here, past its file position's reach
         while self._end < end:
             batch = log.read(self._end, 4096)
             if not batch:

@@ -18,6 +18,7 @@ from keytrail.audit.spool import FSYNC_BUCKETS, GATHER_YIELDS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.kms.model import CallsInProgress
 from tests.support.audit_records import encrypt_call, fill_trail_async
+from tests.support.mounts import filled, small_filesystem
 from tests.support.waits import eventually
 
 
@@ -102,6 +103,26 @@ async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, m
     from keytrail.audit.integrity import verify
 
     assert verify(tmp_path) == []
+
+
+async def test_a_full_disk_under_the_integrity_sidecar_fails_no_call(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # The records were in the log when the hashes sidecar (audit/integrity/hashes.bin) had no room
+    # for their hashes: the spool failed for good, refusing every call until a restart, space or not.
+    (tmp_path / "audit").mkdir(mode=0o700)
+    with small_filesystem(tmp_path / "audit" / "integrity", "1m") as integrity:
+        async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+            filler = filled(integrity)
+            for i in range(400):  # hashes of a few KB: the sidecar is written to, and refuses them
+                await trail.record(encrypt_call(i))
+            assert trail.problem() is None
+            filler.unlink()
+            await trail.record(encrypt_call(400))
+        assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(401)]
+        from keytrail.audit.integrity import verify
+
+        assert verify(tmp_path) == []
+    assert not [r for r in caplog.records if r.name == "keytrail.audit.spool"]
 
 
 async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(
