@@ -350,7 +350,7 @@ class ChainWriter:
         self._covered = int(digest["endOffset"])
 
     def _load_last_digest(self) -> None:
-        paths = sorted(self.paths.digests.glob("*.json"))
+        paths = _listed_digests(self.paths.digests)
         if paths:  # only the newest one matters to the writer (`verify` reads them all)
             try:
                 last = json.loads(read_small(paths[-1]))
@@ -429,6 +429,21 @@ class ChainWriter:
                 hashes = [bytes(HASH_SIZE)] * min(gap, self._covered - self._end)
             self._hashes.write(b"".join(hashes))
             self._end += len(hashes)
+
+
+def _listed_digests(folder: Path) -> list[Path]:
+    """The digest files in `folder` in sequence order, none while it does not exist. One it cannot
+    list (no permission, a file in its place) is IntegrityFileUnusable: read as holding none, the
+    writer said the trail's signed digests were gone, and to move the trail aside."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(entry.path) for entry in entries
+                          if entry.name.endswith(".json") and not entry.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise IntegrityFileUnusable(f"cannot list the audit digests in {folder} ({exc.strerror or exc}): make it a "
+                                    "folder this user can read and write") from None
 
 
 def _next_segment(log: SegmentLog, offset: int, covered: int) -> int:

@@ -349,6 +349,28 @@ def test_a_trail_whose_digests_were_all_deleted_is_named_and_not_signed_again(da
         AuditTrail.open(AuditSettings(data_dir=data_dir))
 
 
+async def test_digests_that_cannot_be_listed_are_named_so_not_gone(data_dir: Path) -> None:
+    # Listed with glob, a digests folder the writer could not read (no permission, a file in its
+    # place) held no digest: "its signed digests are gone ... move the trail aside to start a new one".
+    import shutil
+
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    _, paths = audit_paths(data_dir)
+    shutil.move(paths.digests, data_dir / "kept")
+    paths.digests.write_text("x")
+    with pytest.raises(IntegrityFileUnusable) as refused:
+        AuditTrail.open(AuditSettings(data_dir=data_dir))
+    assert str(refused.value).startswith(f"cannot list the audit digests in {paths.digests} (Not a directory)")
+    assert "gone" not in str(refused.value)
+    paths.digests.unlink()
+    shutil.move(data_dir / "kept", paths.digests)
+    async with AuditTrail.open(AuditSettings(data_dir=data_dir)):  # the trail as it was
+        pass
+    assert verify(data_dir) == []
+
+
 def test_a_trail_refused_on_open_gets_no_signing_key(data_dir: Path) -> None:
     # The key was made before the checks refused the trail: kept, announced by nothing, and the
     # next refusal then said that only the digests were gone.
