@@ -320,8 +320,8 @@ def _hold(data_dir: Path) -> DataDirHold:
         return DataDirHold.take(data_dir)
     except DataDirBusy as exc:
         raise _fail(str(exc)) from None
-    except OSError as error:
-        raise _fail(f"--data-dir: cannot open {data_dir}: {error.strerror or error}") from None
+    except OSError as error:  # the data dir, or what of serve's it looks into (metrics/consumer.lock, say)
+        raise _fail(f"--data-dir: cannot open {error.filename or data_dir}: {error.strerror or error}") from None
 
 
 def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold) -> None:

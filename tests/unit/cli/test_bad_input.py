@@ -305,6 +305,15 @@ def test_serve_refuses_a_bare_mqtt_host_naming_the_url_to_type(tmp_path: Path) -
     assert not (tmp_path / "node").exists()
 
 
+def test_serve_names_the_part_of_its_data_dir_it_cannot_open(tmp_path: Path) -> None:
+    # A file where metrics/ should be said "--data-dir: cannot open <data dir>: Not a directory",
+    # naming the folder that opened, not the one that did not.
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "metrics").write_text("x")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0")
+    _one_line_error(result, f"keytrail serve: --data-dir: cannot open {tmp_path / 'node' / 'metrics'}")
+
+
 @pytest.mark.parametrize("bootstrap", ["kafka://broker:9092", "broker:9092/x", "bro ker:9092", "9092", "b:9092,"])
 def test_serve_refuses_a_malformed_kafka_bootstrap_before_starting(tmp_path: Path, bootstrap: str) -> None:
     result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--kafka", bootstrap)
