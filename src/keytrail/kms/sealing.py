@@ -144,7 +144,10 @@ class RootKey:
             raise RootKeyUnusable(f"no root key: {path} does not exist (nor ${ROOT_KEY_FILE_ENV} or ${ROOT_KEY_ENV}): "
                                   f"restore it, or name where it is kept in ${ROOT_KEY_FILE_ENV}")
         if not path.exists():
-            write_root_key_file(path, os.urandom(32))
+            try:
+                write_root_key_file(path, os.urandom(32))
+            except OSError as error:  # a full disk said bare "No space left on device", naming no file
+                raise RootKeyUnusable(f"cannot create the root key file {path}: {error.strerror or error}") from None
         return cls.from_file(path, "restore it from a backup")
 
     @classmethod

@@ -70,3 +70,14 @@ def test_a_root_key_file_that_cannot_be_read_is_named_as_the_root_key_file(
     with pytest.raises(sealing.RootKeyUnusable) as info:
         RootKey.load(tmp_path / "data")
     assert str(info.value) == f"cannot read the root key file {tmp_path}: Is a directory"
+
+
+def test_a_root_key_the_disk_has_no_room_for_is_named(tmp_path: Path) -> None:
+    # `keytrail serve` on a full disk said "No space left on device", naming no file.
+    from tests.support.mounts import filled, small_filesystem
+
+    with small_filesystem(tmp_path / "disk") as disk:
+        filled(disk)
+        with pytest.raises(OSError, match=f"cannot create the root key file {disk / 'root.key'}: No space left"):
+            RootKey.load(disk)
+        assert sorted(path.name for path in disk.iterdir()) == ["filler"]
