@@ -92,9 +92,14 @@ def write_principals(path: Path, principals: dict[str, DemoPrincipal]) -> Path:
         if entry.session_name:
             lines.append(f'session_name = "{entry.session_name}"')
         lines.append(f"policies = ['''{json.dumps(policy)}''']")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    except OSError as error:
+        # A full disk left it empty, and the data dir then "not empty" to the next run of the demo.
+        path.unlink(missing_ok=True)
+        raise DemoError(f"cannot write the principals file {path}: {error.strerror or error}") from None
     return path
 
 
