@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["connect_read_only", "missing_tables_as_empty"]
+__all__ = ["connect_read_only", "missing_tables_as_empty", "sqlite_problem"]
 
 _TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 
@@ -42,6 +42,14 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
             f"{path.name}-shm, which it cannot create here (a read-only folder, or a full disk): copy the "
             "data dir somewhere writable and read that copy")
     return _connect(path, "immutable=1")
+
+
+def sqlite_problem(exc: sqlite3.Error) -> str:
+    """SQLite's reason for `exc`, for a one-line complaint. Its "disk I/O error" when it could not give
+    a -shm file its size is, as a rule, a full disk, not a failing one: said so."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_IOERR_SHMSIZE:
+        return f"{exc} (no room for its -shm file: is the disk full?)"
+    return str(exc)
 
 
 def _shm_refused(exc: sqlite3.OperationalError) -> bool:

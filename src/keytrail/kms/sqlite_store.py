@@ -59,7 +59,7 @@ from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
-from keytrail.read_only_db import connect_read_only, missing_tables_as_empty
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_problem
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
 
@@ -118,7 +118,7 @@ def _open_error(path: Path, exc: sqlite3.Error) -> OSError:
     """What keeps keys.db from opening: damage, or (a full disk, say) not, when restoring a backup
     over the file would lose keys."""
     if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
-        return OSError(f"cannot open the key store {path}: {exc}")
+        return OSError(f"cannot open the key store {path}: {sqlite_problem(exc)}")
     return KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup")
 
 

@@ -25,7 +25,7 @@ from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, Shape, UsageFiles
-from keytrail.read_only_db import connect_read_only, missing_tables_as_empty
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_problem
 
 __all__ = ["SEGMENT_LOG_PARTITION", "PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
 
@@ -89,7 +89,7 @@ def _open_error(path: Path, exc: sqlite3.DatabaseError) -> OSError:
     """What keeps the state file at `path` from opening: damage, or (a full disk, say) not, when
     the file is fine and moving it aside would lose it."""
     if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
-        return OSError(f"cannot open the metrics state file {path}: {exc}")
+        return OSError(f"cannot open the metrics state file {path}: {sqlite_problem(exc)}")
     return StateFileDamaged(path, exc)
 
 

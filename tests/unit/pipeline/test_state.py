@@ -202,3 +202,16 @@ def test_usage_as_categories_is_the_string_table_in_the_same_order(tmp_path: Pat
         assert all(compact.schema[name] == pl.Categorical for name in by)
         assert plain.height > 10
         assert compact.with_columns(pl.col(by).cast(pl.String)).equals(plain)
+
+
+def test_a_state_file_the_full_disk_has_no_room_for_says_so(tmp_path: Path) -> None:
+    # SQLite's bare "disk I/O error" (it could not size the -shm file) read as a failing disk.
+    from tests.support.mounts import filled, small_filesystem
+
+    with small_filesystem(tmp_path / "disk") as disk:
+        PartitionState(disk / "0.sqlite", owner=True).close()
+        filled(disk)
+        with pytest.raises(OSError) as refused:
+            PartitionState(disk / "0.sqlite", owner=True)
+    assert str(refused.value) == (f"cannot open the metrics state file {disk / '0.sqlite'}: disk I/O error (no room "
+                                  "for its -shm file: is the disk full?)")
