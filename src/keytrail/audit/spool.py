@@ -27,7 +27,7 @@ from keytrail.audit.integrity import ChainWriter
 from keytrail.audit.syncer import SyncHelper, SyncHelperGone
 from keytrail.kms.model import AuditUnavailable, CallsInProgress
 from keytrail.transport.frames import framed_size
-from keytrail.transport.segment_log import SegmentLog, TornWrite
+from keytrail.transport.segment_log import CutShort, SegmentLog, TornWrite
 
 __all__ = ["FSYNC_BUCKETS", "CommitStats", "Spool", "SpoolError"]
 
@@ -320,6 +320,12 @@ class Spool:
         active = self.segments.active_base
         try:
             first = self.segments.append(payloads)
+        except CutShort as exc:
+            # The records before a segment boundary are in the log, durable; the disk had no room
+            # for the rest. Hashed, they keep the chain whole, and the spool writes on once it can
+            # (it refused every record until a restart). Their calls are refused with the rest.
+            self.chain.add(expected, payloads[:exc.written])
+            raise _RecoverableWrite(str(exc)) from exc
         except OSError as exc:
             # Nothing of the batch stayed on disk (a TornWrite left bytes behind it could not cut).
             if self.segments.end_offset() == expected and not isinstance(exc, TornWrite):

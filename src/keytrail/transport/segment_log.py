@@ -31,7 +31,8 @@ from keytrail.owner_only import make_dirs, sync_folder
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
-    "Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "lock_held", "writer_active",
+    "CutShort", "Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "lock_held",
+    "writer_active",
 ]
 
 _SUFFIX = ".seg"
@@ -103,6 +104,15 @@ class TornWrite(OSError):
     appended after them would sit behind bytes that are no record (a restart would cut them)."""
 
 
+class CutShort(OSError):
+    """An append across a segment boundary that failed after its first `written` records were in
+    the log, synced as their segment closed (a disk full as the next segment took the rest)."""
+
+    def __init__(self, written: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror or str(error), error.filename)
+        self.written = written
+
+
 class SegmentLog:
     """An append-only log in `directory`; see the module docstring."""
 
@@ -114,6 +124,7 @@ class SegmentLog:
         self._fd = -1
         self._lock_fd = -1
         self._dirty_dir = False
+        self._synced_end = 0  # the end offset the last roll made durable
         if writable:
             _create_directory(self.directory)
             self._take_lock()
@@ -124,10 +135,24 @@ class SegmentLog:
     # --- writer ----------------------------------------------------------------------------------
 
     def append(self, payloads: Sequence[bytes]) -> int:
-        """Append records (not yet durable: call `sync`); return the offset of the first."""
+        """Append records (not yet durable: call `sync`); return the offset of the first. CutShort
+        when those before a segment boundary stay in the log, durable, and the rest could not follow."""
         if not all(payloads):  # readers take a frame of length 0 for a zero-filled tail, not a record
             raise ValueError("the event log takes no empty record")
         first = self.end_offset()
+        try:
+            self._append(payloads)
+        except TornWrite:
+            raise
+        except OSError as error:
+            written = self.end_offset() - first
+            # Readers may have read those records already: they stay, and their offsets are theirs.
+            if written and self._synced_end == self.end_offset():
+                raise CutShort(written, error) from error
+            raise
+        return first
+
+    def _append(self, payloads: Sequence[bytes]) -> None:
         active = self._segments[-1]
         chunks: list[bytes] = []
         positions: list[int] = []
@@ -142,7 +167,6 @@ class SegmentLog:
             positions.append(position)
             position += 8 + len(payload)
         self._publish(active, chunks, positions, position)
-        return first
 
     def _publish(self, segment: _Segment, chunks: list[bytes], positions: list[int], size: int) -> None:
         # Write first, then index: a reader in another thread never sees an unwritten record.
@@ -221,6 +245,7 @@ class SegmentLog:
         """Sync and close the active segment's descriptor, if open."""
         if self._fd >= 0:
             os.fsync(self._fd)
+            self._synced_end = self.end_offset()
             os.close(self._fd)
             # Forget the closed number before a new open: if that fails (no descriptor left, disk
             # full), the next roll or close must not fsync and close whatever file then got it.

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keytrail.transport import segment_log
-from keytrail.transport.segment_log import LogLockedError, SegmentLog
+from keytrail.transport.segment_log import CutShort, LogLockedError, SegmentLog
 
 
 def _payloads(count: int, size: int = 40) -> list[bytes]:
@@ -375,3 +375,23 @@ def test_a_new_log_folder_is_made_durable_in_its_parents(tmp_path: Path, monkeyp
     synced.clear()
     SegmentLog(tmp_path / "audit" / "log", writable=True).close()
     assert synced == []  # nothing created, nothing to sync
+
+
+def test_an_append_cut_short_at_a_segment_boundary_keeps_what_it_synced(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
+    real_open = os.open
+
+    def no_new_segment(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        if str(path).endswith(".seg"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(segment_log.os, "open", no_new_segment)
+    with pytest.raises(CutShort) as cut:
+        log.append(_payloads(12))  # more than a segment holds
+    assert 0 < cut.value.written == log.end_offset() < 12
+    monkeypatch.undo()
+    assert log.append(_payloads(2)) == cut.value.written  # the log goes on after them
+    log.sync()
+    assert SegmentLog(tmp_path).end_offset() == cut.value.written + 2

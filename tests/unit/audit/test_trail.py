@@ -125,6 +125,31 @@ async def test_a_full_disk_under_the_integrity_sidecar_fails_no_call(tmp_path: P
     assert not [r for r in caplog.records if r.name == "keytrail.audit.spool"]
 
 
+async def test_a_disk_that_fills_as_a_batch_rolls_to_a_new_segment_refuses_it_until_space_is_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The batch's records before the segment boundary were in the log, synced as their segment
+    # closed, when the new segment had no room for the rest: the spool refused every record until
+    # a restart, space or not.
+    with small_filesystem(tmp_path / "disk", "2m") as disk:
+        settings = AuditSettings(data_dir=disk / "node", segment_bytes=3000, fsync_helper=False)
+        async with AuditTrail.open(settings) as trail:
+            await trail.record(encrypt_call(0))
+            filler = filled(disk)
+            for batch in range(1, 4):  # each batch spans segments: the disk fills inside one
+                outcomes = await asyncio.gather(*(trail.record(encrypt_call(100 * batch + i)) for i in range(30)),
+                                                return_exceptions=True)
+                assert all(isinstance(outcome, SpoolError) for outcome in outcomes)
+            filler.unlink()
+            await trail.record(encrypt_call(1))
+            assert trail.problem() is None
+        ids = [e["eventID"] for _, e in iter_events(disk / "node")]
+        assert ids[0] == encrypt_call(0).event_id and ids[-1] == encrypt_call(1).event_id
+        from keytrail.audit.integrity import verify
+
+        assert verify(disk / "node") == []
+    assert "until restarted" not in caplog.text
+
+
 async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from keytrail.transport import segment_log
