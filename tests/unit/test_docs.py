@@ -60,3 +60,24 @@ def test_every_stop_before_copying_the_data_dir_waits_for_the_node_to_exit() -> 
     for line in stops:
         assert "while kill -0" in line, f"docs/operations.md: no wait for the exit after {line!r}"
     assert "pgrep -f 'keytrail serve')" not in (ROOT / "docs/operations.md").read_text()
+
+
+def test_every_condition_key_the_evaluator_answers_is_in_the_authorization_table() -> None:
+    # The table of docs/authorization.md is where a policy author looks up which keys keytrail
+    # fills; a key answered but not listed reads as one keytrail ignores (it missed
+    # kms:KeyAgreementAlgorithm and the deprecated kms:CustomerMasterKeySpec/Usage).
+    source = (ROOT / "src/keytrail/kms/condition_keys.py").read_text()
+    answered = {key.lower() for key in re.findall(r"\"((?:aws|kms):[A-Za-z]+/?)", source)}
+    page = (ROOT / "docs/authorization.md").read_text()
+    table = page[page.index("| key | where the value comes from |"):page.index("## Key policy documents")]
+    documented = {key.lower() for key in re.findall(r"`((?:aws|kms):[A-Za-z]+/?)", table)}
+    assert len(answered) > 30
+    assert answered <= documented, f"docs/authorization.md: condition keys not in its table: {answered - documented}"
+
+
+def test_the_layer_map_of_the_architecture_page_is_the_import_contract() -> None:
+    [contract] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = [layer.replace("keytrail.", "") for layer in contract["layers"]]
+    [drawn] = re.findall(r"```\n(cli .*)\n```", (ROOT / "docs/architecture.md").read_text())
+    assert [layer.strip() for layer in drawn.split("→")] == layers, \
+        "docs/architecture.md: the layer map differs from pyproject.toml's [tool.importlinter] layers"
