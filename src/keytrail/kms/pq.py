@@ -16,14 +16,18 @@ from keytrail.kms import errors
 from keytrail.kms.model import KeySpec
 
 __all__ = [
-    "KEM_CIPHERTEXT_BYTES", "ML_KEM_512_REFUSED", "decapsulate", "encapsulate", "generate_pkcs8",
-    "ml_dsa_sign", "ml_dsa_verify",
+    "KEM_CIPHERTEXT_BYTES", "decapsulate", "encapsulate", "generate_pkcs8",
+    "ml_dsa_sign", "ml_dsa_verify", "ml_kem_512_refused",
 ]
 
-ML_KEM_512_REFUSED = (
-    "KeySpec ML_KEM_512 is not supported by keytrail: no constant-time ML-KEM-512 implementation "
-    "is available to it. Use ML_KEM_768 or ML_KEM_1024."
-)
+
+def ml_kem_512_refused(member: str = "KeySpec") -> str:
+    """Why ML_KEM_512 is refused, naming the request's member as the SM2 refusal does: KeySpec
+    (CreateKey) or KeyPairSpec (GenerateDataKeyPair, whose caller sent no KeySpec)."""
+    return (f"{member} ML_KEM_512 is not supported by keytrail: no constant-time ML-KEM-512 implementation "
+            "is available to it. Use ML_KEM_768 or ML_KEM_1024.")
+
+
 _GENERATE: dict[KeySpec, Any] = {
     KeySpec.ML_DSA_44: mldsa.MLDSA44PrivateKey.generate,
     KeySpec.ML_DSA_65: mldsa.MLDSA65PrivateKey.generate,
@@ -39,7 +43,7 @@ _MU_BYTES = 64
 def generate_pkcs8(spec: KeySpec) -> bytes:
     """A new ML-DSA or ML-KEM private key as PKCS#8 DER (the 32/64-byte seed form)."""
     if spec is KeySpec.ML_KEM_512:
-        raise errors.UnsupportedOperationException(ML_KEM_512_REFUSED)
+        raise errors.UnsupportedOperationException(ml_kem_512_refused())
     generate = _GENERATE.get(spec)
     if generate is None:
         raise errors.UnsupportedOperationException(f"KeySpec {spec} is not supported.")

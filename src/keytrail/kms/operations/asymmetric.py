@@ -67,7 +67,7 @@ def _pair_spec(params: dict[str, Any], region: str) -> KeySpec:
     spec = KeySpec(params["KeyPairSpec"])
     asymmetric.check_offered_in_region("KeyPairSpec", spec, region)
     if spec is KeySpec.ML_KEM_512:
-        raise errors.UnsupportedOperationException(pq.ML_KEM_512_REFUSED)
+        raise errors.UnsupportedOperationException(pq.ml_kem_512_refused("KeyPairSpec"))
     refuse_recipient(params)
     return spec
 
