@@ -238,7 +238,9 @@ def consume(
     cloudtrail: Annotated[
         list[Path] | None, typer.Option(metavar=CLOUDTRAIL_METAVAR, help=f"Offline: {CLOUDTRAIL_HELP}")
     ] = None,
-    prices: Annotated[Path | None, typer.Option(help="TOML price table (Parquet cost table).")] = None,
+    prices: Annotated[Path | None, typer.Option(
+        help="TOML price table: the cost of the Parquet cost table and of --metrics-port's "
+             "keytrail_kms_cost_usd.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
     checkpoint_records: Annotated[
         int, typer.Option(help="Persist at least every N records.", min=1)
