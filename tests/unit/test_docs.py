@@ -81,3 +81,14 @@ def test_the_layer_map_of_the_architecture_page_is_the_import_contract() -> None
     [drawn] = re.findall(r"```\n(cli .*)\n```", (ROOT / "docs/architecture.md").read_text())
     assert [layer.strip() for layer in drawn.split("→")] == layers, \
         "docs/architecture.md: the layer map differs from pyproject.toml's [tool.importlinter] layers"
+
+
+def test_every_metric_family_the_code_renders_has_a_row_in_the_metrics_table() -> None:
+    # The families are named by string literals where they are rendered (pipeline/prometheus.py,
+    # cli/node.py, cli/metrics_endpoint.py); each needs its row in docs/metrics.md, whose table is
+    # what an operator writes alerts from.
+    rendered = {name for path in (ROOT / "src/keytrail").rglob("*.py")
+                for name in re.findall(r"\"(keytrail_[a-z_]+)\"", path.read_text())}
+    rows = set(re.findall(r"^\| `(keytrail_[a-z_]+)` \|", (ROOT / "docs/metrics.md").read_text(), flags=re.M))
+    assert len(rendered) >= 10
+    assert rendered <= rows, f"docs/metrics.md: no row for {sorted(rendered - rows)}"
