@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -52,7 +51,7 @@ __all__ = [
 ]
 
 # The package's schemas/ (a link to the repository's schemas/ in a checkout, a copy in a wheel).
-SCHEMA_DIR = Path(os.environ.get("KEYTRAIL_SCHEMA_DIR", Path(__file__).resolve().parents[1] / "schemas"))
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 SCHEMA_PATH = SCHEMA_DIR / "cloudtrail_event.avsc"
 MAGIC = b"\xc3\x01"
 _HEADER = 10
