@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "make_dirs", "open_file", "reserve", "reserve_anew", "within", "write_bytes"]
+__all__ = [
+    "DIR_MODE", "FILE_MODE", "make_dirs", "named", "open_file", "reserve", "reserve_anew", "sync_folder", "within",
+    "write_bytes",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -102,6 +106,19 @@ def sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def named(path: Path) -> Iterator[None]:
+    """OSErrors raised inside given `path` as their file name when they have none: a write, pwrite,
+    pread or fsync on a descriptor fails with no name ("[Errno 28] No space left on device"
+    alone), and the line that reports it must say which file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
 
 
 def within(path: Path, data_dir: Path) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.owner_only import make_dirs, open_file, reserve, reserve_anew, write_bytes
+from keytrail.owner_only import make_dirs, named, open_file, reserve, reserve_anew, write_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -76,3 +76,19 @@ def test_files_rewritten_through_a_temporary_are_0600_even_over_a_leftover_0644_
     ShippedOffset(shipped).advance(7)
     assert digest.read_bytes() == b"{}" and shipped.read_text() == "7"
     assert {oct(path.stat().st_mode & 0o777) for path in (digest, shipped)} == {"0o600"}
+
+
+def test_an_error_on_a_descriptor_is_given_the_file_it_was_about(tmp_path: Path) -> None:
+    """A write or fsync on a descriptor fails with no file name: the log said "[Errno 28] No space
+    left on device" and not which of the data dir's files."""
+    path = tmp_path / "digest.json"
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(IsADirectoryError) as raised, named(path):
+            os.read(fd, 1)
+    finally:
+        os.close(fd)
+    assert raised.value.filename == str(path) and str(raised.value).endswith(f": '{path}'")
+    with pytest.raises(FileNotFoundError) as kept, named(path):  # one that names its file keeps it
+        (tmp_path / "elsewhere").read_bytes()
+    assert kept.value.filename == str(tmp_path / "elsewhere")

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keytrail.owner_only import make_dirs, open_file, reserve, sync_folder
+from keytrail.owner_only import make_dirs, named, open_file, reserve, sync_folder
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
@@ -309,8 +309,9 @@ class ChainWriter:
         self._last_time = now
         if self._end == self._covered and not empty:
             return None
-        self._store()
-        os.fsync(self._hashes.fileno())
+        with named(self.paths.hashes):
+            self._store()
+            os.fsync(self._hashes.fileno())
         body = {
             "digestVersion": 1, "sequence": self._sequence, "startOffset": self._covered,
             "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -462,8 +463,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     temporary.unlink(missing_ok=True)  # one a crash left (or an older version made 0644) keeps its mode
     fd = open_file(temporary, os.O_WRONLY | os.O_TRUNC)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        with named(temporary):
+            os.write(fd, data)
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)

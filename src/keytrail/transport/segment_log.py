@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keytrail.owner_only import make_dirs, sync_folder
+from keytrail.owner_only import make_dirs, named, sync_folder
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
@@ -468,10 +468,8 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
     while len(segment.positions) < until:
         # Chunks, not one read of the whole: a large read is fresh memory each time (page
         # faults), where chunks reuse the same few freed blocks.
-        try:
+        with named(segment.path):  # pread's error has no file name ("Is a directory" alone)
             data = os.pread(fd, size, segment.size)
-        except OSError as exc:  # named: pread's error has no file name ("Is a directory" alone)
-            raise type(exc)(exc.errno, exc.strerror, str(segment.path)) from None
         verified = verified_prefix(data, segment.size, until - len(segment.positions), segment.positions)
         if verified and keep is not None:
             keep.append(memoryview(data)[:verified])
