@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,20 @@ from tests.support.allow_all import alice, allow_all_service
 
 async def test_many_slow_generations_leave_the_shared_thread_pool_free_and_past_the_bound_are_throttled() -> None:
     generations = SlowGenerations(threads=1, waiting=4)
-    release = threading.Event()
-    calls = [asyncio.ensure_future(generations.run(lambda: release.wait(5))) for _ in range(6)]
+    release, ran_on = threading.Event(), []
+
+    def generate() -> bool:
+        ran_on.append(threading.current_thread().name)
+        return release.wait(5)
+
+    calls = [asyncio.ensure_future(generations.run(generate)) for _ in range(6)]
     await asyncio.sleep(0.05)
-    started = time.monotonic()
-    assert await asyncio.to_thread(lambda: "free") == "free"  # not queued behind the generations
-    assert time.monotonic() - started < 1
+    assert await asyncio.to_thread(lambda: "free") == "free"
+    # answered while the generations still wait for `release`: not queued behind them
+    assert [call.done() for call in calls] == [False] * 4 + [True] * 2
     release.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
+    assert ran_on == ["keytrail-keygen_0"] * 4  # one after the other, on the generations' own thread
     refused = [r for r in results if isinstance(r, errors.ThrottlingException)]
     assert len(refused) == 2 and refused[0].message == THROTTLED
     assert results[:4] == [True] * 4
