@@ -49,6 +49,18 @@ class Stuck:
         await asyncio.Event().wait()
 
 
+class StuckUntil:
+    """A hook that takes the connection and answers nothing until `freed` is set."""
+
+    def __init__(self, freed: asyncio.Event) -> None:
+        self.freed = freed
+        self.alarms: list[Alarm] = []
+
+    async def deliver(self, alarm: Alarm) -> None:
+        await self.freed.wait()
+        self.alarms.append(alarm)
+
+
 class Broken:
     async def deliver(self, alarm: Alarm) -> None:
         raise RuntimeError("hook down")
@@ -544,19 +556,20 @@ async def test_an_alarm_taken_ahead_is_not_owed_to_the_hook_after_a_restart_befo
 
 
 async def test_closing_with_a_hook_down_ends_at_the_drain_timeout_and_its_outbox_keeps_the_alarms(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from keytrail.detect import sinks
     from keytrail.detect.sinks.outbox import Outbox
 
-    alarms = _alarms(3)
-    dispatcher = Dispatcher([Outage()], outboxes=[Outbox(tmp_path / "outbox.jsonl")], pause=(0.01, 30.0))
+    monkeypatch.setattr(sinks, "DRAIN_STALLED_SECONDS", 3600.0)  # the drain timeout ends it, not a stall
+    alarms, outage = _alarms(3), Outage()
+    dispatcher = Dispatcher([outage], outboxes=[Outbox(tmp_path / "outbox.jsonl")], pause=(30.0, 30.0))
     for alarm in alarms:
         dispatcher.publish(alarm)
-    await asyncio.sleep(0.1)  # down, and pausing (up to 30 s) before its next probe
-    started = asyncio.get_running_loop().time()
+    await eventually(lambda: outage.calls, what="the first delivery")  # down, and pausing 30 s before its next probe
     with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
         await dispatcher.close(timeout=0.3)
-    assert asyncio.get_running_loop().time() - started < 2
+    assert outage.calls == 1  # the close did not wait out the pause for the next probe
     assert "Outage (down; kept for the next start) 3" in caplog.text
     hook = Recorder()
     await Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")]).close()
@@ -584,17 +597,16 @@ async def test_closing_ends_the_drain_of_a_hook_that_takes_nothing_and_its_outbo
     from keytrail.detect.sinks.outbox import Outbox
 
     monkeypatch.setattr(sinks, "DRAIN_STALLED_SECONDS", 0.2)
-    alarms, slow = _alarms(6), Slow(0.05)
+    alarms, slow, freed = _alarms(6), Slow(0.05), asyncio.Event()
+    asyncio.get_running_loop().call_later(30, freed.set)  # a close waiting past the stall sees it take them all
     outboxes = [Outbox(tmp_path / "stuck.jsonl"), Outbox(tmp_path / "slow.jsonl")]
-    dispatcher = Dispatcher([Stuck(), slow], outboxes=outboxes)
+    dispatcher = Dispatcher([StuckUntil(freed), slow], outboxes=outboxes)
     for alarm in alarms:
         dispatcher.publish(alarm)
-    started = asyncio.get_running_loop().time()
     with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
-        await dispatcher.close(timeout=10)
-    assert asyncio.get_running_loop().time() - started < 2
+        await dispatcher.close(timeout=60)
     assert slow.alarms == alarms  # 0.3 s in all, past the stall time: a hook taking alarms is waited for
-    assert "Stuck (kept for the next start) 6" in caplog.text and "Slow" not in caplog.text
+    assert "StuckUntil (kept for the next start) 6" in caplog.text and "Slow" not in caplog.text
     hook = Recorder()
     await Dispatcher([hook], outboxes=[Outbox(tmp_path / "stuck.jsonl")]).close()
     assert hook.alarms == alarms
