@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.support.server import KeytrailServer
 from tests.support.waits import eventually_blocking
@@ -69,7 +69,7 @@ class Load:
                     client.encrypt(KeyId=self._key_id, Plaintext=b"load")
             except ClientError as error:  # an AWS error is an answer too, with its own record
                 reply = error.response
-            except Exception:  # the server died under us: this call got no answer
+            except BotoCoreError:  # the server died under us: this call got no answer
                 return
             self.answered.append(reply["ResponseMetadata"]["RequestId"])
             if self._pause:
