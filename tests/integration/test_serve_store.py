@@ -88,9 +88,10 @@ def test_metrics_answer_while_the_key_store_hangs(tmp_path: Path, database: str)
     try:
         server.client("alice").create_key()
         relay.hold()  # the database neither answers nor drops the connection
-        started = time.monotonic()
         status, body = server.get("/metrics")
-        assert status == 200 and time.monotonic() - started < 5, body[-500:]
+        assert status == 200, body[-500:]
+        # left out for the scrape's own bound on the inventory, not the store's later error
+        assert "keytrail_kms_keys left out, the key store did not answer in" in server.log.read_text()
         assert "keytrail_audit_committed_records_total" in body.decode()
         assert "keytrail_kms_keys" not in body.decode()
         relay.release()
