@@ -49,11 +49,16 @@ async def test_a_key_whose_due_work_fails_leaves_the_keys_after_it_their_rotatio
     sink = node.svc.deps.audit
     keep, refuse = sink.record, _RefusingSink("RotateKey").record
 
+    refused: list[str] = []
+
     async def refuse_the_first_key(record: CallRecord) -> None:
+        if first.arn in record.resources and record.event_name == "RotateKey":
+            refused.append(record.event_name)
         await (refuse if first.arn in record.resources else keep)(record)
 
     sink.record = refuse_the_first_key  # type: ignore[method-assign]
     await node.svc.run_due()  # logged, not raised: the scheduler's tick goes on
+    assert refused and len(others) == 2  # the first key's due work did fail: the test is not vacuous
     for key in others:
         rotations = (await node("ListKeyRotations", KeyId=key.key_id))["Rotations"]
         assert [r["RotationType"] for r in rotations] == ["AUTOMATIC"]
