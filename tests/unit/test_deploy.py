@@ -63,6 +63,7 @@ def test_keytrail_services_get_longer_than_their_own_stop_takes_before_docker_ki
     """Docker's default is 10 s, then SIGKILL: a node stopping while a dependency is away (its
     children's 15 s, the hooks' 10 s drain) was killed before its closing digest."""
     services = compose()["services"]
+    assert keytrail_services()
     for name in keytrail_services():
         grace = str(services[name].get("stop_grace_period", "10s"))
         assert grace.endswith("s") and int(grace[:-1]) >= 20, f"{name}: stop_grace_period {grace}"
@@ -90,9 +91,10 @@ def test_published_ports_are_on_loopback_only() -> None:
 def test_one_detector_judges_the_whole_topic() -> None:
     """The API nodes leave detection to the standalone detector: otherwise each node would raise
     its own copy of every alarm."""
-    for name, command in keytrail_services().items():
-        if command[0] == "serve":
-            assert "--no-detector" in command and "--kafka" in command, name
+    nodes = {name: command for name, command in keytrail_services().items() if command[0] == "serve"}
+    assert len(nodes) == 2  # keytrail-1 and keytrail-2
+    for name, command in nodes.items():
+        assert "--no-detector" in command and "--kafka" in command, name
 
 
 @functools.cache
@@ -214,7 +216,9 @@ def test_the_cost_panels_take_the_systems_cost_from_the_standalone_consumer_not_
     of them; the nodes' sum stands in only where Prometheus scrapes no such consumer (one node)."""
     job = _consumer_job()
     cost = r"keytrail_kms_cost_usd\{([^}]*)\}"
-    for query in _queries_of("keytrail_kms_cost_usd"):
+    queries = _queries_of("keytrail_kms_cost_usd")
+    assert queries  # the cost panels are there to check
+    for query in queries:
         consumer, *rest = re.findall(rf"(\w+) by \(account\) \({cost}\)(?: unless on\(\) up\{{([^}}]*)\}})?", query)
         assert consumer == ("max", f'job="{job}"', ""), query  # its replicas share a data dir: each reports all
         assert rest == [("sum", f'job!="{job}"', f'job="{job}"')], query  # the nodes, only without a consumer
