@@ -113,9 +113,9 @@ def test_identity_policies_must_not_name_principals() -> None:
 
 
 def test_identity_policy_without_principal_parses() -> None:
-    parse_policy(
-        json.dumps({"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}), "identity"
-    )
+    document = {"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
+    assert parse_policy(json.dumps(document), "identity") == document
+    assert "Principal" in malformed(document)  # as a key policy, the same document is refused
 
 
 def test_size_limit_is_32_kb() -> None:
