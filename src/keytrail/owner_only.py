@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
-    "DIR_MODE", "FILE_MODE", "make_dirs", "named", "open_file", "reserve", "reserve_anew", "sync_folder", "within",
-    "write_bytes",
+    "DIR_MODE", "FILE_MODE", "make_dirs", "named", "open_file", "replace_whole", "reserve", "reserve_anew",
+    "sync_folder", "within", "write_bytes",
 ]
 
 DIR_MODE = 0o700

@@ -1,4 +1,6 @@
-"""What every command shares at the terminal: one-line errors and time options."""
+"""What the commands share: one-line errors; checks of numbers, times, paths and Kafka and MQTT
+addresses; SIGTERM unwound as Ctrl-C; listening sockets; no core dumps; and the event log's damage,
+said rather than an answer from part of it."""
 
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ import typer
 from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
-__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "bootstrap_problem", "cloudtrail_paths",
-           "counted",
-           "fail", "listen_probe", "listen_problem", "listening_sockets", "missing_paths", "mqtt_password_warning",
-           "mqtt_problem",
-           "no_core_dumps", "number_in_range", "os_problem", "parse_time", "url_password"]
+__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
+           "bootstrap_problem", "cloudtrail_paths", "counted", "event_log_damage", "fail", "interrupted_status",
+           "listen_probe", "listen_problem", "listening_sockets", "missing_paths", "mqtt_password_warning",
+           "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time", "parse_window",
+           "since_after_default_end", "terminate_as_interrupt", "url_password"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
