@@ -89,12 +89,14 @@ def _resource_arns(event: dict[str, Any]) -> str:
     return ",".join(arn for arn in arns if isinstance(arn, str)) or "-"
 
 
-def _events(data_dir: Path, start: int = 0, log: Any = None) -> Any:
+def _events(data_dir: Path, log: SegmentLog) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(offset, CloudTrail record) of every event `log` holds, oldest first; an unreadable record
+    ends the command, naming it."""
     from keytrail.audit.cloudtrail_files import iter_events
     from keytrail.audit.schema import SchemaError
 
     try:
-        yield from iter_events(data_dir, start, log=log)
+        yield from iter_events(data_dir, log=log)
     except SchemaError as exc:
         _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
 
@@ -104,7 +106,7 @@ def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--
     """Print the stored events, one CloudTrail JSON record per line, oldest first."""
     _require_log(data_dir)
     log = _reader(data_dir)
-    for _, event in _events(data_dir, log=log):
+    for _, event in _events(data_dir, log):
         sys.stdout.write(_line(event, fmt) + "\n")
     _require_whole_log(data_dir, log)
 
