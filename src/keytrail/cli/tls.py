@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -12,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keytrail.owner_only import open_file, write_bytes
+from keytrail.owner_only import write_bytes
 
 __all__ = ["dev_certificate_usable", "self_signed_certificate"]
 
@@ -23,7 +22,7 @@ _RENEW_BEFORE = datetime.timedelta(days=1)
 def dev_certificate_usable(directory: Path, host: str, now: datetime.datetime | None = None) -> bool:
     """Whether the certificate in `directory` still serves `host`: not (about to be) expired, and
     naming it (a node restarted with another --host needs another certificate)."""
-    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    cert_path, key_path = _paths(directory)
     if not (cert_path.is_file() and key_path.is_file()):
         return False
     try:
@@ -39,7 +38,7 @@ def self_signed_certificate(directory: Path, host: str,
                             now: datetime.datetime | None = None) -> tuple[Path, Path]:
     """Write (when none is usable: `dev_certificate_usable`) and return a certificate and key
     valid for a year for localhost and `host`."""
-    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    cert_path, key_path = _paths(directory)
     if dev_certificate_usable(directory, host, now):
         return cert_path, key_path
     key = ec.generate_private_key(ec.SECP256R1())
@@ -53,12 +52,15 @@ def self_signed_certificate(directory: Path, host: str,
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(key, hashes.SHA256())
     )
-    fd = open_file(key_path, os.O_WRONLY | os.O_TRUNC)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    write_bytes(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
     write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _paths(directory: Path) -> tuple[Path, Path]:
+    """The dev certificate's file and its key's, in `directory`."""
+    return directory / "tls-cert.pem", directory / "tls-key.pem"
 
 
 def _subject_names(host: str) -> list[x509.GeneralName]:
