@@ -321,7 +321,7 @@ async def start_node(node: Node) -> None:
     is due. If that fails, what did start is stopped again (the key store closed) and StartFailed
     says what failed, so that serve can report it in one line and leave the data dir as it was."""
     try:
-        await _start(node, node.app.credentials)
+        await _start(node)
     except BaseException as exc:
         await stop_node(node, quiet=True)
         if isinstance(exc, Exception) and not isinstance(exc, StartFailed):
@@ -333,14 +333,24 @@ async def stop_node(node: Node, *, quiet: bool = False) -> None:
     """Stop the node: background tasks; children, consumer, detector and the audit trail's last
     records (its final digest) and shipping side by side; the audit trail's files; then the key
     store. A part that fails to stop is logged (unless `quiet`: a failed start, whose own failure
-    is the one to report) and the rest still stop."""
-    await _stop(node, quiet=quiet)
+    is the one to report) and the rest still stop; each stage's parts stop side by side, stage
+    after stage (`_stop_stages`)."""
+
+    async def stop_part(name: str, stop: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await stop()
+        except Exception as exc:
+            if not quiet:
+                log.error("stopping the node: %s: %s", name, _reason(exc))
+
+    for stage in _stop_stages(node):
+        await asyncio.gather(*(stop_part(name, stop) for name, stop in stage))
 
 
-async def _start(node: Node, credentials: CredentialStore) -> None:
+async def _start(node: Node) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, _reload_principals, credentials)
+        loop.add_signal_handler(signal.SIGHUP, _reload_principals, node.app.credentials)
     if node.audit is not None:
         with _part("the audit trail"):
             await node.audit.start()
@@ -504,21 +514,6 @@ async def _scheduler(node: Node) -> None:
             log.exception("scheduled key maintenance failed")
             continue
         refusal.ran()
-
-
-async def _stop(node: Node, *, quiet: bool) -> None:
-    """Stop each stage's parts side by side, stage after stage; a part that fails is logged
-    (unless `quiet`) and the rest still stop."""
-
-    async def stop_part(name: str, stop: Callable[[], Awaitable[object]]) -> None:
-        try:
-            await stop()
-        except Exception as exc:
-            if not quiet:
-                log.error("stopping the node: %s: %s", name, _reason(exc))
-
-    for stage in _stop_stages(node):
-        await asyncio.gather(*(stop_part(name, stop) for name, stop in stage))
 
 
 _Part = tuple[str, Callable[[], Awaitable[object]]]
