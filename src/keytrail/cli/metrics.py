@@ -225,8 +225,6 @@ def last_used(
     emit(frame, LAST_USED_FIELDS, output)
 
 
-
-
 def consume(
     ctx: typer.Context,
     data_dir: DataDir = Path("keytrail-data"),
@@ -385,6 +383,7 @@ def _serving_metrics(sock: socket.socket | None, consumer: MetricsConsumer) -> A
 def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: list[str]) -> Any:
     from keytrail.pipeline.query import state_dir
     from keytrail.pipeline.sources import CloudTrailFilesSource
+    from keytrail.reports.progress import Progress
     from keytrail.transport.cloudtrail_logs import iter_log_files
 
     def problem(text: str) -> None:
@@ -392,35 +391,18 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: lis
         typer.echo(f"skipped: {text}", err=True)  # worded as audit import, report and detect say it
 
     files = list(iter_log_files(paths, problem))
-    bar = Progress(len(files), "files")
+    bar = Progress("files", enabled=len(files) > 1 and sys.stderr.isatty())  # one file: nothing to follow
+    done = 0
 
     def advance(count: int) -> None:
-        bar.advance(count)
-        if bar.done == len(files):
+        nonlocal done
+        done += count
+        bar.update(done, len(files))
+        if done == len(files):
             bar.close()
 
     return CloudTrailFilesSource(files, state_dir(settings.data_dir), max_records=settings.max_records,
                                  on_problem=problem, progress=advance)
-
-
-class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal or forced."""
-
-    def __init__(self, total: int, unit: str, stream: Any = None) -> None:
-        self.total, self.unit, self.done = max(total, 1), unit, 0
-        self.stream = stream or sys.stderr
-        self.enabled = total > 1 and self.stream.isatty()
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self.enabled:
-            filled = int(30 * self.done / self.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.unit}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
 
 
 # --- output ------------------------------------------------------------------------------------------
