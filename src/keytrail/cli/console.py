@@ -12,10 +12,11 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -23,11 +24,14 @@ import typer
 from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
+if TYPE_CHECKING:
+    from keytrail.pipeline.prices import PriceTable
+
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
            "bootstrap_problem", "cloudtrail_paths", "counted", "event_log_damage", "fail", "interrupted_status",
            "listen_probe", "listen_problem", "listening_sockets", "missing_paths", "mqtt_password_warning",
            "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time", "parse_window",
-           "since_after_default_end", "terminate_as_interrupt", "url_password"]
+           "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -202,6 +206,20 @@ def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) ->
     if more and not named:
         raise fail(f"unexpected argument(s) {' '.join(more)}: CloudTrail log files go after --cloudtrail", command)
     return [*named, *map(Path, more)] if named else None
+
+
+def price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:
+    """`--prices` (the defaults without it), with AWS's 20,000 free requests a month if `free_tier`
+    and the table gives none; one line naming the option when it cannot be read."""
+    from keytrail.pipeline.prices import PriceTable, load_price_table
+
+    try:
+        table = load_price_table(path) if path else PriceTable()
+    except OSError as error:
+        raise fail(f"--prices: {os_problem(error)}", command) from None
+    except ValueError as error:
+        raise fail(f"--prices: {error}", command) from None
+    return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
 
 
 def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:

@@ -29,13 +29,12 @@ from keytrail.cli.console import (
     fail,
     missing_paths,
     number_in_range,
-    os_problem,
     parse_window,
+    price_table,
     since_after_default_end,
 )
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
-from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
 
 # polars, the metrics state and the consumer load with the command that uses them, not with
@@ -159,7 +158,7 @@ def cost(
 ) -> None:
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""
     names = parse_by(by, ("key", "account"), COST)
-    table = _price_table(prices, free_tier, COST)
+    table = price_table(prices, free_tier, COST)
     low, high = parse_window(since, until, COST)
     store = open_store(data_dir, COST)
     keys = [_DIMENSIONS[n] for n in names]
@@ -186,18 +185,6 @@ def cost(
         typer.echo(storage_note(len(unseen)), err=True)
     if end is not None and end.late:
         typer.echo(ahead_note(end), err=True)
-
-
-def _price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:
-    try:
-        table = load_price_table(path) if path else PriceTable()
-    except OSError as error:
-        raise fail(f"--prices: {os_problem(error)}", command) from None
-    except ValueError as error:
-        raise fail(f"--prices: {error}", command) from None
-    if free_tier and not table.free_tier_requests:
-        table = PriceTable(**{**table.__dict__, "free_tier_requests": 20_000})
-    return table
 
 
 def last_used(
@@ -266,7 +253,7 @@ def consume(
         idle_seconds=exit_when_idle,
         max_records=batch_size,
         checkpoint_records=checkpoint_records,
-        prices=_price_table(prices, False, CONSUME),
+        prices=price_table(prices, False, CONSUME),
     )
     if kafka and cloudtrail:  # one source per run: either alone would silently win
         raise fail("--kafka and --cloudtrail name two sources: give one", CONSUME)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,13 +20,12 @@ from keytrail.cli.console import (
     fail,
     interrupted_status,
     missing_paths,
-    os_problem,
     parse_window,
+    price_table,
     since_after_default_end,
     terminate_as_interrupt,
 )
 from keytrail.owner_only import within
-from keytrail.pipeline.prices import PriceTable, load_price_table
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.progress import Progress
 
@@ -81,7 +79,7 @@ def report(
     log, name, default_alarms = _input(data_dir, cloudtrail)
     low, high = parse_window(since, until, "keytrail report")
     options = ReportOptions(since=low, until=high,
-                            prices=_price_table(prices, free_tier), unused_days=unused_days,
+                            prices=price_table(prices, free_tier, "keytrail report"), unused_days=unused_days,
                             alarms=alarms or default_alarms, source_name=name,
                             data_dir=None if cloudtrail else data_dir or Path("keytrail-data"))
     if alarms is not None and not alarms.is_file():
@@ -133,16 +131,6 @@ def _require_whole_log(data_dir: Path) -> None:
     rather than hand over a report of part of the trail as if it were all of it."""
     if problem := event_log_damage(data_dir):
         raise report_fail(f"{problem}; the report covers the records before it", code=1)
-
-
-def _price_table(path: Path | None, free_tier: bool) -> PriceTable:
-    try:
-        table = load_price_table(path) if path else PriceTable()
-    except OSError as error:
-        raise report_fail(f"--prices: {os_problem(error)}") from None
-    except ValueError as error:
-        raise report_fail(f"--prices: {error}") from None
-    return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
 
 
 def _input(data_dir: Path | None, cloudtrail: list[Path] | None) -> tuple[Path | None, str, Path | None]:
