@@ -6,10 +6,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 
+from keytrail.cli.console import url_password
 from keytrail.config import ServeSettings
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
@@ -121,10 +121,5 @@ def _problem(exc: Exception, url: str) -> str:
 
 def without_password(text: str, url: str | None) -> str:
     """`text` with the password of the --store `url` (if any) replaced by ***."""
-    if url is None:
-        return text
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
+    password = url_password(url) if url is not None else None
     return text.replace(password, "***") if password else text
