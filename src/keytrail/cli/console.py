@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from keytrail.pipeline.prices import PriceTable
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
-           "bootstrap_problem", "cloudtrail_paths", "counted", "event_log_damage", "fail", "interrupted_status",
-           "listen_probe", "listen_problem", "listening_sockets", "missing_paths", "mqtt_password_warning",
-           "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time", "parse_window",
-           "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password"]
+           "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail",
+           "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
+           "mqtt_password_warning", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time",
+           "parse_window", "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -125,15 +125,26 @@ def listen_problem(error: OSError | UnicodeError) -> str:
 
 
 def listen_probe(host: str, port: int) -> int:
-    """Bind host:port as the server will (SO_REUSEADDR, as uvicorn does) and let go; the port bound
-    (a free one for 0). Raises OSError, socket.gaierror for an unknown host, or UnicodeError for a
-    host that is no valid name, when it cannot."""
+    """Bind host:port as the server will and let go (`bound_socket`); the port bound (a free one
+    for 0)."""
+    with bound_socket(host, port) as probe:
+        return int(probe.getsockname()[1])
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port's first address (SO_REUSEADDR, as uvicorn binds), not listening
+    yet. Raises OSError, socket.gaierror for an unknown host, or UnicodeError for a host that is no
+    valid name, when it cannot, with the socket closed."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
-        return int(probe.getsockname()[1])
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:

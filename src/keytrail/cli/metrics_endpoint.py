@@ -12,11 +12,11 @@ from typing import Any
 
 import uvicorn
 
-from keytrail.cli.console import listen_problem
+from keytrail.cli.console import bound_socket, listen_problem
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 
-__all__ = ["listen_socket", "metrics_endpoint", "metrics_socket", "render_alarm_counts"]
+__all__ = ["metrics_endpoint", "metrics_socket", "render_alarm_counts"]
 
 Send = Callable[[dict[str, Any]], Any]
 
@@ -30,27 +30,12 @@ def render_alarm_counts(counts: Mapping[tuple[str, str], int], rules: Iterable[s
                          (({"rule": r, "severity": s}, n) for (r, s), n in sorted(every.items())))
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port (SO_REUSEADDR, as uvicorn binds), made before anything starts so
-    that a port in use is the command's one-line error; OSError when it cannot be bound."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def metrics_socket(host: str, port: int) -> socket.socket:
-    """`listen_socket` for `--metrics-host`/`--metrics-port`; ValueError with the command's one-line
-    complaint when it cannot be bound (a port in use, an unknown host: socket.gaierror is an OSError;
-    a host that is no valid name)."""
+    """`bound_socket` for `--metrics-host`/`--metrics-port`, made before anything starts; ValueError
+    with the command's one-line complaint when it cannot be bound (a port in use, an unknown host:
+    socket.gaierror is an OSError; a host that is no valid name)."""
     try:
-        return listen_socket(host, port)
+        return bound_socket(host, port)
     except (OSError, UnicodeError) as exc:
         raise ValueError(f"--metrics-port: cannot listen on {host}:{port} ({listen_problem(exc)})") from None
 
