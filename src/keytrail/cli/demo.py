@@ -183,9 +183,8 @@ def _progress(message: str) -> None:
 
 
 def _port(port: int | None) -> int:
-    """The port asked for (it must be free now), or a free one."""
-    if port is not None and not 0 < port < 65536:
-        raise fail(f"--port: {port} is not a TCP port (1-65535)")
+    """The port asked for (it must be free now; the option's min and max keep it in 1-65535), or a
+    free one."""
     try:
         return console.listen_probe("127.0.0.1", port or 0)
     except OSError as error:
