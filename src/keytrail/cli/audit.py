@@ -118,10 +118,8 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
          interval: float = typer.Option(0.2, "--interval", callback=number_in_range(0, above=True),
                                         help="Seconds between polls.")) -> None:
     """Show the last events and follow new ones as they are written (Ctrl-C or SIGTERM stops)."""
-    from keytrail.audit.trail import audit_paths
-
     _require_log(data_dir)
-    followed = _FollowedLog(audit_paths(data_dir)[0])
+    followed = _FollowedLog(event_log_dir(data_dir))
     # Counted by a reader of its own: the follower's index would cover the records from `offset` on
     # before it reads them, and read them back as indexed, unchecked, were the file cut meanwhile.
     counted = SegmentLog(followed.directory)
@@ -454,9 +452,7 @@ def _require_whole_log(data_dir: Path, log: SegmentLog) -> None:
 
 
 def _require_log(data_dir: Path) -> None:
-    from keytrail.audit.trail import audit_paths
-
-    if not audit_paths(data_dir)[0].is_dir():  # a file in its place is no log either
+    if not event_log_dir(data_dir).is_dir():  # a file in its place is no log either
         _fail(f"no audit event log in {data_dir} (is --data-dir right?)")
 
 
