@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import typer
 
@@ -195,11 +195,20 @@ def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:
 
 
 def url_password(url: str) -> str | None:
-    """The password a URL names (`scheme://USER:PASS@HOST`), if any."""
+    """The password a URL names, if any: `scheme://USER:PASS@HOST`, or a `password=` query
+    parameter (libpq reads one there too: `postgresql:///db?host=h&password=…`), as written."""
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
+        password = parts.password
     except ValueError:  # "[bad": the option's own check says what is wrong with it
         return None
+    if password:
+        return password
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote(name) == "password" and value:
+            return value
+    return None
 
 
 def mqtt_password_warning(mqtt: str | None) -> str | None:

@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import asyncpg
 
@@ -102,7 +103,7 @@ async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
 @contextlib.contextmanager
 def _unavailable_unless_opened(url: str) -> Iterator[None]:
     """PostgreSQL's refusals as StoreUnavailable, naming the database without its user and password."""
-    where = url.split("@")[-1]  # never the user and password before the "@"
+    where = without_password(url.split("@")[-1], url)  # never the user before the "@", nor a password
     try:
         yield
     except LedgerMismatch as exc:  # an OSError too: open_store tells it apart
@@ -120,6 +121,9 @@ def _problem(exc: Exception, url: str) -> str:
 
 
 def without_password(text: str, url: str | None) -> str:
-    """`text` with the password of the --store `url` (if any) replaced by ***."""
+    """`text` with the password of the --store `url` (if any), as written and percent-decoded,
+    replaced by ***."""
     password = url_password(url) if url is not None else None
-    return text.replace(password, "***") if password else text
+    if not password:
+        return text
+    return text.replace(password, "***").replace(unquote(password), "***")

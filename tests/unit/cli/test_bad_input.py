@@ -753,6 +753,11 @@ def test_demo_names_a_data_dir_it_cannot_create(tmp_path: Path) -> None:
     ("postgresql://u:pw-SECRET@127.0.0.1:notaport/db", "127.0.0.1:notaport/db: invalid literal for int()"),
     ("postgresql://u:pw-SECRET@[bad/db", "[bad/db: Invalid IPv6 URL"),
     ("postgresql://u:pw-SECRET@127.0.0.1:1/db?sslmode=bogus", "127.0.0.1:1/db?sslmode=bogus: `sslmode` parameter"),
+    # A password in the query string (libpq takes one there) was repeated whole.
+    ("postgresql://u@127.0.0.1:1/db?password=pw-SECRET&sslmode=bogus",
+     "127.0.0.1:1/db?password=***&sslmode=bogus: `sslmode` parameter"),
+    ("postgresql:///db?host=127.0.0.1&port=1&password=pw%2DSECRET&sslmode=bogus",
+     "postgresql:///db?host=127.0.0.1&port=1&password=***&sslmode=bogus: `sslmode` parameter"),
 ])
 def test_serve_names_a_store_url_it_cannot_parse_without_its_password(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, complaint: str) -> None:
@@ -762,15 +767,16 @@ def test_serve_names_a_store_url_it_cannot_parse_without_its_password(
     assert "pw-SECRET" not in result.stderr + result.stdout
 
 
-def test_serve_warns_of_a_store_password_on_its_command_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url", ["postgresql://u:pw-SECRET@127.0.0.1:1/db",
+                                 "postgresql://u@127.0.0.1:1/db?password=pw-SECRET"])
+def test_serve_warns_of_a_store_password_on_its_command_line(tmp_path: Path, url: str) -> None:
     # Every user of the machine reads a command line (ps, /proc/<pid>/cmdline): serve says so.
-    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0",
-                       "--store", "postgresql://u:pw-SECRET@127.0.0.1:1/db")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--store", url)
     warning, error = result.stderr.splitlines()
     assert warning.endswith("WARNING keytrail: --store names the database password on the command line, where every "
                             "user of this machine can read it: give it in $PGPASSWORD or a passfile, or the whole URL "
                             "in $KEYTRAIL_STORE")
-    assert error.startswith("keytrail serve: cannot open the key store at 127.0.0.1:1/db: ")
+    assert error.startswith("keytrail serve: cannot open the key store at 127.0.0.1:1/db")
     assert result.returncode == 2 and "pw-SECRET" not in result.stderr + result.stdout
 
 
