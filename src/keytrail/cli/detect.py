@@ -417,11 +417,16 @@ def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[Ru
 
 
 def _time(text: str) -> datetime:
+    """--as-of in UTC: an offset taking it past year 1 or 9999 is refused here, not met as an
+    OverflowError (a traceback) wherever the time is first moved."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise BadInput(f"--as-of {text!r} is not an ISO-8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        raise BadInput(f"--as-of {text!r} is out of range in UTC") from None
 
 
 def _print(alarms: list[Alarm], fmt: str, over: str | None) -> None:

@@ -98,6 +98,9 @@ def test_offline_detect_over_files_with_no_kms_record_says_so(app: typer.Typer, 
         (["analyze", "--inventory", "/no/such/keys.json"], "--inventory: no such file or folder: /no/such/keys.json"),
         (["detect", "--kafka", "kafka:abc"], "--kafka: not HOST:PORT"),
         (["detect", "--cloudtrail", "{bad}", "--as-of", "yesterday"], "ISO-8601"),
+        # Moved to UTC past year 1 or 9999: an OverflowError's traceback.
+        (["detect", "--cloudtrail", "{bad}", "--as-of", "0001-01-01T00:00:00+01:00"], "out of range in UTC"),
+        (["detect", "--cloudtrail", "{bad}", "--as-of", "9999-12-31T23:59:59-01:00"], "out of range in UTC"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(
