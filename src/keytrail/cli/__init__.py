@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from keytrail.cli.commands import LazyGroup
+from keytrail.cli.commands import GROUPS, LazyGroup
 
 __all__ = ["app", "main"]
 
@@ -61,11 +61,12 @@ def main() -> None:
 
 
 def _command_path(args: list[str]) -> str:
-    """`keytrail <command>` (`keytrail audit <command>`) as the arguments name it: errors no command
-    caught still say which command failed, as the commands' own errors do."""
+    """`keytrail <command>` (`keytrail audit <command>`, `keytrail root-key rotate`: a group's
+    command) as the arguments name it: errors no command caught still say which command failed, as
+    the commands' own errors do."""
     words = ["keytrail"]
     for arg in args[:2]:
-        if arg.startswith("-") or (len(words) == 2 and words[1] != "audit"):
+        if arg.startswith("-") or (len(words) == 2 and words[1] not in GROUPS):
             break
         words.append(arg)
     return " ".join(words)

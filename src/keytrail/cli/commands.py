@@ -23,7 +23,7 @@ import typer
 from typer import _click as click  # typer's own copy of click, of which its commands are made
 from typer.core import TyperCommand, TyperGroup
 
-__all__ = ["COMMANDS", "LazyGroup", "load_module_commands"]
+__all__ = ["COMMANDS", "GROUPS", "LazyGroup", "load_module_commands"]
 
 
 class Listing(NamedTuple):
@@ -65,6 +65,9 @@ COMMANDS: dict[str, Listing] = {
     "root-key": Listing("keytrail.cli.root_key",
                         "The root key that seals all key material (docs/operations.md, \"Root key\")."),
 }
+
+# The COMMANDS that are groups of commands (`keytrail audit verify`), known without loading them.
+GROUPS = frozenset({"audit", "root-key"})
 
 
 def load_module_commands(module: str) -> dict[str, click.Command]:

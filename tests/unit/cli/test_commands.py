@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from keytrail.cli import app
-from keytrail.cli.commands import COMMANDS, load_module_commands, summary_command
+from keytrail.cli.commands import COMMANDS, GROUPS, load_module_commands, summary_command
 
 # What the command modules pull in, and none of the listing needs.
 HEAVY = {"polars", "boto3", "botocore", "uvicorn", "uvloop", "aiokafka", "asyncpg", "fastavro", "pyarrow"}
@@ -82,6 +82,12 @@ def test_the_commands_listed_are_those_the_modules_register() -> None:
         assert all(COMMANDS[name].module == module for name in commands)
         registered.extend(commands)
     assert sorted(registered) == sorted(COMMANDS)
+
+
+def test_the_groups_listed_are_the_commands_that_are_groups() -> None:
+    loaded = {name: command for module in dict.fromkeys(listing.module for listing in COMMANDS.values())
+              for name, command in load_module_commands(module).items()}
+    assert {name for name, command in loaded.items() if isinstance(command, TyperGroup)} == GROUPS
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

@@ -94,6 +94,7 @@ def test_help_shows_the_settings_file_tables_literally(command: list[str]) -> No
     (["audit", "export", "out"], "keytrail audit export"),
     (["--help"], "keytrail"),
     (["report", "usage"], "keytrail report"),
+    (["root-key", "rotate", "--help"], "keytrail root-key rotate"),  # said "keytrail root-key"
 ])
 def test_an_error_no_command_caught_names_the_command(args: list[str], path: str) -> None:
     from keytrail.cli import _command_path
