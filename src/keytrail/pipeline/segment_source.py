@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
 from keytrail.transport.segment_reader import SegmentReader
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
+
+log = logging.getLogger(__name__)
 
 
 class SegmentLogSource:
@@ -45,9 +48,14 @@ class SegmentLogSource:
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         reader = SegmentReader(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
+        began_again = False  # the log began again below the state's offset: the next batch says so
         while not self.stop.is_set():
             first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
             self._end = end
+            if end < self._offset:
+                self._read_from_start(end)
+                reader, began_again = SegmentReader(self.directory), True
+                continue
             if not values:
                 if not self.follow:
                     return
@@ -55,11 +63,26 @@ class SegmentLogSource:
                 continue
             # Offsets within a read are consecutive (the log numbers its records one by one).
             self._offset = first + len(values)
-            yield Batch(SEGMENT_LOG_PARTITION, range(first, self._offset), values=values, source_end=end)
+            yield Batch(SEGMENT_LOG_PARTITION, range(first, self._offset), values=values, source_end=end,
+                        began_again=began_again)
+            began_again = False
             if self.follow and len(values) < self.max_records and self._offset >= end:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
                 # aggregate, state) is shared by many events instead of paid per few calls.
                 await self._pause(self.gather_seconds)
+
+    def _read_from_start(self, end: int) -> None:
+        """The log ends below the offset the state covers: mostly another trail than the one counted
+        (the audit folder moved aside to start a new trail, as `keytrail serve` and `keytrail audit
+        verify` advise when a trail cannot be signed on, or restored from an older backup), whose
+        offsets name other records from 0 again. Read it from its start, as the Kafka source reads a
+        partition that began again, instead of waiting, blind to every call, until it grows past the
+        old trail's end. Records counted already (a torn tail cut back after a power loss, the same
+        trail) are known by their eventIDs and not counted twice."""
+        log.warning("the event log in %s ends at offset %d, below where this consumer reads (%d): a new trail "
+                    "(the audit folder moved aside or restored) or one cut back; reading it from its start",
+                    self.directory, end, self._offset)
+        self._offset = 0
 
     async def _pause(self, seconds: float) -> None:
         # Ends early on stop: shutting down need not wait out a gather.

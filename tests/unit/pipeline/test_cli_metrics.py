@@ -263,3 +263,25 @@ def test_a_data_dir_that_counted_nothing_yet_answers_as_an_empty_state_does(
     code, out, err = run(*query, "--data-dir", str(new), "--format", fmt)
     assert (code, out) == run(*query, "--data-dir", str(empty), "--format", fmt)[:2]
     assert err.startswith("note: 1 event of the event log in") and err.count("\n") == 1
+
+
+def test_a_new_trail_started_beside_the_metrics_of_the_old_one_is_counted(tmp_path: Path) -> None:
+    # `keytrail serve` and `audit verify` advise moving <data-dir>/audit aside to start a new trail
+    # (a trail that cannot be signed on, such as one an older keytrail crashed before its first
+    # digest); metrics/ stays. The new log's offsets start at 0 again, below the offset the state
+    # had counted to: the consumer waited there, and counted none of the new calls until the new
+    # log grew past the old one's end.
+    from keytrail.pipeline.segment_source import SegmentLogSource
+    from keytrail.transport.segment_log import event_log_dir
+    from tests.support.audit_records import fill_trail
+
+    fill_trail(tmp_path, 6)
+    # The old trail counted as `keytrail consume` counts it (the command's lock is this process's
+    # until it exits, so only one `consume` runs here).
+    asyncio.run(Runner(state_dir(tmp_path), SegmentLogSource(event_log_dir(tmp_path))).run())
+    (tmp_path / "audit").rename(tmp_path / "audit.old")
+    fill_trail(tmp_path, 2, first=100)
+    code, _, err = run("consume", "--data-dir", str(tmp_path), "--no-follow")
+    assert code == 0 and "2 counted" in err, err
+    code, out, _ = run("usage", "--data-dir", str(tmp_path), "--format", "json")
+    assert code == 0 and sum(row["count"] for row in lines(out)) == 8  # type: ignore[misc]

@@ -146,3 +146,17 @@ async def test_its_lag_is_known_from_its_first_read_when_nothing_is_left_to_read
 
 async def _batches_of(source: SegmentLogSource, start: int) -> list[Batch]:
     return [batch async for batch in source.batches(lambda partition: start)]
+
+
+async def test_a_log_that_ends_below_the_start_offset_is_read_from_its_start(tmp_path: Path) -> None:
+    # A new trail (the audit folder moved aside) numbers its records from 0 again, below the offset
+    # the metrics state covers: read from there, it was never counted.
+    log = SegmentLog(tmp_path, segment_bytes=400, writable=True)
+    log.append(_records(0, 10))
+    log.sync()
+    log.close()
+
+    batches = await _batches(tmp_path, 25)
+    assert [o for b in batches for o in b.offsets] == list(range(10))
+    assert [b.began_again for b in batches] == [True] + [False] * (len(batches) - 1)
+    assert await _batches(tmp_path, 10) == []  # read up to its end: nothing again, nothing began again
