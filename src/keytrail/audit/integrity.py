@@ -381,10 +381,14 @@ class ChainWriter:
         if self._last is not None or log.end_offset() == 0:
             return
         lost = "signing key and digests are" if not key_was_there else "signed digests are"
+        # Keytrail before the genesis digest signed a trail's first digest only at its first hour or
+        # clean stop: its trail crashed before then never had one, which no backup can bring back.
+        older = ("; a trail an older keytrail crashed before signing its first digest never had one: move it aside "
+                 "(docs/operations.md, Upgrading)") if key_was_there else ""
         raise IntegrityFileUnusable(
             f"the audit log holds records up to offset {log.end_offset()} but its {lost} gone from "
             f"{self.paths.root} (`keytrail audit verify` reports it); restore {self.paths.root} from a backup, or "
-            f"move {log.directory.parent} aside to start a new trail")
+            f"move {log.directory.parent} aside to start a new trail{older}")
 
     def _check_nothing_after_clean_stop(self, log: SegmentLog) -> None:
         """A clean stop signs every record the node wrote (its final digest): records after it were

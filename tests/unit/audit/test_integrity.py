@@ -349,6 +349,25 @@ def test_a_trail_whose_digests_were_all_deleted_is_named_and_not_signed_again(da
         AuditTrail.open(AuditSettings(data_dir=data_dir))
 
 
+def test_a_trail_an_older_keytrail_crashed_before_its_first_digest_is_refused_saying_why(data_dir: Path) -> None:
+    # Keytrail before the genesis digest made the signing key with the trail but signed the first
+    # digest only at the first hour or a clean stop: its trail killed before then has the key and no
+    # digest. Refused as digests gone (the log may have been edited since), but a backup has none
+    # either: the message names that case and the way on (docs/operations.md, Upgrading, step 7).
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    _, paths = audit_paths(data_dir)
+    for digest in paths.digests.iterdir():  # the old version's trail as its crash left it
+        digest.unlink()
+    with pytest.raises(IntegrityFileUnusable) as refused:
+        AuditTrail.open(AuditSettings(data_dir=data_dir))
+    message = str(refused.value)
+    assert "its signed digests are gone" in message and f"move {data_dir / 'audit'} aside" in message
+    assert "a trail an older keytrail crashed before signing its first digest never had one" in message
+    assert "(docs/operations.md, Upgrading)" in message
+
+
 async def test_digests_that_cannot_be_listed_are_named_so_not_gone(data_dir: Path) -> None:
     # Listed with glob, a digests folder the writer could not read (no permission, a file in its
     # place) held no digest: "its signed digests are gone ... move the trail aside to start a new one".
