@@ -96,7 +96,10 @@ def uncounted_note(data_dir: Path, store: MetricsStore | None) -> str | None:
     if not directory.is_dir() or _consumer_running(data_dir):
         return None
     consumed = store.offsets().get(SEGMENT_LOG_PARTITION, 0) if store is not None else 0
-    behind = SegmentLog(directory).end_offset() - consumed
+    end = SegmentLog(directory).end_offset()
+    # A log that ends below the state's offset began again (a new trail, the audit folder moved
+    # aside): the consumer counts it from its start (pipeline/segment_source.py), so all of it waits.
+    behind = end - consumed if end >= consumed else end
     if behind <= 0:
         return None
     verb = "is" if behind == 1 else "are"

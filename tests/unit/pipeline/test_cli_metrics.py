@@ -285,3 +285,18 @@ def test_a_new_trail_started_beside_the_metrics_of_the_old_one_is_counted(tmp_pa
     assert code == 0 and "2 counted" in err, err
     code, out, _ = run("usage", "--data-dir", str(tmp_path), "--format", "json")
     assert code == 0 and sum(row["count"] for row in lines(out)) == 8  # type: ignore[misc]
+
+
+def test_the_queries_say_a_new_trail_beside_the_old_ones_metrics_is_not_counted_yet(tmp_path: Path) -> None:
+    # Its offsets from 0 lie below the state's: the note took it for counted, and usage answered
+    # from the old trail alone, in silence.
+    from keytrail.pipeline.segment_source import SegmentLogSource
+    from keytrail.transport.segment_log import event_log_dir
+    from tests.support.audit_records import fill_trail
+
+    fill_trail(tmp_path, 6)
+    asyncio.run(Runner(state_dir(tmp_path), SegmentLogSource(event_log_dir(tmp_path))).run())
+    (tmp_path / "audit").rename(tmp_path / "audit.old")
+    fill_trail(tmp_path, 2, first=100)
+    code, _, err = run("usage", "--data-dir", str(tmp_path), "--format", "json")
+    assert code == 0 and err.startswith(f"note: 2 events of the event log in {tmp_path} are not counted yet"), err
