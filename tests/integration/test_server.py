@@ -127,6 +127,18 @@ def test_requests_refused_before_authentication_are_counted_and_logged_not_recor
     assert [e["eventName"] for _, e in iter_events(fresh_server.data_dir)] == ["ListKeys"]
 
 
+def test_a_secret_sent_as_the_access_key_is_refused_without_reaching_the_log(fresh_server: KeytrailServer) -> None:
+    """A client given its key pair the wrong way round signs with the secret as its access key id:
+    an AWS-format secret holds a "/", the scope breaks, and the refusal's log line quoted it."""
+    swapped = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    status, _, body = _raw(fresh_server, b"{}", key=swapped, secret="AKIAALICE000000000001")
+    assert (status, body["__type"]) == (400, "IncompleteSignatureException")
+    assert fresh_server.stop() == 0
+    log = fresh_server.log.read_text()
+    assert "(IncompleteSignatureException, access key none readable): Credential should be scoped" in log
+    assert "bPxRfiCYEXAMPLEKEY" not in log and "wJalr" not in log
+
+
 def test_missing_authorization_is_missing_token(server: KeytrailServer) -> None:
     status, headers, body = _raw(server, b"{}", sign=False)
     assert body["__type"] == "MissingAuthenticationTokenException" and status == 403

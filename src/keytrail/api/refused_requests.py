@@ -34,6 +34,13 @@ MAX_LINES = 100  # lines of first refusals from an address, in all, per LOG_EVER
 # The access key a request names, when it names one that looks like an access key: the rest of
 # the header is the sender's own text, and is not written to the log.
 _ACCESS_KEY = re.compile(r"Credential=([A-Z0-9]{16,128})/")
+# What a Credential names before its scope (/YYYYMMDD/region/service/aws4_request), or all of it
+# without one: an access key id, or, from a client given its key pair the wrong way round, the
+# secret access key, which AWS's secrets often hold a "/" in and so break the scope the error
+# message then quotes ("Credential should be scoped to a valid region. (<secret>/2026…)").
+_CREDENTIAL_KEY = re.compile(r"Credential=([^,\s]*?)(?:/\d{8}(?:/|[,\s]|$)|[,\s]|$)")
+_READABLE_KEY = re.compile(r"[A-Z0-9]{16,128}")
+_MIN_HIDDEN = 4  # characters of a Credential, or of its head where a message ends cut short, worth hiding
 
 
 class RefusedRequests:
@@ -64,7 +71,8 @@ class RefusedRequests:
         since = self._unsaid.pop(pair, 0)
         named = _ACCESS_KEY.search(authorization or "")
         log.warning("refused a request from %s before authentication (%s, access key %s): %s%s", source_ip,
-                    error.code, named.group(1) if named else "none readable", _printable(error.message),
+                    error.code, named.group(1) if named else "none readable",
+                    _printable(_without_credential(error.message, authorization)),
                     f" ({since} more from there since its last line)" if since else "")
 
     def say_overdue(self) -> None:
@@ -119,6 +127,24 @@ class RefusedRequests:
                     "at least " if addresses >= MAX_SOURCES else "", addresses, MAX_LINES, codes)
         self._beyond.clear()
         self._beyond_from.clear()
+
+
+def _without_credential(message: str, authorization: str | None) -> str:
+    """`message` without the Credential the header names, unless that reads as an access key id:
+    messages quote the header, and what a Credential holds in place of one may be the secret
+    access key. Its head is also taken off where the message ends with it, cut short (a message
+    quotes at most the first 200 characters of the header)."""
+    found = _CREDENTIAL_KEY.search(authorization or "")
+    key = found.group(1) if found else ""
+    if len(key) < _MIN_HIDDEN or _READABLE_KEY.fullmatch(key):
+        return message
+    # Where the message quotes it, not inside one of its words (a Credential "lid" in "invalid").
+    message = re.sub(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", "***", message)
+    for length in range(len(key) - 1, _MIN_HIDDEN - 1, -1):
+        message, cut = re.subn(rf"(?<![A-Za-z0-9]){re.escape(key[:length])}\Z", "***", message)
+        if cut:
+            break
+    return message
 
 
 def _printable(text: str) -> str:

@@ -8,7 +8,8 @@ import pytest
 
 from keytrail.api import refused_requests
 from keytrail.api.refused_requests import LOG_EVERY_SECONDS, RefusedRequests
-from keytrail.api.sigv4 import InvalidSignatureException, UnrecognizedClientException
+from keytrail.api.sigv4 import InvalidSignatureException, UnrecognizedClientException, parse_authorization
+from keytrail.kms.errors import KmsError
 from tests.support.clocks import SteppedClock
 
 SIGNED = "AWS4-HMAC-SHA256 Credential=AKIAALICE000000000001/20261202/us-east-1/kms/aws4_request, SignedHeaders=host"
@@ -52,6 +53,55 @@ def test_the_header_s_own_text_goes_to_the_log_as_one_line_and_never_whole(caplo
         RefusedRequests(SteppedClock()).refused(error, "192.0.2.7", "AWS4-HMAC-SHA256 Credential=not/a/key/at/all")
     [line] = _lines(caplog)
     assert "access key none readable" in line and "Got 'x?[2J?forged line'." in line
+
+
+# An AWS-format secret access key: 40 characters, often with a "/" (which breaks the scope).
+SWAPPED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize("header", [
+    # A client given its key pair the wrong way round names the secret as its access key: the
+    # message quoted it ("Credential should be scoped to a valid region. (<secret>/2026…)"), and
+    # the line wrote the secret to the log.
+    f"AWS4-HMAC-SHA256 Credential={SWAPPED}/20261202/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=ab",
+    f"AWS4-HMAC-SHA256 Credential={SWAPPED}, SignedHeaders=host, Signature=ab",
+    f"AWS4-HMAC-SHA256 Credential={SWAPPED}/20261202/us-east-1/kms/aws4_request, SignedHeaders=host",
+    f"AWS4-HMAC-SHA256 Credential={SWAPPED}/20261202/us-east-1/kms/aws4_request SignedHeaders=host, Signature=ab",
+    # Quoted past the first 200 characters of the header, cut short: its head neither.
+    f"AWS4-HMAC-SHA256 {'X-Padding=1, ' * 12}Credential={SWAPPED}/20261202/us-east-1/kms/aws4_request, "
+    "SignedHeaders=host",
+])
+def test_a_secret_access_key_sent_as_the_access_key_is_not_written_to_the_log(
+    header: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(KmsError) as refusal:
+        parse_authorization(header)
+    assert SWAPPED[:12] in refusal.value.message  # the answer quotes the caller's own header, as AWS's
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        RefusedRequests(SteppedClock()).refused(refusal.value, "192.0.2.7", header)
+    [line] = _lines(caplog)
+    assert "access key none readable" in line and refusal.value.code in line
+    assert SWAPPED[:4] not in line and "bPxRfiCYEXAMPLEKEY" not in line, line
+
+
+def test_an_access_key_id_and_the_words_of_a_message_stay_in_the_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Only a Credential that does not read as an access key id is hidden, and only where quoted."""
+    readable = "AWS4-HMAC-SHA256 Credential=AKIAALICE000000000001/20261202/us-east-1/kms/aws4_request"
+    short = "AWS4-HMAC-SHA256 Credential=lid/20261202/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=a"
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        refused = RefusedRequests(SteppedClock())
+        refused.refused(parse_error(readable), "192.0.2.7", readable)
+        refused.refused(UnrecognizedClientException("The security token included in the request is invalid."),
+                        "192.0.2.8", short)
+    first, second = _lines(caplog)
+    assert "Authorization=AWS4-HMAC-SHA256 Credential=AKIAALICE000000000001/20261202/us-east-1/kms" in first
+    assert second.endswith("The security token included in the request is invalid.")
+
+
+def parse_error(header: str) -> KmsError:
+    with pytest.raises(KmsError) as refusal:
+        parse_authorization(header)
+    return refusal.value
 
 
 def test_addresses_past_the_bound_start_the_thinning_afresh_rather_than_grow_it(
