@@ -157,7 +157,16 @@ def _check_fields(entry: dict[str, Any], where: str) -> None:
     if not _ACCESS_KEY_ID.fullmatch(entry["access_key_id"]):
         raise PrincipalsFileError(f"{where}: 'access_key_id' cannot hold blanks, commas, slashes or characters "
                                   f"other than ASCII (an Authorization header could not name it), "
-                                  f"got {entry['access_key_id']!r}")
+                                  f"{_first_refused(entry['access_key_id'])}")
+
+
+def _first_refused(access_key_id: str) -> str:
+    """Where an access key id breaks the rule, without the id itself: one with a "/" is most often
+    the secret access key, the two fields swapped (AWS's secrets hold "/" and "+"), and the message
+    goes to the terminal and, on a reload, to the log."""
+    position, character = next((i, c) for i, c in enumerate(access_key_id, 1) if not _ACCESS_KEY_ID.fullmatch(c))
+    swapped = " (is it the secret access key? the two may be swapped)" if character == "/" else ""
+    return f"has {character!r} at character {position} of {len(access_key_id)}{swapped}"
 
 
 def _check_same_policies(principal: Principal, index: int, first: tuple[int, Principal], where: str) -> None:

@@ -90,6 +90,19 @@ def test_mistakes_are_one_line_errors_naming_the_entry(tmp_path: Path, text: str
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_secret_in_the_access_key_id_field_is_not_repeated_in_the_error(tmp_path: Path) -> None:
+    """The two fields swapped put the secret where the access key id goes; AWS's secrets hold a "/",
+    which the id cannot, and the error quoted the whole value: the secret on the terminal, and in
+    the log when a SIGHUP reload refused the file."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    swapped = ALICE.replace("AKIAALICE000000000001", secret).replace('"alice-secret"', '"AKIAALICE000000000001"')
+    with pytest.raises(PrincipalsFileError) as info:
+        _load(tmp_path, swapped)
+    assert "principal #1: 'access_key_id' cannot hold blanks, commas, slashes" in str(info.value)
+    assert "has '/' at character 14 of 40 (is it the secret access key? the two may be swapped)" in str(info.value)
+    assert "wJalr" not in str(info.value) and "EXAMPLEKEY" not in str(info.value)
+
+
 def test_an_identity_with_two_access_keys_has_one_set_of_policies(tmp_path: Path) -> None:
     # A user rotating its key holds two (IAM allows two), and its permissions do not depend on
     # which signs. Entries that differed loaded: the copy without `policies` was denied everything.
