@@ -31,7 +31,8 @@ __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLI
            "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail",
            "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
            "mqtt_password_warning", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time",
-           "parse_window", "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password"]
+           "parse_window", "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password",
+           "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -194,21 +195,31 @@ def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:
     return f"{option}: {problem}" if problem else None
 
 
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})  # libpq's, which asyncpg reads from a URL too
+
+
 def url_password(url: str) -> str | None:
     """The password a URL names, if any: `scheme://USER:PASS@HOST`, or a `password=` query
-    parameter (libpq reads one there too: `postgresql:///db?host=h&password=…`), as written."""
+    parameter (libpq reads one there too: `postgresql:///db?host=h&password=…`), as written; or an
+    `sslpassword=` one (the passphrase of the client's TLS key, which asyncpg reads there)."""
+    secrets = url_secrets(url)
+    return secrets[0] if secrets else None
+
+
+def url_secrets(url: str) -> list[str]:
+    """Every secret a URL names, as written: its password, and the value of each `password=` and
+    `sslpassword=` query parameter (a URL may repeat one, or name a password in both places)."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # "[bad": the option's own check says what is wrong with it
-        return None
-    if password:
-        return password
+        return []
+    found = [password] if password else []
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
-        if unquote(name) == "password" and value:
-            return value
-    return None
+        if unquote(name) in _SECRET_PARAMETERS and value:
+            found.append(value)
+    return found
 
 
 def mqtt_password_warning(mqtt: str | None) -> str | None:

@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import asyncpg
 
-from keytrail.cli.console import url_password
+from keytrail.cli.console import url_secrets
 from keytrail.config import ServeSettings
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
@@ -121,9 +121,10 @@ def _problem(exc: Exception, url: str) -> str:
 
 
 def without_password(text: str, url: str | None) -> str:
-    """`text` with the password of the --store `url` (if any), as written and percent-decoded,
-    replaced by ***."""
-    password = url_password(url) if url is not None else None
-    if not password:
-        return text
-    return text.replace(password, "***").replace(unquote(password), "***")
+    """`text` with each password of the --store `url` (url_secrets: its own, and those of its
+    query), as written and percent-decoded, replaced by ***; the longest first, so that none is
+    left in part where it holds another."""
+    secrets = {form for secret in url_secrets(url or "") for form in (secret, unquote(secret)) if form}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -758,6 +758,14 @@ def test_demo_names_a_data_dir_it_cannot_create(tmp_path: Path) -> None:
      "127.0.0.1:1/db?password=***&sslmode=bogus: `sslmode` parameter"),
     ("postgresql:///db?host=127.0.0.1&port=1&password=pw%2DSECRET&sslmode=bogus",
      "postgresql:///db?host=127.0.0.1&port=1&password=***&sslmode=bogus: `sslmode` parameter"),
+    # Only the first password was hidden: one in the query besides the URL's own, a second
+    # `password=`, and `sslpassword=` (the client TLS key's passphrase, read there too) were repeated.
+    ("postgresql://u:pw-SECRET@127.0.0.1:1/db?password=pw-SECRET-2&sslmode=bogus",
+     "127.0.0.1:1/db?password=***&sslmode=bogus: `sslmode` parameter"),
+    ("postgresql://u@127.0.0.1:1/db?password=pw-SECRET&password=pw-SECRET-2&sslmode=bogus",
+     "127.0.0.1:1/db?password=***&password=***&sslmode=bogus: `sslmode` parameter"),
+    ("postgresql://u@127.0.0.1:1/db?sslpassword=pw-SECRET&sslmode=bogus",
+     "127.0.0.1:1/db?sslpassword=***&sslmode=bogus: `sslmode` parameter"),
 ])
 def test_serve_names_a_store_url_it_cannot_parse_without_its_password(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, complaint: str) -> None:
@@ -768,7 +776,8 @@ def test_serve_names_a_store_url_it_cannot_parse_without_its_password(
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:pw-SECRET@127.0.0.1:1/db",
-                                 "postgresql://u@127.0.0.1:1/db?password=pw-SECRET"])
+                                 "postgresql://u@127.0.0.1:1/db?password=pw-SECRET",
+                                 "postgresql://u@127.0.0.1:1/db?sslpassword=pw-SECRET"])
 def test_serve_warns_of_a_store_password_on_its_command_line(tmp_path: Path, url: str) -> None:
     # Every user of the machine reads a command line (ps, /proc/<pid>/cmdline): serve says so.
     result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--store", url)
