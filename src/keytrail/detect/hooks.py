@@ -89,6 +89,18 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, "/…" if parts.path.strip("/") else "", "", ""))
 
 
+def _scheme_and_host(url: str) -> str:
+    """What a refusal of a url that is no http(s) URL may show of it: shown_url's scheme and host,
+    `/…` for what follows them, the user info left out, for any scheme or none (`htps://`, a
+    forgotten `https://`), which urlsplit would not read a host from."""
+    scheme, separator, rest = url.partition("://") if "://" in url else ("", "", url)
+    rest = rest.rpartition("@")[2]  # the last "@", as `redacted`: a password may hold an unencoded "/", "?" or "#"
+    authority = rest
+    for mark in "/?#":
+        authority = authority.partition(mark)[0]
+    return f"{scheme}{separator}{authority}{'/…' if authority != rest else ''}"
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     url: str
@@ -153,7 +165,7 @@ MAX_BACKOFF = 3600.0  # a webhook's first wait between attempts, in seconds
 def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-        shown = redacted(url, query=False) if isinstance(url, str) else url
+        shown = _scheme_and_host(url) if isinstance(url, str) else url
         raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {shown!r}")
     if problem := webhook_url_problem(url):  # not the URL itself: its query may hold a token
         raise ValueError(f"[[hooks.webhook]] url: {problem}")

@@ -443,7 +443,7 @@ def test_serve_refuses_a_broker_address_without_repeating_its_password(tmp_path:
     ('[hooks]\nmqtt = "mqtt://user:pw-SECRET@broker:bad"\n', "'mqtt://***@broker:bad'"),
     ('[hooks]\nkafka = "user:pw-SECRET@broker:9092"\n', "'***@broker:9092'"),
     ('[[hooks.webhook]]\nurl = "ftp://user:pw-SECRET@alerts/k?token=SECRET"\nsecret = "s"\n',
-     "'ftp://***@alerts/k?***'"),
+     "'ftp://alerts/…'"),
     ('[[hooks.webhook]]\nurl = "https://user:pw/SECRET@alerts:443/k"\nsecret = "s"\n',
      "no HOST:PORT after the scheme"),
 ])

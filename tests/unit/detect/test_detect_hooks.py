@@ -73,6 +73,21 @@ def test_bad_hook_settings_are_refused_naming_the_setting(hooks: object, message
         HooksConfig.from_settings({"hooks": hooks})
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    # Receivers take tokens in the path (Slack's /services/T…/B…/<token>): a misspelt scheme, or a
+    # forgotten one, repeated the whole URL but for its user info and query.
+    ("htps://hooks.slack.com/services/T0/B0/tok-SECRET", "'htps://hooks.slack.com/…'"),
+    ("hooks.slack.com/services/T0/B0/tok-SECRET", "'hooks.slack.com/…'"),
+    ("ftp://user:pw-SECRET@alerts.example.com/x?token=tok-SECRET#tok-SECRET", "'ftp://alerts.example.com/…'"),
+    ("ftp://user:pw#SECRET@alerts.example.com", "'ftp://alerts.example.com'"),
+    ("ftp://alerts.example.com", "'ftp://alerts.example.com'"),
+])
+def test_a_url_that_is_no_http_url_is_refused_naming_its_scheme_and_host_only(url: str, shown: str) -> None:
+    with pytest.raises(ValueError) as refusal:
+        HooksConfig.from_settings({"hooks": {"webhook": [{"url": url, "secret": "s"}]}})
+    assert str(refusal.value) == f"[[hooks.webhook]] needs an http:// or https:// url, not {shown}"
+
+
 def test_webhooks_that_differ_only_in_their_query_are_two_hooks() -> None:
     webhooks = [{"url": "https://x/a?t=1", "secret": "s"}, {"url": "https://x/a?t=2", "secret": "s"}]
     assert len(HooksConfig.from_settings({"hooks": {"webhook": webhooks}}).webhooks) == 2
