@@ -46,9 +46,11 @@ def mqtt_url_problem(url: str) -> str | None:
     surface only as a failed delivery, in a child process's log, when the first alarm fires.
     A bare HOST[:PORT] (mosquitto_pub's `-h HOST`) is refused with the URL to type instead: `foo`
     may be a host or a placeholder, and the scheme says whether TLS is meant."""
-    shown = redacted(url)  # a password in the URL stays off the terminal and out of logs
+    # A password in the URL stays off the terminal and out of logs, and so does a query, where a
+    # URL made for another client keeps its token (AWS IoT's presigned wss://…/mqtt?X-Amz-Security-Token=…).
+    shown = redacted(url, query=False)
     if "://" not in url and (guess := _mqtt_url_for(url)):
-        return f"not an MQTT URL: {shown!r} (did you mean {redacted(guess)}?)"
+        return f"not an MQTT URL: {shown!r} (did you mean {redacted(guess, query=False)}?)"
     problem = url_problem(url, ("mqtt", "mqtts"))
     if problem is None and urlsplit(url)[2:] != ("", "", ""):  # mosquitto_pub -L puts the topic there
         problem = "it has a path, query or fragment (alarms go to the topics keytrail/alarms/<rule>)"

@@ -290,11 +290,24 @@ def test_audit_verify_of_a_data_dir_without_an_event_log_is_one_line_on_stderr(t
 
 @pytest.mark.parametrize("url", ["mqtt://:99999", "http://broker", "nohost:", "mqtt://broker:99999",
                                  "mqtt://broker:abc", "mqtt://broker:", "mqtt://broker:1883/alarms",
-                                 "mqtt://broker:1883?qos=2", "mqtt://1883", "mqtt://bro ker:1883", "tcp://broker:1883"])
+                                 "mqtt://1883", "mqtt://bro ker:1883", "tcp://broker:1883"])
 def test_serve_refuses_a_malformed_mqtt_url_before_starting(tmp_path: Path, url: str) -> None:
     result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--mqtt", url)
     _one_line_error(result, f"keytrail serve: --mqtt: not an MQTT URL: {url!r}")
     assert not (tmp_path / "node").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("mqtt://broker:1883?qos=2", "mqtt://broker:1883?***"),
+    # A URL made for another MQTT client carries its token in the query, which the refusal repeated.
+    ("wss://a1b2.iot.us-east-1.amazonaws.com/mqtt?X-Amz-Security-Token=tok-SECRET",
+     "wss://a1b2.iot.us-east-1.amazonaws.com/mqtt?***"),
+    ("mqtt://broker:1883#tok-SECRET", "mqtt://broker:1883#***"),
+])
+def test_serve_refuses_an_mqtt_url_with_a_query_without_repeating_it(tmp_path: Path, url: str, shown: str) -> None:
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--mqtt", url)
+    _one_line_error(result, f"keytrail serve: --mqtt: not an MQTT URL: {shown!r}")
+    assert "SECRET" not in result.stderr + result.stdout
 
 
 def test_serve_refuses_a_bare_mqtt_host_naming_the_url_to_type(tmp_path: Path) -> None:
@@ -426,7 +439,7 @@ def test_serve_names_a_wrong_hooks_table_of_its_config(tmp_path: Path, hooks: st
 
 @pytest.mark.parametrize(("option", "value", "shown"), [
     ("--mqtt", "mqtt://user:pw-SECRET@broker:bad", "'mqtt://***@broker:bad'"),
-    ("--mqtt", "mqtts://user:pw-SECRET@broker:8883?topic=x", "'mqtts://***@broker:8883?topic=x'"),
+    ("--mqtt", "mqtts://user:pw-SECRET@broker:8883?topic=x", "'mqtts://***@broker:8883?***'"),
     ("--mqtt", "user:pw-SECRET@broker", "'***@broker' (did you mean mqtt://***@broker?)"),
     # An unencoded "/" in the password: the URL's host:port is then "user:pw", its "port" "pw".
     ("--mqtt", "mqtt://user:pw/SECRET@broker:1883", "'mqtt://***@broker:1883'"),
