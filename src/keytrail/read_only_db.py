@@ -18,7 +18,11 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["connect_read_only", "missing_tables_as_empty", "sqlite_problem"]
+__all__ = ["connect_read_only", "missing_tables_as_empty", "sqlite_open_error", "sqlite_problem"]
+
+# SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
+# error, no permission) leaves the file as it was.
+_DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 _TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 
@@ -50,6 +54,16 @@ def sqlite_problem(exc: sqlite3.Error) -> str:
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_IOERR_SHMSIZE:
         return f"{exc} (no room for its -shm file: is the disk full?)"
     return str(exc)
+
+
+def sqlite_open_error(exc: sqlite3.Error, what: str, damaged: OSError) -> OSError:
+    """What keeps the SQLite file `what` names ("the key store /d/keys.db") from opening: `damaged`
+    when SQLite says the file is not a readable database; otherwise (a full disk, no permission) a
+    plain OSError, for the file is fine and the remedy for damage (restoring or moving it aside)
+    would lose it."""
+    if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF in _DAMAGE:
+        return damaged
+    return OSError(f"cannot open {what}: {sqlite_problem(exc)}")
 
 
 def _shm_refused(exc: sqlite3.OperationalError) -> bool:

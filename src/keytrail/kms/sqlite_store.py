@@ -59,14 +59,11 @@ from keytrail.kms.store import Alias, Grant
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
-from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_problem
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_open_error
 
 __all__ = ["KeyStoreUnreadable", "SqliteStore"]
 
 log = logging.getLogger(__name__)
-# SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
-# error, no permission) leaves the file as it was.
-_DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (account TEXT, region TEXT, key_id TEXT, doc TEXT NOT NULL,
@@ -115,11 +112,8 @@ class KeyStoreUnreadable(OSError):
 
 
 def _open_error(path: Path, exc: sqlite3.Error) -> OSError:
-    """What keeps keys.db from opening: damage, or (a full disk, say) not, when restoring a backup
-    over the file would lose keys."""
-    if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
-        return OSError(f"cannot open the key store {path}: {sqlite_problem(exc)}")
-    return KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup")
+    damaged = KeyStoreUnreadable(f"the key store {path} cannot be read ({exc}): restore it from a backup")
+    return sqlite_open_error(exc, f"the key store {path}", damaged)
 
 
 class SqliteStore(SqliteOwedRecords, SqliteSealedRows):

@@ -25,13 +25,9 @@ from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION
 from keytrail.pipeline.usage import merge_usage
 from keytrail.pipeline.usage_files import MANIFEST_SCHEMA, Shape, UsageFiles
-from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_problem
+from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_open_error
 
 __all__ = ["SEGMENT_LOG_PARTITION", "PartitionState", "StaleBatchError", "StateFileDamaged", "StateUpdate"]
-
-# SQLite's codes for a file that is not a readable database; any other error (a full disk, an I/O
-# error, no permission) leaves the file as it was.
-_DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
@@ -86,11 +82,7 @@ class StateFileDamaged(OSError):
 
 
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> OSError:
-    """What keeps the state file at `path` from opening: damage, or (a full disk, say) not, when
-    the file is fine and moving it aside would lose it."""
-    if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_CORRUPT) & 0xFF not in _DAMAGE:
-        return OSError(f"cannot open the metrics state file {path}: {sqlite_problem(exc)}")
-    return StateFileDamaged(path, exc)
+    return sqlite_open_error(exc, f"the metrics state file {path}", StateFileDamaged(path, exc))
 
 
 class PartitionState:
