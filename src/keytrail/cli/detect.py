@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import signal
@@ -36,6 +37,7 @@ from keytrail.cli.console import (
 # `keytrail detect --help` or `keytrail analyze --help` (commands.py).
 if TYPE_CHECKING:
     from keytrail.detect import Alarm, RuleSet
+    from keytrail.detect.events import KmsEvent
     from keytrail.detect.hooks import HooksConfig
     from keytrail.detect.inventory import IdentityItem, KeyInventoryItem
     from keytrail.kms.keys import Key
@@ -159,10 +161,24 @@ def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -
                    "cannot be read (above)", err=True)
     if not events and not problems:  # no output must not read as a quiet period: the files held no KMS record
         typer.echo("note: the CloudTrail files given hold no KMS record: no alarm could be raised", err=True)
+    if as_of is not None:
+        events = _up_to(events, as_of)
     with collector_paused():  # a batch job over acyclic records: no need for the cyclic collector
         detector.process_events(events)
     detector.tick(as_of)
     return OfflineRun(detector.alarms(), len(events), detector.moment(as_of))
+
+
+def _up_to(events: list[KmsEvent], as_of: datetime) -> list[KmsEvent]:
+    """The events (in time order) dated up to `as_of`: judged as of a time, a key used only after
+    it was still idle then, and a call after it raises no alarm yet (as the live detector, whose
+    ticks never see later events, and `report --until` judge). The rest are named on stderr."""
+    kept = bisect.bisect_right(events, as_of, key=lambda event: event.event_time)
+    if (later := len(events) - kept) > 0:
+        typer.echo(f"note: {counted(later, 'KMS record')} dated after --as-of {as_of:%Y-%m-%dT%H:%M:%SZ} "
+                   f"{'was' if later == 1 else 'were'} not judged: the alarms are those of the records up to it",
+                   err=True)
+    return events[:kept]
 
 
 def _hold_detector_lock(data_dir: Path) -> None:

@@ -62,18 +62,35 @@ def test_offline_time_rules_use_as_of_or_the_last_event(app: typer.Typer, tmp_pa
     early = runner.invoke(
         app, ["detect", "--cloudtrail", str(log), "--format", "json", "--as-of", "2026-01-06T00:00:00Z"]
     )
-    assert early.exit_code == 0 and early.output == ""
+    assert early.exit_code == 0 and early.stdout == ""
+
+
+def test_offline_as_of_judges_the_records_up_to_it_only(app: typer.Typer, tmp_path: Path) -> None:
+    """--as-of before the last record: a use after it hid a key idle for 91 days by then, and a
+    denied call after it raised an alarm dated after the time the run was judged as of."""
+    as_of = T0 + timedelta(days=91)
+    log = write_log(tmp_path / "log.json", [
+        create_key(T0, key_arn(1)),
+        event("Decrypt", as_of + timedelta(days=4), key_arn(1)),
+        denied("Decrypt", as_of + timedelta(seconds=1), key_arn(1), user("eve")),
+    ])
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--format", "json",
+                                 "--as-of", as_of.isoformat()])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["rule"] for line in result.stdout.splitlines()] == ["unused-key"]
+    assert result.stderr == ("note: 2 KMS records dated after --as-of 2026-04-06T12:00:00Z were not "
+                             "judged: the alarms are those of the records up to it\n")
 
 
 def test_offline_table_ends_with_what_the_alarms_were_judged_over(app: typer.Typer, tmp_path: Path) -> None:
     """A table with no row read as a run that did nothing: its last line counts alarms and records."""
     log = write_log(tmp_path / "log.json", [denied("Decrypt", T0 + timedelta(seconds=n), key_arn(1), user("eve"))
                                             for n in range(2)])
-    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--as-of", "2026-01-05T14:00:00+02:00"])
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--as-of", "2026-01-05T14:00:01+02:00"])
     assert result.exit_code == 0, result.output
     *rows, summary = result.stdout.splitlines()
     assert [row.split()[:3] for row in rows] == [["HIGH", "unauthorized-decrypt", "2"]]
-    assert summary == "1 alarm over 2 KMS records, as of 2026-01-05T12:00:00Z"
+    assert summary == "1 alarm over 2 KMS records, as of 2026-01-05T12:00:01Z"
     as_json = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--format", "json"])
     assert [json.loads(line)["rule"] for line in as_json.stdout.splitlines()] == ["unauthorized-decrypt"]
 
