@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -155,3 +156,48 @@ async def test_a_new_helper_starts_after_the_pause(tmp_path: Path, caplog: pytes
         await trail.record(encrypt_call(2))
         assert trail.spool.fsyncs == fsyncs + 1 and trail.spool.fsync_helper_pid == second
     assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(3)]
+
+
+async def test_a_helper_that_does_not_answer_is_killed_and_reported_gone(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stopped helper (SIGSTOP, a debugger, a frozen cgroup) never answers, yet never exits either:
+    # without a deadline every audited call waited on it, and serve's stop too, for as long as it stayed so.
+    monkeypatch.setattr("keytrail.audit.syncer.ANSWER_SECONDS", 0.5)
+    helper = SyncHelper.start(asyncio.get_running_loop())
+    os.kill(helper.pid, signal.SIGSTOP)
+    try:
+        (tmp_path / "a.log").write_bytes(b"x")
+        error, _ = await _sync(helper, tmp_path / "a.log")
+        assert isinstance(error, SyncHelperGone) and "did not answer within 0.5 s" in str(error)
+        helper.close()
+    finally:
+        _kill(helper.pid)  # a stopped helper would not even see the end of its stdin
+    for _ in range(500):  # killed, and reaped without the loop waiting on it
+        if helper._process.poll() is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert helper._process.returncode == -signal.SIGKILL
+
+
+async def test_when_the_helper_hangs_the_writer_thread_takes_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "keytrail.audit.spool")
+    monkeypatch.setattr("keytrail.audit.syncer.ANSWER_SECONDS", 0.5)
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))
+        helper = trail.spool.fsync_helper_pid
+        assert helper is not None
+        os.kill(helper, signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(trail.record(encrypt_call(1)), 5)  # without the fix: waits until SIGCONT
+        except TimeoutError:
+            _kill(helper)  # else the trail's close waits on it too
+            raise
+        assert trail.spool.fsync_helper_pid is None and trail.spool.durable_end == 2
+    assert "the audit fsync helper did not answer within 0.5 s" in caplog.text
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(2)]
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
