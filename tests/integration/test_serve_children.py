@@ -201,6 +201,9 @@ def test_a_killed_fsync_helper_leaves_the_calls_audited(server: KeytrailServer) 
     os.kill(helper, signal.SIGKILL)
     request_ids = [alice.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(5)]
     assert "the writer thread does the audit fsyncs until a new helper starts" in server.log.read_text()
+    # Shown where the other children's restarts are: without it only the log told of a lost helper.
+    metrics = server.get("/metrics")[1].decode().splitlines()
+    assert 'keytrail_child_restarts_total{child="audit fsync helper"} 1' in metrics
     events = subprocess.run([sys.executable, "-m", "keytrail", "audit", "events", "--data-dir", str(server.data_dir),
                              "--format", "json"], capture_output=True, text=True, timeout=60, check=True)
     assert set(request_ids) <= {json.loads(line)["requestID"] for line in events.stdout.splitlines()}

@@ -122,6 +122,7 @@ class Spool:
         self._helper: SyncHelper | None = None
         self._helper_started = 0.0  # monotonic time the current helper started
         self.helper_restart_seconds = HELPER_RESTART_SECONDS[0]
+        self.helper_restarts = 0  # helpers lost (exited, or killed for not answering) and started anew: /metrics
         self._helper_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -282,6 +283,7 @@ class Spool:
         def answered(error: OSError | None, seconds: float) -> None:
             if isinstance(error, SyncHelperGone):  # the records are written: the writer thread syncs them
                 self._helper = None
+                self.helper_restarts += 1
                 helper.close()
                 self._jobs.put((lambda: self._sync(False, False, self._now()), done))
                 self._restart_helper_later(str(error))

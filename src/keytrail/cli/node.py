@@ -251,8 +251,10 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
         (({"code": code}, n) for code, n in sorted(node.app.refused.counts.items())))
     restarts = render_family(
         "keytrail_child_restarts_total", "counter", "Times serve restarted a child process after it exited on its own.",
-        (({"child": child.spec.name}, child.restarts)
-         for child in node.children + (node.audit.children() if node.audit is not None else [])))
+        [*(({"child": child.spec.name}, child.restarts)
+           for child in node.children + (node.audit.children() if node.audit is not None else [])),
+         # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
+         *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
     return pipeline_metrics() + keys + alarms + denied + refused + restarts + _audit_commits(node.audit)
 
 
