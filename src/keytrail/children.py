@@ -76,12 +76,18 @@ class Child:
         backoff = self.spec.first_backoff
         while not self._stopping:  # stopped before its first run (a failed start): none
             started = loop.time()
-            code = await self._run_once()
+            try:
+                ended = f"exited with status {await self._run_once()}"
+            except OSError as exc:
+                # fork or exec refused (no file descriptor for its pipes, no memory, no process
+                # slot): mostly for a moment. Raised, it ended this task, and the child never ran
+                # again, unsaid: `stop` gathers the task's exception.
+                ended = f"could not start ({exc})"
             if self._stopping:
                 return
             # A child that ran a while crashed on something new: restart it soon again.
             backoff = self.spec.first_backoff if loop.time() - started > self.spec.max_backoff else backoff
-            log.warning("%s child exited with status %s; restarting in %.1f s", self.spec.name, code, backoff)
+            log.warning("%s child %s; restarting in %.1f s", self.spec.name, ended, backoff)
             self.restarts += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.spec.max_backoff)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +103,28 @@ async def test_a_child_stopped_as_it_starts_does_not_outlive_the_stop(tmp_path: 
     written = marker.exists()
     await asyncio.sleep(0.6)
     assert marker.exists() == written  # nothing of it ran after the stop
+
+
+async def test_a_child_that_cannot_be_spawned_is_tried_again(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    # fork or exec refused for a moment (no file descriptor left for its pipes under a flood of
+    # connections, no memory, no process slot): the supervisor ended, and the child never ran again.
+    spawn = asyncio.create_subprocess_exec
+    refusals = [OSError(errno.EMFILE, "Too many open files")]
+
+    async def refused_once(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        if refusals:
+            raise refusals.pop()
+        return await spawn(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", refused_once)
+    lines: list[bytes] = []
+    child = Child(ChildSpec("echo", _python("print('up')"), lines.append, first_backoff=0.05))
+    child.start()
+    for _ in range(200):
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    await child.stop()
+    assert lines[:1] == [b"up\n"]
+    assert "echo child could not start ([Errno 24] Too many open files); restarting in 0.1 s" in caplog.text
