@@ -22,6 +22,12 @@ __all__ = ["ANALYTICS_NICENESS", "Child", "ChildSpec", "without_store_secrets"]
 log = logging.getLogger("keytrail")
 
 
+# The longest line of a child's stdout handed to `on_line`; a longer one is left out, with a
+# warning. The detector writes each alarm as a line: a permissive-key alarm lists a finding per
+# statement, ≈ 90 KB for a policy near AWS's 32 KB cap.
+LINE_LIMIT = 1 << 20
+_READ_SIZE = 1 << 16
+
 # Added to serve's niceness by the children that follow the event log (the consumer, the detector,
 # the Kafka shipper): about a tenth of its CPU share; cli/sidecar.py says why.
 ANALYTICS_NICENESS = 10
@@ -122,9 +128,28 @@ class Child:
         if self._stopping:  # a stop came while it was spawned, and found no process: ask it to end now
             self._ask_to_stop(process)
         if spec.on_line is not None and process.stdout is not None:
-            async for line in process.stdout:
-                spec.on_line(line)
+            await self._read_lines(process.stdout, spec.on_line)
         return await process.wait()
+
+    async def _read_lines(self, stdout: asyncio.StreamReader, on_line: Callable[[bytes], None]) -> None:
+        """Hand each line of the child's stdout to `on_line`, up to its end. Not `readline`: a line
+        over its 64 KiB limit raised, which ended this supervisor, and the child, its output no
+        longer read, blocked on a write for good (the detector, after an alarm on a large policy)."""
+        pending, skipping = b"", False  # the line begun; whether it is one over LINE_LIMIT, left out
+        while chunk := await stdout.read(_READ_SIZE):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if skipping:  # the end of the one left out
+                    skipping = False
+                else:
+                    on_line(line + b"\n")
+            if len(pending) > LINE_LIMIT:
+                if not skipping:
+                    log.warning("%s child: a line of its output over %d bytes was left out", self.spec.name,
+                                LINE_LIMIT)
+                pending, skipping = b"", True
+        if pending and not skipping:
+            on_line(pending)
 
     async def stop(self, timeout: float | None = None) -> None:
         """SIGTERM (or the end of its stdin: `stops_at_end_of_input`), then SIGKILL after `timeout`

@@ -128,3 +128,20 @@ async def test_a_child_that_cannot_be_spawned_is_tried_again(monkeypatch: pytest
     await child.stop()
     assert lines[:1] == [b"up\n"]
     assert "echo child could not start ([Errno 24] Too many open files); restarting in 0.1 s" in caplog.text
+
+
+async def test_a_long_line_neither_ends_the_reading_nor_is_cut(caplog: pytest.LogCaptureFixture) -> None:
+    # The detector writes each alarm as a line: a permissive-key alarm over a policy of a few hundred
+    # statements is ≈ 90 KB, past the 64 KiB a StreamReader's readline takes. Its ValueError ended
+    # the supervisor, and the child, its output no longer read, then blocked on a write for good.
+    lines: list[bytes] = []
+    code = "import sys; sys.stdout.write('a' * 100_000 + '\\n' + 'b' * 3_000_000 + '\\nafter\\n'); sys.stdout.flush()"
+    child = Child(ChildSpec("talker", _python(code), lines.append, first_backoff=60))
+    child.start()
+    for _ in range(200):
+        if b"after\n" in lines:
+            break
+        await asyncio.sleep(0.05)
+    await child.stop()
+    assert lines == [b"a" * 100_000 + b"\n", b"after\n"]  # the one over LINE_LIMIT is left out, and said so
+    assert "talker child: a line of its output over 1048576 bytes was left out" in caplog.text
