@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,8 +27,8 @@ from keytrail.transport.cloudtrail_logs import (
 )
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["EventLogUnreadable", "ImportReport", "ReadReport", "decoded_in_order", "export_cloudtrail",
-           "import_cloudtrail", "iter_cloudtrail_records", "iter_events", "stored_event_ids"]
+__all__ = ["EventLogUnreadable", "ExportWouldDropRecords", "ImportReport", "ReadReport", "decoded_in_order",
+           "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records", "iter_events", "stored_event_ids"]
 
 # What an account id and a Region look like; anything else (an imported record may hold any string)
 # never becomes part of an export's path: it could climb out of the folder or be too long a name.
@@ -44,6 +45,18 @@ class EventLogUnreadable(Exception):
     def __init__(self, error: OSError) -> None:
         super().__init__(error)
         self.error = error
+
+
+class ExportWouldDropRecords(Exception):
+    """A file an earlier export wrote into the folder holds records the event log does not have at
+    those offsets: the log was restored from an older backup (its new calls numbered from the
+    backup's end again) or is another trail. Writing over the file would drop those calls from the
+    only copy left."""
+
+    def __init__(self, path: Path, event_id: object) -> None:
+        super().__init__(f"{path} holds records the event log does not (eventID {event_id} first): the log was "
+                         "restored from an older backup, or is another trail, since that export; export into "
+                         "another folder (that file keeps calls the log no longer holds)")
 
 
 @dataclass(slots=True)
@@ -273,6 +286,7 @@ def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only:
     account, region, hour = key
     folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
     path = folder / f"{account}_CloudTrail_{region}_{hour}_{file.first_offset:016x}.json.gz"
+    _require_earlier_records(path, file.events)
     data = gzip.compress(json.dumps({"Records": file.events}).encode())
     if owner_only:
         replace_whole(path, data)  # its folders made 0700 first
@@ -285,3 +299,21 @@ def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only:
         finally:
             temp.unlink(missing_ok=True)  # a full disk: not left behind
     return path
+
+
+def _require_earlier_records(path: Path, events: Sequence[dict[str, Any]]) -> None:
+    """Raise ExportWouldDropRecords unless the file already at `path` (an earlier export's) holds
+    the first of `events`, in order: the same log, grown since, writes each file over with the same
+    records and those after them, never fewer or others. A file that does not read as a CloudTrail
+    log file holds no record a reader takes, and is written over."""
+    try:
+        earlier = json.loads(gzip.decompress(path.read_bytes()))["Records"]
+    except FileNotFoundError:
+        return
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):  # BadGzipFile is an OSError
+        return
+    ids = [event.get("eventID") for event in events]
+    for index, record in enumerate(earlier if isinstance(earlier, list) else []):
+        event_id = record.get("eventID") if isinstance(record, dict) else None
+        if index >= len(ids) or event_id != ids[index]:
+            raise ExportWouldDropRecords(path, event_id)

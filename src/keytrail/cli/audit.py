@@ -420,7 +420,7 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD).
     Run again into the same folder, it writes the files over, with the records since: none twice."""
-    from keytrail.audit.cloudtrail_files import EventLogUnreadable, export_cloudtrail
+    from keytrail.audit.cloudtrail_files import EventLogUnreadable, ExportWouldDropRecords, export_cloudtrail
     from keytrail.audit.schema import SchemaError
 
     _require_log(data_dir)
@@ -433,6 +433,8 @@ def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… int
               "export again to finish it: it writes the same files over these)", interrupted_status(stopped))
     except EventLogUnreadable as exc:  # a segment unreadable (permissions, a folder in its place)
         _fail(f"cannot read the event log in {data_dir}: {os_problem(exc.error)}")
+    except ExportWouldDropRecords as exc:  # a restored log's new calls at offsets the folder's files name
+        _fail(str(exc))
     except SchemaError as exc:  # a record edited (its checksum fixed) or of an unknown schema
         _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
     except OSError as exc:  # OUT a file, or read-only

@@ -512,6 +512,29 @@ def test_an_export_run_again_after_the_log_grew_replaces_its_files_never_doubles
     assert len(every_record) == len(set(every_record)) == 7
 
 
+def test_an_export_of_a_restored_log_into_the_folder_of_an_earlier_export_keeps_its_files(tmp_path: Path) -> None:
+    """A node restored from an older backup numbers its new calls from the backup's end again, at
+    offsets an export taken before the restore named files by: the nightly export wrote its files
+    over those, and the calls only that export still held were gone from it without a word."""
+    node, backup, out = tmp_path / "node", tmp_path / "backup", tmp_path / "out"
+    fill_trail(node, 3)
+    shutil.copytree(node, backup)
+    fill_trail(node, 4, first=3)  # calls after the backup: in the export, then lost with the restore
+    assert _run("export", str(out), "--data-dir", str(node))[0] == 0
+    before = _exported(out)
+    shutil.rmtree(node)
+    shutil.copytree(backup, node)
+    fill_trail(node, 2, first=100)  # the restored node's calls, at the offsets of 3 and 4
+    code, stdout, err = _run("export", str(out), "--data-dir", str(node))
+    [name] = before
+    assert (code, stdout) == (1, "")
+    assert err == (f"keytrail audit: {out / name} holds records the event log does not (eventID "
+                   f"{encrypt_call(3).event_id} first): the log was restored from an older backup, or is another "
+                   "trail, since that export; export into another folder (that file keeps calls the log no "
+                   "longer holds)\n")
+    assert _exported(out) == before
+
+
 def _exported(out: Path) -> dict[str, list[str]]:
     """Each file's name (under AWSLogs) and the eventIDs it holds."""
     return {str(path.relative_to(out)): [record["eventID"] for record in json.loads(gzip.decompress(
