@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.audit.call_encoder import CallEncoder
-from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityPaths
+from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityFileUnusable, IntegrityPaths
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.audit.shipping import ShipperProcess
@@ -75,6 +75,22 @@ def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
     return log_dir, IntegrityPaths(log_dir.parent / "integrity")
 
 
+def _require_shipped_records(log: SegmentLog) -> None:
+    """Kafka acknowledged only durable records, so a log that ends before the shipped offset lost
+    records it shipped (cut back, or restored from a backup without its shipped-offset). New records
+    would take their offsets, below the one the shipper ships from: none would reach Kafka, and once
+    the log grew past it verify would no longer see the cut. Refuse to open, as for a log cut below
+    its last digest."""
+    shipped, end = ShippedOffset(log.directory.parent / "shipped-offset"), log.end_offset()
+    if shipped.value > end:
+        raise IntegrityFileUnusable(
+            f"the audit log ends at offset {end} but Kafka acknowledged records up to offset {shipped.value - 1} "
+            f"({shipped.path}): records it shipped are gone (`keytrail audit verify` names them); restore "
+            f"{log.directory} from a backup, or, if the log was restored from an older backup on purpose, write "
+            f"{end} into {shipped.path} so that the calls from there on are shipped (Kafka keeps those the "
+            "restore undid)")
+
+
 class AuditTrail:
     """See the module docstring. Use `open`, then `await start()`, and `await close()`."""
 
@@ -86,6 +102,7 @@ class AuditTrail:
         self.log = SegmentLog(log_dir, segment_bytes=settings.segment_bytes, writable=True)
         self.integrity = integrity
         try:
+            _require_shipped_records(self.log)
             chain = ChainWriter(integrity, self.log, digest_interval_s=settings.digest_interval_s)
         except BaseException:
             self.log.close()  # releases the writer lock it took

@@ -471,6 +471,31 @@ def test_a_trail_cut_back_below_what_kafka_acknowledged_is_named(tmp_path: Path)
                                 f"({tmp_path / 'audit' / 'shipped-offset'}) but the log ends before them"]
 
 
+def test_a_trail_cut_back_below_what_kafka_acknowledged_does_not_open(tmp_path: Path) -> None:
+    """The trail opened, and its new records took offsets below the shipped offset, from which the
+    shipper ships: none of them reached Kafka, without a word, until the log grew past it (and by
+    then verify no longer saw the cut). A log restored from a backup without its shipped-offset, too."""
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    fill_trail(tmp_path, 10)
+    fill_trail(tmp_path, 10)
+    shipped = tmp_path / "audit" / "shipped-offset"
+    shipped.write_text("20")
+    cut_back_to(tmp_path, records=10, digests=2)
+    with pytest.raises(IntegrityFileUnusable) as refused:
+        AuditTrail.open(AuditSettings(data_dir=tmp_path))
+    assert str(refused.value) == (
+        f"the audit log ends at offset 10 but Kafka acknowledged records up to offset 19 ({shipped}): records "
+        f"it shipped are gone (`keytrail audit verify` names them); restore {tmp_path / 'audit' / 'log'} from a "
+        f"backup, or, if the log was restored from an older backup on purpose, write 10 into {shipped} so that "
+        "the calls from there on are shipped (Kafka keeps those the restore undid)")
+    assert shipped.read_text() == "20" and len(verify(tmp_path)) == 1  # the evidence left as it was
+    shipped.write_text("10")
+    fill_trail(tmp_path, 3, first=50)  # as the message says: the trail opens, its records ship from 10
+    assert verify(tmp_path) == []
+
+
 def test_records_added_by_audit_import_are_told_from_calls_the_node_answered(tmp_path: Path) -> None:
     import asyncio
 
