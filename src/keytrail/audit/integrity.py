@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -92,6 +93,7 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
                                         f"({_first_line(exc)}): restore it from a backup") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise IntegrityFileUnusable(f"{paths.private_key} is not an Ed25519 private key: restore it from a backup")
+        _warn_if_shared(paths.private_key)
         return key
     make_dirs(paths.root)
     key = Ed25519PrivateKey.generate()
@@ -107,6 +109,14 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
                 "off this node and check the trail with `keytrail audit verify --public-key COPY`",
                 paths.private_key, paths.public_key, fingerprint(key.public_key()))
     return key
+
+
+def _warn_if_shared(path: Path) -> None:
+    """Say so when users other than the owner may read the signing key (a backup restored with the
+    wrong umask, a `cp`), as for the root key: whoever reads it signs digests that pass verify."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("the audit signing key %s can be read by other users (mode %04o): chmod 600 it", path, mode)
 
 
 def exported_fingerprint(paths: IntegrityPaths) -> str | None:

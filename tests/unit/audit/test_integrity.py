@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -30,6 +31,19 @@ def test_private_key_is_owner_only_and_public_key_is_exported(data_dir: Path) ->
     _, paths = audit_paths(data_dir)
     assert stat.S_IMODE(os.stat(paths.private_key).st_mode) == 0o600
     assert paths.public_key.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+
+
+def test_a_signing_key_other_users_can_read_is_warned_about(data_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The root key and the principals file copied with a loose mode (a backup restored with the
+    wrong umask, a `cp`) were warned of; the signing key, which signs digests that pass verify, not."""
+    _, paths = audit_paths(data_dir)
+    caplog.set_level(logging.WARNING)
+    signing_key(paths)
+    assert caplog.records == []
+    paths.private_key.chmod(0o644)
+    signing_key(paths)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the audit signing key {paths.private_key} can be read by other users (mode 0644): chmod 600 it"]
 
 
 def test_missing_record_is_named(data_dir: Path) -> None:
