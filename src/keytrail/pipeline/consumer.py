@@ -71,6 +71,7 @@ class MetricsConsumer:
             follow=s.follow,
             gather_seconds=s.gather_seconds,
             stop=self.stop_event,
+            counted=lambda partition, value: self.runner.counted(partition, value),
         )
 
     def _new_runner(self) -> Runner:

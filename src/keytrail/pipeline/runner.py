@@ -175,6 +175,21 @@ class Runner:
             self._states[partition] = state
         return self._states[partition]
 
+    async def counted(self, partition: str, value: bytes) -> bool:
+        """Whether the state of `partition` counted the record `value` (Avro), by its eventID among
+        the recent ones: a source checks the record below its start offset with it, to tell a log
+        restored or replaced since the state was written from the one counted. A record that was no
+        request (unreadable, network activity) cannot tell, and is taken as counted."""
+        return await self._in_worker(self._counted, partition, value)
+
+    def _counted(self, partition: str, value: bytes) -> bool:
+        seen = self.state(partition).seen
+        frame = Batch(partition, (0,), values=(value,)).frame_from(0).filter(~_NETWORK_ACTIVITY)
+        if not frame.height or not len(seen):
+            return True
+        hashes = event_hashes(frame.select(pl.coalesce("sharedEventID", "eventID")).to_series())
+        return bool(seen.remembered(hashes).all())
+
     async def run(self) -> RunStats:
         """Consume until the source ends (or the task is cancelled); checkpoint on the way out."""
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)  # read one batch ahead

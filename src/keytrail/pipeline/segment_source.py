@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from keytrail.pipeline.runner import Batch
@@ -35,8 +35,10 @@ class SegmentLogSource:
         poll_seconds: float = 0.2,
         gather_seconds: float | None = None,
         stop: asyncio.Event | None = None,
+        counted: Callable[[str, bytes], Awaitable[bool]] | None = None,
     ) -> None:
         self.directory = directory
+        self.counted = counted  # Runner.counted: whether the state counted a record
         self.max_records = max_records
         self.follow = follow
         self.poll_seconds = poll_seconds
@@ -48,7 +50,8 @@ class SegmentLogSource:
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         reader = SegmentReader(self.directory)
         self._offset = start_at(SEGMENT_LOG_PARTITION)
-        began_again = False  # the log began again below the state's offset: the next batch says so
+        # The log began again below the state's offset: the next batch says so.
+        began_again = await self._replaced_below(reader)
         while not self.stop.is_set():
             first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
             self._end = end
@@ -70,6 +73,22 @@ class SegmentLogSource:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
                 # aggregate, state) is shared by many events instead of paid per few calls.
                 await self._pause(self.gather_seconds)
+
+    async def _replaced_below(self, reader: SegmentReader) -> bool:
+        """Whether the record before the start offset is not one the state counted: the audit folder
+        restored from a backup older than the metrics state, whose new records took the offsets of
+        those counted after the backup. Read from the start offset on, the records below it were
+        never counted. Read it from its start instead; those counted already are known by eventID."""
+        if self.counted is None or self._offset == 0:
+            return False
+        first, values, _ = await asyncio.to_thread(reader.read, self._offset - 1, 1)
+        if first != self._offset - 1 or not values or await self.counted(SEGMENT_LOG_PARTITION, values[0]):
+            return False  # gone under retention, or the log ends below (see _read_from_start)
+        log.warning("the event log in %s holds at offset %d a record this consumer did not count there: the audit "
+                    "folder was restored from an older backup or replaced since; reading it from its start",
+                    self.directory, self._offset - 1)
+        self._offset = 0
+        return True
 
     def _read_from_start(self, end: int) -> None:
         """The log ends below the offset the state covers: mostly another trail than the one counted
