@@ -6,6 +6,7 @@ import datetime
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -27,7 +28,7 @@ from botocore.exceptions import ClientError
 from keytrail.audit.cloudtrail_files import iter_events
 from tests.support.errors import aws_error
 from tests.support.server import PRINCIPALS, KeytrailServer, write_principals
-from tests.support.services import wait_for_port
+from tests.support.services import free_port, wait_for_port
 
 
 def _raw(server: KeytrailServer, body: bytes, target: str = "TrentService.ListKeys", *,
@@ -388,6 +389,24 @@ def test_tls_self_signed_prints_how_to_trust_it_and_clients_verify_it(tmp_path: 
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_the_commands_a_first_start_prints_run_in_a_shell_with_a_data_dir_path_holding_spaces(tmp_path: Path) -> None:
+    data_dir = tmp_path / "my keytrail" / "données"
+    args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data_dir), "--port", str(free_port()),
+            "--tls-self-signed"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    cert_export, verify = lines[1], lines[4].split("check the trail with: ", 1)[1]
+    shell = subprocess.run(["bash", "-c", f'{cert_export}\nprintf "%s" "$AWS_CA_BUNDLE"'],
+                           capture_output=True, text=True, check=True)
+    assert shell.stdout == str(data_dir / "tls" / "tls-cert.pem")
+    assert shlex.split(verify)[:5] == ["keytrail", "audit", "verify", "--data-dir", str(data_dir)]
 
 
 def _https_call(port: int, maximum: ssl.TLSVersion) -> tuple[str, str, str]:

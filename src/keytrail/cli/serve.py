@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -127,7 +128,7 @@ def _print_public_key(integrity: IntegrityPaths, data_dir: Path) -> None:
 
     typer.echo(f"Created the audit signing key; its public key {integrity.public_key} has the SHA-256 fingerprint "
                f"{exported_fingerprint(integrity)}. Keep a copy off this node and check the trail with: "
-               f"keytrail audit verify --data-dir {data_dir} --public-key COPY")
+               f"keytrail audit verify --data-dir {shlex.quote(str(data_dir))} --public-key COPY")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -169,10 +170,11 @@ def _tls(settings: ServeSettings) -> tuple[dict[str, str], bool]:
 
 def _print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
     """Clients must trust the new certificate and call https://: a data dir whose principals file
-    exists already prints no `export` line, and the one printed before named http://."""
+    exists already prints no `export` line, and the one printed before named http://. The path is
+    quoted as the shell needs (a data dir with a space in its path), as the line is there to be pasted."""
     names = ", ".join(dict.fromkeys(name for name in ("localhost", "127.0.0.1", settings.host) if name != "0.0.0.0"))
     typer.echo(f"Created the dev certificate {cert} ({names}). To use it:")
-    typer.echo(f"export AWS_CA_BUNDLE={cert} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
+    typer.echo(f"export AWS_CA_BUNDLE={shlex.quote(str(cert))} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
 
 
 def _tls_problem(cert: Path, key: Path) -> str | None:
