@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["STORE_ENV", "ServeSettings"]
+__all__ = ["PROXIES_ENV", "STORE_ENV", "ServeSettings"]
 
 STORE_ENV = "KEYTRAIL_STORE"  # the shared key store's URL, for serve and root-key rotate alike
+PROXIES_ENV = "FORWARDED_ALLOW_IPS"  # uvicorn's: the proxies trusted to report a caller's address
 
 
 @dataclass(frozen=True, slots=True)

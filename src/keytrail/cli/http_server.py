@@ -18,7 +18,7 @@ import uvicorn
 
 from keytrail.api.http_protocol import ClientNoiseFilter, CoalescingHttpToolsProtocol, connection_limit
 from keytrail.api.tls_handshake import TlsHandshake
-from keytrail.config import ServeSettings
+from keytrail.config import PROXIES_ENV, ServeSettings
 
 __all__ = ["HttpServer"]
 
@@ -33,7 +33,7 @@ class HttpServer:
         # is the connection's, unless the operator names the proxies trusted to report another
         # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from
         # 127.0.0.1: any local client could then write whatever source address it liked into the trail.
-        proxies = os.environ.get("FORWARDED_ALLOW_IPS") or None
+        proxies = os.environ.get(PROXIES_ENV) or None
         self._protocol = CoalescingHttpToolsProtocol.limited_to(connection_limit())
         if settings.audit:  # answers wait on their group commit: see the protocol's module docstring
             self._protocol = self._protocol.answering_at_once()

@@ -32,7 +32,7 @@ from keytrail.cli.console import (
     url_password,
 )
 from keytrail.cli.pending_announcement import PRINCIPALS, SIGNING_KEY, PendingAnnouncement
-from keytrail.config import STORE_ENV, ServeSettings
+from keytrail.config import PROXIES_ENV, STORE_ENV, ServeSettings
 from keytrail.log_lines import log_to_stderr
 from keytrail.owner_only import make_dirs
 from keytrail.transport.segment_log import LogLockedError
@@ -250,7 +250,7 @@ def serve(
     kafka_shipping = {"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
                       "max_unshipped_bytes": max_unshipped_bytes}  # ServeSettings' names, the flags' too
     if problem := (bootstrap_problem(kafka) or mqtt_problem(mqtt) or _without_kafka(kafka, kafka_shipping)
-                   or _without_detector(detector, mqtt=mqtt, config=config)):
+                   or _without_detector(detector, mqtt=mqtt, config=config) or _proxies_problem()):
         raise _fail(problem)
     sockets = _listening(host, port)
     try:
@@ -268,6 +268,24 @@ def serve(
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _proxies_problem() -> str | None:
+    """Why $FORWARDED_ALLOW_IPS (the proxies trusted to report a caller's address, docs/operations.md)
+    cannot be used: uvicorn keeps an entry that is no address or network (a host name, a port,
+    10.0.0.5/24's host bits, `*` among others) as a literal it compares with the peer's address,
+    which never matches, so the proxy was silently not trusted and its address recorded for
+    every caller behind it."""
+    value = os.environ.get(PROXIES_ENV)
+    if not value or value == "*":  # uvicorn: unset trusts none, "*" alone every peer
+        return None
+    for entry in filter(None, (item.strip() for item in value.split(","))):
+        try:
+            ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+        except ValueError as error:
+            return (f"${PROXIES_ENV}: {entry!r} is no IP address or network ({error}): name the proxies as "
+                    "10.0.0.5 or 10.0.0.0/24, comma-separated, or * alone to trust every peer")
+    return None
 
 
 def _without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -564,6 +565,19 @@ def test_a_host_that_is_no_valid_name_is_one_line_naming_it(tmp_path: Path, host
     line = _one_line_error(_keytrail("consume", "--data-dir", tmp_path, "--metrics-port", "20000",
                                      "--metrics-host", host), "keytrail consume: ")
     assert line == f"keytrail consume: --metrics-port: cannot listen on {host}:20000 (not a valid host name)\n"
+
+
+@pytest.mark.parametrize(("value", "entry"), [("proxy.internal", "proxy.internal"), ("10.0.0.5/24", "10.0.0.5/24"),
+                                               ("10.0.0.5:8080", "10.0.0.5:8080"), ("10.0.0.5, *", "*")])
+def test_serve_refuses_a_trusted_proxy_that_is_no_address_or_network(tmp_path: Path, value: str, entry: str) -> None:
+    # uvicorn keeps such an entry as a literal it compares with the peer's address, which never
+    # matches: the proxy was silently not trusted, and the trail recorded its address for every caller.
+    result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "node"),
+                             "--port", "0"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "FORWARDED_ALLOW_IPS": value})
+    line = _one_line_error(result, "keytrail serve: $FORWARDED_ALLOW_IPS: ")
+    assert f"{entry!r} is no IP address or network" in line
+    assert not (tmp_path / "node").exists()
 
 
 def test_serve_names_a_folder_given_as_a_tls_file_as_no_file(tmp_path: Path) -> None:
