@@ -46,8 +46,15 @@ class ServeSettings:
         return "https" if (self.tls_cert or self.tls_self_signed) else "http"
 
     @property
+    def client_host(self) -> str:
+        """The host a client on this machine calls: every interface (0.0.0.0, ::) is called on its
+        loopback address. `::` binds IPv6 only (cli/console.py), so not `localhost`, which may
+        resolve to 127.0.0.1 alone (/etc/hosts of many containers): that endpoint was refused."""
+        return {"127.0.0.1": "localhost", "0.0.0.0": "localhost", "::": "::1"}.get(self.host, self.host)
+
+    @property
     def endpoint(self) -> str:
-        host = "localhost" if self.host in ("127.0.0.1", "0.0.0.0", "::") else self.host
+        host = self.client_host
         if ":" in host:  # an IPv6 address: in brackets in a URL (RFC 3986), or the SDKs refuse it
             host = f"[{host}]"
         return f"{self.scheme}://{host}:{self.port}"

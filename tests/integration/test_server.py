@@ -409,6 +409,30 @@ def test_the_commands_a_first_start_prints_run_in_a_shell_with_a_data_dir_path_h
     assert shlex.split(verify)[:5] == ["keytrail", "audit", "verify", "--data-dir", str(data_dir)]
 
 
+def test_the_endpoint_printed_for_every_ipv6_interface_is_one_clients_reach(tmp_path: Path) -> None:
+    # --host :: listens on IPv6 only; it printed https://localhost:PORT, which a machine whose
+    # /etc/hosts maps localhost to 127.0.0.1 alone (many containers) connects to over IPv4: refused.
+    server = KeytrailServer(tmp_path / "data")
+    args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--host", "::",
+            "--port", str(server.port), "--principals", str(server.principals), "--tls-self-signed"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().endswith(" (localhost, 127.0.0.1, ::1). To use it:\n")
+        exports = dict(item.split("=", 1) for item in proc.stdout.readline().split()[1:])
+        assert exports["AWS_ENDPOINT_URL_KMS"] == f"https://[::1]:{server.port}"
+        wait_for_port(server.port, host="::1")
+        _, access_key, secret, _, _ = PRINCIPALS["alice"]
+        client = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"], region_name="us-east-1",
+                              aws_access_key_id=access_key, aws_secret_access_key=secret,
+                              verify=exports["AWS_CA_BUNDLE"])
+        assert "KeyMetadata" in client.create_key()
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
 def _https_call(port: int, maximum: ssl.TLSVersion) -> tuple[str, str, str]:
     """ListKeys over TLS up to `maximum`: the request id and the version and cipher negotiated."""
     context = ssl.create_default_context()

@@ -11,7 +11,7 @@ from keytrail.config import ServeSettings
 @pytest.mark.parametrize(("host", "endpoint"), [
     ("127.0.0.1", "http://localhost:4599"),
     ("0.0.0.0", "http://localhost:4599"),
-    ("::", "http://localhost:4599"),
+    ("::", "http://[::1]:4599"),
     ("::1", "http://[::1]:4599"),
     ("kms.internal", "http://kms.internal:4599"),
 ])

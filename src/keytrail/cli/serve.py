@@ -158,8 +158,8 @@ def _tls(settings: ServeSettings) -> tuple[dict[str, str], bool]:
         from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
 
         try:
-            made = not dev_certificate_usable(settings.data_dir / "tls", settings.host)
-            cert, key = self_signed_certificate(settings.data_dir / "tls", settings.host)
+            made = not dev_certificate_usable(settings.data_dir / "tls", settings.client_host)
+            cert, key = self_signed_certificate(settings.data_dir / "tls", settings.client_host)
         except OSError as error:
             raise _fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None
         return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}, made
@@ -172,7 +172,7 @@ def _print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
     """Clients must trust the new certificate and call https://: a data dir whose principals file
     exists already prints no `export` line, and the one printed before named http://. The path is
     quoted as the shell needs (a data dir with a space in its path), as the line is there to be pasted."""
-    names = ", ".join(dict.fromkeys(name for name in ("localhost", "127.0.0.1", settings.host) if name != "0.0.0.0"))
+    names = ", ".join(dict.fromkeys(("localhost", "127.0.0.1", settings.client_host)))
     typer.echo(f"Created the dev certificate {cert} ({names}). To use it:")
     typer.echo(f"export AWS_CA_BUNDLE={shlex.quote(str(cert))} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
 
