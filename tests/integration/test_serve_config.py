@@ -3,6 +3,7 @@ rules and webhooks from a settings file."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import json
@@ -19,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from keytrail.cli.tls import self_signed_certificate
 from tests.support.errors import aws_error
@@ -612,3 +617,41 @@ def test_a_start_naming_its_principals_file_prints_not_the_one_a_killed_start_ma
     code, out, err = _served_once(data)
     assert (code, err) == (0, ""), err
     assert out.startswith(f"Created {data / 'principals.toml'} with an admin user") and "signing key" not in out
+
+
+def _certificate(folder: Path, not_before: datetime.datetime, not_after: datetime.datetime) -> tuple[Path, Path]:
+    """A certificate for localhost valid from `not_before` to `not_after`, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    folder.mkdir()
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.mark.parametrize(("days", "said"), [((-30, -1), "expired on "), ((2, 30), "is not valid before ")])
+def test_serve_warns_of_a_certificate_no_client_accepts_at_start(tmp_path: Path, days: tuple[int, int],
+                                                                  said: str) -> None:
+    # It served it without a word: every SDK call then failed with CERTIFICATE_VERIFY_FAILED.
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = _certificate(tmp_path / "tls", *(now + datetime.timedelta(days=day) for day in days))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"), "--port",
+                             str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        while not (line := proc.stdout.readline()).startswith("keytrail serve: listening on "):
+            assert line, "serve exited"
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    warnings = [line for line in err.splitlines() if "--tls-cert" in line]
+    assert len(warnings) == 1 and f"--tls-cert {cert} {said}" in warnings[0], err
+    assert proc.returncode == 0

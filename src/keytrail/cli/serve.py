@@ -149,6 +149,17 @@ def _check_tls(settings: ServeSettings) -> None:
             raise _fail(f"{option}: {'not a file' if path.exists() else 'no such file'}: {path}")
     if problem := _tls_problem(settings.tls_cert, settings.tls_key):
         raise _fail(problem)
+    _warn_if_out_of_date(settings.tls_cert)
+
+
+def _warn_if_out_of_date(cert: Path) -> None:
+    """Served all the same (a client that does not check it still works, and a renewed file needs a
+    restart): but every SDK and the aws CLI refuse each connection, and the node said nothing."""
+    from keytrail.cli.tls import out_of_date
+
+    if problem := out_of_date(cert):
+        log.warning("--tls-cert %s %s: clients that check it (the AWS SDKs, the aws CLI) refuse every connection; "
+                    "renew it and restart", cert, problem)
 
 
 def _tls(settings: ServeSettings) -> tuple[dict[str, str], bool]:

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from keytrail.owner_only import write_bytes
 
-__all__ = ["dev_certificate_usable", "self_signed_certificate"]
+__all__ = ["dev_certificate_usable", "out_of_date", "self_signed_certificate"]
 
 # Renewed a day before it expires, so that no client meets it expired between two starts of a day.
 _RENEW_BEFORE = datetime.timedelta(days=1)
@@ -32,6 +32,22 @@ def dev_certificate_usable(directory: Path, host: str, now: datetime.datetime | 
         return False
     now = now or datetime.datetime.now(datetime.UTC)
     return cert.not_valid_after_utc - _RENEW_BEFORE > now and all(name in names for name in _subject_names(host))
+
+
+def out_of_date(cert_path: Path, now: datetime.datetime | None = None) -> str | None:
+    """Why the server certificate (the first in `cert_path`, a PEM file OpenSSL loaded) is refused
+    by every client that checks it, expired or not valid yet, else None: OpenSSL serves it, and
+    the SDKs fail each call with CERTIFICATE_VERIFY_FAILED while the node logs nothing."""
+    try:
+        cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    except (OSError, ValueError):  # unreadable since, or a form OpenSSL takes and this does not: said elsewhere
+        return None
+    now = now or datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_after_utc < now:
+        return f"expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if cert.not_valid_before_utc > now:
+        return f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    return None
 
 
 def self_signed_certificate(directory: Path, host: str,
