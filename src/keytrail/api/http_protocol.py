@@ -61,7 +61,7 @@ import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["TLS_EXTENSION", "ClientNoiseFilter", "CoalescingHttpToolsProtocol", "connection_limit"]
+__all__ = ["TLS_EXTENSION", "ClientNoiseFilter", "CoalescingHttpToolsProtocol", "connection_limit", "plain_http_on_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,16 @@ _HEAD_TOO_LARGE = _last_answer(b"431 Request Header Fields Too Large", "RequestH
                                f"The request's URL and headers exceed {HEAD_BYTES} bytes.")
 _OVERDUE = _last_answer(b"408 Request Timeout", "RequestTimeoutException", "The request did not arrive whole in time.")
 _MALFORMED = _last_answer(b"400 Bad Request", "SerializationException", "The request is not valid HTTP/1.1.")
+_PLAIN_HTTP_ON_TLS = _last_answer(
+    b"400 Bad Request", "SerializationException",
+    "The request was sent as plain HTTP to a port that serves HTTPS: use an https:// endpoint URL.")
 _STOPPING = _last_answer(b"500 Internal Server Error", "KMSInternalException",
                          "The server is shutting down; the request was not carried out. Retry it.")
+
+
+def plain_http_on_tls() -> bytes:
+    """The answer to a plain HTTP request on a port that serves HTTPS (api/tls_handshake.py)."""
+    return _stamped(_PLAIN_HTTP_ON_TLS)
 
 
 class _CoalescingTransport(asyncio.Transport):

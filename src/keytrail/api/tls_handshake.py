@@ -8,6 +8,11 @@ node had (asyncio gave each handshake 60 s). Here the server accepts plain TCP, 
 is counted from its accept in uvicorn's set of connections (which the bound counts and a stopping
 server closes), makes its handshake (`loop.start_tls`) within `HANDSHAKE_SECONDS`, and is then
 handed to the HTTP protocol, counted as one connection throughout.
+
+A client that sends plain HTTP to the port (an endpoint URL of http:// for https://) is answered
+in plain HTTP that it should call https://, and its connection closed: the handshake failed on
+its request and closed the connection without a word, which curl reported as an empty reply and
+the SDKs retried, then reported as a connection closed.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from typing import Any, cast
 import uvicorn
 from uvicorn.server import ServerState
 
-from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
+from keytrail.api.http_protocol import CoalescingHttpToolsProtocol, plain_http_on_tls
 
 __all__ = ["HANDSHAKE_SECONDS", "TlsHandshake"]
 
 # A handshake is one or two round trips: ten seconds leaves room for a lossy link's retransmissions
 # and holds a descriptor a sixth as long as asyncio's 60 s default did.
 HANDSHAKE_SECONDS = 10.0
+# What a connection's first byte is: a TLS record begins with its type (22, a handshake: the
+# ClientHello), an HTTP/1.1 request with its method, in capitals (RFC 9110: GET, POST, …).
+_HTTP_METHOD_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class TlsHandshake(asyncio.Protocol):
@@ -50,6 +58,7 @@ class TlsHandshake(asyncio.Protocol):
         # What the client sent before the TLS layer was put on its connection (its ClientHello:
         # uvloop reads a connection as soon as it is made); None once it is there.
         self._raw: list[bytes] | None = []
+        self._first_bytes: asyncio.Future[None] | None = None  # set once the client has sent some
         # What the client sent between the handshake's end and the hand-over (TLS 1.3 clients send
         # their request with their last handshake message), and whether it then closed its side.
         self._early: list[bytes] = []
@@ -61,23 +70,45 @@ class TlsHandshake(asyncio.Protocol):
         self._transport = transport
         self._connections.add(self)
         if not self._http.refused(transport):
+            self._first_bytes = self._http.loop.create_future()
             self._handshake = self._http.loop.create_task(self._secure(transport))
 
     async def _secure(self, transport: asyncio.Transport) -> None:
-        """Make the handshake, then hand the connection over; it is closed if the handshake fails
-        or does not end in time (start_tls closes it)."""
-        raw, self._raw = b"".join(self._raw or ()), None
-        if raw:  # runs once start_tls has put its TLS layer on the connection, before it reads on
-            self._http.loop.call_soon(_replay, transport, raw)
+        """Once the client's first bytes are in, make the handshake, then hand the connection over;
+        it is closed if they are plain HTTP (answered so), or if the handshake fails or does not end
+        within `handshake_seconds` of the accept (start_tls closes it)."""
+        loop = self._http.loop
+        deadline = loop.time() + self.handshake_seconds
         try:
-            secure = await self._http.loop.start_tls(transport, self, self.context, server_side=True,
-                                                     ssl_handshake_timeout=self.handshake_seconds)
+            raw = await self._client_hello(transport)
+            if not raw:
+                return
+            # runs once start_tls has put its TLS layer on the connection, before it reads on
+            loop.call_soon(_replay, transport, raw)
+            secure = await loop.start_tls(transport, self, self.context, server_side=True,
+                                          ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
         except OSError:  # ssl.SSLError, the timeout, a reset: the client's doing, uvicorn's server logged none either
             return
         finally:
             self._connections.discard(self)  # the HTTP protocol counts it from here, or it is closed
         if secure is not None and not secure.is_closing():  # None: closed (shutdown) as the handshake ended
             self._hand_over(secure)
+
+    async def _client_hello(self, transport: asyncio.Transport) -> bytes:
+        """What the client sent first (its ClientHello, or the start of it); b"" when it sent
+        nothing in time (the connection dropped) or plain HTTP (answered, and closed)."""
+        assert self._first_bytes is not None
+        try:
+            await asyncio.wait_for(self._first_bytes, self.handshake_seconds)
+        except TimeoutError:
+            transport.abort()
+            return b""
+        raw, self._raw = b"".join(self._raw or ()), None
+        if raw[0] in _HTTP_METHOD_LETTERS:
+            transport.write(plain_http_on_tls())
+            transport.close()
+            return b""
+        return raw
 
     def _hand_over(self, secure: asyncio.Transport) -> None:
         secure.set_protocol(self._http)
@@ -97,6 +128,8 @@ class TlsHandshake(asyncio.Protocol):
             self._raw.append(data)
             if self._transport is not None:  # until the handshake begins: the ClientHello, no more
                 self._transport.pause_reading()
+            if self._first_bytes is not None and not self._first_bytes.done():
+                self._first_bytes.set_result(None)
             return
         if self._handed_over:
             self._http.data_received(data)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import ssl
@@ -205,5 +206,26 @@ def test_requests_sent_with_the_last_handshake_message_are_each_answered(
             answers = await asyncio.get_running_loop().run_in_executor(
                 None, _requests_with_the_last_handshake_message, port, context, REQUEST * 2)
             assert answers.count(b"HTTP/1.1 404 ") == 2
+
+    run(case())
+
+
+def test_plain_http_sent_to_the_tls_port_is_answered_in_plain_http_saying_to_call_https(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The handshake failed on it and the connection closed without a word: curl said "Empty reply
+    # from server", and the aws CLI retried for 14 s, then "Connection was closed before we received
+    # a valid response", neither saying that the endpoint URL should be https://.
+    async def case() -> None:
+        async with _tls_server(tmp_path, monkeypatch) as (port, context):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(REQUEST)
+            answer = await asyncio.wait_for(reader.read(-1), 5)  # and closed
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in head
+            assert b"x-amzn-requestid: " in head
+            assert json.loads(body) == {"__type": "SerializationException", "message": (
+                "The request was sent as plain HTTP to a port that serves HTTPS: use an https:// endpoint URL.")}
+            assert await _https_answer(port, context) == b"HTTP/1.1 404"  # TLS clients are served as ever
 
     run(case())
