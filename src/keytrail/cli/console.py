@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from keytrail.pipeline.prices import PriceTable
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
-           "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail",
+           "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "host_port",
            "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
            "mqtt_password_warning", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time",
            "parse_window", "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password",
@@ -114,6 +114,12 @@ def interrupted_status(error: KeyboardInterrupt) -> int:
 def os_problem(error: OSError) -> str:
     """An OSError as the end of a one-line complaint: its reason, and the file it names if any."""
     return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as a message names it, an IPv6 address in brackets (RFC 3986): `2001:db8::1:0`
+    could not be told from a port."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listen_problem(error: OSError | UnicodeError) -> str:

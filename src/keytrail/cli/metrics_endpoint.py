@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from keytrail.cli.console import bound_socket, listen_problem
+from keytrail.cli.console import bound_socket, host_port, listen_problem
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 
@@ -37,7 +37,7 @@ def metrics_socket(host: str, port: int) -> socket.socket:
     try:
         return bound_socket(host, port)
     except (OSError, UnicodeError) as exc:
-        raise ValueError(f"--metrics-port: cannot listen on {host}:{port} ({listen_problem(exc)})") from None
+        raise ValueError(f"--metrics-port: cannot listen on {host_port(host, port)} ({listen_problem(exc)})") from None
 
 
 class _Exposition:

@@ -22,6 +22,7 @@ import typer
 from keytrail.cli.console import (
     bootstrap_problem,
     fail,
+    host_port,
     listen_problem,
     listening_sockets,
     mqtt_password_warning,
@@ -391,7 +392,7 @@ def _listening(host: str, port: int) -> list[socket.socket]:
     try:
         return listening_sockets(host, port)
     except (OSError, UnicodeError) as error:  # socket.gaierror (an unknown --host) is an OSError
-        raise _fail(f"cannot listen on {host}:{port} ({listen_problem(error)})") from None
+        raise _fail(f"cannot listen on {host_port(host, port)} ({listen_problem(error)})") from None
 
 
 def _off_loopback(sockets: list[socket.socket]) -> str | None:

@@ -554,6 +554,15 @@ def test_serve_refuses_a_host_it_cannot_listen_on(tmp_path: Path) -> None:
     _one_line_error(result, "keytrail serve: cannot listen on nohost.invalid:0 (")
 
 
+def test_serve_names_an_ipv6_address_it_cannot_listen_on_in_brackets(tmp_path: Path) -> None:
+    # "cannot listen on 2001:db8::1:0": no one could tell the address from the port.
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--host", "2001:db8::1")
+    _one_line_error(result, "keytrail serve: cannot listen on [2001:db8::1]:0 (")
+    line = _one_line_error(_keytrail("consume", "--data-dir", tmp_path, "--metrics-port", "20000",
+                                     "--metrics-host", "2001:db8::1"), "keytrail consume: ")
+    assert line.startswith("keytrail consume: --metrics-port: cannot listen on [2001:db8::1]:20000 (")
+
+
 @pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"])
 def test_a_host_that_is_no_valid_name_is_one_line_naming_it(tmp_path: Path, host: str) -> None:
     # Python's IDNA codec refuses it with a UnicodeError: serve died of a traceback, and the
