@@ -11,14 +11,14 @@ from urllib.parse import unquote
 import asyncpg
 
 from keytrail.cli.console import url_secrets
-from keytrail.config import ServeSettings
+from keytrail.config import STORE_ENV, ServeSettings
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.kms.store_ledger import LedgerMismatch
 
-__all__ = ["StoreUnavailable", "open_store", "without_password"]
+__all__ = ["StoreUnavailable", "open_store", "store_url_problem", "without_password"]
 
 
 class StoreUnavailable(Exception):
@@ -84,10 +84,20 @@ async def _read_store(settings: ServeSettings, root: RootKey) -> Store:
     return store
 
 
+def store_url_problem(url: str) -> str | None:
+    """Why `url` names no store keytrail opens, naming where it came from (--store, or $KEYTRAIL_STORE:
+    an operator who gave no --store looked for one) and the URL without its user or any password
+    (a `password=` in its query was printed whole)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    source = f"${STORE_ENV}" if url == os.environ.get(STORE_ENV) else "--store"
+    return f"{source} must be a postgresql:// URL, got {without_password(url.split('@')[-1], url)!r}"
+
+
 async def _check_reachable(url: str) -> None:
     """Connect to the store's database once and let go (StoreUnavailable when it cannot)."""
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise StoreUnavailable(f"--store must be a postgresql:// URL, got {url.split('@')[-1]!r}")
+    if problem := store_url_problem(url):
+        raise StoreUnavailable(problem)
     with _unavailable_unless_opened(url):
         connection = await asyncpg.connect(url, timeout=DEFAULT_TIMEOUT)
         await connection.close()

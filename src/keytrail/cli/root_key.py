@@ -104,13 +104,14 @@ def _new_secret(path: Path) -> bytes:
 
 async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int | None:
     """The number of documents resealed; None if the store already was under `new`."""
+    from keytrail.cli.key_store import store_url_problem
     from keytrail.kms.postgres_store import PostgresStore
     from keytrail.kms.sqlite_store import SqliteStore
 
     old = RootKey.load(data_dir, create=False)
     if url is not None:
-        if not url.startswith(("postgresql://", "postgres://")):
-            raise _Refused(f"--store must be a postgresql:// URL, got {url.split('@')[-1]!r}")
+        if problem := store_url_problem(url):
+            raise _Refused(problem)
         return await _reseal_store(lambda root: PostgresStore.connect(url, root), old, new)
     if not (data_dir / "keys.db").exists():
         raise _Refused(f"{data_dir} holds no key store (keys.db)")

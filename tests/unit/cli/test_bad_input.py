@@ -554,6 +554,21 @@ def test_serve_refuses_a_host_it_cannot_listen_on(tmp_path: Path) -> None:
     _one_line_error(result, "keytrail serve: cannot listen on nohost.invalid:0 (")
 
 
+@pytest.mark.parametrize("source", ["--store", "$KEYTRAIL_STORE"])
+def test_a_store_url_of_another_scheme_is_refused_naming_its_source_and_no_password(tmp_path: Path,
+                                                                                    source: str) -> None:
+    # It printed the URL's query whole (its password= with it), and said --store of a URL from $KEYTRAIL_STORE.
+    url = "mysql://app:hunter2@db.internal/keys?password=s3cret&sslpassword=k3y"
+    flags, env = (["--store", url], {}) if source == "--store" else ([], {"KEYTRAIL_STORE": url})
+    result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "node"),
+                             "--port", "0", *flags], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **env})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    # (--store warns first that the password is on the command line)
+    assert result.stderr.splitlines()[-1].startswith(f"keytrail serve: {source} must be a postgresql:// URL, got ")
+    assert not any(secret in result.stderr for secret in ("hunter2", "s3cret", "k3y")), result.stderr
+
+
 def test_serve_names_an_ipv6_address_it_cannot_listen_on_in_brackets(tmp_path: Path) -> None:
     # "cannot listen on 2001:db8::1:0": no one could tell the address from the port.
     result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--host", "2001:db8::1")
