@@ -132,6 +132,9 @@ class RootKey:
         or `<data-dir>/root.key` (created with mode 0600 on first start; never by a reader, `create=False`:
         a new key there would not open the store's material, and would hide that it is not there)."""
         if value := os.environ.get(ROOT_KEY_ENV):
+            if named := os.environ.get(ROOT_KEY_FILE_ENV):  # a key left in the environment beside the secret file
+                log.warning("$%s and $%s are both set: the root key in $%s is used, %s is not read",
+                            ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, ROOT_KEY_ENV, named)
             try:
                 return cls(base64.b64decode(value, validate=True))
             except ValueError:  # binascii.Error is one

@@ -3,6 +3,7 @@ anything is sealed under it."""
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -81,3 +82,16 @@ def test_a_root_key_the_disk_has_no_room_for_is_named(tmp_path: Path) -> None:
         with pytest.raises(OSError, match=f"cannot create the root key file {disk / 'root.key'}: No space left"):
             RootKey.load(disk)
         assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+
+
+def test_a_root_key_in_both_variables_is_warned_of_naming_the_one_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # $KEYTRAIL_ROOT_KEY won without a word: the file named (the production secret) was never read,
+    # and a new store was sealed under a key left in the environment.
+    (tmp_path / "secret").write_bytes(b"f" * 32)
+    monkeypatch.setenv(sealing.ROOT_KEY_ENV, base64.b64encode(b"e" * 32).decode())
+    monkeypatch.setenv(sealing.ROOT_KEY_FILE_ENV, str(tmp_path / "secret"))
+    RootKey.load(tmp_path)
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        f"$KEYTRAIL_ROOT_KEY and $KEYTRAIL_ROOT_KEY_FILE are both set: the root key in $KEYTRAIL_ROOT_KEY is used, "
+        f"{tmp_path / 'secret'} is not read"]
