@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,6 +130,24 @@ def test_a_principals_file_that_cannot_be_read_is_named_without_python_error_tex
     with pytest.raises(PrincipalsFileError) as info:
         load_principals(tmp_path)
     assert str(info.value) == f"{tmp_path}: cannot read the principals file: Is a directory"
+
+
+_MUNICH = ALICE + """policies = ['''{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "kms:*",
+  "Resource": "*", "Condition": {"StringEquals": {"kms:EncryptionContext:site": "München"}}}]}''']
+"""
+
+
+def test_a_principals_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    # TOML is UTF-8. Read in the locale's encoding, this file was refused as "not UTF-8 text" under
+    # LC_ALL=C with PYTHONUTF8=0, and a Latin-1 locale would have read the Deny's value as "MÃ¼nchen".
+    path = tmp_path / "principals.toml"
+    path.write_text(_MUNICH, encoding="utf-8")
+    show = ("import sys; from keytrail.api.credentials import load_principals; from pathlib import Path; "
+            "policy = load_principals(Path(sys.argv[1]))['AKIAALICE000000000001'].principal.policies[0]; "
+            "print(ascii(policy['Statement'][0]['Condition']['StringEquals']))")
+    result = subprocess.run([sys.executable, "-c", show, str(path)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"})
+    assert result.stdout.strip() == ascii({"kms:EncryptionContext:site": "München"}), result.stderr
 
 
 def test_dev_credentials_take_an_account_from_ascii_digits_only() -> None:

@@ -481,6 +481,18 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
     _one_line_error(result, f"keytrail detect: {binary}: not valid TOML (not UTF-8 text)")
 
 
+def test_a_utf8_settings_file_is_not_called_binary_under_a_c_locale(tmp_path: Path) -> None:
+    # Read in the locale's encoding (ASCII under LC_ALL=C with PYTHONUTF8=0), a comment "Règles"
+    # made it "not valid TOML (not UTF-8 text)"; a Latin-1 locale would have misread its strings.
+    config = tmp_path / "settings.toml"
+    config.write_text('# Règles\n[rules.usage-spike]\nenabled = false\n', encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "keytrail", "detect", "--cloudtrail",
+                             str(_cloudtrail_gzip(tmp_path / "a.json.gz")), "--config", str(config)],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"})
+    assert result.returncode == 0 and "unauthorized-decrypt" in result.stdout, result.stderr
+
+
 def test_a_misspelt_table_in_a_settings_file_is_refused_not_ignored(tmp_path: Path) -> None:
     # `[rule.permissive-key]` for `[rules.permissive-key]` left the rule enabled, without a word.
     config = tmp_path / "typo.toml"
