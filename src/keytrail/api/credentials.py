@@ -127,7 +127,7 @@ def load_principals(path: Path) -> dict[str, Credential]:
 def _entries(path: Path) -> list[dict[str, Any]]:
     """The file's [[principal]] tables; PrincipalsFileError if it cannot be read as a principals file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     except OSError as exc:  # its reason alone: str(exc) is Python's "[Errno 21] Is a directory: '…'"
         raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:

@@ -415,7 +415,8 @@ def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[Ru
     if path is None:
         return RuleSet(), HooksConfig()
     try:
-        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8, whatever the locale
+        # TOML is UTF-8, a leading BOM allowed (Notepad, PowerShell write one), whatever the locale
+        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named

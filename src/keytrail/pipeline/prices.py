@@ -48,8 +48,7 @@ _MAX_PRICE = Decimal(1_000_000)  # far above any KMS price; beyond it sums lose 
 def load_price_table(path: Path) -> PriceTable:
     """Read a TOML price table; keys named like the PriceTable fields override the defaults
     (ValueError naming the key when a value is not a price or count of its kind)."""
-    with path.open("rb") as handle:
-        data = tomllib.load(handle)
+    data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     known = {f.name: f.type for f in fields(PriceTable)}
     unknown = sorted(set(data) - set(known))
     if unknown:

@@ -150,6 +150,14 @@ def test_a_principals_file_is_read_as_utf8_whatever_the_locale(tmp_path: Path) -
     assert result.stdout.strip() == ascii({"kms:EncryptionContext:site": "München"}), result.stderr
 
 
+def test_a_principals_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # Notepad and PowerShell save UTF-8 with a BOM, which TOML allows (toml-lang/toml#437); tomllib
+    # took it for a character and refused the file: "Invalid statement (at line 1, column 1)".
+    path = tmp_path / "principals.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ALICE.encode())
+    assert list(load_principals(path)) == ["AKIAALICE000000000001"]
+
+
 def test_dev_credentials_take_an_account_from_ascii_digits_only() -> None:
     store = CredentialStore(None, dev_credentials=True)
     assert store.lookup("444455556666").principal.account == "444455556666"  # type: ignore[union-attr]

@@ -107,6 +107,17 @@ def test_parameters_of_the_right_kind_apply(tmp_path: Path) -> None:
     assert rule.param("factor") == 4.0 and isinstance(rule.param("factor"), float) and rule.param("min_calls") == 0
 
 
+def test_a_settings_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # A UTF-8 BOM (Notepad's, PowerShell's) is allowed in TOML (toml-lang/toml#437); serve, detect and
+    # load_rules refused the file with "Invalid statement (at line 1, column 1)".
+    from keytrail.cli.detect import detector_settings
+
+    path = tmp_path / "settings.toml"
+    path.write_bytes(b"\xef\xbb\xbf[rules.usage-spike]\nenabled = false\n")
+    assert load_rules(path)["usage-spike"].enabled is False
+    assert detector_settings(path)[0]["usage-spike"].enabled is False
+
+
 def test_durations() -> None:
     assert parse_duration("90d") == timedelta(days=90)
     assert parse_duration("30s") == parse_duration(30) == timedelta(seconds=30)

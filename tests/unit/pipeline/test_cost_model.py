@@ -126,6 +126,13 @@ def test_price_table_from_toml_overrides_defaults(tmp_path: Path) -> None:
     assert table.asymmetric == Decimal("0.15")
 
 
+def test_a_price_table_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # TOML allows a UTF-8 BOM (toml-lang/toml#437): "Invalid statement (at line 1, column 1)".
+    path = tmp_path / "prices.toml"
+    path.write_bytes(b"\xef\xbb\xbfsymmetric = 0.04\n")
+    assert load_price_table(path).symmetric == Decimal("0.04")
+
+
 def test_price_table_rejects_unknown_keys(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text("symetric = 0.04\n")
