@@ -6,6 +6,7 @@ runs (commands.py says why); this module only assembles them.
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import sys
@@ -36,6 +37,7 @@ def main() -> None:
     """The console entry point. Every error is one line on stderr and a non-zero exit: a usage
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
     _fill_closed_standard_streams()
+    _escape_what_stdout_cannot_encode()
     try:
         code = app(standalone_mode=False, prog_name="keytrail")
     except KeyboardInterrupt:  # Ctrl-C before typer's main; in it (a command loading or running) typer exits 130
@@ -89,3 +91,25 @@ def _fill_closed_standard_streams() -> None:
             os.dup2(opened, fd)
             os.close(opened)
         setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, mode, closefd=False), line_buffering=fd == 2))
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """A character stdout's encoding lacks (ASCII under LC_ALL=C, Latin-1 under an ISO-8859-1 locale)
+    is printed as a backslash escape, as Python's stderr does: imported records, tags and encryption
+    contexts hold any text, and a name in one ended the output in a UnicodeEncodeError traceback.
+    (Under the C locale Python's stdout has surrogateescape, which fails on them as strict does.)"""
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors in ("strict", "surrogateescape"):
+        codecs.register_error(_STDOUT_ERRORS, _file_name_bytes_else_escaped)
+        sys.stdout.reconfigure(errors=_STDOUT_ERRORS)
+
+
+_STDOUT_ERRORS = "keytrail.stdout"
+
+
+def _file_name_bytes_else_escaped(error: UnicodeError) -> tuple[str | bytes, int]:
+    """A path's undecodable bytes (a data dir named in Latin-1) as the bytes they were, as
+    surrogateescape writes them; any other character the encoding lacks as a backslash escape."""
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeError:
+        return codecs.backslashreplace_errors(error)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -100,3 +102,34 @@ def test_an_error_no_command_caught_names_the_command(args: list[str], path: str
     from keytrail.cli import _command_path
 
     assert _command_path(args) == path
+
+
+def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path: Path) -> None:
+    # An imported record may name anyone ("user/jürgen😀"); printed to a stdout in ASCII (LC_ALL=C,
+    # PYTHONUTF8=0) or Latin-1 (a de_DE.ISO-8859-1 locale), `audit events --format text`, `audit tail`,
+    # `usage` and the rest ended in a UnicodeEncodeError traceback (`detect`: "keytrail detect: 'ascii'
+    # codec can't encode…", exit 2). What the encoding lacks is escaped, as on Python's stderr.
+    record = {"eventVersion": "1.11", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt",
+              "eventTime": "2026-01-05T12:00:00Z", "eventID": "e-1", "awsRegion": "us-east-1",
+              "recipientAccountId": "111122223333", "errorCode": "AccessDenied",
+              "userIdentity": {"type": "IAMUser", "arn": "arn:aws:iam::111122223333:user/jürgen😀",
+                               "accountId": "111122223333"},
+              "resources": [{"ARN": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"}]}
+    log = tmp_path / "trail.json"
+    log.write_text(json.dumps({"Records": [record]}))
+    data = str(tmp_path / "node")
+    assert _keytrail("audit", "import", "--data-dir", data, str(log)).returncode == 0
+    c_locale, latin_1 = {"LC_ALL": "C", "PYTHONUTF8": "0"}, {"PYTHONIOENCODING": "latin-1"}
+    for env in (c_locale, latin_1):
+        for args in (["audit", "events", "--data-dir", data, "--format", "text"], ["detect", "--cloudtrail", str(log)]):
+            result = subprocess.run([sys.executable, "-m", "keytrail", *args], capture_output=True, timeout=60,
+                                    env={**os.environ, **env})
+            assert result.returncode == 0 and b"Traceback" not in result.stderr, (args, result.stderr)
+            assert b"user/j" in result.stdout, (args, result.stdout)
+    # A folder named in Latin-1 (a byte that is no UTF-8) is still printed as the bytes it is named by,
+    # as surrogateescape, stdout's error handler under the C locale in Python's UTF-8 mode, wrote it.
+    latin = os.fsdecode(bytes(tmp_path) + b"/caf\xe9")
+    utf8_mode = {name: value for name, value in os.environ.items() if name != "PYTHONUTF8"} | {"LC_ALL": "C"}
+    result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "export", "--data-dir", data, latin],
+                            capture_output=True, timeout=60, env=utf8_mode)
+    assert result.returncode == 0 and b"/caf\xe9/AWSLogs" in result.stdout, result
