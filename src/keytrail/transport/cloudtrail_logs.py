@@ -171,6 +171,9 @@ def _utf8(path: Path, data: bytearray) -> str:
     PowerShell (`Out-File -Encoding utf8`) puts first: RFC 8259 §8.1 lets a parser pass it over,
     and Python's json refuses the whole file for it; LogFileProblem naming the line and byte
     position of the first byte that is not UTF-8."""
+    if (wide := _wide_encoding(data)) is not None:
+        raise LogFileProblem(f"{path}: {wide} text, not UTF-8 (as Windows PowerShell's > and Out-File write it): "
+                             "convert it to UTF-8")
     try:
         return data.decode("utf-8").removeprefix(_BOM)
     except UnicodeDecodeError as exc:
@@ -180,6 +183,14 @@ def _utf8(path: Path, data: bytearray) -> str:
 
 
 _BOM = "\ufeff"
+
+
+def _wide_encoding(data: bytearray) -> str | None:
+    """The UTF-16 or UTF-32 encoding the first bytes are in (its BOM, or a JSON text's NULs, as RFC
+    4627 §3 tells them), else None: named, rather than reported as a 0xff that is no UTF-8 or a NUL
+    that is no JSON."""
+    encoding = json.detect_encoding(bytes(data[:4]))
+    return encoding.upper() if encoding.startswith(("utf-16", "utf-32")) else None
 
 
 def _line_of(text: str, *complaints: str) -> str:

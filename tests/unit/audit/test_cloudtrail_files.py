@@ -375,6 +375,20 @@ def test_bytes_that_are_not_utf8_are_a_problem_naming_their_line(tmp_path: Path)
     assert report.problems == [f"{latin}: line 3: not UTF-8 (byte 0xe9 at position 69: invalid continuation byte)"]
 
 
+@pytest.mark.parametrize(("encoding", "named"), [
+    ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16-LE"), ("utf-16-be", "UTF-16-BE"), ("utf-32", "UTF-32")])
+def test_a_utf16_log_file_is_a_problem_naming_its_encoding(tmp_path: Path, encoding: str, named: str) -> None:
+    # Windows PowerShell's `aws cloudtrail lookup-events … > history.json` writes UTF-16 (with a BOM):
+    # "not UTF-8 (byte 0xff at position 0: invalid start byte)", or without a BOM "not valid JSON
+    # (Expecting property name enclosed in double quotes)", named neither the encoding nor the remedy.
+    wide = tmp_path / "history.json"
+    wide.write_bytes(json.dumps({"Records": _kms_examples()}).encode(encoding))
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([wide], report=report)) == []
+    assert report.problems == [f"{wide}: {named} text, not UTF-8 (as Windows PowerShell's > and Out-File write "
+                               "it): convert it to UTF-8"]
+
+
 async def test_the_output_of_aws_cloudtrail_lookup_events_is_imported_as_its_records(tmp_path: Path) -> None:
     # The 90 days of event history need no trail: `aws cloudtrail lookup-events --lookup-attributes
     # AttributeKey=EventSource,AttributeValue=kms.amazonaws.com > history.json` prints each record as
