@@ -30,6 +30,7 @@ from keytrail.cli.console import (
     missing_paths,
     number_in_range,
     os_problem,
+    printable,
     terminate_as_interrupt,
 )
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
@@ -69,17 +70,8 @@ def _line(event: dict[str, Any], fmt: Format) -> str:
     # CloudTrail names a caller of another account (`AWSAccount`, the key owner's copy) by account alone.
     who = identity.get("arn") or identity.get("invokedBy") or identity.get("accountId") or "-"
     outcome = event.get("errorCode") or "OK"
-    return _printable(f"{event.get('eventTime')} {event.get('eventName')!s:<22} {outcome:<24} {who} "
-                      f"{_resource_arns(event)}")
-
-
-def _printable(text: str) -> str:
-    """`text` with each character a terminal would act on, rather than show, escaped (`\\n`, `\\x1b`,
-    `\\u202e`): an imported record's fields hold anything, and a newline or escape sequence in one
-    forged lines of the trail, or rewrote those on the on-call engineer's screen (CWE-117)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return printable(f"{event.get('eventTime')} {event.get('eventName')!s:<22} {outcome:<24} {who} "
+                     f"{_resource_arns(event)}")
 
 
 def _resource_arns(event: dict[str, Any]) -> str:

@@ -31,8 +31,8 @@ __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLI
            "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "host_port",
            "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
            "mqtt_password_warning", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time",
-           "parse_window", "price_table", "since_after_default_end", "terminate_as_interrupt", "url_password",
-           "url_secrets"]
+           "parse_window", "price_table", "printable", "since_after_default_end", "terminate_as_interrupt",
+           "url_password", "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -74,6 +74,15 @@ def number_in_range(low: float, high: float | None = None, *,
         return value
 
     return check
+
+
+def printable(text: str) -> str:
+    """`text` with each character a terminal would act on, rather than show, escaped (`\\n`, `\\x1b`,
+    `\\u202e`): an imported record's fields hold anything, and a newline or escape sequence in one
+    forged lines of the output, or rewrote those on the on-call engineer's screen (CWE-117)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def counted(count: int, noun: str) -> str:

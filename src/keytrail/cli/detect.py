@@ -31,6 +31,7 @@ from keytrail.cli.console import (
     mqtt_problem,
     no_core_dumps,
     number_in_range,
+    printable,
 )
 
 # The detector, its sources and the key store load in the functions that use them, not with
@@ -455,7 +456,7 @@ def _print(alarms: list[Alarm], fmt: str, over: str | None) -> None:
         if fmt == "json":
             typer.echo(json.dumps(alarm.to_json(), separators=(",", ":")))
         else:
-            typer.echo(f"{alarm.severity.value:<8} {alarm.rule:<20} {alarm.count:>6}  {alarm.summary}")
+            typer.echo(printable(f"{alarm.severity.value:<8} {alarm.rule:<20} {alarm.count:>6}  {alarm.summary}"))
     if fmt == "table" and over is not None:
         typer.echo(f"{counted(len(alarms), 'alarm')} over {over}")
 

@@ -31,6 +31,7 @@ from keytrail.cli.console import (
     number_in_range,
     parse_window,
     price_table,
+    printable,
     since_after_default_end,
 )
 from keytrail.owner_only import make_dirs
@@ -443,12 +444,13 @@ def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
 
 
 def _cells(rows: list[dict[str, Any]], fields: list[str]) -> list[list[str]]:
-    """Each row's `fields` as text; no rows, no text to render (nor polars loaded, which tabular's does)."""
+    """Each row's `fields` as text a terminal shows (`printable`); no rows, no text to render (nor
+    polars loaded, which tabular's does)."""
     if not rows:
         return []
     from keytrail.reports.tabular import cell_text
 
-    return [[cell_text(row[name]) for name in fields] for row in rows]
+    return [[printable(cell_text(row[name])) for name in fields] for row in rows]
 
 
 def register(app: typer.Typer) -> None:

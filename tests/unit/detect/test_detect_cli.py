@@ -95,6 +95,18 @@ def test_offline_table_ends_with_what_the_alarms_were_judged_over(app: typer.Typ
     assert [json.loads(line)["rule"] for line in as_json.stdout.splitlines()] == ["unauthorized-decrypt"]
 
 
+def test_offline_table_escapes_control_characters_of_a_record(app: typer.Typer, tmp_path: Path) -> None:
+    # A record's fields hold anything: a newline in a principal's ARN forged a second alarm line, and
+    # an escape sequence or U+202E drove the on-call engineer's terminal (CWE-117), as `audit tail`
+    # already escapes them.
+    odd = user("m\nHIGH     unauthorized-decrypt      9  forged\x1b[2K\u202e")
+    log = write_log(tmp_path / "log.json", [denied("Decrypt", T0, key_arn(1), odd)])
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log)])
+    assert result.exit_code == 0, result.output
+    row, _summary = result.stdout.splitlines()
+    assert "user/m\\nHIGH" in row and "forged\\x1b[2K\\u202e" in row and row.isprintable()
+
+
 def test_offline_detect_over_files_with_no_kms_record_says_so(app: typer.Typer, tmp_path: Path) -> None:
     """An empty folder (a wrong prefix of a trail bucket) printed nothing, as a quiet period does."""
     (tmp_path / "AWSLogs").mkdir()

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from keytrail.cli.metrics import COST_FIELDS, LAST_USED_FIELDS, USAGE_FIELDS, register
+from keytrail.cli.metrics import COST_FIELDS, LAST_USED_FIELDS, USAGE_FIELDS, register, table
 from keytrail.pipeline.query import state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.sources import RecordsSource
@@ -324,3 +324,12 @@ def test_a_trail_restored_from_an_older_backup_beside_newer_metrics_is_counted(t
     assert code == 0 and "5 counted" in err, err
     code, out, _ = run("usage", "--data-dir", str(tmp_path), "--format", "json")
     assert code == 0 and sum(row["count"] for row in lines(out)) == 12  # type: ignore[misc]
+
+
+def test_table_cells_escape_control_characters_of_a_record() -> None:
+    # An imported record names anyone: a newline in a principal's ARN forged a row of the usage and
+    # last-used tables, an escape sequence or U+202E drove the terminal (CWE-117), as `audit tail` escapes.
+    principal = "arn:aws:iam::111122223333:user/m\nforged  Decrypt\x1b[2K\u202e"
+    lines = table([{"principalArn": principal, "count": 1}], ["principalArn", "count"]).splitlines()
+    assert len(lines) == 2 and all(line.isprintable() for line in lines)
+    assert "user/m\\nforged  Decrypt\\x1b[2K\\u202e" in lines[1]
