@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import itertools
 import os
 import sys
 
@@ -38,6 +39,10 @@ def main() -> None:
     error (unknown option, a value out of range) names the command, as the commands' own errors do."""
     _fill_closed_standard_streams()
     _escape_what_stdout_cannot_encode()
+    if _empty_data_dir(sys.argv[1:]):
+        sys.stderr.write(f"{_command_path(sys.argv[1:])}: --data-dir is empty (an unset variable?): name the "
+                         "node's data directory\n")
+        sys.exit(2)
     try:
         code = app(standalone_mode=False, prog_name="keytrail")
     except KeyboardInterrupt:  # Ctrl-C before typer's main; in it (a command loading or running) typer exits 130
@@ -60,6 +65,15 @@ def main() -> None:
         sys.stderr.write(f"{_command_path(sys.argv[1:])}: {error.strerror or error}{where}\n")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _empty_data_dir(args: list[str]) -> bool:
+    """Whether `--data-dir` is given as "" (`--data-dir "$DIR"` with DIR unset): click makes it the
+    current directory, where serve then created a new root key, key store and principals file
+    without a word (`/` under systemd); and the empty text cannot be told from "." past click."""
+    options = args[: args.index("--")] if "--" in args else args
+    return "--data-dir=" in options or any(
+        option == "--data-dir" and value == "" for option, value in itertools.pairwise(options))
 
 
 def _command_path(args: list[str]) -> str:

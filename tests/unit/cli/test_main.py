@@ -133,3 +133,16 @@ def test_text_the_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path: Pa
     result = subprocess.run([sys.executable, "-m", "keytrail", "audit", "export", "--data-dir", data, latin],
                             capture_output=True, timeout=60, env=utf8_mode)
     assert result.returncode == 0 and b"/caf\xe9/AWSLogs" in result.stdout, result
+
+
+@pytest.mark.parametrize("args", [["serve", "--data-dir", ""], ["serve", "--data-dir="], ["usage", "--data-dir", ""]])
+def test_an_empty_data_dir_is_refused_before_anything_is_written(tmp_path: Path, args: list[str]) -> None:
+    # `--data-dir "$DIR"` with DIR unset: click took "" for the current directory, and serve made a
+    # root key, key store and principals file there.
+    result = subprocess.run([sys.executable, "-m", "keytrail", *args, "--port", "0"] if args[0] == "serve"
+                            else [sys.executable, "-m", "keytrail", *args], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 2
+    assert result.stderr == (f"keytrail {args[0]}: --data-dir is empty (an unset variable?): name the node's "
+                             "data directory\n")
+    assert list(tmp_path.iterdir()) == []
