@@ -77,7 +77,7 @@ class SchemaError(ValueError):
 
 def load_schema(path: Path) -> dict[str, Any]:
     """Parse an .avsc file."""
-    parsed = parse_schema(json.loads(path.read_text()))
+    parsed = parse_schema(json.loads(path.read_bytes()))
     assert isinstance(parsed, dict)
     return parsed
 

@@ -199,7 +199,7 @@ def load_rules(path: Path, base: RuleSet | None = None) -> RuleSet:
     """Read the `[rules.<id>]` tables of a TOML file over `base` (the defaults)."""
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # not UTF-8: a binary file, the wrong one
         raise RuleError(f"cannot read rules file {path}: {exc}") from None
     return (base or RuleSet()).override(doc.get("rules", {}))
 

@@ -65,7 +65,7 @@ def _writers(framing: int = 0) -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
 
 
 def _writer(path: Path, framing: int) -> tuple[bytes, tuple[bytes, tuple[str, ...]]]:
-    raw = json.loads(path.read_text())
+    raw = json.loads(path.read_bytes())
     canonical = to_parsing_canonical_form(parse_schema(raw))
     prefix = _MAGIC + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
     fields = {f["name"] for f in raw["fields"]}

@@ -98,6 +98,13 @@ def test_bad_rules_files_are_refused_with_a_reason(tmp_path: Path, text: str, me
         load_rules(path)
 
 
+def test_a_rules_file_that_is_not_utf8_is_refused_as_a_rule_error(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_bytes(b"[rules.usage-spike]\n# M\xfcnchen\n")  # Latin-1: no UTF-8, as TOML must be
+    with pytest.raises(RuleError, match="cannot read rules file .*utf-8"):
+        load_rules(path)
+
+
 def test_parameters_of_the_right_kind_apply(tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text("[rules.usage-spike]\nwindow = 600\nthresholds = { HIGH = 3 }\n"
