@@ -276,6 +276,11 @@ def consume(
     if not kafka and not try_lock(consumer_lock(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first",
                    CONSUME)
+    # A group member takes no lock, but beside the one that counts the node's own event log there
+    # (serve's), whose events Kafka carries too, it would count each of them twice.
+    if kafka and _consumer_running(data_dir):
+        raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one, counting its "
+                   "event log): --kafka would count those events twice; give another --data-dir", CONSUME)
     make_dirs(data_dir)
     problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
     stats = _consume_or_fail(settings, cloudtrail, problems, metrics)

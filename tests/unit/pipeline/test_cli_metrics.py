@@ -333,3 +333,20 @@ def test_table_cells_escape_control_characters_of_a_record() -> None:
     lines = table([{"principalArn": principal, "count": 1}], ["principalArn", "count"]).splitlines()
     assert len(lines) == 2 and all(line.isprintable() for line in lines)
     assert "user/m\\nforged  Decrypt\\x1b[2K\\u202e" in lines[1]
+
+
+def test_consume_kafka_is_refused_while_the_data_dirs_own_consumer_counts_there(tmp_path: Path) -> None:
+    """serve's consumer counts the node's events from its event log there, and they reach Kafka too:
+    `consume --kafka` into that data dir counted each call twice in `usage`, `cost` and /metrics."""
+    import fcntl
+
+    from keytrail.pipeline.layout import consumer_lock
+
+    lock = consumer_lock(tmp_path)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as serve's consumer child holds it
+        code, _, err = run("consume", "--data-dir", str(tmp_path), "--kafka", "127.0.0.1:1", "--exit-when-idle", "1")
+    assert code == 2
+    assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (keytrail serve runs "
+                   "one, counting its event log): --kafka would count those events twice; give another --data-dir\n")
