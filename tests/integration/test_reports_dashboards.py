@@ -93,3 +93,36 @@ def test_denied_calls_are_counted_per_principal(fresh_server: KeytrailServer) ->
             break
         time.sleep(0.2)
     assert expected <= lines
+
+
+def test_every_metric_the_alerts_read_is_exported_with_the_labels_they_read(fresh_server: KeytrailServer) -> None:
+    """deploy/alerts.yml reads only families a real serve exports, and only labels their series
+    carry (tests/unit/test_deploy.py checks the same against docs/metrics.md): an alert over a
+    family or a label that is not there is an empty expression, and never fires."""
+    from tests.unit.test_deploy import _TARGET_LABELS, _labels_used, alert_rules, metric_names
+
+    kms = fresh_server.client("alice")
+    blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"alerts")["CiphertextBlob"]
+    with pytest.raises(fresh_server.client("bob").exceptions.ClientError):  # a denied call
+        fresh_server.client("bob").decrypt(CiphertextBlob=blob)
+    assert fresh_server.post("/", {})[0] >= 400  # unsigned: refused before authentication
+    wanted = set().union(*(metric_names(rule["expr"]) for rule in alert_rules())) - {"up"}
+    deadline = time.monotonic() + 20
+    while True:  # the consumer counts the calls 1-3 s later
+        text = fresh_server.get("/metrics")[1].decode()
+        if "keytrail_kms_denied_requests_total{" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    families, labels = exported_families(text), exported_labels(text)
+    assert sorted(wanted - set(families)) == []
+    carried = {name: labels.get(name, set()) | _TARGET_LABELS for name in families} | {"up": set(_TARGET_LABELS)}
+    wrong = {}
+    for rule in alert_rules():
+        expr = rule["expr"]
+        used = _labels_used(expr, "") - set().union(*(carried[name] for name in metric_names(expr)))
+        for name, matchers in re.findall(r"\b([a-z_:][a-z0-9_:]*)\{([^}]*)\}", expr):
+            [family] = metric_names(name)
+            used |= set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers)) - carried[family]
+        if used:
+            wrong[rule["alert"]] = sorted(used)
+    assert wrong == {}

@@ -1,6 +1,7 @@
 """The deployment files hold together: docker-compose.yml is valid Compose and runs real keytrail
 commands, Prometheus scrapes the serve nodes, the consumer and the detector, Grafana is provisioned
-with the generated dashboards, and docs/contracts.md covers every section of the shared contracts page."""
+with the generated dashboards, its alerting rules read only what keytrail serves and name their runbook,
+and docs/contracts.md covers every section of the shared contracts page."""
 
 from __future__ import annotations
 
@@ -397,3 +398,254 @@ def test_user_guides_name_only_real_commands() -> None:
     documented = documented_commands()
     assert {"serve", "report", "audit verify"} <= documented
     assert sorted(documented - cli_commands()) == []
+
+
+# deploy/alerts.yml: the alerting rules deploy/prometheus.yml loads (docs/operations.md, "Alerts").
+ALERTS = ROOT / "deploy/alerts.yml"
+OPERATIONS = ROOT / "docs/operations.md"
+#: The alert's `severity` label: critical pages, warning makes a ticket.
+SEVERITIES = {"critical", "warning"}
+#: PromQL's words that are not metric names (functions are known by the "(" after them).
+_PROMQL_WORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",
+                 "group_right", "inf", "nan"}
+#: Prometheus's own series of each target (job, instance); none of keytrail's.
+_PROMETHEUS_SERIES = {"up": ()}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series a PromQL expression reads: every name left once strings, label matchers, ranges,
+    offsets and grouping clauses are taken out, that is not a function (followed by "(") or a word
+    of PromQL's. A histogram's _bucket, _sum and _count are named by their family."""
+    bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\boffset\s+\w+|\b(?:by|without|on|ignoring)\s*\([^)]*\)", " ", bare)
+    names = {name for name in re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()", bare)
+             if name.lower() not in _PROMQL_WORDS}
+    histograms = {name for name, (kind, _) in documented_metrics().items() if kind == "histogram"}
+    return {family if (family := re.sub(r"_(bucket|sum|count)$", "", name)) in histograms else name
+            for name in names}
+
+
+def test_metric_names_reads_series_not_functions_labels_or_durations() -> None:
+    expr = ('histogram_quantile(0.99, sum by (job, le) (rate(keytrail_audit_fsync_seconds_bucket{job="a"}[5m])))'
+            ' > 0.1 and on(instance) up offset 5m unless keytrail_x_total{outcome=~"b|c"} / 300')
+    assert metric_names(expr) == {"keytrail_audit_fsync_seconds", "up", "keytrail_x_total"}
+
+
+def test_the_rule_file_is_one_group_of_alerts_each_with_for_severity_summary_description_and_runbook() -> None:
+    document = yaml.safe_load(ALERTS.read_text())
+    assert set(document) == {"groups"} and [group["name"] for group in document["groups"]] == ["keytrail"]
+    rules = alert_rules()
+    assert len(rules) >= 8
+    names = [rule["alert"] for rule in rules]
+    assert len(set(names)) == len(names), names
+    for rule in rules:
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert re.fullmatch(r"\d+[smh]", str(rule["for"])), rule["alert"]
+        assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]
+        assert set(rule["annotations"]) == {"summary", "description", "runbook"}, rule["alert"]
+
+
+def test_every_alert_reads_only_metrics_keytrail_serves() -> None:
+    """An alert over a family no process serves (a typo, a family renamed) never fires, and nothing
+    says so: its expression is empty. docs/metrics.md's table is the list of what `keytrail serve`,
+    `consume` and `detect` serve, checked against a real serve's GET /metrics
+    (tests/integration/test_reports_dashboards.py, which also scrapes the alerts' families)."""
+    served = set(documented_metrics()) | set(_PROMETHEUS_SERIES)
+    unknown = {rule["alert"]: sorted(names - served) for rule in alert_rules()
+               if (names := metric_names(rule["expr"])) and not names <= served}
+    assert unknown == {}
+    assert all(metric_names(rule["expr"]) for rule in alert_rules())
+
+
+def _carried(name: str) -> set[str]:
+    labels = dict(_PROMETHEUS_SERIES) | {n: labels for n, (_, labels) in documented_metrics().items()}
+    return set(labels[name]) | _TARGET_LABELS
+
+
+def test_every_label_an_alert_reads_is_one_its_metric_carries() -> None:
+    """A matcher on a label its metric lacks (`outcome` on the denials, `code` on the requests)
+    matches nothing, or everything for `!=`; a `by (…)` of one gives one unlabelled series."""
+    wrong: dict[str, list[str]] = {}
+    for rule in alert_rules():
+        expr = rule["expr"]
+        for name, matchers in re.findall(r"\b([a-z_:][a-z0-9_:]*)\{([^}]*)\}", expr):
+            family = next(iter(metric_names(name)))
+            used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+            wrong.setdefault(rule["alert"], []).extend(sorted(used - _carried(family)))
+        carried = set().union(*(_carried(name) for name in metric_names(expr)))
+        wrong.setdefault(rule["alert"], []).extend(sorted(_labels_used(expr, "") - carried))
+        templated = set(re.findall(r"\$labels\.(\w+)", yaml.safe_dump(rule["annotations"])))
+        wrong[rule["alert"]].extend(sorted(templated - carried))
+    assert {alert: labels for alert, labels in wrong.items() if labels} == {}
+
+
+def test_every_job_an_alert_names_is_a_job_prometheus_scrapes() -> None:
+    jobs = set(_scrape_jobs())
+    named = {rule["alert"]: {job for value in re.findall(r'\bjob\s*(?:=~|!~|!=|=)\s*"([^"]*)"', rule["expr"])
+                             for job in value.split("|")} for rule in alert_rules()}
+    assert {alert: sorted(names - jobs) for alert, names in named.items() if names - jobs} == {}
+
+
+def test_the_alarm_alerts_drop_the_alarms_severity_label_for_their_own() -> None:
+    """keytrail_alarms_total has a `severity` label of its own (HIGH, CRITICAL): an alert over it
+    that kept it would have it overwritten by the rule's (critical, warning), or, in Alertmanager's
+    grouping, two meanings under one name. Those alerts aggregate it away."""
+    for rule in alert_rules():
+        if "keytrail_alarms_total" in metric_names(rule["expr"]):
+            [grouped] = re.findall(r"^sum by \(([^)]*)\)", rule["expr"])
+            assert "severity" not in grouped, rule["alert"]
+
+
+def operations_sections() -> dict[str, str]:
+    """docs/operations.md: its GitHub anchor → the section's heading and text, up to the next heading."""
+    text = OPERATIONS.read_text()
+    parts = re.split(r"^(#{2,3} .+)$", text, flags=re.M)
+    return {_anchor(heading): heading.lstrip("# ") + "\n" + body
+            for heading, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, blanks as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lstrip("# ").strip().lower()).replace(" ", "-")
+
+
+def test_anchor_is_github_s() -> None:
+    assert _anchor("## Watching it") == "watching-it" and _anchor("## Backup and restore") == "backup-and-restore"
+
+
+def test_every_alert_names_a_runbook_section_of_the_operations_guide() -> None:
+    """The on-call engineer follows the alert to the page: its `runbook` anchor is a heading of
+    docs/operations.md, which its description names, and each item it names in brackets is a
+    point of that section (a bold lead, or a `literal`)."""
+    sections = operations_sections()
+    wrong = {}
+    for rule in alert_rules():
+        description, runbook = rule["annotations"]["description"], rule["annotations"]["runbook"]
+        page, _, anchor = runbook.partition("#")
+        _, marker, where = description.partition("Runbook: docs/operations.md,")
+        named = re.findall(r'"([^"]+)"(?: \(([^)]*)\))?', where) if marker else []
+        problems = [f"runbook {runbook}: no such section"] if page != "docs/operations.md" or anchor not in sections \
+            else []
+        if not named or _anchor(named[0][0]) != anchor:
+            problems.append(f"the description does not end naming {runbook}'s section: Runbook: docs/operations.md, …")
+        for heading, items in named:
+            section = sections.get(_anchor(heading), "")
+            if not section:
+                problems.append(f'no section "{heading}"')
+            for item in filter(None, (item.split(":")[0].strip() for item in items.split(","))):
+                if f"**{item}" not in section and f"`{item}`" not in section:
+                    problems.append(f'"{heading}" has no point "{item}"')
+        if problems:
+            wrong[rule["alert"]] = problems
+    assert wrong == {}
+
+
+def alerts_table() -> dict[str, str]:
+    """docs/operations.md, "Alerts": alert → severity, from its table."""
+    section = operations_sections()["alerts"]
+    return dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", section, flags=re.M))
+
+
+def test_the_operations_guide_lists_every_alert_with_its_severity() -> None:
+    assert alerts_table() == {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}
+
+
+def test_prometheus_loads_the_alerts_and_compose_mounts_them_where_it_looks() -> None:
+    """rule_files are read relative to the configuration file: compose's Prometheus has it at
+    /etc/prometheus/prometheus.yml, so the rules must be mounted beside it, as they are beside it here."""
+    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    assert config["rule_files"] == [ALERTS.name] and (ROOT / "deploy" / config["rule_files"][0]).is_file()
+    prometheus = compose()["services"]["prometheus"]
+    mounts = {volume.split(":")[0]: volume.split(":")[1] for volume in prometheus["volumes"]}
+    config = Path(mounts["./deploy/prometheus.yml"])
+    assert f"--config.file={config}" in prometheus["command"]
+    assert mounts.get("./deploy/alerts.yml") == str(config.parent / ALERTS.name)
+
+
+_PROMTOOL = pytest.mark.skipif(shutil.which("promtool") is None,
+                               reason="promtool (Debian package prometheus) is not installed")
+
+
+@_PROMTOOL
+def test_promtool_accepts_the_configuration_and_its_rules() -> None:
+    result = subprocess.run(["promtool", "check", "config", "deploy/prometheus.yml"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "SUCCESS: 1 rule files found" in result.stdout, result.stdout + result.stderr
+
+
+def _series(name: str, labels: str, values: str) -> dict[str, str]:
+    return {"series": f'{name}{{job="keytrail",instance="node-1:4599"{labels}}}', "values": values}
+
+
+def _fires(alert: str, at: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A promtool alert_rule_test: `alert` fires at `at` with the node's labels (and `labels`)."""
+    severity = next(rule["labels"]["severity"] for rule in alert_rules() if rule["alert"] == alert)
+    fired = {"job": "keytrail", "instance": "node-1:4599", "severity": severity, **(labels or {})}
+    return {"eval_time": at, "alertname": alert, "exp_alerts": [{"exp_labels": fired}]}
+
+
+def _silent(alert: str, at: str) -> dict[str, Any]:
+    return {"eval_time": at, "alertname": alert, "exp_alerts": []}
+
+
+#: (what it shows, input series, the alerts expected to fire or stay silent): one minute a sample.
+ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
+    ("a node down for 2 minutes pages", [_series("up", "", "1 1 0 0 0 0")],
+     [_silent("KeytrailNodeDown", "3m"), _fires("KeytrailNodeDown", "4m")]),
+    ("shipping paused on a node that records nothing: 5 records wait for good",
+     [_series("keytrail_audit_spool_depth", "", "5x20"), _series("keytrail_audit_committed_records_total", "", "9x20")],
+     [_silent("KeytrailAuditShippingStalled", "9m"), _fires("KeytrailAuditShippingStalled", "16m")]),
+    ("shipping keeping up with 100 records a second: a few hundred in flight at each scrape",
+     [_series("keytrail_audit_spool_depth", "", "250 30 400 0 120 310 90 20 400 10 250 30 400 0 120 310 90 20 400 10"),
+      _series("keytrail_audit_committed_records_total", "", "0+6000x20")],
+     [_silent("KeytrailAuditShippingStalled", "19m")]),
+    ("shipping paused under load: the spool grows by the node's calls",
+     [_series("keytrail_audit_spool_depth", "", "0 0 0 0 0 0+6000x15"),
+      _series("keytrail_audit_committed_records_total", "", "0+6000x20")],
+     [_fires("KeytrailAuditShippingStalled", "19m")]),
+    ("21 denials of an operation at once, in a series born with them, make a spike",
+     [_series("keytrail_kms_denied_requests_total", ',operation="Decrypt"', "_x10 21x10")],
+     [_fires("KeytrailDeniedCallsSpike", "17m")]),
+    ("the first CRITICAL alarm pages, under the alert's severity, not the alarm's",
+     [_series("keytrail_alarms_total", f',rule="key-deletion-in-use",severity="{severity}"', values)
+      for severity, values in (("CRITICAL", "0 0 0 1 1 1"), ("HIGH", "0x5"))],
+     [_fires("KeytrailCriticalAlarm", "4m", {"rule": "key-deletion-in-use"}), _silent("KeytrailHighAlarm", "4m")]),
+    ("a child restarting every 2 minutes",
+     [_series("keytrail_child_restarts_total", ',child="consumer"', "0 0 1 1 2 2 3 3 4 4 5 5 6 6 7 7 8 8 9 9 10")],
+     [_fires("KeytrailChildRestarting", "16m", {"child": "consumer"})]),
+    ("a consumer 50,000 records behind and falling further",
+     [_series("keytrail_pipeline_consumer_lag", ',partition="segment-log"', "50000+1000x30")],
+     [_fires("KeytrailConsumerLagging", "30m", {"partition": "segment-log"})]),
+    ("a consumer 50,000 records behind and catching up",
+     [_series("keytrail_pipeline_consumer_lag", ',partition="segment-log"', "80000-2000x30")],
+     [_silent("KeytrailConsumerLagging", "30m")]),
+    ("a tenth of the calls fail on the key store, their series born at the first failure",
+     [_series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="success"', "0+540x20"),
+      _series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="KMSInternalException"', "_x4 1+60x15")],
+     [_silent("KeytrailKeyStoreErrors", "4m"), _fires("KeytrailKeyStoreErrors", "12m")]),
+    ("fsyncs of 0.5 s: every audited call waits for them",
+     [_series("keytrail_audit_fsync_seconds_bucket", f',le="{le}"', "0+100x20" if le in ("1", "+Inf") else "0x20")
+      for le in ("0.001", "0.1", "0.25", "1", "+Inf")],
+     [_fires("KeytrailAuditFsyncSlow", "16m")]),
+]
+
+
+@_PROMTOOL
+@pytest.mark.parametrize("case", [case[0] for case in ALERT_CASES])
+def test_the_alerts_fire_as_prometheus_evaluates_them(case: str, tmp_path: Path) -> None:
+    """Each alert evaluated by Prometheus's own rule engine (`promtool test rules`) over the series
+    a node would serve. Their annotations are left out: promtool compares them whole, text and all
+    (`promtool check config` above checks their templates)."""
+    [(_, series, expected)] = [c for c in ALERT_CASES if c[0] == case]
+    rules = [{key: value for key, value in rule.items() if key != "annotations"} for rule in alert_rules()]
+    (tmp_path / ALERTS.name).write_text(yaml.safe_dump({"groups": [{"name": "keytrail", "rules": rules}]}))
+    test = {"rule_files": [ALERTS.name], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": expected}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
