@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -176,5 +177,11 @@ def test_serve_refuses_calls_once_kafka_lags_by_its_max_unshipped_bytes(tmp_path
         assert 300 < answered < 2000  # the cap, not the default 1 GiB, and not at once
         status, body = server.get("/_keytrail/health")
         assert status == 503 and f"over its cap of {1 << 20} bytes" in json.loads(body)["audit"], body
+        # What health says, /metrics says too, with the bytes against the cap, for an alert rule.
+        metrics = server.get("/metrics")[1].decode()
+        assert 'keytrail_healthy{part="audit"} 0' in metrics and 'keytrail_healthy{part="keyStore"} 1' in metrics
+        assert f"keytrail_audit_unshipped_bytes_limit {1 << 20}" in metrics
+        unshipped = int(re.search(r"^keytrail_audit_unshipped_bytes (\d+)$", metrics, re.M)[1])  # type: ignore[index]
+        assert unshipped > 1 << 20
     finally:
         server.stop()

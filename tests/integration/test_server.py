@@ -55,6 +55,9 @@ def _raw(server: KeytrailServer, body: bytes, target: str = "TrentService.ListKe
 def test_health_answers_200(server: KeytrailServer) -> None:
     status, body = server.get("/_keytrail/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
+    metrics = server.get("/metrics")[1].decode()
+    assert 'keytrail_healthy{part="audit"} 1' in metrics and 'keytrail_healthy{part="keyStore"} 1' in metrics
+    assert "\nkeytrail_audit_unshipped_bytes 0\n" in metrics  # without Kafka: nothing waits to be shipped
 
 
 @pytest.mark.parametrize("path", ["/_keytrail/health", "/metrics"])
@@ -87,6 +90,8 @@ def test_health_is_unhealthy_once_the_key_store_file_is_deleted_under_the_node(
     health = json.loads(body)
     assert (status, health["status"]) == (503, "unhealthy"), body
     assert health["keyStore"].endswith("keys.db was deleted or replaced while the node runs: restore it and restart")
+    metrics = fresh_server.get("/metrics")[1].decode()
+    assert 'keytrail_healthy{part="keyStore"} 0' in metrics and 'keytrail_healthy{part="audit"} 1' in metrics
 
 
 def test_every_response_carries_a_request_id(kms) -> None:

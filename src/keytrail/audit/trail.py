@@ -177,12 +177,13 @@ class AuditTrail:
     def problem(self) -> str | None:
         """Why calls are refused now (their records cannot be kept), for the health check; None
         while the trail takes records."""
-        if self._unshipped() > self.settings.max_unshipped_bytes:
+        if self.unshipped_bytes() > self.settings.max_unshipped_bytes:
             return f"the audit spool is over its cap of {self.settings.max_unshipped_bytes} bytes not shipped to Kafka"
         return self.spool.problem()
 
-    def _unshipped(self) -> int:
-        """Bytes of the log Kafka has not acknowledged (0 without Kafka)."""
+    def unshipped_bytes(self) -> int:
+        """Bytes of the log Kafka has not acknowledged (0 without Kafka): calls are refused past
+        `settings.max_unshipped_bytes`."""
         if not self.settings.kafka_bootstrap:
             return 0
         shipped = self._shipper.shipped_bytes if self._shipper is not None else 0
@@ -191,7 +192,7 @@ class AuditTrail:
     def _check_cap(self) -> None:
         if not self.settings.kafka_bootstrap:
             return
-        unshipped = self._unshipped()
+        unshipped = self.unshipped_bytes()
         over = unshipped > self.settings.max_unshipped_bytes
         if over != self._over_cap:  # logged when it starts and ends, not per call (see AuditUnavailable)
             self._over_cap = over

@@ -12,12 +12,14 @@ from keytrail.kms.errors import KmsError
 from keytrail.kms.store import Store
 from keytrail.kms.store_ledger import LedgerMismatch
 
-__all__ = ["STORE_PROBE_EVERY", "STORE_PROBE_SECONDS", "NodeHealth", "StoreProbe"]
+__all__ = ["HEALTH_PARTS", "STORE_PROBE_EVERY", "STORE_PROBE_SECONDS", "NodeHealth", "StoreProbe"]
 
 # A load balancer may poll health many times a second: the key store is asked at most once a
 # second, and a health answer waits for it at most STORE_PROBE_SECONDS (a hung database).
 STORE_PROBE_EVERY = 1.0
 STORE_PROBE_SECONDS = 2.0
+# The parts of a node the health answer judges (NodeHealth), each named by its reason when it fails.
+HEALTH_PARTS = ("audit", "keyStore")
 
 
 class StoreProbe:
@@ -68,6 +70,6 @@ class NodeHealth:
 
     async def __call__(self) -> dict[str, Any]:
         problems = {"audit": self._audit.problem() if self._audit is not None else None,
-                    "keyStore": await self._store.problem()}
+                    "keyStore": await self._store.problem()}  # HEALTH_PARTS
         found = {name: problem for name, problem in problems.items() if problem}
         return {"version": __version__, **({"status": "unhealthy", **found} if found else {})}

@@ -29,7 +29,7 @@ from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
-from keytrail.cli.health import NodeHealth, StoreProbe
+from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
 from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
@@ -239,8 +239,8 @@ def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Ca
 
 
 async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
-    """GET /metrics: the consumers' metrics, plus the key inventory and the alarms raised."""
-    keys = await _key_inventory(node)
+    """GET /metrics: the consumers' metrics, plus the key inventory, the alarms raised and health."""
+    keys, health = await asyncio.gather(_key_inventory(node), _health(node))
     alarms = render_alarm_counts(node.alarm_counts, DEFAULT_RULES if node.settings.detector else ())
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
@@ -255,7 +255,19 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
            for child in node.children + (node.audit.children() if node.audit is not None else [])),
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
-    return pipeline_metrics() + keys + alarms + denied + refused + restarts + _audit_commits(node.audit)
+    return (pipeline_metrics() + keys + alarms + denied + refused + restarts + health
+            + _audit_commits(node.audit) + _audit_unshipped(node.audit))
+
+
+async def _health(node: Node) -> str:
+    """/_keytrail/health as a gauge per part: a node whose audit spool cannot keep records (a full
+    disk, a failed fsync, the Kafka cap) refuses every call without a record, so no counter shows
+    it, and an alert rule could not see what the load balancer's probe sees."""
+    answer = await node.app.settings.health() if node.app.settings.health is not None else {}
+    return render_family(
+        "keytrail_healthy", "gauge",
+        "1 while this part of the node serves calls, 0 while it fails them all (/_keytrail/health names why).",
+        (({"part": part}, 0 if answer.get(part) else 1) for part in HEALTH_PARTS))
 
 
 async def _key_inventory(node: Node) -> str:
@@ -293,6 +305,21 @@ def _audit_commits(audit: AuditTrail | None) -> str:
     ) + render_family("keytrail_audit_committed_records_total", "counter",
                       "Audit records made durable; divided by the fsync count, the mean group commit size.",
                       [({}, stats.records)])
+
+
+def _audit_unshipped(audit: AuditTrail | None) -> str:
+    """The bytes of the log Kafka has not acknowledged (0 without Kafka), and the cap past which
+    calls are refused (--max-unshipped-bytes): keytrail_audit_spool_depth counts records, the cap
+    bytes. Served without Kafka too, so that one alert rule reads every node."""
+    if audit is None:
+        return ""
+    return render_family(
+        "keytrail_audit_unshipped_bytes", "gauge", "Bytes of the audit log Kafka has not acknowledged.",
+        [({}, audit.unshipped_bytes())],
+    ) + render_family(
+        "keytrail_audit_unshipped_bytes_limit", "gauge",
+        "--max-unshipped-bytes: past it every KMS call is refused until shipping catches up.",
+        [({}, audit.settings.max_unshipped_bytes)])
 
 
 def record_dev_clock(data_dir: Path, now: datetime) -> None:
