@@ -33,20 +33,27 @@ __all__ = [
 ]
 
 
+# The default key policy exactly as AWS returns it (GetKeyPolicy's example in the API reference),
+# laid out by its JSON writer (` : `, `[ {`), so a caller comparing the text matches byte for byte.
+_DEFAULT_POLICY = """{
+  "Version" : "2012-10-17",
+  "Id" : "key-default-1",
+  "Statement" : [ {
+    "Sid" : "Enable IAM User Permissions",
+    "Effect" : "Allow",
+    "Principal" : {
+      "AWS" : %s
+    },
+    "Action" : "kms:*",
+    "Resource" : "*"
+  } ]
+}"""
+
+
 def default_policy(account: str, partition: str = DEFAULT_PARTITION) -> str:
     """The default key policy, as AWS writes it for CreateKey without a Policy (its account root
     in the partition of the key's Region)."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Id": "key-default-1",
-        "Statement": [{
-            "Sid": "Enable IAM User Permissions",
-            "Effect": "Allow",
-            "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
-            "Action": "kms:*",
-            "Resource": "*",
-        }],
-    }, indent=2)
+    return _DEFAULT_POLICY % json.dumps(f"arn:{partition}:iam::{account}:root")
 
 
 def validate_key_policy(

@@ -138,6 +138,17 @@ def test_default_policy_and_round_trip(kms) -> None:
     assert code == "MalformedPolicyDocumentException"
 
 
+def test_default_policy_text_is_the_one_aws_returns(kms) -> None:
+    # GetKeyPolicy's example in the API reference (and botocore's examples-1.json): AWS's text, as
+    # its JSON writer lays it out (` : `, `[ {`), byte for byte, so a caller comparing texts matches.
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    assert kms.get_key_policy(KeyId=key_id)["Policy"] == (
+        '{\n  "Version" : "2012-10-17",\n  "Id" : "key-default-1",\n  "Statement" : [ {\n'
+        '    "Sid" : "Enable IAM User Permissions",\n    "Effect" : "Allow",\n    "Principal" : {\n'
+        f'      "AWS" : "arn:aws:iam::{ACCOUNT}:root"\n    }},\n    "Action" : "kms:*",\n'
+        '    "Resource" : "*"\n  } ]\n}')
+
+
 def test_key_policy_can_be_changed_while_the_key_is_pending_deletion(kms) -> None:
     # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included
     # (an administrator may need to grant kms:CancelKeyDeletion to save the key).
