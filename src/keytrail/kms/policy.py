@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from keytrail.kms.context import CallContext, Principal
+from keytrail.kms.errors import LimitExceededException
 from keytrail.kms.evaluator import check_lockout
 from keytrail.kms.keys import Key
 from keytrail.kms.partitions import DEFAULT_PARTITION
@@ -63,6 +64,10 @@ def validate_key_policy(
     """Parse a key policy for CreateKey/PutKeyPolicy (MalformedPolicyDocumentException naming what
     is wrong), then run the policy lockout safety check for the key `key_arn` (`key`, when it
     exists already), in the request's context and at the service's time, unless `bypass`."""
+    if len(text.encode()) > MAX_POLICY_BYTES:
+        # API reference (CreateKey, PutKeyPolicy): "If the key policy exceeds the length
+        # constraint, KMS returns a LimitExceededException" (the quota: 32,768 bytes).
+        raise LimitExceededException("The key policy exceeds the 32 KB (32,768 bytes) size limit.")
     doc = parse_policy(text, "key")
     check_characters(text, doc)
     check_principal_wildcards(doc)

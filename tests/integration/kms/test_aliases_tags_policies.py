@@ -149,6 +149,23 @@ def test_default_policy_text_is_the_one_aws_returns(kms) -> None:
         '    "Resource" : "*"\n  } ]\n}')
 
 
+def _policy_of_size(size: int) -> str:
+    statement = {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                 "Action": "kms:*", "Resource": "*"}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    return text[:-1] + " " * (size - len(text)) + "}"
+
+
+def test_key_policy_over_32_kb_is_limit_exceeded(kms) -> None:
+    # API reference, CreateKey and PutKeyPolicy: "If the key policy exceeds the length constraint,
+    # KMS returns a LimitExceededException" (the quota: 32 KB, 32,768 bytes).
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.put_key_policy(KeyId=key_id, Policy=_policy_of_size(32_768))
+    assert len(kms.get_key_policy(KeyId=key_id)["Policy"]) == 32_768
+    assert aws_error(kms.put_key_policy, KeyId=key_id, Policy=_policy_of_size(32_769))[0] == "LimitExceededException"
+    assert aws_error(kms.create_key, Policy=_policy_of_size(32_769))[0] == "LimitExceededException"
+
+
 def test_key_policy_can_be_changed_while_the_key_is_pending_deletion(kms) -> None:
     # Key states table: PutKeyPolicy succeeds in every key state, PendingDeletion included
     # (an administrator may need to grant kms:CancelKeyDeletion to save the key).
