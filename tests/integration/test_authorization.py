@@ -314,10 +314,26 @@ def test_lockout_safety_check(alice: Any) -> None:
 
 
 def test_malformed_policy_names_what_is_wrong(alice: Any) -> None:
-    bad = json.dumps({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*"}]})
+    bad = json.dumps({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*",
+                                     "Resource": "*", "NotResource": "*"}]})
     code, message = error_of(alice.create_key, Policy=bad)
     assert code == "MalformedPolicyDocumentException"
     assert "exactly one of Resource or NotResource" in message
+
+
+def test_a_statement_without_action_or_resource_is_taken_and_has_no_effect(alice: Any, bob: Any) -> None:
+    # API reference, CreateKey and PutKeyPolicy: "If either of the required Resource or Action
+    # elements are missing from a key policy statement, the policy statement has no effect. [...]
+    # the CreateKey and PutKeyPolicy API requests succeed, even though the policy statement is
+    # ineffective."
+    admin = {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"}
+    no_resource = {"Sid": "NoResource", "Effect": "Allow", "Principal": {"AWS": BOB}, "Action": "kms:*"}
+    no_action = {"Sid": "NoAction", "Effect": "Allow", "Principal": {"AWS": BOB}, "Resource": "*"}
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [admin, no_resource, no_action]})
+    key = alice.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
+    alice.put_key_policy(KeyId=key, Policy=policy)
+    assert json.loads(alice.get_key_policy(KeyId=key)["Policy"]) == json.loads(policy)
+    assert error_of(bob.describe_key, KeyId=key)[0] == "AccessDeniedException"
 
 
 def test_a_principal_with_a_wildcard_inside_is_refused(alice: Any) -> None:

@@ -116,8 +116,11 @@ def _validate_statement(statement: Any, index: int, kind: PolicyKind) -> None:
         raise _malformed(f"Policy {where}: Sid must be a string.")
     if statement.get("Effect") not in ("Allow", "Deny"):
         raise _malformed(f"Policy {where}: Effect must be \"Allow\" or \"Deny\".")
-    _exactly_one(statement, where, "Action", "NotAction")
-    _exactly_one(statement, where, "Resource", "NotResource")
+    # A key policy statement without Action or Resource "has no effect", yet "the CreateKey and
+    # PutKeyPolicy API requests succeed" (API reference); IAM refuses such an identity policy.
+    optional = kind == "key"
+    _exactly_one(statement, where, "Action", "NotAction", optional=optional)
+    _exactly_one(statement, where, "Resource", "NotResource", optional=optional)
     for name in ("Action", "NotAction"):
         if name in statement:
             _validate_actions(statement[name], where, name)
@@ -129,8 +132,11 @@ def _validate_statement(statement: Any, index: int, kind: PolicyKind) -> None:
         _validate_condition(statement["Condition"], where)
 
 
-def _exactly_one(statement: Mapping[str, Any], where: str, first: str, second: str) -> None:
-    if (first in statement) == (second in statement):
+def _exactly_one(
+    statement: Mapping[str, Any], where: str, first: str, second: str, *, optional: bool = False,
+) -> None:
+    present = (first in statement) + (second in statement)
+    if present > 1 or (present == 0 and not optional):
         raise _malformed(f"Policy {where} must contain exactly one of {first} or {second}.")
 
 
@@ -328,8 +334,9 @@ def _conditions(block: Mapping[str, Any], variables: bool) -> tuple[Condition, .
 
 
 def _statement(raw: Mapping[str, Any], variables: bool) -> Statement:
-    action_key = "Action" if "Action" in raw else "NotAction"
-    resource_key = "Resource" if "Resource" in raw else "NotResource"
+    # A key policy statement may lack both: it is then an Action (Resource) matching nothing.
+    action_key = "NotAction" if "NotAction" in raw else "Action"
+    resource_key = "NotResource" if "NotResource" in raw else "Resource"
     principal_key = "Principal" if "Principal" in raw else "NotPrincipal"
     principal = raw.get(principal_key)
     return Statement(
@@ -337,9 +344,10 @@ def _statement(raw: Mapping[str, Any], variables: bool) -> Statement:
         allow=raw["Effect"] == "Allow",
         # Action names are case-insensitive; resource ARNs are not and may hold policy variables.
         actions=tuple(Pattern.parse(a, wildcards=True, variables=False, ignore_case=True)
-                      for a in _list(raw[action_key])),
+                      for a in _list(raw.get(action_key, []))),
         not_action=action_key == "NotAction",
-        resources=tuple(Pattern.parse(r, wildcards=True, variables=variables) for r in _list(raw[resource_key])),
+        resources=tuple(Pattern.parse(r, wildcards=True, variables=variables)
+                        for r in _list(raw.get(resource_key, []))),
         not_resource=resource_key == "NotResource",
         conditions=_conditions(raw.get("Condition", {}), variables),
         principals=_principals(principal) if principal is not None else None,

@@ -67,15 +67,8 @@ def test_account_id_principal_is_kept_bare_for_the_partition_of_the_call() -> No
             {"Statement": [OK_STATEMENT, {**OK_STATEMENT, "Sid": "Two", "Effect": "Maybe"}]},
             "statement 2 (Sid 'Two'): Effect",
         ),
-        (
-            {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Action"}]},
-            "exactly one of Action or NotAction",
-        ),
         ({"Statement": [{**OK_STATEMENT, "NotAction": "kms:Encrypt"}]}, "exactly one of Action or NotAction"),
-        (
-            {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Resource"}]},
-            "Resource or NotResource",
-        ),
+        ({"Statement": [{**OK_STATEMENT, "NotResource": "*"}]}, "exactly one of Resource or NotResource"),
         (
             {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Principal"}]},
             "Principal or NotPrincipal",
@@ -116,6 +109,17 @@ def test_identity_policy_without_principal_parses() -> None:
     document = {"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
     assert parse_policy(json.dumps(document), "identity") == document
     assert "Principal" in malformed(document)  # as a key policy, the same document is refused
+
+
+def test_a_key_policy_statement_without_action_or_resource_is_taken_and_applies_to_nothing() -> None:
+    # API reference, PutKeyPolicy: such a statement "has no effect", yet the request succeeds.
+    # IAM refuses an identity policy without them.
+    for missing in ("Action", "Resource"):
+        statement = {k: v for k, v in OK_STATEMENT.items() if k != missing}
+        compiled = compile_policy(json.dumps({"Statement": [statement]}))
+        assert not compiled.statements[0].applies_to("kms:Encrypt", "arn:aws:kms:us-east-1:111122223333:key/k", None)
+        identity = {k: v for k, v in statement.items() if k != "Principal"}
+        assert f"exactly one of {missing} or Not{missing}" in malformed({"Statement": [identity]}, "identity")
 
 
 def test_size_limit_is_32_kb() -> None:
