@@ -92,12 +92,22 @@ def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[Pol
     if not isinstance(doc, Mapping):
         raise ValueError("a key policy is a JSON object")
     statements = as_list(doc.get("Statement"))
-    perimeter = _deny_perimeter(statements)
+    perimeter = _deny_perimeter(s for s in statements if _takes_effect(s))
     findings: list[PolicyFinding] = []
     for index, statement in enumerate(statements):
-        if isinstance(statement, Mapping) and statement.get("Effect") == "Allow":
+        if _takes_effect(statement) and statement.get("Effect") == "Allow":
             findings += _StatementCheck(statement, index, zone, perimeter).run()
     return findings
+
+
+def _takes_effect(statement: Any) -> bool:
+    """A key policy statement without Action/NotAction or Resource/NotResource "has no effect",
+    though AWS stores it (API reference, PutKeyPolicy): it allows, and denies, nothing."""
+    return (
+        isinstance(statement, Mapping)
+        and ("Action" in statement or "NotAction" in statement)
+        and ("Resource" in statement or "NotResource" in statement)
+    )
 
 
 def _deny_perimeter(statements: Iterable[Any]) -> Pinning:

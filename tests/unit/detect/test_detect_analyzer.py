@@ -461,3 +461,11 @@ def test_identity_policy_decrypt_denied_everywhere_is_not_decrypt_on_every_key()
                     {**deny, "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"}):
         denied = denied_everywhere([allow_all, policy_doc(partial)])
         assert [f.code for f in analyze_identity_policy(allow_all, app, ZONE, denied=denied)] == ["decrypt-all-keys"]
+
+
+@pytest.mark.parametrize("missing", ["Action", "Resource"])
+def test_a_statement_without_action_or_resource_is_no_finding(missing: str) -> None:
+    # "If either of the required Resource or Action elements are missing from a key policy
+    # statement, the policy statement has no effect" (API reference, PutKeyPolicy): AWS stores it.
+    statement = {k: v for k, v in allow("*", "kms:*").items() if k != missing}
+    assert codes(statement) == []

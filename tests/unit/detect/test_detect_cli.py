@@ -214,7 +214,8 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     ([{"KeyArn": "k", "CustomKeyStoreId": 7}], "key k: CustomKeyStoreId is a string"),
     ([{"KeyArn": "k", "Policy": "{"}], "key k: its Policy is not a JSON policy document (Expecting"),
     ([{"KeyArn": "k", "Policy": "[]"}], "key k: its Policy is not a JSON policy document (a key policy is"),
-    ([{"KeyArn": "k", "Policy": '{"Statement": [{"Effect": "Allow", "Principal": "*", "Condition": "x"}]}'}],
+    ([{"KeyArn": "k", "Policy": '{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", '
+                                '"Resource": "*", "Condition": "x"}]}'}],
      "key k: its Policy is not a JSON policy document (a Condition element is an object"),
 ])
 def test_analyze_refuses_a_broken_inventory_in_one_line(app: typer.Typer, tmp_path: Path, inventory: object,
