@@ -96,6 +96,49 @@ HMAC and post-quantum operations are checked in docs/asymmetric-keys.md ("Checke
 # (request, what AWS does and where that is written, what keytrail does)
 CHECKED = [
     (
+        "`GetKeyPolicy` of a key on the default policy",
+        "The GetKeyPolicy reference's example response (also botocore's `examples-1.json`) gives its text: "
+        "`{\\n  \"Version\" : \"2012-10-17\",\\n  \"Id\" : \"key-default-1\",\\n  "
+        "\"Statement\" : [ {\\n …} ]\\n}`, laid out "
+        "by AWS's JSON writer.",
+        "That text byte for byte (it used to be Python's `json.dumps(indent=2)` layout). Keys created before "
+        "keep the text they were stored with.",
+    ),
+    (
+        "`PutKeyPolicy` then `GetKeyPolicy`: the text returned",
+        "AWS returns the document re-laid out, not as sent: LocalStack's AWS-validated "
+        "`test_get_put_list_key_policies` compares `json.dumps(json.loads(...))` (\"AWS policy string has "
+        "newlines littered in the response\"); aws/aws-cli#9456 shows a put policy returned in the ` : ` / `[ "
+        "{` layout. Whether member order is kept is not settled (that issue reports it varying).",
+        "Unchanged: the text is stored and returned as sent, and CloudTrail's `requestParameters.policy` and "
+        "the detector read that same text.",
+    ),
+    (
+        "`CreateKey` / `PutKeyPolicy` with a policy over 32 KB",
+        "The API reference: \"If the key policy exceeds the length constraint, KMS returns a "
+        "`LimitExceededException`\"; the quota is 32 KB (32,768 bytes). The message is not documented.",
+        "`LimitExceededException` `The key policy exceeds the 32 KB (32,768 bytes) size limit.` (it used to "
+        "be `MalformedPolicyDocumentException`); 32,768 bytes are taken.",
+    ),
+    (
+        "A key policy statement without `Action` or without `Resource`",
+        "The API reference (CreateKey, PutKeyPolicy): \"the policy statement has no effect. When a key policy "
+        "statement is missing one of these elements, the KMS console correctly reports an error, but the "
+        "CreateKey and PutKeyPolicy API requests succeed\".",
+        "Taken and stored; the statement applies to no request, and the detector reads it as allowing nothing "
+        "(it used to be refused with `MalformedPolicyDocumentException`).",
+    ),
+    (
+        "A key policy naming a principal that does not exist, duplicate `Sid`s, a member given twice in one "
+        "object",
+        "The API reference: the principals \"must exist and be visible to KMS\" (`Policy contains a statement "
+        "with one or more invalid principals.`); AWS's knowledge-center page on that error also says to "
+        "remove \"duplicate JSON policy elements and SID values\", without saying AWS refuses them.",
+        "Unchanged: keytrail cannot tell a principal outside its principals file from one that does not "
+        "exist, so a well-formed ARN is taken; duplicate `Sid`s are taken; of a member given twice the last "
+        "is read, by the evaluator and the detector alike.",
+    ),
+    (
         "`ListAliases`, and a `KeyId` of `alias/aws/<service>`",
         "The ListAliases reference: the response \"might include several aliases that do not have a "
         "TargetKeyId field\", the aliases AWS predefines for AWS managed keys (`alias/aws/s3`, …), whose keys "
