@@ -385,15 +385,21 @@ def test_tls_self_signed_prints_how_to_trust_it_and_clients_verify_it(tmp_path: 
         assert proc.stdout.readline() == f"Created the dev certificate {cert} (localhost, 127.0.0.1). To use it:\n"
         exports = dict(item.split("=", 1) for item in proc.stdout.readline().split()[1:])
         assert exports == {"AWS_CA_BUNDLE": str(cert), "AWS_ENDPOINT_URL_KMS": f"https://localhost:{server.port}"}
-        _, access_key, secret, _, _ = PRINCIPALS["alice"]
-        client = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"], region_name="us-east-1",
-                              aws_access_key_id=access_key, aws_secret_access_key=secret,
-                              verify=exports["AWS_CA_BUNDLE"])
-        assert "KeyMetadata" in client.create_key()
-        client.close()
+        _create_key_as_printed(exports)
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def _create_key_as_printed(exports: dict[str, str]) -> None:
+    """CreateKey as alice through the endpoint and CA bundle a start printed to export."""
+    _, access_key, secret, _, _ = PRINCIPALS["alice"]
+    client = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"], region_name="us-east-1",
+                          aws_access_key_id=access_key, aws_secret_access_key=secret, verify=exports["AWS_CA_BUNDLE"])
+    try:
+        assert "KeyMetadata" in client.create_key()
+    finally:
+        client.close()
 
 
 def test_the_commands_a_first_start_prints_run_in_a_shell_with_a_data_dir_path_holding_spaces(tmp_path: Path) -> None:
@@ -427,12 +433,7 @@ def test_the_endpoint_printed_for_every_ipv6_interface_is_one_clients_reach(tmp_
         exports = dict(item.split("=", 1) for item in proc.stdout.readline().split()[1:])
         assert exports["AWS_ENDPOINT_URL_KMS"] == f"https://[::1]:{server.port}"
         wait_for_port(server.port, host="::1")
-        _, access_key, secret, _, _ = PRINCIPALS["alice"]
-        client = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"], region_name="us-east-1",
-                              aws_access_key_id=access_key, aws_secret_access_key=secret,
-                              verify=exports["AWS_CA_BUNDLE"])
-        assert "KeyMetadata" in client.create_key()
-        client.close()
+        _create_key_as_printed(exports)
     finally:
         proc.terminate()
         proc.wait(20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,20 @@ def _python(code: str) -> tuple[str, ...]:
     return (sys.executable, "-c", code)
 
 
+async def _wait_until(done: Callable[[], bool]) -> None:
+    """Poll `done` for up to 10 s (a child's lines arrive as its process runs); the test's own
+    asserts then say what did not come."""
+    for _ in range(200):
+        if done():
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_a_child_that_exits_is_restarted_and_its_lines_read(tmp_path: Path) -> None:
     lines: list[bytes] = []
     child = Child(ChildSpec("echo", _python("print('up')"), lines.append, first_backoff=0.05))
     child.start()
-    for _ in range(200):
-        if len(lines) >= 3:
-            break
-        await asyncio.sleep(0.05)
+    await _wait_until(lambda: len(lines) >= 3)
     await child.stop()
     assert lines[:3] == [b"up\n"] * 3
 
@@ -77,10 +84,7 @@ async def test_a_child_gets_its_environment_defaults_unless_serves_environment_s
     defaults = {"KEYTRAIL_TEST_SET": "default", "KEYTRAIL_TEST_UNSET": "default"}
     child = Child(ChildSpec("env", _python(show), lines.append, environment_defaults=defaults))
     child.start()
-    for _ in range(200):
-        if lines:
-            break
-        await asyncio.sleep(0.05)
+    await _wait_until(lambda: bool(lines))
     await child.stop()
     assert lines[0] == b"by the operator|default\n"
 
@@ -121,10 +125,7 @@ async def test_a_child_that_cannot_be_spawned_is_tried_again(monkeypatch: pytest
     lines: list[bytes] = []
     child = Child(ChildSpec("echo", _python("print('up')"), lines.append, first_backoff=0.05))
     child.start()
-    for _ in range(200):
-        if lines:
-            break
-        await asyncio.sleep(0.05)
+    await _wait_until(lambda: bool(lines))
     await child.stop()
     assert lines[:1] == [b"up\n"]
     assert "echo child could not start ([Errno 24] Too many open files); restarting in 0.1 s" in caplog.text
@@ -138,10 +139,7 @@ async def test_a_long_line_neither_ends_the_reading_nor_is_cut(caplog: pytest.Lo
     code = "import sys; sys.stdout.write('a' * 100_000 + '\\n' + 'b' * 3_000_000 + '\\nafter\\n'); sys.stdout.flush()"
     child = Child(ChildSpec("talker", _python(code), lines.append, first_backoff=60))
     child.start()
-    for _ in range(200):
-        if b"after\n" in lines:
-            break
-        await asyncio.sleep(0.05)
+    await _wait_until(lambda: b"after\n" in lines)
     await child.stop()
     assert lines == [b"a" * 100_000 + b"\n", b"after\n"]  # the one over LINE_LIMIT is left out, and said so
     assert "talker child: a line of its output over 1048576 bytes was left out" in caplog.text
