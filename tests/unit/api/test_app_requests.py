@@ -22,6 +22,7 @@ from keytrail.kms.model import CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.support.asgi import post_kms
 
 _AUTHORIZATION = (b"AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, "
                   b"SignedHeaders=host;x-amz-date, Signature=00")
@@ -52,19 +53,7 @@ def parts(tmp_path: Path) -> tuple[KmsApp, SqliteStore, AllowAndRecord]:
 
 async def _call(app: KmsApp, target: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Serve one POST / whose body arrives as `messages`; what the app sent back."""
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    headers = [(b"x-amz-target", f"TrentService.{target}".encode()), (b"authorization", _AUTHORIZATION),
-               (b"x-amz-date", b"20260101T000000Z")]
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "client": ("127.0.0.1", 5000)}
-    await app(scope, receive, send)
-    return sent
+    return await post_kms(app, target, messages, _AUTHORIZATION)
 
 
 @pytest.mark.parametrize("arrived", [b"", b'{"Description": "half"}'])

@@ -34,6 +34,7 @@ from keytrail.kms.operations import OPERATIONS
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.support.asgi import post_kms
 
 ACCOUNT = "111122223333"
 ROOT = f"arn:aws:iam::{ACCOUNT}:root"
@@ -122,21 +123,10 @@ class World:
 
 async def _call(world: World, operation: str, body: Any, deny: bool = False) -> tuple[int, dict[str, Any]]:
     """The status and JSON body the app answers to one signed `POST /`."""
-    sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": orjson.dumps(body), "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    headers = [(b"x-amz-target", f"TrentService.{operation}".encode()), (b"authorization", _AUTHORIZATION),
-               (b"x-amz-date", b"20260101T000000Z")]
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "client": ("127.0.0.1", 5000)}
     world.gate.deny = deny
     try:
-        await world.app(scope, receive, send)
+        sent = await post_kms(world.app, operation, messages, _AUTHORIZATION)
     finally:
         world.gate.deny = False
     return sent[0]["status"], orjson.loads(sent[1]["body"] or b"{}")
