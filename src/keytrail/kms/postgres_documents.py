@@ -14,7 +14,7 @@ from keytrail.kms.store_upgrade import Document, opening_plan
 
 __all__ = [
     "SCHEMA", "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_OWED", "UPSERT_STORE",
-    "open_documents", "reauthenticate",
+    "open_documents", "reauthenticate", "schema_missing",
 ]
 
 SCHEMA = """
@@ -37,6 +37,14 @@ DO $$ BEGIN
 END $$;
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """ + LEDGER_SCHEMA
+# Whether a table or column SCHEMA makes is missing, found as the store's statements find them
+# (search_path). CREATE TABLE IF NOT EXISTS needs CREATE on the schema even for a table that is
+# there, so running SCHEMA on a complete store refused a role that may only use the tables an
+# administrator made (least privilege): "permission denied for schema public".
+_SCHEMA_MISSING = """SELECT EXISTS (SELECT FROM unnest($1::text[]) AS t(name) WHERE to_regclass(t.name) IS NULL)
+    OR NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kms_owed_records')
+                   AND attname = 'written_at' AND NOT attisdropped)"""
+_SCHEMA_TABLES = [*(f"kms_{table.name}" for table in DOCUMENT_TABLES), "kms_root_key", "kms_ledger"]
 UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
 UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
@@ -61,6 +69,11 @@ _ROOT_KEY_CHECK = "root-key-check"
 # that follows reads their MACs). Deleting it, or putting back the value of before, only has that
 # reading done again, which finds the store authenticated.
 _AUTHENTICATED_CHECK = _ROOT_KEY_CHECK + AUTHENTICATED_SEAL
+
+
+async def schema_missing(connection: Any) -> bool:
+    """Whether SCHEMA must run: a table or column of the store is not there yet."""
+    return bool(await connection.fetchval(_SCHEMA_MISSING, _SCHEMA_TABLES))
 
 
 def _update(table: DocumentTable) -> str:

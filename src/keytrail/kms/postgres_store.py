@@ -42,6 +42,7 @@ from keytrail.kms.postgres_documents import (
     UPSERT_KEY,
     open_documents,
     reauthenticate,
+    schema_missing,
 )
 from keytrail.kms.postgres_ledger import CHECK_EVERY, LedgerWatch, LedgerWriter
 from keytrail.kms.postgres_owed_records import OWED_GRACE_SECONDS, PostgresOwedRecords
@@ -132,7 +133,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
                 # CREATE TABLE IF NOT EXISTS, which is not safe against itself: one fails on
                 # pg_type's unique index. The lock is released at the end of the transaction.
                 await connection.execute(_SCHEMA_LOCK)
-                await connection.execute(SCHEMA)
+                if await schema_missing(connection):
+                    await connection.execute(SCHEMA)
                 await open_documents(connection, root)
             store = cls(pool, root, timeout, check_every)
             await store._ledger.check(timeout)

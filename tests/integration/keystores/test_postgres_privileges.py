@@ -1,0 +1,69 @@
+"""The PostgreSQL store under a least-privilege role, as a DBA sets one up: tables made by an
+administrator, a role that may only read and write them; what the store needs is asked of it once,
+as the node starts, and what it lacks is said in one line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from keytrail.clock import ManualClock
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey
+from tests.integration.keystores.test_postgres_store import Node
+from tests.support.postgres import ADMIN_DSN
+
+pytestmark = pytest.mark.integration
+
+
+async def _admin(dsn: str, *statements: str) -> None:
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def role() -> AsyncIterator[str]:
+    """A login role of the test's own that owns nothing and holds no privilege, dropped afterwards
+    (ask for it before `dsn`, whose database, holding its privileges, goes first)."""
+    name = f"keytrail_role_{os.urandom(6).hex()}"
+    await _admin(ADMIN_DSN, f"CREATE ROLE {name} LOGIN")
+    try:
+        yield name
+    finally:
+        await _admin(ADMIN_DSN, f"DROP ROLE {name}")
+
+
+async def _made_by_the_administrator(dsn: str, root: RootKey) -> None:
+    """The store's tables made, and a key written, by the administrator's role."""
+    store = await PostgresStore.connect(dsn, root)
+    await Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")("CreateKey")
+    await store.close()
+
+
+def _as(dsn: str, role: str) -> str:
+    return dsn.replace("postgres@", f"{role}@")
+
+
+async def test_a_role_that_may_only_use_the_tables_an_administrator_made_serves_from_them(
+        role: str, dsn: str) -> None:
+    # CREATE TABLE IF NOT EXISTS needs CREATE on the schema even for a table that is there: every
+    # start ran it, and such a role was refused ("permission denied for schema public").
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    store = await PostgresStore.connect(_as(dsn, role), root)
+    try:
+        node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
+        key_id = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
+        assert len((await node("ListKeys"))["Keys"]) == 2
+        await node("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    finally:
+        await store.close()
