@@ -40,6 +40,7 @@ from keytrail.kms.postgres_documents import (
     UPSERT_ALIAS,
     UPSERT_GRANT,
     UPSERT_KEY,
+    check_privileges,
     open_documents,
     reauthenticate,
     schema_missing,
@@ -135,6 +136,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
                 await connection.execute(_SCHEMA_LOCK)
                 if await schema_missing(connection):
                     await connection.execute(SCHEMA)
+                await check_privileges(connection)
                 await open_documents(connection, root)
             store = cls(pool, root, timeout, check_every)
             await store._ledger.check(timeout)

@@ -67,3 +67,19 @@ async def test_a_role_that_may_only_use_the_tables_an_administrator_made_serves_
         await node("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
     finally:
         await store.close()
+
+
+async def test_a_role_lacking_a_privilege_on_the_tables_is_refused_as_the_node_starts_naming_it(
+        role: str, dsn: str) -> None:
+    # Before, such a node started, and then each RevokeGrant failed with a traceback in the log
+    # ("permission denied for table kms_grants"), and no write's owed records were ever deleted.
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {role}",
+                 f"REVOKE UPDATE ON kms_ledger FROM {role}")
+    with pytest.raises(PermissionError) as refused:
+        await PostgresStore.connect(_as(dsn, role), root)
+    assert str(refused.value) == (
+        f"the role {role} lacks UPDATE on kms_ledger; DELETE on kms_aliases, kms_custom_key_stores, kms_grants, "
+        "kms_import_parameters, kms_keys, kms_ledger, kms_owed_records, kms_root_key: "
+        "GRANT SELECT, INSERT, UPDATE, DELETE on the key store's tables to it")
