@@ -123,11 +123,13 @@ def _unavailable_unless_opened(url: str) -> Iterator[None]:
 
 
 def _problem(exc: Exception, url: str) -> str:
-    """Why the store did not open, in words: a database that takes the connection and never
-    answers raises a TimeoutError whose text is empty."""
+    """Why the store did not open, in words, on one line: a database that takes the connection
+    and never answers raises a TimeoutError whose text is empty, and PostgreSQL's refusals carry
+    their DETAIL and HINT on lines of their own (a role without CONNECT: "User does not have
+    CONNECT privilege."), which split the one-line error."""
     if isinstance(exc, TimeoutError) and not str(exc):
         return f"the database did not answer within {DEFAULT_TIMEOUT:g} s"
-    return without_password(str(exc) or type(exc).__name__, url)
+    return without_password(" ".join((str(exc) or type(exc).__name__).split()), url)
 
 
 def without_password(text: str, url: str | None) -> str:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from keytrail.cli.key_store import StoreUnavailable, open_store
 from keytrail.clock import ManualClock
+from keytrail.config import ServeSettings
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_postgres_store import Node
@@ -83,3 +86,14 @@ async def test_a_role_lacking_a_privilege_on_the_tables_is_refused_as_the_node_s
         f"the role {role} lacks UPDATE on kms_ledger; DELETE on kms_aliases, kms_custom_key_stores, kms_grants, "
         "kms_import_parameters, kms_keys, kms_ledger, kms_owed_records, kms_root_key: "
         "GRANT SELECT, INSERT, UPDATE, DELETE on the key store's tables to it")
+
+
+async def test_a_role_without_connect_is_refused_in_one_line_naming_the_privilege(
+        role: str, dsn: str, tmp_path: Path) -> None:
+    # PostgreSQL's DETAIL, which names the privilege, came on a line of its own.
+    database = dsn.rsplit("/", 1)[1]
+    await _admin(ADMIN_DSN, f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+    with pytest.raises(StoreUnavailable) as refused:
+        await open_store(ServeSettings(data_dir=tmp_path, store=_as(dsn, role)))
+    assert str(refused.value) == (f'cannot open the key store at 127.0.0.1:5432/{database}: permission denied for '
+                                  f'database "{database}" DETAIL: User does not have CONNECT privilege.')
