@@ -72,10 +72,27 @@ _DOCUMENT_NAMES = ", ".join(f"kms_{table.name}" for table in DOCUMENT_TABLES)
 _OF_KEY = "account=$1 AND region=$2 AND key_id=$3"
 _OTHER_CLIENTS = """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
     AND backend_type = 'client backend' AND pid <> pg_backend_pid()"""
+# The document tables the role may not VACUUM: only their owner (or the database's) may, and
+# PostgreSQL skips the others with a warning, not an error.
+_NOT_VACUUMABLE = """SELECT array_agg(relname::text ORDER BY relname) FROM pg_class
+    WHERE oid = ANY($1::text[]::regclass[]) AND NOT pg_has_role(relowner, 'USAGE')
+    AND NOT pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')"""
 
 
 class StoreBusy(Exception):
-    """The key store cannot be resealed now: other clients are connected."""
+    """The key store cannot be resealed now: other clients are connected, or the role cannot
+    rewrite its tables."""
+
+
+async def _refuse_unless_vacuumable(connection: Any) -> None:
+    """StoreBusy unless the role may rewrite every document table (VACUUM FULL). A role that does
+    not own them had its rotation answered as done while the old root key's sealed values stayed
+    in the tables' files, which a copy of the database gives to whoever holds that key."""
+    if tables := await connection.fetchval(_NOT_VACUUMABLE, [f"kms_{table.name}" for table in DOCUMENT_TABLES]):
+        role = await connection.fetchval("SELECT current_user")
+        raise StoreBusy(f"the role {role} does not own {', '.join(tables)}, so VACUUM FULL cannot rewrite them and "
+                        "the old root key's sealed values would stay in their files: run root-key rotate as the "
+                        "tables' owner; nothing was changed")
 
 
 class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
@@ -323,6 +340,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
                 if others := await connection.fetchval(_OTHER_CLIENTS):
                     raise StoreBusy(f"{others} other client(s) are connected to the key store's database: "
                                     "stop every keytrail node first")
+                await _refuse_unless_vacuumable(connection)
                 count = await reauthenticate(connection, self._root, new)
             self._root = new
             # The old rows stay in the tables' files as dead tuples until a vacuum: rewrite the

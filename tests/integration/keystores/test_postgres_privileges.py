@@ -15,7 +15,7 @@ import pytest
 from keytrail.cli.key_store import StoreUnavailable, open_store
 from keytrail.clock import ManualClock
 from keytrail.config import ServeSettings
-from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_postgres_store import Node
 from tests.support.postgres import ADMIN_DSN
@@ -97,3 +97,19 @@ async def test_a_role_without_connect_is_refused_in_one_line_naming_the_privileg
         await open_store(ServeSettings(data_dir=tmp_path, store=_as(dsn, role)))
     assert str(refused.value) == (f'cannot open the key store at 127.0.0.1:5432/{database}: permission denied for '
                                   f'database "{database}" DETAIL: User does not have CONNECT privilege.')
+
+
+async def test_a_root_key_rotation_by_a_role_that_does_not_own_the_tables_is_refused_changing_nothing(
+        role: str, dsn: str) -> None:
+    # PostgreSQL skips VACUUM FULL of a table the role does not own with a warning only: the rotation
+    # was answered as done while the old root key's sealed values stayed in the tables' files.
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    store = await PostgresStore.connect(_as(dsn, role), root)
+    try:
+        with pytest.raises(StoreBusy, match=f"the role {role} does not own kms_aliases, .*nothing was changed"):
+            await store.reseal(RootKey(os.urandom(32)))
+    finally:
+        await store.close()
+    await (await PostgresStore.connect(dsn, root)).close()  # still sealed under the old root key
