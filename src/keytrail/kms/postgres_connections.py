@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 _OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
                  asyncpg.CannotConnectNowError)
 
+# The database giving up a statement itself: a statement_timeout or lock_timeout that the DBA set on
+# the role or the database (SQLSTATE 57014, 55P03), or pg_cancel_backend. They raised out of the
+# call as bugs: a traceback in the log each, and "An internal error occurred." to the client.
+_CANCELED = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
+
 
 # How many timeouts a session of the store may sit in a transaction without a statement before
 # PostgreSQL ends it. Between a write's statements a node only computes (milliseconds): a session
@@ -100,6 +105,8 @@ class PostgresConnections:
                     await _release(self.pool, connection)
         except TimeoutError:
             raise self._timed_out() from None
+        except _CANCELED as exc:
+            raise self._canceled(exc) from None
         except _OUT_OF_REACH as exc:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
@@ -126,6 +133,14 @@ class PostgresConnections:
         """AWS's retryable answer when a service KMS depends on is slow."""
         return errors.DependencyTimeoutException(
             f"The key store did not answer within {self.timeout:g} seconds. You can retry the request.")
+
+    def _canceled(self, exc: asyncpg.PostgresError) -> errors.KmsError:
+        """AWS's retryable answer when the database gave up a statement of the call itself; a log
+        line saying why, which a DBA can act on (the role's statement_timeout, say)."""
+        reason = " ".join(str(exc).split())
+        log.warning("the key store gave up a statement (%s): the call fails with DependencyTimeoutException", reason)
+        return errors.DependencyTimeoutException(
+            f"The key store did not answer in time ({reason}). You can retry the request.")
 
     @asynccontextmanager
     async def key_lock(self, name: str) -> AsyncIterator[None]:

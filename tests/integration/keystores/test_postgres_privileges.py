@@ -15,6 +15,7 @@ import pytest
 from keytrail.cli.key_store import StoreUnavailable, open_store
 from keytrail.clock import ManualClock
 from keytrail.config import ServeSettings
+from keytrail.kms import errors
 from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_postgres_store import Node
@@ -113,3 +114,27 @@ async def test_a_root_key_rotation_by_a_role_that_does_not_own_the_tables_is_ref
     finally:
         await store.close()
     await (await PostgresStore.connect(dsn, root)).close()  # still sealed under the old root key
+
+
+@pytest.mark.parametrize("operation", ["DescribeKey", "TagResource", "CreateKey"])
+async def test_a_statement_timeout_set_on_the_database_gives_dependency_timeout(operation: str, dsn: str) -> None:
+    # The database cancelling a statement (a DBA's statement_timeout on the role or the database)
+    # raised QueryCanceledError out of the call: "An internal error occurred." and a traceback.
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(ADMIN_DSN, f"ALTER DATABASE {dsn.rsplit('/', 1)[1]} SET statement_timeout = '200ms'")
+    store = await PostgresStore.connect(dsn, root)
+    blocker = await asyncpg.connect(dsn)
+    try:
+        node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
+        key_id = (await node("ListKeys"))["Keys"][0]["KeyId"]
+        params = {"KeyId": key_id, "Tags": [{"TagKey": "k", "TagValue": "v"}]} if operation == "TagResource" else (
+            {"KeyId": key_id} if operation == "DescribeKey" else {})
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE kms_keys, kms_ledger IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(errors.DependencyTimeoutException, match=r"due to statement timeout\)\. You can retry"):
+                await node(operation, **params)
+        await node(operation, **params)  # once the lock is gone, the same call goes through
+    finally:
+        await blocker.close()
+        await store.close()
