@@ -33,6 +33,8 @@ _OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdown
 # the role or the database (SQLSTATE 57014, 55P03), or pg_cancel_backend. They raised out of the
 # call as bugs: a traceback in the log each, and "An internal error occurred." to the client.
 _CANCELED = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
+# Seconds between two log lines of the database refusing the pool a new connection.
+REFUSED_LOG_SECONDS = 60.0
 
 
 # How many timeouts a session of the store may sit in a transaction without a statement before
@@ -77,6 +79,7 @@ class PostgresConnections:
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
         self._unreachable_since: float | None = None  # monotonic time an outage began (logged once), while it lasts
+        self._refused_logged_at = float("-inf")  # monotonic time a refused new connection was last logged
 
     def answered_within(self, seconds: float) -> bool:
         """Whether a connection came back from a query without error within the last `seconds`."""
@@ -107,6 +110,8 @@ class PostgresConnections:
             raise self._timed_out() from None
         except _CANCELED as exc:
             raise self._canceled(exc) from None
+        except asyncpg.TooManyConnectionsError as exc:
+            raise self._refused(exc) from None
         except _OUT_OF_REACH as exc:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
@@ -141,6 +146,20 @@ class PostgresConnections:
         log.warning("the key store gave up a statement (%s): the call fails with DependencyTimeoutException", reason)
         return errors.DependencyTimeoutException(
             f"The key store did not answer in time ({reason}). You can retry the request.")
+
+    def _refused(self, exc: asyncpg.PostgresError) -> errors.KmsError:
+        """AWS's retryable internal error when the database refuses the pool a new connection (the
+        role's CONNECTION LIMIT, or max_connections, reached), while the pooled ones still serve:
+        no outage, but a limit a DBA can raise. Logged at most once a minute: it raised out of
+        each call that needed one, with a traceback each, answered "An internal error occurred."."""
+        now = time.monotonic()
+        if now - self._refused_logged_at >= REFUSED_LOG_SECONDS:
+            self._refused_logged_at = now
+            log.error("the key store refused a new connection (%s): calls that needed one fail with "
+                      "KMSInternalException; the node opens up to %d", " ".join(str(exc).split()),
+                      self.pool.get_max_size())
+        return errors.KMSInternalException(
+            "The request was rejected because an internal exception occurred. The request can be retried.")
 
     @asynccontextmanager
     async def key_lock(self, name: str) -> AsyncIterator[None]:

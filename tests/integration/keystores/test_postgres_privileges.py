@@ -138,3 +138,28 @@ async def test_a_statement_timeout_set_on_the_database_gives_dependency_timeout(
     finally:
         await blocker.close()
         await store.close()
+
+
+async def test_a_connection_limit_reached_fails_the_calls_needing_a_new_connection_as_retryable(
+        role: str, dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The role's CONNECTION LIMIT (or max_connections) reached under load: TooManyConnectionsError
+    # raised out of each call that needed a new connection, "An internal error occurred." and a
+    # traceback in the log each.
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+                 f"ALTER ROLE {role} CONNECTION LIMIT 1")
+    store = await PostgresStore.connect(_as(dsn, role), root)
+    try:
+        node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
+        key_id = (await node("ListKeys"))["Keys"][0]["KeyId"]
+        async with store._connections.connection():  # the role's one connection, busy
+            for _ in range(3):
+                with pytest.raises(errors.KMSInternalException, match="The request can be retried"):
+                    await node("DescribeKey", KeyId=key_id)
+        await node("DescribeKey", KeyId=key_id)
+    finally:
+        await store.close()
+    refusals = [record for record in caplog.records if "refused a new connection" in record.getMessage()]
+    assert len(refusals) == 1 and refusals[0].exc_info is None, caplog.text
+    assert f'too many connections for role "{role}"' in refusals[0].getMessage()
