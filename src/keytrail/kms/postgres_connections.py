@@ -80,6 +80,7 @@ class PostgresConnections:
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
         self._unreachable_since: float | None = None  # monotonic time an outage began (logged once), while it lasts
         self._refused_logged_at = float("-inf")  # monotonic time a refused new connection was last logged
+        self._denied_logged_at = float("-inf")  # monotonic time a statement refused for privileges was last logged
 
     def answered_within(self, seconds: float) -> bool:
         """Whether a connection came back from a query without error within the last `seconds`."""
@@ -112,6 +113,8 @@ class PostgresConnections:
             raise self._canceled(exc) from None
         except asyncpg.TooManyConnectionsError as exc:
             raise self._refused(exc) from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._denied(exc) from None
         except _OUT_OF_REACH as exc:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
@@ -158,6 +161,19 @@ class PostgresConnections:
             log.error("the key store refused a new connection (%s): calls that needed one fail with "
                       "KMSInternalException; the node opens up to %d", " ".join(str(exc).split()),
                       self.pool.get_max_size())
+        return errors.KMSInternalException(
+            "The request was rejected because an internal exception occurred. The request can be retried.")
+
+    def _denied(self, exc: asyncpg.PostgresError) -> errors.KmsError:
+        """AWS's internal error when the database refuses a statement for the role's privileges (one
+        revoked while the node runs: the node checks them as it starts). Logged at most once a
+        minute, in one line naming the privilege: it raised out of each call with a traceback."""
+        now = time.monotonic()
+        if now - self._denied_logged_at >= REFUSED_LOG_SECONDS:
+            self._denied_logged_at = now
+            log.error("the key store refused a statement (%s): calls that need it fail with KMSInternalException "
+                      "until the role is granted SELECT, INSERT, UPDATE and DELETE on the key store's tables again",
+                      " ".join(str(exc).split()))
         return errors.KMSInternalException(
             "The request was rejected because an internal exception occurred. The request can be retried.")
 

@@ -163,3 +163,27 @@ async def test_a_connection_limit_reached_fails_the_calls_needing_a_new_connecti
     refusals = [record for record in caplog.records if "refused a new connection" in record.getMessage()]
     assert len(refusals) == 1 and refusals[0].exc_info is None, caplog.text
     assert f'too many connections for role "{role}"' in refusals[0].getMessage()
+
+
+async def test_a_privilege_revoked_while_the_node_runs_fails_the_calls_needing_it_in_one_log_line(
+        role: str, dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Before, InsufficientPrivilegeError raised out of each such call: "An internal error
+    # occurred." and a traceback in the log each.
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    store = await PostgresStore.connect(_as(dsn, role), root)
+    try:
+        node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
+        key_id = (await node("ListKeys"))["Keys"][0]["KeyId"]
+        await _admin(dsn, f"REVOKE UPDATE ON kms_ledger FROM {role}")
+        for _ in range(3):
+            with pytest.raises(errors.KMSInternalException, match="The request can be retried"):
+                await node("TagResource", KeyId=key_id, Tags=[{"TagKey": "k", "TagValue": "v"}])
+        await node("DescribeKey", KeyId=key_id)  # reads go on
+    finally:
+        await store.close()
+    denials = [record for record in caplog.records if "refused a statement" in record.getMessage()]
+    assert len(denials) == 1 and denials[0].exc_info is None, caplog.text
+    assert "permission denied for table kms_ledger" in denials[0].getMessage()
+    assert "Traceback" not in caplog.text
