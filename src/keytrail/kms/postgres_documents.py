@@ -88,7 +88,13 @@ class PrivilegesMissing(PermissionError):
 
 async def check_privileges(connection: Any) -> None:
     """PrivilegesMissing, naming each privilege and table, unless the role may do what the store
-    does to each of its tables: said as the node starts, not by the first call that needs it."""
+    does to each of its tables (and write at all): said as the node starts, not by the first call
+    that needs it."""
+    # A hot standby, or a role or database with default_transaction_read_only: only the tables'
+    # CREATE refused it, which a store whose tables are there no longer runs.
+    if await connection.fetchval("SHOW transaction_read_only") == "on":
+        raise PrivilegesMissing("the database is read-only for this node (transaction_read_only is on: a hot "
+                                "standby, or default_transaction_read_only set): the key store writes to it")
     if lacking := await connection.fetch(_LACKING, _PRIVILEGES, _SCHEMA_TABLES):
         role = await connection.fetchval("SELECT current_user")
         raise PrivilegesMissing(

@@ -187,3 +187,14 @@ async def test_a_privilege_revoked_while_the_node_runs_fails_the_calls_needing_i
     assert len(denials) == 1 and denials[0].exc_info is None, caplog.text
     assert "permission denied for table kms_ledger" in denials[0].getMessage()
     assert "Traceback" not in caplog.text
+
+
+async def test_a_database_read_only_for_the_role_is_refused_as_the_node_starts(role: str, dsn: str) -> None:
+    # A hot standby, or default_transaction_read_only: the tables' CREATE, which every start ran,
+    # refused it; a store whose tables are there must say so itself.
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
+                 f"ALTER ROLE {role} SET default_transaction_read_only = on")
+    with pytest.raises(PermissionError, match="^the database is read-only for this node"):
+        await PostgresStore.connect(_as(dsn, role), root)
