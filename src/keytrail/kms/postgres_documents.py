@@ -17,6 +17,8 @@ __all__ = [
     "PrivilegesMissing", "check_privileges", "open_documents", "reauthenticate", "schema_missing",
 ]
 
+# A table or column added here must be one _SCHEMA_MISSING looks for too: a store that has the rest
+# skips SCHEMA (a role that may only use the tables an administrator made cannot run it).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, created TEXT, doc TEXT NOT NULL,
     PRIMARY KEY (account, region, key_id));
