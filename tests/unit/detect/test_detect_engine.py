@@ -486,6 +486,23 @@ def test_a_disabled_key_in_use_has_no_pending_window() -> None:
     assert stop.details["operation"] == "DisableKey" and "pendingWindowInDays" not in stop.details
 
 
+# CancelKeyDeletion leaves the key Disabled (API_CancelKeyDeletion): "cancel or re-enable" sent the
+# responder away after the cancel, with every user of the key still failing on DisabledException.
+def test_a_deletion_alarm_says_to_enable_the_key_after_cancelling() -> None:
+    detector = Detector()
+    detector.process([
+        create_key(T0, KEY),
+        event("Decrypt", T0 + timedelta(days=3), KEY, APP),
+        event("ScheduleKeyDeletion", T0 + timedelta(days=10), KEY, user("admin"), params={"keyId": KEY},
+              response={"keyId": KEY, "keyState": "PendingDeletion", "pendingWindowInDays": 30}),
+        event("Decrypt", T0 + timedelta(days=11), KEY, APP, error="KMSInvalidStateException",
+              message=f"{KEY} is pending deletion."),
+    ])
+    for alarm in detector.alarms():
+        assert "CancelKeyDeletion" in alarm.recommendation and "EnableKey" in alarm.recommendation
+    assert len(detector.alarms()) == 2
+
+
 def test_disabling_a_key_unused_for_more_than_30_days_is_fine() -> None:
     detector = Detector()
     detector.process([event("Decrypt", T0, KEY, APP), event("DisableKey", T0 + timedelta(days=31), KEY)])

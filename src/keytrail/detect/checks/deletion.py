@@ -13,13 +13,20 @@ from keytrail.detect.severity import Severity
 __all__ = ["KeyDeletionInUse"]
 
 _STOPS = frozenset({"ScheduleKeyDeletion", "DisableKey"})
+# CancelKeyDeletion leaves the key Disabled (API_CancelKeyDeletion: "To enable the KMS key, use
+# EnableKey"): a responder told "cancel or re-enable" who only cancels still has its users failing.
+_UNDO = {
+    "ScheduleKeyDeletion": "cancel the deletion (CancelKeyDeletion) and enable the key again (EnableKey: "
+    "a cancelled key is left Disabled)",
+    "DisableKey": "enable the key again (EnableKey)",
+}
 _STOP_RECOMMENDATION = (
-    "The key was used recently: cancel the deletion (CancelKeyDeletion) or re-enable it until its "
-    "users ({user}) have moved; ciphertext under a deleted key is lost for good."
+    "The key was used recently: {undo} until its users ({user}) have moved; ciphertext under a "
+    "deleted key is lost for good."
 )
 _USE_RECOMMENDATION = (
-    "Something still needs this key: find the caller and either cancel the deletion / re-enable "
-    "the key or move the caller to another key before the waiting period ends."
+    "Something still needs this key: find the caller and either {undo} or move the caller to another "
+    "key before the waiting period ends."
 )
 
 
@@ -87,7 +94,7 @@ class KeyDeletionInUse:
                 Severity.CRITICAL if event.event_name == "ScheduleKeyDeletion" else None,
                 f"{event.event_name} on {event.key_arn}, last used {format_time(record.last_used)} "
                 f"by {record.last_used_by or 'unknown'}",
-                _STOP_RECOMMENDATION.format(user=record.last_used_by or "unknown"),
+                _STOP_RECOMMENDATION.format(undo=_UNDO[event.event_name], user=record.last_used_by or "unknown"),
                 details,
             )
         ]
@@ -101,9 +108,9 @@ class KeyDeletionInUse:
             and record.state == "PendingDeletion"
         )
         if pending:
-            what, severity = "pending deletion", Severity.HIGH
+            what, severity, undo = "pending deletion", Severity.HIGH, _UNDO["ScheduleKeyDeletion"]
         elif event.error_code == "DisabledException" and self.rule.param("alert_on_disabled_use"):
-            what, severity = "disabled", Severity.MEDIUM
+            what, severity, undo = "disabled", Severity.MEDIUM, _UNDO["DisableKey"]
         else:
             return []
         return [
@@ -111,7 +118,7 @@ class KeyDeletionInUse:
                 event,
                 severity,
                 f"{event.principal_arn or 'unknown principal'} tried {event.event_name} on {key}, which is {what}",
-                _USE_RECOMMENDATION,
+                _USE_RECOMMENDATION.format(undo=undo),
                 {"operation": event.event_name, "keyState": what, "errorCode": event.error_code or "",
                  **caller_origin(event)},  # the recommendation: find the caller
                 key_arn=key,
