@@ -252,3 +252,25 @@ async def test_a_refused_rotate_key_event_leaves_rotate_key_on_demand_recorded_a
     assert rotated.service_event_details is not None and rotated.service_event_details["rotationType"] == "ON_DEMAND"
     assert await store.owed_records() == []
     await store.close()
+
+
+def test_rows_the_store_will_not_settle_are_said_once_a_minute_with_how_many_more(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A store refusing the deletes (its connection limit reached) refuses them for every call: a line
+    # each (90 of 93 calls) buried the outage's own line.
+    from types import SimpleNamespace
+
+    from keytrail.kms import owed_calls as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    failures = module._SettleFailures()
+    for n in range(3):
+        failures.say(f"event-{n}", OSError("too many connections for role"))
+    now[0] += module.SETTLE_FAILURES_SAID_EVERY_SECONDS
+    failures.say("event-3", OSError("too many connections for role"))
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 2
+    assert said[0].startswith("audit record event-0 is durable but stays owed") and said[0].endswith("for role")
+    assert said[1].startswith("audit record event-3 ") and said[1].endswith(
+        "for role (2 more since the last such line)")
