@@ -44,7 +44,8 @@ def _detached(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 class DeniedTally:
-    """Denied calls in [since, until) summed over batches; an event ID counts once however often it arrives."""
+    """Denied calls of the minutes in [since, until) summed over batches; an event ID counts once however
+    often it arrives."""
 
     def __init__(self, since: datetime | None = None, until: datetime | None = None) -> None:
         self.since, self.until = since, until
@@ -54,10 +55,13 @@ class DeniedTally:
     def add(self, frame: pl.DataFrame) -> None:
         """Count the denied calls of one batch frame not counted before."""
         denied = frame.filter(pl.col("errorCode").is_in(DENIED_CODES)).unique("eventID", keep="first")
+        # By minute, as the usage rows are kept and bounded (the minutes that start in the period):
+        # by the second, a bound inside a minute left this table and the usage's errorCount apart.
+        minute = pl.col("eventTime").dt.truncate("1m")
         if self.since is not None:
-            denied = denied.filter(pl.col("eventTime") >= self.since)
+            denied = denied.filter(minute >= self.since)
         if self.until is not None:
-            denied = denied.filter(pl.col("eventTime") < self.until)
+            denied = denied.filter(minute < self.until)
         if denied.height == 0:
             return
         fresh = [event_id not in self._seen for event_id in denied.get_column("eventID").to_list()]

@@ -50,6 +50,19 @@ def test_tally_keeps_only_the_period() -> None:
     assert tally.frame().get_column("count").to_list() == [1]
 
 
+def test_tally_bounds_inside_a_minute_act_on_whole_minutes_as_usage_does() -> None:
+    # `keytrail usage` (the report's usage table) keeps minutes, and takes those that start in
+    # [since, until): the denied table must count the same AccessDenied calls as its errorCount.
+    key = key_arn("k1")
+    inside = T0 + timedelta(seconds=59)
+    since, until = T0 + timedelta(seconds=30), T0 + timedelta(seconds=30)
+    calls = frame_from_records([record("Decrypt", inside, key, user_arn("mallory"), error="AccessDenied")])
+    after, before = DeniedTally(since=since), DeniedTally(until=until)
+    after.add(calls)
+    before.add(calls)
+    assert after.frame().height == 0
+    assert before.frame().get_column("count").to_list() == [1]
+
 def test_empty_tally_has_the_denied_columns() -> None:
     assert DeniedTally().frame().columns == ["keyArn", "principalArn", "accountId", "eventName", "errorCode",
                                              "count", "firstDenied", "lastDenied"]
