@@ -110,7 +110,8 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
     """The §4 last-used columns plus `unused`: not used in `unused_days` before `as_of`, or never
     used though it has existed that long (since its CreateKey/ReplicateKey, else since
     `tracking_start`, as the unused-key rule counts); not a key that `lifecycle` shows deleted or
-    pending deletion by then (it costs nothing more)."""
+    pending deletion by then (it costs nothing more), nor an AWS managed one (free to keep, and no one
+    can delete it)."""
     frame = last_used.select(LAST_USED_FIELDS)
     if as_of is None:
         unused = pl.col("lastUsedTime").is_null()
@@ -122,7 +123,7 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
         idle_since = pl.col("made").fill_null(pl.lit(tracking_start, pl.Datetime("us", "UTC")))
         unused = pl.when(pl.col("lastUsedTime").is_null()).then(idle_since.fill_null(limit) <= limit)
         unused = unused.otherwise(pl.col("lastUsedTime") < limit)
-    going = _going(lifecycle, as_of) if lifecycle is not None else []
+    going = [*_going(lifecycle, as_of), *_aws_managed(lifecycle)] if lifecycle is not None else []
     marked = frame.with_columns(unused=unused & ~pl.col("keyArn").is_in(going))
     return marked.select(*LAST_USED_FIELDS, "unused").sort(
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)
@@ -144,6 +145,11 @@ def _going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
     order = pl.col("eventName").replace_strict(_LIFECYCLE_ORDER, default=-1)
     last = events.sort("eventTime", order).group_by("keyArn").agg(pl.col("eventName").last())
     return last.filter(pl.col("eventName").is_in(["ScheduleKeyDeletion", "DeleteKey"])).get_column("keyArn").to_list()
+
+
+def _aws_managed(lifecycle: pl.DataFrame) -> list[str]:
+    """Keys whose CreateKey says `KeyManager` AWS: the unused-key rule skips them, as should the report."""
+    return lifecycle.filter(pl.col("keyManager") == "AWS").get_column("keyArn").unique().to_list()
 
 
 def storage_note(count: int) -> str:

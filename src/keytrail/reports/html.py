@@ -186,7 +186,7 @@ def _projection_table(projection: pl.DataFrame) -> str:
 def _last_used(frame: pl.DataFrame, data: ReportData) -> str:
     note = (f'<p class="note">Highlighted: not used in the {data.options.unused_days} days before '
             f"{_time(data.as_of)} (never used keys once they have existed that long); keys deleted or "
-            "pending deletion are not.</p>")
+            "pending deletion, and AWS managed keys, are not.</p>")
     return note + _table(frame, [("keyArn", "Key", _code), ("lastUsedTime", "Last used", _time),
                                  ("lastUsedOperation", "Operation", str),
                                  ("lastUsedPrincipalArn", "By", _code), ("unused", "", _unused_badge)],

@@ -93,6 +93,16 @@ def test_keys_deleted_or_pending_deletion_are_not_marked_unused() -> None:
     assert unused == {gone: False, pending: False, cancelled: True, IDLE: True}
 
 
+def test_aws_managed_keys_are_not_marked_unused() -> None:
+    """An AWS managed key costs nothing to keep and no one can delete it: as the unused-key rule
+    skips it, the report does not highlight it as a key to delete."""
+    managed = key_arn("aws-managed")
+    made = record("CreateKey", NOV - timedelta(days=60), managed)
+    made["responseElements"]["keyMetadata"]["KeyManager"] = "AWS"
+    events = [made, record("CreateKey", NOV - timedelta(days=60), IDLE)]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
+    assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {managed: False, IDLE: True}
+
 def test_denied_calls_name_the_principal(data: Any) -> None:
     [row] = data.denied.to_dicts()
     assert (row["principalArn"], row["keyArn"], row["eventName"], row["count"]) == (user_arn("mallory"), BUSY,
