@@ -72,6 +72,9 @@ class KeyLedger:
         # say, which `unused-key` would then raise on a key that no longer exists).
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._deleted_limit = deleted_limit
+        # Rotation times per multi-Region key family (account:key/mrk-…): the primary's RotateKey
+        # gives every replica the new material, so each replica prices at the rotated rate too.
+        self._family_rotations: dict[str, set[datetime]] = {}
 
     def get(self, key_arn: str | None) -> KeyRecord | None:
         """The key's record; None for a key no successful call named (nothing known of it)."""
@@ -93,7 +96,17 @@ class KeyLedger:
         record = self.get(key_arn)
         return record is not None and principal in record.principals
 
+    def rotations(self, record: KeyRecord) -> int:
+        """The rotations that price the key: a multi-Region key's are its family's, one however
+        many Regions log it (as pipeline/cost.py bills them)."""
+        family = _multi_region_family(record.key_arn)
+        return record.rotations if family is None else len(self._family_rotations.get(family, ()))
+
     def update(self, event: KmsEvent) -> None:
+        if event.event_name == "RotateKey" and event.succeeded:
+            for key_arn in event.key_arns:
+                if (family := _multi_region_family(key_arn)) is not None:
+                    self._family_rotations.setdefault(family, set()).add(event.event_time)
         for key_arn in event.key_arns:
             record = self._keys.get(key_arn)
             if record is not None:
@@ -160,6 +173,12 @@ class KeyLedger:
             # A replica's CreateKey says Creating; KMS logs this when it leaves that state for
             # Enabled (docs/multi-region-keys.md). Left Creating, a replica was never judged unused.
             record.state = "Enabled"
+
+
+def _multi_region_family(key_arn: str) -> str | None:
+    """account:key/mrk-… of a multi-Region key (the same in every Region), else None."""
+    parts = key_arn.split(":")
+    return f"{parts[4]}:{parts[5]}" if len(parts) == 6 and parts[5].startswith("key/mrk-") else None
 
 
 def _material_id(elements: Mapping[str, Any]) -> str | None:

@@ -253,6 +253,21 @@ def test_unused_key_judges_a_replica_once_it_has_left_creating() -> None:
     assert alarm.details["basis"] == "creationDate"
 
 
+def test_unused_key_prices_a_replica_with_its_primary_s_rotations() -> None:
+    """The primary's RotateKey gives every replica the new material: `keytrail cost` bills each
+    replica the rotation rate too (docs/metrics.md), so the saving the alarm states is the same."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    primary = key_arn(7).replace("key/", "key/mrk-")
+    replica = primary.replace(":us-east-1:", ":eu-west-1:")
+    detector.process([create_key(T0, primary), *rotate_on_demand(T0 + timedelta(hours=1), primary),
+                      *replica_created(T0 + timedelta(hours=2), replica)])
+    clock.advance(timedelta(days=91).total_seconds())
+    alarms = {alarm.key_arn: alarm for alarm in detector.tick()}
+    assert {arn: alarms[arn].details["monthlyCostUsd"] for arn in (primary, replica)} == {
+        primary: "2.00", replica: "2.00"}
+    assert alarms[replica].details["rotations"] == "1"
+
 def test_unused_key_counts_a_key_of_imported_material_idle_from_its_import() -> None:
     clock = ManualClock(T0)
     detector = Detector(clock=clock)

@@ -56,7 +56,7 @@ class UnusedKey:
 
     def monthly_cost(self, record: KeyRecord) -> float:
         """$1/key-month plus $1 for each of the first two rotations (audit-anchors §3.1)."""
-        rotations = min(record.rotations, int(self.rule.param("max_billed_rotations")))
+        rotations = min(self.ledger.rotations(record), int(self.rule.param("max_billed_rotations")))
         return float(self.rule.param("key_month_usd")) + rotations * float(
             self.rule.param("rotation_month_usd")
         )
@@ -88,7 +88,7 @@ class UnusedKey:
                 "idleSince": format_time(since),
                 "unusedDays": str(days),
                 "monthlyCostUsd": f"{cost:.2f}",
-                "rotations": str(record.rotations),
+                "rotations": str(self.ledger.rotations(record)),
                 "lastUsedBy": record.last_used_by or "",
             },
         )
