@@ -149,7 +149,8 @@ class KeyLedger:
             metadata = event.response_elements.get("keyMetadata")
             metadata = metadata if isinstance(metadata, dict) else {}  # an imported record may hold anything
             record.created, record.created_event_id = event.event_time, event.event_id
-            record.key_manager = str(metadata.get("keyManager") or "CUSTOMER")
+            # CloudTrail writes keyManager; older tools KeyManager, which the cost model reads too.
+            record.key_manager = str(metadata.get("keyManager") or metadata.get("KeyManager") or "CUSTOMER")
             record.state = str(metadata.get("keyState") or "Enabled")
             record.awaits_first_material = record.state == "PendingImport"
         elif name == "RotateKey":  # also logged after each RotateKeyOnDemand call (ct-rotatekeyondemand): count one

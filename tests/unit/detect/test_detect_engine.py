@@ -192,6 +192,16 @@ def test_unused_key_skips_disabled_aws_managed_and_only_denied_keys() -> None:
     assert detector.tick(T0 + timedelta(days=400)) == []
 
 
+def test_unused_key_skips_an_aws_managed_key_whose_record_spells_keymanager_as_older_tools_do() -> None:
+    """`keytrail cost` reads `KeyManager` as well as CloudTrail's `keyManager` (pipeline/frame.py)
+    and stores such a key for free: the rule must not ask to delete it to save $1 a month."""
+    detector = Detector()
+    made = create_key(T0, KEY, manager="AWS")
+    metadata = made["responseElements"]["keyMetadata"]
+    metadata["KeyManager"] = metadata.pop("keyManager")
+    detector.process([made])
+    assert detector.tick(T0 + timedelta(days=400)) == []
+
 def re_encrypt_failing_on_destination(at: datetime, source: str, destination: str, identity: dict[str, Any],
                                       error: str, message: str) -> dict[str, Any]:
     """A ReEncrypt refused on its destination key: CloudTrail lists the source key first."""
