@@ -56,14 +56,20 @@ def _as(dsn: str, role: str) -> str:
     return dsn.replace("postgres@", f"{role}@")
 
 
+async def _opened_as_a_user_of_the_tables(dsn: str, role: str) -> tuple[PostgresStore, RootKey]:
+    """The store (and its root key), its tables made by the administrator, opened as `role`, which
+    may use them only."""
+    root = RootKey(os.urandom(32))
+    await _made_by_the_administrator(dsn, root)
+    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    return await PostgresStore.connect(_as(dsn, role), root), root
+
+
 async def test_a_role_that_may_only_use_the_tables_an_administrator_made_serves_from_them(
         role: str, dsn: str) -> None:
     # CREATE TABLE IF NOT EXISTS needs CREATE on the schema even for a table that is there: every
     # start ran it, and such a role was refused ("permission denied for schema public").
-    root = RootKey(os.urandom(32))
-    await _made_by_the_administrator(dsn, root)
-    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
-    store = await PostgresStore.connect(_as(dsn, role), root)
+    store, _ = await _opened_as_a_user_of_the_tables(dsn, role)
     try:
         node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
         key_id = (await node("CreateKey"))["KeyMetadata"]["KeyId"]
@@ -104,10 +110,7 @@ async def test_a_root_key_rotation_by_a_role_that_does_not_own_the_tables_is_ref
         role: str, dsn: str) -> None:
     # PostgreSQL skips VACUUM FULL of a table the role does not own with a warning only: the rotation
     # was answered as done while the old root key's sealed values stayed in the tables' files.
-    root = RootKey(os.urandom(32))
-    await _made_by_the_administrator(dsn, root)
-    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
-    store = await PostgresStore.connect(_as(dsn, role), root)
+    store, root = await _opened_as_a_user_of_the_tables(dsn, role)
     try:
         with pytest.raises(StoreBusy, match=f"the role {role} does not own kms_aliases, .*nothing was changed"):
             await store.reseal(RootKey(os.urandom(32)))
@@ -169,10 +172,7 @@ async def test_a_privilege_revoked_while_the_node_runs_fails_the_calls_needing_i
         role: str, dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     # Before, InsufficientPrivilegeError raised out of each such call: "An internal error
     # occurred." and a traceback in the log each.
-    root = RootKey(os.urandom(32))
-    await _made_by_the_administrator(dsn, root)
-    await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
-    store = await PostgresStore.connect(_as(dsn, role), root)
+    store, _ = await _opened_as_a_user_of_the_tables(dsn, role)
     try:
         node = Node(store, ManualClock(datetime(2026, 1, 1, tzinfo=UTC)), "us-east-1")
         key_id = (await node("ListKeys"))["Keys"][0]["KeyId"]
