@@ -654,3 +654,49 @@ def test_an_mfa_deny_refuses_role_sessions_not_long_term_keys(server: KeytrailSe
     assert code == "AccessDeniedException"
     assert message == (f"User: arn:aws:sts::{ACCOUNT}:assumed-role/app/app-session is not authorized to perform: "
                        f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based policy")
+
+
+def _tagged_user(name: str, tags: str) -> str:
+    """A principals-file entry of IAM user `name`, with no identity policy, tagged as `tags` says."""
+    return (f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:user/{name}"\naccess_key_id = "AKIA{name.upper():0<16}"\n'
+            f'secret_access_key = "{name}-secret"\ntags = {{ {tags} }}\n')
+
+
+def test_principal_tags_decide_an_abac_key_policy_and_follow_a_reload(tmp_path: Path) -> None:
+    # Attribute-based access: a key policy that lets in the account's principals tagged team=payments
+    # and lets each put its own team, read from its tag, in the encryption context it may use.
+    principals = write_principals(tmp_path / "p.toml")
+    team_tags = (_tagged_user("tess", 'team = "payments"'), _tagged_user("ted", 'Team = "marketing"'))
+    principals.write_text(principals.read_text() + "\n" + "\n".join(team_tags))
+    server = KeytrailServer(tmp_path / "data", principals=principals).start()
+    try:
+        key = new_key(server.client("alice"), policy(
+            statement("*", ["kms:Encrypt", "kms:DescribeKey"], Condition={
+                "StringEquals": {"aws:PrincipalTag/team": "payments", "aws:PrincipalAccount": ACCOUNT}}),
+            statement("*", "kms:GenerateDataKey", Condition={
+                "StringEquals": {"kms:EncryptionContext:team": "${aws:PrincipalTag/team}"}})))
+        tess, ted = (boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                                  aws_access_key_id=f"AKIA{name.upper():0<16}", aws_secret_access_key=f"{name}-secret")
+                     for name in ("tess", "ted"))
+        tess.encrypt(KeyId=key, Plaintext=b"x")
+        tess.generate_data_key(KeyId=key, KeySpec="AES_256", EncryptionContext={"team": "payments"})
+        assert error_of(tess.generate_data_key, KeyId=key, KeySpec="AES_256",
+                        EncryptionContext={"team": "marketing"})[0] == "AccessDeniedException"
+        code, message = error_of(ted.encrypt, KeyId=key, Plaintext=b"x")
+        assert (code, message) == ("AccessDeniedException", (
+            f"User: arn:aws:iam::{ACCOUNT}:user/ted is not authorized to perform: kms:Encrypt on resource: {key} "
+            "because no identity-based policy allows the kms:Encrypt action"))  # nor the key policy
+        # The condition key's name is case-insensitive: ted's `Team` tag is aws:PrincipalTag/team.
+        ted.generate_data_key(KeyId=key, KeySpec="AES_256", EncryptionContext={"team": "marketing"})
+
+        principals.write_text(principals.read_text().replace('Team = "marketing"', 'team = "payments"'))
+
+        def ted_encrypts() -> None:  # a denial cached by what the policy read before would hold
+            try:
+                ted.encrypt(KeyId=key, Plaintext=b"x")
+            except ClientError as error:  # not reloaded yet: SIGHUP is handled by the server's loop
+                raise AssertionError(error.response["Error"]["Message"]) from error
+
+        server.after_sighup(ted_encrypts)
+    finally:
+        server.stop()

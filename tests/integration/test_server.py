@@ -514,20 +514,6 @@ def test_sigterm_refuses_a_request_still_arriving_at_once(fresh_server: Keytrail
     assert "Traceback" not in log, log
 
 
-def _after_sighup(server: KeytrailServer, check: Any) -> Any:
-    """SIGHUP the server, then retry `check` until it passes (the reload is asynchronous)."""
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            return check()
-        except (AssertionError, pytest.fail.Exception):  # aws_error's "DID NOT RAISE": not reloaded yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> None:
     carol, alice = fresh_server.client("carol"), fresh_server.client("alice")
     carol.list_keys()
@@ -542,7 +528,7 @@ def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> Non
         else:
             raise AssertionError("carol's access key is still accepted")
 
-    _after_sighup(fresh_server, carol_is_unknown)
+    fresh_server.after_sighup(carol_is_unknown)
     alice.list_keys()  # the principals still in the file keep working
 
     fresh_server.principals.write_text("[[principal]\n")  # broken: the credentials in force stay
@@ -550,7 +536,7 @@ def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> Non
     def reload_refused() -> None:
         assert "principals file not reloaded" in fresh_server.log.read_text()
 
-    _after_sighup(fresh_server, reload_refused)
+    fresh_server.after_sighup(reload_refused)
     alice.list_keys()
     carol_is_unknown()
 
@@ -561,7 +547,7 @@ def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> Non
             raise AssertionError(error.response["Error"]["Code"]) from error
 
     write_principals(fresh_server.principals)
-    _after_sighup(fresh_server, carol_is_known)
+    fresh_server.after_sighup(carol_is_known)
 
 
 def test_sighup_with_a_secret_changed_stops_the_old_secret_at_once(fresh_server: KeytrailServer) -> None:
@@ -575,7 +561,7 @@ def test_sighup_with_a_secret_changed_stops_the_old_secret_at_once(fresh_server:
         code, _, status = aws_error(old.list_keys)
         assert (code, status) == ("InvalidSignatureException", 400)
 
-    _after_sighup(fresh_server, old_secret_refused)
+    fresh_server.after_sighup(old_secret_refused)
     new = boto3.client("kms", endpoint_url=fresh_server.endpoint, region_name="us-east-1",
                        aws_access_key_id=key, aws_secret_access_key="alice-new-secret")
     assert "Keys" in new.list_keys()

@@ -10,16 +10,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
+import pytest
 from botocore.config import Config
 
 from tests.support.services import free_port, wait_for_port
 
 __all__ = ["ACCOUNT", "OTHER_ACCOUNT", "PRINCIPALS", "KeytrailServer", "write_principals"]
 
+T = TypeVar("T")
 ACCOUNT = "111122223333"
 OTHER_ACCOUNT = "444455556666"
 _ALLOW_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}'
@@ -110,6 +113,20 @@ class KeytrailServer:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def after_sighup(self, check: Callable[[], T]) -> T:
+        """SIGHUP the server (it re-reads its principals file), then retry `check` until it passes:
+        the reload is asynchronous."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return check()
+            except (AssertionError, pytest.fail.Exception):  # aws_error's "DID NOT RAISE": not reloaded yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def client(self, who: str = "alice", region: str = "us-east-1", service: str = "kms", **config: Any) -> Any:
         _, key, secret, _, _ = PRINCIPALS[who]

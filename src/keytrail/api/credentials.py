@@ -41,7 +41,11 @@ _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 # clients send other characters in different charsets. An id with any of them, a blank pasted at
 # its end say, would load and never authenticate.
 _ACCESS_KEY_ID = re.compile(r"(?:(?![,/])[!-~])+")  # `!-~`: printable ASCII, blank excluded
-_FIELDS = ("arn", "access_key_id", "secret_access_key", "policies", "session_name")
+_FIELDS = ("arn", "access_key_id", "secret_access_key", "policies", "session_name", "tags")
+# IAM's tags on users and roles (Tagging IAM resources): up to 50, a key of 1 to 128 and a value of
+# up to 256 letters, digits, blanks and _.:/=+-@; keys unique regardless of case, none beginning aws:.
+_TAGS_AT_MOST = 50
+_TAG_PUNCTUATION = frozenset("_.:/=+-@")
 DEV_ACCOUNT = "000000000000"
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,39 @@ def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
     return tuple(docs)
 
 
+def _tags(entry: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    """The identity's IAM tags (aws:PrincipalTag/<key> in policies), checked as IAM checks them: a
+    tag IAM would refuse could not be on a real user or role, and a policy written for it would
+    hold here and nowhere else."""
+    tags = entry.get("tags", {})
+    if not isinstance(tags, dict) or not all(isinstance(value, str) for value in tags.values()):
+        raise PrincipalsFileError(f"{where}: 'tags' must be a table of strings, as tags = {{ team = \"payments\" }}")
+    if len(tags) > _TAGS_AT_MOST:
+        raise PrincipalsFileError(f"{where}: 'tags' holds {len(tags)}; IAM allows {_TAGS_AT_MOST} per user or role")
+    seen: dict[str, str] = {}
+    for key, value in tags.items():
+        if problem := _tag_problem(key, value):
+            raise PrincipalsFileError(f"{where}: tag {key!r}: {problem}")
+        if (twin := seen.setdefault(key.lower(), key)) != key:
+            raise PrincipalsFileError(f"{where}: tags {twin!r} and {key!r} differ only in case; IAM tag keys do not")
+    return tuple(sorted(tags.items()))
+
+
+def _tag_problem(key: str, value: str) -> str | None:
+    """Why IAM would refuse this tag, or None."""
+    if not 1 <= len(key) <= 128 or len(value) > 256:
+        return "a key has 1 to 128 characters and a value up to 256"
+    if key.lower().startswith("aws:"):
+        return "keys beginning aws: are AWS's own"
+    if not all(_tag_character(c) for c in key + value):
+        return "keys and values hold letters, digits, blanks and _.:/=+-@ only"
+    return None
+
+
+def _tag_character(character: str) -> bool:
+    return character.isalnum() or character == " " or character in _TAG_PUNCTUATION
+
+
 def _principal(entry: dict[str, Any], where: str) -> Principal:
     arn = entry.get("arn", "")
     match = _IAM_ARN.fullmatch(arn)  # not `$`: it also matches before a final newline
@@ -91,7 +128,10 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
     if "session_name" in entry and not resource.startswith("role/"):
         # Only a role's caller acts as a session; on a user or root the name would be dropped unsaid.
         raise PrincipalsFileError(f"{where}: 'session_name' is for roles only; {arn} is not a role")
-    common = {"account": account, "access_key_id": entry["access_key_id"], "policies": _policies(entry, where)}
+    if "tags" in entry and resource == "root":
+        raise PrincipalsFileError(f"{where}: 'tags' are for users and roles; IAM tags no account root")
+    common = {"account": account, "access_key_id": entry["access_key_id"], "policies": _policies(entry, where),
+              "tags": _tags(entry, where)}
     if resource == "root":
         return Principal(arn=arn, type=IdentityType.ROOT, principal_id=account, **common)
     kind, _, name = resource.partition("/")
@@ -119,7 +159,7 @@ def load_principals(path: Path) -> dict[str, Credential]:
         if entry["access_key_id"] in credentials:
             raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
         principal = _principal(entry, where)
-        _check_same_policies(principal, index, first_of.setdefault(principal.policy_arn, (index, principal)), where)
+        _check_same_identity(principal, index, first_of.setdefault(principal.policy_arn, (index, principal)), where)
         credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], principal)
     return credentials
 
@@ -169,15 +209,18 @@ def _first_refused(access_key_id: str) -> str:
     return f"has {character!r} at character {position} of {len(access_key_id)}{swapped}"
 
 
-def _check_same_policies(principal: Principal, index: int, first: tuple[int, Principal], where: str) -> None:
+def _check_same_identity(principal: Principal, index: int, first: tuple[int, Principal], where: str) -> None:
     """An identity with two access keys (a user rotating its key, a role's sessions) has one set of
-    identity policies in IAM, whichever key signs: entries that differ would make a call's
+    identity policies and tags in IAM, whichever key signs: entries that differ would make a call's
     permissions depend on the key it was signed with, and a copied entry that lost its policies
     would leave the new key denied without a word on load."""
     first_index, first_principal = first
-    if first_index != index and principal.policies != first_principal.policies:
-        raise PrincipalsFileError(f"{where}: {principal.policy_arn} has other policies in principal #{first_index}; "
-                                  "an identity's policies are the same whichever access key signs")
+    if first_index == index:
+        return
+    for what in ("policies", "tags"):
+        if getattr(principal, what) != getattr(first_principal, what):
+            raise PrincipalsFileError(f"{where}: {principal.policy_arn} has other {what} in principal #{first_index}; "
+                                      f"an identity's {what} are the same whichever access key signs")
 
 
 class CredentialStore:

@@ -7,7 +7,7 @@ answers every key (lowercase) for the evaluator, deriving principal, key and tim
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -272,15 +272,18 @@ class RequestContext:
         if derive is not None:
             return derive(self)
         if name.startswith("aws:resourcetag/") and self.key is not None:
-            return _resource_tag(self.key, name[len("aws:resourcetag/"):])
+            return _tag_value(self.key.tags, name[len("aws:resourcetag/"):])
+        if name.startswith("aws:principaltag/"):
+            return _tag_value(self.call.principal.tags, name[len("aws:principaltag/"):])
         return None
 
 
-def _resource_tag(key: Key, wanted: str) -> Any:
-    """aws:ResourceTag/<wanted> (lowercase). Tag keys are case sensitive, so a key may carry `Team`
-    and `team`, while the condition key's name is not: it then holds both values, as a request's
-    twin context keys do, so a Deny on `Team=secret` is not dodged by tagging `team=public` too."""
-    values = [value for tag, value in key.tags if tag.lower() == wanted]
+def _tag_value(tags: Iterable[tuple[str, str]], wanted: str) -> Any:
+    """aws:ResourceTag/<wanted> or aws:PrincipalTag/<wanted> (lowercase). A KMS key's tag keys are
+    case sensitive, so a key may carry `Team` and `team`, while the condition key's name is not: it
+    then holds both values, as a request's twin context keys do, so a Deny on `Team=secret` is not
+    dodged by tagging `team=public` too. (IAM refuses a user's or role's twin tags.)"""
+    values = [value for tag, value in tags if tag.lower() == wanted]
     if not values:
         return None
     return values[0] if len(values) == 1 else values

@@ -25,7 +25,8 @@ class Principal:
 
     `arn` is the ARN the caller acts as (for a role: the assumed-role session ARN); `policy_arn`
     is the ARN that key policies and identity policies name (for a role: the role ARN).
-    `policies` are the caller's IAM identity policies, as parsed JSON documents.
+    `policies` are the caller's IAM identity policies, as parsed JSON documents; `tags` the IAM
+    tags of the user or role (aws:PrincipalTag/<key>), as (key, value) pairs.
     """
 
     arn: str
@@ -37,6 +38,7 @@ class Principal:
     role_arn: str | None = None
     session_name: str | None = None
     policies: tuple[dict[str, Any], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
 
     @property
     def policy_arn(self) -> str:

@@ -78,7 +78,7 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE.replace("user/alice", "root") + 'session_name = "s"\n', "'session_name' is for roles only"),
     # A misspelt field was passed over: `polices` left alice without her identity policies, unsaid.
     (ALICE + "polices = ['" + ALLOW + "']\n", "principal #1: unknown field 'polices' (a principal has arn, "
-                                             "access_key_id, secret_access_key, policies, session_name)"),
+                                             "access_key_id, secret_access_key, policies, session_name, tags)"),
     (ALICE + "policies = [5]\n", "principal #1: 'policies' must be a list of JSON policy strings"),
     (ALICE + f"policies = '''{ALLOW}'''\n", "'policies' must be a list"),
     (ALICE + "policies = ['{nope']\n", "principal #1: policy 1: The policy is not valid JSON"),
@@ -86,6 +86,20 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     (ALICE + "policies = ['{\"Statement\": 5}']\n", "policy 1: The policy Statement must be an object"),
     (ALICE + "policies = ['''" + ALLOW.replace('"Resource"', '"Principal": "*", "Resource"') + "''']\n",
      "identity-based policies cannot contain Principal"),
+    # Tags IAM would refuse could be on no real user or role: a policy on aws:PrincipalTag written
+    # against them would hold here and nowhere else.
+    (ALICE + 'tags = ["team"]\n', "principal #1: 'tags' must be a table of strings"),
+    (ALICE + "tags = { team = 5 }\n", "'tags' must be a table of strings"),
+    (ALICE + "tags = { " + ", ".join(f"t{n} = 'x'" for n in range(51)) + " }\n",
+     "'tags' holds 51; IAM allows 50 per user or role"),
+    (ALICE + f"tags = {{ {'k' * 129} = 'x' }}\n", "a key has 1 to 128 characters and a value up to 256"),
+    (ALICE + f"tags = {{ team = '{'v' * 257}' }}\n", "a key has 1 to 128 characters"),
+    (ALICE + 'tags = { "" = "x" }\n', "a key has 1 to 128 characters"),
+    (ALICE + 'tags = { "AWS:team" = "x" }\n', "tag 'AWS:team': keys beginning aws: are AWS's own"),
+    (ALICE + 'tags = { team = "a;b" }\n', "tag 'team': keys and values hold letters, digits, blanks"),
+    (ALICE + 'tags = { Team = "a", team = "b" }\n', "tags 'Team' and 'team' differ only in case"),
+    (ALICE.replace("user/alice", "root") + 'tags = { team = "a" }\n',
+     "'tags' are for users and roles; IAM tags no account root"),
 ])
 def test_mistakes_are_one_line_errors_naming_the_entry(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(PrincipalsFileError) as info:
@@ -123,6 +137,20 @@ def test_an_identity_with_two_access_keys_has_one_set_of_policies(tmp_path: Path
     sessions = role + 'session_name = "a"\n' + with_policy + second.replace("user/alice", "role/app")
     with pytest.raises(PrincipalsFileError, match="arn:aws:iam::111122223333:role/app has other policies"):
         _load(tmp_path, sessions + 'session_name = "b"\n')
+
+
+def test_tags_load_for_users_and_roles_and_are_one_set_per_identity(tmp_path: Path) -> None:
+    tags = 'tags = { team = "payments", "cost center" = "CC-12/ü" }\n'
+    role = ALICE.replace("user/alice", "role/app").replace("AKIAALICE", "ASIAAPPXX") + 'session_name = "s"\n'
+    loaded = _load(tmp_path, ALICE + tags + role + 'tags = { team = "" }\n')
+    assert isinstance(loaded, dict)
+    assert loaded["AKIAALICE000000000001"].principal.tags == (("cost center", "CC-12/ü"), ("team", "payments"))
+    assert loaded["ASIAAPPXX000000000001"].principal.tags == (("team", ""),)
+    second = ALICE.replace("000000000001", "000000000002")
+    with pytest.raises(PrincipalsFileError) as info:
+        _load(tmp_path, ALICE + tags + second + 'tags = { team = "other" }\n')
+    assert str(info.value).endswith("principal #2: arn:aws:iam::111122223333:user/alice has other tags in "
+                                    "principal #1; an identity's tags are the same whichever access key signs")
 
 
 def test_a_principals_file_that_cannot_be_read_is_named_without_python_error_text(tmp_path: Path) -> None:

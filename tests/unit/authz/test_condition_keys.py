@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -206,3 +207,12 @@ def test_request_values_win_and_names_are_case_insensitive() -> None:
     assert ctx("kms:keyspec") == "X"
     assert ctx("aws:resourcetag/project") is None  # no key, no resource keys
     assert ctx("kms:multiregionkeytype") is None
+
+
+def test_principal_tags_are_read_by_any_case_of_their_key() -> None:
+    tagged = dataclasses.replace(user("alice"), tags=(("CostCenter", "CC-12"), ("team", "payments")))
+    ctx = RequestContext(call(tagged), None, {}, lambda: NOW)
+    assert ctx("aws:principaltag/costcenter") == "CC-12"
+    assert ctx("aws:principaltag/team") == "payments"
+    assert ctx("aws:principaltag/missing") is None
+    assert RequestContext(call(root()), None, {}, lambda: NOW)("aws:principaltag/team") is None
