@@ -356,6 +356,51 @@ def test_key_policy_conditions_on_replica_region_are_enforced(server: KeytrailSe
     )
 
 
+def _alice_only_when(condition: dict[str, Any]) -> str:
+    """A key policy letting alice (and no one else) manage the key when `condition` holds."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/alice"}, "Action": "kms:*",
+        "Resource": "*", "Condition": condition}]})
+
+
+@pytest.mark.parametrize("condition", [
+    {"StringEquals": {"kms:MultiRegionKeyType": "REPLICA"}},
+    {"StringEquals": {"aws:RequestedRegion": REPLICA}},
+    {"StringEquals": {"aws:ResourceTag/team": "blue"}},
+])
+def test_replica_policy_lockout_check_asks_about_a_put_key_policy_on_the_replica(
+    server: KeytrailServer, condition: dict[str, Any],
+) -> None:
+    # ReplicateKey's Policy "must allow the calling principal to make a subsequent PutKeyPolicy
+    # request on the KMS key" (API reference): on the replica, in its Region, with its tags. The
+    # check asked about the primary's Region and no key, so such a policy was refused as a lockout.
+    kms, key_id = _mrk(server)
+    policy = _alice_only_when(condition)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA, Policy=policy, Tags=[{"TagKey": "team", "TagValue": "blue"}])
+    remote = server.client("alice", REPLICA)
+    assert remote.get_key_policy(KeyId=key_id)["Policy"] == policy
+    remote.put_key_policy(KeyId=key_id, PolicyName="default", Policy=policy)  # the check was right: alice can
+
+
+@pytest.mark.parametrize("condition", [
+    {"StringEquals": {"kms:MultiRegionKeyType": "PRIMARY"}},
+    {"StringEquals": {"aws:RequestedRegion": PRIMARY}},
+    {"StringEquals": {"aws:ResourceTag/team": "red"}},
+])
+def test_replica_policy_that_locks_the_caller_out_of_the_replica_is_refused(
+    server: KeytrailServer, condition: dict[str, Any],
+) -> None:
+    kms, key_id = _mrk(server)
+    with pytest.raises(ClientError) as excinfo:
+        kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA, Policy=_alice_only_when(condition),
+                          Tags=[{"TagKey": "team", "TagValue": "blue"}])
+    assert _error(excinfo) == ("MalformedPolicyDocumentException",
+                               "The new key policy will not allow you to update the key policy in the future.")
+    assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["MultiRegionConfiguration"]["ReplicaKeys"] == []
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA, Policy=_alice_only_when(condition),
+                      Tags=[{"TagKey": "team", "TagValue": "blue"}], BypassPolicyLockoutSafetyCheck=True)
+
+
 @pytest.mark.parametrize("operation", ["enable_key_rotation", "disable_key_rotation", "rotate_key_on_demand"])
 def test_rotation_is_managed_only_on_the_primary(server: KeytrailServer, operation: str) -> None:
     # EnableKeyRotation / DisableKeyRotation: "set the property on the primary key";

@@ -62,15 +62,23 @@ def _require_same_partition(primary: Key, region: str) -> None:
         )
 
 
-def _replica_policy(svc: KmsService, call: Call, primary: Key, region: str) -> str:
+def _new_replica(
+    svc: KmsService, call: Call, primary: Key, region: str, description: str, tags: tuple[tuple[str, str], ...]
+) -> Key:
+    """The replica ReplicateKey makes, its Policy checked as CreateKey's is: the lockout safety check
+    asks whether the caller may make "a subsequent PutKeyPolicy request on the KMS key" (API
+    reference, ReplicateKey), a request on the replica, in its Region, so the policy is tried with
+    the replica's condition keys (kms:MultiRegionKeyType REPLICA, its spec, its Tags…) and Region."""
     params = call.params
-    if "Policy" not in params:
-        return default_policy(call.context.account, partition_of(region))
-    validate_key_policy(
-        params["Policy"], call.context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
-        key_arn=key_arn(region, primary.account, primary.key_id), call=call.context, now=svc.now(),
-    )
-    return str(params["Policy"])
+    given = "Policy" in params
+    policy = str(params["Policy"]) if given else default_policy(call.context.account, partition_of(region))
+    replica = multiregion.replica_of(primary, region, svc.now(), policy, description, tags)
+    if given:
+        validate_key_policy(
+            policy, call.context.principal, bypass=bool(params.get("BypassPolicyLockoutSafetyCheck")),
+            key_arn=replica.arn, call=replace(call.context, region=region), now=svc.now(), key=replica,
+        )
+    return replica
 
 
 async def _authorize_in_replica_region(svc: KmsService, call: Call, primary: Key, region: str) -> None:
@@ -98,8 +106,7 @@ async def replicate_key(svc: KmsService, call: Call) -> Response:
     tags = tuple(validate_tags(params.get("Tags") or []).items())
     await require_key_room(svc, primary.account, region)  # the replica is a key of its Region
     description = params.get("Description", "")  # not a shared property: AWS defaults it to empty
-    replica_policy = _replica_policy(svc, call, primary, region)
-    replica = multiregion.replica_of(primary, region, svc.now(), replica_policy, description, tags)
+    replica = _new_replica(svc, call, primary, region, description, tags)
     siblings = [primary, *await multiregion.copies(svc, primary)]
     siblings = [k for k in _with_region(siblings, region) if k.region != region]
     metadata = key_metadata(replica)
