@@ -136,7 +136,9 @@ CHECKED = [
         "remove \"duplicate JSON policy elements and SID values\", without saying AWS refuses them.",
         "Unchanged: keytrail cannot tell a principal outside its principals file from one that does not "
         "exist, so a well-formed ARN is taken; duplicate `Sid`s are taken; of a member given twice the last "
-        "is read, by the evaluator and the detector alike.",
+        "is read, by the evaluator and the detector alike. A value that names no principal at all (`bob`, a "
+        "user group's ARN) is refused with AWS's message, then the statement and the value (`… invalid "
+        "principals. Statement 2 names 'bob'.`; it used to read `Policy statement 2 contains a statement …`).",
     ),
     (
         "`ListAliases`, and a `KeyId` of `alias/aws/<service>`",

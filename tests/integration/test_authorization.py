@@ -344,7 +344,20 @@ def test_a_principal_with_a_wildcard_inside_is_refused(alice: Any) -> None:
     code, message = error_of(alice.put_key_policy, KeyId=key, PolicyName="default",
                              Policy=policy(statement(users, "kms:Decrypt", "Deny")))
     assert code == "MalformedPolicyDocumentException"
-    assert message == f"Policy statement 2 contains a statement with one or more invalid principals: '{users}'."
+    # AWS's words first (as CreateKey and PutKeyPolicy callers quote them), then what is wrong.
+    assert message == ("Policy contains a statement with one or more invalid principals. "
+                       f"Statement 2 names '{users}' (a wildcard cannot match part of a principal ARN).")
+
+
+@pytest.mark.parametrize("name", ["bob", f"arn:aws:iam::{ACCOUNT}:group/admins"])
+def test_a_principal_that_names_no_principal_is_refused_in_awss_words(alice: Any, name: str) -> None:
+    # AWS's message for a Principal it cannot use, as CreateKey and PutKeyPolicy callers quote it:
+    # "Policy contains a statement with one or more invalid principals." (a user group is no principal).
+    expected = ("MalformedPolicyDocumentException", "Policy contains a statement with one or more invalid "
+                f"principals. Statement 2 (Sid 'Users') names '{name}'.")
+    bad = policy(statement(name, "kms:Decrypt", Sid="Users"))
+    assert error_of(alice.create_key, Policy=bad) == expected
+    assert error_of(alice.put_key_policy, KeyId=new_key(alice), PolicyName="default", Policy=bad) == expected
 
 
 def test_not_principal_in_an_allow_is_refused(alice: Any) -> None:

@@ -18,6 +18,7 @@ from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.partitions import ARN_PARTITION
 
 __all__ = [
+    "INVALID_PRINCIPALS",
     "MAX_POLICY_BYTES",
     "Policy",
     "PolicyKind",
@@ -58,6 +59,16 @@ def is_aws_principal(name: str) -> bool:
 
 def _malformed(message: str) -> KmsError:
     return MalformedPolicyDocumentException(message)
+
+
+# AWS's words for a Principal it cannot use, as CreateKey and PutKeyPolicy callers quote them
+# (Terraform, CDK and CloudFormation error reports); keytrail's message starts with them and then
+# names the statement and the principal.
+INVALID_PRINCIPALS = "Policy contains a statement with one or more invalid principals."
+
+
+def _invalid_principal(where: str, detail: str) -> KmsError:
+    return _malformed(f"{INVALID_PRINCIPALS} {where[:1].upper()}{where[1:]} {detail}.")
 
 
 def parse_policy(text: str, kind: PolicyKind = "key") -> dict[str, Any]:
@@ -165,13 +176,12 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
     if value == "*":
         return
     if not isinstance(value, dict) or not value or set(value) - _PRINCIPAL_TYPES:
-        raise _malformed(f"Policy {where} contains a statement with one or more invalid principals.")
+        raise _invalid_principal(where, f'has a {present[0]} that is not "*" nor an object of AWS, Service, '
+                                        f"Federated or CanonicalUser principals")
     for kind_name, names in value.items():
         for name in _strings(names, where, f"{present[0]}.{kind_name}"):
             if kind_name == "AWS" and not (name == "*" or is_aws_principal(name)):
-                raise _malformed(
-                    f"Policy {where} contains a statement with one or more invalid principals: {name!r}."
-                )
+                raise _invalid_principal(where, f"names {name!r}")
 
 
 def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
@@ -189,8 +199,8 @@ def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
             continue
         for name in _list(value.get("AWS", [])):
             if name != "*" and ("*" in name or "?" in name):
-                raise _malformed(f"Policy {_where(statement, index)} contains a statement with one or more "
-                                 f"invalid principals: {name!r}.")
+                raise _invalid_principal(_where(statement, index),
+                                         f"names {name!r} (a wildcard cannot match part of a principal ARN)")
 
 
 # "Key policy format": "printable ASCII characters, printable characters in the Basic Latin and

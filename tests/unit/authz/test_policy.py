@@ -73,8 +73,15 @@ def test_account_id_principal_is_kept_bare_for_the_partition_of_the_call() -> No
             {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Principal"}]},
             "Principal or NotPrincipal",
         ),
-        ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "bob"}}]}, "invalid principals: 'bob'"),
-        ({"Statement": [{**OK_STATEMENT, "Principal": {"Users": "x"}}]}, "invalid principals"),
+        (
+            {"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "bob"}}]},
+            "Policy contains a statement with one or more invalid principals. Statement 1 names 'bob'.",
+        ),
+        (
+            {"Statement": [{**OK_STATEMENT, "Principal": {"Users": "x"}}]},
+            "Policy contains a statement with one or more invalid principals. Statement 1 has a Principal that "
+            'is not "*" nor an object of AWS, Service, Federated or CanonicalUser principals.',
+        ),
         # `$` alone would take a final newline; `\\d` alone, any script's digits
         ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "111122223333\n"}}]}, "invalid principals"),
         ({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "١١١١٢٢٢٢٣٣٣٣"}}]}, "invalid principals"),
@@ -146,8 +153,8 @@ def test_a_wildcard_inside_a_principal_arn_is_refused_when_the_policy_is_set(nam
     text = json.dumps({"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "*"}}, statement]})
     with pytest.raises(MalformedPolicyDocumentException) as info:
         validate_key_policy(text, root(), bypass=True)
-    assert info.value.message == (
-        f"Policy statement 2 contains a statement with one or more invalid principals: {name!r}.")
+    assert info.value.message == ("Policy contains a statement with one or more invalid principals. "
+                                  f"Statement 2 names {name!r} (a wildcard cannot match part of a principal ARN).")
     compile_policy(text)  # a stored policy that has one still loads: the principal matches no one
 
 
