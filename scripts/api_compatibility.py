@@ -229,6 +229,26 @@ CHECKED = [
         "and `KeyId` find no such alias: `NotFoundException`.",
     ),
     (
+        "`AliasName` beginning `alias/aws/` in `CreateAlias`, `UpdateAlias` and `DeleteAlias`",
+        "The model's `AliasName` of `CreateAlias`: \"The alias name cannot begin with alias/aws/. The alias/aws/ "
+        "prefix is reserved for Amazon Web Services managed keys\"; `InvalidAliasNameException` (\"the "
+        "specified alias name is not valid\") is among CreateAlias's errors. The model lists it for neither "
+        "`UpdateAlias` nor `DeleteAlias`, and AWS's answer there is not documented (moto answers all three "
+        "with `NotAuthorizedException`, a code no KMS model has; not recorded against AWS).",
+        "`InvalidAliasNameException` `Alias names that begin with alias/aws/ are reserved.` in all three "
+        "(unchanged: for `UpdateAlias` and `DeleteAlias` an error their model does not list, kept for want of "
+        "AWS's answer). `alias/aws` without the slash, and `alias/AWS/…`, are names like any other.",
+    ),
+    (
+        "`DryRun` true: the HTTP status of `DryRunOperationException`",
+        "The model gives the exception no status (botocore reads the code from `__type` at any status, and "
+        "neither its legacy nor its standard retry mode retries a 412). The API reference lists "
+        "`DryRunOperationException` with HTTP status 412; LocalStack's snapshots recorded against AWS are "
+        "said to show 400 for it, as for every client error they capture.",
+        "Unchanged: 412, the API reference's; `The request would have succeeded, but the DryRun option is "
+        "set.`",
+    ),
+    (
         "`ImportKeyMaterial` into an `Enabled`, `Disabled` or `PendingImport` key",
         "Key state table (\"Key states of AWS KMS keys\"): `PendingImport` succeeds; `Enabled` and `Disabled` "
         "succeed if the key has imported material, else `UnsupportedOperationException` (note 9); "
