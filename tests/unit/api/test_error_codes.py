@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from botocore.model import Shape, StructureShape
+from botocore.model import ListShape, Shape, StructureShape
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -304,3 +304,74 @@ def test_every_code_keytrail_defines_is_one_aws_answers() -> None:
 
 def test_every_code_keytrail_defines_has_aws_status() -> None:
     assert {cls.code: cls.status for cls in _defined()} == {cls.code: _STATUS.get(cls.code, 400) for cls in _defined()}
+
+
+# A blob past this would make a body over the app's 256 KiB (the attestation document's 262,144
+# bytes, as base64): refused for its size before any member is read.
+_LARGEST_BLOB_SENT = 128 * 1024
+
+
+def _broken_scalar(shape: Shape) -> Iterator[tuple[Any, str]]:
+    """(value, the words of the constraint it breaks) for each bound, enum and pattern of a
+    string, blob or number `shape`."""
+    meta, kind = shape.metadata, shape.type_name
+    if kind == "string" and shape.enum:
+        yield "NOT_IN_THE_ENUM", f"Member must satisfy enum value set: [{', '.join(shape.enum)}]"
+        return
+    if kind in ("integer", "long"):
+        if "min" in meta:
+            yield meta["min"] - 1, f"Member must have value greater than or equal to {meta['min']}"
+        if "max" in meta:
+            yield meta["max"] + 1, f"Member must have value less than or equal to {meta['max']}"
+        return
+    as_sent = (lambda size: "a" * size) if kind == "string" else (lambda size: _b64(b"a" * size))
+    if meta.get("min", 0) > 0:
+        yield as_sent(meta["min"] - 1), f"Member must have length greater than or equal to {meta['min']}"
+    if "max" in meta and (kind == "string" or meta["max"] < _LARGEST_BLOB_SENT):
+        yield as_sent(meta["max"] + 1), f"Member must have length less than or equal to {meta['max']}"
+    if "pattern" in meta:  # U+0100 is in no class of any pattern of the model
+        broken = "\u0100" * max(meta.get("min", 1), 1)
+        yield broken, f"Member must satisfy regular expression pattern: {meta['pattern']}"
+
+
+def _broken(shape: Shape, path: str) -> Iterator[tuple[Any, str, str]]:
+    """(value, its camelCase path, the words of the constraint it breaks) for each constraint of
+    `shape` and of the members and items within it."""
+    if isinstance(shape, StructureShape):
+        for name, member in shape.members.items():
+            for value, where, words in _broken(member, f"{path}.{name[:1].lower()}{name[1:]}"):
+                yield {**_filled(shape), name: value}, where, words
+    elif isinstance(shape, ListShape):
+        meta = shape.metadata
+        if meta.get("min", 0) > 0:
+            yield [], path, f"Member must have length greater than or equal to {meta['min']}"
+        if "max" in meta:
+            yield [_value(path, shape.member)] * (meta["max"] + 1), path, \
+                f"Member must have length less than or equal to {meta['max']}"
+        for value, where, words in _broken(shape.member, f"{path}.1.member"):
+            yield [value], where, words
+    else:
+        for value, words in _broken_scalar(shape):
+            yield value, path, words
+
+
+async def test_every_constraint_of_the_model_is_answered_in_aws_words(tmp_path: Path) -> None:
+    """Each length, range, enum and pattern botocore's model puts on a member of any operation, at
+    any depth (`tags.1.member.tagKey`), broken in a request that is otherwise valid, is
+    ValidationException `N validation error(s) detected: Value … at '<path>' failed to satisfy
+    constraint: <the constraint>`, before the caller's permission is asked (every call here is denied)."""
+    world = await _world(tmp_path)
+    public_key = _public_key()
+    unanswered: dict[str, Any] = {}
+    for operation in sorted(OPERATIONS):
+        shape = service_model().operation_model(operation).input_shape
+        for name, member in shape.members.items():
+            for value, where, words in _broken(member, f"{name[:1].lower()}{name[1:]}"):
+                body = {**_base(world, operation, "symmetric", world.keys["symmetric"], public_key), name: value}
+                status, answer = await _call(world, operation, body, deny=True)
+                wanted = f" at '{where}' failed to satisfy constraint: {words}"
+                message = answer.get("message", "")
+                if (status, answer.get("__type")) != (400, "ValidationException") or wanted not in message \
+                        or " validation error" not in message:
+                    unanswered[f"{operation} {where}: {words}"] = (status, answer)
+    assert unanswered == {}
