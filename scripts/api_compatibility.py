@@ -249,6 +249,17 @@ CHECKED = [
         "set.`",
     ),
     (
+        "A JSON string holding an escaped lone UTF-16 surrogate (`\"\\ud800\"`, as botocore's `json.dumps` "
+        "writes a Python string with one) in any member: `Description`, `AliasName`, tags, encryption "
+        "context, `Policy`",
+        "Not documented. RFC 8259 (section 8.2) lets the escape through the grammar but calls what a receiver "
+        "does with it unpredictable. The model's patterns (`AliasNameType`, `PolicyType`, `MarkerType`, …) "
+        "admit no surrogate; `Description`, tag keys and values and encryption context have no pattern, so "
+        "nothing in the model says what AWS keeps of one.",
+        "Unchanged: `SerializationException` `The request body is not valid JSON.` for the whole request, "
+        "whatever the member (the text could be neither stored, logged nor answered as UTF-8); never a 500.",
+    ),
+    (
         "`ImportKeyMaterial` into an `Enabled`, `Disabled` or `PendingImport` key",
         "Key state table (\"Key states of AWS KMS keys\"): `PendingImport` succeeds; `Enabled` and `Disabled` "
         "succeed if the key has imported material, else `UnsupportedOperationException` (note 9); "

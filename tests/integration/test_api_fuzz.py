@@ -33,6 +33,8 @@ _NOISE = random.Random(7)  # the same bytes every run
 _BAD_VALUES: tuple[Any, ...] = (
     None, True, -1, 2**63, 1.5, "", "\u0000", "x" * 5000, "🔑" * 300, [], {}, {"a": {"b": [1, None]}},
     "not base64!",
+    # a lone UTF-16 surrogate, escaped as json.dumps writes it: as a string, and as a map's key
+    "x\ud800y", {"\udc00": "v"},
     # blobs of random bytes: ciphertexts, signatures, public keys, wrapped key material that parse as nothing
     *(base64.b64encode(_NOISE.randbytes(size)).decode() for size in (33, 600)),
 )

@@ -375,3 +375,28 @@ async def test_every_constraint_of_the_model_is_answered_in_aws_words(tmp_path: 
                         or " validation error" not in message:
                     unanswered[f"{operation} {where}: {words}"] = (status, answer)
     assert unanswered == {}
+
+
+_UNKNOWN_KEY = _NAMED["unknown"]
+# A lone UTF-16 surrogate in each kind of string a caller writes: as a value, a tag's key or value,
+# inside a policy document, in an alias name, as an encryption context's key or value.
+_LONE_SURROGATES: list[tuple[str, dict[str, Any]]] = [
+    ("CreateKey", {"Description": "x\ud800y"}), ("CreateKey", {"Tags": [{"TagKey": "\udc00", "TagValue": "v"}]}),
+    ("CreateKey", {"Tags": [{"TagKey": "k", "TagValue": "\ud800"}]}),
+    ("CreateKey", {"Policy": '{"Version": "\ud800"}'}),
+    ("CreateAlias", {"AliasName": "alias/\ud800", "TargetKeyId": _UNKNOWN_KEY}),
+    ("Encrypt", {"KeyId": _UNKNOWN_KEY, "Plaintext": "eA==", "EncryptionContext": {"\ud800": "v"}}),
+    ("Encrypt", {"KeyId": _UNKNOWN_KEY, "Plaintext": "eA==", "EncryptionContext": {"k": "\udc00"}}),
+]
+
+
+async def test_a_lone_surrogate_in_any_string_is_a_serialization_error(tmp_path: Path) -> None:
+    """RFC 8259 lets `"\\ud800"` through its grammar, botocore sends one for a Python string that
+    holds it, and AWS's answer is not documented: the request is SerializationException, whatever
+    the member, as no such text can be stored, logged or answered as UTF-8 (docs/api-compatibility.md)."""
+    world = await _world(tmp_path)
+    for operation, body in _LONE_SURROGATES:
+        messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+        sent = await post_kms(world.app, operation, messages, _AUTHORIZATION)
+        assert (sent[0]["status"], orjson.loads(sent[1]["body"])) == (
+            400, {"__type": "SerializationException", "message": "The request body is not valid JSON."}), body
