@@ -33,7 +33,8 @@ _OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdown
 # the role or the database (SQLSTATE 57014, 55P03), or pg_cancel_backend. They raised out of the
 # call as bugs: a traceback in the log each, and "An internal error occurred." to the client.
 _CANCELED = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
-# Seconds between two log lines of the database refusing the pool a new connection.
+# Seconds between two log lines of one kind of the database's refusals (a new connection, a
+# statement for the role's privileges, a statement it gave up).
 REFUSED_LOG_SECONDS = 60.0
 
 
@@ -67,7 +68,8 @@ class PostgresConnections:
     """Connections from `pool`, each wait for one and each statement given up after `timeout`
     seconds; `refuse_if_broken` raises once the store no longer matches its ledger."""
 
-    def __init__(self, pool: Any, timeout: float, refuse_if_broken: Callable[[], None]) -> None:
+    def __init__(self, pool: Any, timeout: float, refuse_if_broken: Callable[[], None], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.pool = pool
         self.timeout = timeout
         self._refuse_if_broken = refuse_if_broken
@@ -79,8 +81,8 @@ class PostgresConnections:
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
         self._unreachable_since: float | None = None  # monotonic time an outage began (logged once), while it lasts
-        self._refused_logged_at = float("-inf")  # monotonic time a refused new connection was last logged
-        self._denied_logged_at = float("-inf")  # monotonic time a statement refused for privileges was last logged
+        self._clock = clock  # monotonic seconds, for how often the refusals are logged
+        self._logged_at: dict[str, float] = {}  # when each kind of refusal was last logged (`_log_due`)
 
     def answered_within(self, seconds: float) -> bool:
         """Whether a connection came back from a query without error within the last `seconds`."""
@@ -144,9 +146,13 @@ class PostgresConnections:
 
     def _canceled(self, exc: asyncpg.PostgresError) -> errors.KmsError:
         """AWS's retryable answer when the database gave up a statement of the call itself; a log
-        line saying why, which a DBA can act on (the role's statement_timeout, say)."""
+        line saying why, which a DBA can act on (the role's statement_timeout, say), at most once a
+        minute: under a statement_timeout too short for the load every call was given up, and each
+        wrote its line, as the neighbouring refusals did before they were thinned."""
         reason = " ".join(str(exc).split())
-        log.warning("the key store gave up a statement (%s): the call fails with DependencyTimeoutException", reason)
+        if self._log_due("canceled"):
+            log.warning("the key store gave up a statement (%s): the call fails with DependencyTimeoutException",
+                        reason)
         return errors.DependencyTimeoutException(
             f"The key store did not answer in time ({reason}). You can retry the request.")
 
@@ -155,9 +161,7 @@ class PostgresConnections:
         role's CONNECTION LIMIT, or max_connections, reached), while the pooled ones still serve:
         no outage, but a limit a DBA can raise. Logged at most once a minute: it raised out of
         each call that needed one, with a traceback each, answered "An internal error occurred."."""
-        now = time.monotonic()
-        if now - self._refused_logged_at >= REFUSED_LOG_SECONDS:
-            self._refused_logged_at = now
+        if self._log_due("refused"):
             log.error("the key store refused a new connection (%s): calls that needed one fail with "
                       "KMSInternalException; the node opens up to %d", " ".join(str(exc).split()),
                       self.pool.get_max_size())
@@ -168,14 +172,21 @@ class PostgresConnections:
         """AWS's internal error when the database refuses a statement for the role's privileges (one
         revoked while the node runs: the node checks them as it starts). Logged at most once a
         minute, in one line naming the privilege: it raised out of each call with a traceback."""
-        now = time.monotonic()
-        if now - self._denied_logged_at >= REFUSED_LOG_SECONDS:
-            self._denied_logged_at = now
+        if self._log_due("denied"):
             log.error("the key store refused a statement (%s): calls that need it fail with KMSInternalException "
                       "until the role is granted SELECT, INSERT, UPDATE and DELETE on the key store's tables again",
                       " ".join(str(exc).split()))
         return errors.KMSInternalException(
             "The request was rejected because an internal exception occurred. The request can be retried.")
+
+    def _log_due(self, kind: str) -> bool:
+        """Whether a refusal of `kind` is to be logged now: the first, then at most one each
+        REFUSED_LOG_SECONDS, as every call meets the same refusal while it lasts."""
+        now = self._clock()
+        if now - self._logged_at.get(kind, float("-inf")) < REFUSED_LOG_SECONDS:
+            return False
+        self._logged_at[kind] = now
+        return True
 
     @asynccontextmanager
     async def key_lock(self, name: str) -> AsyncIterator[None]:
