@@ -83,11 +83,14 @@ class DataDirHold:
         trail another program holds (`keytrail audit import`), or whose event log changed since the
         hold (records added, by that program or by work the start did, or a torn tail cut off and
         kept aside), which the digests made meanwhile sign and the log cannot lose; the metrics of a
-        consumer that ran when serve started (`keytrail consume`)."""
+        consumer that ran when serve started (`keytrail consume`), or of a `consume --kafka`
+        running now (one that started after serve checked for one: its checkpoints)."""
+        from keytrail.pipeline.kafka_lock import kafka_consumers_running
+
         in_use = set()
         if writer_active(event_log_dir(self.data_dir)) or self._log_changed():  # serve's own trail is closed by now
             in_use.add("audit")
-        if self._consumer_running:
+        if self._consumer_running or kafka_consumers_running(self.data_dir):
             in_use.add("metrics")
         return in_use
 

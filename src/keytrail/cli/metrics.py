@@ -35,6 +35,7 @@ from keytrail.cli.console import (
     since_after_default_end,
 )
 from keytrail.owner_only import make_dirs
+from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, hold_as_kafka_consumer, kafka_consumers_counting
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
 
@@ -276,11 +277,16 @@ def consume(
     if not kafka and not try_lock(consumer_lock(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first",
                    CONSUME)
-    # A group member takes no lock, but beside the one that counts the node's own event log there
-    # (serve's), whose events Kafka carries too, it would count each of them twice.
-    if kafka and _consumer_running(data_dir):
+    # Beside the one that counts the node's own event log there (serve's), whose events Kafka
+    # carries too, each would count them twice: a group member holds, shared (members may share a
+    # data dir), the lock the event log's consumer holds exclusively (pipeline/kafka_lock.py), so
+    # that whichever starts second is refused. consumer.lock as well: a `consume --cloudtrail`, or
+    # the child of a serve older than this keytrail, holds that one only.
+    if kafka and not (hold_as_kafka_consumer(data_dir) and not _consumer_running(data_dir)):
         raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one, counting its "
                    "event log): --kafka would count those events twice; give another --data-dir", CONSUME)
+    if not (kafka or cloudtrail or hold_as_event_log_consumer(data_dir)):
+        raise fail(kafka_consumers_counting(data_dir), CONSUME)
     make_dirs(data_dir)
     problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
     stats = _consume_or_fail(settings, cloudtrail, problems, metrics)

@@ -48,6 +48,7 @@ from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
 from keytrail.owner_only import replace_whole
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition, render_family, render_histogram
 from keytrail.pipeline.query import MetricsStore
@@ -199,6 +200,8 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
         if not try_lock(consumer_lock(data_dir)):  # the lock the child would hold, for life
             raise ConsumerRunning(f"the metrics consumer of {data_dir} is already running "
                                   "(keytrail consume): stop it first")
+        if not hold_as_event_log_consumer(data_dir):  # one started since serve checked (cli/serve.py)
+            raise ConsumerRunning(kafka_consumers_counting(data_dir))
         consumer = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
         # Its detector runs in-process too: two on one data dir both announced every alarm, and each
         # emptied the hooks' outboxes of what the other still owed.

@@ -338,6 +338,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
     _make_data_dir(settings.data_dir)
     hold = _hold(settings.data_dir)
     try:
+        _check_no_kafka_consumer(settings)
         _check_config(settings.config)
         _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
         _run(settings, sockets, hold)
@@ -414,6 +415,17 @@ def _make_data_dir(data_dir: Path) -> None:
         raise _fail(f"--data-dir: {data_dir} is not a directory") from None
     except OSError as error:
         raise _fail(f"--data-dir: cannot create {data_dir}: {error.strerror or error}") from None
+
+
+def _check_no_kafka_consumer(settings: ServeSettings) -> None:
+    """Refuse, before anything is built or written, a data dir a `consume --kafka` counts into:
+    serve's consumer would count the node's calls there again, from its event log. Without the
+    audit trail (--no-audit) serve runs no consumer. Its consumer, in its child or in this process,
+    then holds the lock that keeps one from starting meanwhile (cli/sidecar.py, cli/node.py)."""
+    from keytrail.pipeline.kafka_lock import kafka_consumers_counting, kafka_consumers_running
+
+    if settings.audit and kafka_consumers_running(settings.data_dir):
+        raise _fail(kafka_consumers_counting(settings.data_dir))
 
 
 def _check_config(path: Path | None) -> None:

@@ -12,7 +12,9 @@ within HOOKS_LINE_WAIT (a serve older than this keytrail started it), or hooks g
 (a serve older still), it exits 1 in one line instead of waiting for good. The detector
 writes each alarm it raises or escalates to stdout as one JSON line, which `serve` counts for
 /metrics. One child of each kind per data dir: each holds an exclusive lock,
-and a new one waits while the child of a previous `serve` is still finishing.
+and a new one waits while the child of a previous `serve` is still finishing. The consumer also
+keeps `consume --kafka` out of the data dir (pipeline/kafka_lock.py), and where one already counts
+there it exits 1 in one line without counting: Kafka carries the node's calls too.
 
 Both run at a lower CPU priority than `serve` (ANALYTICS_NICENESS): they read what is already
 durable and catch up within a second or two, while a call waiting behind them would show in the
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -47,8 +48,8 @@ from keytrail.detect.alarms import Alarm
 from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
 from keytrail.log_lines import log_to_stderr
-from keytrail.owner_only import open_file
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
+from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting, lock_for_life
 from keytrail.pipeline.query import consumer_lock
 
 __all__ = ["consumer_lock", "detector_lock", "hold_lock", "sidecars", "try_lock"]
@@ -169,6 +170,11 @@ class _SettingsUnusable(Exception):
     """serve's --config no longer reads (changed since serve checked it); the message says why."""
 
 
+class _KafkaConsumersCount(Exception):
+    """A `consume --kafka` counts into the data dir (started after serve checked for one): the
+    consumer child would count the node's calls a second time, from its event log."""
+
+
 def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
     """Run a child's main at the analytics priority. A file it cannot write (a full disk), or a
     settings file broken since serve started, ends it with one log line: `serve` restarts it with a
@@ -176,7 +182,7 @@ def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
     os.nice(ANALYTICS_NICENESS)
     try:
         asyncio.run(main)
-    except (OSError, sqlite3.Error, _SettingsUnusable) as exc:
+    except (OSError, sqlite3.Error, _SettingsUnusable, _KafkaConsumersCount) as exc:
         log.error("%s child: %s", name, exc)
         raise SystemExit(1) from None
 
@@ -184,8 +190,15 @@ def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
 async def _consume(data_dir: Path) -> None:
     metrics = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
     _stop_on_signal_or_eof(metrics.stop_event)  # run() then checkpoints, exports and returns
-    if await hold_lock(consumer_lock(data_dir), metrics.stop_event):
-        await metrics.run()
+    if not await hold_lock(consumer_lock(data_dir), metrics.stop_event):
+        return
+    # Exits rather than waits: serve restarts it with its growing backoff, so that each attempt
+    # is a line in the log and keytrail_child_restarts_total rises, and it counts again within
+    # 30 s of the `consume --kafka` stopping; a wait would have said it once, and /metrics nothing.
+    if not hold_as_event_log_consumer(data_dir):
+        raise _KafkaConsumersCount(f"{kafka_consumers_counting(data_dir)}; until it stops, this child counts "
+                                   "nothing and is restarted with a backoff")
+    await metrics.run()
 
 
 async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None) -> None:
@@ -230,13 +243,7 @@ def _on_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
 def try_lock(path: Path) -> bool:
     """Take an exclusive lock on `path` for the rest of the process's life; False (and nothing
     held) while another process holds it."""
-    fd = open_file(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    return True  # the descriptor stays open: the lock lasts as long as the process
+    return lock_for_life(path)
 
 
 async def hold_lock(path: Path, stopping: asyncio.Event) -> bool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CLOUDTRAIL_PARTITION", "SEGMENT_LOG_PARTITION", "consumer_lock", "counted_partitions", "state_dir"]
+__all__ = ["CLOUDTRAIL_PARTITION", "SEGMENT_LOG_PARTITION", "consumer_lock", "counted_partitions",
+           "kafka_consumers_lock", "state_dir"]
 
 #: The partition the embedded event log's state is kept as (`segment_source.SegmentLogSource`'s
 #: batches): here for the queries, which need the name and not the source (asyncio, the decoder).
@@ -22,6 +23,12 @@ def state_dir(data_dir: Path) -> Path:
 def consumer_lock(data_dir: Path) -> Path:
     """Held by the metrics consumer (serve's child, or keytrail consume) while it owns the state."""
     return state_dir(data_dir).parent / "consumer.lock"
+
+
+def kafka_consumers_lock(data_dir: Path) -> Path:
+    """Held shared by each `consume --kafka` counting into the data dir, exclusively by the consumer
+    of its embedded event log (pipeline/kafka_lock.py)."""
+    return state_dir(data_dir).parent / "kafka-consumers.lock"
 
 
 def counted_partitions(data_dir: Path) -> list[Path]:

@@ -178,3 +178,23 @@ def test_what_appeared_in_a_trail_or_metrics_another_program_holds_stays(tmp_pat
         consumer.close()
         hold.release()
     assert digest.exists() and checkpoint.exists()
+
+
+def test_what_a_consume_kafka_started_during_the_start_wrote_in_metrics_stays(tmp_path: Path) -> None:
+    # serve checks for one before it writes anything; one started after that and counting into a
+    # data dir new to it, while serve failed for another reason, lost its checkpoints to the clean-up.
+    from keytrail.pipeline.layout import kafka_consumers_lock
+
+    hold = DataDirHold.take(tmp_path)
+    kafka_consumers_lock(tmp_path).parent.mkdir()
+    consumer = kafka_consumers_lock(tmp_path).open("w")
+    fcntl.flock(consumer, fcntl.LOCK_SH)  # as each `consume --kafka` holds it
+    try:
+        checkpoint = tmp_path / "metrics" / "state" / "keytrail.audit.v1-0.sqlite"
+        checkpoint.parent.mkdir()
+        checkpoint.write_text("the consumer's")
+        hold.remove_new(keep=set())
+    finally:
+        consumer.close()
+        hold.release()
+    assert checkpoint.read_text() == "the consumer's"

@@ -350,3 +350,39 @@ def test_consume_kafka_is_refused_while_the_data_dirs_own_consumer_counts_there(
     assert code == 2
     assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (keytrail serve runs "
                    "one, counting its event log): --kafka would count those events twice; give another --data-dir\n")
+
+
+def test_consume_kafka_is_refused_while_an_event_log_consumer_keeps_kafka_consumers_out(tmp_path: Path) -> None:
+    """The event log's consumer holds metrics/kafka-consumers.lock exclusively (pipeline/kafka_lock.py):
+    that alone refuses `consume --kafka`, as it does between serve's check and its child's start."""
+    import fcntl
+
+    from keytrail.pipeline.layout import kafka_consumers_lock
+
+    lock = kafka_consumers_lock(tmp_path)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, _, err = run("consume", "--data-dir", str(tmp_path), "--kafka", "127.0.0.1:1", "--exit-when-idle", "1")
+    assert code == 2
+    assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (keytrail serve runs "
+                   "one, counting its event log): --kafka would count those events twice; give another --data-dir\n")
+
+
+def test_consume_of_the_event_log_is_refused_while_consume_kafka_counts_there(tmp_path: Path) -> None:
+    """The other order: Kafka carries the events of the log too, so each would count twice."""
+    import fcntl
+
+    from keytrail.pipeline.layout import kafka_consumers_lock
+    from keytrail.transport.segment_log import event_log_dir
+
+    event_log_dir(tmp_path).mkdir(parents=True)
+    lock = kafka_consumers_lock(tmp_path)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # as each `consume --kafka` holds it
+        code, _, err = run("consume", "--data-dir", str(tmp_path), "--no-follow")
+    assert code == 2
+    assert err == (f"keytrail consume: keytrail consume --kafka counts into {tmp_path} ({lock} is held): counting the "
+                   "event log there too would count each of its calls twice, as Kafka carries them; stop it, or give "
+                   "it another --data-dir\n")
