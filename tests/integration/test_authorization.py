@@ -169,6 +169,23 @@ def test_cross_account_needs_key_policy_and_identity_policy(server: KeytrailServ
     assert error_of(carol.generate_data_key, KeyId=shared, KeySpec="AES_256")[0] == "AccessDeniedException"
 
 
+def test_list_aliases_tells_nothing_of_keys_the_caller_cannot_list(server: KeytrailServer, alice: Any,
+                                                                  bob: Any) -> None:
+    # ListAliases lists the caller's own aliases only ("Cross-account use: No"): another account's
+    # key ARN lists none whether or not the key exists, and a caller without kms:ListAliases is
+    # refused before its KeyId is looked up, so neither learns which keys exist.
+    carol = server.client("carol")
+    key = new_key(alice, policy(statement(f"arn:aws:iam::{OTHER_ACCOUNT}:root", "kms:*")))
+    alice.create_alias(AliasName=f"alias/listed-{key[-8:]}", TargetKeyId=key)
+    missing = key[:-12] + "000000000000"
+    assert carol.list_aliases(KeyId=key)["Aliases"] == []
+    assert carol.list_aliases(KeyId=missing)["Aliases"] == []
+    assert [a["AliasName"] for a in alice.list_aliases(KeyId=key)["Aliases"]] == [f"alias/listed-{key[-8:]}"]
+    assert error_of(alice.list_aliases, KeyId=missing)[0] == "NotFoundException"
+    assert error_of(bob.list_aliases, KeyId=key)[0] == "AccessDeniedException"
+    assert error_of(bob.list_aliases, KeyId=missing)[0] == "AccessDeniedException"
+
+
 def test_cross_account_permission_is_effective_only_for_the_documented_operations(
         server: KeytrailServer, alice: Any) -> None:
     # "if you give … kms:ScheduleKeyDeletion permission on a KMS key in a key policy, the user's

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
+from keytrail.kms.identifiers import KeyRefError, RefKind, key_arn, parse_key_ref
 from keytrail.kms.keys import Key
 from keytrail.kms.store import Alias
 
@@ -178,18 +179,33 @@ def _alias_kept_changing(svc: KmsService, call: Call) -> errors.KmsError:
         "You can retry the request.")
 
 
+async def _key_listed(svc: KmsService, call: Call, key_id: str) -> str:
+    """The ARN of the key whose aliases ListAliases lists. Only the caller's aliases are listed
+    ("Cross-account use: No"), so a key ARN of another account lists none and is not looked up:
+    a NotFoundException for it, or an empty page, would tell whether that key exists."""
+    context = call.context
+    try:
+        ref = parse_key_ref(key_id, account=context.account, region=context.region)
+    except KeyRefError:
+        ref = None  # find_key answers it, in AWS's words
+    if ref is not None and ref.kind is RefKind.KEY_ARN and ref.account != context.account:
+        return ref.arn
+    return (await svc.find_key(call, key_id, allow_alias=False)).arn
+
+
 async def list_aliases(svc: KmsService, call: Call) -> Response:
     from keytrail.kms.paging import page
 
     context = call.context
-    aliases = await svc.store.list_aliases(context.account, context.region)
-    key = None
-    if key_id := call.params.get("KeyId"):
-        key = await svc.find_key(call, key_id, allow_alias=False)
-        aliases = [a for a in aliases if a.key_id == key.key_id]
-    # An IAM-only permission on "*", even with a KeyId: the key policy plays no part.
+    # An IAM-only permission on "*", even with a KeyId: the key policy plays no part. Checked
+    # before the KeyId is looked up, so a caller without it cannot learn which keys exist.
     await svc.authorize(call, "kms:ListAliases", None)
-    listing = f"ListAliases {context.account} {context.region} {key.arn if key else '*'}"
+    aliases = await svc.store.list_aliases(context.account, context.region)
+    listed = "*"
+    if key_id := call.params.get("KeyId"):
+        listed = await _key_listed(svc, call, key_id)
+        aliases = [a for a in aliases if listed == key_arn(context.region, context.account, a.key_id)]
+    listing = f"ListAliases {context.account} {context.region} {listed}"
     chunk, paging = page(aliases, call.params, lambda a: (a.name,), listing, default_limit=50)  # ListAliases' default
     entries = [{
         "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
