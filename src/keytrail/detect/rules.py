@@ -111,6 +111,7 @@ DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
                 aws_service_callers=list(AWS_SERVICE_CALLERS),
                 allow_principals=[],
                 new_principal_bump=1,
+                key_alarms_per_principal=3,
             ),
             _rule(
                 "unused-key",

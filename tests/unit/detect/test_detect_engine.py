@@ -63,6 +63,62 @@ def test_denied_decrypt_alarm_names_every_source_address_and_access_key_it_folds
     assert "sourceIPAddresses" in alarm.recommendation
 
 
+def test_a_principal_denied_on_many_keys_raises_three_key_alarms_and_one_for_the_rest() -> None:
+    """Stolen credentials trying every key raised one alarm per key: 200 keys, 200 pages."""
+    detector = Detector()
+    keys = [key_arn(n) for n in range(200)]
+    announced = detector.process([denied("Decrypt", T0 + timedelta(seconds=n), k, MALLORY) for n, k in enumerate(keys)])
+    assert [a.key_arn for a in announced] == [*keys[:3], None, None]  # the folded alarm escalates once, to CRITICAL
+    per_key = [a for a in detector.alarms() if a.key_arn is not None]
+    [folded] = [a for a in detector.alarms() if a.key_arn is None]
+    assert [a.count for a in per_key] == [1, 1, 1]
+    assert (folded.rule, folded.principal_arn, folded.count, folded.severity) == (
+        "unauthorized-decrypt", MALLORY["arn"], 197, "CRITICAL")
+    assert folded.details["keyCount"] == "197"
+    assert folded.details["keyArns"] == ",".join(keys[3:13])  # the first 10
+    assert "newPrincipalOnKey" not in folded.details and folded.details["denyType"] == "implicit"
+
+
+def test_the_folded_alarm_counts_each_key_once_and_keys_with_their_own_alarm_keep_it() -> None:
+    detector = Detector()
+    keys = [key_arn(n) for n in range(5)]
+    order = [0, 1, 2, 3, 4, 3, 0, 4]
+    detector.process([denied("Decrypt", T0 + timedelta(seconds=n), keys[k], MALLORY) for n, k in enumerate(order)])
+    counts = {a.key_arn: a.count for a in detector.alarms()}
+    assert counts == {keys[0]: 2, keys[1]: 1, keys[2]: 1, None: 4}
+    [folded] = [a for a in detector.alarms() if a.key_arn is None]
+    assert (folded.details["keyCount"], folded.details["keyArns"]) == ("2", f"{keys[3]},{keys[4]}")
+
+
+def test_the_folded_alarm_has_a_deterministic_id_and_closes_with_its_window() -> None:
+    keys = [key_arn(n) for n in range(4)]
+    records = [denied("Decrypt", T0 + timedelta(seconds=n), k, MALLORY) for n, k in enumerate(keys)]
+    later = [denied("Decrypt", T0 + timedelta(hours=2, seconds=n), k, MALLORY) for n, k in enumerate(keys[3:])]
+    first, second = Detector(), Detector()
+    first.process(records + later)
+    second.process(records + later)
+    assert [a.alarm_id for a in first.alarms()] == [a.alarm_id for a in second.alarms()]
+    # Two hours on, the key alarms have closed: the next key has an alarm of its own again.
+    assert [a.key_arn for a in first.alarms()] == [*keys[:3], None, keys[3]]
+
+
+def test_key_alarms_per_principal_zero_keeps_one_alarm_per_key() -> None:
+    detector = Detector(RuleSet().override(
+        {"unauthorized-decrypt": {"parameters": {"key_alarms_per_principal": 0}}}))
+    keys = [key_arn(n) for n in range(6)]
+    detector.process([denied("Decrypt", T0 + timedelta(seconds=n), k, MALLORY) for n, k in enumerate(keys)])
+    assert [a.key_arn for a in detector.alarms()] == keys
+
+
+def test_other_principals_denied_on_the_same_keys_are_judged_on_their_own() -> None:
+    detector = Detector()
+    keys = [key_arn(n) for n in range(4)]
+    detector.process([denied("Decrypt", T0 + timedelta(seconds=n), k, who)
+                      for who in (MALLORY, user("eve")) for n, k in enumerate(keys)])
+    assert sorted((a.principal_arn or "", a.key_arn or "-") for a in detector.alarms() if a.key_arn is None) == [
+        (f"arn:aws:iam::{ACCOUNT}:user/eve", "-"), (MALLORY["arn"], "-")]
+
+
 def test_known_principal_denied_starts_medium_and_escalates() -> None:
     detector = Detector()
     detector.process([event("Decrypt", T0, KEY, APP)])

@@ -13,6 +13,7 @@ from tests.unit.detect.records import ACCOUNT, REGION, T0, create_key, denied, e
 
 from keytrail.detect import Detector
 from keytrail.detect.checks.spike import UsageSpike
+from keytrail.detect.checks.unauthorized import MAX_FOLDED_KEYS, UnauthorizedDecrypt
 from keytrail.detect.events import KmsEvent, read_kms_event
 from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
 
@@ -27,13 +28,18 @@ def test_a_flood_of_denied_calls_on_random_key_arns_leaves_the_detector_bounded(
     detector = Detector()
     flood = [denied("Decrypt", T0 + timedelta(milliseconds=n), _random_key(), MALLORY)
              for n in range(UNCONFIRMED_KEYS + 2_000)]
-    announced = detector.process(flood)
-    # Each denied principal x key is its alarm, as before: nothing is let go of that a rule needs.
-    assert sorted(a.key_arn or "" for a in announced if a.rule == "unauthorized-decrypt") == sorted(
-        r["resources"][0]["ARN"] for r in flood)
+    detector.process(flood)
+    # The first keys have their alarms, the rest fold into the principal's, which counts every one.
+    alarms = [a for a in detector.alarms() if a.rule == "unauthorized-decrypt"]
+    assert [a.key_arn for a in alarms] == [r["resources"][0]["ARN"] for r in flood[:3]] + [None]
+    assert alarms[-1].details["keyCount"] == str(len(flood) - 3)
     assert len(detector.ledger) == UNCONFIRMED_KEYS
     [spike] = [check for check in detector._checks if isinstance(check, UsageSpike)]
     assert spike.pairs() == UNCONFIRMED_KEYS
+    [unauthorized] = [check for check in detector._checks if isinstance(check, UnauthorizedDecrypt)]
+    assert len(unauthorized._denials[MALLORY["arn"]].folded) == MAX_FOLDED_KEYS
+    detector.tick(T0 + timedelta(hours=2))  # the window has closed: the principal's denials go
+    assert unauthorized._denials == {}
 
 
 def test_a_key_denied_before_it_is_seen_to_exist_is_idle_since_it_was_first_named() -> None:
