@@ -155,6 +155,7 @@ DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
                 min_calls=100,
                 factor=10.0,
                 high_factor=50.0,
+                peak_factor=2.0,
             ),
             _rule(
                 "rotation-disabled",

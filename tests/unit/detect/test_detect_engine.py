@@ -623,6 +623,49 @@ def test_usage_spike_of_a_busy_pair_reaches_high_within_its_minute() -> None:
     assert (alarm.severity, alarm.count, alarm.details["observedRate"]) == ("HIGH", 2, "250")
 
 
+def _burst(start: datetime, minutes: int, per_minute: int) -> list[dict[str, Any]]:
+    return steady_traffic(KEY, APP, start, minutes=minutes, per_minute=per_minute)
+
+
+def _nights(detector: Detector, *batches: int) -> list[Any]:
+    """A key called once a minute by APP, with a 5-minute batch of `batches[n]` calls a minute at
+    02:00 of night n; the usage-spike alarms it raised."""
+    start = T0.replace(hour=0)
+    records = _burst(start, 1440 * len(batches), 1)
+    for night, per_minute in enumerate(batches):
+        records += _burst(start + timedelta(days=night, hours=2), 5, per_minute)
+    records.sort(key=lambda r: r["eventTime"])
+    detector.process(records)
+    return by_rule(detector.alarms(), "usage-spike")
+
+
+def test_usage_spike_does_not_fire_at_every_run_of_a_nightly_batch() -> None:
+    """A nightly batch at 30x the average, 5 minutes every night, fired every night."""
+    first, *later = _nights(Detector(), 150, 150, 150)
+    assert first.first_seen.day == T0.day and later == []  # its first run is news; the runs after it are not
+    assert first.details["baselinePeakRate"] == "1"
+    again = _nights(Detector(RuleSet().override({"usage-spike": {"parameters": {"peak_factor": 0.0}}})), 150, 150)
+    assert len(again) == 2  # peak_factor 0: judged against the average alone, as before
+
+
+def test_usage_spike_still_fires_at_twice_the_busiest_minute_of_a_bursty_pair() -> None:
+    *_, spike = _nights(Detector(), 150, 150, 400)
+    assert spike.first_seen.day == T0.day + 2
+    assert (spike.details["baselinePeakRate"], spike.details["observedRate"]) == ("151", "302")
+
+
+def test_usage_spike_restarts_the_history_of_a_pair_silent_for_longer_than_its_baseline() -> None:
+    """A pair silent for 8 days had a baseline of 0 calls a minute: any return to work fired."""
+    detector = Detector()
+    back = T0 + timedelta(days=10)
+    detector.process(_burst(T0, 120, 5) + _burst(back, 1, 150))
+    assert detector.alarms() == []  # its history starts again: min_history_minutes applies
+    detector.process(_burst(back + timedelta(minutes=1), 60, 5) + _burst(back + timedelta(minutes=61), 1, 400))
+    [alarm] = detector.alarms()  # an hour on, judged against that hour (its return minute the busiest)
+    assert (alarm.details["baselineDurationMinutes"], alarm.details["baselinePeakRate"],
+            alarm.details["observedRate"]) == ("61", "150", "369")  # fired at 300 (2 x 150), HIGH at 50 x 7.38
+
+
 def test_usage_spike_with_no_history_required_fires_without_dividing_by_none() -> None:
     # min_history_minutes 0 let a pair's first minute reach the baseline of 0 minutes of history.
     detector = Detector(RuleSet().override({"usage-spike": {"parameters": {"min_history_minutes": 0}}}))

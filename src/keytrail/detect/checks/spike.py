@@ -32,29 +32,48 @@ class _Rate:
     # empty deque is 760 bytes, most of a pair's memory, and most pairs of many keys x principals
     # are seen in one minute only.
     past: deque[tuple[int, int]] | None = None
+    # The minutes of `past` that no later minute outdoes, counts falling (a sliding-window maximum):
+    # the first is the busiest minute of the baseline, kept without scanning `past` each call.
+    peaks: deque[tuple[int, int]] | None = None
     fired_minute: int = -1
     # The count at which the minute that fired below HIGH becomes HIGH (None: it fired HIGH already,
     # or not at all): the minute's later calls are watched for it, not only the call that fired.
     high_at: float | None = None
 
     def roll(self, minute: int, horizon: int) -> None:
-        """Move on to a later `minute`, dropping counts older than `horizon` minutes."""
-        past = self.past
+        """Move on to a later `minute`, dropping counts older than `horizon` minutes. A pair silent
+        for longer than the horizon starts its history again: its baseline of zero calls would
+        make any return to work a spike."""
+        if minute - self.minute > horizon:
+            self.first_minute, self.minute, self.count, self.total = minute, minute, 0, 0
+            self.past = self.peaks = None
+            return
+        past, peaks = self.past, self.peaks
         if self.count:
-            if past is None:
-                past = self.past = deque()
+            if past is None or peaks is None:  # the two come and go together
+                past, peaks = self.past, self.peaks = deque(), deque()
             past.append((self.minute, self.count))
             self.total += self.count
+            while peaks and peaks[-1][1] <= self.count:
+                peaks.pop()
+            peaks.append((self.minute, self.count))
         self.minute, self.count = minute, 0
         while past and past[0][0] < minute - horizon:
             self.total -= past.popleft()[1]
+        while peaks and peaks[0][0] < minute - horizon:
+            peaks.popleft()
         if past is not None and not past:  # all older than the horizon: as light as a new pair again
-            self.past = None
+            self.past = self.peaks = None
+
+    def peak(self) -> int:
+        """Calls in the busiest minute of the baseline (0 without one)."""
+        return self.peaks[0][1] if self.peaks else 0
 
 
 class UsageSpike:
-    """Fires once per spiking minute, when the count crosses `factor` x baseline (and `min_calls`),
-    and once more, HIGH, if that minute's count goes on to reach `high_factor` x baseline."""
+    """Fires once per spiking minute, when the count crosses `factor` x baseline, `peak_factor` x
+    the baseline's busiest minute (and `min_calls`), and once more, HIGH, if that minute's count
+    goes on to reach `high_factor` x baseline."""
 
     rule_id = "usage-spike"
     event_names = None
@@ -75,6 +94,7 @@ class UsageSpike:
         self._min_calls = int(rule.param("min_calls"))
         self._factor = float(rule.param("factor"))
         self._high_factor = float(rule.param("high_factor"))
+        self._peak_factor = float(rule.param("peak_factor"))
         self._last_minute = (datetime.min, 0)  # the last event time seen and its minute
 
     def observe(self, event: KmsEvent) -> list[Finding]:
@@ -129,12 +149,14 @@ class UsageSpike:
         history, baseline = self._baseline(rate)
         if history < self._min_history:
             return []
-        if rate.count < self._factor * baseline:
+        # A regularly bursty pair (a nightly batch at 30x its average) is judged against its
+        # busiest minute too, or every one of its bursts would be a spike.
+        if rate.count < self._factor * baseline or rate.count < self._peak_factor * rate.peak():
             return []
         rate.fired_minute = rate.minute
         high_at = self._high_factor * baseline
         rate.high_at = None if rate.count >= high_at else high_at
-        return [self._finding(event, baseline, rate.count, history)]
+        return [self._finding(event, rate, baseline, history)]
 
     def _escalate(self, event: KmsEvent, rate: _Rate) -> list[Finding]:
         """The minute that fired goes on to HIGH: judged only at the call that crossed `factor` x
@@ -142,7 +164,7 @@ class UsageSpike:
         `min_calls` / `high_factor` (2 calls a minute by default)."""
         rate.high_at = None
         history, baseline = self._baseline(rate)
-        return [self._finding(event, baseline, rate.count, history)]
+        return [self._finding(event, rate, baseline, history)]
 
     def _baseline(self, rate: _Rate) -> tuple[int, float]:
         """(minutes of history, average calls per minute over them): none yet with
@@ -153,7 +175,8 @@ class UsageSpike:
     def tick(self, now: datetime) -> list[Finding]:
         return []
 
-    def _finding(self, event: KmsEvent, baseline: float, observed: int, history: int) -> Finding:
+    def _finding(self, event: KmsEvent, rate: _Rate, baseline: float, history: int) -> Finding:
+        observed = rate.count
         high = observed >= self._high_factor * baseline
         return Finding.on_event(
             self.rule_id,
@@ -168,6 +191,7 @@ class UsageSpike:
                 "baselineAverage": f"{baseline:.4f}",
                 "observedRate": str(observed),
                 "baselineDurationMinutes": str(history),
+                "baselinePeakRate": str(rate.peak()),
                 "eventName": event.event_name,
             },
         )
