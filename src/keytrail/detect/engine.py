@@ -12,6 +12,7 @@ from keytrail.clock import Clock
 from keytrail.detect.alarms import Alarm, AlarmBook, Finding
 from keytrail.detect.checks import Check
 from keytrail.detect.checks.deletion import KeyDeletionInUse
+from keytrail.detect.checks.newcomer import NewPrincipalOnKey
 from keytrail.detect.checks.permissive import PermissiveKey
 from keytrail.detect.checks.rotation import RotationDisabled
 from keytrail.detect.checks.spike import UsageSpike
@@ -53,6 +54,7 @@ class Detector:
             KeyDeletionInUse(r["key-deletion-in-use"], ledger),
             UsageSpike(r["usage-spike"], ledger),
             RotationDisabled(r["rotation-disabled"], ledger),
+            NewPrincipalOnKey(r["new-principal-on-key"], ledger),
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]
 

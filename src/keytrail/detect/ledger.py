@@ -54,7 +54,10 @@ class KeyRecord:
     missing_materials: set[str] = field(default_factory=set)
     awaits_first_material: bool = False  # created PendingImport, no import seen since
     rotations: int = 0
-    principals: set[str] = field(default_factory=set)
+    # Each principal with a successful call on the key -> whether one of them was cryptographic:
+    # one entry per key x principal serves both "ever called" and "ever used" (new-principal-on-key).
+    principals: dict[str, bool] = field(default_factory=dict)
+    first_used: datetime | None = None  # the first successful cryptographic use seen
     confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
 
 
@@ -95,6 +98,11 @@ class KeyLedger:
         """Whether `principal` made a successful call on the key before."""
         record = self.get(key_arn)
         return record is not None and principal in record.principals
+
+    def has_used_cryptographically(self, key_arn: str | None, principal: str | None) -> bool:
+        """Whether `principal` made a successful cryptographic call (CRYPTO_OPERATIONS) on the key before."""
+        record = self.get(key_arn)
+        return record is not None and principal is not None and record.principals.get(principal, False)
 
     def rotations(self, record: KeyRecord) -> int:
         """The rotations that price the key: a multi-Region key's are its family's, one however
@@ -139,8 +147,10 @@ class KeyLedger:
     @staticmethod
     def _apply(record: KeyRecord, event: KmsEvent) -> None:
         record.confirmed = True
-        if event.principal_arn:
-            record.principals.add(event.principal_arn)
+        if (principal := event.principal_arn) is not None:
+            record.principals[principal] = event.is_crypto or record.principals.get(principal, False)
+        if event.is_crypto and (record.first_used is None or event.event_time < record.first_used):
+            record.first_used = event.event_time
         name = event.event_name
         if event.is_crypto and (record.last_used is None or event.event_time >= record.last_used):
             record.last_used, record.last_used_event_id = event.event_time, event.event_id

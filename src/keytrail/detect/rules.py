@@ -167,6 +167,17 @@ DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
                 exempt_keys=[],
                 exempt_aliases=[],
             ),
+            _rule(
+                "new-principal-on-key",
+                "LOW",
+                "1d",
+                {},
+                "A principal's first successful cryptographic call on a key with min_history_days of observed use.",
+                min_history_days=7,
+                allow_principals=[],
+                suppress_aws_services=True,
+                aws_service_callers=list(AWS_SERVICE_CALLERS),
+            ),
         )
     }
 )

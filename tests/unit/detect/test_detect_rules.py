@@ -21,6 +21,7 @@ def test_every_contract_rule_is_registered() -> None:
         "key-deletion-in-use",
         "usage-spike",
         "rotation-disabled",
+        "new-principal-on-key",
     }
     assert DEFAULT_RULES["unused-key"].param("unused_days") == 90
 

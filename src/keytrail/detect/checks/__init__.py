@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from datetime import datetime
-from typing import Protocol
+from fnmatch import fnmatchcase
+from typing import Any, Protocol
 
 from keytrail.detect.alarms import Finding
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["Check", "arn_region_account"]
+__all__ = ["Check", "arn_region_account", "expected_caller"]
 
 
 class Check(Protocol):
@@ -30,3 +31,14 @@ def arn_region_account(arn: str | None) -> tuple[str | None, str | None]:
     """(region, account) of a key ARN `arn:aws:kms:<region>:<account>:key/<id>`."""
     parts = (arn or "").split(":")
     return (parts[3] or None, parts[4] or None) if len(parts) >= 6 else (None, None)
+
+
+def expected_caller(event: KmsEvent, parameters: Mapping[str, Any]) -> bool:
+    """Whether the rule's parameters say to pass over this caller: an AWS service
+    (`suppress_aws_services`, `aws_service_callers`) or a principal matching `allow_principals` globs."""
+    if parameters.get("suppress_aws_services") and (
+        event.identity_type == "AWSService" or event.invoked_by in parameters["aws_service_callers"]
+    ):
+        return True
+    principal = event.principal_arn or ""
+    return any(fnmatchcase(principal, pattern) for pattern in parameters["allow_principals"])

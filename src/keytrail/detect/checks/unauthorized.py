@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from fnmatch import fnmatchcase
 
 from keytrail.detect.alarms import MAX_GATHERED, Finding, caller_origin
-from keytrail.detect.checks import arn_region_account
+from keytrail.detect.checks import arn_region_account, expected_caller
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
@@ -81,7 +80,7 @@ class UnauthorizedDecrypt:
     def observe(self, event: KmsEvent) -> list[Finding]:
         if not event.is_crypto or event.error_code not in DENIED_CODES:
             return []
-        if self._suppressed(event):
+        if expected_caller(event, self.rule.parameters):
             return []
         finding = self._finding(event)
         return [self._folded(event, finding) if self._folds(event, finding.key_arn) else finding]
@@ -92,15 +91,6 @@ class UnauthorizedDecrypt:
             if denials.idle():
                 del self._denials[principal]  # a principal denied once long ago costs nothing
         return []
-
-    def _suppressed(self, event: KmsEvent) -> bool:
-        params = self.rule.parameters
-        if params["suppress_aws_services"] and (
-            event.identity_type == "AWSService" or event.invoked_by in params["aws_service_callers"]
-        ):
-            return True
-        principal = event.principal_arn or ""
-        return any(fnmatchcase(principal, pattern) for pattern in params["allow_principals"])
 
     def _folds(self, event: KmsEvent, key: str | None) -> bool:
         """Whether this denial goes to the principal's alarm: its key has no open alarm of its own,

@@ -1,0 +1,71 @@
+"""`new-principal-on-key`: a principal's first successful cryptographic call on an established key.
+
+A key's callers are usually a settled few (an application's role, a backup job); one that starts
+using it is a grant, policy or deploy to confirm, or credentials that reach further than meant.
+Keys still in their learning period (`min_history_days` of observed use) are passed over, so a
+new key, or a detector that starts reading, does not raise one alarm per caller.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from keytrail.detect.alarms import Finding, caller_origin, format_time
+from keytrail.detect.checks import expected_caller
+from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
+from keytrail.detect.ledger import KeyLedger
+from keytrail.detect.rules import Rule
+
+__all__ = ["NewPrincipalOnKey"]
+
+_RECOMMENDATION = (
+    "Confirm that {principal} is meant to use this key (a new service, deploy or grant). If not, find "
+    "the key policy statement or grant that lets it, and where its credentials are used "
+    "(details.sourceIPAddresses and accessKeyIds)."
+)
+
+
+class NewPrincipalOnKey:
+    """Reads the ledger's key x principal record (who used each key), keeping no state of its own."""
+
+    rule_id = "new-principal-on-key"
+    event_names = CRYPTO_OPERATIONS
+
+    def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
+        self.rule, self.ledger = rule, ledger
+        self._learning = timedelta(days=int(rule.param("min_history_days")))
+
+    def observe(self, event: KmsEvent) -> list[Finding]:
+        if not event.succeeded or event.principal_arn is None:
+            return []
+        # A ReEncrypt uses its source and its destination key. Newness first: it is two lookups,
+        # and almost every call is by a known caller.
+        keys = [key for key in dict.fromkeys(event.key_arns) if self._new_on(key, event)]
+        if not keys or expected_caller(event, self.rule.parameters):
+            return []
+        return [self._finding(event, key) for key in keys]
+
+    def tick(self, now: datetime) -> list[Finding]:
+        return []
+
+    def _new_on(self, key_arn: str, event: KmsEvent) -> bool:
+        record = self.ledger.get(key_arn)
+        if record is None or record.first_used is None or event.event_time - record.first_used < self._learning:
+            return False  # still learning who uses the key
+        return not self.ledger.has_used_cryptographically(key_arn, event.principal_arn)
+
+    def _finding(self, event: KmsEvent, key_arn: str) -> Finding:
+        record = self.ledger.get(key_arn)
+        assert record is not None and record.first_used is not None  # _new_on found both
+        known = sum(record.principals.values())
+        who = event.principal_arn
+        return Finding.on_event(
+            self.rule_id,
+            event,
+            summary=f"{who} used {key_arn} for the first time ({event.event_name}); {known} other principal(s) "
+            f"used it since {format_time(record.first_used)}",
+            recommendation=_RECOMMENDATION.format(principal=who),
+            details={"eventName": event.event_name, "keyUsedSince": format_time(record.first_used),
+                     "knownPrincipals": str(known)} | caller_origin(event),
+            key_arn=key_arn,
+        )
