@@ -14,6 +14,7 @@ from keytrail.detect.checks import Check
 from keytrail.detect.checks.deletion import KeyDeletionInUse
 from keytrail.detect.checks.newcomer import NewPrincipalOnKey
 from keytrail.detect.checks.permissive import PermissiveKey
+from keytrail.detect.checks.recon import KeyReconnaissance
 from keytrail.detect.checks.rotation import RotationDisabled
 from keytrail.detect.checks.spike import UsageSpike
 from keytrail.detect.checks.unauthorized import UnauthorizedDecrypt
@@ -55,6 +56,7 @@ class Detector:
             UsageSpike(r["usage-spike"], ledger),
             RotationDisabled(r["rotation-disabled"], ledger),
             NewPrincipalOnKey(r["new-principal-on-key"], ledger),
+            KeyReconnaissance(r["key-reconnaissance"]),
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]
 

@@ -178,6 +178,18 @@ DEFAULT_RULES: Mapping[str, Rule] = MappingProxyType(
                 suppress_aws_services=True,
                 aws_service_callers=list(AWS_SERVICE_CALLERS),
             ),
+            _rule(
+                "key-reconnaissance",
+                "LOW",
+                "1h",
+                {},
+                "One principal reading key metadata (policies, grants, tags) of many keys: enumeration.",
+                min_keys=20,
+                min_denied=5,
+                allow_principals=[],
+                suppress_aws_services=True,
+                aws_service_callers=list(AWS_SERVICE_CALLERS),
+            ),
         )
     }
 )

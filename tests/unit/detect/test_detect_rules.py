@@ -22,6 +22,7 @@ def test_every_contract_rule_is_registered() -> None:
         "usage-spike",
         "rotation-disabled",
         "new-principal-on-key",
+        "key-reconnaissance",
     }
     assert DEFAULT_RULES["unused-key"].param("unused_days") == 90
 

@@ -1,0 +1,89 @@
+"""`key-reconnaissance`: one principal reading the metadata of many keys within the window."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from tests.unit.detect.records import ACCOUNT, T0, denied, event, key_arn, role, user
+
+from keytrail.detect import Detector, RuleSet
+from keytrail.detect.checks.recon import KeyReconnaissance
+
+MALLORY = user("mallory")
+NAMES = ("DescribeKey", "GetKeyPolicy", "ListGrants")
+
+
+def _reads(who: dict[str, Any], keys: range, start: datetime = T0, refused: int = 0) -> list[dict[str, Any]]:
+    """One metadata call per key, a second apart, names in turn; the first `refused` denied."""
+    records = []
+    for n, k in enumerate(keys):
+        name, at = NAMES[n % len(NAMES)], start + timedelta(seconds=n)
+        records.append(denied(name, at, key_arn(k), who) if n < refused else event(name, at, key_arn(k), who))
+    return records
+
+
+def _recon(records: list[dict[str, Any]], rules: RuleSet | None = None) -> list[Any]:
+    detector = Detector(rules)
+    detector.process(records)
+    return [alarm for alarm in detector.alarms() if alarm.rule == "key-reconnaissance"]
+
+
+def test_a_principal_reading_twenty_keys_within_the_hour_raises_one_low_alarm() -> None:
+    records = _reads(MALLORY, range(25))
+    [alarm] = _recon(records)
+    assert (alarm.severity, alarm.key_arn, alarm.principal_arn) == ("LOW", None, MALLORY["arn"])
+    assert alarm.count == 6 and alarm.event_ids[0] == records[19]["eventID"]  # from the 20th key on
+    assert alarm.details["keyCount"] == "25" and alarm.details["eventNames"] == "DescribeKey,GetKeyPolicy,ListGrants"
+    assert alarm.details["deniedKeyCount"] == "0" and alarm.details["sourceIPAddresses"] == "192.0.2.0"
+
+
+def test_nineteen_keys_or_the_same_key_read_again_raise_nothing() -> None:
+    assert _recon(_reads(MALLORY, range(19))) == []
+    assert _recon(_reads(MALLORY, range(19)) + [event("DescribeKey", T0 + timedelta(minutes=1), key_arn(3), MALLORY)
+                                               for _ in range(30)]) == []
+
+
+def test_keys_read_more_than_the_window_apart_are_not_counted_together() -> None:
+    slow = [event("DescribeKey", T0 + timedelta(minutes=4 * n), key_arn(n), MALLORY) for n in range(30)]
+    assert _recon(slow) == []  # 15 keys an hour at most
+
+
+def test_five_denied_keys_make_it_medium() -> None:
+    [alarm] = _recon(_reads(MALLORY, range(20), refused=5))
+    assert (alarm.severity, alarm.details["deniedKeyCount"]) == ("MEDIUM", "5")
+    [alarm] = _recon(_reads(MALLORY, range(20), refused=4))
+    assert alarm.severity == "LOW"
+
+
+def test_each_principal_is_counted_on_its_own() -> None:
+    assert _recon(_reads(MALLORY, range(10)) + _reads(user("eve"), range(10, 20))) == []
+
+
+def test_allow_listed_principals_and_aws_services_are_passed_over() -> None:
+    scanner = role("inventory")
+    rules = RuleSet().override({"key-reconnaissance": {"parameters": {
+        "allow_principals": [f"arn:aws:iam::{ACCOUNT}:role/inventory"]}}})
+    assert _recon(_reads(scanner, range(30)), rules) == []
+    assert _recon(_reads(role("ConfigRecorder", invoked_by="config.amazonaws.com"), range(30))) == []
+    assert len(_recon(_reads(scanner, range(30)))) == 1
+
+
+def test_a_principal_s_survey_is_let_go_of_once_its_window_has_closed() -> None:
+    detector = Detector()
+    detector.process(_reads(MALLORY, range(5)) + _reads(user("eve"), range(30)))
+    [recon] = [check for check in detector._checks if isinstance(check, KeyReconnaissance)]
+    assert recon.surveyed() == 35
+    detector.tick(T0 + timedelta(minutes=30))
+    assert recon.surveyed() == 35
+    detector.tick(T0 + timedelta(hours=2))
+    assert recon.surveyed() == 0
+
+
+def test_a_principal_enumerating_random_keys_is_remembered_on_a_bounded_number_of_them(monkeypatch: Any) -> None:
+    monkeypatch.setattr("keytrail.detect.checks.recon.MAX_SURVEYED_KEYS", 25)
+    detector = Detector()
+    detector.process(_reads(MALLORY, range(40), refused=40))
+    [recon] = [check for check in detector._checks if isinstance(check, KeyReconnaissance)]
+    [alarm] = [a for a in detector.alarms() if a.rule == "key-reconnaissance"]
+    assert recon.surveyed() == 25 and (alarm.details["keyCount"], alarm.details["deniedKeyCount"]) == ("25", "25")
