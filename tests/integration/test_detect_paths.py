@@ -51,6 +51,8 @@ async def test_offline_and_in_process_alarms_are_identical(tmp_path: Path) -> No
         "key-deletion-in-use",
         "usage-spike",
         "rotation-disabled",
+        "new-principal-on-key",
+        "key-reconnaissance",
     }
 
 

@@ -52,6 +52,8 @@ def mixed_scenario() -> list[dict[str, Any]]:
     ]
     records.append(event("DisableKeyRotation", T0 + timedelta(days=4), busy, admin,
                          params={"keyId": busy.rsplit("/", 1)[1]}))
+    records.append(event("Decrypt", T0 + timedelta(days=10), busy, role("batch")))  # new on a key used for 10 days
+    records += [denied("DescribeKey", T0 + timedelta(days=5, seconds=n), key_arn(10 + n), eve) for n in range(20)]
     records += steady_traffic(busy, app, T0 + timedelta(days=100), minutes=1, per_minute=2)
     records.sort(key=lambda r: (r["eventTime"], r["eventID"]))
     return records
