@@ -75,9 +75,11 @@ class KeyLedger:
         # say, which `unused-key` would then raise on a key that no longer exists).
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._deleted_limit = deleted_limit
-        # Rotation times per multi-Region key family (account:key/mrk-…): the primary's RotateKey
-        # gives every replica the new material, so each replica prices at the rotated rate too.
-        self._family_rotations: dict[str, set[datetime]] = {}
+        # Multi-Region key families (account:key/mrk-…) with a key in the ledger: the primary's
+        # RotateKey gives every replica the new material, so each replica prices at the rotated
+        # rate too. A family goes with its last key's DeleteKey: kept, every family ever rotated
+        # stayed for good. Its rotation times are few (25 on demand, then one each 90 days at most).
+        self._families: dict[str, _Family] = {}
 
     def get(self, key_arn: str | None) -> KeyRecord | None:
         """The key's record; None for a key no successful call named (nothing known of it)."""
@@ -107,14 +109,25 @@ class KeyLedger:
     def rotations(self, record: KeyRecord) -> int:
         """The rotations that price the key: a multi-Region key's are its family's, one however
         many Regions log it (as pipeline/cost.py bills them)."""
-        family = _multi_region_family(record.key_arn)
-        return record.rotations if family is None else len(self._family_rotations.get(family, ()))
+        family = self._family_of(record.key_arn)
+        return record.rotations if family is None else len(family.rotations)
+
+    def families(self) -> int:
+        """Multi-Region key families remembered (each has a key in the ledger)."""
+        return len(self._families)
 
     def update(self, event: KmsEvent) -> None:
+        self._update_keys(event)
         if event.event_name == "RotateKey" and event.succeeded:
             for key_arn in event.key_arns:
-                if (family := _multi_region_family(key_arn)) is not None:
-                    self._family_rotations.setdefault(family, set()).add(event.event_time)
+                if (family := self._family_of(key_arn)) is not None:
+                    family.rotations.add(event.event_time)  # one rotation, however many Regions log it
+
+    def _family_of(self, key_arn: str) -> _Family | None:
+        name = _multi_region_family(key_arn)
+        return None if name is None else self._families.get(name)
+
+    def _update_keys(self, event: KmsEvent) -> None:
         for key_arn in event.key_arns:
             record = self._keys.get(key_arn)
             if record is not None:
@@ -127,11 +140,17 @@ class KeyLedger:
             elif event.succeeded:  # seen to exist: first seen when it was first named at all
                 first_seen = self._unconfirmed.pop(key_arn, event.event_time)
                 self._apply(self._keys.setdefault(key_arn, KeyRecord(key_arn, first_seen)), event)
+                if (family := _multi_region_family(key_arn)) is not None:
+                    self._families.setdefault(family, _Family()).keys.add(key_arn)
             else:
                 self._named_by_failure(key_arn, event.event_time)
 
     def _forget_deleted(self, key_arn: str) -> None:
         del self._keys[key_arn]
+        if (name := _multi_region_family(key_arn)) is not None and (family := self._families.get(name)):
+            family.keys.discard(key_arn)
+            if not family.keys:
+                del self._families[name]
         self._deleted[key_arn] = None
         if len(self._deleted) > self._deleted_limit:
             self._deleted.popitem(last=False)
@@ -184,6 +203,14 @@ class KeyLedger:
             # A replica's CreateKey says Creating; KMS logs this when it leaves that state for
             # Enabled (docs/multi-region-keys.md). Left Creating, a replica was never judged unused.
             record.state = "Enabled"
+
+
+@dataclass(slots=True)
+class _Family:
+    """One multi-Region key's copies in the ledger and the times its material rotated."""
+
+    keys: set[str] = field(default_factory=set)
+    rotations: set[datetime] = field(default_factory=set)
 
 
 def _multi_region_family(key_arn: str) -> str | None:

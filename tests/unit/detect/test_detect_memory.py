@@ -125,3 +125,42 @@ def test_a_key_x_principal_pair_seen_in_one_minute_costs_the_detector_a_few_hund
     finally:
         tracemalloc.stop()
     assert grown / len(calls) < 500  # its eventID remembered for duplicates, its rate, its ledger entry
+
+
+def _rotated(at: datetime, key: str) -> dict[str, Any]:
+    """KMS's RotateKey service event (ct-rotatekey)."""
+    return dict(event("RotateKey", at, key, {"accountId": ACCOUNT, "invokedBy": "AWS Internal"}, params={}),
+                eventType="AwsServiceEvent", requestParameters=None)
+
+
+def _multi_region(n: int, region: str = REGION) -> str:
+    return key_arn(n).replace("key/", "key/mrk-").replace(f":{REGION}:", f":{region}:")
+
+
+def test_multi_region_keys_rotated_and_deleted_leave_nothing_of_their_rotations() -> None:
+    """The ledger kept every rotation time of every multi-Region key family for good, its keys
+    deleted or not: a node rotating and deleting such keys for months grew with each."""
+    ledger = KeyLedger()
+    families = [(_multi_region(n), _multi_region(n, "eu-west-1")) for n in range(200)]
+    for primary, replica in families:
+        for record in (create_key(T0, primary), create_key(T0, replica),
+                       *(_rotated(T0 + timedelta(days=90 * r), primary) for r in range(1, 6))):
+            ledger.update(_read(record))
+    assert ledger.families() == 200
+    for primary, replica in families:
+        for record in (_deleted(T0 + timedelta(days=600), primary), _deleted(T0 + timedelta(days=600), replica),
+                       _rotated(T0 + timedelta(days=540), replica)):  # a late event of a deleted key
+            ledger.update(_read(record))
+    assert (len(ledger), ledger.families()) == (0, 0)
+
+
+def test_a_replica_deleted_leaves_its_primary_priced_with_the_family_s_rotations() -> None:
+    primary, replica = _multi_region(3), _multi_region(3, "eu-west-1")
+    ledger = KeyLedger()
+    for record in (create_key(T0, primary), create_key(T0, replica), _rotated(T0 + timedelta(days=90), primary),
+                   _rotated(T0 + timedelta(days=90), replica), _deleted(T0 + timedelta(days=100), replica)):
+        ledger.update(_read(record))
+    record_primary = ledger.get(primary)
+    assert record_primary is not None and ledger.rotations(record_primary) == 1  # one rotation, two Regions
+    ledger.update(_read(_deleted(T0 + timedelta(days=200), primary)))
+    assert ledger.families() == 0
