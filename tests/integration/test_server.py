@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import json
@@ -698,11 +699,55 @@ def test_connections_past_the_open_files_limit_less_those_kept_are_closed_and_ca
             connection.close()
         kms = server.client()
         assert kms.describe_key(KeyId=kms.create_key()["KeyMetadata"]["KeyId"])["KeyMetadata"]["Enabled"]
+        assert _refused_connections(server.get("/metrics")[1].decode())["connection_limit"] == 1
     finally:
         for connection in held:
             connection.close()
         assert server.stop() == 0
     assert "refusing new connections: 44 are open" in server.log.read_text()
+
+
+def _refused_connections(metrics: str) -> dict[str, int]:
+    """keytrail_http_refused_connections_total by reason, from a /metrics page."""
+    prefix = 'keytrail_http_refused_connections_total{reason="'
+    return {line[len(prefix):].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
+            for line in metrics.splitlines() if line.startswith(prefix)}
+
+
+def test_tls_connections_refused_are_counted_in_metrics(tmp_path: Path) -> None:
+    # A failed handshake closed its connection without a word in the log or /metrics.
+    server = KeytrailServer(tmp_path / "data")
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir),
+                             "--port", str(server.port), "--principals", str(server.principals),
+                             "--tls-self-signed"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+
+    def scrape() -> dict[str, int]:
+        with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/metrics", context=context, timeout=10) as page:
+            return _refused_connections(page.read().decode())
+
+    try:
+        _wait_until_served_over_tls(server.port)
+        before = scrape()  # the waits for the node's start may have left failed handshakes
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as plain:
+            plain.sendall(b"GET /_keytrail/health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            assert plain.recv(12) == b"HTTP/1.1 400"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as broken:
+            broken.sendall(b"\x16\x03\x01\x00\x04junk")  # a record no TLS server can read as a ClientHello
+            with contextlib.suppress(ConnectionResetError):
+                while broken.recv(100):  # a TLS alert, maybe: read until the server closes
+                    pass
+        deadline = time.monotonic() + 10
+        while (after := scrape())["tls_handshake_failed"] == before["tls_handshake_failed"]:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert set(after) == {"connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls"}
+    assert {reason: after[reason] - before[reason] for reason in after} == {
+        "connection_limit": 0, "tls_handshake_failed": 1, "tls_handshake_timeout": 0, "plain_http_on_tls": 1}
 
 
 def test_an_endpoint_url_with_a_path_gets_an_aws_error_naming_where_calls_go(server: KeytrailServer) -> None:

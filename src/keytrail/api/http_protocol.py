@@ -37,7 +37,9 @@ held bytes to go out).
 And the connections held at once are bounded (`limited_to`): each is a file descriptor, and a
 node out of them could not open its audit spool's next segment or digest, its key store or its
 consumers' files. A connection past the bound is closed as soon as it is accepted; over TLS a
-connection counts from its accept too, its handshake included (api/tls_handshake.py).
+connection counts from its accept too, its handshake included (api/tls_handshake.py). Each
+connection closed so, before a request on it was served, is counted by its reason
+(`counting_refusals`, `REFUSAL_REASONS`) for /metrics: the log says only one a minute.
 
 And an answer sent before its request's body is read (413 for a body over the limit) on a
 connection that then closes waits for the rest of that body, read and thrown away, up to
@@ -53,7 +55,7 @@ import logging
 import resource
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +63,8 @@ import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["TLS_EXTENSION", "ClientNoiseFilter", "CoalescingHttpToolsProtocol", "connection_limit", "plain_http_on_tls"]
+__all__ = ["REFUSAL_REASONS", "TLS_EXTENSION", "ClientNoiseFilter", "CoalescingHttpToolsProtocol", "connection_limit",
+           "plain_http_on_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,10 @@ DRAIN_BYTES = 64 * 1024 * 1024
 # digests, the consumers' state files, Kafka and MQTT sockets, its children's pipes (~40 in use).
 RESERVED_DESCRIPTORS = 256
 _REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refused, not one each
+# Why serve closed a connection before serving a request on it: the bound reached at its accept;
+# over TLS, a handshake that failed (no common version or cipher, a reset) or did not end within
+# its time (HANDSHAKE_SECONDS, a ClientHello never sent included), or plain HTTP sent instead.
+REFUSAL_REASONS = ("connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls")
 
 
 class ClientNoiseFilter(logging.Filter):
@@ -260,6 +267,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     # TlsHandshake): not checked again, as connections refused meanwhile still fill the count.
     admitted = False
     _refusals_logged_at = -_REFUSAL_LOG_SECONDS
+    refusals: Counter[str] | None = None  # by REFUSAL_REASONS (see `counting_refusals`); None: not counted
 
     answers_at_once = False  # see `answering_at_once`
 
@@ -273,6 +281,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         """This protocol, writing each answer as soon as it is complete rather than at the end of
         the loop step (for a node whose answers wait on the audit trail: the module docstring)."""
         return type(cls.__name__, (cls,), {"answers_at_once": True})
+
+    @classmethod
+    def counting_refusals(cls, refusals: Counter[str]) -> type[CoalescingHttpToolsProtocol]:
+        """This protocol, counting each connection it (or TlsHandshake) refuses in `refusals`."""
+        return type(cls.__name__, (cls,), {"refusals": refusals})
+
+    def count_refusal(self, reason: str) -> None:
+        """One more connection closed for `reason` (one of REFUSAL_REASONS)."""
+        if self.refusals is not None:
+            self.refusals[reason] += 1
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._tls = _tls_session(transport)
@@ -350,6 +368,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             CoalescingHttpToolsProtocol._refusals_logged_at = now
             log.warning("refusing new connections: %d are open, the most this node holds (its file descriptor "
                         "limit less %d it keeps for itself)", self.max_connections, RESERVED_DESCRIPTORS)
+        self.count_refusal("connection_limit")
         transport.close()
         return True
 

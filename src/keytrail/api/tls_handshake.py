@@ -88,6 +88,7 @@ class TlsHandshake(asyncio.Protocol):
             secure = await loop.start_tls(transport, self, self.context, server_side=True,
                                           ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
         except OSError:  # ssl.SSLError, the timeout, a reset: the client's doing, uvicorn's server logged none either
+            self._http.count_refusal("tls_handshake_timeout" if loop.time() >= deadline else "tls_handshake_failed")
             return
         finally:
             self._connections.discard(self)  # the HTTP protocol counts it from here, or it is closed
@@ -101,10 +102,12 @@ class TlsHandshake(asyncio.Protocol):
         try:
             await asyncio.wait_for(self._first_bytes, self.handshake_seconds)
         except TimeoutError:
+            self._http.count_refusal("tls_handshake_timeout")
             transport.abort()
             return b""
         raw, self._raw = b"".join(self._raw or ()), None
         if raw[0] in _HTTP_METHOD_LETTERS:
+            self._http.count_refusal("plain_http_on_tls")
             transport.write(plain_http_on_tls())
             transport.close()
             return b""

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -28,7 +29,10 @@ class HttpServer:
     serve runs them around `serve`, so a failed start is reported in keytrail's words, not as
     uvicorn's traceback and exit status 3. SIGTERM/SIGINT are caught from `stop_requests` on."""
 
-    def __init__(self, app: Any, settings: ServeSettings, tls: dict[str, str]) -> None:
+    def __init__(self, app: Any, settings: ServeSettings, tls: dict[str, str],
+                 refusals: Counter[str] | None = None) -> None:
+        """`refusals` counts the connections closed before a request on them was served, by reason
+        (REFUSAL_REASONS), for /metrics."""
         # The caller's address goes into every audit record and into aws:SourceIp conditions, so it
         # is the connection's, unless the operator names the proxies trusted to report another
         # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from
@@ -37,6 +41,8 @@ class HttpServer:
         self._protocol = CoalescingHttpToolsProtocol.limited_to(connection_limit())
         if settings.audit:  # answers wait on their group commit: see the protocol's module docstring
             self._protocol = self._protocol.answering_at_once()
+        if refusals is not None:
+            self._protocol = self._protocol.counting_refusals(refusals)
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port, lifespan="off", log_level="warning",
             access_log=False, timeout_graceful_shutdown=20, server_header=False, http=self._protocol,

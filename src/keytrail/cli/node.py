@@ -23,6 +23,7 @@ import asyncpg
 
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
+from keytrail.api.http_protocol import REFUSAL_REASONS
 from keytrail.api.protocol import operation_names
 from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
@@ -113,6 +114,7 @@ class Node:
     consumer_task: asyncio.Task[Any] | None = None
     alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
+    refused_connections: Counter[str] = field(default_factory=Counter)  # by REFUSAL_REASONS, the HTTP server's
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -252,13 +254,18 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
         "keytrail_kms_unauthenticated_total", "counter",
         "KMS requests refused before authentication (unknown access key, bad signature), by error code.",
         (({"code": code}, n) for code, n in sorted(node.app.refused.counts.items())))
+    connections = render_family(
+        "keytrail_http_refused_connections_total", "counter",
+        "Connections serve closed before serving a request on them (connection limit, TLS handshake), by reason.",
+        # Every reason from 0: a series first seen at 1 is no increase to Prometheus.
+        (({"reason": reason}, node.refused_connections[reason]) for reason in REFUSAL_REASONS))
     restarts = render_family(
         "keytrail_child_restarts_total", "counter", "Times serve restarted a child process after it exited on its own.",
         [*(({"child": child.spec.name}, child.restarts)
            for child in node.children + (node.audit.children() if node.audit is not None else [])),
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
-    return (pipeline_metrics() + keys + alarms + denied + refused + restarts + health
+    return (pipeline_metrics() + keys + alarms + denied + refused + connections + restarts + health
             + _audit_commits(node.audit) + _audit_unshipped(node.audit))
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import socket
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,14 @@ async def _not_found(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _tls_server(directory: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, ssl.SSLContext]]:
+async def _tls_server(directory: Path, monkeypatch: pytest.MonkeyPatch,
+                      refusals: Counter[str] | None = None) -> AsyncIterator[tuple[int, ssl.SSLContext]]:
     """An HttpServer over TLS holding at most two connections: its port, and a client's context."""
     monkeypatch.setattr(http_server, "connection_limit", lambda: 2)
     cert, key = self_signed_certificate(directory, "127.0.0.1")
     sock = socket.create_server(("127.0.0.1", 0))
     settings = ServeSettings(data_dir=directory, port=sock.getsockname()[1], tls_self_signed=True)
-    server = HttpServer(_not_found, settings, {"ssl_certfile": str(cert), "ssl_keyfile": str(key)})
+    server = HttpServer(_not_found, settings, {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}, refusals)
     server.load()
     serving = asyncio.get_running_loop().create_task(server.serve([sock]))
     await eventually(lambda: server._server.started, what="uvicorn listening")
@@ -121,6 +123,44 @@ def test_a_tls_connection_is_served_request_after_request_and_a_stop_drops_a_han
         stalled.close()
 
     run(case())
+
+
+def test_each_connection_refused_is_counted_by_its_reason(
+        run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused connections were closed with one log line a minute at most, and no count in /metrics.
+    from keytrail.api.tls_handshake import TlsHandshake
+
+    monkeypatch.setattr(TlsHandshake, "handshake_seconds", 0.5)
+    refusals: Counter[str] = Counter()
+
+    async def case() -> None:
+        async with _tls_server(tmp_path, monkeypatch, refusals) as (port, context):
+            stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]  # no ClientHello, ever
+            await asyncio.sleep(0.1)
+            assert await _https_answer(port, context) == b""  # a third: refused at the bound
+            for reader, writer in stalled:  # then each dropped at its handshake's end
+                assert await asyncio.wait_for(reader.read(-1), 3) == b""
+                writer.close()
+            assert await _sent_raw(port, REQUEST) == b"HTTP/1.1 400"  # plain HTTP on the TLS port
+            assert await _sent_raw(port, b"\x16\x03\x01\x00\x04junk") == b""  # no ClientHello TLS can read
+            await eventually(lambda: refusals["tls_handshake_failed"] == 1, what="the failed handshake counted")
+            assert await _https_answer(port, context) == b"HTTP/1.1 404"  # served: not counted
+
+    run(case())
+    assert refusals == {"connection_limit": 1, "tls_handshake_timeout": 2, "plain_http_on_tls": 1,
+                        "tls_handshake_failed": 1}
+
+
+async def _sent_raw(port: int, data: bytes) -> bytes:
+    """The start of what the server answers `data` sent on a new TCP connection, until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(12), 5)
+    except ConnectionError:
+        return b""
+    finally:
+        writer.close()
 
 
 def test_the_servers_of_one_process_share_one_client_noise_filter(tmp_path: Path) -> None:
