@@ -247,6 +247,10 @@ async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: s
         assert (status, kind) == (200, "text/plain; version=0.0.4; charset=utf-8")
         assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/other") == (404, "application/json",
                                                                                    '{"message":"Not Found"}')
+        async with asyncio.timeout(30):  # the topic read to its end: nothing left to judge on any partition
+            while set((lag := _lag_samples(text)).values()) != {0}:
+                await asyncio.sleep(0.2)
+                text = (await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics"))[2]
     finally:
         proc.terminate()
         returncode = proc.wait(10)
@@ -256,8 +260,14 @@ async def test_standalone_detect_serves_its_alarm_counts_at_metrics(bootstrap: s
     assert samples[(mine["rule"], mine["severity"])] >= 1, text  # ≥: the topic holds other tests' alarms too
     assert samples[("key-deletion-in-use", "CRITICAL")] == 0  # every kind from the start: increase() sees the first
     assert "# TYPE keytrail_alarms_total counter" in text
+    assert f"{AUDIT}-0" in lag and "# TYPE keytrail_detector_lag gauge" in text  # how far behind it is, per partition
 
 
+
+
+def _lag_samples(text: str) -> dict[str, float]:
+    pattern = re.compile(r'^keytrail_detector_lag\{partition="([^"]+)"\} (\S+)$')
+    return {m[1]: float(m[2]) for m in map(pattern.match, text.splitlines()) if m}
 
 
 def _alarm_samples(text: str) -> dict[tuple[str, str], float]:

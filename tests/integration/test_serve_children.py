@@ -108,7 +108,22 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     assert 'keytrail_kms_requests_total{operation="Encrypt",outcome="success"} 1' in body.decode()
     caught_up = 'keytrail_pipeline_consumer_lag{partition="segment-log"} 0'
     eventually(lambda: caught_up in server.get("/metrics")[1].decode(), what="the child's lag to reach 0")
+    eventually(lambda: _detector_lag(server) == 0, what="the detector child's lag to reach 0")
+    os.kill(children["detector"], signal.SIGSTOP)  # a detector that stalls: its lag grows with each call
+    try:
+        for _ in range(3):
+            alice.encrypt(KeyId=key, Plaintext=b"x")
+        assert _detector_lag(server) == 3
+    finally:
+        os.kill(children["detector"], signal.SIGCONT)
+    eventually(lambda: _detector_lag(server) == 0, what="the detector child to catch up")
     assert server.stop() == 0
+
+
+def _detector_lag(server: KeytrailServer) -> float:
+    [line] = [line for line in server.get("/metrics")[1].decode().splitlines()
+              if line.startswith('keytrail_detector_lag{partition="segment-log"} ')]
+    return float(line.rsplit(" ", 1)[1])
 
 
 def test_a_second_consumer_is_refused_while_serves_child_counts(server: KeytrailServer) -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from keytrail.detect.events import KmsEvent
     from keytrail.detect.hooks import HooksConfig
     from keytrail.detect.inventory import IdentityItem, KeyInventoryItem
+    from keytrail.detect.runner import DetectorRunner
     from keytrail.kms.keys import Key
     from keytrail.kms.sqlite_store import SqliteStore
 
@@ -232,7 +233,7 @@ async def _run_live(
     counts: Counter[tuple[str, str]] = Counter()  # from zero at each start, as Prometheus counters are
     try:
         async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner, \
-                _serving_metrics(metrics, counts, rules):
+                _serving_metrics(metrics, counts, rules, runner):
             await runner.run(kafka_values(bootstrap), tick_every=tick_every,
                              announce=lambda alarms: counts.update((a.rule, a.severity.value) for a in alarms))
     except asyncio.CancelledError:
@@ -240,15 +241,16 @@ async def _run_live(
 
 
 def _serving_metrics(
-    sock: socket.socket | None, counts: Counter[tuple[str, str]], rules: RuleSet
+    sock: socket.socket | None, counts: Counter[tuple[str, str]], rules: RuleSet, runner: DetectorRunner,
 ) -> AbstractAsyncContextManager[None]:
-    """GET /metrics on `sock` (`--metrics-port`): the alarms this run delivered, as serve counts its own."""
+    """GET /metrics on `sock` (`--metrics-port`): the alarms this run delivered, as serve counts its
+    own, and how far behind the topic it is."""
     if sock is None:
         return contextlib.nullcontext()
-    from keytrail.cli.metrics_endpoint import metrics_endpoint, render_alarm_counts
+    from keytrail.cli.metrics_endpoint import metrics_endpoint, render_alarm_counts, render_detector_lag
 
     enabled = [rule.id for rule in rules if rule.enabled]
-    return metrics_endpoint(sock, lambda: render_alarm_counts(counts, enabled))
+    return metrics_endpoint(sock, lambda: render_alarm_counts(counts, enabled) + render_detector_lag(runner.lag))
 
 
 def analyze(

@@ -16,7 +16,7 @@ from keytrail.cli.console import bound_socket, host_port, listen_problem
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 
-__all__ = ["metrics_endpoint", "metrics_socket", "render_alarm_counts"]
+__all__ = ["metrics_endpoint", "metrics_socket", "render_alarm_counts", "render_detector_lag"]
 
 Send = Callable[[dict[str, Any]], Any]
 
@@ -28,6 +28,13 @@ def render_alarm_counts(counts: Mapping[tuple[str, str], int], rules: Iterable[s
     every = {(rule, severity.value): 0 for rule in rules for severity in Severity} | dict(counts)
     return render_family("keytrail_alarms_total", "counter", "Alarms raised or escalated by the detector.",
                          (({"rule": r, "severity": s}, n) for (r, s), n in sorted(every.items())))
+
+
+def render_detector_lag(lag: Mapping[str, int]) -> str:
+    """`keytrail_detector_lag{partition}`: the events the detector has not judged yet, as
+    `keytrail_pipeline_consumer_lag` counts the consumer's: its alarms are that far behind."""
+    return render_family("keytrail_detector_lag", "gauge", "Events not yet judged by the detector, per partition.",
+                         (({"partition": partition}, n) for partition, n in sorted(lag.items())))
 
 
 def metrics_socket(host: str, port: int) -> socket.socket:

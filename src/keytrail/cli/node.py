@@ -32,7 +32,7 @@ from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
 from keytrail.cli.key_store import open_store
-from keytrail.cli.metrics_endpoint import render_alarm_counts
+from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live
 from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
@@ -115,6 +115,7 @@ class Node:
     alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
     refused_connections: Counter[str] = field(default_factory=Counter)  # by REFUSAL_REASONS, the HTTP server's
+    detector_judged: int = 0  # the event log's offset the detector (child or in-process) has judged up to
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -247,6 +248,9 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     """GET /metrics: the consumers' metrics, plus the key inventory, the alarms raised and health."""
     keys, health = await asyncio.gather(_key_inventory(node), _health(node))
     alarms = render_alarm_counts(node.alarm_counts, DEFAULT_RULES if node.settings.detector else ())
+    if node.settings.detector and node.audit is not None:
+        behind = node.audit.log.end_offset() - node.detector_judged
+        alarms += render_detector_lag({SEGMENT_LOG_PARTITION: max(0, behind)})
     denied = render_family(
         "keytrail_kms_denied_by_principal_total", "counter", "KMS calls denied by authorization, per principal.",
         (({"operation": op, "principal": p}, n) for (op, p), n in sorted(node.denied_counts.items())))
@@ -450,7 +454,8 @@ def _start_consumers(node: Node) -> None:
         if node.settings.detector:
             _start_detector(node)
         return
-    node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node))]
+    node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node),
+                                                      functools.partial(_detector_judged, node))]
     for child in node.children:
         child.start()
 
@@ -482,7 +487,8 @@ def _start_detector(node: Node) -> None:
     node.detector = runner
     node.on_clock_advanced.append(lambda: _detector_catch_up(node))
     announce = functools.partial(_count_alarms, node)
-    node.background.append(asyncio.create_task(detect_live(settings.data_dir, runner, announce)))
+    judged = functools.partial(_detector_judged, node)
+    node.background.append(asyncio.create_task(detect_live(settings.data_dir, runner, announce, judged)))
 
 
 async def _detector_catch_up(node: Node) -> None:
@@ -497,6 +503,10 @@ def _count_alarms(node: Node, alarms: list[Alarm]) -> None:
 
 def _count_alarm(node: Node, rule: str, severity: str) -> None:
     node.alarm_counts[(rule, severity)] += 1
+
+
+def _detector_judged(node: Node, offset: int) -> None:
+    node.detector_judged = offset
 
 
 def _reload_principals(credentials: CredentialStore) -> None:

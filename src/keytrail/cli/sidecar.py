@@ -11,7 +11,9 @@ in an MQTT URL on its command line was readable by every user of the machine. Wi
 within HOOKS_LINE_WAIT (a serve older than this keytrail started it), or hooks given as arguments
 (a serve older still), it exits 1 in one line instead of waiting for good. The detector
 writes each alarm it raises or escalates to stdout as one JSON line, which `serve` counts for
-/metrics. One child of each kind per data dir: each holds an exclusive lock,
+/metrics, and, at most once each JUDGED_LINE_SECONDS while it moves, the offset of the event log
+it has judged up to (`{"judged": N}`), from which `serve` tells its lag. One child of each kind
+per data dir: each holds an exclusive lock,
 and a new one waits while the child of a previous `serve` is still finishing. The consumer also
 keeps `consume --kafka` out of the data dir (pipeline/kafka_lock.py), and where one already counts
 there it exits 1 in one line without counting: Kafka carries the node's calls too.
@@ -68,27 +70,35 @@ ANALYTICS_ENVIRONMENT = {"POLARS_MAX_THREADS": "1"}
 # pipe as it starts the child, before the child has even imported anything: none by then means a
 # serve that never writes it (`_started_by_an_older_serve`), which the child waited for for good.
 HOOKS_LINE_WAIT = 5.0
+# How often at most the detector child tells serve the offset it has judged up to: a line per
+# batch would be up to four a second under load, for a gauge scraped every 15 s.
+JUDGED_LINE_SECONDS = 1.0
 
 
-def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None]) -> list[ChildSpec]:
-    """The children `serve` runs for `settings`; `on_alarm(rule, severity)` for each detector alarm."""
+def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None],
+             on_judged: Callable[[int], None] = lambda offset: None) -> list[ChildSpec]:
+    """The children `serve` runs for `settings`; `on_alarm(rule, severity)` for each detector alarm,
+    `on_judged(offset)` as the detector tells the event log's offset it has judged up to."""
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
     specs = [ChildSpec("consumer", (*command, "consumer", data_dir), environment_defaults=ANALYTICS_ENVIRONMENT)]
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
         hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka}).encode() + b"\n"
-        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm),
+        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm, on_judged),
                                settings=hooks, environment_defaults=ANALYTICS_ENVIRONMENT))
     return specs
 
 
-def _alarm_reader(on_alarm: Callable[[str, str], None]) -> Callable[[bytes], None]:
+def _alarm_reader(on_alarm: Callable[[str, str], None], on_judged: Callable[[int], None]) -> Callable[[bytes], None]:
     def on_line(line: bytes) -> None:
         try:
-            alarm = json.loads(line)
-            on_alarm(alarm["rule"], alarm["severity"])
-        except (ValueError, KeyError, TypeError):
+            message = json.loads(line)
+            if isinstance(judged := message.get("judged"), int):
+                on_judged(judged)
+                return
+            on_alarm(message["rule"], message["severity"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("detector child: unexpected output %r", line[:200])
 
     return on_line
@@ -212,11 +222,28 @@ async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: 
         raise _SettingsUnusable(f"--config: {exc}") from None
     runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
                                  clock=SystemClock())
-    live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms))
+    live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms, _JudgedLines().judged))
     await stopping.wait()
     live.cancel()
     await asyncio.gather(live, return_exceptions=True)
     await runner.close()  # delivers what is queued and the latest counts of open alarms
+
+
+class _JudgedLines:
+    """Tells serve the event log's offset the detector has judged up to, when it has moved, at
+    most once each JUDGED_LINE_SECONDS: the last move is told too, at the next idle poll after.
+    The first is told at once, so that serve lets go of a previous child's (this one replays the
+    log from its start)."""
+
+    def __init__(self) -> None:
+        self._told, self._told_at = -1, -JUDGED_LINE_SECONDS
+
+    def judged(self, offset: int) -> None:
+        now = time.monotonic()
+        if offset != self._told and now - self._told_at >= JUDGED_LINE_SECONDS:
+            sys.stdout.write(f'{{"judged":{offset}}}\n')
+            sys.stdout.flush()
+            self._told, self._told_at = offset, now
 
 
 def _print_alarms(alarms: list[Alarm]) -> None:

@@ -26,9 +26,10 @@ DETECTOR_GATHER_SECONDS = 0.25
 
 async def follow_event_log(
     data_dir: Path, *, start: int = 0, batch: int = 500, idle_seconds: float = 0.1,
-) -> AsyncIterator[list[bytes]]:
-    """Yield the Avro values of the node's event log, oldest first, then wait for more.
-    An empty list is yielded whenever the log is idle, so callers can do timed work.
+) -> AsyncIterator[tuple[list[bytes], int]]:
+    """Yield the Avro values of the node's event log, oldest first, each batch with the offset
+    after it, then wait for more. No values are yielded whenever the log is idle, so callers can
+    do timed work.
 
     Reads run in a worker thread (each one lists the segment files and checks new frames'
     CRCs), so the serving event loop only hands over the values. The reader holds one segment's
@@ -38,22 +39,25 @@ async def follow_event_log(
     while True:
         first, values, _ = await asyncio.to_thread(reader.read, offset, batch)
         if not values:
-            yield []
+            yield [], offset
             await asyncio.sleep(idle_seconds)
             continue
         offset = first + len(values)
-        yield list(values)
+        yield list(values), offset
         if len(values) < batch:
             await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
 
 
-async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None]) -> None:
+async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None],
+                      judged: Callable[[int], None] = lambda offset: None) -> None:
     """Feed the detector every event of the log, tick its time-based rules every few seconds, and
-    hand each batch's raised or escalated alarms to `announce`; runs until cancelled."""
+    hand each batch's raised or escalated alarms to `announce`, and the log's offset it has judged
+    up to (for the detector's lag) to `judged`; runs until cancelled."""
     loop = asyncio.get_running_loop()
     last_tick = loop.time()
     caught_up = False
-    async for values in follow_event_log(data_dir, batch=DETECTOR_BATCH, idle_seconds=DETECTOR_GATHER_SECONDS):
+    async for values, offset in follow_event_log(data_dir, batch=DETECTOR_BATCH,
+                                                 idle_seconds=DETECTOR_GATHER_SECONDS):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
             if values:  # a damaged value is skipped as on the audit topic, not its batch with it
                 announce(await runner.feed_values(values))
@@ -67,3 +71,4 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
             if caught_up and loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
                 announce(await runner.tick())
                 last_tick = loop.time()
+        judged(offset)  # judged, or passed over

@@ -64,6 +64,8 @@ class DetectorRunner:
         self._unreplayed = {a.alarm_id: a.last_seen for a in earlier}  # not raised again yet, by lastSeen
         self._replayed = False
         self._decode: Decoder | None = None  # made on first use: imports the Avro codec
+        # Records of the source not yet judged, per partition, as of the last batch judged (`run`).
+        self.lag: dict[str, int] = {}
 
     @classmethod
     def open(
@@ -185,6 +187,7 @@ class DetectorRunner:
                 if caught_up and loop.time() >= next_tick:
                     next_tick = loop.time() + tick_every
                     announce(await self.tick())
+            self.lag = dict(batch.lag)  # judged, or passed over
 
     def _decoder(self) -> Decoder:
         if self._decode is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class ValueBatch:
     values: list[bytes]
     where: str
     caught_up: bool = True  # read as far as the source held at the start: no longer replaying the past
+    # Records of the source after this batch, per partition (`<topic>-<n>`), as of its fetch: once
+    # the batch is judged, how far the detector is behind (`DetectorRunner.lag`).
+    lag: Mapping[str, int] = field(default_factory=dict)
 
 
 def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], list[str]]:
@@ -137,7 +140,7 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
             began_again = await read_again_where_log_ended_below(consumer, reading, "detector")
             behind = {part: end for part, end in behind.items()
                       if part not in began_again and await consumer.position(part) < end}
-            yield ValueBatch(values, _offsets(topic, fetched), caught_up=not behind)
+            yield ValueBatch(values, _offsets(topic, fetched), caught_up=not behind, lag=_lag(consumer, reading))
     finally:
         await consumer.stop()
 
@@ -150,6 +153,14 @@ async def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:
 
     partitions = [TopicPartition(topic, number) for number in sorted(consumer.partitions_for_topic(topic) or ())]
     return dict(await consumer.end_offsets(partitions)) if partitions else {}
+
+
+def _lag(consumer: Any, reading: Mapping[Any, int]) -> dict[str, int]:
+    """Records after `reading` (each partition's next offset) up to the partition's end as the
+    broker last told it (every fetch answer carries it); a partition it has not told yet is left out."""
+    ends = {part: consumer.highwater(part) for part in reading}
+    return {f"{part.topic}-{part.partition}": max(0, end - reading[part])
+            for part, end in sorted(ends.items()) if end is not None}
 
 
 def _offsets(topic: str, fetched: Mapping[Any, Sequence[Any]]) -> str:

@@ -37,6 +37,19 @@ def test_detector_lines_are_counted_by_rule_and_severity(tmp_path: Path) -> None
     assert seen == [("unauthorized-decrypt", "HIGH")]
 
 
+def test_the_detector_child_s_judged_offset_lines_are_its_progress_not_alarms(tmp_path: Path) -> None:
+    # serve tells the detector child's lag (the event log's end less this offset) in /metrics.
+    seen: list[tuple[str, str]] = []
+    judged: list[int] = []
+    [_, detector] = sidecars(ServeSettings(data_dir=tmp_path), lambda rule, severity: seen.append((rule, severity)),
+                             judged.append)
+    assert detector.on_line is not None
+    detector.on_line(b'{"judged":4000}\n')
+    detector.on_line(json.dumps({"rule": "unauthorized-decrypt", "severity": "HIGH", "count": 1}).encode() + b"\n")
+    detector.on_line(b'[1, 2]\n')
+    assert (judged, seen) == ([4000], [("unauthorized-decrypt", "HIGH")])
+
+
 async def test_a_held_lock_keeps_the_next_holder_waiting(tmp_path: Path) -> None:
     path = detector_lock(tmp_path)
     other = os.open(path, os.O_RDWR | os.O_CREAT)

@@ -32,7 +32,7 @@ async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path)
     log.sync()
     seen: list[bytes] = []
     idle_polls = 0
-    async for values in follow_event_log(tmp_path, start=3, batch=7, idle_seconds=0.01):
+    async for values, _ in follow_event_log(tmp_path, start=3, batch=7, idle_seconds=0.01):
         seen.extend(values)
         idle_polls += not values
         if len(seen) == 22:  # caught up: the writer goes on into new segments
@@ -52,6 +52,22 @@ def _write_log(data_dir: Path, records: list[dict[str, Any]]) -> None:
     log.append([encode(record) for record in records])
     log.sync()
     log.close()
+
+
+async def test_the_live_detector_tells_the_offset_of_the_log_it_has_judged_up_to(tmp_path: Path) -> None:
+    # serve's /metrics tells the detector's lag from it (the log's end less this offset).
+    now = datetime.now(UTC)
+    _write_log(tmp_path, [event("DescribeKey", now - timedelta(seconds=n), key_arn(1)) for n in range(9, 0, -1)])
+    runner, judged = DetectorRunner.open(tmp_path, clock=SystemClock()), []
+    live = asyncio.create_task(detect_live(tmp_path, runner, lambda alarms: None, judged.append))
+    for _ in range(500):
+        if judged and judged[-1] == 9:
+            break
+        await asyncio.sleep(0.01)
+    live.cancel()
+    await asyncio.gather(live, return_exceptions=True)
+    await runner.close()
+    assert judged[-1] == 9 and judged == sorted(judged)
 
 
 async def _detect_until_read(data_dir: Path, runner: DetectorRunner, last_event_id: str) -> list[Alarm]:

@@ -78,3 +78,22 @@ async def test_a_value_that_made_the_columnar_reader_panic_is_skipped_without_pa
     await runner.feed_values(values)
     assert _summary(runner) == await _fed_records(tmp_path, [records[0], *records[2:]])
     assert "panicked" not in capfd.readouterr().err
+
+
+async def test_the_runner_s_lag_is_what_its_source_held_after_the_last_batch_judged(tmp_path: Path) -> None:
+    # `detect --kafka --metrics-port` serves it as keytrail_detector_lag: how far behind its alarms are.
+    from collections.abc import AsyncIterator
+
+    from keytrail.detect.sources import ValueBatch
+
+    runner, values = DetectorRunner.open(tmp_path), [encode(record) for record in _records()]
+    seen: list[dict[str, int]] = []
+
+    async def batches() -> AsyncIterator[ValueBatch]:
+        yield ValueBatch(values[:2], "p0", lag={"keytrail.audit.v1-0": 3, "keytrail.audit.v1-1": 5})
+        seen.append(dict(runner.lag))  # asked for the next batch: the first is judged
+        yield ValueBatch(values[2:], "p1", lag={"keytrail.audit.v1-0": 0, "keytrail.audit.v1-1": 5})
+
+    await runner.run(batches())
+    assert seen == [{"keytrail.audit.v1-0": 3, "keytrail.audit.v1-1": 5}]
+    assert runner.lag == {"keytrail.audit.v1-0": 0, "keytrail.audit.v1-1": 5}
