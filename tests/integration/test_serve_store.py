@@ -283,6 +283,45 @@ def test_a_failed_start_on_a_new_postgresql_store_keeps_only_the_root_key_it_is_
         assert server.stop() == 0
 
 
+# `keytrail serve` whose database drops the connection as the node first reads the store's keys,
+# after the store opened (its tables made and sealed under the root key the start made).
+_FIRST_READ_FAILS = """
+import asyncpg
+from keytrail.kms.postgres_store import PostgresStore
+async def _rows(self, sql, *args):
+    async with self._connections.connection() as connection:
+        if "FROM kms_keys" in sql:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return list(await connection.fetch(sql, *args))
+PostgresStore._rows = _rows
+from keytrail.cli import main
+main()
+"""
+
+
+def test_a_first_start_whose_database_fails_the_first_read_says_so_in_one_line_and_the_next_start_serves(
+        tmp_path: Path, database: str) -> None:
+    # The store's KMSInternalException went through as a traceback, exit 1.
+    data, url = tmp_path / "data", f"postgresql://postgres@127.0.0.1:5432/{database}"
+    out = subprocess.run([sys.executable, "-c", _FIRST_READ_FAILS, "serve", "--data-dir", str(data), "--port", "0",
+                          "--store", url], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout) == (2, ""), out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"keytrail serve: cannot read the key store at 127.0.0.1:5432/{database}: the first read of its keys failed "
+        "(The request was rejected because an internal exception occurred. The request can be retried.): start "
+        "again once the database answers")
+    assert "the key store is out of reach (connection was closed in the middle of operation)" in out.stderr
+    assert [path.name for path in data.iterdir()] == ["root.key"]  # the store is sealed under it now
+    server = KeytrailServer(data, "--store", url, dev_clock=False).start()
+    try:
+        kms = server.client("alice")
+        blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+        assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_database_that_never_answers_stops_serve_starting_in_one_line_that_says_so(tmp_path: Path) -> None:
     # A hung server (or a proxy with nothing behind it) takes the connection and never answers:
     # the line ended in "cannot open the key store at HOST/DB: ", the TimeoutError's empty text.

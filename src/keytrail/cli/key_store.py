@@ -12,6 +12,7 @@ import asyncpg
 
 from keytrail.cli.console import url_secrets
 from keytrail.config import STORE_ENV, ServeSettings
+from keytrail.kms.errors import KmsError
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import SqliteStore
@@ -74,10 +75,19 @@ def _root_key_made_by(settings: ServeSettings) -> Path | None:
 
 async def _read_store(settings: ServeSettings, root: RootKey) -> Store:
     """The store, with every key read (and unsealed) now, as the first scheduler run would in the
-    middle of startup (the SQLite store reads them as it opens); closed again if that fails."""
+    middle of startup (the SQLite store reads them as it opens); closed again if that fails. A
+    database that fails that read (lost, timed out, a statement cancelled) is StoreUnavailable:
+    its KmsError went through as a traceback, though the store is only unavailable (the root key
+    made for it stays, and the next start, with the database back, opens it)."""
     store = await _connect_store(settings, root)
     try:
         await store.all_keys()
+    except KmsError as exc:  # the store's refusals: what it answers a KMS call the database failed
+        await store.close()
+        where = without_password(settings.store.split("@")[-1], settings.store) if settings.store else str(
+            settings.data_dir / "keys.db")
+        raise StoreUnavailable(f"cannot read the key store at {where}: the first read of its keys failed "
+                               f"({exc.message}): start again once the database answers") from None
     except BaseException:
         await store.close()
         raise
