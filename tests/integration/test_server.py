@@ -709,9 +709,7 @@ def test_connections_past_the_open_files_limit_less_those_kept_are_closed_and_ca
 
 def _refused_connections(metrics: str) -> dict[str, int]:
     """keytrail_http_refused_connections_total by reason, from a /metrics page."""
-    prefix = 'keytrail_http_refused_connections_total{reason="'
-    return {line[len(prefix):].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
-            for line in metrics.splitlines() if line.startswith(prefix)}
+    return _counted(metrics, "keytrail_http_refused_connections_total")
 
 
 def test_tls_connections_refused_are_counted_in_metrics(tmp_path: Path) -> None:
@@ -748,6 +746,31 @@ def test_tls_connections_refused_are_counted_in_metrics(tmp_path: Path) -> None:
     assert set(after) == {"connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls"}
     assert {reason: after[reason] - before[reason] for reason in after} == {
         "connection_limit": 0, "tls_handshake_failed": 1, "tls_handshake_timeout": 0, "plain_http_on_tls": 1}
+
+
+def test_requests_the_http_stack_refuses_itself_are_counted_in_metrics(fresh_server: KeytrailServer) -> None:
+    # A 400, 431 or 413 answered before the KMS app saw the request left no audit record and no
+    # count: a client sending broken or oversized requests was invisible to the operator.
+    sent = {
+        b"400": b"\x00\x01\xff\r\n\r\n",  # not HTTP
+        b"431": b"POST / HTTP/1.1\r\nHost: x\r\n" + b"X-Filler: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"413": b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: TrentService.ListKeys\r\n"
+                b"Content-Length: 100000000\r\n\r\n{",
+    }
+    for status, request in sent.items():
+        with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=10) as sock:
+            sock.sendall(request)
+            assert sock.recv(12) == b"HTTP/1.1 " + status
+    fresh_server.client().list_keys()  # served: not counted
+    refused = _counted(fresh_server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
+    assert refused == {"request_timeout": 0, "headers_too_large": 1, "malformed_http": 1, "body_too_large": 1}
+
+
+def _counted(metrics: str, family: str) -> dict[str, int]:
+    """A counter family with one label, `reason`, from a /metrics page."""
+    prefix = family + '{reason="'
+    return {line[len(prefix):].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
+            for line in metrics.splitlines() if line.startswith(prefix)}
 
 
 def test_an_endpoint_url_with_a_path_gets_an_aws_error_naming_where_calls_go(server: KeytrailServer) -> None:

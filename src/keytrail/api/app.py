@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,9 @@ class ApiSettings:
     health: Callable[[], Awaitable[dict[str, Any]]] | None = None  # a "status" other than "ok" answers 503
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
+    # Requests refused before the service saw them, by REQUEST_REFUSAL_REASONS: the app's 413 here, the
+    # HTTP protocol's 408, 431 and 400 when it is given the same counter (cli/http_server.py).
+    refusals: Counter[str] = field(default_factory=Counter)
 
 
 def _is_loopback(host: str) -> bool:
@@ -144,6 +148,7 @@ class KmsApp:
             extra.append((b"x-amzn-errortype", error.code.encode()))
             if isinstance(error, _BodyTooLarge):  # the rest of the body is read and dropped, then it closes
                 extra.append((b"connection", b"close"))
+                self.settings.refusals["body_too_large"] += 1
             await _respond(send, error.status, _error_body(error), _JSON, extra)
             return
         except Exception:

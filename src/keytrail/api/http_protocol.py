@@ -39,7 +39,11 @@ node out of them could not open its audit spool's next segment or digest, its ke
 consumers' files. A connection past the bound is closed as soon as it is accepted; over TLS a
 connection counts from its accept too, its handshake included (api/tls_handshake.py). Each
 connection closed so, before a request on it was served, is counted by its reason
-(`counting_refusals`, `REFUSAL_REASONS`) for /metrics: the log says only one a minute.
+(`counting_refusals`, `REFUSAL_REASONS`) for /metrics: the log says only one a minute. So is each
+request the protocol refuses itself, never handed to the app (`REQUEST_REFUSAL_REASONS`: a 408, 431
+or 400 of its own; the app counts its 413 in the same counter), by its answer's reason: a client
+that never got to the KMS app left no trace an operator could see. Counted as it is refused, not
+per request served.
 
 And an answer sent before its request's body is read (413 for a body over the limit) on a
 connection that then closes waits for the rest of that body, read and thrown away, up to
@@ -57,14 +61,14 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["REFUSAL_REASONS", "TLS_EXTENSION", "ClientNoiseFilter", "CoalescingHttpToolsProtocol", "connection_limit",
-           "plain_http_on_tls"]
+__all__ = ["REFUSAL_REASONS", "REQUEST_REFUSAL_REASONS", "TLS_EXTENSION", "ClientNoiseFilter",
+           "CoalescingHttpToolsProtocol", "connection_limit", "plain_http_on_tls"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,9 @@ _REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refuse
 # over TLS, a handshake that failed (no common version or cipher, a reset) or did not end within
 # its time (HANDSHAKE_SECONDS, a ClientHello never sent included), or plain HTTP sent instead.
 REFUSAL_REASONS = ("connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls")
+# Why a request was refused before the app carried it out, by its answer: 408, 431, 400 (by the
+# protocol, below) and 413 (by the app, which reads the body: api/app.py).
+REQUEST_REFUSAL_REASONS = ("request_timeout", "headers_too_large", "malformed_http", "body_too_large")
 
 
 class ClientNoiseFilter(logging.Filter):
@@ -130,6 +137,13 @@ def connection_limit() -> int:
     return max(soft - RESERVED_DESCRIPTORS, 16)
 
 
+class _Refusal(NamedTuple):
+    """An answer the protocol writes itself to a request, and its reason in REQUEST_REFUSAL_REASONS."""
+
+    answer: bytes
+    reason: str
+
+
 def _last_answer(status: bytes, code: str, message: str) -> bytes:
     """A whole AWS JSON error answer that closes its connection: what the protocol writes itself
     when the app never gets the request."""
@@ -146,10 +160,13 @@ def _stamped(answer: bytes) -> bytes:
     return b"%s\r\nx-amzn-requestid: %s\r\n%s" % (status, str(uuid.uuid4()).encode(), rest)
 
 
-_HEAD_TOO_LARGE = _last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
-                               f"The request's URL and headers exceed {HEAD_BYTES} bytes.")
-_OVERDUE = _last_answer(b"408 Request Timeout", "RequestTimeoutException", "The request did not arrive whole in time.")
-_MALFORMED = _last_answer(b"400 Bad Request", "SerializationException", "The request is not valid HTTP/1.1.")
+_HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
+                                        f"The request's URL and headers exceed {HEAD_BYTES} bytes."),
+                           "headers_too_large")
+_OVERDUE = _Refusal(_last_answer(b"408 Request Timeout", "RequestTimeoutException",
+                                 "The request did not arrive whole in time."), "request_timeout")
+_MALFORMED = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
+                                   "The request is not valid HTTP/1.1."), "malformed_http")
 _PLAIN_HTTP_ON_TLS = _last_answer(
     b"400 Bad Request", "SerializationException",
     "The request was sent as plain HTTP to a port that serves HTTPS: use an https:// endpoint URL.")
@@ -267,7 +284,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     # TlsHandshake): not checked again, as connections refused meanwhile still fill the count.
     admitted = False
     _refusals_logged_at = -_REFUSAL_LOG_SECONDS
-    refusals: Counter[str] | None = None  # by REFUSAL_REASONS (see `counting_refusals`); None: not counted
+    # By REFUSAL_REASONS and REQUEST_REFUSAL_REASONS (see `counting_refusals`); None: not counted.
+    refusals: Counter[str] | None = None
 
     answers_at_once = False  # see `answering_at_once`
 
@@ -284,11 +302,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     @classmethod
     def counting_refusals(cls, refusals: Counter[str]) -> type[CoalescingHttpToolsProtocol]:
-        """This protocol, counting each connection it (or TlsHandshake) refuses in `refusals`."""
+        """This protocol, counting each connection it (or TlsHandshake) refuses, and each request it
+        refuses itself, in `refusals`."""
         return type(cls.__name__, (cls,), {"refusals": refusals})
 
     def count_refusal(self, reason: str) -> None:
-        """One more connection closed for `reason` (one of REFUSAL_REASONS)."""
+        """One more connection closed, or request refused, for `reason` (one of REFUSAL_REASONS or
+        REQUEST_REFUSAL_REASONS)."""
         if self.refusals is not None:
             self.refusals[reason] += 1
 
@@ -301,7 +321,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # read since that request began
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
-        self._last: bytes | None = None  # a refusal of what follows the running request, sent after its answer
+        self._last: _Refusal | None = None  # of what follows the running request, sent after its answer
         self._draining = False  # answered and closing: the rest of its request's body is read and dropped
         self._drained = 0  # bytes of it read meanwhile
         self._coalescing = _CoalescingTransport(transport, self.loop, self._lingers)
@@ -341,20 +361,26 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         too_long = len(getattr(self, "url", b"")) > _PARSED_URL_BYTES  # set at each request's first byte
         self._refuse_next(_HEAD_TOO_LARGE if too_long else _MALFORMED)
 
-    def _refuse_next(self, answer: bytes) -> None:
-        """Answer a request that will not be carried out with `answer` and close the connection;
+    def _refuse_next(self, refusal: _Refusal) -> None:
+        """Answer a request that will not be carried out with `refusal` and close the connection;
         after the answers of the requests before it if they still run (written now, the client
-        would take it for theirs)."""
+        would take it for theirs). Counted once, when it is decided."""
+        if self._last is None and not self.transport.is_closing():
+            self.count_refusal(refusal.reason)
+        self._answer_next(refusal)
+
+    def _answer_next(self, refusal: _Refusal) -> None:
+        """`_refuse_next` without counting: also for a refusal held until the answers before it."""
         cycle = self.cycle
         if cycle is not None and cycle.more_body and self.pipeline and self.pipeline[0][0] is cycle:
             self.pipeline.popleft()  # the refused request's body broke off while it was queued: never started
         elif cycle is None or cycle.more_body or cycle.response_complete:
             # None runs before it (a task waiting for the refused request's body is told the client is gone).
             if not self.transport.is_closing():
-                self.transport.write(_stamped(answer))
+                self.transport.write(_stamped(refusal.answer))
             self.transport.close()
             return
-        self._last = self._last or answer
+        self._last = self._last or refusal
         self.flow.pause_reading()  # nothing more of this connection is served
         self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
 
@@ -469,7 +495,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._last is not None and not self.pipeline:  # the last request before the one refused
             last, self._last = self._last, None
-            self._refuse_next(last)
+            self._answer_next(last)  # counted when it was refused
             return
         queued = bool(self.pipeline)
         super().on_response_complete()  # starts the next queued request
@@ -499,5 +525,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_next(_OVERDUE)
             return
         if self.cycle is None or not self.cycle.response_started:  # the app may have answered already
-            self.transport.write(_stamped(_OVERDUE))
+            self.count_refusal("request_timeout")
+            self.transport.write(_stamped(_OVERDUE.answer))
         self.transport.close()  # a request task waiting for the body is told the client is gone

@@ -31,8 +31,9 @@ class HttpServer:
 
     def __init__(self, app: Any, settings: ServeSettings, tls: dict[str, str],
                  refusals: Counter[str] | None = None) -> None:
-        """`refusals` counts the connections closed before a request on them was served, by reason
-        (REFUSAL_REASONS), for /metrics."""
+        """`refusals` counts the connections closed before a request on them was served, and the
+        requests the protocol refused itself, by reason (REFUSAL_REASONS, REQUEST_REFUSAL_REASONS),
+        for /metrics."""
         # The caller's address goes into every audit record and into aws:SourceIp conditions, so it
         # is the connection's, unless the operator names the proxies trusted to report another
         # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from

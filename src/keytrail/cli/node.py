@@ -23,7 +23,7 @@ import asyncpg
 
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
-from keytrail.api.http_protocol import REFUSAL_REASONS
+from keytrail.api.http_protocol import REFUSAL_REASONS, REQUEST_REFUSAL_REASONS
 from keytrail.api.protocol import operation_names
 from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
@@ -114,7 +114,8 @@ class Node:
     consumer_task: asyncio.Task[Any] | None = None
     alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
-    refused_connections: Counter[str] = field(default_factory=Counter)  # by REFUSAL_REASONS, the HTTP server's
+    # By REFUSAL_REASONS and REQUEST_REFUSAL_REASONS: the HTTP server's, and the app's 413 (its ApiSettings.refusals).
+    http_refusals: Counter[str] = field(default_factory=Counter)
     detector_judged: int = 0  # the event log's offset the detector (child or in-process) has judged up to
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
@@ -220,7 +221,8 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=NodeHealth(audit, StoreProbe(store)),
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
-    node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied)
+    node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied,
+                http_refusals=api.refusals)
     if audit is not None:
         pipeline_metrics = _pipeline_metrics(consumer, audit)
         api.metrics = lambda: _metrics(node, pipeline_metrics)
@@ -262,14 +264,18 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
         "keytrail_http_refused_connections_total", "counter",
         "Connections serve closed before serving a request on them (connection limit, TLS handshake), by reason.",
         # Every reason from 0: a series first seen at 1 is no increase to Prometheus.
-        (({"reason": reason}, node.refused_connections[reason]) for reason in REFUSAL_REASONS))
+        (({"reason": reason}, node.http_refusals[reason]) for reason in REFUSAL_REASONS))
+    requests = render_family(
+        "keytrail_http_refused_requests_total", "counter",
+        "Requests serve answered itself, never carried out (408 slow, 431 headers, 400 not HTTP, 413 body), by reason.",
+        (({"reason": reason}, node.http_refusals[reason]) for reason in REQUEST_REFUSAL_REASONS))
     restarts = render_family(
         "keytrail_child_restarts_total", "counter", "Times serve restarted a child process after it exited on its own.",
         [*(({"child": child.spec.name}, child.restarts)
            for child in node.children + (node.audit.children() if node.audit is not None else [])),
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
-    return (pipeline_metrics() + keys + alarms + denied + refused + connections + restarts + health
+    return (pipeline_metrics() + keys + alarms + denied + refused + connections + requests + restarts + health
             + _audit_commits(node.audit) + _audit_unshipped(node.audit))
 
 

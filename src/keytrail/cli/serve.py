@@ -446,7 +446,7 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
 
     with _StopAsked.caught() as asked:  # SIGTERM while the node is built: stopped once started, exit 0
         built = await _built_node(settings, hold)
-        server = HttpServer(built.node.app, settings, built.tls, built.node.refused_connections)
+        server = HttpServer(built.node.app, settings, built.tls, built.node.http_refusals)
         with server.stop_requests():  # and from here, while it starts and serves
             if asked.stop:
                 server.request_stop()

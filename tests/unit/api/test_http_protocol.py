@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -602,3 +603,28 @@ async def test_a_refused_body_past_the_drain_bound_is_not_read_on(monkeypatch: p
             await asyncio.to_thread(_send_whole_then_read, port, b"POST / HTTP/1.1\r\nhost: x\r\n", 64_000_000)
     finally:
         server.should_exit = True
+
+
+async def test_each_request_the_protocol_refuses_itself_is_counted_once_by_its_reason() -> None:
+    # They never reached the app, so nothing an operator could see counted them.
+    refusals: Counter[str] = Counter()
+    server, port = await _serve(_slow_echo, _QuickDeadline.counting_refusals(refusals))
+    try:
+        served = await _exchange(port, HEAD + b"connection: close\r\n\r\n0123456789")
+        assert served.startswith(b"HTTP/1.1 200 ")  # not counted
+        assert refusals == {}
+        sent = {
+            b"408": [HEAD, HEAD + b"\r\nabc"],  # headers that never end, a body that stops coming
+            b"431": [HEAD + _filler(8000) * (HEAD_BYTES // 8000 + 2),  # streamed; a URL in one read
+                     b"POST /" + b"a" * 70_000 + b" HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"],
+            b"400": [b"\x00\x01\xff\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n",
+                     HEAD + b"\r\n0123456789" + b"\x00\x01\xff\r\n\r\n"],  # refused behind a running request
+        }
+        for status, requests in sent.items():
+            for request in requests:
+                answer = await _exchange(port, request)
+                assert answer.count(b"HTTP/1.1 " + status + b" ") == 1, answer
+    finally:
+        server.should_exit = True
+    assert refusals == {"request_timeout": 2, "headers_too_large": 2, "malformed_http": 3}
