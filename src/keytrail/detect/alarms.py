@@ -3,6 +3,10 @@
 A repeat updates that alarm's count, lastSeen and eventIds instead of raising a new one; the
 severity rises with the count (the rule's thresholds) and never falls. An alarm is announced when
 it is raised and when it escalates; other updates wait for `AlarmBook.pending()`.
+
+A finding may stand for matching calls before its own that its rule held until they amounted to
+an alarm (`Earlier`): the alarm counts them too, its firstSeen is the first of them, and their
+event ids come first.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from keytrail.detect.severity import Severity
 if TYPE_CHECKING:
     from keytrail.detect.events import KmsEvent
 
-__all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Finding", "caller_origin", "format_time"]
+__all__ = ["MAX_EVENT_IDS", "Alarm", "AlarmBook", "Earlier", "Finding", "caller_origin", "format_time"]
 
 MAX_EVENT_IDS = 20  # the first events of an alarm are evidence enough; the count says the rest
 
@@ -43,6 +47,17 @@ def caller_origin(event: KmsEvent) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Earlier:
+    """The matching calls a rule held before a finding, until they amounted to an alarm
+    (`key-reconnaissance`'s below `min_keys`): how many, when the first was made, the event ids of
+    the first of them."""
+
+    first_seen: datetime
+    count: int
+    event_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One observation a rule makes; the book turns findings into alarms."""
 
@@ -57,6 +72,7 @@ class Finding:
     region: str | None = None
     severity: Severity | None = None
     details: Mapping[str, str] = field(default_factory=dict)
+    earlier: Earlier | None = None  # the calls held before this one that it stands for too
 
     @classmethod
     def on_event(cls, rule: str, event: KmsEvent, *, summary: str, recommendation: str,
@@ -147,6 +163,7 @@ class _Open:
 
     alarm_id: str
     first: Finding
+    first_seen: datetime
     last_seen: datetime
     count: int
     floor: Severity
@@ -209,14 +226,16 @@ class AlarmBook:
 
     def _start(self, finding: Finding, rule: Rule) -> _Open:
         floor = finding.severity or rule.severity
+        count, first_seen, event_ids = _calls(finding)
         entry = _Open(
             alarm_id=alarm_id_for(finding),
             first=finding,
+            first_seen=first_seen,
             last_seen=finding.time,
-            count=1,
+            count=count,
             floor=floor,
-            severity=rule.severity_for(1, floor),
-            event_ids=[finding.event_id] if finding.event_id else [],
+            severity=rule.severity_for(count, floor),
+            event_ids=event_ids[:MAX_EVENT_IDS],
             details=dict(finding.details),
             finding=finding,
         )
@@ -224,13 +243,14 @@ class AlarmBook:
         return entry
 
     def _update(self, entry: _Open, finding: Finding, rule: Rule) -> None:
-        entry.count += 1
+        count, first_seen, event_ids = _calls(finding)
+        entry.count += count
+        entry.first_seen = min(entry.first_seen, first_seen)
         entry.last_seen = max(entry.last_seen, finding.time)
         if finding.severity is not None:
             entry.floor = Severity.highest(entry.floor, finding.severity)
         entry.severity = Severity.highest(entry.severity, rule.severity_for(entry.count, entry.floor))
-        if finding.event_id and len(entry.event_ids) < MAX_EVENT_IDS:
-            entry.event_ids.append(finding.event_id)
+        entry.event_ids += event_ids[:MAX_EVENT_IDS - len(entry.event_ids)]
         gathered = _gathered(entry.details, finding.details)
         # A milder finding leaves the alarm telling why it is as severe as it is: a HIGH grant to an
         # outside role followed by a MEDIUM whole-account grant on the same key stays HIGH, and must
@@ -251,7 +271,7 @@ class AlarmBook:
             principal_arn=first.principal_arn,
             account_id=first.account_id,
             region=first.region,
-            first_seen=first.time,
+            first_seen=entry.first_seen,
             last_seen=entry.last_seen,
             count=entry.count,
             summary=latest.summary,
@@ -259,6 +279,15 @@ class AlarmBook:
             recommendation=latest.recommendation,
             details=MappingProxyType(dict(entry.details)),
         )
+
+
+def _calls(finding: Finding) -> tuple[int, datetime, list[str]]:
+    """The calls a finding stands for: how many, the time of the first, their event ids in order."""
+    own = [finding.event_id] if finding.event_id else []
+    earlier = finding.earlier
+    if earlier is None:
+        return 1, finding.time, own
+    return earlier.count + 1, min(earlier.first_seen, finding.time), [*earlier.event_ids, *own]
 
 
 def _gathered(details: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:

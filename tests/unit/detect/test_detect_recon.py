@@ -33,7 +33,8 @@ def test_a_principal_reading_twenty_keys_within_the_hour_raises_one_low_alarm() 
     records = _reads(MALLORY, range(25))
     [alarm] = _recon(records)
     assert (alarm.severity, alarm.key_arn, alarm.principal_arn) == ("LOW", None, MALLORY["arn"])
-    assert alarm.count == 6 and alarm.event_ids[0] == records[19]["eventID"]  # from the 20th key on
+    assert alarm.count == 25 and alarm.event_ids == tuple(record["eventID"] for record in records[:20])
+    assert (alarm.first_seen, alarm.last_seen) == (T0, T0 + timedelta(seconds=24))
     assert alarm.details["keyCount"] == "25" and alarm.details["eventNames"] == "DescribeKey,GetKeyPolicy,ListGrants"
     assert alarm.details["deniedKeyCount"] == "0" and alarm.details["sourceIPAddresses"] == "192.0.2.0"
 
@@ -87,3 +88,38 @@ def test_a_principal_enumerating_random_keys_is_remembered_on_a_bounded_number_o
     [recon] = [check for check in detector._checks if isinstance(check, KeyReconnaissance)]
     [alarm] = [a for a in detector.alarms() if a.rule == "key-reconnaissance"]
     assert recon.surveyed() == 25 and (alarm.details["keyCount"], alarm.details["deniedKeyCount"]) == ("25", "25")
+
+
+def test_the_alarm_covers_the_enumeration_from_its_first_call_not_from_the_key_that_raised_it() -> None:
+    # It counted, started and listed events from the 20th key on: the enumeration's first 19 keys
+    # and their first calls (when, from where) were missing from the alarm.
+    first = _reads(MALLORY, range(10))
+    first[0]["sourceIPAddress"] = "198.51.100.7"  # the enumeration began elsewhere
+    again = [event("GetKeyPolicy", T0 + timedelta(seconds=20 + n), key_arn(n), MALLORY) for n in range(3)]
+    rest = _reads(MALLORY, range(10, 22), start=T0 + timedelta(minutes=1))
+    [alarm] = _recon(first + again + rest)
+    assert alarm.count == 10 + 3 + 12  # every call of the window, the keys read again included
+    assert (alarm.first_seen, alarm.last_seen) == (T0, T0 + timedelta(minutes=1, seconds=11))
+    # The first call on each of the first 19 keys, then the one reaching 20 keys, then one more.
+    firsts = [record["eventID"] for record in first + rest[:9]]
+    assert alarm.event_ids == (*firsts, rest[9]["eventID"])
+    assert alarm.details["keyCount"] == "22"
+    assert alarm.details["sourceIPAddresses"] == "198.51.100.7,192.0.2.0"
+
+
+def test_calls_held_on_keys_that_left_the_window_are_not_on_the_alarm() -> None:
+    early = _reads(MALLORY, range(100, 105))  # five keys read, then nothing for two hours
+    later = _reads(MALLORY, range(20), start=T0 + timedelta(hours=2))
+    [alarm] = _recon(early + later)
+    assert (alarm.count, alarm.first_seen) == (20, T0 + timedelta(hours=2))
+    assert alarm.event_ids == tuple(record["eventID"] for record in later)
+
+
+def test_calls_held_again_after_the_survey_fell_below_min_keys_join_the_open_alarm() -> None:
+    first = _reads(MALLORY, range(20))  # raised at once: 20 keys within 20 s
+    # An hour and a half later, the first keys have left the window and the alarm is still open
+    # (within its window of the last call): 20 more keys, read slowly, raise it again.
+    later = [event("DescribeKey", T0 + timedelta(minutes=50 + 2 * n), key_arn(100 + n), MALLORY) for n in range(20)]
+    [alarm] = _recon(first + later)
+    assert alarm.count == 40 and alarm.first_seen == T0
+    assert alarm.event_ids == tuple(record["eventID"] for record in first)  # the first 20

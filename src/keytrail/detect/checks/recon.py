@@ -2,7 +2,10 @@
 
 Enumeration comes before an attack: which keys exist, who may use them (policies, grants), which
 sign. A principal's key-metadata calls are counted per distinct key over a sliding window; at
-`min_keys` keys it raises, MEDIUM once `min_denied` of those keys refused it.
+`min_keys` keys it raises, MEDIUM once `min_denied` of those keys refused it. The calls made before
+that, on the keys still within the window, are held (per key: how many, the first one's time and
+event id) and handed to the alarm with the call that reaches `min_keys` (`Earlier`): its count,
+firstSeen and eventIds start at the enumeration's first call, not at its 20th key.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from keytrail.detect.alarms import Finding, caller_origin
+from keytrail.detect.alarms import GATHERED_DETAILS, MAX_EVENT_IDS, MAX_GATHERED, Earlier, Finding, caller_origin
 from keytrail.detect.checks import expected_caller
 from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.events import KmsEvent
@@ -36,35 +40,77 @@ _RECOMMENDATION = (
 )
 
 
+class _Surveyed(NamedTuple):
+    """One key of a survey: its last call, whether a call was denied, and the calls on it held
+    for an alarm not raised yet (how many, the first one's time and event id)."""
+
+    last: datetime
+    denied: bool
+    held: int = 0
+    held_since: datetime | None = None
+    held_event: str | None = None
+
+
 @dataclass(slots=True)
 class _Survey:
-    """One principal's metadata calls within the window: key -> (last call, a call was denied),
-    in the order last called; event name -> last call."""
+    """One principal's metadata calls within the window: key -> what `_Surveyed` says, in the
+    order last called; event name -> last call; the origins of the calls held (GATHERED_DETAILS)."""
 
-    keys: OrderedDict[str, tuple[datetime, bool]] = field(default_factory=OrderedDict)
+    keys: OrderedDict[str, _Surveyed] = field(default_factory=OrderedDict)
     names: dict[str, datetime] = field(default_factory=dict)
     denied_keys: int = 0
+    held: int = 0  # calls held over all keys
+    held_origins: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, key: str, name: str, at: datetime, denied: bool) -> None:
-        last, was_denied = self.keys.pop(key, (at, False))
-        self.keys[key] = (max(at, last), was_denied or denied)
-        if denied and not was_denied:
+        before = self.keys.pop(key, None) or _Surveyed(at, False)
+        self.keys[key] = before._replace(last=max(at, before.last), denied=before.denied or denied)
+        if denied and not before.denied:
             self.denied_keys += 1
         self.names[name] = max(at, self.names.get(name, at))
         if len(self.keys) > MAX_SURVEYED_KEYS:
             self._drop_oldest()
 
+    def hold(self, key: str, at: datetime, event_id: str | None, origin: dict[str, str]) -> None:
+        """Keep a call on `key` (just added) for the alarm it may yet be part of."""
+        surveyed = self.keys[key]
+        first = surveyed.held_since is None or at < surveyed.held_since
+        self.keys[key] = surveyed._replace(held=surveyed.held + 1, held_since=at if first else surveyed.held_since,
+                                           held_event=event_id if first else surveyed.held_event)
+        self.held += 1
+        for name, value in origin.items():
+            values = self.held_origins.setdefault(name, [])
+            if value not in values and len(values) < MAX_GATHERED:
+                values.append(value)
+
+    def release(self) -> tuple[Earlier | None, dict[str, list[str]]]:
+        """The calls held, for the alarm they now amount to, and their origins; none held after."""
+        if not self.held:
+            return None, {}
+        held = [surveyed for surveyed in self.keys.values() if surveyed.held]
+        held.sort(key=lambda surveyed: surveyed.held_since or surveyed.last)
+        firsts = [surveyed.held_event for surveyed in held if surveyed.held_event][:MAX_EVENT_IDS - 1]
+        earlier = Earlier(held[0].held_since or held[0].last, self.held, tuple(firsts))
+        for key, surveyed in self.keys.items():
+            if surveyed.held:
+                self.keys[key] = _Surveyed(surveyed.last, surveyed.denied)
+        origins, self.held, self.held_origins = self.held_origins, 0, {}
+        return earlier, origins
+
     def expire(self, now: datetime, window: timedelta) -> None:
-        while self.keys and now - next(iter(self.keys.values()))[0] > window:
+        while self.keys and now - next(iter(self.keys.values())).last > window:
             self._drop_oldest()
         for name, last in list(self.names.items()):
             if now - last > window:
                 del self.names[name]
 
     def _drop_oldest(self) -> None:
-        _, (_, denied) = self.keys.popitem(last=False)
-        if denied:
+        _, dropped = self.keys.popitem(last=False)
+        if dropped.denied:
             self.denied_keys -= 1
+        self.held -= dropped.held  # its calls are no longer within the window, or no longer kept
+        if not self.held:
+            self.held_origins = {}
 
 
 class KeyReconnaissance:
@@ -86,7 +132,10 @@ class KeyReconnaissance:
         survey = self._surveys.setdefault(principal, _Survey())
         survey.add(key, event.event_name, event.event_time, event.error_code in DENIED_CODES)
         survey.expire(event.event_time, self.rule.window)
-        return [self._finding(event, survey)] if len(survey.keys) >= max(self._min_keys, 1) else []
+        if len(survey.keys) < max(self._min_keys, 1):
+            survey.hold(key, event.event_time, event.event_id, caller_origin(event))
+            return []
+        return [self._finding(event, survey, *survey.release())]
 
     def tick(self, now: datetime) -> list[Finding]:
         for principal, survey in list(self._surveys.items()):
@@ -99,7 +148,10 @@ class KeyReconnaissance:
         """Principal x key entries kept."""
         return sum(len(survey.keys) for survey in self._surveys.values())
 
-    def _finding(self, event: KmsEvent, survey: _Survey) -> Finding:
+    def _finding(self, event: KmsEvent, survey: _Survey, earlier: Earlier | None,
+                 origins: dict[str, list[str]]) -> Finding:
+        """The finding of one call at `min_keys` keys or more, standing also for the calls held
+        before it (`earlier`), whose `origins` join its own."""
         denied = survey.denied_keys >= self._min_denied
         who = event.principal_arn
         return Finding(
@@ -109,8 +161,21 @@ class KeyReconnaissance:
             f"({survey.denied_keys} refused it)",
             recommendation=_RECOMMENDATION.format(principal=who),
             details={"keyCount": str(len(survey.keys)), "deniedKeyCount": str(survey.denied_keys),
-                     "eventNames": ",".join(sorted(survey.names))} | caller_origin(event),
+                     "eventNames": ",".join(sorted(survey.names))} | _joined(origins, caller_origin(event)),
+            earlier=earlier,
         )
+
+
+def _joined(origins: dict[str, list[str]], own: dict[str, str]) -> dict[str, str]:
+    """The GATHERED_DETAILS of the calls held and of the finding's own call, the held ones first."""
+    joined = {}
+    for name in GATHERED_DETAILS:
+        values = list(origins.get(name, []))
+        if own.get(name) and own[name] not in values and len(values) < MAX_GATHERED:
+            values.append(own[name])
+        if values:
+            joined[name] = ",".join(values)
+    return joined
 
 
 def _duration(window: timedelta) -> str:
