@@ -14,7 +14,7 @@ from typing import Any
 
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
+__all__ = ["KEY_PRINCIPALS", "UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
 
 # How many keys never seen to exist (named only by failed calls) are remembered, the least
 # recently named let go first: anyone may send denied calls naming random key ARNs, and a
@@ -24,6 +24,12 @@ UNCONFIRMED_KEYS = 50_000
 # How many deleted keys are remembered as deleted (their records dropped), the least recently
 # deleted let go first: enough for an event of one that arrives late (a Kafka partition behind).
 DELETED_KEYS = 50_000
+# How many principals one key's record remembers as its callers, the first to call it: a key called
+# by every federated user (each its own principal) must not grow the detector with each of them.
+# Per key, unlike the bounds above, so well below them (a full key's callers take about 1.5 MB).
+# Past them a key is `crowded`: its callers are no settled few, and one not remembered cannot be
+# told from one never seen, so none is taken for new on it (rules must not raise on every call).
+KEY_PRINCIPALS = 10_000
 
 _STATE_CHANGES = {
     "DisableKey": "Disabled",
@@ -57,6 +63,7 @@ class KeyRecord:
     # Each principal with a successful call on the key -> whether one of them was cryptographic:
     # one entry per key x principal serves both "ever called" and "ever used" (new-principal-on-key).
     principals: dict[str, bool] = field(default_factory=dict)
+    crowded: bool = False  # a principal past KEY_PRINCIPALS called it, and is not remembered
     first_used: datetime | None = None  # the first successful cryptographic use seen
     confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
 
@@ -67,7 +74,9 @@ class KeyLedger:
     UNCONFIRMED_KEYS of them. A key's record goes with its DeleteKey: kept, a node that creates and
     deletes keys for months held every deleted one (and the checks' state of it) for good."""
 
-    def __init__(self, unconfirmed_limit: int = UNCONFIRMED_KEYS, deleted_limit: int = DELETED_KEYS) -> None:
+    def __init__(self, unconfirmed_limit: int = UNCONFIRMED_KEYS, deleted_limit: int = DELETED_KEYS,
+                 principals_limit: int = KEY_PRINCIPALS) -> None:
+        self._principals_limit = principals_limit
         self._keys: dict[str, KeyRecord] = {}
         self._unconfirmed: OrderedDict[str, datetime] = OrderedDict()  # key ARN -> first seen
         self._unconfirmed_limit = unconfirmed_limit
@@ -97,14 +106,19 @@ class KeyLedger:
         return key_arn in self._keys
 
     def has_used(self, key_arn: str | None, principal: str | None) -> bool:
-        """Whether `principal` made a successful call on the key before."""
+        """Whether `principal` made a successful call on the key before, or may have: on a crowded
+        key, one not remembered is not known to be new."""
         record = self.get(key_arn)
-        return record is not None and principal in record.principals
+        return record is not None and (principal in record.principals or record.crowded)
 
     def has_used_cryptographically(self, key_arn: str | None, principal: str | None) -> bool:
-        """Whether `principal` made a successful cryptographic call (CRYPTO_OPERATIONS) on the key before."""
+        """Whether `principal` made a successful cryptographic call (CRYPTO_OPERATIONS) on the key
+        before, or may have (one not remembered on a crowded key)."""
         record = self.get(key_arn)
-        return record is not None and principal is not None and record.principals.get(principal, False)
+        if record is None or principal is None:
+            return False
+        used = record.principals.get(principal)
+        return record.crowded if used is None else used
 
     def rotations(self, record: KeyRecord) -> int:
         """The rotations that price the key: a multi-Region key's are its family's, one however
@@ -163,11 +177,10 @@ class KeyLedger:
         if len(self._unconfirmed) > self._unconfirmed_limit:
             self._unconfirmed.popitem(last=False)
 
-    @staticmethod
-    def _apply(record: KeyRecord, event: KmsEvent) -> None:
+    def _apply(self, record: KeyRecord, event: KmsEvent) -> None:
         record.confirmed = True
         if (principal := event.principal_arn) is not None:
-            record.principals[principal] = event.is_crypto or record.principals.get(principal, False)
+            self._called_by(record, principal, event.is_crypto)
         if event.is_crypto and (record.first_used is None or event.event_time < record.first_used):
             record.first_used = event.event_time
         name = event.event_name
@@ -203,6 +216,15 @@ class KeyLedger:
             # A replica's CreateKey says Creating; KMS logs this when it leaves that state for
             # Enabled (docs/multi-region-keys.md). Left Creating, a replica was never judged unused.
             record.state = "Enabled"
+
+
+    def _called_by(self, record: KeyRecord, principal: str, crypto: bool) -> None:
+        """Note `principal`'s successful call, if the key still remembers new callers."""
+        used = record.principals.get(principal)
+        if used is None and len(record.principals) >= self._principals_limit:
+            record.crowded = True
+        elif not used:
+            record.principals[principal] = crypto
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ from keytrail.detect import Detector
 from keytrail.detect.checks.spike import UsageSpike
 from keytrail.detect.checks.unauthorized import MAX_FOLDED_KEYS, UnauthorizedDecrypt
 from keytrail.detect.events import KmsEvent, read_kms_event
-from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
+from keytrail.detect.ledger import KEY_PRINCIPALS, UNCONFIRMED_KEYS, KeyLedger
 
 MALLORY = user("mallory")
 
@@ -164,3 +164,51 @@ def test_a_replica_deleted_leaves_its_primary_priced_with_the_family_s_rotations
     assert record_primary is not None and ledger.rotations(record_primary) == 1  # one rotation, two Regions
     ledger.update(_read(_deleted(T0 + timedelta(days=200), primary)))
     assert ledger.families() == 0
+
+
+def test_a_key_called_by_more_principals_than_the_bound_remembers_the_first_and_takes_none_after_for_new() -> None:
+    """Each distinct caller of a key was kept for good: a key every federated user calls (each its
+    own principal) grew the detector with each of them."""
+    detector, key = Detector(), key_arn(5)
+    app, scanner = role("app"), user("scanner")
+    settled = [create_key(T0, key), event("Encrypt", T0 + timedelta(minutes=1), key, app),
+               event("DescribeKey", T0 + timedelta(minutes=2), key, scanner)]  # remembered: a caller, no user
+    crowd = [event("Encrypt", T0 + timedelta(days=8, milliseconds=n), key, user(f"fed{n}"))
+             for n in range(KEY_PRINCIPALS + 100)]
+    detector.process(settled + crowd)
+    record = detector.ledger.get(key)
+    assert record is not None and record.crowded and len(record.principals) == KEY_PRINCIPALS
+    remembered = [r["userIdentity"]["arn"] for r in crowd if r["userIdentity"]["arn"] in record.principals]
+    assert remembered == [r["userIdentity"]["arn"] for r in crowd[:KEY_PRINCIPALS - 3]]  # the first to call
+    newcomers = [a.principal_arn for a in detector.alarms() if a.rule == "new-principal-on-key"]
+    # And the first caller past the bound, new as the key was not crowded yet; none after it.
+    assert newcomers == [*remembered, crowd[KEY_PRINCIPALS - 3]["userIdentity"]["arn"]]
+
+    later = T0 + timedelta(days=9)
+    past_the_bound, fresh = crowd[-1]["userIdentity"], user("mallory")
+    detector.process([event("Encrypt", later, key, past_the_bound),
+                      denied("Decrypt", later + timedelta(seconds=1), key, past_the_bound),
+                      denied("Decrypt", later + timedelta(seconds=2), key, fresh),
+                      event("Encrypt", later + timedelta(seconds=3), key, scanner)])
+    alarms = detector.alarms()
+    denials = [a for a in alarms if a.rule == "unauthorized-decrypt"]
+    assert [a.principal_arn for a in denials] == [past_the_bound["arn"], fresh["arn"]]
+    assert all("newPrincipalOnKey" not in a.details for a in denials)  # neither can be told new on it
+    # A remembered caller is still known exactly: the scanner's first use is new on the key.
+    assert [a.principal_arn for a in alarms if a.rule == "new-principal-on-key"][-1] == scanner["arn"]
+    assert len(record.principals) == KEY_PRINCIPALS and record.principals[scanner["arn"]]
+
+
+def test_the_ledger_remembers_a_key_s_first_callers_up_to_its_bound() -> None:
+    ledger, key = KeyLedger(principals_limit=2), key_arn(6)
+    first, second, third = user("first"), user("second"), user("third")
+    ledger.update(_read(event("DescribeKey", T0, key, first)))
+    ledger.update(_read(event("Encrypt", T0, key, second)))
+    assert ledger.has_used(key, third["arn"]) is False  # not crowded yet: a newcomer is new
+    ledger.update(_read(event("Encrypt", T0, key, third)))
+    record = ledger.get(key)
+    assert record is not None and record.principals == {first["arn"]: False, second["arn"]: True}
+    assert record.crowded and ledger.has_used(key, third["arn"]) and ledger.has_used_cryptographically(key, "x")
+    assert not ledger.has_used_cryptographically(key, first["arn"])  # remembered: known exactly
+    ledger.update(_read(event("Decrypt", T0, key, first)))
+    assert ledger.has_used_cryptographically(key, first["arn"])

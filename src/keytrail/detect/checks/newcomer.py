@@ -57,12 +57,13 @@ class NewPrincipalOnKey:
     def _finding(self, event: KmsEvent, key_arn: str) -> Finding:
         record = self.ledger.get(key_arn)
         assert record is not None and record.first_used is not None  # _new_on found both
-        known = sum(record.principals.values())
+        known = sum(record.principals.values())  # of its callers remembered (a crowded key has more)
         who = event.principal_arn
         return Finding.on_event(
             self.rule_id,
             event,
-            summary=f"{who} used {key_arn} for the first time ({event.event_name}); {known} other principal(s) "
+            summary=f"{who} used {key_arn} for the first time ({event.event_name}); "
+            f"{'at least ' if record.crowded else ''}{known} other principal(s) "
             f"used it since {format_time(record.first_used)}",
             recommendation=_RECOMMENDATION.format(principal=who),
             details={"eventName": event.event_name, "keyUsedSince": format_time(record.first_used),
