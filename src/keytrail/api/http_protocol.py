@@ -160,6 +160,16 @@ def _stamped(answer: bytes) -> bytes:
     return b"%s\r\nx-amzn-requestid: %s\r\n%s" % (status, str(uuid.uuid4()).encode(), rest)
 
 
+class _HeadTooLarge(Exception):
+    """Raised from the parser's callback to end the read of a request whose head is too large."""
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """The bytes of a request's URL and headers as sent, near enough: each header line is its name,
+    ": ", its value and CRLF."""
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
 _HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
                                         f"The request's URL and headers exceed {HEAD_BYTES} bytes."),
                            "headers_too_large")
@@ -318,7 +328,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._arriving = 0  # the number of the one begun and not yet whole; 0: none
         self._deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # a request's URL and headers are arriving
-        self._head_bytes = 0  # read since that request began
+        self._head_bytes = 0  # read since that request began, before the read that ends its head
+        self._read_bytes = 0  # of the read being parsed
+        self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._last: _Refusal | None = None  # of what follows the running request, sent after its answer
@@ -358,7 +370,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         JSON (uvicorn answers plain text), and the connection closed. A URL too long for httptools
         to split (`_PARSED_URL_BYTES`) is a head past `HEAD_BYTES` that came in one read, so not
         counted while arriving: refused as the too large head it is, not as unreadable HTTP."""
-        too_long = len(getattr(self, "url", b"")) > _PARSED_URL_BYTES  # set at each request's first byte
+        # `url` is set at each request's first byte; `_head_overflowed` by on_headers_complete.
+        too_long = self._head_overflowed or len(getattr(self, "url", b"")) > _PARSED_URL_BYTES
         self._refuse_next(_HEAD_TOO_LARGE if too_long else _MALFORMED)
 
     def _refuse_next(self, refusal: _Refusal) -> None:
@@ -408,6 +421,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_stalled()
 
     def data_received(self, data: bytes) -> None:
+        self._read_bytes = len(data)
         super().data_received(data)
         # Only a request still incomplete after this data arms a timer: the usual one, whole in one
         # segment, costs a comparison.
@@ -430,6 +444,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.scope["extensions"] = {TLS_EXTENSION: self._tls}
 
     def on_headers_complete(self) -> None:
+        # A head that ends in the read it began in (or in a later one) is not counted while
+        # arriving: measured here, only when the reads could have held more than HEAD_BYTES of it,
+        # so the same request is refused however TCP cut it.
+        if self._head_bytes + self._read_bytes > HEAD_BYTES and _head_size(self.url, self.headers) > HEAD_BYTES:
+            self._head_overflowed = True
+            raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
         self._in_head = False
         super().on_headers_complete()
 

@@ -201,6 +201,23 @@ async def test_headers_past_the_byte_limit_get_431_and_the_request_is_never_carr
         server.should_exit = True
 
 
+async def test_headers_past_the_byte_limit_get_431_however_the_reads_cut_them() -> None:
+    """A head past HEAD_BYTES that ended within the read it began in, or in a read after one under
+    the limit, was counted only while incomplete after a read: it reached the app (a 403 through
+    serve), where the same bytes cut otherwise got 431."""
+    server, port = await _serve_echo(seen := [])
+    try:
+        whole = HEAD + _filler(HEAD_BYTES + 1000) + b"\r\n0123456789"
+        cut = HEAD_BYTES - 2000  # under the limit, then the rest of the head with its end
+        for parts in ((whole,), (whole[:cut], whole[cut:])):
+            answer = await _exchange(port, *parts, pause=0.2)
+            assert answer.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in answer
+            assert answer.endswith(b"}")  # one answer, then the connection closed
+        assert seen == []
+    finally:
+        server.should_exit = True
+
+
 async def test_each_request_on_a_connection_has_the_whole_budget_and_a_large_one_under_it_is_served() -> None:
     server, port = await _serve_echo(seen := [])
     try:
