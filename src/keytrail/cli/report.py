@@ -82,8 +82,8 @@ def report(
                             prices=price_table(prices, free_tier, "keytrail report"), unused_days=unused_days,
                             alarms=alarms or default_alarms, source_name=name,
                             data_dir=None if cloudtrail else data_dir or Path("keytrail-data"))
-    if alarms is not None and not alarms.is_file():
-        raise report_fail(f"--alarms: no such file: {alarms}")
+    if alarms is not None and not alarms.is_file():  # a folder named is there: "no such file" misled
+        raise report_fail(f"--alarms: {'not a file' if alarms.exists() else 'no such file'}: {alarms}")
     unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
     try:
         with terminate_as_interrupt():  # a SIGTERM while writing removes the half-written file, as Ctrl-C does

@@ -131,6 +131,25 @@ def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(t
     assert {row["alarmId"]: row.get("summary") for row in rows} == {"a": None, "b": '{"x": 1}'}
 
 
+def test_report_names_a_folder_given_as_its_alarms_file_as_no_file(tmp_path: Path) -> None:
+    # It said "no such file" of a folder that is there.
+    fill_trail(tmp_path / "node", 3)
+    (tmp_path / "alarms").mkdir()
+    result = _keytrail("report", "--data-dir", tmp_path / "node", "--alarms", tmp_path / "alarms",
+                       "--out", tmp_path / "r.html")
+    line = _one_line_error(result, "keytrail report: ")
+    assert line == f"keytrail report: --alarms: not a file: {tmp_path / 'alarms'}\n"
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_names_an_alarms_file_that_is_not_there(tmp_path: Path) -> None:
+    fill_trail(tmp_path / "node", 3)
+    result = _keytrail("report", "--data-dir", tmp_path / "node", "--alarms", tmp_path / "alarms.jsonl",
+                       "--out", tmp_path / "r.html")
+    line = _one_line_error(result, "keytrail report: ")
+    assert line == f"keytrail report: --alarms: no such file: {tmp_path / 'alarms.jsonl'}\n"
+
+
 def test_report_to_a_folder_is_refused_before_reading_and_leaves_nothing(tmp_path: Path) -> None:
     fill_trail(tmp_path / "node", 3)
     (tmp_path / "out").mkdir()
