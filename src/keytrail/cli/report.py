@@ -48,7 +48,8 @@ def report_fail(message: str, code: int = 2) -> typer.Exit:
 def report(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="File to write.")],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Node data dir: read its event log.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="Node data dir: read its event log (default: keytrail-data, without --cloudtrail).")] = None,
     cloudtrail: Annotated[list[Path] | None, typer.Option(
         "--cloudtrail", metavar=CLOUDTRAIL_METAVAR,
         help=CLOUDTRAIL_HELP)] = None,
