@@ -163,12 +163,12 @@ def _cost(data: ReportData) -> list[str]:
     parts.append(_projection_table(data.projection))
     parts.append('<p class="note">Key storage is billed to the account that owns the key, requests to the '
                  "account that made them: a key used from another account has a row for each. Key-months: "
-                 "hours billed over the hours of their calendar month (UTC).</p>")
+                 f"hours billed over the hours of their calendar month (UTC).{_no_key_note(data.cost)}</p>")
     if data.keys_not_created:
         parts.append(f'<p class="note">{escape(storage_note(data.keys_not_created).removeprefix("note: "))}.</p>')
     if data.open_end is not None and data.open_end.late:
         parts.append(f'<p class="note">{escape(ahead_note(data.open_end).removeprefix("note: "))}.</p>')
-    parts.append(_table(data.cost, [("keyArn", "Key", _code), ("accountId", "Account", str),
+    parts.append(_table(data.cost, [("keyArn", "Key", _key), ("accountId", "Account", str),
                                     ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
                                     ("requests", "Requests", _int), ("requestCost", "Request cost", money),
                                     ("totalCost", "Total", money)], table_id="cost"))
@@ -196,7 +196,7 @@ def _last_used(frame: pl.DataFrame, data: ReportData) -> str:
 def _denied(frame: pl.DataFrame) -> str:
     if frame.height == 0:
         return '<p class="note">No denied calls.</p>'
-    return _table(frame, [("principalArn", "Principal", _code), ("keyArn", "Key", _code),
+    return _table(frame, [("principalArn", "Principal", _code), ("keyArn", "Key", _key),
                           ("eventName", "Operation", str), ("errorCode", "Error", str), ("count", "Calls", _int),
                           ("firstDenied", "First", _time), ("lastDenied", "Last", _time)], table_id="denied")
 
@@ -217,7 +217,7 @@ def _alarms(frame: pl.DataFrame, note: str | None = None) -> str:
 
 def _usage_table(frame: pl.DataFrame) -> str:
     ordered = frame.sort(["count", "keyArn"], descending=[True, False], nulls_last=True)
-    return _table(ordered, [("keyArn", "Key", _code), ("principalArn", "Principal", _code),
+    return _table(ordered, [("keyArn", "Key", _key), ("principalArn", "Principal", _code),
                             ("eventName", "Operation", str), ("accountId", "Account", str),
                             ("count", "Requests", _int), ("errorCount", "Errors", _int)], table_id="usage")
 
@@ -241,7 +241,7 @@ def _table(frame: pl.DataFrame, columns: Sequence[Column], *, table_id: str,
 
 def _cell(value: Any, show: Callable[[Any], str]) -> str:
     css = ' class="n"' if show.__name__ in _NUMERIC else ""
-    text = show(value) if value is not None or show is _unused_badge else ""
+    text = show(value) if value is not None or show in _SHOWS_NONE else ""
     return f"<td{css}>{text if show in _RAW else escape(text)}</td>"
 
 
@@ -261,6 +261,18 @@ def _code(value: Any) -> str:
     return f"<code>{escape(str(value))}</code>"
 
 
+def _key(value: Any) -> str:
+    """A key ARN, or the label of the rows of calls that name no key (an empty cell read as missing)."""
+    return _code(value) if value is not None else _NO_KEY
+
+
+def _no_key_note(cost: pl.DataFrame) -> str:
+    if cost.get_column("keyArn").null_count() == 0:
+        return ""
+    return (f" {_NO_KEY}: the account's calls that name no key (ListKeys, ListAliases, GenerateRandom, …), "
+            "billed as requests.")
+
+
 def _severity(value: Any) -> str:
     return f'<span class="sev-{escape(str(value))}">{escape(str(value))}</span>'
 
@@ -269,4 +281,6 @@ def _unused_badge(value: Any) -> str:
     return '<span class="badge">unused</span>' if value else ""
 
 
-_RAW = (_code, _severity, _unused_badge)  # these build their own escaped markup
+_NO_KEY = "(no key)"
+_RAW = (_code, _key, _severity, _unused_badge)  # these build their own escaped markup
+_SHOWS_NONE = (_key, _unused_badge)  # these show something for an empty value too

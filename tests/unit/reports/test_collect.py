@@ -191,6 +191,29 @@ def test_html_is_self_contained_and_highlights_unused_keys(data: Any) -> None:
     assert "user/mallory" in page and page.count("<svg") >= 3
 
 
+def _keyless(name: str, when: datetime) -> dict[str, Any]:
+    """A call that names no key (ListKeys, GenerateRandom): no keyId, no resources."""
+    event = record(name, when, BUSY)
+    event["requestParameters"], event["recipientAccountId"] = None, ACCOUNT
+    del event["resources"]
+    return event
+
+
+def test_html_names_the_rows_of_calls_without_a_key_rather_than_leave_the_key_empty() -> None:
+    # A FinOps reader found a cost row with an empty key, and nothing saying what it was.
+    events = [record("CreateKey", NOV, BUSY), record("Encrypt", NOV, BUSY), _keyless("ListKeys", NOV)]
+    page = render_html(collect_sync(RecordsSource(events), ReportOptions(until=AS_OF)))
+    for table in ("cost", "usage"):
+        body = page.split(f'id="{table}"')[1].split("<tbody>")[1].split("</tbody>")[0]
+        keys = {re.findall(r"<td>(.*?)</td>", row)[0] for row in re.findall(r"<tr>(.*?)</tr>", body)}
+        assert keys == {"(no key)", f"<code>{BUSY}</code>"}, table
+    assert "(no key): the account's calls that name no key (ListKeys" in page
+
+
+def test_html_says_nothing_of_keyless_calls_where_there_are_none(data: Any) -> None:
+    assert "(no key)" not in render_html(data)
+
+
 def test_html_projection_columns_say_what_each_figure_covers(data: Any) -> None:
     headers = re.findall(r"<th>(.*?)</th>", render_html(data).split('id="projection"')[1].split("</tr>")[0])
     assert headers == ["Account", "Month", "Month so far", "Key storage, whole month",
