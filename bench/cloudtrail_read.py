@@ -5,7 +5,7 @@
 Writes (once, reused while the count matches) `--files` gzip CloudTrail log files of `--records`
 generated KMS records each (keytrail.pipeline.synthetic: ≈1.1 KB a record, as AWS writes them),
 then reads them all `--rounds` times the way every reader does (`iter_located_records`:
-read_log_file then readable_records, the path of `audit import`, `consume --cloudtrail`,
+LogFile.records then readable_records, the path of `audit import`, `consume --cloudtrail`,
 `report --cloudtrail`; `detect --cloudtrail` calls the same two). Prints one JSON line per round
 and a last one with the medians: wall and CPU seconds, records per second.
 

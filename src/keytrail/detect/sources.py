@@ -19,11 +19,11 @@ import orjson
 
 from keytrail.detect.events import KmsEvent, read_event
 from keytrail.transport.cloudtrail_logs import (
+    LogFile,
     LogFileProblem,
     ReadReport,
     collector_paused,
     iter_log_files,
-    read_log_file,
     readable_records,
 )
 from keytrail.transport.topics import AUDIT_TOPIC
@@ -63,15 +63,14 @@ def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], list[
     (`transport.cloudtrail_records`); other services' records are passed over uncounted.
     Digest files are passed over; a file that is no CloudTrail log raises LogFileProblem (a
     ValueError) naming it, for detection over part of the input would misjudge the rest.
-    Each file's dicts are dropped once read, to keep memory low."""
+    Each record is dropped once its event is read, to keep memory low."""
     events: list[KmsEvent] = []
     problems: list[str] = []
     report = ReadReport()
     with collector_paused():  # every file's dicts are acyclic: ~2x on a 50k-record file
         for path in iter_log_files(paths, _unlisted):
-            records = read_log_file(path)
-            if records is not None:  # None: a digest file (log file integrity validation)
-                events += (read_event(record) for _, record in readable_records(path, records, report, problems.append))
+            records = readable_records(path, LogFile(path).records(), report, problems.append)
+            events += (read_event(record) for _, record in records)
     # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
     # which for keytrail's own export is the log's, the order the live detector judged them in.
     events.sort(key=lambda e: e.event_time)

@@ -60,7 +60,9 @@ class CloudTrailFilesSource:
     pass it over, so consuming a synced bucket again reads only its new files: repeats would be
     dropped by eventID too, but a partition remembers only its recent eventIDs, far fewer than a
     bucket holds. A file whose listing a crash lost is read again; its records, the last counted,
-    are among the remembered ones. A file that cannot be read is never listed: the next run says so again.
+    are among the remembered ones. A file that cannot be read to its end is never listed: the next run
+    says so again (the records before its damage, read again, are among the remembered ones). A file's
+    records are handed on a batch at a time, as they are read.
     Once `stop` is set it reads no further file: the records read so far are its last batch.
     """
 
@@ -94,12 +96,13 @@ class CloudTrailFilesSource:
             name = _identity(path)
             if name is None or name not in counted:
                 report = ReadReport()
-                chunk += iter_cloudtrail_records([path], report=report, on_problem=self.on_problem)
+                for record in iter_cloudtrail_records([path], report=report, on_problem=self.on_problem):
+                    chunk.append(record)  # a batch at a time: a file may hold hundreds of MB of records
+                    if len(chunk) >= self.max_records:
+                        yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
+                        offset, chunk = offset + len(chunk), []
                 if name is not None and report.files + report.digests:
                     self._ends.append((offset + len(chunk), name))
-            while len(chunk) >= self.max_records:
-                yield Batch(self.partition, range(offset, offset + self.max_records), records=chunk[: self.max_records])
-                offset, chunk = offset + self.max_records, chunk[self.max_records :]
             if self.progress is not None:
                 self.progress(1)
         if chunk:

@@ -10,6 +10,7 @@ bucket with validation on) holds no records: it is counted and passed over, not 
 
 from __future__ import annotations
 
+import codecs
 import gc
 import gzip
 import json
@@ -26,18 +27,20 @@ import orjson
 
 from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
+from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
 
-__all__ = ["LogFileProblem", "ReadReport", "collector_paused", "is_digest", "is_lookup_output",
+__all__ = ["LogFile", "LogFileProblem", "ReadReport", "collector_paused", "is_digest", "is_lookup_output",
            "iter_cloudtrail_records", "iter_located_records", "iter_log_files", "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
 _DIGEST_FIELDS = ("digestStartTime", "digestEndTime", "logFiles")
-#: The most a log file may hold once decompressed: the whole document is parsed in memory, so a
-#: small .gz expanding to gigabytes (a gzip bomb, or a file that is no CloudTrail log) must stop at
-#: a known size, not at the machine's memory. CloudTrail delivers a Region's records about every
-#: five minutes in files far below this.
-MAX_LOG_FILE_BYTES = 512 << 20
+#: The most text one value of a log file may span once decompressed: a record, or a member of the
+#: document read whole (lookup-events output's "Events"). A file is read a record at a time, so its
+#: own length does not matter; one value is parsed whole, so a small .gz expanding to gigabytes of
+#: one string (a gzip bomb, or a file that is no CloudTrail log) must stop at a known size, not at
+#: the machine's memory. A CloudTrail record is a few KB.
+MAX_VALUE_CHARS = 512 << 20
 
 
 class LogFileProblem(ValueError):
@@ -86,37 +89,119 @@ def is_digest(document: Any) -> bool:
     return isinstance(document, dict) and "Records" not in document and all(f in document for f in _DIGEST_FIELDS)
 
 
-def read_log_file(path: Path) -> list[dict[str, Any]] | None:
-    """The records of one CloudTrail log file, None for a digest file; LogFileProblem when it is
-    neither. A key owner's copy of a cross-account call that keytrail exported is read as the
-    caller's copy it was made from (keytrail/shared_events.py): every reader counts the call once."""
-    try:
-        text = _utf8(path, _read_bounded(path))
+def read_log_file(path: Path) -> list[Any] | None:
+    """The records of one CloudTrail log file, all at once (LogFile.records reads them one at a
+    time), None for a digest file; LogFileProblem when it is neither."""
+    log_file = LogFile(path)
+    records = list(log_file.records())
+    return None if log_file.is_digest else records
+
+
+class LogFile:
+    """One CloudTrail log file (or lookup-events output), its records parsed as its text is read:
+    a file of any size is read holding one record, and a piece of its text, at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_digest = False  # known once its records are read: a digest file holds none
+        self._gzipped = False
+
+    def records(self) -> Iterator[Any]:
+        """Its records, in order, each as it is parsed; LogFileProblem (the file, and the line)
+        for what cannot be read, after the records before it. A key owner's copy of a
+        cross-account call that keytrail exported is read as the caller's copy it was made from
+        (keytrail/shared_events.py): every reader counts the call once."""
+        stream = JsonStream(self._text(), decoder=_DECODER, max_value=MAX_VALUE_CHARS)
+        path = self.path
+        try:
+            yield from self._document(stream)
+        except JsonSyntaxError as exc:
+            raise LogFileProblem(f"{path}: line {exc.line}: not valid JSON ({exc.msg})") from None
+        except ValueTooLarge as exc:
+            raise LogFileProblem(f"{path}: line {exc.line}: a JSON value larger than {MAX_VALUE_CHARS >> 20} MiB"
+                                 f"{' once decompressed' if self._gzipped else ''}: no CloudTrail log file "
+                                 "holds one") from None
+        except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
+            raise LogFileProblem(f"{path}: {_line_of(stream, 'depth')}not valid JSON (nested too deeply)") from None
+        # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LogFileProblem(f"{path}: cannot read: {exc}") from None
+        except _NotJson as exc:
+            where = _line_of(stream, "unexpected character", "no digit after sign")  # NaN, Infinity; -Infinity
+            raise LogFileProblem(f"{path}: {where}not valid JSON ({exc})") from None
+        except LogFileProblem:
+            raise
+        except ValueError:  # int() refuses an integer of more than 4,300 digits (CVE-2020-10735)
+            raise LogFileProblem(f"{path}: {_line_of(stream, 'number')}not valid JSON "
+                                 "(an integer of more than 4,300 digits)") from None
+
+    def _document(self, stream: JsonStream) -> Iterator[Any]:
+        """The items of its "Records" array as they come; the other members are read whole (a
+        digest file's, lookup-events output's "Events")."""
+        if not stream.begin_object():
+            stream.value()  # JSON that is no object: its syntax errors said as such
+            stream.end()
+            raise LogFileProblem(f"{self.path}: line 1: {_NO_RECORDS}")
+        others: dict[str, Any] = {}
+        streamed = False
+        while (key := stream.next_key()) is not None:
+            if key == "Records" and not streamed and stream.begin_array():
+                streamed = True
+                yield from _records(stream)
+            else:
+                with collector_paused():
+                    others[key] = stream.value()
+        stream.end()
+        if streamed:
+            return
+        if is_digest(others):
+            self.is_digest = True
+        elif is_lookup_output(others):
+            yield from (_lookup_record(event) for event in others["Events"])
+        else:
+            raise LogFileProblem(f"{self.path}: line 1: {_NO_RECORDS}")
+
+    def _text(self) -> Iterator[str]:
+        """Its text, a piece at a time: gunzipped when it starts as gzip does, without the byte
+        order mark an editor or PowerShell (`Out-File -Encoding utf8`) puts first (RFC 8259 §8.1
+        lets a parser pass it over, Python's json refuses the whole file for it). Opened without
+        blocking: a FIFO named as a log file would wait for a writer forever, and a device
+        (/dev/zero) would never end."""
+        with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise LogFileProblem(f"{self.path}: not a regular file")
+            self._gzipped = file.peek(2)[:2] == b"\x1f\x8b"
+            reader = gzip.GzipFile(fileobj=file) if self._gzipped else file
+            decoder = _Utf8(self.path)
+            while data := reader.read(_READ_CHUNK):
+                yield decoder.decode(data)
+            yield decoder.decode(b"", final=True)
+
+
+_NO_RECORDS = 'not a CloudTrail log file (no "Records" array)'
+
+
+def _records(stream: JsonStream) -> Iterator[Any]:
+    """The items of the "Records" array `stream` entered, parsed _PARSED_TOGETHER at a time with
+    the collector paused (collector_paused); what stops the parse is raised after the items
+    parsed before it."""
+    more = True
+    while more:
+        batch: list[Any] = []
+        failure: Exception | None = None
         with collector_paused():
-            document = json.loads(text, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise LogFileProblem(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
-        raise LogFileProblem(f"{path}: {_line_of(text, 'depth')}not valid JSON (nested too deeply)") from None
-    # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
-    except (OSError, EOFError, zlib.error) as exc:
-        raise LogFileProblem(f"{path}: cannot read: {exc}") from None
-    except _NotJson as exc:
-        where = _line_of(text, "unexpected character", "no digit after sign")  # NaN, Infinity; -Infinity
-        raise LogFileProblem(f"{path}: {where}not valid JSON ({exc})") from None
-    except LogFileProblem:
-        raise
-    except ValueError:  # int() refuses an integer of more than 4,300 digits (CVE-2020-10735)
-        raise LogFileProblem(f"{path}: {_line_of(text, 'number')}not valid JSON "
-                             "(an integer of more than 4,300 digits)") from None
-    if is_digest(document):
-        return None
-    records = document.get("Records") if isinstance(document, dict) else None
-    if records is None and is_lookup_output(document):
-        records = [_lookup_record(event) for event in document["Events"]]
-    if not isinstance(records, list):
-        raise LogFileProblem(f"{path}: line 1: not a CloudTrail log file (no \"Records\" array)")
-    return [as_caller_copy(record) if isinstance(record, dict) else record for record in records]
+            try:
+                more = stream.add_items(batch, _PARSED_TOGETHER)
+            except Exception as exc:
+                failure = exc
+        yield from (as_caller_copy(record) if isinstance(record, dict) else record for record in batch)
+        if failure is not None:
+            raise failure
+
+
+#: Records parsed with the collector paused, before they are handed on: few enough to hold (≈0.5
+#: MB), enough to make the pause's cost per record vanish.
+_PARSED_TOGETHER = 512
 
 
 def is_lookup_output(document: Any) -> bool:
@@ -141,11 +226,11 @@ def _lookup_record(event: dict[str, Any]) -> Any:
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused (when on) while a document is parsed: the parse
-    builds a tree, with no cycle to find, yet its hundreds of thousands of new containers set
-    the collector off again and again, each pass walking what is built so far (a third of the
-    time to parse a file of 50,000 records). Left as it was found, so a caller that paused it
-    keeps it paused."""
+    """Python's cyclic garbage collector paused (when on) while records are parsed: the parse
+    builds trees, with no cycle to find, yet their many new containers set the collector off
+    again and again, each pass walking what is built so far (a third of the time to parse a file
+    of 50,000 records whole, a quarter a batch at a time). Left as it was found, so a caller that
+    paused it keeps it paused."""
     if not gc.isenabled():
         yield
         return
@@ -166,26 +251,44 @@ def _no_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value")
 
 
-def _utf8(path: Path, data: bytearray) -> str:
-    """The text of a log file (JSON is UTF-8, RFC 8259), without the byte order mark an editor or
-    PowerShell (`Out-File -Encoding utf8`) puts first: RFC 8259 §8.1 lets a parser pass it over,
-    and Python's json refuses the whole file for it; LogFileProblem naming the line and byte
-    position of the first byte that is not UTF-8."""
-    if (wide := _wide_encoding(data)) is not None:
-        raise LogFileProblem(f"{path}: {wide} text, not UTF-8 (as Windows PowerShell's > and Out-File write it): "
-                             "convert it to UTF-8")
-    try:
-        return data.decode("utf-8").removeprefix(_BOM)
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise LogFileProblem(f"{path}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at position "
-                             f"{exc.start}: {exc.reason})") from None
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+class _Utf8:
+    """A log file's bytes as text (JSON is UTF-8, RFC 8259), a piece at a time; LogFileProblem
+    naming the line and byte position of the first byte that is not UTF-8, or the UTF-16 or
+    UTF-32 the file is in."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._bytes = 0  # given so far
+        self._lines = 0  # newlines among them
+        self._first = True
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        if self._first and (wide := _wide_encoding(data)) is not None:
+            raise LogFileProblem(f"{self._path}: {wide} text, not UTF-8 (as Windows PowerShell's > and Out-File "
+                                 "write it): convert it to UTF-8")
+        held = len(self._decoder.getstate()[0])  # the start of a character the last piece cut
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            line = self._lines + exc.object.count(b"\n", 0, exc.start) + 1
+            raise LogFileProblem(f"{self._path}: line {line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
+                                 f"position {self._bytes - held + exc.start}: {exc.reason})") from None
+        self._bytes += len(data)
+        self._lines += data.count(b"\n")
+        if self._first and (text or final):
+            self._first = False
+            text = text.removeprefix(_BOM)
+        return text
 
 
 _BOM = "\ufeff"
 
 
-def _wide_encoding(data: bytearray) -> str | None:
+def _wide_encoding(data: bytes) -> str | None:
     """The UTF-16 or UTF-32 encoding the first bytes are in (its BOM, or a JSON text's NULs, as RFC
     4627 §3 tells them), else None: named, rather than reported as a 0xff that is no UTF-8 or a NUL
     that is no JSON."""
@@ -193,34 +296,17 @@ def _wide_encoding(data: bytearray) -> str | None:
     return encoding.upper() if encoding.startswith(("utf-16", "utf-32")) else None
 
 
-def _line_of(text: str, *complaints: str) -> str:
-    """`line N: ` for where a document holds what json cannot parse: orjson names the line when
-    its complaint is of that kind (one of `complaints` in it: it stops at 1,024 levels, at numbers
-    past a double's range, at NaN); else nothing (json's recursion limit may come a little earlier,
-    and a complaint of another kind is about another place)."""
+def _line_of(stream: JsonStream, *complaints: str) -> str:
+    """`line N: ` for where the value `stream` was reading holds what json cannot parse: orjson
+    names the line when its complaint is of that kind (one of `complaints` in it: it stops at
+    1,024 levels, at numbers past a double's range, at NaN); else nothing (json's recursion limit
+    may come a little earlier, and a complaint of another kind is about another place)."""
+    first_line, text = stream.value_text()
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return f"line {exc.lineno}: " if any(c in exc.msg for c in complaints) else ""
+        return f"line {first_line + exc.lineno - 1}: " if any(c in exc.msg for c in complaints) else ""
     return ""
-
-
-def _read_bounded(path: Path) -> bytearray:
-    """The bytes of a regular file, gunzipped when it starts as gzip does, at most
-    MAX_LOG_FILE_BYTES of them, read a chunk at a time. Opened without blocking: a FIFO named as
-    a log file would wait for a writer forever, and a device (/dev/zero) would never end."""
-    data = bytearray()
-    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise LogFileProblem(f"{path}: not a regular file")
-        gzipped = file.peek(2)[:2] == b"\x1f\x8b"
-        reader = gzip.GzipFile(fileobj=file) if gzipped else file
-        while chunk := reader.read(_READ_CHUNK):
-            data += chunk
-            if len(data) > MAX_LOG_FILE_BYTES:
-                raise LogFileProblem(f"{path}: larger than {MAX_LOG_FILE_BYTES >> 20} MiB"
-                                     f"{' once decompressed' if gzipped else ''}: no CloudTrail log file is")
-    return data
 
 
 _READ_CHUNK = 1 << 20
@@ -246,25 +332,25 @@ def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | No
             on_problem(text)
 
     for path in iter_log_files(paths, problem):
+        log_file = LogFile(path)
         try:
-            records = read_log_file(path)
-        except LogFileProblem as exc:
+            yield from readable_records(path, log_file.records(), report, problem)
+        except LogFileProblem as exc:  # its records before the problem were read
             problem(str(exc))
             continue
-        if records is None:
+        if log_file.is_digest:
             report.digests += 1
-            continue
-        report.files += 1
-        yield from readable_records(path, records, report, problem)
+        else:
+            report.files += 1
 
 
-def readable_records(path: Path, records: list[Any], report: ReadReport,
+def readable_records(path: Path, records: Iterable[Any], report: ReadReport,
                      problem: Callable[[str], None]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The readable KMS records of one file's `records` (read_log_file), normalized, with where
+    """The readable KMS records of one file's `records` (LogFile.records), normalized, with where
     each is; other services' counted in `report.skipped`, the rest said to `problem`
     (`<file>: record <index> (eventID <id>): <why>`)."""
-    for start in range(0, len(records), _CHECKED_TOGETHER):
-        chunk = records[start:start + _CHECKED_TOGETHER]
+    start = 0
+    for chunk in _chunks(iter(records)):
         storable = storable_together(chunk)  # else record_problem tests each record on its own
         for index, record in enumerate(chunk, start):
             where = f"{path}: record {index}"
@@ -277,6 +363,25 @@ def readable_records(path: Path, records: list[Any], report: ReadReport,
             else:
                 report.records += 1
                 yield where, record
+        start += len(chunk)
+
+
+def _chunks(records: Iterator[Any]) -> Iterator[list[Any]]:
+    """`records` _CHECKED_TOGETHER at a time; what reading them raises is raised after the chunk
+    of those read before it (the records before a file's damaged part are read)."""
+    chunk: list[Any] = []
+    try:
+        for record in records:
+            chunk.append(record)
+            if len(chunk) == _CHECKED_TOGETHER:
+                yield chunk
+                chunk = []
+    except Exception:
+        if chunk:
+            yield chunk
+        raise
+    if chunk:
+        yield chunk
 
 
 #: Records whose storability one orjson.dumps tests (storable_together): enough to make its cost

@@ -284,15 +284,48 @@ async def test_an_import_asked_to_stop_between_files_reads_no_more_files(tmp_pat
 def test_a_gzip_bomb_is_reported_at_a_bounded_size_not_read_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cloudtrail_logs, "MAX_LOG_FILE_BYTES", 1 << 20)
-    bomb = tmp_path / "bomb.json.gz"  # 8 MiB of blanks inside a valid document, a few KB on disk
-    bomb.write_bytes(gzip.compress(b'{"Records": [' + b" " * (8 << 20) + b"]}"))
+    monkeypatch.setattr(cloudtrail_logs, "MAX_VALUE_CHARS", 1 << 20)
+    bomb = tmp_path / "bomb.json.gz"  # a record holding one string of 8 MiB, a few KB on disk
+    bomb.write_bytes(gzip.compress(b'{"Records": [\n{"userAgent": "' + b"a" * (8 << 20) + b'"}]}'))
     big = tmp_path / "big.json"
-    big.write_bytes(b'{"Records": [' + b" " * (2 << 20) + b"]}")
+    big.write_bytes(b'{"Records": [\n{"userAgent": "' + b"a" * (2 << 20) + b'"}]}')
+    blanks = tmp_path / "blanks.json.gz"  # long, but no value in it is: read a piece at a time
+    blanks.write_bytes(gzip.compress(b'{"Records": ' + b" " * (8 << 20) + json.dumps(_kms_examples()).encode() + b"}"))
     report = ReadReport()
-    assert list(iter_cloudtrail_records([bomb, big, EXAMPLES], report=report)) == _kms_examples()
-    assert report.problems == [f"{bomb}: larger than 1 MiB once decompressed: no CloudTrail log file is",
-                               f"{big}: larger than 1 MiB: no CloudTrail log file is"]
+    assert list(iter_cloudtrail_records([bomb, big, blanks], report=report)) == _kms_examples()
+    assert report.problems == [
+        f"{bomb}: line 2: a JSON value larger than 1 MiB once decompressed: no CloudTrail log file holds one",
+        f"{big}: line 2: a JSON value larger than 1 MiB: no CloudTrail log file holds one"]
+
+
+def test_the_records_before_a_damaged_part_of_a_file_are_read_and_the_damage_named(tmp_path: Path) -> None:
+    # A file cut short (a download or sync interrupted) or damaged further on: it was refused whole.
+    kms = _kms_examples()
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(gzip.compress(("{\"Records\": [\n" + ",\n".join(json.dumps(r) for r in kms)).encode()[:-40]))
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"Records": [\n' + json.dumps(kms[0]) + ",\n" + json.dumps(kms[1]) + ",\n oops]}")
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([cut, damaged, EXAMPLES], report=report)) == kms[:-1] + kms[:2] + kms
+    assert report.problems == [f"{cut}: line {len(kms) + 1}: not valid JSON (Unterminated string starting at)",
+                               f"{damaged}: line 4: not valid JSON (Expecting value)"]
+    assert report.files == 1  # read to its end: EXAMPLES alone
+
+
+def test_a_log_file_is_read_as_its_records_are_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading holds a piece of the text and a batch of records, not the file: what is written
+    over the file's tail after its first records were read is what the reader then reads."""
+    monkeypatch.setattr(cloudtrail_logs, "_READ_CHUNK", 256)
+    monkeypatch.setattr(cloudtrail_logs, "_PARSED_TOGETHER", 2)
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps({"Records": _kms_examples()}, indent=1))
+    records = cloudtrail_logs.LogFile(path).records()
+    assert next(records)["eventID"] == _kms_examples()[0]["eventID"]
+    with path.open("r+b") as file:
+        file.seek(-100, os.SEEK_END)
+        file.write(b"!" * 100)
+    with pytest.raises(cloudtrail_logs.LogFileProblem, match="not valid JSON"):
+        list(records)
 
 
 def test_a_fifo_or_a_device_named_as_a_log_file_is_reported_not_waited_on(tmp_path: Path) -> None:
@@ -459,20 +492,23 @@ async def test_a_cross_account_call_exports_to_both_accounts_and_reads_back_once
     assert sorted(read) == sorted([e["eventID"] for _, e in iter_events(source)] + [event_id])  # one call twice
 
 
-def test_the_collector_is_paused_while_a_file_is_parsed_and_left_as_found(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parse of a file builds a tree with no cycle: the collector is off during it (it would
-    walk the containers built so far again and again), then as it was, even after a bad file."""
+def test_the_collector_is_paused_while_records_are_parsed_and_left_as_found(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing records builds trees with no cycle: the collector is off during it (it would walk
+    the containers built so far again and again), then as it was, even after a bad file."""
     enabled_while_parsing: list[bool] = []
-    loads, examples = json.loads, _kms_examples()
+    decoder, examples = cloudtrail_logs._DECODER, _kms_examples()
+    scan = decoder.scan_once
 
-    def spied(text: str, **options: object) -> object:
-        enabled_while_parsing.append(gc.isenabled())
-        return loads(text, **options)  # type: ignore[arg-type]
+    def spied(text: str, index: int) -> object:
+        parsed = scan(text, index)
+        if not isinstance(parsed[0], str):  # a record, or records (not a key of the document)
+            enabled_while_parsing.append(gc.isenabled())
+        return parsed
 
     (tmp_path / "good.json").write_text(json.dumps({"Records": examples}))
-    (tmp_path / "bad.json").write_text('{"Records": [NaN]}')
-    monkeypatch.setattr(json, "loads", spied)  # the module cloudtrail_logs parses with
+    (tmp_path / "bad.json").write_text('{"Records": [{}, NaN]}')
+    monkeypatch.setattr(decoder, "scan_once", spied)
     try:
         assert cloudtrail_logs.read_log_file(tmp_path / "good.json") == examples
         with pytest.raises(cloudtrail_logs.LogFileProblem):
@@ -483,4 +519,4 @@ def test_the_collector_is_paused_while_a_file_is_parsed_and_left_as_found(tmp_pa
         assert not gc.isenabled()
     finally:
         gc.enable()
-    assert enabled_while_parsing == [False, False, False]
+    assert enabled_while_parsing and not any(enabled_while_parsing)

@@ -444,3 +444,26 @@ async def test_a_damaged_batch_says_one_warning_and_no_panic_text_and_counts_exa
     warnings = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
     assert warnings == ["p0: skipped 5 audit values that cannot be decoded (offsets 0, 321, 500, 998, 999)"]
     assert "panicked" not in capfd.readouterr().err
+
+
+async def test_the_records_before_a_damaged_part_of_a_log_file_count_once_however_often_it_is_read(
+    tmp_path: Path, events: list[dict[str, Any]]
+) -> None:
+    """A file cut short (a sync interrupted) was refused whole; its records before the cut are
+    now counted, and the file, never listed as read, counts none of them again at the next run."""
+    from keytrail.pipeline.sources import CloudTrailFilesSource
+
+    unique = list({e["eventID"]: e for e in events}.values())[:600]
+    [path] = _log_files(tmp_path / "logs", unique, 600)
+    text = path.read_text()
+    path.write_text(text[: text.index(unique[500]["eventID"])])  # cut inside record 500
+    states, problems = state_dir(tmp_path), []
+
+    def source() -> CloudTrailFilesSource:
+        return CloudTrailFilesSource([path], states, max_records=250, on_problem=problems.append)
+
+    first = await Runner(states, source()).run()
+    again = await Runner(states, source()).run()
+    assert (first.records, again.records, again.duplicates) == (500, 500, 500)
+    assert problems == [f"{path}: line 1: not valid JSON (Unterminated string starting at)"] * 2
+    _assert_usage(tmp_path, unique[:500])

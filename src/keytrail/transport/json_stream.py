@@ -1,0 +1,255 @@
+"""One JSON document read a piece of text at a time: the members of its top-level object parsed one
+by one, and the items of an array among them one by one as their text arrives, so that a document
+of any length is read holding one value (and one piece of text) at a time.
+
+Each value is parsed by Python's json (`JSONDecoder.raw_decode`, its C scanner), so values, numbers
+and error messages are json's own; a syntax error names its line in the whole document.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["END", "JsonStream", "JsonSyntaxError", "ValueTooLarge"]
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_ITEM_SEPARATOR = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
+#: How near the end of the text read so far json may stop on a value the next piece completes
+#: (`tru`, `-Inf`, `1e`, a cut \u escape): its complaint there may be the cut, not the document.
+_CUT_MARGIN = 16
+
+
+class JsonSyntaxError(ValueError):
+    """Text that is not JSON: `msg` as Python's json words it, at `line` (1-based) of the document."""
+
+    def __init__(self, msg: str, line: int) -> None:
+        super().__init__(f"line {line}: {msg}")
+        self.msg, self.line = msg, line
+
+
+class ValueTooLarge(ValueError):
+    """A single value (from `line` on) longer than the stream may hold at once."""
+
+    def __init__(self, line: int, limit: int) -> None:
+        super().__init__(f"line {line}: a value longer than {limit} characters")
+        self.line, self.limit = line, limit
+
+
+class _End:
+    """What `next_item` returns at its array's end."""
+
+
+END = _End()
+
+
+class JsonStream:
+    """The document of `pieces` (its text, in order), read with methods that follow its shape:
+    `begin_object`, then `next_key` and either `value` or `begin_array` and `next_item` per member,
+    then `end`. At most `max_value` characters of one value are held at once (ValueTooLarge)."""
+
+    def __init__(self, pieces: Iterator[str], *, decoder: json.JSONDecoder, max_value: int) -> None:
+        self._pieces = pieces
+        self._decoder = decoder
+        # The C scanner raw_decode calls (not typed in typeshed): items are parsed through it direct.
+        self._scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+        self._max_value = max_value
+        self._text = ""
+        self._pos = 0  # where reading goes on in _text
+        self._kept_from = 0  # what of _text is still needed: the value being read, from here
+        self._lines_dropped = 0  # newlines in the text dropped before _text
+        self._ended = False
+        self._members_seen = False  # in the object entered: a ',' is due before the next key
+        self._items_seen = False  # likewise in the array entered
+
+    def begin_object(self) -> bool:
+        """Enter the top-level object; False (nothing consumed) when the document is another value."""
+        return self._take("{")
+
+    def next_key(self) -> str | None:
+        """The next member's key in the object entered (its ':' consumed); None at its end."""
+        if self._take("}"):
+            return None
+        if self._members_seen and not self._take(","):
+            raise self._syntax("Expecting ',' delimiter")
+        if self._peek() != '"':
+            raise self._syntax("Expecting property name enclosed in double quotes")
+        key = self.value()
+        if not self._take(":"):
+            raise self._syntax("Expecting ':' delimiter")
+        self._members_seen = True
+        return str(key)
+
+    def begin_array(self) -> bool:
+        """Enter the member's value when it is an array; False (nothing consumed) when it is not."""
+        entered = self._take("[")
+        self._items_seen = False
+        return entered
+
+    def next_item(self) -> Any:
+        """The next item of the array entered, parsed; END after its last."""
+        if self._take("]"):
+            return END
+        if self._items_seen and not self._take(","):
+            raise self._syntax("Expecting ',' delimiter")
+        self._items_seen = True
+        return self.value()
+
+    def add_items(self, items: list[Any], up_to: int) -> bool:
+        """Add the next items of the array entered to `items` until it holds `up_to`; False once the
+        array has ended. Those the text read so far holds whole are parsed one after the other
+        (what json's scanner cannot take there is left to next_item, which says why or reads
+        more). What stops the parse is raised with the items before it added."""
+        while len(items) < up_to:
+            if self._items_seen:
+                self._parse_held(items, up_to)
+                if len(items) >= up_to:
+                    break
+            if (item := self.next_item()) is END:
+                return False
+            items.append(item)
+        return True
+
+    def _parse_held(self, items: list[Any], limit: int) -> None:
+        text, pos, scan = self._text, self._pos, self._scan
+        if (separator := _ITEM_SEPARATOR.match(text, pos)) is not None and (
+                parsed := _items_before_last_boundary(text, separator.end(), scan)) is not None:
+            items += parsed[0]
+            pos = parsed[1]
+        while len(items) < limit and (separator := _ITEM_SEPARATOR.match(text, pos)) is not None:
+            try:
+                item, end = scan(text, separator.end())
+            except Exception:  # the end of the text read, or an error: next_item tells which
+                break
+            if _number_cut(text, end):
+                break
+            items.append(item)
+            pos = end
+        self._pos = pos
+
+    def value(self) -> Any:
+        """The next value, whole; json's errors (a syntax error as JsonSyntaxError) as it raises them."""
+        self._peek()
+        self._kept_from = self._pos
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._text, self._pos)
+            except json.JSONDecodeError as exc:
+                if self._ended or not self._maybe_cut(exc):
+                    raise self._syntax(exc.msg, exc.pos) from None
+                self._read_more()
+                continue
+            if self._ended or not _number_cut(self._text, end):
+                self._pos = end
+                return value
+            self._read_more()
+
+    def end(self) -> None:
+        """Nothing but whitespace after the document (json's "Extra data" otherwise)."""
+        if self._peek() != "":
+            raise self._syntax("Extra data")
+
+    def value_text(self) -> tuple[int, str]:
+        """The line the value being read begins on, and its text as far as it was read (what a
+        caller looks into for where json's other errors, NaN or a nesting too deep, are)."""
+        return self._line(self._kept_from), self._text[self._kept_from:]
+
+    def _take(self, char: str) -> bool:
+        if self._peek() != char:
+            return False
+        self._pos += 1
+        return True
+
+    def _peek(self) -> str:
+        """The next character that is no whitespace ("" at the end), whitespace passed over."""
+        while True:
+            self._pos = _after_whitespace(self._text, self._pos)
+            if self._pos < len(self._text) or self._ended:
+                return self._text[self._pos:self._pos + 1]
+            self._kept_from = self._pos
+            self._read_more()
+
+    def _maybe_cut(self, exc: json.JSONDecodeError) -> bool:
+        """Whether json stopped where the text read so far ends, so more of it may complete the value
+        (a string json finds no end of is always one it read to the end)."""
+        return exc.msg.startswith("Unterminated string") or exc.pos >= len(self._text) - _CUT_MARGIN
+
+    def _read_more(self) -> None:
+        """Drop what is read and done with; add at least as much text as the value holds so far
+        (so a long value is parsed again a few times, not once per piece), or mark the end."""
+        self._drop_done()
+        if len(self._text) > self._max_value:
+            raise ValueTooLarge(self._line(0), self._max_value)
+        pieces, added = [self._text], 0
+        while added < max(len(self._text), 1):
+            piece = next(self._pieces, None)
+            if piece is None:
+                self._ended = True
+                break
+            pieces.append(piece)
+            added += len(piece)
+        self._text = "".join(pieces)  # once: a long value is not copied again for each piece
+
+    def _drop_done(self) -> None:
+        drop = self._kept_from
+        if drop:
+            self._lines_dropped += self._text.count("\n", 0, drop)
+            self._text = self._text[drop:]
+            self._pos -= drop
+            self._kept_from = 0
+
+    def _line(self, pos: int) -> int:
+        return self._lines_dropped + self._text.count("\n", 0, pos) + 1
+
+    def _syntax(self, msg: str, pos: int | None = None) -> JsonSyntaxError:
+        return JsonSyntaxError(msg, self._line(self._pos if pos is None else pos))
+
+
+def _last_boundary(text: str, start: int) -> int:
+    """Just after the last `}` from `start` that a `,` and a `{` follow (blanks between them), looked
+    for in the last _BOUNDARY_WINDOW characters first; -1 when there is none."""
+    for window in dict.fromkeys((max(start, len(text) - _BOUNDARY_WINDOW), start)):
+        last = collections.deque(_BOUNDARY.finditer(text, window), maxlen=1)
+        if last:
+            return last[0].start() + 1
+    return -1
+
+
+_BOUNDARY = re.compile(r"\}[ \t\n\r]*,[ \t\n\r]*\{")
+_BOUNDARY_WINDOW = 1 << 16
+
+
+def _items_before_last_boundary(text: str, start: int,
+                                scan: Callable[[str, int], tuple[Any, int]]) -> tuple[list[Any], int] | None:
+    """The items from `start` (where one begins) to the last `},{` of `text` (_last_boundary), and where
+    they end, parsed as one array: a third faster than one by one, and the names of their members
+    shared (json's scanner keeps one copy of each name per call). None when that `}` is not where
+    an item ends (it ends an object inside one; the array then does not parse), or on any error:
+    the items are then parsed one by one. Sound: json is read left to right, so when `[` + the
+    text up to the `}` + `]` parses whole as one array, that `}` ends an item of the document too."""
+    cut = _last_boundary(text, start)
+    if cut <= start:
+        return None
+    candidate = "[" + text[start:cut] + "]"
+    try:
+        items, end = scan(candidate, 0)
+    except Exception:
+        return None
+    return (items, cut) if end == len(candidate) else None  # else its "]" closed the array early
+
+
+def _number_cut(text: str, end: int) -> bool:
+    """Whether the value json parsed up to `end` is a number the next piece may go on (`1` of
+    `12`, `1.` of `1.5`, `1e` of `1e5`): all the text after it could begin its rest."""
+    return text[end - 1] in "0123456789" and text[end:] in _NUMBER_RESTS
+
+
+_NUMBER_RESTS = frozenset({"", ".", "e", "E", "e+", "e-", "E+", "E-"})
+
+
+def _after_whitespace(text: str, pos: int) -> int:
+    blanks = _WHITESPACE.match(text, pos)
+    return pos if blanks is None else blanks.end()

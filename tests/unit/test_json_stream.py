@@ -1,0 +1,193 @@
+"""transport/json_stream: a document read a piece at a time reads as json reads it whole."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keytrail.transport.json_stream import END, JsonStream, JsonSyntaxError, ValueTooLarge
+
+DOCUMENT = ('{"Records": [\n {"a": 1, "b": [true, false, null], "c": "caf\\u00e9 \\"x\\""},\n 12345,\n -1.5e3,\n'
+            ' "text", [], {},\n 7\n], "other": {"n": -0.25}, "tail": "\\ud83d\\ude00"}\n')
+
+
+# As AWS writes them (no blanks), with `},{` and `}, {` inside items too (a list of objects, strings).
+COMPACT = ('{"Records":[{"r":[{"a":1},{"b":2}]},{"n":{"x":{}}},{"s":"},{"},{"t":"}, {\\"q\\": 1"},'
+           '{"r":[{"a":1}, {"b":2}]},3,{"e":[]}],"other":[{"a":1},{"b":2}]}')
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    return (text[start:start + size] for start in range(0, len(text), size))
+
+
+def _read(stream: JsonStream, batch: int = 3) -> tuple[list[Any], dict[str, Any]]:
+    """The items of "Records" (add_items, next_item) and the other members (value)."""
+    items: list[Any] = []
+    others: dict[str, Any] = {}
+    assert stream.begin_object()
+    while (key := stream.next_key()) is not None:
+        if key == "Records" and stream.begin_array():
+            while stream.add_items(items, len(items) + batch):
+                pass
+        else:
+            others[key] = stream.value()
+    stream.end()
+    return items, others
+
+
+def _stream(text: str, size: int, max_value: int = 1 << 20) -> JsonStream:
+    return JsonStream(_pieces(text, size), decoder=json.JSONDecoder(), max_value=max_value)
+
+
+@pytest.mark.parametrize("document", [DOCUMENT, COMPACT])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 16, 40, 64, 10_000])
+def test_a_document_cut_anywhere_reads_as_json_reads_it_whole(document: str, size: int) -> None:
+    whole = json.loads(document)
+    items, others = _read(_stream(document, size))
+    assert items == whole.pop("Records")
+    assert others == whole
+
+
+@pytest.mark.parametrize("document", [DOCUMENT, COMPACT, '{"Records": [1.5e3, -2.5, 10, 1E+2, 0], "z": -0.25}'])
+def test_a_document_in_two_pieces_cut_anywhere_reads_as_json_reads_it_whole(document: str) -> None:
+    """Each place between two characters ends the text read once: a number there (`1.` of `1.5`,
+    `1e` of `1e3`) goes on in the next piece."""
+    whole = json.loads(document)
+    for at in range(len(document) + 1):
+        stream = JsonStream(iter([document[:at], document[at:]]), decoder=json.JSONDecoder(), max_value=1 << 20)
+        assert _read(stream) == (whole["Records"], {k: v for k, v in whole.items() if k != "Records"}), at
+
+
+@pytest.mark.parametrize(("broken", "before"), [
+    ('{"Records": [1, 2,\n oops]}', [1, 2]),
+    ('{"Records": [1, 2\n 3]}', [1, 2]),
+    ('{"Records": [1, 2,]}', [1, 2]),
+    ('{"Records": [1, {"a"\n: 1,}]}', [1]),
+    ('{"Records": [1, "cut', [1]),
+    ('{"Records": [1, 2]\n "x": 1}', [1, 2]),
+    ('{"Records": [1]}\n\n x', [1]),
+    ('{"Records": [1], "x": tru}', [1]),
+    ('{"Records": [1], \n"x": 1.}', [1]),
+    ('{"Records": [1, -]}', [1]),
+    ('{"Records": [1, "\\uZZZZ"]}', [1]),
+    ('{"Records": [1, "a\tb"]}', [1]),
+    ('{,"Records": []}', []),
+    ('{"Records" [1]}', []),
+    ('', []),
+])
+@pytest.mark.parametrize("size", [1, 4, 10_000])
+def test_a_syntax_error_is_json_s_at_its_line_after_the_items_before_it(broken: str, before: list[int],
+                                                                       size: int) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(broken)
+    items: list[Any] = []
+    stream = _stream(broken, size)
+    with pytest.raises(JsonSyntaxError) as raised:
+        if not stream.begin_object():
+            stream.value()  # the empty document
+        while stream.next_key() is not None:
+            if stream.begin_array():
+                while stream.add_items(items, len(items) + 1):
+                    pass
+            else:
+                stream.value()
+        stream.end()
+    assert (raised.value.msg, raised.value.line) == (expected.value.msg, expected.value.lineno)
+    assert items == before
+
+
+def test_items_are_parsed_as_the_text_arrives() -> None:
+    """What follows the items asked for is not read: a reader holds a piece, not the document."""
+    def pieces() -> Iterator[str]:
+        yield '{"Records": [{"n": 1}, {"n": 2}, '
+        yield '{"n": 3}, '
+        raise AssertionError("read past what was asked for")
+
+    stream = JsonStream(pieces(), decoder=json.JSONDecoder(), max_value=1 << 20)
+    assert stream.begin_object() and stream.next_key() == "Records" and stream.begin_array()
+    items: list[Any] = []
+    assert stream.add_items(items, 2)
+    assert items == [{"n": 1}, {"n": 2}]
+    assert stream.next_item() == {"n": 3}
+
+
+def test_a_value_longer_than_allowed_is_refused_at_its_line_not_held() -> None:
+    document = '{"Records": [1,\n "' + "x" * 5000 + '"]}'
+    stream = _stream(document, 64, max_value=1000)
+    assert stream.begin_object() and stream.next_key() == "Records" and stream.begin_array()
+    assert stream.next_item() == 1
+    with pytest.raises(ValueTooLarge) as raised:
+        stream.next_item()
+    assert raised.value.line == 2
+
+
+def test_the_end_of_an_array_and_of_the_document() -> None:
+    stream = _stream('{"Records": []}', 1)
+    assert stream.begin_object() and stream.next_key() == "Records" and stream.begin_array()
+    assert stream.next_item() is END
+    assert stream.next_key() is None
+    stream.end()
+    assert not _stream("[1]", 1).begin_object()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["},{", "}, {", '"}', "x", "é\n"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=st.lists(_JSON, max_size=6), other=_JSON, compact=st.booleans(), indent=st.sampled_from([None, 1]),
+       size=st.integers(1, 80), edit=st.tuples(st.integers(0, 10_000), st.sampled_from(["drop", "add", "cut", None]),
+                                                st.sampled_from(list('{}[],:" \n1e.-tx\\'))))
+def test_any_document_in_any_pieces_reads_as_json_reads_it_whole(records: list[Any], other: Any, compact: bool,
+                                                                  indent: int | None, size: int,
+                                                                  edit: tuple[int, str | None, str]) -> None:
+    """The items, the other members, or json's complaint and its line: alike, whether the text
+    is whole or damaged (a character dropped or added, the tail cut) and however it is cut."""
+    text = json.dumps({"Records": records, "z": other}, indent=indent, separators=(",", ":") if compact else None)
+    at, how, char = edit
+    at %= len(text)
+    text = {"drop": text[:at] + text[at + 1:], "add": text[:at] + char + text[at:], "cut": text[:at]}.get(how, text)
+    try:
+        whole, expected = json.loads(text), None
+    except json.JSONDecodeError as exc:
+        whole, expected = None, (exc.msg, exc.lineno)
+    stream = _stream(text, size)
+    try:
+        read = _read_any(stream)
+    except JsonSyntaxError as exc:
+        assert (exc.msg, exc.line) == expected
+        return
+    assert expected is None
+    if isinstance(read, tuple) and isinstance(whole, dict) and isinstance(whole.get("Records"), list):
+        items, others = read
+        assert items == whole.pop("Records") and others.keys() <= whole.keys() | {"Records"}
+    elif not isinstance(read, tuple):
+        assert read == whole
+
+
+def _read_any(stream: JsonStream) -> Any:
+    """As _read, for any document: the value itself when it is no object."""
+    if not stream.begin_object():
+        value = stream.value()
+        stream.end()
+        return value
+    items: list[Any] = []
+    others: dict[str, Any] = {}
+    while (key := stream.next_key()) is not None:
+        if key == "Records" and "Records" not in others and stream.begin_array():
+            others["Records"] = None
+            while stream.add_items(items, len(items) + 2):
+                pass
+        else:
+            others[key] = stream.value()
+    stream.end()
+    return items, others
