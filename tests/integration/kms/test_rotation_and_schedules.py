@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+from keytrail.clock import DEV_CLOCK_FILE
 from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 
@@ -183,3 +187,65 @@ def test_rotation_status_of_an_asymmetric_or_hmac_key_is_false(kms) -> None:
         assert status["KeyRotationEnabled"] is False and status["KeyId"] == arn, spec
         assert "RotationPeriodInDays" not in status and "NextRotationDate" not in status
         assert aws_error(kms.enable_key_rotation, KeyId=arn)[0] == "UnsupportedOperationException"
+
+
+def _rotations(kms: Any, key_id: str) -> list[datetime]:
+    return [r["RotationDate"] for r in kms.list_key_rotations(KeyId=key_id)["Rotations"]]
+
+
+def _near(moment: datetime, expected: datetime) -> bool:
+    return abs(moment - expected) < timedelta(seconds=1)
+
+
+def test_a_restarted_node_rotates_at_the_date_it_had_before_once(tmp_path: Path) -> None:
+    # serve stopped (SIGTERM) and killed (-9) before the due date: the next rotation stays at its
+    # date, neither rescheduled from the restart nor skipped; one restarted after it does not rotate again.
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client()
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+        due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+        server.advance(60 * DAY)
+        for restart in (server.stop, server.kill):
+            restart()
+            kms = server.start().client()
+            assert kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"] == due
+        until_due = (due - datetime.fromisoformat(server.advance(0))).total_seconds()
+        server.advance(until_due - 3600)
+        assert _rotations(kms, key_id) == []
+        server.advance(2 * 3600)
+        [rotated] = _rotations(kms, key_id)
+        assert _near(rotated, due)
+        next_due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+        assert _near(next_due, due + timedelta(days=90))
+        server.kill()
+        kms = server.start().client()
+        assert _rotations(kms, key_id) == [rotated]
+        assert kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"] == next_due
+    finally:
+        if server.proc is not None:
+            server.stop()
+
+
+def test_a_rotation_that_fell_due_while_the_node_was_down_happens_once_when_it_runs_dated_when_due(
+    tmp_path: Path,
+) -> None:
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client()
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+        due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+        server.stop()
+        # 100 days pass while it is down (the dev clock's lead is what a restart resumes from).
+        record = server.data_dir / DEV_CLOCK_FILE
+        ahead = json.loads(record.read_text())["aheadSeconds"] if record.exists() else 0
+        record.write_text(json.dumps({"aheadSeconds": ahead + 100 * DAY}))
+        kms = server.start().client()
+        [rotated] = _rotations(kms, key_id)
+        assert _near(rotated, due)
+        assert _near(kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"], due + timedelta(days=90))
+    finally:
+        if server.proc is not None:
+            server.stop()
