@@ -222,3 +222,23 @@ def test_a_webhook_keeps_its_outbox_when_the_hooks_are_reordered_or_one_is_remov
     assert len(set(before.values())) == 2
     assert outboxes(second, first) == before
     assert outboxes(second) == {second["url"]: before[second["url"]]}
+
+
+def test_each_webhook_has_its_own_outbox_in_the_data_dir_whatever_its_url(tmp_path: Path) -> None:
+    """Outboxes are named by a digest of the whole URL: URLs that differ only in their query or
+    path, that hold what no file name may (/, .., \\, NUL escaped, blanks) or that run to 60,000
+    characters each get their own, a plain file of the data dir that can be made, found again by
+    the next start."""
+    import re
+
+    urls = ["https://h.example/alarms?token=1", "https://h.example/alarms?token=2", "https://h.example/alarms/",
+            "https://h.example/alarms", "https://h.example/../../etc/passwd", "https://h.example/a%2F..%2Fb?x=/..\\",
+            "https://h.example/a b/é?q=%00", "https://h.example/" + "a" * 60_000]
+    settings = {"hooks": {"webhook": [{"url": url, "secret": "s"} for url in urls]}}
+    paths = outbox_paths(tmp_path, HooksConfig.from_settings(settings))[1:]
+    assert len(set(paths)) == len(urls)
+    for path in paths:
+        assert path is not None and path.parent == tmp_path
+        assert re.fullmatch(r"alarm-outbox-webhook-[0-9a-f]{16}\.jsonl", path.name)
+        path.touch()
+    assert outbox_paths(tmp_path, HooksConfig.from_settings(settings))[1:] == paths  # the next start's
