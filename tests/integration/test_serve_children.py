@@ -104,6 +104,10 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     eventually(lambda: _alarms_total(server, "unauthorized-decrypt") >= 1, what="the detector child's alarm")
     alarms = (server.data_dir / "alarms.jsonl").read_text()
     assert '"rule":"unauthorized-decrypt"' in alarms.replace(" ", "") and ":user/bob" in alarms
+    assert aws_error(server.client("bob").decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
+    eventually(lambda: '"count":2' in (server.data_dir / "alarms.jsonl").read_text().replace(" ", ""),
+               what="the alarm's count at the detector child's next tick")
+    assert _alarms_total(server, "unauthorized-decrypt") == 1  # raised once; its update is no new alarm
     _, body = server.get("/metrics")
     assert 'keytrail_kms_requests_total{operation="Encrypt",outcome="success"} 1' in body.decode()
     caught_up = 'keytrail_pipeline_consumer_lag{partition="segment-log"} 0'

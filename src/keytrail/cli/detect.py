@@ -223,6 +223,7 @@ async def _run_live(
     bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
     metrics: socket.socket | None,
 ) -> None:
+    from keytrail.detect.alarm_tally import AlarmTally
     from keytrail.detect.runner import DetectorRunner
     from keytrail.detect.sources import kafka_values
 
@@ -230,12 +231,12 @@ async def _run_live(
     assert task is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
-    counts: Counter[tuple[str, str]] = Counter()  # from zero at each start, as Prometheus counters are
+    tally = AlarmTally()  # from zero at each start, as Prometheus counters are
     try:
         async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner, \
-                _serving_metrics(metrics, counts, rules, runner):
+                _serving_metrics(metrics, tally.counts, rules, runner):
             await runner.run(kafka_values(bootstrap), tick_every=tick_every,
-                             announce=lambda alarms: counts.update((a.rule, a.severity.value) for a in alarms))
+                             announce=tally.add_alarms)
     except asyncio.CancelledError:
         pass  # SIGTERM/SIGINT: leaving the block above delivered what was queued
 

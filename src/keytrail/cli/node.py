@@ -37,6 +37,7 @@ from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_loc
 from keytrail.cli.tail import detect_live
 from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
 from keytrail.config import ServeSettings
+from keytrail.detect.alarm_tally import AlarmTally
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.rules import DEFAULT_RULES
@@ -112,7 +113,7 @@ class Node:
     consumer: MetricsConsumer | None = None
     detector: DetectorRunner | None = None
     consumer_task: asyncio.Task[Any] | None = None
-    alarm_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    alarm_tally: AlarmTally = field(default_factory=AlarmTally)  # keytrail_alarms_total: raised or escalated
     denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
     # By REFUSAL_REASONS and REQUEST_REFUSAL_REASONS: the HTTP server's, and the app's 413 (its ApiSettings.refusals).
     http_refusals: Counter[str] = field(default_factory=Counter)
@@ -249,7 +250,7 @@ def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Ca
 async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
     """GET /metrics: the consumers' metrics, plus the key inventory, the alarms raised and health."""
     keys, health = await asyncio.gather(_key_inventory(node), _health(node))
-    alarms = render_alarm_counts(node.alarm_counts, DEFAULT_RULES if node.settings.detector else ())
+    alarms = render_alarm_counts(node.alarm_tally.counts, DEFAULT_RULES if node.settings.detector else ())
     if node.settings.detector and node.audit is not None:
         behind = node.audit.log.end_offset() - node.detector_judged
         alarms += render_detector_lag({SEGMENT_LOG_PARTITION: max(0, behind)})
@@ -460,7 +461,7 @@ def _start_consumers(node: Node) -> None:
         if node.settings.detector:
             _start_detector(node)
         return
-    node.children = [Child(spec) for spec in sidecars(node.settings, functools.partial(_count_alarm, node),
+    node.children = [Child(spec) for spec in sidecars(node.settings, node.alarm_tally.add,
                                                       functools.partial(_detector_judged, node))]
     for child in node.children:
         child.start()
@@ -504,11 +505,7 @@ async def _detector_catch_up(node: Node) -> None:
 
 
 def _count_alarms(node: Node, alarms: list[Alarm]) -> None:
-    node.alarm_counts.update((alarm.rule, alarm.severity.value) for alarm in alarms)
-
-
-def _count_alarm(node: Node, rule: str, severity: str) -> None:
-    node.alarm_counts[(rule, severity)] += 1
+    node.alarm_tally.add_alarms(alarms)
 
 
 def _detector_judged(node: Node, offset: int) -> None:

@@ -10,11 +10,11 @@ orphan. The detector first reads one line there, serve's --mqtt and --kafka as J
 in an MQTT URL on its command line was readable by every user of the machine. With no line
 within HOOKS_LINE_WAIT (a serve older than this keytrail started it), or hooks given as arguments
 (a serve older still), it exits 1 in one line instead of waiting for good. The detector
-writes each alarm it raises or escalates to stdout as one JSON line, which `serve` counts for
-/metrics, and, at most once each JUDGED_LINE_SECONDS while it moves, the offset of the event log
-it has judged up to (`{"judged": N}`), from which `serve` tells its lag. One child of each kind
-per data dir: each holds an exclusive lock,
-and a new one waits while the child of a previous `serve` is still finishing. The consumer also
+writes each alarm state it announces (raised, escalated, its count updated) to stdout as one
+JSON line, of which `serve` counts the raised and escalated ones for /metrics, and, at most once
+each JUDGED_LINE_SECONDS while it moves, the offset of the event log it has judged up to
+(`{"judged": N}`), from which `serve` tells its lag. One child of each kind per data dir: each
+holds an exclusive lock, and a new one waits while the child of a previous `serve` is still finishing. The consumer also
 keeps `consume --kafka` out of the data dir (pipeline/kafka_lock.py), and where one already counts
 there it exits 1 in one line without counting: Kafka carries the node's calls too.
 
@@ -49,6 +49,7 @@ from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
+from keytrail.detect.severity import Severity
 from keytrail.log_lines import log_to_stderr
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting, lock_for_life
@@ -75,9 +76,10 @@ HOOKS_LINE_WAIT = 5.0
 JUDGED_LINE_SECONDS = 1.0
 
 
-def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None],
+def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], None],
              on_judged: Callable[[int], None] = lambda offset: None) -> list[ChildSpec]:
-    """The children `serve` runs for `settings`; `on_alarm(rule, severity)` for each detector alarm,
+    """The children `serve` runs for `settings`; `on_alarm(alarmId, rule, severity)` for each alarm
+    state the detector announces,
     `on_judged(offset)` as the detector tells the event log's offset it has judged up to."""
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
@@ -90,14 +92,15 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str], None],
     return specs
 
 
-def _alarm_reader(on_alarm: Callable[[str, str], None], on_judged: Callable[[int], None]) -> Callable[[bytes], None]:
+def _alarm_reader(on_alarm: Callable[[str, str, Severity], None],
+                  on_judged: Callable[[int], None]) -> Callable[[bytes], None]:
     def on_line(line: bytes) -> None:
         try:
             message = json.loads(line)
             if isinstance(judged := message.get("judged"), int):
                 on_judged(judged)
                 return
-            on_alarm(message["rule"], message["severity"])
+            on_alarm(message["alarmId"], message["rule"], Severity(message["severity"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("detector child: unexpected output %r", line[:200])
 

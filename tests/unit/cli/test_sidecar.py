@@ -11,11 +11,13 @@ from pathlib import Path
 
 from keytrail.cli.sidecar import _first_line, detector_lock, hold_lock, sidecars
 from keytrail.config import ServeSettings
+from keytrail.detect.alarm_tally import AlarmTally
+from keytrail.detect.severity import Severity
 
 
 def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> None:
     settings = ServeSettings(data_dir=tmp_path, config=tmp_path / "k.toml", mqtt="mqtt://h:1883", kafka="k:9092")
-    consumer, detector = sidecars(settings, lambda rule, severity: None)
+    consumer, detector = sidecars(settings, lambda alarm_id, rule, severity: None)
     assert consumer.argv[-2:] == ("consumer", str(tmp_path)) and consumer.on_line is None
     for child in (consumer, detector):  # one polars thread each beside the server
         assert child.environment_defaults == {"POLARS_MAX_THREADS": "1"}
@@ -28,26 +30,34 @@ def test_no_detector_runs_the_consumer_child_only(tmp_path: Path) -> None:
     assert [spec.name for spec in sidecars(ServeSettings(data_dir=tmp_path, detector=False), print)] == ["consumer"]
 
 
-def test_detector_lines_are_counted_by_rule_and_severity(tmp_path: Path) -> None:
-    seen: list[tuple[str, str]] = []
-    [_, detector] = sidecars(ServeSettings(data_dir=tmp_path), lambda rule, severity: seen.append((rule, severity)))
+def _alarm_line(count: int, severity: str = "HIGH") -> bytes:
+    alarm = {"alarmId": "a-1", "rule": "unauthorized-decrypt", "severity": severity, "count": count}
+    return json.dumps(alarm).encode() + b"\n"
+
+
+def test_detector_lines_are_counted_once_raised_and_once_per_escalation(tmp_path: Path) -> None:
+    # A tick's update of an open alarm (its count) is a line too: counted, one alarm of a denial
+    # flood went up by one each tick in keytrail_alarms_total, and its alerts fired again each time.
+    tally = AlarmTally()
+    [_, detector] = sidecars(ServeSettings(data_dir=tmp_path), tally.add)
     assert detector.on_line is not None
-    detector.on_line(json.dumps({"rule": "unauthorized-decrypt", "severity": "HIGH", "count": 1}).encode() + b"\n")
-    detector.on_line(b"not an alarm\n")
-    assert seen == [("unauthorized-decrypt", "HIGH")]
+    for line in (_alarm_line(1, "MEDIUM"), _alarm_line(4, "MEDIUM"), _alarm_line(10), _alarm_line(12),
+                 b"not an alarm\n", _alarm_line(13, "SEVERE")):
+        detector.on_line(line)
+    assert tally.counts == {("unauthorized-decrypt", "MEDIUM"): 1, ("unauthorized-decrypt", "HIGH"): 1}
 
 
 def test_the_detector_child_s_judged_offset_lines_are_its_progress_not_alarms(tmp_path: Path) -> None:
     # serve tells the detector child's lag (the event log's end less this offset) in /metrics.
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, Severity]] = []
     judged: list[int] = []
-    [_, detector] = sidecars(ServeSettings(data_dir=tmp_path), lambda rule, severity: seen.append((rule, severity)),
-                             judged.append)
+    [_, detector] = sidecars(ServeSettings(data_dir=tmp_path),
+                             lambda alarm_id, rule, severity: seen.append((alarm_id, rule, severity)), judged.append)
     assert detector.on_line is not None
     detector.on_line(b'{"judged":4000}\n')
-    detector.on_line(json.dumps({"rule": "unauthorized-decrypt", "severity": "HIGH", "count": 1}).encode() + b"\n")
+    detector.on_line(_alarm_line(1))
     detector.on_line(b'[1, 2]\n')
-    assert (judged, seen) == ([4000], [("unauthorized-decrypt", "HIGH")])
+    assert (judged, seen) == ([4000], [("a-1", "unauthorized-decrypt", Severity.HIGH)])
 
 
 async def test_a_held_lock_keeps_the_next_holder_waiting(tmp_path: Path) -> None:
