@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import itertools
 import json
@@ -574,6 +575,27 @@ async def test_closing_with_a_hook_down_ends_at_the_drain_timeout_and_its_outbox
     hook = Recorder()
     await Dispatcher([hook], outboxes=[Outbox(tmp_path / "outbox.jsonl")]).close()
     assert hook.alarms == alarms
+
+
+async def test_the_close_counts_alarms_not_states_of_a_hook_down_as_the_next_start_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later state of the alarm being tried (its count at a tick) waits behind it: it was counted
+    as one more alarm at the close, which said 2 where the next start said the outbox holds 1."""
+    from keytrail.detect import sinks
+    from keytrail.detect.sinks.outbox import Outbox, warn_of_stale
+
+    monkeypatch.setattr(sinks, "DRAIN_STALLED_SECONDS", 3600.0)
+    [alarm], outage = _alarms(1), Outage()
+    dispatcher = Dispatcher([outage], outboxes=[Outbox(tmp_path / "alarm-outbox-x.jsonl")], pause=(30.0, 30.0))
+    dispatcher.publish(alarm)
+    await eventually(lambda: outage.calls, what="the first delivery")
+    dispatcher.publish(dataclasses.replace(alarm, count=alarm.count + 1))
+    with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
+        await dispatcher.close(timeout=0.3)
+        warn_of_stale(tmp_path, [])
+    assert "1 alarm(s) not delivered" in caplog.text and "Outage (down; kept for the next start) 1" in caplog.text
+    assert "holds 1 alarm(s) owed to hook x" in caplog.text
 
 
 class Slow:

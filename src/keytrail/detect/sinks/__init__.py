@@ -99,7 +99,7 @@ class Dispatcher:
         self._ahead: list[dict[str, tuple[int, int]]] = [{} for _ in self.sinks]
         # Of a hook with an outbox, the latest state of each alarm in its queue, delivered in its place.
         self._latest: list[dict[str, Alarm] | None] = [{} if box is not None else None for box in self._outboxes]
-        self._in_delivery = [False] * len(self.sinks)
+        self._in_delivery: list[str | None] = [None] * len(self.sinks)  # the alarmId each hook is trying
         self._handled = [0] * len(self.sinks)  # alarms each hook is done with: a drain that sees none stalls
         self._down_since: list[float | None] = [None] * len(self.sinks)
         self._down = [asyncio.Event() for _ in self.sinks]  # set while the hook is down (`_down_since`)
@@ -148,7 +148,7 @@ class Dispatcher:
             alarm = await queue.get()
             if (latest := self._latest[index]) is not None:
                 alarm = latest.pop(alarm.alarm_id, alarm)
-            self._in_delivery[index] = True
+            self._in_delivery[index] = alarm.alarm_id
             done = alarm  # the state the hook is done with: a later one if it went out in this one's place
             try:
                 if not self._taken_ahead(index, alarm):
@@ -157,7 +157,7 @@ class Dispatcher:
                 self.failed += 1
                 log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
             finally:
-                self._in_delivery[index] = False
+                self._in_delivery[index] = None
                 self._handled[index] += 1
                 queue.task_done()
             # Not when cancelled mid-delivery (the close's drain cut off): still owed, sent at the next start.
@@ -327,7 +327,7 @@ class Dispatcher:
         is cut off): closing drops them, or a hook's outbox keeps them for the next start, and
         either must not go unsaid."""
         left = [
-            (type(sink).__name__ + _state(down is not None, outbox is not None), queue.qsize() + busy)
+            (type(sink).__name__ + _state(down is not None, outbox is not None), _alarms_left(queue, busy))
             for sink, queue, busy, outbox, down in zip(self.sinks, self._queues, self._in_delivery, self._outboxes,
                                                        self._down_since, strict=True)
         ]
@@ -335,6 +335,14 @@ class Dispatcher:
             total = sum(count for _, count in left)
             log.warning("%d alarm(s) not delivered when the hooks closed after %.0fs: %s", total, waited,
                         ", ".join(lost))
+
+
+def _alarms_left(queue: _HookQueue, in_delivery: str | None) -> int:
+    """The alarms a hook was left owing: a later state of the alarm in delivery waits in the queue
+    behind it (the head is not replaced while it is tried), and is the same alarm, as the outbox
+    and the next start count it."""
+    left = {alarm.alarm_id for alarm in queue.peek(queue.qsize())}
+    return len(left | {in_delivery} if in_delivery is not None else left)
 
 
 def _state(down: bool, kept: bool) -> str:
