@@ -9,9 +9,20 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.unit.detect.records import ACCOUNT, REGION, T0, create_key, denied, event, key_arn, role, user
+from tests.unit.detect.records import (
+    ACCOUNT,
+    REGION,
+    T0,
+    create_key,
+    denied,
+    event,
+    key_arn,
+    role,
+    steady_traffic,
+    user,
+)
 
-from keytrail.detect import Detector
+from keytrail.detect import Detector, RuleSet
 from keytrail.detect.checks.spike import UsageSpike
 from keytrail.detect.checks.unauthorized import MAX_FOLDED_KEYS, UnauthorizedDecrypt
 from keytrail.detect.events import KmsEvent, read_kms_event
@@ -212,3 +223,96 @@ def test_the_ledger_remembers_a_key_s_first_callers_up_to_its_bound() -> None:
     assert not ledger.has_used_cryptographically(key, first["arn"])  # remembered: known exactly
     ledger.update(_read(event("Decrypt", T0, key, first)))
     assert ledger.has_used_cryptographically(key, first["arn"])
+
+
+def _spike_of(detector: Detector) -> UsageSpike:
+    [spike] = [check for check in detector._checks if isinstance(check, UsageSpike)]
+    return spike
+
+
+def _spiking_app(key: str, start: datetime) -> list[dict[str, Any]]:
+    """Two hours of 5 calls a minute by role app, then 400 calls at 10 a second."""
+    app = role("app")
+    burst = start + timedelta(minutes=120)
+    return (steady_traffic(key, app, start, minutes=120, per_minute=5)
+            + [event("Decrypt", burst + timedelta(milliseconds=100 * i), key, app) for i in range(400)])
+
+
+def _spike_details(detector: Detector) -> list[tuple[str | None, str, dict[str, str]]]:
+    return [(a.principal_arn, a.severity, a.details) for a in detector.alarms() if a.rule == "usage-spike"]
+
+
+def test_a_key_called_by_more_principals_than_the_bound_keeps_the_call_rates_of_its_first_callers() -> None:
+    """usage-spike kept a call rate for every distinct caller of a key: a key every federated user
+    calls grew the detector with each of them."""
+    key = key_arn(11)
+    crowd = [event("Encrypt", T0 + timedelta(milliseconds=n), key, user(f"fed{n}")) for n in range(KEY_PRINCIPALS)]
+    crowded, quiet = Detector(), Detector()
+    crowded.process([create_key(T0 - timedelta(minutes=1), key), *crowd, *_spiking_app(key, T0)])
+    quiet.process([create_key(T0 - timedelta(minutes=1), key), *_spiking_app(key, T0)])
+    # The crowd, not the app; and the creator's pair, its CreateKey made before the key existed (bounded apart).
+    assert _spike_of(crowded).pairs() == KEY_PRINCIPALS + 1
+    assert _spike_details(quiet) and _spike_details(crowded) == []  # the app, past the bound, is not judged
+
+    within = Detector()  # the app among the first callers: its spike fires as without the crowd
+    within.process([create_key(T0 - timedelta(minutes=1), key), *_spiking_app(key, T0), *crowd])
+    assert _spike_of(within).pairs() == KEY_PRINCIPALS + 1
+    assert _spike_details(within) == _spike_details(quiet)
+
+
+def test_pairs_idle_for_longer_than_the_baseline_are_let_go_at_a_tick_and_spike_as_before() -> None:
+    """An idle pair's rate was kept for good, though its next call would start its history again."""
+    key, later = key_arn(12), T0 + timedelta(days=8)
+    once = [event("Encrypt", T0 + timedelta(seconds=n), key, user(f"fed{n}")) for n in range(500)]
+    batch = steady_traffic(key, role("batch"), T0 + timedelta(days=2), minutes=120, per_minute=5)
+    batch_spike = [event("Decrypt", later + timedelta(hours=3, milliseconds=100 * i), key, role("batch"))
+                   for i in range(400)]
+    before = [create_key(T0 - timedelta(minutes=1), key), *once, *_spiking_app(key, T0), *batch]
+    after = _spiking_app(key, later)[:1]
+    rest = _spiking_app(key, later)[1:] + batch_spike
+    ticked, kept = Detector(), Detector()
+    ticked.process(before + after)
+    kept.process(before + after)
+    assert _spike_of(ticked).pairs() == 503  # the creator, 500 callers, the app, the batch
+    ticked.tick(later)
+    assert _spike_of(ticked).pairs() == 3  # the app (called again), the batch (6 days idle), the creator's
+    ticked.process(rest)
+    kept.process(rest)
+    alarms = _spike_details(ticked)
+    app, batch = f"arn:aws:iam::{ACCOUNT}:role/app", f"arn:aws:iam::{ACCOUNT}:role/batch"
+    # The app's history started again 8 days on; the batch's runs from its calls 6 days before.
+    assert [(who, details["baselineDurationMinutes"]) for who, _, details in alarms] == [
+        (app, "120"), (app, "120"), (batch, "8820")]
+    assert alarms == _spike_details(kept)
+
+
+def test_idle_pairs_are_let_go_as_of_the_last_event_when_the_tick_is_later() -> None:
+    """A stream running behind the clock still brings the calls of the pairs a tick's time left idle."""
+    key = key_arn(13)
+    detector = Detector()
+    detector.process([create_key(T0, key), event("Encrypt", T0, key, role("app"))])
+    detector.tick(T0 + timedelta(days=30))
+    assert _spike_of(detector).pairs() == 2
+
+
+def test_a_full_key_takes_a_new_caller_once_an_idle_pair_is_let_go() -> None:
+    ledger, key = KeyLedger(), key_arn(14)
+    spike = UsageSpike(RuleSet()["usage-spike"], ledger, principals_limit=2)
+    first, second, third = user("first"), user("second"), user("third")
+
+    def feed(*records: dict[str, Any]) -> None:
+        for record in records:
+            read = _read(record)
+            spike.observe(read)
+            ledger.update(read)
+
+    ledger.update(_read(create_key(T0, key)))  # a key seen to exist
+    feed(event("Encrypt", T0, key, first), event("Encrypt", T0, key, second), event("Encrypt", T0, key, third))
+    assert spike.pairs() == 2  # the third is not kept: the key has its two
+    later = T0 + timedelta(days=7, minutes=30)
+    feed(event("Encrypt", later, key, second), event("Encrypt", later, key, third))
+    assert spike.pairs() == 2
+    spike.tick(later)  # the first, idle for more than 7 days, is let go: the third takes its place
+    assert spike.pairs() == 1
+    feed(event("Encrypt", later + timedelta(seconds=1), key, third))
+    assert spike.pairs() == 2

@@ -3,6 +3,10 @@
 CloudTrail Insights-style (audit-anchors §2.1) for the read calls Insights cannot see: the
 baseline is the average calls per minute over the last `baseline_days` (or the pair's history,
 if shorter); the alarm carries the baseline and the observed rate.
+
+What it keeps is bounded: a pair idle for longer than `baseline_days` is let go at a tick, and of
+each key only the pairs of KEY_PRINCIPALS callers are kept at once (a key every federated user
+calls, each its own principal, would otherwise grow the detector with each of them).
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from datetime import datetime
 
 from keytrail.detect.alarms import Finding
 from keytrail.detect.events import KmsEvent
-from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
+from keytrail.detect.ledger import KEY_PRINCIPALS, UNCONFIRMED_KEYS, KeyLedger
 from keytrail.detect.rules import Rule
 from keytrail.detect.severity import Severity
 
 __all__ = ["UsageSpike"]
+
+# Minutes of event time between two looks for idle pairs at a tick: a look reads every pair, and a
+# live detector ticks every few seconds; a pair idle for days may stay an hour longer.
+_SWEEP_EVERY = 60
 
 
 @dataclass(slots=True)
@@ -78,12 +86,15 @@ class UsageSpike:
     rule_id = "usage-spike"
     event_names = None
 
-    def __init__(self, rule: Rule, ledger: KeyLedger, unconfirmed_limit: int = UNCONFIRMED_KEYS) -> None:
+    def __init__(self, rule: Rule, ledger: KeyLedger, unconfirmed_limit: int = UNCONFIRMED_KEYS,
+                 principals_limit: int = KEY_PRINCIPALS) -> None:
         self.rule, self.ledger = rule, ledger
         self._rates: dict[tuple[str, str], _Rate] = {}  # pairs of keys seen to exist
         # Key ARN -> the principals of its pairs in `_rates`: a key's DeleteKey drops them, which a
-        # node creating and deleting keys otherwise kept for good (some 600 bytes a pair).
+        # node creating and deleting keys otherwise kept for good (some 600 bytes a pair). At most
+        # `principals_limit` of them: the callers past it are not judged until idle pairs are let go.
         self._principals: dict[str, list[str]] = {}
+        self._principals_limit = principals_limit
         # Pairs of keys no successful call named yet (denied probes of random ARNs, say): only the
         # latest `unconfirmed_limit`, as the ledger keeps those keys, so that they cannot grow the
         # detector without bound; a pair moves to `_rates` once its key is seen to exist.
@@ -96,6 +107,7 @@ class UsageSpike:
         self._high_factor = float(rule.param("high_factor"))
         self._peak_factor = float(rule.param("peak_factor"))
         self._last_minute = (datetime.min, 0)  # the last event time seen and its minute
+        self._swept_minute = -_SWEEP_EVERY  # the minute idle pairs were last let go as of
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         # Every event of the stream passes here: the common case (same pair, same minute, under
@@ -108,6 +120,8 @@ class UsageSpike:
         pair = (key_arn, principal)
         minute = self._minute(event.event_time)
         rate = self._rates.get(pair) or self._rate_of_new_pair(pair, minute)
+        if rate is None:  # a caller of a key whose pairs are all kept
+            return []
         if minute > rate.minute:  # late events count in the current minute
             rate.roll(minute, self._horizon)
         rate.count += 1
@@ -121,17 +135,21 @@ class UsageSpike:
         """Key x principal pairs whose rates are kept."""
         return len(self._rates) + len(self._probes)
 
-    def _rate_of_new_pair(self, pair: tuple[str, str], minute: int) -> _Rate:
+    def _rate_of_new_pair(self, pair: tuple[str, str], minute: int) -> _Rate | None:
         """The rate of a pair not in `_rates`: a probe's (moved to `_rates` once its key exists) or
-        a new one."""
-        rate = self._probes.pop(pair, None) or _Rate(minute, minute)
-        if self.ledger.exists(pair[0]):
-            self._rates[pair] = rate
-            self._principals.setdefault(pair[0], []).append(pair[1])
-        else:
-            self._probes[pair] = rate  # the most recent last
+        a new one; None when the key has `principals_limit` pairs already."""
+        key_arn, principal = pair
+        probe = self._probes.pop(pair, None)
+        if not self.ledger.exists(key_arn):
+            rate = self._probes[pair] = probe or _Rate(minute, minute)  # the most recent last
             if len(self._probes) > self._probes_limit:
                 self._probes.popitem(last=False)
+            return rate
+        principals = self._principals.setdefault(key_arn, [])
+        if len(principals) >= self._principals_limit:
+            return None
+        principals.append(principal)
+        rate = self._rates[pair] = probe or _Rate(minute, minute)
         return rate
 
     def _forget(self, key_arn: str) -> None:
@@ -173,7 +191,28 @@ class UsageSpike:
         return history, rate.total / history if history else 0.0
 
     def tick(self, now: datetime) -> list[Finding]:
+        # As of the last event, if earlier than `now`: a stream running behind the clock still
+        # brings calls a tick's time has left behind, which must find their pairs' history.
+        latest = min(int(now.timestamp()) // 60, self._last_minute[1])
+        if latest - self._swept_minute >= _SWEEP_EVERY:
+            self._swept_minute = latest
+            self._let_go_of_idle_pairs(latest)
         return []
+
+    def _let_go_of_idle_pairs(self, latest: int) -> None:
+        """Drop the pairs with no call within `baseline_days` before `latest`: the next call of one
+        would start its history again (`_Rate.roll`), just as a new pair's starts."""
+        for key_arn, principals in list(self._principals.items()):
+            active = []
+            for principal in principals:
+                if latest - self._rates[key_arn, principal].minute > self._horizon:
+                    del self._rates[key_arn, principal]
+                else:
+                    active.append(principal)
+            if active:
+                self._principals[key_arn] = active
+            else:
+                del self._principals[key_arn]
 
     def _finding(self, event: KmsEvent, rate: _Rate, baseline: float, history: int) -> Finding:
         observed = rate.count
