@@ -123,7 +123,7 @@ async def _detect(workdir: Path, scratch: Path, kafka: str | None, topic: str, e
     read = 0
     async with DetectorRunner.open(scratch) as runner:
         if kafka is None:  # as serve's detector child reads the log, until it has caught up
-            async for values in follow_event_log(workdir, batch=DETECTOR_BATCH, idle_seconds=0.01):
+            async for values, _ in follow_event_log(workdir, batch=DETECTOR_BATCH, idle_seconds=0.01):
                 if not values:
                     break
                 clock.arrived()
