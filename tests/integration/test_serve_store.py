@@ -254,6 +254,12 @@ def test_a_node_refused_by_an_empty_store_whose_ledger_it_cannot_verify_says_so_
     assert not (tmp_path / "second" / "root.key").exists()
 
 
+def _serve_patched(script: str, data: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """`keytrail serve` on `data` and the store at `url`, run by `script` (which patches it first)."""
+    return subprocess.run([sys.executable, "-c", script, "serve", "--data-dir", str(data), "--port", "0",
+                           "--store", url], capture_output=True, text=True, timeout=60)
+
+
 # `keytrail serve` whose node fails to start, after the key store opened (sealed under its root key).
 _START_FAILS = """
 import keytrail.cli.node as node
@@ -270,8 +276,7 @@ def test_a_failed_start_on_a_new_postgresql_store_keeps_only_the_root_key_it_is_
     # The rest of what the start made goes, but that key stays: the store holds its root key check
     # now, and a new key made by the retry would not open it.
     data, url = tmp_path / "data", f"postgresql://postgres@127.0.0.1:5432/{database}"
-    out = subprocess.run([sys.executable, "-c", _START_FAILS, "serve", "--data-dir", str(data), "--port", "0",
-                          "--store", url], capture_output=True, text=True, timeout=60)
+    out = _serve_patched(_START_FAILS, data, url)
     assert (out.returncode, out.stdout) == (2, ""), out.stderr
     assert out.stderr == (
         "keytrail serve: the node did not start: No space left on device: /data/audit/spool/00000000.seg\n")
@@ -303,8 +308,7 @@ def test_a_first_start_whose_database_fails_the_first_read_says_so_in_one_line_a
         tmp_path: Path, database: str) -> None:
     # The store's KMSInternalException went through as a traceback, exit 1.
     data, url = tmp_path / "data", f"postgresql://postgres@127.0.0.1:5432/{database}"
-    out = subprocess.run([sys.executable, "-c", _FIRST_READ_FAILS, "serve", "--data-dir", str(data), "--port", "0",
-                          "--store", url], capture_output=True, text=True, timeout=60)
+    out = _serve_patched(_FIRST_READ_FAILS, data, url)
     assert (out.returncode, out.stdout) == (2, ""), out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr.splitlines()[-1] == (

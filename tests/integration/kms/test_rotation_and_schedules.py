@@ -197,15 +197,20 @@ def _near(moment: datetime, expected: datetime) -> bool:
     return abs(moment - expected) < timedelta(seconds=1)
 
 
+def _key_rotating_every_90_days(server: KeytrailServer) -> tuple[Any, str, datetime]:
+    """A client, a new key with automatic rotation every 90 days, and its next rotation date."""
+    kms = server.client()
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    return kms, key_id, kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+
+
 def test_a_restarted_node_rotates_at_the_date_it_had_before_once(tmp_path: Path) -> None:
     # serve stopped (SIGTERM) and killed (-9) before the due date: the next rotation stays at its
     # date, neither rescheduled from the restart nor skipped; one restarted after it does not rotate again.
     server = KeytrailServer(tmp_path / "data").start()
     try:
-        kms = server.client()
-        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
-        kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
-        due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+        kms, key_id, due = _key_rotating_every_90_days(server)
         server.advance(60 * DAY)
         for restart in (server.stop, server.kill):
             restart()
@@ -233,10 +238,7 @@ def test_a_rotation_that_fell_due_while_the_node_was_down_happens_once_when_it_r
 ) -> None:
     server = KeytrailServer(tmp_path / "data").start()
     try:
-        kms = server.client()
-        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
-        kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
-        due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+        kms, key_id, due = _key_rotating_every_90_days(server)
         server.stop()
         # 100 days pass while it is down (the dev clock's lead is what a restart resumes from).
         record = server.data_dir / DEV_CLOCK_FILE
