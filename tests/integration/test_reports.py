@@ -27,7 +27,7 @@ from tests.support.audit_records import fill_trail
 from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 from tests.unit.reports.commands import cli_commands
-from tests.unit.reports.records import key_arn, record, user_arn
+from tests.unit.reports.records import alias_arn, alias_record, by_alias, key_arn, record, user_arn
 
 pytestmark = pytest.mark.integration
 
@@ -236,6 +236,56 @@ def test_report_of_a_live_server_after_boto3_calls(fresh_server: KeytrailServer,
     assert _normal(report_table(out, "usage", USAGE), USAGE) == _normal(query("usage", fresh_server.data_dir), USAGE)
     denied = report_table(out, "denied", ["principalArn", "eventName"])
     assert {"principalArn": "arn:aws:iam::111122223333:user/bob", "eventName": "Decrypt"} in denied
+
+
+def _aliases_of(path: Path, table: str) -> dict[str, str | None]:
+    return {row["keyArn"]: row["aliases"] for row in report_table(path, table, ["keyArn", "aliases"])}
+
+
+def test_reports_of_cloudtrail_files_and_of_their_import_name_each_key_s_aliases(tmp_path: Path) -> None:
+    # As AWS logs them: alias/orders made, used by name, then moved to a new key (a manual
+    # rotation); alias/billing made before the logs begin, known from a call naming it by its ARN.
+    old, new, billing = key_arn("orders-1"), key_arn("orders-2"), key_arn("billing")
+    events = [record("CreateKey", START, old), record("CreateKey", START, new),
+              alias_record("CreateAlias", START, "alias/orders", [old], old),
+              by_alias("Encrypt", START + timedelta(hours=1), "alias/orders", old),
+              alias_record("UpdateAlias", START + timedelta(hours=2), "alias/orders", [old, new], new),
+              by_alias("GenerateDataKey", START + timedelta(hours=3), "alias/orders", new),
+              by_alias("Decrypt", START + timedelta(hours=4), alias_arn("alias/billing"), billing)]
+    trail = tmp_path / "trail.json.gz"
+    trail.write_bytes(gzip.compress(json.dumps({"Records": events}).encode()))
+    data_dir = tmp_path / "data"
+    keytrail("audit", "import", str(trail), "--data-dir", str(data_dir))
+    expected = {old: "alias/orders", new: "alias/orders", billing: "alias/billing"}
+    for source, suffix in ((["--cloudtrail", str(trail)], ".csv"), (["--data-dir", str(data_dir)], ".json"),
+                           (["--cloudtrail", str(trail)], ".parquet")):
+        out = tmp_path / f"report{suffix}"
+        keytrail("report", *source, "--out", str(out))
+        for table in ("usage", "cost", "last_used"):
+            assert _aliases_of(out, table) == expected, (source, table)
+    # From the moment the alias moved, it names only the new key.
+    out = tmp_path / "since.csv"
+    keytrail("report", "--cloudtrail", str(trail), "--since", (START + timedelta(hours=2)).isoformat(),
+             "--out", str(out))
+    assert _aliases_of(out, "last_used") == {old: None, new: "alias/orders", billing: "alias/billing"}
+
+
+def test_report_of_a_live_server_names_keys_by_the_aliases_boto3_gave_them(fresh_server: KeytrailServer,
+                                                                          tmp_path: Path) -> None:
+    need_commands("report")
+    alice = fresh_server.client("alice")
+    old, new = (alice.create_key(Description=name)["KeyMetadata"]["Arn"] for name in ("old", "new"))
+    alice.create_alias(AliasName="alias/orders", TargetKeyId=old)
+    alice.create_alias(AliasName="alias/spare", TargetKeyId=old)
+    alice.encrypt(KeyId="alias/orders", Plaintext=b"x")
+    alice.update_alias(AliasName="alias/orders", TargetKeyId=new)
+    alice.delete_alias(AliasName="alias/spare")
+    alice.generate_data_key(KeyId="alias/orders", KeySpec="AES_256")
+    assert fresh_server.stop() == 0
+    out = tmp_path / "live.csv"
+    keytrail("report", "--data-dir", str(fresh_server.data_dir), "--out", str(out))
+    assert _aliases_of(out, "cost") == {old: "alias/orders alias/spare", new: "alias/orders"}
+    assert _aliases_of(out, "last_used") == {old: "alias/orders alias/spare", new: "alias/orders"}
 
 
 def test_a_report_written_into_the_data_dir_is_its_owners_alone(data_dir: Path, tmp_path: Path) -> None:

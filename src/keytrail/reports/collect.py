@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
 from keytrail.reports.alarms import alarms_frame, read_alarm_lines
+from keytrail.reports.alias_evidence import decode
+from keytrail.reports.aliases import AliasTally, holdings, key_aliases, with_aliases
 from keytrail.reports.denied import DeniedTally
 from keytrail.reports.figures import (
     USAGE_FIELDS,
@@ -82,6 +84,8 @@ class ReportData:
     denied: pl.DataFrame
     alarms: pl.DataFrame
     alarms_note: str | None = None  # why `alarms` may lack some (its file unreadable in part)
+    # key ARN -> the aliases that named it in the period (space-separated), as each table's `aliases` holds them
+    aliases: dict[str, str] = field(default_factory=dict)
     keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
     open_end: OpenEnd | None = None  # where the period ends without --until; its `late`: events dated after now
 
@@ -103,17 +107,20 @@ class _FramedBatch(Batch):
 
 
 class _TeeSource:
-    """Passes a source's batches on, decoded once, after counting their denied calls."""
+    """Passes a source's batches on, decoded once, after counting their denied calls and keeping
+    what they say of aliases."""
 
     def __init__(self, source: Source, denied: DeniedTally, on_batch: Callable[[Batch], None] | None) -> None:
         self.source = source
         self.denied = denied
+        self.aliases = AliasTally()
         self.on_batch = on_batch
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         async for batch in self.source.batches(start_at):
-            frame = await asyncio.to_thread(batch.frame_from, 0)
+            frame, aliases = await asyncio.to_thread(decode, batch)
             self.denied.add(frame)
+            self.aliases.add(aliases)
             if self.on_batch is not None:
                 self.on_batch(batch)
             yield _FramedBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, frame=frame)
@@ -129,8 +136,8 @@ async def collect(source: Source, options: ReportOptions,
                   on_batch: Callable[[Batch], None] | None = None) -> ReportData:
     """Consume `source` to its end into a scratch state and build the report's tables."""
     with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
-        counted, denied = await _consume(source, Path(scratch), options, on_batch)
-        return await asyncio.to_thread(_tables, MetricsStore(Path(scratch)), denied, options, counted)
+        consumed = await _consume(source, Path(scratch), options, on_batch)
+        return await asyncio.to_thread(_tables, MetricsStore(Path(scratch)), consumed, options)
 
 
 def collect_sync(source: Source, options: ReportOptions,
@@ -148,8 +155,8 @@ def collect_event_log(log: Path, options: ReportOptions, progress: bool | None =
     with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_die_with,
                                  initargs=(os.getpid(),)) as child:
-            counted, denied = child.submit(_consume_event_log, log, Path(scratch), options, progress).result()
-        return _tables(MetricsStore(Path(scratch)), denied, options, counted)
+            consumed = child.submit(_consume_event_log, log, Path(scratch), options, progress).result()
+        return _tables(MetricsStore(Path(scratch)), consumed, options)
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -166,7 +173,7 @@ def _die_with(parent: int) -> None:
 
 
 def _consume_event_log(log: Path, scratch: Path, options: ReportOptions,
-                       progress: bool | None) -> tuple[int, pl.DataFrame]:
+                       progress: bool | None) -> _Consumed:
     """In the child: `_consume` the event log, with its progress bar."""
     from keytrail.pipeline.segment_source import SegmentLogSource
 
@@ -178,17 +185,26 @@ def _consume_event_log(log: Path, scratch: Path, options: ReportOptions,
         bar.close()
 
 
+@dataclass(frozen=True)
+class _Consumed:
+    """What consuming the input gave beside the scratch state: the events counted, the denied
+    calls in the report's period, and the alias evidence (`alias_evidence`)."""
+
+    events: int
+    denied: pl.DataFrame
+    aliases: pl.DataFrame
+
+
 async def _consume(source: Source, scratch: Path, options: ReportOptions,
-                   on_batch: Callable[[Batch], None] | None) -> tuple[int, pl.DataFrame]:
-    """Run the pipeline's consumer over `source` into the scratch state `scratch`; the events it
-    counted and the denied calls in the report's period."""
-    denied = DeniedTally(options.since, options.until)
-    runner = Runner(state_dir(scratch), _TeeSource(source, denied, on_batch), checkpoint_records=_CHECKPOINT_RECORDS)
+                   on_batch: Callable[[Batch], None] | None) -> _Consumed:
+    """Run the pipeline's consumer over `source` into the scratch state `scratch`."""
+    tee = _TeeSource(source, DeniedTally(options.since, options.until), on_batch)
+    runner = Runner(state_dir(scratch), tee, checkpoint_records=_CHECKPOINT_RECORDS)
     stats = await runner.run()
-    return stats.counted, denied.frame()
+    return _Consumed(stats.counted, tee.denied.frame(), tee.aliases.evidence())
 
 
-def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, events: int) -> ReportData:
+def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) -> ReportData:
     first, last = store.time_bounds()
     since, until = options.since, options.until
     # Without --until, the as-of time is where `keytrail cost` ends key storage: after the last
@@ -205,14 +221,24 @@ def _tables(store: MetricsStore, denied: pl.DataFrame, options: ReportOptions, e
                             categories=True)
     cost = store.cost(options.prices, since, until, end) if as_of else _empty_cost()
     alarms, alarms_note = _alarms(options)
-    return ReportData(
-        options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=events,
+    return _named(ReportData(
+        options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=consumed.events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of),
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
-        denied=denied, alarms=alarms, alarms_note=alarms_note, keys_not_created=len(store.keys_never_created(cost)),
-        open_end=end,
-    )
+        denied=consumed.denied, alarms=alarms, alarms_note=alarms_note,
+        keys_not_created=len(store.keys_never_created(cost)), open_end=end,
+    ), consumed.aliases)
+
+
+def _named(data: ReportData, evidence: pl.DataFrame) -> ReportData:
+    """`data` with its keys' aliases in the period (from `since`, or the records' start, to the
+    as-of time) in an `aliases` column after each table's own, in every table that names keys."""
+    names = key_aliases(holdings(evidence), data.options.since, data.as_of)
+    return replace(data, aliases=names, usage=with_aliases(data.usage, names),
+                   usage_over_time=with_aliases(data.usage_over_time, names), cost=with_aliases(data.cost, names),
+                   last_used=with_aliases(data.last_used, names), denied=with_aliases(data.denied, names),
+                   alarms=with_aliases(data.alarms, names))
 
 
 def _now(options: ReportOptions) -> datetime:

@@ -24,7 +24,7 @@ from keytrail.owner_only import reserve_anew
 from keytrail.pipeline.files import sink_parquet
 from keytrail.reports.lines import TIME_FORMAT, csv_lines, json_lines
 
-__all__ = ["TabularFormat", "cell_text", "long_form", "long_form_parts", "replacing", "write_tabular"]
+__all__ = ["ADDED_LAST", "TabularFormat", "cell_text", "long_form", "long_form_parts", "replacing", "write_tabular"]
 
 
 class TabularFormat(StrEnum):
@@ -33,6 +33,9 @@ class TabularFormat(StrEnum):
     parquet = "parquet"
 
 
+#: Columns added to several tables after the long file's columns were set: last, so that every
+#: other column keeps its place (a reader by position reads what it read before).
+ADDED_LAST = ("aliases",)
 _SLICE_ROWS = 20_000  # rows formatted at a time: a long report never sits in memory as one text
 
 
@@ -48,6 +51,7 @@ def long_form_parts(tables: Mapping[str, pl.DataFrame], only: str | None = None)
     if only is not None and not chosen:
         raise ValueError(f"no table named {only!r} (choose from {', '.join(tables)})")
     header = pl.concat([_tagged(name, frame.clear()) for name, frame in chosen.items()], how="diagonal_relaxed")
+    header = header.select(pl.exclude(ADDED_LAST), *(c for c in ADDED_LAST if c in header.columns))
     return _slices(header, chosen)  # refused above, before a writer opens its file
 
 

@@ -39,3 +39,25 @@ def record(name: str, when: datetime, key: str, principal: str = user_arn("alice
         event["responseElements"] = {"keyMetadata": {"Arn": key, "KeySpec": "SYMMETRIC_DEFAULT",
                                                      "KeyManager": "CUSTOMER"}}
     return event
+
+
+def alias_arn(name: str) -> str:
+    return f"arn:aws:kms:us-east-1:{ACCOUNT}:{name}"
+
+
+def alias_record(name: str, when: datetime, alias: str, keys: list[str], target: str | None = None, *,
+                 error: str | None = None) -> dict[str, Any]:
+    """A CreateAlias, UpdateAlias or DeleteAlias record as AWS logs it: requestParameters aliasName
+    (and targetKeyId, a bare key id), resources the alias then its keys (the one left first)."""
+    event = record(name, when, keys[0], error=error)
+    event["requestParameters"] = {"aliasName": alias, **({"targetKeyId": target.split("/")[-1]} if target else {})}
+    event["resources"] = [{"ARN": alias_arn(alias), "accountId": ACCOUNT},
+                          *({"ARN": key, "accountId": ACCOUNT, "type": "AWS::KMS::Key"} for key in keys)]
+    return event
+
+
+def by_alias(operation: str, when: datetime, key_id: str, key: str) -> dict[str, Any]:
+    """A call naming its key by alias (`keyId` as the caller gave it) that resolved to `key`."""
+    event = record(operation, when, key)
+    event["requestParameters"] = {"keyId": key_id}
+    return event

@@ -51,7 +51,8 @@ def test_usage_counts_each_event_once(data: Any) -> None:
     assert usage[(BUSY, "Encrypt", user_arn("alice"))] == (100, 0)
     assert usage[(BUSY, "Decrypt", user_arn("mallory"))] == (3, 3)
     assert data.events == 3 + 1 + 100 + 3
-    assert data.usage.columns == ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount"]
+    assert data.usage.columns == ["keyArn", "eventName", "principalArn", "accountId", "count", "errorCount",
+                                  "aliases"]  # the §4 columns, then the keys' aliases
 
 
 def test_keys_long_unused_are_marked_and_a_new_key_not_yet(data: Any) -> None:
@@ -255,8 +256,8 @@ def test_json_lines_hold_every_column_of_their_table_even_when_empty(data: Any, 
     idle = next(row for row in map(json.loads, path.read_text().splitlines())
                 if row["table"] == "last_used" and row["keyArn"] == IDLE)
     assert set(idle) == {"table", "keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId",
-                         "unused"}
-    assert idle["lastUsedTime"] is None and idle["unused"] is False
+                         "unused", "aliases"}
+    assert idle["lastUsedTime"] is None and idle["unused"] is False and idle["aliases"] is None
     read = pl.read_ndjson(path, infer_schema_length=None).filter(pl.col("table") == "last_used")
     assert read.filter(pl.col("keyArn") == IDLE)["eventId"].item() is None
 
