@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from html import escape
@@ -15,7 +15,7 @@ from keytrail.reports.collect import ReportData
 from keytrail.reports.figures import ahead_note, storage_note
 from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
 
-__all__ = ["MAX_ROWS", "money", "render_html"]
+__all__ = ["MAX_ROWS", "key_label", "money", "render_html"]
 
 MAX_ROWS = 500  # per table; the CSV, JSON and Parquet forms carry every row
 _SERIES = 8  # lines per chart; the rest are summed into "other"
@@ -40,6 +40,7 @@ code{font-size:11px}svg{max-width:100%;height:auto;display:block;margin:8px 0}
 #alarms{table-layout:fixed}#alarms td{overflow-wrap:anywhere}#alarms th:nth-child(1){width:74px}
 #alarms th:nth-child(2){width:104px}#alarms th:nth-child(4),#alarms th:nth-child(5){width:16%}
 #alarms th:nth-child(6){width:48px}#alarms th:nth-child(7){width:88px}
+.aliases{color:#5b6673;font-size:11px}
 """
 
 
@@ -112,7 +113,7 @@ def _usage_charts(data: ReportData) -> list[str]:
         return ['<p class="note">No KMS requests in this period.</p>', *note]
     charts = []
     for column, label in (("keyArn", "key"), ("principalArn", "principal")):
-        times, series = time_series(drawn, column, data.window)
+        times, series = time_series(drawn, column, data.window, data.aliases if column == "keyArn" else {})
         charts.append(line_chart(times, series, title=f"Requests per {data.window} by {label}"))
     return charts + note
 
@@ -127,9 +128,11 @@ def drawn_windows(over_time: pl.DataFrame, as_of: datetime | None) -> pl.DataFra
 _NONE = "(none)"
 
 
-def time_series(over_time: pl.DataFrame, column: str, window: str) -> tuple[list[datetime], list[Series]]:
+def time_series(over_time: pl.DataFrame, column: str, window: str,
+                aliases: Mapping[str, str] | None = None) -> tuple[list[datetime], list[Series]]:
     """Per-window request counts of the busiest values of `column`, zero-filled, the rest as "other"
-    (calls without a value, e.g. imported records without a principal ARN, as "(none)")."""
+    (calls without a value, e.g. imported records without a principal ARN, as "(none)"); a key
+    with `aliases` is named by them first."""
     over_time = over_time.with_columns(pl.col(column).fill_null(_NONE))
     totals = over_time.group_by(column).agg(pl.col("count").sum()).sort(["count", column], descending=[True, False])
     names = totals.get_column(column).to_list()
@@ -142,7 +145,7 @@ def time_series(over_time: pl.DataFrame, column: str, window: str) -> tuple[list
     series = []
     for name in [*top, *(["other"] if len(names) > len(top) else [])]:
         counts = dict(per.filter(pl.col("series") == name).select("windowStart", "count").iter_rows())
-        series.append(Series(short_arn(name) if name != "other" else "other",
+        series.append(Series(key_label(name, aliases or {}) if name != "other" else "other",
                              [float(counts.get(t, 0)) for t in times]))
     return times, series
 
@@ -152,7 +155,8 @@ def _cost(data: ReportData) -> list[str]:
         return ['<p class="note">No cost in this period.</p>']
     per_key = (data.cost.group_by("keyArn").agg(pl.col("totalCost").sum())
                .sort(["totalCost", "keyArn"], descending=[True, False], nulls_last=True).head(15))
-    bars = [Bar(short_arn(key) if key else "(no key)", float(total)) for key, total in per_key.iter_rows()]
+    bars = [Bar(key_label(key, data.aliases) if key else "(no key)", float(total))
+            for key, total in per_key.iter_rows()]
     parts = [bar_chart(bars, title="Cost per key in the period (top 15)", unit=money)]
     projection = [Bar(account or "(none)", float(so_far), float(projected)) for account, so_far, projected in
                   data.projection.select("accountId", "monthToDateCost", "projectedCost").iter_rows()]
@@ -232,17 +236,31 @@ def _table(frame: pl.DataFrame, columns: Sequence[Column], *, table_id: str,
     rows = []
     for row in frame.head(MAX_ROWS).iter_rows(named=True):
         cls = row_class(row) if row_class else ""
-        cells = "".join(_cell(row.get(name), show) for name, _, show in columns)
+        cells = "".join(_cell(row.get(name), show, row.get("aliases") if name == "keyArn" else None)
+                        for name, _, show in columns)
         rows.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
     more = (f'<p class="note">{frame.height - MAX_ROWS:,} more rows in the CSV, JSON or Parquet report.</p>'
             if frame.height > MAX_ROWS else "")
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>{more}'
 
 
-def _cell(value: Any, show: Callable[[Any], str]) -> str:
+def _cell(value: Any, show: Callable[[Any], str], aliases: str | None = None) -> str:
+    """One cell; a key ARN's with the key's aliases under it."""
     css = ' class="n"' if show.__name__ in _NUMERIC else ""
     text = show(value) if value is not None or show in _SHOWS_NONE else ""
-    return f"<td{css}>{text if show in _RAW else escape(text)}</td>"
+    named = f'<div class="aliases">{escape(aliases)}</div>' if aliases else ""
+    return f"<td{css}>{text if show in _RAW else escape(text)}{named}</td>"
+
+
+def key_label(key_arn: str, aliases: Mapping[str, str]) -> str:
+    """A key's name in a chart: its first alias (and how many more), then its short ARN: an alias
+    moved in the period names two keys, which only the ARN tells apart."""
+    names = aliases.get(key_arn, "").split()
+    if not names:
+        return short_arn(key_arn)
+    first = names[0] if len(names[0]) <= 24 else names[0][:23] + "…"
+    more = f" +{len(names) - 1}" if len(names) > 1 else ""
+    return f"{first}{more} · {short_arn(key_arn)}"
 
 
 def _time(value: Any) -> str:

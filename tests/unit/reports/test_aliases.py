@@ -17,6 +17,7 @@ from keytrail.pipeline.sources import RecordsSource
 from keytrail.reports.alias_evidence import alias_change, decode
 from keytrail.reports.aliases import holdings, key_aliases
 from keytrail.reports.collect import ReportData, ReportOptions, collect_event_log, collect_sync
+from keytrail.reports.html import key_label, render_html
 from keytrail.reports.output import ReportFormat, write_report
 from keytrail.transport.segment_log import SegmentLog
 from tests.unit.reports.records import alias_arn, alias_record, by_alias, key_arn, record, user_arn
@@ -151,6 +152,20 @@ def test_tabular_reports_put_aliases_last_and_keep_every_other_column_in_place(d
     assert parquet.columns[-1] == "aliases"
     assert parquet.filter(pl.col("table") == "usage_over_time", pl.col("keyArn") == OLD)["aliases"].unique().to_list() \
         == ["alias/orders"]
+
+
+def test_the_html_page_shows_aliases_beside_key_arns_and_names_chart_lines_by_alias(data: ReportData) -> None:
+    page = render_html(data)
+    assert f'<code>{NEW}</code><div class="aliases">alias/orders</div>' in page
+    assert "alias/billing · key/before" in page  # the chart's line of the key named by alias
+    assert page.count('<div class="aliases">') >= 5  # usage, cost and last-used rows of the three keys
+
+
+def test_a_chart_names_a_key_by_its_first_alias_then_its_short_arn() -> None:
+    long = "alias/" + "x" * 40
+    assert key_label(OLD, {}) == "key/old"
+    assert key_label(OLD, {OLD: "alias/a alias/b alias/c"}) == "alias/a +2 · key/old"
+    assert key_label(OLD, {OLD: long}) == long[:23] + "… · key/old"  # a bar's label has 220 pixels
 
 
 def test_a_report_of_keys_never_named_by_alias_has_an_empty_aliases_column() -> None:
