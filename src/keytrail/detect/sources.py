@@ -78,7 +78,8 @@ def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], list[
 
 
 def _unlisted(problem: str) -> None:
-    """A folder that cannot be listed is input not read, as a file that is no log: detection stops."""
+    """A folder that cannot be listed, or a log's name in one on what is no regular file, is input
+    not read, as a file that is no log: detection stops."""
     raise LogFileProblem(problem)
 
 

@@ -61,8 +61,9 @@ class ReadReport:
 
 def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Every .json / .json.gz file named or found (recursively, sorted) under the folders named; a
-    folder among them that cannot be listed (permissions) goes to `on_problem`, for its files are
-    not read (Path.rglob passed over it in silence)."""
+    folder among them that cannot be listed (permissions), or a log's name on what is not a regular
+    file (a FIFO, a dangling link), goes to `on_problem`, for it is not read (Path.rglob passed
+    over both in silence)."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -77,7 +78,13 @@ def _logs_under(folder: Path, on_problem: Callable[[str], None] | None) -> Itera
             on_problem(f"{error.filename}: cannot read the folder: {error.strerror or error}")
 
     for top, _, names in os.walk(folder, onerror=unlisted):  # links to folders not followed, as rglob
-        yield from (p for p in map(Path(top).joinpath, names) if _is_log(p) and p.is_file())
+        for path in map(Path(top).joinpath, names):
+            if not _is_log(path):
+                continue
+            if path.is_file():
+                yield path
+            elif on_problem is not None:  # a FIFO, a socket, a dangling link: named alone, it is one too
+                on_problem(f"{path}: not a regular file")
 
 
 def _is_log(path: Path) -> bool:

@@ -391,6 +391,24 @@ async def test_a_folder_that_cannot_be_listed_is_a_problem_not_passed_over(
     assert offline.problems == report.problems
 
 
+async def test_a_log_name_in_a_folder_on_what_is_not_a_regular_file_is_a_problem_not_passed_over(
+        tmp_path: Path) -> None:
+    # Named alone, a FIFO is "not a regular file"; found in a folder it was skipped without a word.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    shutil.copy(EXAMPLES, logs / "seen.json")
+    os.mkfifo(logs / "pipe.json")
+    (logs / "gone.json.gz").symlink_to(tmp_path / "nowhere.json.gz")
+    (logs / "notes.txt").write_text("not a log")  # not a log's name: not looked at
+    report = await import_cloudtrail(tmp_path / "node", [logs])
+    assert (report.files, report.records) == (1, 9)
+    assert sorted(report.problems) == [f"{logs / 'gone.json.gz'}: not a regular file",
+                                       f"{logs / 'pipe.json'}: not a regular file"]
+    offline = ReadReport()
+    assert len(list(iter_cloudtrail_records([logs], report=offline))) == 9
+    assert sorted(offline.problems) == sorted(report.problems)
+
+
 def test_an_integer_longer_than_python_converts_is_a_problem_with_its_line_not_a_crash(tmp_path: Path) -> None:
     huge = tmp_path / "huge.json"
     record = json.dumps(_kms_examples()[0])
