@@ -752,3 +752,14 @@ def test_both_accounts_copies_of_a_cross_account_call_count_once() -> None:
                       *copies, {**attempt, "eventID": "another-call"}])
     [use] = [alarm for alarm in detector.alarms() if alarm.principal_arn == APP_ARN]
     assert use.count == 2 and set(use.event_ids) == {"copy-0", "another-call"}
+
+
+def test_a_tick_as_of_a_clock_ahead_of_the_stream_does_not_unfold_the_next_key_denied() -> None:
+    # Behind the clock by more than the window, a live detector's tick forgot the key alarms of a
+    # principal still being denied: its next key got a fourth key alarm instead of folding.
+    detector = Detector()
+    keys = [key_arn(n) for n in range(4)]
+    detector.process([denied("Decrypt", T0 + timedelta(seconds=n), k, MALLORY) for n, k in enumerate(keys[:3])])
+    detector.tick(T0 + timedelta(hours=2))
+    detector.process([denied("Decrypt", T0 + timedelta(minutes=1), keys[3], MALLORY)])
+    assert [a.key_arn for a in detector.alarms()] == [*keys[:3], None]

@@ -78,7 +78,10 @@ def test_a_principal_s_survey_is_let_go_of_once_its_window_has_closed() -> None:
     detector.tick(T0 + timedelta(minutes=30))
     assert recon.surveyed() == 35
     detector.tick(T0 + timedelta(hours=2))
-    assert recon.surveyed() == 0
+    assert recon.surveyed() == 35  # as of the last call read: the stream may be behind the clock
+    detector.process([event("DescribeKey", T0 + timedelta(hours=2), key_arn(1), user("trent"))])
+    detector.tick(T0 + timedelta(hours=2))
+    assert recon.surveyed() == 1
 
 
 def test_a_principal_enumerating_random_keys_is_remembered_on_a_bounded_number_of_them(monkeypatch: Any) -> None:
@@ -123,3 +126,16 @@ def test_calls_held_again_after_the_survey_fell_below_min_keys_join_the_open_ala
     [alarm] = _recon(first + later)
     assert alarm.count == 40 and alarm.first_seen == T0
     assert alarm.event_ids == tuple(record["eventID"] for record in first)  # the first 20
+
+
+def test_a_tick_as_of_a_clock_ahead_of_the_stream_does_not_drop_keys_its_later_calls_are_judged_with() -> None:
+    # A live detector ticks as of the clock; behind the clock by more than the window, it let go of
+    # every key of the survey at each tick, and an enumeration read then was never raised (a
+    # restart, replaying without those ticks, raised it).
+    detector = Detector()
+    detector.process(_reads(MALLORY, range(19)))
+    detector.tick(T0 + timedelta(hours=2))
+    detector.process(_reads(MALLORY, range(19, 20), start=T0 + timedelta(minutes=1)))
+    [alarm] = [a for a in detector.alarms() if a.rule == "key-reconnaissance"]
+    assert (alarm.count, alarm.first_seen) == (20, T0)
+

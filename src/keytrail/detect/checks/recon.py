@@ -124,22 +124,31 @@ class KeyReconnaissance:
         self._min_keys = int(rule.param("min_keys"))
         self._min_denied = int(rule.param("min_denied"))
         self._surveys: dict[str, _Survey] = {}  # principal ARN -> its survey
+        self._latest: datetime | None = None  # the latest time of a call surveyed
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         key, principal = event.judged_key_arn, event.principal_arn
         if key is None or principal is None or expected_caller(event, self.rule.parameters):
             return []
+        at = event.event_time
+        if self._latest is None or at > self._latest:
+            self._latest = at
         survey = self._surveys.setdefault(principal, _Survey())
-        survey.add(key, event.event_name, event.event_time, event.error_code in DENIED_CODES)
-        survey.expire(event.event_time, self.rule.window)
+        survey.add(key, event.event_name, at, event.error_code in DENIED_CODES)
+        survey.expire(at, self.rule.window)
         if len(survey.keys) < max(self._min_keys, 1):
-            survey.hold(key, event.event_time, event.event_id, caller_origin(event))
+            survey.hold(key, at, event.event_id, caller_origin(event))
             return []
         return [self._finding(event, survey, *survey.release())]
 
     def tick(self, now: datetime) -> list[Finding]:
+        if self._latest is None:
+            return []
+        # As of the last call read, if earlier than `now`: a stream running behind the clock still
+        # brings calls that must find the keys read just before them (as `usage-spike` does).
+        as_of = min(now, self._latest)
         for principal, survey in list(self._surveys.items()):
-            survey.expire(now, self.rule.window)
+            survey.expire(as_of, self.rule.window)
             if not survey.keys:
                 del self._surveys[principal]  # a principal that read a key once long ago costs nothing
         return []
