@@ -139,3 +139,12 @@ def test_a_tick_as_of_a_clock_ahead_of_the_stream_does_not_drop_keys_its_later_c
     [alarm] = [a for a in detector.alarms() if a.rule == "key-reconnaissance"]
     assert (alarm.count, alarm.first_seen) == (20, T0)
 
+
+def test_a_key_read_all_day_puts_on_the_alarm_only_its_calls_of_the_window() -> None:
+    # An application reading one key every ten minutes, then 19 more keys: the alarm counted the
+    # day's calls on that key and began a day before its one-hour window.
+    steady = [event("DescribeKey", T0 + timedelta(minutes=10 * n), key_arn(0), MALLORY) for n in range(145)]
+    survey = _reads(MALLORY, range(1, 20), start=T0 + timedelta(days=1, seconds=1))
+    [alarm] = _recon(steady + survey)
+    assert alarm.last_seen - alarm.first_seen <= timedelta(hours=1)
+    assert alarm.count <= 6 + 19  # the calls on key 0 within the hour, at most, and the survey

@@ -71,9 +71,16 @@ class _Survey:
         if len(self.keys) > MAX_SURVEYED_KEYS:
             self._drop_oldest()
 
-    def hold(self, key: str, at: datetime, event_id: str | None, origin: dict[str, str]) -> None:
-        """Keep a call on `key` (just added) for the alarm it may yet be part of."""
+    def hold(self, key: str, at: datetime, event_id: str | None, origin: dict[str, str],
+             window: timedelta) -> None:
+        """Keep a call on `key` (just added) for the alarm it may yet be part of. A key read again
+        and again stays in the survey for good: once its held calls span more than the window,
+        they start again from this one (an application reading one key all day, then 19 more,
+        put the day's calls on the alarm, its firstSeen a day before its window)."""
         surveyed = self.keys[key]
+        if surveyed.held_since is not None and at - surveyed.held_since > window:
+            self.held -= surveyed.held
+            surveyed = _Surveyed(surveyed.last, surveyed.denied)
         first = surveyed.held_since is None or at < surveyed.held_since
         self.keys[key] = surveyed._replace(held=surveyed.held + 1, held_since=at if first else surveyed.held_since,
                                            held_event=event_id if first else surveyed.held_event)
@@ -137,7 +144,7 @@ class KeyReconnaissance:
         survey.add(key, event.event_name, at, event.error_code in DENIED_CODES)
         survey.expire(at, self.rule.window)
         if len(survey.keys) < max(self._min_keys, 1):
-            survey.hold(key, at, event.event_id, caller_origin(event))
+            survey.hold(key, at, event.event_id, caller_origin(event), self.rule.window)
             return []
         return [self._finding(event, survey, *survey.release())]
 
