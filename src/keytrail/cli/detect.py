@@ -235,6 +235,7 @@ async def _run_live(
     try:
         async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner, \
                 _serving_metrics(metrics, tally.counts, rules, runner):
+            tally.remember(runner.delivered_ranks())  # counted by the run that delivered them
             await runner.run(kafka_values(bootstrap), tick_every=tick_every,
                              announce=tally.add_alarms)
     except asyncio.CancelledError:

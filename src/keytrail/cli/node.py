@@ -42,6 +42,7 @@ from keytrail.detect.alarms import Alarm
 from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.rules import DEFAULT_RULES
 from keytrail.detect.runner import DetectorRunner
+from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
@@ -461,10 +462,23 @@ def _start_consumers(node: Node) -> None:
         if node.settings.detector:
             _start_detector(node)
         return
+    if node.settings.detector:
+        _remember_delivered(node)
     node.children = [Child(spec) for spec in sidecars(node.settings, node.alarm_tally.add,
                                                       functools.partial(_detector_judged, node))]
     for child in node.children:
         child.start()
+
+
+def _remember_delivered(node: Node) -> None:
+    """The alarms an earlier run delivered (alarms.jsonl, which the detector child reads too), so
+    that their next updates are not counted as raised again (`AlarmTally.remember`)."""
+    try:
+        delivered = read_alarms(node.settings.data_dir / "alarms.jsonl")
+    except OSError as exc:  # the child says so too, and is what needs the file: no reason to stop here
+        log.warning("alarms.jsonl unreadable (%s): alarms open before this start count again", os_problem(exc))
+        return
+    node.alarm_tally.remember({alarm_id: alarm.severity.rank for alarm_id, alarm in delivered.items()})
 
 
 async def _consume_in_process(consumer: MetricsConsumer) -> None:
@@ -491,6 +505,7 @@ def _start_detector(node: Node) -> None:
     rules, hooks = detector_settings(settings.config)
     hooks = hooks.with_flags(mqtt=settings.mqtt, kafka=settings.kafka)
     runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock)
+    node.alarm_tally.remember(runner.delivered_ranks())  # counted by the run that delivered them
     node.detector = runner
     node.on_clock_advanced.append(lambda: _detector_catch_up(node))
     announce = functools.partial(_count_alarms, node)

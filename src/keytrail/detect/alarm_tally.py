@@ -10,7 +10,7 @@ first state of an alarm and each rise of its severity, nothing else.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.severity import Severity
@@ -39,6 +39,17 @@ class AlarmTally:
             self._told.popitem(last=False)
         if told is None or severity.rank > told:
             self.counts[(rule, severity.value)] += 1
+
+    def remember(self, ranks: Mapping[str, int]) -> None:
+        """Take the alarms delivered before this start (alarmId -> its severity's rank, as
+        `DetectorRunner.delivered_ranks` gives them) as counted: the tally starts from zero at each
+        start, as Prometheus counters do, and an alarm open across a restart is counted again only
+        if it escalates, not at its next update."""
+        for alarm_id, rank in ranks.items():
+            self._told[alarm_id] = rank
+            self._told.move_to_end(alarm_id)
+            if len(self._told) > self._remembered:
+                self._told.popitem(last=False)
 
     def add_alarms(self, alarms: Iterable[Alarm]) -> None:
         """Take the alarm states a detector announced (a runner's feed or tick)."""

@@ -115,6 +115,11 @@ class DetectorRunner:
         on, the alarms of alarms.jsonl it did not raise again are no longer remembered."""
         self._replayed = True
 
+    def delivered_ranks(self) -> dict[str, int]:
+        """The severity rank delivered of each alarm the runner remembers (at its start, those of
+        alarms.jsonl): what `AlarmTally.remember` takes."""
+        return {alarm_id: rank for alarm_id, (rank, _) in self._delivered.items()}
+
     def remembered(self) -> int:
         """How many alarms' delivered state the runner keeps (to send no state twice)."""
         return len(self._delivered)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from tests.unit.detect.records import T0, denied, key_arn, user
 
 from keytrail.detect.alarm_tally import AlarmTally
 from keytrail.detect.engine import Detector
+from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.severity import Severity
 
 
@@ -57,3 +59,23 @@ def test_a_detector_s_announcements_count_the_alarm_raised_not_its_tick_update()
     tally.add_alarms(announced := detector.tick(T0 + timedelta(seconds=2)))
     assert [alarm.count for alarm in announced] == [2]  # the update went out to the hooks
     assert sum(tally.counts.values()) == 1
+
+
+async def test_an_alarm_delivered_before_a_restart_counts_again_only_if_it_escalates(tmp_path: Path) -> None:
+    # Counted afresh at each start, an alarm open across a restart counted as raised again at its
+    # first update after it: "Alarms (24h)" showed two, and the HIGH alert fired again.
+    first = [denied("Decrypt", T0 + timedelta(seconds=n), key_arn(1), user("eve")) for n in range(2)]
+    async with DetectorRunner.open(tmp_path) as before:
+        await before.feed(first)
+        await before.tick()
+    tally = AlarmTally()
+    async with DetectorRunner.open(tmp_path) as runner:
+        tally.remember(runner.delivered_ranks())
+        tally.add_alarms(await runner.feed(first))  # the replay
+        tally.add_alarms(await runner.feed([denied("Decrypt", T0 + timedelta(seconds=5), key_arn(1), user("eve"))]))
+        tally.add_alarms(updated := await runner.tick())
+        assert [alarm.count for alarm in updated] == [3]
+        assert tally.counts == {}
+        escalating = [denied("Decrypt", T0 + timedelta(seconds=10 + n), key_arn(1), user("eve")) for n in range(47)]
+        tally.add_alarms(await runner.feed(escalating))
+    assert tally.counts == {("unauthorized-decrypt", "CRITICAL"): 1}
