@@ -148,3 +148,13 @@ def test_a_key_read_all_day_puts_on_the_alarm_only_its_calls_of_the_window() -> 
     [alarm] = _recon(steady + survey)
     assert alarm.last_seen - alarm.first_seen <= timedelta(hours=1)
     assert alarm.count <= 6 + 19  # the calls on key 0 within the hour, at most, and the survey
+
+
+def test_a_late_call_on_a_key_does_not_keep_the_key_in_the_window_past_its_last_call() -> None:
+    # A late call (a slower partition) moved its key behind keys read after it, where the window
+    # did not reach it: the key was still counted an hour after it left the window.
+    first = event("DescribeKey", T0, key_arn(0), MALLORY)
+    others = _reads(MALLORY, range(1, 19), start=T0 + timedelta(minutes=30))
+    late = event("DescribeKey", T0 - timedelta(minutes=1), key_arn(0), MALLORY)
+    next_key = event("DescribeKey", T0 + timedelta(minutes=65), key_arn(19), MALLORY)
+    assert _recon([first, *others, late, next_key]) == []  # 19 keys within the hour before it

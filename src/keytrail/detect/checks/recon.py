@@ -63,7 +63,12 @@ class _Survey:
     held_origins: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, key: str, name: str, at: datetime, denied: bool) -> None:
-        before = self.keys.pop(key, None) or _Surveyed(at, False)
+        before = self.keys.get(key)
+        if before is None or at >= before.last:
+            # Kept in the order last called, which `expire` reads oldest first: a late call (a
+            # slower partition) leaves its key where its last call put it.
+            self.keys.pop(key, None)
+            before = before or _Surveyed(at, False)
         self.keys[key] = before._replace(last=max(at, before.last), denied=before.denied or denied)
         if denied and not before.denied:
             self.denied_keys += 1
