@@ -329,6 +329,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # a request's URL and headers are arriving
         self._head_bytes = 0  # read since that request began, before the read that ends its head
+        # Of those, what its first read held besides the URL and headers parsed by then: perhaps the
+        # end of the request before it (pipelined, a body), so not counted while the head arrives.
+        # (What the parser holds of a header not yet ended is counted from the next read on.)
+        self._maybe_before_head = 0
         self._read_bytes = 0  # of the read being parsed
         self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
@@ -431,8 +435,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if self._draining:
                 self._drop(len(data))
         if self._in_head:
+            if not self._head_bytes:  # it began in this read, which may end the request before it
+                self._maybe_before_head = len(data) - _head_size(self.url, self.headers)
             self._head_bytes += len(data)
-            if self._head_bytes > HEAD_BYTES and not self.transport.is_closing():
+            if self._head_bytes - self._maybe_before_head > HEAD_BYTES and not self.transport.is_closing():
                 self._refuse_next(_HEAD_TOO_LARGE)  # no task started: its headers never ended
 
     def on_message_begin(self) -> None:

@@ -218,6 +218,36 @@ async def test_headers_past_the_byte_limit_get_431_however_the_reads_cut_them() 
         server.should_exit = True
 
 
+async def test_a_head_begun_behind_a_large_body_in_the_same_read_is_not_refused_as_too_large() -> None:
+    """The read a head began in was counted whole towards it: the body of the request before it
+    (pipelined) made a small head that did not end in that read a 431."""
+    server, port = await _serve_echo(seen := [])
+    try:
+        body = b"b" * (HEAD_BYTES + 10_000)
+        first = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        second = HEAD + b"\r\n0123456789"
+        answer = await _exchange(port, first + second[:20], second[20:] + b"GET / HTTP/1.1\r\nhost: x\r\n"
+                                 b"connection: close\r\n\r\n", pause=0.2)
+        assert answer.count(b"HTTP/1.1 200 ") == 3, answer
+        assert seen == ["whole", "whole", "whole"]
+    finally:
+        server.should_exit = True
+
+
+async def test_a_head_begun_behind_a_large_body_that_grows_past_the_limit_still_gets_431() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        body = b"b" * (HEAD_BYTES + 10_000)
+        first = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        growing = _filler(8000) * (HEAD_BYTES // 8000 + 2)  # no end of headers
+        answer = await _exchange(port, first + HEAD, growing, pause=0.2)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"}"), answer
+        assert b"HTTP/1.1 431 " in answer and b"RequestHeaderFieldsTooLarge" in answer
+        assert seen == ["whole"]
+    finally:
+        server.should_exit = True
+
+
 async def test_each_request_on_a_connection_has_the_whole_budget_and_a_large_one_under_it_is_served() -> None:
     server, port = await _serve_echo(seen := [])
     try:
