@@ -84,8 +84,7 @@ async def _read_store(settings: ServeSettings, root: RootKey) -> Store:
         await store.all_keys()
     except KmsError as exc:  # the store's refusals: what it answers a KMS call the database failed
         await store.close()
-        where = without_password(settings.store.split("@")[-1], settings.store) if settings.store else str(
-            settings.data_dir / "keys.db")
+        where = _place(settings.store) if settings.store else str(settings.data_dir / "keys.db")
         raise StoreUnavailable(f"cannot read the key store at {where}: the first read of its keys failed "
                                f"({exc.message}): start again once the database answers") from None
     except BaseException:
@@ -101,7 +100,7 @@ def store_url_problem(url: str) -> str | None:
     if url.startswith(("postgresql://", "postgres://")):
         return None
     source = f"${STORE_ENV}" if url == os.environ.get(STORE_ENV) else "--store"
-    return f"{source} must be a postgresql:// URL, got {without_password(url.split('@')[-1], url)!r}"
+    return f"{source} must be a postgresql:// URL, got {_place(url)!r}"
 
 
 async def _check_reachable(url: str) -> None:
@@ -123,7 +122,7 @@ async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
 @contextlib.contextmanager
 def _unavailable_unless_opened(url: str) -> Iterator[None]:
     """PostgreSQL's refusals as StoreUnavailable, naming the database without its user and password."""
-    where = without_password(url.split("@")[-1], url)  # never the user before the "@", nor a password
+    where = _place(url)
     try:
         yield
     except LedgerMismatch as exc:  # an OSError too: open_store tells it apart
@@ -140,6 +139,12 @@ def _problem(exc: Exception, url: str) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return f"the database did not answer within {DEFAULT_TIMEOUT:g} s"
     return without_password(" ".join((str(exc) or type(exc).__name__).split()), url)
+
+
+def _place(url: str) -> str:
+    """Where the store `url` names, as said in a complaint: never the user before its "@", nor a
+    password (its own, or one in its query)."""
+    return without_password(url.split("@")[-1], url)
 
 
 def without_password(text: str, url: str | None) -> str:
