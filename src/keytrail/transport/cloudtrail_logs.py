@@ -189,9 +189,9 @@ _NO_RECORDS = 'not a CloudTrail log file (no "Records" array)'
 
 
 def _records(stream: JsonStream) -> Iterator[Any]:
-    """The items of the "Records" array `stream` entered, parsed _PARSED_TOGETHER at a time with
-    the collector paused (collector_paused); what stops the parse is raised after the items
-    parsed before it."""
+    """The items of the "Records" array `stream` entered, parsed at least _PARSED_TOGETHER at a
+    time with the collector paused (collector_paused); what stops the parse is raised after the
+    items parsed before it."""
     more = True
     while more:
         batch: list[Any] = []
@@ -206,8 +206,9 @@ def _records(stream: JsonStream) -> Iterator[Any]:
             raise failure
 
 
-#: Records parsed with the collector paused, before they are handed on: few enough to hold (≈0.5
-#: MB), enough to make the pause's cost per record vanish.
+#: The fewest records parsed with the collector paused before they are handed on, enough to make
+#: the pause's cost per record vanish. A batch may hold more: every record whole in the text read
+#: so far (a _READ_CHUNK piece or two) is parsed at once (JsonStream.add_items).
 _PARSED_TOGETHER = 512
 
 

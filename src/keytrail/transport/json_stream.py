@@ -99,10 +99,11 @@ class JsonStream:
         return self.value()
 
     def add_items(self, items: list[Any], up_to: int) -> bool:
-        """Add the next items of the array entered to `items` until it holds `up_to`; False once the
-        array has ended. Those the text read so far holds whole are parsed one after the other
-        (what json's scanner cannot take there is left to next_item, which says why or reads
-        more). What stops the parse is raised with the items before it added."""
+        """Add the next items of the array entered to `items` until it holds at least `up_to`; False
+        once the array has ended. Those the text read so far holds whole are parsed together, so
+        one call may add all of them, far more than `up_to` (what json's scanner cannot take
+        there is left to next_item, which says why or reads more). What stops the parse is raised
+        with the items before it added."""
         while len(items) < up_to:
             if self._items_seen:
                 self._parse_held(items, up_to)
