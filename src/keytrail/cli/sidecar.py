@@ -14,9 +14,10 @@ writes each alarm state it announces (raised, escalated, its count updated) to s
 JSON line, of which `serve` counts the raised and escalated ones for /metrics, and, at most once
 each JUDGED_LINE_SECONDS while it moves, the offset of the event log it has judged up to
 (`{"judged": N}`), from which `serve` tells its lag. One child of each kind per data dir: each
-holds an exclusive lock, and a new one waits while the child of a previous `serve` is still finishing. The consumer also
-keeps `consume --kafka` out of the data dir (pipeline/kafka_lock.py), and where one already counts
-there it exits 1 in one line without counting: Kafka carries the node's calls too.
+holds an exclusive lock, and a new one waits while the child of a previous `serve` is still
+finishing. The consumer also keeps `consume --kafka` out of the data dir
+(pipeline/kafka_lock.py), and where one already counts there it exits 1 in one line without
+counting: Kafka carries the node's calls too.
 
 Both run at a lower CPU priority than `serve` (ANALYTICS_NICENESS): they read what is already
 durable and catch up within a second or two, while a call waiting behind them would show in the
@@ -79,8 +80,8 @@ JUDGED_LINE_SECONDS = 1.0
 def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], None],
              on_judged: Callable[[int], None] = lambda offset: None) -> list[ChildSpec]:
     """The children `serve` runs for `settings`; `on_alarm(alarmId, rule, severity)` for each alarm
-    state the detector announces,
-    `on_judged(offset)` as the detector tells the event log's offset it has judged up to."""
+    state the detector announces, `on_judged(offset)` as it tells the event log's offset it has
+    judged up to."""
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
     specs = [ChildSpec("consumer", (*command, "consumer", data_dir), environment_defaults=ANALYTICS_ENVIRONMENT)]
