@@ -14,7 +14,7 @@ import bisect
 import calendar
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,6 +37,7 @@ __all__ = [
     "classed_requests",
     "cost_report",
     "lifecycle_events",
+    "part_request_counts",
     "price_classes",
     "priced",
     "request_counts",
@@ -287,10 +288,21 @@ def request_counts(
     long period's minute rows never sit in memory at once: each part's free tier starts where the
     parts before it left it.
     """
+    by, schema = (["day", *_COUNTED_BY], _DAY_COUNTS_SCHEMA) if by_day else (_COUNTED_BY, _COUNTS_SCHEMA)
+    counts = [pl.DataFrame(schema=schema), *part_request_counts(usage, lifecycle, free_tier, since, by_day=by_day)]
+    return pl.concat(counts).group_by(by).agg(pl.col("requests").sum(), pl.col("billed").sum())
+
+
+def part_request_counts(
+    usage: pl.DataFrame | Iterable[pl.DataFrame], lifecycle: pl.DataFrame, free_tier: int, since: datetime | None,
+    *, by_day: bool = False,
+) -> Iterator[pl.DataFrame]:
+    """`request_counts` of each part of `usage` in turn, each part's free tier starting where the
+    parts before it left it: a part's counts are final for the days it holds whole, so a caller
+    that wants each day's can take them a part at a time, never the period's at once."""
     parts = [usage] if isinstance(usage, pl.DataFrame) else usage
     by, schema = (["day", *_COUNTED_BY], _DAY_COUNTS_SCHEMA) if by_day else (_COUNTED_BY, _COUNTS_SCHEMA)
     earlier = pl.DataFrame(schema=_EARLIER_SCHEMA)
-    counts = [pl.DataFrame(schema=schema)]
     for part in parts:
         rows = classed_requests(part, lifecycle).with_columns(free=pl.lit(0, pl.Int64))
         if free_tier > 0:
@@ -299,10 +311,9 @@ def request_counts(
             rows = rows.filter(pl.col("minute") >= since)
         if by_day:
             rows = rows.with_columns(day=pl.col("minute").dt.date())
-        counts.append(rows.group_by(by).agg(
+        yield rows.group_by(by).agg(
             requests=pl.col("count").sum(), billed=(pl.col("count") - pl.col("free")).sum()
-        ).cast(pl.Schema(schema)))
-    return pl.concat(counts).group_by(by).agg(pl.col("requests").sum(), pl.col("billed").sum())
+        ).cast(pl.Schema(schema))
 
 
 def _apply_free_tier(

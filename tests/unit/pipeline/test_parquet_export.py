@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from keytrail.cli.node import record_dev_clock
+from keytrail.pipeline import query
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.parquet import export_tables
 from keytrail.pipeline.prices import PriceTable
@@ -309,11 +310,17 @@ async def test_the_daily_cost_tables_add_up_to_the_cost_of_their_span_exactly(tm
     assert [t.schema for t in tables] == [whole.schema] * 40  # the published shape: Decimal(38, 10)
 
 
+@pytest.mark.parametrize("span_rows", [query.SPAN_ROWS, 1])
 @pytest.mark.parametrize("free_tier", [0, 5])
-async def test_the_days_priced_together_are_each_the_cost_of_their_day(tmp_path: Path, free_tier: int) -> None:
+async def test_the_days_priced_together_are_each_the_cost_of_their_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_tier: int, span_rows: int
+) -> None:
     """An export prices a run of days from one read of their usage (a month at a time with a free
     tier); each day's table is, frame for frame, the cost of that day alone: across a month's end,
-    on days apart, and with a key scheduled for deletion, cancelled, rotated and a second account."""
+    on days apart, and with a key scheduled for deletion, cancelled, rotated and a second account.
+    So too where the run's usage is read in several spans (`span_rows` 1: a UTC day each), each
+    span's days priced before the next is read."""
+    monkeypatch.setattr(query, "SPAN_ROWS", span_rows)
     prices = PriceTable(free_tier_requests=free_tier)
     end_of_march = datetime(2026, 3, 29, 9, tzinfo=UTC)
     records = [
