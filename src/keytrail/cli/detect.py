@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import json
 import signal
@@ -38,10 +37,10 @@ from keytrail.cli.console import (
 # `keytrail detect --help` or `keytrail analyze --help` (commands.py).
 if TYPE_CHECKING:
     from keytrail.detect import Alarm, RuleSet
-    from keytrail.detect.events import KmsEvent
     from keytrail.detect.hooks import HooksConfig
     from keytrail.detect.inventory import IdentityItem, KeyInventoryItem
     from keytrail.detect.runner import DetectorRunner
+    from keytrail.detect.sources import CloudTrailRead
     from keytrail.kms.keys import Key
     from keytrail.kms.sqlite_store import SqliteStore
 
@@ -148,39 +147,38 @@ class OfflineRun:
     as_of: datetime | None
 
 
-def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None) -> OfflineRun:
-    """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`."""
+def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None,
+                run_events: int | None = None) -> OfflineRun:
+    """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`.
+    `run_events`: events sorted in memory at once (`detect.time_order`, RUN_EVENTS by default)."""
     from keytrail.detect import Detector
     from keytrail.detect.sources import read_cloudtrail_events
-    from keytrail.transport.cloudtrail_logs import collector_paused
+    from keytrail.detect.time_order import RUN_EVENTS
 
     detector = Detector(rules)
-    events, problems = read_cloudtrail_events(paths)
-    for problem in problems:  # as import, consume and report say them: a denied call in one raises no alarm
-        typer.echo(f"skipped: {problem}", err=True)
-    if problems:
-        typer.echo(f"note: skipped {counted(len(problems), 'CloudTrail record')} that "
-                   "cannot be read (above)", err=True)
-    if not events and not problems:  # no output must not read as a quiet period: the files held no KMS record
-        typer.echo("note: the CloudTrail files given hold no KMS record: no alarm could be raised", err=True)
-    if as_of is not None:
-        events = _up_to(events, as_of)
-    with collector_paused():  # a batch job over acyclic records: no need for the cyclic collector
+    with read_cloudtrail_events(paths, up_to=as_of, run_events=run_events or RUN_EVENTS) as (events, read):
+        _say_what_was_read(read, as_of)
         detector.process_events(events)
     detector.tick(as_of)
-    return OfflineRun(detector.alarms(), len(events), detector.moment(as_of))
+    return OfflineRun(detector.alarms(), read.events - read.later, detector.moment(as_of))
 
 
-def _up_to(events: list[KmsEvent], as_of: datetime) -> list[KmsEvent]:
-    """The events (in time order) dated up to `as_of`: judged as of a time, a key used only after
-    it was still idle then, and a call after it raises no alarm yet (as the live detector, whose
-    ticks never see later events, and `report --until` judge). The rest are named on stderr."""
-    kept = bisect.bisect_right(events, as_of, key=lambda event: event.event_time)
-    if (later := len(events) - kept) > 0:
-        typer.echo(f"note: {counted(later, 'KMS record')} dated after --as-of {as_of:%Y-%m-%dT%H:%M:%SZ} "
-                   f"{'was' if later == 1 else 'were'} not judged: the alarms are those of the records up to it",
+def _say_what_was_read(read: CloudTrailRead, as_of: datetime | None) -> None:
+    """On stderr: the records skipped, files that held no KMS record, and the records dated after
+    `as_of`, which are not judged: judged as of a time, a key used only after it was still idle
+    then, and a call after it raises no alarm yet (as the live detector, whose ticks never see
+    later events, and `report --until` judge)."""
+    for problem in read.problems:  # as import, consume and report say them: a denied call in one raises no alarm
+        typer.echo(f"skipped: {problem}", err=True)
+    if read.problems:
+        typer.echo(f"note: skipped {counted(len(read.problems), 'CloudTrail record')} that "
+                   "cannot be read (above)", err=True)
+    if not read.events and not read.problems:  # no output must not read as a quiet period: the files held no KMS record
+        typer.echo("note: the CloudTrail files given hold no KMS record: no alarm could be raised", err=True)
+    if as_of is not None and read.later > 0:
+        typer.echo(f"note: {counted(read.later, 'KMS record')} dated after --as-of {as_of:%Y-%m-%dT%H:%M:%SZ} "
+                   f"{'was' if read.later == 1 else 'were'} not judged: the alarms are those of the records up to it",
                    err=True)
-    return events[:kept]
 
 
 def _hold_detector_lock(data_dir: Path) -> None:

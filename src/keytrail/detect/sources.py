@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from keytrail.detect.events import KmsEvent, read_event
+from keytrail.detect.time_order import RUN_EVENTS, time_ordered
 from keytrail.transport.cloudtrail_logs import (
     LogFile,
     LogFileProblem,
@@ -30,6 +33,7 @@ from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = [
     "AUDIT_TOPIC",
+    "CloudTrailRead",
     "Decoder",
     "ValueBatch",
     "default_decoder",
@@ -56,25 +60,50 @@ class ValueBatch:
     lag: Mapping[str, int] = field(default_factory=dict)
 
 
-def read_cloudtrail_events(paths: Iterable[Path]) -> tuple[list[KmsEvent], list[str]]:
+@dataclass(slots=True)
+class CloudTrailRead:
+    """What reading CloudTrail files for detection saw besides the events it gives."""
+
+    problems: list[str] = field(default_factory=list)  # records that could not be read
+    events: int = 0  # KMS events read
+    later: int = 0  # of them, dated after `up_to`: not given
+
+
+@contextmanager
+def read_cloudtrail_events(paths: Iterable[Path], *, up_to: datetime | None = None,
+                           run_events: int = RUN_EVENTS) -> Iterator[tuple[Iterator[KmsEvent], CloudTrailRead]]:
     """The KMS events of CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or
-    folders) in eventTime order, and the problems of the records that could not be read, each
-    naming its file and record: the records every other reader of the files refuses too
-    (`transport.cloudtrail_records`); other services' records are passed over uncounted.
-    Digest files are passed over; a file that is no CloudTrail log raises LogFileProblem (a
-    ValueError) naming it, for detection over part of the input would misjudge the rest.
-    Each record is dropped once its event is read, to keep memory low."""
-    events: list[KmsEvent] = []
-    problems: list[str] = []
-    report = ReadReport()
-    with collector_paused():  # every file's dicts are acyclic: ~2x on a 50k-record file
-        for path in iter_log_files(paths, _unlisted):
-            records = readable_records(path, LogFile(path).records(), report, problems.append)
-            events += (read_event(record) for _, record in records)
+    folders) dated up to `up_to` (all by default), in eventTime order, and what the reading saw:
+    the problems of the records that could not be read, each naming its file and record (the
+    records every other reader of the files refuses too, `transport.cloudtrail_records`); other
+    services' records are passed over uncounted. Digest files are passed over; a file that is no
+    CloudTrail log raises LogFileProblem (a ValueError) naming it, for detection over part of the
+    input would misjudge the rest. Every file is read on entry, `run_events` events held at a
+    time (`detect.time_order`); the events are given once, while inside."""
+    read = CloudTrailRead()
+    events = _dated_up_to(_file_events(paths, read), up_to, read)
     # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
     # which for keytrail's own export is the log's, the order the live detector judged them in.
-    events.sort(key=lambda e: e.event_time)
-    return events, problems
+    # The collector paused: every file's dicts are acyclic (~2x on a 50k-record file).
+    with collector_paused(), time_ordered(events, run_events=run_events) as ordered:
+        yield ordered, read
+
+
+def _file_events(paths: Iterable[Path], read: CloudTrailRead) -> Iterator[KmsEvent]:
+    """The KMS events of the files, in the files' order; each record let go of once its event is read."""
+    report = ReadReport()
+    for path in iter_log_files(paths, _unlisted):
+        for _, record in readable_records(path, LogFile(path).records(), report, read.problems.append):
+            read.events += 1
+            yield read_event(record)
+
+
+def _dated_up_to(events: Iterator[KmsEvent], up_to: datetime | None, read: CloudTrailRead) -> Iterator[KmsEvent]:
+    for event in events:
+        if up_to is None or event.event_time <= up_to:
+            yield event
+        else:
+            read.later += 1
 
 
 def _unlisted(problem: str) -> None:

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,8 @@ import typer
 from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, key_arn, policy_doc, user
 from typer.testing import CliRunner
 
-from keytrail.cli.detect import register
+from keytrail.cli.detect import register, run_offline
+from keytrail.detect import RuleSet
 
 runner = CliRunner()
 
@@ -80,6 +81,37 @@ def test_offline_as_of_judges_the_records_up_to_it_only(app: typer.Typer, tmp_pa
     assert [json.loads(line)["rule"] for line in result.stdout.splitlines()] == ["unused-key"]
     assert result.stderr == ("note: 2 KMS records dated after --as-of 2026-04-06T12:00:00Z were not "
                              "judged: the alarms are those of the records up to it\n")
+
+
+def _trail_with_ties_across_files(folder: Path) -> list[dict]:
+    """Denied calls in three files, each out of time order within, their seconds overlapping; the
+    records in the files' order (names sorted, as a folder is read)."""
+    seconds = {"a.json": [2, 0, 1, 0, 3], "b.json.gz": [0, 2, 0, 1], "c.json": [1, 0, 2, 0, 9]}
+    records: list[dict] = []
+    for name, times in seconds.items():
+        written = [denied("Decrypt", T0 + timedelta(seconds=s), key_arn(1), user("eve")) for s in times]
+        write_log(folder / name, written)
+        records += written
+    return records
+
+
+@pytest.mark.parametrize("as_of", [None, T0 + timedelta(seconds=1)])
+def test_offline_alarms_are_the_same_when_the_events_are_sorted_through_runs_of_a_few(
+        tmp_path: Path, as_of: datetime | None) -> None:
+    """A year of a trail is sorted through runs spilled to files, not all in memory: the alarms,
+    and the order of their calls, are those of one stable sort of them all, ties across files
+    judged in the files' order."""
+    records = _trail_with_ties_across_files(tmp_path)
+    judged = sorted((r for r in records if as_of is None or r["eventTime"] <= f"{as_of:%Y-%m-%dT%H:%M:%SZ}"),
+                    key=lambda r: r["eventTime"])  # sorted() is stable
+    in_memory = run_offline([tmp_path], RuleSet(), as_of)
+    [alarm] = in_memory.alarms
+    assert list(alarm.event_ids) == [r["eventID"] for r in judged]
+    assert in_memory.records == len(judged)
+    for run_events in (1, 2, 3):
+        through_runs = run_offline([tmp_path], RuleSet(), as_of, run_events=run_events)
+        assert [a.to_json() for a in through_runs.alarms] == [alarm.to_json()]
+        assert (through_runs.records, through_runs.as_of) == (in_memory.records, in_memory.as_of)
 
 
 def test_offline_table_ends_with_what_the_alarms_were_judged_over(app: typer.Typer, tmp_path: Path) -> None:
