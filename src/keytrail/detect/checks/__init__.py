@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from keytrail.detect.alarms import Finding
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["Check", "arn_region_account", "expected_caller"]
+__all__ = ["Check", "LatestTime", "arn_region_account", "expected_caller"]
 
 
 class Check(Protocol):
@@ -42,3 +42,22 @@ def expected_caller(event: KmsEvent, parameters: Mapping[str, Any]) -> bool:
         return True
     principal = event.principal_arn or ""
     return any(fnmatchcase(principal, pattern) for pattern in parameters["allow_principals"])
+
+
+class LatestTime:
+    """The latest event time a rule has read, and the time its tick lets state go as of: the
+    earlier of that and the tick's `now`, for a stream running behind the clock still brings
+    events that must find the state of the calls just before them."""
+
+    __slots__ = ("latest",)
+
+    def __init__(self) -> None:
+        self.latest: datetime | None = None
+
+    def saw(self, at: datetime) -> None:
+        if self.latest is None or at > self.latest:
+            self.latest = at
+
+    def as_of(self, now: datetime) -> datetime | None:
+        """None before any event: nothing to let go."""
+        return None if self.latest is None else min(now, self.latest)

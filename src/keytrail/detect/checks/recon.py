@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from keytrail.detect.alarms import GATHERED_DETAILS, MAX_EVENT_IDS, MAX_GATHERED, Earlier, Finding, caller_origin
-from keytrail.detect.checks import expected_caller
+from keytrail.detect.checks import LatestTime, expected_caller
 from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.events import KmsEvent
 from keytrail.detect.ledger import UNCONFIRMED_KEYS
@@ -136,15 +136,14 @@ class KeyReconnaissance:
         self._min_keys = int(rule.param("min_keys"))
         self._min_denied = int(rule.param("min_denied"))
         self._surveys: dict[str, _Survey] = {}  # principal ARN -> its survey
-        self._latest: datetime | None = None  # the latest time of a call surveyed
+        self._read = LatestTime()  # of the calls surveyed
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         key, principal = event.judged_key_arn, event.principal_arn
         if key is None or principal is None or expected_caller(event, self.rule.parameters):
             return []
         at = event.event_time
-        if self._latest is None or at > self._latest:
-            self._latest = at
+        self._read.saw(at)
         survey = self._surveys.setdefault(principal, _Survey())
         survey.add(key, event.event_name, at, event.error_code in DENIED_CODES)
         survey.expire(at, self.rule.window)
@@ -154,11 +153,8 @@ class KeyReconnaissance:
         return [self._finding(event, survey, *survey.release())]
 
     def tick(self, now: datetime) -> list[Finding]:
-        if self._latest is None:
+        if (as_of := self._read.as_of(now)) is None:
             return []
-        # As of the last call read, if earlier than `now`: a stream running behind the clock still
-        # brings calls that must find the keys read just before them (as `usage-spike` does).
-        as_of = min(now, self._latest)
         for principal, survey in list(self._surveys.items()):
             survey.expire(as_of, self.rule.window)
             if not survey.keys:

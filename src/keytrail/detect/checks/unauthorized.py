@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import MAX_GATHERED, Finding, caller_origin
-from keytrail.detect.checks import arn_region_account, expected_caller
+from keytrail.detect.checks import LatestTime, arn_region_account, expected_caller
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
@@ -76,7 +76,7 @@ class UnauthorizedDecrypt:
         self.rule, self.ledger = rule, ledger
         self._per_principal = int(rule.param("key_alarms_per_principal"))
         self._denials: dict[str, _Denials] = {}  # principal ARN -> its denials in the window
-        self._latest: datetime | None = None  # the latest time of a denial folded or keyed
+        self._read = LatestTime()  # of the denials folded or keyed
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         if not event.is_crypto or event.error_code not in DENIED_CODES:
@@ -87,11 +87,8 @@ class UnauthorizedDecrypt:
         return [self._folded(event, finding) if self._folds(event, finding.key_arn) else finding]
 
     def tick(self, now: datetime) -> list[Finding]:
-        if self._latest is None:
+        if (as_of := self._read.as_of(now)) is None:
             return []
-        # As of the last denial read, if earlier than `now`: a stream running behind the clock
-        # still brings denials within the window of the key alarms before them.
-        as_of = min(now, self._latest)
         for principal, denials in list(self._denials.items()):
             denials.close_expired(as_of, self.rule.window)
             if denials.idle():
@@ -103,8 +100,7 @@ class UnauthorizedDecrypt:
         and the principal's alarm is open or `key_alarms_per_principal` keys have theirs."""
         if not self._per_principal or key is None or event.principal_arn is None:
             return False
-        if self._latest is None or event.event_time > self._latest:
-            self._latest = event.event_time
+        self._read.saw(event.event_time)
         denials = self._denials.setdefault(event.principal_arn, _Denials())
         denials.close_expired(event.event_time, self.rule.window)
         if key in denials.keyed:
