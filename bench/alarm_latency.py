@@ -1,8 +1,9 @@
 """Time from a denied Decrypt to its `unauthorized-decrypt` alarm on MQTT, under background load.
 
 While bench/openloop.py sends Encrypt at a fixed rate (1,000 req/s, as in the detector issue), one
-denied Decrypt per key is sent for `keys` fresh keys (each principal × key pair is a new alarm), and
-the alarm for each key is awaited on `keytrail/alarms/#`. Latency = alarm received − call answered.
+denied Decrypt per key is sent for `keys` fresh keys, each by an outsider of its own (each principal
+× key pair is a new alarm; one principal's denials on many keys would fold into one alarm), and the
+alarm for each key is awaited on `keytrail/alarms/#`. Latency = alarm received − call answered.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fixtures import DENIED, operation_params
+from bench.fixtures import OUTSIDERS, operation_params
 from bench.openloop import percentile
 from bench.targets import ROOT, Target, _python_env, exchange, load_extra_keys
 
@@ -39,9 +40,8 @@ async def _listen(host: str, port: int, arrivals: dict[str, float], ready: async
 
 
 async def _deny(target: Target, keys: list[tuple[str, bytes]], sent: dict[str, float], spacing: float) -> None:
-    signer = target.signer(DENIED)
-    for arn, blob in keys:
-        raw = signer.raw(*operation_params("Decrypt (denied)", "", blob))
+    for (arn, blob), outsider in zip(keys, OUTSIDERS, strict=False):
+        raw = target.signer(outsider).raw(*operation_params("Decrypt (denied)", "", blob))
         status, _ = await asyncio.to_thread(exchange, target.port, raw)
         sent[arn] = time.perf_counter()
         if status != 400:
@@ -68,6 +68,8 @@ async def _measure(target: Target, mqtt: tuple[str, int], keys: list[tuple[str, 
 def alarm_latency(target: Target, work: Path, mqtt: tuple[str, int], keys: int = 20, rate: float = 1000.0,
                   wait: float = 10.0) -> dict[str, Any]:
     """Alarm latency figures (p50/p99/max in ms, over `keys` alarms) under `rate` req/s of Encrypt."""
+    if keys > len(OUTSIDERS):
+        raise ValueError(f"at most {len(OUTSIDERS)} keys: one outsider principal each (bench/fixtures.py)")
     pairs = load_extra_keys(target, keys)
     requests_file = target.sign("Encrypt", work / "req-background.txt")
     seconds = keys * 0.2 + wait + 2

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "ACCOUNT", "APP", "CONTEXT", "DENIED", "KEY_POLICY", "OPERATIONS", "OWNER", "PLAINTEXT", "Principal",
-    "operation_params", "write_principals",
+    "ACCOUNT", "APP", "CONTEXT", "DENIED", "KEY_POLICY", "OPERATIONS", "OUTSIDERS", "OWNER", "PLAINTEXT",
+    "Principal", "operation_params", "write_principals",
 ]
 
 ACCOUNT = "111122223333"
@@ -30,6 +30,13 @@ Principal = tuple[str, str, str, str | None]  # arn, access key, secret, session
 OWNER: Principal = (f"arn:aws:iam::{ACCOUNT}:user/alice", "AKIAALICE000000000001", "alice-secret", None)
 APP: Principal = (f"arn:aws:iam::{ACCOUNT}:role/app", "ASIAAPP0000000000001", "app-secret", "app-session")
 DENIED: Principal = (f"arn:aws:iam::{OTHER_ACCOUNT}:user/carol", "AKIACAROL00000000001", "carol-secret", None)
+# More users of the other account, one per key of the alarm-latency benchmark: the detector folds a
+# principal's denials past its first few keys into one alarm (detect/checks/unauthorized.py), so
+# one alarm per denied call needs a principal of its own for each.
+OUTSIDERS: tuple[Principal, ...] = tuple(
+    (f"arn:aws:iam::{OTHER_ACCOUNT}:user/outsider-{n:02}", f"AKIAOUTSIDER{n:08}", f"outsider-{n:02}-secret", None)
+    for n in range(1, 41)
+)
 
 # The developer guide's shape: IAM delegation to the account, key administrators, key users
 # with conditions.
@@ -54,9 +61,9 @@ KEY_POLICY: dict[str, Any] = {
 
 
 def write_principals(path: Path) -> Path:
-    """The principals file (CONTRACTS.md §2) for the owner, the app role and the outsider."""
+    """The principals file (CONTRACTS.md §2) for the owner, the app role and the outsiders."""
     lines = []
-    for arn, key, secret, session in (OWNER, APP, DENIED):
+    for arn, key, secret, session in (OWNER, APP, DENIED, *OUTSIDERS):
         lines += ["[[principal]]", f'arn = "{arn}"', f'access_key_id = "{key}"', f'secret_access_key = "{secret}"',
                   f"policies = ['''{_ALLOW_KMS}''']"]
         if session:

@@ -262,6 +262,24 @@ def test_the_audit_target_is_judged_with_both_servers_saturated_and_names_the_ta
     assert "keytrail · Encrypt, saturated (wrk -c64) | **750**" in "\n".join(http_table(results["http"]))
 
 
+def test_an_alarm_that_never_arrived_misses_the_alarm_target_however_fast_the_others_were() -> None:
+    def alarm_row(alarms: int) -> str:
+        latency = {"background_rps": 1000.0, "denied_calls": 20, "alarms": alarms, "p50_ms": 130.0,
+                   "p99_ms": 250.0, "max_ms": 250.0}
+        results = {"features": {}, "http": {"runs": [], "alarm_latency": latency}}
+        return next(line for line in targets_table(results) if line.startswith("| Alarm on MQTT"))
+    assert alarm_row(20).endswith("(20 of 20 alarms) | **met** |")
+    assert alarm_row(2).endswith("(2 of 20 alarms) | **missed** (18 alarm(s) never arrived) |")
+
+
+def test_each_alarm_latency_key_is_denied_to_an_outsider_of_its_own(tmp_path: Path) -> None:
+    from bench.fixtures import OUTSIDERS, write_principals
+
+    assert len({arn for arn, *_ in OUTSIDERS}) == len(OUTSIDERS) >= 20  # alarm_latency's default keys
+    text = write_principals(tmp_path / "principals.toml").read_text()
+    assert all(f'access_key_id = "{key}"' in text for _, key, _, _ in OUTSIDERS)
+
+
 def test_scale_fill_makes_distinct_keys_that_the_store_opens_with_their_own_material(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
