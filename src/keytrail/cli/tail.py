@@ -69,6 +69,6 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
                 caught_up = True
                 runner.caught_up()
             if caught_up and loop.time() - last_tick >= DETECTOR_TICK_SECONDS:
-                announce(await runner.tick())
+                announce(await runner.tick(behind=len(values) == DETECTOR_BATCH))  # a full batch: more waits
                 last_tick = loop.time()
         judged(offset)  # judged, or passed over

@@ -103,12 +103,24 @@ class DetectorRunner:
             await asyncio.sleep(0)
         return announced
 
-    async def tick(self, now: datetime | None = None) -> list[Alarm]:
-        """Time-based rules and the latest counts of open alarms, delivered; closed alarms let go."""
+    async def tick(self, now: datetime | None = None, *, behind: bool = False) -> list[Alarm]:
+        """Time-based rules and the latest counts of open alarms, delivered; closed alarms let go.
+        `behind`: the source holds events not judged yet (a backlog, a slower partition), which may
+        belong to alarms whose window has closed by the clock but not by the stream: let go of,
+        such an alarm would page again as a new one at its next event."""
         announced = self._publish(self.detector.tick(now))
-        self.detector.forget_closed(now)
-        self._let_go(self.detector.moment(now))
+        closing = self._closing_time(now, behind)
+        self.detector.forget_closed(closing)
+        self._let_go(closing)
         return announced
+
+    def _closing_time(self, now: datetime | None, behind: bool) -> datetime | None:
+        """The time windows are judged closed as of: the detector's moment, or while the source is
+        behind, the latest event judged where that is earlier."""
+        moment, latest = self.detector.moment(now), self.detector.last_event_time
+        if behind and moment is not None and latest is not None:
+            return min(moment, latest)
+        return moment
 
     def caught_up(self) -> None:
         """The source's past has been read (the replay after a start is over): from the next tick
@@ -191,7 +203,7 @@ class DetectorRunner:
                     self.caught_up()
                 if caught_up and loop.time() >= next_tick:
                     next_tick = loop.time() + tick_every
-                    announce(await self.tick())
+                    announce(await self.tick(behind=any(batch.lag.values())))
             self.lag = dict(batch.lag)  # judged, or passed over
 
     def _decoder(self) -> Decoder:

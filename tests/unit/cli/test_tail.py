@@ -107,6 +107,40 @@ async def test_a_restarted_detector_judges_time_rules_on_the_whole_log_not_on_ha
     assert [(a.rule, a.count) for a in latest.values()] == [("unauthorized-decrypt", 2)]
 
 
+async def test_a_live_detector_that_falls_behind_keeps_one_alarm_for_calls_of_one_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caught up, then fed a backlog three days old (full batches: more waits), a tick as of the
+    wall clock let go of the thief's open alarm between its two denials ten minutes apart, and
+    the second paged again as a new alarm."""
+    monkeypatch.setattr(tail, "DETECTOR_BATCH", 4)
+    monkeypatch.setattr(tail, "DETECTOR_TICK_SECONDS", 0.0)
+    then = datetime.now(UTC) - timedelta(days=3)
+    key, thief = key_arn(1), user("thief")
+    _write_log(tmp_path, [create_key(then - timedelta(hours=1), key)])
+    backlog = [
+        denied("Decrypt", then, key, thief),
+        *[event("DescribeKey", then + timedelta(seconds=n), key) for n in range(1, 9)],
+        denied("Decrypt", then + timedelta(minutes=10), key, thief),
+    ]
+    runner = DetectorRunner.open(tmp_path, clock=SystemClock())
+    announced: list[Alarm] = []
+    live = asyncio.create_task(detect_live(tmp_path, runner, announced.extend))
+    await asyncio.sleep(0.3)  # the first batch came short: caught up
+    log = SegmentLog(event_log_dir(tmp_path), writable=True)
+    log.append([encode(record) for record in backlog])
+    log.sync()
+    log.close()
+    for _ in range(500):
+        if backlog[-1]["eventID"] in runner.detector._seen:
+            break
+        await asyncio.sleep(0.01)
+    live.cancel()
+    await asyncio.gather(live, return_exceptions=True)
+    await runner.close()
+    assert len({a.alarm_id for a in announced if a.rule == "unauthorized-decrypt"}) == 1
+
+
 async def test_one_damaged_value_in_the_event_log_costs_that_value_not_its_batch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -97,3 +97,26 @@ async def test_the_runner_s_lag_is_what_its_source_held_after_the_last_batch_jud
     await runner.run(batches())
     assert seen == [{"keytrail.audit.v1-0": 3, "keytrail.audit.v1-1": 5}]
     assert runner.lag == {"keytrail.audit.v1-0": 0, "keytrail.audit.v1-1": 5}
+
+
+async def test_a_runner_behind_its_source_keeps_one_alarm_for_calls_of_one_window(tmp_path: Path) -> None:
+    # A live detector hours behind the clock (a slower partition, a backlog) ticked as of the clock
+    # and let go of the open alarm of the events it was reading: the same principal denied on the
+    # same key ten minutes later (stream time) paged again as a second alarm.
+    from collections.abc import AsyncIterator
+
+    from keytrail.clock import ManualClock
+    from keytrail.detect.alarms import Alarm
+    from keytrail.detect.sources import ValueBatch
+
+    runner = DetectorRunner.open(tmp_path, clock=ManualClock(T0 + timedelta(hours=5)))
+    calls = [denied("Decrypt", T0 + timedelta(minutes=minute), key_arn(7), user("eve")) for minute in (0, 10)]
+
+    async def batches() -> AsyncIterator[ValueBatch]:
+        yield ValueBatch([encode(calls[0])], "p0", lag={"keytrail.audit.v1-0": 1})
+        yield ValueBatch([encode(calls[1])], "p0", lag={"keytrail.audit.v1-0": 0})
+
+    announced: list[Alarm] = []
+    await runner.run(batches(), tick_every=0.0, announce=announced.extend)
+    assert len({alarm.alarm_id for alarm in announced}) == 1
+    assert [alarm.count for alarm in announced] == [1, 2]  # raised, then its count at the tick after
