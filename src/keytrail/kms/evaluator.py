@@ -42,10 +42,10 @@ __all__ = [
 _CACHE_LIMIT = 8192
 # A decision is cached with the request values it read; an encryption context (or a grant's
 # constraints) can fill the whole request body, and 8192 of those held tens of GB. Larger requests,
-# and requests on keys with many grants, are decided afresh: they are not the hot path the cache is for.
+# and callers named by many of a key's grants, are decided afresh: they are not the hot path the cache is for.
 _CACHED_CONDITIONS = 32
 _CACHED_CHARS = 4096
-_CACHED_GRANTS = 64  # a decision is cached with the ids of the key's grants (up to 50,000 of them)
+_CACHED_GRANTS = 64  # a decision is cached with the ids of the grants naming the caller
 # Compiled key policies are also bounded by their texts' size: a 32 KB policy compiles to ~250 KB,
 # and 8192 of them (PutKeyPolicy after PutKeyPolicy) held 2 GB.
 _KEY_POLICY_CHARS = 8 << 20

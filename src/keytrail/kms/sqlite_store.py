@@ -136,6 +136,9 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._keys: dict[Scope, dict[str, Key]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
+        # Each key's grants in creation order, sorted once after a change rather than at every call
+        # on the key (every call asks): 50,000 grants, AWS's quota, took ≈ 20 ms to sort.
+        self._ordered_grants: dict[tuple[str, str, str], list[Grant]] = {}
         self._custom_key_stores = {}
         # Rows whose document did not verify as the store opened, by table: the calls that need
         # one fail; nothing of them is in memory.
@@ -236,6 +239,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         elif table is GRANTS:
             grant = grant_from_doc(body)
             self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
+            self._ordered_grants.pop((grant.account, grant.region, grant.key_id), None)
         elif table is CUSTOM_KEY_STORES:
             cks = custom_key_store_from_doc(body, self._root)
             self._custom_key_stores.setdefault((cks.account, cks.region), {})[cks.store_id] = cks
@@ -312,6 +316,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
             del aliases[name]
         self._grants.pop(scope, None)
+        self._ordered_grants.pop(scope, None)
         forget_sealed(key, self._root)
         self._refused.forget(KEYS.name, scope)
         self._refused.forget(GRANTS.name, *self._refused.within(GRANTS.name, scope))
@@ -394,7 +399,8 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
     async def put_grant(self, grant: Grant) -> None:
         row = (grant.account, grant.region, grant.key_id, grant.grant_id)
         self._write([Put(GRANTS, row, (*row, self._doc(GRANTS, row, grant_to_doc(grant))))])
-        self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
+        self._grants.setdefault(row[:3], {})[grant.grant_id] = grant
+        self._ordered_grants.pop(row[:3], None)
         self._refused.forget(GRANTS.name, row)
 
     async def delete_grant(self, grant: Grant) -> bool:
@@ -403,15 +409,20 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             return False
         self._write([delete_row(GRANTS, row)])
         self._grants.get(row[:3], {}).pop(grant.grant_id, None)
+        self._ordered_grants.pop(row[:3], None)
         self._refused.forget(GRANTS.name, row)
         return True
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
-        self._refused.refuse_within(GRANTS.name, (account, region, key_id))  # a forged grant must not just go unseen
-        grants = self._grants.get((account, region, key_id))
+        scope = (account, region, key_id)
+        self._refused.refuse_within(GRANTS.name, scope)  # a forged grant must not just go unseen
+        grants = self._grants.get(scope)
         if not grants:  # most keys: every authorization asks
             return []
-        return sorted(grants.values(), key=lambda g: (g.creation_date, g.grant_id))
+        ordered = self._ordered_grants.get(scope)
+        if ordered is None:
+            ordered = self._ordered_grants[scope] = sorted(grants.values(), key=lambda g: (g.creation_date, g.grant_id))
+        return list(ordered)  # the caller's own: it may change it
 
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant of the Region that verified (ListRetirableGrants, across accounts)."""

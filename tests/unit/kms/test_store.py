@@ -58,6 +58,36 @@ async def test_deleting_a_grant_tells_whether_it_was_there(tmp_path: Path) -> No
     await store.close()
 
 
+async def test_grants_are_listed_in_creation_order_through_every_change(tmp_path: Path) -> None:
+    # The order is kept between calls (every call on a key lists its grants); each change, and a
+    # reopen, must show in the next listing.
+    store, key = SqliteStore(tmp_path / "keys.db", ROOT), _key(os.urandom(32))
+
+    def made(letter: str, minutes: int) -> Grant:
+        return Grant(key.account, key.region, key.key_id, letter * 64, "arn:aws:iam::1:user/x", ("Decrypt",),
+                     key.account, NOW.replace(minute=minutes), token="t")
+
+    async def listed(of: SqliteStore) -> list[str]:
+        return [g.grant_id[0] for g in await of.list_grants(key.account, key.region, key.key_id)]
+
+    await store.put_key(key)
+    for letter, minutes in (("b", 2), ("c", 3)):
+        await store.put_grant(made(letter, minutes))
+    assert await listed(store) == ["b", "c"]
+    (await store.list_grants(key.account, key.region, key.key_id)).clear()  # the caller's list, not the store's
+    await store.put_grant(made("a", 1))  # made earlier, written later
+    assert await listed(store) == ["a", "b", "c"]
+    assert await store.delete_grant(made("b", 2))
+    assert await listed(store) == ["a", "c"]
+    await store.close()
+    reopened = SqliteStore(tmp_path / "keys.db", ROOT)
+    assert await listed(reopened) == ["a", "c"]
+    await reopened.delete_key(key)
+    await reopened.put_key(key)
+    assert await listed(reopened) == []
+    await reopened.close()
+
+
 async def test_material_never_reaches_the_file_in_clear(tmp_path: Path) -> None:
     secret = os.urandom(32)
     store = SqliteStore(tmp_path / "keys.db", ROOT)
