@@ -26,7 +26,7 @@ from keytrail.audit.integrity import IMPORT_ORIGIN
 from keytrail.audit.schema import SchemaError, decode
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["MIN_SLACK_SECONDS", "late_records", "silent_spans", "slack"]
+__all__ = ["MIN_SLACK_SECONDS", "duration", "late_records", "silent_spans", "slack"]
 
 # How late a digest may be before its absence says something: the timer waits behind a busy spool
 # or a slow fsync, and `digestEndTime` has whole seconds.
@@ -43,15 +43,15 @@ def silent_spans(digests: list[dict[str, Any]], dev_clock_ahead: float = 0.0) ->
     interval (plus slack) that no clean stop explains. `dev_clock_ahead`: how far the data dir's
     dev clock (`serve --dev-clock`) went ahead of the wall clock: moving it forward leaves such a
     span too, which is then no sign of a crash."""
-    moved = (f" (this data dir's dev clock, `serve --dev-clock`, went {_duration(dev_clock_ahead)} ahead: moving it "
+    moved = (f" (this data dir's dev clock, `serve --dev-clock`, went {duration(dev_clock_ahead)} ahead: moving it "
              "forward leaves such a span)") if dev_clock_ahead > 0 else ""
     notes = []
     for earlier, later in itertools.pairwise(digests):
         allowed = _allowed_silence(earlier)
         silence = (_signed_at(later) - _signed_at(earlier)).total_seconds()
         if allowed is not None and silence > allowed:
-            notes.append(f"no digest from {_named(earlier)} to {_named(later)} ({_duration(silence)}; the node signs "
-                         f"one every {_duration(earlier['intervalSeconds'])}) and no clean stop between: the node was "
+            notes.append(f"no digest from {_named(earlier)} to {_named(later)} ({duration(silence)}; the node signs "
+                         f"one every {duration(earlier['intervalSeconds'])}) and no clean stop between: the node was "
                          f"down after a crash or hung{moved}, or the digests and records of that time were removed and "
                          "a node started again on what was left (check with --digests)")
     return notes
@@ -68,8 +68,8 @@ def late_records(log: SegmentLog, newest: dict[str, Any]) -> list[str]:
         return []
     offset, event, written = latest
     return [f"record {event.get('eventID')} at offset {offset} was written at {written:%Y-%m-%dT%H:%M:%SZ}, "
-            f"{_duration((written - _signed_at(newest)).total_seconds())} after the newest digest {_named(newest)}, "
-            f"though a running node signs one every {_duration(newest['intervalSeconds'])}: the digests signed since "
+            f"{duration((written - _signed_at(newest)).total_seconds())} after the newest digest {_named(newest)}, "
+            f"though a running node signs one every {duration(newest['intervalSeconds'])}: the digests signed since "
             f"were removed, and the records at offsets {newest['endOffset']}..{end - 1} are unsigned (they may have "
             "been altered or removed with their hashes)"]
 
@@ -121,7 +121,7 @@ def _event_time(event: dict[str, Any]) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 120:

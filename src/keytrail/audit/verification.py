@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from keytrail.audit.cadence import late_records, silent_spans
+from keytrail.audit.cadence import duration, late_records, silent_spans
 from keytrail.audit.digest_shape import shape_problem
 from keytrail.audit.hash_diff import diff_hashes
 from keytrail.audit.integrity import (
@@ -167,14 +167,27 @@ def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]
         notes.append(f"the newest digest, {int(newest['sequence']):010d}.json of {newest['digestEndTime']}, signs "
                      f"{_signed_records(int(newest['endOffset']))}"
                      + ("; it is the final digest of a clean stop" if newest.get("final") else ""))
-        if not newest.get("final") and not writer_active(log.directory):
+        live = writer_active(log.directory)
+        if not newest.get("final") and not live:
             notes.append("the newest digest is not the final one keytrail serve or audit import signs when it stops: "
                          "the writer crashed (what it wrote is signed when the log next opens), or newer digests "
                          "were removed with their records (check with --digests)")
         if log.end_offset() > int(newest["endOffset"]):
-            notes.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} are not signed yet (a "
-                         "digest signs them within the hour, when a segment closes and when keytrail serve stops)")
+            notes.append(f"records at offsets {newest['endOffset']}..{log.end_offset() - 1} are not signed yet "
+                         f"({_when_signed(newest, live=live)})")
     return notes
+
+
+def _when_signed(newest: dict[str, Any], *, live: bool) -> str:
+    """When the records after the `newest` digest are signed: by the writer at work, within the
+    interval the digest names (`serve --digest-interval`: a node signing daily is not "within the
+    hour"), or, with no writer at work (it crashed), by the next to open the log."""
+    if not live:
+        return "no writer is at work: keytrail serve or keytrail audit import signs them when it next opens the log"
+    interval = newest.get("intervalSeconds")
+    within = "" if isinstance(interval, bool) or not isinstance(interval, int | float) else \
+        f" within {duration(interval)},"  # an older digest promises no interval
+    return f"a digest signs them{within} when a segment closes and when keytrail serve stops"
 
 
 def _signed_records(end_offset: int) -> str:

@@ -137,6 +137,33 @@ def test_hashes_of_records_a_crash_kept_off_the_disk_are_no_missing_records(tmp_
                                "stops: the writer crashed") for note in verdict.notes), verdict.notes
 
 
+@pytest.mark.parametrize(("interval", "said"), [(3600, "within 1.0 h,"), (86_400, "within 24.0 h,"),
+                                               (5, "within 5 s,")])
+async def test_records_not_signed_yet_are_said_to_be_signed_within_the_nodes_digest_interval(
+        tmp_path: Path, interval: int, said: str) -> None:
+    # "within the hour" was said whatever `serve --digest-interval` the digests name.
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from keytrail.audit.verification import check
+    from tests.support.audit_records import encrypt_call
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path, digest_interval_s=interval)) as trail:
+        for i in range(3):
+            await trail.record(encrypt_call(i))
+        assert f"records at offsets 0..2 are not signed yet (a digest signs them {said} when a segment closes and " \
+               "when keytrail serve stops)" in check(tmp_path).notes
+
+
+def test_records_a_crashed_writer_left_unsigned_are_said_to_be_signed_when_the_log_next_opens(tmp_path: Path) -> None:
+    # With no writer at work no digest comes "within the hour": the next to open the log signs them.
+    from keytrail.audit.verification import check
+
+    fill_trail(tmp_path, 10)
+    _, paths = audit_paths(tmp_path)
+    sorted(paths.digests.glob("*.json"))[-1].unlink()  # no final digest: as after a crash
+    assert "records at offsets 0..9 are not signed yet (no writer is at work: keytrail serve or keytrail audit " \
+           "import signs them when it next opens the log)" in check(tmp_path).notes
+
+
 def test_a_digest_file_renamed_is_named(data_dir: Path) -> None:
     """A digest's file name is not signed: renamed (its place in the name order kept), it passed."""
     _, paths = audit_paths(data_dir)
