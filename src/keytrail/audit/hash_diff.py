@@ -121,8 +121,27 @@ def _classify(moves: dict[int, int], removed: list[int], added: list[int],
             altered_old.add(i)
             altered_new.add(j)
             findings.append((f"record {{event}} at offset {base + j} was altered", j))
-    findings += [(f"record at offset {base + i} is missing", None) for i in removed
-                 if i not in moved_from and i not in altered_old]
+    findings += [(_missing(first, last), None) for first, last in
+                 _runs([base + i for i in removed if i not in moved_from and i not in altered_old])]
     findings += [(f"record {{event}} at offset {base + j} was inserted (not in the hash chain)", j)
                  for j in added if j not in moves and j not in altered_new]
     return findings
+
+
+def _runs(offsets: list[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive `offsets` (in increasing order)."""
+    runs: list[tuple[int, int]] = []
+    for offset in offsets:
+        if runs and runs[-1][1] == offset - 1:
+            runs[-1] = (runs[-1][0], offset)
+        else:
+            runs.append((offset, offset))
+    return runs
+
+
+def _missing(first: int, last: int) -> str:
+    """One line for records gone (they have no eventID to name): a segment deleted or cut was a
+    line per record, tens of thousands of them."""
+    if first == last:
+        return f"record at offset {first} is missing"
+    return f"records at offsets {first}..{last} are missing"
