@@ -316,8 +316,8 @@ def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list
                             "it is verified with")
         start, end = int(digest["startOffset"]), int(digest["endOffset"])
         if start != chained_to or end > len(hashes):
-            problems.append(f"digest {name}: covers offsets {start}..{end - 1} but the stored record "
-                            f"hashes run {chained_to}..{len(hashes) - 1}")
+            problems.append(f"digest {name}: covers offsets {start}..{end - 1} but "
+                            f"{_hashes_held(chained_to, len(hashes))}")
             chain, chained_to, previous = bytes.fromhex(digest["chainHead"]), end, digest
             continue
         for record_hash in hashes[start:end]:
@@ -328,6 +328,15 @@ def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list
             chain = bytes.fromhex(digest["chainHead"])
         chained_to, previous = end, digest
     return problems
+
+
+def _hashes_held(first: int, count: int) -> str:
+    """What the hash store holds from `first` on (not "0..-1" for none: hashes.bin emptied or deleted)."""
+    if count == 0:
+        return "no record hash is stored (hashes.bin is empty or gone)"
+    if count <= first:
+        return f"the stored record hashes end at offset {count - 1}"
+    return f"the stored record hashes run {first}..{count - 1}"
 
 
 def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:

@@ -623,6 +623,14 @@ def test_a_segment_deleted_with_the_hash_store_is_named_not_a_crash(tmp_path: Pa
     assert [p for p in problems if p.startswith("record")] == ["records at offsets 3..5 are missing"], problems
 
 
+def test_a_hash_store_deleted_is_named_as_such_not_as_hashes_running_to_minus_one(data_dir: Path) -> None:
+    _, paths = audit_paths(data_dir)
+    newest = sorted(paths.digests.glob("*.json"))[-1].name
+    paths.hashes.unlink()
+    assert f"digest {newest}: covers offsets 0..19 but no record hash is stored (hashes.bin is empty or gone)" \
+        in verify(data_dir)
+
+
 def test_the_records_of_a_segment_deleted_are_named_missing_in_one_line(tmp_path: Path) -> None:
     # Named one line each: the last segment of a busy node deleted was some 45,000 lines.
     fill_trail(tmp_path, 60, segment_bytes=2000)
