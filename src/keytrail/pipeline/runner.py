@@ -307,12 +307,14 @@ class Runner:
         return await asyncio.get_running_loop().run_in_executor(self._worker, func, *args)
 
     def close(self) -> None:
+        if self._worker is not None:
+            # A run cancelled mid-batch (Ctrl-C) left the worker processing or flushing a state:
+            # closed under it, SQLite crashed the process (SIGSEGV), so the state waits for it.
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
         for state in self._states.values():
             state.close()
         self._states.clear()
-        if self._worker is not None:
-            self._worker.shutdown(wait=False)
-            self._worker = None
 
 
 def _empty_update() -> StateUpdate:

@@ -467,3 +467,53 @@ async def test_the_records_before_a_damaged_part_of_a_log_file_count_once_howeve
     assert (first.records, again.records, again.duplicates) == (500, 500, 500)
     assert problems == [f"{path}: line 1: not valid JSON (Unterminated string starting at)"] * 2
     _assert_usage(tmp_path, unique[:500])
+
+
+
+class _Held:
+    """Holds the runner's worker in `owner.name` until released, and records how the call ended."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+        import threading
+
+        self.inside, self.release, self.outcomes = threading.Event(), threading.Event(), list[str]()
+        original = getattr(owner, name)
+
+        def held(*args: Any) -> Any:
+            self.inside.set()
+            self.release.wait(10)
+            try:
+                result = original(*args)
+            except Exception as error:
+                self.outcomes.append(type(error).__name__)
+                raise
+            self.outcomes.append("done")
+            return result
+
+        monkeypatch.setattr(owner, name, held)
+
+    async def entered(self) -> None:
+        import asyncio
+
+        while not self.inside.is_set():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_run_cancelled_mid_checkpoint_closes_its_state_only_once_the_worker_is_done(
+    tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C stopped `keytrail report --cloudtrail` with a segmentation fault: the cancelled run
+    closed its SQLite state (and the report removed its scratch folder) while the worker thread
+    was still writing a checkpoint into it."""
+    import asyncio
+    import threading
+
+    held = _Held(monkeypatch, state.PartitionState, "flush")
+    run = asyncio.create_task(Runner(state_dir(tmp_path), RecordsSource(events, max_records=100),
+                                     checkpoint_records=1).run())
+    await held.entered()
+    run.cancel()
+    threading.Timer(0.2, held.release.set).start()  # the run winds down while the checkpoint is yet to be written
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert held.outcomes == ["done"]
