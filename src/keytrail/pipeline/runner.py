@@ -224,8 +224,12 @@ class Runner:
         try:
             async for batch in self.source.batches(lambda p: self.state(p).next_offset):
                 await queue.put(batch)
-        finally:
+        except asyncio.CancelledError:  # `run` is gone: the end put in a full queue would wait for ever
+            raise
+        except BaseException:  # the source failed: `run` takes the end, then the error from the task
             await queue.put(None)
+            raise
+        await queue.put(None)
 
     def process(self, batch: Batch) -> int:
         """Stage what `batch` adds; return how many events it counted."""

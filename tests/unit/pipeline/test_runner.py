@@ -499,6 +499,26 @@ class _Held:
             await asyncio.sleep(0.01)
 
 
+async def test_a_run_cancelled_while_its_reader_waits_on_a_full_queue_ends(
+    tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keytrail report --cloudtrail` stopped by SIGTERM hung for ever: asyncio.run cancels every
+    task left as it ends, the reader's two cancellations (that and the run's own) came as one, and
+    the reader then waited to put the end in a full queue that no one read any more."""
+    import asyncio
+
+    held = _Held(monkeypatch, Runner, "process")
+    run = asyncio.create_task(Runner(state_dir(tmp_path), RecordsSource(events, max_records=100)).run())
+    await held.entered()
+    await asyncio.sleep(0.05)  # the reader has put the next batch and waits to put another
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in sorted(others, key=lambda task: task is not run):  # as asyncio.run cancels what is left
+        task.cancel()
+    held.release.set()
+    _, pending = await asyncio.wait(others, timeout=5)
+    assert not pending and run.cancelled()
+
+
 async def test_a_run_cancelled_mid_checkpoint_closes_its_state_only_once_the_worker_is_done(
     tmp_path: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
