@@ -28,6 +28,7 @@ from keytrail.cli.console import (
     fail,
     interrupted_status,
     missing_paths,
+    named_path,
     number_in_range,
     os_problem,
     printable,
@@ -312,7 +313,7 @@ def verify(data_dir: Path = DataDir,
 
 
 @audit_app.command("import")
-def import_(paths: list[Path] = typer.Argument(..., help="CloudTrail log files or folders."),
+def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="CloudTrail log files or folders."),
             data_dir: Path = DataDir) -> None:
     """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log.
 
@@ -407,7 +408,7 @@ def _count(number: int, noun: str) -> str:
 
 
 @audit_app.command()
-def export(out: Path = typer.Argument(..., help="Folder to write AWSLogs/… into."),
+def export(out: Path = typer.Argument(..., parser=named_path, help="Folder to write AWSLogs/… into."),
            fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format"),
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD).

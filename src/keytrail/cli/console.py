@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
            "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "host_port",
            "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
-           "mqtt_password_warning", "mqtt_problem", "no_core_dumps", "number_in_range", "os_problem", "parse_time",
-           "parse_window", "price_table", "printable", "since_after_default_end", "terminate_as_interrupt",
-           "url_password", "url_secrets"]
+           "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps", "number_in_range", "os_problem",
+           "parse_time", "parse_window", "price_table", "printable", "since_after_default_end",
+           "terminate_as_interrupt", "url_password", "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -74,6 +74,15 @@ def number_in_range(low: float, high: float | None = None, *,
         return value
 
     return check
+
+
+def named_path(value: str) -> Path:
+    """A typer parser for a path argument or option that reads or writes what it names: "" (`"$LOGS"`
+    with LOGS unset) is refused. As a path it is the current directory, which `audit export` then
+    filled with AWSLogs/… and `audit import` or `--cloudtrail` read whole, without a word."""
+    if not value:
+        raise typer.BadParameter("empty (an unset variable?): name the file or folder")
+    return Path(value)
 
 
 def printable(text: str) -> str:
@@ -251,6 +260,8 @@ def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) ->
     arguments, given without it are a usage error, as click's "unexpected extra argument" was."""
     if more and not named:
         raise fail(f"unexpected argument(s) {' '.join(more)}: CloudTrail log files go after --cloudtrail", command)
+    if "" in more:  # the paths after the first, past the option's parser
+        raise fail("--cloudtrail: a path is empty (an unset variable?): name the file or folder", command)
     return [*named, *map(Path, more)] if named else None
 
 

@@ -28,6 +28,7 @@ from keytrail.cli.console import (
     missing_paths,
     mqtt_password_warning,
     mqtt_problem,
+    named_path,
     no_core_dumps,
     number_in_range,
     printable,
@@ -69,7 +70,7 @@ def detect(
     ctx: typer.Context,
     cloudtrail: Annotated[
         list[Path] | None,
-        typer.Option("--cloudtrail", metavar=CLOUDTRAIL_METAVAR,
+        typer.Option("--cloudtrail", metavar=CLOUDTRAIL_METAVAR, parser=named_path,
                      help=CLOUDTRAIL_HELP),
     ] = None,
     kafka: Annotated[

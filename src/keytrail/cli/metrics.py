@@ -28,6 +28,7 @@ from keytrail.cli.console import (
     event_log_damage,
     fail,
     missing_paths,
+    named_path,
     number_in_range,
     parse_window,
     price_table,
@@ -226,7 +227,8 @@ def consume(
     exit_when_idle: Annotated[float | None, typer.Option(
         callback=number_in_range(0), help="Kafka: stop after N idle seconds.")] = None,
     cloudtrail: Annotated[
-        list[Path] | None, typer.Option(metavar=CLOUDTRAIL_METAVAR, help=f"Offline: {CLOUDTRAIL_HELP}")
+        list[Path] | None,
+        typer.Option(metavar=CLOUDTRAIL_METAVAR, parser=named_path, help=f"Offline: {CLOUDTRAIL_HELP}"),
     ] = None,
     prices: Annotated[Path | None, typer.Option(
         help="TOML price table: the cost of the Parquet cost table and of --metrics-port's "

@@ -20,6 +20,7 @@ from keytrail.cli.console import (
     fail,
     interrupted_status,
     missing_paths,
+    named_path,
     parse_window,
     price_table,
     since_after_default_end,
@@ -51,7 +52,7 @@ def report(
     data_dir: Annotated[Path | None, typer.Option(
         "--data-dir", help="Node data dir: read its event log (default: keytrail-data, without --cloudtrail).")] = None,
     cloudtrail: Annotated[list[Path] | None, typer.Option(
-        "--cloudtrail", metavar=CLOUDTRAIL_METAVAR,
+        "--cloudtrail", metavar=CLOUDTRAIL_METAVAR, parser=named_path,
         help=CLOUDTRAIL_HELP)] = None,
     since: Annotated[str | None, typer.Option(help="Start (ISO-8601, inclusive).")] = None,
     until: Annotated[str | None, typer.Option(help="End (ISO-8601, exclusive); also the as-of time.")] = None,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.audit_records import fill_trail
+
 
 def _keytrail(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keytrail", *args], capture_output=True, text=True, timeout=60)
@@ -146,3 +148,24 @@ def test_an_empty_data_dir_is_refused_before_anything_is_written(tmp_path: Path,
     assert result.stderr == (f"keytrail {args[0]}: --data-dir is empty (an unset variable?): name the node's "
                              "data directory\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [
+    ["audit", "export", ""], ["audit", "import", ""], ["detect", "--cloudtrail", ""],
+    ["report", "--out", "r.html", "--cloudtrail", ""], ["consume", "--cloudtrail", "logs", ""],
+])
+def test_an_empty_path_to_read_or_write_is_refused_not_taken_for_the_current_directory(
+        tmp_path: Path, args: list[str]) -> None:
+    # `keytrail audit export "$OUT"` with OUT unset wrote AWSLogs/… into the current directory (exit 0);
+    # `--cloudtrail "$LOGS"` and `audit import "$LOGS"` read every file under it.
+    node = tmp_path / "node"
+    fill_trail(node, 3)
+    (tmp_path / "logs").mkdir()
+    result = subprocess.run([sys.executable, "-m", "keytrail", *args, "--data-dir", str(node)], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"keytrail {' '.join(args[:2] if args[0] == 'audit' else args[:1])}: ")
+    assert "empty (an unset variable?): name the file or folder" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["logs", "node"]
