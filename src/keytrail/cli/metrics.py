@@ -56,6 +56,9 @@ COST_FIELDS = ["keyArn", "accountId", "keyMonths", "keyCost", "requests", "reque
 LAST_USED_FIELDS = ["keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId"]
 _DIMENSIONS = {"key": "keyArn", "principal": "principalArn", "account": "accountId", "operation": "eventName"}
 _WINDOWS = ("minute", "hour", "day")
+# `consume --batch-size`: a batch is held in memory whole, and past 2**63 the log's reader failed
+# with a traceback (OverflowError).
+_MAX_BATCH = 10_000_000
 
 
 # How each command's errors start: every command names itself, as click's usage errors do.
@@ -233,7 +236,7 @@ def consume(
     prices: Annotated[Path | None, typer.Option(
         help="TOML price table: the cost of the Parquet cost table and of --metrics-port's "
              "keytrail_kms_cost_usd.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1)] = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1, max=_MAX_BATCH)] = 10_000,
     checkpoint_records: Annotated[
         int, typer.Option(help="Persist at least every N records.", min=1)
     ] = 100_000,

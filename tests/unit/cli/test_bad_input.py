@@ -375,6 +375,8 @@ def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
     (["audit", "tail"], "--interval", "inf", "not a finite number"),
     # Below 0: the first events written after the start would be skipped.
     (["audit", "tail"], "--lines", "-3", "Input should be greater than or equal to 0"),
+    # Past 2**63: an OverflowError traceback from the event log's reader.
+    (["consume", "--no-follow"], "--batch-size", str(10**23), "Input should be less than or equal to 10000000"),
 ])
 def test_numeric_options_refuse_values_that_make_no_sense(tmp_path: Path, command: list[str], option: str,
                                                           value: str, complaint: str) -> None:
