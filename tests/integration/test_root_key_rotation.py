@@ -154,6 +154,20 @@ def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
     assert result.stderr.startswith("keytrail root-key rotate: ") and complaint in result.stderr
 
 
+def test_the_current_root_key_file_as_the_new_key_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    # It "rotated" to the same key, then advised: "<data>/root.key is a copy of it: keep it apart
+    # from the data dir as its backup, or delete it", of the only copy of the root key.
+    data = tmp_path / "data"
+    asyncio.run(_store_with_a_key(data))
+    before = (data / "keys.db").read_bytes()
+    result = _rotate("--data-dir", data, "--new-key", data / ".." / "data" / "root.key")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"keytrail root-key rotate: --new-key: {data / '..' / 'data' / 'root.key'} is the "
+                             f"current root key ({data / 'root.key'}): make a new one with head -c 32 /dev/urandom "
+                             "> FILE\n")
+    assert (data / "keys.db").read_bytes() == before
+
+
 def test_a_shared_store_is_resealed_and_a_node_with_the_old_key_is_refused(
         tmp_path: Path, database: str) -> None:  # noqa: F811
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"

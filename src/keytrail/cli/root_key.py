@@ -66,6 +66,7 @@ def rotate(
     # line of the store that opened it.
     logging.getLogger(authentic_docs.__name__).setLevel(logging.CRITICAL)
     try:
+        _require_another_file(new_key, data_dir)
         secret = _new_secret(new_key)
         count = asyncio.run(_reseal(data_dir, store, RootKey(secret)))
     except (_Refused, StoreBusy) as exc:
@@ -93,6 +94,18 @@ def rotate(
         raise fail(f"the key store is sealed under the new root key, but {data_dir / 'root.key'} still holds the old "
                    f"one: cannot replace it ({os_problem(exc)}): make room and run the same command again",
                    COMMAND) from None
+
+
+def _require_another_file(new_key: Path, data_dir: Path) -> None:
+    """Refuse the root key file the rotation replaces as the new key: nothing was rotated, and the
+    advice printed after it ("{new_key} is a copy of it: … or delete it") named the only root key."""
+    current = data_dir / "root.key"
+    if os.environ.get(ROOT_KEY_ENV) or os.environ.get(ROOT_KEY_FILE_ENV) or not current.exists():
+        return
+    with contextlib.suppress(OSError):  # a --new-key not there is said as _new_secret says it
+        if new_key.samefile(current):
+            raise _Refused(f"--new-key: {new_key} is the current root key ({current}): make a new one with "
+                           "head -c 32 /dev/urandom > FILE")
 
 
 def _new_secret(path: Path) -> bytes:
