@@ -55,7 +55,9 @@ def main() -> None:
         if type(error).__name__ == "NoArgsIsHelpError":  # `keytrail` alone: the message is the help
             sys.stderr.write(f"{message}\n")
         elif message:
-            sys.stderr.write(f"{ctx.command_path if ctx else 'keytrail'}: {message} (see --help)\n")
+            # An option missing its value or given one it takes none of comes from click's parser
+            # without a context: the command is then read from the arguments.
+            sys.stderr.write(f"{ctx.command_path if ctx else _command_path(sys.argv[1:])}: {message} (see --help)\n")
         sys.exit(getattr(error, "exit_code", 2))
     except typer.Abort:
         sys.stderr.write("keytrail: aborted\n")

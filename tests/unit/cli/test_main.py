@@ -22,6 +22,9 @@ def _keytrail(*args: str) -> subprocess.CompletedProcess[str]:
     (["audit", "events", "--format", "xml"], "keytrail audit events: Invalid value for '--format'"),
     (["usage", "--bogus"], "keytrail usage: No such option: --bogus"),
     (["nope"], "keytrail: No such command 'nope'."),
+    # Errors of click's parser carry no context: these said "keytrail: …".
+    (["audit", "events", "--data-dir"], "keytrail audit events: Option '--data-dir' requires an argument."),
+    (["serve", "--dev-clock=yes"], "keytrail serve: Option '--dev-clock' does not take a value."),
 ])
 def test_a_usage_error_is_one_line_naming_the_command(args: list[str], line: str) -> None:
     result = _keytrail(*args)
