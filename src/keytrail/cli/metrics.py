@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import signal
 import socket
@@ -426,13 +425,20 @@ def emit_rows(rows: list[dict[str, Any]], fields: list[str], output: OutputForma
         for row in rows:
             typer.echo(json_line(row))
     elif output is OutputFormat.csv:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = csv.writer(sys.stdout, lineterminator="\n")  # a row at a time: see _print
         writer.writerow(fields)
         writer.writerows(_cells(rows, fields))
-        typer.echo(buffer.getvalue(), nl=False)
+        sys.stdout.flush()
     else:
-        typer.echo(table(rows, fields))
+        _print(table(rows, fields) + "\n")
+
+
+def _print(text: str) -> None:
+    """`text` on stdout a line at a time. Written in one piece, a text larger than stdout's buffer
+    that only part of fitted (a disk filling up under `> FILE`) was cut short without an error:
+    Python's buffered writer passed the short count over, and the command exited 0."""
+    sys.stdout.writelines(text.splitlines(keepends=True))
+    sys.stdout.flush()
 
 
 def json_line(row: dict[str, Any]) -> str:

@@ -386,3 +386,21 @@ def test_consume_of_the_event_log_is_refused_while_consume_kafka_counts_there(tm
     assert err == (f"keytrail consume: keytrail consume --kafka counts into {tmp_path} ({lock} is held): counting the "
                    "event log there too would count each of its calls twice, as Kafka carries them; stop it, or give "
                    "it another --data-dir\n")
+
+
+@pytest.mark.parametrize("output", ["table", "csv"])
+def test_a_table_cut_short_by_a_full_disk_is_an_error_not_exit_0(data_dir: Path, tmp_path: Path, output: str) -> None:
+    # `keytrail usage > FILE` on a disk that filled: the table, written in one piece, stopped where
+    # the disk did, with exit 0, as if the file held every row.
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.mounts import small_filesystem
+
+    with small_filesystem(tmp_path / "disk", "64k") as disk, (disk / "usage.txt").open("w") as out:
+        result = subprocess.run([sys.executable, "-m", "keytrail", "usage", "--data-dir", str(data_dir),
+                                 "--by", "key,principal,operation,minute", "--format", output], stdout=out,
+                                stderr=subprocess.PIPE, text=True, timeout=120,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert (result.returncode, result.stderr) == (1, "keytrail usage: No space left on device\n")
