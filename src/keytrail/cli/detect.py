@@ -124,8 +124,9 @@ def detect(
                 raise BadInput(problem)
             if warning := mqtt_password_warning(mqtt):
                 typer.echo(f"keytrail detect: warning: {warning}", err=True)
-            _hold_detector_lock(data_dir)
+            # The port first: one it cannot listen on leaves no data dir made for the lock behind.
             metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
+            _hold_detector_lock(data_dir)
             # the alarms go to keytrail.alarms.v1 on the cluster it reads, as serve's detector sends
             # them on serve's --kafka: where the nodes run --no-detector, no one else would
             live_hooks = hooks.with_flags(mqtt=mqtt, kafka=kafka)

@@ -703,10 +703,11 @@ def test_detect_refuses_a_metrics_endpoint_for_an_offline_run(tmp_path: Path) ->
 def test_detect_says_in_one_line_that_its_metrics_port_is_taken(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        result = _keytrail("detect", "--kafka", "127.0.0.1:9", "--data-dir", tmp_path, "--metrics-port", str(port))
+        result = _keytrail("detect", "--kafka", "127.0.0.1:9", "--data-dir", tmp_path / "node", "--metrics-port",
+                          str(port))
     line = _one_line_error(result, f"keytrail detect: --metrics-port: cannot listen on 127.0.0.1:{port} (")
     assert "Address already in use" in line
-    assert not (tmp_path / "alarms.jsonl").exists()  # refused before the detector started
+    assert not (tmp_path / "node").exists()  # refused before the detector started (it made the data dir for its lock)
 
 
 def test_consume_refuses_a_metrics_endpoint_for_a_run_that_ends(tmp_path: Path) -> None:
