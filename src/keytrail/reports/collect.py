@@ -155,8 +155,20 @@ def collect_event_log(log: Path, options: ReportOptions, progress: bool | None =
     with tempfile.TemporaryDirectory(prefix="keytrail-report-") as scratch:
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_die_with,
                                  initargs=(os.getpid(),)) as child:
-            consumed = child.submit(_consume_event_log, log, Path(scratch), options, progress).result()
+            try:
+                consumed = child.submit(_consume_event_log, log, Path(scratch), options, progress).result()
+            except BaseException:
+                _kill(child)
+                raise
         return _tables(MetricsStore(Path(scratch)), consumed, options)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's child of a report stopped meanwhile: a SIGTERM, which reaches the report
+    alone, left it waiting in the pool's shutdown until the child had read the whole event log
+    (minutes over a year of events) before it exited 143."""
+    for process in list(pool._processes.values()):  # no public way before Python 3.14's terminate_workers()
+        process.kill()
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>

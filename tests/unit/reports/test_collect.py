@@ -323,3 +323,40 @@ def test_an_event_log_report_consumed_in_a_child_process_has_the_same_tables(tmp
     in_process = collect_sync(SegmentLogSource(tmp_path), options)
     assert in_process.denied.height > 10
     _same_tables(collect_event_log(tmp_path, options, progress=False), in_process)
+
+
+def slow_consume(*args: object) -> None:
+    """In the report's child: a consume that takes a minute (an event log of years)."""
+    import time
+
+    time.sleep(60)
+
+
+def test_a_report_stopped_by_sigterm_while_its_child_consumes_exits_at_once(tmp_path: Path) -> None:
+    """SIGTERM reaches the report, not its child: the report waited for the child to read the whole
+    event log (minutes over a year of events) before it exited 143."""
+    import subprocess
+    import sys
+    import time
+
+    log = SegmentLog(tmp_path / "node" / "audit" / "log", writable=True)
+    log.append([encode(event) for event in _synthetic(10)])
+    log.sync()
+    log.close()
+    stopped_while_consuming = f"""
+import os, signal, sys, threading
+from keytrail.reports import collect
+from tests.unit.reports.test_collect import slow_consume
+collect._consume_event_log = slow_consume
+threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()  # `kill <pid>` of the report
+from keytrail.cli import main
+sys.argv = ["keytrail", "report", "--data-dir", {str(tmp_path / "node")!r}, "--out", {str(tmp_path / "r.csv")!r}]
+main()
+"""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", stopped_while_consuming], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 143, result.stderr
+    assert result.stderr == "keytrail report: stopped (SIGTERM): no report written\n"
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "r.csv").exists()
