@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -89,7 +91,15 @@ def write_tabular(frame: pl.DataFrame | Iterable[pl.DataFrame], out: Path, form:
 def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
     """A temporary file beside `out` to write, renamed to `out` once written. Removed when the
     writing or the rename fails (a full disk, `out` a folder, Ctrl-C): a report of gigabytes must
-    not leave a hidden copy of itself behind. `owner_only`: 0600."""
+    not leave a hidden copy of itself behind. `owner_only`: 0600.
+
+    As a shell's `>` does, a symbolic link is written through (its target replaced, the link kept)
+    and a FIFO or device (`/dev/stdout`) is written into: renamed over, each was replaced by a
+    regular file (as root, /dev/null too), and the output never reached the reader."""
+    if _special(out):
+        yield out  # no temporary file to rename, and nothing of ours to remove on a failure
+        return
+    out = Path(os.path.realpath(out)) if out.is_symlink() else out
     temp = out.with_name(f".{out.name}.tmp")
     if owner_only:
         reserve_anew(temp)
@@ -99,6 +109,15 @@ def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _special(path: Path) -> bool:
+    """Whether `path` names (through any links) something that is neither a file nor a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # not there (yet), or a dangling link: a file is made
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _csv(parts: Iterable[pl.DataFrame], sink: TextIO) -> None:

@@ -156,3 +156,36 @@ main()
     assert result.returncode == 143, result.stderr
     assert result.stderr.strip() == "keytrail report: stopped (SIGTERM): no report written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trail.json"]
+
+
+@pytest.mark.parametrize("form", list(TabularFormat))
+def test_a_report_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path: Path,
+                                                                                 form: TabularFormat) -> None:
+    # Renamed over, the link (report.csv -> /srv/www/report.csv, say) became a file of its own and
+    # its target kept the old report.
+    target, link = tmp_path / "www" / f"report.{form.value}", tmp_path / f"report.{form.value}"
+    target.parent.mkdir()
+    target.write_text("the old report")
+    link.symlink_to(target)
+    assert write_tabular(long_form(TABLES), link, form) == link
+    assert link.is_symlink() and link.readlink() == target
+    assert _read(target, form).height == 5
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+
+@pytest.mark.parametrize("form", list(TabularFormat))
+def test_a_report_to_a_fifo_is_written_into_it_and_the_fifo_stays(tmp_path: Path, form: TabularFormat) -> None:
+    # Renamed over, the FIFO (or /dev/stdout's target, or /dev/null as root) was replaced by a file,
+    # and its reader got nothing.
+    import os
+    import stat
+    import threading
+
+    fifo, copy = tmp_path / "report", tmp_path / f"read.{form.value}"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: copy.write_bytes(fifo.read_bytes()), daemon=True)
+    reader.start()
+    write_tabular(long_form(TABLES), fifo, form)
+    reader.join(10)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert _read(copy, form).height == 5
