@@ -337,7 +337,6 @@ def test_a_report_stopped_by_sigterm_while_its_child_consumes_exits_at_once(tmp_
     event log (minutes over a year of events) before it exited 143."""
     import subprocess
     import sys
-    import time
 
     log = SegmentLog(tmp_path / "node" / "audit" / "log", writable=True)
     log.append([encode(event) for event in _synthetic(10)])
@@ -353,10 +352,9 @@ from keytrail.cli import main
 sys.argv = ["keytrail", "report", "--data-dir", {str(tmp_path / "node")!r}, "--out", {str(tmp_path / "r.csv")!r}]
 main()
 """
-    started = time.monotonic()
+    # The child consumes for 60 s: a report that waited for it would not be done by the timeout.
     result = subprocess.run([sys.executable, "-c", stopped_while_consuming], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=40)
     assert result.returncode == 143, result.stderr
     assert result.stderr == "keytrail report: stopped (SIGTERM): no report written\n"
-    assert time.monotonic() - started < 30
     assert not (tmp_path / "r.csv").exists()
