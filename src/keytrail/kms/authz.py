@@ -30,7 +30,7 @@ class AccessRequest:
     """One question: may this caller perform `action` (e.g. `kms:Decrypt`) on `key`?
 
     `conditions` holds the request's condition-key values (`kms:EncryptionContext:dept`,
-    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants that name the caller (`grants_naming`:
+    `kms:EncryptionAlgorithm`, …); `grants` are the key's grants that may name the caller (`grantee_names`:
     no other can allow it anything; a GrantToken adds none: its grant takes effect as CreateGrant
     returns), except for `kms:RetireGrant`, where `grants` holds the one grant to retire.
     """

@@ -27,7 +27,7 @@ __all__ = [
     "grant_allows",
     "grant_token_matches",
     "grantee_matches",
-    "grants_naming",
+    "grantee_names",
     "make_grant_token",
     "parse_grant_token",
     "principal_named",
@@ -85,12 +85,12 @@ def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -
     return names_account and (identity_allows or principal.type is IdentityType.ROOT)
 
 
-def grants_naming(grants: Iterable[Grant], principal: Principal) -> list[Grant]:
-    """The grants whose grantee may be this caller: itself, its role, or its account (`grantee_matches`
-    allows no other). Every call on a key weighs its grants, and a key may hold 50,000: a call of
-    a grantee weighed them all, ≈ 290 ms of the event loop at that quota."""
-    names = {principal.arn, principal.policy_arn, principal.root_arn, principal.account}
-    return [grant for grant in grants if grant.grantee_principal in names]
+def grantee_names(principal: Principal) -> frozenset[str]:
+    """The grantees a grant may name to be this caller's: itself, its role, or its account
+    (`grantee_matches` allows no other). Every call on a key weighs the grants to these only
+    (`GrantStore.grants_to`): a key may hold 50,000, and weighing them all took ≈ 290 ms of the
+    event loop at that quota."""
+    return frozenset((principal.arn, principal.policy_arn, principal.root_arn, principal.account))
 
 
 def retire_allowed(grant: Grant, principal: Principal, identity_allows: bool) -> bool:

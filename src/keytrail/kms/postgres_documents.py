@@ -6,15 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
+from keytrail.kms.authentic_docs import DocumentRefused, verify
+from keytrail.kms.codec import grant_from_doc
 from keytrail.kms.postgres_ledger import LEDGER_SCHEMA
-from keytrail.kms.resealing import DOCUMENT_TABLES, DocumentTable, reauthenticated
+from keytrail.kms.resealing import DOCUMENT_TABLES, GRANTS, DocumentTable, reauthenticated
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey, SealError
 from keytrail.kms.store_ledger import Ledger
 from keytrail.kms.store_upgrade import Document, opening_plan
 
 __all__ = [
-    "SCHEMA", "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_OWED", "UPSERT_STORE",
-    "PrivilegesMissing", "check_privileges", "open_documents", "reauthenticate", "schema_missing",
+    "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_OWED", "UPSERT_STORE",
+    "PrivilegesMissing", "check_privileges", "make_schema", "name_grantees", "open_documents", "reauthenticate",
 ]
 
 # A table or column added here must be one _SCHEMA_MISSING looks for too: a store that has the rest
@@ -25,7 +29,7 @@ CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, cre
 CREATE TABLE IF NOT EXISTS kms_aliases (account TEXT, region TEXT, name TEXT, key_id TEXT, doc TEXT NOT NULL,
     PRIMARY KEY (account, region, name));
 CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, created TEXT,
-    doc TEXT NOT NULL, PRIMARY KEY (account, region, key_id, grant_id));
+    doc TEXT NOT NULL, grantee TEXT, PRIMARY KEY (account, region, key_id, grant_id));
 CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
@@ -36,7 +40,12 @@ DO $$ BEGIN
                    AND table_name = 'kms_owed_records' AND column_name = 'written_at') THEN
         ALTER TABLE kms_owed_records ADD COLUMN written_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp();
     END IF;
+    IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'kms_grants' AND column_name = 'grantee') THEN
+        ALTER TABLE kms_grants ADD COLUMN grantee TEXT;
+    END IF;
 END $$;
+CREATE INDEX IF NOT EXISTS kms_grants_by_grantee ON kms_grants (account, region, key_id, grantee);
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """ + LEDGER_SCHEMA
 # Whether a table or column SCHEMA makes is missing, found as the store's statements find them
@@ -45,7 +54,8 @@ CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT
 # administrator made (least privilege): "permission denied for schema public".
 _SCHEMA_MISSING = """SELECT EXISTS (SELECT FROM unnest($1::text[]) AS t(name) WHERE to_regclass(t.name) IS NULL)
     OR NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kms_owed_records')
-                   AND attname = 'written_at' AND NOT attisdropped)"""
+                   AND attname = 'written_at' AND NOT attisdropped)
+    OR to_regclass('kms_grants_by_grantee') IS NULL"""
 _SCHEMA_TABLES = [*(f"kms_{table.name}" for table in DOCUMENT_TABLES), "kms_root_key", "kms_ledger"]
 # What the store does to each of its tables. A role lacking one of them started a node that then
 # failed some calls only (a RevokeGrant without DELETE), each with a traceback in the log, while
@@ -57,8 +67,12 @@ UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
 UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, name) DO UPDATE SET key_id = EXCLUDED.key_id, doc = EXCLUDED.doc"""
-UPSERT_GRANT = """INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc"""
+# `grantee`: the grant's grantee principal, outside its document, so that authorizing a call reads
+# only the grants that may name the caller (`PostgresStore.grants_to`) from an index. It is no more
+# than a hint: whoever can write the table can change it, and the verified document decides.
+UPSERT_GRANT = """INSERT INTO kms_grants (account, region, key_id, grant_id, created, grantee, doc)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc, grantee = EXCLUDED.grantee"""
 # valid_to too: left as first written, a token written again with a later one was deleted as stale
 # by the next put, two days after its first valid_to (the ledger property test found it).
 UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
@@ -79,9 +93,19 @@ _ROOT_KEY_CHECK = "root-key-check"
 _AUTHENTICATED_CHECK = _ROOT_KEY_CHECK + AUTHENTICATED_SEAL
 
 
-async def schema_missing(connection: Any) -> bool:
-    """Whether SCHEMA must run: a table or column of the store is not there yet."""
-    return bool(await connection.fetchval(_SCHEMA_MISSING, _SCHEMA_TABLES))
+async def make_schema(connection: Any) -> None:
+    """Make the tables, columns and indexes of the store that are missing (SCHEMA); PrivilegesMissing
+    if the role may not: a new store's tables, and those a version adds to an older store's, are
+    made by a role that may, once (docs/operations.md)."""
+    if not await connection.fetchval(_SCHEMA_MISSING, _SCHEMA_TABLES):
+        return
+    role = await connection.fetchval("SELECT current_user")  # asked first: a refused SCHEMA ends the transaction
+    try:
+        await connection.execute(SCHEMA)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PrivilegesMissing(
+            f"the role {role} may not make the key store's tables, or add to them what this version of keytrail "
+            f"needs ({exc}): start one node once as the tables' owner") from None
 
 
 class PrivilegesMissing(PermissionError):
@@ -140,6 +164,31 @@ async def open_documents(connection: Any, root: RootKey) -> None:
         await connection.execute("INSERT INTO kms_ledger VALUES (1, $1)", new_ledger)
     await connection.execute("INSERT INTO kms_root_key VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET sealed = $1",
                              root.seal_text(b"", _AUTHENTICATED_CHECK))
+
+
+_UNNAMED_GRANTS = "SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE grantee IS NULL"
+# One statement for them all (an executemany of one UPDATE per row ran past the statement timeout
+# of 10 s at 5,000 grants on a busy machine).
+_NAME_GRANTEES = """UPDATE kms_grants AS g SET grantee = n.grantee
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+        AS n(grantee, account, region, key_id, grant_id)
+    WHERE (g.account, g.region, g.key_id, g.grant_id) = (n.account, n.region, n.key_id, n.grant_id)"""
+
+
+async def name_grantees(connection: Any, root: RootKey) -> None:
+    """Fill in the `grantee` column of the grants written before it was one, from their documents.
+    A row whose document does not verify keeps none: every call on its key reads it, and is
+    refused, as before."""
+    named = []
+    for found in await connection.fetch(_UNNAMED_GRANTS):
+        row = tuple(found[column] for column in GRANTS.primary_key)
+        try:
+            body = verify(root, GRANTS.name, row, found["doc"])
+        except DocumentRefused:
+            continue
+        named.append((grant_from_doc(body).grantee_principal, *row))
+    if named:
+        await connection.execute(_NAME_GRANTEES, *(list(column) for column in zip(*named, strict=True)))
 
 
 def _opens(root: RootKey, sealed: str, binding: str) -> bool:

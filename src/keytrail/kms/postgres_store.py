@@ -14,7 +14,7 @@ detected.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -36,14 +36,14 @@ from keytrail.kms.model import CallRecord
 from keytrail.kms.owed_records import Owing
 from keytrail.kms.postgres_connections import PostgresConnections, session_settings
 from keytrail.kms.postgres_documents import (
-    SCHEMA,
     UPSERT_ALIAS,
     UPSERT_GRANT,
     UPSERT_KEY,
     check_privileges,
+    make_schema,
+    name_grantees,
     open_documents,
     reauthenticate,
-    schema_missing,
 )
 from keytrail.kms.postgres_ledger import CHECK_EVERY, LedgerWatch, LedgerWriter
 from keytrail.kms.postgres_owed_records import OWED_GRACE_SECONDS, PostgresOwedRecords
@@ -151,10 +151,10 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
                 # CREATE TABLE IF NOT EXISTS, which is not safe against itself: one fails on
                 # pg_type's unique index. The lock is released at the end of the transaction.
                 await connection.execute(_SCHEMA_LOCK)
-                if await schema_missing(connection):
-                    await connection.execute(SCHEMA)
+                await make_schema(connection)
                 await check_privileges(connection)
                 await open_documents(connection, root)
+                await name_grantees(connection, root)
             store = cls(pool, root, timeout, check_every)
             await store._ledger.check(timeout)
         except BaseException:
@@ -306,7 +306,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
 
     async def put_grant(self, grant: Grant) -> None:
         row = (grant.account, grant.region, grant.key_id, grant.grant_id)
-        args = (*row, grant.creation_date.isoformat(), self._doc(GRANTS, row, grant_to_doc(grant)))
+        doc = self._doc(GRANTS, row, grant_to_doc(grant))  # last, as LedgerWriter.put takes it
+        args = (*row, grant.creation_date.isoformat(), grant.grantee_principal, doc)
         async with self._ledgered() as writer:
             await writer.put(GRANTS, row, UPSERT_GRANT, args)
 
@@ -321,6 +322,19 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
             account, region, key_id,
         )
         return [grant_from_doc(self._body(GRANTS, row)) for row in rows]
+
+    async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:
+        """The key's grants to one of `grantees`, from the index on the `grantee` column: every call
+        on a key asks, and a key may hold 50,000 grants (reading and verifying them all took
+        ≈ 110 ms at 5,000). The column only narrows the read; the verified documents decide, and a
+        row without one (written outside keytrail) is read for every caller, and refused."""
+        rows = await self._rows(
+            "SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE account=$1 AND region=$2 "
+            "AND key_id=$3 AND (grantee = ANY($4::text[]) OR grantee IS NULL) ORDER BY created, grant_id",
+            account, region, key_id, list(grantees),
+        )
+        grants = (grant_from_doc(self._body(GRANTS, row)) for row in rows)
+        return [grant for grant in grants if grant.grantee_principal in grantees]
 
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant of the Region that verifies (ListRetirableGrants, across accounts)."""

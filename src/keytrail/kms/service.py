@@ -27,7 +27,7 @@ from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
 from keytrail.kms.context import CallContext
 from keytrail.kms.due_work import DueWork
-from keytrail.kms.grants import grant_token_matches, grants_naming, parse_grant_token
+from keytrail.kms.grants import grant_token_matches, grantee_names, parse_grant_token
 from keytrail.kms.identifiers import KeyRefError, alias_arn, key_arn, parse_key_ref
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.keystores import backing_key, key_store_event_data
@@ -317,8 +317,8 @@ class KmsService:
         if key is not None:
             # Only grants naming the caller can allow it anything; the others are not weighed
             # (nor, in their number, keep the decision from being cached).
-            grants = grants_naming(await self.store.list_grants(key.account, key.region, key.key_id),
-                                   call.context.principal)
+            grants = await self.store.grants_to(key.account, key.region, key.key_id,
+                                                grantee_names(call.context.principal))
         values = request_conditions(action, call.params)
         if conditions:
             values.update(conditions)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -423,6 +423,10 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         if ordered is None:
             ordered = self._ordered_grants[scope] = sorted(grants.values(), key=lambda g: (g.creation_date, g.grant_id))
         return list(ordered)  # the caller's own: it may change it
+
+    async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:
+        grants = await self.list_grants(account, region, key_id)
+        return [grant for grant in grants if grant.grantee_principal in grantees]
 
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant of the Region that verified (ListRetirableGrants, across accounts)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,6 +96,9 @@ class GrantStore(Protocol):
         """Delete the grant; False, changing nothing, when it is gone already (on any node)."""
         ...
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]: ...
+    async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:
+        """The key's grants whose grantee is one of `grantees`, in `list_grants`' order."""
+        ...
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant on a key in `region`, whichever account owns the key."""
         ...

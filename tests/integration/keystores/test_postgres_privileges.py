@@ -106,6 +106,24 @@ async def test_a_role_without_connect_is_refused_in_one_line_naming_the_privileg
                                   f'database "{database}" DETAIL: User does not have CONNECT privilege.')
 
 
+async def test_a_store_of_a_version_before_is_refused_in_one_line_to_a_role_that_cannot_add_to_it(
+        role: str, dsn: str, tmp_path: Path) -> None:
+    # A version that adds to the tables (kms_grants.grantee) is opened first as their owner.
+    store, root = await _opened_as_a_user_of_the_tables(dsn, role)
+    await store.close()
+    await _admin(dsn, "ALTER TABLE kms_grants DROP COLUMN grantee")
+    with pytest.raises(StoreUnavailable) as refused:
+        await open_store(ServeSettings(data_dir=tmp_path, store=_as(dsn, role)))
+    # It was PostgreSQL's own words only: "permission denied for schema public".
+    assert str(refused.value) == (
+        f"cannot open the key store at 127.0.0.1:5432/{dsn.rsplit('/', 1)[1]}: the role {role} may not make the "
+        "key store's tables, or add to them what this version of keytrail needs (permission denied for schema "
+        "public): start one node once as the tables' owner")
+    store = await PostgresStore.connect(dsn, root)  # the owner adds the column; the role then serves
+    await store.close()
+    await (await PostgresStore.connect(_as(dsn, role), root)).close()
+
+
 async def test_a_root_key_rotation_by_a_role_that_does_not_own_the_tables_is_refused_changing_nothing(
         role: str, dsn: str) -> None:
     # PostgreSQL skips VACUUM FULL of a table the role does not own with a warning only: the rotation

@@ -1,0 +1,80 @@
+"""The PostgreSQL store reads a call's grants by their grantee (real server at 127.0.0.1:5432):
+the `grantee` column narrows the read to the grants that may name the caller, the verified
+documents decide, and a store of before the column gets it filled in as it opens."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from keytrail.kms import errors
+from keytrail.kms.codec import grant_to_doc
+from keytrail.kms.postgres_store import PostgresStore
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.store import Grant
+from tests.support.postgres import fetch, fetch_value
+from tests.support.store_documents import ACCOUNT, FORGED, GRANT, NOW, OTHER, OURS, REGION, seeded
+
+pytestmark = pytest.mark.integration
+
+READER = GRANT.grantee_principal
+WRITER = f"arn:aws:iam::{ACCOUNT}:role/writer"
+# A grant on the same key as GRANT to another role, and one to the account (its root ARN).
+TO_WRITER = dataclasses.replace(GRANT, grant_id="b2" * 32, grantee_principal=WRITER)
+TO_ACCOUNT = dataclasses.replace(GRANT, grant_id="c3" * 32, grantee_principal=f"arn:aws:iam::{ACCOUNT}:root")
+
+
+async def _store(dsn: str, root: RootKey) -> PostgresStore:
+    store = await seeded(await PostgresStore.connect(dsn, root))
+    for grant in (TO_WRITER, TO_ACCOUNT):
+        await store.put_grant(grant)
+    return store
+
+
+async def _grants_to(store: PostgresStore, *grantees: str) -> list[Grant]:
+    return await store.grants_to(ACCOUNT, REGION, OTHER.key_id, set(grantees))
+
+
+async def test_a_call_reads_the_grants_to_its_caller_only(dsn: str) -> None:
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    assert await _grants_to(store, READER) == [GRANT]
+    assert await _grants_to(store, WRITER, TO_ACCOUNT.grantee_principal) == [TO_WRITER, TO_ACCOUNT]
+    assert await _grants_to(store, f"arn:aws:iam::{ACCOUNT}:role/nobody") == []
+    rows = await fetch(dsn, "SELECT grant_id, grantee FROM kms_grants ORDER BY grant_id")
+    assert [(row["grant_id"], row["grantee"]) for row in rows] == [
+        (GRANT.grant_id, READER), (TO_WRITER.grant_id, WRITER), (TO_ACCOUNT.grant_id, TO_ACCOUNT.grantee_principal)]
+    await store.close()
+
+
+async def test_a_grantee_column_edited_to_name_another_caller_gives_it_nothing(dsn: str) -> None:
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    await fetch_value(dsn, "UPDATE kms_grants SET grantee=$1 WHERE grant_id=$2", WRITER, GRANT.grant_id)
+    # The column only narrows the read: the document, which verifies, names the reader.
+    assert await _grants_to(store, WRITER) == [TO_WRITER]
+    await store.close()
+
+
+async def test_a_row_written_without_a_grantee_is_read_for_every_caller_and_refused(dsn: str) -> None:
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    forged = dataclasses.replace(FORGED, key_id=OTHER.key_id)
+    await fetch_value(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6)",
+                      ACCOUNT, REGION, OTHER.key_id, forged.grant_id, NOW.isoformat(), grant_to_doc(forged))
+    for caller in (READER, WRITER):
+        with pytest.raises(errors.KMSInternalException):
+            await _grants_to(store, caller)
+    assert await store.grants_to(ACCOUNT, REGION, OURS.key_id, {READER}) == []  # the other key's calls go on
+    await store.close()
+
+
+async def test_a_store_of_before_the_grantee_column_gets_it_filled_in_as_it_opens(dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    await (await _store(dsn, root)).close()
+    await fetch_value(dsn, "ALTER TABLE kms_grants DROP COLUMN grantee")  # its index goes with it
+    store = await PostgresStore.connect(dsn, root)
+    assert await fetch_value(dsn, "SELECT count(*) FROM kms_grants WHERE grantee IS NULL") == 0
+    assert await fetch_value(dsn, "SELECT to_regclass('kms_grants_by_grantee') IS NOT NULL")
+    assert await _grants_to(store, READER) == [GRANT]
+    assert await _grants_to(store, WRITER) == [TO_WRITER]
+    await store.close()
