@@ -144,15 +144,22 @@ class LogFile:
 
     def _document(self, stream: JsonStream) -> Iterator[Any]:
         """The items of its "Records" array as they come; the other members are read whole (a
-        digest file's, lookup-events output's "Events")."""
+        digest file's, lookup-events output's "Events"). A member named twice is LogFileProblem:
+        Python's json keeps the last and other tools the first, so either way records would be
+        lost without a word."""
         if not stream.begin_object():
             stream.value()  # JSON that is no object: its syntax errors said as such
             stream.end()
             raise LogFileProblem(f"{self.path}: line 1: {_NO_RECORDS}")
         others: dict[str, Any] = {}
+        seen: set[str] = set()
         streamed = False
         while (key := stream.next_key()) is not None:
-            if key == "Records" and not streamed and stream.begin_array():
+            if key in seen:
+                raise LogFileProblem(f"{self.path}: line {stream.line()}: {json.dumps(key)} appears twice in the "
+                                     "document (a JSON reader keeps one of the two and loses the other's records)")
+            seen.add(key)
+            if key == "Records" and stream.begin_array():
                 streamed = True
                 yield from _records(stream)
             else:

@@ -153,6 +153,10 @@ class JsonStream:
         if self._peek() != "":
             raise self._syntax("Extra data")
 
+    def line(self) -> int:
+        """The line (1-based) of the document reading has reached."""
+        return self._line(self._pos)
+
     def value_text(self) -> tuple[int, str]:
         """The line the value being read begins on, and its text as far as it was read (what a
         caller looks into for where json's other errors, NaN or a nesting too deep, are)."""

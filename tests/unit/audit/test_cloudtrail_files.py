@@ -312,6 +312,24 @@ def test_the_records_before_a_damaged_part_of_a_file_are_read_and_the_damage_nam
     assert report.files == 1  # read to its end: EXAMPLES alone
 
 
+@pytest.mark.parametrize("first", ["[\n{first}\n]", "null"])
+async def test_a_file_naming_records_twice_is_reported_with_its_line_not_read_as_one_of_them(
+    tmp_path: Path, first: str
+) -> None:
+    # {"Records": [...], "Records": [...]}: one of the two arrays was read and the other's records
+    # were lost without a word, the import counting the file as read whole.
+    kms = _kms_examples()
+    twice = tmp_path / "twice.json"
+    second = ",\n".join(json.dumps(r) for r in kms[4:])
+    twice.write_text('{"Records": ' + first.format(first=json.dumps(kms[0])) + ',\n"Records": [\n' + second + "\n]}")
+    report = await import_cloudtrail(tmp_path / "node", [twice, EXAMPLES])
+    line = twice.read_text().splitlines().index('"Records": [') + 1
+    assert report.problems == [f'{twice}: line {line}: "Records" appears twice in the document (a JSON reader '
+                               "keeps one of the two and loses the other's records)"]
+    assert report.files == 1  # EXAMPLES alone: the other is not counted as read
+    assert [event for _, event in iter_events(tmp_path / "node")] == kms  # the records before it, then EXAMPLES'
+
+
 def test_a_log_file_is_read_as_its_records_are_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading holds a piece of the text and a batch of records, not the file: what is written
     over the file's tail after its first records were read is what the reader then reads."""
