@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -122,11 +123,24 @@ class ClientNoiseFilter(logging.Filter):
         message = record.getMessage()
         if message not in self.NOISE:
             return True
+        if _refusing_a_large_head():  # a 431, counted (and not logged) as one whose head came in pieces is
+            return False
         now = time.monotonic()
         if now - self._logged_at.get(message, -self.seconds) < self.seconds:
             return False
         self._logged_at[message] = now
         return True
+
+
+def _refusing_a_large_head() -> bool:
+    """Whether uvicorn's "Invalid HTTP request received." is logged for a head too large, which it is
+    when the head ends in the read it began in: on_headers_complete's _HeadTooLarge stops the parser,
+    and uvicorn logs that line while handling the parser's error (httptools sets the callback's
+    exception as that error's __context__), before send_400_response answers 431. Said so, a 431
+    was misnamed as HTTP that could not be read, and took that line's one slot a minute: a client
+    sending large heads hid every malformed request from the log."""
+    error = sys.exc_info()[1]
+    return error is not None and isinstance(error.__context__, _HeadTooLarge)
 
 
 def connection_limit() -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from keytrail.api import http_protocol
 from keytrail.api.http_protocol import HEAD_BYTES, CoalescingHttpToolsProtocol, _CoalescingTransport
@@ -480,6 +481,43 @@ def test_uvicorn_warnings_about_what_clients_send_are_logged_once_a_minute() -> 
     assert all(noise.filter(record("Exception in ASGI application", logging.ERROR)) for _ in range(3))
     noise.seconds = 0.0  # a minute later
     assert noise.filter(record("Invalid HTTP request received."))
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_a_431_is_not_logged_as_invalid_http_nor_takes_the_400s_line() -> None:
+    # A head past HEAD_BYTES that ends in the read it began in is stopped from on_headers_complete,
+    # and uvicorn logged "Invalid HTTP request received." for it: a 431 named as unreadable HTTP,
+    # which took that line's slot for a minute, so a malformed request after it left no line.
+    config = uvicorn.Config(_not_found, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning")
+    config.load()
+    logger, lines = logging.getLogger("uvicorn.error"), _Lines()
+    kept = logger.filters[:], logger.level
+    logger.filters[:] = [http_protocol.ClientNoiseFilter()]
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(lines)
+    answers: list[tuple[bytes, list[str]]] = []
+    try:
+        for request in (HEAD + _filler(HEAD_BYTES) + b"\r\n", b"\x00\x01\xff\r\n\r\n"):
+            protocol = CoalescingHttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+            protocol.connection_made(transport := FakeTransport())
+            protocol.data_received(request)  # whole in one read
+            await asyncio.sleep(0)
+            answers.append((b"".join(transport.writes).split(b"\r\n")[0], lines.lines[:]))
+            protocol.connection_lost(None)
+    finally:
+        logger.removeHandler(lines)
+        logger.filters[:], _ = kept
+        logger.setLevel(kept[1])
+    assert answers == [(b"HTTP/1.1 431 Request Header Fields Too Large", []),  # counted, as a 408 is
+                       (b"HTTP/1.1 400 Bad Request", ["Invalid HTTP request received."])]
 
 
 # --- a request queued behind another is not the client's delay ------------------------------------
