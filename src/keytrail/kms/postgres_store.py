@@ -329,12 +329,21 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
         ≈ 110 ms at 5,000). The column only narrows the read; the verified documents decide, and a
         row without one (written outside keytrail) is read for every caller, and refused."""
         rows = await self._rows(
-            "SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE account=$1 AND region=$2 "
-            "AND key_id=$3 AND (grantee = ANY($4::text[]) OR grantee IS NULL) ORDER BY created, grant_id",
+            f"SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE {_OF_KEY} "
+            "AND (grantee = ANY($4::text[]) OR grantee IS NULL) ORDER BY created, grant_id",
             account, region, key_id, list(grantees),
         )
         grants = (grant_from_doc(self._body(GRANTS, row)) for row in rows)
         return [grant for grant in grants if grant.grantee_principal in grantees]
+
+    async def get_grant(self, account: str, region: str, key_id: str, grant_id: str) -> Grant | None:
+        rows = await self._rows(f"SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE {_OF_KEY} "
+                                "AND grant_id=$4", account, region, key_id, grant_id)
+        return grant_from_doc(self._body(GRANTS, rows[0])) if rows else None
+
+    async def count_grants(self, account: str, region: str, key_id: str) -> int:
+        rows = await self._rows(f"SELECT count(*) FROM kms_grants WHERE {_OF_KEY}", account, region, key_id)
+        return int(rows[0][0])
 
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant of the Region that verifies (ListRetirableGrants, across accounts)."""

@@ -195,8 +195,8 @@ class KmsService:
             if named is None or named[1] != region:
                 raise errors.InvalidGrantTokenException("The grant token is invalid.")
             account, _, key_id, grant_id = named  # the Region: this call's, checked above
-            grants = await self.store.list_grants(account, region, key_id)
-            if not any(g.grant_id == grant_id and grant_token_matches(token, g) for g in grants):
+            grant = await self.store.get_grant(account, region, key_id, grant_id)
+            if grant is None or not grant_token_matches(token, grant):
                 raise errors.InvalidGrantTokenException("The grant token is invalid.")
 
     async def record_rejected(self, name: str, context: CallContext, error: errors.KmsError) -> None:

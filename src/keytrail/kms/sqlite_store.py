@@ -428,6 +428,14 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         grants = await self.list_grants(account, region, key_id)
         return [grant for grant in grants if grant.grantee_principal in grantees]
 
+    async def get_grant(self, account: str, region: str, key_id: str, grant_id: str) -> Grant | None:
+        self._refused.refuse_within(GRANTS.name, (account, region, key_id, grant_id))
+        return self._grants.get((account, region, key_id), {}).get(grant_id)
+
+    async def count_grants(self, account: str, region: str, key_id: str) -> int:
+        scope = (account, region, key_id)
+        return len(self._grants.get(scope, {})) + len(self._refused.within(GRANTS.name, scope))
+
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant of the Region that verified (ListRetirableGrants, across accounts)."""
         return [g for (_, r, _), grants in self._grants.items() if r == region for g in grants.values()]

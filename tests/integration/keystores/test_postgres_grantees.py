@@ -78,3 +78,18 @@ async def test_a_store_of_before_the_grantee_column_gets_it_filled_in_as_it_open
     assert await _grants_to(store, READER) == [GRANT]
     assert await _grants_to(store, WRITER) == [TO_WRITER]
     await store.close()
+
+
+async def test_a_grant_is_read_by_its_id_and_the_key_s_grants_counted_without_reading_them_all(dsn: str) -> None:
+    # RetireGrant, RevokeGrant and a call's GrantTokens name one grant; CreateGrant counts the key's
+    # against the quota: each read and verified every grant of the key before.
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    assert await store.get_grant(ACCOUNT, REGION, OTHER.key_id, TO_WRITER.grant_id) == TO_WRITER
+    assert await store.get_grant(ACCOUNT, REGION, OURS.key_id, TO_WRITER.grant_id) is None  # another key's
+    assert await store.count_grants(ACCOUNT, REGION, OTHER.key_id) == 3
+    assert await store.count_grants(ACCOUNT, REGION, OURS.key_id) == 0
+    await fetch_value(dsn, "UPDATE kms_grants SET doc=replace(doc, 'Decrypt', 'Encrypt') WHERE grant_id=$1",
+                      TO_WRITER.grant_id)
+    with pytest.raises(errors.KMSInternalException):
+        await store.get_grant(ACCOUNT, REGION, OTHER.key_id, TO_WRITER.grant_id)
+    await store.close()

@@ -119,6 +119,9 @@ async def test_a_forged_row_is_refused(tmp_path: Path) -> None:
     store = SqliteStore(path, root)
     with pytest.raises(errors.KMSInternalException):
         await store.list_grants(ACCOUNT, REGION, OURS.key_id)
+    with pytest.raises(errors.KMSInternalException):  # a grant token, RetireGrant, RevokeGrant naming it
+        await store.get_grant(ACCOUNT, REGION, OURS.key_id, forged.grant_id)
+    assert await store.count_grants(ACCOUNT, REGION, OURS.key_id) == 1  # CreateGrant's quota counts it
     with pytest.raises(errors.KMSInternalException):
         await store.get_alias(ACCOUNT, REGION, "alias/forged")
     with pytest.raises(errors.KMSInternalException):  # refused like any other, not a TypeError

@@ -138,10 +138,9 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     _require_principals(params)
     _check_request(key, params["Operations"], params.get("Constraints") or {})
     svc.check_dry_run(call)
-    grants = await svc.store.list_grants(key.account, key.region, key.key_id)
-    grant = _existing_by_name(grants, params)
+    grant = await _existing_by_name(svc, key, params)
     if grant is None:
-        if len(grants) >= GRANTS_PER_KEY:
+        if await svc.store.count_grants(key.account, key.region, key.key_id) >= GRANTS_PER_KEY:
             raise errors.LimitExceededException(
                 f"{key.arn} already has {GRANTS_PER_KEY} grants, the quota of grants per KMS key.")
         grant = _new_grant(svc, call, key)
@@ -160,11 +159,12 @@ def _created(grant: Grant, key: Key) -> dict[str, str]:
     return {"grantId": grant.grant_id, "keyId": key.arn}
 
 
-def _existing_by_name(grants: list[Grant], params: dict[str, Any]) -> Grant | None:
-    """Name idempotency: a retry with the same Name and parameters returns the same grant."""
+async def _existing_by_name(svc: KmsService, key: Key, params: dict[str, Any]) -> Grant | None:
+    """Name idempotency: a retry with the same Name and parameters returns the same grant (one to
+    the same grantee, so only those are read: a key may hold 50,000 grants)."""
     if not params.get("Name"):
         return None
-    for grant in grants:
+    for grant in await svc.store.grants_to(key.account, key.region, key.key_id, {params["GranteePrincipal"]}):
         if grant.name == params["Name"] and _same_request(grant, params):
             return grant
     return None
@@ -267,9 +267,8 @@ def _require_grant_id(grant_id: str) -> None:
 
 async def _find_grant(svc: KmsService, key: Key, grant_id: str) -> Grant:
     _require_grant_id(grant_id)
-    for grant in await svc.store.list_grants(key.account, key.region, key.key_id):
-        if grant.grant_id == grant_id:
-            return grant
+    if grant := await svc.store.get_grant(key.account, key.region, key.key_id, grant_id):
+        return grant
     raise errors.NotFoundException(f"Grant ID {grant_id} not found")
 
 
