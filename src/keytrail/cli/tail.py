@@ -37,15 +37,27 @@ async def follow_event_log(
     reader = SegmentReader(event_log_dir(data_dir))
     offset = start
     while True:
-        first, values, _ = await asyncio.to_thread(reader.read, offset, batch)
-        if not values:
-            yield [], offset
-            await asyncio.sleep(idle_seconds)
-            continue
-        offset = first + len(values)
-        yield list(values), offset
+        values, offset = await asyncio.to_thread(_read_batch, reader, offset, batch)
+        yield values, offset
         if len(values) < batch:
             await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
+
+
+def _read_batch(reader: SegmentReader, offset: int, limit: int) -> tuple[list[bytes], int]:
+    """Up to `limit` values from `offset` on, and the offset after them, read on into the next
+    segment at the end of one: a batch comes short only at the log's end, which is what the
+    detector takes it for (caught up, nothing waiting). A segment's end taken for the log's
+    (every 64 MiB of a log replayed after a start) had it tick as of the wall clock mid-replay."""
+    values: list[bytes] = []
+    while len(values) < limit:
+        first, payloads, end = reader.read(offset, limit - len(values))
+        if not payloads:
+            break
+        values += payloads
+        offset = first + len(payloads)
+        if offset >= end:
+            break
+    return values, offset
 
 
 async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None],

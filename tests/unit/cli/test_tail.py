@@ -45,10 +45,27 @@ async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path)
     assert seen == _values(3, 70)
 
 
-def _write_log(data_dir: Path, records: list[dict[str, Any]]) -> None:
+async def test_a_batch_comes_short_only_at_the_log_s_end_not_at_a_segment_s(tmp_path: Path) -> None:
+    # The detector takes a short batch for the log's end (caught up, nothing waiting).
+    directory = event_log_dir(tmp_path)
+    directory.mkdir(parents=True)
+    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log.append(_values(0, 40))  # every segment ends after a few values
+    log.sync()
+    log.close()
+    sizes = []
+    async for values, offset in follow_event_log(tmp_path, batch=7, idle_seconds=0.01):
+        sizes.append(len(values))
+        if offset == 40:
+            break
+    assert len(log.segment_bases()) == 4  # of ten values each
+    assert sizes == [7, 7, 7, 7, 7, 5]
+
+
+def _write_log(data_dir: Path, records: list[dict[str, Any]], segment_bytes: int = 64 << 20) -> None:
     directory = event_log_dir(data_dir)
     directory.mkdir(parents=True)
-    log = SegmentLog(directory, writable=True)
+    log = SegmentLog(directory, segment_bytes=segment_bytes, writable=True)
     log.append([encode(record) for record in records])
     log.sync()
     log.close()
@@ -105,6 +122,32 @@ async def test_a_restarted_detector_judges_time_rules_on_the_whole_log_not_on_ha
     announced = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
     latest = {a.alarm_id: a for a in announced}  # each alarm's last announced state
     assert [(a.rule, a.count) for a in latest.values()] == [("unauthorized-decrypt", 2)]
+
+
+async def test_a_detector_replaying_a_log_of_many_segments_ticks_only_at_the_log_s_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each segment's end (64 MiB) came as a short batch, which the detector took for the log's
+    end: caught up mid-replay, it ticked as of the wall clock on half the log, raising unused-key
+    for a key whose use was in a later segment, letting go of the thief's open alarm between its
+    two denials ten minutes apart (the second paged again), and a restart paged them all again."""
+    monkeypatch.setattr(tail, "DETECTOR_TICK_SECONDS", 0.0)
+    now = datetime.now(UTC)
+    key, thief = key_arn(1), user("thief")
+    records = [
+        create_key(now - timedelta(days=200), key),
+        denied("Decrypt", now - timedelta(days=3), key, thief),
+        *[event("DescribeKey", now - timedelta(days=3, seconds=-n), key) for n in range(1, 9)],
+        denied("Decrypt", now - timedelta(days=3, minutes=-10), key, thief),
+        event("Decrypt", now - timedelta(days=1), key),  # the key is in use: not unused
+    ]
+    _write_log(tmp_path, records, segment_bytes=2000)
+    assert len(SegmentLog(event_log_dir(tmp_path)).segment_bases()) > 3
+    for run in range(2):
+        runner = DetectorRunner.open(tmp_path, clock=SystemClock())
+        announced = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
+        latest = {a.alarm_id: a for a in announced}
+        assert [(a.rule, a.count) for a in latest.values()] == ([("unauthorized-decrypt", 2)] if run == 0 else [])
 
 
 async def test_a_live_detector_that_falls_behind_keeps_one_alarm_for_calls_of_one_window(
