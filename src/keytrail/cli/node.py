@@ -34,7 +34,7 @@ from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
 from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
-from keytrail.cli.tail import detect_live
+from keytrail.cli.tail import detect_live, judged_up_to
 from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
 from keytrail.config import ServeSettings
 from keytrail.detect.alarm_tally import AlarmTally
@@ -514,8 +514,15 @@ def _start_detector(node: Node) -> None:
 
 
 async def _detector_catch_up(node: Node) -> None:
-    """After the dev clock moves, evaluate time-based rules at once."""
-    if node.detector is not None:
+    """After the dev clock moves, evaluate time-based rules at once, as soon as the detector has
+    judged what the log held at the move: the calls answered just before it (read within
+    DETECTOR_GATHER_SECONDS), the RotateKey and DeleteKey that run_due logged. Ticked before, it
+    closed the windows under them as of the new time: the last denied call before a move paged
+    again as a new alarm. Still behind after a few seconds (a replay after a start), it is left
+    to the detector's loop, which ticks once it has read them."""
+    if node.detector is None or node.audit is None:
+        return
+    if await judged_up_to(node.audit.log.end_offset(), lambda: node.detector_judged):
         _count_alarms(node, await node.detector.tick())
 
 

@@ -12,7 +12,7 @@ from keytrail.detect.runner import DetectorRunner, batch_guard
 from keytrail.transport.segment_log import event_log_dir
 from keytrail.transport.segment_reader import SegmentReader
 
-__all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log"]
+__all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log", "judged_up_to"]
 
 DETECTOR_TICK_SECONDS = 5.0
 # The detector reads the live log in batches of up to DETECTOR_BATCH events, letting a partial
@@ -84,3 +84,16 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
                 announce(await runner.tick(behind=len(values) == DETECTOR_BATCH))  # a full batch: more waits
                 last_tick = loop.time()
         judged(offset)  # judged, or passed over
+
+
+async def judged_up_to(end: int, judged: Callable[[], int], seconds: float = DETECTOR_TICK_SECONDS) -> bool:
+    """Wait until the live detector has judged the event log up to `end` (`judged`: the offset
+    `detect_live` told last), at most `seconds`, after which its own loop ticks anyway; whether
+    it has."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while judged() < end:
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

@@ -206,3 +206,45 @@ async def test_one_damaged_value_in_the_event_log_costs_that_value_not_its_batch
         [raised] = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
     assert [(a.alarm_id, a.count) for a in runner.alarms()] == [(raised.alarm_id, 6)]  # the six good ones
     assert "passed over" not in caplog.text
+
+
+async def test_a_dev_clock_move_ticks_once_the_detector_has_read_the_calls_before_it(tmp_path: Path) -> None:
+    """serve --dev-clock ticked its detector as soon as the clock moved, before it had read the
+    last denied call answered: the tick closed the thief's alarm as of the new time, and that
+    call, a second after the first, paged again as a new alarm."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from keytrail.cli import node as node_module
+    from keytrail.clock import ManualClock
+    from keytrail.detect.alarm_tally import AlarmTally
+    from keytrail.detect.sinks.jsonl import read_alarms
+
+    clock = ManualClock(datetime.now(UTC))
+    key, thief = key_arn(1), user("thief")
+    calls = [denied("Decrypt", clock.now() + timedelta(seconds=n), key, thief) for n in range(2)]
+    _write_log(tmp_path, [create_key(clock.now() - timedelta(hours=1), key), calls[0]])
+    log = SegmentLog(event_log_dir(tmp_path), writable=True)
+    runner = DetectorRunner.open(tmp_path, clock=clock)
+    node = SimpleNamespace(detector=runner, audit=SimpleNamespace(log=log), detector_judged=0,
+                           alarm_tally=AlarmTally())
+    live = asyncio.create_task(detect_live(tmp_path, runner, lambda alarms: None,
+                                           lambda offset: setattr(node, "detector_judged", offset)))
+    for _ in range(500):
+        if calls[0]["eventID"] in runner.detector._seen:
+            break
+        await asyncio.sleep(0.01)
+    log.append([encode(calls[1])])  # answered, then the clock moves at once
+    log.sync()
+    clock.advance(2 * 3600)
+    await node_module._detector_catch_up(cast(node_module.Node, node))
+    for _ in range(500):
+        if calls[1]["eventID"] in runner.detector._seen:
+            break
+        await asyncio.sleep(0.01)
+    live.cancel()
+    await asyncio.gather(live, return_exceptions=True)
+    await runner.close()
+    log.close()
+    delivered = read_alarms(tmp_path / "alarms.jsonl")  # each alarm's latest state delivered
+    assert [alarm.count for alarm in delivered.values()] == [2]
