@@ -1,4 +1,5 @@
-"""Alarms and their book: the same rule x key x principal within its window is one alarm.
+"""Alarms and their book: the same rule x key x principal (x scope, where a rule gives one) within
+its window is one alarm.
 
 A repeat updates that alarm's count, lastSeen and eventIds instead of raising a new one; the
 severity rises with the count (the rule's thresholds) and never falls. An alarm is announced when
@@ -73,6 +74,10 @@ class Finding:
     severity: Severity | None = None
     details: Mapping[str, str] = field(default_factory=dict)
     earlier: Earlier | None = None  # the calls held before this one that it stands for too
+    # What tells this finding's alarm apart from others of its rule x key x principal, where those
+    # do not: `unauthorized-decrypt`'s denials naming no key against its flood alarm (keyArn null
+    # both), callers with no ARN (principalArn null) one from another. Not in the alarm or its id.
+    scope: str | None = None
 
     @classmethod
     def on_event(cls, rule: str, event: KmsEvent, *, summary: str, recommendation: str,
@@ -174,18 +179,18 @@ class _Open:
 
 
 class AlarmBook:
-    """Deduplicates findings into alarms, per rule x key x principal within the rule's window."""
+    """Deduplicates findings into alarms, per rule x key x principal x scope within the rule's window."""
 
     def __init__(self, rules: RuleSet) -> None:
         self._rules = rules
-        self._open: dict[tuple[str, str | None, str | None], _Open] = {}
+        self._open: dict[tuple[str, str | None, str | None, str | None], _Open] = {}
         self._all: dict[str, _Open] = {}
         self._changed: set[str] = set()
 
     def record(self, finding: Finding) -> Alarm | None:
         """Add a finding; returns the alarm when it is new or has just escalated, else None."""
         rule = self._rules[finding.rule]
-        slot = (finding.rule, finding.key_arn, finding.principal_arn)
+        slot = (finding.rule, finding.key_arn, finding.principal_arn, finding.scope)
         entry = self._open.get(slot)
         if entry is None or finding.time - entry.last_seen > rule.window:
             entry = self._start(finding, rule)

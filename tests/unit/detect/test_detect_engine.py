@@ -119,6 +119,50 @@ def test_other_principals_denied_on_the_same_keys_are_judged_on_their_own() -> N
         (f"arn:aws:iam::{ACCOUNT}:user/eve", "-"), (MALLORY["arn"], "-")]
 
 
+def _denied_naming_no_key(at: datetime, identity: dict[str, Any], key_id: str = "alias/payments") -> dict[str, Any]:
+    """A denied Decrypt whose record names no key ARN: the key id the caller gave (an alias, a bare
+    id) was not resolved, or the call was refused before it was."""
+    message = (f"User: {identity.get('arn', 'unknown')} is not authorized to perform: kms:Decrypt because no "
+               "identity-based policy allows the kms:Decrypt action")
+    return event("Decrypt", at, None, identity, error="AccessDenied", message=message, params={"keyId": key_id})
+
+
+def test_a_denial_naming_no_key_neither_swallows_nor_joins_the_principal_s_flood_alarm() -> None:
+    """A denial naming no key has keyArn null as the flood alarm has, and shared its slot: the flood
+    that followed folded into it (count 4, never paged as a flood), or, the flood first, the
+    denial was told as the flood's latest call."""
+    keys = [key_arn(n) for n in range(6)]
+    flood = [denied("Decrypt", T0 + timedelta(minutes=1, seconds=n), k, MALLORY) for n, k in enumerate(keys)]
+    for before, after in (([_denied_naming_no_key(T0, MALLORY)], flood),
+                          (flood, [_denied_naming_no_key(T0 + timedelta(minutes=2), MALLORY)])):
+        detector = Detector()
+        announced = detector.process(before + after)
+        # (flood alarm?, count): each raised and paged on its own, and each counts its own calls
+        assert sorted(("keyCount" in a.details, a.count) for a in announced if a.key_arn is None) == [
+            (False, 1), (True, 1)]
+        assert sorted(("keyCount" in a.details, a.count) for a in detector.alarms() if a.key_arn is None) == [
+            (False, 1), (True, 3)]
+        [alone] = [a for a in detector.alarms() if a.key_arn is None and "keyCount" not in a.details]
+        assert (alone.severity, "newPrincipalOnKey" in alone.details) == ("MEDIUM", False)  # new on no key
+
+
+def test_callers_with_no_arn_denied_are_each_an_alarm_of_their_own() -> None:
+    """Callers whose userIdentity has no ARN (SAML users here) all had principalArn null: denied
+    on one key, or naming none, the first one's alarm counted the others', who never paged."""
+    def saml(name: str, account: str) -> dict[str, Any]:
+        return {"type": "SAMLUser", "principalId": f"idp:{name}", "userName": name, "accountId": account,
+                "accessKeyId": f"ASIA{name.upper()}0000000001"}
+
+    callers = [saml("ann", ACCOUNT), saml("bo", "444455556666")]
+    detector = Detector()
+    announced = detector.process([record for n, who in enumerate(callers) for record in (
+        denied("Decrypt", T0 + timedelta(seconds=n), KEY, who), _denied_naming_no_key(T0 + timedelta(seconds=n), who))])
+    assert sorted((a.account_id or "", a.key_arn or "-", a.count) for a in detector.alarms()) == [
+        (ACCOUNT, "-", 1), (ACCOUNT, KEY, 1), ("444455556666", "-", 1), ("444455556666", KEY, 1)]
+    assert len(announced) == 4
+    assert "a caller with no ARN (account 444455556666, access key ASIABO0000000001)" in announced[-1].summary
+
+
 def test_known_principal_denied_starts_medium_and_escalates() -> None:
     detector = Detector()
     detector.process([event("Decrypt", T0, KEY, APP)])

@@ -129,7 +129,8 @@ class UnauthorizedDecrypt:
     def _finding(self, event: KmsEvent) -> Finding:
         reason = parse_deny_reason(event.error_message)
         key = event.judged_key_arn  # a ReEncrypt may be refused on its destination
-        new = not self.ledger.has_used(key, event.principal_arn)
+        # New on no key is no signal: every denial naming none would be (a HIGH alarm from the first).
+        new = key is not None and not self.ledger.has_used(key, event.principal_arn)
         bump = int(self.rule.param("new_principal_bump"))
         details = {
             "denyType": reason.kind,
@@ -143,8 +144,8 @@ class UnauthorizedDecrypt:
         if new:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
         details |= caller_origin(event)  # the recommendation sends the responder after the credentials
-        who = event.principal_arn or "an unknown principal"
-        return Finding.on_event(
+        who = event.principal_arn or _caller_without_arn(event)
+        finding = Finding.on_event(
             self.rule_id,
             event,
             severity=self.rule.severity.bump(bump) if new and bump else None,
@@ -154,3 +155,23 @@ class UnauthorizedDecrypt:
             details=details,
             key_arn=key,
         )
+        return replace(finding, scope=_scope(event, key))
+
+
+def _scope(event: KmsEvent, key: str | None) -> str | None:
+    """What tells a denial's alarm apart beyond its key and principal. A denial naming no key it
+    resolved (an alias, a bare key id) has keyArn null as the principal's flood alarm has: in one
+    alarm, the flood folded into the first such denial and never paged, or a denial of no key
+    retold the flood as one call. And callers with no ARN (a SAML or web identity user, an
+    AWSAccount caller: principalArn null) are one caller each by account and access key, not one
+    alarm whose first caller hides the others."""
+    parts = ["no key"] if key is None else []
+    if event.principal_arn is None:
+        parts.append(f"caller {event.account_id or ''}/{event.access_key_id or ''}")
+    return " ".join(parts) or None
+
+
+def _caller_without_arn(event: KmsEvent) -> str:
+    """How a summary names a caller whose userIdentity has no ARN."""
+    return (f"a caller with no ARN (account {event.account_id or 'unknown'}, "
+            f"access key {event.access_key_id or 'unknown'})")
