@@ -31,6 +31,7 @@ from keytrail.cli.console import (
     named_path,
     number_in_range,
     os_problem,
+    path_option,
     printable,
     terminate_as_interrupt,
 )
@@ -46,7 +47,7 @@ __all__ = ["audit_app", "register"]
 audit_app = typer.Typer(help="The audit trail: CloudTrail-format events of every KMS call.",
                         no_args_is_help=True)
 
-DataDir = typer.Option(Path("keytrail-data"), "--data-dir", help="The node's data directory.")
+DataDir = path_option(Path("keytrail-data"), "--data-dir", help="The node's data directory.")
 
 
 class Format(StrEnum):
@@ -283,11 +284,11 @@ def _reader_gone(stream: TextIO) -> bool:
 
 @audit_app.command()
 def verify(data_dir: Path = DataDir,
-           public_key: Path | None = typer.Option(
+           public_key: Path | None = path_option(
                None, "--public-key", metavar="FILE",
                help="A copy of the node's signing-key.pub.pem kept off the node: the digests must be signed by it "
                     "(without it, a key made by whoever can write the data dir passes too)."),
-           digests: Path | None = typer.Option(
+           digests: Path | None = path_option(
                None, "--digests", metavar="DIR",
                help="A copy of the node's audit/integrity/digests/ kept off the node: each must still be on the "
                     "node, unchanged (without it, a trail cut back with its newest digests passes).")) -> None:

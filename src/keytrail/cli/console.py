@@ -31,7 +31,7 @@ __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLI
            "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "host_port",
            "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
            "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps", "number_in_range", "os_problem",
-           "parse_time", "parse_window", "price_table", "printable", "since_after_default_end",
+           "parse_time", "parse_window", "path_option", "price_table", "printable", "since_after_default_end",
            "terminate_as_interrupt", "url_password", "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
@@ -83,6 +83,14 @@ def named_path(value: str) -> Path:
     if not value:
         raise typer.BadParameter("empty (an unset variable?): name the file or folder")
     return Path(value)
+
+
+def path_option(*declarations: Any, **settings: Any) -> Any:
+    """`typer.Option(*declarations, **settings)` for a path the command reads or writes, parsed by
+    `named_path`: every path option of every command refuses "" alike (`--out "$OUT"`, `--config
+    "$CONF"` with the variable unset), where typer took it for the current directory and the command
+    then named "." in an odd complaint, or read or wrote there. Shown as `<path>`, as typer shows a Path."""
+    return typer.Option(*declarations, **{"parser": named_path, "metavar": "<path>", **settings})
 
 
 def printable(text: str) -> str:

@@ -31,6 +31,7 @@ from keytrail.cli.console import (
     named_path,
     no_core_dumps,
     number_in_range,
+    path_option,
     printable,
 )
 
@@ -49,7 +50,7 @@ __all__ = ["analyze_keys", "register"]
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option(
+    path_option(
         "--config", help="Settings TOML: [rules.<id>] overrides and [hooks] (see docs/detection-rules.md)."
     ),
 ]
@@ -76,7 +77,7 @@ def detect(
     kafka: Annotated[
         str | None, typer.Option("--kafka", help="Read keytrail.audit.v1 from this bootstrap.")
     ] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where alarms.jsonl goes (live).")] = Path(
+    data_dir: Annotated[Path, path_option("--data-dir", help="Where alarms.jsonl goes (live).")] = Path(
         "keytrail-data"
     ),
     mqtt: Annotated[str | None, typer.Option("--mqtt", help="Publish alarms to mqtt://HOST:PORT.")] = None,
@@ -258,16 +259,16 @@ def _serving_metrics(
 def analyze(
     inventory: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--inventory",
             help="JSON list of {KeyArn, Policy, Grants, KeyRotationEnabled, ...} (DescribeKey, GetKeyPolicy, "
             "ListGrants, GetKeyRotationStatus output; docs/detection-rules.md).",
         ),
     ] = None,
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="A node's data dir: its key store.")] = None,
+    data_dir: Annotated[Path | None, path_option("--data-dir", help="A node's data dir: its key store.")] = None,
     principals: Annotated[
         Path | None,
-        typer.Option(
+        path_option(
             "--principals",
             help="Principals file (TOML) whose identity policies are checked too "
             "(default with the key store: <data-dir>/principals.toml, as serve's).",

@@ -30,6 +30,7 @@ from keytrail.cli.console import (
     named_path,
     number_in_range,
     parse_window,
+    path_option,
     price_table,
     printable,
     since_after_default_end,
@@ -70,7 +71,7 @@ class OutputFormat(StrEnum):
     csv = "csv"
 
 
-DataDir = Annotated[Path, typer.Option("--data-dir", help="Node data directory.")]
+DataDir = Annotated[Path, path_option("--data-dir", help="Node data directory.")]
 Since = Annotated[str | None, typer.Option("--since", help="Start (ISO-8601 UTC, inclusive).")]
 Until = Annotated[str | None, typer.Option("--until", help="End (ISO-8601 UTC, exclusive).")]
 Format = Annotated[OutputFormat, typer.Option("--format", help="table, json (one object per line) or csv.")]
@@ -160,7 +161,7 @@ def cost(
     since: Since = None,
     until: Until = None,
     by: Annotated[str, typer.Option(help="Comma list of key, account.")] = "key,account",
-    prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
+    prices: Annotated[Path | None, path_option(help="TOML price table overriding the defaults.")] = None,
     free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
     output: Format = OutputFormat.table,
 ) -> None:
@@ -232,7 +233,7 @@ def consume(
         list[Path] | None,
         typer.Option(metavar=CLOUDTRAIL_METAVAR, parser=named_path, help=f"Offline: {CLOUDTRAIL_HELP}"),
     ] = None,
-    prices: Annotated[Path | None, typer.Option(
+    prices: Annotated[Path | None, path_option(
         help="TOML price table: the cost of the Parquet cost table and of --metrics-port's "
              "keytrail_kms_cost_usd.")] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch.", min=1, max=_MAX_BATCH)] = 10_000,

@@ -22,6 +22,7 @@ from keytrail.cli.console import (
     missing_paths,
     named_path,
     parse_window,
+    path_option,
     price_table,
     since_after_default_end,
     terminate_as_interrupt,
@@ -48,8 +49,8 @@ def report_fail(message: str, code: int = 2) -> typer.Exit:
 
 def report(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="File to write.")],
-    data_dir: Annotated[Path | None, typer.Option(
+    out: Annotated[Path, path_option("--out", help="File to write.")],
+    data_dir: Annotated[Path | None, path_option(
         "--data-dir", help="Node data dir: read its event log (default: keytrail-data, without --cloudtrail).")] = None,
     cloudtrail: Annotated[list[Path] | None, typer.Option(
         "--cloudtrail", metavar=CLOUDTRAIL_METAVAR, parser=named_path,
@@ -59,8 +60,8 @@ def report(
     output: Annotated[ReportFormat | None, typer.Option(
         "--format", help="html, csv, json (JSON lines) or parquet; default from --out's suffix.")] = None,
     table: Annotated[str | None, typer.Option(help=f"Tabular formats: only this table ({', '.join(TABLES)}).")] = None,
-    alarms: Annotated[Path | None, typer.Option(help="Alarms JSON lines; default <data-dir>/alarms.jsonl.")] = None,
-    prices: Annotated[Path | None, typer.Option(help="TOML price table overriding the defaults.")] = None,
+    alarms: Annotated[Path | None, path_option(help="Alarms JSON lines; default <data-dir>/alarms.jsonl.")] = None,
+    prices: Annotated[Path | None, path_option(help="TOML price table overriding the defaults.")] = None,
     free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
     unused_days: Annotated[int, typer.Option(
         help="Highlight keys unused for this many days.", min=1, max=36_500)] = 30,

@@ -14,7 +14,7 @@ from typing import Annotated, Protocol
 
 import typer
 
-from keytrail.cli.console import fail, no_core_dumps, os_problem
+from keytrail.cli.console import fail, no_core_dumps, os_problem, path_option
 from keytrail.config import STORE_ENV
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealError, write_root_key_file
 from keytrail.transport.segment_log import event_log_dir
@@ -41,9 +41,9 @@ class _Resealable(Protocol):
 
 @root_key_app.command()
 def rotate(
-    new_key: Annotated[Path, typer.Option(
+    new_key: Annotated[Path, path_option(
         "--new-key", help="File holding the new root key: 32 random bytes (head -c 32 /dev/urandom > FILE).")],
-    data_dir: Annotated[Path, typer.Option(
+    data_dir: Annotated[Path, path_option(
         "--data-dir", help="The node's data dir: its root key and, without --store, its key store.")] = Path(
         "keytrail-data"),
     store: Annotated[str | None, typer.Option(

@@ -30,6 +30,7 @@ from keytrail.cli.console import (
     no_core_dumps,
     number_in_range,
     os_problem,
+    path_option,
     url_password,
 )
 from keytrail.cli.pending_announcement import PRINCIPALS, SIGNING_KEY, PendingAnnouncement
@@ -53,7 +54,7 @@ V = TypeVar("V")
 
 log = logging.getLogger("keytrail")
 
-DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the node keeps everything.")]
+DataDir = Annotated[Path, path_option("--data-dir", help="Where the node keeps everything.")]
 
 
 @dataclass(frozen=True)
@@ -208,15 +209,15 @@ def serve(
     data_dir: DataDir = Path("keytrail-data"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 4599,
-    principals: Annotated[Path | None, typer.Option(help="Principals file (TOML).")] = None,
+    principals: Annotated[Path | None, path_option(help="Principals file (TOML).")] = None,
     kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for the audit stream.")] = None,
     mqtt: Annotated[str | None, typer.Option(help="MQTT broker for alarms, mqtt://HOST:PORT.")] = None,
     dev_clock: Annotated[bool, typer.Option("--dev-clock", help="Allow moving time forward.")] = False,
     dev_credentials: Annotated[bool, typer.Option("--dev-credentials", help="Accept any access key.")] = False,
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_cert: Annotated[Path | None, path_option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, path_option(help="TLS private key (PEM).")] = None,
     tls_self_signed: Annotated[bool, typer.Option("--tls-self-signed", help="HTTPS with a dev certificate.")] = False,
-    config: Annotated[Path | None, typer.Option(
+    config: Annotated[Path | None, path_option(
         help="Settings file: detection rules ([rules.<id>]) and alarm hooks ([hooks]: webhooks, MQTT, Kafka).")] = None,
     store: Annotated[str | None, typer.Option(
         envvar=STORE_ENV, show_envvar=True,

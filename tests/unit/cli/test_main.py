@@ -7,10 +7,16 @@ import os
 import socket
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
+from typer.core import TyperArgument, TyperOption
+from typer.testing import CliRunner
 
+from keytrail.cli import app
+from keytrail.cli.commands import COMMANDS, load_module_commands
+from keytrail.cli.console import named_path
 from tests.support.audit_records import fill_trail
 
 
@@ -172,3 +178,39 @@ def test_an_empty_path_to_read_or_write_is_refused_not_taken_for_the_current_dir
     assert "empty (an unset variable?): name the file or folder" in result.stderr
     assert result.stderr.count("\n") == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["logs", "node"]
+
+
+def _path_parameters() -> list[tuple[list[str], TyperOption | TyperArgument]]:
+    """(command path, parameter) of every option and argument of every command that names a file or folder."""
+    found = []
+    for name, listing in COMMANDS.items():
+        command = load_module_commands(listing.module)[name]
+        subcommands = getattr(command, "commands", {})  # a group's: `audit export`, `root-key rotate`
+        leaves = [([name, sub], leaf) for sub, leaf in subcommands.items()] if subcommands else [([name], command)]
+        for path, leaf in leaves:
+            found += [(path, parameter) for parameter in leaf.params
+                      if isinstance(parameter, TyperOption | TyperArgument) and _names_a_path(parameter)]
+    return found
+
+
+def _names_a_path(parameter: TyperOption | TyperArgument) -> bool:
+    annotation = parameter.type_descriptor.annotation  # `Path | None` is Path here; `list[Path]` stays
+    return Path in (annotation, *typing.get_args(annotation))
+
+
+def test_every_path_option_refuses_an_empty_value_rather_than_take_the_current_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `--out "$OUT"`, `--config "$CONF"` with the variable unset: typer took "" for ".", and report
+    # said "--out: . is a folder", serve "--config: .: Is a directory", cost "--prices: Is a directory: .".
+    # Run past the entry point's own check of --data-dir, so the option's parser is what refuses it.
+    monkeypatch.chdir(tmp_path)
+    parameters = _path_parameters()
+    assert len(parameters) >= 25  # --out, --config, --principals, --tls-cert, --prices, --new-key, --data-dir…
+    for path, parameter in parameters:
+        assert parameter.type_descriptor.parameter_info.parser is named_path, (path, parameter.name)
+        given = [parameter.opts[0], ""] if isinstance(parameter, TyperOption) else [""]
+        result = CliRunner().invoke(app, [*path, *given])
+        assert result.exit_code == 2, (path, given, result.output)
+        assert "empty (an unset variable?): name the file or folder" in result.output, (path, given, result.output)
+    assert list(tmp_path.iterdir()) == []
+
