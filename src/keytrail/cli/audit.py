@@ -105,12 +105,19 @@ def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--
     _require_whole_log(data_dir, log)
 
 
+# Between polls of `audit tail`: below a hundredth of a second (1e-9 was taken) it re-read the log in a
+# busy loop, a core's worth of CPU for nothing a reader could see; past an hour a new event waits
+# longer than anyone watches, and past time_t's reach (1e300) time.sleep raised a traceback.
+_MIN_INTERVAL, _MAX_INTERVAL = 0.01, 3600.0
+
+
 @audit_app.command()
 def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--format"),
          lines: int = typer.Option(10, "--lines", "-n", min=0, help="Events to show before following."),
          follow: bool = typer.Option(True, "--follow/--no-follow"),
-         interval: float = typer.Option(0.2, "--interval", callback=number_in_range(0, above=True),
-                                        help="Seconds between polls.")) -> None:
+         interval: float = typer.Option(
+             0.2, "--interval", callback=number_in_range(_MIN_INTERVAL, _MAX_INTERVAL),
+             help=f"Seconds between polls, {_MIN_INTERVAL:g} to {_MAX_INTERVAL:g}.")) -> None:
     """Show the last events and follow new ones as they are written (Ctrl-C or SIGTERM stops)."""
     _require_log(data_dir)
     followed = _FollowedLog(event_log_dir(data_dir))

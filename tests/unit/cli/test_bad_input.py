@@ -368,11 +368,14 @@ def test_detect_refuses_a_malformed_mqtt_url(tmp_path: Path) -> None:
     (["consume", "--kafka", "127.0.0.1:9"], "--exit-when-idle", "-1", "must be at least 0"),
     (["consume", "--kafka", "127.0.0.1:9"], "--exit-when-idle", "nan", "not a number"),
     (["consume", "--kafka", "127.0.0.1:9"], "--exit-when-idle", "inf", "not a finite number"),
-    # 0: a busy loop re-reading the log; below 0, NaN, infinity: a traceback from time.sleep.
-    (["audit", "tail"], "--interval", "0", "must be more than 0"),
-    (["audit", "tail"], "--interval", "-0.5", "must be more than 0"),
+    # 0 or a nanosecond: a busy loop re-reading the log; below 0, NaN, infinity, past time_t: a
+    # traceback from time.sleep.
+    (["audit", "tail"], "--interval", "0", "must be at least 0.01"),
+    (["audit", "tail"], "--interval", "1e-9", "must be at least 0.01"),
+    (["audit", "tail"], "--interval", "-0.5", "must be at least 0.01"),
     (["audit", "tail"], "--interval", "nan", "not a number"),
     (["audit", "tail"], "--interval", "inf", "not a finite number"),
+    (["audit", "tail"], "--interval", "1e300", "must be at most 3600"),
     # Below 0: the first events written after the start would be skipped.
     (["audit", "tail"], "--lines", "-3", "Input should be greater than or equal to 0"),
     # Past 2**63: an OverflowError traceback from the event log's reader.
