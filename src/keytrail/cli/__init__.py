@@ -91,21 +91,27 @@ def _command_path(args: list[str]) -> str:
 
 
 def _fill_closed_standard_streams() -> None:
-    """A standard stream the caller closed (`keytrail serve >&-`) gets /dev/null, opened read-only.
+    """A standard stream the caller closed (`keytrail serve >&-`) gets /dev/null.
     Closed, Python made sys.stdout None, on which uvicorn's logging setup failed with a traceback,
     and the next file opened (the key store, a segment) took the free descriptor, for the children
-    and any write to it to scribble on. Read-only, a write still fails (EBADF) as on a closed
-    stream: serve does not take the credentials it makes for printed."""
-    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+    and any write to it to scribble on. Stdout's is read-only, so a write still fails (EBADF) as on
+    a closed stream: serve does not take the credentials it makes for printed. Stderr's takes what
+    is written and drops it: what goes there (progress, "wrote …", warnings) is for a reader the
+    caller sent away, and a report written whole exited 1 for the line saying so. Each is inherited
+    as a standard stream is: os.open's close-on-exec left a child (report's reader of the event log,
+    serve's consumers) with the descriptor closed again, and its sys.stderr None (a traceback)."""
+    for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_RDONLY), (2, "stderr", os.O_WRONLY)):
         try:
             os.fstat(fd)
             continue
         except OSError:
             pass
-        opened = os.open(os.devnull, os.O_RDONLY)  # the lowest free descriptor: `fd` itself
+        opened = os.open(os.devnull, flags)  # the lowest free descriptor: `fd` itself
         if opened != fd:
             os.dup2(opened, fd)
             os.close(opened)
+        os.set_inheritable(fd, True)
+        mode = "r" if fd == 0 else "w"
         setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, mode, closefd=False), line_buffering=fd == 2))
 
 

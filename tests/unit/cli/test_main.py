@@ -214,3 +214,20 @@ def test_every_path_option_refuses_an_empty_value_rather_than_take_the_current_d
         assert "empty (an unset variable?): name the file or folder" in result.output, (path, given, result.output)
     assert list(tmp_path.iterdir()) == []
 
+
+def _close_stderr() -> None:
+    os.close(2)  # `keytrail report … 2>&-`
+
+
+@pytest.mark.parametrize("progress", ["--no-progress", "--progress"])
+def test_a_report_with_stderr_closed_is_written_and_exits_0(tmp_path: Path, progress: str) -> None:
+    # It exited 1: the /dev/null put in for the closed stderr was close-on-exec, so the child reading
+    # the event log started with none (sys.stderr None: its progress bar failed, no report written);
+    # and read-only, so with --no-progress "wrote …" on stderr failed once the report was written.
+    fill_trail(tmp_path / "node", 5)
+    out = tmp_path / "report.csv"
+    result = subprocess.run([sys.executable, "-m", "keytrail", "report", "--data-dir", str(tmp_path / "node"),
+                             "--out", str(out), "--table", "usage", progress],
+                            stdout=subprocess.PIPE, text=True, timeout=120, preexec_fn=_close_stderr)
+    assert result.returncode == 0 and result.stdout == ""
+    assert out.read_text().splitlines()[1].startswith("usage,arn:aws:kms:")  # the 5 calls, counted
