@@ -336,15 +336,15 @@ def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
     if settings.dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     _warn_of_password_in_arguments(settings.store, settings.mqtt)
-    _make_data_dir(settings.data_dir)
-    hold = _hold(settings.data_dir)
-    try:
-        _check_no_kafka_consumer(settings)
-        _check_config(settings.config)
-        _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
-        _run(settings, sockets, hold)
-    finally:
-        hold.release()
+    with _data_dir_made(settings.data_dir):
+        hold = _hold(settings.data_dir)
+        try:
+            _check_no_kafka_consumer(settings)
+            _check_config(settings.config)
+            _check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
+            _run(settings, sockets, hold)
+        finally:
+            hold.release()
 
 
 def _hold(data_dir: Path) -> DataDirHold:
@@ -406,6 +406,23 @@ def _off_loopback(sockets: list[socket.socket]) -> str | None:
         if not (mapped or address).is_loopback:
             return str(address)
     return None
+
+
+@contextlib.contextmanager
+def _data_dir_made(data_dir: Path) -> Iterator[None]:
+    """Make the data dir, and its missing parents; a start refused meanwhile removes those it made,
+    once empty (what the start wrote in them is removed first): a malformed --principals, --config
+    or --tls-cert file, or a --store that cannot be used, left a new empty data dir behind (a
+    typo'd --data-dir became a folder). What is not empty stays, as what another program put there."""
+    made = [folder for folder in (*reversed(data_dir.parents), data_dir) if not folder.exists()]
+    _make_data_dir(data_dir)
+    try:
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: kept, and so are its parents
+                folder.rmdir()
+        raise
 
 
 def _make_data_dir(data_dir: Path) -> None:

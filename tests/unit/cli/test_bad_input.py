@@ -505,6 +505,28 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
     _one_line_error(result, f"keytrail detect: {binary}: not valid TOML (not UTF-8 text)")
 
 
+@pytest.mark.parametrize(("options", "complaint"), [
+    (("--principals", "bad.toml"), "keytrail serve: {bad}: Expected ']]' at the end of an array declaration"),
+    (("--config", "bad.toml"), "keytrail serve: --config: {bad}: not valid TOML"),
+    (("--tls-cert", "bad.toml", "--tls-key", "bad.toml"), "keytrail serve: --tls-cert {bad} and --tls-key {bad}"),
+    (("--store", "mysql://db/keys"), "keytrail serve: --store must be a postgresql:// URL"),
+])
+def test_a_refused_start_of_serve_leaves_no_data_dir_it_made(tmp_path: Path, options: tuple[str, ...],
+                                                             complaint: str) -> None:
+    # Refused once it had made the data dir (and its missing parents), serve left them there empty:
+    # a typo'd --data-dir became a folder.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[principal]\narn = ")
+    given = [str(bad) if option == bad.name else option for option in options]
+    result = _keytrail("serve", "--data-dir", tmp_path / "new" / "node", "--port", "0", *given)
+    _one_line_error(result, complaint.format(bad=bad))
+    assert list(tmp_path.iterdir()) == [bad]
+    (tmp_path / "kept").mkdir()  # a data dir that was there stays, empty or not
+    result = _keytrail("serve", "--data-dir", tmp_path / "kept", "--port", "0", *given)
+    _one_line_error(result, complaint.format(bad=bad))
+    assert sorted(tmp_path.iterdir()) == [bad, tmp_path / "kept"] and not any((tmp_path / "kept").iterdir())
+
+
 def test_a_utf8_settings_file_is_not_called_binary_under_a_c_locale(tmp_path: Path) -> None:
     # Read in the locale's encoding (ASCII under LC_ALL=C with PYTHONUTF8=0), a comment "Règles"
     # made it "not valid TOML (not UTF-8 text)"; a Latin-1 locale would have misread its strings.
@@ -762,10 +784,15 @@ def test_report_and_import_of_a_trail_bucket_say_nothing_of_its_digest_files(tmp
 def test_serve_makes_a_new_data_dir_the_owners_only(tmp_path: Path) -> None:
     # It holds the root key, principals and the audit trail, and what is derived from it (who used
     # which key, alarms): files the owner only may read, whatever mode each is given.
-    config = tmp_path / "settings.toml"
-    config.write_text("[rules.no-such-rule]\nx = 1\n")  # refused after the data dir is made
-    _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", config)
-    assert oct((tmp_path / "node").stat().st_mode & 0o777) == "0o700"
+    # Started, not refused: a refused start removes the data dir it made.
+    serve = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "node"),
+                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout is not None and serve.stdout.readline().startswith("Created ")  # built, announced
+        assert oct((tmp_path / "node").stat().st_mode & 0o777) == "0o700"
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=60)
 
 
 def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp_path: Path) -> None:
