@@ -29,8 +29,9 @@ from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
 from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
 
-__all__ = ["LogFile", "LogFileProblem", "ReadReport", "collector_paused", "is_digest", "is_lookup_output",
-           "iter_cloudtrail_records", "iter_located_records", "iter_log_files", "read_log_file", "readable_records"]
+__all__ = ["LogFile", "LogFileProblem", "ReadReport", "collector_paused", "holds_log_file", "is_digest",
+           "is_lookup_output", "iter_cloudtrail_records", "iter_located_records", "iter_log_files", "read_log_file",
+           "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -70,6 +71,17 @@ def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None
             yield from sorted(_logs_under(path, on_problem))
         else:
             yield path
+
+
+def holds_log_file(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> bool:
+    """Whether `iter_log_files` would find a file: one named, or a .json / .json.gz one under a
+    folder named. It stops at the first, where `iter_log_files` lists and sorts a folder whole
+    (years of a trail bucket); so only a folder with none is walked to its end."""
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir() or next(_logs_under(path, on_problem), None) is not None:
+            return True
+    return False
 
 
 def _logs_under(folder: Path, on_problem: Callable[[str], None] | None) -> Iterator[Path]:

@@ -769,6 +769,21 @@ def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Pa
                             "Not a directory", code=1)
 
 
+def test_audit_import_of_folders_holding_no_log_file_is_refused_and_makes_nothing(tmp_path: Path) -> None:
+    # It said "imported 0 KMS records from 0 files; …; 0 problems" and exited 0, having made the data
+    # dir and a new signed trail for nothing: the folder named was the wrong one.
+    (tmp_path / "logs" / "2026").mkdir(parents=True)
+    (tmp_path / "logs" / "README.txt").write_text("not a log")
+    (tmp_path / "more").mkdir()
+    result = _keytrail("audit", "import", tmp_path / "logs", tmp_path / "more", "--data-dir", tmp_path / "node")
+    line = _one_line_error(result, "keytrail audit: no CloudTrail log files (.json, .json.gz) found under ", code=1)
+    assert line.endswith(f" under {tmp_path / 'logs'}, {tmp_path / 'more'}\n"), line
+    assert result.stdout == "" and not (tmp_path / "node").exists()
+    _cloudtrail_gzip(tmp_path / "logs" / "2026" / "a.json.gz")  # one, deep down, is enough (300 copies of a record)
+    result = _keytrail("audit", "import", tmp_path / "logs", tmp_path / "more", "--data-dir", tmp_path / "node")
+    assert result.returncode == 0 and result.stdout.startswith("imported 1 KMS record from 1 file;"), result
+
+
 def test_report_and_import_of_a_trail_bucket_say_nothing_of_its_digest_files(tmp_path: Path) -> None:
     from tests.unit.audit.test_cloudtrail_files import _bucket_with_digest_and_insights
 
