@@ -122,7 +122,9 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
     # hashes of its newest records with it, and hashes them from the log when it next opens it.
     # Never those a digest signs: the hash store is synced before each digest.
     crashed = not live and bool(newest) and not newest.get("final") and len(expected) >= newest["endOffset"]
-    found, unhashed = _check_records(log, expected, floor, unhashed_tail=live or crashed,
+    # Digests sign records, yet no hash is stored: the hash store was emptied or deleted.
+    hashes_gone = not expected and int(newest.get("endOffset", 0)) > 0
+    found, unhashed = _check_records(log, expected, floor, unhashed_tail=live or crashed, hashes_gone=hashes_gone,
                                      final=newest if newest.get("final") else None)
     problems += found
     if crashed and unhashed < log.end_offset():
@@ -330,10 +332,13 @@ def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list
     return problems
 
 
+_NO_HASHES = "no record hash is stored (hashes.bin is empty or gone)"
+
+
 def _hashes_held(first: int, count: int) -> str:
     """What the hash store holds from `first` on (not "0..-1" for none: hashes.bin emptied or deleted)."""
     if count == 0:
-        return "no record hash is stored (hashes.bin is empty or gone)"
+        return _NO_HASHES
     if count <= first:
         return f"the stored record hashes end at offset {count - 1}"
     return f"the stored record hashes run {first}..{count - 1}"
@@ -353,11 +358,12 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
 
 
 def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhashed_tail: bool,
-                   final: dict[str, Any] | None) -> tuple[list[str], int]:
+                   hashes_gone: bool, final: dict[str, Any] | None) -> tuple[list[str], int]:
     """The records against their stored hashes, and the offset from which records are not checked.
     `unhashed_tail`: the newest records may not be hashed yet (a running node, or one that crashed).
-    `final`: the newest digest when a clean stop signed it (every record after it was added while
-    no node ran)."""
+    `hashes_gone`: the hash store holds none of the records the digests sign (said once, not each
+    record as inserted). `final`: the newest digest when a clean stop signed it (every record after
+    it was added while no node ran)."""
     problems: list[str] = []
     actual: list[bytes] = []
     for frame in log.frames():  # hashes only: payloads are re-read for the few records named
@@ -370,6 +376,8 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhash
     if start > floor and expected:
         problems.append(f"records at offsets {floor}..{start - 1} are missing "
                         "(segment files deleted outside retention)")
+    if hashes_gone and actual:
+        return [*problems, _unchecked(start, len(actual))], start + len(actual)
     if unhashed_tail:  # a writer appends records just before it hashes them: not insertions
         actual = actual[:_hashed_end(expected[start:], actual)]
     findings = diff_hashes(expected[start:], actual, start)
@@ -378,6 +386,14 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhash
     ids = _event_ids(log, start, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings], start + len(actual)
+
+
+def _unchecked(start: int, count: int) -> str:
+    """The records of a log whose hash store is emptied or deleted, in one line: each was named
+    "inserted (not in the hash chain)", a line per record (tens of thousands on a busy node) for
+    what is one loss, said already of each digest the store no longer backs."""
+    where = f"record at offset {start}" if count == 1 else f"{count:,} records at offsets {start}..{start + count - 1}"
+    return f"{where} cannot be checked against the hash chain: {_NO_HASHES}"
 
 
 def _after_final_digest(final: dict[str, Any], expected: list[bytes], actual: list[bytes], start: int) -> list[str]:

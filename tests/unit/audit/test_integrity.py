@@ -631,6 +631,22 @@ def test_a_hash_store_deleted_is_named_as_such_not_as_hashes_running_to_minus_on
         in verify(data_dir)
 
 
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_hash_store_deleted_or_emptied_is_said_once_not_each_record_as_inserted(data_dir: Path, loss: str) -> None:
+    # Each of the 20 records was named "inserted (not in the hash chain)": a line per record, tens
+    # of thousands on a busy node, for the one loss the digest's line names already.
+    _, paths = audit_paths(data_dir)
+    newest = sorted(paths.digests.glob("*.json"))[-1].name
+    if loss == "deleted":
+        paths.hashes.unlink()
+    else:
+        paths.hashes.write_bytes(b"")
+    assert verify(data_dir) == [
+        f"digest {newest}: covers offsets 0..19 but no record hash is stored (hashes.bin is empty or gone)",
+        "20 records at offsets 0..19 cannot be checked against the hash chain: no record hash is stored "
+        "(hashes.bin is empty or gone)"]
+
+
 def test_the_records_of_a_segment_deleted_are_named_missing_in_one_line(tmp_path: Path) -> None:
     # Named one line each: the last segment of a busy node deleted was some 45,000 lines.
     fill_trail(tmp_path, 60, segment_bytes=2000)
