@@ -276,6 +276,26 @@ def test_the_root_key_secret_is_readable_by_the_image_user() -> None:
         assert "> deploy/secrets/root.key" in text and f"chown {user.group(1)} deploy/secrets/root.key" in text, page
 
 
+def test_only_the_api_nodes_are_given_the_root_key_and_the_key_store_password() -> None:
+    """consume and detect read audit events and never unseal a key, as serve's own children, which
+    it starts without these: compose gave them the root key secret and $PGPASSWORD all the same, so
+    a leak of their files or environment leaked the key that seals every key's material."""
+    from keytrail.children import STORE_SECRETS
+    from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV
+
+    secrets = {ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, *STORE_SECRETS}
+    services = compose()["services"]
+    given = {name: (set(services[name].get("environment", {})), services[name].get("secrets", []))
+             for name in keytrail_services()}
+    nodes = {name for name, command in keytrail_services().items() if command[0] == "serve"}
+    assert nodes and all(environment <= secrets and ROOT_KEY_FILE_ENV in environment and mounted
+                         for name, (environment, mounted) in given.items() if name in nodes), given
+    [root_key] = {mounted[0] for name, (_, mounted) in given.items() if name in nodes}
+    assert {services[name]["environment"][ROOT_KEY_FILE_ENV] for name in nodes} == {f"/run/secrets/{root_key}"}
+    assert {name: (sorted(environment & secrets), mounted) for name, (environment, mounted) in given.items()
+            if name not in nodes and (environment & secrets or mounted)} == {}
+
+
 def test_grafana_is_provisioned_with_the_prometheus_datasource_and_dashboards() -> None:
     build = dashboards_build()
     datasources = yaml.safe_load((ROOT / "dashboards/provisioning/datasources/prometheus.yml").read_text())
