@@ -126,6 +126,20 @@ def _option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+def test_the_audit_topic_has_the_same_partitions_whichever_service_makes_it() -> None:
+    """A node creates keytrail.audit.v1 with --kafka-partitions (default 3), but consume and detect
+    start as soon as Kafka is healthy, before the nodes (which wait for PostgreSQL too), and their
+    subscription has the broker create the topic with its own num.partitions (6): the topology got
+    6 partitions or 3 depending on who came first, and with them how far the consumer group and the
+    detector scale."""
+    broker = str(compose()["services"]["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"])
+    nodes = {name: command for name, command in keytrail_services().items() if command[0] == "serve"}
+    [default] = re.findall(r"--kafka-partitions N .*?\(default:\s+(\d+)\)", help_text("serve"), flags=re.S)
+    made = {name: _option(command, "--kafka-partitions") if "--kafka-partitions" in command else default
+            for name, command in nodes.items()}
+    assert nodes and made == dict.fromkeys(nodes, broker)
+
+
 def _scrape_jobs() -> dict[str, set[str]]:
     """deploy/prometheus.yml: job name → its targets."""
     config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
