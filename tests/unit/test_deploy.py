@@ -675,6 +675,22 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
      [_series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="success"', "0+540x20"),
       _series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="KMSInternalException"', "_x4 1+60x15")],
      [_silent("KeytrailKeyStoreErrors", "4m"), _fires("KeytrailKeyStoreErrors", "12m")]),
+    ("a node at its connection limit closing new connections minute after minute",
+     [_series("keytrail_http_refused_connections_total", f',reason="{reason}"', values)
+      for reason, values in (("connection_limit", "0x5 0+3x10"), ("tls_handshake_failed", "0x15"))],
+     [_silent("KeytrailConnectionLimit", "9m"), _fires("KeytrailConnectionLimit", "13m"),
+      _silent("KeytrailTlsHandshakesFailing", "15m")]),
+    ("one connection closed at the limit, once, is no alert",
+     [_series("keytrail_http_refused_connections_total", ',reason="connection_limit"', "0x5 1x15")],
+     [_silent("KeytrailConnectionLimit", "8m"), _silent("KeytrailConnectionLimit", "12m")]),
+    ("an expired certificate: every client's handshake fails, 10 a minute",
+     [_series("keytrail_http_refused_connections_total", f',reason="{reason}"', values)
+      for reason, values in (("tls_handshake_failed", "0x5 0+10x25"), ("connection_limit", "0x30"))],
+     [_silent("KeytrailTlsHandshakesFailing", "12m"), _fires("KeytrailTlsHandshakesFailing", "25m"),
+      _silent("KeytrailConnectionLimit", "25m")]),
+    ("a scanner's few handshakes an hour",
+     [_series("keytrail_http_refused_connections_total", ',reason="tls_handshake_failed"', "0+0.2x30")],
+     [_silent("KeytrailTlsHandshakesFailing", "30m")]),
     ("fsyncs of 0.5 s: every audited call waits for them",
      [_series("keytrail_audit_fsync_seconds_bucket", f',le="{le}"', "0+100x20" if le in ("1", "+Inf") else "0x20")
       for le in ("0.001", "0.1", "0.25", "1", "+Inf")],
