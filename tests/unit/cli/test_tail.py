@@ -101,6 +101,20 @@ async def _detect_until_read(data_dir: Path, runner: DetectorRunner, last_event_
     return announced
 
 
+def _thief_and_a_key_in_use() -> list[dict[str, Any]]:
+    """A key made long ago and used a day ago (not unused), and two denied Decrypts by a thief
+    three days ago, ten minutes apart, with eight metadata reads between them: one alarm of 2."""
+    now = datetime.now(UTC)
+    key, thief = key_arn(1), user("thief")
+    return [
+        create_key(now - timedelta(days=200), key),
+        denied("Decrypt", now - timedelta(days=3), key, thief),
+        *[event("DescribeKey", now - timedelta(days=3, seconds=-n), key) for n in range(1, 9)],
+        denied("Decrypt", now - timedelta(days=3, minutes=-10), key, thief),
+        event("Decrypt", now - timedelta(days=1), key),
+    ]
+
+
 async def test_a_restarted_detector_judges_time_rules_on_the_whole_log_not_on_half_of_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -108,15 +122,7 @@ async def test_a_restarted_detector_judges_time_rules_on_the_whole_log_not_on_ha
     while it is being read saw keys and alarms without their later events."""
     monkeypatch.setattr(tail, "DETECTOR_BATCH", 4)  # many batches, a tick after each
     monkeypatch.setattr(tail, "DETECTOR_TICK_SECONDS", 0.0)
-    now = datetime.now(UTC)
-    key, thief = key_arn(1), user("thief")
-    records = [
-        create_key(now - timedelta(days=200), key),
-        denied("Decrypt", now - timedelta(days=3), key, thief),
-        *[event("DescribeKey", now - timedelta(days=3, seconds=-n), key) for n in range(1, 9)],
-        denied("Decrypt", now - timedelta(days=3, minutes=-10), key, thief),
-        event("Decrypt", now - timedelta(days=1), key),  # the key is in use: not unused
-    ]
+    records = _thief_and_a_key_in_use()
     _write_log(tmp_path, records)
     runner = DetectorRunner.open(tmp_path, clock=SystemClock())
     announced = await _detect_until_read(tmp_path, runner, records[-1]["eventID"])
@@ -132,15 +138,7 @@ async def test_a_detector_replaying_a_log_of_many_segments_ticks_only_at_the_log
     for a key whose use was in a later segment, letting go of the thief's open alarm between its
     two denials ten minutes apart (the second paged again), and a restart paged them all again."""
     monkeypatch.setattr(tail, "DETECTOR_TICK_SECONDS", 0.0)
-    now = datetime.now(UTC)
-    key, thief = key_arn(1), user("thief")
-    records = [
-        create_key(now - timedelta(days=200), key),
-        denied("Decrypt", now - timedelta(days=3), key, thief),
-        *[event("DescribeKey", now - timedelta(days=3, seconds=-n), key) for n in range(1, 9)],
-        denied("Decrypt", now - timedelta(days=3, minutes=-10), key, thief),
-        event("Decrypt", now - timedelta(days=1), key),  # the key is in use: not unused
-    ]
+    records = _thief_and_a_key_in_use()
     _write_log(tmp_path, records, segment_bytes=2000)
     assert len(SegmentLog(event_log_dir(tmp_path)).segment_bases()) > 3
     for run in range(2):
