@@ -164,6 +164,17 @@ def test_since_and_until_match_the_queries_over_the_same_period(data_dir: Path, 
     assert _normal(report_table(out, "last_used", LAST_USED), LAST_USED) == _normal(last_used, LAST_USED)
 
 
+def test_the_line_saying_what_was_written_counts_the_events_of_the_period(data_dir: Path, tmp_path: Path) -> None:
+    # It said every event of the input: a report of 18 of the history's 36 hours claimed all of them.
+    since, until = "2026-11-02T12:00:00+00:00", "2026-11-03T06:00:00+00:00"
+    out = tmp_path / "period.csv"
+    result = keytrail("report", "--data-dir", str(data_dir), "--since", since, "--until", until, "--out", str(out))
+    in_period = sum(row["count"] for row in json_lines(keytrail(
+        "usage", "--data-dir", str(data_dir), "--since", since, "--until", until, "--format", "json").stdout))
+    assert 0 < in_period < len(_history())
+    assert f"wrote {out} (csv: {in_period:,} events, " in result.stderr
+
+
 def test_report_shows_the_alarms_the_offline_detector_raised(trail: Path, tmp_path: Path) -> None:
     need_commands("detect", "report")
     alarms = tmp_path / "alarms.jsonl"

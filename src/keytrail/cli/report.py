@@ -97,7 +97,9 @@ def report(
                              owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
     except Terminated as stopped:
         raise report_fail("stopped (SIGTERM): no report written", code=interrupted_status(stopped)) from None
-    typer.echo(f"wrote {written} ({form.value}: {counted(data.events, 'event')}, "
+    # The period's events, as the page's card says them: not every event read (a December report
+    # of a year's log said the year's).
+    typer.echo(f"wrote {written} ({form.value}: {counted(data.period_events(), 'event')}, "
                f"{counted(data.last_used.height, 'key')}, {counted(data.alarms.height, 'alarm')})", err=True)
     if data.alarms_note is not None:
         typer.echo(f"note: {data.alarms_note}", err=True)

@@ -89,6 +89,11 @@ class ReportData:
     keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
     open_end: OpenEnd | None = None  # where the period ends without --until; its `late`: events dated after now
 
+    def period_events(self) -> int:
+        """The events of the period, as the usage table counts them: `events` is every one read,
+        those before --since and after --until too."""
+        return int(self.usage.get_column("count").sum() or 0) if self.usage.height else 0
+
     def tables(self) -> dict[str, pl.DataFrame]:
         """The report's tables by name, in the order the report shows them."""
         return {"usage": self.usage, "usage_over_time": self.usage_over_time, "cost": self.cost,

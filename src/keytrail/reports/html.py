@@ -82,7 +82,7 @@ def _cards(data: ReportData) -> str:
     cards = [
         # The period's, as every figure beside it: `data.events` counts the whole input read,
         # which over a --since/--until window showed events in a period that had none.
-        ("events", f"{int(_sum(data.usage, 'count')):,}"), ("keys", f"{keys:,}"),
+        ("events", f"{data.period_events():,}"), ("keys", f"{keys:,}"),
         ("principals", f"{data.usage.get_column('principalArn').n_unique():,}"),
         # As `keytrail cost` bills them: service events (RotateKey, DeleteKey) and CloudTrail's own
         # calls are in the usage rows but are no requests (docs/metrics.md).
