@@ -114,7 +114,9 @@ def _usage_charts(data: ReportData) -> list[str]:
     charts = []
     for column, label in (("keyArn", "key"), ("principalArn", "principal")):
         times, series = time_series(drawn, column, data.window, data.aliases if column == "keyArn" else {})
-        charts.append(line_chart(times, series, title=f"Requests per {data.window} by {label}"))
+        # Events, as the events figure counts them: the usage rows hold KMS's own events too (RotateKey,
+        # DeleteKey: "AWS Internal"), which are no requests (the requests figure and the cost leave them out).
+        charts.append(line_chart(times, series, title=f"Events per {data.window} by {label}"))
     return charts + note
 
 
@@ -131,9 +133,10 @@ _NONE = "(none)"
 def time_series(over_time: pl.DataFrame, column: str, window: str,
                 aliases: Mapping[str, str] | None = None) -> tuple[list[datetime], list[Series]]:
     """Per-window request counts of the busiest values of `column`, zero-filled, the rest as "other"
-    (calls without a value, e.g. imported records without a principal ARN, as "(none)"); a key
-    with `aliases` is named by them first."""
-    over_time = over_time.with_columns(pl.col(column).fill_null(_NONE))
+    (calls without a value, e.g. imported records without a principal ARN, as "(none)"; calls that
+    name no key as "(no key)", as the cost chart and the tables say them); a key with `aliases` is
+    named by them first."""
+    over_time = over_time.with_columns(pl.col(column).fill_null(_NO_KEY if column == "keyArn" else _NONE))
     totals = over_time.group_by(column).agg(pl.col("count").sum()).sort(["count", column], descending=[True, False])
     names = totals.get_column(column).to_list()
     top = names if len(names) <= _SERIES + 1 else names[:_SERIES]

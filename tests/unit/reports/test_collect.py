@@ -289,6 +289,24 @@ def test_html_events_card_counts_every_event_of_the_period(data: Any) -> None:
     assert _card(render_html(data), "events") == f"{data.events:,}"
 
 
+def test_html_charts_say_what_they_draw_kms_own_events_and_calls_naming_no_key() -> None:
+    # The charts draw the usage rows, KMS's own RotateKey among them: titled "Requests per hour",
+    # they showed 3 requests beside a requests figure of 2 (and "AWS Internal" as a caller), and
+    # called the calls naming no key "(none)" where the cost chart and the tables say "(no key)".
+    rotation = record("RotateKey", NOV + timedelta(hours=2), BUSY)
+    rotation.update(eventType="AwsServiceEvent", userIdentity={"accountId": ACCOUNT, "invokedBy": "AWS Internal"})
+    random = record("GenerateRandom", NOV + timedelta(hours=1), BUSY)
+    random["resources"] = []
+    events = [record("Encrypt", NOV, BUSY), random, rotation]
+    options = ReportOptions(until=NOV + timedelta(hours=3), alarms=Path(__file__).with_name("no-such-alarms.jsonl"))
+    page = render_html(collect_sync(RecordsSource(events), options))
+    assert (_card(page, "events"), _card(page, "requests")) == ("3", "2")
+    titles = set(re.findall(r"(\w+) per minute by (key|principal)", page))
+    assert titles == {("Events", "key"), ("Events", "principal")}
+    charts = page.split("<h2>Cost</h2>")[0]
+    assert ">(no key)</text>" in charts and ">(none)</text>" not in charts
+
+
 def _synthetic(count: int) -> list[dict[str, Any]]:
     """A busy stream: denied calls, late events, duplicates and lifecycle events among the calls."""
     settings = SyntheticSettings(keys=40, principals=15, accounts=3, start=NOV, seconds_per_event=30,
