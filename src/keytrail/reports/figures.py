@@ -121,8 +121,10 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
         limit = as_of - timedelta(days=unused_days)
         frame = frame.join(_made(lifecycle), on="keyArn", how="left")
         idle_since = pl.col("made").fill_null(pl.lit(tracking_start, pl.Datetime("us", "UTC")))
+        # Idle the whole limit or longer, used or not, as the unused-key rule counts (`now - since >=
+        # limit`): a key last used exactly `unused_days` before was not, beside one made then that was.
         unused = pl.when(pl.col("lastUsedTime").is_null()).then(idle_since.fill_null(limit) <= limit)
-        unused = unused.otherwise(pl.col("lastUsedTime") < limit)
+        unused = unused.otherwise(pl.col("lastUsedTime") <= limit)
     going = [*_going(lifecycle, as_of), *_aws_managed(lifecycle)] if lifecycle is not None else []
     marked = frame.with_columns(unused=unused & ~pl.col("keyArn").is_in(going))
     return marked.select(*LAST_USED_FIELDS, "unused").sort(

@@ -69,6 +69,18 @@ def test_a_never_used_key_is_unused_once_it_has_existed_the_unused_days(days: in
     assert unused[IDLE] is idle_unused and unused[BUSY] is False
 
 
+@pytest.mark.parametrize(("days", "unused"), [(15, True), (16, False)])
+def test_a_key_last_used_exactly_the_unused_days_ago_is_unused_as_one_made_then(days: int, unused: bool) -> None:
+    # The unused-key rule raises both once idle the whole limit (now - since >= limit); the report
+    # marked the key made at that instant and left the one last used then, 15 days idle alike.
+    made, used = key_arn("made"), key_arn("used")
+    events = [record("CreateKey", NOV - timedelta(days=1), used), record("Encrypt", NOV, used),
+              record("CreateKey", NOV, made)]
+    options = ReportOptions(until=NOV + timedelta(days=15), unused_days=days, alarms=Path(__file__).with_name("x"))
+    marked = dict(collect_sync(RecordsSource(events), options).last_used.select("keyArn", "unused").iter_rows())
+    assert marked == {made: unused, used: unused}
+
+
 def test_a_never_used_key_made_before_the_input_counts_from_the_input_s_start() -> None:
     # No CreateKey in the input: the key has existed at least since its first event (Nov 1).
     events = [record("DescribeKey", NOV, IDLE), record("Encrypt", NOV + timedelta(days=20), BUSY)]
