@@ -213,12 +213,23 @@ def last_used(
     import polars as pl
 
     if "principal" in names:
-        frame = store.last_used(high).rename({"principalArn": "lastUsedPrincipalArn"})
+        frame = _with_never_used(store, store.last_used(high).rename({"principalArn": "lastUsedPrincipalArn"}), high)
     else:
         frame = store.last_used_by_key(high)  # as of --until: a key used again later keeps its earlier use
     if low is not None:
         frame = frame.filter(pl.col("lastUsedTime") >= low)
     emit(frame, LAST_USED_FIELDS, output)
+
+
+def _with_never_used(store: MetricsStore, per_principal: pl.DataFrame, until: datetime | None) -> pl.DataFrame:
+    """Each key x principal's last use, and a row of null principal and times for each key seen by
+    `until` and never used, as `--by key` lists them: no caller used it, so no pair named it, and
+    the keys worth deleting were the ones left out."""
+    import polars as pl
+
+    never = store.last_used_by_key(until).filter(pl.col("lastUsedTime").is_null()).select(LAST_USED_FIELDS)
+    both = pl.concat([per_principal.select(LAST_USED_FIELDS), never])
+    return both.sort("keyArn", "lastUsedPrincipalArn", nulls_last=True)
 
 
 def consume(

@@ -170,6 +170,24 @@ def test_last_used_until_keeps_a_key_used_again_later_with_its_earlier_use(tmp_p
     assert [r["lastUsedOperation"] for r in lines(out) if r["keyArn"] == used_twice] == ["Encrypt"]
 
 
+def test_last_used_by_key_and_principal_lists_a_never_used_key_as_by_key_does(tmp_path: Path) -> None:
+    # Per key x principal a key no one used had no row at all: `--by key` names it with null
+    # times (never used), `--by key,principal` left it out, the one key worth deleting.
+    used, idle, later = key_arn("used"), key_arn("idle"), key_arn("later")
+    oct_ = datetime(2026, 10, 1, tzinfo=UTC)
+    events = [record("CreateKey", oct_, used), record("CreateKey", oct_, idle),
+              record("Decrypt", oct_ + timedelta(days=1), idle, error="AccessDenied"),
+              record("Encrypt", oct_ + timedelta(days=2), used, event_id="used-encrypt"),
+              record("CreateKey", oct_ + timedelta(days=20), later)]
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
+    for until in ([], ["--until", "2026-10-10"]):
+        _, out, _ = run("last-used", "--data-dir", str(tmp_path), *until, "--by", "key,principal", "--format", "json")
+        rows = [(r["keyArn"], r["lastUsedPrincipalArn"], r["lastUsedTime"], r["eventId"]) for r in lines(out)]
+        expected = [(used, "arn:aws:iam::111122223333:user/alice", "2026-10-03T00:00:00Z", "used-encrypt"),
+                    (idle, None, None, None)] + ([] if until else [(later, None, None, None)])
+        assert sorted(rows, key=str) == sorted(expected, key=str), until
+
+
 def test_cost_names_how_many_keys_it_has_no_storage_for(tmp_path: Path) -> None:
     # CloudTrail files seldom reach back to a key's CreateKey: such a key shows requests and no
     # storage, which read as "this key costs nothing to keep" unless the output says why.
