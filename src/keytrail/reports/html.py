@@ -91,11 +91,18 @@ def _cards(data: ReportData) -> str:
         ("unused keys", f"{int(data.last_used.get_column('unused').sum() or 0):,}"),
         ("alarms", f"{data.alarms.height:,}"),
         ("cost in period", money(_sum(data.cost, "totalCost"))),
-        ("projected this month", money(_sum(data.projection, "projectedCost"))),
+        (_projected_label(data.projection), money(_sum(data.projection, "projectedCost"))),
     ]
     return '<div class="cards">' + "".join(
         f'<div class="card" data-figure="{escape(name)}"><b>{value}</b><span>{escape(name)}</span></div>'
         for name, value in cards) + "</div>"
+
+
+def _projected_label(projection: pl.DataFrame) -> str:
+    """The projection's month by name: the month of the as-of time, which `--until 2027-01-01` (or
+    any report of a past month) makes December, not the month the report is read in."""
+    months = projection.get_column("month").unique().to_list() if projection.height else []
+    return f"projected {months[0]}" if len(months) == 1 else "projected this month"
 
 
 def _sum(frame: pl.DataFrame, column: str) -> Decimal:

@@ -301,6 +301,16 @@ def test_html_events_card_counts_every_event_of_the_period(data: Any) -> None:
     assert _card(render_html(data), "events") == f"{data.events:,}"
 
 
+def test_html_projection_card_names_the_month_it_projects() -> None:
+    # A report as of Dec 1 00:00 projects November (then whole); its card said "projected this
+    # month", read in December (or later) as December's.
+    alarms = Path(__file__).with_name("no-such-alarms.jsonl")
+    page = render_html(collect_sync(RecordsSource(_stream()), ReportOptions(until=datetime(2026, 12, 1, tzinfo=UTC),
+                                                                            alarms=alarms)))
+    assert _card(page, "projected 2026-11") == "$3.00"  # its three keys kept the whole month
+    assert 'data-figure="projected this month"' not in page
+
+
 def test_html_charts_say_what_they_draw_kms_own_events_and_calls_naming_no_key() -> None:
     # The charts draw the usage rows, KMS's own RotateKey among them: titled "Requests per hour",
     # they showed 3 requests beside a requests figure of 2 (and "AWS Internal" as a caller), and
