@@ -27,7 +27,7 @@ from keytrail.cli.console import (
     event_log_damage,
     fail,
     interrupted_status,
-    missing_paths,
+    log_files_problem,
     named_path,
     number_in_range,
     os_problem,
@@ -331,9 +331,9 @@ def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="Clo
     from keytrail.audit.cloudtrail_files import import_cloudtrail
     from keytrail.kms.model import AuditUnavailable
 
-    if problem := missing_paths(paths):
+    # Before the event log is opened (or a data dir made for it): an import of nothing signed a new trail.
+    if problem := log_files_problem(paths):
         _fail(problem)
-    _require_log_files(paths)
     # A write that fails (a full disk) is this command's one line below, not also the spool's log line.
     with _stop_on_signal() as stop, _unlogged(spool.__name__):
         try:
@@ -356,18 +356,6 @@ def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="Clo
                f"{_count(len(report.problems), 'problem')}{digests}")
     if report.problems:  # what could be read is imported; a script still learns that some was not
         raise typer.Exit(1)
-
-
-def _require_log_files(paths: list[Path]) -> None:
-    """Refuse, before the event log is opened (or a data dir made for it), folders holding no
-    CloudTrail log file: an import of nothing said "imported 0 KMS records from 0 files" and exited
-    0, where the user named the wrong folder (the bucket's prefix, a sync not yet run)."""
-    from keytrail.transport.cloudtrail_logs import holds_log_file
-
-    problems: list[str] = []  # a folder that cannot be listed: the likely reason none was found
-    if not holds_log_file(paths, problems.append):
-        _fail(f"no CloudTrail log files (.json, .json.gz) found under {', '.join(map(str, paths))}"
-              + (f" ({'; '.join(problems)})" if problems else ""))
 
 
 @contextlib.contextmanager

@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
            "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "host_port",
-           "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "missing_paths",
-           "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps", "number_in_range", "os_problem",
-           "parse_time", "parse_window", "path_option", "price_table", "printable", "since_after_default_end",
-           "terminate_as_interrupt", "url_password", "url_secrets"]
+           "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "log_files_problem",
+           "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps", "number_in_range",
+           "os_problem", "parse_time", "parse_window", "path_option", "price_table", "printable",
+           "since_after_default_end", "terminate_as_interrupt", "url_password", "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -316,6 +316,30 @@ def event_log_damage(data_dir: Path, log: SegmentLog | None = None) -> str | Non
         return (f"the event log in {data_dir} ends at record {end} but its digests sign records up to "
                 f"{signed}: signed records are gone (keytrail audit verify tells more)")
     return None
+
+
+def log_files_problem(paths: list[Path], option: str = "") -> str | None:
+    """None when `paths` are there and hold a CloudTrail log file to read, else the one-line
+    complaint (missing_paths', or one of those below) of every command reading them (`audit
+    import`, and `--cloudtrail` of `detect`, `report` and `consume`), said before anything is read
+    or written: a folder with none, or with digest files only, is a wrong folder named (a bucket's
+    prefix one level off, a sync not yet run, CloudTrail-Digest/ for CloudTrail/), where a run over
+    nothing printed no alarm, an empty report or 0 records counted, and exited 0 as for a quiet
+    period."""
+    from keytrail.transport.cloudtrail_logs import Held, held_log_files
+
+    if problem := missing_paths(paths, option):
+        return problem
+    unlisted: list[str] = []  # a folder that cannot be listed: the likely reason none was found
+    held = held_log_files(paths, unlisted.append)
+    if held is Held.LOG_FILE:
+        return None
+    lead, named = f"{option}: " if option else "", ", ".join(map(str, paths))
+    why = f" ({'; '.join(unlisted)})" if unlisted else ""
+    if held is Held.DIGESTS_ONLY:
+        return (f"{lead}only CloudTrail digest files found under {named}{why}: digest files hold no records; "
+                "name the log files' folder (AWSLogs/<account>/CloudTrail/, not CloudTrail-Digest/)")
+    return f"{lead}no CloudTrail log files (.json, .json.gz) found under {named}{why}"
 
 
 # No event is older: a bound before it (`0001-01-01`, .NET's DateTime.MinValue, typed for "from the

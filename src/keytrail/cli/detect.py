@@ -25,6 +25,7 @@ from keytrail.cli.console import (
     bootstrap_problem,
     cloudtrail_paths,
     counted,
+    log_files_problem,
     missing_paths,
     mqtt_password_warning,
     mqtt_problem,
@@ -115,7 +116,7 @@ def detect(
                 raise BadInput("--metrics-port goes with --kafka (a live detector), not --cloudtrail")
             if mqtt is not None:  # offline alarms are printed: none would reach the broker
                 raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
-            if problem := missing_paths(cloudtrail, "--cloudtrail"):
+            if problem := log_files_problem(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
             _print_offline(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
         elif kafka:

@@ -26,7 +26,7 @@ from keytrail.cli.console import (
     counted,
     event_log_damage,
     fail,
-    missing_paths,
+    log_files_problem,
     named_path,
     number_in_range,
     parse_window,
@@ -280,7 +280,7 @@ def consume(
         raise fail("--kafka and --cloudtrail name two sources: give one", CONSUME)
     if exit_when_idle is not None and not kafka:  # the embedded log's follower would never stop by it
         raise fail("--exit-when-idle goes with --kafka; on the embedded log, --no-follow stops at its end", CONSUME)
-    if problem := bootstrap_problem(kafka) or (cloudtrail and missing_paths(cloudtrail, "--cloudtrail")):
+    if problem := bootstrap_problem(kafka) or (cloudtrail and log_files_problem(cloudtrail, "--cloudtrail")):
         raise fail(problem, CONSUME)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir
         raise fail(f"no audit event log in {data_dir} (is --data-dir right?)", CONSUME)

@@ -19,7 +19,7 @@ from keytrail.cli.console import (
     event_log_damage,
     fail,
     interrupted_status,
-    missing_paths,
+    log_files_problem,
     named_path,
     parse_window,
     path_option,
@@ -141,7 +141,7 @@ def _require_whole_log(data_dir: Path) -> None:
 def _input(data_dir: Path | None, cloudtrail: list[Path] | None) -> tuple[Path | None, str, Path | None]:
     """The event log to read (None: the CloudTrail files), what to call the input, its alarms file."""
     if cloudtrail:
-        if problem := missing_paths(cloudtrail, "--cloudtrail"):
+        if problem := log_files_problem(cloudtrail, "--cloudtrail"):
             raise report_fail(problem)
         return None, ", ".join(map(str, cloudtrail)), None
     return _log_dir(data_dir or Path("keytrail-data"))

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
 from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
 
-__all__ = ["LogFile", "LogFileProblem", "ReadReport", "collector_paused", "holds_log_file", "is_digest",
-           "is_lookup_output", "iter_cloudtrail_records", "iter_located_records", "iter_log_files", "read_log_file",
-           "readable_records"]
+__all__ = ["Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused", "held_log_files", "is_digest",
+           "is_digest_name", "is_lookup_output", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
+           "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -73,15 +74,39 @@ def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None
             yield path
 
 
-def holds_log_file(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> bool:
-    """Whether `iter_log_files` would find a file: one named, or a .json / .json.gz one under a
-    folder named. It stops at the first, where `iter_log_files` lists and sorts a folder whole
-    (years of a trail bucket); so only a folder with none is walked to its end."""
+class Held(Enum):
+    """What the paths a command is given hold, as `held_log_files` tells it before they are read."""
+
+    LOG_FILE = "a log file"
+    DIGESTS_ONLY = "digest files only"  # by their names: log file integrity validation's, no records
+    NOTHING = "nothing"
+
+
+def held_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> Held:
+    """Whether `iter_log_files` would find a file that is no digest file by its name (a file named,
+    whatever its suffix, or a .json / .json.gz one under a folder named), else whether it would find
+    only digest files. It stops at the first such file, where `iter_log_files` lists and sorts a
+    folder whole (years of a trail bucket); so only a folder with none is walked to its end. Digest
+    files are told by name (`is_digest_name`): reading them all to find the first log file would read
+    a year of a bucket's digests when the walk meets CloudTrail-Digest/ first."""
+    digests = False
     for raw in paths:
         path = Path(raw)
-        if not path.is_dir() or next(_logs_under(path, on_problem), None) is not None:
-            return True
-    return False
+        for found in _logs_under(path, on_problem) if path.is_dir() else iter([path]):
+            if not is_digest_name(found):
+                return Held.LOG_FILE
+            digests = True
+    return Held.DIGESTS_ONLY if digests else Held.NOTHING
+
+
+def is_digest_name(path: Path) -> bool:
+    """Whether `path` is named as CloudTrail names its digest files (`<account>_CloudTrail-Digest_
+    <region>_<trail>_<region>_<time>.json.gz`, CloudTrail Digest File Naming Convention); a log
+    file's is `<account>_CloudTrail_<region>_…`. Readers tell a digest file by its content (is_digest)."""
+    return _DIGEST_NAME in path.name
+
+
+_DIGEST_NAME = "_CloudTrail-Digest_"
 
 
 def _logs_under(folder: Path, on_problem: Callable[[str], None] | None) -> Iterator[Path]:

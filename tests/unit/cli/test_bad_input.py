@@ -784,6 +784,51 @@ def test_audit_import_of_folders_holding_no_log_file_is_refused_and_makes_nothin
     assert result.returncode == 0 and result.stdout.startswith("imported 1 KMS record from 1 file;"), result
 
 
+#: Every command reading CloudTrail log files: its arguments before the paths (`out` the file or data
+#: dir it would write), what its complaint starts with, and its exit status for bad input.
+_LOG_READERS: dict[str, tuple[Callable[[Path], list[str | Path]], str, int]] = {
+    "audit import": (lambda out: ["audit", "import", "--data-dir", out], "keytrail audit: ", 1),
+    "detect": (lambda out: ["detect", "--data-dir", out, "--cloudtrail"], "keytrail detect: --cloudtrail: ", 2),
+    "report": (lambda out: ["report", "--out", out, "--cloudtrail"], "keytrail report: --cloudtrail: ", 2),
+    "consume": (lambda out: ["consume", "--data-dir", out, "--cloudtrail"], "keytrail consume: --cloudtrail: ", 2),
+}
+
+
+@pytest.mark.parametrize("command", _LOG_READERS)
+def test_every_reader_of_cloudtrail_files_refuses_a_folder_holding_none_and_writes_nothing(
+    tmp_path: Path, command: str
+) -> None:
+    # detect printed a note, report wrote an empty report and consume counted 0 records, each exiting
+    # 0 as for a quiet period, where the folder named was the wrong one (audit import refused it).
+    (tmp_path / "logs" / "2026").mkdir(parents=True)
+    (tmp_path / "logs" / "README.txt").write_text("not a log")
+    arguments, prefix, code = _LOG_READERS[command]
+    result = _keytrail(*arguments(tmp_path / "out"), tmp_path / "logs")
+    line = _one_line_error(result, prefix, code)
+    assert line == f"{prefix}no CloudTrail log files (.json, .json.gz) found under {tmp_path / 'logs'}\n"
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", _LOG_READERS)
+def test_every_reader_of_cloudtrail_files_refuses_digest_files_alone(tmp_path: Path, command: str) -> None:
+    # The digest folder of a trail bucket (CloudTrail-Digest/, beside CloudTrail/) named for the logs'
+    # was read as files holding nothing: "imported 0 KMS records from 0 files; …; 1 digest file passed
+    # over", exit 0. A digest file named alone (a shell's glob of that folder) is the same mistake.
+    from tests.unit.audit.test_cloudtrail_files import _bucket_with_digest_and_insights
+
+    account = _bucket_with_digest_and_insights(tmp_path / "bucket") / "AWSLogs" / "111122223333"
+    [digest] = (account / "CloudTrail-Digest").rglob("*.json.gz")
+    arguments, prefix, code = _LOG_READERS[command]
+    for named in (account / "CloudTrail-Digest", digest):
+        result = _keytrail(*arguments(tmp_path / "out"), named)
+        line = _one_line_error(result, prefix, code)
+        assert line == (f"{prefix}only CloudTrail digest files found under {named}: digest files hold no records; "
+                        "name the log files' folder (AWSLogs/<account>/CloudTrail/, not CloudTrail-Digest/)\n")
+        assert result.stdout == "" and not (tmp_path / "out").exists()
+    result = _keytrail(*arguments(tmp_path / "out"), account / "CloudTrail-Digest", account / "CloudTrail")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
 def test_report_and_import_of_a_trail_bucket_say_nothing_of_its_digest_files(tmp_path: Path) -> None:
     from tests.unit.audit.test_cloudtrail_files import _bucket_with_digest_and_insights
 

@@ -140,11 +140,10 @@ def test_offline_table_escapes_control_characters_of_a_record(app: typer.Typer, 
 
 
 def test_offline_detect_over_files_with_no_kms_record_says_so(app: typer.Typer, tmp_path: Path) -> None:
-    """An empty folder (a wrong prefix of a trail bucket) printed nothing, as a quiet period does."""
-    (tmp_path / "AWSLogs").mkdir()
+    """Another service's trail printed nothing, as a quiet period does. (A folder holding no log
+    file at all is refused: tests/unit/cli/test_bad_input.py.)"""
     s3_call = {"eventSource": "s3.amazonaws.com", "eventName": "GetObject", "eventTime": "2026-01-05T12:00:00Z"}
-    other = write_log(tmp_path / "s3.json", [s3_call])
-    for path in (tmp_path / "AWSLogs", other):
+    for path in (write_log(tmp_path / "s3.json", [s3_call]), tmp_path):
         result = runner.invoke(app, ["detect", "--cloudtrail", str(path), "--format", "json"])
         assert result.exit_code == 0 and result.stdout == ""
         assert result.stderr == "note: the CloudTrail files given hold no KMS record: no alarm could be raised\n"
