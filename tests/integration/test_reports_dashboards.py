@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.support.audit_records import ACCOUNT, KEY_ARN
+from tests.support.http import http_get
 from tests.support.server import KeytrailServer
+from tests.support.services import free_port, kafka_broker
+from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +88,76 @@ def test_the_documented_metrics_are_those_the_server_exports(fresh_server: Keytr
     section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
     documented = dict(re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \|", section, flags=re.M))
     assert documented == families
+    assert documented_families("serve") == families
+
+
+def documented_families(process: str) -> dict[str, str]:
+    """Family → type of the rows of docs/metrics.md's table whose "served by" names `process`."""
+    section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \| [^|]* \| ([^|]*) \|", section, flags=re.M)
+    assert len(rows) == section.count("\n| `keytrail_"), "docs/metrics.md: a row without its served-by column"
+    return {name: kind for name, kind, served in rows if f"`{process}`" in served}
+
+
+def test_documented_families_read_the_served_by_column() -> None:
+    assert documented_families("consume")["keytrail_pipeline_consumer_lag"] == "gauge"
+    assert "keytrail_healthy" in documented_families("serve") and "keytrail_healthy" not in documented_families(
+        "consume")
+
+
+def test_the_documented_metrics_of_a_standalone_consumer_are_those_it_exports(tmp_path: Path) -> None:
+    """`keytrail consume --metrics-port` serves the families docs/metrics.md marks `consume`, and
+    no other: the page listed the node's own families it leaves out, and missed six of them."""
+    record = {"eventVersion": "1.11", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt",
+              "eventTime": "2026-01-05T12:00:00Z", "eventID": "e-1", "awsRegion": "us-east-1",
+              "eventType": "AwsApiCall", "recipientAccountId": ACCOUNT,
+              "userIdentity": {"type": "IAMUser", "arn": f"arn:aws:iam::{ACCOUNT}:user/eve", "accountId": ACCOUNT},
+              "resources": [{"ARN": KEY_ARN}], "errorCode": "AccessDenied"}
+    (tmp_path / "log.json.gz").write_bytes(gzip.compress(json.dumps({"Records": [record]}).encode()))
+    subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", str(tmp_path / "log.json.gz"),
+                    "--data-dir", str(tmp_path / "node")], check=True, capture_output=True, timeout=120)
+    port = free_port()
+    with _running("consume", "--data-dir", str(tmp_path / "node"), "--metrics-port", str(port)):
+        text = _scrape(port, "keytrail_kms_requests_total{")  # the imported record counted
+    assert exported_families(text) == documented_families("consume")
+
+
+def test_the_documented_metrics_of_a_standalone_detector_are_those_it_exports(tmp_path: Path) -> None:
+    """`keytrail detect --kafka … --metrics-port` serves the families docs/metrics.md marks `detect`."""
+    port = free_port()
+    with kafka_broker() as bootstrap, _running("detect", "--kafka", bootstrap, "--data-dir", str(tmp_path),
+                                               "--metrics-port", str(port)):
+        text = _scrape(port, "# TYPE keytrail_")
+    assert exported_families(text) == documented_families("detect")
+
+
+@contextmanager
+def _running(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`keytrail <args>` running for the block, stopped with SIGTERM after it (exit 0)."""
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+
+
+def _scrape(port: int, holding: str) -> str:
+    """GET /metrics on `port`, once it answers with `holding` in it."""
+    text = ""
+
+    def answered() -> bool:
+        nonlocal text
+        try:
+            status, _, text = http_get(f"http://127.0.0.1:{port}/metrics")
+        except OSError:  # not listening yet
+            return False
+        return status == 200 and holding in text
+
+    eventually_blocking(answered, what=f"GET /metrics on {port} holding {holding!r}", timeout=90)
+    return text
 
 
 def test_denied_calls_are_counted_per_principal(fresh_server: KeytrailServer) -> None:
