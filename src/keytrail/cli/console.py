@@ -27,8 +27,9 @@ from keytrail.transport.segment_log import SegmentLog, event_log_dir
 if TYPE_CHECKING:
     from keytrail.pipeline.prices import PriceTable
 
-__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "Terminated",
-           "bootstrap_problem", "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "host_port",
+__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "KAFKA_BOOTSTRAP",
+           "LISTEN_ADDRESS", "MQTT_URL", "STORE_URL", "Terminated", "address_option", "bootstrap_problem",
+           "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "given", "host_port",
            "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "log_files_problem",
            "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps", "number_in_range",
            "os_problem", "parse_time", "parse_window", "path_option", "price_table", "printable",
@@ -91,6 +92,33 @@ def path_option(*declarations: Any, **settings: Any) -> Any:
     "$CONF"` with the variable unset), where typer took it for the current directory and the command
     then named "." in an odd complaint, or read or wrote there. Shown as `<path>`, as typer shows a Path."""
     return typer.Option(*declarations, **{"parser": named_path, "metavar": "<path>", **settings})
+
+
+#: What `address_option` asks for in place of "" (`given`).
+LISTEN_ADDRESS = "an address to listen on (127.0.0.1, 0.0.0.0, ::)"
+KAFKA_BOOTSTRAP = "the Kafka bootstrap servers, HOST:PORT[,HOST:PORT…]"
+MQTT_URL = "the broker's URL, mqtt://HOST:PORT"
+STORE_URL = "the key store's URL, postgresql://USER@HOST:PORT/DB, or leave --store out for SQLite in the data dir"
+
+
+def address_option(*declarations: Any, give: str, **settings: Any) -> Any:
+    """`typer.Option(*declarations, **settings)` for a server's or a listening address (`--kafka`,
+    `--mqtt`, `--store`, `--host`), parsed by `given(give)`: "" (`--kafka "$BOOTSTRAP"` with the
+    variable unset) is refused in one line saying what to give, where each option's own check went
+    past it and said something beside the point (`detect --kafka ''`: "give --cloudtrail PATH… or
+    --kafka BOOTSTRAP"; `--host ''`: "cannot listen on :4599 (Name or service not known)")."""
+    return typer.Option(*declarations, **{"parser": given(give), "metavar": "<str>", **settings})
+
+
+def given(what: str) -> Callable[[str], str]:
+    """A typer parser refusing "" for an option that needs `what`; its message follows "Invalid
+    value for '--x': "."""
+    def parse(value: str) -> str:
+        if not value:
+            raise typer.BadParameter(f"empty (an unset variable?): give {what}")
+        return value
+
+    return parse
 
 
 def printable(text: str) -> str:

@@ -22,6 +22,10 @@ from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
     CLOUDTRAIL_METAVAR,
+    KAFKA_BOOTSTRAP,
+    LISTEN_ADDRESS,
+    MQTT_URL,
+    address_option,
     bootstrap_problem,
     cloudtrail_paths,
     counted,
@@ -76,12 +80,15 @@ def detect(
                      help=CLOUDTRAIL_HELP),
     ] = None,
     kafka: Annotated[
-        str | None, typer.Option("--kafka", help="Read keytrail.audit.v1 from this bootstrap.")
+        str | None,
+        address_option("--kafka", help="Read keytrail.audit.v1 from this bootstrap.", give=KAFKA_BOOTSTRAP)
     ] = None,
     data_dir: Annotated[Path, path_option("--data-dir", help="Where alarms.jsonl goes (live).")] = Path(
         "keytrail-data"
     ),
-    mqtt: Annotated[str | None, typer.Option("--mqtt", help="Publish alarms to mqtt://HOST:PORT.")] = None,
+    mqtt: Annotated[
+        str | None, address_option("--mqtt", help="Publish alarms to mqtt://HOST:PORT.", give=MQTT_URL)
+    ] = None,
     as_of: Annotated[
         str | None,
         typer.Option(
@@ -100,7 +107,8 @@ def detect(
                      help="Serve Prometheus text at GET /metrics on this port (live): the alarms raised."),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="Address the --metrics-port endpoint listens on.")
+        str,
+        address_option("--metrics-host", help="Address the --metrics-port endpoint listens on.", give=LISTEN_ADDRESS)
     ] = "127.0.0.1",
 ) -> None:
     """Run the detection rules: offline over CloudTrail logs, or live over the Kafka audit topic."""

@@ -21,6 +21,9 @@ from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
     CLOUDTRAIL_METAVAR,
+    KAFKA_BOOTSTRAP,
+    LISTEN_ADDRESS,
+    address_option,
     bootstrap_problem,
     cloudtrail_paths,
     counted,
@@ -235,7 +238,8 @@ def _with_never_used(store: MetricsStore, per_principal: pl.DataFrame, until: da
 def consume(
     ctx: typer.Context,
     data_dir: DataDir = Path("keytrail-data"),
-    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap; default: the embedded log.")] = None,
+    kafka: Annotated[str | None, address_option(
+        help="Kafka bootstrap; default: the embedded log.", give=KAFKA_BOOTSTRAP)] = None,
     group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
     follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
     exit_when_idle: Annotated[float | None, typer.Option(
@@ -258,7 +262,8 @@ def consume(
                           "cost and lag serve's /metrics shows for its consumer."),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option("--metrics-host", help="Address the --metrics-port endpoint listens on.")
+        str,
+        address_option("--metrics-host", help="Address the --metrics-port endpoint listens on.", give=LISTEN_ADDRESS)
     ] = "127.0.0.1",
 ) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""

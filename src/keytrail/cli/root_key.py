@@ -14,7 +14,7 @@ from typing import Annotated, Protocol
 
 import typer
 
-from keytrail.cli.console import fail, no_core_dumps, os_problem, path_option
+from keytrail.cli.console import STORE_URL, address_option, fail, no_core_dumps, os_problem, path_option
 from keytrail.config import STORE_ENV
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealError, write_root_key_file
 from keytrail.transport.segment_log import event_log_dir
@@ -46,8 +46,8 @@ def rotate(
     data_dir: Annotated[Path, path_option(
         "--data-dir", help="The node's data dir: its root key and, without --store, its key store.")] = Path(
         "keytrail-data"),
-    store: Annotated[str | None, typer.Option(
-        envvar=STORE_ENV, show_envvar=True,
+    store: Annotated[str | None, address_option(
+        envvar=STORE_ENV, show_envvar=True, give=STORE_URL,
         help="The shared key store, postgresql://USER@HOST:PORT/DB: stop every node first.")] = None,
 ) -> None:
     """Seal every key's material, import token and custom key store password again under a new

@@ -20,6 +20,11 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from keytrail.cli.console import (
+    KAFKA_BOOTSTRAP,
+    LISTEN_ADDRESS,
+    MQTT_URL,
+    STORE_URL,
+    address_option,
     bootstrap_problem,
     fail,
     host_port,
@@ -207,11 +212,13 @@ def _tls_problem(cert: Path, key: Path) -> str | None:
 
 def serve(
     data_dir: DataDir = Path("keytrail-data"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, address_option(help="Address to listen on.", give=LISTEN_ADDRESS)] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 4599,
     principals: Annotated[Path | None, path_option(help="Principals file (TOML).")] = None,
-    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for the audit stream.")] = None,
-    mqtt: Annotated[str | None, typer.Option(help="MQTT broker for alarms, mqtt://HOST:PORT.")] = None,
+    kafka: Annotated[str | None, address_option(
+        help="Kafka bootstrap servers for the audit stream.", give=KAFKA_BOOTSTRAP)] = None,
+    mqtt: Annotated[str | None, address_option(
+        help="MQTT broker for alarms, mqtt://HOST:PORT.", give=MQTT_URL)] = None,
     dev_clock: Annotated[bool, typer.Option("--dev-clock", help="Allow moving time forward.")] = False,
     dev_credentials: Annotated[bool, typer.Option("--dev-credentials", help="Accept any access key.")] = False,
     tls_cert: Annotated[Path | None, path_option(help="TLS certificate (PEM).")] = None,
@@ -219,8 +226,8 @@ def serve(
     tls_self_signed: Annotated[bool, typer.Option("--tls-self-signed", help="HTTPS with a dev certificate.")] = False,
     config: Annotated[Path | None, path_option(
         help="Settings file: detection rules ([rules.<id>]) and alarm hooks ([hooks]: webhooks, MQTT, Kafka).")] = None,
-    store: Annotated[str | None, typer.Option(
-        envvar=STORE_ENV, show_envvar=True,
+    store: Annotated[str | None, address_option(
+        envvar=STORE_ENV, show_envvar=True, give=STORE_URL,
         help="Shared key store, postgresql://USER@HOST:PORT/DB (the password in $PGPASSWORD or a passfile) "
              "(default: SQLite in the data dir).")] = None,
     digest_interval: Annotated[float, typer.Option(

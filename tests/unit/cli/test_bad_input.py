@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -782,6 +783,43 @@ def test_audit_import_of_folders_holding_no_log_file_is_refused_and_makes_nothin
     _cloudtrail_gzip(tmp_path / "logs" / "2026" / "a.json.gz")  # one, deep down, is enough (300 copies of a record)
     result = _keytrail("audit", "import", tmp_path / "logs", tmp_path / "more", "--data-dir", tmp_path / "node")
     assert result.returncode == 0 and result.stdout.startswith("imported 1 KMS record from 1 file;"), result
+
+
+#: The options naming a server or an address to listen on, whatever the command.
+_ADDRESS_OPTIONS = {"--host", "--metrics-host", "--kafka", "--mqtt", "--store"}
+
+
+def _address_options() -> list[tuple[list[str], str]]:
+    """(command path, option) for each option of `_ADDRESS_OPTIONS` of every command, found by
+    walking the commands as the `keytrail` group builds them: one added later is covered too."""
+    from keytrail.cli.commands import COMMANDS, load_module_commands
+
+    found: list[tuple[list[str], str]] = []
+
+    def walk(path: list[str], command: Any) -> None:  # typer's own click (typer._click), a group or not
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            walk([*path, sub_name], sub)
+        found.extend((path, option) for param in command.params for option in param.opts if option in _ADDRESS_OPTIONS)
+
+    for name, listing in COMMANDS.items():
+        walk([name], load_module_commands(listing.module)[name])
+    return found
+
+
+def test_every_server_or_address_option_refuses_an_empty_value_saying_so(tmp_path: Path) -> None:
+    # `detect --kafka ""` said "give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)", and
+    # `--host ""` or `--metrics-host ""` "cannot listen on :4599 (Name or service not known)": an
+    # unset variable ("$BOOTSTRAP") was not named as such. Nothing is made (no data dir).
+    options = _address_options()
+    assert {(" ".join(path), option) for path, option in options} >= {
+        ("serve", "--host"), ("serve", "--kafka"), ("serve", "--mqtt"), ("serve", "--store"),
+        ("detect", "--kafka"), ("detect", "--mqtt"), ("detect", "--metrics-host"),
+        ("consume", "--kafka"), ("consume", "--metrics-host"), ("root-key rotate", "--store")}
+    for path, option in options:
+        result = _keytrail(*path, option, "", "--data-dir", tmp_path / "node")
+        line = _one_line_error(result, f"keytrail {' '.join(path)}: Invalid value for '{option}'")
+        assert ": empty (an unset variable?): give " in line, line
+        assert not (tmp_path / "node").exists()
 
 
 #: Every command reading CloudTrail log files: its arguments before the paths (`out` the file or data
