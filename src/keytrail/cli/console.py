@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import resource
 import signal
 import socket
@@ -98,7 +99,7 @@ def path_option(*declarations: Any, **settings: Any) -> Any:
 LISTEN_ADDRESS = "an address to listen on (127.0.0.1, 0.0.0.0, ::)"
 KAFKA_BOOTSTRAP = "the Kafka bootstrap servers, HOST:PORT[,HOST:PORT…]"
 MQTT_URL = "the broker's URL, mqtt://HOST:PORT"
-STORE_URL = "the key store's URL, postgresql://USER@HOST:PORT/DB, or leave --store out for SQLite in the data dir"
+STORE_URL = "the key store's URL, postgresql://USER@HOST:PORT/DB (SQLite in the data dir without one)"
 
 
 def address_option(*declarations: Any, give: str, **settings: Any) -> Any:
@@ -106,8 +107,24 @@ def address_option(*declarations: Any, give: str, **settings: Any) -> Any:
     `--mqtt`, `--store`, `--host`), parsed by `given(give)`: "" (`--kafka "$BOOTSTRAP"` with the
     variable unset) is refused in one line saying what to give, where each option's own check went
     past it and said something beside the point (`detect --kafka ''`: "give --cloudtrail PATH… or
-    --kafka BOOTSTRAP"; `--host ''`: "cannot listen on :4599 (Name or service not known)")."""
+    --kafka BOOTSTRAP"; `--host ''`: "cannot listen on :4599 (Name or service not known)"). So is
+    its `envvar` set to "" (`KEYTRAIL_STORE=${PG_URL}` with PG_URL unset), which click passes over
+    as if unset: the option's default then stood in without a word (a node of a shared store on a
+    key store of its own)."""
+    envvar = settings.get("envvar")
+    if isinstance(envvar, str):
+        settings = {"callback": _variable_given(envvar, give), **settings}
     return typer.Option(*declarations, **{"parser": given(give), "metavar": "<str>", **settings})
+
+
+def _variable_given(envvar: str, what: str) -> Callable[[str | None], str | None]:
+    """A typer callback refusing an option left out while its `envvar` is set to ""."""
+    def check(value: str | None) -> str | None:
+        if value is None and os.environ.get(envvar) == "":
+            raise typer.BadParameter(f"${envvar} is empty (an unset variable?): give {what}, or unset it")
+        return value
+
+    return check
 
 
 def given(what: str) -> Callable[[str], str]:

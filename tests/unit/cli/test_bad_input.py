@@ -822,6 +822,22 @@ def test_every_server_or_address_option_refuses_an_empty_value_saying_so(tmp_pat
         assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.parametrize("command", ["serve", "root-key rotate"])
+def test_an_empty_key_store_variable_is_refused_not_taken_for_sqlite(tmp_path: Path, command: str) -> None:
+    # KEYTRAIL_STORE="${PG_URL}" with PG_URL unset: click passes over an empty variable as if unset, and a
+    # node meant to share a PostgreSQL store started on an SQLite store of its own, without a word.
+    new_key = tmp_path / "new.key"
+    new_key.write_bytes(os.urandom(32))
+    new_key.chmod(0o600)
+    options = ["--port", "0"] if command == "serve" else ["--new-key", str(new_key)]
+    result = subprocess.run([sys.executable, "-m", "keytrail", *command.split(), *options,
+                             "--data-dir", str(tmp_path / "node")], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "KEYTRAIL_STORE": ""})
+    line = _one_line_error(result, f"keytrail {command}: Invalid value for '--store'")
+    assert "$KEYTRAIL_STORE is empty (an unset variable?): give the key store's URL, postgresql://" in line, line
+    assert not (tmp_path / "node").exists()
+
+
 #: Every command reading CloudTrail log files: its arguments before the paths (`out` the file or data
 #: dir it would write), what its complaint starts with, and its exit status for bad input.
 _LOG_READERS: dict[str, tuple[Callable[[Path], list[str | Path]], str, int]] = {
