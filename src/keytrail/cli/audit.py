@@ -161,10 +161,20 @@ def _show_new(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, 
             continue
         if not records:
             return offset
+        if records[0][0] > offset:
+            _say_passed_over(offset, records[0][0])
         for offset_read, payload, event in _decoded(data_dir, records):
             sys.stdout.write(_line(event, fmt) + "\n")
             shown.add(offset_read, payload)
         offset = records[-1][0] + 1
+
+
+def _say_passed_over(offset: int, first: int) -> None:
+    """Retention deleted segments before `tail` read them (stopped with Ctrl-Z, or far behind): the
+    lines went missing from its output with nothing to tell that they had."""
+    gone = first - offset
+    typer.echo(f"keytrail audit tail: the {gone} record{'s' * (gone != 1)} at offsets {offset}..{first - 1} were "
+               f"deleted by retention before they were shown; following the log from offset {first}", err=True)
 
 
 def _follow_from_cut(followed: _FollowedLog, offset: int, shown: _ShownRecords) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from keytrail.transport.segment_log import event_log_dir
 from keytrail.transport.segment_reader import SegmentReader
 
 __all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log", "judged_up_to"]
+
+log = logging.getLogger(__name__)
 
 DETECTOR_TICK_SECONDS = 5.0
 # The detector reads the live log in batches of up to DETECTOR_BATCH events, letting a partial
@@ -35,29 +38,47 @@ async def follow_event_log(
     CRCs), so the serving event loop only hands over the values. The reader holds one segment's
     index at a time, so following a long-lived log keeps its memory flat."""
     reader = SegmentReader(event_log_dir(data_dir))
-    offset = start
+    offset, first_read = start, True
     while True:
-        values, offset = await asyncio.to_thread(_read_batch, reader, offset, batch)
+        values, offset, gaps = await asyncio.to_thread(_read_batch, reader, offset, batch)
+        for gap in gaps:
+            if not (first_read and gap.start == start):  # a replay begins at the oldest record kept: no news
+                _say_passed_over(reader.directory, gap)
+        first_read = False
         yield values, offset
         if len(values) < batch:
             await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
 
 
-def _read_batch(reader: SegmentReader, offset: int, limit: int) -> tuple[list[bytes], int]:
+def _read_batch(reader: SegmentReader, offset: int, limit: int) -> tuple[list[bytes], int, list[range]]:
     """Up to `limit` values from `offset` on, and the offset after them, read on into the next
     segment at the end of one: a batch comes short only at the log's end, which is what the
     detector takes it for (caught up, nothing waiting). A segment's end taken for the log's
-    (every 64 MiB of a log replayed after a start) had it tick as of the wall clock mid-replay."""
+    (every 64 MiB of a log replayed after a start) had it tick as of the wall clock mid-replay.
+    Also the offsets passed over because retention deleted them before they were read."""
     values: list[bytes] = []
+    gaps: list[range] = []
     while len(values) < limit:
         first, payloads, end = reader.read(offset, limit - len(values))
         if not payloads:
             break
+        if first > offset:
+            gaps.append(range(offset, first))
         values += payloads
         offset = first + len(payloads)
         if offset >= end:
             break
-    return values, offset
+    return values, offset, gaps
+
+
+def _say_passed_over(directory: Path, gap: range) -> None:
+    """Retention deleted segments the detector had not read yet (it was stopped, or behind for longer
+    than the node's reader grace, which does not wait for it): their calls were never judged, and
+    an alarm they would have raised is missed. Said once, with how many, instead of in silence."""
+    count = len(gap)
+    log.warning("the event log in %s no longer holds the %d record%s at offsets %d..%d: retention deleted them "
+                "before the detector read them, and their calls were not judged; reading on from offset %d",
+                directory, count, "s" * (count != 1), gap.start, gap.stop - 1, gap.stop)
 
 
 async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None],

@@ -64,6 +64,8 @@ class SegmentLogSource:
                     return
                 await self._pause(self.poll_seconds)
                 continue
+            if first > self._offset:
+                self._passed_over(first)
             # Offsets within a read are consecutive (the log numbers its records one by one).
             self._offset = first + len(values)
             yield Batch(SEGMENT_LOG_PARTITION, range(first, self._offset), values=values, source_end=end,
@@ -102,6 +104,15 @@ class SegmentLogSource:
                     "(the audit folder moved aside or restored) or one cut back; reading it from its start",
                     self.directory, end, self._offset)
         self._offset = 0
+
+    def _passed_over(self, first: int) -> None:
+        """The log now begins above where this consumer reads: retention deleted segments it had not
+        read yet (it was stopped, failing or behind for longer than the node's reader grace, which
+        does not wait for it). Said once each time, with how many: their calls are in no figure."""
+        gone = first - self._offset
+        log.warning("the event log in %s no longer holds the %d record%s at offsets %d..%d: retention deleted them "
+                    "before this consumer read them, and their calls are not counted; reading on from offset %d",
+                    self.directory, gone, "s" * (gone != 1), self._offset, first - 1, first)
 
     async def _pause(self, seconds: float) -> None:
         # Ends early on stop: shutting down need not wait out a gather.

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zlib
@@ -371,6 +372,35 @@ def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_c
     assert after_roll + after == [encrypt_call(i).event_id for i in range(7)]
     assert rest == "" and "cut back" not in notes
 
+
+
+def test_tail_says_how_many_records_retention_deleted_before_it_showed_them(tmp_path: Path) -> None:
+    """Stopped (Ctrl-Z) or far behind for longer than retention waits for readers, `tail` went on
+    from the oldest record kept with nothing to say that lines were missing from its output."""
+    fill_trail(tmp_path, 5)
+    log_dir = audit_paths(tmp_path)[0]
+    payloads = [payload for _, payload in _frames(sorted(log_dir.glob("*.seg"))[-1])]
+    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
+               "-n", "5", "--interval", "0.05"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
+        assert tail.stdout is not None and tail.stderr is not None
+        shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(5)]
+        tail.send_signal(signal.SIGSTOP)
+        writer = SegmentLog(log_dir, writable=True)
+        for start in (0, 2, 0):  # offsets 5…10 in three segments, as full segments roll
+            writer.roll()
+            writer.append(payloads[start : start + 2])
+        writer.sync()
+        assert writer.delete_before(9) == 3  # retention: the segments before the one holding offset 9
+        writer.close()
+        tail.send_signal(signal.SIGCONT)
+        after = [json.loads(tail.stdout.readline())["eventID"] for _ in range(2)]
+        tail.terminate()
+        notes = tail.stderr.read()
+    assert shown == [encrypt_call(i).event_id for i in range(5)]
+    assert after == [encrypt_call(i).event_id for i in (0, 1)]  # offsets 9 and 10
+    assert notes == ("keytrail audit tail: the 4 records at offsets 5..8 were deleted by retention before they were "
+                    "shown; following the log from offset 9\n")
 
 def _framed(payloads: list[bytes]) -> bytes:
     return b"".join(len(p).to_bytes(4, "little") + zlib.crc32(p).to_bytes(4, "little") + p for p in payloads)

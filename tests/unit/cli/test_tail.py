@@ -62,6 +62,56 @@ async def test_a_batch_comes_short_only_at_the_log_s_end_not_at_a_segment_s(tmp_
     assert sizes == [7, 7, 7, 7, 7, 5]
 
 
+
+async def test_records_retention_deletes_before_the_follower_reads_them_are_said_once_with_their_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A detector stopped or behind for longer than the node's reader grace, which retention does not
+    wait for, passed over the calls it never judged in silence: alarms they raise were missed."""
+    directory = event_log_dir(tmp_path)
+    directory.mkdir(parents=True)
+    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log.append(_values(0, 10))
+    log.sync()
+    seen: list[bytes] = []
+    with caplog.at_level("WARNING", logger="keytrail.cli.tail"):
+        async for values, _ in follow_event_log(tmp_path, batch=7, idle_seconds=0.01):
+            seen.extend(values)
+            if len(seen) == 10:  # caught up; then the writer goes on and retention deletes what follows
+                log.append(_values(10, 50))
+                log.sync()
+                deleted_to = log.kept_from(35)
+                assert log.delete_before(deleted_to) > 0 and deleted_to > 10
+            if seen[-1:] == _values(49, 50):
+                break
+    log.close()
+    assert seen == _values(0, 10) + _values(deleted_to, 50)
+    warnings = [r.getMessage() for r in caplog.records]
+    gone = deleted_to - 10
+    assert len(warnings) == 1
+    assert f"no longer holds the {gone} records at offsets 10..{deleted_to - 1}: retention deleted" in warnings[0]
+
+
+async def test_a_replay_that_begins_where_retention_left_the_log_says_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # serve's detector reads the log from 0 at each start: the oldest record kept is where it begins.
+    directory = event_log_dir(tmp_path)
+    directory.mkdir(parents=True)
+    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log.append(_values(0, 30))
+    log.sync()
+    log.delete_before(log.kept_from(15))
+    start = log.start_offset()
+    log.close()
+    seen: list[bytes] = []
+    with caplog.at_level("WARNING", logger="keytrail.cli.tail"):
+        async for values, offset in follow_event_log(tmp_path, batch=7, idle_seconds=0.01):
+            seen.extend(values)
+            if offset == 30:
+                break
+    assert start > 0 and seen == _values(start, 30) and caplog.records == []
+
 def _write_log(data_dir: Path, records: list[dict[str, Any]], segment_bytes: int = 64 << 20) -> None:
     directory = event_log_dir(data_dir)
     directory.mkdir(parents=True)

@@ -7,6 +7,8 @@ import struct
 import zlib
 from pathlib import Path
 
+import pytest
+
 from keytrail.pipeline.runner import Batch
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSource
 from keytrail.transport.segment_log import SegmentLog
@@ -160,3 +162,22 @@ async def test_a_log_that_ends_below_the_start_offset_is_read_from_its_start(tmp
     assert [o for b in batches for o in b.offsets] == list(range(10))
     assert [b.began_again for b in batches] == [True] + [False] * (len(batches) - 1)
     assert await _batches(tmp_path, 10) == []  # read up to its end: nothing again, nothing began again
+
+
+async def test_records_retention_deleted_before_they_were_read_are_said_once_with_their_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A consumer stopped or failing for longer than the node's reader grace, which retention does
+    # not wait for: the calls it never read are in no figure, and that went unsaid.
+    log = SegmentLog(tmp_path, segment_bytes=400, writable=True)
+    log.append(_records(0, 40))
+    log.sync()
+    deleted_to = log.kept_from(25)
+    log.delete_before(deleted_to)
+    log.close()
+    with caplog.at_level("WARNING", logger="keytrail.pipeline.segment_source"):
+        batches = await _batches(tmp_path, 5)
+    assert 5 < deleted_to <= 25
+    assert [o for b in batches for o in b.offsets] == list(range(deleted_to, 40))
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"no longer holds the {deleted_to - 5} records at offsets 5..{deleted_to - 1}: retention deleted" in warning
