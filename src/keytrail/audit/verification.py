@@ -8,9 +8,11 @@ last the digests' cadence (audit/cadence.py: a digest each interval while the no
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,9 @@ from keytrail.clock import dev_clock_ahead
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
 __all__ = ["OffNode", "Verdict", "check", "public_key_problem", "verify"]
+
+# Reads of the log a verification makes while retention deletes segments under it, before it fails.
+_READS_UNDER_RETENTION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +119,7 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
         # A trail signs its genesis digest before its first record (ChainWriter.begin).
         problems.append(f"no signed digest in {paths.digests}: {_why_no_digest(paths.digests)}, and no "
                         f"signature covers the records up to offset {max(len(expected), log.end_offset())}")
-    floor, unsigned = read_retention_floor(paths, key)
+    unsigned = read_retention_floor(paths, key)[1]
     problems += [unsigned] if unsigned else []
     live = writer_active(log.directory)
     expected, notes = _unsigned_tail(log, expected, newest, live=live)
@@ -124,6 +129,10 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
     crashed = not live and bool(newest) and not newest.get("final") and len(expected) >= newest["endOffset"]
     # Digests sign records, yet no hash is stored: the hash store was emptied or deleted.
     hashes_gone = not expected and int(newest.get("endOffset", 0)) > 0
+
+    def floor() -> int:  # read once the records are: see `_check_records`
+        return read_retention_floor(paths, key)[0]
+
     found, unhashed = _check_records(log, expected, floor, unhashed_tail=live or crashed, hashes_gone=hashes_gone,
                                      final=newest if newest.get("final") else None)
     problems += found
@@ -357,24 +366,21 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
     return problems
 
 
-def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhashed_tail: bool,
+def _check_records(log: SegmentLog, expected: list[bytes], floor: Callable[[], int], *, unhashed_tail: bool,
                    hashes_gone: bool, final: dict[str, Any] | None) -> tuple[list[str], int]:
     """The records against their stored hashes, and the offset from which records are not checked.
-    `unhashed_tail`: the newest records may not be hashed yet (a running node, or one that crashed).
-    `hashes_gone`: the hash store holds none of the records the digests sign (said once, not each
-    record as inserted). `final`: the newest digest when a clean stop signed it (every record after
-    it was added while no node ran)."""
-    problems: list[str] = []
-    actual: list[bytes] = []
-    for frame in log.frames():  # hashes only: payloads are re-read for the few records named
-        if not frame.intact:
-            problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
-        actual.append(hashlib.sha256(frame.payload).digest())
+    `floor`: the retention floor as the file now says. `unhashed_tail`: the newest records may not
+    be hashed yet (a running node, or one that crashed). `hashes_gone`: the hash store holds none of
+    the records the digests sign (said once, not each record as inserted). `final`: the newest
+    digest when a clean stop signed it (every record after it was added while no node ran)."""
+    problems, actual = _record_hashes(log)
     # The floor only excuses the records before it being gone; every record still in the log is
-    # checked, or a floor signed with a stolen key would hide altered ones.
-    start = log.start_offset()
-    if start > floor and expected:
-        problems.append(f"records at offsets {floor}..{start - 1} are missing "
+    # checked, or a floor signed with a stolen key would hide altered ones. Read after the records:
+    # retention on a running node writes the floor before it deletes, so this floor excuses every
+    # deletion the read saw. Read before, a deletion meanwhile was named tampering.
+    start, excused = log.start_offset(), floor()
+    if start > excused and expected:
+        problems.append(f"records at offsets {excused}..{start - 1} are missing "
                         "(segment files deleted outside retention)")
     if hashes_gone and actual:
         return [*problems, _unchecked(start, len(actual))], start + len(actual)
@@ -386,6 +392,27 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: int, *, unhash
     ids = _event_ids(log, start, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings], start + len(actual)
+
+
+def _record_hashes(log: SegmentLog) -> tuple[list[str], list[bytes]]:
+    """Each checksum failure, and the hash of each record from the log's first offset on (payloads
+    are re-read for the few records named). Retention on a running node deletes the oldest segments:
+    one gone before it was opened (those read before it are gone too) has the log read again from
+    its new start, where the read ended in FileNotFoundError."""
+    for _ in range(_READS_UNDER_RETENTION - 1):
+        with contextlib.suppress(FileNotFoundError):
+            return _read_hashes(log)
+    return _read_hashes(log)
+
+
+def _read_hashes(log: SegmentLog) -> tuple[list[str], list[bytes]]:
+    problems: list[str] = []
+    actual: list[bytes] = []
+    for frame in log.frames():
+        if not frame.intact:
+            problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
+        actual.append(hashlib.sha256(frame.payload).digest())
+    return problems, actual
 
 
 def _unchecked(start: int, count: int) -> str:

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from keytrail.audit.integrity import canonical, signing_key, verify, write_retention_floor
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import audit_paths
+from keytrail.transport.segment_log import Frame
 from tests.support.audit_records import cut_back_to, fill_trail, rewrite_segment, sign_again_with_a_new_key
 
 
@@ -324,6 +326,64 @@ def test_a_forged_retention_floor_does_not_excuse_the_oldest_segments_deleted(tm
     assert f"records at offsets 0..{int(kept.name[:20]) - 1} are missing (segment files deleted outside retention)" \
         in problems, problems
 
+
+
+def _retention_on_a_running_node(data_dir: Path) -> None:
+    """What retention does on a running node: note the floor (signed), then delete below it."""
+    from keytrail.transport.segment_log import SegmentLog
+
+    log_dir, paths = audit_paths(data_dir)
+    writer = SegmentLog(log_dir, writable=True)
+    floor = writer.kept_from(30)
+    if floor > writer.start_offset():
+        write_retention_floor(paths, floor, signing_key(paths))
+        writer.delete_before(floor)
+    writer.close()
+
+
+def test_retention_deleting_segments_after_verify_read_the_floor_is_not_named_tampering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit verify` on a running node read the floor, then the log: segments retention deleted
+    between the two were named `deleted outside retention`, and an intact trail failed (exit 1)."""
+    from keytrail.audit import verification
+
+    fill_trail(tmp_path, 60, segment_bytes=2000)
+    read_floor = verification.read_retention_floor
+    calls: list[int] = []
+
+    def retention_after_the_first_read(*args: object) -> tuple[int, str | None]:
+        floor = read_floor(*args)  # type: ignore[arg-type]
+        if not calls:
+            _retention_on_a_running_node(tmp_path)
+        calls.append(floor[0])
+        return floor
+
+    monkeypatch.setattr(verification, "read_retention_floor", retention_after_the_first_read)
+    assert verify(tmp_path) == []
+    assert calls[0] == 0 and audit_paths(tmp_path)[0].joinpath("00000000000000000000.seg").exists() is False
+
+
+def test_retention_deleting_a_segment_verify_has_yet_to_open_has_it_read_the_log_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment listed, then deleted by retention before verify opened it, ended verify in a
+    FileNotFoundError traceback on an intact trail."""
+    from keytrail.transport.segment_log import SegmentLog
+
+    fill_trail(tmp_path, 60, segment_bytes=2000)
+    frames = SegmentLog.frames
+    reads: list[int] = []
+
+    def retention_after_the_first_record(log: SegmentLog) -> Iterator[Frame]:
+        for number, frame in enumerate(frames(log)):
+            if number == 0:
+                reads.append(frame.offset)
+            if number == 1 and len(reads) == 1:
+                _retention_on_a_running_node(tmp_path)
+            yield frame
+
+    monkeypatch.setattr(SegmentLog, "frames", retention_after_the_first_record)
+    assert verify(tmp_path) == []
+    assert reads[0] == 0 and reads[1] > 0  # read again, from the oldest segment retention kept
 
 def test_a_segment_renamed_to_start_later_is_named_though_every_record_is_still_there(tmp_path: Path) -> None:
     # Readers stop at the offset it no longer starts at: the records after it are hidden from them.
