@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from keytrail import __version__
+from keytrail.pipeline.cost import BILLABLE
 from keytrail.reports.collect import ReportData
 from keytrail.reports.figures import ahead_note, storage_note
 from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
@@ -83,7 +84,7 @@ def _cards(data: ReportData) -> str:
         # The period's, as every figure beside it: `data.events` counts the whole input read,
         # which over a --since/--until window showed events in a period that had none.
         ("events", f"{data.period_events():,}"), ("keys", f"{keys:,}"),
-        ("principals", f"{data.usage.get_column('principalArn').n_unique():,}"),
+        ("principals", f"{_callers(data.usage):,}"),
         # As `keytrail cost` bills them: service events (RotateKey, DeleteKey) and CloudTrail's own
         # calls are in the usage rows but are no requests (docs/metrics.md).
         ("requests", f"{int(_sum(data.cost, 'requests')):,}"),
@@ -96,6 +97,13 @@ def _cards(data: ReportData) -> str:
     return '<div class="cards">' + "".join(
         f'<div class="card" data-figure="{escape(name)}"><b>{value}</b><span>{escape(name)}</span></div>'
         for name, value in cards) + "</div>"
+
+
+def _callers(usage: pl.DataFrame) -> int:
+    """The principals that made requests, as the requests card counts them: KMS's own events
+    (RotateKey, DeleteKey by "AWS Internal") and CloudTrail's unbilled calls are in the usage rows
+    but were no one's request."""
+    return usage.filter(BILLABLE).get_column("principalArn").n_unique()
 
 
 def _projected_label(projection: pl.DataFrame) -> str:

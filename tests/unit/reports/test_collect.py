@@ -329,6 +329,17 @@ def test_html_charts_say_what_they_draw_kms_own_events_and_calls_naming_no_key()
     assert ">(no key)</text>" in charts and ">(none)</text>" not in charts
 
 
+def test_html_principals_card_counts_the_callers_not_kms_itself() -> None:
+    # KMS's own RotateKey is by "AWS Internal", in the usage rows but no one's request: the card
+    # said 2 principals beside 2 requests that one user made.
+    rotation = record("RotateKey", NOV + timedelta(hours=2), BUSY)
+    rotation.update(eventType="AwsServiceEvent", userIdentity={"accountId": ACCOUNT, "invokedBy": "AWS Internal"})
+    events = [record("CreateKey", NOV, BUSY), record("Encrypt", NOV + timedelta(hours=1), BUSY), rotation]
+    options = ReportOptions(until=NOV + timedelta(hours=3), alarms=Path(__file__).with_name("no-such-alarms.jsonl"))
+    page = render_html(collect_sync(RecordsSource(events), options))
+    assert (_card(page, "principals"), _card(page, "requests")) == ("1", "2")
+
+
 def _synthetic(count: int) -> list[dict[str, Any]]:
     """A busy stream: denied calls, late events, duplicates and lifecycle events among the calls."""
     settings = SyntheticSettings(keys=40, principals=15, accounts=3, start=NOV, seconds_per_event=30,
