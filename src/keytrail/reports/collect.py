@@ -29,7 +29,7 @@ from keytrail.pipeline.cost import COST_SCHEMA
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
-from keytrail.reports.alarms import alarms_frame, read_alarm_lines
+from keytrail.reports.alarms import KeysAtStart, alarms_frame, read_alarm_lines
 from keytrail.reports.alias_evidence import decode
 from keytrail.reports.aliases import AliasTally, holdings, key_aliases, with_aliases
 from keytrail.reports.denied import DeniedTally
@@ -37,6 +37,7 @@ from keytrail.reports.figures import (
     USAGE_FIELDS,
     choose_window,
     cost_projection,
+    keys_going,
     mark_unused,
 )
 from keytrail.reports.progress import Progress
@@ -237,7 +238,7 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
     over_time = store.usage(["keyArn", "principalArn"], window, since, until,  # type: ignore[arg-type]
                             categories=True)
     cost = store.cost(options.prices, since, until, end) if as_of else _empty_cost()
-    alarms, alarms_note = _alarms(options)
+    alarms, alarms_note = _alarms(options, _keys_at(store, since))
     return _named(ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=consumed.events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
@@ -269,7 +270,16 @@ def _empty_cost() -> pl.DataFrame:
 
 
 
-def _alarms(options: ReportOptions) -> tuple[pl.DataFrame, str | None]:
+def _keys_at(store: MetricsStore, since: datetime | None) -> KeysAtStart | None:
+    """The keys as the period starts, which tell the unused-key alarms raised before it that still
+    held then (their keys show as unused in the last_used table too)."""
+    if since is None:
+        return None
+    used = store.last_used_by_key(since).drop_nulls("lastUsedTime").select("keyArn", "lastUsedTime")
+    return KeysAtStart(dict(used.iter_rows()), frozenset(keys_going(store.lifecycle(), since)))
+
+
+def _alarms(options: ReportOptions, keys: KeysAtStart | None = None) -> tuple[pl.DataFrame, str | None]:
     """The alarms of the period, and a note when what should hold them could not be read whole:
     "no alarms" would read as a quiet period."""
     path = options.alarms
@@ -283,4 +293,4 @@ def _alarms(options: ReportOptions) -> tuple[pl.DataFrame, str | None]:
             lines = f"{unreadable:,} line{'' if unreadable == 1 else 's'}"
             note = f"{lines} of {path} {'is' if unreadable == 1 else 'are'} no alarm (damaged, or not keytrail's): " \
                    "left out of the report"
-    return alarms_frame(found, options.since, options.until), note
+    return alarms_frame(found, options.since, options.until, keys), note

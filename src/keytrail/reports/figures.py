@@ -14,7 +14,7 @@ from keytrail.pipeline.usage import USAGE_SCHEMA
 
 __all__ = [
     "COST_FIELDS", "LAST_USED_FIELDS", "PROJECTION_SCHEMA", "USAGE_FIELDS", "ahead_note", "choose_window",
-    "cost_projection", "mark_unused", "month_bounds", "storage_note",
+    "cost_projection", "keys_going", "mark_unused", "month_bounds", "storage_note",
 ]
 
 #: CONTRACTS.md §4 field lists (the `--format json` objects of `keytrail usage | cost | last-used`).
@@ -125,7 +125,7 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
         # limit`): a key last used exactly `unused_days` before was not, beside one made then that was.
         unused = pl.when(pl.col("lastUsedTime").is_null()).then(idle_since.fill_null(limit) <= limit)
         unused = unused.otherwise(pl.col("lastUsedTime") <= limit)
-    going = [*_going(lifecycle, as_of), *_aws_managed(lifecycle)] if lifecycle is not None else []
+    going = [*keys_going(lifecycle, as_of), *_aws_managed(lifecycle)] if lifecycle is not None else []
     marked = frame.with_columns(unused=unused & ~pl.col("keyArn").is_in(going))
     return marked.select(*LAST_USED_FIELDS, "unused").sort(
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)
@@ -139,7 +139,7 @@ def _made(lifecycle: pl.DataFrame | None) -> pl.DataFrame:
     return created.group_by("keyArn").agg(made=pl.col("eventTime").min())
 
 
-def _going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
+def keys_going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
     """Keys whose last lifecycle event before `as_of` is ScheduleKeyDeletion or DeleteKey: the
     cost model stops billing them there (pipeline/cost.py), and CancelKeyDeletion brings one back."""
     events = lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))  # not the families seen

@@ -116,6 +116,32 @@ def test_aws_managed_keys_are_not_marked_unused() -> None:
     data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
     assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {managed: False, IDLE: True}
 
+def _unused_alarm(alarm_id: str, key: str, idle_since: datetime, raised: datetime) -> dict[str, Any]:
+    return {"alarmId": alarm_id, "rule": "unused-key", "severity": "LOW", "keyArn": key, "principalArn": None,
+            "accountId": ACCOUNT, "region": "us-east-1", "firstSeen": f"{raised:%Y-%m-%dT%H:%M:%SZ}",
+            "lastSeen": f"{raised:%Y-%m-%dT%H:%M:%SZ}", "count": 1, "summary": f"{key} unused", "eventIds": [],
+            "recommendation": "disable it", "details": {"idleSince": f"{idle_since:%Y-%m-%dT%H:%M:%SZ}"}}
+
+
+def test_a_period_s_alarms_hold_the_unused_key_alarms_raised_before_it_and_still_in_force(tmp_path: Path) -> None:
+    # An unused-key alarm is raised once per idle spell: its lastSeen is the day the key crossed
+    # the limit. One raised in October on a key still idle in November was left out of a
+    # November report, whose last_used table showed that key unused.
+    idle, used, gone = key_arn("idle"), key_arn("used-again"), key_arn("deleted")
+    made, last = NOV - timedelta(days=60), NOV - timedelta(days=50)
+    events = [record("CreateKey", made, key) for key in (idle, used, gone)]
+    events += [record("Encrypt", last, key) for key in (idle, used, gone)]
+    events += [record("Decrypt", NOV - timedelta(days=5), used),
+               record("ScheduleKeyDeletion", NOV - timedelta(days=9), gone)]
+    raised = last + timedelta(days=30)
+    alarms = tmp_path / "alarms.jsonl"
+    alarms.write_text("".join(json.dumps(_unused_alarm(f"unused-{n}", key, last, raised)) + "\n"
+                              for n, key in enumerate((idle, used, gone))))
+    data = collect_sync(RecordsSource(events), ReportOptions(since=NOV, until=AS_OF, alarms=alarms))
+    assert data.alarms.get_column("keyArn").to_list() == [idle]
+    assert data.last_used.filter(pl.col("unused")).get_column("keyArn").to_list() == [idle]
+
+
 def test_denied_calls_name_the_principal(data: Any) -> None:
     [row] = data.denied.to_dicts()
     assert (row["principalArn"], row["keyArn"], row["eventName"], row["count"]) == (user_arn("mallory"), BUSY,
