@@ -275,8 +275,7 @@ def test_an_export_stopped_by_a_log_it_cannot_read_says_so_not_that_it_cannot_wr
 
 def test_tail_follows_a_new_trail_started_after_the_old_was_moved_aside(tmp_path: Path) -> None:
     fill_trail(tmp_path, 20)
-    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
-               "-n", "1", "--interval", "0.05"]
+    command = _tail_json(tmp_path, 1)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
         assert json.loads(tail.stdout.readline())["eventID"] == encrypt_call(19).event_id
@@ -320,8 +319,7 @@ def test_tail_following_a_segment_cut_back_shows_each_new_record_once(tmp_path: 
     log_dir = audit_paths(tmp_path)[0]
     segment = sorted(log_dir.glob("*.seg"))[-1]
     payloads = [payload for _, payload in _frames(segment)]
-    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
-               "-n", "20", "--interval", "0.05"]
+    command = _tail_json(tmp_path, 20)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
         shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(20)]
@@ -345,6 +343,12 @@ def test_tail_following_a_segment_cut_back_shows_each_new_record_once(tmp_path: 
     assert "cut back to offset 18" in second_note and "the 5 records shown from there" in second_note
 
 
+def _tail_json(data_dir: Path, last: int) -> list[str]:
+    """`audit tail` in JSON from the last `last` records on, polling every 0.05 s."""
+    return [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(data_dir), "--format", "json",
+            "-n", str(last), "--interval", "0.05"]
+
+
 def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_cut(tmp_path: Path) -> None:
     """Records shown from a segment, then from the next one the writer rolled to: the checksums
     kept for the shown records were trimmed to the new segment's but counted from the wrong
@@ -352,8 +356,7 @@ def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_c
     fill_trail(tmp_path, 20)
     log_dir = audit_paths(tmp_path)[0]
     payloads = [payload for _, payload in _frames(sorted(log_dir.glob("*.seg"))[-1])]
-    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
-               "-n", "20", "--interval", "0.05"]
+    command = _tail_json(tmp_path, 20)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
         shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(20)]
@@ -380,8 +383,7 @@ def test_tail_says_how_many_records_retention_deleted_before_it_showed_them(tmp_
     fill_trail(tmp_path, 5)
     log_dir = audit_paths(tmp_path)[0]
     payloads = [payload for _, payload in _frames(sorted(log_dir.glob("*.seg"))[-1])]
-    command = [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(tmp_path), "--format", "json",
-               "-n", "5", "--interval", "0.05"]
+    command = _tail_json(tmp_path, 5)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
         shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(5)]

@@ -20,14 +20,19 @@ from keytrail.transport.segment_log import SegmentLog, event_log_dir
 from tests.unit.detect.records import create_key, denied, event, key_arn, user
 
 
+def _small_segment_log(data_dir: Path) -> SegmentLog:
+    """A writable event log whose segments roll after a few values."""
+    directory = event_log_dir(data_dir)
+    directory.mkdir(parents=True)
+    return SegmentLog(directory, segment_bytes=400, writable=True)
+
+
 def _values(start: int, stop: int) -> list[bytes]:
     return [f"value-{n:03d}".encode() * 4 for n in range(start, stop)]
 
 
 async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path) -> None:
-    directory = event_log_dir(tmp_path)
-    directory.mkdir(parents=True)
-    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log = _small_segment_log(tmp_path)
     log.append(_values(0, 25))
     log.sync()
     seen: list[bytes] = []
@@ -47,9 +52,7 @@ async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path)
 
 async def test_a_batch_comes_short_only_at_the_log_s_end_not_at_a_segment_s(tmp_path: Path) -> None:
     # The detector takes a short batch for the log's end (caught up, nothing waiting).
-    directory = event_log_dir(tmp_path)
-    directory.mkdir(parents=True)
-    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log = _small_segment_log(tmp_path)
     log.append(_values(0, 40))  # every segment ends after a few values
     log.sync()
     log.close()
@@ -68,9 +71,7 @@ async def test_records_retention_deletes_before_the_follower_reads_them_are_said
 ) -> None:
     """A detector stopped or behind for longer than the node's reader grace, which retention does not
     wait for, passed over the calls it never judged in silence: alarms they raise were missed."""
-    directory = event_log_dir(tmp_path)
-    directory.mkdir(parents=True)
-    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log = _small_segment_log(tmp_path)
     log.append(_values(0, 10))
     log.sync()
     seen: list[bytes] = []
@@ -96,9 +97,7 @@ async def test_a_replay_that_begins_where_retention_left_the_log_says_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # serve's detector reads the log from 0 at each start: the oldest record kept is where it begins.
-    directory = event_log_dir(tmp_path)
-    directory.mkdir(parents=True)
-    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    log = _small_segment_log(tmp_path)
     log.append(_values(0, 30))
     log.sync()
     log.delete_before(log.kept_from(15))
