@@ -29,6 +29,7 @@ from keytrail.cli.console import (
     counted,
     event_log_damage,
     fail,
+    given,
     log_files_problem,
     named_path,
     number_in_range,
@@ -240,7 +241,9 @@ def consume(
     data_dir: DataDir = Path("keytrail-data"),
     kafka: Annotated[str | None, address_option(
         help="Kafka bootstrap; default: the embedded log.", give=KAFKA_BOOTSTRAP)] = None,
-    group: Annotated[str, typer.Option(help="Kafka consumer group.")] = "keytrail-metrics",
+    group: Annotated[str, typer.Option(
+        parser=given("the Kafka consumer group's name"), metavar="<str>", help="Kafka consumer group.")
+    ] = "keytrail-metrics",
     follow: Annotated[bool, typer.Option(help="Embedded log: keep waiting for new events.")] = True,
     exit_when_idle: Annotated[float | None, typer.Option(
         callback=number_in_range(0), help="Kafka: stop after N idle seconds.")] = None,

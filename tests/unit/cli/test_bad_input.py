@@ -785,8 +785,8 @@ def test_audit_import_of_folders_holding_no_log_file_is_refused_and_makes_nothin
     assert result.returncode == 0 and result.stdout.startswith("imported 1 KMS record from 1 file;"), result
 
 
-#: The options naming a server or an address to listen on, whatever the command.
-_ADDRESS_OPTIONS = {"--host", "--metrics-host", "--kafka", "--mqtt", "--store"}
+#: The options naming a server, an address to listen on or a consumer group, whatever the command.
+_ADDRESS_OPTIONS = {"--host", "--metrics-host", "--kafka", "--mqtt", "--store", "--group"}
 
 
 def _address_options() -> list[tuple[list[str], str]]:
@@ -808,13 +808,14 @@ def _address_options() -> list[tuple[list[str], str]]:
 
 def test_every_server_or_address_option_refuses_an_empty_value_saying_so(tmp_path: Path) -> None:
     # `detect --kafka ""` said "give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)", and
-    # `--host ""` or `--metrics-host ""` "cannot listen on :4599 (Name or service not known)": an
-    # unset variable ("$BOOTSTRAP") was not named as such. Nothing is made (no data dir).
+    # `--host ""` or `--metrics-host ""` "cannot listen on :4599 (Name or service not known)", and
+    # `consume --kafka B --group ""` ran as a group without a name: an unset variable ("$BOOTSTRAP")
+    # was not named as such. Nothing is made (no data dir).
     options = _address_options()
     assert {(" ".join(path), option) for path, option in options} >= {
         ("serve", "--host"), ("serve", "--kafka"), ("serve", "--mqtt"), ("serve", "--store"),
         ("detect", "--kafka"), ("detect", "--mqtt"), ("detect", "--metrics-host"),
-        ("consume", "--kafka"), ("consume", "--metrics-host"), ("root-key rotate", "--store")}
+        ("consume", "--kafka"), ("consume", "--metrics-host"), ("consume", "--group"), ("root-key rotate", "--store")}
     for path, option in options:
         result = _keytrail(*path, option, "", "--data-dir", tmp_path / "node")
         line = _one_line_error(result, f"keytrail {' '.join(path)}: Invalid value for '{option}'")
