@@ -161,7 +161,13 @@ def test_since_and_until_match_the_queries_over_the_same_period(data_dir: Path, 
     as_of = ("--data-dir", str(data_dir), "--until", until, "--format", "json")
     last_used = json_lines(keytrail("last-used", *as_of).stdout)
     assert all(row["lastUsedTime"] is None or row["lastUsedTime"] < "2026-11-03T06" for row in last_used)
-    assert _normal(report_table(out, "last_used", LAST_USED), LAST_USED) == _normal(last_used, LAST_USED)
+    # The command's state keeps each key's latest use: for a key used again after --until it finds
+    # the last use before it in minute-level usage, without its eventId (docs/metrics.md), where the
+    # report reads it from the events. The history's uses are whole minutes apart: the rest agrees.
+    reported = report_table(out, "last_used", LAST_USED)
+    assert all(row["eventId"] for row in reported if row["lastUsedTime"])
+    assert not any(row["eventId"] for row in last_used)
+    assert _normal(reported, LAST_USED[:-1]) == _normal(last_used, LAST_USED[:-1])
 
 
 def test_the_line_saying_what_was_written_counts_the_events_of_the_period(data_dir: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ one second: there the larger offset, then the larger eventId wins, whatever the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import polars as pl
 
@@ -32,12 +33,15 @@ _SOURCE = ["keyArn", "principalArn", "eventTime", "eventName", "eventID", "reque
 _ORDER = ["lastUsedTime", "logOffset", "eventId"]
 
 
-def last_used(frame: pl.DataFrame) -> pl.DataFrame:
-    """The latest successful cryptographic use per key x principal in `frame`.
+def last_used(frame: pl.DataFrame, before: datetime | None = None) -> pl.DataFrame:
+    """The latest successful cryptographic use per key x principal in `frame` (`before`: among the
+    uses dated before it).
 
     ReEncrypt uses both its source and its destination key, as GetKeyLastUsage records both.
     """
     uses = frame.filter(pl.col("errorCode").is_null() & pl.col("eventName").is_in(list(CRYPTO_OPERATIONS)))
+    if before is not None:
+        uses = uses.filter(pl.col("eventTime") < before)
     destinations = uses.filter(pl.col("destinationKeyArn").is_not_null()).with_columns(
         keyArn=pl.col("destinationKeyArn")
     )

@@ -118,15 +118,16 @@ def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, pl.Seri
 _NETWORK_ACTIVITY = pl.col("eventType").eq("AwsVpceEvent").fill_null(False)
 
 
-def aggregate(frame: pl.DataFrame, seen: pl.Series | None = None) -> StateUpdate:
-    """Everything one batch of new events adds to the state (pure); `seen`: their eventID hashes."""
+def aggregate(frame: pl.DataFrame, seen: pl.Series | None = None, uses_before: datetime | None = None) -> StateUpdate:
+    """Everything one batch of new events adds to the state (pure); `seen`: their eventID hashes;
+    `uses_before`: last used takes only the uses dated before it."""
     outcomes = frame.group_by("eventName", pl.col("errorCode").fill_null("")).agg(
         count=pl.len().cast(pl.Int64)
     )
     times = frame.get_column("eventTime")
     return StateUpdate(
         usage=usage_minutes(frame),
-        last_used=last_used(frame),
+        last_used=last_used(frame, uses_before),
         lifecycle=lifecycle_events(frame),
         outcomes=outcomes,
         seen=no_hashes() if seen is None else seen,
@@ -140,6 +141,8 @@ class Runner:
 
     Batches are staged and checkpointed together every `checkpoint_records` records or
     `checkpoint_seconds` seconds (and at the end): persist state with offsets, then commit.
+    `uses_before`: last used keeps only the uses dated before it (a report as of that time: the
+    state keeps one use per key x principal, so a later one would hide the last before it).
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class Runner:
         checkpoint_records: int = 100_000,
         checkpoint_seconds: float = 2.0,
         after_checkpoint: Callable[[], None] | None = None,
+        uses_before: datetime | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.source = source
@@ -158,6 +162,7 @@ class Runner:
         self.checkpoint_records = checkpoint_records
         self.checkpoint_seconds = checkpoint_seconds
         self.after_checkpoint = after_checkpoint
+        self.uses_before = uses_before
         self.stats = RunStats()
         self.dirty_days: set[date] = set()  # UTC days whose usage changed (for the Parquet export)
         self._states: dict[str, PartitionState] = {}
@@ -245,7 +250,7 @@ class Runner:
             requests = readable.filter(~_NETWORK_ACTIVITY)
             network = readable.height - requests.height
             frame, hashes = drop_seen(requests, state.seen)
-            update = aggregate(frame, hashes) if frame.height else _empty_update()
+            update = aggregate(frame, hashes, self.uses_before) if frame.height else _empty_update()
             state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
             counted = frame.height

@@ -217,7 +217,9 @@ async def _consume(source: Source, scratch: Path, options: ReportOptions,
                    on_batch: Callable[[Batch], None] | None) -> _Consumed:
     """Run the pipeline's consumer over `source` into the scratch state `scratch`."""
     tee = _TeeSource(source, DeniedTally(options.since, options.until), on_batch)
-    runner = Runner(state_dir(scratch), tee, checkpoint_records=_CHECKPOINT_RECORDS)
+    # Last used as of --until from the events themselves: a state that kept each key x principal's
+    # latest use, one after --until, could only find the last before it in minute-level usage.
+    runner = Runner(state_dir(scratch), tee, checkpoint_records=_CHECKPOINT_RECORDS, uses_before=options.until)
     stats = await runner.run()
     return _Consumed(stats.counted, tee.denied.frame(), tee.aliases.evidence())
 

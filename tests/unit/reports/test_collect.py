@@ -92,6 +92,25 @@ def test_a_never_used_key_made_before_the_input_counts_from_the_input_s_start() 
     assert unused == {IDLE: True, BUSY: False}
 
 
+def test_last_used_as_of_until_is_the_last_use_before_it_of_several_in_one_minute() -> None:
+    # Every key was used again after --until: the scratch state kept only those later uses and
+    # took the last before --until from minute-level usage, naming that minute's start, no
+    # eventId, and of its uses the operation last in the alphabet or any of its principals.
+    until = NOV + timedelta(minutes=1)
+    events = [record("Decrypt", NOV + timedelta(seconds=50), BUSY, event_id="busy-last"),
+              record("Encrypt", NOV + timedelta(seconds=10), BUSY),
+              record("Encrypt", NOV + timedelta(seconds=20), IDLE, user_arn("zoe")),
+              record("Encrypt", NOV + timedelta(seconds=20), IDLE, user_arn("bob"), event_id="idle-last"),
+              record("Encrypt", until, BUSY), record("Encrypt", until, IDLE, user_arn("zoe"))]
+    options = ReportOptions(until=until, alarms=Path(__file__).with_name("none"))
+    rows = collect_sync(RecordsSource(events), options).last_used.select(
+        "keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId").rows()
+    assert sorted(rows) == [
+        (BUSY, NOV + timedelta(seconds=50), "Decrypt", user_arn("alice"), "busy-last"),
+        (IDLE, NOV + timedelta(seconds=20), "Encrypt", user_arn("bob"), "idle-last"),  # same second: the later record
+    ]
+
+
 def test_keys_deleted_or_pending_deletion_are_not_marked_unused() -> None:
     """Unused keys are highlighted as keys to delete: a key already deleted or scheduled for
     deletion costs nothing more (the cost table stops billing it) and was flagged all the same,
