@@ -137,13 +137,24 @@ class MetricsStore:
             merged = merge_last_used([s.last_used() for s in states])
         if until is None:
             return merged
-        later = merged.filter(pl.col("lastUsedTime") >= until).select("keyArn", "principalArn")
-        with self._states() as states:
-            minutes = [s.usage(None, until, _minute_uses) for s in states]
-        earlier = pl.concat([pl.DataFrame(schema=LAST_USED_SCHEMA), *minutes])  # partitions: the latest wins
+        later = merged.filter(pl.col("lastUsedTime") >= until).select("keyArn", "principalArn", "lastUsedTime")
+        earlier = pl.concat([pl.DataFrame(schema=LAST_USED_SCHEMA), *self._minutes_before(until, later)])
         earlier = earlier.sort("lastUsedTime", "lastUsedOperation").group_by("keyArn", "principalArn").last()
         earlier = earlier.select(list(LAST_USED_SCHEMA)).join(later, on=["keyArn", "principalArn"], how="semi")
         return pl.concat([merged.filter(pl.col("lastUsedTime") < until), earlier]).sort("keyArn", "principalArn")
+
+    def _minutes_before(self, until: datetime, later: pl.DataFrame) -> list[pl.DataFrame]:
+        """Each partition's latest minute with a use per key x principal before `until`, as last-used
+        rows. The minute `until` falls inside holds uses on both sides of it: it counts for a pair
+        only where the pair has more uses in it than the latest one (`later`), known to be after
+        `until`, whose minute it is: a key used once, just after `until`, was not used before it."""
+        start = until.replace(second=0, microsecond=0)
+        with self._states() as states:
+            whole = [s.usage(None, start, _minute_uses) for s in states]
+            split = [s.usage(start, until, _uses_of_minute) for s in states] if start < until else []
+        after = later.filter(pl.col("lastUsedTime").dt.truncate("1m") == start).select("keyArn", "principalArn")
+        after = after.with_columns(known=pl.lit(1, pl.Int64))
+        return whole + [_fewer(part, after) for part in split]
 
     def last_used_by_key(self, until: datetime | None = None) -> pl.DataFrame:
         """Last use per key (before `until` when given), every key seen by then included (null
@@ -355,18 +366,42 @@ def _as_stored(rows: pl.LazyFrame) -> pl.LazyFrame:
 
 def _minute_uses(usage: pl.LazyFrame) -> pl.LazyFrame:
     """The latest minute with a successful cryptographic use per key x principal, as last-used rows."""
-    uses = usage.filter(
+    return _as_last_used(_crypto_uses(usage).group_by("keyArn", "principalArn").agg(*_latest_minute()))
+
+
+def _uses_of_minute(usage: pl.LazyFrame) -> pl.LazyFrame:
+    """`_minute_uses` of one minute's rows, with how many uses each pair made in it (`uses`)."""
+    summed = _crypto_uses(usage).group_by("keyArn", "principalArn").agg(
+        *_latest_minute(), uses=(pl.col("count") - pl.col("errorCount")).sum().cast(pl.Int64))
+    return _as_last_used(summed, "uses")
+
+
+def _crypto_uses(usage: pl.LazyFrame) -> pl.LazyFrame:
+    return usage.filter(
         pl.col("eventName").is_in(list(CRYPTO_OPERATIONS)) & (pl.col("count") > pl.col("errorCount"))
         & pl.col("keyArn").is_not_null()
     )
-    latest = uses.group_by("keyArn", "principalArn").agg(
-        lastUsedTime=pl.col("minute").max(),
-        lastUsedOperation=pl.col("eventName").sort_by("minute", "eventName").last(),
-    )
+
+
+def _latest_minute() -> list[pl.Expr]:
+    return [pl.col("minute").max().alias("lastUsedTime"),
+            pl.col("eventName").sort_by("minute", "eventName").last().alias("lastUsedOperation")]
+
+
+def _as_last_used(latest: pl.LazyFrame, *kept: str) -> pl.LazyFrame:
+    """Latest minutes per key x principal as last-used rows: no eventId, no position in a log."""
     return latest.select(
         "keyArn", "principalArn", "lastUsedTime", "lastUsedOperation",
-        eventId=pl.lit(None, pl.String), requestId=pl.lit(None, pl.String), logOffset=pl.lit(-1, pl.Int64),
-    ).cast(pl.Schema(LAST_USED_SCHEMA))
+        pl.lit(None, pl.String).alias("eventId"), pl.lit(None, pl.String).alias("requestId"),
+        pl.lit(-1, pl.Int64).alias("logOffset"), *kept,
+    ).cast(pl.Schema({**LAST_USED_SCHEMA, **{name: pl.Int64() for name in kept}}))
+
+
+def _fewer(minute: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame:
+    """`_uses_of_minute` rows less the uses `after` knows to be later (`known` per pair):
+    a pair whose every use there is one of those had none in it."""
+    counted = minute.join(after, on=["keyArn", "principalArn"], how="left")
+    return counted.filter(pl.col("uses") > pl.col("known").fill_null(0)).drop("uses", "known")
 
 
 def _time(us: int) -> datetime:

@@ -170,6 +170,24 @@ def test_last_used_until_keeps_a_key_used_again_later_with_its_earlier_use(tmp_p
     assert [r["lastUsedOperation"] for r in lines(out) if r["keyArn"] == used_twice] == ["Encrypt"]
 
 
+def test_last_used_until_inside_a_minute_takes_no_use_of_that_minute_known_to_be_after_it(tmp_path: Path) -> None:
+    # `--until 10:00:30` read the minute 10:00 as before it: a key whose one use was at 10:00:45 was
+    # said used at 10:00:00, a key never used before then, and one used at 09:00 hid that use.
+    at_ten = datetime(2026, 10, 1, 10, tzinfo=UTC)
+    once, before, twice = key_arn("once"), key_arn("before"), key_arn("twice")
+    events = [record("CreateKey", at_ten - timedelta(hours=2), once),
+              record("Encrypt", at_ten + timedelta(seconds=45), once),
+              record("Encrypt", at_ten - timedelta(hours=1), before),
+              record("Encrypt", at_ten + timedelta(seconds=45), before),
+              record("Encrypt", at_ten + timedelta(seconds=10), twice),  # in the minute, before --until
+              record("Decrypt", at_ten + timedelta(seconds=45), twice)]
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events)).run())
+    _, out, _ = run("last-used", "--data-dir", str(tmp_path), "--until", "2026-10-01T10:00:30Z", "--format", "json")
+    rows = {r["keyArn"]: (r["lastUsedTime"], r["lastUsedOperation"]) for r in lines(out)}
+    assert rows == {once: (None, None), before: ("2026-10-01T09:00:00Z", "Encrypt"),
+                    twice: ("2026-10-01T10:00:00Z", "Encrypt")}
+
+
 def test_last_used_by_key_and_principal_lists_a_never_used_key_as_by_key_does(tmp_path: Path) -> None:
     # Per key x principal a key no one used had no row at all: `--by key` names it with null
     # times (never used), `--by key,principal` left it out, the one key worth deleting.
