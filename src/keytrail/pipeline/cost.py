@@ -31,6 +31,7 @@ __all__ = [
     "KEY_SPEC_SEEN",
     "LIFECYCLE_EVENTS",
     "LIFECYCLE_SCHEMA",
+    "MATERIAL_IMPORTED",
     "SERVICE_EVENTS",
     "UNBILLED_CALLERS",
     "billed_segments",
@@ -51,6 +52,9 @@ LIFECYCLE_EVENTS = (
     "CancelKeyDeletion",
     "DeleteKey",
 )
+#: Kept with the lifecycle, though it prices nothing: a key made without key material (EXTERNAL)
+#: can be used only from its first import, so it is idle from then (the report's unused keys).
+MATERIAL_IMPORTED = "ImportKeyMaterial"
 # Every record of KMS's own doing (kms/rotation.py, service.py, multiregion.py, importing.py): the
 # AwsServiceEvents, and SynchronizeMultiRegionKey, which CloudTrail logs as an AwsApiCall of KMS's
 # internal identity. No account made a request, so none is billed. Usage keeps no eventType, hence names.
@@ -103,9 +107,11 @@ COST_SCHEMA: dict[str, pl.DataType] = {
 
 
 def lifecycle_events(frame: pl.DataFrame) -> pl.DataFrame:
-    """Successful events that change what a key costs to store (a ReplicateKey names its replica),
-    and one KEY_SPEC_SEEN row per key and key family that its calls revealed (`keyFamily`)."""
-    events = frame.filter(pl.col("errorCode").is_null() & pl.col("eventName").is_in(LIFECYCLE_EVENTS))
+    """Successful events that change what a key costs to store (a ReplicateKey names its replica)
+    or when it can first be used (MATERIAL_IMPORTED), and one KEY_SPEC_SEEN row per key and key
+    family that its calls revealed (`keyFamily`)."""
+    kept = pl.col("eventName").is_in([*LIFECYCLE_EVENTS, MATERIAL_IMPORTED])
+    events = frame.filter(pl.col("errorCode").is_null() & kept)
     events = events.with_columns(
         keyArn=pl.when(pl.col("eventName") == "ReplicateKey")
         .then(pl.col("replicaKeyArn"))

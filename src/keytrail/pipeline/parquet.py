@@ -19,6 +19,7 @@ import polars as pl
 
 from keytrail.clock import shifted
 from keytrail.owner_only import make_dirs, reserve_anew
+from keytrail.pipeline.cost import MATERIAL_IMPORTED
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
@@ -70,7 +71,8 @@ def _cost_days(
     """
     span = _storage_span(store, lifecycle, today)
     tabled = {date.fromisoformat(p.name.removeprefix("day=")) for p in (root / "cost").glob("day=*")}
-    late = lifecycle.filter(pl.col("eventTime").dt.date().is_in(sorted(changed)))
+    priced = pl.col("eventName") != MATERIAL_IMPORTED  # it prices nothing: no day to price again
+    late = lifecycle.filter(pl.col("eventTime").dt.date().is_in(sorted(changed)) & priced)
     storage_from = late["eventTime"].min()
     start = storage_from.astimezone(UTC).date() if isinstance(storage_from, datetime) else date.max
     requests = changed | _days_called(store, late.filter(pl.col("keySpec").is_not_null())["keyArn"].unique())

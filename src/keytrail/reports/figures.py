@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import polars as pl
 
-from keytrail.pipeline.cost import LIFECYCLE_EVENTS, classed_requests, cost_report
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS, MATERIAL_IMPORTED, classed_requests, cost_report
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd
 from keytrail.pipeline.usage import USAGE_SCHEMA
@@ -119,7 +119,7 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
         unused = pl.lit(False)  # the limit lies before year 1: nothing has been idle that long
     else:
         limit = as_of - timedelta(days=unused_days)
-        frame = frame.join(_made(lifecycle), on="keyArn", how="left")
+        frame = frame.join(_made(lifecycle, as_of), on="keyArn", how="left")
         idle_since = pl.col("made").fill_null(pl.lit(tracking_start, pl.Datetime("us", "UTC")))
         # Idle the whole limit or longer, used or not, as the unused-key rule counts (`now - since >=
         # limit`): a key last used exactly `unused_days` before was not, beside one made then that was.
@@ -131,12 +131,20 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)
 
 
-def _made(lifecycle: pl.DataFrame | None) -> pl.DataFrame:
-    """keyArn → made: when the input saw the key created (its CreateKey or ReplicateKey)."""
+def _made(lifecycle: pl.DataFrame | None, as_of: datetime) -> pl.DataFrame:
+    """keyArn → made: when the input saw the key created (its CreateKey or ReplicateKey), or, made
+    without key material (EXTERNAL), first imported after it, before `as_of`: it could not be used
+    before, and the unused-key rule counts it idle from then too. One still waiting for material
+    counts from its creation, as a disabled key does: it costs $1 a month all the same."""
     if lifecycle is None:
         return pl.DataFrame(schema={"keyArn": pl.String(), "made": pl.Datetime("us", "UTC")})
     created = lifecycle.filter(pl.col("eventName").is_in(["CreateKey", "ReplicateKey"]))
-    return created.group_by("keyArn").agg(made=pl.col("eventTime").min())
+    created = created.group_by("keyArn").agg(made=pl.col("eventTime").min())
+    imports = lifecycle.filter((pl.col("eventName") == MATERIAL_IMPORTED) & (pl.col("eventTime") < as_of))
+    imports = imports.select("keyArn", imported="eventTime")
+    first = created.join(imports, on="keyArn", how="left").group_by("keyArn").agg(
+        pl.col("made").first(), imported=pl.col("imported").filter(pl.col("imported") >= pl.col("made")).min())
+    return first.select("keyArn", made=pl.coalesce("imported", "made"))
 
 
 def keys_going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:

@@ -111,6 +111,34 @@ def test_last_used_as_of_until_is_the_last_use_before_it_of_several_in_one_minut
     ]
 
 
+def test_a_key_made_without_key_material_is_idle_from_its_first_import_as_the_unused_key_rule_counts() -> None:
+    # It could not be used before its material came: the report counted it idle from its CreateKey,
+    # the rule from its import, so a key imported 25 days ago and made 75 was unused here alone.
+    recent, early, waiting, later = key_arn("recent"), key_arn("early"), key_arn("waiting"), key_arn("later")
+    made = AS_OF - timedelta(days=75)
+    events = [record("CreateKey", made, key) for key in (recent, early, waiting, later)]
+    events += [record("ImportKeyMaterial", AS_OF - timedelta(days=25), recent),
+               record("ImportKeyMaterial", AS_OF - timedelta(days=40), early),
+               record("ImportKeyMaterial", AS_OF - timedelta(days=1), early),  # reimported: its first counts
+               record("ImportKeyMaterial", AS_OF + timedelta(days=1), later),  # after the as-of time
+               record("ImportKeyMaterial", AS_OF - timedelta(days=35), waiting, error="InvalidImportTokenException")]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
+    unused = dict(data.last_used.select("keyArn", "unused").iter_rows())
+    # Still waiting for material as of then, it costs $1 a month and cannot be used: unused from its
+    # CreateKey, as a disabled key is (the rule skips both).
+    assert unused == {recent: False, early: True, waiting: True, later: True}
+
+
+def test_a_key_made_in_the_as_of_minute_just_after_it_is_not_unused() -> None:
+    # Minute-level usage lists it among the keys seen by then; counted idle from the input's start
+    # rather than from its CreateKey, a key made seconds after the as-of time was one to delete.
+    until = AS_OF + timedelta(seconds=30)
+    events = [record("CreateKey", AS_OF - timedelta(days=60), BUSY), record("Encrypt", AS_OF, BUSY),
+              record("CreateKey", until + timedelta(seconds=15), IDLE)]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=until, alarms=Path(__file__).with_name("none")))
+    assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {BUSY: False, IDLE: False}
+
+
 def test_keys_deleted_or_pending_deletion_are_not_marked_unused() -> None:
     """Unused keys are highlighted as keys to delete: a key already deleted or scheduled for
     deletion costs nothing more (the cost table stops billing it) and was flagged all the same,
