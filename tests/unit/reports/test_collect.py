@@ -223,6 +223,25 @@ def test_a_report_up_to_a_month_end_projects_that_month_not_the_next() -> None:
     assert row["monthToDateCost"] == row["projectedCost"] == Decimal("1.000096")
 
 
+def test_a_replica_is_billed_once_though_its_creation_has_two_records() -> None:
+    # A ReplicateKey logs a ReplicateKey in the primary's Region naming the replica in its
+    # responseElements, and a CreateKey in the replica's (docs/multi-region-keys.md): AWS bills the
+    # replica as one key of its own, from its creation, not two key-months for one key.
+    primary = key_arn("mrk-1234")
+    replica = primary.replace("us-east-1", "us-west-2")
+    replicated = NOV - timedelta(days=20, hours=12)  # Oct 11 12:00: 492 of October's 744 hours left
+    replicate = record("ReplicateKey", replicated, primary)
+    replicate["responseElements"] = {"replicaKeyMetadata": {"arn": replica, "keySpec": "SYMMETRIC_DEFAULT"}}
+    created = record("CreateKey", replicated + timedelta(seconds=1), replica)
+    created["awsRegion"], created["requestID"] = "us-west-2", replicate["requestID"]
+    created["userIdentity"]["invokedBy"] = "kms.amazonaws.com"
+    events = [record("CreateKey", NOV - timedelta(days=31), primary), replicate, created]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=NOV, alarms=Path(__file__).with_name("none")))
+    months = dict(data.cost.select("keyArn", "keyMonths").iter_rows())
+    assert months == {primary: Decimal(1), replica: Decimal("0.6612903226")}  # 492 / 744
+    assert data.projection["projectedKeyCost"].to_list() == [Decimal("1.6612903226")]
+
+
 def test_the_projection_does_not_foresee_lifecycle_events_after_the_as_of_time() -> None:
     # Keys "as they stand" at Nov 16: the deletion scheduled on Nov 21 is not known yet, so the
     # key is billed to the month's end (720 of November's 720 hours), not to Nov 21.
