@@ -13,7 +13,7 @@ event ids come first.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -176,6 +176,12 @@ class _Open:
     event_ids: list[str]
     details: dict[str, str]
     finding: Finding
+    # Continuing an alarm a previous run delivered (`AlarmBook.resume`): its findings up to this
+    # time are in its count already, and the replay after the restart brings them again.
+    counted_until: datetime | None = None
+
+
+Slot = tuple[str, str | None, str | None]  # rule x key x principal: what an alarm names of its slot
 
 
 class AlarmBook:
@@ -186,6 +192,15 @@ class AlarmBook:
         self._open: dict[tuple[str, str | None, str | None, str | None], _Open] = {}
         self._all: dict[str, _Open] = {}
         self._changed: set[str] = set()
+        self._earlier: dict[Slot, list[Alarm]] = {}  # delivered by a previous run, not continued yet
+
+    def resume(self, alarms: Iterable[Alarm]) -> None:
+        """Alarms a previous run delivered (alarms.jsonl), for the replay after a restart to go on
+        with rather than raise anew: retention may have deleted an open alarm's first events, and
+        the first of those left would otherwise start an alarm of another id, paged again as new."""
+        for alarm in alarms:
+            if self._rules.enabled(alarm.rule):
+                self._earlier.setdefault((alarm.rule, alarm.key_arn, alarm.principal_arn), []).append(alarm)
 
     def record(self, finding: Finding) -> Alarm | None:
         """Add a finding; returns the alarm when it is new or has just escalated, else None."""
@@ -196,6 +211,8 @@ class AlarmBook:
             entry = self._start(finding, rule)
             self._open[slot] = entry
             return self._snapshot(entry)
+        if entry.counted_until is not None and finding.time <= entry.counted_until:
+            return None  # replayed: the previous run counted it
         before = entry.severity
         self._update(entry, finding, rule)
         self._changed.add(entry.alarm_id)
@@ -217,7 +234,16 @@ class AlarmBook:
         closed = [alarm_id for alarm_id in self._all if alarm_id not in live]
         for alarm_id in closed:
             del self._all[alarm_id]
+        self._forget_earlier(now)
         return len(closed)
+
+    def _forget_earlier(self, now: datetime) -> None:
+        """Drop the previous run's alarms whose window has closed: no finding can continue them."""
+        for slot, alarms in list(self._earlier.items()):
+            window = self._rules[slot[0]].window
+            alarms[:] = [alarm for alarm in alarms if now - alarm.last_seen <= window]
+            if not alarms:
+                del self._earlier[slot]
 
     def pending(self) -> list[Alarm]:
         """Alarms updated since they were last announced (count, lastSeen), then marks them announced."""
@@ -230,6 +256,42 @@ class AlarmBook:
         return [self._snapshot(entry) for entry in self._all.values()]
 
     def _start(self, finding: Finding, rule: Rule) -> _Open:
+        earlier = self._earlier_of(finding, rule)
+        entry = self._open_new(finding, rule) if earlier is None else self._go_on(earlier, finding, rule)
+        self._all[entry.alarm_id] = entry
+        return entry
+
+    def _earlier_of(self, finding: Finding, rule: Rule) -> Alarm | None:
+        """The previous run's alarm `finding` goes on with, taken out of those waiting: the one of
+        the id it would raise (its first event was replayed), else one of its slot it falls within
+        (from its firstSeen to a window after its lastSeen: the events before it were deleted)."""
+        alarms = self._earlier.get((finding.rule, finding.key_arn, finding.principal_arn))
+        if not alarms:
+            return None
+        own = alarm_id_for(finding)
+        found = next((a for a in alarms if a.alarm_id == own), None) or next(
+            (a for a in alarms if a.first_seen <= finding.time and finding.time - a.last_seen <= rule.window), None)
+        if found is not None:
+            alarms.remove(found)
+        return found
+
+    def _go_on(self, earlier: Alarm, finding: Finding, rule: Rule) -> _Open:
+        """An entry for a previous run's alarm, as it delivered it, with `finding` added unless that
+        run counted it already."""
+        told = Finding(rule=earlier.rule, time=earlier.first_seen, key_arn=earlier.key_arn,
+                       principal_arn=earlier.principal_arn, summary=earlier.summary,
+                       recommendation=earlier.recommendation, event_id=None, account_id=earlier.account_id,
+                       region=earlier.region, severity=earlier.severity, details=earlier.details,
+                       scope=finding.scope)
+        entry = _Open(alarm_id=earlier.alarm_id, first=told, first_seen=earlier.first_seen,
+                      last_seen=earlier.last_seen, count=earlier.count, floor=earlier.severity,
+                      severity=earlier.severity, event_ids=list(earlier.event_ids), details=dict(earlier.details),
+                      finding=told, counted_until=earlier.last_seen)
+        if finding.time > earlier.last_seen:
+            self._update(entry, finding, rule)
+        return entry
+
+    def _open_new(self, finding: Finding, rule: Rule) -> _Open:
         floor = finding.severity or rule.severity
         count, first_seen, event_ids = _calls(finding)
         entry = _Open(
@@ -244,7 +306,6 @@ class AlarmBook:
             details=dict(finding.details),
             finding=finding,
         )
-        self._all[entry.alarm_id] = entry
         return entry
 
     def _update(self, entry: _Open, finding: Finding, rule: Rule) -> None:

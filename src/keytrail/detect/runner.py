@@ -62,6 +62,7 @@ class DetectorRunner:
         # events) that the replay after this start may raise again. Nothing else: `_let_go`.
         self._delivered = {a.alarm_id: (a.severity.rank, a.count) for a in earlier}
         self._unreplayed = {a.alarm_id: a.last_seen for a in earlier}  # not raised again yet, by lastSeen
+        detector.book.resume(earlier)  # an alarm whose first events retention deleted keeps its id
         self._replayed = False
         self._decode: Decoder | None = None  # made on first use: imports the Avro codec
         # Records of the source not yet judged, per partition, as of the last batch judged (`run`).

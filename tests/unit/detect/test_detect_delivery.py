@@ -846,3 +846,22 @@ async def test_a_kafka_broker_timing_out_every_record_or_out_of_reach_gives_noth
     await dispatcher.close(timeout=5)
     assert fake_producer.sent == [encode_alarm(a) for a in alarms] and dispatcher.failed == 0
     assert not (tmp_path / "dead.jsonl").exists()
+
+
+async def test_an_open_alarm_whose_first_events_retention_deleted_is_not_paged_again_after_a_restart(
+        tmp_path: Path) -> None:
+    records = [denied("Decrypt", T0 + timedelta(minutes=i), key_arn(7), user("eve")) for i in range(3)]
+    first = DetectorRunner.open(tmp_path)
+    [raised] = await first.feed(records)
+    await first.close()
+    second = DetectorRunner.open(tmp_path)
+    assert await second.feed(records[1:]) == []  # the replay: retention deleted the first event
+    later = denied("Decrypt", T0 + timedelta(minutes=10), key_arn(7), user("eve"))
+    await second.feed([later])
+    second.caught_up()
+    await second.tick(T0 + timedelta(minutes=11))
+    await second.close()
+    alarms = read_alarms(tmp_path / "alarms.jsonl")
+    assert list(alarms) == [raised.alarm_id]  # the same incident, told under its first id only
+    assert alarms[raised.alarm_id].count == 4  # the three the first run counted, and the new one
+    assert alarms[raised.alarm_id].first_seen == T0
