@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "RepeatedDriverLineFilter", "log_to_stderr"]
+__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "RepeatedDriverLineFilter", "log_to_stderr",
+           "retention_gap"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # serve and its children
 BARE_FORMAT = "%(message)s"  # what Python writes by itself (its last-resort handler): detect's and consume's
@@ -32,6 +33,15 @@ def log_to_stderr(fmt: str = LOG_FORMAT) -> None:
     logging.basicConfig(level=logging.WARNING, format=fmt)
     for handler in logging.getLogger().handlers:
         RepeatedDriverLineFilter.attach(handler)
+
+
+def retention_gap(log: str, reading: int, first: int, reader: str, unseen: str) -> str:
+    """The one line a reader of an event log (the embedded one, a Kafka partition) writes when the
+    log now begins at `first`, above `reading`: retention deleted what it had not read yet, and
+    an on-call engineer must learn from it how much (`unseen`: what that costs the reader)."""
+    gone = first - reading
+    return (f"{log} no longer holds the {gone} record{'s' * (gone != 1)} at offsets {reading}..{first - 1}: "
+            f"retention deleted them before this {reader} read them, and {unseen}; reading on from offset {first}")
 
 
 @dataclass

@@ -540,3 +540,58 @@ async def test_standalone_detect_reads_on_once_the_broker_comes_back_empty(tmp_p
     stderr = proc.communicate(timeout=10)[1].decode()
     assert re.search(r"audit\.v1-\d ends at offset [0-2], below where this detector reads \(6\)", stderr), stderr
     assert "Traceback" not in stderr
+
+
+async def test_standalone_detect_says_in_one_line_what_retention_deleted_before_it_read_it(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The detector, behind, reads the partition at 20 when retention deletes the records below 60:
+    Kafka answers its fetch out of range and aiokafka goes on from the log's start, and 40 calls
+    went unjudged in silence. Now one line says so, in the words of the embedded log's detector (a
+    proxy before tansu, whose memory storage has no retention, makes the log start at 60)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from keytrail.audit.schema import encode
+    from keytrail.detect.sources import kafka_values
+    from tests.support.waits import eventually
+
+    values = [encode(event("Decrypt", T0 + timedelta(seconds=i), key_arn(6))) for i in range(100)]
+    got: list[bytes] = []
+
+    async def detector(bootstrap: str) -> None:
+        async for batch in kafka_values(bootstrap):
+            got.extend(batch.values)
+
+    proxy_port = free_port()
+    with kafka_broker(advertised_port=proxy_port) as direct:
+        async with KafkaProxy(int(direct.rsplit(":", 1)[1]), proxy_port) as proxy:
+            admin = AIOKafkaAdminClient(bootstrap_servers=proxy.bootstrap)
+            await admin.start()
+            await admin.create_topics([NewTopic(AUDIT, 1, 1)])
+            await admin.close()
+            producer = AIOKafkaProducer(bootstrap_servers=proxy.bootstrap)
+            await producer.start()
+            await _sent(producer, values[:20])
+            reading = asyncio.create_task(detector(proxy.bootstrap))
+            try:
+                await eventually(lambda: len(got) == 20, what="the first 20 values read")
+                proxy.delete_below(AUDIT, 0, 60)
+                await eventually(lambda: proxy.fetched_from_log_start > 0, what="a fetch from the new log start")
+                for part in (values[20:60], values[60:]):  # a batch begins at 60, as retention deletes whole ones
+                    await _sent(producer, part)
+                await eventually(lambda: len(got) == 60, what="the values from the new log start read")
+            finally:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+                await producer.stop()
+    assert got == values[:20] + values[60:]
+    lost = [r.getMessage() for r in caplog.records if "no longer holds" in r.getMessage()]
+    assert lost == ["keytrail.audit.v1-0 no longer holds the 40 records at offsets 20..59: retention deleted them "
+                    "before this detector read them, and their calls were not judged; reading on from offset 60"]
+
+
+async def _sent(producer: AIOKafkaProducer, values: list[bytes]) -> None:
+    """Send `values` to the audit topic's partition 0 in one batch, acknowledged."""
+    for value in values:
+        await producer.send(AUDIT, value, partition=0)
+    await producer.flush()

@@ -345,3 +345,31 @@ async def test_a_partition_whose_log_began_again_is_read_from_its_start_not_skip
     assert stats.records == 110 and stats.redelivered == 0  # none skipped as counted already
     assert caplog.text.count("keytrail.audit.v1-0 ends at offset 110, below where this consumer reads (200)") == 1
     _exact(tmp_path, events)
+
+
+async def test_records_retention_deleted_before_the_consumer_read_them_are_said_lost_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer stopped at offset 100; retention then deleted the partition's records below 150.
+    Kafka answers its fetch from 100 out of range and aiokafka resets to the log's start: the run
+    counted from 150 on and said nothing of the 50 calls no figure will hold. Now one line says so,
+    in the words the embedded event log's consumer uses (a proxy before tansu, whose memory
+    storage has no retention, makes the log start at 150)."""
+    from tests.support.kafka_proxy import KafkaProxy
+
+    events, proxy_port = list(generate_events(200, SETTINGS, seed=31)), free_port()
+    with kafka_broker(advertised_port=proxy_port) as direct:
+        async with KafkaProxy(int(direct.rsplit(":", 1)[1]), proxy_port) as proxy:
+            await _produce(proxy.bootstrap, events[:100], partitions=1)
+            source = KafkaSource(proxy.bootstrap, group_id="metrics-retention", idle_seconds=3.0)
+            await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+            for part in (events[100:150], events[150:]):  # a batch begins at 150, as retention deletes whole ones
+                await _produce(proxy.bootstrap, part, partitions=1)
+            proxy.delete_below(AUDIT_TOPIC, 0, 150)
+            source = KafkaSource(proxy.bootstrap, group_id="metrics-retention", idle_seconds=3.0)
+            with caplog.at_level("WARNING", logger="keytrail.pipeline"):
+                stats = await asyncio.wait_for(Runner(state_dir(tmp_path), source).run(), timeout=120)
+    assert stats.records == 50
+    lost = [r.getMessage() for r in caplog.records if "no longer holds" in r.getMessage()]
+    assert lost == ["keytrail.audit.v1-0 no longer holds the 50 records at offsets 100..149: retention deleted "
+                    "them before this consumer read them, and their calls are not counted; reading on from offset 150"]

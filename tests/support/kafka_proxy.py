@@ -1,6 +1,8 @@
 """A Kafka-protocol proxy that forwards every request to a broker but can leave produce requests
 carrying given bytes unanswered: a broker (or a gateway before it) that never acknowledges one
-record while it takes the others, which no broker setting gives."""
+record while it takes the others, which no broker setting gives. It can also make a partition's
+log start later (`delete_below`), as Kafka's retention does: tansu's memory storage implements
+neither retention nor DeleteRecords (it fails the request)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import asyncio
 import contextlib
 from types import TracebackType
 
+from aiokafka.protocol import fetch
+
 from tests.support.services import free_port
 
-__all__ = ["PRODUCE", "KafkaProxy"]
+__all__ = ["FETCH", "PRODUCE", "KafkaProxy"]
 
 PRODUCE = 0  # the Produce request's api_key
+FETCH = 1
+_HEADER = 10  # api_key, api_version, correlation id, client id's length (request header v1)
 
 
 class KafkaProxy:
@@ -25,6 +31,8 @@ class KafkaProxy:
         self.port = port or free_port()
         self.held = 0  # produce requests held so far
         self._holding: bytes | None = None
+        self._log_starts: dict[tuple[str, int], int] = {}  # (topic, partition) -> first offset fetched
+        self.fetched_from_log_start = 0  # fetches from below a log start made from there so far
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -38,6 +46,12 @@ class KafkaProxy:
         record's value is not compressed): never forwarded, so never answered, and nothing after
         it on that connection either, as a broker answers a connection's requests in order."""
         self._holding = containing
+
+    def delete_below(self, topic: str, partition: int, offset: int) -> None:
+        """From now on the partition's log starts at `offset` for the clients: a fetch from below
+        it reads from it, as a consumer of Kafka does once retention deleted the records below
+        (its fetch answered out of range, it resets to the log's start, auto_offset_reset)."""
+        self._log_starts[(topic, partition)] = offset
 
     async def __aenter__(self) -> KafkaProxy:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
@@ -86,8 +100,30 @@ class KafkaProxy:
                 while await client.read(65536):
                     pass
                 return
-            to_broker.write(size + frame)
+            frame = self._fetching_from_log_start(frame)
+            to_broker.write(len(frame).to_bytes(4, "big", signed=True) + frame)
             await to_broker.drain()
+
+    def _fetching_from_log_start(self, frame: bytes) -> bytes:
+        """`frame`, a fetch of a partition below its log start (`delete_below`) made one from there."""
+        if int.from_bytes(frame[:2], "big", signed=True) != FETCH or not self._log_starts:
+            return frame
+        version = int.from_bytes(frame[2:4], "big", signed=True)
+        body = _HEADER + max(0, int.from_bytes(frame[8:_HEADER], "big", signed=True))
+        kind = getattr(fetch, f"FetchRequest_v{version}")  # v0-v11: none flexible, all decoded alike
+        request = kind.decode(frame[body:])
+        topics = kind.SCHEMA.fields[kind.SCHEMA.names.index("topics")].array_of
+        at = topics.fields[1].array_of.names.index("fetch_offset")
+        request.topics = [(topic, [self._from_log_start(topic, list(part), at) for part in parts])
+                          for topic, parts in request.topics]
+        return frame[:body] + request.encode()
+
+    def _from_log_start(self, topic: str, part: list[int], at: int) -> list[int]:
+        start = self._log_starts.get((topic, part[0]), 0)
+        if part[at] < start:
+            part[at] = start
+            self.fetched_from_log_start += 1
+        return part
 
     def _holds(self, frame: bytes) -> bool:
         api_key = int.from_bytes(frame[:2], "big", signed=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.runner import DetectorRunner, batch_guard
+from keytrail.detect.sources import UNJUDGED
+from keytrail.log_lines import retention_gap
 from keytrail.transport.segment_log import event_log_dir
 from keytrail.transport.segment_reader import SegmentReader
 
@@ -75,10 +77,7 @@ def _say_passed_over(directory: Path, gap: range) -> None:
     """Retention deleted segments the detector had not read yet (it was stopped, or behind for longer
     than the node's reader grace, which does not wait for it): their calls were never judged, and
     an alarm they would have raised is missed. Said once, with how many, instead of in silence."""
-    count = len(gap)
-    log.warning("the event log in %s no longer holds the %d record%s at offsets %d..%d: retention deleted them "
-                "before the detector read them, and their calls were not judged; reading on from offset %d",
-                directory, count, "s" * (count != 1), gap.start, gap.stop - 1, gap.stop)
+    log.warning(retention_gap(f"the event log in {directory}", gap.start, gap.stop, "detector", UNJUDGED))
 
 
 async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None],

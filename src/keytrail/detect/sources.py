@@ -21,6 +21,7 @@ import orjson
 
 from keytrail.detect.events import KmsEvent, read_event
 from keytrail.detect.time_order import RUN_EVENTS, time_ordered
+from keytrail.log_lines import retention_gap
 from keytrail.transport.cloudtrail_logs import (
     LogFile,
     LogFileProblem,
@@ -33,6 +34,7 @@ from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = [
     "AUDIT_TOPIC",
+    "UNJUDGED",
     "CloudTrailRead",
     "Decoder",
     "ValueBatch",
@@ -45,6 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AVRO_MAGIC = b"\xc3\x01"  # Avro single-object encoding
+UNJUDGED = "their calls were not judged"  # what records a source deleted before the detector read them cost
 Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
 
 
@@ -162,8 +165,10 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
         with quiet_bootstrap():  # inside the try: a broker out of reach still closes what start opened
             await consumer.start()
         behind = await _end_offsets(consumer, topic)
+        reading: dict[Any, int] = {}  # where each partition is read from next, once a fetch told
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
+            _say_passed_over(topic, fetched, reading)
             values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
             reading = {part: await consumer.position(part) for part in consumer.assignment()}
             began_again = await read_again_where_log_ended_below(consumer, reading, "detector")
@@ -172,6 +177,17 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
             yield ValueBatch(values, _offsets(topic, fetched), caught_up=not behind, lag=_lag(consumer, reading))
     finally:
         await consumer.stop()
+
+
+def _say_passed_over(topic: str, fetched: Mapping[Any, Sequence[Any]], reading: Mapping[Any, int]) -> None:
+    """Say, once, what a fetch that began above where its partition was read passed over: retention
+    deleted those records while the detector was behind (Kafka answered its fetch out of range, and
+    aiokafka went on from the partition's start, silently). A start reads from the log's start,
+    wherever retention left it: nothing to say there."""
+    for part, messages in fetched.items():
+        expected = reading.get(part)
+        if messages and expected is not None and messages[0].offset > expected:
+            log.warning(retention_gap(f"{topic}-{part.partition}", expected, messages[0].offset, "detector", UNJUDGED))
 
 
 async def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:

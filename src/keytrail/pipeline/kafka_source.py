@@ -18,8 +18,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from keytrail.log_lines import retention_gap
 from keytrail.pipeline.decode import known_writer
-from keytrail.pipeline.runner import Batch
+from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
 from keytrail.transport.topics import AUDIT_TOPIC
 
@@ -162,9 +163,20 @@ class KafkaSource:
         for tp, messages in data.items():
             if messages and self._went_back(tp, messages[0].offset):
                 went_back.add(tp)
+            if messages:
+                self._passed_over(tp, messages[0].offset)
             if self.listener is not None and messages:
                 self.listener.next[tp] = messages[-1].offset + 1
         return went_back
+
+    def _passed_over(self, tp: TopicPartition, offset: int) -> None:
+        """Say, once, what a fetch that began above where `tp` is read passed over: retention
+        deleted those records before this consumer read them (Kafka answered its fetch out of
+        range, and aiokafka went on from the partition's start, silently). The audit topic is
+        neither compacted nor written in transactions, whose markers leave gaps too."""
+        expected = self.listener.next.get(tp) if self.listener is not None else None
+        if expected is not None and offset > expected:
+            log.warning(retention_gap(_partition_name(tp), expected, offset, "consumer", UNCOUNTED))
 
     async def _ended_below_reading(self, consumer: AIOKafkaConsumer) -> set[TopicPartition]:
         """The assigned partitions whose log now ends below where this consumer reads (tansu answers

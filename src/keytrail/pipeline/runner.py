@@ -26,10 +26,11 @@ from keytrail.pipeline.lastused import last_used
 from keytrail.pipeline.state import PartitionState, StaleBatchError, StateUpdate
 from keytrail.pipeline.usage import usage_minutes
 
-__all__ = ["Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen", "state_file"]
+__all__ = ["UNCOUNTED", "Batch", "RunStats", "Runner", "Source", "aggregate", "drop_seen", "state_file"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNCOUNTED = "their calls are not counted"  # what a source's records deleted before they were read cost
 
 
 @dataclass(frozen=True)

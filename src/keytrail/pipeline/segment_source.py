@@ -8,7 +8,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from keytrail.pipeline.runner import Batch
+from keytrail.log_lines import retention_gap
+from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
 from keytrail.transport.segment_reader import SegmentReader
 
@@ -109,10 +110,7 @@ class SegmentLogSource:
         """The log now begins above where this consumer reads: retention deleted segments it had not
         read yet (it was stopped, failing or behind for longer than the node's reader grace, which
         does not wait for it). Said once each time, with how many: their calls are in no figure."""
-        gone = first - self._offset
-        log.warning("the event log in %s no longer holds the %d record%s at offsets %d..%d: retention deleted them "
-                    "before this consumer read them, and their calls are not counted; reading on from offset %d",
-                    self.directory, gone, "s" * (gone != 1), self._offset, first - 1, first)
+        log.warning(retention_gap(f"the event log in {self.directory}", self._offset, first, "consumer", UNCOUNTED))
 
     async def _pause(self, seconds: float) -> None:
         # Ends early on stop: shutting down need not wait out a gather.
