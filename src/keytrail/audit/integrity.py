@@ -32,8 +32,8 @@ from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
-    "digest_file_name", "digest_hash", "exported_fingerprint", "fingerprint", "load_digests", "read_retention_floor",
-    "read_small", "signed_end", "signing_key", "verify", "write_retention_floor",
+    "digest_file_name", "digest_hash", "exported_fingerprint", "fingerprint", "imported_offsets", "load_digests",
+    "read_retention_floor", "read_small", "signed_end", "signing_key", "verify", "write_retention_floor",
 ]
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,17 @@ def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
             digest = None
         out.append((path, digest if isinstance(digest, dict) else {}))
     return out
+
+
+def imported_offsets(paths: IntegrityPaths) -> list[range]:
+    """The offsets of the records `keytrail audit import` added (the digests naming IMPORT_ORIGIN
+    cover them), unverified: what the detector tells history from calls this node answered by."""
+    spans = []
+    for _, digest in load_digests(paths):
+        start, end = digest.get("startOffset"), digest.get("endOffset")
+        if digest.get("origin") == IMPORT_ORIGIN and type(start) is int and type(end) is int and start < end:
+            spans.append(range(start, end))
+    return spans
 
 
 def signed_end(paths: IntegrityPaths) -> int | None:

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
+from keytrail.audit.integrity import imported_offsets
+from keytrail.audit.trail import audit_paths
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.runner import DetectorRunner, batch_guard
 from keytrail.detect.sources import UNJUDGED
@@ -39,27 +43,37 @@ async def follow_event_log(
     Reads run in a worker thread (each one lists the segment files and checks new frames'
     CRCs), so the serving event loop only hands over the values. The reader holds one segment's
     index at a time, so following a long-lived log keeps its memory flat."""
+    async for values, offset, _ in _follow(data_dir, start, batch, idle_seconds):
+        yield values, offset
+
+
+async def _follow(data_dir: Path, start: int, batch: int,
+                  idle_seconds: float) -> AsyncIterator[tuple[list[bytes], int, list[range]]]:
+    """`follow_event_log`, each batch also with the offsets its values were read at."""
     reader = SegmentReader(event_log_dir(data_dir))
     offset, first_read = start, True
     while True:
-        values, offset, gaps = await asyncio.to_thread(_read_batch, reader, offset, batch)
+        values, offset, gaps, spans = await asyncio.to_thread(_read_batch, reader, offset, batch)
         for gap in gaps:
             if not (first_read and gap.start == start):  # a replay begins at the oldest record kept: no news
                 _say_passed_over(reader.directory, gap)
         first_read = False
-        yield values, offset
+        yield values, offset, spans
         if len(values) < batch:
             await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
 
 
-def _read_batch(reader: SegmentReader, offset: int, limit: int) -> tuple[list[bytes], int, list[range]]:
+def _read_batch(reader: SegmentReader, offset: int,
+                limit: int) -> tuple[list[bytes], int, list[range], list[range]]:
     """Up to `limit` values from `offset` on, and the offset after them, read on into the next
     segment at the end of one: a batch comes short only at the log's end, which is what the
     detector takes it for (caught up, nothing waiting). A segment's end taken for the log's
     (every 64 MiB of a log replayed after a start) had it tick as of the wall clock mid-replay.
-    Also the offsets passed over because retention deleted them before they were read."""
+    Also the offsets passed over because retention deleted them before they were read, and those
+    the values were read at."""
     values: list[bytes] = []
     gaps: list[range] = []
+    spans: list[range] = []
     while len(values) < limit:
         first, payloads, end = reader.read(offset, limit - len(values))
         if not payloads:
@@ -68,9 +82,10 @@ def _read_batch(reader: SegmentReader, offset: int, limit: int) -> tuple[list[by
             gaps.append(range(offset, first))
         values += payloads
         offset = first + len(payloads)
+        spans.append(range(first, offset))
         if offset >= end:
             break
-    return values, offset, gaps
+    return values, offset, gaps, spans
 
 
 def _say_passed_over(directory: Path, gap: range) -> None:
@@ -84,15 +99,17 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
                       judged: Callable[[int], None] = lambda offset: None) -> None:
     """Feed the detector every event of the log, tick its time-based rules every few seconds, and
     hand each batch's raised or escalated alarms to `announce`, and the log's offset it has judged
-    up to (for the detector's lag) to `judged`; runs until cancelled."""
+    up to (for the detector's lag) to `judged`; runs until cancelled. The history `keytrail audit
+    import` added is told apart by the digests that sign it: its keys are judged as of its end."""
     loop = asyncio.get_running_loop()
     last_tick = loop.time()
     caught_up = False
-    async for values, offset in follow_event_log(data_dir, batch=DETECTOR_BATCH,
-                                                 idle_seconds=DETECTOR_GATHER_SECONDS):
+    # Read once: an import cannot add to the log while this node holds it.
+    imported = _Imported(await asyncio.to_thread(imported_offsets, audit_paths(data_dir)[1]))
+    async for values, offset, spans in _follow(data_dir, 0, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
-            if values:  # a damaged value is skipped as on the audit topic, not its batch with it
-                announce(await runner.feed_values(values))
+            for run, from_import in imported.runs(values, spans):  # a damaged value costs itself, not its batch
+                announce(await runner.feed_values(run, imported=from_import))
             # Until a batch comes short (the log's end) the detector is replaying the past after a
             # start: a tick as of the clock would judge keys on half their history (unused-key for
             # a key whose later use is still unread) and let go of alarms that later events of
@@ -104,6 +121,28 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
                 announce(await runner.tick(behind=len(values) == DETECTOR_BATCH))  # a full batch: more waits
                 last_tick = loop.time()
         judged(offset)  # judged, or passed over
+
+
+class _Imported:
+    """The event log's offsets that hold history `keytrail audit import` added."""
+
+    def __init__(self, spans: Sequence[range]) -> None:
+        ordered = sorted(spans, key=lambda span: span.start)
+        self._starts = [span.start for span in ordered]
+        self._spans = ordered
+
+    def holds(self, offset: int) -> bool:
+        index = bisect_right(self._starts, offset) - 1
+        return index >= 0 and offset in self._spans[index]
+
+    def runs(self, values: list[bytes], spans: Sequence[range]) -> Iterator[tuple[list[bytes], bool]]:
+        """`values`, read at the offsets of `spans`, in runs of one origin: imported or not."""
+        if not self._spans:  # no import: the batch whole, nothing looked up
+            yield from ([(values, False)] if values else [])
+            return
+        located = zip(itertools.chain.from_iterable(spans), values, strict=True)
+        for from_import, run in itertools.groupby(located, key=lambda pair: self.holds(pair[0])):
+            yield [value for _, value in run], from_import
 
 
 async def judged_up_to(end: int, judged: Callable[[], int], seconds: float = DETECTOR_TICK_SECONDS) -> bool:

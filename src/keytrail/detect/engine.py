@@ -60,12 +60,13 @@ class Detector:
         ]
         return [check for check in checks if self.rules.enabled(check.rule_id)]
 
-    def process(self, records: Iterable[Mapping[str, Any]]) -> list[Alarm]:
+    def process(self, records: Iterable[Mapping[str, Any]], *, imported: bool = False) -> list[Alarm]:
         """Feed CloudTrail records in order; other services' and unreadable records are skipped."""
-        return self.process_events(self._read(records))
+        return self.process_events(self._read(records), imported=imported)
 
-    def process_events(self, events: Iterable[KmsEvent]) -> list[Alarm]:
-        """Feed events already read (offline reading converts while it parses); repeats are skipped."""
+    def process_events(self, events: Iterable[KmsEvent], *, imported: bool = False) -> list[Alarm]:
+        """Feed events already read (offline reading converts while it parses); repeats are skipped.
+        `imported`: history `keytrail audit import` added, whose keys time rules judge as of its end."""
         announced: list[Alarm] = []
         for event in events:
             if self._repeated(event):
@@ -73,7 +74,7 @@ class Detector:
             for check in self._observers_of(event.event_name):
                 if found := check.observe(event):
                     announced += self._record(found)
-            self.ledger.update(event)
+            self.ledger.update(event, imported=imported)
             if self.last_event_time is None or event.event_time > self.last_event_time:
                 self.last_event_time = event.event_time
         return announced

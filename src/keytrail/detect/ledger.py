@@ -66,6 +66,7 @@ class KeyRecord:
     crowded: bool = False  # a principal past KEY_PRINCIPALS called it, and is not remembered
     first_used: datetime | None = None  # the first successful cryptographic use seen
     confirmed: bool = False  # a successful call named it: a key that exists, not a denied probe
+    live: bool = False  # a call this node answered named it, not only history `audit import` added
 
 
 class KeyLedger:
@@ -89,6 +90,9 @@ class KeyLedger:
         # rate too. A family goes with its last key's DeleteKey: kept, every family ever rotated
         # stayed for good. Its rotation times are few (25 on demand, then one each 90 days at most).
         self._families: dict[str, _Family] = {}
+        # The latest time of the history `keytrail audit import` added: what it tells of a key ends
+        # there, whatever the clock says since.
+        self.imported_until: datetime | None = None
 
     def get(self, key_arn: str | None) -> KeyRecord | None:
         """The key's record; None for a key no successful call named (nothing known of it)."""
@@ -130,8 +134,23 @@ class KeyLedger:
         """Multi-Region key families remembered (each has a key in the ledger)."""
         return len(self._families)
 
-    def update(self, event: KmsEvent) -> None:
+    def as_of(self, record: KeyRecord, now: datetime) -> datetime:
+        """The time the key's idleness can be judged as of: `now`, but for a key known only from
+        imported history, the end of that history (its later calls, if any, were never logged here)."""
+        if record.live or self.imported_until is None:
+            return now
+        return min(now, self.imported_until)
+
+    def update(self, event: KmsEvent, *, imported: bool = False) -> None:
+        """Note the event (`imported`: from history `keytrail audit import` added)."""
         self._update_keys(event)
+        if imported:
+            if self.imported_until is None or event.event_time > self.imported_until:
+                self.imported_until = event.event_time
+        else:
+            for key_arn in event.key_arns:
+                if (record := self._keys.get(key_arn)) is not None:
+                    record.live = True
         if event.event_name == "RotateKey" and event.succeeded:
             for key_arn in event.key_arns:
                 if (family := self._family_of(key_arn)) is not None:

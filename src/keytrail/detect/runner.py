@@ -87,9 +87,10 @@ class DetectorRunner:
         outboxes = [Outbox(path) if path is not None else None for path in paths]
         return cls(Detector(rules, clock), build_sinks(data_dir, hooks), delivered, outboxes)
 
-    async def feed(self, records: Iterable[Mapping[str, Any]]) -> list[Alarm]:
-        """Process CloudTrail records; returns (and delivers) the alarms raised or escalated."""
-        return await self._in_chunks(list(records), self.detector.process)
+    async def feed(self, records: Iterable[Mapping[str, Any]], *, imported: bool = False) -> list[Alarm]:
+        """Process CloudTrail records; returns (and delivers) the alarms raised or escalated.
+        `imported`: history `keytrail audit import` added (`Detector.process_events`)."""
+        return await self._in_chunks(list(records), lambda chunk: self.detector.process(chunk, imported=imported))
 
     async def feed_events(self, events: Sequence[KmsEvent]) -> list[Alarm]:
         """`feed` for events already read; returns (and delivers) the alarms raised or escalated."""
@@ -162,27 +163,29 @@ class DetectorRunner:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def feed_values(self, values: Sequence[bytes]) -> list[Alarm]:
+    async def feed_values(self, values: Sequence[bytes], *, imported: bool = False) -> list[Alarm]:
         """`feed` for audit topic values, in order: runs of Avro values through the columnar reader
         serve's detector child uses (a quarter of the CPU of decoding each value to a CloudTrail
         dict: bench/pipeline_sources.py), JSON records, and Avro it cannot read, through the
         record decoder, which skips what it cannot read either. Serve's detector child reads its
-        event log's values here too: one damaged value costs that value, not its batch."""
+        event log's values here too: one damaged value costs that value, not its batch.
+        `imported`: history `keytrail audit import` added (`Detector.process_events`)."""
         announced: list[Alarm] = []
         for avro, run in itertools.groupby(values, key=is_avro):
             same_kind = list(run)
             rows = await _columnar_rows(same_kind) if avro else None
             if rows is None:  # in a worker thread: one by one, a batch of 4,000 takes ~75 ms
-                announced += await self.feed(await asyncio.to_thread(self._decoder(), same_kind))
+                announced += await self.feed(await asyncio.to_thread(self._decoder(), same_kind), imported=imported)
             else:
-                announced += await self._feed_rows(rows)
+                announced += await self._feed_rows(rows, imported)
         return announced
 
-    async def _feed_rows(self, rows: Sequence[AvroRow]) -> list[Alarm]:
+    async def _feed_rows(self, rows: Sequence[AvroRow], imported: bool) -> list[Alarm]:
         """The events of rows a CHUNK at a time: building them holds the loop ~2 µs each."""
         from keytrail.detect.avro_events import events_of
 
-        return await self._in_chunks(rows, lambda chunk: self.detector.process_events(events_of(chunk)))
+        return await self._in_chunks(
+            rows, lambda chunk: self.detector.process_events(events_of(chunk), imported=imported))
 
     async def run(self, batches: AsyncIterator[ValueBatch], tick_every: float = 5.0,
                   announce: Callable[[list[Alarm]], None] | None = None) -> None:

@@ -295,3 +295,38 @@ async def test_a_dev_clock_move_ticks_once_the_detector_has_read_the_calls_befor
     log.close()
     delivered = read_alarms(tmp_path / "alarms.jsonl")  # each alarm's latest state delivered
     assert [alarm.count for alarm in delivered.values()] == [2]
+
+
+async def test_history_audit_import_added_is_judged_as_of_its_end_as_detect_cloudtrail_judges_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Last year's CloudTrail imported: its keys' later calls were never logged here. Judged as of
+    the clock, every key of it was idle for months and raised unused-key, the one in use until the
+    history ends too; judged as of the history's end, serve raises what `detect --cloudtrail`
+    raises over the same files: the key idle for 100 days by then, and a live key idle since."""
+    import json
+
+    from keytrail.audit.cloudtrail_files import import_cloudtrail
+    from keytrail.cli.detect import run_offline
+    from keytrail.clock import ManualClock
+    from keytrail.detect import RuleSet
+
+    monkeypatch.setattr(tail, "DETECTOR_TICK_SECONDS", 0.0)
+    start, in_use, idle = datetime(2025, 1, 1, tzinfo=UTC), key_arn(31), key_arn(32)
+    history = [create_key(start, in_use), create_key(start, idle), event("Decrypt", start, idle),
+               *[event("Decrypt", start + timedelta(days=day), in_use) for day in range(0, 200, 5)]]
+    trail = tmp_path / "trail.json"
+    trail.write_text(json.dumps({"Records": history}))
+    data_dir = tmp_path / "node"
+    await import_cloudtrail(data_dir, [trail])
+    live_key, now = key_arn(33), datetime(2026, 12, 3, tzinfo=UTC)
+    answered = create_key(now - timedelta(days=120), live_key)
+    log = SegmentLog(event_log_dir(data_dir), writable=True)  # then a call this node answered
+    log.append([encode(answered)])
+    log.sync()
+    log.close()
+    runner = DetectorRunner.open(data_dir, clock=ManualClock(now))
+    raised = await _detect_until_read(data_dir, runner, answered["eventID"])
+    offline = run_offline([trail], RuleSet(), None).alarms
+    assert {a.key_arn for a in offline if a.rule == "unused-key"} == {idle}
+    assert sorted(a.key_arn or "" for a in raised if a.rule == "unused-key") == sorted([idle, live_key])

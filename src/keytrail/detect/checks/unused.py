@@ -39,7 +39,9 @@ class UnusedKey:
             self._raised = {arn: since for arn, since in self._raised.items() if self.ledger.get(arn) is not None}
         for record in self.ledger:
             since = self._idle_since(record)
-            if since is None or now - since < limit or self._raised.get(record.key_arn) == since:
+            if since is None or self._raised.get(record.key_arn) == since:
+                continue
+            if self.ledger.as_of(record, now) - since < limit:  # imported history: as of its end
                 continue
             self._raised[record.key_arn] = since
             findings.append(self._finding(record, since, since + limit))
