@@ -143,14 +143,9 @@ class KeyLedger:
 
     def update(self, event: KmsEvent, *, imported: bool = False) -> None:
         """Note the event (`imported`: from history `keytrail audit import` added)."""
-        self._update_keys(event)
-        if imported:
-            if self.imported_until is None or event.event_time > self.imported_until:
-                self.imported_until = event.event_time
-        else:
-            for key_arn in event.key_arns:
-                if (record := self._keys.get(key_arn)) is not None:
-                    record.live = True
+        self._update_keys(event, live=not imported)
+        if imported and (self.imported_until is None or event.event_time > self.imported_until):
+            self.imported_until = event.event_time
         if event.event_name == "RotateKey" and event.succeeded:
             for key_arn in event.key_arns:
                 if (family := self._family_of(key_arn)) is not None:
@@ -160,10 +155,11 @@ class KeyLedger:
         name = _multi_region_family(key_arn)
         return None if name is None else self._families.get(name)
 
-    def _update_keys(self, event: KmsEvent) -> None:
+    def _update_keys(self, event: KmsEvent, *, live: bool) -> None:
         for key_arn in event.key_arns:
             record = self._keys.get(key_arn)
             if record is not None:
+                record.live = record.live or live
                 if event.succeeded:
                     self._apply(record, event)
                     if record.state == "Deleted":
@@ -172,7 +168,7 @@ class KeyLedger:
                 continue  # a late event of a key deleted since
             elif event.succeeded:  # seen to exist: first seen when it was first named at all
                 first_seen = self._unconfirmed.pop(key_arn, event.event_time)
-                self._apply(self._keys.setdefault(key_arn, KeyRecord(key_arn, first_seen)), event)
+                self._apply(self._keys.setdefault(key_arn, KeyRecord(key_arn, first_seen, live=live)), event)
                 if (family := _multi_region_family(key_arn)) is not None:
                     self._families.setdefault(family, _Family()).keys.add(key_arn)
             else:
