@@ -128,11 +128,17 @@ def _variable_given(envvar: str, what: str) -> Callable[[str | None], str | None
 
 
 def given(what: str) -> Callable[[str], str]:
-    """A typer parser refusing "" for an option that needs `what`; its message follows "Invalid
-    value for '--x': "."""
+    """A typer parser refusing "" for an option that needs `what`, and a value with white space
+    around it, shown quoted: `--host ' '` (`"$HOST "`) said "cannot listen on  :4599 (Name or
+    service not known)", the address it could not resolve invisible. Its message follows
+    "Invalid value for '--x': "."""
     def parse(value: str) -> str:
         if not value:
             raise typer.BadParameter(f"empty (an unset variable?): give {what}")
+        if not value.strip():
+            raise typer.BadParameter(f"blank ({value!r}): give {what}")
+        if value != value.strip():
+            raise typer.BadParameter(f"{value!r} has white space around it: give {what}")
         return value
 
     return parse

@@ -823,6 +823,19 @@ def test_every_server_or_address_option_refuses_an_empty_value_saying_so(tmp_pat
         assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.parametrize(("value", "complaint"), [(" ", "blank (' '): give "),
+                                                  ("\t127.0.0.1 ", "'\\t127.0.0.1 ' has white space around it: give ")])
+def test_every_server_or_address_option_refuses_white_space_around_its_value_quoting_it(
+        tmp_path: Path, value: str, complaint: str) -> None:
+    # `--host ' '` (`"$HOST "` with HOST unset) said "cannot listen on  :4599 (Name or service not
+    # known)": the address it could not resolve was invisible in the line.
+    for path, option in _address_options():
+        result = _keytrail(*path, option, value, "--data-dir", tmp_path / "node")
+        line = _one_line_error(result, f"keytrail {' '.join(path)}: Invalid value for '{option}'")
+        assert f": {complaint}" in line, line
+        assert not (tmp_path / "node").exists()
+
+
 @pytest.mark.parametrize("command", ["serve", "root-key rotate"])
 def test_an_empty_key_store_variable_is_refused_not_taken_for_sqlite(tmp_path: Path, command: str) -> None:
     # KEYTRAIL_STORE="${PG_URL}" with PG_URL unset: click passes over an empty variable as if unset, and a
