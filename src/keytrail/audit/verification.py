@@ -86,11 +86,11 @@ def check(data_dir: Path, kept: OffNode | None = None) -> Verdict:
         return Verdict(problems)
     if kept.digests is not None:
         problems += _check_kept_digests(paths, kept.digests)
-    valid = [digest for _, digest in load_digests(paths)
-             if digest and verify_signature(key, digest) and shape_problem(digest) is None]
+    digests = _in_signed_order(paths, key)
+    valid = [digest for _, digest, signed in digests if signed and shape_problem(digest) is None]
     log = SegmentLog(log_dir)
     expected, overlong = _stored_hashes(paths, max([log.end_offset()] + [d["endOffset"] for d in valid]))
-    problems += overlong + _check_digests(paths, key, expected)
+    problems += overlong + _check_digests(digests, key, expected)
     found, notes = _check_log(paths, key, log, expected, valid[-1] if valid else {})
     found += late_records(log, valid[-1]) if valid else []
     return Verdict(problems + found, _reach(key, log, valid) + notes + silent_spans(valid, dev_clock_ahead(data_dir)))
@@ -307,13 +307,34 @@ def _stored_hashes(paths: IntegrityPaths, reach: int) -> tuple[list[bytes], list
                             "past the end); those past the end are not read"]
 
 
-def _check_digests(paths: IntegrityPaths, public: Ed25519PublicKey, hashes: list[bytes]) -> list[str]:
+#: A digest file, parsed (`{}` when it does not parse), and whether its signature verifies.
+_Loaded = tuple[Path, dict[str, Any], bool]
+
+
+def _in_signed_order(paths: IntegrityPaths, public: Ed25519PublicKey) -> list[_Loaded]:
+    """The digest files in the order of the sequence each signs, those that verify not (a file's
+    name is not signed) in the order of their names, any other name last. A digest renamed to
+    another's name, or to any `*.json`, is then checked where it belongs, its name said once
+    (`_check_link`); in name order it broke the chain where it went and where it was, a line for
+    each digest between them, and a newest one renamed down was taken for older."""
+    def place(loaded: _Loaded) -> tuple[float, str]:
+        path, digest, signed = loaded
+        if signed and shape_problem(digest) is None:
+            return int(digest["sequence"]), path.name
+        named = path.name.removesuffix(".json")
+        return (int(named) if named.isascii() and named.isdigit() else float("inf")), path.name
+
+    return sorted(((path, digest, bool(digest) and verify_signature(public, digest))
+                   for path, digest in load_digests(paths)), key=place)
+
+
+def _check_digests(digests: list[_Loaded], public: Ed25519PublicKey, hashes: list[bytes]) -> list[str]:
     problems: list[str] = []
     previous: dict[str, Any] | None = None
     chain, chained_to = GENESIS, 0
-    for index, (path, digest) in enumerate(load_digests(paths)):
+    for index, (path, digest, signed) in enumerate(digests):
         name = path.name
-        if not digest or not verify_signature(public, digest):
+        if not signed:
             problems.append(f"digest {name}: signature invalid (digest altered or not ours)")
             previous = digest or previous
             continue

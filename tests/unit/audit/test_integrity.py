@@ -176,6 +176,31 @@ def test_a_digest_file_renamed_is_named(data_dir: Path) -> None:
                                 "name's (the file was renamed)"]
 
 
+@pytest.mark.parametrize("new_name", ["0000000009.json", "2026-01-05T13.json", "0000000000x.json"])
+def test_a_digest_file_renamed_out_of_its_place_is_named_in_one_line(tmp_path: Path, new_name: str) -> None:
+    """Checked in name order, a digest renamed past others (to another's number, or to any name,
+    as another hour's) broke the chain where it went and where it was: a line for each digest
+    between them (sequence, chain, offsets), and records "inserted after the final digest"."""
+    for first in (0, 5, 10):
+        fill_trail(tmp_path, 5, first=first)  # three sessions: six digests
+    _, paths = audit_paths(tmp_path)
+    (paths.digests / "0000000002.json").rename(paths.digests / new_name)
+    assert verify(tmp_path) == [f"digest {new_name}: signs sequence 2, which is not its file name's (the file was "
+                                "renamed)"]
+
+
+def test_two_digest_files_swapped_are_each_named_once(tmp_path: Path) -> None:
+    for first in (0, 5, 10):
+        fill_trail(tmp_path, 5, first=first)
+    _, paths = audit_paths(tmp_path)
+    second, third = paths.digests / "0000000002.json", paths.digests / "0000000003.json"
+    second.rename(paths.digests / "swap")
+    third.rename(second)
+    (paths.digests / "swap").rename(third)
+    assert verify(tmp_path) == [f"digest {name}: signs sequence {sequence}, which is not its file name's (the file "
+                                "was renamed)" for name, sequence in [(third.name, 2), (second.name, 3)]]
+
+
 def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
     log_dir, _ = audit_paths(data_dir)
     (log_dir / "backup.seg").write_bytes(b"anything")
