@@ -27,7 +27,7 @@ from keytrail.audit.integrity import ChainWriter
 from keytrail.audit.syncer import SyncHelper, SyncHelperGone
 from keytrail.kms.model import AuditUnavailable, CallsInProgress
 from keytrail.transport.frames import framed_size
-from keytrail.transport.segment_log import CutShort, SegmentLog, TornWrite
+from keytrail.transport.segment_log import CutShort, LogMoved, SegmentLog, TornWrite
 
 __all__ = ["FSYNC_BUCKETS", "CommitStats", "Spool", "SpoolError"]
 
@@ -289,9 +289,18 @@ class Spool:
                 self._restart_helper_later(str(error))
                 return
             self._fsync_seconds = seconds
-            self._finish(done, error)
+            self._finish(done, error and self._moved_or(error))
 
         helper.sync(self.segments.active_path, answered)
+
+    def _moved_or(self, error: OSError) -> OSError:
+        """LogMoved, naming the segment, when the helper's fsync failed because the log's folder
+        was moved or replaced (it answers an errno alone); else `error`."""
+        try:
+            self.segments.require_in_place()
+        except LogMoved as moved:
+            return moved
+        return error
 
     def _start_helper(self) -> None:
         self._helper_timer = None
@@ -330,7 +339,7 @@ class Spool:
             raise _RecoverableWrite(str(exc)) from exc
         except OSError as exc:
             # Nothing of the batch stayed on disk (a TornWrite left bytes behind it could not cut).
-            if self.segments.end_offset() == expected and not isinstance(exc, TornWrite):
+            if self.segments.end_offset() == expected and not isinstance(exc, TornWrite | LogMoved):
                 raise _RecoverableWrite(str(exc)) from exc
             raise
         self.chain.add(first, payloads)

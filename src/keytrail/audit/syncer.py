@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -172,7 +173,13 @@ def _fsync(path: bytes, opened: dict[bytes, int]) -> tuple[int, float]:
             fd = opened[path] = os.open(path, os.O_RDONLY)  # fsync needs no write access on Linux
         started = time.perf_counter()
         os.fsync(fd)
-        return 0, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        # Out of the serving process, one stat per group: the segment's folder moved, replaced or
+        # deleted while serve ran (records going where no reader looks) is ENOENT, which the spool
+        # names (segment_log.LogMoved) and then refuses every record.
+        if not os.path.samestat(os.stat(path), os.fstat(fd)):
+            return errno.ENOENT, seconds
+        return 0, seconds
     except OSError as exc:
         return exc.errno or 5, 0.0  # 5: EIO
 

@@ -31,8 +31,8 @@ from keytrail.owner_only import make_dirs, named, sync_folder
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
-    "CutShort", "Damage", "Frame", "LogLockedError", "SegmentLog", "TornWrite", "event_log_dir", "lock_held",
-    "writer_active",
+    "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite", "event_log_dir",
+    "lock_held", "writer_active",
 ]
 
 _SUFFIX = ".seg"
@@ -113,6 +113,17 @@ class CutShort(OSError):
         self.written = written
 
 
+class LogMoved(OSError):
+    """The file appends go to is no longer at its path: the log's folder (or one above it) was
+    moved away, replaced or deleted while the writer ran. Its appends would land where no reader
+    looks, or nowhere once the file is deleted, the calls they audit answered all the same."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is no longer the file this node writes its audit records to (its folder was "
+                         "moved, replaced or deleted while it ran): records would go where no reader finds "
+                         "them; restart it")
+
+
 class SegmentLog:
     """An append-only log in `directory`; see the module docstring."""
 
@@ -122,6 +133,7 @@ class SegmentLog:
         self.writable = writable
         self._segments: list[_Segment] = []
         self._fd = -1
+        self._fd_file: tuple[int, int] = (0, 0)  # the (device, inode) of the file `_fd` writes
         self._lock_fd = -1
         self._dirty_dir = False
         self._synced_end = 0  # the end offset the last roll made durable
@@ -190,17 +202,35 @@ class SegmentLog:
 
     def sync(self) -> None:
         """Make every appended record durable (fsync the active segment, and the directory
-        when a segment was created)."""
+        when a segment was created); LogMoved when they went to a file no longer at its path."""
         os.fsync(self._fd)
+        self.require_in_place()
         if self._dirty_dir:
             sync_folder(self.directory)
             self._dirty_dir = False
 
+    def require_in_place(self) -> None:
+        """LogMoved unless the active segment's path still names the file appends go to. One stat:
+        called where the writer syncs or rolls, never per record (the fsync helper checks as it
+        syncs, audit/syncer.py)."""
+        if self._fd < 0:  # none open yet (a new log), or the last open failed
+            return
+        path = self._segments[-1].path
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            raise LogMoved(path) from None
+        if (found.st_dev, found.st_ino) != self._fd_file:
+            raise LogMoved(path)
+
     def roll(self) -> _Segment:
-        """Close the active segment (syncing it) and start a new one at the end offset."""
+        """Close the active segment (syncing it) and start a new one at the end offset, in the
+        folder the closed one is still in (LogMoved if not: the new one would start another log)."""
+        self.require_in_place()
         self._close_active()
         segment = _Segment(self.end_offset(), self.directory / f"{self.end_offset():020d}{_SUFFIX}")
         self._fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT, 0o600)  # no O_APPEND: see `_publish`
+        self._fd_file = _file_of(self._fd)
         self._segments.append(segment)
         self._dirty_dir = True
         return segment
@@ -278,6 +308,7 @@ class SegmentLog:
                         "torn by a crash, or damage); cut, and kept in %s", active.path.name,
                         kept.stat().st_size, active.base + len(active.positions), kept.name)
         self._fd = os.open(active.path, os.O_WRONLY)
+        self._fd_file = _file_of(self._fd)
         os.fsync(self._fd)
 
     # --- readers ---------------------------------------------------------------------------------
@@ -523,6 +554,12 @@ def _keep_tail(segment: _Segment) -> Path:
         os.fsync(target.fileno())
     sync_folder(segment.path.parent)
     return kept
+
+
+def _file_of(fd: int) -> tuple[int, int]:
+    """The (device, inode) of the file `fd` is open on."""
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino
 
 
 def _create_directory(directory: Path) -> None:

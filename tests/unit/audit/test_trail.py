@@ -602,3 +602,22 @@ async def test_a_digest_that_cannot_be_written_at_a_segment_roll_is_left_to_the_
             await trail.record(encrypt_call(i))
     assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(i).event_id for i in range(12)]
     assert integrity.verify(tmp_path) == []
+
+
+@pytest.mark.parametrize(("fsync_helper", "segment_bytes"), [(True, 64 << 20), (False, 64 << 20), (True, 300)])
+async def test_an_audit_folder_moved_away_while_running_refuses_every_later_record(
+        tmp_path: Path, fsync_helper: bool, segment_bytes: int) -> None:
+    # `mv audit audit.old; mkdir -p audit/log` (or rm -r) under a running node: its records went on
+    # into the moved (or deleted) files, every call answered as audited, none where a reader looks;
+    # at the next segment a new log began in the new folder at the old one's offset.
+    settings = AuditSettings(data_dir=tmp_path, fsync_helper=fsync_helper, segment_bytes=segment_bytes)
+    async with AuditTrail.open(settings) as trail:
+        await trail.record(encrypt_call(0))
+        (tmp_path / "audit").rename(tmp_path / "audit.old")
+        (tmp_path / "audit" / "log").mkdir(parents=True)
+        with pytest.raises(SpoolError, match="is no longer the file this node writes its audit records to"):
+            await trail.record(encrypt_call(1))
+        with pytest.raises(SpoolError, match="refuses records"):
+            await trail.record(encrypt_call(2))
+        assert "until restarted" in (trail.problem() or "")
+    assert list((tmp_path / "audit" / "log").iterdir()) == []
