@@ -542,8 +542,8 @@ def test_serve_with_stdout_closed_serves_or_refuses_in_one_line(tmp_path: Path) 
 # `keytrail serve` killed (kill -9) just as it is about to print the new admin user's credentials.
 _KILLED_BEFORE_IT_PRINTS = """
 import os, signal
-import keytrail.cli.serve as serve
-serve._print_new_admin = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+import keytrail.cli.start_made as start_made
+start_made._print_new_admin = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 from keytrail.cli import main
 main()
 """

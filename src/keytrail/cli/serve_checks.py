@@ -1,0 +1,132 @@
+"""What `keytrail serve` checks of its flags and environment before it builds or writes anything,
+each refusal one line on stderr naming the command (`serve_fail`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+
+from keytrail.cli.console import fail, host_port, listen_problem, listening_sockets, mqtt_password_warning, url_password
+from keytrail.config import PROXIES_ENV, STORE_ENV, ServeSettings
+
+__all__ = ["check_config", "check_no_kafka_consumer", "listening", "off_loopback", "options_given", "proxies_problem",
+           "serve_fail", "warn_of_password_in_arguments", "without_detector", "without_kafka"]
+
+V = TypeVar("V")
+
+log = logging.getLogger("keytrail")
+
+
+def serve_fail(message: str) -> typer.Exit:
+    """One line on stderr naming the command, as every keytrail command's errors do."""
+    return fail(message, "keytrail serve")
+
+
+def proxies_problem() -> str | None:
+    """Why $FORWARDED_ALLOW_IPS (the proxies trusted to report a caller's address, docs/operations.md)
+    cannot be used: uvicorn keeps an entry that is no address or network (a host name, a port,
+    10.0.0.5/24's host bits, `*` among others) as a literal it compares with the peer's address,
+    which never matches, so the proxy was silently not trusted and its address recorded for
+    every caller behind it."""
+    value = os.environ.get(PROXIES_ENV)
+    if not value or value == "*":  # uvicorn: unset trusts none, "*" alone every peer
+        return None
+    for entry in filter(None, (item.strip() for item in value.split(","))):
+        try:
+            ipaddress.ip_network(entry) if "/" in entry else ipaddress.ip_address(entry)
+        except ValueError as error:
+            return (f"${PROXIES_ENV}: {entry!r} is no IP address or network ({error}): name the proxies as "
+                    "10.0.0.5 or 10.0.0.0/24, comma-separated, or * alone to trust every peer")
+    return None
+
+
+def without_kafka(kafka: str | None, options: dict[str, int | None]) -> str | None:
+    """Why options that shape the Kafka shipping are refused: given without --kafka, they would be
+    ignored, and the operator would believe the topic or the cap set."""
+    given = _flags(options)
+    if kafka or not given:
+        return None
+    return f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --kafka"
+
+
+def without_detector(detector: bool, **options: object) -> str | None:
+    """Why options only the detector reads (its alarm hooks, its rules) are refused with
+    --no-detector: no alarm would ever reach the MQTT broker or the webhooks they name."""
+    given = _flags(options)
+    if detector or not given:
+        return None
+    one = len(given) == 1
+    return (f"{', '.join(given)} {'is' if one else 'are'} read only by the detector, which --no-detector turns off: "
+            f"give {'it' if one else 'them'} to `keytrail detect --kafka` instead")
+
+
+def _flags(options: Mapping[str, object]) -> list[str]:
+    """The flags of the options given (`kafka_partitions` → `--kafka-partitions`)."""
+    return ["--" + name.replace("_", "-") for name in options_given(options)]
+
+
+def options_given(options: Mapping[str, V | None]) -> dict[str, V]:
+    """The options given, for ServeSettings: the others keep its defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def listening(host: str, port: int) -> list[socket.socket]:
+    """The sockets to serve on, listening before anything is built or written, and held until the
+    server takes them over: a port merely checked free could be taken while the node is built,
+    and uvicorn would find out only then (in its own words, exit status 3, the new admin user's
+    credentials printed and their file left). For --port 0 a free one, so the endpoint printed for
+    the new admin user is the one served on, not ':0'. Connections made meanwhile wait."""
+    try:
+        return listening_sockets(host, port)
+    except (OSError, UnicodeError) as error:  # socket.gaierror (an unknown --host) is an OSError
+        raise serve_fail(f"cannot listen on {host_port(host, port)} ({listen_problem(error)})") from None
+
+
+def off_loopback(sockets: list[socket.socket]) -> str | None:
+    """The first address bound that is not loopback, None if all are: what --dev-credentials checks,
+    as --host may be a name resolving to any address, or 0.0.0.0 or :: (every interface)."""
+    for sock in sockets:
+        address = ipaddress.ip_address(sock.getsockname()[0])
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        if not (mapped or address).is_loopback:
+            return str(address)
+    return None
+
+
+def warn_of_password_in_arguments(store: str | None, mqtt: str | None = None) -> None:
+    """A command line is readable by every user of the machine (`ps`, /proc/<pid>/cmdline, even
+    for serve, which is not dumpable), and a --store or --mqtt URL naming a password puts it there
+    (serve's own: its detector child is given the hooks on a pipe)."""
+    if store and store != os.environ.get(STORE_ENV) and url_password(store):
+        log.warning("--store names the database password on the command line, where every user of this machine "
+                    "can read it: give it in $PGPASSWORD or a passfile, or the whole URL in $%s", STORE_ENV)
+    if warning := mqtt_password_warning(mqtt):
+        log.warning("%s", warning)
+
+
+def check_no_kafka_consumer(settings: ServeSettings) -> None:
+    """Refuse, before anything is built or written, a data dir a `consume --kafka` counts into:
+    serve's consumer would count the node's calls there again, from its event log. Without the
+    audit trail (--no-audit) serve runs no consumer. Its consumer, in its child or in this process,
+    then holds the lock that keeps one from starting meanwhile (cli/sidecar.py, cli/node.py)."""
+    from keytrail.pipeline.kafka_lock import kafka_consumers_counting, kafka_consumers_running
+
+    if settings.audit and kafka_consumers_running(settings.data_dir):
+        raise serve_fail(kafka_consumers_counting(settings.data_dir))
+
+
+def check_config(path: Path | None) -> None:
+    from keytrail.cli.detect import BadInput, detector_settings
+    from keytrail.detect.rules import RuleError
+
+    try:
+        detector_settings(path)
+    except (BadInput, RuleError, ValueError, OSError) as exc:  # ValueError: a [hooks] table gone wrong
+        raise serve_fail(f"--config: {exc}") from None

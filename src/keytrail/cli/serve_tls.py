@@ -1,0 +1,86 @@
+"""`keytrail serve`'s TLS: the --tls-cert/--tls-key files checked before anything is built, uvicorn's
+options from them, and the dev certificate of --tls-self-signed (cli/tls.py makes it)."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import ssl
+from pathlib import Path
+
+import typer
+
+from keytrail.cli.console import os_problem
+from keytrail.cli.serve_checks import serve_fail
+from keytrail.config import ServeSettings
+
+__all__ = ["check_tls", "print_dev_certificate", "tls_options"]
+
+log = logging.getLogger("keytrail")
+
+
+def check_tls(settings: ServeSettings) -> None:
+    """Refuse TLS flags that cannot be served, before anything is built or written."""
+    if settings.tls_self_signed and (settings.tls_cert or settings.tls_key):  # else one would be ignored
+        raise serve_fail("--tls-self-signed and --tls-cert/--tls-key exclude each other")
+    if settings.tls_self_signed or not (settings.tls_cert or settings.tls_key):
+        return
+    if not (settings.tls_cert and settings.tls_key):
+        raise serve_fail("--tls-cert and --tls-key go together")
+    for option, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+        if not path.is_file():  # a folder named is there: "no such file" sent the operator looking for it
+            raise serve_fail(f"{option}: {'not a file' if path.exists() else 'no such file'}: {path}")
+    if problem := _tls_problem(settings.tls_cert, settings.tls_key):
+        raise serve_fail(problem)
+    _warn_if_out_of_date(settings.tls_cert)
+
+
+def _warn_if_out_of_date(cert: Path) -> None:
+    """Served all the same (a client that does not check it still works, and a renewed file needs a
+    restart): but every SDK and the aws CLI refuse each connection, and the node said nothing."""
+    from keytrail.cli.tls import out_of_date
+
+    if problem := out_of_date(cert):
+        log.warning("--tls-cert %s %s: clients that check it (the AWS SDKs, the aws CLI) refuse every connection; "
+                    "renew it and restart", cert, problem)
+
+
+def tls_options(settings: ServeSettings) -> tuple[dict[str, str], bool]:
+    """uvicorn's TLS options from flags `check_tls` let through, and whether the dev certificate
+    was made now (announced once the node runs)."""
+    if settings.tls_self_signed:
+        from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
+
+        try:
+            made = not dev_certificate_usable(settings.data_dir / "tls", settings.client_host)
+            cert, key = self_signed_certificate(settings.data_dir / "tls", settings.client_host)
+        except OSError as error:
+            raise serve_fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None
+        return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}, made
+    if settings.tls_cert and settings.tls_key:
+        return {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}, False
+    return {}, False
+
+
+def print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
+    """Clients must trust the new certificate and call https://: a data dir whose principals file
+    exists already prints no `export` line, and the one printed before named http://. The path is
+    quoted as the shell needs (a data dir with a space in its path), as the line is there to be pasted."""
+    names = ", ".join(dict.fromkeys(("localhost", "127.0.0.1", settings.client_host)))
+    typer.echo(f"Created the dev certificate {cert} ({names}). To use it:")
+    typer.echo(f"export AWS_CA_BUNDLE={shlex.quote(str(cert))} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
+
+
+def _tls_problem(cert: Path, key: Path) -> str | None:
+    """Why TLS cannot be served with these files, found before anything is built or written:
+    uvicorn finds out only once the node runs, and says it in OpenSSL's words. The empty password
+    makes an encrypted key an error here rather than OpenSSL's prompt on the terminal."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password="")
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            return f"--tls-key {key} is not the private key of --tls-cert {cert}"
+        return f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its unencrypted key"
+    except OSError as error:  # unreadable
+        return f"cannot read the TLS files: {os_problem(error)}"
+    return None
