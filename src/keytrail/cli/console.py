@@ -1,6 +1,6 @@
-"""What the commands share: one-line errors; checks of numbers, times, paths and Kafka and MQTT
-addresses; SIGTERM unwound as Ctrl-C; listening sockets; no core dumps; and the event log's damage,
-said rather than an answer from part of it."""
+"""What the commands share: one-line errors; checks of numbers, paths and Kafka and MQTT addresses;
+SIGTERM unwound as Ctrl-C; no core dumps; and the event log's damage, said rather than an answer
+from part of it. Listening sockets are in cli/listening.py, --since and --until in cli/time_window.py."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import math
 import os
 import resource
 import signal
-import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -28,13 +26,12 @@ from keytrail.transport.segment_log import SegmentLog, event_log_dir
 if TYPE_CHECKING:
     from keytrail.pipeline.prices import PriceTable
 
-__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "EARLIEST_TIME", "KAFKA_BOOTSTRAP",
-           "LISTEN_ADDRESS", "MQTT_URL", "STORE_URL", "Terminated", "address_option", "bootstrap_problem",
-           "bound_socket", "cloudtrail_paths", "counted", "event_log_damage", "fail", "given", "host_port",
-           "interrupted_status", "listen_probe", "listen_problem", "listening_sockets", "log_files_problem",
-           "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps", "number_in_range",
-           "os_problem", "parse_time", "parse_window", "path_option", "price_table", "printable",
-           "since_after_default_end", "terminate_as_interrupt", "url_password", "url_secrets"]
+__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "KAFKA_BOOTSTRAP", "LISTEN_ADDRESS",
+           "MQTT_URL", "STORE_URL", "Terminated", "address_option", "bootstrap_problem", "cloudtrail_paths",
+           "counted", "event_log_damage", "fail", "given", "interrupted_status", "log_files_problem",
+           "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps",
+           "number_in_range", "os_problem", "path_option", "price_table", "printable", "terminate_as_interrupt",
+           "url_password", "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
@@ -193,72 +190,6 @@ def os_problem(error: OSError) -> str:
     return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
 
 
-def host_port(host: str, port: int) -> str:
-    """HOST:PORT as a message names it, an IPv6 address in brackets (RFC 3986): `2001:db8::1:0`
-    could not be told from a port."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def listen_problem(error: OSError | UnicodeError) -> str:
-    """Why host:port cannot be listened on, for "cannot listen on HOST:PORT (…)". A host no DNS
-    name can be (`a..b`, a label over 63 characters) fails in Python's IDNA codec, as a
-    UnicodeError whose text names the codec, not the host."""
-    if isinstance(error, UnicodeError):
-        return "not a valid host name"
-    return f"{error.strerror or error}"
-
-
-def listen_probe(host: str, port: int) -> int:
-    """Bind host:port as the server will and let go (`bound_socket`); the port bound (a free one
-    for 0)."""
-    with bound_socket(host, port) as probe:
-        return int(probe.getsockname()[1])
-
-
-def bound_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port's first address (SO_REUSEADDR, as uvicorn binds), not listening
-    yet. Raises OSError, socket.gaierror for an unknown host, or UnicodeError for a host that is no
-    valid name, when it cannot, with the socket closed."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Sockets listening on host:port, one per address of `host` (`localhost` may be 127.0.0.1 and
-    ::1), opened as uvicorn would (SO_REUSEADDR; an IPv6 one for IPv6 only), for the server to serve
-    on: held from the start, the port cannot be taken while the node is built. For port 0, the free
-    port of the first address, on every address. Raises OSError (socket.gaierror for an unknown
-    host) or UnicodeError (a host that is no valid name) with none left open."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):  # the same address twice: once
-            sockets.append(sock := socket.socket(family, kind, proto))
-            _listen(sock, (address[0], port, *address[2:]))
-            port = port or sock.getsockname()[1]  # port 0: the free one the first address got, for the others
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def _listen(sock: socket.socket, address: tuple[Any, ...]) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if sock.family == socket.AF_INET6:  # as asyncio's servers: "::" is not 0.0.0.0 too
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(address)
-    sock.listen(2048)  # uvicorn's backlog
-
-
 def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | None:
     """None for a usable Kafka bootstrap list (HOST[:PORT][,HOST[:PORT]…], IPv6 hosts in brackets),
     else the one-line complaint: a typo should not become a shipper retrying forever."""
@@ -391,45 +322,3 @@ def log_files_problem(paths: list[Path], option: str = "") -> str | None:
         return (f"{lead}only CloudTrail digest files found under {named}{why}: digest files hold no records; "
                 "name the log files' folder (AWSLogs/<account>/CloudTrail/, not CloudTrail-Digest/)")
     return f"{lead}no CloudTrail log files (.json, .json.gz) found under {named}{why}"
-
-
-# No event is older: a bound before it (`0001-01-01`, .NET's DateTime.MinValue, typed for "from the
-# start") leaves a century of room for the day arithmetic of the queries (`--unused-days`), which
-# overflowed Python's datetime at year 1.
-EARLIEST_TIME = datetime(1000, 1, 1, tzinfo=UTC)
-
-
-def parse_time(value: str | None, option: str, command: str = "keytrail") -> datetime | None:
-    """An ISO-8601 time option (`Z` or an offset; UTC when none is given)."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except ValueError:
-        raise fail(f"{option}: not an ISO-8601 time: {value!r}", command) from None
-    except OverflowError:  # an offset taking it past year 1 or 9999
-        raise fail(f"{option}: {value!r} is out of range in UTC", command) from None
-
-
-def since_after_default_end(since: str, end: datetime, late: int = 0) -> str:
-    """Why a --since is refused when no --until is given and it is not before the default end (a
-    second after the last event, or, with `late` events dated after now, the minute after the last
-    one not dated after it, as usage is kept): the period would end before it starts, with nothing
-    in it, as if nothing had happened (`report`, `cost`)."""
-    where = (f"the minute after the last event not dated after now ({end:%Y-%m-%dT%H:%M:%SZ}; "
-             f"{counted(late, 'event')} {'is' if late == 1 else 'are'} dated after now)" if late else
-             f"one second after the last event not dated after now ({end:%Y-%m-%dT%H:%M:%SZ})")
-    return f"--since {since} is not before --until, by default {where}: give an earlier --since, or an --until"
-
-
-def parse_window(since: str | None, until: str | None,
-                 command: str = "keytrail") -> tuple[datetime | None, datetime | None]:
-    """`--since` and `--until`; refused when the window is empty (since not before until): an
-    empty answer would look like no use at all. A `--since` before EARLIEST_TIME is no bound."""
-    low, high = parse_time(since, "--since", command), parse_time(until, "--until", command)
-    if low is not None and high is not None and low >= high:
-        raise fail(f"--since {since} is not before --until {until}", command)
-    if high is not None and high <= EARLIEST_TIME:
-        raise fail(f"--until {until} is not after {EARLIEST_TIME:%Y-%m-%d}: no event is that old", command)
-    return (None if low is not None and low < EARLIEST_TIME else low), high

@@ -20,6 +20,7 @@ import typer
 
 from keytrail.cli import console
 from keytrail.cli.demo_workload import DemoError, Workload, demo_principals, write_principals
+from keytrail.cli.listening import listen_probe
 from keytrail.owner_only import make_dirs, open_file
 
 # The summary (polars, the metrics state, the report) loads once the story has run, not with
@@ -186,7 +187,7 @@ def _port(port: int | None) -> int:
     """The port asked for (it must be free now; the option's min and max keep it in 1-65535), or a
     free one."""
     try:
-        return console.listen_probe("127.0.0.1", port or 0)
+        return listen_probe("127.0.0.1", port or 0)
     except OSError as error:
         raise fail(f"--port: cannot listen on 127.0.0.1:{port} ({error.strerror})") from None
 

@@ -33,12 +33,11 @@ from keytrail.cli.console import (
     log_files_problem,
     named_path,
     number_in_range,
-    parse_window,
     path_option,
     price_table,
     printable,
-    since_after_default_end,
 )
+from keytrail.cli.time_window import parse_window, since_after_default_end
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, hold_as_kafka_consumer, kafka_consumers_counting
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions

@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from keytrail.cli.console import bound_socket, host_port, listen_problem
+from keytrail.cli.listening import bound_socket, host_port, listen_problem
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 

@@ -21,12 +21,11 @@ from keytrail.cli.console import (
     interrupted_status,
     log_files_problem,
     named_path,
-    parse_window,
     path_option,
     price_table,
-    since_after_default_end,
     terminate_as_interrupt,
 )
+from keytrail.cli.time_window import parse_window, since_after_default_end
 from keytrail.owner_only import within
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.progress import Progress

@@ -13,7 +13,8 @@ from typing import TypeVar
 
 import typer
 
-from keytrail.cli.console import fail, host_port, listen_problem, listening_sockets, mqtt_password_warning, url_password
+from keytrail.cli.console import fail, mqtt_password_warning, url_password
+from keytrail.cli.listening import host_port, listen_problem, listening_sockets
 from keytrail.config import PROXIES_ENV, STORE_ENV, ServeSettings
 
 __all__ = ["check_config", "check_no_kafka_consumer", "listening", "off_loopback", "options_given", "proxies_problem",

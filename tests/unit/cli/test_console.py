@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import typer
 
-from keytrail.cli.console import bootstrap_problem, listening_sockets, missing_paths, parse_time
+from keytrail.cli.console import bootstrap_problem, missing_paths
+from keytrail.cli.listening import listening_sockets
+from keytrail.cli.time_window import parse_time
 
 
 def test_missing_paths_names_every_missing_one_and_the_option(tmp_path: Path) -> None:
