@@ -383,6 +383,8 @@ class ChainWriter:
                     f"the newest audit digest {paths[-1]} cannot be read ({type(exc).__name__}: {exc}): "
                     "`keytrail audit verify` reports it; restore it from a backup, or move it aside to "
                     "sign on from the digest before it") from None
+            _require_own_name(paths[-1], self._sequence - 1)
+
 
     def _check_log_reaches_digest(self, log: SegmentLog) -> None:
         """A digest is written only after the records it covers are durable, so a log that ends
@@ -455,6 +457,18 @@ class ChainWriter:
                 hashes = [bytes(HASH_SIZE)] * min(gap, self._covered - self._end)
             self._hashes.write(b"".join(hashes))
             self._end += len(hashes)
+
+
+def _require_own_name(path: Path, sequence: int) -> None:
+    """IntegrityFileUnusable unless the newest digest by name is the one its signed `sequence`
+    names: a digest renamed to sort last (`0000000004.json` as `0000000009.json`, or any `*.json`)
+    was taken for the newest, and the next digest, numbered after it, was written over the real
+    one of that number."""
+    if path.name != digest_file_name(sequence):
+        raise IntegrityFileUnusable(
+            f"the newest audit digest by name, {path}, signs sequence {sequence}: it was renamed (`keytrail audit "
+            f"verify` names it), and signing on from it would write over the digests after it; name it "
+            f"{digest_file_name(sequence)} again, or restore the digests from a backup")
 
 
 def _listed_digests(folder: Path) -> list[Path]:

@@ -201,6 +201,25 @@ def test_two_digest_files_swapped_are_each_named_once(tmp_path: Path) -> None:
                                 "was renamed)" for name, sequence in [(third.name, 2), (second.name, 3)]]
 
 
+@pytest.mark.parametrize("new_name", ["0000000009.json", "2026-01-05T13.json"])
+def test_a_digest_renamed_to_sort_last_stops_the_trail_rather_than_being_signed_on_from(
+        tmp_path: Path, new_name: str) -> None:
+    # The writer took the last file by name for the newest digest: the opening digest 4 renamed
+    # past the final digest 5 had the next start sign digest 5 again, written over the real one.
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    for first in (0, 5, 10):
+        fill_trail(tmp_path, 5, first=first)
+    _, paths = audit_paths(tmp_path)
+    final = (paths.digests / "0000000005.json").read_bytes()
+    (paths.digests / "0000000004.json").rename(paths.digests / new_name)
+    with pytest.raises(IntegrityFileUnusable, match=f"the newest audit digest by name, .*{new_name}, signs sequence "
+                                                    "4: it was renamed"):
+        AuditTrail.open(AuditSettings(data_dir=tmp_path))
+    assert (paths.digests / "0000000005.json").read_bytes() == final
+
+
 def test_a_stray_file_in_the_log_folder_is_not_a_segment(data_dir: Path) -> None:
     log_dir, _ = audit_paths(data_dir)
     (log_dir / "backup.seg").write_bytes(b"anything")
