@@ -100,8 +100,11 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
     typed += [pl.col(c) for c in ("eventType", "requestID")]
     other = pl.col("otherFields")  # what CloudTrail files brought that the schema has no column for
     corrected = other.str.json_path_match("$.addendum.reason") == "UPDATED_DATA"  # as `_event_identity`
+    # The algorithm a request names is read once, as a column: the key family's when/then chain
+    # looks at it five times, and each look parsed the requests' JSON again.
+    algorithm = _avro_algorithm(name).alias("_algorithm")
     return (
-        avro.select(
+        avro.with_columns(algorithm).select(
             pl.coalesce(pl.when(corrected).then(other.str.json_path_match("$.addendum.originalEventID")),
                         "eventID").alias("eventID"),
             *typed,
@@ -119,7 +122,7 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
             .str.json_path_match("$.keyPairSpec")
             .alias("keyPairSpec"),
             *_new_key_columns(name),
-            _key_family(name, _avro_algorithm(name), pl.col("errorCode") != ""),
+            _key_family(name, pl.col("_algorithm"), pl.col("errorCode") != ""),
             _offsets(offsets, avro.height),
         )
         .select(list(FRAME_SCHEMA))
@@ -128,11 +131,13 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
 
 
 def _avro_algorithm(name: pl.Expr) -> pl.Expr:
-    algorithm = pl.lit(None, pl.String)
+    # Each parameter is looked for only in the requests of the operations that name it: a
+    # when/then chain parses every branch's JSON on every row, this one request at most once.
+    operations: dict[str, list[str]] = {}
     for operation, param in _ALGORITHM_PARAMS.items():
-        found = pl.col("requestParameters").str.json_path_match(f"$.{param}")
-        algorithm = pl.when(name == operation).then(found).otherwise(algorithm)
-    return algorithm
+        operations.setdefault(param, []).append(operation)
+    return pl.coalesce(*(_only(name.is_in(named), "requestParameters").str.json_path_match(f"$.{param}")
+                         for param, named in operations.items()))
 
 
 def _key_family(name: pl.Expr, algorithm: pl.Expr, failed: pl.Expr) -> pl.Expr:
