@@ -30,3 +30,17 @@ async def test_every_rotation_call_on_an_hsm_key_names_its_origin(
         with pytest.raises(errors.UnsupportedOperationException) as raised:
             await call(svc, operation, KeyId=key_id)
         assert raised.value.message == f"{arn} origin is AWS_CLOUDHSM which is not valid for this operation.", operation
+
+
+@pytest.mark.parametrize("include", [None, "ALL_KEY_MATERIAL", "ROTATIONS_ONLY"])
+async def test_list_key_rotations_of_an_hsm_key_is_unsupported(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, include: str | None
+) -> None:
+    # ListKeyRotations lists the materials of keys "that support automatic or on-demand key rotation"
+    # (its IncludeKeyMaterial member); a key of a custom key store has one material it never rotates,
+    # which ALL_KEY_MATERIAL listed as CURRENT.
+    _, key_id = await hsm_key(svc, next(clusters), trust_anchor)
+    arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
+    with pytest.raises(errors.UnsupportedOperationException) as raised:
+        await call(svc, "ListKeyRotations", KeyId=key_id, **({"IncludeKeyMaterial": include} if include else {}))
+    assert raised.value.message == f"{arn} origin is AWS_CLOUDHSM which is not valid for this operation."

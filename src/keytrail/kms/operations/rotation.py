@@ -107,6 +107,12 @@ async def list_key_rotations(svc: KmsService, call: Call) -> Response:
     if key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:  # AWS's words unknown: these in the style of its origin's
         raise errors.UnsupportedOperationException(
             f"{key.arn} key spec is {key.key_spec} which is not valid for this operation.")
+    if key.custom_key_store_id:
+        # Nor a key of a custom key store, which never rotates: ListKeyRotations lists the materials of
+        # keys "that support automatic or on-demand key rotation" (IncludeKeyMaterial; the developer
+        # guide's "List rotations and key materials": AWS_KMS and EXTERNAL origin), answered as the
+        # other rotation calls answer for such a key.
+        _require_generated_material(key)
     # ROTATIONS_ONLY: material that became current by a rotation; ALL_KEY_MATERIAL adds "the
     # first key material and any imported key material pending rotation".
     every = call.params.get("IncludeKeyMaterial") == "ALL_KEY_MATERIAL"
