@@ -100,11 +100,8 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
     typed += [pl.col(c) for c in ("eventType", "requestID")]
     other = pl.col("otherFields")  # what CloudTrail files brought that the schema has no column for
     corrected = other.str.json_path_match("$.addendum.reason") == "UPDATED_DATA"  # as `_event_identity`
-    # The algorithm a request names is read once, as a column: the key family's when/then chain
-    # looks at it five times, and each look parsed the requests' JSON again.
-    algorithm = _avro_algorithm(name).alias("_algorithm")
     return (
-        avro.with_columns(algorithm).select(
+        avro.with_columns(_read_once(name)).select(
             pl.coalesce(pl.when(corrected).then(other.str.json_path_match("$.addendum.originalEventID")),
                         "eventID").alias("eventID"),
             *typed,
@@ -128,6 +125,19 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
         .select(list(FRAME_SCHEMA))
         .cast(pl.Schema(FRAME_SCHEMA))
     )
+
+
+def _read_once(name: pl.Expr) -> list[pl.Expr]:
+    """Columns several of the frame's expressions look at, each made once: an expression used
+    twice in one select is evaluated twice (the key family's when/then chain parsed every
+    request's JSON five times for its algorithm, and each of the new key's dozen JSON paths
+    copied the requests' and responses' column anew to keep only the new keys' rows)."""
+    new_key = name.is_in(_NEW_KEY_EVENTS)
+    return [
+        _avro_algorithm(name).alias("_algorithm"),
+        _only(new_key, "requestParameters").alias("_newKeyRequest"),
+        _only(new_key, "responseElements").alias("_newKeyResponse"),
+    ]
 
 
 def _avro_algorithm(name: pl.Expr) -> pl.Expr:
@@ -165,7 +175,7 @@ def _offsets(offsets: Sequence[int] | None, count: int) -> pl.Series:
 def _new_key_columns(name: pl.Expr) -> list[pl.Expr]:
     """keySpec, keyManager and replicaKeyArn of CreateKey / ReplicateKey records."""
     new_key = name.is_in(_NEW_KEY_EVENTS)
-    response = _only(new_key, "responseElements")
+    response = pl.col("_newKeyResponse")  # _read_once: the new keys' rows only
 
     def metadata(field: str) -> list[pl.Expr]:
         # CloudTrail writes key metadata in camelCase (keySpec); older tools wrote KeySpec.
@@ -173,7 +183,7 @@ def _new_key_columns(name: pl.Expr) -> list[pl.Expr]:
         return [response.str.json_path_match(f"$.{m}.{n}") for m in ("keyMetadata", "replicaKeyMetadata")
                 for n in names]
 
-    request = _only(new_key, "requestParameters")
+    request = pl.col("_newKeyRequest")
     spec = pl.coalesce(
         *metadata("KeySpec"),
         *metadata("CustomerMasterKeySpec"),  # KeySpec's name until 2021: older records hold only it
