@@ -4,6 +4,7 @@ as a traceback, and it leaves the partial file behind."""
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
@@ -42,8 +43,26 @@ def sink_parquet(parts: Iterable[pl.DataFrame], path: Path) -> None:
             if n_rows == 0:
                 return
 
+    frames = register_io_source(source, schema=first.schema)
+    if _regular_or_absent(path):
+        try:
+            frames.sink_parquet(path)
+        except pl.exceptions.PolarsError as exc:
+            path.unlink(missing_ok=True)
+            raise OSError(f"cannot write {path}: {exc}") from None
+        return
+    # A FIFO or a device (a report's --out /dev/stdout): polars opens a path twice to write it,
+    # and a FIFO's reader took the first close for the end, the second open then waiting for a
+    # reader for ever. Opened once here and written through; nothing of ours to remove on failure.
+    with path.open("wb") as handle:
+        try:
+            frames.sink_parquet(handle)
+        except pl.exceptions.PolarsError as exc:
+            raise OSError(f"cannot write {path}: {exc}") from None
+
+
+def _regular_or_absent(path: Path) -> bool:
     try:
-        register_io_source(source, schema=first.schema).sink_parquet(path)
-    except pl.exceptions.PolarsError as exc:
-        path.unlink(missing_ok=True)
-        raise OSError(f"cannot write {path}: {exc}") from None
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return True

@@ -189,3 +189,30 @@ def test_a_report_to_a_fifo_is_written_into_it_and_the_fifo_stays(tmp_path: Path
     reader.join(10)
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert _read(copy, form).height == 5
+
+
+def test_a_parquet_report_into_a_fifo_is_one_open_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # polars' sink opens a path twice to write it (strace: two O_WRONLY|O_CREAT|O_TRUNC opens); a
+    # FIFO's reader took the first close for the end, and the second open waited for a reader for
+    # ever: the test above hung about one run in fifteen. A FIFO is handed to the sink as one open file.
+    import os
+    import threading
+
+    import polars as pl
+
+    targets: list[object] = []
+    original = pl.LazyFrame.sink_parquet
+
+    def recording(self: pl.LazyFrame, target: object, **options: object) -> object:
+        targets.append(target)
+        return original(self, target, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", recording)
+    fifo, copy = tmp_path / "report", tmp_path / "read.parquet"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: copy.write_bytes(fifo.read_bytes()), daemon=True)
+    reader.start()
+    write_tabular(long_form(TABLES), fifo, TabularFormat.parquet)
+    reader.join(10)
+    assert len(targets) == 1 and not isinstance(targets[0], str | Path)
+    assert _read(copy, TabularFormat.parquet).height == 5
