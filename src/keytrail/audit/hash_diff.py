@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["Finding", "diff_hashes"]
 
@@ -14,8 +14,11 @@ __all__ = ["Finding", "diff_hashes"]
 Finding = tuple[str, int | None]
 
 
-def diff_hashes(expected: list[bytes], actual: list[bytes], base: int) -> list[Finding]:
-    """Name each difference between the hashes that should be there and those that are."""
+def diff_hashes(expected: list[bytes], actual: list[bytes], base: int,
+                placed: Callable[[int], int] | None = None) -> list[Finding]:
+    """Name each difference between the hashes that should be there (from offset `base`) and those
+    that are, in the order read: `placed(index)` is the offset where the log holds the record read
+    at `index` (`base + index` unless its segments were renamed, copied or deleted)."""
     head = 0
     while head < min(len(expected), len(actual)) and expected[head] == actual[head]:
         head += 1
@@ -35,7 +38,8 @@ def diff_hashes(expected: list[bytes], actual: list[bytes], base: int) -> list[F
         added += new
         if tag == "replace":
             replaced.append((gone, new))
-    return _classify(_moves(expected, actual, removed, added), removed, added, replaced, base)
+    where = placed or (lambda index: base + index)
+    return _classify(_moves(expected, actual, removed, added), removed, added, replaced, base, where)
 
 
 def _differences(expected: list[bytes], actual: list[bytes]) -> Iterator[tuple[str, int, int, int, int]]:
@@ -107,11 +111,11 @@ def _moves(expected: list[bytes], actual: list[bytes], removed: list[int], added
 
 
 def _classify(moves: dict[int, int], removed: list[int], added: list[int],
-              replaced: list[tuple[list[int], list[int]]], base: int) -> list[Finding]:
+              replaced: list[tuple[list[int], list[int]]], base: int, where: Callable[[int], int]) -> list[Finding]:
     """Findings in offset order within each kind, so that two runs over one log say the same."""
     moved_from = set(moves.values())
     findings: list[Finding] = [
-        (f"record {{event}} at offset {base + j} is out of order (was at offset {base + i}: reordered)", j)
+        (f"record {{event}} at offset {where(j)} is out of order (was at offset {base + i}: reordered)", j)
         for j, i in sorted(moves.items())]
     altered_old: set[int] = set()
     altered_new: set[int] = set()
@@ -120,10 +124,10 @@ def _classify(moves: dict[int, int], removed: list[int], added: list[int],
         for i, j in pairs:
             altered_old.add(i)
             altered_new.add(j)
-            findings.append((f"record {{event}} at offset {base + j} was altered", j))
+            findings.append((f"record {{event}} at offset {where(j)} was altered", j))
     findings += [(_missing(first, last), None) for first, last in
                  _runs([base + i for i in removed if i not in moved_from and i not in altered_old])]
-    findings += [(f"record {{event}} at offset {base + j} was inserted (not in the hash chain)", j)
+    findings += [(f"record {{event}} at offset {where(j)} was inserted (not in the hash chain)", j)
                  for j in added if j not in moves and j not in altered_new]
     return findings
 

@@ -8,9 +8,7 @@ last the digests' cadence (audit/cadence.py: a digest each interval while the no
 
 from __future__ import annotations
 
-import contextlib
 import filecmp
-import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,16 +35,12 @@ from keytrail.audit.integrity import (
     read_small,
     verify_signature,
 )
-from keytrail.audit.schema import SchemaError, decode
+from keytrail.audit.log_hashes import event_ids, read_records
 from keytrail.audit.shipper import ShippedOffset
 from keytrail.clock import dev_clock_ahead
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
 __all__ = ["OffNode", "Verdict", "check", "public_key_problem", "verify"]
-
-# Reads of the log a verification makes while retention deletes segments under it, before it fails.
-_READS_UNDER_RETENTION = 3
-
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -394,7 +388,8 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: Callable[[], i
     be hashed yet (a running node, or one that crashed). `hashes_gone`: the hash store holds none of
     the records the digests sign (said once, not each record as inserted). `final`: the newest
     digest when a clean stop signed it (every record after it was added while no node ran)."""
-    problems, actual = _record_hashes(log)
+    read = read_records(log)
+    problems, actual = read.problems, read.hashes
     # The floor only excuses the records before it being gone; every record still in the log is
     # checked, or a floor signed with a stolen key would hide altered ones. Read after the records:
     # retention on a running node writes the floor before it deletes, so this floor excuses every
@@ -407,33 +402,12 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: Callable[[], i
         return [*problems, _unchecked(start, len(actual))], start + len(actual)
     if unhashed_tail:  # a writer appends records just before it hashes them: not insertions
         actual = actual[:_hashed_end(expected[start:], actual)]
-    findings = diff_hashes(expected[start:], actual, start)
+    findings = diff_hashes(expected[start:], actual, start, read.offset)
     if final is not None:
         problems += _after_final_digest(final, expected[start:], actual, start)
-    ids = _event_ids(log, start, {index for _, index in findings if index is not None})
+    ids = event_ids(log, read, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings], start + len(actual)
-
-
-def _record_hashes(log: SegmentLog) -> tuple[list[str], list[bytes]]:
-    """Each checksum failure, and the hash of each record from the log's first offset on (payloads
-    are re-read for the few records named). Retention on a running node deletes the oldest segments:
-    one gone before it was opened (those read before it are gone too) has the log read again from
-    its new start, where the read ended in FileNotFoundError."""
-    for _ in range(_READS_UNDER_RETENTION - 1):
-        with contextlib.suppress(FileNotFoundError):
-            return _read_hashes(log)
-    return _read_hashes(log)
-
-
-def _read_hashes(log: SegmentLog) -> tuple[list[str], list[bytes]]:
-    problems: list[str] = []
-    actual: list[bytes] = []
-    for frame in log.frames():
-        if not frame.intact:
-            problems.append(f"record at offset {frame.offset}: checksum mismatch (altered)")
-        actual.append(hashlib.sha256(frame.payload).digest())
-    return problems, actual
 
 
 def _unchecked(start: int, count: int) -> str:
@@ -466,23 +440,3 @@ def _hashed_end(expected: list[bytes], actual: list[bytes]) -> int:
             if actual[index] == newest:
                 return index + 1
     return len(expected)  # the newest hashed record altered or gone: the diff names it
-
-
-def _event_ids(log: SegmentLog, start: int, indexes: set[int]) -> dict[int, str]:
-    """The eventID of the stored records at `indexes` (positions counted from `start`, the log's
-    first offset)."""
-    if not indexes:
-        return {}
-    found: dict[int, str] = {}
-    for frame in log.frames():
-        index = frame.offset - start
-        if index in indexes:
-            found[index] = _event_id(frame.payload)
-    return found
-
-
-def _event_id(payload: bytes) -> str:
-    try:
-        return str(decode(payload).get("eventID"))
-    except (SchemaError, ValueError, EOFError, IndexError, KeyError):
-        return "(undecodable)"

@@ -872,3 +872,19 @@ def test_a_record_inserted_before_a_crashed_writers_newest_hashed_one_is_still_n
         hashes.truncate(32 * 8)  # 8 and 9 unhashed
     rewrite_segment(tmp_path, _insert_a_copy_at_5)
     assert any("offset 5 was inserted" in p for p in verify(tmp_path))
+
+
+@pytest.mark.parametrize("copy_base", [22, 1000])
+def test_a_segment_copied_under_another_name_has_its_copies_named_by_their_own_event_ids_and_offsets(
+        tmp_path: Path, copy_base: int) -> None:
+    """verify counted the records it read one after another but looked their eventIDs up by the
+    offsets the segment names give them: a segment copied between two others had the genuine
+    records after it named inserted (their eventIDs under the copies' places), one copied past the
+    end had copies named at offsets no file gives them, with no eventID."""
+    fill_trail(tmp_path, 30, segment_bytes=4000)  # segments of 5 records: 0, 5, …, 25
+    log_dir, _ = audit_paths(tmp_path)
+    source = log_dir / f"{20:020d}.seg"
+    (log_dir / f"{copy_base:020d}.seg").write_bytes(source.read_bytes())
+    inserted = [p for p in verify(tmp_path) if "was inserted" in p]
+    assert inserted == [f"record 00000000-0000-4000-8000-{20 + i:012d} at offset {copy_base + i} was inserted "
+                        "(not in the hash chain)" for i in range(5)]
