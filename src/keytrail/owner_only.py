@@ -8,13 +8,15 @@ the data dir, they are owner-only as the rest there (`within`)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
-    "DIR_MODE", "FILE_MODE", "make_dirs", "named", "open_file", "replace_whole", "reserve", "reserve_anew",
-    "sync_folder", "within", "write_bytes",
+    "DIR_MODE", "FILE_MODE", "NotRegularFile", "make_dirs", "named", "open_file", "open_regular", "replace_whole",
+    "reserve", "reserve_anew", "sync_folder", "within", "write_bytes",
 ]
 
 DIR_MODE = 0o700
@@ -55,6 +57,26 @@ def open_file(path: Path, flags: int) -> int:
     """`os.open(path, flags | O_CREAT, 0600)`, its folder made first: the descriptor."""
     make_dirs(path.parent)
     return os.open(path, flags | os.O_CREAT, FILE_MODE)
+
+
+class NotRegularFile(OSError):
+    """A path where keytrail keeps a file holds something else: a FIFO, a device, a socket."""
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of the file keytrail keeps at `path`, opened without waiting: whoever
+    can write the data dir can put a FIFO in a file's place, whose open and reads wait for a writer
+    forever (`keytrail audit verify` never ended, and so never said the trail was tampered with).
+    NotRegularFile, naming `path`, for anything but a regular file (IsADirectoryError for a folder)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):  # said as reading it would have
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    raise NotRegularFile(errno.EINVAL, "not a regular file (a FIFO, a device or a socket in a file's place)",
+                         str(path))
 
 
 def reserve(path: Path) -> Path:

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keytrail.owner_only import make_dirs, named, open_file, reserve, sync_folder
+from keytrail.owner_only import make_dirs, named, open_file, open_regular, reserve, sync_folder
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
@@ -161,7 +161,7 @@ def read_small(path: Path) -> bytes:
     """A digest, the retention floor or a public key, refused (ValueError) past SMALL_FILE_BYTES:
     whoever can write the data dir can grow one to gigabytes (sparse, a few bytes on disk), which
     read whole would take all the memory `verify` or `serve` has."""
-    with path.open("rb") as file:
+    with open(open_regular(path), "rb") as file:
         data = file.read(SMALL_FILE_BYTES + 1)
     if len(data) > SMALL_FILE_BYTES:
         raise ValueError(f"{path} is larger than {SMALL_FILE_BYTES} bytes, which no keytrail integrity file is")

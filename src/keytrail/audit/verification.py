@@ -38,6 +38,7 @@ from keytrail.audit.integrity import (
 from keytrail.audit.log_hashes import event_ids, read_records
 from keytrail.audit.shipper import ShippedOffset
 from keytrail.clock import dev_clock_ahead
+from keytrail.owner_only import open_regular
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
 __all__ = ["OffNode", "Verdict", "check", "public_key_problem", "verify"]
@@ -288,7 +289,7 @@ def _stored_hashes(paths: IntegrityPaths, reach: int) -> tuple[list[bytes], list
     and are not read (a sparse file, a few bytes on disk, would take all the memory verify has)."""
     limit = (reach + SPARE_HASHES) * HASH_SIZE
     try:
-        with paths.hashes.open("rb") as stored:
+        with open(open_regular(paths.hashes), "rb") as stored:
             data, size = stored.read(limit), os.fstat(stored.fileno()).st_size
     except FileNotFoundError:
         return [], []

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keytrail.owner_only import make_dirs, named, sync_folder
+from keytrail.owner_only import make_dirs, named, open_regular, sync_folder
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
@@ -54,8 +54,8 @@ def writer_active(directory: Path) -> bool:
 def lock_held(path: Path) -> bool:
     """True while a process holds an exclusive `flock` on `path`. The probe is a shared lock taken
     and dropped at once (two probes never see each other); it never creates the file."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # not waiting on a FIFO put in its place
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -421,7 +421,7 @@ class SegmentLog:
         if not self.writable:
             self.refresh()
         for segment in self._segments:
-            with segment.path.open("rb", buffering=0) as handle:
+            with open(open_regular(segment.path), "rb", buffering=0) as handle:
                 for offset, (payload, intact) in enumerate(_all_frames(handle.fileno()), segment.base):
                     yield Frame(offset, payload, intact)
 
@@ -440,7 +440,7 @@ class SegmentLog:
         """Records `index` … `index + limit - 1` of `segment` (fewer at its verified end): those
         verified before are read back as they are, the rest verified as they are read."""
         try:
-            fd = os.open(segment.path, os.O_RDONLY)
+            fd = open_regular(segment.path)
         except FileNotFoundError:  # retention deleted it meanwhile: the next read starts later
             return _NO_PAYLOADS
         try:
@@ -458,7 +458,7 @@ class SegmentLog:
     def _index(self, segment: _Segment) -> None:
         """Extend the segment's record positions over complete, checksummed frames on disk."""
         try:
-            fd = os.open(segment.path, os.O_RDONLY)
+            fd = open_regular(segment.path)
         except FileNotFoundError:
             return
         try:
@@ -535,7 +535,7 @@ def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
     or failing its checksum, and nothing after it, or start with a header of zeros: what a crash
     leaves of an unfinished write (the writer writes a batch's first header last, and a crash may
     keep a file's new length but not its data)."""
-    with segment.path.open("rb") as handle:
+    with open(open_regular(segment.path), "rb") as handle:
         handle.seek(segment.size)
         header = handle.read(FRAME.size)
         return (len(header) < FRAME.size or not header.strip(b"\0")
@@ -546,7 +546,7 @@ def _keep_tail(segment: _Segment) -> Path:
     """Copy what follows the segment's last whole record to a file beside it (synced); its path."""
     kept = segment.path.with_name(f"{segment.path.name}.cut-at-{segment.size}-{time.time_ns()}")
     target_fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # audit bytes: owner only
-    with segment.path.open("rb") as source, os.fdopen(target_fd, "wb") as target:
+    with open(open_regular(segment.path), "rb") as source, os.fdopen(target_fd, "wb") as target:
         source.seek(segment.size)
         while chunk := source.read(_CHUNK):
             target.write(chunk)

@@ -888,3 +888,45 @@ def test_a_segment_copied_under_another_name_has_its_copies_named_by_their_own_e
     inserted = [p for p in verify(tmp_path) if "was inserted" in p]
     assert inserted == [f"record 00000000-0000-4000-8000-{20 + i:012d} at offset {copy_base + i} was inserted "
                         "(not in the hash chain)" for i in range(5)]
+
+
+def _fifo_in_place_of(data_dir: Path, name: str) -> Path:
+    log_dir, paths = audit_paths(data_dir)
+    path = {"digest": paths.digests / "0000000001.json", "public key": paths.public_key,
+            "retention floor": paths.retention_floor, "hash store": paths.hashes,
+            "segment": sorted(log_dir.glob("*.seg"))[-1], "writer lock": log_dir / "LOCK"}[name]
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["digest", "public key", "retention floor", "hash store", "segment", "writer lock"])
+def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Path, name: str) -> None:
+    """verify opened and read the trail's files as they came: a FIFO in place of any of them (made
+    by whoever can write the data dir) kept it waiting for a writer forever, so a scheduled verify
+    never ended and never said the trail was tampered with."""
+    import threading
+
+    fifo = _fifo_in_place_of(data_dir, name)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(verify(data_dir))
+        except OSError as exc:
+            outcome.append(exc)
+
+    reading = threading.Thread(target=run, daemon=True)
+    reading.start()
+    reading.join(timeout=30)
+    waited = reading.is_alive()
+    if waited:  # blocked on the FIFO: a writer lets it go
+        os.close(os.open(fifo, os.O_WRONLY))
+    assert not waited, f"verify waited on the FIFO in place of the {name}"
+    assert len(outcome) == 1, outcome
+    if name == "writer lock":  # no trail file: only whether a writer is at work is asked of it
+        assert outcome == [[]]
+    elif isinstance(outcome[0], OSError):  # the CLI says it in one line, exit 1
+        assert outcome[0].filename == str(fifo) and "not a regular file" in str(outcome[0].strerror)
+    else:  # named as a problem of the trail
+        assert isinstance(outcome[0], list) and outcome[0], outcome
