@@ -112,24 +112,54 @@ def _moves(expected: list[bytes], actual: list[bytes], removed: list[int], added
 
 def _classify(moves: dict[int, int], removed: list[int], added: list[int],
               replaced: list[tuple[list[int], list[int]]], base: int, where: Callable[[int], int]) -> list[Finding]:
-    """Findings in offset order within each kind, so that two runs over one log say the same."""
+    """Findings in offset order within each kind, so that two runs over one log say the same: one
+    for each run of records read one after another (a segment copied, swapped or rewritten was a
+    line per record, tens of thousands of them, as a segment deleted was)."""
     moved_from = set(moves.values())
-    findings: list[Finding] = [
-        (f"record {{event}} at offset {where(j)} is out of order (was at offset {base + i}: reordered)", j)
-        for j, i in sorted(moves.items())]
+    findings = [_moved(first, last, moves, base, where) for first, last in _spans(sorted(moves), where, moves)]
     altered_old: set[int] = set()
-    altered_new: set[int] = set()
+    altered_new: list[int] = []
     for gone, new in replaced:
         pairs = zip([i for i in gone if i not in moved_from], [j for j in new if j not in moves], strict=False)
         for i, j in pairs:
             altered_old.add(i)
-            altered_new.add(j)
-            findings.append((f"record {{event}} at offset {where(j)} was altered", j))
+            altered_new.append(j)
+    findings += [(_named(first, last, where, "was altered", "were altered"), first)
+                 for first, last in _spans(altered_new, where)]
     findings += [(_missing(first, last), None) for first, last in
                  _runs([base + i for i in removed if i not in moved_from and i not in altered_old])]
-    findings += [(f"record {{event}} at offset {where(j)} was inserted (not in the hash chain)", j)
-                 for j in added if j not in moves and j not in altered_new]
+    inserted = [j for j in added if j not in moves and j not in set(altered_new)]
+    findings += [(_named(first, last, where, "was inserted (not in the hash chain)",
+                         "were inserted (not in the hash chain)"), first) for first, last in _spans(inserted, where)]
     return findings
+
+
+def _moved(first: int, last: int, moves: dict[int, int], base: int, where: Callable[[int], int]) -> Finding:
+    one = f"is out of order (was at offset {base + moves[first]}: reordered)"
+    run = f"are out of order (were at offsets {base + moves[first]}..{base + moves[last]}: reordered)"
+    return _named(first, last, where, one, run), first
+
+
+def _named(first: int, last: int, where: Callable[[int], int], one: str, run: str) -> str:
+    """The record read at `first` (its eventID in `{event}`), or the run read `first`..`last`, and
+    what was done to it."""
+    if first == last:
+        return f"record {{event}} at offset {where(first)} {one}"
+    return f"records at offsets {where(first)}..{where(last)} {run}: the first is {{event}}"
+
+
+def _spans(indexes: list[int], where: Callable[[int], int],
+           moves: dict[int, int] | None = None) -> list[tuple[int, int]]:
+    """(first, last) of each run of `indexes` (increasing) read one after another from consecutive
+    offsets, and, with `moves`, moved from consecutive offsets too."""
+    spans: list[tuple[int, int]] = []
+    for index in indexes:
+        if spans and index == spans[-1][1] + 1 and where(index) == where(index - 1) + 1 and \
+                (moves is None or moves[index] == moves[index - 1] + 1):
+            spans[-1] = (spans[-1][0], index)
+        else:
+            spans.append((index, index))
+    return spans
 
 
 def _runs(offsets: list[int]) -> list[tuple[int, int]]:
