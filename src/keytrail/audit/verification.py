@@ -405,7 +405,7 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: Callable[[], i
         actual = actual[:_hashed_end(expected[start:], actual)]
     findings = diff_hashes(expected[start:], actual, start, read.offset)
     if final is not None:
-        problems += _after_final_digest(final, expected[start:], actual, start)
+        problems += _after_final_digest(final, expected[start:], actual, start, read.offset)
     ids = event_ids(log, read, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings], start + len(actual)
@@ -419,14 +419,16 @@ def _unchecked(start: int, count: int) -> str:
     return f"{where} cannot be checked against the hash chain: {_NO_HASHES}"
 
 
-def _after_final_digest(final: dict[str, Any], expected: list[bytes], actual: list[bytes], start: int) -> list[str]:
+def _after_final_digest(final: dict[str, Any], expected: list[bytes], actual: list[bytes], start: int,
+                        where: Callable[[int], int]) -> list[str]:
     """Records past a clean stop's final digest, when every record it signed stands where it was
-    signed: a record inserted among them pushes the last along, and is named where it is."""
+    signed: a record inserted among them pushes the last along, and is named where it is (`where`:
+    the offset of the record read at an index)."""
     signed_end = int(final["endOffset"])
     end, signed = start + len(actual), max(0, signed_end - start)
     if end <= signed_end or actual[:signed] != expected[:signed]:
         return []
-    return [f"records at offsets {signed_end}..{end - 1} were inserted after the final digest "
+    return [f"records at offsets {where(signed)}..{where(len(actual) - 1)} were inserted after the final digest "
             f"{int(final['sequence']):010d}.json, signed when keytrail last stopped cleanly (no node wrote them)"]
 
 
