@@ -87,7 +87,7 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
     """The node's signing key, created (mode 0600, public key exported as PEM) on first use."""
     if paths.private_key.exists():
         try:
-            key = serialization.load_pem_private_key(paths.private_key.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(read_small(paths.private_key), password=None)
         except ValueError as exc:
             raise IntegrityFileUnusable(f"the audit signing key {paths.private_key} cannot be read "
                                         f"({_first_line(exc)}): restore it from a backup") from None
@@ -122,7 +122,7 @@ def _warn_if_shared(path: Path) -> None:
 def exported_fingerprint(paths: IntegrityPaths) -> str | None:
     """The fingerprint of the exported public key (None when it cannot be read)."""
     try:
-        public = serialization.load_pem_public_key(paths.public_key.read_bytes())
+        public = serialization.load_pem_public_key(read_small(paths.public_key))
     except (OSError, ValueError):
         return None
     return fingerprint(public) if isinstance(public, Ed25519PublicKey) else None

@@ -957,3 +957,30 @@ def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Pa
         assert outcome[0].filename == str(fifo) and "not a regular file" in str(outcome[0].strerror)
     else:  # named as a problem of the trail
         assert isinstance(outcome[0], list) and outcome[0], outcome
+
+
+def test_a_fifo_in_place_of_the_signing_key_is_named_not_waited_on(data_dir: Path) -> None:
+    """serve read the signing key as it came: a FIFO in its place kept its start waiting for a
+    writer forever, where verify's files are named (test above)."""
+    import threading
+
+    _, paths = audit_paths(data_dir)
+    paths.private_key.unlink()
+    os.mkfifo(paths.private_key)
+    outcome: list[object] = []
+
+    def start() -> None:
+        try:
+            outcome.append(signing_key(paths))
+        except OSError as exc:
+            outcome.append(exc)
+
+    reading = threading.Thread(target=start, daemon=True)
+    reading.start()
+    reading.join(timeout=30)
+    waited = reading.is_alive()
+    if waited:  # blocked on the FIFO: a writer lets it go
+        os.close(os.open(paths.private_key, os.O_WRONLY))
+    assert not waited, "the signing key's FIFO was waited on"
+    assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome
+    assert outcome[0].filename == str(paths.private_key) and "not a regular file" in str(outcome[0].strerror)
