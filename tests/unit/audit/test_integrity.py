@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -927,19 +927,16 @@ def _fifo_in_place_of(data_dir: Path, name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["digest", "public key", "retention floor", "hash store", "segment", "writer lock"])
-def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Path, name: str) -> None:
-    """verify opened and read the trail's files as they came: a FIFO in place of any of them (made
-    by whoever can write the data dir) kept it waiting for a writer forever, so a scheduled verify
-    never ended and never said the trail was tampered with."""
+def _outcome_beside_a_fifo(fifo: Path, call: Callable[[], object]) -> list[object]:
+    """What `call` returned or raised (an OSError), run in a thread given 30 s; a call still
+    waiting then (blocked on the FIFO, for a writer) fails the test, once a writer let it go."""
     import threading
 
-    fifo = _fifo_in_place_of(data_dir, name)
     outcome: list[object] = []
 
     def run() -> None:
         try:
-            outcome.append(verify(data_dir))
+            outcome.append(call())
         except OSError as exc:
             outcome.append(exc)
 
@@ -947,14 +944,28 @@ def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Pa
     reading.start()
     reading.join(timeout=30)
     waited = reading.is_alive()
-    if waited:  # blocked on the FIFO: a writer lets it go
+    if waited:
         os.close(os.open(fifo, os.O_WRONLY))
-    assert not waited, f"verify waited on the FIFO in place of the {name}"
+    assert not waited, f"waited on the FIFO at {fifo}"
     assert len(outcome) == 1, outcome
+    return outcome
+
+
+def _named_not_regular(error: object, path: Path) -> bool:
+    return isinstance(error, OSError) and error.filename == str(path) and "not a regular file" in str(error.strerror)
+
+
+@pytest.mark.parametrize("name", ["digest", "public key", "retention floor", "hash store", "segment", "writer lock"])
+def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Path, name: str) -> None:
+    """verify opened and read the trail's files as they came: a FIFO in place of any of them (made
+    by whoever can write the data dir) kept it waiting for a writer forever, so a scheduled verify
+    never ended and never said the trail was tampered with."""
+    fifo = _fifo_in_place_of(data_dir, name)
+    outcome = _outcome_beside_a_fifo(fifo, lambda: verify(data_dir))
     if name == "writer lock":  # no trail file: only whether a writer is at work is asked of it
         assert outcome == [[]]
     elif isinstance(outcome[0], OSError):  # the CLI says it in one line, exit 1
-        assert outcome[0].filename == str(fifo) and "not a regular file" in str(outcome[0].strerror)
+        assert _named_not_regular(outcome[0], fifo)
     else:  # named as a problem of the trail
         assert isinstance(outcome[0], list) and outcome[0], outcome
 
@@ -962,25 +973,8 @@ def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Pa
 def test_a_fifo_in_place_of_the_signing_key_is_named_not_waited_on(data_dir: Path) -> None:
     """serve read the signing key as it came: a FIFO in its place kept its start waiting for a
     writer forever, where verify's files are named (test above)."""
-    import threading
-
     _, paths = audit_paths(data_dir)
     paths.private_key.unlink()
     os.mkfifo(paths.private_key)
-    outcome: list[object] = []
-
-    def start() -> None:
-        try:
-            outcome.append(signing_key(paths))
-        except OSError as exc:
-            outcome.append(exc)
-
-    reading = threading.Thread(target=start, daemon=True)
-    reading.start()
-    reading.join(timeout=30)
-    waited = reading.is_alive()
-    if waited:  # blocked on the FIFO: a writer lets it go
-        os.close(os.open(paths.private_key, os.O_WRONLY))
-    assert not waited, "the signing key's FIFO was waited on"
-    assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome
-    assert outcome[0].filename == str(paths.private_key) and "not a regular file" in str(outcome[0].strerror)
+    outcome = _outcome_beside_a_fifo(paths.private_key, lambda: signing_key(paths))
+    assert _named_not_regular(outcome[0], paths.private_key)
