@@ -315,10 +315,7 @@ def _append(log_dir: Path, payloads: list[bytes]) -> None:
 def test_tail_following_a_segment_cut_back_shows_each_new_record_once(tmp_path: Path) -> None:
     """The reader's index of a segment cut back in place pointed past the file's end, or into the
     new records once the file grew again: `tail` showed nothing more, in silence."""
-    fill_trail(tmp_path, 20)
-    log_dir = audit_paths(tmp_path)[0]
-    segment = sorted(log_dir.glob("*.seg"))[-1]
-    payloads = [payload for _, payload in _frames(segment)]
+    log_dir, segment, payloads = _trail_to_tail(tmp_path, 20)
     command = _tail_json(tmp_path, 20)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
@@ -343,6 +340,14 @@ def test_tail_following_a_segment_cut_back_shows_each_new_record_once(tmp_path: 
     assert "cut back to offset 18" in second_note and "the 5 records shown from there" in second_note
 
 
+def _trail_to_tail(data_dir: Path, records: int) -> tuple[Path, Path, list[bytes]]:
+    """A trail of `records` calls in `data_dir`: its log folder, newest segment and that segment's payloads."""
+    fill_trail(data_dir, records)
+    log_dir = audit_paths(data_dir)[0]
+    segment = sorted(log_dir.glob("*.seg"))[-1]
+    return log_dir, segment, [payload for _, payload in _frames(segment)]
+
+
 def _tail_json(data_dir: Path, last: int) -> list[str]:
     """`audit tail` in JSON from the last `last` records on, polling every 0.05 s."""
     return [sys.executable, "-m", "keytrail", "audit", "tail", "--data-dir", str(data_dir), "--format", "json",
@@ -353,9 +358,7 @@ def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_c
     """Records shown from a segment, then from the next one the writer rolled to: the checksums
     kept for the shown records were trimmed to the new segment's but counted from the wrong
     offset, so the next poll took the log for cut back, said so, and showed records again."""
-    fill_trail(tmp_path, 20)
-    log_dir = audit_paths(tmp_path)[0]
-    payloads = [payload for _, payload in _frames(sorted(log_dir.glob("*.seg"))[-1])]
+    log_dir, _, payloads = _trail_to_tail(tmp_path, 20)
     command = _tail_json(tmp_path, 20)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
@@ -380,9 +383,7 @@ def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_c
 def test_tail_says_how_many_records_retention_deleted_before_it_showed_them(tmp_path: Path) -> None:
     """Stopped (Ctrl-Z) or far behind for longer than retention waits for readers, `tail` went on
     from the oldest record kept with nothing to say that lines were missing from its output."""
-    fill_trail(tmp_path, 5)
-    log_dir = audit_paths(tmp_path)[0]
-    payloads = [payload for _, payload in _frames(sorted(log_dir.glob("*.seg"))[-1])]
+    log_dir, _, payloads = _trail_to_tail(tmp_path, 5)
     command = _tail_json(tmp_path, 5)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
