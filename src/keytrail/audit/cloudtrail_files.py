@@ -11,9 +11,10 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from keytrail.audit.schema import SchemaError, decode_batch, event_id_bytes
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
@@ -225,6 +226,8 @@ def decoded_in_order(values: Sequence[bytes]) -> Iterator[dict[str, Any]]:
 # files per account, Region and hour; a reader takes them all.
 EXPORT_FILE_RECORDS = 2_000
 EXPORT_OPEN_FILES = 16
+# gzip's default level, 9, took twice level 6's time for files 4 % smaller (JSON of KMS records).
+LOG_FILE_GZIP_LEVEL = 6
 
 _FileKey = tuple[str, str, str]  # account, Region, hour (YYYYMMDDTHH00Z)
 
@@ -247,8 +250,7 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
         written.append(_write_log_file(out, key, file, owner_only=owner_only))
 
     for offset, event in _events_to_export(data_dir, log):
-        moment = datetime.fromisoformat(event["eventTime"]).astimezone(UTC)
-        key = (*_account_and_region(event), f"{moment.year:04d}" + moment.strftime("%m%dT%H00Z"))  # %Y: "1"
+        key = (*_account_and_region(event), _file_hour(event["eventTime"]))
         file = filling.setdefault(key, _FillingFile(offset))
         file.events.append(event)
         if len(file.events) >= EXPORT_FILE_RECORDS:
@@ -259,6 +261,12 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     for key in sorted(filling):
         write(key, filling[key])
     return written
+
+
+def _file_hour(event_time: str) -> str:
+    """YYYYMMDDTHH00Z of a stored record's eventTime, which the event log always gives as
+    YYYY-MM-DDTHH:MM:SS[.mmm]Z in UTC (schema.from_avro): sliced, not parsed again."""
+    return f"{event_time[0:4]}{event_time[5:7]}{event_time[8:10]}T{event_time[11:13]}00Z"
 
 
 @dataclass(slots=True)
@@ -287,7 +295,7 @@ def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only:
     folder = out / "AWSLogs" / account / "CloudTrail" / region / hour[:4] / hour[4:6] / hour[6:8]
     path = folder / f"{account}_CloudTrail_{region}_{hour}_{file.first_offset:016x}.json.gz"
     _require_earlier_records(path, file.events)
-    data = gzip.compress(json.dumps({"Records": file.events}).encode())
+    data = gzip.compress(orjson.dumps({"Records": file.events}), compresslevel=LOG_FILE_GZIP_LEVEL)
     if owner_only:
         replace_whole(path, data)  # its folders made 0700 first
     else:

