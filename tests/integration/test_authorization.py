@@ -17,6 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.support.server import ACCOUNT, OTHER_ACCOUNT, PRINCIPALS, KeytrailServer, write_principals
+from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +159,26 @@ def test_time_limited_access_follows_the_server_clock(fresh_server: KeytrailServ
     fresh_server.advance(2 * 86400)
     assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
 
+
+def test_trailing_days_without_key_usage_protects_recently_used_keys(fresh_server: KeytrailServer) -> None:
+    # AWS's guard against deleting a key in use (AWS Security Blog, "Identify unused AWS KMS keys and
+    # prevent accidental key deletions"): the days since the last cryptographic use, or since the
+    # key's creation for a key never used, rounded down. Absent, the Deny never matched.
+    alice = fresh_server.client("alice")
+    guard = {"Effect": "Deny", "Principal": "*", "Action": ["kms:ScheduleKeyDeletion", "kms:DisableKey"],
+             "Resource": "*", "Condition": {"NumericLessThanEquals": {"kms:TrailingDaysWithoutKeyUsage": "30"}}}
+    used, unused = new_key(alice, policy(guard)), new_key(alice, policy(guard))
+    alice.encrypt(KeyId=used, Plaintext=b"x")
+    eventually_blocking(lambda: alice.get_key_last_usage(KeyId=used).get("KeyLastUsage"), what="the use tracked")
+    code, message = error_of(alice.disable_key, KeyId=used)
+    assert (code, message) == ("AccessDeniedException", f"User: {ALICE} is not authorized to perform: "
+                               f"kms:DisableKey on resource: {used} with an explicit deny in a resource-based policy")
+    assert error_of(alice.schedule_key_deletion, KeyId=unused)[0] == "AccessDeniedException"
+    fresh_server.advance(30 * 86400)
+    assert error_of(alice.disable_key, KeyId=used)[0] == "AccessDeniedException"  # 30 days: still "<= 30"
+    fresh_server.advance(86400)
+    alice.disable_key(KeyId=used)
+    assert alice.schedule_key_deletion(KeyId=unused, PendingWindowInDays=7)["KeyState"] == "PendingDeletion"
 
 def test_cross_account_needs_key_policy_and_identity_policy(server: KeytrailServer, alice: Any) -> None:
     carol, other_root = server.client("carol"), server.client("other-root")

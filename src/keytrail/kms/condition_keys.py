@@ -8,21 +8,30 @@ answers every key (lowercase) for the evaluator, deriving principal, key and tim
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from keytrail.kms.context import CallContext, IdentityType
 from keytrail.kms.errors import InvalidGrantTokenException
 from keytrail.kms.grants import parse_grant_token
 from keytrail.kms.keys import DEFAULT_ROTATION_PERIOD_DAYS, Key
+from keytrail.kms.model import LastUsageSource
 
-__all__ = ["ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "RESOURCE_ALIASES", "RequestContext", "request_conditions"]
+__all__ = [
+    "ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "LAST_USAGE_ACTIONS", "RESOURCE_ALIASES", "TRAILING_DAYS",
+    "RequestContext", "request_conditions", "trailing_days_without_use",
+]
 
 # Private keys (never AWS condition keys) carrying whole values that grants need verbatim.
 ENCRYPTION_CONTEXT = "keytrail:EncryptionContext"
 GRANT_CONSTRAINTS = "keytrail:GrantConstraints"
 # Lowercase, as policies' `reads` name keys; the caller of `authorize` supplies its value.
 RESOURCE_ALIASES = "kms:resourcealiases"
+# kms:TrailingDaysWithoutKeyUsage, the "key last usage condition" of DisableKey and
+# ScheduleKeyDeletion (AWS KMS permissions reference): `authorize` supplies it when a policy reads it.
+TRAILING_DAYS = "kms:trailingdayswithoutkeyusage"
+LAST_USAGE_ACTIONS = frozenset(f"kms:{name}" for name in ("DisableKey", "ScheduleKeyDeletion"))
+_DAY_SECONDS = 86400
 
 # kms:EncryptionAlgorithm: for the data-key operations, the algorithm that encrypts the data key
 # (or the private key of a data key pair) under the symmetric KMS key.
@@ -169,6 +178,24 @@ def _tags(name: str, params: Mapping[str, Any], out: dict[str, Any]) -> None:
         out["aws:TagKeys"] = [tag.get("TagKey") for tag in tags]
     if name == "UntagResource" and params.get("TagKeys"):
         out["aws:TagKeys"] = list(params["TagKeys"])
+
+
+def trailing_days_without_use(key: Key, now: datetime, source: LastUsageSource) -> int:
+    """kms:TrailingDaysWithoutKeyUsage: whole days (rounded down) since the key's last successful
+    cryptographic use as GetKeyLastUsage reports it; for a key unused since tracking began, since
+    its creation or the tracking start, whichever is later ("AWS KMS condition keys")."""
+    tracking_start, last = source.last_usage(key.arn)
+    if last is not None:
+        since = last.timestamp
+    elif tracking_start is not None:
+        since = max(_utc(key.creation_date), _utc(tracking_start))
+    else:
+        since = key.creation_date
+    return max(0, int((_utc(now) - _utc(since)).total_seconds() // _DAY_SECONDS))
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --- the request context -----------------------------------------------------------------------

@@ -24,7 +24,13 @@ from keytrail.kms.authz import AccessRequest, Authorizer, denial_message
 from keytrail.kms.call_records import call_record
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
-from keytrail.kms.condition_keys import RESOURCE_ALIASES, request_conditions
+from keytrail.kms.condition_keys import (
+    LAST_USAGE_ACTIONS,
+    RESOURCE_ALIASES,
+    TRAILING_DAYS,
+    request_conditions,
+    trailing_days_without_use,
+)
 from keytrail.kms.context import CallContext
 from keytrail.kms.due_work import DueWork
 from keytrail.kms.grants import grant_token_matches, grantee_names, parse_grant_token
@@ -322,12 +328,21 @@ class KmsService:
         values = request_conditions(action, call.params)
         if conditions:
             values.update(conditions)
-        if key is not None and RESOURCE_ALIASES in self._policy_reads(key, call.context):
-            aliases = await self.store.list_aliases(key.account, key.region)
-            values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
+        if key is not None:
+            await self._key_conditions(call, action, key, values)
         if key is not None and action in _CRYPTO_ACTIONS:
             _note_custom_key_store(call, key)
         self.require_allowed(AccessRequest(call.context, action, key, values, grants))
+
+    async def _key_conditions(self, call: Call, action: str, key: Key, values: dict[str, Any]) -> None:
+        """The condition keys that cost a lookup, read only when a policy asks for them: the key's
+        aliases, and its days without use (without usage tracking on this node it is absent)."""
+        reads = self._policy_reads(key, call.context)
+        if RESOURCE_ALIASES in reads:
+            aliases = await self.store.list_aliases(key.account, key.region)
+            values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
+        if action in LAST_USAGE_ACTIONS and TRAILING_DAYS in reads and self.deps.last_usage is not None:
+            values[TRAILING_DAYS] = trailing_days_without_use(key, self.now(), self.deps.last_usage)
 
     async def authorize_alias(self, call: Call, action: str, name: str) -> None:
         """The alias half of CreateAlias, UpdateAlias and DeleteAlias: only IAM policies decide,

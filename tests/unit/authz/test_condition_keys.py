@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from keytrail.kms.condition_keys import RequestContext, request_conditions
+from keytrail.kms.condition_keys import RequestContext, request_conditions, trailing_days_without_use
 from keytrail.kms.errors import InvalidGrantTokenException
-from keytrail.kms.model import KeySpec, KeyUsage, Origin
+from keytrail.kms.model import KeyLastUsage, KeySpec, KeyUsage, Origin
 
 from .support import ACCOUNT, NOW, call, key, role, root, user
 
@@ -216,3 +217,29 @@ def test_principal_tags_are_read_by_any_case_of_their_key() -> None:
     assert ctx("aws:principaltag/team") == "payments"
     assert ctx("aws:principaltag/missing") is None
     assert RequestContext(call(root()), None, {}, lambda: NOW)("aws:principaltag/team") is None
+
+
+class _Usage:
+    """A LastUsageSource with a fixed answer."""
+
+    def __init__(self, tracking_start: datetime | None, last: KeyLastUsage | None) -> None:
+        self.answer = (tracking_start, last)
+
+    def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]:
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("created", "tracking_start", "last_used", "days"),
+    [
+        (NOW - timedelta(days=400), NOW - timedelta(days=100), NOW - timedelta(days=2, hours=23), 2),  # rounded down
+        (NOW - timedelta(days=5), NOW - timedelta(days=100), None, 5),  # unused since its creation
+        (NOW - timedelta(days=400), NOW - timedelta(days=100), None, 100),  # unused since tracking began
+        (NOW - timedelta(days=3), None, None, 3),  # nothing tracked yet
+    ],
+)
+def test_trailing_days_without_key_usage_counts_from_the_last_use_else_creation_or_tracking_start(
+        created: datetime, tracking_start: datetime | None, last_used: datetime | None, days: int) -> None:
+    last = KeyLastUsage("Encrypt", last_used, "event", None) if last_used else None
+    used_key = dataclasses.replace(key({}), creation_date=created)
+    assert trailing_days_without_use(used_key, NOW, _Usage(tracking_start, last)) == days
