@@ -125,3 +125,14 @@ def test_a_grant_token_is_refused_outside_the_region_of_its_grant(server: Keytra
     assert len(east.list_grants(KeyId=key_id)["Grants"]) == 1
     east.retire_grant(GrantToken=token)
     assert east.list_grants(KeyId=key_id)["Grants"] == []
+
+
+def test_a_grant_without_operations_is_refused(kms) -> None:
+    # "ForAllValues also returns true when there are no grant operations in the request, but
+    # CreateGrant doesn't permit it" (AWS KMS condition keys, kms:GrantOperations).
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    code, message, status = aws_error(kms.create_grant, KeyId=key_id, GranteePrincipal=BOB, Operations=[])
+    assert (code, message, status) == (
+        "ValidationException", "1 validation error detected: Value '[]' at 'operations' failed to satisfy "
+        "constraint: Member must have length greater than or equal to 1", 400)
+    assert kms.list_grants(KeyId=key_id)["Grants"] == []

@@ -127,6 +127,13 @@ def _require_grantable(svc: KmsService, key: Key) -> None:
 
 async def create_grant(svc: KmsService, call: Call) -> Response:
     params = call.params
+    if not params["Operations"]:
+        # "CreateGrant doesn't permit" a grant without operations ("AWS KMS condition keys",
+        # kms:GrantOperations), which the model's list shape leaves unbounded: refused before
+        # access is decided, as a model constraint is, and before a ForAllValues policy allows it.
+        raise errors.ValidationException(
+            "1 validation error detected: Value '[]' at 'operations' failed to satisfy constraint: "
+            "Member must have length greater than or equal to 1")
     _require_one_of(params, "GranteePrincipal", "GranteeServicePrincipal", "must")
     _require_one_of(params, "RetiringPrincipal", "RetiringServicePrincipal", "can")
     # Dropped, the grant would look usable or retirable by a service that can never call here.
