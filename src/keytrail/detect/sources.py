@@ -127,7 +127,7 @@ def default_decoder() -> Decoder:
 
     def decode_run(values: list[bytes], avro: bool) -> list[dict[str, Any]]:
         try:
-            return list(avro_batch(values)) if avro else [orjson.loads(v) for v in values]
+            return list(avro_batch(values)) if avro else [_json_record(v) for v in values]
         except Exception as exc:
             if len(values) > 1:  # find the bad one(s), keep the rest
                 return [record for value in values for record in decode_run([value], avro)]
@@ -141,6 +141,15 @@ def default_decoder() -> Decoder:
         return records
 
     return decode
+
+
+def _json_record(value: bytes) -> dict[str, Any]:
+    """The CloudTrail record of a JSON value. JSON that is no object (another producer's null, a
+    number) is refused here: let on to the rules, it failed them and cost the rest of its batch."""
+    record = orjson.loads(value)
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object: {value[:40]!r}")
+    return record
 
 
 async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIterator[ValueBatch]:

@@ -57,6 +57,21 @@ async def test_values_nobody_can_read_are_skipped_and_the_rest_kept(tmp_path: Pa
     assert "decoding them one by one" in caplog.text  # the damaged value sent its run to the record decoder
 
 
+@pytest.mark.parametrize("odd", [b"null", b"123", b"[]", b'"text"'])
+async def test_a_json_value_that_is_no_object_is_skipped_and_the_rest_of_its_batch_judged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, odd: bytes
+) -> None:
+    # JSON that parses to no record (another producer's null, a number, a list) went on to the
+    # rules, which failed on it: the detector passed over the rest of the fetch (up to 5,000 calls).
+    records = _records()
+    values = [encode(r) for r in records[:2]] + [odd] + [encode(r) for r in records[2:]]
+    runner = DetectorRunner.open(tmp_path / "values")
+    with caplog.at_level(logging.WARNING):
+        await runner.feed_values(values)
+    assert _summary(runner) == await _fed_records(tmp_path, records)
+    assert "skipping an audit message that cannot be decoded: not a JSON object" in caplog.text
+
+
 async def test_a_value_that_made_the_columnar_reader_panic_is_skipped_without_panic_text(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
