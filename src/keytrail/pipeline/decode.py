@@ -28,7 +28,7 @@ from keytrail.audit import schema as audit_schema
 from keytrail.audit.schema import avro_long
 from keytrail.transport.frames import FRAME_HEADER, Payloads
 
-__all__ = ["AVRO_COLUMNS", "avro_frame", "known_writer", "read_writer_columns", "readable_avro"]
+__all__ = ["AVRO_COLUMNS", "avro_frame", "known_writer", "read_writer_columns", "readable_avro", "say_unknown_writers"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def readable_avro(
     whole = [audit_schema.is_whole_value(value) for value in values]
     frames: list[pl.DataFrame] = []
     kept: list[int] = []
-    skipped = [offset for offset, ok in zip(offsets, whole, strict=True) if not ok]
+    newer = say_unknown_writers(partition, values, offsets)
+    skipped = [offset for offset, ok in zip(offsets, whole, strict=True) if not ok and offset not in newer]
     vetted = [value for value, ok in zip(values, whole, strict=True) if ok]
     _bisect(vetted, [offset for offset, ok in zip(offsets, whole, strict=True) if ok], frames, kept, skipped)
     if skipped:
@@ -168,6 +169,21 @@ def _mixed(values: Sequence[bytes]) -> pl.DataFrame:
 
 def _read(prefix: bytes, values: Sequence[bytes]) -> pl.DataFrame:
     return _complete(read_writer_columns(prefix, values, _writers()[prefix][1]))
+
+
+def say_unknown_writers(partition: str, values: Sequence[bytes], offsets: Sequence[int]) -> set[int]:
+    """Say in one line which of `values` are events of an Avro schema this build does not know (a
+    newer keytrail's, by its single-object header), and return their offsets: taken for damage,
+    they were said to be values that cannot be decoded, and nothing said to upgrade."""
+    found = {offset: bytes(value[2:_PREFIX]).hex() for value, offset in zip(values, offsets, strict=True)
+             if value[:2] == _MAGIC and not known_writer(bytes(value[:_PREFIX]))}
+    if found:
+        listed = sorted(found)
+        log.warning("%s: skipped %d audit events of an Avro schema this keytrail does not know (fingerprint %s; "
+                    "offsets %s): their calls are not counted; a newer keytrail writes them, upgrade this one",
+                    partition, len(found), ", ".join(sorted(set(found.values()))),
+                    ", ".join(map(str, listed[:10])) + (" …" if len(listed) > 10 else ""))
+    return set(found)
 
 
 def known_writer(prefix: bytes) -> bool:

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from keytrail.log_lines import retention_gap
-from keytrail.pipeline.decode import known_writer
+from keytrail.pipeline.decode import known_writer, say_unknown_writers
 from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
 from keytrail.transport.topics import AUDIT_TOPIC
@@ -262,12 +262,16 @@ def _audit_events(partition: str, messages: list[Any]) -> list[Any]:
     (a tombstone, another producer's bytes) is skipped with a warning: it would stop the
     partition for good if it failed the batch, and it has nothing to count."""
     events: list[Any] = []
-    odd: list[int] = []
+    odd: list[Any] = []
     for message in messages:
         if isinstance(message.value, bytes) and known_writer(message.value[:10]):
             events.append(message)
         else:
-            odd.append(message.offset)
+            odd.append(message)
+    # A newer keytrail's events are said to be that, not another producer's bytes.
+    avro = [message for message in odd if message.value is not None]
+    newer = say_unknown_writers(partition, [m.value for m in avro], [m.offset for m in avro])
+    odd = [message.offset for message in odd if message.offset not in newer]
     if odd:
         log.warning("%s: skipped %d messages that are not keytrail audit events (offsets %s)",
                     partition, len(odd), ", ".join(map(str, odd[:10])) + (" …" if len(odd) > 10 else ""))

@@ -389,6 +389,31 @@ async def test_a_damaged_value_of_a_known_writer_is_skipped_not_a_stop_of_its_pa
     assert "p0: skipped 1 audit values that cannot be decoded (offsets 1234)" in caplog.text
 
 
+async def test_events_of_a_schema_this_build_does_not_know_are_named_as_such_not_as_damage(
+    tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer keytrail's events (another node on the topic, a data dir a newer serve wrote) were
+    said to be values "that cannot be decoded", as if damaged: nothing said to upgrade, and every
+    one of them went uncounted."""
+    from keytrail.audit.schema import encode
+
+    values = [encode(event) for event in events[:600]]
+    newer = (100, 101, 450)
+    for position in newer:  # the header of a writer schema this build does not know
+        values[position] = values[position][:2] + bytes(range(8)) + values[position][10:]
+    values[300] = values[300][:10] + b"\xff" * 40  # damage beside them is still said to be damage
+    stats = await Runner(state_dir(tmp_path), ValuesSource(values, size=600)).run()
+    assert (stats.records, stats.unreadable) == (600, 4)
+    _assert_exact(tmp_path, [e for i, e in enumerate(events[:600]) if i not in (*newer, 300)])
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert warnings == [
+        "p0: skipped 3 audit events of an Avro schema this keytrail does not know (fingerprint "
+        "0001020304050607; offsets 100, 101, 450): their calls are not counted; a newer keytrail "
+        "writes them, upgrade this one",
+        "p0: skipped 1 audit values that cannot be decoded (offsets 300)",
+    ]
+
+
 async def test_a_value_cut_short_after_its_header_is_skipped_too(
     tmp_path: Path, events: list[dict[str, Any]]
 ) -> None:
