@@ -82,6 +82,8 @@ class StateFileDamaged(OSError):
 
 
 def _open_error(path: Path, exc: sqlite3.DatabaseError) -> OSError:
+    if path.is_dir():  # SQLite says "unable to open database file", or to a reader "disk I/O error"
+        return OSError(f"cannot open the metrics state file {path}: it is a directory, not a file")
     return sqlite_open_error(exc, f"the metrics state file {path}", StateFileDamaged(path, exc))
 
 

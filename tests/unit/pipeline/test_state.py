@@ -114,6 +114,11 @@ def test_a_state_file_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path
     with pytest.raises(OSError, match="cannot open the metrics state file") as info:
         PartitionState(path)
     assert not isinstance(info.value, StateFileDamaged)  # whose advice, move it aside, would lose it
+    # SQLite said "unable to open database file", and to a query "disk I/O error": a failing disk?
+    assert str(info.value) == f"cannot open the metrics state file {path}: it is a directory, not a file"
+    with pytest.raises(OSError) as info:
+        PartitionState(path, read_only=True)
+    assert str(info.value) == f"cannot open the metrics state file {path}: it is a directory, not a file"
 
 
 def test_a_state_file_sqlite_cannot_read_is_named_in_one_line(tmp_path: Path) -> None:
