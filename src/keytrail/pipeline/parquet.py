@@ -41,15 +41,16 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
     # wait) leaves its changed days' usage tables older than their state, so `stale_days` hands them
     # to the next export, which prices every day they change again. Written first, the usage tables
     # would hide the cost tables left unwritten (a late CreateKey's storage from its day on).
+    # So is the last-used table: written after them, one cut short before it was never written again.
     cost_days = _cost_days(root, store, lifecycle, changed, today, table.free_tier_requests > 0)
     for day, cost in store.daily_costs(table, cost_days, lifecycle):
         if _write_if_changed(cost, path := _table(root, "cost", day)):
             written.append(path)
+    written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     for day in sorted(changed):
         since = datetime.combine(day, time(), UTC)
         until = shifted(since, timedelta(days=1))  # 9999-12-31 has no next day
         written.append(_write(store.usage_minutes(since, until), _table(root, "usage", day)))
-    written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))
     return written
 
 

@@ -188,6 +188,35 @@ async def test_an_export_cut_short_is_finished_by_the_next_one(tmp_path: Path, m
     assert tables == {day: _answered(data_dir, day) for day in tables}
 
 
+async def test_an_export_killed_before_its_last_used_table_is_finished_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last-used table was written after the usage tables, which mark an export done: a kill
+    between the two left it without the last uses of that run, and the next start, finding every
+    usage table up to date, did not write it again (until some later call changed a day)."""
+    from keytrail.pipeline import parquet
+
+    data_dir = tmp_path / "data"
+    records = [create_key(MONDAY, key_arn(1)), event("Encrypt", MONDAY, key_arn(1), user("alice"))]
+    await _consume(data_dir, records)
+    records.append(event("Decrypt", MONDAY + timedelta(days=1), key_arn(1), user("bob")))
+    real_write = parquet._write
+
+    def killed_at_last_used(frame: pl.DataFrame, path: Path) -> Path:
+        if path.name == "last_used.parquet":
+            raise _Killed
+        return real_write(frame, path)
+
+    monkeypatch.setattr(parquet, "_write", killed_at_last_used)
+    with pytest.raises(_Killed):
+        await _consume(data_dir, records)
+    monkeypatch.setattr(parquet, "_write", real_write)
+    await _consume(data_dir, records)  # every record counted already: only the export's own work
+    table = pl.read_parquet(data_dir / "metrics" / "last_used" / "last_used.parquet")
+    assert table.equals(MetricsStore(data_dir).last_used_by_key())
+    assert table.filter(pl.col("keyArn") == key_arn(1))["lastUsedOperation"].to_list() == ["Decrypt"]
+
+
 def _days_priced(monkeypatch: pytest.MonkeyPatch) -> list[date]:
     """The days an export prices from now on (each one a cost computation over its day)."""
     priced: list[date] = []
