@@ -10,6 +10,7 @@ less per row than upserting each group into SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -85,6 +86,12 @@ class UsageFiles:
         for path in self.root.glob(f"day=*/{self.partition}.*.parquet"):
             if f"{path.parent.name}/{path.name}" not in listed and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
+        # Temp files of writes a kill cut short (`_durable_write`), never renamed; another owner of
+        # the partition (a group member sharing the data dir) may rename its own one meanwhile.
+        for path in self.root.glob(f"day=*/.{self.partition}.*.parquet.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
 
     def read(self, since: datetime | None, until: datetime | None, shape: Shape | None = None) -> pl.DataFrame:
         """Minute-level usage with minute in [since, until), summed over the listed files; or,

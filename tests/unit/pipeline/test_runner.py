@@ -97,9 +97,13 @@ def test_orphan_usage_files_of_a_crashed_checkpoint_are_ignored_then_removed(
     orphan = state_dir(tmp_path) / "usage" / "day=2026-10-01" / "records.deadbeef.parquet"
     shutil.copyfile(next(iter((state_dir(tmp_path) / "usage").glob("day=2026-10-01/*.parquet"))), orphan)
     _assert_usage(tmp_path, events[:1000])  # not listed in the manifest: never read
-    os.utime(orphan, (0, 0))
+    # A checkpoint killed while it wrote a file leaves the temp file it was writing (kill -9 mid-write).
+    half_written = orphan.with_name(".records.0badc0de.parquet.tmp")
+    half_written.write_bytes(orphan.read_bytes()[:100])
+    for path in (orphan, half_written):
+        os.utime(path, (0, 0))
     asyncio.run(Runner(state_dir(tmp_path), RecordsSource(events[:1000])).run())
-    assert not orphan.exists()
+    assert not orphan.exists() and not half_written.exists()
 
 
 def _assert_usage(data_dir: Path, events: list[dict[str, Any]]) -> None:
