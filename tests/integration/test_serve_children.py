@@ -358,3 +358,26 @@ def test_a_detector_child_started_by_an_older_serve_exits_in_one_line_instead_of
     assert "serve older than this keytrail" in line and "restart keytrail serve" in line
     assert ("--mqtt or --kafka" if arguments else "no line came on its stdin within 5 s") in line
     assert "old-serve-pw" not in line and not (tmp_path / "alarms.jsonl").exists()
+
+
+def test_a_detector_child_whose_event_log_cannot_be_read_exits_in_one_line_instead_of_idling(tmp_path: Path) -> None:
+    """The detector child's loop over the event log ended on an error reading it, and the child
+    went on waiting for serve's stop: alive, judging nothing, saying nothing, never restarted."""
+    from tests.support.audit_records import fill_trail
+
+    fill_trail(tmp_path, 20)
+    (tmp_path / "audit" / "log" / f"{99999:020d}.seg").mkdir()  # a folder where a segment would be
+    child = subprocess.Popen([sys.executable, "-m", "keytrail.cli.sidecar", "detector", str(tmp_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stdin is not None and child.stderr is not None
+    try:
+        child.stdin.write(b'{"mqtt": null, "kafka": null}\n')
+        child.stdin.flush()
+        status = child.wait(60)  # its stdin open, as serve holds it
+    finally:
+        child.kill()
+        child.stdin.close()
+    lines = child.stderr.read().decode().splitlines()
+    child.stderr.close()
+    assert status == 1  # serve restarts it with its backoff, a line each time
+    assert len(lines) == 1 and "detector child: " in lines[0] and "Is a directory" in lines[0], lines

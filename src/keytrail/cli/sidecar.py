@@ -227,10 +227,16 @@ async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: 
     runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
                                  clock=SystemClock())
     live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms, _JudgedLines().judged))
-    await stopping.wait()
-    live.cancel()
-    await asyncio.gather(live, return_exceptions=True)
+    stop = asyncio.create_task(stopping.wait())
+    # Until serve stops it, or its loop ends on an error reading the event log: waiting for the stop
+    # alone left a child that judged nothing, said nothing and was never restarted.
+    await asyncio.wait({live, stop}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (live, stop):
+        task.cancel()
+    await asyncio.gather(live, stop, return_exceptions=True)
     await runner.close()  # delivers what is queued and the latest counts of open alarms
+    if not live.cancelled() and (error := live.exception()) is not None:
+        raise error  # one line (`_run_child`), exit 1: serve restarts it with its backoff
 
 
 class _JudgedLines:
