@@ -17,7 +17,7 @@ from keytrail.detect.runner import DetectorRunner, batch_guard
 from keytrail.detect.sources import UNJUDGED
 from keytrail.log_lines import retention_gap
 from keytrail.transport.segment_log import event_log_dir
-from keytrail.transport.segment_reader import SegmentReader
+from keytrail.transport.segment_reader import SegmentReader, StallWatch
 
 __all__ = ["DETECTOR_TICK_SECONDS", "detect_live", "follow_event_log", "judged_up_to"]
 
@@ -51,29 +51,32 @@ async def _follow(data_dir: Path, start: int, batch: int,
                   idle_seconds: float) -> AsyncIterator[tuple[list[bytes], int, list[range]]]:
     """`follow_event_log`, each batch also with the offsets its values were read at."""
     reader = SegmentReader(event_log_dir(data_dir))
+    stall = StallWatch(reader.directory, "detector", "judged")
     offset, first_read = start, True
     while True:
-        values, offset, gaps, spans = await asyncio.to_thread(_read_batch, reader, offset, batch)
+        values, offset, gaps, spans, end = await asyncio.to_thread(_read_batch, reader, offset, batch)
         for gap in gaps:
             if not (first_read and gap.start == start):  # a replay begins at the oldest record kept: no news
                 _say_passed_over(reader.directory, gap)
         first_read = False
+        await stall.polled(offset, end, len(values))
         yield values, offset, spans
         if len(values) < batch:
             await asyncio.sleep(idle_seconds)  # let a live log gather a fuller batch
 
 
 def _read_batch(reader: SegmentReader, offset: int,
-                limit: int) -> tuple[list[bytes], int, list[range], list[range]]:
+                limit: int) -> tuple[list[bytes], int, list[range], list[range], int]:
     """Up to `limit` values from `offset` on, and the offset after them, read on into the next
     segment at the end of one: a batch comes short only at the log's end, which is what the
     detector takes it for (caught up, nothing waiting). A segment's end taken for the log's
     (every 64 MiB of a log replayed after a start) had it tick as of the wall clock mid-replay.
-    Also the offsets passed over because retention deleted them before they were read, and those
-    the values were read at."""
+    Also the offsets passed over because retention deleted them before they were read, those
+    the values were read at, and the log's end as the last read saw it."""
     values: list[bytes] = []
     gaps: list[range] = []
     spans: list[range] = []
+    end = offset
     while len(values) < limit:
         first, payloads, end = reader.read(offset, limit - len(values))
         if not payloads:
@@ -85,7 +88,7 @@ def _read_batch(reader: SegmentReader, offset: int,
         spans.append(range(first, offset))
         if offset >= end:
             break
-    return values, offset, gaps, spans
+    return values, offset, gaps, spans, end
 
 
 def _say_passed_over(directory: Path, gap: range) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from keytrail.log_lines import retention_gap
 from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
-from keytrail.transport.segment_reader import SegmentReader
+from keytrail.transport.segment_reader import SegmentReader, StallWatch
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
 
@@ -53,9 +53,12 @@ class SegmentLogSource:
         self._offset = start_at(SEGMENT_LOG_PARTITION)
         # The log began again below the state's offset: the next batch says so.
         began_again = await self._replaced_below(reader)
+        stall = StallWatch(self.directory, "consumer", "counted")
         while not self.stop.is_set():
             first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
             self._end = end
+            if self.follow:  # a one-off read ends at the damage, and `consume` names it
+                await stall.polled(first + len(values) if values else self._offset, end, len(values))
             if end < self._offset:
                 self._read_from_start(end)
                 reader, began_again = SegmentReader(self.directory), True

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from bisect import bisect_right
 from pathlib import Path
 
 from keytrail.transport.frames import Payloads
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["SegmentReader"]
+__all__ = ["SegmentReader", "StallWatch"]
+
+log = logging.getLogger(__name__)
 
 
 class SegmentReader:
@@ -49,3 +53,45 @@ class SegmentReader:
         if last != self._tail_bases:  # the writer started a segment: forget the old one's index
             self._tail, self._tail_bases = SegmentLog(self.directory), last
         return self._tail.end_offset()
+
+
+class StallWatch:
+    """Says in one line that a reader following the log is held at an offset the log's end is past:
+    a damaged record in a closed segment, or a segment deleted between two. A reader never reads
+    past one, and waited there, its calls unread, in silence. A stall is confirmed by two polls in
+    a row that find nothing at one offset while the end is past it (a reader racing the writer
+    sees an end past what it just read once, then reads on). Said once per stall, and once more
+    when reading goes on past it (the log repaired, or retention deleted the segment).
+
+    The reader waits rather than exits for serve to restart it: a restart stops at the same record
+    again (serve's detector child replaying the whole log each time), while a waiting reader reads
+    on as soon as the segment is repaired or retention deletes it, its lag in /metrics growing
+    meanwhile. The line, said at once, tells an operator why."""
+
+    def __init__(self, directory: Path, reader: str, missed: str) -> None:
+        self.directory = directory
+        self._reader = reader  # who reads: "consumer", "detector"
+        self._missed = missed  # what the calls it cannot read miss meanwhile: "counted", "judged"
+        self._empty_at: int | None = None  # the offset of the last poll that found nothing before the end
+        self._stalled_at: int | None = None  # the offset of the stall said, until reading moves past it
+
+    async def polled(self, offset: int, end: int, found: int) -> None:
+        """After each read: `offset` where the next one begins, `end` the log's end as this one saw
+        it, `found` how many records it read."""
+        if self._stalled_at is not None and offset != self._stalled_at:
+            log.warning("the %s reads the event log in %s again (it was held at offset %d)", self._reader,
+                        self.directory, self._stalled_at)
+            self._stalled_at = None
+        confirmed = not found and offset < end and self._empty_at == offset
+        self._empty_at = offset if not found and offset < end else None
+        if confirmed and self._stalled_at is None:
+            self._stalled_at = offset
+            # Off the event loop: finding the damage reads every closed segment (serve's loop under --dev-clock).
+            try:
+                damage = await asyncio.to_thread(SegmentLog(self.directory).damage)
+            except OSError as exc:  # a segment it cannot open: said in the line, not ending a reader that waits
+                damage = str(exc)
+            log.error("the %s reads the event log in %s no further than offset %d, %d records before its end: %s; it "
+                      "waits there, the calls from there on not %s, until the segment is restored (keytrail audit "
+                      "verify tells more)", self._reader, self.directory, offset, end - offset,
+                      damage or "the record there cannot be read", self._missed)

@@ -111,6 +111,32 @@ async def test_a_replay_that_begins_where_retention_left_the_log_says_nothing(
                 break
     assert start > 0 and seen == _values(start, 30) and caplog.records == []
 
+async def test_a_follower_held_at_a_deleted_segment_says_so_once_naming_the_records_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve's detector waited in front of a segment deleted by hand for good, judging no call
+    after it, and no line said why."""
+    log = _small_segment_log(tmp_path)
+    log.append(_values(0, 30))
+    log.sync()
+    log.close()
+    middle = sorted(event_log_dir(tmp_path).glob("*.seg"))[1]
+    middle.unlink()
+    seen: list[bytes] = []
+    idle_polls = 0
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        async for values, _ in follow_event_log(tmp_path, batch=7, idle_seconds=0.01):
+            seen.extend(values)
+            idle_polls += not values
+            if idle_polls == 30:  # held there, poll after poll
+                break
+    assert seen == _values(0, int(middle.stem))
+    [line] = [r.getMessage() for r in caplog.records]
+    held = f"the detector reads the event log in {event_log_dir(tmp_path)} no further than offset {int(middle.stem)}"
+    assert held in line
+    assert "are missing (a segment file deleted" in line and "the calls from there on not judged" in line
+
+
 def _write_log(data_dir: Path, records: list[dict[str, Any]], segment_bytes: int = 64 << 20) -> None:
     directory = event_log_dir(data_dir)
     directory.mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from keytrail.pipeline.runner import Batch
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSource
 from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.segment_reader import StallWatch
 
 
 def _records(start: int, stop: int) -> list[bytes]:
@@ -181,3 +183,107 @@ async def test_records_retention_deleted_before_they_were_read_are_said_once_wit
     assert [o for b in batches for o in b.offsets] == list(range(deleted_to, 40))
     [warning] = [r.getMessage() for r in caplog.records]
     assert f"no longer holds the {deleted_to - 5} records at offsets 5..{deleted_to - 1}: retention deleted" in warning
+
+
+def _three_segments(directory: Path) -> list[Path]:
+    """A log of 30 records in three closed segments and an empty active one; the segment files."""
+    log = SegmentLog(directory, segment_bytes=400, writable=True)
+    for start in range(0, 30, 10):
+        log.append(_records(start, start + 10))
+    log.sync()
+    log.close()
+    segments = sorted(directory.glob("*.seg"))
+    assert len(segments) >= 3
+    return segments
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_reads_on_once_it_is_repaired(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve's consumer waited in front of a damaged record of a closed segment for good, its calls
+    uncounted, and no line said why."""
+    middle = _three_segments(tmp_path)[1]
+    intact = middle.read_bytes()
+    middle.write_bytes(intact[:20] + bytes([intact[20] ^ 1]) + intact[21:])  # a bit of its first record flipped
+    damaged_at = int(middle.stem)
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01)
+    offsets: list[int] = []
+
+    async def follow() -> None:
+        async for batch in source.batches(lambda partition: 0):
+            offsets.extend(batch.offsets)
+
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        task = asyncio.create_task(follow())
+        await _until(lambda: bool(caplog.records))
+        await asyncio.sleep(0.3)  # some 30 polls more, each held at the same record
+        held = [r.getMessage() for r in caplog.records]
+        middle.write_bytes(intact)  # the operator restores the segment
+        await _until(lambda: offsets[-1:] == [29])
+        source.stop.set()
+        await task
+    assert offsets == list(range(30))
+    [line] = held
+    assert f"the consumer reads the event log in {tmp_path} no further than offset {damaged_at}" in line
+    assert f"the record at offset {damaged_at} is damaged" in line and "the calls from there on not counted" in line
+    assert [r.getMessage() for r in caplog.records][1:] == [
+        f"the consumer reads the event log in {tmp_path} again (it was held at offset {damaged_at})"]
+
+
+async def test_a_following_source_held_at_a_deleted_segment_names_the_records_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    middle = _three_segments(tmp_path)[1]
+    middle.unlink()  # deleted by hand, not by retention (which deletes the oldest)
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01)
+    offsets: list[int] = []
+
+    async def follow() -> None:
+        async for batch in source.batches(lambda partition: 0):
+            offsets.extend(batch.offsets)
+
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        task = asyncio.create_task(follow())
+        await _until(lambda: bool(caplog.records))
+        await asyncio.sleep(0.3)
+        source.stop.set()
+        await task
+    assert offsets == list(range(int(middle.stem)))
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"no further than offset {middle.stem.lstrip('0')}, " in line and "are missing" in line
+
+
+async def test_a_source_that_does_not_follow_ends_at_the_damage_without_a_stall_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `consume --no-follow` names the damage itself, after its count, and exits 1.
+    middle = _three_segments(tmp_path)[1]
+    middle.unlink()
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        assert [o for b in await _batches(tmp_path, 0) for o in b.offsets] == list(range(int(middle.stem)))
+    assert caplog.records == []
+
+
+async def test_polls_racing_the_writer_are_not_taken_for_a_stall(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A read that finds nothing, the writer appending before the end is read: the end is past the
+    # offset once, and the next poll reads those records.
+    watch = StallWatch(tmp_path, "consumer", "counted")
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        for offset in (30, 32, 35):
+            await watch.polled(offset, offset + 2, 0)
+        assert caplog.records == []
+        await watch.polled(35, 37, 0)  # the same offset again, the end still past it: a stall
+        await watch.polled(35, 40, 0)
+        await watch.polled(35, 41, 0)
+    [line] = [r.getMessage() for r in caplog.records]  # once per stall, not once per poll
+    assert "the consumer reads the event log" in line and "no further than offset 35, 2 records before its end" in line
+
