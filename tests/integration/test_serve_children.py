@@ -381,3 +381,26 @@ def test_a_detector_child_whose_event_log_cannot_be_read_exits_in_one_line_inste
     child.stderr.close()
     assert status == 1  # serve restarts it with its backoff, a line each time
     assert len(lines) == 1 and "detector child: " in lines[0] and "Is a directory" in lines[0], lines
+
+
+def test_the_dev_clock_s_detector_says_an_event_log_it_cannot_read_and_reads_on_once_it_can(tmp_path: Path) -> None:
+    """serve --dev-clock runs its detector in-process: its task ended on an error reading the
+    event log in silence, and judged no call for the rest of the process."""
+    from tests.support.audit_records import fill_trail
+
+    data = tmp_path / "data"
+    fill_trail(data, 30, segment_bytes=4000)
+    first = sorted((data / "audit" / "log").glob("*.seg"))[0]
+    records = first.read_bytes()
+    first.unlink()
+    first.mkdir()  # a folder where the oldest segment is
+    server = KeytrailServer(data).start()
+    try:
+        said = eventually(lambda: [line for line in server.log.read_text().splitlines() if " detector: " in line],
+                          what="the detector's line")
+        assert f"ERROR keytrail: detector: Is a directory: {first}; reading the event log again in 0.5 s" in said[0]
+        first.rmdir()
+        first.write_bytes(records)  # put back: the detector reads on, judging all 30
+        eventually(lambda: _detector_lag(server) == 0, what="the detector's lag to reach 0")
+    finally:
+        server.stop()

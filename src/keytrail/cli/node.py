@@ -508,9 +508,25 @@ def _start_detector(node: Node) -> None:
     node.alarm_tally.remember(runner.delivered_ranks())  # counted by the run that delivered them
     node.detector = runner
     node.on_clock_advanced.append(lambda: _detector_catch_up(node))
+    node.background.append(asyncio.create_task(_detect_in_process(node, runner)))
+
+
+async def _detect_in_process(node: Node, runner: DetectorRunner) -> None:
+    """The dev clock's in-process detector. An error reading the event log (a segment it cannot
+    open) ended its task in silence, judging no call for the rest of the process; it is said in one
+    line, as serve's detector child says it, and the detector reads on from the offset it has judged
+    up to (its state is kept: read again from the start, the same calls would count twice in its
+    windows) after the backoff serve restarts that child with, until it is stopped."""
     announce = functools.partial(_count_alarms, node)
     judged = functools.partial(_detector_judged, node)
-    node.background.append(asyncio.create_task(detect_live(settings.data_dir, runner, announce, judged)))
+    delay = ChildSpec.first_backoff
+    while True:
+        try:
+            await detect_live(node.settings.data_dir, runner, announce, judged, start=node.detector_judged)
+        except Exception as exc:  # not the stop's cancellation, a BaseException
+            log.error("detector: %s; reading the event log again in %.1f s", _reason(exc), delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, ChildSpec.max_backoff)
 
 
 async def _detector_catch_up(node: Node) -> None:

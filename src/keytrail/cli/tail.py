@@ -99,17 +99,17 @@ def _say_passed_over(directory: Path, gap: range) -> None:
 
 
 async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None],
-                      judged: Callable[[int], None] = lambda offset: None) -> None:
-    """Feed the detector every event of the log, tick its time-based rules every few seconds, and
-    hand each batch's raised or escalated alarms to `announce`, and the log's offset it has judged
-    up to (for the detector's lag) to `judged`; runs until cancelled. The history `keytrail audit
-    import` added is told apart by the digests that sign it: its keys are judged as of its end."""
+                      judged: Callable[[int], None] = lambda offset: None, *, start: int = 0) -> None:
+    """Feed the detector every event of the log from `start` on, tick its time-based rules every few
+    seconds, and hand each batch's raised or escalated alarms to `announce`, and the log's offset it
+    has judged up to (for the detector's lag) to `judged`; runs until cancelled. The history `keytrail
+    audit import` added is told apart by the digests that sign it: its keys are judged as of its end."""
     loop = asyncio.get_running_loop()
     last_tick = loop.time()
     caught_up = False
     # Read once: an import cannot add to the log while this node holds it.
     imported = _Imported(await asyncio.to_thread(imported_offsets, audit_paths(data_dir)[1]))
-    async for values, offset, spans in _follow(data_dir, 0, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS):
+    async for values, offset, spans in _follow(data_dir, start, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
             for run, from_import in imported.runs(values, spans):  # a damaged value costs itself, not its batch
                 announce(await runner.feed_values(run, imported=from_import))
