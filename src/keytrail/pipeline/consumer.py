@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keytrail.pipeline.parquet import export_tables, stale_days
+from keytrail.pipeline.parquet import export_tables, remove_stale_temp_files, stale_days
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition
 from keytrail.pipeline.query import MetricsStore, state_dir
@@ -86,6 +86,7 @@ class MetricsConsumer:
         # exported with this run's: they may see no new event to mark them again.
         if self.settings.export_seconds is not None:
             runner.dirty_days |= stale_days(self.settings.data_dir)
+            remove_stale_temp_files(self.settings.data_dir)  # of such an export, killed as it wrote a table
         return runner
 
     def reopen(self) -> None:

@@ -9,6 +9,7 @@ usage tables are written last for that reason).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 
-__all__ = ["export_tables", "stale_days"]
+__all__ = ["export_tables", "remove_stale_temp_files", "stale_days"]
 
 
 def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | None = None) -> list[Path]:
@@ -133,6 +134,22 @@ def stale_days(data_dir: Path) -> set[date]:
         if changed > _mtime(data_dir / "metrics" / "usage" / folder.name / "usage.parquet"):
             stale.add(date.fromisoformat(folder.name.removeprefix("day=")))
     return stale
+
+
+def remove_stale_temp_files(data_dir: Path, min_age_seconds: float = 600.0) -> None:
+    """Delete the temp files of table writes a kill cut short (kill -9 mid-export), never renamed:
+    each is named for its writer's pid (`_write`, `_replace`), so no later export writes over it,
+    and a partial Parquet file stayed beside the table for good, one per kill. Only those older
+    than `min_age_seconds`: a younger one may be another consumer's write about to be renamed (a
+    group member sharing the data dir), as the state's own temp files (`UsageFiles.remove_orphans`)."""
+    cutoff = datetime.now(UTC).timestamp() - min_age_seconds
+    root = data_dir / "metrics"
+    for pattern in ("usage/day=*/.usage.parquet.*.tmp", "cost/day=*/.cost.parquet.*.tmp",
+                    "last_used/.last_used.parquet.*.tmp"):
+        for path in root.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
 
 
 def _mtime(path: Path) -> int:

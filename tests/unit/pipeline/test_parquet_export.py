@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -374,3 +375,23 @@ async def test_the_days_priced_together_are_each_the_cost_of_their_day(
         alone = store.cost(prices, since, since + timedelta(days=1))
         assert cost.equals(alone), (day, cost, alone)
     assert sum(cost["requests"].sum() for _, cost in priced) > 0
+
+
+async def test_temp_files_of_an_export_killed_as_it_wrote_a_table_are_removed_once_old(tmp_path: Path) -> None:
+    """Each table is written to a temp file named for its writer's pid, then renamed: a kill -9
+    mid-write left a partial Parquet file beside the table for good, one per kill (no later export,
+    another pid, writes over it)."""
+    records = [create_key(MONDAY, key_arn(1)), event("Encrypt", MONDAY, key_arn(1), user("alice"))]
+    await _consume(tmp_path, records)
+    metrics = tmp_path / "metrics"
+    tables = [next(metrics.glob(f"{name}/day=*/{name}.parquet")) for name in ("usage", "cost")]
+    tables.append(metrics / "last_used" / "last_used.parquet")
+    killed = [table.with_name(f".{table.name}.4242.tmp") for table in tables]
+    writing = tables[0].with_name(f".{tables[0].name}.4343.tmp")  # another consumer's, being written now
+    for path in (*killed, writing):
+        path.write_bytes(b"PAR1" + b"\0" * 100)
+    for path in killed:
+        os.utime(path, (0, 0))
+    await _consume(tmp_path, records)  # the next start
+    assert [path for path in killed if path.exists()] == [] and writing.exists()
+    assert all(table.exists() for table in tables)
