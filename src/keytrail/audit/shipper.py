@@ -21,7 +21,7 @@ from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import write_bytes
 from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge, ensure_topic
-from keytrail.transport.segment_reader import SegmentReader
+from keytrail.transport.segment_reader import SegmentReader, StallWatch
 from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
@@ -131,6 +131,9 @@ class Shipper:
         moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset)."""
         self.bootstrap = bootstrap
         self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
+        # Held at a damaged record of a closed segment, it shipped nothing more, in silence, until the
+        # unshipped records reached the spool's cap and the node refused every call.
+        self._stall = StallWatch(log_dir, "audit shipper", "shipped to Kafka")
         self.shipped = shipped
         self.partitions = partitions
         self.replication_factor = replication_factor  # of the topic, if the shipper creates it
@@ -195,6 +198,7 @@ class Shipper:
         # From an offset retention deleted the log reads on from its first record kept, past `end`
         # too: records written but not yet durable must not reach Kafka, nor the offset.
         values = values[:max(0, end - first)]
+        await self._stall.polled(first + len(values) if values else start, end, len(values))
         if not values:
             return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it

@@ -189,3 +189,31 @@ def test_a_long_outage_is_said_again_once_a_minute_with_the_retries_left_out(
         "[Errno 111] Connect call failed",
         "audit shipping to broker:9092 paused for 65 s (1 retries since the last line): No route to host",
     ]
+
+
+async def test_shipping_held_at_a_damaged_record_of_a_closed_segment_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipper shipped nothing past it, in silence, until the unshipped records reached the
+    spool's cap and the node refused every call."""
+    log = SegmentLog(tmp_path / "log", segment_bytes=100, writable=True)
+    log.append([_payload(offset) for offset in range(30)])
+    log.sync()
+    second = sorted((tmp_path / "log").glob("*.seg"))[1]
+    data = bytearray(second.read_bytes())
+    data[12] ^= 1  # a bit of its first record flipped
+    second.write_bytes(bytes(data))
+    shipper = Shipper("unused:9092", tmp_path / "log", ShippedOffset(tmp_path / "shipped-offset"), partitions=1,
+                      durable_end=lambda: 30, committed=asyncio.Event())
+    link = cast(KafkaProducerLink, cast(Any, _Link()))
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        while await shipper._ship_once(link):
+            pass
+        for _ in range(5):  # its polls while it waits there
+            assert await shipper._ship_once(link) == 0
+    log.close()
+    assert shipper.shipped.value == int(second.stem)
+    [line] = [r.getMessage() for r in caplog.records]
+    held = f"the audit shipper reads the event log in {tmp_path / 'log'} no further than offset {int(second.stem)}"
+    assert held in line
+    assert "is damaged" in line and "not shipped to Kafka" in line
