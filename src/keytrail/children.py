@@ -51,7 +51,8 @@ class ChildSpec:
     environment (readable while it is dumpable), or what the child must know as it starts.
     `stops_at_end_of_input`: the child finishes its work and exits at the end of its stdin, which is
     how `stop` ends it, with no SIGTERM: one that came while it still imported its modules, before
-    it set its handler, would end it with that work undone (the Kafka shipper's last records)."""
+    it set its handler, would end it with that work undone (the Kafka shipper's last records).
+    `on_exit` runs after each run of the child ends: what it told of its state no longer holds."""
 
     name: str
     argv: tuple[str, ...]
@@ -62,6 +63,7 @@ class ChildSpec:
     first_backoff: float = 0.5
     max_backoff: float = 30.0
     stops_at_end_of_input: bool = False
+    on_exit: Callable[[], None] | None = None
 
 
 class Child:
@@ -89,6 +91,8 @@ class Child:
                 # slot): mostly for a moment. Raised, it ended this task, and the child never ran
                 # again, unsaid: `stop` gathers the task's exception.
                 ended = f"could not start ({exc})"
+            if self.spec.on_exit is not None:
+                self.spec.on_exit()
             if self._stopping:
                 return
             # A child that ran a while crashed on something new: restart it soon again.

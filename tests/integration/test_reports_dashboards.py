@@ -120,6 +120,7 @@ def test_the_documented_metrics_of_a_standalone_consumer_are_those_it_exports(tm
     with _running("consume", "--data-dir", str(tmp_path / "node"), "--metrics-port", str(port)):
         text = _scrape(port, "keytrail_kms_requests_total{")  # the imported record counted
     assert exported_families(text) == documented_families("consume")
+    assert 'keytrail_event_log_reader_held{reader="consumer"} 0' in text.splitlines()  # following the embedded log
 
 
 def test_the_documented_metrics_of_a_standalone_detector_are_those_it_exports(tmp_path: Path) -> None:

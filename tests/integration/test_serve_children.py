@@ -404,3 +404,32 @@ def test_the_dev_clock_s_detector_says_an_event_log_it_cannot_read_and_reads_on_
         eventually(lambda: _detector_lag(server) == 0, what="the detector's lag to reach 0")
     finally:
         server.stop()
+
+
+def _readers_held(server: KeytrailServer) -> dict[str, float]:
+    held = re.findall(r'^keytrail_event_log_reader_held\{reader="([^"]+)"\} (\S+)$', server.get("/metrics")[1].decode(),
+                      flags=re.M)
+    return {reader: float(value) for reader, value in held}
+
+
+@pytest.mark.parametrize("dev_clock", [False, True], ids=["children", "in-process"])
+def test_readers_held_at_a_damaged_record_show_it_in_metrics_until_the_segment_is_restored(
+    tmp_path: Path, dev_clock: bool
+) -> None:
+    """The consumer's and the detector's one line each was all that said it: on a quiet node their
+    lag never reached the lag alerts' 10,000 records, and nothing an alert reads showed them held."""
+    from tests.support.audit_records import fill_trail
+
+    data = tmp_path / "data"
+    fill_trail(data, 30, segment_bytes=4000)
+    middle = sorted((data / "audit" / "log").glob("*.seg"))[1]
+    intact = middle.read_bytes()
+    middle.write_bytes(intact[:20] + bytes([intact[20] ^ 1]) + intact[21:])  # a bit of its first record flipped
+    server = KeytrailServer(data, dev_clock=dev_clock).start()
+    try:
+        eventually(lambda: _readers_held(server) == {"consumer": 1, "detector": 1}, what="both children held")
+        middle.write_bytes(intact)  # the operator restores the segment: both read on
+        eventually(lambda: _readers_held(server) == {"consumer": 0, "detector": 0}, what="both children reading on")
+    finally:
+        server.stop()
+    assert f"the consumer reads the event log in {data / 'audit' / 'log'} again" in server.log.read_text()

@@ -36,6 +36,17 @@ async def test_a_child_that_exits_is_restarted_and_its_lines_read(tmp_path: Path
     assert lines[:3] == [b"up\n"] * 3
 
 
+async def test_what_a_child_told_is_let_go_of_after_each_of_its_runs() -> None:
+    # A held reader restarted reads on from its checkpoint, and the new one never says it was held.
+    told: list[str] = []
+    child = Child(ChildSpec("echo", _python("print('held')"), lambda line: told.append("held"), first_backoff=0.05,
+                            on_exit=lambda: told.append("exited")))
+    child.start()
+    await _wait_until(lambda: len(told) >= 4)
+    await child.stop()
+    assert told[:4] == ["held", "exited", "held", "exited"]
+
+
 async def test_stop_terminates_then_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
                "time.sleep(60)"

@@ -671,6 +671,13 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
     ("a detector 50,000 events behind and catching up (a restart replays the log)",
      [_series("keytrail_detector_lag", ',partition="segment-log"', "80000-2000x30")],
      [_silent("KeytrailDetectorLagging", "30m")]),
+    ("the consumer held at a damaged record of the event log on a quiet node, its lag far under 10,000",
+     [_series("keytrail_event_log_reader_held", f',reader="{reader}"', values)
+      for reader, values in (("consumer", "0 0 1x10"), ("detector", "0x12"))],
+     [_silent("KeytrailEventLogReaderHeld", "6m"), _fires("KeytrailEventLogReaderHeld", "8m", {"reader": "consumer"})]),
+    ("a reader held for a few minutes, until the segment is restored, is no alert",
+     [_series("keytrail_event_log_reader_held", ',reader="audit shipper"', "0 1 1 1 0x8")],
+     [_silent("KeytrailEventLogReaderHeld", "4m"), _silent("KeytrailEventLogReaderHeld", "10m")]),
     ("events dated after now counted for 10 minutes: a node's clock ahead, or a record imported from the future",
      [_series("keytrail_pipeline_events_after_now", "", "0 0 3x20")],
      [_silent("KeytrailEventsDatedAfterNow", "11m"), _fires("KeytrailEventsDatedAfterNow", "13m")]),

@@ -126,14 +126,16 @@ class Shipper:
 
     def __init__(self, bootstrap: str, log_dir: Path, shipped: ShippedOffset, *, partitions: int,
                  durable_end: Callable[[], int], committed: asyncio.Event, replication_factor: int = 1,
-                 on_shipped: Callable[[int, int], None] | None = None, topic: str = AUDIT_TOPIC) -> None:
+                 on_shipped: Callable[[int, int], None] | None = None, topic: str = AUDIT_TOPIC,
+                 on_held: Callable[[int | None], None] = lambda offset: None) -> None:
         """`durable_end()`: the offset below which records are durable; `committed` is set when it
-        moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset)."""
+        moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset);
+        `on_held(offset)` as it is held in front of a record it cannot read, `on_held(None)` as it reads on."""
         self.bootstrap = bootstrap
         self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
         # Held at a damaged record of a closed segment, it shipped nothing more, in silence, until the
         # unshipped records reached the spool's cap and the node refused every call.
-        self._stall = StallWatch(log_dir, "audit shipper", "shipped to Kafka")
+        self._stall = StallWatch(log_dir, "audit shipper", "shipped to Kafka", on_held)
         self.shipped = shipped
         self.partitions = partitions
         self.replication_factor = replication_factor  # of the topic, if the shipper creates it

@@ -12,7 +12,8 @@ process it runs on the other core, as the consumer and the detector do, at their
 Protocol, ASCII lines on its pipes. The serving process writes the durable end (the offset below
 which every record is on disk) at the child's start and then as it moves, at most every
 TELL_SECONDS; the shipper ships records up to it and writes back `<shipped offset> <framed bytes>`
-after each batch the broker acknowledged (the offset file is written by then). At the end of its
+after each batch the broker acknowledged (the offset file is written by then), and `held <offset>`
+when it is held in front of a record of the log it cannot read (`held -` once it reads on). At the end of its
 stdin (serve stopping it, or gone, even by SIGKILL), or on SIGTERM from anyone else, it ships what
 it was told is durable, while the broker takes it, for STOP_SECONDS at most, and exits; serve kills
 it after its close's shipping timeout.
@@ -33,7 +34,7 @@ from keytrail.audit.shipper import ShippedOffset, Shipper
 from keytrail.children import ANALYTICS_NICENESS, Child, ChildSpec
 from keytrail.log_lines import log_to_stderr
 
-__all__ = ["ShipperProcess"]
+__all__ = ["ShipperProcess", "held_line"]
 
 # Named, not __name__: run as `python -m keytrail.audit.shipping`, the child's lines read '__main__'.
 log = logging.getLogger("keytrail.audit.shipping")
@@ -58,12 +59,13 @@ class ShipperProcess:
                  durable_end: Callable[[], int], replication_factor: int = 1) -> None:
         self.shipped = shipped
         self.shipped_bytes = 0
+        self.held_at: int | None = None  # the offset the shipper is held at (`held` lines), for /metrics
         self._durable_end = durable_end
         self._timer: asyncio.TimerHandle | None = None
         argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions),
                 str(replication_factor))
         self.child = Child(ChildSpec("audit shipper", argv, on_line=self._heard, settings=self._end_line,
-                                     stops_at_end_of_input=True))
+                                     stops_at_end_of_input=True, on_exit=self._exited))
 
     @property
     def pid(self) -> int | None:
@@ -103,10 +105,17 @@ class ShipperProcess:
     def _end_line(self) -> bytes:
         return b"%d\n" % self._durable_end()
 
+    def _exited(self) -> None:
+        self.held_at = None  # the next shipper watches anew: it would not say that it reads on
+
     def _heard(self, line: bytes) -> None:
-        """A batch acknowledged: `<shipped offset> <framed bytes>`."""
+        """A batch acknowledged: `<shipped offset> <framed bytes>`; or `held <offset>`, `held -`."""
         try:
-            offset, size = (int(field) for field in line.split())
+            first, second = line.split()
+            if first == b"held":
+                self.held_at = None if second == b"-" else int(second)
+                return
+            offset, size = int(first), int(second)
         except ValueError:
             log.warning("audit shipper: unexpected output %r", line[:200])
             return
@@ -129,7 +138,8 @@ async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: st
         told.set()
 
     shipper = Shipper(bootstrap, log_dir, shipped, partitions=partitions, durable_end=lambda: durable_end,
-                      committed=told, on_shipped=_report, topic=topic, replication_factor=replication_factor)
+                      committed=told, on_shipped=_report, topic=topic, replication_factor=replication_factor,
+                      on_held=_report_held)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     listening = asyncio.create_task(_listen(hear, stopping))
@@ -163,6 +173,16 @@ async def _listen(hear: Callable[[bytes], None], stopping: asyncio.Event) -> Non
 def _report(offset: int, size: int) -> None:
     with contextlib.suppress(OSError):  # serve is gone: its end of our stdin stops this process
         os.write(sys.stdout.fileno(), b"%d %d\n" % (offset, size))
+
+
+def _report_held(offset: int | None) -> None:
+    with contextlib.suppress(OSError):
+        os.write(sys.stdout.fileno(), held_line(offset))
+
+
+def held_line(offset: int | None) -> bytes:
+    """The shipper's `held` line: the offset it is held at, `-` once it reads on."""
+    return b"held %s\n" % (b"-" if offset is None else b"%d" % offset)
 
 
 def main() -> None:

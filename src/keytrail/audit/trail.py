@@ -153,6 +153,11 @@ class AuditTrail:
         """The child processes the trail supervises (the shipper, with Kafka), for /metrics."""
         return [self._shipper.child] if self._shipper is not None else []
 
+    def readers_held(self) -> dict[str, int | None]:
+        """The event log's readers the trail runs (the shipper, with Kafka), each with the offset it
+        is held at in front of a record it cannot read, or None, for /metrics."""
+        return {"audit shipper": self._shipper.held_at} if self._shipper is not None else {}
+
     @property
     def shipper_pid(self) -> int | None:
         """The shipper process's id, while there is one (benchmarks count its CPU)."""

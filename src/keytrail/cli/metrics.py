@@ -400,9 +400,14 @@ def _serving_metrics(sock: socket.socket | None, consumer: MetricsConsumer) -> A
     node's own families (spool, key inventory, alarms): a standalone consumer has none of them."""
     if sock is None:
         return contextlib.nullcontext()
-    from keytrail.cli.metrics_endpoint import metrics_endpoint
+    from keytrail.cli.metrics_endpoint import metrics_endpoint, render_readers_held
 
-    return metrics_endpoint(sock, consumer.render_prometheus)
+    if consumer.settings.kafka_bootstrap is not None:
+        return metrics_endpoint(sock, consumer.render_prometheus)
+    # Following the embedded log (--metrics-port goes with --follow there): 1 while it is held at a
+    # record it cannot read, whose line a quiet node's lag alerts would never back up.
+    return metrics_endpoint(sock, lambda: consumer.render_prometheus()
+                            + render_readers_held({"consumer": consumer.held_at}))
 
 
 def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: list[str]) -> Any:

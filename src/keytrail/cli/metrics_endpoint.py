@@ -16,7 +16,7 @@ from keytrail.cli.listening import bound_socket, host_port, listen_problem
 from keytrail.detect.severity import Severity
 from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 
-__all__ = ["metrics_endpoint", "metrics_socket", "render_alarm_counts", "render_detector_lag"]
+__all__ = ["metrics_endpoint", "metrics_socket", "render_alarm_counts", "render_detector_lag", "render_readers_held"]
 
 Send = Callable[[dict[str, Any]], Any]
 
@@ -35,6 +35,16 @@ def render_detector_lag(lag: Mapping[str, int]) -> str:
     `keytrail_pipeline_consumer_lag` counts the consumer's: its alarms are that far behind."""
     return render_family("keytrail_detector_lag", "gauge", "Events not yet judged by the detector, per partition.",
                          (({"partition": partition}, n) for partition, n in sorted(lag.items())))
+
+
+def render_readers_held(held: Mapping[str, int | None]) -> str:
+    """`keytrail_event_log_reader_held{reader}`: 1 while a reader of the embedded event log is held
+    in front of a record it cannot read (`held`: reader → the offset, or None), 0 while it reads.
+    Its lag grows meanwhile, but on a quiet node never to the lag alerts' threshold."""
+    return render_family("keytrail_event_log_reader_held", "gauge",
+                         "1 while this reader of the event log is held at a record it cannot read (a damaged "
+                         "record of a closed segment, a segment deleted between two); its log line names it.",
+                         (({"reader": reader}, int(offset is not None)) for reader, offset in sorted(held.items())))
 
 
 def metrics_socket(host: str, port: int) -> socket.socket:

@@ -32,7 +32,7 @@ from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
 from keytrail.cli.key_store import open_store
-from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag
+from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag, render_readers_held
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live, judged_up_to
 from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
@@ -119,6 +119,9 @@ class Node:
     # By REFUSAL_REASONS and REQUEST_REFUSAL_REASONS: the HTTP server's, and the app's 413 (its ApiSettings.refusals).
     http_refusals: Counter[str] = field(default_factory=Counter)
     detector_judged: int = 0  # the event log's offset the detector (child or in-process) has judged up to
+    # The offset the consumer child, the detector (child or in-process) is held at in front of a
+    # record of the event log it cannot read, None while it reads (keytrail_event_log_reader_held).
+    readers_held: dict[str, int | None] = field(default_factory=dict)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -278,7 +281,7 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
     return (pipeline_metrics() + keys + alarms + denied + refused + connections + requests + restarts + health
-            + _audit_commits(node.audit) + _audit_unshipped(node.audit))
+            + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit))
 
 
 async def _health(node: Node) -> str:
@@ -465,7 +468,8 @@ def _start_consumers(node: Node) -> None:
     if node.settings.detector:
         _remember_delivered(node)
     node.children = [Child(spec) for spec in sidecars(node.settings, node.alarm_tally.add,
-                                                      functools.partial(_detector_judged, node))]
+                                                      functools.partial(_detector_judged, node),
+                                                      functools.partial(_reader_held, node))]
     for child in node.children:
         child.start()
 
@@ -519,12 +523,14 @@ async def _detect_in_process(node: Node, runner: DetectorRunner) -> None:
     windows) after the backoff serve restarts that child with, until it is stopped."""
     announce = functools.partial(_count_alarms, node)
     judged = functools.partial(_detector_judged, node)
+    held = functools.partial(_reader_held, node, "detector")
     delay = ChildSpec.first_backoff
     while True:
         try:
-            await detect_live(node.settings.data_dir, runner, announce, judged, start=node.detector_judged)
+            await detect_live(node.settings.data_dir, runner, announce, judged, start=node.detector_judged, held=held)
         except Exception as exc:  # not the stop's cancellation, a BaseException
             log.error("detector: %s; reading the event log again in %.1f s", _reason(exc), delay)
+        held(None)  # the next loop watches anew, and would not say that it reads on
         await asyncio.sleep(delay)
         delay = min(delay * 2, ChildSpec.max_backoff)
 
@@ -548,6 +554,22 @@ def _count_alarms(node: Node, alarms: list[Alarm]) -> None:
 
 def _detector_judged(node: Node, offset: int) -> None:
     node.detector_judged = offset
+
+
+def _reader_held(node: Node, reader: str, offset: int | None) -> None:
+    node.readers_held[reader] = offset
+
+
+def _readers_held(node: Node) -> str:
+    """keytrail_event_log_reader_held for each reader of the event log the node runs: its consumer,
+    its detector, and its Kafka shipper (a zero for each reading, so that an alert sees it from the start)."""
+    if node.audit is None:  # no event log
+        return ""
+    consumer = node.consumer.held_at if node.consumer is not None else node.readers_held.get("consumer")
+    held = {"consumer": consumer} | node.audit.readers_held()
+    if node.settings.detector:
+        held["detector"] = node.readers_held.get("detector")
+    return render_readers_held(held)
 
 
 def _reload_principals(credentials: CredentialStore) -> None:

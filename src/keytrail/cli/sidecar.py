@@ -13,7 +13,9 @@ within HOOKS_LINE_WAIT (a serve older than this keytrail started it), or hooks g
 writes each alarm state it announces (raised, escalated, its count updated) to stdout as one
 JSON line, of which `serve` counts the raised and escalated ones for /metrics, and, at most once
 each JUDGED_LINE_SECONDS while it moves, the offset of the event log it has judged up to
-(`{"judged": N}`), from which `serve` tells its lag. One child of each kind per data dir: each
+(`{"judged": N}`), from which `serve` tells its lag. Both tell the offset they are held at in
+front of a record of the event log they cannot read (`{"held": N}`), and `{"held": null}` once they
+read on, from which `serve` tells keytrail_event_log_reader_held. One child of each kind per data dir: each
 holds an exclusive lock, and a new one waits while the child of a previous `serve` is still
 finishing. The consumer also keeps `consume --kafka` out of the data dir
 (pipeline/kafka_lock.py), and where one already counts there it exits 1 in one line without
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -78,34 +81,67 @@ JUDGED_LINE_SECONDS = 1.0
 
 
 def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], None],
-             on_judged: Callable[[int], None] = lambda offset: None) -> list[ChildSpec]:
+             on_judged: Callable[[int], None] = lambda offset: None,
+             on_held: Callable[[str, int | None], None] = lambda child, offset: None) -> list[ChildSpec]:
     """The children `serve` runs for `settings`; `on_alarm(alarmId, rule, severity)` for each alarm
     state the detector announces, `on_judged(offset)` as it tells the event log's offset it has
-    judged up to."""
+    judged up to, `on_held(child, offset)` as a child tells the offset it is held at (None: it reads
+    on, or it exited: the next one watches anew)."""
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
-    specs = [ChildSpec("consumer", (*command, "consumer", data_dir), environment_defaults=ANALYTICS_ENVIRONMENT)]
+    specs = [ChildSpec("consumer", (*command, "consumer", data_dir), _held_reader("consumer", on_held),
+                       environment_defaults=ANALYTICS_ENVIRONMENT, on_exit=lambda: on_held("consumer", None))]
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
         hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka}).encode() + b"\n"
-        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags), _alarm_reader(on_alarm, on_judged),
-                               settings=hooks, environment_defaults=ANALYTICS_ENVIRONMENT))
+        specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags),
+                               _alarm_reader(on_alarm, on_judged, on_held), settings=hooks,
+                               environment_defaults=ANALYTICS_ENVIRONMENT, on_exit=lambda: on_held("detector", None)))
     return specs
 
 
-def _alarm_reader(on_alarm: Callable[[str, str, Severity], None],
-                  on_judged: Callable[[int], None]) -> Callable[[bytes], None]:
+def _alarm_reader(on_alarm: Callable[[str, str, Severity], None], on_judged: Callable[[int], None],
+                  on_held: Callable[[str, int | None], None]) -> Callable[[bytes], None]:
     def on_line(line: bytes) -> None:
         try:
             message = json.loads(line)
             if isinstance(judged := message.get("judged"), int):
                 on_judged(judged)
                 return
+            if _held(message, functools.partial(on_held, "detector")):
+                return
             on_alarm(message["alarmId"], message["rule"], Severity(message["severity"]))
         except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("detector child: unexpected output %r", line[:200])
 
     return on_line
+
+
+def _held_reader(child: str, on_held: Callable[[str, int | None], None]) -> Callable[[bytes], None]:
+    """The consumer child's stdout: only its held lines."""
+    def on_line(line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not _held(message, functools.partial(on_held, child)):
+            log.warning("%s child: unexpected output %r", child, line[:200])
+
+    return on_line
+
+
+def _held(message: Any, on_held: Callable[[int | None], None]) -> bool:
+    """Whether `message` is a held line (`{"held": N}` or `{"held": null}`), handed to `on_held`."""
+    if not isinstance(message, dict) or not isinstance(offset := message.get("held", ""), int | None):
+        return False
+    on_held(offset)
+    return True
+
+
+def _tell_held(offset: int | None) -> None:
+    """A child tells serve the offset it is held at (StallWatch's `on_held`), None once it reads on."""
+    sys.stdout.write(json.dumps({"held": offset}) + "\n")
+    sys.stdout.flush()
 
 
 def detector_lock(data_dir: Path) -> Path:
@@ -202,7 +238,7 @@ def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _consume(data_dir: Path) -> None:
-    metrics = MetricsConsumer(ConsumerSettings(data_dir=data_dir))
+    metrics = MetricsConsumer(ConsumerSettings(data_dir=data_dir), on_held=_tell_held)
     _stop_on_signal_or_eof(metrics.stop_event)  # run() then checkpoints, exports and returns
     if not await hold_lock(consumer_lock(data_dir), metrics.stop_event):
         return
@@ -226,7 +262,8 @@ async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: 
         raise _SettingsUnusable(f"--config: {exc}") from None
     runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
                                  clock=SystemClock())
-    live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms, _JudgedLines().judged))
+    live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms, _JudgedLines().judged,
+                                           held=_tell_held))
     stop = asyncio.create_task(stopping.wait())
     # Until serve stops it, or its loop ends on an error reading the event log: waiting for the stop
     # alone left a child that judged nothing, said nothing and was never restarted.

@@ -47,11 +47,13 @@ async def follow_event_log(
         yield values, offset
 
 
-async def _follow(data_dir: Path, start: int, batch: int,
-                  idle_seconds: float) -> AsyncIterator[tuple[list[bytes], int, list[range]]]:
-    """`follow_event_log`, each batch also with the offsets its values were read at."""
+async def _follow(data_dir: Path, start: int, batch: int, idle_seconds: float,
+                  held: Callable[[int | None], None] = lambda offset: None,
+                  ) -> AsyncIterator[tuple[list[bytes], int, list[range]]]:
+    """`follow_event_log`, each batch also with the offsets its values were read at; `held` as
+    StallWatch's `on_held`."""
     reader = SegmentReader(event_log_dir(data_dir))
-    stall = StallWatch(reader.directory, "detector", "judged")
+    stall = StallWatch(reader.directory, "detector", "judged", held)
     offset, first_read = start, True
     while True:
         values, offset, gaps, spans, end = await asyncio.to_thread(_read_batch, reader, offset, batch)
@@ -99,17 +101,20 @@ def _say_passed_over(directory: Path, gap: range) -> None:
 
 
 async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable[[list[Alarm]], None],
-                      judged: Callable[[int], None] = lambda offset: None, *, start: int = 0) -> None:
+                      judged: Callable[[int], None] = lambda offset: None, *, start: int = 0,
+                      held: Callable[[int | None], None] = lambda offset: None) -> None:
     """Feed the detector every event of the log from `start` on, tick its time-based rules every few
     seconds, and hand each batch's raised or escalated alarms to `announce`, and the log's offset it
-    has judged up to (for the detector's lag) to `judged`; runs until cancelled. The history `keytrail
-    audit import` added is told apart by the digests that sign it: its keys are judged as of its end."""
+    has judged up to (for the detector's lag) to `judged`, and the offset it is held at in front of
+    a record it cannot read (None once it reads on) to `held`; runs until cancelled. The history
+    `keytrail audit import` added is told apart by the digests that sign it: its keys are judged as
+    of its end."""
     loop = asyncio.get_running_loop()
     last_tick = loop.time()
     caught_up = False
     # Read once: an import cannot add to the log while this node holds it.
     imported = _Imported(await asyncio.to_thread(imported_offsets, audit_paths(data_dir)[1]))
-    async for values, offset, spans in _follow(data_dir, start, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS):
+    async for values, offset, spans in _follow(data_dir, start, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS, held):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
             for run, from_import in imported.runs(values, spans):  # a damaged value costs itself, not its batch
                 announce(await runner.feed_values(run, imported=from_import))

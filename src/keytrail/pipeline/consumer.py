@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,14 @@ class ConsumerSettings:
 class MetricsConsumer:
     """Runs one Source into the data dir's state, exports Parquet, answers queries."""
 
-    def __init__(self, settings: ConsumerSettings, source: Source | None = None) -> None:
+    def __init__(self, settings: ConsumerSettings, source: Source | None = None,
+                 on_held: Callable[[int | None], None] = lambda offset: None) -> None:
         self.settings = settings
         self.stop_event = asyncio.Event()
+        # Following the embedded log: the offset it is held at in front of a record it cannot read
+        # (StallWatch), for /metrics; `on_held` hears it too (serve's consumer child tells serve).
+        self.held_at: int | None = None
+        self._on_held = on_held
         self.source = source or self._default_source()
         self.store = MetricsStore(settings.data_dir)
         self.runner = self._new_runner()
@@ -72,7 +78,12 @@ class MetricsConsumer:
             gather_seconds=s.gather_seconds,
             stop=self.stop_event,
             counted=lambda partition, value: self.runner.counted(partition, value),
+            on_held=self._held,
         )
+
+    def _held(self, offset: int | None) -> None:
+        self.held_at = offset
+        self._on_held(offset)
 
     def _new_runner(self) -> Runner:
         runner = Runner(
@@ -93,6 +104,8 @@ class MetricsConsumer:
         """After a run that failed (its state could not be written): start over from the state on
         disk, as a restarted process would; what the failed run had not checkpointed is read again."""
         self.runner = self._new_runner()
+        if self.held_at is not None:  # the next run watches anew, and would not say that it reads on
+            self._held(None)
 
     async def run(self) -> RunStats:
         """Consume until the source ends or `stop()`; then write the Parquet tables."""

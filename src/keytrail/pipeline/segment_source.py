@@ -37,9 +37,11 @@ class SegmentLogSource:
         gather_seconds: float | None = None,
         stop: asyncio.Event | None = None,
         counted: Callable[[str, bytes], Awaitable[bool]] | None = None,
+        on_held: Callable[[int | None], None] = lambda offset: None,
     ) -> None:
         self.directory = directory
         self.counted = counted  # Runner.counted: whether the state counted a record
+        self.on_held = on_held  # StallWatch's, while following: the offset it is held at, None once it reads on
         self.max_records = max_records
         self.follow = follow
         self.poll_seconds = poll_seconds
@@ -53,7 +55,7 @@ class SegmentLogSource:
         self._offset = start_at(SEGMENT_LOG_PARTITION)
         # The log began again below the state's offset: the next batch says so.
         began_again = await self._replaced_below(reader)
-        stall = StallWatch(self.directory, "consumer", "counted")
+        stall = StallWatch(self.directory, "consumer", "counted", self.on_held)
         while not self.stop.is_set():
             first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
             self._end = end

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from bisect import bisect_right
+from collections.abc import Callable
 from pathlib import Path
 
 from keytrail.transport.frames import Payloads
@@ -66,10 +67,14 @@ class StallWatch:
     The reader waits rather than exits for serve to restart it: a restart stops at the same record
     again (serve's detector child replaying the whole log each time), while a waiting reader reads
     on as soon as the segment is repaired or retention deletes it, its lag in /metrics growing
-    meanwhile. The line, said at once, tells an operator why."""
+    meanwhile. The line, said at once, tells an operator why; `on_held` hears the offset as the
+    line is said and None as reading goes on, for /metrics (keytrail_event_log_reader_held): on a
+    quiet node the lag may never reach the lag alerts' threshold."""
 
-    def __init__(self, directory: Path, reader: str, missed: str) -> None:
+    def __init__(self, directory: Path, reader: str, missed: str,
+                 on_held: Callable[[int | None], None] = lambda offset: None) -> None:
         self.directory = directory
+        self.on_held = on_held
         self._reader = reader  # who reads: "consumer", "detector"
         self._missed = missed  # what the calls it cannot read miss meanwhile: "counted", "judged"
         self._empty_at: int | None = None  # the offset of the last poll that found nothing before the end
@@ -82,10 +87,12 @@ class StallWatch:
             log.warning("the %s reads the event log in %s again (it was held at offset %d)", self._reader,
                         self.directory, self._stalled_at)
             self._stalled_at = None
+            self.on_held(None)
         confirmed = not found and offset < end and self._empty_at == offset
         self._empty_at = offset if not found and offset < end else None
         if confirmed and self._stalled_at is None:
             self._stalled_at = offset
+            self.on_held(offset)
             # Off the event loop: finding the damage reads every closed segment (serve's loop under --dev-clock).
             try:
                 damage = await asyncio.to_thread(SegmentLog(self.directory).damage)

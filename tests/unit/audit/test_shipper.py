@@ -203,8 +203,9 @@ async def test_shipping_held_at_a_damaged_record_of_a_closed_segment_says_so_onc
     data = bytearray(second.read_bytes())
     data[12] ^= 1  # a bit of its first record flipped
     second.write_bytes(bytes(data))
+    held: list[int | None] = []
     shipper = Shipper("unused:9092", tmp_path / "log", ShippedOffset(tmp_path / "shipped-offset"), partitions=1,
-                      durable_end=lambda: 30, committed=asyncio.Event())
+                      durable_end=lambda: 30, committed=asyncio.Event(), on_held=held.append)
     link = cast(KafkaProducerLink, cast(Any, _Link()))
     with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
         while await shipper._ship_once(link):
@@ -213,6 +214,7 @@ async def test_shipping_held_at_a_damaged_record_of_a_closed_segment_says_so_onc
             assert await shipper._ship_once(link) == 0
     log.close()
     assert shipper.shipped.value == int(second.stem)
+    assert held == [int(second.stem)]  # told serve once, for keytrail_event_log_reader_held
     [line] = [r.getMessage() for r in caplog.records]
     held = f"the audit shipper reads the event log in {tmp_path / 'log'} no further than offset {int(second.stem)}"
     assert held in line

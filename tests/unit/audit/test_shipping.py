@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from keytrail.audit.shipper import ShippedOffset
-from keytrail.audit.shipping import ShipperProcess
+from keytrail.audit.shipping import ShipperProcess, held_line
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from tests.support.audit_records import encrypt_call
 
@@ -38,6 +38,21 @@ def test_output_that_is_not_a_report_is_logged_and_changes_nothing(tmp_path: Pat
     shipper._heard(b"Traceback (most recent call last):\n")
     assert (shipper.shipped.value, shipper.shipped_bytes) == (0, 0)
     assert "unexpected output" in caplog.text
+
+
+def test_a_shipper_held_at_a_record_it_cannot_read_is_held_for_metrics_until_it_reads_on_or_exits(
+    tmp_path: Path
+) -> None:
+    # On a quiet node the spool never reaches the shipping alerts: keytrail_event_log_reader_held says it.
+    shipper = _shipper(tmp_path)
+    shipper._heard(held_line(1200))
+    assert shipper.held_at == 1200 and shipper.shipped.value == 0
+    shipper._heard(held_line(None))
+    assert shipper.held_at is None
+    shipper._heard(held_line(1200))
+    assert shipper.child.spec.on_exit is not None
+    shipper.child.spec.on_exit()  # the next shipper watches anew, and would not say that it reads on
+    assert shipper.held_at is None
 
 
 def test_a_new_shipper_is_told_the_durable_end_as_it_starts(tmp_path: Path) -> None:

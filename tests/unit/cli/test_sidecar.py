@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from keytrail.cli.sidecar import _first_line, detector_lock, hold_lock, sidecars
 from keytrail.config import ServeSettings
 from keytrail.detect.alarm_tally import AlarmTally
@@ -18,7 +20,7 @@ from keytrail.detect.severity import Severity
 def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> None:
     settings = ServeSettings(data_dir=tmp_path, config=tmp_path / "k.toml", mqtt="mqtt://h:1883", kafka="k:9092")
     consumer, detector = sidecars(settings, lambda alarm_id, rule, severity: None)
-    assert consumer.argv[-2:] == ("consumer", str(tmp_path)) and consumer.on_line is None
+    assert consumer.argv[-2:] == ("consumer", str(tmp_path))
     for child in (consumer, detector):  # one polars thread each beside the server
         assert child.environment_defaults == {"POLARS_MAX_THREADS": "1"}
     assert detector.argv[-4:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"))
@@ -58,6 +60,35 @@ def test_the_detector_child_s_judged_offset_lines_are_its_progress_not_alarms(tm
     detector.on_line(_alarm_line(1))
     detector.on_line(b'[1, 2]\n')
     assert (judged, seen) == ([4000], [("a-1", "unauthorized-decrypt", Severity.HIGH)])
+
+
+def test_each_child_s_held_lines_tell_serve_where_it_is_held_until_it_reads_on_or_exits(tmp_path: Path) -> None:
+    # keytrail_event_log_reader_held: on a quiet node a held child's lag never reaches the lag alerts.
+    held: dict[str, int | None] = {}
+    alarms: list[str] = []
+    consumer, detector = sidecars(ServeSettings(data_dir=tmp_path), lambda alarm_id, rule, severity:
+                                  alarms.append(alarm_id), on_held=held.__setitem__)
+    assert consumer.on_line is not None and detector.on_line is not None
+    consumer.on_line(b'{"held": 1200}\n')
+    detector.on_line(b'{"held": 1200}\n')
+    detector.on_line(_alarm_line(1))
+    assert held == {"consumer": 1200, "detector": 1200} and alarms == ["a-1"]
+    consumer.on_line(b'{"held": null}\n')
+    assert held == {"consumer": None, "detector": 1200}
+    assert detector.on_exit is not None
+    detector.on_exit()  # a restarted child watches anew, and would not say that it reads on
+    assert held == {"consumer": None, "detector": None}
+
+
+def test_output_of_the_consumer_child_that_is_no_held_line_is_logged_and_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    held: dict[str, int | None] = {}
+    [consumer] = sidecars(ServeSettings(data_dir=tmp_path, detector=False), print, on_held=held.__setitem__)
+    assert consumer.on_line is not None
+    for line in (b"Traceback (most recent call last):\n", b'"held"\n', b'{"held": "12"}\n', b"[1]\n"):
+        consumer.on_line(line)
+    assert held == {} and caplog.text.count("consumer child: unexpected output") == 4
 
 
 async def test_a_held_lock_keeps_the_next_holder_waiting(tmp_path: Path) -> None:

@@ -213,7 +213,8 @@ async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_read
     intact = middle.read_bytes()
     middle.write_bytes(intact[:20] + bytes([intact[20] ^ 1]) + intact[21:])  # a bit of its first record flipped
     damaged_at = int(middle.stem)
-    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01)
+    told: list[int | None] = []  # for keytrail_event_log_reader_held
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01, on_held=told.append)
     offsets: list[int] = []
 
     async def follow() -> None:
@@ -225,11 +226,12 @@ async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_read
         await _until(lambda: bool(caplog.records))
         await asyncio.sleep(0.3)  # some 30 polls more, each held at the same record
         held = [r.getMessage() for r in caplog.records]
+        assert told == [damaged_at]
         middle.write_bytes(intact)  # the operator restores the segment
         await _until(lambda: offsets[-1:] == [29])
         source.stop.set()
         await task
-    assert offsets == list(range(30))
+    assert offsets == list(range(30)) and told == [damaged_at, None]
     [line] = held
     assert f"the consumer reads the event log in {tmp_path} no further than offset {damaged_at}" in line
     assert f"the record at offset {damaged_at} is damaged" in line and "the calls from there on not counted" in line
