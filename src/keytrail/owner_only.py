@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
-    "DIR_MODE", "FILE_MODE", "NotRegularFile", "make_dirs", "named", "open_file", "open_regular", "replace_whole",
-    "reserve", "reserve_anew", "sync_folder", "within", "write_bytes",
+    "DIR_MODE", "FILE_MODE", "STALE_TEMP_SECONDS", "NotRegularFile", "make_dirs", "named", "open_file", "open_regular",
+    "remove_stale_temps", "replace_whole", "replace_whole_temps", "reserve", "reserve_anew", "sync_folder", "within",
+    "write_bytes",
 ]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+# How old a temp file of a write must be before it is taken for one a kill cut short: a younger one
+# may be another process's write about to be renamed (a consumer of the same group, a second export).
+STALE_TEMP_SECONDS = 600.0
 
 
 def make_dirs(path: Path) -> None:
@@ -119,6 +125,25 @@ def replace_whole(path: Path, data: bytes, *, durable: bool = False) -> None:
         raise
     if durable:
         sync_folder(path.parent)
+
+
+def replace_whole_temps(path: Path) -> str:
+    """The glob, in `path`'s folder, of the temp files `replace_whole(path, …)` writes (one per pid)."""
+    return f".{glob.escape(path.name)}.*.tmp"
+
+
+def remove_stale_temps(folder: Path, *patterns: str, min_age_seconds: float = STALE_TEMP_SECONDS) -> None:
+    """Delete the files under `folder` matching the globs `patterns` last written `min_age_seconds`
+    ago or more: temp files of writes a kill (kill -9, power loss) cut short, never renamed. Each is
+    named for its writer (its pid, a uuid), so no later write replaces it, and it stayed for good.
+    A younger one may be another process's write about to be renamed; one renamed or deleted
+    meanwhile is passed over. The owner of the files calls this as it next runs."""
+    cutoff = time.time() - min_age_seconds
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink(missing_ok=True)
 
 
 def sync_folder(folder: Path) -> None:

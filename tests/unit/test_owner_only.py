@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.owner_only import make_dirs, named, open_file, reserve, reserve_anew, write_bytes
+from keytrail.owner_only import (
+    make_dirs,
+    named,
+    open_file,
+    remove_stale_temps,
+    replace_whole,
+    replace_whole_temps,
+    reserve,
+    reserve_anew,
+    write_bytes,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +102,30 @@ def test_an_error_on_a_descriptor_is_given_the_file_it_was_about(tmp_path: Path)
     with pytest.raises(FileNotFoundError) as kept, named(path):  # one that names its file keeps it
         (tmp_path / "elsewhere").read_bytes()
     assert kept.value.filename == str(tmp_path / "elsewhere")
+
+
+def _left(path: Path, *, old: bool) -> Path:
+    """A temp file as a write left it; `old`: last written long before now (a kill's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"partial")
+    if old:
+        os.utime(path, (0, 0))
+    return path
+
+
+def test_stale_temps_are_removed_once_old_and_a_write_in_progress_is_left(tmp_path: Path) -> None:
+    killed = _left(tmp_path / "day=1" / ".t.parquet.4242.tmp", old=True)
+    writing = _left(tmp_path / "day=2" / ".t.parquet.4343.tmp", old=False)  # another process's, renamed soon
+    table = _left(tmp_path / "day=1" / "t.parquet", old=True)
+    remove_stale_temps(tmp_path, "day=*/.t.parquet.*.tmp", "no-such/*.tmp")
+    assert (killed.exists(), writing.exists(), table.exists()) == (False, True, True)
+
+
+def test_the_temps_of_replace_whole_are_found_by_their_file_s_name_taken_literally(tmp_path: Path) -> None:
+    # A hook's outbox is named for the hook: `[` or `*` in it must not match another file's temps.
+    path = tmp_path / "alarm-outbox-[a]*.jsonl"
+    replace_whole(path, b"{}\n")
+    killed = _left(tmp_path / f".{path.name}.4242.tmp", old=True)
+    other = _left(tmp_path / ".alarm-outbox-a-b.jsonl.4242.tmp", old=True)
+    remove_stale_temps(tmp_path, replace_whole_temps(path))
+    assert (killed.exists(), other.exists(), path.read_bytes()) == (False, True, b"{}\n")

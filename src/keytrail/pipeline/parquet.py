@@ -9,7 +9,6 @@ usage tables are written last for that reason).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from keytrail.clock import shifted
-from keytrail.owner_only import make_dirs, reserve_anew
+from keytrail.owner_only import STALE_TEMP_SECONDS, make_dirs, remove_stale_temps, reserve_anew
 from keytrail.pipeline.cost import MATERIAL_IMPORTED
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
@@ -136,20 +135,14 @@ def stale_days(data_dir: Path) -> set[date]:
     return stale
 
 
-def remove_stale_temp_files(data_dir: Path, min_age_seconds: float = 600.0) -> None:
+def remove_stale_temp_files(data_dir: Path, min_age_seconds: float = STALE_TEMP_SECONDS) -> None:
     """Delete the temp files of table writes a kill cut short (kill -9 mid-export), never renamed:
     each is named for its writer's pid (`_write`, `_replace`), so no later export writes over it,
     and a partial Parquet file stayed beside the table for good, one per kill. Only those older
     than `min_age_seconds`: a younger one may be another consumer's write about to be renamed (a
     group member sharing the data dir), as the state's own temp files (`UsageFiles.remove_orphans`)."""
-    cutoff = datetime.now(UTC).timestamp() - min_age_seconds
-    root = data_dir / "metrics"
-    for pattern in ("usage/day=*/.usage.parquet.*.tmp", "cost/day=*/.cost.parquet.*.tmp",
-                    "last_used/.last_used.parquet.*.tmp"):
-        for path in root.glob(pattern):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink(missing_ok=True)
+    remove_stale_temps(data_dir / "metrics", "usage/day=*/.usage.parquet.*.tmp", "cost/day=*/.cost.parquet.*.tmp",
+                       "last_used/.last_used.parquet.*.tmp", min_age_seconds=min_age_seconds)
 
 
 def _mtime(path: Path) -> int:

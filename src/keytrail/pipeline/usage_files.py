@@ -10,7 +10,6 @@ less per row than upserting each group into SQLite.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from keytrail.owner_only import make_dirs, reserve, sync_folder
+from keytrail.owner_only import STALE_TEMP_SECONDS, make_dirs, remove_stale_temps, reserve, sync_folder
 from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
@@ -75,7 +74,7 @@ class UsageFiles:
                                _days(since, until))
         return [(day, int(count)) for day, count in rows]
 
-    def remove_orphans(self, min_age_seconds: float = 600.0) -> None:
+    def remove_orphans(self, min_age_seconds: float = STALE_TEMP_SECONDS) -> None:
         """Delete this partition's files that no committed checkpoint lists (left by a crash).
 
         Only files older than `min_age_seconds`: a younger one may belong to a checkpoint that
@@ -88,10 +87,7 @@ class UsageFiles:
                 path.unlink(missing_ok=True)
         # Temp files of writes a kill cut short (`_durable_write`), never renamed; another owner of
         # the partition (a group member sharing the data dir) may rename its own one meanwhile.
-        for path in self.root.glob(f"day=*/.{self.partition}.*.parquet.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink(missing_ok=True)
+        remove_stale_temps(self.root, f"day=*/.{self.partition}.*.parquet.tmp", min_age_seconds=min_age_seconds)
 
     def read(self, since: datetime | None, until: datetime | None, shape: Shape | None = None) -> pl.DataFrame:
         """Minute-level usage with minute in [since, until), summed over the listed files; or,

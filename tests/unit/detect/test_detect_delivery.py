@@ -865,3 +865,19 @@ async def test_an_open_alarm_whose_first_events_retention_deleted_is_not_paged_a
     assert list(alarms) == [raised.alarm_id]  # the same incident, told under its first id only
     assert alarms[raised.alarm_id].count == 4  # the three the first run counted, and the new one
     assert alarms[raised.alarm_id].first_seen == T0
+
+
+def test_a_rewrite_of_an_outbox_killed_midway_leaves_no_temp_file_once_old(tmp_path: Path) -> None:
+    """The outbox is rewritten whole through a temp file named for the detector's pid: a kill -9
+    mid-rewrite left it beside the outbox for good, one per kill. The detector's next start
+    removes it once 10 minutes old (younger, it may be being renamed)."""
+    from keytrail.detect.sinks.outbox import Outbox
+
+    path = tmp_path / "alarm-outbox-hook.jsonl"
+    Outbox(path).close()
+    killed, writing = tmp_path / f".{path.name}.4242.tmp", tmp_path / f".{path.name}.4343.tmp"
+    for temp in (killed, writing):
+        temp.write_bytes(b'{"queued":')
+    os.utime(killed, (0, 0))
+    Outbox(path).close()  # the next start
+    assert (killed.exists(), writing.exists()) == (False, True)

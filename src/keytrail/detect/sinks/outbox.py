@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
-from keytrail.owner_only import open_file, replace_whole
+from keytrail.owner_only import open_file, remove_stale_temps, replace_whole, replace_whole_temps
 
 __all__ = ["COMPACT_LINES", "Outbox", "warn_of_stale"]
 
@@ -38,6 +38,8 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # A kill (kill -9, power loss) mid-rewrite left its temp file, named for that run's pid, for good.
+        remove_stale_temps(path.parent, replace_whole_temps(path))
         self.owed = _owed(path)  # what the previous run queued and the hook never handled, in order
         try:
             self._rewrite(self.owed)
