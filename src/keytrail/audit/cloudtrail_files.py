@@ -18,7 +18,7 @@ import orjson
 
 from keytrail.audit.schema import SchemaError, decode_batch, event_id_bytes
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
-from keytrail.owner_only import replace_whole, within
+from keytrail.owner_only import remove_stale_temps, replace_whole, within
 from keytrail.shared_events import owner_copies
 from keytrail.transport.cloudtrail_logs import (
     ReadReport,
@@ -37,6 +37,8 @@ _ACCOUNT_ID = re.compile(r"\d{12}")
 # `eusc-de-east-1` (the European Sovereign Cloud) begins with four letters: two only, and its
 # records were filed under us-east-1 with that Region's.
 _REGION = re.compile(r"[a-z]{2,8}(-[a-z]+){1,4}-\d{1,2}")
+# The temp files an export writes its log files through (`_write_log_file`; replace_whole's alike).
+_TEMP_FILES = ".*_CloudTrail_*.json.gz.*.tmp"
 
 
 class EventLogUnreadable(Exception):
@@ -243,6 +245,9 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     after the log grew, writes each file over the one it replaces (the same, or the same records
     and those since), never a second copy of a record beside the first."""
     owner_only = within(out, data_dir)
+    # Each file is written through a temp file named for the export's pid: one killed (kill -9, power
+    # loss) mid-write left it, a partial gzip file, beside the log files for good.
+    remove_stale_temps(out, f"AWSLogs/*/CloudTrail/*/*/*/*/{_TEMP_FILES}")
     filling: dict[_FileKey, _FillingFile] = {}  # in the order they started
     written: list[Path] = []
 
@@ -300,7 +305,7 @@ def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only:
         replace_whole(path, data)  # its folders made 0700 first
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        temp = folder / f".{path.name}.{os.getpid()}.tmp"  # whole or not at all: killed, no torn file
+        temp = folder / f".{path.name}.{os.getpid()}.tmp"  # whole or not at all: killed, no torn file (_TEMP_FILES)
         try:
             temp.write_bytes(data)
             temp.replace(path)

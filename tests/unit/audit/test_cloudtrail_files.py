@@ -129,6 +129,25 @@ async def test_export_then_import_round_trip(tmp_path: Path) -> None:
     assert imported == original
 
 
+@pytest.mark.parametrize("inside", [False, True], ids=["elsewhere", "into the data dir"])
+async def test_an_export_removes_the_temp_files_of_one_killed_as_it_wrote_once_they_are_old(
+    tmp_path: Path, inside: bool
+) -> None:
+    """Each log file is written through a temp file named for the export's pid: an export killed
+    (kill -9, power loss) mid-write left a partial gzip file beside the log files for good."""
+    source = tmp_path / "source"
+    await fill_trail_async(source, 3)
+    out = source / "export" if inside else tmp_path / "out"
+    [written] = export_cloudtrail(source, out)
+    killed = written.with_name(f".{written.name}.4242.tmp")
+    writing = written.with_name(f".{written.name}.4343.tmp")  # another export's into the same folder, now
+    for temp in (killed, writing):
+        temp.write_bytes(gzip.compress(b'{"Records": [')[:10])
+    os.utime(killed, (0, 0))
+    assert export_cloudtrail(source, out) == [written]
+    assert (killed.exists(), writing.exists()) == (False, True)
+
+
 async def test_export_writes_text_beyond_ascii_as_utf8_json_that_reads_back_the_same(tmp_path: Path) -> None:
     example = _kms_examples()[0]
     context = {"Abteilung": "Küche", "owner": "日本 \u2028 🔑", "quote": '"\\'}
