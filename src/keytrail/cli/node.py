@@ -49,7 +49,7 @@ from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
-from keytrail.owner_only import replace_whole
+from keytrail.owner_only import remove_stale_temps, replace_whole, replace_whole_temps
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting
 from keytrail.pipeline.prices import PriceTable
@@ -159,6 +159,9 @@ def _node_clock(settings: ServeSettings) -> Clock:
     in dev time would wait the skipped time again and the trail's events would step back."""
     if not settings.dev_clock:
         return SystemClock()
+    # A serve killed (kill -9, power loss) as it wrote the record left its temp file, named for its pid, for good.
+    record = settings.data_dir / DEV_CLOCK_FILE
+    remove_stale_temps(record.parent, replace_whole_temps(record))
     clock = ManualClock(follow_wall=True)
     with contextlib.suppress(OverflowError):  # a lead past the year 9999, which no dev clock reached
         clock.advance(dev_clock_ahead(settings.data_dir))

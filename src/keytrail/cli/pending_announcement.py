@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keytrail.owner_only import replace_whole
+from keytrail.owner_only import remove_stale_temps, replace_whole, replace_whole_temps
 
 __all__ = ["NAME", "PRINCIPALS", "SIGNING_KEY", "PendingAnnouncement"]
 
@@ -33,6 +33,8 @@ class PendingAnnouncement:
 
     def note(self, made: set[str]) -> frozenset[str]:
         """Note `made`, before it is made, beside what was noted already; all that is noted now."""
+        # A start killed (kill -9, power loss) as it wrote the note left its temp file, named for its pid, for good.
+        remove_stale_temps(self.path.parent, replace_whole_temps(self.path))
         noted = self.items()
         if not made <= noted:
             noted |= made
