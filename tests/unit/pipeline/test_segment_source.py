@@ -204,6 +204,22 @@ async def _until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _follow_until_held(source: SegmentLogSource,
+                             caplog: pytest.LogCaptureFixture) -> tuple[asyncio.Task[None], list[int]]:
+    """Start following `source` (the task, and the offsets it reads as it reads them); return once
+    a line said it is held and some 30 polls more were each held at the same record."""
+    offsets: list[int] = []
+
+    async def follow() -> None:
+        async for batch in source.batches(lambda partition: 0):
+            offsets.extend(batch.offsets)
+
+    task = asyncio.create_task(follow())
+    await _until(lambda: bool(caplog.records))
+    await asyncio.sleep(0.3)
+    return task, offsets
+
+
 async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_reads_on_once_it_is_repaired(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -215,16 +231,8 @@ async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_read
     damaged_at = int(middle.stem)
     told: list[int | None] = []  # for keytrail_event_log_reader_held
     source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01, on_held=told.append)
-    offsets: list[int] = []
-
-    async def follow() -> None:
-        async for batch in source.batches(lambda partition: 0):
-            offsets.extend(batch.offsets)
-
     with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
-        task = asyncio.create_task(follow())
-        await _until(lambda: bool(caplog.records))
-        await asyncio.sleep(0.3)  # some 30 polls more, each held at the same record
+        task, offsets = await _follow_until_held(source, caplog)
         held = [r.getMessage() for r in caplog.records]
         assert told == [damaged_at]
         middle.write_bytes(intact)  # the operator restores the segment
@@ -245,16 +253,8 @@ async def test_a_following_source_held_at_a_deleted_segment_names_the_records_mi
     middle = _three_segments(tmp_path)[1]
     middle.unlink()  # deleted by hand, not by retention (which deletes the oldest)
     source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01)
-    offsets: list[int] = []
-
-    async def follow() -> None:
-        async for batch in source.batches(lambda partition: 0):
-            offsets.extend(batch.offsets)
-
     with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
-        task = asyncio.create_task(follow())
-        await _until(lambda: bool(caplog.records))
-        await asyncio.sleep(0.3)
+        task, offsets = await _follow_until_held(source, caplog)
         source.stop.set()
         await task
     assert offsets == list(range(int(middle.stem)))
