@@ -26,6 +26,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "keytrail_kms_cost_usd": ("gauge", ("account",), "cost accrued since tracking start, USD"),
     "keytrail_audit_spool_depth": ("gauge", (), "audit records in the spool not yet shipped"),
     "keytrail_pipeline_consumer_lag": ("gauge", ("partition",), "records not yet consumed"),
+    "keytrail_event_log_reader_held": ("gauge", ("reader",),
+                                       "1 while a reader of the event log is held at a record it cannot read"),
     "keytrail_kms_keys": ("gauge", ("state",), "KMS keys by key state"),
     "keytrail_audit_fsync_seconds": ("histogram", ("le",), "time each audit group commit's fsync took"),
     "keytrail_audit_committed_records_total": ("counter", (), "audit records made durable"),
@@ -98,6 +100,10 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
      12, 8),
     ("Consumer lag", "timeseries", "short",
      [("sum by (instance, partition) (keytrail_pipeline_consumer_lag)", "{{instance}} {{partition}}")], 12, 8),
+    # A reader held at a damaged record of the event log counts, judges or ships nothing more until the
+    # segment is restored; on a quiet node its lag never reaches the lag alerts (KeytrailEventLogReaderHeld).
+    ("Event log readers held", "timeseries", "short",
+     [("max by (instance, reader) (keytrail_event_log_reader_held)", "{{instance}} {{reader}}")], 12, 8),
     # Every audited call waits for its group's fsync: its p99 is the durability part of the API's latency.
     ("Audit fsync p99", "timeseries", "s",
      [("histogram_quantile(0.99, sum by (instance, le) (rate(keytrail_audit_fsync_seconds_bucket[5m])))",
