@@ -69,12 +69,19 @@ class NotRegularFile(OSError):
     """A path where keytrail keeps a file holds something else: a FIFO, a device, a socket."""
 
 
-def open_regular(path: Path) -> int:
+def open_regular(path: Path, *, writable: bool = False) -> int:
     """A read-only descriptor of the file keytrail keeps at `path`, opened without waiting: whoever
     can write the data dir can put a FIFO in a file's place, whose open and reads wait for a writer
     forever (`keytrail audit verify` never ended, and so never said the trail was tampered with).
-    NotRegularFile, naming `path`, for anything but a regular file (IsADirectoryError for a folder)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    NotRegularFile, naming `path`, for anything but a regular file (IsADirectoryError for a folder).
+    `writable`: read-write, made (0600, its folder first) when missing (opened as it came, a FIFO or
+    a device there stopped `serve` in words that named no file: "File or stream is not seekable",
+    "Invalid argument")."""
+    flags = os.O_RDONLY
+    if writable:
+        make_dirs(path.parent)
+        flags = os.O_RDWR | os.O_CREAT
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
     mode = os.fstat(fd).st_mode
     if stat.S_ISREG(mode):
         return fd

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keytrail.owner_only import make_dirs, named, open_file, open_regular, reserve, sync_folder
+from keytrail.owner_only import make_dirs, named, open_file, open_regular, sync_folder
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
@@ -253,7 +253,8 @@ class ChainWriter:
         self._check_nothing_after_clean_stop(log)
         self._key = signing_key(paths)
         make_dirs(paths.digests)
-        self._hashes = open(reserve(paths.hashes), "r+b")  # noqa: SIM115
+        # Kept open for the node's life: a FIFO or a folder put in its place later is never written to.
+        self._hashes = open(open_regular(paths.hashes, writable=True), "r+b")  # noqa: SIM115
         self._unstored = bytearray()  # hashes chained but not yet written to the sidecar
         self._stored = 0  # the sidecar's bytes that hold hashes: where the unstored go
         self._recover(log)

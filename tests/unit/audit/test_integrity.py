@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import canonical, signing_key, verify, write_retention_floor
 from keytrail.audit.schema import decode, encode
-from keytrail.audit.trail import audit_paths
+from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.transport.segment_log import Frame
-from tests.support.audit_records import cut_back_to, fill_trail, rewrite_segment, sign_again_with_a_new_key
+from tests.support.audit_records import (
+    cut_back_to,
+    encrypt_call,
+    fill_trail,
+    rewrite_segment,
+    sign_again_with_a_new_key,
+)
 
 
 @pytest.fixture()
@@ -978,3 +988,49 @@ def test_a_fifo_in_place_of_the_signing_key_is_named_not_waited_on(data_dir: Pat
     os.mkfifo(paths.private_key)
     outcome = _outcome_beside_a_fifo(paths.private_key, lambda: signing_key(paths))
     assert _named_not_regular(outcome[0], paths.private_key)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_hash_store_that_is_no_regular_file_stops_the_trail_from_opening_in_words_naming_it(
+        data_dir: Path, kind: str) -> None:
+    """The hash store was opened as it came: a FIFO in its place stopped `serve` with "File or
+    stream is not seekable", a link to a device with "Invalid argument", neither naming the file."""
+    _, paths = audit_paths(data_dir)
+    paths.hashes.unlink()
+    if kind == "fifo":
+        os.mkfifo(paths.hashes)
+    else:
+        paths.hashes.symlink_to("/dev/null")
+    outcome = _outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=data_dir)))
+    assert _named_not_regular(outcome[0], paths.hashes)
+
+
+def test_serve_refuses_a_fifo_in_place_of_the_hash_store_in_one_line(data_dir: Path) -> None:
+    _, paths = audit_paths(data_dir)
+    paths.hashes.unlink()
+    os.mkfifo(paths.hashes)
+    result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data_dir), "--port", "0"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("keytrail serve: not a regular file (a FIFO, a device or a socket in a file's place): "
+                             f"{paths.hashes}\n")
+
+
+def test_a_hash_store_swapped_for_a_fifo_while_the_trail_runs_holds_no_call(tmp_path: Path) -> None:
+    """The trail opens the hash store once and keeps it: a FIFO put in its place meanwhile is never
+    written to, however many hashes follow (more than a pipe holds), and the next open names it."""
+    _, paths = audit_paths(tmp_path)
+
+    async def record_around_a_swap() -> int:
+        async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+            await trail.record(encrypt_call(0))
+            paths.hashes.unlink()
+            os.mkfifo(paths.hashes)
+            await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(1, 3001)))  # 96 KB of hashes
+            return trail.spool.chain.end
+
+    assert _outcome_beside_a_fifo(paths.hashes, lambda: asyncio.run(record_around_a_swap())) == [3001]
+    assert stat.S_ISFIFO(paths.hashes.lstat().st_mode)
+    assert sum(1 for _ in iter_events(tmp_path)) == 3001
+    outcome = _outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=tmp_path)))
+    assert _named_not_regular(outcome[0], paths.hashes)
