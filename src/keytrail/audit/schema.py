@@ -232,7 +232,9 @@ def to_avro(event: dict[str, Any]) -> dict[str, Any]:
     for name in _JSON_FIELDS:
         value = event.get(name)
         record[name] = None if value is None else orjson.dumps(value).decode()
-    record["userIdentity"] = record["userIdentity"] or "{}"
+    # A required column: a record without one (imported) keeps JSON null there, read back as absent
+    # (`{}` was, and was exported as an identity the record never had).
+    record["userIdentity"] = record["userIdentity"] or "null"
     record.update(_derived(event, identity))
     others = {name: value for name, value in event.items() if name not in _KNOWN}
     record["otherFields"] = orjson.dumps(others).decode() if others else None
@@ -313,6 +315,8 @@ def from_avro(record: dict[str, Any]) -> dict[str, Any]:
         value = record.get(name)
         if name in _JSON_FIELDS and value is not None:
             value = orjson.loads(value)
+        elif name == "eventVersion" and value == "":  # the required column's stand-in for none (imported)
+            continue
         if value is not None or name in _ALWAYS:
             event[name] = value
     if record.get("otherFields"):

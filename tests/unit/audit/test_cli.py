@@ -111,6 +111,20 @@ def test_import_and_export(tmp_path: Path) -> None:
     assert out == f"wrote {len(files)} CloudTrail log file{plural} under {tmp_path / 'out' / 'AWSLogs'}\n"
 
 
+def test_a_record_imported_without_event_version_or_user_identity_is_exported_without_them(tmp_path: Path) -> None:
+    # They came out as `"eventVersion": ""` (no major.minor a reader can parse) and `"userIdentity": {}`.
+    record = {k: v for k, v in json.loads(EXAMPLES.read_text())["Records"][0].items()
+              if k not in ("eventVersion", "userIdentity")}
+    (tmp_path / "in.json").write_text(json.dumps({"Records": [record]}))
+    node, out = str(tmp_path / "node"), tmp_path / "out"
+    assert _run("import", str(tmp_path / "in.json"), "--data-dir", node)[0] == 0
+    assert _run("export", "--format", "cloudtrail", str(out), "--data-dir", node)[0] == 0
+    [exported] = out.rglob("*.json.gz")
+    assert json.loads(gzip.decompress(exported.read_bytes()))["Records"] == [record]
+    assert [json.loads(line) for line in _run("events", "--data-dir", node, "--format", "json")[1].splitlines()] \
+        == [record]
+
+
 def test_an_import_run_again_over_the_same_files_counts_their_records_as_already_in_the_log(
     tmp_path: Path
 ) -> None:

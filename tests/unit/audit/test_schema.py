@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import struct
@@ -30,6 +31,7 @@ from keytrail.audit.schema import (
     message_key_bytes,
     to_polars,
 )
+from keytrail.detect.avro_events import avro_rows, events_of
 from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, encrypt_call
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
@@ -67,6 +69,18 @@ def test_round_trip_of_aws_documented_records_keeps_unknown_fields() -> None:
     for event in _records():
         decoded = decode(encode(event))
         assert decoded == {k: v for k, v in event.items()}, event["eventID"]
+
+
+def test_a_record_without_event_version_or_user_identity_reads_back_without_them() -> None:
+    """Both are required columns: a record that had neither (imported) read back with
+    `"eventVersion": ""` and `"userIdentity": {}`, values it never held. A null or empty one is
+    read back as absent, as any typed field's null is."""
+    record = {k: v for k, v in _records()[0].items() if k not in ("eventVersion", "userIdentity")}
+    assert decode(encode(record)) == record
+    assert decode(encode({**record, "eventVersion": "", "userIdentity": None})) == record
+    assert decode(encode({**record, "userIdentity": {}})) == {**record, "userIdentity": {}}  # an empty one is kept
+    events = events_of(asyncio.run(avro_rows([encode(record)])))  # the detector reads it as a call by no one
+    assert [(e.event_id, e.principal_arn) for e in events] == [(record["eventID"], None)]
 
 
 def test_typed_columns_attribute_role_sessions_to_the_role() -> None:
