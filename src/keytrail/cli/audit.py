@@ -360,7 +360,7 @@ def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="Clo
     if report.stopped_at is not None and stop.received is not None:
         _stopped(report, stop.received)
     digests = f"; {_count(report.digests, 'digest file')} passed over" if report.digests else ""
-    typer.echo(f"imported {_count(report.records, 'KMS record')} from {_count(report.files, 'file')}; "
+    typer.echo(f"imported {_count(report.records, 'KMS record')} from {_files_read(report)}; "
                f"skipped {_count(report.skipped, 'record')} of other services and "
                f"{report.duplicates} already in the event log; "
                f"{_count(len(report.problems), 'problem')}{digests}")
@@ -420,6 +420,17 @@ def _stopped(report: ImportReport, received: signal.Signals) -> NoReturn:
     raise fail(f"stopped by {received.name}: imported {_count(report.records, 'KMS record')} before it stopped "
                f"(signed, with a final digest); not imported: {report.stopped_at} and everything after it",
                "keytrail audit import", 128 + received.value)
+
+
+def _files_read(report: ImportReport) -> str:
+    """The files an import read, those a problem cut short after some of their records said apart
+    ("from 0 files" was said of a .json.gz cut short whose records before the cut were imported)."""
+    whole, part = report.files, report.partly_read
+    if not part:
+        return _count(whole, "file")
+    if not whole:
+        return f"{_count(part, 'file')} read in part"
+    return f"{_count(whole + part, 'file')} ({part} read in part)"
 
 
 def _count(number: int, noun: str) -> str:

@@ -125,6 +125,24 @@ def test_a_record_imported_without_event_version_or_user_identity_is_exported_wi
         == [record]
 
 
+def test_an_import_of_a_gzip_file_cut_short_says_it_was_read_in_part(tmp_path: Path) -> None:
+    # It said "imported 0 KMS records from 0 files": the file was read, and its records before the
+    # cut are now imported.
+    records = json.loads(EXAMPLES.read_text())["Records"]
+    compressor = zlib.compressobj(wbits=31)  # gzip, flushed after four records, then cut off
+    text = '{"Records": [\n' + ",\n".join(json.dumps(r) for r in records[:4]) + ",\n"
+    (tmp_path / "cut.json.gz").write_bytes(compressor.compress(text.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH))
+    node = str(tmp_path / "node")
+    code, out, err = _run("import", str(tmp_path / "cut.json.gz"), "--data-dir", node)
+    assert (code, out) == (1, "imported 4 KMS records from 1 file read in part; skipped 0 records of other services "
+                              "and 0 already in the event log; 1 problem\n")
+    assert err == (f"skipped: {tmp_path / 'cut.json.gz'}: cannot read: Compressed file ended before the "
+                   "end-of-stream marker was reached\n")
+    code, out, _ = _run("import", str(tmp_path / "cut.json.gz"), str(EXAMPLES), "--data-dir", node)
+    assert (code, out) == (1, "imported 5 KMS records from 2 files (1 read in part); skipped 1 record of other "
+                              "services and 8 already in the event log; 1 problem\n")
+
+
 def test_an_import_run_again_over_the_same_files_counts_their_records_as_already_in_the_log(
     tmp_path: Path
 ) -> None:

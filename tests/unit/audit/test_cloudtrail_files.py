@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,22 @@ def test_the_records_before_a_damaged_part_of_a_file_are_read_and_the_damage_nam
     assert report.problems == [f"{cut}: line {len(kms) + 1}: not valid JSON (Unterminated string starting at)",
                                f"{damaged}: line 4: not valid JSON (Expecting value)"]
     assert report.files == 1  # read to its end: EXAMPLES alone
+
+
+def test_the_records_before_the_cut_of_a_gzip_file_cut_short_are_read(tmp_path: Path) -> None:
+    # A .json.gz whose download stopped midway: gzip's read of a 1 MiB piece dropped what it had
+    # gunzipped once it met the end, so a file that small gave no record, counted in no file.
+    kms = _kms_examples()
+    compressor = zlib.compressobj(wbits=31)  # gzip
+    head = "{\"Records\": [\n" + ",\n".join(json.dumps(r) for r in kms[:3]) + ",\n"
+    rest = ",\n".join(json.dumps(r) for r in kms[3:]) + "\n]}"
+    data = compressor.compress(head.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(data + (compressor.compress(rest.encode()) + compressor.flush())[:10])
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([cut], report=report)) == kms[:3]
+    assert report.problems == [f"{cut}: cannot read: Compressed file ended before the end-of-stream marker was reached"]
+    assert (report.files, report.partly_read, report.records) == (0, 1, 3)
 
 
 @pytest.mark.parametrize("first", ["[\n{first}\n]", "null"])
