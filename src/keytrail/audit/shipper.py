@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from keytrail.audit.schema import message_key_bytes
-from keytrail.owner_only import write_bytes
+from keytrail.owner_only import open_regular, write_bytes
 from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge, ensure_topic
 from keytrail.transport.segment_reader import SegmentReader, StallWatch
@@ -109,9 +109,13 @@ class ShippedOffset:
 
 
 def _read_offset(path: Path) -> int:
-    """The offset in the file; 0 when there is none, or when a crash left it empty or damaged."""
+    """The offset in the file; 0 when there is none, or when a crash left it empty or damaged.
+    Opened without waiting, a regular file only (NotRegularFile): read as it came, a FIFO put in its
+    place kept `serve`, `audit import` and `audit verify` waiting for a writer forever. An offset
+    is a few digits: what is past the first 64 bytes is not read (the file may be grown to any size)."""
     try:
-        text = path.read_text(errors="replace").strip()
+        with open(open_regular(path), "rb") as file:
+            text = file.read(64).decode(errors="replace").strip()
     except FileNotFoundError:
         return 0
     if text.isascii() and text.isdigit():

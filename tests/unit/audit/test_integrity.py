@@ -931,7 +931,8 @@ def _fifo_in_place_of(data_dir: Path, name: str) -> Path:
     log_dir, paths = audit_paths(data_dir)
     path = {"digest": paths.digests / "0000000001.json", "public key": paths.public_key,
             "retention floor": paths.retention_floor, "hash store": paths.hashes,
-            "segment": sorted(log_dir.glob("*.seg"))[-1], "writer lock": log_dir / "LOCK"}[name]
+            "segment": sorted(log_dir.glob("*.seg"))[-1], "writer lock": log_dir / "LOCK",
+            "shipped offset": log_dir.parent / "shipped-offset"}[name]
     path.unlink(missing_ok=True)
     os.mkfifo(path)
     return path
@@ -965,7 +966,8 @@ def _named_not_regular(error: object, path: Path) -> bool:
     return isinstance(error, OSError) and error.filename == str(path) and "not a regular file" in str(error.strerror)
 
 
-@pytest.mark.parametrize("name", ["digest", "public key", "retention floor", "hash store", "segment", "writer lock"])
+@pytest.mark.parametrize("name", ["digest", "public key", "retention floor", "hash store", "segment", "writer lock",
+                                  "shipped offset"])
 def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Path, name: str) -> None:
     """verify opened and read the trail's files as they came: a FIFO in place of any of them (made
     by whoever can write the data dir) kept it waiting for a writer forever, so a scheduled verify
@@ -1034,3 +1036,11 @@ def test_a_hash_store_swapped_for_a_fifo_while_the_trail_runs_holds_no_call(tmp_
     assert sum(1 for _ in iter_events(tmp_path)) == 3001
     outcome = _outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=tmp_path)))
     assert _named_not_regular(outcome[0], paths.hashes)
+
+
+def test_a_fifo_in_place_of_the_shipped_offset_stops_the_trail_from_opening_in_words_naming_it(data_dir: Path) -> None:
+    """Read at every open (serve, audit import), the shipped offset was read as it came: a FIFO in
+    its place kept the open waiting for a writer forever."""
+    fifo = _fifo_in_place_of(data_dir, "shipped offset")
+    outcome = _outcome_beside_a_fifo(fifo, lambda: AuditTrail.open(AuditSettings(data_dir=data_dir)))
+    assert _named_not_regular(outcome[0], fifo)
