@@ -551,6 +551,27 @@ def test_sighup_rereads_the_principals_file(fresh_server: KeytrailServer) -> Non
     fresh_server.after_sighup(carol_is_known)
 
 
+def test_sighup_with_a_fifo_in_place_of_the_principals_file_keeps_the_node_answering(
+        fresh_server: KeytrailServer) -> None:
+    """The reload read the file as it came, on the event loop: a FIFO put in its place (whoever can
+    write there can make one) stopped the loop waiting for a writer, and every call with it."""
+    alice = fresh_server.client("alice")
+    alice.list_keys()
+    fresh_server.principals.unlink()
+    os.mkfifo(fresh_server.principals)
+    try:
+        fresh_server.after_sighup(lambda: _assert_in_log(fresh_server, "principals file not reloaded: "
+                                  f"{fresh_server.principals}: cannot read the principals file: not a regular file"))
+        alice.list_keys()  # the credentials in force stay
+    finally:  # a loop waiting on the FIFO is let go, so that the server stops
+        with contextlib.suppress(OSError):
+            os.close(os.open(fresh_server.principals, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def _assert_in_log(server: KeytrailServer, text: str) -> None:
+    assert text in server.log.read_text()
+
+
 def test_sighup_with_a_secret_changed_stops_the_old_secret_at_once(fresh_server: KeytrailServer) -> None:
     old = fresh_server.client("alice")
     old.list_keys()  # its signing key derived and kept

@@ -23,7 +23,7 @@ from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
-from keytrail.owner_only import open_file
+from keytrail.owner_only import open_file, open_regular
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "read_admin_principals",
            "write_admin_principals"]
@@ -167,7 +167,7 @@ def load_principals(path: Path) -> dict[str, Credential]:
 def _entries(path: Path) -> list[dict[str, Any]]:
     """The file's [[principal]] tables; PrincipalsFileError if it cannot be read as a principals file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
+        data = tomllib.loads(_read_text(path, "utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     except OSError as exc:  # its reason alone: str(exc) is Python's "[Errno 21] Is a directory: '…'"
         raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -183,6 +183,14 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PrincipalsFileError(f"{path}: principals are [[principal]] tables (note the double brackets)")
     return entries
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The principals file's text, opened without waiting, a regular file only (NotRegularFile):
+    read as it came, a FIFO in its place (whoever can write the data dir can make one) kept `serve`
+    from starting, and a SIGHUP then stopped the event loop, and with it every call, for good."""
+    with open(open_regular(path), encoding=encoding) as file:
+        return file.read()
 
 
 def _check_fields(entry: dict[str, Any], where: str) -> None:
@@ -280,7 +288,7 @@ def read_admin_principals(path: Path, account: str = "111122223333") -> tuple[st
     """The key pair of a principals file exactly as `write_admin_principals` wrote it; None for any
     other file (edited, written by hand, unreadable): its secret is not keytrail's to print."""
     try:
-        text = path.read_text()
+        text = _read_text(path)
     except (OSError, UnicodeDecodeError):
         return None
     found = _ADMIN_KEYS.search(text)

@@ -160,6 +160,37 @@ def test_a_principals_file_that_cannot_be_read_is_named_without_python_error_tex
     assert str(info.value) == f"{tmp_path}: cannot read the principals file: Is a directory"
 
 
+def test_a_fifo_in_place_of_the_principals_file_is_named_not_waited_on(tmp_path: Path) -> None:
+    # Read as it came, a FIFO kept serve's start (and a SIGHUP's reload, on the event loop) waiting
+    # for a writer forever.
+    import threading
+
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE)
+    store = CredentialStore(path)
+    path.unlink()
+    os.mkfifo(path)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        for attempt in (store.reload, lambda: CredentialStore(path)):
+            try:
+                attempt()
+            except PrincipalsFileError as exc:
+                outcome.append(exc)
+
+    reading = threading.Thread(target=read, daemon=True)
+    reading.start()
+    reading.join(timeout=30)
+    if reading.is_alive():  # waiting on the FIFO: a writer lets it go
+        os.close(os.open(path, os.O_WRONLY))
+    assert not reading.is_alive(), "waited on the FIFO"
+    refused = f"{path}: cannot read the principals file: not a regular file (a FIFO, a device or a socket in a " \
+              "file's place)"
+    assert [str(exc) for exc in outcome] == [refused, refused]
+    assert store.lookup("AKIAALICE000000000001") is not None  # the credentials in force stay
+
+
 _MUNICH = ALICE + """policies = ['''{"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "kms:*",
   "Resource": "*", "Condition": {"StringEquals": {"kms:EncryptionContext:site": "München"}}}]}''']
 """
