@@ -87,6 +87,31 @@ def test_serve_makes_no_new_root_key_beside_a_store_that_holds_keys(tmp_path: Pa
     assert not (tmp_path / "root.key").exists()
 
 
+def test_a_fifo_in_place_of_the_root_key_file_is_named_not_waited_on(tmp_path: Path) -> None:
+    # Read as it came, a FIFO (whoever can write the data dir can make one) kept serve's start
+    # waiting for a writer forever, and deaf to SIGTERM meanwhile.
+    import threading
+
+    os.mkfifo(tmp_path / "root.key")
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            RootKey.load(tmp_path)
+        except RootKeyUnusable as exc:
+            outcome.append(exc)
+
+    reading = threading.Thread(target=load, daemon=True)
+    reading.start()
+    reading.join(timeout=30)
+    if reading.is_alive():  # waiting on the FIFO: a writer lets it go
+        os.close(os.open(tmp_path / "root.key", os.O_WRONLY))
+    assert not reading.is_alive(), "waited on the FIFO"
+    named = f"cannot read the root key file {tmp_path / 'root.key'}: not a regular file"
+    assert len(outcome) == 1 and str(outcome[0]).startswith(named), outcome
+    assert _serve_stderr(tmp_path).startswith(f"keytrail serve: {named}")
+
+
 def test_a_sealed_value_that_is_not_base64_is_a_seal_error(tmp_path: Path) -> None:
     root = RootKey(os.urandom(32))
     _store_with_a_key(tmp_path, root)
