@@ -69,18 +69,19 @@ class NotRegularFile(OSError):
     """A path where keytrail keeps a file holds something else: a FIFO, a device, a socket."""
 
 
-def open_regular(path: Path, *, writable: bool = False) -> int:
+def open_regular(path: Path, *, writable: bool = False, append: bool = False) -> int:
     """A read-only descriptor of the file keytrail keeps at `path`, opened without waiting: whoever
     can write the data dir can put a FIFO in a file's place, whose open and reads wait for a writer
     forever (`keytrail audit verify` never ended, and so never said the trail was tampered with).
     NotRegularFile, naming `path`, for anything but a regular file (IsADirectoryError for a folder).
     `writable`: read-write, made (0600, its folder first) when missing (opened as it came, a FIFO or
     a device there stopped `serve` in words that named no file: "File or stream is not seekable",
-    "Invalid argument")."""
+    "Invalid argument"). Read-write, not write-only: a FIFO opened write-only without waiting fails
+    (ENXIO, "No such device or address") before it can be named. `append`: writable, each write at its end."""
     flags = os.O_RDONLY
-    if writable:
+    if writable or append:
         make_dirs(path.parent)
-        flags = os.O_RDWR | os.O_CREAT
+        flags = os.O_RDWR | os.O_CREAT | (os.O_APPEND if append else 0)
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
     mode = os.fstat(fd).st_mode
     if stat.S_ISREG(mode):

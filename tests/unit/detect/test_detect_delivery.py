@@ -154,6 +154,32 @@ async def test_a_line_cut_short_by_a_crash_is_skipped_and_the_next_alarm_starts_
     assert list(read_alarms(path).values()) == [alarm]
 
 
+def test_a_fifo_in_place_of_alarms_jsonl_is_named_not_waited_on(tmp_path: Path) -> None:
+    # Opened as it came, a FIFO (whoever can write the data dir can make one) kept serve's start,
+    # which reads what the detector delivered, and the detector's, waiting for a writer forever.
+    import threading
+
+    path = tmp_path / "alarms.jsonl"
+    os.mkfifo(path)
+    outcome: list[OSError] = []
+
+    def open_both() -> None:
+        for attempt in (lambda: read_alarms(path), lambda: JsonlSink(path)):
+            try:
+                attempt()
+            except OSError as exc:
+                outcome.append(exc)
+
+    opening = threading.Thread(target=open_both, daemon=True)
+    opening.start()
+    opening.join(timeout=30)
+    if opening.is_alive():  # waiting on the FIFO: a reader or a writer lets it go
+        os.close(os.open(path, os.O_RDWR))
+    assert not opening.is_alive(), "waited on the FIFO"
+    assert [(exc.filename, exc.strerror) for exc in outcome] == [
+        (str(path), "not a regular file (a FIFO, a device or a socket in a file's place)")] * 2
+
+
 def test_kafka_decoder_skips_what_it_cannot_read_and_keeps_the_rest() -> None:
     from keytrail.detect.sources import default_decoder
 

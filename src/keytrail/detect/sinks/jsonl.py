@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
-from keytrail.owner_only import open_file
+from keytrail.owner_only import open_regular
 
 __all__ = ["JsonlSink", "read_alarms"]
 
@@ -27,10 +27,12 @@ class JsonlSink:
     def __init__(self, path: Path, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
         self.path = path
         self.backoff = backoff  # first and longest wait between attempts at a failed write
-        self._fd = open_file(path, os.O_WRONLY | os.O_APPEND)
+        # Without waiting, a regular file only: opened as it came, a FIFO put in its place (whoever
+        # can write the data dir can make one) held the detector's start for good.
+        self._fd = open_regular(path, append=True)
         self._failing = False
         # A line cut short by a crash is ended before the next one, so it stays one unreadable line.
-        self._pending_newline = _ends_torn(path)
+        self._pending_newline = _ends_torn(self._fd)
 
     async def deliver(self, alarm: Alarm) -> None:
         line = json.dumps(alarm.to_json(), separators=(",", ":")) + "\n"
@@ -58,12 +60,9 @@ class JsonlSink:
         os.close(self._fd)
 
 
-def _ends_torn(path: Path) -> bool:
-    with path.open("rb") as handle:
-        if handle.seek(0, os.SEEK_END) == 0:
-            return False
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) != b"\n"
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
 
 
 def read_alarms(path: Path) -> dict[str, Alarm]:
@@ -74,7 +73,7 @@ def read_alarms(path: Path) -> dict[str, Alarm]:
     latest: dict[str, Alarm] = {}
     if not path.exists():
         return latest
-    with path.open(encoding="utf-8", errors="replace") as lines:
+    with open(open_regular(path), encoding="utf-8", errors="replace") as lines:  # a FIFO: named, not waited on
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
