@@ -170,7 +170,10 @@ def _fsync(path: bytes, opened: dict[bytes, int]) -> tuple[int, float]:
             for old in opened.values():  # the spool moved to a new segment
                 os.close(old)
             opened.clear()
-            fd = opened[path] = os.open(path, os.O_RDONLY)  # fsync needs no write access on Linux
+            # fsync needs no write access on Linux. Without waiting: a FIFO put in the segment's
+            # place held the helper until it was given up (ANSWER_SECONDS), each call waiting, where
+            # its fsync's EINVAL is named as the segment no longer in place (LogMoved) at once.
+            fd = opened[path] = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         started = time.perf_counter()
         os.fsync(fd)
         seconds = time.perf_counter() - started

@@ -51,6 +51,28 @@ async def test_the_helper_reports_the_errno_of_a_failed_fsync(tmp_path: Path) ->
         helper.close()
 
 
+async def test_the_helper_answers_at_once_for_a_fifo_in_the_segments_place(tmp_path: Path) -> None:
+    # It opened the path as it came: a FIFO (whoever can write the data dir can make one) kept it
+    # waiting for a writer until it was given up as gone, every call waiting meanwhile.
+    os.mkfifo(tmp_path / "a.log")
+    helper = SyncHelper.start(asyncio.get_running_loop())
+    try:
+        error, _ = await _sync(helper, tmp_path / "a.log")
+        assert isinstance(error, OSError) and not isinstance(error, SyncHelperGone), error
+    finally:
+        helper.close()
+
+
+async def test_a_fifo_put_in_place_of_the_active_segment_refuses_the_next_record_at_once(tmp_path: Path) -> None:
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        await trail.record(encrypt_call(0))
+        trail.spool.segments.active_path.unlink()
+        os.mkfifo(trail.spool.segments.active_path)
+        with pytest.raises(SpoolError, match="is no longer the file this node writes its audit records to"):
+            await trail.record(encrypt_call(1))
+        assert trail.spool.helper_restarts == 0  # answered, not given up as gone
+
+
 async def test_a_helper_that_died_answers_that_it_is_gone(tmp_path: Path) -> None:
     helper = SyncHelper.start(asyncio.get_running_loop())
     os.kill(helper.pid, signal.SIGKILL)
