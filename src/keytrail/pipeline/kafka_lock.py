@@ -49,9 +49,10 @@ def kafka_consumers_running(data_dir: Path) -> bool:
     """Whether a `consume --kafka` holds `data_dir`'s lock now: what serve checks before it builds
     anything, to refuse in one line. Only shared holders count: the exclusive one is an event log
     consumer (a `keytrail consume`, the child of a serve still stopping), which serve's child waits
-    for. Probes taken and dropped at once; the file is never made."""
+    for. Probes taken and dropped at once; the file is never made. Opened without waiting: a FIFO
+    in its place held serve's start for a writer forever."""
     try:
-        fd = os.open(kafka_consumers_lock(data_dir), os.O_RDONLY)
+        fd = os.open(kafka_consumers_lock(data_dir), os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return False
     try:

@@ -70,6 +70,24 @@ def test_the_probe_neither_makes_the_lock_nor_keeps_it(tmp_path: Path) -> None:
         pass
 
 
+def test_the_probe_does_not_wait_on_a_fifo_in_place_of_the_lock(tmp_path: Path) -> None:
+    # Opened as it came, a FIFO (whoever can write the data dir can make one) held serve's start
+    # for a writer forever; as a lock it is as good as a file.
+    import threading
+
+    lock = kafka_consumers_lock(tmp_path)
+    lock.parent.mkdir(parents=True)
+    os.mkfifo(lock)
+    outcome: list[bool] = []
+    probing = threading.Thread(target=lambda: outcome.append(kafka_consumers_running(tmp_path)), daemon=True)
+    probing.start()
+    probing.join(timeout=30)
+    if probing.is_alive():  # waiting on the FIFO: a writer lets it go
+        os.close(os.open(lock, os.O_WRONLY))
+    assert outcome == [False]
+    assert hold_as_event_log_consumer(tmp_path) and not hold_as_kafka_consumer(tmp_path)
+
+
 def test_a_kafka_consumer_killed_holds_the_data_dir_no_longer(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; "
