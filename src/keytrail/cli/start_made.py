@@ -72,8 +72,8 @@ def noted(settings: ServeSettings, new_trail: bool) -> frozenset[str]:
     pending = PendingAnnouncement(settings.data_dir)
     try:
         return pending.note(_to_make(settings, new_trail))
-    except OSError as error:  # a read-only data dir, say
-        raise serve_fail(f"cannot create {pending.path}: {error.strerror or error}") from None
+    except OSError as error:  # a read-only data dir, say; a FIFO in its place
+        raise serve_fail(f"cannot note what this start makes in {pending.path}: {error.strerror or error}") from None
 
 
 def _still_pending(settings: ServeSettings, pending: frozenset[str]) -> set[str]:
