@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,9 +79,15 @@ def data_dir_now(data_dir: Path) -> datetime:
 
 def dev_clock_ahead(data_dir: Path) -> float:
     """Seconds the data dir's dev clock went ahead of the wall clock; 0 without a readable record
-    (no dev clock ever moved there: the wall clock is the node's)."""
+    (no dev clock ever moved there: the wall clock is the node's). Opened without waiting, a regular
+    file only: read as it came, a FIFO in its place (whoever can write the data dir can make one)
+    held `audit verify`, the metrics queries and `serve --dev-clock`'s start, and its event loop
+    when the clock moved, for a writer forever."""
     try:
-        ahead = json.loads((data_dir / DEV_CLOCK_FILE).read_text())["aheadSeconds"]
+        with open(os.open(data_dir / DEV_CLOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                return 0.0
+            ahead = json.loads(file.read(4096))["aheadSeconds"]  # `{"aheadSeconds": N}`: what is past is not it
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
     return float(ahead) if isinstance(ahead, int | float) and 0 < ahead < 1e12 else 0.0

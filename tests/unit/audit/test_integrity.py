@@ -19,6 +19,7 @@ from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import canonical, signing_key, verify, write_retention_floor
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
+from keytrail.clock import DEV_CLOCK_FILE
 from keytrail.transport.segment_log import Frame
 from tests.support.audit_records import (
     cut_back_to,
@@ -932,7 +933,7 @@ def _fifo_in_place_of(data_dir: Path, name: str) -> Path:
     path = {"digest": paths.digests / "0000000001.json", "public key": paths.public_key,
             "retention floor": paths.retention_floor, "hash store": paths.hashes,
             "segment": sorted(log_dir.glob("*.seg"))[-1], "writer lock": log_dir / "LOCK",
-            "shipped offset": log_dir.parent / "shipped-offset"}[name]
+            "shipped offset": log_dir.parent / "shipped-offset", "dev clock": data_dir / DEV_CLOCK_FILE}[name]
     path.unlink(missing_ok=True)
     os.mkfifo(path)
     return path
@@ -967,15 +968,15 @@ def _named_not_regular(error: object, path: Path) -> bool:
 
 
 @pytest.mark.parametrize("name", ["digest", "public key", "retention floor", "hash store", "segment", "writer lock",
-                                  "shipped offset"])
+                                  "shipped offset", "dev clock"])
 def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Path, name: str) -> None:
     """verify opened and read the trail's files as they came: a FIFO in place of any of them (made
     by whoever can write the data dir) kept it waiting for a writer forever, so a scheduled verify
     never ended and never said the trail was tampered with."""
     fifo = _fifo_in_place_of(data_dir, name)
     outcome = _outcome_beside_a_fifo(fifo, lambda: verify(data_dir))
-    if name == "writer lock":  # no trail file: only whether a writer is at work is asked of it
-        assert outcome == [[]]
+    if name in ("writer lock", "dev clock"):  # no trail file: asked only whether a writer is at work, how far
+        assert outcome == [[]]                # a dev clock went (as none: `serve --dev-clock` moved no clock)
     elif isinstance(outcome[0], OSError):  # the CLI says it in one line, exit 1
         assert _named_not_regular(outcome[0], fifo)
     else:  # named as a problem of the trail
