@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keytrail.owner_only import write_bytes
+from keytrail.owner_only import replace_whole
 
 __all__ = ["dev_certificate_usable", "out_of_date", "self_signed_certificate"]
 
@@ -68,9 +68,11 @@ def self_signed_certificate(directory: Path, host: str,
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_bytes(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    # Each renamed into place whole: written into, a FIFO in a file's place (whoever can write the
+    # data dir can make one) held serve's start for a reader forever.
+    replace_whole(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    replace_whole(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

@@ -57,3 +57,24 @@ def test_the_dev_certificate_is_made_again_before_it_expires(tmp_path: Path) -> 
     cert, key = self_signed_certificate(tmp_path, "localhost")
     assert cert.read_bytes() != old and dev_certificate_usable(tmp_path, "localhost")
     _handshake(cert, key, "127.0.0.1", "localhost")
+
+
+@pytest.mark.parametrize("name", ["tls-cert.pem", "tls-key.pem"])
+def test_a_fifo_in_place_of_the_dev_certificate_or_its_key_is_replaced_not_written_into(
+        tmp_path: Path, name: str) -> None:
+    # Written into, a FIFO (whoever can write the data dir can make one) held serve's start for a
+    # reader forever.
+    import os
+    import stat
+
+    os.mkfifo(tmp_path / name)
+    made: list[tuple[Path, Path]] = []
+    making = threading.Thread(target=lambda: made.append(self_signed_certificate(tmp_path, "localhost")), daemon=True)
+    making.start()
+    making.join(timeout=30)
+    if making.is_alive():  # writing into the FIFO: a reader lets it go
+        os.close(os.open(tmp_path / name, os.O_RDONLY | os.O_NONBLOCK))
+        making.join(timeout=30)
+    assert len(made) == 1 and stat.S_ISREG((tmp_path / name).lstat().st_mode)
+    assert stat.S_IMODE((tmp_path / "tls-key.pem").stat().st_mode) == 0o600
+    _handshake(*made[0], "127.0.0.1", "localhost")
