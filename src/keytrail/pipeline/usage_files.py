@@ -10,8 +10,10 @@ less per row than upserting each group into SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -95,6 +97,7 @@ class UsageFiles:
         never holds every minute row of a long period in memory)."""
         for attempt in range(3):
             names = self.listed(since, until)
+            self._require_regular(names)
             frame = pl.scan_parquet([self.root / n for n in names]) if names else pl.LazyFrame(schema=USAGE_SCHEMA)
             if since is not None:
                 frame = frame.filter(pl.col("minute") >= since)
@@ -110,6 +113,16 @@ class UsageFiles:
             except pl.exceptions.PolarsError as exc:
                 raise self._unreadable(names, exc) from None
         raise AssertionError("unreachable")
+
+    def _require_regular(self, names: list[str]) -> None:
+        """UsageFilesDamaged unless each of the files `names` that is there is a regular file: polars
+        opened a FIFO put in one's place (whoever can write the data dir can make one) waiting for a
+        writer forever, and `usage`, `cost` and the consumer with it. One stat a file."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):  # compacted meanwhile: the read tries again
+                if not stat.S_ISREG((self.root / name).stat().st_mode):
+                    raise self._unreadable(names, ValueError(
+                        f"{self.root / name} is not a regular file (a FIFO, a device or a socket in a file's place)"))
 
     def _unreadable(self, names: list[str], error: Exception) -> OSError:
         """The error for listed files that polars cannot read (damaged, emptied by a crash)."""
@@ -135,6 +148,7 @@ class UsageFiles:
                 old.append(name)
                 total += rows
             if len(old) > 1:
+                self._require_regular(old)
                 try:
                     merged = merge_usage([pl.read_parquet(self.root / n) for n in old])
                 except pl.exceptions.PolarsError as exc:

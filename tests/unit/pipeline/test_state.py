@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -134,7 +135,8 @@ def test_a_state_file_sqlite_cannot_read_is_named_in_one_line(tmp_path: Path) ->
     assert result.stderr == f"keytrail usage: {info.value}\n"
 
 
-def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["emptied", "fifo"])
+def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_path: Path, damage: str) -> None:
     from tests.support.audit_records import fill_trail
 
     fill_trail(tmp_path, 20)
@@ -142,13 +144,18 @@ def test_a_usage_file_of_the_state_that_cannot_be_read_is_named_in_one_line(tmp_
     subprocess.run([*keytrail, "consume", "--data-dir", str(tmp_path), "--no-follow"], check=True, timeout=120,
                    capture_output=True)
     [usage_file] = (state_dir(tmp_path) / "usage").glob("day=*/*.parquet")
-    usage_file.write_bytes(b"")  # emptied by a crash or a bad disk
+    if damage == "emptied":  # by a crash or a bad disk
+        usage_file.write_bytes(b"")
+    else:  # by whoever can write the data dir: polars opened it waiting for a writer forever
+        usage_file.unlink()
+        os.mkfifo(usage_file)
     result = subprocess.run([*keytrail, "usage", "--data-dir", str(tmp_path)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1
     assert result.stderr.startswith(
         f"keytrail usage: the metrics state's usage files under {state_dir(tmp_path)}/usage cannot be read")
     assert f"move {state_dir(tmp_path)}/segment-log.sqlite aside" in result.stderr
+    assert (f"{usage_file} is not a regular file" in result.stderr) == (damage == "fifo")
 
 
 def test_usage_since_a_time_with_an_offset_reads_the_utc_day_it_falls_on(tmp_path: Path) -> None:
