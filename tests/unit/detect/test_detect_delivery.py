@@ -786,6 +786,43 @@ async def test_the_outbox_of_a_hook_no_longer_configured_is_warned_of_once_at_st
     assert len(Outbox(stale).owed) == 2  # left as it was: configured again, the hook gets them
 
 
+async def test_a_fifo_named_as_an_outbox_is_warned_of_not_waited_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Read as it came, a FIFO named as an outbox (whoever can write the data dir can make one)
+    held the detector's start, in serve's process under --dev-clock, for a writer forever."""
+    import threading
+
+    from keytrail.detect.sinks.outbox import Outbox
+
+    fifo = tmp_path / "alarm-outbox-mqtt.jsonl"
+    os.mkfifo(fifo)
+    outcome: list[object] = []
+
+    async def open_and_close() -> None:  # warns of the outbox of a hook not configured
+        await DetectorRunner.open(tmp_path).dispatcher.close(timeout=0)
+
+    def start() -> None:
+        asyncio.run(open_and_close())
+        try:
+            Outbox(fifo)
+        except OSError as exc:
+            outcome.append(exc)
+
+    with caplog.at_level("WARNING"):
+        starting = threading.Thread(target=start, daemon=True)
+        starting.start()
+        starting.join(timeout=30)
+        if starting.is_alive():  # waiting on the FIFO: a writer lets it go
+            os.close(os.open(fifo, os.O_WRONLY))
+            starting.join(timeout=30)
+    assert not starting.is_alive()
+    refused = "not a regular file (a FIFO, a device or a socket in a file's place)"
+    [warning] = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
+    assert warning.startswith(f"{fifo}: the outbox of a hook no longer configured, unreadable (") and refused in warning
+    assert [(exc.filename, exc.strerror) for exc in outcome if isinstance(exc, OSError)] == [(str(fifo), refused)]
+
+
 class FakeProducer:
     """aiokafka's producer, connected: `start` succeeds (unless `unreachable`) and each record's
     send future resolves, or raises `timeout` for a record in `times_out` (the broker never

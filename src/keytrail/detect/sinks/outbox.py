@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm
-from keytrail.owner_only import open_file, remove_stale_temps, replace_whole, replace_whole_temps
+from keytrail.owner_only import open_file, open_regular, remove_stale_temps, replace_whole, replace_whole_temps
 
 __all__ = ["COMPACT_LINES", "Outbox", "warn_of_stale"]
 
@@ -132,8 +132,9 @@ def _owed(path: Path) -> list[Alarm]:
     """The latest queued state of each alarm that no `handled` line covers, in the order queued."""
     queued: dict[str, Alarm] = {}
     handled: dict[str, tuple[int, int]] = {}
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+    try:  # without waiting, a regular file only: a FIFO named as an outbox held the detector's start for good
+        with open(open_regular(path), encoding="utf-8", errors="replace") as file:
+            text = file.read()
     except FileNotFoundError:
         return []
     for line in text.splitlines():
