@@ -823,6 +823,37 @@ async def test_a_fifo_named_as_an_outbox_is_warned_of_not_waited_on(
     assert [(exc.filename, exc.strerror) for exc in outcome if isinstance(exc, OSError)] == [(str(fifo), refused)]
 
 
+def test_a_fifo_in_place_of_a_dead_letter_file_is_named_not_written_into(tmp_path: Path) -> None:
+    # Written into, a FIFO (whoever can write the data dir can make one) held the hook, and every
+    # alarm queued behind, for a reader forever.
+    import threading
+
+    from keytrail.detect.sinks.dead_letter import DeadLetters
+
+    path = tmp_path / "alarm-dead-letter-kafka.jsonl"
+    os.mkfifo(path)
+    outcome: list[OSError] = []
+
+    def add() -> None:
+        try:
+            DeadLetters(path, "Kafka").add(sample_alarm(), "refused", 3)
+        except OSError as exc:
+            outcome.append(exc)
+
+    adding = threading.Thread(target=add, daemon=True)
+    adding.start()
+    adding.join(timeout=30)
+    if adding.is_alive():  # writing into the FIFO: a reader lets it go
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        adding.join(timeout=30)
+    assert [(exc.filename, exc.strerror) for exc in outcome] == [
+        (str(path), "not a regular file (a FIFO, a device or a socket in a file's place)")]
+    path.unlink()
+    alarm = sample_alarm()
+    DeadLetters(path, "Kafka").add(alarm, "refused", 3)
+    assert json.loads(path.read_text())["alarmId"] == alarm.alarm_id
+
+
 class FakeProducer:
     """aiokafka's producer, connected: `start` succeeds (unless `unreachable`) and each record's
     send future resolves, or raises `timeout` for a record in `times_out` (the broker never

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from keytrail.detect.alarms import Alarm, format_time
-from keytrail.owner_only import open_file
+from keytrail.owner_only import open_regular
 
 __all__ = ["DeadLetters"]
 
@@ -44,6 +44,8 @@ class DeadLetters:
                                     **({"url": self.hook} if self._with_url else {}), "error": error,
                                     "attempts": attempts, "failedAt": format_time(datetime.now(UTC)),
                                     "alarm": alarm.to_json()}
-        with os.fdopen(open_file(self.path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as file:
+        # Without waiting, a regular file only: written into, a FIFO in its place (whoever can write the
+        # data dir can make one) held the hook, and every alarm queued behind, for a reader forever.
+        with os.fdopen(open_regular(self.path, append=True), "a", encoding="utf-8") as file:
             file.write(json.dumps(entry, separators=(",", ":")) + "\n")
         log.warning("%s: gave up on alarm %s (%s); it is in %s", self.hook, alarm.alarm_id, error, self.path)
