@@ -31,7 +31,7 @@ from keytrail.owner_only import make_dirs, named, open_file, open_regular, sync_
 from keytrail.transport.segment_log import SegmentLog
 
 __all__ = [
-    "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths",
+    "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "beside",
     "digest_file_name", "digest_hash", "exported_fingerprint", "fingerprint", "imported_offsets", "load_digests",
     "read_retention_floor", "read_small", "signed_end", "signing_key", "verify", "write_retention_floor",
 ]
@@ -194,6 +194,11 @@ def load_digests(paths: IntegrityPaths) -> list[tuple[Path, dict[str, Any]]]:
             digest = None
         out.append((path, digest if isinstance(digest, dict) else {}))
     return out
+
+
+def beside(log_dir: Path) -> IntegrityPaths:
+    """The integrity files of the event log in `log_dir`: its sibling `integrity/`."""
+    return IntegrityPaths(log_dir.parent / "integrity")
 
 
 def imported_offsets(paths: IntegrityPaths) -> list[range]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.audit.call_encoder import CallEncoder
-from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityFileUnusable, IntegrityPaths
+from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityFileUnusable, IntegrityPaths, beside
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.audit.shipping import ShipperProcess
@@ -72,7 +72,7 @@ class AuditSettings:
 def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
     """The event log directory and the integrity files of a node's data directory."""
     log_dir = event_log_dir(data_dir)
-    return log_dir, IntegrityPaths(log_dir.parent / "integrity")
+    return log_dir, beside(log_dir)
 
 
 def _require_shipped_records(log: SegmentLog) -> None:

@@ -195,6 +195,8 @@ def cost(
     emit(frame.sort(keys, nulls_last=True), fields, output)
     if unseen := store.keys_never_created(store_frame):
         typer.echo(storage_note(len(unseen)), err=True)
+    for step in store.clock_steps(store_frame):
+        typer.echo(f"note: {step.line()}", err=True)
     if end is not None and end.late:
         typer.echo(ahead_note(end), err=True)
 

@@ -102,6 +102,8 @@ def report(
                f"{counted(data.last_used.height, 'key')}, {counted(data.alarms.height, 'alarm')})", err=True)
     if data.alarms_note is not None:
         typer.echo(f"note: {data.alarms_note}", err=True)
+    for line in data.clock_steps:
+        typer.echo(f"note: {line}", err=True)
     if data.open_end is not None and data.open_end.late:
         from keytrail.reports.figures import ahead_note
 

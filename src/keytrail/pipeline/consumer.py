@@ -4,6 +4,7 @@ in-process with --dev-clock), `keytrail consume` alone."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from keytrail.pipeline.runner import Runner, RunStats, Source
 from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["ConsumerSettings", "MetricsConsumer", "event_log_dir"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class MetricsConsumer:
             dedup_capacity=self.settings.dedup_capacity,
             checkpoint_records=self.settings.checkpoint_records,
             after_checkpoint=self._after_checkpoint,
+            on_clock_step=lambda step: log.warning("%s", step.line()),
         )
         # Days a previous run checkpointed but did not export (it was killed, or failed) are
         # exported with this run's: they may see no new event to mark them again.

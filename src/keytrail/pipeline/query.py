@@ -18,6 +18,7 @@ import polars as pl
 import polars.selectors as cs
 
 from keytrail.clock import data_dir_now, shifted
+from keytrail.pipeline.clock_steps import ClockStep
 from keytrail.pipeline.cost import BILLABLE, LIFECYCLE_SCHEMA, KeyLifecycles, cost_report, part_request_counts, priced
 from keytrail.pipeline.lastused import (
     CRYPTO_OPERATIONS,
@@ -297,6 +298,17 @@ class MetricsStore:
             accountId="accountId", eventName="eventName", keyPairSpec="keyPairSpec", count="count",
             errorCount="errorCount",
         ).cast(pl.Schema(USAGE_SCHEMA))
+
+    def clock_steps(self, cost: pl.DataFrame) -> list[ClockStep]:
+        """The first lifecycle event of each key of a cost frame that was billed in log order, not
+        at its own time (a clock step back, clock_steps.py): its cost may be off by the step."""
+        keys = set(cost.get_column("keyArn").drop_nulls().to_list())
+        first: dict[str, ClockStep] = {}
+        with self._states() as states:
+            for step in (step for s in states for step in s.clock_steps()):
+                if step.key_arn in keys:
+                    first.setdefault(step.key_arn, step)
+        return sorted(first.values(), key=lambda step: step.key_arn)
 
     def keys_never_created(self, cost: pl.DataFrame) -> list[str]:
         """Keys of a cost frame that no CreateKey or ReplicateKey in the events made: created before

@@ -19,7 +19,8 @@ from typing import Any, Protocol, TypeVar, cast
 
 import polars as pl
 
-from keytrail.pipeline.cost import lifecycle_events
+from keytrail.pipeline.clock_steps import ClockStep, in_log_order
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS, lifecycle_events
 from keytrail.pipeline.dedup import SeenIds, event_hashes, no_hashes
 from keytrail.pipeline.frame import empty_frame, frame_from_avro, frame_from_records
 from keytrail.pipeline.lastused import last_used
@@ -41,6 +42,10 @@ class Batch:
     `source_end` is the partition's end offset when known (for consumer lag). `began_again`: the
     partition's log began again before this batch (a broker that lost it, a topic created anew), so
     the offsets the state covers name other records: none of the batch is skipped as counted.
+    `causal`: the offsets whose records the log holds in the order they happened, key by key (a
+    node's own calls in its event log; not CloudTrail files, sorted by name, nor the history
+    `keytrail audit import` added, nor a Kafka partition, which several nodes' shippers fill each
+    at its pace): their lifecycle events are billed in log order (clock_steps.py).
     """
 
     partition: str
@@ -49,6 +54,7 @@ class Batch:
     records: Sequence[Mapping[str, Any]] = ()
     source_end: int | None = None
     began_again: bool = False
+    causal: Sequence[range] = ()
 
     @property
     def end(self) -> int:
@@ -144,6 +150,7 @@ class Runner:
     `checkpoint_seconds` seconds (and at the end): persist state with offsets, then commit.
     `uses_before`: last used keeps only the uses dated before it (a report as of that time: the
     state keeps one use per key x principal, so a later one would hide the last before it).
+    `on_clock_step`: told of the first clock step of each key this run meets (clock_steps.py).
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class Runner:
         checkpoint_seconds: float = 2.0,
         after_checkpoint: Callable[[], None] | None = None,
         uses_before: datetime | None = None,
+        on_clock_step: Callable[[ClockStep], None] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.source = source
@@ -164,6 +172,8 @@ class Runner:
         self.checkpoint_seconds = checkpoint_seconds
         self.after_checkpoint = after_checkpoint
         self.uses_before = uses_before
+        self.on_clock_step = on_clock_step
+        self._stepped: set[str] = set()  # keys whose clock step was told
         self.stats = RunStats()
         self.dirty_days: set[date] = set()  # UTC days whose usage changed (for the Parquet export)
         self._states: dict[str, PartitionState] = {}
@@ -252,6 +262,8 @@ class Runner:
             network = readable.height - requests.height
             frame, hashes = drop_seen(requests, state.seen)
             update = aggregate(frame, hashes, self.uses_before) if frame.height else _empty_update()
+            if batch.causal and update.lifecycle.get_column("eventName").is_in(LIFECYCLE_EVENTS).any():
+                update = self._in_log_order(update, frame, batch.causal, state)
             state.stage(update, batch.end)
             self.dirty_days.update(update.usage.get_column("minute").dt.date().unique().to_list())
             counted = frame.height
@@ -260,6 +272,27 @@ class Runner:
         self._staged += len(batch.offsets)
         self._record(batch, skip, counted, unreadable, network)
         return counted
+
+    def _in_log_order(self, update: StateUpdate, frame: pl.DataFrame, causal: Sequence[range],
+                      state: PartitionState) -> StateUpdate:
+        """`update` with its lifecycle events in log order (clock_steps.py); a step's key is told once."""
+        lifecycle = pl.col("eventName").is_in(LIFECYCLE_EVENTS) & pl.col("errorCode").is_null()
+        in_order = pl.any_horizontal(pl.col("logOffset").is_between(span.start, span.stop, closed="left")
+                                     for span in causal)
+        ids = set(frame.filter(lifecycle & in_order).get_column("eventID").to_list())
+        # An event counted before and read again (a log restored, read from its start beyond the
+        # eventIDs remembered) is no step: it is in the lifecycle already, at its own place.
+        ids -= state.stored_lifecycle(ids)
+        moved, steps = in_log_order(update.lifecycle, ids, state.latest_lifecycle)
+        if not steps:
+            return update
+        for step in steps:
+            if self.on_clock_step is not None and step.key_arn not in self._stepped:
+                self.on_clock_step(step)
+            self._stepped.add(step.key_arn)
+        # The storage of the days from the time a step takes on changes: export them again.
+        self.dirty_days.update(step.after_time.date() for step in steps)
+        return replace(update, lifecycle=moved, clock_steps=tuple(steps))
 
     def _accepts(self, batch: Batch) -> bool:
         # After a rewind, batches read ahead from beyond the rewind point are dropped: the

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+from keytrail.audit.integrity import beside, imported_offsets
 from keytrail.log_lines import retention_gap
 from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
@@ -52,6 +53,8 @@ class SegmentLogSource:
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         reader = SegmentReader(self.directory)
+        # Read once, as the detector reads them: an import cannot add to a log its node holds.
+        imported = await asyncio.to_thread(imported_offsets, beside(self.directory))
         self._offset = start_at(SEGMENT_LOG_PARTITION)
         # The log began again below the state's offset: the next batch says so.
         began_again = await self._replaced_below(reader)
@@ -74,8 +77,9 @@ class SegmentLogSource:
                 self._passed_over(first)
             # Offsets within a read are consecutive (the log numbers its records one by one).
             self._offset = first + len(values)
-            yield Batch(SEGMENT_LOG_PARTITION, range(first, self._offset), values=values, source_end=end,
-                        began_again=began_again)
+            read = range(first, self._offset)
+            yield Batch(SEGMENT_LOG_PARTITION, read, values=values, source_end=end, began_again=began_again,
+                        causal=_outside(read, imported))
             began_again = False
             if self.follow and len(values) < self.max_records and self._offset >= end:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
@@ -131,3 +135,13 @@ class SegmentLogSource:
 
     async def rewind(self, partition: str, offset: int) -> None:
         self._offset = offset
+
+
+def _outside(read: range, imported: Sequence[range]) -> list[range]:
+    """The offsets of `read` that hold the node's own calls (in the order they happened), not the
+    history `keytrail audit import` added (`imported`: in the order of its files' names)."""
+    spans = [read]
+    for span in imported:
+        spans = [part for whole in spans for part in (range(whole.start, min(whole.stop, span.start)),
+                                                      range(max(whole.start, span.stop), whole.stop)) if part]
+    return spans

@@ -19,7 +19,8 @@ from typing import Any
 import polars as pl
 
 from keytrail.owner_only import reserve
-from keytrail.pipeline.cost import LIFECYCLE_SCHEMA
+from keytrail.pipeline.clock_steps import ClockStep
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS, LIFECYCLE_SCHEMA
 from keytrail.pipeline.dedup import SeenIds, no_hashes, pack
 from keytrail.pipeline.lastused import LAST_USED_SCHEMA, merge_last_used
 from keytrail.pipeline.layout import SEGMENT_LOG_PARTITION
@@ -40,7 +41,13 @@ CREATE TABLE IF NOT EXISTS outcomes (eventName TEXT, errorCode TEXT, count INTEG
   PRIMARY KEY (eventName, errorCode)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (generation INTEGER, hashes BLOB);  -- eventID hashes, int64 native order
 CREATE TABLE IF NOT EXISTS source_files (name TEXT PRIMARY KEY) WITHOUT ROWID;  -- input files counted whole
+CREATE TABLE IF NOT EXISTS clock_steps (eventID TEXT PRIMARY KEY, keyArn TEXT, eventName TEXT, eventTime INTEGER,
+  afterName TEXT, afterTime INTEGER) WITHOUT ROWID;  -- lifecycle events billed in log order (clock_steps.py)
 """
+# A key's latest lifecycle event, asked as a batch brings one of its (in_log_order): by key, not a scan.
+_LIFECYCLE_BY_KEY = "CREATE INDEX IF NOT EXISTS lifecycle_by_key ON lifecycle (keyArn, eventTime);"
+_LATEST_LIFECYCLE = f"""SELECT eventTime, eventName FROM lifecycle WHERE keyArn = ?
+  AND eventName IN ({", ".join(f"'{name}'" for name in LIFECYCLE_EVENTS)}) ORDER BY eventTime DESC LIMIT 1"""
 # Same-second uses: the later in this partition's log wins (every staged offset lies beyond the
 # stored ones, so the comparison holds for rows of earlier checkpoints too).
 _UPSERT_LAST_USED = """INSERT INTO last_used VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET
@@ -69,6 +76,7 @@ class StateUpdate:
     lifecycle: pl.DataFrame
     outcomes: pl.DataFrame  # eventName, errorCode ("" for success), count
     seen: pl.Series = field(default_factory=no_hashes)  # eventID hashes (keytrail.pipeline.dedup)
+    clock_steps: tuple[ClockStep, ...] = ()  # lifecycle events `lifecycle` takes in log order
     earliest: datetime | None = None
     latest: datetime | None = None
 
@@ -114,7 +122,7 @@ class PartitionState:
                     self._last_used_columns = self._last_used_columns.replace("logOffset", "-1 AS logOffset")
             else:
                 self._db.executescript(
-                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + _SCHEMA + MANIFEST_SCHEMA + _LIFECYCLE_BY_KEY
                 )
                 self._add_log_offset()
             self.usage_files = UsageFiles(path.parent / "usage", path.stem, self._db)
@@ -131,6 +139,7 @@ class PartitionState:
 
     def _load(self) -> None:
         self._pending.clear()
+        self._staged_latest: dict[str, tuple[datetime, str]] = {}  # of the lifecycle rows staged
         self._persisted = self.meta("next_offset") or 0
         self._next = self._persisted
         self.seen = SeenIds(self.dedup_capacity)
@@ -179,6 +188,23 @@ class PartitionState:
         self._next = end
         self._staged_seen.append((self.seen.generation, update.seen))
         self.seen.add(update.seen)
+        staged = update.lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))
+        for key_arn, when, name in staged.select("keyArn", "eventTime", "eventName").iter_rows():
+            if (latest := self._staged_latest.get(key_arn)) is None or when >= latest[0]:
+                self._staged_latest[key_arn] = (when, name)
+
+    def stored_lifecycle(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of `event_ids` the lifecycle table holds already (read again: a log restored)."""
+        ids = list(event_ids)
+        marks = ",".join("?" * len(ids))
+        return {row[0] for row in self._db.execute(f"SELECT eventID FROM lifecycle WHERE eventID IN ({marks})", ids)}
+
+    def latest_lifecycle(self, key_arn: str) -> tuple[datetime, str] | None:
+        """The latest (time, name) of the lifecycle events of `key_arn` staged or stored."""
+        row = self._db.execute(_LATEST_LIFECYCLE, (key_arn,)).fetchone()
+        stored = None if row is None else (_moment(row[0]), str(row[1]))
+        staged = self._staged_latest.get(key_arn)
+        return stored if staged is None or (stored is not None and stored[0] > staged[0]) else staged
 
     def flush(self) -> bool:
         """Write everything staged and the new offset in one transaction; False if nothing was staged.
@@ -206,6 +232,7 @@ class PartitionState:
             raise
         self._pending.clear()
         self._staged_seen.clear()
+        self._staged_latest.clear()
         self._persisted = self._next
         self.usage_files.compact()
         return True
@@ -217,6 +244,8 @@ class PartitionState:
             "INSERT OR IGNORE INTO lifecycle VALUES (?,?,?,?,?,?)",
             _lifecycle_rows(pl.concat([u.lifecycle for u in updates])),
         )
+        db.executemany("INSERT OR IGNORE INTO clock_steps VALUES (?,?,?,?,?,?)",
+                       (_clock_step_row(step) for u in updates for step in u.clock_steps))
         db.executemany(
             _UPSERT_OUTCOMES,
             pl.concat([u.outcomes for u in updates])
@@ -273,6 +302,13 @@ class PartitionState:
         ).fetchall()
         return _frame(rows, LIFECYCLE_SCHEMA, ["eventTime"])
 
+    def clock_steps(self) -> list[ClockStep]:
+        """The lifecycle events taken in log order (a clock step back), oldest first."""
+        rows = self._db.execute("SELECT keyArn, eventName, eventID, eventTime, afterName, afterTime "
+                                "FROM clock_steps ORDER BY afterTime, eventTime, eventID")
+        return [ClockStep(key, name, event_id, _moment(when), after, _moment(after_time))
+                for key, name, event_id, when, after, after_time in rows]
+
     def counted_files(self) -> set[str]:
         """The input files (by the identity their source gives them) a checkpoint covered whole."""
         return {name for (name,) in self._db.execute("SELECT name FROM source_files")}
@@ -287,6 +323,14 @@ class PartitionState:
 
 def _us(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _clock_step_row(step: ClockStep) -> tuple[Any, ...]:
+    return (step.event_id, step.key_arn, step.event_name, _us(step.event_time), step.after_name, _us(step.after_time))
 
 
 def _text(frame: pl.DataFrame, columns: Sequence[str], times: Sequence[str]) -> Iterable[tuple[Any, ...]]:

@@ -88,6 +88,7 @@ class ReportData:
     # key ARN -> the aliases that named it in the period (space-separated), as each table's `aliases` holds them
     aliases: dict[str, str] = field(default_factory=dict)
     keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
+    clock_steps: tuple[str, ...] = ()  # per key of the cost table billed in log order, why (clock_steps.py)
     open_end: OpenEnd | None = None  # where the period ends without --until; its `late`: events dated after now
 
     def period_events(self) -> int:
@@ -248,6 +249,7 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
         denied=consumed.denied, alarms=alarms, alarms_note=alarms_note,
         keys_not_created=len(store.keys_never_created(cost)), open_end=end,
+        clock_steps=tuple(step.line() for step in store.clock_steps(cost)),
     ), consumed.aliases)
 
 

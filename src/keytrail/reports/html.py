@@ -190,6 +190,7 @@ def _cost(data: ReportData) -> list[str]:
         parts.append(f'<p class="note">{escape(storage_note(data.keys_not_created).removeprefix("note: "))}.</p>')
     if data.open_end is not None and data.open_end.late:
         parts.append(f'<p class="note">{escape(ahead_note(data.open_end).removeprefix("note: "))}.</p>')
+    parts.extend(f'<p class="note">{escape(line)}.</p>' for line in data.clock_steps)
     parts.append(_table(data.cost, [("keyArn", "Key", _key), ("accountId", "Account", str),
                                     ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
                                     ("requests", "Requests", _int), ("requestCost", "Request cost", money),
