@@ -17,6 +17,7 @@ from keytrail.api.credentials import (
     write_admin_principals,
 )
 from keytrail.kms.context import IdentityType
+from tests.support.fifo import outcome_beside_a_fifo
 
 ALICE = '''[[principal]]
 arn = "arn:aws:iam::111122223333:user/alice"
@@ -163,31 +164,15 @@ def test_a_principals_file_that_cannot_be_read_is_named_without_python_error_tex
 def test_a_fifo_in_place_of_the_principals_file_is_named_not_waited_on(tmp_path: Path) -> None:
     # Read as it came, a FIFO kept serve's start (and a SIGHUP's reload, on the event loop) waiting
     # for a writer forever.
-    import threading
-
     path = tmp_path / "principals.toml"
     path.write_text(ALICE)
     store = CredentialStore(path)
     path.unlink()
     os.mkfifo(path)
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        for attempt in (store.reload, lambda: CredentialStore(path)):
-            try:
-                attempt()
-            except PrincipalsFileError as exc:
-                outcome.append(exc)
-
-    reading = threading.Thread(target=read, daemon=True)
-    reading.start()
-    reading.join(timeout=30)
-    if reading.is_alive():  # waiting on the FIFO: a writer lets it go
-        os.close(os.open(path, os.O_WRONLY))
-    assert not reading.is_alive(), "waited on the FIFO"
+    outcome = [*outcome_beside_a_fifo(path, store.reload), *outcome_beside_a_fifo(path, lambda: CredentialStore(path))]
     refused = f"{path}: cannot read the principals file: not a regular file (a FIFO, a device or a socket in a " \
               "file's place)"
-    assert [str(exc) for exc in outcome] == [refused, refused]
+    assert [(type(exc), str(exc)) for exc in outcome] == [(PrincipalsFileError, refused)] * 2
     assert store.lookup("AKIAALICE000000000001") is not None  # the credentials in force stay
 
 

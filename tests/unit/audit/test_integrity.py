@@ -10,7 +10,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from tests.support.audit_records import (
     rewrite_segment,
     sign_again_with_a_new_key,
 )
+from tests.support.fifo import outcome_beside_a_fifo
 
 
 @pytest.fixture()
@@ -939,30 +940,6 @@ def _fifo_in_place_of(data_dir: Path, name: str) -> Path:
     return path
 
 
-def _outcome_beside_a_fifo(fifo: Path, call: Callable[[], object]) -> list[object]:
-    """What `call` returned or raised (an OSError), run in a thread given 30 s; a call still
-    waiting then (blocked on the FIFO, for a writer) fails the test, once a writer let it go."""
-    import threading
-
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except OSError as exc:
-            outcome.append(exc)
-
-    reading = threading.Thread(target=run, daemon=True)
-    reading.start()
-    reading.join(timeout=30)
-    waited = reading.is_alive()
-    if waited:
-        os.close(os.open(fifo, os.O_WRONLY))
-    assert not waited, f"waited on the FIFO at {fifo}"
-    assert len(outcome) == 1, outcome
-    return outcome
-
-
 def _named_not_regular(error: object, path: Path) -> bool:
     return isinstance(error, OSError) and error.filename == str(path) and "not a regular file" in str(error.strerror)
 
@@ -974,7 +951,7 @@ def test_a_fifo_put_in_place_of_a_trail_file_is_named_not_waited_on(data_dir: Pa
     by whoever can write the data dir) kept it waiting for a writer forever, so a scheduled verify
     never ended and never said the trail was tampered with."""
     fifo = _fifo_in_place_of(data_dir, name)
-    outcome = _outcome_beside_a_fifo(fifo, lambda: verify(data_dir))
+    outcome = outcome_beside_a_fifo(fifo, lambda: verify(data_dir))
     if name in ("writer lock", "dev clock"):  # no trail file: asked only whether a writer is at work, how far
         assert outcome == [[]]                # a dev clock went (as none: `serve --dev-clock` moved no clock)
     elif isinstance(outcome[0], OSError):  # the CLI says it in one line, exit 1
@@ -989,7 +966,7 @@ def test_a_fifo_in_place_of_the_signing_key_is_named_not_waited_on(data_dir: Pat
     _, paths = audit_paths(data_dir)
     paths.private_key.unlink()
     os.mkfifo(paths.private_key)
-    outcome = _outcome_beside_a_fifo(paths.private_key, lambda: signing_key(paths))
+    outcome = outcome_beside_a_fifo(paths.private_key, lambda: signing_key(paths))
     assert _named_not_regular(outcome[0], paths.private_key)
 
 
@@ -1004,7 +981,7 @@ def test_a_hash_store_that_is_no_regular_file_stops_the_trail_from_opening_in_wo
         os.mkfifo(paths.hashes)
     else:
         paths.hashes.symlink_to("/dev/null")
-    outcome = _outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=data_dir)))
+    outcome = outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=data_dir)))
     assert _named_not_regular(outcome[0], paths.hashes)
 
 
@@ -1032,10 +1009,10 @@ def test_a_hash_store_swapped_for_a_fifo_while_the_trail_runs_holds_no_call(tmp_
             await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(1, 3001)))  # 96 KB of hashes
             return trail.spool.chain.end
 
-    assert _outcome_beside_a_fifo(paths.hashes, lambda: asyncio.run(record_around_a_swap())) == [3001]
+    assert outcome_beside_a_fifo(paths.hashes, lambda: asyncio.run(record_around_a_swap())) == [3001]
     assert stat.S_ISFIFO(paths.hashes.lstat().st_mode)
     assert sum(1 for _ in iter_events(tmp_path)) == 3001
-    outcome = _outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=tmp_path)))
+    outcome = outcome_beside_a_fifo(paths.hashes, lambda: AuditTrail.open(AuditSettings(data_dir=tmp_path)))
     assert _named_not_regular(outcome[0], paths.hashes)
 
 
@@ -1043,5 +1020,5 @@ def test_a_fifo_in_place_of_the_shipped_offset_stops_the_trail_from_opening_in_w
     """Read at every open (serve, audit import), the shipped offset was read as it came: a FIFO in
     its place kept the open waiting for a writer forever."""
     fifo = _fifo_in_place_of(data_dir, "shipped offset")
-    outcome = _outcome_beside_a_fifo(fifo, lambda: AuditTrail.open(AuditSettings(data_dir=data_dir)))
+    outcome = outcome_beside_a_fifo(fifo, lambda: AuditTrail.open(AuditSettings(data_dir=data_dir)))
     assert _named_not_regular(outcome[0], fifo)

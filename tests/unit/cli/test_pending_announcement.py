@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from keytrail.cli.pending_announcement import PendingAnnouncement
 from keytrail.owner_only import NotRegularFile
+from tests.support.fifo import outcome_beside_a_fifo
 
 
 def test_a_fifo_in_place_of_the_note_is_named_not_waited_on(tmp_path: Path) -> None:
@@ -17,21 +17,8 @@ def test_a_fifo_in_place_of_the_note_is_named_not_waited_on(tmp_path: Path) -> N
     # a writer forever, deaf to SIGTERM.
     note = PendingAnnouncement(tmp_path)
     os.mkfifo(note.path)
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            note.items()
-        except OSError as exc:
-            outcome.append(exc)
-
-    reading = threading.Thread(target=read, daemon=True)
-    reading.start()
-    reading.join(timeout=30)
-    if reading.is_alive():  # waiting on the FIFO: a writer lets it go
-        os.close(os.open(note.path, os.O_WRONLY))
-    assert not reading.is_alive(), "waited on the FIFO"
-    assert len(outcome) == 1 and isinstance(outcome[0], NotRegularFile) and outcome[0].filename == str(note.path)
+    outcome = outcome_beside_a_fifo(note.path, note.items)
+    assert isinstance(outcome[0], NotRegularFile) and outcome[0].filename == str(note.path)
     result = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path), "--port", "0"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert (result.returncode, result.stderr) == (2, f"keytrail serve: cannot note what this start makes in "

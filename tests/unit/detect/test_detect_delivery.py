@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, RequestTimedOutError
+from tests.support.fifo import outcome_beside_a_fifo
 from tests.support.waits import eventually
 from tests.unit.detect.records import T0, denied, key_arn, user
 
@@ -157,26 +158,11 @@ async def test_a_line_cut_short_by_a_crash_is_skipped_and_the_next_alarm_starts_
 def test_a_fifo_in_place_of_alarms_jsonl_is_named_not_waited_on(tmp_path: Path) -> None:
     # Opened as it came, a FIFO (whoever can write the data dir can make one) kept serve's start,
     # which reads what the detector delivered, and the detector's, waiting for a writer forever.
-    import threading
-
     path = tmp_path / "alarms.jsonl"
     os.mkfifo(path)
-    outcome: list[OSError] = []
-
-    def open_both() -> None:
-        for attempt in (lambda: read_alarms(path), lambda: JsonlSink(path)):
-            try:
-                attempt()
-            except OSError as exc:
-                outcome.append(exc)
-
-    opening = threading.Thread(target=open_both, daemon=True)
-    opening.start()
-    opening.join(timeout=30)
-    if opening.is_alive():  # waiting on the FIFO: a reader or a writer lets it go
-        os.close(os.open(path, os.O_RDWR))
-    assert not opening.is_alive(), "waited on the FIFO"
-    assert [(exc.filename, exc.strerror) for exc in outcome] == [
+    outcome = [*outcome_beside_a_fifo(path, lambda: read_alarms(path)),
+               *outcome_beside_a_fifo(path, lambda: JsonlSink(path))]
+    assert [(exc.filename, exc.strerror) for exc in outcome if isinstance(exc, OSError)] == [
         (str(path), "not a regular file (a FIFO, a device or a socket in a file's place)")] * 2
 
 
@@ -791,32 +777,17 @@ async def test_a_fifo_named_as_an_outbox_is_warned_of_not_waited_on(
 ) -> None:
     """Read as it came, a FIFO named as an outbox (whoever can write the data dir can make one)
     held the detector's start, in serve's process under --dev-clock, for a writer forever."""
-    import threading
-
     from keytrail.detect.sinks.outbox import Outbox
 
     fifo = tmp_path / "alarm-outbox-mqtt.jsonl"
     os.mkfifo(fifo)
-    outcome: list[object] = []
 
     async def open_and_close() -> None:  # warns of the outbox of a hook not configured
         await DetectorRunner.open(tmp_path).dispatcher.close(timeout=0)
 
-    def start() -> None:
-        asyncio.run(open_and_close())
-        try:
-            Outbox(fifo)
-        except OSError as exc:
-            outcome.append(exc)
-
     with caplog.at_level("WARNING"):
-        starting = threading.Thread(target=start, daemon=True)
-        starting.start()
-        starting.join(timeout=30)
-        if starting.is_alive():  # waiting on the FIFO: a writer lets it go
-            os.close(os.open(fifo, os.O_WRONLY))
-            starting.join(timeout=30)
-    assert not starting.is_alive()
+        outcome = [*outcome_beside_a_fifo(fifo, lambda: asyncio.run(open_and_close())),
+                   *outcome_beside_a_fifo(fifo, lambda: Outbox(fifo))]
     refused = "not a regular file (a FIFO, a device or a socket in a file's place)"
     [warning] = [r.getMessage() for r in caplog.records if "no longer configured" in r.getMessage()]
     assert warning.startswith(f"{fifo}: the outbox of a hook no longer configured, unreadable (") and refused in warning
@@ -826,27 +797,12 @@ async def test_a_fifo_named_as_an_outbox_is_warned_of_not_waited_on(
 def test_a_fifo_in_place_of_a_dead_letter_file_is_named_not_written_into(tmp_path: Path) -> None:
     # Written into, a FIFO (whoever can write the data dir can make one) held the hook, and every
     # alarm queued behind, for a reader forever.
-    import threading
-
     from keytrail.detect.sinks.dead_letter import DeadLetters
 
     path = tmp_path / "alarm-dead-letter-kafka.jsonl"
     os.mkfifo(path)
-    outcome: list[OSError] = []
-
-    def add() -> None:
-        try:
-            DeadLetters(path, "Kafka").add(sample_alarm(), "refused", 3)
-        except OSError as exc:
-            outcome.append(exc)
-
-    adding = threading.Thread(target=add, daemon=True)
-    adding.start()
-    adding.join(timeout=30)
-    if adding.is_alive():  # writing into the FIFO: a reader lets it go
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        adding.join(timeout=30)
-    assert [(exc.filename, exc.strerror) for exc in outcome] == [
+    outcome = outcome_beside_a_fifo(path, lambda: DeadLetters(path, "Kafka").add(sample_alarm(), "refused", 3))
+    assert [(exc.filename, exc.strerror) for exc in outcome if isinstance(exc, OSError)] == [
         (str(path), "not a regular file (a FIFO, a device or a socket in a file's place)")]
     path.unlink()
     alarm = sample_alarm()

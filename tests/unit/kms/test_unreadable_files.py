@@ -15,6 +15,7 @@ import pytest
 from keytrail.kms.authentic_docs import authenticate
 from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import KeyStoreUnreadable, SqliteStore
+from tests.support.fifo import outcome_beside_a_fifo
 from tests.support.store_documents import sqlite_ledger_as_a_node_would
 
 
@@ -90,25 +91,10 @@ def test_serve_makes_no_new_root_key_beside_a_store_that_holds_keys(tmp_path: Pa
 def test_a_fifo_in_place_of_the_root_key_file_is_named_not_waited_on(tmp_path: Path) -> None:
     # Read as it came, a FIFO (whoever can write the data dir can make one) kept serve's start
     # waiting for a writer forever, and deaf to SIGTERM meanwhile.
-    import threading
-
     os.mkfifo(tmp_path / "root.key")
-    outcome: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            RootKey.load(tmp_path)
-        except RootKeyUnusable as exc:
-            outcome.append(exc)
-
-    reading = threading.Thread(target=load, daemon=True)
-    reading.start()
-    reading.join(timeout=30)
-    if reading.is_alive():  # waiting on the FIFO: a writer lets it go
-        os.close(os.open(tmp_path / "root.key", os.O_WRONLY))
-    assert not reading.is_alive(), "waited on the FIFO"
+    [error] = outcome_beside_a_fifo(tmp_path / "root.key", lambda: RootKey.load(tmp_path))
     named = f"cannot read the root key file {tmp_path / 'root.key'}: not a regular file"
-    assert len(outcome) == 1 and str(outcome[0]).startswith(named), outcome
+    assert isinstance(error, RootKeyUnusable) and str(error).startswith(named), error
     assert _serve_stderr(tmp_path).startswith(f"keytrail serve: {named}")
 
 
