@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keytrail.owner_only import replace_whole
+from keytrail.owner_only import make_dirs, replace_whole
 
 __all__ = ["dev_certificate_usable", "out_of_date", "self_signed_certificate"]
 
@@ -69,7 +69,9 @@ def self_signed_certificate(directory: Path, host: str,
         .sign(key, hashes.SHA256())
     )
     # Each renamed into place whole: written into, a FIFO in a file's place (whoever can write the
-    # data dir can make one) held serve's start for a reader forever.
+    # data dir can make one) held serve's start for a reader forever. The folder made first, so that
+    # what stands in its way is named, not the temp file it would have held.
+    make_dirs(directory)
     replace_whole(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption()))
     replace_whole(cert_path, cert.public_bytes(serialization.Encoding.PEM))
