@@ -139,7 +139,6 @@ class PartitionState:
 
     def _load(self) -> None:
         self._pending.clear()
-        self._staged_latest: dict[str, tuple[datetime, str]] = {}  # of the lifecycle rows staged
         self._persisted = self.meta("next_offset") or 0
         self._next = self._persisted
         self.seen = SeenIds(self.dedup_capacity)
@@ -188,10 +187,6 @@ class PartitionState:
         self._next = end
         self._staged_seen.append((self.seen.generation, update.seen))
         self.seen.add(update.seen)
-        staged = update.lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))
-        for key_arn, when, name in staged.select("keyArn", "eventTime", "eventName").iter_rows():
-            if (latest := self._staged_latest.get(key_arn)) is None or when >= latest[0]:
-                self._staged_latest[key_arn] = (when, name)
 
     def stored_lifecycle(self, event_ids: Iterable[str]) -> set[str]:
         """Those of `event_ids` the lifecycle table holds already (read again: a log restored)."""
@@ -200,11 +195,16 @@ class PartitionState:
         return {row[0] for row in self._db.execute(f"SELECT eventID FROM lifecycle WHERE eventID IN ({marks})", ids)}
 
     def latest_lifecycle(self, key_arn: str) -> tuple[datetime, str] | None:
-        """The latest (time, name) of the lifecycle events of `key_arn` staged or stored."""
+        """The latest (time, name) of the lifecycle events of `key_arn` stored or staged; of the
+        same time, the one staged last."""
         row = self._db.execute(_LATEST_LIFECYCLE, (key_arn,)).fetchone()
-        stored = None if row is None else (_moment(row[0]), str(row[1]))
-        staged = self._staged_latest.get(key_arn)
-        return stored if staged is None or (stored is not None and stored[0] > staged[0]) else staged
+        latest = None if row is None else (_moment(row[0]), str(row[1]))
+        of_key = (pl.col("keyArn") == key_arn) & pl.col("eventName").is_in(LIFECYCLE_EVENTS)
+        for update in self._pending:  # staged since the last flush: a batch or a few
+            for when, name in update.lifecycle.filter(of_key).select("eventTime", "eventName").iter_rows():
+                if latest is None or when >= latest[0]:
+                    latest = (when, name)
+        return latest
 
     def flush(self) -> bool:
         """Write everything staged and the new offset in one transaction; False if nothing was staged.
@@ -232,7 +232,6 @@ class PartitionState:
             raise
         self._pending.clear()
         self._staged_seen.clear()
-        self._staged_latest.clear()
         self._persisted = self._next
         self.usage_files.compact()
         return True
