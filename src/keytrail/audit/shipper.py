@@ -137,7 +137,7 @@ class Shipper:
         `on_held(offset)` as it is held in front of a record it cannot read, `on_held(None)` as it reads on."""
         self.bootstrap = bootstrap
         self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
-        # Held at a damaged record of a closed segment, it shipped nothing more, in silence, until the
+        # Held at a damaged record, it shipped nothing more, in silence, until the
         # unshipped records reached the spool's cap and the node refused every call.
         self._stall = StallWatch(log_dir, "audit shipper", "shipped to Kafka", on_held)
         self.shipped = shipped

@@ -43,7 +43,7 @@ def render_readers_held(held: Mapping[str, int | None]) -> str:
     Its lag grows meanwhile, but on a quiet node never to the lag alerts' threshold."""
     return render_family("keytrail_event_log_reader_held", "gauge",
                          "1 while this reader of the event log is held at a record it cannot read (a damaged "
-                         "record of a closed segment, a segment deleted between two); its log line names it.",
+                         "record, a segment deleted between two); its log line names it.",
                          (({"reader": reader}, int(offset is not None)) for reader, offset in sorted(held.items())))
 
 

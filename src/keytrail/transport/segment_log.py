@@ -97,6 +97,9 @@ class _Segment:
     path: Path
     positions: list[int] = field(default_factory=list)  # file position of each record
     size: int = 0  # bytes covered by `positions`
+    # Bytes follow `size` that no write in progress leaves: their header is not zeros (a writer
+    # writes a batch's first header last), yet they begin no intact frame (see `_verify`).
+    blocked: bool = False
 
 
 class TornWrite(OSError):
@@ -323,8 +326,9 @@ class SegmentLog:
 
     def damage(self) -> str | None:
         """Where readers stop short of what the files hold, if anywhere: bytes that are not whole,
-        intact records in a closed segment, or in the last one while no writer is at work (a
-        writer's last segment may end in a record it is still writing). None when all is readable."""
+        intact records in a closed segment, or in the last one while no writer is at work, or in a
+        writer's last segment unless they begin with a header of zeros (a record it is still
+        writing). None when all is readable."""
         found = self.find_damage()
         return found.text if found is not None else None
 
@@ -334,9 +338,11 @@ class SegmentLog:
         writing = writer_active(self.directory)
         gap: str | None = None
         for number, segment in enumerate(self._segments, 1):
-            if number == len(self._segments) and writing:
-                break
             self._index(segment)
+            if number == len(self._segments) and writing:
+                if damage := self._damage_in_writers_segment(segment):
+                    return damage
+                break
             try:
                 with_bytes = segment.path.stat().st_size
             except FileNotFoundError:  # retention deleted it meanwhile
@@ -352,6 +358,23 @@ class SegmentLog:
             if number < len(self._segments) and gap is None:
                 gap = _gap(segment, self._segments[number])
         return Damage(gap, torn_write=False) if gap else None  # bytes that are no record are named first
+
+    def _damage_in_writers_segment(self, segment: _Segment) -> Damage | None:
+        """Damage in the segment a writer appends to: bytes after its last intact record that no write
+        in progress leaves. Looked at twice, 10 ms apart: a frame header read while the writer wrote
+        it may come half old, half new (a read is not atomic across a page), and verify then."""
+        if segment.blocked:
+            time.sleep(0.01)
+            self._index(segment)
+        if not segment.blocked:
+            return None
+        return Damage(f"{segment.path.name}: the record at offset {segment.base + len(segment.positions)} is damaged; "
+                      "readers stop there, and the writer appends its records after it, unread", torn_write=False)
+
+    def held_at_end(self) -> bool:
+        """Whether the last segment, as last indexed (`end_offset`), ends in bytes that are no record
+        and no write in progress (see `_Segment.blocked`): damage a reader at the end waits before."""
+        return bool(self._segments) and self._segments[-1].blocked
 
     def segment_bases(self) -> list[int]:
         """The base offset of every retained segment, oldest first."""
@@ -505,6 +528,7 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
         if verified and keep is not None:
             keep.append(memoryview(data)[:verified])
         segment.size += verified
+        segment.blocked = len(segment.positions) < until and any(data[verified:verified + FRAME.size])
         if len(data) < size:
             return
         size = _CHUNK if verified else frame_bytes(data)

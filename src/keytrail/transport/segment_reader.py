@@ -48,17 +48,26 @@ class SegmentReader:
 
     def _end_offset(self) -> int:
         if self._log.segment_bases()[-1:] == [self._base]:
-            return self._log.end_offset()
+            return _end_past_damage(self._log)
         self._tail.refresh()
         last = self._tail.segment_bases()[-1:]
         if last != self._tail_bases:  # the writer started a segment: forget the old one's index
             self._tail, self._tail_bases = SegmentLog(self.directory), last
-        return self._tail.end_offset()
+        return _end_past_damage(self._tail)
+
+
+def _end_past_damage(log: SegmentLog) -> int:
+    """The log's end offset, one more when its last segment ends in damage (`held_at_end`): a reader
+    held before it is then behind the end, and StallWatch says so, where the end at the damage had
+    it look caught up while the writer's records after the damage went unread."""
+    end = log.end_offset()
+    return end + 1 if log.held_at_end() else end
 
 
 class StallWatch:
     """Says in one line that a reader following the log is held at an offset the log's end is past:
-    a damaged record in a closed segment, or a segment deleted between two. A reader never reads
+    a damaged record (in a closed segment, or in the last one: its end is then one past the damage,
+    see `_end_past_damage`), or a segment deleted between two. A reader never reads
     past one, and waited there, its calls unread, in silence. A stall is confirmed by two polls in
     a row that find nothing at one offset while the end is past it (a reader racing the writer
     sees an end past what it just read once, then reads on). Said once per stall, and once more
@@ -98,7 +107,8 @@ class StallWatch:
                 damage = await asyncio.to_thread(SegmentLog(self.directory).damage)
             except OSError as exc:  # a segment it cannot open: said in the line, not ending a reader that waits
                 damage = str(exc)
-            log.error("the %s reads the event log in %s no further than offset %d, %d records before its end: %s; it "
+            behind = f"{end - offset} record{'' if end - offset == 1 else 's'}"
+            log.error("the %s reads the event log in %s no further than offset %d, at least %s before its end: %s; it "
                       "waits there, the calls from there on not %s, until the segment is restored (keytrail audit "
-                      "verify tells more)", self._reader, self.directory, offset, end - offset,
+                      "verify tells more)", self._reader, self.directory, offset, behind,
                       damage or "the record there cannot be read", self._missed)

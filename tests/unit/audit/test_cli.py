@@ -250,14 +250,20 @@ def test_text_lines_name_the_account_of_a_caller_cloudtrail_gives_no_arn(tmp_pat
     assert out.split()[3] == "777788889999"
 
 
-def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", [False, True], ids=["closed", "a writer at work"])
+def test_reading_a_damaged_log_says_so_and_fails(tmp_path: Path, writer: bool) -> None:
+    # With a node writing the segment, the damage was taken for a record still being written:
+    # `events` printed the two records before it and exited 0.
     fill_trail(tmp_path, 6)
+    node = SegmentLog(audit_paths(tmp_path)[0], writable=True) if writer else None  # opened before the damage
     rewrite_segment(tmp_path, lambda r: [*r[:2], r[2][:-1] + b"!", *r[3:]], fix_checksums=False)
     code, out, err = _run("events", "--data-dir", str(tmp_path))
     assert code == 1 and len(out.splitlines()) == 2  # what lies before the damage, then the complaint
     assert "the record at offset 2 is damaged" in err and len(err.strip().splitlines()) == 1
     code, _, err = _run("export", str(tmp_path / "out"), "--data-dir", str(tmp_path))
     assert code == 1 and "is damaged" in err
+    if node is not None:
+        node.close()
 
 
 @pytest.mark.parametrize("remove", ["delete", "empty", "rename"])

@@ -95,11 +95,50 @@ def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_pa
     log.append(_payloads(12))
     log.sync()
     with _segment(tmp_path).open("ab") as active:
-        active.write(b"\x30\x00\x00\x00half")  # the writer's record in progress: not damage
+        active.write(bytes(8) + b"half")  # the writer's batch in progress, its first header last: not damage
     assert SegmentLog(tmp_path).damage() is None
     closed = tmp_path / f"{log.segment_bases()[1]:020d}.seg"
     closed.write_bytes(closed.read_bytes()[:-1] + b"!")
     assert (SegmentLog(tmp_path).damage() or "").startswith(f"{closed.name}: the record at offset ")
+
+
+def test_damage_in_the_segment_a_writer_appends_to_is_reported_and_held_at(tmp_path: Path) -> None:
+    """A flipped bit in the live segment held every reader in silence: `audit events` printed the
+    records before it and exited 0, and the consumer and detector looked caught up."""
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(20))
+    log.sync()
+    active = _segment(tmp_path)
+    tenth = sum(8 + len(payload) for payload in _payloads(10))
+    intact = _flip_bit(active, tenth + 20)  # in record 10's payload
+    log.append(_payloads(3))  # the writer appends on after it
+    log.sync()
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 10 and reader.held_at_end()
+    assert reader.damage() == (f"{active.name}: the record at offset 10 is damaged; readers stop there, and the "
+                               "writer appends its records after it, unread")
+    with active.open("r+b") as restored:
+        restored.seek(tenth + 20)
+        restored.write(intact)
+    assert SegmentLog(tmp_path).damage() is None
+    restored = SegmentLog(tmp_path)
+    assert restored.end_offset() == 23 and not restored.held_at_end()
+
+
+def test_a_writers_batch_in_progress_is_no_damage_and_holds_no_reader(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(4))
+    log.sync()
+    payload = b"the next record"
+    frame = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+    with _segment(tmp_path).open("ab") as active:
+        active.write(bytes(8) + payload)  # its body written, its header still to come
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 4 and not reader.held_at_end() and reader.damage() is None
+    with _segment(tmp_path).open("r+b") as active:
+        active.seek(-len(frame), os.SEEK_END)
+        active.write(frame[:8])  # the header, last
+    assert reader.end_offset() == 5 and not reader.held_at_end()
 
 
 def test_retention_deletes_whole_closed_segments_only(tmp_path: Path) -> None:
@@ -144,6 +183,16 @@ def test_any_crash_point_leaves_a_prefix_of_the_records(tmp_path_factory: pytest
 def _sized(count: int) -> list[bytes]:
     """Payloads of many lengths: some fit a small chunk many times, some are larger than it."""
     return [bytes([97 + i % 26]) * (1 + (i * 37) % 300) for i in range(count)]
+
+
+def _flip_bit(segment: Path, position: int) -> bytes:
+    """Flip the low bit of the byte at `position` in place; the byte as it was."""
+    with segment.open("r+b") as handle:
+        handle.seek(position)
+        intact = handle.read(1)
+        handle.seek(position)
+        handle.write(bytes([intact[0] ^ 1]))
+    return intact
 
 
 def _segment(folder: Path) -> Path:

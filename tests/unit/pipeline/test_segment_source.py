@@ -247,6 +247,42 @@ async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_read
         f"the consumer reads the event log in {tmp_path} again (it was held at offset {damaged_at})"]
 
 
+async def test_a_following_source_held_at_damage_in_the_writers_segment_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Damage in the segment the writer appends to held the consumer where the end looked to be:
+    no line, no held gauge, a lag of 0, and the writer's records after it never counted."""
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_records(0, 10))
+    log.sync()
+    [active] = sorted(tmp_path.glob("*.seg"))
+    fifth = 5 * (8 + len(_records(0, 1)[0]))
+    with active.open("r+b") as handle:  # a bit of record 5's payload flipped
+        handle.seek(fifth + 9)
+        intact = handle.read(1)
+        handle.seek(fifth + 9)
+        handle.write(bytes([intact[0] ^ 1]))
+    log.append(_records(10, 12))
+    log.sync()
+    told: list[int | None] = []
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01, on_held=told.append)
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        task, offsets = await _follow_until_held(source, caplog)
+        held = [r.getMessage() for r in caplog.records]
+        assert offsets == list(range(5)) and told == [5]
+        with active.open("r+b") as restored:  # the operator restores the record's bytes
+            restored.seek(fifth + 9)
+            restored.write(intact)
+        await _until(lambda: offsets[-1:] == [11])
+        source.stop.set()
+        await task
+    log.close()
+    assert offsets == list(range(12)) and told == [5, None]
+    [line] = held
+    assert f"the consumer reads the event log in {tmp_path} no further than offset 5, at least 1 record before" in line
+    assert "the record at offset 5 is damaged; readers stop there, and the writer appends its records after" in line
+
+
 async def test_a_following_source_held_at_a_deleted_segment_names_the_records_missing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -287,5 +323,5 @@ async def test_polls_racing_the_writer_are_not_taken_for_a_stall(
         await watch.polled(35, 40, 0)
         await watch.polled(35, 41, 0)
     [line] = [r.getMessage() for r in caplog.records]  # once per stall, not once per poll
-    assert "the consumer reads the event log" in line and "no further than offset 35, 2 records before its end" in line
+    assert "the consumer reads the event log" in line and "no further than offset 35, at least 2 records before" in line
 
