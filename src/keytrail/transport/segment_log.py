@@ -304,12 +304,19 @@ class SegmentLog:
             return
         active = self._segments[-1]
         self._index(active)
-        if active.path.stat().st_size > active.size:  # torn tail from a crash: keep it aside, cut it
+        if (with_bytes := active.path.stat().st_size) > active.size:  # keep what is no record aside, cut it
+            torn = _ends_in_one_frame(active, with_bytes)
             kept = _keep_tail(active)
             os.truncate(active.path, active.size)
-            log.warning("event log %s: %d bytes after record offset %d were not whole records (a write "
-                        "torn by a crash, or damage); cut, and kept in %s", active.path.name,
-                        kept.stat().st_size, active.base + len(active.positions), kept.name)
+            offset = active.base + len(active.positions)
+            if torn:
+                log.warning("event log %s: the %d bytes after record offset %d were a write torn by a crash; cut, "
+                            "and kept in %s", active.path.name, kept.stat().st_size, offset, kept.name)
+            else:  # answered records after the damage leave the log: say so loudly
+                log.error("event log %s: the record at offset %d is damaged, and records follow it: cut with the "
+                          "records after it (%d bytes, kept in %s); readers and Kafka miss them, and `keytrail audit "
+                          "verify` names those the signed digests miss", active.path.name, offset,
+                          kept.stat().st_size, kept.name)
         self._fd = os.open(active.path, os.O_WRONLY)
         self._fd_file = _file_of(self._fd)
         os.fsync(self._fd)

@@ -78,16 +78,30 @@ def _ten_records_with_the_fifth_damaged(folder: Path) -> tuple[Path, bytes, int]
     return segment, bytes(data), position
 
 
-def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path) -> None:
+def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     segment, data, position = _ten_records_with_the_fifth_damaged(tmp_path)
     assert SegmentLog(tmp_path).damage() == (
         f"{segment.name}: the record at offset 4 is damaged; the {len(data) - position} bytes from there to the "
         "segment's end cannot be read")
-    SegmentLog(tmp_path, writable=True).close()
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_log"):
+        SegmentLog(tmp_path, writable=True).close()
+    [said] = caplog.records  # answered records cut with the damage: an error, not a torn write's warning
+    assert said.levelname == "ERROR" and "the record at offset 4 is damaged, and records follow it" in said.message
     [kept] = tmp_path.glob("*.cut-at-*")
     assert kept.name.startswith(f"{segment.name}.cut-at-{position}-") and kept.read_bytes() == data[position:]
     assert kept.stat().st_mode & 0o777 == 0o600
     assert segment.read_bytes() == data[:position] and SegmentLog(tmp_path).damage() is None
+
+
+def test_a_crashs_torn_write_is_cut_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    segment = _closed_log(tmp_path, 5)
+    with segment.open("ab") as torn:
+        torn.write(struct.pack("<II", 100, 0) + b"part of it")  # the last write, cut short by the crash
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_log"):
+        SegmentLog(tmp_path, writable=True).close()
+    [said] = caplog.records
+    assert said.levelname == "WARNING"
+    assert "the 18 bytes after record offset 5 were a write torn by a crash" in said.message
 
 
 def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_path: Path) -> None:
