@@ -36,6 +36,7 @@ from keytrail.cli.console import (
     terminate_as_interrupt,
 )
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
+from keytrail.transport.segment_reader import LogEnd, StallWatch
 
 # The event schema, the CloudTrail files and the verifier (fastavro, aiokafka, cryptography) load in
 # the functions that use them, not with `keytrail audit … --help` (commands.py).
@@ -135,16 +136,20 @@ def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--fo
 def _follow(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, shown: _ShownRecords, follow: bool,
             interval: float) -> None:
     """Show what is new every `interval` seconds (once, unless `follow`)."""
+    # Held at a damaged record, `tail` showed nothing more, and nothing said why.
+    ends, stall = LogEnd(followed.directory), StallWatch(followed.directory, "audit tail", "shown")
     while True:
         if followed.replaced():
             typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
                        "following the new one from its start", err=True)
             offset, shown = followed.log.start_offset(), _ShownRecords()
+        before = offset
         offset = _show_new(data_dir, fmt, followed, offset, shown)
         sys.stdout.flush()
         if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
             _require_whole_log(data_dir, followed.log)
             return
+        stall.polled_blocking(offset, ends(), int(offset != before))  # found: whether it moved on
         if _reader_gone(sys.stdout):  # as a write to it would fail: quietly, exit 1
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         time.sleep(interval)

@@ -11,7 +11,7 @@ from pathlib import Path
 from keytrail.transport.frames import Payloads
 from keytrail.transport.segment_log import SegmentLog
 
-__all__ = ["SegmentReader", "StallWatch"]
+__all__ = ["LogEnd", "SegmentReader", "StallWatch"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,7 @@ class SegmentReader:
         self.directory = directory
         self._log = SegmentLog(directory)
         self._base = -1  # base offset of the segment `_log` reads
-        self._tail = SegmentLog(directory)
-        self._tail_bases: list[int] = []  # the last segment `_tail` indexed (none yet)
+        self._end = LogEnd(directory)
 
     def read(self, offset: int, limit: int) -> tuple[int, Payloads, int]:
         """Up to `limit` records from `offset` on, all from one segment (the offset of the first
@@ -49,11 +48,25 @@ class SegmentReader:
     def _end_offset(self) -> int:
         if self._log.segment_bases()[-1:] == [self._base]:
             return _end_past_damage(self._log)
-        self._tail.refresh()
-        last = self._tail.segment_bases()[-1:]
-        if last != self._tail_bases:  # the writer started a segment: forget the old one's index
-            self._tail, self._tail_bases = SegmentLog(self.directory), last
-        return _end_past_damage(self._tail)
+        return self._end()
+
+
+class LogEnd:
+    """The log's end offset as a reader's StallWatch needs it (`_end_past_damage`), from an instance
+    that indexes the last segment alone, and forgets it once the writer starts the next: one
+    segment's index in memory, however long it is called."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._log = SegmentLog(directory)
+        self._bases: list[int] = []  # the last segment `_log` indexed (none yet)
+
+    def __call__(self) -> int:
+        self._log.refresh()
+        last = self._log.segment_bases()[-1:]
+        if last != self._bases:  # the writer started a segment: forget the old one's index
+            self._log, self._bases = SegmentLog(self.directory), last
+        return _end_past_damage(self._log)
 
 
 def _end_past_damage(log: SegmentLog) -> int:
@@ -92,6 +105,17 @@ class StallWatch:
     async def polled(self, offset: int, end: int, found: int) -> None:
         """After each read: `offset` where the next one begins, `end` the log's end as this one saw
         it, `found` how many records it read."""
+        if self._held_anew(offset, end, found):
+            # Off the event loop: finding the damage reads every closed segment (serve's loop under --dev-clock).
+            self._say_held(offset, end, await asyncio.to_thread(self._damage))
+
+    def polled_blocking(self, offset: int, end: int, found: int) -> None:
+        """`polled`, for a reader with no event loop to keep free (`keytrail audit tail`)."""
+        if self._held_anew(offset, end, found):
+            self._say_held(offset, end, self._damage())
+
+    def _held_anew(self, offset: int, end: int, found: int) -> bool:
+        """Whether this poll confirms a stall not said yet; says a stall's end."""
         if self._stalled_at is not None and offset != self._stalled_at:
             log.warning("the %s reads the event log in %s again (it was held at offset %d)", self._reader,
                         self.directory, self._stalled_at)
@@ -99,16 +123,21 @@ class StallWatch:
             self.on_held(None)
         confirmed = not found and offset < end and self._empty_at == offset
         self._empty_at = offset if not found and offset < end else None
-        if confirmed and self._stalled_at is None:
-            self._stalled_at = offset
-            self.on_held(offset)
-            # Off the event loop: finding the damage reads every closed segment (serve's loop under --dev-clock).
-            try:
-                damage = await asyncio.to_thread(SegmentLog(self.directory).damage)
-            except OSError as exc:  # a segment it cannot open: said in the line, not ending a reader that waits
-                damage = str(exc)
-            behind = f"{end - offset} record{'' if end - offset == 1 else 's'}"
-            log.error("the %s reads the event log in %s no further than offset %d, at least %s before its end: %s; it "
-                      "waits there, the calls from there on not %s, until the segment is restored (keytrail audit "
-                      "verify tells more)", self._reader, self.directory, offset, behind,
-                      damage or "the record there cannot be read", self._missed)
+        if not confirmed or self._stalled_at is not None:
+            return False
+        self._stalled_at = offset
+        self.on_held(offset)
+        return True
+
+    def _damage(self) -> str | None:
+        try:
+            return SegmentLog(self.directory).damage()
+        except OSError as exc:  # a segment it cannot open: said in the line, not ending a reader that waits
+            return str(exc)
+
+    def _say_held(self, offset: int, end: int, damage: str | None) -> None:
+        behind = f"{end - offset} record{'' if end - offset == 1 else 's'}"
+        log.error("the %s reads the event log in %s no further than offset %d, at least %s before its end: %s; it "
+                  "waits there, the calls from there on not %s, until the segment is restored (keytrail audit "
+                  "verify tells more)", self._reader, self.directory, offset, behind,
+                  damage or "the record there cannot be read", self._missed)

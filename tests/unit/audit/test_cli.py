@@ -392,6 +392,35 @@ def _tail_json(data_dir: Path, last: int) -> list[str]:
             "-n", str(last), "--interval", "0.05"]
 
 
+def test_tail_held_at_a_damaged_record_says_so_and_shows_on_once_it_is_restored(tmp_path: Path) -> None:
+    """Damage in the segment a node writes held `tail` in silence: the calls after it never shown."""
+    log_dir, segment, payloads = _trail_to_tail(tmp_path, 4)
+    writer = SegmentLog(log_dir, writable=True)  # the node, at work
+    damaged_at = len(_framed(payloads[:2])) + 8  # the first byte of record 2's payload
+    intact = segment.read_bytes()[damaged_at]
+    with segment.open("r+b") as handle:
+        handle.seek(damaged_at)
+        handle.write(bytes([intact ^ 1]))
+    writer.append(payloads[:2])  # offsets 4 and 5, after the damage
+    writer.sync()
+    with subprocess.Popen(_tail_json(tmp_path, 4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
+        assert tail.stdout is not None and tail.stderr is not None
+        shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(2)]
+        held = tail.stderr.readline()
+        with segment.open("r+b") as handle:  # restored
+            handle.seek(damaged_at)
+            handle.write(bytes([intact]))
+        shown += [json.loads(tail.stdout.readline())["eventID"] for _ in range(4)]
+        again = tail.stderr.readline()
+        tail.terminate()
+        assert tail.wait(30) == 0
+    writer.close()
+    assert shown == [encrypt_call(i).event_id for i in (0, 1, 2, 3, 0, 1)]
+    assert held.startswith(f"the audit tail reads the event log in {log_dir} no further than offset 2, at least 1 ")
+    assert f"{segment.name}: the record at offset 2 is damaged" in held and "not shown, until the segment" in held
+    assert again == f"the audit tail reads the event log in {log_dir} again (it was held at offset 2)\n"
+
+
 def test_tail_following_a_log_into_a_new_segment_shows_each_record_once_and_no_cut(tmp_path: Path) -> None:
     """Records shown from a segment, then from the next one the writer rolled to: the checksums
     kept for the shown records were trimmed to the new segment's but counted from the wrong
