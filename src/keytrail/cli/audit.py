@@ -143,6 +143,7 @@ def _follow(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, sh
             typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
                        "following the new one from its start", err=True)
             offset, shown = followed.log.start_offset(), _ShownRecords()
+            ends = LogEnd(followed.directory)  # its index is of the old folder's last segment
         before = offset
         offset = _show_new(data_dir, fmt, followed, offset, shown)
         sys.stdout.flush()
