@@ -308,6 +308,7 @@ class SegmentLog:
             torn = _ends_in_one_frame(active, with_bytes)
             kept = _keep_tail(active)
             os.truncate(active.path, active.size)
+            active.blocked = False
             offset = active.base + len(active.positions)
             if torn:
                 log.warning("event log %s: the %d bytes after record offset %d were a write torn by a crash; cut, "
