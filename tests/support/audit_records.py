@@ -59,6 +59,16 @@ def fill_trail(data_dir: Path, count: int, *, first: int = 0, **settings: object
     asyncio.run(fill_trail_async(data_dir, count, first=first, **settings))
 
 
+def flip_bit(segment: Path, position: int) -> None:
+    """Flip the low bit of the byte at `position` of `segment` in place, as damage on disk would
+    (the file written where it is, as a writer holds it open); flipping it again restores it."""
+    with segment.open("r+b") as handle:
+        handle.seek(position)
+        byte = handle.read(1)[0]
+        handle.seek(position)
+        handle.write(bytes([byte ^ 1]))
+
+
 def rewrite_segment(data_dir: Path, edit: object, *, fix_checksums: bool = True) -> None:
     """Rewrite the first segment's records through `edit(list[bytes]) -> list[bytes]`, as an
     attacker with write access would (recomputing each frame's CRC unless told not to)."""

@@ -22,7 +22,7 @@ from keytrail.audit.trail import audit_paths
 from keytrail.cli import audit as audit_cli
 from keytrail.cli.audit import audit_app
 from keytrail.transport.segment_log import SegmentLog
-from tests.support.audit_records import encrypt_call, fill_trail, rewrite_segment
+from tests.support.audit_records import encrypt_call, fill_trail, flip_bit, rewrite_segment
 from tests.support.processes import interruptible
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
@@ -397,19 +397,14 @@ def test_tail_held_at_a_damaged_record_says_so_and_shows_on_once_it_is_restored(
     log_dir, segment, payloads = _trail_to_tail(tmp_path, 4)
     writer = SegmentLog(log_dir, writable=True)  # the node, at work
     damaged_at = len(_framed(payloads[:2])) + 8  # the first byte of record 2's payload
-    intact = segment.read_bytes()[damaged_at]
-    with segment.open("r+b") as handle:
-        handle.seek(damaged_at)
-        handle.write(bytes([intact ^ 1]))
+    flip_bit(segment, damaged_at)
     writer.append(payloads[:2])  # offsets 4 and 5, after the damage
     writer.sync()
     with subprocess.Popen(_tail_json(tmp_path, 4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
         shown = [json.loads(tail.stdout.readline())["eventID"] for _ in range(2)]
         held = tail.stderr.readline()
-        with segment.open("r+b") as handle:  # restored
-            handle.seek(damaged_at)
-            handle.write(bytes([intact]))
+        flip_bit(segment, damaged_at)  # restored
         shown += [json.loads(tail.stdout.readline())["eventID"] for _ in range(4)]
         again = tail.stderr.readline()
         tail.terminate()

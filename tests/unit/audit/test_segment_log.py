@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from keytrail.transport import segment_log
 from keytrail.transport.segment_log import CutShort, LogLockedError, SegmentLog
+from tests.support.audit_records import flip_bit
 
 
 def _payloads(count: int, size: int = 40) -> list[bytes]:
@@ -124,16 +125,14 @@ def test_damage_in_the_segment_a_writer_appends_to_is_reported_and_held_at(tmp_p
     log.sync()
     active = _segment(tmp_path)
     tenth = sum(8 + len(payload) for payload in _payloads(10))
-    intact = _flip_bit(active, tenth + 20)  # in record 10's payload
+    flip_bit(active, tenth + 20)  # in record 10's payload
     log.append(_payloads(3))  # the writer appends on after it
     log.sync()
     reader = SegmentLog(tmp_path)
     assert reader.end_offset() == 10 and reader.held_at_end()
     assert reader.damage() == (f"{active.name}: the record at offset 10 is damaged; readers stop there, and the "
                                "writer appends its records after it, unread")
-    with active.open("r+b") as restored:
-        restored.seek(tenth + 20)
-        restored.write(intact)
+    flip_bit(active, tenth + 20)  # restored
     assert SegmentLog(tmp_path).damage() is None
     restored = SegmentLog(tmp_path)
     assert restored.end_offset() == 23 and not restored.held_at_end()
@@ -197,16 +196,6 @@ def test_any_crash_point_leaves_a_prefix_of_the_records(tmp_path_factory: pytest
 def _sized(count: int) -> list[bytes]:
     """Payloads of many lengths: some fit a small chunk many times, some are larger than it."""
     return [bytes([97 + i % 26]) * (1 + (i * 37) % 300) for i in range(count)]
-
-
-def _flip_bit(segment: Path, position: int) -> bytes:
-    """Flip the low bit of the byte at `position` in place; the byte as it was."""
-    with segment.open("r+b") as handle:
-        handle.seek(position)
-        intact = handle.read(1)
-        handle.seek(position)
-        handle.write(bytes([intact[0] ^ 1]))
-    return intact
 
 
 def _segment(folder: Path) -> Path:

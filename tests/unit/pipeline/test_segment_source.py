@@ -14,6 +14,7 @@ from keytrail.pipeline.runner import Batch
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSource
 from keytrail.transport.segment_log import SegmentLog
 from keytrail.transport.segment_reader import StallWatch
+from tests.support.audit_records import flip_bit
 
 
 def _records(start: int, stop: int) -> list[bytes]:
@@ -257,11 +258,7 @@ async def test_a_following_source_held_at_damage_in_the_writers_segment_says_so(
     log.sync()
     [active] = sorted(tmp_path.glob("*.seg"))
     fifth = 5 * (8 + len(_records(0, 1)[0]))
-    with active.open("r+b") as handle:  # a bit of record 5's payload flipped
-        handle.seek(fifth + 9)
-        intact = handle.read(1)
-        handle.seek(fifth + 9)
-        handle.write(bytes([intact[0] ^ 1]))
+    flip_bit(active, fifth + 9)  # in record 5's payload
     log.append(_records(10, 12))
     log.sync()
     told: list[int | None] = []
@@ -270,9 +267,7 @@ async def test_a_following_source_held_at_damage_in_the_writers_segment_says_so(
         task, offsets = await _follow_until_held(source, caplog)
         held = [r.getMessage() for r in caplog.records]
         assert offsets == list(range(5)) and told == [5]
-        with active.open("r+b") as restored:  # the operator restores the record's bytes
-            restored.seek(fifth + 9)
-            restored.write(intact)
+        flip_bit(active, fifth + 9)  # the operator restores the record's bytes
         await _until(lambda: offsets[-1:] == [11])
         source.stop.set()
         await task
