@@ -38,6 +38,11 @@ __all__ = [
 _SUFFIX = ".seg"
 log = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # readers read this much at a time (more for one larger record)
+# How long a frame header of zeros with written bytes after it may stay, in the segment a writer
+# appends to, before readers take it for a hole rather than a batch in progress. A writer writes a
+# batch's first header right after the rest of it (microseconds apart); a hole zeroed into the file
+# stays, and the writer's records after it would go unread in silence.
+HOLE_SECONDS = 1.0
 
 
 def event_log_dir(data_dir: Path) -> Path:
@@ -100,6 +105,9 @@ class _Segment:
     # Bytes follow `size` that no write in progress leaves: their header is not zeros (a writer
     # writes a batch's first header last), yet they begin no intact frame (see `_verify`).
     blocked: bool = False
+    # A header of zeros at `size` with bytes written after it: since when (monotonic) a reader has
+    # seen it there. A batch in progress for a moment; a hole once it stays (see `_hole_stays`).
+    hole_since: float | None = None
 
 
 class TornWrite(OSError):
@@ -336,7 +344,7 @@ class SegmentLog:
         """Where readers stop short of what the files hold, if anywhere: bytes that are not whole,
         intact records in a closed segment, or in the last one while no writer is at work, or in a
         writer's last segment unless they begin with a header of zeros (a record it is still
-        writing). None when all is readable."""
+        writing) that does not stay for HOLE_SECONDS. None when all is readable."""
         found = self.find_damage()
         return found.text if found is not None else None
 
@@ -374,15 +382,34 @@ class SegmentLog:
         if segment.blocked:
             time.sleep(0.01)
             self._index(segment)
-        if not segment.blocked:
+        while not segment.blocked and (age := _hole_age(segment)) is not None and age < HOLE_SECONDS:
+            time.sleep(0.05)  # a batch in progress has its first header written by then
+            self._index(segment)
+        offset = segment.base + len(segment.positions)
+        if segment.blocked:
+            what = "is damaged"
+        elif self._hole_stays(segment):
+            what = f"is a hole of zeros (not a write in progress: it stayed over {HOLE_SECONDS:g} s)"
+        else:
             return None
-        return Damage(f"{segment.path.name}: the record at offset {segment.base + len(segment.positions)} is damaged; "
-                      "readers stop there, and the writer appends its records after it, unread", torn_write=False)
+        return Damage(f"{segment.path.name}: the record at offset {offset} {what}; readers stop there, and the writer "
+                      "appends its records after it, unread", torn_write=False)
+
+    def _hole_stays(self, segment: _Segment) -> bool:
+        """Whether the header of zeros at the end of `segment` (`_Segment.hole_since`) stayed long
+        enough to be no write in progress, while a writer is at work: a writer killed between a batch's
+        two writes leaves the same bytes, a torn write its restart cuts."""
+        age = _hole_age(segment)
+        return age is not None and age >= HOLE_SECONDS and writer_active(self.directory)
 
     def held_at_end(self) -> bool:
         """Whether the last segment, as last indexed (`end_offset`), ends in bytes that are no record
-        and no write in progress (see `_Segment.blocked`): damage a reader at the end waits before."""
-        return bool(self._segments) and self._segments[-1].blocked
+        and no write in progress (see `_Segment.blocked`, `_Segment.hole_since`): damage a reader at
+        the end waits before."""
+        if not self._segments:
+            return False
+        last = self._segments[-1]
+        return last.blocked or self._hole_stays(last)
 
     def segment_bases(self) -> list[int]:
         """The base offset of every retained segment, oldest first."""
@@ -536,12 +563,34 @@ def _verify(fd: int, segment: _Segment, until: int, keep: list[memoryview] | Non
         if verified and keep is not None:
             keep.append(memoryview(data)[:verified])
         segment.size += verified
-        segment.blocked = len(segment.positions) < until and any(data[verified:verified + FRAME.size])
+        stopped = len(segment.positions) < until
+        segment.blocked = stopped and any(data[verified:verified + FRAME.size])
+        _see_hole(segment, stopped and not segment.blocked and _written_after(data, verified), fresh=verified > 0)
         if len(data) < size:
             return
         size = _CHUNK if verified else frame_bytes(data)
         if not verified and size <= len(data):  # a whole frame failed its checksum, or cannot be
             return
+
+
+def _see_hole(segment: _Segment, seen: bool, fresh: bool) -> None:
+    """Start or keep the clock of a header of zeros with bytes after it (`_Segment.hole_since`);
+    `fresh`: records were verified before it, so it is not the one seen before."""
+    if not seen:
+        segment.hole_since = None
+    elif fresh or segment.hole_since is None:
+        segment.hole_since = time.monotonic()
+
+
+def _hole_age(segment: _Segment) -> float | None:
+    """Seconds since a reader first saw the header of zeros at the end of `segment`, if one is there."""
+    return None if segment.hole_since is None else time.monotonic() - segment.hole_since
+
+
+def _written_after(data: bytes, position: int) -> bool:
+    """Whether a byte other than zero follows `position` in `data`: zeros alone past the last record
+    hold no record back (the writer writes over them)."""
+    return data.count(0, position) < len(data) - position
 
 
 def _all_frames(fd: int) -> Iterator[tuple[bytes, bool]]:

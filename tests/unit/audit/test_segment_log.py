@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -109,9 +113,11 @@ def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_pa
     log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
     log.append(_payloads(12))
     log.sync()
+    payload = b"the next record"
     with _segment(tmp_path).open("ab") as active:
-        active.write(bytes(8) + b"half")  # the writer's batch in progress, its first header last: not damage
-    assert SegmentLog(tmp_path).damage() is None
+        active.write(bytes(8) + payload)  # the writer's batch in progress, its first header last: not damage
+    with _header_written_soon(_segment(tmp_path), payload):
+        assert SegmentLog(tmp_path).damage() is None
     closed = tmp_path / f"{log.segment_bases()[1]:020d}.seg"
     closed.write_bytes(closed.read_bytes()[:-1] + b"!")
     assert (SegmentLog(tmp_path).damage() or "").startswith(f"{closed.name}: the record at offset ")
@@ -143,15 +149,99 @@ def test_a_writers_batch_in_progress_is_no_damage_and_holds_no_reader(tmp_path: 
     log.append(_payloads(4))
     log.sync()
     payload = b"the next record"
-    frame = struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
     with _segment(tmp_path).open("ab") as active:
         active.write(bytes(8) + payload)  # its body written, its header still to come
     reader = SegmentLog(tmp_path)
-    assert reader.end_offset() == 4 and not reader.held_at_end() and reader.damage() is None
-    with _segment(tmp_path).open("r+b") as active:
-        active.seek(-len(frame), os.SEEK_END)
-        active.write(frame[:8])  # the header, last
+    assert reader.end_offset() == 4 and not reader.held_at_end()
+    with _header_written_soon(_segment(tmp_path), payload):
+        assert SegmentLog(tmp_path).damage() is None  # it waits for the batch's header
     assert reader.end_offset() == 5 and not reader.held_at_end()
+
+
+@contextmanager
+def _header_written_soon(segment: Path, payload: bytes) -> Iterator[None]:
+    """The writer's part, 50 ms later: the header of the frame of `payload` that ends `segment`."""
+    def write_header() -> None:
+        with segment.open("r+b") as active:
+            active.seek(-(8 + len(payload)), os.SEEK_END)
+            active.write(struct.pack("<II", len(payload), zlib.crc32(payload)))
+
+    writer = threading.Timer(0.05, write_header)
+    writer.start()
+    try:
+        yield
+    finally:
+        writer.join()
+
+
+def _zero_header_of_record(segment: Path, index: int) -> bytes:
+    """Write zeros over the frame header of record `index` of `segment` (its first payloads are
+    `_payloads`); return the header, to put back."""
+    at = sum(8 + len(payload) for payload in _payloads(index))
+    with segment.open("r+b") as handle:
+        handle.seek(at)
+        header = handle.read(8)
+        handle.seek(at)
+        handle.write(bytes(8))
+    return header
+
+
+def test_a_hole_of_zeros_in_the_segment_a_writer_appends_to_is_held_at_once_it_stays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record's header zeroed in the live segment read as the writer's batch in progress: every
+    reader waited there in silence while the writer's records after it went unread."""
+    monkeypatch.setattr(segment_log, "HOLE_SECONDS", 0.2)
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(20))
+    log.sync()
+    active = _segment(tmp_path)
+    header = _zero_header_of_record(active, 10)
+    log.append(_payloads(3))  # the writer appends on after it
+    log.sync()
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 10 and not reader.held_at_end()  # a batch in progress, for all it knows yet
+    time.sleep(0.2)
+    assert reader.end_offset() == 10 and reader.held_at_end()
+    assert SegmentLog(tmp_path).damage() == (
+        f"{active.name}: the record at offset 10 is a hole of zeros (not a write in progress: it stayed over 0.2 s); "
+        "readers stop there, and the writer appends its records after it, unread")
+    with active.open("r+b") as handle:  # the operator puts the header back
+        handle.seek(sum(8 + len(payload) for payload in _payloads(10)))
+        handle.write(header)
+    assert reader.end_offset() == 23 and not reader.held_at_end()
+    assert SegmentLog(tmp_path).damage() is None
+
+
+def test_zeros_after_the_last_record_of_a_writers_segment_hold_no_reader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zeros alone after the last record (a file grown without data) hide no record: the writer
+    writes its next records over them."""
+    monkeypatch.setattr(segment_log, "HOLE_SECONDS", 0.0)
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(4))
+    log.sync()
+    with _segment(tmp_path).open("ab") as active:
+        active.write(bytes(4096))
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 4 and not reader.held_at_end() and reader.damage() is None
+    log.append(_payloads(2))
+    log.sync()
+    assert reader.end_offset() == 6 and not reader.held_at_end()
+
+
+def test_a_batch_torn_by_a_writer_killed_between_its_two_writes_holds_no_reader(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bytes as a hole, left by a crash: no writer is at work, and the next one cuts them."""
+    monkeypatch.setattr(segment_log, "HOLE_SECONDS", 0.0)
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_payloads(4))
+    log.close()
+    payloads = _payloads(3)
+    frames = b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in payloads)
+    with _segment(tmp_path).open("ab") as active:
+        active.write(bytes(8) + frames[8:])  # all but the batch's first header, written last
+    reader = SegmentLog(tmp_path)
+    assert reader.end_offset() == 4 and not reader.held_at_end()
 
 
 def test_retention_deletes_whole_closed_segments_only(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from keytrail.pipeline.runner import Batch
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSource
+from keytrail.transport import segment_log
 from keytrail.transport.segment_log import SegmentLog
 from keytrail.transport.segment_reader import StallWatch
 from tests.support.audit_records import flip_bit
@@ -276,6 +277,43 @@ async def test_a_following_source_held_at_damage_in_the_writers_segment_says_so(
     [line] = held
     assert f"the consumer reads the event log in {tmp_path} no further than offset 5, at least 1 record before" in line
     assert "the record at offset 5 is damaged; readers stop there, and the writer appends its records after" in line
+
+
+async def test_a_following_source_held_at_a_hole_of_zeros_in_the_writers_segment_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record's header zeroed in the live segment looked like the writer's batch in progress: the
+    consumer waited there for good, in silence, the writer's records after it never counted."""
+    monkeypatch.setattr(segment_log, "HOLE_SECONDS", 0.05)
+    log = SegmentLog(tmp_path, writable=True)
+    log.append(_records(0, 10))
+    log.sync()
+    [active] = sorted(tmp_path.glob("*.seg"))
+    fifth = 5 * (8 + len(_records(0, 1)[0]))
+    with active.open("r+b") as segment:
+        segment.seek(fifth)
+        header = segment.read(8)
+        segment.seek(fifth)
+        segment.write(bytes(8))
+    log.append(_records(10, 12))
+    log.sync()
+    told: list[int | None] = []
+    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01, on_held=told.append)
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
+        task, offsets = await _follow_until_held(source, caplog)
+        held = [r.getMessage() for r in caplog.records]
+        assert offsets == list(range(5)) and told == [5]
+        with active.open("r+b") as segment:  # the operator restores the header
+            segment.seek(fifth)
+            segment.write(header)
+        await _until(lambda: offsets[-1:] == [11])
+        source.stop.set()
+        await task
+    log.close()
+    assert offsets == list(range(12)) and told == [5, None]
+    [line] = held
+    assert f"the consumer reads the event log in {tmp_path} no further than offset 5, at least 1 record before" in line
+    assert "the record at offset 5 is a hole of zeros (not a write in progress: it stayed over 0.05 s)" in line
 
 
 async def test_a_following_source_held_at_a_deleted_segment_names_the_records_missing(
