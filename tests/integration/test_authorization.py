@@ -707,6 +707,31 @@ def test_an_mfa_deny_refuses_role_sessions_not_long_term_keys(server: KeytrailSe
                        f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based policy")
 
 
+def test_organization_conditions_let_in_the_organizations_accounts_only(tmp_path: Path) -> None:
+    """A key policy opening the key to "any principal of my organization", behind a data-perimeter
+    Deny on callers outside it: aws:PrincipalOrgID was always absent, so it let in nobody."""
+    stranger = "777788889999"
+    principals = write_principals(tmp_path / "p.toml", {**PRINCIPALS, "dave": (
+        f"arn:aws:iam::{stranger}:user/dave", "AKIADAVE000000000001", "dave-secret", PRINCIPALS["alice"][3], None)})
+    principals.write_text(principals.read_text() + f'\n[[organization]]\nid = "o-a1b2c3d4e5"\n'
+                                                   f'accounts = ["{ACCOUNT}", "{OTHER_ACCOUNT}"]\n')
+    server = KeytrailServer(tmp_path / "data", principals=principals).start()
+    try:
+        in_organization = {"StringEquals": {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}}
+        key = new_key(server.client("alice"), policy(
+            statement(f"arn:aws:iam::{ACCOUNT}:root", "kms:*"),
+            statement("*", ["kms:Encrypt", "kms:DescribeKey"], Condition=in_organization),
+            statement("*", "kms:*", "Deny", Condition={"StringNotEquals": {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}})))
+        server.client("carol").encrypt(KeyId=key, Plaintext=b"x")  # another account of the organization
+        dave = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                            aws_access_key_id="AKIADAVE000000000001", aws_secret_access_key="dave-secret")
+        assert error_of(dave.encrypt, KeyId=key, Plaintext=b"x") == ("AccessDeniedException", (
+            f"User: arn:aws:iam::{stranger}:user/dave is not authorized to perform: kms:Encrypt on resource: {key} "
+            "with an explicit deny in a resource-based policy"))
+    finally:
+        server.stop()
+
+
 def _tagged_user(name: str, tags: str) -> str:
     """A principals-file entry of IAM user `name`, with no identity policy, tagged as `tags` says."""
     return (f'[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:user/{name}"\naccess_key_id = "AKIA{name.upper():0<16}"\n'

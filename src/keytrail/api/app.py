@@ -169,6 +169,7 @@ class KmsApp:
             user_agent=_as_written(headers.get("user-agent", ""))[:1024],
             secure_transport=scope.get("scheme") == "https",
             tls_details=_tls_details(scope, headers),
+            organizations=self.credentials.organizations,
         )
         try:
             params = decode_request(operation, _parse_json(body))

@@ -25,8 +25,8 @@ from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
 from keytrail.owner_only import open_file, open_regular
 
-__all__ = ["Credential", "CredentialStore", "PrincipalsFileError", "load_principals", "read_admin_principals",
-           "write_admin_principals"]
+__all__ = ["Credential", "CredentialStore", "PrincipalsFile", "PrincipalsFileError", "load_principals",
+           "read_admin_principals", "read_principals_file", "write_admin_principals"]
 
 # ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
 # Any partition: a caller's ARNs follow the partition of the Region it calls (see `KmsApp._authenticated`
@@ -42,6 +42,10 @@ _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 # its end say, would load and never authenticate.
 _ACCESS_KEY_ID = re.compile(r"(?:(?![,/])[!-~])+")  # `!-~`: printable ASCII, blank excluded
 _FIELDS = ("arn", "access_key_id", "secret_access_key", "policies", "session_name", "tags")
+# AWS Organizations' organization id: "o-" and 10 to 32 lowercase letters or digits.
+_ORGANIZATION_ID = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
+_ORGANIZATION_FIELDS = ("id", "accounts")
+_ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
 # IAM's tags on users and roles (Tagging IAM resources): up to 50, a key of 1 to 128 and a value of
 # up to 256 letters, digits, blanks and _.:/=+-@; keys unique regardless of case, none beginning aws:.
 _TAGS_AT_MOST = 50
@@ -52,6 +56,15 @@ log = logging.getLogger(__name__)
 
 class PrincipalsFileError(ValueError):
     """The principals file cannot be used; the message names the entry and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalsFile:
+    """What a principals file says: the credentials by access key id, and the organization id of
+    each account its [[organization]] tables list (aws:PrincipalOrgID, aws:ResourceOrgID)."""
+
+    credentials: dict[str, Credential]
+    organizations: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +164,19 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
 
 def load_principals(path: Path) -> dict[str, Credential]:
     """Parse a principals file into credentials by access key id."""
+    return read_principals_file(path).credentials
+
+
+def read_principals_file(path: Path) -> PrincipalsFile:
+    """Parse a principals file: its [[principal]] and [[organization]] tables."""
+    data = _read_toml(path)
+    return PrincipalsFile(_credentials(_entries(data, path), path), _organizations(data, path))
+
+
+def _credentials(entries: list[dict[str, Any]], path: Path) -> dict[str, Credential]:
     credentials: dict[str, Credential] = {}
     first_of: dict[str, tuple[int, Principal]] = {}  # each identity's first entry, by the ARN policies name
-    for index, entry in enumerate(_entries(path), 1):
+    for index, entry in enumerate(entries, 1):
         where = f"{path}: principal #{index}"
         _check_fields(entry, where)
         if entry["access_key_id"] in credentials:
@@ -164,8 +187,8 @@ def load_principals(path: Path) -> dict[str, Credential]:
     return credentials
 
 
-def _entries(path: Path) -> list[dict[str, Any]]:
-    """The file's [[principal]] tables; PrincipalsFileError if it cannot be read as a principals file."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The file's tables; PrincipalsFileError if it cannot be read as a principals file."""
     try:
         data = tomllib.loads(_read_text(path, "utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     except OSError as exc:  # its reason alone: str(exc) is Python's "[Errno 21] Is a directory: '…'"
@@ -176,13 +199,47 @@ def _entries(path: Path) -> list[dict[str, Any]]:
         raise PrincipalsFileError(f"{path}: not a TOML principals file (not UTF-8 text)") from None
     except RecursionError:  # tomllib recurses per level: arrays or inline tables some hundreds deep
         raise PrincipalsFileError(f"{path}: not a TOML principals file (values nested too deeply)") from None
-    unknown = sorted(set(data) - {"principal"})
+    unknown = sorted(set(data) - {"principal", "organization"})
     if unknown:
-        raise PrincipalsFileError(f"{path}: unknown entry {unknown[0]!r}: principals are [[principal]] tables")
+        raise PrincipalsFileError(f"{path}: unknown entry {unknown[0]!r}: principals are [[principal]] tables, "
+                                  "organizations [[organization]] tables")
+    return data
+
+
+def _entries(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """The file's [[principal]] tables."""
     entries = data.get("principal", [])
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise PrincipalsFileError(f"{path}: principals are [[principal]] tables (note the double brackets)")
     return entries
+
+
+def _organizations(data: dict[str, Any], path: Path) -> dict[str, str]:
+    """The organization id of each account the [[organization]] tables list. Checked as AWS
+    Organizations has them: an id of its form, each account in one organization at most."""
+    tables = data.get("organization", [])
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        raise PrincipalsFileError(f"{path}: organizations are [[organization]] tables (note the double brackets)")
+    organization_of: dict[str, str] = {}
+    for index, table in enumerate(tables, 1):
+        where = f"{path}: organization #{index}"
+        if unknown := sorted(set(table) - set(_ORGANIZATION_FIELDS)):
+            raise PrincipalsFileError(f"{where}: unknown field {unknown[0]!r} (an organization has id, accounts)")
+        organization = table.get("id")
+        if not isinstance(organization, str) or not _ORGANIZATION_ID.fullmatch(organization):
+            raise PrincipalsFileError(f"{where}: 'id' must be an AWS Organizations id, o- and 10 to 32 lowercase "
+                                      f"letters or digits, got {organization!r}")
+        if organization in organization_of.values():
+            raise PrincipalsFileError(f"{where}: organization {organization} is listed twice")
+        accounts = table.get("accounts")
+        if not isinstance(accounts, list) or not accounts or not all(
+                isinstance(account, str) and _ACCOUNT.fullmatch(account) for account in accounts):
+            raise PrincipalsFileError(f"{where}: 'accounts' must be a list of 12-digit account ids")
+        for account in accounts:
+            if (other := organization_of.setdefault(account, organization)) != organization:
+                raise PrincipalsFileError(f"{where}: account {account} is in organization {other} already; an "
+                                          "account belongs to one organization at most")
+    return organization_of
 
 
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
@@ -238,7 +295,9 @@ class CredentialStore:
     def __init__(self, path: Path | None, *, dev_credentials: bool = False) -> None:
         self.path = path
         self.dev_credentials = dev_credentials
-        self._credentials = load_principals(path) if path else {}
+        loaded = read_principals_file(path) if path else PrincipalsFile({}, {})
+        self._credentials = loaded.credentials
+        self.organizations = loaded.organizations  # account → organization id, for the request context
         if path:
             _warn_if_shared(path)
             self._warn_if_empty()
@@ -246,7 +305,8 @@ class CredentialStore:
     def reload(self) -> None:
         """Re-read the principals file (SIGHUP); a broken file keeps the old credentials."""
         if self.path:
-            self._credentials = load_principals(self.path)
+            loaded = read_principals_file(self.path)
+            self._credentials, self.organizations = loaded.credentials, loaded.organizations
             self._warn_if_empty()
 
     def _warn_if_empty(self) -> None:

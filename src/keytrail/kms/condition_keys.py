@@ -230,6 +230,10 @@ _DERIVED: dict[str, Derive] = {
     # a Deny on `Bool: false` refuses sessions, while an IAM user's long-term keys leave it absent.
     "aws:multifactorauthpresent": lambda ctx: _session_mfa(ctx.call.principal.type),
     "aws:resourceaccount": _key_value(lambda key: key.account),
+    # Absent for an account in no organization, as for AWS callers outside one: a data-perimeter
+    # `StringNotEqualsIfExists` lets them through, a `StringNotEquals` denies them.
+    "aws:principalorgid": lambda ctx: ctx.call.organizations.get(ctx.call.principal.account),
+    "aws:resourceorgid": lambda ctx: ctx.call.organizations.get(ctx.key.account) if ctx.key is not None else None,
     "kms:keyspec": _key_value(lambda key: str(key.key_spec)),
     "kms:customermasterkeyspec": _key_value(lambda key: str(key.key_spec)),
     "kms:keyusage": _key_value(lambda key: str(key.key_usage)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -83,6 +84,9 @@ class CallContext:
     user_agent: str = ""
     secure_transport: bool = False
     tls_details: dict[str, str] | None = field(default=None)
+    # Each account's AWS Organizations id, as the principals file lists them (aws:PrincipalOrgID,
+    # aws:ResourceOrgID); an account not listed is in no organization.
+    organizations: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def account(self) -> str:

@@ -14,6 +14,7 @@ from keytrail.api.credentials import (
     PrincipalsFileError,
     load_principals,
     read_admin_principals,
+    read_principals_file,
     write_admin_principals,
 )
 from keytrail.kms.context import IdentityType
@@ -42,6 +43,43 @@ def test_users_roles_and_their_policies_load(tmp_path: Path) -> None:
     app = loaded["ASIAAPP0000000000001"].principal
     assert app.arn == "arn:aws:sts::111122223333:assumed-role/app/s"
     assert app.policies[0]["Statement"][0]["Effect"] == "Allow"
+
+
+ORGANIZATION = '[[organization]]\nid = "o-a1b2c3d4e5"\naccounts = ["111122223333", "444455556666"]\n'
+
+
+def test_organizations_give_each_listed_account_its_organization_id(tmp_path: Path) -> None:
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE + ORGANIZATION + ORGANIZATION.replace("a1b2c3d4e5", "f6g7h8i9j0").replace(
+        '"111122223333", "444455556666"', '"777788889999"'))
+    loaded = read_principals_file(path)
+    assert loaded.organizations == {"111122223333": "o-a1b2c3d4e5", "444455556666": "o-a1b2c3d4e5",
+                                    "777788889999": "o-f6g7h8i9j0"}
+    assert list(loaded.credentials) == ["AKIAALICE000000000001"]
+    path.write_text(ALICE)
+    assert read_principals_file(path).organizations == {}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (ORGANIZATION.replace("[[organization]]", "[organization]"),
+     "organizations are [[organization]] tables (note the double brackets)"),
+    (ORGANIZATION.replace("o-a1b2c3d4e5", "o-A1B2C3D4E5"), "organization #1: 'id' must be an AWS Organizations id"),
+    (ORGANIZATION.replace("o-a1b2c3d4e5", "a1b2c3d4e5"), "organization #1: 'id' must be an AWS Organizations id"),
+    (ORGANIZATION.replace('id = "o-a1b2c3d4e5"\n', ""), "organization #1: 'id' must be an AWS Organizations id"),
+    (ORGANIZATION.replace('"444455556666"', '"4444"'), "organization #1: 'accounts' must be a list of 12-digit"),
+    (ORGANIZATION.replace('["111122223333", "444455556666"]', "[]"), "'accounts' must be a list of 12-digit"),
+    (ORGANIZATION.replace('["111122223333", "444455556666"]', '"111122223333"'), "'accounts' must be a list"),
+    (ORGANIZATION + 'root = "r-ab12"\n', "organization #1: unknown field 'root' (an organization has id, accounts)"),
+    (ORGANIZATION * 2, "organization #2: organization o-a1b2c3d4e5 is listed twice"),
+    (ORGANIZATION + ORGANIZATION.replace("a1b2c3d4e5", "f6g7h8i9j0"),
+     "organization #2: account 111122223333 is in organization o-a1b2c3d4e5 already"),
+])
+def test_organization_mistakes_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE + text)
+    with pytest.raises(PrincipalsFileError) as caught:
+        read_principals_file(path)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(("text", "message"), [

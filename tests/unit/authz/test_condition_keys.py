@@ -219,6 +219,19 @@ def test_principal_tags_are_read_by_any_case_of_their_key() -> None:
     assert RequestContext(call(root()), None, {}, lambda: NOW)("aws:principaltag/team") is None
 
 
+def test_organization_ids_are_those_of_the_callers_and_the_keys_accounts() -> None:
+    """aws:PrincipalOrgID and aws:ResourceOrgID were always absent: a key policy allowing "any
+    principal of my organization" allowed nobody, and a data-perimeter Deny denied everybody."""
+    outside = "444455556666"
+    organizations = {ACCOUNT: "o-a1b2c3d4e5"}
+    ctx = RequestContext(call(user("alice"), organizations=organizations), TAGGED, {}, lambda: NOW)
+    assert (ctx("aws:principalorgid"), ctx("aws:resourceorgid")) == ("o-a1b2c3d4e5", "o-a1b2c3d4e5")
+    stranger = dataclasses.replace(user("alice"), account=outside)
+    ctx = RequestContext(call(stranger, organizations=organizations), None, {}, lambda: NOW)
+    assert (ctx("aws:principalorgid"), ctx("aws:resourceorgid")) == (None, None)  # no organization, no key
+    assert RequestContext(call(user("alice")), TAGGED, {}, lambda: NOW)("aws:principalorgid") is None
+
+
 class _Usage:
     """A LastUsageSource with a fixed answer."""
 
