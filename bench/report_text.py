@@ -50,7 +50,10 @@ METHOD = """\
   lower of keytrail's median Encrypt req/s from the table and a wrk run just before it) over 64
   keep-alive connections, in its own process, and measures each latency from the request's
   *scheduled* send time, so time spent waiting for a free connection counts (no coordinated
-  omission).
+  omission). Three interleaved rounds of 5 s (keytrail, then audit off and the ceiling at the same
+  rate), as the table's: the figures are each target's round of median p99, every round's p99
+  beside them (one run's p99 rests on its slowest 1 % alone, and one server's runs minutes apart
+  read 8 to 31 ms).
 - **Scale**: keys are added in-process before the server starts (`bench/population.py`: the
   first by `KmsService.execute("CreateKey")` on the node's SQLite store with the same key policy,
   the others as copies of it with their own ids and freshly generated material, 2,000 to a
