@@ -69,6 +69,17 @@ def flip_bit(segment: Path, position: int) -> None:
         handle.write(bytes([byte ^ 1]))
 
 
+def overwrite(segment: Path, position: int, data: bytes) -> bytes:
+    """Write `data` over the bytes at `position` of `segment` in place (as `flip_bit`); return the
+    bytes it replaced, to put back."""
+    with segment.open("r+b") as handle:
+        handle.seek(position)
+        replaced = handle.read(len(data))
+        handle.seek(position)
+        handle.write(data)
+    return replaced
+
+
 def rewrite_segment(data_dir: Path, edit: object, *, fix_checksums: bool = True) -> None:
     """Rewrite the first segment's records through `edit(list[bytes]) -> list[bytes]`, as an
     attacker with write access would (recomputing each frame's CRC unless told not to)."""

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from keytrail.transport import segment_log
 from keytrail.transport.segment_log import CutShort, LogLockedError, SegmentLog
-from tests.support.audit_records import flip_bit
+from tests.support.audit_records import flip_bit, overwrite
 
 
 def _payloads(count: int, size: int = 40) -> list[bytes]:
@@ -174,18 +174,6 @@ def _header_written_soon(segment: Path, payload: bytes) -> Iterator[None]:
         writer.join()
 
 
-def _zero_header_of_record(segment: Path, index: int) -> bytes:
-    """Write zeros over the frame header of record `index` of `segment` (its first payloads are
-    `_payloads`); return the header, to put back."""
-    at = sum(8 + len(payload) for payload in _payloads(index))
-    with segment.open("r+b") as handle:
-        handle.seek(at)
-        header = handle.read(8)
-        handle.seek(at)
-        handle.write(bytes(8))
-    return header
-
-
 def test_a_hole_of_zeros_in_the_segment_a_writer_appends_to_is_held_at_once_it_stays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A record's header zeroed in the live segment read as the writer's batch in progress: every
@@ -195,7 +183,8 @@ def test_a_hole_of_zeros_in_the_segment_a_writer_appends_to_is_held_at_once_it_s
     log.append(_payloads(20))
     log.sync()
     active = _segment(tmp_path)
-    header = _zero_header_of_record(active, 10)
+    tenth = sum(8 + len(payload) for payload in _payloads(10))
+    header = overwrite(active, tenth, bytes(8))  # record 10's header
     log.append(_payloads(3))  # the writer appends on after it
     log.sync()
     reader = SegmentLog(tmp_path)
@@ -205,9 +194,7 @@ def test_a_hole_of_zeros_in_the_segment_a_writer_appends_to_is_held_at_once_it_s
     assert SegmentLog(tmp_path).damage() == (
         f"{active.name}: the record at offset 10 is a hole of zeros (not a write in progress: it stayed over 0.2 s); "
         "readers stop there, and the writer appends its records after it, unread")
-    with active.open("r+b") as handle:  # the operator puts the header back
-        handle.seek(sum(8 + len(payload) for payload in _payloads(10)))
-        handle.write(header)
+    overwrite(active, tenth, header)  # the operator puts it back
     assert reader.end_offset() == 23 and not reader.held_at_end()
     assert SegmentLog(tmp_path).damage() is None
 

@@ -15,7 +15,7 @@ from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSo
 from keytrail.transport import segment_log
 from keytrail.transport.segment_log import SegmentLog
 from keytrail.transport.segment_reader import StallWatch
-from tests.support.audit_records import flip_bit
+from tests.support.audit_records import flip_bit, overwrite
 
 
 def _records(start: int, stop: int) -> list[bytes]:
@@ -249,52 +249,39 @@ async def test_a_following_source_held_at_a_damaged_record_says_so_once_and_read
         f"the consumer reads the event log in {tmp_path} again (it was held at offset {damaged_at})"]
 
 
+def _flip_a_bit(active: Path, record_at: int) -> Callable[[], None]:
+    """Flip a bit in the payload of the record at file position `record_at`; return its repair."""
+    flip_bit(active, record_at + 9)
+    return lambda: flip_bit(active, record_at + 9)  # flipped again, restored
+
+
+def _zero_its_header(active: Path, record_at: int) -> Callable[[], None]:
+    """Write zeros over the header of the record at file position `record_at`; return its repair."""
+    header = overwrite(active, record_at, bytes(8))
+
+    def restore() -> None:
+        overwrite(active, record_at, header)
+
+    return restore
+
+
+@pytest.mark.parametrize(("damage", "said"), [
+    (_flip_a_bit, "the record at offset 5 is damaged; readers stop there, and the writer appends its records after"),
+    # A header of zeros looked like the writer's batch in progress, for good.
+    (_zero_its_header, "the record at offset 5 is a hole of zeros (not a write in progress: it stayed over 0.05 s)"),
+])
 async def test_a_following_source_held_at_damage_in_the_writers_segment_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[Path, int], Callable[[], None]], said: str,
 ) -> None:
     """Damage in the segment the writer appends to held the consumer where the end looked to be:
     no line, no held gauge, a lag of 0, and the writer's records after it never counted."""
-    log = SegmentLog(tmp_path, writable=True)
-    log.append(_records(0, 10))
-    log.sync()
-    [active] = sorted(tmp_path.glob("*.seg"))
-    fifth = 5 * (8 + len(_records(0, 1)[0]))
-    flip_bit(active, fifth + 9)  # in record 5's payload
-    log.append(_records(10, 12))
-    log.sync()
-    told: list[int | None] = []
-    source = SegmentLogSource(tmp_path, max_records=7, follow=True, poll_seconds=0.01, on_held=told.append)
-    with caplog.at_level("WARNING", logger="keytrail.transport.segment_reader"):
-        task, offsets = await _follow_until_held(source, caplog)
-        held = [r.getMessage() for r in caplog.records]
-        assert offsets == list(range(5)) and told == [5]
-        flip_bit(active, fifth + 9)  # the operator restores the record's bytes
-        await _until(lambda: offsets[-1:] == [11])
-        source.stop.set()
-        await task
-    log.close()
-    assert offsets == list(range(12)) and told == [5, None]
-    [line] = held
-    assert f"the consumer reads the event log in {tmp_path} no further than offset 5, at least 1 record before" in line
-    assert "the record at offset 5 is damaged; readers stop there, and the writer appends its records after" in line
-
-
-async def test_a_following_source_held_at_a_hole_of_zeros_in_the_writers_segment_says_so(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A record's header zeroed in the live segment looked like the writer's batch in progress: the
-    consumer waited there for good, in silence, the writer's records after it never counted."""
     monkeypatch.setattr(segment_log, "HOLE_SECONDS", 0.05)
     log = SegmentLog(tmp_path, writable=True)
     log.append(_records(0, 10))
     log.sync()
     [active] = sorted(tmp_path.glob("*.seg"))
-    fifth = 5 * (8 + len(_records(0, 1)[0]))
-    with active.open("r+b") as segment:
-        segment.seek(fifth)
-        header = segment.read(8)
-        segment.seek(fifth)
-        segment.write(bytes(8))
+    restore = damage(active, 5 * (8 + len(_records(0, 1)[0])))  # record 5
     log.append(_records(10, 12))
     log.sync()
     told: list[int | None] = []
@@ -303,9 +290,7 @@ async def test_a_following_source_held_at_a_hole_of_zeros_in_the_writers_segment
         task, offsets = await _follow_until_held(source, caplog)
         held = [r.getMessage() for r in caplog.records]
         assert offsets == list(range(5)) and told == [5]
-        with active.open("r+b") as segment:  # the operator restores the header
-            segment.seek(fifth)
-            segment.write(header)
+        restore()  # the operator restores the record's bytes
         await _until(lambda: offsets[-1:] == [11])
         source.stop.set()
         await task
@@ -313,7 +298,7 @@ async def test_a_following_source_held_at_a_hole_of_zeros_in_the_writers_segment
     assert offsets == list(range(12)) and told == [5, None]
     [line] = held
     assert f"the consumer reads the event log in {tmp_path} no further than offset 5, at least 1 record before" in line
-    assert "the record at offset 5 is a hole of zeros (not a write in progress: it stayed over 0.05 s)" in line
+    assert said in line
 
 
 async def test_a_following_source_held_at_a_deleted_segment_names_the_records_missing(
