@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -595,3 +595,64 @@ async def _sent(producer: AIOKafkaProducer, values: list[bytes]) -> None:
     for value in values:
         await producer.send(AUDIT, value, partition=0)
     await producer.flush()
+
+
+async def test_standalone_detect_judges_history_audit_import_added_as_of_its_end(tmp_path: Path) -> None:
+    """Last year's CloudTrail imported into a node that ships to Kafka: `detect --kafka` judged its
+    keys as of the clock, and every key of it was idle for months, the one in use until the history
+    ends too. The shipper marks those records, and the detector judges them as of the history's end,
+    as serve's detector and `detect --cloudtrail` do."""
+    from keytrail.transport.topics import IMPORTED_HEADER
+    from tests.support.server import KeytrailServer
+    from tests.unit.detect.records import create_key
+
+    start, in_use, idle = datetime(2025, 1, 1, tzinfo=UTC), key_arn(41), key_arn(42)
+    history = [create_key(start, in_use), create_key(start, idle), event("Decrypt", start, idle),
+               *[event("Decrypt", start + timedelta(days=day), in_use) for day in range(0, 200, 5)]]
+    trail = tmp_path / "trail.json"
+    trail.write_text(json.dumps({"Records": history}))
+    node = tmp_path / "node"
+    imported = subprocess.run([sys.executable, "-m", "keytrail", "audit", "import", "--data-dir", str(node),
+                               str(trail)], capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    with kafka_broker() as bootstrap:
+        server = KeytrailServer(node, "--kafka", bootstrap, "--no-detector").start()
+        try:
+            server.client("alice").create_key()  # a call this node answered: no mark
+        finally:
+            assert server.stop() == 0  # SIGTERM: the spool is shipped
+        headers = await _headers(bootstrap, len(history) + 1)
+        proc = subprocess.Popen([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap,
+                                 "--data-dir", str(tmp_path / "detector"), "--tick-every", "0"])
+        alarms = tmp_path / "detector" / "alarms.jsonl"
+        try:
+            async with asyncio.timeout(60):
+                while _latest(alarms, idle) == 0:
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # the ticks after the last batch
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
+    assert {event_id: headers.pop(event_id) for event_id in [record["eventID"] for record in history]} == {
+        record["eventID"]: [IMPORTED_HEADER] for record in history}
+    assert list(headers.values()) == [[]]  # the CreateKey this node answered
+    unused = {alarm["keyArn"] for alarm in map(json.loads, alarms.read_text().splitlines())
+              if alarm["rule"] == "unused-key"}
+    assert unused == {idle}
+
+
+async def _headers(bootstrap: str, count: int) -> dict[str, list[tuple[str, bytes]]]:
+    """The headers of the audit topic's first `count` messages, by their eventID."""
+    from keytrail.audit.schema import decode
+
+    consumer = AIOKafkaConsumer(AUDIT, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        got: dict[str, list[tuple[str, bytes]]] = {}
+        async with asyncio.timeout(30):
+            while len(got) < count:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    got |= {decode(m.value)["eventID"]: list(m.headers) for m in messages}
+        return got
+    finally:
+        await consumer.stop()

@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, ensure_topic
+from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, ensure_topic
 from tests.support.services import free_port, kafka_broker
 
 pytestmark = pytest.mark.integration
@@ -17,28 +17,29 @@ TOPIC = "link.test"
 PARTITIONS = [0, 1, 2]
 
 
-def _messages(count: int) -> list[tuple[bytes | None, bytes]]:
-    return [(f"arn:aws:kms:us-east-1:111122223333:key/{i % 7}".encode(), f"value-{i}".encode())
-            for i in range(count)]
+def _messages(count: int) -> list[Message]:
+    """Keyed messages, every third with a header."""
+    return [(f"arn:aws:kms:us-east-1:111122223333:key/{i % 7}".encode(), f"value-{i}".encode(),
+             [("n", b"%d" % i)] if i % 3 == 0 else []) for i in range(count)]
 
 
-async def _consume(bootstrap: str, want: int) -> list[tuple[int, bytes | None, bytes]]:
+async def _consume(bootstrap: str, want: int) -> list[tuple[int, bytes, list[tuple[str, bytes]]]]:
     consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
-    found: list[tuple[int, bytes | None, bytes]] = []
+    found: list[tuple[int, bytes, list[tuple[str, bytes]]]] = []
     try:
         async with asyncio.timeout(30):
             while len(found) < want:
                 batches = await consumer.getmany(timeout_ms=500)
-                found += [(m.partition, m.key, m.value) for ms in batches.values() for m in ms if m.value]
+                found += [(m.partition, m.value, list(m.headers)) for ms in batches.values() for m in ms if m.value]
     finally:
         await consumer.stop()
     return found
 
 
 async def test_keyed_messages_land_where_the_default_partitioner_puts_them_in_order() -> None:
-    messages = [*_messages(500), (None, b"key-less")]
+    messages = [*_messages(500), (None, b"key-less", [])]
     with kafka_broker() as bootstrap:
         await ensure_topic(bootstrap, TOPIC, len(PARTITIONS))
         async with KafkaProducerLink(bootstrap) as link:
@@ -46,9 +47,10 @@ async def test_keyed_messages_land_where_the_default_partitioner_puts_them_in_or
         found = await _consume(bootstrap, len(messages))
     default = DefaultPartitioner()
     expected: dict[int, list[bytes]] = {partition: [] for partition in PARTITIONS}
-    for key, value in messages:  # key-less messages go to the first partition
+    for key, value, _ in messages:  # key-less messages go to the first partition
         expected[default(key, PARTITIONS, PARTITIONS) if key else PARTITIONS[0]].append(value)
-    assert {p: [value for q, _, value in found if q == p] for p in PARTITIONS} == expected
+    assert {p: [value for q, value, _ in found if q == p] for p in PARTITIONS} == expected
+    assert {value: headers for _, value, headers in found} == {value: headers for _, value, headers in messages}
 
 
 async def test_a_broker_that_restarted_empty_is_never_taken_as_having_stored_the_records() -> None:

@@ -25,4 +25,4 @@ async def test_a_batch_the_broker_refuses_for_its_size_is_records_too_large(refu
     link._build = build  # type: ignore[method-assign]
     link._send_partition = refuse  # type: ignore[method-assign]
     with pytest.raises(RecordsTooLarge, match=refusal.__name__):
-        await link.send_batch("topic", [(b"key", b"value")])
+        await link.send_batch("topic", [(b"key", b"value", [])])

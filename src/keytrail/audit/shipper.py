@@ -2,8 +2,9 @@
 
 It runs in its own process (audit/shipping.py), reading the event log from the shipped offset
 (persisted in `<data-dir>/audit/shipped-offset`) up to the durable end the serving process tells
-it. It sends each record keyed by its key ARN (account id for key-less calls) and advances the
-offset only after the broker acknowledged. When the broker is down, records wait in the spool and
+it. It sends each record keyed by its key ARN (account id for key-less calls), with the
+`IMPORTED_HEADER` header when `keytrail audit import` added it, and advances the offset only after
+the broker acknowledged. When the broker is down, records wait in the spool and
 the shipper retries with backoff until it is back.
 """
 
@@ -17,12 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from keytrail.audit.imported import ImportedSpans
+from keytrail.audit.integrity import beside, imported_offsets
 from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import open_regular, write_bytes
 from keytrail.transport.frames import framed_size
-from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge, ensure_topic
+from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, RecordsTooLarge, ensure_topic
 from keytrail.transport.segment_reader import SegmentReader, StallWatch
-from keytrail.transport.topics import AUDIT_TOPIC
+from keytrail.transport.topics import AUDIT_TOPIC, IMPORTED_HEADER
 
 __all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
 
@@ -136,6 +139,7 @@ class Shipper:
         moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset);
         `on_held(offset)` as it is held in front of a record it cannot read, `on_held(None)` as it reads on."""
         self.bootstrap = bootstrap
+        self.log_dir = log_dir
         self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
         # Held at a damaged record, it shipped nothing more, in silence, until the
         # unshipped records reached the spool's cap and the node refused every call.
@@ -147,6 +151,7 @@ class Shipper:
         self._durable_end = durable_end
         self._committed = committed
         self._on_shipped = on_shipped
+        self._imported = ImportedSpans(())  # read at `run`: an import cannot add to a log its node holds
         self._stop = asyncio.Event()
         self.connected = False
         self.linger = LINGER_SECONDS
@@ -155,6 +160,7 @@ class Shipper:
         """Ship until `stop`; reconnect with backoff whenever the broker fails."""
         delay = 0.2
         pause = _Pause(self.bootstrap)
+        self._imported = ImportedSpans(await asyncio.to_thread(imported_offsets, beside(self.log_dir)))
         while not self._stop.is_set():
             try:
                 await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor)
@@ -210,7 +216,7 @@ class Shipper:
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
         # no longer has and drops them: `send_batch` raises then, and `run` recreates the topic.
         try:
-            await link.send_batch(self.topic, [(message_key_bytes(value) or None, value) for value in values])
+            await link.send_batch(self.topic, self._messages(first, values))
         except RecordsTooLarge as error:
             raise _too_large(error, first, values) from error
         after = first + len(values)
@@ -218,3 +224,9 @@ class Shipper:
         if self._on_shipped is not None:
             self._on_shipped(after, framed_size(values))
         return len(values)
+
+    def _messages(self, first: int, values: Sequence[bytes]) -> list[Message]:
+        """The Kafka messages of the records read at `first` on."""
+        holds = self._imported.holds
+        return [(message_key_bytes(value) or None, value, [IMPORTED_HEADER] if holds(offset) else [])
+                for offset, value in enumerate(values, first)]

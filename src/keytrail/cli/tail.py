@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from bisect import bisect_right
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from keytrail.audit.imported import ImportedSpans
 from keytrail.audit.integrity import imported_offsets
 from keytrail.audit.trail import audit_paths
 from keytrail.detect.alarms import Alarm
@@ -113,7 +112,7 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
     last_tick = loop.time()
     caught_up = False
     # Read once: an import cannot add to the log while this node holds it.
-    imported = _Imported(await asyncio.to_thread(imported_offsets, audit_paths(data_dir)[1]))
+    imported = ImportedSpans(await asyncio.to_thread(imported_offsets, audit_paths(data_dir)[1]))
     async for values, offset, spans in _follow(data_dir, start, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS, held):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
             for run, from_import in imported.runs(values, spans):  # a damaged value costs itself, not its batch
@@ -129,28 +128,6 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
                 announce(await runner.tick(behind=len(values) == DETECTOR_BATCH))  # a full batch: more waits
                 last_tick = loop.time()
         judged(offset)  # judged, or passed over
-
-
-class _Imported:
-    """The event log's offsets that hold history `keytrail audit import` added."""
-
-    def __init__(self, spans: Sequence[range]) -> None:
-        ordered = sorted(spans, key=lambda span: span.start)
-        self._starts = [span.start for span in ordered]
-        self._spans = ordered
-
-    def holds(self, offset: int) -> bool:
-        index = bisect_right(self._starts, offset) - 1
-        return index >= 0 and offset in self._spans[index]
-
-    def runs(self, values: list[bytes], spans: Sequence[range]) -> Iterator[tuple[list[bytes], bool]]:
-        """`values`, read at the offsets of `spans`, in runs of one origin: imported or not."""
-        if not self._spans:  # no import: the batch whole, nothing looked up
-            yield from ([(values, False)] if values else [])
-            return
-        located = zip(itertools.chain.from_iterable(spans), values, strict=True)
-        for from_import, run in itertools.groupby(located, key=lambda pair: self.holds(pair[0])):
-            yield [value for _, value in run], from_import
 
 
 async def judged_up_to(end: int, judged: Callable[[], int], seconds: float = DETECTOR_TICK_SECONDS) -> bool:

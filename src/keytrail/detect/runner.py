@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from keytrail.audit.imported import origin_runs
 from keytrail.clock import Clock
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.engine import Detector
@@ -198,7 +199,8 @@ class DetectorRunner:
         announce = announce or (lambda alarms: None)
         async for batch in batches:
             with batch_guard(batch.where):
-                announce(await self.feed_values(batch.values))
+                for values, imported in origin_runs(batch.values, batch.imported):
+                    announce(await self.feed_values(values, imported=imported))
                 # Until then the detector replays the past, the partitions each at its own point in
                 # time: a tick as of the latest event read judged keys on part of their history
                 # (unused-key for a key whose later uses were still unread in a slower partition).

@@ -30,7 +30,7 @@ from keytrail.transport.cloudtrail_logs import (
     iter_log_files,
     readable_records,
 )
-from keytrail.transport.topics import AUDIT_TOPIC
+from keytrail.transport.topics import AUDIT_TOPIC, is_imported
 
 __all__ = [
     "AUDIT_TOPIC",
@@ -57,6 +57,9 @@ class ValueBatch:
 
     values: list[bytes]
     where: str
+    # Whether each value is history `keytrail audit import` added (its shipper marked it); empty
+    # when none is.
+    imported: Sequence[bool] = ()
     caught_up: bool = True  # read as far as the source held at the start: no longer replaying the past
     # Records of the source after this batch, per partition (`<topic>-<n>`), as of its fetch: once
     # the batch is judged, how far the detector is behind (`DetectorRunner.lag`).
@@ -178,12 +181,15 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
             _say_passed_over(topic, fetched, reading)
-            values = [m.value for msgs in fetched.values() for m in msgs if m.value is not None]
+            messages = [m for msgs in fetched.values() for m in msgs if m.value is not None]
+            values = [m.value for m in messages]
+            imported = [is_imported(m.headers) for m in messages]
             reading = {part: await consumer.position(part) for part in consumer.assignment()}
             began_again = await read_again_where_log_ended_below(consumer, reading, "detector")
             behind = {part: end for part, end in behind.items()
                       if part not in began_again and await consumer.position(part) < end}
-            yield ValueBatch(values, _offsets(topic, fetched), caught_up=not behind, lag=_lag(consumer, reading))
+            yield ValueBatch(values, _offsets(topic, fetched), imported if any(imported) else (), caught_up=not behind,
+                             lag=_lag(consumer, reading))
     finally:
         await consumer.stop()
 

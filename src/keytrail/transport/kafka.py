@@ -29,7 +29,8 @@ _YIELD_EVERY = 500  # records appended to batches between yields to the serving 
 _ABANDON_SECONDS = 0.5  # a producer's stop after a cancelled send, at most
 _PARTITION_CACHE = 1 << 16  # key ARNs remembered with their partition (murmur2 costs ~11 µs a key)
 
-Message = tuple[bytes | None, bytes]
+Headers = list[tuple[str, bytes]]  # aiokafka takes a list, no other sequence
+Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
 
 
 class BrokerLostRecords(RuntimeError):
@@ -118,7 +119,7 @@ class KafkaProducerLink:
         await self._producer.stop()
 
     async def send_batch(self, topic: str, messages: Sequence[Message]) -> None:
-        """Send (key, value) messages, in order within each partition; return once all are
+        """Send (key, value, headers) messages, in order within each partition; return once all are
         acknowledged and the acknowledgements are plausible, else raise."""
         batches = await self._build(topic, messages)
         try:
@@ -131,19 +132,19 @@ class KafkaProducerLink:
         """Closed record batches per partition (a partition gets more than one only past 256 KiB)."""
         partitions = await self._partitions_of(topic)
         batches: dict[int, list[BatchBuilder]] = {}
-        for index, (key, value) in enumerate(messages, 1):
+        for index, (key, value, headers) in enumerate(messages, 1):
             builders = batches.setdefault(self._partition(topic, key, partitions), [])
-            if not builders or builders[-1].append(key=key, value=value, timestamp=None) is None:
-                builders.append(self._new_batch(key, value))
+            if not builders or builders[-1].append(key=key, value=value, timestamp=None, headers=headers) is None:
+                builders.append(self._new_batch(key, value, headers))
             if index % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # a full round must not hold the serving loop for ms
         for builders in batches.values():
             builders[-1].close()  # closed: sent at once, no linger
         return batches
 
-    def _new_batch(self, key: bytes | None, value: bytes) -> BatchBuilder:
+    def _new_batch(self, key: bytes | None, value: bytes, headers: Headers) -> BatchBuilder:
         builder = self._producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
             raise ValueError(f"an audit record of {len(value)} bytes does not fit in a Kafka batch")
         return builder
 

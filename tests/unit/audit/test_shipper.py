@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from keytrail.audit.shipper import ShippedOffset, Shipper, _Pause
-from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, RecordsTooLarge
+from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, RecordsTooLarge
 from keytrail.transport.segment_log import SegmentLog
 
 # A payload whose first field (keyArn, a string in branch 2 of its union) message_key_bytes reads.
@@ -26,9 +26,9 @@ class _Link:
     """Stands for the Kafka producer: keeps what it was sent."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[bytes | None, bytes]] = []
+        self.sent: list[Message] = []
 
-    async def send_batch(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def send_batch(self, topic: str, messages: list[Message]) -> None:
         self.sent += messages
 
 
@@ -46,7 +46,7 @@ async def test_shipping_from_an_offset_retention_deleted_stops_at_the_durable_en
     link = _Link()
     while await shipper._ship_once(cast(KafkaProducerLink, cast(Any, link))):  # a segment a round
         pass
-    assert [value for _, value in link.sent] == [_payload(offset) for offset in range(start, 30)]
+    assert [value for _, value, _ in link.sent] == [_payload(offset) for offset in range(start, 30)]
     assert shipped.value == 30
 
 
@@ -57,8 +57,8 @@ class _RefusingLink(_Link):
         super().__init__()
         self.limit = limit
 
-    async def send_batch(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-        if any(len(value) > self.limit for _, value in messages):
+    async def send_batch(self, topic: str, messages: list[Message]) -> None:
+        if any(len(value) > self.limit for _, value, _ in messages):
             raise RecordsTooLarge("MessageSizeTooLargeError")
         await super().send_batch(topic, messages)
 
@@ -114,9 +114,9 @@ async def test_a_record_the_broker_refuses_as_too_large_is_named_in_an_error_and
 class _ForgetfulLink(_RefusingLink):
     """Stands for a broker that came back empty: it acknowledges at offset 0 again, once."""
 
-    async def send_batch(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def send_batch(self, topic: str, messages: list[Message]) -> None:
         if not self.sent:
-            self.sent.append((None, b""))
+            self.sent.append((None, b"", []))
             raise BrokerLostRecords(f"{topic}[0] acknowledged at offset 0, expected 2 or more: the broker lost records")
         await super().send_batch(topic, messages)
 
@@ -132,7 +132,7 @@ async def test_a_broker_that_lost_records_is_an_error_saying_how_to_send_them_ag
         await asyncio.sleep(0.05)
     await shipper.stop()
     await asyncio.wait_for(running, 5)
-    assert [value for _, value in link.sent[1:]] == [_payload(2), _payload(3)]  # shipping went on
+    assert [value for _, value, _ in link.sent[1:]] == [_payload(2), _payload(3)]  # shipping went on
     [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert error == (
         "audit shipping to broker:9092: keytrail.audit.v1[0] acknowledged at offset 0, expected 2 or more: the "
