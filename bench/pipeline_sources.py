@@ -182,7 +182,7 @@ async def _produce(workdir: Path, kafka: str, topic: str) -> int:
     async with KafkaProducerLink(kafka) as link:
         while offset < end:
             batch = log.read(offset, _PRODUCE_CHUNK)
-            await link.send_batch(topic, [(message_key_bytes(value), value) for _, value in batch])
+            await link.send_batch(topic, [(message_key_bytes(value), value, []) for _, value in batch])
             offset = batch[-1][0] + 1
     return end - log.start_offset()
 
