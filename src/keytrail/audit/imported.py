@@ -23,9 +23,6 @@ class ImportedSpans:
         self._starts = [span.start for span in ordered]
         self._spans = ordered
 
-    def __bool__(self) -> bool:
-        return bool(self._spans)
-
     def holds(self, offset: int) -> bool:
         index = bisect_right(self._starts, offset) - 1
         return index >= 0 and offset in self._spans[index]

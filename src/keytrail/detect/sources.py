@@ -188,8 +188,8 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
             began_again = await read_again_where_log_ended_below(consumer, reading, "detector")
             behind = {part: end for part, end in behind.items()
                       if part not in began_again and await consumer.position(part) < end}
-            yield ValueBatch(values, _offsets(topic, fetched), imported if any(imported) else (), caught_up=not behind,
-                             lag=_lag(consumer, reading))
+            yield ValueBatch(values, _offsets(topic, fetched), imported=imported if any(imported) else (),
+                             caught_up=not behind, lag=_lag(consumer, reading))
     finally:
         await consumer.stop()
 
