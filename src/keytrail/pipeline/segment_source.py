@@ -12,6 +12,7 @@ from keytrail.audit.integrity import beside, imported_offsets
 from keytrail.log_lines import retention_gap
 from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.pipeline.state import SEGMENT_LOG_PARTITION
+from keytrail.transport.frames import Payloads
 from keytrail.transport.segment_reader import SegmentReader, StallWatch
 
 __all__ = ["SEGMENT_LOG_PARTITION", "SegmentLogSource"]
@@ -75,16 +76,28 @@ class SegmentLogSource:
                 continue
             if first > self._offset:
                 self._passed_over(first)
-            # Offsets within a read are consecutive (the log numbers its records one by one).
-            self._offset = first + len(values)
-            read = range(first, self._offset)
-            yield Batch(SEGMENT_LOG_PARTITION, read, values=values, source_end=end, began_again=began_again,
-                        causal=_outside(read, imported))
+            yield self._batch(first, values, end, began_again, imported)
             began_again = False
             if self.follow and len(values) < self.max_records and self._offset >= end:
                 # Following a live log: let records gather, so each batch's fixed cost (decode,
                 # aggregate, state) is shared by many events instead of paid per few calls.
                 await self._pause(self.gather_seconds)
+        if self.follow:
+            # Stopped (serve stops): the calls answered just before were in the log, unread, and
+            # the state checkpointed without them; `keytrail usage` and cost after the stop missed
+            # them until the next start. One more read takes them; one only, so that a consumer far
+            # behind still stops at once.
+            first, values, end = await asyncio.to_thread(reader.read, self._offset, self.max_records)
+            if values and first == self._offset:
+                yield self._batch(first, values, end, began_again, imported)
+
+    def _batch(self, first: int, values: Payloads, end: int, began_again: bool, imported: Sequence[range]) -> Batch:
+        """The batch of `values` read at `first` on, the log ending at `end`; the offset moves past it."""
+        # Offsets within a read are consecutive (the log numbers its records one by one).
+        self._offset = first + len(values)
+        read = range(first, self._offset)
+        return Batch(SEGMENT_LOG_PARTITION, read, values=values, source_end=end, began_again=began_again,
+                     causal=_outside(read, imported))
 
     async def _replaced_below(self, reader: SegmentReader) -> bool:
         """Whether the record before the start offset is not one the state counted: the audit folder

@@ -316,14 +316,22 @@ def test_tail_follows_a_new_trail_started_after_the_old_was_moved_aside(tmp_path
     command = _tail_json(tmp_path, 1)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as tail:
         assert tail.stdout is not None and tail.stderr is not None
-        assert json.loads(tail.stdout.readline())["eventID"] == encrypt_call(19).event_id
+        assert _event_id_shown(tail) == encrypt_call(19).event_id
         (tmp_path / "audit").rename(tmp_path / "audit.old")  # as docs/audit-events.md advises for a new trail
         fill_trail(tmp_path, 3)  # its offsets 0..2, below the 20 shown
-        followed = [json.loads(tail.stdout.readline())["eventID"] for _ in range(3)]
+        followed = [_event_id_shown(tail) for _ in range(3)]
         tail.terminate()
         note = tail.stderr.read()
     assert sorted(followed) == [encrypt_call(i).event_id for i in range(3)]
     assert "the event log's folder was replaced" in note
+
+
+def _event_id_shown(tail: subprocess.Popen[str]) -> str:
+    """The eventID of the next line `tail` prints; if it ended instead, what it said, in the failure."""
+    assert tail.stdout is not None and tail.stderr is not None
+    line = tail.stdout.readline()
+    assert line, f"audit tail ended, exit {tail.wait(10)}: {tail.stderr.read()}"
+    return str(json.loads(line)["eventID"])
 
 
 def _frames(segment: Path) -> list[tuple[int, bytes]]:
