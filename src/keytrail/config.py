@@ -42,6 +42,11 @@ class ServeSettings:
     max_unshipped_bytes: int = 1 << 30
 
     @property
+    def principals_file(self) -> Path:
+        """The principals file serve reads: --principals, else the one it keeps in the data dir."""
+        return self.principals or self.data_dir / "principals.toml"
+
+    @property
     def scheme(self) -> str:
         return "https" if (self.tls_cert or self.tls_self_signed) else "http"
 

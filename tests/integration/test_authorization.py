@@ -707,7 +707,8 @@ def test_an_mfa_deny_refuses_role_sessions_not_long_term_keys(server: KeytrailSe
                        f"kms:Encrypt on resource: {key} with an explicit deny in a resource-based policy")
 
 
-def test_organization_conditions_let_in_the_organizations_accounts_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dev_clock", [False, True], ids=["detector-child", "in-process-detector"])
+def test_organization_conditions_let_in_the_organizations_accounts_only(tmp_path: Path, dev_clock: bool) -> None:
     """A key policy opening the key to "any principal of my organization", behind a data-perimeter
     Deny on callers outside it: aws:PrincipalOrgID was always absent, so it let in nobody."""
     stranger = "777788889999"
@@ -715,7 +716,7 @@ def test_organization_conditions_let_in_the_organizations_accounts_only(tmp_path
         f"arn:aws:iam::{stranger}:user/dave", "AKIADAVE000000000001", "dave-secret", PRINCIPALS["alice"][3], None)})
     principals.write_text(principals.read_text() + f'\n[[organization]]\nid = "o-a1b2c3d4e5"\n'
                                                    f'accounts = ["{ACCOUNT}", "{OTHER_ACCOUNT}"]\n')
-    server = KeytrailServer(tmp_path / "data", principals=principals).start()
+    server = KeytrailServer(tmp_path / "data", principals=principals, dev_clock=dev_clock).start()
     try:
         in_organization = {"StringEquals": {"aws:PrincipalOrgID": "o-a1b2c3d4e5"}}
         key = new_key(server.client("alice"), policy(
@@ -728,6 +729,18 @@ def test_organization_conditions_let_in_the_organizations_accounts_only(tmp_path
         assert error_of(dave.encrypt, KeyId=key, Plaintext=b"x") == ("AccessDeniedException", (
             f"User: arn:aws:iam::{stranger}:user/dave is not authorized to perform: kms:Encrypt on resource: {key} "
             "with an explicit deny in a resource-based policy"))
+        # serve's detector trusts the key account's own organization as it does the account: only the
+        # same opening to another organization is permissive (judged in order: once its alarm is in,
+        # the first key was judged too)
+        shared_elsewhere = new_key(server.client("alice"), policy(
+            statement(f"arn:aws:iam::{ACCOUNT}:root", "kms:*"),
+            statement("*", "kms:Encrypt", Condition={"StringEquals": {"aws:PrincipalOrgID": "o-f6g7h8i9j0"}})))
+        alarms = server.data_dir / "alarms.jsonl"
+        eventually_blocking(lambda: alarms.exists() and shared_elsewhere in alarms.read_text(),
+                            what="the permissive-key alarm of the key opened to another organization")
+        flagged = [a for line in alarms.read_text().splitlines() if (a := json.loads(line))["rule"] == "permissive-key"]
+        assert [a["keyArn"] for a in flagged] == [shared_elsewhere]  # (dave's denial raised its own alarm)
+        assert "org o-f6g7h8i9j0" in flagged[0]["summary"]
     finally:
         server.stop()
 

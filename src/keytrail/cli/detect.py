@@ -44,6 +44,7 @@ from keytrail.cli.console import (
 # `keytrail detect --help` or `keytrail analyze --help` (commands.py).
 if TYPE_CHECKING:
     from keytrail.detect import Alarm, RuleSet
+    from keytrail.detect.checks.permissive import OrganizationOf
     from keytrail.detect.hooks import HooksConfig
     from keytrail.detect.inventory import IdentityItem, KeyInventoryItem
     from keytrail.detect.runner import DetectorRunner
@@ -97,6 +98,11 @@ def detect(
     ] = None,
     fmt: FormatOption = "table",
     config: ConfigOption = None,
+    principals: Annotated[
+        Path | None,
+        path_option("--principals", help="Principals file (TOML) whose [[organization]] tables say which "
+                    "organization each account is in: permissive-key trusts a key's own."),
+    ] = None,
     tick_every: Annotated[
         float, typer.Option("--tick-every", callback=number_in_range(0),
                             help="Seconds between time-rule checks (live; 0: after every batch).")
@@ -117,6 +123,7 @@ def detect(
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail detect")
     try:
         rules, hooks = detector_settings(config, delivering=bool(kafka))  # offline, alarms are printed
+        organization_of = _organizations(principals)
         if cloudtrail and kafka:  # one source per run, as consume has it: either alone would silently win
             raise BadInput("--kafka and --cloudtrail name two sources: give one")
         if cloudtrail:
@@ -126,7 +133,8 @@ def detect(
                 raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
             if problem := log_files_problem(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
-            _print_offline(run_offline(cloudtrail, rules, _time(as_of) if as_of else None), fmt)
+            _print_offline(run_offline(cloudtrail, rules, _time(as_of) if as_of else None,
+                                       organization_of=organization_of), fmt)
         elif kafka:
             if as_of is not None:  # live time rules tick as of the events read, never as of a given time
                 raise BadInput("--as-of goes with --cloudtrail (offline), not --kafka")
@@ -140,7 +148,7 @@ def detect(
             # the alarms go to keytrail.alarms.v1 on the cluster it reads, as serve's detector sends
             # them on serve's --kafka: where the nodes run --no-detector, no one else would
             live_hooks = hooks.with_flags(mqtt=mqtt, kafka=kafka)
-            _run_live_or_fail(kafka, data_dir, rules, live_hooks, tick_every, metrics)
+            _run_live_or_fail(kafka, data_dir, rules, live_hooks, tick_every, metrics, organization_of)
         else:
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
     except BrokenPipeError:  # what reads the alarms is gone (`| head -1`): quietly, exit 1, as click ends it
@@ -148,6 +156,19 @@ def detect(
     except (BadInput, RuleError, ValueError, OSError) as exc:
         typer.echo(f"keytrail detect: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _organizations(principals: Path | None) -> OrganizationOf | None:
+    """The organizations of `--principals`' [[organization]] tables; BadInput if it cannot be read."""
+    if principals is None:
+        return None
+    from keytrail.api.credentials import PrincipalsFileError
+    from keytrail.cli.organizations import PrincipalsOrganizations
+
+    try:
+        return PrincipalsOrganizations(principals)
+    except PrincipalsFileError as exc:
+        raise BadInput(f"--principals: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -160,14 +181,16 @@ class OfflineRun:
 
 
 def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None,
-                run_events: int | None = None) -> OfflineRun:
+                run_events: int | None = None, organization_of: OrganizationOf | None = None) -> OfflineRun:
     """Every alarm the rules raise over CloudTrail files, time rules evaluated as of `as_of`.
-    `run_events`: events sorted in memory at once (`detect.time_order`, RUN_EVENTS by default)."""
+    `run_events`: events sorted in memory at once (`detect.time_order`, RUN_EVENTS by default);
+    `organization_of`: the accounts' organizations (`--principals`)."""
     from keytrail.detect import Detector
+    from keytrail.detect.checks.permissive import no_organization
     from keytrail.detect.sources import read_cloudtrail_events
     from keytrail.detect.time_order import RUN_EVENTS
 
-    detector = Detector(rules)
+    detector = Detector(rules, organization_of=organization_of or no_organization)
     with read_cloudtrail_events(paths, up_to=as_of, run_events=run_events or RUN_EVENTS) as (events, read):
         _say_what_was_read(read, as_of)
         detector.process_events(events)
@@ -215,7 +238,7 @@ def _metrics_socket(host: str, port: int) -> socket.socket:
 
 def _run_live_or_fail(
     bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
-    metrics: socket.socket | None = None,
+    metrics: socket.socket | None = None, organization_of: OrganizationOf | None = None,
 ) -> None:
     from aiokafka.errors import KafkaError
 
@@ -223,7 +246,7 @@ def _run_live_or_fail(
 
     log_to_stderr(BARE_FORMAT)  # aiokafka's lines while the broker is down would bury keytrail's own
     try:
-        asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every, metrics))
+        asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every, metrics, organization_of))
     except KafkaError as exc:  # the broker out of reach at start: nothing to retry from yet
         typer.echo(f"keytrail detect: --kafka {bootstrap}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -231,9 +254,10 @@ def _run_live_or_fail(
 
 async def _run_live(
     bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
-    metrics: socket.socket | None,
+    metrics: socket.socket | None, organization_of: OrganizationOf | None,
 ) -> None:
     from keytrail.detect.alarm_tally import AlarmTally
+    from keytrail.detect.checks.permissive import no_organization
     from keytrail.detect.runner import DetectorRunner
     from keytrail.detect.sources import kafka_values
 
@@ -243,7 +267,8 @@ async def _run_live(
         asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
     tally = AlarmTally()  # from zero at each start, as Prometheus counters are
     try:
-        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules) as runner, \
+        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules,
+                                       organization_of=organization_of or no_organization) as runner, \
                 _serving_metrics(metrics, tally.counts, rules, runner):
             tally.remember(runner.delivered_ranks())  # counted by the run that delivered them
             await runner.run(kafka_values(bootstrap), tick_every=tick_every,
@@ -306,9 +331,10 @@ def analyze(
             data_dir = data_dir or Path("keytrail-data")
             items = asyncio.run(_store_inventory(data_dir))
             principals = principals or _node_principals(data_dir)
-        identities = read_identities(principals) if principals else []
+        identities, organization_of = read_identities(principals) if principals else ([], None)
         principals_checked = f" and {counted(len(identities), 'principal')}" if identities else ""
-        _print(analyze_keys(items, rules, identities), fmt, over=counted(len(items), "key") + principals_checked)
+        _print(analyze_keys(items, rules, identities, organization_of), fmt,
+               over=counted(len(items), "key") + principals_checked)
         if inventory is not None and rules.enabled("rotation-disabled"):
             _note_unknown_rotation(items, inventory)
     except BrokenPipeError:  # as in `detect`: a closed output pipe is no bad input
@@ -347,19 +373,21 @@ def _node_principals(data_dir: Path) -> Path | None:
     return None
 
 
-def read_identities(path: Path) -> list[IdentityItem]:
+def read_identities(path: Path) -> tuple[list[IdentityItem], OrganizationOf]:
     """Each principal of a principals file (by the ARN its policies name: a role's, not its
-    sessions') with its identity policies; entries of one principal are taken together."""
-    from keytrail.api.credentials import load_principals
+    sessions') with its identity policies, entries of one principal taken together; and the
+    organization of each account its [[organization]] tables list."""
+    from keytrail.api.credentials import read_principals_file
     from keytrail.detect.inventory import IdentityItem
 
     if not path.exists():
         raise BadInput(f"principals file {path} does not exist")
+    loaded = read_principals_file(path)
     policies: dict[str, list[dict[str, Any]]] = {}
-    for credential in load_principals(path).values():
+    for credential in loaded.credentials.values():
         mine = policies.setdefault(credential.principal.policy_arn, [])
         mine += [doc for doc in credential.principal.policies if doc not in mine]
-    return [IdentityItem(arn, tuple(docs)) for arn, docs in policies.items()]
+    return [IdentityItem(arn, tuple(docs)) for arn, docs in policies.items()], loaded.organizations.get
 
 
 async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
@@ -412,13 +440,16 @@ async def _inventory_item(store: SqliteStore, key: Key, aliases: tuple[str, ...]
 
 
 def analyze_keys(
-    items: Iterable[KeyInventoryItem], rules: RuleSet | None = None, identities: Iterable[IdentityItem] = ()
+    items: Iterable[KeyInventoryItem], rules: RuleSet | None = None, identities: Iterable[IdentityItem] = (),
+    organization_of: OrganizationOf | None = None,
 ) -> list[Alarm]:
     """permissive-key and rotation-disabled alarms for an inventory and principals (the key store
     and the principals file are wired in here by `keytrail analyze`)."""
+    from keytrail.detect.checks.permissive import no_organization
     from keytrail.detect.inventory import analyze_inventory
 
-    return analyze_inventory(items, rules=rules, identities=identities)
+    return analyze_inventory(items, rules=rules, identities=identities,
+                             organization_of=organization_of or no_organization)
 
 
 def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[RuleSet, HooksConfig]:

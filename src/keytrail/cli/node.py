@@ -511,7 +511,9 @@ def _start_detector(node: Node) -> None:
     settings = node.settings
     rules, hooks = detector_settings(settings.config)
     hooks = hooks.with_flags(mqtt=settings.mqtt, kafka=settings.kafka)
-    runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock)
+    credentials = node.app.credentials  # its organizations as serve's SIGHUP last read them
+    runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock,
+                                 organization_of=lambda account: credentials.organizations.get(account))
     node.alarm_tally.remember(runner.delivered_ranks())  # counted by the run that delivered them
     node.detector = runner
     node.on_clock_advanced.append(lambda: _detector_catch_up(node))

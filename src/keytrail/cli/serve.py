@@ -337,7 +337,7 @@ async def _built_node(settings: ServeSettings, hold: DataDirHold) -> Built:
         new_trail = settings.audit and (new_trail or SIGNING_KEY in pending)
         tls, new_certificate = tls_options(settings)
         admin = new_admin(settings, pending)
-        credentials = _credentials(settings, settings.principals or settings.data_dir / "principals.toml")
+        credentials = _credentials(settings, settings.principals_file)
         node = await build_node(settings, credentials, store, lifespan=False)
     except BaseException as exc:
         await store.close()

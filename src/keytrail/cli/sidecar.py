@@ -47,10 +47,12 @@ import typer
 
 from keytrail.children import ANALYTICS_NICENESS, ChildSpec
 from keytrail.cli.detect import BadInput, detector_settings
+from keytrail.cli.organizations import PrincipalsOrganizations
 from keytrail.cli.tail import detect_live
 from keytrail.clock import SystemClock
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
+from keytrail.detect.checks.permissive import no_organization
 from keytrail.detect.rules import RuleError
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.severity import Severity
@@ -93,7 +95,8 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], N
                        environment_defaults=ANALYTICS_ENVIRONMENT, on_exit=lambda: on_held("consumer", None))]
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
-        hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka}).encode() + b"\n"
+        hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka,
+                            "principals": str(settings.principals_file)}).encode() + b"\n"
         specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags),
                                _alarm_reader(on_alarm, on_judged, on_held), settings=hooks,
                                environment_defaults=ANALYTICS_ENVIRONMENT, on_exit=lambda: on_held("detector", None)))
@@ -173,11 +176,11 @@ def detector(
         log.error("detector child: its stdin ended before serve's hooks line; this child is started by keytrail serve")
         raise SystemExit(1)
     try:
-        mqtt, kafka = _flag_hooks(line)
+        mqtt, kafka, principals = _flag_hooks(line)
     except (ValueError, KeyError, TypeError) as exc:
         log.error("detector child: its hooks on stdin are unreadable (%s)", exc)
         raise SystemExit(1) from None
-    _run_child("detector", _detect(data_dir, config, mqtt, kafka))
+    _run_child("detector", _detect(data_dir, config, mqtt, kafka, principals))
 
 
 def _started_by_an_older_serve(sign: str) -> NoReturn:
@@ -207,13 +210,14 @@ def _first_line(fd: int, wait: float) -> bytes | None:
     return line
 
 
-def _flag_hooks(line: bytes) -> tuple[str | None, str | None]:
-    """(mqtt, kafka) from serve's line; ValueError, KeyError or TypeError if it is not what serve writes."""
+def _flag_hooks(line: bytes) -> tuple[str | None, str | None, Path | None]:
+    """(mqtt, kafka, principals file) from serve's line; ValueError, KeyError or TypeError if it is
+    not what serve writes (a serve before the principals were on it gives none: no organization)."""
     settings = json.loads(line)
-    mqtt, kafka = settings["mqtt"], settings["kafka"]
-    if not all(isinstance(value, str | None) for value in (mqtt, kafka)):
-        raise TypeError("mqtt and kafka are strings or null")
-    return mqtt, kafka
+    mqtt, kafka, principals = settings["mqtt"], settings["kafka"], settings.get("principals")
+    if not all(isinstance(value, str | None) for value in (mqtt, kafka, principals)):
+        raise TypeError("mqtt, kafka and principals are strings or null")
+    return mqtt, kafka, Path(principals) if principals else None
 
 
 class _SettingsUnusable(Exception):
@@ -251,7 +255,8 @@ async def _consume(data_dir: Path) -> None:
     await metrics.run()
 
 
-async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None) -> None:
+async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None,
+                  principals: Path | None) -> None:
     stopping = asyncio.Event()
     _stop_on_signal_or_eof(stopping)
     if not await hold_lock(detector_lock(data_dir), stopping):
@@ -260,8 +265,9 @@ async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: 
         rules, hooks = detector_settings(config)
     except (BadInput, RuleError, ValueError) as exc:  # as serve's own check (cli/serve.py) refuses them
         raise _SettingsUnusable(f"--config: {exc}") from None
+    organization_of = PrincipalsOrganizations(principals, strict=False) if principals else no_organization
     runner = DetectorRunner.open(data_dir, hooks=hooks.with_flags(mqtt=mqtt, kafka=kafka), rules=rules,
-                                 clock=SystemClock())
+                                 clock=SystemClock(), organization_of=organization_of)
     live = asyncio.create_task(detect_live(data_dir, runner, _print_alarms, _JudgedLines().judged,
                                            held=_tell_held))
     stop = asyncio.create_task(stopping.wait())

@@ -33,15 +33,22 @@ _ROOT_ARN = re.compile(r"arn:aws(?:-[a-z]+)*:iam::(\d{12}):root", re.ASCII)
 
 @dataclass(frozen=True, slots=True)
 class TrustZone:
-    """The key's account plus the accounts, orgs and administrators trusted with it."""
+    """The key's account plus the accounts, orgs and administrators trusted with it. The key
+    account's own organization (`key_org_id`, where the principals file puts the account in one)
+    is trusted as Access Analyzer's organization zone of trust is: `"*"` pinned to it by
+    aws:PrincipalOrgID is the documented way to share a key within an organization."""
 
     key_account: str
     trusted_accounts: frozenset[str] = frozenset()
     trusted_org_ids: frozenset[str] = frozenset()
     admin_principals: tuple[str, ...] = ()
+    key_org_id: str | None = None
 
     def trusts_account(self, account: str) -> bool:
         return account == self.key_account or account in self.trusted_accounts
+
+    def trusts_org(self, org_id: str) -> bool:
+        return org_id == self.key_org_id or org_id in self.trusted_org_ids
 
     def is_admin(self, principal: str) -> bool:
         # The key account's root delegates to IAM (the default key policy): an administrator.
@@ -235,7 +242,7 @@ class _StatementCheck:
 
     def _untrusted_pins(self, pinning: Pinning) -> list[str]:
         accounts = [f"account {a}" for a in sorted(pinning.accounts) if not self.zone.trusts_account(a)]
-        orgs = [f"org {o}" for o in sorted(pinning.org_ids) if o not in self.zone.trusted_org_ids]
+        orgs = [f"org {o}" for o in sorted(pinning.org_ids) if not self.zone.trusts_org(o)]
         arns = [
             f"source {a}"
             for a in sorted(pinning.arns)

@@ -13,7 +13,7 @@ from keytrail.detect.alarms import Alarm, AlarmBook, Finding
 from keytrail.detect.checks import Check
 from keytrail.detect.checks.deletion import KeyDeletionInUse
 from keytrail.detect.checks.newcomer import NewPrincipalOnKey
-from keytrail.detect.checks.permissive import PermissiveKey
+from keytrail.detect.checks.permissive import OrganizationOf, PermissiveKey, no_organization
 from keytrail.detect.checks.recon import KeyReconnaissance
 from keytrail.detect.checks.rotation import RotationDisabled
 from keytrail.detect.checks.spike import UsageSpike
@@ -35,8 +35,14 @@ class Detector:
     """Runs every enabled rule over events; `process` and `tick` return the alarms to announce
     (raised or escalated; `tick` adds the updates of open alarms)."""
 
-    def __init__(self, rules: RuleSet | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        rules: RuleSet | None = None,
+        clock: Clock | None = None,
+        organization_of: OrganizationOf = no_organization,
+    ) -> None:
         self.rules = rules or RuleSet()
+        self._organization_of = organization_of
         self.book = AlarmBook(self.rules)
         self.ledger = KeyLedger()
         self._clock = clock
@@ -51,7 +57,7 @@ class Detector:
         checks: list[Check] = [
             UnauthorizedDecrypt(r["unauthorized-decrypt"], ledger),
             UnusedKey(r["unused-key"], ledger),
-            PermissiveKey(r["permissive-key"]),
+            PermissiveKey(r["permissive-key"], self._organization_of),
             KeyDeletionInUse(r["key-deletion-in-use"], ledger),
             UsageSpike(r["usage-spike"], ledger),
             RotationDisabled(r["rotation-disabled"], ledger),

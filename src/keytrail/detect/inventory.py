@@ -18,7 +18,13 @@ from keytrail.detect.analyzer import (
     denied_everywhere,
 )
 from keytrail.detect.checks import arn_region_account
-from keytrail.detect.checks.permissive import identity_finding, policy_finding, trust_zone
+from keytrail.detect.checks.permissive import (
+    OrganizationOf,
+    identity_finding,
+    no_organization,
+    policy_finding,
+    trust_zone,
+)
 from keytrail.detect.checks.rotation import KeyExemptions, rotation_finding
 from keytrail.detect.conditions import arn_account
 from keytrail.detect.rules import RuleSet
@@ -76,21 +82,22 @@ def analyze_inventory(
     as_of: datetime | None = None,
     rules: RuleSet | None = None,
     identities: Iterable[IdentityItem] = (),
+    organization_of: OrganizationOf = no_organization,
 ) -> list[Alarm]:
     """One permissive-key alarm per key with findings, then one per principal whose identity
     policies may decrypt with every key, then one rotation-disabled alarm per key whose automatic
     rotation is off; stamped `as_of` (default: now; no rule here depends on time, the stamp
-    only dates the alarm)."""
+    only dates the alarm). `organization_of`: the accounts' organizations (a key's own is trusted)."""
     rules = rules or RuleSet()
     rule, book = rules["permissive-key"], AlarmBook(rules)
     stamp = as_of or SystemClock().now()
     keys = list(keys)
     for item in keys:
-        found = findings_for(item, rules)
+        found = findings_for(item, rules, organization_of)
         if found and rule.enabled:
             book.record(policy_finding(rule.id, item.key_arn, stamp, found))
     for identity in identities:
-        found = identity_findings(identity, rules)
+        found = identity_findings(identity, rules, organization_of)
         if found and rule.enabled:
             book.record(identity_finding(rule.id, identity.principal_arn, stamp, found))
     _record_rotation(keys, rules, book, stamp)
@@ -108,10 +115,12 @@ def _record_rotation(keys: Iterable[KeyInventoryItem], rules: RuleSet, book: Ala
             book.record(rotation_finding(rule.id, item.key_arn, stamp, item.aliases))
 
 
-def identity_findings(identity: IdentityItem, rules: RuleSet) -> list[PolicyFinding]:
+def identity_findings(
+    identity: IdentityItem, rules: RuleSet, organization_of: OrganizationOf = no_organization
+) -> list[PolicyFinding]:
     """decrypt-all-keys findings of one principal's identity policies, each naming its policy
     (1-based, in the principals file's order) and statement."""
-    zone = trust_zone(rules["permissive-key"], arn_account(identity.principal_arn) or "")
+    zone = trust_zone(rules["permissive-key"], arn_account(identity.principal_arn) or "", organization_of)
     found, denied = [], denied_everywhere(identity.policies)
     for number, policy in enumerate(identity.policies, 1):
         for finding in analyze_identity_policy(policy, identity.principal_arn, zone, denied=denied):
@@ -120,9 +129,11 @@ def identity_findings(identity: IdentityItem, rules: RuleSet) -> list[PolicyFind
     return found
 
 
-def findings_for(item: KeyInventoryItem, rules: RuleSet) -> list[PolicyFinding]:
+def findings_for(
+    item: KeyInventoryItem, rules: RuleSet, organization_of: OrganizationOf = no_organization
+) -> list[PolicyFinding]:
     """Every finding of one key's policy and grants."""
-    zone = trust_zone(rules["permissive-key"], arn_region_account(item.key_arn)[1] or "")
+    zone = trust_zone(rules["permissive-key"], arn_region_account(item.key_arn)[1] or "", organization_of)
     try:
         found = analyze_policy(item.policy, zone) if item.policy else []
     except ValueError as exc:  # json.JSONDecodeError is one

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from keytrail.audit.imported import origin_runs
 from keytrail.clock import Clock
 from keytrail.detect.alarms import Alarm
+from keytrail.detect.checks.permissive import OrganizationOf, no_organization
 from keytrail.detect.engine import Detector
 from keytrail.detect.events import KmsEvent
 from keytrail.detect.hooks import HooksConfig, build_sinks, outbox_paths
@@ -77,8 +78,10 @@ class DetectorRunner:
         hooks: HooksConfig | None = None,
         rules: RuleSet | None = None,
         clock: Clock | None = None,
+        organization_of: OrganizationOf = no_organization,
     ) -> DetectorRunner:
-        """A runner writing `<data_dir>/alarms.jsonl` plus the configured hooks (call inside the loop)."""
+        """A runner writing `<data_dir>/alarms.jsonl` plus the configured hooks (call inside the loop);
+        `organization_of`: the accounts' organizations (permissive-key trusts a key's own)."""
         hooks = hooks or HooksConfig()
         delivered = read_alarms(data_dir / "alarms.jsonl")
         # What alarms.jsonl holds is not announced again: what a hook had not been given of it
@@ -86,7 +89,7 @@ class DetectorRunner:
         paths = outbox_paths(data_dir, hooks)
         warn_of_stale(data_dir, [path for path in paths if path is not None])
         outboxes = [Outbox(path) if path is not None else None for path in paths]
-        return cls(Detector(rules, clock), build_sinks(data_dir, hooks), delivered, outboxes)
+        return cls(Detector(rules, clock, organization_of), build_sinks(data_dir, hooks), delivered, outboxes)
 
     async def feed(self, records: Iterable[Mapping[str, Any]], *, imported: bool = False) -> list[Alarm]:
         """Process CloudTrail records; returns (and delivers) the alarms raised or escalated.

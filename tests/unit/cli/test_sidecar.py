@@ -25,7 +25,9 @@ def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> Non
         assert child.environment_defaults == {"POLARS_MAX_THREADS": "1"}
     assert detector.argv[-4:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"))
     # on its stdin: a password in the MQTT URL would be readable by every user in its command line
-    assert json.loads(detector.settings or b"") == {"mqtt": "mqtt://h:1883", "kafka": "k:9092"}
+    # and the principals file serve reads, whose organizations the detector trusts (its own data dir's here)
+    assert json.loads(detector.settings or b"") == {"mqtt": "mqtt://h:1883", "kafka": "k:9092",
+                                                    "principals": str(tmp_path / "principals.toml")}
 
 
 def test_no_detector_runs_the_consumer_child_only(tmp_path: Path) -> None:

@@ -469,3 +469,21 @@ def test_a_statement_without_action_or_resource_is_no_finding(missing: str) -> N
     # statement, the policy statement has no effect" (API reference, PutKeyPolicy): AWS stores it.
     statement = {k: v for k, v in allow("*", "kms:*").items() if k != missing}
     assert codes(statement) == []
+
+
+@pytest.mark.parametrize(
+    ("condition", "key_org", "expected"),
+    [
+        ({"StringEquals": {"aws:PrincipalOrgID": "o-homeorg123"}}, "o-homeorg123", []),
+        ({"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-homeorg123/r-ab12/ou-ab12-11111111/"}}, "o-homeorg123",
+         []),
+        ({"StringEquals": {"aws:PrincipalOrgID": "o-homeorg123"}}, None, ["external-account"]),
+        ({"StringEquals": {"aws:PrincipalOrgID": "o-other"}}, "o-homeorg123", ["external-account"]),
+    ],
+    ids=["own-org", "own-org-path", "account-in-no-org", "another-org"],
+)
+def test_the_key_accounts_own_organization_is_trusted(
+    condition: dict[str, Any], key_org: str | None, expected: list[str]
+) -> None:
+    zone = TrustZone(ACCOUNT, key_org_id=key_org)
+    assert [f.code for f in analyze_policy(policy_doc(allow("*", condition=condition)), zone)] == expected

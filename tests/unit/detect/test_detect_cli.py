@@ -286,6 +286,45 @@ def test_analyze_inventory_with_principals_checks_their_identity_policies(app: t
     assert table.stdout.splitlines()[-1] == "1 alarm over 1 key and 3 principals"
 
 
+def _shared_with(org: str) -> str:
+    return policy_doc({"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+                       "Condition": {"StringEquals": {"aws:PrincipalOrgID": org}}})
+
+
+def test_detect_and_analyze_trust_the_key_accounts_organization_of_principals(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    """A key opened to its account's own organization is no finding once --principals says which
+    organization that is; one opened to another organization still is."""
+    log = write_log(tmp_path / "log.json", [create_key(T0, key_arn(1), _shared_with("o-homeorg123")),
+                                            create_key(T0, key_arn(2), _shared_with("o-otherorg12"))])
+    inventory = tmp_path / "keys.json"
+    inventory.write_text(json.dumps([{"KeyArn": key_arn(1), "Policy": _shared_with("o-homeorg123")},
+                                     {"KeyArn": key_arn(2), "Policy": _shared_with("o-otherorg12")}]))
+    principals = tmp_path / "principals.toml"
+    principals.write_text(f'[[organization]]\nid = "o-homeorg123"\naccounts = ["{ACCOUNT}"]\n')
+    for command in (["detect", "--cloudtrail", str(log)], ["analyze", "--inventory", str(inventory)]):
+        flagged = {}
+        for given in ([], ["--principals", str(principals)]):
+            result = runner.invoke(app, [*command, *given, "--format", "json"])
+            assert result.exit_code == 0, result.output
+            flagged[bool(given)] = [json.loads(line)["keyArn"] for line in result.stdout.splitlines()]
+        assert flagged == {False: [key_arn(1), key_arn(2)], True: [key_arn(2)]}, command
+
+
+@pytest.mark.parametrize("text", [None, "x = ["])
+def test_detect_refuses_a_missing_or_broken_principals_file_in_one_line(
+    app: typer.Typer, tmp_path: Path, text: str | None
+) -> None:
+    log = write_log(tmp_path / "log.json", [create_key(T0, key_arn(1))])
+    principals = tmp_path / "principals.toml"
+    if text is not None:
+        principals.write_text(text)
+    result = runner.invoke(app, ["detect", "--cloudtrail", str(log), "--principals", str(principals)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith(f"keytrail detect: --principals: {principals}")
+
+
 @pytest.mark.parametrize("command", ["detect", "analyze"])
 def test_a_kafka_hook_that_is_not_a_bootstrap_is_refused_like_the_flag(
     app: typer.Typer, tmp_path: Path, command: str

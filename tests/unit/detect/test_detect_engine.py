@@ -506,6 +506,23 @@ def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     assert alarm.details["trigger"] == "PutKeyPolicy"
 
 
+def test_a_policy_pinned_to_the_key_accounts_own_organization_raises_no_alarm() -> None:
+    """The organization the detector is told the key's account is in is trusted, as its account
+    is; pinned to another organization, or with the account in none, the same policy is flagged."""
+    def sharing_with(org: str) -> str:
+        return policy_doc({"Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt", "Resource": "*",
+                           "Condition": {"StringEquals": {"aws:PrincipalOrgID": org}}})
+
+    organizations = {ACCOUNT: "o-homeorg123"}
+    flagged: dict[str, list[str]] = {}
+    for org_of in ("known", "unknown"):
+        detector = Detector(organization_of=organizations.get if org_of == "known" else lambda account: None)
+        detector.process([create_key(T0, key_arn(1), sharing_with("o-homeorg123")),
+                          create_key(T0, key_arn(2), sharing_with("o-otherorg12"))])
+        flagged[org_of] = sorted(alarm.key_arn or "" for alarm in detector.alarms())
+    assert flagged == {"known": [key_arn(2)], "unknown": [key_arn(1), key_arn(2)]}
+
+
 def test_create_key_with_restricted_policy_and_default_policy_fire_nothing() -> None:
     restricted = policy_doc(
         {

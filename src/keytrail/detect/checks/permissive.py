@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from keytrail.detect.alarms import Finding
@@ -14,7 +14,11 @@ from keytrail.detect.events import KmsEvent
 from keytrail.detect.rules import Rule
 from keytrail.detect.severity import Severity
 
-__all__ = ["PermissiveKey", "identity_finding", "policy_finding", "trust_zone"]
+__all__ = ["OrganizationOf", "PermissiveKey", "identity_finding", "no_organization", "policy_finding", "trust_zone"]
+
+# An account's AWS Organizations organization id, None for an account in none (the principals
+# file's [[organization]] tables, which the detector is given by the command that runs it).
+OrganizationOf = Callable[[str], str | None]
 
 _WRITES = frozenset({"CreateKey", "PutKeyPolicy", "CreateGrant"})
 
@@ -28,13 +32,19 @@ IDENTITY_RECOMMENDATION = (
 )
 
 
-def trust_zone(rule: Rule, key_account: str) -> TrustZone:
-    """The trust zone of a key from the rule's parameters."""
+def no_organization(account: str) -> str | None:
+    """Where no principals file is known: every account is in no organization."""
+    return None
+
+
+def trust_zone(rule: Rule, key_account: str, organization_of: OrganizationOf = no_organization) -> TrustZone:
+    """The trust zone of a key from the rule's parameters and its account's organization."""
     return TrustZone(
         key_account,
         frozenset(map(str, rule.param("trusted_accounts"))),
         frozenset(map(str, rule.param("trusted_org_ids"))),
         tuple(map(str, rule.param("admin_principals"))),
+        organization_of(key_account) if key_account else None,
     )
 
 
@@ -104,8 +114,9 @@ class PermissiveKey:
     rule_id = "permissive-key"
     event_names = _WRITES
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, organization_of: OrganizationOf = no_organization) -> None:
         self.rule = rule
+        self.organization_of = organization_of
 
     def observe(self, event: KmsEvent) -> list[Finding]:
         if (
@@ -114,7 +125,8 @@ class PermissiveKey:
             or event.event_name not in _WRITES
         ):
             return []
-        found = self._analyze(event, trust_zone(self.rule, arn_region_account(event.key_arn)[1] or ""))
+        zone = trust_zone(self.rule, arn_region_account(event.key_arn)[1] or "", self.organization_of)
+        found = self._analyze(event, zone)
         if not found:
             return []
         return [
