@@ -158,12 +158,15 @@ def detect(
         raise typer.Exit(2) from None
 
 
-def _organizations(principals: Path | None) -> OrganizationOf | None:
-    """The organizations of `--principals`' [[organization]] tables; BadInput if it cannot be read."""
-    if principals is None:
-        return None
+def _organizations(principals: Path | None) -> OrganizationOf:
+    """The organizations of `--principals`' [[organization]] tables (none without it); BadInput if
+    it cannot be read."""
     from keytrail.api.credentials import PrincipalsFileError
     from keytrail.cli.organizations import PrincipalsOrganizations
+    from keytrail.detect.checks.permissive import no_organization
+
+    if principals is None:
+        return no_organization
 
     try:
         return PrincipalsOrganizations(principals)
@@ -238,7 +241,7 @@ def _metrics_socket(host: str, port: int) -> socket.socket:
 
 def _run_live_or_fail(
     bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
-    metrics: socket.socket | None = None, organization_of: OrganizationOf | None = None,
+    metrics: socket.socket | None, organization_of: OrganizationOf,
 ) -> None:
     from aiokafka.errors import KafkaError
 
@@ -254,10 +257,9 @@ def _run_live_or_fail(
 
 async def _run_live(
     bootstrap: str, data_dir: Path, rules: RuleSet, hooks: HooksConfig, tick_every: float,
-    metrics: socket.socket | None, organization_of: OrganizationOf | None,
+    metrics: socket.socket | None, organization_of: OrganizationOf,
 ) -> None:
     from keytrail.detect.alarm_tally import AlarmTally
-    from keytrail.detect.checks.permissive import no_organization
     from keytrail.detect.runner import DetectorRunner
     from keytrail.detect.sources import kafka_values
 
@@ -267,8 +269,7 @@ async def _run_live(
         asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
     tally = AlarmTally()  # from zero at each start, as Prometheus counters are
     try:
-        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules,
-                                       organization_of=organization_of or no_organization) as runner, \
+        async with DetectorRunner.open(data_dir, hooks=hooks, rules=rules, organization_of=organization_of) as runner, \
                 _serving_metrics(metrics, tally.counts, rules, runner):
             tally.remember(runner.delivered_ranks())  # counted by the run that delivered them
             await runner.run(kafka_values(bootstrap), tick_every=tick_every,

@@ -475,8 +475,8 @@ def test_a_statement_without_action_or_resource_is_no_finding(missing: str) -> N
     ("condition", "key_org", "expected"),
     [
         ({"StringEquals": {"aws:PrincipalOrgID": "o-homeorg123"}}, "o-homeorg123", []),
-        ({"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-homeorg123/r-ab12/ou-ab12-11111111/"}}, "o-homeorg123",
-         []),
+        ({"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-homeorg123/r-ab12/ou-ab12-11111111/"}},
+         "o-homeorg123", []),
         ({"StringEquals": {"aws:PrincipalOrgID": "o-homeorg123"}}, None, ["external-account"]),
         ({"StringEquals": {"aws:PrincipalOrgID": "o-other"}}, "o-homeorg123", ["external-account"]),
     ],
