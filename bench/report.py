@@ -98,9 +98,20 @@ def http_table(http: dict[str, Any]) -> list[str]:
         if _runs(http, target, SATURATED):  # the other audited servers' saturated runs: in the audit row
             lines.append(_row(median_cell(_runs(http, target, SATURATED)),
                               f"{label} · Encrypt, saturated (wrk -c{SATURATING_CONNECTIONS})", "", ""))
-    errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {r.get('error') or r.get('warning')}"
-              for r in http.get("runs", []) if r.get("error") or r.get("warning")]
+    errors = [f"- {r['target']} · {r['operation']} (round {r['round'] + 1}): {problem}"
+              for r in http.get("runs", []) if (problem := _problem(r))]
     return lines + (["", "Problems seen:", *errors] if errors else [])
+
+
+def _problem(run: dict[str, Any]) -> str | None:
+    """What went wrong in one run, if anything: its error or warning, and the wrk runs timed past
+    their end that were made again (`measure.machine_stopped`)."""
+    said = [run[name] for name in ("error", "warning") if run.get(name)]
+    if stopped := run.get("machine_stopped_runs_s"):
+        runs = ", ".join(f"{seconds:g} s" for seconds in stopped)
+        said.append(f"measured again after wrk timed run(s) of {runs} (the wall clock stepped, or the machine "
+                    "paused, during them)")
+    return "; ".join(said) or None
 
 
 def cpu_parts_table(http: dict[str, Any]) -> list[str]:

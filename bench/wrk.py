@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadResult", "parse_wrk_output", "run_wrk", "wrk_version"]
+__all__ = ["LoadResult", "parse_wrk_output", "run_wrk", "wrk_seconds", "wrk_version"]
 
 LUA = Path(__file__).with_name("kms.lua")
 _RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
@@ -55,13 +55,18 @@ def run_wrk(url: str, requests_file: Path, seconds: float, connections: int = 16
     binary = shutil.which("wrk")
     if binary is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    args = [binary, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+    args = [binary, f"-t{threads}", f"-c{connections}", f"-d{wrk_seconds(seconds)}s", "--timeout", "10s",
             "-s", str(LUA), url]
     env = {**os.environ, "KMS_REQ": str(requests_file)}
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-500:]}")
     return parse_wrk_output(done.stdout)
+
+
+def wrk_seconds(seconds: float) -> int:
+    """The whole seconds wrk runs when asked for `seconds` (its -d takes whole seconds)."""
+    return max(1, round(seconds))
 
 
 def wrk_version() -> str:

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import bench.measure as measure_module
 import pytest
-from bench.measure import median_cell
+from bench.measure import Durations, median_cell
 from bench.openloop import percentile
 from bench.presign import SEPARATOR, Signer, read_requests, write_requests
 from bench.procs import (
@@ -404,3 +406,44 @@ def test_the_scale_table_gives_the_start_peak_where_a_run_measured_it() -> None:
     assert "RSS peak by the start MB" in header
     assert measured == "| 100,000 | 1 | 4,397 | 8.57 | 255 | 312 | 286 | 601 | 6.4 |"
     assert earlier == "| 100,000 | 1 | 4,397 | 8.57 | 255 |  | 286 | 601 | 6.4 |"
+
+
+def test_a_wrk_run_timed_past_its_end_is_made_again_and_said_with_the_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A run of 4 s that wrk timed 13.4 s (the wall clock stepped, or the VM paused) is measured
+    again, at most twice more; the table names the runs set aside."""
+    def timed(seconds: float, requests: int = 16000) -> str:
+        return WRK_OUTPUT.replace("duration_us=5000612", f"duration_us={int(seconds * 1e6)}").replace(
+            "requests=25541", f"requests={requests}").replace("\\\n", "").replace(
+            "status_errors=12 connect_errors=0 read_errors=1 write_errors=0 timeouts=2",
+            "status_errors=0 connect_errors=0 read_errors=0 write_errors=0 timeouts=0")
+
+    class FakeTarget:
+        name, endpoint = "keytrail", "http://127.0.0.1:1"
+
+        process = SimpleNamespace(pid=os.getpid())
+
+        def sign(self, operation: str, path: Path, key_limit: int) -> Path:
+            return path
+
+        def pids(self) -> list[int]:
+            return [os.getpid()]
+
+    for timings, expected_stopped, expected_rps in (
+        ([4.0], None, 4000.0),
+        ([13.36, 4.02], [13.36], 16000 / 4.02),
+        ([13.36, 7.73, 9.1], [13.36, 7.73], 16000 / 9.1),  # no more than twice again: the last is kept
+    ):
+        runs = iter([2.0, *timings])  # the warm-up first
+        monkeypatch.setattr(measure_module, "run_wrk",
+                            lambda *_, runs=runs: parse_wrk_output(timed(next(runs))))
+        monkeypatch.setattr(measure_module, "_probe", lambda *_: None)
+        monkeypatch.setattr(measure_module, "wait_idle", lambda _: 0.0)
+        row = measure_module.measure(FakeTarget(), "Encrypt", tmp_path, Durations(warmup=2.0, seconds=4.0))
+        assert next(runs, None) is None  # every run asked for was made, no more
+        assert row.get("machine_stopped_runs_s") == expected_stopped
+        assert row["rps"] == pytest.approx(expected_rps)
+    problems = http_table({"runs": [{**row, "round": 0}]})
+    assert problems[-1] == ("- keytrail · Encrypt (round 1): measured again after wrk timed run(s) of 13.36 s, "
+                            "7.73 s (the wall clock stepped, or the machine paused, during them)")
