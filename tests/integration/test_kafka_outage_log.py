@@ -24,9 +24,11 @@ PAUSED_LINE = re.compile(r" WARNING keytrail\.audit\.shipper: audit shipping to 
 def test_serve_with_its_broker_down_logs_aiokafka_s_repeated_line_once_and_its_own_once(tmp_path: Path) -> None:
     """The audit shipper (serve's child) retries a closed port every 0.2, 0.4, … 5 s, aiokafka logging
     each failed connect: the first of those lines is written, the next ones left out for a minute.
-    The shipper's own 'paused' line likewise: it was written at every retry, 720 lines an hour."""
+    The shipper's own 'paused' line likewise: it was written at every retry, 720 lines an hour.
+    Stopped, it names the records it leaves in the log (it said so only for a broker that never answers)."""
     server = KeytrailServer(tmp_path / "data", "--kafka", f"127.0.0.1:{free_port()}", "--no-detector").start()
     try:
+        server.client().create_key()
         eventually_blocking(lambda: PAUSED_LINE.search(server.log.read_text()), what="shipping paused")
         time.sleep(6)  # retries after 0.2, 0.4, 0.8, 1.6 and 3.2 s: five more failed connects
     finally:
@@ -34,6 +36,8 @@ def test_serve_with_its_broker_down_logs_aiokafka_s_repeated_line_once_and_its_o
     log = server.log.read_text()
     assert len(PAUSED_LINE.findall(log)) == 1, log
     assert len(AIOKAFKA_LINE.findall(log)) == 1, log
+    assert re.search(r" WARNING keytrail\.audit\.shipping: audit shipping to \S+ stopped with records 0 to \d+ not "
+                     r"acknowledged: they wait in the event log", log), log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])

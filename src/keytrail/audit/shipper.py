@@ -161,7 +161,9 @@ class Shipper:
         delay = 0.2
         pause = _Pause(self.bootstrap)
         self._imported = ImportedSpans(await asyncio.to_thread(imported_offsets, beside(self.log_dir)))
-        while not self._stop.is_set():
+        # One attempt at least, stopped or not: a shipper child still starting as serve stopped it
+        # found its stop already set and ended without trying, the durable records left unsaid.
+        while True:
             try:
                 await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor)
                 async with KafkaProducerLink(self.bootstrap) as link:
@@ -178,6 +180,8 @@ class Shipper:
             except Exception as exc:  # broker down or unreachable: keep the records, retry
                 pause.failed(exc)
             self.connected = False
+            if self._stop.is_set():
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 5.0)

@@ -149,13 +149,14 @@ async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: st
     # its end (a signal from anyone else leaves the pipe open: then only what is there already).
     await asyncio.wait({listening}, timeout=STDIN_DRAIN_SECONDS)
     await shipper.stop()  # ships what is durable first, if the broker is there
+    how_long = ""
     try:
         await asyncio.wait_for(shipping, STOP_SECONDS)
-    except TimeoutError:  # a broker out of reach or not answering: shipping ends, the records stay
-        if shipper.shipped.value < durable_end:
-            log.warning("audit shipping to %s stopped after %g s with records %d to %d not acknowledged: they wait "
-                        "in the event log and go out at the next start", bootstrap, STOP_SECONDS,
-                        shipper.shipped.value, durable_end - 1)
+    except TimeoutError:  # a broker not answering: shipping ends, the records stay
+        how_long = f" after {STOP_SECONDS:g} s"
+    if shipper.shipped.value < durable_end:  # that broker, or one refusing connections
+        log.warning("audit shipping to %s stopped%s with records %d to %d not acknowledged: they wait in the event "
+                    "log and go out at the next start", bootstrap, how_long, shipper.shipped.value, durable_end - 1)
     listening.cancel()
 
 

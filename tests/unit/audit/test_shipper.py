@@ -175,6 +175,32 @@ async def test_a_broker_down_is_one_warning_while_it_lasts_and_one_when_shipping
     assert re.fullmatch(r"audit shipping to broker:9092 resumed after \d+ s paused", lines[1]), lines
 
 
+async def test_a_shipper_stopped_before_it_ran_still_ships_what_is_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipper child, still starting on a loaded machine as serve stopped it, read its stdin's end
+    at once: `run` found the stop already set and returned without a connection attempt, the durable
+    records neither shipped nor named as left behind."""
+    link = _DownLink(failures=0)
+    shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, [_payload(0), _payload(1)])
+    await shipper.stop()  # before `run` took its first step
+    await asyncio.wait_for(running, 5)
+    assert [value for _, value, _ in link.sent] == [_payload(0), _payload(1)]
+    assert shipped.value == 2
+
+
+async def test_a_shipper_stopped_with_the_broker_down_tries_once_more_and_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop during the wait between retries makes one more attempt (the broker may be back), then ends."""
+    link = _DownLink(failures=100)
+    shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, [_payload(0)])
+    while link.failures == 100:
+        await asyncio.sleep(0.01)
+    failures_before_stop = link.failures  # `run` waits to retry: its attempts never suspend here
+    await shipper.stop()
+    await asyncio.wait_for(running, 5)
+    assert link.failures == failures_before_stop - 1 and shipped.value == 0
+
+
 def test_a_long_outage_is_said_again_once_a_minute_with_the_retries_left_out(
         caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
