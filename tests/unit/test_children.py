@@ -154,3 +154,44 @@ async def test_a_long_line_neither_ends_the_reading_nor_is_cut(caplog: pytest.Lo
     await child.stop()
     assert lines == [b"a" * 100_000 + b"\n", b"after\n"]  # the one over LINE_LIMIT is left out, and said so
     assert "talker child: a line of its output over 1048576 bytes was left out" in caplog.text
+
+
+_LOWERED = """
+import os, sys
+from pathlib import Path
+import keytrail.children as children
+if len(sys.argv) > 1:  # a kernel without autogroups: no such file to write
+    children._AUTOGROUP = Path(sys.argv[1])
+before = os.nice(0)
+children.lower_priority(3)
+group = children._AUTOGROUP.read_text().split()[-1] if children._AUTOGROUP.exists() else "none"
+print(os.nice(0) - before, group)
+"""
+
+
+async def _lowered(*argv: str) -> list[str]:
+    """What the _LOWERED child printed, run as serve runs its children (a session of its own)."""
+    lines: list[bytes] = []
+    child = Child(ChildSpec("lowered", (*_python(_LOWERED), *argv), lines.append, first_backoff=60))
+    child.start()
+    await _wait_until(lambda: bool(lines))
+    await child.stop()
+    return lines[0].decode().split()
+
+
+def _autogroups() -> bool:
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return enabled.exists() and enabled.read_text().strip() == "1"
+
+
+@pytest.mark.skipif(not _autogroups(), reason="this kernel does not group sessions for the scheduler")
+async def test_a_child_lowers_its_sessions_scheduling_group_too() -> None:
+    # Each child has a session of its own: where sessions are autogroups, a niceness inside one
+    # weighs against nothing, so the group's is lowered too.
+    assert await _lowered() == ["3", "3"]
+
+
+async def test_without_autogroups_a_child_lowers_its_niceness_alone(tmp_path: Path) -> None:
+    missing = tmp_path / "autogroup"
+    assert await _lowered(str(missing)) == ["3", "none"]
+    assert not missing.exists()  # not created in its place

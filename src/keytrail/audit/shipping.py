@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from keytrail.audit.shipper import ShippedOffset, Shipper
-from keytrail.children import ANALYTICS_NICENESS, Child, ChildSpec
+from keytrail.children import Child, ChildSpec, lower_priority
 from keytrail.log_lines import log_to_stderr
 
 __all__ = ["ShipperProcess", "held_line"]
@@ -189,7 +189,7 @@ def held_line(offset: int | None) -> bytes:
 def main() -> None:
     log_to_stderr()
     log_dir, offset_file, bootstrap, topic, partitions, replication_factor = sys.argv[1:7]
-    os.nice(ANALYTICS_NICENESS)
+    lower_priority()
     asyncio.run(_ship(Path(log_dir), ShippedOffset(Path(offset_file)), bootstrap, topic, int(partitions),
                       int(replication_factor)))
 

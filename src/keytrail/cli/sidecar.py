@@ -45,7 +45,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from keytrail.children import ANALYTICS_NICENESS, ChildSpec
+from keytrail.children import ChildSpec, lower_priority
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.organizations import PrincipalsOrganizations
 from keytrail.cli.tail import detect_live
@@ -233,7 +233,7 @@ def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
     """Run a child's main at the analytics priority. A file it cannot write (a full disk), or a
     settings file broken since serve started, ends it with one log line: `serve` restarts it with a
     backoff, and it resumes from its last checkpoint (with the settings file as it is then)."""
-    os.nice(ANALYTICS_NICENESS)
+    lower_priority()
     try:
         asyncio.run(main)
     except (OSError, sqlite3.Error, _SettingsUnusable, _KafkaConsumersCount) as exc:
