@@ -43,8 +43,8 @@ def lower_priority(niceness: int = ANALYTICS_NICENESS) -> None:
     and where the kernel groups sessions for the scheduler (autogroups) the groups share the CPU
     first: a niceness inside a child's group weighs only against that group's own threads. So the
     group's niceness is lowered too. With only the process's lowered, the children's batches took
-    serve's core as if at its priority: open-loop p99 at 80 % of the maximum rate 12–14 ms, and
-    8–9.5 ms with the group's (docs/benchmark-history.md, forty-seventh session)."""
+    serve's core as if at its priority: open-loop p99 at 80 % of the maximum rate 13.3–13.8 ms, and
+    9.5–11.3 ms with the group's (docs/benchmarks.md, the levers table)."""
     os.nice(niceness)
     # Opened "r+": never created where the kernel has no autogroups (or cgroups decide instead).
     with contextlib.suppress(OSError), _AUTOGROUP.open("r+") as group:
