@@ -25,7 +25,7 @@ from keytrail.cli.sidecar import consumer_lock, detector_lock
 from keytrail.transport.segment_log import lock_held
 from tests.integration.e2e.support import consume_sync, eventually
 from tests.support.errors import aws_error
-from tests.support.processes import child_commands
+from tests.support.processes import autogroup_niceness, child_commands, sessions_are_scheduling_groups
 from tests.support.server import KeytrailServer
 from tests.support.services import kafka_broker, mosquitto
 
@@ -68,20 +68,11 @@ def _niceness(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
 
 
-def _autogroup_niceness(pid: int) -> int | None:
-    """The niceness of the scheduling group of `pid`'s session, where the kernel groups sessions
-    (autogroups on): what a process's own niceness weighs against. None where it does not."""
-    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    if not enabled.exists() or enabled.read_text().strip() != "1":
-        return None
-    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])  # "/autogroup-639 nice 10"
-
-
 def _runs_below_serve(serve: int, child: int) -> bool:
     """`child` runs ANALYTICS_NICENESS below `serve`, in its process and, where sessions are
     scheduling groups, in its group too (each child has a session of its own)."""
-    group = _autogroup_niceness(child)
-    return _niceness(child) == _niceness(serve) + ANALYTICS_NICENESS and group in (None, ANALYTICS_NICENESS)
+    grouped = not sessions_are_scheduling_groups() or autogroup_niceness(child) == ANALYTICS_NICENESS
+    return _niceness(child) == _niceness(serve) + ANALYTICS_NICENESS and grouped
 
 
 def _alarms_total(server: KeytrailServer, rule: str) -> float:

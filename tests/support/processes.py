@@ -1,5 +1,5 @@
-"""The child processes of a process, read from /proc (serve's sidecars and fsync helper), and how
-to start one that Ctrl-C reaches."""
+"""The child processes of a process, read from /proc (serve's sidecars and fsync helper), how
+to start one that Ctrl-C reaches, and how the kernel schedules them."""
 
 from __future__ import annotations
 
@@ -27,3 +27,15 @@ def child_commands(pid: int) -> dict[int, list[bytes]]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
             found[int(entry.name)] = args
     return found
+
+
+def sessions_are_scheduling_groups() -> bool:
+    """Whether this kernel groups each session's processes for the scheduler (autogroups on), so
+    that a process's niceness weighs only inside its session's group (keytrail.children.lower_priority)."""
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return enabled.exists() and enabled.read_text().strip() == "1"
+
+
+def autogroup_niceness(pid: int) -> int:
+    """The niceness of the scheduling group of `pid`'s session ("/autogroup-639 nice 10")."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])

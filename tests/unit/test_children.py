@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from keytrail.children import Child, ChildSpec
+from tests.support.processes import sessions_are_scheduling_groups
 
 
 def _python(code: str) -> tuple[str, ...]:
@@ -179,12 +180,7 @@ async def _lowered(*argv: str) -> list[str]:
     return lines[0].decode().split()
 
 
-def _autogroups() -> bool:
-    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    return enabled.exists() and enabled.read_text().strip() == "1"
-
-
-@pytest.mark.skipif(not _autogroups(), reason="this kernel does not group sessions for the scheduler")
+@pytest.mark.skipif(not sessions_are_scheduling_groups(), reason="this kernel has no autogroups")
 async def test_a_child_lowers_its_sessions_scheduling_group_too() -> None:
     # Each child has a session of its own: where sessions are autogroups, a niceness inside one
     # weighs against nothing, so the group's is lowered too.
