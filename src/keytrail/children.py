@@ -3,8 +3,10 @@ trail's Kafka shipper): restarted with a growing pause after an unexpected exit,
 SIGTERM, or by the end of their stdin (the shipper), and killed after a timeout.
 
 Each child gets a pipe as stdin: when `serve` dies, even by SIGKILL, the kernel closes it and the
-child sees end of file and exits (cli/sidecar.py, audit/shipping.py). Children run in their own
-session, so a terminal's Ctrl-C reaches `serve` only, which then stops them in order.
+child sees end of file and exits (cli/sidecar.py, audit/shipping.py). No child is in `serve`'s
+process group, so a terminal's Ctrl-C reaches `serve` only, which then stops them in order: a child
+runs either in a session of its own, or in serve's session as a process group of its own
+(`ChildSpec.in_serves_group`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ANALYTICS_NICENESS", "Child", "ChildSpec", "lower_priority", "without_store_secrets"]
+__all__ = ["ANALYTICS_NICENESS", "Child", "ChildSpec", "lower_priority", "run_when_idle", "without_store_secrets"]
 
 log = logging.getLogger("keytrail")
 
@@ -29,18 +31,21 @@ log = logging.getLogger("keytrail")
 LINE_LIMIT = 1 << 20
 _READ_SIZE = 1 << 16
 
-# Added to serve's niceness by the children that follow the event log (the consumer, the detector,
-# the Kafka shipper): about a tenth of its CPU share; cli/sidecar.py says why.
+# Added to serve's niceness by the Kafka shipper (`lower_priority`): about a tenth of its CPU share.
+# Not `SCHED_IDLE` as the consumer and detector: a shipper starved by a saturated core lets the
+# spool fill to its cap, and then calls are refused.
 ANALYTICS_NICENESS = 10
 
 # Where Linux groups a session's processes for the scheduler ("autogroup", on by default in most
 # distributions' kernels).
 _AUTOGROUP = Path("/proc/self/autogroup")
+# This process's threads.
+_THREADS = Path("/proc/self/task")
 
 
 def lower_priority(niceness: int = ANALYTICS_NICENESS) -> None:
-    """Run this child `niceness` below `serve`. Each child has a session of its own (`_run_once`),
-    and where the kernel groups sessions for the scheduler (autogroups) the groups share the CPU
+    """Run this child `niceness` below `serve`. For a child in a session of its own (`_run_once`):
+    where the kernel groups sessions for the scheduler (autogroups) the groups share the CPU
     first: a niceness inside a child's group weighs only against that group's own threads. So the
     group's niceness is lowered too. With only the process's lowered, the children's batches took
     serve's core as if at its priority: open-loop p99 at 80 % of the maximum rate 13.3–13.8 ms, and
@@ -49,6 +54,26 @@ def lower_priority(niceness: int = ANALYTICS_NICENESS) -> None:
     # Opened "r+": never created where the kernel has no autogroups (or cgroups decide instead).
     with contextlib.suppress(OSError), _AUTOGROUP.open("r+") as group:
         group.write(str(niceness))
+
+
+def run_when_idle() -> None:
+    """Run this child only when `serve`'s threads leave a core idle (`SCHED_IDLE`): for a child in
+    serve's session (`ChildSpec.in_serves_group`), so in serve's scheduling group, where a serving
+    thread that wakes takes the core from it at once. At a niceness, in a group of its own, its
+    batches of 5–20 ms held serve's core until their slice ended: open-loop p99 at 80 % of the
+    maximum rate 8.0 and 14.3 ms on two VMs, and 6.6 and 11.8 ms at `SCHED_IDLE` (docs/benchmarks.md,
+    the levers table). The policy is a thread's: set for each thread there is (imports have started
+    some), and inherited by those started later.
+
+    It also ignores SIGTTOU: in a background process group of serve's session, a child writing a
+    log line to a terminal set to `stty tostop` would otherwise be stopped for good."""
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        for thread in _THREADS.iterdir():
+            with contextlib.suppress(ProcessLookupError):  # one that ended meanwhile
+                os.sched_setscheduler(int(thread.name), os.SCHED_IDLE, os.sched_param(0))
+    except OSError:  # refused (a seccomp profile, a kernel without it): the niceness still weighs in serve's group
+        os.nice(ANALYTICS_NICENESS)
 
 
 # What serve alone needs to reach its key store: a child has no use for it, and unlike serve a
@@ -71,6 +96,9 @@ class ChildSpec:
     `stops_at_end_of_input`: the child finishes its work and exits at the end of its stdin, which is
     how `stop` ends it, with no SIGTERM: one that came while it still imported its modules, before
     it set its handler, would end it with that work undone (the Kafka shipper's last records).
+    `in_serves_group`: the child runs in serve's session, so in its scheduling group, as a process
+    group of its own (which Ctrl-C does not reach), and calls `run_when_idle`; else it has a session
+    of its own, and calls `lower_priority`.
     `on_exit` runs after each run of the child ends: what it told of its state no longer holds."""
 
     name: str
@@ -82,6 +110,7 @@ class ChildSpec:
     first_backoff: float = 0.5
     max_backoff: float = 30.0
     stops_at_end_of_input: bool = False
+    in_serves_group: bool = False
     on_exit: Callable[[], None] | None = None
 
 
@@ -123,9 +152,12 @@ class Child:
 
     async def _run_once(self) -> int:
         spec = self.spec
+        # The process group is taken between fork and exec (`preexec_fn`: uvloop has no `process_group`),
+        # so that no Ctrl-C reaches the child while it starts.
         self.process = process = await asyncio.create_subprocess_exec(
             *spec.argv, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=True,
+            stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=not spec.in_serves_group,
+            preexec_fn=os.setpgrp if spec.in_serves_group else None,
             env={**spec.environment_defaults, **without_store_secrets(os.environ)},
         )
         try:

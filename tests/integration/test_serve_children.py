@@ -46,14 +46,6 @@ def _fsync_helper(pid: int) -> int | None:
 def _held(path: Path) -> bool:
     """Whether another process holds the exclusive lock on `path`."""
     return lock_held(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
 
 
 def _alive(pid: int) -> bool:
@@ -70,9 +62,17 @@ def _niceness(pid: int) -> int:
 
 def _runs_below_serve(serve: int, child: int) -> bool:
     """`child` runs ANALYTICS_NICENESS below `serve`, in its process and, where sessions are
-    scheduling groups, in its group too (each child has a session of its own)."""
+    scheduling groups, in its group too (the Kafka shipper has a session of its own)."""
     grouped = not sessions_are_scheduling_groups() or autogroup_niceness(child) == ANALYTICS_NICENESS
     return _niceness(child) == _niceness(serve) + ANALYTICS_NICENESS and grouped
+
+
+def _runs_when_serve_idles(serve: int, child: int) -> bool:
+    """`child` is in serve's session (its scheduling group) but not in its process group (Ctrl-C's),
+    and each of its threads runs at SCHED_IDLE."""
+    threads = [int(thread.name) for thread in Path(f"/proc/{child}/task").iterdir()]
+    return (os.getsid(child) == os.getsid(serve) and os.getpgid(child) == child != os.getpgid(serve)
+            and all(os.sched_getscheduler(thread) == os.SCHED_IDLE for thread in threads))
 
 
 def _alarms_total(server: KeytrailServer, rule: str) -> float:
@@ -100,8 +100,8 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     children = _children(server.proc.pid)
     assert set(children) == {"consumer", "detector"}
     serve = server.proc.pid
-    eventually(lambda: all(_runs_below_serve(serve, pid) for pid in children.values()),
-               what="both children to lower their CPU priority")
+    eventually(lambda: all(_runs_when_serve_idles(serve, pid) for pid in children.values()),
+               what="both children to run at SCHED_IDLE in serve's session")
     for pid in children.values():  # polars on one thread each
         assert b"POLARS_MAX_THREADS=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 

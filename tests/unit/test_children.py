@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +192,37 @@ async def test_without_autogroups_a_child_lowers_its_niceness_alone(tmp_path: Pa
     missing = tmp_path / "autogroup"
     assert await _lowered(str(missing)) == ["3", "none"]
     assert not missing.exists()  # not created in its place
+
+
+_IDLE = """
+import os, signal
+import keytrail.children as children
+children.run_when_idle()
+print(os.getsid(0), os.getpgid(0), os.getpid(), os.sched_getscheduler(0) == os.SCHED_IDLE,
+      signal.getsignal(signal.SIGTTOU) == signal.SIG_IGN)
+"""
+
+
+async def test_a_child_in_serves_group_runs_when_serve_idles() -> None:
+    # In serve's session, so in its scheduling group, where SCHED_IDLE yields to serve's threads at
+    # once; in a process group of its own, taken before exec, so a terminal's Ctrl-C is serve's alone.
+    lines: list[bytes] = []
+    child = Child(ChildSpec("idle", _python(_IDLE), lines.append, first_backoff=60, in_serves_group=True))
+    child.start()
+    await _wait_until(lambda: bool(lines))
+    await child.stop()
+    session, group, pid, idle, ttou_ignored = lines[0].decode().split()
+    assert int(session) == os.getsid(0)
+    assert int(group) == int(pid) != os.getpgid(0)
+    assert idle == ttou_ignored == "True"
+
+
+async def test_a_child_of_its_own_session_is_in_neither_of_serves_groups() -> None:
+    lines: list[bytes] = []
+    code = "import os; print(os.getsid(0), os.getpgid(0), os.getpid())"
+    child = Child(ChildSpec("own", _python(code), lines.append, first_backoff=60))
+    child.start()
+    await _wait_until(lambda: bool(lines))
+    await child.stop()
+    session, group, pid = map(int, lines[0].split())
+    assert session == group == pid != os.getsid(0)

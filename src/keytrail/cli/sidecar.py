@@ -21,9 +21,11 @@ finishing. The consumer also keeps `consume --kafka` out of the data dir
 (pipeline/kafka_lock.py), and where one already counts there it exits 1 in one line without
 counting: Kafka carries the node's calls too.
 
-Both run at a lower CPU priority than `serve` (ANALYTICS_NICENESS): they read what is already
-durable and catch up within a second or two, while a call waiting behind them would show in the
-API's tail latency, so on a busy machine the scheduler gives the serving process the CPU first.
+Both run only on what CPU `serve`'s threads leave idle (keytrail.children.run_when_idle): they read
+what is already durable and catch up within a second or two, while a call waiting behind them
+would show in the API's tail latency. Where serve's threads keep every core busy for long (several
+workers at their maximum rate), they fall behind for that long, which
+keytrail_pipeline_consumer_lag and keytrail_detector_lag show, and catch up once it eases.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from keytrail.children import ChildSpec, lower_priority
+from keytrail.children import ChildSpec, run_when_idle
 from keytrail.cli.detect import BadInput, detector_settings
 from keytrail.cli.organizations import PrincipalsOrganizations
 from keytrail.cli.tail import detect_live
@@ -92,14 +94,16 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], N
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
     specs = [ChildSpec("consumer", (*command, "consumer", data_dir), _held_reader("consumer", on_held),
-                       environment_defaults=ANALYTICS_ENVIRONMENT, on_exit=lambda: on_held("consumer", None))]
+                       environment_defaults=ANALYTICS_ENVIRONMENT, in_serves_group=True,
+                       on_exit=lambda: on_held("consumer", None))]
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
         hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka,
                             "principals": str(settings.principals_file)}).encode() + b"\n"
         specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags),
                                _alarm_reader(on_alarm, on_judged, on_held), settings=hooks,
-                               environment_defaults=ANALYTICS_ENVIRONMENT, on_exit=lambda: on_held("detector", None)))
+                               environment_defaults=ANALYTICS_ENVIRONMENT, in_serves_group=True,
+                               on_exit=lambda: on_held("detector", None)))
     return specs
 
 
@@ -230,10 +234,9 @@ class _KafkaConsumersCount(Exception):
 
 
 def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run a child's main at the analytics priority. A file it cannot write (a full disk), or a
-    settings file broken since serve started, ends it with one log line: `serve` restarts it with a
-    backoff, and it resumes from its last checkpoint (with the settings file as it is then)."""
-    lower_priority()
+    """Run a child's main. A file it cannot write (a full disk), or a settings file broken since
+    serve started, ends it with one log line: `serve` restarts it with a backoff, and it resumes from
+    its last checkpoint (with the settings file as it is then)."""
     try:
         asyncio.run(main)
     except (OSError, sqlite3.Error, _SettingsUnusable, _KafkaConsumersCount) as exc:
@@ -342,5 +345,6 @@ async def hold_lock(path: Path, stopping: asyncio.Event) -> bool:
 
 
 if __name__ == "__main__":
+    run_when_idle()  # first: before its first log line, and before polars or a hook starts a thread
     log_to_stderr()
     app()
