@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from keytrail.children import Child, ChildSpec
+from keytrail.children import ANALYTICS_NICENESS, Child, ChildSpec
 from tests.support.processes import sessions_are_scheduling_groups
 
 
@@ -195,11 +195,15 @@ async def test_without_autogroups_a_child_lowers_its_niceness_alone(tmp_path: Pa
 
 
 _IDLE = """
-import os, signal
+import os, signal, sys
+from pathlib import Path
 import keytrail.children as children
+if len(sys.argv) > 1:  # no thread list to read (/proc not mounted): SCHED_IDLE cannot be set
+    children._THREADS = Path(sys.argv[1])
+before = os.nice(0)
 children.run_when_idle()
 print(os.getsid(0), os.getpgid(0), os.getpid(), os.sched_getscheduler(0) == os.SCHED_IDLE,
-      signal.getsignal(signal.SIGTTOU) == signal.SIG_IGN)
+      signal.getsignal(signal.SIGTTOU) == signal.SIG_IGN, os.nice(0) - before)
 """
 
 
@@ -211,10 +215,22 @@ async def test_a_child_in_serves_group_runs_when_serve_idles() -> None:
     child.start()
     await _wait_until(lambda: bool(lines))
     await child.stop()
-    session, group, pid, idle, ttou_ignored = lines[0].decode().split()
+    session, group, pid, idle, ttou_ignored, niceness = lines[0].decode().split()
     assert int(session) == os.getsid(0)
     assert int(group) == int(pid) != os.getpgid(0)
     assert idle == ttou_ignored == "True"
+    assert niceness == "0"  # SCHED_IDLE needs none
+
+
+async def test_a_child_that_cannot_run_when_idle_lowers_its_niceness(tmp_path: Path) -> None:
+    lines: list[bytes] = []
+    argv = (*_python(_IDLE), str(tmp_path / "task"))
+    child = Child(ChildSpec("idle", argv, lines.append, first_backoff=60, in_serves_group=True))
+    child.start()
+    await _wait_until(lambda: bool(lines))
+    await child.stop()
+    *_, idle, ttou_ignored, niceness = lines[0].decode().split()
+    assert (idle, ttou_ignored, niceness) == ("False", "True", str(ANALYTICS_NICENESS))
 
 
 async def test_a_child_of_its_own_session_is_in_neither_of_serves_groups() -> None:
