@@ -6,13 +6,17 @@ killed `serve` leaves no child behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -439,3 +443,68 @@ def test_readers_held_at_a_damaged_record_show_it_in_metrics_until_the_segment_i
     finally:
         server.stop()
     assert f"the consumer reads the event log in {data / 'audit' / 'log'} again" in server.log.read_text()
+
+
+class _Terminal:
+    """`keytrail serve` as a terminal's foreground job (a pseudo-terminal set to `stty tostop`, so
+    that a background process writing to it is stopped), its output gathered as it comes."""
+
+    def __init__(self, server: KeytrailServer) -> None:
+        args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--port",
+                str(server.port), "--principals", str(server.principals), *server.extra]
+        self.pid, self._fd = pty.fork()
+        if self.pid == 0:  # the child: a shell that sets the terminal, then becomes serve
+            os.execv("/bin/sh", ["sh", "-c", 'stty tostop && exec "$@"', "sh", *args])
+        self.output = bytearray()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError):  # EIO once serve and its children have closed the terminal
+            while chunk := os.read(self._fd, 65536):
+                self.output += chunk
+
+    def ctrl_c(self) -> None:
+        os.write(self._fd, b"\x03")
+
+    def exit_code(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while (ended := os.waitpid(self.pid, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "serve did not exit after Ctrl-C"
+            time.sleep(0.1)
+        self._reader.join(5)
+        os.close(self._fd)
+        return os.waitstatus_to_exitcode(ended[1])
+
+
+def test_ctrl_c_in_a_terminal_stops_serve_and_its_children_in_order(tmp_path: Path) -> None:
+    # The consumer and detector are in serve's session but not in its process group: a child that
+    # writes to the terminal (the detector's warnings of a hook out of reach) is not stopped by
+    # `stty tostop`, and Ctrl-C reaches serve alone, which stops them in order, tracebacks none.
+    server = KeytrailServer(tmp_path / "data", "--mqtt", "mqtt://127.0.0.1:1", dev_clock=False)
+    terminal = _Terminal(server)
+    try:
+        eventually(lambda: _answers_health(server), timeout=90, what="serve in the terminal to start")
+        children = eventually(lambda: len(found := _children(terminal.pid)) == 2 and found,
+                              what="the consumer and detector children")
+        alice = server.client("alice")
+        blob = alice.encrypt(KeyId=alice.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")["CiphertextBlob"]
+        assert aws_error(server.client("bob").decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
+        eventually(lambda: b"MQTT: alarm" in terminal.output, what="the detector's warning on the terminal")
+        assert all(os.getpgid(child) != os.getpgid(terminal.pid) for child in children.values())  # Ctrl-C's group
+        terminal.ctrl_c()
+        assert terminal.exit_code() == 0
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(terminal.pid, signal.SIGKILL)
+            os.waitpid(terminal.pid, 0)
+    text = terminal.output.decode(errors="replace")
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert not any(_alive(pid) for pid in children.values())
+
+
+def _answers_health(server: KeytrailServer) -> bool:
+    try:
+        return server.get("/_keytrail/health")[0] == 200
+    except OSError:
+        return False
