@@ -47,11 +47,6 @@ def _fsync_helper(pid: int) -> int | None:
     return next((child for child, args in child_commands(pid).items() if b"keytrail.audit.syncer" in args), None)
 
 
-def _held(path: Path) -> bool:
-    """Whether another process holds the exclusive lock on `path`."""
-    return lock_held(path)
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -142,7 +137,7 @@ def _detector_lag(server: KeytrailServer) -> float:
 
 
 def test_a_second_consumer_is_refused_while_serves_child_counts(server: KeytrailServer) -> None:
-    eventually(lambda: _held(consumer_lock(server.data_dir)), what="the consumer child to hold its lock")
+    eventually(lambda: lock_held(consumer_lock(server.data_dir)), what="the consumer child to hold its lock")
     result = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--data-dir", str(server.data_dir),
                              "--no-follow"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -240,7 +235,7 @@ def test_a_killed_fsync_helper_leaves_the_calls_audited(server: KeytrailServer) 
 
 def test_under_the_dev_clock_serve_holds_the_consumer_lock_itself(fresh_server: KeytrailServer) -> None:
     """Its consumer runs in-process: `keytrail consume` on its data dir is refused all the same."""
-    assert _held(consumer_lock(fresh_server.data_dir))
+    assert lock_held(consumer_lock(fresh_server.data_dir))
     result = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--data-dir", str(fresh_server.data_dir),
                              "--no-follow"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is already running" in result.stderr
@@ -450,8 +445,7 @@ class _Terminal:
     that a background process writing to it is stopped), its output gathered as it comes."""
 
     def __init__(self, server: KeytrailServer) -> None:
-        args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--port",
-                str(server.port), "--principals", str(server.principals), *server.extra]
+        args = server.command()
         self.pid, self._fd = pty.fork()
         if self.pid == 0:  # the child: a shell that sets the terminal, then becomes serve
             os.execv("/bin/sh", ["sh", "-c", 'stty tostop && exec "$@"', "sh", *args])
@@ -484,7 +478,7 @@ def test_ctrl_c_in_a_terminal_stops_serve_and_its_children_in_order(tmp_path: Pa
     server = KeytrailServer(tmp_path / "data", "--mqtt", "mqtt://127.0.0.1:1", dev_clock=False)
     terminal = _Terminal(server)
     try:
-        eventually(lambda: _answers_health(server), timeout=90, what="serve in the terminal to start")
+        eventually(server.answers_health, timeout=90, what="serve in the terminal to start")
         children = eventually(lambda: len(found := _children(terminal.pid)) == 2 and found,
                               what="the consumer and detector children")
         alice = server.client("alice")
@@ -501,10 +495,3 @@ def test_ctrl_c_in_a_terminal_stops_serve_and_its_children_in_order(tmp_path: Pa
     text = terminal.output.decode(errors="replace")
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert not any(_alive(pid) for pid in children.values())
-
-
-def _answers_health(server: KeytrailServer) -> bool:
-    try:
-        return server.get("/_keytrail/health")[0] == 200
-    except OSError:
-        return False

@@ -80,11 +80,22 @@ class KeytrailServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> KeytrailServer:
-        args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir),
+    def command(self) -> list[str]:
+        """The `keytrail serve` command line this server runs."""
+        return [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir),
                 "--port", str(self.port), "--principals", str(self.principals),
                 *(["--dev-clock"] if self.dev_clock else []), *self.extra]
-        self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=os.environ.copy(),
+
+    def answers_health(self) -> bool:
+        """Whether the server answers its health check with 200 now."""
+        try:
+            return self.get("/_keytrail/health")[0] == 200
+        except OSError:  # not listening yet, or gone
+            return False
+
+    def start(self) -> KeytrailServer:
+        self.proc = subprocess.Popen(self.command(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     env=os.environ.copy(),
                                      preexec_fn=self._limit_open_files if self.open_files else None)
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
@@ -92,10 +103,10 @@ class KeytrailServer:
                 raise RuntimeError(f"keytrail serve exited: {self.log.read_text()[-2000:]}")
             try:
                 wait_for_port(self.port, timeout=0.2)
-                if self.get("/_keytrail/health")[0] == 200:
-                    return self
             except (TimeoutError, OSError):
-                pass
+                continue
+            if self.answers_health():
+                return self
         self.proc.kill()  # else it outlives the test run, serving on, when it starts after all
         self.proc.wait()
         raise TimeoutError(f"keytrail serve did not start: {self.log.read_text()[-2000:]}")

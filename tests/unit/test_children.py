@@ -171,14 +171,20 @@ print(os.nice(0) - before, group)
 """
 
 
-async def _lowered(*argv: str) -> list[str]:
-    """What the _LOWERED child printed, run as serve runs its children (a session of its own)."""
+async def _first_line(argv: tuple[str, ...], in_serves_group: bool = False) -> list[str]:
+    """The words of the first line a child running `argv` printed, started as serve starts its
+    children (`in_serves_group`, or a session of its own)."""
     lines: list[bytes] = []
-    child = Child(ChildSpec("lowered", (*_python(_LOWERED), *argv), lines.append, first_backoff=60))
+    child = Child(ChildSpec("child", argv, lines.append, first_backoff=60, in_serves_group=in_serves_group))
     child.start()
     await _wait_until(lambda: bool(lines))
     await child.stop()
     return lines[0].decode().split()
+
+
+async def _lowered(*argv: str) -> list[str]:
+    """What the _LOWERED child printed, run as serve runs its children (a session of its own)."""
+    return await _first_line((*_python(_LOWERED), *argv))
 
 
 @pytest.mark.skipif(not sessions_are_scheduling_groups(), reason="this kernel has no autogroups")
@@ -210,12 +216,7 @@ print(os.getsid(0), os.getpgid(0), os.getpid(), os.sched_getscheduler(0) == os.S
 async def test_a_child_in_serves_group_runs_when_serve_idles() -> None:
     # In serve's session, so in its scheduling group, where SCHED_IDLE yields to serve's threads at
     # once; in a process group of its own, taken before exec, so a terminal's Ctrl-C is serve's alone.
-    lines: list[bytes] = []
-    child = Child(ChildSpec("idle", _python(_IDLE), lines.append, first_backoff=60, in_serves_group=True))
-    child.start()
-    await _wait_until(lambda: bool(lines))
-    await child.stop()
-    session, group, pid, idle, ttou_ignored, niceness = lines[0].decode().split()
+    session, group, pid, idle, ttou_ignored, niceness = await _first_line(_python(_IDLE), in_serves_group=True)
     assert int(session) == os.getsid(0)
     assert int(group) == int(pid) != os.getpgid(0)
     assert idle == ttou_ignored == "True"
@@ -223,22 +224,12 @@ async def test_a_child_in_serves_group_runs_when_serve_idles() -> None:
 
 
 async def test_a_child_that_cannot_run_when_idle_lowers_its_niceness(tmp_path: Path) -> None:
-    lines: list[bytes] = []
-    argv = (*_python(_IDLE), str(tmp_path / "task"))
-    child = Child(ChildSpec("idle", argv, lines.append, first_backoff=60, in_serves_group=True))
-    child.start()
-    await _wait_until(lambda: bool(lines))
-    await child.stop()
-    *_, idle, ttou_ignored, niceness = lines[0].decode().split()
+    *_, idle, ttou_ignored, niceness = await _first_line((*_python(_IDLE), str(tmp_path / "task")),
+                                                         in_serves_group=True)
     assert (idle, ttou_ignored, niceness) == ("False", "True", str(ANALYTICS_NICENESS))
 
 
 async def test_a_child_of_its_own_session_is_in_neither_of_serves_groups() -> None:
-    lines: list[bytes] = []
     code = "import os; print(os.getsid(0), os.getpgid(0), os.getpid())"
-    child = Child(ChildSpec("own", _python(code), lines.append, first_backoff=60))
-    child.start()
-    await _wait_until(lambda: bool(lines))
-    await child.stop()
-    session, group, pid = map(int, lines[0].split())
+    session, group, pid = map(int, await _first_line(_python(code)))
     assert session == group == pid != os.getsid(0)
