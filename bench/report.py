@@ -6,7 +6,7 @@ import contextlib
 import json
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,12 @@ def _serving_cpu_us(http: dict[str, Any], target: str) -> float | None:
     """The serving thread's median CPU µs per Encrypt (user and system) under wrk."""
     parts = _median_parts(_runs(http, target, "Encrypt"))
     return parts[SERVING_USER] + parts.get(SERVING_SYSTEM, 0.0) if SERVING_USER in parts else None
+
+
+def _wrk_serving_cpu_us(http: dict[str, Any]) -> dict[str, float]:
+    """Each target's serving-thread CPU µs per Encrypt under wrk, where measured."""
+    targets = {run["target"] for run in http.get("runs", [])}
+    return {target: cpu for target in targets if (cpu := _serving_cpu_us(http, target)) is not None}
 
 
 def _busy_share(runs: Sequence[dict[str, Any]]) -> float | None:
@@ -376,7 +382,10 @@ def machine_section(results: dict[str, Any]) -> list[str]:
             f"{'yes' if results.get('kafka') else 'no'}."]
 
 
-def open_loop_line(at80: dict[str, Any], wrk_serving_cpu_us: float | None = None) -> str:
+def open_loop_line(at80: dict[str, Any], wrk_serving_cpu_us: Mapping[str, float] | None = None) -> str:
+    """The open-loop paragraph; `wrk_serving_cpu_us`: each target's serving-thread CPU µs per Encrypt under
+    wrk (`KEYTRAIL` for the target measured), set beside what the same thread spent in the open loop."""
+    under_wrk_of = wrk_serving_cpu_us or {}
     if "p99_ms" not in at80:
         return f"Open loop at 80 % not measured: {at80.get('error', 'no data')}"
     line = (f"Open loop at 80 % of keytrail's Encrypt maximum (the lower of the table's median and a wrk "
@@ -386,14 +395,19 @@ def open_loop_line(at80: dict[str, Any], wrk_serving_cpu_us: float | None = None
             f"p99.9 {_num(at80['p999_ms'], 2)} ms, max {_num(at80['max_ms'], 2)} ms; statuses {at80['statuses']}.")
     if "serving_busy" not in at80:
         return line
-    under_wrk = f" against {_num(wrk_serving_cpu_us, 1)} under wrk (the table below)" if wrk_serving_cpu_us else ""
+    against = _under_wrk(under_wrk_of.get(KEYTRAIL))
+    if against:
+        against += " (the table below)"
     line += (f" Its serving thread was busy {at80['serving_busy']:.2f} of a core, at "
-             f"{_num(at80['serving_cpu_us'], 1)} µs of CPU per request{under_wrk}: requests arriving one by one "
-             "share fewer fsyncs than wrk's 16 at a time. The generator (bench/openloop.py, mostly the kernel's "
+             f"{_num(at80['serving_cpu_us'], 1)} µs of CPU per request{against}: "
+             "requests arriving one by one are each handled in a loop pass of their own, often just after the "
+             "thread slept, and share fewer fsyncs than wrk's 16 at a time (the servers beside it, below, show "
+             "what the first costs without the second). The generator (bench/openloop.py, mostly the kernel's "
              f"loopback TCP) took {_num(at80['generator_cpu_us'], 1)} µs per request of the same two cores.")
     if commits := _commit_text(at80.get("group_commits") or {}):
         line += f" The audit spool during this run: {commits}."
-    if references := [_same_rate_text(name, run) for name, run in (at80.get("same_rate") or {}).items()]:
+    same_rate = (at80.get("same_rate") or {}).items()
+    if references := [_same_rate_text(name, run, under_wrk_of.get(name)) for name, run in same_rate]:
         line += (" The same rate against the servers beside it, for what this machine's tail is without the "
                  "audit trail and without any KMS work: " + "; ".join(references) + ".")
     return line
@@ -413,13 +427,19 @@ def _rounds_text(run: dict[str, Any]) -> str:
             + " / ".join(f"{_num(p99, 2)}" for p99 in p99s) + " ms)")
 
 
-def _same_rate_text(name: str, run: dict[str, Any]) -> str:
+def _under_wrk(cpu_us: float | None) -> str:
+    return f" against {_num(cpu_us, 1)} under wrk" if cpu_us else ""
+
+
+def _same_rate_text(name: str, run: dict[str, Any], wrk_serving_cpu_us: float | None = None) -> str:
     if "p99_ms" not in run:
         return f"{name} not measured ({run.get('error', 'no data')})"
     rounds = run.get("rounds_p99_ms") or []
     each = f" (rounds {' / '.join(_num(p99, 2) for p99 in rounds)})" if len(rounds) > 1 else ""
+    cpu = (f", {_num(run['serving_cpu_us'], 1)} µs of CPU per request{_under_wrk(wrk_serving_cpu_us)}"
+           if "serving_cpu_us" in run else "")
     return (f"{name} p99 {_num(run['p99_ms'], 2)} ms{each}, max {_num(run['max_ms'], 2)} ms, serving thread busy "
-            f"{run['serving_busy']:.2f}")
+            f"{run['serving_busy']:.2f}{cpu}")
 
 
 def http_section(results: dict[str, Any]) -> list[str]:
@@ -429,7 +449,7 @@ def http_section(results: dict[str, Any]) -> list[str]:
             f"warm-up + {method['seconds']:g} s measured, medians; ratios are medians of per-round ratios. "
             "The ceiling is one fixed answer, so every keytrail operation is compared with its Encrypt row. "
             "*server cores* is the CPU the server got during the run: below 1, other processes took its share.",
-            "", *http_table(http), "", open_loop_line(http.get("open_loop") or {}, _serving_cpu_us(http, KEYTRAIL)), "",
+            "", *http_table(http), "", open_loop_line(http.get("open_loop") or {}, _wrk_serving_cpu_us(http)), "",
             "Where that CPU went, by part of each keytrail server (from /proc: the serving process's main "
             "thread, which runs the event loop, in user and system time; its other threads; each child "
             "process), medians over the rounds; the Kafka broker's own CPU is not included:", "",

@@ -123,9 +123,15 @@ LIMITS = """\
   figure is the one to judge tail latency by; it holds only while the server's capacity stays above
   the offered rate: when other sessions take the server's core during that run, the queue grows and
   p99 jumps to hundreds of ms (the line says when the rate was not sustained). "80 %" is of wrk's
-  maximum, where 16 callers share each fsync; requests that arrive one by one share fewer, so each
-  costs the serving thread more CPU and the open-loop line shows it busier than 80 % of a core (its
-  *busy* figure). Past ≈ 0.9, requests queue behind each other and behind the scheduler's other
+  maximum, where 16 requests arrive together and share each fsync. Requests that arrive one by one
+  cost every server more CPU each, not the audited one alone: each runs the same code in a loop
+  pass of its own, often right after the thread slept (the likely cause: caches and branch
+  predictors gone cold meanwhile). On the forty-ninth session's Intel VM, at the same rate as the
+  line, audit off took 1.37× and the ceiling 2.2× their CPU per request under wrk; audit off at
+  1,000 req/s 2.0–2.4×, the growth nearly all user time (the interpreter: +130–190 µs, the kernel
+  +17 µs, 4.6 system calls a request against 3.2). Audited, they also share fewer
+  fsyncs. So the open-loop line shows the audited thread busier than 80 % of a core (its *busy*
+  figure). Past ≈ 0.9, requests queue behind each other and behind the scheduler's other
   tenants of that core: that, not any one slow step, is the p99. The line also gives audit off
   and the ceiling the same rate: where they too show a tail of tens of ms, this machine's stalls
   set it, and a server with more CPU per request takes longer to drain what queued meanwhile.

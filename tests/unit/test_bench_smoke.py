@@ -187,7 +187,7 @@ def test_open_loop_line_tells_how_busy_the_serving_thread_was_against_wrk() -> N
     at80 = {"max_rps": 5000.0, "target_rps": 4000.0, "achieved_rps": 4000.0, "completed": 32000, "p50_ms": 2.0,
             "p99_ms": 30.0, "p999_ms": 40.0, "max_ms": 50.0, "statuses": {"200": 32000}}
     measured = {**at80, "serving_busy": 0.96, "serving_cpu_us": 240.0, "generator_cpu_us": 70.0}
-    line = open_loop_line(measured, wrk_serving_cpu_us=180.0)
+    line = open_loop_line(measured, wrk_serving_cpu_us={"keytrail": 180.0})
     assert "p99 **30.00 ms**" in line
     assert "busy 0.96 of a core, at 240.0 µs of CPU per request against 180.0 under wrk" in line
     assert "took 70.0 µs per request" in line
@@ -196,7 +196,7 @@ def test_open_loop_line_tells_how_busy_the_serving_thread_was_against_wrk() -> N
     commits = {f'{bucket}{{le="0.001"}}': 9_000.0, f'{bucket}{{le="0.05"}}': 10_000.0,
                "keytrail_audit_fsync_seconds_count": 10_000.0, "keytrail_audit_fsync_seconds_sum": 8.0,
                "keytrail_audit_committed_records_total": 32_000.0}
-    line = open_loop_line({**measured, "group_commits": commits}, wrk_serving_cpu_us=180.0)
+    line = open_loop_line({**measured, "group_commits": commits}, wrk_serving_cpu_us={"keytrail": 180.0})
     assert line.endswith("The audit spool during this run: 10,000 fsyncs, 3.2 records each, fsync mean 0.80 ms, "
                          "half at or under 1 ms, 99 % at or under 50 ms, the slowest at or under 50 ms.")
     same_rate = {"keytrail, audit off": {**at80, "p99_ms": 25.0, "max_ms": 45.0, "serving_busy": 0.47},
@@ -204,6 +204,13 @@ def test_open_loop_line_tells_how_busy_the_serving_thread_was_against_wrk() -> N
     line = open_loop_line({**measured, "same_rate": same_rate})
     assert line.endswith("without any KMS work: keytrail, audit off p99 25.00 ms, max 45.00 ms, serving thread "
                          "busy 0.47; ceiling not measured (boom).")
+    # What a request cost each server's thread in the open loop against under wrk: whether requests
+    # arriving one by one cost more whatever the server, or only with the audit trail
+    same_rate["keytrail, audit off"]["serving_cpu_us"] = 117.5
+    line = open_loop_line({**measured, "same_rate": same_rate}, {"keytrail": 180.0, "keytrail, audit off": 90.0})
+    assert "at 240.0 µs of CPU per request against 180.0 under wrk" in line
+    assert ("keytrail, audit off p99 25.00 ms, max 45.00 ms, serving thread busy 0.47, 117.5 µs of CPU per "
+            "request against 90.0 under wrk; ceiling not measured (boom).") in line
     assert "busy" not in open_loop_line(at80)  # a results file from before these figures
     assert open_loop_line({"error": "boom"}) == "Open loop at 80 % not measured: boom"
 
@@ -230,7 +237,7 @@ def test_open_loop_rounds_report_the_round_of_median_p99_with_every_rounds_p99(
                            "p50_ms": 2.0, "p999_ms": 40.0, "statuses": {"200": 18000}, **at80})
     assert "the round of median p99 of 3 interleaved rounds (p99 31.00 / 9.00 / 12.00 ms)" in line
     assert line.endswith("keytrail, audit off p99 3.00 ms (rounds 3.00 / 2.50 / 4.00), max 50.00 ms, serving thread "
-                         "busy 0.50.")
+                         "busy 0.50, 200.0 µs of CPU per request.")
 
 
 def test_group_commit_line_reads_the_fsync_histogram() -> None:
