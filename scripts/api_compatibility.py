@@ -167,6 +167,18 @@ CHECKED = [
         "The same, at the wire. The value of a token list is not echoed.",
     ),
     (
+        "A request whose values would take too long to compare with the conditions of the policies that apply "
+        "(16,000 encryption context pairs against a key policy of 2,800 `StringLike` patterns on "
+        "`kms:EncryptionContextKeys`: 46 million comparisons)",
+        "Not documented: the API reference gives no limit on the pairs of an encryption context, and the "
+        "request fits the 256 KB body.",
+        "`AccessDeniedException` `User: … is not authorized to perform: … on resource: …: comparing this "
+        "request's values with the conditions of the policies that apply would take N comparisons, over "
+        "keytrail's limit of 100,000 a request`, before any comparison, whoever the caller (it used to hold "
+        "the node's one serving thread for 30 s, every other caller waiting). The weight counts values and "
+        "the characters scanned (docs/authorization.md, \"Decision cache and its cost\").",
+    ),
+    (
         "`GrantTokens` holding a string that is not a grant token",
         "`InvalidGrantTokenException`, \"The request was rejected because the specified grant token is not "
         "valid\", in the errors of every operation that takes `GrantTokens` (API reference). The message AWS "

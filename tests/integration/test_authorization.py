@@ -281,6 +281,23 @@ def test_explicit_deny_beats_allow(alice: Any) -> None:
     assert message.endswith("with an explicit deny in a resource-based policy")
 
 
+def test_a_request_too_costly_to_compare_with_the_key_policy_is_refused_unevaluated(alice: Any, bob: Any) -> None:
+    # 16,000 context keys against 2,800 patterns held the node's one serving thread for 30 s, for
+    # every caller, and bob may use no key at all.
+    patterns = [f"*q*{n}" for n in range(2800)]
+    deny = statement("*", "kms:Encrypt", effect="Deny",
+                     Condition={"ForAnyValue:StringLike": {"kms:EncryptionContextKeys": patterns}})
+    key = new_key(alice, policy(deny))
+    for caller in (bob, alice):
+        code, message = error_of(caller.encrypt, KeyId=key, Plaintext=b"x",
+                                 EncryptionContext={f"k{n}": "" for n in range(16_000)})
+        assert code == "AccessDeniedException"
+        assert message.endswith("comparisons, over keytrail's limit of 100,000 a request"), message
+    alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"k1": "", "k2": ""})  # decided as ever
+    assert error_of(alice.encrypt, KeyId=key, Plaintext=b"x", EncryptionContext={"aq1": ""})[1].endswith(
+        "with an explicit deny in a resource-based policy")
+
+
 def test_grant_with_constraints_before_and_after_retire(alice: Any, bob: Any) -> None:
     key = new_key(alice)
     blob = alice.encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"Dept": "IT", "App": "a"})["CiphertextBlob"]

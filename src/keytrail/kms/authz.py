@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from keytrail.kms.condition_cost import MAX_COMPARISONS
 from keytrail.kms.context import CallContext
 from keytrail.kms.grants import retire_allowed
 from keytrail.kms.keys import Key
@@ -55,6 +56,9 @@ class AccessDecision:
     verdict: Verdict
     # For denials: "identity-based" or "resource-based", as AWS's message names them.
     policy_type: str = "identity-based"
+    # A request refused before its policies' conditions were evaluated: what comparing its values
+    # with them would have cost (condition_cost.py).
+    comparisons: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -70,6 +74,9 @@ def denial_message(request: AccessRequest, decision: AccessDecision) -> str:
     caller = request.call.principal.arn
     resource = request.resource_arn
     head = f"User: {caller} is not authorized to perform: {request.action} on resource: {resource}"
+    if decision.comparisons:
+        return (f"{head}: comparing this request's values with the conditions of the policies that apply would "
+                f"take {decision.comparisons:,} comparisons, over keytrail's limit of {MAX_COMPARISONS:,} a request")
     if decision.verdict is Verdict.EXPLICIT_DENY:
         # AWS's article: "in an identity-based policy", "in a resource-based policy".
         article = "an" if decision.policy_type[:1] in "aeiou" else "a"

@@ -17,6 +17,7 @@ from typing import Any
 
 from keytrail.clock import Clock, utc_now
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
+from keytrail.kms.condition_cost import MAX_COMPARISONS, comparisons
 from keytrail.kms.condition_keys import (
     ENCRYPTION_CONTEXT,
     GRANT_CONSTRAINTS,
@@ -294,6 +295,10 @@ class PolicyAuthorizer:
                 identity: tuple[Policy, ...]) -> AccessDecision:
         principal, action = request.call.principal, request.action
         resource = request.resource_arn
+        policies = (key_policy, *identity) if key_policy is not None else identity
+        cost = comparisons(itertools.chain.from_iterable(p.compared for p in policies), ctx)
+        if cost > MAX_COMPARISONS:
+            return AccessDecision(Verdict.IMPLICIT_DENY, RESOURCE if key_policy else IDENTITY, comparisons=cost)
         if action == _RETIRE_GRANT:
             return self._decide_retire(request, ctx, identity, resource)
         kp = _KeyPolicyResult()

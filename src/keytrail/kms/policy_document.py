@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from keytrail.kms.condition_cost import ComparedValues, compared_values
 from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.partitions import ARN_PARTITION
@@ -312,6 +313,7 @@ class Statement:
 class Policy:
     statements: tuple[Statement, ...]
     reads: frozenset[str]  # lowercase condition keys any statement reads
+    compared: tuple[ComparedValues, ...] = ()  # its conditions' values by key, weighed before evaluating
 
 
 def _list(value: Any) -> list[Any]:
@@ -381,4 +383,5 @@ def compile_policy(doc: str | Mapping[str, Any], kind: PolicyKind = "key") -> Po
             reads.update(pattern.variables)
         for condition in statement.conditions:
             reads.update(condition.reads)
-    return Policy(statements, frozenset(reads))
+    compared = compared_values(c for statement in statements for c in statement.conditions)
+    return Policy(statements, frozenset(reads), compared)
