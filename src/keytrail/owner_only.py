@@ -93,6 +93,19 @@ def open_regular(path: Path, *, writable: bool = False, append: bool = False) ->
                          str(path))
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at `path`, opened without waiting (`open_regular`): a file an
+    option names (`--prices`, `--config`, `--inventory`) read as it came waited for ever on a FIFO
+    in its place, silently."""
+    with open(open_regular(path), "rb") as file:
+        return file.read()
+
+
+def read_regular_text(path: Path, encoding: str = "utf-8") -> str:
+    """`read_regular`, decoded (UnicodeDecodeError for bytes that are no `encoding`)."""
+    return read_regular(path).decode(encoding)
+
+
 def reserve(path: Path) -> Path:
     """`path`, made an empty 0600 file if there is none, for writers that create files with the
     umask's mode (polars, SQLite): writing over a file keeps its mode, and SQLite gives its -wal

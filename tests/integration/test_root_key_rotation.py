@@ -140,6 +140,8 @@ async def _store_with_a_forged_grant(data: Path) -> None:
     (b"short", "holds 5 bytes, not 32: make it with head -c 32 /dev/urandom > FILE: nothing was changed"),
     (None, "--new-key: no such file: "),
     ("folder", "--new-key: not a regular file: "),  # it said "no such file" of a folder there
+    # Warned of in a line of its own before the command's refusal (serve running, no key store).
+    ("shared", "can be read by other users (mode 0644): chmod 600 (or 400) it first"),
 ])
 def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
         tmp_path: Path, content: bytes | str | None, complaint: str) -> None:
@@ -149,6 +151,9 @@ def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
     elif isinstance(content, bytes):
         new.write_bytes(content)
         new.chmod(0o600)
+    elif content == "shared":
+        new.write_bytes(os.urandom(32))
+        new.chmod(0o644)
     result = _rotate("--data-dir", tmp_path / "data", "--new-key", new)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("keytrail root-key rotate: ") and complaint in result.stderr

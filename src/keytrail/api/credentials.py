@@ -23,7 +23,7 @@ from keytrail.kms.context import IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
-from keytrail.owner_only import open_file, open_regular
+from keytrail.owner_only import open_file, read_regular_text
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFile", "PrincipalsFileError", "load_principals",
            "read_admin_principals", "read_principals_file", "write_admin_principals"]
@@ -188,9 +188,11 @@ def _credentials(entries: list[dict[str, Any]], path: Path) -> dict[str, Credent
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    """The file's tables; PrincipalsFileError if it cannot be read as a principals file."""
+    """The file's tables; PrincipalsFileError if it cannot be read as a principals file. Read
+    without waiting, a regular file only: a FIFO in its place (whoever can write the data dir can
+    make one) kept `serve` from starting, and a SIGHUP then stopped the event loop for good."""
     try:
-        data = tomllib.loads(_read_text(path, "utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
+        data = tomllib.loads(read_regular_text(path, "utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     except OSError as exc:  # its reason alone: str(exc) is Python's "[Errno 21] Is a directory: '…'"
         raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -240,14 +242,6 @@ def _organizations(data: dict[str, Any], path: Path) -> dict[str, str]:
                 raise PrincipalsFileError(f"{where}: account {account} is in organization {other} already; an "
                                           "account belongs to one organization at most")
     return organization_of
-
-
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The principals file's text, opened without waiting, a regular file only (NotRegularFile):
-    read as it came, a FIFO in its place (whoever can write the data dir can make one) kept `serve`
-    from starting, and a SIGHUP then stopped the event loop, and with it every call, for good."""
-    with open(open_regular(path), encoding=encoding) as file:
-        return file.read()
 
 
 def _check_fields(entry: dict[str, Any], where: str) -> None:
@@ -348,7 +342,7 @@ def read_admin_principals(path: Path, account: str = "111122223333") -> tuple[st
     """The key pair of a principals file exactly as `write_admin_principals` wrote it; None for any
     other file (edited, written by hand, unreadable): its secret is not keytrail's to print."""
     try:
-        text = _read_text(path)
+        text = read_regular_text(path)
     except (OSError, UnicodeDecodeError):
         return None
     found = _ADMIN_KEYS.search(text)

@@ -25,10 +25,13 @@ from keytrail.cli.console import (
     KAFKA_BOOTSTRAP,
     LISTEN_ADDRESS,
     MQTT_URL,
+    Terminated,
     address_option,
     bootstrap_problem,
     cloudtrail_paths,
     counted,
+    fail,
+    interrupted_status,
     log_files_problem,
     missing_paths,
     mqtt_password_warning,
@@ -38,7 +41,9 @@ from keytrail.cli.console import (
     number_in_range,
     path_option,
     printable,
+    terminate_as_interrupt,
 )
+from keytrail.owner_only import read_regular, read_regular_text
 
 # The detector, its sources and the key store load in the functions that use them, not with
 # `keytrail detect --help` or `keytrail analyze --help` (commands.py).
@@ -133,8 +138,8 @@ def detect(
                 raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
             if problem := log_files_problem(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
-            _print_offline(run_offline(cloudtrail, rules, _time(as_of) if as_of else None,
-                                       organization_of=organization_of), fmt)
+            _print_offline(_run_offline_until_stopped(cloudtrail, rules, _time(as_of) if as_of else None,
+                                                      organization_of), fmt)
         elif kafka:
             if as_of is not None:  # live time rules tick as of the events read, never as of a given time
                 raise BadInput("--as-of goes with --cloudtrail (offline), not --kafka")
@@ -181,6 +186,17 @@ class OfflineRun:
     alarms: list[Alarm]
     records: int
     as_of: datetime | None
+
+
+def _run_offline_until_stopped(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None,
+                               organization_of: OrganizationOf) -> OfflineRun:
+    """`run_offline`, unwound by SIGTERM as by Ctrl-C: SIGTERM's default action killed the process
+    where it was, leaving the folder of its sorted runs under TMPDIR (about 180 bytes a record)."""
+    try:
+        with terminate_as_interrupt():
+            return run_offline(paths, rules, as_of, organization_of=organization_of)
+    except Terminated as stopped:  # the folder is removed by now; as `keytrail report` says it
+        raise fail("stopped (SIGTERM): no alarms printed", "keytrail detect", interrupted_status(stopped)) from None
 
 
 def run_offline(paths: Iterable[Path], rules: RuleSet, as_of: datetime | None,
@@ -356,7 +372,7 @@ def _note_unknown_rotation(items: list[KeyInventoryItem], inventory: Path) -> No
 def _json_file(path: Path, option: str) -> Any:
     """The parsed JSON of a file an option names; BadInput naming both when it is not JSON."""
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(read_regular(path))
     except OSError as exc:  # a folder, an unreadable file: its reason, not Python's "[Errno 21] …"
         raise BadInput(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
     except ValueError as exc:  # JSONDecodeError, or bytes that are no UTF-8/16/32 text
@@ -463,7 +479,7 @@ def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[Ru
         return RuleSet(), HooksConfig()
     try:
         # TOML is UTF-8, a leading BOM allowed (Notepad, PowerShell write one), whatever the locale
-        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        doc: dict[str, Any] = tomllib.loads(read_regular_text(path, "utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named

@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -111,6 +112,12 @@ def _require_another_file(new_key: Path, data_dir: Path) -> None:
 def _new_secret(path: Path) -> bytes:
     if not path.is_file():
         raise _Refused(f"--new-key: {'not a regular file' if path.exists() else 'no such file'}: {path}")
+    # Refused, not warned of as serve warns of its current root key (refusing that would stop a node
+    # that ran yesterday): nothing depends on the new key yet, and the warning came as a second line
+    # before the command's own, of a rotation refused for another reason.
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise _Refused(f"--new-key: {path} can be read by other users (mode {mode:04o}): chmod 600 (or 400) it first")
     RootKey.from_file(path, "make it with head -c 32 /dev/urandom > FILE")  # the size, and a warning if shared
     return path.read_bytes()
 

@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from keytrail.detect.severity import Severity
+from keytrail.owner_only import read_regular_text
 
 __all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "load_rules", "parse_duration"]
 
@@ -223,7 +224,7 @@ class RuleSet:
 def load_rules(path: Path, base: RuleSet | None = None) -> RuleSet:
     """Read the `[rules.<id>]` tables of a TOML file over `base` (the defaults)."""
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
+        doc = tomllib.loads(read_regular_text(path, "utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # not UTF-8: a binary file, the wrong one
         raise RuleError(f"cannot read rules file {path}: {exc}") from None
     return (base or RuleSet()).override(doc.get("rules", {}))

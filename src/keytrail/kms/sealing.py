@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keytrail.owner_only import make_dirs, open_regular, sync_folder
+from keytrail.owner_only import make_dirs, read_regular, sync_folder
 
 __all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
 
@@ -161,18 +161,13 @@ class RootKey:
         """The root key a file holds (RootKeyUnusable, saying `remedy`, unless it is 32 bytes);
         `regular`: opened without waiting, and refused unless it is a regular file."""
         try:
-            secret = _read_regular(path) if regular else path.read_bytes()
+            secret = read_regular(path) if regular else path.read_bytes()
         except OSError as error:  # a folder, an unreadable file: said as the root key file's, not bare "Is a directory"
             raise RootKeyUnusable(f"cannot read the root key file {path}: {error.strerror or error}") from None
         _warn_if_shared(path)
         if len(secret) != 32:
             raise RootKeyUnusable(f"the root key file {path} holds {len(secret)} bytes, not 32: {remedy}")
         return cls(secret)
-
-
-def _read_regular(path: Path) -> bytes:
-    with open(open_regular(path), "rb") as file:
-        return file.read()
 
 
 def write_root_key_file(path: Path, secret: bytes, *, replace: bool = False) -> None:

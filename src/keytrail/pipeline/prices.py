@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from keytrail.owner_only import read_regular_text
+
 __all__ = ["PRICE_CLASSES", "PriceTable", "load_price_table"]
 
 #: Request price classes, in the order of the AWS KMS pricing page.
@@ -48,7 +50,12 @@ _MAX_PRICE = Decimal(1_000_000)  # far above any KMS price; beyond it sums lose 
 def load_price_table(path: Path) -> PriceTable:
     """Read a TOML price table; keys named like the PriceTable fields override the defaults
     (ValueError naming the key when a value is not a price or count of its kind)."""
-    data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
+    try:  # TOML is UTF-8; a leading BOM is allowed
+        data = tomllib.loads(read_regular_text(path, "utf-8-sig"))
+    except tomllib.TOMLDecodeError as exc:  # named as the table's other faults are, with the file
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:  # a binary file, or the wrong file named
+        raise ValueError(f"{path}: not valid TOML (not UTF-8 text)") from None
     known = {f.name: f.type for f in fields(PriceTable)}
     unknown = sorted(set(data) - set(known))
     if unknown:

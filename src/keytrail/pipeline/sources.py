@@ -9,6 +9,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from keytrail.owner_only import open_regular
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
 from keytrail.pipeline.runner import Batch, state_file
 from keytrail.pipeline.state import PartitionState
@@ -130,7 +131,7 @@ def _identity(path: Path) -> str | None:
     moved is still known and another file of the same name never is; None when it cannot be read
     (reading it for its records reports why)."""
     try:
-        with path.open("rb") as handle:
+        with open(open_regular(path), "rb") as handle:  # a FIFO: not waited on (reading it says why)
             return hashlib.file_digest(handle, "sha256").hexdigest()
     except OSError:
         return None

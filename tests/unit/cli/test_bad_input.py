@@ -1084,3 +1084,29 @@ def test_report_since_after_the_last_event_without_until_is_refused_in_one_line(
                             "the last event not dated after now (2026-01-05T12:00:01Z): give an earlier --since, "
                             "or an --until")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["cost", "--prices"], ["consume", "--prices"], ["report", "--out", "r.csv", "--prices"],
+    ["analyze", "--inventory"], ["analyze", "--config"], ["detect", "--config"], ["serve", "--config"],
+], ids=lambda command: " ".join(command))
+def test_every_file_option_refuses_a_fifo_in_one_line_without_waiting_on_it(tmp_path: Path,
+                                                                             command: list[str]) -> None:
+    # Read as it came, a FIFO waited for a writer for ever, saying nothing.
+    fifo, data = tmp_path / "settings", tmp_path / "data"
+    os.mkfifo(fifo)
+    (data / "audit" / "log").mkdir(parents=True)  # report reads its options before the event log
+    name, *options = command
+    where = ["--cloudtrail", str(_cloudtrail_gzip(tmp_path / "a.json.gz"))] if name == "detect" else []
+    if name in ("cost", "consume", "report", "serve") or command == ["analyze", "--config"]:
+        where = ["--data-dir", str(data)]
+    line = _one_line_error(_keytrail(name, *where, *options, fifo), f"keytrail {name}: ")
+    assert str(fifo) in line and "not a regular file (a FIFO, a device or a socket in a file's place)" in line
+
+
+def test_consume_names_a_fifo_given_as_a_cloudtrail_log_file_and_counts_nothing(tmp_path: Path) -> None:
+    fifo = tmp_path / "trail.json"
+    os.mkfifo(fifo)
+    result = _keytrail("consume", "--data-dir", tmp_path / "data", "--cloudtrail", fifo)
+    assert (result.returncode, result.stderr.splitlines()[0]) == (1, f"skipped: {fifo}: not a regular file")
+    assert "Traceback" not in result.stderr

@@ -157,6 +157,18 @@ def test_price_table_refuses_values_that_are_not_prices_or_counts(tmp_path: Path
         load_price_table(path)
 
 
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"key_month = \n", "not valid TOML (Invalid value (at line 1, column 13))"),
+    (b"\xff\xfe", "not valid TOML (not UTF-8 text)"),  # it said "'utf-8' codec can't decode byte 0xff …"
+])
+def test_a_price_table_that_is_no_toml_is_named_with_its_file(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_price_table(path)
+    assert str(info.value) == f"{path}: {reason}"
+
+
 def test_price_table_counts_may_be_quoted(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text('billed_rotations = "3"\n')
@@ -185,6 +197,39 @@ def test_adjacent_windows_split_inside_an_hour_bill_that_hour_once() -> None:
     whole = cost_report(empty, lifecycle, PriceTable(), OCT1, NOV1)
     assert sum(p.get_column("keyCost").sum() for p in parts) == whole.get_column("keyCost").sum()
     assert whole.get_column("keyMonths").sum() == 1  # a whole month is one key-month
+
+
+EVENT_AT = datetime(2026, 10, 6, 20, 35, tzinfo=UTC)
+_LIFECYCLES_WITH_AN_EVENT_AT_20_35 = {
+    "created": [(EVENT_AT, "CreateKey", "SYMMETRIC_DEFAULT")],
+    "rotated": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (EVENT_AT, "RotateKey", None)],
+    "deletion cancelled": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2026, 10, 3, 12, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (EVENT_AT, "CancelKeyDeletion", None)],
+    "deletion scheduled": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (EVENT_AT, "ScheduleKeyDeletion", None)],
+}
+
+
+@pytest.mark.parametrize("story", list(_LIFECYCLES_WITH_AN_EVENT_AT_20_35))
+@pytest.mark.parametrize("middle", [timedelta(minutes=-35), timedelta(minutes=-5), timedelta(0),
+                                    timedelta(seconds=30), timedelta(minutes=25)])
+def test_windows_split_inside_the_hour_of_a_lifecycle_event_add_up_to_the_whole(story: str,
+                                                                               middle: timedelta) -> None:
+    # Five keys created at 20:35 and a split at 20:30 (or 20:35): the first window ended before
+    # their CreateKey, the second started after the hour 20:00, so neither billed it.
+    lifecycle = _lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_35[story])
+    split = EVENT_AT + middle
+    before, after = _storage_of(lifecycle, OCT1, split), _storage_of(lifecycle, split, NOV1)
+    whole = _storage_of(lifecycle, OCT1, NOV1)
+    assert (before[0] + after[0], before[1] + after[1]) == whole
+
+
+def test_a_window_ending_inside_the_hour_a_key_is_created_in_bills_that_hour() -> None:
+    # docs/metrics.md: a window bills the hours that start in it, when the key was billable at any
+    # moment of them; the window from 20:30 on bills from 21:00.
+    lifecycle = _lifecycle((EVENT_AT, "CreateKey", "SYMMETRIC_DEFAULT"))
+    assert _storage_of(lifecycle, OCT1, EVENT_AT - timedelta(minutes=5)) == (Decimal("0.0013440860"),) * 2  # 1 / 744
+    assert _storage_of(lifecycle, EVENT_AT - timedelta(minutes=5), EVENT_AT + timedelta(minutes=25)) == (0, 0)
 
 
 def test_a_window_that_ends_before_it_starts_stores_nothing() -> None:
