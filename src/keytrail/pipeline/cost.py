@@ -42,6 +42,8 @@ __all__ = [
     "price_classes",
     "priced",
     "request_counts",
+    "storage_events",
+    "storage_horizon",
 ]
 
 LIFECYCLE_EVENTS = (
@@ -357,13 +359,29 @@ def cost_report(
     counts = request_counts(
         (part.filter(pl.col("minute") < until) for part in parts), lifecycle, prices.free_tier_requests, since
     )
-    return priced(counts, lifecycle, prices, since, min(until, storage_until or until))
+    stored_until = min(until, storage_until or until)
+    return priced(counts, storage_events(lifecycle, stored_until, storage_until), prices, since, stored_until)
+
+
+def storage_horizon(until: datetime) -> int:
+    """POSIX seconds where the clock hour holding the last instant before `until` ends: a window
+    ending at `until` bills that hour whole (docs/metrics.md), so from all of its lifecycle events."""
+    return math.ceil(until.timestamp() / 3600) * 3600
+
+
+def storage_events(lifecycle: pl.DataFrame, until: datetime, storage_until: datetime | None = None) -> pl.DataFrame:
+    """The lifecycle events the key storage of a window ending at `until` is billed from: those before
+    its last clock hour ends, later than `until` too, but none from `storage_until` on (given where
+    events are dated after now: they must not bill the hour of the last event before now)."""
+    known = lifecycle.filter(pl.col("eventTime").dt.epoch("us") < storage_horizon(until) * 1_000_000)
+    return known if storage_until is None else known.filter(pl.col("eventTime") < storage_until)
 
 
 def priced(counts: pl.DataFrame, lifecycle: pl.DataFrame | KeyLifecycles, prices: PriceTable,
            since: datetime | None, storage_until: datetime) -> pl.DataFrame:
     """The cost frame of a window: `counts` (its `request_counts`) priced, and the storage of the
-    keys over [since, storage_until) (`lifecycle`: prepared once, for windows priced one by one)."""
+    keys in the clock hours that start in [since, storage_until) (`lifecycle`: prepared once, for
+    windows priced one by one)."""
     lifecycles = lifecycle if isinstance(lifecycle, KeyLifecycles) else KeyLifecycles(lifecycle)
     totals: dict[tuple[str, str], list[Decimal | int]] = {}
     for key_arn, owner, months, cost in lifecycles.storage(prices, since, storage_until):
@@ -390,27 +408,32 @@ class KeyLifecycles:
             str(key_arn): sorted(_key_events(str(key_arn), events, shared), key=_billing_order)
             for key_arn, events in _events_by_key(customer).items()
         }
-        self._times = {key_arn: [when for when, _ in events] for key_arn, events in self._events.items()}
+        # POSIX seconds, as the clock hours: a window's last hour may end past the last datetime.
+        self._times = {key_arn: [when.timestamp() for when, _ in events] for key_arn, events in self._events.items()}
         # AWS managed keys cost nothing to store, from the first event that says so.
         aws = customer.filter(pl.col("keyManager") == "AWS").group_by("keyArn").agg(pl.col("eventTime").min())
-        self._aws_managed_since: dict[str, datetime] = dict(aws.iter_rows())
+        self._aws_managed_since = {str(key_arn): when.timestamp() for key_arn, when in aws.iter_rows()}
         self._segments: dict[tuple[str, int, int], tuple[Segment, ...]] = {}
 
     def storage(self, prices: PriceTable, since: datetime | None,
                 until: datetime) -> Iterable[tuple[str, str, Decimal, Decimal]]:
-        """(key ARN, owner account, key-months, cost) of each key stored over [since, until), from
-        its lifecycle events before `until` (a later cancelled deletion bills its waiting period
-        in the window it falls in, not before)."""
+        """(key ARN, owner account, key-months, cost) of each key stored in the clock hours that
+        start in [since, until), from its lifecycle events before the last of those hours ends (a
+        later cancelled deletion bills its waiting period in the window its hour starts in, not before)."""
         # A clock hour belongs to the window its start lies in (as a minute's requests do), so
-        # consecutive windows never both bill the hour a bound falls inside.
+        # consecutive windows never both bill the hour a bound falls inside. That hour is billed whole,
+        # so from all of its events, those at or after `until` too: the window starting at `until`
+        # bills from the next hour on, and a key created at 20:35 had its 20:00 hour billed neither
+        # by a window ending at 20:30 (or 20:35) nor by the one after it.
+        known_until = storage_horizon(until)
         first = math.ceil(since.timestamp() / 3600) if since else _NEVER
-        last = math.ceil(until.timestamp() / 3600)
+        last = known_until // 3600
         if first > last:  # a window that ends before it starts stores nothing (it billed a negative amount)
             return
         for key_arn, times in self._times.items():
-            known = bisect.bisect_left(times, until)
+            known = bisect.bisect_left(times, known_until)
             aws_since = self._aws_managed_since.get(key_arn)
-            if known == 0 or (aws_since is not None and aws_since < until):
+            if known == 0 or (aws_since is not None and aws_since < known_until):
                 continue
             segments = self._billed(key_arn, known, prices.billed_rotations)
             # Rounded where the key's running totals stand at the window's bounds, not over the window:

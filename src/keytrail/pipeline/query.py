@@ -218,12 +218,13 @@ class MetricsStore:
     ) -> pl.DataFrame:
         """Cost per key x account over [since, until). Without `until`: up to `end` (default
         `open_end()`): every request counted, key storage billed to the latest event not dated
-        after now. `lifecycle`: `self.lifecycle()` read already (one export prices many days)."""
+        after now (with `until` too, where `end` is given: the month so far of a report as of that
+        end). `lifecycle`: `self.lifecycle()` read already (one export prices many days)."""
         lifecycle = self.lifecycle() if lifecycle is None else lifecycle
-        storage_until = None
         if until is None:
             end = end or self.open_end()
-            until, storage_until = end.requests, end.storage
+            until = end.requests
+        storage_until = end.storage if end else None
         # The free tier counts from the start of since's UTC calendar month (not its offset's month).
         utc_since = since.astimezone(UTC) if since else None
         month_start = utc_since.replace(day=1, hour=0, minute=0, second=0, microsecond=0) if utc_since else None

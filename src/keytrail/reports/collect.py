@@ -245,7 +245,7 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
     return _named(ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=consumed.events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
-        projection=cost_projection(store, options.prices, as_of),
+        projection=cost_projection(store, options.prices, as_of, end),
         last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
         denied=consumed.denied, alarms=alarms, alarms_note=alarms_note,
         keys_not_created=len(store.keys_never_created(cost)), open_end=end,

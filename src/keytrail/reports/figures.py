@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import polars as pl
 
-from keytrail.pipeline.cost import LIFECYCLE_EVENTS, MATERIAL_IMPORTED, classed_requests, cost_report
+from keytrail.pipeline.cost import LIFECYCLE_EVENTS, MATERIAL_IMPORTED, classed_requests, cost_report, storage_events
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd
 from keytrail.pipeline.usage import USAGE_SCHEMA
@@ -52,22 +52,26 @@ def month_bounds(moment: datetime) -> tuple[datetime, datetime]:
     return start, following
 
 
-def cost_projection(store: MetricsStore, prices: PriceTable, as_of: datetime | None) -> pl.DataFrame:
+def cost_projection(store: MetricsStore, prices: PriceTable, as_of: datetime | None,
+                    end: OpenEnd | None = None) -> pl.DataFrame:
     """Per calling/owning account: cost so far this month and projected to the month's end.
 
     The month is the one of the last instant before `as_of` (exclusive: `--until 2026-11-01`
     projects October, which is then whole). Key storage is projected exactly (keys as they stand
-    at `as_of` billed to the month's end: a lifecycle event after it is not foreseen, and a key
-    pending deletion bills nothing more); requests are extrapolated at the month's rate so far.
+    at the end of the as-of hour, which the cost so far bills whole, billed to the month's end: a
+    lifecycle event after it is not foreseen, and a key pending deletion bills nothing more);
+    requests are extrapolated at the month's rate so far. `end`: where the trail ends, without --until.
     """
     if as_of is None:
         return pl.DataFrame(schema=PROJECTION_SCHEMA)
-    start, end = month_bounds(as_of - timedelta(microseconds=1))
-    so_far = _per_account(store.cost(prices, start, as_of))
-    standing = store.lifecycle().filter(pl.col("eventTime") < as_of)
-    full_month = _per_account(cost_report(pl.DataFrame(schema=USAGE_SCHEMA), standing, prices, start, end))
+    start, month_end = month_bounds(as_of - timedelta(microseconds=1))
+    so_far = _per_account(store.cost(prices, start, as_of, end))
+    # The keys as the cost so far bills them: by every event of the as-of hour (billed whole), but
+    # none dated after now where the as-of time is the trail's end (`end`, no --until).
+    standing = storage_events(store.lifecycle(), as_of, end.storage if end else None)
+    full_month = _per_account(cost_report(pl.DataFrame(schema=USAGE_SCHEMA), standing, prices, start, month_end))
     elapsed = Decimal((as_of - start).total_seconds())
-    scale = Decimal((end - start).total_seconds()) / elapsed if elapsed > 0 else Decimal(0)
+    scale = Decimal((month_end - start).total_seconds()) / elapsed if elapsed > 0 else Decimal(0)
     requests = _projected_requests(store, prices, start, as_of, scale)
     zero = (Decimal(0), Decimal(0), Decimal(0))
     rows = []

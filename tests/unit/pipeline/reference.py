@@ -116,6 +116,10 @@ def cost(
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Brute force: walk every billable clock hour of every key; count every request."""
     events = sorted(unique(events), key=lambda e: (when(e), ORDER.get(e["eventName"], 9)))
+    # Every hour that starts before `until` is billed whole, so by all of its events (those after
+    # `until` too); requests count up to `until`.
+    hour_end = math.ceil(until.timestamp() / 3600) * 3600
+    lifecycle = [e for e in events if when(e).timestamp() < hour_end]
     events = [e for e in events if when(e) < until]
     rows: dict[tuple[str, str], dict[str, Any]] = defaultdict(
         lambda: {"months": Fraction(0), "rated": Fraction(0), "requests": 0, "requestCost": Decimal(0)}
@@ -125,7 +129,7 @@ def cost(
         for e in events
         if e["eventName"] == "CreateKey" and not e.get("errorCode")
     }
-    for key, hours in _hour_rates(events, prices, until).items():
+    for key, hours in _hour_rates(lifecycle, prices, until).items():
         rows[(key, key.split(":")[4])]["months"] = sum((_month_share(h, prices) for h in hours), Fraction(0))
         rows[(key, key.split(":")[4])]["rated"] = sum(
             (_month_share(h, prices) * Fraction(rate) for h, rate in hours.items()), Fraction(0)

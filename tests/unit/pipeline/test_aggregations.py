@@ -120,6 +120,40 @@ def test_cost_matches_reference(events: list[dict[str, Any]], free_tier: int) ->
     assert all(r["totalCost"] == r["keyCost"] + r["requestCost"] for r in report.iter_rows(named=True))
 
 
+# Bounds inside the clock hour of a lifecycle event of the stream, before it: keys made from 00:00
+# to 00:20, a rotation at 01:13:20, a deletion cancelled at 00:11:20 the next day.
+INSIDE_AN_HOUR = [datetime(2026, 10, 1, 0, 10, tzinfo=UTC), datetime(2026, 10, 1, 1, 10, tzinfo=UTC),
+                  datetime(2026, 10, 2, 0, 10, tzinfo=UTC)]
+
+
+def _cost(frame: pl.DataFrame, since: datetime | None, until: datetime) -> dict[tuple[str, str], list[Any]]:
+    report = cost_report(usage_minutes(frame), lifecycle_events(frame), PriceTable(), since, until)
+    return {(r["keyArn"], r["accountId"]): [r["keyMonths"], r["keyCost"], r["requests"], r["requestCost"]]
+            for r in report.iter_rows(named=True)}
+
+
+@pytest.mark.parametrize("until", INSIDE_AN_HOUR)
+def test_cost_up_to_a_bound_inside_an_hour_matches_reference(events: list[dict[str, Any]], until: datetime) -> None:
+    # The hour `until` falls in starts before it, so is billed whole: by the events later in it too.
+    fields = ("keyMonths", "keyCost", "requests", "requestCost")
+    expected = {row: [values[f] for f in fields] for row, values in reference.cost(events, PriceTable(), until).items()}
+    assert _cost(_frame(events), None, until) == expected
+
+
+@pytest.mark.parametrize("middle", INSIDE_AN_HOUR)
+def test_two_windows_split_inside_an_hour_add_up_to_the_whole(events: list[dict[str, Any]], middle: datetime) -> None:
+    # Split before a key's CreateKey (a RotateKey, a CancelKeyDeletion) in the same hour, that hour
+    # was billed by neither window.
+    frame = _frame(events)
+    halves = [_cost(frame, None, middle), _cost(frame, middle, UNTIL)]
+    added: dict[tuple[str, str], list[Any]] = {}
+    for half in halves:
+        for row, values in half.items():
+            added[row] = [a + b for a, b in zip(added.get(row, [0, 0, 0, 0]), values, strict=True)]
+    whole = _cost(frame, None, UNTIL)
+    assert {row: values for row, values in added.items() if any(values)} == whole
+
+
 def _t(hour: int, minute: int = 0) -> datetime:
     return datetime(2026, 1, 1, hour, minute, tzinfo=UTC)
 

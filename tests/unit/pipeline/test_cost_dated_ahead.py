@@ -90,6 +90,20 @@ def test_the_true_figure_bills_storage_up_to_the_hour_of_the_last_event_before_n
     assert _rows(tmp_path)[KEY]["requests"] == to_last_event[KEY]["requests"] + 1
 
 
+def test_an_event_dated_ahead_later_in_the_hour_of_the_last_event_before_now_bills_no_storage(
+        tmp_path: Path) -> None:
+    # That hour is billed whole, from its events: not from one dated after now (a clock 20 minutes fast).
+    now = datetime(2026, 10, 5, 10, 30, tzinfo=UTC)
+    _consume(tmp_path, [record("CreateKey", now - timedelta(minutes=20), KEY),
+                        record("CreateKey", now + timedelta(minutes=20), OTHER)])
+    store = MetricsStore(tmp_path)
+    end = store.open_end(now)
+    assert end.late == 1
+    rows = {row["keyArn"]: row for row in store.cost(PriceTable(), end=end).iter_rows(named=True)}
+    assert rows[KEY]["keyMonths"] == Decimal("0.0013440860")  # the hour 10:00 of October's 744
+    assert (rows[OTHER]["keyMonths"], rows[OTHER]["requests"]) == (0, 1)  # its request counted, not its key
+
+
 def test_keytrail_cost_says_in_one_line_that_events_are_dated_after_now(tmp_path: Path) -> None:
     _consume(tmp_path, [*_keys_and_uses(), record("Encrypt", SKEWED, KEY)])
     code, out, err = _cli("cost", "--data-dir", str(tmp_path), "--format", "json")

@@ -215,8 +215,9 @@ _LIFECYCLES_WITH_AN_EVENT_AT_20_35 = {
                                     timedelta(seconds=30), timedelta(minutes=25)])
 def test_windows_split_inside_the_hour_of_a_lifecycle_event_add_up_to_the_whole(story: str,
                                                                                middle: timedelta) -> None:
-    # Five keys created at 20:35 and a split at 20:30 (or 20:35): the first window ended before
-    # their CreateKey, the second started after the hour 20:00, so neither billed it.
+    # A key created at 20:35 and a split at 20:30 (or at 20:35): the first window ended before its
+    # CreateKey, the second bills from 21:00, so neither billed the hour 20:00 (nor the rotated rate
+    # of that hour, nor a waiting period whose cancellation it holds).
     lifecycle = _lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_35[story])
     split = EVENT_AT + middle
     before, after = _storage_of(lifecycle, OCT1, split), _storage_of(lifecycle, split, NOV1)

@@ -249,6 +249,15 @@ def test_the_projection_does_not_foresee_lifecycle_events_after_the_as_of_time()
     assert _projection(events, AS_OF)["projectedKeyCost"] == 1
 
 
+def test_a_key_made_later_in_the_as_of_hour_is_projected_as_the_cost_so_far_bills_it() -> None:
+    # As of 00:30, a key made at 00:35: the hour 00:00 starts before the as-of time and is billed
+    # whole (docs/metrics.md), so the month so far holds it; the projection must hold the key too.
+    as_of = AS_OF + timedelta(minutes=30)
+    row = _projection([record("CreateKey", AS_OF + timedelta(minutes=35), BUSY)], as_of)
+    assert row["monthToDateCost"] == Decimal("0.0013888889")  # 1 of November's 720 hours
+    assert row["projectedKeyCost"] == Decimal("0.5")  # Nov 16 00:00 to Dec 1: 360 of 720 hours
+
+
 def test_window_and_month_helpers() -> None:
     assert choose_window(NOV, NOV + timedelta(hours=6)) == "minute"
     assert choose_window(NOV, NOV + timedelta(days=14)) == "hour"

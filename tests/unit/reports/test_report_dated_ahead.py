@@ -21,6 +21,7 @@ from keytrail.pipeline.query import MetricsStore, state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.reports.collect import ReportData, ReportOptions, collect_sync
+from keytrail.reports.figures import cost_projection
 from tests.unit.reports.records import key_arn, record
 
 KEY, QUIET = key_arn("used"), key_arn("quiet")
@@ -67,6 +68,23 @@ def test_one_event_dated_2099_leaves_the_report_as_of_the_true_end(tmp_path: Pat
     assert unused == {KEY: False, QUIET: True}
     asyncio.run(Runner(state_dir(tmp_path), RecordsSource([*true, skewed])).run())
     assert report.cost.drop("aliases").sort("keyArn").equals(MetricsStore(tmp_path).cost(PriceTable()).sort("keyArn"))
+
+
+def test_an_event_dated_ahead_later_in_the_as_of_hour_is_not_in_the_projection(tmp_path: Path) -> None:
+    # The as-of hour is billed whole, from its events: not from one dated after now (a clock 20
+    # minutes fast), in the month so far or in the projection.
+    now = datetime(2026, 10, 5, 10, 30, tzinfo=UTC)
+    true = [record("CreateKey", now - timedelta(minutes=20), KEY)]
+    figures = []
+    for name, events in (("true", true), ("skewed", [*true, record("CreateKey", now + timedelta(minutes=20), QUIET)])):
+        asyncio.run(Runner(state_dir(tmp_path / name), RecordsSource(events)).run())
+        store = MetricsStore(tmp_path / name)
+        end = store.open_end(now)
+        figures.append(cost_projection(store, PriceTable(), end.storage, end).select(
+            "accountId", "monthToDateCost", "projectedKeyCost"))
+    assert figures[1]["projectedKeyCost"].to_list() == [Decimal("0.8575268817")]  # Oct 5 10:00 on: 638 / 744
+    assert figures[1]["monthToDateCost"].to_list() == [Decimal("0.0013470860")]  # an hour, and CreateKey's
+    assert figures[0].equals(figures[1])
 
 
 def test_a_data_dir_s_dev_clock_ahead_is_the_report_s_now(tmp_path: Path) -> None:
