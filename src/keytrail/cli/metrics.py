@@ -87,6 +87,9 @@ def open_store(data_dir: Path, command: str = "keytrail") -> MetricsStore | None
     if not data_dir.is_dir():
         raise fail(f"{'not a folder' if data_dir.exists() else 'no such data directory'}: {data_dir}", command)
     if not counted_partitions(data_dir):
+        if not (data_dir / "metrics").is_dir() and not event_log_dir(data_dir).is_dir():
+            # A folder no node or consumer ever used: an empty table read as a quiet period.
+            raise fail(f"{data_dir} holds no metrics and no event log: is --data-dir right?", command)
         store = None
     else:
         from keytrail.pipeline.query import MetricsStore

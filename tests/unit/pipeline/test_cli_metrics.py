@@ -290,7 +290,7 @@ def test_a_data_dir_that_counted_nothing_yet_answers_as_an_empty_state_does(
     new, empty = tmp_path / "new", tmp_path / "empty"
     state_dir(empty).mkdir(parents=True)
     PartitionState(state_dir(empty) / "segment-log.sqlite").close()
-    new.mkdir()
+    event_log_dir(new).mkdir(parents=True)  # a node that started and logged nothing yet
     assert run(*query, "--data-dir", str(new), "--format", fmt) == run(*query, "--data-dir", str(empty),
                                                                       "--format", fmt)
     log = SegmentLog(event_log_dir(new), writable=True)
@@ -440,3 +440,11 @@ def test_a_table_cut_short_by_a_full_disk_is_an_error_not_exit_0(data_dir: Path,
                                 stderr=subprocess.PIPE, text=True, timeout=120,
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert (result.returncode, result.stderr) == (1, "keytrail usage: No space left on device\n")
+
+
+@pytest.mark.parametrize("command", ["usage", "cost", "last-used"])
+def test_a_folder_no_node_or_consumer_used_is_refused_not_answered_as_a_quiet_period(tmp_path: Path,
+                                                                                    command: str) -> None:
+    code, out, err = run(command, "--data-dir", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err == f"keytrail {command}: {tmp_path} holds no metrics and no event log: is --data-dir right?\n"
