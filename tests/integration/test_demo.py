@@ -78,8 +78,8 @@ def test_usage_is_what_keytrail_usage_reports(outcome: dict[str, Any]) -> None:
     per_key: dict[str | None, int] = {}
     for row in rows:
         per_key[row["keyArn"]] = per_key.get(row["keyArn"], 0) + row["count"]
-    assert outcome["usage"]["requests"] == sum(per_key.values()) >= outcome["calls"] > 0
-    assert {row["keyArn"]: row["requests"] for row in outcome["usage"]["byKey"]} == per_key
+    assert outcome["usage"]["events"] == sum(per_key.values()) >= outcome["calls"] > 0
+    assert {row["keyArn"]: row["events"] for row in outcome["usage"]["byKey"]} == per_key
     assert outcome["usage"]["errors"] == sum(row["errorCount"] for row in rows) > 0
 
 

@@ -12,7 +12,7 @@ def test_usage_table_counts_events_so_a_service_event_beside_the_calls_adds_up()
     summary = {
         "dataDir": "/tmp/d", "report": "/tmp/d/demo-report.html", "calls": 2, "simulatedDays": 30,
         "keys": {"old": KEY}, "principals": {"admin": "arn:aws:iam::111122223333:user/admin"}, "alarms": [],
-        "usage": {"requests": 3, "errors": 0, "byKey": [{"keyArn": KEY, "requests": 3, "errors": 0}]},
+        "usage": {"events": 3, "errors": 0, "byKey": [{"keyArn": KEY, "events": 3, "errors": 0}]},
         "cost": {"totalCost": "0.000006", "byKey": []},
     }
     lines = render_text(summary).splitlines()
