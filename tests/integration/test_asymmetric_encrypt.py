@@ -87,6 +87,23 @@ def test_rsa_decrypt_failures(kms, rsa_keys) -> None:
     ) == ("UnsupportedOperationException", "Recipient (attested enclave) requests are not supported by keytrail.")
 
 
+def test_an_rsa_algorithm_with_a_symmetric_key_id_is_invalid_key_usage_whatever_the_ciphertext(
+        kms, rsa_keys) -> None:
+    # Decrypt: InvalidKeyUsageException when the algorithm "is incompatible with the type of key
+    # material in the KMS key (KeySpec)"; the named key answers it before the blob is read.
+    symmetric = kms.create_key()["KeyMetadata"]["KeyId"]
+    sym_blob = kms.encrypt(KeyId=symmetric, Plaintext=b"a")["CiphertextBlob"]
+    rsa_blob = kms.encrypt(KeyId=rsa_keys["RSA_2048"]["KeyId"], Plaintext=b"a",
+                           EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    refused = ("InvalidKeyUsageException",
+               "Algorithm RSAES_OAEP_SHA_256 is incompatible with key spec SYMMETRIC_DEFAULT.")
+    for blob in (sym_blob, rsa_blob):
+        assert error_of(kms.decrypt, CiphertextBlob=blob, KeyId=symmetric,
+                        EncryptionAlgorithm="RSAES_OAEP_SHA_256") == refused
+        assert error_of(kms.re_encrypt, CiphertextBlob=blob, SourceKeyId=symmetric, DestinationKeyId=symmetric,
+                        SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256") == refused
+
+
 def test_rsa_decrypt_dry_run_ignoring_the_ciphertext_checks_the_key_and_algorithm(kms, rsa_keys) -> None:
     key_id = rsa_keys["RSA_2048"]["KeyId"]
     ignore = {"KeyId": key_id, "CiphertextBlob": b"x", "DryRun": True, "DryRunModifiers": ["IGNORE_CIPHERTEXT"]}

@@ -79,11 +79,14 @@ def _note_material(call: Call, material_id: str | None, name: str = "keyMaterial
 
 
 async def _key_of_blob(svc: KmsService, call: Call, blob: bytes, key_id: str | None, algorithm: str) -> Key:
-    """The key that made a ciphertext: the KeyId's asymmetric key when an asymmetric algorithm is
-    named, else the key the blob names. Like AWS, a SYMMETRIC_DEFAULT request (the default) reads
-    the blob as symmetric ciphertext first, so RSA ciphertext there is InvalidCiphertextException."""
+    """The key that made a ciphertext: the KeyId's key when an asymmetric algorithm is named, else
+    the key the blob names. Like AWS, a SYMMETRIC_DEFAULT request (the default) reads the blob as
+    symmetric ciphertext first, so RSA ciphertext there is InvalidCiphertextException."""
     named = await svc.find_key(call, key_id) if key_id else None
-    if named is not None and named.key_spec is not KeySpec.SYMMETRIC_DEFAULT and algorithm != SYMMETRIC_DEFAULT:
+    # An asymmetric algorithm with a named key: that key decrypts, or refuses the algorithm (Decrypt:
+    # InvalidKeyUsageException, incompatible "with the type of key material in the KMS key") whatever
+    # the blob holds. Read first, a symmetric key's blob of another kind would fail as ciphertext.
+    if named is not None and algorithm != SYMMETRIC_DEFAULT:
         return named
     header = read_header(blob)
     if named is not None:
