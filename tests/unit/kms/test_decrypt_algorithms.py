@@ -68,29 +68,20 @@ def _re_encrypt(keys: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("kind", _KINDS)
-async def test_decrypt_with_a_symmetric_key_and_an_rsa_algorithm_is_invalid_key_usage(
-        tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("operation", "params"), [("Decrypt", _decrypt), ("ReEncrypt", _re_encrypt)])
+async def test_a_symmetric_key_named_with_an_rsa_algorithm_is_invalid_key_usage(
+        tmp_path: Path, kind: str, operation: str, params: Any) -> None:
     service, recorder, keys = await _setup(tmp_path)
     with pytest.raises(errors.InvalidKeyUsageException) as caught:
-        await service.execute("Decrypt", alice(), _decrypt(keys, kind))
+        await service.execute(operation, alice(), params(keys, kind))
     assert caught.value.message == INCOMPATIBLE
     record = recorder.records[-1]
     assert (record.event_name, record.error_code, record.error_message) == (
-        "Decrypt", "InvalidKeyUsageException", INCOMPATIBLE)
-    assert record.resources == (keys["sym"],)
-    assert record.request_parameters is not None and record.request_parameters["encryptionAlgorithm"] == RSA
-
-
-@pytest.mark.parametrize("kind", _KINDS)
-async def test_re_encrypt_from_a_symmetric_key_with_an_rsa_algorithm_is_invalid_key_usage(
-        tmp_path: Path, kind: str) -> None:
-    service, recorder, keys = await _setup(tmp_path)
-    with pytest.raises(errors.InvalidKeyUsageException) as caught:
-        await service.execute("ReEncrypt", alice(), _re_encrypt(keys, kind))
-    assert caught.value.message == INCOMPATIBLE
-    record = recorder.records[-1]
-    assert (record.event_name, record.error_code) == ("ReEncrypt", "InvalidKeyUsageException")
+        operation, "InvalidKeyUsageException", INCOMPATIBLE)
     assert record.resources[0] == keys["sym"]
+    if operation == "Decrypt":
+        assert record.resources == (keys["sym"],)
+        assert record.request_parameters is not None and record.request_parameters["encryptionAlgorithm"] == RSA
 
 
 @pytest.mark.parametrize(("operation", "action"), [("Decrypt", "kms:Decrypt"), ("ReEncrypt", "kms:ReEncryptFrom")])
