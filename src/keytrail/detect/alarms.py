@@ -278,10 +278,13 @@ class AlarmBook:
     def _go_on(self, earlier: Alarm, finding: Finding, rule: Rule) -> _Open:
         """An entry for a previous run's alarm, as it delivered it, with `finding` added unless that
         run counted it already."""
+        # What a finding stated, as far as the alarm shows it: the severity its count alone does not
+        # explain (one the count reached says nothing of the finding the alarm tells of).
+        stated = earlier.severity if earlier.severity.rank > rule.severity_for(earlier.count).rank else None
         told = Finding(rule=earlier.rule, time=earlier.first_seen, key_arn=earlier.key_arn,
                        principal_arn=earlier.principal_arn, summary=earlier.summary,
                        recommendation=earlier.recommendation, event_id=None, account_id=earlier.account_id,
-                       region=earlier.region, severity=earlier.severity, details=earlier.details,
+                       region=earlier.region, severity=stated, details=earlier.details,
                        scope=finding.scope)
         entry = _Open(alarm_id=earlier.alarm_id, first=told, first_seen=earlier.first_seen,
                       last_seen=earlier.last_seen, count=earlier.count, floor=earlier.severity,
@@ -321,7 +324,7 @@ class AlarmBook:
         # A milder finding leaves the alarm telling why it is as severe as it is: a HIGH grant to an
         # outside role followed by a MEDIUM whole-account grant on the same key stays HIGH, and must
         # not then read as the MEDIUM one alone. It counts, its event is listed, its origin gathered.
-        if not _milder(finding, entry.finding):
+        if not _milder(finding, entry.finding, rule):
             entry.details.update(finding.details)
             entry.finding = finding
         entry.details.update(gathered)
@@ -369,10 +372,12 @@ def _gathered(details: Mapping[str, str], new: Mapping[str, str]) -> dict[str, s
     return gathered
 
 
-def _milder(finding: Finding, told: Finding) -> bool:
-    """Whether `finding` states a lower severity than the finding the alarm tells of (findings
-    that state none take the rule's, and always update the alarm's summary and details)."""
-    return finding.severity is not None and told.severity is not None and finding.severity.rank < told.severity.rank
+def _milder(finding: Finding, told: Finding, rule: Rule) -> bool:
+    """Whether `finding` is less severe than the finding the alarm tells of, a finding that states
+    no severity having the rule's. (Findings stating none used to update the alarm always: a HIGH
+    DisableKey of a key in use then read as the MEDIUM Encrypt refused after it, and a CRITICAL
+    ScheduleKeyDeletion as a later DisableKey, their details mixed.)"""
+    return (finding.severity or rule.severity).rank < (told.severity or rule.severity).rank
 
 
 def alarm_id_for(finding: Finding) -> str:

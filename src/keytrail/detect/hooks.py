@@ -162,11 +162,14 @@ def _refuse_repeated_urls(webhooks: tuple[WebhookConfig, ...]) -> None:
 
 
 MAX_BACKOFF = 3600.0  # a webhook's first wait between attempts, in seconds
+# A webhook's tries of one alarm: at most about 47 minutes with the default backoff. Unbounded, a
+# refused alarm was never dead-lettered, and every later alarm of the hook waited behind it.
+MAX_ATTEMPTS = 100
 
 
 def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     url = entry.get("url")
-    if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+    if not (isinstance(url, str) and url.lower().startswith(("http://", "https://"))):  # HTTP:// too (RFC 3986)
         shown = _scheme_and_host(url) if isinstance(url, str) else url
         raise ValueError(f"[[hooks.webhook]] needs an http:// or https:// url, not {shown!r}")
     if problem := webhook_url_problem(url):  # not the URL itself: its query may hold a token
@@ -185,8 +188,8 @@ def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     elif not secret:
         raise ValueError(f"webhook {shown}: set secret or secret_env (an HMAC key is required)")
     attempts, backoff = entry.get("attempts", 5), entry.get("backoff", 0.5)
-    if not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1):
-        raise ValueError(f"webhook {shown}: attempts must be a whole number of 1 or more, not {attempts!r}")
+    if not (isinstance(attempts, int) and not isinstance(attempts, bool) and 1 <= attempts <= MAX_ATTEMPTS):
+        raise ValueError(f"webhook {shown}: attempts must be a whole number from 1 to {MAX_ATTEMPTS}, not {attempts!r}")
     # Finite and bounded: the first wait is `backoff` itself (TOML's `inf` slept forever, holding
     # the hook and every alarm behind the one it retried).
     if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and 0 <= backoff <= MAX_BACKOFF):

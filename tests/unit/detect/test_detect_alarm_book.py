@@ -47,3 +47,26 @@ def test_an_equally_severe_finding_updates_the_alarm_to_the_latest() -> None:
     book.record(_grant(5, Severity.HIGH, "arn:aws:iam::444455556666:role/b"))
     (alarm,) = book.pending()
     assert (alarm.count, alarm.summary) == (2, "grant to arn:aws:iam::444455556666:role/b")
+
+
+def _deletion(minutes: int, severity: Severity | None, operation: str) -> Finding:
+    return Finding(rule="key-deletion-in-use", time=START + timedelta(minutes=minutes), key_arn=KEY,
+                   principal_arn=ADMIN, summary=f"{operation} on the key", recommendation="check",
+                   event_id=f"event-{minutes}", severity=severity, details={"operation": operation})
+
+
+def test_a_finding_stating_no_severity_has_the_rules_when_weighed_against_the_alarms() -> None:
+    # key-deletion-in-use is HIGH: its DisableKey finding states no severity, the Encrypt refused
+    # after it states MEDIUM, the ScheduleKeyDeletion before it CRITICAL.
+    book = AlarmBook(RuleSet())
+    book.record(_deletion(0, None, "DisableKey"))
+    book.record(_deletion(5, Severity.MEDIUM, "Encrypt"))
+    (alarm,) = book.pending()
+    assert (alarm.severity, alarm.count, alarm.summary) == (Severity.HIGH, 2, "DisableKey on the key")
+    assert alarm.details["operation"] == "DisableKey"
+    book = AlarmBook(RuleSet())
+    book.record(_deletion(0, Severity.CRITICAL, "ScheduleKeyDeletion"))
+    book.record(_deletion(5, None, "DisableKey"))
+    (alarm,) = book.pending()
+    assert (alarm.severity, alarm.summary, alarm.details["operation"]) == (
+        Severity.CRITICAL, "ScheduleKeyDeletion on the key", "ScheduleKeyDeletion")

@@ -58,7 +58,10 @@ def test_settings_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"webhook": [{"url": "https://alerts/k\n", "secret": "s"}]}, "url: not a URL an HTTP client can send to"),
     ({"webhook": [{"url": "https://alerts/" + "k" * 70_000, "secret": "s"}]}, r"send to \(URL too long\)"),
     ({"webhook": [{"url": "https://x", "secret_env": 5}]}, "are strings"),
-    ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number of 1"),
+    ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 0}]}, "attempts must be a whole number from 1"),
+    # Unbounded, a refused alarm was never dead-lettered: every later alarm of the hook waited behind it.
+    ({"webhook": [{"url": "https://x", "secret": "s", "attempts": 10**20}]}, "attempts must be a whole number from "
+                                                                           "1 to 100, not 100000000000000000000"),
     ({"webhook": [{"url": "https://x", "secret": "s", "backoff": "y"}]}, "backoff must be a number"),
     # TOML's inf: the first wait between attempts slept forever, holding every alarm behind.
     ({"webhook": [{"url": "https://x", "secret": "s", "backoff": float("inf")}]}, "backoff must be a number"),
@@ -242,3 +245,10 @@ def test_each_webhook_has_its_own_outbox_in_the_data_dir_whatever_its_url(tmp_pa
         assert re.fullmatch(r"alarm-outbox-webhook-[0-9a-f]{16}\.jsonl", path.name)
         path.touch()
     assert outbox_paths(tmp_path, HooksConfig.from_settings(settings))[1:] == paths  # the next start's
+
+
+def test_a_webhook_url_scheme_is_taken_in_any_case() -> None:
+    # RFC 3986 3.1: schemes are case-insensitive; "HTTP://" was refused as no http:// URL.
+    settings = {"hooks": {"webhook": [{"url": "HTTP://127.0.0.1:8088/x", "secret": "s"}]}}
+    [webhook] = HooksConfig.from_settings(settings).webhooks
+    assert webhook.url == "HTTP://127.0.0.1:8088/x"

@@ -65,6 +65,7 @@ enabled = false
          "rule unauthorized-decrypt: thresholds must not fall as the severity rises: "
          "CRITICAL at 10 is below HIGH at 50"),
         ('[rules.unused-key]\nwindow = "soon"', "bad duration"),
+        ('[rules.unused-key]\nwindow = "\u0661h"', "bad duration"),  # an Arabic-Indic one was taken as 1
         ('[rules.unused-key]\ncolour = "red"', "unknown setting"),
         ("[rules", "cannot read"),
         ("rules = 5", r"\[rules\] must be a table"),
