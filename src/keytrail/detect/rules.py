@@ -243,8 +243,9 @@ def _apply(rule: Rule, table: Mapping[str, Any]) -> Rule:
     if not isinstance(enabled, bool):
         raise RuleError(f"rule {rule.id}: enabled must be true or false, not {enabled!r}")
     thresholds = _table(table.get("thresholds", rule.thresholds), f"rule {rule.id}: thresholds")
-    if not all(_is_count(count) and count > 0 for count in thresholds.values()):
-        raise RuleError(f"rule {rule.id}: thresholds map a severity to a number of alarms (1 or more)")
+    if not all(_is_count(count) and 0 < count <= _MOST_COUNT for count in thresholds.values()):
+        raise RuleError(f"rule {rule.id}: thresholds map a severity to a number of alarms "
+                        f"(1 to {_MOST_COUNT:,})")
     window = table.get("window", rule.window)
     if not isinstance(window, str | int | float | timedelta) or isinstance(window, bool):
         raise RuleError(f"rule {rule.id}: window must be a duration such as \"1h\", not {window!r}")

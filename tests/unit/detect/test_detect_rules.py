@@ -65,6 +65,8 @@ enabled = false
          "rule unauthorized-decrypt: thresholds must not fall as the severity rises: "
          "CRITICAL at 10 is below HIGH at 50"),
         ('[rules.unused-key]\nwindow = "soon"', "bad duration"),
+        ("[rules.unauthorized-decrypt]\nthresholds = { CRITICAL = 100000000000000000000 }",
+         r"thresholds map a severity to a number of alarms \(1 to 1,000,000,000\)"),
         ('[rules.unused-key]\nwindow = "\u0661h"', "bad duration"),  # an Arabic-Indic one was taken as 1
         ('[rules.unused-key]\ncolour = "red"', "unknown setting"),
         ("[rules", "cannot read"),
