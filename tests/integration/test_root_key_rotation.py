@@ -173,6 +173,19 @@ def test_the_current_root_key_file_as_the_new_key_is_refused_before_anything_cha
     assert (data / "keys.db").read_bytes() == before
 
 
+def test_a_copy_of_the_current_root_key_as_the_new_key_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    asyncio.run(_store_with_a_key(data))
+    before = (data / "keys.db").read_bytes()
+    copy = _new_key(tmp_path / "copy.key")
+    copy.write_bytes((data / "root.key").read_bytes())
+    result = _rotate("--data-dir", data, "--new-key", copy)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == ("keytrail root-key rotate: --new-key holds the current root key: make a new one with "
+                             "head -c 32 /dev/urandom > FILE\n")
+    assert (data / "keys.db").read_bytes() == before
+
+
 def test_a_shared_store_is_resealed_and_a_node_with_the_old_key_is_refused(
         tmp_path: Path, database: str) -> None:  # noqa: F811
     url = f"postgresql://postgres@127.0.0.1:5432/{database}"

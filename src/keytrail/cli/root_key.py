@@ -129,6 +129,8 @@ async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int | None:
     from keytrail.kms.sqlite_store import SqliteStore
 
     old = RootKey.load(data_dir, create=False)
+    if old.same_as(new):  # "resealed" under the same key: and the advice after it spoke of an old key gone
+        raise _Refused("--new-key holds the current root key: make a new one with head -c 32 /dev/urandom > FILE")
     if url is not None:
         if problem := store_url_problem(url):
             raise _Refused(problem)

@@ -183,7 +183,9 @@ class LedgerWatch:
                 if not await self.verify(timeout):
                     return  # refused until restart: nothing more to check
             except Exception as exc:  # the database away for a while: the calls say so, the next check runs
-                log.warning("key store: the ledger check could not run: %s", exc)
+                # A TimeoutError has no words of its own: the line ended at "could not run: ".
+                reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
+                log.warning("key store: the ledger check could not run: %s", reason or type(exc).__name__)
 
     async def stop(self) -> None:
         if self._task is not None:

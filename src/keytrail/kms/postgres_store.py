@@ -70,8 +70,13 @@ PING_RECENT_SECONDS = 1.0
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keytrail.schema', 0))"
 _DOCUMENT_NAMES = ", ".join(f"kms_{table.name}" for table in DOCUMENT_TABLES)
 _OF_KEY = "account=$1 AND region=$2 AND key_id=$3"
+# A role without pg_read_all_stats sees another role's sessions with backend_type NULL (their
+# role name shown): counted as clients, or a rotation run as the tables' owner passed over nodes
+# serving as another role, whose every call then failed as if the rows were forged. Background
+# workers (autovacuum) have no role.
 _OTHER_CLIENTS = """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-    AND backend_type = 'client backend' AND pid <> pg_backend_pid()"""
+    AND (backend_type = 'client backend' OR (backend_type IS NULL AND usename IS NOT NULL))
+    AND pid <> pg_backend_pid()"""
 # The document tables the role may not VACUUM: only their owner (or the database's) may, and
 # PostgreSQL skips the others with a warning, not an error.
 _NOT_VACUUMABLE = """SELECT array_agg(relname::text ORDER BY relname) FROM pg_class

@@ -62,6 +62,10 @@ class RootKey:
     def __repr__(self) -> str:
         return "RootKey(<sealed>)"
 
+    def same_as(self, other: RootKey) -> bool:
+        """Whether `other` holds the same 32 bytes (compared through a key derived from them)."""
+        return hmac.compare_digest(self._mac_key, other._mac_key)
+
     def seal(self, material: bytes, binding: str) -> bytes:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, material, binding.encode())

@@ -124,6 +124,30 @@ async def test_a_store_of_a_version_before_is_refused_in_one_line_to_a_role_that
     await (await PostgresStore.connect(_as(dsn, role), root)).close()
 
 
+async def test_a_rotation_by_the_tables_owner_is_refused_while_a_node_of_another_role_is_connected(
+        role: str, dsn: str) -> None:
+    # pg_stat_activity shows a role without pg_read_all_stats another role's sessions with no
+    # backend_type: the rotation, run as the tables' owner (no superuser), counted no other client
+    # and resealed under a node serving as `role`, whose every call then failed as if forged.
+    owner, database = f"keytrail_owner_{os.urandom(6).hex()}", dsn.rsplit("/", 1)[1]
+    await _admin(ADMIN_DSN, f"CREATE ROLE {owner} LOGIN", f"ALTER DATABASE {database} OWNER TO {owner}")
+    try:
+        root = RootKey(os.urandom(32))
+        rotating = await PostgresStore.connect(_as(dsn, owner), root)  # makes the tables: their owner
+        await _admin(dsn, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        node = await PostgresStore.connect(_as(dsn, role), root)
+        try:
+            with pytest.raises(StoreBusy, match="^1 other client"):
+                await rotating.reseal(RootKey(os.urandom(32)))
+        finally:
+            await node.close()
+            await rotating.close()
+        await (await PostgresStore.connect(dsn, root)).close()  # still sealed under the old root key
+    finally:
+        await _admin(dsn, f"REASSIGN OWNED BY {owner} TO postgres")
+        await _admin(ADMIN_DSN, f"DROP ROLE {owner}")
+
+
 async def test_a_root_key_rotation_by_a_role_that_does_not_own_the_tables_is_refused_changing_nothing(
         role: str, dsn: str) -> None:
     # PostgreSQL skips VACUUM FULL of a table the role does not own with a warning only: the rotation
