@@ -97,10 +97,14 @@ def store_url_problem(url: str) -> str | None:
     """Why `url` names no store keytrail opens, naming where it came from (--store, or $KEYTRAIL_STORE:
     an operator who gave no --store looked for one) and the URL without its user or any password
     (a `password=` in its query was printed whole)."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return None
     source = f"${STORE_ENV}" if url == os.environ.get(STORE_ENV) else "--store"
-    return f"{source} must be a postgresql:// URL, got {_place(url)!r}"
+    if not url.startswith(("postgresql://", "postgres://")):
+        return f"{source} must be a postgresql:// URL, got {_place(url)!r}"
+    if url.partition("://")[2].split("/", 1)[0].count("@") > 1:
+        # asyncpg takes the host from after the first "@": "cannot open the key store at
+        # 127.0.0.1:5432/db: Name or service not known" named a host that resolves.
+        return f"{source}: the user name or password holds a '@': percent-encode it as %40"
+    return None
 
 
 async def _check_reachable(url: str) -> None:

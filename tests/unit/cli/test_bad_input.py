@@ -511,6 +511,9 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
     (("--config", "bad.toml"), "keytrail serve: --config: {bad}: not valid TOML"),
     (("--tls-cert", "bad.toml", "--tls-key", "bad.toml"), "keytrail serve: --tls-cert {bad} and --tls-key {bad}"),
     (("--store", "mysql://db/keys"), "keytrail serve: --store must be a postgresql:// URL"),
+    # asyncpg took the host from after the first "@" and named one that resolves as unknown.
+    (("--store", "postgresql://kt@ops@127.0.0.1:5432/keys"),
+     "keytrail serve: --store: the user name or password holds a '@': percent-encode it as %40"),
 ])
 def test_a_refused_start_of_serve_leaves_no_data_dir_it_made(tmp_path: Path, options: tuple[str, ...],
                                                              complaint: str) -> None:
