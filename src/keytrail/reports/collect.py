@@ -241,12 +241,16 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
     over_time = store.usage(["keyArn", "principalArn"], window, since, until,  # type: ignore[arg-type]
                             categories=True)
     cost = store.cost(options.prices, since, until, end) if as_of else _empty_cost()
-    alarms, alarms_note = _alarms(options, _keys_at(store, since))
+    alarms, alarms_note = _alarms(options, as_of, _keys_at(store, since))
+    # The as-of time bounds the last uses as --until does: without it, a use dated after now (the
+    # events `end` counts as late) showed as a key's last use, later than the report's as-of time.
+    used_until = until or (as_of if end is not None and end.late else None)
     return _named(ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=consumed.events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of, end),
-        last_used=mark_unused(store.last_used_by_key(until), as_of, options.unused_days, store.lifecycle(), first),
+        last_used=mark_unused(store.last_used_by_key(used_until), as_of, options.unused_days, store.lifecycle(),
+                              first),
         denied=consumed.denied, alarms=alarms, alarms_note=alarms_note,
         keys_not_created=len(store.keys_never_created(cost)), open_end=end,
         clock_steps=tuple(step.line() for step in store.clock_steps(cost)),
@@ -283,8 +287,11 @@ def _keys_at(store: MetricsStore, since: datetime | None) -> KeysAtStart | None:
     return KeysAtStart(dict(used.iter_rows()), frozenset(keys_going(store.lifecycle(), since)))
 
 
-def _alarms(options: ReportOptions, keys: KeysAtStart | None = None) -> tuple[pl.DataFrame, str | None]:
-    """The alarms of the period, and a note when what should hold them could not be read whole:
+def _alarms(options: ReportOptions, as_of: datetime | None,
+            keys: KeysAtStart | None = None) -> tuple[pl.DataFrame, str | None]:
+    """The alarms of the period, up to the as-of time (--until, or where the report ends without
+    it: an alarm a detector raised after the last event, an unused-key alarm of a later tick, was
+    listed only without --until), and a note when what should hold them could not be read whole:
     "no alarms" would read as a quiet period."""
     path = options.alarms
     found: list[dict[str, Any]] = []
@@ -297,4 +304,4 @@ def _alarms(options: ReportOptions, keys: KeysAtStart | None = None) -> tuple[pl
             lines = f"{unreadable:,} line{'' if unreadable == 1 else 's'}"
             note = f"{lines} of {path} {'is' if unreadable == 1 else 'are'} no alarm (damaged, or not keytrail's): " \
                    "left out of the report"
-    return alarms_frame(found, options.since, options.until, keys), note
+    return alarms_frame(found, options.since, as_of, keys), note

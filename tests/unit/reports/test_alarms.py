@@ -68,5 +68,23 @@ def test_keytrail_report_says_when_its_alarms_could_not_be_read_whole(tmp_path: 
     folder.mkdir(parents=True)
     from keytrail.reports.collect import ReportOptions, _alarms
 
-    frame, why = _alarms(ReportOptions(alarms=folder))
+    frame, why = _alarms(ReportOptions(alarms=folder), None)
     assert (frame.height, why) == (0, f"{folder} is not a file: the report shows no alarm")
+
+
+def test_a_report_without_until_lists_the_alarms_up_to_its_as_of_time_as_with_until_at_it(tmp_path: Path) -> None:
+    """An unused-key alarm a detector's tick raised a day after the last event was listed only
+    without --until, after the period the report names."""
+    from keytrail.pipeline.sources import RecordsSource
+    from keytrail.reports.collect import ReportOptions, collect_sync
+    from tests.unit.reports.records import key_arn, record
+
+    events = [record("CreateKey", datetime(2026, 11, 1, tzinfo=UTC), key_arn("k"))]
+    alarms = tmp_path / "alarms.jsonl"
+    lines = [_alarm("a1", "permissive-key", "HIGH", "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z"),
+             _alarm("a2", "unused-key", "LOW", "2026-11-02T00:00:00Z", "2026-11-02T00:00:00Z")]
+    alarms.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = collect_sync(RecordsSource(events), ReportOptions(alarms=alarms))
+    assert report.alarms.get_column("alarmId").to_list() == ["a1"]
+    bounded = collect_sync(RecordsSource(events), ReportOptions(alarms=alarms, until=report.as_of))
+    assert bounded.alarms.equals(report.alarms)

@@ -66,6 +66,8 @@ def test_one_event_dated_2099_leaves_the_report_as_of_the_true_end(tmp_path: Pat
     # The quiet key has been unused for 40 days by now; as of 2099, the used key would have been too.
     unused = dict(zip(report.last_used["keyArn"], report.last_used["unused"], strict=True))
     assert unused == {KEY: False, QUIET: True}
+    # Its last use is before the as-of time, as with --until at it: the 2099 Decrypt showed there.
+    assert report.last_used["lastUsedTime"].to_list() == truth.last_used["lastUsedTime"].to_list()
     asyncio.run(Runner(state_dir(tmp_path), RecordsSource([*true, skewed])).run())
     assert report.cost.drop("aliases").sort("keyArn").equals(MetricsStore(tmp_path).cost(PriceTable()).sort("keyArn"))
 
