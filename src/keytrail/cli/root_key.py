@@ -118,7 +118,7 @@ def _new_secret(path: Path) -> bytes:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise _Refused(f"--new-key: {path} can be read by other users (mode {mode:04o}): chmod 600 (or 400) it first")
-    RootKey.from_file(path, "make it with head -c 32 /dev/urandom > FILE")  # the size, and a warning if shared
+    RootKey.from_file(path, "make it with head -c 32 /dev/urandom > FILE")  # the size (shared: refused above)
     return path.read_bytes()
 
 
