@@ -189,7 +189,10 @@ CHECKED = [
         "made up, cut or changed is refused too (it used to be taken). The token of a retired grant names no "
         "grant and is refused the same way: AWS documents no answer for it. So is a token of another "
         "Region's grant, in `GrantTokens` and in `RetireGrant`: grants are Regional, as their keys "
-        "(`RetireGrant` in one Region used to retire another Region's grant by its token).",
+        "(`RetireGrant` in one Region used to retire another Region's grant by its token). Tokens are "
+        "checked where the call is authorized, once its key is found: such a refusal is logged with the "
+        "call's key, encryption context and algorithm like any refused call (it used to lose them), and a "
+        "call naming a key that does not exist is `NotFoundException` whatever its tokens.",
     ),
     (
         "`RetireGrant` with a `GrantToken` and a `KeyId` of another key, or a `GrantId` of another grant",

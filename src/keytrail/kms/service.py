@@ -182,8 +182,6 @@ class KmsService:
     async def handle(self, operation: Operation, call: Call) -> Response:
         """Run the handler; a call that changes keys holds the lock of its key until it returns
         (its read-modify-write would otherwise undo a concurrent call's change)."""
-        if tokens := call.params.get("GrantTokens"):
-            await self._check_grant_tokens(tokens, call.context.region)
         if operation.read_only:
             return await operation.handler(self, call)
         async with contextlib.AsyncExitStack() as held:
@@ -318,7 +316,12 @@ class KmsService:
     async def authorize(
         self, call: Call, action: str, key: Key | None, conditions: Mapping[str, Any] | None = None,
     ) -> None:
-        """The one authorization point: AccessDeniedException unless policies or grants allow."""
+        """The one authorization point: AccessDeniedException unless policies or grants allow.
+        The call's grant tokens are checked here, once the handler has noted what CloudTrail logs
+        (its key, its algorithm), so that a call refused for a token is logged as fully as one
+        refused by a policy; ReEncrypt checks them twice, for its source and its destination."""
+        if tokens := call.params.get("GrantTokens"):
+            await self._check_grant_tokens(tokens, call.context.region)
         grants: Sequence[Grant] = ()
         if key is not None:
             # Only grants naming the caller can allow it anything; the others are not weighed

@@ -227,6 +227,26 @@ def test_failed_re_encrypt_records_both_encryption_algorithms(server: KeytrailSe
         assert algorithms == dict.fromkeys(algorithms, "SYMMETRIC_DEFAULT")
 
 
+def test_a_call_refused_for_its_grant_token_is_logged_as_any_refused_call(server: KeytrailServer, kms, key) -> None:
+    """An invalid grant token was checked before the handler noted what CloudTrail logs: the record
+    of the refused Encrypt had no encryptionAlgorithm, Decrypt's no requestParameters at all, and
+    neither named its key in `resources`, so the refusal fell out of per-key usage and detection."""
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"p", EncryptionContext={"a": "1"})["CiphertextBlob"]
+    calls: list[tuple[Callable[..., Any], dict[str, Any], dict[str, Any]]] = [
+        (kms.encrypt, {"KeyId": key["KeyId"], "Plaintext": b"p", "EncryptionContext": {"a": "1"}},
+         {"keyId": key["KeyId"], "encryptionContext": {"a": "1"}, "encryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
+        (kms.decrypt, {"CiphertextBlob": blob, "EncryptionContext": {"a": "1"}},
+         {"encryptionContext": {"a": "1"}, "encryptionAlgorithm": "SYMMETRIC_DEFAULT"}),
+        (kms.generate_data_key, {"KeyId": key["KeyId"], "KeySpec": "AES_128"},
+         {"keyId": key["KeyId"], "keySpec": "AES_128"}),
+    ]
+    for call, kwargs, logged in calls:
+        event = _failed_call_event(server, call, GrantTokens=["not-a-grant-token"], **kwargs)
+        assert event["errorCode"] == "InvalidGrantTokenException"
+        assert {k: v for k, v in event["requestParameters"].items() if k != "grantTokens"} == logged
+        assert [r["ARN"] for r in event["resources"]] == [key["Arn"]]
+
+
 def test_re_encrypt_dry_run_ignoring_the_ciphertext_checks_both_keys(server: KeytrailServer, kms, key) -> None:
     """ReEncrypt takes DryRunModifiers IGNORE_CIPHERTEXT as Decrypt does (the model's ReEncrypt docs):
     both keys are checked (who may use them, usage, state), the ciphertext is not read."""

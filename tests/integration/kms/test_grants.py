@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from tests.support.errors import aws_error
 from tests.support.server import ACCOUNT, KeytrailServer
@@ -94,6 +96,56 @@ def test_grant_tokens_that_are_not_grant_tokens_are_refused(server: KeytrailServ
     assert (code, message, status) == ("InvalidGrantTokenException", "The grant token is invalid.", 400)
     token = kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt"])["GrantToken"]
     assert kms.encrypt(KeyId=key_id, Plaintext=b"x", GrantTokens=[token] * 10)["KeyId"].endswith(key_id)
+
+
+def _calls_taking_grant_tokens(kms: Any) -> dict[str, tuple[Callable[..., Any], dict[str, Any]]]:
+    """A valid request of every operation whose input has GrantTokens, by operation name."""
+    def key(spec: str, usage: str) -> str:
+        return kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+    symmetric, mac = key("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), key("HMAC_256", "GENERATE_VERIFY_MAC")
+    signing, agreeing = key("ECC_NIST_P256", "SIGN_VERIFY"), key("ECC_NIST_P256", "KEY_AGREEMENT")
+    kem = key("ML_KEM_768", "ENCAPSULATE_DECAPSULATE")
+    blob = kms.encrypt(KeyId=symmetric, Plaintext=b"p")["CiphertextBlob"]
+    signed = {"KeyId": signing, "Message": b"m", "SigningAlgorithm": "ECDSA_SHA_256"}
+    maced = {"KeyId": mac, "Message": b"m", "MacAlgorithm": "HMAC_SHA_256"}
+    peer = kms.get_public_key(KeyId=agreeing)["PublicKey"]
+    sealed = kms.encapsulate(KeyId=kem, EncapsulationAlgorithm="ML_KEM")["SharedSecretCiphertextBlob"]
+    return {
+        "CreateGrant": (kms.create_grant, {"KeyId": symmetric, "GranteePrincipal": BOB, "Operations": ["Decrypt"]}),
+        "Decapsulate": (kms.decapsulate, {"KeyId": kem, "EncapsulationAlgorithm": "ML_KEM",
+                                          "SharedSecretCiphertextBlob": sealed}),
+        "Decrypt": (kms.decrypt, {"CiphertextBlob": blob}),
+        "DeriveSharedSecret": (kms.derive_shared_secret, {"KeyId": agreeing, "KeyAgreementAlgorithm": "ECDH",
+                                                          "PublicKey": peer}),
+        "DescribeKey": (kms.describe_key, {"KeyId": symmetric}),
+        "Encapsulate": (kms.encapsulate, {"KeyId": kem, "EncapsulationAlgorithm": "ML_KEM"}),
+        "Encrypt": (kms.encrypt, {"KeyId": symmetric, "Plaintext": b"p"}),
+        "GenerateDataKey": (kms.generate_data_key, {"KeyId": symmetric, "KeySpec": "AES_256"}),
+        "GenerateDataKeyPair": (kms.generate_data_key_pair, {"KeyId": symmetric, "KeyPairSpec": "ECC_NIST_P256"}),
+        "GenerateDataKeyPairWithoutPlaintext": (kms.generate_data_key_pair_without_plaintext,
+                                                {"KeyId": symmetric, "KeyPairSpec": "ECC_NIST_P256"}),
+        "GenerateDataKeyWithoutPlaintext": (kms.generate_data_key_without_plaintext,
+                                            {"KeyId": symmetric, "KeySpec": "AES_256"}),
+        "GenerateMac": (kms.generate_mac, maced),
+        "GetPublicKey": (kms.get_public_key, {"KeyId": signing}),
+        "ReEncrypt": (kms.re_encrypt, {"CiphertextBlob": blob, "DestinationKeyId": symmetric}),
+        "Sign": (kms.sign, signed),
+        "Verify": (kms.verify, {**signed, "Signature": kms.sign(**signed)["Signature"]}),
+        "VerifyMac": (kms.verify_mac, {**maced, "Mac": kms.generate_mac(**maced)["Mac"]}),
+    }
+
+
+def test_every_operation_taking_grant_tokens_refuses_one_that_is_not_valid(kms) -> None:
+    # Tokens are checked where the call is authorized, after its key is found: an operation whose
+    # handler did not authorize through that point would take any token unchecked.
+    calls = _calls_taking_grant_tokens(kms)
+    model = kms.meta.service_model
+    assert set(calls) == {name for name in model.operation_names
+                          if "GrantTokens" in model.operation_model(name).input_shape.members}
+    for name, (call, kwargs) in calls.items():
+        assert call(**kwargs)["ResponseMetadata"]["HTTPStatusCode"] == 200, name
+        code, message, _ = aws_error(call, GrantTokens=["not-a-grant-token"], **kwargs)
+        assert (name, code, message) == (name, "InvalidGrantTokenException", "The grant token is invalid.")
 
 
 def test_a_grantee_or_retiring_principal_that_names_no_principal_is_invalid_arn(kms) -> None:
