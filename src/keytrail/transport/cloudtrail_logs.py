@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import os
+import re
 import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -66,16 +67,31 @@ class ReadReport:
 
 
 def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> Iterator[Path]:
-    """Every .json / .json.gz file named or found (recursively, sorted) under the folders named; a
-    folder among them that cannot be listed (permissions), or a log's name on what is not a regular
-    file (a FIFO, a dangling link), goes to `on_problem`, for it is not read (Path.rglob passed
-    over both in silence)."""
+    """Every .json / .json.gz file named or found (recursively, oldest first: `_delivery_order`)
+    under the folders named; a folder among them that cannot be listed (permissions), or a log's
+    name on what is not a regular file (a FIFO, a dangling link), goes to `on_problem`, for it is
+    not read (Path.rglob passed over both in silence)."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            yield from sorted(_logs_under(path, on_problem))
+            yield from sorted(_logs_under(path, on_problem), key=_delivery_order)
         else:
             yield path
+
+
+def _delivery_order(path: Path) -> tuple[str, str, str]:
+    """Where a log file sorts in a folder: by the time in its name (`<account>_CloudTrail_<region>_
+    <YYYYMMDDTHHmmZ>_<unique>.json.gz`, CloudTrail Log File Naming Convention), then its unique
+    part (the log offset of the first record in keytrail's exports), then its path. A bucket's
+    folders go by account and Region before the date: in path order one account's whole history
+    came before an older record of another's. Files not named so come first, by path."""
+    match = _LOG_FILE_TIME.search(path.name)
+    if match is None:
+        return "", "", str(path)
+    return match.group(1), path.name[match.end():], str(path)
+
+
+_LOG_FILE_TIME = re.compile(r"_CloudTrail_[^_]+_(\d{8}T\d{4}Z)_")
 
 
 class Held(Enum):

@@ -164,6 +164,28 @@ async def test_export_writes_text_beyond_ascii_as_utf8_json_that_reads_back_the_
     assert exported["eventTime"] == "2026-11-28T23:59:59.999Z"
 
 
+async def test_a_bucket_of_several_accounts_and_regions_is_imported_oldest_file_first(tmp_path: Path) -> None:
+    """A trail bucket's folders go by account, then Region, then date: read in path order, an older
+    account's whole history came after a younger's, and `audit events` (oldest first) was not."""
+    example = _kms_examples()[0]
+    files = [("444455556666", "eu-west-1", "20261202T0905Z", "2026-12-02T09:01:00Z"),
+             ("111122223333", "us-east-1", "20261203T1010Z", "2026-12-03T10:06:00Z"),
+             ("111122223333", "us-west-2", "20261201T0800Z", "2026-12-01T07:58:00Z"),
+             ("111122223333", "us-east-1", "20261201T0805Z", "2026-12-01T08:01:00Z")]
+    bucket = tmp_path / "bucket"
+    for account, region, stamp, event_time in files:
+        day = f"{stamp[:4]}/{stamp[4:6]}/{stamp[6:8]}"
+        folder = bucket / "AWSLogs" / account / "CloudTrail" / region / day
+        folder.mkdir(parents=True)
+        record = {**example, "eventID": f"{account}-{region}-{stamp}", "eventTime": event_time,
+                  "awsRegion": region, "recipientAccountId": account}
+        (folder / f"{account}_CloudTrail_{region}_{stamp}_a1b2c3d4e5f6.json").write_text(
+            json.dumps({"Records": [record]}))
+    assert (await import_cloudtrail(tmp_path / "node", [bucket])).records == 4
+    times = [event["eventTime"] for _, event in iter_events(tmp_path / "node")]
+    assert times == sorted(event_time for *_, event_time in files)
+
+
 async def test_export_writes_in_bounded_files_and_a_reimport_keeps_the_log_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
