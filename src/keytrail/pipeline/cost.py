@@ -64,7 +64,8 @@ SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey", "SynchronizeMultiRegionKey
 #: CloudTrail's own calls as it writes SSE-KMS log files (userIdentity AWSService, its invokedBy as
 #: the principal): AWS charges no one for them (shared/reference/audit-anchors.md §3.1).
 UNBILLED_CALLERS = frozenset({"cloudtrail.amazonaws.com"})
-#: Usage rows that are billed requests: neither a KMS service event nor an unbilled caller's call.
+#: Usage rows that are billed requests: neither a KMS service event nor an unbilled caller's call
+#: (`classed_requests` also leaves out the CreateKey records of keys AWS made: `_created_by_aws`).
 BILLABLE = ~pl.col("eventName").is_in(list(SERVICE_EVENTS)) & ~pl.col("principalArn").fill_null("").is_in(
     list(UNBILLED_CALLERS)
 )
@@ -165,33 +166,38 @@ def billed_segments(events: Iterable[tuple[datetime, str]], billed_rotations: in
     """Billable hour runs of one key from its lifecycle events (time order not required).
 
     An hour is billed when the key was billable at any moment of it, at the highest rate of
-    that hour. Keys pending deletion (and deleted keys) are not billed; a cancelled deletion
-    bills its waiting period after all (AWS KMS pricing: as if never scheduled).
+    that hour; the key is billable in the second of the event that ends its billing (CloudTrail's
+    resolution: an event at t happened within [t, t+1)). Keys pending deletion (and deleted keys)
+    are not billed; a cancelled deletion bills its waiting period after all (AWS KMS pricing: as
+    if never scheduled).
     """
     open_since: float | None = None
-    pending_since: float | None = None
+    restorable_from: int | None = None  # the first clock hour a CancelKeyDeletion bills after all
     rotations = 0
     segments: list[Segment] = []
     for when, name in _as_they_happened(sorted(events, key=_billing_order)):
         now = when.timestamp()
         if name in ("CreateKey", "ReplicateKey", "CancelKeyDeletion") and open_since is None:
-            if name == "CancelKeyDeletion" and pending_since is not None:
-                _restore(segments, pending_since, now, min(rotations, billed_rotations))
-            open_since, pending_since = now, None
+            if name == "CancelKeyDeletion" and restorable_from is not None:
+                _restore(segments, restorable_from, now, min(rotations, billed_rotations))
+            open_since, restorable_from = now, None
         elif name == "RotateKey":
             if open_since is not None and rotations < billed_rotations:
                 _close(segments, open_since, now, min(rotations, billed_rotations))
                 open_since = now
             rotations += 1
         elif name in ("ScheduleKeyDeletion", "DeleteKey") and open_since is not None:
-            _close(segments, open_since, now, min(rotations, billed_rotations))
-            open_since, pending_since = None, now if name == "ScheduleKeyDeletion" else None
+            billable_until = _end_of_second(now)
+            _close(segments, open_since, billable_until, min(rotations, billed_rotations))
+            # The run just closed billed the scheduling's hour: a cancel bills from the next one.
+            open_since = None
+            restorable_from = math.ceil(billable_until / 3600) if name == "ScheduleKeyDeletion" else None
         elif name == "DeleteKey":
-            pending_since = None  # the waiting period ran out: nothing left to cancel
-        elif name == "ScheduleKeyDeletion" and pending_since is None:
+            restorable_from = None  # the waiting period ran out: nothing left to cancel
+        elif name == "ScheduleKeyDeletion" and restorable_from is None:
             # A key created before the logs: it existed, and a cancel bills from here, this hour
-            # included (no run billed it), hence from the hour's start.
-            pending_since = now - now % 3600
+            # included (no run billed it).
+            restorable_from = math.floor(now / 3600)
     if open_since is not None:
         _close(segments, open_since, math.inf, min(rotations, billed_rotations))
     return segments
@@ -228,6 +234,12 @@ def _allowed(name: str, pending: bool) -> bool:
     return pending if name in ("CancelKeyDeletion", "DeleteKey") else True
 
 
+def _end_of_second(moment: float) -> float:
+    """The end of the whole second holding `moment`: CloudTrail times have one-second resolution,
+    so an event logged at 01:00:00 happened within [01:00:00, 01:00:01), in the hour 01:00."""
+    return math.floor(moment) + 1
+
+
 def _close(segments: list[Segment], start: float, end: float, rotations: int) -> None:
     start_hour = math.floor(start / 3600)
     end_hour = math.ceil(end / 3600) if end != math.inf else 2**62
@@ -238,10 +250,10 @@ def _close(segments: list[Segment], start: float, end: float, rotations: int) ->
     segments.append(Segment(start_hour, max(end_hour, start_hour), rotations))
 
 
-def _restore(segments: list[Segment], scheduled: float, cancelled: float, rotations: int) -> None:
-    # The hours wholly inside the waiting period: the scheduling hour was billed before it, the
-    # cancelling hour is billed by the run that starts there.
-    start_hour, end_hour = math.ceil(scheduled / 3600), math.floor(cancelled / 3600)
+def _restore(segments: list[Segment], start_hour: int, cancelled: float, rotations: int) -> None:
+    # The waiting period's hours from `start_hour` (the scheduling hour was billed before it, but
+    # for a key created before the logs) to the cancelling hour, billed by the run that starts there.
+    end_hour = math.floor(cancelled / 3600)
     if end_hour > start_hour:
         segments.append(Segment(start_hour, end_hour, rotations, charged_hour=end_hour))
 
@@ -276,11 +288,18 @@ def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFra
         .group_by("keyArn")
         .agg(pl.col("keySpec").first())
     )
-    # AWS charges nothing for creating an AWS managed key (the service makes it on the account's
-    # first use), only for using it: its CreateKey is no billed request.
-    aws_managed = lifecycle.filter((pl.col("eventName") == "CreateKey") & (pl.col("keyManager") == "AWS"))
-    created_by_aws = (pl.col("eventName") == "CreateKey") & pl.col("keyArn").is_in(aws_managed["keyArn"].implode())
-    return price_classes(usage.filter(BILLABLE & ~created_by_aws.fill_null(False)), specs)
+    return price_classes(usage.filter(BILLABLE & ~_created_by_aws(lifecycle)), specs)
+
+
+def _created_by_aws(lifecycle: pl.DataFrame) -> pl.Expr:
+    """The CreateKey rows no customer requested. AWS charges nothing for creating an AWS managed key
+    (the service makes it on the account's first use), only for using it. A replica's CreateKey,
+    logged in its Region with `invokedBy` kms.amazonaws.com, is KMS's doing for a ReplicateKey, the
+    one request the caller pays for; usage keeps no invokedBy, but the ReplicateKey names the replica."""
+    made_by_aws = ((pl.col("eventName") == "CreateKey") & (pl.col("keyManager") == "AWS")) | (
+        pl.col("eventName") == "ReplicateKey")
+    keys = lifecycle.filter(made_by_aws)["keyArn"].implode()
+    return ((pl.col("eventName") == "CreateKey") & pl.col("keyArn").is_in(keys)).fill_null(False)
 
 
 def request_counts(

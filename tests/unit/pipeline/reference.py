@@ -223,7 +223,8 @@ def _hour_rates(
                 state[key]["since"] = now
             state[key]["rotations"] += 1
         elif name in ("ScheduleKeyDeletion", "DeleteKey") and state[key]["since"] is not None:
-            bill(key, state[key]["since"], now)
+            # Whole-second times: the event happened within [now, now + 1), the key billable until then.
+            bill(key, state[key]["since"], now + 1)
             state[key]["since"] = None
             state[key]["scheduled"] = now if name == "ScheduleKeyDeletion" else None
         elif name == "CancelKeyDeletion" and state[key]["since"] is None:

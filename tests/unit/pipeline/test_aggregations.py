@@ -16,6 +16,7 @@ from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from keytrail.pipeline.usage import merge_usage, roll_up, usage_minutes
 from tests.unit.pipeline import reference
+from tests.unit.reports.records import key_arn, record
 
 SETTINGS = SyntheticSettings(
     keys=60, principals=25, accounts=3, seconds_per_event=20.0, lifecycle_share=0.01, same_second_share=0.3
@@ -170,6 +171,7 @@ def test_a_cancelled_waiting_period_is_billed_after_all_and_a_completed_one_is_n
     # AWS KMS pricing: a key pending deletion is not billed; cancelling bills it as if the
     # deletion had never been scheduled. The 02:30 hour is billed before the scheduling, the
     # 05:10 hour by the key enabled again: 03:00-05:00 are the restored hours, charged at 05:00.
+    # Scheduled at 07:00:00, the key was billable in that second: the 07:00 hour is billed too.
     events = [
         (_t(0), "CreateKey"),
         (_t(2, 30), "ScheduleKeyDeletion"),
@@ -178,7 +180,7 @@ def test_a_cancelled_waiting_period_is_billed_after_all_and_a_completed_one_is_n
         (_t(9), "DeleteKey"),
     ]
     segments = billed_segments(events, 2)
-    assert [(s.start_hour % 24, s.end_hour % 24) for s in segments] == [(0, 3), (3, 5), (5, 7)]
+    assert [(s.start_hour % 24, s.end_hour % 24) for s in segments] == [(0, 3), (3, 5), (5, 8)]
     assert [s.charged_hour for s in segments] == [None, segments[2].start_hour, None]
 
 
@@ -219,3 +221,26 @@ def test_records_of_odd_shapes_read_as_nulls_and_those_without_time_or_name_are_
     assert rows["identity-odd"]["principalArn"] is None
     assert rows["identity-odd"]["accountId"] == good["recipientAccountId"]
     assert rows["create-odd"]["keySpec"] == "SYMMETRIC_DEFAULT" and rows["create-odd"]["logOffset"] == 12
+
+
+def _keys_leaving_at_the_tops_of_hours() -> list[dict[str, Any]]:
+    """Lifecycle events in the first second of a clock hour (as a dev clock standing still logs them)."""
+    used, instant, rotated, cancelled, before_logs = (key_arn(name) for name in (
+        "used", "instant", "rotated", "cancelled", "before-logs"))
+    return [
+        record("CreateKey", _t(0, 20), used), record("Encrypt", _t(1), used),
+        record("ScheduleKeyDeletion", _t(1), used),
+        record("CreateKey", _t(2), instant), record("ScheduleKeyDeletion", _t(2), instant),
+        record("CreateKey", _t(0), rotated), record("RotateKey", _t(2), rotated), record("DeleteKey", _t(4), rotated),
+        record("CreateKey", _t(0), cancelled), record("ScheduleKeyDeletion", _t(3), cancelled),
+        record("CancelKeyDeletion", _t(5), cancelled),
+        record("ScheduleKeyDeletion", _t(3), before_logs), record("CancelKeyDeletion", _t(6), before_logs),
+    ]
+
+
+@pytest.mark.parametrize("until", [_t(1), _t(1, 30), _t(2), _t(3), _t(5), _t(5, 10), _t(8)])
+def test_cost_of_keys_leaving_at_the_tops_of_hours_matches_reference(until: datetime) -> None:
+    events = _keys_leaving_at_the_tops_of_hours()
+    fields = ("keyMonths", "keyCost", "requests", "requestCost")
+    expected = {row: [values[f] for f in fields] for row, values in reference.cost(events, PriceTable(), until).items()}
+    assert _cost(_frame(events), None, until) == expected

@@ -21,7 +21,9 @@ from tests.unit.reports.records import key_arn, record
 
 CREATED = datetime(2026, 10, 1, 10, 0, tzinfo=UTC)
 STEPPED = key_arn("stepped")  # its deletion scheduled on a clock that stepped back 5 hours
-STEADY = key_arn("steady")  # created, scheduled for deletion 5 hours later, on a sane clock
+# Created, scheduled for deletion 5 hours later (at 15:00:00), on a sane clock: billed 6 hours, its
+# scheduling's hour too (docs/metrics.md: billable within that second).
+STEADY = key_arn("steady")
 WINDOW = ["--since", "2026-10-01", "--until", "2026-10-21"]  # 20 days
 
 
@@ -63,7 +65,7 @@ def test_a_deletion_stamped_before_its_key_s_creation_is_billed_after_it_and_sai
     # By time alone the schedule came first, and the key was billed as never scheduled (20 days,
     # 0.63 key-months). In log order it was scheduled after its creation: its first hour.
     months = _key_months(tmp_path)
-    assert months == {STEPPED: _months(1), STEADY: _months(5)}
+    assert months == {STEPPED: _months(1), STEADY: _months(6)}
     said = [r.getMessage() for r in caplog.records if "clock step" in r.getMessage()]
     assert said == [f"clock step: {STEPPED}: ScheduleKeyDeletion (eventID schedule-stepped) is dated "
                     "2026-10-01T05:00:00Z, 5.0 h before the CreateKey of 2026-10-01T10:00:00Z logged ahead of "
@@ -83,8 +85,9 @@ def test_a_step_is_said_once_per_key_and_later_events_of_the_key_bill_in_log_ord
     with caplog.at_level(logging.WARNING):
         _consume(tmp_path)
     assert sum("clock step" in r.getMessage() for r in caplog.records) == 1
-    # Billable from its creation to the second schedule: each event after the one logged before it.
-    assert _key_months(tmp_path)[STEPPED] == _months(30)
+    # Billable from its creation to the second schedule (its hour included): each event after the one
+    # logged before it.
+    assert _key_months(tmp_path)[STEPPED] == _months(31)
 
 
 def test_a_step_read_in_a_later_run_is_measured_against_the_events_counted_before(tmp_path: Path) -> None:
@@ -106,7 +109,7 @@ def test_imported_cloudtrail_history_keeps_its_own_times(tmp_path: Path) -> None
     asyncio.run(import_cloudtrail(data_dir, sorted(tmp_path.glob("*.json.gz"))))
     _consume(data_dir)
     months = _key_months(data_dir)
-    assert months == {STEPPED: _months(20 * 24 - 10), STEADY: _months(5)}
+    assert months == {STEPPED: _months(20 * 24 - 10), STEADY: _months(6)}
     code, _, err = run("cost", "--data-dir", str(data_dir), *WINDOW)
     assert code == 0 and "clock step" not in err
 
@@ -126,7 +129,7 @@ def test_the_report_bills_the_step_in_log_order_and_says_it(tmp_path: Path) -> N
     said = [line for line in result.stderr.splitlines() if "clock step" in line]
     assert len(said) == 1 and said[0].startswith(f"note: clock step: {STEPPED}: ScheduleKeyDeletion (eventID ")
     rows = {row["keyArn"]: Decimal(str(row["keyMonths"])) for row in lines(out.read_text())}
-    assert rows == {STEPPED: _months(1), STEADY: _months(5)}
+    assert rows == {STEPPED: _months(1), STEADY: _months(6)}
 
 
 def test_a_lifecycle_event_counted_before_and_read_again_is_no_step(tmp_path: Path) -> None:

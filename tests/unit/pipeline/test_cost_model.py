@@ -276,11 +276,11 @@ def test_a_key_created_mid_month_bills_the_hours_left_in_that_month() -> None:
 
 
 def test_an_hourly_span_over_a_month_end_is_split_by_each_month_s_hours() -> None:
-    # Oct 31 22:00 to Nov 1 02:00: 2 of October's 744 hours and 2 of November's 720.
+    # Oct 31 22:00 to Nov 1 02:00:01 (the deletion's second): 2 of October's 744 hours, 3 of November's 720.
     lifecycle = _lifecycle((datetime(2026, 10, 31, 22, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT"),
                            (datetime(2026, 11, 1, 2, tzinfo=UTC), "ScheduleKeyDeletion", None))
     months, _ = _storage_of(lifecycle, None, datetime(2026, 12, 1, tzinfo=UTC))
-    assert months == Decimal("0.0054659498")  # 2/744 + 2/720 = 0.00268817 + 0.00277778
+    assert months == Decimal("0.0068548387")  # 2/744 + 3/720 = 0.00268817 + 0.00416667
 
 
 def test_a_fixed_hours_per_month_divides_every_hour_by_it() -> None:
@@ -295,20 +295,21 @@ def test_a_cancelled_deletion_bills_the_waiting_period_as_if_never_scheduled() -
                            (datetime(2026, 10, 11, tzinfo=UTC), "ScheduleKeyDeletion", None),
                            (datetime(2026, 10, 21, tzinfo=UTC), "CancelKeyDeletion", None))
     assert _storage_of(lifecycle, OCT1, NOV1) == (1, 1)
-    # As of Oct 16 the deletion is still pending: only Oct 1-11 (240 of 744 hours) is billed.
-    assert _storage_of(lifecycle, OCT1, datetime(2026, 10, 16, tzinfo=UTC))[0] == Decimal("0.3225806452")
+    # As of Oct 16 the deletion is still pending: only Oct 1 to Oct 11 01:00 (241 of 744 hours) is
+    # billed, the scheduling's hour included (the key was billable in its first second).
+    assert _storage_of(lifecycle, OCT1, datetime(2026, 10, 16, tzinfo=UTC))[0] == Decimal("0.3239247312")
 
 
 def test_a_waiting_period_cancelled_in_a_later_window_is_charged_in_that_window() -> None:
     # Scheduled Oct 21 00:00, cancelled Nov 11 00:00: October's report (as of Nov 1, before the
-    # cancellation) bills Oct 1-21; November's bills Oct 21-31 (264/744) and all of November.
+    # cancellation) bills Oct 1 to Oct 21 01:00; November's bills Oct 21 01:00-31 (263/744) and all of November.
     lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
                            (datetime(2026, 10, 21, tzinfo=UTC), "ScheduleKeyDeletion", None),
                            (datetime(2026, 11, 11, tzinfo=UTC), "CancelKeyDeletion", None))
     october = _storage_of(lifecycle, OCT1, NOV1)[0]
     november = _storage_of(lifecycle, NOV1, datetime(2026, 12, 1, tzinfo=UTC))[0]
-    assert october == Decimal("0.6451612903")  # 480 / 744
-    assert november == Decimal("1.3548387097")  # 264 / 744 + 1
+    assert october == Decimal("0.6465053763")  # 481 / 744
+    assert november == Decimal("1.3534946237")  # 263 / 744 + 1
     assert october + november == 2  # as if the deletion had never been scheduled
 
 
@@ -316,7 +317,7 @@ def test_a_deletion_that_ran_its_course_is_never_billed_for_its_waiting_period()
     lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
                            (datetime(2026, 10, 11, tzinfo=UTC), "ScheduleKeyDeletion", None),
                            (datetime(2026, 10, 18, tzinfo=UTC), "DeleteKey", None))
-    assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.3225806452")  # 240 / 744
+    assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.3239247312")  # 241 / 744: to Oct 11 01:00
 
 
 def test_worked_example_with_the_deletion_cancelled() -> None:
@@ -407,10 +408,10 @@ def test_the_scheduling_hour_of_a_key_created_before_the_logs_is_billed_when_can
 
 
 def test_a_span_of_several_months_bills_each_whole_month_as_one_key_month() -> None:
-    # Oct 15 12:00 to Mar 10 2027: 396 of October's 744 hours, Nov-Feb whole, 216 of March's 744.
+    # Oct 15 12:00 to Mar 10 2027 01:00: 396 of October's 744 hours, Nov-Feb whole, 217 of March's 744.
     lifecycle = _lifecycle((datetime(2026, 10, 15, 12, tzinfo=UTC), "CreateKey", "SYMMETRIC_DEFAULT"),
                            (datetime(2027, 3, 10, tzinfo=UTC), "ScheduleKeyDeletion", None))
-    assert _storage_of(lifecycle, None, datetime(2028, 1, 1, tzinfo=UTC))[0] == Decimal("4.8225806452")
+    assert _storage_of(lifecycle, None, datetime(2028, 1, 1, tzinfo=UTC))[0] == Decimal("4.8239247312")
 
 
 def test_a_keys_lifecycle_split_over_two_nodes_logs_is_stored_twice_in_the_sum_of_their_costs() -> None:
@@ -445,3 +446,75 @@ def test_a_key_named_without_an_owner_account_is_left_out_of_storage_not_a_crash
     assert rows[KEY]["keyMonths"] == Decimal("0.8548387097")  # Oct 5 12:00 to Nov 1: 636 of 744 hours
     assert rows["key/1234abcd-12ab-34cd-56ef-1234567890ab"]["keyMonths"] == 0
     assert rows["key/1234abcd-12ab-34cd-56ef-1234567890ab"]["requests"] == 1
+
+
+TOP = datetime(2026, 10, 6, 20, tzinfo=UTC)  # an event in the first second of a clock hour
+
+
+@pytest.mark.parametrize("leaving", ["ScheduleKeyDeletion", "DeleteKey"])
+def test_a_key_leaving_its_billable_state_at_the_top_of_an_hour_is_billed_that_hour(leaving: str) -> None:
+    # CloudTrail times have whole seconds: an event at 20:00:00 happened within [20:00:00, 20:00:01),
+    # so the key was billable at a moment of the hour 20:00: Oct 1 00:00 to Oct 6 21:00, 141 hours.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (TOP, leaving, None))
+    assert _storage_of(lifecycle, OCT1, NOV1)[0] == Decimal("0.1895161290")  # 141 / 744
+
+
+def test_a_key_created_and_scheduled_for_deletion_in_the_first_second_of_an_hour_bills_that_hour() -> None:
+    lifecycle = _lifecycle((TOP, "CreateKey", "SYMMETRIC_DEFAULT"), (TOP, "ScheduleKeyDeletion", None))
+    assert _storage_of(lifecycle, OCT1, NOV1) == (Decimal("0.0013440860"),) * 2  # 1 / 744
+
+
+def test_a_deletion_scheduled_and_cancelled_at_the_tops_of_hours_bills_each_hour_once() -> None:
+    # The scheduling's hour is billed by the run it ends: the waiting period restored from the next one.
+    lifecycle = _lifecycle((OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (TOP, "ScheduleKeyDeletion", None),
+                           (TOP + timedelta(hours=2), "CancelKeyDeletion", None))
+    assert _storage_of(lifecycle, OCT1, NOV1) == (1, 1)
+
+
+_LIFECYCLES_WITH_AN_EVENT_AT_20_00 = {
+    "deletion scheduled": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (TOP, "ScheduleKeyDeletion", None)],
+    "deleted": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (TOP, "DeleteKey", None)],
+    "created and scheduled in one second": [(TOP, "CreateKey", "SYMMETRIC_DEFAULT"),
+                                            (TOP, "ScheduleKeyDeletion", None)],
+    "deletion scheduled, then cancelled": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
+                                           (TOP, "ScheduleKeyDeletion", None),
+                                           (TOP + timedelta(hours=2), "CancelKeyDeletion", None)],
+    "deletion cancelled": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"),
+                           (datetime(2026, 10, 3, 12, tzinfo=UTC), "ScheduleKeyDeletion", None),
+                           (TOP, "CancelKeyDeletion", None)],
+    "scheduled before the logs, then cancelled": [(TOP, "ScheduleKeyDeletion", None),
+                                                  (TOP + timedelta(hours=3), "CancelKeyDeletion", None)],
+    "rotated": [(OCT1, "CreateKey", "SYMMETRIC_DEFAULT"), (TOP, "RotateKey", None)],
+}
+
+
+@pytest.mark.parametrize("story", list(_LIFECYCLES_WITH_AN_EVENT_AT_20_00))
+@pytest.mark.parametrize("middle", [timedelta(hours=-1), timedelta(seconds=-1), timedelta(0), timedelta(seconds=1),
+                                    timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2, seconds=1)])
+def test_windows_split_around_an_event_at_the_top_of_an_hour_add_up_to_the_whole(story: str,
+                                                                                 middle: timedelta) -> None:
+    lifecycle = _lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_00[story])
+    split = TOP + middle
+    before, after = _storage_of(lifecycle, OCT1, split), _storage_of(lifecycle, split, NOV1)
+    whole = _storage_of(lifecycle, OCT1, NOV1)
+    assert (before[0] + after[0], before[1] + after[1]) == whole
+
+
+def test_the_create_key_kms_logs_for_a_replicate_key_is_counted_in_usage_but_not_billed() -> None:
+    # ReplicateKey logs, besides the caller's record, a CreateKey in the replica's Region invoked by
+    # kms.amazonaws.com (docs/multi-region-keys.md): KMS's doing; the caller pays for the ReplicateKey.
+    at = datetime(2026, 10, 5, 12, tzinfo=UTC)
+    created = record("CreateKey", at, PRIMARY)
+    replicate = record("ReplicateKey", at, PRIMARY)
+    replicate["responseElements"] = {"replicaKeyMetadata": {"arn": REPLICA, "KeySpec": "SYMMETRIC_DEFAULT",
+                                                            "KeyManager": "CUSTOMER"}}
+    by_kms = record("CreateKey", at, REPLICA)
+    by_kms["userIdentity"]["invokedBy"] = "kms.amazonaws.com"
+    frame = frame_from_records([created, replicate, by_kms])
+    usage = usage_minutes(frame)
+    assert usage.filter(pl.col("keyArn") == REPLICA)["count"].to_list() == [1]  # usage still counts it
+    rows = {r["keyArn"]: r for r in cost_report(usage, lifecycle_events(frame), PriceTable(), OCT1, NOV1).iter_rows(
+        named=True)}
+    assert (rows[PRIMARY]["requests"], rows[PRIMARY]["requestCost"]) == (2, Decimal("0.000006"))
+    assert (rows[REPLICA]["requests"], rows[REPLICA]["requestCost"]) == (0, 0)
+    assert rows[REPLICA]["keyMonths"] == Decimal("0.8548387097")  # stored from its creation: 636 of 744 hours
