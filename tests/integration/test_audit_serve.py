@@ -381,6 +381,39 @@ def test_a_record_added_while_the_node_was_stopped_is_named_and_serve_will_not_s
         server.start()
 
 
+def test_bytes_appended_while_the_node_was_stopped_are_named_and_not_called_a_crashs_torn_write(
+        tmp_path: Path) -> None:
+    """They passed `audit verify` (exit 0, with the copies kept off the node too) and `serve` called
+    them a crash's torn write, though the final digest shows the node had stopped cleanly."""
+    import shutil
+
+    from keytrail.audit.trail import audit_paths
+
+    data = tmp_path / "data"
+    server = KeytrailServer(data)
+    _session(server)  # stopped cleanly
+    log_dir, integrity = audit_paths(data)
+    kept = tmp_path / "kept"
+    shutil.copytree(integrity.digests, kept)
+    [segment] = log_dir.glob("*.seg")
+    with segment.open("ab") as appended:
+        appended.write(b"EVIL-INJECTED-BYTES-after-clean-stop")
+    for verified in (_verify_cli(data), _verify_cli(data, "--digests", str(kept), "--public-key",
+                                                    str(integrity.public_key))):
+        assert verified.returncode == 1, verified.stdout
+        assert "the 36 bytes from record offset" in verified.stdout and ("signed when keytrail last stopped cleanly: "
+                                                                         "written in while no node ran, not a write "
+                                                                         "torn by a crash") in verified.stdout
+    said_before = len(server.log.read_text())
+    server.start()  # the bytes hold no record: cut and kept aside, and the node serves
+    assert server.stop() == 0
+    said = server.log.read_text()[said_before:]
+    assert "the 36 bytes after record offset" in said and "were a write torn by a crash" not in said, said
+    assert "written in while no node ran, not a write torn by a crash; cut, and kept in " in said, said
+    [cut] = log_dir.glob("*.cut-at-*")
+    assert cut.read_bytes() == b"EVIL-INJECTED-BYTES-after-clean-stop"
+
+
 def test_an_idle_node_signs_a_digest_each_digest_interval(tmp_path: Path) -> None:
     """`--digest-interval` sets how often an idle node signs (the default is CloudTrail's hour)."""
     server = KeytrailServer(tmp_path / "data", "--digest-interval", "1", dev_clock=False).start()

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from keytrail.owner_only import make_dirs, named, open_file, open_regular, sync_folder
-from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.segment_log import Cut, SegmentLog
 
 __all__ = [
     "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "beside",
@@ -252,7 +252,10 @@ class ChainWriter:
         self._chain = GENESIS
         # Checked before a signing key is made: a trail refused here gets none (nothing would
         # announce it, and a retry would take it for the trail's own).
-        self._load_last_digest()
+        try:
+            self._load_last_digest()
+        finally:  # the bytes were cut either way: said also when the newest digest cannot be read
+            self._report_torn_tail(log.cut)
         self._check_log_reaches_digest(log)
         self._check_trail_was_signed(log, paths.private_key.exists())
         self._check_nothing_after_clean_stop(log)
@@ -373,9 +376,9 @@ class ChainWriter:
         return fingerprint(self._key.public_key())
 
     def _accept(self, digest: dict[str, Any]) -> None:
-        self._last = digest
-        self._sequence = int(digest["sequence"]) + 1
-        self._covered = int(digest["endOffset"])
+        # All or nothing: a digest whose fields do not read is never taken for the newest.
+        sequence, covered = int(digest["sequence"]) + 1, int(digest["endOffset"])
+        self._last, self._sequence, self._covered = digest, sequence, covered
 
     def _load_last_digest(self) -> None:
         paths = _listed_digests(self.paths.digests)
@@ -391,6 +394,20 @@ class ChainWriter:
                     "sign on from the digest before it") from None
             _require_own_name(paths[-1], self._sequence - 1)
 
+    def _report_torn_tail(self, cut: Cut | None) -> None:
+        """Say what opening the log cut when it looked like a torn write (damage with records after
+        it is logged where it is cut): a crash's, unless the newest digest is a clean stop's final
+        one and the bytes follow what it signs. No write of the node came after that digest, so no
+        crash tore them: they were written in while no node ran."""
+        if cut is None or not cut.torn_write:
+            return
+        where = f"event log {cut.segment.name}: the {cut.size} bytes after record offset {cut.offset}"
+        if self._last is not None and self._last.get("final") and cut.offset >= self._covered:
+            log.warning("%s follow the final digest %s, signed when keytrail last stopped cleanly: written in while no "
+                        "node ran, not a write torn by a crash; cut, and kept in %s", where,
+                        digest_file_name(self._sequence - 1), cut.kept.name)
+        else:
+            log.warning("%s were a write torn by a crash; cut, and kept in %s", where, cut.kept.name)
 
     def _check_log_reaches_digest(self, log: SegmentLog) -> None:
         """A digest is written only after the records it covers are durable, so a log that ends

@@ -135,12 +135,24 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
         notes.append(f"records at offsets {unhashed}..{log.end_offset() - 1} have no stored hash, and no digest signs "
                      "them: written just before the writer crashed (it hashes and signs them when the log next opens), "
                      "or added since; verify cannot tell which")
-    if damage := log.find_damage():  # bytes that are no whole record: a damaged frame, or junk written in
-        if damage.torn_write:  # records it cut short that were signed or hashed are named missing above
-            notes.append(f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk")
-        else:
-            problems.append(damage.text)
-    return problems + _check_shipped(log), notes
+    damaged, torn = _damage(log, newest)
+    return problems + damaged + _check_shipped(log), notes + torn
+
+
+def _damage(log: SegmentLog, newest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Bytes of the log that are no whole record, as (problems, notes): a damaged frame, or bytes
+    written in, are problems; a crash's torn last write is a note. Not after a clean stop: no write
+    of the node followed its final digest, so bytes after what that digest signs were written in."""
+    damage = log.find_damage()
+    if damage is None:
+        return [], []
+    if not damage.torn_write or damage.offset is None:
+        return [damage.text], []
+    if newest.get("final") and damage.offset >= int(newest["endOffset"]):
+        return [f"{damage.facts}, after the final digest {int(newest['sequence']):010d}.json, signed when keytrail "
+                "last stopped cleanly: written in while no node ran, not a write torn by a crash"], []
+    # Records it cut short that were signed or hashed are named missing already.
+    return [], [f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk"]
 
 
 def _unsigned_tail(log: SegmentLog, expected: list[bytes], newest: dict[str, Any], *,

@@ -8,7 +8,9 @@ under one sync: group commit). One writer per directory (an exclusive `flock`
 on `LOCK`); any number of readers, in this process or others, see what the writer has flushed.
 Opening a writer cuts a torn tail left by a crash; the bytes it cuts are kept beside the segment
 (`<segment>.cut-at-<position>-<time>`): a tail that is damage rather than a torn write, with whole
-records after it, stays on disk for `keytrail audit verify` and for whoever investigates.
+records after it, stays on disk for `keytrail audit verify` and for whoever investigates. Whoever
+opens the writer reports a torn tail it cut (`SegmentLog.cut`): only it may know whether the
+writer before it crashed (audit/integrity.py reads the trail's final digest).
 
 Readers read in bounded chunks and check each record's CRC32 the first time they read it; they
 never return a record whose checksum fails, nor any after it in its segment. `read_payloads`
@@ -31,7 +33,7 @@ from keytrail.owner_only import make_dirs, named, open_regular, sync_folder
 from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
 
 __all__ = [
-    "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite", "event_log_dir",
+    "Cut", "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite", "event_log_dir",
     "lock_held", "writer_active",
 ]
 
@@ -76,9 +78,32 @@ def lock_held(path: Path) -> bool:
 class Damage:
     """Bytes of the log that are no whole record: `torn_write` when they are one unfinished frame
     at the very end of the last segment, or begin with a header of zeros (a batch whose first
-    header was still to be written), what a crash leaves of a write it interrupted."""
+    header was still to be written), what a crash leaves of a write it interrupted. Of a torn
+    write, `offset` is the record offset the bytes begin at and `facts` says them without reading
+    them as a crash's, which they cannot be after a clean stop (see `torn`)."""
 
     text: str
+    torn_write: bool
+    offset: int | None = None
+    facts: str = ""
+
+    @classmethod
+    def torn(cls, facts: str, offset: int) -> Damage:
+        """A torn write, its `text` reading it as a crash's (whoever knows the writer stopped cleanly
+        says `facts` otherwise)."""
+        return cls(f"{facts} (a write torn by a crash, cut and kept aside when keytrail serve next opens the log, or "
+                   "damage)", torn_write=True, offset=offset, facts=facts)
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """What opening a writer cut off the end of its last segment and kept in `kept`: the `size`
+    bytes after record `offset` of `segment`; `torn_write` as in `Damage`."""
+
+    segment: Path
+    offset: int
+    size: int
+    kept: Path
     torn_write: bool
 
 
@@ -148,6 +173,7 @@ class SegmentLog:
         self._lock_fd = -1
         self._dirty_dir = False
         self._synced_end = 0  # the end offset the last roll made durable
+        self.cut: Cut | None = None  # what opening as the writer cut off the last segment
         if writable:
             _create_directory(self.directory)
             self._take_lock()
@@ -312,20 +338,8 @@ class SegmentLog:
             return
         active = self._segments[-1]
         self._index(active)
-        if (with_bytes := active.path.stat().st_size) > active.size:  # keep what is no record aside, cut it
-            torn = _ends_in_one_frame(active, with_bytes)
-            kept = _keep_tail(active)
-            os.truncate(active.path, active.size)
-            active.blocked = False
-            offset = active.base + len(active.positions)
-            if torn:
-                log.warning("event log %s: the %d bytes after record offset %d were a write torn by a crash; cut, "
-                            "and kept in %s", active.path.name, kept.stat().st_size, offset, kept.name)
-            else:  # answered records after the damage leave the log: say so loudly
-                log.error("event log %s: the record at offset %d is damaged, and records follow it: cut with the "
-                          "records after it (%d bytes, kept in %s); readers and Kafka miss them, and `keytrail audit "
-                          "verify` names those the signed digests miss", active.path.name, offset,
-                          kept.stat().st_size, kept.name)
+        if (with_bytes := active.path.stat().st_size) > active.size:
+            self.cut = _cut_tail(active, with_bytes)
         self._fd = os.open(active.path, os.O_WRONLY)
         self._fd_file = _file_of(self._fd)
         os.fsync(self._fd)
@@ -366,9 +380,8 @@ class SegmentLog:
             if with_bytes > segment.size:
                 offset, unread = segment.base + len(segment.positions), with_bytes - segment.size
                 if number == len(self._segments) and _ends_in_one_frame(segment, with_bytes):  # a crash's torn write
-                    return Damage(f"{segment.path.name}: the {unread} bytes from record offset {offset} to the end are "
-                                  "no whole record (a write torn by a crash, cut and kept aside when keytrail serve "
-                                  "next opens the log, or damage)", torn_write=True)
+                    return Damage.torn(f"{segment.path.name}: the {unread} bytes from record offset {offset} to the "
+                                       "end are no whole record", offset)
                 return Damage(f"{segment.path.name}: the record at offset {offset} is damaged; the {unread} bytes "
                               "from there to the segment's end cannot be read", torn_write=False)
             if number < len(self._segments) and gap is None:
@@ -621,6 +634,22 @@ def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
         header = handle.read(FRAME.size)
         return (len(header) < FRAME.size or not header.strip(b"\0")
                 or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size)
+
+
+def _cut_tail(segment: _Segment, file_size: int) -> Cut:
+    """Keep what follows the segment's last whole record aside, then cut it off. Damage with
+    records after it is logged here: answered records leave the log. A torn write is left to the
+    opener to say (`SegmentLog.cut`): a crash's, or bytes written in after a clean stop."""
+    torn = _ends_in_one_frame(segment, file_size)
+    kept = _keep_tail(segment)
+    os.truncate(segment.path, segment.size)
+    segment.blocked = False
+    cut = Cut(segment.path, segment.base + len(segment.positions), kept.stat().st_size, kept, torn)
+    if not torn:  # answered records after the damage leave the log: say so loudly
+        log.error("event log %s: the record at offset %d is damaged, and records follow it: cut with the records "
+                  "after it (%d bytes, kept in %s); readers and Kafka miss them, and `keytrail audit verify` names "
+                  "those the signed digests miss", segment.path.name, cut.offset, cut.size, kept.name)
+    return cut
 
 
 def _keep_tail(segment: _Segment) -> Path:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,7 +115,8 @@ def test_bytes_that_are_no_record_are_named(data_dir: Path) -> None:
 def test_a_torn_last_write_is_named_as_such_and_is_no_missing_record(data_dir: Path) -> None:
     from keytrail.audit.verification import check
 
-    log_dir, _ = audit_paths(data_dir)
+    log_dir, paths = audit_paths(data_dir)
+    sorted(paths.digests.glob("*.json"))[-1].unlink()  # no final digest: as after a crash
     [segment] = log_dir.glob("*.seg")
     with segment.open("ab") as handle:
         handle.write(b"\x30\x00\x00\x00\x01\x02\x03\x04half a record")  # a crash in the middle of a write
@@ -350,7 +352,8 @@ def test_a_public_key_that_cannot_be_read_is_a_verify_problem_not_a_crash(data_d
 def test_a_zero_filled_tail_is_named_a_torn_write_not_records(data_dir: Path) -> None:
     from keytrail.audit.verification import check
 
-    log_dir, _ = audit_paths(data_dir)
+    log_dir, paths = audit_paths(data_dir)
+    sorted(paths.digests.glob("*.json"))[-1].unlink()  # no final digest: as after a crash
     [segment] = log_dir.glob("*.seg")
     with segment.open("ab") as handle:
         handle.write(bytes(4096))  # a crash kept the file's new length, not its data
@@ -358,6 +361,73 @@ def test_a_zero_filled_tail_is_named_a_torn_write_not_records(data_dir: Path) ->
     assert f"{segment.name}: the 4096 bytes from record offset 20 to the end are no whole record (a write torn by a " \
            "crash, cut and kept aside when keytrail serve next opens the log, or damage): not a stored event, as a " \
            "record is answered only once it is whole on disk" in check(data_dir).notes
+
+
+# Bytes appended to the newest segment of a trail stopped cleanly, each what a crash's torn write
+# looks like: bytes that begin no frame, zeros, a header of zeros with more after it, a header
+# naming a length past the end.
+_APPENDED_AFTER_A_CLEAN_STOP = {
+    "text": b"EVIL-INJECTED-BYTES-after-clean-stop",
+    "zeros": bytes(4096),
+    "zero header": bytes(8) + b"bytes after a header of zeros",
+    "huge length": struct.pack("<II", 1 << 30, 0) + b"no record of that length follows",
+}
+
+
+@pytest.mark.parametrize("appended", _APPENDED_AFTER_A_CLEAN_STOP.values(), ids=_APPENDED_AFTER_A_CLEAN_STOP)
+def test_bytes_appended_after_a_clean_stop_are_named_not_taken_for_a_crashs_torn_write(
+        data_dir: Path, tmp_path_factory: pytest.TempPathFactory, appended: bytes) -> None:
+    # They passed as a torn write (exit 0): a final digest proves the writer stopped cleanly, so no
+    # crash left them.
+    import shutil
+
+    from keytrail.audit.verification import OffNode, check
+
+    log_dir, paths = audit_paths(data_dir)
+    kept = tmp_path_factory.mktemp("off-node")
+    shutil.copytree(paths.digests, kept / "digests")
+    shutil.copy(paths.public_key, kept / "signing-key.pub.pem")
+    [segment] = log_dir.glob("*.seg")
+    with segment.open("ab") as handle:
+        handle.write(appended)
+    said = (f"{segment.name}: the {len(appended)} bytes from record offset 20 to the end are no whole record, after "
+            "the final digest 0000000001.json, signed when keytrail last stopped cleanly: written in while no node "
+            "ran, not a write torn by a crash")
+    assert check(data_dir).problems == [said]
+    assert check(data_dir, OffNode(kept / "signing-key.pub.pem", kept / "digests")).problems == [said]
+
+
+def _start_over_bytes_appended(data_dir: Path, caplog: pytest.LogCaptureFixture) -> tuple[str, Path]:
+    """Append bytes to the newest segment, open the trail and close it: what the start said of
+    them, and where it kept them."""
+    [segment] = audit_paths(data_dir)[0].glob("*.seg")
+    with segment.open("ab") as handle:
+        handle.write(b"EVIL-INJECTED-BYTES-after-clean-stop")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(AuditTrail.open(AuditSettings(data_dir=data_dir)).close())  # it starts
+    [kept] = segment.parent.glob("*.cut-at-*")
+    assert kept.read_bytes() == b"EVIL-INJECTED-BYTES-after-clean-stop"
+    [said] = [record.getMessage() for record in caplog.records if "record offset 20" in record.getMessage()]
+    return said, kept
+
+
+def test_bytes_a_start_cuts_after_a_clean_stop_are_not_called_a_crashs_torn_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The start called them "a write torn by a crash"; they are still cut and kept aside.
+    fill_trail(tmp_path, 20)
+    said, kept = _start_over_bytes_appended(tmp_path, caplog)
+    assert said == (f"event log {kept.name.split('.cut-at-')[0]}: the 36 bytes after record offset 20 follow the final "
+                    "digest 0000000001.json, signed when keytrail last stopped cleanly: written in while no node ran, "
+                    f"not a write torn by a crash; cut, and kept in {kept.name}")
+
+
+def test_bytes_a_start_cuts_after_a_crash_are_a_torn_write(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fill_trail(tmp_path, 20)
+    sorted(audit_paths(tmp_path)[1].digests.glob("*.json"))[-1].unlink()  # no final digest: as after a crash
+    said, kept = _start_over_bytes_appended(tmp_path, caplog)
+    assert said == (f"event log {kept.name.split('.cut-at-')[0]}: the 36 bytes after record offset 20 were a write "
+                    f"torn by a crash; cut, and kept in {kept.name}")
 
 
 @pytest.mark.parametrize("floor", [8, 10**9])
