@@ -218,8 +218,11 @@ def test_windows_split_inside_the_hour_of_a_lifecycle_event_add_up_to_the_whole(
     # A key created at 20:35 and a split at 20:30 (or at 20:35): the first window ended before its
     # CreateKey, the second bills from 21:00, so neither billed the hour 20:00 (nor the rotated rate
     # of that hour, nor a waiting period whose cancellation it holds).
-    lifecycle = _lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_35[story])
-    split = EVENT_AT + middle
+    _assert_halves_add_up(_lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_35[story]), EVENT_AT + middle)
+
+
+def _assert_halves_add_up(lifecycle: pl.DataFrame, split: datetime) -> None:
+    """October's storage (key-months, cost) split at `split` adds up to the whole month's."""
     before, after = _storage_of(lifecycle, OCT1, split), _storage_of(lifecycle, split, NOV1)
     whole = _storage_of(lifecycle, OCT1, NOV1)
     assert (before[0] + after[0], before[1] + after[1]) == whole
@@ -493,11 +496,7 @@ _LIFECYCLES_WITH_AN_EVENT_AT_20_00 = {
                                     timedelta(minutes=30), timedelta(hours=1), timedelta(hours=2, seconds=1)])
 def test_windows_split_around_an_event_at_the_top_of_an_hour_add_up_to_the_whole(story: str,
                                                                                  middle: timedelta) -> None:
-    lifecycle = _lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_00[story])
-    split = TOP + middle
-    before, after = _storage_of(lifecycle, OCT1, split), _storage_of(lifecycle, split, NOV1)
-    whole = _storage_of(lifecycle, OCT1, NOV1)
-    assert (before[0] + after[0], before[1] + after[1]) == whole
+    _assert_halves_add_up(_lifecycle(*_LIFECYCLES_WITH_AN_EVENT_AT_20_00[story]), TOP + middle)
 
 
 def test_the_create_key_kms_logs_for_a_replicate_key_is_counted_in_usage_but_not_billed() -> None:
