@@ -53,6 +53,16 @@ def _raw(server: KeytrailServer, body: bytes, target: str = "TrentService.ListKe
         return error.code, dict(error.headers), json.loads(error.read() or b"{}")
 
 
+def _signed_head(server: KeytrailServer, body: bytes, key: str = "AKIAALICE000000000001") -> bytes:
+    """The HTTP head of a ListKeys request signed for `body`, to send with only a part of the body."""
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=body, headers={
+        "X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials(key, "alice-secret"), "kms", "us-east-1").add_auth(request)
+    headers = {"Host": f"127.0.0.1:{server.port}", **request.prepare().headers, "Content-Length": str(len(body))}
+    return ("POST / HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            + "\r\n").encode()
+
+
 def test_health_answers_200(server: KeytrailServer) -> None:
     status, body = server.get("/_keytrail/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
@@ -227,6 +237,50 @@ def test_a_body_declared_too_large_is_refused_before_it_is_sent(server: Keytrail
                      b"Content-Length: 100000000\r\n\r\n{")  # 100 MB promised, one byte sent
         answer = sock.recv(65536)  # at once: the server does not wait for the rest
     assert answer.startswith(b"HTTP/1.1 413 ") and b"SerializationException" in answer
+
+
+@pytest.mark.parametrize("authorization", [None, "AWS4-HMAC-SHA256 Credential=AKIANOBODY/20261206/us-east-1/kms/"
+                                           "aws4_request, SignedHeaders=host, Signature=00"])
+def test_a_request_no_caller_signed_is_refused_before_its_body_arrives(server: KeytrailServer,
+                                                                         authorization: str | None) -> None:
+    # Read whole first, the body of such a request held up to 256 KiB of the node's memory until its
+    # deadline: thousands of connections, each leaving its body unfinished, took gigabytes.
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: TrentService.ListKeys\r\nContent-Length: 200000\r\n"
+    if authorization:
+        head += f"Authorization: {authorization}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + b"\r\n" + b" " * 1000)
+        answer = sock.recv(65536)  # at once, without the rest of the body
+    status, code = (b"403", b"MissingAuthenticationTokenException") if authorization is None else (
+        b"400", b"UnrecognizedClientException")
+    assert answer.startswith(b"HTTP/1.1 " + status) and code in answer and b"connection: close" in answer.lower()
+
+
+def test_unfinished_large_bodies_hold_a_bounded_share_of_memory_and_small_calls_go_on(server: KeytrailServer) -> None:
+    # A client that knows an access key id passes the checks the headers allow: past 16 MiB held
+    # by bodies beyond their first 64 KiB, the next such body is refused as throttled (SDKs retry),
+    # while every call an SDK makes, smaller than that, is served.
+    body = b'{"Limit": 1000}'.ljust(250_000)
+    sent = body[:200_000]  # 136 KiB past the first 64 KiB of each, held while the rest is awaited
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+                 for _ in range(130)]  # 17.1 MiB of such bytes in all
+        for sock in socks:
+            sock.sendall(_signed_head(server, body) + sent)
+        assert "Keys" in server.client().list_keys()
+        time.sleep(1)
+        answers = []
+        for sock in socks:
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                answers.append(sock.recv(65536))
+        assert 5 <= len(answers) <= 10  # the others wait for the rest of their bodies
+        assert all(a.startswith(b"HTTP/1.1 400 ") and b"ThrottlingException" in a and b"connection: close" in a
+                   for a in answers)
+    assert "Keys" in server.client().list_keys()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # the bytes were given back
+        sock.sendall(_signed_head(server, body) + body)
+        assert sock.recv(12) == b"HTTP/1.1 200"
 
 
 def test_role_principal_calls_as_assumed_role(server: KeytrailServer) -> None:
@@ -502,7 +556,7 @@ def test_sigterm_exits_zero(fresh_server: KeytrailServer) -> None:
 def test_sigterm_refuses_a_request_still_arriving_at_once(fresh_server: KeytrailServer) -> None:
     assert fresh_server.proc is not None
     with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=10) as slow:
-        slow.sendall(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")  # 99 bytes to come
+        slow.sendall(_signed_head(fresh_server, b'{"Limit": 1000}' + b" " * 85) + b"{")  # 99 bytes to come
         time.sleep(0.2)
         started = time.monotonic()
         fresh_server.proc.send_signal(signal.SIGTERM)

@@ -12,15 +12,21 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from keytrail.api.credentials import CredentialStore
+from keytrail.api.credentials import Credential, CredentialStore
 from keytrail.api.http_protocol import TLS_EXTENSION
 from keytrail.api.protocol import decode_request, encode_value, operation_names
 from keytrail.api.refused_requests import RefusedRequests
-from keytrail.api.sigv4 import UnrecognizedClientException, parse_authorization, verify_signature
+from keytrail.api.sigv4 import (
+    SignedRequest,
+    UnrecognizedClientException,
+    check_signature,
+    check_signed_headers,
+    parse_authorization,
+)
 from keytrail.clock import ManualClock, utc_now
 from keytrail.kms import errors
 from keytrail.kms.context import CallContext, Principal
@@ -38,6 +44,10 @@ Hook = Callable[[], Awaitable[None]]
 
 _JSON = b"application/x-amz-json-1.1"
 _TARGET_PREFIX = "TrentService."
+#: The body of every request an SDK sends fits (a 32 KB key policy, JSON-escaped, included): only
+#: bodies past it wait on each other (`_LargeBodies`).
+SMALL_BODY_BYTES = 64 * 1024
+_T = TypeVar("_T")
 _READS = frozenset({"GET", "HEAD"})  # the methods of the health and metrics endpoints
 _MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
 _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
@@ -45,12 +55,52 @@ _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
 
 
 class _BodyTooLarge(errors.KmsError):
-    """Answered at once, before the body is read, on a connection then closed: the HTTP protocol
-    reads what is left of the body and drops it first, so that the client gets the answer
-    (api/http_protocol.py)."""
-
     code = "SerializationException"
     status = 413
+
+
+class _Unread(Exception):
+    """A refusal answered before the request's body was read whole, on a connection then closed:
+    the HTTP protocol reads what is left of the body and drops it first, so that the client gets
+    the answer (api/http_protocol.py). `reason`: its REQUEST_REFUSAL_REASONS entry, if counted there."""
+
+    def __init__(self, error: errors.KmsError, reason: str | None = None) -> None:
+        super().__init__(error.message)
+        self.error, self.reason = error, reason
+
+
+class _LargeBodies:
+    """The bytes request bodies still arriving hold past their first SMALL_BODY_BYTES, all requests
+    together, at most `limit`. Each request's body is bounded (max_body_bytes), but not how many
+    arrive at once: a client that knows an access key id (CloudTrail records name them) could open
+    thousands of connections and leave each body unfinished, holding 256 KiB apiece until its
+    deadline. Every request an SDK sends is smaller than SMALL_BODY_BYTES, so only such bodies
+    wait on each other."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def hold(self, size: int, held_already: int) -> int:
+        """Hold `size` bytes for one body that held `held_already`; refused past the limit."""
+        if self.held + size - held_already > self.limit:
+            raise errors.ThrottlingException(
+                f"Too many large request bodies are arriving at once (over {self.limit >> 20} MiB past the first "
+                f"{SMALL_BODY_BYTES >> 10} KiB of each); try again.")
+        self.held += size - held_already
+        return size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    """Who signed a request, as its headers say, checked before its body is read; `amz_date`: its
+    time stamp, None for an access key whose signatures are not checked (--dev-credentials)."""
+
+    signed: SignedRequest
+    credential: Credential
+    amz_date: str | None
 
 
 class _ClientGone(Exception):
@@ -63,6 +113,7 @@ class ApiSettings:
     """What the front end needs besides the service."""
 
     max_body_bytes: int = 256 * 1024
+    large_bodies_bytes: int = 16 << 20  # _LargeBodies' limit
     dev_clock: ManualClock | None = None
     on_clock_advanced: Hook | None = None
     metrics: Callable[[], Awaitable[str]] | None = None
@@ -101,6 +152,7 @@ class KmsApp:
         self.credentials = credentials
         self.settings = settings
         self.refused = RefusedRequests()  # before authentication: no caller to record, counted and logged
+        self.large_bodies = _LargeBodies(settings.large_bodies_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -144,11 +196,14 @@ class KmsApp:
             response = await self._handle(scope, receive, request_id)
         except _ClientGone:
             return
+        except _Unread as unread:  # the rest of the body is read and dropped, then it closes
+            if unread.reason:
+                self.settings.refusals[unread.reason] += 1
+            extra += [(b"x-amzn-errortype", unread.error.code.encode()), (b"connection", b"close")]
+            await _respond(send, unread.error.status, _error_body(unread.error), _JSON, extra)
+            return
         except errors.KmsError as error:
             extra.append((b"x-amzn-errortype", error.code.encode()))
-            if isinstance(error, _BodyTooLarge):  # the rest of the body is read and dropped, then it closes
-                extra.append((b"connection", b"close"))
-                self.settings.refusals["body_too_large"] += 1
             await _respond(send, error.status, _error_body(error), _JSON, extra)
             return
         except Exception:
@@ -160,8 +215,19 @@ class KmsApp:
 
     async def _handle(self, scope: Scope, receive: Receive, request_id: str) -> dict[str, Any]:
         headers = _headers(scope)
-        body = await _read_body(receive, self.settings.max_body_bytes, headers.get("content-length"))
-        principal, region = self._authenticate(scope, headers, body)
+        limit = self.settings.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _Unread(_body_too_large(limit), "body_too_large")
+        # Who signed is judged from the headers before the body is read: a request no caller could
+        # have signed (no or a broken Authorization, an unknown access key, a time out of the
+        # window) holds none of its body while it arrives.
+        try:
+            signer = self._authenticate(scope, headers, self._signer, headers)
+        except errors.KmsError as error:
+            raise _Unread(error) from None
+        body = await _read_body(receive, limit, self.large_bodies)
+        principal, region = self._authenticate(scope, headers, self._verified, scope, headers, body, signer)
         operation = _operation(headers.get("x-amz-target", ""), self.service)
         context = CallContext(
             principal=principal, region=region, request_id=request_id,
@@ -178,26 +244,34 @@ class KmsApp:
             raise
         return await self.service.execute(operation, context, params)
 
-    def _authenticate(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[Principal, str]:
+    def _authenticate(self, scope: Scope, headers: dict[str, str], step: Callable[..., _T], *args: Any) -> _T:
+        """`step(*args)`, a refusal of it counted and logged (thinned) before it is raised."""
         try:
-            return self._authenticated(scope, headers, body)
+            return step(*args)
         except errors.KmsError as error:
             self.refused.refused(error, _source_ip(scope), headers.get("authorization"))
             raise
 
-    def _authenticated(self, scope: Scope, headers: dict[str, str], body: bytes) -> tuple[Principal, str]:
+    def _signer(self, headers: dict[str, str]) -> _Signer:
         signed = parse_authorization(headers.get("authorization"))
         credential = self.credentials.lookup(signed.access_key_id)
         if credential is None:
             raise UnrecognizedClientException("The security token included in the request is invalid.")
-        if self.credentials.verifies_signatures(signed.access_key_id):
-            verify_signature(
-                signed, credential.signing_keys, method=scope["method"], path=scope.get("raw_path", b"/").decode(),
-                query=scope.get("query_string", b"").decode(), headers=headers, body=body, now=utc_now(),
+        if not self.credentials.verifies_signatures(signed.access_key_id):
+            return _Signer(signed, credential, None)
+        return _Signer(signed, credential, check_signed_headers(signed, headers, utc_now()))
+
+    def _verified(self, scope: Scope, headers: dict[str, str], body: bytes, signer: _Signer) -> tuple[Principal, str]:
+        signed = signer.signed
+        if signer.amz_date is not None:
+            check_signature(
+                signed, signer.credential.signing_keys, signer.amz_date, method=scope["method"],
+                path=scope.get("raw_path", b"/").decode(), query=scope.get("query_string", b"").decode(),
+                headers=headers, body=body,
             )
         # IAM identities live in one partition; the caller acts in the partition of the Region it
         # signed for, so its ARNs (key policies, grants, audit records) read `arn:aws-cn:…` there.
-        return credential.principal.in_partition(partition_of(signed.region)), signed.region
+        return signer.credential.principal.in_partition(partition_of(signed.region)), signed.region
 
     # --- development clock -------------------------------------------------------------------
 
@@ -215,7 +289,7 @@ class KmsApp:
                 raise ValueError
         except _ClientGone:
             return
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, errors.KmsError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, _Unread):
             await _respond(send, 400, _ADVANCE_REFUSED, b"application/json")
             return
         try:
@@ -300,24 +374,36 @@ def _tls_details(scope: Scope, headers: dict[str, str]) -> dict[str, str] | None
     return {**session, "clientProvidedHostHeader": _as_written(headers.get("host", ""))}
 
 
-async def _read_body(receive: Receive, limit: int, declared: str | None = None) -> bytes:
-    """The request body, refused (before any of it is read when its declared length says so)
-    beyond `limit` bytes; _ClientGone if the client disconnects before its end."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            break
+async def _read_body(receive: Receive, limit: int, large: _LargeBodies | None = None) -> bytes:
+    """The request body, refused beyond `limit` bytes, and while it arrives past its first
+    SMALL_BODY_BYTES when `large` bodies hold too much already; _ClientGone if the client
+    disconnects before its end."""
+    chunks, size, held = [], 0, 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _Unread(_body_too_large(limit), "body_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+            if large is not None and size > SMALL_BODY_BYTES:
+                try:
+                    held = large.hold(size - SMALL_BODY_BYTES, held)
+                except errors.KmsError as error:
+                    raise _Unread(error) from None
+    finally:
+        if large is not None and held:
+            large.release(held)
     return b"".join(chunks)
+
+
+def _body_too_large(limit: int) -> _BodyTooLarge:
+    return _BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
 
 
 async def _respond(

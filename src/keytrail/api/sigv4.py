@@ -29,6 +29,8 @@ __all__ = [
     "SignedRequest",
     "SigningKeys",
     "UnrecognizedClientException",
+    "check_signature",
+    "check_signed_headers",
     "parse_authorization",
     "verify_signature",
 ]
@@ -305,6 +307,15 @@ def verify_signature(
     headers: Mapping[str, str], body: bytes, now: datetime,
 ) -> None:
     """Raise unless `signed.signature` is the signature of this request under the secret of `keys`."""
+    amz_date = check_signed_headers(signed, headers, now)
+    check_signature(signed, keys, amz_date, method=method, path=path, query=query, headers=headers, body=body)
+
+
+def check_signed_headers(signed: SignedRequest, headers: Mapping[str, str], now: datetime) -> str:
+    """What the headers alone decide (the service, the time and its window, the headers that must
+    be signed), raised as AWS raises it; the request's time stamp, which its signature covers. A
+    server checks this before it reads the body, so that a request nobody could have signed holds
+    no memory while its body arrives."""
     if signed.service != "kms":
         raise InvalidSignatureException("Credential should be scoped to correct service: 'kms'.")
     amz_date = headers.get("x-amz-date") or _date_header_stamp(headers.get("date"))
@@ -312,6 +323,15 @@ def verify_signature(
     _check_host_signed(signed)
     _check_amz_headers_signed(signed, headers)
     _check_scope_date(signed, amz_date)
+    return amz_date
+
+
+def check_signature(
+    signed: SignedRequest, keys: SigningKeys, amz_date: str, *, method: str, path: str, query: str,
+    headers: Mapping[str, str], body: bytes,
+) -> None:
+    """Raise unless `signed.signature` signs this request, stamped `amz_date` (`check_signed_headers`),
+    under the secret of `keys`."""
     canonical = _canonical_request(method, path, query, headers, signed, body)
     # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError, a 500),
     # and the header is whatever the client sent.
