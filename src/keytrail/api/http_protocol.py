@@ -490,7 +490,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if not cycle.response_complete or cycle.keep_alive:
             return False
         self._draining = True
-        cycle.body = b""  # what arrived of it before the answer: nobody reads it now, so it holds no memory
+        cycle.body = bytearray()  # what arrived of it before the answer: nobody reads it now, so it holds no memory
         self.flow.resume_reading()  # paused while the body filled uvicorn's buffer before the answer
         return True
 
