@@ -75,15 +75,19 @@ class RepeatedDriverLineFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.partition(".")[0] not in THINNED_LOGGERS:
             return True
+        # Alike by the driver's own words, whatever exception it carries: through one outage that
+        # changes (a PostgreSQL restart: shutting down, refused, starting up), and asyncpg's retries
+        # to refill its pool were written once per kind of exception, not once a minute.
+        key = record.getMessage()
         message = _one_line(record)
         now = self._clock()
         with self._lock:
-            seen = self._seen.get(message)
+            seen = self._seen.get(key)
             if seen is not None and now - seen.written_at < self.seconds:
                 seen.left_out += 1
                 return False
             self._forget_old(now)
-            self._seen[message] = _Seen(now)
+            self._seen[key] = _Seen(now)
         record.msg, record.args = message, None
         if seen is not None and seen.left_out:
             record.msg = self._with_count(message, seen, now)

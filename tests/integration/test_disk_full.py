@@ -185,3 +185,31 @@ def test_an_export_onto_a_full_disk_leaves_no_partial_file_behind(small_disk: Pa
                             capture_output=True, text=True, timeout=120, check=False)
     assert export.returncode == 1 and "No space left on device" in export.stderr, export.stderr
     assert [p.name for p in out.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("dev_clock", [True, False], ids=["consumer in serve", "consumer child"])
+def test_a_stop_whose_final_digest_cannot_be_written_exits_1(small_disk: Path, tmp_path: Path,
+                                                               dev_clock: bool) -> None:
+    """SIGTERM on a full disk: the final signed digest (docs/operations.md, Backup and restore) has
+    no room, and the stop said so in its one ERROR line but exited 0, so a supervisor or the backup
+    recipe took it for a clean stop. Nothing is lost: the next start, with space, signs the records."""
+    data = small_disk / "data"
+    server = KeytrailServer(data, dev_clock=dev_clock)
+    server.log = tmp_path / "server.log"
+    server.start()
+    try:
+        kms = server.client("alice")
+        kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")
+        filler = _fill(small_disk, leave=0)
+        assert server.stop() == 1
+    finally:
+        if server.proc is not None:
+            server.kill()
+    log = server.log.read_text()
+    stop_errors = [line for line in log.splitlines() if "stopping the node" in line]
+    assert len(stop_errors) == 1 and "No space left on device" in stop_errors[0], log
+    assert "Traceback" not in log, log
+    filler.unlink()
+    server.start()
+    assert server.stop() == 0
+    assert verify(data) == []

@@ -85,7 +85,7 @@ def test_asyncpg_retries_are_thinned_too_and_their_tracebacks_folded_into_one_li
     text = logging.Formatter("%(message)s").format(line)
     assert "\n" not in text
     clock.now += 1
-    assert passed(thinning, "asyncpg.pool", line.getMessage()) is None
+    assert not thinning.filter(_pool_floor_line(ConnectionRefusedError(111, "Connection refused")))
     # keytrail's own lines keep theirs: an error of keytrail's needs its traceback
     try:
         raise ValueError("a bug")
@@ -93,3 +93,30 @@ def test_asyncpg_retries_are_thinned_too_and_their_tracebacks_folded_into_one_li
         own = logging.LogRecord("keytrail.kms.service", logging.ERROR, __file__, 1, "internal error", None,
                                 sys.exc_info())
     assert thinning.filter(own) and own.exc_info is not None
+
+
+def _pool_floor_line(error: Exception) -> logging.LogRecord:
+    """asyncpg's line as its pool fails to reconnect, with the exception under it."""
+    try:
+        raise error
+    except Exception:
+        return logging.LogRecord("asyncpg.pool", logging.WARNING, __file__, 1,
+                                 "Failed to restore the pool connection floor; retrying", None, sys.exc_info())
+
+
+def test_asyncpg_retries_are_thinned_together_whatever_exception_each_carries() -> None:
+    # A PostgreSQL restart: asyncpg's retries met "shutting down", then refused connections, then
+    # "starting up", and each kind was written as a line of its own, three lines in 7 s.
+    clock = SteppedClock()
+    thinning = RepeatedDriverLineFilter(60.0, clock)
+    errors = [OSError(111, "Connection refused"), ConnectionResetError(104, "Connection reset by peer"),
+              TimeoutError("timed out")]
+    assert thinning.filter(_pool_floor_line(errors[0]))
+    for error in errors[1:]:
+        clock.now += 3
+        assert not thinning.filter(_pool_floor_line(error))
+    clock.now = 1061.0
+    last = _pool_floor_line(errors[2])
+    assert thinning.filter(last)
+    assert last.getMessage() == ("Failed to restore the pool connection floor; retrying: TimeoutError: timed out "
+                                 "(and 2 more like it in the last 61 s)")

@@ -199,7 +199,7 @@ async def build_node(settings: ServeSettings, credentials: CredentialStore, stor
         raise
     if lifespan:
         node.app.settings.startup.append(lambda: start_node(node))
-        node.app.settings.shutdown.append(lambda: stop_node(node))
+        node.app.settings.shutdown.append(lambda: _stop_in_lifespan(node))
     return node
 
 
@@ -386,22 +386,33 @@ async def start_node(node: Node) -> None:
         raise
 
 
-async def stop_node(node: Node, *, quiet: bool = False) -> None:
+async def stop_node(node: Node, *, quiet: bool = False) -> bool:
     """Stop the node: background tasks; children, consumer, detector and the audit trail's last
     records (its final digest) and shipping side by side; the audit trail's files; then the key
     store. A part that fails to stop is logged (unless `quiet`: a failed start, whose own failure
     is the one to report) and the rest still stop; each stage's parts stop side by side, stage
-    after stage (`_stop_stages`)."""
+    after stage (`_stop_stages`). Whether every part stopped: serve's exit status says it, as a
+    final digest that a full disk had no room for left a stop that only its log line told of."""
 
-    async def stop_part(name: str, stop: Callable[[], Awaitable[object]]) -> None:
+    async def stop_part(name: str, stop: Callable[[], Awaitable[object]]) -> bool:
         try:
             await stop()
         except Exception as exc:
             if not quiet:
                 log.error("stopping the node: %s: %s", name, _reason(exc))
+            return False
+        return True
 
+    stopped = True
     for stage in _stop_stages(node):
-        await asyncio.gather(*(stop_part(name, stop) for name, stop in stage))
+        stopped = all(await asyncio.gather(*(stop_part(name, stop) for name, stop in stage))) and stopped
+    return stopped
+
+
+async def _stop_in_lifespan(node: Node) -> None:
+    """`stop_node` as the app's ASGI lifespan runs it: uvicorn's exit status is its own to set, and
+    a part that failed to stop has said so in the log."""
+    await stop_node(node)
 
 
 async def _start(node: Node) -> None:

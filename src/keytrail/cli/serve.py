@@ -66,6 +66,12 @@ __all__ = ["register"]
 
 log = logging.getLogger("keytrail")
 
+# A stop that left part of the node unstopped (the final audit digest not written: a full disk).
+# Exit 0 says the spool was flushed (docs/contracts.md), 2 a start refused; 1, as for a command that
+# ran but could not finish its work (`audit export` onto a full disk), tells a supervisor that the
+# data dir is not the clean stop's that backups wait for (docs/operations.md, Backup and restore).
+STOP_FAILED_EXIT = 1
+
 DataDir = Annotated[Path, path_option("--data-dir", help="Where the node keeps everything.")]
 
 
@@ -248,11 +254,13 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
                     _print_listening(sockets, settings)
                     await server.serve(sockets)
             finally:
-                await stop_node(built.node)
+                stopped = await stop_node(built.node)
     if unannounced is not None:  # the credentials and the fingerprint were printed nowhere
         remove_what_the_start_made(settings, hold, built.admin, built.new_trail)
         raise serve_fail(f"could not print what this start made to stdout ({os_problem(unannounced)}), so it was "
                          "removed: start again with stdout where you can read it")
+    if not stopped:  # its ERROR line said which part and why: no second line
+        raise typer.Exit(STOP_FAILED_EXIT)
 
 
 class _StopAsked:

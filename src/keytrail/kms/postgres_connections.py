@@ -81,6 +81,7 @@ class PostgresConnections:
         self._pinned: ContextVar[Any] = ContextVar(f"pinned-{id(self)}", default=None)
         self._answered_at = float("-inf")  # monotonic time a query's connection was last handed back without error
         self._unreachable_since: float | None = None  # monotonic time an outage began (logged once), while it lasts
+        self._outages = 0  # outages begun so far: a call that began before the current one cannot end it
         self._clock = clock  # monotonic seconds, for how often the refusals are logged
         self._logged_at: dict[str, float] = {}  # when each kind of refusal was last logged (`_log_due`)
 
@@ -94,6 +95,7 @@ class PostgresConnections:
         `wait` seconds (the timeout by default); KMSInternalException once the store no longer
         matches its ledger."""
         self._refuse_if_broken()
+        outages = self._outages
         pinned = self._pinned.get()
         try:
             if pinned is not None:
@@ -121,19 +123,28 @@ class PostgresConnections:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
             raise self._unreachable(exc) from exc
-        self._answered()
+        self._answered(outages)
 
     def _unreachable(self, exc: BaseException) -> errors.KmsError:
         """AWS's retryable internal error for a call the database could not serve; the outage
         logged once, where a traceback per call flooded the log (and the disk the spool is on)."""
         if self._unreachable_since is None:
             self._unreachable_since = time.monotonic()
+            self._outages += 1
             log.error("the key store is out of reach (%s): calls fail with KMSInternalException until it answers again",
                       " ".join((str(exc) or type(exc).__name__).split()))
         return errors.KMSInternalException(
             "The request was rejected because an internal exception occurred. The request can be retried.")
 
-    def _answered(self) -> None:
+    def _answered(self, outages: int) -> None:
+        """A call's connection handed back without error, the call having begun when `outages` had
+        begun. One in flight as the current outage began is no sign that the database answers
+        again: its statement was answered just before the sessions were ended (a server's fast stop),
+        and it came back after a neighbour found them gone ("answers again, after 0 s", then out of
+        reach once more). Only a call begun since then shows the database back, for the log and
+        the health check alike."""
+        if self._unreachable_since is not None and outages != self._outages:
+            return
         self._answered_at = now = time.monotonic()
         if self._unreachable_since is not None:
             log.warning("the key store answers again, after %.0f s out of reach", now - self._unreachable_since)

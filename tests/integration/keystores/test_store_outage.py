@@ -5,6 +5,7 @@ until the client gives up (and holding every pooled connection meanwhile)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable
@@ -14,10 +15,11 @@ import pytest
 
 from keytrail.clock import ManualClock
 from keytrail.kms import errors
+from keytrail.kms.postgres_connections import PostgresConnections
 from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from tests.integration.keystores.test_postgres_store import Node
-from tests.support.postgres import PostgresProxy, fresh_database
+from tests.support.postgres import PostgresProxy, fetch, fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +192,53 @@ async def test_the_database_finds_out_a_silent_node_within_about_two_timeouts() 
                                      for name in ("idle", "interval", "count")]
         assert idle + interval * count <= 20
         await store.close()
+
+
+async def _terminate_sessions(dsn: str) -> None:
+    """End every session of `dsn`'s database but the caller's, as a server's fast stop does (its
+    "terminating connection due to administrator command"), without stopping the server others share."""
+    await fetch(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+async def _call_cut_off(connections: PostgresConnections, dsn: str) -> None:
+    """A call whose session is ended under its statement: it fails as the outage it is."""
+    with pytest.raises(errors.KMSInternalException, match="can be retried"):
+        async with connections.connection() as connection:
+            await _terminate_sessions(dsn)
+            await connection.fetchval("SELECT 1")
+
+
+async def test_a_call_in_flight_as_the_database_went_away_is_no_sign_that_it_answers_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A PostgreSQL restart under load: a call whose statement was answered just before the sessions
+    # were ended handed its connection back after another call had found the store out of reach.
+    # It was taken for the store answering again ("after 0 s out of reach", the same millisecond),
+    # and the next call's failure logged the outage a second time.
+    caplog.set_level(logging.WARNING, logger="keytrail")
+    async with fresh_database() as dsn:
+        store = await PostgresStore.connect(dsn, RootKey(os.urandom(32)), timeout=3.0)
+        connections = store._connections
+        async with connections.connection() as in_flight:
+            assert await in_flight.fetchval("SELECT 1") == 1
+            await _call_cut_off(connections, dsn)
+        await _call_cut_off(connections, dsn)  # after the call in flight handed its connection back
+        await _answered_again(connections)  # a call begun in the outage: the store is back
+        await store.close()
+    said = [record.getMessage() for record in caplog.records if record.getMessage().startswith("the key store")]
+    assert [line.split(" (")[0].split(",")[0] for line in said] == [
+        "the key store is out of reach", "the key store answers again"], said
+
+
+async def _answered_again(connections: PostgresConnections, seconds: float = 10.0) -> None:
+    """Call until a call is served, as clients retry: the pool may still hand out a connection that
+    the ended sessions left unusable (asyncpg's own refill of its pool among them)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            async with connections.connection() as connection:
+                await connection.fetchval("SELECT 1")
+            return
+        except errors.KMSInternalException:
+            assert time.monotonic() < deadline, "the store never answered again"
+            await asyncio.sleep(0.1)
