@@ -448,7 +448,12 @@ def _hashed_end(expected: list[bytes], actual: list[bytes]) -> int:
     """How many of a running node's records its stored hashes reach: up to the newest hashed record
     where it now is. Cut at as many records as hashes, a log with a record removed (or inserted)
     before it had the first record not yet hashed (or the newest hashed) named inserted (or missing).
-    Its last place, not its first: a copy put before it must not hide the records between them."""
+    Its last place, not its first: a copy put before it must not hide the records between them. But
+    where the log begins with exactly the hashed records, they end there: a copy of the newest one
+    after them is a record recorded again (a call's owed record after a kill -9), and took every
+    record between the two for inserted."""
+    if actual[:len(expected)] == expected:
+        return len(expected)
     if expected:
         newest = expected[-1]
         for index in range(len(actual) - 1, -1, -1):

@@ -324,6 +324,24 @@ async def test_verify_on_a_live_node_names_the_record_removed_or_inserted_and_no
         assert verify(tmp_path) == [named]
 
 
+async def test_verify_on_a_live_node_takes_no_record_for_inserted_when_the_newest_hashed_is_recorded_again(
+        tmp_path: Path) -> None:
+    # After a kill -9, a call's owed record can be recorded again, byte for byte, after newer calls'
+    # records (a shared store waits 120 s first). Matched at its last place, that copy of the newest
+    # hashed record named every record between the two "inserted": a false alarm of tampering.
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from tests.support.audit_records import encrypt_call
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        for i in range(300):
+            await trail.record(encrypt_call(i))
+        hashed = audit_paths(tmp_path)[1].hashes.stat().st_size // 32
+        assert 0 < hashed < 300
+        await trail.record(encrypt_call(hashed - 1))  # the newest hashed record, again
+        assert audit_paths(tmp_path)[1].hashes.stat().st_size // 32 == hashed
+        assert not [problem for problem in verify(tmp_path) if "inserted" in problem]
+
+
 @pytest.mark.parametrize("left", [b"", b"\x00garbage\xff"])
 def test_a_signing_key_or_newest_digest_that_cannot_be_read_stops_the_trail_in_one_line(
         data_dir: Path, left: bytes) -> None:
