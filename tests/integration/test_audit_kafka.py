@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from botocore.exceptions import ClientError
 
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.schema import SCHEMA_PATH, EventCodec, load_schema
-from keytrail.audit.shipper import AUDIT_TOPIC
+from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, encrypt_call
+from tests.support.mounts import filled, small_filesystem
+from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 from tests.support.services import free_port, kafka_broker
 from tests.support.waits import eventually_blocking
@@ -185,3 +188,102 @@ def test_serve_refuses_calls_once_kafka_lags_by_its_max_unshipped_bytes(tmp_path
         assert unshipped > 1 << 20
     finally:
         server.stop()
+
+
+async def _topic_records(bootstrap: str) -> list[bytes]:
+    """Every record on the audit topic, repeats too: read from its start until 1.5 s bring none, or
+    for 15 s on a topic that keeps growing (tansu's end offsets name a partition's last batch, not
+    where its log ends)."""
+    consumer = AIOKafkaConsumer(AUDIT_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    values: list[bytes] = []
+    deadline = time.monotonic() + 15
+    try:
+        while (batches := await consumer.getmany(timeout_ms=1500)) and time.monotonic() < deadline:
+            values += [m.value for ms in batches.values() for m in ms if m.value is not None]
+    finally:
+        await consumer.stop()
+    return values
+
+
+def _shipper_pid(server: KeytrailServer) -> int:
+    """The pid of serve's audit shipper process (audit/shipping.py)."""
+    assert server.proc is not None
+    [pid] = [pid for pid, argv in child_commands(server.proc.pid).items() if b"keytrail.audit.shipping" in argv]
+    return pid
+
+
+def _shipped_once(server: KeytrailServer, bootstrap: str) -> int:
+    """Wait until every record of the trail is on the topic, once; how many there are."""
+    offset_file = server.data_dir / "audit" / "shipped-offset"
+    eventually_blocking(lambda: offset_file.exists() and ShippedOffset(offset_file).value > 0, what="records shipped")
+    eventually_blocking(lambda: len(asyncio.run(_topic_records(bootstrap))) == ShippedOffset(offset_file).value,
+                        what="the topic as long as what was shipped")
+    return ShippedOffset(offset_file).value
+
+
+def test_a_shipped_offset_a_full_disk_cannot_take_sends_nothing_again(tmp_path: Path) -> None:
+    """Writing shipped-offset on a full disk was taken for a broker failure: the batch Kafka had
+    acknowledged was sent again 4-5 times a second, forever, each time with a false 'resumed' line."""
+    with kafka_broker() as bootstrap, small_filesystem(tmp_path / "disk", "8m") as disk:
+        server = KeytrailServer(disk / "data", "--kafka", bootstrap, "--no-detector")
+        server.log = tmp_path / "server.log"  # off the full disk
+        server.start()
+        try:
+            kms = server.client("alice")
+            key = kms.create_key()["KeyMetadata"]["KeyId"]
+            before = _shipped_once(server, bootstrap)
+            shipper = _shipper_pid(server)
+            os.kill(shipper, signal.SIGSTOP)  # the calls' records are durable before it ships them
+            for _ in range(3):
+                kms.encrypt(KeyId=key, Plaintext=b"x")
+            filler = filled(disk)
+            os.kill(shipper, signal.SIGCONT)
+            eventually_blocking(lambda: len(asyncio.run(_topic_records(bootstrap))) >= before + 3,
+                                what="the calls shipped")
+            time.sleep(3)  # the offset's write retried meanwhile
+            assert len(asyncio.run(_topic_records(bootstrap))) == before + 3  # nothing sent again
+            offset_file = disk / "data" / "audit" / "shipped-offset"
+            assert ShippedOffset(offset_file).value == before
+            filler.unlink()
+            eventually_blocking(lambda: ShippedOffset(offset_file).value == before + 3, what="the offset written")
+        finally:
+            assert server.stop() == 0
+    log = server.log.read_text()
+    assert len(re.findall(r" WARNING keytrail\.audit\.shipper: audit shipping cannot write \S+shipped-offset: "
+                          r"\[Errno 28\] No space left on device", log)) == 1, log
+    assert re.search(r" WARNING keytrail\.audit\.shipper: audit shipping wrote \S+shipped-offset again after ",
+                     log), log
+    assert "paused" not in log and "resumed" not in log, log
+
+
+def test_a_broker_that_restarts_empty_after_an_outage_with_calls_is_said_to_have_lost_records(tmp_path: Path) -> None:
+    """The calls made while the broker was down failed a send: the shipper connected afresh, the
+    offsets Kafka had acknowledged forgotten with the link, and the restarted broker's offsets from 0
+    went unnoticed, the records shipped before gone from Kafka without an error."""
+    port = free_port()
+    with kafka_broker(port) as bootstrap:
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--no-detector").start()
+        kms = server.client("alice")
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        for _ in range(5):
+            kms.encrypt(KeyId=key, Plaintext=b"x")
+        before = _shipped_once(server, bootstrap)
+    try:  # the broker is gone, and so are the records it held (memory storage)
+        during = {kms.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(3)}
+        eventually_blocking(lambda: " paused: " in server.log.read_text(), what="shipping paused")
+        time.sleep(2)  # a retry or two, each on a new link
+        with kafka_broker(port):
+            eventually_blocking(lambda: "lost records" in server.log.read_text(), what="the loss logged")
+            offset_file = tmp_path / "data" / "audit" / "shipped-offset"
+            eventually_blocking(lambda: ShippedOffset(offset_file).value == before + 3, what="the calls shipped")
+            delivered = {EventCodec().decode(value)["requestID"] for value in asyncio.run(_topic_records(bootstrap))}
+    finally:
+        assert server.stop() == 0
+    assert delivered == during  # shipping went on; the records lost are not sent again by themselves
+    log = server.log.read_text()
+    [lost] = re.findall(r" ERROR keytrail\.audit\.shipper: (.*)", log)
+    assert re.fullmatch(rf"audit shipping to {bootstrap}: {AUDIT_TOPIC}\[\d\] acknowledged at offset 0, expected "
+                        rf"\d+ or more: the broker lost records\. Records this node shipped before offset {before} "
+                        r"may be gone from Kafka; .*", lost), lost

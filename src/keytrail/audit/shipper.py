@@ -23,7 +23,14 @@ from keytrail.audit.integrity import beside, imported_offsets
 from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import open_regular, write_bytes
 from keytrail.transport.frames import framed_size
-from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, RecordsTooLarge, ensure_topic
+from keytrail.transport.kafka import (
+    BrokerLostRecords,
+    KafkaProducerLink,
+    Message,
+    NextOffsets,
+    RecordsTooLarge,
+    ensure_topic,
+)
 from keytrail.transport.segment_reader import SegmentReader, StallWatch
 from keytrail.transport.topics import AUDIT_TOPIC, IMPORTED_HEADER
 
@@ -42,16 +49,17 @@ LINGER_SECONDS = 0.25
 
 # While a broker is down the shipper retries every 5 s: a warning at each retry wrote 720 lines an
 # hour of one outage. It says so once, then once a minute while it lasts, as the drivers' lines
-# are thinned (log_lines.py), and once when shipping resumes.
+# are thinned (log_lines.py), and once when shipping resumes. A shipped offset it cannot write
+# (a full disk) is said likewise.
 PAUSE_REPEAT_SECONDS = 60.0
+RETRY_SECONDS = (0.2, 5.0)  # the first wait before a retry, doubling up to the last
 
 
-class _Pause:
-    """The log lines of one outage of the broker: when it starts, at most one a minute while it
-    lasts (at once when its reason changes), and when shipping resumes."""
+class _Outage:
+    """The log lines of one outage: when it starts, at most one a minute while it lasts (at once
+    when its reason changes), and when it ends."""
 
-    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._since: float | None = None  # when the outage began
         self._said = (0.0, "")  # when its last line was written, and the reason it gave
@@ -61,10 +69,9 @@ class _Pause:
         now, reason = self._clock(), str(exc)
         if self._since is None:
             self._since = now
-            log.warning("audit shipping to %s paused: %s", self.bootstrap, reason)
+            self._began(reason)
         elif reason != self._said[1] or now - self._said[0] >= PAUSE_REPEAT_SECONDS:
-            log.warning("audit shipping to %s paused for %.0f s (%d retries since the last line): %s",
-                        self.bootstrap, now - self._since, self._retries + 1, reason)
+            self._lasts(now - self._since, self._retries + 1, reason)
         else:
             self._retries += 1
             return
@@ -72,9 +79,55 @@ class _Pause:
 
     def ended(self) -> None:
         if self._since is not None:
-            log.warning("audit shipping to %s resumed after %.0f s paused", self.bootstrap,
-                        self._clock() - self._since)
+            self._ended(self._clock() - self._since)
             self._since = None
+
+    def _began(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _lasts(self, seconds: float, retries: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def _ended(self, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class _Pause(_Outage):
+    """The log lines of one outage of the broker."""
+
+    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self.bootstrap = bootstrap
+
+    def _began(self, reason: str) -> None:
+        log.warning("audit shipping to %s paused: %s", self.bootstrap, reason)
+
+    def _lasts(self, seconds: float, retries: int, reason: str) -> None:
+        log.warning("audit shipping to %s paused for %.0f s (%d retries since the last line): %s",
+                    self.bootstrap, seconds, retries, reason)
+
+    def _ended(self, seconds: float) -> None:
+        log.warning("audit shipping to %s resumed after %.0f s paused", self.bootstrap, seconds)
+
+
+class _OffsetUnwritten(_Outage):
+    """The log lines of a shipped offset that cannot be written (a full disk)."""
+
+    def __init__(self, path: Path, written: Callable[[], int], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self.path = path
+        self._written = written  # the offset the file holds
+
+    def _began(self, reason: str) -> None:
+        log.warning("audit shipping cannot write %s: %s. Shipping goes on and retries the write; a restart before "
+                    "then sends again the records from offset %d", self.path, reason, self._written())
+
+    def _lasts(self, seconds: float, retries: int, reason: str) -> None:
+        log.warning("audit shipping cannot write %s for %.0f s (%d retries since the last line): %s",
+                    self.path, seconds, retries, reason)
+
+    def _ended(self, seconds: float) -> None:
+        log.warning("audit shipping wrote %s again after %.0f s", self.path, seconds)
 
 
 class RecordTooLargeForBroker(RuntimeError):
@@ -95,7 +148,7 @@ def _too_large(error: Exception, first: int, values: Sequence[bytes]) -> RecordT
 
 
 class ShippedOffset:
-    """The first offset not yet acknowledged by Kafka, kept in a small file."""
+    """The first offset not yet acknowledged by Kafka (`value`), kept in a small file (`advance`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,6 +181,40 @@ def _read_offset(path: Path) -> int:
     return 0
 
 
+class _OffsetWriter:
+    """Writes the shipped offset after each acknowledged batch. A write that fails (a full disk) is
+    no broker failure: the offset is kept in memory, so what Kafka acknowledged is not sent again,
+    and the write retried with backoff (a restart before it is written only means resending)."""
+
+    def __init__(self, shipped: ShippedOffset, clock: Callable[[], float] = time.monotonic) -> None:
+        self.shipped = shipped
+        self.written = shipped.value  # the offset the file holds
+        self._clock = clock
+        self._delay = 0.0  # before the next retry; 0 while writes succeed
+        self._retry_at = 0.0
+        self._unwritten = _OffsetUnwritten(shipped.path, lambda: self.written, clock)
+
+    async def acknowledged(self, offset: int) -> None:
+        """Kafka acknowledged the records below `offset`: take it, and write it unless a retry waits."""
+        self.shipped.value = offset
+        await self.write(now=False)
+
+    async def write(self, *, now: bool) -> None:
+        """Write the offset if the file lags behind it, and a retry is due (`now`: whether due or not)."""
+        offset = self.shipped.value
+        if offset == self.written or (not now and self._clock() < self._retry_at):
+            return
+        try:
+            await asyncio.to_thread(self.shipped.advance, offset)
+        except OSError as exc:
+            self._delay = min(max(self._delay * 2, RETRY_SECONDS[0]), RETRY_SECONDS[1])
+            self._retry_at = self._clock() + self._delay
+            self._unwritten.failed(exc)
+            return
+        self.written, self._delay = offset, 0.0
+        self._unwritten.ended()
+
+
 class Shipper:
     """Ships durable records from the event log to Kafka; see the module docstring."""
 
@@ -145,6 +232,10 @@ class Shipper:
         # unshipped records reached the spool's cap and the node refused every call.
         self._stall = StallWatch(log_dir, "audit shipper", "shipped to Kafka", on_held)
         self.shipped = shipped
+        self._offset = _OffsetWriter(shipped)
+        # Where each partition's next acknowledgement must be, kept across links: a broker that
+        # restarted empty while shipping was paused is met by a new link, which knew nothing to expect.
+        self._next_offsets: NextOffsets = {}
         self.partitions = partitions
         self.replication_factor = replication_factor  # of the topic, if the shipper creates it
         self.topic = topic
@@ -153,22 +244,21 @@ class Shipper:
         self._on_shipped = on_shipped
         self._imported = ImportedSpans(())  # read at `run`: an import cannot add to a log its node holds
         self._stop = asyncio.Event()
+        self._pause = _Pause(bootstrap)
         self.connected = False
         self.linger = LINGER_SECONDS
 
     async def run(self) -> None:
         """Ship until `stop`; reconnect with backoff whenever the broker fails."""
-        delay = 0.2
-        pause = _Pause(self.bootstrap)
+        delay = RETRY_SECONDS[0]
         self._imported = ImportedSpans(await asyncio.to_thread(imported_offsets, beside(self.log_dir)))
         # One attempt at least, stopped or not: a shipper child still starting as serve stopped it
         # found its stop already set and ended without trying, the durable records left unsaid.
         while True:
             try:
                 await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor)
-                async with KafkaProducerLink(self.bootstrap) as link:
-                    self.connected, delay = True, 0.2
-                    pause.ended()
+                async with KafkaProducerLink(self.bootstrap, next_offsets=self._next_offsets) as link:
+                    self.connected, delay = True, RETRY_SECONDS[0]
                     await self._ship_forever(link)
             except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
                 log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
@@ -178,13 +268,14 @@ class Shipper:
                           "(consumers drop repeats by eventID)", self.bootstrap, exc, self.shipped.value,
                           self.shipped.path)
             except Exception as exc:  # broker down or unreachable: keep the records, retry
-                pause.failed(exc)
+                self._pause.failed(exc)
             self.connected = False
             if self._stop.is_set():
+                await self._offset.write(now=True)  # a last try: else the next start sends those records again
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, RETRY_SECONDS[1])
 
     async def stop(self) -> None:
         """Ask `run` to finish after the batch in flight (it ships what is durable first)."""
@@ -193,7 +284,9 @@ class Shipper:
 
     async def _ship_forever(self, link: KafkaProducerLink) -> None:
         while True:
+            await self._offset.write(now=False)  # a retry, when one is due (idle, no batch tries it)
             shipped = await self._ship_once(link)
+            self._pause.ended()  # a round went through: not on connecting alone, nor on the offset's write
             if self._stop.is_set() and not shipped:
                 return
             if 0 < shipped < _BATCH and not self._stop.is_set():
@@ -224,7 +317,7 @@ class Shipper:
         except RecordsTooLarge as error:
             raise _too_large(error, first, values) from error
         after = first + len(values)
-        await asyncio.to_thread(self.shipped.advance, after)
+        await self._offset.acknowledged(after)
         if self._on_shipped is not None:
             self._on_shipped(after, framed_size(values))
         return len(values)

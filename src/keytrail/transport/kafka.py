@@ -19,8 +19,8 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-__all__ = ["BrokerLostRecords", "KafkaProducerLink", "RecordsTooLarge", "ensure_topic", "partition_for",
-           "quiet_bootstrap", "read_again_where_log_ended_below"]
+__all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "ensure_topic",
+           "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below"]
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +90,25 @@ def _seen(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+NextOffsets = dict[tuple[str, int], int]  # (topic, partition): where its next acknowledgement must be
+
+
 class KafkaProducerLink:
     """An aiokafka producer that sends keyed messages as one record batch per partition and
     returns only when the broker acknowledged every batch."""
 
-    def __init__(self, bootstrap: str, *, request_timeout_ms: int = 10_000) -> None:
+    def __init__(self, bootstrap: str, *, request_timeout_ms: int = 10_000, next_offsets: NextOffsets | None = None
+                 ) -> None:
+        """`next_offsets`: where each partition's next acknowledgement must be, kept by the caller
+        across links (a link made after an outage then still sees a broker that came back empty);
+        this link's own if None."""
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
             max_batch_size=256 << 10, request_timeout_ms=request_timeout_ms,
         )
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}
-        self._next_offset: dict[tuple[str, int], int] = {}  # per partition, as acknowledged on this link
+        self._next_offset = {} if next_offsets is None else next_offsets
 
     async def __aenter__(self) -> KafkaProducerLink:
         await self._producer.start()
@@ -126,7 +133,15 @@ class KafkaProducerLink:
             acks = await asyncio.gather(*(self._send_partition(topic, p, builders) for p, builders in batches.items()))
         except (MessageSizeTooLargeError, RecordListTooLargeError) as error:
             raise RecordsTooLarge(type(error).__name__) from error
-        await self._check_acks(topic, dict(zip(batches, acks, strict=True)))
+        try:
+            await self._check_acks(topic, dict(zip(batches, acks, strict=True)))
+        except BrokerLostRecords:
+            self._forget(topic)  # said once: the topic's log began again, its offsets are checked from there
+            raise
+
+    def _forget(self, topic: str) -> None:
+        for known in [known for known in self._next_offset if known[0] == topic]:
+            del self._next_offset[known]
 
     async def _build(self, topic: str, messages: Sequence[Message]) -> dict[int, list[BatchBuilder]]:
         """Closed record batches per partition (a partition gets more than one only past 256 KiB)."""
@@ -174,8 +189,9 @@ class KafkaProducerLink:
 
     async def _check_acks(self, topic: str, acks: dict[int, list[tuple[int, int]]]) -> None:
         """Offsets only grow on a broker that kept its log. One that restarted empty acknowledges
-        at offset 0 again (and drops what it has no topic or partition for): a partition seen on
-        this link that goes back is a loss; one first seen at 0 is checked against the broker."""
+        at offset 0 again (and drops what it has no topic or partition for): a partition acknowledged
+        before (on this link or an earlier one sharing its `next_offsets`) that goes back is a loss;
+        one first seen at 0 is checked against the broker."""
         first_at_zero = []
         for partition, batches in acks.items():
             for base, count in batches:

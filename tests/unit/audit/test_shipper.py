@@ -12,6 +12,8 @@ import pytest
 from keytrail.audit.shipper import ShippedOffset, Shipper, _Pause
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, RecordsTooLarge
 from keytrail.transport.segment_log import SegmentLog
+from tests.support.mounts import filled, small_filesystem
+from tests.support.waits import eventually
 
 # A payload whose first field (keyArn, a string in branch 2 of its union) message_key_bytes reads.
 _HEADER = b"\xc3\x01" + bytes(8)
@@ -70,19 +72,20 @@ class _RefusingLink(_Link):
 
 
 def _start_shipping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link: object, payloads: list[bytes],
-                    shipped_before: int = 0) -> tuple[Shipper, ShippedOffset, asyncio.Task[None]]:
+                    shipped_before: int = 0, offset_file: Path | None = None
+                    ) -> tuple[Shipper, ShippedOffset, asyncio.Task[None]]:
     """A shipper at work on a log of `payloads`, all durable, sending through `link` (the topic
-    taken as there), `shipped_before` of them acknowledged earlier."""
+    taken as there), `shipped_before` of them acknowledged earlier (the offset kept in `offset_file`)."""
 
     async def no_topic(*args: object, **kwargs: object) -> None:
         return None
 
     monkeypatch.setattr("keytrail.audit.shipper.ensure_topic", no_topic)
-    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap: link)
+    monkeypatch.setattr("keytrail.audit.shipper.KafkaProducerLink", lambda bootstrap, **settings: link)
     log = SegmentLog(tmp_path / "log", writable=True)
     log.append(payloads)
     log.sync()
-    shipped = ShippedOffset(tmp_path / "shipped-offset")
+    shipped = ShippedOffset(offset_file or tmp_path / "shipped-offset")
     if shipped_before:
         shipped.advance(shipped_before)
     shipper = Shipper("broker:9092", tmp_path / "log", shipped, partitions=1, durable_end=lambda: len(payloads),
@@ -173,6 +176,33 @@ async def test_a_broker_down_is_one_warning_while_it_lasts_and_one_when_shipping
     assert len(lines) == 2, lines  # three failed retries, one line
     assert lines[0] == "audit shipping to broker:9092 paused: [Errno 111] Connect call failed"
     assert re.fullmatch(r"audit shipping to broker:9092 resumed after \d+ s paused", lines[1]), lines
+
+
+async def test_an_offset_a_full_disk_cannot_take_is_kept_in_memory_and_written_once_there_is_space(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Writing shipped-offset on a full disk failed as a broker failure would: the link torn down,
+    'paused' and 'resumed' logged 4-5 times a second, and the batch Kafka had acknowledged sent
+    again at each retry, forever. Now the offset is kept in memory and written once there is space."""
+    link = _DownLink(failures=0)
+    payloads = [_payload(offset) for offset in range(3)]
+    with small_filesystem(tmp_path / "disk", "64k") as disk:
+        filler = filled(disk)
+        shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, payloads,
+                                                    offset_file=disk / "shipped-offset")
+        await eventually(lambda: link.sent, what="the records sent")
+        await asyncio.sleep(1.5)  # retries of the write after 0.2, 0.4 and 0.8 s
+        assert [value for _, value, _ in link.sent] == payloads  # once: Kafka acknowledged them
+        assert shipped.value == 3 and ShippedOffset(shipped.path).value == 0
+        filler.unlink()
+        await eventually(lambda: ShippedOffset(shipped.path).value == 3, what="the offset written", timeout=10)
+        await shipper.stop()
+        await asyncio.wait_for(running, 5)
+    assert [value for _, value, _ in link.sent] == payloads
+    lines = [r.getMessage() for r in caplog.records if r.name == "keytrail.audit.shipper"]
+    assert len(lines) == 2, lines  # the failed retries are one line; no 'paused', no 'resumed'
+    assert lines[0] == (f"audit shipping cannot write {shipped.path}: [Errno 28] No space left on device. Shipping "
+                        "goes on and retries the write; a restart before then sends again the records from offset 0")
+    assert re.fullmatch(rf"audit shipping wrote {re.escape(str(shipped.path))} again after \d+ s", lines[1]), lines
 
 
 async def test_a_shipper_stopped_before_it_ran_still_ships_what_is_durable(
