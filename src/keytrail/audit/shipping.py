@@ -12,7 +12,8 @@ process it runs on the other core, as the consumer and the detector do, at their
 Protocol, ASCII lines on its pipes. The serving process writes the durable end (the offset below
 which every record is on disk) at the child's start and then as it moves, at most every
 TELL_SECONDS; the shipper ships records up to it and writes back `<shipped offset> <framed bytes>`
-after each batch the broker acknowledged (the offset file is written by then), and `held <offset>`
+after each batch the broker acknowledged (the offset file is written by then, unless a full disk
+refused it: the shipper retries the write, shipper.py `_OffsetWriter`), and `held <offset>`
 when it is held in front of a record of the log it cannot read (`held -` once it reads on). At the end of its
 stdin (serve stopping it, or gone, even by SIGKILL), or on SIGTERM from anyone else, it ships what
 it was told is durable, while the broker takes it, for STOP_SECONDS at most, and exits; serve kills
