@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import sys
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import date, datetime
 from decimal import Decimal
@@ -443,23 +444,45 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: lis
 # --- output ------------------------------------------------------------------------------------------
 
 
+#: Rows made Python objects at a time for JSON and CSV: a year of `usage --by key,principal,minute`
+#: (1.5 million rows) made whole took 1.9 GB.
+EMIT_SLICE_ROWS = 10_000
+
+
 def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
-    """Print `frame` with exactly `fields` (absent ones null) in the chosen format."""
-    emit_rows([{name: row.get(name) for name in fields} for row in frame.iter_rows(named=True)], fields, output)
+    """Print `frame` with exactly `fields` (absent ones null) in the chosen format: JSON and CSV a
+    slice of rows at a time; a table whole, its columns as wide as their widest cell."""
+    slices = (_rows(frame.slice(start, EMIT_SLICE_ROWS), fields) for start in range(0, frame.height, EMIT_SLICE_ROWS))
+    if output is OutputFormat.table:
+        emit_rows([row for rows in slices for row in rows], fields, output)
+    else:
+        _emit_slices(slices, fields, output)
+
+
+def _rows(frame: pl.DataFrame, fields: list[str]) -> list[dict[str, Any]]:
+    return [{name: row.get(name) for name in fields} for row in frame.iter_rows(named=True)]
 
 
 def emit_rows(rows: list[dict[str, Any]], fields: list[str], output: OutputFormat) -> None:
     """Print `rows` (each holding every one of `fields`) in the chosen format."""
-    if output is OutputFormat.json:
-        for row in rows:
-            typer.echo(json_line(row))
-    elif output is OutputFormat.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")  # a row at a time: see _print
-        writer.writerow(fields)
-        writer.writerows(_cells(rows, fields))
-        sys.stdout.flush()
-    else:
+    if output is OutputFormat.table:
         _print(table(rows, fields) + "\n")
+    else:
+        _emit_slices([rows], fields, output)
+
+
+def _emit_slices(slices: Iterable[list[dict[str, Any]]], fields: list[str], output: OutputFormat) -> None:
+    """JSON lines or CSV (its header once), a slice of rows after another."""
+    if output is OutputFormat.json:
+        for rows in slices:
+            for row in rows:
+                typer.echo(json_line(row))
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")  # a row at a time: see _print
+    writer.writerow(fields)
+    for rows in slices:
+        writer.writerows(_cells(rows, fields))
+    sys.stdout.flush()
 
 
 def _print(text: str) -> None:
