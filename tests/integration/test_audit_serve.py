@@ -487,3 +487,23 @@ def test_a_cross_account_call_is_logged_for_the_caller_and_exported_to_the_key_o
     assert imported.returncode == 0, imported.stderr
     assert sorted(e["eventID"] for _, e in iter_events(tmp_path / "copy")) == \
         sorted(e["eventID"] for _, e in iter_events(data))
+
+
+def test_a_stop_after_the_spool_failed_for_good_exits_1_and_says_no_final_digest_was_signed(tmp_path: Path) -> None:
+    # A spool that failed for good (a failed fsync, its folder moved away) refuses every record and
+    # signs nothing more; its stop skipped the final digest in silence and exited 0, as a clean one.
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client("alice")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        log_dir = event_log_dir(server.data_dir)
+        log_dir.rename(log_dir.with_name("log-moved"))
+        with pytest.raises(ClientError) as refused:
+            kms.encrypt(KeyId=key_id, Plaintext=b"x")
+        assert refused.value.response["Error"]["Code"] == "KMSInternalException"
+        assert server.stop() == 1
+    finally:
+        if server.proc is not None:
+            server.kill()
+    stop_errors = [line for line in server.log.read_text().splitlines() if "stopping the node" in line]
+    assert len(stop_errors) == 1 and "no final digest was signed" in stop_errors[0], stop_errors

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import struct
 import zlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -52,6 +55,17 @@ async def fill_trail_async(data_dir: Path, count: int, *, first: int = 0, **sett
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir, **settings))  # type: ignore[arg-type]
     async with trail:
         await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(first, first + count)))
+
+
+@contextlib.asynccontextmanager
+async def failed_trail(settings: AuditSettings) -> AsyncIterator[AuditTrail]:
+    """A trail the test makes fail for good: its close says that no final digest was signed (a
+    stop that ended so exited 0, as if the spool were flushed)."""
+    from keytrail.audit.spool import SpoolError
+
+    with pytest.raises(SpoolError, match="no final digest was signed, as the audit spool failed earlier"):
+        async with AuditTrail.open(settings) as trail:
+            yield trail
 
 
 def fill_trail(data_dir: Path, count: int, *, first: int = 0, **settings: object) -> None:

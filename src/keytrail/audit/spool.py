@@ -199,12 +199,18 @@ class Spool:
         if self._busy():
             self._idle = self._loop.create_future()
             await self._idle
-        if self._failure is None:
-            await self._run_job(self._closing_digest)
+        if self._failure is not None:  # nothing it would sign can be trusted: the stop must say so
+            raise SpoolError(f"no final digest was signed, as the audit spool failed earlier: {self._failure}")
+        await self._run_job(self._closing_digest)
 
     async def close(self) -> None:
         """`drain`, then stop the writer thread and release the files and the writer lock."""
-        await self.drain()
+        try:
+            await self.drain()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self._thread is not None:
             self._jobs.put(None)
             self._thread.join()  # idle after `drain`: it returns at once

@@ -233,14 +233,18 @@ class AuditTrail:
         give the shipper up to `ship_timeout` seconds to deliver them while the broker takes them,
         then stop it. A node does this beside stopping its other children, not after them; `close`
         does it too."""
-        await self.spool.drain()
-        if self._shipper is not None:
-            await self._shipper.finish(ship_timeout)
+        try:
+            await self.spool.drain()
+        finally:  # a final digest that could not be signed leaves the records to ship all the same
+            if self._shipper is not None:
+                await self._shipper.finish(ship_timeout)
 
     async def close(self, ship_timeout: float = 5.0) -> None:
         """`finish`, then release everything."""
-        await self.finish(ship_timeout)
-        await self.spool.close()
+        try:
+            await self.finish(ship_timeout)
+        finally:
+            await self.spool.close()
 
     def _apply_retention(self) -> None:
         """Writer thread, when a segment closes and at each digest: delete closed segments past the

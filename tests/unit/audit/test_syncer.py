@@ -19,7 +19,7 @@ from keytrail.audit.syncer import SyncHelper, SyncHelperGone
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.kms.model import CallsInProgress
 from keytrail.transport.segment_log import SegmentLog
-from tests.support.audit_records import encrypt_call
+from tests.support.audit_records import encrypt_call, failed_trail
 
 
 async def _sync(helper: SyncHelper, path: Path) -> tuple[OSError | None, float]:
@@ -64,7 +64,7 @@ async def test_the_helper_answers_at_once_for_a_fifo_in_the_segments_place(tmp_p
 
 
 async def test_a_fifo_put_in_place_of_the_active_segment_refuses_the_next_record_at_once(tmp_path: Path) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with failed_trail(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
         trail.spool.segments.active_path.unlink()
         os.mkfifo(trail.spool.segments.active_path)
@@ -121,7 +121,7 @@ async def test_records_are_durable_through_the_helper(tmp_path: Path) -> None:
 
 
 async def test_a_failed_fsync_in_the_helper_fails_the_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with failed_trail(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))  # the segment's first fsync (and its directory's)
         # The helper is asked for a file it cannot open: its fsync fails as a bad disk's would.
         monkeypatch.setattr(SegmentLog, "active_path", property(lambda log: tmp_path / "gone"))

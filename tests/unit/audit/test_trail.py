@@ -17,7 +17,7 @@ from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.spool import FSYNC_BUCKETS, GATHER_YIELDS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.kms.model import CallsInProgress
-from tests.support.audit_records import encrypt_call, fill_trail_async
+from tests.support.audit_records import encrypt_call, failed_trail, fill_trail_async
 from tests.support.mounts import filled, small_filesystem
 from tests.support.waits import eventually
 
@@ -154,7 +154,7 @@ async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from keytrail.transport import segment_log
 
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with failed_trail(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
         real_write = os.pwrite
 
@@ -174,7 +174,7 @@ async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(
 
 async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
+    async with failed_trail(_thread_synced(tmp_path)) as trail:
         monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
         with pytest.raises(SpoolError, match="I/O error"):
             await trail.record(encrypt_call(1))
@@ -184,7 +184,7 @@ async def test_failed_fsync_fails_the_call_and_every_later_one(tmp_path: Path,
 
 async def test_failed_fsync_fails_every_record_of_its_batch(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
+    async with failed_trail(_thread_synced(tmp_path)) as trail:
         monkeypatch.setattr(trail.log, "sync", lambda: (_ for _ in ()).throw(OSError(5, "I/O error")))
         results = await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(12)),
                                        return_exceptions=True)
@@ -356,7 +356,7 @@ async def test_records_queued_during_an_fsync_share_the_next_one(tmp_path: Path,
 
 async def test_failed_fsync_fails_the_records_queued_behind_it(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    async with AuditTrail.open(_thread_synced(tmp_path)) as trail:
+    async with failed_trail(_thread_synced(tmp_path)) as trail:
         held = _HeldSync(trail.log.sync, OSError(5, "I/O error"))
         monkeypatch.setattr(trail.log, "sync", held)
         first = asyncio.create_task(trail.record(encrypt_call(0)))
@@ -521,7 +521,7 @@ async def test_a_crash_between_retention_deleting_segments_and_noting_the_floor_
             raise _Crash  # the segments are gone; whatever retention writes after this is not
         return deleted
 
-    async with AuditTrail.open(_retaining(tmp_path)) as trail:
+    async with failed_trail(_retaining(tmp_path)) as trail:
         monkeypatch.setattr(SegmentLog, "delete_before", delete_then_crash)
         await _record_until_refused(trail)
         assert trail.log.start_offset() > 0
@@ -548,7 +548,7 @@ async def test_problem_tells_the_health_check_why_records_are_refused(tmp_path: 
     from keytrail.audit import spool as spool_module
     from keytrail.transport import segment_log
 
-    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+    async with failed_trail(AuditSettings(data_dir=tmp_path)) as trail:
         await trail.record(encrypt_call(0))
         assert trail.problem() is None
         real_write = os.pwrite
@@ -611,7 +611,7 @@ async def test_an_audit_folder_moved_away_while_running_refuses_every_later_reco
     # into the moved (or deleted) files, every call answered as audited, none where a reader looks;
     # at the next segment a new log began in the new folder at the old one's offset.
     settings = AuditSettings(data_dir=tmp_path, fsync_helper=fsync_helper, segment_bytes=segment_bytes)
-    async with AuditTrail.open(settings) as trail:
+    async with failed_trail(settings) as trail:
         await trail.record(encrypt_call(0))
         (tmp_path / "audit").rename(tmp_path / "audit.old")
         (tmp_path / "audit" / "log").mkdir(parents=True)
