@@ -32,7 +32,8 @@ _ENDPOINT = "http://127.0.0.1:4599"
 _CALLERS = 16
 # stage of a KMS call -> (function name, path fragment of its module); inclusive, first match per path
 STAGES = {
-    "SigV4 verify": ("_authenticate", "api/app.py"),
+    "SigV4 header checks": ("_signer", "api/app.py"),
+    "SigV4 verify": ("_verified", "api/app.py"),
     "JSON parse + validation": ("decode_request", "api/protocol.py"),
     "find key": ("find_key", "kms/service.py"),
     "authorization": ("authorize", "kms/service.py"),

@@ -1,6 +1,7 @@
 """The HTTP front end: an ASGI app speaking AWS JSON 1.1 on `POST /`.
 
-parse → SigV4 verify → principal + Region → validate against botocore's model → KmsService.
+parse → SigV4 header checks → body → SigV4 signature → principal + Region → validate against botocore's
+model → KmsService.
 Every answer carries `x-amzn-RequestId`; every error is AWS's JSON error body, never a 500 page.
 """
 
@@ -12,7 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -47,7 +48,6 @@ _TARGET_PREFIX = "TrentService."
 #: The body of every request an SDK sends fits (a 32 KB key policy, JSON-escaped, included): only
 #: bodies past it wait on each other (`_LargeBodies`).
 SMALL_BODY_BYTES = 64 * 1024
-_T = TypeVar("_T")
 _READS = frozenset({"GET", "HEAD"})  # the methods of the health and metrics endpoints
 _MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
 _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
@@ -80,14 +80,13 @@ class _LargeBodies:
     def __init__(self, limit: int) -> None:
         self.limit, self.held = limit, 0
 
-    def hold(self, size: int, held_already: int) -> int:
-        """Hold `size` bytes for one body that held `held_already`; refused past the limit."""
-        if self.held + size - held_already > self.limit:
+    def take(self, size: int) -> None:
+        """Hold `size` more bytes; refused past the limit."""
+        if self.held + size > self.limit:
             raise errors.ThrottlingException(
                 f"Too many large request bodies are arriving at once (over {self.limit >> 20} MiB past the first "
                 f"{SMALL_BODY_BYTES >> 10} KiB of each); try again.")
-        self.held += size - held_already
-        return size
+        self.held += size
 
     def release(self, size: int) -> None:
         self.held -= size
@@ -223,11 +222,16 @@ class KmsApp:
         # have signed (no or a broken Authorization, an unknown access key, a time out of the
         # window) holds none of its body while it arrives.
         try:
-            signer = self._authenticate(scope, headers, self._signer, headers)
+            signer = self._signer(headers)
         except errors.KmsError as error:
+            self._unauthenticated(scope, headers, error)
             raise _Unread(error) from None
         body = await _read_body(receive, limit, self.large_bodies)
-        principal, region = self._authenticate(scope, headers, self._verified, scope, headers, body, signer)
+        try:
+            principal, region = self._verified(scope, headers, body, signer)
+        except errors.KmsError as error:
+            self._unauthenticated(scope, headers, error)
+            raise
         operation = _operation(headers.get("x-amz-target", ""), self.service)
         context = CallContext(
             principal=principal, region=region, request_id=request_id,
@@ -244,13 +248,9 @@ class KmsApp:
             raise
         return await self.service.execute(operation, context, params)
 
-    def _authenticate(self, scope: Scope, headers: dict[str, str], step: Callable[..., _T], *args: Any) -> _T:
-        """`step(*args)`, a refusal of it counted and logged (thinned) before it is raised."""
-        try:
-            return step(*args)
-        except errors.KmsError as error:
-            self.refused.refused(error, _source_ip(scope), headers.get("authorization"))
-            raise
+    def _unauthenticated(self, scope: Scope, headers: dict[str, str], error: errors.KmsError) -> None:
+        """Count and log (thinned) a request refused before it was authenticated."""
+        self.refused.refused(error, _source_ip(scope), headers.get("authorization"))
 
     def _signer(self, headers: dict[str, str]) -> _Signer:
         signed = parse_authorization(headers.get("authorization"))
@@ -393,9 +393,10 @@ async def _read_body(receive: Receive, limit: int, large: _LargeBodies | None = 
                 break
             if large is not None and size > SMALL_BODY_BYTES:
                 try:
-                    held = large.hold(size - SMALL_BODY_BYTES, held)
+                    large.take(size - SMALL_BODY_BYTES - held)
                 except errors.KmsError as error:
                     raise _Unread(error) from None
+                held = size - SMALL_BODY_BYTES
     finally:
         if large is not None and held:
             large.release(held)

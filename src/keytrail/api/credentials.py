@@ -29,7 +29,7 @@ __all__ = ["Credential", "CredentialStore", "PrincipalsFile", "PrincipalsFileErr
            "read_admin_principals", "read_principals_file", "write_admin_principals"]
 
 # ASCII: IAM names are ASCII, and Python's \w and \d would take any script's letters and digits.
-# Any partition: a caller's ARNs follow the partition of the Region it calls (see `KmsApp._authenticated`
+# Any partition: a caller's ARNs follow the partition of the Region it calls (see `KmsApp._verified`
 # in api/app.py), so one file serves aws, aws-cn and aws-us-gov Regions alike.
 _IAM_ARN = re.compile(
     rf"arn:({ARN_PARTITION}):iam::(\d{{12}}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII,

@@ -452,11 +452,11 @@ EMIT_SLICE_ROWS = 10_000
 def emit(frame: pl.DataFrame, fields: list[str], output: OutputFormat) -> None:
     """Print `frame` with exactly `fields` (absent ones null) in the chosen format: JSON and CSV a
     slice of rows at a time; a table whole, its columns as wide as their widest cell."""
-    slices = (_rows(frame.slice(start, EMIT_SLICE_ROWS), fields) for start in range(0, frame.height, EMIT_SLICE_ROWS))
     if output is OutputFormat.table:
-        emit_rows([row for rows in slices for row in rows], fields, output)
-    else:
-        _emit_slices(slices, fields, output)
+        emit_rows(_rows(frame, fields), fields, output)
+        return
+    slices = (_rows(frame.slice(start, EMIT_SLICE_ROWS), fields) for start in range(0, frame.height, EMIT_SLICE_ROWS))
+    _emit_slices(slices, fields, output)
 
 
 def _rows(frame: pl.DataFrame, fields: list[str]) -> list[dict[str, Any]]:
