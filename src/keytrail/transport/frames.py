@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, MutableSequence, Sequence
 from itertools import repeat
 from typing import overload
 
@@ -72,13 +72,13 @@ class Payloads(Sequence[bytes]):
         return all(map(self._data.startswith, repeat(prefix), self._starts, self._ends))
 
 
-def payloads_at(data: bytes, positions: list[int], origin: int) -> Payloads:
+def payloads_at(data: bytes, positions: Sequence[int], origin: int) -> Payloads:
     """The payloads of the frames at file `positions`, `data` being the file from `origin` on."""
     starts = [p - origin + FRAME.size for p in positions]
     return Payloads(data, starts, [p - origin for p in positions[1:]] + [len(data)])
 
 
-def verified_prefix(data: bytes, origin: int, limit: int, positions: list[int]) -> int:
+def verified_prefix(data: bytes, origin: int, limit: int, positions: MutableSequence[int]) -> int:
     """Append the file position (`origin` + offset in `data`) of up to `limit` whole, intact
     frames at the start of `data` to `positions`; return the bytes they cover."""
     view, crc32, unpack, append = memoryview(data), zlib.crc32, FRAME.unpack_from, positions.append

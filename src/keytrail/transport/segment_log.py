@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +126,9 @@ class Frame:
 class _Segment:
     base: int
     path: Path
-    positions: list[int] = field(default_factory=list)  # file position of each record
+    # The file position of each record: 8 bytes each in an array, where a list of ints took 36 (a
+    # reader of a year's log, 1.5 million records, held 57 MB of them; the node itself as much).
+    positions: array[int] = field(default_factory=lambda: array("q"))
     size: int = 0  # bytes covered by `positions`
     # Bytes follow `size` that no write in progress leaves: their header is not zeros (a writer
     # writes a batch's first header last), yet they begin no intact frame (see `_verify`).
