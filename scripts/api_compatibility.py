@@ -205,9 +205,12 @@ CHECKED = [
         "`CreateGrant` with `Operations: []`",
         "The model requires `Operations` but gives the list no minimum length; the API reference only refuses "
         "operations the key does not support and a list of `CreateGrant` alone (`ValidationException` `Grants "
-        "must not contain only the CreateGrant operation.`, quoted from AWS in ansible/ansible#31960). Nothing "
-        "on an empty list.",
-        "Unchanged: the grant is created and allows nothing.",
+        "must not contain only the CreateGrant operation.`, quoted from AWS in ansible/ansible#31960). AWS KMS "
+        "makes no grant without operations.",
+        "Refused before access is decided: `ValidationException` `1 validation error detected: Value '[]' at "
+        "'operations' failed to satisfy constraint: Member must have length greater than or equal to 1` (a grant "
+        "was created that allowed nothing, and an IAM policy with `ForAllValues` on `kms:GrantOperations` let "
+        "it through).",
     ),
     (
         "An alias name or alias ARN as the `KeyId` of an operation that takes a key id or key ARN only "

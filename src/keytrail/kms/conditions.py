@@ -197,7 +197,7 @@ def _as_number(value: Any) -> float | None:
         return None
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an int past a double's range: stored before those were refused
         return None
 
 

@@ -8,6 +8,7 @@ evaluation then only walks small frozen objects.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def parse_policy(text: str, kind: PolicyKind = "key") -> dict[str, Any]:
     if len(text.encode()) > MAX_POLICY_BYTES:
         raise _malformed("The policy document exceeds the 32 KB size limit.")
     try:
-        doc = json.loads(text, parse_constant=_no_constant)
+        doc = json.loads(text, parse_constant=_no_constant, parse_int=_finite_int, parse_float=_finite_float)
     except ValueError as exc:
         raise _malformed(f"The policy is not valid JSON: {exc}") from None
     except RecursionError:  # 32 KB of `[` nest deeper than json's reader recurses
@@ -90,6 +91,27 @@ def parse_policy(text: str, kind: PolicyKind = "key") -> dict[str, Any]:
 def _no_constant(name: str) -> Any:
     """NaN, Infinity and -Infinity, which Python's json reader takes, are no JSON (RFC 8259)."""
     raise ValueError(f"{name} is not a JSON value.")
+
+
+def _finite_int(text: str) -> int:
+    """An integer of the document, refused past a double's range: conditions compare numbers as
+    doubles, and a 401-digit one made every call on the key a 500 (float() overflows), PutKeyPolicy
+    and ScheduleKeyDeletion too, so the key could be neither mended nor deleted."""
+    _require_finite(text)
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    """A number with a fraction or exponent, refused where it rounds to infinity (1e999)."""
+    return _require_finite(text)
+
+
+def _require_finite(text: str) -> float:
+    value = float(text)  # a string past the range gives inf rather than raising
+    if math.isinf(value):
+        shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)"
+        raise ValueError(f"the number {shown} is beyond the range of a policy number.")
+    return value
 
 
 def validate_policy(doc: Any, kind: PolicyKind) -> None:

@@ -762,6 +762,21 @@ def test_a_key_policy_stored_with_nan_by_an_earlier_release_still_decides() -> N
     assert not decide(user("alice"), key(text)).allowed  # NaN is less than nothing
 
 
+@pytest.mark.parametrize(("action", "condition", "params"), [
+    ("kms:Encrypt", {"DateGreaterThan": {"aws:CurrentTime": "X"}}, None),
+    ("kms:ScheduleKeyDeletion", {"NumericLessThan": {"kms:ScheduleKeyDeletionPendingWindowInDays": "X"}},
+     {"PendingWindowInDays": 7}),
+])
+def test_a_key_policy_stored_with_a_number_past_a_double_still_decides(action: str, condition: Any,
+                                                                       params: Any) -> None:
+    # PutKeyPolicy now refuses such numbers; one stored before made float() overflow: a 500 on every
+    # call on the key, PutKeyPolicy too, so the key could not be mended.
+    policy = doc(allow(ALICE_ARN, action, Condition=condition), allow(ROOT_ARN))
+    text = json.dumps(policy).replace('"X"', "1" + "0" * 400)
+    assert decide(root(), key(text), "kms:PutKeyPolicy").allowed
+    assert decide(user("alice"), key(text), action, params).verdict is Verdict.IMPLICIT_DENY  # matches nothing
+
+
 def test_an_encryption_context_deny_covers_the_constraints_of_create_grant() -> None:
     # kms:EncryptionContext:<key> applies to CreateGrant ("AWS KMS condition keys"): a Deny on a pair
     # refuses a grant whose constraint holds it, which would allow its grantee to use that pair.

@@ -229,3 +229,24 @@ def test_latin_1_letters_tabs_and_line_breaks_are_allowed_in_key_policies() -> N
     statement = {**OK_STATEMENT, "Sid": "Équipe café", "Condition": {"StringEquals": {"kms:EncryptionContext:a": "ü"}}}
     text = json.dumps({"Version": "2012-10-17", "Statement": [statement]}, ensure_ascii=False, indent="\t")
     validate_key_policy(text.replace("\n", "\r\n"), root(), bypass=True)
+
+
+@pytest.mark.parametrize(("number", "shown"), [
+    ("1" + "0" * 400, "10000000000000000000… (401 characters)"),
+    ("-1" + "0" * 5000, "-1000000000000000000… (5002 characters)"),  # past int()'s 4,300 digits too
+    ("1e999", "1e999"),
+])
+def test_a_number_beyond_a_doubles_range_is_malformed(number: str, shown: str) -> None:
+    # Conditions compare numbers as doubles: a 401-digit one was stored, then every call on the key
+    # was a 500 (float() overflowed), PutKeyPolicy and ScheduleKeyDeletion too.
+    statement = {**OK_STATEMENT, "Condition": {"DateGreaterThan": {"aws:CurrentTime": "X"}}}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [statement]}).replace('"X"', number)
+    beyond = f"the number {shown} is beyond the range of a policy number."
+    assert malformed(text) == f"The policy is not valid JSON: {beyond}"
+
+
+def test_large_numbers_within_a_doubles_range_are_kept() -> None:
+    condition = {"NumericLessThan": {"kms:x": 2**64}, "DateLessThan": {"aws:y": 1e300}}
+    statement = {**OK_STATEMENT, "Condition": condition}
+    parsed = parse_policy(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+    assert parsed["Statement"][0]["Condition"] == condition
