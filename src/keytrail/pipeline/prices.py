@@ -45,6 +45,9 @@ class PriceTable:
 
 
 _MAX_PRICE = Decimal(1_000_000)  # far above any KMS price; beyond it sums lose their exactness
+# Far above any free tier, rotation count or month's hours; the cost tables hold counts as 64-bit
+# integers, and a free tier of 2**63 ended `cost` and `report` in a polars traceback.
+_MAX_COUNT = 10**12
 
 
 def load_price_table(path: Path) -> PriceTable:
@@ -69,8 +72,8 @@ def load_price_table(path: Path) -> PriceTable:
 
 def _count(path: Path, name: str, value: object) -> int:
     count = int(value) if isinstance(value, str) and value.isdigit() else value  # "3" as well as 3
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"{path}: {name} must be a whole number of 0 or more, not {value!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_COUNT:
+        raise ValueError(f"{path}: {name} must be a whole number from 0 to {_MAX_COUNT}, not {value!r}")
     return count
 
 
