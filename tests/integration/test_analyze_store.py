@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from keytrail.kms.sealing import ROOT_KEY_FILE_ENV
+from tests.integration.test_serve_store import database  # noqa: F401  (a fixture)
+from tests.support.postgres import fetch, fetch_value
 from tests.support.server import ACCOUNT, OTHER_ACCOUNT, PRINCIPALS, KeytrailServer, write_principals
+from tests.support.services import free_port
 
 PUBLIC = {
     "Version": "2012-10-17",
@@ -111,3 +117,84 @@ def test_analyze_of_a_node_without_its_own_principals_file_says_identity_policie
     assert (out.returncode, out.stdout) == (0, "0 alarms over 0 keys\n")  # a fresh node has none
     [line] = out.stderr.splitlines()
     assert "identity policies not checked" in line and "--principals" in line
+
+
+def _run_analyze(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", "analyze", "--data-dir", str(data_dir), *extra],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def _alarms_of(out: subprocess.CompletedProcess[str]) -> list[tuple[str, str | None]]:
+    assert out.returncode == 0, out.stderr
+    return [(a["rule"], a["keyArn"]) for a in map(json.loads, out.stdout.splitlines())]
+
+
+async def _store_rows(url: str) -> tuple[Any, ...]:
+    """What analyze must leave as it was: the ledger, the root key check and every key's document."""
+    return (await fetch_value(url, "SELECT doc FROM kms_ledger"),
+            await fetch_value(url, "SELECT sealed FROM kms_root_key"),
+            await fetch(url, "SELECT key_id, doc FROM kms_keys ORDER BY key_id"))
+
+
+def test_analyze_flags_the_public_key_of_a_shared_postgresql_store_while_its_node_runs(
+        tmp_path: Path, database: str) -> None:  # noqa: F811
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    server = KeytrailServer(tmp_path / "data", "--store", url).start()
+    try:
+        kms = server.client()
+        public = kms.create_key(Policy=json.dumps(PUBLIC))["KeyMetadata"]["Arn"]
+        kms.create_alias(AliasName="alias/open", TargetKeyId=public)
+        rotating = kms.create_key()["KeyMetadata"]["Arn"]
+        kms.enable_key_rotation(KeyId=rotating)
+        before = asyncio.run(_store_rows(url))
+        # The node runs on: analyze reads beside it, as the SQLite reader does
+        running = _run_analyze(server.data_dir, "--store", url, "--format", "json")
+    finally:
+        assert server.stop() == 0
+    assert _alarms_of(running) == [("permissive-key", public), ("rotation-disabled", public)]
+    assert "Everyone" in running.stdout and rotating not in running.stdout
+    assert '"aliases":"alias/open"' in running.stdout
+    # $KEYTRAIL_STORE as serve takes it; and analyze wrote nothing (nor upgraded the schema)
+    stopped = _run_analyze(server.data_dir, "--format", "json", env={"KEYTRAIL_STORE": url})
+    assert _alarms_of(stopped) == _alarms_of(running)
+    assert asyncio.run(_store_rows(url)) == before
+
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    wrong = _run_analyze(server.data_dir, "--store", url, env={ROOT_KEY_FILE_ENV: str(other)})
+    assert wrong.returncode == 2 and len(wrong.stderr.splitlines()) == 1, wrong.stderr
+    assert "the root key does not open" in wrong.stderr and wrong.stdout == ""
+
+
+def test_analyze_of_an_unreachable_empty_or_bad_store_is_one_line_and_exit_2(
+        tmp_path: Path, database: str) -> None:  # noqa: F811
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "root.key").write_bytes(os.urandom(32))
+    (data_dir / "root.key").chmod(0o600)
+    port = free_port()  # nothing listens there
+    empty = f"postgresql://postgres@127.0.0.1:5432/{database}"  # a database no node has served
+    unreachable = f"postgresql://postgres:s3cret-pw@127.0.0.1:{port}/{database}"
+    cases = {
+        unreachable: f"cannot open the key store at 127.0.0.1:{port}/{database}: ",
+        empty: "holds no keytrail key store",
+        "mysql://postgres:s3cret-pw@127.0.0.1/db": "must be a postgresql:// URL",
+    }
+    for url, message in cases.items():
+        out = _run_analyze(data_dir, "--store", url)
+        assert (out.returncode, out.stdout) == (2, ""), out.stderr
+        [line] = out.stderr.splitlines()
+        assert line.startswith("keytrail analyze: ") and message in line and "s3cret-pw" not in line, line
+    # the empty database is left empty: no table made for the store
+    assert asyncio.run(fetch(empty, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")) == []
+    # an inventory beside --store: one of the two would be passed over in silence
+    inventory = tmp_path / "keys.json"
+    inventory.write_text("[]")
+    analyze = [sys.executable, "-m", "keytrail", "analyze", "--inventory", str(inventory)]
+    both = subprocess.run([*analyze, "--store", empty], capture_output=True, text=True)
+    assert (both.returncode, both.stderr) == (2, "keytrail analyze: --inventory and --store name two sets of keys: "
+                                                 "give one\n")
+    # a node's exported $KEYTRAIL_STORE is a default, as the data dir's: the inventory named is analyzed
+    beside = subprocess.run(analyze, capture_output=True, text=True, env={**os.environ, "KEYTRAIL_STORE": empty})
+    assert beside.returncode == 0 and "0 keys" in beside.stdout + beside.stderr, beside.stderr

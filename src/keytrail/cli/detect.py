@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
 import tomllib
@@ -25,6 +26,7 @@ from keytrail.cli.console import (
     KAFKA_BOOTSTRAP,
     LISTEN_ADDRESS,
     MQTT_URL,
+    STORE_URL,
     Terminated,
     address_option,
     bootstrap_problem,
@@ -43,6 +45,7 @@ from keytrail.cli.console import (
     printable,
     terminate_as_interrupt,
 )
+from keytrail.config import STORE_ENV
 from keytrail.owner_only import read_regular, read_regular_text
 
 # The detector, its sources and the key store load in the functions that use them, not with
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
     from keytrail.detect.runner import DetectorRunner
     from keytrail.detect.sources import CloudTrailRead
     from keytrail.kms.keys import Key
-    from keytrail.kms.sqlite_store import SqliteStore
+    from keytrail.kms.store import Store
 
 __all__ = ["analyze_keys", "register"]
 
@@ -316,7 +319,12 @@ def analyze(
             "ListGrants, GetKeyRotationStatus output; docs/detection-rules.md).",
         ),
     ] = None,
-    data_dir: Annotated[Path | None, path_option("--data-dir", help="A node's data dir: its key store.")] = None,
+    data_dir: Annotated[Path | None, path_option(
+        "--data-dir", help="A node's data dir: its root key and, without --store, its key store.")] = None,
+    store: Annotated[str | None, address_option(
+        envvar=STORE_ENV, show_envvar=True, give=STORE_URL,
+        help="The node's shared key store, postgresql://USER@HOST:PORT/DB, as serve --store names it: read only "
+             "(default: SQLite in the data dir).")] = None,
     principals: Annotated[
         Path | None,
         path_option(
@@ -332,6 +340,7 @@ def analyze(
     principal's identity policies for decryption with every key, and every customer managed
     symmetric key for automatic rotation: the keys and principals of a node (--data-dir, default
     ./keytrail-data) or an exported inventory."""
+    from keytrail.cli.key_store import StoreUnavailable
     from keytrail.detect import RuleError
     from keytrail.detect.inventory import read_inventory
     from keytrail.kms.sealing import SealError
@@ -340,13 +349,17 @@ def analyze(
         rules, _ = detector_settings(config, delivering=False)
         if inventory is not None and data_dir is not None:  # one would be passed over in silence
             raise BadInput("--inventory and --data-dir name two sets of keys: give one")
+        # $KEYTRAIL_STORE, like the default data dir, is a default the inventory named stands in for:
+        # on a node's host, where it is exported, an inventory is analyzed without unsetting it.
+        if inventory is not None and store is not None and _store_source(store) == "--store":
+            raise BadInput("--inventory and --store name two sets of keys: give one")
         if inventory is not None:
             if problem := missing_paths([inventory], "--inventory"):
                 raise BadInput(problem)
             items = read_inventory(_json_file(inventory, "--inventory"))
         else:
             data_dir = data_dir or Path("keytrail-data")
-            items = asyncio.run(_store_inventory(data_dir))
+            items = asyncio.run(_store_inventory(data_dir, store))
             principals = principals or _node_principals(data_dir)
         identities, organization_of = read_identities(principals) if principals else ([], None)
         principals_checked = f" and {counted(len(identities), 'principal')}" if identities else ""
@@ -356,7 +369,7 @@ def analyze(
             _note_unknown_rotation(items, inventory)
     except BrokenPipeError:  # as in `detect`: a closed output pipe is no bad input
         raise
-    except (BadInput, RuleError, ValueError, KeyError, OSError, SealError) as exc:
+    except (BadInput, RuleError, ValueError, KeyError, OSError, SealError, StoreUnavailable) as exc:
         typer.echo(f"keytrail analyze: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -407,26 +420,49 @@ def read_identities(path: Path) -> tuple[list[IdentityItem], OrganizationOf]:
     return [IdentityItem(arn, tuple(docs)) for arn, docs in policies.items()], loaded.organizations.get
 
 
-async def _store_inventory(data_dir: Path) -> list[KeyInventoryItem]:
-    """Every key of a node's SQLite key store, with its policy, grants, rotation and aliases."""
-    from keytrail.kms.sealing import RootKey
-    from keytrail.kms.sqlite_store import SqliteStore
+def _store_source(url: str) -> str:
+    """Where the store's URL came from, as a complaint names it (the URL itself may hold a password)."""
+    return f"${STORE_ENV}" if url == os.environ.get(STORE_ENV) else "--store"
 
-    if not (data_dir / "keys.db").exists():
-        raise ValueError(f"{data_dir} holds no key store (keys.db)")
-    no_core_dumps()  # from here on this process holds the root key and every key's material, as serve does
-    # Never written: the node may be running, and may still be of a version before the ledger.
-    store = SqliteStore(data_dir / "keys.db", RootKey.load(data_dir, create=False), upgrade=False)
+
+async def _store_inventory(data_dir: Path, url: str | None) -> list[KeyInventoryItem]:
+    """Every key of a node's key store (SQLite in its data dir, or PostgreSQL at `url`), with its
+    policy, grants, rotation and aliases."""
+    from keytrail.cli.key_store import StoreUnavailable, store_place
+    from keytrail.kms.errors import KmsError
+
+    store = await _open_read_only(data_dir, url)
     try:
         keys = await store.all_keys()
         aliases = await _alias_names(store, {(key.account, key.region) for key in keys})
         return [await _inventory_item(store, key, aliases.get((key.account, key.region, key.key_id), ()))
                 for key in keys]
+    except KmsError as exc:  # PostgreSQL failing a read midway (lost, timed out), answered as a KMS call's error
+        where = store_place(url) if url else str(data_dir / "keys.db")
+        raise StoreUnavailable(f"cannot read the key store at {where}: {exc.message or exc.code}") from None
     finally:
         await store.close()
 
 
-async def _alias_names(store: SqliteStore, places: Iterable[tuple[str, str]]
+async def _open_read_only(data_dir: Path, url: str | None) -> Store:
+    """The node's key store, never written: the node may be running, and may still be of a version
+    before the ledger. The root key is found as serve finds it."""
+    from keytrail.cli.key_store import open_store_read_only, store_url_problem
+    from keytrail.kms.sealing import RootKey
+    from keytrail.kms.sqlite_store import SqliteStore
+
+    if url is not None and (problem := store_url_problem(url)):
+        raise BadInput(problem)
+    if url is None and not (data_dir / "keys.db").exists():
+        raise ValueError(f"{data_dir} holds no key store (keys.db): name a shared one with --store")
+    no_core_dumps()  # from here on this process holds the root key and every key's material, as serve does
+    root = RootKey.load(data_dir, create=False)
+    if url is not None:
+        return await open_store_read_only(url, root)
+    return SqliteStore(data_dir / "keys.db", root, upgrade=False)
+
+
+async def _alias_names(store: Store, places: Iterable[tuple[str, str]]
                        ) -> dict[tuple[str, str, str], tuple[str, ...]]:
     """(account, Region, key id) -> the key's alias names, over the accounts and Regions named (a
     multi-Region key's copies share their key id, each with its own Region's aliases)."""
@@ -437,7 +473,7 @@ async def _alias_names(store: SqliteStore, places: Iterable[tuple[str, str]]
     return {key: tuple(sorted(found)) for key, found in names.items()}
 
 
-async def _inventory_item(store: SqliteStore, key: Key, aliases: tuple[str, ...]) -> KeyInventoryItem:
+async def _inventory_item(store: Store, key: Key, aliases: tuple[str, ...]) -> KeyInventoryItem:
     """One key as `keytrail analyze` judges it (what DescribeKey, GetKeyPolicy, ListGrants,
     GetKeyRotationStatus and ListAliases would answer of it)."""
     from keytrail.detect.inventory import KeyInventoryItem

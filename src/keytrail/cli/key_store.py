@@ -6,6 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import asyncpg
@@ -13,13 +14,18 @@ import asyncpg
 from keytrail.cli.console import url_secrets
 from keytrail.config import STORE_ENV, ServeSettings
 from keytrail.kms.errors import KmsError
+from keytrail.kms.postgres_connections import session_settings
+from keytrail.kms.postgres_documents import open_documents
+from keytrail.kms.postgres_ledger import LedgerWatch
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
+from keytrail.kms.resealing import DOCUMENT_TABLES
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.kms.store_ledger import LedgerMismatch
 
-__all__ = ["StoreUnavailable", "open_store", "store_url_problem", "without_password"]
+__all__ = ["StoreUnavailable", "open_store", "open_store_read_only", "store_place", "store_url_problem",
+           "without_password"]
 
 
 class StoreUnavailable(Exception):
@@ -54,9 +60,14 @@ async def open_store(settings: ServeSettings) -> Store:
         raise
     except SealError as exc:  # both stores check the root key on opening
         _forget(made)
-        raise StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): start with "
-                               "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
-                               "$KEYTRAIL_ROOT_KEY)") from None
+        raise _wrong_root_key(exc, "start") from None
+
+
+def _wrong_root_key(exc: SealError, verb: str) -> StoreUnavailable:
+    """The root key given opens nothing of the store: `verb` (start, run) again with the store's own."""
+    return StoreUnavailable(f"the root key does not open the key material in the key store ({exc}): {verb} with "
+                            "the root key the store was sealed with (root.key, $KEYTRAIL_ROOT_KEY_FILE or "
+                            "$KEYTRAIL_ROOT_KEY)")
 
 
 def _forget(made: Path | None) -> None:
@@ -84,7 +95,7 @@ async def _read_store(settings: ServeSettings, root: RootKey) -> Store:
         await store.all_keys()
     except KmsError as exc:  # the store's refusals: what it answers a KMS call the database failed
         await store.close()
-        where = _place(settings.store) if settings.store else str(settings.data_dir / "keys.db")
+        where = store_place(settings.store) if settings.store else str(settings.data_dir / "keys.db")
         raise StoreUnavailable(f"cannot read the key store at {where}: the first read of its keys failed "
                                f"({exc.message}): start again once the database answers") from None
     except BaseException:
@@ -93,13 +104,68 @@ async def _read_store(settings: ServeSettings, root: RootKey) -> Store:
     return store
 
 
+async def open_store_read_only(url: str, root: RootKey) -> PostgresStore:
+    """The shared key store at `url` for a reader beside running nodes (`keytrail analyze`): every
+    session read-only, so PostgreSQL itself refuses a write; nothing made, upgraded or filled in, as
+    a node does on opening; the root key and the rows checked against the ledger as a node checks
+    them (StoreUnavailable, saying why, when it cannot be read)."""
+    if problem := store_url_problem(url):
+        raise StoreUnavailable(problem)
+    with _unavailable_unless_opened(url):
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=2, timeout=DEFAULT_TIMEOUT, command_timeout=DEFAULT_TIMEOUT,
+            server_settings={**session_settings(DEFAULT_TIMEOUT), "default_transaction_read_only": "on"})
+    try:
+        with _unavailable_unless_opened(url):
+            await _check_as_opened(pool, root, url)
+            await LedgerWatch(pool, lambda: root).check(DEFAULT_TIMEOUT)
+    except SealError as exc:
+        pool.terminate()
+        raise _wrong_root_key(exc, "run") from None
+    except BaseException:
+        pool.terminate()  # at once: the database may be the one not answering
+        raise
+    return PostgresStore(pool, root)
+
+
+# The tables a reader needs: a database without the keys' has never been a key store.
+_READ_TABLES = [*(f"kms_{table.name}" for table in DOCUMENT_TABLES), "kms_root_key", "kms_ledger"]
+_MISSING = "SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL"
+
+
+async def _check_as_opened(pool: Any, root: RootKey, url: str) -> None:
+    """What a node checks as it opens the store, changing nothing: its tables, and that `root` is
+    the root key its documents are sealed under (SealError)."""
+    async with pool.acquire(timeout=DEFAULT_TIMEOUT) as connection, connection.transaction(readonly=True):
+        missing = await connection.fetchval(_MISSING, _READ_TABLES) or []
+        if "kms_keys" in missing:
+            raise StoreUnavailable(f"the database at {store_place(url)} holds no keytrail key store (no kms_keys "
+                                   "table): name the database the nodes' --store names")
+        if missing or not await _opens_unchanged(connection, root):
+            raise StoreUnavailable(
+                f"the key store at {store_place(url)} is not as a node of this keytrail version leaves it (a store of "
+                "an earlier version, which a node of this one upgrades as it starts, or its ledger row deleted): "
+                "analyze never writes it")
+
+
+async def _opens_unchanged(connection: Any, root: RootKey) -> bool:
+    """Whether the store opens under `root` as a node opens it, with nothing to write (SealError:
+    another root key). The transaction is read-only: what a node would write on opening it (an
+    upgrade, a ledger row made anew) PostgreSQL refuses."""
+    try:
+        await open_documents(connection, root)
+    except asyncpg.ReadOnlySQLTransactionError:
+        return False
+    return True
+
+
 def store_url_problem(url: str) -> str | None:
     """Why `url` names no store keytrail opens, naming where it came from (--store, or $KEYTRAIL_STORE:
     an operator who gave no --store looked for one) and the URL without its user or any password
     (a `password=` in its query was printed whole)."""
     source = f"${STORE_ENV}" if url == os.environ.get(STORE_ENV) else "--store"
     if not url.startswith(("postgresql://", "postgres://")):
-        return f"{source} must be a postgresql:// URL, got {_place(url)!r}"
+        return f"{source} must be a postgresql:// URL, got {store_place(url)!r}"
     if url.partition("://")[2].split("/", 1)[0].count("@") > 1:
         # asyncpg takes the host from after the first "@": "cannot open the key store at
         # 127.0.0.1:5432/db: Name or service not known" named a host that resolves.
@@ -126,7 +192,7 @@ async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
 @contextlib.contextmanager
 def _unavailable_unless_opened(url: str) -> Iterator[None]:
     """PostgreSQL's refusals as StoreUnavailable, naming the database without its user and password."""
-    where = _place(url)
+    where = store_place(url)
     try:
         yield
     except LedgerMismatch as exc:  # an OSError too: open_store tells it apart
@@ -145,7 +211,7 @@ def _problem(exc: Exception, url: str) -> str:
     return without_password(" ".join((str(exc) or type(exc).__name__).split()), url)
 
 
-def _place(url: str) -> str:
+def store_place(url: str) -> str:
     """Where the store `url` names, as said in a complaint: never the user before its "@", nor a
     password (its own, or one in its query)."""
     return without_password(url.split("@")[-1], url)
