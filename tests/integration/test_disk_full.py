@@ -213,3 +213,17 @@ def test_a_stop_whose_final_digest_cannot_be_written_exits_1(small_disk: Path, t
     server.start()
     assert server.stop() == 0
     assert verify(data) == []
+
+
+def test_a_first_start_on_a_full_disk_leaves_no_data_dir_behind(small_disk: Path) -> None:
+    """contracts.md: a failed start removes the data dir and the parents it made, once empty. The
+    SQLite store it could not write stayed (an empty keys.db) with the root key made beside it: the
+    folders stayed, and the next start took that root key for the store's own."""
+    _fill(small_disk, 8 << 10)
+    data_dir = small_disk / "a" / "b" / "node"
+    start = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data_dir), "--port", "0"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert start.returncode == 2, start.stderr
+    [line] = start.stderr.splitlines()
+    assert line.startswith("keytrail serve: cannot open the key store ") and "disk is full" in line, line
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]

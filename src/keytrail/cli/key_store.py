@@ -46,6 +46,17 @@ async def open_store(settings: ServeSettings) -> Store:
     fresh = settings.store is not None or not (settings.data_dir / "keys.db").exists()
     made = _root_key_made_by(settings)
     try:
+        return await _open_store(settings, fresh, made)
+    except BaseException:
+        if settings.store is None and fresh:  # a first start's SQLite store: nothing is sealed in it yet
+            _forget(made)
+            _remove_new_database(settings.data_dir / "keys.db")
+        raise
+
+
+async def _open_store(settings: ServeSettings, fresh: bool, made: Path | None) -> Store:
+    """`open_store`, past the database's reach: the root key loaded (made when `fresh`), the store read."""
+    try:
         root = RootKey.load(settings.data_dir, create=fresh)
         # Read once: the children (consumer, detector, fsync helper) inherit the environment, and
         # unlike serve they stay dumpable, so /proc/<pid>/environ and `ps e` would show it.
@@ -75,6 +86,15 @@ def _forget(made: Path | None) -> None:
     message could not tell that the store's own is missing."""
     if made is not None:
         made.unlink(missing_ok=True)
+
+
+def _remove_new_database(database: Path) -> None:
+    """Remove the SQLite files a first start made and could not open (a full disk made `keys.db`
+    and failed to write it): left, they kept the data dir from being removed as a failed start's,
+    and the root key made beside them was taken by the next start for the store's own."""
+    for path in (database, *(database.with_name(database.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        with contextlib.suppress(OSError):  # what cannot be removed stays, and the data dir with it
+            path.unlink(missing_ok=True)
 
 
 def _root_key_made_by(settings: ServeSettings) -> Path | None:
