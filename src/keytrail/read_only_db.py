@@ -13,6 +13,7 @@ has the file open keeps it): changes still in a -wal are never skipped in silenc
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -74,7 +75,9 @@ def _shm_refused(exc: sqlite3.OperationalError) -> bool:
 
 
 def _connect(path: Path, parameters: str) -> sqlite3.Connection:
-    uri = f"file:{quote(str(path.absolute()))}?{parameters}"
+    # The path's bytes, not its str: a name that is not valid UTF-8 (a data dir named in Latin-1)
+    # holds surrogates quote() cannot encode as UTF-8; SQLite decodes each %XX back to the byte.
+    uri = f"file:{quote(os.fsencode(path.absolute()))}?{parameters}"
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
 
 

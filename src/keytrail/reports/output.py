@@ -25,7 +25,10 @@ def write_report(data: ReportData, out: Path, form: ReportFormat, table: str | N
     if form is ReportFormat.html:
         page = render_html(data)
         with replacing(out, owner_only=owner_only) as temp:
-            temp.write_text(page, encoding="utf-8")
+            # The page says charset="utf-8" and must be UTF-8: the undecodable byte of its source's
+            # name (a data dir named in Latin-1) is written as the escape stderr shows ("lat\\udce9n"),
+            # not as the raw byte stdout writes, which would leave the page one no UTF-8 reader decodes.
+            temp.write_text(page, encoding="utf-8", errors="backslashreplace")
         return out
     columns_of = {name: frame.columns for name, frame in data.tables().items()}
     return write_tabular(long_form_parts(data.tables(), table), out, TabularFormat(form.value), columns_of,
