@@ -42,7 +42,7 @@ from keytrail.cli.time_window import parse_window, since_after_default_end
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, hold_as_kafka_consumer, kafka_consumers_counting
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
-from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held
+from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held, writer_active
 
 # polars, the metrics state and the consumer load with the command that uses them, not with
 # `keytrail usage --help` (commands.py).
@@ -118,6 +118,12 @@ def uncounted_note(data_dir: Path, store: MetricsStore | None) -> str | None:
     verb = "is" if behind == 1 else "are"
     return (f"note: {counted(behind, 'event')} of the event log in {data_dir} {verb} not counted yet and no "
             f"consumer is running: run `keytrail consume --data-dir {data_dir} --no-follow` (or keytrail serve) first")
+
+
+def _consumer_holder(data_dir: Path) -> str:
+    """Who runs the data dir's consumer, as a refusal names it: serve's child while a serve writes
+    the event log, else another `keytrail consume` (the refusal blamed serve when none ran)."""
+    return "keytrail serve runs one" if writer_active(event_log_dir(data_dir)) else "another keytrail consume runs it"
 
 
 def _consumer_running(data_dir: Path) -> bool:
@@ -304,16 +310,16 @@ def consume(
     # Two consumers of the embedded log or of files would overwrite each other's state; members of a
     # Kafka consumer group may share a data dir: the group gives each its own partitions.
     if not kafka and not try_lock(consumer_lock(data_dir)):
-        raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one): stop it first",
-                   CONSUME)
+        raise fail(f"the metrics consumer of {data_dir} is already running ({_consumer_holder(data_dir)}): stop it "
+                   "first", CONSUME)
     # Beside the one that counts the node's own event log there (serve's), whose events Kafka
     # carries too, each would count them twice: a group member holds, shared (members may share a
     # data dir), the lock the event log's consumer holds exclusively (pipeline/kafka_lock.py), so
     # that whichever starts second is refused. consumer.lock as well: a `consume --cloudtrail`, or
     # the child of a serve older than this keytrail, holds that one only.
     if kafka and not (hold_as_kafka_consumer(data_dir) and not _consumer_running(data_dir)):
-        raise fail(f"the metrics consumer of {data_dir} is already running (keytrail serve runs one, counting its "
-                   "event log): --kafka would count those events twice; give another --data-dir", CONSUME)
+        raise fail(f"the metrics consumer of {data_dir} is already running ({_consumer_holder(data_dir)}, counting "
+                   "its event log): --kafka would count those events twice; give another --data-dir", CONSUME)
     if not (kafka or cloudtrail or hold_as_event_log_consumer(data_dir)):
         raise fail(kafka_consumers_counting(data_dir), CONSUME)
     make_dirs(data_dir)

@@ -16,6 +16,7 @@ from keytrail.pipeline.query import state_dir
 from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
 from tests.unit.reports.records import key_arn, record
 
 
@@ -394,12 +395,35 @@ def test_consume_kafka_is_refused_while_the_data_dirs_own_consumer_counts_there(
 
     lock = consumer_lock(tmp_path)
     lock.parent.mkdir(parents=True)
-    with lock.open("w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # as serve's consumer child holds it
-        code, _, err = run("consume", "--data-dir", str(tmp_path), "--kafka", "127.0.0.1:1", "--exit-when-idle", "1")
+    writer = SegmentLog(event_log_dir(tmp_path), writable=True)  # serve writes the event log
+    try:
+        with lock.open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # as serve's consumer child holds it
+            code, _, err = run("consume", "--data-dir", str(tmp_path), "--kafka", "127.0.0.1:1",
+                               "--exit-when-idle", "1")
+    finally:
+        writer.close()
     assert code == 2
     assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (keytrail serve runs "
                    "one, counting its event log): --kafka would count those events twice; give another --data-dir\n")
+
+
+def test_a_second_consume_is_refused_naming_the_consume_that_runs(tmp_path: Path) -> None:
+    """With no serve on the data dir, the consumer holding its lock is another `keytrail consume`:
+    the refusal said serve ran one."""
+    import fcntl
+
+    from keytrail.pipeline.layout import consumer_lock
+
+    SegmentLog(event_log_dir(tmp_path), writable=True).close()
+    lock = consumer_lock(tmp_path)
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a `keytrail consume` of the event log holds it
+        code, _, err = run("consume", "--data-dir", str(tmp_path), "--no-follow")
+    assert code == 2
+    assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (another keytrail "
+                   "consume runs it): stop it first\n")
 
 
 def test_consume_kafka_is_refused_while_an_event_log_consumer_keeps_kafka_consumers_out(tmp_path: Path) -> None:
@@ -415,8 +439,9 @@ def test_consume_kafka_is_refused_while_an_event_log_consumer_keeps_kafka_consum
         fcntl.flock(held, fcntl.LOCK_EX)
         code, _, err = run("consume", "--data-dir", str(tmp_path), "--kafka", "127.0.0.1:1", "--exit-when-idle", "1")
     assert code == 2
-    assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (keytrail serve runs "
-                   "one, counting its event log): --kafka would count those events twice; give another --data-dir\n")
+    assert err == (f"keytrail consume: the metrics consumer of {tmp_path} is already running (another keytrail "
+                   "consume runs it, counting its event log): --kafka would count those events twice; give another "
+                   "--data-dir\n")
 
 
 def test_consume_of_the_event_log_is_refused_while_consume_kafka_counts_there(tmp_path: Path) -> None:
