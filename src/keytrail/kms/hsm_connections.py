@@ -13,9 +13,9 @@ from pkcs11 import exceptions as p11
 
 from keytrail.kms import errors
 from keytrail.kms.hsm_failures import error_name, refused
-from keytrail.kms.hsm_module import MODULE_ENV, HsmError, RefusedLogins, module_path, token_label
+from keytrail.kms.hsm_module import MODULE_ENV, TOKENS_ENV, HsmError, RefusedLogins, module_path, token_label
 from keytrail.kms.hsm_session import TokenSession, open_session
-from keytrail.kms.hsm_thread import HsmThread
+from keytrail.kms.hsm_thread import TIMEOUT_ENV, HsmThread
 from keytrail.kms.keystores import ConnectionState, CustomKeyStore
 from keytrail.kms.shared_tokens import SharedTokens
 
@@ -23,6 +23,19 @@ __all__ = ["HsmConnections"]
 
 _T = TypeVar("_T")
 log = logging.getLogger("keytrail.kms.hsm")
+_PIN_REFUSED = ("the token refused the store's PIN (changed or never set on the token): disconnect the store, "
+                "UpdateCustomKeyStore KeyStorePassword, connect it again")
+# What a failed login's ConnectionErrorCode means for the operator; only a refused PIN is mended by
+# giving the store another password, so only it says so.
+_LOGIN_FAILURES = {
+    "INVALID_CREDENTIALS": _PIN_REFUSED,
+    "USER_NOT_FOUND": _PIN_REFUSED,
+    "USER_LOCKED_OUT": "the token locked its user out after wrong PINs: unlock the user on the HSM",
+    "CLUSTER_NOT_FOUND": f"no token has the store's cluster id as its label ({TOKENS_ENV} maps ids to labels)",
+    "NETWORK_ERRORS": f"the HSM is slow or unreachable ({TIMEOUT_ENV} gives each call its seconds)",
+    "USER_LOGGED_IN": "the token is logged in already, by another session of this process",
+}
+_MODULE_FAILED = f"a fault of the PKCS#11 module ({MODULE_ENV}) or of the token, not of the PIN"
 
 
 class HsmConnections:
@@ -44,7 +57,12 @@ class HsmConnections:
         it failed."""
         async with self._lock:
             self._refused.forget(store.store_id)
-            await self._open(store)
+            try:
+                await self._open(store)
+            except HsmError as error:  # else only DescribeCustomKeyStores would say why
+                log.warning("custom key store %s: ConnectCustomKeyStore failed, the store is FAILED (%s); %s",
+                            store.store_id, error, _meaning(error))
+                raise
 
     async def _open(self, store: CustomKeyStore) -> TokenSession:
         path = module_path()
@@ -77,18 +95,11 @@ class HsmConnections:
             raise HsmError("NETWORK_ERRORS", silent) from None
 
     async def _discard(self, session: TokenSession) -> None:
-        """Close the session on the PKCS#11 thread; while a call the token does not answer holds that
-        thread, the close waits its turn there, and this does not wait for it."""
-        if self._thread.stuck:
-            self._thread.queue(session.discard)
-            return
-        try:
-            with contextlib.suppress(TimeoutError):
-                await self._thread.call(session.discard)
-        except asyncio.CancelledError:
-            # Cancelled while queued, the close never runs: queued again (run twice, it closes once).
-            self._thread.queue(session.discard)
-            raise
+        """Close the session on the PKCS#11 thread, waiting for it up to the time limit (not at all
+        while a call the token does not answer holds that thread). A close not waited for, or whose
+        caller is cancelled, still runs in its turn, before any login asked for after it."""
+        with contextlib.suppress(TimeoutError):
+            await self._thread.finish(session.discard)
 
     def disconnects(self, store_id: str | None) -> int:
         """How many times this node has disconnected the store. Read before the store and handed to
@@ -161,8 +172,7 @@ class HsmConnections:
             return
         self._failed_logins[store_id] = error.code
         log.warning("custom key store %s: the login to its token failed (%s); its calls fail until a login "
-                    "succeeds (a PIN changed on the token: disconnect the store, UpdateCustomKeyStore "
-                    "KeyStorePassword, connect it again)", store_id, error)
+                    "succeeds (%s)", store_id, error, _meaning(error))
 
     async def session_or(
         self, store: CustomKeyStore | None, unusable: errors.KmsError, seen: int | None = None
@@ -211,6 +221,11 @@ class HsmConnections:
             log.warning("custom key store %s: the HSM failed a call (%s)%s", _store_id(store), error_name(exc),
                         "" if kept else "; its session is dropped, the next call logs in again")
             raise unusable from None
+
+
+def _meaning(error: HsmError) -> str:
+    """What the failed login `error` means for the operator, by its ConnectionErrorCode."""
+    return _LOGIN_FAILURES.get(error.code, _MODULE_FAILED)
 
 
 def _store_id(store: CustomKeyStore | None) -> str:

@@ -38,6 +38,7 @@ _ERROR_CODES: dict[type[Exception], str] = {
 _libraries: dict[str, Any] = {}  # a PKCS#11 module may be initialised only once per process
 _logins: dict[str, Logins] = {}
 _unloadable: set[str] = set()  # module paths whose load failed, said once in the log
+_unreadable_slots: set[tuple[str, int]] = set()  # (module path, slot id) whose token did not read, said once
 log = logging.getLogger("keytrail.kms.hsm")
 # python-pkcs11 initialises a module with C_Initialize(NULL): a promise that no two threads call it
 # at once (PKCS#11 v2.40 §5.4), on which SoftHSM2 turns its own locks off; and it lets go of the GIL
@@ -86,16 +87,23 @@ def _library(path: str) -> Any:
 
 
 def _require_loadable(path: str) -> None:
-    """ModuleNotLoaded if the dynamic loader cannot load `path`, with its reason in the log once per
-    path: python-pkcs11 answers that with a bare PKCS11Error, which read as the HSM failing now
+    """ModuleNotLoaded if the dynamic loader cannot load `path`, or loads a library without PKCS#11's
+    entry point (C_GetFunctionList), with the loader's reason in the log once per path: python-pkcs11
+    answers either with a bare PKCS11Error, which read as the HSM failing now
     (CloudHsmClusterNotActiveException) and told the operator nothing of a wrong path or library."""
     try:
-        ctypes.CDLL(path)
-    except OSError as exc:
+        _entry_point(path)
+    except (OSError, AttributeError) as exc:
         if path not in _unloadable:
             _unloadable.add(path)
             log.error("%s=%s cannot be loaded: %s", MODULE_ENV, path, exc)
         raise ModuleNotLoaded() from None
+
+
+def _entry_point(path: str) -> Any:
+    """The module's C_GetFunctionList: OSError if the loader cannot load `path`, AttributeError (the
+    loader's "undefined symbol") if it is a shared library but no PKCS#11 module."""
+    return ctypes.CDLL(path).C_GetFunctionList
 
 
 def _logins_of(path: str) -> Logins:
@@ -108,10 +116,10 @@ def _logins_of(path: str) -> Logins:
 
 def find_token(path: str, cluster_id: str) -> bool:
     """True if the module has one initialised token for this cluster id; HsmError if the module
-    cannot list its tokens (a token removed under it can fail every lookup, CKR_GENERAL_ERROR)."""
+    cannot list its tokens, or if none is found but a slot's token cannot be read (it may be that one)."""
     try:
         with MODULE_CALLS:
-            _library(path).get_token(token_label=token_label(cluster_id))
+            _token(path, cluster_id)
     except (p11.NoSuchToken, p11.MultipleTokensReturned):
         return False
     except p11.PKCS11Error as exc:
@@ -124,7 +132,7 @@ def log_in(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
     token offers format 3's derivation (kms/hsm_derivation.py); HsmError says why not."""
     try:
         with MODULE_CALLS:
-            token = _library(path).get_token(token_label=token_label(cluster_id))
+            token = _token(path, cluster_id)
             mechanisms = token.slot.get_mechanisms()
             if Mechanism.AES_GCM not in mechanisms:
                 raise HsmError("INTERNAL_ERROR", "the token does not offer CKM_AES_GCM")
@@ -133,6 +141,50 @@ def log_in(path: str, cluster_id: str, pin: str) -> tuple[Any, bool]:
         raise HsmError(_ERROR_CODES.get(type(exc), "INTERNAL_ERROR"), type(exc).__name__) from None
     except OSError as exc:
         raise HsmError("INTERNAL_ERROR", str(exc)) from None
+
+
+def _token(path: str, cluster_id: str) -> Any:
+    """The one token labelled as the cluster id says. NoSuchToken or MultipleTokensReturned as
+    python-pkcs11's `lib.get_token`, but HsmError for none found where a slot's token cannot be read."""
+    label = token_label(cluster_id)
+    readable, unreadable = _slot_tokens(path)
+    found = [token for token in readable if token.label == label]
+    if len(found) > 1:
+        raise p11.MultipleTokensReturned(f"More than 1 token is labelled {label}")
+    if found:
+        return found[0]
+    if unreadable:
+        raise HsmError("INTERNAL_ERROR", f"no token that reads is labelled {label}; {unreadable} slot(s) do not read")
+    raise p11.NoSuchToken(f"No token is labelled {label}")
+
+
+def _slot_tokens(path: str) -> tuple[list[Any], int]:
+    """The tokens of the module's slots, and how many slots' token cannot be read. python-pkcs11's
+    `get_token` gives up at the first such slot, which failed every store of the node: SoftHSM2 answers
+    CKR_GENERAL_ERROR there for a token deleted or moved away under the process, for as long as it runs."""
+    tokens: list[Any] = []
+    unreadable = 0
+    for slot in _library(path).get_slots(token_present=True):
+        try:
+            tokens.append(slot.get_token())
+        except (p11.TokenNotPresent, p11.TokenNotRecognised):
+            continue  # taken out since the slot list was read, or not a token: no token, as python-pkcs11 has it
+        except p11.PKCS11Error as exc:
+            unreadable += 1
+            _say_unreadable(path, slot.slot_id, exc)
+        else:
+            _unreadable_slots.discard((path, slot.slot_id))
+    return tokens, unreadable
+
+
+def _say_unreadable(path: str, slot_id: int, exc: p11.PKCS11Error) -> None:
+    """One warning per slot until its token reads again: every lookup of every store meets the slot."""
+    if (path, slot_id) in _unreadable_slots:
+        return
+    _unreadable_slots.add((path, slot_id))
+    log.warning("PKCS#11 slot %d of %s: its token cannot be read (%s); token lookups skip it. A SoftHSM2 token "
+                "deleted or moved away under a running keytrail stays unreadable to it, even once its folder is "
+                "back: restart keytrail", slot_id, path, type(exc).__name__)
 
 
 def _logged_in(path: str, token: Any, pin: str) -> Any:

@@ -107,18 +107,32 @@ class HsmThread:
         except TimeoutError:  # waiting in the queue, the work was cancelled; running, it goes on
             if late is not None:  # queued before the thread counts as free, so before any next call
                 future.add_done_callback(lambda done: self._hand_over(done, late))
-            if not future.done():
-                self._overdue.add(future)
-                future.add_done_callback(self._overdue.discard)
+            self._hold_until_done(future)
             raise
         except asyncio.CancelledError:  # as above; not `stuck`: the work is no later than any other
             if late is not None:
                 future.add_done_callback(lambda done: self._hand_over(done, late))
             raise
 
-    def queue(self, work: Callable[[], object]) -> None:
-        """`work()` on the thread after what is already there, without waiting for it."""
-        self._executor.submit(work)
+    async def finish(self, work: Callable[[], object]) -> None:
+        """`work()` (a session's close) on the thread, in its turn, even if its caller stops waiting:
+        TimeoutError as `call`, but the work is never cancelled. A close cancelled while it waited
+        behind a call the HSM answered late never ran, and the session kept the token's login,
+        which then refused every login of the process (CKR_USER_ALREADY_LOGGED_IN)."""
+        future = self._executor.submit(work)
+        if self.stuck:  # queued behind work the token has not answered: waiting would only time out
+            raise TimeoutError
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), self.timeout)
+        except TimeoutError:  # running or queued, it holds the thread until it has run
+            self._hold_until_done(future)
+            raise
+
+    def _hold_until_done(self, future: Future[Any]) -> None:
+        """`stuck` until `future`'s work has ended, if it has not yet."""
+        if not future.done():
+            self._overdue.add(future)
+            future.add_done_callback(self._overdue.discard)
 
     def _hand_over(self, done: Future[_T], late: Callable[[_T], object]) -> None:
         if not done.cancelled() and done.exception() is None:

@@ -21,7 +21,8 @@ class Faults:
         self._pending: dict[str, tuple[Exception, bool]] = {}
         self.sessions: list[Any] = []  # the real sessions logged in, oldest first
         self.logins = 0  # logins tried
-        self.hold = threading.Event()  # set to let a held call go on (`fail_by_hanging`)
+        self.hold = threading.Event()  # set to let a held call go on (`hang`)
+        self.holding = threading.Event()  # set once a call `hang` named is held, inside the token
         self._hanging: set[str] = set()
 
     def fail(self, function: str, error: Exception, *, closing: bool = False) -> None:
@@ -37,6 +38,7 @@ class Faults:
     def check(self, function: str) -> None:
         if function in self._hanging:
             self._hanging.discard(function)
+            self.holding.set()
             self.hold.wait(timeout=30)
         failure = self._pending.pop(function, None)
         if failure is not None:

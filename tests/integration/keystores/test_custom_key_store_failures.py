@@ -285,6 +285,22 @@ async def test_a_login_the_token_refuses_on_a_call_is_said_once_in_the_log(
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
 
 
+async def test_a_connect_the_token_refuses_says_why_in_one_warning(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only DescribeCustomKeyStores said why the store ended FAILED; the log had no line at all.
+    store_id = (await call(
+        svc, "CreateCustomKeyStore", CustomKeyStoreName="wrong-pin", CloudHsmClusterId=next(clusters),
+        TrustAnchorCertificate=trust_anchor, KeyStorePassword=CHANGED_PIN,
+    ))["CustomKeyStoreId"]
+    with caplog.at_level(logging.WARNING, logger="keytrail"):
+        await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    [said] = [r.getMessage() for r in caplog.records if store_id in r.getMessage()]
+    assert "FAILED (INVALID_CREDENTIALS: PinIncorrect)" in said and "UpdateCustomKeyStore KeyStorePassword" in said
+    assert CHANGED_PIN not in caplog.text
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
 async def _created_on_a_loaded_machine_too(svc: KmsService, store_id: str) -> str:
     """A CreateKey in the store once its session was dropped: logging in to the token again can
     outlast TIMEOUT on a loaded machine (CI's, with other tests beside it), so it is tried again."""

@@ -137,6 +137,37 @@ async def test_a_session_whose_disconnect_is_cancelled_while_its_close_waits_its
     assert await thread.call(lambda: session.discarded) == 1
 
 
+async def test_a_session_whose_close_times_out_waiting_its_turn_is_closed_before_the_next_login(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A Disconnect during a call the HSM answered late: its close, queued behind that call, was
+    # cancelled when the wait for it timed out. The session kept the token's login, and every
+    # later login of the store was refused (USER_LOGGED_IN) until the process restarted.
+    thread, sessions = HsmThread(timeout=0.2), [_Session(), _Session()]
+    monkeypatch.setenv(MODULE_ENV, "/the/module.so")
+    monkeypatch.setattr(hsm_connections, "open_session", lambda path, cluster, pin: sessions[0])
+    connections = HsmConnections(thread)
+    store = CustomKeyStore("111122223333", "us-east-1", "cks-0123456789abcdef0", "hsm", "cluster-abcdefghijk",
+                           "pem", "pin", datetime.now(UTC))
+    await connections.connect(store)
+    started, release = threading.Event(), threading.Event()
+    busy = asyncio.create_task(thread.call(lambda: started.set() or release.wait(5)))
+    await asyncio.to_thread(started.wait, 5)
+    await connections.disconnect(store.store_id)  # gives up waiting for the close after the timeout
+    with pytest.raises(TimeoutError):
+        await busy
+    closed_before_login: list[int] = []
+    monkeypatch.setattr(hsm_connections, "open_session",
+                        lambda path, cluster, pin: closed_before_login.append(sessions[0].discarded) or sessions[1])
+    release.set()
+    for _ in range(100):
+        if not thread.stuck:
+            break
+        await asyncio.sleep(0.01)
+    await connections.connect(store)
+    assert (sessions[0].discarded, closed_before_login) == (1, [1])
+
+
 def test_a_session_is_closed_once_however_often_it_is_discarded() -> None:
     # Closed twice (a close queued again after its caller was cancelled, a session closed under the
     # service and then dropped), the second C_CloseSession could end a session the module has given
