@@ -55,18 +55,21 @@ class ServerProcess:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait("keytrail serve to start", STARTUP_SECONDS, self._healthy)
 
-    def stop(self) -> int | None:
-        """SIGTERM (finish calls, flush, exit 0); SIGKILL if it does not stop in time or on a second Ctrl-C."""
+    def stop(self, interrupted: bool = False) -> int | None:
+        """SIGTERM (finish calls, flush, exit 0); SIGKILL if it does not stop in time or on the user's second
+        Ctrl-C or SIGTERM. `interrupted`: their first is why it stops. A first one that comes during the stop
+        lets the server finish it, then is raised."""
         proc, self.proc = self.proc, None
         if proc is None:
             return None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
         try:
-            return proc.wait(STOP_SECONDS)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: stop it now
-            proc.kill()
-            return proc.wait()
+            return _exit_status(proc, deadline, kill_on_interrupt=interrupted)
+        except KeyboardInterrupt:  # the user's first signal, come as the story ended: still theirs to report
+            _exit_status(proc, deadline, kill_on_interrupt=True)
+            raise
 
     def advance(self, seconds: float) -> None:
         """Move the server's dev clock forward (it then runs due deletions and time-based rules)."""
@@ -126,6 +129,22 @@ class ServerProcess:
         return lines[-1] if lines else f"no output (see {self.log_path})"
 
 
+def _exit_status(proc: subprocess.Popen[bytes], deadline: float, kill_on_interrupt: bool) -> int:
+    """Wait for `proc` to exit; SIGKILL it at the deadline, or on Ctrl-C or SIGTERM if `kill_on_interrupt`
+    (else the interrupt is raised). Polled, not `Popen.wait`: its own grace period after a Ctrl-C would
+    merge two quick ones into one."""
+    try:
+        while time.monotonic() < deadline:
+            if (code := proc.poll()) is not None:
+                return code
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        if not kill_on_interrupt:
+            raise
+    proc.kill()
+    return proc.wait()
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line to stderr; the caller raises the returned Exit."""
     return console.fail(message, "keytrail demo", code)
@@ -164,14 +183,19 @@ def _play(directory: Path, port: int) -> Story:
     principals = demo_principals()
     server = ServerProcess(directory, port, write_principals(directory / "principals.toml", principals))
     _progress(f"starting keytrail serve on {server.endpoint} (data in {directory})")
+    interrupted = False
     try:
         server.start()
         workload = Workload(server, principals)
         _progress("playing the story: keys, envelope encryption, a partner's probe, a deletion, 91 days")
         workload.run()
         server.wait_for_consumers(workload.calls)
+        _progress("story played; stopping keytrail serve")
+    except KeyboardInterrupt:  # so a second Ctrl-C while the server stops kills it
+        interrupted = True
+        raise
     finally:
-        code = server.stop()
+        code = server.stop(interrupted)
     if code not in (0, None):
         raise DemoError(f"keytrail serve exited with status {code} (server log: {server.log_path})")
     _progress("server stopped; writing the HTML report")
