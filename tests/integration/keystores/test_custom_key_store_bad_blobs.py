@@ -1,8 +1,5 @@
 """Damaged or misdirected blobs of HSM keys fail as the caller's InvalidCiphertextException, never as
-KMSInternalException, and their audit records say so: SoftHSM2, with the key service in this process.
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+KMSInternalException, and their audit records say so: SoftHSM2, with the key service in this process."""
 
 from __future__ import annotations
 

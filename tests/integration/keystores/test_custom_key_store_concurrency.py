@@ -1,9 +1,6 @@
 """Many Encrypt and Decrypt calls at once on HSM keys, through the key service and from threads on
 its PKCS#11 session, with derived keys evicted all the time (kms/hsm_derivation.py): every blob
-opens, and no derived key outlives its place in the session's cache. SoftHSM2, in this process.
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+opens, and no derived key outlives its place in the session's cache. SoftHSM2, in this process."""
 
 from __future__ import annotations
 

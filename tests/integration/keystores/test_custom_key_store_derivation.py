@@ -1,10 +1,7 @@
 """HSM keys seal format 3 blobs under keys their token derives, inside the token, from its own key
 and a salt (kms/hsm_derivation.py): SoftHSM2 with the key service in this process, and the token's
 objects read through a second session of this process (it shares the service's login, and PKCS#11
-session objects are visible to every session of the application that made them).
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+session objects are visible to every session of the application that made them)."""
 
 from __future__ import annotations
 

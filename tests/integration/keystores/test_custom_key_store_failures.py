@@ -5,8 +5,7 @@ session the failure may have broken is dropped and the next call logs in again, 
 refused a request on is kept; and no log line or error carries what was being sealed.
 
 SoftHSM2 with the key service in this process; the failures are injected into its sessions
-(flaky_token.py). The file name sorts before test_custom_key_stores.py on purpose: once that file
-deletes a token, SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+(flaky_token.py)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,7 @@
 on one token, settled by the HSM's upkeep at the scheduler's tick (the node's start is its first):
 a connect left over is FAILED with INTERNAL_ERROR, a disconnect left over finished, and of two stores
 connected on one token the second is FAILED with USER_LOGGED_IN. A connect or disconnect still at
-work (its lock held) is left alone. SoftHSM2 with the key service in this process, over SQLite.
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+work (its lock held) is left alone. SoftHSM2 with the key service in this process, over SQLite."""
 
 from __future__ import annotations
 

@@ -4,9 +4,7 @@ node's next scheduler tick, and the other node refuses the store's calls meanwhi
 that died left CONNECTING is FAILED at another node's tick, and not while that node lives.
 
 Both nodes run in this process, so they share one PKCS#11 login per token: only one of them holds a
-session at a time here (as the first node's is closed before the second logs in). The file name
-sorts before test_custom_key_stores.py on purpose: once that file deletes a token, SoftHSM2 in this
-process fails every token lookup (see test_custom_key_store_sessions.py)."""
+session at a time here (as the first node's is closed before the second logs in)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,7 @@
 encrypt, decrypt, sign, verify, wrap and unwrap, not derive. The first use of such a key in a session
 clears what keytrail never does with it (kms/hsm_key_objects.py), where the token lets it, and the key
 goes on serving. SoftHSM2, with the key service in this process (and a failure injected into its session,
-flaky_token.py).
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+flaky_token.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """A CreateKey with Origin AWS_CLOUDHSM whose key the key store does not save leaves no backing key in
 the HSM with nothing pointing to it; one the store saved after all keeps its backing key (SoftHSM2,
-with the key service in this process, which alone can make its store fail).
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+with the key service in this process, which alone can make its store fail)."""
 
 from __future__ import annotations
 

@@ -4,10 +4,7 @@ session is left open on the token by a refused login, a refused logout or a Disc
 token counts them (C_GetSessionInfo, tests/support/softhsm.py).
 
 The service runs in-process: only this process can close its own session underneath it, or count
-its sessions. The file
-name sorts before test_custom_key_stores.py on purpose: once that file deletes a token from the
-shared token directory, SoftHSM2 in this process answers every token lookup with CKR_GENERAL_ERROR
-(test_audit_and_conditions.py relies on the same order)."""
+its sessions."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """Custom key stores that share one token, as a data directory made before one token backed one store
 holds them: reported once in the log (at the node's start, or at a Connect), and connected one at a
-time, since a PKCS#11 login belongs to the whole token (SoftHSM2, the key service in this process).
-
-The file name sorts before test_custom_key_stores.py on purpose: once that file deletes a token,
-SoftHSM2 in this process fails every token lookup (see test_custom_key_store_sessions.py)."""
+time, since a PKCS#11 login belongs to the whole token (SoftHSM2, the key service in this process)."""
 
 from __future__ import annotations
 
