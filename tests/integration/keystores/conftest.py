@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography import x509
@@ -17,8 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from keytrail.kms.hsm_thread import TIMEOUT_ENV
 from tests.support.postgres import fresh_database
 from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
+
+if TYPE_CHECKING:
+    from keytrail.kms.service import KmsService
+    from tests.integration.keystores.flaky_token import Faults
 
 PIN = "kmsuser-pin-1"
 # Enough for every test of this folder run in one process (`pytest tests/integration/keystores`
@@ -69,3 +76,25 @@ async def dsn() -> AsyncIterator[str]:
     """A database of the test's own, dropped afterwards."""
     async with fresh_database() as database:
         yield database
+
+
+@pytest.fixture
+def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
+    """Failures to inject into the PKCS#11 sessions of this process (flaky_token.py)."""
+    from tests.integration.keystores.flaky_token import flaky_logins  # it imports this module
+
+    return flaky_logins(monkeypatch)
+
+
+IMPATIENT_TIMEOUT = 0.3  # seconds each PKCS#11 call is given by the `impatient` service
+
+
+@pytest.fixture
+async def impatient(tmp_path: Path, hsm: SoftHsm, faults: Faults, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
+        KmsService]:
+    """The key service in this process, giving each PKCS#11 call IMPATIENT_TIMEOUT seconds."""
+    from tests.integration.keystores.in_process import service  # it imports this module
+
+    monkeypatch.setenv(TIMEOUT_ENV, str(IMPATIENT_TIMEOUT))
+    async with service(tmp_path) as running:
+        yield running

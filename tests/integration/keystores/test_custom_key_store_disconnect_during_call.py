@@ -5,43 +5,24 @@ any later login. When it never ran, the session kept the token's login, and ever
 ConnectCustomKeyStore of the store ended FAILED with USER_LOGGED_IN until the process restarted.
 
 SoftHSM2 with the key service in this process; the slow call is held inside the token's session
-(flaky_token.py). The file name sorts before test_custom_key_stores.py on purpose (see
-test_custom_key_store_failures.py)."""
+(flaky_token.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from keytrail.kms import errors
-from keytrail.kms.hsm_thread import TIMEOUT_ENV
 from keytrail.kms.service import KmsService
-from tests.integration.keystores.flaky_token import Faults, flaky_logins
-from tests.integration.keystores.in_process import call, hsm_key, service
+from tests.integration.keystores.conftest import IMPATIENT_TIMEOUT as TIMEOUT
+from tests.integration.keystores.flaky_token import Faults
+from tests.integration.keystores.in_process import call, hsm_key
 from tests.support.softhsm import SoftHsm, open_sessions
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 0.3  # seconds each PKCS#11 call is given here
-
-
-@pytest.fixture
-def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
-    return flaky_logins(monkeypatch)
-
-
-@pytest.fixture
-async def impatient(tmp_path: Path, hsm: SoftHsm, faults: Faults, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
-        KmsService]:
-    """The key service, giving each PKCS#11 call TIMEOUT seconds."""
-    monkeypatch.setenv(TIMEOUT_ENV, str(TIMEOUT))
-    async with service(tmp_path) as running:
-        yield running
-
 
 def _encrypt(svc: KmsService, store_id: str, key_id: str) -> Awaitable[Any]:
     return call(svc, "Encrypt", KeyId=key_id, Plaintext=b"held in the HSM")

@@ -24,11 +24,11 @@ from pkcs11 import exceptions as p11
 from keytrail.kms import errors
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V3
 from keytrail.kms.hsm import HsmCipher
-from keytrail.kms.hsm_thread import TIMEOUT_ENV
 from keytrail.kms.keystores import CloudHsmClusterNotActiveException, CloudHsmClusterNotRelatedException
 from keytrail.kms.service import KmsService
+from tests.integration.keystores.conftest import IMPATIENT_TIMEOUT as TIMEOUT
 from tests.integration.keystores.conftest import PIN
-from tests.integration.keystores.flaky_token import Faults, flaky_logins
+from tests.integration.keystores.flaky_token import Faults
 from tests.integration.keystores.in_process import call, hsm_key, live_session, service
 from tests.support.softhsm import SoftHsm, open_sessions, token_keys
 
@@ -36,11 +36,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = b"the plaintext no log line may hold"
 CONTEXT = {"purpose": "failures"}
-
-
-@pytest.fixture
-def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
-    return flaky_logins(monkeypatch)
 
 
 @pytest.fixture
@@ -143,18 +138,6 @@ async def test_a_key_the_token_will_not_let_derive_still_seals_in_format_1(
     assert blob[0] == FORMAT_V1 and await live_session(svc, store_id) is live
     assert (await call(svc, "Decrypt", CiphertextBlob=blob))["Plaintext"] == SECRET
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
-
-
-TIMEOUT = 0.3  # seconds each PKCS#11 call is given here
-
-
-@pytest.fixture
-async def impatient(tmp_path: Path, hsm: SoftHsm, faults: Faults, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
-        KmsService]:
-    """The key service, giving each PKCS#11 call TIMEOUT seconds."""
-    monkeypatch.setenv(TIMEOUT_ENV, str(TIMEOUT))
-    async with service(tmp_path) as running:
-        yield running
 
 
 async def test_an_hsm_that_stops_answering_fails_the_calls_in_time_and_holds_no_shared_thread(

@@ -22,7 +22,7 @@ from keytrail.kms.ciphertext import FORMAT_V3, blob_header, read_header
 from keytrail.kms.hsm import HsmCipher, TokenSession
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
-from tests.integration.keystores.flaky_token import Faults, flaky_logins
+from tests.integration.keystores.flaky_token import Faults
 from tests.integration.keystores.in_process import ACCOUNT, call, hsm_key, live_session, service
 from tests.support.softhsm import SoftHsm
 
@@ -32,11 +32,6 @@ CAPABILITIES = (Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.DERIVE, Attribut
                 Attribute.WRAP, Attribute.UNWRAP)
 AS_MADE_BEFORE = {Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.DERIVE: False, Attribute.SIGN: True,
                   Attribute.VERIFY: True, Attribute.WRAP: True, Attribute.UNWRAP: True}
-
-
-@pytest.fixture
-def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
-    return flaky_logins(monkeypatch)
 
 
 @pytest.fixture
