@@ -171,8 +171,9 @@ async def test_alarms_raised_during_a_broker_outage_arrive_in_order_once_it_is_b
     assert received == [alarm.alarm_id for alarm in alarms] and dispatcher.failed == 0
     assert outbox.read_text() == ""  # nothing owed any more
     down = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
-    assert len(down) == 1 and "MqttSink" in down[0]  # one line for the outage, not one per alarm
-    assert "MqttSink is back" in caplog.text
+    # one line for the outage, not one per alarm, naming the broker
+    assert len(down) == 1 and f"MQTT mqtt://127.0.0.1:{hook_port}" in down[0]
+    assert f"alarm hook MQTT mqtt://127.0.0.1:{hook_port} is back" in caplog.text
     assert sum("attempt" in r.getMessage() for r in caplog.records) == 2  # the first alarm's two, no probe's
 
 
@@ -331,15 +332,16 @@ async def test_a_close_during_an_outage_keeps_the_alarms_in_the_outbox_without_w
     from keytrail.detect.sinks import Dispatcher
     from keytrail.detect.sinks.outbox import Outbox
 
-    sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}", attempts=1, backoff=0)  # nothing listens there
+    port = free_port()
+    sink = MqttSink(f"mqtt://127.0.0.1:{port}", attempts=1, backoff=0)  # nothing listens there
     outbox = tmp_path / "alarm-outbox-mqtt.jsonl"
     dispatcher = Dispatcher([sink], outboxes=[Outbox(outbox)], pause=(60.0, 60.0))
     [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
     with caplog.at_level("WARNING", logger="keytrail.detect.sinks"):
         dispatcher.publish(alarm)
-        while "MqttSink is down" not in caplog.text:
+        while f"MQTT mqtt://127.0.0.1:{port} is down" not in caplog.text:
             await asyncio.sleep(0.05)
         await asyncio.wait_for(dispatcher.close(timeout=3600), 60)  # the drain's full hour: a hang
     assert "1 alarm(s) not delivered when the hooks closed" in caplog.text
-    assert "MqttSink (down; kept for the next start) 1" in caplog.text
+    assert f"MQTT mqtt://127.0.0.1:{port} (down; kept for the next start) 1" in caplog.text
     assert alarm.alarm_id in outbox.read_text()

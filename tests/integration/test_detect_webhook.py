@@ -20,9 +20,11 @@ import pytest
 
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.engine import Detector
+from keytrail.detect.hooks import webhook_name
 from keytrail.detect.sinks import SEND_AHEAD_AFTER, AlarmSink, Dispatcher, HookDown
 from keytrail.detect.sinks.webhook import SIGNATURE_HEADER, WebhookSink, verify_signature
 from tests.support.services import free_port
+from tests.support.waits import eventually
 from tests.unit.detect.records import T0, denied, key_arn, user
 
 pytestmark = pytest.mark.integration
@@ -408,3 +410,49 @@ async def test_an_alarm_a_receiver_never_answers_alone_is_dead_lettered_and_the_
     assert delivered == [alarms[1].alarm_id, alarms[2].alarm_id]
     [entry] = dead_letters(tmp_path)
     assert entry["alarmId"] == stuck
+
+
+@pytest.mark.parametrize("receiver", [[]], indirect=True)
+async def test_two_webhooks_on_one_receiver_are_told_apart_when_down_and_back(
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each line about a hook named it `WebhookSink`: of two webhooks, which one was down was
+    anyone's guess. Two URLs on one host and port differ in their path only, where Slack's and
+    Discord's carry their token: a webhook is named by its files' name (`webhook-<digest>`) too."""
+    [alarm] = make_alarms(1)
+    receiver.chokes_on.add(alarm.alarm_id)  # 503: both hooks down until it is cleared
+    base = f"http://127.0.0.1:{receiver.server_address[1]}"
+    urls = [f"{base}/services/T000/B000/token-one", f"{base}/services/T000/B000/token-two"]
+    dispatcher = Dispatcher([webhook(url, tmp_path, attempts=1) for url in urls], pause=(0.01, 0.05),
+                            send_ahead_after=10**9)
+    with caplog.at_level(logging.WARNING, logger="keytrail.detect.sinks"):
+        dispatcher.publish(alarm)
+        await eventually(lambda: caplog.text.count(" is down (") == 2, what="both hooks down")
+        receiver.chokes_on.clear()
+        await dispatcher.close(timeout=10)
+    for url in urls:
+        name = f"{webhook_name(url)} {base}/…"
+        assert f"alarm hook {name} is down (" in caplog.text and f"alarm hook {name} is back after" in caplog.text
+    assert "WebhookSink" not in caplog.text and "token-" not in caplog.text
+
+
+async def test_the_close_warning_tells_two_webhooks_down_apart_and_shows_none_of_their_secrets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keytrail.detect.sinks.outbox import Outbox
+
+    [alarm], port = make_alarms(1), free_port()  # nothing listens there: connection refused, the hooks down
+    urls = [f"http://hook-user:url-password@127.0.0.1:{port}/services/T000/B000/token-{n}?token=query-token"
+            for n in ("one", "two")]
+    outboxes = [Outbox(tmp_path / f"alarm-outbox-{webhook_name(url)}.jsonl") for url in urls]
+    dispatcher = Dispatcher([webhook(url, tmp_path, attempts=1) for url in urls], outboxes=outboxes,
+                            pause=(30.0, 30.0))
+    with caplog.at_level(logging.WARNING, logger="keytrail.detect.sinks"):
+        dispatcher.publish(alarm)
+        await eventually(lambda: caplog.text.count(" is down (") == 2, what="both hooks down")
+        await dispatcher.close(timeout=3)
+    [name_one, name_two] = [f"{webhook_name(url)} http://127.0.0.1:{port}/…" for url in urls]
+    assert (f"2 alarm(s) not delivered when the hooks closed after 0s: {name_one} (down; kept for the next start) 1, "
+            f"{name_two} (down; kept for the next start) 1") in caplog.text
+    for secret in ("hook-user", "url-password", "token-one", "token-two", "query-token"):
+        assert secret not in caplog.text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem, outbox_paths, shown_url
+from keytrail.detect.hooks import HooksConfig, build_sinks, mqtt_url_problem, outbox_paths, shown_url, webhook_name
 from keytrail.detect.sinks import Attempts, Failure, retry_waits
 from keytrail.detect.sinks.jsonl import JsonlSink
 from keytrail.detect.sinks.kafka import KafkaSink
@@ -252,3 +252,17 @@ def test_a_webhook_url_scheme_is_taken_in_any_case() -> None:
     settings = {"hooks": {"webhook": [{"url": "HTTP://127.0.0.1:8088/x", "secret": "s"}]}}
     [webhook] = HooksConfig.from_settings(settings).webhooks
     assert webhook.url == "HTTP://127.0.0.1:8088/x"
+
+
+async def test_each_hook_is_named_in_log_lines_by_its_address_without_credentials(tmp_path: Path) -> None:
+    """The dispatcher's lines (down, back, overflow, the close's count) named every webhook
+    `WebhookSink`; a hook's name is its kind or file name and its address, never a secret in it."""
+    webhook_url = "https://hook-user:url-password@alerts.example.com:8443/services/T000/B000/path-token?t=query-token"
+    sinks = [MqttSink("mqtts://broker-user:broker-password@broker.internal:8883"),
+             KafkaSink("kafka-user:kafka-password@kafka-1:9092,kafka-2:9092"),
+             WebhookSink(webhook_url, b"hmac-secret", tmp_path / "dead.jsonl"), JsonlSink(tmp_path / "alarms.jsonl")]
+    assert [sink.name for sink in sinks] == [  # type: ignore[attr-defined]
+        "MQTT mqtts://broker.internal:8883", "Kafka ***@kafka-1:9092,kafka-2:9092",
+        f"{webhook_name(webhook_url)} https://alerts.example.com:8443/…", str(tmp_path / "alarms.jsonl")]
+    for sink in sinks:
+        await sink.aclose()  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """Alarm hooks. Each is one `AlarmSink`; the `Dispatcher` keeps any of them from blocking or
-crashing the pipeline (one bounded queue and one worker per sink, errors logged, overflow dropped
-and counted), and holds a hook's alarms while it is down (`HookDown`) instead of spending each
-alarm's attempts on it, unless the hook takes the alarms behind the one it fails on."""
+crashing the pipeline (one queue and one worker per sink, errors logged; a hook's queue is bounded,
+its overflow dropped and counted, while alarms.jsonl's takes every alarm), and holds a hook's
+alarms while it is down (`HookDown`) instead of spending each alarm's attempts on it, unless the
+hook takes the alarms behind the one it fails on."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ class HookDown(DeliveryError):
 
 @runtime_checkable
 class AlarmSink(Protocol):
-    """Where alarms go: a file, a broker, a webhook."""
+    """Where alarms go: a file, a broker, a webhook. A sink may also have a `name` (how log lines
+    call it: its kind and address, never a credential; else its class's name) and `never_drops`
+    (True for the record, alarms.jsonl: its queue has no bound)."""
 
     async def deliver(self, alarm: Alarm) -> None: ...
 
@@ -81,7 +84,12 @@ class Dispatcher:
     has each alarm recorded there until it is done with it. In such a hook's queue, as in its
     outbox, a later state of an alarm still waiting takes the earlier one's place: the bound counts
     alarms, not updates (an open alarm's count changes at every tick, and during an outage its
-    updates would take the room of new alarms). alarms.jsonl, the record, gets every state."""
+    updates would take the room of new alarms). alarms.jsonl, the record, gets every state: a sink
+    that `never_drops` has a queue without bound, since one tick may announce more alarms than a
+    hook's queue holds (unused-key over 10,000 idle keys) and the extras never reached the file.
+    The queue holds references: to the alarms the detector holds anyway during a burst (8 bytes
+    each, 0.8 MB for 100,000), to states of their own only while the file cannot be written
+    (a full disk: about 1 to 3 KB each, 100 to 300 MB for 100,000 updates waiting)."""
 
     def __init__(
         self, sinks: Sequence[AlarmSink], queue_size: int = 10_000, outboxes: Sequence[Outbox | None] = (),
@@ -93,7 +101,8 @@ class Dispatcher:
         self.pause = pause  # first and longest wait between probes of a hook that is down
         self.send_ahead_after = send_ahead_after  # probes of the head before the alarms behind it are tried
         self._outboxes = [*outboxes, *[None] * (len(self.sinks) - len(outboxes))]
-        self._queues = [_HookQueue(queue_size) for _ in self.sinks]
+        self._names = [_name(sink) for sink in self.sinks]
+        self._queues = [_HookQueue(0 if getattr(sink, "never_drops", False) else queue_size) for sink in self.sinks]
         # Of each hook, the state (`_progress`) of the alarms it took ahead of the head, by alarmId:
         # passed over when their turn comes.
         self._ahead: list[dict[str, tuple[int, int]]] = [{} for _ in self.sinks]
@@ -103,7 +112,7 @@ class Dispatcher:
         self._handled = [0] * len(self.sinks)  # alarms each hook is done with: a drain that sees none stalls
         self._down_since: list[float | None] = [None] * len(self.sinks)
         self._down = [asyncio.Event() for _ in self.sinks]  # set while the hook is down (`_down_since`)
-        self._dropping = [0] * len(self.sinks)  # drops of the current overflow, logged when it ends
+        self._dropping = [0] * len(self.sinks)  # drops of the current overflow, logged when it ends (`_has_room`)
         for index, outbox in enumerate(self._outboxes):
             for alarm in outbox.owed if outbox is not None else ():
                 self._put(index, alarm, record=False)  # the outbox lists them already
@@ -115,7 +124,7 @@ class Dispatcher:
             self._put(index, alarm)
 
     def _put(self, index: int, alarm: Alarm, *, record: bool = True) -> None:
-        name, latest = type(self.sinks[index]).__name__, self._latest[index]
+        name, latest = self._names[index], self._latest[index]
         if latest is not None and (held := latest.get(alarm.alarm_id)) is not None:
             if _progress(alarm) >= _progress(held):  # goes out in the earlier state's place
                 latest[alarm.alarm_id] = alarm
@@ -132,9 +141,6 @@ class Dispatcher:
             return
         if latest is not None:
             latest[alarm.alarm_id] = alarm
-        if self._dropping[index]:
-            log.warning("alarm queue of %s has room again: %d alarm(s) dropped", name, self._dropping[index])
-            self._dropping[index] = 0
         self._record(index, alarm, record)
 
     def _record(self, index: int, alarm: Alarm, record: bool) -> None:
@@ -142,10 +148,18 @@ class Dispatcher:
         if outbox is not None and record:
             outbox.queued(alarm)
 
+    def _has_room(self, index: int) -> None:
+        """The hook's worker took an alarm off its full queue: the overflow ends, and its count is
+        said now, not at the next alarm queued (after a tick's burst, none may come)."""
+        dropped, self._dropping[index] = self._dropping[index], 0
+        if dropped:
+            log.warning("alarm queue of %s has room again: %d alarm(s) dropped", self._names[index], dropped)
+
     async def _work(self, index: int) -> None:
-        sink, queue, outbox = self.sinks[index], self._queues[index], self._outboxes[index]
+        queue, outbox = self._queues[index], self._outboxes[index]
         while True:
             alarm = await queue.get()
+            self._has_room(index)
             if (latest := self._latest[index]) is not None:
                 alarm = latest.pop(alarm.alarm_id, alarm)
             self._in_delivery[index] = alarm.alarm_id
@@ -155,7 +169,7 @@ class Dispatcher:
                     done = await self._deliver(index, alarm)
             except Exception:  # a hook must never take the detector down
                 self.failed += 1
-                log.exception("alarm sink %s failed on %s", type(sink).__name__, alarm.alarm_id)
+                log.exception("alarm sink %s failed on %s", self._names[index], alarm.alarm_id)
             finally:
                 self._in_delivery[index] = None
                 self._handled[index] += 1
@@ -238,7 +252,7 @@ class Dispatcher:
                 continue
             except Exception:  # it answered, refusing this one (and gave it up): the hook is up all the same
                 self.failed += 1
-                log.exception("alarm sink %s failed on %s", type(self.sinks[index]).__name__, alarm.alarm_id)
+                log.exception("alarm sink %s failed on %s", self._names[index], alarm.alarm_id)
             ahead[alarm.alarm_id] = _progress(alarm)
             if outbox is not None:  # taken: a node stopped before its turn must not send it again at the next start
                 outbox.handled(alarm, drained=False)
@@ -252,7 +266,7 @@ class Dispatcher:
         behind it go out."""
         sink, self._down_since[index] = self.sinks[index], None  # it is up: it takes other alarms
         self._down[index].clear()
-        name, attempts = type(sink).__name__, getattr(sink, "attempts", 1)
+        name, attempts = self._names[index], getattr(sink, "attempts", 1)
         self.failed += 1
         log.error("alarm hook %s took alarm %s but keeps failing on alarm %s as if it were down (%s): alarm %s is "
                   "given up on so that the alarms behind it go out", name, taken.alarm_id, alarm.alarm_id, exc,
@@ -270,7 +284,7 @@ class Dispatcher:
             self._down_since[index] = asyncio.get_running_loop().time()
             self._down[index].set()
             log.error("alarm hook %s is down (%s): its alarms wait in its queue (%d of at most %d)%s and go out "
-                      "in order once it is back; probing it every %g s at most", type(self.sinks[index]).__name__,
+                      "in order once it is back; probing it every %g s at most", self._names[index],
                       exc, self._queues[index].qsize() + 1, self._queues[index].maxsize,
                       " and its outbox" if self._outboxes[index] is not None else "", self.pause[1])
 
@@ -279,7 +293,7 @@ class Dispatcher:
         self._down[index].clear()
         if since is not None:
             log.warning("alarm hook %s is back after %.0f s down; %d alarm(s) waiting",
-                        type(self.sinks[index]).__name__, asyncio.get_running_loop().time() - since,
+                        self._names[index], asyncio.get_running_loop().time() - since,
                         self._queues[index].qsize())
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -288,19 +302,20 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(self._drained(i) for i in range(len(self.sinks)))), timeout)
         self._log_undelivered(asyncio.get_running_loop().time() - started)
+        self._log_dropped_until_closed()
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         for outbox in self._outboxes:
             if outbox is not None:
                 outbox.close()
-        for sink in self.sinks:
+        for sink, name in zip(self.sinks, self._names, strict=True):
             closer = getattr(sink, "aclose", None)
             if closer is not None:
                 try:
                     await closer()
                 except Exception:
-                    log.exception("closing alarm sink %s failed", type(sink).__name__)
+                    log.exception("closing alarm sink %s failed", name)
 
     async def _drained(self, index: int) -> None:
         """Until the hook took what is queued for it, or, if it keeps its alarms in an outbox, is down
@@ -327,14 +342,29 @@ class Dispatcher:
         is cut off): closing drops them, or a hook's outbox keeps them for the next start, and
         either must not go unsaid."""
         left = [
-            (type(sink).__name__ + _state(down is not None, outbox is not None), _alarms_left(queue, busy))
-            for sink, queue, busy, outbox, down in zip(self.sinks, self._queues, self._in_delivery, self._outboxes,
+            (name + _state(down is not None, outbox is not None), _alarms_left(queue, busy))
+            for name, queue, busy, outbox, down in zip(self._names, self._queues, self._in_delivery, self._outboxes,
                                                        self._down_since, strict=True)
         ]
         if lost := [f"{name} {count}" for name, count in left if count]:
             total = sum(count for _, count in left)
             log.warning("%d alarm(s) not delivered when the hooks closed after %.0fs: %s", total, waited,
                         ", ".join(lost))
+
+    def _log_dropped_until_closed(self) -> None:
+        """The count of an overflow still going on at the close (a hook down, its queue full until
+        the end), which no alarm taken off its queue will say any more."""
+        for index, dropped in enumerate(self._dropping):
+            if dropped:
+                log.warning("alarm queue of %s was full until the hooks closed: %d alarm(s) dropped",
+                            self._names[index], dropped)
+                self._dropping[index] = 0
+
+
+def _name(sink: AlarmSink) -> str:
+    """How log lines call a sink: its `name`, else its class's (a sink of the tests)."""
+    name = getattr(sink, "name", None)
+    return name if isinstance(name, str) and name else type(sink).__name__
 
 
 def _alarms_left(queue: _HookQueue, in_delivery: str | None) -> int:

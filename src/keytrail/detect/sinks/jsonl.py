@@ -2,7 +2,8 @@
 
 It is the alarms' record of last resort, the one hook without a broker or endpoint that can be
 down, so a write that fails (a full disk) is retried until the line is in the file, never dropped:
-the alarms behind it wait in the sink's queue. The outage is logged when it starts and ends.
+the alarms behind it wait in the sink's queue, which has no bound (`never_drops`: a tick may
+announce more alarms at once than a hook's queue holds). The outage is logged when it starts and ends.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ log = logging.getLogger(__name__)
 class JsonlSink:
     """Appends alarms to a JSON-lines file; the last line of an alarmId is its latest state."""
 
+    never_drops = True  # the dispatcher queues every alarm for it, without bound
+
     def __init__(self, path: Path, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
         self.path = path
+        self.name = str(path)  # how the dispatcher's log lines call it
         self.backoff = backoff  # first and longest wait between attempts at a failed write
         # Without waiting, a regular file only: opened as it came, a FIFO put in its place (whoever
         # can write the data dir can make one) held the detector's start for good.

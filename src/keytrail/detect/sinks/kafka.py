@@ -23,6 +23,7 @@ from keytrail.detect.alarms import Alarm
 from keytrail.detect.avro import encode_alarm
 from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 from keytrail.detect.sinks.dead_letter import DeadLetters
+from keytrail.transport.addresses import redacted
 from keytrail.transport.kafka import quiet_bootstrap
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
@@ -59,6 +60,7 @@ class KafkaSink:
         dead_letter: Path | None = None,
     ) -> None:
         self.bootstrap, self.topic = bootstrap, topic
+        self.name = f"Kafka {redacted(bootstrap, query=False)}"  # how log lines call it: no credentials
         self.attempts, self.backoff = attempts, backoff
         self.dead_letters = DeadLetters(dead_letter, "Kafka") if dead_letter is not None else None
         self._producer: AIOKafkaProducer | None = None

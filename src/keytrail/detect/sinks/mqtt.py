@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from keytrail.detect.alarms import Alarm
-from keytrail.detect.hooks import mqtt_url_problem
+from keytrail.detect.hooks import mqtt_url_problem, shown_url
 from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 from keytrail.detect.sinks.dead_letter import DeadLetters
 
@@ -41,6 +41,7 @@ class MqttSink:
         if problem := mqtt_url_problem(url):
             raise ValueError(problem)
         parts = urlsplit(url)
+        self.name = f"MQTT {shown_url(url)}"  # how log lines call it: no user name or password
         self._host = parts.hostname or ""  # never empty: mqtt_url_problem checked it
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self._username = unquote(parts.username) if parts.username else None

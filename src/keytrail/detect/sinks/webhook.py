@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from keytrail.detect.alarms import Alarm
-from keytrail.detect.hooks import shown_url
+from keytrail.detect.hooks import shown_url, webhook_name
 from keytrail.detect.sinks import Attempts, Failure, HookDown
 from keytrail.detect.sinks.dead_letter import DeadLetters
 
@@ -83,10 +83,13 @@ class WebhookSink:
     ) -> None:
         self.url, self.secret, self.dead_letter = url, secret, dead_letter
         self.shown_url = shown_url(url)
+        # How log lines call it: two webhooks on one host differ in their path only, which the shown
+        # URL leaves out (a token may be there); the digest of its files' names tells them apart.
+        self.name = f"{webhook_name(url)} {self.shown_url}"
         self.dead_letters = DeadLetters(dead_letter, self.shown_url, with_url=True)
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._client = httpx.AsyncClient(timeout=timeout)
-        self._attempts = Attempts(f"webhook {self.shown_url}", attempts, backoff)
+        self._attempts = Attempts(self.name, attempts, backoff)
 
     async def deliver(self, alarm: Alarm) -> None:
         body = json.dumps(alarm.to_json(), separators=(",", ":")).encode()
