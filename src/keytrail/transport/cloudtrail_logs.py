@@ -188,8 +188,11 @@ class LogFile:
                                  "holds one") from None
         except RecursionError:  # json's parser recurses per level: arrays in arrays a thousand deep
             raise LogFileProblem(f"{path}: {_line_of(stream, 'depth')}not valid JSON (nested too deeply)") from None
-        # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short.
-        except (OSError, EOFError, zlib.error) as exc:
+        # zlib.error: a gzip file damaged inside (its header intact); EOFError: one cut short. The
+        # records before are read: the line says where its text stops.
+        except (EOFError, zlib.error) as exc:
+            raise LogFileProblem(f"{path}: line {stream.line()}: cannot read further: {exc}") from None
+        except OSError as exc:
             raise LogFileProblem(f"{path}: cannot read: {exc}") from None
         except _NotJson as exc:
             where = _line_of(stream, "unexpected character", "no digit after sign")  # NaN, Infinity; -Infinity

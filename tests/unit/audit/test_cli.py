@@ -136,8 +136,8 @@ def test_an_import_of_a_gzip_file_cut_short_says_it_was_read_in_part(tmp_path: P
     code, out, err = _run("import", str(tmp_path / "cut.json.gz"), "--data-dir", node)
     assert (code, out) == (1, "imported 4 KMS records from 1 file read in part; skipped 0 records of other services "
                               "and 0 already in the event log; 1 problem\n")
-    assert err == (f"skipped: {tmp_path / 'cut.json.gz'}: cannot read: Compressed file ended before the "
-                   "end-of-stream marker was reached\n")
+    assert err == (f"skipped: {tmp_path / 'cut.json.gz'}: line 6: cannot read further: Compressed file ended "
+                   "before the end-of-stream marker was reached\n")
     code, out, _ = _run("import", str(tmp_path / "cut.json.gz"), str(EXAMPLES), "--data-dir", node)
     assert (code, out) == (1, "imported 5 KMS records from 2 files (1 read in part); skipped 1 record of other "
                               "services and 8 already in the event log; 1 problem\n")

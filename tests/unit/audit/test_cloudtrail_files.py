@@ -381,7 +381,8 @@ def test_the_records_before_the_cut_of_a_gzip_file_cut_short_are_read(tmp_path: 
     cut.write_bytes(data + (compressor.compress(rest.encode()) + compressor.flush())[:10])
     report = ReadReport()
     assert list(iter_cloudtrail_records([cut], report=report)) == kms[:3]
-    assert report.problems == [f"{cut}: cannot read: Compressed file ended before the end-of-stream marker was reached"]
+    assert report.problems == [f"{cut}: line 5: cannot read further: Compressed file ended before the end-of-stream "
+                               "marker was reached"]
     assert (report.files, report.partly_read, report.records) == (0, 1, 3)
 
 

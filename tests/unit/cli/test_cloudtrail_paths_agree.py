@@ -147,7 +147,8 @@ def test_every_path_names_a_file_it_cannot_read_alike(tmp_path: Path) -> None:
     cut = _write(logs, "b", gzip.compress(json.dumps({"Records": [_denied_decrypt("e-1", 1)]}).encode())[:-10])
     plain = _write(logs, "c", b"no gzip, no JSON")
     not_a_list = _log(logs, "d", {"e-2": _denied_decrypt("e-2", 2)})
-    skipped = [f"skipped: {cut}: cannot read: Compressed file ended before the end-of-stream marker was reached",
+    skipped = [f"skipped: {cut}: line 1: cannot read further: Compressed file ended before the end-of-stream marker "
+               "was reached",
                f"skipped: {plain}: line 1: not valid JSON (Expecting value)",
                f"skipped: {not_a_list}: line 1: not a CloudTrail log file (no \"Records\" array)"]
 
