@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from keytrail.detect.events import KMS_SOURCE, KmsEvent, caller, key_arns, text
+from keytrail.detect.events import KMS_SOURCE, NETWORK_ACTIVITY, KmsEvent, caller, key_arns, text
 from keytrail.pipeline.decode import known_writer, read_writer_columns
 from keytrail.transport.cloudtrail_records import original_event_id
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: The Avro fields `read_kms_event` looks at (every schema version has them).
 EVENT_FIELDS = ("eventID", "eventTime", "eventSource", "eventName", "awsRegion", "errorCode", "errorMessage",
                 "userIdentity", "resources", "requestParameters", "responseElements", "sourceIPAddress",
-                "accessKeyId", "otherFields", "serviceEventDetails")
+                "accessKeyId", "otherFields", "serviceEventDetails", "recipientAccountId", "eventType")
 _HEADER = 10  # C3 01 + the writer schema's 8-byte fingerprint
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
@@ -77,8 +77,8 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
 # One value's EVENT_FIELDS, in that order (eventTime in epoch ms): a plain tuple, as zip makes it,
 # unpacked in `_event` (a named tuple per row cost ~0.5 µs an event).
 AvroRow = tuple[str, int, str, str, str | None, str | None, str | None, str | None, str | None, str | None, str | None,
-                str | None, str | None, str | None, str | None]
-_SOURCE, _EVENT_ID = 2, 0
+                str | None, str | None, str | None, str | None, str | None, str | None]
+_SOURCE, _EVENT_ID, _EVENT_TYPE = 2, 0, 16
 
 
 def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
@@ -86,7 +86,7 @@ def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
     warning, as `read_kms_event` does with the records they decode to."""
     events = []
     for row in rows:
-        if row[_SOURCE] != KMS_SOURCE:
+        if row[_SOURCE] != KMS_SOURCE or row[_EVENT_TYPE] == NETWORK_ACTIVITY:
             continue
         try:
             events.append(_event(row))
@@ -98,7 +98,7 @@ def events_of(rows: Sequence[AvroRow]) -> list[KmsEvent]:
 def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
      user_identity, resources, request_parameters, response_elements, source_ip, access_key_id, other_fields,
-     service_event_details) = row
+     service_event_details, recipient_account, _) = row
     principal, account, identity_type, invoked_by = _caller(user_identity)
     request, response, others = _object(request_parameters), _object(response_elements), _object(other_fields)
     return KmsEvent(
@@ -107,7 +107,7 @@ def _event(row: AvroRow) -> KmsEvent:
         event_name=event_name,
         key_arns=_resource_arns(resources) or key_arns(None, request, response),
         principal_arn=principal,
-        account_id=account,
+        account_id=account or recipient_account or None,  # as the metrics consumers attribute it
         region=region,
         identity_type=identity_type,
         invoked_by=invoked_by,

@@ -20,6 +20,7 @@ from keytrail.transport.cloudtrail_records import original_event_id
 __all__ = [
     "CRYPTO_OPERATIONS",
     "KMS_SOURCE",
+    "NETWORK_ACTIVITY",
     "KmsEvent",
     "caller",
     "key_arns",
@@ -99,11 +100,18 @@ def parse_time(text: str) -> datetime:
 
 
 KMS_SOURCE = "kms.amazonaws.com"
+#: The eventType of a CloudTrail network activity event (a call through a VPC endpoint): it repeats a
+#: call that has its own record, or records one the endpoint policy refused before it reached KMS.
+#: Not a call to judge, nor use of a key; and as it may carry the call's sharedEventID, taken as one
+#: it made the call's own record a duplicate (an AccessDenied Decrypt raised no alarm). The metrics
+#: consumers leave it out alike (pipeline/runner.py).
+NETWORK_ACTIVITY = "AwsVpceEvent"
 
 
 def read_kms_event(record: Mapping[str, Any]) -> KmsEvent | None:
-    """None for another service's record; ValueError when a KMS record lacks eventTime/eventName."""
-    if record.get("eventSource", KMS_SOURCE) != KMS_SOURCE:
+    """None for another service's record and for a network activity event (see NETWORK_ACTIVITY);
+    ValueError when a KMS record lacks eventTime/eventName."""
+    if record.get("eventSource", KMS_SOURCE) != KMS_SOURCE or record.get("eventType") == NETWORK_ACTIVITY:
         return None
     try:
         return read_event(record)
@@ -123,7 +131,7 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         event_name=str(record["eventName"]),
         key_arns=key_arns(record.get("resources"), request, response),
         principal_arn=principal,
-        account_id=account,
+        account_id=account or text(record.get("recipientAccountId")),  # as the metrics consumers attribute it
         region=text(record.get("awsRegion")),
         identity_type=identity_type,
         invoked_by=invoked_by,

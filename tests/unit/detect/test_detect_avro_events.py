@@ -11,7 +11,7 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-from tests.unit.detect.records import T0, event, key_arn, user
+from tests.unit.detect.records import T0, denied, event, key_arn, user
 from tests.unit.detect.scenario import mixed_scenario
 
 from keytrail.audit.schema import SCHEMA_DIR, SCHEMA_PATH, decode, encode, load_schema, to_avro
@@ -108,3 +108,29 @@ async def test_service_event_details_are_read_for_the_rules() -> None:
     [read] = await _read([encode(expired)])
     assert read.service_event_details == {"keyId": "k", "keyMaterialId": "m" * 64}
     assert [read] == _expected([encode(expired)])
+
+
+def _through_an_endpoint(record: dict[str, Any]) -> dict[str, Any]:
+    """The network activity event CloudTrail writes beside a call made through a VPC endpoint: the
+    call's name and key, eventType AwsVpceEvent, the call's sharedEventID."""
+    return {**record, "eventID": f"vpce-{record['eventID']}", "eventType": "AwsVpceEvent",
+            "eventCategory": "NetworkActivity", "sharedEventID": f"shared-{record['eventID']}"}
+
+
+async def test_network_activity_events_are_no_calls_in_either_reader() -> None:
+    """They repeat a call that has its own record (or one the endpoint refused): the detector judged
+    them as calls, and by their sharedEventID took the call's own record for a duplicate of one."""
+    denial = denied("Decrypt", T0, key_arn(1), user("mallory"))
+    call = {**denial, "sharedEventID": f"shared-{denial['eventID']}"}
+    values = [encode(_through_an_endpoint(denial)), encode(call)]
+    [read] = await _read(values)
+    assert read.event_id == denial["eventID"] and [read] == _expected(values)
+
+
+async def test_a_caller_without_an_account_is_of_the_recipient_account_in_either_reader() -> None:
+    """A SAMLUser's record names no accountId: usage and reports attribute the call to
+    recipientAccountId (docs/metrics.md), the detector's alarm said "account unknown"."""
+    saml = {"type": "SAMLUser", "principalId": "idp:alice", "userName": "alice"}
+    values = [encode({**denied("Decrypt", T0, key_arn(1), saml), "recipientAccountId": "444455556666"})]
+    [read] = await _read(values)
+    assert read.account_id == "444455556666" and [read] == _expected(values)

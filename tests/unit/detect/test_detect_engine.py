@@ -824,3 +824,28 @@ def test_a_tick_as_of_a_clock_ahead_of_the_stream_does_not_unfold_the_next_key_d
     detector.tick(T0 + timedelta(hours=2))
     detector.process([denied("Decrypt", T0 + timedelta(minutes=1), keys[3], MALLORY)])
     assert [a.key_arn for a in detector.alarms()] == [*keys[:3], None]
+
+
+def _through_an_endpoint(record: dict[str, Any]) -> dict[str, Any]:
+    """The network activity event CloudTrail writes beside a call made through a VPC endpoint."""
+    return {**record, "eventID": f"vpce-{record['eventID']}", "eventType": "AwsVpceEvent",
+            "eventCategory": "NetworkActivity", "sharedEventID": f"shared-{record['eventID']}"}
+
+
+def test_network_activity_events_neither_use_a_key_nor_hide_a_denial() -> None:
+    """They repeat a call that has its own record, or one the endpoint refused: as calls they kept
+    a key from being unused, and by their sharedEventID they made each AccessDenied Decrypt after
+    them a duplicate (no alarm)."""
+    clock = ManualClock(T0)
+    detector = Detector(clock=clock)
+    idle, guarded = key_arn(1), key_arn(2)
+    records = [create_key(T0, idle), create_key(T0, guarded),
+               _through_an_endpoint(event("Encrypt", T0 + timedelta(days=60), idle, APP))]
+    for n in range(12):
+        denial = denied("Decrypt", T0 + timedelta(days=61, minutes=n), guarded, user("mallory"))
+        records += [_through_an_endpoint(denial), {**denial, "sharedEventID": f"shared-{denial['eventID']}"}]
+    detector.process(records)
+    [alarm] = [a for a in detector.alarms() if a.rule == "unauthorized-decrypt"]
+    assert alarm.count == 12 and alarm.key_arn == guarded
+    clock.advance(timedelta(days=91).total_seconds())
+    assert idle in {a.key_arn for a in detector.tick() if a.rule == "unused-key"}
