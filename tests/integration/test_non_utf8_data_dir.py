@@ -3,25 +3,31 @@ Latin-1, `lat\\xe9n`, which Python sees as the surrogate-escaped str 'lat\\udce9
 under a plain name: the same rows, the same report, the same alarms, and no traceback.
 
 The data dir is made by a real `keytrail serve` session, stopped cleanly, and copied under the
-Latin-1 name: the commands run on both copies and must agree.
+Latin-1 name: the commands run on both copies and must agree. A serve started on a Latin-1 data
+dir counts its calls as under a plain name (its consumer writes the metrics' Parquet files there).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from keytrail.pipeline.query import MetricsStore
+from keytrail.pipeline.usage_files import COMPACT_AFTER
 from tests.support.server import KeytrailServer
 from tests.support.waits import eventually_blocking
+from tests.unit.reports.records import key_arn, record
 
 pytestmark = pytest.mark.integration
 
@@ -77,8 +83,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/usage_files.py passes polars the minute files' paths, and polars "
-                   "takes a str it cannot encode as UTF-8 for a file object ('Object does not have a .read() method')")
 def test_usage_cost_and_last_used_read_a_data_dir_named_in_latin_1(copies: Copies) -> None:
     queries = [[name, "--data-dir", data_dir, "--format", "json"]
                for data_dir in (copies.latin_1, copies.plain) for name in ("usage", "cost", "last-used")]
@@ -90,6 +94,47 @@ def test_usage_cost_and_last_used_read_a_data_dir_named_in_latin_1(copies: Copie
     [last] = json_lines(last_used.stdout)
     assert (last["keyArn"], last["lastUsedOperation"]) == (copies.key_arn, "Decrypt")
     assert [usage.stdout, cost.stdout, last_used.stdout] == [p.stdout for p in plain]
+
+
+def test_serve_on_a_data_dir_named_in_latin_1_counts_its_calls(tmp_path: Path) -> None:
+    (tmp_path / LATIN_1_NAME).mkdir()
+    data_dir = tmp_path / LATIN_1_NAME / "data"
+    _, arn = _serve(data_dir)  # the calls counted by serve's own consumer, as under a plain name
+    metrics = data_dir / "metrics"
+    assert [p.name for p in metrics.glob("usage/day=*/usage.parquet")] == ["usage.parquet"]
+    assert (metrics / "last_used" / "last_used.parquet").stat().st_size > 0
+    assert not [p for p in data_dir.rglob("*.tmp") if p.name.endswith(".parquet.tmp")]  # none left half-written
+    usage, last_used = together(*([name, "--data-dir", data_dir, "--format", "json"]
+                                  for name in ("usage", "last-used")))
+    assert sorted((u["eventName"], u["count"]) for u in json_lines(usage.stdout)) == [
+        ("CreateKey", 1), ("Decrypt", 1), ("Encrypt", 1)]
+    assert [(last["keyArn"], last["lastUsedOperation"]) for last in json_lines(last_used.stdout)] == [
+        (arn, "Decrypt")]
+
+
+def test_consume_compacts_the_minute_files_of_a_data_dir_named_in_latin_1(tmp_path: Path) -> None:
+    folder = tmp_path / LATIN_1_NAME
+    folder.mkdir()
+    calls = [record("Encrypt", datetime(2026, 11, 2, 8, n, tzinfo=UTC), key_arn("k0")) for n in range(20)]
+    trail = folder / "trail.json.gz"
+    trail.write_bytes(gzip.compress(json.dumps({"Records": calls}).encode()))
+    data_dir = folder / "data"
+    together(["consume", "--cloudtrail", trail, "--data-dir", data_dir, "--batch-size", "1",
+              "--checkpoint-records", "1"])  # a file a call: more than compaction leaves of a day
+    assert 0 < len(list(data_dir.glob("metrics/state/usage/day=2026-11-02/*.parquet"))) <= COMPACT_AFTER
+    [usage] = together(["usage", "--data-dir", data_dir, "--format", "json"])
+    assert [(u["eventName"], u["count"]) for u in json_lines(usage.stdout)] == [("Encrypt", 20)]
+
+
+def test_a_parquet_report_written_under_a_latin_1_name_holds_the_plain_copy_s_rows(copies: Copies,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / LATIN_1_NAME / "report.parquet"
+    together(["report", "--data-dir", copies.latin_1, "--format", "parquet", "--out", out],
+             ["report", "--data-dir", copies.plain, "--format", "parquet", "--out", tmp_path / "plain.parquet"])
+    with out.open("rb") as handle:  # polars cannot be given the Latin-1 path either
+        written = pl.read_parquet(handle)
+    assert written.filter(pl.col("table") == "usage").height == 3
+    assert written.equals(pl.read_parquet(tmp_path / "plain.parquet"))
 
 
 def _page_without_source(page: str, data_dir: Path) -> str:

@@ -19,11 +19,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import polars as pl
 
 from keytrail.owner_only import STALE_TEMP_SECONDS, make_dirs, remove_stale_temps, reserve, sync_folder
-from keytrail.pipeline.files import write_parquet
+from keytrail.pipeline.files import readable, write_parquet
 from keytrail.pipeline.usage import USAGE_SCHEMA, merge_usage
 
 __all__ = ["MANIFEST_SCHEMA", "Shape", "UsageFiles", "UsageFilesDamaged"]
@@ -98,15 +99,12 @@ class UsageFiles:
         for attempt in range(3):
             names = self.listed(since, until)
             self._require_regular(names)
-            frame = pl.scan_parquet([self.root / n for n in names]) if names else pl.LazyFrame(schema=USAGE_SCHEMA)
-            if since is not None:
-                frame = frame.filter(pl.col("minute") >= since)
-            if until is not None:
-                frame = frame.filter(pl.col("minute") < until)
             try:
-                if shape is not None:
-                    return shape(frame).collect(engine="streaming")
-                return merge_usage([frame.collect()])
+                with readable([self.root / n for n in names]) as sources:  # open until the rows are read
+                    frame = _minutes(sources, since, until)
+                    if shape is not None:
+                        return shape(frame).collect(engine="streaming")
+                    return merge_usage([frame.collect()])
             except FileNotFoundError:  # compacted meanwhile: read the new manifest
                 if attempt == 2:
                     raise
@@ -150,7 +148,8 @@ class UsageFiles:
             if len(old) > 1:
                 self._require_regular(old)
                 try:
-                    merged = merge_usage([pl.read_parquet(self.root / n) for n in old])
+                    with readable([self.root / n for n in old]) as sources:
+                        merged = merge_usage([pl.read_parquet(source) for source in sources])
                 except pl.exceptions.PolarsError as exc:
                     raise self._unreadable(old, exc) from None
                 self._replace(old, merged)
@@ -167,6 +166,16 @@ class UsageFiles:
             self.discard(n for n, _, _ in new)
             raise
         self.discard(old)
+
+
+def _minutes(sources: list[Path] | list[IO[bytes]], since: datetime | None, until: datetime | None) -> pl.LazyFrame:
+    """The minute rows of the files `sources` with minute in [since, until), not yet read."""
+    frame = pl.scan_parquet(sources) if sources else pl.LazyFrame(schema=USAGE_SCHEMA)
+    if since is not None:
+        frame = frame.filter(pl.col("minute") >= since)
+    if until is not None:
+        frame = frame.filter(pl.col("minute") < until)
+    return frame
 
 
 def _days(since: datetime | None, until: datetime | None) -> tuple[str, str]:
