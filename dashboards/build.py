@@ -56,20 +56,30 @@ COST_BY_ACCOUNT = (f"max by (account) (keytrail_kms_cost_usd{{{CONSUMER}}}) or "
                    f"(sum by (account) (keytrail_kms_cost_usd{{{NODES}}}) unless on() up{{{CONSUMER}}})")
 
 
-def increase(series: str, window: str) -> str:
+def increase(series: str, window: str, *, restored: bool = False) -> str:
     """increase() over `window` that counts a series' first value too. keytrail's counters with
     labels (an operation, an outcome, a principal) make a series at its first event, at 1, and to
     Prometheus a series' first value is no increase: the panels never counted the first denial by a
     principal, nor the first error of a kind. A series that was not there `window` ago counted
     nothing before it appeared, and is taken whole (`+ 0` drops its name, so that `or` matches it
     with increase()'s); a series that was there, by increase(), resets and all. Checked with
-    `promtool test rules` (tests/unit/test_deploy.py)."""
-    return f"(({series} unless {series} offset {window}) + 0 or increase({series}[{window}]))"
+    `promtool test rules` (tests/unit/test_deploy.py). `restored`: see `_new`."""
+    return f"(({_new(series, window, restored)}) + 0 or increase({series}[{window}]))"
 
 
-def rate(series: str, window: str, seconds: int) -> str:
+def rate(series: str, window: str, seconds: int, *, restored: bool = False) -> str:
     """rate() over `window` (of `seconds`) that counts a series' first value too, as `increase`."""
-    return f"(({series} unless {series} offset {window}) / {seconds} or rate({series}[{window}]))"
+    return f"(({_new(series, window, restored)}) / {seconds} or rate({series}[{window}]))"
+
+
+def _new(series: str, window: str, restored: bool) -> str:
+    """The series of `series` that were not there `window` ago. A `restored` counter (the request
+    and denial counters, which the node's consumer keeps across restarts) comes back after a gap in
+    the scrapes (the node down, Prometheus down) at its lifetime total, which is no new count: such
+    a series is new only where its node answered the scrape `window` ago, as a node that kept it
+    would have shown it then."""
+    new = f"{series} unless {series} offset {window}"
+    return f"{new} and on(job, instance) (up offset {window} == 1)" if restored else new
 
 
 REQUESTS = f"keytrail_kms_requests_total{{{NODES}}}"
@@ -78,15 +88,15 @@ DENIED = f"keytrail_kms_denied_requests_total{{{NODES}}}"
 
 # (title, kind, unit, [(query, legend)], width, height)
 PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
-    ("KMS calls per second", "stat", "reqps", [(f"sum({rate(REQUESTS, '5m', 300)})", "calls/s")], 6, 4),
-    ("Denied calls (1h)", "stat", "short", [(f"sum({increase(DENIED, '1h')})", "denied")],
+    ("KMS calls per second", "stat", "reqps", [(f"sum({rate(REQUESTS, '5m', 300, restored=True)})", "calls/s")], 6, 4),
+    ("Denied calls (1h)", "stat", "short", [(f"sum({increase(DENIED, '1h', restored=True)})", "denied")],
      6, 4),
     ("Alarms (24h)", "stat", "short", [("sum(increase(keytrail_alarms_total[24h]))", "alarms")], 6, 4),
     ("Cost accrued", "stat", "currencyUSD", [(f"sum({COST_BY_ACCOUNT})", "USD")], 6, 4),
     ("Call rate by operation", "timeseries", "reqps",
-     [(f"sum by (operation) ({rate(REQUESTS, '5m', 300)})", "{{operation}}")], 12, 8),
+     [(f"sum by (operation) ({rate(REQUESTS, '5m', 300, restored=True)})", "{{operation}}")], 12, 8),
     ("Errors by operation", "timeseries", "reqps",
-     [(f"sum by (operation, outcome) ({rate(ERRORS, '5m', 300)})",
+     [(f"sum by (operation, outcome) ({rate(ERRORS, '5m', 300, restored=True)})",
        "{{operation}} {{outcome}}")], 12, 8),
     ("Denied calls by principal", "timeseries", "short",
      [(f"sum by (principal) ({increase('keytrail_kms_denied_by_principal_total', '5m')})", "{{principal}}")], 12, 8),

@@ -202,19 +202,21 @@ def test_the_denial_panels_count_a_series_first_value_as_prometheus_evaluates_th
     test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
         "interval": "1m",
         "input_series": [
-            # A sample a minute from 0m to 20m: there all along; first denied at 10m (once, twice).
-            {"series": denied.format("old"), "values": " ".join(["5"] * 10 + ["6"] * 11)},
-            {"series": denied.format("once"), "values": " ".join(["_"] * 10 + ["1"] * 11)},
-            {"series": denied.format("twice"), "values": " ".join(["_"] * 10 + ["1"] + ["2"] * 10)},
-            {"series": per_operation.format("Decrypt"), "values": " ".join(["_"] * 10 + ["1"] * 11)},
+            # A sample a minute from 0m to 80m: there all along; first denied at 70m (once, twice). The
+            # node answered every scrape (`up`): a restored counter's new series counts where it did.
+            {"series": denied.format("old"), "values": " ".join(["5"] * 70 + ["6"] * 11)},
+            {"series": denied.format("once"), "values": " ".join(["_"] * 70 + ["1"] * 11)},
+            {"series": denied.format("twice"), "values": " ".join(["_"] * 70 + ["1"] + ["2"] * 10)},
+            {"series": per_operation.format("Decrypt"), "values": " ".join(["_"] * 70 + ["1"] * 11)},
+            {"series": 'up{job="keytrail-1"}', "values": " ".join(["1"] * 81)},
         ],
         "promql_expr_test": [
-            {"expr": "by_principal", "eval_time": "12m", "exp_samples": [
+            {"expr": "by_principal", "eval_time": "72m", "exp_samples": [
                 {"labels": f'by_principal{{principal="{who}"}}', "value": value}
                 for who, value in (("old", 1), ("once", 1), ("twice", 2))]},
-            {"expr": "by_principal", "eval_time": "17m", "exp_samples": [  # their window passed: 0 each
+            {"expr": "by_principal", "eval_time": "77m", "exp_samples": [  # their window passed: 0 each
                 {"labels": f'by_principal{{principal="{who}"}}', "value": 0} for who in ("old", "once", "twice")]},
-            {"expr": "denied_1h", "eval_time": "12m", "exp_samples": [{"labels": "denied_1h", "value": 1}]},
+            {"expr": "denied_1h", "eval_time": "72m", "exp_samples": [{"labels": "denied_1h", "value": 1}]},
         ],
     }]}
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
@@ -650,8 +652,20 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
       _series("keytrail_audit_committed_records_total", "", "0+6000x20")],
      [_fires("KeytrailAuditShippingStalled", "19m")]),
     ("21 denials of an operation at once, in a series born with them, make a spike",
-     [_series("keytrail_kms_denied_requests_total", ',operation="Decrypt"', "_x10 21x10")],
+     [_series("keytrail_kms_denied_requests_total", ',operation="Decrypt"', "_x10 21x10"), _series("up", "", "1x20")],
      [_fires("KeytrailDeniedCallsSpike", "17m")]),
+    # The request and denial counters are the consumer's, kept across restarts: after a gap in the
+    # scrapes they came back at their lifetime totals, which the alerts took whole as new.
+    ("a node with 500 denials in its life, down 6 minutes and back with none new, makes no spike",
+     [_series("keytrail_kms_denied_requests_total", ',operation="Decrypt"', "500x20 stale _x5 500x30"),
+      _series("up", "", "1x20 0x6 1x30")],
+     [_silent("KeytrailDeniedCallsSpike", "36m"), _silent("KeytrailDeniedCallsSpike", "50m")]),
+    ("a node whose calls all succeed, down 6 minutes and back, shows no key store errors",
+     [_series("keytrail_kms_requests_total", f',operation="Decrypt",outcome="{outcome}"', values)
+      for outcome, values in (("success", "0+100x20 stale _x5 2000+100x30"),
+                              ("KMSInternalException", "300x20 stale _x5 300x30"))]
+     + [_series("up", "", "1x20 0x6 1x30")],
+     [_silent("KeytrailKeyStoreErrors", "31m"), _silent("KeytrailKeyStoreErrors", "36m")]),
     ("the first CRITICAL alarm pages, under the alert's severity, not the alarm's",
      [_series("keytrail_alarms_total", f',rule="key-deletion-in-use",severity="{severity}"', values)
       for severity, values in (("CRITICAL", "0 0 0 1 1 1"), ("HIGH", "0x5"))],
@@ -686,7 +700,8 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
      [_silent("KeytrailEventsDatedAfterNow", "2m"), _silent("KeytrailEventsDatedAfterNow", "16m")]),
     ("a tenth of the calls fail on the key store, their series born at the first failure",
      [_series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="success"', "0+540x20"),
-      _series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="KMSInternalException"', "_x4 1+60x15")],
+      _series("keytrail_kms_requests_total", ',operation="Decrypt",outcome="KMSInternalException"', "_x4 1+60x15"),
+      _series("up", "", "1x20")],
      [_silent("KeytrailKeyStoreErrors", "4m"), _fires("KeytrailKeyStoreErrors", "12m")]),
     ("a node at its connection limit closing new connections minute after minute",
      [_series("keytrail_http_refused_connections_total", f',reason="{reason}"', values)
