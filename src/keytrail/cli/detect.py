@@ -118,7 +118,8 @@ def detect(
     metrics_port: Annotated[
         int | None,
         typer.Option("--metrics-port", min=1, max=65535,
-                     help="Serve Prometheus text at GET /metrics on this port (live): the alarms raised."),
+                     help="Serve Prometheus text at GET /metrics on this port (live): the alarms raised and the "
+                          "detector's lag."),
     ] = None,
     metrics_host: Annotated[
         str,
