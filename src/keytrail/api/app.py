@@ -95,11 +95,13 @@ class _LargeBodies:
 @dataclass(frozen=True, slots=True)
 class _Signer:
     """Who signed a request, as its headers say, checked before its body is read; `amz_date`: its
-    time stamp, None for an access key whose signatures are not checked (--dev-credentials)."""
+    time stamp, None for an access key whose signatures are not checked (--dev-credentials);
+    `generation`: the CredentialStore's generation `credential` was looked up in."""
 
     signed: SignedRequest
     credential: Credential
     amz_date: str | None
+    generation: int
 
 
 class _ClientGone(Exception):
@@ -228,7 +230,7 @@ class KmsApp:
             raise _Unread(error) from None
         body = await _read_body(receive, limit, self.large_bodies)
         try:
-            principal, region = self._verified(scope, headers, body, signer)
+            principal, region = self._verified(scope, headers, body, self._current(signer, headers))
         except errors.KmsError as error:
             self._unauthenticated(scope, headers, error)
             raise
@@ -253,13 +255,27 @@ class KmsApp:
         self.refused.refused(error, _source_ip(scope), headers.get("authorization"))
 
     def _signer(self, headers: dict[str, str]) -> _Signer:
-        signed = parse_authorization(headers.get("authorization"))
+        return self._signed_by(parse_authorization(headers.get("authorization")), headers)
+
+    def _signed_by(self, signed: SignedRequest, headers: dict[str, str], amz_date: str | None = None) -> _Signer:
+        """The credential `signed` names, as the principals file has it now; `amz_date`: what
+        `check_signed_headers` found in these headers already, if it was asked."""
+        generation = self.credentials.generation
         credential = self.credentials.lookup(signed.access_key_id)
         if credential is None:
             raise UnrecognizedClientException("The security token included in the request is invalid.")
         if not self.credentials.verifies_signatures(signed.access_key_id):
-            return _Signer(signed, credential, None)
-        return _Signer(signed, credential, check_signed_headers(signed, headers, utc_now()))
+            return _Signer(signed, credential, None, generation)
+        return _Signer(signed, credential, amz_date or check_signed_headers(signed, headers, utc_now()), generation)
+
+    def _current(self, signer: _Signer, headers: dict[str, str]) -> _Signer:
+        """`signer` as the principals file has it once the body is in. A reload (SIGHUP) while the
+        body arrived (up to 60 s) applies to the request as to a fresh one: an access key removed is
+        unknown, a secret changed checks the signature, policies changed decide. The headers are
+        not checked again: their time was in the window when they came."""
+        if signer.generation == self.credentials.generation:
+            return signer
+        return self._signed_by(signer.signed, headers, signer.amz_date)
 
     def _verified(self, scope: Scope, headers: dict[str, str], body: bytes, signer: _Signer) -> tuple[Principal, str]:
         signed = signer.signed

@@ -292,6 +292,9 @@ class CredentialStore:
         loaded = read_principals_file(path) if path else PrincipalsFile({}, {})
         self._credentials = loaded.credentials
         self.organizations = loaded.organizations  # account → organization id, for the request context
+        # How many reloads took: a request checked against an earlier generation, its headers before
+        # a reload and its body after, is checked again (KmsApp._current in api/app.py).
+        self.generation = 0
         if path:
             _warn_if_shared(path)
             self._warn_if_empty()
@@ -301,6 +304,7 @@ class CredentialStore:
         if self.path:
             loaded = read_principals_file(self.path)
             self._credentials, self.organizations = loaded.credentials, loaded.organizations
+            self.generation += 1
             self._warn_if_empty()
 
     def _warn_if_empty(self) -> None:
