@@ -111,7 +111,7 @@ def test_import_reports_and_skips_a_gzip_file_damaged_inside(tmp_path: Path) -> 
     result = _keytrail("audit", "import", tmp_path / "logs", "--data-dir", tmp_path / "node")
     # What could be read is imported; the exit status tells a script that some could not.
     assert "Traceback" not in result.stderr and result.returncode == 1, result.stderr
-    assert result.stderr.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")
+    assert result.stderr.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: line 1: cannot read further")
     # its 300 records repeat one eventID (one event): stored once
     assert result.stdout == ("imported 1 KMS record from 1 file; skipped 0 records of other services and 299 already "
                              "in the event log; 1 problem\n")
@@ -1069,7 +1069,8 @@ def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp
     result = _keytrail("report", "--cloudtrail", tmp_path / "logs", "--out", out)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     [problem, wrote, error] = result.stderr.splitlines()
-    assert problem.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: cannot read")  # as every reader says it
+    # as every reader says it
+    assert problem.startswith(f"skipped: {tmp_path / 'logs' / 'b.json.gz'}: line 1: cannot read further")
     assert wrote.startswith(f"wrote {out} (json: 1 event,")  # 300 records of one eventID
     assert error == ("keytrail report: 1 problem in the CloudTrail log files (above): the report leaves out what "
                      "could not be read")
