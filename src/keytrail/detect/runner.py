@@ -204,9 +204,8 @@ class DetectorRunner:
             with batch_guard(batch.where):
                 for values, imported in origin_runs(batch.values, batch.imported):
                     announce(await self.feed_values(values, imported=imported))
-                # Until then the detector replays the past, the partitions each at its own point in
-                # time: a tick as of the latest event read judged keys on part of their history
-                # (unused-key for a key whose later uses were still unread in a slower partition).
+                # Until then the detector replays the past: a tick as of the latest event read judged
+                # keys on part of their history (unused-key for a key whose later uses were unread).
                 if batch.caught_up and not caught_up:
                     caught_up = True
                     self.caught_up()

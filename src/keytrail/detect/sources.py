@@ -8,9 +8,11 @@ and orjson), which skips what it cannot read.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +39,7 @@ __all__ = [
     "UNJUDGED",
     "CloudTrailRead",
     "Decoder",
+    "PartitionMerge",
     "ValueBatch",
     "default_decoder",
     "is_avro",
@@ -53,7 +56,8 @@ Decoder = Callable[[list[bytes]], list[dict[str, Any]]]
 
 @dataclass(frozen=True, slots=True)
 class ValueBatch:
-    """The audit values of one fetch, and where they were read (what a log line about them names)."""
+    """The audit values judged next (what a fetch let go of, in `PartitionMerge`'s order), and where
+    they were read (what a log line about them names)."""
 
     values: list[bytes]
     where: str
@@ -155,9 +159,82 @@ def _json_record(value: bytes) -> dict[str, Any]:
     return record
 
 
+# Records are judged in the order they were written to the topic, whatever partition holds them: by
+# their Kafka timestamp (set per record when the node's shipper writes it, in its log's order), then
+# partition, each partition's in offset order. Events of different keys sit in different partitions
+# (keyed by key ARN), and rules that weigh one principal's calls of several keys against each other
+# (unauthorized-decrypt's first keys before the flood alarm, key-reconnaissance's call that reaches
+# min_keys, a ReEncrypt's second key in the ledger) judged them in whatever order the broker's fetches
+# interleaved the partitions: each restart paged new alarms, and two detectors disagreed. Deciding in
+# the rules from what alarms.jsonl holds would have kept a restart quiet, but not two detectors, nor
+# every rule weighing keys against each other, in agreement. Merging by event time would judge history
+# `audit import` adds, or a node's spool shipped late, where a restart's replay puts it, not where the
+# live detector met it: that replay would page anew. The written order is what the live detector
+# meets, and what every replay finds again.
+# A record written SETTLE_MS after it having been read, the records written up to it to any partition
+# have been too (a shipping round's parts reach the partitions within milliseconds of each other, the
+# next round only once the broker took them; the margin covers nodes' clocks a little apart). A fetch
+# that brings nothing settles everything held.
+SETTLE_MS = 500
+# Records held (read ahead of a slower partition) at most, shared evenly by the partitions: one whose
+# share is full pauses its fetching, so memory stays bounded when a partition runs far ahead.
+HELD_RECORDS = 50_000
+
+
+class PartitionMerge:
+    """The records of a topic's partitions in one order, the same on every read of the topic: by
+    their Kafka timestamp, then partition, each partition's in offset order (`release`)."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, deque[Any]] = {}  # partition -> its records read, not released yet
+        self._newest = -1  # the latest Kafka timestamp read (ms)
+
+    def add(self, fetched: Mapping[Any, Sequence[Any]]) -> None:
+        """The records of one fetch (partition -> its records in offset order)."""
+        for part, messages in fetched.items():
+            kept = [m for m in messages if m.value is not None]
+            self._held.setdefault(part.partition, deque()).extend(kept)
+            self._newest = max([self._newest, *(_stamp(m) for m in kept)])
+
+    def release(self, unread: Collection[int], *, idle: bool) -> list[Any]:
+        """The records that can be judged now, in order. `unread`: the partitions with records not
+        read yet: one holding none of them back is waited for, as its next may come first. `idle`:
+        the last fetch brought nothing, so no record written before those held is on its way."""
+        if any(not self._held.get(part) for part in unread):
+            return []
+        heads = [(_stamp(queue[0]), part) for part, queue in self._held.items() if queue]
+        heapq.heapify(heads)
+        ready: list[Any] = []
+        while heads and (idle or heads[0][0] <= self._newest - SETTLE_MS):
+            part = heads[0][1]
+            queue = self._held[part]
+            ready.append(queue.popleft())
+            if queue:
+                heapq.heapreplace(heads, (_stamp(queue[0]), part))
+            elif part in unread:
+                break  # its next record, not read yet, may come before the other heads
+            else:
+                heapq.heappop(heads)
+        return ready
+
+    def held(self, partition: int) -> int:
+        """How many records of `partition` are read and not released yet."""
+        return len(self._held.get(partition, ()))
+
+    def holds_below(self, ends: Mapping[Any, int]) -> bool:
+        """Whether a record below its partition's `ends` offset is still held (not judged yet)."""
+        return any((queue := self._held.get(part.partition)) and queue[0].offset < end for part, end in ends.items())
+
+
+def _stamp(message: Any) -> int:
+    """A record's Kafka timestamp in ms (-1 for a record written without one)."""
+    return message.timestamp if message.timestamp is not None else -1
+
+
 async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIterator[ValueBatch]:
-    """The audit topic's values, one batch per fetch (empty when idle) naming the offsets it
-    holds: `DetectorRunner.run` reads them.
+    """The audit topic's values, one batch per fetch (empty when idle or while waiting for a
+    partition) naming the offsets it holds, in the order of `PartitionMerge`:
+    `DetectorRunner.run` reads them.
 
     The detector keeps its state in memory, so it reads the topic from the start on every run
     (no committed offsets): its windows and baselines are rebuilt before it raises anything new.
@@ -173,25 +250,57 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    merge = PartitionMerge()
     try:
         with quiet_bootstrap():  # inside the try: a broker out of reach still closes what start opened
             await consumer.start()
-        behind = await _end_offsets(consumer, topic)
+        ends = await _end_offsets(consumer, topic)
+        behind = dict(ends)
         reading: dict[Any, int] = {}  # where each partition is read from next, once a fetch told
         while True:
             fetched = await consumer.getmany(timeout_ms=500, max_records=5000)
             _say_passed_over(topic, fetched, reading)
-            messages = [m for msgs in fetched.values() for m in msgs if m.value is not None]
-            values = [m.value for m in messages]
-            imported = [is_imported(m.headers) for m in messages]
+            merge.add(fetched)
             reading = {part: await consumer.position(part) for part in consumer.assignment()}
             began_again = await read_again_where_log_ended_below(consumer, reading, "detector")
             behind = {part: end for part, end in behind.items()
                       if part not in began_again and await consumer.position(part) < end}
-            yield ValueBatch(values, _offsets(topic, fetched), imported=imported if any(imported) else (),
-                             caught_up=not behind, lag=_lag(consumer, reading))
+            ready = merge.release(_unread(consumer, reading, ends), idle=not any(fetched.values()))
+            _pace(consumer, merge)
+            yield _batch(topic, ready, caught_up=not behind and not merge.holds_below(ends),
+                         lag=_lag(consumer, reading, merge))
     finally:
         await consumer.stop()
+
+
+def _batch(topic: str, messages: Sequence[Any], *, caught_up: bool, lag: Mapping[str, int]) -> ValueBatch:
+    """The batch of the records to judge next."""
+    imported = [is_imported(m.headers) for m in messages]
+    return ValueBatch([m.value for m in messages], _offsets(topic, messages),
+                      imported=imported if any(imported) else (), caught_up=caught_up, lag=lag)
+
+
+def _unread(consumer: Any, reading: Mapping[Any, int], ends: Mapping[Any, int]) -> list[int]:
+    """The partitions holding records after where they are read: up to the end the broker last told
+    (every fetch answer carries it), else, before it told any, the end at the start."""
+    unread = []
+    for part, at in reading.items():
+        end = consumer.highwater(part)
+        if at < (end if end is not None else ends.get(part, 0)):
+            unread.append(part.partition)
+    return unread
+
+
+def _pace(consumer: Any, merge: PartitionMerge) -> None:
+    """Pause fetching the partitions whose share of HELD_RECORDS is held (waiting for a slower one),
+    resume the others."""
+    parts = consumer.assignment()
+    share = HELD_RECORDS // max(len(parts), 1)
+    for part in parts:
+        if merge.held(part.partition) >= share:
+            consumer.pause(part)
+        elif part in consumer.paused():
+            consumer.resume(part)
 
 
 def _say_passed_over(topic: str, fetched: Mapping[Any, Sequence[Any]], reading: Mapping[Any, int]) -> None:
@@ -215,19 +324,19 @@ async def _end_offsets(consumer: Any, topic: str) -> dict[Any, int]:
     return dict(await consumer.end_offsets(partitions)) if partitions else {}
 
 
-def _lag(consumer: Any, reading: Mapping[Any, int]) -> dict[str, int]:
-    """Records after `reading` (each partition's next offset) up to the partition's end as the
-    broker last told it (every fetch answer carries it); a partition it has not told yet is left out."""
+def _lag(consumer: Any, reading: Mapping[Any, int], merge: PartitionMerge) -> dict[str, int]:
+    """Records not judged: those held in `merge` and those after `reading` (each partition's next
+    offset) up to the partition's end as the broker last told it (every fetch answer carries it); a
+    partition it has not told yet is left out."""
     ends = {part: consumer.highwater(part) for part in reading}
-    return {f"{part.topic}-{part.partition}": max(0, end - reading[part])
+    return {f"{part.topic}-{part.partition}": max(0, end - reading[part]) + merge.held(part.partition)
             for part, end in sorted(ends.items()) if end is not None}
 
 
-def _offsets(topic: str, fetched: Mapping[Any, Sequence[Any]]) -> str:
-    """`<topic> partition P offsets A-B, …` of the messages of one fetch."""
-    spans = [
-        f"partition {part.partition} offsets {msgs[0].offset}-{msgs[-1].offset}"
-        for part, msgs in sorted(fetched.items())
-        if msgs
-    ]
-    return f"{topic} {', '.join(spans)}" if spans else f"{topic} (no messages)"
+def _offsets(topic: str, messages: Sequence[Any]) -> str:
+    """`<topic> partition P offsets A-B, …` of the records of one batch (each partition's in offset order)."""
+    spans: dict[int, tuple[int, int]] = {}
+    for message in messages:
+        spans[message.partition] = (spans.get(message.partition, (message.offset, 0))[0], message.offset)
+    described = [f"partition {part} offsets {first}-{last}" for part, (first, last) in sorted(spans.items())]
+    return f"{topic} {', '.join(described)}" if described else f"{topic} (no messages)"
