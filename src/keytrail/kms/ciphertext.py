@@ -15,6 +15,11 @@ opens it. Format 1 sealed under the version's secret itself, up to that 2^32 for
 it is still opened (blobs are kept for years), and an HSM key whose token cannot derive keys still
 writes it (kms/hsm_session.py).
 
+Format 2 as first written (from 4ba9735f, until the nonce was added under the same format byte) had
+no nonce: `salt (32) | ciphertext ‖ tag (16)`, under a key derived per blob with a nonce of zeros.
+Those blobs are opened too: a format-2 blob that fails as written now is tried as written then, and
+one too short to hold a nonce can only be one of them.
+
 The whole header and the canonically encoded encryption context are the GCM additional data, so
 changing any byte, the key id, the material version or the context fails authentication. Every
 failure to open a blob is one `InvalidCiphertextException` with an empty message (no oracle).
@@ -179,6 +184,8 @@ def read_header(blob: bytes) -> BlobHeader:
         cursor = 14 + id_len
         material = blob[cursor : cursor + _MATERIAL_ID]
         cursor += _MATERIAL_ID
+        if blob[0] == FORMAT_V2 and _SALT + _TAG <= len(blob) - cursor < _SALT + _NONCE + _TAG:
+            seed_size = _SALT  # room for no nonce: format 2 as first written (module docstring)
         seed = blob[cursor : cursor + seed_size]
         body = blob[cursor + seed_size :]
         if len(material) != _MATERIAL_ID or len(seed) != seed_size or len(body) < _TAG:
@@ -198,8 +205,23 @@ def open_blob(secret: bytes, header: BlobHeader, context: Mapping[str, str] | No
     additional_data = header.header + encode_context(context)
     try:
         if header.format == FORMAT_V2:
-            salt, nonce = header.seed[:_SALT], header.seed[_SALT:]
-            return _DERIVED[secret, salt].decrypt(nonce, header.body, additional_data)
+            return _open_format_2(secret, header, additional_data)
         return _AEADS[secret].decrypt(header.seed, header.body, additional_data)
     except InvalidTag:
         raise InvalidCiphertextException("") from None
+
+
+def _open_format_2(secret: bytes, header: BlobHeader, additional_data: bytes) -> bytes:
+    """Open a format-2 blob as written now (salt, nonce, body) or, failing that, as first written
+    (salt, body under a nonce of zeros: what read as the nonce is the body's start)."""
+    salt, nonce = header.seed[:_SALT], header.seed[_SALT:]
+    aead = _DERIVED[secret, salt]
+    if nonce:
+        try:
+            return aead.decrypt(nonce, header.body, additional_data)
+        except InvalidTag:
+            pass
+    return aead.decrypt(_FIRST_NONCE, nonce + header.body, additional_data)
+
+
+_FIRST_NONCE = bytes(_NONCE)  # format 2 as first written: a key per blob, its nonce all zeros

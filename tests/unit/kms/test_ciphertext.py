@@ -127,6 +127,36 @@ def test_a_format_2_blob_is_written_alike_by_every_release(monkeypatch: Any) -> 
     assert open_blob(secret, read_header(blob), KNOWN_CONTEXT) == b"known answer"
 
 
+# Format 2 as first written (4ba9735f until the nonce came under the same format byte): salt, then
+# the body under a key derived per blob and a nonce of zeros. Sealed by keytrail 1f8cc226 with the
+# secret bytes(range(32)); the short one has no room for a nonce in today's layout.
+FIRST_V2_SHORT_HEX = (
+    "023131313132323232333333332431323334616263642d313261622d333463642d353665662d3132333435363738393061"
+    "62abababababababababababababababababababababababababababababababab51aac8a978e1d57727ec5227964497722e"
+    "404d32aabb436d260b7f46d4234e9a45d1f0d4a0d8b3fee0ffaddcd251ad7942b0bb52e6")
+FIRST_V2_LONG_HEX = (
+    "023131313132323232333333332431323334616263642d313261622d333463642d353665662d3132333435363738393061"
+    "62abababababababababababababababababababababababababababababababab65aad784f991ce7e96b08aa8d8eb259bea"
+    "d1b96e404935197e81739a861dbb50feb8276c50bfb574a98fd709d908f955e09c0d2b5323c79b05b09c49f7ef6d7fb350f5"
+    "f651cad72aa2db713bd8dc7032")
+
+
+@pytest.mark.parametrize(("blob_hex", "context", "plaintext"), [
+    (FIRST_V2_SHORT_HEX, None, b"hello"),
+    (FIRST_V2_LONG_HEX, {"purpose": "test"}, b"a data key of 32 bytes, or so..."),
+])
+def test_a_format_2_blob_as_first_written_still_opens(blob_hex: str, context: dict[str, str] | None,
+                                                       plaintext: bytes) -> None:
+    """Those releases' Encrypt, GenerateDataKey and grant-made ciphertexts failed every Decrypt after
+    an upgrade (InvalidCiphertextException): their layout changed under the same format byte."""
+    blob = bytes.fromhex(blob_hex)
+    assert open_blob(bytes(range(32)), read_header(blob), context) == plaintext
+    with pytest.raises(InvalidCiphertextException):  # still authenticated: the context is bound
+        open_blob(bytes(range(32)), read_header(blob), {"purpose": "other"})
+    with pytest.raises(InvalidCiphertextException):
+        open_blob(bytes(range(1, 33)), read_header(blob), context)
+
+
 def test_a_format_1_blob_relabelled_as_format_2_does_not_open() -> None:
     relabelled = bytes([FORMAT_V2]) + KNOWN_V1_BLOB[1:] + bytes(32)  # long enough to parse as format 2
     with pytest.raises(InvalidCiphertextException):
