@@ -34,6 +34,10 @@ __all__ = ["Credential", "CredentialStore", "PrincipalsFile", "PrincipalsFileErr
 _IAM_ARN = re.compile(
     rf"arn:({ARN_PARTITION}):iam::(\d{{12}}):(root|user/[\w+=,.@/-]+|role/[\w+=,.@/-]+)", re.ASCII,
 )
+# IAM's limits on what the ARN names (IAM and AWS STS quotas): a user's or role's name has 1 to 64
+# characters, its path (slashes included) is "/" or 3 to 512 characters beginning and ending with "/".
+_NAME_AT_MOST = 64
+_PATH_AT_MOST = 512
 # IAM's RoleSessionName characters: the session name becomes part of the caller's ARN.
 _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 # What a SigV4 Credential can name: printable ASCII less blanks (between the Authorization header's
@@ -147,19 +151,42 @@ def _principal(entry: dict[str, Any], where: str) -> Principal:
               "tags": _tags(entry, where)}
     if resource == "root":
         return Principal(arn=arn, type=IdentityType.ROOT, principal_id=account, **common)
-    kind, _, name = resource.partition("/")
+    kind, name = _kind_and_name(resource, where)
     if kind == "user":
         return Principal(arn=arn, type=IdentityType.IAM_USER, principal_id=_principal_id("AIDA", arn),
-                         user_name=name.rsplit("/", 1)[-1], **common)
+                         user_name=name, **common)
     session = entry.get("session_name", "keytrail-session")  # "" or 0 is a mistake, not the default
     if not isinstance(session, str) or not _SESSION_NAME.fullmatch(session):
         raise PrincipalsFileError(f"{where}: 'session_name' must be 1 to 64 letters, digits and +=,.@- "
                                   f"(an IAM role session name), got {session!r}")
-    role_name = name.rsplit("/", 1)[-1]
     return Principal(
-        arn=f"arn:{partition}:sts::{account}:assumed-role/{role_name}/{session}", type=IdentityType.ASSUMED_ROLE,
+        arn=f"arn:{partition}:sts::{account}:assumed-role/{name}/{session}", type=IdentityType.ASSUMED_ROLE,
         principal_id=f"{_principal_id('AROA', arn)}:{session}", role_arn=arn, session_name=session, **common,
     )
+
+
+def _kind_and_name(resource: str, where: str) -> tuple[str, str]:
+    """The kind ("user" or "role") and the name that end `resource` (`user/<path><name>`), held to
+    IAM's limits: `user/alice/` loaded as an IAMUser without a userName, `role/app/` acted as
+    assumed-role//keytrail-session, and a name or path IAM refuses could be no real identity's."""
+    kind, _, rest = resource.partition("/")
+    path, _, name = f"/{rest}".rpartition("/")
+    path += "/"
+    if not 1 <= len(name) <= _NAME_AT_MOST:
+        raise PrincipalsFileError(f"{where}: 'arn' ends with a {kind} name of {len(name)} characters; IAM's have 1 to "
+                                  f"{_NAME_AT_MOST}")
+    if path != "/" and not 3 <= len(path) <= _PATH_AT_MOST:
+        raise PrincipalsFileError(f"{where}: 'arn' has a path of {len(path)} characters; an IAM path is / or 3 to "
+                                  f"{_PATH_AT_MOST} characters beginning and ending with /")
+    return kind, name
+
+
+def _identity(principal: Principal) -> tuple[str, str, str]:
+    """The IAM identity an entry's ARN names, as IAM tells them apart: the account, "root", "user"
+    or "role", and the name in lower case (a user's or role's name is unique in its account whatever
+    its case or path). Not its partition: the caller's follows the Region called (docs/principals.md)."""
+    kind, _, rest = principal.policy_arn.split(":", 5)[5].partition("/")
+    return principal.account, kind, rest.rpartition("/")[2].lower()
 
 
 def load_principals(path: Path) -> dict[str, Credential]:
@@ -175,14 +202,14 @@ def read_principals_file(path: Path) -> PrincipalsFile:
 
 def _credentials(entries: list[dict[str, Any]], path: Path) -> dict[str, Credential]:
     credentials: dict[str, Credential] = {}
-    first_of: dict[str, tuple[int, Principal]] = {}  # each identity's first entry, by the ARN policies name
+    first_of: dict[tuple[str, str, str], tuple[int, Principal]] = {}  # each identity's first entry
     for index, entry in enumerate(entries, 1):
         where = f"{path}: principal #{index}"
         _check_fields(entry, where)
         if entry["access_key_id"] in credentials:
             raise PrincipalsFileError(f"{where}: access key {entry['access_key_id']} is used twice")
         principal = _principal(entry, where)
-        _check_same_identity(principal, index, first_of.setdefault(principal.policy_arn, (index, principal)), where)
+        _check_same_identity(principal, index, first_of.setdefault(_identity(principal), (index, principal)), where)
         credentials[entry["access_key_id"]] = Credential(entry["secret_access_key"], principal)
     return credentials
 

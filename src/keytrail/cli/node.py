@@ -57,7 +57,8 @@ from keytrail.pipeline.prometheus import MetricsExposition, render_family, rende
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
-__all__ = ["ConsumerRunning", "DetectorRunning", "Node", "StartFailed", "build_node", "start_node", "stop_node"]
+__all__ = ["ConsumerRunning", "DetectorRunning", "Node", "StartFailed", "build_node", "reload_principals", "start_node",
+           "stop_node"]
 
 log = logging.getLogger("keytrail")
 
@@ -418,7 +419,7 @@ async def _stop_in_lifespan(node: Node) -> None:
 async def _start(node: Node) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, _reload_principals, node.app.credentials)
+        loop.add_signal_handler(signal.SIGHUP, reload_principals, node.app.credentials)
     if node.audit is not None:
         with _part("the audit trail"):
             await node.audit.start()
@@ -588,7 +589,8 @@ def _readers_held(node: Node) -> str:
     return render_readers_held(held)
 
 
-def _reload_principals(credentials: CredentialStore) -> None:
+def reload_principals(credentials: CredentialStore) -> None:
+    """Re-read the principals file (SIGHUP), saying in the log whether it was."""
     try:
         credentials.reload()
         log.warning("principals file reloaded")

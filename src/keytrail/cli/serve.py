@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from keytrail.api.credentials import CredentialStore
     from keytrail.cli.data_dir_hold import DataDirHold
     from keytrail.cli.http_server import HttpServer
+    from keytrail.cli.node import Node
 
 __all__ = ["register"]
 
@@ -139,32 +140,33 @@ def serve(
                                         help="Benchmarks only: serve without the audit trail.")] = True,
 ) -> None:
     """Serve the AWS KMS API with the audit trail, consumers and detector in one process."""
-    log_to_stderr()
-    no_core_dumps()
-    kafka_shipping = {"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
-                      "max_unshipped_bytes": max_unshipped_bytes}  # ServeSettings' names, the flags' too
-    if problem := (bootstrap_problem(kafka) or mqtt_problem(mqtt) or without_kafka(kafka, kafka_shipping)
-                   or without_detector(detector, mqtt=mqtt, config=config) or proxies_problem()):
-        raise serve_fail(problem)
-    sockets = listening(host, port)
-    try:
-        if dev_credentials and (public := off_loopback(sockets)):
-            raise serve_fail(f"--dev-credentials is refused unless the server binds to loopback only; --host {host} "
-                             f"binds {public}")
-        _start(ServeSettings(
-            data_dir=data_dir, host=host, port=sockets[0].getsockname()[1], principals=principals, kafka=kafka,
-            mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
-            tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
-            digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
-            retention_hours=retention_hours, retention_bytes=retention_bytes,
-            **options_given(kafka_shipping),
-        ), sockets)
-    finally:
-        for sock in sockets:
-            sock.close()
+    with _ReloadAsked.noted() as reload_asked:  # first of all: from here a SIGHUP no longer kills serve
+        log_to_stderr()
+        no_core_dumps()
+        kafka_shipping = {"kafka_partitions": kafka_partitions, "kafka_replication_factor": kafka_replication_factor,
+                          "max_unshipped_bytes": max_unshipped_bytes}  # ServeSettings' names, the flags' too
+        if problem := (bootstrap_problem(kafka) or mqtt_problem(mqtt) or without_kafka(kafka, kafka_shipping)
+                       or without_detector(detector, mqtt=mqtt, config=config) or proxies_problem()):
+            raise serve_fail(problem)
+        sockets = listening(host, port)
+        try:
+            if dev_credentials and (public := off_loopback(sockets)):
+                raise serve_fail(f"--dev-credentials is refused unless the server binds to loopback only; "
+                                 f"--host {host} binds {public}")
+            _start(ServeSettings(
+                data_dir=data_dir, host=host, port=sockets[0].getsockname()[1], principals=principals, kafka=kafka,
+                mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
+                tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
+                digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
+                retention_hours=retention_hours, retention_bytes=retention_bytes,
+                **options_given(kafka_shipping),
+            ), sockets, reload_asked)
+        finally:
+            for sock in sockets:
+                sock.close()
 
 
-def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
+def _start(settings: ServeSettings, sockets: list[socket.socket], reload_asked: _ReloadAsked) -> None:
     """Build the node and serve it on `sockets` until stopped; one line on stderr if it cannot be."""
     if settings.dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
@@ -175,7 +177,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket]) -> None:
             check_no_kafka_consumer(settings)
             check_config(settings.config)
             check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
-            _run(settings, sockets, hold)
+            _run(settings, sockets, hold, reload_asked)
         finally:
             hold.release()
 
@@ -191,14 +193,14 @@ def _hold(data_dir: Path) -> DataDirHold:
         raise serve_fail(f"--data-dir: cannot open {error.filename or data_dir}: {error.strerror or error}") from None
 
 
-def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold) -> None:
+def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold, reload_asked: _ReloadAsked) -> None:
     import uvloop
 
     from keytrail.cli.key_store import StoreUnavailable
     from keytrail.cli.node import ConsumerRunning, DetectorRunning
 
     try:
-        uvloop.run(_serve(settings, sockets, hold))
+        uvloop.run(_serve(settings, sockets, hold, reload_asked))
     except (StoreUnavailable, ConsumerRunning, DetectorRunning) as exc:
         raise serve_fail(str(exc)) from None
     except LogLockedError as exc:  # `keytrail audit import` writes this data dir's audit trail, say
@@ -234,7 +236,8 @@ def _make_data_dir(data_dir: Path) -> None:
         raise serve_fail(f"--data-dir: cannot create {data_dir}: {error.strerror or error}") from None
 
 
-async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold) -> None:
+async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHold,
+                 reload_asked: _ReloadAsked) -> None:
     """Build the node, start it, announce what this start created, and serve until stopped. Not
     in uvicorn's lifespan: there a failed start was uvicorn's traceback and exit status 3."""
     from keytrail.cli.http_server import HttpServer
@@ -247,6 +250,7 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
             if asked.stop:
                 server.request_stop()
             await _started(built, server, settings, hold)
+            reload_asked.reload_owed(built.node)
             try:
                 unannounced = announce(built, settings)
                 if unannounced is None:
@@ -284,6 +288,38 @@ class _StopAsked:
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.stop = True
+
+
+class _ReloadAsked:
+    """SIGHUP from serve's first moment until the node's own handler takes it over as the node
+    starts (cli/node.py): by its default action a supervisor's `reload` right after its `start`
+    killed serve in silence (exit status 129), half-built. Noted here, and the principals file is
+    re-read once the node has started: it may have changed since serve read it. Not SIG_IGN, which
+    the processes serve starts (consumer, detector, shipper, fsync helper) would inherit across
+    exec; a handler is reset to the default action in them."""
+
+    def __init__(self) -> None:
+        self.arrived = False
+
+    @classmethod
+    @contextlib.contextmanager
+    def noted(cls) -> Iterator[_ReloadAsked]:
+        asked = cls()
+        previous = signal.signal(signal.SIGHUP, asked._note)
+        try:
+            yield asked
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.arrived = True
+
+    def reload_owed(self, node: Node) -> None:
+        """Re-read the principals file if a SIGHUP came before the node's handler was installed."""
+        from keytrail.cli.node import reload_principals
+
+        if self.arrived:
+            reload_principals(node.app.credentials)
 
 
 async def _started(built: Built, server: HttpServer, settings: ServeSettings, hold: DataDirHold) -> None:

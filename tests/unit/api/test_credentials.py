@@ -103,6 +103,22 @@ def test_organization_mistakes_are_one_line(tmp_path: Path, text: str, message: 
     (ALICE.replace("user/alice", "user/alice\\n"), "must be an IAM root, user or role ARN"),
     (ALICE.replace("user/alice", "user/bób"), "must be an IAM root, user or role ARN"),
     (ALICE.replace("111122223333", "١١١١٢٢٢٢٣٣٣٣"), "must be an IAM root, user or role ARN"),
+    # An empty or overlong name loaded: `user/alice/` as an IAMUser without a userName, `role/app/`
+    # acting as assumed-role//keytrail-session; IAM names have 1 to 64 characters, paths 1 to 512.
+    (ALICE.replace("user/alice", "user/alice/"),
+     "principal #1: 'arn' ends with a user name of 0 characters; IAM's have 1 to 64"),
+    (ALICE.replace("user/alice", "role/app/"),
+     "principal #1: 'arn' ends with a role name of 0 characters; IAM's have 1 to 64"),
+    (ALICE.replace("user/alice", "user/" + "a" * 65),
+     "principal #1: 'arn' ends with a user name of 65 characters; IAM's have 1 to 64"),
+    (ALICE.replace("user/alice", "role/" + "a" * 100),
+     "principal #1: 'arn' ends with a role name of 100 characters; IAM's have 1 to 64"),
+    (ALICE.replace("user/alice", "user/" + "p" * 511 + "/alice"),
+     "principal #1: 'arn' has a path of 513 characters; an IAM path is / or 3 to 512 characters beginning and "
+     "ending with /"),
+    (ALICE.replace("user/alice", "user//alice"),
+     "principal #1: 'arn' has a path of 2 characters; an IAM path is / or 3 to 512 characters beginning and "
+     "ending with /"),
     # A session name becomes part of the caller's ARN, which grant checks compare with compare_digest
     # (TypeError, a 500, on non-ASCII text); IAM allows only these characters.
     (ALICE.replace("user/alice", "role/app") + 'session_name = "sessión"\n', "'session_name' must be"),
@@ -176,6 +192,47 @@ def test_an_identity_with_two_access_keys_has_one_set_of_policies(tmp_path: Path
     sessions = role + 'session_name = "a"\n' + with_policy + second.replace("user/alice", "role/app")
     with pytest.raises(PrincipalsFileError, match="arn:aws:iam::111122223333:role/app has other policies"):
         _load(tmp_path, sessions + 'session_name = "b"\n')
+
+
+# One identity written two ways: the partition (the Region called sets the caller's), a path, or
+# the case of the name (IAM tells users and roles apart by name alone, whatever the case or path).
+@pytest.mark.parametrize(("first", "second"), [
+    ("arn:aws:iam::111122223333:user/u", "arn:aws-cn:iam::111122223333:user/u"),
+    ("arn:aws:iam::111122223333:user/Bob", "arn:aws:iam::111122223333:user/bob"),
+    ("arn:aws:iam::111122223333:user/bob", "arn:aws:iam::111122223333:user/staff/BOB"),
+    ("arn:aws:iam::111122223333:role/app", "arn:aws:iam::111122223333:role/other/app"),
+    ("arn:aws-us-gov:iam::111122223333:role/x/App", "arn:aws:iam::111122223333:role/app"),
+    ("arn:aws:iam::111122223333:root", "arn:aws-cn:iam::111122223333:root"),
+])
+def test_one_identity_written_two_ways_has_one_set_of_policies(tmp_path: Path, first: str, second: str) -> None:
+    # Each spelling was an identity of its own: one caller, with the permissions of the key it signed with.
+    session = 'session_name = "s1"\n' if ":role/" in first else ""
+    written_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", first) + session
+    also_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", second).replace("000000000001", "000000000002")
+    with pytest.raises(PrincipalsFileError) as info:
+        _load(tmp_path, written_as + f"policies = ['''{ALLOW}''']\n" + also_as + session)
+    assert str(info.value) == (f"{tmp_path / 'principals.toml'}: principal #2: {second} has other policies in "
+                               "principal #1; an identity's policies are the same whichever access key signs")
+
+
+def test_users_and_roles_of_one_name_and_users_of_other_accounts_are_other_identities(tmp_path: Path) -> None:
+    others = [ALICE.replace("user/alice", "role/alice"), ALICE.replace("111122223333", "444455556666"),
+              ALICE.replace("user/alice", "user/alice2"), ALICE.replace("user/alice", "user/alice/x")]
+    entries = ALICE + f"policies = ['''{ALLOW}''']\n" + "".join(
+        entry.replace("000000000001", f"00000000000{number}") for number, entry in enumerate(others, 2))
+    loaded = _load(tmp_path, entries)
+    assert isinstance(loaded, dict) and len(loaded) == 5
+
+
+def test_iam_user_and_role_names_and_paths_load_up_to_iams_lengths(tmp_path: Path) -> None:
+    path = "/" + "p" * 510 + "/"  # 512 characters, its slashes included
+    user = ALICE.replace("user/alice", f"user{path}{'u' * 64}")
+    role = ALICE.replace("user/alice", f"role/{'r' * 64}").replace("000000000001", "000000000002")
+    loaded = _load(tmp_path, user + role)
+    assert isinstance(loaded, dict)
+    assert loaded["AKIAALICE000000000001"].principal.user_name == "u" * 64
+    assert loaded["AKIAALICE000000000002"].principal.arn == (
+        f"arn:aws:sts::111122223333:assumed-role/{'r' * 64}/keytrail-session")
 
 
 def test_tags_load_for_users_and_roles_and_are_one_set_per_identity(tmp_path: Path) -> None:
