@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["post_kms"]
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
+from keytrail.kms.model import CallRecord
+
+__all__ = ["AllowAndRecord", "post_kms"]
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -28,3 +31,16 @@ async def post_kms(
     scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "client": ("127.0.0.1", 5000)}
     await app(scope, receive, send)
     return sent
+
+
+class AllowAndRecord:
+    """Allows every call; as audit sink, keeps every record."""
+
+    def __init__(self) -> None:
+        self.records: list[CallRecord] = []
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        return AccessDecision(Verdict.ALLOW)
+
+    async def record(self, call: CallRecord) -> None:
+        self.records.append(call)

@@ -17,26 +17,12 @@ from botocore.credentials import Credentials
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore, PrincipalsFileError
 from keytrail.clock import ManualClock
-from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
-from keytrail.kms.model import CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.support.asgi import AllowAndRecord
 
 _ALICE_KEY = "AKIAALICE000000000001"
-
-
-class AllowAndRecord:
-    """Allows every call; as audit sink, keeps every record."""
-
-    def __init__(self) -> None:
-        self.records: list[CallRecord] = []
-
-    def authorize(self, request: AccessRequest) -> AccessDecision:
-        return AccessDecision(Verdict.ALLOW)
-
-    async def record(self, call: CallRecord) -> None:
-        self.records.append(call)
 
 
 def _principal(access_key_id: str, secret: str) -> str:

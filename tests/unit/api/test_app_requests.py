@@ -17,28 +17,13 @@ from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.sigv4 import SigningKeys
 from keytrail.clock import ManualClock
-from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
-from keytrail.kms.model import CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
-from tests.support.asgi import post_kms
+from tests.support.asgi import AllowAndRecord, post_kms
 
 _AUTHORIZATION = (b"AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/kms/aws4_request, "
                   b"SignedHeaders=host;x-amz-date, Signature=00")
-
-
-class AllowAndRecord:
-    """Allows every call; as audit sink, keeps every record."""
-
-    def __init__(self) -> None:
-        self.records: list[CallRecord] = []
-
-    def authorize(self, request: AccessRequest) -> AccessDecision:
-        return AccessDecision(Verdict.ALLOW)
-
-    async def record(self, call: CallRecord) -> None:
-        self.records.append(call)
 
 
 @pytest.fixture
