@@ -22,7 +22,7 @@ from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.sinks.kafka import ALARMS_TOPIC
 from tests.support.http import http_get
 from tests.support.kafka_proxy import KafkaProxy
-from tests.support.services import free_port, kafka_broker
+from tests.support.services import free_port, kafka_broker, kafka_topic
 from tests.unit.detect.records import T0, denied, event, key_arn, user
 
 pytestmark = pytest.mark.integration
@@ -349,7 +349,6 @@ async def test_standalone_detect_logs_a_batch_a_rule_fails_on_and_goes_on(bootst
 async def test_standalone_detect_judges_time_rules_only_once_every_partition_is_replayed(tmp_path: Path) -> None:
     """A restart re-reads the topic, and a partition of a few events is read whole while a busy one
     is months behind in event time: a tick then found the busy key idle since its last use read."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from keytrail.audit.schema import encode
 
@@ -357,10 +356,7 @@ async def test_standalone_detect_judges_time_rules_only_once_every_partition_is_
     config = tmp_path / "keytrail.toml"
     config.write_text("[rules.unused-key]\nparameters = { unused_days = 30 }\n")
     with kafka_broker() as bootstrap:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        await admin.create_topics([NewTopic(AUDIT, 2, 1)])
-        await admin.close()
+        await kafka_topic(bootstrap, AUDIT, 2)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         for day in range(days):  # both keys in daily use: neither is ever idle for 30 days
@@ -549,7 +545,6 @@ async def test_standalone_detect_says_in_one_line_what_retention_deleted_before_
     Kafka answers its fetch out of range and aiokafka goes on from the log's start, and 40 calls
     went unjudged in silence. Now one line says so, in the words of the embedded log's detector (a
     proxy before tansu, whose memory storage has no retention, makes the log start at 60)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     from keytrail.audit.schema import encode
     from keytrail.detect.sources import kafka_values
@@ -565,10 +560,7 @@ async def test_standalone_detect_says_in_one_line_what_retention_deleted_before_
     proxy_port = free_port()
     with kafka_broker(advertised_port=proxy_port) as direct:
         async with KafkaProxy(int(direct.rsplit(":", 1)[1]), proxy_port) as proxy:
-            admin = AIOKafkaAdminClient(bootstrap_servers=proxy.bootstrap)
-            await admin.start()
-            await admin.create_topics([NewTopic(AUDIT, 1, 1)])
-            await admin.close()
+            await kafka_topic(proxy.bootstrap, AUDIT, 1)
             producer = AIOKafkaProducer(bootstrap_servers=proxy.bootstrap)
             await producer.start()
             await _sent(producer, values[:20])

@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from keytrail.audit.schema import encode
 from keytrail.transport.kafka import partition_for
 from tests.support.http import http_get
-from tests.support.services import free_port, kafka_broker
+from tests.support.services import free_port, kafka_broker, kafka_topic
 from tests.support.waits import eventually
 from tests.unit.detect.records import T0, denied, event, key_arn, user
 
@@ -70,12 +69,7 @@ def workload() -> list[dict[str, Any]]:
 
 
 async def make_topic(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(AUDIT, PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    await kafka_topic(bootstrap, AUDIT, PARTITIONS)
 
 
 async def ship(producer: AIOKafkaProducer, calls: list[tuple[int, dict[str, Any]]], rounds: int = 1) -> None:
@@ -181,10 +175,7 @@ async def test_a_partition_read_far_ahead_pauses_and_the_topic_is_still_read_in_
     early = [(1, written + n, f"early {n}".encode()) for n in range(600)]
     got: list[bytes] = []
     with kafka_broker() as bootstrap:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        await admin.create_topics([NewTopic(AUDIT, 2, 1)])
-        await admin.close()
+        await kafka_topic(bootstrap, AUDIT, 2)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         for partition, stamp, value in late + early:

@@ -18,7 +18,7 @@ from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.state import PartitionState
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from tests.support.http import http_get
-from tests.support.services import free_port, kafka_broker
+from tests.support.services import free_port, kafka_broker, kafka_topic
 from tests.support.waits import eventually
 from tests.unit.detect.records import ACCOUNT, T0, denied, event, key_arn, user
 from tests.unit.pipeline import reference
@@ -26,7 +26,6 @@ from tests.unit.pipeline import reference
 pytestmark = pytest.mark.integration
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from keytrail.pipeline.kafka_source import AUDIT_TOPIC, KafkaSource  # noqa: E402
 
@@ -38,12 +37,7 @@ SETTINGS = SyntheticSettings(
 
 
 async def _produce(bootstrap: str, events: list[dict[str, Any]], partitions: int = 4) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(AUDIT_TOPIC, partitions, 1)])
-    finally:
-        await admin.close()
+    await kafka_topic(bootstrap, AUDIT_TOPIC, partitions)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TcpRelay", "free_port", "kafka_broker", "mosquitto", "wait_for_port"]
+__all__ = ["TcpRelay", "free_port", "kafka_broker", "kafka_topic", "mosquitto", "wait_for_port"]
 
 
 # Ports below Linux's ephemeral range (32768-60999, what outgoing connections and bind(0) take)
@@ -151,6 +151,18 @@ def kafka_broker(port: int | None = None, advertised_port: int | None = None) ->
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+async def kafka_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create `topic` with `partitions` (replication 1) on the broker at `bootstrap`."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
 
 
 def mosquitto(port: int = 1883) -> str:
