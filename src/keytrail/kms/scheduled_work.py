@@ -120,8 +120,14 @@ def _rotation_due(key: Key, now: datetime) -> bool:
 
 
 def _deletion_due(key: Key, now: datetime) -> datetime | None:
-    """The key's deletion date once its waiting period is over; None while it is not."""
-    if key.state is KeyState.PENDING_DELETION and key.deletion_date is not None and key.deletion_date <= now:
+    """The key's deletion date once its waiting period is over, or once a node began deleting it
+    (its DeleteKey written on it: that node's clock passed the date, and the event may already be in
+    a trail); None while neither. Judged by this node's clock alone, a node whose clock is behind
+    recorded the owed DeleteKey, kept the key (it could be cancelled and used again), then deleted it
+    at its own date under a second DeleteKey of another eventID."""
+    if key.state is not KeyState.PENDING_DELETION or key.deletion_date is None:
+        return None
+    if key.deletion_date <= now or service_events.owes_event(key, "DeleteKey"):
         return key.deletion_date
     return None
 

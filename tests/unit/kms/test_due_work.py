@@ -14,7 +14,7 @@ import pytest
 from keytrail.clock import ManualClock
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.context import CallContext, IdentityType, Principal
-from keytrail.kms.errors import KMSInternalException
+from keytrail.kms.errors import KMSInternalException, NotFoundException
 from keytrail.kms.model import AuditUnavailable, CallRecord
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
@@ -211,3 +211,27 @@ async def test_a_call_meeting_due_work_whose_event_is_refused_is_told_which_even
     await service.execute("Encrypt", _context(), {"KeyId": arn, "Plaintext": b"x"})
     # The refused call's own record (it failed), then the rotation, recorded by the next call that met it.
     assert [name for name, _ in spool.events[2:]] == ["Encrypt", "RotateKey", "Encrypt"]
+
+
+async def test_a_key_another_node_began_deleting_is_deleted_by_a_node_whose_clock_is_behind(tmp_path: Path) -> None:
+    """Two nodes on one store: the first passed the deletion date, wrote the key's DeleteKey and
+    stopped before the row went (its record may be in its trail). The second, its clock behind the
+    date, recorded that DeleteKey, kept the key (cancelled and used again), and later deleted it
+    under a second DeleteKey of another eventID."""
+    from keytrail.kms import service_events
+
+    spool, root = _Spool(), RootKey(os.urandom(32))
+    store = SqliteStore(tmp_path / "keys.db", root)
+    behind = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=spool, authorizer=spool))
+    arn = str((await behind.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"])
+    await behind.execute("ScheduleKeyDeletion", _context(), {"KeyId": arn, "PendingWindowInDays": 7})
+    [key] = await store.all_keys()
+    assert key.deletion_date is not None
+    begun = service_events.with_event(key, "deletion-begun-elsewhere", "DeleteKey", {"keyId": key.key_id},
+                                      key.deletion_date)
+    await store.put_key(begun)  # as the first node left it
+    with pytest.raises(NotFoundException, match="does not exist"):  # deleted first, as the trail says
+        await behind.execute("CancelKeyDeletion", _context(), {"KeyId": arn})
+    assert await store.all_keys() == []
+    await behind.run_due()
+    assert [name for name, _ in spool.events].count("DeleteKey") == 1
