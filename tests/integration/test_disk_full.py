@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,49 @@ def test_health_is_unhealthy_while_the_audit_spool_cannot_write(small_disk: Path
         filler.unlink()
         kms.encrypt(KeyId=key, Plaintext=b"x")
         assert server.get("/_keytrail/health")[0] == 200
+    finally:
+        server.stop()
+
+
+REFUSED_CALLS = "keytrail_audit_refused_calls_total"
+
+
+def _refused_calls(server: KeytrailServer) -> dict[str, int]:
+    """keytrail_audit_refused_calls_total of serve's /metrics, by reason."""
+    status, body = server.get("/metrics")
+    assert status == 200, body[-500:]
+    return {reason: int(float(value)) for reason, value in
+            re.findall(rf'^{REFUSED_CALLS}{{reason="(\w+)"}} (\S+)$', body.decode(), flags=re.M)}
+
+
+def test_metrics_count_every_call_refused_for_want_of_its_audit_record(small_disk: Path, tmp_path: Path) -> None:
+    """Such a call leaves no record, so no request counter sees it, and the health's audit part is 0
+    only for the 10 s after each one: on a quiet node (a call every 13 s) KeytrailUnhealthy went
+    pending and reset and never paged. Counted from 0 at the start, each refused call is seen."""
+    server = KeytrailServer(small_disk / "data")
+    server.log = tmp_path / "server.log"
+    server.start()
+    try:
+        counted = _refused_calls(server)
+        assert counted == {"cannot_write": 0, "spool_failed": 0, "kafka_cap": 0, "sink_error": 0}
+        kms = server.client("alice")
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        filler = _fill(small_disk, leave=64 * 1024)
+        refused = 0
+        for _ in range(5000):
+            try:
+                kms.encrypt(KeyId=key, Plaintext=b"x")
+            except ClientError as error:
+                assert "audit spool" in error.response["Error"]["Message"]
+                refused += 1
+                if refused == 3:
+                    break
+        else:
+            raise AssertionError("the disk never filled")
+        assert _refused_calls(server) == counted | {"cannot_write": 3}
+        filler.unlink()
+        kms.encrypt(KeyId=key, Plaintext=b"x")  # audited: not counted
+        assert _refused_calls(server) == counted | {"cannot_write": 3}
     finally:
         server.stop()
 

@@ -636,6 +636,20 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
      [_series("keytrail_healthy", ',part="audit"', "1 1 0 0 0 0"),
       _series("keytrail_healthy", ',part="keyStore"', "1x5")],
      [_silent("KeytrailUnhealthy", "2m"), _fires("KeytrailUnhealthy", "3m", {"part": "audit"})]),
+    # A full disk on a quiet node, a call every 13 s: the audit part shows 0 only for the 10 s after
+    # each refused call, so the scrapes mostly see 1 and KeytrailUnhealthy never stays pending a minute.
+    ("a quiet node on a full disk refusing a call every 13 s pages, though its health keeps coming back",
+     [_series("keytrail_healthy", ',part="audit"', "1 1 0 1 1 0 1 1 0 1 1 0 1")]
+     + [_series("keytrail_audit_refused_calls_total", f',reason="{reason}"', values)
+        for reason, values in (("cannot_write", "0 0 5 9 14 18 23 28 32 37 42 46 51"), ("spool_failed", "0x12"))],
+     [_silent("KeytrailUnhealthy", "12m"), _silent("KeytrailAuditRefusedCalls", "2m"),
+      _fires("KeytrailAuditRefusedCalls", "3m", {"reason": "cannot_write"})]),
+    ("one call refused for want of its record pages; none refused, or a restart's reset to 0, stays silent",
+     [_series("keytrail_audit_refused_calls_total", ',reason="cannot_write"', "0x5 1x10"),
+      _series("keytrail_audit_refused_calls_total", ',reason="kafka_cap"', "0x15"),
+      _series("keytrail_audit_refused_calls_total", ',reason="spool_failed"', "3x7 0x8")],
+     [_silent("KeytrailAuditRefusedCalls", "6m"), _fires("KeytrailAuditRefusedCalls", "7m", {"reason": "cannot_write"}),
+      _silent("KeytrailAuditRefusedCalls", "15m")]),
     ("the unshipped audit log past 70 % of the node's own cap (10 MiB; from 8m) for 5 minutes",
      [_series("keytrail_audit_unshipped_bytes", "", "0+1000000x20"),
       _series("keytrail_audit_unshipped_bytes_limit", "", "10485760x20")],

@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.http_protocol import REFUSAL_REASONS, REQUEST_REFUSAL_REASONS
 from keytrail.api.protocol import operation_names
-from keytrail.audit.spool import FSYNC_BUCKETS
+from keytrail.audit.spool import FSYNC_BUCKETS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
@@ -46,9 +47,10 @@ from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
-from keytrail.kms.model import CallRecord, CallsInProgress, KeyLastUsage
+from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
+from keytrail.log_lines import REPEAT_SECONDS
 from keytrail.owner_only import remove_stale_temps, replace_whole, replace_whole_temps
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting
@@ -89,6 +91,56 @@ class _DeniedCallCounter:
             self._counts[(call.event_name, call.context.principal.policy_arn)] += 1
 
 
+# Why the audit trail refused a caller's record, and with it the call (keytrail_audit_refused_calls_total):
+# the spool cannot write (a full disk; it takes records again by itself), it failed (a failed fsync,
+# its folder moved: until a restart), Kafka's cap of unshipped bytes, or the sink raised something else.
+AUDIT_REFUSAL_REASONS = ("cannot_write", "spool_failed", "kafka_cap", "sink_error")
+
+
+def _refusal_counter(audit: AuditTrail | None, counts: Counter[str]) -> Callable[[Exception], None]:
+    """What the service tells of each call refused for want of its record (ServiceDeps.audit_refused)."""
+    if audit is None:  # `--no-audit`: its sink refuses nothing
+        return lambda refusal: None
+    return functools.partial(_count_refused_call, audit, counts)
+
+
+def _count_refused_call(audit: AuditTrail, counts: Counter[str], refusal: Exception) -> None:
+    """Count a call refused because `audit` could not keep its record, by why (AUDIT_REFUSAL_REASONS),
+    as the trail stands now: it refused the record a moment ago, in the same order it checks."""
+    if not isinstance(refusal, AuditUnavailable):
+        reason = "sink_error"
+    elif audit.unshipped_bytes() > audit.settings.max_unshipped_bytes:
+        reason = "kafka_cap"
+    else:
+        try:
+            audit.spool.ready()
+            reason = "cannot_write"
+        except SpoolError:
+            reason = "spool_failed"
+    counts[reason] += 1
+
+
+class _ScrapeWarnings:
+    """The warnings a condition writes at every scrape of /metrics (a hung or lost key store: one
+    each 15 s for as long as it lasts), each kind said once, then at most once a minute with the
+    count left out, as the drivers' repeated lines are (log_lines.py)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._said: dict[str, tuple[float, int]] = {}  # kind → (when last said, how many left out since)
+
+    def warn(self, kind: str, message: str) -> None:
+        now = self._clock()
+        said_at, left_out = self._said.get(kind, (float("-inf"), 0))
+        if now - said_at < REPEAT_SECONDS:
+            self._said[kind] = (said_at, left_out + 1)
+            return
+        self._said[kind] = (now, 0)
+        if left_out:
+            message += f" (and {left_out:,} more like it in the last {now - said_at:.0f} s)"
+        log.warning("%s", message)
+
+
 class _LastUsageFromMetrics:
     """GetKeyLastUsage answered from the last-used consumer's state."""
 
@@ -119,6 +171,9 @@ class Node:
     denied_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (operation, principal)
     # By REFUSAL_REASONS and REQUEST_REFUSAL_REASONS: the HTTP server's, and the app's 413 (its ApiSettings.refusals).
     http_refusals: Counter[str] = field(default_factory=Counter)
+    # By AUDIT_REFUSAL_REASONS: the calls answered KMSInternalException as their record could not be kept.
+    audit_refusals: Counter[str] = field(default_factory=Counter)
+    scrape_warnings: _ScrapeWarnings = field(default_factory=_ScrapeWarnings)
     detector_judged: int = 0  # the event log's offset the detector (child or in-process) has judged up to
     # The offset the consumer child, the detector (child or in-process) is held at in front of a
     # record of the event log it cannot read, None while it reads (keytrail_event_log_reader_held).
@@ -222,16 +277,18 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
             raise DetectorRunning(f"a detector is already running on {data_dir} (keytrail detect --kafka, or "
                                   "another serve's): stop it first, or start serve with --no-detector")
     denied: Counter[tuple[str, str]] = Counter()
+    refused: Counter[str] = Counter()
     deps = ServiceDeps(
         store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),
         authorizer=_authorizer(clock),
         last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None, in_progress=in_progress,
+        audit_refused=_refusal_counter(audit, refused),
     )
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=NodeHealth(audit, StoreProbe(store)),
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
     node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied,
-                http_refusals=api.refusals)
+                http_refusals=api.refusals, audit_refusals=refused)
     if audit is not None:
         pipeline_metrics = _pipeline_metrics(consumer, audit)
         api.metrics = lambda: _metrics(node, pipeline_metrics)
@@ -285,13 +342,14 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
     return (pipeline_metrics() + keys + alarms + denied + refused + connections + requests + restarts + health
-            + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit))
+            + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit) + _audit_refused(node))
 
 
 async def _health(node: Node) -> str:
     """/_keytrail/health as a gauge per part: a node whose audit spool cannot keep records (a full
-    disk, a failed fsync, the Kafka cap) refuses every call without a record, so no counter shows
-    it, and an alert rule could not see what the load balancer's probe sees."""
+    disk, a failed fsync, the Kafka cap) refuses every call without a record, so no request counter
+    shows it (keytrail_audit_refused_calls_total counts them), and an alert rule could not see what
+    the load balancer's probe sees."""
     answer = await node.app.settings.health() if node.app.settings.health is not None else {}
     return render_family(
         "keytrail_healthy", "gauge",
@@ -302,19 +360,21 @@ async def _health(node: Node) -> str:
 async def _key_inventory(node: Node) -> str:
     """The key inventory family, or nothing while the key store cannot be read (a lost or hung
     PostgreSQL): the scrape still answers with everything else, where a 500 or a scrape timeout
-    would hide the whole node."""
+    would hide the whole node. Said in the log at most once a minute (`_ScrapeWarnings`), not at
+    every scrape."""
     read = asyncio.ensure_future(node.service.store.all_keys())
     if not (await asyncio.wait({read}, timeout=KEY_INVENTORY_SECONDS))[0]:
         # Not wait_for: it would wait for the cancellation, which asyncpg sends to the hung database.
         read.add_done_callback(lambda task: task.cancelled() or task.exception())  # nobody awaits it
         read.cancel()
-        log.warning("/metrics: keytrail_kms_keys left out, the key store did not answer in %.0f s",
-                    KEY_INVENTORY_SECONDS)
+        node.scrape_warnings.warn("hung", "/metrics: keytrail_kms_keys left out, the key store did not answer "
+                                  f"in {KEY_INVENTORY_SECONDS:.0f} s")
         return ""
     try:
         keys = read.result()
     except _STORE_ERRORS as exc:
-        log.warning("/metrics: keytrail_kms_keys left out, the key store cannot be read: %s", exc)
+        node.scrape_warnings.warn("unreadable", f"/metrics: keytrail_kms_keys left out, the key store cannot be "
+                                  f"read: {exc}")
         return ""
     except KmsError:  # the store refusing every call (its ledger mismatched): its own log line said why
         return ""
@@ -334,6 +394,19 @@ def _audit_commits(audit: AuditTrail | None) -> str:
     ) + render_family("keytrail_audit_committed_records_total", "counter",
                       "Audit records made durable; divided by the fsync count, the mean group commit size.",
                       [({}, stats.records)])
+
+
+def _audit_refused(node: Node) -> str:
+    """The calls refused because their record could not be kept, by why: they leave no record, so no
+    request counter has them, and /_keytrail/health shows a refusal for 10 s only (audit/spool.py),
+    which a quiet node's scrapes miss."""
+    if node.audit is None:
+        return ""
+    return render_family(
+        "keytrail_audit_refused_calls_total", "counter",
+        "KMS calls refused (KMSInternalException) because the audit trail could not keep their record, by reason.",
+        # Every reason from 0: a series first seen at 1 is no increase to Prometheus.
+        (({"reason": reason}, node.audit_refusals[reason]) for reason in AUDIT_REFUSAL_REASONS))
 
 
 def _audit_unshipped(audit: AuditTrail | None) -> str:
@@ -501,21 +574,29 @@ def _remember_delivered(node: Node) -> None:
 
 
 async def _consume_in_process(consumer: MetricsConsumer) -> None:
-    """The dev clock's in-process consumer. A failure to write its state (a full disk) restarts it
-    from its last checkpoint after the backoff `serve` restarts its consumer child with, instead of
-    leaving the metrics and GetKeyLastUsage stale for the rest of the process."""
+    """The dev clock's in-process consumer. A failure to write its state (a full disk), or any other
+    (a bug: the child's would exit it, and be restarted), restarts it from its last checkpoint after
+    the backoff `serve` restarts its consumer child with, instead of leaving the metrics and
+    GetKeyLastUsage stale for the rest of the process, unsaid."""
     delay, longest = ChildSpec.first_backoff, ChildSpec.max_backoff
+    again = False
     while True:
         try:
+            if again:
+                consumer.reopen()  # reads its state files: it may fail as a run does
             await consumer.run()
             return
         except (OSError, sqlite3.Error) as exc:
             log.error("metrics consumer: %s; restarting in %.1f s", exc, delay)
+        except Exception as exc:  # not the stop's cancellation, a BaseException
+            # Its traceback, in the one line's record: no disk or file to blame, a bug to fix.
+            log.error("metrics consumer failed: %s: %s; restarting in %.1f s", type(exc).__name__, exc, delay,
+                      exc_info=exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(consumer.stop_event.wait(), delay)
         if consumer.stop_event.is_set():
             return
-        consumer.reopen()
+        again = True
         delay = min(delay * 2, longest)
 
 

@@ -81,11 +81,16 @@ OriginDiscarder = Callable[["KmsService", Key], Awaitable[None]]
 OriginDeleter = OriginDiscarder
 
 
+def _uncounted(refusal: Exception) -> None:
+    """No one counts the calls the audit sink refused (tests, benchmarks)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceDeps:
     """What the service is built from; `cli` wires the real ones, tests their own. `new_id`
     makes event ids, and the API's request ids too; `in_progress` counts the calls being served
-    (the audit spool reads it)."""
+    (the audit spool reads it); `audit_refused` hears of each caller's call failed because the
+    audit sink refused its record (what it raised): no record, so no request counter sees it."""
 
     store: Store
     clock: Clock
@@ -95,6 +100,7 @@ class ServiceDeps:
     new_id: Callable[[], str] = field(default_factory=UuidSource)
     random_bytes: Callable[[int], bytes] = os.urandom
     in_progress: CallsInProgress = field(default_factory=CallsInProgress)
+    audit_refused: Callable[[Exception], None] = _uncounted
 
 
 class KmsService:
@@ -166,18 +172,23 @@ class KmsService:
         """Refuse a state change before it is made when the sink already knows it cannot record
         it (an optional `ready()`): made first, it would stand unaudited while the caller is told
         it failed."""
-        if self.audit_refuses():
+        refusal = self._audit_refusal()
+        if refusal is not None:
+            self.deps.audit_refused(refusal)
             raise _unaudited(call.context.request_id)
 
     def audit_refuses(self) -> bool:
         """Whether the sink knows already that it cannot record (it logs the outage, once)."""
+        return self._audit_refusal() is not None
+
+    def _audit_refusal(self) -> AuditUnavailable | None:
         ready = getattr(self.deps.audit, "ready", None)
         try:
             if ready is not None:
                 ready()
-        except AuditUnavailable:
-            return True
-        return False
+        except AuditUnavailable as refusal:
+            return refusal
+        return None
 
     async def handle(self, operation: Operation, call: Call) -> Response:
         """Run the handler; a call that changes keys holds the lock of its key until it returns
@@ -219,11 +230,19 @@ class KmsService:
             await self.deps.audit.record(record)
         except errors.KmsError:
             raise
-        except AuditUnavailable:  # the sink logs the outage, once (not a line per refused call)
+        except AuditUnavailable as refusal:  # the sink logs the outage, once (not a line per refused call)
+            self._refused(record, refusal)
             raise _unrecorded(record) from None
-        except Exception:
+        except Exception as failure:
             log.exception("audit sink failure (event %s)", record.event_id)
+            self._refused(record, failure)
             raise _unrecorded(record) from None
+
+    def _refused(self, record: CallRecord, refusal: Exception) -> None:
+        """Count a caller's call answered without its record; a service event (a due RotateKey or
+        DeleteKey) is no call, and stays owed by its key."""
+        if record.context is not None:
+            self.deps.audit_refused(refusal)
 
     def internal_call_record(self, name: str, key: Key, response_elements: dict[str, Any] | None) -> CallRecord:
         """The record of a call KMS makes itself (SynchronizeMultiRegionKey): CloudTrail logs it as an
