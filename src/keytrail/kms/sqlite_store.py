@@ -139,6 +139,9 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         # Each key's grants in creation order, sorted once after a change rather than at every call
         # on the key (every call asks): 50,000 grants, AWS's quota, took ≈ 20 ms to sort.
         self._ordered_grants: dict[tuple[str, str, str], list[Grant]] = {}
+        # Each key's grants by grantee: every call on a key asks for the caller's (`grants_to`), and
+        # filtering a copy of all of them cost ≈ 12 ms a call at 47,000 grants (a Decrypt 7x slower).
+        self._grants_by_grantee: dict[tuple[str, str, str], dict[str, dict[str, Grant]]] = {}
         self._custom_key_stores = {}
         # Rows whose document did not verify as the store opened, by table: the calls that need
         # one fail; nothing of them is in memory.
@@ -237,9 +240,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             alias = alias_from_doc(body)
             self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
         elif table is GRANTS:
-            grant = grant_from_doc(body)
-            self._grants.setdefault((grant.account, grant.region, grant.key_id), {})[grant.grant_id] = grant
-            self._ordered_grants.pop((grant.account, grant.region, grant.key_id), None)
+            self._hold_grant(grant_from_doc(body))
         elif table is CUSTOM_KEY_STORES:
             cks = custom_key_store_from_doc(body, self._root)
             self._custom_key_stores.setdefault((cks.account, cks.region), {})[cks.store_id] = cks
@@ -317,6 +318,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             del aliases[name]
         self._grants.pop(scope, None)
         self._ordered_grants.pop(scope, None)
+        self._grants_by_grantee.pop(scope, None)
         forget_sealed(key, self._root)
         self._refused.forget(KEYS.name, scope)
         self._refused.forget(GRANTS.name, *self._refused.within(GRANTS.name, scope))
@@ -399,8 +401,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
     async def put_grant(self, grant: Grant) -> None:
         row = (grant.account, grant.region, grant.key_id, grant.grant_id)
         self._write([Put(GRANTS, row, (*row, self._doc(GRANTS, row, grant_to_doc(grant))))])
-        self._grants.setdefault(row[:3], {})[grant.grant_id] = grant
-        self._ordered_grants.pop(row[:3], None)
+        self._hold_grant(grant)
         self._refused.forget(GRANTS.name, row)
 
     async def delete_grant(self, grant: Grant) -> bool:
@@ -408,10 +409,26 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         if grant.grant_id not in self._grants.get(row[:3], {}) and not self._refused.within(GRANTS.name, row):
             return False
         self._write([delete_row(GRANTS, row)])
-        self._grants.get(row[:3], {}).pop(grant.grant_id, None)
-        self._ordered_grants.pop(row[:3], None)
+        self._drop_grant(row[:3], grant.grant_id)
         self._refused.forget(GRANTS.name, row)
         return True
+
+    def _hold_grant(self, grant: Grant) -> None:
+        """Keep `grant` in memory (in its key's grants and its grantee's), in place of one of its id."""
+        scope = (grant.account, grant.region, grant.key_id)
+        self._drop_grant(scope, grant.grant_id)
+        self._grants.setdefault(scope, {})[grant.grant_id] = grant
+        self._grants_by_grantee.setdefault(scope, {}).setdefault(grant.grantee_principal, {})[grant.grant_id] = grant
+
+    def _drop_grant(self, scope: tuple[str, str, str], grant_id: str) -> None:
+        self._ordered_grants.pop(scope, None)
+        held = self._grants.get(scope, {}).pop(grant_id, None)
+        if held is not None:
+            by_grantee = self._grants_by_grantee.get(scope, {})
+            of_grantee = by_grantee.get(held.grantee_principal, {})
+            of_grantee.pop(grant_id, None)
+            if not of_grantee:
+                by_grantee.pop(held.grantee_principal, None)
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         scope = (account, region, key_id)
@@ -425,8 +442,13 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         return list(ordered)  # the caller's own: it may change it
 
     async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:
-        grants = await self.list_grants(account, region, key_id)
-        return [grant for grant in grants if grant.grantee_principal in grantees]
+        scope = (account, region, key_id)
+        self._refused.refuse_within(GRANTS.name, scope)  # as list_grants: a forged grant must not go unseen
+        by_grantee = self._grants_by_grantee.get(scope)
+        if not by_grantee:  # most keys
+            return []
+        found = [grant for grantee in set(grantees) for grant in by_grantee.get(grantee, {}).values()]
+        return sorted(found, key=lambda g: (g.creation_date, g.grant_id))  # list_grants' order
 
     async def get_grant(self, account: str, region: str, key_id: str, grant_id: str) -> Grant | None:
         self._refused.refuse_within(GRANTS.name, (account, region, key_id, grant_id))
