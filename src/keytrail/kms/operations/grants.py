@@ -71,12 +71,13 @@ def _check_request(key: Key, operations: list[str], constraints: dict[str, Any])
 
 
 def _check_constraint_size(name: str, pairs: dict[str, str]) -> None:
-    # The 384 characters are checked per value: whether AWS counts one value or the whole
-    # constraint, a longer value is over its limit, so nothing AWS accepts is refused here.
-    if len(pairs) > _MAX_CONSTRAINT_PAIRS or any(len(v) > _MAX_CONSTRAINT_VALUE for v in pairs.values()):
+    # The 384 characters are checked per key and per value: whether AWS counts one value or the
+    # whole constraint, a longer key or value is over its limit, so nothing AWS accepts is refused
+    # here (a key of 5,000 characters was taken, the values alone being checked).
+    if len(pairs) > _MAX_CONSTRAINT_PAIRS or any(max(len(k), len(v)) > _MAX_CONSTRAINT_VALUE for k, v in pairs.items()):
         raise errors.ValidationException(
-            f"{name} can include up to {_MAX_CONSTRAINT_PAIRS} encryption context pairs, and no value "
-            f"can exceed {_MAX_CONSTRAINT_VALUE} characters."
+            f"{name} can include up to {_MAX_CONSTRAINT_PAIRS} encryption context pairs, and no key or "
+            f"value can exceed {_MAX_CONSTRAINT_VALUE} characters."
         )
 
 
