@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "RepeatedDriverLineFilter", "log_to_stderr",
-           "retention_gap"]
+__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "LineThinner", "RepeatedDriverLineFilter",
+           "log_to_stderr", "retention_gap"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # serve and its children
 BARE_FORMAT = "%(message)s"  # what Python writes by itself (its last-resort handler): detect's and consume's
@@ -50,6 +50,37 @@ class _Seen:
     left_out: int = 0  # like it since
 
 
+class LineThinner:
+    """The first line of each kind, then at most one per `seconds`, that one saying how many like
+    it were left out: a condition that repeats (a driver's retries, a scrape of /metrics while the
+    key store hangs) said once a minute, not each time."""
+
+    def __init__(self, seconds: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}
+
+    def admit(self, kind: str, message: str) -> str | None:
+        """The line to write for `message` of `kind` now, or None to leave it out."""
+        now = self._clock()
+        seen = self._seen.get(kind)
+        if seen is not None and now - seen.written_at < self.seconds:
+            seen.left_out += 1
+            return None
+        self._forget_old(now)
+        self._seen[kind] = _Seen(now)
+        if seen is not None and seen.left_out:
+            return f"{message} (and {seen.left_out:,} more like it in the last {now - seen.written_at:.0f} s)"
+        return message
+
+    def _forget_old(self, now: float) -> None:
+        """Bound the memory when the lines vary (a node id, an address each): forget lines last let
+        through over `seconds` ago (whose next one would pass anyway; their counts of lines left
+        out are lost with them)."""
+        if len(self._seen) >= _MOST_REMEMBERED:
+            self._seen = {kind: seen for kind, seen in self._seen.items() if now - seen.written_at < self.seconds}
+
+
 class RepeatedDriverLineFilter(logging.Filter):
     """Lets the first of each distinct message of the THINNED_LOGGERS through, then at most one per
     `seconds`, that one saying how many like it were left out; the traceback of one that has one
@@ -61,9 +92,7 @@ class RepeatedDriverLineFilter(logging.Filter):
 
     def __init__(self, seconds: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.seconds = seconds
-        self._clock = clock
-        self._seen: dict[str, _Seen] = {}
+        self._lines = LineThinner(seconds, clock)
         self._lock = threading.Lock()  # a handler filters outside its own lock
 
     @classmethod
@@ -80,28 +109,12 @@ class RepeatedDriverLineFilter(logging.Filter):
         # to refill its pool were written once per kind of exception, not once a minute.
         key = record.getMessage()
         message = _one_line(record)
-        now = self._clock()
         with self._lock:
-            seen = self._seen.get(key)
-            if seen is not None and now - seen.written_at < self.seconds:
-                seen.left_out += 1
-                return False
-            self._forget_old(now)
-            self._seen[key] = _Seen(now)
-        record.msg, record.args = message, None
-        if seen is not None and seen.left_out:
-            record.msg = self._with_count(message, seen, now)
+            line = self._lines.admit(key, message)
+        if line is None:
+            return False
+        record.msg, record.args = line, None
         return True
-
-    def _with_count(self, message: str, seen: _Seen, now: float) -> str:
-        return f"{message} (and {seen.left_out:,} more like it in the last {now - seen.written_at:.0f} s)"
-
-    def _forget_old(self, now: float) -> None:
-        """Bound the memory when the drivers' lines vary (a node id, an address each): forget lines
-        last let through over `seconds` ago (whose next one would pass anyway; their counts of
-        lines left out are lost with them)."""
-        if len(self._seen) >= _MOST_REMEMBERED:
-            self._seen = {text: seen for text, seen in self._seen.items() if now - seen.written_at < self.seconds}
 
 
 def _one_line(record: logging.LogRecord) -> str:

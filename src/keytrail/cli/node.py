@@ -50,7 +50,7 @@ from keytrail.kms.evaluator import PolicyAuthorizer
 from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
-from keytrail.log_lines import REPEAT_SECONDS
+from keytrail.log_lines import LineThinner
 from keytrail.owner_only import remove_stale_temps, replace_whole, replace_whole_temps
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting
@@ -126,19 +126,11 @@ class _ScrapeWarnings:
     count left out, as the drivers' repeated lines are (log_lines.py)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._said: dict[str, tuple[float, int]] = {}  # kind → (when last said, how many left out since)
+        self._lines = LineThinner(clock=clock)
 
     def warn(self, kind: str, message: str) -> None:
-        now = self._clock()
-        said_at, left_out = self._said.get(kind, (float("-inf"), 0))
-        if now - said_at < REPEAT_SECONDS:
-            self._said[kind] = (said_at, left_out + 1)
-            return
-        self._said[kind] = (now, 0)
-        if left_out:
-            message += f" (and {left_out:,} more like it in the last {now - said_at:.0f} s)"
-        log.warning("%s", message)
+        if (line := self._lines.admit(kind, message)) is not None:
+            log.warning("%s", line)
 
 
 class _LastUsageFromMetrics:
