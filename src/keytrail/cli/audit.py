@@ -137,20 +137,15 @@ def _follow(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, sh
             interval: float) -> None:
     """Show what is new every `interval` seconds (once, unless `follow`)."""
     # Held at a damaged record, `tail` showed nothing more, and nothing said why.
-    ends, stall = LogEnd(followed.directory), StallWatch(followed.directory, "audit tail", "shown")
+    stall = StallWatch(followed.directory, "audit tail", "shown")
     while True:
-        if followed.replaced():
-            typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
-                       "following the new one from its start", err=True)
-            offset, shown = followed.log.start_offset(), _ShownRecords()
-            ends = LogEnd(followed.directory)  # its index is of the old folder's last segment
         before = offset
         offset = _show_new(data_dir, fmt, followed, offset, shown)
         sys.stdout.flush()
         if not follow:  # a one-off read, as `events` is: damage must not pass for the log's end
             _require_whole_log(data_dir, followed.log)
             return
-        stall.polled_blocking(offset, ends(), int(offset != before))  # found: whether it moved on
+        stall.polled_blocking(offset, followed.ends(), int(offset != before))  # found: whether it moved on
         if _reader_gone(sys.stdout):  # as a write to it would fail: quietly, exit 1
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         time.sleep(interval)
@@ -162,6 +157,14 @@ def _show_new(data_dir: Path, fmt: Format, followed: _FollowedLog, offset: int, 
     else the log was cut back: that is said, and the log read afresh from the cut."""
     while True:
         records = followed.log.read(offset, 2000)
+        # Looked at after the read: a folder swapped in between a look and the read was read through
+        # the old folder's index (its segments have the same names), taken for a cut of the old log.
+        if followed.replaced():
+            typer.echo("keytrail audit tail: the event log's folder was replaced (a new trail, or one restored): "
+                       "following the new one from its start", err=True)
+            offset = followed.log.start_offset()
+            shown.forget()
+            continue
         if not shown.still_there(followed.log, offset, records):
             offset = _follow_from_cut(followed, offset, shown)
             continue
@@ -206,13 +209,14 @@ class _FollowedLog:
         self.directory = directory
         self.identity = _folder_identity(directory)
         self.log = SegmentLog(directory)
+        self.ends = LogEnd(directory)  # the end StallWatch weighs the reader's offset against
 
     def replaced(self) -> bool:
-        """Whether another folder stands at the log's path since the last call (the reader is then new)."""
+        """Whether another folder stands at the log's path since the last call (the readers are then new)."""
         now = _folder_identity(self.directory)
         if now is None or now == self.identity:  # gone for now: its replacement is read once it is there
             return False
-        self.identity, self.log = now, SegmentLog(self.directory)
+        self.identity, self.log, self.ends = now, SegmentLog(self.directory), LogEnd(self.directory)
         return True
 
 
@@ -240,6 +244,10 @@ class _ShownRecords:
     def __init__(self) -> None:
         self.first = 0  # the offset of sums[0]; sums[-1] is the last record shown, when there is one
         self.sums = array("I")
+
+    def forget(self) -> None:
+        """Start afresh: the records shown were of a log no longer at its path."""
+        self.first, self.sums = 0, array("I")
 
     def add(self, offset: int, value: bytes) -> None:
         if offset != self.first + len(self.sums):  # retention passed records over: start afresh

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from keytrail.audit.trail import audit_paths
 from keytrail.cli import audit as audit_cli
 from keytrail.cli.audit import audit_app
-from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.segment_log import SegmentLog, event_log_dir
 from tests.support.audit_records import encrypt_call, fill_trail, flip_bit, rewrite_segment
 from tests.support.processes import interruptible
 
@@ -324,6 +324,25 @@ def test_tail_follows_a_new_trail_started_after_the_old_was_moved_aside(tmp_path
         note = tail.stderr.read()
     assert sorted(followed) == [encrypt_call(i).event_id for i in range(3)]
     assert "the event log's folder was replaced" in note
+
+
+def test_tail_reading_a_folder_swapped_in_after_its_last_look_follows_the_new_trail_not_a_cut(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The swap landing between `tail`'s look at the folder and its read: the read went through the
+    old folder's index (its segment has the same name), said the log was cut back, showed the new
+    trail's records, then found the folder replaced and showed them again."""
+    fill_trail(tmp_path, 20)
+    followed, shown = audit_cli._FollowedLog(event_log_dir(tmp_path)), audit_cli._ShownRecords()
+    offset = audit_cli._show_new(tmp_path, audit_cli.Format.json, followed, 0, shown)
+    capsys.readouterr()
+    (tmp_path / "audit").rename(tmp_path / "audit.old")
+    fill_trail(tmp_path, 3)
+    offset = audit_cli._show_new(tmp_path, audit_cli.Format.json, followed, offset, shown)
+    out, err = capsys.readouterr()
+    assert sorted(json.loads(line)["eventID"] for line in out.splitlines()) == sorted(
+        encrypt_call(i).event_id for i in range(3))
+    assert offset == 3
+    assert "the event log's folder was replaced" in err and "cut back" not in err
 
 
 def _event_id_shown(tail: subprocess.Popen[str]) -> str:
