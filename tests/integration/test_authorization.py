@@ -671,9 +671,24 @@ def test_create_key_with_tags_needs_tag_resource_in_iam(tmp_path: Path) -> None:
         assert gus.list_resource_tags(KeyId=tagged)["Tags"] == [{"TagKey": "team", "TagValue": "blue"}]
         code, message = error_of(gus.create_key, Tags=[{"TagKey": "admin", "TagValue": "true"}])
         assert code == "AccessDeniedException"
-        assert message.startswith(f"User: arn:aws:iam::{ACCOUNT}:user/gus is not authorized to perform: "
-                                  f"kms:TagResource on resource: arn:aws:kms:us-east-1:{ACCOUNT}:key/")
-        assert message.endswith("with an explicit deny in an identity-based policy")
+        # AWS's message names no resource: the key it would have tagged never exists.
+        assert message == (f"User: arn:aws:iam::{ACCOUNT}:user/gus is not authorized to perform: kms:TagResource "
+                           "with an explicit deny in an identity-based policy")
+    finally:
+        server.stop()
+
+
+def test_replicate_key_with_tags_denied_names_no_resource(tmp_path: Path) -> None:
+    # As CreateKey's: the replica a denied ReplicateKey would have tagged never exists.
+    server, gus = with_user(
+        tmp_path, "gus", {"Effect": "Allow", "Action": ["kms:CreateKey", "kms:ReplicateKey"], "Resource": "*"})
+    try:
+        primary = gus.create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+        assert error_of(gus.replicate_key, KeyId=primary, ReplicaRegion="eu-west-1",
+                        Tags=[{"TagKey": "team", "TagValue": "blue"}]) == (
+            "AccessDeniedException",
+            f"User: arn:aws:iam::{ACCOUNT}:user/gus is not authorized to perform: kms:TagResource "
+            "because no identity-based policy allows the kms:TagResource action")
     finally:
         server.stop()
 

@@ -45,6 +45,10 @@ class AccessRequest:
     # alias half of CreateAlias/UpdateAlias/DeleteAlias, the ARN a new key will have for its Tags,
     # the retiring principal of ListRetirableGrants: `KmsService.authorize_identity`), else "*".
     resource: str | None = None
+    # False for the key a CreateKey or ReplicateKey is making: AWS's denial of its Tags names no
+    # resource ("… is not authorized to perform: kms:TagResource because …"), and a key ARN that
+    # never comes to exist, in the answer and the audit record, sent searches after a phantom key.
+    resource_named: bool = True
 
     @property
     def resource_arn(self) -> str:
@@ -73,7 +77,8 @@ def denial_message(request: AccessRequest, decision: AccessDecision) -> str:
     """AWS's AccessDeniedException text, so the audit trail says why a call was refused."""
     caller = request.call.principal.arn
     resource = request.resource_arn
-    head = f"User: {caller} is not authorized to perform: {request.action} on resource: {resource}"
+    on_resource = f" on resource: {resource}" if request.resource_named else ""
+    head = f"User: {caller} is not authorized to perform: {request.action}{on_resource}"
     if decision.comparisons:
         return (f"{head}: comparing this request's values with the conditions of the policies that apply would "
                 f"take {decision.comparisons:,} comparisons, over keytrail's limit of {MAX_COMPARISONS:,} a request")

@@ -372,12 +372,13 @@ class KmsService:
         key half."""
         await self.authorize_identity(call, action, self.alias_arn(call, name))
 
-    async def authorize_identity(self, call: Call, action: str, resource: str) -> None:
+    async def authorize_identity(self, call: Call, action: str, resource: str, *, exists: bool = True) -> None:
         """A permission only IAM policies give, matched against `resource`: an alias ARN, the
-        ARN a new key will have (kms:TagResource for CreateKey's and ReplicateKey's Tags), or the
-        retiring principal of ListRetirableGrants."""
+        ARN a new key will have (kms:TagResource for CreateKey's and ReplicateKey's Tags: not
+        `exists`, so a denial names no resource), or the retiring principal of ListRetirableGrants."""
         values = request_conditions(action, call.params)
-        self.require_allowed(AccessRequest(call.context, action, None, values, resource=resource))
+        self.require_allowed(AccessRequest(call.context, action, None, values, resource=resource,
+                                           resource_named=exists))
 
     def require_allowed(self, request: AccessRequest) -> None:
         """AccessDeniedException, in AWS's words, unless the authorizer allows `request`."""

@@ -114,7 +114,7 @@ async def create_key(svc: KmsService, call: Call) -> Response:
     key_id = _new_key_id(svc, multi_region)  # before the checks that need the key's ARN
     arn = key_arn(context.region, context.account, key_id)
     if tags:  # "To use the Tags parameter", kms:TagResource in an IAM policy (CreateKey)
-        await svc.authorize_identity(call, "kms:TagResource", arn)
+        await svc.authorize_identity(call, "kms:TagResource", arn, exists=False)
     key = Key(
         account=context.account, region=context.region, key_id=key_id,
         creation_date=svc.now(), key_spec=spec, key_usage=usage, origin=origin,

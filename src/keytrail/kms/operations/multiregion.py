@@ -89,7 +89,7 @@ async def _authorize_in_replica_region(svc: KmsService, call: Call, primary: Key
     await svc.authorize(in_replica_region, "kms:CreateKey", None, _replica_conditions(primary))
     if call.params.get("Tags"):
         await svc.authorize_identity(in_replica_region, "kms:TagResource",
-                                     key_arn(region, primary.account, primary.key_id))
+                                     key_arn(region, primary.account, primary.key_id), exists=False)
 
 
 async def replicate_key(svc: KmsService, call: Call) -> Response:
