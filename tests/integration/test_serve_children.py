@@ -107,6 +107,8 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     usage = eventually(lambda: alice.get_key_last_usage(KeyId=key).get("KeyLastUsage"),
                        what="GetKeyLastUsage from the consumer child's state")
     assert usage["Operation"] == "Encrypt"
+    unused = alice.create_key()["KeyMetadata"]["Arn"]  # "an empty object" for a key never used (botocore's model)
+    assert alice.get_key_last_usage(KeyId=unused)["KeyLastUsage"] == {}
     eventually(lambda: _alarms_total(server, "unauthorized-decrypt") >= 1, what="the detector child's alarm")
     alarms = (server.data_dir / "alarms.jsonl").read_text()
     assert '"rule":"unauthorized-decrypt"' in alarms.replace(" ", "") and ":user/bob" in alarms

@@ -25,7 +25,7 @@ from keytrail.kms.specs import algorithms_for
 __all__ = [
     "CURVES", "PRIVATE_KEYS", "RSA_BITS", "SIGNING", "RsaCipher", "SigningScheme", "check_offered_in_region",
     "check_rsa_request", "check_signing", "derive_shared_secret", "generate_pkcs8", "key_secret", "oaep_limit",
-    "private_key", "public_key_der", "sign", "verify",
+    "peer_public_key", "private_key", "public_key_der", "sign", "verify",
 ]
 
 PrivateKey = Any  # any private key class of `cryptography` that loads from PKCS#8
@@ -214,17 +214,22 @@ def _ed25519ph_verifier(public: ed25519.Ed25519PublicKey) -> Any:
 
 # --- key agreement ---------------------------------------------------------------------------
 
-def derive_shared_secret(secret: bytes, peer_spki: bytes) -> bytes:
-    """ECDH with a peer's DER SubjectPublicKeyInfo on the key's curve (the raw x-coordinate).
-    A key that does not parse or is on another curve is a ValidationException, empty message."""
-    own = private_key(secret)
+def peer_public_key(peer_spki: bytes, spec: KeySpec) -> ec.EllipticCurvePublicKey:
+    """A peer's DER SubjectPublicKeyInfo on the curve of a key of `spec`. A key that does not
+    parse or is on another curve is a ValidationException, empty message. Checked apart from the
+    exchange, so a DryRun answers it without using the private key."""
     try:
         peer = serialization.load_der_public_key(peer_spki)
     except (ValueError, TypeError, errors.KmsError):
         raise errors.ValidationException("") from None
-    if not isinstance(peer, ec.EllipticCurvePublicKey) or peer.curve.name != own.curve.name:
+    if not isinstance(peer, ec.EllipticCurvePublicKey) or peer.curve.name != CURVES[spec].name:
         raise errors.ValidationException("")
-    return bytes(own.exchange(ec.ECDH(), peer))
+    return peer
+
+
+def derive_shared_secret(secret: bytes, peer: ec.EllipticCurvePublicKey) -> bytes:
+    """ECDH with a peer's public key on the key's curve (the raw x-coordinate)."""
+    return bytes(private_key(secret).exchange(ec.ECDH(), peer))
 
 
 # --- RSA encryption --------------------------------------------------------------------------

@@ -113,8 +113,9 @@ async def derive_shared_secret(svc: KmsService, call: Call) -> Response:
     refuse_recipient(params)
     algorithm = params["KeyAgreementAlgorithm"]
     key = await usable_key(svc, call, "kms:DeriveSharedSecret", KeyUsage.KEY_AGREEMENT)
-    shared = asymmetric.derive_shared_secret(asymmetric.key_secret(key), params["PublicKey"])
-    svc.check_dry_run(call)
+    peer = asymmetric.peer_public_key(params["PublicKey"], key.key_spec)
+    svc.check_dry_run(call)  # before the private key is used, as every other operation's
+    shared = asymmetric.derive_shared_secret(asymmetric.key_secret(key), peer)
     return {"KeyId": key.arn, "SharedSecret": shared, "KeyAgreementAlgorithm": algorithm,
             "KeyOrigin": key.origin.value}
 

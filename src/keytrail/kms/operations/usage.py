@@ -23,11 +23,11 @@ async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
     response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date}
     if tracking_start is not None:
         response["TrackingStartDate"] = tracking_start
-    if last is not None:
-        response["KeyLastUsage"] = {
-            "Operation": last.operation, "Timestamp": last.timestamp, "CloudTrailEventId": last.event_id,
-            **({"KmsRequestId": last.request_id} if last.request_id else {}),
-        }
+    # "If the key has not been used since tracking began, this response element is an empty object."
+    response["KeyLastUsage"] = {} if last is None else {
+        "Operation": last.operation, "Timestamp": last.timestamp, "CloudTrailEventId": last.event_id,
+        **({"KmsRequestId": last.request_id} if last.request_id else {}),
+    }
     return response
 
 
