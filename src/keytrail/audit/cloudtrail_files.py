@@ -9,6 +9,7 @@ import json
 import os
 import re
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,13 +285,42 @@ def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[tuple[
     """(offset, record) of each stored event and of its copies for other accounts, an OSError
     reading them raised as EventLogUnreadable (the export's own writes fail with OSError too, and
     the two call for different remedies)."""
+    first_copies = _FirstCopies()
     try:
         for offset, event in iter_events(data_dir, log=log):
+            if not first_copies.take(event["eventID"]):
+                continue
             yield offset, event
             for copy in owner_copies(event):  # as AWS logs a cross-account call in the key owner's account too
                 yield offset, copy  # in another account's folder: the offset names one file there too
     except OSError as exc:
         raise EventLogUnreadable(exc) from exc
+
+
+# A record is in the log twice only when the node was killed after the spool took it and before
+# its owed row was deleted (docs/audit-events.md): the copy is written as the node restarts, within
+# the calls it had in flight, far fewer than this many records after the first.
+_REPEAT_WINDOW = 20_000
+
+
+class _FirstCopies:
+    """The first copy of each record, by eventID, among the last `_REPEAT_WINDOW` records: the log
+    may hold a record twice, and CloudTrail's eventID is the event's primary key, so a SIEM or Athena
+    loading the exported files counted the call twice (keytrail's readers pass over the repeat)."""
+
+    def __init__(self) -> None:
+        self._recent: deque[str] = deque()
+        self._ids: set[str] = set()
+
+    def take(self, event_id: str) -> bool:
+        """Whether the record with `event_id` is the first copy seen: remembered, and exported."""
+        if event_id in self._ids:
+            return False
+        self._ids.add(event_id)
+        self._recent.append(event_id)
+        if len(self._recent) > _REPEAT_WINDOW:
+            self._ids.discard(self._recent.popleft())
+        return True
 
 
 def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only: bool = False) -> Path:

@@ -130,6 +130,18 @@ async def test_export_then_import_round_trip(tmp_path: Path) -> None:
     assert imported == original
 
 
+async def test_export_writes_a_record_the_log_holds_twice_once(tmp_path: Path) -> None:
+    """A node killed after the spool took a record and before its owed row was deleted records it
+    again as it restarts, with the same eventID: CloudTrail's primary key, so the files held it twice."""
+    await fill_trail_async(tmp_path / "node", 3)
+    await fill_trail_async(tmp_path / "node", 1, first=1)  # the restart's copy
+    assert len(list(iter_events(tmp_path / "node"))) == 4
+    written = export_cloudtrail(tmp_path / "node", tmp_path / "out")
+    exported = [r["eventID"] for path in written for r in json.loads(gzip.decompress(path.read_bytes()))["Records"]]
+    assert sorted(exported) == sorted({e["eventID"] for _, e in iter_events(tmp_path / "node")})
+    assert len(exported) == 3
+
+
 @pytest.mark.parametrize("inside", [False, True], ids=["elsewhere", "into the data dir"])
 async def test_an_export_removes_the_temp_files_of_one_killed_as_it_wrote_once_they_are_old(
     tmp_path: Path, inside: bool
