@@ -6,6 +6,7 @@ is the only place that knows where each field lives in that dict.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -76,11 +77,15 @@ class KmsEvent(NamedTuple):
     def judged_key_arn(self) -> str | None:
         """The key an alarm on this event is about: of a failed call, the first of its keys its
         errorMessage names (`… on resource: <ARN> because …`, `<ARN> is disabled.`), else
-        `key_arn`. A ReEncrypt lists its source key first, and one refused on its destination must
-        be told of that key, not the source the caller may use (where its policy or state would be
-        checked in vain)."""
+        `key_arn`, else the key ARN its errorMessage names. A ReEncrypt lists its source key first,
+        and one refused on its destination must be told of that key, not the source the caller may
+        use (where its policy or state would be checked in vain). A denial imported without
+        `resources` (a Decrypt's request names no key) still names its key in the message."""
         message = self.error_message or ""
-        return next((arn for arn in self.key_arns if arn in message), self.key_arn)
+        named = next((arn for arn in self.key_arns if arn in message), self.key_arn)
+        if named is None and (found := _KEY_ARN_IN_MESSAGE.search(message)):
+            return found.group()
+        return named
 
     @property
     def succeeded(self) -> bool:
@@ -89,6 +94,10 @@ class KmsEvent(NamedTuple):
     @property
     def is_crypto(self) -> bool:
         return self.event_name in CRYPTO_OPERATIONS
+
+
+# A key's ARN inside an errorMessage (`… on resource: arn:aws:kms:us-east-1:111122223333:key/<id> because …`).
+_KEY_ARN_IN_MESSAGE = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+", re.ASCII)
 
 
 @lru_cache(maxsize=4096)  # consecutive events share their second

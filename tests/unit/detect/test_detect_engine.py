@@ -146,6 +146,17 @@ def test_a_denial_naming_no_key_neither_swallows_nor_joins_the_principal_s_flood
         assert (alone.severity, "newPrincipalOnKey" in alone.details) == ("MEDIUM", False)  # new on no key
 
 
+def test_a_denial_without_resources_is_told_of_the_key_its_message_names() -> None:
+    """An imported AccessDenied Decrypt whose record has no `resources` (its request named no key):
+    the key ARN in its errorMessage is the alarm's, as for any other denial, not a key-less alarm."""
+    record = denied("Decrypt", T0, KEY, user("nores"))
+    record["resources"], record["requestParameters"] = [], {"encryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+    detector = Detector()
+    detector.process([record])
+    [alarm] = detector.alarms()
+    assert (alarm.rule, alarm.key_arn) == ("unauthorized-decrypt", KEY)
+
+
 def test_callers_with_no_arn_denied_are_each_an_alarm_of_their_own() -> None:
     """Callers whose userIdentity has no ARN (SAML users here) all had principalArn null: denied
     on one key, or naming none, the first one's alarm counted the others', who never paged."""
