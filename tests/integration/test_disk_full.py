@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 
 from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.integrity import verify
+from tests.support.postgres import fresh_database
 from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 
@@ -115,6 +116,49 @@ def test_health_is_unhealthy_while_the_audit_spool_cannot_write(small_disk: Path
         assert server.get("/_keytrail/health")[0] == 200
     finally:
         server.stop()
+
+
+async def test_a_state_change_is_refused_before_it_is_made_while_the_disk_stays_full(
+        small_disk: Path, tmp_path: Path) -> None:
+    """A PostgreSQL store does not share the spool's full disk: each CreateKey made its key, then
+    was answered a retryable 500 ("what the call changed stands"), and each SDK retry made another
+    key, through the whole outage. Refused before it is made, it makes none; writes resume once
+    there is room."""
+    async with fresh_database() as dsn:
+        server = KeytrailServer(small_disk / "data", "--store", dsn)
+        server.log = tmp_path / "server.log"
+        server.start()
+        try:
+            kms = server.client("alice")
+            key = kms.create_key()["KeyMetadata"]["KeyId"]
+            filler = _fill(small_disk, leave=64 * 1024)
+            _encrypt_until_refused(kms, key)
+            for _ in range(3):  # as an SDK's retries would
+                code, message = _error(kms.create_key, Description="during the outage")
+                assert code == "KMSInternalException" and message.endswith("the call was not performed."), message
+            filler.unlink()
+            kms.encrypt(KeyId=key, Plaintext=b"x")
+            assert [k["KeyId"] for k in kms.list_keys()["Keys"]] == [key]
+        finally:
+            server.stop()
+
+
+def _encrypt_until_refused(kms: Any, key: str) -> None:
+    for _ in range(5000):
+        try:
+            kms.encrypt(KeyId=key, Plaintext=b"x")
+        except ClientError as error:
+            assert "audit spool" in error.response["Error"]["Message"]
+            return
+    raise AssertionError("the disk never filled")
+
+
+def _error(call: Callable[..., Any], **params: Any) -> tuple[str, str]:
+    try:
+        call(**params)
+    except ClientError as error:
+        return error.response["Error"]["Code"], error.response["Error"]["Message"]
+    raise AssertionError("the call succeeded")
 
 
 REFUSED_CALLS = "keytrail_audit_refused_calls_total"

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import logging
+import os
 import queue
 import threading
 import time
@@ -54,6 +56,10 @@ TICK_RETRY_SECONDS = 0.01
 # unhealthy: a node taken out of rotation gets no call whose write would show that space is back,
 # so past this it says healthy again and the next calls find out.
 REFUSAL_SHOWN_SECONDS = 10.0
+# While writes are refused, a state change goes ahead (and so tries the spool) at most this often
+# when the cause is not a full disk (an I/O error), and, for a full disk, once this much is free.
+REFUSED_RETRY_SECONDS = 1.0
+ROOM_TO_RETRY_BYTES = 1 << 20
 # Upper bounds (seconds) of the fsync latency histogram: an idle local disk syncs in ≈ 0.1 to 0.5 ms,
 # a busy one in milliseconds; beyond 100 ms every audited call waits visibly.
 FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -85,6 +91,10 @@ class SpoolError(AuditUnavailable):
 
 class _RecoverableWrite(OSError):
     """A write that failed before anything of the batch reached the log (e.g. disk full)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.out_of_space = error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Spool:
@@ -152,7 +162,8 @@ class Spool:
         if self._failure is not None:
             return f"the audit spool failed and refuses every record until restarted: {self._failure}"
         refusal = self._last_refusal
-        if self._refused and refusal is not None and time.monotonic() - refusal[0] < REFUSAL_SHOWN_SECONDS:
+        if self._refused and refusal is not None and (
+                time.monotonic() - refusal[0] < REFUSAL_SHOWN_SECONDS or not self._worth_retrying(*refusal)):
             return f"the audit spool cannot write: {refusal[1]}"
         return None
 
@@ -166,12 +177,36 @@ class Spool:
         if self._wants_helper:
             self._start_helper()
 
+    @property
+    def out_of_service(self) -> bool:
+        """Whether it refuses every record until restarted: failed, stopping, or not started."""
+        return self._failure is not None or self._closing or self._loop is None
+
     def ready(self) -> None:
-        """SpoolError if `append` is sure to refuse: the spool failed earlier, or is not running."""
+        """SpoolError if `append` is sure to refuse: the spool failed earlier, is not running, or
+        its writes are refused (a full disk) and nothing says they would work now. Asked before a
+        state change: made first, it stood while its caller was answered a retryable error, and
+        each SDK retry made it again (one CreateKey, three keys) through a whole outage."""
         if self._failure is not None:
             raise SpoolError(f"the audit spool failed earlier and refuses records: {self._failure}")
         if self._closing or self._loop is None:
             raise SpoolError("the audit spool is not running")
+        if self._refused and self._last_refusal is not None and not self._worth_retrying(*self._last_refusal):
+            raise SpoolError(f"the audit spool cannot write: {self._last_refusal[1]}")
+
+    def _worth_retrying(self, refused_at: float, error: BaseException) -> bool:
+        """Whether a write may work again, the last having been refused with `error`: for a full
+        disk, once the log's file system has room; else once a while has passed. A call that
+        writes nothing (a read, a failed call's record) tries anyway, and its success ends the
+        outage at once."""
+        if isinstance(error, _RecoverableWrite) and error.out_of_space:
+            try:
+                found = os.statvfs(self.segments.directory)
+            except OSError:
+                return True  # cannot tell: let the write say
+            room = (found.f_bfree if os.geteuid() == 0 else found.f_bavail) * found.f_frsize
+            return room >= ROOM_TO_RETRY_BYTES
+        return time.monotonic() - refused_at >= REFUSED_RETRY_SECONDS
 
     async def append(self, payload: bytes) -> int:
         """Queue one record; return its offset once it is durable."""
@@ -342,11 +377,11 @@ class Spool:
             # for the rest. Hashed, they keep the chain whole, and the spool writes on once it can
             # (it refused every record until a restart). Their calls are refused with the rest.
             self.chain.add(expected, payloads[:exc.written])
-            raise _RecoverableWrite(str(exc)) from exc
+            raise _RecoverableWrite(exc) from exc
         except OSError as exc:
             # Nothing of the batch stayed on disk (a TornWrite left bytes behind it could not cut).
             if self.segments.end_offset() == expected and not isinstance(exc, TornWrite | LogMoved):
-                raise _RecoverableWrite(str(exc)) from exc
+                raise _RecoverableWrite(exc) from exc
             raise
         self.chain.add(first, payloads)
         return first, self.segments.active_base != active

@@ -26,7 +26,7 @@ from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.http_protocol import REFUSAL_REASONS, REQUEST_REFUSAL_REASONS
 from keytrail.api.protocol import operation_names
-from keytrail.audit.spool import FSYNC_BUCKETS, SpoolError
+from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
@@ -112,11 +112,7 @@ def _count_refused_call(audit: AuditTrail, counts: Counter[str], refusal: Except
     elif audit.unshipped_bytes() > audit.settings.max_unshipped_bytes:
         reason = "kafka_cap"
     else:
-        try:
-            audit.spool.ready()
-            reason = "cannot_write"
-        except SpoolError:
-            reason = "spool_failed"
+        reason = "spool_failed" if audit.spool.out_of_service else "cannot_write"
     counts[reason] += 1
 
 
