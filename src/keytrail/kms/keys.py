@@ -138,6 +138,10 @@ class Key:
             return replace(self, rotation_enabled=False, next_rotation_date=None)
         # EnableKeyRotation: without RotationPeriodInDays the period is 365 days, whatever it was.
         period = period_days or DEFAULT_ROTATION_PERIOD_DAYS
+        if self.rotation_enabled and period == self.rotation_period_days and self.next_rotation_date is not None:
+            # The same call again (a reconcile loop, a compliance check) keeps the schedule: were
+            # the period to restart each time, a key enabled more often than it is due never rotates.
+            return self
         return replace(
             self,
             rotation_enabled=True,

@@ -158,6 +158,26 @@ def test_automatic_rotation_status_of_the_primary_is_shared_by_replicas(server: 
     assert remote.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
 
 
+def test_replica_reports_the_rotation_status_of_its_primary_waiting_for_deletion(server: KeytrailServer) -> None:
+    # The automatic rotation status is shared (ReplicateKey's synchronized properties), and a primary
+    # waiting for its replicas' deletion reports false and never rotates: so does its replica.
+    kms, key_id = _mrk(server)
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    remote = server.client("alice", REPLICA)
+    kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    assert kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is False
+    replica = remote.get_key_rotation_status(KeyId=key_id)
+    assert replica["KeyRotationEnabled"] is False and "NextRotationDate" not in replica
+    assert replica["KeyId"] == _arn(REPLICA, key_id)
+    kms.cancel_key_deletion(KeyId=key_id)
+    shared = ("KeyRotationEnabled", "RotationPeriodInDays", "NextRotationDate")
+    primary, replica = kms.get_key_rotation_status(KeyId=key_id), remote.get_key_rotation_status(KeyId=key_id)
+    assert [replica[name] for name in shared] == [primary[name] for name in shared]
+    assert replica["KeyRotationEnabled"] is True
+
+
 def test_update_primary_region_swaps_roles(server: KeytrailServer) -> None:
     kms, key_id = _mrk(server)
     kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
@@ -209,6 +229,19 @@ def test_update_primary_region_needs_both_keys_enabled(server: KeytrailServer, d
     assert kms.describe_key(KeyId=key_id)["KeyMetadata"]["MultiRegionConfiguration"]["MultiRegionKeyType"] == (
         "PRIMARY"
     )
+
+
+def test_update_primary_region_to_its_own_region_still_needs_the_key_enabled(server: KeytrailServer) -> None:
+    # Nothing moves, but a disabled primary is refused as for another Region ("Both keys must be enabled").
+    kms, key_id = _mrk(server)
+    kms.replicate_key(KeyId=key_id, ReplicaRegion=REPLICA)
+    _tick(server)
+    assert kms.update_primary_region(KeyId=key_id, PrimaryRegion=PRIMARY)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    kms.disable_key(KeyId=key_id)
+    for region in (PRIMARY, REPLICA):
+        with pytest.raises(ClientError) as excinfo:
+            kms.update_primary_region(KeyId=key_id, PrimaryRegion=region)
+        assert _error(excinfo) == ("DisabledException", f"{_arn(PRIMARY, key_id)} is disabled.")
 
 
 def test_key_states_refusing_replication_or_a_new_primary_are_named_in_awss_words(server: KeytrailServer) -> None:

@@ -43,6 +43,28 @@ def test_enable_key_rotation_without_a_period_is_365_days_again(kms) -> None:
     assert kms.get_key_rotation_status(KeyId=key_id)["RotationPeriodInDays"] == 365
 
 
+def test_enabling_rotation_again_with_the_same_period_keeps_the_schedule(fresh_server: KeytrailServer) -> None:
+    # A reconcile loop calling EnableKeyRotation again must not push the next rotation back each
+    # time (the key would never rotate); another period restarts the schedule from now.
+    kms = fresh_server.client()
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    due = kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"]
+    fresh_server.advance(50 * DAY)
+    kms.enable_key_rotation(KeyId=key_id, RotationPeriodInDays=90)
+    assert kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"] == due
+    fresh_server.advance(41 * DAY)
+    assert [r["RotationType"] for r in kms.list_key_rotations(KeyId=key_id)["Rotations"]] == ["AUTOMATIC"]
+    now = datetime.fromisoformat(fresh_server.advance(0))
+    kms.enable_key_rotation(KeyId=key_id)  # another period: 365 days from now
+    status = kms.get_key_rotation_status(KeyId=key_id)
+    assert status["RotationPeriodInDays"] == 365
+    assert abs(status["NextRotationDate"] - (now + timedelta(days=365))) < timedelta(seconds=5)
+    fresh_server.advance(30 * DAY)
+    kms.enable_key_rotation(KeyId=key_id)  # omitted while the period is 365: the same period
+    assert kms.get_key_rotation_status(KeyId=key_id)["NextRotationDate"] == status["NextRotationDate"]
+
+
 def test_rotate_on_demand_keeps_old_material(kms) -> None:
     meta = kms.create_key()["KeyMetadata"]
     old_blob = kms.encrypt(KeyId=meta["KeyId"], Plaintext=b"old")["CiphertextBlob"]

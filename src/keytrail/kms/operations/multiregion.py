@@ -154,6 +154,9 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
     _require_primary(key)
     svc.require_not_pending_deletion(key)
     if region == key.region:
+        # Nothing to move, but a key that could not hand over the primary is refused as it would
+        # be for any other Region ("Both keys must be enabled").
+        _require_enabled(svc, key)
         return {}
     replica = (
         await svc.store.get_key(key.account, region, key.key_id) if region in key.replica_regions else None
@@ -166,19 +169,23 @@ async def update_primary_region(svc: KmsService, call: Call) -> Response:
         _conditions(replica, **{"kms:PrimaryRegion": region}),
     )
     for copy in (key, replica):
-        # "Both the primary key and the replica key must be in the Enabled key state when the
-        # operation starts" (multi-region-update): a copy still PendingImport (its imported material
-        # not yet there, deleted or expired) cannot become, or hand over, the primary either.
-        if copy.state is KeyState.DISABLED:
-            raise errors.DisabledException(f"{copy.arn} is disabled.")
-        if copy.state is not KeyState.ENABLED:
-            raise svc.invalid_state(copy)
+        _require_enabled(svc, copy)
     # ct-update-primary-region: two entries. This call's, in its own Region, names the old primary
     # (resources, and responseElements.keyId as entries since December 2022 do); KMS writes the
     # other in the new primary's Region. Both are owed by the write that moves the primary.
     call.log_key_id(key.arn)
     await multiregion.move_primary(svc, key, region, first=[_entry_in_new_primary_region(svc, call, replica)])
     return {}
+
+
+def _require_enabled(svc: KmsService, copy: Key) -> None:
+    # "Both the primary key and the replica key must be in the Enabled key state when the
+    # operation starts" (multi-region-update): a copy still PendingImport (its imported material
+    # not yet there, deleted or expired) cannot become, or hand over, the primary either.
+    if copy.state is KeyState.DISABLED:
+        raise errors.DisabledException(f"{copy.arn} is disabled.")
+    if copy.state is not KeyState.ENABLED:
+        raise svc.invalid_state(copy)
 
 
 def _entry_in_new_primary_region(svc: KmsService, call: Call, replica: Key) -> CallRecord:

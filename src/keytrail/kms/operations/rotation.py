@@ -75,15 +75,28 @@ async def get_key_rotation_status(svc: KmsService, call: Call) -> Response:
     key = await svc.find_key(call, call.params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:GetKeyRotationStatus", key)
     _require_generated_material(key)
+    primary = await _primary_of(svc, key)
     # GetKeyRotationStatus: a key pending deletion reports false (a primary waiting for its
     # replicas' deletion is one too: it will not rotate); cancelling the deletion brings back the
-    # status it had (kept on the key, so nothing is lost meanwhile).
-    enabled = key.rotation_enabled and key.state not in SCHEDULED_FOR_DELETION
+    # status it had (kept on the key, so nothing is lost meanwhile). The automatic rotation status
+    # is shared by a multi-Region key's copies (ReplicateKey, UpdatePrimaryRegion): a replica
+    # reports its primary's, else it would show rotation on, soon overdue, while its primary,
+    # the one copy that rotates, waits for deletion and never does.
+    enabled = primary.rotation_enabled and not any(k.state in SCHEDULED_FOR_DELETION for k in (key, primary))
     response: Response = {"KeyRotationEnabled": enabled, "KeyId": key.arn}
     if enabled:
-        response["RotationPeriodInDays"] = key.rotation_period_days
-        response["NextRotationDate"] = key.next_rotation_date
+        response["RotationPeriodInDays"] = primary.rotation_period_days
+        response["NextRotationDate"] = primary.next_rotation_date
     return response
+
+
+async def _primary_of(svc: KmsService, key: Key) -> Key:
+    """The copy whose rotation `key` shares: a replica's primary, any other key itself (and a
+    replica whose primary is not stored, which keeps the settings last copied to it)."""
+    if not multiregion.is_replica(key) or key.primary_region is None:
+        return key
+    primary = await svc.store.get_key(key.account, key.primary_region, key.key_id)
+    return primary or key
 
 
 async def rotate_key_on_demand(svc: KmsService, call: Call) -> Response:
