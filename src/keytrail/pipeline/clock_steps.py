@@ -71,7 +71,10 @@ def in_log_order(lifecycle: pl.DataFrame, causal: Collection[str],
     for key_arn, when, name, event_id in rows.select("keyArn", "eventTime", "eventName", "eventID").iter_rows():
         # A key made here has no event before it (a new key: most of a first batch's rows).
         prior = known[key_arn] if key_arn in known else None if name in _CREATION else latest(key_arn)
-        if prior is not None and when < prior[0] and event_id in causal:
+        # A ReplicateKey and the replica's CreateKey KMS logs for it are one creation, the CreateKey
+        # logged first though stamped later (the ReplicateKey is dated as its call began): no step.
+        one_creation = prior is not None and name in _CREATION and prior[1] in _CREATION
+        if prior is not None and when < prior[0] and event_id in causal and not one_creation:
             steps.append(step := ClockStep(key_arn, name, event_id, when, prior[1], prior[0]))
             prior = (step.billed_time, name)  # the next event of the key comes after this one
         elif prior is None or when >= prior[0]:

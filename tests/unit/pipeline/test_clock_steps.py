@@ -75,6 +75,22 @@ def test_a_deletion_stamped_before_its_key_s_creation_is_billed_after_it_and_sai
     assert code == 0 and err == f"note: {said[0]}\n"
 
 
+def test_a_replicate_key_logged_after_the_replica_s_create_key_is_no_clock_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The replica's CreateKey (KMS's, in the replica's Region) is logged before the ReplicateKey,
+    which is dated as its call began: a call crossing a second boundary was said to be a clock step."""
+    primary, replica = key_arn("primary"), key_arn("replica")
+    replicate = record("ReplicateKey", CREATED, primary, event_id="replicate")
+    replicate["responseElements"] = {"replicaKeyMetadata": {"arn": replica, "keySpec": "SYMMETRIC_DEFAULT"}}
+    history = [record("CreateKey", CREATED - timedelta(hours=1), primary, event_id="primary-create"),
+               record("CreateKey", CREATED + timedelta(seconds=1), replica, event_id="replica-create"), replicate]
+    asyncio.run(_log_live(tmp_path, history))
+    with caplog.at_level(logging.WARNING):
+        _consume(tmp_path)
+    assert [r.getMessage() for r in caplog.records if "clock step" in r.getMessage()] == []
+
+
 def test_a_step_is_said_once_per_key_and_later_events_of_the_key_bill_in_log_order(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
