@@ -67,7 +67,8 @@ every other Region name, `local` too, is in `aws`. The Region-to-partition rules
 - Policies: the default key policy names `arn:<partition>:iam::<account>:root`. A bare account id
   as Principal means that account's root in the key's partition. An ARN of another partition matches
   nothing, as in AWS, where an identity or a key exists in one partition only: `arn:aws:iam::…` as
-  Principal in a key policy of a `cn-north-1` key names no caller, `arn:aws:kms:…` as Resource no key.
+  Principal in a key policy of a `cn-north-1` key names no caller (and an IAM policy's `arn:aws:kms:…`
+  Resource no key of `cn-north-1`).
 - Multi-Region keys: ReplicateKey into a Region of another partition (us-east-1 → cn-north-1) is
   refused with `UnsupportedOperationException`: replicas live "in a different Region of the same
   AWS partition" (ReplicateKey, API Reference). AWS does not document the exact error for this
@@ -121,12 +122,16 @@ CHECKED = [
         "be `MalformedPolicyDocumentException`); 32,768 bytes are taken.",
     ),
     (
-        "A key policy statement without `Action` or without `Resource`",
-        "The API reference (CreateKey, PutKeyPolicy): \"the policy statement has no effect. When a key policy "
-        "statement is missing one of these elements, the KMS console correctly reports an error, but the "
-        "CreateKey and PutKeyPolicy API requests succeed\".",
-        "Taken and stored; the statement applies to no request, and the detector reads it as allowing nothing "
-        "(it used to be refused with `MalformedPolicyDocumentException`).",
+        "A key policy statement without `Action`/`NotAction`, without `Resource`, or with a `Resource` other "
+        "than `\"*\"`",
+        "The API reference (CreateKey, PutKeyPolicy) said such a statement \"has no effect\" and the requests "
+        "succeed; AWS's notice of 2025 (quoted in ministryofjustice/analytical-platform#7691): \"Beginning August "
+        "18, 2025, the KMS CreateKey, ReplicateKey and PutKeyPolicy API requests without a valid Action or "
+        "NotAction, and Resource element in the key policy will be rejected with MalformedPolicyDocumentException "
+        "… the only accepted Resource element value in a KMS key policy is \"*\"\".",
+        "Refused with `MalformedPolicyDocumentException` by CreateKey, PutKeyPolicy and ReplicateKey; a policy "
+        "stored before (by an earlier release) still loads, the statement applies to no request, and the "
+        "detector reads it as allowing nothing.",
     ),
     (
         "A key policy naming a principal that does not exist, duplicate `Sid`s, a member given twice in one "

@@ -376,19 +376,25 @@ def test_malformed_policy_names_what_is_wrong(alice: Any) -> None:
     assert "exactly one of Resource or NotResource" in message
 
 
-def test_a_statement_without_action_or_resource_is_taken_and_has_no_effect(alice: Any, bob: Any) -> None:
-    # API reference, CreateKey and PutKeyPolicy: "If either of the required Resource or Action
-    # elements are missing from a key policy statement, the policy statement has no effect. [...]
-    # the CreateKey and PutKeyPolicy API requests succeed, even though the policy statement is
-    # ineffective."
-    admin = {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"}
-    no_resource = {"Sid": "NoResource", "Effect": "Allow", "Principal": {"AWS": BOB}, "Action": "kms:*"}
-    no_action = {"Sid": "NoAction", "Effect": "Allow", "Principal": {"AWS": BOB}, "Resource": "*"}
-    policy = json.dumps({"Version": "2012-10-17", "Statement": [admin, no_resource, no_action]})
-    key = alice.create_key(Policy=policy)["KeyMetadata"]["KeyId"]
-    alice.put_key_policy(KeyId=key, Policy=policy)
-    assert json.loads(alice.get_key_policy(KeyId=key)["Policy"]) == json.loads(policy)
-    assert error_of(bob.describe_key, KeyId=key)[0] == "AccessDeniedException"
+@pytest.mark.parametrize(("element", "message"), [
+    ({"Action": "kms:*", "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"},
+     'Policy statement 2 (Sid \'Ops\'): the only Resource a key policy accepts is "*" '
+     "(the KMS key the policy is attached to)."),
+    ({"Resource": "*"}, "Policy statement 2 (Sid 'Ops') must contain exactly one of Action or NotAction."),
+], ids=["key-arn-resource", "no-action"])
+def test_a_statement_without_action_or_with_a_resource_other_than_star_is_refused(
+        alice: Any, element: Any, message: str) -> None:
+    # AWS Health notice (ministryofjustice/analytical-platform#7691): since 18 August 2025 CreateKey,
+    # ReplicateKey and PutKeyPolicy refuse a key policy statement "without a valid Action or NotAction,
+    # and Resource element". The API reference's older text had them taken with "no effect": a Deny
+    # like this one protected nothing. (A policy stored before still loads: tests/unit/authz/test_policy.py.)
+    deny_bob = {"Sid": "Ops", "Effect": "Deny", "Principal": {"AWS": BOB}, **element}
+    refused = policy(deny_bob)
+    assert error_of(alice.create_key, Policy=refused) == ("MalformedPolicyDocumentException", message)
+    key = new_key(alice)
+    assert error_of(alice.put_key_policy, KeyId=key, PolicyName="default", Policy=refused) == (
+        "MalformedPolicyDocumentException", message)
+    assert len(json.loads(alice.get_key_policy(KeyId=key)["Policy"])["Statement"]) == 1  # the default, kept
 
 
 def test_a_principal_with_a_wildcard_inside_is_refused(alice: Any) -> None:
@@ -453,18 +459,21 @@ def test_request_alias_condition_in_a_key_policy(alice: Any, bob: Any) -> None:
 
 def test_resource_aliases_condition_counts_in_iam_policies_only(tmp_path: Path) -> None:
     # "AWS KMS condition keys", kms:ResourceAliases: Policy type "IAM policies only". In an IAM
-    # policy it matches the key's aliases whatever the KeyId form; in a key policy it is absent.
+    # policy it matches the key's aliases whatever the KeyId form; a key policy with it is refused
+    # in AWS's words (awsdocs/aws-kms-developer-guide PR #47). How a policy stored with it before is
+    # evaluated (the key absent): tests/unit/authz/test_evaluator.py.
     by_alias = {"ForAnyValue:StringLike": {"kms:ResourceAliases": "alias/finance-*"}}
     server, erin = with_user(tmp_path, "erin", {"Effect": "Allow", "Action": "kms:Encrypt", "Resource": "*",
                                                 "Condition": by_alias})
     try:
-        alice, bob = server.client("alice"), server.client("bob")
-        key = new_key(alice, policy(statement(BOB, "kms:Encrypt", Condition=by_alias)))
-        for caller in (erin, bob):
-            assert error_of(caller.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
+        alice = server.client("alice")
+        assert error_of(alice.create_key, Policy=policy(statement(BOB, "kms:Encrypt", Condition=by_alias))) == (
+            "MalformedPolicyDocumentException",
+            "These condition keys are not permitted in a key policy: kms:ResourceAliases")
+        key = new_key(alice)
+        assert error_of(erin.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
         alice.create_alias(AliasName=f"alias/finance-{key[-12:]}", TargetKeyId=key)
         erin.encrypt(KeyId=key, Plaintext=b"x")  # the key now has a matching alias: the IAM policy allows
-        assert error_of(bob.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
     finally:
         server.stop()
 

@@ -17,6 +17,7 @@ from keytrail.kms.partitions import DEFAULT_PARTITION
 from keytrail.kms.policy_document import (
     MAX_POLICY_BYTES,
     check_characters,
+    check_key_policy_elements,
     check_principal_wildcards,
     check_set_operators,
     compile_policy,
@@ -70,6 +71,7 @@ def validate_key_policy(
         raise LimitExceededException("The key policy exceeds the 32 KB (32,768 bytes) size limit.")
     doc = parse_policy(text, "key")
     check_characters(text, doc)
+    check_key_policy_elements(doc)
     check_principal_wildcards(doc)
     check_set_operators(doc)
     check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn, key=key)

@@ -27,6 +27,7 @@ __all__ = [
     "PrincipalSet",
     "Statement",
     "check_characters",
+    "check_key_policy_elements",
     "check_principal_wildcards",
     "check_set_operators",
     "compile_policy",
@@ -67,6 +68,8 @@ def _malformed(message: str) -> KmsError:
 # (Terraform, CDK and CloudFormation error reports); keytrail's message starts with them and then
 # names the statement and the principal.
 INVALID_PRINCIPALS = "Policy contains a statement with one or more invalid principals."
+# And for a statement with neither Principal nor NotPrincipal (quoted in terraform-aws-eks PR #2163).
+_NO_PRINCIPAL = "Policy contains a statement with no principal."
 
 
 def _invalid_principal(where: str, detail: str) -> KmsError:
@@ -150,8 +153,9 @@ def _validate_statement(statement: Any, index: int, kind: PolicyKind) -> None:
         raise _malformed(f"Policy {where}: Sid must be a string.")
     if statement.get("Effect") not in ("Allow", "Deny"):
         raise _malformed(f"Policy {where}: Effect must be \"Allow\" or \"Deny\".")
-    # A key policy statement without Action or Resource "has no effect", yet "the CreateKey and
-    # PutKeyPolicy API requests succeed" (API reference); IAM refuses such an identity policy.
+    # A key policy statement without Action or Resource "has no effect" (API reference). AWS KMS
+    # refuses one since 18 August 2025 when a policy is set (`check_key_policy_elements`); one stored
+    # before still loads. IAM refuses such an identity policy.
     optional = kind == "key"
     _exactly_one(statement, where, "Action", "NotAction", optional=optional)
     _exactly_one(statement, where, "Resource", "NotResource", optional=optional)
@@ -194,7 +198,8 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
             raise _malformed(f"Policy {where}: identity-based policies cannot contain {present[0]}.")
         return
     if len(present) != 1:
-        raise _malformed(f"Policy {where} must contain exactly one of Principal or NotPrincipal.")
+        lead = "" if present else f"{_NO_PRINCIPAL} "
+        raise _malformed(f"{lead}Policy {where} must contain exactly one of Principal or NotPrincipal.")
     value = statement[present[0]]
     if value == "*":
         return
@@ -224,6 +229,40 @@ def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
             if name != "*" and ("*" in name or "?" in name):
                 raise _invalid_principal(_where(statement, index),
                                          f"names {name!r} (a wildcard cannot match part of a principal ARN)")
+
+
+# The only Resource a key policy accepts: the key it is attached to (AWS Health notice of May 2025,
+# quoted in ministryofjustice/analytical-platform#7691).
+_KEY_POLICY_RESOURCE = "*"
+# Condition keys AWS refuses in a key policy ("These condition keys are not permitted in a key policy:
+# …", a PutKeyPolicy failure quoted in awsdocs/aws-kms-developer-guide PR #47; "AWS KMS condition
+# keys" lists it for "IAM policies only"), lowercase name to AWS's spelling.
+_IAM_ONLY_CONDITION_KEYS = {"kms:resourcealiases": "kms:ResourceAliases"}
+
+
+def check_key_policy_elements(doc: Mapping[str, Any]) -> None:
+    """Refuse, as AWS KMS does since 18 August 2025 for CreateKey, ReplicateKey and PutKeyPolicy, a
+    statement without Action or NotAction, or whose Resource is other than "*"; and a condition on
+    an IAM-only key. Such a statement applies to no request (a key ARN pattern: at most to the key
+    it matches; `…:alias/*`: to none), so a Deny written with it may protect nothing. Checked when a
+    policy is set; a stored one still loads and is evaluated as written."""
+    for index, statement in enumerate(_list(doc["Statement"])):
+        where = _where(statement, index)
+        _exactly_one(statement, where, "Action", "NotAction")
+        if "NotResource" in statement or not _is_key_policy_resource(statement.get("Resource")):
+            raise _malformed(f"Policy {where}: the only Resource a key policy accepts is "
+                             f'"{_KEY_POLICY_RESOURCE}" (the KMS key the policy is attached to).')
+        refused = sorted({_IAM_ONLY_CONDITION_KEYS[key.lower()]
+                          for entries in statement.get("Condition", {}).values()
+                          for key in entries if key.lower() in _IAM_ONLY_CONDITION_KEYS})
+        if refused:
+            raise _malformed(f"These condition keys are not permitted in a key policy: {', '.join(refused)}")
+
+
+def _is_key_policy_resource(value: Any) -> bool:
+    """`"*"`, or a list of only `"*"`; None (no Resource) is not."""
+    return value == _KEY_POLICY_RESOURCE or (
+        isinstance(value, list) and bool(value) and all(item == _KEY_POLICY_RESOURCE for item in value))
 
 
 # "Key policy format": "printable ASCII characters, printable characters in the Basic Latin and
@@ -368,7 +407,7 @@ def _conditions(block: Mapping[str, Any], variables: bool) -> tuple[Condition, .
 
 
 def _statement(raw: Mapping[str, Any], variables: bool) -> Statement:
-    # A key policy statement may lack both: it is then an Action (Resource) matching nothing.
+    # A key policy stored before AWS refused it may lack both: it is then an Action (Resource) matching nothing.
     action_key = "NotAction" if "NotAction" in raw else "Action"
     resource_key = "NotResource" if "NotResource" in raw else "Resource"
     principal_key = "Principal" if "Principal" in raw else "NotPrincipal"

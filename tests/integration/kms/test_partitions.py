@@ -64,7 +64,7 @@ def _policies_use_the_partition(server: KeytrailServer, region: str, partition: 
     def policy_naming(bob_arn: str) -> str:
         return json.dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Principal": {"AWS": ACCOUNT}, "Action": "kms:*", "Resource": "*"},
-            {"Effect": "Allow", "Principal": {"AWS": bob_arn}, "Action": "kms:Encrypt", "Resource": arn}]})
+            {"Effect": "Allow", "Principal": {"AWS": bob_arn}, "Action": "kms:Encrypt", "Resource": "*"}]})
 
     alice.put_key_policy(KeyId=arn, PolicyName="default", Policy=policy_naming(f"arn:aws:iam::{ACCOUNT}:user/bob"))
     assert aws_error(bob.encrypt, KeyId=arn, Plaintext=b"x")[0] == "AccessDeniedException"  # another partition's bob

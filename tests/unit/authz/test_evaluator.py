@@ -638,7 +638,8 @@ def test_resource_aliases_supplied_by_the_caller_are_matched_in_iam_policies() -
 
 def test_resource_aliases_are_not_in_a_key_policys_context() -> None:
     # "AWS KMS condition keys", kms:ResourceAliases: Policy type "IAM policies only". In a key
-    # policy the key is absent: ForAnyValue never holds, ForAllValues always does.
+    # policy the key is absent: ForAnyValue never holds, ForAllValues always does. (PutKeyPolicy now
+    # refuses such a policy; `key` stores it as an earlier release did.)
     allow_by_alias = key(doc({**_by_alias(), "Principal": {"AWS": ALICE_ARN}}))
     assert authorizer().reads(allow_by_alias, user("alice")) == frozenset()
     assert not _aliased(user("alice"), allow_by_alias, "alias/finance").allowed

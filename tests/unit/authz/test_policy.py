@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from keytrail.kms.authz import AccessRequest, Verdict
 from keytrail.kms.errors import MalformedPolicyDocumentException
 from keytrail.kms.policy import MAX_POLICY_BYTES, compile_policy, default_policy, parse_policy, validate_key_policy
 
-from .support import root
+from .support import ACCOUNT, authorizer, doc, key, request, root, user
 
 OK_STATEMENT = {"Effect": "Allow", "Principal": {"AWS": "111122223333"}, "Action": "kms:*", "Resource": "*"}
 
@@ -70,8 +71,8 @@ def test_account_id_principal_is_kept_bare_for_the_partition_of_the_call() -> No
         ({"Statement": [{**OK_STATEMENT, "NotAction": "kms:Encrypt"}]}, "exactly one of Action or NotAction"),
         ({"Statement": [{**OK_STATEMENT, "NotResource": "*"}]}, "exactly one of Resource or NotResource"),
         (
-            {"Statement": [{k: v for k, v in OK_STATEMENT.items() if k != "Principal"}]},
-            "Principal or NotPrincipal",
+            {"Statement": [{**OK_STATEMENT, "NotPrincipal": {"AWS": "111122223333"}}]},
+            "Policy statement 1 must contain exactly one of Principal or NotPrincipal.",
         ),
         (
             {"Statement": [{**OK_STATEMENT, "Principal": {"AWS": "bob"}}]},
@@ -118,9 +119,17 @@ def test_identity_policy_without_principal_parses() -> None:
     assert "Principal" in malformed(document)  # as a key policy, the same document is refused
 
 
-def test_a_key_policy_statement_without_action_or_resource_is_taken_and_applies_to_nothing() -> None:
-    # API reference, PutKeyPolicy: such a statement "has no effect", yet the request succeeds.
-    # IAM refuses an identity policy without them.
+def test_a_statement_without_a_principal_is_refused_in_awss_words_then_keytrails() -> None:
+    # "Policy contains a statement with no principal.", as quoted in terraform-aws-eks PR #2163.
+    statement = {k: v for k, v in OK_STATEMENT.items() if k != "Principal"}
+    assert malformed({"Statement": [OK_STATEMENT, statement]}) == (
+        "Policy contains a statement with no principal. "
+        "Policy statement 2 must contain exactly one of Principal or NotPrincipal.")
+
+
+def test_a_stored_key_policy_statement_without_action_or_resource_loads_and_applies_to_nothing() -> None:
+    # The API reference's older text: such a statement "has no effect"; PutKeyPolicy took it
+    # before 18 August 2025 (now refused when set, below). IAM refuses an identity policy without them.
     for missing in ("Action", "Resource"):
         statement = {k: v for k, v in OK_STATEMENT.items() if k != missing}
         compiled = compile_policy(json.dumps({"Statement": [statement]}))
@@ -250,3 +259,82 @@ def test_large_numbers_within_a_doubles_range_are_kept() -> None:
     statement = {**OK_STATEMENT, "Condition": condition}
     parsed = parse_policy(json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
     assert parsed["Statement"][0]["Condition"] == condition
+
+
+KEY_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+NO_KEY_POLICY_RESOURCE = ('Policy statement 2 (Sid \'Ops\'): the only Resource a key policy accepts is "*" '
+                          "(the KMS key the policy is attached to).")
+
+
+def refusal_when_set(*statements: dict[str, Any]) -> str:
+    text = json.dumps(doc(OK_STATEMENT, *statements))
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        validate_key_policy(text, root(), bypass=True)
+    compile_policy(text)  # a stored policy that has one still loads
+    return info.value.message
+
+
+def test_a_key_policy_statement_without_action_is_refused_when_the_policy_is_set() -> None:
+    # AWS Health notice (ministryofjustice/analytical-platform#7691): since 18 August 2025 CreateKey,
+    # ReplicateKey and PutKeyPolicy refuse a statement "without a valid Action or NotAction".
+    no_action = {k: v for k, v in OK_STATEMENT.items() if k != "Action"}
+    assert refusal_when_set({**no_action, "Sid": "Ops", "Effect": "Deny"}) == (
+        "Policy statement 2 (Sid 'Ops') must contain exactly one of Action or NotAction.")
+
+
+@pytest.mark.parametrize("resource", [
+    {},  # no Resource
+    {"NotResource": "*"},
+    {"NotResource": KEY_ARN},
+    {"Resource": KEY_ARN},  # matched the key ARN; `…:alias/*` matched no key
+    {"Resource": ["*", "x"]},
+    {"Resource": ["*", KEY_ARN]},
+], ids=["missing", "not-resource-star", "not-resource-key", "key-arn", "star-and-x", "star-and-key"])
+def test_a_key_policy_resource_other_than_star_is_refused_when_the_policy_is_set(resource: dict[str, Any]) -> None:
+    # The same notice: "the only accepted Resource element value in a KMS key policy is "*"".
+    bare = {k: v for k, v in OK_STATEMENT.items() if k != "Resource"}
+    assert refusal_when_set({**bare, "Sid": "Ops", "Effect": "Deny", **resource}) == NO_KEY_POLICY_RESOURCE
+
+
+@pytest.mark.parametrize("resource", ["*", ["*"]])
+def test_a_key_policy_resource_of_star_alone_is_accepted(resource: Any) -> None:
+    statement = {**OK_STATEMENT, "Resource": resource, "NotAction": "kms:ScheduleKeyDeletion"}
+    del statement["Action"]
+    validate_key_policy(json.dumps(doc(statement)), root(), bypass=True)
+
+
+@pytest.mark.parametrize(("operator", "name"), [
+    ("ForAnyValue:StringLike", "kms:ResourceAliases"),
+    ("forallvalues:stringequalsifexists", "KMS:resourcealiases"),
+    ("StringEquals", "kms:resourceAliases"),
+])
+def test_a_key_policy_condition_on_resource_aliases_is_refused_when_the_policy_is_set(operator: str, name: str) -> None:
+    # "AWS KMS condition keys": kms:ResourceAliases is for "IAM policies only"; AWS refuses a key
+    # policy with it (awsdocs/aws-kms-developer-guide PR #47). Absent from a key policy's context,
+    # a Deny on it protected nothing.
+    deny = {**OK_STATEMENT, "Effect": "Deny", "Principal": "*", "Condition": {operator: {name: "alias/prod-*"}}}
+    assert refusal_when_set(deny) == "These condition keys are not permitted in a key policy: kms:ResourceAliases"
+
+
+def test_a_key_policy_stored_before_these_checks_loads_and_is_evaluated_as_written() -> None:
+    # A key whose policy an earlier release stored: its Deny on NotResource or on the key ARN still
+    # denies, its statement without Action still allows nothing, its Deny on kms:ResourceAliases
+    # still never matches (the key is absent from a key policy's context).
+    allow_bob = {**OK_STATEMENT, "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/bob"}}
+    bare = {k: v for k, v in allow_bob.items() if k != "Resource"}
+    no_action = {k: v for k, v in allow_bob.items() if k != "Action"}
+    by_alias = {**allow_bob, "Effect": "Deny", "Condition": {"ForAnyValue:StringLike": {"kms:ResourceAliases": "*"}}}
+    cases = [
+        (doc(allow_bob, {**bare, "Effect": "Deny", "NotResource": f"{KEY_ARN}-other"}), Verdict.EXPLICIT_DENY),
+        (doc(allow_bob, {**bare, "Effect": "Deny", "Resource": KEY_ARN}), Verdict.EXPLICIT_DENY),
+        (doc(allow_bob, {**bare, "Effect": "Deny", "Resource": f"{KEY_ARN}-other"}), Verdict.ALLOW),
+        (doc(no_action), Verdict.IMPLICIT_DENY),
+        (doc(bare), Verdict.IMPLICIT_DENY),
+        (doc(allow_bob, by_alias), Verdict.ALLOW),
+    ]
+    for policy, verdict in cases:
+        stored = key(policy)
+        assert stored.arn == KEY_ARN
+        encrypt = request(user("bob"), "kms:Encrypt", stored)
+        aliased = AccessRequest(encrypt.call, "kms:Encrypt", stored, {"kms:ResourceAliases": ["alias/prod-db"]})
+        assert authorizer().authorize(aliased).verdict is verdict, policy
