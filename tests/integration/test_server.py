@@ -838,7 +838,8 @@ def test_requests_the_http_stack_refuses_itself_are_counted_in_metrics(fresh_ser
             assert sock.recv(12) == b"HTTP/1.1 " + status
     fresh_server.client().list_keys()  # served: not counted
     refused = _counted(fresh_server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
-    assert refused == {"request_timeout": 0, "headers_too_large": 1, "malformed_http": 1, "body_too_large": 1}
+    assert refused == {"request_timeout": 0, "headers_too_large": 1, "malformed_http": 1, "body_too_large": 1,
+                       "protocol_upgrade": 0}
 
 
 def _counted(metrics: str, family: str) -> dict[str, int]:

@@ -93,7 +93,8 @@ _REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refuse
 REFUSAL_REASONS = ("connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls")
 # Why a request was refused before the app carried it out, by its answer: 408, 431, 400 (by the
 # protocol, below) and 413 (by the app, which reads the body: api/app.py).
-REQUEST_REFUSAL_REASONS = ("request_timeout", "headers_too_large", "malformed_http", "body_too_large")
+REQUEST_REFUSAL_REASONS = ("request_timeout", "headers_too_large", "malformed_http", "body_too_large",
+                           "protocol_upgrade")
 
 
 class ClientNoiseFilter(logging.Filter):
@@ -123,7 +124,7 @@ class ClientNoiseFilter(logging.Filter):
         message = record.getMessage()
         if message not in self.NOISE:
             return True
-        if _refusing_a_large_head():  # a 431, counted (and not logged) as one whose head came in pieces is
+        if _refusing_in_a_callback():  # a 431 or an upgrade refused, counted (and not logged) as the others are
             return False
         now = time.monotonic()
         if now - self._logged_at.get(message, -self.seconds) < self.seconds:
@@ -132,15 +133,16 @@ class ClientNoiseFilter(logging.Filter):
         return True
 
 
-def _refusing_a_large_head() -> bool:
-    """Whether uvicorn's "Invalid HTTP request received." is logged for a head too large, which it is
-    when the head ends in the read it began in: on_headers_complete's _HeadTooLarge stops the parser,
+def _refusing_in_a_callback() -> bool:
+    """Whether uvicorn's "Invalid HTTP request received." is logged for a head too large (or one
+    asking to switch protocols: _UpgradeAsked, alike), which it is when the head ends in the read it
+    began in: on_headers_complete's _HeadTooLarge stops the parser,
     and uvicorn logs that line while handling the parser's error (httptools sets the callback's
     exception as that error's __context__), before send_400_response answers 431. Said so, a 431
     was misnamed as HTTP that could not be read, and took that line's one slot a minute: a client
     sending large heads hid every malformed request from the log."""
     error = sys.exc_info()[1]
-    return error is not None and isinstance(error.__context__, _HeadTooLarge)
+    return error is not None and isinstance(error.__context__, _HeadTooLarge | _UpgradeAsked)
 
 
 def connection_limit() -> int:
@@ -178,6 +180,10 @@ class _HeadTooLarge(Exception):
     """Raised from the parser's callback to end the read of a request whose head is too large."""
 
 
+class _UpgradeAsked(Exception):
+    """Raised from the parser's callback to end the read of a request asking to switch protocols."""
+
+
 def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     """The bytes of a request's URL and headers as sent, near enough: each header line is its name,
     ": ", its value and CRLF."""
@@ -189,6 +195,14 @@ _HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", 
                            "headers_too_large")
 _OVERDUE = _Refusal(_last_answer(b"408 Request Timeout", "RequestTimeoutException",
                                  "The request did not arrive whole in time."), "request_timeout")
+# `Connection: Upgrade` with `Upgrade: h2c` (curl --http2, Java's HttpClient and Ktor on http://), or
+# CONNECT: httptools ends such a request at its headers and leaves the body unread (uvicorn#2722,
+# httptools#124), so a signed call failed its signature and, under --dev-credentials, ran with no
+# parameters at all (a CreateKey asking for a signing key made a symmetric one). Refused instead.
+_UPGRADE = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
+                                 "keytrail serves HTTP/1.1 and switches to no other protocol: send the request "
+                                 "without Connection: Upgrade (curl --http1.1; Java HttpClient.Version.HTTP_1_1)."),
+                    "protocol_upgrade")
 _MALFORMED = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                    "The request is not valid HTTP/1.1."), "malformed_http")
 _PLAIN_HTTP_ON_TLS = _last_answer(
@@ -349,6 +363,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._maybe_before_head = 0
         self._read_bytes = 0  # of the read being parsed
         self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
+        self._upgrade_asked = False  # a head asking to switch protocols (on_headers_complete)
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._last: _Refusal | None = None  # of what follows the running request, sent after its answer
@@ -390,7 +405,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         counted while arriving: refused as the too large head it is, not as unreadable HTTP."""
         # `url` is set at each request's first byte; `_head_overflowed` by on_headers_complete.
         too_long = self._head_overflowed or len(getattr(self, "url", b"")) > _PARSED_URL_BYTES
-        self._refuse_next(_HEAD_TOO_LARGE if too_long else _MALFORMED)
+        self._refuse_next(_UPGRADE if self._upgrade_asked else _HEAD_TOO_LARGE if too_long else _MALFORMED)
 
     def _refuse_next(self, refusal: _Refusal) -> None:
         """Answer a request that will not be carried out with `refusal` and close the connection;
@@ -470,6 +485,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes + self._read_bytes > HEAD_BYTES and _head_size(self.url, self.headers) > HEAD_BYTES:
             self._head_overflowed = True
             raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
+        if self.parser.should_upgrade():  # before the app runs: see _UPGRADE
+            self._upgrade_asked = True
+            raise _UpgradeAsked
         self._in_head = False
         super().on_headers_complete()
 

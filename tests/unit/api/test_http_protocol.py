@@ -432,6 +432,27 @@ async def test_a_request_the_parser_cannot_read_gets_an_aws_json_400_and_the_con
         server.should_exit = True
 
 
+async def test_a_request_asking_to_switch_protocols_is_refused_before_the_app_runs_never_run_without_its_body(
+) -> None:
+    """`curl --http2` on http:// (Java's HttpClient, Ktor too) sends `Connection: Upgrade, HTTP2-Settings`
+    and `Upgrade: h2c`: httptools ended the request at its headers, so the app ran it with an
+    empty body (a signed call failed its signature; under --dev-credentials a CreateKey ran with
+    no parameters), and a request pipelined behind it was never answered."""
+    server, port = await _serve_echo(seen := [])
+    try:
+        h2c = (b"POST / HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+               b"http2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\ncontent-length: 10\r\n\r\n0123456789")
+        answer = await _exchange(port, h2c + HEAD + b"\r\n0123456789")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head
+        assert json.loads(body)["message"].startswith("keytrail serves HTTP/1.1 and switches to no other protocol")
+        assert answer.count(b"x-amzn-requestid: ") == 1 and seen == []  # neither it nor the one behind it was run
+        plain = await _exchange(port, HEAD + b"connection: close\r\n\r\n0123456789")
+        assert plain.startswith(b"HTTP/1.1 200 ") and seen == ["whole"]
+    finally:
+        server.should_exit = True
+
+
 async def test_the_protocols_own_refusals_carry_a_request_id_of_their_own_and_the_error_type() -> None:
     """As the app's answers do: an SDK shows the id and reads the type, and a support question
     starts from the id."""
@@ -712,4 +733,4 @@ async def test_each_request_the_protocol_refuses_itself_is_counted_once_by_its_r
                 assert answer.count(b"HTTP/1.1 " + status + b" ") == 1, answer
     finally:
         server.should_exit = True
-    assert refusals == {"request_timeout": 2, "headers_too_large": 2, "malformed_http": 3}
+    assert refusals == {"request_timeout": 2, "headers_too_large": 2, "malformed_http": 3}  # no upgrade sent
