@@ -152,7 +152,8 @@ def test_a_secret_sent_as_the_access_key_is_refused_without_reaching_the_log(fre
     assert (status, body["__type"]) == (400, "IncompleteSignatureException")
     assert fresh_server.stop() == 0
     log = fresh_server.log.read_text()
-    assert "(IncompleteSignatureException, access key none readable): Credential should be scoped" in log
+    assert ("(IncompleteSignatureException, access key none readable): "
+            "Credential must have exactly 5 slash-delimited elements") in log
     assert "bPxRfiCYEXAMPLEKEY" not in log and "wJalr" not in log
 
 

@@ -37,7 +37,7 @@ _ACCESS_KEY = re.compile(r"Credential=([A-Z0-9]{16,128})/")
 # What a Credential names before its scope (/YYYYMMDD/region/service/aws4_request), or all of it
 # without one: an access key id, or, from a client given its key pair the wrong way round, the
 # secret access key, which AWS's secrets often hold a "/" in and so break the scope the error
-# message then quotes ("Credential should be scoped to a valid region. (<secret>/2026…)").
+# message then quotes ("Credential must have exactly 5 slash-delimited elements, …, got '<secret>/2026…'").
 _CREDENTIAL_KEY = re.compile(r"Credential=([^,\s]*?)(?:/\d{8}(?:/|[,\s]|$)|[,\s]|$)")
 _READABLE_KEY = re.compile(r"[A-Z0-9]{16,128}")
 _MIN_HIDDEN = 4  # characters of a Credential, or of its head where a message ends cut short, worth hiding

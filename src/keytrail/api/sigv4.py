@@ -85,7 +85,7 @@ _REGION = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 def parse_authorization(header: str | None) -> SignedRequest:
     """Split the Authorization header, or raise what AWS raises for a missing or broken one."""
     if not header:
-        raise MissingAuthenticationTokenException("Missing Authentication Token")
+        raise MissingAuthenticationTokenException("Request is missing Authentication Token")
     # SDKs write `<algorithm> Credential=…, SignedHeaders=…, Signature=…`; everything before the
     # signature repeats from call to call (it changes daily), so its parse is cached.
     head, found, signature = header.rpartition(_SIGNATURE_FIELD)
@@ -119,8 +119,13 @@ def _parse_fields(header: str) -> SignedRequest:
             + f" Authorization={header[:200]}"
         )
     scope = fields["Credential"].split("/")
-    if len(scope) != 5 or scope[4] != "aws4_request":
-        raise IncompleteSignatureException(f"Credential should be scoped to a valid region. ({fields['Credential']})")
+    if len(scope) != 5:  # AWS's words (an access key and secret given the wrong way round, most often)
+        raise IncompleteSignatureException(
+            "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, "
+            f"got '{fields['Credential']}'")
+    if scope[4] != "aws4_request":
+        raise IncompleteSignatureException(
+            f"Credential should be scoped with a valid terminator: 'aws4_request', not '{scope[4][:64]}'.")
     if len(scope[2]) > 64 or not _REGION.fullmatch(scope[2]):  # it becomes part of every key ARN
         raise InvalidSignatureException(f"Credential should be scoped to a valid region, not '{scope[2][:64]}'.")
     return SignedRequest(

@@ -61,7 +61,7 @@ SWAPPED = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 @pytest.mark.parametrize("header", [
     # A client given its key pair the wrong way round names the secret as its access key: the
-    # message quoted it ("Credential should be scoped to a valid region. (<secret>/2026…)"), and
+    # message quoted it ("Credential must have exactly 5 slash-delimited elements, …, got '<secret>/2026…'"), and
     # the line wrote the secret to the log.
     f"AWS4-HMAC-SHA256 Credential={SWAPPED}/20261202/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=ab",
     f"AWS4-HMAC-SHA256 Credential={SWAPPED}, SignedHeaders=host, Signature=ab",

@@ -292,6 +292,19 @@ def test_a_scope_region_no_region_could_be_named_is_refused(region: str) -> None
         parse_authorization(header)
 
 
+def test_a_credential_scope_of_the_wrong_shape_is_refused_in_awss_words() -> None:
+    """AWS's words, which users search for (the usual cause: the key id and secret swapped)."""
+    with pytest.raises(IncompleteSignatureException) as parts:
+        parse_authorization("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1, "
+                            "SignedHeaders=host, Signature=abc123")
+    assert parts.value.message == ("Credential must have exactly 5 slash-delimited elements, e.g. "
+                                   "keyid/date/region/service/term, got 'AKIDEXAMPLE/20261128/us-east-1'")
+    with pytest.raises(IncompleteSignatureException) as term:
+        parse_authorization("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/kms/aws4, "
+                            "SignedHeaders=host, Signature=abc123")
+    assert term.value.message == "Credential should be scoped with a valid terminator: 'aws4_request', not 'aws4'."
+
+
 @pytest.mark.parametrize("region", ["us-east-1", "us-gov-west-1", "eu-central-2", "local"])
 def test_region_names_as_aws_and_self_hosted_deployments_spell_them_are_taken(region: str) -> None:
     header = (f"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/{region}/kms/aws4_request, "
