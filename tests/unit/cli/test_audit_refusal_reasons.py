@@ -18,11 +18,7 @@ from keytrail.cli.node import AUDIT_REFUSAL_REASONS, _count_refused_call
 
 class _Spool:
     def __init__(self, failed: bool) -> None:
-        self.failed = failed
-
-    def ready(self) -> None:
-        if self.failed:
-            raise SpoolError("the audit spool failed earlier and refuses records: fsync failed")
+        self.out_of_service = failed  # a full disk refuses ready() too, but does not put the spool out of service
 
 
 def _trail(*, unshipped: int = 0, failed: bool = False) -> AuditTrail:
