@@ -97,7 +97,8 @@ def test_a_syntax_error_is_json_s_at_its_line_after_the_items_before_it(broken: 
             else:
                 stream.value()
         stream.end()
-    assert (raised.value.msg, raised.value.line) == (expected.value.msg, expected.value.lineno)
+    assert (raised.value.msg, raised.value.line, raised.value.column) == (
+        expected.value.msg, expected.value.lineno, expected.value.colno)
     assert items == before
 
 
@@ -159,12 +160,12 @@ def test_any_document_in_any_pieces_reads_as_json_reads_it_whole(records: list[A
     try:
         whole, expected = json.loads(text), None
     except json.JSONDecodeError as exc:
-        whole, expected = None, (exc.msg, exc.lineno)
+        whole, expected = None, (exc.msg, exc.lineno, exc.colno)
     stream = _stream(text, size)
     try:
         read = _read_any(stream)
     except JsonSyntaxError as exc:
-        assert (exc.msg, exc.line) == expected
+        assert (exc.msg, exc.line, exc.column) == expected
         return
     assert expected is None
     if isinstance(read, tuple) and isinstance(whole, dict) and isinstance(whole.get("Records"), list):

@@ -220,6 +220,8 @@ def last_used(
 ) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
     names = parse_by(by, ("key", "principal"), LAST_USED)
+    if names[0] != "key":  # `principal` alone gave the key x principal rows of `key,principal`, without a word
+        raise fail("--by: choose key or key,principal (every row names its key)", LAST_USED)
     low, high = parse_window(since, until, LAST_USED)
     store = open_store(data_dir, LAST_USED)
     if store is None:

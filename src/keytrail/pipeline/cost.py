@@ -34,6 +34,7 @@ __all__ = [
     "MATERIAL_IMPORTED",
     "SERVICE_EVENTS",
     "UNBILLED_CALLERS",
+    "billable_rows",
     "billed_segments",
     "classed_requests",
     "cost_report",
@@ -65,7 +66,7 @@ SERVICE_EVENTS = frozenset({"RotateKey", "DeleteKey", "SynchronizeMultiRegionKey
 #: the principal): AWS charges no one for them (shared/reference/audit-anchors.md §3.1).
 UNBILLED_CALLERS = frozenset({"cloudtrail.amazonaws.com"})
 #: Usage rows that are billed requests: neither a KMS service event nor an unbilled caller's call
-#: (`classed_requests` also leaves out the CreateKey records of keys AWS made: `_created_by_aws`).
+#: (`billable_rows` also leaves out the CreateKey records of keys AWS made: `_created_by_aws`).
 BILLABLE = ~pl.col("eventName").is_in(list(SERVICE_EVENTS)) & ~pl.col("principalArn").fill_null("").is_in(
     list(UNBILLED_CALLERS)
 )
@@ -288,7 +289,14 @@ def classed_requests(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> pl.DataFra
         .group_by("keyArn")
         .agg(pl.col("keySpec").first())
     )
-    return price_classes(usage.filter(BILLABLE & ~_created_by_aws(lifecycle)), specs)
+    return price_classes(usage.filter(billable_rows(lifecycle)), specs)
+
+
+def billable_rows(lifecycle: pl.DataFrame) -> pl.Expr:
+    """The usage rows that are requests, as the cost table counts them: BILLABLE, less the CreateKey
+    of each key AWS made (`lifecycle` tells which). The one rule of what a request is: the report's
+    principals figure counts the callers of these rows, beside its requests figure that sums them."""
+    return BILLABLE & ~_created_by_aws(lifecycle)
 
 
 def _created_by_aws(lifecycle: pl.DataFrame) -> pl.Expr:

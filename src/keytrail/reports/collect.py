@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from keytrail.clock import data_dir_now, utc_now
-from keytrail.pipeline.cost import COST_SCHEMA
+from keytrail.pipeline.cost import COST_SCHEMA, LIFECYCLE_SCHEMA
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
@@ -90,6 +90,9 @@ class ReportData:
     keys_not_created: int = 0  # keys in the cost table that no CreateKey/ReplicateKey of the input made
     clock_steps: tuple[str, ...] = ()  # per key of the cost table billed in log order, why (clock_steps.py)
     open_end: OpenEnd | None = None  # where the period ends without --until; its `late`: events dated after now
+    # The keys' lifecycle events (pipeline.cost's LIFECYCLE_SCHEMA), which tell the usage rows that
+    # are requests (`billable_rows`): the CreateKey of a key AWS made is none.
+    lifecycle: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LIFECYCLE_SCHEMA))
 
     def period_events(self) -> int:
         """The events of the period, as the usage table counts them: `events` is every one read,
@@ -245,15 +248,15 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
     # The as-of time bounds the last uses as --until does: without it, a use dated after now (the
     # events `end` counts as late) showed as a key's last use, later than the report's as-of time.
     used_until = until or (as_of if end is not None and end.late else None)
+    lifecycle = store.lifecycle()
     return _named(ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=consumed.events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of, end),
-        last_used=mark_unused(store.last_used_by_key(used_until), as_of, options.unused_days, store.lifecycle(),
-                              first),
+        last_used=mark_unused(store.last_used_by_key(used_until), as_of, options.unused_days, lifecycle, first),
         denied=consumed.denied, alarms=alarms, alarms_note=alarms_note,
         keys_not_created=len(store.keys_never_created(cost)), open_end=end,
-        clock_steps=tuple(step.line() for step in store.clock_steps(cost)),
+        clock_steps=tuple(step.line() for step in store.clock_steps(cost)), lifecycle=lifecycle,
     ), consumed.aliases)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from keytrail import __version__
-from keytrail.pipeline.cost import BILLABLE
+from keytrail.pipeline.cost import billable_rows
 from keytrail.reports.collect import ReportData
 from keytrail.reports.figures import ahead_note, storage_note
 from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
@@ -84,7 +84,7 @@ def _cards(data: ReportData) -> str:
         # The period's, as every figure beside it: `data.events` counts the whole input read,
         # which over a --since/--until window showed events in a period that had none.
         ("events", f"{data.period_events():,}"), ("keys", f"{keys:,}"),
-        ("principals", f"{_callers(data.usage):,}"),
+        ("principals", f"{_callers(data.usage, data.lifecycle):,}"),
         # As `keytrail cost` bills them: service events (RotateKey, DeleteKey) and CloudTrail's own
         # calls are in the usage rows but are no requests (docs/metrics.md).
         ("requests", f"{int(_sum(data.cost, 'requests')):,}"),
@@ -99,11 +99,12 @@ def _cards(data: ReportData) -> str:
         for name, value in cards) + "</div>"
 
 
-def _callers(usage: pl.DataFrame) -> int:
+def _callers(usage: pl.DataFrame, lifecycle: pl.DataFrame) -> int:
     """The principals that made requests, as the requests card counts them: KMS's own events
-    (RotateKey, DeleteKey by "AWS Internal") and CloudTrail's unbilled calls are in the usage rows
-    but were no one's request."""
-    return usage.filter(BILLABLE).get_column("principalArn").n_unique()
+    (RotateKey, DeleteKey by "AWS Internal"), CloudTrail's unbilled calls and the CreateKey of a key
+    AWS made (by the service that made it: s3.amazonaws.com) are in the usage rows but were no
+    one's request."""
+    return usage.filter(billable_rows(lifecycle)).get_column("principalArn").n_unique()
 
 
 def _projected_label(projection: pl.DataFrame) -> str:

@@ -181,7 +181,7 @@ class LogFile:
         try:
             yield from self._document(stream)
         except JsonSyntaxError as exc:
-            raise LogFileProblem(f"{path}: line {exc.line}: not valid JSON ({exc.msg})") from None
+            raise LogFileProblem(f"{path}: line {exc.line}: not valid JSON ({_complaint_at(exc)})") from None
         except ValueTooLarge as exc:
             raise LogFileProblem(f"{path}: line {exc.line}: a JSON value larger than {MAX_VALUE_CHARS >> 20} MiB"
                                  f"{' once decompressed' if self._gzipped else ''}: no CloudTrail log file "
@@ -392,6 +392,14 @@ def _wide_encoding(data: bytes) -> str | None:
     that is no JSON."""
     encoding = json.detect_encoding(bytes(data[:4]))
     return encoding.upper() if encoding.startswith(("utf-16", "utf-32")) else None
+
+
+def _complaint_at(exc: JsonSyntaxError) -> str:
+    """json's complaint and its column: json words some as ending in "at" (`Invalid control
+    character at`, `Unterminated string starting at`), a place it says after them; said alone, they
+    stopped short. A CloudTrail file is often one line, so the line alone does not say where."""
+    complaint = exc.msg if exc.msg.endswith(" at") else f"{exc.msg} at"
+    return f"{complaint} column {exc.column}"
 
 
 def _line_of(stream: JsonStream, *complaints: str) -> str:

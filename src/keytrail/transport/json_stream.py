@@ -24,11 +24,12 @@ _CUT_MARGIN = 16
 
 
 class JsonSyntaxError(ValueError):
-    """Text that is not JSON: `msg` as Python's json words it, at `line` (1-based) of the document."""
+    """Text that is not JSON: `msg` as Python's json words it, at `line` and `column` (1-based, as
+    json's lineno and colno) of the document."""
 
-    def __init__(self, msg: str, line: int) -> None:
-        super().__init__(f"line {line}: {msg}")
-        self.msg, self.line = msg, line
+    def __init__(self, msg: str, line: int, column: int) -> None:
+        super().__init__(f"line {line} column {column}: {msg}")
+        self.msg, self.line, self.column = msg, line, column
 
 
 class ValueTooLarge(ValueError):
@@ -61,6 +62,8 @@ class JsonStream:
         self._pos = 0  # where reading goes on in _text
         self._kept_from = 0  # what of _text is still needed: the value being read, from here
         self._lines_dropped = 0  # newlines in the text dropped before _text
+        self._chars_dropped = 0  # the text dropped before _text: where _text starts in the document
+        self._line_start = 0  # where in the document the last line begun in the dropped text starts
         self._ended = False
         self._members_seen = False  # in the object entered: a ',' is due before the next key
         self._items_seen = False  # likewise in the array entered
@@ -201,7 +204,10 @@ class JsonStream:
     def _drop_done(self) -> None:
         drop = self._kept_from
         if drop:
+            if (newline := self._text.rfind("\n", 0, drop)) >= 0:
+                self._line_start = self._chars_dropped + newline + 1
             self._lines_dropped += self._text.count("\n", 0, drop)
+            self._chars_dropped += drop
             self._text = self._text[drop:]
             self._pos -= drop
             self._kept_from = 0
@@ -209,8 +215,15 @@ class JsonStream:
     def _line(self, pos: int) -> int:
         return self._lines_dropped + self._text.count("\n", 0, pos) + 1
 
+    def _column(self, pos: int) -> int:
+        """As json counts it: a CloudTrail file is often one line, where the line alone says nothing."""
+        newline = self._text.rfind("\n", 0, pos)
+        line_start = self._chars_dropped + newline + 1 if newline >= 0 else self._line_start
+        return self._chars_dropped + pos - line_start + 1
+
     def _syntax(self, msg: str, pos: int | None = None) -> JsonSyntaxError:
-        return JsonSyntaxError(msg, self._line(self._pos if pos is None else pos))
+        at = self._pos if pos is None else pos
+        return JsonSyntaxError(msg, self._line(at), self._column(at))
 
 
 def _last_boundary(text: str, start: int) -> int:

@@ -367,17 +367,36 @@ def test_a_gzip_bomb_is_reported_at_a_bounded_size_not_read_whole(
         f"{big}: line 2: a JSON value larger than 1 MiB: no CloudTrail log file holds one"]
 
 
+def test_a_file_cut_inside_a_string_says_the_column_of_the_control_character_there(tmp_path: Path) -> None:
+    # A file cut inside a string, then ended by a newline (`head -c` of a one-line file, a copy cut
+    # short): json's complaint "Invalid control character at" was said without the place it names,
+    # "line 1: not valid JSON (Invalid control character at)", and a CloudTrail file is one line.
+    kms = _kms_examples()
+    whole = json.dumps({"Records": kms[:2]})
+    text = whole[:whole.index(kms[1]["eventID"]) + 4] + "\n"
+    cut = tmp_path / "cut.json"
+    cut.write_text(text)
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([cut], report=report)) == kms[:1]
+    # The newline is the file's last character: its column is the text's length.
+    assert report.problems == [f"{cut}: line 1: not valid JSON (Invalid control character at column {len(text)})"]
+
+
 def test_the_records_before_a_damaged_part_of_a_file_are_read_and_the_damage_named(tmp_path: Path) -> None:
     # A file cut short (a download or sync interrupted) or damaged further on: it was refused whole.
     kms = _kms_examples()
     cut = tmp_path / "cut.json.gz"
-    cut.write_bytes(gzip.compress(("{\"Records\": [\n" + ",\n".join(json.dumps(r) for r in kms)).encode()[:-40]))
+    cut_text = ("{\"Records\": [\n" + ",\n".join(json.dumps(r) for r in kms)).encode()[:-40]
+    cut.write_bytes(gzip.compress(cut_text))
     damaged = tmp_path / "damaged.json"
     damaged.write_text('{"Records": [\n' + json.dumps(kms[0]) + ",\n" + json.dumps(kms[1]) + ",\n oops]}")
     report = ReadReport()
     assert list(iter_cloudtrail_records([cut, damaged, EXAMPLES], report=report)) == kms[:-1] + kms[:2] + kms
-    assert report.problems == [f"{cut}: line {len(kms) + 1}: not valid JSON (Unterminated string starting at)",
-                               f"{damaged}: line 4: not valid JSON (Expecting value)"]
+    with pytest.raises(json.JSONDecodeError) as unterminated:  # where json says the cut string starts
+        json.loads(cut_text)
+    assert report.problems == [f"{cut}: line {len(kms) + 1}: not valid JSON (Unterminated string starting at "
+                               f"column {unterminated.value.colno})",
+                               f"{damaged}: line 4: not valid JSON (Expecting value at column 2)"]
     assert report.files == 1  # read to its end: EXAMPLES alone
 
 

@@ -567,6 +567,15 @@ def test_a_grouping_named_twice_groups_once(tmp_path: Path) -> None:
         assert KEY_ARN in once.stdout
 
 
+@pytest.mark.parametrize("by", ["principal", "principal,key"])
+def test_last_used_by_principal_without_key_first_is_refused(tmp_path: Path, by: str) -> None:
+    # `last-used --by principal` gave the rows of `--by key,principal`, exit 0, without a word: the
+    # documented syntax is `--by key[,principal]`, and `cost --by principal` is refused in one line.
+    result = _keytrail("last-used", "--data-dir", tmp_path, "--by", by)
+    _one_line_error(result, "keytrail last-used: --by: choose key or key,principal (every row names its key)\n")
+    assert result.stdout == ""
+
+
 def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Path) -> None:
     (tmp_path / "keys.db").write_bytes(b"")
     result = _keytrail("analyze", "--data-dir", tmp_path)

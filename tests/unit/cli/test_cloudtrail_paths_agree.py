@@ -149,7 +149,7 @@ def test_every_path_names_a_file_it_cannot_read_alike(tmp_path: Path) -> None:
     not_a_list = _log(logs, "d", {"e-2": _denied_decrypt("e-2", 2)})
     skipped = [f"skipped: {cut}: line 1: cannot read further: Compressed file ended before the end-of-stream marker "
                "was reached",
-               f"skipped: {plain}: line 1: not valid JSON (Expecting value)",
+               f"skipped: {plain}: line 1: not valid JSON (Expecting value at column 1)",
                f"skipped: {not_a_list}: line 1: not a CloudTrail log file (no \"Records\" array)"]
 
     imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", logs)

@@ -485,7 +485,8 @@ async def test_the_records_before_a_damaged_part_of_a_log_file_count_once_howeve
     unique = list({e["eventID"]: e for e in events}.values())[:600]
     [path] = _log_files(tmp_path / "logs", unique, 600)
     text = path.read_text()
-    path.write_text(text[: text.index(unique[500]["eventID"])])  # cut inside record 500
+    cut = text.index(unique[500]["eventID"])
+    path.write_text(text[:cut])  # cut inside record 500
     states, problems = state_dir(tmp_path), []
 
     def source() -> CloudTrailFilesSource:
@@ -494,7 +495,8 @@ async def test_the_records_before_a_damaged_part_of_a_log_file_count_once_howeve
     first = await Runner(states, source()).run()
     again = await Runner(states, source()).run()
     assert (first.records, again.records, again.duplicates) == (500, 500, 500)
-    assert problems == [f"{path}: line 1: not valid JSON (Unterminated string starting at)"] * 2
+    # The string cut opens with the quote just before the eventID: its column, 1-based, is `cut`.
+    assert problems == [f"{path}: line 1: not valid JSON (Unterminated string starting at column {cut})"] * 2
     _assert_usage(tmp_path, unique[:500])
 
 

@@ -441,6 +441,22 @@ def test_html_principals_card_counts_the_callers_not_kms_itself() -> None:
     assert (_card(page, "principals"), _card(page, "requests")) == ("1", "2")
 
 
+def test_html_principals_card_leaves_out_the_service_that_made_an_aws_managed_key() -> None:
+    # S3 makes the account's aws/s3 key on first use: that CreateKey, by s3.amazonaws.com, is no
+    # request (AWS bills nothing for making an AWS managed key), and the requests figure leaves it
+    # out; the principals figure counted its caller all the same: 2 principals beside 1 request.
+    managed = key_arn("aws-s3")
+    made = record("CreateKey", NOV, managed)
+    made["responseElements"]["keyMetadata"]["KeyManager"] = "AWS"
+    made["userIdentity"] = {"type": "AWSService", "invokedBy": "s3.amazonaws.com"}
+    events = [made, record("Decrypt", NOV + timedelta(seconds=10), managed)]
+    options = ReportOptions(until=NOV + timedelta(hours=1), alarms=Path(__file__).with_name("no-such-alarms.jsonl"))
+    data = collect_sync(RecordsSource(events), options)
+    assert set(data.usage.get_column("principalArn").cast(pl.String)) == {"s3.amazonaws.com", user_arn("alice")}
+    page = render_html(data)
+    assert (_card(page, "principals"), _card(page, "requests")) == ("1", "1")
+
+
 def _synthetic(count: int) -> list[dict[str, Any]]:
     """A busy stream: denied calls, late events, duplicates and lifecycle events among the calls."""
     settings = SyntheticSettings(keys=40, principals=15, accounts=3, start=NOV, seconds_per_event=30,
