@@ -135,14 +135,14 @@ class ClientNoiseFilter(logging.Filter):
 
 def _refusing_in_a_callback() -> bool:
     """Whether uvicorn's "Invalid HTTP request received." is logged for a head too large (or one
-    asking to switch protocols: _UpgradeAsked, alike), which it is when the head ends in the read it
+    refused as it ended: _HeadRefused, alike), which it is when the head ends in the read it
     began in: on_headers_complete's _HeadTooLarge stops the parser,
     and uvicorn logs that line while handling the parser's error (httptools sets the callback's
     exception as that error's __context__), before send_400_response answers 431. Said so, a 431
     was misnamed as HTTP that could not be read, and took that line's one slot a minute: a client
     sending large heads hid every malformed request from the log."""
     error = sys.exc_info()[1]
-    return error is not None and isinstance(error.__context__, _HeadTooLarge | _UpgradeAsked)
+    return error is not None and isinstance(error.__context__, _HeadTooLarge | _HeadRefused)
 
 
 def connection_limit() -> int:
@@ -180,8 +180,19 @@ class _HeadTooLarge(Exception):
     """Raised from the parser's callback to end the read of a request whose head is too large."""
 
 
-class _UpgradeAsked(Exception):
-    """Raised from the parser's callback to end the read of a request asking to switch protocols."""
+class _HeadRefused(Exception):
+    """Raised from the parser's callback to end the read of a request refused for its head
+    (`_head_refusal`): one asking to switch protocols, or naming two hosts."""
+
+
+def _head_refusal(upgrade: bool, headers: list[tuple[bytes, bytes]]) -> _Refusal | None:
+    """The answer to a request refused for its head as it ends, if it is: asking to switch
+    protocols, or naming more than one host."""
+    if upgrade:
+        return _UPGRADE
+    if sum(name == b"host" for name, _ in headers) > 1:
+        return _TWO_HOSTS
+    return None
 
 
 def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
@@ -203,6 +214,10 @@ _UPGRADE = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                  "keytrail serves HTTP/1.1 and switches to no other protocol: send the request "
                                  "without Connection: Upgrade (curl --http1.1; Java HttpClient.Version.HTTP_1_1)."),
                     "protocol_upgrade")
+# RFC 9112 §3.2: a request "that contains more than one Host header field line" MUST be answered 400
+# (both signed, they were taken joined with a comma, as `tlsDetails.clientProvidedHostHeader`).
+_TWO_HOSTS = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
+                                   "The request has more than one Host header."), "malformed_http")
 _MALFORMED = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                    "The request is not valid HTTP/1.1."), "malformed_http")
 _PLAIN_HTTP_ON_TLS = _last_answer(
@@ -363,7 +378,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._maybe_before_head = 0
         self._read_bytes = 0  # of the read being parsed
         self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
-        self._upgrade_asked = False  # a head asking to switch protocols (on_headers_complete)
+        self._head_refusal: _Refusal | None = None  # of a head refused as it ended (on_headers_complete)
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._last: _Refusal | None = None  # of what follows the running request, sent after its answer
@@ -405,7 +420,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         counted while arriving: refused as the too large head it is, not as unreadable HTTP."""
         # `url` is set at each request's first byte; `_head_overflowed` by on_headers_complete.
         too_long = self._head_overflowed or len(getattr(self, "url", b"")) > _PARSED_URL_BYTES
-        self._refuse_next(_UPGRADE if self._upgrade_asked else _HEAD_TOO_LARGE if too_long else _MALFORMED)
+        self._refuse_next(self._head_refusal or (_HEAD_TOO_LARGE if too_long else _MALFORMED))
 
     def _refuse_next(self, refusal: _Refusal) -> None:
         """Answer a request that will not be carried out with `refusal` and close the connection;
@@ -478,6 +493,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._tls is not None:
             self.scope["extensions"] = {TLS_EXTENSION: self._tls}
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:  # a trailer field of a chunked body: never merged into the headers (RFC 9110 §6.5.1)
+            return
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         # A head that ends in the read it began in (or in a later one) is not counted while
         # arriving: measured here, only when the reads could have held more than HEAD_BYTES of it,
@@ -485,9 +505,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes + self._read_bytes > HEAD_BYTES and _head_size(self.url, self.headers) > HEAD_BYTES:
             self._head_overflowed = True
             raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
-        if self.parser.should_upgrade():  # before the app runs: see _UPGRADE
-            self._upgrade_asked = True
-            raise _UpgradeAsked
+        self._head_refusal = _head_refusal(self.parser.should_upgrade(), self.headers)
+        if self._head_refusal is not None:  # before the app runs
+            raise _HeadRefused
         self._in_head = False
         super().on_headers_complete()
 

@@ -453,6 +453,37 @@ async def test_a_request_asking_to_switch_protocols_is_refused_before_the_app_ru
         server.should_exit = True
 
 
+async def test_a_request_naming_two_hosts_is_refused_and_trailer_fields_never_join_the_headers() -> None:
+    """RFC 9112 §3.2: more than one Host MUST be answered 400 (both signed, they were taken joined);
+    RFC 9110 §6.5.1: a chunked body's trailer fields are not header fields (one arriving in the same
+    read was added to them, where the app read the request's headers, User-Agent included)."""
+    headers_seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers_seen.append(list(scope["headers"]))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    server, port = await _serve(app)
+    try:
+        answer = await _exchange(port, b"POST / HTTP/1.1\r\nhost: x\r\nhost: y\r\ncontent-length: 0\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and json.loads(body)["message"] == (
+            "The request has more than one Host header.")
+        assert headers_seen == []
+        chunked = (b"POST / HTTP/1.1\r\nhost: x\r\nuser-agent: real\r\ntransfer-encoding: chunked\r\n"
+                   b"connection: close\r\n\r\n2\r\n{}\r\n0\r\nuser-agent: forged\r\n\r\n")
+        assert (await _exchange(port, chunked)).startswith(b"HTTP/1.1 200 ")
+        [seen] = headers_seen
+        assert [value for name, value in seen if name == b"user-agent"] == [b"real"]
+    finally:
+        server.should_exit = True
+
+
 async def test_the_protocols_own_refusals_carry_a_request_id_of_their_own_and_the_error_type() -> None:
     """As the app's answers do: an SDK shows the id and reads the type, and a support question
     starts from the id."""
