@@ -105,6 +105,32 @@ async def test_disk_full_fails_the_call_and_the_spool_recovers(tmp_path: Path, m
     assert verify(tmp_path) == []
 
 
+async def test_a_state_change_is_refused_before_it_is_made_while_writes_would_still_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a refused write, `ready()` (asked before a state change) refuses while the disk has no
+    room, or, after another write error, for a moment: made first, the change stood while its
+    caller was answered a retryable error, and each SDK retry made it again."""
+    from keytrail.audit import spool as spool_module
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path)) as trail:
+        trail.ready()
+        real_write, real_statvfs = os.pwrite, os.statvfs
+        full = os.statvfs_result((4096, 4096, 1000, 0, 0, 100, 0, 0, 0, 255))  # no block free
+        for error in (OSError(28, "No space left"), OSError(5, "Input/output error")):
+            monkeypatch.setattr(os, "pwrite", lambda fd, data, at, error=error: (_ for _ in ()).throw(error))
+            with pytest.raises(SpoolError):
+                await trail.record(encrypt_call(1))
+            monkeypatch.setattr(os, "pwrite", real_write)
+            monkeypatch.setattr(os, "statvfs", lambda path: full)
+            with pytest.raises(SpoolError, match="cannot write"):
+                trail.ready()  # a full disk still full, or another error a moment ago
+            monkeypatch.setattr(os, "statvfs", real_statvfs)
+            monkeypatch.setattr(spool_module, "REFUSED_RETRY_SECONDS", 0.0)
+            trail.ready()  # room again, or a while since: the next change tries, and its write tells
+            await trail.record(encrypt_call(2))
+            monkeypatch.setattr(spool_module, "REFUSED_RETRY_SECONDS", 1.0)
+
+
 async def test_a_full_disk_under_the_integrity_sidecar_fails_no_call(tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     # The records were in the log when the hashes sidecar (audit/integrity/hashes.bin) had no room
