@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.api.sigv4 import SigningKeys
-from keytrail.kms.context import IdentityType, Principal
+from keytrail.kms.context import ORGANIZATION_ID, IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
@@ -46,8 +46,6 @@ _SESSION_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
 # its end say, would load and never authenticate.
 _ACCESS_KEY_ID = re.compile(r"(?:(?![,/])[!-~])+")  # `!-~`: printable ASCII, blank excluded
 _FIELDS = ("arn", "access_key_id", "secret_access_key", "policies", "session_name", "tags")
-# AWS Organizations' organization id: "o-" and 10 to 32 lowercase letters or digits.
-_ORGANIZATION_ID = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
 _ORGANIZATION_FIELDS = ("id", "accounts")
 _ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
 # IAM's tags on users and roles (Tagging IAM resources): up to 50, a key of 1 to 128 and a value of
@@ -255,7 +253,7 @@ def _organizations(data: dict[str, Any], path: Path) -> dict[str, str]:
         if unknown := sorted(set(table) - set(_ORGANIZATION_FIELDS)):
             raise PrincipalsFileError(f"{where}: unknown field {unknown[0]!r} (an organization has id, accounts)")
         organization = table.get("id")
-        if not isinstance(organization, str) or not _ORGANIZATION_ID.fullmatch(organization):
+        if not isinstance(organization, str) or not ORGANIZATION_ID.fullmatch(organization):
             raise PrincipalsFileError(f"{where}: 'id' must be an AWS Organizations id, o- and 10 to 32 lowercase "
                                       f"letters or digits, got {organization!r}")
         if organization in organization_of.values():

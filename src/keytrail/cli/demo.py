@@ -152,7 +152,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def demo(
     data_dir: Annotated[Path | None, console.path_option(
-        "--data-dir", help="Where the demo's node keeps its data (default: a new temporary directory).")] = None,
+        "--data-dir", help="Where the demo's node keeps its data: a new or empty folder "
+        "(default: a new temporary directory).")] = None,
     port: Annotated[int | None, typer.Option(help="Port for the demo server (default: a free one).",
                                              min=1, max=65535)] = None,
     output: Annotated[str, typer.Option("--format", help="text or json.")] = "text",

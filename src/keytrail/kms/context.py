@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -9,7 +10,10 @@ from typing import Any
 
 from keytrail.kms.partitions import DEFAULT_PARTITION, arn_partition, with_partition
 
-__all__ = ["CallContext", "IdentityType", "Principal"]
+__all__ = ["ORGANIZATION_ID", "CallContext", "IdentityType", "Principal"]
+
+# AWS Organizations' organization id: "o-" and 10 to 32 lowercase letters or digits (fullmatch it).
+ORGANIZATION_ID = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
 
 
 class IdentityType(StrEnum):

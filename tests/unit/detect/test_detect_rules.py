@@ -90,6 +90,10 @@ enabled = false
         ("[rules.unused-key]\nparameters = { include_unknown_manager = 1 }", "must be true or false"),
         ('[rules.usage-spike]\nparameters = { factor = "x" }', "factor must be a number"),
         ('[rules.permissive-key]\nparameters = { trusted_accounts = "x" }', "must be a list of strings"),
+        # A malformed organization id never matched, so the trust it meant was missing unsaid.
+        ('[rules.permissive-key]\nparameters = { trusted_org_ids = ["o-abc123"] }',
+         "trusted_org_ids takes AWS Organizations ids, o- and 10 to 32 lowercase letters or digits, not 'o-abc123'"),
+        ('[rules.permissive-key]\nparameters = { trusted_org_ids = ["o-A1B2C3D4E5"] }', "not 'o-A1B2C3D4E5'"),
         ("[rules.unauthorized-decrypt]\nwindow = []", "window must be a duration"),
         ("[rules.unauthorized-decrypt]\nthresholds = 5", "thresholds must be a table"),
         ('[rules.unauthorized-decrypt]\nthresholds = { HIGH = "x" }', "thresholds map a severity"),
@@ -117,6 +121,12 @@ def test_parameters_of_the_right_kind_apply(tmp_path: Path) -> None:
     rule = load_rules(path)["usage-spike"]
     assert rule.window == timedelta(minutes=10) and rule.thresholds == {Severity.HIGH: 3}
     assert rule.param("factor") == 4.0 and isinstance(rule.param("factor"), float) and rule.param("min_calls") == 0
+
+
+def test_well_formed_trusted_org_ids_apply(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text('[rules.permissive-key]\nparameters = { trusted_org_ids = ["o-a1b2c3d4e5"] }\n')
+    assert load_rules(path)["permissive-key"].param("trusted_org_ids") == ["o-a1b2c3d4e5"]
 
 
 def test_a_settings_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
