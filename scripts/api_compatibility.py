@@ -17,7 +17,11 @@ NOTES = {
     "Decapsulate": "ML_KEM_768 and ML_KEM_1024; ML_KEM_512 refused (docs/asymmetric-keys.md)",
     "Decrypt": "DryRunModifiers IGNORE_CIPHERTEXT checks the named key only; Recipient refused",
     "ReEncrypt": "DryRunModifiers IGNORE_CIPHERTEXT checks SourceKeyId and DestinationKeyId only",
-    "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store key, as in AWS",
+    "GenerateDataKeyPair": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store key, as in AWS; "
+                           "Recipient refused",
+    "GenerateDataKey": "Recipient refused",
+    "GenerateRandom": "Recipient refused",
+    "DeriveSharedSecret": "Recipient refused",
     "GenerateDataKeyPairWithoutPlaintext": "every KeyPairSpec except SM2 and ML_KEM_512; not under a custom key store "
                                            "key, as in AWS",
     "GetParametersForImport": "RSA_2048/3072/4096 wrapping keys; RSAES_PKCS1_V1_5 and SM2 refused",
@@ -26,7 +30,7 @@ NOTES = {
     "RotateKeyOnDemand": "imported keys rotate to material imported with NEW_KEY_MATERIAL "
                          "(docs/imported-key-material.md)",
     "CreateKey": "at most 100,000 keys per account and Region, every key state (LimitExceededException), "
-                 "AWS's default quota",
+                 "AWS's default quota, give or take the CreateKeys in flight at once (AWS's count lags too)",
     "ReplicateKey": "within the primary's partition only (Regions and partitions below); the replica counts "
                     "toward its Region's 100,000 keys",
     "CreateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",

@@ -68,6 +68,17 @@ def test_tampered_or_truncated_blob_is_invalid_ciphertext(kms, key) -> None:
         assert aws_error(kms.decrypt, CiphertextBlob=bad)[:2] == ("InvalidCiphertextException", "")
 
 
+def test_a_blob_made_to_name_a_key_that_makes_no_symmetric_ciphertext_is_invalid_ciphertext(kms, key) -> None:
+    """A symmetric blob edited to name an RSA or HMAC key (its key id is in its header) was answered
+    with that key's usage or spec (InvalidKeyUsageException), not as the ciphertext it is not."""
+    blob = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"payload")["CiphertextBlob"]
+    for spec, usage in (("RSA_2048", "ENCRYPT_DECRYPT"), ("HMAC_256", "GENERATE_VERIFY_MAC")):
+        other = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+        forged = blob.replace(key["KeyId"].encode(), other.encode())
+        assert forged != blob
+        assert aws_error(kms.decrypt, CiphertextBlob=forged)[:2] == ("InvalidCiphertextException", "")
+
+
 def test_ciphertext_of_a_key_not_in_this_region_is_access_denied(server: KeytrailServer, kms, key) -> None:
     # AWS answers Decrypt and ReEncrypt of a well-formed ciphertext whose key it cannot find with
     # AccessDeniedException, not InvalidCiphertextException (observed, e.g. aws-encryption-sdk-

@@ -122,20 +122,26 @@ async def _decrypt(svc: KmsService, call: Call, action: str, *, key_member: str 
     params = call.params
     algorithm = params.get(algorithm_member, SYMMETRIC_DEFAULT)
     key = await _key_of_blob(svc, call, params["CiphertextBlob"], params.get(key_member), algorithm)
-    await _check_decrypting_key(svc, call, key, action, algorithm)
+    await _check_decrypting_key(svc, call, key, action, algorithm, read_from_blob=True)
     plaintext, material_id = await svc.cipher_for(key).decrypt(
         key, params["CiphertextBlob"], params.get(context_member), algorithm)
     return key, plaintext, algorithm, material_id
 
 
-async def _check_decrypting_key(svc: KmsService, call: Call, key: Key, action: str, algorithm: str) -> None:
+async def _check_decrypting_key(svc: KmsService, call: Call, key: Key, action: str, algorithm: str, *,
+                                read_from_blob: bool = False) -> None:
     """The checks of the key that decrypts (Decrypt's, ReEncrypt's source), in AWS's order:
-    authorization (ReEncryptFrom with whether the destination is the same key), state, usage, algorithm."""
+    authorization (ReEncryptFrom with whether the destination is the same key), state, usage, algorithm.
+    `read_from_blob`: the ciphertext was read (a DryRun ignoring it names the key by KeyId alone)."""
     conditions = None
     if action == "kms:ReEncryptFrom":
         conditions = {_SAME_KEY: await _names_key(svc, call, call.params["DestinationKeyId"], key)}
     await svc.authorize(call, action, key, conditions)
     svc.require_usable(key)
+    if read_from_blob and algorithm == SYMMETRIC_DEFAULT and key.key_spec is not KeySpec.SYMMETRIC_DEFAULT:
+        # The blob was read as symmetric ciphertext, and names a key (RSA, HMAC …) that makes none:
+        # forged or damaged, as any other blob that fails to open, not a question of the key's usage.
+        raise errors.InvalidCiphertextException("")
     svc.require_usage(key, "Decrypt", KeyUsage.ENCRYPT_DECRYPT)
     _check_algorithm(key, algorithm)
 
