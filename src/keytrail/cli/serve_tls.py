@@ -71,6 +71,15 @@ def print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
     typer.echo(f"export AWS_CA_BUNDLE={shlex.quote(str(cert))} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
 
 
+# OpenSSL's reasons for a well-formed certificate it will not serve (level 1 and up: RSA under 2048
+# bits, an MD5 or SHA-1 signature); said as themselves, they sent an operator after the PEM format.
+_TOO_WEAK = {
+    "EE_KEY_TOO_SMALL": "its key is too small (RSA and DSA need 2048 bits, EC 224)",
+    "CA_MD_TOO_WEAK": "its signature's digest is too weak (MD5 or SHA-1: sign it with SHA-256)",
+    "CA_KEY_TOO_SMALL": "its issuer's key is too small",
+}
+
+
 def _tls_problem(cert: Path, key: Path) -> str | None:
     """Why TLS cannot be served with these files, found before anything is built or written:
     uvicorn finds out only once the node runs, and says it in OpenSSL's words. The empty password
@@ -80,6 +89,8 @@ def _tls_problem(cert: Path, key: Path) -> str | None:
     except ssl.SSLError as error:
         if error.reason == "KEY_VALUES_MISMATCH":
             return f"--tls-key {key} is not the private key of --tls-cert {cert}"
+        if error.reason in _TOO_WEAK:  # readable, but below OpenSSL's security level: not a format problem
+            return f"--tls-cert {cert}: {_TOO_WEAK[error.reason]} for OpenSSL's default security level"
         return f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and its unencrypted key"
     except OSError as error:  # unreadable
         return f"cannot read the TLS files: {os_problem(error)}"

@@ -78,3 +78,32 @@ def test_a_fifo_in_place_of_the_dev_certificate_or_its_key_is_replaced_not_writt
     assert len(made) == 1 and stat.S_ISREG((tmp_path / name).lstat().st_mode)
     assert stat.S_IMODE((tmp_path / "tls-key.pem").stat().st_mode) == 0o600
     _handshake(*made[0], "127.0.0.1", "localhost")
+
+
+def _weak_certificate(folder: Path, bits: int) -> tuple[Path, Path]:
+    """A well-formed self-signed RSA certificate of `bits` (PEM, unencrypted key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=30))
+                   .sign(key, hashes.SHA256()))
+    cert, key_file = folder / "weak.pem", folder / "weak.key"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert, key_file
+
+
+def test_a_certificate_below_openssls_security_level_is_named_as_too_weak_not_as_no_pem(tmp_path: Path) -> None:
+    from keytrail.cli.serve_tls import _tls_problem
+
+    cert, key = _weak_certificate(tmp_path, 1024)
+    assert _tls_problem(cert, key) == (
+        f"--tls-cert {cert}: its key is too small (RSA and DSA need 2048 bits, EC 224) "
+        "for OpenSSL's default security level")
