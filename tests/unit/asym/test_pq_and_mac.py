@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import mldsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa
 
 from keytrail.kms import asymmetric, errors, hmac_keys, pq
 from keytrail.kms.model import KeySpec
@@ -79,10 +79,13 @@ def test_ecdh_rejects_a_key_on_another_curve() -> None:
     own = asymmetric.generate_pkcs8(KeySpec.ECC_NIST_P256)
     other = asymmetric.public_key_der(asymmetric.generate_pkcs8(KeySpec.ECC_NIST_P384))
     with pytest.raises(errors.ValidationException):
-        asymmetric.derive_shared_secret(own, other)
+        asymmetric.peer_public_key(other, KeySpec.ECC_NIST_P256)
     with pytest.raises(errors.ValidationException):
-        asymmetric.derive_shared_secret(own, b"not a key")
+        asymmetric.peer_public_key(b"not a key", KeySpec.ECC_NIST_P256)
     peer = asymmetric.generate_pkcs8(KeySpec.ECC_NIST_P256)
-    assert asymmetric.derive_shared_secret(
-        own, asymmetric.public_key_der(peer)
-    ) == asymmetric.derive_shared_secret(peer, asymmetric.public_key_der(own))
+
+    def public_of(secret: bytes) -> ec.EllipticCurvePublicKey:
+        return asymmetric.peer_public_key(asymmetric.public_key_der(secret), KeySpec.ECC_NIST_P256)
+
+    assert asymmetric.derive_shared_secret(own, public_of(peer)) == asymmetric.derive_shared_secret(
+        peer, public_of(own))
