@@ -99,14 +99,7 @@ def test_health_is_unhealthy_while_the_audit_spool_cannot_write(small_disk: Path
         kms = server.client("alice")
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         filler = _fill(small_disk, leave=64 * 1024)
-        for _ in range(5000):
-            try:
-                kms.encrypt(KeyId=key, Plaintext=b"x")
-            except ClientError as error:
-                assert "audit spool" in error.response["Error"]["Message"]
-                break
-        else:
-            raise AssertionError("the disk never filled")
+        _encrypt_until_refused(kms, key)
         status, body = server.get("/_keytrail/health")
         health = json.loads(body)
         assert (status, health["status"]) == (503, "unhealthy"), body
