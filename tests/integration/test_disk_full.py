@@ -5,6 +5,7 @@ metrics consumer catches up and an alarm raised meanwhile reaches alarms.jsonl."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,14 +93,7 @@ def test_a_full_disk_refuses_calls_until_space_is_back(small_disk: Path, tmp_pat
 
 
 def test_health_is_unhealthy_while_the_audit_spool_cannot_write(small_disk: Path, tmp_path: Path) -> None:
-    server = KeytrailServer(small_disk / "data")
-    server.log = tmp_path / "server.log"
-    server.start()
-    try:
-        kms = server.client("alice")
-        key = kms.create_key()["KeyMetadata"]["KeyId"]
-        filler = _fill(small_disk, leave=64 * 1024)
-        _encrypt_until_refused(kms, key)
+    with _node_on_a_full_disk(small_disk, tmp_path / "server.log") as (server, kms, key, filler):
         status, body = server.get("/_keytrail/health")
         health = json.loads(body)
         assert (status, health["status"]) == (503, "unhealthy"), body
@@ -107,8 +101,6 @@ def test_health_is_unhealthy_while_the_audit_spool_cannot_write(small_disk: Path
         filler.unlink()
         kms.encrypt(KeyId=key, Plaintext=b"x")
         assert server.get("/_keytrail/health")[0] == 200
-    finally:
-        server.stop()
 
 
 async def test_a_state_change_is_refused_before_it_is_made_while_the_disk_stays_full(
@@ -118,22 +110,30 @@ async def test_a_state_change_is_refused_before_it_is_made_while_the_disk_stays_
     key, through the whole outage. Refused before it is made, it makes none; writes resume once
     there is room."""
     async with fresh_database() as dsn:
-        server = KeytrailServer(small_disk / "data", "--store", dsn)
-        server.log = tmp_path / "server.log"
-        server.start()
-        try:
-            kms = server.client("alice")
-            key = kms.create_key()["KeyMetadata"]["KeyId"]
-            filler = _fill(small_disk, leave=64 * 1024)
-            _encrypt_until_refused(kms, key)
+        with _node_on_a_full_disk(small_disk, tmp_path / "server.log", "--store", dsn) as (_, kms, key, filler):
             for _ in range(3):  # as an SDK's retries would
                 code, message = _error(kms.create_key, Description="during the outage")
                 assert code == "KMSInternalException" and message.endswith("the call was not performed."), message
             filler.unlink()
             kms.encrypt(KeyId=key, Plaintext=b"x")
             assert [k["KeyId"] for k in kms.list_keys()["Keys"]] == [key]
-        finally:
-            server.stop()
+
+
+@contextlib.contextmanager
+def _node_on_a_full_disk(disk: Path, log: Path, *extra: str) -> Iterator[tuple[KeytrailServer, Any, str, Path]]:
+    """A node on `disk` with one key, the disk then filled until the spool refuses a call:
+    (server, client, key, the file filling the disk)."""
+    server = KeytrailServer(disk / "data", *extra)
+    server.log = log  # off the full disk, where nobody could read it
+    server.start()
+    try:
+        kms = server.client("alice")
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        filler = _fill(disk, leave=64 * 1024)
+        _encrypt_until_refused(kms, key)
+        yield server, kms, key, filler
+    finally:
+        server.stop()
 
 
 def _encrypt_until_refused(kms: Any, key: str) -> None:
