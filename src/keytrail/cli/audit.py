@@ -35,6 +35,7 @@ from keytrail.cli.console import (
     printable,
     terminate_as_interrupt,
 )
+from keytrail.data_dir_layout import write_over_problem
 from keytrail.transport.segment_log import LogLockedError, SegmentLog, event_log_dir
 from keytrail.transport.segment_reader import LogEnd, StallWatch
 
@@ -460,6 +461,7 @@ def export(out: Path = typer.Argument(..., parser=named_path, help="Folder to wr
     from keytrail.audit.cloudtrail_files import EventLogUnreadable, ExportWouldDropRecords, export_cloudtrail
     from keytrail.audit.schema import SchemaError
 
+    _refuse_node_folder(out, data_dir)
     _require_log(data_dir)
     log = _reader(data_dir)
     try:
@@ -478,6 +480,15 @@ def export(out: Path = typer.Argument(..., parser=named_path, help="Folder to wr
         _fail(f"cannot write CloudTrail log files under {out}: {os_problem(exc)}")
     typer.echo(f"wrote {counted(len(written), 'CloudTrail log file')} under {out / 'AWSLogs'}")
     _require_whole_log(data_dir, log)
+
+
+def _refuse_node_folder(out: Path, data_dir: Path) -> None:
+    """An export into the data dir's own folders (`audit/`, `metrics/`) or over its files is refused
+    as a usage error (exit 2), before anything is written: `OUT` itself, and the `AWSLogs` folder it
+    writes into, which a link could send there. Into the data dir itself, `AWSLogs/` is new and allowed."""
+    for target in (out, out / "AWSLogs"):
+        if problem := write_over_problem(data_dir, target):
+            _fail(f"{target} {problem}: export into another folder (a new one in the data dir will do)", 2)
 
 
 def _reader(data_dir: Path) -> SegmentLog:

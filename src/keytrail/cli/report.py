@@ -26,6 +26,7 @@ from keytrail.cli.console import (
     terminate_as_interrupt,
 )
 from keytrail.cli.time_window import parse_window, since_after_default_end
+from keytrail.data_dir_layout import write_over_problem
 from keytrail.owner_only import within
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.progress import Progress
@@ -73,6 +74,8 @@ def report(
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
+    if not cloudtrail:
+        _refuse_node_file(out, data_dir or Path("keytrail-data"))
     if out.is_dir():  # said now, not after reading a history of years only to fail writing it
         raise report_fail(f"--out: {out} is a folder: name the file to write")
     form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
@@ -113,6 +116,13 @@ def report(
                           "files (above): the report leaves out what could not be read", code=1)
     if not cloudtrail:
         _require_whole_log(data_dir or Path("keytrail-data"))
+
+
+def _refuse_node_file(out: Path, data_dir: Path) -> None:
+    """A report written over the data dir's own files (`--out keytrail-data/root.key`) loses every
+    key's material at the node's next start; a new file beside them is the user's to write."""
+    if problem := write_over_problem(data_dir, out):
+        raise report_fail(f"--out: {out} {problem}: name another file (a new one in the data dir will do)")
 
 
 def _write(data: ReportData, out: Path, form: ReportFormat, table: str | None, *, owner_only: bool) -> Path:
