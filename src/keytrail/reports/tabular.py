@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import stat
@@ -96,6 +97,8 @@ def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
     As a shell's `>` does, a symbolic link is written through (its target replaced, the link kept)
     and a FIFO or device (`/dev/stdout`) is written into: renamed over, each was replaced by a
     regular file (as root, /dev/null too), and the output never reached the reader."""
+    if out.is_symlink():
+        _require_trusted_link(out)
     if _special(out):
         yield out  # no temporary file to rename, and nothing of ours to remove on a failure
         return
@@ -109,6 +112,20 @@ def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _require_trusted_link(link: Path) -> None:
+    """PermissionError for a link another user made in a sticky folder others may write (/tmp), as
+    the kernel's fs.protected_symlinks refuses to follow one (off in many containers): followed, a
+    root-run report into a shared folder replaced whatever file the link's maker pointed it at."""
+    try:
+        made, folder = link.lstat(), link.parent.stat()
+    except OSError:  # gone meanwhile: the write says what is wrong
+        return
+    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+    if shared and made.st_uid not in (os.geteuid(), folder.st_uid):
+        raise PermissionError(errno.EPERM, f"a symbolic link of uid {made.st_uid} in a folder every user may write "
+                                           "is not followed", str(link))
 
 
 def _special(path: Path) -> bool:

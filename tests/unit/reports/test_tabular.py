@@ -173,6 +173,27 @@ def test_a_report_through_a_symbolic_link_replaces_its_target_and_keeps_the_link
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
 
 
+def test_a_report_is_not_written_through_a_link_another_user_planted_in_a_shared_folder(tmp_path: Path) -> None:
+    """A sticky folder every user may write (/tmp): a root-run report through a link another user
+    made there replaced the file it pointed at (fs.protected_symlinks, which refuses that, is off in
+    many containers)."""
+    import os
+
+    shared, victim = tmp_path / "shared", tmp_path / "victim.txt"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim.write_text("not a report")
+    link = shared / "report.csv"
+    link.symlink_to(victim)
+    os.lchown(link, 4242, 4242)  # made by another user (the tests run as root)
+    with pytest.raises(PermissionError, match="is not followed"):
+        write_tabular(long_form(TABLES), link, TabularFormat.csv)
+    assert victim.read_text() == "not a report"
+    os.lchown(link, os.geteuid(), os.getegid())  # one's own link is followed, as a shell's `>` does
+    assert write_tabular(long_form(TABLES), link, TabularFormat.csv) == link
+    assert victim.read_text().startswith("table,")
+
+
 @pytest.mark.parametrize("form", list(TabularFormat))
 def test_a_report_to_a_fifo_is_written_into_it_and_the_fifo_stays(tmp_path: Path, form: TabularFormat) -> None:
     # Renamed over, the FIFO (or /dev/stdout's target, or /dev/null as root) was replaced by a file,
