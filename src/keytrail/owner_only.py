@@ -3,7 +3,8 @@ name principals, keys and encryption contexts, so what keytrail creates there is
 whatever the umask (PostgreSQL and ssh treat their data the same way). An existing folder keeps
 its mode: the data dir itself may be a mount point the operator prepared. Files written outside a
 data dir at the user's request (`report --out`, `audit export`) keep the umask's mode; written into
-the data dir, they are owner-only as the rest there (`within`)."""
+the data dir, they are owner-only as the rest there (`within`). What keytrail finds already there
+is checked with `sharing_problem`: a secret another user owns or can write is theirs to change."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import os
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "DIR_MODE", "FILE_MODE", "STALE_TEMP_SECONDS", "NotRegularFile", "make_dirs", "named", "open_file", "open_regular",
-    "remove_stale_temps", "replace_whole", "replace_whole_temps", "reserve", "reserve_anew", "sync_folder", "within",
-    "write_bytes",
+    "DIR_MODE", "FILE_MODE", "STALE_TEMP_SECONDS", "NotRegularFile", "SharingProblem", "make_dirs", "named",
+    "open_file", "open_regular", "remove_stale_temps", "replace_whole", "replace_whole_temps", "reserve",
+    "reserve_anew", "sharing_problem", "sync_folder", "within", "write_bytes",
 ]
 
 DIR_MODE = 0o700
@@ -193,3 +195,39 @@ def within(path: Path, data_dir: Path) -> bool:
     """Whether `path` is in `data_dir` (or under it), links and `..` resolved: a file a command
     writes where the user asked that lands among the data dir's files."""
     return path.resolve().is_relative_to(data_dir.resolve())
+
+
+@dataclass(frozen=True)
+class SharingProblem:
+    """What lets users other than keytrail's at a file or folder, in words that follow its path
+    ("is owned by uid 4242, not by uid 0 that keytrail runs as"), and `fix`, the command that ends
+    it ("chmod 600 it"). `owned`: another user owns it; `changeable`: other users can change it
+    (they own it, or its mode lets them write), worse than reading it: a principals file they
+    write hands out identities, a root key they planted is one they know."""
+
+    text: str
+    fix: str
+    owned: bool = False
+    changeable: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def sharing_problem(found: os.stat_result, *, chmod: str = "600") -> SharingProblem | None:
+    """The worst of what lets other users at the file or folder `found` is the stat of, None if
+    nothing does: owned by another user, then writable by the group or others, then readable by
+    them. Owned by root is as good as owned by keytrail's user: root can change any file anyway,
+    and a secret an orchestrator mounts (a Kubernetes or Compose secret) is root's. `chmod`: the
+    mode the fix names."""
+    user = os.geteuid()
+    mode = stat.S_IMODE(found.st_mode)
+    if found.st_uid not in (user, 0):
+        nor_root = "" if user == 0 else " (nor by root)"
+        return SharingProblem(f"is owned by uid {found.st_uid}, not by uid {user} that keytrail runs as{nor_root}",
+                              f"chown it to uid {user}", owned=True, changeable=True)
+    if mode & 0o022:
+        return SharingProblem(f"can be written by other users (mode {mode:04o})", f"chmod {chmod} it", changeable=True)
+    if mode & 0o044:
+        return SharingProblem(f"can be read by other users (mode {mode:04o})", f"chmod {chmod} it")
+    return None

@@ -142,6 +142,10 @@ async def _store_with_a_forged_grant(data: Path) -> None:
     ("folder", "--new-key: not a regular file: "),  # it said "no such file" of a folder there
     # Warned of in a line of its own before the command's refusal (serve running, no key store).
     ("shared", "can be read by other users (mode 0644): chmod 600 (or 400) it first"),
+    # Said to be one others "can read" (0622), or taken (owned by another user): a root key they know.
+    ("written", "can be written by other users (mode 0622): chmod 600 (or 400) it first"),
+    pytest.param("owned", "is owned by uid 4242, not by uid 0 that keytrail runs as: chown it to uid 0 first",
+                 marks=pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid takes root")),
 ])
 def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
         tmp_path: Path, content: bytes | str | None, complaint: str) -> None:
@@ -151,9 +155,11 @@ def test_a_new_key_that_is_no_root_key_is_refused_in_one_line(
     elif isinstance(content, bytes):
         new.write_bytes(content)
         new.chmod(0o600)
-    elif content == "shared":
+    elif isinstance(content, str):  # 32 random bytes others can get at
         new.write_bytes(os.urandom(32))
-        new.chmod(0o644)
+        new.chmod({"shared": 0o644, "written": 0o622, "owned": 0o600}[content])
+        if content == "owned":
+            os.chown(new, 4242, -1)
     result = _rotate("--data-dir", tmp_path / "data", "--new-key", new)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("keytrail root-key rotate: ") and complaint in result.stderr

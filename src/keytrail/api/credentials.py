@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import secrets
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from keytrail.kms.context import ORGANIZATION_ID, IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
 from keytrail.kms.policy_document import parse_policy
-from keytrail.owner_only import open_file, read_regular_text
+from keytrail.owner_only import open_file, read_regular_text, sharing_problem
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFile", "PrincipalsFileError", "load_principals",
            "read_admin_principals", "read_principals_file", "write_admin_principals"]
@@ -315,19 +314,22 @@ class CredentialStore:
         self.path = path
         self.dev_credentials = dev_credentials
         loaded = read_principals_file(path) if path else PrincipalsFile({}, {})
+        if path:
+            _check_not_shared(path)
         self._credentials = loaded.credentials
         self.organizations = loaded.organizations  # account → organization id, for the request context
         # How many reloads took: a request checked against an earlier generation, its headers before
         # a reload and its body after, is checked again (KmsApp._current in api/app.py).
         self.generation = 0
         if path:
-            _warn_if_shared(path)
             self._warn_if_empty()
 
     def reload(self) -> None:
-        """Re-read the principals file (SIGHUP); a broken file keeps the old credentials."""
+        """Re-read the principals file (SIGHUP); a broken file, or one other users can change,
+        keeps the old credentials."""
         if self.path:
             loaded = read_principals_file(self.path)
+            _check_not_shared(self.path)
             self._credentials, self.organizations = loaded.credentials, loaded.organizations
             self.generation += 1
             self._warn_if_empty()
@@ -349,12 +351,20 @@ class CredentialStore:
         return access_key_id in self._credentials or not self.dev_credentials
 
 
-def _warn_if_shared(path: Path) -> None:
-    """Say so when users other than the owner may read the file: it holds every secret access key
-    in clear (SigV4 needs the secret itself to check a signature)."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("the principals file %s can be read by other users (mode %04o): chmod 600 it", path, mode)
+def _check_not_shared(path: Path) -> None:
+    """PrincipalsFileError when users other than serve's can change the file (they own it, or may
+    write it): they could add an access key of their own, as an admin. Said when they may read it:
+    it holds every secret access key in clear (SigV4 needs the secret itself to check a signature)."""
+    try:
+        problem = sharing_problem(path.stat())
+    except OSError as exc:  # removed since it was read
+        raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
+    if problem is None:
+        return
+    if problem.changeable:
+        raise PrincipalsFileError(f"the principals file {path} {problem}: another user could give themselves any "
+                                  f"identity: {problem.fix}")
+    log.warning("the principals file %s %s: %s", path, problem, problem.fix)
 
 
 def write_admin_principals(path: Path, account: str = "111122223333") -> tuple[str, str]:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keytrail.owner_only import make_dirs, named, open_file, open_regular, sync_folder
+from keytrail.owner_only import make_dirs, named, open_file, open_regular, sharing_problem, sync_folder
 from keytrail.transport.segment_log import Cut, SegmentLog
 
 __all__ = [
@@ -112,11 +111,12 @@ def signing_key(paths: IntegrityPaths) -> Ed25519PrivateKey:
 
 
 def _warn_if_shared(path: Path) -> None:
-    """Say so when users other than the owner may read the signing key (a backup restored with the
-    wrong umask, a `cp`), as for the root key: whoever reads it signs digests that pass verify."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("the audit signing key %s can be read by other users (mode %04o): chmod 600 it", path, mode)
+    """Say so when users other than keytrail's may read the signing key or change it (a backup
+    restored with the wrong umask or owner, a `cp`), as for the root key: whoever reads it signs
+    digests that pass verify."""
+    problem = sharing_problem(path.stat())
+    if problem is not None:
+        log.warning("the audit signing key %s %s: %s", path, problem, problem.fix)
 
 
 def exported_fingerprint(paths: IntegrityPaths) -> str | None:

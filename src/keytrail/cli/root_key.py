@@ -8,7 +8,6 @@ import fcntl
 import logging
 import os
 import sqlite3
-import stat
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -18,6 +17,7 @@ import typer
 from keytrail.cli.console import STORE_URL, address_option, fail, no_core_dumps, os_problem, path_option
 from keytrail.config import STORE_ENV
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealError, write_root_key_file
+from keytrail.owner_only import sharing_problem
 from keytrail.transport.segment_log import event_log_dir
 
 __all__ = ["register", "root_key_app"]
@@ -114,10 +114,10 @@ def _new_secret(path: Path) -> bytes:
         raise _Refused(f"--new-key: {'not a regular file' if path.exists() else 'no such file'}: {path}")
     # Refused, not warned of as serve warns of its current root key (refusing that would stop a node
     # that ran yesterday): nothing depends on the new key yet, and the warning came as a second line
-    # before the command's own, of a rotation refused for another reason.
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise _Refused(f"--new-key: {path} can be read by other users (mode {mode:04o}): chmod 600 (or 400) it first")
+    # before the command's own, of a rotation refused for another reason. One another user owns or
+    # may write is a root key they may know (or swap before it is read).
+    if problem := sharing_problem(path.stat(), chmod="600 (or 400)"):
+        raise _Refused(f"--new-key: {path} {problem}: {problem.fix} first")
     RootKey.from_file(path, "make it with head -c 32 /dev/urandom > FILE")  # the size (shared: refused above)
     return path.read_bytes()
 

@@ -30,6 +30,7 @@ from keytrail.cli.console import (
 from keytrail.cli.pending_announcement import SIGNING_KEY
 from keytrail.cli.serve_checks import (
     check_config,
+    check_data_dir_owned,
     check_no_kafka_consumer,
     listening,
     off_loopback,
@@ -172,6 +173,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket], reload_asked: 
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     warn_of_password_in_arguments(settings.store, settings.mqtt)
     with _data_dir_made(settings.data_dir):
+        check_data_dir_owned(settings.data_dir)  # before it is held: a data dir refused is left as it was
         hold = _hold(settings.data_dir)
         try:
             check_no_kafka_consumer(settings)

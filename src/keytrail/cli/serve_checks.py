@@ -16,11 +16,17 @@ import typer
 from keytrail.cli.console import fail, mqtt_password_warning, url_password
 from keytrail.cli.listening import host_port, listen_problem, listening_sockets
 from keytrail.config import PROXIES_ENV, STORE_ENV, ServeSettings
+from keytrail.owner_only import SharingProblem, sharing_problem
 
-__all__ = ["check_config", "check_no_kafka_consumer", "listening", "off_loopback", "options_given", "proxies_problem",
-           "serve_fail", "warn_of_password_in_arguments", "without_detector", "without_kafka"]
+__all__ = ["check_config", "check_data_dir_owned", "check_no_kafka_consumer", "listening", "off_loopback",
+           "options_given", "proxies_problem", "serve_fail", "warn_of_password_in_arguments", "without_detector",
+           "without_kafka"]
 
 V = TypeVar("V")
+
+# The data dir's files whose owner holds every key: the root key, and the key store with the files
+# SQLite shares its owner with (run as root, it gives keys.db-wal and -shm keys.db's owner).
+_OWN_FILES = ("root.key", "keys.db", "keys.db-wal", "keys.db-shm")
 
 log = logging.getLogger("keytrail")
 
@@ -131,3 +137,45 @@ def check_config(path: Path | None) -> None:
         detector_settings(path)
     except (BadInput, RuleError, ValueError, OSError) as exc:  # ValueError: a [hooks] table gone wrong
         raise serve_fail(f"--config: {exc}") from None
+
+
+def check_data_dir_owned(data_dir: Path) -> None:
+    """Refuse, before anything is written, a data dir another user owns or may write, an existing
+    root key or key store in it that another user owns, and a root key file (the data dir's or
+    $KEYTRAIL_ROOT_KEY_FILE's) another user may write: they would read or swap the root key and
+    the key store, and rename the principals file for their own, as PostgreSQL refuses a data
+    directory with "wrong ownership" or "invalid permissions". One others may only read (0755, as
+    `mkdir` makes it) is served: what keytrail writes in it is 0600 and 0700."""
+    if problem := sharing_problem(data_dir.stat(), chmod="700"):
+        if problem.owned:
+            raise serve_fail(f"--data-dir: {data_dir} {problem}: its owner could read the root key and the key store: "
+                             f"chown -R {os.geteuid()} {data_dir} once you know what it holds is yours, or give "
+                             "another --data-dir")
+        if problem.changeable:
+            raise serve_fail(f"--data-dir: {data_dir} {problem}: they could swap the root key, the principals file or "
+                             f"the key store for their own: chmod 700 {data_dir}")
+    for path in (data_dir / name for name in _OWN_FILES):
+        if (problem := _sharing_problem(path)) and problem.owned:
+            raise serve_fail(f"--data-dir: {path} {problem}: its owner can read it and change it: "
+                             f"{problem.fix} once you know it is yours")
+    key = _root_key_file(data_dir)
+    if key and (problem := _sharing_problem(key, chmod="600 (or 400)")) and problem.changeable:
+        raise serve_fail(f"the root key file {key} {problem}: another user could swap in a root key they know: "
+                         f"{problem.fix}")
+
+
+def _sharing_problem(path: Path, chmod: str = "600") -> SharingProblem | None:
+    """`sharing_problem` of a file that may not be there (nor be readable: said later, on opening it)."""
+    try:
+        return sharing_problem(path.stat(), chmod=chmod)
+    except OSError:
+        return None
+
+
+def _root_key_file(data_dir: Path) -> Path | None:
+    """The file serve will read the root key from, as RootKey.load finds it; None for $KEYTRAIL_ROOT_KEY."""
+    from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV
+
+    if os.environ.get(ROOT_KEY_ENV):
+        return None
+    return Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")

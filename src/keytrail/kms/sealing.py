@@ -7,7 +7,6 @@ import contextlib
 import hmac
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from keytrail.owner_only import make_dirs, read_regular, sync_folder
+from keytrail.owner_only import make_dirs, read_regular, sharing_problem, sync_folder
 
 __all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
 
@@ -198,8 +197,11 @@ def write_root_key_file(path: Path, secret: bytes, *, replace: bool = False) -> 
 
 
 def _warn_if_shared(path: Path) -> None:
-    """Say so when users other than the owner may read the root key (a backup restored with the
-    wrong umask, a `cp`): refusing would stop a node that ran yesterday, so it is a warning."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("the root key file %s can be read by other users (mode %04o): chmod 600 (or 400) it", path, mode)
+    """Say so when users other than keytrail's may read the root key, or change it (a backup
+    restored with the wrong umask or owner, a `cp`): read-only commands (`analyze`) go on, as root
+    may look into another user's data dir. `serve` refuses at start a root key file others can
+    change (cli/serve_checks.py); one they may only read is a warning there too, as refusing it
+    would stop a node that ran yesterday."""
+    problem = sharing_problem(path.stat(), chmod="600 (or 400)")
+    if problem is not None:
+        log.warning("the root key file %s %s: %s", path, problem, problem.fix)

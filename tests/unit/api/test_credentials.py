@@ -317,6 +317,52 @@ def test_a_principals_file_other_users_can_read_is_warned_about(
     assert "alice-secret" not in caplog.text
 
 
+@pytest.mark.parametrize("mode", [0o622, 0o666])
+def test_a_principals_file_other_users_can_write_is_refused_as_writable_not_readable(tmp_path: Path, mode: int) -> None:
+    # 0622 was warned of as one they "can read", and served: any user could add an admin of their own.
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE)
+    path.chmod(mode)
+    with pytest.raises(PrincipalsFileError) as info:
+        CredentialStore(path)
+    assert str(info.value) == (f"the principals file {path} can be written by other users (mode {mode:04o}): another "
+                               "user could give themselves any identity: chmod 600 it")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid takes root")
+def test_a_principals_file_another_user_owns_is_refused_whatever_its_mode(tmp_path: Path) -> None:
+    # Served without a word: its owner may rewrite it, and be admin at the next SIGHUP.
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE)
+    path.chmod(0o600)
+    os.chown(path, 4242, -1)
+    with pytest.raises(PrincipalsFileError) as info:
+        CredentialStore(path)
+    assert str(info.value) == (f"the principals file {path} is owned by uid 4242, not by uid 0 that keytrail runs as: "
+                               "another user could give themselves any identity: chown it to uid 0")
+
+
+def test_a_reload_of_a_principals_file_other_users_can_write_keeps_the_old_principals(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from keytrail.cli.node import reload_principals
+
+    path = tmp_path / "principals.toml"
+    path.write_text(ALICE)
+    path.chmod(0o600)
+    store = CredentialStore(path)
+    path.write_text(ALICE.replace("ALICE", "MALLORY"))
+    path.chmod(0o622)  # another user appended an admin of their own, say
+    reload_principals(store)
+    assert store.lookup("AKIAALICE000000000001") is not None and store.lookup("AKIAMALLORY000000000001") is None
+    assert store.generation == 0
+    assert [record.getMessage() for record in caplog.records] == [
+        f"principals file not reloaded: the principals file {path} can be written by other users (mode 0622): "
+        "another user could give themselves any identity: chmod 600 it"]
+    path.chmod(0o600)
+    reload_principals(store)
+    assert store.lookup("AKIAMALLORY000000000001") is not None and store.lookup("AKIAALICE000000000001") is None
+
+
 def test_a_principals_file_that_names_nobody_is_warned_about_at_start_and_reload(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # It parsed, and the node started where no call could be made, without a word.

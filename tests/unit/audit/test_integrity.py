@@ -61,6 +61,23 @@ def test_a_signing_key_other_users_can_read_is_warned_about(data_dir: Path, capl
         f"the audit signing key {paths.private_key} can be read by other users (mode 0644): chmod 600 it"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid takes root")
+def test_a_signing_key_another_user_owns_or_can_write_is_said_so(data_dir: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # 0622 was said to be one others "can read", one another user owns not at all.
+    _, paths = audit_paths(data_dir)
+    caplog.set_level(logging.WARNING)
+    signing_key(paths)
+    paths.private_key.chmod(0o622)
+    signing_key(paths)
+    os.chown(paths.private_key, 4242, -1)
+    signing_key(paths)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"the audit signing key {paths.private_key} can be written by other users (mode 0622): chmod 600 it",
+        f"the audit signing key {paths.private_key} is owned by uid 4242, not by uid 0 that keytrail runs as: "
+        "chown it to uid 0"]
+
+
 def test_missing_record_is_named(data_dir: Path) -> None:
     rewrite_segment(data_dir, lambda records: records[:5] + records[6:])
     problems = verify(data_dir)

@@ -64,6 +64,24 @@ def test_a_root_key_file_other_users_can_read_is_warned_about(
         f"the root key file {tmp_path / 'root.key'} can be read by other users (mode 0640): chmod 600 (or 400) it"]
 
 
+@pytest.mark.parametrize("owner", [None, 4242])
+def test_a_root_key_file_other_users_can_change_is_warned_of_in_words_that_say_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, owner: int | None) -> None:
+    # 0622 was said to be one others "can read", one another user owns not at all. `serve` refuses
+    # both at start (cli/serve_checks.py); `analyze` may read another user's data dir, as root.
+    if owner is not None and os.geteuid() != 0:
+        pytest.skip("giving a file to another uid takes root")
+    RootKey.load(tmp_path)
+    path = tmp_path / "root.key"
+    path.chmod(0o622)
+    if owner is not None:
+        os.chown(path, owner, -1)
+    RootKey.load(tmp_path)
+    problem = ("is owned by uid 4242, not by uid 0 that keytrail runs as: chown it to uid 0" if owner else
+               "can be written by other users (mode 0622): chmod 600 (or 400) it")
+    assert [record.getMessage() for record in caplog.records] == [f"the root key file {path} {problem}"]
+
+
 def test_a_root_key_file_that_cannot_be_read_is_named_as_the_root_key_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # serve said only "Is a directory: <path>", not what the path was meant to be.
