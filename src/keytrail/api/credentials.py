@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,19 +353,20 @@ class CredentialStore:
 
 
 def _check_not_shared(path: Path) -> None:
-    """PrincipalsFileError when users other than serve's can change the file (they own it, or may
-    write it): they could add an access key of their own, as an admin. Said when they may read it:
-    it holds every secret access key in clear (SigV4 needs the secret itself to check a signature)."""
+    """PrincipalsFileError when the group or others may write the file: any user could add an
+    access key of their own, as an admin. Said when another user owns it (a file bind-mounted from
+    the host, as docker-compose.yml's, is its operator's, and read-only inside) or others may read
+    it: it holds every secret access key in clear (SigV4 needs the secret itself)."""
     try:
-        problem = sharing_problem(path.stat())
+        found = path.stat()
     except OSError as exc:  # removed since it was read
         raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
-    if problem is None:
-        return
-    if problem.changeable:
-        raise PrincipalsFileError(f"the principals file {path} {problem}: another user could give themselves any "
-                                  f"identity: {problem.fix}")
-    log.warning("the principals file %s %s: %s", path, problem, problem.fix)
+    if stat.S_IMODE(found.st_mode) & 0o022:
+        raise PrincipalsFileError(f"the principals file {path} can be written by other users (mode "
+                                  f"{stat.S_IMODE(found.st_mode):04o}): another user could give themselves any "
+                                  "identity: chmod 600 it")
+    if (problem := sharing_problem(found)) is not None:
+        log.warning("the principals file %s %s: %s", path, problem, problem.fix)
 
 
 def write_admin_principals(path: Path, account: str = "111122223333") -> tuple[str, str]:
