@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import glob
 import json
 import os
+import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -23,7 +25,7 @@ from typing import Any, TextIO
 import polars as pl
 import polars.selectors as cs
 
-from keytrail.owner_only import reserve_anew
+from keytrail.owner_only import remove_stale_temps, replace_whole_temps
 from keytrail.pipeline.files import sink_parquet
 from keytrail.reports.lines import TIME_FORMAT, csv_lines, json_lines
 
@@ -97,15 +99,15 @@ def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
     As a shell's `>` does, a symbolic link is written through (its target replaced, the link kept)
     and a FIFO or device (`/dev/stdout`) is written into: renamed over, each was replaced by a
     regular file (as root, /dev/null too), and the output never reached the reader."""
-    if out.is_symlink():
-        _require_trusted_link(out)
+    _require_trusted_path(out, [0])
     if _special(out):
+        _require_trusted_special(Path(os.path.realpath(out)))
         yield out  # no temporary file to rename, and nothing of ours to remove on a failure
         return
-    out = Path(os.path.realpath(out)) if out.is_symlink() else out
-    temp = out.with_name(f".{out.name}.tmp")
-    if owner_only:
-        reserve_anew(temp)
+    out = Path(os.path.realpath(out))
+    # A killed run's temp file (as large as its report) is named for it, so no later run replaces it.
+    remove_stale_temps(out.parent, replace_whole_temps(out), f".{glob.escape(out.name)}.tmp")
+    temp = _new_temp(out, 0o600 if owner_only else 0o666)
     try:
         yield temp
         temp.replace(out)
@@ -114,18 +116,70 @@ def replacing(out: Path, *, owner_only: bool = False) -> Iterator[Path]:
         raise
 
 
+def _new_temp(out: Path, mode: int) -> Path:
+    """A new, empty hidden file beside `out` (the umask applies to `mode`), made by this call: a
+    name known in advance, opened as it stood, was a link another user could plant in /tmp, and
+    the report was written through it (its target replaced) and the link renamed over `out`."""
+    for _ in range(16):
+        temp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
+        except FileExistsError:
+            continue
+        return temp
+    raise FileExistsError(errno.EEXIST, "no new temporary file name beside it", str(out))
+
+
+_MAX_LINKS = 40  # as the kernel's: past it, a loop, which the write itself fails with ELOOP
+
+
+def _require_trusted_path(path: Path, links: list[int]) -> None:
+    """PermissionError for a symbolic link on the way to `path` (the last part, a folder before it,
+    or one a link's target goes through) that another user made in a sticky folder every user may
+    write (/tmp), as the kernel's fs.protected_symlinks refuses to follow (off in many containers):
+    followed, a root-run report replaced whatever file the link's maker pointed it at. `links`: the
+    links followed so far, across the whole walk, as the kernel counts them."""
+    current = Path(os.getcwd()) if not path.is_absolute() else Path(path.anchor)
+    for part in path.parts[1:] if path.is_absolute() else path.parts:
+        if part == "..":
+            current = current.parent
+            continue
+        step = current / part
+        if step.is_symlink() and links[0] < _MAX_LINKS:
+            _require_trusted_link(step)
+            links[0] += 1
+            _require_trusted_path(current / os.readlink(step), links)
+            step = Path(os.path.realpath(step))
+        current = step
+
+
 def _require_trusted_link(link: Path) -> None:
-    """PermissionError for a link another user made in a sticky folder others may write (/tmp), as
-    the kernel's fs.protected_symlinks refuses to follow one (off in many containers): followed, a
-    root-run report into a shared folder replaced whatever file the link's maker pointed it at."""
+    if _planted(link, link.lstat() if link.is_symlink() else None):
+        raise PermissionError(errno.EPERM, f"a symbolic link of uid {link.lstat().st_uid} in a folder every user may "
+                                           "write is not followed", str(link))
+
+
+def _require_trusted_special(path: Path) -> None:
+    """PermissionError for a FIFO or device another user made in a sticky folder every user may
+    write, as fs.protected_fifos refuses to open one: they would read the whole report."""
     try:
-        made, folder = link.lstat(), link.parent.stat()
-    except OSError:  # gone meanwhile: the write says what is wrong
+        found = path.stat()
+    except OSError:
         return
+    if _planted(path, found):
+        raise PermissionError(errno.EPERM, f"a FIFO or device of uid {found.st_uid} in a folder every user may write "
+                                           "is not written into", str(path))
+
+
+def _planted(path: Path, found: os.stat_result | None) -> bool:
+    """Whether `found` (the stat of `path`, not followed) belongs to a user other than this one and
+    the folder's owner, in a sticky folder every user may write."""
+    try:
+        folder = path.parent.stat()
+    except OSError:  # gone meanwhile: the write says what is wrong
+        return False
     shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
-    if shared and made.st_uid not in (os.geteuid(), folder.st_uid):
-        raise PermissionError(errno.EPERM, f"a symbolic link of uid {made.st_uid} in a folder every user may write "
-                                           "is not followed", str(link))
+    return bool(shared and found is not None and found.st_uid not in (os.geteuid(), folder.st_uid))
 
 
 def _special(path: Path) -> bool:

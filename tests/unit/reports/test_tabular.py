@@ -73,14 +73,20 @@ def test_a_table_held_as_categories_is_written_as_its_strings(tmp_path: Path, fo
 
 
 @pytest.mark.parametrize("form", list(TabularFormat))
-def test_an_owner_only_report_is_0600_over_a_temporary_file_a_crashed_run_left(tmp_path: Path,
-                                                                               form: TabularFormat) -> None:
+def test_an_owner_only_report_is_0600_and_removes_the_temporary_files_killed_runs_left(tmp_path: Path,
+                                                                                      form: TabularFormat) -> None:
+    import os
+
     out = tmp_path / f"report.{form.value}"
-    stale = out.with_name(f".{out.name}.tmp")
-    stale.write_text("half a report")
-    stale.chmod(0o644)  # as a version before owner-only modes, or the umask, left it
+    stale = [out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.0badc0de.tmp")]  # an older release's name
+    running = out.with_name(f".{out.name}.12345678.tmp")  # another run's, being written
+    for temp in (*stale, running):
+        temp.write_text("half a report")
+        temp.chmod(0o644)  # as a version before owner-only modes, or the umask, left it
+    for temp in stale:
+        os.utime(temp, (0, 0))  # written long ago
     write_tabular(long_form(TABLES), out, form, owner_only=True)
-    assert (out.stat().st_mode & 0o777, stale.exists()) == (0o600, False)
+    assert (out.stat().st_mode & 0o777, [t.exists() for t in (*stale, running)]) == (0o600, [False, False, True])
     assert _read(out, form).height == 5
 
 
@@ -192,6 +198,34 @@ def test_a_report_is_not_written_through_a_link_another_user_planted_in_a_shared
     os.lchown(link, os.geteuid(), os.getegid())  # one's own link is followed, as a shell's `>` does
     assert write_tabular(long_form(TABLES), link, TabularFormat.csv) == link
     assert victim.read_text().startswith("table,")
+
+
+def test_a_report_never_goes_through_what_another_user_planted_in_a_shared_folder(tmp_path: Path) -> None:
+    """Past the link at `--out` itself: a link at the temporary file's name (it was fixed, and opened
+    as it stood), a link to a folder on the way, and a FIFO another user reads."""
+    import os
+
+    shared, victim, elsewhere = tmp_path / "shared", tmp_path / "victim.txt", tmp_path / "elsewhere"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    elsewhere.mkdir()
+    victim.write_text("not a report")
+    temp_link = shared / ".report.csv.tmp"
+    temp_link.symlink_to(victim)
+    os.lchown(temp_link, 4242, 4242)
+    write_tabular(long_form(TABLES), shared / "report.csv", TabularFormat.csv)
+    assert victim.read_text() == "not a report" and not (shared / "report.csv").is_symlink()
+    folder_link = shared / "reports"
+    folder_link.symlink_to(elsewhere)
+    os.lchown(folder_link, 4242, 4242)
+    with pytest.raises(PermissionError, match="is not followed"):
+        write_tabular(long_form(TABLES), folder_link / "report.csv", TabularFormat.csv)
+    assert list(elsewhere.iterdir()) == []
+    fifo = shared / "stolen.csv"
+    os.mkfifo(fifo)
+    os.chown(fifo, 4242, 4242)
+    with pytest.raises(PermissionError, match="is not written into"):
+        write_tabular(long_form(TABLES), fifo, TabularFormat.csv)
 
 
 @pytest.mark.parametrize("form", list(TabularFormat))
