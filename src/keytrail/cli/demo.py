@@ -21,7 +21,7 @@ import typer
 from keytrail.cli import console
 from keytrail.cli.demo_workload import DemoError, Workload, demo_principals, write_principals
 from keytrail.cli.listening import listen_probe
-from keytrail.owner_only import make_dirs, open_file
+from keytrail.owner_only import make_dirs, open_file, sharing_problem
 
 # The summary (polars, the metrics state, the report) loads once the story has run, not with
 # `keytrail demo --help` (commands.py).
@@ -229,6 +229,10 @@ def _data_dir(path: Path | None) -> Path:
         make_dirs(path)
     except OSError as error:  # under a file, or in a folder it may not write: said as serve says it
         raise fail(f"--data-dir: cannot create {path}: {error.strerror or error}") from None
+    # Before a file is written: serve would refuse it after the demo wrote its principals file, and
+    # the folder, no longer empty, was refused by the next demo too.
+    if (problem := sharing_problem(path.stat(), chmod="700")) and problem.changeable:
+        raise fail(f"--data-dir: {path} {problem}, which serve refuses: {problem.fix}, or give a new folder")
     return path.resolve()
 
 

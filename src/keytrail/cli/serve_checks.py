@@ -153,7 +153,8 @@ def check_data_dir_owned(data_dir: Path) -> None:
                              "another --data-dir")
         if problem.changeable:
             raise serve_fail(f"--data-dir: {data_dir} {problem}: they could swap the root key, the principals file or "
-                             f"the key store for their own: chmod 700 {data_dir}")
+                             f"the key store for their own: chmod 700 {data_dir}, or give a new folder inside it "
+                             f"(a volume's mount point: {data_dir / 'keytrail'}), which serve makes 0700")
     for path in (data_dir / name for name in _OWN_FILES):
         if (problem := _sharing_problem(path)) and problem.owned:
             raise serve_fail(f"--data-dir: {path} {problem}: its owner can read it and change it: "

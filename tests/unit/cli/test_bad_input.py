@@ -1004,6 +1004,18 @@ def test_demo_names_a_data_dir_it_cannot_create(tmp_path: Path) -> None:
     _one_line_error(result, f"keytrail demo: --data-dir: cannot create {wanted}: Not a directory")
 
 
+def test_demo_refuses_a_data_dir_others_can_write_before_writing_in_it(tmp_path: Path) -> None:
+    # Made under umask 002: serve refused it after the demo wrote its principals file there, and the
+    # folder, no longer empty, was refused by the next demo too.
+    wanted = tmp_path / "demo"
+    wanted.mkdir()
+    wanted.chmod(0o775)
+    result = _keytrail("demo", "--data-dir", wanted)
+    _one_line_error(result, f"keytrail demo: --data-dir: {wanted} can be written by other users (mode 0775), which "
+                            f"serve refuses: chmod 700 it, or give a new folder")
+    assert list(wanted.iterdir()) == []
+
+
 @pytest.mark.parametrize(("url", "complaint"), [
     ("postgresql://u:pw-SECRET@127.0.0.1:notaport/db", "127.0.0.1:notaport/db: invalid literal for int()"),
     ("postgresql://u:pw-SECRET@[bad/db", "[bad/db: Invalid IPv6 URL"),

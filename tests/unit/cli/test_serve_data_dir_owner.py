@@ -49,7 +49,8 @@ def test_serve_refuses_a_data_dir_others_can_write_in_one_line_writing_nothing(t
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (f"keytrail serve: --data-dir: {data} can be written by other users (mode 0777): they "
                              f"could swap the root key, the principals file or the key store for their own: "
-                             f"chmod 700 {data}\n")
+                             f"chmod 700 {data}, or give a new folder inside it (a volume's mount point: "
+                             f"{data / 'keytrail'}), which serve makes 0700\n")
     assert list(data.iterdir()) == []
 
 
