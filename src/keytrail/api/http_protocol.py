@@ -185,12 +185,13 @@ class _HeadRefused(Exception):
     (`_head_refusal`): one asking to switch protocols, or naming two hosts."""
 
 
-def _head_refusal(upgrade: bool, headers: list[tuple[bytes, bytes]]) -> _Refusal | None:
+def _head_refusal(upgrade: bool, headers: list[tuple[bytes, bytes]], http_version: str) -> _Refusal | None:
     """The answer to a request refused for its head as it ends, if it is: asking to switch
-    protocols, or naming more than one host."""
+    protocols, or naming more than one host (or, in HTTP/1.1, none)."""
     if upgrade:
         return _UPGRADE
-    if sum(name == b"host" for name, _ in headers) > 1:
+    hosts = sum(name == b"host" for name, _ in headers)
+    if hosts > 1 or (hosts == 0 and http_version == "1.1"):
         return _TWO_HOSTS
     return None
 
@@ -214,10 +215,11 @@ _UPGRADE = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                  "keytrail serves HTTP/1.1 and switches to no other protocol: send the request "
                                  "without Connection: Upgrade (curl --http1.1; Java HttpClient.Version.HTTP_1_1)."),
                     "protocol_upgrade")
-# RFC 9112 §3.2: a request "that contains more than one Host header field line" MUST be answered 400
-# (both signed, they were taken joined with a comma, as `tlsDetails.clientProvidedHostHeader`).
+# RFC 9112 §3.2: an HTTP/1.1 request "that lacks a Host header field" or "contains more than one Host
+# header field line" MUST be answered 400 (two, both signed, were taken joined with a comma, as
+# `tlsDetails.clientProvidedHostHeader`).
 _TWO_HOSTS = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
-                                   "The request has more than one Host header."), "malformed_http")
+                                   "The request must have exactly one Host header."), "malformed_http")
 _MALFORMED = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                    "The request is not valid HTTP/1.1."), "malformed_http")
 _PLAIN_HTTP_ON_TLS = _last_answer(
@@ -505,7 +507,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes + self._read_bytes > HEAD_BYTES and _head_size(self.url, self.headers) > HEAD_BYTES:
             self._head_overflowed = True
             raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
-        self._head_refusal = _head_refusal(self.parser.should_upgrade(), self.headers)
+        self._head_refusal = _head_refusal(self.parser.should_upgrade(), self.headers, self.parser.get_http_version())
         if self._head_refusal is not None:  # before the app runs
             raise _HeadRefused
         self._in_head = False
