@@ -24,7 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from keytrail.detect.severity import Severity
-from keytrail.kms.context import ORGANIZATION_ID
+from keytrail.kms.context import ACCOUNT_ID, ORGANIZATION_ID
 from keytrail.owner_only import read_regular_text
 
 __all__ = ["DEFAULT_RULES", "Rule", "RuleError", "RuleSet", "load_rules", "parse_duration"]
@@ -314,9 +314,11 @@ def _parameter(rule_id: str, name: str, value: Any, default: Any) -> Any:
         ok, kind = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
     if not ok:
         raise RuleError(f"rule {rule_id}: parameter {name} must be {kind}, not {value!r}")
-    # A mistyped organization id never matches a condition, so the trust it was meant to give
-    # would be silently missing: refuse it as the principals file refuses its [[organization]] ids.
+    # A mistyped organization id or account never matches a condition, so the trust it was meant to
+    # give would be silently missing: refuse it as the principals file refuses its ids.
     if name == "trusted_org_ids" and (bad := [v for v in value if not ORGANIZATION_ID.fullmatch(v)]):
         raise RuleError(f"rule {rule_id}: parameter {name} takes AWS Organizations ids, o- and 10 to 32 "
                         f"lowercase letters or digits, not {bad[0]!r}")
+    if name == "trusted_accounts" and (bad := [v for v in value if not ACCOUNT_ID.fullmatch(v)]):
+        raise RuleError(f"rule {rule_id}: parameter {name} takes AWS account ids, 12 digits, not {bad[0]!r}")
     return float(value) if isinstance(default, float) else value

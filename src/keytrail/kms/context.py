@@ -10,10 +10,12 @@ from typing import Any
 
 from keytrail.kms.partitions import DEFAULT_PARTITION, arn_partition, with_partition
 
-__all__ = ["ORGANIZATION_ID", "CallContext", "IdentityType", "Principal"]
+__all__ = ["ACCOUNT_ID", "ORGANIZATION_ID", "CallContext", "IdentityType", "Principal"]
 
 # AWS Organizations' organization id: "o-" and 10 to 32 lowercase letters or digits (fullmatch it).
 ORGANIZATION_ID = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
+# An AWS account id: 12 digits (fullmatch it).
+ACCOUNT_ID = re.compile(r"[0-9]{12}", re.ASCII)
 
 
 class IdentityType(StrEnum):
