@@ -163,7 +163,7 @@ def detect(
     except BrokenPipeError:  # what reads the alarms is gone (`| head -1`): quietly, exit 1, as click ends it
         raise
     except (BadInput, RuleError, ValueError, OSError) as exc:
-        typer.echo(f"keytrail detect: {exc}", err=True)
+        typer.echo(f"keytrail detect: {printable(str(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
 
 
@@ -371,7 +371,7 @@ def analyze(
     except BrokenPipeError:  # as in `detect`: a closed output pipe is no bad input
         raise
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError, StoreUnavailable) as exc:
-        typer.echo(f"keytrail analyze: {exc}", err=True)
+        typer.echo(f"keytrail analyze: {printable(str(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
 
 

@@ -997,6 +997,16 @@ def test_analyze_names_an_inventory_that_is_not_json(tmp_path: Path) -> None:
     assert "not valid JSON" in _one_line_error(result, f"keytrail analyze: --inventory {inventory}: ")
 
 
+def test_analyze_escapes_what_an_inventory_holds_in_its_one_line(tmp_path: Path) -> None:
+    # A KeyArn with an escape sequence (setting the terminal's title) was echoed raw on stderr.
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text(json.dumps([{"KeyArn": "arn:aws:kms:us-east-1:111122223333:key/x\x1b]0;pwned\x07",
+                                      "Policy": {"Statement": []}}]))
+    result = _keytrail("analyze", "--inventory", inventory)
+    assert "\x1b" not in result.stderr and "\\x1b]0;pwned\\x07" in result.stderr
+    _one_line_error(result, "keytrail analyze: ")
+
+
 def test_demo_names_a_data_dir_it_cannot_create(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("a file where a folder is asked for")
     wanted = tmp_path / "file" / "demo"
