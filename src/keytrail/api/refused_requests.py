@@ -40,6 +40,10 @@ _ACCESS_KEY = re.compile(r"Credential=([A-Z0-9]{16,128})/")
 # message then quotes ("Credential must have exactly 5 slash-delimited elements, …, got '<secret>/2026…'").
 _CREDENTIAL_KEY = re.compile(r"Credential=([^,\s]*?)(?:/\d{8}(?:/|[,\s]|$)|[,\s]|$)")
 _READABLE_KEY = re.compile(r"[A-Z0-9]{16,128}")
+# The whole Credential, and the scope a well-formed one ends with after its key: anything else
+# there (a 6th element, a secret pasted after the key id) is the sender's text, and is not logged.
+_WHOLE_CREDENTIAL = re.compile(r"Credential=([^,\s]*)")
+_SCOPE = re.compile(r"/\d{8}/[a-z0-9-]{1,64}/[a-z0-9-]{1,64}/aws4_request")
 _MIN_HIDDEN = 4  # characters of a Credential, or of its head where a message ends cut short, worth hiding
 
 
@@ -136,6 +140,10 @@ def _without_credential(message: str, authorization: str | None) -> str:
     quotes at most the first 200 characters of the header)."""
     found = _CREDENTIAL_KEY.search(authorization or "")
     key = found.group(1) if found else ""
+    whole = _WHOLE_CREDENTIAL.search(authorization or "")
+    scope = whole.group(1)[len(key):] if whole else ""
+    if scope and not _SCOPE.fullmatch(scope):  # quoted whole by "… 5 slash-delimited elements, got '…'"
+        message = message.replace(scope, "/***")
     if len(key) < _MIN_HIDDEN or _READABLE_KEY.fullmatch(key):
         return message
     # Where the message quotes it, not inside one of its words (a Credential "lid" in "invalid").

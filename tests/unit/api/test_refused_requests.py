@@ -98,6 +98,19 @@ def test_an_access_key_id_and_the_words_of_a_message_stay_in_the_line(caplog: py
     assert second.endswith("The security token included in the request is invalid.")
 
 
+def test_a_secret_pasted_after_the_access_key_id_is_not_written_to_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A readable key id followed by more than a scope (a secret pasted after it): the message quotes
+    the whole Credential, and only a key id that did not read as one was hidden."""
+    header = (f"AWS4-HMAC-SHA256 Credential=AKIAALICE000000000001/20261202/us-east-1/kms/aws4_request/{SWAPPED}, "
+              "SignedHeaders=host, Signature=ab")
+    refusal = parse_error(header)
+    assert SWAPPED in refusal.message  # the answer quotes the caller's own header, as AWS's
+    with caplog.at_level(logging.WARNING, logger="keytrail.api.refused_requests"):
+        RefusedRequests(SteppedClock()).refused(refusal, "192.0.2.7", header)
+    [line] = _lines(caplog)
+    assert "got 'AKIAALICE000000000001/***'" in line and "bPxRfiCYEXAMPLEKEY" not in line, line
+
+
 def parse_error(header: str) -> KmsError:
     with pytest.raises(KmsError) as refusal:
         parse_authorization(header)
