@@ -214,15 +214,15 @@ class SharingProblem:
         return self.text
 
 
-def sharing_problem(found: os.stat_result, *, chmod: str = "600") -> SharingProblem | None:
+def sharing_problem(found: os.stat_result, *, chmod: str = "600", owner: bool = True) -> SharingProblem | None:
     """The worst of what lets other users at the file or folder `found` is the stat of, None if
     nothing does: owned by another user, then writable by the group or others, then readable by
     them. Owned by root is as good as owned by keytrail's user: root can change any file anyway,
     and a secret an orchestrator mounts (a Kubernetes or Compose secret) is root's. `chmod`: the
-    mode the fix names."""
+    mode the fix names; `owner` False: its owner is not asked about (taken as its operator)."""
     user = os.geteuid()
     mode = stat.S_IMODE(found.st_mode)
-    if found.st_uid not in (user, 0):
+    if owner and found.st_uid not in (user, 0):
         nor_root = "" if user == 0 else " (nor by root)"
         return SharingProblem(f"is owned by uid {found.st_uid}, not by uid {user} that keytrail runs as{nor_root}",
                               f"chown it to uid {user}", owned=True, changeable=True)

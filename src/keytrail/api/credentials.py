@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import secrets
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,10 +360,9 @@ def _check_not_shared(path: Path) -> None:
         found = path.stat()
     except OSError as exc:  # removed since it was read
         raise PrincipalsFileError(f"{path}: cannot read the principals file: {exc.strerror or exc}") from None
-    if stat.S_IMODE(found.st_mode) & 0o022:
-        raise PrincipalsFileError(f"the principals file {path} can be written by other users (mode "
-                                  f"{stat.S_IMODE(found.st_mode):04o}): another user could give themselves any "
-                                  "identity: chmod 600 it")
+    if (writable := sharing_problem(found, owner=False)) is not None and writable.changeable:
+        raise PrincipalsFileError(f"the principals file {path} {writable}: another user could give themselves any "
+                                  f"identity: {writable.fix}")
     if (problem := sharing_problem(found)) is not None:
         log.warning("the principals file %s %s: %s", path, problem, problem.fix)
 

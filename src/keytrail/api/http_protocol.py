@@ -192,7 +192,7 @@ def _head_refusal(upgrade: bool, headers: list[tuple[bytes, bytes]], http_versio
         return _UPGRADE
     hosts = sum(name == b"host" for name, _ in headers)
     if hosts > 1 or (hosts == 0 and http_version == "1.1"):
-        return _TWO_HOSTS
+        return _NOT_ONE_HOST
     return None
 
 
@@ -218,7 +218,7 @@ _UPGRADE = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
 # RFC 9112 §3.2: an HTTP/1.1 request "that lacks a Host header field" or "contains more than one Host
 # header field line" MUST be answered 400 (two, both signed, were taken joined with a comma, as
 # `tlsDetails.clientProvidedHostHeader`).
-_TWO_HOSTS = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
+_NOT_ONE_HOST = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                    "The request must have exactly one Host header."), "malformed_http")
 _MALFORMED = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                    "The request is not valid HTTP/1.1."), "malformed_http")

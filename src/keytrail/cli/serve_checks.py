@@ -159,7 +159,9 @@ def check_data_dir_owned(data_dir: Path) -> None:
         if (problem := _sharing_problem(path)) and problem.owned:
             raise serve_fail(f"--data-dir: {path} {problem}: its owner can read it and change it: "
                              f"{problem.fix} once you know it is yours")
-    key = _root_key_file(data_dir)
+    from keytrail.kms.sealing import root_key_file  # its crypto imports only once serve starts
+
+    key = root_key_file(data_dir)
     if key and (problem := _sharing_problem(key, chmod="600 (or 400)")) and problem.changeable:
         raise serve_fail(f"the root key file {key} {problem}: another user could swap in a root key they know: "
                          f"{problem.fix}")
@@ -171,12 +173,3 @@ def _sharing_problem(path: Path, chmod: str = "600") -> SharingProblem | None:
         return sharing_problem(path.stat(), chmod=chmod)
     except OSError:
         return None
-
-
-def _root_key_file(data_dir: Path) -> Path | None:
-    """The file serve will read the root key from, as RootKey.load finds it; None for $KEYTRAIL_ROOT_KEY."""
-    from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV
-
-    if os.environ.get(ROOT_KEY_ENV):
-        return None
-    return Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keytrail.owner_only import make_dirs, read_regular, sharing_problem, sync_folder
 
-__all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "write_root_key_file"]
+__all__ = ["AUTHENTICATED_SEAL", "RootKey", "RootKeyUnusable", "SealError", "root_key_file", "write_root_key_file"]
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class RootKey:
             except ValueError:  # binascii.Error is one
                 raise RootKeyUnusable(f"${ROOT_KEY_ENV} must be 32 bytes in base64") from None
         named = os.environ.get(ROOT_KEY_FILE_ENV)
-        path = Path(named or data_dir / "root.key")
+        path = _key_file(data_dir)
         if not path.exists() and named:  # a secret not mounted, a typo: a new key there would seal keys to lose
             raise RootKeyUnusable(f"no root key: {path} (${ROOT_KEY_FILE_ENV}) does not exist")
         if not path.exists() and not create:
@@ -194,6 +194,15 @@ def write_root_key_file(path: Path, secret: bytes, *, replace: bool = False) -> 
         with contextlib.suppress(FileNotFoundError):  # replaced: it is `path` now
             os.unlink(temp)
     sync_folder(path.parent)
+
+
+def root_key_file(data_dir: Path) -> Path | None:
+    """The file `RootKey.load` reads the root key from; None when `$KEYTRAIL_ROOT_KEY` holds it."""
+    return None if os.environ.get(ROOT_KEY_ENV) else _key_file(data_dir)
+
+
+def _key_file(data_dir: Path) -> Path:
+    return Path(os.environ.get(ROOT_KEY_FILE_ENV) or data_dir / "root.key")
 
 
 def _warn_if_shared(path: Path) -> None:

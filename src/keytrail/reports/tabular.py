@@ -154,8 +154,12 @@ def _require_trusted_path(path: Path, links: list[int]) -> None:
 
 
 def _require_trusted_link(link: Path) -> None:
-    if _planted(link, link.lstat() if link.is_symlink() else None):
-        raise PermissionError(errno.EPERM, f"a symbolic link of uid {link.lstat().st_uid} in a folder every user may "
+    try:
+        made = link.lstat()
+    except OSError:  # gone meanwhile: the write says what is wrong
+        return
+    if _planted(link, made):
+        raise PermissionError(errno.EPERM, f"a symbolic link of uid {made.st_uid} in a folder every user may "
                                            "write is not followed", str(link))
 
 
@@ -171,7 +175,7 @@ def _require_trusted_special(path: Path) -> None:
                                            "is not written into", str(path))
 
 
-def _planted(path: Path, found: os.stat_result | None) -> bool:
+def _planted(path: Path, found: os.stat_result) -> bool:
     """Whether `found` (the stat of `path`, not followed) belongs to a user other than this one and
     the folder's owner, in a sticky folder every user may write."""
     try:
@@ -179,7 +183,7 @@ def _planted(path: Path, found: os.stat_result | None) -> bool:
     except OSError:  # gone meanwhile: the write says what is wrong
         return False
     shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
-    return bool(shared and found is not None and found.st_uid not in (os.geteuid(), folder.st_uid))
+    return bool(shared and found.st_uid not in (os.geteuid(), folder.st_uid))
 
 
 def _special(path: Path) -> bool:
