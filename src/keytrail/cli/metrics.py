@@ -131,13 +131,15 @@ def _consumer_running(data_dir: Path) -> bool:
     return lock_held(consumer_lock(data_dir))
 
 
-def parse_by(value: str, allowed: tuple[str, ...], command: str = "keytrail") -> list[str]:
+def parse_by(value: str, allowed: tuple[str, ...], command: str = "keytrail", choices: str | None = None) -> list[str]:
     """The groupings of a `--by` list, each once in the order first named (`key,key` grouped the
-    usage table by one column twice, which polars refused as the state being unreadable)."""
+    usage table by one column twice, which polars refused as the state being unreadable). `choices`
+    says what to choose where not every list of `allowed` names is one."""
     names = list(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     bad = [name for name in names if name not in allowed]
     if bad or not names:
-        raise fail(f"--by: unknown {', '.join(bad) or 'grouping'} (choose from {', '.join(allowed)})", command)
+        choose = choices or f"from {', '.join(allowed)}"
+        raise fail(f"--by: unknown {', '.join(bad) or 'grouping'} (choose {choose})", command)
     return names
 
 
@@ -211,6 +213,9 @@ def cost(
         typer.echo(ahead_note(end), err=True)
 
 
+_LAST_USED_BY = "key or key,principal"
+
+
 def last_used(
     data_dir: DataDir = Path("keytrail-data"),
     since: Since = None,
@@ -219,9 +224,9 @@ def last_used(
     output: Format = OutputFormat.table,
 ) -> None:
     """When each key was last used by a successful cryptographic operation (null: never, since tracking)."""
-    names = parse_by(by, ("key", "principal"), LAST_USED)
+    names = parse_by(by, ("key", "principal"), LAST_USED, choices=_LAST_USED_BY)
     if names[0] != "key":  # `principal` alone gave the key x principal rows of `key,principal`, without a word
-        raise fail("--by: choose key or key,principal (every row names its key)", LAST_USED)
+        raise fail(f"--by: choose {_LAST_USED_BY} (every row names its key)", LAST_USED)
     low, high = parse_window(since, until, LAST_USED)
     store = open_store(data_dir, LAST_USED)
     if store is None:

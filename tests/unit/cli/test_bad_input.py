@@ -576,6 +576,14 @@ def test_last_used_by_principal_without_key_first_is_refused(tmp_path: Path, by:
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("by", ["", ",", "account"])
+def test_last_used_by_an_unknown_grouping_names_only_what_it_takes(tmp_path: Path, by: str) -> None:
+    # `last-used --by ''` said "choose from key, principal", and `--by principal` is then refused.
+    result = _keytrail("last-used", "--data-dir", tmp_path, "--by", by)
+    unknown = by.strip(",") or "grouping"
+    _one_line_error(result, f"keytrail last-used: --by: unknown {unknown} (choose key or key,principal)\n")
+
+
 def test_analyze_never_creates_a_root_key_in_the_data_dir_it_reads(tmp_path: Path) -> None:
     (tmp_path / "keys.db").write_bytes(b"")
     result = _keytrail("analyze", "--data-dir", tmp_path)
