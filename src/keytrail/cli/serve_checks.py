@@ -156,9 +156,12 @@ def check_data_dir_owned(data_dir: Path) -> None:
                              f"the key store for their own: chmod 700 {data_dir}, or give a new folder inside it "
                              f"(a volume's mount point: {data_dir / 'keytrail'}), which serve makes 0700")
     for path in (data_dir / name for name in _OWN_FILES):
-        if (problem := _sharing_problem(path)) and problem.owned:
-            raise serve_fail(f"--data-dir: {path} {problem}: its owner can read it and change it: "
-                             f"{problem.fix} once you know it is yours")
+        # The key store, writable by others, has policies and grants they rewrite (the root key
+        # file is asked about below, wherever it is).
+        problem = _sharing_problem(path)
+        if problem and (problem.owned or (problem.changeable and path.name != "root.key")):
+            who = "its owner can read it and change it" if problem.owned else "they can change it"
+            raise serve_fail(f"--data-dir: {path} {problem}: {who}: {problem.fix} once you know it is yours")
     from keytrail.kms.sealing import root_key_file  # its crypto imports only once serve starts
 
     key = root_key_file(data_dir)

@@ -92,6 +92,19 @@ def test_a_root_key_or_key_store_another_user_owns_is_refused(
         f"its owner can read it and change it: chown it to uid 0 once you know it is yours\n")
 
 
+@pytest.mark.parametrize("name", ["keys.db", "keys.db-wal", "keys.db-shm"])
+def test_a_key_store_others_can_write_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    # keys.db 0666 in a data dir others may enter (0755) was served: any local user could rewrite
+    # a key's policy or grants to let themselves decrypt.
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    (data / name).touch()
+    (data / name).chmod(0o666)
+    assert _refusal(data, capsys) == (
+        f"keytrail serve: --data-dir: {data / name} can be written by other users (mode 0666): they can change it: "
+        f"chmod 600 it once you know it is yours\n")
+
+
 @pytest.mark.parametrize("named", [False, True])
 def test_a_root_key_file_others_can_write_is_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, named: bool) -> None:
