@@ -3,7 +3,9 @@ renders in headless Chromium (screenshot checked non-blank), opened from disk wi
 
 from __future__ import annotations
 
+import base64
 import gzip
+import hashlib
 import json
 import re
 import shutil
@@ -194,19 +196,45 @@ def _alarm(key: str, when: datetime) -> dict[str, Any]:
             "details": {}}
 
 
-def page_width(html: Path, tmp_path: Path, window: int) -> int:
-    """The width the page lays out to in headless Chromium at `window` pixels (a script added to a
-    copy: the report itself has none)."""
+def with_probe(page: str, script: str) -> str:
+    """`page` with `script` added at the end of its body and allowed by hash in its Content-Security-
+    Policy, the rest of the policy as the report wrote it."""
+    allowed = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert "default-src 'none'; " in page
+    page = page.replace("default-src 'none'; ", f"default-src 'none'; script-src 'sha256-{allowed}'; ", 1)
+    return page.replace("</body>", f"<script>{script}</script></body>")
+
+
+def dump_dom(page: str, tmp_path: Path, window: int = 1300) -> str:
+    """The DOM of `page` after headless Chromium ran it, opened from disk."""
     probe = tmp_path / "probe.html"
-    probe.write_text(html.read_text().replace(
-        "</body>", '<script>document.body.dataset.width = document.documentElement.scrollWidth</script></body>'))
+    probe.write_text(page)
     args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={window},1000",
             "--virtual-time-budget=2000", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
             "--dump-dom", probe.resolve().as_uri()]
-    dom = subprocess.run(args, capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run(args, capture_output=True, text=True, timeout=120).stdout
+
+
+def page_width(html: Path, tmp_path: Path, window: int) -> int:
+    """The width the page lays out to in headless Chromium at `window` pixels (a script added to a
+    copy: the report itself has none)."""
+    script = "document.body.dataset.width = document.documentElement.scrollWidth"
+    dom = dump_dom(with_probe(html.read_text(), script), tmp_path, window)
     found = re.search(r'data-width="(\d+)"', dom)
     assert found, dom[-2000:]
     return int(found.group(1))
+
+
+def test_the_report_s_policy_applies_its_style_and_runs_no_script_that_slipped_in(
+        report: tuple[Path, Path], tmp_path: Path) -> None:
+    # An escaping slip would put markup from an imported record into the page: the Content-Security-
+    # Policy runs no script the report did not allow, while its own style (allowed by hash) applies.
+    slipped = "<script>document.body.dataset.slipped = 'ran'</script>"
+    page = report[0].read_text().replace("</h1>", f"</h1>{slipped}", 1)
+    probe = "document.body.dataset.h1 = getComputedStyle(document.querySelector('h1')).fontSize"
+    dom = dump_dom(with_probe(page, probe), tmp_path)
+    assert 'data-h1="22px"' in dom, dom[-2000:]  # _CSS's h1{font-size:22px}; unstyled it is 32px
+    assert "data-slipped" not in dom
 
 
 def test_html_report_fits_its_page_width_however_long_the_arns(tmp_path: Path) -> None:
@@ -222,6 +250,19 @@ def test_html_report_fits_its_page_width_however_long_the_arns(tmp_path: Path) -
              "--out", str(html))
     assert LONG_ROLE in html.read_text()
     assert page_width(html, tmp_path, 1300) <= 1300
+
+
+def test_a_bidirectional_override_in_a_record_is_shown_not_obeyed(tmp_path: Path) -> None:
+    # U+202E in an imported record's user name turned the rest of the ARN right to left on the page:
+    # "...:user/evil\u202egnp.ecila" read as "...:user/evilalice.png". It is shown as its escape.
+    key, who = key_arn("1234abcd-12ab-34cd-56ef-1234567890ab"), user_arn("evil\u202egnp.ecila")
+    events = [record("CreateKey", START, key), record("Decrypt", START + timedelta(minutes=5), key, who)]
+    (tmp_path / "trail.json").write_text(json.dumps({"Records": events}))
+    html = tmp_path / "report.html"
+    keytrail("report", "--cloudtrail", str(tmp_path / "trail.json"), "--out", str(html))
+    page = html.read_text()
+    assert "\u202e" not in page
+    assert user_arn("evil\\u202egnp.ecila") in page
 
 
 def read_png(data: bytes) -> tuple[int, int, list[tuple[int, ...]]]:

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import typer
 
+from keytrail.shown_text import printable
 from keytrail.transport.addresses import host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
@@ -139,15 +140,6 @@ def given(what: str) -> Callable[[str], str]:
         return value
 
     return parse
-
-
-def printable(text: str) -> str:
-    """`text` with each character a terminal would act on, rather than show, escaped (`\\n`, `\\x1b`,
-    `\\u202e`): an imported record's fields hold anything, and a newline or escape sequence in one
-    forged lines of the output, or rewrote those on the on-call engineer's screen (CWE-117)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def counted(count: int, noun: str) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from html import escape
 from typing import Any
 
 import polars as pl
@@ -15,8 +16,9 @@ from keytrail.pipeline.cost import billable_rows
 from keytrail.reports.collect import ReportData
 from keytrail.reports.figures import ahead_note, storage_note
 from keytrail.reports.svg import Bar, Series, bar_chart, line_chart, short_arn
+from keytrail.shown_text import markup
 
-__all__ = ["MAX_ROWS", "key_label", "money", "render_html"]
+__all__ = ["CONTENT_SECURITY_POLICY", "MAX_ROWS", "key_label", "money", "render_html"]
 
 MAX_ROWS = 500  # per table; the CSV, JSON and Parquet forms carry every row
 _SERIES = 8  # lines per chart; the rest are summed into "other"
@@ -43,6 +45,11 @@ code{font-size:11px}svg{max-width:100%;height:auto;display:block;margin:8px 0}
 #alarms th:nth-child(6){width:48px}#alarms th:nth-child(7){width:88px}
 .aliases{color:#5b6673;font-size:11px}
 """
+# The page may hold what an imported record or a key's description put there: whatever slipped past
+# escaping, the browser runs no script, loads nothing and applies no style but this one.
+_STYLE_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode("ascii")
+CONTENT_SECURITY_POLICY = (f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; base-uri 'none'; "
+                           "form-action 'none'")
 
 
 def money(value: Any) -> str:
@@ -65,6 +72,7 @@ def render_html(data: ReportData) -> str:
         "<h2>Usage by key, principal and operation</h2>", _usage_table(data.usage),
     ]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
             "<title>keytrail report</title>"
             f"<style>{_CSS}</style></head><body>" + "".join(body) + "</body></html>\n")
 
@@ -72,9 +80,9 @@ def render_html(data: ReportData) -> str:
 def _header(data: ReportData) -> str:
     start = data.options.since or data.first_event
     end = data.options.until or data.as_of
-    source = f" · source: <code>{escape(data.options.source_name)}</code>" if data.options.source_name else ""
+    source = f" · source: <code>{markup(data.options.source_name)}</code>" if data.options.source_name else ""
     return (f"<h1>KMS usage, cost and security report</h1><p class=\"meta\">Period {_time(start)} → {_time(end)}"
-            f" · as of {_time(data.as_of)}{source} · keytrail {escape(__version__)} · generated "
+            f" · as of {_time(data.as_of)}{source} · keytrail {markup(__version__)} · generated "
             f"{_time(datetime.now(UTC))}</p>")
 
 
@@ -95,7 +103,7 @@ def _cards(data: ReportData) -> str:
         (_projected_label(data.projection), money(_sum(data.projection, "projectedCost"))),
     ]
     return '<div class="cards">' + "".join(
-        f'<div class="card" data-figure="{escape(name)}"><b>{value}</b><span>{escape(name)}</span></div>'
+        f'<div class="card" data-figure="{markup(name)}"><b>{value}</b><span>{markup(name)}</span></div>'
         for name, value in cards) + "</div>"
 
 
@@ -188,10 +196,10 @@ def _cost(data: ReportData) -> list[str]:
                  "account that made them: a key used from another account has a row for each. Key-months: "
                  f"hours billed over the hours of their calendar month (UTC).{_no_key_note(data.cost)}</p>")
     if data.keys_not_created:
-        parts.append(f'<p class="note">{escape(storage_note(data.keys_not_created).removeprefix("note: "))}.</p>')
+        parts.append(f'<p class="note">{markup(storage_note(data.keys_not_created).removeprefix("note: "))}.</p>')
     if data.open_end is not None and data.open_end.late:
-        parts.append(f'<p class="note">{escape(ahead_note(data.open_end).removeprefix("note: "))}.</p>')
-    parts.extend(f'<p class="note">{escape(line)}.</p>' for line in data.clock_steps)
+        parts.append(f'<p class="note">{markup(ahead_note(data.open_end).removeprefix("note: "))}.</p>')
+    parts.extend(f'<p class="note">{markup(line)}.</p>' for line in data.clock_steps)
     parts.append(_table(data.cost, [("keyArn", "Key", _key), ("accountId", "Account", str),
                                     ("keyMonths", "Key-months", _decimal), ("keyCost", "Key cost", money),
                                     ("requests", "Requests", _int), ("requestCost", "Request cost", money),
@@ -226,7 +234,7 @@ def _denied(frame: pl.DataFrame) -> str:
 
 
 def _alarms(frame: pl.DataFrame, note: str | None = None) -> str:
-    warning = f'<p class="note">Note: {escape(note)}.</p>' if note else ""
+    warning = f'<p class="note">Note: {markup(note)}.</p>' if note else ""
     if frame.height == 0:
         return warning or '<p class="note">No alarms (none recorded in alarms.jsonl for this period).</p>'
     per_rule = frame.group_by("rule").agg(pl.len().alias("alarms")).sort(["alarms", "rule"], descending=[True, False])
@@ -252,7 +260,7 @@ _NUMERIC = {"_int", "_decimal", "money"}
 
 def _table(frame: pl.DataFrame, columns: Sequence[Column], *, table_id: str,
            row_class: Callable[[dict[str, Any]], str] | None = None) -> str:
-    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in columns)
+    head = "".join(f"<th>{markup(title)}</th>" for _, title, _ in columns)
     rows = []
     for row in frame.head(MAX_ROWS).iter_rows(named=True):
         cls = row_class(row) if row_class else ""
@@ -268,8 +276,8 @@ def _cell(value: Any, show: Callable[[Any], str], aliases: str | None = None) ->
     """One cell; a key ARN's with the key's aliases under it."""
     css = ' class="n"' if show.__name__ in _NUMERIC else ""
     text = show(value) if value is not None or show in _SHOWS_NONE else ""
-    named = f'<div class="aliases">{escape(aliases)}</div>' if aliases else ""
-    return f"<td{css}>{text if show in _RAW else escape(text)}{named}</td>"
+    named = f'<div class="aliases">{markup(aliases)}</div>' if aliases else ""
+    return f"<td{css}>{text if show in _RAW else markup(text)}{named}</td>"
 
 
 def key_label(key_arn: str, aliases: Mapping[str, str]) -> str:
@@ -296,7 +304,7 @@ def _decimal(value: Any) -> str:
 
 
 def _code(value: Any) -> str:
-    return f"<code>{escape(str(value))}</code>"
+    return f"<code>{markup(str(value))}</code>"
 
 
 def _key(value: Any) -> str:
@@ -312,7 +320,7 @@ def _no_key_note(cost: pl.DataFrame) -> str:
 
 
 def _severity(value: Any) -> str:
-    return f'<span class="sev-{escape(str(value))}">{escape(str(value))}</span>'
+    return f'<span class="sev-{markup(str(value))}">{markup(str(value))}</span>'
 
 
 def _unused_badge(value: Any) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from html import escape
+
+from keytrail.shown_text import markup
 
 __all__ = ["PALETTE", "Bar", "Series", "bar_chart", "line_chart", "nice_max", "short_arn"]
 
@@ -84,7 +85,7 @@ def line_chart(times: Sequence[datetime], series: Sequence[Series], *, title: st
         color = PALETTE[number % len(PALETTE)]
         points = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in enumerate(line.values)))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{points}">'
-                     f"<title>{escape(line.name)}</title></polyline>")
+                     f"<title>{markup(line.name)}</title></polyline>")
         if len(times) == 1:
             x, y = xy(0, line.values[0])
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
@@ -102,26 +103,26 @@ def bar_chart(bars: Sequence[Bar], *, title: str, unit: Callable[[float], str],
     parts = [_frame(width, height, title)]
     for index, bar in enumerate(bars):
         y = top + index * row
-        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end" {_FONT}>{escape(bar.label)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end" {_FONT}>{markup(bar.label)}</text>')
         if bar.companion is not None:
             w = plot_w * bar.companion / top_value
             parts.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="16" fill="{PALETTE[0]}" '
-                         f'opacity="0.3"><title>{escape(companion_name)}: {unit(bar.companion)}</title></rect>')
+                         f'opacity="0.3"><title>{markup(companion_name)}: {unit(bar.companion)}</title></rect>')
         w = plot_w * bar.value / top_value
         parts.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="16" fill="{PALETTE[0]}">'
-                     f"<title>{escape(bar.label)}: {unit(bar.value)}</title></rect>")
+                     f"<title>{markup(bar.label)}: {unit(bar.value)}</title></rect>")
         shown = unit(bar.value) + (f" / {unit(bar.companion)}" if bar.companion is not None else "")
         parts.append(f'<text x="{left + plot_w * max(bar.value, bar.companion or 0) / top_value + 4:.1f}" '
-                     f'y="{y + 14}" {_FONT}>{escape(shown)}</text>')
+                     f'y="{y + 14}" {_FONT}>{markup(shown)}</text>')
     return "".join(parts) + "</svg>"
 
 
 def _frame(width: int, height: int, title: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">'
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{markup(title)}">'
             f'<rect width="{width}" height="{height}" fill="#ffffff"/>'
             f'<text x="8" y="16" font-family="system-ui, sans-serif" font-size="13" font-weight="600">'
-            f"{escape(title)}</text>")
+            f"{markup(title)}</text>")
 
 
 def _y_axis(left: int, top: int, plot_w: int, plot_h: int, top_value: float,
@@ -148,7 +149,7 @@ def _legend_entry(number: int, name: str, color: str, x: int, top: int) -> str:
     y = top + 4 + number * 18
     label = name if len(name) <= 26 else name[:25] + "…"
     return (f'<rect x="{x}" y="{y}" width="10" height="10" fill="{color}"/>'
-            f'<text x="{x + 15}" y="{y + 9}" {_FONT}><title>{escape(name)}</title>{escape(label)}</text>')
+            f'<text x="{x + 15}" y="{y + 9}" {_FONT}><title>{markup(name)}</title>{markup(label)}</text>')
 
 
 def _count(value: float) -> str:
