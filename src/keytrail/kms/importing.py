@@ -27,7 +27,7 @@ from keytrail.kms import errors, multiregion, service_events
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.material import forget_deleted
 from keytrail.kms.model import KeySpec, KeyState, Origin
-from keytrail.kms.pkcs8 import EC_PUBLIC_KEY, pkcs8_algorithm
+from keytrail.kms.pkcs8 import EC_PUBLIC_KEY, RSA_ENCRYPTION, multi_prime_rsa, pkcs8_algorithm
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -249,6 +249,10 @@ def _check_private_key(spec: KeySpec, material: bytes) -> bytes:
     try:  # the RSA key's numbers are checked after, off the event loop (`check_private_key_numbers`)
         private = serialization.load_der_private_key(material, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError, UnsupportedAlgorithm):
+        if algorithm.oid == RSA_ENCRYPTION and multi_prime_rsa(material):
+            raise errors.IncorrectKeyMaterialException(
+                "The RSA key material has more than two primes: multi-prime RSA keys are not supported."
+            ) from None
         raise errors.IncorrectKeyMaterialException(
             "The key material is not a PKCS#8 DER private key."
         ) from None

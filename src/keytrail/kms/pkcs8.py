@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EC_PUBLIC_KEY", "Pkcs8Algorithm", "pkcs8_algorithm"]
+__all__ = ["EC_PUBLIC_KEY", "RSA_ENCRYPTION", "Pkcs8Algorithm", "multi_prime_rsa", "pkcs8_algorithm"]
 
-_SEQUENCE, _INTEGER, _OID = 0x30, 0x02, 0x06
+_SEQUENCE, _INTEGER, _OID, _OCTET_STRING = 0x30, 0x02, 0x06, 0x04
 EC_PUBLIC_KEY = bytes.fromhex("2a8648ce3d0201")  # id-ecPublicKey, 1.2.840.10045.2.1 (DER contents)
+RSA_ENCRYPTION = bytes.fromhex("2a864886f70d010101")  # rsaEncryption, 1.2.840.113549.1.1.1
+_MULTI_PRIME = b"\x01"  # RSAPrivateKey version "multi" (RFC 8017 A.1.2): more than two primes
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +63,18 @@ def pkcs8_algorithm(der: bytes) -> Pkcs8Algorithm | None:
         return None
     parameters = der[oid_end] if oid_end < algorithm_end else None
     return Pkcs8Algorithm(der[oid_start:oid_end], parameters)
+
+
+def multi_prime_rsa(der: bytes) -> bool:
+    """Whether the PKCS#8 PrivateKeyInfo `der` holds an RSAPrivateKey of more than two primes
+    (`openssl genpkey -pkeyopt rsa_keygen_primes:3`), which `cryptography` does not load."""
+    try:
+        start, stop = _expect(der, 0, len(der), _SEQUENCE)
+        _, after_version = _expect(der, start, stop, _INTEGER)
+        _, after_algorithm = _expect(der, after_version, stop, _SEQUENCE)
+        key_start, key_end = _expect(der, after_algorithm, stop, _OCTET_STRING)
+        rsa_start, rsa_end = _expect(der, key_start, key_end, _SEQUENCE)
+        version_start, version_end = _expect(der, rsa_start, rsa_end, _INTEGER)
+    except (ValueError, IndexError):
+        return False
+    return der[version_start:version_end] == _MULTI_PRIME
