@@ -7,8 +7,10 @@ missing, which a read-only folder refuses ("unable to open database file") and a
 (the -shm file is made but cannot be given its size: "disk I/O error"). As SQLite's "WAL-mode
 File Format" page (section "Read-Only Databases") documents, such a file can still be read when
 opened `immutable=1`; but an immutable connection neither takes locks nor reads the -wal file, so
-it is used only where the -wal holds nothing (a node stopped cleanly removes it, and a node that
-has the file open keeps it): changes still in a -wal are never skipped in silence.
+it is used only where the -wal holds no frame (a node stopped cleanly removes it, a node that has the
+file open keeps it, and a node killed before its first frame leaves only the 32-byte header): changes
+still in a -wal are never skipped in silence. A -shm left beside a -wal of only its header, on a
+read-only mount, is one SQLite cannot use either: it says "locking protocol" (SQLITE_PROTOCOL).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ __all__ = ["connect_read_only", "missing_tables_as_empty", "sqlite_open_error", 
 # error, no permission) leaves the file as it was.
 _DAMAGE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
+# SQLite's WAL file layout ("WAL-mode File Format"): the file's header, then each frame's.
+_WAL_HEADER, _FRAME_HEADER = 32, 24
+
 _TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 
 
@@ -38,14 +43,14 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.OperationalError as exc:
         db.close()
-        if not _shm_refused(exc) or not path.is_file():
+        if not _shm_refused(exc, path) or not path.is_file():
             raise
     wal = path.with_name(path.name + "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
+    if wal.exists() and _holds_frames(wal):
         raise OSError(
             f"{wal} holds changes not yet in {path.name}, and SQLite can read them only with "
-            f"{path.name}-shm, which it cannot create here (a read-only folder, or a full disk): copy the "
-            "data dir somewhere writable and read that copy")
+            f"{path.name}-shm, which it cannot create or use here (a read-only folder, or a full disk): copy "
+            "the data dir somewhere writable and read that copy")
     return _connect(path, "immutable=1")
 
 
@@ -67,11 +72,28 @@ def sqlite_open_error(exc: sqlite3.Error, what: str, damaged: OSError) -> OSErro
     return OSError(f"cannot open {what}: {sqlite_problem(exc)}")
 
 
-def _shm_refused(exc: sqlite3.OperationalError) -> bool:
-    """Whether SQLite failed for want of a -shm file it could make: a folder it may not create it in,
-    or a disk without the space to size it."""
+def _shm_refused(exc: sqlite3.OperationalError, path: Path) -> bool:
+    """Whether SQLite failed for want of a -shm file it could use: a folder it may not create it in, a
+    disk without the space to size it, or one it may only read and cannot rebuild from the -wal. Where
+    the -shm can be written, "locking protocol" is readers outrun by a live writer: SQLite's to say."""
     code = exc.sqlite_errorcode
+    if code == sqlite3.SQLITE_PROTOCOL:
+        return not os.access(path.with_name(path.name + "-shm"), os.W_OK)
     return code & 0xFF == sqlite3.SQLITE_CANTOPEN or code == sqlite3.SQLITE_IOERR_SHMSIZE
+
+
+def _holds_frames(wal: Path) -> bool:
+    """Whether `wal` is long enough for a frame after its header, as SQLite's "WAL-mode File Format"
+    lays it out: a 32-byte header, then frames of a 24-byte header and one page each, the page size
+    in the header (bytes 8-11, big-endian; 1 for 65536). A header that gives none that SQLite allows
+    counts as the smallest page: a file that may hold frames is never read without them."""
+    with wal.open("rb") as handle:
+        header = handle.read(_WAL_HEADER)
+    page = int.from_bytes(header[8:12], "big") if len(header) == _WAL_HEADER else 0
+    page = 65536 if page == 1 else page
+    if not (512 <= page <= 65536 and page & (page - 1) == 0):
+        page = 512
+    return wal.stat().st_size >= _WAL_HEADER + _FRAME_HEADER + page
 
 
 def _connect(path: Path, parameters: str) -> sqlite3.Connection:
