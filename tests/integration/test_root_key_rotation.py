@@ -29,9 +29,10 @@ KEY = Key("111122223333", "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", d
           policy="{}", materials=(KeyMaterial("ab" * 32, os.urandom(32), datetime(2026, 1, 1, tzinfo=UTC)),))
 
 
-def _rotate(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _rotate(*args: str | Path, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keytrail", "root-key", "rotate", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
 
 
 def _new_key(path: Path) -> Path:
@@ -92,6 +93,59 @@ def test_a_root_key_named_by_the_environment_is_left_for_the_operator_to_point_a
             assert server.stop() == 0
 
 
+def test_the_next_step_names_the_new_key_by_its_absolute_path(tmp_path: Path) -> None:
+    # `--new-key secrets/new.key` was repeated as given: pasted into a unit file or another working
+    # directory, $KEYTRAIL_ROOT_KEY_FILE named nothing.
+    data, old = tmp_path / "data", _new_key(tmp_path / "old.key")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_KEY_FILE_ENV, str(old))
+        asyncio.run(_store_with_a_key(data))
+    (tmp_path / "secrets").mkdir()
+    new = _new_key(tmp_path / "secrets" / "new.key")
+    result = _rotate("--data-dir", "data", "--new-key", Path("secrets") / "new.key",
+                     env={**os.environ, ROOT_KEY_FILE_ENV: str(old)}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        f"start serve with the new root key: ${ROOT_KEY_FILE_ENV}={new} (or $KEYTRAIL_ROOT_KEY set to its base64); "
+        "the old root key opens nothing any more")
+
+
+def test_a_root_key_that_is_a_symbolic_link_is_refused_before_anything_is_resealed(tmp_path: Path) -> None:
+    # The link was replaced with a file holding the new key inside the data dir, and the secret
+    # it pointed to, the one the operator keeps, went on holding the old key: silently.
+    data, secrets = tmp_path / "data", tmp_path / "secrets"
+    server = KeytrailServer(data).start()
+    kms = server.client()
+    blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["Arn"], Plaintext=b"linked")["CiphertextBlob"]
+    assert server.stop() == 0
+    secrets.mkdir()
+    kept = (data / "root.key").rename(secrets / "root.key")
+    (data / "root.key").symlink_to(Path("..") / "secrets" / "root.key")
+    server.start()  # serve reads the root key through the link
+    assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"linked"
+    assert server.stop() == 0
+    old, store = kept.read_bytes(), (data / "keys.db").read_bytes()
+    new = _new_key(tmp_path / "new.key")
+    result = _rotate("--data-dir", data, "--new-key", new)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"keytrail root-key rotate: {data / 'root.key'} is a symbolic link to {kept}: rotating would replace the "
+        f"link with a file holding the new root key and leave the old one in {kept}: rotate with "
+        f"${ROOT_KEY_FILE_ENV}={kept}, or replace the link with the file it points to: nothing was changed\n")
+    assert (data / "root.key").is_symlink() and kept.read_bytes() == old
+    assert (data / "keys.db").read_bytes() == store
+
+    result = _rotate("--data-dir", data, "--new-key", new, env={**os.environ, ROOT_KEY_FILE_ENV: str(kept)})
+    assert result.returncode == 0, result.stderr
+    assert (data / "root.key").is_symlink() and kept.read_bytes() == old  # for the operator to put new.key there
+    kept.write_bytes(new.read_bytes())
+    server.start()
+    try:
+        assert server.client().decrypt(CiphertextBlob=blob)["Plaintext"] == b"linked"
+    finally:
+        assert server.stop() == 0
+
+
 def test_rotation_is_refused_in_one_line_while_serve_runs(tmp_path: Path) -> None:
     server = KeytrailServer(tmp_path / "data").start()
     try:
@@ -99,8 +153,10 @@ def test_rotation_is_refused_in_one_line_while_serve_runs(tmp_path: Path) -> Non
         result = _rotate("--data-dir", tmp_path / "data", "--new-key", _new_key(tmp_path / "new.key"))
     finally:
         assert server.stop() == 0
-    assert (result.returncode, result.stderr) == (
-        2, f"keytrail root-key rotate: keytrail serve is running on {tmp_path / 'data'}: stop it first\n")
+    assert (result.returncode, result.stderr) == (2, (
+        f"keytrail root-key rotate: the event log {tmp_path / 'data' / 'audit' / 'log'} is in use by another process: "
+        "keytrail serve, keytrail audit import or another keytrail root-key rotate on --data-dir "
+        f"{tmp_path / 'data'}: stop it, or let it finish, first\n"))
 
 
 def test_a_row_that_does_not_verify_stops_the_rotation_in_one_line(tmp_path: Path) -> None:

@@ -376,7 +376,7 @@ def test_a_start_refused_for_an_audit_trail_another_program_holds_leaves_that_tr
     out = subprocess.run([sys.executable, "-c", _TRAIL_TAKEN, "serve", "--data-dir", str(data), "--port", "0"],
                          capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout) == (2, ""), out.stderr
-    assert "is another keytrail serve running" in out.stderr
+    assert "another keytrail serve, keytrail root-key rotate or keytrail audit import on --data-dir" in out.stderr
     assert sorted(path.name for path in data.iterdir()) == ["audit"]
     assert (data / "audit" / "imported").read_text() == "the other program's"
 

@@ -68,6 +68,7 @@ def rotate(
     logging.getLogger(authentic_docs.__name__).setLevel(logging.CRITICAL)
     try:
         _require_another_file(new_key, data_dir)
+        _require_no_link(data_dir)
         secret = _new_secret(new_key)
         count = asyncio.run(_reseal(data_dir, store, RootKey(secret)))
     except (_Refused, StoreBusy) as exc:
@@ -107,6 +108,21 @@ def _require_another_file(new_key: Path, data_dir: Path) -> None:
         if new_key.samefile(current):
             raise _Refused(f"--new-key: {new_key} is the current root key ({current}): make a new one with "
                            "head -c 32 /dev/urandom > FILE")
+
+
+def _require_no_link(data_dir: Path) -> None:
+    """Refuse, before anything is resealed, a <data-dir>/root.key that is a symbolic link (serve reads
+    through it): replaced after the commit, the link became a file holding the new key in the data
+    dir, and the secret it named, the copy the operator keeps, still held the old one. Not written
+    through: the target's folder (a mounted secret) may refuse the write once the store opens under
+    the new key only."""
+    current = data_dir / "root.key"
+    if os.environ.get(ROOT_KEY_ENV) or os.environ.get(ROOT_KEY_FILE_ENV) or not current.is_symlink():
+        return
+    target = os.path.realpath(current)  # absolute, for $KEYTRAIL_ROOT_KEY_FILE; a loop of links is no error here
+    raise _Refused(f"{current} is a symbolic link to {target}: rotating would replace the link with a file holding "
+                   f"the new root key and leave the old one in {target}: rotate with ${ROOT_KEY_FILE_ENV}={target}, "
+                   "or replace the link with the file it points to: nothing was changed")
 
 
 def _new_secret(path: Path) -> bytes:
@@ -181,8 +197,10 @@ def _serve_stopped(data_dir: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _Refused(f"keytrail serve is running on {data_dir}: stop it first") from None
+        except BlockingIOError:  # the lock does not say which of the programs that take it holds it
+            raise _Refused(f"the event log {lock.parent} is in use by another process: keytrail serve, keytrail audit "
+                           f"import or another keytrail root-key rotate on --data-dir {data_dir}: stop it, or let it "
+                           "finish, first") from None
         yield
     finally:
         os.close(fd)
@@ -191,8 +209,9 @@ def _serve_stopped(data_dir: Path) -> Iterator[None]:
 def _next_step(data_dir: Path, new_key: Path, secret: bytes) -> str:
     """Where the new root key must be for serve; <data-dir>/root.key is replaced in place."""
     if os.environ.get(ROOT_KEY_ENV) or os.environ.get(ROOT_KEY_FILE_ENV):
-        return (f"start serve with the new root key: ${ROOT_KEY_FILE_ENV}={new_key} (or ${ROOT_KEY_ENV} set to "
-                "its base64); the old root key opens nothing any more")
+        # Absolute: pasted into a unit file, or run from another folder, a relative path named nothing.
+        return (f"start serve with the new root key: ${ROOT_KEY_FILE_ENV}={new_key.absolute()} (or ${ROOT_KEY_ENV} "
+                "set to its base64); the old root key opens nothing any more")
     write_root_key_file(data_dir / "root.key", secret, replace=True)
     return (f"{data_dir / 'root.key'} now holds the new root key; {new_key} is a copy of it: keep it apart "
             "from the data dir as its backup, or delete it")

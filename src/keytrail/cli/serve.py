@@ -205,8 +205,9 @@ def _run(settings: ServeSettings, sockets: list[socket.socket], hold: DataDirHol
         uvloop.run(_serve(settings, sockets, hold, reload_asked))
     except (StoreUnavailable, ConsumerRunning, DetectorRunning) as exc:
         raise serve_fail(str(exc)) from None
-    except LogLockedError as exc:  # `keytrail audit import` writes this data dir's audit trail, say
-        raise serve_fail(f"{exc}: is another keytrail serve running on --data-dir {settings.data_dir}?") from None
+    except LogLockedError as exc:  # the lock does not say which of the programs that take it holds it
+        raise serve_fail(f"{exc}: another keytrail serve, keytrail root-key rotate or keytrail audit import on "
+                         f"--data-dir {settings.data_dir}: stop it, or let it finish, first") from None
     except OSError as exc:  # the root key, key store or audit trail cannot be opened (a read-only data dir)
         raise serve_fail(os_problem(exc)) from None
 

@@ -3,6 +3,7 @@ traceback, and nothing written that was not asked for. Each test runs the real e
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import os
@@ -1096,6 +1097,22 @@ def test_serve_that_cannot_open_its_audit_trail_keeps_no_credentials(tmp_path: P
         writer.close()
     _one_line_error(result, f"keytrail serve: the event log {event_log_dir(data)} is in use by another process")
     assert result.stdout == "" and not (data / "principals.toml").exists()
+
+
+def test_serve_refused_for_an_event_log_held_names_every_program_that_holds_one(tmp_path: Path) -> None:
+    # Held as `keytrail root-key rotate` holds it: serve asked "is another keytrail serve running",
+    # of a serve that did not exist.
+    data = tmp_path / "node"
+    SegmentLog(event_log_dir(data), writable=True).close()
+    lock = os.open(event_log_dir(data) / "LOCK", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _keytrail("serve", "--data-dir", data, "--port", "0")
+    finally:
+        os.close(lock)
+    assert _one_line_error(result, "keytrail serve: ") == (
+        f"keytrail serve: the event log {event_log_dir(data)} is in use by another process: another keytrail serve, "
+        f"keytrail root-key rotate or keytrail audit import on --data-dir {data}: stop it, or let it finish, first\n")
 
 
 def test_report_over_an_unreadable_cloudtrail_file_writes_the_rest_and_fails(tmp_path: Path) -> None:
