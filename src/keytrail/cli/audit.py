@@ -364,7 +364,8 @@ def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="Clo
         try:
             report = asyncio.run(import_cloudtrail(data_dir, paths, stop.requested))
         except LogLockedError as exc:
-            _fail(f"{exc} (a `keytrail serve`, or another `keytrail audit import`: stop it, or let it finish, first)")
+            _fail(f"{exc} (a `keytrail serve`, `keytrail root-key rotate` or another `keytrail audit import`: stop it, "
+                  "or let it finish, first)")
         except OSError as exc:  # --data-dir a file, or read-only
             _fail(f"--data-dir: cannot write the event log in {data_dir}: {os_problem(exc)}")
         except AuditUnavailable as exc:  # a full disk midway: what was stored stays, and is passed over next time

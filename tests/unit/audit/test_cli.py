@@ -189,8 +189,9 @@ def test_import_refuses_while_another_process_writes_the_log(tmp_path: Path) -> 
     finally:
         writer.close()
     # Said as if only serve wrote the log, where as often another import still runs on it.
-    assert code == 1 and err == f"keytrail audit: the event log {audit_paths(tmp_path)[0]} is in use by another " \
-        "process (a `keytrail serve`, or another `keytrail audit import`: stop it, or let it finish, first)\n"
+    assert code == 1 and err == (
+        f"keytrail audit: the event log {audit_paths(tmp_path)[0]} is in use by another process (a `keytrail serve`, "
+        "`keytrail root-key rotate` or another `keytrail audit import`: stop it, or let it finish, first)\n")
 
 
 def test_tail_follows_new_events(tmp_path: Path) -> None:
