@@ -493,8 +493,11 @@ def _emit_slices(slices: Iterable[list[dict[str, Any]]], fields: list[str], outp
         return
     writer = csv.writer(sys.stdout, lineterminator="\n")  # a row at a time: see _print
     writer.writerow(fields)
+    # Values as they are for the program reading them (quoted as CSV quotes them), as the report's
+    # CSV and --format json hold them; on a terminal, escaped as the table is (`ls` does the same).
+    shown = sys.stdout.isatty()
     for rows in slices:
-        writer.writerows(_cells(rows, fields))
+        writer.writerows(_cells(rows, fields, shown=shown))
     sys.stdout.flush()
 
 
@@ -530,14 +533,15 @@ def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _cells(rows: list[dict[str, Any]], fields: list[str]) -> list[list[str]]:
-    """Each row's `fields` as text a terminal shows (`printable`); no rows, no text to render (nor
-    polars loaded, which tabular's does)."""
+def _cells(rows: list[dict[str, Any]], fields: list[str], *, shown: bool = True) -> list[list[str]]:
+    """Each row's `fields` as text, `shown` on a terminal (`printable`); no rows, no text to render
+    (nor polars loaded, which tabular's does)."""
     if not rows:
         return []
     from keytrail.reports.tabular import cell_text
 
-    return [[printable(cell_text(row[name])) for name in fields] for row in rows]
+    as_shown = printable if shown else str
+    return [[as_shown(cell_text(row[name])) for name in fields] for row in rows]
 
 
 def register(app: typer.Typer) -> None:
