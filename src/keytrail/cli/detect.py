@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -68,7 +69,16 @@ ConfigOption = Annotated[
         "--config", help="Settings TOML: [rules.<id>] overrides and [hooks] (see docs/detection-rules.md)."
     ),
 ]
-FormatOption = Annotated[str, typer.Option("--format", help="table or json (one JSON object per line).")]
+
+
+class AlarmFormat(StrEnum):
+    """How alarms are printed; a choice refused as the command line is read, not after a whole run."""
+
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[AlarmFormat, typer.Option("--format", help="table or json (one JSON object per line).")]
 
 
 class BadInput(Exception):
@@ -104,7 +114,7 @@ def detect(
             "--as-of", help="Evaluate time rules as of this ISO-8601 time (offline; default: last event)."
         ),
     ] = None,
-    fmt: FormatOption = "table",
+    fmt: FormatOption = AlarmFormat.table,
     config: ConfigOption = None,
     principals: Annotated[
         Path | None,
@@ -334,7 +344,7 @@ def analyze(
             "(default with the key store: <data-dir>/principals.toml, as serve's).",
         ),
     ] = None,
-    fmt: FormatOption = "table",
+    fmt: FormatOption = AlarmFormat.table,
     config: ConfigOption = None,
 ) -> None:
     """Check every key's policy and grants for public, cross-account and over-broad access, every
@@ -549,8 +559,6 @@ def _time(text: str) -> datetime:
 def _print(alarms: list[Alarm], fmt: str, over: str | None) -> None:
     """The alarms; under the table, for a reader, what they were judged `over`: an empty table must
     not look like a run that checked nothing."""
-    if fmt not in ("json", "table"):
-        raise BadInput(f"--format {fmt!r}: use table or json")
     for alarm in alarms:
         if fmt == "json":
             typer.echo(json.dumps(alarm.to_json(), separators=(",", ":")))

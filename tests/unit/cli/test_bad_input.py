@@ -1190,3 +1190,12 @@ def test_csv_of_the_queries_holds_values_as_they_are_and_the_table_shows_them_es
     assert [row["principalArn"] for row in csv.DictReader(io.StringIO(written.stdout, newline=""))] == [principal]
     shown = _keytrail("usage", "--data-dir", node, "--by", "principal")
     assert "\x1b" not in shown.stdout and "\\n" in shown.stdout and "\\x1b[2J" in shown.stdout
+
+
+@pytest.mark.parametrize("command", ["detect", "analyze"])
+def test_an_unknown_alarm_format_is_refused_before_any_input_is_read(tmp_path: Path, command: str) -> None:
+    # --format xml was refused only when the alarms were printed, after a whole run over the input.
+    source = ["--cloudtrail", tmp_path / "missing.json"] if command == "detect" else ["--inventory",
+                                                                                      tmp_path / "missing.json"]
+    result = _keytrail(command, *source, "--format", "xml")
+    _one_line_error(result, f"keytrail {command}: Invalid value for '--format': 'xml' is not one of 'table', 'json'.")
