@@ -266,7 +266,7 @@ def test_consuming_the_same_folder_again_reads_only_its_new_files(tmp_path: Path
                                           "what could not be read"), first.stderr
     (logs / "b.json").write_text(json.dumps({"Records": [dict(E1, eventID="new-event-id")]}))
     again = cli("consume", "--data-dir", str(data), "--cloudtrail", str(logs))
-    assert again.returncode == 1 and "consumed 1 records: 1 counted" in again.stderr, again.stderr
+    assert again.returncode == 1 and "consumed 1 record: 1 counted" in again.stderr, again.stderr
     assert "broken.json" in again.stderr  # a file it could not read is never passed over in silence
 
 

@@ -120,6 +120,10 @@ def uncounted_note(data_dir: Path, store: MetricsStore | None) -> str | None:
             f"consumer is running: run `keytrail consume --data-dir {data_dir} --no-follow` (or keytrail serve) first")
 
 
+def _noun(count: int, noun: str) -> str:
+    return noun if count == 1 else noun + "s"
+
+
 def _consumer_holder(data_dir: Path) -> str:
     """Who runs the data dir's consumer, as a refusal names it: serve's child while a serve writes
     the event log, else another `keytrail consume` (the refusal blamed serve when none ran)."""
@@ -333,9 +337,11 @@ def consume(
     problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
     stats = _consume_or_fail(settings, cloudtrail, problems, metrics)
     typer.echo(
-        f"consumed {stats.records} records: {stats.counted} counted, {stats.duplicates} duplicates, "
-        f"{stats.redelivered} already counted" + (f", {stats.unreadable} unreadable" if stats.unreadable else "")
-        + (f", {stats.network} network activity events" if stats.network else ""),
+        # Figures without thousands separators: scripts read them (`consumed 32000 records`).
+        f"consumed {stats.records} {_noun(stats.records, 'record')}: {stats.counted} counted, "
+        f"{stats.duplicates} {_noun(stats.duplicates, 'duplicate')}, {stats.redelivered} already counted"
+        + (f", {stats.unreadable} unreadable" if stats.unreadable else "")
+        + (f", {stats.network} {_noun(stats.network, 'network activity event')}" if stats.network else ""),
         err=True,
     )
     _note_other_routes(data_dir, _CLOUDTRAIL_ROUTE if cloudtrail else _KAFKA_ROUTE if kafka else _LOG_ROUTE)

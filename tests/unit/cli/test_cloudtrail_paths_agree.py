@@ -117,7 +117,7 @@ def test_every_path_keeps_the_same_records_and_says_the_same_skipped_lines(
                                        f"services and 1 already in the event log; {len(skipped)} problems")
     from_log = _keytrail("consume", "--data-dir", tmp_path / "imported", "--no-follow")
     assert from_log.returncode == 0
-    assert f"consumed {CALLS + 1} records: {CALLS} counted, 1 duplicates, 0 already counted\n" in from_log.stderr
+    assert f"consumed {CALLS + 1} records: {CALLS} counted, 1 duplicate, 0 already counted\n" in from_log.stderr
     assert _figures("usage", tmp_path / "imported") == expected_usage
     expected_cost = _figures("cost", tmp_path / "imported")
     assert [row["requests"] for row in expected_cost] == [CALLS]
