@@ -262,11 +262,8 @@ class Shipper:
                     await self._ship_forever(link)
             except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
                 log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
-            except BrokerLostRecords as exc:  # shipping goes on; what the broker lost is not sent again
-                log.error("audit shipping to %s: %s. Records this node shipped before offset %d may be gone from "
-                          "Kafka; to send them again, stop serve and write the first offset to resend into %s "
-                          "(consumers drop repeats by eventID)", self.bootstrap, exc, self.shipped.value,
-                          self.shipped.path)
+            except BrokerLostRecords as exc:  # the batch not stored either: sent again once the topic is made
+                self._said_lost(exc)
             except Exception as exc:  # broker down or unreachable: keep the records, retry
                 self._pause.failed(exc)
             self.connected = False
@@ -276,6 +273,13 @@ class Shipper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, RETRY_SECONDS[1])
+
+    def _said_lost(self, exc: BrokerLostRecords) -> None:
+        """Shipping goes on; what the broker lost is not sent again (said before the offset moves past
+        the batch that told it)."""
+        log.error("audit shipping to %s: %s. Records this node shipped before offset %d may be gone from "
+                  "Kafka; to send them again, stop serve and write the first offset to resend into %s "
+                  "(consumers drop repeats by eventID)", self.bootstrap, exc, self.shipped.value, self.shipped.path)
 
     async def stop(self) -> None:
         """Ask `run` to finish after the batch in flight (it ships what is durable first)."""
@@ -312,10 +316,16 @@ class Shipper:
             return 0
         # A broker that restarted empty (tansu memory storage) acknowledges writes to a topic it
         # no longer has and drops them: `send_batch` raises then, and `run` recreates the topic.
+        # One that has the topic again stores the batch at offsets gone back: sent again, it was
+        # on the topic twice (up to _BATCH records); its acknowledgement counts.
         try:
             await link.send_batch(self.topic, self._messages(first, values))
         except RecordsTooLarge as error:
             raise _too_large(error, first, values) from error
+        except BrokerLostRecords as lost:
+            if not lost.stored:
+                raise
+            self._said_lost(lost)
         after = first + len(values)
         await self._offset.acknowledged(after)
         if self._on_shipped is not None:

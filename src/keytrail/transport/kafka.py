@@ -35,7 +35,13 @@ Message = tuple[bytes | None, bytes, Headers]  # key, value, headers
 
 class BrokerLostRecords(RuntimeError):
     """The broker acknowledged records it cannot have kept: an offset went back, or the topic
-    or partition is gone (a memory-storage broker that restarted empty)."""
+    or partition is gone (a memory-storage broker that restarted empty). `stored`: the batch whose
+    acknowledgements told it is on the broker all the same (its log began again with that batch),
+    so it counts as sent; else it is to be sent again."""
+
+    def __init__(self, message: str, *, stored: bool = False) -> None:
+        super().__init__(message)
+        self.stored = stored
 
 
 class RecordsTooLarge(RuntimeError):
@@ -127,19 +133,17 @@ class KafkaProducerLink:
 
     async def send_batch(self, topic: str, messages: Sequence[Message]) -> None:
         """Send (key, value, headers) messages, in order within each partition; return once all are
-        acknowledged and the acknowledgements are plausible, else raise."""
+        acknowledged and the acknowledgements are plausible, else raise (BrokerLostRecords says
+        whether the messages are stored nonetheless)."""
         batches = await self._build(topic, messages)
         try:
             acks = await asyncio.gather(*(self._send_partition(topic, p, builders) for p, builders in batches.items()))
         except (MessageSizeTooLargeError, RecordListTooLargeError) as error:
             raise RecordsTooLarge(type(error).__name__) from error
-        try:
-            await self._check_acks(topic, dict(zip(batches, acks, strict=True)))
-        except BrokerLostRecords:
-            self._forget(topic)  # said once: the topic's log began again, its offsets are checked from there
-            raise
+        await self._check_acks(topic, dict(zip(batches, acks, strict=True)))
 
     def _forget(self, topic: str) -> None:
+        """Expect nothing of `topic`'s partitions: a loss is said once, the topic's log began again."""
         for known in [known for known in self._next_offset if known[0] == topic]:
             del self._next_offset[known]
 
@@ -191,19 +195,47 @@ class KafkaProducerLink:
         """Offsets only grow on a broker that kept its log. One that restarted empty acknowledges
         at offset 0 again (and drops what it has no topic or partition for): a partition acknowledged
         before (on this link or an earlier one sharing its `next_offsets`) that goes back is a loss;
-        one first seen at 0 is checked against the broker."""
-        first_at_zero = []
+        one first seen at 0 is checked against the broker. The batch that tells a loss is stored
+        all the same when every partition acknowledged it at an offset, on a topic the broker has."""
+        went_back, unseen, reached = self._compare(topic, acks)
+        # The positions are taken only once checked: a check that fails otherwise (the broker gone
+        # again) leaves the loss to be told at the next send.
+        try:
+            if unseen:
+                await self._check_topic(topic, unseen)
+        except BrokerLostRecords as missing:
+            self._forget(topic)  # the broker dropped this batch: sent again, its acknowledgements start afresh
+            if went_back is None:
+                raise
+            raise BrokerLostRecords(went_back) from missing
+        if went_back is None:
+            self._next_offset.update(reached)
+            return
+        stored = all(base >= 0 for batches in acks.values() for base, _ in batches)  # -1: no offset, not kept
+        self._forget(topic)  # said once: what is expected of the old log is gone with it
+        if stored:
+            self._next_offset.update(reached)  # where the new log stands
+        raise BrokerLostRecords(went_back, stored=stored)
+
+    def _compare(self, topic: str, acks: dict[int, list[tuple[int, int]]]
+                 ) -> tuple[str | None, list[int], NextOffsets]:
+        """What the first partition that went back says (None if none did); the partitions to look
+        for on the broker (those that went back, and those first seen at 0); where each partition's
+        next acknowledgement must be, if the acknowledgements hold."""
+        went_back: str | None = None
+        unseen: set[int] = set()
+        reached: NextOffsets = {}
         for partition, batches in acks.items():
             for base, count in batches:
-                expected = self._next_offset.get((topic, partition))
+                expected = reached.get((topic, partition), self._next_offset.get((topic, partition)))
                 if base < 0 or (expected is not None and base < expected):
-                    raise BrokerLostRecords(f"{topic}[{partition}] acknowledged at offset {base}, "
-                                            f"expected {expected} or more: the broker lost records")
-                if expected is None and base == 0:
-                    first_at_zero.append(partition)
-                self._next_offset[(topic, partition)] = base + count
-        if first_at_zero:
-            await self._check_topic(topic, first_at_zero)
+                    went_back = went_back or (f"{topic}[{partition}] acknowledged at offset {base}, "
+                                              f"expected {expected} or more: the broker lost records")
+                    unseen.add(partition)
+                elif expected is None and base == 0:
+                    unseen.add(partition)
+                reached[(topic, partition)] = base + count
+        return went_back, sorted(unseen), reached
 
     async def _check_topic(self, topic: str, partitions: list[int]) -> None:
         """Ask the broker (not the cached metadata) whether the topic has these partitions."""

@@ -144,6 +144,35 @@ async def test_a_broker_that_lost_records_is_an_error_saying_how_to_send_them_ag
         "drop repeats by eventID)")
 
 
+class _RestartedLink(_RefusingLink):
+    """Stands for a broker that came back empty with its topic made again: it stores the first
+    batch, acknowledging it at offset 0 again."""
+
+    async def send_batch(self, topic: str, messages: list[Message]) -> None:
+        await super().send_batch(topic, messages)
+        if len(self.sent) == len(messages):
+            raise BrokerLostRecords(f"{topic}[0] acknowledged at offset 0, expected 2 or more: the broker lost "
+                                    "records", stored=True)
+
+
+async def test_the_batch_that_tells_a_loss_stored_is_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The broker stored the batch whose acknowledgements went back: sent again, it was on the
+    topic twice (up to 2,000 records). Its acknowledgement counts, after the loss is said."""
+    link = _RestartedLink(limit=1 << 20)
+    payloads = [_payload(offset) for offset in range(4)]  # 2 acknowledged before the broker restarted
+    shipper, shipped, running = _start_shipping(tmp_path, monkeypatch, link, payloads, shipped_before=2)
+    while shipped.value < 4:
+        await asyncio.sleep(0.05)
+    await shipper.stop()
+    await asyncio.wait_for(running, 5)
+    assert [value for _, value, _ in link.sent] == [_payload(2), _payload(3)]  # once
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert error.startswith("audit shipping to broker:9092: keytrail.audit.v1[0] acknowledged at offset 0, expected "
+                            "2 or more: the broker lost records. Records this node shipped before offset 2 may be "
+                            "gone from Kafka; "), error
+
+
 class _DownLink(_Link):
     """Stands for a broker that refuses `failures` connections (down), then takes records."""
 
