@@ -276,8 +276,8 @@ async def test_consume_stops_on_sigterm_with_the_broker_gone(tmp_path: Path, joi
     if not joined and returncode == 1:
         # /metrics answers before the consumer's first connection to the broker: the broker gone
         # by then, it says so in one line (the start of a consumer that cannot reach its broker).
-        assert stderr.splitlines()[-1].startswith(f"keytrail consume: --kafka {bootstrap}: KafkaConnectionError: "
-                                                  "Unable to bootstrap"), stderr
+        assert stderr.splitlines()[-1] == f"keytrail consume: --kafka {bootstrap}: no broker answered there (is it " \
+                                          "running, and is the address right?)", stderr
         return
     assert returncode == 0, stderr
     assert stderr.splitlines()[-1].startswith(f"consumed {len(events) if joined else 0} records"), stderr

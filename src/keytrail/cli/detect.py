@@ -281,7 +281,9 @@ def _run_live_or_fail(
     try:
         asyncio.run(_run_live(bootstrap, data_dir, rules, hooks, tick_every, metrics, organization_of))
     except KafkaError as exc:  # the broker out of reach at start: nothing to retry from yet
-        typer.echo(f"keytrail detect: --kafka {bootstrap}: {exc}", err=True)
+        from keytrail.transport.kafka import kafka_problem
+
+        typer.echo(f"keytrail detect: --kafka {bootstrap}: {kafka_problem(exc)}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -394,7 +394,9 @@ def _consume_or_fail(
     try:
         return asyncio.run(_consume(settings, cloudtrail, problems, metrics))
     except KafkaError as exc:  # the broker out of reach at start: nothing consumed, nothing to save
-        raise fail(f"--kafka {settings.kafka_bootstrap}: {exc}", CONSUME, code=1) from None
+        from keytrail.transport.kafka import kafka_problem
+
+        raise fail(f"--kafka {settings.kafka_bootstrap}: {kafka_problem(exc)}", CONSUME, code=1) from None
 
 
 async def _consume(

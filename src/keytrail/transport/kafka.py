@@ -15,12 +15,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 __all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "ensure_topic",
-           "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below"]
+           "kafka_problem", "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ class BrokerLostRecords(RuntimeError):
 class RecordsTooLarge(RuntimeError):
     """The broker refused a batch as larger than the topic takes (its max.message.bytes): refused
     again at every retry, unlike a broker out of reach."""
+
+
+def kafka_problem(error: KafkaError) -> str:
+    """What went wrong with Kafka, in words for the person who gave --kafka: aiokafka's text of a
+    broker out of reach is a Python repr of its addresses (`[('127.0.0.1', 1, <AddressFamily…>)]`)."""
+    if isinstance(error, KafkaConnectionError):
+        return "no broker answered there (is it running, and is the address right?)"
+    return str(error)
 
 
 @contextlib.contextmanager

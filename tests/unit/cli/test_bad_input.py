@@ -708,9 +708,11 @@ def _closed_port() -> int:
 def test_detect_and_consume_say_in_one_line_that_kafka_is_out_of_reach(tmp_path: Path) -> None:
     bootstrap = f"127.0.0.1:{_closed_port()}"
     result = _keytrail("detect", "--kafka", bootstrap, "--data-dir", tmp_path / "detect")
-    assert "Unable to bootstrap" in _one_line_error(result, f"keytrail detect: --kafka {bootstrap}: ", code=1)
+    # In words, not aiokafka's repr of its addresses ("[('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)]").
+    out_of_reach = "no broker answered there (is it running, and is the address right?)\n"
+    assert _one_line_error(result, f"keytrail detect: --kafka {bootstrap}: ", code=1).endswith(out_of_reach)
     result = _keytrail("consume", "--kafka", bootstrap, "--data-dir", tmp_path / "consume")
-    assert "Unable to bootstrap" in _one_line_error(result, f"keytrail consume: --kafka {bootstrap}: ", code=1)
+    assert _one_line_error(result, f"keytrail consume: --kafka {bootstrap}: ", code=1).endswith(out_of_reach)
 
 
 def test_detect_warns_of_an_mqtt_password_on_its_command_line(tmp_path: Path) -> None:
