@@ -40,10 +40,22 @@ def node_file(data_dir: Path, path: Path) -> str | None:
     return None
 
 
-def write_over_problem(data_dir: Path, path: Path) -> str | None:
-    """What writing `path` would do to `data_dir`, said after the path ("… would write over the
-    data dir's own root.key (keytrail-data/root.key)"); None when it touches none of its own files."""
-    own = node_file(data_dir, path)
-    if own is None:
-        return None
-    return f"would write {'inside' if own.endswith('/') else 'over'} the data dir's own {own} ({data_dir / own})"
+def write_over_problem(data_dir: Path | None, path: Path) -> str | None:
+    """What writing `path` would do to `data_dir` (if the command reads one), or to the data dir
+    `path` lies in (a node's other than the one read: `report --cloudtrail … --out node/root.key`),
+    said after the path ("… would write over the data dir's own root.key (keytrail-data/root.key)");
+    None when it touches none of their own files."""
+    given = () if data_dir is None else (data_dir,)
+    for folder in dict.fromkeys((*given, *_enclosing_data_dirs(path))):
+        if (own := node_file(folder, path)) is not None:
+            return f"would write {'inside' if own.endswith('/') else 'over'} the data dir's own {own} ({folder / own})"
+    return None
+
+
+def _enclosing_data_dirs(path: Path) -> list[Path]:
+    """The folders above `path` that are a node's data dir: each holds an event log or a key store."""
+    try:
+        folders = path.resolve().parents
+    except (OSError, RuntimeError):  # a loop of links: no write gets through it either
+        return []
+    return [folder for folder in folders if (folder / "audit" / "log").is_dir() or (folder / "keys.db").is_file()]

@@ -74,8 +74,7 @@ def report(
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
-    if not cloudtrail:
-        _refuse_node_file(out, data_dir or Path("keytrail-data"))
+    _refuse_node_file(out, None if cloudtrail else data_dir or Path("keytrail-data"))
     if out.is_dir():  # said now, not after reading a history of years only to fail writing it
         raise report_fail(f"--out: {out} is a folder: name the file to write")
     form = output or _SUFFIXES.get(out.suffix.lower(), ReportFormat.html)
@@ -118,9 +117,10 @@ def report(
         _require_whole_log(data_dir or Path("keytrail-data"))
 
 
-def _refuse_node_file(out: Path, data_dir: Path) -> None:
-    """A report written over the data dir's own files (`--out keytrail-data/root.key`) loses every
-    key's material at the node's next start; a new file beside them is the user's to write."""
+def _refuse_node_file(out: Path, data_dir: Path | None) -> None:
+    """A report written over a data dir's own files (`--out keytrail-data/root.key`), the one read
+    or another node's, loses every key's material at the node's next start; a new file beside them
+    is the user's to write."""
     if problem := write_over_problem(data_dir, out):
         raise report_fail(f"--out: {out} {problem}: name another file (a new one in the data dir will do)")
 

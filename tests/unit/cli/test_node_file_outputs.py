@@ -148,3 +148,23 @@ def test_audit_export_may_write_into_the_data_dir_itself(node: Path) -> None:
     result = _keytrail("audit", "export", node, "--data-dir", node)
     assert result.returncode == 0, result.stderr
     assert len(list((node / "AWSLogs").rglob("*.json.gz"))) == 1
+
+
+def test_report_of_cloudtrail_files_refuses_to_write_over_a_node_s_files(node: Path, tmp_path: Path) -> None:
+    # With --cloudtrail no data dir is named, and `--out keytrail-data/root.key` overwrote a node's root key.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "x.json").write_text('{"Records": []}')
+    for name, own in (("root.key", "root.key"), ("audit/log/r.csv", "audit/")):
+        result = _keytrail("report", "--cloudtrail", logs, "--out", node / name, "--format", "csv", "--no-progress")
+        assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+        assert f"would write {'inside' if own.endswith('/') else 'over'} the data dir's own {own} ({node / own})" \
+            in result.stderr
+    assert (node / "root.key").read_bytes() == ROOT_KEY
+
+
+def test_audit_export_refuses_another_node_s_folders(node: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    fill_trail(other, 1)
+    result = _keytrail("audit", "export", node / "metrics" / "out", "--data-dir", other)
+    assert result.returncode == 2 and "would write inside the data dir's own metrics/" in result.stderr
