@@ -1,7 +1,9 @@
 """Tamper evidence after CloudTrail's log file integrity validation.
 
 Every record's SHA-256 is kept in `hashes.bin` (32 bytes per offset) and chained:
-`chain[i] = SHA-256(chain[i-1] || hash[i])`, starting from 32 zero bytes. Digests, written
+`chain[i] = SHA-256(chain[i-1] || hash[i])`, starting from 32 zero bytes. Retention drops the hashes
+of records it deleted: the store then begins at the end of a digest, whose signed chain head `verify`
+chains the kept hashes on from, and says so in a header (HashStoreStart). Digests, written
 when a trail opens (empty), hourly (over no new record too, as CloudTrail's digest files), when a
 segment closes and on a clean stop (`final`), name the offsets they cover, the interval within
 which the next one follows, the chain value at their end and the hash of the previous digest,
@@ -13,6 +15,7 @@ the digest chain; docs/audit-events.md says what it cannot see without copies ke
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -30,9 +33,10 @@ from keytrail.owner_only import make_dirs, named, open_file, open_regular, shari
 from keytrail.transport.segment_log import Cut, SegmentLog
 
 __all__ = [
-    "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "IntegrityFileUnusable", "IntegrityPaths", "beside",
-    "digest_file_name", "digest_hash", "exported_fingerprint", "fingerprint", "imported_offsets", "load_digests",
-    "read_retention_floor", "read_small", "signed_end", "signing_key", "verify", "write_retention_floor",
+    "GENESIS", "HASH_SIZE", "IMPORT_ORIGIN", "ChainWriter", "HashStoreStart", "IntegrityFileUnusable",
+    "IntegrityPaths", "beside", "digest_file_name", "digest_hash", "exported_fingerprint", "fingerprint",
+    "hash_store_start", "imported_offsets", "load_digests", "read_retention_floor", "read_small", "signed_end",
+    "signing_key", "verify", "write_retention_floor",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,12 @@ SMALL_FILE_BYTES = 1 << 20
 # The hashes the chain writer keeps before writing them to the sidecar (about a hundred records'):
 # a system call fewer per group commit.
 _UNSTORED_BYTES = 4096
+# A hash store retention trimmed begins with one slot of HASH_SIZE bytes: this mark, then the offset
+# of its first hash (8 bytes, big-endian). One without it (never trimmed, or written by a keytrail
+# that did not trim) holds the hashes from offset 0, as it always did.
+_BASE_MARK = b"keytrail hash store v2\0\0"
+# The hashes copied at a time when retention rewrites the store (about 32,000).
+_COPY_BYTES = 1 << 20
 # The origin the digests of `keytrail audit import` name (signed, so whoever imports cannot pass
 # the records off as calls the node answered).
 IMPORT_ORIGIN = "audit import"
@@ -74,6 +84,31 @@ class IntegrityPaths:
     @property
     def retention_floor(self) -> Path:
         return self.root / "retention-floor"
+
+
+@dataclass(frozen=True, slots=True)
+class HashStoreStart:
+    """Where the hash store's hashes begin: `base`, the offset of the record whose hash comes first
+    (retention dropped those before it), `header` bytes into the file."""
+
+    base: int = 0
+    header: int = 0
+
+    def position(self, offset: int) -> int:
+        """Where in the file the hash of the record at `offset` (`base` or after) is."""
+        return self.header + (offset - self.base) * HASH_SIZE
+
+    def end(self, size: int) -> int:
+        """One past the offset of the last whole hash a store of `size` bytes holds."""
+        return self.base + max(0, size - self.header) // HASH_SIZE
+
+
+def hash_store_start(fd: int) -> HashStoreStart:
+    """Where the hashes of the hash store open as `fd` begin."""
+    head = os.pread(fd, HASH_SIZE, 0)
+    if len(head) < HASH_SIZE or not head.startswith(_BASE_MARK):
+        return HashStoreStart()
+    return HashStoreStart(int.from_bytes(head[len(_BASE_MARK):], "big"), HASH_SIZE)
 
 
 class IntegrityFileUnusable(OSError):
@@ -216,8 +251,13 @@ def signed_end(paths: IntegrityPaths) -> int | None:
     """The end offset the newest digest says it signs, unverified (`verify` checks signatures):
     a log that ends before it lost signed records. None without a readable newest digest."""
     newest = max(paths.digests.glob("*.json"), default=None)
+    return _end_offset(newest) if newest is not None else None
+
+
+def _end_offset(digest: Path) -> int | None:
+    """The end offset `digest` says it signs, unverified; None when it cannot be read."""
     try:
-        end = json.loads(read_small(newest)).get("endOffset") if newest is not None else None
+        end = json.loads(read_small(digest)).get("endOffset")
     except (OSError, ValueError, RecursionError, AttributeError):
         return None
     return end if isinstance(end, int) and not isinstance(end, bool) else None
@@ -263,6 +303,7 @@ class ChainWriter:
         make_dirs(paths.digests)
         # Kept open for the node's life: a FIFO or a folder put in its place later is never written to.
         self._hashes = open(open_regular(paths.hashes, writable=True), "r+b")  # noqa: SIM115
+        self._start = hash_store_start(self._hashes.fileno())
         self._unstored = bytearray()  # hashes chained but not yet written to the sidecar
         self._stored = 0  # the sidecar's bytes that hold hashes: where the unstored go
         self._recover(log)
@@ -358,6 +399,20 @@ class ChainWriter:
         """Sign and store the retention floor (writer thread, before retention deletes)."""
         write_retention_floor(self.paths, offset, self._key)
 
+    def drop_hashes_before(self, floor: int) -> None:
+        """Retention (writer thread), once the records before `floor` are deleted and that is on disk:
+        rewrite the hash store without the hashes before the end of the newest digest at or before
+        `floor`, whose signed chain head `verify` chains the kept ones on from. Only once there are
+        as many to drop as to keep: each rewrite copies the kept ones, so a hash is copied about once
+        rather than at every segment retention deletes (at most twice the kept records' hashes stay)."""
+        if floor - self._start.base < self._end - floor:
+            return
+        base = self._signed_end_before(floor)
+        if base is None or base <= self._start.base or base - self._start.base < self._end - base:
+            return
+        self._store()  # the new store holds every hash chained so far
+        self._rewrite_hashes(HashStoreStart(base, HASH_SIZE))
+
     def close(self) -> None:
         """Release the sidecar file (hashes it has no room for are made again from the log at the next open)."""
         with contextlib.suppress(OSError):
@@ -371,6 +426,45 @@ class ChainWriter:
             written = os.pwrite(self._hashes.fileno(), self._unstored, self._stored)
             del self._unstored[:written]
             self._stored += written
+
+    def _signed_end_before(self, offset: int) -> int | None:
+        """The end of the newest digest that ends at or before `offset`, found by sequence (a few
+        small reads: the digests' ends never go down); None when there is none, or one read on the
+        way is unreadable (`verify` names it; nothing is dropped meanwhile)."""
+        low, high, found = 0, self._sequence - 1, None
+        while low <= high:
+            middle = (low + high) // 2
+            end = _end_offset(self.paths.digests / digest_file_name(middle))
+            if end is None:
+                return None
+            if end <= offset:
+                found, low = end, middle + 1
+            else:
+                high = middle - 1
+        return found
+
+    def _rewrite_hashes(self, start: HashStoreStart) -> None:
+        """Write the hashes from `start.base` on into a new store, synced, and rename it over the old
+        one: a crash before the rename leaves the old store whole (and a `.tmp` beside it that the
+        next rewrite replaces), one after it the new store whole. The writer goes on in the new one."""
+        temporary = self.paths.hashes.with_suffix(".bin.tmp")
+        temporary.unlink(missing_ok=True)
+        rewritten = open(open_file(temporary, os.O_RDWR | os.O_TRUNC), "r+b")  # noqa: SIM115 (kept, as the old one)
+        try:
+            with named(temporary):
+                _write_all(rewritten.fileno(), _BASE_MARK + start.base.to_bytes(8, "big"))
+                _copy(self._hashes.fileno(), self._start.position(start.base), self._stored, rewritten.fileno())
+                os.fsync(rewritten.fileno())
+            os.replace(temporary, self.paths.hashes)
+        except BaseException as exc:
+            rewritten.close()
+            if isinstance(exc, OSError):  # the disk full, say: give back what the copy took
+                temporary.unlink(missing_ok=True)
+            raise
+        old, self._hashes = self._hashes, rewritten
+        self._start, self._stored = start, start.position(self._end)
+        old.close()
+        sync_folder(self.paths.root)
 
     def _fingerprint(self) -> str:
         return fingerprint(self._key.public_key())
@@ -450,22 +544,32 @@ class ChainWriter:
     def _recover(self, log: SegmentLog) -> None:
         """Bring the sidecar in line with the log: cut hashes of a torn tail, hash records
         that were appended but not hashed before a crash."""
-        stored = os.fstat(self._hashes.fileno()).st_size // HASH_SIZE
+        self._require_store_starts_signed()
+        stored = self._start.end(os.fstat(self._hashes.fileno()).st_size)
         end = max(log.end_offset(), self._covered)
         self._end = min(stored, end)
-        self._hashes.truncate(self._end * HASH_SIZE)
+        self._hashes.truncate(self._start.position(self._end))
         self._hashes.seek(0, os.SEEK_END)
         self._restore_signed(log)
-        self._hashes.seek(self._covered * HASH_SIZE)
+        self._hashes.seek(self._start.position(self._covered))
         covered_hashes = self._hashes.read()
         for index in range(0, len(covered_hashes), HASH_SIZE):
             self._chain = chain_step(self._chain, covered_hashes[index:index + HASH_SIZE])
-        self._stored = self._end * HASH_SIZE  # `add` writes on from here, past its file position's reach
+        self._stored = self._start.position(self._end)  # `add` writes on from here, past its file position's reach
         while self._end < end:
             batch = log.read(self._end, 4096)
             if not batch:
                 break
             self.add(self._end, [payload for _, payload in batch])
+
+    def _require_store_starts_signed(self) -> None:
+        """Retention drops hashes only up to the end of a digest: a store that begins after the
+        newest one was edited, and the writer could neither chain its records nor store their hashes."""
+        if self._start.base > self._covered:
+            raise IntegrityFileUnusable(
+                f"the audit hash store {self.paths.hashes} begins at offset {self._start.base}, after the newest "
+                f"digest's end {self._covered}: it was edited (`keytrail audit verify` names what it cannot check); "
+                "restore it from a backup")
 
     def _restore_signed(self, log: SegmentLog) -> None:
         """Store again the hashes the sidecar lost (cut short, or deleted) before the last digest's
@@ -513,6 +617,23 @@ def _next_segment(log: SegmentLog, offset: int, covered: int) -> int:
     """Where the log's records go on after `offset`, which it lacks (a segment deleted or damaged
     before it): readers stop at such a gap, but the records after it are still there to hash."""
     return min((base for base in log.segment_bases() if offset < base < covered), default=covered)
+
+
+def _copy(source: int, first: int, stop: int, target: int) -> None:
+    """Copy the bytes `first`..`stop` of `source` to `target`, a chunk at a time (a store of years
+    is gigabytes)."""
+    while first < stop:
+        chunk = os.pread(source, min(_COPY_BYTES, stop - first), first)
+        if not chunk:  # cut short under the writer: the new store would lack hashes it has written
+            raise OSError(errno.EIO, f"the hash store ends at byte {first}, before the {stop} bytes written to it")
+        _write_all(target, chunk)
+        first += len(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def digest_hash(digest: dict[str, Any] | None) -> str | None:

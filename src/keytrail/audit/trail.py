@@ -28,6 +28,7 @@ from keytrail.audit.shipping import ShipperProcess
 from keytrail.audit.spool import Spool, SpoolError
 from keytrail.children import Child
 from keytrail.kms.model import CallRecord, CallsInProgress
+from keytrail.owner_only import sync_folder
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 __all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
@@ -249,7 +250,7 @@ class AuditTrail:
     def _apply_retention(self) -> None:
         """Writer thread, when a segment closes and at each digest: delete closed segments past the
         retention age or size, never one holding records Kafka has not acknowledged; note the floor
-        for `verify`."""
+        for `verify`, and drop the stored hashes of the records deleted."""
         settings = self.settings
         if settings.retention_hours is None and settings.retention_bytes is None:
             return
@@ -263,6 +264,10 @@ class AuditTrail:
             # `verify` skips), never segments gone above it (which it reports as tampering).
             self.spool.chain.write_retention_floor(floor)
             self.log.delete_before(floor)
+            # The deletions on disk before the hashes go: a power loss must not bring back
+            # records whose hashes are dropped, which `verify` could no longer check.
+            sync_folder(self.log.directory)
+            self.spool.chain.drop_hashes_before(floor)
 
 
 def _retention_point(segments: list[tuple[int, int, float]], settings: AuditSettings, now: float) -> int:

@@ -4,6 +4,8 @@ Order of checks, like CloudTrail's log file integrity validation: each digest's 
 digest chain (sequence, previous-digest hash, contiguous offsets), the stored record hashes
 against each digest's chain value, then every record in the log against the stored hashes, and
 last the digests' cadence (audit/cadence.py: a digest each interval while the node runs).
+The hashes retention dropped (those before the hash store's base, which its signed floor must
+reach) are chained into the chain head of the digest that ends where the store begins.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from keytrail.audit.integrity import (
     digest_file_name,
     digest_hash,
     fingerprint,
+    hash_store_start,
     load_digests,
     read_retention_floor,
     read_small,
@@ -51,6 +54,28 @@ class Verdict:
 
     problems: list[str]
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """The stored record hashes: those of the records from offset `base` on (retention dropped
+    those before it)."""
+
+    base: int
+    hashes: list[bytes]
+
+    @property
+    def end(self) -> int:
+        """One past the offset of the last stored hash (0: no record was ever hashed)."""
+        return self.base + len(self.hashes)
+
+    def between(self, first: int, end: int) -> list[bytes]:
+        """The hashes of the records `first`..`end - 1` (none when `first` is before `base`)."""
+        return self.hashes[first - self.base:end - self.base] if first >= self.base else []
+
+    def until(self, end: int) -> _Stored:
+        """The hashes of the records before `end`."""
+        return _Stored(self.base, self.hashes[:max(0, end - self.base)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +131,14 @@ def _why_no_digest(folder: Path) -> str:
     return "the digests were deleted"
 
 
-def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, expected: list[bytes],
+def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, expected: _Stored,
                newest: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The log's records against the stored hashes and what the digests say: (problems, notes)."""
     problems: list[str] = []
-    if not any(paths.digests.glob("*.json")) and (expected or log.end_offset() > 0):
+    if not any(paths.digests.glob("*.json")) and (expected.end or log.end_offset() > 0):
         # A trail signs its genesis digest before its first record (ChainWriter.begin).
         problems.append(f"no signed digest in {paths.digests}: {_why_no_digest(paths.digests)}, and no "
-                        f"signature covers the records up to offset {max(len(expected), log.end_offset())}")
+                        f"signature covers the records up to offset {max(expected.end, log.end_offset())}")
     unsigned = read_retention_floor(paths, key)[1]
     problems += [unsigned] if unsigned else []
     live = writer_active(log.directory)
@@ -121,15 +146,16 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
     # The hash store is buffered: a crashed writer (killed, out of memory, power lost) took the
     # hashes of its newest records with it, and hashes them from the log when it next opens it.
     # Never those a digest signs: the hash store is synced before each digest.
-    crashed = not live and bool(newest) and not newest.get("final") and len(expected) >= newest["endOffset"]
+    crashed = not live and bool(newest) and not newest.get("final") and expected.end >= newest["endOffset"]
     # Digests sign records, yet no hash is stored: the hash store was emptied or deleted.
-    hashes_gone = not expected and int(newest.get("endOffset", 0)) > 0
+    hashes_gone = not expected.hashes and int(newest.get("endOffset", 0)) > expected.base
 
     def floor() -> int:  # read once the records are: see `_check_records`
         return read_retention_floor(paths, key)[0]
 
     found, unhashed = _check_records(log, expected, floor, unhashed_tail=live or crashed, hashes_gone=hashes_gone,
                                      final=newest if newest.get("final") else None)
+    problems += _dropped_past_floor(paths, expected.base, floor())
     problems += found
     if crashed and unhashed < log.end_offset():
         notes.append(f"records at offsets {unhashed}..{log.end_offset() - 1} have no stored hash, and no digest signs "
@@ -155,8 +181,8 @@ def _damage(log: SegmentLog, newest: dict[str, Any]) -> tuple[list[str], list[st
     return [], [f"{damage.text}: not a stored event, as a record is answered only once it is whole on disk"]
 
 
-def _unsigned_tail(log: SegmentLog, expected: list[bytes], newest: dict[str, Any], *,
-                   live: bool) -> tuple[list[bytes], list[str]]:
+def _unsigned_tail(log: SegmentLog, expected: _Stored, newest: dict[str, Any], *,
+                   live: bool) -> tuple[_Stored, list[str]]:
     """The stored hashes to hold the log to, and a note on those past its end that no digest signs.
 
     The hash store is written before the records' fsync and never synced itself, so after a power
@@ -165,11 +191,11 @@ def _unsigned_tail(log: SegmentLog, expected: list[bytes], newest: dict[str, Any
     remove their hashes too): noted, not named missing. Hashes a digest signs always are, and so
     are any after a clean stop's final digest (it synced every hash the node had written)."""
     end, signed_end = log.end_offset(), int(newest.get("endOffset", 0))
-    if live or newest.get("final") or not signed_end <= end < len(expected):
+    if live or newest.get("final") or not signed_end <= end < expected.end:
         return expected, []
-    return expected[:end], [f"the hashes of records at offsets {end}..{len(expected) - 1} are stored but the "
-                            "records are not in the log and no digest signs them: records a crash kept from "
-                            "being written (never answered), or removed since; verify cannot tell which"]
+    return expected.until(end), [f"the hashes of records at offsets {end}..{expected.end - 1} are stored but the "
+                                 "records are not in the log and no digest signs them: records a crash kept from "
+                                 "being written (never answered), or removed since; verify cannot tell which"]
 
 
 def _reach(key: Ed25519PublicKey, log: SegmentLog, digests: list[dict[str, Any]]) -> list[str]:
@@ -295,23 +321,28 @@ def _load_public_key(path: Path, what: str) -> tuple[Ed25519PublicKey | None, st
 SPARE_HASHES = 1 << 16
 
 
-def _stored_hashes(paths: IntegrityPaths, reach: int) -> tuple[list[bytes], list[str]]:
+def _stored_hashes(paths: IntegrityPaths, reach: int) -> tuple[_Stored, list[str]]:
     """The stored record hashes up to `reach` (where the log or a signed digest ends) and the few
     a crash may leave past it, and a problem when the hash store holds more: those were written in,
     and are not read (a sparse file, a few bytes on disk, would take all the memory verify has)."""
-    limit = (reach + SPARE_HASHES) * HASH_SIZE
     try:
         with open(open_regular(paths.hashes), "rb") as stored:
-            data, size = stored.read(limit), os.fstat(stored.fileno()).st_size
+            start = hash_store_start(stored.fileno())
+            reach = max(reach, start.base)
+            limit = start.position(reach + SPARE_HASHES)
+            stored.seek(start.header)
+            data, size = stored.read(limit - start.header), os.fstat(stored.fileno()).st_size
     except FileNotFoundError:
-        return [], []
+        return _Stored(0, []), []
     hashes = [data[i:i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)]
     if size <= limit:
-        return hashes, []
+        return _Stored(start.base, hashes), []
     # Named once here rather than each as a missing record: no record nor digest stands for them.
-    return hashes[:reach], [f"{paths.hashes} holds {size // HASH_SIZE} record hashes, though the log and the signed "
-                            f"digests end at offset {reach}: hashes written in (a crash leaves at most a few thousand "
-                            "past the end); those past the end are not read"]
+    count, since = start.end(size) - start.base, f" from offset {start.base}" if start.base else ""
+    return _Stored(start.base, hashes[:reach - start.base]), [
+        f"{paths.hashes} holds {count} record hashes{since}, though the log and the signed digests end at offset "
+        f"{reach}: hashes written in (a crash leaves at most a few thousand past the end); those past the end are "
+        "not read"]
 
 
 #: A digest file, parsed (`{}` when it does not parse), and whether its signature verifies.
@@ -335,7 +366,7 @@ def _in_signed_order(paths: IntegrityPaths, public: Ed25519PublicKey) -> list[_L
                    for path, digest in load_digests(paths)), key=place)
 
 
-def _check_digests(digests: list[_Loaded], public: Ed25519PublicKey, hashes: list[bytes]) -> list[str]:
+def _check_digests(digests: list[_Loaded], public: Ed25519PublicKey, hashes: _Stored) -> list[str]:
     problems: list[str] = []
     previous: dict[str, Any] | None = None
     chain, chained_to = GENESIS, 0
@@ -354,12 +385,14 @@ def _check_digests(digests: list[_Loaded], public: Ed25519PublicKey, hashes: lis
             problems.append(f"digest {name}: names the public key {digest.get('publicKeyFingerprint')}, not the one "
                             "it is verified with")
         start, end = int(digest["startOffset"]), int(digest["endOffset"])
-        if start != chained_to or end > len(hashes):
-            problems.append(f"digest {name}: covers offsets {start}..{end - 1} but "
-                            f"{_hashes_held(chained_to, len(hashes))}")
+        if start != chained_to or end > hashes.end or start < hashes.base < end:
+            problems.append(f"digest {name}: covers offsets {start}..{end - 1} but {_hashes_held(chained_to, hashes)}")
             chain, chained_to, previous = bytes.fromhex(digest["chainHead"]), end, digest
             continue
-        for record_hash in hashes[start:end]:
+        if start < end <= hashes.base:  # retention dropped their hashes: the kept ones chain on from its head
+            chain, chained_to, previous = bytes.fromhex(digest["chainHead"]), end, digest
+            continue
+        for record_hash in hashes.between(start, end):
             chain = chain_step(chain, record_hash)
         if chain.hex() != digest["chainHead"]:
             problems.append(f"digest {name}: record hashes for offsets {start}..{end - 1} do not match "
@@ -372,13 +405,13 @@ def _check_digests(digests: list[_Loaded], public: Ed25519PublicKey, hashes: lis
 _NO_HASHES = "no record hash is stored (hashes.bin is empty or gone)"
 
 
-def _hashes_held(first: int, count: int) -> str:
+def _hashes_held(first: int, stored: _Stored) -> str:
     """What the hash store holds from `first` on (not "0..-1" for none: hashes.bin emptied or deleted)."""
-    if count == 0:
-        return _NO_HASHES
-    if count <= first:
-        return f"the stored record hashes end at offset {count - 1}"
-    return f"the stored record hashes run {first}..{count - 1}"
+    if not stored.hashes:
+        return f"no record hash is stored from offset {stored.base} on" if stored.base else _NO_HASHES
+    if stored.end <= first:
+        return f"the stored record hashes end at offset {stored.end - 1}"
+    return f"the stored record hashes run {max(first, stored.base)}..{stored.end - 1}"
 
 
 def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
@@ -394,7 +427,7 @@ def _check_link(name: str, index: int, digest: dict[str, Any], previous: dict[st
     return problems
 
 
-def _check_records(log: SegmentLog, expected: list[bytes], floor: Callable[[], int], *, unhashed_tail: bool,
+def _check_records(log: SegmentLog, stored: _Stored, floor: Callable[[], int], *, unhashed_tail: bool,
                    hashes_gone: bool, final: dict[str, Any] | None) -> tuple[list[str], int]:
     """The records against their stored hashes, and the offset from which records are not checked.
     `floor`: the retention floor as the file now says. `unhashed_tail`: the newest records may not
@@ -408,19 +441,41 @@ def _check_records(log: SegmentLog, expected: list[bytes], floor: Callable[[], i
     # retention on a running node writes the floor before it deletes, so this floor excuses every
     # deletion the read saw. Read before, a deletion meanwhile was named tampering.
     start, excused = log.start_offset(), floor()
-    if start > excused and expected:
+    if start > excused and stored.end:
         problems.append(f"records at offsets {excused}..{start - 1} are missing "
                         "(segment files deleted outside retention)")
     if hashes_gone and actual:
         return [*problems, _unchecked(start, len(actual))], start + len(actual)
+    # Records before the store's base have no hash to check: taken as they are, and named.
+    below = min(max(0, stored.base - start), len(actual))
+    problems += [_below_base(start, below, stored.base)] if below else []
+    expected = actual[:below] + stored.between(start + below, stored.end)
     if unhashed_tail:  # a writer appends records just before it hashes them: not insertions
-        actual = actual[:_hashed_end(expected[start:], actual)]
-    findings = diff_hashes(expected[start:], actual, start, read.offset)
+        actual = actual[:_hashed_end(expected, actual)]
+    findings = diff_hashes(expected, actual, start, read.offset)
     if final is not None:
-        problems += _after_final_digest(final, expected[start:], actual, start, read.offset)
+        problems += _after_final_digest(final, expected, actual, start, read.offset)
     ids = event_ids(log, read, {index for _, index in findings if index is not None})
     return problems + [text.replace("{event}", ids.get(index, "") if index is not None else "")
                        for text, index in findings], start + len(actual)
+
+
+def _below_base(start: int, count: int, base: int) -> str:
+    """Records in the log before the first stored hash: retention drops the hashes only of records
+    it deleted, and only once the deletion is on disk (segments restored, or the hashes dropped
+    outside retention, which `_dropped_past_floor` names)."""
+    where = f"record at offset {start}" if count == 1 else f"records at offsets {start}..{start + count - 1}"
+    return f"{where} cannot be checked: the hash store begins at offset {base} (retention dropped the hashes " \
+           "before it)"
+
+
+def _dropped_past_floor(paths: IntegrityPaths, base: int, floor: int) -> list[str]:
+    """Retention drops hashes below the floor it signs: a hash store that begins past the signed
+    floor lost hashes otherwise (read after the store: a floor moved meanwhile only reaches further)."""
+    if base <= floor:
+        return []
+    return [f"{paths.hashes} begins at offset {base}, past the retention floor {floor}: the hashes of the records "
+            f"{floor}..{base - 1} were dropped outside retention"]
 
 
 def _unchecked(start: int, count: int) -> str:

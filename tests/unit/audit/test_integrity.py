@@ -573,7 +573,9 @@ def test_hashes_lost_with_records_retention_deleted_are_reported_and_later_diges
     _, paths = audit_paths(tmp_path)
     signed = len(list(paths.digests.glob("*.json")))
     paths.hashes.write_bytes(b"")  # the hashes of records no longer in the log cannot come back
-    fill_trail(tmp_path, 5, segment_bytes=2000, retention_bytes=5000, reader_grace_s=0)
+    # Reopened without retention: a retention that runs drops the hashes of the records it deleted
+    # (placeholders here), and checks the digests that sign them for their signatures and links only.
+    fill_trail(tmp_path, 5, segment_bytes=2000)
     problems = verify(tmp_path)
     assert problems and all("do not match the signed chain" in p for p in problems), problems
     assert not any(f"{signed:010d}.json" in p for p in problems), problems  # the new records' digest
