@@ -19,6 +19,7 @@ from keytrail.pipeline.prometheus import CONTENT_TYPE, render_family
 __all__ = ["metrics_endpoint", "metrics_socket", "render_alarm_counts", "render_detector_lag", "render_readers_held"]
 
 Send = Callable[[dict[str, Any]], Any]
+_READS = ("GET", "HEAD")  # the methods /metrics answers
 
 
 def render_alarm_counts(counts: Mapping[tuple[str, str], int], rules: Iterable[str] = ()) -> str:
@@ -58,7 +59,7 @@ def metrics_socket(host: str, port: int) -> socket.socket:
 
 
 class _Exposition:
-    """The ASGI app: `render()` at GET /metrics, 404 elsewhere."""
+    """The ASGI app: `render()` at GET /metrics (HEAD too), 405 for its other methods, 404 elsewhere."""
 
     def __init__(self, render: Callable[[], str]) -> None:
         self._render = render
@@ -66,11 +67,17 @@ class _Exposition:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         if scope["type"] != "http":
             return
-        if scope["method"] == "GET" and scope["path"] == "/metrics":
+        extra: list[tuple[bytes, bytes]] = []
+        if scope["path"] != "/metrics":
+            status, body, kind = 404, b'{"message":"Not Found"}', b"application/json"
+        # HEAD as GET (RFC 9110 §9.3.2; uvicorn sends no body), as serve answers it: uptime checkers and
+        # load balancers probe with HEAD, and a 404 told them the endpoint was missing.
+        elif scope["method"] in _READS:
             status, body, kind = 200, self._render().encode(), CONTENT_TYPE.encode()
         else:
-            status, body, kind = 404, b'{"message":"Not Found"}', b"application/json"
-        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+            status, body, kind = 405, b'{"message":"Method Not Allowed"}', b"application/json"
+            extra = [(b"allow", ", ".join(_READS).encode())]
+        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode()), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

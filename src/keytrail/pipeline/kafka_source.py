@@ -38,17 +38,38 @@ class _SeekToState(ConsumerRebalanceListener):  # type: ignore[misc]
         self.start_at = start_at
         self.assigned: set[TopicPartition] = set()
         self.next: dict[TopicPartition, int] = {}  # the offset each assigned partition is read from next
+        # Per assigned partition, the offset its persisted state covers (what the queries read: the
+        # runner commits a batch once that state is on disk), and the end of the last batch handed on.
+        self.covered: dict[TopicPartition, int] = {}
+        self.handed: dict[TopicPartition, int] = {}
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.assigned -= set(revoked)
         for tp in revoked:
-            self.next.pop(tp, None)
+            for offsets in (self.next, self.covered, self.handed):
+                offsets.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         for tp in assigned:
-            self.next[tp] = self.start_at(_partition_name(tp))
+            self.read_from(tp, self.start_at(_partition_name(tp)))
             self.consumer.seek(tp, self.next[tp])
         self.assigned |= set(assigned)
+
+    def read_from(self, tp: TopicPartition, offset: int) -> None:
+        """`tp` is read from `offset`, up to which the state covers it: the state's own offset, or the
+        start of a log that began again (of which the state covers nothing)."""
+        self.next[tp] = self.covered[tp] = offset
+        self.handed.pop(tp, None)
+
+    def consumed(self, tp: TopicPartition, default: int) -> int:
+        """The offset `tp` is consumed up to (`default` if it is not assigned): what its persisted state
+        covers. Once that covers every batch handed on, where it is read up to: what lies between are
+        messages skipped as no audit events, with nothing to count (a partition ending in one would
+        otherwise lag for ever)."""
+        covered = self.covered.get(tp, default)
+        if covered < self.handed.get(tp, covered):
+            return covered
+        return self.next.get(tp, covered)
 
 
 def _partition_name(tp: TopicPartition) -> str:
@@ -137,6 +158,8 @@ class KafkaSource:
             for tp, messages in data.items():
                 events = _audit_events(_partition_name(tp), messages)
                 if events:
+                    if self.listener is not None:
+                        self.listener.handed[tp] = events[-1].offset + 1
                     yield Batch(
                         _partition_name(tp),
                         [m.offset for m in events],
@@ -163,6 +186,8 @@ class KafkaSource:
         for tp, messages in data.items():
             if messages and self._went_back(tp, messages[0].offset):
                 went_back.add(tp)
+                if self.listener is not None:
+                    self.listener.read_from(tp, messages[0].offset)
             if messages:
                 self._passed_over(tp, messages[0].offset)
             if self.listener is not None and messages:
@@ -187,7 +212,7 @@ class KafkaSource:
         reading = {tp: listener.next.get(tp, 0) for tp in listener.assigned}
         short = await read_again_where_log_ended_below(consumer, reading, "consumer")
         for tp in short:
-            listener.next[tp] = await consumer.position(tp)
+            listener.read_from(tp, await consumer.position(tp))
         return set(short)
 
     def _went_back(self, tp: TopicPartition, offset: int) -> bool:
@@ -200,14 +225,16 @@ class KafkaSource:
         return True
 
     def lag(self) -> dict[str, int]:
-        """Records not yet read, per assigned partition whose end the broker told (each fetch
-        answer carries it, records or none): every partition read, not only those that brought a
-        batch since the start, and a current figure, not the last batch's."""
+        """Records not yet consumed, per assigned partition whose end the broker told (each fetch
+        answer carries it, records or none): the end less the offset the persisted state covers, as
+        serve's lag is its event log's end less its last checkpoint's. Records fetched but not yet
+        checkpointed (up to 2 s of them) are not in the figures the queries read: they are lag too.
+        Every partition read, not only those that brought a batch since the start; a current figure."""
         consumer, listener = self._consumer, self.listener
         if consumer is None or listener is None:
             return {}
         ends = {tp: consumer.highwater(tp) for tp in listener.assigned}
-        return {_partition_name(tp): max(0, end - listener.next.get(tp, end))
+        return {_partition_name(tp): max(0, end - listener.consumed(tp, end))
                 for tp, end in ends.items() if end is not None}
 
     async def rewind(self, partition: str, offset: int) -> None:
@@ -216,14 +243,17 @@ class KafkaSource:
         tp = _topic_partition(partition)
         if tp in self._consumer.assignment():
             self._consumer.seek(tp, offset)
-            if self.listener is not None:  # going back on purpose: not a log that began again
-                self.listener.next[tp] = offset
+            if self.listener is not None:  # to what the state on disk covers, on purpose: not a log that began again
+                self.listener.read_from(tp, offset)
 
     async def commit(self, batch: Batch) -> None:
         if self._consumer is None:
             return
+        tp = _topic_partition(batch.partition)
+        if self.listener is not None and tp in self.listener.covered:  # the state on disk covers it now
+            self.listener.covered[tp] = batch.end
         try:
-            await self._consumer.commit({_topic_partition(batch.partition): batch.end})
+            await self._consumer.commit({tp: batch.end})
         except (CommitFailedError, IllegalStateError, KafkaError) as error:
             log.info(
                 "group commit of %s skipped (%s); the state file holds the offset", batch.partition, error

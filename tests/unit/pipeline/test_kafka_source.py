@@ -39,6 +39,9 @@ class _Consumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         pass
 
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        pass
+
 
 async def test_records_from_below_where_a_partition_is_read_are_a_log_that_began_again(
         caplog: pytest.LogCaptureFixture) -> None:
@@ -50,4 +53,7 @@ async def test_records_from_below_where_a_partition_is_read_are_a_log_that_began
     batches = [batch async for batch in source._poll(consumer)]  # type: ignore[arg-type]
     assert [(list(b.offsets), b.began_again) for b in batches] == [([0, 1, 2], True)]
     assert "keytrail.audit.v1-0 began again at offset 0, below where this consumer reads (200)" in caplog.text
+    # The state covers none of the new log until the runner checkpoints the batch (and commits it).
+    assert source.lag() == {"keytrail.audit.v1-0": 3}
+    await source.commit(batches[0])
     assert source.lag() == {"keytrail.audit.v1-0": 0}
