@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +54,8 @@ _UNSTORED_BYTES = 4096
 # of its first hash (8 bytes, big-endian). One without it (never trimmed, or written by a keytrail
 # that did not trim) holds the hashes from offset 0, as it always did.
 _BASE_MARK = b"keytrail hash store v2\0\0"
-# The hashes copied at a time when retention rewrites the store (about 32,000).
+# The hashes copied at a time when retention rewrites the store (about 32,000); a stop cancels the
+# copy between two.
 _COPY_BYTES = 1 << 20
 # The origin the digests of `keytrail audit import` name (signed, so whoever imports cannot pass
 # the records off as calls the node answered).
@@ -277,7 +280,8 @@ class ChainWriter:
     """The writer side: hashes appended records, keeps the chain, writes signed digests.
 
     `add` runs on the spool's event loop (a few µs per record); `write_digest`, which fsyncs and
-    signs, runs in the spool's writer thread. The spool never lets both run at once.
+    signs, runs in the spool's writer thread. The spool never lets both run at once. A trim of the
+    hash store copies the kept hashes in a thread of its own meanwhile (`_HashCopy`).
     """
 
     def __init__(self, paths: IntegrityPaths, log: SegmentLog, *, digest_interval_s: float = 3600.0) -> None:
@@ -306,6 +310,7 @@ class ChainWriter:
         self._start = hash_store_start(self._hashes.fileno())
         self._unstored = bytearray()  # hashes chained but not yet written to the sidecar
         self._stored = 0  # the sidecar's bytes that hold hashes: where the unstored go
+        self._trim: _HashCopy | None = None  # the hash store trim in flight, one at a time
         self._recover(log)
         self._last_time: datetime | None = None
 
@@ -401,20 +406,44 @@ class ChainWriter:
 
     def drop_hashes_before(self, floor: int) -> None:
         """Retention (writer thread), once the records before `floor` are deleted and that is on disk:
-        rewrite the hash store without the hashes before the end of the newest digest at or before
-        `floor`, whose signed chain head `verify` chains the kept ones on from. Only once there are
-        as many to drop as to keep: each rewrite copies the kept ones, so a hash is copied about once
-        rather than at every segment retention deletes (at most twice the kept records' hashes stay)."""
-        if floor - self._start.base < self._end - floor:
+        begin a rewrite of the hash store without the hashes before the end of the newest digest at
+        or before `floor`, whose signed chain head `verify` chains the kept ones on from. Only once
+        there are as many to drop as to keep: each rewrite copies the kept ones, so a hash is copied
+        about once rather than at every segment retention deletes (at most about twice the kept
+        records' hashes stay). One at a time: while one is in flight, a floor moved waits for the
+        retention after it (`finish_dropping_hashes`)."""
+        self.finish_dropping_hashes()
+        if self._trim is not None or floor - self._start.base < self._end - floor:
             return
         base = self._signed_end_before(floor)
         if base is None or base <= self._start.base or base - self._start.base < self._end - base:
             return
-        self._store()  # the new store holds every hash chained so far
-        self._rewrite_hashes(HashStoreStart(base, HASH_SIZE))
+        self._store()  # the hashes chained so far are in the old store, for the copy to read
+        # A descriptor of its own: the copy reads the old store whatever becomes of this one.
+        self._trim = _HashCopy.begin(self.paths.hashes.with_suffix(".bin.tmp"), os.dup(self._hashes.fileno()),
+                                     HashStoreStart(base, HASH_SIZE), (self._start.position(base), self._stored))
+
+    def finish_dropping_hashes(self) -> None:
+        """Retention (writer thread): the last step of a trim whose copy is done, its thread gone; the
+        calls wait only for it. The copy read the hashes the store held when it began: copy those
+        stored since (a retention's worth), sync, and rename the new store over the old one; a crash
+        before the rename leaves the old store whole (and a `.tmp` beside it that the next trim
+        replaces), one after it the new store whole. The writer goes on in the new one. A copy that
+        failed (logged, its `.tmp` removed) leaves the old store, trimmed at a later retention."""
+        trim = self._trim
+        if trim is None or trim.copying():
+            return
+        self._trim = None
+        if trim.file is not None:
+            self._switch_to(trim.file, trim)
 
     def close(self) -> None:
-        """Release the sidecar file (hashes it has no room for are made again from the log at the next open)."""
+        """Release the sidecar file (hashes it has no room for are made again from the log at the next open).
+        A trim in flight is cancelled (its `.tmp` removed): the old store holds every hash, and the next
+        retention of the next open trims it again, rather than a stop wait for a copy of gigabytes."""
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         with contextlib.suppress(OSError):
             self._store()
         self._hashes.close()
@@ -443,26 +472,23 @@ class ChainWriter:
                 high = middle - 1
         return found
 
-    def _rewrite_hashes(self, start: HashStoreStart) -> None:
-        """Write the hashes from `start.base` on into a new store, synced, and rename it over the old
-        one: a crash before the rename leaves the old store whole (and a `.tmp` beside it that the
-        next rewrite replaces), one after it the new store whole. The writer goes on in the new one."""
-        temporary = self.paths.hashes.with_suffix(".bin.tmp")
-        temporary.unlink(missing_ok=True)
-        rewritten = open(open_file(temporary, os.O_RDWR | os.O_TRUNC), "r+b")  # noqa: SIM115 (kept, as the old one)
+    def _switch_to(self, rewritten: io.BufferedRandom, trim: _HashCopy) -> None:
+        """Copy into `rewritten`, the new store `trim` copied and synced, the hashes stored since it
+        began, sync it and rename it over the old one (see `finish_dropping_hashes`)."""
         try:
-            with named(temporary):
-                _write_all(rewritten.fileno(), _BASE_MARK + start.base.to_bytes(8, "big"))
-                _copy(self._hashes.fileno(), self._start.position(start.base), self._stored, rewritten.fileno())
+            with named(self.paths.hashes):
+                self._store()
+            with named(trim.temporary):
+                _copy(self._hashes.fileno(), trim.copied, self._stored, rewritten.fileno())
                 os.fsync(rewritten.fileno())
-            os.replace(temporary, self.paths.hashes)
+            os.replace(trim.temporary, self.paths.hashes)
         except BaseException as exc:
             rewritten.close()
             if isinstance(exc, OSError):  # the disk full, say: give back what the copy took
-                temporary.unlink(missing_ok=True)
+                trim.temporary.unlink(missing_ok=True)
             raise
         old, self._hashes = self._hashes, rewritten
-        self._start, self._stored = start, start.position(self._end)
+        self._start, self._stored = trim.start, trim.start.position(self._end)
         old.close()
         sync_folder(self.paths.root)
 
@@ -619,10 +645,84 @@ def _next_segment(log: SegmentLog, offset: int, covered: int) -> int:
     return min((base for base in log.segment_bases() if offset < base < covered), default=covered)
 
 
-def _copy(source: int, first: int, stop: int, target: int) -> None:
+class _Cancelled(Exception):
+    """A trim's copy stopped by the trail's close."""
+
+
+class _HashCopy:
+    """The bulk of a hash store trim, copied in a thread of its own (a week's hashes at 100 calls/s
+    are 1.9 GB, seconds of copying and syncing every call waited for on the writer thread): the old
+    store's bytes `first`..`copied`, read through a descriptor of the thread's own, into `temporary`
+    behind the header of the new store's `start`, synced. The writer appends past `copied` meanwhile.
+    Once the thread is gone, `file` is the new store when the copy succeeded; else it is removed."""
+
+    def __init__(self, temporary: Path, start: HashStoreStart, copied: int) -> None:
+        self.temporary, self.start, self.copied = temporary, start, copied
+        self.file: io.BufferedRandom | None = None
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def begin(cls, temporary: Path, source: int, start: HashStoreStart, span: tuple[int, int]) -> _HashCopy:
+        """Start copying the bytes `span` of `source` (a descriptor the copy owns and closes)."""
+        copy = cls(temporary, start, span[1])
+        copy._thread = threading.Thread(target=copy._run, args=(source, span[0]), name="audit-hash-trim",
+                                        daemon=True)
+        try:
+            copy._thread.start()
+        except RuntimeError as exc:  # no thread can start: an OSError, which retention logs and the calls go on
+            os.close(source)
+            raise OSError(errno.EAGAIN, f"no thread could start to trim the audit hash store ({exc})") from None
+        return copy
+
+    def copying(self) -> bool:
+        """Whether the copy's thread still runs (else `file` says how it ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stop the copy (within a chunk) and wait for its thread; the new store is removed."""
+        self._cancel.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.file is not None:  # copied, never renamed
+            self.file.close()
+            self.file = None
+            with contextlib.suppress(OSError):
+                self.temporary.unlink(missing_ok=True)
+
+    def _run(self, source: int, first: int) -> None:
+        try:
+            self.file = self._copied(source, first)
+        except (OSError, _Cancelled) as exc:
+            with contextlib.suppress(OSError):  # the disk full, say: give back what the copy took
+                self.temporary.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # logged here: no caller waits for the copy
+                log.error("audit log retention failed: %s; the hash store is kept whole, and trimmed at a later "
+                          "retention", exc)
+        finally:
+            os.close(source)
+
+    def _copied(self, source: int, first: int) -> io.BufferedRandom:
+        with named(self.temporary):
+            self.temporary.unlink(missing_ok=True)  # one a crash left
+            fd = open_file(self.temporary, os.O_RDWR | os.O_TRUNC)
+            rewritten = open(fd, "r+b")  # noqa: SIM115 (handed on: kept open as the store, as the old one)
+            try:
+                _write_all(rewritten.fileno(), _BASE_MARK + self.start.base.to_bytes(8, "big"))
+                _copy(source, first, self.copied, rewritten.fileno(), self._cancel)
+                os.fsync(rewritten.fileno())
+            except BaseException:
+                rewritten.close()
+                raise
+        return rewritten
+
+
+def _copy(source: int, first: int, stop: int, target: int, cancel: threading.Event | None = None) -> None:
     """Copy the bytes `first`..`stop` of `source` to `target`, a chunk at a time (a store of years
-    is gigabytes)."""
+    is gigabytes); _Cancelled once `cancel` is set."""
     while first < stop:
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
         chunk = os.pread(source, min(_COPY_BYTES, stop - first), first)
         if not chunk:  # cut short under the writer: the new store would lack hashes it has written
             raise OSError(errno.EIO, f"the hash store ends at byte {first}, before the {stop} bytes written to it")

@@ -250,7 +250,8 @@ class AuditTrail:
     def _apply_retention(self) -> None:
         """Writer thread, when a segment closes and at each digest: delete closed segments past the
         retention age or size, never one holding records Kafka has not acknowledged; note the floor
-        for `verify`, and drop the stored hashes of the records deleted."""
+        for `verify`, and drop the stored hashes of the records deleted (a trim whose copy is done
+        takes its last step at the next retention, the floor moved or not)."""
         settings = self.settings
         if settings.retention_hours is None and settings.retention_bytes is None:
             return
@@ -268,6 +269,8 @@ class AuditTrail:
             # records whose hashes are dropped, which `verify` could no longer check.
             sync_folder(self.log.directory)
             self.spool.chain.drop_hashes_before(floor)
+        else:
+            self.spool.chain.finish_dropping_hashes()
 
 
 def _retention_point(segments: list[tuple[int, int, float]], settings: AuditSettings, now: float) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from keytrail.audit.integrity import HASH_SIZE, IntegrityFileUnusable, IntegrityPaths, verify
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
+from keytrail.transport.segment_log import SegmentLog
 from tests.support.audit_records import encrypt_call, failed_trail, fill_trail, fill_trail_async, rewrite_segment
 
 
@@ -201,3 +203,120 @@ def test_a_hash_store_that_begins_after_the_newest_digest_is_refused(tmp_path: P
     paths.hashes.write_bytes(b"keytrail hash store v2\0\0" + (10**6).to_bytes(8, "big"))
     with pytest.raises(IntegrityFileUnusable, match="begins at offset 1000000, after the newest digest's end 20"):
         AuditTrail.open(AuditSettings(data_dir=tmp_path))
+
+
+class _HeldCopy:
+    """Holds the bulk copy of a hash store trim, made off the spool's writer thread, when it starts:
+    `held` is set once it waits; it goes on once `release` is set or, `until_cancelled`, once the
+    trail's close cancels it. `copies`: the bulk copies begun (the writer thread copies only the tail)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, until_cancelled: bool = False) -> None:
+        from keytrail.audit import integrity
+
+        self.held, self.release, self.copies = threading.Event(), threading.Event(), 0
+        real_copy = integrity._copy
+
+        def holding(source: int, first: int, stop: int, target: int, *rest: threading.Event) -> None:
+            if threading.current_thread().name != "audit-spool-writer":
+                self.copies += 1
+                self.held.set()
+                (rest[0] if until_cancelled else self.release).wait()
+            real_copy(source, first, stop, target, *rest)
+
+        monkeypatch.setattr(integrity, "_copy", holding)
+
+
+async def _record_until_held(trail: AuditTrail, copy: _HeldCopy, calls: int = 300) -> int:
+    """Record calls until retention begins a trim whose bulk copy is held; how many were recorded."""
+    for i in range(calls):
+        if copy.held.is_set():
+            return i
+        await trail.record(encrypt_call(i))
+    raise AssertionError(f"no hash store trim copied the kept hashes off the writer thread in {calls} calls")
+
+
+def _assert_every_hash_is_right(data_dir: Path) -> None:
+    """hashes.bin holds, at its offset, the SHA-256 of each record of the log (closed: every hash stored)."""
+    log_dir, paths = audit_paths(data_dir)
+    held = _held(paths)
+    stored = paths.hashes.read_bytes()[-len(held) * HASH_SIZE:]
+    log = SegmentLog(log_dir)
+    try:
+        start, end = log.start_offset(), log.end_offset()
+        records = log.read(start, end - start)
+    finally:
+        log.close()
+    assert held.start <= start and held.stop == end and len(records) == end - start, (held, start, end)
+    for offset, payload in records:
+        at = (offset - held.start) * HASH_SIZE
+        assert stored[at:at + HASH_SIZE] == hashlib.sha256(payload).digest(), offset
+
+
+async def test_calls_go_on_while_the_kept_hashes_are_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The copy of the kept hashes (gigabytes on a busy node) ran on the spool's writer thread: every
+    # call waited for it. Held here, the calls go on, appended to the old store, which it then takes.
+    copy = _HeldCopy(monkeypatch)
+    _, paths = audit_paths(tmp_path)
+    async with AuditTrail.open(_retaining(tmp_path)) as trail:
+        calls = await _record_until_held(trail, copy)
+        untrimmed, while_held = _held(paths).start, calls
+        for i in range(calls, calls + 60):  # 20 segments closed, each a digest and a retention
+            await trail.record(encrypt_call(i))
+        assert verify(tmp_path) == []
+        assert (_held(paths).start, copy.copies) == (untrimmed, 1)  # one trim at a time, not done yet
+        copy.release.set()
+        calls += 60
+        while _held(paths).start == untrimmed:  # done at a retention after the copy (a segment closed)
+            await trail.record(encrypt_call(calls))
+            calls += 1
+            assert calls < 1000, "the trim never took its last step"
+        end = trail.log.end_offset()
+        assert verify(tmp_path) == []
+    assert not paths.hashes.with_suffix(".bin.tmp").exists()
+    assert untrimmed < _held(paths).start <= while_held < end  # the calls made while it copied are kept
+    assert verify(tmp_path) == []
+    _assert_every_hash_is_right(tmp_path)
+
+
+async def test_a_stop_while_the_kept_hashes_are_copied_keeps_the_old_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = _HeldCopy(monkeypatch, until_cancelled=True)
+    _, paths = audit_paths(tmp_path)
+    async with AuditTrail.open(_retaining(tmp_path)) as trail:
+        calls = await _record_until_held(trail, copy)
+        for i in range(calls, calls + 30):
+            await trail.record(encrypt_call(i))
+        untrimmed, end = _held(paths).start, trail.log.end_offset()
+    # The close cancelled the copy: the old store holds every hash, the new one is removed.
+    assert not paths.hashes.with_suffix(".bin.tmp").exists()
+    assert _held(paths) == range(untrimmed, end)
+    assert verify(tmp_path) == []
+    _assert_every_hash_is_right(tmp_path)
+    monkeypatch.undo()
+    start, end = await _record(tmp_path, 1000, 120)  # the next open trims it
+    _assert_holds_about_the_kept_range(paths, start, end)
+    _assert_every_hash_is_right(tmp_path)
+
+
+async def test_a_last_step_that_fails_keeps_the_old_store_and_the_calls_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from keytrail.audit import integrity
+
+    real_copy = integrity._copy
+
+    def disk_full_on_the_writer_thread(*args: object) -> None:  # the bulk copied, the hashes since not
+        if threading.current_thread().name == "audit-spool-writer":
+            raise OSError(28, "No space left on device")
+        real_copy(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(integrity, "_copy", disk_full_on_the_writer_thread)
+    _, paths = audit_paths(tmp_path)
+    async with AuditTrail.open(_retaining(tmp_path)) as trail:
+        for i in range(60):
+            await trail.record(encrypt_call(i))
+        assert trail.problem() is None
+    assert f"audit log retention failed: [Errno 28] No space left on device: '{paths.hashes}.tmp'" in caplog.text
+    assert not paths.hashes.with_suffix(".bin.tmp").exists()
+    assert paths.hashes.stat().st_size == 32 * 60
+    assert verify(tmp_path) == []
+    _assert_every_hash_is_right(tmp_path)
