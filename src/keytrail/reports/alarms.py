@@ -44,20 +44,11 @@ def read_alarm_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
             except ValueError:  # JSONDecodeError and UnicodeDecodeError
                 unreadable += bool(line.strip())
                 continue
-            if _is_alarm(alarm):
+            if isinstance(alarm, dict) and alarm.get("alarmId"):
                 latest[str(alarm["alarmId"])] = alarm
             else:
                 unreadable += 1
     return list(latest.values()), unreadable
-
-
-def _is_alarm(found: Any) -> bool:
-    """Whether a line's object is an alarm (CONTRACTS.md §5): an id, a rule and a severity at least.
-    Any object with an alarmId was taken, and a line of some other JSON-lines file (`{"alarmId": 1}`)
-    became a row of nulls in the alarms table."""
-    return (isinstance(found, dict) and all(isinstance(found.get(name), str) and found[name]
-                                            for name in ("alarmId", "rule"))
-            and found.get("severity") in SEVERITY_ORDER)
 
 
 def alarms_frame(alarms: Iterable[dict[str, Any]], since: datetime | None = None,

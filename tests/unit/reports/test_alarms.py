@@ -27,17 +27,6 @@ def test_a_later_line_for_the_same_alarm_replaces_the_earlier(tmp_path: Path) ->
                                                                                  ("a2", "LOW", 1)]
 
 
-def test_a_line_without_a_rule_or_a_known_severity_is_no_alarm(tmp_path: Path) -> None:
-    # Any object with an alarmId was taken: a line of another JSON-lines file became a row of nulls.
-    path = tmp_path / "alarms.jsonl"
-    good = _alarm("a1", "unused-key", "LOW", "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z")
-    others = [{"alarmId": "x"}, {"alarmId": 1, "rule": "r", "severity": "LOW"}, {**good, "alarmId": "a2", "rule": ""},
-              {**good, "alarmId": "a3", "severity": "SEVERE"}, {**good, "alarmId": "a4", "rule": None}]
-    path.write_text("\n".join(json.dumps(line) for line in [good, *others]) + "\n")
-    alarms, unreadable = read_alarm_lines(path)
-    assert ([a["alarmId"] for a in alarms], unreadable) == (["a1"], len(others))
-
-
 def test_alarms_sort_most_severe_first_and_filter_by_period() -> None:
     alarms = [_alarm("a1", "unused-key", "LOW", "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z"),
               _alarm("a2", "permissive-key", "CRITICAL", "2026-11-03T00:00:00Z", "2026-11-03T00:00:00Z"),
