@@ -285,24 +285,58 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
     return node
 
 
-def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], str]:
+def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], Awaitable[str]]:
     """The consumer's part of /metrics: from the in-process consumer, or from the state files of
-    the child's (its lag: the event log's end against the offset its persisted state covers)."""
+    the child's (its lag: the event log's end against the offset its persisted state covers).
+    Rendered in a worker thread (`_SharedRender`): the cost reads every usage file of the data dir."""
     if consumer is not None:
-        return lambda: consumer.render_prometheus(spool_depth=audit.spool_depth)
+        exposition = consumer.exposition
+
+        def in_process() -> Callable[[], str]:
+            # The consumer's lag is copied here, on the loop that updates it; the render itself
+            # reads only the state files, as a reader in another process would.
+            return functools.partial(exposition.render, consumer.runner.lag(), audit.spool_depth)
+
+        return _SharedRender(in_process)
     exposition = MetricsExposition(MetricsStore(audit.settings.data_dir), PriceTable())
 
     def render() -> str:
+        # In the worker thread too: the log is read from any thread as the spool's writer thread
+        # appends to it; its end read after the offsets, the lag is never too small.
         covered = exposition.store.offsets().get(SEGMENT_LOG_PARTITION, 0)
         lag = {SEGMENT_LOG_PARTITION: max(0, audit.log.end_offset() - covered)}
         return exposition.render(lag, audit.spool_depth)
 
-    return render
+    return _SharedRender(lambda: render)
 
 
-async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
+class _SharedRender:
+    """A render run in a worker thread, one at a time (the exposition's cost cache has one writer):
+    the scrapes that arrive while it runs share its text (or its exception), instead of each starting
+    one more. `prepare`, on the loop, reads what only the loop may read and returns the render. On
+    the loop, the cost (seconds, over a year of history) held every KMS call of the node once a minute."""
+
+    def __init__(self, prepare: Callable[[], Callable[[], str]]) -> None:
+        self._prepare = prepare
+        self._running: asyncio.Future[str] | None = None
+
+    def __call__(self) -> Awaitable[str]:
+        if self._running is None or self._running.done():  # done, not yet cleared by `_ended`
+            self._running = asyncio.ensure_future(asyncio.to_thread(self._prepare()))
+            self._running.add_done_callback(self._ended)
+        # Shielded: a scrape that goes away (its client gone) does not cancel the render the others await.
+        return asyncio.shield(self._running)
+
+    def _ended(self, render: asyncio.Future[str]) -> None:
+        if self._running is render:
+            self._running = None
+        if not render.cancelled():
+            render.exception()  # retrieved: the scrapes awaiting it say it, and none may be left
+
+
+async def _metrics(node: Node, pipeline_metrics: Callable[[], Awaitable[str]]) -> str:
     """GET /metrics: the consumers' metrics, plus the key inventory, the alarms raised and health."""
-    keys, health = await asyncio.gather(_key_inventory(node), _health(node))
+    pipeline, keys, health = await asyncio.gather(pipeline_metrics(), _key_inventory(node), _health(node))
     alarms = render_alarm_counts(node.alarm_tally.counts, DEFAULT_RULES if node.settings.detector else ())
     if node.settings.detector and node.audit is not None:
         behind = node.audit.log.end_offset() - node.detector_judged
@@ -329,7 +363,7 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], str]) -> str:
            for child in node.children + (node.audit.children() if node.audit is not None else [])),
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
-    return (pipeline_metrics() + keys + alarms + denied + refused + connections + requests + restarts + health
+    return (pipeline + keys + alarms + denied + refused + connections + requests + restarts + health
             + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit) + _audit_refused(node))
 
 
@@ -398,18 +432,21 @@ def _audit_refused(node: Node) -> str:
 
 
 def _audit_unshipped(audit: AuditTrail | None) -> str:
-    """The bytes of the log Kafka has not acknowledged (0 without Kafka), and the cap past which
-    calls are refused (--max-unshipped-bytes): keytrail_audit_spool_depth counts records, the cap
-    bytes. Served without Kafka too, so that one alert rule reads every node."""
+    """The bytes of the log Kafka has not acknowledged (0 without Kafka) and, with Kafka, the cap past
+    which calls are refused (--max-unshipped-bytes): keytrail_audit_spool_depth counts records, the
+    cap bytes. Without Kafka no cap applies: its family has no sample (its default showed a cap that
+    did not exist), so the alert's ratio of the two has no series there, where it could never fire."""
     if audit is None:
         return ""
+    cap: list[tuple[dict[str, str], int]] = []
+    if audit.settings.kafka_bootstrap:
+        cap.append(({}, audit.settings.max_unshipped_bytes))
     return render_family(
         "keytrail_audit_unshipped_bytes", "gauge", "Bytes of the audit log Kafka has not acknowledged.",
         [({}, audit.unshipped_bytes())],
     ) + render_family(
         "keytrail_audit_unshipped_bytes_limit", "gauge",
-        "--max-unshipped-bytes: past it every KMS call is refused until shipping catches up.",
-        [({}, audit.settings.max_unshipped_bytes)])
+        "--max-unshipped-bytes: past it every KMS call is refused until shipping catches up.", cap)
 
 
 def record_dev_clock(data_dir: Path, now: datetime) -> None:
