@@ -14,9 +14,13 @@ from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.model import CallRecord
 
 __all__ = [
-    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantStore", "ImportStore", "KeyStore",
+    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantStore", "ImportStore", "KeyPosition", "KeyStore",
     "OwedRecordStore", "OwedWrites", "Store",
 ]
+
+# Where a key stands in ListKeys: its creation date as a POSIX timestamp (as ListKeys' markers have
+# held it), then its id.
+KeyPosition = tuple[float, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,11 @@ class KeyStore(Protocol):
         atomically."""
         ...
     async def list_keys(self, account: str, region: str) -> list[Key]: ...
+    async def list_keys_page(self, account: str, region: str, after: KeyPosition | None, limit: int) -> list[Key]:
+        """At most `limit` keys of the account and Region in ListKeys' order (by creation date, then
+        key id), after `after` only (where a key stands or stood: it may be gone): a page of ListKeys,
+        read without the other keys, which the account may hold 100,000 of."""
+        ...
     async def count_keys(self, account: str, region: str) -> int:
         """How many keys the account has in the Region, every key state (the keys quota)."""
         ...
