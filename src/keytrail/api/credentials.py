@@ -21,7 +21,7 @@ from keytrail.api.sigv4 import SigningKeys
 from keytrail.kms.context import ORGANIZATION_ID, IdentityType, Principal
 from keytrail.kms.errors import KmsError
 from keytrail.kms.partitions import ARN_PARTITION
-from keytrail.kms.policy_document import parse_policy
+from keytrail.kms.policy_document import check_condition_values, parse_policy
 from keytrail.owner_only import open_file, read_regular_text, sharing_problem
 
 __all__ = ["Credential", "CredentialStore", "PrincipalsFile", "PrincipalsFileError", "load_principals",
@@ -87,7 +87,8 @@ def _principal_id(prefix: str, arn: str) -> str:
 
 def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
     """The identity policies, checked now: a broken one is refused with the file, rather than
-    granting nothing at request time without a word."""
+    granting nothing at request time without a word (a condition value its operator cannot read:
+    a Deny that never applies)."""
     texts = entry.get("policies", [])
     if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
         raise PrincipalsFileError(f"{where}: 'policies' must be a list of JSON policy strings")
@@ -95,6 +96,7 @@ def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:
     for number, text in enumerate(texts, 1):
         try:
             docs.append(parse_policy(text, "identity"))
+            check_condition_values(docs[-1])
         except KmsError as exc:
             raise PrincipalsFileError(f"{where}: policy {number}: {exc.message}") from None
     return tuple(docs)

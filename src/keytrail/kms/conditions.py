@@ -8,7 +8,9 @@ or values". Patterns never become regexes from raw text: every literal is escape
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ __all__ = [
     "Pattern",
     "Resolve",
     "parse_condition_operator",
+    "unreadable_value",
     "wildcard_match",
 ]
 
@@ -121,7 +124,7 @@ class Pattern:
 
 def _variable_value(body: str, resolve: Resolve) -> str | None:
     name, default = _variable(body)
-    value = resolve(name)
+    value = _policy_value(name, resolve)
     if value is None or isinstance(value, list | tuple):
         return default
     return _as_string(value)
@@ -182,6 +185,17 @@ def _no_variables(_: str) -> None:
     return None
 
 
+# keytrail's own request values (`keytrail:EncryptionContext`, `keytrail:GrantConstraints`) carry whole
+# values for grants. They are no condition keys: a policy reads them as absent, as AWS reads a key it
+# does not have, not as Python's text of a dict.
+_PRIVATE_KEYS = "keytrail:"
+
+
+def _policy_value(name: str, resolve: Resolve) -> Any:
+    """The request's value of the lowercase condition key `name`, as a policy sees it."""
+    return None if name.startswith(_PRIVATE_KEYS) else resolve(name)
+
+
 # --- value coercions ---------------------------------------------------------------------------
 
 def _as_string(value: Any) -> str:
@@ -192,13 +206,24 @@ def _as_string(value: Any) -> str:
     return str(value)
 
 
+# IAM's Numeric operators compare "a key to an integer or decimal value": ASCII digits (\d and float()
+# take any script's), an optional sign and fraction; no blanks, `_`, exponent, inf or nan.
+_DECIMAL = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+# W3C's ISO 8601 profile (which IAM's Date operators take) has YYYY-MM; fromisoformat has not. YYYY
+# alone is epoch seconds: IAM takes those too, and reads a bare number so.
+_YEAR_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+
+
 def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str) and not _DECIMAL.fullmatch(value):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError, OverflowError):  # an int past a double's range: stored before those were refused
+        number = float(value)
+    except OverflowError:  # an int past a double's range: stored before those were refused
         return None
+    return number if math.isfinite(number) else None  # 400 digits of text read as inf
 
 
 def _as_date(value: Any) -> datetime | None:
@@ -210,11 +235,29 @@ def _as_date(value: Any) -> datetime | None:
             return datetime.fromtimestamp(number, UTC)
         except (OverflowError, OSError, ValueError):  # NaN, or seconds beyond the calendar
             return None
+    if not isinstance(value, str):
+        return None
     try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        month = _YEAR_MONTH.fullmatch(value)
+        parsed = (datetime(int(month[1]), int(month[2]), 1) if month
+                  else datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    """A BinaryEquals policy value: base-64 text, decoded."""
+    try:
+        return base64.b64decode(value, validate=True) if isinstance(value, str) else None
+    except binascii.Error:
+        return None
+
+
+def _as_truth(value: Any) -> str | None:
+    """A Bool or Null policy value: true or false, in any case (JSON's true and false too)."""
+    text = _as_string(value).lower() if isinstance(value, str | bool) else None
+    return text if text in ("true", "false") else None
 
 
 # --- operators ---------------------------------------------------------------------------------
@@ -253,8 +296,13 @@ def _bool(request: Any, policy: Any, _: Resolve) -> bool:
 
 
 def _binary(request: Any, policy: Any, _: Resolve) -> bool:
+    """The request value's bytes (a string's UTF-8) against the bytes the base-64 policy value encodes."""
     raw = request if isinstance(request, bytes) else _as_string(request).encode()
-    return base64.b64encode(raw).decode() == _as_string(policy) or _as_string(request) == _as_string(policy)
+    return _as_bytes(policy) == raw
+
+
+def _as_network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    return _network(value) if isinstance(value, str) else None
 
 
 def _ip(request: Any, policy: Any, _: Resolve) -> bool:
@@ -344,6 +392,29 @@ def parse_condition_operator(text: str) -> tuple[str | None, str, bool]:
     return qualifier, OPERATORS[base.lower()].name, if_exists
 
 
+# What a policy value of each operator must be, read as the operator reads it; any other value
+# matches nothing (a negated operator: everything), so a Deny written with it never applies.
+_READ_AS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "Numeric": (_as_number, "a number (an integer or decimal)"),
+    "Date": (_as_date, "a date (ISO 8601 or epoch seconds)"),
+    "Bool": (_as_truth, "true or false"),
+    "Null": (_as_truth, "true or false"),
+    "BinaryEquals": (_as_bytes, "base-64 encoded"),
+    "IpAddress": (_as_network, "an IP address or CIDR range"),
+    "NotIpAddress": (_as_network, "an IP address or CIDR range"),
+}
+
+
+def unreadable_value(operator: str, value: Any) -> str | None:
+    """What a policy value of `operator` (a name `parse_condition_operator` returns) must be, such
+    as "a date (ISO 8601 or epoch seconds)", when `value` is none; None when it can be read."""
+    family = next((f for f in ("Numeric", "Date") if operator.startswith(f)), operator)
+    read = _READ_AS.get(family)
+    if read is None or read[0](value) is not None:
+        return None
+    return read[1]
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """One (operator, key, values) triple of a Condition block; values are ORed (NORed if negated)."""
@@ -364,7 +435,7 @@ class Condition:
         return frozenset(names)
 
     def holds(self, resolve: Resolve) -> bool:
-        value = resolve(self.key)
+        value = _policy_value(self.key, resolve)
         present = value is not None and value != [] and value != ()
         if self.operator == "Null":
             return any(_as_string(v).lower() == ("false" if present else "true") for v in self.values)

@@ -17,6 +17,7 @@ from keytrail.kms.partitions import DEFAULT_PARTITION
 from keytrail.kms.policy_document import (
     MAX_POLICY_BYTES,
     check_characters,
+    check_condition_values,
     check_key_policy_elements,
     check_principal_wildcards,
     check_set_operators,
@@ -74,5 +75,6 @@ def validate_key_policy(
     check_key_policy_elements(doc)
     check_principal_wildcards(doc)
     check_set_operators(doc)
+    check_condition_values(doc)
     check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn, key=key)
     return doc

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from keytrail.kms.condition_cost import ComparedValues, compared_values
-from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator
+from keytrail.kms.conditions import Condition, Pattern, parse_condition_operator, unreadable_value
 from keytrail.kms.errors import KmsError, MalformedPolicyDocumentException
 from keytrail.kms.partitions import ARN_PARTITION
 
@@ -27,6 +27,7 @@ __all__ = [
     "PrincipalSet",
     "Statement",
     "check_characters",
+    "check_condition_values",
     "check_key_policy_elements",
     "check_principal_wildcards",
     "check_set_operators",
@@ -317,6 +318,27 @@ def check_set_operators(doc: Mapping[str, Any]) -> None:
                 refusal = next((m for prefix, m in _OVERLY_PERMISSIVE.items() if key.lower().startswith(prefix)), None)
                 if refusal is not None:
                     raise _malformed(refusal)
+
+
+def check_condition_values(doc: Mapping[str, Any]) -> None:
+    """Refuse a condition value its operator cannot read: a date, number, IP range, true/false or
+    base-64 text that is none ("IAM JSON policy elements: Condition operators"). It matched nothing,
+    so a Deny written with it silently never applied (a negated one always did). Checked when a key
+    policy is set and when the principals file is loaded; a key policy stored before still loads
+    and is evaluated as written (failing it closed could deny the PutKeyPolicy that mends it)."""
+    for index, statement in enumerate(_list(doc["Statement"])):
+        for operator, entries in statement.get("Condition", {}).items():
+            name = parse_condition_operator(operator)[1]
+            for key, values in entries.items():
+                for value in _list(values):
+                    if (wanted := unreadable_value(name, value)) is not None:
+                        raise _malformed(f"Policy {_where(statement, index)}: Condition {operator} {key} has a value "
+                                         f"that is not {wanted}: {_shown(value)}.")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 64 else f"{text[:60]}… ({len(text)} characters)"
 
 
 def _validate_condition(block: Any, where: str) -> None:
