@@ -73,7 +73,7 @@ class Batch:
 
 class Source(Protocol):
     """Where batches come from: the embedded log, a Kafka consumer group, CloudTrail files. A live
-    source may also tell its lag (`lag() -> {partition: records not yet read}`, see `Runner.lag`)."""
+    source may also tell its lag (`lag() -> {partition: records not yet consumed}`, see `Runner.lag`)."""
 
     def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         """Yield batches; `start_at(partition)` is the offset to begin a partition from."""
@@ -335,11 +335,13 @@ class Runner:
             stats.lag[batch.partition] = max(0, batch.source_end - batch.end)
 
     def lag(self) -> dict[str, int]:
-        """Records not yet consumed per partition: the source's own figure where it has one (every
-        partition it reads, as of now), else the last batch's. From batches alone, a partition
-        with nothing new since the start had no figure, and one no longer read kept its last."""
+        """Records not yet consumed per partition: the source's own figure where it tells one (every
+        partition it reads, as of now, counted to what the state on disk covers), else the last
+        batch's. From batches alone, a partition with nothing new since the start had no figure, and
+        one no longer read kept its last: a partition revoked in a rebalance is another consumer's
+        to tell, so it drops out rather than show what it lagged as of the last fetch here."""
         source_lag = getattr(self.source, "lag", None)
-        return {**self.stats.lag, **(source_lag() if source_lag is not None else {})}
+        return dict(self.stats.lag) if source_lag is None else source_lag()
 
     async def _in_worker(self, func: Callable[..., T], *args: Any) -> T:
         # All polars and SQLite work runs on one thread: each thread that allocates gets its own

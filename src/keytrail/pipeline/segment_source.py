@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 class SegmentLogSource:
     """Batches from the embedded on-disk event log (`keytrail.transport.segment_log`).
 
-    The state file holds the offset, so `commit` has nothing to acknowledge. With `follow`
-    it polls for new records every `poll_seconds` until `stop` is set, and after a partial
-    batch of the live log waits `gather_seconds` (default: `poll_seconds`) so the next batch
-    is fuller; otherwise it ends at the log's end.
+    The state file holds the offset: `commit` acknowledges nothing, it notes what the state covers
+    (for the lag). With `follow` it polls for new records every `poll_seconds` until `stop` is set,
+    and after a partial batch of the live log waits `gather_seconds` (default: `poll_seconds`) so
+    the next batch is fuller; otherwise it ends at the log's end.
     """
 
     def __init__(
@@ -50,13 +50,16 @@ class SegmentLogSource:
         self.gather_seconds = poll_seconds if gather_seconds is None else gather_seconds
         self.stop = stop or asyncio.Event()
         self._offset = 0
+        # The offset the persisted state covers (what the queries read): the runner commits a batch
+        # once the state covering it is on disk.
+        self._covered = 0
         self._end: int | None = None  # the log's end at the last read
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         reader = SegmentReader(self.directory)
         # Read once, as the detector reads them: an import cannot add to a log its node holds.
         imported = await asyncio.to_thread(imported_offsets, beside(self.directory))
-        self._offset = start_at(SEGMENT_LOG_PARTITION)
+        self._read_from(start_at(SEGMENT_LOG_PARTITION))
         # The log began again below the state's offset: the next batch says so.
         began_again = await self._replaced_below(reader)
         stall = StallWatch(self.directory, "consumer", "counted", self.on_held)
@@ -112,7 +115,7 @@ class SegmentLogSource:
         log.warning("the event log in %s holds at offset %d a record this consumer did not count there: the audit "
                     "folder was restored from an older backup or replaced since; reading it from its start",
                     self.directory, self._offset - 1)
-        self._offset = 0
+        self._read_from(0)
         return True
 
     def _read_from_start(self, end: int) -> None:
@@ -126,7 +129,12 @@ class SegmentLogSource:
         log.warning("the event log in %s ends at offset %d, below where this consumer reads (%d): a new trail "
                     "(the audit folder moved aside or restored) or one cut back; reading it from its start",
                     self.directory, end, self._offset)
-        self._offset = 0
+        self._read_from(0)
+
+    def _read_from(self, offset: int) -> None:
+        """The log is read from `offset`, up to which the state covers it: the state's own offset, or
+        the start of a log that began again (of which the state covers nothing)."""
+        self._offset = self._covered = offset
 
     def _passed_over(self, first: int) -> None:
         """The log now begins above where this consumer reads: retention deleted segments it had not
@@ -140,14 +148,21 @@ class SegmentLogSource:
             await asyncio.wait_for(self.stop.wait(), seconds)
 
     def lag(self) -> dict[str, int]:
-        """Records not yet read, as of the last read (the log polled while idle, too)."""
-        return {} if self._end is None else {SEGMENT_LOG_PARTITION: max(0, self._end - self._offset)}
+        """Records not yet consumed, as of the last read (the log polled while idle, too): the log's
+        end less the offset the persisted state covers, as serve's consumer child's lag. Records read
+        but not yet checkpointed (up to 2 s of them) are not in the figures the queries read: they are
+        lag too. Unlike a Kafka partition's messages, every record read is handed on in a batch (none
+        is skipped as no audit event), so only a commit covers it."""
+        return {} if self._end is None else {SEGMENT_LOG_PARTITION: max(0, self._end - self._covered)}
 
     async def commit(self, batch: Batch) -> None:
-        return None
+        # The state on disk covers `batch` now; unless it is of a trail read before the log began
+        # again (the runner's checkpoint came after): the state covers nothing of the new one yet.
+        if batch.end <= self._offset:
+            self._covered = batch.end
 
     async def rewind(self, partition: str, offset: int) -> None:
-        self._offset = offset
+        self._read_from(offset)  # to what the state on disk covers, on purpose: not a log that began again
 
 
 def _outside(read: range, imported: Sequence[range]) -> list[range]:
