@@ -31,6 +31,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "keytrail_kms_keys": ("gauge", ("state",), "KMS keys by key state"),
     "keytrail_audit_fsync_seconds": ("histogram", ("le",), "time each audit group commit's fsync took"),
     "keytrail_audit_committed_records_total": ("counter", (), "audit records made durable"),
+    "process_start_time_seconds": ("gauge", (), "when serve started, Unix seconds"),
 }
 
 _HISTOGRAMS = {name for name, (kind, _, _) in METRICS.items() if kind == "histogram"}
@@ -77,9 +78,23 @@ def _new(series: str, window: str, restored: bool) -> str:
     and denial counters, which the node's consumer keeps across restarts) comes back after a gap in
     the scrapes (the node down, Prometheus down) at its lifetime total, which is no new count: such
     a series is new only where its node answered the scrape `window` ago, as a node that kept it
-    would have shown it then."""
+    would have shown it then. The others count from zero at each start of serve: a node that kept
+    running through the gap comes back at its since-start total, so theirs is new there, or where
+    the node started within the window (restarted after an outage longer than the window, it answered
+    no scrape a window ago, yet all it counted since is new). PromQL takes no duration in arithmetic:
+    the window in seconds."""
     new = f"{series} unless {series} offset {window}"
-    return f"{new} and on(job, instance) (up offset {window} == 1)" if restored else new
+    answered = f"up offset {window} == 1"
+    if restored:
+        return f"{new} and on(job, instance) ({answered})"
+    return f"{new} and on(job, instance) ({answered} or process_start_time_seconds > time() - {_seconds(window)})"
+
+
+def _seconds(window: str) -> int:
+    """A PromQL duration of one unit (`5m`, `1h`) in seconds."""
+    if (match := re.fullmatch(r"(\d+)([smh])", window)) is None:
+        raise ValueError(f"not a duration of one unit: {window}")
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
 
 
 REQUESTS = f"keytrail_kms_requests_total{{{NODES}}}"
@@ -129,9 +144,9 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
 
 
 def metric_names(query: str) -> set[str]:
-    """The keytrail metric families a PromQL query reads (a histogram's _bucket, _sum and _count
-    series count as their family)."""
-    return {_family(name) for name in re.findall(r"\bkeytrail_[a-z0-9_]+", query)}
+    """The keytrail metric families a PromQL query reads, and serve's start time (a histogram's
+    _bucket, _sum and _count series count as their family)."""
+    return {_family(name) for name in re.findall(r"\bkeytrail_[a-z0-9_]+|\bprocess_start_time_seconds\b", query)}
 
 
 def _family(series: str) -> str:

@@ -21,6 +21,7 @@ from tests.support.http import http_get
 from tests.support.server import KeytrailServer
 from tests.support.services import free_port, kafka_broker
 from tests.support.waits import eventually_blocking
+from tests.unit.test_deploy import DOCUMENTED_FAMILY
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def test_the_documented_metrics_are_those_the_server_exports(fresh_server: Keytr
     kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"documented")
     families = exported_families(fresh_server.get("/metrics")[1].decode())
     section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
-    documented = dict(re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \|", section, flags=re.M))
+    documented = dict(re.findall(rf"^\| `({DOCUMENTED_FAMILY})` \| (\w+) \|", section, flags=re.M))
     assert documented == families
     assert documented_families("serve") == families
 
@@ -94,8 +95,9 @@ def test_the_documented_metrics_are_those_the_server_exports(fresh_server: Keytr
 def documented_families(process: str) -> dict[str, str]:
     """Family → type of the rows of docs/metrics.md's table whose "served by" names `process`."""
     section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \| [^|]* \| ([^|]*) \|", section, flags=re.M)
-    assert len(rows) == section.count("\n| `keytrail_"), "docs/metrics.md: a row without its served-by column"
+    rows = re.findall(rf"^\| `({DOCUMENTED_FAMILY})` \| (\w+) \| [^|]* \| ([^|]*) \|", section, flags=re.M)
+    assert len(rows) == len(re.findall(rf"^\| `({DOCUMENTED_FAMILY})` \|", section, flags=re.M)), \
+        "docs/metrics.md: a row without its served-by column"
     return {name: kind for name, kind, served in rows if f"`{process}`" in served}
 
 
@@ -103,6 +105,7 @@ def test_documented_families_read_the_served_by_column() -> None:
     assert documented_families("consume")["keytrail_pipeline_consumer_lag"] == "gauge"
     assert "keytrail_healthy" in documented_families("serve") and "keytrail_healthy" not in documented_families(
         "consume")
+    assert documented_families("serve")["process_start_time_seconds"] == "gauge"
 
 
 def test_the_documented_metrics_of_a_standalone_consumer_are_those_it_exports(tmp_path: Path) -> None:

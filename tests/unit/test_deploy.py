@@ -197,13 +197,13 @@ def test_the_denial_panels_count_a_series_first_value_as_prometheus_evaluates_th
         {"record": "by_principal", "expr": _panel_query("Denied calls by principal")},
         {"record": "denied_1h", "expr": _panel_query("Denied calls (1h)")}]}]}
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    denied = 'keytrail_kms_denied_by_principal_total{{principal="{}",operation="Decrypt"}}'
+    denied = 'keytrail_kms_denied_by_principal_total{{job="keytrail-1",principal="{}",operation="Decrypt"}}'
     per_operation = 'keytrail_kms_denied_requests_total{{job="keytrail-1",operation="{}"}}'
     test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
         "interval": "1m",
         "input_series": [
             # A sample a minute from 0m to 80m: there all along; first denied at 70m (once, twice). The
-            # node answered every scrape (`up`): a restored counter's new series counts where it did.
+            # node answered every scrape (`up`): a new series counts where it did.
             {"series": denied.format("old"), "values": " ".join(["5"] * 70 + ["6"] * 11)},
             {"series": denied.format("once"), "values": " ".join(["_"] * 70 + ["1"] * 11)},
             {"series": denied.format("twice"), "values": " ".join(["_"] * 70 + ["1"] + ["2"] * 10)},
@@ -219,6 +219,49 @@ def test_the_denial_panels_count_a_series_first_value_as_prometheus_evaluates_th
             {"expr": "denied_1h", "eval_time": "72m", "exp_samples": [{"labels": "denied_1h", "value": 1}]},
         ],
     }]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: (what it shows, the from-zero counters' samples, up's, process_start_time_seconds', {eval time: the panels' value})
+#: one minute a sample. Both counters count from zero at each start of serve.
+FROM_ZERO_PANEL_CASES: list[tuple[str, str, str, str, dict[str, int]]] = [
+    ("120 in the node's first 10 minutes, none after, Prometheus down from 60m to 80m: 0, not its total",
+     "0+12x10 120x49 _x20 120x30", "1x59 _x20 1x30", "0x59 _x20 0x30", {"58m": 0, "82m": 0}),
+    ("the same node out of Prometheus's reach from 60m to 80m (a network partition): 0",
+     "0+12x10 120x48 stale _x19 120x30", "1x59 0x20 1x30", "0x59 _x20 0x30", {"82m": 0}),
+    ("12 at 61m, right after a restart at 60m: 12 for the window, then 0",
+     "_x61 12x30", "1x59 0 1x30", "0x59 _ 3605x30", {"62m": 12, "65m": 12, "67m": 0}),
+    ("12 at 61m, after a restart that followed 20 minutes down (no scrape answered a window ago): 12, then 0",
+     "_x61 12x30", "1x39 0x21 1x30", "0x39 _x21 3605x30", {"62m": 12, "64m": 12, "67m": 0}),
+]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
+@pytest.mark.parametrize("case", [case[0] for case in FROM_ZERO_PANEL_CASES])
+def test_the_panels_of_from_zero_counters_take_no_since_start_total_after_a_gap_in_the_scrapes(
+        case: str, tmp_path: Path) -> None:
+    """"Denied calls by principal" and "Refused before authentication" read counters `serve` counts
+    from zero at each start: a node that kept running while Prometheus did not scrape it came back at
+    its since-start totals, which the panels took whole as new, while a restarted node's first
+    values are new indeed. Evaluated by `promtool test rules` over the series a node serves."""
+    [(_, counted, up, started, expected)] = [c for c in FROM_ZERO_PANEL_CASES if c[0] == case]
+    rules = {"groups": [{"name": "panels", "rules": [
+        {"record": "by_principal", "expr": _panel_query("Denied calls by principal")},
+        {"record": "refused", "expr": _panel_query("Refused before authentication")}]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    eve = "arn:aws:iam::111122223333:user/eve"
+    series = [_series("keytrail_kms_denied_by_principal_total", f',operation="Decrypt",principal="{eve}"', counted),
+              _series("keytrail_kms_unauthenticated_total", _BAD_SIGNATURE, counted),
+              _series("up", "", up), _series("process_start_time_seconds", "", started)]
+    checks = [{"expr": record, "eval_time": at, "exp_samples": [{"labels": f"{record}{{{labels}}}", "value": value}]}
+              for at, value in expected.items()
+              for record, labels in (("by_principal", f'principal="{eve}"'),
+                                     ("refused", f'instance="node-1:4599"{_BAD_SIGNATURE}'))]
+    test = {"rule_files": ["rules.yml"], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]}
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
     result = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60, check=False)
@@ -372,10 +415,14 @@ def test_every_panel_reads_only_labels_its_metrics_carry() -> None:
     assert wrong == {}
 
 
+#: A family of docs/metrics.md's table: keytrail's, and serve's start time (the client libraries' name).
+DOCUMENTED_FAMILY = r"keytrail_[a-z0-9_]+|process_start_time_seconds"
+
+
 def documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Metric name → (type, labels) from the table of docs/metrics.md, "Prometheus (`GET /metrics`)"."""
     section = (ROOT / "docs/metrics.md").read_text().split("## Prometheus", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(keytrail_[a-z0-9_]+)` \| (\w+) \| ([^|]*) \|", section, flags=re.M)
+    rows = re.findall(rf"^\| `({DOCUMENTED_FAMILY})` \| (\w+) \| ([^|]*) \|", section, flags=re.M)
     return {name: (kind, tuple(re.findall(r"\b[a-z]+\b(?![^(]*\))", labels.replace("—", ""))))
             for name, kind, labels in rows}
 
@@ -384,6 +431,7 @@ def test_documented_metrics_table_reads_names_types_and_labels() -> None:
     documented = documented_metrics()
     assert documented["keytrail_kms_requests_total"] == ("counter", ("operation", "outcome"))
     assert documented["keytrail_audit_spool_depth"] == ("gauge", ())
+    assert documented["process_start_time_seconds"] == ("gauge", ())
 
 
 def test_every_metric_the_dashboards_query_is_documented_as_they_read_it() -> None:
@@ -628,6 +676,9 @@ def _silent(alert: str, at: str) -> dict[str, Any]:
     return {"eval_time": at, "alertname": alert, "exp_alerts": []}
 
 
+_BAD_SIGNATURE = ',code="InvalidSignatureException"'
+
+
 #: (what it shows, input series, the alerts expected to fire or stay silent): one minute a sample.
 ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
     ("a node down for 2 minutes pages", [_series("up", "", "1 1 0 0 0 0")],
@@ -680,6 +731,29 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
                               ("KMSInternalException", "300x20 stale _x5 300x30"))]
      + [_series("up", "", "1x20 0x6 1x30")],
      [_silent("KeytrailKeyStoreErrors", "31m"), _silent("KeytrailKeyStoreErrors", "36m")]),
+    # keytrail_kms_unauthenticated_total counts from zero at each start of serve: a node that kept running
+    # through a gap in the scrapes comes back at its since-start total, which the alert took whole as new.
+    ("120 refusals in a node's first 10 minutes, none after: Prometheus down from 60m to 80m pages no one",
+     [_series("keytrail_kms_unauthenticated_total", _BAD_SIGNATURE, "0+12x10 120x49 _x20 120x30"),
+      _series("up", "", "1x59 _x20 1x30"), _series("process_start_time_seconds", "", "0x59 _x20 0x30")],
+     [_silent("KeytrailUnauthenticatedRequests", "58m"), _silent("KeytrailUnauthenticatedRequests", "88m")]),
+    ("the same node out of Prometheus's reach from 60m to 80m (a network partition) pages no one",
+     [_series("keytrail_kms_unauthenticated_total", _BAD_SIGNATURE, "0+12x10 120x48 stale _x19 120x30"),
+      _series("up", "", "1x59 0x20 1x30"), _series("process_start_time_seconds", "", "0x59 _x20 0x30")],
+     [_silent("KeytrailUnauthenticatedRequests", "88m")]),
+    ("a node refusing 12 requests a minute from 5m, its series born with the first, pages",
+     [_series("keytrail_kms_unauthenticated_total", _BAD_SIGNATURE, "_x5 12+12x30"), _series("up", "", "1x36"),
+      _series("process_start_time_seconds", "", "0x36")],
+     [_silent("KeytrailUnauthenticatedRequests", "9m"), _fires("KeytrailUnauthenticatedRequests", "14m")]),
+    ("a node restarted at 60m (one scrape missed) refusing 12 requests a minute after its start pages",
+     [_series("keytrail_kms_unauthenticated_total", _BAD_SIGNATURE, "_x60 12+12x30"),
+      _series("up", "", "1x59 0 1x30"), _series("process_start_time_seconds", "", "0x59 _ 3605x30")],
+     [_silent("KeytrailUnauthenticatedRequests", "59m"), _fires("KeytrailUnauthenticatedRequests", "70m")]),
+    # Down for longer than the window, the node answered no scrape a window ago: its start tells the series is new.
+    ("60 requests refused at once right after a restart that followed 20 minutes down pages",
+     [_series("keytrail_kms_unauthenticated_total", _BAD_SIGNATURE, "_x61 60x30"),
+      _series("up", "", "1x39 0x21 1x30"), _series("process_start_time_seconds", "", "0x39 _x21 3605x30")],
+     [_fires("KeytrailUnauthenticatedRequests", "66m"), _silent("KeytrailUnauthenticatedRequests", "72m")]),
     ("the first CRITICAL alarm pages, under the alert's severity, not the alarm's",
      [_series("keytrail_alarms_total", f',rule="key-deletion-in-use",severity="{severity}"', values)
       for severity, values in (("CRITICAL", "0 0 0 1 1 1"), ("HIGH", "0x5"))],

@@ -169,6 +169,9 @@ class Node:
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
     on_clock_advanced: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The wall clock's Unix seconds as the node was built, under --dev-clock too: its own counters
+    # count from zero from then on (process_start_time_seconds).
+    started: float = field(default_factory=time.time)
 
 
 def _authorizer(clock: Clock) -> Authorizer:
@@ -364,7 +367,18 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], Awaitable[str]]) -
          # Not a Child: the spool runs it, and its writer thread fsyncs while it is replaced.
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
     return (pipeline + keys + alarms + denied + refused + connections + requests + restarts + health
-            + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit) + _audit_refused(node))
+            + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit) + _audit_refused(node)
+            + _process_start(node))
+
+
+def _process_start(node: Node) -> str:
+    """The node's start, under the name Prometheus's client libraries give it. The counters serve keeps
+    only in memory count from zero from then on: the alerts and panels over them take a series that
+    was missing a window ago as new where the node started within the window (or answered the scrape
+    then), not where it comes back at its since-start total after a gap in the scrapes
+    (dashboards/build.py, deploy/alerts.yml)."""
+    return render_family("process_start_time_seconds", "gauge",
+                         "Start time of the process since unix epoch in seconds.", [({}, node.started)])
 
 
 async def _health(node: Node) -> str:
