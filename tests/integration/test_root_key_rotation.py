@@ -243,8 +243,9 @@ def test_a_copy_of_the_current_root_key_as_the_new_key_is_refused_before_anythin
     copy.write_bytes((data / "root.key").read_bytes())
     result = _rotate("--data-dir", data, "--new-key", copy)
     assert (result.returncode, result.stdout) == (2, "")
-    assert result.stderr == ("keytrail root-key rotate: --new-key holds the current root key: make a new one with "
-                             "head -c 32 /dev/urandom > FILE\n")
+    assert result.stderr == ("keytrail root-key rotate: --new-key holds the current root key: nothing to reseal, nor "
+                             "to erase in keys.db (its WAL is empty); to rotate, make a new one with head -c 32 "
+                             "/dev/urandom > FILE\n")
     assert (data / "keys.db").read_bytes() == before
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Protocol
 
@@ -23,6 +24,9 @@ from keytrail.transport.segment_log import event_log_dir
 __all__ = ["register", "root_key_app"]
 
 COMMAND = "keytrail root-key rotate"
+# How long the rotation waits, after its commit, for other processes' reads of keys.db to end: the
+# values sealed under the old root key stay in the file until they do (kms/sqlite_store.py, erase_freed).
+ERASE_WAIT_SECONDS = 10.0
 
 root_key_app = typer.Typer(help="The root key that seals all key material (docs/operations.md, \"Root key\").",
                            no_args_is_help=True)
@@ -30,6 +34,15 @@ root_key_app = typer.Typer(help="The root key that seals all key material (docs/
 
 class _Refused(Exception):
     """The rotation cannot start; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Rotated:
+    """What the rotation did: the documents resealed (None: the store already was under the new
+    key), and whether the store's files are rid of the values sealed under the old key."""
+
+    resealed: int | None
+    erased: bool = True  # a PostgreSQL store's tables rewritten (VACUUM FULL) in its transaction
 
 
 class _Resealable(Protocol):
@@ -70,7 +83,7 @@ def rotate(
         _require_another_file(new_key, data_dir)
         _require_no_link(data_dir)
         secret = _new_secret(new_key)
-        count = asyncio.run(_reseal(data_dir, store, RootKey(secret)))
+        rotated = asyncio.run(_reseal(data_dir, store, RootKey(secret)))
     except (_Refused, StoreBusy) as exc:
         raise fail(str(exc), COMMAND) from None
     except SealError as exc:
@@ -85,17 +98,23 @@ def rotate(
     except sqlite3.Error as exc:  # a full disk: the transaction rolled back, or its flush failed after it
         raise fail(f"cannot write the key store ({exc}): make room and run the same command again to finish the "
                    "rotation", COMMAND) from None
-    if count is None:
+    if rotated.resealed is None:
         typer.echo("the key store was already sealed under the new root key (a rotation stopped before it "
                    "finished): nothing to reseal")
     else:
-        typer.echo(f"resealed and re-authenticated {count} document(s) of the key store under the new root key")
+        typer.echo(f"resealed and re-authenticated {rotated.resealed} document(s) of the key store under the new "
+                   "root key")
     try:
         typer.echo(_next_step(data_dir, new_key, secret))
     except OSError as exc:  # after the commit: the store opens under the new root key only
         raise fail(f"the key store is sealed under the new root key, but {data_dir / 'root.key'} still holds the old "
                    f"one: cannot replace it ({os_problem(exc)}): make room and run the same command again",
                    COMMAND) from None
+    if not rotated.erased:  # the rotation itself is done: run again, it finds nothing to reseal and erases them
+        raise fail("the key store is sealed under the new root key, but keys.db still holds the values sealed under "
+                   "the old one: another process (a sqlite3 shell or .backup, keytrail analyze) kept a read of it "
+                   f"open for {ERASE_WAIT_SECONDS:g} s: close it, then run the same command again to erase them",
+                   COMMAND)
 
 
 def _require_another_file(new_key: Path, data_dir: Path) -> None:
@@ -138,26 +157,49 @@ def _new_secret(path: Path) -> bytes:
     return path.read_bytes()
 
 
-async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> int | None:
-    """The number of documents resealed; None if the store already was under `new`."""
+async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> _Rotated:
+    """Reseal the shared store at `url`, or else the data dir's keys.db, under `new`."""
     from keytrail.cli.key_store import store_url_problem
     from keytrail.kms.postgres_store import PostgresStore
-    from keytrail.kms.sqlite_store import SqliteStore
 
     old = RootKey.load(data_dir, create=False)
-    if old.same_as(new):  # "resealed" under the same key: and the advice after it spoke of an old key gone
-        raise _Refused("--new-key holds the current root key: make a new one with head -c 32 /dev/urandom > FILE")
     if url is not None:
+        if old.same_as(new):  # "resealed" under the same key: and the advice after it spoke of an old key gone
+            raise _Refused("--new-key holds the current root key: make a new one with head -c 32 /dev/urandom > FILE")
         if problem := store_url_problem(url):
             raise _Refused(problem)
-        return await _reseal_store(lambda root: PostgresStore.connect(url, root), old, new)
-    if not (data_dir / "keys.db").exists():
+        return _Rotated(await _reseal_store(lambda root: PostgresStore.connect(url, root), old, new))
+    return await _reseal_local(data_dir, old, new)
+
+
+async def _reseal_local(data_dir: Path, old: RootKey, new: RootKey) -> _Rotated:
+    """Reseal keys.db, then empty its WAL into it, waiting a while for other processes' reads. With
+    `new` the current key already, a rotation whose old values a read kept in keys.db is finished
+    (its WAL still holds changes); else there is nothing to do."""
+    from keytrail.kms.sqlite_store import SqliteStore, erase_freed
+
+    path = data_dir / "keys.db"
+    unerased = old.same_as(new) and _wal_holds_changes(path)
+    if old.same_as(new) and not unerased:
+        raise _Refused("--new-key holds the current root key: nothing to reseal, nor to erase in keys.db (its WAL "
+                       "is empty); to rotate, make a new one with head -c 32 /dev/urandom > FILE")
+    if not path.exists():
         raise _Refused(f"{data_dir} holds no key store (keys.db)")
     async def open_local(root: RootKey) -> SqliteStore:
-        return SqliteStore(data_dir / "keys.db", root)  # unseals every key: a wrong root key stops here
+        return SqliteStore(path, root)  # unseals every key: a wrong root key stops here
 
     with _serve_stopped(data_dir):
-        return await _reseal_store(open_local, old, new)
+        if unerased:
+            await (await open_local(new)).close()  # SealError if it is not the store's
+            resealed = None
+        else:
+            resealed = await _reseal_store(open_local, old, new)
+        return _Rotated(resealed, erase_freed(path, ERASE_WAIT_SECONDS))
+
+
+def _wal_holds_changes(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    return wal.is_file() and wal.stat().st_size > 0
 
 
 async def _reseal_store(open_store: Callable[[RootKey], Awaitable[_Resealable]], old: RootKey,
@@ -181,7 +223,7 @@ async def _opens(open_store: Callable[[RootKey], Awaitable[_Resealable]], root: 
         store = await open_store(root)
     except SealError:
         return False
-    await store.close()  # SQLite empties its WAL into keys.db here, as reseal's flush would have
+    await store.close()
     return True
 
 

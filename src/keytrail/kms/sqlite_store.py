@@ -10,6 +10,7 @@ older copy of itself, its ledger included, is a backup restored, and is not dete
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import logging
@@ -62,9 +63,13 @@ from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
 from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_open_error
 
-__all__ = ["KeyStoreUnreadable", "SqliteStore"]
+__all__ = ["KeyStoreUnreadable", "SqliteStore", "erase_freed"]
 
 log = logging.getLogger(__name__)
+
+# How often serve tries again to empty keys.db's WAL into it after a deletion of material, while
+# another process's read keeps it from completing: each try waits for no one (it runs on the event loop).
+ERASE_RETRY_SECONDS = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (account TEXT, region TEXT, key_id TEXT, doc TEXT NOT NULL,
@@ -106,6 +111,26 @@ def _drops_material(before: Key | None, after: Key) -> bool:
 def _listed_at(key: Key) -> KeyPosition:
     """Where `key` stands in ListKeys (as its markers say)."""
     return key.creation_date.timestamp(), key.key_id
+
+
+def _checkpointed(db: sqlite3.Connection) -> bool:
+    """Empty the WAL into the database file and truncate it; whether that completed. It does not
+    (`busy` 1, SQLite's wal_checkpoint) while another connection reads a snapshot older than the
+    WAL's last frame, or reads from the WAL at all: the pages those frames replace keep their old
+    bytes, or the WAL its frames, until the read ends; the busy handler waits that long at most."""
+    busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return bool(busy == 0)
+
+
+def erase_freed(path: Path, wait: float) -> bool:
+    """Empty the WAL of the store at `path` into it, waiting up to `wait` seconds for other
+    processes' reads of it to end: whether keys.db and its WAL now hold only what the rows do
+    (`keytrail root-key rotate`, serve stopped: its old sealed values gone from the files)."""
+    db = sqlite3.connect(path, timeout=wait, isolation_level=None)
+    try:
+        return _checkpointed(db)
+    finally:
+        db.close()
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
@@ -161,6 +186,10 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
         self._writable = upgrade  # else the file may not hold the documents and ledger that memory does
         self._write_failing = False  # the last write failed: its outage is logged, once
+        # Deleted material another process's read keeps in the files: its erase is tried again
+        # (`_erase_retry`) until it completes; why it waits is said in the log once (`_erase_waits`).
+        self._erase_waits: str | None = None
+        self._erase_retry: asyncio.TimerHandle | None = None
         try:
             self._open(upgrade)
         except sqlite3.DatabaseError as exc:
@@ -301,7 +330,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._write(self._puts(keys))
         self._remember(keys)
         if dropped:
-            self._flush_freed()
+            self._erase_freed()
 
     def _puts(self, keys: Sequence[Key]) -> list[Change]:
         return [
@@ -352,7 +381,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._refused.forget(KEYS.name, scope)
         self._refused.forget(GRANTS.name, *self._refused.within(GRANTS.name, scope))
         self._forget_refused_aliases(key.account, key.region)
-        self._flush_freed()
+        self._erase_freed()
 
     def _forget_refused_aliases(self, account: str, region: str) -> None:
         """After a key's aliases were deleted by their key_id column: a refused alias is known by
@@ -362,10 +391,41 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             names = {name for (name,) in left}
             self._refused.forget(ALIASES.name, *(row for row in refused if row[2] not in names))
 
-    def _flush_freed(self) -> None:
+    def _flush_freed(self) -> bool:
         """Empty the WAL into keys.db, whose freed space secure_delete zeroed: material deleted
-        (DeleteKey, DeleteImportedKeyMaterial) is then gone from the files, not only from the rows."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (DeleteKey, DeleteImportedKeyMaterial) is then gone from the files, not only from the rows.
+        False while another process's read keeps it from completing, waiting for no one: on the event
+        loop, the connection's busy handler held every call for up to its 5 s."""
+        (waits,) = self._db.execute("PRAGMA busy_timeout").fetchone()
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            return _checkpointed(self._db)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(waits)}")
+
+    def _erase_freed(self) -> None:
+        """Flush what a deletion of material freed, or, while a read of keys.db keeps it from
+        completing, try again every ERASE_RETRY_SECONDS until the read ends."""
+        if not self._flush_freed():
+            self._erase_later("another process reads it (a sqlite3 shell or .backup, keytrail analyze): it is "
+                              "erased once that read ends")
+        elif self._erase_waits is not None:
+            log.warning("deleted key material is erased from %s (the reads that kept it ended)", self._path)
+            self._erase_waits = None
+
+    def _erase_later(self, why: str) -> None:
+        if why != self._erase_waits:  # not at every try
+            log.warning("deleted key material stays in %s while %s", self._path, why)
+        self._erase_waits = why
+        if self._erase_retry is None:
+            self._erase_retry = asyncio.get_running_loop().call_later(ERASE_RETRY_SECONDS, self._retry_erase)
+
+    def _retry_erase(self) -> None:
+        self._erase_retry = None
+        try:
+            self._erase_freed()
+        except sqlite3.Error as exc:  # on the event loop, in no call to fail: tried again
+            self._erase_later(f"it cannot be written ({exc}): tried again")
 
     async def list_keys(self, account: str, region: str) -> list[Key]:
         self._refused.refuse_within(KEYS.name, (account, region))
@@ -517,6 +577,8 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             rewrite(self._db, resealed, ledger_now.to_doc(new))
         # What the updates freed is zeroed (secure_delete): empty the WAL into the file too, else a
         # copy of keys.db taken after the rotation still holds old sealed values the old key opens.
+        # Tried once: `keytrail root-key rotate` waits for other processes' reads (erase_freed) and
+        # says if one keeps them there.
         self._flush_freed()
         self._root, self._ledger = new, ledger_now
         return len(resealed)
@@ -533,4 +595,21 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._db.execute("SELECT 1 FROM keys LIMIT 1").fetchall()
 
     async def close(self) -> None:
+        self._close_erase()
         self._db.close()
+
+    def _close_erase(self) -> None:
+        """Try the erase deleted material still waits for once more, saying if it still waits."""
+        if self._erase_retry is not None:
+            self._erase_retry.cancel()
+            self._erase_retry = None
+        if self._erase_waits is None:
+            return
+        try:
+            erased = self._flush_freed()
+        except sqlite3.Error:  # said as its writes failing were
+            erased = False
+        if not erased:
+            log.warning("%s still holds deleted key material as the key store closes (another process's read of "
+                        "it has not ended): it is erased when a keytrail serve on it next deletes material, or "
+                        "stops, while no other process reads it", self._path)
