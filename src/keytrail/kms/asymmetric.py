@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -220,7 +220,8 @@ def peer_public_key(peer_spki: bytes, spec: KeySpec) -> ec.EllipticCurvePublicKe
     exchange, so a DryRun answers it without using the private key."""
     try:
         peer = serialization.load_der_public_key(peer_spki)
-    except (ValueError, TypeError, errors.KmsError):
+    # UnsupportedAlgorithm (no ValueError): a key algorithm or named curve `cryptography` does not know.
+    except (ValueError, TypeError, UnsupportedAlgorithm, errors.KmsError):
         raise errors.ValidationException("") from None
     if not isinstance(peer, ec.EllipticCurvePublicKey) or peer.curve.name != CURVES[spec].name:
         raise errors.ValidationException("")

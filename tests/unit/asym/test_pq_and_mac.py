@@ -89,3 +89,24 @@ def test_ecdh_rejects_a_key_on_another_curve() -> None:
 
     assert asymmetric.derive_shared_secret(own, public_of(peer)) == asymmetric.derive_shared_secret(
         peer, public_of(own))
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    assert len(body) < 128
+    return bytes([tag, len(body)]) + body
+
+
+_EC_PUBLIC_KEY = _der(0x06, bytes.fromhex("2a8648ce3d0201"))  # id-ecPublicKey
+_POINT = _der(0x03, b"\x00\x04" + b"\x01" * 64)  # a BIT STRING holding an uncompressed P-256-sized point
+
+
+@pytest.mark.parametrize("algorithm", [
+    _EC_PUBLIC_KEY + _der(0x06, b"\x2a\x03\x04"),  # a named curve no one knows (1.2.3.4)
+    _EC_PUBLIC_KEY + b"\x05\x00",  # NULL where the curve belongs
+    _der(0x06, b"\x2a\x03\x04\x05"),  # a key algorithm no one knows (1.2.3.4.5)
+], ids=["unknown-curve", "null-curve", "unknown-algorithm"])
+def test_ecdh_peer_key_of_an_unknown_algorithm_or_curve_is_a_validation_error(algorithm: bytes) -> None:
+    # `cryptography` raises UnsupportedAlgorithm for these, which is no ValueError: it was a 500.
+    spki = _der(0x30, _der(0x30, algorithm) + _POINT)
+    with pytest.raises(errors.ValidationException):
+        asymmetric.peer_public_key(spki, KeySpec.ECC_NIST_P256)
