@@ -37,6 +37,7 @@ __all__ = [
     "decode_batch",
     "encode",
     "event_id_bytes",
+    "event_time_millis",
     "flat_rows",
     "is_key_arn",
     "is_whole_value",
@@ -368,11 +369,40 @@ def message_key_bytes(data: bytes) -> bytes | None:
 def event_id_bytes(data: bytes) -> bytes:
     """The UTF-8 eventID of a value, read from its fourth field without decoding the rest (an
     import checks every stored record's); SchemaError when `data` is no readable value."""
-    writer = _known_writers().get(data[2:_HEADER]) if data[:2] == MAGIC else None
-    if writer is None:
-        raise SchemaError("not a single-object encoded event of a known schema")
-    if not _event_id_fourth(data[2:_HEADER]):  # a writer laid out otherwise: decoded whole
+    if not _leads_with(data, _EVENT_ID_LAYOUT):  # a writer laid out otherwise: decoded whole
         return str(_codec().decode_avro(data)["eventID"]).encode()
+    start, end = _event_id_span(data)
+    return data[start:end]
+
+
+def event_time_millis(data: bytes) -> int:
+    """The eventTime of a value in milliseconds since the epoch, read from its fifth field without
+    decoding the rest (`audit events` orders a log by it); SchemaError when `data` is no readable value."""
+    if not _leads_with(data, _EVENT_TIME_LAYOUT):
+        return _millis(_codec().decode_avro(data)["eventTime"])
+    _, position = _event_id_span(data)
+    try:
+        millis, _ = _read_long(data, position)
+    except IndexError:
+        raise SchemaError("a damaged event body of a known schema (cut short)") from None
+    return millis
+
+
+def _millis(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _leads_with(data: bytes, layout: _Layout) -> bool:
+    """Whether `data`'s writer schema starts with `layout`'s fields; SchemaError for a value of no
+    known writer schema."""
+    fingerprint = data[2:_HEADER]
+    if data[:2] != MAGIC or fingerprint not in _known_writers():
+        raise SchemaError("not a single-object encoded event of a known schema")
+    return _writer_leads_with(fingerprint, layout)
+
+
+def _event_id_span(data: bytes) -> tuple[int, int]:
+    """Where the eventID of a value laid out as _EVENT_ID_LAYOUT starts and ends."""
     try:
         position = _HEADER
         for _ in range(2):  # keyArn, recipientAccountId: optional strings (0x02: the string branch)
@@ -390,7 +420,7 @@ def event_id_bytes(data: bytes) -> bytes:
         raise SchemaError("a damaged event body of a known schema (cut short)") from None
     if length < 0 or position + length > len(data):
         raise SchemaError("a damaged event body of a known schema (a length past its end)")
-    return data[position:position + length]
+    return position, position + length
 
 
 def _past_string(data: bytes, position: int) -> int:
@@ -402,16 +432,20 @@ def _past_string(data: bytes, position: int) -> int:
     return position + length
 
 
-_EVENT_ID_LAYOUT = (("keyArn", ["null", "string"]), ("recipientAccountId", ["null", "string"]),
-                    ("eventVersion", "string"), ("eventID", "string"))
+# The leading fields the partial readers skip or read, each as (name, its type as canonical JSON).
+_Layout = tuple[tuple[str, str], ...]
+_OPTIONAL_STRING = '["null","string"]'
+_EVENT_ID_LAYOUT: _Layout = (("keyArn", _OPTIONAL_STRING), ("recipientAccountId", _OPTIONAL_STRING),
+                             ("eventVersion", '"string"'), ("eventID", '"string"'))
+_EVENT_TIME_LAYOUT: _Layout = (*_EVENT_ID_LAYOUT, ("eventTime", '{"logicalType":"timestamp-millis","type":"long"}'))
 
 
-@lru_cache(maxsize=8)
-def _event_id_fourth(fingerprint_bytes: bytes) -> bool:
-    """Whether the writer of this fingerprint starts with the fields `event_id_bytes` skips (every
-    version so far: the evolution rules only add fields, with keyArn and recipientAccountId first)."""
-    fields = _known_writers()[fingerprint_bytes]["fields"][:4]
-    return tuple((f["name"], f["type"]) for f in fields) == _EVENT_ID_LAYOUT
+@lru_cache(maxsize=16)
+def _writer_leads_with(fingerprint_bytes: bytes, layout: _Layout) -> bool:
+    """Whether the writer of this fingerprint starts with the fields of `layout` (every version so
+    far: the evolution rules only add fields, with keyArn and recipientAccountId first)."""
+    fields = _known_writers()[fingerprint_bytes]["fields"][:len(layout)]
+    return tuple((f["name"], json.dumps(f["type"], sort_keys=True, separators=(",", ":"))) for f in fields) == layout
 
 
 def is_whole_value(data: bytes) -> bool:

@@ -86,13 +86,14 @@ def _resource_arns(event: dict[str, Any]) -> str:
 
 
 def _events(data_dir: Path, log: SegmentLog) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, CloudTrail record) of every event `log` holds, oldest first; an unreadable record
-    ends the command, naming it."""
-    from keytrail.audit.cloudtrail_files import iter_events
+    """(offset, CloudTrail record) of every event `log` holds, oldest first by eventTime (older
+    history `audit import` added after newer calls included); an unreadable record ends the
+    command, naming it."""
+    from keytrail.audit.by_time import events_by_time
     from keytrail.audit.schema import SchemaError
 
     try:
-        yield from iter_events(data_dir, log=log)
+        yield from events_by_time(data_dir, log)
     except SchemaError as exc:
         _fail(f"the event log in {data_dir} holds an unreadable record: {exc}")
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from unittest.mock import patch
 
@@ -22,7 +23,7 @@ from keytrail.audit.trail import audit_paths
 from keytrail.cli import audit as audit_cli
 from keytrail.cli.audit import audit_app
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
-from tests.support.audit_records import encrypt_call, fill_trail, flip_bit, rewrite_segment
+from tests.support.audit_records import T0, encrypt_call, fill_trail, flip_bit, rewrite_segment
 from tests.support.processes import interruptible
 
 EXAMPLES = Path(__file__).parent / "data" / "aws_documented_examples.json"
@@ -41,6 +42,27 @@ def test_events_prints_one_cloudtrail_json_record_per_line_oldest_first(tmp_path
     lines = [json.loads(line) for line in out.splitlines()]
     assert len(lines) == 3 and all(e["eventSource"] == "kms.amazonaws.com" for e in lines)
     assert sorted(e["eventID"] for e in lines) == sorted(encrypt_call(i).event_id for i in range(3))
+
+
+def test_events_after_an_import_of_older_history_are_oldest_first_by_event_time(tmp_path: Path) -> None:
+    # Records `audit import` appended came after the node's newer calls, in the files' order.
+    fill_trail(tmp_path, 3, first=10)  # Encrypt calls at T0 + 10, 11, 12 s
+    example = json.loads(EXAMPLES.read_text())["Records"][0]
+    seconds = [20, 1, 11, 5]  # one file, out of order, one at the same time as a stored call
+    imported = [{**example, "eventID": f"10000000-0000-4000-8000-{i:012d}",
+                 "eventTime": (T0 + timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                for i, s in enumerate(seconds)]
+    (tmp_path / "older.json").write_text(json.dumps({"Records": imported}))
+    assert _run("import", str(tmp_path / "older.json"), "--data-dir", str(tmp_path))[0] == 0
+    code, out, err = _run("events", "--data-dir", str(tmp_path))
+    assert (code, err) == (0, "")
+    shown = [(e["eventTime"], e["eventID"]) for e in map(json.loads, out.splitlines())]
+    stored = [encrypt_call(i) for i in (10, 11, 12)]
+    assert [event_id for _, event_id in shown] == [
+        imported[1]["eventID"], imported[3]["eventID"], stored[0].event_id, stored[1].event_id,
+        imported[2]["eventID"],  # the same second as the call at 11 s, stored after it
+        stored[2].event_id, imported[0]["eventID"]]
+    assert [time for time, _ in shown] == sorted(time for time, _ in shown)
 
 
 def test_verify_exit_codes(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import io
 import json
 import struct
 import tomllib
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import fastavro
@@ -25,6 +27,7 @@ from keytrail.audit.schema import (
     decode_batch,
     encode,
     event_id_bytes,
+    event_time_millis,
     flat_rows,
     load_schema,
     message_key,
@@ -160,7 +163,7 @@ def test_the_package_ships_every_schema_file() -> None:
     assert schema_files and schema_files <= shipped
 
 
-def test_event_id_bytes_reads_the_event_id_of_every_writer_version_without_decoding() -> None:
+def test_event_id_and_time_are_read_from_every_writer_version_without_decoding() -> None:
     from keytrail.audit.schema import MAGIC, _fingerprint, to_avro
 
     old = load_schema(SCHEMA_DIR / "history" / "cloudtrail_event.v1.avsc")
@@ -172,10 +175,17 @@ def test_event_id_bytes_reads_the_event_id_of_every_writer_version_without_decod
     odd = {**to_cloudtrail(encrypt_call(8)), "eventID": "é-not-a-guid", "eventVersion": "1." + "1" * 200}
     for event, value in ((keyless, old_value.getvalue()), (keyless, encode(keyless)), (odd, encode(odd))):
         assert event_id_bytes(value) == event["eventID"].encode()
+        assert event_time_millis(value) == datetime.fromisoformat(event["eventTime"]).timestamp() * 1000
 
 
-def test_event_id_bytes_of_a_damaged_value_is_a_schema_error_not_a_crash() -> None:
+@pytest.mark.parametrize("read", [event_id_bytes, event_time_millis])
+def test_a_partial_read_of_a_damaged_value_is_a_schema_error_not_a_crash(read: Callable[[bytes], object]) -> None:
     value = encode(to_cloudtrail(encrypt_call(9)))
     for damaged in (value[:14], value[:10] + b"\x02\xff\xff\xff\x0f", b"\xc3\x01unknown!", b""):
         with pytest.raises(SchemaError):
-            event_id_bytes(damaged)
+            read(damaged)
+    from keytrail.audit.schema import _event_id_span
+
+    _, event_time_at = _event_id_span(value)
+    with pytest.raises(SchemaError):  # cut inside eventTime itself (6 bytes for a time of this century)
+        event_time_millis(value[:event_time_at + 3])
