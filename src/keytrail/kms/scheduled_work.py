@@ -73,6 +73,19 @@ async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> Non
     delete = svc.origin_deleters.get(key.origin)
     if delete is not None:  # after the row: a delete that fails leaves the key whole for the next tick
         await delete(svc, key)
+    await _delete_copies_now_due(svc, changed)
+
+
+async def _delete_copies_now_due(svc: KmsService, changed: list[Key]) -> None:
+    """Delete a primary this replica's deletion has just moved to PendingDeletion if its own waiting
+    period, counted from that replica's deletion date, is over as well (a tick long after both dates:
+    a node that was down, a dev clock moved ahead). Left to the next tick, it stayed listed and its
+    DeleteKey unrecorded after a dev-clock advance had answered. The copies share the lock held here."""
+    now = svc.clock.now()
+    for copy in changed:
+        current = await svc.store.get_key(copy.account, copy.region, copy.key_id)
+        if current is not None and (deletion_date := _deletion_due(current, now)) is not None:
+            await _delete_due(svc, current, deletion_date)
 
 
 async def run_due(svc: KmsService) -> None:

@@ -175,6 +175,29 @@ async def test_a_primary_waits_its_window_from_its_last_replica_deletion_however
     assert (meta["KeyState"], meta["DeletionDate"]) == ("PendingDeletion", replica["DeletionDate"] + timedelta(days=7))
 
 
+async def test_a_primary_whose_window_ended_with_its_last_replicas_is_deleted_by_the_same_tick(
+        tmp_path: Path) -> None:
+    # The tick that deleted the replica left the primary PendingDeletion with a date already past:
+    # it stayed listed, its DeleteKey unrecorded, until the next tick (30 s on; a dev-clock advance
+    # answered before it) or a call finding it.
+    spool, clock = _Spool(), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    arn = (await service.execute("CreateKey", _context(), {"MultiRegion": True}))["KeyMetadata"]["Arn"]
+    key_id = arn.rsplit("/", 1)[1]
+    await service.execute("ReplicateKey", _context(), {"KeyId": key_id, "ReplicaRegion": "eu-west-2"})
+    await service.run_due()
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": key_id, "PendingWindowInDays": 7})
+    away = CallContext(principal=_context().principal, region="eu-west-2", request_id="req-2")
+    await service.execute("ScheduleKeyDeletion", away, {"KeyId": key_id, "PendingWindowInDays": 7})
+    clock.advance(30 * DAY)  # the replica's deletion fell due on day 7, the primary's on day 14
+    await service.run_due()
+    listed = await service.execute("ListKeys", _context(), {})
+    assert key_id not in [key["KeyId"] for key in listed["Keys"]]
+    deletions = [resources for name, resources in spool.events if name == "DeleteKey"]
+    assert deletions == [(arn.replace("us-east-1", "eu-west-2"),), (arn,)]
+
+
 async def test_an_expiry_whose_event_was_refused_after_its_write_is_recorded_by_the_next_tick(tmp_path: Path) -> None:
     spool, clock = _SpoolThatFailsOnce("DeleteExpiredKeyMaterial"), ManualClock()
     service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
