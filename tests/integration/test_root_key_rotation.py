@@ -21,6 +21,7 @@ from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Grant
 from tests.integration.test_serve_store import database  # noqa: F401  (a fixture)
 from tests.support.server import KeytrailServer
+from tests.support.sqlite_reader import store_key, stored_key
 from tests.support.store_documents import sqlite_ledger_as_a_node_would
 
 pytestmark = pytest.mark.integration
@@ -99,7 +100,7 @@ def test_the_next_step_names_the_new_key_by_its_absolute_path(tmp_path: Path) ->
     data, old = tmp_path / "data", _new_key(tmp_path / "old.key")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(ROOT_KEY_FILE_ENV, str(old))
-        asyncio.run(_store_with_a_key(data))
+        asyncio.run(store_key(data / "keys.db", RootKey.load(data), KEY))
     (tmp_path / "secrets").mkdir()
     new = _new_key(tmp_path / "secrets" / "new.key")
     result = _rotate("--data-dir", "data", "--new-key", Path("secrets") / "new.key",
@@ -225,7 +226,7 @@ def test_the_current_root_key_file_as_the_new_key_is_refused_before_anything_cha
     # It "rotated" to the same key, then advised: "<data>/root.key is a copy of it: keep it apart
     # from the data dir as its backup, or delete it", of the only copy of the root key.
     data = tmp_path / "data"
-    asyncio.run(_store_with_a_key(data))
+    asyncio.run(store_key(data / "keys.db", RootKey.load(data), KEY))
     before = (data / "keys.db").read_bytes()
     result = _rotate("--data-dir", data, "--new-key", data / ".." / "data" / "root.key")
     assert (result.returncode, result.stdout) == (2, "")
@@ -237,7 +238,7 @@ def test_the_current_root_key_file_as_the_new_key_is_refused_before_anything_cha
 
 def test_a_copy_of_the_current_root_key_as_the_new_key_is_refused_before_anything_changes(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    asyncio.run(_store_with_a_key(data))
+    asyncio.run(store_key(data / "keys.db", RootKey.load(data), KEY))
     before = (data / "keys.db").read_bytes()
     copy = _new_key(tmp_path / "copy.key")
     copy.write_bytes((data / "root.key").read_bytes())
@@ -352,7 +353,7 @@ def test_a_full_disk_stops_the_rotation_in_one_line_and_running_it_again_finishe
         tmp_path: Path, full_at: str, complaint: str) -> None:
     # It ended in a traceback (sqlite3.OperationalError, or an OSError once the store was resealed).
     data = tmp_path / "data"
-    asyncio.run(_store_with_a_key(data))
+    asyncio.run(store_key(data / "keys.db", RootKey.load(data), KEY))
     new = _new_key(tmp_path / "new.key")
     args = ["--data-dir", str(data), "--new-key", str(new)]
     full = subprocess.run([sys.executable, "-c", _DISK_FULL_AT, full_at, *args], capture_output=True, text=True,
@@ -360,18 +361,4 @@ def test_a_full_disk_stops_the_rotation_in_one_line_and_running_it_again_finishe
     assert (full.returncode, full.stderr) == (2, f"keytrail root-key rotate: {complaint.format(data=data)}\n")
     assert _rotate(*args).returncode == 0
     assert (data / "root.key").read_bytes() == new.read_bytes()
-    assert asyncio.run(_key_under(data, RootKey(new.read_bytes()))) == KEY
-
-
-async def _store_with_a_key(data: Path) -> None:
-    store = SqliteStore(data / "keys.db", RootKey.load(data))
-    await store.put_key(KEY)
-    await store.close()
-
-
-async def _key_under(data: Path, root: RootKey) -> Key | None:
-    store = SqliteStore(data / "keys.db", root)
-    try:
-        return await store.get_key(KEY.account, KEY.region, KEY.key_id)
-    finally:
-        await store.close()
+    assert asyncio.run(stored_key(data / "keys.db", RootKey(new.read_bytes()), KEY)) == KEY

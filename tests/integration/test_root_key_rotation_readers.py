@@ -6,9 +6,7 @@ waits for it a while, then says so, and running it again once that process is cl
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -18,8 +16,7 @@ import pytest
 
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.sealing import ROOT_KEY_FILE_ENV, RootKey, SealError
-from keytrail.kms.sqlite_store import SqliteStore
-from tests.support.sqlite_reader import SqliteReader
+from tests.support.sqlite_reader import SqliteReader, sealed_values, store_file_bytes, store_key, stored_key
 
 pytestmark = pytest.mark.integration
 
@@ -53,31 +50,6 @@ def _new_key(path: Path) -> Path:
     return path
 
 
-async def _store_with_a_key(data: Path, root: RootKey) -> None:
-    store = SqliteStore(data / "keys.db", root)
-    await store.put_key(KEY)
-    await store.close()
-
-
-async def _key_under(data: Path, root: RootKey) -> Key | None:
-    store = SqliteStore(data / "keys.db", root)
-    try:
-        return await store.get_key(KEY.account, KEY.region, KEY.key_id)
-    finally:
-        await store.close()
-
-
-def _sealed_materials(path: Path) -> list[bytes]:
-    with sqlite3.connect(path) as db:
-        docs = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM keys")]
-    db.close()
-    return [material["sealed"].encode() for doc in docs for material in doc["materials"]]
-
-
-def _store_files(data: Path) -> bytes:
-    return b"".join(path.read_bytes() for path in data.iterdir() if path.name.startswith("keys.db"))
-
-
 @pytest.mark.parametrize("root_key_from", ["root.key", "$KEYTRAIL_ROOT_KEY_FILE"])
 def test_a_rotation_a_reader_keeps_from_erasing_says_so_and_running_it_again_erases(
         tmp_path: Path, root_key_from: str) -> None:
@@ -88,8 +60,8 @@ def test_a_rotation_a_reader_keeps_from_erasing_says_so_and_running_it_again_era
     if env is None:  # the one serve made at its first start
         RootKey.load(data)
         old.write_bytes((data / "root.key").read_bytes())
-    asyncio.run(_store_with_a_key(data, RootKey(old.read_bytes())))
-    sealed = _sealed_materials(data / "keys.db")
+    asyncio.run(store_key(data / "keys.db", RootKey(old.read_bytes()), KEY))
+    sealed = sealed_values(data / "keys.db")
     new = _new_key(tmp_path / "new.key")
     reader = SqliteReader(data / "keys.db")
 
@@ -101,7 +73,7 @@ def test_a_rotation_a_reader_keeps_from_erasing_says_so_and_running_it_again_era
     if env is None:
         assert (data / "root.key").read_bytes() == new.read_bytes()  # replaced as usual
     with pytest.raises(SealError):
-        asyncio.run(_key_under(data, RootKey(old.read_bytes())))
+        asyncio.run(stored_key(data / "keys.db", RootKey(old.read_bytes()), KEY))
     again = _rotate("--data-dir", data, "--new-key", new, env=env)  # the reader still there: said again
     assert (again.returncode, again.stderr) == (2, result.stderr)
     assert again.stdout.splitlines()[0] == NOTHING_TO_RESEAL
@@ -111,20 +83,20 @@ def test_a_rotation_a_reader_keeps_from_erasing_says_so_and_running_it_again_era
     again = _rotate("--data-dir", data, "--new-key", new, env=env)
     assert (again.returncode, again.stderr) == (0, "")
     assert again.stdout.splitlines()[0] == NOTHING_TO_RESEAL
-    assert [value for value in sealed if value in _store_files(data)] == []
-    assert asyncio.run(_key_under(data, RootKey(new.read_bytes()))) == KEY
+    assert [value for value in sealed if value in store_file_bytes(data)] == []
+    assert asyncio.run(stored_key(data / "keys.db", RootKey(new.read_bytes()), KEY)) == KEY
 
 
 def test_running_it_again_once_the_reader_erased_them_itself_says_nothing_is_left(tmp_path: Path) -> None:
     # A sqlite3 shell that can write empties the WAL into keys.db as it closes, the last one to.
     data = tmp_path / "data"
-    asyncio.run(_store_with_a_key(data, RootKey.load(data)))
-    sealed = _sealed_materials(data / "keys.db")
+    asyncio.run(store_key(data / "keys.db", RootKey.load(data), KEY))
+    sealed = sealed_values(data / "keys.db")
     new = _new_key(tmp_path / "new.key")
     reader = SqliteReader(data / "keys.db", read_only=False)
     assert _rotate("--data-dir", data, "--new-key", new).returncode == 2
     reader.close()
-    assert [value for value in sealed if value in _store_files(data)] == []
+    assert [value for value in sealed if value in store_file_bytes(data)] == []
     again = _rotate("--data-dir", data, "--new-key", new)
     assert (again.returncode, again.stdout) == (2, "")
     assert again.stderr == (f"{COMMAND}: --new-key holds the current root key: nothing to reseal, nor to erase in "

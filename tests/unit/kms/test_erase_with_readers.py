@@ -6,10 +6,8 @@ holding up the event loop."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import replace
@@ -22,7 +20,7 @@ from keytrail.kms import sqlite_store
 from keytrail.kms.keys import Key, KeyMaterial
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_store import SqliteStore
-from tests.support.sqlite_reader import SqliteReader
+from tests.support.sqlite_reader import SqliteReader, sealed_values, store_file_bytes
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ROOT = RootKey(os.urandom(32))
@@ -30,17 +28,6 @@ KEY = Key("111122223333", "us-east-1", "1234abcd-12ab-34cd-56ef-1234567890ab", N
           materials=(KeyMaterial("cd" * 32, os.urandom(32), NOW),
                      KeyMaterial("ef" * 32, os.urandom(32), NOW, imported=True)))
 WAITING = "deleted key material stays in"
-
-
-def _sealed(path: Path) -> list[bytes]:
-    with sqlite3.connect(path) as db:
-        docs = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM keys")]
-    db.close()
-    return [material["sealed"].encode() for doc in docs for material in doc["materials"]]
-
-
-def _files(directory: Path) -> bytes:
-    return b"".join(path.read_bytes() for path in directory.iterdir() if path.name.startswith("keys.db"))
 
 
 async def _delete_key(store: SqliteStore) -> None:
@@ -63,7 +50,7 @@ async def test_material_deleted_while_a_reader_holds_keys_db_is_erased_once_the_
     store = SqliteStore(path, ROOT)
     await store.put_key(KEY)
     await store.close()  # its WAL emptied into keys.db: the material is in the file itself
-    sealed = _sealed(path)
+    sealed = sealed_values(path)
     store = SqliteStore(path, ROOT)
     reader = SqliteReader(path)
     started = time.monotonic()
@@ -74,7 +61,7 @@ async def test_material_deleted_while_a_reader_holds_keys_db_is_erased_once_the_
     assert [r.levelno for r in caplog.records if WAITING in r.getMessage()] == [logging.WARNING]  # once
     reader.close()
     await asyncio.sleep(0.5)
-    assert [value not in _files(tmp_path) for value in sealed] == erased
+    assert [value not in store_file_bytes(tmp_path) for value in sealed] == erased
     assert [r.levelno for r in caplog.records if WAITING in r.getMessage()] == [logging.WARNING]
     await store.close()
 
