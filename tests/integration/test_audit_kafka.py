@@ -23,7 +23,7 @@ from tests.support.audit_records import ACCOUNT, APP, KEY_ARN, ROOT, encrypt_cal
 from tests.support.mounts import filled, small_filesystem
 from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
-from tests.support.services import free_port, kafka_broker
+from tests.support.services import free_port, kafka_broker, topic_values
 from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
@@ -190,21 +190,8 @@ def test_serve_refuses_calls_once_kafka_lags_by_its_max_unshipped_bytes(tmp_path
         server.stop()
 
 
-async def _topic_records(bootstrap: str) -> list[bytes]:
-    """Every record on the audit topic, repeats too: read from its start until 1.5 s bring none, or
-    for 15 s on a topic that keeps growing (tansu's end offsets name a partition's last batch, not
-    where its log ends)."""
-    consumer = AIOKafkaConsumer(AUDIT_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    values: list[bytes] = []
-    deadline = time.monotonic() + 15
-    try:
-        while (batches := await consumer.getmany(timeout_ms=1500)) and time.monotonic() < deadline:
-            values += [m.value for ms in batches.values() for m in ms if m.value is not None]
-    finally:
-        await consumer.stop()
-    return values
+def _audit_topic(bootstrap: str) -> list[bytes]:
+    return asyncio.run(topic_values(bootstrap, AUDIT_TOPIC))
 
 
 def _shipper_pid(server: KeytrailServer) -> int:
@@ -218,7 +205,7 @@ def _shipped_once(server: KeytrailServer, bootstrap: str) -> int:
     """Wait until every record of the trail is on the topic, once; how many there are."""
     offset_file = server.data_dir / "audit" / "shipped-offset"
     eventually_blocking(lambda: offset_file.exists() and ShippedOffset(offset_file).value > 0, what="records shipped")
-    eventually_blocking(lambda: len(asyncio.run(_topic_records(bootstrap))) == ShippedOffset(offset_file).value,
+    eventually_blocking(lambda: len(_audit_topic(bootstrap)) == ShippedOffset(offset_file).value,
                         what="the topic as long as what was shipped")
     return ShippedOffset(offset_file).value
 
@@ -240,10 +227,10 @@ def test_a_shipped_offset_a_full_disk_cannot_take_sends_nothing_again(tmp_path: 
                 kms.encrypt(KeyId=key, Plaintext=b"x")
             filler = filled(disk)
             os.kill(shipper, signal.SIGCONT)
-            eventually_blocking(lambda: len(asyncio.run(_topic_records(bootstrap))) >= before + 3,
+            eventually_blocking(lambda: len(_audit_topic(bootstrap)) >= before + 3,
                                 what="the calls shipped")
             time.sleep(3)  # the offset's write retried meanwhile
-            assert len(asyncio.run(_topic_records(bootstrap))) == before + 3  # nothing sent again
+            assert len(_audit_topic(bootstrap)) == before + 3  # nothing sent again
             offset_file = disk / "data" / "audit" / "shipped-offset"
             assert ShippedOffset(offset_file).value == before
             filler.unlink()
@@ -278,7 +265,7 @@ def test_a_broker_that_restarts_empty_after_an_outage_with_calls_is_said_to_have
             eventually_blocking(lambda: "lost records" in server.log.read_text(), what="the loss logged")
             offset_file = tmp_path / "data" / "audit" / "shipped-offset"
             eventually_blocking(lambda: ShippedOffset(offset_file).value == before + 3, what="the calls shipped")
-            delivered = {EventCodec().decode(value)["requestID"] for value in asyncio.run(_topic_records(bootstrap))}
+            delivered = {EventCodec().decode(value)["requestID"] for value in _audit_topic(bootstrap)}
     finally:
         assert server.stop() == 0
     assert delivered == during  # shipping went on; the records lost are not sent again by themselves

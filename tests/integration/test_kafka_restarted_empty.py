@@ -11,14 +11,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, NextOffsets, ensure_topic
 from keytrail.transport.segment_log import SegmentLog
 from tests.support.server import KeytrailServer
-from tests.support.services import free_port, kafka_broker
+from tests.support.services import free_port, kafka_broker, topic_values
 from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
@@ -29,22 +28,6 @@ TOPIC = "restarted.test"
 def _messages(first: int, count: int) -> list[Message]:
     return [(f"arn:aws:kms:us-east-1:111122223333:key/{i % 7}".encode(), f"value-{i}".encode(), [])
             for i in range(first, first + count)]
-
-
-async def _values(bootstrap: str, topic: str) -> list[bytes]:
-    """Every record on `topic`, repeats too: read from its start until 1.5 s bring none (tansu's end
-    offsets name a partition's last batch, not where its log ends)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    values: list[bytes] = []
-    deadline = time.monotonic() + 15
-    try:
-        while (batches := await consumer.getmany(timeout_ms=1500)) and time.monotonic() < deadline:
-            values += [m.value for ms in batches.values() for m in ms if m.value is not None]
-    finally:
-        await consumer.stop()
-    return values
 
 
 async def test_the_batch_a_broker_restarted_empty_acknowledged_is_said_stored() -> None:
@@ -62,7 +45,7 @@ async def test_the_batch_a_broker_restarted_empty_acknowledged_is_said_stored() 
                 await link.send_batch(TOPIC, _messages(50, 20))
             assert lost.value.stored
             await link.send_batch(TOPIC, _messages(70, 20))  # the loss is said once: offsets checked from the new log
-        values = await _values(bootstrap, TOPIC)
+        values = await topic_values(bootstrap, TOPIC)
     assert sorted(values) == sorted(value for _, value, _ in _messages(50, 40))
 
 
@@ -116,7 +99,7 @@ class _Load:
 
 
 def _request_ids(bootstrap: str) -> set[str]:
-    return {EventCodec().decode(value)["requestID"] for value in asyncio.run(_values(bootstrap, AUDIT_TOPIC))}
+    return {EventCodec().decode(value)["requestID"] for value in asyncio.run(topic_values(bootstrap, AUDIT_TOPIC))}
 
 
 def test_serve_ships_the_first_batch_after_a_broker_restarted_empty_once(tmp_path: Path) -> None:
@@ -145,7 +128,7 @@ def test_serve_ships_the_first_batch_after_a_broker_restarted_empty_once(tmp_pat
                 load.stop()
                 assert server.stop() == 0  # it ships the last records, and writes the offset
                 on_topic = Counter(EventCodec().decode(value)["requestID"]
-                                   for value in asyncio.run(_values(bootstrap, AUDIT_TOPIC)))
+                                   for value in asyncio.run(topic_values(bootstrap, AUDIT_TOPIC)))
         finally:
             load.stop()
     finally:

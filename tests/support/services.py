@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TcpRelay", "free_port", "kafka_broker", "kafka_topic", "mosquitto", "wait_for_port"]
+__all__ = ["TcpRelay", "free_port", "kafka_broker", "kafka_topic", "mosquitto", "topic_values", "wait_for_port"]
 
 
 # Ports below Linux's ephemeral range (32768-60999, what outgoing connections and bind(0) take)
@@ -176,3 +176,22 @@ def mosquitto(port: int = 1883) -> str:
         subprocess.run(args, check=True)
         wait_for_port(port)
     return f"mqtt://127.0.0.1:{port}"
+
+
+async def topic_values(bootstrap: str, topic: str) -> list[bytes]:
+    """Every record on `topic`, repeats too: read from its start until 1.5 s bring none, or for 15 s
+    on a topic that keeps growing (tansu's end offsets name a partition's last batch, not where its
+    log ends)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    values: list[bytes] = []
+    deadline = time.monotonic() + 15
+    try:
+        while (batches := await consumer.getmany(timeout_ms=1500)) and time.monotonic() < deadline:
+            values += [m.value for ms in batches.values() for m in ms if m.value is not None]
+    finally:
+        await consumer.stop()
+    return values
