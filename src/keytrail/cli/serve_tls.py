@@ -65,10 +65,12 @@ def tls_options(settings: ServeSettings) -> tuple[dict[str, str], bool]:
 def print_dev_certificate(cert: Path, settings: ServeSettings) -> None:
     """Clients must trust the new certificate and call https://: a data dir whose principals file
     exists already prints no `export` line, and the one printed before named http://. The path is
-    quoted as the shell needs (a data dir with a space in its path), as the line is there to be pasted."""
+    quoted as the shell needs (a data dir with a space in its path), as the line is there to be pasted.
+    It is absolute: the SDKs and the aws CLI read AWS_CA_BUNDLE from their own working directory, so
+    the relative path of a relative --data-dir failed every call made anywhere but serve's folder."""
     names = ", ".join(dict.fromkeys(("localhost", "127.0.0.1", settings.client_host)))
     typer.echo(f"Created the dev certificate {cert} ({names}). To use it:")
-    typer.echo(f"export AWS_CA_BUNDLE={shlex.quote(str(cert))} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
+    typer.echo(f"export AWS_CA_BUNDLE={shlex.quote(str(cert.absolute()))} AWS_ENDPOINT_URL_KMS={settings.endpoint}")
 
 
 # OpenSSL's reasons for a well-formed certificate it will not serve (level 1 and up: RSA under 2048

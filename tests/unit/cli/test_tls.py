@@ -4,6 +4,7 @@ name serve prints, as it would connect (by name or by address)."""
 from __future__ import annotations
 
 import datetime
+import shlex
 import socket
 import ssl
 import threading
@@ -107,3 +108,22 @@ def test_a_certificate_below_openssls_security_level_is_named_as_too_weak_not_as
     assert _tls_problem(cert, key) == (
         f"--tls-cert {cert}: its key is too small (RSA and DSA need 2048 bits, EC 224) "
         "for OpenSSL's default security level")
+
+
+def test_the_ca_bundle_export_of_a_relative_data_dir_names_the_certificate_from_any_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `keytrail serve --tls-self-signed` in its default ./keytrail-data: the export line is pasted,
+    # then clients run from the project's folder, not serve's.
+    from keytrail.cli.serve_tls import print_dev_certificate
+    from keytrail.config import ServeSettings
+
+    monkeypatch.chdir(tmp_path)
+    settings = ServeSettings(data_dir=Path("keytrail-data"), tls_self_signed=True)
+    cert, _ = self_signed_certificate(settings.data_dir / "tls", settings.client_host)
+    print_dev_certificate(cert, settings)
+    export = capsys.readouterr().out.splitlines()[1]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    bundle = dict(item.split("=", 1) for item in shlex.split(export)[1:])["AWS_CA_BUNDLE"]
+    assert Path(bundle).read_bytes() == (tmp_path / "keytrail-data" / "tls" / "tls-cert.pem").read_bytes()

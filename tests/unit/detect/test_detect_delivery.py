@@ -8,6 +8,7 @@ import errno
 import itertools
 import json
 import os
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,27 @@ async def test_a_line_cut_short_by_a_crash_is_skipped_and_the_next_alarm_starts_
     lines = path.read_text().splitlines()
     assert len(lines) == 3 and lines[1] == line[:40]
     assert list(read_alarms(path).values()) == [alarm]
+
+
+@pytest.mark.parametrize("away", ["moved", "deleted"])
+async def test_alarms_jsonl_moved_or_deleted_while_running_is_written_again(tmp_path: Path, away: str) -> None:
+    # An operator rotating or clearing the file (logrotate, mv, rm) while the detector runs: the
+    # next alarms went on into the moved file (or, deleted, nowhere), none where `tail -f` and the
+    # next start read them.
+    path, alarm = tmp_path / "alarms.jsonl", sample_alarm()
+    sink = JsonlSink(path)
+    await sink.deliver(alarm)
+    if away == "moved":
+        path.rename(tmp_path / "alarms.jsonl.1")
+    else:
+        path.unlink()
+    later = dataclasses.replace(alarm, count=2)
+    await sink.deliver(later)
+    await sink.aclose()
+    assert list(read_alarms(path).values()) == [later]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    if away == "moved":
+        assert list(read_alarms(tmp_path / "alarms.jsonl.1").values()) == [alarm]
 
 
 def test_a_fifo_in_place_of_alarms_jsonl_is_named_not_waited_on(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ It is the alarms' record of last resort, the one hook without a broker or endpoi
 down, so a write that fails (a full disk) is retried until the line is in the file, never dropped:
 the alarms behind it wait in the sink's queue, which has no bound (`never_drops`: a tick may
 announce more alarms at once than a hook's queue holds). The outage is logged when it starts and ends.
+Each line goes to the file the path names when it is begun, as logging's WatchedFileHandler does:
+one moved away (log rotation) or deleted while the detector runs is made again, not written on
+where nobody reads it.
 """
 
 from __future__ import annotations
@@ -39,13 +42,12 @@ class JsonlSink:
         self._pending_newline = _ends_torn(self._fd)
 
     async def deliver(self, alarm: Alarm) -> None:
-        line = json.dumps(alarm.to_json(), separators=(",", ":")) + "\n"
-        pending = memoryview(("\n" if self._pending_newline else "").encode() + line.encode())
+        line = (json.dumps(alarm.to_json(), separators=(",", ":")) + "\n").encode()
+        pending: memoryview | None = None  # what is left of the line once begun in a file
         delay = self.backoff[0]
-        while pending:
+        while pending is None or pending:
             try:
-                pending = await asyncio.to_thread(self._write, pending)
-                self._pending_newline = False
+                pending = await asyncio.to_thread(self._write, line, pending)
             except OSError as exc:
                 if not self._failing:
                     log.error("%s: cannot append alarm %s (%s); retrying until it can", self.path, alarm.alarm_id, exc)
@@ -56,9 +58,30 @@ class JsonlSink:
             log.warning("%s: alarms are written again", self.path)
             self._failing = False
 
-    def _write(self, pending: memoryview) -> memoryview:
-        """Write what the file system takes of `pending`; what it did not (a write cut short)."""
-        return pending[os.write(self._fd, pending):]
+    def _write(self, line: bytes, pending: memoryview | None) -> memoryview:
+        """Write what the file system takes of `pending`, the rest of `line` (None: all of it, begun
+        in the file the path names now); what it did not take (a write cut short)."""
+        if pending is None:
+            self._follow_path()
+            pending = memoryview((b"\n" if self._pending_newline else b"") + line)
+        left = pending[os.write(self._fd, pending):]
+        self._pending_newline = False
+        return left
+
+    def _follow_path(self) -> None:
+        """Reopen the path if it no longer names the open file (moved away or deleted): the
+        operator's rotation must not leave the alarms in the old file, or a deleted one."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        opened = os.fstat(self._fd)
+        if named is not None and (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+            return
+        fd = open_regular(self.path, append=True)  # an OSError (a FIFO there): retried by `deliver`
+        os.close(self._fd)
+        self._fd = fd
+        self._pending_newline = _ends_torn(fd)
 
     async def aclose(self) -> None:
         os.close(self._fd)
