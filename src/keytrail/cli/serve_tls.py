@@ -82,6 +82,11 @@ _TOO_WEAK = {
 }
 
 
+# OpenSSL's reasons for a key that is not the certificate's: another key of the same type, or a key
+# of another type (an RSA key for an EC certificate), for which it has no certificate to pair it with.
+_NOT_ITS_KEY = frozenset({"KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"})
+
+
 def _tls_problem(cert: Path, key: Path) -> str | None:
     """Why TLS cannot be served with these files, found before anything is built or written:
     uvicorn finds out only once the node runs, and says it in OpenSSL's words. The empty password
@@ -89,7 +94,7 @@ def _tls_problem(cert: Path, key: Path) -> str | None:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password="")
     except ssl.SSLError as error:
-        if error.reason == "KEY_VALUES_MISMATCH":
+        if error.reason in _NOT_ITS_KEY:
             return f"--tls-key {key} is not the private key of --tls-cert {cert}"
         if error.reason in _TOO_WEAK:  # readable, but below OpenSSL's security level: not a format problem
             return f"--tls-cert {cert}: {_TOO_WEAK[error.reason]} for OpenSSL's default security level"

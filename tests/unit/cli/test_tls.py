@@ -127,3 +127,13 @@ def test_the_ca_bundle_export_of_a_relative_data_dir_names_the_certificate_from_
     monkeypatch.chdir(elsewhere)
     bundle = dict(item.split("=", 1) for item in shlex.split(export)[1:])["AWS_CA_BUNDLE"]
     assert Path(bundle).read_bytes() == (tmp_path / "keytrail-data" / "tls" / "tls-cert.pem").read_bytes()
+
+
+def test_a_key_of_another_type_than_the_certificates_is_named_as_not_its_key_not_as_no_pem(tmp_path: Path) -> None:
+    # The dev certificate's EC P-256 with an RSA key, both well-formed PEM: OpenSSL says "no
+    # certificate assigned" (no certificate of the key's type), which sent operators after the format.
+    from keytrail.cli.serve_tls import _tls_problem
+
+    ec_cert, _ = self_signed_certificate(tmp_path / "ec", "localhost")
+    _, rsa_key = _weak_certificate(tmp_path, 2048)
+    assert _tls_problem(ec_cert, rsa_key) == f"--tls-key {rsa_key} is not the private key of --tls-cert {ec_cert}"
