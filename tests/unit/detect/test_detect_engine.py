@@ -174,6 +174,28 @@ def test_callers_with_no_arn_denied_are_each_an_alarm_of_their_own() -> None:
     assert "a caller with no ARN (account 444455556666, access key ASIABO0000000001)" in announced[-1].summary
 
 
+def test_a_caller_with_no_arn_denied_key_after_key_folds_into_one_alarm_per_caller() -> None:
+    """Stolen SAML or web identity credentials trying every key: a caller with no ARN had one
+    alarm per key (200 keys, 200 pages), the flood alarm being only for callers with one. Past its
+    `key_alarms_per_principal`, its denials fold as a named principal's do, and two such callers'
+    floods stay apart, by account and access key as their key alarms are."""
+    def saml(name: str) -> dict[str, Any]:
+        return {"type": "SAMLUser", "principalId": f"idp:{name}", "userName": name, "accountId": ACCOUNT,
+                "accessKeyId": f"ASIA{name.upper()}0000000001"}
+
+    detector = Detector()
+    detector.process([denied("Decrypt", T0 + timedelta(seconds=n), key_arn(n % 10), saml(name))
+                      for name in ("ann", "bo") for n in range(10)])
+    alarms = detector.alarms()
+    assert sorted((a.details["accessKeyIds"], a.key_arn is None, a.count) for a in alarms) == [
+        (f"ASIA{name}0000000001", flood, count) for name in ("ANN", "BO")
+        for flood, count in ((False, 1), (False, 1), (False, 1), (True, 7))]
+    flood = next(a for a in alarms if a.key_arn is None)
+    assert flood.details["keyCount"] == "7" and flood.principal_arn is None
+    assert flood.summary.startswith("a caller with no ARN (account 111122223333, access key ASIAANN0000000001) was "
+                                    "denied on 7 key(s)")
+
+
 def test_known_principal_denied_starts_medium_and_escalates() -> None:
     detector = Detector()
     detector.process([event("Decrypt", T0, KEY, APP)])

@@ -75,7 +75,7 @@ class UnauthorizedDecrypt:
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger
         self._per_principal = int(rule.param("key_alarms_per_principal"))
-        self._denials: dict[str, _Denials] = {}  # principal ARN -> its denials in the window
+        self._denials: dict[str, _Denials] = {}  # caller (`_caller`) -> its denials in the window
         self._read = LatestTime()  # of the denials folded or keyed
 
     def observe(self, event: KmsEvent) -> list[Finding]:
@@ -98,10 +98,10 @@ class UnauthorizedDecrypt:
     def _folds(self, event: KmsEvent, key: str | None) -> bool:
         """Whether this denial goes to the principal's alarm: its key has no open alarm of its own,
         and the principal's alarm is open or `key_alarms_per_principal` keys have theirs."""
-        if not self._per_principal or key is None or event.principal_arn is None:
+        if not self._per_principal or key is None:
             return False
         self._read.saw(event.event_time)
-        denials = self._denials.setdefault(event.principal_arn, _Denials())
+        denials = self._denials.setdefault(_caller(event), _Denials())
         denials.close_expired(event.event_time, self.rule.window)
         if key in denials.keyed:
             denials.keyed[key] = max(event.event_time, denials.keyed[key])
@@ -113,10 +113,10 @@ class UnauthorizedDecrypt:
         return True
 
     def _folded(self, event: KmsEvent, finding: Finding) -> Finding:
-        denials = self._denials[event.principal_arn or ""]
+        denials = self._denials[_caller(event)]
         details = {name: value for name, value in finding.details.items() if name != "newPrincipalOnKey"}
         details |= {"keyCount": str(denials.folded_count), "keyArns": ",".join(denials.folded_first)}
-        who = event.principal_arn
+        who = event.principal_arn or _caller_without_arn(event)
         return replace(
             finding,
             key_arn=None,
@@ -167,8 +167,14 @@ def _scope(event: KmsEvent, key: str | None) -> str | None:
     alarm whose first caller hides the others."""
     parts = ["no key"] if key is None else []
     if event.principal_arn is None:
-        parts.append(f"caller {event.account_id or ''}/{event.access_key_id or ''}")
+        parts.append(_caller(event))
     return " ".join(parts) or None
+
+
+def _caller(event: KmsEvent) -> str:
+    """Whose denials a flood counts: the principal, or a caller with no ARN (a SAML or web identity
+    user: stolen federated credentials try keys as any others do) by account and access key."""
+    return event.principal_arn or f"caller {event.account_id or ''}/{event.access_key_id or ''}"
 
 
 def _caller_without_arn(event: KmsEvent) -> str:
