@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from keytrail.kms.keys import Key
 
 __all__ = [
+    "CLUSTER_ID",
     "CloudHsmClusterInUseException",
     "CloudHsmClusterInvalidConfigurationException",
     "CloudHsmClusterNotActiveException",
@@ -39,13 +40,18 @@ __all__ = [
 ]
 
 
+# Key.extra of a key in a CloudHSM key store: the cluster that holds its material, the store's
+# (KeyMetadata.CloudHsmClusterId), named anew when UpdateCustomKeyStore moves the store.
+CLUSTER_ID = "cloud_hsm_cluster_id"
+
+
 def key_store_event_data(key: Key) -> dict[str, str]:
     """What CloudTrail's additionalEventData says of a key in an AWS CloudHSM key store: the store,
     its cluster and the key's backing key (ct-schedule-key-deletion, ct-delete-key); {} for other keys."""
     backing = backing_key(key)
     if backing is None or key.custom_key_store_id is None:
         return {}
-    return {"customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get("cloud_hsm_cluster_id", ""),
+    return {"customKeyStoreId": key.custom_key_store_id, "clusterId": key.extra.get(CLUSTER_ID, ""),
             "backingKeys": backing_keys(backing)}
 
 

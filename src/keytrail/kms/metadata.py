@@ -7,6 +7,7 @@ from typing import Any
 from keytrail.kms.identifiers import key_arn
 from keytrail.kms.importing import expiration_of
 from keytrail.kms.keys import Key
+from keytrail.kms.keystores import CLUSTER_ID
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.specs import algorithms_for
 
@@ -41,8 +42,8 @@ def key_metadata(key: Key) -> dict[str, Any]:
             meta["ValidTo"] = valid_to
     if key.custom_key_store_id:
         meta["CustomKeyStoreId"] = key.custom_key_store_id
-        if "cloud_hsm_cluster_id" in key.extra:
-            meta["CloudHsmClusterId"] = key.extra["cloud_hsm_cluster_id"]
+        if CLUSTER_ID in key.extra:
+            meta["CloudHsmClusterId"] = key.extra[CLUSTER_ID]
     meta.update(algorithms_for(key.key_spec, key.key_usage))
     if key.multi_region:
         meta["MultiRegionConfiguration"] = _multi_region_configuration(key)

@@ -6,6 +6,7 @@ The file name sorts before test_custom_key_stores.py on purpose (see test_custom
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from keytrail.kms.hsm import TOKENS_ENV
 from keytrail.kms.keystores import CloudHsmClusterInUseException, CloudHsmClusterNotRelatedException
 from keytrail.kms.service import KmsService
 from tests.integration.keystores.conftest import PIN
-from tests.integration.keystores.in_process import call, hsm_key, service
+from tests.integration.keystores.in_process import call, hsm_key, recorded, service
 from tests.support.softhsm import SoftHsm, open_sessions
 
 pytestmark = pytest.mark.integration
@@ -102,4 +103,41 @@ async def test_a_token_that_refuses_the_login_is_not_checked_and_connect_says_wh
     assert await _state(svc, store_id) == {"CloudHsmClusterId": other, "ConnectionState": "FAILED",
                                            "ConnectionErrorCode": "INVALID_CREDENTIALS"}
     assert open_sessions(hsm.module, other) == 0
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_keys_name_the_cluster_their_store_was_moved_to(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store repaired onto a related cluster (here another id of its own token, as a cluster restored
+    # from its backup) holds its keys' material there: DescribeKey and the keys' CloudTrail records
+    # named the cluster the key was created in, which may be deleted by now.
+    token, restored = next(clusters), "cluster-restoredcopyaaa"
+    monkeypatch.setenv(TOKENS_ENV, f"{restored}={token}")
+    store_id, key_id = await hsm_key(svc, token, trust_anchor)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call(svc, "UpdateCustomKeyStore", CustomKeyStoreId=store_id, CloudHsmClusterId=restored)
+    assert (await call(svc, "DescribeKey", KeyId=key_id))["KeyMetadata"]["CloudHsmClusterId"] == restored
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    await call(svc, "Encrypt", KeyId=key_id, Plaintext=b"on the restored cluster")
+    await call(svc, "ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    named = {record.event_name: (record.additional_event_data or {}).get("clusterId") for record in recorded(svc)
+             if record.event_name in ("Encrypt", "ScheduleKeyDeletion")}
+    assert named == {"Encrypt": restored, "ScheduleKeyDeletion": restored}
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+
+
+async def test_connect_names_the_cluster_an_update_cut_short_left_unnamed(
+    svc: KmsService, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node that stopped between UpdateCustomKeyStore's write of the store and that of its keys
+    # left the keys naming the old cluster; connecting the store names the new one before any use.
+    token, restored = next(clusters), "cluster-restoredcopybbb"
+    monkeypatch.setenv(TOKENS_ENV, f"{restored}={token}")
+    store_id, key_id = await hsm_key(svc, token, trust_anchor)
+    await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+    [store] = [s for s in await svc.store.all_custom_key_stores() if s.store_id == store_id]
+    await svc.store.put_custom_key_store(replace(store, cluster_id=restored))  # the update's first write only
+    await call(svc, "ConnectCustomKeyStore", CustomKeyStoreId=store_id)
+    assert (await call(svc, "DescribeKey", KeyId=key_id))["KeyMetadata"]["CloudHsmClusterId"] == restored
     await call(svc, "DisconnectCustomKeyStore", CustomKeyStoreId=store_id)

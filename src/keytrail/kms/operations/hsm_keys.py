@@ -19,15 +19,15 @@ from keytrail.kms.calls import Call
 from keytrail.kms.hsm import HsmCipher, HsmConnections, TokenSession
 from keytrail.kms.hsm_failures import error_name
 from keytrail.kms.keys import Key, KeyMaterial
-from keytrail.kms.keystores import ConnectionState, CustomKeyStore, backing_keys
+from keytrail.kms.keystores import CLUSTER_ID, ConnectionState, CustomKeyStore, backing_keys
 from keytrail.kms.model import KeySpec, KeyState
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
 __all__ = ["STORES_LOCK", "as_its_store_leaves_it", "connections_of", "create_hsm_key", "delete_hsm_key",
-           "discard_hsm_key", "find_store", "keys_in", "note_backing_key", "random_from_store", "set_availability",
-           "store_named", "stores_of"]
+           "discard_hsm_key", "find_store", "keys_in", "name_the_cluster", "note_backing_key", "random_from_store",
+           "set_availability", "store_named", "stores_of"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -88,7 +88,7 @@ async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:
         key,
         custom_key_store_id=store.store_id,
         materials=(material,),
-        extra={**key.extra, "cloud_hsm_cluster_id": store.cluster_id},
+        extra={**key.extra, CLUSTER_ID: store.cluster_id},
     )
 
 
@@ -218,6 +218,20 @@ async def set_availability(svc: KmsService, store: CustomKeyStore, *, available:
             changed = _with_availability(key, available) if key is not None else None
             if changed is not None:
                 await svc.store.put_key(changed)
+
+
+async def name_the_cluster(svc: KmsService, store: CustomKeyStore) -> None:
+    """Have each KMS key of the store name the store's cluster: KeyMetadata.CloudHsmClusterId is "the
+    cluster that contains the key material", and UpdateCustomKeyStore moves it to a related cluster
+    (a restored backup), after which the first may be gone. Each key is changed under its lock, as
+    `set_availability` changes it; a key naming the cluster already is not written again."""
+    for listed in await keys_in(svc, store):
+        if listed.extra.get(CLUSTER_ID) == store.cluster_id:
+            continue
+        async with svc.key_lock(listed.account, listed.region, listed.key_id):
+            key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
+            if key is not None and key.extra.get(CLUSTER_ID) != store.cluster_id:
+                await svc.store.put_key(replace(key, extra={**key.extra, CLUSTER_ID: store.cluster_id}))
 
 
 async def as_its_store_leaves_it(svc: KmsService, key: Key) -> Key:

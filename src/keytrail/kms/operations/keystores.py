@@ -36,6 +36,7 @@ from keytrail.kms.operations.hsm_keys import (
     discard_hsm_key,
     find_store,
     keys_in,
+    name_the_cluster,
     set_availability,
     stores_of,
 )
@@ -226,6 +227,7 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
         await set_availability(svc, store, available=True)
         return {}
     await _require_token_not_held(svc, store)
+    await name_the_cluster(svc, store)  # keys an update cut short (a node that stopped) left naming the old one
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTING))
     try:
         await connections_of(svc).connect(store)
@@ -314,6 +316,8 @@ async def update_custom_key_store(svc: KmsService, call: Call) -> Response:
     updated = replace(store, name=name, cluster_id=cluster, password=password)
     _name_store(call, updated)  # as the call leaves it: ct-update-keystore names the new cluster
     await svc.store.put_custom_key_store(updated)
+    if cluster != store.cluster_id:
+        await name_the_cluster(svc, updated)  # their material is in the new cluster now
     return {}
 
 
