@@ -32,6 +32,9 @@ __all__ = ["Built", "NewAdmin", "announce", "announced", "new_admin", "noted",
 log = logging.getLogger("keytrail")
 
 
+_REGION = "us-east-1"  # the admin's clients': any Region works, each holds its own keys
+
+
 @dataclass(frozen=True)
 class NewAdmin:
     """The admin user of a principals file this start created: announced once the node is built."""
@@ -84,9 +87,12 @@ def _still_pending(settings: ServeSettings, pending: frozenset[str]) -> set[str]
 
 
 def _print_new_admin(admin: NewAdmin, settings: ServeSettings) -> None:
+    """The line to paste: the Region under both names the clients read it by, AWS_REGION (the SDKs'
+    setting: the JavaScript and Java SDKs read only it, and said "Region is missing") and
+    AWS_DEFAULT_REGION (boto3 and the aws CLI v1 read only it)."""
     typer.echo(f"Created {admin.path} with an admin user. To use it:")
     typer.echo(f"export AWS_ACCESS_KEY_ID={admin.access_key} AWS_SECRET_ACCESS_KEY={admin.secret} "
-               f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_DEFAULT_REGION=us-east-1")
+               f"AWS_ENDPOINT_URL_KMS={settings.endpoint} AWS_REGION={_REGION} AWS_DEFAULT_REGION={_REGION}")
 
 
 def _print_public_key(integrity: IntegrityPaths, data_dir: Path) -> None:
