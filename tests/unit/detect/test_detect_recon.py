@@ -57,6 +57,20 @@ def test_five_denied_keys_make_it_medium() -> None:
     assert alarm.severity == "LOW"
 
 
+def test_callers_with_no_arn_reading_many_keys_each_raise_their_own_alarm() -> None:
+    """Stolen SAML or web identity credentials enumerating keys raised nothing: a caller with no
+    ARN was passed over. It is told apart by account and access key, as `unauthorized-decrypt` does."""
+    def saml(name: str) -> dict[str, Any]:
+        return {"type": "SAMLUser", "principalId": f"idp:{name}", "userName": name, "accountId": ACCOUNT,
+                "accessKeyId": f"ASIA{name.upper()}0000000001"}
+
+    alarms = _recon(_reads(saml("ann"), range(20)) + _reads(saml("bo"), range(20), start=T0 + timedelta(minutes=1)))
+    assert sorted((a.principal_arn, a.details["accessKeyIds"], a.count) for a in alarms) == [
+        (None, "ASIAANN0000000001", 20), (None, "ASIABO0000000001", 20)]
+    assert alarms[0].summary.startswith(
+        f"a caller with no ARN (account {ACCOUNT}, access key ASIAANN0000000001) read the metadata of 20 keys")
+
+
 def test_each_principal_is_counted_on_its_own() -> None:
     assert _recon(_reads(MALLORY, range(10)) + _reads(user("eve"), range(10, 20))) == []
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from keytrail.detect.alarms import Finding
 from keytrail.detect.events import KmsEvent
 
-__all__ = ["Check", "LatestTime", "arn_region_account", "expected_caller"]
+__all__ = ["Check", "LatestTime", "arn_region_account", "caller_id", "caller_name", "expected_caller"]
 
 
 class Check(Protocol):
@@ -31,6 +31,19 @@ def arn_region_account(arn: str | None) -> tuple[str | None, str | None]:
     """(region, account) of a key ARN `arn:aws:kms:<region>:<account>:key/<id>`."""
     parts = (arn or "").split(":")
     return (parts[3] or None, parts[4] or None) if len(parts) >= 6 else (None, None)
+
+
+def caller_id(event: KmsEvent) -> str:
+    """Who made a call, for rules that count a caller's calls: its principal ARN, or for a caller
+    with no ARN (a SAML or web identity user, an AWSAccount caller) its account and access key,
+    so that two such callers are not one, and stolen federated credentials are watched as any."""
+    return event.principal_arn or f"caller {event.account_id or ''}/{event.access_key_id or ''}"
+
+
+def caller_name(event: KmsEvent) -> str:
+    """How a summary names the caller: its principal ARN, or what tells a caller with no ARN."""
+    return event.principal_arn or (f"a caller with no ARN (account {event.account_id or 'unknown'}, "
+                                   f"access key {event.access_key_id or 'unknown'})")
 
 
 def expected_caller(event: KmsEvent, parameters: Mapping[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from keytrail.detect.alarms import GATHERED_DETAILS, MAX_EVENT_IDS, MAX_GATHERED, Earlier, Finding, caller_origin
-from keytrail.detect.checks import LatestTime, expected_caller
+from keytrail.detect.checks import LatestTime, caller_id, caller_name, expected_caller
 from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.events import KmsEvent
 from keytrail.detect.ledger import UNCONFIRMED_KEYS
@@ -135,16 +135,16 @@ class KeyReconnaissance:
         self.rule = rule
         self._min_keys = int(rule.param("min_keys"))
         self._min_denied = int(rule.param("min_denied"))
-        self._surveys: dict[str, _Survey] = {}  # principal ARN -> its survey
+        self._surveys: dict[str, _Survey] = {}  # caller (`caller_id`) -> its survey
         self._read = LatestTime()  # of the calls surveyed
 
     def observe(self, event: KmsEvent) -> list[Finding]:
-        key, principal = event.judged_key_arn, event.principal_arn
-        if key is None or principal is None or expected_caller(event, self.rule.parameters):
+        key = event.judged_key_arn
+        if key is None or expected_caller(event, self.rule.parameters):
             return []
         at = event.event_time
         self._read.saw(at)
-        survey = self._surveys.setdefault(principal, _Survey())
+        survey = self._surveys.setdefault(caller_id(event), _Survey())
         survey.add(key, event.event_name, at, event.error_code in DENIED_CODES)
         survey.expire(at, self.rule.window)
         if len(survey.keys) < max(self._min_keys, 1):
@@ -170,9 +170,10 @@ class KeyReconnaissance:
         """The finding of one call at `min_keys` keys or more, standing also for the calls held
         before it (`earlier`), whose `origins` join its own."""
         denied = survey.denied_keys >= self._min_denied
-        who = event.principal_arn
+        who = caller_name(event)
         return Finding(
-            rule=self.rule_id, time=event.event_time, key_arn=None, principal_arn=who, event_id=event.event_id,
+            rule=self.rule_id, time=event.event_time, key_arn=None, principal_arn=event.principal_arn,
+            event_id=event.event_id,
             account_id=event.account_id, region=event.region, severity=Severity.MEDIUM if denied else None,
             summary=f"{who} read the metadata of {len(survey.keys)} keys within {_duration(self.rule.window)} "
             f"({survey.denied_keys} refused it)",
@@ -180,6 +181,8 @@ class KeyReconnaissance:
             details={"keyCount": str(len(survey.keys)), "deniedKeyCount": str(survey.denied_keys),
                      "eventNames": ",".join(sorted(survey.names))} | _joined(origins, caller_origin(event)),
             earlier=earlier,
+            # Callers with no ARN (principalArn null) are one survey each, and so one alarm each.
+            scope=None if event.principal_arn else caller_id(event),
         )
 
 

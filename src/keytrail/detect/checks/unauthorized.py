@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import MAX_GATHERED, Finding, caller_origin
-from keytrail.detect.checks import LatestTime, arn_region_account, expected_caller
+from keytrail.detect.checks import LatestTime, arn_region_account, caller_id, caller_name, expected_caller
 from keytrail.detect.deny import DENIED_CODES, parse_deny_reason
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import UNCONFIRMED_KEYS, KeyLedger
@@ -75,7 +75,7 @@ class UnauthorizedDecrypt:
     def __init__(self, rule: Rule, ledger: KeyLedger) -> None:
         self.rule, self.ledger = rule, ledger
         self._per_principal = int(rule.param("key_alarms_per_principal"))
-        self._denials: dict[str, _Denials] = {}  # caller (`_caller`) -> its denials in the window
+        self._denials: dict[str, _Denials] = {}  # caller (`caller_id`) -> its denials in the window
         self._read = LatestTime()  # of the denials folded or keyed
 
     def observe(self, event: KmsEvent) -> list[Finding]:
@@ -101,7 +101,7 @@ class UnauthorizedDecrypt:
         if not self._per_principal or key is None:
             return False
         self._read.saw(event.event_time)
-        denials = self._denials.setdefault(_caller(event), _Denials())
+        denials = self._denials.setdefault(caller_id(event), _Denials())
         denials.close_expired(event.event_time, self.rule.window)
         if key in denials.keyed:
             denials.keyed[key] = max(event.event_time, denials.keyed[key])
@@ -113,10 +113,10 @@ class UnauthorizedDecrypt:
         return True
 
     def _folded(self, event: KmsEvent, finding: Finding) -> Finding:
-        denials = self._denials[_caller(event)]
+        denials = self._denials[caller_id(event)]
         details = {name: value for name, value in finding.details.items() if name != "newPrincipalOnKey"}
         details |= {"keyCount": str(denials.folded_count), "keyArns": ",".join(denials.folded_first)}
-        who = event.principal_arn or _caller_without_arn(event)
+        who = caller_name(event)
         return replace(
             finding,
             key_arn=None,
@@ -144,7 +144,7 @@ class UnauthorizedDecrypt:
         if new:
             details["newPrincipalOnKey"] = "true"  # never made a successful call on this key
         details |= caller_origin(event)  # the recommendation sends the responder after the credentials
-        who = event.principal_arn or _caller_without_arn(event)
+        who = caller_name(event)
         finding = Finding.on_event(
             self.rule_id,
             event,
@@ -167,17 +167,6 @@ def _scope(event: KmsEvent, key: str | None) -> str | None:
     alarm whose first caller hides the others."""
     parts = ["no key"] if key is None else []
     if event.principal_arn is None:
-        parts.append(_caller(event))
+        parts.append(caller_id(event))
     return " ".join(parts) or None
 
-
-def _caller(event: KmsEvent) -> str:
-    """Whose denials a flood counts: the principal, or a caller with no ARN (a SAML or web identity
-    user: stolen federated credentials try keys as any others do) by account and access key."""
-    return event.principal_arn or f"caller {event.account_id or ''}/{event.access_key_id or ''}"
-
-
-def _caller_without_arn(event: KmsEvent) -> str:
-    """How a summary names a caller whose userIdentity has no ARN."""
-    return (f"a caller with no ARN (account {event.account_id or 'unknown'}, "
-            f"access key {event.access_key_id or 'unknown'})")
