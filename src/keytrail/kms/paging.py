@@ -14,17 +14,20 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar, cast
 
 from keytrail.kms.errors import InvalidMarkerException
 
-__all__ = ["Position", "Shape", "marked_position", "page", "page_limit", "paged"]
+__all__ = ["DatedPosition", "Position", "Shape", "dated_position", "marked_position", "page", "page_limit", "paged"]
 
 T = TypeVar("T")
 # Where an item stands in its listing: unique per item, ordered as the listing is.
 Position = tuple[str | float, ...]
 # The types of a listing's positions, element by element: (float, str) for a date and an id.
 Shape = tuple[type[str] | type[float], ...]
+# A position of a listing in creation order (ListKeys, ListGrants): a POSIX timestamp, then an id.
+DatedPosition = tuple[float, str]
 
 
 def page(
@@ -70,6 +73,21 @@ def marked_position(params: dict[str, Any], listing: str, shape: Shape | None) -
     if not isinstance(decoded, list) or not decoded or decoded[0] != _tag(listing):
         _invalid()  # not a marker of this listing
     return _position(decoded[1:], shape)
+
+
+def dated_position(params: dict[str, Any], listing: str) -> DatedPosition | None:
+    """The position the call's Marker holds in a listing in creation order (None without a Marker).
+    InvalidMarkerException also when its timestamp is no date anything was created at (years 1 to
+    9999): a store reading its page after that position could not say where it is."""
+    position = marked_position(params, listing, (float, str))
+    if position is None:
+        return None
+    timestamp, name = cast(DatedPosition, position)  # of the shape marked_position checked
+    try:
+        datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, ValueError, OSError):
+        _invalid()
+    return timestamp, name
 
 
 def paged(

@@ -14,13 +14,15 @@ from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.model import CallRecord
 
 __all__ = [
-    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantStore", "ImportStore", "KeyPosition", "KeyStore",
-    "OwedRecordStore", "OwedWrites", "Store",
+    "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantPosition", "GrantStore", "ImportStore", "KeyPosition",
+    "KeyStore", "OwedRecordStore", "OwedWrites", "Store",
 ]
 
 # Where a key stands in ListKeys: its creation date as a POSIX timestamp (as ListKeys' markers have
 # held it), then its id.
 KeyPosition = tuple[float, str]
+# Where a grant stands in ListGrants: its creation date as a POSIX timestamp, then its id.
+GrantPosition = tuple[float, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,13 @@ class GrantStore(Protocol):
         """Delete the grant; False, changing nothing, when it is gone already (on any node)."""
         ...
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]: ...
+    async def list_grants_page(self, account: str, region: str, key_id: str, after: GrantPosition | None,
+                               limit: int, grantee: str | None = None) -> list[Grant]:
+        """At most `limit` of the key's grants in `list_grants`' order (by creation date, then grant
+        id), after `after` only (where a grant stands or stood: it may be gone), and to `grantee`
+        only when one is given: a page of ListGrants, read without the key's other grants, which
+        may be 50,000."""
+        ...
     async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:
         """The key's grants whose grantee is one of `grantees`, in `list_grants`' order."""
         ...

@@ -27,7 +27,7 @@ from keytrail.kms.grants import (
 )
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyState
-from keytrail.kms.paging import page
+from keytrail.kms.paging import Position, dated_position, page, page_limit, paged
 from keytrail.kms.policy_document import is_aws_principal
 from keytrail.kms.store import Grant
 
@@ -47,6 +47,8 @@ _MAX_CONSTRAINT_VALUE = 384
 # "Grants per KMS key" (AWS KMS resource quotas): every call on a key reads all of its grants, so
 # without it one caller could make each call on a key slower, and the node larger, without end.
 GRANTS_PER_KEY = 50_000
+# ListGrants and ListRetirableGrants: "If you do not include a value, it defaults to 50."
+_DEFAULT_LIMIT = 50
 
 
 def _check_request(key: Key, operations: list[str], constraints: dict[str, Any]) -> None:
@@ -191,25 +193,42 @@ def _new_grant(svc: KmsService, call: Call, key: Key) -> Grant:
 
 
 async def list_grants(svc: KmsService, call: Call) -> Response:
+    """ListGrants, one page read from the store: a key may hold 50,000 grants."""
     params = call.params
     _require_one_of(params, "GranteePrincipal", "GranteeServicePrincipal", "can")
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
     await svc.authorize(call, "kms:ListGrants", key, request_conditions("ListGrants", params))
-    grants = await svc.store.list_grants(key.account, key.region, key.key_id)
-    if params.get("GranteeServicePrincipal"):
-        grants = []  # a filter no grant here meets: no grant is for an AWS service principal
-    if params.get("GrantId"):
-        _require_grant_id(params["GrantId"])
-        grants = [g for g in grants if g.grant_id == params["GrantId"]]
-    if params.get("GranteePrincipal"):
-        grants = [g for g in grants if g.grantee_principal == params["GranteePrincipal"]]
-    grants = sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
-    chunk, paging = _page(grants, params, f"ListGrants {key.arn}")
+    listing = f"ListGrants {key.arn}"
+    if params.get("GrantId") is None and params.get("GranteeServicePrincipal") is None:
+        limit = page_limit(params, _DEFAULT_LIMIT)
+        after = dated_position(params, listing)
+        grants = await svc.store.list_grants_page(key.account, key.region, key.key_id, after, limit + 1,
+                                                  params.get("GranteePrincipal"))
+        chunk, paging = paged(grants, limit, _listed_at, listing)
+    else:
+        chunk, paging = _page(await _grant_listed(svc, key, params), params, listing)
     return {"Grants": [grant_view(key, g) for g in chunk], **paging}
 
 
+async def _grant_listed(svc: KmsService, key: Key, params: dict[str, Any]) -> list[Grant]:
+    """The grant a ListGrants call names by GrantId, if it meets the call's other filters."""
+    if params.get("GrantId") is not None:
+        _require_grant_id(params["GrantId"])
+    if params.get("GranteeServicePrincipal") is not None:
+        return []  # a filter no grant here meets: no grant is for an AWS service principal
+    grant = await svc.store.get_grant(key.account, key.region, key.key_id, params["GrantId"])
+    if grant is None or params.get("GranteePrincipal") not in (None, grant.grantee_principal):
+        return []
+    return [grant]
+
+
+def _listed_at(grant: Grant) -> Position:
+    """Where `grant` stands in ListGrants and ListRetirableGrants (as their markers say)."""
+    return grant.creation_date.timestamp(), grant.grant_id
+
+
 def _page(grants: list[Grant], params: dict[str, Any], listing: str) -> tuple[Sequence[Grant], dict[str, Any]]:
-    return page(grants, params, lambda g: (g.creation_date.timestamp(), g.grant_id), listing, default_limit=50)
+    return page(grants, params, _listed_at, listing, default_limit=_DEFAULT_LIMIT)
 
 
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:

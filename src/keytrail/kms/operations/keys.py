@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors, multiregion
 from keytrail.kms.asymmetric import check_offered_in_region
@@ -21,11 +20,10 @@ from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.operations.hsm_keys import as_its_store_leaves_it
-from keytrail.kms.paging import Position, marked_position, page_limit, paged
+from keytrail.kms.paging import dated_position, page_limit, paged
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.specs import ALLOWED_USAGES
-from keytrail.kms.store import KeyPosition
 from keytrail.kms.tags import validate_tags
 
 if TYPE_CHECKING:
@@ -191,23 +189,10 @@ async def list_keys(svc: KmsService, call: Call) -> Response:
     account, region = call.context.account, call.context.region
     listing = f"ListKeys {account} {region}"
     limit = page_limit(call.params, 100)  # ListKeys: Limit may be up to 1000, but without one a page holds 100 keys.
-    after = _key_position(marked_position(call.params, listing, (float, str)))
+    after = dated_position(call.params, listing)
     keys = await svc.store.list_keys_page(account, region, after, limit + 1)
     chunk, paging = paged(keys, limit, lambda k: (k.creation_date.timestamp(), k.key_id), listing)
     return {"Keys": [{"KeyId": k.key_id, "KeyArn": k.arn} for k in chunk], **paging}
-
-
-def _key_position(position: Position | None) -> KeyPosition | None:
-    """A ListKeys marker's position; InvalidMarkerException if its timestamp is no date a key
-    was created at (years 1 to 9999)."""
-    if position is None:
-        return None
-    timestamp, key_id = cast(KeyPosition, position)  # of the shape marked_position checked
-    try:
-        datetime.fromtimestamp(timestamp, UTC)
-    except (OverflowError, ValueError, OSError):
-        raise errors.InvalidMarkerException("The marker is not valid.") from None
-    return timestamp, key_id
 
 
 async def _set_enabled(svc: KmsService, call: Call, action: str, state: KeyState) -> Response:
