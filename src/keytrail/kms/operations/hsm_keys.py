@@ -210,28 +210,46 @@ def note_backing_key(call: Call, store: CustomKeyStore, backing_id: str) -> None
 
 
 async def set_availability(svc: KmsService, store: CustomKeyStore, *, available: bool) -> None:
-    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state.
-    Each key is changed under its lock, as it is then: a call changing it meanwhile keeps its change."""
-    for listed in await keys_in(svc, store):
-        async with svc.key_lock(listed.account, listed.region, listed.key_id):
-            key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
-            changed = _with_availability(key, available) if key is not None else None
-            if changed is not None:
-                await svc.store.put_key(changed)
+    """Keys of a disconnected store are Unavailable; reconnecting gives back their own state, and
+    names the store's cluster in each (`name_the_cluster`), for keys an UpdateCustomKeyStore cut
+    short (its node stopped between the store's write and theirs) left naming the one before."""
+    if available:
+        await _change_keys(svc, store, lambda key: _as_connected(key, store))
+    else:
+        await _change_keys(svc, store, lambda key: _with_availability(key, available=False))
 
 
 async def name_the_cluster(svc: KmsService, store: CustomKeyStore) -> None:
     """Have each KMS key of the store name the store's cluster: KeyMetadata.CloudHsmClusterId is "the
     cluster that contains the key material", and UpdateCustomKeyStore moves it to a related cluster
-    (a restored backup), after which the first may be gone. Each key is changed under its lock, as
-    `set_availability` changes it; a key naming the cluster already is not written again."""
+    (a restored backup), after which the first may be gone."""
+    await _change_keys(svc, store, lambda key: _unless_same(key, _in_cluster(key, store.cluster_id)))
+
+
+async def _change_keys(svc: KmsService, store: CustomKeyStore, change: Callable[[Key], Key | None]) -> None:
+    """Store `change` of each KMS key of the store (None: nothing to change). Each key is changed under
+    its lock, as it is then: a call changing it meanwhile keeps its change."""
     for listed in await keys_in(svc, store):
-        if listed.extra.get(CLUSTER_ID) == store.cluster_id:
-            continue
         async with svc.key_lock(listed.account, listed.region, listed.key_id):
             key = await svc.store.get_key(listed.account, listed.region, listed.key_id)
-            if key is not None and key.extra.get(CLUSTER_ID) != store.cluster_id:
-                await svc.store.put_key(replace(key, extra={**key.extra, CLUSTER_ID: store.cluster_id}))
+            changed = change(key) if key is not None else None
+            if changed is not None:
+                await svc.store.put_key(changed)
+
+
+def _as_connected(key: Key, store: CustomKeyStore) -> Key | None:
+    """The key as connecting its store leaves it (its own state, the store's cluster), or None if
+    that changes nothing."""
+    named = _in_cluster(key, store.cluster_id)
+    return _unless_same(key, _with_availability(named, available=True) or named)
+
+
+def _in_cluster(key: Key, cluster_id: str) -> Key:
+    return key if key.extra.get(CLUSTER_ID) == cluster_id else replace(key, extra={**key.extra, CLUSTER_ID: cluster_id})
+
+
+def _unless_same(key: Key, changed: Key) -> Key | None:
+    return None if changed is key else changed
 
 
 async def as_its_store_leaves_it(svc: KmsService, key: Key) -> Key:

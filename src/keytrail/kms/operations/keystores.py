@@ -227,7 +227,6 @@ async def connect_custom_key_store(svc: KmsService, call: Call) -> Response:
         await set_availability(svc, store, available=True)
         return {}
     await _require_token_not_held(svc, store)
-    await name_the_cluster(svc, store)  # keys an update cut short (a node that stopped) left naming the old one
     await svc.store.put_custom_key_store(store.with_state(ConnectionState.CONNECTING))
     try:
         await connections_of(svc).connect(store)
