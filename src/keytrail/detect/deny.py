@@ -2,7 +2,9 @@
 
 Grammar (IAM "Troubleshoot access denied", audit-anchors §1.3):
 `… because no <type> policy allows the <action> action` (implicit) or
-`… with an explicit deny in a|an <type> policy` (explicit).
+`… with an explicit deny in a|an <type> policy` (explicit), where a permissions boundary is no
+"policy" (`… because no permissions boundary allows …`, `… with an explicit deny in a permissions
+boundary`), and either may be followed by `: <ARN of the policy>`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ __all__ = ["DENIED_CODES", "DenyReason", "parse_deny_reason"]
 DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException"})
 
 _IMPLICIT = re.compile(r"because no (?P<type>[\w\s-]+?)(?: polic(?:y|ies))? allows? ")
-_EXPLICIT = re.compile(r"with an explicit deny in (?:a|an|the) (?P<type>[\w\s-]+?) policy")
+_EXPLICIT = re.compile(
+    r"with an explicit deny in (?:a|an|the) (?:(?P<boundary>permissions boundary)|(?P<type>[\w\s-]+?) policy)")
 _ACTION = re.compile(r"to perform: (?P<action>[\w:*]+)")
 
 
@@ -34,7 +37,7 @@ def parse_deny_reason(message: str | None) -> DenyReason:
     action_match = _ACTION.search(text)
     action = action_match["action"] if action_match else None
     if match := _EXPLICIT.search(text):
-        return DenyReason("explicit", match["type"].strip(), action)
+        return DenyReason("explicit", (match["boundary"] or match["type"]).strip(), action)
     if match := _IMPLICIT.search(text):
         return DenyReason("implicit", match["type"].strip(), action)
     return DenyReason("unknown", None, action)

@@ -181,6 +181,26 @@ def test_durations() -> None:
             "explicit",
             "resource control",
         ),
+        # A permissions boundary is no "policy" in IAM's words, explicit as implicit; and IAM may
+        # name the denying policy after a colon.
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "with an explicit deny in a permissions boundary",
+            "explicit",
+            "permissions boundary",
+        ),
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "with an explicit deny in a permissions boundary: arn:aws:iam::1:policy/boundary",
+            "explicit",
+            "permissions boundary",
+        ),
+        (
+            "User: arn:aws:iam::1:user/a is not authorized to perform: kms:Decrypt on resource: k "
+            "with an explicit deny in an identity-based policy: arn:aws:iam::1:policy/DenyKms",
+            "explicit",
+            "identity-based",
+        ),
         ("Access denied", "unknown", None),
     ],
 )
