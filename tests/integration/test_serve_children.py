@@ -132,6 +132,22 @@ def test_children_serve_last_usage_and_alarms(server: KeytrailServer) -> None:
     assert server.stop() == 0
 
 
+def test_last_usage_of_a_key_made_after_tracking_began_is_tracked_from_its_creation(
+        server: KeytrailServer) -> None:
+    """TrackingStartDate is "the date from which KMS began recording cryptographic activity for this
+    key, or the date the KMS key was created, whichever is later" (GetKeyLastUsage): a key made after
+    the node's first call answered the node's tracking start, a time before the key existed."""
+    alice = server.client("alice")
+    first = alice.create_key()["KeyMetadata"]["Arn"]
+    alice.encrypt(KeyId=first, Plaintext=b"x")
+    eventually(lambda: alice.get_key_last_usage(KeyId=first).get("KeyLastUsage"), what="the first use tracked")
+    time.sleep(1.1)  # the next key is made in a later second than tracking began (its first event's)
+    later = alice.create_key()["KeyMetadata"]
+    answer = alice.get_key_last_usage(KeyId=later["Arn"])
+    assert answer["KeyLastUsage"] == {}
+    assert answer["TrackingStartDate"] == answer["KeyCreationDate"] == later["CreationDate"]
+
+
 def _detector_lag(server: KeytrailServer) -> float:
     [line] = [line for line in server.get("/metrics")[1].decode().splitlines()
               if line.startswith('keytrail_detector_lag{partition="segment-log"} ')]

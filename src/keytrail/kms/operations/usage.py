@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from keytrail.kms import errors
@@ -22,13 +23,22 @@ async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
     tracking_start, last = source.last_usage(key.arn)
     response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date}
     if tracking_start is not None:
-        response["TrackingStartDate"] = tracking_start
+        response["TrackingStartDate"] = _tracking_start_of(key.creation_date, tracking_start)
     # "If the key has not been used since tracking began, this response element is an empty object."
     response["KeyLastUsage"] = {} if last is None else {
         "Operation": last.operation, "Timestamp": last.timestamp, "CloudTrailEventId": last.event_id,
         **({"KmsRequestId": last.request_id} if last.request_id else {}),
     }
     return response
+
+
+def _tracking_start_of(created: datetime, tracking_start: datetime) -> datetime:
+    """TrackingStartDate: "the date from which KMS began recording cryptographic activity for this
+    key, or the date the KMS key was created, whichever is later" (GetKeyLastUsage); a key made
+    after tracking began answered the node's tracking start, before the key existed."""
+    def utc(moment: datetime) -> datetime:
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return max(utc(created), utc(tracking_start))
 
 
 OPERATIONS: dict[str, Operation] = {"GetKeyLastUsage": Operation(get_key_last_usage, read_only=True)}
