@@ -1,13 +1,15 @@
 """ListGrants pages from the PostgreSQL store (real server at 127.0.0.1:5432): the database picks
 the page's rows, and only those are verified and decoded (≈ 25 µs a grant: verifying all of a key's
 grants for each page held the event loop ≈ 1.3 s at AWS's quota of 50,000 grants a key). The
-SQLite store's tests are in tests/unit/kms/test_list_grants_paging.py."""
+SQLite store's tests are in tests/unit/kms/test_list_grants_paging.py. ListRetirableGrants reads
+the grants of its retiring principal, not every grant of the Region."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from keytrail.kms.postgres_store import PostgresStore
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Grant
-from tests.support.allow_all import AllowAll, alice
+from tests.support.allow_all import ACCOUNT, AllowAll, alice
 from tests.support.postgres import fetch_value, fresh_database
 
 pytestmark = pytest.mark.integration
@@ -124,3 +126,18 @@ async def test_grants_deleted_between_pages_are_skipped(listed: Listed) -> None:
         assert await store.delete_grant(gone)
     second = await service.execute("ListGrants", alice(), {"KeyId": key_arn, "Limit": 3, "Marker": first["NextMarker"]})
     assert [g["GrantId"] for g in second["Grants"]] == [g.grant_id for g in ordered[12:15]]
+
+
+async def test_list_retirable_grants_verifies_the_grants_naming_its_principal_only(
+        listed: Listed, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, service, _, grants, _ = listed
+    dave = f"arn:aws:iam::{ACCOUNT}:user/dave"
+    ordered = sorted(grants, key=lambda g: (g.creation_date, g.grant_id))
+    retirable = [replace(grant, retiring_principal=dave) for grant in ordered[:3]]
+    to_dave = replace(ordered[3], grantee_principal=dave)  # his ARN in another member: read, not listed
+    for grant in (*retirable, to_dave):
+        await store.put_grant(grant)
+    verified = _counting_verifications(monkeypatch)
+    answer = await service.execute("ListRetirableGrants", alice(), {"RetiringPrincipal": dave})
+    assert [g["GrantId"] for g in answer["Grants"]] == [g.grant_id for g in retirable]
+    assert sorted(row[3] for row in verified) == sorted(g.grant_id for g in (*retirable, to_dave))

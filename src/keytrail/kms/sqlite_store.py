@@ -588,8 +588,12 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         return len(self._grants.get(scope, {})) + len(self._refused.within(GRANTS.name, scope))
 
     async def all_grants(self, region: str) -> list[Grant]:
-        """Every grant of the Region that verified (ListRetirableGrants, across accounts)."""
+        """Every grant of the Region that verified, across accounts."""
         return [g for (_, r, _), grants in self._grants.items() if r == region for g in grants.values()]
+
+    async def grants_retirable_by(self, region: str, retiring_principal: str) -> list[Grant]:
+        """As all_grants, those `retiring_principal` may retire only (ListRetirableGrants)."""
+        return [grant for grant in await self.all_grants(region) if grant.retiring_principal == retiring_principal]
 
     async def reseal(self, new: RootKey) -> int:
         """Seal every sealed value of the store again under `new` and authenticate every document

@@ -122,6 +122,10 @@ class GrantStore(Protocol):
     async def all_grants(self, region: str) -> list[Grant]:
         """Every grant on a key in `region`, whichever account owns the key."""
         ...
+    async def grants_retirable_by(self, region: str, retiring_principal: str) -> list[Grant]:
+        """Every grant on a key in `region`, whichever account owns the key, whose retiring principal
+        is `retiring_principal` (ListRetirableGrants), read without the Region's other grants."""
+        ...
 
 
 class ImportStore(Protocol):

@@ -241,8 +241,8 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     await svc.authorize_identity(call, "kms:ListRetirableGrants", retiring)
     # AWS lists grants on other accounts' keys too, for a retiring principal of the caller's account.
     own_principal = _account_of(retiring) == context.account
-    grants = [g for g in await svc.store.all_grants(context.region)
-              if g.retiring_principal == retiring and (own_principal or g.account == context.account)]
+    grants = [g for g in await svc.store.grants_retirable_by(context.region, retiring)
+              if own_principal or g.account == context.account]
     grants.sort(key=lambda g: (g.creation_date, g.grant_id))
     chunk, paging = _page(grants, params, f"ListRetirableGrants {context.account} {context.region} {retiring}")
     views = []
