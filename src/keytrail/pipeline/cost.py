@@ -210,8 +210,8 @@ def _as_they_happened(events: list[tuple[datetime, str]]) -> list[tuple[datetime
     CloudTrail times have whole seconds, so a script that schedules a deletion, cancels it and
     schedules it again ties all three: in lifecycle order the cancel came last, and the key, pending
     deletion, was billed until it was deleted (or for ever, in a forecast). AWS refuses to schedule
-    the deletion of a key already pending it, and to cancel (or carry out) that of a key not pending:
-    within a second, the event the key's state allows comes first.
+    the deletion of a key already pending it, to rotate one pending it, and to cancel (or carry out)
+    that of a key not pending: within a second, the event the key's state allows comes first.
     """
     ordered: list[tuple[datetime, str]] = []
     pending = False
@@ -229,8 +229,10 @@ _ENDS_PENDING = frozenset({"CreateKey", "ReplicateKey", "CancelKeyDeletion", "De
 
 
 def _allowed(name: str, pending: bool) -> bool:
-    """Whether AWS takes `name` on a key that is (or is not) pending deletion."""
-    if name == "ScheduleKeyDeletion":
+    """Whether AWS takes `name` on a key that is (or is not) pending deletion. Nor does it rotate a
+    key pending deletion: a rotation tied with the cancel came after it (cancel, enable, rotate in
+    one second), where in lifecycle order the waiting period the cancel restores took its rate."""
+    if name in ("ScheduleKeyDeletion", "RotateKey"):
         return not pending
     return pending if name in ("CancelKeyDeletion", "DeleteKey") else True
 

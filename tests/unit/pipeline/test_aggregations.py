@@ -203,6 +203,22 @@ def test_a_deletion_scheduled_again_in_the_second_it_was_cancelled_stops_the_bil
     assert segments[1].charged_hour == segments[2].start_hour  # the cancelled waiting period
 
 
+def test_a_rotation_in_the_second_its_key_s_deletion_was_cancelled_came_after_the_cancel() -> None:
+    # Cancel, enable and rotate in one second (a script): AWS rotates no key pending deletion, so
+    # the rotation came after the cancel, and the waiting period the cancel restores is billed at
+    # the rate before it. In lifecycle order (rotation before cancel) it was billed a rotation higher.
+    events = [(_t(0), "CreateKey"), (_t(1, 30), "ScheduleKeyDeletion"), (_t(5, 30), "CancelKeyDeletion"),
+              (_t(5, 30), "RotateKey")]
+    segments = billed_segments(events, 2)
+    assert [(s.start_hour % 24, s.rotations) for s in segments] == [(0, 0), (2, 0), (5, 1)]  # the last open
+    assert (segments[0].end_hour % 24, segments[1].end_hour % 24) == (2, 5)
+    assert segments[1].charged_hour == segments[2].start_hour  # the cancelled waiting period, at $1
+    # Not pending, a rotation tied with the scheduling still came before it (nothing rotates pending).
+    events = [(_t(0), "CreateKey"), (_t(1, 30), "RotateKey"), (_t(1, 30), "ScheduleKeyDeletion")]
+    assert [(s.start_hour % 24, s.end_hour % 24, s.rotations) for s in billed_segments(events, 2)] == [
+        (0, 1, 0), (1, 2, 1)]
+
+
 def test_records_of_odd_shapes_read_as_nulls_and_those_without_time_or_name_are_left_out() -> None:
     [good] = list(generate_events(1, SETTINGS, seed=5))
     odd = [
