@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -655,3 +656,43 @@ def test_serve_warns_of_a_certificate_no_client_accepts_at_start(tmp_path: Path,
     warnings = [line for line in err.splitlines() if "--tls-cert" in line]
     assert len(warnings) == 1 and f"--tls-cert {cert} {said}" in warnings[0], err
     assert proc.returncode == 0
+
+
+# `keytrail serve` killed (kill -9) just as it is about to print the dev certificate's line.
+_KILLED_BEFORE_THE_CERTIFICATE_LINE = """
+import os, signal
+import keytrail.cli.start_made as start_made
+start_made.print_dev_certificate = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+from keytrail.cli import main
+main()
+"""
+
+
+def test_a_first_tls_start_killed_before_it_prints_has_the_next_start_print_the_dev_certificate(
+        tmp_path: Path) -> None:
+    # The next start took the certificate for an existing one: it printed the admin user's line with
+    # its https:// endpoint, and no AWS_CA_BUNDLE line, so every call failed CERTIFICATE_VERIFY_FAILED.
+    data, port = tmp_path / "d", free_port()
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_THE_CERTIFICATE_LINE, "serve", "--data-dir",
+                             str(data), "--port", "0", "--tls-self-signed"], capture_output=True, text=True, timeout=60)
+    assert (killed.returncode, killed.stdout) == (-signal.SIGKILL, ""), killed.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(data), "--port", str(port),
+                             "--tls-self-signed"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not (line := proc.stdout.readline()).startswith("keytrail serve: listening on "):
+            assert line, "serve exited"
+            lines.append(line)
+        cert = data / "tls" / "tls-cert.pem"
+        assert lines[0] == f"Created the dev certificate {cert} (localhost, 127.0.0.1). To use it:\n"
+        exported = dict(pair.split("=", 1) for line in lines if line.startswith("export ") for pair in line.split()[1:])
+        kms = boto3.client("kms", endpoint_url=exported["AWS_ENDPOINT_URL_KMS"], verify=exported["AWS_CA_BUNDLE"],
+                           region_name=exported["AWS_REGION"], aws_access_key_id=exported["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=exported["AWS_SECRET_ACCESS_KEY"])
+        assert kms.list_keys()["Keys"] == []
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert not (data / "unannounced").exists()

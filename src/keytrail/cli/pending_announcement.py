@@ -1,8 +1,9 @@
 """What a start of `keytrail serve` made that no start has printed yet: the admin user of the
-principals file it created, the audit signing key. A start killed (kill -9, the machine off)
-between making them and printing them left them for the next start to take as existing ones,
-and no start ever printed the admin's credentials or the key's fingerprint. Noted durably in the
-data dir before they are made, cleared once they are printed, the next start prints them."""
+principals file it created, the audit signing key, the dev certificate of --tls-self-signed. A
+start killed (kill -9, the machine off) between making them and printing them left them for the
+next start to take as existing ones, and no start ever printed the admin's credentials, the key's
+fingerprint or the certificate's AWS_CA_BUNDLE line. Noted durably in the data dir before they are
+made, cleared once they are printed, the next start prints them."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 
 from keytrail.owner_only import open_regular, remove_stale_temps, replace_whole, replace_whole_temps
 
-__all__ = ["NAME", "PRINCIPALS", "SIGNING_KEY", "PendingAnnouncement"]
+__all__ = ["DEV_CERTIFICATE", "NAME", "PRINCIPALS", "SIGNING_KEY", "PendingAnnouncement"]
 
 NAME = "unannounced"  # in the data dir
 PRINCIPALS = "principals.toml"
 SIGNING_KEY = "audit signing key"
-_ITEMS = frozenset({PRINCIPALS, SIGNING_KEY})
+DEV_CERTIFICATE = "dev certificate"  # unprinted, the https:// endpoint of the admin's line failed every call
+_ITEMS = frozenset({PRINCIPALS, SIGNING_KEY, DEV_CERTIFICATE})
 
 
 class PendingAnnouncement:

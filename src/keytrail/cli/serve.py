@@ -27,7 +27,7 @@ from keytrail.cli.console import (
     os_problem,
     path_option,
 )
-from keytrail.cli.pending_announcement import SIGNING_KEY
+from keytrail.cli.pending_announcement import DEV_CERTIFICATE, SIGNING_KEY
 from keytrail.cli.serve_checks import (
     check_config,
     check_data_dir_owned,
@@ -383,6 +383,7 @@ async def _built_node(settings: ServeSettings, hold: DataDirHold) -> Built:
         pending = noted(settings, new_trail)
         new_trail = settings.audit and (new_trail or SIGNING_KEY in pending)
         tls, new_certificate = tls_options(settings)
+        new_certificate = new_certificate or (settings.tls_self_signed and DEV_CERTIFICATE in pending)
         admin = new_admin(settings, pending)
         credentials = _credentials(settings, settings.principals_file)
         node = await build_node(settings, credentials, store, lifespan=False)

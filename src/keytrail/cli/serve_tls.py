@@ -14,7 +14,7 @@ from keytrail.cli.console import os_problem
 from keytrail.cli.serve_checks import serve_fail
 from keytrail.config import ServeSettings
 
-__all__ = ["check_tls", "print_dev_certificate", "tls_options"]
+__all__ = ["check_tls", "dev_certificate_due", "print_dev_certificate", "tls_options"]
 
 log = logging.getLogger("keytrail")
 
@@ -45,14 +45,23 @@ def _warn_if_out_of_date(cert: Path) -> None:
                     "renew it and restart", cert, problem)
 
 
+def dev_certificate_due(settings: ServeSettings) -> bool:
+    """Whether this start makes the dev certificate (`tls_options`): --tls-self-signed, and none usable."""
+    if not settings.tls_self_signed:
+        return False
+    from keytrail.cli.tls import dev_certificate_usable
+
+    return not dev_certificate_usable(settings.data_dir / "tls", settings.client_host)
+
+
 def tls_options(settings: ServeSettings) -> tuple[dict[str, str], bool]:
     """uvicorn's TLS options from flags `check_tls` let through, and whether the dev certificate
     was made now (announced once the node runs)."""
     if settings.tls_self_signed:
-        from keytrail.cli.tls import dev_certificate_usable, self_signed_certificate
+        from keytrail.cli.tls import self_signed_certificate
 
         try:
-            made = not dev_certificate_usable(settings.data_dir / "tls", settings.client_host)
+            made = dev_certificate_due(settings)
             cert, key = self_signed_certificate(settings.data_dir / "tls", settings.client_host)
         except OSError as error:
             raise serve_fail(f"--tls-self-signed: cannot write the dev certificate: {os_problem(error)}") from None

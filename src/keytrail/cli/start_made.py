@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from keytrail.cli.console import os_problem
-from keytrail.cli.pending_announcement import PRINCIPALS, SIGNING_KEY, PendingAnnouncement
+from keytrail.cli.pending_announcement import DEV_CERTIFICATE, PRINCIPALS, SIGNING_KEY, PendingAnnouncement
 from keytrail.cli.serve_checks import serve_fail
-from keytrail.cli.serve_tls import print_dev_certificate
+from keytrail.cli.serve_tls import dev_certificate_due, print_dev_certificate
 from keytrail.config import ServeSettings
 from keytrail.transport.segment_log import LogLockedError
 
@@ -67,7 +67,8 @@ def new_admin(settings: ServeSettings, pending: frozenset[str]) -> NewAdmin | No
 def _to_make(settings: ServeSettings, new_trail: bool) -> set[str]:
     """What this start will make and announce: noted before it is made (PendingAnnouncement)."""
     new_principals = settings.principals is None and not (settings.data_dir / "principals.toml").exists()
-    return {item for item, made in ((PRINCIPALS, new_principals), (SIGNING_KEY, new_trail)) if made}
+    made = ((PRINCIPALS, new_principals), (SIGNING_KEY, new_trail), (DEV_CERTIFICATE, dev_certificate_due(settings)))
+    return {item for item, will_make in made if will_make}
 
 
 def noted(settings: ServeSettings, new_trail: bool) -> frozenset[str]:
@@ -81,8 +82,10 @@ def noted(settings: ServeSettings, new_trail: bool) -> frozenset[str]:
 
 def _still_pending(settings: ServeSettings, pending: frozenset[str]) -> set[str]:
     """What a start killed before printing it made and this start could not print: the data dir's
-    principals file while another is named, the signing key without the audit trail."""
-    unused = ((PRINCIPALS, settings.principals is not None), (SIGNING_KEY, not settings.audit))
+    principals file while another is named, the signing key without the audit trail, the dev
+    certificate without --tls-self-signed."""
+    unused = ((PRINCIPALS, settings.principals is not None), (SIGNING_KEY, not settings.audit),
+              (DEV_CERTIFICATE, not settings.tls_self_signed))
     return {item for item, not_printed in unused if not_printed and item in pending}
 
 
