@@ -539,6 +539,29 @@ def test_permissive_policy_on_put_key_policy_names_the_statement() -> None:
     assert alarm.details["trigger"] == "PutKeyPolicy"
 
 
+def test_a_replica_given_a_public_policy_by_replicate_key_is_alarmed_on_the_replica() -> None:
+    """ReplicateKey's Policy is the new replica's key policy (API_ReplicateKey): a public one went
+    unnoticed, live and offline, the rule reading only CreateKey, PutKeyPolicy and CreateGrant."""
+    primary = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+    replica = primary.replace("us-east-1", "eu-west-1")
+    public = policy_doc({"Sid": "Everyone", "Effect": "Allow", "Principal": "*", "Action": "kms:Decrypt",
+                         "Resource": "*"})
+
+    def replicate(policy: str | None) -> dict[str, Any]:
+        params = {"keyId": primary, "replicaRegion": "eu-west-1"} | ({"policy": policy} if policy else {})
+        return event("ReplicateKey", T0, primary, params=params,
+                     response={"replicaKeyMetadata": {"arn": replica, "keyState": "Creating"}})
+
+    detector = Detector()
+    detector.process([create_key(T0, primary), replicate(None)])
+    assert detector.alarms() == []  # no Policy: the default key policy, which trusts the account only
+    detector.process([replicate(public)])
+    [alarm] = detector.alarms()
+    assert (alarm.rule, alarm.severity, alarm.key_arn, alarm.region) == ("permissive-key", "CRITICAL", replica,
+                                                                       "eu-west-1")
+    assert alarm.details["trigger"] == "ReplicateKey" and alarm.details["source"] == 'statement "Everyone"'
+
+
 def test_a_policy_pinned_to_the_key_accounts_own_organization_raises_no_alarm() -> None:
     """The organization the detector is told the key's account is in is trusted, as its account
     is; pinned to another organization, or with the account in none, the same policy is flagged."""

@@ -21,7 +21,8 @@ ODD_VALUES: list[Any] = [None, 5, True, "x", "{", '{"Statement": 5}', [], [1, No
 ]
 # The members the rules read, and the operations that carry them.
 MEMBERS = ["policy", "granteePrincipal", "retiringPrincipal", "operations", "constraints", "pendingWindowInDays",
-           "keyId", "keySpec", "keyUsage", "name", "grantId", "keyMetadata", "encryptionContext", "tags"]
+           "keyId", "keySpec", "keyUsage", "name", "grantId", "keyMetadata", "encryptionContext", "tags",
+           "replicaKeyMetadata"]
 NAMES = ["CreateKey", "PutKeyPolicy", "CreateGrant", "ScheduleKeyDeletion", "DisableKey", "Decrypt", "Encrypt",
          "RetireGrant", "RevokeGrant", "ReplicateKey", "ImportKeyMaterial", "RotateKeyOnDemand"]
 

@@ -1,11 +1,12 @@
-"""`permissive-key`: CreateKey, PutKeyPolicy and CreateGrant that open a key too wide."""
+"""`permissive-key`: CreateKey, PutKeyPolicy, ReplicateKey and CreateGrant that open a key too wide."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
+from keytrail.audit.schema import is_key_arn
 from keytrail.detect.alarms import Finding
 from keytrail.detect.analyzer import PolicyFinding, TrustZone, analyze_grant, analyze_policy
 from keytrail.detect.checks import arn_region_account
@@ -20,7 +21,7 @@ __all__ = ["OrganizationOf", "PermissiveKey", "identity_finding", "no_organizati
 # file's [[organization]] tables, which the detector is given by the command that runs it).
 OrganizationOf = Callable[[str], str | None]
 
-_WRITES = frozenset({"CreateKey", "PutKeyPolicy", "CreateGrant"})
+_WRITES = frozenset({"CreateKey", "PutKeyPolicy", "ReplicateKey", "CreateGrant"})
 
 RECOMMENDATION = (
     "Narrow the statement or grant named in details.findings: name the principals, pin '*' with "
@@ -119,20 +120,17 @@ class PermissiveKey:
         self.organization_of = organization_of
 
     def observe(self, event: KmsEvent) -> list[Finding]:
-        if (
-            not event.succeeded
-            or event.key_arn is None
-            or event.event_name not in _WRITES
-        ):
+        key_arn = _written_key(event)
+        if not event.succeeded or key_arn is None or event.event_name not in _WRITES:
             return []
-        zone = trust_zone(self.rule, arn_region_account(event.key_arn)[1] or "", self.organization_of)
+        zone = trust_zone(self.rule, arn_region_account(key_arn)[1] or "", self.organization_of)
         found = self._analyze(event, zone)
         if not found:
             return []
         return [
             policy_finding(
                 self.rule_id,
-                event.key_arn,
+                key_arn,
                 event.event_time,
                 found,
                 principal_arn=event.principal_arn,
@@ -157,3 +155,13 @@ class PermissiveKey:
             return analyze_policy(policy, zone)
         except (ValueError, AttributeError):
             return []  # KMS refuses malformed policies; a record with one was not applied
+
+
+def _written_key(event: KmsEvent) -> str | None:
+    """The key whose policy or grants the call wrote: for ReplicateKey the new replica, whose key
+    policy its Policy is (API_ReplicateKey), not the primary its resources name."""
+    if event.event_name != "ReplicateKey":
+        return event.key_arn
+    metadata = event.response_elements.get("replicaKeyMetadata")
+    arn = metadata.get("arn") if isinstance(metadata, Mapping) else None
+    return arn if isinstance(arn, str) and is_key_arn(arn) else None
